@@ -1,0 +1,105 @@
+//! The crate's single error type.
+//!
+//! Every I/O failure names the operation and the path it was applied to; every
+//! corruption names the file and the byte offset where it was found.
+
+use std::{io, path::PathBuf, sync::Arc};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors returned by the WAL engine and the broker's storage layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// The operation that failed (`"open"`, `"write"`, `"fdatasync"`, ...).
+        op: &'static str,
+        /// The file or directory it was applied to.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Bytes on disk failed validation where valid data had to be.
+    #[error("corrupt WAL file {} at byte offset {offset}: {reason}", file.display())]
+    Corrupt {
+        /// The file holding the bad bytes.
+        file: PathBuf,
+        /// Byte offset of the first bad byte range (start of the batch or entry).
+        offset: u64,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// An entry (plus its framing) does not fit into one WAL file.
+    #[error("entry of {size} bytes exceeds the limit of {limit} bytes (max_file_size minus headers)")]
+    EntryTooLarge {
+        /// Encoded size of the rejected entry.
+        size: u64,
+        /// Largest encoded entry a file can hold.
+        limit: u64,
+    },
+
+    /// A configuration value was rejected.
+    #[error("invalid configuration: {field} = {value:?}: {reason}")]
+    InvalidConfig {
+        /// The setting (as named on the command line, e.g. `--wal-sync-mode`).
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why, including the accepted values.
+        reason: String,
+    },
+
+    /// The WAL hit an I/O error earlier and refuses all further work until reopened.
+    #[error("WAL is in a failed state after an earlier error: {cause}")]
+    Failed {
+        /// The error that put the WAL into the failed state.
+        cause: Arc<Error>,
+    },
+
+    /// The WAL was closed (or its commit thread stopped) before the request completed.
+    #[error("WAL is closed")]
+    Closed,
+
+    /// A checkpoint was requested beyond the last acknowledged sequence.
+    #[error("checkpoint {sequence} is beyond the last acknowledged sequence {acknowledged}")]
+    CheckpointAhead {
+        /// The requested checkpoint.
+        sequence: u64,
+        /// The last acknowledged sequence.
+        acknowledged: u64,
+    },
+
+    /// The WAL directory is already open in this or another process.
+    #[error("WAL directory {} is locked by another user", path.display())]
+    Locked {
+        /// The locked directory.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] from an operation, a path and an OS error.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+
+    /// Builds an [`Error::Corrupt`].
+    pub fn corrupt(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupt { file: file.into(), offset, reason: reason.into() }
+    }
+
+    /// The raw OS error code, if this error (or the failure that latched it) came from the OS.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Failed { cause } => cause.raw_os_error(),
+            _ => None,
+        }
+    }
+}

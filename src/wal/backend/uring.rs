@@ -1,0 +1,264 @@
+//! io_uring backend (Linux): the active file is opened `O_DIRECT` and registered with
+//! the ring, the commit thread's buffers are registered, and a write with `sync` is
+//! submitted as `WRITE_FIXED` linked (`IOSQE_IO_LINK`) to an `FSYNC` with
+//! `IORING_FSYNC_DATASYNC`, so one `io_uring_enter` carries a whole batch.
+#![expect(unsafe_code, reason = "io_uring submission hands buffer pointers to the kernel")]
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{Backend, Done, Op};
+use crate::error::{Error, Result};
+use crate::wal::{buffer::AlignedBuf, config::BackendKind};
+
+/// user_data layout: token << 1 | 1 for the fsync of an operation, | 0 for its write.
+const FSYNC_BIT: u64 = 1;
+
+struct Pending {
+    /// Remaining write: pointer, length, file offset, registered buffer index.
+    ptr: *const u8,
+    len: usize,
+    offset: u64,
+    buf_index: Option<u16>,
+    /// A write followed by a linked fsync (or a lone fsync when `len == 0`).
+    sync: bool,
+    /// CQEs still expected for the current submission round.
+    outstanding: u8,
+    /// A short write broke the link: resubmit the remainder (and fsync) when the
+    /// round's CQEs are all in (the linked fsync arrives as -ECANCELED).
+    resubmit: bool,
+    error: Option<Error>,
+}
+
+// SAFETY: the raw pointer refers to a buffer owned by the commit thread, which also
+// owns this backend; it is only ever dereferenced by the kernel.
+unsafe impl Send for Pending {}
+
+pub(crate) struct UringBackend {
+    ring: IoUring,
+    file: Option<(File, PathBuf)>,
+    pending: HashMap<u64, Pending>,
+    /// SQEs queued in the submission ring but not yet handed to the kernel.
+    unsubmitted: usize,
+}
+
+impl UringBackend {
+    pub(crate) fn new(entries: u32) -> Result<Self> {
+        let ring = IoUring::new(entries).map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
+        Ok(UringBackend { ring, file: None, pending: HashMap::new(), unsubmitted: 0 })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.file.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
+    }
+
+    /// Queues the SQEs for the (remaining) write of `token`, and its linked fsync.
+    ///
+    /// # Safety
+    /// The buffer behind `p.ptr` (`p.len` bytes) and the registered file must stay
+    /// alive and unmodified until every CQE of `token` has been reaped. The commit
+    /// thread guarantees this: it holds the buffer in its in-flight queue until the
+    /// operation's `Done` is returned, and never closes the file with work in flight.
+    unsafe fn push_write(&mut self, token: u64, p: &mut Pending) -> Result<()> {
+        p.outstanding = if p.sync { 2 } else { 1 };
+        let len = u32::try_from(p.len).map_err(|_| Error::io("io_uring write", self.path(), std::io::ErrorKind::InvalidInput.into()))?;
+        let write = match p.buf_index {
+            Some(idx) => opcode::WriteFixed::new(types::Fixed(0), p.ptr, len, idx).offset(p.offset).build(),
+            None => opcode::Write::new(types::Fixed(0), p.ptr, len).offset(p.offset).build(),
+        };
+        let write = write.user_data(token << 1);
+        if p.sync {
+            let fsync = opcode::Fsync::new(types::Fixed(0))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data((token << 1) | FSYNC_BIT);
+            self.push(&[write.flags(squeue::Flags::IO_LINK), fsync])
+        } else {
+            self.push(&[write])
+        }
+    }
+
+    fn push(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
+        loop {
+            // SAFETY: see push_write; an Fsync entry carries no pointers.
+            let pushed = unsafe { self.ring.submission().push_multiple(sqes) };
+            if pushed.is_ok() {
+                self.unsubmitted += sqes.len();
+                return Ok(());
+            }
+            // Submission queue full: hand what is queued to the kernel and retry.
+            self.enter(0)?;
+        }
+    }
+
+    fn enter(&mut self, want: usize) -> Result<()> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => {
+                    self.unsubmitted = 0;
+                    return Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // Completion queue full: the caller reaps and the next enter retries.
+                    return Ok(());
+                }
+                Err(e) => return Err(Error::io("io_uring_enter", self.path(), e)),
+            }
+        }
+    }
+}
+
+impl Backend for UringBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Uring
+    }
+
+    fn open(&mut self, path: &Path) -> Result<()> {
+        debug_assert!(self.pending.is_empty(), "file switched with I/O in flight");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io("open O_DIRECT", path, e))?;
+        let fd = f.as_raw_fd();
+        let sub = self.ring.submitter();
+        let reg = if self.file.is_some() { sub.register_files_update(0, &[fd]).map(|_| ()) } else { sub.register_files(&[fd]) };
+        reg.map_err(|e| Error::io("io_uring_register files", path, e))?;
+        self.file = Some((f, path.to_path_buf()));
+        Ok(())
+    }
+
+    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> Result<()> {
+        let iovecs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.capacity() })
+            .collect();
+        // SAFETY: the buffers are owned by the commit thread, which drops this backend
+        // (and with it the ring and its registration) before the buffers.
+        unsafe { self.ring.submitter().register_buffers(&iovecs) }
+            .map_err(|e| Error::io("io_uring_register buffers", self.path(), e))?;
+        for (i, b) in bufs.iter_mut().enumerate() {
+            b.index = u16::try_from(i).ok();
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, token: u64, op: Op<'_>) -> Result<()> {
+        if self.file.is_none() {
+            return Err(Error::Closed);
+        }
+        match op {
+            Op::Write { buf, len, offset, sync } => {
+                let p = Pending {
+                    ptr: buf.as_ptr(),
+                    len,
+                    offset,
+                    buf_index: buf.index,
+                    sync,
+                    outstanding: 0,
+                    resubmit: false,
+                    error: None,
+                };
+                let mut p = p;
+                // SAFETY: the commit thread keeps `buf` alive and untouched until this
+                // token is reaped (Backend::submit contract).
+                unsafe { self.push_write(token, &mut p)? };
+                self.pending.insert(token, p);
+            }
+            Op::Sync => {
+                // IO_DRAIN: the fsync starts only after every earlier SQE completed, so
+                // it covers all writes submitted before it (Backend::submit contract).
+                let fsync = opcode::Fsync::new(types::Fixed(0))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .flags(squeue::Flags::IO_DRAIN)
+                    .user_data((token << 1) | FSYNC_BIT);
+                self.push(&[fsync])?;
+                self.pending.insert(
+                    token,
+                    Pending {
+                        ptr: std::ptr::null(),
+                        len: 0,
+                        offset: 0,
+                        buf_index: None,
+                        sync: true,
+                        outstanding: 1,
+                        resubmit: false,
+                        error: None,
+                    },
+                );
+            }
+        }
+        // One io_uring_enter per batch: submit now so the disk starts while the
+        // commit thread assembles the next batch.
+        self.enter(0)
+    }
+
+    fn reap(&mut self, wait: bool, out: &mut Vec<Done>) -> Result<()> {
+        let want = usize::from(wait && !self.pending.is_empty());
+        if want > 0 || self.unsubmitted > 0 {
+            self.enter(want)?;
+        }
+        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let path = self.path();
+        for (ud, res) in cqes {
+            let token = ud >> 1;
+            let is_fsync = ud & FSYNC_BIT != 0;
+            let Some(p) = self.pending.get_mut(&token) else { continue };
+            p.outstanding = p.outstanding.saturating_sub(1);
+            if is_fsync {
+                let cancelled_by_short_write = res == -libc::ECANCELED && (p.resubmit || p.error.is_some());
+                if res < 0 && !cancelled_by_short_write {
+                    let e = std::io::Error::from_raw_os_error(-res);
+                    p.error.get_or_insert_with(|| Error::io("fdatasync (io_uring)", &path, e));
+                }
+            } else if res < 0 {
+                let e = std::io::Error::from_raw_os_error(-res);
+                p.error.get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
+            } else {
+                let n = res as usize;
+                if n < p.len {
+                    if n == 0 || n % crate::wal::format::BLOCK_SIZE != 0 {
+                        let e = std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write of {n} of {} bytes", p.len));
+                        p.error.get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
+                    } else {
+                        // SAFETY: n < len, so the pointer stays inside the same buffer.
+                        p.ptr = unsafe { p.ptr.add(n) };
+                        p.len -= n;
+                        p.offset += n as u64;
+                        p.resubmit = true;
+                    }
+                }
+            }
+            if p.outstanding > 0 {
+                continue;
+            }
+            let mut p = self.pending.remove(&token).expect("present");
+            if p.resubmit && p.error.is_none() {
+                p.resubmit = false;
+                // SAFETY: the same buffer as the original submission, still owned by
+                // the commit thread until this token is reaped.
+                unsafe { self.push_write(token, &mut p)? };
+                self.pending.insert(token, p);
+                continue;
+            }
+            out.push(Done { token, result: p.error.map_or(Ok(()), Err) });
+        }
+        if self.unsubmitted > 0 {
+            self.enter(0)?;
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}

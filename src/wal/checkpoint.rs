@@ -1,0 +1,61 @@
+//! `checkpoint.json`: the last sequence the application has applied durably elsewhere.
+//! Replaced atomically (temp file, fsync, rename, directory fsync).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::files::write_atomic;
+use crate::error::{Error, Result};
+
+/// File name of the checkpoint inside the WAL directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+/// Contents of `checkpoint.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version of this file (1).
+    pub version: u32,
+    /// Every entry with a sequence at or below this one has been applied.
+    pub sequence: u64,
+    /// When the checkpoint was taken, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Loads the checkpoint; `None` when there is none yet.
+///
+/// # Errors
+/// I/O errors, and [`Error::Corrupt`] when the file does not parse (the previous
+/// checkpoint is never half-replaced, so this means outside damage).
+pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let cp: Checkpoint =
+        serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&path, 0, format!("checkpoint does not parse: {e}")))?;
+    if cp.version != 1 {
+        return Err(Error::corrupt(&path, 0, format!("unsupported checkpoint version {}", cp.version)));
+    }
+    Ok(Some(cp))
+}
+
+/// Atomically replaces the checkpoint with `sequence`.
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn store(dir: &Path, sequence: u64) -> Result<Checkpoint> {
+    let cp = Checkpoint {
+        version: 1,
+        sequence,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    };
+    let mut json = serde_json::to_vec_pretty(&cp).expect("checkpoint serialises");
+    json.push(b'\n');
+    write_atomic(&dir.join(CHECKPOINT_FILE), &json)?;
+    Ok(cp)
+}

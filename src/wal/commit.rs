@@ -1,0 +1,787 @@
+//! The commit thread: drains pending appends, encodes them into one aligned buffer
+//! per batch, submits write (+ linked fdatasync) through the [`Backend`], keeps up to
+//! `max_in_flight` batches in flight while filling the next, acknowledges strictly in
+//! order, rotates files and latches the first I/O error.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, OnceLock, PoisonError,
+    },
+    task::Waker,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::{
+    backend::{Backend, Done, Op},
+    buffer::AlignedBuf,
+    completion::Slot,
+    config::{SyncMode, WalConfig},
+    files::{self, Prealloc},
+    format::{align_up, encode_batch_header, encode_entry, entry_len, BatchHeader, BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE},
+};
+use crate::error::{Error, Result};
+
+/// An entry to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Kind of entry.
+    pub entry_type: WalEntryType,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Payload.
+    pub data: Bytes,
+}
+
+impl NewEntry {
+    /// A `Record` entry.
+    pub fn record(topic: impl Into<String>, partition: i32, data: Bytes) -> Self {
+        NewEntry { entry_type: WalEntryType::Record, topic: topic.into(), partition, data }
+    }
+
+    /// Bytes this entry occupies in a batch.
+    pub fn encoded_len(&self) -> usize {
+        entry_len(self.topic.len(), self.data.len())
+    }
+}
+
+/// Completes its slot exactly once; if dropped unused (a request lost in a closed
+/// channel), completes it with [`Error::Closed`] so no waiter hangs.
+pub(crate) struct Completer(Option<Arc<Slot>>);
+
+impl Completer {
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        Completer(Some(slot))
+    }
+    pub(crate) fn complete(mut self, r: Result<u64>) {
+        if let Some(s) = self.0.take() {
+            s.complete(r);
+        }
+    }
+}
+
+impl Drop for Completer {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.complete(Err(Error::Closed));
+        }
+    }
+}
+
+pub(crate) enum Entries {
+    One(NewEntry),
+    Many(Vec<NewEntry>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[NewEntry] {
+        match self {
+            Entries::One(e) => std::slice::from_ref(e),
+            Entries::Many(v) => v,
+        }
+    }
+}
+
+pub(crate) enum Request {
+    Append { entries: Entries, timestamp: i64, bytes: usize, done: Completer },
+    Sync(Completer),
+    Close(Completer),
+}
+
+/// Counters, updated with relaxed atomics off the producers' path.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub entries: AtomicU64,
+    pub batches: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub rotations: AtomicU64,
+    pub max_batch_entries: AtomicU64,
+}
+
+/// An archived file the retention policy may delete.
+#[derive(Debug, Clone)]
+pub(crate) struct Archived {
+    pub number: u64,
+    pub path: PathBuf,
+    /// Every entry in the file has a sequence at or below this.
+    pub covers_through: u64,
+}
+
+/// State shared by the handles and the commit thread.
+pub(crate) struct Core {
+    pub config: WalConfig,
+    pub dir: PathBuf,
+    pending: AtomicUsize,
+    waiters: AtomicUsize,
+    space_lock: Mutex<()>,
+    space_cv: Condvar,
+    async_wakers: Mutex<Vec<Waker>>,
+    pub failed: OnceLock<Arc<Error>>,
+    pub closed: AtomicBool,
+    pub counters: Counters,
+    pub archived: Mutex<Vec<Archived>>,
+    /// Highest acknowledged sequence.
+    pub acked_through: AtomicU64,
+    /// Highest sequence covered by a completed fdatasync.
+    pub synced_through: AtomicU64,
+}
+
+impl Core {
+    pub(crate) fn new(config: WalConfig, dir: PathBuf, archived: Vec<Archived>, last_sequence: u64) -> Self {
+        Core {
+            config,
+            dir,
+            pending: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            space_lock: Mutex::new(()),
+            space_cv: Condvar::new(),
+            async_wakers: Mutex::new(Vec::new()),
+            failed: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            archived: Mutex::new(archived),
+            acked_through: AtomicU64::new(last_sequence),
+            synced_through: AtomicU64::new(last_sequence),
+        }
+    }
+
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        if let Some(e) = self.failed.get() {
+            return Err(Error::Failed { cause: Arc::clone(e) });
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Reserves `bytes` of pending capacity without blocking.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
+        let cap = self.config.max_pending_bytes;
+        let mut cur = self.pending.load(Ordering::Relaxed);
+        loop {
+            // A request larger than the cap passes alone, so it cannot wait forever.
+            if cur != 0 && cur + bytes > cap {
+                return false;
+            }
+            match self.pending.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Reserves `bytes`, blocking while the pending cap is reached.
+    pub(crate) fn reserve_blocking(&self, bytes: usize) -> Result<()> {
+        if self.try_reserve(bytes) {
+            return Ok(());
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.space_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = loop {
+            if let Err(e) = self.check_usable() {
+                break Err(e);
+            }
+            if self.try_reserve(bytes) {
+                break Ok(());
+            }
+            // Timed wait: a release that races with this check costs at most 5 ms.
+            guard = self.space_cv.wait_timeout(guard, Duration::from_millis(5)).unwrap_or_else(PoisonError::into_inner).0;
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    /// Registers a waker to be woken when capacity is released.
+    pub(crate) fn register_waker(&self, w: &Waker) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        self.async_wakers.lock().unwrap_or_else(PoisonError::into_inner).push(w.clone());
+    }
+
+    fn release(&self, bytes: usize) {
+        self.pending.fetch_sub(bytes, Ordering::AcqRel);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.wake_waiters();
+        }
+    }
+
+    pub(crate) fn wake_waiters(&self) {
+        let _g = self.space_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.space_cv.notify_all();
+        let wakers = std::mem::take(&mut *self.async_wakers.lock().unwrap_or_else(PoisonError::into_inner));
+        self.waiters.fetch_sub(wakers.len(), Ordering::SeqCst);
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+struct Ack {
+    done: Completer,
+    sequence: u64,
+    bytes: usize,
+}
+
+enum Flight {
+    Batch { buf: AlignedBuf, acks: Vec<Ack>, last: u64, sync: bool },
+    Sync { through: u64, waiters: Vec<Completer> },
+}
+
+struct InFlight {
+    token: u64,
+    flight: Flight,
+    result: Option<Result<()>>,
+}
+
+/// The active file.
+pub(crate) struct ActiveFile {
+    pub number: u64,
+    /// Where the next batch goes.
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The commit thread's state. Field order matters: `backend` is dropped before the
+/// buffers it may have registered with the kernel.
+pub(crate) struct Committer {
+    backend: Box<dyn Backend>,
+    pool: Vec<AlignedBuf>,
+    in_flight: VecDeque<InFlight>,
+    core: Arc<Core>,
+    rx: Receiver<Request>,
+    file: ActiveFile,
+    next_seq: u64,
+    /// Highest sequence whose write was acknowledged (in order).
+    written_through: u64,
+    synced_through: u64,
+    carry: Option<Request>,
+    pending_syncs: Vec<Completer>,
+    close: Option<Completer>,
+    next_token: u64,
+    last_sync: Instant,
+    preparer: Option<JoinHandle<Result<PathBuf>>>,
+    spare_acks: Vec<Vec<Ack>>,
+    done_buf: Vec<Done>,
+    batch_capacity: usize,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn timestamp_now() -> i64 {
+    now_ms()
+}
+
+/// Starts preparing file `number` in the background.
+pub(crate) fn spawn_preparer(dir: &Path, number: u64, size: u64) -> Option<JoinHandle<Result<PathBuf>>> {
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("streamline-wal-prepare".into())
+        .spawn(move || files::prepare_file(&dir, number, size, Prealloc::ZeroFill))
+        .ok()
+}
+
+impl Committer {
+    pub(crate) fn new(
+        mut backend: Box<dyn Backend>,
+        core: Arc<Core>,
+        rx: Receiver<Request>,
+        file: ActiveFile,
+        next_seq: u64,
+        synced_through: u64,
+        preparer: Option<JoinHandle<Result<PathBuf>>>,
+    ) -> Result<Self> {
+        let cap = align_up(core.config.max_batch_bytes);
+        let mut pool: Vec<AlignedBuf> = (0..core.config.max_in_flight + 1).map(|_| AlignedBuf::new(cap)).collect();
+        backend.register_buffers(&mut pool)?;
+        Ok(Committer {
+            backend,
+            pool,
+            in_flight: VecDeque::new(),
+            core,
+            rx,
+            file,
+            next_seq,
+            written_through: next_seq - 1,
+            synced_through,
+            carry: None,
+            pending_syncs: Vec::new(),
+            close: None,
+            next_token: 1,
+            last_sync: Instant::now(),
+            preparer,
+            spare_acks: Vec::new(),
+            done_buf: Vec::new(),
+            batch_capacity: cap,
+        })
+    }
+
+    /// Runs until closed or every handle is gone.
+    pub(crate) fn run(mut self) {
+        loop {
+            match self.step() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.fail(e);
+                    self.serve_failed();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn batches_in_flight(&self) -> usize {
+        self.in_flight.iter().filter(|f| matches!(f.flight, Flight::Batch { .. })).count()
+    }
+
+    fn dirty(&self) -> bool {
+        self.written_through > self.synced_through || self.in_flight.iter().any(|f| matches!(f.flight, Flight::Batch { sync: false, .. }))
+    }
+
+    /// One round: take requests, submit a batch, reap, acknowledge. Returns false to stop.
+    fn step(&mut self) -> Result<bool> {
+        let mut submitted = false;
+        if self.close.is_none() && self.batches_in_flight() < self.core.config.max_in_flight && !self.pool.is_empty() {
+            let first = if let Some(r) = self.carry.take() {
+                Some(r)
+            } else if self.in_flight.is_empty() {
+                match self.idle_timeout() {
+                    None => match self.rx.recv() {
+                        Ok(r) => Some(r),
+                        Err(_) => return self.shutdown(None),
+                    },
+                    Some(t) => match self.rx.recv_timeout(t) {
+                        Ok(r) => Some(r),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => return self.shutdown(None),
+                    },
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        self.close_when_drained_without_handle();
+                        None
+                    }
+                }
+            };
+            if let Some(first) = first {
+                submitted = self.build_batch(first)?;
+            }
+        }
+        self.maybe_sync()?;
+        let wait = !submitted && self.backend.in_flight() > 0;
+        self.reap(wait)?;
+        if self.close.is_some() && self.in_flight.is_empty() && self.carry.is_none() {
+            let done = self.close.take();
+            return self.shutdown(done);
+        }
+        Ok(true)
+    }
+
+    /// With every handle dropped and requests still in flight, finish them, then stop.
+    fn close_when_drained_without_handle(&mut self) {
+        if self.close.is_none() {
+            let (_c, slot) = super::completion::Completion::new();
+            self.close = Some(Completer::new(slot));
+        }
+    }
+
+    /// How long the idle thread may sleep before an interval fsync is due.
+    fn idle_timeout(&self) -> Option<Duration> {
+        if self.core.config.sync_mode == SyncMode::Interval && self.dirty() {
+            let due = self.last_sync + Duration::from_millis(self.core.config.sync_interval_ms);
+            return Some(due.saturating_duration_since(Instant::now()));
+        }
+        None
+    }
+
+    /// Encodes `first` and whatever else is pending (up to the batch size) into one
+    /// buffer and submits it. Returns whether a batch was submitted.
+    fn build_batch(&mut self, first: Request) -> Result<bool> {
+        let mut next = Some(first);
+        let mut buf: Option<AlignedBuf> = None;
+        let mut acks = self.spare_acks.pop().unwrap_or_default();
+        let mut pos = BATCH_HEADER_LEN;
+        let first_seq = self.next_seq;
+        let mut limit = 0usize;
+        while let Some(req) = next.take() {
+            match req {
+                Request::Sync(c) => self.pending_syncs.push(c),
+                Request::Close(c) => {
+                    self.close = Some(c);
+                    break;
+                }
+                Request::Append { entries, timestamp, bytes, done } => {
+                    if let Err(e) = self.core.check_usable() {
+                        done.complete(Err(e));
+                        self.core.release(bytes);
+                    } else {
+                        if buf.is_none() {
+                            // First append of the batch: make sure it fits the file.
+                            let disk = align_up(BATCH_HEADER_LEN + bytes) as u64;
+                            if self.file.offset + disk + BLOCK_SIZE as u64 > self.file.size {
+                                if !self.in_flight.is_empty() {
+                                    self.carry = Some(Request::Append { entries, timestamp, bytes, done });
+                                    break;
+                                }
+                                self.rotate()?;
+                            }
+                            let room = (self.file.size - self.file.offset - BLOCK_SIZE as u64) as usize;
+                            let b = if BATCH_HEADER_LEN + bytes > self.batch_capacity {
+                                AlignedBuf::new(BATCH_HEADER_LEN + bytes)
+                            } else {
+                                self.pool.pop().expect("pool checked non-empty")
+                            };
+                            limit = b.capacity().min(room);
+                            buf = Some(b);
+                        } else if pos + bytes > limit {
+                            self.carry = Some(Request::Append { entries, timestamp, bytes, done });
+                            break;
+                        }
+                        let out = buf.as_mut().expect("set above").as_mut_slice();
+                        let sequence = self.next_seq;
+                        for e in entries.as_slice() {
+                            let len = e.encoded_len();
+                            encode_entry(&mut out[pos..pos + len], self.next_seq, timestamp, e.entry_type, e.topic.as_bytes(), e.partition, &e.data);
+                            pos += len;
+                            self.next_seq += 1;
+                        }
+                        acks.push(Ack { done, sequence, bytes });
+                    }
+                }
+            }
+            if self.close.is_none() {
+                next = match self.rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => None,
+                };
+            }
+        }
+        let Some(mut buf) = buf else {
+            self.spare_acks.push(acks);
+            return Ok(false);
+        };
+        let entry_count = (self.next_seq - first_seq) as u32;
+        let payload_len = (pos - BATCH_HEADER_LEN) as u32;
+        let sync = self.core.config.sync_mode == SyncMode::EveryWrite;
+        let header = BatchHeader {
+            kind: BatchKind::Entries,
+            file_number: self.file.number,
+            first_sequence: first_seq,
+            entry_count,
+            payload_len,
+            synced_through: self.synced_through,
+        };
+        let len = align_up(pos);
+        let out = buf.as_mut_slice();
+        encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
+        out[pos..len].fill(0);
+        let offset = self.file.offset;
+        self.file.offset += len as u64;
+        let token = self.token();
+        self.backend.submit(token, Op::Write { buf: &buf, len, offset, sync })?;
+        let c = &self.core.counters;
+        c.entries.fetch_add(u64::from(entry_count), Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
+        c.max_batch_entries.fetch_max(u64::from(entry_count), Ordering::Relaxed);
+        if sync {
+            c.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.in_flight.push_back(InFlight {
+            token,
+            flight: Flight::Batch { buf, acks, last: self.next_seq - 1, sync },
+            result: None,
+        });
+        Ok(true)
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    /// Submits a standalone fdatasync when a caller asked for one or the interval is up.
+    fn maybe_sync(&mut self) -> Result<()> {
+        let interval_due = self.core.config.sync_mode == SyncMode::Interval
+            && self.dirty()
+            && self.last_sync.elapsed() >= Duration::from_millis(self.core.config.sync_interval_ms);
+        if self.pending_syncs.is_empty() && !interval_due {
+            return Ok(());
+        }
+        if self.in_flight.iter().any(|f| matches!(f.flight, Flight::Sync { .. })) {
+            return Ok(());
+        }
+        let through = self.next_seq - 1;
+        let waiters = std::mem::take(&mut self.pending_syncs);
+        if !self.dirty() && through == self.synced_through {
+            for w in waiters {
+                w.complete(Ok(through));
+            }
+            return Ok(());
+        }
+        let token = self.token();
+        self.backend.submit(token, Op::Sync)?;
+        self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.last_sync = Instant::now();
+        self.in_flight.push_back(InFlight { token, flight: Flight::Sync { through, waiters }, result: None });
+        Ok(())
+    }
+
+    fn reap(&mut self, wait: bool) -> Result<()> {
+        let mut done = std::mem::take(&mut self.done_buf);
+        self.backend.reap(wait, &mut done)?;
+        for d in done.drain(..) {
+            if let Some(f) = self.in_flight.iter_mut().find(|f| f.token == d.token) {
+                f.result = Some(d.result);
+            }
+        }
+        self.done_buf = done;
+        self.ack_in_order()
+    }
+
+    /// Acknowledges finished operations from the front of the queue, in order.
+    fn ack_in_order(&mut self) -> Result<()> {
+        while self.in_flight.front().is_some_and(|f| f.result.is_some()) {
+            let f = self.in_flight.pop_front().expect("front checked");
+            if let Some(Err(e)) = f.result {
+                // Put it back so fail() can wait for the kernel to release its buffer.
+                self.in_flight.push_front(InFlight { token: f.token, flight: f.flight, result: Some(Ok(())) });
+                return Err(e);
+            }
+            match f.flight {
+                Flight::Batch { buf, mut acks, last, sync } => {
+                    self.written_through = last;
+                    if sync {
+                        self.synced_through = last;
+                        self.core.synced_through.store(last, Ordering::Release);
+                        self.last_sync = Instant::now();
+                    }
+                    self.core.acked_through.store(last, Ordering::Release);
+                    let mut released = 0;
+                    for a in acks.drain(..) {
+                        released += a.bytes;
+                        a.done.complete(Ok(a.sequence));
+                    }
+                    self.core.release(released);
+                    self.spare_acks.push(acks);
+                    // Oversized one-off buffers are freed; pool buffers go back.
+                    if buf.capacity() == self.batch_capacity {
+                        self.pool.push(buf);
+                    }
+                }
+                Flight::Sync { through, waiters } => {
+                    self.synced_through = self.synced_through.max(through);
+                    self.core.synced_through.store(self.synced_through, Ordering::Release);
+                    for w in waiters {
+                        w.complete(Ok(through));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for everything in flight and acknowledges it.
+    fn drain(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.reap(true)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a seal batch at the current offset and fdatasyncs it (nothing in flight).
+    fn seal(&mut self, next_sequence: u64) -> Result<()> {
+        let mut buf = self.pool.pop().expect("pool is full when nothing is in flight");
+        let header = BatchHeader {
+            kind: BatchKind::Seal,
+            file_number: self.file.number,
+            first_sequence: next_sequence,
+            entry_count: 0,
+            payload_len: 0,
+            synced_through: self.next_seq - 1,
+        };
+        let out = buf.as_mut_slice();
+        encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
+        out[BATCH_HEADER_LEN..BLOCK_SIZE].fill(0);
+        let token = self.token();
+        let r = self.backend.submit(token, Op::Write { buf: &buf, len: BLOCK_SIZE, offset: self.file.offset, sync: true });
+        let r = r.and_then(|()| {
+            let mut done = Vec::new();
+            while done.is_empty() {
+                self.backend.reap(true, &mut done)?;
+            }
+            done.pop().expect("one op").result
+        });
+        self.pool.push(buf);
+        r?;
+        self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.file.offset += BLOCK_SIZE as u64;
+        self.synced_through = self.next_seq - 1;
+        self.core.synced_through.store(self.synced_through, Ordering::Release);
+        Ok(())
+    }
+
+    /// Seals the active file, archives it and switches to the prepared next file.
+    fn rotate(&mut self) -> Result<()> {
+        self.drain()?;
+        self.seal(self.next_seq)?;
+        let dir = self.core.dir.clone();
+        let prepared = match self.preparer.take().map(|h| h.join()) {
+            Some(Ok(Ok(p))) => p,
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "background preparation of the next WAL file failed; retrying inline");
+                files::prepare_file(&dir, self.file.number + 1, self.file.size, Prealloc::ZeroFill)?
+            }
+            _ => files::prepare_file(&dir, self.file.number + 1, self.file.size, Prealloc::ZeroFill)?,
+        };
+        let current = dir.join(files::CURRENT);
+        let archived = files::archived_path(&dir, self.file.number);
+        std::fs::rename(&current, &archived).map_err(|e| Error::io("rename", &current, e))?;
+        std::fs::rename(&prepared, &current).map_err(|e| Error::io("rename", &prepared, e))?;
+        // Both renames become durable together with the directory.
+        files::sync_dir(&dir)?;
+        self.backend.open(&current)?;
+        self.core.archived.lock().unwrap_or_else(PoisonError::into_inner).push(Archived {
+            number: self.file.number,
+            path: archived,
+            covers_through: self.next_seq - 1,
+        });
+        tracing::info!(file = self.file.number, next = self.file.number + 1, "rotated WAL file");
+        self.file.number += 1;
+        self.file.offset = BLOCK_SIZE as u64;
+        self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
+        self.preparer = spawn_preparer(&dir, self.file.number + 1, self.file.size);
+        Ok(())
+    }
+
+    /// Clean stop: finish everything, fdatasync whatever is not yet durable, answer `done`.
+    fn shutdown(&mut self, done: Option<Completer>) -> Result<bool> {
+        // Requests still queued behind the close are answered with Closed.
+        self.core.closed.store(true, Ordering::Release);
+        while let Some(c) = self.carry.take() {
+            self.build_batch(c)?;
+            self.drain()?;
+        }
+        self.drain()?;
+        if self.dirty() || !self.pending_syncs.is_empty() {
+            let through = self.next_seq - 1;
+            let token = self.token();
+            self.backend.submit(token, Op::Sync)?;
+            self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            let waiters = std::mem::take(&mut self.pending_syncs);
+            self.in_flight.push_back(InFlight { token, flight: Flight::Sync { through, waiters }, result: None });
+            self.drain()?;
+        }
+        if let Some(h) = self.preparer.take() {
+            let _ = h.join();
+        }
+        if let Some(d) = done {
+            d.complete(Ok(self.next_seq - 1));
+        }
+        self.core.wake_waiters();
+        Ok(false)
+    }
+
+    /// Latches `e`: every pending and in-flight request fails, now and later.
+    fn fail(&mut self, e: Error) {
+        tracing::error!(error = %e, "WAL failed; every pending and later append is rejected until reopen");
+        let cause = Arc::new(e);
+        let _ = self.core.failed.set(Arc::clone(&cause));
+        let cause = Arc::clone(self.core.failed.get().unwrap_or(&cause));
+        let err = || Error::Failed { cause: Arc::clone(&cause) };
+        // The kernel may still own buffers of other operations: wait for them.
+        let mut done = Vec::new();
+        let mut reap_failed = false;
+        while self.backend.in_flight() > 0 {
+            if self.backend.reap(true, &mut done).is_err() {
+                reap_failed = true;
+                break;
+            }
+        }
+        for f in self.in_flight.drain(..) {
+            match f.flight {
+                Flight::Batch { buf, acks, .. } => {
+                    for a in acks {
+                        self.core.release(a.bytes);
+                        a.done.complete(Err(err()));
+                    }
+                    if reap_failed {
+                        // The kernel might still write from it; never free it.
+                        std::mem::forget(buf);
+                    } else {
+                        self.pool.push(buf);
+                    }
+                }
+                Flight::Sync { waiters, .. } => {
+                    for w in waiters {
+                        w.complete(Err(err()));
+                    }
+                }
+            }
+        }
+        if reap_failed {
+            // Registered buffers must outlive the ring: leak the ring's owner too.
+            let backend = std::mem::replace(&mut self.backend, Box::new(super::backend::std_backend::StdBackend::new()));
+            std::mem::forget(backend);
+        }
+        for w in std::mem::take(&mut self.pending_syncs) {
+            w.complete(Err(err()));
+        }
+        if let Some(Request::Append { done, bytes, .. }) = self.carry.take() {
+            self.core.release(bytes);
+            done.complete(Err(err()));
+        }
+        if let Some(c) = self.close.take() {
+            c.complete(Err(err()));
+        }
+        self.core.wake_waiters();
+    }
+
+    /// After a failure: answer every request with the latched error until closed.
+    fn serve_failed(&mut self) {
+        let cause = match self.core.failed.get() {
+            Some(c) => Arc::clone(c),
+            None => return,
+        };
+        while let Ok(req) = self.rx.recv() {
+            let err = Error::Failed { cause: Arc::clone(&cause) };
+            match req {
+                Request::Append { done, bytes, .. } => {
+                    self.core.release(bytes);
+                    done.complete(Err(err));
+                }
+                Request::Sync(c) => c.complete(Err(err)),
+                Request::Close(c) => {
+                    c.complete(Err(err));
+                    break;
+                }
+            }
+        }
+        self.core.closed.store(true, Ordering::Release);
+        if let Some(h) = self.preparer.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! WAL configuration: plain data with defaults and one `validate()` that rejects.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// When an append is acknowledged, named by the syscall it pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Acknowledge after the write completed; `fdatasync` at least every
+    /// `sync_interval_ms`. A crash of the process loses nothing acknowledged; a power
+    /// loss may lose up to one interval.
+    #[default]
+    Interval,
+    /// Acknowledge only after the write and an `fdatasync` covering it completed.
+    EveryWrite,
+    /// Acknowledge after the write; never `fdatasync` except at rotation and close.
+    OsDefault,
+}
+
+impl SyncMode {
+    /// Accepted spellings, for error messages and `--help`.
+    pub const NAMES: &'static str = "interval, every_write, os_default";
+
+    /// The configuration spelling of this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Interval => "interval",
+            SyncMode::EveryWrite => "every_write",
+            SyncMode::OsDefault => "os_default",
+        }
+    }
+}
+
+impl FromStr for SyncMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "interval" => Ok(SyncMode::Interval),
+            "every_write" => Ok(SyncMode::EveryWrite),
+            "os_default" => Ok(SyncMode::OsDefault),
+            _ => Err(Error::InvalidConfig {
+                field: "--wal-sync-mode",
+                value: s.to_string(),
+                reason: format!("accepted values: {}", SyncMode::NAMES),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which I/O backend the commit thread drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// `uring` where io_uring and `O_DIRECT` work, otherwise `std` (logged once).
+    #[default]
+    Auto,
+    /// io_uring with `O_DIRECT`, registered buffers and a linked `fdatasync` (Linux only).
+    Uring,
+    /// `pwrite` + `fdatasync` (`F_FULLFSYNC` on macOS), on every platform.
+    Std,
+}
+
+impl BackendKind {
+    /// Accepted spellings, for error messages and `--help`.
+    pub const NAMES: &'static str = "auto, uring, std";
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Uring => "uring",
+            BackendKind::Std => "std",
+        }
+    }
+
+    /// Reads `STREAMLINE_WAL_BACKEND`; `None` when unset.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the variable holds an unknown value.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var("STREAMLINE_WAL_BACKEND") {
+            Ok(v) if !v.is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "uring" => Ok(BackendKind::Uring),
+            "std" => Ok(BackendKind::Std),
+            _ => Err(Error::InvalidConfig {
+                field: "--wal-backend",
+                value: s.to_string(),
+                reason: format!("accepted values: {}", BackendKind::NAMES),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What recovery does with a corrupt batch that has valid data after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryMode {
+    /// Refuse to open; the error names the file and byte offset.
+    #[default]
+    Strict,
+    /// Skip the corrupt bytes (logged as a warning with file and offset) and continue.
+    TolerateCorruption,
+}
+
+/// Configuration of a [`crate::wal::Wal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WalConfig {
+    /// When appends are acknowledged. Default: `interval`.
+    pub sync_mode: SyncMode,
+    /// Longest time between two `fdatasync`s in `interval` mode, in milliseconds.
+    /// Default: 100.
+    pub sync_interval_ms: u64,
+    /// Size every WAL file is preallocated to; a batch that does not fit rotates.
+    /// Default: 100 MiB. Minimum: 64 KiB.
+    pub max_file_size: u64,
+    /// Archived files kept even when a checkpoint covers them. Default: 2.
+    pub retention_files: usize,
+    /// I/O backend. Default: `auto` (overridden by `STREAMLINE_WAL_BACKEND` when set
+    /// and this is `auto`).
+    pub backend: BackendKind,
+    /// Largest batch the commit thread assembles into one write, in bytes (rounded up
+    /// to the 4 KiB block). A single larger entry is written alone. Default: 1 MiB.
+    pub max_batch_bytes: usize,
+    /// Cap on bytes accepted but not yet acknowledged; producers block at the cap.
+    /// Default: 64 MiB.
+    pub max_pending_bytes: usize,
+    /// Batches submitted to the disk but not yet completed at once (pipelining).
+    /// Default: 4.
+    pub max_in_flight: usize,
+    /// Handling of mid-log corruption during recovery. Default: `strict`.
+    pub recovery_mode: RecoveryMode,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            sync_mode: SyncMode::Interval,
+            sync_interval_ms: 100,
+            max_file_size: 100 * 1024 * 1024,
+            retention_files: 2,
+            backend: BackendKind::Auto,
+            max_batch_bytes: 1024 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_in_flight: 4,
+            recovery_mode: RecoveryMode::Strict,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Smallest accepted `max_file_size`.
+    pub const MIN_FILE_SIZE: u64 = 64 * 1024;
+
+    /// Rejects values the engine cannot honour, naming the setting and what is accepted.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for the first invalid field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, value: String, reason: &str| {
+            Err(Error::InvalidConfig { field, value, reason: reason.to_string() })
+        };
+        if self.sync_mode == SyncMode::Interval && self.sync_interval_ms == 0 {
+            return bad("--wal-sync-ms", "0".into(), "must be at least 1 in interval mode");
+        }
+        if self.max_file_size < Self::MIN_FILE_SIZE || self.max_file_size % 4096 != 0 {
+            return bad(
+                "--wal-max-file-size",
+                self.max_file_size.to_string(),
+                "must be a multiple of 4096 and at least 65536",
+            );
+        }
+        if self.max_batch_bytes < 4096 || self.max_batch_bytes > 64 * 1024 * 1024 {
+            return bad("max_batch_bytes", self.max_batch_bytes.to_string(), "must be between 4096 and 64 MiB");
+        }
+        if self.max_pending_bytes < self.max_batch_bytes {
+            return bad("max_pending_bytes", self.max_pending_bytes.to_string(), "must be at least max_batch_bytes");
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 64 {
+            return bad("max_in_flight", self.max_in_flight.to_string(), "must be between 1 and 64");
+        }
+        Ok(())
+    }
+}

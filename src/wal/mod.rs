@@ -1,0 +1,536 @@
+//! The group-commit write-ahead log.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use streamline::wal::{SyncMode, Wal, WalConfig};
+//!
+//! # fn main() -> streamline::Result<()> {
+//! let config = WalConfig { sync_mode: SyncMode::EveryWrite, ..WalConfig::default() };
+//! let (wal, recovery) = Wal::open("data/wal", config)?;
+//! for entry in recovery {
+//!     let entry = entry?; // entries after the checkpoint, in order
+//!     println!("replay {} {}/{}", entry.sequence, entry.topic, entry.partition);
+//! }
+//! let seq = wal.append("orders", 0, Bytes::from_static(b"hello")).wait()?; // durable now
+//! wal.checkpoint(seq)?; // everything up to seq is applied elsewhere
+//! wal.close()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Producers on any thread call [`Wal::append`]; one commit thread turns everything
+//! pending into one aligned write (plus one `fdatasync` in `every_write` mode) and
+//! acknowledges every producer of the batch together, in sequence order.
+
+mod backend;
+mod buffer;
+pub mod checkpoint;
+mod commit;
+mod completion;
+mod config;
+pub mod files;
+pub mod format;
+pub mod recovery;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
+    thread::JoinHandle,
+};
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+pub use commit::NewEntry;
+pub use completion::Completion;
+pub use config::{BackendKind, RecoveryMode, SyncMode, WalConfig};
+pub use format::{WalEntry, WalEntryType};
+pub use recovery::{DirScan, EntryIter, FileInfo, Tail, WalReader};
+
+use crate::error::{Error, Result};
+use commit::{ActiveFile, Archived, Committer, Completer, Core, Entries, Request};
+use format::{BatchHeader, BatchKind, BATCH_HEADER_LEN, BLOCK_SIZE};
+
+/// A snapshot of the WAL's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WalStats {
+    /// Entries written.
+    pub entries: u64,
+    /// Batches written (one write each).
+    pub batches: u64,
+    /// fdatasyncs issued (linked, standalone, rotation and close).
+    pub fsyncs: u64,
+    /// Bytes written to WAL files, padding included.
+    pub bytes_written: u64,
+    /// File rotations.
+    pub rotations: u64,
+    /// Largest number of entries in one batch.
+    pub max_batch_entries: u64,
+    /// Bytes accepted but not yet acknowledged.
+    pub pending_bytes: u64,
+}
+
+struct Handle {
+    core: Arc<Core>,
+    tx: Sender<Request>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    backend: BackendKind,
+    _lock: File,
+}
+
+impl Handle {
+    fn shutdown(&self) -> Result<u64> {
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(thread) = thread else { return Err(Error::Closed) };
+        let (c, slot) = Completion::new();
+        let _ = self.tx.send(Request::Close(Completer::new(slot)));
+        let r = c.wait();
+        let _ = thread.join();
+        r
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            if !matches!(e, Error::Closed) {
+                tracing::error!(error = %e, "closing the WAL on drop failed");
+            }
+        }
+    }
+}
+
+/// A cloneable, thread-safe handle to an open WAL. The WAL closes (flushing and
+/// syncing everything) when [`Wal::close`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Wal {
+    inner: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal").field("dir", &self.inner.core.dir).field("backend", &self.inner.backend).finish()
+    }
+}
+
+/// What [`Wal::open`] found, and the entries after the checkpoint as a stream.
+///
+/// Iterating reads one batch at a time, so recovering a large WAL needs little memory.
+pub struct Recovery {
+    /// The checkpointed sequence (0 when there is no checkpoint).
+    pub checkpoint: u64,
+    /// The last valid sequence in the log (0 when empty).
+    pub last_sequence: u64,
+    /// The sequence the next append gets.
+    pub next_sequence: u64,
+    /// Where a torn tail was cut: file and byte offset.
+    pub truncated: Option<(PathBuf, u64)>,
+    /// The scanned files.
+    pub files: Vec<FileInfo>,
+    iter: EntryIter,
+}
+
+impl Iterator for Recovery {
+    type Item = Result<WalEntry>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.iter.next()
+    }
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery")
+            .field("checkpoint", &self.checkpoint)
+            .field("last_sequence", &self.last_sequence)
+            .field("next_sequence", &self.next_sequence)
+            .field("truncated", &self.truncated)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(unix)]
+fn lock_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
+    #[expect(unsafe_code, reason = "flock has no std wrapper on this toolchain's MSRV")]
+    // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked { path: dir.to_path_buf() });
+        }
+        return Err(Error::io("flock", &path, e));
+    }
+    Ok(f)
+}
+
+#[cfg(not(unix))]
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))
+}
+
+/// Writes a seal batch at `offset` of `path` with plain I/O and fdatasyncs it.
+fn seal_in_place(path: &Path, number: u64, offset: u64, next_sequence: u64, synced_through: u64) -> Result<()> {
+    let mut block = vec![0u8; BLOCK_SIZE];
+    let h = BatchHeader {
+        kind: BatchKind::Seal,
+        file_number: number,
+        first_sequence: next_sequence,
+        entry_count: 0,
+        payload_len: 0,
+        synced_through,
+    };
+    format::encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?;
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::write_all_at(&f, &block, offset).map_err(|e| Error::io("pwrite seal", path, e))?;
+    #[cfg(not(unix))]
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f2 = &f;
+        f2.seek(SeekFrom::Start(offset)).map_err(|e| Error::io("seek", path, e))?;
+        f2.write_all(&block).map_err(|e| Error::io("write seal", path, e))?;
+    }
+    backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir`: validates every file, cuts a torn tail,
+    /// and starts the commit thread. The returned [`Recovery`] streams the entries
+    /// after the checkpoint; appends may start at once and get sequences after them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad configuration, [`Error::Locked`] when the
+    /// directory is open elsewhere, [`Error::Corrupt`] for damaged data (with file
+    /// and offset), and I/O errors naming the path.
+    pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, Recovery)> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        let lock = lock_dir(&dir)?;
+        files::remove_prepared(&dir)?;
+        let scan = recovery::scan_dir(&dir, config.recovery_mode)?;
+        let checkpoint = scan.checkpoint.map_or(0, |c| c.sequence);
+        let mut next_seq = scan.next_sequence;
+        let mut files = scan.files;
+        let current = dir.join(files::CURRENT);
+        let mut truncated = None;
+
+        // Decide whether appends continue in the newest file or in a fresh one.
+        let mut need_new_file = true;
+        let mut offset = BLOCK_SIZE as u64;
+        if let Some(last) = files.last_mut() {
+            if last.path == current {
+                if let Tail::Torn { offset: at, reason } = &last.tail {
+                    tracing::warn!(file = %current.display(), offset = at, reason = %reason, "cut torn WAL tail");
+                    truncated = Some((current.clone(), *at));
+                }
+                let jump = checkpoint >= next_seq;
+                if jump {
+                    tracing::warn!(checkpoint, next = next_seq, "checkpoint is ahead of the log; continuing after it");
+                    next_seq = checkpoint + 1;
+                }
+                if last.tail == Tail::Sealed {
+                    // Crash during rotation: the file is complete.
+                } else if last.stale_after_end || jump {
+                    // Bytes beyond the cut could decode later: end the file with a seal.
+                    seal_in_place(&current, last.number, last.valid_end, next_seq, last.last_sequence.unwrap_or(0))?;
+                    last.valid_end += BLOCK_SIZE as u64;
+                    last.next_sequence = Some(next_seq);
+                    last.tail = Tail::Sealed;
+                } else {
+                    need_new_file = false;
+                    offset = last.valid_end;
+                }
+                if need_new_file {
+                    let archived = files::archived_path(&dir, last.number);
+                    std::fs::rename(&current, &archived).map_err(|e| Error::io("rename", &current, e))?;
+                    files::sync_dir(&dir)?;
+                    last.path = archived;
+                }
+            } else if checkpoint >= next_seq {
+                next_seq = checkpoint + 1;
+            }
+        } else if checkpoint >= next_seq {
+            next_seq = checkpoint + 1;
+        }
+        let number = files.last().map_or(1, |f| if need_new_file { f.number + 1 } else { f.number });
+        if need_new_file {
+            let p = files::prepare_file(&dir, number, config.max_file_size, files::Prealloc::ZeroFill)?;
+            std::fs::rename(&p, &current).map_err(|e| Error::io("rename", &p, e))?;
+            files::sync_dir(&dir)?;
+            tracing::info!(file = number, dir = %dir.display(), "created WAL file");
+        }
+        // The active file keeps its original size (max_file_size may have changed).
+        let size = std::fs::metadata(&current).map_err(|e| Error::io("stat", &current, e))?.len();
+
+        let archived: Vec<Archived> = files
+            .iter()
+            .filter(|f| f.path != current)
+            .map(|f| Archived {
+                number: f.number,
+                path: f.path.clone(),
+                covers_through: f.next_sequence.unwrap_or(1).saturating_sub(1),
+            })
+            .collect();
+        let last_sequence = next_seq - 1;
+        let core = Arc::new(Core::new(config.clone(), dir.clone(), archived, last_sequence));
+        let backend = backend::create(config.backend, &current, 64)?;
+        let kind = backend.kind();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size);
+        let committer = Committer::new(
+            backend,
+            Arc::clone(&core),
+            rx,
+            ActiveFile { number, offset, size },
+            next_seq,
+            scan.last_sequence,
+            preparer,
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("streamline-wal-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| Error::io("spawn commit thread", &dir, e))?;
+        tracing::info!(
+            dir = %dir.display(), backend = %kind, sync_mode = %config.sync_mode,
+            checkpoint, last_sequence = scan.last_sequence, next = next_seq, "opened WAL"
+        );
+        // Files older than the checkpoint hold nothing to replay.
+        let replay: Vec<FileInfo> = files.iter().filter(|f| f.path != current || !need_new_file).cloned().collect();
+        let iter = EntryIter::new(replay, checkpoint + 1);
+        let wal = Wal {
+            inner: Arc::new(Handle { core, tx, thread: Mutex::new(Some(thread)), backend: kind, _lock: lock }),
+        };
+        let rec = Recovery { checkpoint, last_sequence: scan.last_sequence, next_sequence: next_seq, truncated, files, iter };
+        Ok((wal, rec))
+    }
+
+    fn send_append(&self, entries: Entries, bytes: usize) -> Completion {
+        let core = &self.inner.core;
+        if let Err(e) = core.check_usable() {
+            return Completion::ready(Err(e));
+        }
+        if let Err(e) = core.reserve_blocking(bytes) {
+            return Completion::ready(Err(e));
+        }
+        self.send_reserved(entries, bytes)
+    }
+
+    fn send_reserved(&self, entries: Entries, bytes: usize) -> Completion {
+        let (c, slot) = Completion::new();
+        let req = Request::Append { entries, timestamp: commit::timestamp_now(), bytes, done: Completer::new(slot) };
+        if let Err(crossbeam_channel::SendError(req)) = self.inner.tx.send(req) {
+            // The commit thread is gone: its Completer answers Closed when dropped.
+            drop(req);
+        }
+        c
+    }
+
+    fn check_size(&self, entries: &[NewEntry]) -> Result<usize> {
+        let limit = self.max_entry_bytes();
+        let mut total = 0usize;
+        for e in entries {
+            if e.topic.len() > format::MAX_TOPIC_LEN {
+                return Err(Error::InvalidConfig {
+                    field: "topic",
+                    value: format!("{} bytes", e.topic.len()),
+                    reason: format!("topic names are limited to {} bytes", format::MAX_TOPIC_LEN),
+                });
+            }
+            total = total.saturating_add(e.encoded_len());
+        }
+        if total as u64 > limit {
+            return Err(Error::EntryTooLarge { size: total as u64, limit });
+        }
+        Ok(total)
+    }
+
+    /// Largest encoded size of one append (or one `append_batch`): a file minus its
+    /// header block, the batch header and the seal block.
+    pub fn max_entry_bytes(&self) -> u64 {
+        let c = &self.inner.core.config;
+        (c.max_file_size - 2 * BLOCK_SIZE as u64 - BATCH_HEADER_LEN as u64).min(u64::from(u32::MAX) - BLOCK_SIZE as u64)
+    }
+
+    /// Appends a `Record` entry. Blocks only while the pending-bytes cap is reached.
+    /// The completion resolves to the entry's sequence once it is durable per the
+    /// sync mode, or to the error that prevented it.
+    pub fn append(&self, topic: &str, partition: i32, data: Bytes) -> Completion {
+        self.append_entry(NewEntry::record(topic, partition, data))
+    }
+
+    /// Appends one entry of any type (see [`Wal::append`]).
+    pub fn append_entry(&self, entry: NewEntry) -> Completion {
+        match self.check_size(std::slice::from_ref(&entry)) {
+            Ok(bytes) => self.send_append(Entries::One(entry), bytes),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Appends several entries atomically: they get contiguous sequences, land in one
+    /// batch, and recovery returns all of them or none. Resolves to the first sequence.
+    pub fn append_batch(&self, entries: Vec<NewEntry>) -> Completion {
+        if entries.is_empty() {
+            return Completion::ready(Err(Error::InvalidConfig {
+                field: "entries",
+                value: "[]".into(),
+                reason: "append_batch needs at least one entry".into(),
+            }));
+        }
+        match self.check_size(&entries) {
+            Ok(bytes) => self.send_append(Entries::Many(entries), bytes),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Like [`Wal::append`], but waits for pending capacity without blocking the
+    /// thread (for async callers), then for durability.
+    ///
+    /// # Errors
+    /// As the completion of [`Wal::append`].
+    pub async fn append_async(&self, topic: &str, partition: i32, data: Bytes) -> Result<u64> {
+        let entry = NewEntry::record(topic, partition, data);
+        let bytes = self.check_size(std::slice::from_ref(&entry))?;
+        CapacityWait { core: &self.inner.core, bytes }.await?;
+        self.send_reserved(Entries::One(entry), bytes).await
+    }
+
+    /// Like [`Wal::append_batch`], waiting for capacity without blocking the thread.
+    ///
+    /// # Errors
+    /// As the completion of [`Wal::append_batch`].
+    pub async fn append_batch_async(&self, entries: Vec<NewEntry>) -> Result<u64> {
+        if entries.is_empty() {
+            return self.append_batch(entries).await;
+        }
+        let bytes = self.check_size(&entries)?;
+        CapacityWait { core: &self.inner.core, bytes }.await?;
+        self.send_reserved(Entries::Many(entries), bytes).await
+    }
+
+    /// Makes everything appended before this call durable (one fdatasync), in any
+    /// sync mode. Resolves to the highest durable sequence.
+    pub fn sync(&self) -> Completion {
+        if let Err(e) = self.inner.core.check_usable() {
+            return Completion::ready(Err(e));
+        }
+        let (c, slot) = Completion::new();
+        let _ = self.inner.tx.send(Request::Sync(Completer::new(slot)));
+        c
+    }
+
+    /// Records that every entry up to `sequence` has been applied durably elsewhere:
+    /// replaces `checkpoint.json` atomically, then deletes archived files wholly at or
+    /// below it, keeping the newest `retention_files`.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointAhead`] for a sequence not yet acknowledged; I/O errors.
+    pub fn checkpoint(&self, sequence: u64) -> Result<()> {
+        let core = &self.inner.core;
+        let acked = core.acked_through.load(Ordering::Acquire);
+        if sequence > acked {
+            return Err(Error::CheckpointAhead { sequence, acknowledged: acked });
+        }
+        checkpoint::store(&core.dir, sequence)?;
+        let doomed: Vec<Archived> = {
+            let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
+            let keep = core.config.retention_files;
+            let mut n = 0;
+            while n < archived.len().saturating_sub(keep) && archived[n].covers_through <= sequence {
+                n += 1;
+            }
+            archived.drain(..n).collect()
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for a in &doomed {
+            std::fs::remove_file(&a.path).map_err(|e| Error::io("remove", &a.path, e))?;
+            tracing::info!(file = a.number, "deleted WAL file covered by checkpoint");
+        }
+        // The deletions become durable with the directory.
+        files::sync_dir(&core.dir)
+    }
+
+    /// Stops the commit thread after everything accepted so far is written and
+    /// fdatasynced (in every sync mode). Other handles see [`Error::Closed`] afterwards.
+    ///
+    /// # Errors
+    /// The latched failure if the WAL failed, or an error from the final sync.
+    pub fn close(self) -> Result<()> {
+        self.inner.shutdown().map(|_| ()).or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })
+    }
+
+    /// The backend in use (`Uring` or `Std`, never `Auto`).
+    pub fn backend(&self) -> BackendKind {
+        self.inner.backend
+    }
+
+    /// The WAL directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.core.dir
+    }
+
+    /// The configuration the WAL was opened with.
+    pub fn config(&self) -> &WalConfig {
+        &self.inner.core.config
+    }
+
+    /// The highest acknowledged sequence.
+    pub fn last_acked_sequence(&self) -> u64 {
+        self.inner.core.acked_through.load(Ordering::Acquire)
+    }
+
+    /// The highest sequence covered by a completed fdatasync.
+    pub fn durable_sequence(&self) -> u64 {
+        self.inner.core.synced_through.load(Ordering::Acquire)
+    }
+
+    /// The latched failure, if the WAL has failed.
+    pub fn failure(&self) -> Option<Arc<Error>> {
+        self.inner.core.failed.get().cloned()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.inner.core.counters;
+        WalStats {
+            entries: c.entries.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            rotations: c.rotations.load(Ordering::Relaxed),
+            max_batch_entries: c.max_batch_entries.load(Ordering::Relaxed),
+            pending_bytes: self.inner.core.pending_bytes() as u64,
+        }
+    }
+}
+
+/// Waits (asynchronously) until `bytes` of pending capacity are reserved.
+struct CapacityWait<'a> {
+    core: &'a Core,
+    bytes: usize,
+}
+
+impl std::future::Future for CapacityWait<'_> {
+    type Output = Result<()>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        if let Err(e) = self.core.check_usable() {
+            return Poll::Ready(Err(e));
+        }
+        if self.core.try_reserve(self.bytes) {
+            return Poll::Ready(Ok(()));
+        }
+        self.core.register_waker(cx.waker());
+        // Re-check after registering so a release in between is not missed.
+        if self.core.try_reserve(self.bytes) {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}

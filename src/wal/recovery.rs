@@ -1,0 +1,441 @@
+//! Scanning WAL files: validation of every batch and entry, torn-tail detection,
+//! corruption reports with file and byte offset, and the streaming entry iterator
+//! used by recovery and tools. Read-only: [`super::Wal::open`] acts on the result.
+//!
+//! How the end of the log is decided in the newest file: scanning stops at the first
+//! block that does not hold a valid batch continuing the sequence. The rest of the
+//! file is then probed for valid batch headers of the same file. Every batch header
+//! records `synced_through`, the highest sequence its writer knew to be durable. If a
+//! later batch says the missing sequences had been synced, the bad bytes are damage to
+//! durable data (an error naming file and offset); otherwise they are a torn tail of
+//! unsynced writes, and the log ends there. Archived files end with a seal batch, so
+//! any bad batch before the seal is corruption.
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    checkpoint::{self, Checkpoint},
+    config::RecoveryMode,
+    files::{list_archived, CURRENT},
+    format::{decode_batch_header, decode_file_header, for_each_entry, BadBatch, BatchHeader, BatchKind, WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE},
+};
+use crate::error::{Error, Result};
+
+/// How a file's log ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// A seal batch ends the file (archived files).
+    Sealed,
+    /// Never-written (zero or stale) space follows the last valid batch.
+    Clean,
+    /// A partly written batch follows the last valid batch (newest file only).
+    Torn {
+        /// Where the torn batch starts.
+        offset: u64,
+        /// What check failed.
+        reason: String,
+    },
+}
+
+/// What a scan learned about one WAL file.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// The file number from its header.
+    pub number: u64,
+    /// Where the file is.
+    pub path: PathBuf,
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// Offset just past the last valid batch (where the next batch would go).
+    pub valid_end: u64,
+    /// Sequence of the first valid entry, if any.
+    pub first_sequence: Option<u64>,
+    /// Sequence of the last valid entry, if any.
+    pub last_sequence: Option<u64>,
+    /// Sequence the next entry after this file must have.
+    pub next_sequence: Option<u64>,
+    /// Valid entry batches.
+    pub batches: u64,
+    /// Valid entries.
+    pub entries: u64,
+    /// Payload bytes of valid entries (without framing).
+    pub data_bytes: u64,
+    /// How the log in this file ends.
+    pub tail: Tail,
+    /// Whether valid batch headers of this file exist after the end of the log
+    /// (unsynced writes that outlived a torn one). Appending in place would then risk
+    /// resurrecting them, so the WAL seals the file instead.
+    pub stale_after_end: bool,
+    /// Byte ranges skipped in tolerant mode: (offset, end, reason).
+    pub skipped: Vec<(u64, u64, String)>,
+}
+
+/// The result of scanning a WAL directory.
+#[derive(Debug, Clone)]
+pub struct DirScan {
+    /// Files in log order (archived by number, then `current.wal`).
+    pub files: Vec<FileInfo>,
+    /// The checkpoint, if any.
+    pub checkpoint: Option<Checkpoint>,
+    /// Sequence of the last valid entry in the whole log (0 when empty).
+    pub last_sequence: u64,
+    /// Sequence the next appended entry gets (contiguous with the log).
+    pub next_sequence: u64,
+}
+
+/// Positional reader with a large buffer: WAL files are read in 4 MiB chunks.
+pub(crate) struct ChunkReader {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+const CHUNK: usize = 4 << 20;
+
+impl ChunkReader {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        Ok(ChunkReader { file, path: path.to_path_buf(), len, buf: Vec::new(), start: 0 })
+    }
+
+    /// Bytes `[off, off+len)`, which the caller has checked lie inside the file.
+    pub(crate) fn get(&mut self, off: u64, len: usize) -> Result<&[u8]> {
+        let have = off >= self.start && off + len as u64 <= self.start + self.buf.len() as u64;
+        if !have {
+            let want = (len.max(CHUNK) as u64).min(self.len - off) as usize;
+            self.buf.resize(want, 0);
+            read_exact_at(&self.file, &mut self.buf, off).map_err(|e| Error::io("read", &self.path, e))?;
+            self.start = off;
+        }
+        let s = (off - self.start) as usize;
+        Ok(&self.buf[s..s + len])
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
+}
+
+#[cfg(windows)]
+fn read_exact_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_read(buf, off)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Outcome of validating the batch at one offset.
+enum Step {
+    Batch(BatchHeader),
+    Bad(String, bool),
+}
+
+/// Validates the batch at `pos`: header, bounds, contiguity and every entry.
+fn check_batch(r: &mut ChunkReader, number: u64, pos: u64, expected: Option<u64>) -> Result<Step> {
+    let hdr = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
+        Ok(h) => h,
+        Err(BadBatch::Zero) => return Ok(Step::Bad("zeroed block (end of written data)".into(), true)),
+        Err(BadBatch::Invalid(why)) => return Ok(Step::Bad(why, false)),
+    };
+    if let Some(exp) = expected {
+        let ok = match hdr.kind {
+            BatchKind::Entries => hdr.first_sequence == exp,
+            BatchKind::Seal => hdr.first_sequence >= exp,
+        };
+        if !ok {
+            return Ok(Step::Bad(format!("batch starts at sequence {}, expected {exp}", hdr.first_sequence), false));
+        }
+    }
+    if pos + hdr.disk_len() > r.len {
+        return Ok(Step::Bad(format!("batch of {} bytes runs past the end of the file", hdr.disk_len()), false));
+    }
+    if hdr.kind == BatchKind::Entries {
+        let payload = r.get(pos + BATCH_HEADER_LEN as u64, hdr.payload_len as usize)?;
+        if let Err((at, why)) = for_each_entry(&hdr, payload, |_| {}) {
+            return Ok(Step::Bad(format!("{why} (payload offset {at})"), false));
+        }
+    }
+    Ok(Step::Batch(hdr))
+}
+
+/// First offset at or after `from` holding a valid batch header of file `number`.
+fn probe(r: &mut ChunkReader, number: u64, from: u64) -> Result<Option<(u64, BatchHeader)>> {
+    let mut pos = from;
+    while pos + BLOCK_SIZE as u64 <= r.len {
+        if let Ok(h) = decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
+            return Ok(Some((pos, h)));
+        }
+        pos += BLOCK_SIZE as u64;
+    }
+    Ok(None)
+}
+
+/// Scans one file. `expected_number` is checked against the header when given;
+/// `expected_next` is the sequence the file's first batch must start at.
+pub fn scan_file(
+    path: &Path,
+    expected_number: Option<u64>,
+    newest: bool,
+    expected_next: Option<u64>,
+    mode: RecoveryMode,
+) -> Result<FileInfo> {
+    let mut r = ChunkReader::open(path)?;
+    if r.len < BLOCK_SIZE as u64 {
+        return Err(Error::corrupt(path, 0, format!("file of {} bytes is shorter than its header block", r.len)));
+    }
+    let header = decode_file_header(r.get(0, BLOCK_SIZE)?).map_err(|why| Error::corrupt(path, 0, why))?;
+    if let Some(n) = expected_number {
+        if header.file_number != n {
+            return Err(Error::corrupt(path, 0, format!("header says file {}, expected {n}", header.file_number)));
+        }
+    }
+    let number = header.file_number;
+    let mut info = FileInfo {
+        number,
+        path: path.to_path_buf(),
+        size: r.len,
+        valid_end: BLOCK_SIZE as u64,
+        first_sequence: None,
+        last_sequence: None,
+        next_sequence: expected_next,
+        batches: 0,
+        entries: 0,
+        data_bytes: 0,
+        tail: Tail::Clean,
+        stale_after_end: false,
+        skipped: Vec::new(),
+    };
+    let mut pos = BLOCK_SIZE as u64;
+    loop {
+        if pos + BLOCK_SIZE as u64 > r.len {
+            if !newest {
+                return Err(Error::corrupt(path, pos, "archived file ends without a seal"));
+            }
+            break;
+        }
+        match check_batch(&mut r, number, pos, info.next_sequence)? {
+            Step::Batch(h) if h.kind == BatchKind::Seal => {
+                info.next_sequence = Some(h.first_sequence);
+                info.valid_end = pos + h.disk_len();
+                info.tail = Tail::Sealed;
+                break;
+            }
+            Step::Batch(h) => {
+                info.first_sequence.get_or_insert(h.first_sequence);
+                info.last_sequence = Some(h.last_sequence());
+                info.next_sequence = Some(h.last_sequence() + 1);
+                info.batches += 1;
+                info.entries += u64::from(h.entry_count);
+                info.data_bytes += u64::from(h.payload_len);
+                pos += h.disk_len();
+                info.valid_end = pos;
+            }
+            Step::Bad(reason, zero) => {
+                let next = probe(&mut r, number, pos + BLOCK_SIZE as u64)?;
+                // Evidence that the bad bytes had been synced: a later batch of this
+                // file recorded a synced_through covering the sequence expected here.
+                let synced_over = match (next, info.next_sequence) {
+                    (Some((_, h)), Some(exp)) => h.synced_through >= exp,
+                    // The log's first batch is bad: damaged if everything before the
+                    // later batch had been synced.
+                    (Some((_, h)), None) => h.synced_through > 0 && h.synced_through + 1 >= h.first_sequence,
+                    (None, _) => false,
+                };
+                let damaged = !newest || synced_over;
+                if damaged {
+                    let err_reason = match next {
+                        Some((at, h)) => format!("{reason}; a valid batch (sequence {}) follows at offset {at}", h.first_sequence),
+                        None => reason.clone(),
+                    };
+                    if mode == RecoveryMode::Strict {
+                        return Err(Error::corrupt(path, pos, err_reason));
+                    }
+                    match next {
+                        Some((at, h)) => {
+                            tracing::warn!(file = %path.display(), offset = pos, reason = %err_reason, "skipping corrupt WAL bytes (tolerant recovery)");
+                            info.skipped.push((pos, at, err_reason));
+                            info.next_sequence = Some(h.first_sequence);
+                            pos = at;
+                            continue;
+                        }
+                        None => {
+                            tracing::warn!(file = %path.display(), offset = pos, reason = %err_reason, "WAL file ends in corrupt bytes (tolerant recovery)");
+                            info.skipped.push((pos, r.len, err_reason));
+                            break;
+                        }
+                    }
+                }
+                info.stale_after_end = next.is_some();
+                if !zero || next.is_some() {
+                    info.tail = Tail::Torn { offset: pos, reason };
+                }
+                break;
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// Scans every file of the WAL directory in order and checks they form one log.
+///
+/// # Errors
+/// I/O errors; [`Error::Corrupt`] for damaged files, missing files, sequence gaps
+/// between files, or a checkpoint that refers to entries no longer present.
+pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
+    let checkpoint = checkpoint::load(dir)?;
+    let mut paths: Vec<(Option<u64>, PathBuf)> = list_archived(dir)?.into_iter().map(|(n, p)| (Some(n), p)).collect();
+    let current = dir.join(CURRENT);
+    if current.exists() {
+        paths.push((None, current));
+    }
+    let mut files: Vec<FileInfo> = Vec::with_capacity(paths.len());
+    let mut expected_next: Option<u64> = None;
+    let count = paths.len();
+    for (i, (number, path)) in paths.into_iter().enumerate() {
+        let newest = i + 1 == count;
+        let want_number = number.or_else(|| files.last().map(|f| f.number + 1));
+        let info = scan_file(&path, want_number, newest, expected_next, mode)?;
+        if let Some(prev) = files.last() {
+            if info.number != prev.number + 1 {
+                return Err(Error::corrupt(&path, 0, format!("file {} follows file {}: files are missing", info.number, prev.number)));
+            }
+        }
+        expected_next = info.next_sequence;
+        files.push(info);
+    }
+    let last_sequence = files.iter().rev().find_map(|f| f.last_sequence).unwrap_or(0);
+    if let (Some(cp), Some(first)) = (checkpoint, files.iter().find_map(|f| f.first_sequence)) {
+        if first > cp.sequence + 1 {
+            let f = files.iter().find(|f| f.first_sequence.is_some()).map(|f| f.path.clone()).unwrap_or_default();
+            return Err(Error::corrupt(
+                f,
+                BLOCK_SIZE as u64,
+                format!("log starts at sequence {first} but the checkpoint is {}: entries are missing", cp.sequence),
+            ));
+        }
+    }
+    let next_sequence = expected_next.unwrap_or(1).max(last_sequence + 1);
+    Ok(DirScan { files, checkpoint, last_sequence, next_sequence })
+}
+
+/// Streams the entries of scanned files, from a sequence on, one batch in memory at a time.
+pub struct EntryIter {
+    files: VecDeque<FileInfo>,
+    from: u64,
+    reader: Option<(ChunkReader, FileInfo, u64)>,
+    ready: VecDeque<WalEntry>,
+    failed: bool,
+}
+
+impl EntryIter {
+    /// Iterates entries with sequence ≥ `from` in `files`.
+    pub fn new(files: Vec<FileInfo>, from: u64) -> Self {
+        let files = files.into_iter().filter(|f| f.last_sequence.is_some_and(|l| l >= from)).collect();
+        EntryIter { files, from, reader: None, ready: VecDeque::new(), failed: false }
+    }
+
+    fn fill(&mut self) -> Result<bool> {
+        loop {
+            if self.reader.is_none() {
+                let Some(f) = self.files.pop_front() else { return Ok(false) };
+                let r = ChunkReader::open(&f.path)?;
+                self.reader = Some((r, f, BLOCK_SIZE as u64));
+            }
+            let (r, f, pos) = self.reader.as_mut().expect("set above");
+            if *pos >= f.valid_end {
+                self.reader = None;
+                continue;
+            }
+            if let Some((_, end, _)) = f.skipped.iter().find(|(s, _, _)| *s == *pos) {
+                *pos = *end;
+                continue;
+            }
+            let hdr = decode_batch_header(r.get(*pos, BATCH_HEADER_LEN)?, f.number)
+                .map_err(|e| Error::corrupt(&f.path, *pos, format!("batch changed since it was validated: {e:?}")))?;
+            let at = *pos;
+            *pos += hdr.disk_len();
+            if hdr.kind != BatchKind::Entries || hdr.last_sequence() < self.from {
+                continue;
+            }
+            let payload = r.get(at + BATCH_HEADER_LEN as u64, hdr.payload_len as usize)?;
+            let from = self.from;
+            let ready = &mut self.ready;
+            for_each_entry(&hdr, payload, |e| {
+                if e.sequence >= from {
+                    ready.push_back(e.to_owned_entry());
+                }
+            })
+            .map_err(|(_, why)| Error::corrupt(&f.path, at, why))?;
+            return Ok(true);
+        }
+    }
+}
+
+impl Iterator for EntryIter {
+    type Item = Result<WalEntry>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.failed {
+                return None;
+            }
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Read-only access to a WAL directory for tools: file summaries and entries.
+pub struct WalReader {
+    scan: DirScan,
+}
+
+impl WalReader {
+    /// Scans `dir` strictly.
+    ///
+    /// # Errors
+    /// As [`scan_dir`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, RecoveryMode::Strict)
+    }
+
+    /// Scans `dir` with the given handling of corruption.
+    ///
+    /// # Errors
+    /// As [`scan_dir`].
+    pub fn open_with(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<Self> {
+        Ok(WalReader { scan: scan_dir(dir.as_ref(), mode)? })
+    }
+
+    /// The scan result: files, checkpoint, sequence range.
+    pub fn scan(&self) -> &DirScan {
+        &self.scan
+    }
+
+    /// Entries with sequence ≥ `from`, in order.
+    pub fn entries_from(&self, from: u64) -> EntryIter {
+        EntryIter::new(self.scan.files.clone(), from)
+    }
+}

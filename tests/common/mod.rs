@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig, WalEntry};
+
+/// Both backends; every parametrised test runs once per entry.
+pub const BACKENDS: [BackendKind; 2] = [BackendKind::Std, BackendKind::Uring];
+
+/// A small-file configuration for tests.
+pub fn config(backend: BackendKind, mode: SyncMode) -> WalConfig {
+    WalConfig {
+        backend,
+        sync_mode: mode,
+        sync_interval_ms: 5,
+        max_file_size: 256 * 1024,
+        retention_files: 1,
+        max_batch_bytes: 64 * 1024,
+        ..WalConfig::default()
+    }
+}
+
+/// Opens, asserting the requested backend really is the one in use.
+pub fn open(dir: &Path, cfg: WalConfig) -> (Wal, Vec<WalEntry>) {
+    let want = cfg.backend;
+    let (wal, rec) = Wal::open(dir, cfg).expect("open WAL");
+    assert_eq!(wal.backend(), want, "requested backend not in use");
+    let entries = rec.collect::<Result<Vec<_>, _>>().expect("recovery");
+    (wal, entries)
+}
+
+/// Deterministic payload for a sequence/index.
+pub fn payload(i: u64, len: usize) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
