@@ -19,15 +19,31 @@ fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
         let (wal, _) = open(dir.path(), cfg.clone());
         let mut last = 0;
         for i in 0..400u64 {
-            last = wal.append("r", 0, Bytes::from(payload(i, 3000))).wait().unwrap();
+            last = wal
+                .append("r", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
         }
         wal.sync().wait().unwrap();
         let archived = list_archived(dir.path()).unwrap();
-        assert!(archived.len() >= 4, "{backend}: 1.2 MB into 256 KiB files should archive several, got {}", archived.len());
+        assert!(
+            archived.len() >= 4,
+            "{backend}: 1.2 MB into 256 KiB files should archive several, got {}",
+            archived.len()
+        );
         for (_, p) in &archived {
-            assert_eq!(std::fs::metadata(p).unwrap().len(), cfg.max_file_size, "{backend}: files are preallocated to max_file_size");
+            assert_eq!(
+                std::fs::metadata(p).unwrap().len(),
+                cfg.max_file_size,
+                "{backend}: files are preallocated to max_file_size"
+            );
         }
-        assert_eq!(std::fs::metadata(dir.path().join("current.wal")).unwrap().len(), cfg.max_file_size);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("current.wal"))
+                .unwrap()
+                .len(),
+            cfg.max_file_size
+        );
         // Files are numbered contiguously from 1.
         let numbers: Vec<u64> = archived.iter().map(|(n, _)| *n).collect();
         assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
@@ -43,14 +59,30 @@ fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
 
         // Checkpointing everything keeps exactly retention_files archived files.
         wal.checkpoint(last).unwrap();
-        assert_eq!(list_archived(dir.path()).unwrap().len(), cfg.retention_files, "{backend}");
-        assert!(matches!(wal.checkpoint(last + 1), Err(Error::CheckpointAhead { .. })), "{backend}");
+        assert_eq!(
+            list_archived(dir.path()).unwrap().len(),
+            cfg.retention_files,
+            "{backend}"
+        );
+        assert!(
+            matches!(wal.checkpoint(last + 1), Err(Error::CheckpointAhead { .. })),
+            "{backend}"
+        );
         wal.close().unwrap();
 
         // Recovery returns only what follows the checkpoint.
         let (wal, rec) = open(dir.path(), cfg.clone());
-        assert!(rec.is_empty(), "{backend}: {} entries after a full checkpoint", rec.len());
-        assert_eq!(wal.append("r", 0, Bytes::from_static(b"next")).wait().unwrap(), last + 1);
+        assert!(
+            rec.is_empty(),
+            "{backend}: {} entries after a full checkpoint",
+            rec.len()
+        );
+        assert_eq!(
+            wal.append("r", 0, Bytes::from_static(b"next"))
+                .wait()
+                .unwrap(),
+            last + 1
+        );
     }
 }
 
@@ -60,12 +92,17 @@ fn recovery_streams_entries_after_the_checkpoint_only() {
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
     let (wal, _) = open(dir.path(), cfg.clone());
     for i in 0..100u64 {
-        wal.append("c", 0, Bytes::from(payload(i, 500))).wait().unwrap();
+        wal.append("c", 0, Bytes::from(payload(i, 500)))
+            .wait()
+            .unwrap();
     }
     wal.checkpoint(60).unwrap();
     drop(wal);
     let (_wal, rec) = open(dir.path(), cfg);
-    assert_eq!(rec.iter().map(|e| e.sequence).collect::<Vec<_>>(), (61..=100).collect::<Vec<_>>());
+    assert_eq!(
+        rec.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (61..=100).collect::<Vec<_>>()
+    );
     assert_eq!(&rec[0].data[..], &payload(60, 500)[..]);
 }
 
@@ -75,7 +112,9 @@ fn interrupted_checkpoint_replacement_leaves_the_old_one_valid() {
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
     let (wal, _) = open(dir.path(), cfg.clone());
     for i in 0..10u64 {
-        wal.append("c", 0, Bytes::from(payload(i, 100))).wait().unwrap();
+        wal.append("c", 0, Bytes::from(payload(i, 100)))
+            .wait()
+            .unwrap();
     }
     wal.checkpoint(4).unwrap();
     drop(wal);
@@ -90,7 +129,10 @@ fn interrupted_checkpoint_replacement_leaves_the_old_one_valid() {
     // A damaged checkpoint file is reported, not ignored.
     drop(wal);
     std::fs::write(dir.path().join("checkpoint.json"), b"garbage").unwrap();
-    assert!(matches!(Wal::open(dir.path(), cfg), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        Wal::open(dir.path(), cfg),
+        Err(Error::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -98,7 +140,10 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
     for backend in BACKENDS {
         for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
             let dir = tempfile::tempdir().unwrap();
-            let cfg = WalConfig { max_file_size: 1 << 20, ..config(backend, mode) };
+            let cfg = WalConfig {
+                max_file_size: 1 << 20,
+                ..config(backend, mode)
+            };
             let (wal, _) = open(dir.path(), cfg.clone());
             let threads = 16;
             let per = 300u64;
@@ -111,7 +156,14 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
                         let mut pending = std::collections::VecDeque::new();
                         for i in 0..per {
                             let key = t * 1_000_000 + i;
-                            pending.push_back((key, wal.append("c", t as i32, Bytes::from(payload(key, 64 + (key % 700) as usize)))));
+                            pending.push_back((
+                                key,
+                                wal.append(
+                                    "c",
+                                    t as i32,
+                                    Bytes::from(payload(key, 64 + (key % 700) as usize)),
+                                ),
+                            ));
                             if pending.len() == 4 {
                                 let (k, c) = pending.pop_front().unwrap();
                                 got.push((c.wait().unwrap(), k));
@@ -130,21 +182,32 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
                 // Each thread's own appends got increasing sequences.
                 assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{backend} {mode}");
                 for (s, k) in got {
-                    assert!(by_seq.insert(s, k).is_none(), "{backend} {mode}: sequence {s} given twice");
+                    assert!(
+                        by_seq.insert(s, k).is_none(),
+                        "{backend} {mode}: sequence {s} given twice"
+                    );
                 }
             }
             let total = threads * per;
             assert_eq!(by_seq.len() as u64, total);
             let stats = wal.stats();
             assert_eq!(stats.entries, total);
-            assert!(stats.batches < total, "{backend} {mode}: no group commit happened");
+            assert!(
+                stats.batches < total,
+                "{backend} {mode}: no group commit happened"
+            );
             drop(wal);
             let (_wal, rec) = open(dir.path(), cfg);
             assert_eq!(rec.len() as u64, total);
             for (i, e) in rec.iter().enumerate() {
                 assert_eq!(e.sequence, i as u64 + 1);
                 let key = by_seq[&e.sequence];
-                assert_eq!(&e.data[..], &payload(key, 64 + (key % 700) as usize)[..], "{backend} {mode}: seq {}", e.sequence);
+                assert_eq!(
+                    &e.data[..],
+                    &payload(key, 64 + (key % 700) as usize)[..],
+                    "{backend} {mode}: seq {}",
+                    e.sequence
+                );
                 assert_eq!(e.partition as u64, key / 1_000_000);
             }
         }
@@ -159,7 +222,13 @@ fn oversized_entries_are_rejected_and_large_ones_fit() {
         let (wal, _) = open(dir.path(), cfg.clone());
         let limit = wal.max_entry_bytes() as usize;
         let too_big = Bytes::from(vec![7u8; limit]);
-        assert!(matches!(wal.append("big", 0, too_big).wait(), Err(Error::EntryTooLarge { .. })), "{backend}");
+        assert!(
+            matches!(
+                wal.append("big", 0, too_big).wait(),
+                Err(Error::EntryTooLarge { .. })
+            ),
+            "{backend}"
+        );
         // Larger than a batch buffer but smaller than a file: written alone.
         let big = Bytes::from(payload(1, 200 * 1024));
         let s = wal.append("big", 0, big.clone()).wait().unwrap();
@@ -176,14 +245,20 @@ fn oversized_entries_are_rejected_and_large_ones_fit() {
 fn invalid_configuration_is_rejected_before_touching_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("wal");
-    let bad = WalConfig { max_file_size: 1000, ..WalConfig::default() };
+    let bad = WalConfig {
+        max_file_size: 1000,
+        ..WalConfig::default()
+    };
     match Wal::open(&target, bad) {
         Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "--wal-max-file-size"),
         other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
     }
     assert!(!target.exists(), "a rejected config created the directory");
     let e = "sometimes".parse::<SyncMode>().unwrap_err().to_string();
-    assert!(e.contains("--wal-sync-mode") && e.contains("every_write"), "{e}");
+    assert!(
+        e.contains("--wal-sync-mode") && e.contains("every_write"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -191,7 +266,10 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::Interval);
     let (wal, _) = open(dir.path(), cfg.clone());
-    assert!(matches!(Wal::open(dir.path(), cfg.clone()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Wal::open(dir.path(), cfg.clone()),
+        Err(Error::Locked { .. })
+    ));
     drop(wal);
     let (_wal, _) = open(dir.path(), cfg);
 }
@@ -205,7 +283,10 @@ fn closed_wal_rejects_appends_and_async_appends_work() {
     let seq = futures_lite_block_on(other.append_async("a", 0, Bytes::from_static(b"x"))).unwrap();
     assert_eq!(seq, 1);
     wal.close().unwrap();
-    assert!(matches!(other.append("a", 0, Bytes::from_static(b"y")).wait(), Err(Error::Closed)));
+    assert!(matches!(
+        other.append("a", 0, Bytes::from_static(b"y")).wait(),
+        Err(Error::Closed)
+    ));
     let other = Arc::new(other);
     assert!(matches!(other.sync().wait(), Err(Error::Closed)));
 }

@@ -8,12 +8,18 @@ use bytes::Bytes;
 use common::{config, open, BACKENDS};
 use proptest::prelude::*;
 use streamline::wal::{
-    format::{decode_batch_header, decode_entry, encode_entry, entry_len, parse_entry, WalEntryType},
+    format::{
+        decode_batch_header, decode_entry, encode_entry, entry_len, parse_entry, WalEntryType,
+    },
     NewEntry, SyncMode, WalReader,
 };
 
 fn entry_type() -> impl Strategy<Value = WalEntryType> {
-    prop_oneof![Just(WalEntryType::Record), Just(WalEntryType::Checkpoint), Just(WalEntryType::Truncate)]
+    prop_oneof![
+        Just(WalEntryType::Record),
+        Just(WalEntryType::Checkpoint),
+        Just(WalEntryType::Truncate)
+    ]
 }
 
 proptest! {

@@ -90,13 +90,15 @@ pub fn prepare_file(dir: &Path, number: u64, size: u64, prealloc: Prealloc) -> R
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     encode_file_header(&mut block, number, created);
-    f.write_all(&block).map_err(|e| Error::io("write header", &tmp, e))?;
+    f.write_all(&block)
+        .map_err(|e| Error::io("write header", &tmp, e))?;
     if prealloc == Prealloc::ZeroFill {
         let zeros = vec![0u8; 1 << 20];
         let mut left = size - BLOCK_SIZE as u64;
         while left > 0 {
             let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n]).map_err(|e| Error::io("zero-fill", &tmp, e))?;
+            f.write_all(&zeros[..n])
+                .map_err(|e| Error::io("zero-fill", &tmp, e))?;
             left -= n as u64;
         }
     }
@@ -109,7 +111,8 @@ pub fn prepare_file(dir: &Path, number: u64, size: u64, prealloc: Prealloc) -> R
 #[cfg(target_os = "linux")]
 fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(size).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let len = libc::off_t::try_from(size)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     #[expect(unsafe_code, reason = "fallocate has no std wrapper")]
     // SAFETY: fallocate takes no pointers; the fd is owned by `f` for the whole call.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) };
@@ -146,7 +149,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", &tmp, e))?;
     f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
@@ -164,6 +168,9 @@ mod tests {
         assert_eq!(parse_archived_name("123456789.wal"), Some(123_456_789));
         assert_eq!(parse_archived_name("current.wal"), None);
         assert_eq!(parse_archived_name("0001.wal"), None);
-        assert_eq!(archived_path(Path::new("/x"), 7), PathBuf::from("/x/00000007.wal"));
+        assert_eq!(
+            archived_path(Path::new("/x"), 7),
+            PathBuf::from("/x/00000007.wal")
+        );
     }
 }

@@ -15,8 +15,14 @@ pub(crate) mod uring;
 pub(crate) enum Op<'a> {
     /// Write `buf[..len]` at `offset`; when `sync`, follow it with an fdatasync that
     /// starts only after the write completed.
-    Write { buf: &'a AlignedBuf, len: usize, offset: u64, sync: bool },
-    /// fdatasync the active file; covers every write submitted before it.
+    Write {
+        buf: &'a AlignedBuf,
+        len: usize,
+        offset: u64,
+        sync: bool,
+    },
+    /// fdatasync the active file; covers every write that completed before it was
+    /// submitted (later writes may proceed concurrently).
     Sync,
 }
 
@@ -58,7 +64,11 @@ pub(crate) trait Backend: Send {
 
 /// Builds the backend for `kind`, opening `path` as the active file. `Auto` tries
 /// io_uring with O_DIRECT and falls back to std with one log line.
-pub(crate) fn create(kind: BackendKind, path: &Path, ring_entries: u32) -> Result<Box<dyn Backend>> {
+pub(crate) fn create(
+    kind: BackendKind,
+    path: &Path,
+    ring_entries: u32,
+) -> Result<Box<dyn Backend>> {
     let kind = match (kind, BackendKind::from_env()?) {
         (BackendKind::Auto, Some(env)) => env,
         (k, _) => k,
@@ -90,7 +100,9 @@ pub(crate) fn create(kind: BackendKind, path: &Path, ring_entries: u32) -> Resul
                 });
                 match attempt {
                     Ok(b) => return Ok(Box::new(b)),
-                    Err(e) => tracing::warn!(error = %e, "io_uring backend unavailable, falling back to std"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring backend unavailable, falling back to std")
+                    }
                 }
             }
             let _ = ring_entries;
