@@ -14,6 +14,7 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
     /// Index of this buffer in the io_uring registered-buffer table, if registered.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "read by the io_uring backend only"))]
     pub(crate) index: Option<u16>,
 }
 
@@ -46,6 +47,7 @@ impl AlignedBuf {
     }
 
     /// Start of the allocation, for handing to the kernel.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "used by the io_uring backend only"))]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
