@@ -96,7 +96,12 @@ fn pending_bytes_never_exceed_the_cap() {
                 let wal = wal.clone();
                 std::thread::spawn(move || {
                     let cs: Vec<_> = (0..400).map(|_| wal.append("p", 0, Bytes::from(vec![1u8; 2000]))).collect();
-                    cs.into_iter().map(|c| c.wait().unwrap()).count()
+                    let mut acked = 0;
+                    for c in cs {
+                        c.wait().unwrap();
+                        acked += 1;
+                    }
+                    acked
                 })
             })
             .collect();

@@ -622,7 +622,7 @@ impl Committer {
         }
         let full = self.carry.is_some();
         let linked_sync = self.every_write && self.quiescent();
-        if self.every_write && !linked_sync && !full && !self.close.is_some() {
+        if self.every_write && !linked_sync && !full && self.close.is_none() {
             return Ok(false);
         }
         let Staged { mut buf, acks, pos, first_seq, .. } = self.staged.take().expect("checked");
