@@ -821,13 +821,15 @@ impl Committer {
         self.drain()?;
         self.seal(self.next_seq)?;
         let dir = self.core.dir.clone();
+        // New files get the configured size (the active one may predate a change).
+        let new_size = self.core.config.max_file_size;
         let prepared = match self.preparer.take().map(|h| h.join()) {
             Some(Ok(Ok(p))) => p,
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "background preparation of the next WAL file failed; retrying inline");
-                files::prepare_file(&dir, self.file.number + 1, self.file.size, Prealloc::ZeroFill)?
+                files::prepare_file(&dir, self.file.number + 1, new_size, Prealloc::ZeroFill)?
             }
-            _ => files::prepare_file(&dir, self.file.number + 1, self.file.size, Prealloc::ZeroFill)?,
+            _ => files::prepare_file(&dir, self.file.number + 1, new_size, Prealloc::ZeroFill)?,
         };
         let current = dir.join(files::CURRENT);
         let archived = files::archived_path(&dir, self.file.number);
@@ -844,8 +846,9 @@ impl Committer {
         tracing::info!(file = self.file.number, next = self.file.number + 1, "rotated WAL file");
         self.file.number += 1;
         self.file.offset = BLOCK_SIZE as u64;
+        self.file.size = std::fs::metadata(&current).map_err(|e| Error::io("stat", &current, e))?.len();
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
-        self.preparer = spawn_preparer(&dir, self.file.number + 1, self.file.size);
+        self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size);
         Ok(())
     }
 
