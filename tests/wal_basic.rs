@@ -30,7 +30,7 @@ fn append_reopen_recovers_everything_in_order() {
             assert!(wal.stats().rotations > 0, "256 KiB files should rotate");
             wal.close().unwrap();
 
-            let (wal, rec) = open(dir.path(), config(backend, mode));
+            let (wal, rec) = open(dir.path(), cfg.clone());
             assert_eq!(rec.len(), 300, "{backend} {mode}");
             for (i, e) in rec.iter().enumerate() {
                 assert_eq!(e.sequence, i as u64 + 1);
@@ -52,10 +52,11 @@ fn append_reopen_recovers_everything_in_order() {
                 .unwrap();
             assert_eq!(first, 302);
             drop(wal);
-            let (_wal, rec) = open(dir.path(), config(backend, mode));
+            let (_wal, rec) = open(dir.path(), cfg);
             assert_eq!(rec.len(), 303);
             assert_eq!(rec[302].sequence, 303);
             assert_eq!(&rec[302].data[..], b"b");
+          }
         }
     }
 }

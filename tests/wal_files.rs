@@ -317,18 +317,36 @@ fn changing_max_file_size_between_runs_takes_effect_at_the_next_file() {
         let dir = tempfile::tempdir().unwrap();
         let small = config(backend, SyncMode::Interval);
         let (wal, _) = open(dir.path(), small.clone());
-        wal.append("s", 0, Bytes::from(payload(0, 1000))).wait().unwrap();
+        wal.append("s", 0, Bytes::from(payload(0, 1000)))
+            .wait()
+            .unwrap();
         drop(wal);
-        let big = WalConfig { max_file_size: 1 << 20, ..small.clone() };
+        let big = WalConfig {
+            max_file_size: 1 << 20,
+            ..small.clone()
+        };
         let (wal, rec) = open(dir.path(), big.clone());
         assert_eq!(rec.len(), 1);
         for i in 1..700u64 {
-            wal.append("s", 0, Bytes::from(payload(i, 1000))).wait().unwrap();
+            wal.append("s", 0, Bytes::from(payload(i, 1000)))
+                .wait()
+                .unwrap();
         }
         drop(wal);
-        let sizes: Vec<u64> = list_archived(dir.path()).unwrap().iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).collect();
-        assert_eq!(sizes.first(), Some(&small.max_file_size), "{backend}: the old active file keeps its size");
-        assert!(sizes.iter().skip(1).all(|s| *s == big.max_file_size), "{backend}: {sizes:?}");
+        let sizes: Vec<u64> = list_archived(dir.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .collect();
+        assert_eq!(
+            sizes.first(),
+            Some(&small.max_file_size),
+            "{backend}: the old active file keeps its size"
+        );
+        assert!(
+            sizes.iter().skip(1).all(|s| *s == big.max_file_size),
+            "{backend}: {sizes:?}"
+        );
         let (_wal, rec) = open(dir.path(), big);
         assert_eq!(rec.len(), 700);
     }

@@ -23,8 +23,14 @@ fn every_write_acknowledges_only_synced_entries() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = open(dir.path(), config(backend, SyncMode::EveryWrite));
         for _ in 0..50 {
-            let seq = wal.append("s", 0, Bytes::from_static(b"durable")).wait().unwrap();
-            assert!(wal.durable_sequence() >= seq, "{backend}: acked {seq} before it was synced");
+            let seq = wal
+                .append("s", 0, Bytes::from_static(b"durable"))
+                .wait()
+                .unwrap();
+            assert!(
+                wal.durable_sequence() >= seq,
+                "{backend}: acked {seq} before it was synced"
+            );
         }
         let s = wal.stats();
         assert!(s.fsyncs >= s.batches, "{backend}: {s:?}");
@@ -35,14 +41,22 @@ fn every_write_acknowledges_only_synced_entries() {
 fn interval_mode_syncs_within_the_interval_without_further_appends() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = WalConfig { sync_interval_ms: 20, ..config(backend, SyncMode::Interval) };
+        let cfg = WalConfig {
+            sync_interval_ms: 20,
+            ..config(backend, SyncMode::Interval)
+        };
         let (wal, _) = open(dir.path(), cfg);
         let mut last = 0;
         for _ in 0..20 {
-            last = wal.append("s", 0, Bytes::from_static(b"soon durable")).wait().unwrap();
+            last = wal
+                .append("s", 0, Bytes::from_static(b"soon durable"))
+                .wait()
+                .unwrap();
         }
         // The commit thread must wake up on its own to sync the idle, dirty WAL.
-        wait_until("interval fsync", Duration::from_secs(5), || wal.durable_sequence() >= last);
+        wait_until("interval fsync", Duration::from_secs(5), || {
+            wal.durable_sequence() >= last
+        });
         assert!(wal.stats().fsyncs >= 1);
     }
 }
@@ -54,10 +68,17 @@ fn os_default_never_syncs_until_asked() {
         let (wal, _) = open(dir.path(), config(backend, SyncMode::OsDefault));
         let mut last = 0;
         for _ in 0..20 {
-            last = wal.append("s", 0, Bytes::from_static(b"page cache")).wait().unwrap();
+            last = wal
+                .append("s", 0, Bytes::from_static(b"page cache"))
+                .wait()
+                .unwrap();
         }
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(wal.stats().fsyncs, 0, "{backend}: os_default issued an fsync on its own");
+        assert_eq!(
+            wal.stats().fsyncs,
+            0,
+            "{backend}: os_default issued an fsync on its own"
+        );
         assert!(wal.durable_sequence() < last);
         assert_eq!(wal.sync().wait().unwrap(), last);
         assert_eq!(wal.durable_sequence(), last);
@@ -95,7 +116,9 @@ fn pending_bytes_never_exceed_the_cap() {
             .map(|_| {
                 let wal = wal.clone();
                 std::thread::spawn(move || {
-                    let cs: Vec<_> = (0..400).map(|_| wal.append("p", 0, Bytes::from(vec![1u8; 2000]))).collect();
+                    let cs: Vec<_> = (0..400)
+                        .map(|_| wal.append("p", 0, Bytes::from(vec![1u8; 2000])))
+                        .collect();
                     let mut acked = 0;
                     for c in cs {
                         c.wait().unwrap();
@@ -110,7 +133,10 @@ fn pending_bytes_never_exceed_the_cap() {
         let max = sampler.join().unwrap();
         assert_eq!(n, 1600);
         assert!(max > 0, "{backend}: sampler saw nothing pending");
-        assert!(max <= cap as u64, "{backend}: {max} pending bytes exceed the cap of {cap}");
+        assert!(
+            max <= cap as u64,
+            "{backend}: {max} pending bytes exceed the cap of {cap}"
+        );
         assert_eq!(wal.stats().pending_bytes, 0);
     }
 }
@@ -121,5 +147,8 @@ fn readme_example_is_the_compiled_example() {
     let example = include_str!("../examples/embed.rs");
     let start = readme.find("```rust\n").expect("README has a rust block") + 8;
     let end = start + readme[start..].find("```").unwrap();
-    assert!(example.ends_with(&readme[start..end]), "examples/embed.rs differs from the README example");
+    assert!(
+        example.ends_with(&readme[start..end]),
+        "examples/embed.rs differs from the README example"
+    );
 }

@@ -14,7 +14,10 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
     /// Index of this buffer in the io_uring registered-buffer table, if registered.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "read by the io_uring backend only"))]
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(dead_code, reason = "read by the io_uring backend only")
+    )]
     pub(crate) index: Option<u16>,
 }
 
@@ -47,7 +50,10 @@ impl AlignedBuf {
     }
 
     /// Start of the allocation, for handing to the kernel.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code, reason = "used by the io_uring backend only"))]
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(dead_code, reason = "used by the io_uring backend only")
+    )]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }

@@ -483,7 +483,8 @@ impl Committer {
         self.maybe_sync()?;
         let wait = !submitted && self.backend.in_flight() > 0;
         self.reap(wait)?;
-        if self.close.is_some() && self.quiescent() && self.staged.is_none() && self.carry.is_none() {
+        if self.close.is_some() && self.quiescent() && self.staged.is_none() && self.carry.is_none()
+        {
             let done = self.close.take();
             return self.shutdown(done);
         }
@@ -549,7 +550,12 @@ impl Committer {
                     self.close = Some(c);
                     return Ok(());
                 }
-                Request::Append { entries, timestamp, bytes, done } => {
+                Request::Append {
+                    entries,
+                    timestamp,
+                    bytes,
+                    done,
+                } => {
                     if let Err(e) = self.core.check_usable() {
                         self.core.release(bytes);
                         done.complete(Err(e));
@@ -565,13 +571,24 @@ impl Committer {
 
     /// Encodes one append into the staged batch, starting one (and rotating the file)
     /// if needed. Returns false when it did not fit and was carried to a later batch.
-    fn stage(&mut self, entries: Entries, timestamp: i64, bytes: usize, done: Completer) -> Result<bool> {
+    fn stage(
+        &mut self,
+        entries: Entries,
+        timestamp: i64,
+        bytes: usize,
+        done: Completer,
+    ) -> Result<bool> {
         if self.staged.is_none() {
             let disk = align_up(BATCH_HEADER_LEN + bytes) as u64;
             let oversized = BATCH_HEADER_LEN + bytes > self.batch_capacity;
             let needs_rotation = self.file.offset + disk + BLOCK_SIZE as u64 > self.file.size;
             if (needs_rotation && !self.quiescent()) || (!oversized && self.pool.is_empty()) {
-                self.carry = Some(Request::Append { entries, timestamp, bytes, done });
+                self.carry = Some(Request::Append {
+                    entries,
+                    timestamp,
+                    bytes,
+                    done,
+                });
                 return Ok(false);
             }
             if needs_rotation {
@@ -585,11 +602,22 @@ impl Committer {
             };
             let limit = buf.capacity().min(room);
             let acks = self.spare_acks.pop().unwrap_or_default();
-            self.staged = Some(Staged { buf, acks, pos: BATCH_HEADER_LEN, first_seq: self.next_seq, limit });
+            self.staged = Some(Staged {
+                buf,
+                acks,
+                pos: BATCH_HEADER_LEN,
+                first_seq: self.next_seq,
+                limit,
+            });
         }
         let st = self.staged.as_mut().expect("staged above");
         if st.pos + bytes > st.limit {
-            self.carry = Some(Request::Append { entries, timestamp, bytes, done });
+            self.carry = Some(Request::Append {
+                entries,
+                timestamp,
+                bytes,
+                done,
+            });
             return Ok(false);
         }
         let out = st.buf.as_mut_slice();
@@ -608,7 +636,11 @@ impl Committer {
             st.pos += len;
             self.next_seq += 1;
         }
-        st.acks.push(Ack { done, sequence, bytes });
+        st.acks.push(Ack {
+            done,
+            sequence,
+            bytes,
+        });
         Ok(true)
     }
 
@@ -625,7 +657,13 @@ impl Committer {
         if self.every_write && !linked_sync && !full && self.close.is_none() {
             return Ok(false);
         }
-        let Staged { mut buf, acks, pos, first_seq, .. } = self.staged.take().expect("checked");
+        let Staged {
+            mut buf,
+            acks,
+            pos,
+            first_seq,
+            ..
+        } = self.staged.take().expect("checked");
         let entry_count = (self.next_seq - first_seq) as u32;
         let payload_len = (pos - BATCH_HEADER_LEN) as u32;
         let header = BatchHeader {
@@ -643,16 +681,33 @@ impl Committer {
         let offset = self.file.offset;
         self.file.offset += len as u64;
         let token = self.token();
-        self.backend.submit(token, Op::Write { buf: &buf, len, offset, sync: linked_sync })?;
+        self.backend.submit(
+            token,
+            Op::Write {
+                buf: &buf,
+                len,
+                offset,
+                sync: linked_sync,
+            },
+        )?;
         let c = &self.core.counters;
-        c.entries.fetch_add(u64::from(entry_count), Ordering::Relaxed);
+        c.entries
+            .fetch_add(u64::from(entry_count), Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
-        c.max_batch_entries.fetch_max(u64::from(entry_count), Ordering::Relaxed);
+        c.max_batch_entries
+            .fetch_max(u64::from(entry_count), Ordering::Relaxed);
         if linked_sync {
             c.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
-        self.writes.push_back(WriteFlight { token, buf, acks, last: self.next_seq - 1, linked_sync, result: None });
+        self.writes.push_back(WriteFlight {
+            token,
+            buf,
+            acks,
+            last: self.next_seq - 1,
+            linked_sync,
+            result: None,
+        });
         Ok(true)
     }
 
@@ -684,7 +739,11 @@ impl Committer {
         self.backend.submit(token, Op::Sync)?;
         self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.last_sync = Instant::now();
-        self.sync_op = Some(SyncFlight { token, through: self.written_through, result: None });
+        self.sync_op = Some(SyncFlight {
+            token,
+            through: self.written_through,
+            result: None,
+        });
         Ok(())
     }
 
@@ -735,7 +794,11 @@ impl Committer {
                 self.acknowledge(w.acks, w.last);
             }
         }
-        while self.awaiting_sync.front().is_some_and(|(_, last)| *last <= self.synced_through) {
+        while self
+            .awaiting_sync
+            .front()
+            .is_some_and(|(_, last)| *last <= self.synced_through)
+        {
             let (acks, last) = self.awaiting_sync.pop_front().expect("front checked");
             self.acknowledge(acks, last);
         }
@@ -784,7 +847,10 @@ impl Committer {
 
     /// Writes a seal batch at the current offset and fdatasyncs it (nothing in flight).
     fn seal(&mut self, next_sequence: u64) -> Result<()> {
-        let mut buf = self.pool.pop().expect("pool is full when nothing is in flight");
+        let mut buf = self
+            .pool
+            .pop()
+            .expect("pool is full when nothing is in flight");
         let header = BatchHeader {
             kind: BatchKind::Seal,
             file_number: self.file.number,
@@ -799,7 +865,12 @@ impl Committer {
         let token = self.token();
         let r = self.backend.submit(
             token,
-            Op::Write { buf: &buf, len: BLOCK_SIZE, offset: self.file.offset, sync: true },
+            Op::Write {
+                buf: &buf,
+                len: BLOCK_SIZE,
+                offset: self.file.offset,
+                sync: true,
+            },
         );
         let r = r.and_then(|()| {
             let mut done = Vec::new();
@@ -838,15 +909,25 @@ impl Committer {
         // Both renames become durable together with the directory.
         files::sync_dir(&dir)?;
         self.backend.open(&current)?;
-        self.core.archived.lock().unwrap_or_else(PoisonError::into_inner).push(Archived {
-            number: self.file.number,
-            path: archived,
-            covers_through: self.next_seq - 1,
-        });
-        tracing::info!(file = self.file.number, next = self.file.number + 1, "rotated WAL file");
+        self.core
+            .archived
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Archived {
+                number: self.file.number,
+                path: archived,
+                covers_through: self.next_seq - 1,
+            });
+        tracing::info!(
+            file = self.file.number,
+            next = self.file.number + 1,
+            "rotated WAL file"
+        );
         self.file.number += 1;
         self.file.offset = BLOCK_SIZE as u64;
-        self.file.size = std::fs::metadata(&current).map_err(|e| Error::io("stat", &current, e))?.len();
+        self.file.size = std::fs::metadata(&current)
+            .map_err(|e| Error::io("stat", &current, e))?
+            .len();
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
         self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size);
         Ok(())
@@ -888,7 +969,9 @@ impl Committer {
         let cause = Arc::new(e);
         let _ = self.core.failed.set(Arc::clone(&cause));
         let cause = Arc::clone(self.core.failed.get().unwrap_or(&cause));
-        let err = || Error::Failed { cause: Arc::clone(&cause) };
+        let err = || Error::Failed {
+            cause: Arc::clone(&cause),
+        };
         // The kernel may still own buffers of other operations: wait for them.
         let mut done = Vec::new();
         let mut reap_failed = false;
@@ -951,7 +1034,9 @@ impl Committer {
             None => return,
         };
         while let Ok(req) = self.rx.recv() {
-            let err = Error::Failed { cause: Arc::clone(&cause) };
+            let err = Error::Failed {
+                cause: Arc::clone(&cause),
+            };
             match req {
                 Request::Append { done, bytes, .. } => {
                     self.core.release(bytes);

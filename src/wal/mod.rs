@@ -343,7 +343,7 @@ impl Wal {
             archived,
             last_sequence,
         ));
-        let backend = backend::create(config.backend, &current, 64)?;
+        let backend = backend::create(config.backend, &current, 64, config.uses_direct_io())?;
         let kind = backend.kind();
         let (tx, rx) = crossbeam_channel::unbounded();
         let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size);

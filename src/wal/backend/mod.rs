@@ -68,6 +68,7 @@ pub(crate) fn create(
     kind: BackendKind,
     path: &Path,
     ring_entries: u32,
+    direct: bool,
 ) -> Result<Box<dyn Backend>> {
     let kind = match (kind, BackendKind::from_env()?) {
         (BackendKind::Auto, Some(env)) => env,
@@ -81,7 +82,7 @@ pub(crate) fn create(
         }
         #[cfg(target_os = "linux")]
         BackendKind::Uring => {
-            let mut b = uring::UringBackend::new(ring_entries)?;
+            let mut b = uring::UringBackend::new(ring_entries, direct)?;
             b.open(path)?;
             Ok(Box::new(b))
         }
@@ -94,7 +95,7 @@ pub(crate) fn create(
         BackendKind::Auto => {
             #[cfg(target_os = "linux")]
             {
-                let attempt = uring::UringBackend::new(ring_entries).and_then(|mut b| {
+                let attempt = uring::UringBackend::new(ring_entries, direct).and_then(|mut b| {
                     b.open(path)?;
                     Ok(b)
                 });
@@ -105,7 +106,7 @@ pub(crate) fn create(
                     }
                 }
             }
-            let _ = ring_entries;
+            let _ = (ring_entries, direct);
             let mut b = std_backend::StdBackend::new();
             b.open(path)?;
             Ok(Box::new(b))

@@ -1,4 +1,5 @@
-//! io_uring backend (Linux): the active file is opened `O_DIRECT` and registered with
+//! io_uring backend (Linux): the active file is opened `O_DIRECT` (unless configured
+//! for page-cache writes, see `WalConfig::direct_io`) and registered with
 //! the ring, the commit thread's buffers are registered, and a write with `sync` is
 //! submitted as `WRITE_FIXED` linked (`IOSQE_IO_LINK`) to an `FSYNC` with
 //! `IORING_FSYNC_DATASYNC`, so one `io_uring_enter` carries a whole batch.
@@ -49,16 +50,19 @@ pub(crate) struct UringBackend {
     pending: HashMap<u64, Pending>,
     /// SQEs queued in the submission ring but not yet handed to the kernel.
     unsubmitted: usize,
+    /// Open files with O_DIRECT.
+    direct: bool,
 }
 
 impl UringBackend {
-    pub(crate) fn new(entries: u32) -> Result<Self> {
+    pub(crate) fn new(entries: u32, direct: bool) -> Result<Self> {
         let ring = IoUring::new(entries).map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
         Ok(UringBackend {
             ring,
             file: None,
             pending: HashMap::new(),
             unsubmitted: 0,
+            direct,
         })
     }
 
@@ -143,12 +147,17 @@ impl Backend for UringBackend {
 
     fn open(&mut self, path: &Path) -> Result<()> {
         debug_assert!(self.pending.is_empty(), "file switched with I/O in flight");
+        let flags = if self.direct {
+            libc::O_DIRECT | libc::O_CLOEXEC
+        } else {
+            libc::O_CLOEXEC
+        };
         let f = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .custom_flags(flags)
             .open(path)
-            .map_err(|e| Error::io("open O_DIRECT", path, e))?;
+            .map_err(|e| Error::io(if self.direct { "open O_DIRECT" } else { "open" }, path, e))?;
         let fd = f.as_raw_fd();
         let sub = self.ring.submitter();
         let reg = if self.file.is_some() {
