@@ -56,7 +56,15 @@ pub(crate) struct UringBackend {
 
 impl UringBackend {
     pub(crate) fn new(entries: u32, direct: bool) -> Result<Self> {
-        let ring = IoUring::new(entries).map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
+        // Completions need no IPI to interrupt the commit thread; they are run at its
+        // next io_uring_enter (COOP_TASKRUN, Linux 5.19). Older kernels reject the
+        // flag: retry with a plain ring. (SINGLE_ISSUER is not used: the ring is
+        // created by the opening thread and driven by the commit thread.)
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))
+            .map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
         Ok(UringBackend {
             ring,
             file: None,
