@@ -277,7 +277,9 @@ pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader) {
 pub enum BadBatch {
     /// The block is all zeroes where the header would be: never-written space.
     Zero,
-    /// Not a header of this file: wrong magic, wrong checksum, or another file's number.
+    /// A valid header of another file: stale space of a recycled file.
+    Foreign(u64),
+    /// Not a header: wrong magic, wrong checksum, impossible fields.
     Invalid(String),
 }
 
@@ -302,9 +304,7 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
     }
     let on_disk_file = le_u64(h, 8);
     if on_disk_file != file_number {
-        return Err(BadBatch::Invalid(format!(
-            "batch belongs to file {on_disk_file}, not {file_number} (stale space)"
-        )));
+        return Err(BadBatch::Foreign(on_disk_file));
     }
     let kind = match h[4] {
         1 => BatchKind::Entries,
@@ -549,10 +549,7 @@ mod tests {
         let mut b = [0u8; BATCH_HEADER_LEN];
         encode_batch_header(&mut b, &h);
         assert_eq!(decode_batch_header(&b, 7), Ok(h));
-        assert!(matches!(
-            decode_batch_header(&b, 8),
-            Err(BadBatch::Invalid(_))
-        ));
+        assert_eq!(decode_batch_header(&b, 8), Err(BadBatch::Foreign(7)));
         assert_eq!(decode_batch_header(&[0u8; 64], 7), Err(BadBatch::Zero));
     }
 

@@ -556,10 +556,10 @@ impl Wal {
             return Ok(());
         }
         for a in &doomed {
-            std::fs::remove_file(&a.path).map_err(|e| Error::io("remove", &a.path, e))?;
-            tracing::info!(file = a.number, "deleted WAL file covered by checkpoint");
+            files::retire(&core.dir, &a.path, a.number, core.config.max_file_size)?;
+            tracing::info!(file = a.number, "retired WAL file covered by checkpoint");
         }
-        // The deletions become durable with the directory.
+        // The renames and deletions become durable with the directory.
         files::sync_dir(&core.dir)
     }
 
