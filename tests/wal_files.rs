@@ -361,21 +361,38 @@ fn retired_files_are_recycled_and_their_stale_batches_never_decode() {
         let (wal, _) = open(dir.path(), cfg.clone());
         let mut last = 0;
         for i in 0..300u64 {
-            last = wal.append("old", 0, Bytes::from(payload(i, 3000))).wait().unwrap();
+            last = wal
+                .append("old", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
         }
         wal.checkpoint(last).unwrap();
-        assert_eq!(list_recycled(dir.path()).unwrap().len(), MAX_RECYCLED, "{backend}");
+        assert_eq!(
+            list_recycled(dir.path()).unwrap().len(),
+            MAX_RECYCLED,
+            "{backend}"
+        );
         // The next file prepared in the background was made before the checkpoint;
         // the rotations after it take the recycled ones.
         let mut new = Vec::new();
         for i in 0..300u64 {
-            let s = wal.append("new", 1, Bytes::from(payload(1000 + i, 2000))).wait().unwrap();
+            let s = wal
+                .append("new", 1, Bytes::from(payload(1000 + i, 2000)))
+                .wait()
+                .unwrap();
             new.push((s, 1000 + i));
         }
-        assert!(list_recycled(dir.path()).unwrap().len() < MAX_RECYCLED, "{backend}: no recycled file was reused");
+        assert!(
+            list_recycled(dir.path()).unwrap().len() < MAX_RECYCLED,
+            "{backend}: no recycled file was reused"
+        );
         drop(wal);
         let (_wal, rec) = open(dir.path(), cfg);
-        assert_eq!(rec.len(), new.len(), "{backend}: stale entries of recycled files decoded");
+        assert_eq!(
+            rec.len(),
+            new.len(),
+            "{backend}: stale entries of recycled files decoded"
+        );
         for (e, (s, k)) in rec.iter().zip(&new) {
             assert_eq!(e.sequence, *s);
             assert_eq!(e.topic, "new");

@@ -31,7 +31,11 @@ pub fn list_recycled(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for ent in fs::read_dir(dir).map_err(|e| Error::io("read_dir", dir, e))? {
         let ent = ent.map_err(|e| Error::io("read_dir", dir, e))?;
-        if ent.file_name().to_str().is_some_and(|n| n.starts_with(RECYCLE_PREFIX) && n.ends_with(".wal")) {
+        if ent
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(RECYCLE_PREFIX) && n.ends_with(".wal"))
+        {
             out.push(ent.path());
         }
     }
@@ -43,7 +47,9 @@ pub fn list_recycled(dir: &Path) -> Result<Vec<PathBuf>> {
 /// `recycle-<number>.wal`) while fewer than [`MAX_RECYCLED`] wait and its size is
 /// `size`, deleted otherwise. The caller fsyncs the directory.
 pub fn retire(dir: &Path, path: &Path, number: u64, size: u64) -> Result<()> {
-    let len = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?.len();
+    let len = fs::metadata(path)
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
     if len == size && list_recycled(dir)?.len() < MAX_RECYCLED {
         let dst = dir.join(format!("{RECYCLE_PREFIX}{number:08}.wal"));
         return fs::rename(path, &dst).map_err(|e| Error::io("rename", path, e));
@@ -57,7 +63,9 @@ pub fn retire(dir: &Path, path: &Path, number: u64, size: u64) -> Result<()> {
 fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
     let tmp = dir.join(NEXT_TMP);
     for old in list_recycled(dir)? {
-        let len = fs::metadata(&old).map_err(|e| Error::io("stat", &old, e))?.len();
+        let len = fs::metadata(&old)
+            .map_err(|e| Error::io("stat", &old, e))?
+            .len();
         if len != size {
             fs::remove_file(&old).map_err(|e| Error::io("remove", &old, e))?;
             continue;
@@ -65,7 +73,10 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
         if fs::rename(&old, &tmp).is_err() {
             continue;
         }
-        let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("open", &tmp, e))?;
         let mut block = vec![0u8; BLOCK_SIZE];
         encode_file_header(&mut block, number, now_ms());
         write_all_at(&f, &block, 0).map_err(|e| Error::io("write header", &tmp, e))?;

@@ -31,6 +31,10 @@ pub mod files;
 pub mod format;
 pub mod recovery;
 
+/// The simulated disk for crash tests (feature `sim`): see [`Wal::open_sim`].
+#[cfg(all(unix, any(test, feature = "sim")))]
+pub use backend::sim;
+
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -243,8 +247,36 @@ impl Wal {
     /// directory is open elsewhere, [`Error::Corrupt`] for damaged data (with file
     /// and offset), and I/O errors naming the path.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, Recovery)> {
+        Self::open_with(dir.as_ref(), config, |config, path| {
+            backend::create(config.backend, path, 64, config.uses_direct_io())
+        })
+    }
+
+    /// Opens the WAL with all data-file I/O going through the simulated disk `disk`
+    /// (see [`sim`]); otherwise exactly [`Wal::open`].
+    ///
+    /// # Errors
+    /// As [`Wal::open`].
+    #[cfg(all(unix, any(test, feature = "sim")))]
+    pub fn open_sim(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        disk: &sim::SimDisk,
+    ) -> Result<(Wal, Recovery)> {
+        Self::open_with(dir.as_ref(), config, |_, path| {
+            let mut b = disk.backend();
+            backend::Backend::open(&mut b, path)?;
+            Ok(Box::new(b))
+        })
+    }
+
+    fn open_with(
+        dir: &Path,
+        config: WalConfig,
+        make_backend: impl FnOnce(&WalConfig, &Path) -> Result<Box<dyn backend::Backend>>,
+    ) -> Result<(Wal, Recovery)> {
         config.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
         let lock = lock_dir(&dir)?;
         files::remove_prepared(&dir)?;
@@ -343,7 +375,7 @@ impl Wal {
             archived,
             last_sequence,
         ));
-        let backend = backend::create(config.backend, &current, 64, config.uses_direct_io())?;
+        let backend = make_backend(&config, &current)?;
         let kind = backend.kind();
         let (tx, rx) = crossbeam_channel::unbounded();
         let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size);

@@ -165,7 +165,10 @@ fn check_batch(r: &mut ChunkReader, number: u64, pos: u64, expected: Option<u64>
             return Ok(Step::Bad("zeroed block (end of written data)".into(), true))
         }
         Err(BadBatch::Foreign(n)) => {
-            return Ok(Step::Bad(format!("stale batch of file {n} (recycled space, end of written data)"), true))
+            return Ok(Step::Bad(
+                format!("stale batch of file {n} (recycled space, end of written data)"),
+                true,
+            ))
         }
         Err(BadBatch::Invalid(why)) => return Ok(Step::Bad(why, false)),
     };

@@ -7,6 +7,8 @@ use super::buffer::AlignedBuf;
 use super::config::BackendKind;
 use crate::error::Result;
 
+#[cfg(all(unix, any(test, feature = "sim")))]
+pub mod sim;
 pub(crate) mod std_backend;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
