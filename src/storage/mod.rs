@@ -162,7 +162,8 @@ impl std::fmt::Debug for TopicManager {
     }
 }
 
-fn random_u128() -> u128 {
+/// 128 random-enough bits (OS-seeded hasher over time, pid and a counter) for ids.
+pub fn random_id() -> u128 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -193,7 +194,7 @@ fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {
     match std::fs::read(&path) {
         Ok(raw) => serde_json::from_slice(&raw).map_err(|e| Error::corrupt(&path, 0, format!("meta.json does not parse: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = random_u128().to_be_bytes();
+            let bytes = random_id().to_be_bytes();
             let cluster_id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             let meta = BrokerMeta { cluster_id, node_id: 0 };
             let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
@@ -452,7 +453,7 @@ impl TopicManager {
             std::fs::remove_dir_all(&dir).map_err(|e| storage(Error::io("remove_dir_all", &dir, e)))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| storage(Error::io("create_dir", &dir, e)))?;
-        let id = uuid::Uuid::from_u128(random_u128());
+        let id = uuid::Uuid::from_u128(random_id());
         let mut parts = Vec::new();
         for p in 0..partitions {
             parts.push(Arc::new(Partition::open(name, p, dir.join(p.to_string()), self.shared.config.storage.segment_bytes).map_err(storage)?));
@@ -491,7 +492,7 @@ impl TopicManager {
             let trash = me.shared.config.storage.data_dir.join("topics-deleted");
             std::fs::create_dir_all(&trash).map_err(|e| Error::io("create_dir_all", &trash, e))?;
             let from = me.shared.topics_dir.join(&name);
-            let to = trash.join(format!("{name}-{:x}", random_u128() as u64));
+            let to = trash.join(format!("{name}-{:x}", random_id() as u64));
             std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
             sync_dir(&me.shared.topics_dir)?;
             std::fs::remove_dir_all(&to).map_err(|e| Error::io("remove_dir_all", &to, e))?;
