@@ -220,3 +220,14 @@ pub fn python_client(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `(partition, offset, value)` from lines `"{tag} p offset value"` of a client's output.
+pub fn records(text: &str, tag: &str) -> Vec<(i32, i64, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(tag)?.strip_prefix(' ')?;
+            let mut it = rest.splitn(3, ' ');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
