@@ -78,7 +78,7 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
 
         broker = broker.restart();
         let log = broker.log_text();
-        let replay = log.lines().filter(|l| l.contains("replayed WAL")).last().expect("recovery logs its replay");
+        let replay = log.lines().rfind(|l| l.contains("replayed WAL")).expect("recovery logs its replay");
         replayed_entries += field(replay, "entries");
         skipped_batches += field(replay, "skipped");
         let stored = read_all(&broker.addr, "crash");

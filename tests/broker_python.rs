@@ -58,3 +58,25 @@ fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
     let all: BTreeSet<(i32, i64)> = first_msgs.iter().chain(&second_msgs).map(|(p, o, _)| (*p, *o)).collect();
     assert_eq!(all.len(), 90, "no message read twice, none skipped");
 }
+
+#[test]
+fn deleted_topic_stays_deleted_after_recreate_and_kill9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &["--wal-sync-mode", "every_write", "--checkpoint-ms", "600000"]);
+    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "churn", "20", "1", "old"]), "ACK");
+    assert_eq!(acks.len(), 20);
+    let out = python_client("kafka_client.py", &["recreate", &broker.addr, "churn", "2"]);
+    assert!(out.contains("DELETED churn") && out.contains("CREATED churn"), "{out}");
+    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "churn", "4", "2", "new"]), "ACK");
+    assert_eq!(acks.len(), 4);
+    // Crash: the WAL still holds the old topic's entries, which must not come back.
+    broker.kill9();
+    let broker = broker.restart();
+    let read = records(&python_client("kafka_client.py", &["assign", &broker.addr, "churn", "2"]), "MSG");
+    let mut values: Vec<String> = read.iter().map(|(_, _, v)| v.clone()).collect();
+    values.sort();
+    assert_eq!(values, vec!["new-0", "new-1", "new-2", "new-3"], "only the recreated topic's data");
+    for (p, o, _) in &read {
+        assert!(*o < 2, "partition {p}: offsets start again at 0 (got {o})");
+    }
+}

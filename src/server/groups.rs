@@ -459,7 +459,7 @@ mod tests {
         assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::NONE);
         assert_eq!(c.heartbeat("g", j.generation + 1, &j.member_id), codes::ILLEGAL_GENERATION);
         assert_eq!(c.check_commit("g", j.generation, &j.member_id), codes::NONE);
-        assert_eq!(c.leave("g", &[j.member_id.clone()]), vec![codes::NONE]);
+        assert_eq!(c.leave("g", std::slice::from_ref(&j.member_id)), vec![codes::NONE]);
         assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::UNKNOWN_MEMBER_ID);
     }
 

@@ -146,7 +146,7 @@ pub fn validate(buf: &[u8]) -> Result<BatchInfo, BatchError> {
     if expected != got {
         return Err(BatchError::Crc { expected, got });
     }
-    let codec = (bytes[ATTRIBUTES_OFFSET + 1] & 0x07) as u8;
+    let codec = bytes[ATTRIBUTES_OFFSET + 1] & 0x07;
     if codec > 4 {
         return Err(BatchError::UnsupportedCompression(codec));
     }

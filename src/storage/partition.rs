@@ -241,7 +241,8 @@ impl Partition {
     /// I/O errors naming the file.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>> {
         let hw = self.high_watermark();
-        let plans: Vec<(Arc<File>, PathBuf, Vec<(i64, u64)>)> = {
+        type Plan = (Arc<File>, PathBuf, Vec<(i64, u64)>);
+        let plans: Vec<Plan> = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             log.iter()
                 .map(|s| (s.file(), s.log_path().to_path_buf(), s.index().iter().map(|e| (e.offset, e.position)).collect()))

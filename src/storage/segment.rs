@@ -275,7 +275,7 @@ impl Segment {
     /// stopping before `limit` and after about `max_bytes` (at least one batch).
     pub fn read_range(&self, from: i64, limit: i64, max_bytes: u64) -> Option<(u64, u64)> {
         let i = self.index.partition_point(|e| e.offset <= from);
-        let start = i.checked_sub(1).unwrap_or(0);
+        let start = i.saturating_sub(1);
         let first = *self.index.get(start)?;
         if first.offset >= limit {
             return None;

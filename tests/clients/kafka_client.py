@@ -5,6 +5,7 @@ Subcommands (all print one line per event, flushed at once):
   produce BOOTSTRAP TOPIC COUNT PARTITIONS PREFIX   acks=all; "ACK p offset value"; exit 1 unless all acked
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
+  recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
 """
@@ -126,6 +127,18 @@ def group(bootstrap, topic, group_id, maximum):
     c.close()
 
 
+def recreate(bootstrap, topic, partitions):
+    """Deletes TOPIC, then creates it again with PARTITIONS partitions."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    for t, f in a.delete_topics([topic], operation_timeout=30).items():
+        f.result()
+        out("DELETED %s" % t)
+    for t, f in a.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).items():
+        f.result()
+        out("CREATED %s" % t)
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -136,6 +149,8 @@ def main(argv):
         assign(argv[2], argv[3], int(argv[4]))
     elif cmd == "group":
         group(argv[2], argv[3], argv[4], int(argv[5]))
+    elif cmd == "recreate":
+        recreate(argv[2], argv[3], int(argv[4]))
     else:
         sys.exit("unknown subcommand %s" % cmd)
 
