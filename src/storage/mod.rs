@@ -39,7 +39,7 @@ use std::{
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 pub use crate::wal::files::sync_dir;
 use crate::{
@@ -112,8 +112,17 @@ pub enum CreateError {
     Storage(String),
 }
 
+/// Bytes of produce payloads accepted but not yet applied, across all connections.
+const MAX_INFLIGHT_BYTES: usize = 256 * 1024 * 1024;
+
 enum Job {
-    Produce { partition: Arc<Partition>, data: Vec<u8>, infos: Vec<BatchInfo>, reply: oneshot::Sender<Result<i64, ProduceError>> },
+    Produce {
+        partition: Arc<Partition>,
+        data: Vec<u8>,
+        infos: Vec<BatchInfo>,
+        reply: oneshot::Sender<Result<i64, ProduceError>>,
+        permit: OwnedSemaphorePermit,
+    },
     Barrier(oneshot::Sender<()>),
     Stop,
 }
@@ -126,12 +135,14 @@ enum Applied {
         base: i64,
         wal: Option<Completion>,
         reply: oneshot::Sender<Result<i64, ProduceError>>,
+        _permit: OwnedSemaphorePermit,
     },
     Barrier(oneshot::Sender<()>),
     Stop,
 }
 
 struct Shared {
+    inflight: Arc<Semaphore>,
     config: Config,
     topics_dir: PathBuf,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
@@ -362,6 +373,7 @@ impl TopicManager {
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
         let (data_version, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
             topics_dir,
             topics: RwLock::new(topics),
             create_lock: Mutex::new(()),
@@ -532,10 +544,16 @@ impl TopicManager {
             }
         }
         let (tx, rx) = oneshot::channel();
-        let job = Job::Produce { partition: p, data: records.to_vec(), infos, reply: tx };
-        match tokio::time::timeout(timeout, self.shared.jobs.send(job)).await {
+        let want = u32::try_from(records.len().min(MAX_INFLIGHT_BYTES)).unwrap_or(u32::MAX);
+        let enqueue = async {
+            // Memory stays bounded: wait for in-flight bytes to drain below the cap.
+            let permit = Arc::clone(&self.shared.inflight).acquire_many_owned(want).await.map_err(|_| ProduceError::ShuttingDown)?;
+            let job = Job::Produce { partition: p, data: records.to_vec(), infos, reply: tx, permit };
+            self.shared.jobs.send(job).await.map_err(|_| ProduceError::ShuttingDown)
+        };
+        match tokio::time::timeout(timeout, enqueue).await {
             Ok(Ok(())) => Ok(rx),
-            Ok(Err(_)) => Err(ProduceError::ShuttingDown),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ProduceError::Timeout),
         }
     }
@@ -582,7 +600,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 fn submit_loop(shared: &Shared, mut jobs: mpsc::Receiver<Job>, applied: &crossbeam_channel::Sender<Applied>) {
     while let Some(job) = jobs.blocking_recv() {
         let next = match job {
-            Job::Produce { partition, mut data, mut infos, reply } => {
+            Job::Produce { partition, mut data, mut infos, reply, permit } => {
                 let deleted = shared.topics.read().unwrap_or_else(PoisonError::into_inner).get(partition.topic()).map_or(true, |t| t.deleted.load(Ordering::Acquire) || !Arc::ptr_eq(&t.partitions[partition.index() as usize], &partition));
                 if deleted {
                     let _ = reply.send(Err(ProduceError::UnknownTopicOrPartition));
@@ -600,7 +618,7 @@ fn submit_loop(shared: &Shared, mut jobs: mpsc::Receiver<Job>, applied: &crossbe
                 }
                 let data = Bytes::from(data);
                 let wal = shared.wal.as_ref().map(|w| w.append(partition.topic(), partition.index(), data.clone()));
-                Applied::Produce { partition, data, infos, base, wal, reply }
+                Applied::Produce { partition, data, infos, base, wal, reply, _permit: permit }
             }
             Job::Barrier(tx) => Applied::Barrier(tx),
             Job::Stop => {
@@ -627,7 +645,7 @@ fn fail(shared: &Shared, what: String) -> String {
 fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
     while let Ok(item) = applied.recv() {
         match item {
-            Applied::Produce { partition, data, infos, base, wal, reply } => {
+            Applied::Produce { partition, data, infos, base, wal, reply, _permit } => {
                 let durable = match wal {
                     Some(c) => c.wait().map(Some),
                     None => Ok(None),
