@@ -296,15 +296,17 @@ impl JobArgs {
         Ok(jobs)
     }
 
-    /// This job's values, with `base`'s where this one has none.
+    /// This job's values, with `base`'s where this one has none. `--duration` and
+    /// `--records` count as one setting: a job naming either replaces both.
     pub fn merged_over(&self, base: &JobArgs) -> JobArgs {
+        let stop_from = if self.duration.is_some() || self.records.is_some() { self } else { base };
         JobArgs {
             dir: self.dir.clone().or_else(|| base.dir.clone()),
             engine: self.engine.or(base.engine),
             writers: self.writers.or(base.writers),
             record_size: self.record_size.or(base.record_size),
-            duration: self.duration.or(base.duration),
-            records: self.records.or(base.records),
+            duration: stop_from.duration,
+            records: stop_from.records,
             warmup: self.warmup.or(base.warmup),
             queue_depth: self.queue_depth.or(base.queue_depth),
             sync_mode: self.sync_mode.or(base.sync_mode),

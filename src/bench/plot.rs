@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-const W: f64 = 900.0;
+const W: f64 = 1000.0;
 const H: f64 = 520.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 260.0;
+const RIGHT: f64 = 340.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 /// Highest percentile drawn: 99.999%.

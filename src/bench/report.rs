@@ -159,7 +159,7 @@ impl JobReport {
             writers: r.spec.writers,
             queue_depth: r.spec.queue_depth,
             record_size,
-            duration_s: (secs * 1000.0).round() / 1000.0,
+            duration_s: (secs * 1e6).round() / 1e6,
             records: r.records,
             writer_records: r.writer_records.clone(),
             bytes: r.bytes,
