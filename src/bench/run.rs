@@ -27,6 +27,9 @@ use crate::wal::Wal;
 /// Highest latency the histograms hold (longer ones are clamped): 100 s, in ns.
 const HIST_MAX_NS: u64 = 100_000_000_000;
 
+/// Latency histograms shared by the writers (writer `w` records into `w % 16`).
+const HIST_SHARDS: usize = 16;
+
 /// A new latency histogram (nanoseconds, 3 significant digits).
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("static histogram bounds are valid")
@@ -240,7 +243,10 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
     let engine = engine::open(spec, &dir)?;
     let backend = engine.backend();
     let pool = payload_pool(spec.record_size.max());
-    let hists: Vec<Mutex<Histogram<u64>>> = (0..spec.writers).map(|_| Mutex::new(new_histogram())).collect();
+    // A few shared shards rather than one histogram per writer: each histogram is
+    // ~230 KB, which at 256 writers would dominate the peak RSS being measured.
+    let shards = spec.writers.min(HIST_SHARDS);
+    let hists: Vec<Mutex<Histogram<u64>>> = (0..shards).map(|_| Mutex::new(new_histogram())).collect();
     let shared = Shared {
         phase: AtomicU8::new(if spec.warmup.is_zero() { MEASURE } else { WARMUP }),
         claimed: AtomicU64::new(0),
@@ -260,8 +266,8 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
     let engine_ref: &dyn engine::Engine = engine.as_ref();
     let outs: Vec<WriterOut> = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(spec.writers);
-        for (w, hist) in hists.iter().enumerate() {
-            let (shared, pool) = (&shared, &pool);
+        for w in 0..spec.writers {
+            let (shared, pool, hist) = (&shared, &pool, &hists[w % shards]);
             let h = std::thread::Builder::new()
                 .name(format!("bench-writer-{w}"))
                 .stack_size(256 * 1024)
