@@ -61,10 +61,10 @@ fn jobs_override_the_command_line_and_inherit_the_rest() {
 
 #[test]
 fn job_strings_accept_both_spellings() {
-    let a = JobArgs::parse_job("engine=nowal writers=2 sync_mode=every_write reopen").unwrap();
-    let b = JobArgs::parse_job("--engine nowal --writers 2 --sync-mode every_write --reopen").unwrap();
+    let a = JobArgs::parse_job("engine=nowal writers=2 sync_mode=every_write reopen drop-caches").unwrap();
+    let b = JobArgs::parse_job("--engine nowal --writers 2 --reopen --sync-mode every_write --drop-caches").unwrap();
     assert_eq!(a, b);
-    assert!(a.reopen);
+    assert!(a.reopen && a.drop_caches);
     assert_eq!(a.engine, Some(EngineKind::Nowal));
 }
 
@@ -122,6 +122,8 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     rejected(&["--max-file-size", "1000"], "--max-file-size");
     rejected(&["--max-batch-bytes", "10"], "max_batch_bytes");
     rejected(&["--job", "writers=2", "--job", "writers=0"], "job 2");
+    rejected(&["--drop-caches"], "--reopen");
+    rejected(&["--engine", "naive", "--reopen"], "--reopen needs --engine streamline");
 }
 
 #[cfg(not(feature = "compare"))]

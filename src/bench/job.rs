@@ -239,6 +239,10 @@ pub struct JobArgs {
     /// back (streamline only).
     #[arg(long)]
     pub reopen: bool,
+    /// With --reopen: write back and drop the page cache first, so the reopen reads
+    /// from the device (needs root; the report says whether it happened).
+    #[arg(long)]
+    pub drop_caches: bool,
 }
 
 /// Parses the options of one `--job` string or job-file line on their own.
@@ -265,7 +269,9 @@ impl JobArgs {
                     argv.push(format!("--{}", k.replace('_', "-")));
                     argv.push(v.to_string());
                 }
-                None if argv.last().is_some_and(|a| a.starts_with("--") && a != "--reopen") && !is_flag_name(tok) => {
+                None if argv.last().is_some_and(|a| a.starts_with("--") && !is_flag_name(a.trim_start_matches("--")))
+                    && !is_flag_name(tok) =>
+                {
                     // The value of a `--key value` pair.
                     argv.push(tok.to_string());
                 }
@@ -317,6 +323,7 @@ impl JobArgs {
             max_pending_bytes: self.max_pending_bytes.or(base.max_pending_bytes),
             max_in_flight: self.max_in_flight.or(base.max_in_flight),
             reopen: self.reopen || base.reopen,
+            drop_caches: self.drop_caches || base.drop_caches,
         }
     }
 
@@ -377,6 +384,9 @@ impl JobArgs {
         if self.reopen && engine != EngineKind::Streamline {
             return Err("--reopen needs --engine streamline".into());
         }
+        if self.drop_caches && !self.reopen {
+            return Err("--drop-caches only applies with --reopen".into());
+        }
         let sync_ms = self.sync_ms.unwrap_or(defaults.sync_interval_ms);
         if sync_ms == 0 && sync_mode == SyncMode::Interval {
             return Err("--sync-ms must be at least 1 with --sync-mode interval".into());
@@ -420,12 +430,14 @@ impl JobArgs {
             queue_depth,
             wal,
             reopen: self.reopen,
+            drop_caches: self.drop_caches,
         })
     }
 }
 
+/// Job options that take no value.
 fn is_flag_name(tok: &str) -> bool {
-    tok == "reopen"
+    matches!(tok, "reopen" | "drop-caches" | "drop_caches")
 }
 
 /// Topic every benchmark record is appended to.
@@ -461,6 +473,8 @@ pub struct JobSpec {
     pub wal: WalConfig,
     /// Time a reopen + full read after the run.
     pub reopen: bool,
+    /// Drop the page cache before the reopen.
+    pub drop_caches: bool,
 }
 
 /// The whole command line of `streamline-bench`.

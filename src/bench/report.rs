@@ -72,6 +72,8 @@ pub struct RecoveryReport {
     pub scan_mb_per_sec: f64,
     /// `wal_bytes / (open + replay)` in MB/s: open and read everything back.
     pub recovery_mb_per_sec: f64,
+    /// True when the page cache was dropped first (the scan read the device).
+    pub cold_cache: bool,
 }
 
 /// One job's report: the documented JSON object (see `docs/benchmarks.md`).
@@ -187,6 +189,7 @@ impl JobReport {
                     wal_bytes: rec.wal_bytes,
                     scan_mb_per_sec: if open > 0.0 { round2(mb / open) } else { 0.0 },
                     recovery_mb_per_sec: if total > 0.0 { round2(mb / total) } else { 0.0 },
+                    cold_cache: rec.cold,
                 }
             }),
         }
@@ -261,17 +264,18 @@ pub fn table(reports: &[JobReport]) -> String {
     }
     let recs: Vec<(usize, &RecoveryReport)> = reports.iter().filter_map(|r| r.recovery.as_ref().map(|x| (r.job, x))).collect();
     if !recs.is_empty() {
-        out.push_str("\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s\n");
+        out.push_str("\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache\n");
         for (job, x) in recs {
             let _ = writeln!(
                 out,
-                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}",
+                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {}",
                 x.wal_bytes as f64 / 1e6,
                 x.entries,
                 x.open_ms,
                 x.replay_ms,
                 x.scan_mb_per_sec,
-                x.recovery_mb_per_sec
+                x.recovery_mb_per_sec,
+                if x.cold_cache { "dropped" } else { "warm" }
             );
         }
     }

@@ -46,6 +46,8 @@ pub struct RecoveryResult {
     pub entries: u64,
     /// Bytes of WAL validated (up to the end of the last valid batch of each file).
     pub wal_bytes: u64,
+    /// Whether the page cache was dropped before reopening.
+    pub cold: bool,
 }
 
 /// What one job measured.
@@ -382,6 +384,7 @@ fn monitor(
 
 fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
     debug_assert_eq!(spec.engine, EngineKind::Streamline);
+    let cold = spec.drop_caches && sys::drop_page_cache();
     let t0 = Instant::now();
     let (wal, rec) = Wal::open(dir, spec.wal.clone()).map_err(|e| format!("reopen: {e}"))?;
     let open = t0.elapsed();
@@ -394,5 +397,5 @@ fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
     }
     let replay = t1.elapsed();
     wal.close().map_err(|e| format!("closing after reopen: {e}"))?;
-    Ok(RecoveryResult { open, replay, entries, wal_bytes })
+    Ok(RecoveryResult { open, replay, entries, wal_bytes, cold })
 }

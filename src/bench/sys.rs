@@ -80,6 +80,13 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Writes back dirty pages and drops the clean page cache
+/// (`/proc/sys/vm/drop_caches`). Returns false where that is not permitted.
+pub fn drop_page_cache() -> bool {
+    let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
