@@ -50,7 +50,15 @@ fn assemble(out: &mut [u8], first_seq: u64, count: usize, data: &[u8]) -> usize 
     let mut pos = BATCH_HEADER_LEN;
     for i in 0..count {
         let len = entry_len(TOPIC.len(), data.len());
-        encode_entry(&mut out[pos..pos + len], first_seq + i as u64, 1_700_000_000_000, WalEntryType::Record, TOPIC, 0, data);
+        encode_entry(
+            &mut out[pos..pos + len],
+            first_seq + i as u64,
+            1_700_000_000_000,
+            WalEntryType::Record,
+            TOPIC,
+            0,
+            data,
+        );
         pos += len;
     }
     let h = BatchHeader {

@@ -14,8 +14,20 @@ fn run(args: &[&str]) -> (String, String) {
 }
 
 const FIELDS: [&str; 14] = [
-    "engine", "backend", "sync_mode", "writers", "queue_depth", "record_size", "duration_s", "records",
-    "records_per_sec", "mb_per_sec", "fsyncs", "records_per_batch_mean", "latency_us", "peak_rss_bytes",
+    "engine",
+    "backend",
+    "sync_mode",
+    "writers",
+    "queue_depth",
+    "record_size",
+    "duration_s",
+    "records",
+    "records_per_sec",
+    "mb_per_sec",
+    "fsyncs",
+    "records_per_batch_mean",
+    "latency_us",
+    "peak_rss_bytes",
 ];
 
 fn check_counts(j: &Value) {
@@ -46,12 +58,28 @@ fn tiny_run_reports_consistent_json() {
     let hist = dir.path().join("lat.hgrm");
     let svg = dir.path().join("lat.svg");
     let (out, err) = run(&[
-        "--dir", d, "--output-format", "json", "--duration", "0.6", "--record-size", "256", "--max-file-size", "1M",
-        "--hist-file", hist.to_str().unwrap(), "--plot", svg.to_str().unwrap(),
-        "--job", "writers=3,sync-mode=every_write,backend=std",
-        "--job", "writers=2,queue-depth=4,sync-mode=interval,sync-ms=5",
-        "--job", "engine=naive,writers=2",
-        "--job", "engine=nowal,writers=2,records=500",
+        "--dir",
+        d,
+        "--output-format",
+        "json",
+        "--duration",
+        "0.6",
+        "--record-size",
+        "256",
+        "--max-file-size",
+        "1M",
+        "--hist-file",
+        hist.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--job",
+        "writers=3,sync-mode=every_write,backend=std",
+        "--job",
+        "writers=2,queue-depth=4,sync-mode=interval,sync-ms=5",
+        "--job",
+        "engine=naive,writers=2",
+        "--job",
+        "engine=nowal,writers=2,records=500",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "one JSON object per job per line:\n{out}");
@@ -87,15 +115,43 @@ fn table_output_and_cleanup() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (out, _) = run(&[
-        "--dir", data.to_str().unwrap(), "--records", "200", "--writers", "2", "--record-size", "100..300",
-        "--max-file-size", "1M", "--quiet", "--cleanup", "--reopen",
+        "--dir",
+        data.to_str().unwrap(),
+        "--records",
+        "200",
+        "--writers",
+        "2",
+        "--record-size",
+        "100..300",
+        "--max-file-size",
+        "1M",
+        "--quiet",
+        "--cleanup",
+        "--reopen",
     ]);
     let mut lines = out.lines();
     let header = lines.next().unwrap();
-    assert!(header.split_whitespace().eq(
-        ["job", "engine", "backend", "sync", "wr", "qd", "size", "rec/s", "MB/s", "fsync/s", "rec/batch", "p50us",
-         "p90us", "p99us", "p99.9us", "p99.99us", "maxus", "cpu-us/rec", "rss-MB"]
-    ));
+    assert!(header.split_whitespace().eq([
+        "job",
+        "engine",
+        "backend",
+        "sync",
+        "wr",
+        "qd",
+        "size",
+        "rec/s",
+        "MB/s",
+        "fsync/s",
+        "rec/batch",
+        "p50us",
+        "p90us",
+        "p99us",
+        "p99.9us",
+        "p99.99us",
+        "maxus",
+        "cpu-us/rec",
+        "rss-MB"
+    ]));
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(row[1], "streamline");
     assert_eq!(row[6], "100..300");

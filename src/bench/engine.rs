@@ -243,7 +243,8 @@ mod compare {
 
     impl OkayWalEngine {
         pub(super) fn open(dir: &Path) -> Result<Self, String> {
-            let wal = okaywal::WriteAheadLog::recover(dir, okaywal::LogVoid).map_err(|e| format!("okaywal open: {e}"))?;
+            let wal =
+                okaywal::WriteAheadLog::recover(dir, okaywal::LogVoid).map_err(|e| format!("okaywal open: {e}"))?;
             Ok(OkayWalEngine { wal })
         }
 

@@ -155,7 +155,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 impl FromStr for RecordSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let to_usize = |v: &str| parse_bytes(v).and_then(|n| usize::try_from(n).map_err(|_| format!("`{v}` is too large")));
+        let to_usize =
+            |v: &str| parse_bytes(v).and_then(|n| usize::try_from(n).map_err(|_| format!("`{v}` is too large")));
         if let Some((a, b)) = s.split_once("..") {
             let (min, max) = (to_usize(a)?, to_usize(b.trim_start_matches('='))?);
             if min > max {
@@ -269,7 +270,9 @@ impl JobArgs {
                     argv.push(format!("--{}", k.replace('_', "-")));
                     argv.push(v.to_string());
                 }
-                None if argv.last().is_some_and(|a| a.starts_with("--") && !is_flag_name(a.trim_start_matches("--")))
+                None if argv
+                    .last()
+                    .is_some_and(|a| a.starts_with("--") && !is_flag_name(a.trim_start_matches("--")))
                     && !is_flag_name(tok) =>
                 {
                     // The value of a `--key value` pair.
@@ -544,7 +547,13 @@ impl Cli {
         }
         let mut out = Vec::with_capacity(raw.len());
         for (i, j) in raw.iter().enumerate() {
-            let spec = j.merged_over(&self.job).resolve().map_err(|e| if raw.len() > 1 { format!("job {}: {e}", i + 1) } else { e })?;
+            let spec = j.merged_over(&self.job).resolve().map_err(|e| {
+                if raw.len() > 1 {
+                    format!("job {}: {e}", i + 1)
+                } else {
+                    e
+                }
+            })?;
             if spec.dir.exists() && !spec.dir.is_dir() {
                 return Err(format!("--dir {} exists and is not a directory", spec.dir.display()));
             }

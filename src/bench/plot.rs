@@ -61,7 +61,12 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#, LEFT + pw / 2.0, esc(title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+        LEFT + pw / 2.0,
+        esc(title)
+    );
     // Grid and axes.
     let labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"];
     for (i, l) in labels.iter().enumerate() {
@@ -78,14 +83,16 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
             }
             let y = sy(v);
             let stroke = if m == 1.0 { "#ccc" } else { "#eee" };
-            let _ = writeln!(s, r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{stroke}"/>"#, LEFT + pw);
+            let _ =
+                writeln!(s, r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{stroke}"/>"#, LEFT + pw);
             let label = if v >= 1.0 { format!("{v:.0}") } else { format!("{v}") };
             let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#, LEFT - 6.0, y + 4.0);
         }
         d += 1.0;
     }
     let _ = writeln!(s, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#, LEFT + pw / 2.0, H - 16.0);
+    let _ =
+        writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#, LEFT + pw / 2.0, H - 16.0);
     let _ = writeln!(
         s,
         r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">latency per append (µs, log)</text>"#,
@@ -97,11 +104,16 @@ pub fn svg(title: &str, series: &[(String, &Histogram<u64>)]) -> String {
         let color = COLORS[i % COLORS.len()];
         if !pts.is_empty() {
             let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-            let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
+            let _ =
+                writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
         }
         let ly = TOP + 10.0 + i as f64 * 18.0;
         let lx = LEFT + pw + 14.0;
-        let _ = writeln!(s, r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#, lx + 20.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
+            lx + 20.0
+        );
         let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, lx + 26.0, ly + 4.0, esc(label));
     }
     s.push_str("</svg>\n");

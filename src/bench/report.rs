@@ -36,7 +36,17 @@ impl LatencyUs {
     /// Percentiles of a nanosecond histogram, in microseconds (zeros when empty).
     pub fn from_hist(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
-            return LatencyUs { count: 0, min: 0.0, mean: 0.0, p50: 0.0, p90: 0.0, p99: 0.0, p999: 0.0, p9999: 0.0, max: 0.0 };
+            return LatencyUs {
+                count: 0,
+                min: 0.0,
+                mean: 0.0,
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                p9999: 0.0,
+                max: 0.0,
+            };
         }
         let us = |ns: u64| round2(ns as f64 / 1000.0);
         LatencyUs {
@@ -175,7 +185,11 @@ impl JobReport {
             bytes_written: r.counters.bytes_written,
             latency_us: LatencyUs::from_hist(&r.hist),
             cpu_us_per_record: r.cpu.and_then(|c| per_record(c.process)),
-            wal_thread_cpu_us_per_record: if is_streamline { r.cpu.and_then(|c| per_record(c.wal_threads)) } else { None },
+            wal_thread_cpu_us_per_record: if is_streamline {
+                r.cpu.and_then(|c| per_record(c.wal_threads))
+            } else {
+                None
+            },
             cpu_cores_busy: r.cpu.filter(|_| secs > 0.0).map(|c| round2(c.process.as_secs_f64() / secs)),
             peak_rss_bytes: r.peak_rss_bytes,
             recovery: r.recovery.map(|rec| {
@@ -209,8 +223,25 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 /// reopened its WAL.
 pub fn table(reports: &[JobReport]) -> String {
     let header = [
-        "job", "engine", "backend", "sync", "wr", "qd", "size", "rec/s", "MB/s", "fsync/s", "rec/batch", "p50us",
-        "p90us", "p99us", "p99.9us", "p99.99us", "maxus", "cpu-us/rec", "rss-MB",
+        "job",
+        "engine",
+        "backend",
+        "sync",
+        "wr",
+        "qd",
+        "size",
+        "rec/s",
+        "MB/s",
+        "fsync/s",
+        "rec/batch",
+        "p50us",
+        "p90us",
+        "p99us",
+        "p99.9us",
+        "p99.99us",
+        "maxus",
+        "cpu-us/rec",
+        "rss-MB",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
@@ -262,7 +293,8 @@ pub fn table(reports: &[JobReport]) -> String {
     for row in &rows {
         line(&mut out, row);
     }
-    let recs: Vec<(usize, &RecoveryReport)> = reports.iter().filter_map(|r| r.recovery.as_ref().map(|x| (r.job, x))).collect();
+    let recs: Vec<(usize, &RecoveryReport)> =
+        reports.iter().filter_map(|r| r.recovery.as_ref().map(|x| (r.job, x))).collect();
     if !recs.is_empty() {
         out.push_str("\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache\n");
         for (job, x) in recs {
@@ -296,11 +328,12 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
             if q < 1.0 {
                 let _ = writeln!(out, "{value:>12.3} {q:>14.12} {total:>10} {:>14.2}", 1.0 / (1.0 - q));
             } else {
-                let _ = writeln!(out, "{value:>12.3} {q:>14.12} {total:>10}", );
+                let _ = writeln!(out, "{value:>12.3} {q:>14.12} {total:>10}",);
             }
         }
     }
-    let (mean, sd, max) = if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean() / 1000.0, h.stdev() / 1000.0, h.max() as f64 / 1000.0) };
+    let (mean, sd, max) =
+        if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean() / 1000.0, h.stdev() / 1000.0, h.max() as f64 / 1000.0) };
     let _ = writeln!(out, "#[Mean    = {mean:>12.3}, StdDeviation   = {sd:>12.3}]");
     let _ = writeln!(out, "#[Max     = {max:>12.3}, Total count    = {:>12}]", h.len());
     let _ = writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", h.buckets(), h.distinct_values());
@@ -327,7 +360,7 @@ mod tests {
         }
         let text = hgrm(&h);
         assert!(text.contains("Total count    =         1000"), "{text}");
-        let last_data = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).last().unwrap();
+        let last_data = text.lines().rfind(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
         let cols: Vec<&str> = last_data.split_whitespace().collect();
         assert_eq!(cols[2], "1000", "cumulative count reaches the total: {last_data}");
         let v: f64 = cols[0].parse().unwrap();

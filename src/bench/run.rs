@@ -273,7 +273,9 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
             let h = std::thread::Builder::new()
                 .name(format!("bench-writer-{w}"))
                 .stack_size(256 * 1024)
-                .spawn_scoped(s, move || writer_loop(w, engine_ref, shared, hist, pool, spec.record_size, spec.queue_depth));
+                .spawn_scoped(s, move || {
+                    writer_loop(w, engine_ref, shared, hist, pool, spec.record_size, spec.queue_depth)
+                });
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -378,7 +380,10 @@ fn monitor(
             Stop::Duration(d) => (start + d).saturating_duration_since(now),
             Stop::Records(_) => Duration::from_millis(10),
         };
-        std::thread::sleep(wait.min(next_tick.saturating_duration_since(now)).clamp(Duration::from_micros(100), Duration::from_millis(10)));
+        std::thread::sleep(
+            wait.min(next_tick.saturating_duration_since(now))
+                .clamp(Duration::from_micros(100), Duration::from_millis(10)),
+        );
     }
 }
 
