@@ -131,7 +131,8 @@ pub struct JobReport {
     pub latency_us: LatencyUs,
     /// Process CPU time (user + system, all threads) per acknowledged record, µs.
     pub cpu_us_per_record: Option<f64>,
-    /// CPU of the WAL's own threads (commit thread, file preparer) per record, µs.
+    /// CPU of the WAL's own threads (commit thread, file preparer, io_uring workers)
+    /// per record, µs. Threads that exited before the end are not counted.
     pub wal_thread_cpu_us_per_record: Option<f64>,
     /// Process CPU time over wall time (2.0 = two cores busy).
     pub cpu_cores_busy: Option<f64>,

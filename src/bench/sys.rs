@@ -8,7 +8,8 @@ use std::time::Duration;
 pub struct CpuSample {
     /// All threads of the process, including those that already exited.
     pub process: Duration,
-    /// Threads named `streamline-wal*` (the commit thread and its file preparer).
+    /// Threads named `streamline-wal*` (the commit thread and its file preparer) and
+    /// the kernel's io_uring workers of this process (`iou-*`), which run its fsyncs.
     pub wal_threads: Duration,
 }
 
@@ -51,7 +52,7 @@ pub fn cpu_sample() -> Option<CpuSample> {
         for t in tasks.flatten() {
             if let Ok(s) = std::fs::read_to_string(t.path().join("stat")) {
                 if let Some((comm, cpu)) = parse_stat(&s) {
-                    if comm.starts_with("streamline-wal") {
+                    if comm.starts_with("streamline-wal") || comm.starts_with("iou-") {
                         wal_threads += cpu;
                     }
                 }
