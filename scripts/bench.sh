@@ -8,7 +8,7 @@
 #
 # Environment: BENCH_DIR (scratch space on the filesystem under test; default
 # ./bench-data), REPS (repetitions; medians are reported; default 3), DURATION
-# (seconds per harness job; default 2), WARMUP (default 0.5), SKIP_FIO=1.
+# (seconds per harness job; default 1.5), WARMUP (default 0.5), SKIP_FIO=1.
 # Run nothing else heavy at the same time: every number is a ratio to a baseline
 # measured in the same run, but a busy CPU still moves them.
 set -euo pipefail
@@ -17,7 +17,7 @@ ROOT=$(pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH_DIR=${BENCH_DIR:-$ROOT/bench-data}
 REPS=${REPS:-3}
-DURATION=${DURATION:-2}
+DURATION=${DURATION:-1.5}
 WARMUP=${WARMUP:-0.5}
 OUT=$ROOT/docs/bench-results
 RAW=$OUT/raw
@@ -64,12 +64,12 @@ if [ "${SKIP_FIO:-0}" != 1 ] && command -v fio > /dev/null; then
       log "fio write+fdatasync bs=$bs rep $rep"
       # Overwrites a laid-out file, as the WAL overwrites its zero-filled files.
       fio --name=wsync --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=$bs \
-        --ioengine=sync --direct=1 --fdatasync=1 --time_based --runtime=3 --ramp_time=0.5 \
+        --ioengine=sync --direct=1 --fdatasync=1 --time_based --runtime=2 --ramp_time=0.5 \
         --output-format=json --output="$RAW/fio-sync-$bs-$rep.json" > /dev/null
     done
     log "fio bandwidth iodepth=32 rep $rep"
     fio --name=bw --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=1m \
-      --ioengine=io_uring --direct=1 --iodepth=32 --time_based --runtime=3 --ramp_time=0.5 \
+      --ioengine=io_uring --direct=1 --iodepth=32 --time_based --runtime=2 --ramp_time=0.5 \
       --output-format=json --output="$RAW/fio-bw-qd32-$rep.json" > /dev/null
   done
   rm -f "$FIO_FILE"
