@@ -8,7 +8,8 @@
 #
 # Environment: BENCH_DIR (scratch space on the filesystem under test; default
 # ./bench-data), REPS (repetitions; medians are reported; default 3), DURATION
-# (seconds per harness job; default 1.5), WARMUP (default 0.5), SKIP_FIO=1.
+# (seconds per harness job; default 1.5), WARMUP (default 0.5), SKIP_FIO=1,
+# SKIP_CRITERION=1.
 # Run nothing else heavy at the same time: every number is a ratio to a baseline
 # measured in the same run, but a busy CPU still moves them.
 set -euo pipefail
@@ -120,7 +121,15 @@ for rep in $(seq "$REPS"); do
     --queue-depth 16 --record-size 64k --records 16384 --reopen
 done
 
+# --- criterion micro-benchmarks ------------------------------------------------------
+if [ "${SKIP_CRITERION:-0}" != 1 ]; then
+  log "criterion benches"
+  rm -rf "$CARGO_TARGET_DIR/criterion"
+  cargo bench --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
+    > "$RAW/criterion.txt" 2>&1
+fi
+
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RAW/machine.txt"
 log "summarising into docs/benchmarks.md"
-python3 scripts/bench_tables.py "$OUT" docs/benchmarks.md
+CRITERION_DIR=$CARGO_TARGET_DIR/criterion python3 scripts/bench_tables.py "$OUT" docs/benchmarks.md
 log "done"

@@ -252,6 +252,25 @@ def main():
                           verdict(u, s, 1.0)])
     blocks["targets"] = table(["target", "measured (medians)", "ratio", "result"], t)
 
+    crit = os.environ.get("CRITERION_DIR")
+    if crit and os.path.isdir(crit):
+        rows = []
+        for bj in sorted(glob.glob(f"{crit}/**/new/benchmark.json", recursive=True)):
+            b = json.load(open(bj))
+            est = json.load(open(os.path.join(os.path.dirname(bj), "estimates.json")))
+            ns = est["median"]["point_estimate"]
+            tp = b.get("throughput") or {}
+            if "Bytes" in tp:
+                rate = f"{tp['Bytes'] / ns:,.2f} GB/s"
+            elif "Elements" in tp:
+                rate = f"{tp['Elements'] / ns * 1e3:,.2f} M/s ({ns / tp['Elements']:,.1f} ns each)"
+            else:
+                rate = "–"
+            t_s = f"{ns / 1e6:,.2f} ms" if ns >= 1e6 else f"{ns / 1e3:,.2f} µs" if ns >= 1000 else f"{ns:,.1f} ns"
+            rows.append([f"`{b['full_id']}`", t_s, rate])
+        if rows:
+            blocks["criterion"] = table(["benchmark", "median time per iteration", "throughput"], rows)
+
     text = open(doc).read()
     for name, body in blocks.items():
         pat = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S)
