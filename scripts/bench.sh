@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Runs the benchmark matrix of docs/benchmarks.md and rewrites its tables:
+# fio's ceiling, with/without WAL per sync mode, writer scaling against the anchors,
+# many outstanding appends, recovery of a 1 GiB WAL, and the latency plot.
+#
+#   scripts/bench.sh                 # whole matrix (~9 minutes on 2 cores)
+#   REPS=1 DURATION=1 scripts/bench.sh   # quick look
+#
+# Environment: BENCH_DIR (scratch space on the filesystem under test; default
+# ./bench-data), REPS (repetitions; medians are reported; default 3), DURATION
+# (seconds per harness job; default 1.5), WARMUP (default 0.5), SKIP_FIO=1,
+# SKIP_CRITERION=1.
+# Run nothing else heavy at the same time: every number is a ratio to a baseline
+# measured in the same run, but a busy CPU still moves them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH_DIR=${BENCH_DIR:-$ROOT/bench-data}
+REPS=${REPS:-3}
+DURATION=${DURATION:-1.5}
+WARMUP=${WARMUP:-0.5}
+OUT=$ROOT/docs/bench-results
+RAW=$OUT/raw
+mkdir -p "$RAW" "$BENCH_DIR"
+rm -f "$RAW"/*.jsonl "$RAW"/*.json "$RAW"/*.txt
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# --- build ---------------------------------------------------------------------
+FEATURES="--features compare"
+if ! cargo build --release $FEATURES --bin streamline-bench 2> "$RAW/build-compare.txt"; then
+  log "build with --features compare failed (see $RAW/build-compare.txt); anchors skipped"
+  FEATURES=""
+  cargo build --release --bin streamline-bench
+fi
+BIN=$CARGO_TARGET_DIR/release/streamline-bench
+ANCHORS=""
+[ -n "$FEATURES" ] && ANCHORS="okaywal raft-engine"
+
+# --- machine -------------------------------------------------------------------
+{
+  echo "date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+  echo "kernel=$(uname -r)"
+  echo "fs=$(findmnt -n -T "$BENCH_DIR" -o FSTYPE,SOURCE | tr -s ' ')"
+  echo "mem_gib=$(free -g | awk '/Mem:/ {print $2}')"
+  echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "reps=$REPS duration_s=$DURATION warmup_s=$WARMUP"
+  echo "anchors=${ANCHORS:-none}"
+  echo "fio=$(fio --version 2>/dev/null || echo missing)"
+} > "$RAW/machine.txt"
+
+run() { # run NAME ARGS... : one harness invocation, JSON lines appended to raw/NAME.jsonl
+  local name=$1; shift
+  "$BIN" --dir "$BENCH_DIR" --quiet --cleanup --output-format json "$@" >> "$RAW/$name.jsonl"
+}
+
+# --- fio ceiling ---------------------------------------------------------------
+if [ "${SKIP_FIO:-0}" != 1 ] && command -v fio > /dev/null; then
+  FIO_FILE=$BENCH_DIR/fio.dat
+  for rep in $(seq "$REPS"); do
+    for bs in 4k 64k 1m; do
+      log "fio write+fdatasync bs=$bs rep $rep"
+      # Overwrites a laid-out file, as the WAL overwrites its zero-filled files.
+      fio --name=wsync --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=$bs \
+        --ioengine=sync --direct=1 --fdatasync=1 --time_based --runtime=2 --ramp_time=0.5 \
+        --output-format=json --output="$RAW/fio-sync-$bs-$rep.json" > /dev/null
+    done
+    log "fio bandwidth iodepth=32 rep $rep"
+    fio --name=bw --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=1m \
+      --ioengine=io_uring --direct=1 --iodepth=32 --time_based --runtime=2 --ramp_time=0.5 \
+      --output-format=json --output="$RAW/fio-bw-qd32-$rep.json" > /dev/null
+  done
+  rm -f "$FIO_FILE"
+fi
+
+COMMON=(--duration "$DURATION" --warmup "$WARMUP")
+
+for rep in $(seq "$REPS"); do
+  # --- with and without the WAL, per sync mode ---------------------------------
+  log "sync modes rep $rep"
+  for qd in 1 64; do
+    run syncmodes "${COMMON[@]}" --writers 4 --record-size 1024 \
+      --job engine=nowal,queue-depth=1 \
+      --job "sync-mode=interval,queue-depth=$qd,backend=uring" \
+      --job "sync-mode=interval,queue-depth=$qd,backend=std" \
+      --job "sync-mode=os_default,queue-depth=$qd,backend=uring" \
+      --job "sync-mode=every_write,queue-depth=$qd,backend=uring"
+  done
+
+  # --- scaling: writers x record size, every_write, closed loop ----------------
+  for size in 128 1024; do
+    for w in 1 4 16 64 256; do
+      log "scaling size=$size writers=$w rep $rep"
+      jobs=(--job backend=uring --job backend=std --job engine=naive)
+      for a in $ANCHORS; do jobs+=(--job "engine=$a"); done
+      plot=()
+      if [ "$rep" = 1 ] && [ "$size" = 1024 ] && { [ "$w" = 1 ] || [ "$w" = 64 ]; }; then
+        plot=(--plot "$OUT/latency-w$w-1KiB.svg" --hist-file "$RAW/hist-w$w-1KiB.hgrm")
+      fi
+      run scaling "${COMMON[@]}" --writers "$w" --record-size "$size" "${jobs[@]}" "${plot[@]}"
+    done
+  done
+
+  # --- many outstanding appends --------------------------------------------------
+  log "queue depth 64 x 4 KiB rep $rep"
+  run qd64 "${COMMON[@]}" --writers 4 --queue-depth 64 --record-size 4096 \
+    --job backend=uring --job backend=std
+done
+
+# --- recovery of a 1 GiB WAL ------------------------------------------------------
+# Cold: the page cache is dropped before the reopen (needs root), so the scan reads
+# the device. Warm: the std backend's buffered writes leave the files cached.
+for rep in $(seq "$REPS"); do
+  log "recovery 1 GiB rep $rep"
+  run recovery --engine streamline --backend uring --sync-mode os_default --writers 4 \
+    --queue-depth 16 --record-size 64k --records 16384 --reopen --drop-caches
+  run recovery --engine streamline --backend std --sync-mode os_default --writers 4 \
+    --queue-depth 16 --record-size 64k --records 16384 --reopen
+done
+
+# --- criterion micro-benchmarks ------------------------------------------------------
+if [ "${SKIP_CRITERION:-0}" != 1 ]; then
+  log "criterion benches"
+  rm -rf "$CARGO_TARGET_DIR/criterion"
+  cargo bench --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
+    > "$RAW/criterion.txt" 2>&1
+fi
+
+echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RAW/machine.txt"
+log "summarising into docs/benchmarks.md"
+CRITERION_DIR=$CARGO_TARGET_DIR/criterion python3 scripts/bench_tables.py "$OUT" docs/benchmarks.md
+log "done"

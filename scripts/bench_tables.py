@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Summarises scripts/bench.sh output (docs/bench-results/raw) into the tables of
+docs/benchmarks.md: medians over repetitions, ratios against baselines of the same
+run. Each table replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->`.
+
+usage: bench_tables.py RESULTS_DIR DOC
+"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def load_jsonl(path):
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    out.append(json.loads(line))
+    return out
+
+
+def key(j):
+    return (j["engine"], j["backend"], j["sync_mode"], j["writers"], j["queue_depth"], str(j["record_size"]))
+
+
+def group(jobs):
+    g = defaultdict(list)
+    for j in jobs:
+        g[key(j)].append(j)
+    return g
+
+
+def med(g, k, field, sub=None):
+    rows = g.get(k, [])
+    vals = [(r[field][sub] if sub else r[field]) if r.get(field) is not None else None for r in rows]
+    return median(vals)
+
+
+def fmt(x, prec=0, unit=""):
+    if x is None:
+        return "–"
+    if prec == 0:
+        return f"{x:,.0f}{unit}"
+    return f"{x:,.{prec}f}{unit}"
+
+
+def ratio(a, b, prec=2):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.{prec}f}×"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def fio_summary(raw):
+    res = {}
+    for bs in ["4k", "64k", "1m"]:
+        iops, bw, wp50, sp50 = [], [], [], []
+        for p in sorted(glob.glob(f"{raw}/fio-sync-{bs}-*.json")):
+            try:
+                d = json.load(open(p))
+            except (ValueError, OSError):
+                continue
+            w = d["jobs"][0]["write"]
+            iops.append(w["iops"])
+            bw.append(w["bw_bytes"] / 1e6)
+            wp50.append(w["clat_ns"]["percentile"].get("50.000000", 0) / 1000)
+            sync = d["jobs"][0].get("sync", {}).get("lat_ns", {})
+            sp50.append(sync.get("percentile", {}).get("50.000000", 0) / 1000 if sync else None)
+        if iops:
+            res[bs] = {
+                "iops": median(iops),
+                "mb_s": median(bw),
+                "us_per_op": 1e6 / median(iops),
+                "write_p50": median(wp50),
+                "sync_p50": median(sp50),
+                "reps": len(iops),
+            }
+    bws = []
+    for p in sorted(glob.glob(f"{raw}/fio-bw-qd32-*.json")):
+        try:
+            d = json.load(open(p))
+        except (ValueError, OSError):
+            continue
+        bws.append(d["jobs"][0]["write"]["bw_bytes"] / 1e6)
+    if bws:
+        res["qd32"] = {"mb_s": median(bws), "reps": len(bws)}
+    return res
+
+
+def main():
+    results, doc = sys.argv[1], sys.argv[2]
+    raw = os.path.join(results, "raw")
+    blocks = {}
+
+    machine = {}
+    if os.path.exists(f"{raw}/machine.txt"):
+        for line in open(f"{raw}/machine.txt"):
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                machine[k] = v
+    blocks["machine"] = table(["what", "value"], [[k, f"`{v}`"] for k, v in machine.items()])
+
+    fio = fio_summary(raw)
+    rows = []
+    for bs, label in [("4k", "4 KiB"), ("64k", "64 KiB"), ("1m", "1 MiB")]:
+        f = fio.get(bs)
+        if f:
+            rows.append([f"write + fdatasync, {label}, O_DIRECT, iodepth 1", fmt(f["iops"]), fmt(f["mb_s"], 1),
+                         fmt(f["us_per_op"], 1), fmt(f["write_p50"], 1), fmt(f["sync_p50"], 1)])
+    if "qd32" in fio:
+        rows.append(["write, 1 MiB, O_DIRECT, io_uring iodepth 32, no sync", "–", fmt(fio["qd32"]["mb_s"], 1), "–", "–", "–"])
+    blocks["fio"] = table(["fio job", "IOPS", "MB/s", "µs per op (1/IOPS)", "write p50 µs", "fdatasync p50 µs"], rows)
+
+    # with / without WAL
+    sm = group(load_jsonl(f"{raw}/syncmodes.jsonl"))
+    base_k = ("nowal", "pwrite", "none", 4, 1, "1024")
+    base = med(sm, base_k, "records_per_sec")
+    order = [base_k] + sorted((k for k in sm if k[0] != "nowal"), key=lambda k: (k[4], k[2] != "interval", k[2], k[1]))
+    rows = []
+    for k in order:
+        if k not in sm:
+            continue
+        rps = med(sm, k, "records_per_sec")
+        rows.append([k[0], k[1], k[2], k[4], fmt(rps), ratio(rps, base), fmt(med(sm, k, "mb_per_sec"), 1),
+                     fmt(med(sm, k, "latency_us", "p50"), 1), fmt(med(sm, k, "latency_us", "p99"), 1),
+                     fmt(med(sm, k, "fsyncs_per_sec")), fmt(med(sm, k, "cpu_us_per_record"), 2), len(sm[k])])
+    blocks["syncmodes"] = table(["engine", "backend", "sync", "queue depth", "rec/s", "vs nowal", "MB/s", "p50 µs",
+                                 "p99 µs", "fsync/s", "CPU µs/rec", "runs"], rows)
+
+    # scaling
+    sc = group(load_jsonl(f"{raw}/scaling.jsonl"))
+    engines = [("streamline", "uring"), ("streamline", "std"), ("naive", "pwrite+fdatasync"), ("okaywal", "okaywal"),
+               ("raft-engine", "raft-engine")]
+    present = [e for e in engines if any(k[0] == e[0] and k[1] == e[1] for k in sc)]
+    names = {("streamline", "uring"): "streamline uring", ("streamline", "std"): "streamline std"}
+    for size in ["128", "1024"]:
+        for metric, title, sub, prec in [("records_per_sec", "rec/s", None, 0), ("latency_us", "p50 µs", "p50", 1),
+                                         ("latency_us", "p99 µs", "p99", 1), ("cpu_us_per_record", "CPU µs/rec", None, 2),
+                                         ("records_per_batch_mean", "rec/batch", None, 1)]:
+            rows = []
+            for w in [1, 4, 16, 64, 256]:
+                vals = {}
+                for e in present:
+                    k = (e[0], e[1], "every_write", w, 1, size)
+                    vals[e] = med(sc, k, metric, sub)
+                row = [w] + [fmt(vals[e], prec) for e in present]
+                if metric == "records_per_sec":
+                    anchors = [vals.get(("okaywal", "okaywal")), vals.get(("raft-engine", "raft-engine"))]
+                    anchors = [a for a in anchors if a is not None]
+                    best = max(anchors) if anchors else None
+                    row.append(ratio(vals.get(("streamline", "uring")), best))
+                    row.append(ratio(vals.get(("streamline", "uring")), vals.get(("streamline", "std"))))
+                rows.append(row)
+            header = ["writers"] + [names.get(e, e[0]) for e in present]
+            if metric == "records_per_sec":
+                header += ["uring / best anchor", "uring / std"]
+            blocks[f"scaling-{size}-{metric}-{sub or ''}".rstrip("-")] = table(header, rows)
+    # peak RSS at 256 writers
+    rows = []
+    for e in present:
+        for size in ["128", "1024"]:
+            v = med(sc, (e[0], e[1], "every_write", 256, 1, size), "peak_rss_bytes")
+            rows.append([names.get(e, e[0]), size, fmt(v / 2**20 if v else None, 1)])
+    blocks["rss"] = table(["engine", "record size", "peak RSS MiB (VmHWM, whole process)"], rows)
+
+    # queue depth 64
+    q = group(load_jsonl(f"{raw}/qd64.jsonl"))
+    fio1m = fio.get("1m", {}).get("mb_s")
+    rows = []
+    for k in sorted(q):
+        mbs = med(q, k, "mb_per_sec")
+        rows.append([k[1], fmt(med(q, k, "records_per_sec")), fmt(mbs, 1), ratio(mbs, fio1m),
+                     fmt(med(q, k, "fsyncs_per_sec")), fmt(med(q, k, "records_per_batch_mean"), 1),
+                     fmt(med(q, k, "latency_us", "p50"), 1), fmt(med(q, k, "latency_us", "p99"), 1),
+                     fmt(med(q, k, "cpu_us_per_record"), 2), len(q[k])])
+    blocks["qd64"] = table(["backend", "rec/s", "MB/s", "vs fio 1 MiB write+fdatasync", "fsync/s", "rec/batch",
+                            "p50 µs", "p99 µs", "CPU µs/rec", "runs"], rows)
+
+    # recovery
+    rec = defaultdict(list)
+    for j in load_jsonl(f"{raw}/recovery.jsonl"):
+        r = j.get("recovery") or {}
+        rec[(j["backend"], r.get("cold_cache", False))].append((j, r))
+    rows = []
+    for (backend, cold), runs in sorted(rec.items()):
+        m = lambda f: median([r.get(f) for _, r in runs])
+        rows.append([backend, "dropped (device read)" if cold else "warm (page cache)", fmt(m("wal_bytes") / 1e6),
+                     fmt(m("entries")), fmt(m("open_ms"), 1), fmt(m("replay_ms"), 1), fmt(m("scan_mb_per_sec")),
+                     fmt(m("recovery_mb_per_sec")), fmt(median([j.get("mb_per_sec") for j, _ in runs]), 1), len(runs)])
+    blocks["recovery"] = table(["written with", "page cache before reopen", "WAL MB", "entries", "open ms", "replay ms",
+                                "open (scan) MB/s", "open + replay MB/s", "write MB/s (os_default)", "runs"], rows)
+
+    # targets
+    t = []
+    def best_anchor(w, size, field, sub=None, pick=max):
+        vals = [med(sc, (a, a, "every_write", w, 1, size), field, sub) for a in ["okaywal", "raft-engine"]]
+        vals = [v for v in vals if v is not None]
+        return pick(vals) if vals else None
+    for be in ["uring", "std"]:
+        s64 = med(sc, ("streamline", be, "every_write", 64, 1, "1024"), "records_per_sec")
+        a64 = best_anchor(64, "1024", "records_per_sec")
+        t.append([f"64 writers × 1 KiB every_write ≥ 3× best anchor ({be})", f"{fmt(s64)} vs {fmt(a64)} rec/s",
+                  ratio(s64, a64), verdict(s64, a64, 3.0)])
+    for be in ["uring", "std"]:
+        p1 = med(sc, ("streamline", be, "every_write", 1, 1, "1024"), "latency_us", "p50")
+        a1 = best_anchor(1, "1024", "latency_us", "p50", pick=min)
+        f4 = fio.get("4k", {}).get("us_per_op")
+        t.append([f"1 writer × 1 KiB p50 ≤ best anchor p50 ({be})", f"{fmt(p1, 1)} vs {fmt(a1, 1)} µs", ratio(p1, a1),
+                  verdict(a1, p1, 1.0)])
+        t.append([f"1 writer × 1 KiB p50 ≤ 1.2× fio 4 KiB write+fdatasync ({be})", f"{fmt(p1, 1)} vs {fmt(f4, 1)} µs",
+                  ratio(p1, f4), verdict(f4 * 1.2 if f4 else None, p1, 1.0)])
+    for k in sorted(q):
+        mbs = med(q, k, "mb_per_sec")
+        t.append([f"4 writers × qd 64 × 4 KiB ≥ 1 GB/s ({k[1]})", f"{fmt(mbs)} MB/s", ratio(mbs, 1000.0), verdict(mbs, 1000.0, 1.0)])
+        t.append([f"… and ≥ 60% of fio 1 MiB write+fdatasync ({k[1]})", f"{fmt(mbs)} vs {fmt(fio1m)} MB/s", ratio(mbs, fio1m),
+                  verdict(mbs, fio1m * 0.6 if fio1m else None, 1.0)])
+    base = med(sm, ("nowal", "pwrite", "none", 4, 1, "1024"), "records_per_sec")
+    for be in ["uring", "std"]:
+        for qd in [1, 64]:
+            iv = med(sm, ("streamline", be, "interval", 4, qd, "1024"), "records_per_sec")
+            if iv is None:
+                continue
+            t.append([f"interval < 3% below nowal ({be}, queue depth {qd})", f"{fmt(iv)} vs {fmt(base)} rec/s",
+                      ratio(iv, base), verdict(iv, base * 0.97 if base else None, 1.0)])
+    for (backend, cold), runs in sorted(rec.items()):
+        s = median([r.get("scan_mb_per_sec") for _, r in runs])
+        t.append([f"recovery scan ≥ 1 GB/s (1 GiB, {'cold' if cold else 'warm'} cache)", f"{fmt(s)} MB/s", ratio(s, 1000.0),
+                  verdict(s, 1000.0, 1.0)])
+    for size in ["128", "1024"]:
+        for w in [4, 16, 64, 256]:
+            u = med(sc, ("streamline", "uring", "every_write", w, 1, size), "records_per_sec")
+            s = med(sc, ("streamline", "std", "every_write", w, 1, size), "records_per_sec")
+            if u is not None and s is not None:
+                t.append([f"uring beats std ({w} writers × {size} B)", f"{fmt(u)} vs {fmt(s)} rec/s", ratio(u, s),
+                          verdict(u, s, 1.0)])
+    blocks["targets"] = table(["target", "measured (medians)", "ratio", "result"], t)
+
+    crit = os.environ.get("CRITERION_DIR")
+    if crit and os.path.isdir(crit):
+        rows = []
+        for bj in sorted(glob.glob(f"{crit}/**/new/benchmark.json", recursive=True)):
+            b = json.load(open(bj))
+            est = json.load(open(os.path.join(os.path.dirname(bj), "estimates.json")))
+            ns = est["median"]["point_estimate"]
+            tp = b.get("throughput") or {}
+            if "Bytes" in tp:
+                rate = f"{tp['Bytes'] / ns:,.2f} GB/s"
+            elif "Elements" in tp:
+                rate = f"{tp['Elements'] / ns * 1e3:,.2f} M/s ({ns / tp['Elements']:,.1f} ns each)"
+            else:
+                rate = "–"
+            t_s = f"{ns / 1e6:,.2f} ms" if ns >= 1e6 else f"{ns / 1e3:,.2f} µs" if ns >= 1000 else f"{ns:,.1f} ns"
+            rows.append([f"`{b['full_id']}`", t_s, rate])
+        if rows:
+            blocks["criterion"] = table(["benchmark", "median time per iteration", "throughput"], rows)
+
+    text = open(doc).read()
+    for name, body in blocks.items():
+        pat = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S)
+        if pat.search(text):
+            text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        else:
+            print(f"note: docs has no block `{name}`", file=sys.stderr)
+    open(doc, "w").write(text)
+
+
+def verdict(value, threshold, factor):
+    if value is None or threshold is None:
+        return "not measured"
+    return "met" if value >= threshold * factor else "**missed**"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+//! The engines a job can measure, behind one small trait so the writer loop is the
+//! same for all of them.
+
+use std::{
+    fs::File,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, PoisonError,
+    },
+};
+
+use bytes::Bytes;
+
+use super::job::{EngineKind, JobSpec, BENCH_TOPIC};
+use crate::wal::{Completion, Wal};
+
+/// An append that is either finished or still waiting for the commit thread.
+#[derive(Debug)]
+pub enum Pending {
+    /// The engine finished the append before returning.
+    Done(Result<(), String>),
+    /// The WAL acknowledges it later.
+    Wal(Completion),
+}
+
+impl Pending {
+    /// Blocks until the append is acknowledged.
+    ///
+    /// # Errors
+    /// The engine's error, as text.
+    pub fn wait(self) -> Result<(), String> {
+        match self {
+            Pending::Done(r) => r,
+            Pending::Wal(c) => c.wait().map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// True when [`Pending::wait`] would not block.
+    pub fn is_done(&self) -> bool {
+        match self {
+            Pending::Done(_) => true,
+            Pending::Wal(c) => c.is_done(),
+        }
+    }
+}
+
+/// Counters an engine can report; `None` where the engine does not expose them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// fdatasyncs issued.
+    pub fsyncs: Option<u64>,
+    /// Writes (batches) issued.
+    pub batches: Option<u64>,
+    /// Bytes written to files, framing and padding included.
+    pub bytes_written: Option<u64>,
+    /// Largest number of records in one batch since open.
+    pub max_batch_records: Option<u64>,
+}
+
+impl EngineCounters {
+    /// `self - before`, field by field (the max is kept as is).
+    pub fn since(&self, before: &EngineCounters) -> EngineCounters {
+        let d = |a: Option<u64>, b: Option<u64>| a.map(|a| a.saturating_sub(b.unwrap_or(0)));
+        EngineCounters {
+            fsyncs: d(self.fsyncs, before.fsyncs),
+            batches: d(self.batches, before.batches),
+            bytes_written: d(self.bytes_written, before.bytes_written),
+            max_batch_records: self.max_batch_records,
+        }
+    }
+}
+
+/// Something records are appended to, from many writer threads at once.
+pub trait Engine: Send + Sync {
+    /// Appends one record for `writer`. Engines without a completion queue finish
+    /// the append (durably, per their mode) before returning.
+    fn append(&self, writer: usize, data: Bytes) -> Pending;
+    /// Counters since open.
+    fn counters(&self) -> EngineCounters;
+    /// The I/O path in use (`uring`, `std`, `pwrite`, ...).
+    fn backend(&self) -> String;
+    /// Flushes and closes.
+    ///
+    /// # Errors
+    /// The engine's error, as text.
+    fn close(self: Box<Self>) -> Result<(), String>;
+}
+
+/// Opens the engine a job names in `dir` (created by the caller).
+///
+/// # Errors
+/// The engine's open error, as text.
+pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
+    match spec.engine {
+        EngineKind::Streamline => {
+            let (wal, recovery) = Wal::open(dir, spec.wal.clone()).map_err(|e| e.to_string())?;
+            drop(recovery);
+            Ok(Box::new(StreamlineEngine { wal }))
+        }
+        EngineKind::Naive => Ok(Box::new(FileEngine::open(dir, true)?)),
+        EngineKind::Nowal => Ok(Box::new(FileEngine::open(dir, false)?)),
+        #[cfg(feature = "compare")]
+        EngineKind::Okaywal => Ok(Box::new(compare::OkayWalEngine::open(dir)?)),
+        #[cfg(feature = "compare")]
+        EngineKind::RaftEngine => Ok(Box::new(compare::RaftEngineEngine::open(dir, spec.wal.max_file_size)?)),
+        #[cfg(not(feature = "compare"))]
+        EngineKind::Okaywal | EngineKind::RaftEngine => {
+            Err(format!("--engine {} needs a build with --features compare", spec.engine))
+        }
+    }
+}
+
+/// The group-commit WAL.
+struct StreamlineEngine {
+    wal: Wal,
+}
+
+impl Engine for StreamlineEngine {
+    fn append(&self, writer: usize, data: Bytes) -> Pending {
+        let partition = i32::try_from(writer).unwrap_or(i32::MAX);
+        Pending::Wal(self.wal.append(BENCH_TOPIC, partition, data))
+    }
+
+    fn counters(&self) -> EngineCounters {
+        let s = self.wal.stats();
+        EngineCounters {
+            fsyncs: Some(s.fsyncs),
+            batches: Some(s.batches),
+            bytes_written: Some(s.bytes_written),
+            max_batch_records: Some(s.max_batch_entries),
+        }
+    }
+
+    fn backend(&self) -> String {
+        self.wal.backend().to_string()
+    }
+
+    fn close(self: Box<Self>) -> Result<(), String> {
+        self.wal.close().map_err(|e| e.to_string())
+    }
+}
+
+/// One file behind one mutex: `pwrite` at the end, then `fdatasync` (`naive`) or
+/// nothing (`nowal`). No group commit: each append holds the lock through its sync.
+struct FileEngine {
+    file: Mutex<(File, u64)>,
+    sync: bool,
+    fsyncs: AtomicU64,
+    writes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl FileEngine {
+    fn open(dir: &Path, sync: bool) -> Result<Self, String> {
+        let path = dir.join(if sync { "naive.log" } else { "nowal.log" });
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        Ok(FileEngine {
+            file: Mutex::new((file, 0)),
+            sync,
+            fsyncs: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    fn write(&self, data: &[u8]) -> Result<(), String> {
+        let mut g = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let (file, offset) = &mut *g;
+        write_at(file, data, *offset).map_err(|e| format!("pwrite: {e}"))?;
+        *offset += data.len() as u64;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.sync {
+            file.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(mut file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(data)
+}
+
+impl Engine for FileEngine {
+    fn append(&self, _writer: usize, data: Bytes) -> Pending {
+        Pending::Done(self.write(&data))
+    }
+
+    fn counters(&self) -> EngineCounters {
+        let writes = self.writes.load(Ordering::Relaxed);
+        EngineCounters {
+            fsyncs: Some(self.fsyncs.load(Ordering::Relaxed)),
+            batches: Some(writes),
+            bytes_written: Some(self.bytes.load(Ordering::Relaxed)),
+            max_batch_records: Some(u64::from(writes > 0)),
+        }
+    }
+
+    fn backend(&self) -> String {
+        if self.sync { "pwrite+fdatasync" } else { "pwrite" }.to_string()
+    }
+
+    fn close(self: Box<Self>) -> Result<(), String> {
+        let g = self.file.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if self.sync {
+            g.0.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "compare")]
+mod compare {
+    //! The anchors, driven through their public APIs with durability per append.
+
+    use std::path::Path;
+
+    use bytes::Bytes;
+
+    use super::{Engine, EngineCounters, Pending};
+
+    /// okaywal 0.3: `begin_entry` → `write_chunk` → `commit` (which waits for the
+    /// fsync; concurrent commits share one).
+    pub(super) struct OkayWalEngine {
+        wal: okaywal::WriteAheadLog,
+    }
+
+    impl OkayWalEngine {
+        pub(super) fn open(dir: &Path) -> Result<Self, String> {
+            let wal =
+                okaywal::WriteAheadLog::recover(dir, okaywal::LogVoid).map_err(|e| format!("okaywal open: {e}"))?;
+            Ok(OkayWalEngine { wal })
+        }
+
+        fn write(&self, data: &[u8]) -> Result<(), String> {
+            let mut entry = self.wal.begin_entry().map_err(|e| format!("okaywal begin_entry: {e}"))?;
+            entry.write_chunk(data).map_err(|e| format!("okaywal write_chunk: {e}"))?;
+            entry.commit().map(|_| ()).map_err(|e| format!("okaywal commit: {e}"))
+        }
+    }
+
+    impl Engine for OkayWalEngine {
+        fn append(&self, _writer: usize, data: Bytes) -> Pending {
+            Pending::Done(self.write(&data))
+        }
+
+        fn counters(&self) -> EngineCounters {
+            EngineCounters::default()
+        }
+
+        fn backend(&self) -> String {
+            "okaywal".into()
+        }
+
+        fn close(self: Box<Self>) -> Result<(), String> {
+            self.wal.shutdown().map_err(|e| format!("okaywal shutdown: {e}"))
+        }
+    }
+
+    /// raft-engine 0.4: one `LogBatch` with one `put` per append (each writer is a
+    /// region and overwrites one key, so the memtable stays small), written with
+    /// `sync = true`; concurrent writers are grouped by its write barrier.
+    pub(super) struct RaftEngineEngine {
+        engine: raft_engine::Engine,
+    }
+
+    impl RaftEngineEngine {
+        pub(super) fn open(dir: &Path, file_size: u64) -> Result<Self, String> {
+            let cfg = raft_engine::Config {
+                dir: dir.to_string_lossy().into_owned(),
+                target_file_size: raft_engine::ReadableSize(file_size),
+                ..raft_engine::Config::default()
+            };
+            let engine = raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine open: {e}"))?;
+            Ok(RaftEngineEngine { engine })
+        }
+
+        fn write(&self, writer: usize, data: &[u8]) -> Result<(), String> {
+            let mut batch = raft_engine::LogBatch::with_capacity(1);
+            batch.put(writer as u64 + 1, b"k".to_vec(), data.to_vec()).map_err(|e| format!("raft-engine put: {e}"))?;
+            self.engine.write(&mut batch, true).map(|_| ()).map_err(|e| format!("raft-engine write: {e}"))
+        }
+    }
+
+    impl Engine for RaftEngineEngine {
+        fn append(&self, writer: usize, data: Bytes) -> Pending {
+            Pending::Done(self.write(writer, &data))
+        }
+
+        fn counters(&self) -> EngineCounters {
+            EngineCounters::default()
+        }
+
+        fn backend(&self) -> String {
+            "raft-engine".into()
+        }
+
+        fn close(self: Box<Self>) -> Result<(), String> {
+            self.engine.sync().map_err(|e| format!("raft-engine sync: {e}"))
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Runs one job: writer threads keep `queue_depth` appends outstanding each, every
+//! acknowledged append's latency goes into the writer's HdrHistogram, and the
+//! engine's counters and the process's CPU time are sampled at the start and end of
+//! the measured window.
+
+use std::{
+    collections::VecDeque,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+
+use super::{
+    engine::{self, EngineCounters, Pending},
+    job::{EngineKind, JobSpec, RecordSize, Stop},
+    sys::{self, CpuSample},
+};
+use crate::wal::Wal;
+
+/// Highest latency the histograms hold (longer ones are clamped): 100 s, in ns.
+const HIST_MAX_NS: u64 = 100_000_000_000;
+
+/// Latency histograms shared by the writers (writer `w` records into `w % 16`).
+const HIST_SHARDS: usize = 16;
+
+/// A new latency histogram (nanoseconds, 3 significant digits).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("static histogram bounds are valid")
+}
+
+/// Time to reopen a WAL and read back everything in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecoveryResult {
+    /// `Wal::open`: scanning and validating every file, cutting the tail, starting.
+    pub open: Duration,
+    /// Iterating every recovered entry.
+    pub replay: Duration,
+    /// Entries read back.
+    pub entries: u64,
+    /// Bytes of WAL validated (up to the end of the last valid batch of each file).
+    pub wal_bytes: u64,
+    /// Whether the page cache was dropped before reopening.
+    pub cold: bool,
+}
+
+/// What one job measured.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// 1-based position in the run.
+    pub index: usize,
+    /// The job.
+    pub spec: JobSpec,
+    /// Where its files are (removed with `--cleanup`).
+    pub dir: PathBuf,
+    /// The I/O path the engine used.
+    pub backend: String,
+    /// From the start of measuring to the last acknowledgement.
+    pub elapsed: Duration,
+    /// Records acknowledged in the measured window.
+    pub records: u64,
+    /// Payload bytes of those records.
+    pub bytes: u64,
+    /// Records acknowledged per writer, in writer order.
+    pub writer_records: Vec<u64>,
+    /// Latency of every acknowledged record, in nanoseconds.
+    pub hist: Histogram<u64>,
+    /// Engine counters over the measured window.
+    pub counters: EngineCounters,
+    /// CPU time over the measured window.
+    pub cpu: Option<CpuSample>,
+    /// Peak RSS during the job (process-wide where it cannot be reset per job).
+    pub peak_rss_bytes: Option<u64>,
+    /// Reopen timing, with `--reopen`.
+    pub recovery: Option<RecoveryResult>,
+}
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+struct Shared {
+    phase: AtomicU8,
+    claimed: AtomicU64,
+    limit: Option<u64>,
+    acked: AtomicU64,
+    acked_bytes: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, e: String) {
+        let mut g = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.phase.store(STOP, Ordering::Release);
+    }
+
+    /// May this writer issue another append, and is it measured?
+    fn next_issue(&self) -> Option<bool> {
+        match self.phase.load(Ordering::Acquire) {
+            WARMUP => Some(false),
+            MEASURE => {
+                if let Some(n) = self.limit {
+                    if self.claimed.fetch_add(1, Ordering::Relaxed) >= n {
+                        self.phase.store(STOP, Ordering::Release);
+                        return None;
+                    }
+                }
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+}
+
+struct WriterOut {
+    records: u64,
+    bytes: u64,
+    last_ack: Option<Instant>,
+}
+
+/// Small, fast, deterministic generator for record sizes and payload offsets.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n <= 1 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+/// Pseudo-random payload bytes (so nothing below can compress them) that records
+/// are sliced out of without copying.
+fn payload_pool(max_record: usize) -> Bytes {
+    let len = max_record + 64 * 1024;
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+fn writer_loop(
+    w: usize,
+    engine: &dyn engine::Engine,
+    shared: &Shared,
+    hist: &Mutex<Histogram<u64>>,
+    pool: &Bytes,
+    size: RecordSize,
+    queue_depth: usize,
+) -> WriterOut {
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ ((w as u64 + 1) * 0x9E37_79B9));
+    let mut out = WriterOut { records: 0, bytes: 0, last_ack: None };
+    let mut queue: VecDeque<(Instant, bool, usize, Pending)> = VecDeque::with_capacity(queue_depth);
+    let span = pool.len() - size.max();
+    let mut record = |measured: bool, len: usize, started: Instant, now: Instant| {
+        if !measured {
+            return;
+        }
+        let ns = u64::try_from(now.duration_since(started).as_nanos()).unwrap_or(u64::MAX).max(1);
+        hist.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(ns);
+        out.records += 1;
+        out.bytes += len as u64;
+        out.last_ack = Some(now);
+        shared.acked.fetch_add(1, Ordering::Relaxed);
+        shared.acked_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    };
+    loop {
+        while queue.len() < queue_depth {
+            let Some(measured) = shared.next_issue() else { break };
+            let len = match size {
+                RecordSize::Fixed(n) => n,
+                RecordSize::Range { min, max } => min + rng.below(max - min + 1),
+            };
+            let off = rng.below(span) & !7;
+            let data = pool.slice(off..off + len);
+            let started = Instant::now();
+            let p = engine.append(w, data);
+            queue.push_back((started, measured, len, p));
+        }
+        let Some((started, measured, len, p)) = queue.pop_front() else { break };
+        if let Err(e) = p.wait() {
+            shared.fail(format!("writer {w}: append failed: {e}"));
+            for (_, _, _, p) in queue.drain(..) {
+                let _ = p.wait();
+            }
+            break;
+        }
+        let now = Instant::now();
+        record(measured, len, started, now);
+        // Acks come in order: later appends already done were acknowledged by now too.
+        while queue.front().is_some_and(|q| q.3.is_done()) {
+            let Some((started, measured, len, p)) = queue.pop_front() else { break };
+            if let Err(e) = p.wait() {
+                shared.fail(format!("writer {w}: append failed: {e}"));
+                break;
+            }
+            record(measured, len, started, now);
+        }
+    }
+    out
+}
+
+/// Directory of job `index` inside the spec's `--dir`.
+pub fn job_dir(spec: &JobSpec, index: usize) -> PathBuf {
+    spec.dir.join(format!("job{index}-{}", spec.engine))
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
+}
+
+/// Runs job number `index` (1-based). Progress lines go to `progress` once a second.
+///
+/// # Errors
+/// Engine open, append or close errors, as text.
+pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -> Result<JobResult, String> {
+    let dir = job_dir(spec, index);
+    prepare_dir(&dir)?;
+    let engine = engine::open(spec, &dir)?;
+    let backend = engine.backend();
+    let pool = payload_pool(spec.record_size.max());
+    // A few shared shards rather than one histogram per writer: each histogram is
+    // ~230 KB, which at 256 writers would dominate the peak RSS being measured.
+    let shards = spec.writers.min(HIST_SHARDS);
+    let hists: Vec<Mutex<Histogram<u64>>> = (0..shards).map(|_| Mutex::new(new_histogram())).collect();
+    let shared = Shared {
+        phase: AtomicU8::new(if spec.warmup.is_zero() { MEASURE } else { WARMUP }),
+        claimed: AtomicU64::new(0),
+        limit: match spec.stop {
+            Stop::Records(n) => Some(n),
+            Stop::Duration(_) => None,
+        },
+        acked: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        error: Mutex::new(None),
+    };
+    sys::reset_peak_rss();
+
+    let mut before_counters = engine.counters();
+    let mut before_cpu = sys::cpu_sample();
+    let mut start = Instant::now();
+    let engine_ref: &dyn engine::Engine = engine.as_ref();
+    let outs: Vec<WriterOut> = std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(spec.writers);
+        for w in 0..spec.writers {
+            let (shared, pool, hist) = (&shared, &pool, &hists[w % shards]);
+            let h = std::thread::Builder::new()
+                .name(format!("bench-writer-{w}"))
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, move || {
+                    writer_loop(w, engine_ref, shared, hist, pool, spec.record_size, spec.queue_depth)
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    shared.fail(format!("spawning writer {w}: {e}"));
+                    break;
+                }
+            }
+        }
+        if !spec.warmup.is_zero() && shared.phase.load(Ordering::Acquire) == WARMUP {
+            std::thread::sleep(spec.warmup);
+            before_counters = engine_ref.counters();
+            before_cpu = sys::cpu_sample();
+            start = Instant::now();
+            let _ = shared.phase.compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
+        }
+        monitor(index, spec, &shared, &hists, start, progress);
+        handles.into_iter().map(|h| h.join().unwrap_or(WriterOut { records: 0, bytes: 0, last_ack: None })).collect()
+    });
+    let after_counters = engine.counters();
+    let after_cpu = sys::cpu_sample();
+    let peak_rss_bytes = sys::peak_rss_bytes();
+    let end = outs.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
+    let close = engine.close();
+    if let Some(e) = shared.error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return Err(e);
+    }
+    close?;
+
+    let mut hist = new_histogram();
+    for h in hists {
+        let h = h.into_inner().unwrap_or_else(PoisonError::into_inner);
+        hist.add(&h).map_err(|e| format!("merging histograms: {e:?}"))?;
+    }
+    let recovery = if spec.reopen { Some(reopen(spec, &dir)?) } else { None };
+    Ok(JobResult {
+        index,
+        spec: spec.clone(),
+        dir,
+        backend,
+        elapsed: end.saturating_duration_since(start),
+        records: outs.iter().map(|o| o.records).sum(),
+        bytes: outs.iter().map(|o| o.bytes).sum(),
+        writer_records: outs.iter().map(|o| o.records).collect(),
+        hist,
+        counters: after_counters.since(&before_counters),
+        cpu: match (after_cpu, before_cpu) {
+            (Some(a), Some(b)) => Some(a.since(&b)),
+            _ => None,
+        },
+        peak_rss_bytes,
+        recovery,
+    })
+}
+
+/// Waits for the job to end (stopping it when its duration is up) and prints one
+/// progress line per second.
+fn monitor(
+    index: usize,
+    spec: &JobSpec,
+    shared: &Shared,
+    hists: &[Mutex<Histogram<u64>>],
+    start: Instant,
+    mut progress: Option<&mut dyn Write>,
+) {
+    let tick = Duration::from_secs(1);
+    let mut next_tick = start + tick;
+    let (mut last_records, mut last_bytes) = (0u64, 0u64);
+    loop {
+        let now = Instant::now();
+        if let Stop::Duration(d) = spec.stop {
+            if now.duration_since(start) >= d {
+                shared.phase.store(STOP, Ordering::Release);
+            }
+        }
+        if shared.phase.load(Ordering::Acquire) == STOP {
+            return;
+        }
+        if now >= next_tick {
+            next_tick += tick;
+            let records = shared.acked.load(Ordering::Relaxed);
+            let bytes = shared.acked_bytes.load(Ordering::Relaxed);
+            if let Some(out) = progress.as_deref_mut() {
+                let mut merged = new_histogram();
+                for h in hists {
+                    let _ = merged.add(&*h.lock().unwrap_or_else(PoisonError::into_inner));
+                }
+                let p99 = if merged.is_empty() { 0.0 } else { merged.value_at_quantile(0.99) as f64 / 1000.0 };
+                let _ = writeln!(
+                    out,
+                    "[job {index} {}] {:>4.0}s  {:>10.0} rec/s  {:>8.1} MB/s  p99 {:>9.1} us (so far)",
+                    spec.engine,
+                    now.duration_since(start).as_secs_f64(),
+                    (records - last_records) as f64,
+                    (bytes - last_bytes) as f64 / 1e6,
+                    p99
+                );
+            }
+            last_records = records;
+            last_bytes = bytes;
+        }
+        let wait = match spec.stop {
+            Stop::Duration(d) => (start + d).saturating_duration_since(now),
+            Stop::Records(_) => Duration::from_millis(10),
+        };
+        std::thread::sleep(
+            wait.min(next_tick.saturating_duration_since(now))
+                .clamp(Duration::from_micros(100), Duration::from_millis(10)),
+        );
+    }
+}
+
+fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
+    debug_assert_eq!(spec.engine, EngineKind::Streamline);
+    let cold = spec.drop_caches && sys::drop_page_cache();
+    let t0 = Instant::now();
+    let (wal, rec) = Wal::open(dir, spec.wal.clone()).map_err(|e| format!("reopen: {e}"))?;
+    let open = t0.elapsed();
+    let wal_bytes = rec.files.iter().map(|f| f.valid_end).sum();
+    let t1 = Instant::now();
+    let mut entries = 0u64;
+    for e in rec {
+        e.map_err(|e| format!("replay: {e}"))?;
+        entries += 1;
+    }
+    let replay = t1.elapsed();
+    wal.close().map_err(|e| format!("closing after reopen: {e}"))?;
+    Ok(RecoveryResult { open, replay, entries, wal_bytes, cold })
+}

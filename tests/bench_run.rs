@@ -1,0 +1,203 @@
+//! A short real run of `streamline-bench`: the JSON report is well-formed and its
+//! counts add up; the table, `.hgrm` and SVG outputs are written.
+
+use clap::Parser;
+use serde_json::Value;
+use streamline::bench::{report, run_cli, Cli};
+
+fn run(args: &[&str]) -> (String, String) {
+    let c = Cli::try_parse_from(std::iter::once("streamline-bench").chain(args.iter().copied())).expect("parses");
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    run_cli(&c, &mut out, &mut err).expect("run succeeds");
+    (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+}
+
+const FIELDS: [&str; 14] = [
+    "engine",
+    "backend",
+    "sync_mode",
+    "writers",
+    "queue_depth",
+    "record_size",
+    "duration_s",
+    "records",
+    "records_per_sec",
+    "mb_per_sec",
+    "fsyncs",
+    "records_per_batch_mean",
+    "latency_us",
+    "peak_rss_bytes",
+];
+
+fn check_counts(j: &Value) {
+    for f in FIELDS {
+        assert!(j.get(f).is_some(), "field {f} missing in {j}");
+    }
+    let records = j["records"].as_u64().unwrap();
+    assert!(records > 0, "nothing acknowledged: {j}");
+    let per_writer: Vec<u64> = j["writer_records"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(per_writer.len() as u64, j["writers"].as_u64().unwrap());
+    assert_eq!(per_writer.iter().sum::<u64>(), records, "acked = sum over writers");
+    assert_eq!(j["latency_us"]["count"].as_u64().unwrap(), records, "histogram count = acked");
+    let l = &j["latency_us"];
+    let order = ["min", "p50", "p90", "p99", "p999", "p9999", "max"].map(|k| l[k].as_f64().unwrap());
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "percentiles ascend: {l}");
+    assert!(order[0] > 0.0);
+    let size = j["record_size"].as_u64().unwrap();
+    assert_eq!(j["bytes"].as_u64().unwrap(), records * size);
+    let rate = records as f64 / j["duration_s"].as_f64().unwrap();
+    let reported = j["records_per_sec"].as_f64().unwrap();
+    assert!((reported - rate).abs() <= rate * 0.01 + 1.0, "records_per_sec {reported} vs {rate}");
+}
+
+#[test]
+fn tiny_run_reports_consistent_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let hist = dir.path().join("lat.hgrm");
+    let svg = dir.path().join("lat.svg");
+    let (out, err) = run(&[
+        "--dir",
+        d,
+        "--output-format",
+        "json",
+        "--duration",
+        "0.6",
+        "--record-size",
+        "256",
+        "--max-file-size",
+        "1M",
+        "--hist-file",
+        hist.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--job",
+        "writers=3,sync-mode=every_write,backend=std",
+        "--job",
+        "writers=2,queue-depth=4,sync-mode=interval,sync-ms=5",
+        "--job",
+        "engine=naive,writers=2",
+        "--job",
+        "engine=nowal,writers=2,records=500",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "one JSON object per job per line:\n{out}");
+    let jobs: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).expect("well-formed JSON")).collect();
+    for j in &jobs {
+        check_counts(j);
+    }
+    assert_eq!(jobs[0]["backend"], "std");
+    assert_eq!(jobs[0]["sync_mode"], "every_write");
+    // every_write: each acknowledged record was covered by an fdatasync.
+    assert!(jobs[0]["fsyncs"].as_u64().unwrap() > 0);
+    assert_eq!(jobs[1]["queue_depth"], 4);
+    assert_eq!(jobs[1]["sync_mode"], "interval");
+    assert_eq!(jobs[2]["fsyncs"].as_u64().unwrap(), jobs[2]["records"].as_u64().unwrap(), "naive syncs each append");
+    assert_eq!(jobs[3]["records"], 500);
+    assert_eq!(jobs[3]["sync_mode"], "none");
+    assert!(err.is_empty() || err.contains("rec/s"), "progress lines only: {err}");
+
+    for i in 1..=4 {
+        let text = std::fs::read_to_string(dir.path().join(format!("lat-{i}.hgrm"))).unwrap();
+        let count = jobs[i - 1]["records"].as_u64().unwrap();
+        assert!(text.contains(&format!("Total count    = {count:>12}")), "hgrm {i} total:\n{text}");
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 4);
+    // Files stay for inspection without --cleanup.
+    assert!(dir.path().join("job1-streamline").join("current.wal").exists());
+    assert!(dir.path().join("job3-naive").join("naive.log").exists());
+}
+
+#[test]
+fn table_output_and_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (out, _) = run(&[
+        "--dir",
+        data.to_str().unwrap(),
+        "--records",
+        "200",
+        "--writers",
+        "2",
+        "--record-size",
+        "100..300",
+        "--max-file-size",
+        "1M",
+        "--quiet",
+        "--cleanup",
+        "--reopen",
+    ]);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    assert!(header.split_whitespace().eq([
+        "job",
+        "engine",
+        "backend",
+        "sync",
+        "wr",
+        "qd",
+        "size",
+        "rec/s",
+        "MB/s",
+        "fsync/s",
+        "rec/batch",
+        "p50us",
+        "p90us",
+        "p99us",
+        "p99.9us",
+        "p99.99us",
+        "maxus",
+        "cpu-us/rec",
+        "rss-MB"
+    ]));
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[1], "streamline");
+    assert_eq!(row[6], "100..300");
+    assert!(out.contains("reopen:"), "{out}");
+    let reopen_row: Vec<&str> = out.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(reopen_row[2], "200", "every record read back after reopen: {out}");
+    assert!(!data.exists(), "--cleanup removes the job's files");
+}
+
+#[test]
+fn table_columns_line_up() {
+    let mut h = streamline::bench::run::new_histogram();
+    h.record(150_000).unwrap();
+    let r = report::JobReport {
+        job: 1,
+        engine: "naive".into(),
+        backend: "pwrite+fdatasync".into(),
+        sync_mode: "every_write".into(),
+        writers: 64,
+        queue_depth: 1,
+        record_size: Value::from(1024),
+        duration_s: 2.0,
+        records: 20,
+        writer_records: vec![20],
+        bytes: 20 * 1024,
+        records_per_sec: 10.0,
+        mb_per_sec: 0.01,
+        fsyncs: None,
+        fsyncs_per_sec: None,
+        batches: None,
+        records_per_batch_mean: None,
+        records_per_batch_max: None,
+        bytes_written: None,
+        latency_us: report::LatencyUs::from_hist(&h),
+        cpu_us_per_record: Some(12.345),
+        wal_thread_cpu_us_per_record: None,
+        cpu_cores_busy: None,
+        peak_rss_bytes: Some(3 << 20),
+        recovery: None,
+    };
+    let t = report::table(&[r.clone(), report::JobReport { job: 2, writers: 1, ..r }]);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "aligned:\n{t}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&row[9..12], &["-", "-", "150.0"], "unknown counters print as '-': {t}");
+    assert_eq!(row[17], "12.35");
+    assert_eq!(row[18], "3.0");
+}
