@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 scripts/install-test-deps.sh
 cargo build --all-targets --features sim
-cargo test --all-targets --features sim -- --test-threads=2
+cargo test --all-targets --features sim
