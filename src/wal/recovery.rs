@@ -364,6 +364,15 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
     let count = paths.len();
     for (i, (number, path)) in paths.into_iter().enumerate() {
         let newest = i + 1 == count;
+        if let (Some(n), Some(prev)) = (number, files.last()) {
+            if n != prev.number + 1 {
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!("file {n} follows file {}: files are missing", prev.number),
+                ));
+            }
+        }
         let want_number = number.or_else(|| files.last().map(|f| f.number + 1));
         let info = scan_file(&path, want_number, newest, expected_next, mode)?;
         if let Some(prev) = files.last() {
