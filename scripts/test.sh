@@ -9,3 +9,8 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 scripts/install-test-deps.sh
 cargo build --all-targets --features sim
 cargo test --all-targets --features sim
+# The broker suites once more on the portable backend (the WAL suites already run
+# every test on both backends).
+args=()
+for t in tests/broker_*.rs; do args+=(--test "$(basename "$t" .rs)"); done
+STREAMLINE_WAL_BACKEND=std cargo test --features sim "${args[@]}"
