@@ -509,9 +509,9 @@ impl Committer {
             if start.elapsed() >= budget {
                 return None;
             }
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
+            // Yield rather than burn the core: on a busy machine the producers this
+            // thread just woke need it to send their next append.
+            std::thread::yield_now();
         }
     }
 
