@@ -158,9 +158,17 @@ fn bad_input_gets_an_error_for_that_client_only() {
     assert_eq!(partition_result(&r3).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
     assert_eq!(partition_result(&r4), (0, 0), "the good batch lands at offset 0");
 
+    // acks=0: the produce is applied but gets no response; the next response is the next request's.
+    let mut quiet = produce("bad", 0, batch(&["three"]));
+    quiet.acks = 0;
+    ok.write_all(&request_frame(ApiKey::Produce, 7, 6, &quiet)).unwrap();
+    ok.write_all(&request_frame(ApiKey::Metadata, 9, 7, &meta)).unwrap();
+    let (cid, _): (i32, MetadataResponse) = response(&mut ok, ApiKey::Metadata, 9);
+    assert_eq!(cid, 7, "no response for acks=0");
+
     // Everyone else is still served, and nothing acknowledged was lost.
     let out = kcat(&["-C", "-b", &broker.addr, "-t", "bad", "-o", "beginning", "-e", "-q", "-f", "%o:%s\n"], b"");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0:one\n1:two\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0:one\n1:two\n2:three\n");
 }
 
 #[test]

@@ -80,3 +80,30 @@ fn deleted_topic_stays_deleted_after_recreate_and_kill9() {
         assert!(*o < 2, "partition {p}: offsets start again at 0 (got {o})");
     }
 }
+
+#[test]
+fn two_group_members_split_the_partitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "4"]);
+    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "shared", "40", "4", "s"]), "ACK");
+    assert_eq!(acks.len(), 40);
+    let addr = broker.addr.clone();
+    let members: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || python_client("kafka_client.py", &["group-hold", &addr, "shared", "pair", "8"]))
+        })
+        .collect();
+    let outputs: Vec<String> = members.into_iter().map(|m| m.join().unwrap()).collect();
+    let assignments: Vec<BTreeSet<i32>> = outputs
+        .iter()
+        .map(|o| {
+            let line = o.lines().find(|l| l.starts_with("ASSIGNMENT")).unwrap_or_else(|| panic!("no assignment printed:\n{o}"));
+            line.split_whitespace().skip(1).map(|p| p.parse().unwrap()).collect()
+        })
+        .collect();
+    assert!(!assignments[0].is_empty() && !assignments[1].is_empty(), "both members got partitions: {assignments:?}");
+    assert!(assignments[0].is_disjoint(&assignments[1]), "no partition assigned twice: {assignments:?}");
+    let all: BTreeSet<i32> = assignments[0].union(&assignments[1]).copied().collect();
+    assert_eq!(all, (0..4).collect::<BTreeSet<i32>>(), "every partition assigned");
+}

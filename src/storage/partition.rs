@@ -188,9 +188,18 @@ impl Partition {
     /// # Errors
     /// I/O errors naming the file.
     pub fn sync(&self) -> Result<()> {
-        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        for s in log.iter_mut() {
-            s.sync()?;
+        // Collect under the lock, fsync outside it: appends and reads go on meanwhile.
+        let jobs: Vec<_> = self.log.lock().unwrap_or_else(PoisonError::into_inner).iter_mut().filter_map(Segment::take_sync).collect();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Err(e) = job.run() {
+                let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+                for failed in &jobs[i..] {
+                    if let Some(s) = log.iter_mut().find(|s| s.base_offset() == failed.base_offset) {
+                        s.mark_dirty();
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

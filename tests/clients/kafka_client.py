@@ -6,6 +6,7 @@ Subcommands (all print one line per event, flushed at once):
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
   bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
+  group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
@@ -172,6 +173,29 @@ def bench(bootstrap, topic, count, size, partitions):
                     "failed": failed[0]}))
 
 
+def group_hold(bootstrap, topic, group_id, seconds):
+    """Stays in the group for SECONDS; two seconds before leaving prints its assignment."""
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 300,
+    })
+    c.subscribe([topic])
+    start = time.time()
+    printed = False
+    while time.time() - start < seconds:
+        m = c.poll(0.1)
+        if m is not None and not m.error():
+            out("MSG %d %d %s" % (m.partition(), m.offset(), m.value().decode()))
+        if not printed and time.time() - start >= seconds - 2:
+            out("ASSIGNMENT " + " ".join(str(tp.partition) for tp in c.assignment()))
+            printed = True
+    c.close()
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -184,6 +208,8 @@ def main(argv):
         group(argv[2], argv[3], argv[4], int(argv[5]))
     elif cmd == "bench":
         bench(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+    elif cmd == "group-hold":
+        group_hold(argv[2], argv[3], argv[4], float(argv[5]))
     elif cmd == "recreate":
         recreate(argv[2], argv[3], int(argv[4]))
     else:
