@@ -142,6 +142,7 @@ enum Applied {
 }
 
 struct Shared {
+    _lock: std::fs::File,
     inflight: Arc<Semaphore>,
     config: Config,
     topics_dir: PathBuf,
@@ -198,6 +199,25 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Takes an exclusive `flock` on `<data>/LOCK` so two brokers never share a data
+/// directory (the WAL has its own lock, but it may be disabled).
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
+    #[expect(unsafe_code, reason = "flock has no std wrapper at this crate's MSRV")]
+    // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked { path: dir.to_path_buf() });
+        }
+        return Err(Error::io("flock", &path, e));
+    }
+    Ok(f)
 }
 
 fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {
@@ -301,6 +321,7 @@ impl TopicManager {
         let started = Instant::now();
         let data_dir = config.storage.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io("create_dir_all", &data_dir, e))?;
+        let lock = lock_data_dir(&data_dir)?;
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
         std::fs::create_dir_all(&topics_dir).map_err(|e| Error::io("create_dir_all", &topics_dir, e))?;
@@ -373,6 +394,7 @@ impl TopicManager {
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
         let (data_version, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
+            _lock: lock,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
             topics_dir,
             topics: RwLock::new(topics),
@@ -727,6 +749,18 @@ mod tests {
             assert_eq!(&r.records[..], &batches.concat()[..], "round {round}: each batch exactly once, byte for byte");
             m.shutdown().unwrap();
         }
+    }
+
+    #[test]
+    fn a_data_dir_is_used_by_one_broker_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.wal.enabled = false;
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert!(matches!(TopicManager::new(c.clone()), Err(Error::Locked { .. })));
+        m.shutdown().unwrap();
+        drop(m);
+        TopicManager::new(c).unwrap().shutdown().unwrap();
     }
 
     #[test]
