@@ -111,8 +111,8 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
 }
 
 #[test]
-fn sigterm_loses_nothing_in_interval_and_os_default_modes() {
-    for mode in ["interval", "os_default"] {
+fn sigterm_and_sigint_lose_nothing_in_interval_and_os_default_modes() {
+    for (mode, sig) in [("interval", "TERM"), ("os_default", "TERM"), ("interval", "INT")] {
         let tmp = tempfile::tempdir().unwrap();
         let mut broker = Broker::start(
             &tmp.path().join("data"),
@@ -121,8 +121,8 @@ fn sigterm_loses_nothing_in_interval_and_os_default_modes() {
         let text = python_client("kafka_client.py", &["produce", &broker.addr, "graceful", "300", &PARTITIONS.to_string(), "g"]);
         let acks = records(&text, "ACK");
         assert_eq!(acks.len(), 300, "{mode}: all acknowledged");
-        let status = broker.sigterm();
-        assert!(status.success(), "{mode}: SIGTERM exits 0, got {status:?}\n{}", broker.log_text());
+        let status = broker.stop_with(sig);
+        assert!(status.success(), "{mode}: SIG{sig} exits 0, got {status:?}\n{}", broker.log_text());
         let broker = broker.restart();
         let stored = read_all(&broker.addr, "graceful");
         assert_eq!(stored.len(), 300, "{mode}: nothing lost or duplicated");
