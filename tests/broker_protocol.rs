@@ -167,6 +167,11 @@ fn bad_input_gets_an_error_for_that_client_only() {
     ok.write_all(&request_frame(ApiKey::Metadata, 9, 7, &meta)).unwrap();
     let (cid, _): (i32, MetadataResponse) = response(&mut ok, ApiKey::Metadata, 9);
     assert_eq!(cid, 7, "no response for acks=0");
+    let mut odd = produce("bad", 0, batch(&["never"]));
+    odd.acks = 5;
+    ok.write_all(&request_frame(ApiKey::Produce, 7, 8, &odd)).unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
+    assert_eq!(partition_result(&r).0, 21, "INVALID_REQUIRED_ACKS");
 
     // Everyone else is still served, and nothing acknowledged was lost.
     let out = kcat(&["-C", "-b", &broker.addr, "-t", "bad", "-o", "beginning", "-e", "-q", "-f", "%o:%s\n"], b"");

@@ -97,6 +97,8 @@ pub enum ProduceError {
     Timeout,
     /// The broker is shutting down.
     ShuttingDown,
+    /// The request's `acks` is not -1, 0 or 1.
+    InvalidAcks,
 }
 
 /// Why a topic could not be created.
