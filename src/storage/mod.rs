@@ -63,7 +63,6 @@ pub struct Topic {
     pub id: uuid::Uuid,
     /// Partitions, by index.
     pub partitions: Vec<Arc<Partition>>,
-    deleted: AtomicBool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -252,7 +251,7 @@ fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic
     for p in 0..f.partitions {
         partitions.push(Arc::new(Partition::open(name, p, dir.join(p.to_string()), segment_bytes)?));
     }
-    Ok(Some(Topic { name: name.to_string(), id, partitions, deleted: AtomicBool::new(false) }))
+    Ok(Some(Topic { name: name.to_string(), id, partitions }))
 }
 
 /// What replaying the WAL did.
@@ -500,7 +499,7 @@ impl TopicManager {
         let json = serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
         crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
         sync_dir(&self.shared.topics_dir).map_err(storage)?;
-        let topic = Arc::new(Topic { name: name.to_string(), id, partitions: parts, deleted: AtomicBool::new(false) });
+        let topic = Arc::new(Topic { name: name.to_string(), id, partitions: parts });
         self.shared.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
@@ -516,7 +515,9 @@ impl TopicManager {
         let Some(topic) = self.shared.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name) else {
             return Ok(false);
         };
-        topic.deleted.store(true, Ordering::Release);
+        for p in &topic.partitions {
+            p.mark_deleted();
+        }
         let (tx, rx) = oneshot::channel();
         if self.shared.jobs.send(Job::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
@@ -625,8 +626,9 @@ fn submit_loop(shared: &Shared, mut jobs: mpsc::Receiver<Job>, applied: &crossbe
     while let Some(job) = jobs.blocking_recv() {
         let next = match job {
             Job::Produce { partition, mut data, mut infos, reply, permit } => {
-                let deleted = shared.topics.read().unwrap_or_else(PoisonError::into_inner).get(partition.topic()).map_or(true, |t| t.deleted.load(Ordering::Acquire) || !Arc::ptr_eq(&t.partitions[partition.index() as usize], &partition));
-                if deleted {
+                // A delete marks the partition, then sends a barrier through this thread:
+                // nothing for a deleted partition gets past it.
+                if partition.is_deleted() {
                     let _ = reply.send(Err(ProduceError::UnknownTopicOrPartition));
                     continue;
                 }

@@ -10,7 +10,7 @@ use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, Mutex, PoisonError,
     },
 };
@@ -37,6 +37,8 @@ pub struct Partition {
     next_offset: AtomicI64,
     /// Offset after the last batch a consumer may read.
     high_watermark: AtomicI64,
+    /// Set when the topic is deleted; the pipeline then refuses produces to it.
+    deleted: AtomicBool,
 }
 
 /// What a fetch read returns.
@@ -107,6 +109,7 @@ impl Partition {
             log: Mutex::new(segments),
             next_offset: AtomicI64::new(end),
             high_watermark: AtomicI64::new(end),
+            deleted: AtomicBool::new(false),
         })
     }
 
@@ -123,6 +126,15 @@ impl Partition {
     /// The partition directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the partition's topic was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
     }
 
     /// Offset after the last stored batch.
