@@ -32,6 +32,12 @@ fn read_all(addr: &str, topic: &str) -> BTreeMap<(i32, i64), String> {
 /// Streams acks=all produces until `acks` acknowledgements (or 15 s), SIGKILLs the
 /// broker mid-stream, then the producer; returns the producer's output.
 fn stream_then_kill9(broker: &mut Broker, py: &str, prefix: &str, acks: usize) -> String {
+    stream_then(broker, py, prefix, acks, Broker::kill9)
+}
+
+/// Streams until `acks` acknowledgements (or 15 s), applies `stop` to the broker
+/// mid-stream, then SIGKILLs the producer; returns the producer's output.
+fn stream_then(broker: &mut Broker, py: &str, prefix: &str, acks: usize, stop: impl FnOnce(&mut Broker)) -> String {
     let mut producer = Command::new(py)
         .arg(client_script("kafka_client.py"))
         .args(["stream", &broker.addr, "crash", &PARTITIONS.to_string(), prefix])
@@ -51,7 +57,7 @@ fn stream_then_kill9(broker: &mut Broker, py: &str, prefix: &str, acks: usize) -
     while lines.lock().unwrap().len() < acks && start.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    broker.kill9();
+    stop(broker);
     std::thread::sleep(Duration::from_millis(200));
     signal(producer.id(), "KILL");
     let _ = producer.wait();
@@ -172,4 +178,27 @@ fn kill9_then_torn_segment_tails_are_restored_from_the_wal() {
     }
     let values: BTreeSet<&String> = stored.values().collect();
     assert_eq!(values.len(), stored.len(), "no message stored twice");
+}
+
+#[test]
+fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--wal-sync-mode", "interval", "--default-partitions", &PARTITIONS.to_string()],
+    );
+    let text = stream_then(&mut broker, &py, "t0", 400, |b| {
+        let status = b.sigterm();
+        assert!(status.success(), "SIGTERM under load exits 0, got {status:?}");
+    });
+    let acked = records(&text, "ACK");
+    assert!(acked.len() >= 100, "the stream made progress ({} acks)", acked.len());
+    let broker = broker.restart();
+    let stored = read_all(&broker.addr, "crash");
+    for (p, o, v) in &acked {
+        assert_eq!(stored.get(&(*p, *o)), Some(v), "acknowledged {v} must be at {p}/{o}");
+    }
+    let replay = broker.log_text().lines().rfind(|l| l.contains("replayed WAL")).unwrap().to_string();
+    assert_eq!(field(&replay, "appended"), 0, "a clean shutdown leaves nothing to replay: {replay}");
 }
