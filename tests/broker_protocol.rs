@@ -129,6 +129,16 @@ fn bad_input_gets_an_error_for_that_client_only() {
     let mut c = connect(&broker.addr);
     c.write_all(&[0, 0, 0, 10, 0x03, 0xe7, 0, 0, 0, 0, 0, 7, 0, 0]).unwrap();
     assert!(closed(&mut c), "unknown API key closes the connection");
+    // A 30-byte Produce claiming 2^31 topics: the codec would reserve hundreds of GiB.
+    let mut c = connect(&broker.addr);
+    let mut evil = vec![0, 0, 0, 7, 0, 0, 0, 1, 0xff, 0xff]; // Produce v7, correlation 1, no client id
+    evil.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0x03, 0xe8]); // no transactional id, acks -1, timeout
+    evil.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]); // topic count
+    evil.extend_from_slice(&[0; 8]);
+    let mut frame = (evil.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&evil);
+    c.write_all(&frame).unwrap();
+    assert!(closed(&mut c), "an absurd array length closes only that connection");
     // A truncated request, then a disconnect mid-frame.
     let mut c = connect(&broker.addr);
     c.write_all(&[0, 0, 1, 0, 0, 18, 0]).unwrap();
