@@ -303,3 +303,29 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
     let offs: Vec<i64> = l.topics[0].partitions.iter().map(|p| p.offset).collect();
     assert_eq!(offs, vec![0, 2, 0], "earliest, latest, first batch at or after a timestamp");
 }
+
+fn metadata_of(addr: &str) -> MetadataResponse {
+    let mut c = connect(addr);
+    c.write_all(&request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default().with_topics(None))).unwrap();
+    response::<MetadataResponse>(&mut c, ApiKey::Metadata, 12).1
+}
+
+#[test]
+fn metadata_advertises_the_right_address_and_a_stable_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let m = metadata_of(&broker.addr);
+    let port: i32 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(m.brokers.len(), 1);
+    assert_eq!((m.brokers[0].host.to_string(), m.brokers[0].port), ("127.0.0.1".to_string(), port), "the real listen port");
+    assert_eq!(m.controller_id, m.brokers[0].node_id);
+    let cluster = m.cluster_id.clone().expect("cluster id");
+    assert!(broker.sigterm().success());
+
+    let broker = Broker::start(&data, &["--advertised-addr", "broker.example:19092"]);
+    let m = metadata_of(&broker.addr);
+    assert_eq!((m.brokers[0].host.to_string(), m.brokers[0].port), ("broker.example".to_string(), 19092));
+    assert_eq!(m.cluster_id, Some(cluster), "the cluster id survives restarts");
+    assert_eq!(m.brokers[0].node_id.0, 0);
+}
