@@ -58,8 +58,13 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
                 Some(records) if !records.is_empty() => ctx.storage.submit(&name, p.index, records, timeout).await,
                 _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
             };
-            if let Err(e) = &outcome {
-                tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
+            match &outcome {
+                // Routine while a client's metadata catches up with a new topic.
+                Err(e @ ProduceError::UnknownTopicOrPartition) => {
+                    tracing::debug!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
+                }
+                Err(e) => tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected"),
+                Ok(_) => {}
             }
             parts.push((p.index, outcome));
         }
