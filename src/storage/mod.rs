@@ -288,13 +288,17 @@ fn replay_entry(topics: &BTreeMap<String, Arc<Topic>>, topic: &str, partition: i
     let mut at = 0usize;
     let mut first = infos.len();
     for (i, info) in infos.iter().enumerate() {
-        if info.last_offset() < end {
-            stats.skipped += 1;
-            at += info.len;
-        } else {
+        if info.base_offset >= end {
             first = i;
             break;
         }
+        if info.last_offset() >= end {
+            // Segments hold whole batches, so this means the segment and the WAL
+            // disagree; appending would make offsets go backwards.
+            tracing::error!(topic, partition, end, base = info.base_offset, "WAL batch overlaps the segment end; skipped");
+        }
+        stats.skipped += 1;
+        at += info.len;
     }
     let rest = &infos[first..];
     let Some(head) = rest.first() else { return Ok(()) };

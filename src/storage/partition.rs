@@ -255,6 +255,19 @@ impl Partition {
         Ok(Some(ReadResult { records, high_watermark: hw, log_start_offset: start }))
     }
 
+    /// Like [`Partition::read`] with no room for records: the positions only.
+    ///
+    /// # Errors
+    /// Never; the signature matches [`Partition::read`].
+    pub fn positions(&self, offset: i64) -> Result<Option<ReadResult>> {
+        let hw = self.high_watermark();
+        let start = self.log_start_offset();
+        if offset < start || offset > hw {
+            return Ok(None);
+        }
+        Ok(Some(ReadResult { records: Bytes::new(), high_watermark: hw, log_start_offset: start }))
+    }
+
     /// The first offset whose batch has a max timestamp at or after `timestamp`
     /// (batch granularity), or `None` when every batch is older.
     ///
