@@ -21,6 +21,10 @@ command -v kcat >/dev/null 2>&1 || { echo "install-test-deps: kcat still missing
 
 if ! "$PYTHON" -c 'import confluent_kafka' >/dev/null 2>&1; then
     echo "install-test-deps: installing confluent-kafka (pip)" >&2
+    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        $SUDO apt-get update -qq </dev/null
+        $SUDO apt-get install -y -qq python3-pip </dev/null >/dev/null
+    fi
     PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka)
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
