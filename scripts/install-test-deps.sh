@@ -21,6 +21,12 @@ command -v kcat >/dev/null 2>&1 || { echo "install-test-deps: kcat still missing
 
 if ! "$PYTHON" -c 'import confluent_kafka' >/dev/null 2>&1; then
     echo "install-test-deps: installing confluent-kafka (pip)" >&2
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input confluent-kafka </dev/null
+    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        $SUDO apt-get update -qq </dev/null
+        $SUDO apt-get install -y -qq python3-pip </dev/null >/dev/null
+    fi
+    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka)
+    # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
+    "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi
-"$PYTHON" -c 'import confluent_kafka; print("install-test-deps: kcat", end=" "); import sys; print("+ confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0])'
+"$PYTHON" -c 'import confluent_kafka as c; print("install-test-deps: kcat ok, confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'

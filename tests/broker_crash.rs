@@ -29,6 +29,43 @@ fn read_all(addr: &str, topic: &str) -> BTreeMap<(i32, i64), String> {
     msgs.into_iter().map(|(p, o, v)| ((p, o), v)).collect()
 }
 
+/// Streams acks=all produces until `acks` acknowledgements (or 15 s), SIGKILLs the
+/// broker mid-stream, then the producer; returns the producer's output.
+fn stream_then_kill9(broker: &mut Broker, py: &str, prefix: &str, acks: usize) -> String {
+    stream_then(broker, py, prefix, acks, Broker::kill9)
+}
+
+/// Streams until `acks` acknowledgements (or 15 s), applies `stop` to the broker
+/// mid-stream, then SIGKILLs the producer; returns the producer's output.
+fn stream_then(broker: &mut Broker, py: &str, prefix: &str, acks: usize, stop: impl FnOnce(&mut Broker)) -> String {
+    let mut producer = Command::new(py)
+        .arg(client_script("kafka_client.py"))
+        .args(["stream", &broker.addr, "crash", &PARTITIONS.to_string(), prefix])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start producer");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&lines);
+    let stdout = producer.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let start = Instant::now();
+    while lines.lock().unwrap().len() < acks && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(broker);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(producer.id(), "KILL");
+    let _ = producer.wait();
+    reader.join().unwrap();
+    let text = lines.lock().unwrap().join("\n");
+    text
+}
+
 /// The number after `name=` in a log line.
 fn field(line: &str, name: &str) -> u64 {
     let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 2;
@@ -46,32 +83,7 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
     let mut acked: Vec<(i32, i64, String)> = Vec::new();
     let (mut replayed_entries, mut skipped_batches) = (0, 0);
     for cycle in 0..3 {
-        let mut producer = Command::new(&py)
-            .arg(client_script("kafka_client.py"))
-            .args(["stream", &broker.addr, "crash", &PARTITIONS.to_string(), &format!("c{cycle}")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start producer");
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = Arc::clone(&lines);
-        let stdout = producer.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        // Let acknowledgements flow, then pull the plug mid-stream.
-        let start = Instant::now();
-        while lines.lock().unwrap().len() < 400 + cycle * 100 && start.elapsed() < Duration::from_secs(15) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker.kill9();
-        std::thread::sleep(Duration::from_millis(200));
-        signal(producer.id(), "KILL");
-        let _ = producer.wait();
-        reader.join().unwrap();
-        let text = lines.lock().unwrap().join("\n");
+        let text = stream_then_kill9(&mut broker, &py, &format!("c{cycle}"), 400 + cycle * 100);
         let cycle_acks = records(&text, "ACK");
         assert!(cycle_acks.len() >= 100, "cycle {cycle}: the stream made progress ({} acks)", cycle_acks.len());
         acked.extend(cycle_acks);
@@ -111,8 +123,8 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
 }
 
 #[test]
-fn sigterm_loses_nothing_in_interval_and_os_default_modes() {
-    for mode in ["interval", "os_default"] {
+fn sigterm_and_sigint_lose_nothing_in_interval_and_os_default_modes() {
+    for (mode, sig) in [("interval", "TERM"), ("os_default", "TERM"), ("interval", "INT")] {
         let tmp = tempfile::tempdir().unwrap();
         let mut broker = Broker::start(
             &tmp.path().join("data"),
@@ -121,8 +133,8 @@ fn sigterm_loses_nothing_in_interval_and_os_default_modes() {
         let text = python_client("kafka_client.py", &["produce", &broker.addr, "graceful", "300", &PARTITIONS.to_string(), "g"]);
         let acks = records(&text, "ACK");
         assert_eq!(acks.len(), 300, "{mode}: all acknowledged");
-        let status = broker.sigterm();
-        assert!(status.success(), "{mode}: SIGTERM exits 0, got {status:?}\n{}", broker.log_text());
+        let status = broker.stop_with(sig);
+        assert!(status.success(), "{mode}: SIG{sig} exits 0, got {status:?}\n{}", broker.log_text());
         let broker = broker.restart();
         let stored = read_all(&broker.addr, "graceful");
         assert_eq!(stored.len(), 300, "{mode}: nothing lost or duplicated");
@@ -130,4 +142,71 @@ fn sigterm_loses_nothing_in_interval_and_os_default_modes() {
             assert_eq!(stored.get(&(*p, *o)), Some(v), "{mode}: {v} at {p}/{o}");
         }
     }
+}
+
+#[test]
+fn kill9_then_torn_segment_tails_are_restored_from_the_wal() {
+    // A process crash keeps what the WAL acknowledged in every mode (interval and
+    // os_default acknowledge after the write reached the page cache).
+    for mode in ["every_write", "interval"] {
+        torn_tail_case(mode);
+    }
+}
+
+fn torn_tail_case(mode: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let data = tmp.path().join("data");
+    // No periodic checkpoint: everything produced lives in the WAL past the checkpoint.
+    let mut broker = Broker::start(
+        &data,
+        &["--wal-sync-mode", mode, "--default-partitions", &PARTITIONS.to_string(), "--checkpoint-ms", "600000"],
+    );
+    let acked = records(&stream_then_kill9(&mut broker, &py, "c0", 400), "ACK");
+    assert!(acked.len() >= 100, "{mode}: the stream made progress ({} acks)", acked.len());
+    // Tear every partition's segment in the middle of a batch, as a crash could.
+    for p in 0..PARTITIONS {
+        let dir = data.join("topics/crash").join(p.to_string());
+        let log = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max()
+            .unwrap();
+        let len = std::fs::metadata(&log).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(len / 2 + 7).unwrap();
+    }
+    let broker = broker.restart();
+    let replay = broker.log_text().lines().rfind(|l| l.contains("replayed WAL")).unwrap().to_string();
+    assert!(field(&replay, "appended") > 0, "the torn part came back from the WAL: {replay}");
+    let stored = read_all(&broker.addr, "crash");
+    for (p, o, v) in &acked {
+        assert_eq!(stored.get(&(*p, *o)), Some(v), "{mode}: acknowledged {v} must be at {p}/{o}");
+    }
+    let values: BTreeSet<&String> = stored.values().collect();
+    assert_eq!(values.len(), stored.len(), "{mode}: no message stored twice");
+}
+
+#[test]
+fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--wal-sync-mode", "interval", "--default-partitions", &PARTITIONS.to_string()],
+    );
+    let text = stream_then(&mut broker, &py, "t0", 400, |b| {
+        let status = b.sigterm();
+        assert!(status.success(), "SIGTERM under load exits 0, got {status:?}");
+    });
+    let acked = records(&text, "ACK");
+    assert!(acked.len() >= 100, "the stream made progress ({} acks)", acked.len());
+    let broker = broker.restart();
+    let stored = read_all(&broker.addr, "crash");
+    for (p, o, v) in &acked {
+        assert_eq!(stored.get(&(*p, *o)), Some(v), "acknowledged {v} must be at {p}/{o}");
+    }
+    let replay = broker.log_text().lines().rfind(|l| l.contains("replayed WAL")).unwrap().to_string();
+    assert_eq!(field(&replay, "appended"), 0, "a clean shutdown leaves nothing to replay: {replay}");
 }

@@ -13,8 +13,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::{
     messages::{
         produce_request::{PartitionProduceData, TopicProduceData},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-        RequestHeader, ResponseHeader, TopicName,
+        fetch_request::{FetchPartition, FetchTopic},
+        list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+        MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
     },
     protocol::{Decodable, Encodable, StrBytes},
     records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
@@ -127,6 +129,16 @@ fn bad_input_gets_an_error_for_that_client_only() {
     let mut c = connect(&broker.addr);
     c.write_all(&[0, 0, 0, 10, 0x03, 0xe7, 0, 0, 0, 0, 0, 7, 0, 0]).unwrap();
     assert!(closed(&mut c), "unknown API key closes the connection");
+    // A 30-byte Produce claiming 2^31 topics: the codec would reserve hundreds of GiB.
+    let mut c = connect(&broker.addr);
+    let mut evil = vec![0, 0, 0, 7, 0, 0, 0, 1, 0xff, 0xff]; // Produce v7, correlation 1, no client id
+    evil.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0x03, 0xe8]); // no transactional id, acks -1, timeout
+    evil.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]); // topic count
+    evil.extend_from_slice(&[0; 8]);
+    let mut frame = (evil.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&evil);
+    c.write_all(&frame).unwrap();
+    assert!(closed(&mut c), "an absurd array length closes only that connection");
     // A truncated request, then a disconnect mid-frame.
     let mut c = connect(&broker.addr);
     c.write_all(&[0, 0, 1, 0, 0, 18, 0]).unwrap();
@@ -158,9 +170,22 @@ fn bad_input_gets_an_error_for_that_client_only() {
     assert_eq!(partition_result(&r3).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
     assert_eq!(partition_result(&r4), (0, 0), "the good batch lands at offset 0");
 
+    // acks=0: the produce is applied but gets no response; the next response is the next request's.
+    let mut quiet = produce("bad", 0, batch(&["three"]));
+    quiet.acks = 0;
+    ok.write_all(&request_frame(ApiKey::Produce, 7, 6, &quiet)).unwrap();
+    ok.write_all(&request_frame(ApiKey::Metadata, 9, 7, &meta)).unwrap();
+    let (cid, _): (i32, MetadataResponse) = response(&mut ok, ApiKey::Metadata, 9);
+    assert_eq!(cid, 7, "no response for acks=0");
+    let mut odd = produce("bad", 0, batch(&["never"]));
+    odd.acks = 5;
+    ok.write_all(&request_frame(ApiKey::Produce, 7, 8, &odd)).unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
+    assert_eq!(partition_result(&r).0, 21, "INVALID_REQUIRED_ACKS");
+
     // Everyone else is still served, and nothing acknowledged was lost.
     let out = kcat(&["-C", "-b", &broker.addr, "-t", "bad", "-o", "beginning", "-e", "-q", "-f", "%o:%s\n"], b"");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0:one\n1:two\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0:one\n1:two\n2:three\n");
 }
 
 #[test]
@@ -200,4 +225,107 @@ fn pipelined_produces_are_answered_in_order_and_share_group_commits() {
     let _ = stop_tx.send(());
     rt.block_on(serving).unwrap();
     storage.shutdown().unwrap();
+}
+
+fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(1 << 20)])])
+}
+
+#[test]
+fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--wal-sync-mode", "every_write"]);
+    let mut c = connect(&broker.addr);
+    c.write_all(&request_frame(ApiKey::Produce, 7, 1, &produce("poll", 0, batch(&["first"])))).unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    // Auto-creation happens through Metadata; a produce to an unknown topic is refused.
+    assert_eq!(partition_result(&r).0, 3);
+    let meta = MetadataRequest::default()
+        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("poll"))))]))
+        .with_allow_auto_topic_creation(true);
+    c.write_all(&request_frame(ApiKey::Metadata, 12, 2, &meta)).unwrap();
+    let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 12);
+    assert_eq!(m.topics[0].error_code, 0);
+    assert_eq!(m.controller_id.0, 0, "this broker is the controller");
+    c.write_all(&request_frame(ApiKey::Produce, 7, 3, &produce("poll", 0, batch(&["first"])))).unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    assert_eq!(partition_result(&r), (0, 0));
+
+    // At the high watermark with a short wait: an empty record set, never null.
+    let start = std::time::Instant::now();
+    c.write_all(&request_frame(ApiKey::Fetch, 12, 4, &fetch_request("poll", 1, 200))).unwrap();
+    let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(p.records.as_ref().map(Bytes::len), Some(0), "empty, not null");
+    assert_eq!((p.high_watermark, p.last_stable_offset), (1, 1), "last stable offset = high watermark");
+    assert!(start.elapsed() >= Duration::from_millis(150), "waited for max_wait_ms");
+
+    // A long poll is answered as soon as another client produces.
+    let mut waiter = connect(&broker.addr);
+    waiter.write_all(&request_frame(ApiKey::Fetch, 12, 5, &fetch_request("poll", 1, 10_000))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    c.write_all(&request_frame(ApiKey::Produce, 7, 6, &produce("poll", 0, batch(&["second"])))).unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    assert_eq!(partition_result(&r), (0, 1));
+    let (_, f): (i32, FetchResponse) = response(&mut waiter, ApiKey::Fetch, 12);
+    assert!(start.elapsed() < Duration::from_secs(5), "woken by the produce, not by max_wait_ms");
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.high_watermark, 2);
+    let records = p.records.clone().expect("records");
+    assert_eq!(&records[..8], &1i64.to_be_bytes(), "the batch starts at offset 1");
+
+    // Beyond the end: OFFSET_OUT_OF_RANGE.
+    c.write_all(&request_frame(ApiKey::Fetch, 12, 7, &fetch_request("poll", 5, 100))).unwrap();
+    let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
+    assert_eq!(f.responses[0].partitions[0].error_code, 1);
+
+    // ListOffsets: earliest 0, latest 2.
+    let lo = ListOffsetsRequest::default().with_replica_id(kafka_protocol::messages::BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("poll")))
+        .with_partitions(vec![
+            ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-2),
+            ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1),
+            ListOffsetsPartition::default().with_partition_index(0).with_timestamp(1_600_000_000_000),
+        ])]);
+    c.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo)).unwrap();
+    let (_, l): (i32, ListOffsetsResponse) = response(&mut c, ApiKey::ListOffsets, 7);
+    let offs: Vec<i64> = l.topics[0].partitions.iter().map(|p| p.offset).collect();
+    assert_eq!(offs, vec![0, 2, 0], "earliest, latest, first batch at or after a timestamp");
+}
+
+fn metadata_of(addr: &str) -> MetadataResponse {
+    let mut c = connect(addr);
+    c.write_all(&request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default().with_topics(None))).unwrap();
+    response::<MetadataResponse>(&mut c, ApiKey::Metadata, 12).1
+}
+
+#[test]
+fn metadata_advertises_the_right_address_and_a_stable_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let m = metadata_of(&broker.addr);
+    let port: i32 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(m.brokers.len(), 1);
+    assert_eq!((m.brokers[0].host.to_string(), m.brokers[0].port), ("127.0.0.1".to_string(), port), "the real listen port");
+    assert_eq!(m.controller_id, m.brokers[0].node_id);
+    let cluster = m.cluster_id.clone().expect("cluster id");
+    assert!(broker.sigterm().success());
+
+    let broker = Broker::start(&data, &["--advertised-addr", "broker.example:19092"]);
+    let m = metadata_of(&broker.addr);
+    assert_eq!((m.brokers[0].host.to_string(), m.brokers[0].port), ("broker.example".to_string(), 19092));
+    assert_eq!(m.cluster_id, Some(cluster), "the cluster id survives restarts");
+    assert_eq!(m.brokers[0].node_id.0, 0);
 }

@@ -80,3 +80,57 @@ fn deleted_topic_stays_deleted_after_recreate_and_kill9() {
         assert!(*o < 2, "partition {p}: offsets start again at 0 (got {o})");
     }
 }
+
+#[test]
+fn two_group_members_split_the_partitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "4"]);
+    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "shared", "40", "4", "s"]), "ACK");
+    assert_eq!(acks.len(), 40);
+    let addr = broker.addr.clone();
+    let members: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || python_client("kafka_client.py", &["group-hold", &addr, "shared", "pair", "8"]))
+        })
+        .collect();
+    let outputs: Vec<String> = members.into_iter().map(|m| m.join().unwrap()).collect();
+    let assignments: Vec<BTreeSet<i32>> = outputs
+        .iter()
+        .map(|o| {
+            let line = o.lines().find(|l| l.starts_with("ASSIGNMENT")).unwrap_or_else(|| panic!("no assignment printed:\n{o}"));
+            line.split_whitespace().skip(1).map(|p| p.parse().unwrap()).collect()
+        })
+        .collect();
+    assert!(!assignments[0].is_empty() && !assignments[1].is_empty(), "both members got partitions: {assignments:?}");
+    assert!(assignments[0].is_disjoint(&assignments[1]), "no partition assigned twice: {assignments:?}");
+    let all: BTreeSet<i32> = assignments[0].union(&assignments[1]).copied().collect();
+    assert_eq!(all, (0..4).collect::<BTreeSet<i32>>(), "every partition assigned");
+}
+
+#[test]
+fn concurrent_producers_get_distinct_contiguous_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "2", "--wal-sync-mode", "every_write"]);
+    let producers: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = broker.addr.clone();
+            std::thread::spawn(move || {
+                records(&python_client("kafka_client.py", &["produce", &addr, "busy", "1500", "2", &format!("w{i}")]), "ACK")
+            })
+        })
+        .collect();
+    let acked: Vec<(i32, i64, String)> = producers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    assert_eq!(acked.len(), 4500);
+    let slots: BTreeSet<(i32, i64)> = acked.iter().map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(slots.len(), 4500, "no offset handed out twice");
+    for p in 0..2 {
+        let offs: Vec<i64> = slots.iter().filter(|(sp, _)| *sp == p).map(|(_, o)| *o).collect();
+        assert_eq!(offs, (0..2250).collect::<Vec<i64>>(), "partition {p}: contiguous from 0");
+    }
+    let read = records(&python_client("kafka_client.py", &["assign", &broker.addr, "busy", "2"]), "MSG");
+    let stored: BTreeMap<(i32, i64), String> = read.into_iter().map(|(p, o, v)| ((p, o), v)).collect();
+    for (p, o, v) in &acked {
+        assert_eq!(stored.get(&(*p, *o)), Some(v));
+    }
+}

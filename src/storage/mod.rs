@@ -63,7 +63,6 @@ pub struct Topic {
     pub id: uuid::Uuid,
     /// Partitions, by index.
     pub partitions: Vec<Arc<Partition>>,
-    deleted: AtomicBool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +96,8 @@ pub enum ProduceError {
     Timeout,
     /// The broker is shutting down.
     ShuttingDown,
+    /// The request's `acks` is not -1, 0 or 1.
+    InvalidAcks,
 }
 
 /// Why a topic could not be created.
@@ -142,6 +143,7 @@ enum Applied {
 }
 
 struct Shared {
+    _lock: std::fs::File,
     inflight: Arc<Semaphore>,
     config: Config,
     topics_dir: PathBuf,
@@ -200,6 +202,25 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// Takes an exclusive `flock` on `<data>/LOCK` so two brokers never share a data
+/// directory (the WAL has its own lock, but it may be disabled).
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
+    #[expect(unsafe_code, reason = "flock has no std wrapper at this crate's MSRV")]
+    // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked { path: dir.to_path_buf() });
+        }
+        return Err(Error::io("flock", &path, e));
+    }
+    Ok(f)
+}
+
 fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {
     let path = data_dir.join("meta.json");
     match std::fs::read(&path) {
@@ -230,7 +251,7 @@ fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic
     for p in 0..f.partitions {
         partitions.push(Arc::new(Partition::open(name, p, dir.join(p.to_string()), segment_bytes)?));
     }
-    Ok(Some(Topic { name: name.to_string(), id, partitions, deleted: AtomicBool::new(false) }))
+    Ok(Some(Topic { name: name.to_string(), id, partitions }))
 }
 
 /// What replaying the WAL did.
@@ -267,13 +288,17 @@ fn replay_entry(topics: &BTreeMap<String, Arc<Topic>>, topic: &str, partition: i
     let mut at = 0usize;
     let mut first = infos.len();
     for (i, info) in infos.iter().enumerate() {
-        if info.last_offset() < end {
-            stats.skipped += 1;
-            at += info.len;
-        } else {
+        if info.base_offset >= end {
             first = i;
             break;
         }
+        if info.last_offset() >= end {
+            // Segments hold whole batches, so this means the segment and the WAL
+            // disagree; appending would make offsets go backwards.
+            tracing::error!(topic, partition, end, base = info.base_offset, "WAL batch overlaps the segment end; skipped");
+        }
+        stats.skipped += 1;
+        at += info.len;
     }
     let rest = &infos[first..];
     let Some(head) = rest.first() else { return Ok(()) };
@@ -301,6 +326,7 @@ impl TopicManager {
         let started = Instant::now();
         let data_dir = config.storage.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io("create_dir_all", &data_dir, e))?;
+        let lock = lock_data_dir(&data_dir)?;
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
         std::fs::create_dir_all(&topics_dir).map_err(|e| Error::io("create_dir_all", &topics_dir, e))?;
@@ -373,6 +399,7 @@ impl TopicManager {
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
         let (data_version, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
+            _lock: lock,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
             topics_dir,
             topics: RwLock::new(topics),
@@ -476,7 +503,7 @@ impl TopicManager {
         let json = serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
         crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
         sync_dir(&self.shared.topics_dir).map_err(storage)?;
-        let topic = Arc::new(Topic { name: name.to_string(), id, partitions: parts, deleted: AtomicBool::new(false) });
+        let topic = Arc::new(Topic { name: name.to_string(), id, partitions: parts });
         self.shared.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
@@ -492,7 +519,9 @@ impl TopicManager {
         let Some(topic) = self.shared.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name) else {
             return Ok(false);
         };
-        topic.deleted.store(true, Ordering::Release);
+        for p in &topic.partitions {
+            p.mark_deleted();
+        }
         let (tx, rx) = oneshot::channel();
         if self.shared.jobs.send(Job::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
@@ -601,8 +630,9 @@ fn submit_loop(shared: &Shared, mut jobs: mpsc::Receiver<Job>, applied: &crossbe
     while let Some(job) = jobs.blocking_recv() {
         let next = match job {
             Job::Produce { partition, mut data, mut infos, reply, permit } => {
-                let deleted = shared.topics.read().unwrap_or_else(PoisonError::into_inner).get(partition.topic()).map_or(true, |t| t.deleted.load(Ordering::Acquire) || !Arc::ptr_eq(&t.partitions[partition.index() as usize], &partition));
-                if deleted {
+                // A delete marks the partition, then sends a barrier through this thread:
+                // nothing for a deleted partition gets past it.
+                if partition.is_deleted() {
                     let _ = reply.send(Err(ProduceError::UnknownTopicOrPartition));
                     continue;
                 }
@@ -727,6 +757,18 @@ mod tests {
             assert_eq!(&r.records[..], &batches.concat()[..], "round {round}: each batch exactly once, byte for byte");
             m.shutdown().unwrap();
         }
+    }
+
+    #[test]
+    fn a_data_dir_is_used_by_one_broker_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.wal.enabled = false;
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert!(matches!(TopicManager::new(c.clone()), Err(Error::Locked { .. })));
+        m.shutdown().unwrap();
+        drop(m);
+        TopicManager::new(c).unwrap().shutdown().unwrap();
     }
 
     #[test]

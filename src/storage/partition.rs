@@ -10,7 +10,7 @@ use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, Mutex, PoisonError,
     },
 };
@@ -37,6 +37,8 @@ pub struct Partition {
     next_offset: AtomicI64,
     /// Offset after the last batch a consumer may read.
     high_watermark: AtomicI64,
+    /// Set when the topic is deleted; the pipeline then refuses produces to it.
+    deleted: AtomicBool,
 }
 
 /// What a fetch read returns.
@@ -107,6 +109,7 @@ impl Partition {
             log: Mutex::new(segments),
             next_offset: AtomicI64::new(end),
             high_watermark: AtomicI64::new(end),
+            deleted: AtomicBool::new(false),
         })
     }
 
@@ -123,6 +126,15 @@ impl Partition {
     /// The partition directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the partition's topic was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
     }
 
     /// Offset after the last stored batch.
@@ -188,9 +200,18 @@ impl Partition {
     /// # Errors
     /// I/O errors naming the file.
     pub fn sync(&self) -> Result<()> {
-        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        for s in log.iter_mut() {
-            s.sync()?;
+        // Collect under the lock, fsync outside it: appends and reads go on meanwhile.
+        let jobs: Vec<_> = self.log.lock().unwrap_or_else(PoisonError::into_inner).iter_mut().filter_map(Segment::take_sync).collect();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Err(e) = job.run() {
+                let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+                for failed in &jobs[i..] {
+                    if let Some(s) = log.iter_mut().find(|s| s.base_offset() == failed.base_offset) {
+                        s.mark_dirty();
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -232,6 +253,19 @@ impl Partition {
             }
         };
         Ok(Some(ReadResult { records, high_watermark: hw, log_start_offset: start }))
+    }
+
+    /// Like [`Partition::read`] with no room for records: the positions only.
+    ///
+    /// # Errors
+    /// Never; the signature matches [`Partition::read`].
+    pub fn positions(&self, offset: i64) -> Result<Option<ReadResult>> {
+        let hw = self.high_watermark();
+        let start = self.log_start_offset();
+        if offset < start || offset > hw {
+            return Ok(None);
+        }
+        Ok(Some(ReadResult { records: Bytes::new(), high_watermark: hw, log_start_offset: start }))
     }
 
     /// The first offset whose batch has a max timestamp at or after `timestamp`

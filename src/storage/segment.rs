@@ -30,6 +30,27 @@ pub struct IndexEntry {
     pub position: u64,
 }
 
+/// The `fdatasync`s that make a segment durable, runnable outside the partition lock.
+#[derive(Debug)]
+pub struct SyncJob {
+    /// Base offset of the segment.
+    pub base_offset: i64,
+    files: [(Arc<File>, PathBuf); 2],
+}
+
+impl SyncJob {
+    /// Runs `fdatasync` on the log and the index.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn run(&self) -> Result<()> {
+        for (f, path) in &self.files {
+            f.sync_data().map_err(|e| Error::io("fdatasync", path, e))?;
+        }
+        Ok(())
+    }
+}
+
 /// One segment: a log file and its offset index.
 #[derive(Debug)]
 pub struct Segment {
@@ -37,7 +58,7 @@ pub struct Segment {
     log_path: PathBuf,
     index_path: PathBuf,
     log: Arc<File>,
-    index_file: File,
+    index_file: Arc<File>,
     index: Vec<IndexEntry>,
     size: u64,
     next_offset: i64,
@@ -74,7 +95,7 @@ impl Segment {
             log_path,
             index_path,
             log: Arc::new(log),
-            index_file,
+            index_file: Arc::new(index_file),
             index: Vec::new(),
             size: 0,
             next_offset: base,
@@ -99,7 +120,7 @@ impl Segment {
             log_path,
             index_path,
             log: Arc::new(log),
-            index_file,
+            index_file: Arc::new(index_file),
             index: Vec::new(),
             size,
             next_offset: base,
@@ -232,13 +253,32 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn sync(&mut self) -> Result<()> {
-        if !self.dirty {
-            return Ok(());
+        if let Some(job) = self.take_sync() {
+            if let Err(e) = job.run() {
+                self.dirty = true;
+                return Err(e);
+            }
         }
-        self.log.sync_data().map_err(|e| Error::io("fdatasync", &self.log_path, e))?;
-        self.index_file.sync_data().map_err(|e| Error::io("fdatasync", &self.index_path, e))?;
-        self.dirty = false;
         Ok(())
+    }
+
+    /// Marks the segment clean and returns the syncs that make it so, to run without
+    /// holding the partition lock; `None` when nothing changed since the last sync.
+    /// If the returned job fails, call [`Segment::mark_dirty`].
+    pub fn take_sync(&mut self) -> Option<SyncJob> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(SyncJob {
+            base_offset: self.base_offset,
+            files: [(Arc::clone(&self.log), self.log_path.clone()), (Arc::clone(&self.index_file), self.index_path.clone())],
+        })
+    }
+
+    /// Forgets that the segment was synced (after a failed [`SyncJob`]).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// First offset of the segment.

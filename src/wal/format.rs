@@ -243,6 +243,10 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
     if le_u32(b, FILE_HEADER_CRC_OFFSET + 4) != 0 {
         return Err("file header reserved bytes are not zero".into());
     }
+    // Bytes 36..40 are reserved (written as zero) and not covered by the checksum.
+    if le_u32(b, FILE_HEADER_CRC_OFFSET + 4) != 0 {
+        return Err("reserved file header bytes are not zero".into());
+    }
     let raw_version = le_u16(b, 8);
     let version = FormatVersion::from_u16(raw_version)
         .ok_or_else(|| format!("unsupported format version {raw_version} (this build reads 1)"))?;

@@ -91,11 +91,16 @@ impl Broker {
 
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
     pub fn sigterm(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends the signal named `sig` (`TERM`, `INT`) and waits (up to 30 s) for the exit status.
+    pub fn stop_with(&mut self, sig: &str) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
+        signal(child.id(), sig);
         wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
             let _ = child.kill();
-            panic!("broker did not exit within 30 s of SIGTERM; log:\n{}", self.log_text())
+            panic!("broker did not exit within 30 s of SIG{sig}; log:\n{}", self.log_text())
         })
     }
 

@@ -5,6 +5,8 @@ Subcommands (all print one line per event, flushed at once):
   produce BOOTSTRAP TOPIC COUNT PARTITIONS PREFIX   acks=all; "ACK p offset value"; exit 1 unless all acked
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
+  bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
+  group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
@@ -139,6 +141,61 @@ def recreate(bootstrap, topic, partitions):
         out("CREATED %s" % t)
 
 
+def bench(bootstrap, topic, count, size, partitions):
+    """Produce throughput with acks=all: prints one JSON line."""
+    import json
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 1000000,
+        "enable.idempotence": False,
+    })
+    failed = [0]
+
+    def cb(err, msg):
+        if err is not None:
+            failed[0] += 1
+
+    value = b"x" * size
+    start = time.time()
+    for i in range(count):
+        while True:
+            try:
+                p.produce(topic, value=value, partition=i % partitions, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.01)
+    p.flush(120)
+    took = time.time() - start
+    out(json.dumps({"messages": count, "bytes": count * size, "seconds": round(took, 3),
+                    "msgs_per_s": round(count / took), "mb_per_s": round(count * size / took / 1e6, 1),
+                    "failed": failed[0]}))
+
+
+def group_hold(bootstrap, topic, group_id, seconds):
+    """Stays in the group for SECONDS; two seconds before leaving prints its assignment."""
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 300,
+    })
+    c.subscribe([topic])
+    start = time.time()
+    printed = False
+    while time.time() - start < seconds:
+        m = c.poll(0.1)
+        if m is not None and not m.error():
+            out("MSG %d %d %s" % (m.partition(), m.offset(), m.value().decode()))
+        if not printed and time.time() - start >= seconds - 2:
+            out("ASSIGNMENT " + " ".join(str(tp.partition) for tp in c.assignment()))
+            printed = True
+    c.close()
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -149,6 +206,10 @@ def main(argv):
         assign(argv[2], argv[3], int(argv[4]))
     elif cmd == "group":
         group(argv[2], argv[3], argv[4], int(argv[5]))
+    elif cmd == "bench":
+        bench(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+    elif cmd == "group-hold":
+        group_hold(argv[2], argv[3], argv[4], float(argv[5]))
     elif cmd == "recreate":
         recreate(argv[2], argv[3], int(argv[4]))
     else:

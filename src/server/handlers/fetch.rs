@@ -44,11 +44,8 @@ fn read_all(storage: &TopicManager, wants: &[Want], max_bytes: i64, version: i16
                         .with_records(Some(Bytes::new()))
                 }
                 Some(p) => {
-                    // Budget 0: report positions only (whole batches never exceed it otherwise).
-                    let read = if budget == 0 { p.read(offset, 0).map(|r| r.map(|mut r| {
-                        r.records = Bytes::new();
-                        r
-                    })) } else { p.read(offset, budget as u64) };
+                    // Budget spent on earlier partitions: report positions only.
+                    let read = if budget == 0 { p.positions(offset) } else { p.read(offset, budget as u64) };
                     match read {
                         Ok(Some(r)) => {
                             total += r.records.len() as i64;

@@ -27,6 +27,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
+        ProduceError::InvalidAcks => codes::INVALID_REQUIRED_ACKS,
     }
 }
 
@@ -38,6 +39,7 @@ fn message(e: &ProduceError) -> String {
         ProduceError::Storage(s) => s.clone(),
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
+        ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
     }
 }
 
@@ -52,11 +54,17 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
         let mut parts = Vec::new();
         for p in topic.partition_data {
             let outcome = match &p.records {
+                _ if !matches!(acks, -1..=1) => Err(ProduceError::InvalidAcks),
                 Some(records) if !records.is_empty() => ctx.storage.submit(&name, p.index, records, timeout).await,
                 _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
             };
-            if let Err(e) = &outcome {
-                tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
+            match &outcome {
+                // Routine while a client's metadata catches up with a new topic.
+                Err(e @ ProduceError::UnknownTopicOrPartition) => {
+                    tracing::debug!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
+                }
+                Err(e) => tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected"),
+                Ok(_) => {}
             }
             parts.push((p.index, outcome));
         }
