@@ -400,3 +400,18 @@ fn retired_files_are_recycled_and_their_stale_batches_never_decode() {
         }
     }
 }
+
+#[test]
+fn close_releases_the_directory_even_while_clones_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    let clone = wal.clone();
+    wal.append("c", 0, Bytes::from_static(b"one")).wait().unwrap();
+    wal.close().unwrap();
+    let (reopened, rec) = open(dir.path(), cfg);
+    assert_eq!(rec.len(), 1);
+    assert!(matches!(clone.append("c", 0, Bytes::from_static(b"x")).wait(), Err(Error::Closed)));
+    drop(clone);
+    assert_eq!(reopened.append("c", 0, Bytes::from_static(b"two")).wait().unwrap(), 2);
+}

@@ -79,7 +79,9 @@ struct Handle {
     tx: Sender<Request>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: BackendKind,
-    _lock: File,
+    /// The directory lock; released as soon as the WAL is closed, even while other
+    /// handles still exist, so the directory can be reopened.
+    lock: Mutex<Option<File>>,
 }
 
 impl Handle {
@@ -96,6 +98,7 @@ impl Handle {
         let _ = self.tx.send(Request::Close(Completer::new(slot)));
         let r = c.wait();
         let _ = thread.join();
+        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
         r
     }
 }
@@ -413,7 +416,7 @@ impl Wal {
                 tx,
                 thread: Mutex::new(Some(thread)),
                 backend: kind,
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         };
         let rec = Recovery {
