@@ -40,7 +40,9 @@ mod huge_alloc {
     // always mapped and unmapped here: `dealloc` gets the same layout `alloc` got (the
     // GlobalAlloc contract), so both sides take the same branch. mmap returns
     // page-aligned (>= the layout's alignment, checked in is_huge), zero-filled memory.
+    // SAFETY (impl): as above.
     unsafe impl GlobalAlloc for HugeAllocGuard {
+        // SAFETY: the caller upholds GlobalAlloc::alloc's contract; see the impl comment.
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             if is_huge(layout) {
                 map(layout.size())
@@ -50,6 +52,7 @@ mod huge_alloc {
             }
         }
 
+        // SAFETY: the caller upholds GlobalAlloc::alloc_zeroed's contract; see the impl comment.
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
             if is_huge(layout) {
                 map(layout.size()) // anonymous mappings are zero-filled
@@ -59,6 +62,7 @@ mod huge_alloc {
             }
         }
 
+        // SAFETY: the caller upholds GlobalAlloc::dealloc's contract; see the impl comment.
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             if is_huge(layout) {
                 // SAFETY: `ptr` came from `map(layout.size())` (same layout, same branch).

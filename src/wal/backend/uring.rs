@@ -88,6 +88,7 @@ impl UringBackend {
     /// alive and unmodified until every CQE of `token` has been reaped. The commit
     /// thread guarantees this: it holds the buffer in its in-flight queue until the
     /// operation's `Done` is returned, and never closes the file with work in flight.
+    // SAFETY: callers uphold the `# Safety` contract above (buffer and file outlive the CQEs).
     unsafe fn push_write(&mut self, token: u64, p: &mut Pending) -> Result<()> {
         p.outstanding = if p.sync { 2 } else { 1 };
         let len = u32::try_from(p.len).map_err(|_| {
