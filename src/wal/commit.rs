@@ -447,7 +447,9 @@ impl Committer {
     /// One round: take requests, submit a batch, reap, acknowledge. Returns false to stop.
     fn step(&mut self) -> Result<bool> {
         if self.close.is_none() && self.carry.is_none() {
-            let first = if self.quiescent() && self.staged.is_none() {
+            // Sleep only when nothing is in flight, nothing is staged, and no sync()
+            // caller waits for an fdatasync that maybe_sync has yet to submit.
+            let first = if self.quiescent() && self.staged.is_none() && self.sync_waiters.is_empty() {
                 match self.spin_for_request() {
                     Some(r) => Some(r),
                     None => match self.idle_timeout() {
