@@ -340,8 +340,18 @@ impl Committer {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
+                    // A close already received is answered by fail(); its sender is
+                    // waiting to join this thread and will send nothing more.
+                    let closing = self.close.is_some();
                     self.fail(e);
-                    self.serve_failed();
+                    if closing {
+                        self.core.closed.store(true, Ordering::Release);
+                        if let Some(h) = self.preparer.take() {
+                            let _ = h.join();
+                        }
+                    } else {
+                        self.serve_failed();
+                    }
                     break;
                 }
             }
@@ -678,6 +688,25 @@ impl Committer {
 
     /// Clean stop: finish everything, fdatasync whatever is not yet durable, answer `done`.
     fn shutdown(&mut self, done: Option<Completer>) -> Result<bool> {
+        match self.flush_for_close() {
+            Ok(()) => {
+                if let Some(d) = done {
+                    d.complete(Ok(self.next_seq - 1));
+                }
+                self.core.wake_waiters();
+                Ok(false)
+            }
+            Err(e) => {
+                // fail() answers the close with the error (never a silent success).
+                if done.is_some() {
+                    self.close = done;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn flush_for_close(&mut self) -> Result<()> {
         // Requests still queued behind the close are answered with Closed.
         self.core.closed.store(true, Ordering::Release);
         while let Some(c) = self.carry.take() {
@@ -697,11 +726,7 @@ impl Committer {
         if let Some(h) = self.preparer.take() {
             let _ = h.join();
         }
-        if let Some(d) = done {
-            d.complete(Ok(self.next_seq - 1));
-        }
-        self.core.wake_waiters();
-        Ok(false)
+        Ok(())
     }
 
     /// Latches `e`: every pending and in-flight request fails, now and later.
