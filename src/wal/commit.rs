@@ -630,7 +630,9 @@ impl Committer {
             first_sequence: next_sequence,
             entry_count: 0,
             payload_len: 0,
-            synced_through: self.next_seq - 1,
+            // Only what a completed fdatasync covers: the seal's own fsync has not run
+            // yet, and a power loss may keep this block but drop earlier unsynced ones.
+            synced_through: self.synced_through,
         };
         let out = buf.as_mut_slice();
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);

@@ -172,9 +172,10 @@ impl std::fmt::Debug for SimDisk {
     }
 }
 
-fn io_err(code: i32, what: &str) -> std::io::Error {
-    let e = std::io::Error::from_raw_os_error(code);
-    std::io::Error::new(e.kind(), format!("{e} ({what})"))
+/// An OS error with `code` (kept raw so callers can see the errno). `_why` documents
+/// the cause at the call site; the operation name in [`Error::Io`] says "(sim)".
+fn io_err(code: i32, _why: &str) -> std::io::Error {
+    std::io::Error::from_raw_os_error(code)
 }
 
 impl SimDisk {
