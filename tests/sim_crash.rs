@@ -286,7 +286,7 @@ fn run_seed(seed: u64, root: &Path) {
     let mut model = Model::default();
     let rounds = rng.range(1, 3) as u32;
     for round in 1..=rounds {
-        let crash = rng.pct(70).then(|| rng.range(2, 150));
+        let crash = rng.pct(70).then(|| rng.range(1, 60));
         let fault = rng.pct(35).then(|| {
             let f = match rng.below(4) {
                 0 => Fault::WriteEio,
@@ -294,7 +294,7 @@ fn run_seed(seed: u64, root: &Path) {
                 2 => Fault::WriteEnospc,
                 _ => Fault::ShortWrite,
             };
-            (rng.range(1, 100), f)
+            (rng.range(0, 60), f)
         });
         let plan = SimPlan { seed: rng.next(), crash_after_ops: crash, fault, short_write_pct: rng.below(30) as u8 };
         let disk = SimDisk::new(plan);
