@@ -318,13 +318,16 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         files.push(info);
     }
     let last_sequence = files.iter().rev().find_map(|f| f.last_sequence).unwrap_or(0);
-    if let (Some(cp), Some(first)) = (checkpoint, files.iter().find_map(|f| f.first_sequence)) {
-        if first > cp.sequence + 1 {
+    // Files are deleted only once a checkpoint covers them, so the log starts right
+    // after the checkpoint (at 1 without one); a later start means lost files.
+    let cp_sequence = checkpoint.map_or(0, |c| c.sequence);
+    if let Some(first) = files.iter().find_map(|f| f.first_sequence) {
+        if first > cp_sequence + 1 {
             let f = files.iter().find(|f| f.first_sequence.is_some()).map(|f| f.path.clone()).unwrap_or_default();
             return Err(Error::corrupt(
                 f,
                 BLOCK_SIZE as u64,
-                format!("log starts at sequence {first} but the checkpoint is {}: entries are missing", cp.sequence),
+                format!("log starts at sequence {first} but the checkpoint is {cp_sequence}: entries are missing"),
             ));
         }
     }
