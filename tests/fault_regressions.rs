@@ -63,3 +63,22 @@ fn seal_does_not_claim_unsynced_entries_as_durable() {
     // Nothing was fdatasynced before the seal's own write + fdatasync.
     assert_eq!(seal.synced_through, 0, "seal claims sequences up to {} durable before its fsync", seal.synced_through);
 }
+
+/// The append whose arrival triggers a rotation that fails must get the I/O error,
+/// like every other producer. (It used to get "WAL is closed": its request was
+/// dropped unanswered when the rotation returned the error.)
+#[test]
+fn append_that_triggers_a_failing_rotation_gets_the_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig { sync_mode: SyncMode::EveryWrite, ..interval_config() };
+    // One 3000-byte entry per block: 14 batches fill a 64 KiB file (header block and
+    // seal block aside), so operation 14 (counting from 0) is the seal of rotation.
+    let disk = SimDisk::new(SimPlan { seed: 1, crash_after_ops: None, fault: Some((14, Fault::WriteEio)), short_write_pct: 0 });
+    let (wal, _rec) = Wal::open_sim(dir.path(), cfg, &disk).unwrap();
+    for i in 0..14 {
+        wal.append("t", 0, Bytes::from(vec![i; 3000])).wait().unwrap();
+    }
+    let err = wal.append("t", 0, Bytes::from(vec![14; 3000])).wait().expect_err("append after a failed seal succeeded");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "the producer got {err}");
+    assert!(disk.injected().is_some_and(|i| i.fault == Fault::WriteEio));
+}

@@ -77,8 +77,8 @@ pub struct SimPlan {
     pub seed: u64,
     /// Simulated crash when this many operations have completed.
     pub crash_after_ops: Option<u64>,
-    /// Injected failure: (operation number, kind). Sync faults apply to the first
-    /// operation with a sync at or after that number.
+    /// Injected failure: (n, kind): the first fitting operation after `n` completed
+    /// ones fails (a sync fault waits for an operation with an fdatasync).
     pub fault: Option<(u64, Fault)>,
     /// Percent chance that a write completes in more than one piece.
     pub short_write_pct: u8,
@@ -317,7 +317,7 @@ impl DiskState {
         }
         if self.fault_armed.is_none() {
             if let Some((at, f)) = self.plan.fault {
-                if self.stats.ops >= at {
+                if self.stats.ops > at {
                     self.fault_armed = Some(f);
                 }
             }
