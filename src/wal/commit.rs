@@ -454,7 +454,11 @@ impl Committer {
                                     self.carry = Some(Request::Append { entries, timestamp, bytes, done });
                                     break;
                                 }
-                                self.rotate()?;
+                                if let Err(e) = self.rotate() {
+                                    // fail() answers this request with the error too.
+                                    self.carry = Some(Request::Append { entries, timestamp, bytes, done });
+                                    return Err(e);
+                                }
                             }
                             let room = (self.file.size - self.file.offset - BLOCK_SIZE as u64) as usize;
                             let b = if BATCH_HEADER_LEN + bytes > self.batch_capacity {
