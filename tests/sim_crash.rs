@@ -354,6 +354,10 @@ fn run_seed(seed: u64, root: &Path) {
             assert!(later.is_err(), "{what}: append after the failure succeeded");
             if let (false, Some(errno)) = (crashed, inj.fault.errno()) {
                 assert_eq!(cause.raw_os_error(), Some(errno), "{what}: failure {cause} does not carry the injected errno");
+                // Every producer that failed was told why.
+                for e in outcomes.iter().flat_map(|o| &o.1.errors) {
+                    assert_eq!(e.raw_os_error(), Some(errno), "{what}: a producer got {e}, not the injected errno");
+                }
             }
             // ...and acknowledged nothing after the failed operation.
             for (_, o, _) in &outcomes {
