@@ -202,12 +202,10 @@ proptest! {
             prop_assert_eq!(seqs, prefix, "strict recovery is not a prefix");
         }
         if let Ok((wal, rec)) = Wal::open(dir.path(), config()) {
-            let mut next = 1;
-            for e in rec {
+            for (i, e) in rec.enumerate() {
                 let Ok(e) = e else { break };
-                prop_assert_eq!(e.sequence, next);
+                prop_assert_eq!(e.sequence, i as u64 + 1);
                 prop_assert_eq!(&e.data[..], &data(e.sequence)[..]);
-                next += 1;
             }
             drop(wal);
         }

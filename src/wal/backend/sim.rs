@@ -183,7 +183,7 @@ impl SimDisk {
     pub fn new(plan: SimPlan) -> Self {
         let state = DiskState {
             plan,
-            rng: Rng(plan.seed ^ 0x5EED_0F_D15C),
+            rng: Rng(plan.seed ^ 0x005E_ED0F_D15C),
             files: HashMap::new(),
             stats: SimStats::default(),
             injected: None,
