@@ -372,7 +372,8 @@ impl Committer {
         if self.close.is_none() && self.batches_in_flight() < self.core.config.max_in_flight && !self.pool.is_empty() {
             let first = if let Some(r) = self.carry.take() {
                 Some(r)
-            } else if self.in_flight.is_empty() {
+            } else if self.in_flight.is_empty() && self.pending_syncs.is_empty() {
+                // Idle: nothing to reap and no sync request waiting for maybe_sync.
                 match self.idle_timeout() {
                     None => match self.rx.recv() {
                         Ok(r) => Some(r),
