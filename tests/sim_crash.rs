@@ -12,8 +12,8 @@
 //! invariants:
 //!
 //! - every entry acknowledged under `every_write`, or covered by a durable sequence
-//!   the WAL reported, or recovered by an earlier round, is recovered with its exact
-//!   bytes (unless a checkpoint covers it);
+//!   the WAL reported (`durable_sequence`, `sync()`), or recovered by an earlier
+//!   round, is recovered with its exact bytes (unless a checkpoint covers it);
 //! - recovered entries are contiguous from the checkpoint on, each one a payload some
 //!   producer really appended, none twice, each producer's in its order, groups whole;
 //! - after an injected error every producer's pending and later appends fail (with
@@ -203,10 +203,12 @@ struct Outcome {
     errors: Vec<streamline::Error>,
     /// Tags issued (the producer's counter at the end).
     issued: u64,
+    /// Highest sequence a successful `sync()` reported durable.
+    synced: u64,
 }
 
 fn producer(wal: &Wal, round: u32, id: u32, mut rng: Rng, appends: u64, stop: &AtomicBool) -> Outcome {
-    let mut out = Outcome { acked: Vec::new(), errors: Vec::new(), issued: 0 };
+    let mut out = Outcome { acked: Vec::new(), errors: Vec::new(), issued: 0, synced: 0 };
     let mut counter = 0u64;
     let pipelined = rng.pct(40);
     let mut pending: Vec<(streamline::wal::Completion, Vec<Tag>)> = Vec::new();
@@ -246,6 +248,17 @@ fn producer(wal: &Wal, round: u32, id: u32, mut rng: Rng, appends: u64, stop: &A
         if !pipelined || pending.len() >= 4 || rng.pct(30) {
             for (c, tags) in pending.drain(..) {
                 finish(c, tags, &mut out);
+            }
+            // Sometimes ask for durability explicitly: what sync() reports as
+            // durable must survive a power loss.
+            if rng.pct(8) {
+                match wal.sync().wait() {
+                    Ok(through) => {
+                        assert!(out.errors.is_empty(), "producer {id}: sync succeeded after an earlier failure");
+                        out.synced = out.synced.max(through);
+                    }
+                    Err(e) => out.errors.push(e),
+                }
             }
         }
         if !out.errors.is_empty() {
@@ -375,7 +388,12 @@ fn run_seed(seed: u64, root: &Path) {
         drop(probe);
 
         // Acknowledged entries; which of them must survive a power loss.
-        let durable_seen = outcomes.iter().flat_map(|o| o.1.acked.iter().map(|a| a.2)).max().unwrap_or(0).max(max_durable.load(Ordering::Relaxed));
+        let durable_seen = outcomes
+            .iter()
+            .flat_map(|o| o.1.acked.iter().map(|a| a.2).chain([o.1.synced]))
+            .max()
+            .unwrap_or(0)
+            .max(max_durable.load(Ordering::Relaxed));
         for (_, o, _) in &outcomes {
             for (seq, tags, _) in &o.acked {
                 for (i, t) in tags.iter().enumerate() {
