@@ -4,8 +4,8 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
     path::Path,
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,15 +17,33 @@ use streamline::wal::{
     BackendKind, RecoveryMode, SyncMode, Wal, WalConfig, WalReader,
 };
 
-/// Records the largest single allocation, so a length field trusted before it was
-/// checked against the file shows up as a huge request.
+/// Records the largest single allocation made by each thread, so a length field
+/// trusted before it was checked against the file shows up as a huge request.
+/// Per thread, because the tests run in parallel.
 struct Tracking;
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+thread_local!(static LARGEST_HERE: Cell<usize> = const { Cell::new(0) });
+
+fn note(size: usize) {
+    // try_with: the slot may be gone while the thread is being torn down.
+    let _ = LARGEST_HERE.try_with(|l| l.set(l.get().max(size)));
+}
+
+/// The calling thread's largest allocation since the last `reset`.
+struct Largest;
+impl Largest {
+    fn reset() {
+        LARGEST_HERE.with(|l| l.set(0));
+    }
+    fn get() -> usize {
+        LARGEST_HERE.with(Cell::get)
+    }
+}
 
 // SAFETY: forwards every call unchanged to the system allocator; only observes sizes.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LARGEST.fetch_max(l.size(), Ordering::Relaxed);
+        note(l.size());
         // SAFETY: same layout contract as our caller's.
         unsafe { System.alloc(l) }
     }
@@ -34,7 +52,7 @@ unsafe impl GlobalAlloc for Tracking {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        LARGEST.fetch_max(n, Ordering::Relaxed);
+        note(n);
         // SAFETY: `p` was allocated by System with `l`.
         unsafe { System.realloc(p, l, n) }
     }
@@ -84,7 +102,7 @@ fn golden(n: u64) -> Vec<(String, Vec<u8>)> {
 /// (what was written at that sequence). Returns the strict entries' sequences.
 fn read_all(dir: &Path, expect: impl Fn(u64) -> Option<Vec<u8>>) -> Option<Vec<u64>> {
     let start = Instant::now();
-    LARGEST.store(0, Ordering::Relaxed);
+    Largest::reset();
     let mut strict = None;
     for mode in [RecoveryMode::Strict, RecoveryMode::TolerateCorruption] {
         let Ok(reader) = WalReader::open_with(dir, mode) else { continue };
@@ -101,7 +119,8 @@ fn read_all(dir: &Path, expect: impl Fn(u64) -> Option<Vec<u8>>) -> Option<Vec<u
             strict = Some(seqs);
         }
     }
-    assert!(LARGEST.load(Ordering::Relaxed) <= ALLOC_LIMIT, "allocation of {} bytes", LARGEST.load(Ordering::Relaxed));
+    assert!(Largest::get() > 0, "the allocation tracker saw nothing: it is not installed");
+    assert!(Largest::get() <= ALLOC_LIMIT, "allocation of {} bytes", Largest::get());
     assert!(start.elapsed() < Duration::from_secs(20), "scan took {:?}", start.elapsed());
     strict
 }
@@ -232,9 +251,9 @@ proptest! {
         let _ = decode_batch_header(&bytes, n % 4);
         let _ = parse_entry(&bytes);
         let h = BatchHeader { kind: BatchKind::Entries, file_number: 1, first_sequence: 1 + n % 1000, entry_count: count, payload_len: bytes.len() as u32, synced_through: 0 };
-        LARGEST.store(0, Ordering::Relaxed);
+        Largest::reset();
         let _ = for_each_entry(&h, &bytes, |_| {});
         let _ = format::decode_batch_entries(&h, &bytes);
-        prop_assert!(LARGEST.load(Ordering::Relaxed) <= 64 * 1024);
+        prop_assert!(Largest::get() <= 64 * 1024);
     }
 }

@@ -6,8 +6,7 @@
 //! and `interval` mode (a process crash loses nothing the kernel accepted, so
 //! `interval` acknowledgements must survive too).
 //!
-//! `CRASH_CYCLES` (default 20 per backend for `every_write`, half that for
-//! `interval`) sets the cycles; `CRASH_SEED` replays a kill schedule. The summary line
+//! `CRASH_CYCLES` (default 20 per backend and mode) sets the cycles; `CRASH_SEED` replays a kill schedule. The summary line
 //! `crash: cycles C acknowledged A lost L` is what `scripts/crash-soak.sh` reports.
 
 use std::{
@@ -189,10 +188,10 @@ fn kill9_every_write_uring() {
 
 #[test]
 fn kill9_interval_std() {
-    check(&crash_cycles(BackendKind::Std, SyncMode::Interval, cycles(10)));
+    check(&crash_cycles(BackendKind::Std, SyncMode::Interval, cycles(20)));
 }
 
 #[test]
 fn kill9_interval_uring() {
-    check(&crash_cycles(BackendKind::Uring, SyncMode::Interval, cycles(10)));
+    check(&crash_cycles(BackendKind::Uring, SyncMode::Interval, cycles(20)));
 }
