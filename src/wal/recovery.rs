@@ -290,6 +290,29 @@ pub fn scan_file(
     Ok(info)
 }
 
+/// A seal names the sequence the next file starts at. It may skip sequences only
+/// when the WAL sealed a file whose log ended before the checkpoint (the entries
+/// skipped are then covered by it); any other skip means the seal is not where the
+/// writer put it (a stale or misplaced block), and the entries it would hide are lost.
+fn check_seal_skip(info: &FileInfo, expected_next: Option<u64>, checkpoint: u64, mode: RecoveryMode) -> Result<()> {
+    if info.tail != Tail::Sealed {
+        return Ok(());
+    }
+    let (Some(before), Some(after)) = (info.last_sequence.map(|l| l + 1).or(expected_next), info.next_sequence) else {
+        return Ok(());
+    };
+    if after <= before || after <= checkpoint + 1 {
+        return Ok(());
+    }
+    let at = info.valid_end - BLOCK_SIZE as u64;
+    let reason = format!("seal says the next file starts at sequence {after}, but this file ends at {before} and the checkpoint is {checkpoint}");
+    if mode == RecoveryMode::Strict {
+        return Err(Error::corrupt(&info.path, at, reason));
+    }
+    tracing::warn!(file = %info.path.display(), offset = at, reason = %reason, "accepting a seal that skips entries (tolerant recovery)");
+    Ok(())
+}
+
 /// Scans every file of the WAL directory in order and checks they form one log.
 ///
 /// # Errors
@@ -309,6 +332,7 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         let newest = i + 1 == count;
         let want_number = number.or_else(|| files.last().map(|f| f.number + 1));
         let info = scan_file(&path, want_number, newest, expected_next, mode)?;
+        check_seal_skip(&info, expected_next, checkpoint.map_or(0, |c| c.sequence), mode)?;
         if let Some(prev) = files.last() {
             if info.number != prev.number + 1 {
                 return Err(Error::corrupt(&path, 0, format!("file {} follows file {}: files are missing", info.number, prev.number)));
