@@ -200,8 +200,13 @@ fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) {
     }
 }
 
+/// Cases per property: 256, or `HOSTILE_CASES` for a longer run.
+fn cases() -> u32 {
+    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Mutated valid directories: scans finish, strict recovery returns a prefix of
     /// what was written (or an error), tolerant recovery returns only written entries,
