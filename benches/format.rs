@@ -5,15 +5,17 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use streamline::wal::format::{
-    align_up, encode_batch_header, encode_entry, entry_len, for_each_entry, parse_entry, BatchHeader, BatchKind,
-    WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
+    align_up, encode_batch_header, encode_entry, entry_len, for_each_entry, parse_entry,
+    BatchHeader, BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
 };
 
 const TOPIC: &[u8] = b"bench";
 const SIZES: [usize; 3] = [128, 1024, 64 * 1024];
 
 fn payload(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(7)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+        .collect()
 }
 
 fn crc(c: &mut Criterion) {
@@ -21,7 +23,9 @@ fn crc(c: &mut Criterion) {
     for n in SIZES.into_iter().chain([1 << 20]) {
         let data = payload(n);
         g.throughput(Throughput::Bytes(n as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &data, |b, d| b.iter(|| crc32c::crc32c(black_box(d))));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &data, |b, d| {
+            b.iter(|| crc32c::crc32c(black_box(d)))
+        });
     }
     g.finish();
 }
@@ -33,10 +37,28 @@ fn entries(c: &mut Criterion) {
         let mut buf = vec![0u8; entry_len(TOPIC.len(), n)];
         g.throughput(Throughput::Bytes(buf.len() as u64));
         g.bench_with_input(BenchmarkId::new("encode", n), &data, |b, d| {
-            b.iter(|| encode_entry(black_box(&mut buf), 42, 1_700_000_000_000, WalEntryType::Record, TOPIC, 3, d))
+            b.iter(|| {
+                encode_entry(
+                    black_box(&mut buf),
+                    42,
+                    1_700_000_000_000,
+                    WalEntryType::Record,
+                    TOPIC,
+                    3,
+                    d,
+                )
+            })
         });
         let mut enc = vec![0u8; entry_len(TOPIC.len(), n)];
-        encode_entry(&mut enc, 42, 1_700_000_000_000, WalEntryType::Record, TOPIC, 3, &data);
+        encode_entry(
+            &mut enc,
+            42,
+            1_700_000_000_000,
+            WalEntryType::Record,
+            TOPIC,
+            3,
+            &data,
+        );
         g.bench_with_input(BenchmarkId::new("parse", n), &enc, |b, e| {
             b.iter(|| parse_entry(black_box(e)).map(|r| r.encoded_len))
         });
@@ -89,20 +111,25 @@ fn batches(c: &mut Criterion) {
         let total = align_up(BATCH_HEADER_LEN + count * entry_len(TOPIC.len(), size));
         let (mut v, off) = aligned(total);
         g.throughput(Throughput::Elements(count as u64));
-        g.bench_function(BenchmarkId::new("assemble", format!("{count}x{size}")), |b| {
-            b.iter(|| assemble(&mut v[off..off + total], 1000, count, black_box(&data)))
-        });
+        g.bench_function(
+            BenchmarkId::new("assemble", format!("{count}x{size}")),
+            |b| b.iter(|| assemble(&mut v[off..off + total], 1000, count, black_box(&data))),
+        );
         let end = assemble(&mut v[off..off + total], 1000, count, &data);
         let buf = v[off..off + end].to_vec();
         let hdr = streamline::wal::format::decode_batch_header(&buf, 1).expect("valid header");
         let payload = &buf[BATCH_HEADER_LEN..BATCH_HEADER_LEN + hdr.payload_len as usize];
-        g.bench_function(BenchmarkId::new("validate", format!("{count}x{size}")), |b| {
-            b.iter(|| {
-                let mut n = 0usize;
-                for_each_entry(&hdr, black_box(payload), |e| n += e.data.len()).expect("valid batch");
-                n
-            })
-        });
+        g.bench_function(
+            BenchmarkId::new("validate", format!("{count}x{size}")),
+            |b| {
+                b.iter(|| {
+                    let mut n = 0usize;
+                    for_each_entry(&hdr, black_box(payload), |e| n += e.data.len())
+                        .expect("valid batch");
+                    n
+                })
+            },
+        );
     }
     g.finish();
 }

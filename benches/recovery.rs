@@ -30,7 +30,13 @@ fn build(mib: usize) -> (tempfile::TempDir, u64) {
         c.wait().expect("append");
     }
     wal.close().expect("close");
-    let bytes = WalReader::open(dir.path()).expect("scan").scan().files.iter().map(|f| f.valid_end).sum();
+    let bytes = WalReader::open(dir.path())
+        .expect("scan")
+        .scan()
+        .files
+        .iter()
+        .map(|f| f.valid_end)
+        .sum();
     (dir, bytes)
 }
 
@@ -39,11 +45,20 @@ fn recovery(c: &mut Criterion) {
     let mut g = c.benchmark_group("recovery");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(bytes));
-    g.bench_function("scan_64MiB", |b| b.iter(|| WalReader::open(dir.path()).expect("scan").scan().last_sequence));
+    g.bench_function("scan_64MiB", |b| {
+        b.iter(|| {
+            WalReader::open(dir.path())
+                .expect("scan")
+                .scan()
+                .last_sequence
+        })
+    });
     g.bench_function("scan_and_replay_64MiB", |b| {
         b.iter(|| {
             let r = WalReader::open(dir.path()).expect("scan");
-            r.entries_from(1).map(|e| e.expect("entry").data.len()).sum::<usize>()
+            r.entries_from(1)
+                .map(|e| e.expect("entry").data.len())
+                .sum::<usize>()
         })
     });
     g.finish();

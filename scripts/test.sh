@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need (the real Kafka clients
-# the broker tests drive), then builds and runs every suite. WAL suites run on both
-# backends (std and io_uring) inside each test; the simulated-disk suites need the
-# `sim` feature, so the whole run uses it.
+# the broker tests drive; mkfs.ext4 for the full-disk test), then builds and runs
+# every suite. WAL suites run on both backends (std and io_uring) inside each test;
+# the simulated-disk suites need the `sim` feature, so the whole run uses it.
+# tests/full_disk.rs needs root and loop devices.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+if ! command -v mkfs.ext4 >/dev/null; then
+    apt-get update -qq </dev/null && apt-get install -y -qq e2fsprogs mount </dev/null
+fi
 scripts/install-test-deps.sh
 cargo build --all-targets --features sim
 cargo test --all-targets --features sim

@@ -102,12 +102,17 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STREAMLINE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("STREAMLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("streamline-io").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("streamline-io")
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -127,7 +132,13 @@ fn main() -> ExitCode {
 async fn run(config: streamline::config::Config) -> streamline::Result<()> {
     let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))
         .await
-        .map_err(|e| streamline::Error::io("recovery task", "data", std::io::Error::other(e.to_string())))??;
+        .map_err(|e| {
+            streamline::Error::io(
+                "recovery task",
+                "data",
+                std::io::Error::other(e.to_string()),
+            )
+        })??;
     let server = match Server::bind(storage.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -143,7 +154,13 @@ async fn run(config: streamline::config::Config) -> streamline::Result<()> {
     let s = storage.clone();
     tokio::task::spawn_blocking(move || s.shutdown())
         .await
-        .map_err(|e| streamline::Error::io("shutdown task", "data", std::io::Error::other(e.to_string())))??;
+        .map_err(|e| {
+            streamline::Error::io(
+                "shutdown task",
+                "data",
+                std::io::Error::other(e.to_string()),
+            )
+        })??;
     tracing::info!("shut down cleanly");
     Ok(())
 }

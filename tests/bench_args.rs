@@ -8,7 +8,8 @@ use streamline::bench::{job::Stop, Cli, EngineKind, JobArgs, RecordSize};
 use streamline::wal::{BackendKind, SyncMode};
 
 fn cli(args: &[&str]) -> Cli {
-    Cli::try_parse_from(std::iter::once("streamline-bench").chain(args.iter().copied())).expect("parses")
+    Cli::try_parse_from(std::iter::once("streamline-bench").chain(args.iter().copied()))
+        .expect("parses")
 }
 
 #[test]
@@ -61,7 +62,13 @@ fn every_job_option_is_parsed() {
     let j = &c.resolve_jobs().unwrap()[0];
     assert_eq!(j.dir, std::path::PathBuf::from("/tmp/x"));
     assert_eq!((j.writers, j.queue_depth), (16, 8));
-    assert_eq!(j.record_size, RecordSize::Range { min: 128, max: 4096 });
+    assert_eq!(
+        j.record_size,
+        RecordSize::Range {
+            min: 128,
+            max: 4096
+        }
+    );
     assert_eq!(j.stop, Stop::Records(1000));
     assert_eq!(j.warmup, Duration::from_millis(500));
     assert_eq!(j.wal.sync_mode, SyncMode::Interval);
@@ -76,19 +83,37 @@ fn every_job_option_is_parsed() {
 
 #[test]
 fn jobs_override_the_command_line_and_inherit_the_rest() {
-    let c = cli(&["--writers", "4", "--duration", "2", "--job", "engine=naive", "--job", "writers=64,record-size=128"]);
+    let c = cli(&[
+        "--writers",
+        "4",
+        "--duration",
+        "2",
+        "--job",
+        "engine=naive",
+        "--job",
+        "writers=64,record-size=128",
+    ]);
     let jobs = c.resolve_jobs().unwrap();
     assert_eq!(jobs.len(), 2);
     assert_eq!((jobs[0].engine, jobs[0].writers), (EngineKind::Naive, 4));
-    assert_eq!((jobs[1].engine, jobs[1].writers), (EngineKind::Streamline, 64));
+    assert_eq!(
+        (jobs[1].engine, jobs[1].writers),
+        (EngineKind::Streamline, 64)
+    );
     assert_eq!(jobs[1].record_size, RecordSize::Fixed(128));
-    assert!(jobs.iter().all(|j| j.stop == Stop::Duration(Duration::from_secs(2))));
+    assert!(jobs
+        .iter()
+        .all(|j| j.stop == Stop::Duration(Duration::from_secs(2))));
 }
 
 #[test]
 fn job_strings_accept_both_spellings() {
-    let a = JobArgs::parse_job("engine=nowal writers=2 sync_mode=every_write reopen drop-caches").unwrap();
-    let b = JobArgs::parse_job("--engine nowal --writers 2 --reopen --sync-mode every_write --drop-caches").unwrap();
+    let a = JobArgs::parse_job("engine=nowal writers=2 sync_mode=every_write reopen drop-caches")
+        .unwrap();
+    let b = JobArgs::parse_job(
+        "--engine nowal --writers 2 --reopen --sync-mode every_write --drop-caches",
+    )
+    .unwrap();
     assert_eq!(a, b);
     assert!(a.reopen && a.drop_caches);
     assert_eq!(a.engine, Some(EngineKind::Nowal));
@@ -97,7 +122,10 @@ fn job_strings_accept_both_spellings() {
 #[test]
 fn job_file_has_one_job_per_line_and_comments() {
     let jobs = JobArgs::parse_job_file("# scaling\nwriters=1\n\nwriters=4 # four\n").unwrap();
-    assert_eq!(jobs.iter().map(|j| j.writers).collect::<Vec<_>>(), vec![Some(1), Some(4)]);
+    assert_eq!(
+        jobs.iter().map(|j| j.writers).collect::<Vec<_>>(),
+        vec![Some(1), Some(4)]
+    );
     let e = JobArgs::parse_job_file("writers=1\nwriters=x\n").unwrap_err();
     assert!(e.starts_with("line 2:"), "{e}");
 }
@@ -107,7 +135,13 @@ fn record_sizes_and_byte_units() {
     assert_eq!("4096".parse::<RecordSize>(), Ok(RecordSize::Fixed(4096)));
     assert_eq!("1KiB".parse::<RecordSize>(), Ok(RecordSize::Fixed(1024)));
     assert_eq!("64..64".parse::<RecordSize>(), Ok(RecordSize::Fixed(64)));
-    assert_eq!("128..=1k".parse::<RecordSize>(), Ok(RecordSize::Range { min: 128, max: 1024 }));
+    assert_eq!(
+        "128..=1k".parse::<RecordSize>(),
+        Ok(RecordSize::Range {
+            min: 128,
+            max: 1024
+        })
+    );
     assert!("4k..1k".parse::<RecordSize>().is_err());
     assert!("12 parsecs".parse::<RecordSize>().is_err());
     assert_eq!(streamline::bench::job::parse_bytes("1G"), Ok(1 << 30));
@@ -124,13 +158,18 @@ fn rejected(args: &[&str], needle: &str) {
         Ok(c) => {
             let mut out = Vec::new();
             let mut err = Vec::new();
-            let e = streamline::bench::run_cli(&c, &mut out, &mut err).expect_err("must be rejected");
+            let e =
+                streamline::bench::run_cli(&c, &mut out, &mut err).expect_err("must be rejected");
             assert!(out.is_empty(), "nothing reported for a rejected run");
             e
         }
     };
     assert!(msg.contains(needle), "`{msg}` should mention `{needle}`");
-    assert!(!target.exists(), "a rejected run created {}", target.display());
+    assert!(
+        !target.exists(),
+        "a rejected run created {}",
+        target.display()
+    );
 }
 
 #[test]
@@ -139,17 +178,35 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     rejected(&["--queue-depth", "0"], "--queue-depth");
     rejected(&["--engine", "teapot"], "teapot");
     rejected(&["--record-size", "0"], "--record-size");
-    rejected(&["--record-size", "2M", "--max-file-size", "1M"], "does not fit");
-    rejected(&["--duration", "1", "--records", "5"], "either --duration or --records");
-    rejected(&["--engine", "naive", "--queue-depth", "4"], "--queue-depth 4 needs --engine streamline");
-    rejected(&["--engine", "naive", "--sync-mode", "interval"], "needs --engine streamline");
-    rejected(&["--engine", "nowal", "--backend", "uring"], "needs --engine streamline");
+    rejected(
+        &["--record-size", "2M", "--max-file-size", "1M"],
+        "does not fit",
+    );
+    rejected(
+        &["--duration", "1", "--records", "5"],
+        "either --duration or --records",
+    );
+    rejected(
+        &["--engine", "naive", "--queue-depth", "4"],
+        "--queue-depth 4 needs --engine streamline",
+    );
+    rejected(
+        &["--engine", "naive", "--sync-mode", "interval"],
+        "needs --engine streamline",
+    );
+    rejected(
+        &["--engine", "nowal", "--backend", "uring"],
+        "needs --engine streamline",
+    );
     rejected(&["--sync-mode", "interval", "--sync-ms", "0"], "--sync-ms");
     rejected(&["--max-file-size", "1000"], "--max-file-size");
     rejected(&["--max-batch-bytes", "10"], "max_batch_bytes");
     rejected(&["--job", "writers=2", "--job", "writers=0"], "job 2");
     rejected(&["--drop-caches"], "--reopen");
-    rejected(&["--engine", "naive", "--reopen"], "--reopen needs --engine streamline");
+    rejected(
+        &["--engine", "naive", "--reopen"],
+        "--reopen needs --engine streamline",
+    );
 }
 
 #[cfg(not(feature = "compare"))]

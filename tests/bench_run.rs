@@ -6,11 +6,15 @@ use serde_json::Value;
 use streamline::bench::{report, run_cli, Cli};
 
 fn run(args: &[&str]) -> (String, String) {
-    let c = Cli::try_parse_from(std::iter::once("streamline-bench").chain(args.iter().copied())).expect("parses");
+    let c = Cli::try_parse_from(std::iter::once("streamline-bench").chain(args.iter().copied()))
+        .expect("parses");
     let mut out = Vec::new();
     let mut err = Vec::new();
     run_cli(&c, &mut out, &mut err).expect("run succeeds");
-    (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
 }
 
 const FIELDS: [&str; 14] = [
@@ -36,19 +40,39 @@ fn check_counts(j: &Value) {
     }
     let records = j["records"].as_u64().unwrap();
     assert!(records > 0, "nothing acknowledged: {j}");
-    let per_writer: Vec<u64> = j["writer_records"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let per_writer: Vec<u64> = j["writer_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     assert_eq!(per_writer.len() as u64, j["writers"].as_u64().unwrap());
-    assert_eq!(per_writer.iter().sum::<u64>(), records, "acked = sum over writers");
-    assert_eq!(j["latency_us"]["count"].as_u64().unwrap(), records, "histogram count = acked");
+    assert_eq!(
+        per_writer.iter().sum::<u64>(),
+        records,
+        "acked = sum over writers"
+    );
+    assert_eq!(
+        j["latency_us"]["count"].as_u64().unwrap(),
+        records,
+        "histogram count = acked"
+    );
     let l = &j["latency_us"];
-    let order = ["min", "p50", "p90", "p99", "p999", "p9999", "max"].map(|k| l[k].as_f64().unwrap());
-    assert!(order.windows(2).all(|w| w[0] <= w[1]), "percentiles ascend: {l}");
+    let order =
+        ["min", "p50", "p90", "p99", "p999", "p9999", "max"].map(|k| l[k].as_f64().unwrap());
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles ascend: {l}"
+    );
     assert!(order[0] > 0.0);
     let size = j["record_size"].as_u64().unwrap();
     assert_eq!(j["bytes"].as_u64().unwrap(), records * size);
     let rate = records as f64 / j["duration_s"].as_f64().unwrap();
     let reported = j["records_per_sec"].as_f64().unwrap();
-    assert!((reported - rate).abs() <= rate * 0.01 + 1.0, "records_per_sec {reported} vs {rate}");
+    assert!(
+        (reported - rate).abs() <= rate * 0.01 + 1.0,
+        "records_per_sec {reported} vs {rate}"
+    );
 }
 
 #[test]
@@ -83,7 +107,10 @@ fn tiny_run_reports_consistent_json() {
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "one JSON object per job per line:\n{out}");
-    let jobs: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).expect("well-formed JSON")).collect();
+    let jobs: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("well-formed JSON"))
+        .collect();
     for j in &jobs {
         check_counts(j);
     }
@@ -93,20 +120,34 @@ fn tiny_run_reports_consistent_json() {
     assert!(jobs[0]["fsyncs"].as_u64().unwrap() > 0);
     assert_eq!(jobs[1]["queue_depth"], 4);
     assert_eq!(jobs[1]["sync_mode"], "interval");
-    assert_eq!(jobs[2]["fsyncs"].as_u64().unwrap(), jobs[2]["records"].as_u64().unwrap(), "naive syncs each append");
+    assert_eq!(
+        jobs[2]["fsyncs"].as_u64().unwrap(),
+        jobs[2]["records"].as_u64().unwrap(),
+        "naive syncs each append"
+    );
     assert_eq!(jobs[3]["records"], 500);
     assert_eq!(jobs[3]["sync_mode"], "none");
-    assert!(err.is_empty() || err.contains("rec/s"), "progress lines only: {err}");
+    assert!(
+        err.is_empty() || err.contains("rec/s"),
+        "progress lines only: {err}"
+    );
 
     for i in 1..=4 {
         let text = std::fs::read_to_string(dir.path().join(format!("lat-{i}.hgrm"))).unwrap();
         let count = jobs[i - 1]["records"].as_u64().unwrap();
-        assert!(text.contains(&format!("Total count    = {count:>12}")), "hgrm {i} total:\n{text}");
+        assert!(
+            text.contains(&format!("Total count    = {count:>12}")),
+            "hgrm {i} total:\n{text}"
+        );
     }
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 4);
     // Files stay for inspection without --cleanup.
-    assert!(dir.path().join("job1-streamline").join("current.wal").exists());
+    assert!(dir
+        .path()
+        .join("job1-streamline")
+        .join("current.wal")
+        .exists());
     assert!(dir.path().join("job3-naive").join("naive.log").exists());
 }
 
@@ -157,7 +198,10 @@ fn table_output_and_cleanup() {
     assert_eq!(row[6], "100..300");
     assert!(out.contains("reopen:"), "{out}");
     let reopen_row: Vec<&str> = out.lines().last().unwrap().split_whitespace().collect();
-    assert_eq!(reopen_row[2], "200", "every record read back after reopen: {out}");
+    assert_eq!(
+        reopen_row[2], "200",
+        "every record read back after reopen: {out}"
+    );
     assert!(!data.exists(), "--cleanup removes the job's files");
 }
 
@@ -192,12 +236,26 @@ fn table_columns_line_up() {
         peak_rss_bytes: Some(3 << 20),
         recovery: None,
     };
-    let t = report::table(&[r.clone(), report::JobReport { job: 2, writers: 1, ..r }]);
+    let t = report::table(&[
+        r.clone(),
+        report::JobReport {
+            job: 2,
+            writers: 1,
+            ..r
+        },
+    ]);
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "aligned:\n{t}");
+    assert!(
+        lines.iter().all(|l| l.len() == lines[0].len()),
+        "aligned:\n{t}"
+    );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(&row[9..12], &["-", "-", "150.0"], "unknown counters print as '-': {t}");
+    assert_eq!(
+        &row[9..12],
+        &["-", "-", "150.0"],
+        "unknown counters print as '-': {t}"
+    );
     assert_eq!(row[17], "12.35");
     assert_eq!(row[18], "3.0");
 }

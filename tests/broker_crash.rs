@@ -17,14 +17,21 @@ const PARTITIONS: usize = 2;
 
 /// Reads every partition from the beginning; asserts offsets are contiguous from 0.
 fn read_all(addr: &str, topic: &str) -> BTreeMap<(i32, i64), String> {
-    let text = python_client("kafka_client.py", &["assign", addr, topic, &PARTITIONS.to_string()]);
+    let text = python_client(
+        "kafka_client.py",
+        &["assign", addr, topic, &PARTITIONS.to_string()],
+    );
     let msgs = records(&text, "MSG");
     let mut per_part: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (p, o, _) in &msgs {
         per_part.entry(*p).or_default().push(*o);
     }
     for (p, offs) in &per_part {
-        assert_eq!(*offs, (0..offs.len() as i64).collect::<Vec<_>>(), "partition {p}: offsets contiguous from 0");
+        assert_eq!(
+            *offs,
+            (0..offs.len() as i64).collect::<Vec<_>>(),
+            "partition {p}: offsets contiguous from 0"
+        );
     }
     msgs.into_iter().map(|(p, o, v)| ((p, o), v)).collect()
 }
@@ -37,10 +44,22 @@ fn stream_then_kill9(broker: &mut Broker, py: &str, prefix: &str, acks: usize) -
 
 /// Streams until `acks` acknowledgements (or 15 s), applies `stop` to the broker
 /// mid-stream, then SIGKILLs the producer; returns the producer's output.
-fn stream_then(broker: &mut Broker, py: &str, prefix: &str, acks: usize, stop: impl FnOnce(&mut Broker)) -> String {
+fn stream_then(
+    broker: &mut Broker,
+    py: &str,
+    prefix: &str,
+    acks: usize,
+    stop: impl FnOnce(&mut Broker),
+) -> String {
     let mut producer = Command::new(py)
         .arg(client_script("kafka_client.py"))
-        .args(["stream", &broker.addr, "crash", &PARTITIONS.to_string(), prefix])
+        .args([
+            "stream",
+            &broker.addr,
+            "crash",
+            &PARTITIONS.to_string(),
+            prefix,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -68,8 +87,17 @@ fn stream_then(broker: &mut Broker, py: &str, prefix: &str, acks: usize, stop: i
 
 /// The number after `name=` in a log line.
 fn field(line: &str, name: &str) -> u64 {
-    let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 2;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    let at = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -78,63 +106,142 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
     let py = python();
     let mut broker = Broker::start(
         &tmp.path().join("data"),
-        &["--wal-sync-mode", "every_write", "--default-partitions", &PARTITIONS.to_string(), "--checkpoint-ms", "300"],
+        &[
+            "--wal-sync-mode",
+            "every_write",
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+            "--checkpoint-ms",
+            "300",
+        ],
     );
     let mut acked: Vec<(i32, i64, String)> = Vec::new();
     let (mut replayed_entries, mut skipped_batches) = (0, 0);
     for cycle in 0..3 {
         let text = stream_then_kill9(&mut broker, &py, &format!("c{cycle}"), 400 + cycle * 100);
         let cycle_acks = records(&text, "ACK");
-        assert!(cycle_acks.len() >= 100, "cycle {cycle}: the stream made progress ({} acks)", cycle_acks.len());
+        assert!(
+            cycle_acks.len() >= 100,
+            "cycle {cycle}: the stream made progress ({} acks)",
+            cycle_acks.len()
+        );
         acked.extend(cycle_acks);
 
         broker = broker.restart();
         let log = broker.log_text();
-        let replay = log.lines().rfind(|l| l.contains("replayed WAL")).expect("recovery logs its replay");
+        let replay = log
+            .lines()
+            .rfind(|l| l.contains("replayed WAL"))
+            .expect("recovery logs its replay");
         replayed_entries += field(replay, "entries");
         skipped_batches += field(replay, "skipped");
         let stored = read_all(&broker.addr, "crash");
         for (p, o, v) in &acked {
-            assert_eq!(stored.get(&(*p, *o)), Some(v), "cycle {cycle}: acknowledged {v} must be at {p}/{o}");
+            assert_eq!(
+                stored.get(&(*p, *o)),
+                Some(v),
+                "cycle {cycle}: acknowledged {v} must be at {p}/{o}"
+            );
         }
         let values: BTreeSet<&String> = stored.values().collect();
-        assert_eq!(values.len(), stored.len(), "cycle {cycle}: no message stored twice");
+        assert_eq!(
+            values.len(),
+            stored.len(),
+            "cycle {cycle}: no message stored twice"
+        );
         for v in stored.values() {
             let (prefix, n) = v.split_once('-').expect("well-formed value");
-            assert!(prefix.starts_with('c') && n.parse::<u64>().is_ok(), "foreign bytes {v:?}");
-            assert!(prefix[1..].parse::<usize>().unwrap() <= cycle, "value {v:?} from a future cycle");
+            assert!(
+                prefix.starts_with('c') && n.parse::<u64>().is_ok(),
+                "foreign bytes {v:?}"
+            );
+            assert!(
+                prefix[1..].parse::<usize>().unwrap() <= cycle,
+                "value {v:?} from a future cycle"
+            );
         }
     }
     // Recovery really replayed the WAL over segments that already held the data
     // (page cache survives kill -9), and skipped what was there: no duplicates above.
-    assert!(replayed_entries > 0, "some acknowledged entries were past the last checkpoint");
-    assert!(skipped_batches > 0, "replay found batches already in the segments and skipped them");
+    assert!(
+        replayed_entries > 0,
+        "some acknowledged entries were past the last checkpoint"
+    );
+    assert!(
+        skipped_batches > 0,
+        "replay found batches already in the segments and skipped them"
+    );
     // New produces continue right after the recovered end.
     let before = read_all(&broker.addr, "crash");
-    let ends: BTreeMap<i32, i64> = (0..PARTITIONS as i32).map(|p| (p, before.keys().filter(|(bp, _)| *bp == p).count() as i64)).collect();
-    let text = python_client("kafka_client.py", &["produce", &broker.addr, "crash", "4", &PARTITIONS.to_string(), "after"]);
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS as i32)
+        .map(|p| (p, before.keys().filter(|(bp, _)| *bp == p).count() as i64))
+        .collect();
+    let text = python_client(
+        "kafka_client.py",
+        &[
+            "produce",
+            &broker.addr,
+            "crash",
+            "4",
+            &PARTITIONS.to_string(),
+            "after",
+        ],
+    );
     let after = records(&text, "ACK");
     assert_eq!(after.len(), 4);
     for p in 0..PARTITIONS as i32 {
-        let mut offs: Vec<i64> = after.iter().filter(|(ap, _, _)| *ap == p).map(|(_, o, _)| *o).collect();
+        let mut offs: Vec<i64> = after
+            .iter()
+            .filter(|(ap, _, _)| *ap == p)
+            .map(|(_, o, _)| *o)
+            .collect();
         offs.sort_unstable();
-        assert_eq!(offs, vec![ends[&p], ends[&p] + 1], "partition {p} continues at the recovered end");
+        assert_eq!(
+            offs,
+            vec![ends[&p], ends[&p] + 1],
+            "partition {p} continues at the recovered end"
+        );
     }
 }
 
 #[test]
 fn sigterm_and_sigint_lose_nothing_in_interval_and_os_default_modes() {
-    for (mode, sig) in [("interval", "TERM"), ("os_default", "TERM"), ("interval", "INT")] {
+    for (mode, sig) in [
+        ("interval", "TERM"),
+        ("os_default", "TERM"),
+        ("interval", "INT"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let mut broker = Broker::start(
             &tmp.path().join("data"),
-            &["--wal-sync-mode", mode, "--default-partitions", &PARTITIONS.to_string(), "--checkpoint-ms", "60000"],
+            &[
+                "--wal-sync-mode",
+                mode,
+                "--default-partitions",
+                &PARTITIONS.to_string(),
+                "--checkpoint-ms",
+                "60000",
+            ],
         );
-        let text = python_client("kafka_client.py", &["produce", &broker.addr, "graceful", "300", &PARTITIONS.to_string(), "g"]);
+        let text = python_client(
+            "kafka_client.py",
+            &[
+                "produce",
+                &broker.addr,
+                "graceful",
+                "300",
+                &PARTITIONS.to_string(),
+                "g",
+            ],
+        );
         let acks = records(&text, "ACK");
         assert_eq!(acks.len(), 300, "{mode}: all acknowledged");
         let status = broker.stop_with(sig);
-        assert!(status.success(), "{mode}: SIG{sig} exits 0, got {status:?}\n{}", broker.log_text());
+        assert!(
+            status.success(),
+            "{mode}: SIG{sig} exits 0, got {status:?}\n{}",
+            broker.log_text()
+        );
         let broker = broker.restart();
         let stored = read_all(&broker.addr, "graceful");
         assert_eq!(stored.len(), 300, "{mode}: nothing lost or duplicated");
@@ -160,10 +267,21 @@ fn torn_tail_case(mode: &str) {
     // No periodic checkpoint: everything produced lives in the WAL past the checkpoint.
     let mut broker = Broker::start(
         &data,
-        &["--wal-sync-mode", mode, "--default-partitions", &PARTITIONS.to_string(), "--checkpoint-ms", "600000"],
+        &[
+            "--wal-sync-mode",
+            mode,
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+            "--checkpoint-ms",
+            "600000",
+        ],
     );
     let acked = records(&stream_then_kill9(&mut broker, &py, "c0", 400), "ACK");
-    assert!(acked.len() >= 100, "{mode}: the stream made progress ({} acks)", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "{mode}: the stream made progress ({} acks)",
+        acked.len()
+    );
     // Tear every partition's segment in the middle of a batch, as a crash could.
     for p in 0..PARTITIONS {
         let dir = data.join("topics/crash").join(p.to_string());
@@ -178,14 +296,30 @@ fn torn_tail_case(mode: &str) {
         f.set_len(len / 2 + 7).unwrap();
     }
     let broker = broker.restart();
-    let replay = broker.log_text().lines().rfind(|l| l.contains("replayed WAL")).unwrap().to_string();
-    assert!(field(&replay, "appended") > 0, "the torn part came back from the WAL: {replay}");
+    let replay = broker
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("replayed WAL"))
+        .unwrap()
+        .to_string();
+    assert!(
+        field(&replay, "appended") > 0,
+        "the torn part came back from the WAL: {replay}"
+    );
     let stored = read_all(&broker.addr, "crash");
     for (p, o, v) in &acked {
-        assert_eq!(stored.get(&(*p, *o)), Some(v), "{mode}: acknowledged {v} must be at {p}/{o}");
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "{mode}: acknowledged {v} must be at {p}/{o}"
+        );
     }
     let values: BTreeSet<&String> = stored.values().collect();
-    assert_eq!(values.len(), stored.len(), "{mode}: no message stored twice");
+    assert_eq!(
+        values.len(),
+        stored.len(),
+        "{mode}: no message stored twice"
+    );
 }
 
 #[test]
@@ -194,19 +328,44 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
     let py = python();
     let mut broker = Broker::start(
         &tmp.path().join("data"),
-        &["--wal-sync-mode", "interval", "--default-partitions", &PARTITIONS.to_string()],
+        &[
+            "--wal-sync-mode",
+            "interval",
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+        ],
     );
     let text = stream_then(&mut broker, &py, "t0", 400, |b| {
         let status = b.sigterm();
-        assert!(status.success(), "SIGTERM under load exits 0, got {status:?}");
+        assert!(
+            status.success(),
+            "SIGTERM under load exits 0, got {status:?}"
+        );
     });
     let acked = records(&text, "ACK");
-    assert!(acked.len() >= 100, "the stream made progress ({} acks)", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "the stream made progress ({} acks)",
+        acked.len()
+    );
     let broker = broker.restart();
     let stored = read_all(&broker.addr, "crash");
     for (p, o, v) in &acked {
-        assert_eq!(stored.get(&(*p, *o)), Some(v), "acknowledged {v} must be at {p}/{o}");
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "acknowledged {v} must be at {p}/{o}"
+        );
     }
-    let replay = broker.log_text().lines().rfind(|l| l.contains("replayed WAL")).unwrap().to_string();
-    assert_eq!(field(&replay, "appended"), 0, "a clean shutdown leaves nothing to replay: {replay}");
+    let replay = broker
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("replayed WAL"))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        field(&replay, "appended"),
+        0,
+        "a clean shutdown leaves nothing to replay: {replay}"
+    );
 }

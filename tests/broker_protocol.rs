@@ -12,11 +12,12 @@ use std::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::{
     messages::{
-        produce_request::{PartitionProduceData, TopicProduceData},
         fetch_request::{FetchPartition, FetchTopic},
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-        MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+        produce_request::{PartitionProduceData, TopicProduceData},
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
+        ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+        ProduceResponse, RequestHeader, ResponseHeader, TopicName,
     },
     protocol::{Decodable, Encodable, StrBytes},
     records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
@@ -30,7 +31,12 @@ fn connect(addr: &str) -> TcpStream {
     s
 }
 
-fn request_frame<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Vec<u8> {
+fn request_frame<R: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Vec<u8> {
     let mut buf = BytesMut::new();
     buf.put_i32(0);
     RequestHeader::default()
@@ -87,14 +93,27 @@ fn batch(values: &[&str]) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
     buf.freeze()
 }
 
 fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_string(topic.into())))
-        .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(records))])])
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])])
 }
 
 fn partition_result(r: &ProduceResponse) -> (i16, i64) {
@@ -109,10 +128,13 @@ fn bad_input_gets_an_error_for_that_client_only() {
     // Create the topic through Metadata auto-creation.
     let mut ok = connect(&broker.addr);
     let meta = MetadataRequest::default()
-        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_static_str("bad"))))]))
+        .with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("bad")))),
+        ]))
         .with_allow_auto_topic_creation(true);
-    ok.write_all(&request_frame(ApiKey::Metadata, 9, 1, &meta)).unwrap();
+    ok.write_all(&request_frame(ApiKey::Metadata, 9, 1, &meta))
+        .unwrap();
     let (cid, m): (i32, MetadataResponse) = response(&mut ok, ApiKey::Metadata, 9);
     assert_eq!(cid, 1);
     assert_eq!(m.topics[0].error_code, 0);
@@ -123,11 +145,13 @@ fn bad_input_gets_an_error_for_that_client_only() {
     assert!(closed(&mut c), "oversized frame closes the connection");
     // Garbage bytes.
     let mut c = connect(&broker.addr);
-    c.write_all(&[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']).unwrap();
+    c.write_all(&[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o'])
+        .unwrap();
     assert!(closed(&mut c), "garbage closes the connection");
     // Unknown API key.
     let mut c = connect(&broker.addr);
-    c.write_all(&[0, 0, 0, 10, 0x03, 0xe7, 0, 0, 0, 0, 0, 7, 0, 0]).unwrap();
+    c.write_all(&[0, 0, 0, 10, 0x03, 0xe7, 0, 0, 0, 0, 0, 7, 0, 0])
+        .unwrap();
     assert!(closed(&mut c), "unknown API key closes the connection");
     // A 30-byte Produce claiming 2^31 topics: the codec would reserve hundreds of GiB.
     let mut c = connect(&broker.addr);
@@ -138,7 +162,10 @@ fn bad_input_gets_an_error_for_that_client_only() {
     let mut frame = (evil.len() as i32).to_be_bytes().to_vec();
     frame.extend_from_slice(&evil);
     c.write_all(&frame).unwrap();
-    assert!(closed(&mut c), "an absurd array length closes only that connection");
+    assert!(
+        closed(&mut c),
+        "an absurd array length closes only that connection"
+    );
     // A truncated request, then a disconnect mid-frame.
     let mut c = connect(&broker.addr);
     c.write_all(&[0, 0, 1, 0, 0, 18, 0]).unwrap();
@@ -146,12 +173,23 @@ fn bad_input_gets_an_error_for_that_client_only() {
 
     // ApiVersions at an unsupported version: error 35 with a v0 body listing versions.
     let mut c = connect(&broker.addr);
-    c.write_all(&request_frame(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default()).into_iter().enumerate().map(|(i, b)| if i == 7 { 99 } else { b }).collect::<Vec<u8>>()).unwrap();
+    c.write_all(
+        &request_frame(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default())
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| if i == 7 { 99 } else { b })
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let mut f = read_frame(&mut c).expect("error answer, not a closed connection");
     assert_eq!(f.get_i32(), 5, "correlation id echoed");
     let v0 = ApiVersionsResponse::decode(&mut f, 0).unwrap();
     assert_eq!(v0.error_code, 35);
-    let produce_range = v0.api_keys.iter().find(|k| k.api_key == ApiKey::Produce as i16).expect("Produce listed");
+    let produce_range = v0
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .expect("Produce listed");
     assert!(produce_range.min_version <= 3 && produce_range.max_version >= 7);
 
     // Corrupt batch (bad CRC), unknown partition, then a good produce: same connection.
@@ -159,39 +197,86 @@ fn bad_input_gets_an_error_for_that_client_only() {
     let mut corrupt = good.to_vec();
     let n = corrupt.len();
     corrupt[n - 1] ^= 0xff;
-    ok.write_all(&request_frame(ApiKey::Produce, 7, 2, &produce("bad", 0, Bytes::from(corrupt)))).unwrap();
-    ok.write_all(&request_frame(ApiKey::Produce, 7, 3, &produce("bad", 99, good.clone()))).unwrap();
-    ok.write_all(&request_frame(ApiKey::Produce, 7, 4, &produce("bad", 0, good.clone()))).unwrap();
+    ok.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        2,
+        &produce("bad", 0, Bytes::from(corrupt)),
+    ))
+    .unwrap();
+    ok.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        3,
+        &produce("bad", 99, good.clone()),
+    ))
+    .unwrap();
+    ok.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        4,
+        &produce("bad", 0, good.clone()),
+    ))
+    .unwrap();
     let (c2, r2): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
     let (c3, r3): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
     let (c4, r4): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
     assert_eq!((c2, c3, c4), (2, 3, 4), "responses in request order");
     assert_eq!(partition_result(&r2).0, 2, "CORRUPT_MESSAGE for a bad CRC");
     assert_eq!(partition_result(&r3).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
-    assert_eq!(partition_result(&r4), (0, 0), "the good batch lands at offset 0");
+    assert_eq!(
+        partition_result(&r4),
+        (0, 0),
+        "the good batch lands at offset 0"
+    );
 
     // acks=0: the produce is applied but gets no response; the next response is the next request's.
     let mut quiet = produce("bad", 0, batch(&["three"]));
     quiet.acks = 0;
-    ok.write_all(&request_frame(ApiKey::Produce, 7, 6, &quiet)).unwrap();
-    ok.write_all(&request_frame(ApiKey::Metadata, 9, 7, &meta)).unwrap();
+    ok.write_all(&request_frame(ApiKey::Produce, 7, 6, &quiet))
+        .unwrap();
+    ok.write_all(&request_frame(ApiKey::Metadata, 9, 7, &meta))
+        .unwrap();
     let (cid, _): (i32, MetadataResponse) = response(&mut ok, ApiKey::Metadata, 9);
     assert_eq!(cid, 7, "no response for acks=0");
     let mut odd = produce("bad", 0, batch(&["never"]));
     odd.acks = 5;
-    ok.write_all(&request_frame(ApiKey::Produce, 7, 8, &odd)).unwrap();
+    ok.write_all(&request_frame(ApiKey::Produce, 7, 8, &odd))
+        .unwrap();
     let (_, r): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
     assert_eq!(partition_result(&r).0, 21, "INVALID_REQUIRED_ACKS");
 
     // Everyone else is still served, and nothing acknowledged was lost.
-    let out = kcat(&["-C", "-b", &broker.addr, "-t", "bad", "-o", "beginning", "-e", "-q", "-f", "%o:%s\n"], b"");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0:one\n1:two\n2:three\n");
+    let out = kcat(
+        &[
+            "-C",
+            "-b",
+            &broker.addr,
+            "-t",
+            "bad",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o:%s\n",
+        ],
+        b"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0:one\n1:two\n2:three\n"
+    );
 }
 
 #[test]
 fn pipelined_produces_are_answered_in_order_and_share_group_commits() {
     let tmp = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut config = streamline::config::Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.data_dir = tmp.path().join("data");
@@ -199,7 +284,9 @@ fn pipelined_produces_are_answered_in_order_and_share_group_commits() {
     config.wal.engine.max_file_size = 1 << 20;
     let storage = streamline::storage::TopicManager::new(config).unwrap();
     storage.create_topic("pipe", 1).unwrap();
-    let server = rt.block_on(streamline::server::Server::bind(storage.clone())).unwrap();
+    let server = rt
+        .block_on(streamline::server::Server::bind(storage.clone()))
+        .unwrap();
     let addr = server.local_addr().to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = rt.spawn(server.run(async {
@@ -210,17 +297,29 @@ fn pipelined_produces_are_answered_in_order_and_share_group_commits() {
     let mut s = connect(&addr);
     let mut all = Vec::new();
     for i in 0..N {
-        all.extend(request_frame(ApiKey::Produce, 8, 100 + i, &produce("pipe", 0, batch(&[&format!("m{i}")]))));
+        all.extend(request_frame(
+            ApiKey::Produce,
+            8,
+            100 + i,
+            &produce("pipe", 0, batch(&[&format!("m{i}")])),
+        ));
     }
     s.write_all(&all).unwrap();
     for i in 0..N {
         let (cid, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
         assert_eq!(cid, 100 + i, "responses leave in request order");
-        assert_eq!(partition_result(&r), (0, i64::from(i)), "offsets follow request order");
+        assert_eq!(
+            partition_result(&r),
+            (0, i64::from(i)),
+            "offsets follow request order"
+        );
     }
     let stats = storage.wal().expect("WAL enabled").stats();
     assert_eq!(stats.entries, N as u64);
-    assert!(stats.fsyncs < N as u64 / 2, "pipelined every_write produces share fdatasyncs: {stats:?}");
+    assert!(
+        stats.fsyncs < N as u64 / 2,
+        "pipelined every_write produces share fdatasyncs: {stats:?}"
+    );
 
     let _ = stop_tx.send(());
     rt.block_on(serving).unwrap();
@@ -236,77 +335,160 @@ fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
         .with_isolation_level(1)
         .with_topics(vec![FetchTopic::default()
             .with_topic(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(1 << 20)])])
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
 }
 
 #[test]
 fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&tmp.path().join("data"), &["--wal-sync-mode", "every_write"]);
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--wal-sync-mode", "every_write"],
+    );
     let mut c = connect(&broker.addr);
-    c.write_all(&request_frame(ApiKey::Produce, 7, 1, &produce("poll", 0, batch(&["first"])))).unwrap();
+    c.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        1,
+        &produce("poll", 0, batch(&["first"])),
+    ))
+    .unwrap();
     let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
     // Auto-creation happens through Metadata; a produce to an unknown topic is refused.
     assert_eq!(partition_result(&r).0, 3);
     let meta = MetadataRequest::default()
-        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_static_str("poll"))))]))
+        .with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("poll")))),
+        ]))
         .with_allow_auto_topic_creation(true);
-    c.write_all(&request_frame(ApiKey::Metadata, 12, 2, &meta)).unwrap();
+    c.write_all(&request_frame(ApiKey::Metadata, 12, 2, &meta))
+        .unwrap();
     let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 12);
     assert_eq!(m.topics[0].error_code, 0);
     assert_eq!(m.controller_id.0, 0, "this broker is the controller");
-    c.write_all(&request_frame(ApiKey::Produce, 7, 3, &produce("poll", 0, batch(&["first"])))).unwrap();
+    c.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        3,
+        &produce("poll", 0, batch(&["first"])),
+    ))
+    .unwrap();
     let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
     assert_eq!(partition_result(&r), (0, 0));
 
     // At the high watermark with a short wait: an empty record set, never null.
     let start = std::time::Instant::now();
-    c.write_all(&request_frame(ApiKey::Fetch, 12, 4, &fetch_request("poll", 1, 200))).unwrap();
+    c.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        4,
+        &fetch_request("poll", 1, 200),
+    ))
+    .unwrap();
     let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
     let p = &f.responses[0].partitions[0];
     assert_eq!(p.error_code, 0);
-    assert_eq!(p.records.as_ref().map(Bytes::len), Some(0), "empty, not null");
-    assert_eq!((p.high_watermark, p.last_stable_offset), (1, 1), "last stable offset = high watermark");
-    assert!(start.elapsed() >= Duration::from_millis(150), "waited for max_wait_ms");
+    assert_eq!(
+        p.records.as_ref().map(Bytes::len),
+        Some(0),
+        "empty, not null"
+    );
+    assert_eq!(
+        (p.high_watermark, p.last_stable_offset),
+        (1, 1),
+        "last stable offset = high watermark"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(150),
+        "waited for max_wait_ms"
+    );
 
     // A long poll is answered as soon as another client produces.
     let mut waiter = connect(&broker.addr);
-    waiter.write_all(&request_frame(ApiKey::Fetch, 12, 5, &fetch_request("poll", 1, 10_000))).unwrap();
+    waiter
+        .write_all(&request_frame(
+            ApiKey::Fetch,
+            12,
+            5,
+            &fetch_request("poll", 1, 10_000),
+        ))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let start = std::time::Instant::now();
-    c.write_all(&request_frame(ApiKey::Produce, 7, 6, &produce("poll", 0, batch(&["second"])))).unwrap();
+    c.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        6,
+        &produce("poll", 0, batch(&["second"])),
+    ))
+    .unwrap();
     let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
     assert_eq!(partition_result(&r), (0, 1));
     let (_, f): (i32, FetchResponse) = response(&mut waiter, ApiKey::Fetch, 12);
-    assert!(start.elapsed() < Duration::from_secs(5), "woken by the produce, not by max_wait_ms");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "woken by the produce, not by max_wait_ms"
+    );
     let p = &f.responses[0].partitions[0];
     assert_eq!(p.high_watermark, 2);
     let records = p.records.clone().expect("records");
-    assert_eq!(&records[..8], &1i64.to_be_bytes(), "the batch starts at offset 1");
+    assert_eq!(
+        &records[..8],
+        &1i64.to_be_bytes(),
+        "the batch starts at offset 1"
+    );
 
     // Beyond the end: OFFSET_OUT_OF_RANGE.
-    c.write_all(&request_frame(ApiKey::Fetch, 12, 7, &fetch_request("poll", 5, 100))).unwrap();
+    c.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        7,
+        &fetch_request("poll", 5, 100),
+    ))
+    .unwrap();
     let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
     assert_eq!(f.responses[0].partitions[0].error_code, 1);
 
     // ListOffsets: earliest 0, latest 2.
-    let lo = ListOffsetsRequest::default().with_replica_id(kafka_protocol::messages::BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
-        .with_name(TopicName(StrBytes::from_static_str("poll")))
-        .with_partitions(vec![
-            ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-2),
-            ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1),
-            ListOffsetsPartition::default().with_partition_index(0).with_timestamp(1_600_000_000_000),
-        ])]);
-    c.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo)).unwrap();
+    let lo = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("poll")))
+            .with_partitions(vec![
+                ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-2),
+                ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+                ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(1_600_000_000_000),
+            ])]);
+    c.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo))
+        .unwrap();
     let (_, l): (i32, ListOffsetsResponse) = response(&mut c, ApiKey::ListOffsets, 7);
     let offs: Vec<i64> = l.topics[0].partitions.iter().map(|p| p.offset).collect();
-    assert_eq!(offs, vec![0, 2, 0], "earliest, latest, first batch at or after a timestamp");
+    assert_eq!(
+        offs,
+        vec![0, 2, 0],
+        "earliest, latest, first batch at or after a timestamp"
+    );
 }
 
 fn metadata_of(addr: &str) -> MetadataResponse {
     let mut c = connect(addr);
-    c.write_all(&request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default().with_topics(None))).unwrap();
+    c.write_all(&request_frame(
+        ApiKey::Metadata,
+        12,
+        1,
+        &MetadataRequest::default().with_topics(None),
+    ))
+    .unwrap();
     response::<MetadataResponse>(&mut c, ApiKey::Metadata, 12).1
 }
 
@@ -318,14 +500,25 @@ fn metadata_advertises_the_right_address_and_a_stable_identity() {
     let m = metadata_of(&broker.addr);
     let port: i32 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(m.brokers.len(), 1);
-    assert_eq!((m.brokers[0].host.to_string(), m.brokers[0].port), ("127.0.0.1".to_string(), port), "the real listen port");
+    assert_eq!(
+        (m.brokers[0].host.to_string(), m.brokers[0].port),
+        ("127.0.0.1".to_string(), port),
+        "the real listen port"
+    );
     assert_eq!(m.controller_id, m.brokers[0].node_id);
     let cluster = m.cluster_id.clone().expect("cluster id");
     assert!(broker.sigterm().success());
 
     let broker = Broker::start(&data, &["--advertised-addr", "broker.example:19092"]);
     let m = metadata_of(&broker.addr);
-    assert_eq!((m.brokers[0].host.to_string(), m.brokers[0].port), ("broker.example".to_string(), 19092));
-    assert_eq!(m.cluster_id, Some(cluster), "the cluster id survives restarts");
+    assert_eq!(
+        (m.brokers[0].host.to_string(), m.brokers[0].port),
+        ("broker.example".to_string(), 19092)
+    );
+    assert_eq!(
+        m.cluster_id,
+        Some(cluster),
+        "the cluster id survives restarts"
+    );
     assert_eq!(m.brokers[0].node_id.0, 0);
 }

@@ -12,7 +12,10 @@ fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "3"]);
 
-    let produced = python_client("kafka_client.py", &["produce", &broker.addr, "orders", "90", "3", "o"]);
+    let produced = python_client(
+        "kafka_client.py",
+        &["produce", &broker.addr, "orders", "90", "3", "o"],
+    );
     let acks = records(&produced, "ACK");
     assert_eq!(acks.len(), 90, "every message acknowledged:\n{produced}");
     let mut per_part: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
@@ -22,19 +25,30 @@ fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
     for (p, offs) in &per_part {
         let mut sorted = offs.clone();
         sorted.sort_unstable();
-        assert_eq!(sorted, (0..30).collect::<Vec<i64>>(), "partition {p}: acknowledged offsets are 0..30");
+        assert_eq!(
+            sorted,
+            (0..30).collect::<Vec<i64>>(),
+            "partition {p}: acknowledged offsets are 0..30"
+        );
     }
 
     // assign(): every acknowledged message at its acknowledged offset.
-    let read = records(&python_client("kafka_client.py", &["assign", &broker.addr, "orders", "3"]), "MSG");
-    let got: BTreeMap<(i32, i64), String> = read.iter().map(|(p, o, v)| ((*p, *o), v.clone())).collect();
+    let read = records(
+        &python_client("kafka_client.py", &["assign", &broker.addr, "orders", "3"]),
+        "MSG",
+    );
+    let got: BTreeMap<(i32, i64), String> =
+        read.iter().map(|(p, o, v)| ((*p, *o), v.clone())).collect();
     assert_eq!(got.len(), 90);
     for (p, off, v) in &acks {
         assert_eq!(got.get(&(*p, *off)), Some(v), "message at {p}/{off}");
     }
 
     // A group consumer reads part of the topic and commits; the commit survives a restart.
-    let first = python_client("kafka_client.py", &["group", &broker.addr, "orders", "billing", "40"]);
+    let first = python_client(
+        "kafka_client.py",
+        &["group", &broker.addr, "orders", "billing", "40"],
+    );
     let first_msgs = records(&first, "MSG");
     assert_eq!(first_msgs.len(), 40, "{first}");
     let committed: Vec<(i32, i64)> = first
@@ -46,36 +60,85 @@ fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
         .collect();
     assert!(!committed.is_empty(), "offsets were committed:\n{first}");
     for (p, off) in &committed {
-        let next = first_msgs.iter().filter(|(mp, _, _)| mp == p).map(|(_, o, _)| o + 1).max().unwrap();
-        assert_eq!(*off, next, "committed offset of partition {p} is the position after the last read");
+        let next = first_msgs
+            .iter()
+            .filter(|(mp, _, _)| mp == p)
+            .map(|(_, o, _)| o + 1)
+            .max()
+            .unwrap();
+        assert_eq!(
+            *off, next,
+            "committed offset of partition {p} is the position after the last read"
+        );
     }
 
     assert!(broker.sigterm().success());
     let broker = broker.restart();
-    let second = python_client("kafka_client.py", &["group", &broker.addr, "orders", "billing", "1000"]);
+    let second = python_client(
+        "kafka_client.py",
+        &["group", &broker.addr, "orders", "billing", "1000"],
+    );
     let second_msgs = records(&second, "MSG");
-    assert_eq!(second_msgs.len(), 50, "the group resumes at its committed offsets:\n{second}");
-    let all: BTreeSet<(i32, i64)> = first_msgs.iter().chain(&second_msgs).map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(
+        second_msgs.len(),
+        50,
+        "the group resumes at its committed offsets:\n{second}"
+    );
+    let all: BTreeSet<(i32, i64)> = first_msgs
+        .iter()
+        .chain(&second_msgs)
+        .map(|(p, o, _)| (*p, *o))
+        .collect();
     assert_eq!(all.len(), 90, "no message read twice, none skipped");
 }
 
 #[test]
 fn deleted_topic_stays_deleted_after_recreate_and_kill9() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&tmp.path().join("data"), &["--wal-sync-mode", "every_write", "--checkpoint-ms", "600000"]);
-    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "churn", "20", "1", "old"]), "ACK");
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--wal-sync-mode",
+            "every_write",
+            "--checkpoint-ms",
+            "600000",
+        ],
+    );
+    let acks = records(
+        &python_client(
+            "kafka_client.py",
+            &["produce", &broker.addr, "churn", "20", "1", "old"],
+        ),
+        "ACK",
+    );
     assert_eq!(acks.len(), 20);
     let out = python_client("kafka_client.py", &["recreate", &broker.addr, "churn", "2"]);
-    assert!(out.contains("DELETED churn") && out.contains("CREATED churn"), "{out}");
-    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "churn", "4", "2", "new"]), "ACK");
+    assert!(
+        out.contains("DELETED churn") && out.contains("CREATED churn"),
+        "{out}"
+    );
+    let acks = records(
+        &python_client(
+            "kafka_client.py",
+            &["produce", &broker.addr, "churn", "4", "2", "new"],
+        ),
+        "ACK",
+    );
     assert_eq!(acks.len(), 4);
     // Crash: the WAL still holds the old topic's entries, which must not come back.
     broker.kill9();
     let broker = broker.restart();
-    let read = records(&python_client("kafka_client.py", &["assign", &broker.addr, "churn", "2"]), "MSG");
+    let read = records(
+        &python_client("kafka_client.py", &["assign", &broker.addr, "churn", "2"]),
+        "MSG",
+    );
     let mut values: Vec<String> = read.iter().map(|(_, _, v)| v.clone()).collect();
     values.sort();
-    assert_eq!(values, vec!["new-0", "new-1", "new-2", "new-3"], "only the recreated topic's data");
+    assert_eq!(
+        values,
+        vec!["new-0", "new-1", "new-2", "new-3"],
+        "only the recreated topic's data"
+    );
     for (p, o, _) in &read {
         assert!(*o < 2, "partition {p}: offsets start again at 0 (got {o})");
     }
@@ -85,51 +148,107 @@ fn deleted_topic_stays_deleted_after_recreate_and_kill9() {
 fn two_group_members_split_the_partitions() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "4"]);
-    let acks = records(&python_client("kafka_client.py", &["produce", &broker.addr, "shared", "40", "4", "s"]), "ACK");
+    let acks = records(
+        &python_client(
+            "kafka_client.py",
+            &["produce", &broker.addr, "shared", "40", "4", "s"],
+        ),
+        "ACK",
+    );
     assert_eq!(acks.len(), 40);
     let addr = broker.addr.clone();
     let members: Vec<_> = (0..2)
         .map(|_| {
             let addr = addr.clone();
-            std::thread::spawn(move || python_client("kafka_client.py", &["group-hold", &addr, "shared", "pair", "8"]))
+            std::thread::spawn(move || {
+                python_client(
+                    "kafka_client.py",
+                    &["group-hold", &addr, "shared", "pair", "8"],
+                )
+            })
         })
         .collect();
     let outputs: Vec<String> = members.into_iter().map(|m| m.join().unwrap()).collect();
     let assignments: Vec<BTreeSet<i32>> = outputs
         .iter()
         .map(|o| {
-            let line = o.lines().find(|l| l.starts_with("ASSIGNMENT")).unwrap_or_else(|| panic!("no assignment printed:\n{o}"));
-            line.split_whitespace().skip(1).map(|p| p.parse().unwrap()).collect()
+            let line = o
+                .lines()
+                .find(|l| l.starts_with("ASSIGNMENT"))
+                .unwrap_or_else(|| panic!("no assignment printed:\n{o}"));
+            line.split_whitespace()
+                .skip(1)
+                .map(|p| p.parse().unwrap())
+                .collect()
         })
         .collect();
-    assert!(!assignments[0].is_empty() && !assignments[1].is_empty(), "both members got partitions: {assignments:?}");
-    assert!(assignments[0].is_disjoint(&assignments[1]), "no partition assigned twice: {assignments:?}");
+    assert!(
+        !assignments[0].is_empty() && !assignments[1].is_empty(),
+        "both members got partitions: {assignments:?}"
+    );
+    assert!(
+        assignments[0].is_disjoint(&assignments[1]),
+        "no partition assigned twice: {assignments:?}"
+    );
     let all: BTreeSet<i32> = assignments[0].union(&assignments[1]).copied().collect();
-    assert_eq!(all, (0..4).collect::<BTreeSet<i32>>(), "every partition assigned");
+    assert_eq!(
+        all,
+        (0..4).collect::<BTreeSet<i32>>(),
+        "every partition assigned"
+    );
 }
 
 #[test]
 fn concurrent_producers_get_distinct_contiguous_offsets() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "2", "--wal-sync-mode", "every_write"]);
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--default-partitions",
+            "2",
+            "--wal-sync-mode",
+            "every_write",
+        ],
+    );
     let producers: Vec<_> = (0..3)
         .map(|i| {
             let addr = broker.addr.clone();
             std::thread::spawn(move || {
-                records(&python_client("kafka_client.py", &["produce", &addr, "busy", "1500", "2", &format!("w{i}")]), "ACK")
+                records(
+                    &python_client(
+                        "kafka_client.py",
+                        &["produce", &addr, "busy", "1500", "2", &format!("w{i}")],
+                    ),
+                    "ACK",
+                )
             })
         })
         .collect();
-    let acked: Vec<(i32, i64, String)> = producers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    let acked: Vec<(i32, i64, String)> = producers
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
     assert_eq!(acked.len(), 4500);
     let slots: BTreeSet<(i32, i64)> = acked.iter().map(|(p, o, _)| (*p, *o)).collect();
     assert_eq!(slots.len(), 4500, "no offset handed out twice");
     for p in 0..2 {
-        let offs: Vec<i64> = slots.iter().filter(|(sp, _)| *sp == p).map(|(_, o)| *o).collect();
-        assert_eq!(offs, (0..2250).collect::<Vec<i64>>(), "partition {p}: contiguous from 0");
+        let offs: Vec<i64> = slots
+            .iter()
+            .filter(|(sp, _)| *sp == p)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(
+            offs,
+            (0..2250).collect::<Vec<i64>>(),
+            "partition {p}: contiguous from 0"
+        );
     }
-    let read = records(&python_client("kafka_client.py", &["assign", &broker.addr, "busy", "2"]), "MSG");
-    let stored: BTreeMap<(i32, i64), String> = read.into_iter().map(|(p, o, v)| ((p, o), v)).collect();
+    let read = records(
+        &python_client("kafka_client.py", &["assign", &broker.addr, "busy", "2"]),
+        "MSG",
+    );
+    let stored: BTreeMap<(i32, i64), String> =
+        read.into_iter().map(|(p, o, v)| ((p, o), v)).collect();
     for (p, o, v) in &acked {
         assert_eq!(stored.get(&(*p, *o)), Some(v));
     }

@@ -234,16 +234,32 @@ fn tolerant_recovery_skips_damaged_synced_data_loudly_and_keeps_the_rest() {
         let all = batches(dir.path());
         // Damage the payload of the 5th batch (entry 5) in the middle of the log.
         let (path, start, _, _) = all[4].clone();
-        let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        f.write_all_at(b"\xff\xff\xff\xff", start + BATCH_HEADER_LEN as u64 + 40).unwrap();
-        assert!(matches!(WalReader::open(dir.path()), Err(Error::Corrupt { .. })), "{backend}: strict mode must refuse");
-        let cfg = WalConfig { recovery_mode: RecoveryMode::TolerateCorruption, ..config(backend, SyncMode::EveryWrite) };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        f.write_all_at(b"\xff\xff\xff\xff", start + BATCH_HEADER_LEN as u64 + 40)
+            .unwrap();
+        assert!(
+            matches!(WalReader::open(dir.path()), Err(Error::Corrupt { .. })),
+            "{backend}: strict mode must refuse"
+        );
+        let cfg = WalConfig {
+            recovery_mode: RecoveryMode::TolerateCorruption,
+            ..config(backend, SyncMode::EveryWrite)
+        };
         let (wal, rec) = open(dir.path(), cfg);
         let seqs: Vec<u64> = rec.iter().map(|e| e.sequence).collect();
         assert_eq!(seqs, (1..=4).chain(6..=20).collect::<Vec<_>>(), "{backend}");
         for e in &rec {
             assert_eq!(&e.data[..], &data_for(e.sequence - 1)[..]);
         }
-        assert_eq!(wal.append("flip", 0, Bytes::from_static(b"next")).wait().unwrap(), 21);
+        assert_eq!(
+            wal.append("flip", 0, Bytes::from_static(b"next"))
+                .wait()
+                .unwrap(),
+            21
+        );
     }
 }

@@ -407,11 +407,22 @@ fn close_releases_the_directory_even_while_clones_exist() {
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
     let (wal, _) = open(dir.path(), cfg.clone());
     let clone = wal.clone();
-    wal.append("c", 0, Bytes::from_static(b"one")).wait().unwrap();
+    wal.append("c", 0, Bytes::from_static(b"one"))
+        .wait()
+        .unwrap();
     wal.close().unwrap();
     let (reopened, rec) = open(dir.path(), cfg);
     assert_eq!(rec.len(), 1);
-    assert!(matches!(clone.append("c", 0, Bytes::from_static(b"x")).wait(), Err(Error::Closed)));
+    assert!(matches!(
+        clone.append("c", 0, Bytes::from_static(b"x")).wait(),
+        Err(Error::Closed)
+    ));
     drop(clone);
-    assert_eq!(reopened.append("c", 0, Bytes::from_static(b"two")).wait().unwrap(), 2);
+    assert_eq!(
+        reopened
+            .append("c", 0, Bytes::from_static(b"two"))
+            .wait()
+            .unwrap(),
+        2
+    );
 }

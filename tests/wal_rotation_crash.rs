@@ -18,7 +18,9 @@ use streamline::wal::{
 fn write(dir: &Path, backend: streamline::wal::BackendKind, n: u64) -> u64 {
     let (wal, _) = open(dir, config(backend, SyncMode::EveryWrite));
     for i in 0..n {
-        wal.append("rot", 0, Bytes::from(payload(i, 900))).wait().unwrap();
+        wal.append("rot", 0, Bytes::from(payload(i, 900)))
+            .wait()
+            .unwrap();
     }
     drop(wal);
     list_archived(dir).unwrap().last().map_or(1, |(n, _)| n + 1)
@@ -39,7 +41,10 @@ fn seal_current(dir: &Path, number: u64, next_sequence: u64) {
         synced_through: next_sequence - 1,
     };
     encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
-    let f = std::fs::OpenOptions::new().write(true).open(dir.join("current.wal")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("current.wal"))
+        .unwrap();
     f.write_all_at(&block, info.valid_end).unwrap();
     f.sync_all().unwrap();
 }
@@ -51,7 +56,13 @@ fn check_full_log_then_append(dir: &Path, backend: streamline::wal::BackendKind,
         assert_eq!(e.sequence, i as u64 + 1);
         assert_eq!(&e.data[..], &payload(i as u64, 900)[..]);
     }
-    assert_eq!(wal.append("rot", 0, Bytes::from_static(b"after")).wait().unwrap(), n + 1, "{backend}");
+    assert_eq!(
+        wal.append("rot", 0, Bytes::from_static(b"after"))
+            .wait()
+            .unwrap(),
+        n + 1,
+        "{backend}"
+    );
     drop(wal);
     let reader = WalReader::open(dir).unwrap();
     assert_eq!(reader.entries_from(1).count() as u64, n + 1);
@@ -64,7 +75,10 @@ fn crash_after_seal_before_renames() {
         let number = write(dir.path(), backend, 40);
         seal_current(dir.path(), number, 41);
         check_full_log_then_append(dir.path(), backend, 40);
-        assert!(archived_path(dir.path(), number).exists(), "{backend}: the sealed file was not archived");
+        assert!(
+            archived_path(dir.path(), number).exists(),
+            "{backend}: the sealed file was not archived"
+        );
     }
 }
 
@@ -75,10 +89,20 @@ fn crash_between_the_two_renames() {
         let number = write(dir.path(), backend, 40);
         seal_current(dir.path(), number, 41);
         // current.wal → 0000000N.wal happened; next.wal → current.wal did not.
-        std::fs::rename(dir.path().join("current.wal"), archived_path(dir.path(), number)).unwrap();
+        std::fs::rename(
+            dir.path().join("current.wal"),
+            archived_path(dir.path(), number),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("next.wal"), vec![0u8; 8192]).unwrap();
         check_full_log_then_append(dir.path(), backend, 40);
-        assert!(!dir.path().join("next.wal").exists() || std::fs::metadata(dir.path().join("next.wal")).unwrap().len() > 8192);
+        assert!(
+            !dir.path().join("next.wal").exists()
+                || std::fs::metadata(dir.path().join("next.wal"))
+                    .unwrap()
+                    .len()
+                    > 8192
+        );
     }
 }
 
@@ -98,14 +122,18 @@ fn a_missing_archived_file_is_reported() {
     let backend = streamline::wal::BackendKind::Std;
     let (wal, _) = open(dir.path(), config(backend, SyncMode::Interval));
     for i in 0..400u64 {
-        wal.append("rot", 0, Bytes::from(payload(i, 2000))).wait().unwrap();
+        wal.append("rot", 0, Bytes::from(payload(i, 2000)))
+            .wait()
+            .unwrap();
     }
     drop(wal);
     let archived = list_archived(dir.path()).unwrap();
     assert!(archived.len() >= 3);
     std::fs::remove_file(&archived[1].1).unwrap();
     match WalReader::open(dir.path()) {
-        Err(streamline::Error::Corrupt { reason, .. }) => assert!(reason.contains("missing"), "{reason}"),
+        Err(streamline::Error::Corrupt { reason, .. }) => {
+            assert!(reason.contains("missing"), "{reason}")
+        }
         other => panic!("expected a missing-file error, got {:?}", other.map(|_| ())),
     }
 }

@@ -159,7 +159,10 @@ fn sync_requested_while_writes_are_in_flight_is_answered_without_further_appends
         for mode in [SyncMode::OsDefault, SyncMode::Interval] {
             let dir = tempfile::tempdir().unwrap();
             // A long interval: only the sync() itself may make the data durable.
-            let cfg = WalConfig { sync_interval_ms: 60_000, ..config(backend, mode) };
+            let cfg = WalConfig {
+                sync_interval_ms: 60_000,
+                ..config(backend, mode)
+            };
             let (wal, _) = open(dir.path(), cfg);
             for round in 0..50 {
                 // The append's write is typically still in flight when sync() arrives.
@@ -170,9 +173,14 @@ fn sync_requested_while_writes_are_in_flight_is_answered_without_further_appends
                 std::thread::spawn(move || tx.send(s.wait()));
                 let synced = rx
                     .recv_timeout(Duration::from_secs(10))
-                    .unwrap_or_else(|_| panic!("{backend} {mode}: sync() stranded in round {round}"))
+                    .unwrap_or_else(|_| {
+                        panic!("{backend} {mode}: sync() stranded in round {round}")
+                    })
                     .unwrap();
-                assert!(synced >= seq, "{backend} {mode}: sync() reported {synced} before {seq}");
+                assert!(
+                    synced >= seq,
+                    "{backend} {mode}: sync() reported {synced} before {seq}"
+                );
             }
         }
     }

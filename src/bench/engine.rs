@@ -103,11 +103,15 @@ pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
         #[cfg(feature = "compare")]
         EngineKind::Okaywal => Ok(Box::new(compare::OkayWalEngine::open(dir)?)),
         #[cfg(feature = "compare")]
-        EngineKind::RaftEngine => Ok(Box::new(compare::RaftEngineEngine::open(dir, spec.wal.max_file_size)?)),
+        EngineKind::RaftEngine => Ok(Box::new(compare::RaftEngineEngine::open(
+            dir,
+            spec.wal.max_file_size,
+        )?)),
         #[cfg(not(feature = "compare"))]
-        EngineKind::Okaywal | EngineKind::RaftEngine => {
-            Err(format!("--engine {} needs a build with --features compare", spec.engine))
-        }
+        EngineKind::Okaywal | EngineKind::RaftEngine => Err(format!(
+            "--engine {} needs a build with --features compare",
+            spec.engine
+        )),
     }
 }
 
@@ -213,11 +217,19 @@ impl Engine for FileEngine {
     }
 
     fn backend(&self) -> String {
-        if self.sync { "pwrite+fdatasync" } else { "pwrite" }.to_string()
+        if self.sync {
+            "pwrite+fdatasync"
+        } else {
+            "pwrite"
+        }
+        .to_string()
     }
 
     fn close(self: Box<Self>) -> Result<(), String> {
-        let g = self.file.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let g = self
+            .file
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.sync {
             g.0.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
         }
@@ -243,15 +255,23 @@ mod compare {
 
     impl OkayWalEngine {
         pub(super) fn open(dir: &Path) -> Result<Self, String> {
-            let wal =
-                okaywal::WriteAheadLog::recover(dir, okaywal::LogVoid).map_err(|e| format!("okaywal open: {e}"))?;
+            let wal = okaywal::WriteAheadLog::recover(dir, okaywal::LogVoid)
+                .map_err(|e| format!("okaywal open: {e}"))?;
             Ok(OkayWalEngine { wal })
         }
 
         fn write(&self, data: &[u8]) -> Result<(), String> {
-            let mut entry = self.wal.begin_entry().map_err(|e| format!("okaywal begin_entry: {e}"))?;
-            entry.write_chunk(data).map_err(|e| format!("okaywal write_chunk: {e}"))?;
-            entry.commit().map(|_| ()).map_err(|e| format!("okaywal commit: {e}"))
+            let mut entry = self
+                .wal
+                .begin_entry()
+                .map_err(|e| format!("okaywal begin_entry: {e}"))?;
+            entry
+                .write_chunk(data)
+                .map_err(|e| format!("okaywal write_chunk: {e}"))?;
+            entry
+                .commit()
+                .map(|_| ())
+                .map_err(|e| format!("okaywal commit: {e}"))
         }
     }
 
@@ -269,7 +289,9 @@ mod compare {
         }
 
         fn close(self: Box<Self>) -> Result<(), String> {
-            self.wal.shutdown().map_err(|e| format!("okaywal shutdown: {e}"))
+            self.wal
+                .shutdown()
+                .map_err(|e| format!("okaywal shutdown: {e}"))
         }
     }
 
@@ -287,14 +309,20 @@ mod compare {
                 target_file_size: raft_engine::ReadableSize(file_size),
                 ..raft_engine::Config::default()
             };
-            let engine = raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine open: {e}"))?;
+            let engine =
+                raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine open: {e}"))?;
             Ok(RaftEngineEngine { engine })
         }
 
         fn write(&self, writer: usize, data: &[u8]) -> Result<(), String> {
             let mut batch = raft_engine::LogBatch::with_capacity(1);
-            batch.put(writer as u64 + 1, b"k".to_vec(), data.to_vec()).map_err(|e| format!("raft-engine put: {e}"))?;
-            self.engine.write(&mut batch, true).map(|_| ()).map_err(|e| format!("raft-engine write: {e}"))
+            batch
+                .put(writer as u64 + 1, b"k".to_vec(), data.to_vec())
+                .map_err(|e| format!("raft-engine put: {e}"))?;
+            self.engine
+                .write(&mut batch, true)
+                .map(|_| ())
+                .map_err(|e| format!("raft-engine write: {e}"))
         }
     }
 
@@ -312,7 +340,9 @@ mod compare {
         }
 
         fn close(self: Box<Self>) -> Result<(), String> {
-            self.engine.sync().map_err(|e| format!("raft-engine sync: {e}"))
+            self.engine
+                .sync()
+                .map_err(|e| format!("raft-engine sync: {e}"))
         }
     }
 }

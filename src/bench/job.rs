@@ -141,28 +141,41 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a byte count (examples: 1024, 4k, 64KiB, 1M)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (examples: 1024, 4k, 64KiB, 1M)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("`{s}` has an unknown unit (accepted: none, k, KiB, m, MiB, g, GiB)")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit (accepted: none, k, KiB, m, MiB, g, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 impl FromStr for RecordSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let to_usize =
-            |v: &str| parse_bytes(v).and_then(|n| usize::try_from(n).map_err(|_| format!("`{v}` is too large")));
+        let to_usize = |v: &str| {
+            parse_bytes(v)
+                .and_then(|n| usize::try_from(n).map_err(|_| format!("`{v}` is too large")))
+        };
         if let Some((a, b)) = s.split_once("..") {
             let (min, max) = (to_usize(a)?, to_usize(b.trim_start_matches('='))?);
             if min > max {
                 return Err(format!("record size range `{s}` is empty: {min} > {max}"));
             }
-            Ok(if min == max { RecordSize::Fixed(min) } else { RecordSize::Range { min, max } })
+            Ok(if min == max {
+                RecordSize::Fixed(min)
+            } else {
+                RecordSize::Range { min, max }
+            })
         } else {
             Ok(RecordSize::Fixed(to_usize(s)?))
         }
@@ -179,7 +192,10 @@ fn bytes_usize(s: &str) -> Result<usize, String> {
 
 /// Parses seconds as a float: `2`, `0.5`, `1.5s`.
 fn seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim_end_matches('s').parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let v: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("`{s}` must be a non-negative number of seconds"));
     }
@@ -263,17 +279,19 @@ impl JobArgs {
     /// A message naming the bad key or value.
     pub fn parse_job(spec: &str) -> Result<JobArgs, String> {
         let mut argv: Vec<String> = Vec::new();
-        for tok in spec.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()) {
+        for tok in spec
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+        {
             let tok = tok.trim_start_matches("--");
             match tok.split_once('=') {
                 Some((k, v)) => {
                     argv.push(format!("--{}", k.replace('_', "-")));
                     argv.push(v.to_string());
                 }
-                None if argv
-                    .last()
-                    .is_some_and(|a| a.starts_with("--") && !is_flag_name(a.trim_start_matches("--")))
-                    && !is_flag_name(tok) =>
+                None if argv.last().is_some_and(|a| {
+                    a.starts_with("--") && !is_flag_name(a.trim_start_matches("--"))
+                }) && !is_flag_name(tok) =>
                 {
                     // The value of a `--key value` pair.
                     argv.push(tok.to_string());
@@ -283,7 +301,12 @@ impl JobArgs {
         }
         JobLine::try_parse_from(&argv).map(|l| l.args).map_err(|e| {
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid job").trim_start_matches("error: ").to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid job")
+                .trim_start_matches("error: ")
+                .to_string();
             format!("job `{spec}`: {first}")
         })
     }
@@ -308,7 +331,11 @@ impl JobArgs {
     /// This job's values, with `base`'s where this one has none. `--duration` and
     /// `--records` count as one setting: a job naming either replaces both.
     pub fn merged_over(&self, base: &JobArgs) -> JobArgs {
-        let stop_from = if self.duration.is_some() || self.records.is_some() { self } else { base };
+        let stop_from = if self.duration.is_some() || self.records.is_some() {
+            self
+        } else {
+            base
+        };
         JobArgs {
             dir: self.dir.clone().or_else(|| base.dir.clone()),
             engine: self.engine.or(base.engine),
@@ -347,7 +374,9 @@ impl JobArgs {
             return Err("--writers must be at least 1".into());
         }
         if writers > 4096 {
-            return Err(format!("--writers {writers} is more than the 4096 supported"));
+            return Err(format!(
+                "--writers {writers} is more than the 4096 supported"
+            ));
         }
         let queue_depth = self.queue_depth.unwrap_or(1);
         if queue_depth == 0 {
@@ -363,7 +392,9 @@ impl JobArgs {
             return Err("--record-size must be at least 1 byte".into());
         }
         let stop = match (self.duration, self.records) {
-            (Some(_), Some(_)) => return Err("give either --duration or --records, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err("give either --duration or --records, not both".into())
+            }
             (_, Some(0)) => return Err("--records must be at least 1".into()),
             (_, Some(n)) => Stop::Records(n),
             (d, None) => {
@@ -396,7 +427,9 @@ impl JobArgs {
         }
         let max_file_size = self.max_file_size.unwrap_or(defaults.max_file_size);
         if max_file_size < WalConfig::MIN_FILE_SIZE || max_file_size % 4096 != 0 {
-            return Err(format!("--max-file-size {max_file_size} must be a multiple of 4096 and at least 64 KiB"));
+            return Err(format!(
+                "--max-file-size {max_file_size} must be a multiple of 4096 and at least 64 KiB"
+            ));
         }
         let overhead = (2 * format::BLOCK_SIZE + format::BATCH_HEADER_LEN) as u64;
         let largest = format::entry_len(BENCH_TOPIC.len(), record_size.max()) as u64;
@@ -420,11 +453,15 @@ impl JobArgs {
             ..defaults
         };
         if engine == EngineKind::Streamline {
-            wal.validate().map_err(|e| format!("invalid WAL settings: {e}"))?;
+            wal.validate()
+                .map_err(|e| format!("invalid WAL settings: {e}"))?;
         }
         let warmup = Duration::from_secs_f64(self.warmup.unwrap_or(0.0));
         Ok(JobSpec {
-            dir: self.dir.clone().unwrap_or_else(|| PathBuf::from("bench-data")),
+            dir: self
+                .dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("bench-data")),
             engine,
             writers,
             record_size,
@@ -535,8 +572,10 @@ impl Cli {
             raw.push(JobArgs::parse_job(spec)?);
         }
         if let Some(path) = &self.job_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("--job-file {}: {e}", path.display()))?;
-            let jobs = JobArgs::parse_job_file(&text).map_err(|e| format!("--job-file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--job-file {}: {e}", path.display()))?;
+            let jobs = JobArgs::parse_job_file(&text)
+                .map_err(|e| format!("--job-file {}: {e}", path.display()))?;
             if jobs.is_empty() {
                 return Err(format!("--job-file {} holds no job", path.display()));
             }
@@ -555,7 +594,10 @@ impl Cli {
                 }
             })?;
             if spec.dir.exists() && !spec.dir.is_dir() {
-                return Err(format!("--dir {} exists and is not a directory", spec.dir.display()));
+                return Err(format!(
+                    "--dir {} exists and is not a directory",
+                    spec.dir.display()
+                ));
             }
             out.push(spec);
         }

@@ -29,7 +29,10 @@ pub fn hist_path(path: &Path, index: usize, jobs: usize) -> PathBuf {
     if jobs <= 1 {
         return path.to_path_buf();
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "hist".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "hist".into());
     let name = match path.extension() {
         Some(ext) => format!("{stem}-{index}.{}", ext.to_string_lossy()),
         None => format!("{stem}-{index}"),
@@ -58,7 +61,11 @@ use std::fmt::Write as _;
 ///
 /// # Errors
 /// Invalid options (before any file is created) or the first failed job, as text.
-pub fn run_cli(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Vec<JobReport>, String> {
+pub fn run_cli(
+    cli: &Cli,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Vec<JobReport>, String> {
     let jobs = cli.resolve_jobs()?;
     let mut reports = Vec::with_capacity(jobs.len());
     let mut hists = Vec::with_capacity(jobs.len());
@@ -68,15 +75,18 @@ pub fn run_cli(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ve
         let result = run_job(index, spec, progress)?;
         let report = JobReport::from_result(&result);
         if cli.output_format == OutputFormat::Json {
-            writeln!(out, "{}", report.to_json_line()).map_err(|e| format!("writing the report: {e}"))?;
+            writeln!(out, "{}", report.to_json_line())
+                .map_err(|e| format!("writing the report: {e}"))?;
             let _ = out.flush();
         }
         if let Some(path) = &cli.hist_file {
             let p = hist_path(path, index, jobs.len());
-            std::fs::write(&p, report::hgrm(&result.hist)).map_err(|e| format!("--hist-file {}: {e}", p.display()))?;
+            std::fs::write(&p, report::hgrm(&result.hist))
+                .map_err(|e| format!("--hist-file {}: {e}", p.display()))?;
         }
         if cli.cleanup {
-            std::fs::remove_dir_all(&result.dir).map_err(|e| format!("--cleanup {}: {e}", result.dir.display()))?;
+            std::fs::remove_dir_all(&result.dir)
+                .map_err(|e| format!("--cleanup {}: {e}", result.dir.display()))?;
             if let Some(parent) = result.dir.parent() {
                 // Only removes the parent when no other files are left in it.
                 let _ = std::fs::remove_dir(parent);
@@ -86,10 +96,12 @@ pub fn run_cli(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ve
         reports.push(report);
     }
     if cli.output_format == OutputFormat::Table {
-        write!(out, "{}", report::table(&reports)).map_err(|e| format!("writing the report: {e}"))?;
+        write!(out, "{}", report::table(&reports))
+            .map_err(|e| format!("writing the report: {e}"))?;
     }
     if let Some(path) = &cli.plot {
-        let series: Vec<(String, &hdrhistogram::Histogram<u64>)> = hists.iter().map(|(l, h)| (l.clone(), h)).collect();
+        let series: Vec<(String, &hdrhistogram::Histogram<u64>)> =
+            hists.iter().map(|(l, h)| (l.clone(), h)).collect();
         std::fs::write(path, plot::svg("latency per acknowledged append", &series))
             .map_err(|e| format!("--plot {}: {e}", path.display()))?;
     }

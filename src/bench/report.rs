@@ -181,7 +181,11 @@ impl JobReport {
             fsyncs: r.counters.fsyncs,
             fsyncs_per_sec: r.counters.fsyncs.map(|f| per_sec(f as f64).round()),
             batches: r.counters.batches,
-            records_per_batch_mean: r.counters.batches.filter(|&b| b > 0).map(|b| round2(r.records as f64 / b as f64)),
+            records_per_batch_mean: r
+                .counters
+                .batches
+                .filter(|&b| b > 0)
+                .map(|b| round2(r.records as f64 / b as f64)),
             records_per_batch_max: r.counters.max_batch_records,
             bytes_written: r.counters.bytes_written,
             latency_us: LatencyUs::from_hist(&r.hist),
@@ -191,7 +195,10 @@ impl JobReport {
             } else {
                 None
             },
-            cpu_cores_busy: r.cpu.filter(|_| secs > 0.0).map(|c| round2(c.process.as_secs_f64() / secs)),
+            cpu_cores_busy: r
+                .cpu
+                .filter(|_| secs > 0.0)
+                .map(|c| round2(c.process.as_secs_f64() / secs)),
             peak_rss_bytes: r.peak_rss_bytes,
             recovery: r.recovery.map(|rec| {
                 let mb = rec.wal_bytes as f64 / 1e6;
@@ -285,19 +292,32 @@ pub fn table(reports: &[JobReport]) -> String {
             .iter()
             .zip(&widths)
             .enumerate()
-            .map(|(i, (c, w))| if (1..4).contains(&i) { format!("{c:<w$}") } else { format!("{c:>w$}") })
+            .map(|(i, (c, w))| {
+                if (1..4).contains(&i) {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
             .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     };
-    line(&mut out, &header.iter().map(|s| (*s).to_string()).collect::<Vec<_>>());
+    line(
+        &mut out,
+        &header.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(),
+    );
     for row in &rows {
         line(&mut out, row);
     }
-    let recs: Vec<(usize, &RecoveryReport)> =
-        reports.iter().filter_map(|r| r.recovery.as_ref().map(|x| (r.job, x))).collect();
+    let recs: Vec<(usize, &RecoveryReport)> = reports
+        .iter()
+        .filter_map(|r| r.recovery.as_ref().map(|x| (r.job, x)))
+        .collect();
     if !recs.is_empty() {
-        out.push_str("\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache\n");
+        out.push_str(
+            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache\n",
+        );
         for (job, x) in recs {
             let _ = writeln!(
                 out,
@@ -319,7 +339,11 @@ pub fn table(reports: &[JobReport]) -> String {
 /// `HistogramLogProcessor` and the online plotters read it.
 pub fn hgrm(h: &Histogram<u64>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
     let mut total = 0u64;
     if !h.is_empty() {
         for v in h.iter_quantiles(5) {
@@ -327,17 +351,40 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
             let q = v.quantile_iterated_to();
             let value = h.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0;
             if q < 1.0 {
-                let _ = writeln!(out, "{value:>12.3} {q:>14.12} {total:>10} {:>14.2}", 1.0 / (1.0 - q));
+                let _ = writeln!(
+                    out,
+                    "{value:>12.3} {q:>14.12} {total:>10} {:>14.2}",
+                    1.0 / (1.0 - q)
+                );
             } else {
                 let _ = writeln!(out, "{value:>12.3} {q:>14.12} {total:>10}",);
             }
         }
     }
-    let (mean, sd, max) =
-        if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean() / 1000.0, h.stdev() / 1000.0, h.max() as f64 / 1000.0) };
-    let _ = writeln!(out, "#[Mean    = {mean:>12.3}, StdDeviation   = {sd:>12.3}]");
-    let _ = writeln!(out, "#[Max     = {max:>12.3}, Total count    = {:>12}]", h.len());
-    let _ = writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", h.buckets(), h.distinct_values());
+    let (mean, sd, max) = if h.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        (
+            h.mean() / 1000.0,
+            h.stdev() / 1000.0,
+            h.max() as f64 / 1000.0,
+        )
+    };
+    let _ = writeln!(
+        out,
+        "#[Mean    = {mean:>12.3}, StdDeviation   = {sd:>12.3}]"
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {max:>12.3}, Total count    = {:>12}]",
+        h.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
     out
 }
 
@@ -361,9 +408,15 @@ mod tests {
         }
         let text = hgrm(&h);
         assert!(text.contains("Total count    =         1000"), "{text}");
-        let last_data = text.lines().rfind(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
+        let last_data = text
+            .lines()
+            .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .unwrap();
         let cols: Vec<&str> = last_data.split_whitespace().collect();
-        assert_eq!(cols[2], "1000", "cumulative count reaches the total: {last_data}");
+        assert_eq!(
+            cols[2], "1000",
+            "cumulative count reaches the total: {last_data}"
+        );
         let v: f64 = cols[0].parse().unwrap();
         assert!((999.0..=1001.0).contains(&v), "max value in µs: {v}");
     }

@@ -172,15 +172,23 @@ fn writer_loop(
     queue_depth: usize,
 ) -> WriterOut {
     let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ ((w as u64 + 1) * 0x9E37_79B9));
-    let mut out = WriterOut { records: 0, bytes: 0, last_ack: None };
+    let mut out = WriterOut {
+        records: 0,
+        bytes: 0,
+        last_ack: None,
+    };
     let mut queue: VecDeque<(Instant, bool, usize, Pending)> = VecDeque::with_capacity(queue_depth);
     let span = pool.len() - size.max();
     let mut record = |measured: bool, len: usize, started: Instant, now: Instant| {
         if !measured {
             return;
         }
-        let ns = u64::try_from(now.duration_since(started).as_nanos()).unwrap_or(u64::MAX).max(1);
-        hist.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(ns);
+        let ns = u64::try_from(now.duration_since(started).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        hist.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .saturating_record(ns);
         out.records += 1;
         out.bytes += len as u64;
         out.last_ack = Some(now);
@@ -189,7 +197,9 @@ fn writer_loop(
     };
     loop {
         while queue.len() < queue_depth {
-            let Some(measured) = shared.next_issue() else { break };
+            let Some(measured) = shared.next_issue() else {
+                break;
+            };
             let len = match size {
                 RecordSize::Fixed(n) => n,
                 RecordSize::Range { min, max } => min + rng.below(max - min + 1),
@@ -200,7 +210,9 @@ fn writer_loop(
             let p = engine.append(w, data);
             queue.push_back((started, measured, len, p));
         }
-        let Some((started, measured, len, p)) = queue.pop_front() else { break };
+        let Some((started, measured, len, p)) = queue.pop_front() else {
+            break;
+        };
         if let Err(e) = p.wait() {
             shared.fail(format!("writer {w}: append failed: {e}"));
             for (_, _, _, p) in queue.drain(..) {
@@ -212,7 +224,9 @@ fn writer_loop(
         record(measured, len, started, now);
         // Acks come in order: later appends already done were acknowledged by now too.
         while queue.front().is_some_and(|q| q.3.is_done()) {
-            let Some((started, measured, len, p)) = queue.pop_front() else { break };
+            let Some((started, measured, len, p)) = queue.pop_front() else {
+                break;
+            };
             if let Err(e) = p.wait() {
                 shared.fail(format!("writer {w}: append failed: {e}"));
                 break;
@@ -239,7 +253,11 @@ fn prepare_dir(dir: &Path) -> Result<(), String> {
 ///
 /// # Errors
 /// Engine open, append or close errors, as text.
-pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -> Result<JobResult, String> {
+pub fn run_job(
+    index: usize,
+    spec: &JobSpec,
+    progress: Option<&mut dyn Write>,
+) -> Result<JobResult, String> {
     let dir = job_dir(spec, index);
     prepare_dir(&dir)?;
     let engine = engine::open(spec, &dir)?;
@@ -248,9 +266,14 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
     // A few shared shards rather than one histogram per writer: each histogram is
     // ~230 KB, which at 256 writers would dominate the peak RSS being measured.
     let shards = spec.writers.min(HIST_SHARDS);
-    let hists: Vec<Mutex<Histogram<u64>>> = (0..shards).map(|_| Mutex::new(new_histogram())).collect();
+    let hists: Vec<Mutex<Histogram<u64>>> =
+        (0..shards).map(|_| Mutex::new(new_histogram())).collect();
     let shared = Shared {
-        phase: AtomicU8::new(if spec.warmup.is_zero() { MEASURE } else { WARMUP }),
+        phase: AtomicU8::new(if spec.warmup.is_zero() {
+            MEASURE
+        } else {
+            WARMUP
+        }),
         claimed: AtomicU64::new(0),
         limit: match spec.stop {
             Stop::Records(n) => Some(n),
@@ -274,7 +297,15 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
                 .name(format!("bench-writer-{w}"))
                 .stack_size(256 * 1024)
                 .spawn_scoped(s, move || {
-                    writer_loop(w, engine_ref, shared, hist, pool, spec.record_size, spec.queue_depth)
+                    writer_loop(
+                        w,
+                        engine_ref,
+                        shared,
+                        hist,
+                        pool,
+                        spec.record_size,
+                        spec.queue_depth,
+                    )
                 });
             match h {
                 Ok(h) => handles.push(h),
@@ -289,17 +320,38 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
             before_counters = engine_ref.counters();
             before_cpu = sys::cpu_sample();
             start = Instant::now();
-            let _ = shared.phase.compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
+            let _ =
+                shared
+                    .phase
+                    .compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
         }
         monitor(index, spec, &shared, &hists, start, progress);
-        handles.into_iter().map(|h| h.join().unwrap_or(WriterOut { records: 0, bytes: 0, last_ack: None })).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or(WriterOut {
+                    records: 0,
+                    bytes: 0,
+                    last_ack: None,
+                })
+            })
+            .collect()
     });
     let after_counters = engine.counters();
     let after_cpu = sys::cpu_sample();
     let peak_rss_bytes = sys::peak_rss_bytes();
-    let end = outs.iter().filter_map(|o| o.last_ack).max().unwrap_or(start);
+    let end = outs
+        .iter()
+        .filter_map(|o| o.last_ack)
+        .max()
+        .unwrap_or(start);
     let close = engine.close();
-    if let Some(e) = shared.error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    if let Some(e) = shared
+        .error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         return Err(e);
     }
     close?;
@@ -307,9 +359,14 @@ pub fn run_job(index: usize, spec: &JobSpec, progress: Option<&mut dyn Write>) -
     let mut hist = new_histogram();
     for h in hists {
         let h = h.into_inner().unwrap_or_else(PoisonError::into_inner);
-        hist.add(&h).map_err(|e| format!("merging histograms: {e:?}"))?;
+        hist.add(&h)
+            .map_err(|e| format!("merging histograms: {e:?}"))?;
     }
-    let recovery = if spec.reopen { Some(reopen(spec, &dir)?) } else { None };
+    let recovery = if spec.reopen {
+        Some(reopen(spec, &dir)?)
+    } else {
+        None
+    };
     Ok(JobResult {
         index,
         spec: spec.clone(),
@@ -362,7 +419,11 @@ fn monitor(
                 for h in hists {
                     let _ = merged.add(&*h.lock().unwrap_or_else(PoisonError::into_inner));
                 }
-                let p99 = if merged.is_empty() { 0.0 } else { merged.value_at_quantile(0.99) as f64 / 1000.0 };
+                let p99 = if merged.is_empty() {
+                    0.0
+                } else {
+                    merged.value_at_quantile(0.99) as f64 / 1000.0
+                };
                 let _ = writeln!(
                     out,
                     "[job {index} {}] {:>4.0}s  {:>10.0} rec/s  {:>8.1} MB/s  p99 {:>9.1} us (so far)",
@@ -401,6 +462,13 @@ fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
         entries += 1;
     }
     let replay = t1.elapsed();
-    wal.close().map_err(|e| format!("closing after reopen: {e}"))?;
-    Ok(RecoveryResult { open, replay, entries, wal_bytes, cold })
+    wal.close()
+        .map_err(|e| format!("closing after reopen: {e}"))?;
+    Ok(RecoveryResult {
+        open,
+        replay,
+        entries,
+        wal_bytes,
+        cold,
+    })
 }

@@ -59,7 +59,10 @@ pub fn cpu_sample() -> Option<CpuSample> {
             }
         }
     }
-    Some(CpuSample { process, wal_threads })
+    Some(CpuSample {
+        process,
+        wal_threads,
+    })
 }
 
 /// Peak resident set size of the process (`VmHWM`), in bytes.
@@ -71,7 +74,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Reads a `Name:   1234 kB` field of `/proc/self/status` as bytes.
 pub fn parse_kib_field(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
-    let kib: u64 = line.get(name.len()..)?.split_whitespace().next()?.parse().ok()?;
+    let kib: u64 = line
+        .get(name.len()..)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     Some(kib * 1024)
 }
 
@@ -84,7 +92,9 @@ pub fn reset_peak_rss() -> bool {
 /// Writes back dirty pages and drops the clean page cache
 /// (`/proc/sys/vm/drop_caches`). Returns false where that is not permitted.
 pub fn drop_page_cache() -> bool {
-    let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    let synced = std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success());
     synced && std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
 }
 

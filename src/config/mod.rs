@@ -76,7 +76,10 @@ impl Default for Config {
                 segment_bytes: 256 * 1024 * 1024,
                 checkpoint_interval_ms: 5000,
             },
-            wal: WalSettings { enabled: true, engine: WalConfig::default() },
+            wal: WalSettings {
+                enabled: true,
+                engine: WalConfig::default(),
+            },
         }
     }
 }
@@ -92,26 +95,53 @@ impl Config {
     /// # Errors
     /// [`Error::InvalidConfig`] for the first invalid value.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: String, reason: &str| Err(Error::InvalidConfig { field, value, reason: reason.to_string() });
+        let bad = |field, value: String, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
         if self.storage.default_partitions < 1 || self.storage.default_partitions > 10_000 {
-            return bad("--default-partitions", self.storage.default_partitions.to_string(), "accepted values: 1 to 10000");
+            return bad(
+                "--default-partitions",
+                self.storage.default_partitions.to_string(),
+                "accepted values: 1 to 10000",
+            );
         }
         if self.storage.segment_bytes < 4096 || self.storage.segment_bytes > u64::from(u32::MAX) {
-            return bad("--segment-bytes", self.storage.segment_bytes.to_string(), "accepted values: 4096 to 4294967295");
+            return bad(
+                "--segment-bytes",
+                self.storage.segment_bytes.to_string(),
+                "accepted values: 4096 to 4294967295",
+            );
         }
         if self.storage.checkpoint_interval_ms == 0 {
             return bad("--checkpoint-ms", "0".into(), "accepted values: 1 or more");
         }
-        if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > i32::MAX as usize {
-            return bad("--max-request-bytes", self.server.max_request_bytes.to_string(), "accepted values: 1024 to 2147483647");
+        if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > i32::MAX as usize
+        {
+            return bad(
+                "--max-request-bytes",
+                self.server.max_request_bytes.to_string(),
+                "accepted values: 1024 to 2147483647",
+            );
         }
         if let Some(a) = &self.server.advertised_addr {
             if parse_host_port(a).is_none() {
-                return bad("--advertised-addr", a.clone(), "accepted values: HOST:PORT with a port from 1 to 65535");
+                return bad(
+                    "--advertised-addr",
+                    a.clone(),
+                    "accepted values: HOST:PORT with a port from 1 to 65535",
+                );
             }
         }
         if self.storage.data_dir.as_os_str().is_empty() {
-            return bad("--data-dir", String::new(), "accepted values: a non-empty path");
+            return bad(
+                "--data-dir",
+                String::new(),
+                "accepted values: a non-empty path",
+            );
         }
         self.wal.engine.validate()
     }
@@ -137,18 +167,23 @@ fn parse_bool(s: &str) -> std::result::Result<bool, String> {
 }
 
 fn parse_sync_mode(s: &str) -> std::result::Result<SyncMode, String> {
-    s.parse::<SyncMode>().map_err(|_| format!("accepted values: {}", SyncMode::NAMES))
+    s.parse::<SyncMode>()
+        .map_err(|_| format!("accepted values: {}", SyncMode::NAMES))
 }
 
 fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
-    s.parse::<BackendKind>().map_err(|_| format!("accepted values: {}", BackendKind::NAMES))
+    s.parse::<BackendKind>()
+        .map_err(|_| format!("accepted values: {}", BackendKind::NAMES))
 }
 
 /// Parses a byte size: a plain number, or one with a `k`, `m` or `g` suffix (binary units,
 /// an optional trailing `b`/`ib`).
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t);
     let (num, mul) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('m') => (&t[..t.len() - 1], 1 << 20),
@@ -159,20 +194,36 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| "accepted values: a byte count such as 104857600, 64k, 100m or 1g".to_string())
+        .ok_or_else(|| {
+            "accepted values: a byte count such as 104857600, 64k, 100m or 1g".to_string()
+        })
 }
 
 /// The `streamline` command line. Every flag can also be set with the environment
 /// variable shown in `--help`.
 #[derive(Debug, Parser)]
-#[command(name = "streamline", version, about = "A single-node, Kafka-compatible streaming broker with a group-commit write-ahead log")]
+#[command(
+    name = "streamline",
+    version,
+    about = "A single-node, Kafka-compatible streaming broker with a group-commit write-ahead log"
+)]
 pub struct Cli {
     /// Directory holding topics, groups and the WAL (in <data-dir>/wal).
-    #[arg(long, env = "STREAMLINE_DATA_DIR", default_value = "./data", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "STREAMLINE_DATA_DIR",
+        default_value = "./data",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// Address to listen on for Kafka clients (port 0 picks a free port).
-    #[arg(long, env = "STREAMLINE_LISTEN", default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "STREAMLINE_LISTEN",
+        default_value = "127.0.0.1:9092",
+        value_name = "HOST:PORT"
+    )]
     pub listen: SocketAddr,
 
     /// Address advertised to clients in Metadata (default: the bound listen address).
@@ -188,7 +239,12 @@ pub struct Cli {
     pub wal_enabled: bool,
 
     /// Longest time between two fdatasyncs of the WAL in interval mode, in milliseconds.
-    #[arg(long, env = "STREAMLINE_WAL_SYNC_MS", default_value_t = 100, value_name = "MS")]
+    #[arg(
+        long,
+        env = "STREAMLINE_WAL_SYNC_MS",
+        default_value_t = 100,
+        value_name = "MS"
+    )]
     pub wal_sync_ms: u64,
 
     /// When a produce is acknowledged: interval, every_write (after fdatasync) or os_default.
@@ -200,7 +256,12 @@ pub struct Cli {
     pub wal_max_file_size: u64,
 
     /// Archived WAL files kept even when a checkpoint covers them.
-    #[arg(long, env = "STREAMLINE_WAL_RETENTION_FILES", default_value_t = 2, value_name = "N")]
+    #[arg(
+        long,
+        env = "STREAMLINE_WAL_RETENTION_FILES",
+        default_value_t = 2,
+        value_name = "N"
+    )]
     pub wal_retention_files: usize,
 
     /// WAL I/O backend: auto, uring or std.
@@ -208,7 +269,12 @@ pub struct Cli {
     pub wal_backend: BackendKind,
 
     /// Partitions of auto-created topics (and of CreateTopics asking for -1).
-    #[arg(long, env = "STREAMLINE_DEFAULT_PARTITIONS", default_value_t = 1, value_name = "N")]
+    #[arg(
+        long,
+        env = "STREAMLINE_DEFAULT_PARTITIONS",
+        default_value_t = 1,
+        value_name = "N"
+    )]
     pub default_partitions: i32,
 
     /// Create unknown topics when a client's Metadata request allows it.
@@ -220,7 +286,12 @@ pub struct Cli {
     pub segment_bytes: u64,
 
     /// Interval between checkpoints (fsync segments, then checkpoint the WAL), in milliseconds.
-    #[arg(long, env = "STREAMLINE_CHECKPOINT_MS", default_value_t = 5000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "STREAMLINE_CHECKPOINT_MS",
+        default_value_t = 5000,
+        value_name = "MS"
+    )]
     pub checkpoint_ms: u64,
 }
 
@@ -262,7 +333,9 @@ mod tests {
     fn parse(args: &[&str]) -> std::result::Result<Config, String> {
         let mut v = vec!["streamline"];
         v.extend_from_slice(args);
-        Cli::try_parse_from(v).map(Cli::into_config).map_err(|e| e.to_string())
+        Cli::try_parse_from(v)
+            .map(Cli::into_config)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -289,7 +362,10 @@ mod tests {
     #[test]
     fn bad_bool_and_size_are_rejected() {
         let e = parse(&["--wal-enabled", "maybe"]).expect_err("rejected");
-        assert!(e.contains("--wal-enabled") && e.contains("true, false"), "{e}");
+        assert!(
+            e.contains("--wal-enabled") && e.contains("true, false"),
+            "{e}"
+        );
         let e = parse(&["--wal-max-file-size", "lots"]).expect_err("rejected");
         assert!(e.contains("--wal-max-file-size"), "{e}");
     }
@@ -298,11 +374,22 @@ mod tests {
     fn validate_names_the_flag() {
         let c = parse(&["--wal-max-file-size", "1000"]).expect("parses");
         let e = c.validate().expect_err("too small").to_string();
-        assert!(e.contains("--wal-max-file-size") && e.contains("4096"), "{e}");
+        assert!(
+            e.contains("--wal-max-file-size") && e.contains("4096"),
+            "{e}"
+        );
         let c = parse(&["--default-partitions", "0"]).expect("parses");
-        assert!(c.validate().expect_err("zero").to_string().contains("--default-partitions"));
+        assert!(c
+            .validate()
+            .expect_err("zero")
+            .to_string()
+            .contains("--default-partitions"));
         let c = parse(&["--advertised-addr", "nohost"]).expect("parses");
-        assert!(c.validate().expect_err("no port").to_string().contains("--advertised-addr"));
+        assert!(c
+            .validate()
+            .expect_err("no port")
+            .to_string()
+            .contains("--advertised-addr"));
     }
 
     #[test]

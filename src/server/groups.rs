@@ -107,7 +107,12 @@ impl Group {
             for m in self.members.values_mut() {
                 m.joined = false;
             }
-            let longest = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(5));
+            let longest = self
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or(Duration::from_secs(5));
             self.rebalance_deadline = Some(now + longest);
             for (_, tx) in self.pending_syncs.drain(..) {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
@@ -138,11 +143,11 @@ impl Group {
         }
         // The first protocol of the first member that every member supports.
         let chosen = self.members.values().next().and_then(|first| {
-            first
-                .protocols
-                .iter()
-                .map(|(n, _)| n.clone())
-                .find(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)))
+            first.protocols.iter().map(|(n, _)| n.clone()).find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            })
         });
         let Some(protocol) = chosen else {
             for (id, tx) in self.pending_joins.drain(..) {
@@ -162,7 +167,12 @@ impl Group {
             .members
             .iter()
             .map(|(id, m)| {
-                let meta = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
                 (id.clone(), m.instance_id.clone(), meta)
             })
             .collect();
@@ -173,7 +183,11 @@ impl Group {
                 protocol: Some(protocol.clone()),
                 protocol_type: self.protocol_type.clone(),
                 leader: leader.clone(),
-                members: if id == leader { all.clone() } else { Vec::new() },
+                members: if id == leader {
+                    all.clone()
+                } else {
+                    Vec::new()
+                },
                 member_id: id,
             });
         }
@@ -230,16 +244,33 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         let g = groups.entry(req.group.clone()).or_insert_with(Group::new);
         if req.protocols.is_empty() || req.protocol_type.is_empty() {
-            let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+            let _ = tx.send(JoinResult::error(
+                codes::INCONSISTENT_GROUP_PROTOCOL,
+                &req.member_id,
+            ));
             return rx;
         }
-        if !g.members.is_empty() && g.protocol_type.as_deref().is_some_and(|t| t != req.protocol_type) {
-            let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+        if !g.members.is_empty()
+            && g.protocol_type
+                .as_deref()
+                .is_some_and(|t| t != req.protocol_type)
+        {
+            let _ = tx.send(JoinResult::error(
+                codes::INCONSISTENT_GROUP_PROTOCOL,
+                &req.member_id,
+            ));
             return rx;
         }
         let member_id = if req.member_id.is_empty() {
-            let prefix = if req.client_id.is_empty() { "member" } else { req.client_id.as_str() };
-            format!("{prefix}-{}", uuid::Uuid::from_u128(crate::storage::random_id()))
+            let prefix = if req.client_id.is_empty() {
+                "member"
+            } else {
+                req.client_id.as_str()
+            };
+            format!(
+                "{prefix}-{}",
+                uuid::Uuid::from_u128(crate::storage::random_id())
+            )
         } else if g.members.contains_key(&req.member_id) {
             req.member_id.clone()
         } else {
@@ -248,7 +279,9 @@ impl GroupCoordinator {
         };
         g.protocol_type = Some(req.protocol_type.clone());
         let unchanged = g.state == State::Stable
-            && g.members.get(&member_id).is_some_and(|m| m.protocols == req.protocols)
+            && g.members
+                .get(&member_id)
+                .is_some_and(|m| m.protocols == req.protocols)
             && g.leader.as_deref() != Some(member_id.as_str());
         if unchanged {
             // A follower rejoining with the same metadata gets the current generation.
@@ -285,7 +318,13 @@ impl GroupCoordinator {
     }
 
     /// SyncGroup: the leader's assignments are stored and handed to every member.
-    pub fn sync(&self, group: &str, generation: i32, member_id: &str, assignments: Vec<(String, Bytes)>) -> oneshot::Receiver<SyncResult> {
+    pub fn sync(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> oneshot::Receiver<SyncResult> {
         let (tx, rx) = oneshot::channel();
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
@@ -305,7 +344,11 @@ impl GroupCoordinator {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
             }
             State::Stable => {
-                let a = g.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default();
+                let a = g
+                    .members
+                    .get(member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
                 let _ = tx.send((codes::NONE, a));
             }
             State::CompletingRebalance => {
@@ -317,7 +360,11 @@ impl GroupCoordinator {
                     }
                     g.state = State::Stable;
                     for (id, tx) in g.pending_syncs.drain(..) {
-                        let a = g.members.get(&id).map(|m| m.assignment.clone()).unwrap_or_default();
+                        let a = g
+                            .members
+                            .get(&id)
+                            .map(|m| m.assignment.clone())
+                            .unwrap_or_default();
                         let _ = tx.send((codes::NONE, a));
                     }
                 }
@@ -329,7 +376,9 @@ impl GroupCoordinator {
     /// Heartbeat: keeps the member alive and tells it when to rejoin.
     pub fn heartbeat(&self, group: &str, generation: i32, member_id: &str) -> i16 {
         let mut groups = self.lock();
-        let Some(g) = groups.get_mut(group) else { return codes::UNKNOWN_MEMBER_ID };
+        let Some(g) = groups.get_mut(group) else {
+            return codes::UNKNOWN_MEMBER_ID;
+        };
         if let Some(m) = g.members.get_mut(member_id) {
             m.last_seen = Instant::now();
         }
@@ -347,7 +396,9 @@ impl GroupCoordinator {
     /// LeaveGroup for each of `members`; returns an error code per member.
     pub fn leave(&self, group: &str, members: &[String]) -> Vec<i16> {
         let mut groups = self.lock();
-        let Some(g) = groups.get_mut(group) else { return vec![codes::UNKNOWN_MEMBER_ID; members.len()] };
+        let Some(g) = groups.get_mut(group) else {
+            return vec![codes::UNKNOWN_MEMBER_ID; members.len()];
+        };
         let now = Instant::now();
         let mut out = Vec::with_capacity(members.len());
         let mut removed = false;
@@ -406,7 +457,10 @@ impl GroupCoordinator {
             let expired: Vec<String> = g
                 .members
                 .iter()
-                .filter(|(id, m)| now.duration_since(m.last_seen) > m.session_timeout && !g.pending_joins.iter().any(|(p, _)| p == *id))
+                .filter(|(id, m)| {
+                    now.duration_since(m.last_seen) > m.session_timeout
+                        && !g.pending_joins.iter().any(|(p, _)| p == *id)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &expired {
@@ -423,7 +477,9 @@ impl GroupCoordinator {
                     g.try_complete(false);
                 }
             }
-            if g.state == State::PreparingRebalance && g.rebalance_deadline.is_some_and(|d| now >= d) {
+            if g.state == State::PreparingRebalance
+                && g.rebalance_deadline.is_some_and(|d| now >= d)
+            {
                 g.try_complete(true);
             }
         }
@@ -454,27 +510,57 @@ mod tests {
         assert_eq!(j.error, codes::NONE);
         assert_eq!(j.leader, j.member_id);
         assert_eq!(j.members.len(), 1);
-        let s = c.sync("g", j.generation, &j.member_id, vec![(j.member_id.clone(), Bytes::from_static(b"A"))]).try_recv().unwrap();
+        let s = c
+            .sync(
+                "g",
+                j.generation,
+                &j.member_id,
+                vec![(j.member_id.clone(), Bytes::from_static(b"A"))],
+            )
+            .try_recv()
+            .unwrap();
         assert_eq!(s, (codes::NONE, Bytes::from_static(b"A")));
         assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::NONE);
-        assert_eq!(c.heartbeat("g", j.generation + 1, &j.member_id), codes::ILLEGAL_GENERATION);
+        assert_eq!(
+            c.heartbeat("g", j.generation + 1, &j.member_id),
+            codes::ILLEGAL_GENERATION
+        );
         assert_eq!(c.check_commit("g", j.generation, &j.member_id), codes::NONE);
-        assert_eq!(c.leave("g", std::slice::from_ref(&j.member_id)), vec![codes::NONE]);
-        assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            c.leave("g", std::slice::from_ref(&j.member_id)),
+            vec![codes::NONE]
+        );
+        assert_eq!(
+            c.heartbeat("g", j.generation, &j.member_id),
+            codes::UNKNOWN_MEMBER_ID
+        );
     }
 
     #[test]
     fn second_member_triggers_rebalance_of_the_first() {
         let c = GroupCoordinator::default();
         let a = c.join(req("")).try_recv().unwrap();
-        let _ = c.sync("g", a.generation, &a.member_id, vec![]).try_recv().unwrap();
+        let _ = c
+            .sync("g", a.generation, &a.member_id, vec![])
+            .try_recv()
+            .unwrap();
         let mut b_rx = c.join(req(""));
-        assert!(b_rx.try_recv().is_err(), "waits for the first member to rejoin");
-        assert_eq!(c.heartbeat("g", a.generation, &a.member_id), codes::REBALANCE_IN_PROGRESS);
+        assert!(
+            b_rx.try_recv().is_err(),
+            "waits for the first member to rejoin"
+        );
+        assert_eq!(
+            c.heartbeat("g", a.generation, &a.member_id),
+            codes::REBALANCE_IN_PROGRESS
+        );
         let a2 = c.join(req(&a.member_id)).try_recv().unwrap();
         let b = b_rx.try_recv().unwrap();
         assert_eq!(a2.generation, a.generation + 1);
         assert_eq!(b.generation, a2.generation);
-        assert_eq!(a2.members.len() + b.members.len(), 2, "only the leader gets the member list");
+        assert_eq!(
+            a2.members.len() + b.members.len(),
+            2,
+            "only the leader gets the member list"
+        );
     }
 }

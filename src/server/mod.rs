@@ -85,7 +85,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("local", &self.local).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,8 +102,18 @@ impl Server {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io("bind", std::path::PathBuf::from(cfg.listen.to_string()), e))?;
-        let local = listener.local_addr().map_err(|e| Error::io("local_addr", std::path::PathBuf::from(cfg.listen.to_string()), e))?;
-        let (host, port) = match cfg.advertised_addr.as_deref().and_then(crate::config::parse_host_port) {
+        let local = listener.local_addr().map_err(|e| {
+            Error::io(
+                "local_addr",
+                std::path::PathBuf::from(cfg.listen.to_string()),
+                e,
+            )
+        })?;
+        let (host, port) = match cfg
+            .advertised_addr
+            .as_deref()
+            .and_then(crate::config::parse_host_port)
+        {
             Some((h, p)) => (h, i32::from(p)),
             None => {
                 let ip = if local.ip().is_unspecified() {
@@ -113,8 +125,17 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
-        let ctx = Arc::new(Ctx { storage, groups: Arc::new(GroupCoordinator::default()), host, port });
-        Ok(Server { listener, ctx, local })
+        let ctx = Arc::new(Ctx {
+            storage,
+            groups: Arc::new(GroupCoordinator::default()),
+            host,
+            port,
+        });
+        Ok(Server {
+            listener,
+            ctx,
+            local,
+        })
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -176,15 +197,26 @@ impl Server {
                 notified.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
-            tracing::warn!(connections = live.load(Ordering::Acquire), "connections still busy after 10 s; closing them");
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = live.load(Ordering::Acquire),
+                "connections still busy after 10 s; closing them"
+            );
         }
         ticker.abort();
     }
 }
 
 /// Encodes a response frame: length, header, body.
-pub(crate) fn encode_response<R: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Option<BytesMut> {
+pub(crate) fn encode_response<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -205,7 +237,10 @@ enum Frame {
     Eof,
 }
 
-async fn read_frame(stream: &mut tokio::net::tcp::OwnedReadHalf, max: usize) -> std::io::Result<Frame> {
+async fn read_frame(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    max: usize,
+) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -214,14 +249,21 @@ async fn read_frame(stream: &mut tokio::net::tcp::OwnedReadHalf, max: usize) -> 
     }
     let len = i32::from_be_bytes(len);
     if len < 0 || len as usize > max {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds --max-request-bytes {max}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds --max-request-bytes {max}"),
+        ));
     }
     let mut buf = vec![0u8; len as usize];
     stream.read_exact(&mut buf).await?;
     Ok(Frame::Data(Bytes::from(buf)))
 }
 
-async fn serve_connection(ctx: Arc<Ctx>, stream: TcpStream, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+async fn serve_connection(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -301,7 +343,10 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
 /// Decodes one request frame and starts handling it.
 async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, String> {
     if frame.len() < 8 {
-        return Err(format!("request frame of {} bytes is shorter than a header", frame.len()));
+        return Err(format!(
+            "request frame of {} bytes is shorter than a header",
+            frame.len()
+        ));
     }
     let mut peek = &frame[..8];
     let key = peek.get_i16();
@@ -322,7 +367,7 @@ async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, 
     let mut buf = frame;
     let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
         .map_err(|e| format!("malformed {api_key:?} v{version} request header: {e}"))?;
-    let request =
-        RequestKind::decode(api_key, &mut buf, version).map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
+    let request = RequestKind::decode(api_key, &mut buf, version)
+        .map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
     Ok(handlers::handle(ctx, header, request).await)
 }

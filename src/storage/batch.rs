@@ -65,10 +65,19 @@ impl std::fmt::Display for BatchError {
             BatchError::Truncated => write!(f, "truncated record batch"),
             BatchError::BadMagic(m) => write!(f, "record batch magic {m} (only v2 is supported)"),
             BatchError::BadLength(l) => write!(f, "record batch length {l} is invalid"),
-            BatchError::Crc { expected, got } => write!(f, "record batch CRC mismatch: stored {expected:#010x}, computed {got:#010x}"),
+            BatchError::Crc { expected, got } => write!(
+                f,
+                "record batch CRC mismatch: stored {expected:#010x}, computed {got:#010x}"
+            ),
             BatchError::UnsupportedCompression(c) => write!(f, "unsupported compression codec {c}"),
-            BatchError::BadCount { count, last_offset_delta } => {
-                write!(f, "record count {count} does not match last offset delta {last_offset_delta}")
+            BatchError::BadCount {
+                count,
+                last_offset_delta,
+            } => {
+                write!(
+                    f,
+                    "record count {count} does not match last offset delta {last_offset_delta}"
+                )
             }
         }
     }
@@ -99,7 +108,8 @@ impl BatchInfo {
 }
 
 fn be_i32(b: &[u8], at: usize) -> Option<i32> {
-    b.get(at..at + 4).map(|s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn be_i64(b: &[u8], at: usize) -> Option<i64> {
@@ -141,7 +151,12 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchInfo, BatchError> {
 pub fn validate(buf: &[u8]) -> Result<BatchInfo, BatchError> {
     let info = parse_header(buf)?;
     let bytes = buf.get(..info.len).ok_or(BatchError::Truncated)?;
-    let expected = u32::from_be_bytes([bytes[CRC_OFFSET], bytes[CRC_OFFSET + 1], bytes[CRC_OFFSET + 2], bytes[CRC_OFFSET + 3]]);
+    let expected = u32::from_be_bytes([
+        bytes[CRC_OFFSET],
+        bytes[CRC_OFFSET + 1],
+        bytes[CRC_OFFSET + 2],
+        bytes[CRC_OFFSET + 3],
+    ]);
     let got = crc32c::crc32c(&bytes[ATTRIBUTES_OFFSET..]);
     if expected != got {
         return Err(BatchError::Crc { expected, got });
@@ -152,7 +167,10 @@ pub fn validate(buf: &[u8]) -> Result<BatchInfo, BatchError> {
     }
     let count = be_i32(bytes, COUNT_OFFSET).ok_or(BatchError::Truncated)?;
     if count < 1 || info.last_offset_delta < 0 || info.last_offset_delta < count - 1 {
-        return Err(BatchError::BadCount { count, last_offset_delta: info.last_offset_delta });
+        return Err(BatchError::BadCount {
+            count,
+            last_offset_delta: info.last_offset_delta,
+        });
     }
     Ok(info)
 }

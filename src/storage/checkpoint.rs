@@ -18,9 +18,18 @@ use super::Shared;
 /// below it was written to its segment before it was published, so the syncs below
 /// cover it.
 pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
-    let mut done = shared.checkpointed.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut done = shared
+        .checkpointed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let seq = shared.applied_seq.load(Ordering::Acquire);
-    let topics: Vec<_> = shared.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+    let topics: Vec<_> = shared
+        .topics
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
     for t in topics {
         for p in &t.partitions {
             p.sync()?;

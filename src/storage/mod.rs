@@ -171,7 +171,9 @@ pub struct TopicManager {
 
 impl std::fmt::Debug for TopicManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicManager").field("data_dir", &self.shared.config.storage.data_dir).finish_non_exhaustive()
+        f.debug_struct("TopicManager")
+            .field("data_dir", &self.shared.config.storage.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,7 +181,9 @@ impl std::fmt::Debug for TopicManager {
 pub fn random_id() -> u128 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let mut out = 0u128;
     for half in 0..2u64 {
         // RandomState is seeded from the OS per process.
@@ -199,7 +203,9 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.len() <= MAX_TOPIC_NAME
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Takes an exclusive `flock` on `<data>/LOCK` so two brokers never share a data
@@ -207,14 +213,21 @@ pub fn valid_topic_name(name: &str) -> bool {
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
     #[expect(unsafe_code, reason = "flock has no std wrapper at this crate's MSRV")]
     // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked { path: dir.to_path_buf() });
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+            });
         }
         return Err(Error::io("flock", &path, e));
     }
@@ -224,12 +237,17 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
 fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {
     let path = data_dir.join("meta.json");
     match std::fs::read(&path) {
-        Ok(raw) => serde_json::from_slice(&raw).map_err(|e| Error::corrupt(&path, 0, format!("meta.json does not parse: {e}"))),
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt(&path, 0, format!("meta.json does not parse: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = random_id().to_be_bytes();
             let cluster_id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let meta = BrokerMeta { cluster_id, node_id: 0 };
-            let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
+            let meta = BrokerMeta {
+                cluster_id,
+                node_id: 0,
+            };
+            let json = serde_json::to_vec_pretty(&meta)
+                .map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
             crate::wal::files::write_atomic(&path, &json)?;
             tracing::info!(cluster_id = %meta.cluster_id, "created broker identity");
             Ok(meta)
@@ -245,13 +263,24 @@ fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &path, e)),
     };
-    let f: TopicFile = serde_json::from_slice(&raw).map_err(|e| Error::corrupt(&path, 0, format!("topic.json does not parse: {e}")))?;
-    let id = uuid::Uuid::parse_str(&f.id).map_err(|e| Error::corrupt(&path, 0, format!("bad topic id: {e}")))?;
+    let f: TopicFile = serde_json::from_slice(&raw)
+        .map_err(|e| Error::corrupt(&path, 0, format!("topic.json does not parse: {e}")))?;
+    let id = uuid::Uuid::parse_str(&f.id)
+        .map_err(|e| Error::corrupt(&path, 0, format!("bad topic id: {e}")))?;
     let mut partitions = Vec::new();
     for p in 0..f.partitions {
-        partitions.push(Arc::new(Partition::open(name, p, dir.join(p.to_string()), segment_bytes)?));
+        partitions.push(Arc::new(Partition::open(
+            name,
+            p,
+            dir.join(p.to_string()),
+            segment_bytes,
+        )?));
     }
-    Ok(Some(Topic { name: name.to_string(), id, partitions }))
+    Ok(Some(Topic {
+        name: name.to_string(),
+        id,
+        partitions,
+    }))
 }
 
 /// What replaying the WAL did.
@@ -271,8 +300,18 @@ pub struct ReplayStats {
 
 /// Applies one WAL record to the partitions idempotently: batches whose offsets the
 /// segment already holds are skipped, the rest appended.
-fn replay_entry(topics: &BTreeMap<String, Arc<Topic>>, topic: &str, partition: i32, data: &[u8], stats: &mut ReplayStats) -> Result<()> {
-    let Some(p) = topics.get(topic).and_then(|t| usize::try_from(partition).ok().and_then(|i| t.partitions.get(i))) else {
+fn replay_entry(
+    topics: &BTreeMap<String, Arc<Topic>>,
+    topic: &str,
+    partition: i32,
+    data: &[u8],
+    stats: &mut ReplayStats,
+) -> Result<()> {
+    let Some(p) = topics.get(topic).and_then(|t| {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+    }) else {
         stats.orphaned += 1;
         return Ok(());
     };
@@ -295,15 +334,29 @@ fn replay_entry(topics: &BTreeMap<String, Arc<Topic>>, topic: &str, partition: i
         if info.last_offset() >= end {
             // Segments hold whole batches, so this means the segment and the WAL
             // disagree; appending would make offsets go backwards.
-            tracing::error!(topic, partition, end, base = info.base_offset, "WAL batch overlaps the segment end; skipped");
+            tracing::error!(
+                topic,
+                partition,
+                end,
+                base = info.base_offset,
+                "WAL batch overlaps the segment end; skipped"
+            );
         }
         stats.skipped += 1;
         at += info.len;
     }
     let rest = &infos[first..];
-    let Some(head) = rest.first() else { return Ok(()) };
+    let Some(head) = rest.first() else {
+        return Ok(());
+    };
     if head.base_offset != end {
-        tracing::warn!(topic, partition, expected = end, found = head.base_offset, "WAL replay found an offset gap; appending anyway");
+        tracing::warn!(
+            topic,
+            partition,
+            expected = end,
+            found = head.base_offset,
+            "WAL replay found an offset gap; appending anyway"
+        );
     }
     p.append(&data[at..], rest)?;
     stats.appended += rest.len() as u64;
@@ -325,18 +378,22 @@ impl TopicManager {
         config.validate()?;
         let started = Instant::now();
         let data_dir = config.storage.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| Error::io("create_dir_all", &data_dir, e))?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| Error::io("create_dir_all", &data_dir, e))?;
         let lock = lock_data_dir(&data_dir)?;
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
-        std::fs::create_dir_all(&topics_dir).map_err(|e| Error::io("create_dir_all", &topics_dir, e))?;
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(|e| Error::io("create_dir_all", &topics_dir, e))?;
         let trash = data_dir.join("topics-deleted");
         if trash.exists() {
             std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;
         }
 
         let mut topics = BTreeMap::new();
-        for entry in std::fs::read_dir(&topics_dir).map_err(|e| Error::io("read_dir", &topics_dir, e))? {
+        for entry in
+            std::fs::read_dir(&topics_dir).map_err(|e| Error::io("read_dir", &topics_dir, e))?
+        {
             let entry = entry.map_err(|e| Error::io("read_dir", &topics_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let dir = entry.path();
@@ -349,7 +406,8 @@ impl TopicManager {
                 }
                 None => {
                     tracing::warn!(dir = %dir.display(), "removing topic directory left by an interrupted create");
-                    std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove_dir_all", &dir, e))?;
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| Error::io("remove_dir_all", &dir, e))?;
                 }
             }
         }
@@ -365,7 +423,13 @@ impl TopicManager {
                 let entry = entry?;
                 stats.entries += 1;
                 if entry.entry_type == WalEntryType::Record {
-                    replay_entry(&topics, &entry.topic, entry.partition, &entry.data, &mut stats)?;
+                    replay_entry(
+                        &topics,
+                        &entry.topic,
+                        entry.partition,
+                        &entry.data,
+                        &mut stats,
+                    )?;
                 }
             }
             for t in topics.values() {
@@ -377,9 +441,14 @@ impl TopicManager {
                 w.checkpoint(stats.last_sequence)?;
             }
             tracing::info!(
-                checkpoint, entries = stats.entries, appended = stats.appended, skipped = stats.skipped,
-                orphaned = stats.orphaned, last_sequence = stats.last_sequence,
-                elapsed_ms = started.elapsed().as_millis() as u64, "replayed WAL"
+                checkpoint,
+                entries = stats.entries,
+                appended = stats.appended,
+                skipped = stats.skipped,
+                orphaned = stats.orphaned,
+                last_sequence = stats.last_sequence,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "replayed WAL"
             );
             if config.wal.enabled {
                 wal = Some(w);
@@ -418,16 +487,26 @@ impl TopicManager {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let mut threads = Vec::new();
         let s = Arc::clone(&shared);
-        threads.push(spawn("streamline-submit", move || submit_loop(&s, jobs_rx, &applied_tx))?);
+        threads.push(spawn("streamline-submit", move || {
+            submit_loop(&s, jobs_rx, &applied_tx)
+        })?);
         let s = Arc::clone(&shared);
-        threads.push(spawn("streamline-apply", move || apply_loop(&s, &applied_rx))?);
+        threads.push(spawn("streamline-apply", move || {
+            apply_loop(&s, &applied_rx)
+        })?);
         let s = Arc::clone(&shared);
-        threads.push(spawn("streamline-checkpoint", move || checkpoint::run(&s, &stop_rx))?);
+        threads.push(spawn("streamline-checkpoint", move || {
+            checkpoint::run(&s, &stop_rx)
+        })?);
         tracing::info!(
             data_dir = %shared.config.storage.data_dir.display(), topics = shared.topics.read().unwrap_or_else(PoisonError::into_inner).len(),
             wal = shared.wal.is_some(), elapsed_ms = started.elapsed().as_millis() as u64, "storage ready"
         );
-        Ok(TopicManager { shared, threads: Arc::new(Mutex::new(threads)), stop_checkpoints: stop_tx })
+        Ok(TopicManager {
+            shared,
+            threads: Arc::new(Mutex::new(threads)),
+            stop_checkpoints: stop_tx,
+        })
     }
 
     /// The configuration in use.
@@ -452,18 +531,31 @@ impl TopicManager {
 
     /// A snapshot of all topics.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.shared.topics.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        self.shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The topic named `name`.
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.shared.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+        self.shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     /// The partition `index` of `topic`.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let t = self.topic(topic)?;
-        usize::try_from(index).ok().and_then(|i| t.partitions.get(i).cloned())
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| t.partitions.get(i).cloned())
     }
 
     /// A receiver that changes whenever a high watermark moves (for long-poll fetches).
@@ -475,36 +567,66 @@ impl TopicManager {
     ///
     /// # Errors
     /// See [`CreateError`].
-    pub fn create_topic(&self, name: &str, partitions: i32) -> std::result::Result<Arc<Topic>, CreateError> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> std::result::Result<Arc<Topic>, CreateError> {
         if !valid_topic_name(name) {
             return Err(CreateError::InvalidName);
         }
         if !(1..=10_000).contains(&partitions) {
             return Err(CreateError::InvalidPartitions);
         }
-        let _guard = self.shared.create_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .shared
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.topic(name).is_some() {
             return Err(CreateError::Exists);
         }
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let dir = self.shared.topics_dir.join(name);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| storage(Error::io("remove_dir_all", &dir, e)))?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| storage(Error::io("remove_dir_all", &dir, e)))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| storage(Error::io("create_dir", &dir, e)))?;
         let id = uuid::Uuid::from_u128(random_id());
         let mut parts = Vec::new();
         for p in 0..partitions {
-            parts.push(Arc::new(Partition::open(name, p, dir.join(p.to_string()), self.shared.config.storage.segment_bytes).map_err(storage)?));
+            parts.push(Arc::new(
+                Partition::open(
+                    name,
+                    p,
+                    dir.join(p.to_string()),
+                    self.shared.config.storage.segment_bytes,
+                )
+                .map_err(storage)?,
+            ));
         }
         sync_dir(&dir).map_err(storage)?;
         // topic.json last: a topic directory without it is an interrupted create.
-        let file = TopicFile { version: 1, id: id.to_string(), partitions };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
+        let file = TopicFile {
+            version: 1,
+            id: id.to_string(),
+            partitions,
+        };
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
         crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
         sync_dir(&self.shared.topics_dir).map_err(storage)?;
-        let topic = Arc::new(Topic { name: name.to_string(), id, partitions: parts });
-        self.shared.topics.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::clone(&topic));
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            id,
+            partitions: parts,
+        });
+        self.shared
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
@@ -516,7 +638,13 @@ impl TopicManager {
     /// # Errors
     /// I/O errors naming the path.
     pub async fn delete_topic(&self, name: &str) -> Result<bool> {
-        let Some(topic) = self.shared.topics.write().unwrap_or_else(PoisonError::into_inner).remove(name) else {
+        let Some(topic) = self
+            .shared
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+        else {
             return Ok(false);
         };
         for p in &topic.partitions {
@@ -541,7 +669,13 @@ impl TopicManager {
             Ok(())
         })
         .await
-        .map_err(|e| Error::io("delete topic task", self.shared.topics_dir.clone(), std::io::Error::other(e.to_string())))??;
+        .map_err(|e| {
+            Error::io(
+                "delete topic task",
+                self.shared.topics_dir.clone(),
+                std::io::Error::other(e.to_string()),
+            )
+        })??;
         Ok(true)
     }
 
@@ -557,14 +691,17 @@ impl TopicManager {
         partition: i32,
         records: &[u8],
         timeout: Duration,
-    ) -> std::result::Result<oneshot::Receiver<std::result::Result<i64, ProduceError>>, ProduceError> {
+    ) -> std::result::Result<oneshot::Receiver<std::result::Result<i64, ProduceError>>, ProduceError>
+    {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(ProduceError::ShuttingDown);
         }
         if let Some(f) = self.shared.failed.get() {
             return Err(ProduceError::Storage(f.clone()));
         }
-        let p = self.partition(topic, partition).ok_or(ProduceError::UnknownTopicOrPartition)?;
+        let p = self
+            .partition(topic, partition)
+            .ok_or(ProduceError::UnknownTopicOrPartition)?;
         let infos = batch::validate_all(records).map_err(ProduceError::InvalidBatch)?;
         if let Some(w) = &self.shared.wal {
             let overhead = 64 + topic.len() as u64;
@@ -576,9 +713,22 @@ impl TopicManager {
         let want = u32::try_from(records.len().min(MAX_INFLIGHT_BYTES)).unwrap_or(u32::MAX);
         let enqueue = async {
             // Memory stays bounded: wait for in-flight bytes to drain below the cap.
-            let permit = Arc::clone(&self.shared.inflight).acquire_many_owned(want).await.map_err(|_| ProduceError::ShuttingDown)?;
-            let job = Job::Produce { partition: p, data: records.to_vec(), infos, reply: tx, permit };
-            self.shared.jobs.send(job).await.map_err(|_| ProduceError::ShuttingDown)
+            let permit = Arc::clone(&self.shared.inflight)
+                .acquire_many_owned(want)
+                .await
+                .map_err(|_| ProduceError::ShuttingDown)?;
+            let job = Job::Produce {
+                partition: p,
+                data: records.to_vec(),
+                infos,
+                reply: tx,
+                permit,
+            };
+            self.shared
+                .jobs
+                .send(job)
+                .await
+                .map_err(|_| ProduceError::ShuttingDown)
         };
         match tokio::time::timeout(timeout, enqueue).await {
             Ok(Ok(())) => Ok(rx),
@@ -607,7 +757,8 @@ impl TopicManager {
         }
         let _ = self.shared.jobs.blocking_send(Job::Stop);
         let _ = self.stop_checkpoints.try_send(());
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for t in threads {
             let _ = t.join();
         }
@@ -616,20 +767,36 @@ impl TopicManager {
             Some(w) => w.clone().close(),
             None => Ok(()),
         };
-        tracing::info!(applied_sequence = self.shared.applied_seq.load(Ordering::Acquire), "storage shut down");
+        tracing::info!(
+            applied_sequence = self.shared.applied_seq.load(Ordering::Acquire),
+            "storage shut down"
+        );
         r.and(closed)
     }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| Error::io("spawn thread", PathBuf::from(name), e))
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::io("spawn thread", PathBuf::from(name), e))
 }
 
 /// Assigns offsets and appends to the WAL, in arrival order.
-fn submit_loop(shared: &Shared, mut jobs: mpsc::Receiver<Job>, applied: &crossbeam_channel::Sender<Applied>) {
+fn submit_loop(
+    shared: &Shared,
+    mut jobs: mpsc::Receiver<Job>,
+    applied: &crossbeam_channel::Sender<Applied>,
+) {
     while let Some(job) = jobs.blocking_recv() {
         let next = match job {
-            Job::Produce { partition, mut data, mut infos, reply, permit } => {
+            Job::Produce {
+                partition,
+                mut data,
+                mut infos,
+                reply,
+                permit,
+            } => {
                 // A delete marks the partition, then sends a barrier through this thread:
                 // nothing for a deleted partition gets past it.
                 if partition.is_deleted() {
@@ -647,8 +814,19 @@ fn submit_loop(shared: &Shared, mut jobs: mpsc::Receiver<Job>, applied: &crossbe
                     next += info.offset_count();
                 }
                 let data = Bytes::from(data);
-                let wal = shared.wal.as_ref().map(|w| w.append(partition.topic(), partition.index(), data.clone()));
-                Applied::Produce { partition, data, infos, base, wal, reply, _permit: permit }
+                let wal = shared
+                    .wal
+                    .as_ref()
+                    .map(|w| w.append(partition.topic(), partition.index(), data.clone()));
+                Applied::Produce {
+                    partition,
+                    data,
+                    infos,
+                    base,
+                    wal,
+                    reply,
+                    _permit: permit,
+                }
             }
             Job::Barrier(tx) => Applied::Barrier(tx),
             Job::Stop => {
@@ -675,13 +853,24 @@ fn fail(shared: &Shared, what: String) -> String {
 fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
     while let Ok(item) = applied.recv() {
         match item {
-            Applied::Produce { partition, data, infos, base, wal, reply, _permit } => {
+            Applied::Produce {
+                partition,
+                data,
+                infos,
+                base,
+                wal,
+                reply,
+                _permit,
+            } => {
                 let durable = match wal {
                     Some(c) => c.wait().map(Some),
                     None => Ok(None),
                 };
                 let result = match durable {
-                    Err(e) => Err(ProduceError::Storage(fail(shared, format!("WAL append failed: {e}")))),
+                    Err(e) => Err(ProduceError::Storage(fail(
+                        shared,
+                        format!("WAL append failed: {e}"),
+                    ))),
                     Ok(seq) => match partition.append(&data, &infos) {
                         Ok(end) => {
                             partition.set_high_watermark(end);
@@ -691,7 +880,10 @@ fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
                             shared.data_version.send_modify(|v| *v = v.wrapping_add(1));
                             Ok(base)
                         }
-                        Err(e) => Err(ProduceError::Storage(fail(shared, format!("segment append failed: {e}")))),
+                        Err(e) => Err(ProduceError::Storage(fail(
+                            shared,
+                            format!("segment append failed: {e}"),
+                        ))),
                     },
                 };
                 let _ = reply.send(result);
@@ -734,7 +926,11 @@ mod tests {
         m.shutdown().unwrap();
         drop(m);
 
-        let batches = [batch_at(0, &[b"a"]), batch_at(1, &[b"b", b"c"]), batch_at(3, &[b"d"])];
+        let batches = [
+            batch_at(0, &[b"a"]),
+            batch_at(1, &[b"b", b"c"]),
+            batch_at(3, &[b"d"]),
+        ];
         let (wal, rec) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
         assert_eq!(rec.count(), 0);
         for b in &batches {
@@ -754,7 +950,11 @@ mod tests {
             assert_eq!(p.log_end_offset(), 4, "round {round}");
             assert_eq!(p.high_watermark(), 4);
             let r = p.read(0, 1 << 20).unwrap().unwrap();
-            assert_eq!(&r.records[..], &batches.concat()[..], "round {round}: each batch exactly once, byte for byte");
+            assert_eq!(
+                &r.records[..],
+                &batches.concat()[..],
+                "round {round}: each batch exactly once, byte for byte"
+            );
             m.shutdown().unwrap();
         }
     }
@@ -765,7 +965,10 @@ mod tests {
         let mut c = config(tmp.path());
         c.wal.enabled = false;
         let m = TopicManager::new(c.clone()).unwrap();
-        assert!(matches!(TopicManager::new(c.clone()), Err(Error::Locked { .. })));
+        assert!(matches!(
+            TopicManager::new(c.clone()),
+            Err(Error::Locked { .. })
+        ));
         m.shutdown().unwrap();
         drop(m);
         TopicManager::new(c).unwrap().shutdown().unwrap();
@@ -774,26 +977,39 @@ mod tests {
     #[test]
     fn produce_pipeline_assigns_offsets_and_survives_reopen() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         m.create_topic("orders", 2).unwrap();
         let bases = rt.block_on(async {
             let mut rxs = Vec::new();
             for i in 0..10u8 {
                 let b = make_batch(0, &[&[i], &[i, i]]);
-                rxs.push(m.submit("orders", i32::from(i % 2), &b, Duration::from_secs(5)).await.unwrap());
+                rxs.push(
+                    m.submit("orders", i32::from(i % 2), &b, Duration::from_secs(5))
+                        .await
+                        .unwrap(),
+                );
             }
             let mut bases = Vec::new();
             for rx in rxs {
                 bases.push(rx.await.unwrap().unwrap());
             }
-            let unknown = m.submit("orders", 7, &make_batch(0, &[b"x"]), Duration::from_secs(1)).await;
+            let unknown = m
+                .submit("orders", 7, &make_batch(0, &[b"x"]), Duration::from_secs(1))
+                .await;
             assert_eq!(unknown.err(), Some(ProduceError::UnknownTopicOrPartition));
             let mut bad = make_batch(0, &[b"x"]);
             let n = bad.len();
             bad[n - 1] ^= 1;
             let corrupt = m.submit("orders", 0, &bad, Duration::from_secs(1)).await;
-            assert!(matches!(corrupt.err(), Some(ProduceError::InvalidBatch(BatchError::Crc { .. }))));
+            assert!(matches!(
+                corrupt.err(),
+                Some(ProduceError::InvalidBatch(BatchError::Crc { .. }))
+            ));
             bases
         });
         assert_eq!(bases, vec![0, 0, 2, 2, 4, 4, 6, 6, 8, 8]);

@@ -62,11 +62,20 @@ impl OffsetStore {
                 continue;
             }
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-            let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| Error::corrupt(&path, 0, format!("group offsets do not parse: {e}")))?;
-            let map = f.offsets.into_iter().map(|c| ((c.topic.clone(), c.partition), c)).collect();
+            let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
+                Error::corrupt(&path, 0, format!("group offsets do not parse: {e}"))
+            })?;
+            let map = f
+                .offsets
+                .into_iter()
+                .map(|c| ((c.topic.clone(), c.partition), c))
+                .collect();
             groups.insert(f.group, map);
         }
-        Ok(OffsetStore { dir, groups: Mutex::new(groups) })
+        Ok(OffsetStore {
+            dir,
+            groups: Mutex::new(groups),
+        })
     }
 
     /// Stores `commits` for `group` durably (blocking: fsyncs).
@@ -79,8 +88,13 @@ impl OffsetStore {
         for c in commits {
             next.insert((c.topic.clone(), c.partition), c);
         }
-        let file = GroupFile { version: 1, group: group.to_string(), offsets: next.values().cloned().collect() };
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::corrupt(&self.dir, 0, e.to_string()))?;
+        let file = GroupFile {
+            version: 1,
+            group: group.to_string(),
+            offsets: next.values().cloned().collect(),
+        };
+        let json = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::corrupt(&self.dir, 0, e.to_string()))?;
         crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)?;
         groups.insert(group.to_string(), next);
         Ok(())
@@ -89,13 +103,19 @@ impl OffsetStore {
     /// The committed position of `topic`/`partition` in `group`.
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
         let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        groups.get(group)?.get(&(topic.to_string(), partition)).cloned()
+        groups
+            .get(group)?
+            .get(&(topic.to_string(), partition))
+            .cloned()
     }
 
     /// Every committed position of `group`.
     pub fn fetch_all(&self, group: &str) -> Vec<Committed> {
         let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        groups.get(group).map(|g| g.values().cloned().collect()).unwrap_or_default()
+        groups
+            .get(group)
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -107,7 +127,13 @@ mod tests {
     fn commits_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = OffsetStore::open(dir.path().join("groups")).unwrap();
-        let c = |p, o| Committed { topic: "t".into(), partition: p, offset: o, leader_epoch: -1, metadata: None };
+        let c = |p, o| Committed {
+            topic: "t".into(),
+            partition: p,
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+        };
         s.commit("g/1", vec![c(0, 5), c(1, 7)]).unwrap();
         s.commit("g/1", vec![c(0, 9)]).unwrap();
         drop(s);

@@ -92,7 +92,11 @@ impl Partition {
                 return Err(Error::corrupt(
                     w[1].log_path(),
                     0,
-                    format!("segment starts at {} but the previous one ends at {}", w[1].base_offset(), w[0].next_offset()),
+                    format!(
+                        "segment starts at {} but the previous one ends at {}",
+                        w[1].base_offset(),
+                        w[0].next_offset()
+                    ),
                 ));
             }
         }
@@ -139,12 +143,20 @@ impl Partition {
 
     /// Offset after the last stored batch.
     pub fn log_end_offset(&self) -> i64 {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).last().map_or(0, Segment::next_offset)
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .map_or(0, Segment::next_offset)
     }
 
     /// First offset still stored.
     pub fn log_start_offset(&self) -> i64 {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).first().map_or(0, Segment::base_offset)
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .map_or(0, Segment::base_offset)
     }
 
     /// Offset after the last batch a consumer may read.
@@ -178,7 +190,9 @@ impl Partition {
     /// I/O errors naming the file.
     pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let needs_roll = log.last().map_or(true, |s| s.size() > 0 && s.size() + data.len() as u64 > self.segment_bytes);
+        let needs_roll = log.last().map_or(true, |s| {
+            s.size() > 0 && s.size() + data.len() as u64 > self.segment_bytes
+        });
         if needs_roll {
             let base = infos.first().map_or(0, |i| i.base_offset);
             // The finished segment becomes durable before its successor exists.
@@ -190,7 +204,9 @@ impl Partition {
             tracing::debug!(topic = %self.topic, partition = self.index, base, "rolled segment");
             log.push(seg);
         }
-        let seg = log.last_mut().ok_or_else(|| Error::corrupt(&self.dir, 0, "partition has no segment"))?;
+        let seg = log
+            .last_mut()
+            .ok_or_else(|| Error::corrupt(&self.dir, 0, "partition has no segment"))?;
         seg.append(data, infos)?;
         Ok(seg.next_offset())
     }
@@ -201,12 +217,21 @@ impl Partition {
     /// I/O errors naming the file.
     pub fn sync(&self) -> Result<()> {
         // Collect under the lock, fsync outside it: appends and reads go on meanwhile.
-        let jobs: Vec<_> = self.log.lock().unwrap_or_else(PoisonError::into_inner).iter_mut().filter_map(Segment::take_sync).collect();
+        let jobs: Vec<_> = self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter_mut()
+            .filter_map(Segment::take_sync)
+            .collect();
         for (i, job) in jobs.iter().enumerate() {
             if let Err(e) = job.run() {
                 let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
                 for failed in &jobs[i..] {
-                    if let Some(s) = log.iter_mut().find(|s| s.base_offset() == failed.base_offset) {
+                    if let Some(s) = log
+                        .iter_mut()
+                        .find(|s| s.base_offset() == failed.base_offset)
+                    {
                         s.mark_dirty();
                     }
                 }
@@ -231,13 +256,20 @@ impl Partition {
             }
             let mut plan = None;
             if offset < hw {
-                let i = log.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
+                let i = log
+                    .partition_point(|s| s.base_offset() <= offset)
+                    .saturating_sub(1);
                 for seg in log.iter().skip(i) {
                     if offset >= seg.next_offset() {
                         continue;
                     }
                     if let Some((position, len)) = seg.read_range(offset, hw, max_bytes) {
-                        plan = Some(ReadPlan { file: seg.file(), path: seg.log_path().to_path_buf(), position, len });
+                        plan = Some(ReadPlan {
+                            file: seg.file(),
+                            path: seg.log_path().to_path_buf(),
+                            position,
+                            len,
+                        });
                     }
                     break;
                 }
@@ -248,11 +280,17 @@ impl Partition {
             None => Bytes::new(),
             Some(p) => {
                 let mut buf = vec![0u8; p.len as usize];
-                p.file.read_exact_at(&mut buf, p.position).map_err(|e| Error::io("read", &p.path, e))?;
+                p.file
+                    .read_exact_at(&mut buf, p.position)
+                    .map_err(|e| Error::io("read", &p.path, e))?;
                 Bytes::from(buf)
             }
         };
-        Ok(Some(ReadResult { records, high_watermark: hw, log_start_offset: start }))
+        Ok(Some(ReadResult {
+            records,
+            high_watermark: hw,
+            log_start_offset: start,
+        }))
     }
 
     /// Like [`Partition::read`] with no room for records: the positions only.
@@ -265,7 +303,11 @@ impl Partition {
         if offset < start || offset > hw {
             return Ok(None);
         }
-        Ok(Some(ReadResult { records: Bytes::new(), high_watermark: hw, log_start_offset: start }))
+        Ok(Some(ReadResult {
+            records: Bytes::new(),
+            high_watermark: hw,
+            log_start_offset: start,
+        }))
     }
 
     /// The first offset whose batch has a max timestamp at or after `timestamp`
@@ -279,7 +321,13 @@ impl Partition {
         let plans: Vec<Plan> = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             log.iter()
-                .map(|s| (s.file(), s.log_path().to_path_buf(), s.index().iter().map(|e| (e.offset, e.position)).collect()))
+                .map(|s| {
+                    (
+                        s.file(),
+                        s.log_path().to_path_buf(),
+                        s.index().iter().map(|e| (e.offset, e.position)).collect(),
+                    )
+                })
                 .collect()
         };
         let mut head = [0u8; HEADER_LEN];
@@ -288,7 +336,8 @@ impl Partition {
                 if offset >= hw {
                     return Ok(None);
                 }
-                file.read_exact_at(&mut head, position).map_err(|e| Error::io("read", &path, e))?;
+                file.read_exact_at(&mut head, position)
+                    .map_err(|e| Error::io("read", &path, e))?;
                 if let Ok(info) = batch::parse_header(&head) {
                     if info.max_timestamp >= timestamp {
                         return Ok(Some(offset));
@@ -323,7 +372,10 @@ mod tests {
         for i in 0..5 {
             assert_eq!(produce(&p, &[&big]), i);
         }
-        let segs = std::fs::read_dir(dir.path().join("0")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log").count();
+        let segs = std::fs::read_dir(dir.path().join("0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+            .count();
         assert!(segs >= 3, "expected several segments, got {segs}");
         for off in 0..5 {
             let r = p.read(off, 1).unwrap().unwrap();

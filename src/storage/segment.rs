@@ -75,7 +75,13 @@ fn index_name(base: i64) -> String {
 }
 
 fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| Error::io("open", path, e))
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))
 }
 
 impl Segment {
@@ -87,9 +93,12 @@ impl Segment {
         let log_path = dir.join(log_name(base));
         let index_path = dir.join(index_name(base));
         let log = open_rw(&log_path)?;
-        log.set_len(0).map_err(|e| Error::io("truncate", &log_path, e))?;
+        log.set_len(0)
+            .map_err(|e| Error::io("truncate", &log_path, e))?;
         let index_file = open_rw(&index_path)?;
-        index_file.set_len(0).map_err(|e| Error::io("truncate", &index_path, e))?;
+        index_file
+            .set_len(0)
+            .map_err(|e| Error::io("truncate", &index_path, e))?;
         Ok(Segment {
             base_offset: base,
             log_path,
@@ -114,7 +123,10 @@ impl Segment {
         let index_path = dir.join(index_name(base));
         let log = open_rw(&log_path)?;
         let index_file = open_rw(&index_path)?;
-        let size = log.metadata().map_err(|e| Error::io("stat", &log_path, e))?.len();
+        let size = log
+            .metadata()
+            .map_err(|e| Error::io("stat", &log_path, e))?
+            .len();
         let mut seg = Segment {
             base_offset: base,
             log_path,
@@ -134,7 +146,8 @@ impl Segment {
 
     /// Loads the index file; false when it is missing or inconsistent with the log.
     fn load_index(&mut self) -> Result<bool> {
-        let raw = std::fs::read(&self.index_path).map_err(|e| Error::io("read", &self.index_path, e))?;
+        let raw =
+            std::fs::read(&self.index_path).map_err(|e| Error::io("read", &self.index_path, e))?;
         if raw.is_empty() || raw.len() % INDEX_ENTRY != 0 {
             return Ok(false);
         }
@@ -142,7 +155,10 @@ impl Segment {
         for c in raw.chunks_exact(INDEX_ENTRY) {
             let rel = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
             let pos = u32::from_be_bytes([c[4], c[5], c[6], c[7]]);
-            let e = IndexEntry { offset: self.base_offset + i64::from(rel), position: u64::from(pos) };
+            let e = IndexEntry {
+                offset: self.base_offset + i64::from(rel),
+                position: u64::from(pos),
+            };
             if let Some(prev) = index.last() {
                 let prev: &IndexEntry = prev;
                 if e.offset <= prev.offset || e.position <= prev.position {
@@ -151,12 +167,16 @@ impl Segment {
             }
             index.push(e);
         }
-        let Some(last) = index.last().copied() else { return Ok(false) };
+        let Some(last) = index.last().copied() else {
+            return Ok(false);
+        };
         let mut head = [0u8; HEADER_LEN];
         if self.log.read_exact_at(&mut head, last.position).is_err() {
             return Ok(false);
         }
-        let Ok(info) = batch::parse_header(&head) else { return Ok(false) };
+        let Ok(info) = batch::parse_header(&head) else {
+            return Ok(false);
+        };
         if info.base_offset != last.offset || last.position + info.len as u64 != self.size {
             return Ok(false);
         }
@@ -178,7 +198,9 @@ impl Segment {
                 cut_reason = Some("partial batch header".to_string());
                 break;
             }
-            self.log.read_exact_at(&mut head, pos).map_err(|e| Error::io("read", &self.log_path, e))?;
+            self.log
+                .read_exact_at(&mut head, pos)
+                .map_err(|e| Error::io("read", &self.log_path, e))?;
             let info = match batch::parse_header(&head) {
                 Ok(i) => i,
                 Err(e) => {
@@ -191,23 +213,35 @@ impl Segment {
                 break;
             }
             buf.resize(info.len, 0);
-            self.log.read_exact_at(&mut buf, pos).map_err(|e| Error::io("read", &self.log_path, e))?;
+            self.log
+                .read_exact_at(&mut buf, pos)
+                .map_err(|e| Error::io("read", &self.log_path, e))?;
             if let Err(e) = batch::validate(&buf) {
                 cut_reason = Some(e.to_string());
                 break;
             }
             if info.base_offset < next {
-                cut_reason = Some(format!("batch offset {} goes backwards (expected {next})", info.base_offset));
+                cut_reason = Some(format!(
+                    "batch offset {} goes backwards (expected {next})",
+                    info.base_offset
+                ));
                 break;
             }
-            index.push(IndexEntry { offset: info.base_offset, position: pos });
+            index.push(IndexEntry {
+                offset: info.base_offset,
+                position: pos,
+            });
             next = info.last_offset() + 1;
             pos += info.len as u64;
         }
         if let Some(reason) = cut_reason {
             tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "cut segment tail");
-            self.log.set_len(pos).map_err(|e| Error::io("truncate", &self.log_path, e))?;
-            self.log.sync_all().map_err(|e| Error::io("fsync", &self.log_path, e))?;
+            self.log
+                .set_len(pos)
+                .map_err(|e| Error::io("truncate", &self.log_path, e))?;
+            self.log
+                .sync_all()
+                .map_err(|e| Error::io("fsync", &self.log_path, e))?;
             self.size = pos;
         }
         self.index = index;
@@ -218,8 +252,12 @@ impl Segment {
             raw.extend_from_slice(&((e.offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(e.position as u32).to_be_bytes());
         }
-        self.index_file.set_len(0).map_err(|e| Error::io("truncate", &self.index_path, e))?;
-        self.index_file.write_all_at(&raw, 0).map_err(|e| Error::io("write", &self.index_path, e))?;
+        self.index_file
+            .set_len(0)
+            .map_err(|e| Error::io("truncate", &self.index_path, e))?;
+        self.index_file
+            .write_all_at(&raw, 0)
+            .map_err(|e| Error::io("write", &self.index_path, e))?;
         self.dirty = true;
         Ok(())
     }
@@ -229,14 +267,19 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn append(&mut self, data: &[u8], infos: &[BatchInfo]) -> Result<()> {
-        self.log.write_all_at(data, self.size).map_err(|e| Error::io("write", &self.log_path, e))?;
+        self.log
+            .write_all_at(data, self.size)
+            .map_err(|e| Error::io("write", &self.log_path, e))?;
         let mut raw = Vec::with_capacity(infos.len() * INDEX_ENTRY);
         let mut pos = self.size;
         let first_entry = self.index.len();
         for info in infos {
             raw.extend_from_slice(&((info.base_offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(pos as u32).to_be_bytes());
-            self.index.push(IndexEntry { offset: info.base_offset, position: pos });
+            self.index.push(IndexEntry {
+                offset: info.base_offset,
+                position: pos,
+            });
             pos += info.len as u64;
             self.next_offset = info.last_offset() + 1;
         }
@@ -272,7 +315,10 @@ impl Segment {
         self.dirty = false;
         Some(SyncJob {
             base_offset: self.base_offset,
-            files: [(Arc::clone(&self.log), self.log_path.clone()), (Arc::clone(&self.index_file), self.index_path.clone())],
+            files: [
+                (Arc::clone(&self.log), self.log_path.clone()),
+                (Arc::clone(&self.index_file), self.index_path.clone()),
+            ],
         })
     }
 

@@ -427,8 +427,13 @@ impl Committer {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
+                    // A failure while closing ends the thread: the closer is
+                    // answered by fail() and waits to join it.
+                    let closing = self.core.closed.load(Ordering::Acquire);
                     self.fail(e);
-                    self.serve_failed();
+                    if !closing {
+                        self.serve_failed();
+                    }
                     break;
                 }
             }
@@ -449,7 +454,8 @@ impl Committer {
         if self.close.is_none() && self.carry.is_none() {
             // Sleep only when nothing is in flight, nothing is staged, and no sync()
             // caller waits for an fdatasync that maybe_sync has yet to submit.
-            let first = if self.quiescent() && self.staged.is_none() && self.sync_waiters.is_empty() {
+            let first = if self.quiescent() && self.staged.is_none() && self.sync_waiters.is_empty()
+            {
                 match self.spin_for_request() {
                     Some(r) => Some(r),
                     None => match self.idle_timeout() {
@@ -594,7 +600,16 @@ impl Committer {
                 return Ok(false);
             }
             if needs_rotation {
-                self.rotate()?;
+                if let Err(e) = self.rotate() {
+                    // fail() answers the carried append with this error.
+                    self.carry = Some(Request::Append {
+                        entries,
+                        timestamp,
+                        bytes,
+                        done,
+                    });
+                    return Err(e);
+                }
             }
             let room = (self.file.size - self.file.offset - BLOCK_SIZE as u64) as usize;
             let buf = if oversized {
@@ -774,7 +789,10 @@ impl Committer {
                 self.set_synced(through);
             }
         }
-        while self.writes.front().is_some_and(|w| w.result.is_some()) {
+        // A write submitted after the in-flight fdatasync is acknowledged only once
+        // that fsync succeeded: if it fails, nothing after it may be acknowledged.
+        let sync_token = self.sync_op.as_ref().map_or(u64::MAX, |s| s.token);
+        while self.writes.front().is_some_and(|w| w.result.is_some() && w.token < sync_token) {
             let mut w = self.writes.pop_front().expect("front checked");
             if let Some(Err(e)) = w.result.take() {
                 // Back in the queue (finished) so fail() answers its producers.
@@ -859,7 +877,10 @@ impl Committer {
             first_sequence: next_sequence,
             entry_count: 0,
             payload_len: 0,
-            synced_through: self.next_seq - 1,
+            // Only what an fdatasync covered before this block is written: the
+            // seal's own fsync comes after it, and a power loss may keep the seal
+            // but lose the unsynced batches before it.
+            synced_through: self.synced_through,
         };
         let out = buf.as_mut_slice();
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
@@ -939,6 +960,24 @@ impl Committer {
     fn shutdown(&mut self, done: Option<Completer>) -> Result<bool> {
         // Requests still queued behind the close are answered with Closed.
         self.core.closed.store(true, Ordering::Release);
+        match self.flush_for_close() {
+            Ok(()) => {
+                if let Some(d) = done {
+                    d.complete(Ok(self.next_seq - 1));
+                }
+                self.core.wake_waiters();
+                Ok(false)
+            }
+            Err(e) => {
+                // fail() answers the closer with the error (never a false success).
+                self.close = done;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes and fdatasyncs everything accepted before the close.
+    fn flush_for_close(&mut self) -> Result<()> {
         loop {
             self.maybe_submit_staged()?;
             self.drain()?;
@@ -958,11 +997,7 @@ impl Committer {
         if let Some(h) = self.preparer.take() {
             let _ = h.join();
         }
-        if let Some(d) = done {
-            d.complete(Ok(self.next_seq - 1));
-        }
-        self.core.wake_waiters();
-        Ok(false)
+        Ok(())
     }
 
     /// Latches `e`: every pending and in-flight request fails, now and later.

@@ -98,7 +98,12 @@ impl Handle {
         let _ = self.tx.send(Request::Close(Completer::new(slot)));
         let r = c.wait();
         let _ = thread.join();
-        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         r
     }
 }
@@ -225,6 +230,10 @@ fn seal_in_place(
         .write(true)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
+    // The seal records `synced_through`: make the recovered entries before it
+    // durable first, so that claim is true even if power fails before the seal's
+    // own fdatasync.
+    backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))?;
     #[cfg(unix)]
     std::os::unix::fs::FileExt::write_all_at(&f, &block, offset)
         .map_err(|e| Error::io("pwrite seal", path, e))?;

@@ -344,6 +344,37 @@ pub fn scan_file(
     Ok(info)
 }
 
+/// A seal names the sequence the next file starts at. It may skip sequences only
+/// when the WAL sealed a file whose log ended before the checkpoint (the entries
+/// skipped are then covered by it); any other skip means the seal is not where the
+/// writer put it (a stale or misplaced block), and the entries it would hide are lost.
+fn check_seal_skip(
+    info: &FileInfo,
+    expected_next: Option<u64>,
+    checkpoint: u64,
+    mode: RecoveryMode,
+) -> Result<()> {
+    if info.tail != Tail::Sealed {
+        return Ok(());
+    }
+    let (Some(before), Some(after)) = (
+        info.last_sequence.map(|l| l + 1).or(expected_next),
+        info.next_sequence,
+    ) else {
+        return Ok(());
+    };
+    if after <= before || after <= checkpoint + 1 {
+        return Ok(());
+    }
+    let at = info.valid_end - BLOCK_SIZE as u64;
+    let reason = format!("seal says the next file starts at sequence {after}, but this file ends at {before} and the checkpoint is {checkpoint}");
+    if mode == RecoveryMode::Strict {
+        return Err(Error::corrupt(&info.path, at, reason));
+    }
+    tracing::warn!(file = %info.path.display(), offset = at, reason = %reason, "accepting a seal that skips entries (tolerant recovery)");
+    Ok(())
+}
+
 /// Scans every file of the WAL directory in order and checks they form one log.
 ///
 /// # Errors
@@ -375,6 +406,12 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         }
         let want_number = number.or_else(|| files.last().map(|f| f.number + 1));
         let info = scan_file(&path, want_number, newest, expected_next, mode)?;
+        check_seal_skip(
+            &info,
+            expected_next,
+            checkpoint.map_or(0, |c| c.sequence),
+            mode,
+        )?;
         if let Some(prev) = files.last() {
             if info.number != prev.number + 1 {
                 return Err(Error::corrupt(
@@ -395,8 +432,11 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         .rev()
         .find_map(|f| f.last_sequence)
         .unwrap_or(0);
-    if let (Some(cp), Some(first)) = (checkpoint, files.iter().find_map(|f| f.first_sequence)) {
-        if first > cp.sequence + 1 {
+    // Files are deleted only once a checkpoint covers them, so the log starts right
+    // after the checkpoint (at 1 without one); a later start means lost files.
+    let cp_sequence = checkpoint.map_or(0, |c| c.sequence);
+    if let Some(first) = files.iter().find_map(|f| f.first_sequence) {
+        if first > cp_sequence + 1 {
             let f = files
                 .iter()
                 .find(|f| f.first_sequence.is_some())
@@ -405,10 +445,7 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
             return Err(Error::corrupt(
                 f,
                 BLOCK_SIZE as u64,
-                format!(
-                    "log starts at sequence {first} but the checkpoint is {}: entries are missing",
-                    cp.sequence
-                ),
+                format!("log starts at sequence {first} but the checkpoint is {cp_sequence}: entries are missing"),
             ));
         }
     }

@@ -47,7 +47,11 @@ impl Broker {
 
     fn start_with(data_dir: &Path, args: Vec<String>) -> Broker {
         let log = data_dir.with_extension("broker.log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open broker log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open broker log");
         let mut child = Command::new(broker_bin())
             .args(&args)
             .env("STREAMLINE_LOG", "info")
@@ -70,12 +74,28 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("broker did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "broker did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         };
-        let addr = line.rsplit(' ').next().expect("address on the line").to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "unexpected start line {line:?}");
-        Broker { child: Some(child), addr, data_dir: data_dir.to_path_buf(), args, log }
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .expect("address on the line")
+            .to_string();
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "unexpected start line {line:?}"
+        );
+        Broker {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args,
+            log,
+        }
     }
 
     /// Starts a new process with the same arguments (a new port).
@@ -100,7 +120,10 @@ impl Broker {
         signal(child.id(), sig);
         wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
             let _ = child.kill();
-            panic!("broker did not exit within 30 s of SIG{sig}; log:\n{}", self.log_text())
+            panic!(
+                "broker did not exit within 30 s of SIG{sig}; log:\n{}",
+                self.log_text()
+            )
         })
     }
 
@@ -128,7 +151,10 @@ impl Drop for Broker {
 
 /// Sends the signal named `sig` (`TERM`, `KILL`) to the process `pid`, one we started.
 pub fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill").args(["-s", sig, &pid.to_string()]).status().expect("run kill");
+    let status = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
     assert!(status.success(), "kill -s {sig} {pid} failed");
 }
 
@@ -164,13 +190,21 @@ pub fn python() -> String {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "{py} with confluent-kafka is not available: run scripts/install-test-deps.sh");
+    assert!(
+        ok,
+        "{py} with confluent-kafka is not available: run scripts/install-test-deps.sh"
+    );
     py
 }
 
 /// Runs a command with `stdin` bytes and a time limit; returns its output.
 pub fn run(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -197,26 +231,45 @@ pub fn run(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
         }
     };
     let _ = writer.join();
-    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
 }
 
 /// kcat with a time limit; asserts it succeeded.
 pub fn kcat(args: &[&str], stdin: &[u8]) -> Output {
     require_tool("kcat");
-    let out = run(Command::new("kcat").args(args), stdin, Duration::from_secs(60));
-    assert!(out.status.success(), "kcat {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        Command::new("kcat").args(args),
+        stdin,
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 /// Path of a client script in tests/clients/.
 pub fn client_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients")
+        .join(name)
 }
 
 /// Runs a Python client script; asserts it succeeded and returns its stdout.
 pub fn python_client(script: &str, args: &[&str]) -> String {
     let py = python();
-    let out = run(Command::new(py).arg(client_script(script)).args(args), b"", Duration::from_secs(120));
+    let out = run(
+        Command::new(py).arg(client_script(script)).args(args),
+        b"",
+        Duration::from_secs(120),
+    );
     assert!(
         out.status.success(),
         "{script} {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
@@ -232,7 +285,11 @@ pub fn records(text: &str, tag: &str) -> Vec<(i32, i64, String)> {
         .filter_map(|l| {
             let rest = l.strip_prefix(tag)?.strip_prefix(' ')?;
             let mut it = rest.splitn(3, ' ');
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next().unwrap_or("").to_string()))
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next().unwrap_or("").to_string(),
+            ))
         })
         .collect()
 }

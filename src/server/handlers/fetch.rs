@@ -20,7 +20,12 @@ struct Want {
 }
 
 /// One pass over the requested partitions: (response topics, bytes returned, any error).
-fn read_all(storage: &TopicManager, wants: &[Want], max_bytes: i64, version: i16) -> (Vec<FetchableTopicResponse>, i64, bool) {
+fn read_all(
+    storage: &TopicManager,
+    wants: &[Want],
+    max_bytes: i64,
+    version: i16,
+) -> (Vec<FetchableTopicResponse>, i64, bool) {
     let mut total = 0i64;
     let mut errors = false;
     let mut topics = Vec::with_capacity(wants.len());
@@ -33,7 +38,11 @@ fn read_all(storage: &TopicManager, wants: &[Want], max_bytes: i64, version: i16
                 .with_preferred_read_replica(BrokerId(-1));
             // log_start_offset exists from v5 on.
             let start = |o: i64| if version >= 5 { o } else { -1 };
-            let budget = if total >= max_bytes { 0 } else { (max_bytes - total).min(i64::from(pmax.max(0))) };
+            let budget = if total >= max_bytes {
+                0
+            } else {
+                (max_bytes - total).min(i64::from(pmax.max(0)))
+            };
             let entry = match storage.partition(&w.topic.0, index) {
                 None => {
                     errors = true;
@@ -45,7 +54,11 @@ fn read_all(storage: &TopicManager, wants: &[Want], max_bytes: i64, version: i16
                 }
                 Some(p) => {
                     // Budget spent on earlier partitions: report positions only.
-                    let read = if budget == 0 { p.positions(offset) } else { p.read(offset, budget as u64) };
+                    let read = if budget == 0 {
+                        p.positions(offset)
+                    } else {
+                        p.read(offset, budget as u64)
+                    };
                     match read {
                         Ok(Some(r)) => {
                             total += r.records.len() as i64;
@@ -78,7 +91,11 @@ fn read_all(storage: &TopicManager, wants: &[Want], max_bytes: i64, version: i16
             };
             parts.push(entry);
         }
-        topics.push(FetchableTopicResponse::default().with_topic(w.topic.clone()).with_partitions(parts));
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(w.topic.clone())
+                .with_partitions(parts),
+        );
     }
     (topics, total, errors)
 }
@@ -89,19 +106,29 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
             .into_iter()
             .map(|t| Want {
                 topic: t.topic,
-                partitions: t.partitions.iter().map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes)).collect(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
+                    .collect(),
             })
             .collect(),
     );
-    let max_bytes = if req.max_bytes <= 0 { i64::from(i32::MAX) } else { i64::from(req.max_bytes) };
+    let max_bytes = if req.max_bytes <= 0 {
+        i64::from(i32::MAX)
+    } else {
+        i64::from(req.max_bytes)
+    };
     let min_bytes = i64::from(req.min_bytes.max(0));
-    let deadline = Instant::now() + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
+    let deadline = Instant::now()
+        + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
     let mut changes = ctx.storage.subscribe();
     loop {
         changes.borrow_and_update();
         let storage = ctx.storage.clone();
         let w = std::sync::Arc::clone(&wants);
-        let pass = tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version)).await;
+        let pass =
+            tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version)).await;
         let (topics, total, errors) = match pass {
             Ok(r) => r,
             Err(e) => {
@@ -111,20 +138,31 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
         };
         let done = errors || total >= min_bytes || Instant::now() >= deadline;
         if done {
-            return FetchResponse::default().with_responses(topics).with_session_id(0);
+            return FetchResponse::default()
+                .with_responses(topics)
+                .with_session_id(0);
         }
         let wait = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
         if !matches!(wait, Ok(Ok(()))) {
             // Deadline (or storage gone): one last read, then answer.
             let storage = ctx.storage.clone();
             let w = std::sync::Arc::clone(&wants);
-            let topics = tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version).0).await.unwrap_or_default();
-            return FetchResponse::default().with_responses(topics).with_session_id(0);
+            let topics =
+                tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version).0)
+                    .await
+                    .unwrap_or_default();
+            return FetchResponse::default()
+                .with_responses(topics)
+                .with_session_id(0);
         }
     }
 }
 
-pub(crate) async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub(crate) async fn list_offsets(
+    ctx: &Ctx,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     // leader_epoch exists from v4 on.
     let epoch = move |e: i32| if version >= 4 { e } else { -1 };
     let storage = ctx.storage.clone();
@@ -136,9 +174,14 @@ pub(crate) async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest, version: i1
                     .partitions
                     .iter()
                     .map(|p| {
-                        let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_timestamp(-1);
+                        let r = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p.partition_index)
+                            .with_timestamp(-1);
                         let Some(part) = storage.partition(&t.name.0, p.partition_index) else {
-                            return r.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION).with_offset(-1).with_leader_epoch(-1);
+                            return r
+                                .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                                .with_offset(-1)
+                                .with_leader_epoch(-1);
                         };
                         let offset = match p.timestamp {
                             -1 => Ok(part.high_watermark()),
@@ -147,15 +190,22 @@ pub(crate) async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest, version: i1
                             _ => Ok(part.high_watermark()),
                         };
                         match offset {
-                            Ok(o) => r.with_error_code(codes::NONE).with_offset(o).with_leader_epoch(epoch(0)),
+                            Ok(o) => r
+                                .with_error_code(codes::NONE)
+                                .with_offset(o)
+                                .with_leader_epoch(epoch(0)),
                             Err(e) => {
                                 tracing::error!(error = %e, "list offsets read failed");
-                                r.with_error_code(codes::KAFKA_STORAGE_ERROR).with_offset(-1).with_leader_epoch(-1)
+                                r.with_error_code(codes::KAFKA_STORAGE_ERROR)
+                                    .with_offset(-1)
+                                    .with_leader_epoch(-1)
                             }
                         }
                     })
                     .collect();
-                ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(parts)
+                ListOffsetsTopicResponse::default()
+                    .with_name(t.name)
+                    .with_partitions(parts)
             })
             .collect::<Vec<_>>()
     })

@@ -21,7 +21,9 @@ use crate::{
 pub(crate) fn error_code(e: &ProduceError) -> i16 {
     match e {
         ProduceError::UnknownTopicOrPartition => codes::UNKNOWN_TOPIC_OR_PARTITION,
-        ProduceError::InvalidBatch(BatchError::UnsupportedCompression(_)) => codes::UNSUPPORTED_COMPRESSION_TYPE,
+        ProduceError::InvalidBatch(BatchError::UnsupportedCompression(_)) => {
+            codes::UNSUPPORTED_COMPRESSION_TYPE
+        }
         ProduceError::InvalidBatch(_) => codes::CORRUPT_MESSAGE,
         ProduceError::TooLarge => codes::MESSAGE_TOO_LARGE,
         ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
@@ -46,7 +48,11 @@ fn message(e: &ProduceError) -> String {
 type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
 
 pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, cid: i32) -> Pending {
-    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(100, 300_000));
+    let timeout = Duration::from_millis(
+        u64::try_from(req.timeout_ms)
+            .unwrap_or(0)
+            .clamp(100, 300_000),
+    );
     let acks = req.acks;
     let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
     for topic in req.topic_data {
@@ -55,7 +61,9 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
         for p in topic.partition_data {
             let outcome = match &p.records {
                 _ if !matches!(acks, -1..=1) => Err(ProduceError::InvalidAcks),
-                Some(records) if !records.is_empty() => ctx.storage.submit(&name, p.index, records, timeout).await,
+                Some(records) if !records.is_empty() => {
+                    ctx.storage.submit(&name, p.index, records, timeout).await
+                }
                 _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
             };
             match &outcome {
@@ -63,7 +71,9 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
                 Err(e @ ProduceError::UnknownTopicOrPartition) => {
                     tracing::debug!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
                 }
-                Err(e) => tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected"),
+                Err(e) => {
+                    tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected")
+                }
                 Ok(_) => {}
             }
             parts.push((p.index, outcome));
@@ -80,21 +90,37 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
                     Ok(rx) => rx.await.unwrap_or(Err(ProduceError::ShuttingDown)),
                     Err(e) => Err(e),
                 };
-                let log_start = storage.partition(&name.0, index).map_or(-1, |p| p.log_start_offset());
-                let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1).with_log_start_offset(if version >= 5 { log_start } else { -1 });
+                let log_start = storage
+                    .partition(&name.0, index)
+                    .map_or(-1, |p| p.log_start_offset());
+                let r = PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(if version >= 5 { log_start } else { -1 });
                 out.push(match result {
                     Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
                     Err(e) => r
                         .with_error_code(error_code(&e))
                         .with_base_offset(-1)
-                        .with_error_message((version >= 8).then(|| StrBytes::from_string(message(&e)))),
+                        .with_error_message(
+                            (version >= 8).then(|| StrBytes::from_string(message(&e))),
+                        ),
                 });
             }
-            responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(out));
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(out),
+            );
         }
         if acks == 0 {
             return None;
         }
-        encode_response(ApiKey::Produce, version, cid, &ProduceResponse::default().with_responses(responses))
+        encode_response(
+            ApiKey::Produce,
+            version,
+            cid,
+            &ProduceResponse::default().with_responses(responses),
+        )
     })
 }

@@ -6,9 +6,11 @@ use kafka_protocol::{
     messages::{
         create_topics_response::CreatableTopicResult,
         delete_topics_response::DeletableTopicResult,
-        metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
-        BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, MetadataRequest,
-        MetadataResponse, TopicName,
+        metadata_response::{
+            MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+        },
+        BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+        DeleteTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
     },
     protocol::StrBytes,
 };
@@ -37,18 +39,30 @@ fn topic_entry(ctx: &Ctx, t: &Topic, version: i16) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_error_code(codes::NONE)
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
-        .with_topic_id(if version >= 10 { t.id } else { uuid::Uuid::nil() })
+        .with_topic_id(if version >= 10 {
+            t.id
+        } else {
+            uuid::Uuid::nil()
+        })
         .with_is_internal(false)
         .with_partitions(partitions)
         .with_topic_authorized_operations(i32::MIN)
 }
 
 fn error_topic(name: Option<TopicName>, id: uuid::Uuid, error: i16) -> MetadataResponseTopic {
-    MetadataResponseTopic::default().with_error_code(error).with_name(name).with_topic_id(id).with_topic_authorized_operations(i32::MIN)
+    MetadataResponseTopic::default()
+        .with_error_code(error)
+        .with_name(name)
+        .with_topic_id(id)
+        .with_topic_authorized_operations(i32::MIN)
 }
 
 /// Creates `name` on a blocking thread (it creates and fsyncs files).
-async fn create_blocking(ctx: &Ctx, name: String, partitions: i32) -> Result<Arc<Topic>, CreateError> {
+async fn create_blocking(
+    ctx: &Ctx,
+    name: String,
+    partitions: i32,
+) -> Result<Arc<Topic>, CreateError> {
     let storage = ctx.storage.clone();
     tokio::task::spawn_blocking(move || storage.create_topic(&name, partitions))
         .await
@@ -68,16 +82,29 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
         _ => None,
     };
     // v0-v3 always allow auto-creation; later versions say so per request.
-    let allow_create = (version < 4 || req.allow_auto_topic_creation) && ctx.storage.config().storage.auto_create_topics;
+    let allow_create = (version < 4 || req.allow_auto_topic_creation)
+        && ctx.storage.config().storage.auto_create_topics;
     let mut topics = Vec::new();
     match requested {
-        None => topics.extend(ctx.storage.topics().iter().map(|t| topic_entry(ctx, t, version))),
+        None => topics.extend(
+            ctx.storage
+                .topics()
+                .iter()
+                .map(|t| topic_entry(ctx, t, version)),
+        ),
         Some(list) => {
             for rt in list {
                 let Some(name) = rt.name else {
-                    match ctx.storage.topics().into_iter().find(|t| t.id == rt.topic_id) {
+                    match ctx
+                        .storage
+                        .topics()
+                        .into_iter()
+                        .find(|t| t.id == rt.topic_id)
+                    {
                         Some(t) => topics.push(topic_entry(ctx, &t, version)),
-                        None => topics.push(error_topic(None, rt.topic_id, codes::UNKNOWN_TOPIC_ID)),
+                        None => {
+                            topics.push(error_topic(None, rt.topic_id, codes::UNKNOWN_TOPIC_ID))
+                        }
                     }
                     continue;
                 };
@@ -85,57 +112,105 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                 if let Some(t) = ctx.storage.topic(&n) {
                     topics.push(topic_entry(ctx, &t, version));
                 } else if !valid_topic_name(&n) {
-                    topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::INVALID_TOPIC_EXCEPTION));
+                    topics.push(error_topic(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        codes::INVALID_TOPIC_EXCEPTION,
+                    ));
                 } else if allow_create {
                     let parts = ctx.storage.config().storage.default_partitions;
                     match create_blocking(ctx, n.clone(), parts).await {
                         Ok(t) => topics.push(topic_entry(ctx, &t, version)),
                         Err(CreateError::Exists) => match ctx.storage.topic(&n) {
                             Some(t) => topics.push(topic_entry(ctx, &t, version)),
-                            None => topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::UNKNOWN_TOPIC_OR_PARTITION)),
+                            None => topics.push(error_topic(
+                                Some(name),
+                                uuid::Uuid::nil(),
+                                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            )),
                         },
                         Err(e) => {
                             tracing::warn!(topic = %n, error = ?e, "auto-create failed");
-                            topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::UNKNOWN_TOPIC_OR_PARTITION));
+                            topics.push(error_topic(
+                                Some(name),
+                                uuid::Uuid::nil(),
+                                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            ));
                         }
                     }
                 } else {
-                    topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::UNKNOWN_TOPIC_OR_PARTITION));
+                    topics.push(error_topic(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
                 }
             }
         }
     }
     MetadataResponse::default()
         .with_brokers(vec![broker])
-        .with_cluster_id((version >= 2).then(|| StrBytes::from_string(ctx.storage.meta().cluster_id.clone())))
+        .with_cluster_id(
+            (version >= 2).then(|| StrBytes::from_string(ctx.storage.meta().cluster_id.clone())),
+        )
         .with_controller_id(BrokerId(if version >= 1 { node } else { -1 }))
         .with_topics(topics)
         .with_cluster_authorized_operations(i32::MIN)
 }
 
-pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub(crate) async fn create(
+    ctx: &Ctx,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut results = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
-        let parts = if t.num_partitions == -1 { ctx.storage.config().storage.default_partitions } else { t.num_partitions };
+        let parts = if t.num_partitions == -1 {
+            ctx.storage.config().storage.default_partitions
+        } else {
+            t.num_partitions
+        };
         let check = if !valid_topic_name(&name) {
-            Err((codes::INVALID_TOPIC_EXCEPTION, "topic names are 1-249 characters of [A-Za-z0-9._-]".to_string()))
+            Err((
+                codes::INVALID_TOPIC_EXCEPTION,
+                "topic names are 1-249 characters of [A-Za-z0-9._-]".to_string(),
+            ))
         } else if t.replication_factor != -1 && t.replication_factor != 1 {
-            Err((codes::INVALID_REPLICATION_FACTOR, "this single-node broker supports replication factor 1".to_string()))
+            Err((
+                codes::INVALID_REPLICATION_FACTOR,
+                "this single-node broker supports replication factor 1".to_string(),
+            ))
         } else if !t.assignments.is_empty() {
-            Err((codes::INVALID_REPLICA_ASSIGNMENT, "manual replica assignment is not supported".to_string()))
+            Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "manual replica assignment is not supported".to_string(),
+            ))
         } else if !(1..=10_000).contains(&parts) {
-            Err((codes::INVALID_PARTITIONS, format!("partition count {parts} is outside 1-10000")))
+            Err((
+                codes::INVALID_PARTITIONS,
+                format!("partition count {parts} is outside 1-10000"),
+            ))
         } else if ctx.storage.topic(&name).is_some() {
-            Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists")))
+            Err((
+                codes::TOPIC_ALREADY_EXISTS,
+                format!("topic {name} already exists"),
+            ))
         } else if req.validate_only {
             Ok(())
         } else {
             match create_blocking(ctx, name.clone(), parts).await {
                 Ok(_) => Ok(()),
-                Err(CreateError::Exists) => Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists"))),
-                Err(CreateError::InvalidName) => Err((codes::INVALID_TOPIC_EXCEPTION, "invalid topic name".into())),
-                Err(CreateError::InvalidPartitions) => Err((codes::INVALID_PARTITIONS, "invalid partition count".into())),
+                Err(CreateError::Exists) => Err((
+                    codes::TOPIC_ALREADY_EXISTS,
+                    format!("topic {name} already exists"),
+                )),
+                Err(CreateError::InvalidName) => {
+                    Err((codes::INVALID_TOPIC_EXCEPTION, "invalid topic name".into()))
+                }
+                Err(CreateError::InvalidPartitions) => {
+                    Err((codes::INVALID_PARTITIONS, "invalid partition count".into()))
+                }
                 Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
             }
         };
@@ -145,7 +220,9 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest, version: i16) ->
         }
         results.push(match check {
             Ok(()) => r.with_error_code(codes::NONE),
-            Err((code, msg)) => r.with_error_code(code).with_error_message(Some(StrBytes::from_string(msg))),
+            Err((code, msg)) => r
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(msg))),
         });
     }
     CreateTopicsResponse::default().with_topics(results)
@@ -164,7 +241,11 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
                 codes::KAFKA_STORAGE_ERROR
             }
         };
-        results.push(DeletableTopicResult::default().with_name(Some(name)).with_error_code(code));
+        results.push(
+            DeletableTopicResult::default()
+                .with_name(Some(name))
+                .with_error_code(code),
+        );
     }
     DeleteTopicsResponse::default().with_responses(results)
 }

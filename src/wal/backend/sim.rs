@@ -77,8 +77,8 @@ pub struct SimPlan {
     pub seed: u64,
     /// Simulated crash when this many operations have completed.
     pub crash_after_ops: Option<u64>,
-    /// Injected failure: (operation number, kind). Sync faults apply to the first
-    /// operation with a sync at or after that number.
+    /// Injected failure: (n, kind): the first fitting operation after `n` completed
+    /// ones fails (a sync fault waits for an operation with an fdatasync).
     pub fault: Option<(u64, Fault)>,
     /// Percent chance that a write completes in more than one piece.
     pub short_write_pct: u8,
@@ -175,9 +175,10 @@ impl std::fmt::Debug for SimDisk {
     }
 }
 
-fn io_err(code: i32, what: &str) -> std::io::Error {
-    let e = std::io::Error::from_raw_os_error(code);
-    std::io::Error::new(e.kind(), format!("{e} ({what})"))
+/// An OS error with `code` (kept raw so callers can see the errno). `_why` documents
+/// the cause at the call site; the operation name in [`Error::Io`] says "(sim)".
+fn io_err(code: i32, _why: &str) -> std::io::Error {
+    std::io::Error::from_raw_os_error(code)
 }
 
 impl SimDisk {
@@ -185,7 +186,7 @@ impl SimDisk {
     pub fn new(plan: SimPlan) -> Self {
         let state = DiskState {
             plan,
-            rng: Rng(plan.seed ^ 0x5EED_0F_D15C),
+            rng: Rng(plan.seed ^ 0x005E_ED0F_D15C),
             files: HashMap::new(),
             stats: SimStats::default(),
             injected: None,
@@ -346,7 +347,7 @@ impl DiskState {
         }
         if self.fault_armed.is_none() {
             if let Some((at, f)) = self.plan.fault {
-                if self.stats.ops >= at {
+                if self.stats.ops > at {
                     self.fault_armed = Some(f);
                 }
             }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# kill -9 soak: hundreds of SIGKILL cycles of a real writer process per backend and
+# sync mode (tests/wal_crash.rs with more cycles). Prints cycles, acknowledged and
+# lost entries; exits non-zero unless lost is 0 and every cycle passed.
+#
+#   scripts/crash-soak.sh [CYCLES]      (default 300 per backend and mode)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cycles=${1:-300}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+CRASH_CYCLES=$cycles cargo test --test wal_crash -- --nocapture --test-threads=1 2>&1 | tee "$log" | grep -E '^crash|LOST|panicked' || true
+if ! grep -q 'test result: ok' "$log"; then
+    status=1
+fi
+awk '/^crash: / { c += $5; a += $7; l += $9 }
+     END { printf "cycles %d acknowledged %d lost %d\n", c, a, l; exit (l != 0) }' "$log" || status=1
+exit $status

@@ -1,0 +1,84 @@
+//! Test helper for the kill -9 crash test (`tests/wal_crash.rs`, `scripts/crash-soak.sh`):
+//! opens a WAL and appends deterministic payloads from several threads until killed,
+//! printing one line per acknowledged append (stdout flushed per line).
+//!
+//! ```text
+//! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN
+//! stdout: "open BACKEND NEXT_SEQUENCE"
+//!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
+//! ```
+//!
+//! Payload of (run, thread, counter): see [`payload`]; the crash test recomputes it.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
+
+/// Deterministic payload length and bytes for (run, thread, counter).
+fn payload(run: u64, thread: u64, counter: u64) -> Vec<u8> {
+    let mut x = (run << 40) ^ (thread << 32) ^ counter ^ 0x9E37_79B9_7F4A_7C15;
+    let len = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 52) as usize % 3000;
+    let mut v = format!("{run}/{thread}/{counter}/").into_bytes();
+    v.extend((0..len).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    v
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 6 {
+        eprintln!("usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN");
+        std::process::exit(2);
+    }
+    let backend: BackendKind = args[2].parse().unwrap_or_else(|e| panic!("{e}"));
+    let mode: SyncMode = args[3].parse().unwrap_or_else(|e| panic!("{e}"));
+    let threads: u64 = args[4].parse().expect("THREADS");
+    let run: u64 = args[5].parse().expect("RUN");
+    let cfg = WalConfig {
+        backend,
+        sync_mode: mode,
+        sync_interval_ms: 5,
+        max_file_size: 256 * 1024,
+        retention_files: 1,
+        max_batch_bytes: 64 * 1024,
+        ..WalConfig::default()
+    };
+    let (wal, rec) = Wal::open(&args[1], cfg).unwrap_or_else(|e| panic!("open: {e}"));
+    assert_eq!(wal.backend(), backend, "requested backend not in use");
+    let next = rec.next_sequence;
+    drop(rec);
+    println!("open {} {next}", wal.backend());
+    std::io::stdout().flush().expect("stdout");
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let wal = wal.clone();
+            s.spawn(move || {
+                let out = std::io::stdout();
+                for counter in 0.. {
+                    let data = payload(run, t, counter);
+                    let len = data.len();
+                    let seq = wal
+                        .append("crash", t as i32, Bytes::from(data))
+                        .wait()
+                        .unwrap_or_else(|e| panic!("append: {e}"));
+                    // One write per line: the parent may kill us between any two.
+                    let line = format!("ack {seq} {run} {t} {counter} {len}\n");
+                    let mut lock = out.lock();
+                    lock.write_all(line.as_bytes()).expect("stdout");
+                    lock.flush().expect("stdout");
+                    drop(lock);
+                    if t == 0 && counter % 300 == 299 {
+                        // Checkpoint and retention also run under the kill.
+                        wal.checkpoint(wal.last_acked_sequence())
+                            .unwrap_or_else(|e| panic!("checkpoint: {e}"));
+                    }
+                }
+            });
+        }
+    });
+}

@@ -1,0 +1,196 @@
+//! Full disk on a real filesystem: a small ext4 image mounted through a loop device
+//! (needs root, `mkfs.ext4` and loop devices; CI runs as root). The WAL fills it
+//! until appends fail; every producer then gets an error carrying ENOSPC, nothing
+//! acknowledged is lost, and after space is freed the WAL reopens, recovers
+//! everything and accepts appends again. Both backends.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
+
+use bytes::Bytes;
+use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
+
+/// Mounts a fresh ext4 image of `mib` MiB; unmounts on drop.
+struct LoopFs {
+    mount: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (install e2fsprogs / mount)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl LoopFs {
+    fn new(mib: u64) -> LoopFs {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the full-disk test mounts a loop device and needs root (CI runs as root)"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        run("mkfs.ext4", &["-q", "-F", "-m", "0", img.to_str().unwrap()]);
+        let mount = tmp.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        run(
+            "mount",
+            &["-o", "loop", img.to_str().unwrap(), mount.to_str().unwrap()],
+        );
+        LoopFs { mount, _tmp: tmp }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // An io_uring instance releases its file references asynchronously after it
+        // is dropped, so the first attempts may find the mount busy. The loop device
+        // is detached automatically with the unmount.
+        for _ in 0..50 {
+            let ok = Command::new("umount")
+                .arg(&self.mount)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn config(backend: BackendKind) -> WalConfig {
+    WalConfig {
+        backend,
+        sync_mode: SyncMode::EveryWrite,
+        max_file_size: 512 * 1024,
+        retention_files: 1000,
+        max_batch_bytes: 64 * 1024,
+        ..WalConfig::default()
+    }
+}
+
+fn data(p: u64, i: u64) -> Vec<u8> {
+    let len = 1000 + (p * 7919 + i * 104_729) % 3000;
+    (0..len).map(|j| (p * 31 + i * 17 + j) as u8).collect()
+}
+
+fn fill_until_enospc(dir: &Path, backend: BackendKind) -> BTreeMap<u64, Vec<u8>> {
+    let (wal, _) = Wal::open(dir, config(backend)).unwrap();
+    assert_eq!(wal.backend(), backend, "requested backend not in use");
+    let acked = Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for p in 0..4u64 {
+            let (wal, acked) = (&wal, &acked);
+            s.spawn(move || {
+                let mut failed = false;
+                for i in 0.. {
+                    let d = data(p, i);
+                    match wal.append("full", p as i32, Bytes::from(d.clone())).wait() {
+                        Ok(seq) => {
+                            assert!(!failed, "append acknowledged after an earlier failure");
+                            acked.lock().unwrap().insert(seq, d);
+                        }
+                        Err(e) => {
+                            assert_eq!(
+                                e.raw_os_error(),
+                                Some(libc::ENOSPC),
+                                "producer {p}: error does not carry ENOSPC: {e}"
+                            );
+                            assert!(e.to_string().contains("No space left on device"), "{e}");
+                            if failed {
+                                break; // a second append after the failure also failed
+                            }
+                            failed = true;
+                        }
+                    }
+                    assert!(i < 1_000_000, "the disk never filled up");
+                }
+            });
+        }
+    });
+    let cause = wal.failure().expect("the WAL did not latch the failure");
+    assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC), "{cause}");
+    let _ = wal.close();
+    acked.into_inner().unwrap()
+}
+
+fn check_recovered(dir: &Path, backend: BackendKind, acked: &BTreeMap<u64, Vec<u8>>) -> Wal {
+    let (wal, rec) = Wal::open(dir, config(backend))
+        .unwrap_or_else(|e| panic!("reopen after freeing space: {e}"));
+    let entries = rec.collect::<Result<Vec<_>, _>>().unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1, "sequences not contiguous");
+    }
+    for (seq, d) in acked {
+        let e = entries
+            .get(*seq as usize - 1)
+            .unwrap_or_else(|| panic!("acknowledged seq {seq} lost"));
+        assert_eq!(&e.data[..], &d[..], "seq {seq} garbled");
+    }
+    wal
+}
+
+#[test]
+fn full_ext4_fails_appends_with_enospc_and_recovers_after_space_is_freed() {
+    for backend in [BackendKind::Std, BackendKind::Uring] {
+        let fs = LoopFs::new(8);
+        // Ballast to free later; the WAL fills the rest.
+        let ballast = fs.mount.join("ballast");
+        std::fs::write(&ballast, vec![0xAA; 2 << 20]).unwrap();
+        let dir = fs.mount.join("wal");
+        let acked = fill_until_enospc(&dir, backend);
+        assert!(
+            acked.len() > 100,
+            "{backend}: only {} appends before the disk filled",
+            acked.len()
+        );
+
+        // Still full: recovery must not mistake the failure for corruption.
+        match Wal::open(&dir, config(backend)) {
+            Ok((wal, rec)) => {
+                assert!(rec.last_sequence >= *acked.keys().last().unwrap());
+                drop(wal);
+            }
+            Err(e) => assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC),
+                "{backend}: reopen on a full disk: {e}"
+            ),
+        }
+
+        std::fs::remove_file(&ballast).unwrap();
+        let wal = check_recovered(&dir, backend, &acked);
+        let last = *acked.keys().last().unwrap();
+        let seq = wal
+            .append("full", 9, Bytes::from_static(b"after free"))
+            .wait()
+            .unwrap_or_else(|e| panic!("{backend}: append after freeing space: {e}"));
+        assert!(seq > last);
+        wal.close().unwrap();
+        let wal = check_recovered(&dir, backend, &acked);
+        wal.close().unwrap();
+        eprintln!(
+            "full disk {backend}: {} acknowledged before ENOSPC, none lost",
+            acked.len()
+        );
+    }
+}
