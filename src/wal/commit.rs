@@ -422,6 +422,15 @@ impl Committer {
 
     /// Runs until closed or every handle is gone.
     pub(crate) fn run(mut self) {
+        self.serve();
+        // No file work may outlive the thread: the directory lock is released
+        // right after it is joined.
+        if let Some(h) = self.preparer.take() {
+            let _ = h.join();
+        }
+    }
+
+    fn serve(&mut self) {
         loop {
             match self.step() {
                 Ok(true) => {}
@@ -429,7 +438,7 @@ impl Committer {
                 Err(e) => {
                     // A failure while closing ends the thread: the closer is
                     // answered by fail() and waits to join it.
-                    let closing = self.core.closed.load(Ordering::Acquire);
+                    let closing = self.core.closed.load(Ordering::Acquire) || self.close.is_some();
                     self.fail(e);
                     if !closing {
                         self.serve_failed();
@@ -792,7 +801,11 @@ impl Committer {
         // A write submitted after the in-flight fdatasync is acknowledged only once
         // that fsync succeeded: if it fails, nothing after it may be acknowledged.
         let sync_token = self.sync_op.as_ref().map_or(u64::MAX, |s| s.token);
-        while self.writes.front().is_some_and(|w| w.result.is_some() && w.token < sync_token) {
+        while self
+            .writes
+            .front()
+            .is_some_and(|w| w.result.is_some() && w.token < sync_token)
+        {
             let mut w = self.writes.pop_front().expect("front checked");
             if let Some(Err(e)) = w.result.take() {
                 // Back in the queue (finished) so fail() answers its producers.
