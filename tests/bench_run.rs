@@ -158,7 +158,7 @@ fn table_output_and_cleanup() {
     assert!(out.contains("reopen:"), "{out}");
     let reopen_row: Vec<&str> = out.lines().last().unwrap().split_whitespace().collect();
     assert_eq!(reopen_row[2], "200", "every record read back after reopen: {out}");
-    assert!(!data.exists(), "--cleanup removes the job's files");
+    assert!(!data.join("job1-streamline").exists(), "--cleanup removes the job's files");
 }
 
 #[test]

@@ -77,10 +77,6 @@ pub fn run_cli(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<Ve
         }
         if cli.cleanup {
             std::fs::remove_dir_all(&result.dir).map_err(|e| format!("--cleanup {}: {e}", result.dir.display()))?;
-            if let Some(parent) = result.dir.parent() {
-                // Only removes the parent when no other files are left in it.
-                let _ = std::fs::remove_dir(parent);
-            }
         }
         hists.push((job_label(&report), result.hist));
         reports.push(report);
