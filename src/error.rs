@@ -36,7 +36,9 @@ pub enum Error {
     },
 
     /// An entry (plus its framing) does not fit into one WAL file.
-    #[error("entry of {size} bytes exceeds the limit of {limit} bytes (max_file_size minus headers)")]
+    #[error(
+        "entry of {size} bytes exceeds the limit of {limit} bytes (max_file_size minus headers)"
+    )]
     EntryTooLarge {
         /// Encoded size of the rejected entry.
         size: u64,
@@ -86,12 +88,20 @@ pub enum Error {
 impl Error {
     /// Builds an [`Error::Io`] from an operation, a path and an OS error.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     /// Builds an [`Error::Corrupt`].
     pub fn corrupt(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
-        Error::Corrupt { file: file.into(), offset, reason: reason.into() }
+        Error::Corrupt {
+            file: file.into(),
+            offset,
+            reason: reason.into(),
+        }
     }
 
     /// The raw OS error code, if this error (or the failure that latched it) came from the OS.

@@ -1,1 +1,80 @@
-fn main() {}
+//! `streamline`: the broker binary. With no arguments it serves Kafka clients on
+//! 127.0.0.1:9092 with data in ./data (WAL in ./data/wal).
+//!
+//! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM), 1 when start-up or
+//! shutdown fails, 2 for an invalid command line (nothing is touched on disk then).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use streamline::{config::Cli, server::Server, storage::TopicManager};
+
+fn main() -> ExitCode {
+    let config = Cli::parse().into_config();
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STREAMLINE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("streamline-io").build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "broker failed");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: streamline::config::Config) -> streamline::Result<()> {
+    let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))
+        .await
+        .map_err(|e| streamline::Error::io("recovery task", "data", std::io::Error::other(e.to_string())))??;
+    let server = match Server::bind(storage.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let s = storage.clone();
+            let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
+            return Err(e);
+        }
+    };
+    // Tests and scripts read this line to learn the port (with --listen HOST:0).
+    println!("streamline listening on {}", server.local_addr());
+    server.run(shutdown_signal()).await;
+    tracing::info!("stopped serving; flushing storage");
+    let s = storage.clone();
+    tokio::task::spawn_blocking(move || s.shutdown())
+        .await
+        .map_err(|e| streamline::Error::io("shutdown task", "data", std::io::Error::other(e.to_string())))??;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

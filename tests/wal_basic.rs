@@ -4,44 +4,65 @@ mod common;
 
 use bytes::Bytes;
 use common::{config, open, payload, BACKENDS};
-use streamline::wal::{SyncMode, WalEntryType, NewEntry};
+use streamline::wal::{NewEntry, SyncMode, WalEntryType};
 
 #[test]
 fn append_reopen_recovers_everything_in_order() {
     for backend in BACKENDS {
-        for mode in [SyncMode::EveryWrite, SyncMode::Interval, SyncMode::OsDefault] {
-            let dir = tempfile::tempdir().unwrap();
-            let (wal, rec) = open(dir.path(), config(backend, mode));
-            assert!(rec.is_empty());
-            let mut seqs = Vec::new();
-            for i in 0..300u64 {
-                let data = payload(i, (i as usize * 37) % 3000);
-                seqs.push(wal.append("t", (i % 3) as i32, Bytes::from(data)).wait().unwrap());
-            }
-            assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "{backend} {mode}");
-            assert!(wal.stats().rotations > 0, "256 KiB files should rotate");
-            wal.close().unwrap();
+        for mode in [
+            SyncMode::EveryWrite,
+            SyncMode::Interval,
+            SyncMode::OsDefault,
+        ] {
+            // O_DIRECT on and off for every mode (the std backend ignores it).
+            for direct_io in [Some(true), Some(false)] {
+                let dir = tempfile::tempdir().unwrap();
+                let cfg = streamline::wal::WalConfig {
+                    direct_io,
+                    ..config(backend, mode)
+                };
+                let (wal, rec) = open(dir.path(), cfg.clone());
+                assert!(rec.is_empty());
+                let mut seqs = Vec::new();
+                for i in 0..300u64 {
+                    let data = payload(i, (i as usize * 37) % 3000);
+                    seqs.push(
+                        wal.append("t", (i % 3) as i32, Bytes::from(data))
+                            .wait()
+                            .unwrap(),
+                    );
+                }
+                assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "{backend} {mode}");
+                assert!(wal.stats().rotations > 0, "256 KiB files should rotate");
+                wal.close().unwrap();
 
-            let (wal, rec) = open(dir.path(), config(backend, mode));
-            assert_eq!(rec.len(), 300, "{backend} {mode}");
-            for (i, e) in rec.iter().enumerate() {
-                assert_eq!(e.sequence, i as u64 + 1);
-                assert_eq!(e.topic, "t");
-                assert_eq!(e.partition, (i % 3) as i32);
-                assert_eq!(e.entry_type, WalEntryType::Record);
-                assert_eq!(&e.data[..], &payload(i as u64, (i * 37) % 3000)[..]);
+                let (wal, rec) = open(dir.path(), cfg.clone());
+                assert_eq!(rec.len(), 300, "{backend} {mode}");
+                for (i, e) in rec.iter().enumerate() {
+                    assert_eq!(e.sequence, i as u64 + 1);
+                    assert_eq!(e.topic, "t");
+                    assert_eq!(e.partition, (i % 3) as i32);
+                    assert_eq!(e.entry_type, WalEntryType::Record);
+                    assert_eq!(&e.data[..], &payload(i as u64, (i * 37) % 3000)[..]);
+                }
+                assert_eq!(
+                    wal.append("t", 0, Bytes::from_static(b"x")).wait().unwrap(),
+                    301
+                );
+                let first = wal
+                    .append_batch(vec![
+                        NewEntry::record("u", 1, Bytes::from_static(b"a")),
+                        NewEntry::record("u", 2, Bytes::from_static(b"b")),
+                    ])
+                    .wait()
+                    .unwrap();
+                assert_eq!(first, 302);
+                drop(wal);
+                let (_wal, rec) = open(dir.path(), cfg);
+                assert_eq!(rec.len(), 303);
+                assert_eq!(rec[302].sequence, 303);
+                assert_eq!(&rec[302].data[..], b"b");
             }
-            assert_eq!(wal.append("t", 0, Bytes::from_static(b"x")).wait().unwrap(), 301);
-            let first = wal
-                .append_batch(vec![NewEntry::record("u", 1, Bytes::from_static(b"a")), NewEntry::record("u", 2, Bytes::from_static(b"b"))])
-                .wait()
-                .unwrap();
-            assert_eq!(first, 302);
-            drop(wal);
-            let (_wal, rec) = open(dir.path(), config(backend, mode));
-            assert_eq!(rec.len(), 303);
-            assert_eq!(rec[302].sequence, 303);
-            assert_eq!(&rec[302].data[..], b"b");
         }
     }
 }

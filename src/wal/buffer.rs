@@ -1,5 +1,8 @@
 //! Block-aligned byte buffers for O_DIRECT writes. No I/O.
-#![expect(unsafe_code, reason = "aligned allocation for O_DIRECT needs the raw allocator")]
+#![expect(
+    unsafe_code,
+    reason = "aligned allocation for O_DIRECT needs the raw allocator"
+)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -11,6 +14,10 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
     /// Index of this buffer in the io_uring registered-buffer table, if registered.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(dead_code, reason = "read by the io_uring backend only")
+    )]
     pub(crate) index: Option<u16>,
 }
 
@@ -25,11 +32,16 @@ impl AlignedBuf {
     /// On allocation failure (like `Vec`), or if `cap` is zero.
     pub fn new(cap: usize) -> Self {
         let cap = align_up(cap.max(1));
-        let layout = Layout::from_size_align(cap, BLOCK_SIZE).expect("buffer size overflows Layout");
+        let layout =
+            Layout::from_size_align(cap, BLOCK_SIZE).expect("buffer size overflows Layout");
         // SAFETY: layout has a non-zero size (cap >= BLOCK_SIZE after align_up of >= 1).
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, cap, index: None }
+        AlignedBuf {
+            ptr,
+            cap,
+            index: None,
+        }
     }
 
     /// Capacity in bytes (a multiple of [`BLOCK_SIZE`]).
@@ -38,6 +50,10 @@ impl AlignedBuf {
     }
 
     /// Start of the allocation, for handing to the kernel.
+    #[cfg_attr(
+        not(target_os = "linux"),
+        allow(dead_code, reason = "used by the io_uring backend only")
+    )]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
@@ -57,7 +73,8 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.cap, BLOCK_SIZE).expect("layout was valid at allocation");
+        let layout =
+            Layout::from_size_align(self.cap, BLOCK_SIZE).expect("layout was valid at allocation");
         // SAFETY: ptr was allocated in new() with exactly this layout and is freed once.
         unsafe { dealloc(self.ptr.as_ptr(), layout) }
     }

@@ -34,10 +34,14 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &path, e)),
     };
-    let cp: Checkpoint =
-        serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&path, 0, format!("checkpoint does not parse: {e}")))?;
+    let cp: Checkpoint = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(&path, 0, format!("checkpoint does not parse: {e}")))?;
     if cp.version != 1 {
-        return Err(Error::corrupt(&path, 0, format!("unsupported checkpoint version {}", cp.version)));
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!("unsupported checkpoint version {}", cp.version),
+        ));
     }
     Ok(Some(cp))
 }

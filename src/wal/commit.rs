@@ -24,7 +24,10 @@ use super::{
     completion::Slot,
     config::{SyncMode, WalConfig},
     files::{self, Prealloc},
-    format::{align_up, encode_batch_header, encode_entry, entry_len, BatchHeader, BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE},
+    format::{
+        align_up, encode_batch_header, encode_entry, entry_len, BatchHeader, BatchKind,
+        WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
+    },
 };
 use crate::error::{Error, Result};
 
@@ -44,7 +47,12 @@ pub struct NewEntry {
 impl NewEntry {
     /// A `Record` entry.
     pub fn record(topic: impl Into<String>, partition: i32, data: Bytes) -> Self {
-        NewEntry { entry_type: WalEntryType::Record, topic: topic.into(), partition, data }
+        NewEntry {
+            entry_type: WalEntryType::Record,
+            topic: topic.into(),
+            partition,
+            data,
+        }
     }
 
     /// Bytes this entry occupies in a batch.
@@ -91,7 +99,12 @@ impl Entries {
 }
 
 pub(crate) enum Request {
-    Append { entries: Entries, timestamp: i64, bytes: usize, done: Completer },
+    Append {
+        entries: Entries,
+        timestamp: i64,
+        bytes: usize,
+        done: Completer,
+    },
     Sync(Completer),
     Close(Completer),
 }
@@ -136,7 +149,12 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(config: WalConfig, dir: PathBuf, archived: Vec<Archived>, last_sequence: u64) -> Self {
+    pub(crate) fn new(
+        config: WalConfig,
+        dir: PathBuf,
+        archived: Vec<Archived>,
+        last_sequence: u64,
+    ) -> Self {
         Core {
             config,
             dir,
@@ -156,7 +174,9 @@ impl Core {
 
     pub(crate) fn check_usable(&self) -> Result<()> {
         if let Some(e) = self.failed.get() {
-            return Err(Error::Failed { cause: Arc::clone(e) });
+            return Err(Error::Failed {
+                cause: Arc::clone(e),
+            });
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -173,7 +193,12 @@ impl Core {
             if cur != 0 && cur + bytes > cap {
                 return false;
             }
-            match self.pending.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.pending.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(now) => cur = now,
             }
@@ -186,7 +211,10 @@ impl Core {
             return Ok(());
         }
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.space_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .space_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let r = loop {
             if let Err(e) = self.check_usable() {
                 break Err(e);
@@ -195,7 +223,11 @@ impl Core {
                 break Ok(());
             }
             // Timed wait: a release that races with this check costs at most 5 ms.
-            guard = self.space_cv.wait_timeout(guard, Duration::from_millis(5)).unwrap_or_else(PoisonError::into_inner).0;
+            guard = self
+                .space_cv
+                .wait_timeout(guard, Duration::from_millis(5))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         };
         drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -205,7 +237,10 @@ impl Core {
     /// Registers a waker to be woken when capacity is released.
     pub(crate) fn register_waker(&self, w: &Waker) {
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        self.async_wakers.lock().unwrap_or_else(PoisonError::into_inner).push(w.clone());
+        self.async_wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(w.clone());
     }
 
     fn release(&self, bytes: usize) {
@@ -216,9 +251,17 @@ impl Core {
     }
 
     pub(crate) fn wake_waiters(&self) {
-        let _g = self.space_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _g = self
+            .space_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.space_cv.notify_all();
-        let wakers = std::mem::take(&mut *self.async_wakers.lock().unwrap_or_else(PoisonError::into_inner));
+        let wakers = std::mem::take(
+            &mut *self
+                .async_wakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         self.waiters.fetch_sub(wakers.len(), Ordering::SeqCst);
         for w in wakers {
             w.wake();
@@ -236,14 +279,34 @@ struct Ack {
     bytes: usize,
 }
 
-enum Flight {
-    Batch { buf: AlignedBuf, acks: Vec<Ack>, last: u64, sync: bool },
-    Sync { through: u64, waiters: Vec<Completer> },
+/// A batch write submitted to the backend.
+struct WriteFlight {
+    token: u64,
+    buf: AlignedBuf,
+    acks: Vec<Ack>,
+    last: u64,
+    /// Submitted with a linked fdatasync. Only done when nothing else was in flight or
+    /// awaiting a sync, so on success everything up to `last` is durable.
+    linked_sync: bool,
+    result: Option<Result<()>>,
 }
 
-struct InFlight {
+/// The batch being assembled.
+struct Staged {
+    buf: AlignedBuf,
+    acks: Vec<Ack>,
+    /// Where the next entry goes (the header is written at submission).
+    pos: usize,
+    first_seq: u64,
+    /// Bytes the batch may use: the buffer, or what is left of the file.
+    limit: usize,
+}
+
+/// The one standalone fdatasync that may be in flight.
+struct SyncFlight {
     token: u64,
-    flight: Flight,
+    /// Every write up to this sequence had completed when the fsync was submitted.
+    through: u64,
     result: Option<Result<()>>,
 }
 
@@ -257,19 +320,31 @@ pub(crate) struct ActiveFile {
 
 /// The commit thread's state. Field order matters: `backend` is dropped before the
 /// buffers it may have registered with the kernel.
+///
+/// Pipeline: batch writes are submitted as soon as they are assembled (up to
+/// `max_in_flight`); at most one fdatasync is in flight at a time and covers every
+/// write that had completed when it was submitted. A batch submitted while nothing
+/// else is in flight carries a linked fdatasync, so a lone producer pays one
+/// submission per append. Acknowledgements go out strictly in sequence order.
 pub(crate) struct Committer {
     backend: Box<dyn Backend>,
     pool: Vec<AlignedBuf>,
-    in_flight: VecDeque<InFlight>,
+    staged: Option<Staged>,
+    writes: VecDeque<WriteFlight>,
+    sync_op: Option<SyncFlight>,
+    /// `every_write` batches whose write completed, waiting for a covering fsync.
+    awaiting_sync: VecDeque<(Vec<Ack>, u64)>,
     core: Arc<Core>,
     rx: Receiver<Request>,
     file: ActiveFile,
     next_seq: u64,
-    /// Highest sequence whose write was acknowledged (in order).
+    /// Highest sequence whose write completed, all earlier ones included.
     written_through: u64,
+    /// Highest sequence covered by a completed fdatasync.
     synced_through: u64,
     carry: Option<Request>,
-    pending_syncs: Vec<Completer>,
+    /// `sync()` callers and the sequence their fsync must cover.
+    sync_waiters: Vec<(Completer, u64)>,
     close: Option<Completer>,
     next_token: u64,
     last_sync: Instant,
@@ -277,6 +352,7 @@ pub(crate) struct Committer {
     spare_acks: Vec<Vec<Ack>>,
     done_buf: Vec<Done>,
     batch_capacity: usize,
+    every_write: bool,
 }
 
 fn now_ms() -> i64 {
@@ -290,7 +366,11 @@ pub(crate) fn timestamp_now() -> i64 {
 }
 
 /// Starts preparing file `number` in the background.
-pub(crate) fn spawn_preparer(dir: &Path, number: u64, size: u64) -> Option<JoinHandle<Result<PathBuf>>> {
+pub(crate) fn spawn_preparer(
+    dir: &Path,
+    number: u64,
+    size: u64,
+) -> Option<JoinHandle<Result<PathBuf>>> {
     let dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("streamline-wal-prepare".into())
@@ -309,20 +389,26 @@ impl Committer {
         preparer: Option<JoinHandle<Result<PathBuf>>>,
     ) -> Result<Self> {
         let cap = align_up(core.config.max_batch_bytes);
-        let mut pool: Vec<AlignedBuf> = (0..core.config.max_in_flight + 1).map(|_| AlignedBuf::new(cap)).collect();
+        let mut pool: Vec<AlignedBuf> = (0..core.config.max_in_flight + 1)
+            .map(|_| AlignedBuf::new(cap))
+            .collect();
         backend.register_buffers(&mut pool)?;
+        let every_write = core.config.sync_mode == SyncMode::EveryWrite;
         Ok(Committer {
             backend,
             pool,
-            in_flight: VecDeque::new(),
+            staged: None,
+            writes: VecDeque::new(),
+            sync_op: None,
+            awaiting_sync: VecDeque::new(),
             core,
             rx,
             file,
             next_seq,
             written_through: next_seq - 1,
-            synced_through,
+            synced_through: synced_through.min(next_seq - 1),
             carry: None,
-            pending_syncs: Vec::new(),
+            sync_waiters: Vec::new(),
             close: None,
             next_token: 1,
             last_sync: Instant::now(),
@@ -330,6 +416,7 @@ impl Committer {
             spare_acks: Vec::new(),
             done_buf: Vec::new(),
             batch_capacity: cap,
+            every_write,
         })
     }
 
@@ -348,30 +435,31 @@ impl Committer {
         }
     }
 
-    fn batches_in_flight(&self) -> usize {
-        self.in_flight.iter().filter(|f| matches!(f.flight, Flight::Batch { .. })).count()
+    /// Nothing submitted and not yet acknowledged.
+    fn quiescent(&self) -> bool {
+        self.writes.is_empty() && self.sync_op.is_none() && self.awaiting_sync.is_empty()
     }
 
     fn dirty(&self) -> bool {
-        self.written_through > self.synced_through || self.in_flight.iter().any(|f| matches!(f.flight, Flight::Batch { sync: false, .. }))
+        self.written_through > self.synced_through || !self.writes.is_empty()
     }
 
     /// One round: take requests, submit a batch, reap, acknowledge. Returns false to stop.
     fn step(&mut self) -> Result<bool> {
-        let mut submitted = false;
-        if self.close.is_none() && self.batches_in_flight() < self.core.config.max_in_flight && !self.pool.is_empty() {
-            let first = if let Some(r) = self.carry.take() {
-                Some(r)
-            } else if self.in_flight.is_empty() {
-                match self.idle_timeout() {
-                    None => match self.rx.recv() {
-                        Ok(r) => Some(r),
-                        Err(_) => return self.shutdown(None),
-                    },
-                    Some(t) => match self.rx.recv_timeout(t) {
-                        Ok(r) => Some(r),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => return self.shutdown(None),
+        if self.close.is_none() && self.carry.is_none() {
+            let first = if self.quiescent() && self.staged.is_none() {
+                match self.spin_for_request() {
+                    Some(r) => Some(r),
+                    None => match self.idle_timeout() {
+                        None => match self.rx.recv() {
+                            Ok(r) => Some(r),
+                            Err(_) => return self.shutdown(None),
+                        },
+                        Some(t) => match self.rx.recv_timeout(t) {
+                            Ok(r) => Some(r),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => return self.shutdown(None),
+                        },
                     },
                 }
             } else {
@@ -385,17 +473,46 @@ impl Committer {
                 }
             };
             if let Some(first) = first {
-                submitted = self.build_batch(first)?;
+                self.fill(first)?;
             }
+        } else if let Some(c) = self.carry.take() {
+            // A carried request starts the next batch once there is room for it.
+            self.fill(c)?;
         }
+        let submitted = self.maybe_submit_staged()?;
         self.maybe_sync()?;
         let wait = !submitted && self.backend.in_flight() > 0;
         self.reap(wait)?;
-        if self.close.is_some() && self.in_flight.is_empty() && self.carry.is_none() {
+        if self.close.is_some() && self.quiescent() && self.staged.is_none() && self.carry.is_none()
+        {
             let done = self.close.take();
             return self.shutdown(done);
         }
         Ok(true)
+    }
+
+    /// Polls the channel for up to `idle_spin_us` before the thread sleeps: a
+    /// producer that appends again right after its acknowledgement is then picked up
+    /// without a wake-up (futex) round trip.
+    fn spin_for_request(&self) -> Option<Request> {
+        let budget = Duration::from_micros(self.core.config.idle_spin_us);
+        if budget.is_zero() {
+            return None;
+        }
+        let start = Instant::now();
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            if start.elapsed() >= budget {
+                return None;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// With every handle dropped and requests still in flight, finish them, then stop.
@@ -415,75 +532,140 @@ impl Committer {
         None
     }
 
-    /// Encodes `first` and whatever else is pending (up to the batch size) into one
-    /// buffer and submits it. Returns whether a batch was submitted.
-    fn build_batch(&mut self, first: Request) -> Result<bool> {
+    /// Encodes `first` and whatever else is pending into the staged batch, until the
+    /// channel is empty or the batch is full (the request that does not fit is carried).
+    fn fill(&mut self, first: Request) -> Result<()> {
         let mut next = Some(first);
-        let mut buf: Option<AlignedBuf> = None;
-        let mut acks = self.spare_acks.pop().unwrap_or_default();
-        let mut pos = BATCH_HEADER_LEN;
-        let first_seq = self.next_seq;
-        let mut limit = 0usize;
         while let Some(req) = next.take() {
             match req {
-                Request::Sync(c) => self.pending_syncs.push(c),
+                Request::Sync(c) => {
+                    let target = self.next_seq - 1;
+                    if target <= self.synced_through {
+                        c.complete(Ok(self.synced_through));
+                    } else {
+                        self.sync_waiters.push((c, target));
+                    }
+                }
                 Request::Close(c) => {
                     self.close = Some(c);
-                    break;
+                    return Ok(());
                 }
-                Request::Append { entries, timestamp, bytes, done } => {
+                Request::Append {
+                    entries,
+                    timestamp,
+                    bytes,
+                    done,
+                } => {
                     if let Err(e) = self.core.check_usable() {
-                        done.complete(Err(e));
                         self.core.release(bytes);
-                    } else {
-                        if buf.is_none() {
-                            // First append of the batch: make sure it fits the file.
-                            let disk = align_up(BATCH_HEADER_LEN + bytes) as u64;
-                            if self.file.offset + disk + BLOCK_SIZE as u64 > self.file.size {
-                                if !self.in_flight.is_empty() {
-                                    self.carry = Some(Request::Append { entries, timestamp, bytes, done });
-                                    break;
-                                }
-                                self.rotate()?;
-                            }
-                            let room = (self.file.size - self.file.offset - BLOCK_SIZE as u64) as usize;
-                            let b = if BATCH_HEADER_LEN + bytes > self.batch_capacity {
-                                AlignedBuf::new(BATCH_HEADER_LEN + bytes)
-                            } else {
-                                self.pool.pop().expect("pool checked non-empty")
-                            };
-                            limit = b.capacity().min(room);
-                            buf = Some(b);
-                        } else if pos + bytes > limit {
-                            self.carry = Some(Request::Append { entries, timestamp, bytes, done });
-                            break;
-                        }
-                        let out = buf.as_mut().expect("set above").as_mut_slice();
-                        let sequence = self.next_seq;
-                        for e in entries.as_slice() {
-                            let len = e.encoded_len();
-                            encode_entry(&mut out[pos..pos + len], self.next_seq, timestamp, e.entry_type, e.topic.as_bytes(), e.partition, &e.data);
-                            pos += len;
-                            self.next_seq += 1;
-                        }
-                        acks.push(Ack { done, sequence, bytes });
+                        done.complete(Err(e));
+                    } else if !self.stage(entries, timestamp, bytes, done)? {
+                        return Ok(());
                     }
                 }
             }
-            if self.close.is_none() {
-                next = match self.rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(_) => None,
-                };
-            }
+            next = self.rx.try_recv().ok();
         }
-        let Some(mut buf) = buf else {
-            self.spare_acks.push(acks);
+        Ok(())
+    }
+
+    /// Encodes one append into the staged batch, starting one (and rotating the file)
+    /// if needed. Returns false when it did not fit and was carried to a later batch.
+    fn stage(
+        &mut self,
+        entries: Entries,
+        timestamp: i64,
+        bytes: usize,
+        done: Completer,
+    ) -> Result<bool> {
+        if self.staged.is_none() {
+            let disk = align_up(BATCH_HEADER_LEN + bytes) as u64;
+            let oversized = BATCH_HEADER_LEN + bytes > self.batch_capacity;
+            let needs_rotation = self.file.offset + disk + BLOCK_SIZE as u64 > self.file.size;
+            if (needs_rotation && !self.quiescent()) || (!oversized && self.pool.is_empty()) {
+                self.carry = Some(Request::Append {
+                    entries,
+                    timestamp,
+                    bytes,
+                    done,
+                });
+                return Ok(false);
+            }
+            if needs_rotation {
+                self.rotate()?;
+            }
+            let room = (self.file.size - self.file.offset - BLOCK_SIZE as u64) as usize;
+            let buf = if oversized {
+                AlignedBuf::new(BATCH_HEADER_LEN + bytes)
+            } else {
+                self.pool.pop().expect("pool checked non-empty")
+            };
+            let limit = buf.capacity().min(room);
+            let acks = self.spare_acks.pop().unwrap_or_default();
+            self.staged = Some(Staged {
+                buf,
+                acks,
+                pos: BATCH_HEADER_LEN,
+                first_seq: self.next_seq,
+                limit,
+            });
+        }
+        let st = self.staged.as_mut().expect("staged above");
+        if st.pos + bytes > st.limit {
+            self.carry = Some(Request::Append {
+                entries,
+                timestamp,
+                bytes,
+                done,
+            });
             return Ok(false);
-        };
+        }
+        let out = st.buf.as_mut_slice();
+        let sequence = self.next_seq;
+        for e in entries.as_slice() {
+            let len = e.encoded_len();
+            encode_entry(
+                &mut out[st.pos..st.pos + len],
+                self.next_seq,
+                timestamp,
+                e.entry_type,
+                e.topic.as_bytes(),
+                e.partition,
+                &e.data,
+            );
+            st.pos += len;
+            self.next_seq += 1;
+        }
+        st.acks.push(Ack {
+            done,
+            sequence,
+            bytes,
+        });
+        Ok(true)
+    }
+
+    /// Submits the staged batch when the pipeline allows: in `every_write` mode while
+    /// an fdatasync is in flight the batch keeps collecting (it could not be
+    /// acknowledged before the next fsync anyway) unless it is full; otherwise it
+    /// goes out at once. Returns whether a batch was submitted.
+    fn maybe_submit_staged(&mut self) -> Result<bool> {
+        if self.staged.is_none() || self.writes.len() >= self.core.config.max_in_flight {
+            return Ok(false);
+        }
+        let full = self.carry.is_some();
+        let linked_sync = self.every_write && self.quiescent();
+        if self.every_write && !linked_sync && !full && self.close.is_none() {
+            return Ok(false);
+        }
+        let Staged {
+            mut buf,
+            acks,
+            pos,
+            first_seq,
+            ..
+        } = self.staged.take().expect("checked");
         let entry_count = (self.next_seq - first_seq) as u32;
         let payload_len = (pos - BATCH_HEADER_LEN) as u32;
-        let sync = self.core.config.sync_mode == SyncMode::EveryWrite;
         let header = BatchHeader {
             kind: BatchKind::Entries,
             file_number: self.file.number,
@@ -499,18 +681,31 @@ impl Committer {
         let offset = self.file.offset;
         self.file.offset += len as u64;
         let token = self.token();
-        self.backend.submit(token, Op::Write { buf: &buf, len, offset, sync })?;
+        self.backend.submit(
+            token,
+            Op::Write {
+                buf: &buf,
+                len,
+                offset,
+                sync: linked_sync,
+            },
+        )?;
         let c = &self.core.counters;
-        c.entries.fetch_add(u64::from(entry_count), Ordering::Relaxed);
+        c.entries
+            .fetch_add(u64::from(entry_count), Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
-        c.max_batch_entries.fetch_max(u64::from(entry_count), Ordering::Relaxed);
-        if sync {
+        c.max_batch_entries
+            .fetch_max(u64::from(entry_count), Ordering::Relaxed);
+        if linked_sync {
             c.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
-        self.in_flight.push_back(InFlight {
+        self.writes.push_back(WriteFlight {
             token,
-            flight: Flight::Batch { buf, acks, last: self.next_seq - 1, sync },
+            buf,
+            acks,
+            last: self.next_seq - 1,
+            linked_sync,
             result: None,
         });
         Ok(true)
@@ -522,30 +717,33 @@ impl Committer {
         t
     }
 
-    /// Submits a standalone fdatasync when a caller asked for one or the interval is up.
+    /// Submits the standalone fdatasync when one is needed and none is in flight:
+    /// `every_write` batches wait for it, a `sync()` caller asked, or the interval is up.
     fn maybe_sync(&mut self) -> Result<()> {
+        if self.sync_op.is_some() || self.writes.iter().any(|w| w.linked_sync) {
+            return Ok(());
+        }
+        if self.written_through <= self.synced_through {
+            return Ok(());
+        }
         let interval_due = self.core.config.sync_mode == SyncMode::Interval
-            && self.dirty()
             && self.last_sync.elapsed() >= Duration::from_millis(self.core.config.sync_interval_ms);
-        if self.pending_syncs.is_empty() && !interval_due {
+        if self.awaiting_sync.is_empty() && self.sync_waiters.is_empty() && !interval_due {
             return Ok(());
         }
-        if self.in_flight.iter().any(|f| matches!(f.flight, Flight::Sync { .. })) {
-            return Ok(());
-        }
-        let through = self.next_seq - 1;
-        let waiters = std::mem::take(&mut self.pending_syncs);
-        if !self.dirty() && through == self.synced_through {
-            for w in waiters {
-                w.complete(Ok(through));
-            }
-            return Ok(());
-        }
+        self.submit_sync()
+    }
+
+    fn submit_sync(&mut self) -> Result<()> {
         let token = self.token();
         self.backend.submit(token, Op::Sync)?;
         self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.last_sync = Instant::now();
-        self.in_flight.push_back(InFlight { token, flight: Flight::Sync { through, waiters }, result: None });
+        self.sync_op = Some(SyncFlight {
+            token,
+            through: self.written_through,
+            result: None,
+        });
         Ok(())
     }
 
@@ -553,59 +751,95 @@ impl Committer {
         let mut done = std::mem::take(&mut self.done_buf);
         self.backend.reap(wait, &mut done)?;
         for d in done.drain(..) {
-            if let Some(f) = self.in_flight.iter_mut().find(|f| f.token == d.token) {
-                f.result = Some(d.result);
+            if let Some(w) = self.writes.iter_mut().find(|w| w.token == d.token) {
+                w.result = Some(d.result);
+            } else if let Some(s) = self.sync_op.as_mut().filter(|s| s.token == d.token) {
+                s.result = Some(d.result);
             }
         }
         self.done_buf = done;
-        self.ack_in_order()
+        self.advance()
     }
 
-    /// Acknowledges finished operations from the front of the queue, in order.
-    fn ack_in_order(&mut self) -> Result<()> {
-        while self.in_flight.front().is_some_and(|f| f.result.is_some()) {
-            let f = self.in_flight.pop_front().expect("front checked");
-            if let Some(Err(e)) = f.result {
-                // Put it back so fail() can wait for the kernel to release its buffer.
-                self.in_flight.push_front(InFlight { token: f.token, flight: f.flight, result: Some(Ok(())) });
+    /// Moves completed operations forward and acknowledges, strictly in order.
+    fn advance(&mut self) -> Result<()> {
+        if let Some(s) = self.sync_op.as_mut() {
+            if let Some(r) = s.result.take() {
+                // Put the failure where fail() finds nothing left to wait for.
+                let through = s.through;
+                self.sync_op = None;
+                r?;
+                self.set_synced(through);
+            }
+        }
+        while self.writes.front().is_some_and(|w| w.result.is_some()) {
+            let mut w = self.writes.pop_front().expect("front checked");
+            if let Some(Err(e)) = w.result.take() {
+                // Back in the queue (finished) so fail() answers its producers.
+                w.result = Some(Ok(()));
+                self.writes.push_front(w);
                 return Err(e);
             }
-            match f.flight {
-                Flight::Batch { buf, mut acks, last, sync } => {
-                    self.written_through = last;
-                    if sync {
-                        self.synced_through = last;
-                        self.core.synced_through.store(last, Ordering::Release);
-                        self.last_sync = Instant::now();
-                    }
-                    self.core.acked_through.store(last, Ordering::Release);
-                    let mut released = 0;
-                    for a in acks.drain(..) {
-                        released += a.bytes;
-                        a.done.complete(Ok(a.sequence));
-                    }
-                    self.core.release(released);
-                    self.spare_acks.push(acks);
-                    // Oversized one-off buffers are freed; pool buffers go back.
-                    if buf.capacity() == self.batch_capacity {
-                        self.pool.push(buf);
-                    }
-                }
-                Flight::Sync { through, waiters } => {
-                    self.synced_through = self.synced_through.max(through);
-                    self.core.synced_through.store(self.synced_through, Ordering::Release);
-                    for w in waiters {
-                        w.complete(Ok(through));
-                    }
+            self.written_through = w.last;
+            if w.linked_sync {
+                self.set_synced(w.last);
+            }
+            // Oversized one-off buffers are freed; pool buffers go back.
+            if w.buf.capacity() == self.batch_capacity {
+                self.pool.push(w.buf);
+            }
+            if self.every_write && self.synced_through < w.last {
+                self.awaiting_sync.push_back((w.acks, w.last));
+            } else {
+                self.acknowledge(w.acks, w.last);
+            }
+        }
+        while self
+            .awaiting_sync
+            .front()
+            .is_some_and(|(_, last)| *last <= self.synced_through)
+        {
+            let (acks, last) = self.awaiting_sync.pop_front().expect("front checked");
+            self.acknowledge(acks, last);
+        }
+        if !self.sync_waiters.is_empty() {
+            let synced = self.synced_through;
+            let mut i = 0;
+            while i < self.sync_waiters.len() {
+                if self.sync_waiters[i].1 <= synced {
+                    let (c, _) = self.sync_waiters.swap_remove(i);
+                    c.complete(Ok(synced));
+                } else {
+                    i += 1;
                 }
             }
         }
         Ok(())
     }
 
-    /// Waits for everything in flight and acknowledges it.
+    fn set_synced(&mut self, through: u64) {
+        if through > self.synced_through {
+            self.synced_through = through;
+            self.core.synced_through.store(through, Ordering::Release);
+        }
+        self.last_sync = Instant::now();
+    }
+
+    fn acknowledge(&mut self, mut acks: Vec<Ack>, last: u64) {
+        self.core.acked_through.store(last, Ordering::Release);
+        let mut released = 0;
+        for a in acks.drain(..) {
+            released += a.bytes;
+            a.done.complete(Ok(a.sequence));
+        }
+        self.core.release(released);
+        self.spare_acks.push(acks);
+    }
+
+    /// Waits for everything submitted, syncing what `every_write` batches need.
     fn drain(&mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
+        while !self.quiescent() {
+            self.maybe_sync()?;
             self.reap(true)?;
         }
         Ok(())
@@ -613,7 +847,10 @@ impl Committer {
 
     /// Writes a seal batch at the current offset and fdatasyncs it (nothing in flight).
     fn seal(&mut self, next_sequence: u64) -> Result<()> {
-        let mut buf = self.pool.pop().expect("pool is full when nothing is in flight");
+        let mut buf = self
+            .pool
+            .pop()
+            .expect("pool is full when nothing is in flight");
         let header = BatchHeader {
             kind: BatchKind::Seal,
             file_number: self.file.number,
@@ -626,7 +863,15 @@ impl Committer {
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
         out[BATCH_HEADER_LEN..BLOCK_SIZE].fill(0);
         let token = self.token();
-        let r = self.backend.submit(token, Op::Write { buf: &buf, len: BLOCK_SIZE, offset: self.file.offset, sync: true });
+        let r = self.backend.submit(
+            token,
+            Op::Write {
+                buf: &buf,
+                len: BLOCK_SIZE,
+                offset: self.file.offset,
+                sync: true,
+            },
+        );
         let r = r.and_then(|()| {
             let mut done = Vec::new();
             while done.is_empty() {
@@ -638,8 +883,7 @@ impl Committer {
         r?;
         self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.file.offset += BLOCK_SIZE as u64;
-        self.synced_through = self.next_seq - 1;
-        self.core.synced_through.store(self.synced_through, Ordering::Release);
+        self.set_synced(self.next_seq - 1);
         Ok(())
     }
 
@@ -648,13 +892,15 @@ impl Committer {
         self.drain()?;
         self.seal(self.next_seq)?;
         let dir = self.core.dir.clone();
+        // New files get the configured size (the active one may predate a change).
+        let new_size = self.core.config.max_file_size;
         let prepared = match self.preparer.take().map(|h| h.join()) {
             Some(Ok(Ok(p))) => p,
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "background preparation of the next WAL file failed; retrying inline");
-                files::prepare_file(&dir, self.file.number + 1, self.file.size, Prealloc::ZeroFill)?
+                files::prepare_file(&dir, self.file.number + 1, new_size, Prealloc::ZeroFill)?
             }
-            _ => files::prepare_file(&dir, self.file.number + 1, self.file.size, Prealloc::ZeroFill)?,
+            _ => files::prepare_file(&dir, self.file.number + 1, new_size, Prealloc::ZeroFill)?,
         };
         let current = dir.join(files::CURRENT);
         let archived = files::archived_path(&dir, self.file.number);
@@ -663,16 +909,27 @@ impl Committer {
         // Both renames become durable together with the directory.
         files::sync_dir(&dir)?;
         self.backend.open(&current)?;
-        self.core.archived.lock().unwrap_or_else(PoisonError::into_inner).push(Archived {
-            number: self.file.number,
-            path: archived,
-            covers_through: self.next_seq - 1,
-        });
-        tracing::info!(file = self.file.number, next = self.file.number + 1, "rotated WAL file");
+        self.core
+            .archived
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Archived {
+                number: self.file.number,
+                path: archived,
+                covers_through: self.next_seq - 1,
+            });
+        tracing::info!(
+            file = self.file.number,
+            next = self.file.number + 1,
+            "rotated WAL file"
+        );
         self.file.number += 1;
         self.file.offset = BLOCK_SIZE as u64;
+        self.file.size = std::fs::metadata(&current)
+            .map_err(|e| Error::io("stat", &current, e))?
+            .len();
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
-        self.preparer = spawn_preparer(&dir, self.file.number + 1, self.file.size);
+        self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size);
         Ok(())
     }
 
@@ -680,19 +937,21 @@ impl Committer {
     fn shutdown(&mut self, done: Option<Completer>) -> Result<bool> {
         // Requests still queued behind the close are answered with Closed.
         self.core.closed.store(true, Ordering::Release);
-        while let Some(c) = self.carry.take() {
-            self.build_batch(c)?;
+        loop {
+            self.maybe_submit_staged()?;
+            self.drain()?;
+            match self.carry.take() {
+                Some(c) => self.fill(c)?,
+                None if self.staged.is_some() => {}
+                None => break,
+            }
+        }
+        if self.written_through > self.synced_through {
+            self.submit_sync()?;
             self.drain()?;
         }
-        self.drain()?;
-        if self.dirty() || !self.pending_syncs.is_empty() {
-            let through = self.next_seq - 1;
-            let token = self.token();
-            self.backend.submit(token, Op::Sync)?;
-            self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-            let waiters = std::mem::take(&mut self.pending_syncs);
-            self.in_flight.push_back(InFlight { token, flight: Flight::Sync { through, waiters }, result: None });
-            self.drain()?;
+        for (c, _) in std::mem::take(&mut self.sync_waiters) {
+            c.complete(Ok(self.synced_through));
         }
         if let Some(h) = self.preparer.take() {
             let _ = h.join();
@@ -710,7 +969,9 @@ impl Committer {
         let cause = Arc::new(e);
         let _ = self.core.failed.set(Arc::clone(&cause));
         let cause = Arc::clone(self.core.failed.get().unwrap_or(&cause));
-        let err = || Error::Failed { cause: Arc::clone(&cause) };
+        let err = || Error::Failed {
+            cause: Arc::clone(&cause),
+        };
         // The kernel may still own buffers of other operations: wait for them.
         let mut done = Vec::new();
         let mut reap_failed = false;
@@ -720,33 +981,40 @@ impl Committer {
                 break;
             }
         }
-        for f in self.in_flight.drain(..) {
-            match f.flight {
-                Flight::Batch { buf, acks, .. } => {
-                    for a in acks {
-                        self.core.release(a.bytes);
-                        a.done.complete(Err(err()));
-                    }
-                    if reap_failed {
-                        // The kernel might still write from it; never free it.
-                        std::mem::forget(buf);
-                    } else {
-                        self.pool.push(buf);
-                    }
-                }
-                Flight::Sync { waiters, .. } => {
-                    for w in waiters {
-                        w.complete(Err(err()));
-                    }
-                }
+        let answer = |acks: Vec<Ack>| {
+            for a in acks {
+                self.core.release(a.bytes);
+                a.done.complete(Err(err()));
+            }
+        };
+        for (acks, _) in self.awaiting_sync.drain(..) {
+            answer(acks);
+        }
+        if let Some(st) = self.staged.take() {
+            answer(st.acks);
+            if st.buf.capacity() == self.batch_capacity {
+                self.pool.push(st.buf);
             }
         }
+        for w in self.writes.drain(..) {
+            answer(w.acks);
+            if reap_failed {
+                // The kernel might still write from it; never free it.
+                std::mem::forget(w.buf);
+            } else {
+                self.pool.push(w.buf);
+            }
+        }
+        self.sync_op = None;
         if reap_failed {
             // Registered buffers must outlive the ring: leak the ring's owner too.
-            let backend = std::mem::replace(&mut self.backend, Box::new(super::backend::std_backend::StdBackend::new()));
+            let backend = std::mem::replace(
+                &mut self.backend,
+                Box::new(super::backend::std_backend::StdBackend::new()),
+            );
             std::mem::forget(backend);
         }
-        for w in std::mem::take(&mut self.pending_syncs) {
+        for (w, _) in std::mem::take(&mut self.sync_waiters) {
             w.complete(Err(err()));
         }
         if let Some(Request::Append { done, bytes, .. }) = self.carry.take() {
@@ -766,7 +1034,9 @@ impl Committer {
             None => return,
         };
         while let Ok(req) = self.rx.recv() {
-            let err = Error::Failed { cause: Arc::clone(&cause) };
+            let err = Error::Failed {
+                cause: Arc::clone(&cause),
+            };
             match req {
                 Request::Append { done, bytes, .. } => {
                     self.core.release(bytes);

@@ -4,8 +4,9 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll, Waker},
+    thread::Thread,
     time::Duration,
 };
 
@@ -15,13 +16,15 @@ use crate::error::{Error, Result};
 struct State {
     result: Option<Result<u64>>,
     waker: Option<Waker>,
+    /// A thread blocked in `wait`; woken with `unpark`, which costs a syscall only
+    /// if the thread really parked (the commit thread pays it once per producer).
+    thread: Option<Thread>,
 }
 
 /// Shared slot between a producer and the commit thread.
 #[derive(Default)]
 pub(crate) struct Slot {
     state: Mutex<State>,
-    cond: Condvar,
 }
 
 impl Slot {
@@ -31,15 +34,17 @@ impl Slot {
 
     /// Delivers the result once; later calls are ignored.
     pub(crate) fn complete(&self, result: Result<u64>) {
-        let waker = {
+        let (waker, thread) = {
             let mut st = self.lock();
             if st.result.is_some() {
                 return;
             }
             st.result = Some(result);
-            st.waker.take()
+            (st.waker.take(), st.thread.take())
         };
-        self.cond.notify_all();
+        if let Some(t) = thread {
+            t.unpark();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -60,7 +65,13 @@ pub struct Completion {
 impl Completion {
     pub(crate) fn new() -> (Completion, Arc<Slot>) {
         let slot = Arc::new(Slot::default());
-        (Completion { slot: Arc::clone(&slot), taken: false }, slot)
+        (
+            Completion {
+                slot: Arc::clone(&slot),
+                taken: false,
+            },
+            slot,
+        )
     }
 
     /// A completion that is already resolved.
@@ -74,33 +85,48 @@ impl Completion {
     ///
     /// # Errors
     /// The error that failed the append ([`Error::Failed`], [`Error::Io`], ...).
-    pub fn wait(self) -> Result<u64> {
-        let mut st = self.slot.lock();
+    pub fn wait(mut self) -> Result<u64> {
+        if self.taken {
+            return Err(Error::Closed);
+        }
         loop {
-            if let Some(r) = st.result.take() {
-                return r;
+            {
+                let mut st = self.slot.lock();
+                if let Some(r) = st.result.take() {
+                    self.taken = true;
+                    return r;
+                }
+                st.thread = Some(std::thread::current());
             }
-            st = self.slot.cond.wait(st).unwrap_or_else(PoisonError::into_inner);
+            // A spurious unpark (or one left over from an earlier slot) just loops.
+            std::thread::park();
         }
     }
 
     /// Blocks for at most `timeout`; `None` when it has not resolved yet.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<u64>> {
         let deadline = std::time::Instant::now() + timeout;
-        let mut st = self.slot.lock();
+        if self.taken {
+            return Some(Err(Error::Closed));
+        }
         loop {
-            if self.taken {
-                return Some(Err(Error::Closed));
+            {
+                let mut st = self.slot.lock();
+                if let Some(r) = st.result.take() {
+                    self.taken = true;
+                    st.thread = None;
+                    return Some(r);
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    st.thread = None;
+                    return None;
+                }
+                st.thread = Some(std::thread::current());
             }
-            if let Some(r) = st.result.take() {
-                self.taken = true;
-                return Some(r);
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            st = self.slot.cond.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            std::thread::park_timeout(
+                deadline.saturating_duration_since(std::time::Instant::now()),
+            );
         }
     }
 
@@ -132,6 +158,8 @@ impl Future for Completion {
 
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Completion").field("done", &self.is_done()).finish()
+        f.debug_struct("Completion")
+            .field("done", &self.is_done())
+            .finish()
     }
 }

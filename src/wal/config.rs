@@ -156,6 +156,17 @@ pub struct WalConfig {
     pub max_in_flight: usize,
     /// Handling of mid-log corruption during recovery. Default: `strict`.
     pub recovery_mode: RecoveryMode,
+    /// Whether the `uring` backend writes with `O_DIRECT` (bypassing the page cache).
+    /// Unset: on for `every_write` (each acknowledgement waits for the device anyway,
+    /// and O_DIRECT saves a memory copy), off for `interval` and `os_default` (an
+    /// acknowledgement then only waits for the page cache, ~5 µs instead of a device
+    /// write, and the periodic fdatasync writes back in large runs). The `std`
+    /// backend always writes through the page cache. Default: unset.
+    pub direct_io: Option<bool>,
+    /// How long the idle commit thread polls for the next append before sleeping,
+    /// in microseconds; trades a little CPU for single-producer latency. 0 disables.
+    /// Default: 50.
+    pub idle_spin_us: u64,
 }
 
 impl Default for WalConfig {
@@ -170,6 +181,8 @@ impl Default for WalConfig {
             max_pending_bytes: 64 * 1024 * 1024,
             max_in_flight: 4,
             recovery_mode: RecoveryMode::Strict,
+            idle_spin_us: 50,
+            direct_io: None,
         }
     }
 }
@@ -178,16 +191,30 @@ impl WalConfig {
     /// Smallest accepted `max_file_size`.
     pub const MIN_FILE_SIZE: u64 = 64 * 1024;
 
+    /// Whether the `uring` backend opens files with `O_DIRECT` (see [`WalConfig::direct_io`]).
+    pub fn uses_direct_io(&self) -> bool {
+        self.direct_io
+            .unwrap_or(self.sync_mode == SyncMode::EveryWrite)
+    }
+
     /// Rejects values the engine cannot honour, naming the setting and what is accepted.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for the first invalid field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, value: String, reason: &str| {
-            Err(Error::InvalidConfig { field, value, reason: reason.to_string() })
+            Err(Error::InvalidConfig {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
         };
         if self.sync_mode == SyncMode::Interval && self.sync_interval_ms == 0 {
-            return bad("--wal-sync-ms", "0".into(), "must be at least 1 in interval mode");
+            return bad(
+                "--wal-sync-ms",
+                "0".into(),
+                "must be at least 1 in interval mode",
+            );
         }
         if self.max_file_size < Self::MIN_FILE_SIZE || self.max_file_size % 4096 != 0 {
             return bad(
@@ -197,13 +224,32 @@ impl WalConfig {
             );
         }
         if self.max_batch_bytes < 4096 || self.max_batch_bytes > 64 * 1024 * 1024 {
-            return bad("max_batch_bytes", self.max_batch_bytes.to_string(), "must be between 4096 and 64 MiB");
+            return bad(
+                "max_batch_bytes",
+                self.max_batch_bytes.to_string(),
+                "must be between 4096 and 64 MiB",
+            );
         }
         if self.max_pending_bytes < self.max_batch_bytes {
-            return bad("max_pending_bytes", self.max_pending_bytes.to_string(), "must be at least max_batch_bytes");
+            return bad(
+                "max_pending_bytes",
+                self.max_pending_bytes.to_string(),
+                "must be at least max_batch_bytes",
+            );
+        }
+        if self.idle_spin_us > 10_000 {
+            return bad(
+                "idle_spin_us",
+                self.idle_spin_us.to_string(),
+                "must be at most 10000",
+            );
         }
         if self.max_in_flight == 0 || self.max_in_flight > 64 {
-            return bad("max_in_flight", self.max_in_flight.to_string(), "must be between 1 and 64");
+            return bad(
+                "max_in_flight",
+                self.max_in_flight.to_string(),
+                "must be between 1 and 64",
+            );
         }
         Ok(())
     }

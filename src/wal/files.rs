@@ -21,6 +21,92 @@ pub const CURRENT: &str = "current.wal";
 /// Name of the prepared next file.
 pub const NEXT: &str = "next.wal";
 const NEXT_TMP: &str = "next.wal.tmp";
+/// Prefix of obsolete files kept for reuse as future WAL files.
+pub const RECYCLE_PREFIX: &str = "recycle-";
+/// How many obsolete files are kept for reuse.
+pub const MAX_RECYCLED: usize = 2;
+
+/// Files waiting to be reused, oldest first.
+pub fn list_recycled(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for ent in fs::read_dir(dir).map_err(|e| Error::io("read_dir", dir, e))? {
+        let ent = ent.map_err(|e| Error::io("read_dir", dir, e))?;
+        if ent
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(RECYCLE_PREFIX) && n.ends_with(".wal"))
+        {
+            out.push(ent.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Retires an archived file the checkpoint made obsolete: kept for reuse (renamed to
+/// `recycle-<number>.wal`) while fewer than [`MAX_RECYCLED`] wait and its size is
+/// `size`, deleted otherwise. The caller fsyncs the directory.
+pub fn retire(dir: &Path, path: &Path, number: u64, size: u64) -> Result<()> {
+    let len = fs::metadata(path)
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    if len == size && list_recycled(dir)?.len() < MAX_RECYCLED {
+        let dst = dir.join(format!("{RECYCLE_PREFIX}{number:08}.wal"));
+        return fs::rename(path, &dst).map_err(|e| Error::io("rename", path, e));
+    }
+    fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+}
+
+/// Turns a recycled file of exactly `size` bytes into `next.wal` with a new header.
+/// Its old batches carry the old file number, which the checksummed batch headers
+/// tie them to, so they can never decode as entries of the new file.
+fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
+    let tmp = dir.join(NEXT_TMP);
+    for old in list_recycled(dir)? {
+        let len = fs::metadata(&old)
+            .map_err(|e| Error::io("stat", &old, e))?
+            .len();
+        if len != size {
+            fs::remove_file(&old).map_err(|e| Error::io("remove", &old, e))?;
+            continue;
+        }
+        if fs::rename(&old, &tmp).is_err() {
+            continue;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("open", &tmp, e))?;
+        let mut block = vec![0u8; BLOCK_SIZE];
+        encode_file_header(&mut block, number, now_ms());
+        write_all_at(&f, &block, 0).map_err(|e| Error::io("write header", &tmp, e))?;
+        f.sync_data().map_err(|e| Error::io("fdatasync", &tmp, e))?;
+        drop(f);
+        let dst = dir.join(NEXT);
+        fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
+        return Ok(Some(dst));
+    }
+    Ok(None)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(unix)]
+fn write_all_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, off)
+}
+
+#[cfg(not(unix))]
+fn write_all_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = f;
+    f.seek(SeekFrom::Start(off))?;
+    f.write_all(buf)
+}
 
 /// Path of the archived file `number`.
 pub fn archived_path(dir: &Path, number: u64) -> PathBuf {
@@ -71,10 +157,14 @@ pub enum Prealloc {
     Reserve,
 }
 
-/// Creates `<dir>/next.wal` with file number `number`: preallocated to `size`,
-/// header written, data fsynced, renamed into place. The directory is not fsynced
+/// Creates `<dir>/next.wal` with file number `number`: a recycled file of the right
+/// size if one waits (only its header is rewritten), otherwise a new file
+/// preallocated to `size`; header written, data fsynced, renamed into place. The directory is not fsynced
 /// here; rotation fsyncs it after renaming the file to `current.wal`.
 pub fn prepare_file(dir: &Path, number: u64, size: u64, prealloc: Prealloc) -> Result<PathBuf> {
+    if let Some(p) = reuse_recycled(dir, number, size)? {
+        return Ok(p);
+    }
     let tmp = dir.join(NEXT_TMP);
     let dst = dir.join(NEXT);
     let mut f = OpenOptions::new()
@@ -86,17 +176,16 @@ pub fn prepare_file(dir: &Path, number: u64, size: u64, prealloc: Prealloc) -> R
         .map_err(|e| Error::io("create", &tmp, e))?;
     reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
     let mut block = vec![0u8; BLOCK_SIZE];
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    encode_file_header(&mut block, number, created);
-    f.write_all(&block).map_err(|e| Error::io("write header", &tmp, e))?;
+    encode_file_header(&mut block, number, now_ms());
+    f.write_all(&block)
+        .map_err(|e| Error::io("write header", &tmp, e))?;
     if prealloc == Prealloc::ZeroFill {
         let zeros = vec![0u8; 1 << 20];
         let mut left = size - BLOCK_SIZE as u64;
         while left > 0 {
             let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n]).map_err(|e| Error::io("zero-fill", &tmp, e))?;
+            f.write_all(&zeros[..n])
+                .map_err(|e| Error::io("zero-fill", &tmp, e))?;
             left -= n as u64;
         }
     }
@@ -109,7 +198,8 @@ pub fn prepare_file(dir: &Path, number: u64, size: u64, prealloc: Prealloc) -> R
 #[cfg(target_os = "linux")]
 fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(size).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let len = libc::off_t::try_from(size)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     #[expect(unsafe_code, reason = "fallocate has no std wrapper")]
     // SAFETY: fallocate takes no pointers; the fd is owned by `f` for the whole call.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) };
@@ -146,7 +236,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", &tmp, e))?;
     f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
@@ -164,6 +255,9 @@ mod tests {
         assert_eq!(parse_archived_name("123456789.wal"), Some(123_456_789));
         assert_eq!(parse_archived_name("current.wal"), None);
         assert_eq!(parse_archived_name("0001.wal"), None);
-        assert_eq!(archived_path(Path::new("/x"), 7), PathBuf::from("/x/00000007.wal"));
+        assert_eq!(
+            archived_path(Path::new("/x"), 7),
+            PathBuf::from("/x/00000007.wal")
+        );
     }
 }

@@ -225,7 +225,10 @@ pub fn encode_file_header(out: &mut [u8], file_number: u64, created_ms: i64) {
 /// Decodes a file header; the error says which check failed.
 pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
     if b.len() < FILE_HEADER_LEN {
-        return Err(format!("file header needs {FILE_HEADER_LEN} bytes, file has {}", b.len()));
+        return Err(format!(
+            "file header needs {FILE_HEADER_LEN} bytes, file has {}",
+            b.len()
+        ));
     }
     if b[0..8] != FILE_MAGIC {
         return Err("bad magic: not a streamline WAL file".into());
@@ -233,7 +236,12 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
     let stored = le_u32(b, FILE_HEADER_CRC_OFFSET);
     let actual = crc32c::crc32c(&b[..FILE_HEADER_CRC_OFFSET]);
     if stored != actual {
-        return Err(format!("file header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"));
+        return Err(format!(
+            "file header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        ));
+    }
+    if le_u32(b, FILE_HEADER_CRC_OFFSET + 4) != 0 {
+        return Err("file header reserved bytes are not zero".into());
     }
     let raw_version = le_u16(b, 8);
     let version = FormatVersion::from_u16(raw_version)
@@ -242,7 +250,11 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
     if block as usize != BLOCK_SIZE {
         return Err(format!("unsupported block size {block}"));
     }
-    Ok(FileHeader { version, file_number: le_u64(b, 16), created_ms: le_u64(b, 24) as i64 })
+    Ok(FileHeader {
+        version,
+        file_number: le_u64(b, 16),
+        created_ms: le_u64(b, 24) as i64,
+    })
 }
 
 /// Writes a batch header into `out[..BATCH_HEADER_LEN]`.
@@ -265,7 +277,9 @@ pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader) {
 pub enum BadBatch {
     /// The block is all zeroes where the header would be: never-written space.
     Zero,
-    /// Not a header of this file: wrong magic, wrong checksum, or another file's number.
+    /// A valid header of another file: stale space of a recycled file.
+    Foreign(u64),
+    /// Not a header: wrong magic, wrong checksum, impossible fields.
     Invalid(String),
 }
 
@@ -290,9 +304,7 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
     }
     let on_disk_file = le_u64(h, 8);
     if on_disk_file != file_number {
-        return Err(BadBatch::Invalid(format!(
-            "batch belongs to file {on_disk_file}, not {file_number} (stale space)"
-        )));
+        return Err(BadBatch::Foreign(on_disk_file));
     }
     let kind = match h[4] {
         1 => BatchKind::Entries,
@@ -317,7 +329,9 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
         return Err(BadBatch::Invalid("seal batch with a payload".into()));
     }
     if (hdr.payload_len as usize) < hdr.entry_count as usize * ENTRY_HEADER_LEN {
-        return Err(BadBatch::Invalid("payload too short for its entry count".into()));
+        return Err(BadBatch::Invalid(
+            "payload too short for its entry count".into(),
+        ));
     }
     Ok(hdr)
 }
@@ -395,26 +409,36 @@ impl EntryRef<'_> {
 /// checked against `b` before it is used.
 pub fn parse_entry(b: &[u8]) -> Result<EntryRef<'_>, String> {
     if b.len() < ENTRY_HEADER_LEN {
-        return Err(format!("entry header needs {ENTRY_HEADER_LEN} bytes, {} remain in the batch", b.len()));
+        return Err(format!(
+            "entry header needs {ENTRY_HEADER_LEN} bytes, {} remain in the batch",
+            b.len()
+        ));
     }
     let len = le_u32(b, 4) as usize;
     let total = 8usize.checked_add(len).ok_or("entry length overflows")?;
     if len < ENTRY_LEN_FIXED || total > b.len() {
-        return Err(format!("entry length {len} does not fit the {} bytes left in the batch", b.len()));
+        return Err(format!(
+            "entry length {len} does not fit the {} bytes left in the batch",
+            b.len()
+        ));
     }
     let stored = le_u32(b, 0);
     let actual = crc32c::crc32c(&b[4..total]);
     if stored != actual {
-        return Err(format!("entry checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"));
+        return Err(format!(
+            "entry checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        ));
     }
     let topic_len = le_u16(b, 26) as usize;
     let data_len = le_u32(b, 32) as usize;
     if ENTRY_HEADER_LEN + topic_len + data_len != total {
         return Err("entry field lengths disagree with its length".into());
     }
-    let entry_type = WalEntryType::try_from(b[24]).map_err(|t| format!("unknown entry type {t}"))?;
+    let entry_type =
+        WalEntryType::try_from(b[24]).map_err(|t| format!("unknown entry type {t}"))?;
     let t_end = ENTRY_HEADER_LEN + topic_len;
-    let topic = std::str::from_utf8(&b[ENTRY_HEADER_LEN..t_end]).map_err(|_| "topic is not UTF-8".to_string())?;
+    let topic = std::str::from_utf8(&b[ENTRY_HEADER_LEN..t_end])
+        .map_err(|_| "topic is not UTF-8".to_string())?;
     Ok(EntryRef {
         sequence: le_u64(b, 8),
         timestamp: le_u64(b, 16) as i64,
@@ -448,20 +472,36 @@ pub fn for_each_entry<'a>(
         let entry = parse_entry(rest).map_err(|e| (pos, format!("entry {i}: {e}")))?;
         let expect = header.first_sequence + u64::from(i);
         if entry.sequence != expect {
-            return Err((pos, format!("entry {i} has sequence {}, expected {expect}", entry.sequence)));
+            return Err((
+                pos,
+                format!(
+                    "entry {i} has sequence {}, expected {expect}",
+                    entry.sequence
+                ),
+            ));
         }
         pos += entry.encoded_len;
         f(entry);
     }
     if pos != payload.len() {
-        return Err((pos, format!("{} unexplained bytes after the last entry", payload.len() - pos)));
+        return Err((
+            pos,
+            format!(
+                "{} unexplained bytes after the last entry",
+                payload.len() - pos
+            ),
+        ));
     }
     Ok(())
 }
 
 /// Decodes and validates every entry of a batch payload (see [`for_each_entry`]).
-pub fn decode_batch_entries(header: &BatchHeader, payload: &[u8]) -> Result<Vec<WalEntry>, (usize, String)> {
-    let mut out = Vec::with_capacity((header.entry_count as usize).min(payload.len() / ENTRY_HEADER_LEN + 1));
+pub fn decode_batch_entries(
+    header: &BatchHeader,
+    payload: &[u8],
+) -> Result<Vec<WalEntry>, (usize, String)> {
+    let mut out =
+        Vec::with_capacity((header.entry_count as usize).min(payload.len() / ENTRY_HEADER_LEN + 1));
     for_each_entry(header, payload, |e| out.push(e.to_owned_entry()))?;
     Ok(out)
 }
@@ -482,11 +522,17 @@ mod tests {
         let mut b = vec![0u8; BLOCK_SIZE];
         encode_file_header(&mut b, 42, 1234);
         let h = decode_file_header(&b).unwrap();
-        assert_eq!((h.file_number, h.created_ms, h.version), (42, 1234, FormatVersion::V1));
+        assert_eq!(
+            (h.file_number, h.created_ms, h.version),
+            (42, 1234, FormatVersion::V1)
+        );
         for bit in 0..FILE_HEADER_LEN * 8 {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_file_header(&c).is_err(), "flip of bit {bit} accepted");
+            assert!(
+                decode_file_header(&c).is_err(),
+                "flip of bit {bit} accepted"
+            );
         }
     }
 
@@ -503,14 +549,22 @@ mod tests {
         let mut b = [0u8; BATCH_HEADER_LEN];
         encode_batch_header(&mut b, &h);
         assert_eq!(decode_batch_header(&b, 7), Ok(h));
-        assert!(matches!(decode_batch_header(&b, 8), Err(BadBatch::Invalid(_))));
+        assert_eq!(decode_batch_header(&b, 8), Err(BadBatch::Foreign(7)));
         assert_eq!(decode_batch_header(&[0u8; 64], 7), Err(BadBatch::Zero));
     }
 
     #[test]
     fn entry_round_trip() {
         let mut b = vec![0u8; entry_len(5, 11)];
-        let crc = encode_entry(&mut b, 9, -5, WalEntryType::Truncate, b"topic", -1, b"hello world");
+        let crc = encode_entry(
+            &mut b,
+            9,
+            -5,
+            WalEntryType::Truncate,
+            b"topic",
+            -1,
+            b"hello world",
+        );
         let (e, used) = decode_entry(&b).unwrap();
         assert_eq!(used, b.len());
         assert_eq!(e.sequence, 9);
@@ -521,7 +575,10 @@ mod tests {
         assert_eq!(&e.data[..], b"hello world");
         assert_eq!(e.crc32, crc);
         for cut in 0..b.len() {
-            assert!(decode_entry(&b[..cut]).is_err(), "truncated entry of {cut} bytes accepted");
+            assert!(
+                decode_entry(&b[..cut]).is_err(),
+                "truncated entry of {cut} bytes accepted"
+            );
         }
     }
 }

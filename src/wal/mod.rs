@@ -31,6 +31,10 @@ pub mod files;
 pub mod format;
 pub mod recovery;
 
+/// The simulated disk for crash tests (feature `sim`): see [`Wal::open_sim`].
+#[cfg(all(unix, any(test, feature = "sim")))]
+pub use backend::sim;
+
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -80,8 +84,14 @@ struct Handle {
 
 impl Handle {
     fn shutdown(&self) -> Result<u64> {
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some(thread) = thread else { return Err(Error::Closed) };
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(thread) = thread else {
+            return Err(Error::Closed);
+        };
         let (c, slot) = Completion::new();
         let _ = self.tx.send(Request::Close(Completer::new(slot)));
         let r = c.wait();
@@ -109,7 +119,10 @@ pub struct Wal {
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wal").field("dir", &self.inner.core.dir).field("backend", &self.inner.backend).finish()
+        f.debug_struct("Wal")
+            .field("dir", &self.inner.core.dir)
+            .field("backend", &self.inner.backend)
+            .finish()
     }
 }
 
@@ -152,14 +165,24 @@ impl std::fmt::Debug for Recovery {
 fn lock_dir(dir: &Path) -> Result<File> {
     use std::os::fd::AsRawFd;
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))?;
-    #[expect(unsafe_code, reason = "flock has no std wrapper on this toolchain's MSRV")]
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    #[expect(
+        unsafe_code,
+        reason = "flock has no std wrapper on this toolchain's MSRV"
+    )]
     // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked { path: dir.to_path_buf() });
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+            });
         }
         return Err(Error::io("flock", &path, e));
     }
@@ -169,11 +192,22 @@ fn lock_dir(dir: &Path) -> Result<File> {
 #[cfg(not(unix))]
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io("open", &path, e))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))
 }
 
 /// Writes a seal batch at `offset` of `path` with plain I/O and fdatasyncs it.
-fn seal_in_place(path: &Path, number: u64, offset: u64, next_sequence: u64, synced_through: u64) -> Result<()> {
+fn seal_in_place(
+    path: &Path,
+    number: u64,
+    offset: u64,
+    next_sequence: u64,
+    synced_through: u64,
+) -> Result<()> {
     let mut block = vec![0u8; BLOCK_SIZE];
     let h = BatchHeader {
         kind: BatchKind::Seal,
@@ -184,15 +218,21 @@ fn seal_in_place(path: &Path, number: u64, offset: u64, next_sequence: u64, sync
         synced_through,
     };
     format::encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
-    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
     #[cfg(unix)]
-    std::os::unix::fs::FileExt::write_all_at(&f, &block, offset).map_err(|e| Error::io("pwrite seal", path, e))?;
+    std::os::unix::fs::FileExt::write_all_at(&f, &block, offset)
+        .map_err(|e| Error::io("pwrite seal", path, e))?;
     #[cfg(not(unix))]
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f2 = &f;
-        f2.seek(SeekFrom::Start(offset)).map_err(|e| Error::io("seek", path, e))?;
-        f2.write_all(&block).map_err(|e| Error::io("write seal", path, e))?;
+        f2.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io("seek", path, e))?;
+        f2.write_all(&block)
+            .map_err(|e| Error::io("write seal", path, e))?;
     }
     backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))
 }
@@ -207,8 +247,36 @@ impl Wal {
     /// directory is open elsewhere, [`Error::Corrupt`] for damaged data (with file
     /// and offset), and I/O errors naming the path.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, Recovery)> {
+        Self::open_with(dir.as_ref(), config, |config, path| {
+            backend::create(config.backend, path, 64, config.uses_direct_io())
+        })
+    }
+
+    /// Opens the WAL with all data-file I/O going through the simulated disk `disk`
+    /// (see [`sim`]); otherwise exactly [`Wal::open`].
+    ///
+    /// # Errors
+    /// As [`Wal::open`].
+    #[cfg(all(unix, any(test, feature = "sim")))]
+    pub fn open_sim(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        disk: &sim::SimDisk,
+    ) -> Result<(Wal, Recovery)> {
+        Self::open_with(dir.as_ref(), config, |_, path| {
+            let mut b = disk.backend();
+            backend::Backend::open(&mut b, path)?;
+            Ok(Box::new(b))
+        })
+    }
+
+    fn open_with(
+        dir: &Path,
+        config: WalConfig,
+        make_backend: impl FnOnce(&WalConfig, &Path) -> Result<Box<dyn backend::Backend>>,
+    ) -> Result<(Wal, Recovery)> {
         config.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
         let lock = lock_dir(&dir)?;
         files::remove_prepared(&dir)?;
@@ -230,14 +298,24 @@ impl Wal {
                 }
                 let jump = checkpoint >= next_seq;
                 if jump {
-                    tracing::warn!(checkpoint, next = next_seq, "checkpoint is ahead of the log; continuing after it");
+                    tracing::warn!(
+                        checkpoint,
+                        next = next_seq,
+                        "checkpoint is ahead of the log; continuing after it"
+                    );
                     next_seq = checkpoint + 1;
                 }
                 if last.tail == Tail::Sealed {
                     // Crash during rotation: the file is complete.
                 } else if last.stale_after_end || jump {
                     // Bytes beyond the cut could decode later: end the file with a seal.
-                    seal_in_place(&current, last.number, last.valid_end, next_seq, last.last_sequence.unwrap_or(0))?;
+                    seal_in_place(
+                        &current,
+                        last.number,
+                        last.valid_end,
+                        next_seq,
+                        last.last_sequence.unwrap_or(0),
+                    )?;
                     last.valid_end += BLOCK_SIZE as u64;
                     last.next_sequence = Some(next_seq);
                     last.tail = Tail::Sealed;
@@ -247,7 +325,8 @@ impl Wal {
                 }
                 if need_new_file {
                     let archived = files::archived_path(&dir, last.number);
-                    std::fs::rename(&current, &archived).map_err(|e| Error::io("rename", &current, e))?;
+                    std::fs::rename(&current, &archived)
+                        .map_err(|e| Error::io("rename", &current, e))?;
                     files::sync_dir(&dir)?;
                     last.path = archived;
                 }
@@ -257,15 +336,28 @@ impl Wal {
         } else if checkpoint >= next_seq {
             next_seq = checkpoint + 1;
         }
-        let number = files.last().map_or(1, |f| if need_new_file { f.number + 1 } else { f.number });
+        let number = files.last().map_or(1, |f| {
+            if need_new_file {
+                f.number + 1
+            } else {
+                f.number
+            }
+        });
         if need_new_file {
-            let p = files::prepare_file(&dir, number, config.max_file_size, files::Prealloc::ZeroFill)?;
+            let p = files::prepare_file(
+                &dir,
+                number,
+                config.max_file_size,
+                files::Prealloc::ZeroFill,
+            )?;
             std::fs::rename(&p, &current).map_err(|e| Error::io("rename", &p, e))?;
             files::sync_dir(&dir)?;
             tracing::info!(file = number, dir = %dir.display(), "created WAL file");
         }
         // The active file keeps its original size (max_file_size may have changed).
-        let size = std::fs::metadata(&current).map_err(|e| Error::io("stat", &current, e))?.len();
+        let size = std::fs::metadata(&current)
+            .map_err(|e| Error::io("stat", &current, e))?
+            .len();
 
         let archived: Vec<Archived> = files
             .iter()
@@ -277,8 +369,13 @@ impl Wal {
             })
             .collect();
         let last_sequence = next_seq - 1;
-        let core = Arc::new(Core::new(config.clone(), dir.clone(), archived, last_sequence));
-        let backend = backend::create(config.backend, &current, 64)?;
+        let core = Arc::new(Core::new(
+            config.clone(),
+            dir.clone(),
+            archived,
+            last_sequence,
+        ));
+        let backend = make_backend(&config, &current)?;
         let kind = backend.kind();
         let (tx, rx) = crossbeam_channel::unbounded();
         let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size);
@@ -286,7 +383,11 @@ impl Wal {
             backend,
             Arc::clone(&core),
             rx,
-            ActiveFile { number, offset, size },
+            ActiveFile {
+                number,
+                offset,
+                size,
+            },
             next_seq,
             scan.last_sequence,
             preparer,
@@ -300,12 +401,29 @@ impl Wal {
             checkpoint, last_sequence = scan.last_sequence, next = next_seq, "opened WAL"
         );
         // Files older than the checkpoint hold nothing to replay.
-        let replay: Vec<FileInfo> = files.iter().filter(|f| f.path != current || !need_new_file).cloned().collect();
+        let replay: Vec<FileInfo> = files
+            .iter()
+            .filter(|f| f.path != current || !need_new_file)
+            .cloned()
+            .collect();
         let iter = EntryIter::new(replay, checkpoint + 1);
         let wal = Wal {
-            inner: Arc::new(Handle { core, tx, thread: Mutex::new(Some(thread)), backend: kind, _lock: lock }),
+            inner: Arc::new(Handle {
+                core,
+                tx,
+                thread: Mutex::new(Some(thread)),
+                backend: kind,
+                _lock: lock,
+            }),
         };
-        let rec = Recovery { checkpoint, last_sequence: scan.last_sequence, next_sequence: next_seq, truncated, files, iter };
+        let rec = Recovery {
+            checkpoint,
+            last_sequence: scan.last_sequence,
+            next_sequence: next_seq,
+            truncated,
+            files,
+            iter,
+        };
         Ok((wal, rec))
     }
 
@@ -322,7 +440,12 @@ impl Wal {
 
     fn send_reserved(&self, entries: Entries, bytes: usize) -> Completion {
         let (c, slot) = Completion::new();
-        let req = Request::Append { entries, timestamp: commit::timestamp_now(), bytes, done: Completer::new(slot) };
+        let req = Request::Append {
+            entries,
+            timestamp: commit::timestamp_now(),
+            bytes,
+            done: Completer::new(slot),
+        };
         if let Err(crossbeam_channel::SendError(req)) = self.inner.tx.send(req) {
             // The commit thread is gone: its Completer answers Closed when dropped.
             drop(req);
@@ -344,7 +467,10 @@ impl Wal {
             total = total.saturating_add(e.encoded_len());
         }
         if total as u64 > limit {
-            return Err(Error::EntryTooLarge { size: total as u64, limit });
+            return Err(Error::EntryTooLarge {
+                size: total as u64,
+                limit,
+            });
         }
         Ok(total)
     }
@@ -353,7 +479,8 @@ impl Wal {
     /// header block, the batch header and the seal block.
     pub fn max_entry_bytes(&self) -> u64 {
         let c = &self.inner.core.config;
-        (c.max_file_size - 2 * BLOCK_SIZE as u64 - BATCH_HEADER_LEN as u64).min(u64::from(u32::MAX) - BLOCK_SIZE as u64)
+        (c.max_file_size - 2 * BLOCK_SIZE as u64 - BATCH_HEADER_LEN as u64)
+            .min(u64::from(u32::MAX) - BLOCK_SIZE as u64)
     }
 
     /// Appends a `Record` entry. Blocks only while the pending-bytes cap is reached.
@@ -395,7 +522,11 @@ impl Wal {
     pub async fn append_async(&self, topic: &str, partition: i32, data: Bytes) -> Result<u64> {
         let entry = NewEntry::record(topic, partition, data);
         let bytes = self.check_size(std::slice::from_ref(&entry))?;
-        CapacityWait { core: &self.inner.core, bytes }.await?;
+        CapacityWait {
+            core: &self.inner.core,
+            bytes,
+        }
+        .await?;
         self.send_reserved(Entries::One(entry), bytes).await
     }
 
@@ -408,7 +539,11 @@ impl Wal {
             return self.append_batch(entries).await;
         }
         let bytes = self.check_size(&entries)?;
-        CapacityWait { core: &self.inner.core, bytes }.await?;
+        CapacityWait {
+            core: &self.inner.core,
+            bytes,
+        }
+        .await?;
         self.send_reserved(Entries::Many(entries), bytes).await
     }
 
@@ -433,14 +568,18 @@ impl Wal {
         let core = &self.inner.core;
         let acked = core.acked_through.load(Ordering::Acquire);
         if sequence > acked {
-            return Err(Error::CheckpointAhead { sequence, acknowledged: acked });
+            return Err(Error::CheckpointAhead {
+                sequence,
+                acknowledged: acked,
+            });
         }
         checkpoint::store(&core.dir, sequence)?;
         let doomed: Vec<Archived> = {
             let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
             let keep = core.config.retention_files;
             let mut n = 0;
-            while n < archived.len().saturating_sub(keep) && archived[n].covers_through <= sequence {
+            while n < archived.len().saturating_sub(keep) && archived[n].covers_through <= sequence
+            {
                 n += 1;
             }
             archived.drain(..n).collect()
@@ -449,10 +588,10 @@ impl Wal {
             return Ok(());
         }
         for a in &doomed {
-            std::fs::remove_file(&a.path).map_err(|e| Error::io("remove", &a.path, e))?;
-            tracing::info!(file = a.number, "deleted WAL file covered by checkpoint");
+            files::retire(&core.dir, &a.path, a.number, core.config.max_file_size)?;
+            tracing::info!(file = a.number, "retired WAL file covered by checkpoint");
         }
-        // The deletions become durable with the directory.
+        // The renames and deletions become durable with the directory.
         files::sync_dir(&core.dir)
     }
 
@@ -462,7 +601,13 @@ impl Wal {
     /// # Errors
     /// The latched failure if the WAL failed, or an error from the final sync.
     pub fn close(self) -> Result<()> {
-        self.inner.shutdown().map(|_| ()).or_else(|e| if matches!(e, Error::Closed) { Ok(()) } else { Err(e) })
+        self.inner.shutdown().map(|_| ()).or_else(|e| {
+            if matches!(e, Error::Closed) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
     }
 
     /// The backend in use (`Uring` or `Std`, never `Auto`).
@@ -518,7 +663,10 @@ struct CapacityWait<'a> {
 
 impl std::future::Future for CapacityWait<'_> {
     type Output = Result<()>;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
         use std::task::Poll;
         if let Err(e) = self.core.check_usable() {
             return Poll::Ready(Err(e));

@@ -21,7 +21,10 @@ use super::{
     checkpoint::{self, Checkpoint},
     config::RecoveryMode,
     files::{list_archived, CURRENT},
-    format::{decode_batch_header, decode_file_header, for_each_entry, BadBatch, BatchHeader, BatchKind, WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE},
+    format::{
+        decode_batch_header, decode_file_header, for_each_entry, BadBatch, BatchHeader, BatchKind,
+        WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE,
+    },
 };
 use crate::error::{Error, Result};
 
@@ -101,8 +104,17 @@ const CHUNK: usize = 4 << 20;
 impl ChunkReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-        Ok(ChunkReader { file, path: path.to_path_buf(), len, buf: Vec::new(), start: 0 })
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        Ok(ChunkReader {
+            file,
+            path: path.to_path_buf(),
+            len,
+            buf: Vec::new(),
+            start: 0,
+        })
     }
 
     /// Bytes `[off, off+len)`, which the caller has checked lie inside the file.
@@ -111,7 +123,8 @@ impl ChunkReader {
         if !have {
             let want = (len.max(CHUNK) as u64).min(self.len - off) as usize;
             self.buf.resize(want, 0);
-            read_exact_at(&self.file, &mut self.buf, off).map_err(|e| Error::io("read", &self.path, e))?;
+            read_exact_at(&self.file, &mut self.buf, off)
+                .map_err(|e| Error::io("read", &self.path, e))?;
             self.start = off;
         }
         let s = (off - self.start) as usize;
@@ -148,7 +161,15 @@ enum Step {
 fn check_batch(r: &mut ChunkReader, number: u64, pos: u64, expected: Option<u64>) -> Result<Step> {
     let hdr = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
         Ok(h) => h,
-        Err(BadBatch::Zero) => return Ok(Step::Bad("zeroed block (end of written data)".into(), true)),
+        Err(BadBatch::Zero) => {
+            return Ok(Step::Bad("zeroed block (end of written data)".into(), true))
+        }
+        Err(BadBatch::Foreign(n)) => {
+            return Ok(Step::Bad(
+                format!("stale batch of file {n} (recycled space, end of written data)"),
+                true,
+            ))
+        }
         Err(BadBatch::Invalid(why)) => return Ok(Step::Bad(why, false)),
     };
     if let Some(exp) = expected {
@@ -157,11 +178,23 @@ fn check_batch(r: &mut ChunkReader, number: u64, pos: u64, expected: Option<u64>
             BatchKind::Seal => hdr.first_sequence >= exp,
         };
         if !ok {
-            return Ok(Step::Bad(format!("batch starts at sequence {}, expected {exp}", hdr.first_sequence), false));
+            return Ok(Step::Bad(
+                format!(
+                    "batch starts at sequence {}, expected {exp}",
+                    hdr.first_sequence
+                ),
+                false,
+            ));
         }
     }
     if pos + hdr.disk_len() > r.len {
-        return Ok(Step::Bad(format!("batch of {} bytes runs past the end of the file", hdr.disk_len()), false));
+        return Ok(Step::Bad(
+            format!(
+                "batch of {} bytes runs past the end of the file",
+                hdr.disk_len()
+            ),
+            false,
+        ));
     }
     if hdr.kind == BatchKind::Entries {
         let payload = r.get(pos + BATCH_HEADER_LEN as u64, hdr.payload_len as usize)?;
@@ -195,12 +228,21 @@ pub fn scan_file(
 ) -> Result<FileInfo> {
     let mut r = ChunkReader::open(path)?;
     if r.len < BLOCK_SIZE as u64 {
-        return Err(Error::corrupt(path, 0, format!("file of {} bytes is shorter than its header block", r.len)));
+        return Err(Error::corrupt(
+            path,
+            0,
+            format!("file of {} bytes is shorter than its header block", r.len),
+        ));
     }
-    let header = decode_file_header(r.get(0, BLOCK_SIZE)?).map_err(|why| Error::corrupt(path, 0, why))?;
+    let header =
+        decode_file_header(r.get(0, BLOCK_SIZE)?).map_err(|why| Error::corrupt(path, 0, why))?;
     if let Some(n) = expected_number {
         if header.file_number != n {
-            return Err(Error::corrupt(path, 0, format!("header says file {}, expected {n}", header.file_number)));
+            return Err(Error::corrupt(
+                path,
+                0,
+                format!("header says file {}, expected {n}", header.file_number),
+            ));
         }
     }
     let number = header.file_number;
@@ -223,7 +265,11 @@ pub fn scan_file(
     loop {
         if pos + BLOCK_SIZE as u64 > r.len {
             if !newest {
-                return Err(Error::corrupt(path, pos, "archived file ends without a seal"));
+                return Err(Error::corrupt(
+                    path,
+                    pos,
+                    "archived file ends without a seal",
+                ));
             }
             break;
         }
@@ -252,13 +298,18 @@ pub fn scan_file(
                     (Some((_, h)), Some(exp)) => h.synced_through >= exp,
                     // The log's first batch is bad: damaged if everything before the
                     // later batch had been synced.
-                    (Some((_, h)), None) => h.synced_through > 0 && h.synced_through + 1 >= h.first_sequence,
+                    (Some((_, h)), None) => {
+                        h.synced_through > 0 && h.synced_through + 1 >= h.first_sequence
+                    }
                     (None, _) => false,
                 };
                 let damaged = !newest || synced_over;
                 if damaged {
                     let err_reason = match next {
-                        Some((at, h)) => format!("{reason}; a valid batch (sequence {}) follows at offset {at}", h.first_sequence),
+                        Some((at, h)) => format!(
+                            "{reason}; a valid batch (sequence {}) follows at offset {at}",
+                            h.first_sequence
+                        ),
                         None => reason.clone(),
                     };
                     if mode == RecoveryMode::Strict {
@@ -281,7 +332,10 @@ pub fn scan_file(
                 }
                 info.stale_after_end = next.is_some();
                 if !zero || next.is_some() {
-                    info.tail = Tail::Torn { offset: pos, reason };
+                    info.tail = Tail::Torn {
+                        offset: pos,
+                        reason,
+                    };
                 }
                 break;
             }
@@ -297,7 +351,10 @@ pub fn scan_file(
 /// between files, or a checkpoint that refers to entries no longer present.
 pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
     let checkpoint = checkpoint::load(dir)?;
-    let mut paths: Vec<(Option<u64>, PathBuf)> = list_archived(dir)?.into_iter().map(|(n, p)| (Some(n), p)).collect();
+    let mut paths: Vec<(Option<u64>, PathBuf)> = list_archived(dir)?
+        .into_iter()
+        .map(|(n, p)| (Some(n), p))
+        .collect();
     let current = dir.join(CURRENT);
     if current.exists() {
         paths.push((None, current));
@@ -311,25 +368,48 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         let info = scan_file(&path, want_number, newest, expected_next, mode)?;
         if let Some(prev) = files.last() {
             if info.number != prev.number + 1 {
-                return Err(Error::corrupt(&path, 0, format!("file {} follows file {}: files are missing", info.number, prev.number)));
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "file {} follows file {}: files are missing",
+                        info.number, prev.number
+                    ),
+                ));
             }
         }
         expected_next = info.next_sequence;
         files.push(info);
     }
-    let last_sequence = files.iter().rev().find_map(|f| f.last_sequence).unwrap_or(0);
+    let last_sequence = files
+        .iter()
+        .rev()
+        .find_map(|f| f.last_sequence)
+        .unwrap_or(0);
     if let (Some(cp), Some(first)) = (checkpoint, files.iter().find_map(|f| f.first_sequence)) {
         if first > cp.sequence + 1 {
-            let f = files.iter().find(|f| f.first_sequence.is_some()).map(|f| f.path.clone()).unwrap_or_default();
+            let f = files
+                .iter()
+                .find(|f| f.first_sequence.is_some())
+                .map(|f| f.path.clone())
+                .unwrap_or_default();
             return Err(Error::corrupt(
                 f,
                 BLOCK_SIZE as u64,
-                format!("log starts at sequence {first} but the checkpoint is {}: entries are missing", cp.sequence),
+                format!(
+                    "log starts at sequence {first} but the checkpoint is {}: entries are missing",
+                    cp.sequence
+                ),
             ));
         }
     }
     let next_sequence = expected_next.unwrap_or(1).max(last_sequence + 1);
-    Ok(DirScan { files, checkpoint, last_sequence, next_sequence })
+    Ok(DirScan {
+        files,
+        checkpoint,
+        last_sequence,
+        next_sequence,
+    })
 }
 
 /// Streams the entries of scanned files, from a sequence on, one batch in memory at a time.
@@ -344,14 +424,25 @@ pub struct EntryIter {
 impl EntryIter {
     /// Iterates entries with sequence ≥ `from` in `files`.
     pub fn new(files: Vec<FileInfo>, from: u64) -> Self {
-        let files = files.into_iter().filter(|f| f.last_sequence.is_some_and(|l| l >= from)).collect();
-        EntryIter { files, from, reader: None, ready: VecDeque::new(), failed: false }
+        let files = files
+            .into_iter()
+            .filter(|f| f.last_sequence.is_some_and(|l| l >= from))
+            .collect();
+        EntryIter {
+            files,
+            from,
+            reader: None,
+            ready: VecDeque::new(),
+            failed: false,
+        }
     }
 
     fn fill(&mut self) -> Result<bool> {
         loop {
             if self.reader.is_none() {
-                let Some(f) = self.files.pop_front() else { return Ok(false) };
+                let Some(f) = self.files.pop_front() else {
+                    return Ok(false);
+                };
                 let r = ChunkReader::open(&f.path)?;
                 self.reader = Some((r, f, BLOCK_SIZE as u64));
             }
@@ -364,8 +455,14 @@ impl EntryIter {
                 *pos = *end;
                 continue;
             }
-            let hdr = decode_batch_header(r.get(*pos, BATCH_HEADER_LEN)?, f.number)
-                .map_err(|e| Error::corrupt(&f.path, *pos, format!("batch changed since it was validated: {e:?}")))?;
+            let hdr =
+                decode_batch_header(r.get(*pos, BATCH_HEADER_LEN)?, f.number).map_err(|e| {
+                    Error::corrupt(
+                        &f.path,
+                        *pos,
+                        format!("batch changed since it was validated: {e:?}"),
+                    )
+                })?;
             let at = *pos;
             *pos += hdr.disk_len();
             if hdr.kind != BatchKind::Entries || hdr.last_sequence() < self.from {
@@ -426,7 +523,9 @@ impl WalReader {
     /// # Errors
     /// As [`scan_dir`].
     pub fn open_with(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<Self> {
-        Ok(WalReader { scan: scan_dir(dir.as_ref(), mode)? })
+        Ok(WalReader {
+            scan: scan_dir(dir.as_ref(), mode)?,
+        })
     }
 
     /// The scan result: files, checkpoint, sequence range.

@@ -7,6 +7,8 @@ use super::buffer::AlignedBuf;
 use super::config::BackendKind;
 use crate::error::Result;
 
+#[cfg(all(unix, any(test, feature = "sim")))]
+pub mod sim;
 pub(crate) mod std_backend;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
@@ -15,8 +17,14 @@ pub(crate) mod uring;
 pub(crate) enum Op<'a> {
     /// Write `buf[..len]` at `offset`; when `sync`, follow it with an fdatasync that
     /// starts only after the write completed.
-    Write { buf: &'a AlignedBuf, len: usize, offset: u64, sync: bool },
-    /// fdatasync the active file; covers every write submitted before it.
+    Write {
+        buf: &'a AlignedBuf,
+        len: usize,
+        offset: u64,
+        sync: bool,
+    },
+    /// fdatasync the active file; covers every write that completed before it was
+    /// submitted (later writes may proceed concurrently).
     Sync,
 }
 
@@ -58,7 +66,12 @@ pub(crate) trait Backend: Send {
 
 /// Builds the backend for `kind`, opening `path` as the active file. `Auto` tries
 /// io_uring with O_DIRECT and falls back to std with one log line.
-pub(crate) fn create(kind: BackendKind, path: &Path, ring_entries: u32) -> Result<Box<dyn Backend>> {
+pub(crate) fn create(
+    kind: BackendKind,
+    path: &Path,
+    ring_entries: u32,
+    direct: bool,
+) -> Result<Box<dyn Backend>> {
     let kind = match (kind, BackendKind::from_env()?) {
         (BackendKind::Auto, Some(env)) => env,
         (k, _) => k,
@@ -71,7 +84,7 @@ pub(crate) fn create(kind: BackendKind, path: &Path, ring_entries: u32) -> Resul
         }
         #[cfg(target_os = "linux")]
         BackendKind::Uring => {
-            let mut b = uring::UringBackend::new(ring_entries)?;
+            let mut b = uring::UringBackend::new(ring_entries, direct)?;
             b.open(path)?;
             Ok(Box::new(b))
         }
@@ -84,16 +97,18 @@ pub(crate) fn create(kind: BackendKind, path: &Path, ring_entries: u32) -> Resul
         BackendKind::Auto => {
             #[cfg(target_os = "linux")]
             {
-                let attempt = uring::UringBackend::new(ring_entries).and_then(|mut b| {
+                let attempt = uring::UringBackend::new(ring_entries, direct).and_then(|mut b| {
                     b.open(path)?;
                     Ok(b)
                 });
                 match attempt {
                     Ok(b) => return Ok(Box::new(b)),
-                    Err(e) => tracing::warn!(error = %e, "io_uring backend unavailable, falling back to std"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring backend unavailable, falling back to std")
+                    }
                 }
             }
-            let _ = ring_entries;
+            let _ = (ring_entries, direct);
             let mut b = std_backend::StdBackend::new();
             b.open(path)?;
             Ok(Box::new(b))

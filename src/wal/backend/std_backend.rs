@@ -17,7 +17,10 @@ pub(crate) struct StdBackend {
 
 impl StdBackend {
     pub(crate) fn new() -> Self {
-        StdBackend { file: None, done: Vec::new() }
+        StdBackend {
+            file: None,
+            done: Vec::new(),
+        }
     }
 }
 
@@ -66,7 +69,11 @@ impl Backend for StdBackend {
     }
 
     fn open(&mut self, path: &Path) -> Result<()> {
-        let f = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io("open", path, e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
         self.file = Some((f, path.to_path_buf()));
         Ok(())
     }
@@ -74,9 +81,20 @@ impl Backend for StdBackend {
     fn submit(&mut self, token: u64, op: Op<'_>) -> Result<()> {
         let (file, path) = self.file.as_ref().ok_or(Error::Closed)?;
         let result = match op {
-            Op::Write { buf, len, offset, sync } => write_all_at(file, &buf.as_slice()[..len], offset)
+            Op::Write {
+                buf,
+                len,
+                offset,
+                sync,
+            } => write_all_at(file, &buf.as_slice()[..len], offset)
                 .map_err(|e| Error::io("pwrite", path, e))
-                .and_then(|()| if sync { data_sync(file).map_err(|e| Error::io("fdatasync", path, e)) } else { Ok(()) }),
+                .and_then(|()| {
+                    if sync {
+                        data_sync(file).map_err(|e| Error::io("fdatasync", path, e))
+                    } else {
+                        Ok(())
+                    }
+                }),
             Op::Sync => data_sync(file).map_err(|e| Error::io("fdatasync", path, e)),
         };
         self.done.push(Done { token, result });

@@ -1,8 +1,12 @@
-//! io_uring backend (Linux): the active file is opened `O_DIRECT` and registered with
+//! io_uring backend (Linux): the active file is opened `O_DIRECT` (unless configured
+//! for page-cache writes, see `WalConfig::direct_io`) and registered with
 //! the ring, the commit thread's buffers are registered, and a write with `sync` is
 //! submitted as `WRITE_FIXED` linked (`IOSQE_IO_LINK`) to an `FSYNC` with
 //! `IORING_FSYNC_DATASYNC`, so one `io_uring_enter` carries a whole batch.
-#![expect(unsafe_code, reason = "io_uring submission hands buffer pointers to the kernel")]
+#![expect(
+    unsafe_code,
+    reason = "io_uring submission hands buffer pointers to the kernel"
+)]
 
 use std::{
     collections::HashMap,
@@ -46,16 +50,35 @@ pub(crate) struct UringBackend {
     pending: HashMap<u64, Pending>,
     /// SQEs queued in the submission ring but not yet handed to the kernel.
     unsubmitted: usize,
+    /// Open files with O_DIRECT.
+    direct: bool,
 }
 
 impl UringBackend {
-    pub(crate) fn new(entries: u32) -> Result<Self> {
-        let ring = IoUring::new(entries).map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
-        Ok(UringBackend { ring, file: None, pending: HashMap::new(), unsubmitted: 0 })
+    pub(crate) fn new(entries: u32, direct: bool) -> Result<Self> {
+        // Completions need no IPI to interrupt the commit thread; they are run at its
+        // next io_uring_enter (COOP_TASKRUN, Linux 5.19). Older kernels reject the
+        // flag: retry with a plain ring. (SINGLE_ISSUER is not used: the ring is
+        // created by the opening thread and driven by the commit thread.)
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))
+            .map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
+        Ok(UringBackend {
+            ring,
+            file: None,
+            pending: HashMap::new(),
+            unsubmitted: 0,
+            direct,
+        })
     }
 
     fn path(&self) -> PathBuf {
-        self.file.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
+        self.file
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
     }
 
     /// Queues the SQEs for the (remaining) write of `token`, and its linked fsync.
@@ -67,10 +90,20 @@ impl UringBackend {
     /// operation's `Done` is returned, and never closes the file with work in flight.
     unsafe fn push_write(&mut self, token: u64, p: &mut Pending) -> Result<()> {
         p.outstanding = if p.sync { 2 } else { 1 };
-        let len = u32::try_from(p.len).map_err(|_| Error::io("io_uring write", self.path(), std::io::ErrorKind::InvalidInput.into()))?;
+        let len = u32::try_from(p.len).map_err(|_| {
+            Error::io(
+                "io_uring write",
+                self.path(),
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })?;
         let write = match p.buf_index {
-            Some(idx) => opcode::WriteFixed::new(types::Fixed(0), p.ptr, len, idx).offset(p.offset).build(),
-            None => opcode::Write::new(types::Fixed(0), p.ptr, len).offset(p.offset).build(),
+            Some(idx) => opcode::WriteFixed::new(types::Fixed(0), p.ptr, len, idx)
+                .offset(p.offset)
+                .build(),
+            None => opcode::Write::new(types::Fixed(0), p.ptr, len)
+                .offset(p.offset)
+                .build(),
         };
         let write = write.user_data(token << 1);
         if p.sync {
@@ -122,15 +155,24 @@ impl Backend for UringBackend {
 
     fn open(&mut self, path: &Path) -> Result<()> {
         debug_assert!(self.pending.is_empty(), "file switched with I/O in flight");
+        let flags = if self.direct {
+            libc::O_DIRECT | libc::O_CLOEXEC
+        } else {
+            libc::O_CLOEXEC
+        };
         let f = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .custom_flags(flags)
             .open(path)
-            .map_err(|e| Error::io("open O_DIRECT", path, e))?;
+            .map_err(|e| Error::io(if self.direct { "open O_DIRECT" } else { "open" }, path, e))?;
         let fd = f.as_raw_fd();
         let sub = self.ring.submitter();
-        let reg = if self.file.is_some() { sub.register_files_update(0, &[fd]).map(|_| ()) } else { sub.register_files(&[fd]) };
+        let reg = if self.file.is_some() {
+            sub.register_files_update(0, &[fd]).map(|_| ())
+        } else {
+            sub.register_files(&[fd])
+        };
         reg.map_err(|e| Error::io("io_uring_register files", path, e))?;
         self.file = Some((f, path.to_path_buf()));
         Ok(())
@@ -139,7 +181,10 @@ impl Backend for UringBackend {
     fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> Result<()> {
         let iovecs: Vec<libc::iovec> = bufs
             .iter()
-            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.capacity() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.capacity(),
+            })
             .collect();
         // SAFETY: the buffers are owned by the commit thread, which drops this backend
         // (and with it the ring and its registration) before the buffers.
@@ -156,7 +201,12 @@ impl Backend for UringBackend {
             return Err(Error::Closed);
         }
         match op {
-            Op::Write { buf, len, offset, sync } => {
+            Op::Write {
+                buf,
+                len,
+                offset,
+                sync,
+            } => {
                 let p = Pending {
                     ptr: buf.as_ptr(),
                     len,
@@ -174,12 +224,9 @@ impl Backend for UringBackend {
                 self.pending.insert(token, p);
             }
             Op::Sync => {
-                // IO_DRAIN: the fsync starts only after every earlier SQE completed, so
-                // it covers all writes submitted before it (Backend::submit contract).
                 let fsync = opcode::Fsync::new(types::Fixed(0))
                     .flags(types::FsyncFlags::DATASYNC)
                     .build()
-                    .flags(squeue::Flags::IO_DRAIN)
                     .user_data((token << 1) | FSYNC_BIT);
                 self.push(&[fsync])?;
                 self.pending.insert(
@@ -207,28 +254,41 @@ impl Backend for UringBackend {
         if want > 0 || self.unsubmitted > 0 {
             self.enter(want)?;
         }
-        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         let path = self.path();
         for (ud, res) in cqes {
             let token = ud >> 1;
             let is_fsync = ud & FSYNC_BIT != 0;
-            let Some(p) = self.pending.get_mut(&token) else { continue };
+            let Some(p) = self.pending.get_mut(&token) else {
+                continue;
+            };
             p.outstanding = p.outstanding.saturating_sub(1);
             if is_fsync {
-                let cancelled_by_short_write = res == -libc::ECANCELED && (p.resubmit || p.error.is_some());
+                let cancelled_by_short_write =
+                    res == -libc::ECANCELED && (p.resubmit || p.error.is_some());
                 if res < 0 && !cancelled_by_short_write {
                     let e = std::io::Error::from_raw_os_error(-res);
-                    p.error.get_or_insert_with(|| Error::io("fdatasync (io_uring)", &path, e));
+                    p.error
+                        .get_or_insert_with(|| Error::io("fdatasync (io_uring)", &path, e));
                 }
             } else if res < 0 {
                 let e = std::io::Error::from_raw_os_error(-res);
-                p.error.get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
+                p.error
+                    .get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
             } else {
                 let n = res as usize;
                 if n < p.len {
                     if n == 0 || n % crate::wal::format::BLOCK_SIZE != 0 {
-                        let e = std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write of {n} of {} bytes", p.len));
-                        p.error.get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            format!("short write of {n} of {} bytes", p.len),
+                        );
+                        p.error
+                            .get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
                     } else {
                         // SAFETY: n < len, so the pointer stays inside the same buffer.
                         p.ptr = unsafe { p.ptr.add(n) };
@@ -250,7 +310,10 @@ impl Backend for UringBackend {
                 self.pending.insert(token, p);
                 continue;
             }
-            out.push(Done { token, result: p.error.map_or(Ok(()), Err) });
+            out.push(Done {
+                token,
+                result: p.error.map_or(Ok(()), Err),
+            });
         }
         if self.unsubmitted > 0 {
             self.enter(0)?;

@@ -1,0 +1,316 @@
+//! Broker configuration: one [`Config`] struct, filled from the command line and
+//! `STREAMLINE_*` environment variables by [`Cli`], checked by [`Config::validate`].
+//!
+//! Parsing and validation touch no files: an invalid value is rejected before the
+//! data directory is created.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+use crate::{
+    error::{Error, Result},
+    wal::{BackendKind, SyncMode, WalConfig},
+};
+
+/// Everything the broker needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Server settings.
+    pub server: ServerConfig,
+    /// Topic and segment settings.
+    pub storage: StorageConfig,
+    /// Write-ahead log settings.
+    pub wal: WalSettings,
+}
+
+/// Network settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address the Kafka listener binds. Default: `127.0.0.1:9092`.
+    pub listen: SocketAddr,
+    /// `host:port` advertised in Metadata and FindCoordinator. Default: the bound address.
+    pub advertised_addr: Option<String>,
+    /// Largest request frame accepted; larger frames close that connection. Default: 100 MiB.
+    pub max_request_bytes: usize,
+}
+
+/// Topic and segment settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Root of all data (`topics/`, `wal/`, `groups/`). Default: `./data`.
+    pub data_dir: PathBuf,
+    /// Partitions of an auto-created topic (and of CreateTopics with -1). Default: 1.
+    pub default_partitions: i32,
+    /// Create unknown topics on Metadata requests that allow it. Default: true.
+    pub auto_create_topics: bool,
+    /// Segment size at which a new segment is started. Default: 256 MiB.
+    pub segment_bytes: u64,
+    /// Interval between checkpoints (fsync segments, then checkpoint the WAL). Default: 5000.
+    pub checkpoint_interval_ms: u64,
+}
+
+/// The WAL switch plus the engine's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSettings {
+    /// Write every produced batch to the WAL before acknowledging it. When false,
+    /// batches are acknowledged once they are in the segment's page cache and become
+    /// durable only at the next segment flush. Default: true.
+    pub enabled: bool,
+    /// The engine's configuration (sync mode, interval, file size, retention, backend).
+    pub engine: WalConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+                advertised_addr: None,
+                max_request_bytes: 100 * 1024 * 1024,
+            },
+            storage: StorageConfig {
+                data_dir: PathBuf::from("./data"),
+                default_partitions: 1,
+                auto_create_topics: true,
+                segment_bytes: 256 * 1024 * 1024,
+                checkpoint_interval_ms: 5000,
+            },
+            wal: WalSettings { enabled: true, engine: WalConfig::default() },
+        }
+    }
+}
+
+impl Config {
+    /// The WAL directory: `<data_dir>/wal`.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("wal")
+    }
+
+    /// Rejects values the broker cannot honour, naming the flag and what is accepted.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for the first invalid value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, value: String, reason: &str| Err(Error::InvalidConfig { field, value, reason: reason.to_string() });
+        if self.storage.default_partitions < 1 || self.storage.default_partitions > 10_000 {
+            return bad("--default-partitions", self.storage.default_partitions.to_string(), "accepted values: 1 to 10000");
+        }
+        if self.storage.segment_bytes < 4096 || self.storage.segment_bytes > u64::from(u32::MAX) {
+            return bad("--segment-bytes", self.storage.segment_bytes.to_string(), "accepted values: 4096 to 4294967295");
+        }
+        if self.storage.checkpoint_interval_ms == 0 {
+            return bad("--checkpoint-ms", "0".into(), "accepted values: 1 or more");
+        }
+        if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > i32::MAX as usize {
+            return bad("--max-request-bytes", self.server.max_request_bytes.to_string(), "accepted values: 1024 to 2147483647");
+        }
+        if let Some(a) = &self.server.advertised_addr {
+            if parse_host_port(a).is_none() {
+                return bad("--advertised-addr", a.clone(), "accepted values: HOST:PORT with a port from 1 to 65535");
+            }
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return bad("--data-dir", String::new(), "accepted values: a non-empty path");
+        }
+        self.wal.engine.validate()
+    }
+}
+
+/// Splits `host:port` (the host may be a bracketed IPv6 address).
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+fn parse_bool(s: &str) -> std::result::Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("accepted values: true, false (also 1/0, yes/no, on/off)".into()),
+    }
+}
+
+fn parse_sync_mode(s: &str) -> std::result::Result<SyncMode, String> {
+    s.parse::<SyncMode>().map_err(|_| format!("accepted values: {}", SyncMode::NAMES))
+}
+
+fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
+    s.parse::<BackendKind>().map_err(|_| format!("accepted values: {}", BackendKind::NAMES))
+}
+
+/// Parses a byte size: a plain number, or one with a `k`, `m` or `g` suffix (binary units,
+/// an optional trailing `b`/`ib`).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| "accepted values: a byte count such as 104857600, 64k, 100m or 1g".to_string())
+}
+
+/// The `streamline` command line. Every flag can also be set with the environment
+/// variable shown in `--help`.
+#[derive(Debug, Parser)]
+#[command(name = "streamline", version, about = "A single-node, Kafka-compatible streaming broker with a group-commit write-ahead log")]
+pub struct Cli {
+    /// Directory holding topics, groups and the WAL (in <data-dir>/wal).
+    #[arg(long, env = "STREAMLINE_DATA_DIR", default_value = "./data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address to listen on for Kafka clients (port 0 picks a free port).
+    #[arg(long, env = "STREAMLINE_LISTEN", default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    pub listen: SocketAddr,
+
+    /// Address advertised to clients in Metadata (default: the bound listen address).
+    #[arg(long, env = "STREAMLINE_ADVERTISED_ADDR", value_name = "HOST:PORT")]
+    pub advertised_addr: Option<String>,
+
+    /// Largest request frame accepted; a larger one closes that client's connection.
+    #[arg(long, env = "STREAMLINE_MAX_REQUEST_BYTES", default_value = "100m", value_parser = parse_size, value_name = "BYTES")]
+    pub max_request_bytes: u64,
+
+    /// Write every produced batch to the WAL before acknowledging it.
+    #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub wal_enabled: bool,
+
+    /// Longest time between two fdatasyncs of the WAL in interval mode, in milliseconds.
+    #[arg(long, env = "STREAMLINE_WAL_SYNC_MS", default_value_t = 100, value_name = "MS")]
+    pub wal_sync_ms: u64,
+
+    /// When a produce is acknowledged: interval, every_write (after fdatasync) or os_default.
+    #[arg(long, env = "STREAMLINE_WAL_SYNC_MODE", default_value = "interval", value_parser = parse_sync_mode, value_name = "MODE")]
+    pub wal_sync_mode: SyncMode,
+
+    /// Size each WAL file is preallocated to (multiple of 4096, at least 64k).
+    #[arg(long, env = "STREAMLINE_WAL_MAX_FILE_SIZE", default_value = "100m", value_parser = parse_size, value_name = "BYTES")]
+    pub wal_max_file_size: u64,
+
+    /// Archived WAL files kept even when a checkpoint covers them.
+    #[arg(long, env = "STREAMLINE_WAL_RETENTION_FILES", default_value_t = 2, value_name = "N")]
+    pub wal_retention_files: usize,
+
+    /// WAL I/O backend: auto, uring or std.
+    #[arg(long, env = "STREAMLINE_WAL_BACKEND", default_value = "auto", value_parser = parse_backend, value_name = "BACKEND")]
+    pub wal_backend: BackendKind,
+
+    /// Partitions of auto-created topics (and of CreateTopics asking for -1).
+    #[arg(long, env = "STREAMLINE_DEFAULT_PARTITIONS", default_value_t = 1, value_name = "N")]
+    pub default_partitions: i32,
+
+    /// Create unknown topics when a client's Metadata request allows it.
+    #[arg(long, env = "STREAMLINE_AUTO_CREATE_TOPICS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub auto_create_topics: bool,
+
+    /// Segment size at which a partition starts a new segment file.
+    #[arg(long, env = "STREAMLINE_SEGMENT_BYTES", default_value = "256m", value_parser = parse_size, value_name = "BYTES")]
+    pub segment_bytes: u64,
+
+    /// Interval between checkpoints (fsync segments, then checkpoint the WAL), in milliseconds.
+    #[arg(long, env = "STREAMLINE_CHECKPOINT_MS", default_value_t = 5000, value_name = "MS")]
+    pub checkpoint_ms: u64,
+}
+
+impl Cli {
+    /// Builds the [`Config`] this command line describes (not yet validated).
+    pub fn into_config(self) -> Config {
+        Config {
+            server: ServerConfig {
+                listen: self.listen,
+                advertised_addr: self.advertised_addr,
+                max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
+            },
+            storage: StorageConfig {
+                data_dir: self.data_dir,
+                default_partitions: self.default_partitions,
+                auto_create_topics: self.auto_create_topics,
+                segment_bytes: self.segment_bytes,
+                checkpoint_interval_ms: self.checkpoint_ms,
+            },
+            wal: WalSettings {
+                enabled: self.wal_enabled,
+                engine: WalConfig {
+                    sync_mode: self.wal_sync_mode,
+                    sync_interval_ms: self.wal_sync_ms,
+                    max_file_size: self.wal_max_file_size,
+                    retention_files: self.wal_retention_files,
+                    backend: self.wal_backend,
+                    ..WalConfig::default()
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Config, String> {
+        let mut v = vec!["streamline"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(Cli::into_config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = parse(&[]).expect("no flags parse");
+        let d = Config::default();
+        assert_eq!(c.server.listen, d.server.listen);
+        assert_eq!(c.storage.data_dir, PathBuf::from("./data"));
+        assert!(c.wal.enabled);
+        assert_eq!(c.wal.engine.sync_mode, SyncMode::Interval);
+        assert_eq!(c.wal.engine.sync_interval_ms, 100);
+        assert_eq!(c.wal.engine.max_file_size, 100 << 20);
+        assert_eq!(c, d);
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn bad_sync_mode_names_flag_and_accepted_values() {
+        let e = parse(&["--wal-sync-mode", "sometimes"]).expect_err("rejected");
+        assert!(e.contains("--wal-sync-mode"), "{e}");
+        assert!(e.contains("every_write") && e.contains("os_default"), "{e}");
+    }
+
+    #[test]
+    fn bad_bool_and_size_are_rejected() {
+        let e = parse(&["--wal-enabled", "maybe"]).expect_err("rejected");
+        assert!(e.contains("--wal-enabled") && e.contains("true, false"), "{e}");
+        let e = parse(&["--wal-max-file-size", "lots"]).expect_err("rejected");
+        assert!(e.contains("--wal-max-file-size"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_flag() {
+        let c = parse(&["--wal-max-file-size", "1000"]).expect("parses");
+        let e = c.validate().expect_err("too small").to_string();
+        assert!(e.contains("--wal-max-file-size") && e.contains("4096"), "{e}");
+        let c = parse(&["--default-partitions", "0"]).expect("parses");
+        assert!(c.validate().expect_err("zero").to_string().contains("--default-partitions"));
+        let c = parse(&["--advertised-addr", "nohost"]).expect("parses");
+        assert!(c.validate().expect_err("no port").to_string().contains("--advertised-addr"));
+    }
+
+    #[test]
+    fn sizes_accept_suffixes() {
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("100m"), Ok(100 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("k").is_err());
+    }
+}

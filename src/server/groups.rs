@@ -1,0 +1,480 @@
+//! Single-node consumer-group coordinator (the classic JoinGroup/SyncGroup protocol).
+//!
+//! Every join starts a rebalance; it completes when every known member has rejoined or
+//! the rebalance timeout passes (members that did not rejoin are dropped). The leader
+//! gets the member list, computes assignments client-side and sends them in SyncGroup;
+//! followers wait for that. Members are dropped when their session times out.
+//! Membership lives in memory; committed offsets are durable (see
+//! [`crate::storage::OffsetStore`]).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::codes;
+
+/// Answer to a JoinGroup.
+#[derive(Debug, Clone)]
+pub struct JoinResult {
+    /// Kafka error code.
+    pub error: i16,
+    /// Generation formed.
+    pub generation: i32,
+    /// Chosen assignment protocol.
+    pub protocol: Option<String>,
+    /// Protocol type of the group.
+    pub protocol_type: Option<String>,
+    /// Leader's member id.
+    pub leader: String,
+    /// The joining member's id.
+    pub member_id: String,
+    /// Members and their metadata (leader only).
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinResult {
+    fn error(error: i16, member_id: &str) -> JoinResult {
+        JoinResult {
+            error,
+            generation: -1,
+            protocol: None,
+            protocol_type: None,
+            leader: String::new(),
+            member_id: member_id.to_string(),
+            members: Vec::new(),
+        }
+    }
+}
+
+/// Answer to a SyncGroup: error code and the member's assignment.
+pub type SyncResult = (i16, Bytes);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+#[derive(Debug)]
+struct Member {
+    instance_id: Option<String>,
+    protocols: Vec<(String, Bytes)>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    last_seen: Instant,
+    assignment: Bytes,
+    joined: bool,
+}
+
+#[derive(Debug)]
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    pending_joins: Vec<(String, oneshot::Sender<JoinResult>)>,
+    pending_syncs: Vec<(String, oneshot::Sender<SyncResult>)>,
+    rebalance_deadline: Option<Instant>,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending_joins: Vec::new(),
+            pending_syncs: Vec::new(),
+            rebalance_deadline: None,
+        }
+    }
+
+    fn start_rebalance(&mut self, now: Instant) {
+        if self.state != State::PreparingRebalance {
+            self.state = State::PreparingRebalance;
+            for m in self.members.values_mut() {
+                m.joined = false;
+            }
+            let longest = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(5));
+            self.rebalance_deadline = Some(now + longest);
+            for (_, tx) in self.pending_syncs.drain(..) {
+                let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
+            }
+        }
+    }
+
+    /// Completes the rebalance when every member rejoined (or `force`, dropping the rest).
+    fn try_complete(&mut self, force: bool) {
+        if self.state != State::PreparingRebalance {
+            return;
+        }
+        if !force && self.members.values().any(|m| !m.joined) {
+            return;
+        }
+        self.members.retain(|id, m| {
+            if !m.joined {
+                tracing::info!(member = %id, "dropping member that did not rejoin in time");
+            }
+            m.joined
+        });
+        self.rebalance_deadline = None;
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.leader = None;
+            self.protocol = None;
+            return;
+        }
+        // The first protocol of the first member that every member supports.
+        let chosen = self.members.values().next().and_then(|first| {
+            first
+                .protocols
+                .iter()
+                .map(|(n, _)| n.clone())
+                .find(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)))
+        });
+        let Some(protocol) = chosen else {
+            for (id, tx) in self.pending_joins.drain(..) {
+                let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &id));
+            }
+            return;
+        };
+        self.generation += 1;
+        self.protocol = Some(protocol.clone());
+        let leader = match &self.leader {
+            Some(l) if self.members.contains_key(l) => l.clone(),
+            _ => self.members.keys().next().cloned().unwrap_or_default(),
+        };
+        self.leader = Some(leader.clone());
+        self.state = State::CompletingRebalance;
+        let all: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
+                (id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect();
+        for (id, tx) in self.pending_joins.drain(..) {
+            let _ = tx.send(JoinResult {
+                error: codes::NONE,
+                generation: self.generation,
+                protocol: Some(protocol.clone()),
+                protocol_type: self.protocol_type.clone(),
+                leader: leader.clone(),
+                members: if id == leader { all.clone() } else { Vec::new() },
+                member_id: id,
+            });
+        }
+        tracing::info!(generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
+    }
+
+    fn check_member(&self, member_id: &str, generation: i32) -> i16 {
+        if !self.members.contains_key(member_id) {
+            codes::UNKNOWN_MEMBER_ID
+        } else if generation != self.generation {
+            codes::ILLEGAL_GENERATION
+        } else {
+            codes::NONE
+        }
+    }
+}
+
+/// All groups of this broker.
+#[derive(Debug, Default)]
+pub struct GroupCoordinator {
+    groups: Mutex<HashMap<String, Group>>,
+}
+
+/// A JoinGroup request's parameters.
+#[derive(Debug)]
+pub struct JoinRequest {
+    /// Group id.
+    pub group: String,
+    /// Member id (empty for a new member).
+    pub member_id: String,
+    /// Static membership id.
+    pub instance_id: Option<String>,
+    /// Client id, used as the member id prefix.
+    pub client_id: String,
+    /// Protocol type ("consumer").
+    pub protocol_type: String,
+    /// Supported protocols with their metadata.
+    pub protocols: Vec<(String, Bytes)>,
+    /// Session timeout.
+    pub session_timeout: Duration,
+    /// Rebalance timeout.
+    pub rebalance_timeout: Duration,
+}
+
+impl GroupCoordinator {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins (or rejoins) a group; the receiver resolves when the rebalance completes.
+    pub fn join(&self, req: JoinRequest) -> oneshot::Receiver<JoinResult> {
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let g = groups.entry(req.group.clone()).or_insert_with(Group::new);
+        if req.protocols.is_empty() || req.protocol_type.is_empty() {
+            let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+            return rx;
+        }
+        if !g.members.is_empty() && g.protocol_type.as_deref().is_some_and(|t| t != req.protocol_type) {
+            let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
+            return rx;
+        }
+        let member_id = if req.member_id.is_empty() {
+            let prefix = if req.client_id.is_empty() { "member" } else { req.client_id.as_str() };
+            format!("{prefix}-{}", uuid::Uuid::from_u128(crate::storage::random_id()))
+        } else if g.members.contains_key(&req.member_id) {
+            req.member_id.clone()
+        } else {
+            let _ = tx.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, &req.member_id));
+            return rx;
+        };
+        g.protocol_type = Some(req.protocol_type.clone());
+        let unchanged = g.state == State::Stable
+            && g.members.get(&member_id).is_some_and(|m| m.protocols == req.protocols)
+            && g.leader.as_deref() != Some(member_id.as_str());
+        if unchanged {
+            // A follower rejoining with the same metadata gets the current generation.
+            let m = g.members.get_mut(&member_id).expect("checked above");
+            m.last_seen = now;
+            let _ = tx.send(JoinResult {
+                error: codes::NONE,
+                generation: g.generation,
+                protocol: g.protocol.clone(),
+                protocol_type: g.protocol_type.clone(),
+                leader: g.leader.clone().unwrap_or_default(),
+                member_id,
+                members: Vec::new(),
+            });
+            return rx;
+        }
+        g.start_rebalance(now);
+        g.members.insert(
+            member_id.clone(),
+            Member {
+                instance_id: req.instance_id,
+                protocols: req.protocols,
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                last_seen: now,
+                assignment: Bytes::new(),
+                joined: true,
+            },
+        );
+        g.pending_joins.retain(|(id, _)| *id != member_id);
+        g.pending_joins.push((member_id, tx));
+        g.try_complete(false);
+        rx
+    }
+
+    /// SyncGroup: the leader's assignments are stored and handed to every member.
+    pub fn sync(&self, group: &str, generation: i32, member_id: &str, assignments: Vec<(String, Bytes)>) -> oneshot::Receiver<SyncResult> {
+        let (tx, rx) = oneshot::channel();
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group) else {
+            let _ = tx.send((codes::UNKNOWN_MEMBER_ID, Bytes::new()));
+            return rx;
+        };
+        let err = g.check_member(member_id, generation);
+        if err != codes::NONE {
+            let _ = tx.send((err, Bytes::new()));
+            return rx;
+        }
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.last_seen = Instant::now();
+        }
+        match g.state {
+            State::PreparingRebalance | State::Empty => {
+                let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
+            }
+            State::Stable => {
+                let a = g.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default();
+                let _ = tx.send((codes::NONE, a));
+            }
+            State::CompletingRebalance => {
+                g.pending_syncs.push((member_id.to_string(), tx));
+                if g.leader.as_deref() == Some(member_id) {
+                    let map: HashMap<String, Bytes> = assignments.into_iter().collect();
+                    for (id, m) in &mut g.members {
+                        m.assignment = map.get(id).cloned().unwrap_or_default();
+                    }
+                    g.state = State::Stable;
+                    for (id, tx) in g.pending_syncs.drain(..) {
+                        let a = g.members.get(&id).map(|m| m.assignment.clone()).unwrap_or_default();
+                        let _ = tx.send((codes::NONE, a));
+                    }
+                }
+            }
+        }
+        rx
+    }
+
+    /// Heartbeat: keeps the member alive and tells it when to rejoin.
+    pub fn heartbeat(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group) else { return codes::UNKNOWN_MEMBER_ID };
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.last_seen = Instant::now();
+        }
+        let err = g.check_member(member_id, generation);
+        if err != codes::NONE {
+            return err;
+        }
+        if g.state == State::PreparingRebalance {
+            codes::REBALANCE_IN_PROGRESS
+        } else {
+            codes::NONE
+        }
+    }
+
+    /// LeaveGroup for each of `members`; returns an error code per member.
+    pub fn leave(&self, group: &str, members: &[String]) -> Vec<i16> {
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group) else { return vec![codes::UNKNOWN_MEMBER_ID; members.len()] };
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(members.len());
+        let mut removed = false;
+        for id in members {
+            if g.members.remove(id).is_some() {
+                g.pending_joins.retain(|(m, _)| m != id);
+                g.pending_syncs.retain(|(m, _)| m != id);
+                removed = true;
+                out.push(codes::NONE);
+            } else {
+                out.push(codes::UNKNOWN_MEMBER_ID);
+            }
+        }
+        if removed {
+            if g.members.is_empty() {
+                g.state = State::Empty;
+                g.leader = None;
+                g.rebalance_deadline = None;
+            } else {
+                g.start_rebalance(now);
+                g.try_complete(false);
+            }
+        }
+        out
+    }
+
+    /// Whether an OffsetCommit from `member_id` at `generation` is allowed: simple
+    /// commits (generation -1) only while the group has no members.
+    pub fn check_commit(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+        let groups = self.lock();
+        match groups.get(group) {
+            None => codes::NONE,
+            Some(g) if generation < 0 && member_id.is_empty() => {
+                if g.members.is_empty() {
+                    codes::NONE
+                } else {
+                    codes::ILLEGAL_GENERATION
+                }
+            }
+            Some(g) => {
+                let err = g.check_member(member_id, generation);
+                if err == codes::NONE && g.state == State::PreparingRebalance {
+                    codes::REBALANCE_IN_PROGRESS
+                } else {
+                    err
+                }
+            }
+        }
+    }
+
+    /// Expires members whose session timed out and completes overdue rebalances.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        for (name, g) in groups.iter_mut() {
+            let expired: Vec<String> = g
+                .members
+                .iter()
+                .filter(|(id, m)| now.duration_since(m.last_seen) > m.session_timeout && !g.pending_joins.iter().any(|(p, _)| p == *id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &expired {
+                tracing::info!(group = %name, member = %id, "member session expired");
+                g.members.remove(id);
+                g.pending_syncs.retain(|(m, _)| m != id);
+            }
+            if !expired.is_empty() {
+                if g.members.is_empty() {
+                    g.state = State::Empty;
+                    g.leader = None;
+                } else {
+                    g.start_rebalance(now);
+                    g.try_complete(false);
+                }
+            }
+            if g.state == State::PreparingRebalance && g.rebalance_deadline.is_some_and(|d| now >= d) {
+                g.try_complete(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(member: &str) -> JoinRequest {
+        JoinRequest {
+            group: "g".into(),
+            member_id: member.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn single_member_joins_syncs_and_heartbeats() {
+        let c = GroupCoordinator::default();
+        let j = c.join(req("")).try_recv().expect("completes at once");
+        assert_eq!(j.error, codes::NONE);
+        assert_eq!(j.leader, j.member_id);
+        assert_eq!(j.members.len(), 1);
+        let s = c.sync("g", j.generation, &j.member_id, vec![(j.member_id.clone(), Bytes::from_static(b"A"))]).try_recv().unwrap();
+        assert_eq!(s, (codes::NONE, Bytes::from_static(b"A")));
+        assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::NONE);
+        assert_eq!(c.heartbeat("g", j.generation + 1, &j.member_id), codes::ILLEGAL_GENERATION);
+        assert_eq!(c.check_commit("g", j.generation, &j.member_id), codes::NONE);
+        assert_eq!(c.leave("g", std::slice::from_ref(&j.member_id)), vec![codes::NONE]);
+        assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn second_member_triggers_rebalance_of_the_first() {
+        let c = GroupCoordinator::default();
+        let a = c.join(req("")).try_recv().unwrap();
+        let _ = c.sync("g", a.generation, &a.member_id, vec![]).try_recv().unwrap();
+        let mut b_rx = c.join(req(""));
+        assert!(b_rx.try_recv().is_err(), "waits for the first member to rejoin");
+        assert_eq!(c.heartbeat("g", a.generation, &a.member_id), codes::REBALANCE_IN_PROGRESS);
+        let a2 = c.join(req(&a.member_id)).try_recv().unwrap();
+        let b = b_rx.try_recv().unwrap();
+        assert_eq!(a2.generation, a.generation + 1);
+        assert_eq!(b.generation, a2.generation);
+        assert_eq!(a2.members.len() + b.members.len(), 2, "only the leader gets the member list");
+    }
+}

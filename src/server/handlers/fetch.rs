@@ -1,0 +1,168 @@
+//! Fetch (with long-poll) and ListOffsets. Reads run on blocking threads.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    fetch_response::{FetchableTopicResponse, PartitionData},
+    list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+
+use crate::{
+    server::{codes, Ctx},
+    storage::TopicManager,
+};
+
+struct Want {
+    topic: TopicName,
+    partitions: Vec<(i32, i64, i32)>,
+}
+
+/// One pass over the requested partitions: (response topics, bytes returned, any error).
+fn read_all(storage: &TopicManager, wants: &[Want], max_bytes: i64, version: i16) -> (Vec<FetchableTopicResponse>, i64, bool) {
+    let mut total = 0i64;
+    let mut errors = false;
+    let mut topics = Vec::with_capacity(wants.len());
+    for w in wants {
+        let mut parts = Vec::with_capacity(w.partitions.len());
+        for &(index, offset, pmax) in &w.partitions {
+            let base = PartitionData::default()
+                .with_partition_index(index)
+                .with_aborted_transactions(Some(vec![]))
+                .with_preferred_read_replica(BrokerId(-1));
+            // log_start_offset exists from v5 on.
+            let start = |o: i64| if version >= 5 { o } else { -1 };
+            let budget = if total >= max_bytes { 0 } else { (max_bytes - total).min(i64::from(pmax.max(0))) };
+            let entry = match storage.partition(&w.topic.0, index) {
+                None => {
+                    errors = true;
+                    base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_records(Some(Bytes::new()))
+                }
+                Some(p) => {
+                    // Budget 0: report positions only (whole batches never exceed it otherwise).
+                    let read = if budget == 0 { p.read(offset, 0).map(|r| r.map(|mut r| {
+                        r.records = Bytes::new();
+                        r
+                    })) } else { p.read(offset, budget as u64) };
+                    match read {
+                        Ok(Some(r)) => {
+                            total += r.records.len() as i64;
+                            base.with_error_code(codes::NONE)
+                                .with_high_watermark(r.high_watermark)
+                                .with_last_stable_offset(r.high_watermark)
+                                .with_log_start_offset(start(r.log_start_offset))
+                                .with_records(Some(r.records))
+                        }
+                        Ok(None) => {
+                            errors = true;
+                            let hw = p.high_watermark();
+                            base.with_error_code(codes::OFFSET_OUT_OF_RANGE)
+                                .with_high_watermark(hw)
+                                .with_last_stable_offset(hw)
+                                .with_log_start_offset(start(p.log_start_offset()))
+                                .with_records(Some(Bytes::new()))
+                        }
+                        Err(e) => {
+                            errors = true;
+                            tracing::error!(topic = %w.topic.0, partition = index, error = %e, "fetch read failed");
+                            base.with_error_code(codes::KAFKA_STORAGE_ERROR)
+                                .with_high_watermark(-1)
+                                .with_last_stable_offset(-1)
+                                .with_log_start_offset(-1)
+                                .with_records(Some(Bytes::new()))
+                        }
+                    }
+                }
+            };
+            parts.push(entry);
+        }
+        topics.push(FetchableTopicResponse::default().with_topic(w.topic.clone()).with_partitions(parts));
+    }
+    (topics, total, errors)
+}
+
+pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchResponse {
+    let wants: std::sync::Arc<Vec<Want>> = std::sync::Arc::new(
+        req.topics
+            .into_iter()
+            .map(|t| Want {
+                topic: t.topic,
+                partitions: t.partitions.iter().map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes)).collect(),
+            })
+            .collect(),
+    );
+    let max_bytes = if req.max_bytes <= 0 { i64::from(i32::MAX) } else { i64::from(req.max_bytes) };
+    let min_bytes = i64::from(req.min_bytes.max(0));
+    let deadline = Instant::now() + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
+    let mut changes = ctx.storage.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let storage = ctx.storage.clone();
+        let w = std::sync::Arc::clone(&wants);
+        let pass = tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version)).await;
+        let (topics, total, errors) = match pass {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "fetch task failed");
+                (Vec::new(), 0, true)
+            }
+        };
+        let done = errors || total >= min_bytes || Instant::now() >= deadline;
+        if done {
+            return FetchResponse::default().with_responses(topics).with_session_id(0);
+        }
+        let wait = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+        if !matches!(wait, Ok(Ok(()))) {
+            // Deadline (or storage gone): one last read, then answer.
+            let storage = ctx.storage.clone();
+            let w = std::sync::Arc::clone(&wants);
+            let topics = tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version).0).await.unwrap_or_default();
+            return FetchResponse::default().with_responses(topics).with_session_id(0);
+        }
+    }
+}
+
+pub(crate) async fn list_offsets(ctx: &Ctx, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    // leader_epoch exists from v4 on.
+    let epoch = move |e: i32| if version >= 4 { e } else { -1 };
+    let storage = ctx.storage.clone();
+    let topics = tokio::task::spawn_blocking(move || {
+        req.topics
+            .into_iter()
+            .map(|t| {
+                let parts = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_timestamp(-1);
+                        let Some(part) = storage.partition(&t.name.0, p.partition_index) else {
+                            return r.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION).with_offset(-1).with_leader_epoch(-1);
+                        };
+                        let offset = match p.timestamp {
+                            -1 => Ok(part.high_watermark()),
+                            -2 => Ok(part.log_start_offset()),
+                            ts if ts >= 0 => part.offset_for_timestamp(ts).map(|o| o.unwrap_or(-1)),
+                            _ => Ok(part.high_watermark()),
+                        };
+                        match offset {
+                            Ok(o) => r.with_error_code(codes::NONE).with_offset(o).with_leader_epoch(epoch(0)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "list offsets read failed");
+                                r.with_error_code(codes::KAFKA_STORAGE_ERROR).with_offset(-1).with_leader_epoch(-1)
+                            }
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(parts)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,221 @@
+//! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//! OffsetFetch.
+
+use std::time::Duration;
+
+use kafka_protocol::{
+    messages::{
+        join_group_response::JoinGroupResponseMember,
+        leave_group_response::MemberResponse,
+        offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic},
+        offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic},
+        BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+        JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse,
+        OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    },
+    protocol::StrBytes,
+};
+
+use crate::{
+    server::{
+        codes,
+        groups::{JoinRequest, JoinResult},
+        Ctx,
+    },
+    storage::Committed,
+};
+
+fn ms(v: i32, default: u64) -> Duration {
+    Duration::from_millis(u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(default))
+}
+
+pub(crate) fn find_coordinator(ctx: &Ctx, req: &FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let r = FindCoordinatorResponse::default();
+    if req.key_type != 0 {
+        return r
+            .with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
+            .with_error_message(Some(StrBytes::from_static_str("only group coordination is supported")))
+            .with_node_id(BrokerId(-1))
+            .with_host(StrBytes::from_static_str(""))
+            .with_port(-1);
+    }
+    r.with_error_code(codes::NONE)
+        .with_node_id(BrokerId(ctx.storage.meta().node_id))
+        .with_host(StrBytes::from_string(ctx.host.clone()))
+        .with_port(ctx.port)
+}
+
+pub(crate) async fn join(ctx: &Ctx, req: JoinGroupRequest, client_id: String, version: i16) -> JoinGroupResponse {
+    let session = ms(req.session_timeout_ms, 45_000);
+    let rebalance = if req.rebalance_timeout_ms > 0 { ms(req.rebalance_timeout_ms, 60_000) } else { session };
+    let rx = ctx.groups.join(JoinRequest {
+        group: req.group_id.0.to_string(),
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.map(|s| s.to_string()),
+        client_id,
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        session_timeout: session,
+        rebalance_timeout: rebalance,
+    });
+    let j = rx.await.unwrap_or_else(|_| JoinResult {
+        error: codes::REBALANCE_IN_PROGRESS,
+        generation: -1,
+        protocol: None,
+        protocol_type: None,
+        leader: String::new(),
+        member_id: req.member_id.to_string(),
+        members: Vec::new(),
+    });
+    let members = j
+        .members
+        .into_iter()
+        .map(|(id, inst, meta)| {
+            JoinGroupResponseMember::default()
+                .with_member_id(StrBytes::from_string(id))
+                .with_group_instance_id(inst.filter(|_| version >= 5).map(StrBytes::from_string))
+                .with_metadata(meta)
+        })
+        .collect();
+    JoinGroupResponse::default()
+        .with_error_code(j.error)
+        .with_generation_id(j.generation)
+        .with_protocol_type(j.protocol_type.filter(|_| version >= 7).map(StrBytes::from_string))
+        .with_protocol_name(Some(StrBytes::from_string(j.protocol.unwrap_or_default())))
+        .with_leader(StrBytes::from_string(j.leader))
+        .with_member_id(StrBytes::from_string(j.member_id))
+        .with_members(members)
+}
+
+pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse {
+    let assignments = req.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
+    let rx = ctx.groups.sync(&req.group_id.0, req.generation_id, &req.member_id, assignments);
+    let (error, assignment) = rx.await.unwrap_or((codes::REBALANCE_IN_PROGRESS, bytes::Bytes::new()));
+    SyncGroupResponse::default()
+        .with_error_code(error)
+        .with_protocol_type(req.protocol_type)
+        .with_protocol_name(req.protocol_name)
+        .with_assignment(assignment)
+}
+
+pub(crate) fn heartbeat(ctx: &Ctx, req: &HeartbeatRequest) -> HeartbeatResponse {
+    HeartbeatResponse::default().with_error_code(ctx.groups.heartbeat(&req.group_id.0, req.generation_id, &req.member_id))
+}
+
+pub(crate) fn leave(ctx: &Ctx, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    if version < 3 {
+        let codes = ctx.groups.leave(&req.group_id.0, &[req.member_id.to_string()]);
+        return LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(codes::NONE));
+    }
+    let ids: Vec<String> = req.members.iter().map(|m| m.member_id.to_string()).collect();
+    let errs = ctx.groups.leave(&req.group_id.0, &ids);
+    let members = req
+        .members
+        .into_iter()
+        .zip(errs)
+        .map(|(m, e)| MemberResponse::default().with_member_id(m.member_id).with_group_instance_id(m.group_instance_id).with_error_code(e))
+        .collect();
+    LeaveGroupResponse::default().with_error_code(codes::NONE).with_members(members)
+}
+
+pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = req.group_id.0.to_string();
+    let gate = ctx.groups.check_commit(&group, req.generation_id_or_member_epoch, &req.member_id);
+    let mut commits = Vec::new();
+    let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
+    for t in &req.topics {
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let code = if gate != codes::NONE {
+                gate
+            } else if ctx.storage.partition(&t.name.0, p.partition_index).is_none() {
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            } else {
+                commits.push(Committed {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                });
+                codes::NONE
+            };
+            parts.push((p.partition_index, code));
+        }
+        results.push((t.name.clone(), parts));
+    }
+    if !commits.is_empty() {
+        let storage = ctx.storage.clone();
+        let g = group.clone();
+        let stored = tokio::task::spawn_blocking(move || storage.offsets().commit(&g, commits)).await;
+        let failed = match stored {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                tracing::error!(group = %group, error = %e, "storing committed offsets failed");
+                true
+            }
+            Err(e) => {
+                tracing::error!(group = %group, error = %e, "offset commit task failed");
+                true
+            }
+        };
+        if failed {
+            for (_, parts) in &mut results {
+                for (_, code) in parts.iter_mut() {
+                    if *code == codes::NONE {
+                        *code = codes::KAFKA_STORAGE_ERROR;
+                    }
+                }
+            }
+        }
+    }
+    let topics = results
+        .into_iter()
+        .map(|(name, parts)| {
+            OffsetCommitResponseTopic::default().with_name(name).with_partitions(
+                parts
+                    .into_iter()
+                    .map(|(i, c)| OffsetCommitResponsePartition::default().with_partition_index(i).with_error_code(c))
+                    .collect(),
+            )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+pub(crate) fn offset_fetch(ctx: &Ctx, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    let group = req.group_id.0.to_string();
+    let store = ctx.storage.offsets();
+    let part = |topic: &str, index: i32| {
+        let c = store.fetch(&group, topic, index);
+        OffsetFetchResponsePartition::default()
+            .with_partition_index(index)
+            .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
+            .with_committed_leader_epoch(if version >= 5 { c.as_ref().map_or(-1, |c| c.leader_epoch) } else { -1 })
+            .with_metadata(Some(StrBytes::from_string(c.and_then(|c| c.metadata).unwrap_or_default())))
+            .with_error_code(codes::NONE)
+    };
+    let topics = match req.topics {
+        Some(list) => list
+            .into_iter()
+            .map(|t| {
+                let parts = t.partition_indexes.iter().map(|i| part(&t.name.0, *i)).collect();
+                OffsetFetchResponseTopic::default().with_name(t.name).with_partitions(parts)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = std::collections::BTreeMap::new();
+            for c in store.fetch_all(&group) {
+                by_topic.entry(c.topic).or_default().push(c.partition);
+            }
+            by_topic
+                .into_iter()
+                .map(|(name, idx)| {
+                    let parts = idx.iter().map(|i| part(&name, *i)).collect();
+                    OffsetFetchResponseTopic::default().with_name(TopicName(StrBytes::from_string(name))).with_partitions(parts)
+                })
+                .collect()
+        }
+    };
+    OffsetFetchResponse::default().with_error_code(codes::NONE).with_topics(topics)
+}

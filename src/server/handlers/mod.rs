@@ -1,0 +1,81 @@
+//! Request handlers, one file per API group. Each handler returns the response frame
+//! as a future; only Produce does work before returning (its submission to storage),
+//! so pipelined produces keep their order.
+
+mod fetch;
+mod groups;
+mod produce;
+mod topics;
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::{
+    api_versions_response::ApiVersion, ApiKey, ApiVersionsResponse, RequestHeader, RequestKind,
+};
+
+use super::{encode_response, supported_apis, Ctx, Pending};
+
+/// The ApiVersions body listing every supported API.
+pub(crate) fn api_versions_body(error: i16) -> ApiVersionsResponse {
+    let keys = supported_apis()
+        .into_iter()
+        .map(|(k, lo, hi)| ApiVersion::default().with_api_key(k as i16).with_min_version(lo).with_max_version(hi))
+        .collect();
+    ApiVersionsResponse::default().with_error_code(error).with_api_keys(keys)
+}
+
+/// Starts handling one decoded request.
+pub(crate) async fn handle(ctx: &Arc<Ctx>, header: RequestHeader, request: RequestKind) -> Pending {
+    let version = header.request_api_version;
+    let cid = header.correlation_id;
+    let client_id = header.client_id.as_ref().map(|s| s.to_string()).unwrap_or_default();
+    let ctx = Arc::clone(ctx);
+    match request {
+        RequestKind::Produce(req) => produce::handle(&ctx, req, version, cid).await,
+        RequestKind::ApiVersions(_) => {
+            let resp = encode_response(ApiKey::ApiVersions, version, cid, &api_versions_body(super::codes::NONE));
+            Box::pin(async move { resp })
+        }
+        RequestKind::Metadata(req) => {
+            Box::pin(async move { encode_response(ApiKey::Metadata, version, cid, &topics::metadata(&ctx, req, version).await) })
+        }
+        RequestKind::CreateTopics(req) => {
+            Box::pin(async move { encode_response(ApiKey::CreateTopics, version, cid, &topics::create(&ctx, req, version).await) })
+        }
+        RequestKind::DeleteTopics(req) => {
+            Box::pin(async move { encode_response(ApiKey::DeleteTopics, version, cid, &topics::delete(&ctx, req).await) })
+        }
+        RequestKind::Fetch(req) => {
+            Box::pin(async move { encode_response(ApiKey::Fetch, version, cid, &fetch::fetch(&ctx, req, version).await) })
+        }
+        RequestKind::ListOffsets(req) => {
+            Box::pin(async move { encode_response(ApiKey::ListOffsets, version, cid, &fetch::list_offsets(&ctx, req, version).await) })
+        }
+        RequestKind::FindCoordinator(req) => {
+            Box::pin(async move { encode_response(ApiKey::FindCoordinator, version, cid, &groups::find_coordinator(&ctx, &req)) })
+        }
+        RequestKind::JoinGroup(req) => {
+            Box::pin(async move { encode_response(ApiKey::JoinGroup, version, cid, &groups::join(&ctx, req, client_id, version).await) })
+        }
+        RequestKind::SyncGroup(req) => {
+            Box::pin(async move { encode_response(ApiKey::SyncGroup, version, cid, &groups::sync(&ctx, req).await) })
+        }
+        RequestKind::Heartbeat(req) => {
+            Box::pin(async move { encode_response(ApiKey::Heartbeat, version, cid, &groups::heartbeat(&ctx, &req)) })
+        }
+        RequestKind::LeaveGroup(req) => {
+            Box::pin(async move { encode_response(ApiKey::LeaveGroup, version, cid, &groups::leave(&ctx, req, version)) })
+        }
+        RequestKind::OffsetCommit(req) => {
+            Box::pin(async move { encode_response(ApiKey::OffsetCommit, version, cid, &groups::offset_commit(&ctx, req).await) })
+        }
+        RequestKind::OffsetFetch(req) => {
+            Box::pin(async move { encode_response(ApiKey::OffsetFetch, version, cid, &groups::offset_fetch(&ctx, req, version)) })
+        }
+        other => {
+            // Unreachable: dispatch() only decodes supported APIs.
+            tracing::warn!(request = ?std::mem::discriminant(&other), "unsupported request after decode");
+            Box::pin(async { None })
+        }
+    }
+}

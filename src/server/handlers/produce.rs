@@ -1,0 +1,92 @@
+//! Produce: validate, submit to the WAL-first pipeline in request order, answer once
+//! every partition is durable per the sync mode (nothing at all for acks=0).
+
+use std::{sync::Arc, time::Duration};
+
+use kafka_protocol::{
+    messages::{
+        produce_response::{PartitionProduceResponse, TopicProduceResponse},
+        ApiKey, ProduceRequest, ProduceResponse,
+    },
+    protocol::StrBytes,
+};
+use tokio::sync::oneshot;
+
+use crate::{
+    server::{codes, encode_response, Ctx, Pending},
+    storage::{batch::BatchError, ProduceError},
+};
+
+/// The Kafka error code for a produce failure.
+pub(crate) fn error_code(e: &ProduceError) -> i16 {
+    match e {
+        ProduceError::UnknownTopicOrPartition => codes::UNKNOWN_TOPIC_OR_PARTITION,
+        ProduceError::InvalidBatch(BatchError::UnsupportedCompression(_)) => codes::UNSUPPORTED_COMPRESSION_TYPE,
+        ProduceError::InvalidBatch(_) => codes::CORRUPT_MESSAGE,
+        ProduceError::TooLarge => codes::MESSAGE_TOO_LARGE,
+        ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+        ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
+        ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
+    }
+}
+
+fn message(e: &ProduceError) -> String {
+    match e {
+        ProduceError::UnknownTopicOrPartition => "unknown topic or partition".into(),
+        ProduceError::InvalidBatch(b) => b.to_string(),
+        ProduceError::TooLarge => "batch exceeds the WAL entry limit".into(),
+        ProduceError::Storage(s) => s.clone(),
+        ProduceError::Timeout => "timed out waiting for write capacity".into(),
+        ProduceError::ShuttingDown => "broker is shutting down".into(),
+    }
+}
+
+type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
+
+pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, cid: i32) -> Pending {
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(100, 300_000));
+    let acks = req.acks;
+    let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let mut parts = Vec::new();
+        for p in topic.partition_data {
+            let outcome = match &p.records {
+                Some(records) if !records.is_empty() => ctx.storage.submit(&name, p.index, records, timeout).await,
+                _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
+            }
+            parts.push((p.index, outcome));
+        }
+        submitted.push((topic.name, parts));
+    }
+    let storage = ctx.storage.clone();
+    Box::pin(async move {
+        let mut responses = Vec::with_capacity(submitted.len());
+        for (name, parts) in submitted {
+            let mut out = Vec::with_capacity(parts.len());
+            for (index, outcome) in parts {
+                let result = match outcome {
+                    Ok(rx) => rx.await.unwrap_or(Err(ProduceError::ShuttingDown)),
+                    Err(e) => Err(e),
+                };
+                let log_start = storage.partition(&name.0, index).map_or(-1, |p| p.log_start_offset());
+                let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1).with_log_start_offset(if version >= 5 { log_start } else { -1 });
+                out.push(match result {
+                    Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
+                    Err(e) => r
+                        .with_error_code(error_code(&e))
+                        .with_base_offset(-1)
+                        .with_error_message((version >= 8).then(|| StrBytes::from_string(message(&e)))),
+                });
+            }
+            responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(out));
+        }
+        if acks == 0 {
+            return None;
+        }
+        encode_response(ApiKey::Produce, version, cid, &ProduceResponse::default().with_responses(responses))
+    })
+}

@@ -1,0 +1,170 @@
+//! Metadata, CreateTopics, DeleteTopics.
+
+use std::sync::Arc;
+
+use kafka_protocol::{
+    messages::{
+        create_topics_response::CreatableTopicResult,
+        delete_topics_response::DeletableTopicResult,
+        metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
+        BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, MetadataRequest,
+        MetadataResponse, TopicName,
+    },
+    protocol::StrBytes,
+};
+
+use crate::{
+    server::{codes, Ctx},
+    storage::{valid_topic_name, CreateError, Topic},
+};
+
+fn topic_entry(ctx: &Ctx, t: &Topic, version: i16) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.storage.meta().node_id);
+    let partitions = t
+        .partitions
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_error_code(codes::NONE)
+                .with_partition_index(p.index())
+                .with_leader_id(node)
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+                .with_offline_replicas(vec![])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_error_code(codes::NONE)
+        .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
+        .with_topic_id(if version >= 10 { t.id } else { uuid::Uuid::nil() })
+        .with_is_internal(false)
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(i32::MIN)
+}
+
+fn error_topic(name: Option<TopicName>, id: uuid::Uuid, error: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default().with_error_code(error).with_name(name).with_topic_id(id).with_topic_authorized_operations(i32::MIN)
+}
+
+/// Creates `name` on a blocking thread (it creates and fsyncs files).
+async fn create_blocking(ctx: &Ctx, name: String, partitions: i32) -> Result<Arc<Topic>, CreateError> {
+    let storage = ctx.storage.clone();
+    tokio::task::spawn_blocking(move || storage.create_topic(&name, partitions))
+        .await
+        .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())))
+}
+
+pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let node = ctx.storage.meta().node_id;
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(node))
+        .with_host(StrBytes::from_string(ctx.host.clone()))
+        .with_port(ctx.port)
+        .with_rack(None);
+    // v0: an empty list means all topics; v1+: null means all topics.
+    let requested = match req.topics {
+        Some(t) if !(version == 0 && t.is_empty()) => Some(t),
+        _ => None,
+    };
+    // v0-v3 always allow auto-creation; later versions say so per request.
+    let allow_create = (version < 4 || req.allow_auto_topic_creation) && ctx.storage.config().storage.auto_create_topics;
+    let mut topics = Vec::new();
+    match requested {
+        None => topics.extend(ctx.storage.topics().iter().map(|t| topic_entry(ctx, t, version))),
+        Some(list) => {
+            for rt in list {
+                let Some(name) = rt.name else {
+                    match ctx.storage.topics().into_iter().find(|t| t.id == rt.topic_id) {
+                        Some(t) => topics.push(topic_entry(ctx, &t, version)),
+                        None => topics.push(error_topic(None, rt.topic_id, codes::UNKNOWN_TOPIC_ID)),
+                    }
+                    continue;
+                };
+                let n = name.0.to_string();
+                if let Some(t) = ctx.storage.topic(&n) {
+                    topics.push(topic_entry(ctx, &t, version));
+                } else if !valid_topic_name(&n) {
+                    topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::INVALID_TOPIC_EXCEPTION));
+                } else if allow_create {
+                    let parts = ctx.storage.config().storage.default_partitions;
+                    match create_blocking(ctx, n.clone(), parts).await {
+                        Ok(t) => topics.push(topic_entry(ctx, &t, version)),
+                        Err(CreateError::Exists) => match ctx.storage.topic(&n) {
+                            Some(t) => topics.push(topic_entry(ctx, &t, version)),
+                            None => topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::UNKNOWN_TOPIC_OR_PARTITION)),
+                        },
+                        Err(e) => {
+                            tracing::warn!(topic = %n, error = ?e, "auto-create failed");
+                            topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::UNKNOWN_TOPIC_OR_PARTITION));
+                        }
+                    }
+                } else {
+                    topics.push(error_topic(Some(name), uuid::Uuid::nil(), codes::UNKNOWN_TOPIC_OR_PARTITION));
+                }
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id((version >= 2).then(|| StrBytes::from_string(ctx.storage.meta().cluster_id.clone())))
+        .with_controller_id(BrokerId(if version >= 1 { node } else { -1 }))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(i32::MIN)
+}
+
+pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+    let mut results = Vec::new();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let parts = if t.num_partitions == -1 { ctx.storage.config().storage.default_partitions } else { t.num_partitions };
+        let check = if !valid_topic_name(&name) {
+            Err((codes::INVALID_TOPIC_EXCEPTION, "topic names are 1-249 characters of [A-Za-z0-9._-]".to_string()))
+        } else if t.replication_factor != -1 && t.replication_factor != 1 {
+            Err((codes::INVALID_REPLICATION_FACTOR, "this single-node broker supports replication factor 1".to_string()))
+        } else if !t.assignments.is_empty() {
+            Err((codes::INVALID_REPLICA_ASSIGNMENT, "manual replica assignment is not supported".to_string()))
+        } else if !(1..=10_000).contains(&parts) {
+            Err((codes::INVALID_PARTITIONS, format!("partition count {parts} is outside 1-10000")))
+        } else if ctx.storage.topic(&name).is_some() {
+            Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists")))
+        } else if req.validate_only {
+            Ok(())
+        } else {
+            match create_blocking(ctx, name.clone(), parts).await {
+                Ok(_) => Ok(()),
+                Err(CreateError::Exists) => Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists"))),
+                Err(CreateError::InvalidName) => Err((codes::INVALID_TOPIC_EXCEPTION, "invalid topic name".into())),
+                Err(CreateError::InvalidPartitions) => Err((codes::INVALID_PARTITIONS, "invalid partition count".into())),
+                Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
+            }
+        };
+        let mut r = CreatableTopicResult::default().with_name(t.name);
+        if version >= 5 {
+            r = r.with_num_partitions(parts).with_replication_factor(1);
+        }
+        results.push(match check {
+            Ok(()) => r.with_error_code(codes::NONE),
+            Err((code, msg)) => r.with_error_code(code).with_error_message(Some(StrBytes::from_string(msg))),
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut names: Vec<TopicName> = req.topic_names;
+    names.extend(req.topics.into_iter().filter_map(|t| t.name));
+    let mut results = Vec::new();
+    for name in names {
+        let code = match ctx.storage.delete_topic(&name.0).await {
+            Ok(true) => codes::NONE,
+            Ok(false) => codes::UNKNOWN_TOPIC_OR_PARTITION,
+            Err(e) => {
+                tracing::error!(topic = %name.0, error = %e, "delete topic failed");
+                codes::KAFKA_STORAGE_ERROR
+            }
+        };
+        results.push(DeletableTopicResult::default().with_name(Some(name)).with_error_code(code));
+    }
+    DeleteTopicsResponse::default().with_responses(results)
+}

@@ -1,0 +1,327 @@
+//! The Kafka-protocol server: a tokio listener, one reader and one writer task per
+//! connection, message codecs from the `kafka-protocol` crate.
+//!
+//! Each connection's reader decodes requests in order. A Produce is *submitted* to the
+//! storage pipeline right there (so pipelined produces keep their order and share
+//! group commits); every request then becomes a future queued to the writer, which
+//! awaits them one after another: responses leave in request order. Malformed frames,
+//! oversized frames and unknown APIs close only that connection, with a log line.
+
+pub mod groups;
+mod handlers;
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::{
+    messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader},
+    protocol::{Decodable, Encodable},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, watch, Notify},
+};
+
+use crate::{
+    error::{Error, Result},
+    storage::TopicManager,
+};
+use groups::GroupCoordinator;
+
+/// Kafka error codes used by the broker.
+pub mod codes {
+    #![allow(missing_docs)]
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
+}
+
+/// A response still being computed; `None` means "send nothing" (Produce with acks=0).
+type Pending = Pin<Box<dyn std::future::Future<Output = Option<BytesMut>> + Send>>;
+
+/// What every handler can reach.
+pub(crate) struct Ctx {
+    pub(crate) storage: TopicManager,
+    pub(crate) groups: Arc<GroupCoordinator>,
+    pub(crate) host: String,
+    pub(crate) port: i32,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds the listener of `storage`'s configuration. The advertised address is
+    /// `--advertised-addr` when set, else the bound address.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(storage: TopicManager) -> Result<Server> {
+        let cfg = storage.config().server.clone();
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| Error::io("bind", std::path::PathBuf::from(cfg.listen.to_string()), e))?;
+        let local = listener.local_addr().map_err(|e| Error::io("local_addr", std::path::PathBuf::from(cfg.listen.to_string()), e))?;
+        let (host, port) = match cfg.advertised_addr.as_deref().and_then(crate::config::parse_host_port) {
+            Some((h, p)) => (h, i32::from(p)),
+            None => {
+                let ip = if local.ip().is_unspecified() {
+                    tracing::warn!("listening on an unspecified address; advertising 127.0.0.1 (set --advertised-addr)");
+                    "127.0.0.1".to_string()
+                } else {
+                    local.ip().to_string()
+                };
+                (ip, i32::from(local.port()))
+            }
+        };
+        let ctx = Arc::new(Ctx { storage, groups: Arc::new(GroupCoordinator::default()), host, port });
+        Ok(Server { listener, ctx, local })
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets every connection
+    /// finish the requests it already read (up to 10 s), and returns. Storage is left
+    /// open; the caller shuts it down.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let live = Arc::new(AtomicUsize::new(0));
+        let all_done = Arc::new(Notify::new());
+        let groups = Arc::clone(&self.ctx.groups);
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                groups.tick();
+            }
+        });
+        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), "listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let ctx = Arc::clone(&self.ctx);
+                        let stop = stop_rx.clone();
+                        let live = Arc::clone(&live);
+                        let all_done = Arc::clone(&all_done);
+                        live.fetch_add(1, Ordering::AcqRel);
+                        tokio::spawn(async move {
+                            if let Err(e) = serve_connection(ctx, stream, stop).await {
+                                tracing::debug!(%peer, error = %e, "connection ended");
+                            }
+                            if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                all_done.notify_waiters();
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        let wait = async {
+            loop {
+                let notified = all_done.notified();
+                if live.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+            tracing::warn!(connections = live.load(Ordering::Acquire), "connections still busy after 10 s; closing them");
+        }
+        ticker.abort();
+    }
+}
+
+/// Encodes a response frame: length, header, body.
+pub(crate) fn encode_response<R: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &R) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let r = header
+        .encode(&mut buf, api_key.response_header_version(version))
+        .and_then(|()| body.encode(&mut buf, version));
+    if let Err(e) = r {
+        tracing::error!(?api_key, version, error = %e, "encoding a response failed");
+        return None;
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Some(buf)
+}
+
+enum Frame {
+    Data(Bytes),
+    Eof,
+}
+
+async fn read_frame(stream: &mut tokio::net::tcp::OwnedReadHalf, max: usize) -> std::io::Result<Frame> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
+        Err(e) => return Err(e),
+    }
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as usize > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds --max-request-bytes {max}")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf).await?;
+    Ok(Frame::Data(Bytes::from(buf)))
+}
+
+async fn serve_connection(ctx: Arc<Ctx>, stream: TcpStream, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            if let Some(frame) = p.await {
+                wr.write_all(&frame).await?;
+            }
+        }
+        wr.shutdown().await
+    });
+    let max = ctx.storage.config().server.max_request_bytes;
+    let result = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stop.changed() => break Ok(()),
+            f = read_frame(&mut rd, max) => f,
+        };
+        match frame {
+            Ok(Frame::Eof) => break Ok(()),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                break Err(e);
+            }
+            Ok(Frame::Data(buf)) => match dispatch(&ctx, buf).await {
+                Ok(p) => {
+                    if tx.send(p).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Err(msg) => {
+                    tracing::warn!(%peer, reason = %msg, "bad request; closing connection");
+                    break Ok(());
+                }
+            },
+        }
+    };
+    drop(tx);
+    match writer.await {
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "write failed"),
+        Err(e) => tracing::error!(%peer, error = %e, "writer task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// The APIs and versions this broker serves: (key, min, max), intersected with what
+/// the codec crate supports.
+pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
+    let wanted = [
+        (ApiKey::Produce, 3, 9),
+        (ApiKey::Fetch, 4, 12),
+        (ApiKey::ListOffsets, 1, 7),
+        (ApiKey::Metadata, 0, 12),
+        (ApiKey::OffsetCommit, 2, 7),
+        (ApiKey::OffsetFetch, 1, 7),
+        (ApiKey::FindCoordinator, 0, 3),
+        (ApiKey::JoinGroup, 0, 5),
+        (ApiKey::Heartbeat, 0, 3),
+        (ApiKey::LeaveGroup, 0, 3),
+        (ApiKey::SyncGroup, 0, 3),
+        (ApiKey::ApiVersions, 0, 3),
+        (ApiKey::CreateTopics, 2, 4),
+        (ApiKey::DeleteTopics, 1, 4),
+    ];
+    wanted
+        .into_iter()
+        .filter_map(|(k, lo, hi)| {
+            let v = k.valid_versions();
+            let (lo, hi) = (lo.max(v.min), hi.min(v.max));
+            (lo <= hi).then_some((k, lo, hi))
+        })
+        .collect()
+}
+
+/// Decodes one request frame and starts handling it.
+async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, String> {
+    if frame.len() < 8 {
+        return Err(format!("request frame of {} bytes is shorter than a header", frame.len()));
+    }
+    let mut peek = &frame[..8];
+    let key = peek.get_i16();
+    let version = peek.get_i16();
+    let correlation_id = peek.get_i32();
+    let api_key = ApiKey::try_from(key).map_err(|()| format!("unknown API key {key}"))?;
+    let supported = supported_apis().into_iter().find(|(k, _, _)| *k == api_key);
+    let in_range = supported.is_some_and(|(_, lo, hi)| (lo..=hi).contains(&version));
+    if !in_range {
+        if api_key == ApiKey::ApiVersions {
+            // Answer with a v0 body so the client can retry with a version we list.
+            let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
+            let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
+            return Ok(Box::pin(async move { resp }));
+        }
+        return Err(format!("{api_key:?} v{version} is not supported"));
+    }
+    let mut buf = frame;
+    let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
+        .map_err(|e| format!("malformed {api_key:?} v{version} request header: {e}"))?;
+    let request =
+        RequestKind::decode(api_key, &mut buf, version).map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
+    Ok(handlers::handle(ctx, header, request).await)
+}

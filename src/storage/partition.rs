@@ -1,0 +1,305 @@
+//! One partition: its segments, the next offset to assign, and the high watermark.
+//!
+//! Offsets are assigned by the storage pipeline's submit thread (in WAL order), the
+//! segments are appended by its apply thread after the WAL acknowledged the entry, and
+//! the high watermark moves only then: a consumer never reads a batch that the
+//! configured sync mode could still lose.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+use super::{
+    batch::{self, BatchInfo, HEADER_LEN},
+    segment::Segment,
+    sync_dir,
+};
+
+/// A partition of a topic.
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    index: i32,
+    dir: PathBuf,
+    segment_bytes: u64,
+    log: Mutex<Vec<Segment>>,
+    /// Next offset to assign (submit thread only, after recovery).
+    next_offset: AtomicI64,
+    /// Offset after the last batch a consumer may read.
+    high_watermark: AtomicI64,
+}
+
+/// What a fetch read returns.
+#[derive(Debug)]
+pub struct ReadResult {
+    /// Whole batches, possibly empty.
+    pub records: Bytes,
+    /// The high watermark when the read was planned.
+    pub high_watermark: i64,
+    /// First offset still stored.
+    pub log_start_offset: i64,
+}
+
+/// A read planned under the lock, performed outside it.
+struct ReadPlan {
+    file: Arc<File>,
+    path: PathBuf,
+    position: u64,
+    len: u64,
+}
+
+impl Partition {
+    /// Opens the partition in `dir` (creating the directory and a first segment when
+    /// there is none); the newest segment is scanned and its torn tail cut.
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn open(topic: &str, index: i32, dir: PathBuf, segment_bytes: u64) -> Result<Partition> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read_dir", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".log") {
+                if let Ok(base) = stem.parse::<i64>() {
+                    bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for (i, base) in bases.iter().enumerate() {
+            let newest = i + 1 == bases.len();
+            segments.push(Segment::open(&dir, *base, newest)?);
+        }
+        // An empty newest segment behind a full one is fine; a segment that starts
+        // before the previous one ended means a damaged directory.
+        for w in segments.windows(2) {
+            if w[1].base_offset() < w[0].next_offset() {
+                return Err(Error::corrupt(
+                    w[1].log_path(),
+                    0,
+                    format!("segment starts at {} but the previous one ends at {}", w[1].base_offset(), w[0].next_offset()),
+                ));
+            }
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(&dir, 0)?);
+            sync_dir(&dir)?;
+        }
+        let end = segments.last().map_or(0, Segment::next_offset);
+        Ok(Partition {
+            topic: topic.to_string(),
+            index,
+            dir,
+            segment_bytes,
+            log: Mutex::new(segments),
+            next_offset: AtomicI64::new(end),
+            high_watermark: AtomicI64::new(end),
+        })
+    }
+
+    /// The topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition index.
+    pub fn index(&self) -> i32 {
+        self.index
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Offset after the last stored batch.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).last().map_or(0, Segment::next_offset)
+    }
+
+    /// First offset still stored.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).first().map_or(0, Segment::base_offset)
+    }
+
+    /// Offset after the last batch a consumer may read.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_high_watermark(&self, hw: i64) {
+        self.high_watermark.store(hw, Ordering::Release);
+    }
+
+    /// Reserves offsets for a payload of `infos` (submit thread only); returns the base.
+    pub(crate) fn assign(&self, data: &mut [u8], infos: &[BatchInfo]) -> i64 {
+        let base = self.next_offset.load(Ordering::Acquire);
+        let next = batch::assign_offsets(data, infos, base);
+        self.next_offset.store(next, Ordering::Release);
+        base
+    }
+
+    /// Re-aligns the next offset to the log end (after recovery).
+    pub(crate) fn reset_next_offset(&self) {
+        let end = self.log_end_offset();
+        self.next_offset.store(end, Ordering::Release);
+        self.set_high_watermark(end);
+    }
+
+    /// Appends whole batches whose offsets are already assigned, rolling to a new
+    /// segment when the active one is full. Returns the new log end offset.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let needs_roll = log.last().map_or(true, |s| s.size() > 0 && s.size() + data.len() as u64 > self.segment_bytes);
+        if needs_roll {
+            let base = infos.first().map_or(0, |i| i.base_offset);
+            // The finished segment becomes durable before its successor exists.
+            if let Some(s) = log.last_mut() {
+                s.sync()?;
+            }
+            let seg = Segment::create(&self.dir, base)?;
+            sync_dir(&self.dir)?;
+            tracing::debug!(topic = %self.topic, partition = self.index, base, "rolled segment");
+            log.push(seg);
+        }
+        let seg = log.last_mut().ok_or_else(|| Error::corrupt(&self.dir, 0, "partition has no segment"))?;
+        seg.append(data, infos)?;
+        Ok(seg.next_offset())
+    }
+
+    /// `fdatasync`s every segment changed since the last sync.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn sync(&self) -> Result<()> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in log.iter_mut() {
+            s.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches starting at the batch holding `offset`, up to about
+    /// `max_bytes` (at least one batch), never past the high watermark.
+    ///
+    /// # Errors
+    /// `Ok(None)` when `offset` is out of range; I/O errors naming the file.
+    pub fn read(&self, offset: i64, max_bytes: u64) -> Result<Option<ReadResult>> {
+        let hw = self.high_watermark();
+        let (plan, start) = {
+            let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            let start = log.first().map_or(0, Segment::base_offset);
+            if offset < start || offset > hw {
+                return Ok(None);
+            }
+            let mut plan = None;
+            if offset < hw {
+                let i = log.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
+                for seg in log.iter().skip(i) {
+                    if offset >= seg.next_offset() {
+                        continue;
+                    }
+                    if let Some((position, len)) = seg.read_range(offset, hw, max_bytes) {
+                        plan = Some(ReadPlan { file: seg.file(), path: seg.log_path().to_path_buf(), position, len });
+                    }
+                    break;
+                }
+            }
+            (plan, start)
+        };
+        let records = match plan {
+            None => Bytes::new(),
+            Some(p) => {
+                let mut buf = vec![0u8; p.len as usize];
+                p.file.read_exact_at(&mut buf, p.position).map_err(|e| Error::io("read", &p.path, e))?;
+                Bytes::from(buf)
+            }
+        };
+        Ok(Some(ReadResult { records, high_watermark: hw, log_start_offset: start }))
+    }
+
+    /// The first offset whose batch has a max timestamp at or after `timestamp`
+    /// (batch granularity), or `None` when every batch is older.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>> {
+        let hw = self.high_watermark();
+        type Plan = (Arc<File>, PathBuf, Vec<(i64, u64)>);
+        let plans: Vec<Plan> = {
+            let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            log.iter()
+                .map(|s| (s.file(), s.log_path().to_path_buf(), s.index().iter().map(|e| (e.offset, e.position)).collect()))
+                .collect()
+        };
+        let mut head = [0u8; HEADER_LEN];
+        for (file, path, entries) in plans {
+            for (offset, position) in entries {
+                if offset >= hw {
+                    return Ok(None);
+                }
+                file.read_exact_at(&mut head, position).map_err(|e| Error::io("read", &path, e))?;
+                if let Ok(info) = batch::parse_header(&head) {
+                    if info.max_timestamp >= timestamp {
+                        return Ok(Some(offset));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::{tests::make_batch, validate_all};
+
+    fn produce(p: &Partition, values: &[&[u8]]) -> i64 {
+        let mut b = make_batch(0, values);
+        let infos = validate_all(&b).unwrap();
+        let base = p.assign(&mut b, &infos);
+        let infos = validate_all(&b).unwrap();
+        let end = p.append(&b, &infos).unwrap();
+        p.set_high_watermark(end);
+        base
+    }
+
+    #[test]
+    fn rolls_segments_and_reads_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        let big = vec![7u8; 3000];
+        for i in 0..5 {
+            assert_eq!(produce(&p, &[&big]), i);
+        }
+        let segs = std::fs::read_dir(dir.path().join("0")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log").count();
+        assert!(segs >= 3, "expected several segments, got {segs}");
+        for off in 0..5 {
+            let r = p.read(off, 1).unwrap().unwrap();
+            let infos = validate_all(&r.records).unwrap();
+            assert_eq!(infos[0].base_offset, off);
+        }
+        assert!(p.read(5, 100).unwrap().unwrap().records.is_empty());
+        assert!(p.read(6, 100).unwrap().is_none());
+        drop(p);
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        assert_eq!(p.log_end_offset(), 5);
+    }
+}

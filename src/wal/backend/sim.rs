@@ -1,0 +1,686 @@
+//! A fault-injecting [`Backend`] for crash tests (feature `sim`, and `cfg(test)`).
+//!
+//! It writes exactly the bytes the engine hands it into the real file (so recovery
+//! reads ordinary WAL files afterwards), and keeps beside them a model of a disk with
+//! a volatile write cache:
+//!
+//! - every applied write is remembered per 512-byte sector, together with the
+//!   sector's *durable* content (what it held before its first unsynced write);
+//! - an `fdatasync` that completes makes every write applied before it durable
+//!   (a standalone sync waits for every earlier operation, as `IOSQE_IO_DRAIN` does;
+//!   a write's linked sync follows its own write);
+//! - [`SimDisk::power_loss`] picks, independently for every unsynced sector, either
+//!   its durable content or one of the versions written since: unsynced writes are
+//!   lost wholly or partly, torn at any sector boundary, or persisted out of order;
+//!   writes still in flight at the crash count as unsynced versions too;
+//! - operations complete in a random order (a standalone sync only after everything
+//!   submitted before it), and writes may complete in several short pieces;
+//! - one injected error per run: EIO on a write (part of it may have reached the
+//!   cache), EIO on fdatasync, ENOSPC on a write, or a short write that stops making
+//!   progress (`WriteZero`);
+//! - a simulated crash after a given number of completed operations: the in-flight
+//!   writes may be partly applied, and every later operation fails without touching
+//!   the file, as if the process had died.
+//!
+//! All decisions come from one seeded generator, so a failing seed replays the same
+//! fault schedule (thread scheduling of the producers is not part of the seed).
+//!
+//! The sim reports itself as [`BackendKind::Std`]: it stands in for a backend with
+//! the std backend's contract. File preparation, renames and directory fsyncs are
+//! done by `files.rs` with plain std calls and are not modelled: they complete
+//! durably before the engine relies on them.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    fs::{File, OpenOptions},
+    os::unix::fs::{FileExt, MetadataExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use super::{Backend, Done, Op};
+use crate::error::{Error, Result};
+use crate::wal::config::BackendKind;
+use crate::wal::format::{BatchKind, BATCH_HEADER_LEN};
+
+/// Sector size of the simulated disk: the unit of tearing.
+pub const SECTOR: usize = 512;
+
+/// One injected I/O failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A write fails with EIO; a random part of it may already sit in the cache.
+    WriteEio,
+    /// The fdatasync (standalone, or linked to a write) fails with EIO.
+    SyncEio,
+    /// A write fails with ENOSPC before any byte was written.
+    WriteEnospc,
+    /// A write makes partial progress, then stops (`WriteZero`).
+    ShortWrite,
+}
+
+impl Fault {
+    /// The errno a caller should see (`None` for `ShortWrite`, which has no errno).
+    pub fn errno(self) -> Option<i32> {
+        match self {
+            Fault::WriteEio | Fault::SyncEio => Some(libc::EIO),
+            Fault::WriteEnospc => Some(libc::ENOSPC),
+            Fault::ShortWrite => None,
+        }
+    }
+}
+
+/// What a run of the sim does: all of it is derived from the seed by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimPlan {
+    /// Seed of every random decision.
+    pub seed: u64,
+    /// Simulated crash when this many operations have completed.
+    pub crash_after_ops: Option<u64>,
+    /// Injected failure: (operation number, kind). Sync faults apply to the first
+    /// operation with a sync at or after that number.
+    pub fault: Option<(u64, Fault)>,
+    /// Percent chance that a write completes in more than one piece.
+    pub short_write_pct: u8,
+}
+
+/// What happened to the injected fault, for the test's assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected {
+    /// The fault.
+    pub fault: Fault,
+    /// No append with a sequence above this may be acknowledged after the fault:
+    /// for a failed write, the sequence before its batch; for a failed standalone
+    /// sync, the last sequence submitted before it.
+    pub ack_bound: u64,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Operations completed (including failed ones).
+    pub ops: u64,
+    /// Writes applied to the cache.
+    pub writes: u64,
+    /// Syncs that made the cache durable.
+    pub syncs: u64,
+    /// Sectors rewritten by the last power loss with something other than their
+    /// newest version.
+    pub sectors_rolled_back: u64,
+    /// Whether the simulated crash happened.
+    pub crashed: bool,
+}
+
+/// splitmix64: small, fast, and good enough to drive a fault schedule.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn pct(&mut self, p: u8) -> bool {
+        self.below(100) < u64::from(p)
+    }
+}
+
+/// Unsynced history of one sector.
+struct SectorHist {
+    durable: Vec<u8>,
+    versions: Vec<Vec<u8>>,
+}
+
+struct SimFile {
+    file: File,
+    path: PathBuf,
+    /// Unsynced sectors by index.
+    dirty: BTreeMap<u64, SectorHist>,
+}
+
+struct DiskState {
+    plan: SimPlan,
+    rng: Rng,
+    files: HashMap<(u64, u64), SimFile>,
+    stats: SimStats,
+    injected: Option<Injected>,
+    fault_armed: Option<Fault>,
+    /// Highest sequence of any write submitted so far.
+    last_submitted: u64,
+}
+
+/// The simulated disk, shared by the backends it creates and the test driving it.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+}
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("SimDisk")
+            .field("plan", &s.plan)
+            .field("stats", &s.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(code: i32, what: &str) -> std::io::Error {
+    let e = std::io::Error::from_raw_os_error(code);
+    std::io::Error::new(e.kind(), format!("{e} ({what})"))
+}
+
+impl SimDisk {
+    /// A fresh disk following `plan`.
+    pub fn new(plan: SimPlan) -> Self {
+        let state = DiskState {
+            plan,
+            rng: Rng(plan.seed ^ 0x5EED_0F_D15C),
+            files: HashMap::new(),
+            stats: SimStats::default(),
+            injected: None,
+            fault_armed: None,
+            last_submitted: 0,
+        };
+        SimDisk {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A backend writing through this disk.
+    pub(crate) fn backend(&self) -> SimBackend {
+        SimBackend {
+            disk: self.clone(),
+            file: None,
+            queue: VecDeque::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The injected fault, once it has fired.
+    pub fn injected(&self) -> Option<Injected> {
+        self.lock().injected
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats
+    }
+
+    /// Whether the simulated crash has happened.
+    pub fn crashed(&self) -> bool {
+        self.lock().stats.crashed
+    }
+
+    /// Crashes now (if not yet crashed): every later operation fails untouched.
+    pub fn crash_now(&self) {
+        self.lock().stats.crashed = true;
+    }
+
+    /// Applies the power-loss model to every file written through this disk: each
+    /// unsynced sector gets its durable content or one of its unsynced versions.
+    /// With `keep_cache`, every sector keeps its newest version instead (a process
+    /// crash without power loss). Call only after the WAL using the disk is closed.
+    ///
+    /// # Errors
+    /// I/O errors from rewriting sectors.
+    pub fn power_loss(&self, keep_cache: bool) -> Result<u64> {
+        let mut s = self.lock();
+        let DiskState {
+            rng, files, stats, ..
+        } = &mut *s;
+        let mut rolled = 0;
+        for f in files.values_mut() {
+            for (idx, h) in std::mem::take(&mut f.dirty) {
+                if keep_cache {
+                    continue;
+                }
+                let n = h.versions.len() as u64;
+                // Durable, newest, or any version: a third each.
+                let pick = match rng.below(3) {
+                    0 => 0,
+                    1 => n,
+                    _ => rng.below(n + 1),
+                };
+                if pick == n {
+                    continue; // the newest version is already in the file
+                }
+                let bytes = if pick == 0 {
+                    &h.durable
+                } else {
+                    &h.versions[(pick - 1) as usize]
+                };
+                f.file
+                    .write_all_at(bytes, idx * SECTOR as u64)
+                    .map_err(|e| Error::io("sim power loss", &f.path, e))?;
+                rolled += 1;
+            }
+        }
+        stats.sectors_rolled_back = rolled;
+        Ok(rolled)
+    }
+}
+
+impl DiskState {
+    /// Applies `data` at `offset` of file `key` to the cache (and the real file).
+    fn apply(&mut self, key: (u64, u64), offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let Some(f) = self.files.get_mut(&key) else {
+            return Ok(());
+        };
+        debug_assert_eq!(offset % SECTOR as u64, 0);
+        for (i, chunk) in data.chunks(SECTOR).enumerate() {
+            let at = offset + (i * SECTOR) as u64;
+            let idx = at / SECTOR as u64;
+            if !f.dirty.contains_key(&idx) {
+                // Files are preallocated, so the sector exists; past the end reads as zero.
+                let mut durable = vec![0u8; SECTOR];
+                read_at_most(&f.file, &mut durable, at)?;
+                f.dirty.insert(
+                    idx,
+                    SectorHist {
+                        durable,
+                        versions: Vec::new(),
+                    },
+                );
+            }
+            let h = f.dirty.get_mut(&idx).expect("inserted above");
+            let mut v = h.versions.last().unwrap_or(&h.durable).clone();
+            v[..chunk.len()].copy_from_slice(chunk);
+            h.versions.push(v);
+            f.file.write_all_at(chunk, at)?;
+        }
+        self.stats.writes += 1;
+        Ok(())
+    }
+
+    /// Applies a random subset of the sectors of `data` (an interrupted write).
+    fn apply_some(&mut self, key: (u64, u64), offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let sectors = data.len().div_ceil(SECTOR);
+        for i in 0..sectors {
+            if self.rng.pct(50) {
+                let end = ((i + 1) * SECTOR).min(data.len());
+                self.apply(key, offset + (i * SECTOR) as u64, &data[i * SECTOR..end])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, key: (u64, u64)) {
+        if let Some(f) = self.files.get_mut(&key) {
+            f.dirty.clear();
+        }
+        self.stats.syncs += 1;
+    }
+
+    /// Counts a completed operation; returns whether the crash point was reached.
+    fn tick(&mut self) -> bool {
+        self.stats.ops += 1;
+        if self
+            .plan
+            .crash_after_ops
+            .is_some_and(|n| self.stats.ops > n)
+        {
+            self.stats.crashed = true;
+        }
+        self.stats.crashed
+    }
+
+    /// Whether the injected fault fires for this operation (`has_sync`: it syncs).
+    fn take_fault(&mut self, has_write: bool, has_sync: bool) -> Option<Fault> {
+        if self.injected.is_some() {
+            return None;
+        }
+        if self.fault_armed.is_none() {
+            if let Some((at, f)) = self.plan.fault {
+                if self.stats.ops >= at {
+                    self.fault_armed = Some(f);
+                }
+            }
+        }
+        let f = self.fault_armed?;
+        let fits = match f {
+            Fault::SyncEio => has_sync,
+            Fault::WriteEio | Fault::WriteEnospc | Fault::ShortWrite => has_write,
+        };
+        fits.then_some(f)
+    }
+}
+
+fn read_at_most(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], at + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Sequences of the batch whose header starts `data`: (first, last); (first, first-1)
+/// for a seal. Zero when the bytes do not hold a batch header.
+fn batch_sequences(data: &[u8]) -> (u64, u64) {
+    let Some(h) = data.get(..BATCH_HEADER_LEN) else {
+        return (0, 0);
+    };
+    let mut num = [0u8; 8];
+    num.copy_from_slice(&h[8..16]);
+    match crate::wal::format::decode_batch_header(h, u64::from_le_bytes(num)) {
+        Ok(b) if b.kind == BatchKind::Entries => (b.first_sequence, b.last_sequence()),
+        Ok(b) => (b.first_sequence, b.first_sequence - 1),
+        Err(_) => (0, 0),
+    }
+}
+
+enum Queued {
+    Write {
+        token: u64,
+        key: (u64, u64),
+        data: Vec<u8>,
+        offset: u64,
+        done_len: usize,
+        sync: bool,
+        first: u64,
+    },
+    Sync {
+        token: u64,
+        key: (u64, u64),
+        last_before: u64,
+    },
+}
+
+impl Queued {
+    fn token(&self) -> u64 {
+        match self {
+            Queued::Write { token, .. } | Queued::Sync { token, .. } => *token,
+        }
+    }
+}
+
+pub(crate) struct SimBackend {
+    disk: SimDisk,
+    file: Option<((u64, u64), PathBuf)>,
+    queue: VecDeque<Queued>,
+    done: Vec<Done>,
+}
+
+impl SimBackend {
+    /// Completes the queued operation at `i`.
+    fn complete(&mut self, i: usize, st: &mut DiskState) {
+        let path = self
+            .file
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        let crashed_before = st.stats.crashed;
+        if crashed_before || st.tick() {
+            // Power is gone: this and every queued write may have partly reached the
+            // cache; none of them completes.
+            if !crashed_before {
+                for q in &self.queue {
+                    if let Queued::Write {
+                        key,
+                        data,
+                        offset,
+                        done_len,
+                        ..
+                    } = q
+                    {
+                        let _ = st.apply_some(*key, offset + *done_len as u64, &data[*done_len..]);
+                    }
+                }
+            }
+            for q in self.queue.drain(..) {
+                let e = io_err(libc::EIO, "simulated crash");
+                self.done.push(Done {
+                    token: q.token(),
+                    result: Err(Error::io("sim", &path, e)),
+                });
+            }
+            return;
+        }
+        let Some(q) = self.queue.remove(i) else {
+            return;
+        };
+        match q {
+            Queued::Write {
+                token,
+                key,
+                data,
+                offset,
+                done_len,
+                sync,
+                first,
+            } => {
+                let rest = &data[done_len..];
+                let at = offset + done_len as u64;
+                let fault = st.take_fault(true, sync);
+                let bound = || first.saturating_sub(1);
+                let result = match fault {
+                    Some(Fault::WriteEio) => {
+                        let _ = st.apply_some(key, at, rest);
+                        st.injected = Some(Injected {
+                            fault: Fault::WriteEio,
+                            ack_bound: bound(),
+                        });
+                        Err(Error::io(
+                            "pwrite (sim)",
+                            &path,
+                            io_err(libc::EIO, "injected"),
+                        ))
+                    }
+                    Some(Fault::WriteEnospc) => {
+                        st.injected = Some(Injected {
+                            fault: Fault::WriteEnospc,
+                            ack_bound: bound(),
+                        });
+                        Err(Error::io(
+                            "pwrite (sim)",
+                            &path,
+                            io_err(libc::ENOSPC, "injected"),
+                        ))
+                    }
+                    Some(Fault::ShortWrite) => {
+                        let sectors = rest.len().div_ceil(SECTOR) as u64;
+                        let n = (st.rng.below(sectors) as usize * SECTOR).min(rest.len());
+                        let _ = st.apply(key, at, &rest[..n]);
+                        st.injected = Some(Injected {
+                            fault: Fault::ShortWrite,
+                            ack_bound: bound(),
+                        });
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            "short write made no further progress (injected)",
+                        );
+                        Err(Error::io("pwrite (sim)", &path, e))
+                    }
+                    Some(Fault::SyncEio) => match st.apply(key, at, rest) {
+                        Ok(()) => {
+                            st.injected = Some(Injected {
+                                fault: Fault::SyncEio,
+                                ack_bound: bound(),
+                            });
+                            Err(Error::io(
+                                "fdatasync (sim)",
+                                &path,
+                                io_err(libc::EIO, "injected"),
+                            ))
+                        }
+                        Err(e) => Err(Error::io("pwrite (sim)", &path, e)),
+                    },
+                    None => {
+                        // Sometimes only part of the write completes now; the rest
+                        // stays queued, as a backend resubmits a short write.
+                        let sectors = rest.len().div_ceil(SECTOR) as u64;
+                        let plan_pct = st.plan.short_write_pct;
+                        if sectors > 1 && st.rng.pct(plan_pct) {
+                            let n = (1 + st.rng.below(sectors - 1)) as usize * SECTOR;
+                            if let Err(e) = st.apply(key, at, &rest[..n]) {
+                                self.done.push(Done {
+                                    token,
+                                    result: Err(Error::io("pwrite (sim)", &path, e)),
+                                });
+                                return;
+                            }
+                            // The remaining piece is a new operation for the crash counter.
+                            self.queue.insert(
+                                i,
+                                Queued::Write {
+                                    token,
+                                    key,
+                                    data,
+                                    offset,
+                                    done_len: done_len + n,
+                                    sync,
+                                    first,
+                                },
+                            );
+                            return;
+                        }
+                        match st.apply(key, at, rest) {
+                            Ok(()) => {
+                                if sync {
+                                    st.sync(key);
+                                }
+                                Ok(())
+                            }
+                            Err(e) => Err(Error::io("pwrite (sim)", &path, e)),
+                        }
+                    }
+                };
+                self.done.push(Done { token, result });
+            }
+            Queued::Sync {
+                token,
+                key,
+                last_before,
+            } => {
+                let result = match st.take_fault(false, true) {
+                    Some(f) => {
+                        st.injected = Some(Injected {
+                            fault: f,
+                            ack_bound: last_before,
+                        });
+                        Err(Error::io(
+                            "fdatasync (sim)",
+                            &path,
+                            io_err(libc::EIO, "injected"),
+                        ))
+                    }
+                    None => {
+                        st.sync(key);
+                        Ok(())
+                    }
+                };
+                self.done.push(Done { token, result });
+            }
+        }
+    }
+}
+
+impl Backend for SimBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Std
+    }
+
+    fn open(&mut self, path: &Path) -> Result<()> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        let md = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let key = (md.dev(), md.ino());
+        self.disk
+            .lock()
+            .files
+            .entry(key)
+            .or_insert_with(|| SimFile {
+                file: f,
+                path: path.to_path_buf(),
+                dirty: BTreeMap::new(),
+            });
+        self.file = Some((key, path.to_path_buf()));
+        Ok(())
+    }
+
+    fn submit(&mut self, token: u64, op: Op<'_>) -> Result<()> {
+        let (key, _) = self.file.clone().ok_or(Error::Closed)?;
+        let mut st = self.disk.lock();
+        match op {
+            Op::Write {
+                buf,
+                len,
+                offset,
+                sync,
+            } => {
+                let data = buf.as_slice()[..len].to_vec();
+                let (first, last) = batch_sequences(&data);
+                st.last_submitted = st.last_submitted.max(last);
+                self.queue.push_back(Queued::Write {
+                    token,
+                    key,
+                    data,
+                    offset,
+                    done_len: 0,
+                    sync,
+                    first,
+                });
+            }
+            Op::Sync => {
+                let last_before = st.last_submitted;
+                self.queue.push_back(Queued::Sync {
+                    token,
+                    key,
+                    last_before,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, wait: bool, out: &mut Vec<Done>) -> Result<()> {
+        let disk = self.disk.clone();
+        let mut st = disk.lock();
+        loop {
+            // Eligible: any write; a sync only when nothing was submitted before it.
+            let eligible: Vec<usize> = self
+                .queue
+                .iter()
+                .enumerate()
+                .filter(|(i, q)| *i == 0 || matches!(q, Queued::Write { .. }))
+                .map(|(i, _)| i)
+                .collect();
+            if eligible.is_empty() {
+                break;
+            }
+            let pick = eligible[st.rng.below(eligible.len() as u64) as usize];
+            self.complete(pick, &mut st);
+            // Keep going while the coin says so, or until something finished when waiting.
+            let need_more = wait && self.done.is_empty();
+            if !need_more && !st.rng.pct(50) {
+                break;
+            }
+        }
+        out.append(&mut self.done);
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.queue.len() + self.done.len()
+    }
+}

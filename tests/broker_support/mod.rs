@@ -1,0 +1,233 @@
+//! Helpers for the broker tests: start the real `streamline` binary on a free
+//! loopback port, stop it with SIGTERM or SIGKILL, and drive real clients (kcat,
+//! confluent-kafka). A missing client is a test failure, never a skip: run
+//! `scripts/install-test-deps.sh` first.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// A running broker process.
+pub struct Broker {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The arguments it was started with (for restarts).
+    pub args: Vec<String>,
+    log: PathBuf,
+}
+
+/// Path of the broker binary built by cargo for these tests.
+pub fn broker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_streamline")
+}
+
+impl Broker {
+    /// Starts the broker on `127.0.0.1:0` with `data_dir` and `extra` flags; waits for
+    /// its "listening on" line. Small WAL files keep the tests light.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--wal-max-file-size".into(),
+            "1m".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        Self::start_with(data_dir, args)
+    }
+
+    fn start_with(data_dir: &Path, args: Vec<String>) -> Broker {
+        let log = data_dir.with_extension("broker.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open broker log");
+        let mut child = Command::new(broker_bin())
+            .args(&args)
+            .env("STREAMLINE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn streamline");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("broker did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        let addr = line.rsplit(' ').next().expect("address on the line").to_string();
+        assert!(addr.starts_with("127.0.0.1:"), "unexpected start line {line:?}");
+        Broker { child: Some(child), addr, data_dir: data_dir.to_path_buf(), args, log }
+    }
+
+    /// Starts a new process with the same arguments (a new port).
+    pub fn restart(&self) -> Broker {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        Self::start_with(&self.data_dir, self.args.clone())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("broker did not exit within 30 s of SIGTERM; log:\n{}", self.log_text())
+        })
+    }
+
+    /// SIGKILLs the broker (no chance to flush anything) and reaps it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "KILL");
+        let _ = child.wait();
+    }
+
+    /// The broker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends the signal named `sig` (`TERM`, `KILL`) to the process `pid`, one we started.
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill").args(["-s", sig, &pid.to_string()]).status().expect("run kill");
+    assert!(status.success(), "kill -s {sig} {pid} failed");
+}
+
+/// Waits for a child up to `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Panics (fails the test) when `tool` is not on PATH.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{tool} is not installed: run scripts/install-test-deps.sh (the broker tests need real clients)");
+}
+
+/// The Python interpreter that has confluent-kafka; fails the test when there is none.
+pub fn python() -> String {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import confluent_kafka"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{py} with confluent-kafka is not available: run scripts/install-test-deps.sh");
+    py
+}
+
+/// Runs a command with `stdin` bytes and a time limit; returns its output.
+pub fn run(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = match wait_timeout(&mut child, limit) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    };
+    let _ = writer.join();
+    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
+}
+
+/// kcat with a time limit; asserts it succeeded.
+pub fn kcat(args: &[&str], stdin: &[u8]) -> Output {
+    require_tool("kcat");
+    let out = run(Command::new("kcat").args(args), stdin, Duration::from_secs(60));
+    assert!(out.status.success(), "kcat {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Path of a client script in tests/clients/.
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients").join(name)
+}
+
+/// Runs a Python client script; asserts it succeeded and returns its stdout.
+pub fn python_client(script: &str, args: &[&str]) -> String {
+    let py = python();
+    let out = run(Command::new(py).arg(client_script(script)).args(args), b"", Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `(partition, offset, value)` from lines `"{tag} p offset value"` of a client's output.
+pub fn records(text: &str, tag: &str) -> Vec<(i32, i64, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(tag)?.strip_prefix(' ')?;
+            let mut it = rest.splitn(3, ' ');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,402 @@
+//! Rotation, retention, checkpoints, concurrency, limits and configuration errors.
+
+mod common;
+
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::Bytes;
+use common::{config, open, payload, BACKENDS};
+use streamline::{
+    wal::{checkpoint, files::list_archived, SyncMode, Wal, WalConfig, WalReader},
+    Error,
+};
+
+#[test]
+fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::Interval);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut last = 0;
+        for i in 0..400u64 {
+            last = wal
+                .append("r", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
+        }
+        wal.sync().wait().unwrap();
+        let archived = list_archived(dir.path()).unwrap();
+        assert!(
+            archived.len() >= 4,
+            "{backend}: 1.2 MB into 256 KiB files should archive several, got {}",
+            archived.len()
+        );
+        for (_, p) in &archived {
+            assert_eq!(
+                std::fs::metadata(p).unwrap().len(),
+                cfg.max_file_size,
+                "{backend}: files are preallocated to max_file_size"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(dir.path().join("current.wal"))
+                .unwrap()
+                .len(),
+            cfg.max_file_size
+        );
+        // Files are numbered contiguously from 1.
+        let numbers: Vec<u64> = archived.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+
+        // A checkpoint in the middle deletes only files wholly at or below it.
+        let mid = last / 2;
+        wal.checkpoint(mid).unwrap();
+        let after = list_archived(dir.path()).unwrap();
+        assert!(after.len() < archived.len(), "{backend}: nothing deleted");
+        let reader = WalReader::open(dir.path()).unwrap();
+        let first = reader.scan().files[0].first_sequence.unwrap();
+        assert!(first <= mid + 1, "{backend}: a file above the checkpoint was deleted (log starts at {first}, checkpoint {mid})");
+
+        // Checkpointing everything keeps exactly retention_files archived files.
+        wal.checkpoint(last).unwrap();
+        assert_eq!(
+            list_archived(dir.path()).unwrap().len(),
+            cfg.retention_files,
+            "{backend}"
+        );
+        assert!(
+            matches!(wal.checkpoint(last + 1), Err(Error::CheckpointAhead { .. })),
+            "{backend}"
+        );
+        wal.close().unwrap();
+
+        // Recovery returns only what follows the checkpoint.
+        let (wal, rec) = open(dir.path(), cfg.clone());
+        assert!(
+            rec.is_empty(),
+            "{backend}: {} entries after a full checkpoint",
+            rec.len()
+        );
+        assert_eq!(
+            wal.append("r", 0, Bytes::from_static(b"next"))
+                .wait()
+                .unwrap(),
+            last + 1
+        );
+    }
+}
+
+#[test]
+fn recovery_streams_entries_after_the_checkpoint_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    for i in 0..100u64 {
+        wal.append("c", 0, Bytes::from(payload(i, 500)))
+            .wait()
+            .unwrap();
+    }
+    wal.checkpoint(60).unwrap();
+    drop(wal);
+    let (_wal, rec) = open(dir.path(), cfg);
+    assert_eq!(
+        rec.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (61..=100).collect::<Vec<_>>()
+    );
+    assert_eq!(&rec[0].data[..], &payload(60, 500)[..]);
+}
+
+#[test]
+fn interrupted_checkpoint_replacement_leaves_the_old_one_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    for i in 0..10u64 {
+        wal.append("c", 0, Bytes::from(payload(i, 100)))
+            .wait()
+            .unwrap();
+    }
+    wal.checkpoint(4).unwrap();
+    drop(wal);
+    // A crash after writing the temp file but before the rename: a half-written temp.
+    std::fs::write(dir.path().join("checkpoint.tmp"), b"{\"version\":1,\"seq").unwrap();
+    assert_eq!(checkpoint::load(dir.path()).unwrap().unwrap().sequence, 4);
+    let (wal, rec) = open(dir.path(), cfg.clone());
+    assert_eq!(rec.first().map(|e| e.sequence), Some(5));
+    // The next checkpoint replaces both.
+    wal.checkpoint(9).unwrap();
+    assert_eq!(checkpoint::load(dir.path()).unwrap().unwrap().sequence, 9);
+    // A damaged checkpoint file is reported, not ignored.
+    drop(wal);
+    std::fs::write(dir.path().join("checkpoint.json"), b"garbage").unwrap();
+    assert!(matches!(
+        Wal::open(dir.path(), cfg),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order() {
+    for backend in BACKENDS {
+        for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = WalConfig {
+                max_file_size: 1 << 20,
+                ..config(backend, mode)
+            };
+            let (wal, _) = open(dir.path(), cfg.clone());
+            let threads = 16;
+            let per = 300u64;
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let wal = wal.clone();
+                    std::thread::spawn(move || {
+                        let mut got = Vec::new();
+                        // Pipeline a few appends per thread, then wait in order.
+                        let mut pending = std::collections::VecDeque::new();
+                        for i in 0..per {
+                            let key = t * 1_000_000 + i;
+                            pending.push_back((
+                                key,
+                                wal.append(
+                                    "c",
+                                    t as i32,
+                                    Bytes::from(payload(key, 64 + (key % 700) as usize)),
+                                ),
+                            ));
+                            if pending.len() == 4 {
+                                let (k, c) = pending.pop_front().unwrap();
+                                got.push((c.wait().unwrap(), k));
+                            }
+                        }
+                        for (k, c) in pending {
+                            got.push((c.wait().unwrap(), k));
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let mut by_seq = HashMap::new();
+            for h in handles {
+                let got = h.join().unwrap();
+                // Each thread's own appends got increasing sequences.
+                assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{backend} {mode}");
+                for (s, k) in got {
+                    assert!(
+                        by_seq.insert(s, k).is_none(),
+                        "{backend} {mode}: sequence {s} given twice"
+                    );
+                }
+            }
+            let total = threads * per;
+            assert_eq!(by_seq.len() as u64, total);
+            let stats = wal.stats();
+            assert_eq!(stats.entries, total);
+            assert!(
+                stats.batches < total,
+                "{backend} {mode}: no group commit happened"
+            );
+            drop(wal);
+            let (_wal, rec) = open(dir.path(), cfg);
+            assert_eq!(rec.len() as u64, total);
+            for (i, e) in rec.iter().enumerate() {
+                assert_eq!(e.sequence, i as u64 + 1);
+                let key = by_seq[&e.sequence];
+                assert_eq!(
+                    &e.data[..],
+                    &payload(key, 64 + (key % 700) as usize)[..],
+                    "{backend} {mode}: seq {}",
+                    e.sequence
+                );
+                assert_eq!(e.partition as u64, key / 1_000_000);
+            }
+        }
+    }
+}
+
+#[test]
+fn oversized_entries_are_rejected_and_large_ones_fit() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let limit = wal.max_entry_bytes() as usize;
+        let too_big = Bytes::from(vec![7u8; limit]);
+        assert!(
+            matches!(
+                wal.append("big", 0, too_big).wait(),
+                Err(Error::EntryTooLarge { .. })
+            ),
+            "{backend}"
+        );
+        // Larger than a batch buffer but smaller than a file: written alone.
+        let big = Bytes::from(payload(1, 200 * 1024));
+        let s = wal.append("big", 0, big.clone()).wait().unwrap();
+        let s2 = wal.append("big", 0, big.clone()).wait().unwrap();
+        assert_eq!(s2, s + 1);
+        drop(wal);
+        let (_wal, rec) = open(dir.path(), cfg);
+        assert_eq!(rec.len(), 2);
+        assert_eq!(rec[1].data, big);
+    }
+}
+
+#[test]
+fn invalid_configuration_is_rejected_before_touching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("wal");
+    let bad = WalConfig {
+        max_file_size: 1000,
+        ..WalConfig::default()
+    };
+    match Wal::open(&target, bad) {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "--wal-max-file-size"),
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    }
+    assert!(!target.exists(), "a rejected config created the directory");
+    let e = "sometimes".parse::<SyncMode>().unwrap_err().to_string();
+    assert!(
+        e.contains("--wal-sync-mode") && e.contains("every_write"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_directory_is_opened_by_one_wal_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::Interval);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    assert!(matches!(
+        Wal::open(dir.path(), cfg.clone()),
+        Err(Error::Locked { .. })
+    ));
+    drop(wal);
+    let (_wal, _) = open(dir.path(), cfg);
+}
+
+#[test]
+fn closed_wal_rejects_appends_and_async_appends_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
+    let (wal, _) = open(dir.path(), cfg);
+    let other = wal.clone();
+    let seq = futures_lite_block_on(other.append_async("a", 0, Bytes::from_static(b"x"))).unwrap();
+    assert_eq!(seq, 1);
+    wal.close().unwrap();
+    assert!(matches!(
+        other.append("a", 0, Bytes::from_static(b"y")).wait(),
+        Err(Error::Closed)
+    ));
+    let other = Arc::new(other);
+    assert!(matches!(other.sync().wait(), Err(Error::Closed)));
+}
+
+/// Minimal executor for one future (the crate has no async runtime dependency).
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn changing_max_file_size_between_runs_takes_effect_at_the_next_file() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let small = config(backend, SyncMode::Interval);
+        let (wal, _) = open(dir.path(), small.clone());
+        wal.append("s", 0, Bytes::from(payload(0, 1000)))
+            .wait()
+            .unwrap();
+        drop(wal);
+        let big = WalConfig {
+            max_file_size: 1 << 20,
+            ..small.clone()
+        };
+        let (wal, rec) = open(dir.path(), big.clone());
+        assert_eq!(rec.len(), 1);
+        for i in 1..700u64 {
+            wal.append("s", 0, Bytes::from(payload(i, 1000)))
+                .wait()
+                .unwrap();
+        }
+        drop(wal);
+        let sizes: Vec<u64> = list_archived(dir.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .collect();
+        assert_eq!(
+            sizes.first(),
+            Some(&small.max_file_size),
+            "{backend}: the old active file keeps its size"
+        );
+        assert!(
+            sizes.iter().skip(1).all(|s| *s == big.max_file_size),
+            "{backend}: {sizes:?}"
+        );
+        let (_wal, rec) = open(dir.path(), big);
+        assert_eq!(rec.len(), 700);
+    }
+}
+
+#[test]
+fn retired_files_are_recycled_and_their_stale_batches_never_decode() {
+    use streamline::wal::files::{list_recycled, MAX_RECYCLED};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut last = 0;
+        for i in 0..300u64 {
+            last = wal
+                .append("old", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
+        }
+        wal.checkpoint(last).unwrap();
+        assert_eq!(
+            list_recycled(dir.path()).unwrap().len(),
+            MAX_RECYCLED,
+            "{backend}"
+        );
+        // The next file prepared in the background was made before the checkpoint;
+        // the rotations after it take the recycled ones.
+        let mut new = Vec::new();
+        for i in 0..300u64 {
+            let s = wal
+                .append("new", 1, Bytes::from(payload(1000 + i, 2000)))
+                .wait()
+                .unwrap();
+            new.push((s, 1000 + i));
+        }
+        assert!(
+            list_recycled(dir.path()).unwrap().len() < MAX_RECYCLED,
+            "{backend}: no recycled file was reused"
+        );
+        drop(wal);
+        let (_wal, rec) = open(dir.path(), cfg);
+        assert_eq!(
+            rec.len(),
+            new.len(),
+            "{backend}: stale entries of recycled files decoded"
+        );
+        for (e, (s, k)) in rec.iter().zip(&new) {
+            assert_eq!(e.sequence, *s);
+            assert_eq!(e.topic, "new");
+            assert_eq!(&e.data[..], &payload(*k, 2000)[..]);
+        }
+    }
+}
