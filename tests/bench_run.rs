@@ -88,6 +88,8 @@ fn tiny_run_reports_consistent_json() {
         check_counts(j);
     }
     assert_eq!(jobs[0]["backend"], "std");
+    assert_eq!(jobs[0]["direct_io"], false);
+    assert_eq!(jobs[2]["direct_io"], Value::Null);
     assert_eq!(jobs[0]["sync_mode"], "every_write");
     // every_write: each acknowledged record was covered by an fdatasync.
     assert!(jobs[0]["fsyncs"].as_u64().unwrap() > 0);
@@ -170,6 +172,7 @@ fn table_columns_line_up() {
         engine: "naive".into(),
         backend: "pwrite+fdatasync".into(),
         sync_mode: "every_write".into(),
+        direct_io: None,
         writers: 64,
         queue_depth: 1,
         record_size: Value::from(1024),
