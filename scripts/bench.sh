@@ -131,7 +131,7 @@ done
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
   log "criterion benches"
   rm -rf "$CARGO_TARGET_DIR/criterion"
-  cargo bench --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
+  cargo bench $FEATURES --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
     > "$RAW/criterion.txt" 2>&1
 fi
 
