@@ -45,6 +45,12 @@ ANCHORS=""
   echo "cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
   echo "kernel=$(uname -r)"
   echo "fs=$(findmnt -n -T "$BENCH_DIR" -o FSTYPE,SOURCE | tr -s ' ')"
+  dev=$(basename "$(findmnt -n -T "$BENCH_DIR" -o SOURCE)")
+  q=/sys/block/$dev/queue
+  if [ -d "$q" ]; then
+    echo "device=$dev write_cache=$(tr ' ' _ < $q/write_cache) fua=$(cat $q/fua 2>/dev/null || echo ?) logical_block=$(cat $q/logical_block_size) scheduler=$(sed 's/.*\[\(.*\)\].*/\1/' $q/scheduler)"
+  fi
+  echo "mount_options=$(findmnt -n -T "$BENCH_DIR" -o OPTIONS)"
   echo "mem_gib=$(free -g | awk '/Mem:/ {print $2}')"
   echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "reps=$REPS duration_s=$DURATION warmup_s=$WARMUP"
@@ -125,7 +131,7 @@ done
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
   log "criterion benches"
   rm -rf "$CARGO_TARGET_DIR/criterion"
-  cargo bench --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
+  cargo bench $FEATURES --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
     > "$RAW/criterion.txt" 2>&1
 fi
 

@@ -172,6 +172,20 @@ def main():
             if metric == "records_per_sec":
                 header += ["uring / best anchor", "uring / std"]
             blocks[f"scaling-{size}-{metric}-{sub or ''}".rstrip("-")] = table(header, rows)
+    # where the CPU goes (streamline only)
+    for size in ["128", "1024"]:
+        rows = []
+        for w in [1, 4, 16, 64, 256]:
+            row = [w]
+            for be in ["uring", "std"]:
+                k = ("streamline", be, "every_write", w, 1, size)
+                row += [fmt(med(sc, k, "cpu_us_per_record"), 2), fmt(med(sc, k, "wal_thread_cpu_us_per_record"), 2),
+                        fmt(med(sc, k, "cpu_cores_busy"), 2), fmt(med(sc, k, "fsyncs_per_sec"))]
+            rows.append(row)
+        blocks[f"cpu-{size}"] = table(["writers", "uring: process µs/rec", "uring: WAL threads µs/rec", "uring: cores busy",
+                                       "uring: fsync/s", "std: process µs/rec", "std: WAL threads µs/rec",
+                                       "std: cores busy", "std: fsync/s"], rows)
+
     # peak RSS at 256 writers
     rows = []
     for e in present:

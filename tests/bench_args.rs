@@ -54,6 +54,10 @@ fn every_job_option_is_parsed() {
         "4m",
         "--max-in-flight",
         "2",
+        "--direct-io",
+        "false",
+        "--idle-spin-us",
+        "0",
         "--output-format",
         "json",
         "--quiet",
@@ -78,6 +82,8 @@ fn every_job_option_is_parsed() {
     assert_eq!(j.wal.max_batch_bytes, 256 << 10);
     assert_eq!(j.wal.max_pending_bytes, 4 << 20);
     assert_eq!(j.wal.max_in_flight, 2);
+    assert_eq!(j.wal.direct_io, Some(false));
+    assert_eq!(j.wal.idle_spin_us, 0);
     assert!(c.quiet && c.cleanup);
 }
 
@@ -203,6 +209,14 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     rejected(&["--max-batch-bytes", "10"], "max_batch_bytes");
     rejected(&["--job", "writers=2", "--job", "writers=0"], "job 2");
     rejected(&["--drop-caches"], "--reopen");
+    rejected(
+        &["--engine", "naive", "--max-in-flight", "2"],
+        "--max-in-flight needs --engine streamline",
+    );
+    rejected(
+        &["--backend", "std", "--direct-io", "true"],
+        "--direct-io true",
+    );
     rejected(
         &["--engine", "naive", "--reopen"],
         "--reopen needs --engine streamline",

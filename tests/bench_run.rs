@@ -115,6 +115,8 @@ fn tiny_run_reports_consistent_json() {
         check_counts(j);
     }
     assert_eq!(jobs[0]["backend"], "std");
+    assert_eq!(jobs[0]["direct_io"], false);
+    assert_eq!(jobs[2]["direct_io"], Value::Null);
     assert_eq!(jobs[0]["sync_mode"], "every_write");
     // every_write: each acknowledged record was covered by an fdatasync.
     assert!(jobs[0]["fsyncs"].as_u64().unwrap() > 0);
@@ -202,7 +204,10 @@ fn table_output_and_cleanup() {
         reopen_row[2], "200",
         "every record read back after reopen: {out}"
     );
-    assert!(!data.exists(), "--cleanup removes the job's files");
+    assert!(
+        !data.join("job1-streamline").exists(),
+        "--cleanup removes the job's files"
+    );
 }
 
 #[test]
@@ -214,6 +219,7 @@ fn table_columns_line_up() {
         engine: "naive".into(),
         backend: "pwrite+fdatasync".into(),
         sync_mode: "every_write".into(),
+        direct_io: None,
         writers: 64,
         queue_depth: 1,
         record_size: Value::from(1024),

@@ -252,6 +252,14 @@ pub struct JobArgs {
     /// Batches in flight at once (streamline). Default: 4
     #[arg(long)]
     pub max_in_flight: Option<usize>,
+    /// uring backend: write with O_DIRECT (`true`/`false`). Default: the WAL's own
+    /// choice (on for every_write, off otherwise)
+    #[arg(long)]
+    pub direct_io: Option<bool>,
+    /// How long the idle commit thread polls before sleeping, µs (0: never). Default: the
+    /// WAL's (50)
+    #[arg(long)]
+    pub idle_spin_us: Option<u64>,
     /// After the job, close the WAL and time reopening it and reading every entry
     /// back (streamline only).
     #[arg(long)]
@@ -352,6 +360,8 @@ impl JobArgs {
             max_batch_bytes: self.max_batch_bytes.or(base.max_batch_bytes),
             max_pending_bytes: self.max_pending_bytes.or(base.max_pending_bytes),
             max_in_flight: self.max_in_flight.or(base.max_in_flight),
+            direct_io: self.direct_io.or(base.direct_io),
+            idle_spin_us: self.idle_spin_us.or(base.idle_spin_us),
             reopen: self.reopen || base.reopen,
             drop_caches: self.drop_caches || base.drop_caches,
         }
@@ -415,6 +425,25 @@ impl JobArgs {
         if engine != EngineKind::Streamline && backend != BackendKind::Auto {
             return Err(format!("--backend {backend} needs --engine streamline"));
         }
+        let wal_only = [
+            ("--max-batch-bytes", self.max_batch_bytes.is_some()),
+            ("--max-pending-bytes", self.max_pending_bytes.is_some()),
+            ("--max-in-flight", self.max_in_flight.is_some()),
+            ("--direct-io", self.direct_io.is_some()),
+            ("--idle-spin-us", self.idle_spin_us.is_some()),
+        ];
+        if let Some((flag, _)) = wal_only
+            .iter()
+            .find(|(_, set)| *set)
+            .filter(|_| engine != EngineKind::Streamline)
+        {
+            return Err(format!("{flag} needs --engine streamline"));
+        }
+        if self.direct_io == Some(true) && backend == BackendKind::Std {
+            return Err(
+                "--direct-io true needs --backend uring or auto (std always writes through the page cache)".into()
+            );
+        }
         if self.reopen && engine != EngineKind::Streamline {
             return Err("--reopen needs --engine streamline".into());
         }
@@ -448,6 +477,8 @@ impl JobArgs {
             max_batch_bytes: self.max_batch_bytes.unwrap_or(defaults.max_batch_bytes),
             max_pending_bytes: self.max_pending_bytes.unwrap_or(defaults.max_pending_bytes),
             max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight),
+            direct_io: self.direct_io.or(defaults.direct_io),
+            idle_spin_us: self.idle_spin_us.unwrap_or(defaults.idle_spin_us),
             // Nothing is checkpointed during a run: keep every file.
             retention_files: usize::MAX,
             ..defaults

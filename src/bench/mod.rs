@@ -87,10 +87,6 @@ pub fn run_cli(
         if cli.cleanup {
             std::fs::remove_dir_all(&result.dir)
                 .map_err(|e| format!("--cleanup {}: {e}", result.dir.display()))?;
-            if let Some(parent) = result.dir.parent() {
-                // Only removes the parent when no other files are left in it.
-                let _ = std::fs::remove_dir(parent);
-            }
         }
         hists.push((job_label(&report), result.hist));
         reports.push(report);

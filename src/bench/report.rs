@@ -97,6 +97,8 @@ pub struct JobReport {
     pub backend: String,
     /// `every_write`, `interval`, `os_default`, or `none` for `nowal`.
     pub sync_mode: String,
+    /// Whether the WAL wrote with O_DIRECT (`null` for other engines).
+    pub direct_io: Option<bool>,
     /// Writer threads.
     pub writers: usize,
     /// Outstanding appends per writer.
@@ -169,6 +171,7 @@ impl JobReport {
             engine: r.spec.engine.to_string(),
             backend: r.backend.clone(),
             sync_mode,
+            direct_io: (is_streamline).then(|| r.backend == "uring" && r.spec.wal.uses_direct_io()),
             writers: r.spec.writers,
             queue_depth: r.spec.queue_depth,
             record_size,
