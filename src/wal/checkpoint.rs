@@ -54,9 +54,7 @@ pub fn store(dir: &Path, sequence: u64) -> Result<Checkpoint> {
     let cp = Checkpoint {
         version: 1,
         sequence,
-        timestamp_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        timestamp_ms: super::files::now_ms(),
     };
     let mut json = serde_json::to_vec_pretty(&cp).expect("checkpoint serialises");
     json.push(b'\n');

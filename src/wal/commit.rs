@@ -355,16 +355,6 @@ pub(crate) struct Committer {
     every_write: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn timestamp_now() -> i64 {
-    now_ms()
-}
-
 /// Starts preparing file `number` in the background.
 pub(crate) fn spawn_preparer(
     dir: &Path,

@@ -89,7 +89,8 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
     Ok(None)
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch (0 before it), the WAL's timestamp unit.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -454,7 +454,7 @@ impl Wal {
         let (c, slot) = Completion::new();
         let req = Request::Append {
             entries,
-            timestamp: commit::timestamp_now(),
+            timestamp: files::now_ms(),
             bytes,
             done: Completer::new(slot),
         };
