@@ -10,6 +10,8 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+#[cfg(unix)]
+pub mod huge_alloc;
 pub mod server;
 pub mod storage;
 pub mod wal;

@@ -340,8 +340,39 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         .collect()
 }
 
-/// Decodes one request frame and starts handling it.
-async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, String> {
+/// Every (API key, lowest version, highest version) this broker serves.
+pub fn supported_api_versions() -> Vec<(i16, i16, i16)> {
+    supported_apis()
+        .into_iter()
+        .map(|(k, lo, hi)| (k as i16, lo, hi))
+        .collect()
+}
+
+/// A request frame, decoded.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per request and consumed at once"
+)]
+pub enum Decoded {
+    /// A request of an API and version this broker serves.
+    Request(RequestHeader, RequestKind),
+    /// ApiVersions at a version this broker does not serve: answered with error 35
+    /// and a v0 body so the client retries with a listed version.
+    UnsupportedApiVersions {
+        /// The request's correlation id.
+        correlation_id: i32,
+    },
+}
+
+/// Decodes one request frame (without its length prefix). Every failure is an
+/// error message for the log; arbitrary bytes never panic (see the property test
+/// `tests/kafka_decode.rs`).
+///
+/// # Errors
+/// Frames shorter than a header, unknown API keys, versions outside the advertised
+/// ranges, and malformed headers or bodies.
+pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
     if frame.len() < 8 {
         return Err(format!(
             "request frame of {} bytes is shorter than a header",
@@ -357,10 +388,7 @@ async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, 
     let in_range = supported.is_some_and(|(_, lo, hi)| (lo..=hi).contains(&version));
     if !in_range {
         if api_key == ApiKey::ApiVersions {
-            // Answer with a v0 body so the client can retry with a version we list.
-            let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
-            let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
-            return Ok(Box::pin(async move { resp }));
+            return Ok(Decoded::UnsupportedApiVersions { correlation_id });
         }
         return Err(format!("{api_key:?} v{version} is not supported"));
     }
@@ -369,5 +397,17 @@ async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, 
         .map_err(|e| format!("malformed {api_key:?} v{version} request header: {e}"))?;
     let request = RequestKind::decode(api_key, &mut buf, version)
         .map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
-    Ok(handlers::handle(ctx, header, request).await)
+    Ok(Decoded::Request(header, request))
+}
+
+/// Decodes one request frame and starts handling it.
+async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, String> {
+    match decode_request(frame)? {
+        Decoded::UnsupportedApiVersions { correlation_id } => {
+            let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
+            let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
+            Ok(Box::pin(async move { resp }))
+        }
+        Decoded::Request(header, request) => Ok(handlers::handle(ctx, header, request).await),
+    }
 }

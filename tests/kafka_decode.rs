@@ -1,0 +1,66 @@
+//! Hostile bytes for the Kafka request decoder: arbitrary frames, and frames with a
+//! valid header for every API and version the broker serves followed by arbitrary
+//! bytes, never panic, and absurd array lengths do not abort the process (the test
+//! installs the broker's allocator, as the binary does).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+use streamline::server::{decode_request, supported_api_versions, Decoded};
+
+#[global_allocator]
+static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_alloc::HugeAllocGuard;
+
+/// A v1/v2 request header (key, version, correlation id, client id) then `body`.
+fn frame(key: i16, version: i16, body: &[u8], flexible_tags: bool) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(key);
+    b.put_i16(version);
+    b.put_i32(7);
+    b.put_i16(4);
+    b.put_slice(b"fuzz");
+    if flexible_tags {
+        b.put_u8(0); // no tagged fields in the header
+    }
+    b.put_slice(body);
+    b.freeze()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_request(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn valid_headers_with_arbitrary_bodies_never_panic(
+        pick in any::<prop::sample::Index>(),
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        flexible in any::<bool>(),
+    ) {
+        let apis = supported_api_versions();
+        let (key, lo, hi) = apis[pick.index(apis.len())];
+        for version in lo..=hi {
+            let _ = decode_request(frame(key, version, &body, flexible));
+        }
+    }
+}
+
+#[test]
+fn absurd_array_lengths_fail_the_request_not_the_process() {
+    // Metadata v1: topics array length 2^31-1 with no elements behind it.
+    let body = i32::MAX.to_be_bytes();
+    match decode_request(frame(3, 1, &body, false)) {
+        Err(msg) => assert!(msg.contains("malformed"), "{msg}"),
+        Ok(d) => panic!("decoded a frame that claims 2^31 topics: {d:?}"),
+    }
+}
+
+#[test]
+fn unsupported_api_versions_gets_the_v0_fallback() {
+    match decode_request(frame(18, 99, &[], true)) {
+        Ok(Decoded::UnsupportedApiVersions { correlation_id }) => assert_eq!(correlation_id, 7),
+        other => panic!("expected the ApiVersions fallback, got {other:?}"),
+    }
+}
