@@ -77,8 +77,8 @@ pub enum Error {
         acknowledged: u64,
     },
 
-    /// The WAL directory is already open in this or another process.
-    #[error("WAL directory {} is locked by another user", path.display())]
+    /// The directory (WAL or broker data) is already in use by this or another process.
+    #[error("directory {} is in use (locked by another process or owner)", path.display())]
     Locked {
         /// The locked directory.
         path: PathBuf,

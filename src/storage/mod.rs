@@ -208,30 +208,10 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Takes an exclusive `flock` on `<data>/LOCK` so two brokers never share a data
-/// directory (the WAL has its own lock, but it may be disabled).
+/// Takes the data directory's lock so two brokers never share a data directory
+/// (the WAL has its own lock, but it may be disabled).
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
-    #[expect(unsafe_code, reason = "flock has no std wrapper at this crate's MSRV")]
-    // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            });
-        }
-        return Err(Error::io("flock", &path, e));
-    }
-    Ok(f)
+    crate::wal::files::lock_dir(dir)
 }
 
 fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {

@@ -169,34 +169,6 @@ impl std::fmt::Debug for Recovery {
     }
 }
 
-#[cfg(unix)]
-fn lock_dir(dir: &Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
-    #[expect(
-        unsafe_code,
-        reason = "flock has no std wrapper on this toolchain's MSRV"
-    )]
-    // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            });
-        }
-        return Err(Error::io("flock", &path, e));
-    }
-    Ok(f)
-}
-
 #[cfg(not(unix))]
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
@@ -290,7 +262,7 @@ impl Wal {
         config.validate()?;
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
-        let lock = lock_dir(&dir)?;
+        let lock = files::lock_dir(&dir)?;
         files::remove_prepared(&dir)?;
         let scan = recovery::scan_dir(&dir, config.recovery_mode)?;
         let checkpoint = scan.checkpoint.map_or(0, |c| c.sequence);
