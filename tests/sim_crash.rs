@@ -36,30 +36,10 @@ use std::{
 
 use bytes::Bytes;
 use streamline::wal::{
-    sim::{Fault, SimDisk, SimPlan},
+    sim::{Fault, Rng, SimDisk, SimPlan},
     BackendKind, NewEntry, SyncMode, Wal, WalConfig, WalEntry,
 };
 
-/// splitmix64, as the sim uses.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn pct(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
 
 /// Who appended an entry: round, producer, producer-local counter, and its place in
 /// an atomic group.

@@ -111,27 +111,35 @@ pub struct SimStats {
     pub crashed: bool,
 }
 
-/// splitmix64: small, fast, and good enough to drive a fault schedule.
+/// splitmix64: small, fast, and good enough to drive a fault schedule (the sim
+/// tests drive their producers with it too).
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
             self.next() % n
         }
     }
-    fn pct(&mut self, p: u8) -> bool {
-        self.below(100) < u64::from(p)
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    /// True with probability `p` percent.
+    pub fn pct(&mut self, p: u64) -> bool {
+        self.below(100) < p
     }
 }
 
@@ -528,7 +536,7 @@ impl SimBackend {
                         // stays queued, as a backend resubmits a short write.
                         let sectors = rest.len().div_ceil(SECTOR) as u64;
                         let plan_pct = st.plan.short_write_pct;
-                        if sectors > 1 && st.rng.pct(plan_pct) {
+                        if sectors > 1 && st.rng.pct(u64::from(plan_pct)) {
                             let n = (1 + st.rng.below(sectors - 1)) as usize * SECTOR;
                             if let Err(e) = st.apply(key, at, &rest[..n]) {
                                 self.done.push(Done {
