@@ -40,7 +40,6 @@ use streamline::wal::{
     BackendKind, NewEntry, SyncMode, Wal, WalConfig, WalEntry,
 };
 
-
 /// Who appended an entry: round, producer, producer-local counter, and its place in
 /// an atomic group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
