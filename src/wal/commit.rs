@@ -279,11 +279,17 @@ struct Ack {
     bytes: usize,
 }
 
+/// Producers woken between two looks at the channel (asynchronous backends); 8, 16
+/// and 32 measured within noise of each other at 64 writers, all waking everyone
+/// at once ~10% slower.
+const WAKE_CHUNK: usize = 16;
+
 /// A batch write submitted to the backend.
 struct WriteFlight {
     token: u64,
     buf: AlignedBuf,
     acks: Vec<Ack>,
+    first: u64,
     last: u64,
     /// Submitted with a linked fdatasync. Only done when nothing else was in flight or
     /// awaiting a sync, so on success everything up to `last` is durable.
@@ -350,6 +356,9 @@ pub(crate) struct Committer {
     last_sync: Instant,
     preparer: Option<JoinHandle<Result<PathBuf>>>,
     spare_acks: Vec<Vec<Ack>>,
+    /// Durable appends whose producers are still to be told, in sequence order.
+    wake: VecDeque<(Completer, u64)>,
+    wake_chunk: usize,
     done_buf: Vec<Done>,
     batch_capacity: usize,
     every_write: bool,
@@ -384,6 +393,7 @@ impl Committer {
             .collect();
         backend.register_buffers(&mut pool)?;
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
+        let backend_async = backend.asynchronous();
         Ok(Committer {
             backend,
             pool,
@@ -404,6 +414,13 @@ impl Committer {
             last_sync: Instant::now(),
             preparer,
             spare_acks: Vec::new(),
+            wake: VecDeque::new(),
+            // A synchronous backend blocks in submit: wake everyone before that.
+            wake_chunk: if backend_async {
+                WAKE_CHUNK
+            } else {
+                usize::MAX
+            },
             done_buf: Vec::new(),
             batch_capacity: cap,
             every_write,
@@ -453,7 +470,10 @@ impl Committer {
         if self.close.is_none() && self.carry.is_none() {
             // Sleep only when nothing is in flight, nothing is staged, and no sync()
             // caller waits for an fdatasync that maybe_sync has yet to submit.
-            let first = if self.quiescent() && self.staged.is_none() && self.sync_waiters.is_empty()
+            let first = if self.quiescent()
+                && self.staged.is_none()
+                && self.sync_waiters.is_empty()
+                && self.wake.is_empty()
             {
                 match self.spin_for_request() {
                     Some(r) => Some(r),
@@ -488,8 +508,9 @@ impl Committer {
         }
         let submitted = self.maybe_submit_staged()?;
         self.maybe_sync()?;
-        let wait = !submitted && self.backend.in_flight() > 0;
+        let wait = !submitted && self.backend.in_flight() > 0 && self.wake.is_empty();
         self.reap(wait)?;
+        self.wake_some();
         if self.close.is_some() && self.quiescent() && self.staged.is_none() && self.carry.is_none()
         {
             let done = self.close.take();
@@ -668,11 +689,7 @@ impl Committer {
         if self.staged.is_none() || self.writes.len() >= self.core.config.max_in_flight {
             return Ok(false);
         }
-        let full = self.carry.is_some();
-        let linked_sync = self.every_write && self.quiescent();
-        if self.every_write && !linked_sync && !full && self.close.is_none() {
-            return Ok(false);
-        }
+        let linked_sync = self.every_write;
         let Staged {
             mut buf,
             acks,
@@ -720,6 +737,7 @@ impl Committer {
             token,
             buf,
             acks,
+            first: first_seq,
             last: self.next_seq - 1,
             linked_sync,
             result: None,
@@ -736,7 +754,7 @@ impl Committer {
     /// Submits the standalone fdatasync when one is needed and none is in flight:
     /// `every_write` batches wait for it, a `sync()` caller asked, or the interval is up.
     fn maybe_sync(&mut self) -> Result<()> {
-        if self.sync_op.is_some() || self.writes.iter().any(|w| w.linked_sync) {
+        if self.sync_op.is_some() {
             return Ok(());
         }
         if self.written_through <= self.synced_through {
@@ -804,7 +822,9 @@ impl Committer {
                 return Err(e);
             }
             self.written_through = w.last;
-            if w.linked_sync {
+            // A durable write covers its own batch only: it moves `synced_through`
+            // when everything before it was already durable.
+            if w.linked_sync && self.synced_through + 1 >= w.first {
                 self.set_synced(w.last);
             }
             // Oversized one-off buffers are freed; pool buffers go back.
@@ -848,15 +868,35 @@ impl Committer {
         self.last_sync = Instant::now();
     }
 
+    /// Queues the producers of durable batches for their wake-up (see `wake_some`).
     fn acknowledge(&mut self, mut acks: Vec<Ack>, last: u64) {
         self.core.acked_through.store(last, Ordering::Release);
         let mut released = 0;
         for a in acks.drain(..) {
             released += a.bytes;
-            a.done.complete(Ok(a.sequence));
+            self.wake.push_back((a.done, a.sequence));
         }
         self.core.release(released);
         self.spare_acks.push(acks);
+    }
+
+    /// Completes up to `wake_chunk` queued acknowledgements. Waking a blocked producer
+    /// costs the waker a few microseconds; with an asynchronous backend the thread
+    /// returns to its loop between chunks, so the first producers' next appends go
+    /// out while the later ones are still being woken.
+    fn wake_some(&mut self) {
+        for _ in 0..self.wake_chunk {
+            match self.wake.pop_front() {
+                Some((done, seq)) => done.complete(Ok(seq)),
+                None => break,
+            }
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for (done, seq) in self.wake.drain(..) {
+            done.complete(Ok(seq));
+        }
     }
 
     /// Waits for everything submitted, syncing what `every_write` batches need.
@@ -870,6 +910,11 @@ impl Committer {
 
     /// Writes a seal batch at the current offset and fdatasyncs it (nothing in flight).
     fn seal(&mut self, next_sequence: u64) -> Result<()> {
+        // The seal's own sync covers the seal only: make everything before it durable first.
+        if self.written_through > self.synced_through {
+            self.submit_sync()?;
+            self.drain()?;
+        }
         let mut buf = self
             .pool
             .pop()
@@ -880,9 +925,7 @@ impl Committer {
             first_sequence: next_sequence,
             entry_count: 0,
             payload_len: 0,
-            // Only what an fdatasync covered before this block is written: the
-            // seal's own fsync comes after it, and a power loss may keep the seal
-            // but lose the unsynced batches before it.
+            // Everything before the seal is durable (above).
             synced_through: self.synced_through,
         };
         let out = buf.as_mut_slice();
@@ -963,7 +1006,9 @@ impl Committer {
     fn shutdown(&mut self, done: Option<Completer>) -> Result<bool> {
         // Requests still queued behind the close are answered with Closed.
         self.core.closed.store(true, Ordering::Release);
-        match self.flush_for_close() {
+        let flushed = self.flush_for_close();
+        self.wake_all();
+        match flushed {
             Ok(()) => {
                 if let Some(d) = done {
                     d.complete(Ok(self.next_seq - 1));
@@ -1006,6 +1051,8 @@ impl Committer {
     /// Latches `e`: every pending and in-flight request fails, now and later.
     fn fail(&mut self, e: Error) {
         tracing::error!(error = %e, "WAL failed; every pending and later append is rejected until reopen");
+        // Already durable: these are answered with success.
+        self.wake_all();
         let cause = Arc::new(e);
         let _ = self.core.failed.set(Arc::clone(&cause));
         let cause = Arc::clone(self.core.failed.get().unwrap_or(&cause));

@@ -15,8 +15,9 @@ pub(crate) mod uring;
 
 /// One submitted operation.
 pub(crate) enum Op<'a> {
-    /// Write `buf[..len]` at `offset`; when `sync`, follow it with an fdatasync that
-    /// starts only after the write completed.
+    /// Write `buf[..len]` at `offset`; when `sync`, the write's own bytes are durable
+    /// when it completes (an `RWF_DSYNC` write, or an fdatasync that starts after
+    /// the write). It promises nothing about other writes: use [`Op::Sync`] for that.
     Write {
         buf: &'a AlignedBuf,
         len: usize,
@@ -56,6 +57,12 @@ pub(crate) trait Backend: Send {
 
     /// Operations submitted but not reaped.
     fn in_flight(&self) -> usize;
+
+    /// Whether `submit` returns before the operation finished (io_uring), rather
+    /// than performing it (std).
+    fn asynchronous(&self) -> bool {
+        false
+    }
 
     /// Registers the commit thread's buffer pool with the kernel, where supported.
     /// The buffers must outlive the backend.

@@ -6,9 +6,10 @@
 //!
 //! - every applied write is remembered per 512-byte sector, together with the
 //!   sector's *durable* content (what it held before its first unsynced write);
-//! - an `fdatasync` that completes makes every write applied before it durable
-//!   (a standalone sync waits for every earlier operation, as `IOSQE_IO_DRAIN` does;
-//!   a write's linked sync follows its own write);
+//! - a standalone `fdatasync` that completes makes every write applied before it
+//!   durable (it waits for every earlier operation, as `IOSQE_IO_DRAIN` does); a
+//!   write submitted with `sync` makes only its own sectors durable (the `RWF_DSYNC`
+//!   contract), however the real backend implements it;
 //! - [`SimDisk::power_loss`] picks, independently for every unsynced sector, either
 //!   its durable content or one of the versions written since: unsynced writes are
 //!   lost wholly or partly, torn at any sector boundary, or persisted out of order;
@@ -328,6 +329,19 @@ impl DiskState {
         Ok(())
     }
 
+    /// A durable write: only the sectors of `offset..offset + len` become durable.
+    fn sync_range(&mut self, key: (u64, u64), offset: u64, len: usize) {
+        if let Some(f) = self.files.get_mut(&key) {
+            let first = offset / SECTOR as u64;
+            let end = (offset + len as u64).div_ceil(SECTOR as u64);
+            let doomed: Vec<u64> = f.dirty.range(first..end).map(|(k, _)| *k).collect();
+            for k in doomed {
+                f.dirty.remove(&k);
+            }
+        }
+        self.stats.syncs += 1;
+    }
+
     fn sync(&mut self, key: (u64, u64)) {
         if let Some(f) = self.files.get_mut(&key) {
             f.dirty.clear();
@@ -563,7 +577,7 @@ impl SimBackend {
                         match st.apply(key, at, rest) {
                             Ok(()) => {
                                 if sync {
-                                    st.sync(key);
+                                    st.sync_range(key, offset, data.len());
                                 }
                                 Ok(())
                             }
@@ -602,6 +616,10 @@ impl SimBackend {
 }
 
 impl Backend for SimBackend {
+    fn asynchronous(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Std
     }

@@ -52,6 +52,11 @@ pub(crate) struct UringBackend {
     unsubmitted: usize,
     /// Open files with O_DIRECT.
     direct: bool,
+    /// A write with `sync` is one `RWF_DSYNC` write rather than a write linked to an
+    /// fsync (O_DIRECT files only).
+    dsync: bool,
+    /// Page-cache writes without `sync` done inline (see `submit`), reported by the next `reap`.
+    inline_done: Vec<Done>,
 }
 
 impl UringBackend {
@@ -71,6 +76,8 @@ impl UringBackend {
             pending: HashMap::new(),
             unsubmitted: 0,
             direct,
+            dsync: direct,
+            inline_done: Vec::new(),
         })
     }
 
@@ -90,7 +97,13 @@ impl UringBackend {
     /// operation's `Done` is returned, and never closes the file with work in flight.
     // SAFETY: callers uphold the `# Safety` contract above (buffer and file outlive the CQEs).
     unsafe fn push_write(&mut self, token: u64, p: &mut Pending) -> Result<()> {
-        p.outstanding = if p.sync { 2 } else { 1 };
+        let linked = p.sync && !self.dsync;
+        p.outstanding = if linked { 2 } else { 1 };
+        let rw_flags = if p.sync && self.dsync {
+            libc::RWF_DSYNC
+        } else {
+            0
+        };
         let len = u32::try_from(p.len).map_err(|_| {
             Error::io(
                 "io_uring write",
@@ -101,13 +114,15 @@ impl UringBackend {
         let write = match p.buf_index {
             Some(idx) => opcode::WriteFixed::new(types::Fixed(0), p.ptr, len, idx)
                 .offset(p.offset)
+                .rw_flags(rw_flags)
                 .build(),
             None => opcode::Write::new(types::Fixed(0), p.ptr, len)
                 .offset(p.offset)
+                .rw_flags(rw_flags)
                 .build(),
         };
         let write = write.user_data(token << 1);
-        if p.sync {
+        if linked {
             let fsync = opcode::Fsync::new(types::Fixed(0))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
@@ -150,6 +165,10 @@ impl UringBackend {
 }
 
 impl Backend for UringBackend {
+    fn asynchronous(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
     }
@@ -206,6 +225,24 @@ impl Backend for UringBackend {
                 buf,
                 len,
                 offset,
+                sync: false,
+            } if !self.direct => {
+                // A page-cache write is a memory copy that io_uring would hand to a
+                // worker thread (one more wake-up per batch); pwrite does it here. The
+                // ring still runs the fdatasyncs, so the commit thread keeps writing
+                // while one is in progress.
+                use std::os::unix::fs::FileExt;
+                let (file, path) = self.file.as_ref().expect("checked above");
+                let result = file
+                    .write_all_at(&buf.as_slice()[..len], offset)
+                    .map_err(|e| Error::io("pwrite", path, e));
+                self.inline_done.push(Done { token, result });
+                return Ok(());
+            }
+            Op::Write {
+                buf,
+                len,
+                offset,
                 sync,
             } => {
                 let p = Pending {
@@ -251,6 +288,8 @@ impl Backend for UringBackend {
     }
 
     fn reap(&mut self, wait: bool, out: &mut Vec<Done>) -> Result<()> {
+        let wait = wait && self.inline_done.is_empty();
+        out.append(&mut self.inline_done);
         let want = usize::from(wait && !self.pending.is_empty());
         if want > 0 || self.unsubmitted > 0 {
             self.enter(want)?;
@@ -323,6 +362,6 @@ impl Backend for UringBackend {
     }
 
     fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.inline_done.len()
     }
 }
