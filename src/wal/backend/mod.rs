@@ -58,12 +58,6 @@ pub(crate) trait Backend: Send {
     /// Operations submitted but not reaped.
     fn in_flight(&self) -> usize;
 
-    /// Whether `submit` returns before the operation finished (io_uring), rather
-    /// than performing it (std).
-    fn asynchronous(&self) -> bool {
-        false
-    }
-
     /// Registers the commit thread's buffer pool with the kernel, where supported.
     /// The buffers must outlive the backend.
     fn register_buffers(&mut self, _bufs: &mut [AlignedBuf]) -> Result<()> {

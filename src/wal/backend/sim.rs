@@ -616,10 +616,6 @@ impl SimBackend {
 }
 
 impl Backend for SimBackend {
-    fn asynchronous(&self) -> bool {
-        true
-    }
-
     fn kind(&self) -> BackendKind {
         BackendKind::Std
     }

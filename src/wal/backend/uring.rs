@@ -165,10 +165,6 @@ impl UringBackend {
 }
 
 impl Backend for UringBackend {
-    fn asynchronous(&self) -> bool {
-        true
-    }
-
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
     }
