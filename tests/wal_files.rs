@@ -426,3 +426,43 @@ fn close_releases_the_directory_even_while_clones_exist() {
         2
     );
 }
+
+/// A rotation that needs the next file while it is still being zero-filled cuts the
+/// fill short (waiting would stall every producer). Such a file has its full size and
+/// header, reads as zeros after it, and works as the active file on both backends.
+#[test]
+fn a_zero_fill_cut_short_leaves_a_usable_file() {
+    use std::sync::atomic::AtomicBool;
+    use streamline::wal::{
+        files::{prepare_file_until, Prealloc, CURRENT},
+        format::{decode_file_header, BLOCK_SIZE},
+    };
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let size = WalConfig::MIN_FILE_SIZE;
+        let stop = AtomicBool::new(true);
+        let next = prepare_file_until(dir.path(), 1, size, Prealloc::ZeroFill, &stop).unwrap();
+        let bytes = std::fs::read(&next).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(decode_file_header(&bytes).unwrap().file_number, 1);
+        assert!(bytes[BLOCK_SIZE..].iter().all(|&b| b == 0));
+        std::fs::rename(&next, dir.path().join(CURRENT)).unwrap();
+
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, rec) = open(dir.path(), cfg.clone());
+        assert!(rec.is_empty(), "{backend}");
+        for i in 0..50u64 {
+            let seq = wal
+                .append("t", 0, Bytes::from(payload(i, 700)))
+                .wait()
+                .unwrap();
+            assert_eq!(seq, i + 1);
+        }
+        wal.close().unwrap();
+        let (_wal, got) = open(dir.path(), cfg);
+        assert_eq!(got.len(), 50, "{backend}");
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e.data, Bytes::from(payload(i as u64, 700)), "{backend}");
+        }
+    }
+}
