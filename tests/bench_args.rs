@@ -58,6 +58,8 @@ fn every_job_option_is_parsed() {
         "false",
         "--idle-spin-us",
         "0",
+        "--ack-spin-us",
+        "25",
         "--output-format",
         "json",
         "--quiet",
@@ -84,6 +86,7 @@ fn every_job_option_is_parsed() {
     assert_eq!(j.wal.max_in_flight, 2);
     assert_eq!(j.wal.direct_io, Some(false));
     assert_eq!(j.wal.idle_spin_us, 0);
+    assert_eq!(j.wal.ack_spin_us, 25);
     assert!(c.quiet && c.cleanup);
 }
 

@@ -254,6 +254,15 @@ fn invalid_configuration_is_rejected_before_touching_the_disk() {
         other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
     }
     assert!(!target.exists(), "a rejected config created the directory");
+    let bad = WalConfig {
+        ack_spin_us: 1_000_000,
+        ..WalConfig::default()
+    };
+    match Wal::open(&target, bad) {
+        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "ack_spin_us"),
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    }
+    assert!(!target.exists(), "a rejected config created the directory");
     let e = "sometimes".parse::<SyncMode>().unwrap_err().to_string();
     assert!(
         e.contains("--wal-sync-mode") && e.contains("every_write"),

@@ -260,6 +260,10 @@ pub struct JobArgs {
     /// WAL's (50)
     #[arg(long)]
     pub idle_spin_us: Option<u64>,
+    /// How long a writer waiting for its acknowledgement polls before sleeping, µs
+    /// (0: never). Default: the WAL's (500)
+    #[arg(long)]
+    pub ack_spin_us: Option<u64>,
     /// After the job, close the WAL and time reopening it and reading every entry
     /// back (streamline only).
     #[arg(long)]
@@ -362,6 +366,7 @@ impl JobArgs {
             max_in_flight: self.max_in_flight.or(base.max_in_flight),
             direct_io: self.direct_io.or(base.direct_io),
             idle_spin_us: self.idle_spin_us.or(base.idle_spin_us),
+            ack_spin_us: self.ack_spin_us.or(base.ack_spin_us),
             reopen: self.reopen || base.reopen,
             drop_caches: self.drop_caches || base.drop_caches,
         }
@@ -431,6 +436,7 @@ impl JobArgs {
             ("--max-in-flight", self.max_in_flight.is_some()),
             ("--direct-io", self.direct_io.is_some()),
             ("--idle-spin-us", self.idle_spin_us.is_some()),
+            ("--ack-spin-us", self.ack_spin_us.is_some()),
         ];
         if let Some((flag, _)) = wal_only
             .iter()
@@ -479,6 +485,7 @@ impl JobArgs {
             max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight),
             direct_io: self.direct_io.or(defaults.direct_io),
             idle_spin_us: self.idle_spin_us.unwrap_or(defaults.idle_spin_us),
+            ack_spin_us: self.ack_spin_us.unwrap_or(defaults.ack_spin_us),
             // Nothing is checkpointed during a run: keep every file.
             retention_files: usize::MAX,
             ..defaults

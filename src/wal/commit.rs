@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::{
     backend::{Backend, Done, Op},
     buffer::AlignedBuf,
-    completion::Slot,
+    completion::{Completion, Slot},
     config::{SyncMode, WalConfig},
     files::{self, Prealloc},
     format::{
@@ -149,6 +149,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// A completion that polls for `ack_spin_us` before its waiter sleeps.
+    pub(crate) fn completion(&self) -> (Completion, Arc<Slot>) {
+        Completion::spinning(Duration::from_micros(self.config.ack_spin_us))
+    }
+
     pub(crate) fn new(
         config: WalConfig,
         dir: PathBuf,

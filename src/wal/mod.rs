@@ -423,7 +423,7 @@ impl Wal {
     }
 
     fn send_reserved(&self, entries: Entries, bytes: usize) -> Completion {
-        let (c, slot) = Completion::new();
+        let (c, slot) = self.inner.core.completion();
         let req = Request::Append {
             entries,
             timestamp: files::now_ms(),
@@ -537,7 +537,7 @@ impl Wal {
         if let Err(e) = self.inner.core.check_usable() {
             return Completion::ready(Err(e));
         }
-        let (c, slot) = Completion::new();
+        let (c, slot) = self.inner.core.completion();
         let _ = self.inner.tx.send(Request::Sync(Completer::new(slot)));
         c
     }
