@@ -57,6 +57,13 @@ pub(crate) struct UringBackend {
     dsync: bool,
     /// Page-cache writes without `sync` done inline (see `submit`), reported by the next `reap`.
     inline_done: Vec<Done>,
+    /// Completions copied out of the ring by `reap`, kept to reuse its allocation.
+    cqes: Vec<(u64, i32)>,
+}
+
+/// The registered file's path, for error messages (empty before the first open).
+fn path_of(file: &Option<(File, PathBuf)>) -> &Path {
+    file.as_ref().map_or(Path::new(""), |(_, p)| p.as_path())
 }
 
 impl UringBackend {
@@ -78,14 +85,12 @@ impl UringBackend {
             direct,
             dsync: direct,
             inline_done: Vec::new(),
+            cqes: Vec::new(),
         })
     }
 
     fn path(&self) -> PathBuf {
-        self.file
-            .as_ref()
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default()
+        path_of(&self.file).to_path_buf()
     }
 
     /// Queues the SQEs for the (remaining) write of `token`, and its linked fsync.
@@ -290,13 +295,9 @@ impl Backend for UringBackend {
         if want > 0 || self.unsubmitted > 0 {
             self.enter(want)?;
         }
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        let path = self.path();
-        for (ud, res) in cqes {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for (ud, res) in cqes.drain(..) {
             let token = ud >> 1;
             let is_fsync = ud & FSYNC_BIT != 0;
             let Some(p) = self.pending.get_mut(&token) else {
@@ -308,13 +309,14 @@ impl Backend for UringBackend {
                     res == -libc::ECANCELED && (p.resubmit || p.error.is_some());
                 if res < 0 && !cancelled_by_short_write {
                     let e = std::io::Error::from_raw_os_error(-res);
-                    p.error
-                        .get_or_insert_with(|| Error::io("fdatasync (io_uring)", &path, e));
+                    p.error.get_or_insert_with(|| {
+                        Error::io("fdatasync (io_uring)", path_of(&self.file), e)
+                    });
                 }
             } else if res < 0 {
                 let e = std::io::Error::from_raw_os_error(-res);
                 p.error
-                    .get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
+                    .get_or_insert_with(|| Error::io("write (io_uring)", path_of(&self.file), e));
             } else {
                 let n = res as usize;
                 if n < p.len {
@@ -323,8 +325,9 @@ impl Backend for UringBackend {
                             std::io::ErrorKind::WriteZero,
                             format!("short write of {n} of {} bytes", p.len),
                         );
-                        p.error
-                            .get_or_insert_with(|| Error::io("write (io_uring)", &path, e));
+                        p.error.get_or_insert_with(|| {
+                            Error::io("write (io_uring)", path_of(&self.file), e)
+                        });
                     } else {
                         // SAFETY: n < len, so the pointer stays inside the same buffer.
                         p.ptr = unsafe { p.ptr.add(n) };
@@ -351,6 +354,7 @@ impl Backend for UringBackend {
                 result: p.error.map_or(Ok(()), Err),
             });
         }
+        self.cqes = cqes;
         if self.unsubmitted > 0 {
             self.enter(0)?;
         }
