@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use streamline::bench::{job::Stop, Cli, EngineKind, JobArgs, RecordSize};
-use streamline::wal::{BackendKind, SyncMode};
+use streamline::wal::{BackendKind, SyncMode, WalConfig};
 
 fn cli(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("streamline-bench").chain(args.iter().copied()))
@@ -60,6 +60,8 @@ fn every_job_option_is_parsed() {
         "0",
         "--ack-spin-us",
         "25",
+        "--checkpoint-ms",
+        "40",
         "--output-format",
         "json",
         "--quiet",
@@ -87,6 +89,9 @@ fn every_job_option_is_parsed() {
     assert_eq!(j.wal.direct_io, Some(false));
     assert_eq!(j.wal.idle_spin_us, 0);
     assert_eq!(j.wal.ack_spin_us, 25);
+    assert_eq!(j.checkpoint_every, Some(Duration::from_millis(40)));
+    // With checkpoints the WAL's own retention applies.
+    assert_eq!(j.wal.retention_files, WalConfig::default().retention_files);
     assert!(c.quiet && c.cleanup);
 }
 
@@ -223,6 +228,14 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     rejected(
         &["--engine", "naive", "--reopen"],
         "--reopen needs --engine streamline",
+    );
+    rejected(
+        &["--engine", "naive", "--checkpoint-ms", "10"],
+        "--checkpoint-ms needs --engine streamline",
+    );
+    rejected(
+        &["--checkpoint-ms", "0"],
+        "--checkpoint-ms must be at least 1",
     );
 }
 

@@ -222,6 +222,7 @@ fn table_columns_line_up() {
         direct_io: None,
         writers: 64,
         queue_depth: 1,
+        checkpoint_ms: None,
         record_size: Value::from(1024),
         duration_s: 2.0,
         records: 20,
@@ -264,4 +265,52 @@ fn table_columns_line_up() {
     );
     assert_eq!(row[17], "12.35");
     assert_eq!(row[18], "3.0");
+}
+
+#[test]
+fn checkpointing_jobs_retire_files_as_they_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // ~3 MiB through 64 KiB files: about 50 rotations.
+    let (out, _) = run(&[
+        "--dir",
+        d,
+        "--output-format",
+        "json",
+        "--quiet",
+        "--records",
+        "3000",
+        "--writers",
+        "2",
+        "--record-size",
+        "1024",
+        "--max-file-size",
+        "64K",
+        "--sync-mode",
+        "os_default",
+        "--backend",
+        "std",
+        "--checkpoint-ms",
+        "2",
+    ]);
+    let j: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    check_counts(&j);
+    assert_eq!(j["checkpoint_ms"], 2);
+    let wal_dir = dir.path().join("job1-streamline");
+    let cp: Value =
+        serde_json::from_slice(&std::fs::read(wal_dir.join("checkpoint.json")).unwrap()).unwrap();
+    let through = cp["sequence"].as_u64().unwrap();
+    assert!(
+        through > 0 && through <= 3000,
+        "checkpoint {through} within what was acknowledged"
+    );
+    let archived = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 12 && n.ends_with(".wal"))
+        .count();
+    assert!(
+        archived < 40,
+        "checkpoints retired files during the run: {archived} archived files left"
+    );
 }

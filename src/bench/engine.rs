@@ -96,7 +96,11 @@ pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
         EngineKind::Streamline => {
             let (wal, recovery) = Wal::open(dir, spec.wal.clone()).map_err(|e| e.to_string())?;
             drop(recovery);
-            Ok(Box::new(StreamlineEngine { wal }))
+            let checkpointer = spec
+                .checkpoint_every
+                .map(|every| Checkpointer::start(wal.clone(), every))
+                .transpose()?;
+            Ok(Box::new(StreamlineEngine { wal, checkpointer }))
         }
         EngineKind::Naive => Ok(Box::new(FileEngine::open(dir, true)?)),
         EngineKind::Nowal => Ok(Box::new(FileEngine::open(dir, false)?)),
@@ -118,6 +122,41 @@ pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
 /// The group-commit WAL.
 struct StreamlineEngine {
     wal: Wal,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Checkpoints everything acknowledged at a fixed period, from its own thread.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Checkpointer {
+    fn start(wal: Wal, every: std::time::Duration) -> Result<Self, String> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-checkpoint".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return Ok(()),
+                }
+                let through = wal.last_acked_sequence();
+                if through > 0 {
+                    wal.checkpoint(through)
+                        .map_err(|e| format!("checkpoint {through}: {e}"))?;
+                }
+            })
+            .map_err(|e| format!("spawn checkpoint thread: {e}"))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn finish(self) -> Result<(), String> {
+        drop(self.stop);
+        self.thread
+            .join()
+            .map_err(|_| "checkpoint thread panicked".to_string())?
+    }
 }
 
 impl Engine for StreamlineEngine {
@@ -141,7 +180,10 @@ impl Engine for StreamlineEngine {
     }
 
     fn close(self: Box<Self>) -> Result<(), String> {
-        self.wal.close().map_err(|e| e.to_string())
+        let StreamlineEngine { wal, checkpointer } = *self;
+        let checkpointed = checkpointer.map_or(Ok(()), Checkpointer::finish);
+        wal.close().map_err(|e| e.to_string())?;
+        checkpointed
     }
 }
 

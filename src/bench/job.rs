@@ -264,6 +264,12 @@ pub struct JobArgs {
     /// (0: never). Default: the WAL's (500)
     #[arg(long)]
     pub ack_spin_us: Option<u64>,
+    /// Checkpoint everything acknowledged every this many ms (streamline only), as a
+    /// broker does once its segments are flushed: archived files are then retired
+    /// and recycled instead of new files being zero-filled. Default: never (every
+    /// file is kept)
+    #[arg(long)]
+    pub checkpoint_ms: Option<u64>,
     /// After the job, close the WAL and time reopening it and reading every entry
     /// back (streamline only).
     #[arg(long)]
@@ -367,6 +373,7 @@ impl JobArgs {
             direct_io: self.direct_io.or(base.direct_io),
             idle_spin_us: self.idle_spin_us.or(base.idle_spin_us),
             ack_spin_us: self.ack_spin_us.or(base.ack_spin_us),
+            checkpoint_ms: self.checkpoint_ms.or(base.checkpoint_ms),
             reopen: self.reopen || base.reopen,
             drop_caches: self.drop_caches || base.drop_caches,
         }
@@ -437,6 +444,7 @@ impl JobArgs {
             ("--direct-io", self.direct_io.is_some()),
             ("--idle-spin-us", self.idle_spin_us.is_some()),
             ("--ack-spin-us", self.ack_spin_us.is_some()),
+            ("--checkpoint-ms", self.checkpoint_ms.is_some()),
         ];
         if let Some((flag, _)) = wal_only
             .iter()
@@ -455,6 +463,9 @@ impl JobArgs {
         }
         if self.drop_caches && !self.reopen {
             return Err("--drop-caches only applies with --reopen".into());
+        }
+        if self.checkpoint_ms == Some(0) {
+            return Err("--checkpoint-ms must be at least 1".into());
         }
         let sync_ms = self.sync_ms.unwrap_or(defaults.sync_interval_ms);
         if sync_ms == 0 && sync_mode == SyncMode::Interval {
@@ -486,8 +497,13 @@ impl JobArgs {
             direct_io: self.direct_io.or(defaults.direct_io),
             idle_spin_us: self.idle_spin_us.unwrap_or(defaults.idle_spin_us),
             ack_spin_us: self.ack_spin_us.unwrap_or(defaults.ack_spin_us),
-            // Nothing is checkpointed during a run: keep every file.
-            retention_files: usize::MAX,
+            // Without checkpoints every file is kept; with them, the WAL's own
+            // retention applies and retired files are recycled.
+            retention_files: if self.checkpoint_ms.is_some() {
+                defaults.retention_files
+            } else {
+                usize::MAX
+            },
             ..defaults
         };
         if engine == EngineKind::Streamline {
@@ -507,6 +523,7 @@ impl JobArgs {
             warmup,
             queue_depth,
             wal,
+            checkpoint_every: self.checkpoint_ms.map(Duration::from_millis),
             reopen: self.reopen,
             drop_caches: self.drop_caches,
         })
@@ -549,6 +566,8 @@ pub struct JobSpec {
     pub queue_depth: usize,
     /// WAL settings (streamline), sync mode and file size for the others.
     pub wal: WalConfig,
+    /// Checkpoint what is acknowledged this often (streamline).
+    pub checkpoint_every: Option<Duration>,
     /// Time a reopen + full read after the run.
     pub reopen: bool,
     /// Drop the page cache before the reopen.

@@ -103,6 +103,8 @@ pub struct JobReport {
     pub writers: usize,
     /// Outstanding appends per writer.
     pub queue_depth: usize,
+    /// Checkpoint period in ms (`null`: never checkpointed, every file zero-filled).
+    pub checkpoint_ms: Option<u64>,
     /// Bytes per record: a number, or `"MIN..MAX"` for a range.
     pub record_size: serde_json::Value,
     /// Measured window, from start to the last acknowledgement, in seconds.
@@ -174,6 +176,10 @@ impl JobReport {
             direct_io: (is_streamline).then(|| r.backend == "uring" && r.spec.wal.uses_direct_io()),
             writers: r.spec.writers,
             queue_depth: r.spec.queue_depth,
+            checkpoint_ms: r
+                .spec
+                .checkpoint_every
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             record_size,
             duration_s: (secs * 1e6).round() / 1e6,
             records: r.records,
