@@ -82,6 +82,7 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
         encode_file_header(&mut block, number, now_ms());
         write_all_at(&f, &block, 0).map_err(|e| Error::io("write header", &tmp, e))?;
         f.sync_data().map_err(|e| Error::io("fdatasync", &tmp, e))?;
+        drop_cached_pages(&f);
         drop(f);
         let dst = dir.join(NEXT);
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
@@ -219,10 +220,27 @@ pub fn prepare_file_until(
         }
     }
     f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    drop_cached_pages(&f);
     drop(f);
     fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
     Ok(dst)
 }
+
+/// Drops the (clean, just synced) cached pages of a prepared file. The zero-fill
+/// goes through the page cache, and an `O_DIRECT` write over cached pages must
+/// invalidate them first, which io_uring cannot do without blocking: every such
+/// write went to an io-wq worker thread (one more thread hop per batch) and paid
+/// for the invalidation. A hint only: failing leaves the pages cached.
+#[cfg(target_os = "linux")]
+fn drop_cached_pages(f: &File) {
+    use std::os::fd::AsRawFd;
+    #[expect(unsafe_code, reason = "posix_fadvise has no std wrapper")]
+    // SAFETY: posix_fadvise takes no pointers; the fd is owned by `f` for the whole call.
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_cached_pages(_f: &File) {}
 
 /// Starts writeback of `len` bytes at `offset` without waiting, so the final fsync
 /// of a prepared file finds little left to write and the page cache never holds a
