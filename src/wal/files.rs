@@ -232,7 +232,7 @@ pub fn prepare_file_until(
 /// write went to an io-wq worker thread (one more thread hop per batch) and paid
 /// for the invalidation. A hint only: failing leaves the pages cached.
 #[cfg(target_os = "linux")]
-fn drop_cached_pages(f: &File) {
+pub(crate) fn drop_cached_pages(f: &File) {
     use std::os::fd::AsRawFd;
     #[expect(unsafe_code, reason = "posix_fadvise has no std wrapper")]
     // SAFETY: posix_fadvise takes no pointers; the fd is owned by `f` for the whole call.
@@ -240,7 +240,7 @@ fn drop_cached_pages(f: &File) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn drop_cached_pages(_f: &File) {}
+pub(crate) fn drop_cached_pages(_f: &File) {}
 
 /// Starts writeback of `len` bytes at `offset` without waiting, so the final fsync
 /// of a prepared file finds little left to write and the page cache never holds a

@@ -187,6 +187,12 @@ impl Backend for UringBackend {
             .custom_flags(flags)
             .open(path)
             .map_err(|e| Error::io(if self.direct { "open O_DIRECT" } else { "open" }, path, e))?;
+        if self.direct {
+            // Pages cached by recovery's scan would send every direct write over
+            // them through an io-wq worker (see files::drop_cached_pages). A file
+            // the preparer made has none left, so this is cheap at rotation.
+            crate::wal::files::drop_cached_pages(&f);
+        }
         let fd = f.as_raw_fd();
         let sub = self.ring.submitter();
         let reg = if self.file.is_some() {
