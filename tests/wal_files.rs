@@ -245,24 +245,27 @@ fn oversized_entries_are_rejected_and_large_ones_fit() {
 fn invalid_configuration_is_rejected_before_touching_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("wal");
-    let bad = WalConfig {
-        max_file_size: 1000,
-        ..WalConfig::default()
+    let rejected = |bad: WalConfig, expected: &str| {
+        match Wal::open(&target, bad) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, expected),
+            other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+        }
+        assert!(!target.exists(), "a rejected config created the directory");
     };
-    match Wal::open(&target, bad) {
-        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "--wal-max-file-size"),
-        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
-    }
-    assert!(!target.exists(), "a rejected config created the directory");
-    let bad = WalConfig {
-        ack_spin_us: 1_000_000,
-        ..WalConfig::default()
-    };
-    match Wal::open(&target, bad) {
-        Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "ack_spin_us"),
-        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
-    }
-    assert!(!target.exists(), "a rejected config created the directory");
+    rejected(
+        WalConfig {
+            max_file_size: 1000,
+            ..WalConfig::default()
+        },
+        "--wal-max-file-size",
+    );
+    rejected(
+        WalConfig {
+            ack_spin_us: 1_000_000,
+            ..WalConfig::default()
+        },
+        "ack_spin_us",
+    );
     let e = "sometimes".parse::<SyncMode>().unwrap_err().to_string();
     assert!(
         e.contains("--wal-sync-mode") && e.contains("every_write"),
