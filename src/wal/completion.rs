@@ -93,18 +93,15 @@ impl Completion {
         )
     }
 
-    /// Polls for up to `self.spin`; true once the result is there.
-    fn spin_until_done(&self) -> bool {
+    /// Polls for up to `self.spin`, returning early once the result is there.
+    fn spin_until_done(&self) {
         if self.spin.is_zero() {
-            return false;
+            return;
         }
         let start = Instant::now();
-        loop {
-            if self.slot.done.load(Ordering::Acquire) {
-                return true;
-            }
+        while !self.slot.done.load(Ordering::Acquire) {
             if start.elapsed() >= self.spin {
-                return false;
+                return;
             }
             // Yield rather than hold the CPU: the commit thread (or another
             // producer) may need it, and the scheduler then keeps this CPU awake.
