@@ -242,6 +242,23 @@ pub(crate) fn drop_cached_pages(f: &File) {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn drop_cached_pages(_f: &File) {}
 
+/// Asks the kernel to start reading `len` bytes at `offset` into the page cache
+/// without waiting, so the next sequential read of a scan finds them there while
+/// this one is being validated. A hint only.
+#[cfg(target_os = "linux")]
+pub(crate) fn prefetch(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    #[expect(unsafe_code, reason = "posix_fadvise has no std wrapper")]
+    // SAFETY: posix_fadvise takes no pointers; the fd is owned by `f` for the whole call.
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), off, n, libc::POSIX_FADV_WILLNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn prefetch(_f: &File, _offset: u64, _len: u64) {}
+
 /// Starts writeback of `len` bytes at `offset` without waiting, so the final fsync
 /// of a prepared file finds little left to write and the page cache never holds a
 /// whole file of dirty zeros. A hint only: an error here resurfaces in that fsync.

@@ -20,7 +20,7 @@ use std::{
 use super::{
     checkpoint::{self, Checkpoint},
     config::RecoveryMode,
-    files::{list_archived, CURRENT},
+    files::{self, list_archived, CURRENT},
     format::{
         decode_batch_header, decode_file_header, for_each_entry, BadBatch, BatchHeader, BatchKind,
         WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE,
@@ -100,6 +100,8 @@ pub(crate) struct ChunkReader {
 }
 
 const CHUNK: usize = 4 << 20;
+/// How far past the current chunk a scan asks the kernel to read ahead.
+const PREFETCH: u64 = 2 * CHUNK as u64;
 
 impl ChunkReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
@@ -125,6 +127,12 @@ impl ChunkReader {
             self.buf.resize(want, 0);
             read_exact_at(&self.file, &mut self.buf, off)
                 .map_err(|e| Error::io("read", &self.path, e))?;
+            // Overlap the device's read of what follows with validating this
+            // chunk: a cold 1 GiB scan went from ~0.65 to ~1.0 GB/s (docs/engine.md).
+            let next = off + want as u64;
+            if next < self.len {
+                files::prefetch(&self.file, next, PREFETCH.min(self.len - next));
+            }
             self.start = off;
         }
         let s = (off - self.start) as usize;
