@@ -207,8 +207,9 @@ def main():
     for j in load_jsonl(f"{raw}/qd64.jsonl"):
         q[(j["engine"], j["backend"], j.get("checkpoint_ms"))].append(j)
     fio1m = fio.get("1m", {}).get("mb_s")
+    q_keys = sorted(q, key=lambda k: (k[1], k[2] or 0))  # backend, then zero-filled first
     rows = []
-    for k in sorted(q, key=lambda k: (k[1], k[2] or 0)):
+    for k in q_keys:
         mbs = med(q, k, "mb_per_sec")
         rows.append([k[1], qd64_files(k[2]), fmt(med(q, k, "records_per_sec")), fmt(mbs, 1), ratio(mbs, fio1m),
                      fmt(med(q, k, "fsyncs_per_sec")), fmt(med(q, k, "records_per_batch_mean"), 1),
@@ -250,7 +251,7 @@ def main():
                   verdict(a1, p1, 1.0)])
         t.append([f"1 writer × 1 KiB p50 ≤ 1.2× fio 4 KiB write+fdatasync ({be})", f"{fmt(p1, 1)} vs {fmt(f4, 1)} µs",
                   ratio(p1, f4), verdict(f4 * 1.2 if f4 else None, p1, 1.0)])
-    for k in sorted(q, key=lambda k: (k[1], k[2] or 0)):
+    for k in q_keys:
         mbs = med(q, k, "mb_per_sec")
         files = "recycled" if k[2] else "zero-filled"
         t.append([f"4 writers × qd 64 × 4 KiB ≥ 1 GB/s ({k[1]}, {files})", f"{fmt(mbs)} MB/s", ratio(mbs, 1000.0), verdict(mbs, 1000.0, 1.0)])

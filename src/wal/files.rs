@@ -231,33 +231,41 @@ pub fn prepare_file_until(
 /// invalidate them first, which io_uring cannot do without blocking: every such
 /// write went to an io-wq worker thread (one more thread hop per batch) and paid
 /// for the invalidation. A hint only: failing leaves the pages cached.
-#[cfg(target_os = "linux")]
 pub(crate) fn drop_cached_pages(f: &File) {
-    use std::os::fd::AsRawFd;
-    #[expect(unsafe_code, reason = "posix_fadvise has no std wrapper")]
-    // SAFETY: posix_fadvise takes no pointers; the fd is owned by `f` for the whole call.
-    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    advise(f, 0, 0, Advice::DontNeed);
 }
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn drop_cached_pages(_f: &File) {}
 
 /// Asks the kernel to start reading `len` bytes at `offset` into the page cache
 /// without waiting, so the next sequential read of a scan finds them there while
 /// this one is being validated. A hint only.
-#[cfg(target_os = "linux")]
 pub(crate) fn prefetch(f: &File, offset: u64, len: u64) {
+    advise(f, offset, len, Advice::WillNeed);
+}
+
+enum Advice {
+    DontNeed,
+    WillNeed,
+}
+
+/// `posix_fadvise` over `[offset, offset + len)` (`len` 0: to the end of the file).
+/// Advice is a hint: errors are ignored.
+#[cfg(target_os = "linux")]
+fn advise(f: &File, offset: u64, len: u64, advice: Advice) {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return;
     };
+    let advice = match advice {
+        Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
+        Advice::WillNeed => libc::POSIX_FADV_WILLNEED,
+    };
     #[expect(unsafe_code, reason = "posix_fadvise has no std wrapper")]
     // SAFETY: posix_fadvise takes no pointers; the fd is owned by `f` for the whole call.
-    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), off, n, libc::POSIX_FADV_WILLNEED) };
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), off, n, advice) };
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn prefetch(_f: &File, _offset: u64, _len: u64) {}
+fn advise(_f: &File, _offset: u64, _len: u64, _advice: Advice) {}
 
 /// Starts writeback of `len` bytes at `offset` without waiting, so the final fsync
 /// of a prepared file finds little left to write and the page cache never holds a
