@@ -110,6 +110,11 @@ for rep in $(seq "$REPS"); do
     done
   done
 
+  # --- 64 closed-loop writers as tasks awaiting their acknowledgements ----------
+  log "64 writers as async tasks rep $rep"
+  run async64 "${COMMON[@]}" --writers 64 --record-size 1024 --backend uring \
+    --job async-workers=1 --job async-workers=2
+
   # --- many outstanding appends --------------------------------------------------
   log "queue depth 64 x 4 KiB rep $rep"
   # Without checkpoints every new file is zero-filled while the WAL writes into the

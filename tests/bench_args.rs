@@ -62,6 +62,8 @@ fn every_job_option_is_parsed() {
         "25",
         "--checkpoint-ms",
         "40",
+        "--async-workers",
+        "3",
         "--output-format",
         "json",
         "--quiet",
@@ -90,6 +92,7 @@ fn every_job_option_is_parsed() {
     assert_eq!(j.wal.idle_spin_us, 0);
     assert_eq!(j.wal.ack_spin_us, 25);
     assert_eq!(j.checkpoint_every, Some(Duration::from_millis(40)));
+    assert_eq!(j.async_workers, Some(3));
     // With checkpoints the WAL's own retention applies.
     assert_eq!(j.wal.retention_files, WalConfig::default().retention_files);
     assert!(c.quiet && c.cleanup);
@@ -222,8 +225,8 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
         "--max-in-flight needs --engine streamline",
     );
     rejected(
-        &["--backend", "std", "--direct-io", "true"],
-        "--direct-io true",
+        &["--engine", "naive", "--direct-io", "true"],
+        "--direct-io needs --engine streamline",
     );
     rejected(
         &["--engine", "naive", "--reopen"],
@@ -236,6 +239,15 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     rejected(
         &["--checkpoint-ms", "0"],
         "--checkpoint-ms must be at least 1",
+    );
+    rejected(&["--async-workers", "0"], "--async-workers 0: give 1 to 64");
+    rejected(
+        &["--async-workers", "65"],
+        "--async-workers 65: give 1 to 64",
+    );
+    rejected(
+        &["--engine", "naive", "--async-workers", "2"],
+        "--async-workers needs --engine streamline",
     );
 }
 

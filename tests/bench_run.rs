@@ -77,7 +77,8 @@ fn check_counts(j: &Value) {
 
 #[test]
 fn tiny_run_reports_consistent_json() {
-    let dir = tempfile::tempdir().unwrap();
+    // On the checkout's filesystem, which takes O_DIRECT.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let d = dir.path().to_str().unwrap();
     let hist = dir.path().join("lat.hgrm");
     let svg = dir.path().join("lat.svg");
@@ -115,7 +116,14 @@ fn tiny_run_reports_consistent_json() {
         check_counts(j);
     }
     assert_eq!(jobs[0]["backend"], "std");
-    assert_eq!(jobs[0]["direct_io"], false);
+    assert_eq!(
+        jobs[0]["direct_io"], true,
+        "every_write writes with O_DIRECT"
+    );
+    assert_eq!(
+        jobs[1]["direct_io"], false,
+        "interval writes through the page cache"
+    );
     assert_eq!(jobs[2]["direct_io"], Value::Null);
     assert_eq!(jobs[0]["sync_mode"], "every_write");
     // every_write: each acknowledged record was covered by an fdatasync.
@@ -223,6 +231,7 @@ fn table_columns_line_up() {
         writers: 64,
         queue_depth: 1,
         checkpoint_ms: None,
+        async_workers: None,
         record_size: Value::from(1024),
         duration_s: 2.0,
         records: 20,
@@ -313,4 +322,40 @@ fn checkpointing_jobs_retire_files_as_they_go() {
         archived < 40,
         "checkpoints retired files during the run: {archived} archived files left"
     );
+}
+
+#[test]
+fn writers_can_run_as_tasks_awaiting_their_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = run(&[
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--output-format",
+        "json",
+        "--quiet",
+        "--cleanup",
+        "--records",
+        "600",
+        "--max-file-size",
+        "1M",
+        "--job",
+        "writers=16,async-workers=2,backend=std",
+        "--job",
+        "writers=16,async-workers=1,queue-depth=4,backend=uring",
+    ]);
+    let jobs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("well-formed JSON"))
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    for (j, workers) in jobs.iter().zip([2, 1]) {
+        check_counts(j);
+        assert_eq!(j["async_workers"], workers);
+        assert_eq!(j["records"], 600, "every issued record acknowledged");
+        assert_eq!(j["writer_records"].as_array().unwrap().len(), 16);
+        assert!(j["fsyncs"].as_u64().unwrap() > 0, "every_write synced");
+    }
+    assert_eq!(jobs[0]["backend"], "std");
+    assert_eq!(jobs[1]["backend"], "uring");
+    assert_eq!(jobs[1]["queue_depth"], 4);
 }

@@ -478,3 +478,47 @@ fn a_zero_fill_cut_short_leaves_a_usable_file() {
         }
     }
 }
+
+#[test]
+fn both_backends_write_with_o_direct_in_every_write_unless_configured_otherwise() {
+    // The target directory is on the checkout's filesystem (ext4 here), unlike a
+    // possibly tmpfs-backed /tmp.
+    let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for backend in BACKENDS {
+        for (mode, direct_io, want) in [
+            (SyncMode::EveryWrite, None, true),
+            (SyncMode::Interval, None, false),
+            (SyncMode::Interval, Some(true), true),
+            (SyncMode::EveryWrite, Some(false), false),
+        ] {
+            let dir = on_disk
+                .path()
+                .join(format!("{backend}-{mode}-{direct_io:?}"));
+            let cfg = WalConfig {
+                direct_io,
+                ..config(backend, mode)
+            };
+            let (wal, _) = open(&dir, cfg.clone());
+            assert_eq!(
+                wal.direct_io(),
+                want,
+                "{backend} {mode} direct_io={direct_io:?}"
+            );
+            for i in 0..50u64 {
+                wal.append("d", 0, Bytes::from(payload(i, 5000)))
+                    .wait()
+                    .unwrap();
+            }
+            wal.close().unwrap();
+            let (_, entries) = open(&dir, cfg);
+            assert_eq!(
+                entries.len(),
+                50,
+                "{backend} {mode} direct_io={direct_io:?}"
+            );
+            for (i, e) in entries.iter().enumerate() {
+                assert_eq!(&e.data[..], &payload(i as u64, 5000)[..]);
+            }
+        }
+    }
+}

@@ -36,6 +36,17 @@ impl Pending {
         }
     }
 
+    /// Waits for the acknowledgement without blocking the thread.
+    ///
+    /// # Errors
+    /// The engine's error, as text.
+    pub async fn wait_async(self) -> Result<(), String> {
+        match self {
+            Pending::Done(r) => r,
+            Pending::Wal(c) => c.await.map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+
     /// True when [`Pending::wait`] would not block.
     pub fn is_done(&self) -> bool {
         match self {
@@ -80,6 +91,10 @@ pub trait Engine: Send + Sync {
     fn counters(&self) -> EngineCounters;
     /// The I/O path in use (`uring`, `std`, `pwrite`, ...).
     fn backend(&self) -> String;
+    /// Whether the engine writes with `O_DIRECT`, where it is the engine's choice.
+    fn direct_io(&self) -> Option<bool> {
+        None
+    }
     /// Flushes and closes.
     ///
     /// # Errors
@@ -177,6 +192,10 @@ impl Engine for StreamlineEngine {
 
     fn backend(&self) -> String {
         self.wal.backend().to_string()
+    }
+
+    fn direct_io(&self) -> Option<bool> {
+        Some(self.wal.direct_io())
     }
 
     fn close(self: Box<Self>) -> Result<(), String> {

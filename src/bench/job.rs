@@ -252,8 +252,8 @@ pub struct JobArgs {
     /// Batches in flight at once (streamline). Default: 4
     #[arg(long)]
     pub max_in_flight: Option<usize>,
-    /// uring backend: write with O_DIRECT (`true`/`false`). Default: the WAL's own
-    /// choice (on for every_write, off otherwise)
+    /// Write with O_DIRECT (`true`/`false`). Default: the WAL's own choice (on for
+    /// every_write, off otherwise)
     #[arg(long)]
     pub direct_io: Option<bool>,
     /// How long the idle commit thread polls before sleeping, µs (0: never). Default: the
@@ -270,6 +270,11 @@ pub struct JobArgs {
     /// file is kept)
     #[arg(long)]
     pub checkpoint_ms: Option<u64>,
+    /// Run the writers as tasks on a tokio runtime with this many threads, each
+    /// `.await`ing its acknowledgements, instead of one blocked thread per writer
+    /// (streamline only). Default: threads
+    #[arg(long)]
+    pub async_workers: Option<usize>,
     /// After the job, close the WAL and time reopening it and reading every entry
     /// back (streamline only).
     #[arg(long)]
@@ -374,6 +379,7 @@ impl JobArgs {
             idle_spin_us: self.idle_spin_us.or(base.idle_spin_us),
             ack_spin_us: self.ack_spin_us.or(base.ack_spin_us),
             checkpoint_ms: self.checkpoint_ms.or(base.checkpoint_ms),
+            async_workers: self.async_workers.or(base.async_workers),
             reopen: self.reopen || base.reopen,
             drop_caches: self.drop_caches || base.drop_caches,
         }
@@ -445,6 +451,7 @@ impl JobArgs {
             ("--idle-spin-us", self.idle_spin_us.is_some()),
             ("--ack-spin-us", self.ack_spin_us.is_some()),
             ("--checkpoint-ms", self.checkpoint_ms.is_some()),
+            ("--async-workers", self.async_workers.is_some()),
         ];
         if let Some((flag, _)) = wal_only
             .iter()
@@ -453,10 +460,10 @@ impl JobArgs {
         {
             return Err(format!("{flag} needs --engine streamline"));
         }
-        if self.direct_io == Some(true) && backend == BackendKind::Std {
-            return Err(
-                "--direct-io true needs --backend uring or auto (std always writes through the page cache)".into()
-            );
+        if let Some(n) = self.async_workers {
+            if n == 0 || n > 64 {
+                return Err(format!("--async-workers {n}: give 1 to 64 runtime threads"));
+            }
         }
         if self.reopen && engine != EngineKind::Streamline {
             return Err("--reopen needs --engine streamline".into());
@@ -524,6 +531,7 @@ impl JobArgs {
             queue_depth,
             wal,
             checkpoint_every: self.checkpoint_ms.map(Duration::from_millis),
+            async_workers: self.async_workers,
             reopen: self.reopen,
             drop_caches: self.drop_caches,
         })
@@ -568,6 +576,8 @@ pub struct JobSpec {
     pub wal: WalConfig,
     /// Checkpoint what is acknowledged this often (streamline).
     pub checkpoint_every: Option<Duration>,
+    /// Writers are tasks on a runtime with this many threads (streamline).
+    pub async_workers: Option<usize>,
     /// Time a reopen + full read after the run.
     pub reopen: bool,
     /// Drop the page cache before the reopen.

@@ -105,6 +105,8 @@ pub struct JobReport {
     pub queue_depth: usize,
     /// Checkpoint period in ms (`null`: never checkpointed, every file zero-filled).
     pub checkpoint_ms: Option<u64>,
+    /// Runtime threads the writers ran on as tasks (`null`: one thread per writer).
+    pub async_workers: Option<usize>,
     /// Bytes per record: a number, or `"MIN..MAX"` for a range.
     pub record_size: serde_json::Value,
     /// Measured window, from start to the last acknowledgement, in seconds.
@@ -173,9 +175,10 @@ impl JobReport {
             engine: r.spec.engine.to_string(),
             backend: r.backend.clone(),
             sync_mode,
-            direct_io: (is_streamline).then(|| r.backend == "uring" && r.spec.wal.uses_direct_io()),
+            direct_io: r.direct_io,
             writers: r.spec.writers,
             queue_depth: r.spec.queue_depth,
+            async_workers: r.spec.async_workers,
             checkpoint_ms: r
                 .spec
                 .checkpoint_every
@@ -268,7 +271,11 @@ pub fn table(reports: &[JobReport]) -> String {
                 r.engine.clone(),
                 r.backend.clone(),
                 r.sync_mode.clone(),
-                r.writers.to_string(),
+                // Writers run as tasks: "64/2rt" is 64 tasks on 2 runtime threads.
+                match r.async_workers {
+                    Some(n) => format!("{}/{n}rt", r.writers),
+                    None => r.writers.to_string(),
+                },
                 r.queue_depth.to_string(),
                 match &r.record_size {
                     serde_json::Value::String(s) => s.clone(),

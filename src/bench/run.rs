@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicU8, Ordering},
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -61,6 +61,8 @@ pub struct JobResult {
     pub dir: PathBuf,
     /// The I/O path the engine used.
     pub backend: String,
+    /// Whether the engine wrote with `O_DIRECT` (engines that choose it themselves only).
+    pub direct_io: Option<bool>,
     /// From the start of measuring to the last acknowledgement.
     pub elapsed: Duration,
     /// Records acknowledged in the measured window.
@@ -121,6 +123,7 @@ impl Shared {
     }
 }
 
+#[derive(Default)]
 struct WriterOut {
     records: u64,
     bytes: u64,
@@ -162,50 +165,97 @@ fn payload_pool(max_record: usize) -> Bytes {
     Bytes::from(v)
 }
 
-fn writer_loop(
+/// One writer's record generator and counters, shared by the thread and task loops.
+struct Writer<'a> {
     w: usize,
-    engine: &dyn engine::Engine,
-    shared: &Shared,
-    hist: &Mutex<Histogram<u64>>,
-    pool: &Bytes,
+    shared: &'a Shared,
+    hist: &'a Mutex<Histogram<u64>>,
+    pool: &'a Bytes,
     size: RecordSize,
-    queue_depth: usize,
-) -> WriterOut {
-    let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ ((w as u64 + 1) * 0x9E37_79B9));
-    let mut out = WriterOut {
-        records: 0,
-        bytes: 0,
-        last_ack: None,
-    };
-    let mut queue: VecDeque<(Instant, bool, usize, Pending)> = VecDeque::with_capacity(queue_depth);
-    let span = pool.len() - size.max();
-    let mut record = |measured: bool, len: usize, started: Instant, now: Instant| {
+    rng: XorShift,
+    out: WriterOut,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        w: usize,
+        shared: &'a Shared,
+        hist: &'a Mutex<Histogram<u64>>,
+        pool: &'a Bytes,
+        size: RecordSize,
+    ) -> Self {
+        Writer {
+            w,
+            shared,
+            hist,
+            pool,
+            size,
+            rng: XorShift(0x2545_F491_4F6C_DD1D ^ ((w as u64 + 1) * 0x9E37_79B9)),
+            out: WriterOut {
+                records: 0,
+                bytes: 0,
+                last_ack: None,
+            },
+        }
+    }
+
+    /// The next record to append, unless the job is over: whether it is measured,
+    /// its length and its bytes.
+    fn issue(&mut self) -> Option<(bool, usize, Bytes)> {
+        let measured = self.shared.next_issue()?;
+        let len = match self.size {
+            RecordSize::Fixed(n) => n,
+            RecordSize::Range { min, max } => min + self.rng.below(max - min + 1),
+        };
+        let off = self.rng.below(self.pool.len() - self.size.max()) & !7;
+        Some((measured, len, self.pool.slice(off..off + len)))
+    }
+
+    fn acked(&mut self, measured: bool, len: usize, started: Instant, now: Instant) {
         if !measured {
             return;
         }
         let ns = u64::try_from(now.duration_since(started).as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        hist.lock()
+        self.hist
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .saturating_record(ns);
-        out.records += 1;
-        out.bytes += len as u64;
-        out.last_ack = Some(now);
-        shared.acked.fetch_add(1, Ordering::Relaxed);
-        shared.acked_bytes.fetch_add(len as u64, Ordering::Relaxed);
-    };
+        self.out.records += 1;
+        self.out.bytes += len as u64;
+        self.out.last_ack = Some(now);
+        self.shared.acked.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .acked_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
+/// How a writer waits for an acknowledgement.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Blocks its thread ([`Pending::wait`]).
+    Block,
+    /// `.await`s it ([`Pending::wait_async`]), yielding its runtime thread.
+    Await,
+}
+
+/// Keeps `queue_depth` appends outstanding until the job ends, recording each
+/// acknowledgement's latency. Runs as a task, or on a thread under [`block_on`].
+async fn writer_loop(
+    mut wr: Writer<'_>,
+    engine: &dyn engine::Engine,
+    queue_depth: usize,
+    how: Wait,
+) -> WriterOut {
+    let w = wr.w;
+    let mut queue: VecDeque<(Instant, bool, usize, Pending)> = VecDeque::with_capacity(queue_depth);
     loop {
         while queue.len() < queue_depth {
-            let Some(measured) = shared.next_issue() else {
+            let Some((measured, len, data)) = wr.issue() else {
                 break;
             };
-            let len = match size {
-                RecordSize::Fixed(n) => n,
-                RecordSize::Range { min, max } => min + rng.below(max - min + 1),
-            };
-            let off = rng.below(span) & !7;
-            let data = pool.slice(off..off + len);
             let started = Instant::now();
             let p = engine.append(w, data);
             queue.push_back((started, measured, len, p));
@@ -213,28 +263,99 @@ fn writer_loop(
         let Some((started, measured, len, p)) = queue.pop_front() else {
             break;
         };
-        if let Err(e) = p.wait() {
-            shared.fail(format!("writer {w}: append failed: {e}"));
+        let r = match how {
+            Wait::Block => p.wait(),
+            Wait::Await => p.wait_async().await,
+        };
+        if let Err(e) = r {
+            wr.shared.fail(format!("writer {w}: append failed: {e}"));
             for (_, _, _, p) in queue.drain(..) {
-                let _ = p.wait();
+                let _ = match how {
+                    Wait::Block => p.wait(),
+                    Wait::Await => p.wait_async().await,
+                };
             }
             break;
         }
         let now = Instant::now();
-        record(measured, len, started, now);
+        wr.acked(measured, len, started, now);
         // Acks come in order: later appends already done were acknowledged by now too.
         while queue.front().is_some_and(|q| q.3.is_done()) {
             let Some((started, measured, len, p)) = queue.pop_front() else {
                 break;
             };
             if let Err(e) = p.wait() {
-                shared.fail(format!("writer {w}: append failed: {e}"));
+                wr.shared.fail(format!("writer {w}: append failed: {e}"));
                 break;
             }
-            record(measured, len, started, now);
+            wr.acked(measured, len, started, now);
         }
     }
-    out
+    wr.out
+}
+
+/// Runs a future that never returns `Pending` (a [`Wait::Block`] writer loop,
+/// whose every wait blocks the thread instead).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(&waker);
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("a blocking writer loop never yields"),
+    }
+}
+
+/// Runs the job's writers as tasks on a tokio runtime with `workers` threads, each
+/// `.await`ing its acknowledgements, and returns their outcomes.
+fn run_tasks(
+    workers: usize,
+    spec: &JobSpec,
+    engine: &Arc<Box<dyn engine::Engine>>,
+    shared: &Arc<Shared>,
+    hists: &Arc<Vec<Mutex<Histogram<u64>>>>,
+    pool: &Bytes,
+) -> Vec<WriterOut> {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("bench-worker")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            shared.fail(format!("starting the async runtime: {e}"));
+            return Vec::new();
+        }
+    };
+    let tasks: Vec<_> = (0..spec.writers)
+        .map(|w| {
+            let (engine, shared, hists, pool) = (
+                Arc::clone(engine),
+                Arc::clone(shared),
+                Arc::clone(hists),
+                pool.clone(),
+            );
+            let (size, queue_depth) = (spec.record_size, spec.queue_depth);
+            rt.spawn(async move {
+                let wr = Writer::new(w, &shared, &hists[w % hists.len()], &pool, size);
+                writer_loop(wr, engine.as_ref().as_ref(), queue_depth, Wait::Await).await
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        let mut outs = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.await {
+                Ok(out) => outs.push(out),
+                Err(e) => shared.fail(format!("writer task: {e}")),
+            }
+        }
+        outs
+    })
 }
 
 /// Directory of job `index` inside the spec's `--dir`.
@@ -260,15 +381,16 @@ pub fn run_job(
 ) -> Result<JobResult, String> {
     let dir = job_dir(spec, index);
     prepare_dir(&dir)?;
-    let engine = engine::open(spec, &dir)?;
+    let engine: Arc<Box<dyn engine::Engine>> = Arc::new(engine::open(spec, &dir)?);
     let backend = engine.backend();
+    let direct_io = engine.direct_io();
     let pool = payload_pool(spec.record_size.max());
     // A few shared shards rather than one histogram per writer: each histogram is
     // ~230 KB, which at 256 writers would dominate the peak RSS being measured.
     let shards = spec.writers.min(HIST_SHARDS);
-    let hists: Vec<Mutex<Histogram<u64>>> =
-        (0..shards).map(|_| Mutex::new(new_histogram())).collect();
-    let shared = Shared {
+    let hists: Arc<Vec<Mutex<Histogram<u64>>>> =
+        Arc::new((0..shards).map(|_| Mutex::new(new_histogram())).collect());
+    let shared = Arc::new(Shared {
         phase: AtomicU8::new(if spec.warmup.is_zero() {
             MEASURE
         } else {
@@ -282,36 +404,47 @@ pub fn run_job(
         acked: AtomicU64::new(0),
         acked_bytes: AtomicU64::new(0),
         error: Mutex::new(None),
-    };
+    });
     sys::reset_peak_rss();
 
     let mut before_counters = engine.counters();
     let mut before_cpu = sys::cpu_sample();
     let mut start = Instant::now();
-    let engine_ref: &dyn engine::Engine = engine.as_ref();
+    let engine_ref: &dyn engine::Engine = engine.as_ref().as_ref();
+    // Every handle yields the outcomes of the writers it ran: one for a writer
+    // thread, all of them for the thread driving an async runtime.
     let outs: Vec<WriterOut> = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(spec.writers);
-        for w in 0..spec.writers {
-            let (shared, pool, hist) = (&shared, &pool, &hists[w % shards]);
-            let h = std::thread::Builder::new()
-                .name(format!("bench-writer-{w}"))
-                .stack_size(256 * 1024)
-                .spawn_scoped(s, move || {
-                    writer_loop(
-                        w,
-                        engine_ref,
-                        shared,
-                        hist,
-                        pool,
-                        spec.record_size,
-                        spec.queue_depth,
-                    )
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    shared.fail(format!("spawning writer {w}: {e}"));
-                    break;
+        if let Some(workers) = spec.async_workers {
+            let (engine, shared, hists, pool) = (
+                Arc::clone(&engine),
+                Arc::clone(&shared),
+                Arc::clone(&hists),
+                pool.clone(),
+            );
+            handles
+                .push(s.spawn(move || run_tasks(workers, spec, &engine, &shared, &hists, &pool)));
+        } else {
+            for w in 0..spec.writers {
+                let (shared, pool, hist) = (&*shared, &pool, &hists[w % shards]);
+                let h = std::thread::Builder::new()
+                    .name(format!("bench-writer-{w}"))
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, move || {
+                        let wr = Writer::new(w, shared, hist, pool, spec.record_size);
+                        vec![block_on(writer_loop(
+                            wr,
+                            engine_ref,
+                            spec.queue_depth,
+                            Wait::Block,
+                        ))]
+                    });
+                match h {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        shared.fail(format!("spawning writer {w}: {e}"));
+                        break;
+                    }
                 }
             }
         }
@@ -328,13 +461,7 @@ pub fn run_job(
         monitor(index, spec, &shared, &hists, start, progress);
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or(WriterOut {
-                    records: 0,
-                    bytes: 0,
-                    last_ack: None,
-                })
-            })
+            .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
     let after_counters = engine.counters();
@@ -345,7 +472,9 @@ pub fn run_job(
         .filter_map(|o| o.last_ack)
         .max()
         .unwrap_or(start);
-    let close = engine.close();
+    let close = Arc::try_unwrap(engine)
+        .map_err(|_| "an engine handle outlived its writers".to_string())?
+        .close();
     if let Some(e) = shared
         .error
         .lock()
@@ -356,6 +485,8 @@ pub fn run_job(
     }
     close?;
 
+    let hists = Arc::try_unwrap(hists)
+        .map_err(|_| "a histogram handle outlived its writers".to_string())?;
     let mut hist = new_histogram();
     for h in hists {
         let h = h.into_inner().unwrap_or_else(PoisonError::into_inner);
@@ -372,6 +503,7 @@ pub fn run_job(
         spec: spec.clone(),
         dir,
         backend,
+        direct_io,
         elapsed: end.saturating_duration_since(start),
         records: outs.iter().map(|o| o.records).sum(),
         bytes: outs.iter().map(|o| o.bytes).sum(),

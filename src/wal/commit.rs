@@ -1083,7 +1083,7 @@ impl Committer {
             // Registered buffers must outlive the ring: leak the ring's owner too.
             let backend = std::mem::replace(
                 &mut self.backend,
-                Box::new(super::backend::std_backend::StdBackend::new()),
+                Box::new(super::backend::std_backend::StdBackend::new(false)),
             );
             std::mem::forget(backend);
         }

@@ -156,12 +156,14 @@ pub struct WalConfig {
     pub max_in_flight: usize,
     /// Handling of mid-log corruption during recovery. Default: `strict`.
     pub recovery_mode: RecoveryMode,
-    /// Whether the `uring` backend writes with `O_DIRECT` (bypassing the page cache).
+    /// Whether WAL files are written with `O_DIRECT` (bypassing the page cache).
     /// Unset: on for `every_write` (each acknowledgement waits for the device anyway,
     /// and O_DIRECT saves a memory copy), off for `interval` and `os_default` (an
     /// acknowledgement then only waits for the page cache, ~5 µs instead of a device
-    /// write, and the periodic fdatasync writes back in large runs). The `std`
-    /// backend always writes through the page cache. Default: unset.
+    /// write, and the periodic fdatasync writes back in large runs). Linux only; the
+    /// `std` backend falls back to the page cache where the filesystem refuses
+    /// `O_DIRECT`, `auto` falls back to `std`. [`crate::wal::Wal::direct_io`] tells
+    /// what is in use. Default: unset.
     pub direct_io: Option<bool>,
     /// How long the idle commit thread polls for the next append before sleeping,
     /// in microseconds; trades a little CPU for single-producer latency. 0 disables.
@@ -199,7 +201,7 @@ impl WalConfig {
     /// Smallest accepted `max_file_size`.
     pub const MIN_FILE_SIZE: u64 = 64 * 1024;
 
-    /// Whether the `uring` backend opens files with `O_DIRECT` (see [`WalConfig::direct_io`]).
+    /// Whether the backend is asked to open files with `O_DIRECT` (see [`WalConfig::direct_io`]).
     pub fn uses_direct_io(&self) -> bool {
         self.direct_io
             .unwrap_or(self.sync_mode == SyncMode::EveryWrite)

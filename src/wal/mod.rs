@@ -79,6 +79,7 @@ struct Handle {
     tx: Sender<Request>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: BackendKind,
+    direct_io: bool,
     /// The directory lock; released as soon as the WAL is closed, even while other
     /// handles still exist, so the directory can be reopened.
     lock: Mutex<Option<File>>,
@@ -361,6 +362,7 @@ impl Wal {
         ));
         let backend = make_backend(&config, &current)?;
         let kind = backend.kind();
+        let direct_io = backend.direct_io();
         let (tx, rx) = crossbeam_channel::unbounded();
         let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size);
         let committer = Committer::new(
@@ -381,7 +383,7 @@ impl Wal {
             .spawn(move || committer.run())
             .map_err(|e| Error::io("spawn commit thread", &dir, e))?;
         tracing::info!(
-            dir = %dir.display(), backend = %kind, sync_mode = %config.sync_mode,
+            dir = %dir.display(), backend = %kind, direct_io, sync_mode = %config.sync_mode,
             checkpoint, last_sequence = scan.last_sequence, next = next_seq, "opened WAL"
         );
         // Files older than the checkpoint hold nothing to replay.
@@ -397,6 +399,7 @@ impl Wal {
                 tx,
                 thread: Mutex::new(Some(thread)),
                 backend: kind,
+                direct_io,
                 lock: Mutex::new(Some(lock)),
             }),
         };
@@ -597,6 +600,12 @@ impl Wal {
     /// The backend in use (`Uring` or `Std`, never `Auto`).
     pub fn backend(&self) -> BackendKind {
         self.inner.backend
+    }
+
+    /// Whether the WAL's files are written with `O_DIRECT` (see
+    /// [`WalConfig::direct_io`]); false where the filesystem refused it.
+    pub fn direct_io(&self) -> bool {
+        self.inner.direct_io
     }
 
     /// The WAL directory.

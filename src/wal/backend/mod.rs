@@ -58,6 +58,11 @@ pub(crate) trait Backend: Send {
     /// Operations submitted but not reaped.
     fn in_flight(&self) -> usize;
 
+    /// Whether the active file is written with `O_DIRECT`.
+    fn direct_io(&self) -> bool {
+        false
+    }
+
     /// Registers the commit thread's buffer pool with the kernel, where supported.
     /// The buffers must outlive the backend.
     fn register_buffers(&mut self, _bufs: &mut [AlignedBuf]) -> Result<()> {
@@ -79,7 +84,7 @@ pub(crate) fn create(
     };
     match kind {
         BackendKind::Std => {
-            let mut b = std_backend::StdBackend::new();
+            let mut b = std_backend::StdBackend::new(direct);
             b.open(path)?;
             Ok(Box::new(b))
         }
@@ -109,8 +114,8 @@ pub(crate) fn create(
                     }
                 }
             }
-            let _ = (ring_entries, direct);
-            let mut b = std_backend::StdBackend::new();
+            let _ = ring_entries;
+            let mut b = std_backend::StdBackend::new(direct);
             b.open(path)?;
             Ok(Box::new(b))
         }

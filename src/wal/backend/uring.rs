@@ -370,4 +370,8 @@ impl Backend for UringBackend {
     fn in_flight(&self) -> usize {
         self.pending.len() + self.inline_done.len()
     }
+
+    fn direct_io(&self) -> bool {
+        self.direct
+    }
 }
