@@ -194,3 +194,100 @@ fn syncs_answered(wal: &Wal) {
         .expect("a sync() was never answered");
     assert!(wal.durable_sequence() >= 1);
 }
+
+fn plain_disk() -> SimDisk {
+    SimDisk::new(SimPlan {
+        seed: 7,
+        crash_after_ops: None,
+        fault: None,
+        short_write_pct: 0,
+    })
+}
+
+/// The model itself: a power loss keeps the entries of the last directory fsync
+/// plus the chosen prefix of the changes made since, and refuses changes after
+/// the simulated crash.
+#[test]
+fn power_loss_undoes_directory_changes_made_since_the_last_directory_fsync() {
+    use streamline::wal::files;
+    for keep in 0..=2 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"a").unwrap();
+        let disk = plain_disk();
+        disk.watch_dir(&dir).unwrap();
+        files::write_atomic(&dir.join("checkpoint.json"), b"{}").unwrap(); // fsyncs the directory
+        files::rename(&dir.join("a"), &dir.join("b")).unwrap();
+        files::rename(&dir.join("b"), &dir.join("c")).unwrap();
+        disk.power_loss_keeping(false, Some(keep)).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let expect = ["a", "b", "c"][keep];
+        assert_eq!(names, vec![expect, "checkpoint.json"], "keeping {keep}");
+        assert_eq!(std::fs::read(dir.join(expect)).unwrap(), b"a");
+        assert_eq!(disk.stats().meta_ops_undone, 2 - keep as u64);
+        assert!(!root.path().join("wal.sim-ns").exists(), "shadow removed");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = plain_disk();
+    disk.watch_dir(dir.path()).unwrap();
+    disk.crash_now();
+    let e = files::write_atomic(&dir.path().join("checkpoint.json"), b"{}").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(!dir.path().join("checkpoint.tmp").exists());
+}
+
+/// A retired file is renamed to `recycle-N.wal` and later rewritten as another
+/// file's `next.wal`. If the rewrite could reach the disk while the retiring rename
+/// did not, a power loss would bring back `0000000N.wal` holding a header of
+/// another file, and recovery would refuse the directory as corrupt. The preparer
+/// now fsyncs the directory before it touches a recycled file's header.
+#[test]
+fn a_recycled_file_is_rewritten_only_after_its_retirement_is_durable() {
+    use streamline::wal::{
+        files::{self, Prealloc},
+        format::decode_file_header,
+    };
+    let size = WalConfig::MIN_FILE_SIZE;
+    for keep in [0, 1, 2, 3] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        std::fs::create_dir(&dir).unwrap();
+        let p = files::prepare_file(&dir, 3, size, Prealloc::ZeroFill).unwrap();
+        let archived = files::archived_path(&dir, 3);
+        files::rename(&p, &archived).unwrap();
+        files::sync_dir(&dir).unwrap();
+
+        let disk = plain_disk();
+        disk.watch_dir(&dir).unwrap();
+        // Retire (a checkpoint covered it), then prepare file 7 before the
+        // checkpoint's own directory fsync: the preparer runs concurrently.
+        files::retire(&dir, &archived, 3, size).unwrap();
+        let next = files::prepare_file(&dir, 7, size, Prealloc::ZeroFill).unwrap();
+        assert_eq!(
+            decode_file_header(&std::fs::read(&next).unwrap()[..BLOCK_SIZE])
+                .unwrap()
+                .file_number,
+            7,
+            "the recycled file was reused"
+        );
+        disk.power_loss_keeping(false, Some(keep)).unwrap();
+        if archived.exists() {
+            let h = decode_file_header(&std::fs::read(&archived).unwrap()[..BLOCK_SIZE]).unwrap();
+            assert_eq!(
+                h.file_number, 3,
+                "keeping {keep} changes: 00000003.wal came back with the header of file {}",
+                h.file_number
+            );
+        }
+        // Whatever survived, the directory opens.
+        let (wal, _) =
+            Wal::open(&dir, interval_config()).unwrap_or_else(|e| panic!("keeping {keep}: {e}"));
+        wal.close().unwrap();
+    }
+}

@@ -352,6 +352,11 @@ fn producer(
     out
 }
 
+/// Directory-entry changes recorded by the simulated disks, and how many of them
+/// power losses undid, over all seeds: the run must have exercised the model.
+static META_OPS: AtomicU64 = AtomicU64::new(0);
+static META_UNDONE: AtomicU64 = AtomicU64::new(0);
+
 fn run_seed(seed: u64, root: &Path) {
     let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xA5A5);
     let mode = match rng.below(20) {
@@ -538,6 +543,9 @@ fn run_seed(seed: u64, root: &Path) {
             let keep = rng.pct(20);
             disk.power_loss(keep).unwrap();
         }
+        let st = disk.stats();
+        META_OPS.fetch_add(st.meta_ops, Ordering::Relaxed);
+        META_UNDONE.fetch_add(st.meta_ops_undone, Ordering::Relaxed);
     }
     // Final: recover over the real std backend, append, and recover again.
     let what = format!("seed {seed} final");
@@ -675,11 +683,21 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
     });
     let _ = std::panic::take_hook();
     let failed = failed.into_inner().unwrap();
+    let (meta_ops, undone) = (
+        META_OPS.load(Ordering::Relaxed),
+        META_UNDONE.load(Ordering::Relaxed),
+    );
     eprintln!(
-        "sim: {total} seeds in {:.1}s, {} failed",
+        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses",
         started.elapsed().as_secs_f64(),
         failed.len()
     );
+    if total >= 100 {
+        assert!(
+            undone > 0,
+            "no power loss undid a directory change: the directory model was not exercised"
+        );
+    }
     assert!(
         failed.is_empty(),
         "failing seeds: {:?}",

@@ -963,8 +963,8 @@ impl Committer {
         };
         let current = dir.join(files::CURRENT);
         let archived = files::archived_path(&dir, self.file.number);
-        std::fs::rename(&current, &archived).map_err(|e| Error::io("rename", &current, e))?;
-        std::fs::rename(&prepared, &current).map_err(|e| Error::io("rename", &prepared, e))?;
+        files::rename(&current, &archived)?;
+        files::rename(&prepared, &current)?;
         // Both renames become durable together with the directory.
         files::sync_dir(&dir)?;
         self.backend.open(&current)?;

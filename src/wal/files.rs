@@ -1,5 +1,10 @@
 //! WAL file names, preparation (preallocation + header) and directory fsync.
 //!
+//! Every change to the directory's entries (creating, renaming and removing files,
+//! fsyncing the directory) goes through [`rename`], [`remove`], [`tracked`] and
+//! [`sync_dir`], so that the simulated disk (feature `sim`) can model which of
+//! them a power loss undoes.
+//!
 //! ```text
 //! <dir>/current.wal     active file
 //! <dir>/00000001.wal    archived files, named by file number
@@ -53,9 +58,9 @@ pub fn retire(dir: &Path, path: &Path, number: u64, size: u64) -> Result<()> {
         .len();
     if len == size && list_recycled(dir)?.len() < MAX_RECYCLED {
         let dst = dir.join(format!("{RECYCLE_PREFIX}{number:08}.wal"));
-        return fs::rename(path, &dst).map_err(|e| Error::io("rename", path, e));
+        return rename(path, &dst);
     }
-    fs::remove_file(path).map_err(|e| Error::io("remove", path, e))
+    remove(path).map_err(|e| Error::io("remove", path, e))
 }
 
 /// Turns a recycled file of exactly `size` bytes into `next.wal` with a new header.
@@ -68,12 +73,17 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
             .map_err(|e| Error::io("stat", &old, e))?
             .len();
         if len != size {
-            fs::remove_file(&old).map_err(|e| Error::io("remove", &old, e))?;
+            remove(&old).map_err(|e| Error::io("remove", &old, e))?;
             continue;
         }
-        if fs::rename(&old, &tmp).is_err() {
+        if rename(&old, &tmp).is_err() {
             continue;
         }
+        // The header is about to change: the rename that retired this file (from
+        // its archived name) must be durable first, or a power loss could bring the
+        // archived name back over a header naming another file, which recovery
+        // rightly calls corrupt.
+        sync_dir(dir)?;
         let f = OpenOptions::new()
             .write(true)
             .open(&tmp)
@@ -85,7 +95,7 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
         drop_cached_pages(&f);
         drop(f);
         let dst = dir.join(NEXT);
-        fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
+        rename(&tmp, &dst)?;
         return Ok(Some(dst));
     }
     Ok(None)
@@ -140,14 +150,77 @@ pub fn list_archived(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// fsyncs a directory so that creations, renames and deletions in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let d = File::open(dir).map_err(|e| Error::io("open dir", dir, e))?;
-        d.sync_all().map_err(|e| Error::io("fsync dir", dir, e))?;
+    tracked(MetaOp::SyncDir(dir), || {
+        #[cfg(unix)]
+        File::open(dir)?.sync_all()?;
+        #[cfg(not(unix))]
+        let _ = dir;
+        Ok(())
+    })
+    .map_err(|e| Error::io("fsync dir", dir, e))
+}
+
+/// Creates `dir` and any missing parents, fsyncing the parent of every directory
+/// it created: a new WAL directory must not vanish with a power loss after its
+/// first acknowledged entry.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
     }
-    #[cfg(not(unix))]
-    let _ = dir;
+    fs::create_dir_all(dir).map_err(|e| Error::io("create_dir_all", dir, e))?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     Ok(())
+}
+
+/// A change to a directory entry of the WAL (see the module docs).
+// Only the simulated disk reads the paths.
+#[cfg_attr(not(all(unix, any(test, feature = "sim"))), allow(dead_code))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MetaOp<'a> {
+    /// A file is created (or truncated) at this path.
+    Create(&'a Path),
+    /// A rename within one directory.
+    Rename(&'a Path, &'a Path),
+    /// A file is removed.
+    Remove(&'a Path),
+    /// The directory is fsynced.
+    SyncDir(&'a Path),
+}
+
+/// Performs the directory-entry operation `op` with `f`. Under the simulated disk a
+/// watched directory refuses it after the simulated crash and records it otherwise.
+pub(crate) fn tracked<T>(
+    op: MetaOp<'_>,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    #[cfg(all(unix, any(test, feature = "sim")))]
+    return super::backend::sim::meta_tracked(op, f);
+    #[cfg(not(all(unix, any(test, feature = "sim"))))]
+    {
+        let _ = op;
+        f()
+    }
+}
+
+/// Renames `from` to `to` (same directory).
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    tracked(MetaOp::Rename(from, to), || fs::rename(from, to))
+        .map_err(|e| Error::io("rename", from, e))
+}
+
+/// Removes the file `path`; the caller decides whether `NotFound` matters.
+pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
+    tracked(MetaOp::Remove(path), || fs::remove_file(path))
 }
 
 /// How a new file's space is reserved.
@@ -187,13 +260,15 @@ pub fn prepare_file_until(
     }
     let tmp = dir.join(NEXT_TMP);
     let dst = dir.join(NEXT);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
+    let mut f = tracked(MetaOp::Create(&tmp), || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+    })
+    .map_err(|e| Error::io("create", &tmp, e))?;
     reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
     let mut block = vec![0u8; BLOCK_SIZE];
     encode_file_header(&mut block, number, now_ms());
@@ -222,7 +297,7 @@ pub fn prepare_file_until(
     f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     drop_cached_pages(&f);
     drop(f);
-    fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &tmp, e))?;
+    rename(&tmp, &dst)?;
     Ok(dst)
 }
 
@@ -314,7 +389,7 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
 pub fn remove_prepared(dir: &Path) -> Result<()> {
     for name in [NEXT, NEXT_TMP] {
         let p = dir.join(name);
-        match fs::remove_file(&p) {
+        match remove(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &p, e)),
@@ -327,12 +402,13 @@ pub fn remove_prepared(dir: &Path) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let mut f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
+        .map_err(|e| Error::io("create", &tmp, e))?;
     f.write_all(bytes)
         .map_err(|e| Error::io("write", &tmp, e))?;
     f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    rename(&tmp, path)?;
     // The rename is durable only once the directory entry is.
     sync_dir(dir)
 }

@@ -237,8 +237,9 @@ impl Wal {
         })
     }
 
-    /// Opens the WAL with all data-file I/O going through the simulated disk `disk`
-    /// (see [`sim`]); otherwise exactly [`Wal::open`].
+    /// Opens the WAL with all data-file I/O going through the simulated disk `disk`,
+    /// which also models the directory's entries from now on (see [`sim`]);
+    /// otherwise exactly [`Wal::open`].
     ///
     /// # Errors
     /// As [`Wal::open`].
@@ -248,6 +249,7 @@ impl Wal {
         config: WalConfig,
         disk: &sim::SimDisk,
     ) -> Result<(Wal, Recovery)> {
+        disk.watch_dir(dir.as_ref())?;
         Self::open_with(dir.as_ref(), config, |_, path| {
             let mut b = disk.backend();
             backend::Backend::open(&mut b, path)?;
@@ -262,7 +264,7 @@ impl Wal {
     ) -> Result<(Wal, Recovery)> {
         config.validate()?;
         let dir = dir.to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        files::create_dir_durable(&dir)?;
         let lock = files::lock_dir(&dir)?;
         files::remove_prepared(&dir)?;
         let scan = recovery::scan_dir(&dir, config.recovery_mode)?;
@@ -310,8 +312,7 @@ impl Wal {
                 }
                 if need_new_file {
                     let archived = files::archived_path(&dir, last.number);
-                    std::fs::rename(&current, &archived)
-                        .map_err(|e| Error::io("rename", &current, e))?;
+                    files::rename(&current, &archived)?;
                     files::sync_dir(&dir)?;
                     last.path = archived;
                 }
@@ -335,7 +336,7 @@ impl Wal {
                 config.max_file_size,
                 files::Prealloc::ZeroFill,
             )?;
-            std::fs::rename(&p, &current).map_err(|e| Error::io("rename", &p, e))?;
+            files::rename(&p, &current)?;
             files::sync_dir(&dir)?;
             tracing::info!(file = number, dir = %dir.display(), "created WAL file");
         }

@@ -27,21 +27,33 @@
 //! fault schedule (thread scheduling of the producers is not part of the seed).
 //!
 //! The sim reports itself as [`BackendKind::Std`]: it stands in for a backend with
-//! the std backend's contract. File preparation, renames and directory fsyncs are
-//! done by `files.rs` with plain std calls and are not modelled: they complete
-//! durably before the engine relies on them.
+//! the std backend's contract.
+//!
+//! Directory entries are modelled too. [`crate::wal::Wal::open_sim`] watches the WAL
+//! directory: every create, rename and remove the engine makes there (all of them
+//! go through `files::tracked`) is recorded, and every directory fsync makes the
+//! entries as they are durable (hard links to them are kept in a sibling directory
+//! `<dir>.sim-ns`). [`SimDisk::power_loss`] then puts the directory back to its
+//! last fsynced entries plus a prefix of the changes since — none, all, or any
+//! number in between — as a small directory, written back as one block, survives
+//! a crash. After the simulated crash the directory refuses further changes, like
+//! a dead process. The contents of files written outside the backend (preparation,
+//! headers, `checkpoint.json`) are not modelled: the engine fsyncs each before it
+//! renames it into place.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    fs::{File, OpenOptions},
+    ffi::OsString,
+    fs::{self, File, OpenOptions},
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, Weak},
 };
 
 use super::{Backend, Done, Op};
 use crate::error::{Error, Result};
 use crate::wal::config::BackendKind;
+use crate::wal::files::MetaOp;
 use crate::wal::format::{BatchKind, BATCH_HEADER_LEN};
 
 /// Sector size of the simulated disk: the unit of tearing.
@@ -110,6 +122,10 @@ pub struct SimStats {
     pub sectors_rolled_back: u64,
     /// Whether the simulated crash happened.
     pub crashed: bool,
+    /// Directory-entry changes recorded in the watched directory.
+    pub meta_ops: u64,
+    /// Of the changes not yet fsynced at the last power loss, how many it undid.
+    pub meta_ops_undone: u64,
 }
 
 /// splitmix64: small, fast, and good enough to drive a fault schedule (the sim
@@ -166,6 +182,10 @@ struct DiskState {
     fault_armed: Option<Fault>,
     /// Highest sequence of any write submitted so far.
     last_submitted: u64,
+    /// The watched directory's entries.
+    ns: Option<Namespace>,
+    /// The first failure to record a directory change (reported by `power_loss`).
+    ns_error: Option<String>,
 }
 
 /// The simulated disk, shared by the backends it creates and the test driving it.
@@ -201,6 +221,8 @@ impl SimDisk {
             injected: None,
             fault_armed: None,
             last_submitted: 0,
+            ns: None,
+            ns_error: None,
         };
         SimDisk {
             state: Arc::new(Mutex::new(state)),
@@ -241,15 +263,70 @@ impl SimDisk {
         self.lock().stats.crashed = true;
     }
 
-    /// Applies the power-loss model to every file written through this disk: each
-    /// unsynced sector gets its durable content or one of its unsynced versions.
-    /// With `keep_cache`, every sector keeps its newest version instead (a process
-    /// crash without power loss). Call only after the WAL using the disk is closed.
+    /// Models the directory entries of `dir` from now on (see the module docs);
+    /// its present entries count as durable. [`SimDisk::power_loss`] ends the watch.
     ///
     /// # Errors
-    /// I/O errors from rewriting sectors.
+    /// I/O errors creating the directory or its shadow.
+    pub fn watch_dir(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create_dir_all", dir, e))?;
+        let ns = Namespace::watch(dir).map_err(|e| Error::io("sim: watch directory", dir, e))?;
+        self.lock().ns = Some(ns);
+        let mut w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+        w.retain(|(p, d)| p != dir && d.strong_count() > 0);
+        w.push((dir.to_path_buf(), Arc::downgrade(&self.state)));
+        Ok(())
+    }
+
+    /// Applies the power-loss model to every file written through this disk: each
+    /// unsynced sector gets its durable content or one of its unsynced versions,
+    /// and the watched directory gets its fsynced entries plus a random prefix of
+    /// the changes since. With `keep_cache`, every sector keeps its newest version
+    /// and the directory stays as it is instead (a process crash without power
+    /// loss). Ends the directory watch. Call only after the WAL using the disk is
+    /// closed. Returns the number of sectors rolled back.
+    ///
+    /// # Errors
+    /// I/O errors from rewriting sectors or entries; a directory change that could
+    /// not be recorded.
     pub fn power_loss(&self, keep_cache: bool) -> Result<u64> {
+        self.power_loss_keeping(keep_cache, None)
+    }
+
+    /// [`SimDisk::power_loss`], keeping exactly `meta_prefix` of the directory
+    /// changes made since its last fsync (all of them when it is larger), when given.
+    ///
+    /// # Errors
+    /// As [`SimDisk::power_loss`].
+    pub fn power_loss_keeping(&self, keep_cache: bool, meta_prefix: Option<usize>) -> Result<u64> {
         let mut s = self.lock();
+        if let Some(ns) = s.ns.take() {
+            WATCHED
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(p, _)| *p != ns.dir);
+            if let Some(e) = s.ns_error.take() {
+                return Err(Error::io(
+                    "sim: record directory change",
+                    &ns.dir,
+                    std::io::Error::other(e),
+                ));
+            }
+            if !keep_cache {
+                let n = ns.since.len();
+                let keep = meta_prefix.map_or_else(
+                    || match s.rng.below(3) {
+                        0 => 0,
+                        1 => n,
+                        _ => s.rng.below(n as u64 + 1) as usize,
+                    },
+                    |k| k.min(n),
+                );
+                ns.restore(keep)
+                    .map_err(|e| Error::io("sim power loss: restore entries", &ns.dir, e))?;
+                s.stats.meta_ops_undone = (n - keep) as u64;
+            }
+        }
         let DiskState {
             rng, files, stats, ..
         } = &mut *s;
@@ -380,6 +457,196 @@ impl DiskState {
             Fault::WriteEio | Fault::WriteEnospc | Fault::ShortWrite => has_write,
         };
         fits.then_some(f)
+    }
+}
+
+/// Watched directories and the disks modelling them.
+static WATCHED: Mutex<Vec<(PathBuf, Weak<Mutex<DiskState>>)>> = Mutex::new(Vec::new());
+
+/// The disk watching the directory `op` changes, if any.
+fn watcher(op: MetaOp<'_>) -> Option<Arc<Mutex<DiskState>>> {
+    let dir = match op {
+        MetaOp::SyncDir(d) => d,
+        MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent()?,
+    };
+    let w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    w.iter()
+        .find(|(p, _)| p == dir)
+        .and_then(|(_, d)| d.upgrade())
+}
+
+/// Makes the directory change `op` with `f` and records it, when a disk watches
+/// the directory; refuses it after that disk's simulated crash. The disk stays
+/// locked from the check to the record, so changes by concurrent threads (the
+/// preparer, a checkpoint, the commit thread) are recorded in the order they
+/// were made and a directory fsync sees none of them half done.
+pub(crate) fn meta_tracked<T>(
+    op: MetaOp<'_>,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let Some(disk) = watcher(op) else {
+        return f();
+    };
+    let mut st = disk.lock().unwrap_or_else(PoisonError::into_inner);
+    let st = &mut *st;
+    let Some(ns) = st.ns.as_mut() else {
+        return f();
+    };
+    if st.stats.crashed {
+        return Err(io_err(
+            libc::EIO,
+            "directory change after the simulated crash",
+        ));
+    }
+    let out = f()?;
+    st.stats.meta_ops += 1;
+    if let Err(e) = ns.record(op) {
+        st.ns_error.get_or_insert_with(|| format!("{op:?}: {e}"));
+    }
+    Ok(out)
+}
+
+/// Left alone by the model: the directory lock is not part of the WAL's state.
+const UNTRACKED: &str = "LOCK";
+
+/// One change to a directory entry since the last directory fsync.
+enum NsOp {
+    /// A file was created at `name`; its inode is linked in the shadow as `op-<id>`.
+    Link {
+        name: OsString,
+        id: u64,
+    },
+    Rename {
+        from: OsString,
+        to: OsString,
+    },
+    Remove {
+        name: OsString,
+    },
+}
+
+/// The model of one watched directory's entries.
+struct Namespace {
+    dir: PathBuf,
+    /// Sibling directory holding hard links to every inode the model may restore.
+    shadow: PathBuf,
+    /// Entry names durable as of the last directory fsync (`snap-<name>` in the shadow).
+    durable: Vec<OsString>,
+    /// Changes since, in order.
+    since: Vec<NsOp>,
+    next_id: u64,
+}
+
+fn name_of(p: &Path) -> OsString {
+    p.file_name().unwrap_or_default().to_os_string()
+}
+
+fn snap_name(name: &OsString) -> OsString {
+    let mut s = OsString::from("snap-");
+    s.push(name);
+    s
+}
+
+fn remove_if_exists(p: &Path) -> std::io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Namespace {
+    fn watch(dir: &Path) -> std::io::Result<Self> {
+        let mut name = name_of(dir);
+        name.push(".sim-ns");
+        let shadow = dir.with_file_name(name);
+        if shadow.exists() {
+            fs::remove_dir_all(&shadow)?;
+        }
+        fs::create_dir_all(&shadow)?;
+        let mut ns = Namespace {
+            dir: dir.to_path_buf(),
+            shadow,
+            durable: Vec::new(),
+            since: Vec::new(),
+            next_id: 0,
+        };
+        ns.snapshot()?;
+        Ok(ns)
+    }
+
+    /// The directory was fsynced: its entries as they are now are durable.
+    fn snapshot(&mut self) -> std::io::Result<()> {
+        for e in fs::read_dir(&self.shadow)? {
+            fs::remove_file(e?.path())?;
+        }
+        self.durable.clear();
+        self.since.clear();
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            if !e.file_type()?.is_file() || e.file_name() == UNTRACKED {
+                continue;
+            }
+            fs::hard_link(e.path(), self.shadow.join(snap_name(&e.file_name())))?;
+            self.durable.push(e.file_name());
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, op: MetaOp<'_>) -> std::io::Result<()> {
+        match op {
+            MetaOp::SyncDir(_) => self.snapshot()?,
+            MetaOp::Create(p) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                fs::hard_link(p, self.shadow.join(format!("op-{id}")))?;
+                self.since.push(NsOp::Link {
+                    name: name_of(p),
+                    id,
+                });
+            }
+            MetaOp::Rename(a, b) => self.since.push(NsOp::Rename {
+                from: name_of(a),
+                to: name_of(b),
+            }),
+            MetaOp::Remove(p) => self.since.push(NsOp::Remove { name: name_of(p) }),
+        }
+        Ok(())
+    }
+
+    /// Puts the directory back to its durable entries plus the first `keep` changes.
+    fn restore(&self, keep: usize) -> std::io::Result<()> {
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() && e.file_name() != UNTRACKED {
+                fs::remove_file(e.path())?;
+            }
+        }
+        for n in &self.durable {
+            fs::hard_link(self.shadow.join(snap_name(n)), self.dir.join(n))?;
+        }
+        for op in &self.since[..keep] {
+            match op {
+                NsOp::Link { name, id } => {
+                    let to = self.dir.join(name);
+                    remove_if_exists(&to)?;
+                    fs::hard_link(self.shadow.join(format!("op-{id}")), to)?;
+                }
+                NsOp::Rename { from, to } => {
+                    let from = self.dir.join(from);
+                    if from.exists() {
+                        fs::rename(from, self.dir.join(to))?;
+                    }
+                }
+                NsOp::Remove { name } => remove_if_exists(&self.dir.join(name))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.shadow);
     }
 }
 
