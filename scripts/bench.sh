@@ -78,6 +78,11 @@ if [ "${SKIP_FIO:-0}" != 1 ] && command -v fio > /dev/null; then
     fio --name=bw --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=1m \
       --ioengine=io_uring --direct=1 --iodepth=32 --time_based --runtime=2 --ramp_time=0.5 \
       --output-format=json --output="$RAW/fio-bw-qd32-$rep.json" > /dev/null
+    # The ceiling for a cold recovery scan: the whole file read once from the device.
+    log "fio sequential read rep $rep"
+    fio --name=rd --filename="$FIO_FILE" --size=1g --rw=read --bs=4m \
+      --ioengine=io_uring --direct=1 --iodepth=4 \
+      --output-format=json --output="$RAW/fio-read-$rep.json" > /dev/null
   done
   rm -f "$FIO_FILE"
 fi

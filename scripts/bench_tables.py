@@ -107,6 +107,15 @@ def fio_summary(raw):
         bws.append(d["jobs"][0]["write"]["bw_bytes"] / 1e6)
     if bws:
         res["qd32"] = {"mb_s": median(bws), "reps": len(bws)}
+    reads = []
+    for p in sorted(glob.glob(f"{raw}/fio-read-*.json")):
+        try:
+            d = json.load(open(p))
+        except (ValueError, OSError):
+            continue
+        reads.append(d["jobs"][0]["read"]["bw_bytes"] / 1e6)
+    if reads:
+        res["read"] = {"mb_s": median(reads), "reps": len(reads)}
     return res
 
 
@@ -132,6 +141,8 @@ def main():
                          fmt(f["us_per_op"], 1), fmt(f["write_p50"], 1), fmt(f["sync_p50"], 1)])
     if "qd32" in fio:
         rows.append(["write, 1 MiB, O_DIRECT, io_uring iodepth 32, no sync", "–", fmt(fio["qd32"]["mb_s"], 1), "–", "–", "–"])
+    if "read" in fio:
+        rows.append(["sequential read of 1 GiB, 4 MiB, O_DIRECT, io_uring iodepth 4", "–", fmt(fio["read"]["mb_s"], 1), "–", "–", "–"])
     blocks["fio"] = table(["fio job", "IOPS", "MB/s", "µs per op (1/IOPS)", "write p50 µs", "fdatasync p50 µs"], rows)
 
     # with / without WAL
@@ -246,13 +257,16 @@ def main():
         r = j.get("recovery") or {}
         rec[(j["backend"], r.get("cold_cache", False))].append((j, r))
     rows = []
+    fio_read = fio.get("read", {}).get("mb_s")
     for (backend, cold), runs in sorted(rec.items()):
         m = lambda f: median([r.get(f) for _, r in runs])
         rows.append([backend, "dropped (device read)" if cold else "warm (page cache)", fmt(m("wal_bytes") / 1e6),
                      fmt(m("entries")), fmt(m("open_ms"), 1), fmt(m("replay_ms"), 1), fmt(m("scan_mb_per_sec")),
+                     ratio(m("scan_mb_per_sec"), fio_read) if cold else "–",
                      fmt(m("recovery_mb_per_sec")), fmt(median([j.get("mb_per_sec") for j, _ in runs]), 1), len(runs)])
     blocks["recovery"] = table(["written with", "page cache before reopen", "WAL MB", "entries", "open ms", "replay ms",
-                                "open (scan) MB/s", "open + replay MB/s", "write MB/s (os_default)", "runs"], rows)
+                                "open (scan) MB/s", "scan vs fio sequential read", "open + replay MB/s",
+                                "write MB/s (os_default)", "runs"], rows)
 
     # targets
     t = []
@@ -291,6 +305,9 @@ def main():
         s = median([r.get("scan_mb_per_sec") for _, r in runs])
         t.append([f"recovery scan ≥ 1 GB/s (1 GiB, {'cold' if cold else 'warm'} cache)", f"{fmt(s)} MB/s", ratio(s, 1000.0),
                   verdict(s, 1000.0, 1.0)])
+        if cold and fio_read:
+            t.append(["… the device's own ceiling: fio sequential read of 1 GiB (O_DIRECT, iodepth 4)",
+                      f"{fmt(s)} vs {fmt(fio_read)} MB/s", ratio(s, fio_read), "(context)"])
     for size in ["128", "1024"]:
         for w in [4, 16, 64, 256]:
             u = med(sc, ("streamline", "uring", "every_write", w, 1, size), "records_per_sec")
