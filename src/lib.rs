@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod file_at;
 #[cfg(unix)]
 pub mod huge_alloc;
 pub mod server;

@@ -7,7 +7,6 @@
 
 use std::{
     fs::File,
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -18,6 +17,7 @@ use std::{
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},

@@ -10,12 +10,12 @@
 
 use std::{
     fs::{File, OpenOptions},
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use crate::error::{Error, Result};
+use crate::file_at::FileAt;
 
 use super::batch::{self, BatchInfo, HEADER_LEN};
 

@@ -21,6 +21,7 @@ use std::{
 
 use super::format::{encode_file_header, BLOCK_SIZE};
 use crate::error::{Error, Result};
+use crate::file_at::FileAt;
 
 /// Name of the active file.
 pub const CURRENT: &str = "current.wal";
@@ -90,7 +91,8 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
             .map_err(|e| Error::io("open", &tmp, e))?;
         let mut block = vec![0u8; BLOCK_SIZE];
         encode_file_header(&mut block, number, now_ms());
-        write_all_at(&f, &block, 0).map_err(|e| Error::io("write header", &tmp, e))?;
+        f.write_all_at(&block, 0)
+            .map_err(|e| Error::io("write header", &tmp, e))?;
         f.sync_data().map_err(|e| Error::io("fdatasync", &tmp, e))?;
         drop_cached_pages(&f);
         drop(f);
@@ -106,19 +108,6 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-#[cfg(unix)]
-fn write_all_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(f, buf, off)
-}
-
-#[cfg(not(unix))]
-fn write_all_at(f: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = f;
-    f.seek(SeekFrom::Start(off))?;
-    f.write_all(buf)
 }
 
 /// Path of the archived file `number`.
@@ -445,6 +434,22 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
         return Err(Error::io("flock", &path, e));
     }
     Ok(f)
+}
+
+/// Creates `<dir>/LOCK` and returns it open. Without `flock` (non-Unix builds) the
+/// lock is advisory only: it does not stop a second owner.
+///
+/// # Errors
+/// I/O errors naming the path.
+#[cfg(not(unix))]
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))
 }
 
 #[cfg(test)]

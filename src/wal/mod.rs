@@ -170,17 +170,6 @@ impl std::fmt::Debug for Recovery {
     }
 }
 
-#[cfg(not(unix))]
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))
-}
-
 /// Writes a seal batch at `offset` of `path` with plain I/O and fdatasyncs it.
 fn seal_in_place(
     path: &Path,
@@ -207,18 +196,8 @@ fn seal_in_place(
     // durable first, so that claim is true even if power fails before the seal's
     // own fdatasync.
     backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))?;
-    #[cfg(unix)]
-    std::os::unix::fs::FileExt::write_all_at(&f, &block, offset)
+    crate::file_at::FileAt::write_all_at(&f, &block, offset)
         .map_err(|e| Error::io("pwrite seal", path, e))?;
-    #[cfg(not(unix))]
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f2 = &f;
-        f2.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io("seek", path, e))?;
-        f2.write_all(&block)
-            .map_err(|e| Error::io("write seal", path, e))?;
-    }
     backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))
 }
 

@@ -27,6 +27,7 @@ use super::{
     },
 };
 use crate::error::{Error, Result};
+use crate::file_at::FileAt;
 
 /// How a file's log ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +126,8 @@ impl ChunkReader {
         if !have {
             let want = (len.max(CHUNK) as u64).min(self.len - off) as usize;
             self.buf.resize(want, 0);
-            read_exact_at(&self.file, &mut self.buf, off)
+            self.file
+                .read_exact_at(&mut self.buf, off)
                 .map_err(|e| Error::io("read", &self.path, e))?;
             // Overlap the device's read of what follows with validating this
             // chunk: a cold 1 GiB scan went from ~0.65 to ~1.0 GB/s (docs/engine.md).
@@ -138,25 +140,6 @@ impl ChunkReader {
         let s = (off - self.start) as usize;
         Ok(&self.buf[s..s + len])
     }
-}
-
-#[cfg(unix)]
-fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
-}
-
-#[cfg(windows)]
-fn read_exact_at(f: &File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = f.seek_read(buf, off)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf = &mut buf[n..];
-        off += n as u64;
-    }
-    Ok(())
 }
 
 /// Outcome of validating the batch at one offset.

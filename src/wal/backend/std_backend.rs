@@ -10,6 +10,7 @@ use std::{
 
 use super::{Backend, Done, Op};
 use crate::error::{Error, Result};
+use crate::file_at::FileAt;
 use crate::wal::config::BackendKind;
 
 pub(crate) struct StdBackend {
@@ -62,26 +63,6 @@ pub(crate) fn data_sync(file: &File) -> std::io::Result<()> {
     }
 }
 
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(buf, offset)
-}
-
-#[cfg(windows)]
-fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = file.seek_write(buf, offset)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
-
 impl StdBackend {
     /// Opens `path` as the active file with `open` (the real one, or a test's).
     fn open_via(
@@ -132,7 +113,8 @@ impl Backend for StdBackend {
                 len,
                 offset,
                 sync,
-            } => write_all_at(file, &buf.as_slice()[..len], offset)
+            } => file
+                .write_all_at(&buf.as_slice()[..len], offset)
                 .map_err(|e| Error::io("pwrite", path, e))
                 .and_then(|()| {
                     if sync {
