@@ -5,7 +5,7 @@ mod common;
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use common::{config, open, payload, BACKENDS};
+use common::{append_payloads, config, open, payload, BACKENDS};
 use streamline::{
     wal::{checkpoint, files::list_archived, SyncMode, Wal, WalConfig, WalReader},
     Error,
@@ -91,11 +91,7 @@ fn recovery_streams_entries_after_the_checkpoint_only() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
     let (wal, _) = open(dir.path(), cfg.clone());
-    for i in 0..100u64 {
-        wal.append("c", 0, Bytes::from(payload(i, 500)))
-            .wait()
-            .unwrap();
-    }
+    append_payloads(&wal, "c", 100, 500);
     wal.checkpoint(60).unwrap();
     drop(wal);
     let (_wal, rec) = open(dir.path(), cfg);
@@ -520,5 +516,197 @@ fn both_backends_write_with_o_direct_in_every_write_unless_configured_otherwise(
                 assert_eq!(&e.data[..], &payload(i as u64, 5000)[..]);
             }
         }
+    }
+}
+
+/// Copies the newest file's first batch block far past the end of its log, where
+/// only the probe that follows a log's end can see it.
+fn plant_stale_batch(dir: &std::path::Path) {
+    use streamline::file_at::FileAt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("current.wal"))
+        .unwrap();
+    let mut block = vec![0u8; 4096];
+    f.read_exact_at(&mut block, 4096).unwrap();
+    f.write_all_at(&block, 128 * 1024).unwrap();
+}
+
+fn newest(dir: &std::path::Path) -> streamline::wal::FileInfo {
+    WalReader::open(dir)
+        .unwrap()
+        .scan()
+        .files
+        .last()
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_clean_close_lets_the_next_open_skip_probing_the_rest_of_the_newest_file() {
+    use streamline::wal::{clean_close, Tail};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "c", 5, 1000);
+        wal.close().unwrap();
+        let marker = dir.path().join(clean_close::CLEAN_CLOSE_FILE);
+        let m = clean_close::load(dir.path())
+            .unwrap()
+            .expect("a clean close leaves the marker");
+        let cur = newest(dir.path());
+        assert_eq!(
+            (m.file_number, m.end, m.next_sequence),
+            (cur.number, cur.valid_end, 6),
+            "{backend}"
+        );
+
+        plant_stale_batch(dir.path());
+        // With the marker the scan trusts the close and reads no further.
+        let cur = newest(dir.path());
+        assert_eq!(cur.tail, Tail::Clean, "{backend}");
+        assert!(!cur.stale_after_end, "{backend}");
+        // Without it, as after a crash, the probe finds the planted batch.
+        let saved = std::fs::read(&marker).unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        let cur = newest(dir.path());
+        assert!(
+            cur.stale_after_end,
+            "{backend}: the probe missed a later batch"
+        );
+        assert!(matches!(cur.tail, Tail::Torn { .. }), "{backend}");
+
+        // Opening removes the marker before anything can be appended.
+        std::fs::write(&marker, &saved).unwrap();
+        let (wal, entries) = open(dir.path(), cfg.clone());
+        assert_eq!(entries.len(), 5, "{backend}");
+        assert!(!marker.exists(), "{backend}: open left the marker");
+        let seq = wal
+            .append("c", 0, Bytes::from(payload(5, 1000)))
+            .wait()
+            .unwrap();
+        assert_eq!(seq, 6);
+        assert!(!marker.exists(), "{backend}");
+        wal.close().unwrap();
+        let m = clean_close::load(dir.path()).unwrap().unwrap();
+        assert_eq!(m.next_sequence, 7, "{backend}");
+        let (wal, entries) = open(dir.path(), cfg);
+        assert_eq!(entries.len(), 6, "{backend}");
+        wal.close().unwrap();
+    }
+}
+
+#[test]
+fn a_clean_close_marker_that_does_not_match_is_ignored() {
+    use streamline::wal::clean_close::{self, CLEAN_CLOSE_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    append_payloads(&wal, "c", 3, 1000);
+    wal.close().unwrap();
+    plant_stale_batch(dir.path());
+    let marker = dir.path().join(CLEAN_CLOSE_FILE);
+    let m = clean_close::load(dir.path()).unwrap().unwrap();
+    let rewrite = |json: String| std::fs::write(&marker, json).unwrap();
+    for (what, json) in [
+        (
+            "another file",
+            format!(
+                r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
+                m.file_number + 1,
+                m.end,
+                m.next_sequence
+            ),
+        ),
+        (
+            "another end",
+            format!(
+                r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
+                m.file_number,
+                m.end + 4096,
+                m.next_sequence
+            ),
+        ),
+        (
+            "another sequence",
+            format!(
+                r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
+                m.file_number,
+                m.end,
+                m.next_sequence + 1
+            ),
+        ),
+        ("unknown version", r#"{"version":2}"#.to_string()),
+        ("garbage", "not json".to_string()),
+    ] {
+        rewrite(json);
+        assert!(
+            newest(dir.path()).stale_after_end,
+            "a marker with {what} was trusted"
+        );
+    }
+    // Opening still works, and ends the file that holds stale batches.
+    let (wal, entries) = open(dir.path(), cfg);
+    assert_eq!(entries.len(), 3);
+    assert!(!marker.exists());
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_prepared_next_file_survives_a_restart_and_is_used_when_it_fits() {
+    use std::os::unix::fs::MetadataExt;
+    use streamline::wal::{
+        files::{self, Prealloc},
+        format::decode_file_header,
+    };
+    let next_header = |dir: &std::path::Path| {
+        let b = std::fs::read(dir.join("next.wal")).unwrap();
+        decode_file_header(&b[..4096]).unwrap().file_number
+    };
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        wal.append("n", 0, Bytes::from_static(b"one"))
+            .wait()
+            .unwrap();
+        wal.close().unwrap(); // waits for the preparer
+        let next = dir.path().join("next.wal");
+        assert_eq!(next_header(dir.path()), 2, "{backend}");
+        let ino = std::fs::metadata(&next).unwrap().ino();
+
+        // Reopened, the WAL rotates into the very file prepared before the restart.
+        let (wal, entries) = open(dir.path(), cfg.clone());
+        assert_eq!(entries.len(), 1);
+        let before = wal.stats().rotations;
+        let mut i = 0;
+        while wal.stats().rotations == before {
+            wal.append("n", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
+            i += 1;
+        }
+        assert_eq!(
+            std::fs::metadata(dir.path().join("current.wal"))
+                .unwrap()
+                .ino(),
+            ino,
+            "{backend}: the kept next.wal became current.wal"
+        );
+        wal.close().unwrap();
+
+        // One that does not fit (another file number) is replaced.
+        std::fs::remove_file(&next).unwrap();
+        let p = files::prepare_file(dir.path(), 99, cfg.max_file_size, Prealloc::Reserve).unwrap();
+        assert_eq!(p, next);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        wal.close().unwrap();
+        assert_eq!(
+            next_header(dir.path()),
+            3,
+            "{backend}: a misfit next.wal was kept"
+        );
     }
 }

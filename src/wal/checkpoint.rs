@@ -29,10 +29,8 @@ pub struct Checkpoint {
 /// checkpoint is never half-replaced, so this means outside damage).
 pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
     let path = dir.join(CHECKPOINT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", &path, e)),
+    let Some(bytes) = super::files::read_if_exists(&path)? else {
+        return Ok(None);
     };
     let cp: Checkpoint = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(&path, 0, format!("checkpoint does not parse: {e}")))?;

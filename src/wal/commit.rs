@@ -998,6 +998,16 @@ impl Committer {
         self.core.closed.store(true, Ordering::Release);
         match self.flush_for_close() {
             Ok(()) => {
+                // Everything is durable and nothing follows: let the next open skip
+                // probing the rest of the file. Only a hint, so a failure just warns.
+                if let Err(e) = super::clean_close::store(
+                    &self.core.dir,
+                    self.file.number,
+                    self.file.offset,
+                    self.next_seq,
+                ) {
+                    tracing::warn!(error = %e, "could not record the clean close; the next open probes the newest file");
+                }
                 if let Some(d) = done {
                     d.complete(Ok(self.next_seq - 1));
                 }

@@ -10,6 +10,7 @@
 //! <dir>/00000001.wal    archived files, named by file number
 //! <dir>/next.wal        the next file, prepared ahead of rotation (holds no entries)
 //! <dir>/checkpoint.json
+//! <dir>/clean-close.json  the end of the log at the last clean close (see `clean_close`)
 //! ```
 
 use std::{
@@ -244,6 +245,9 @@ pub fn prepare_file_until(
     prealloc: Prealloc,
     stop: &AtomicBool,
 ) -> Result<PathBuf> {
+    if let Some(p) = already_prepared(dir, number, size)? {
+        return Ok(p);
+    }
     if let Some(p) = reuse_recycled(dir, number, size)? {
         return Ok(p);
     }
@@ -374,17 +378,51 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     f.set_len(size)
 }
 
-/// Removes leftovers of an interrupted preparation (they never hold entries).
-pub fn remove_prepared(dir: &Path) -> Result<()> {
-    for name in [NEXT, NEXT_TMP] {
-        let p = dir.join(name);
-        match remove(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &p, e)),
-        }
+/// A `next.wal` left by an earlier run (a clean close keeps the prepared file, and
+/// so does a crash between a rotation's renames) when it is file `number` of
+/// `size` bytes; removed when it is not. It is only ever renamed into place after
+/// its header and zero-fill were fsynced, so a complete one is as good as new.
+fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
+    let path = dir.join(NEXT);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", &path, e)),
+    };
+    let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    let mut block = vec![0u8; BLOCK_SIZE];
+    let fits = len == size
+        && f.read_exact_at(&mut block, 0).is_ok()
+        && super::format::decode_file_header(&block).is_ok_and(|h| h.file_number == number);
+    drop_cached_pages(&f);
+    drop(f);
+    if fits {
+        return Ok(Some(path));
     }
-    Ok(())
+    remove(&path).map_err(|e| Error::io("remove", &path, e))?;
+    Ok(None)
+}
+
+/// Removes leftovers of an interrupted preparation (they never hold entries). A
+/// complete `next.wal` stays: [`prepare_file`] reuses it when it fits.
+pub fn remove_prepared(dir: &Path) -> Result<()> {
+    let p = dir.join(NEXT_TMP);
+    match remove(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", &p, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The contents of `path`, or `None` when there is no such file.
+///
+/// # Errors
+/// Other I/O errors, naming the path.
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, directory fsync.

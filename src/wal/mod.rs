@@ -24,6 +24,7 @@
 mod backend;
 mod buffer;
 pub mod checkpoint;
+pub mod clean_close;
 mod commit;
 mod completion;
 mod config;
@@ -247,6 +248,9 @@ impl Wal {
         let lock = files::lock_dir(&dir)?;
         files::remove_prepared(&dir)?;
         let scan = recovery::scan_dir(&dir, config.recovery_mode)?;
+        // The clean-close marker describes the files as they are now; it must be
+        // gone for good before anything is written to them again.
+        clean_close::remove(&dir)?;
         let checkpoint = scan.checkpoint.map_or(0, |c| c.sequence);
         let mut next_seq = scan.next_sequence;
         let mut files = scan.files;

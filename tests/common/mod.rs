@@ -30,6 +30,19 @@ pub fn open(dir: &Path, cfg: WalConfig) -> (Wal, Vec<WalEntry>) {
     (wal, entries)
 }
 
+/// Appends `n` records of `payload(i, len)` (i = 0..n) to `topic`, each waited
+/// for; returns the last sequence.
+pub fn append_payloads(wal: &Wal, topic: &str, n: u64, len: usize) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        last = wal
+            .append(topic, 0, bytes::Bytes::from(payload(i, len)))
+            .wait()
+            .expect("append");
+    }
+    last
+}
+
 /// Deterministic payload for a sequence/index.
 pub fn payload(i: u64, len: usize) -> Vec<u8> {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
