@@ -50,6 +50,7 @@ fn inspect_dump_and_verify_a_healthy_wal() {
     let (code, out, err) = tool(&["inspect", d]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("checkpoint  sequence 10"), "{out}");
+    assert!(out.contains("last close  clean: file "), "{out}");
     assert!(
         out.contains("00000001.wal") && out.contains("current.wal"),
         "{out}"

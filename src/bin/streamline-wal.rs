@@ -127,6 +127,18 @@ fn inspect(dir: &Path) -> streamline::Result<()> {
         "sequences   last {} next {}",
         scan.last_sequence, scan.next_sequence
     );
+    match streamline::wal::clean_close::load(dir)? {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "last close  clean: file {} ended at byte {}, next sequence {}",
+                m.file_number, m.end, m.next_sequence
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last close  not recorded (open now, or it crashed)");
+        }
+    }
     let _ = writeln!(
         out,
         "{:<14} {:>6} {:>11} {:>21} {:>8} {:>8} {:>11}  tail",
