@@ -332,6 +332,8 @@ pub fn scan_file_after_close(
                 break;
             }
             Step::Bad(reason, zero) => {
+                // The probe reads the rest of the file, in whole chunks again.
+                r.limit_to(r.len);
                 let next = probe(&mut r, number, pos + BLOCK_SIZE as u64)?;
                 // Evidence that the bad bytes had been synced: a later batch of this
                 // file recorded a synced_through covering the sequence expected here.
