@@ -98,24 +98,16 @@ def fio_summary(raw):
                 "sync_p50": median(sp50),
                 "reps": len(iops),
             }
-    bws = []
-    for p in sorted(glob.glob(f"{raw}/fio-bw-qd32-*.json")):
-        try:
-            d = json.load(open(p))
-        except (ValueError, OSError):
-            continue
-        bws.append(d["jobs"][0]["write"]["bw_bytes"] / 1e6)
-    if bws:
-        res["qd32"] = {"mb_s": median(bws), "reps": len(bws)}
-    reads = []
-    for p in sorted(glob.glob(f"{raw}/fio-read-*.json")):
-        try:
-            d = json.load(open(p))
-        except (ValueError, OSError):
-            continue
-        reads.append(d["jobs"][0]["read"]["bw_bytes"] / 1e6)
-    if reads:
-        res["read"] = {"mb_s": median(reads), "reps": len(reads)}
+    for name, pattern, direction in [("qd32", "fio-bw-qd32-*.json", "write"), ("read", "fio-read-*.json", "read")]:
+        mbs = []
+        for p in sorted(glob.glob(f"{raw}/{pattern}")):
+            try:
+                d = json.load(open(p))
+            except (ValueError, OSError):
+                continue
+            mbs.append(d["jobs"][0][direction]["bw_bytes"] / 1e6)
+        if mbs:
+            res[name] = {"mb_s": median(mbs), "reps": len(mbs)}
     return res
 
 
