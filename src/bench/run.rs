@@ -241,6 +241,15 @@ enum Wait {
     Await,
 }
 
+impl Wait {
+    async fn wait(self, p: Pending) -> Result<(), String> {
+        match self {
+            Wait::Block => p.wait(),
+            Wait::Await => p.wait_async().await,
+        }
+    }
+}
+
 /// Keeps `queue_depth` appends outstanding until the job ends, recording each
 /// acknowledgement's latency. Runs as a task, or on a thread under [`block_on`].
 async fn writer_loop(
@@ -263,17 +272,10 @@ async fn writer_loop(
         let Some((started, measured, len, p)) = queue.pop_front() else {
             break;
         };
-        let r = match how {
-            Wait::Block => p.wait(),
-            Wait::Await => p.wait_async().await,
-        };
-        if let Err(e) = r {
+        if let Err(e) = how.wait(p).await {
             wr.shared.fail(format!("writer {w}: append failed: {e}"));
             for (_, _, _, p) in queue.drain(..) {
-                let _ = match how {
-                    Wait::Block => p.wait(),
-                    Wait::Await => p.wait_async().await,
-                };
+                let _ = how.wait(p).await;
             }
             break;
         }
@@ -416,14 +418,8 @@ pub fn run_job(
     let outs: Vec<WriterOut> = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(spec.writers);
         if let Some(workers) = spec.async_workers {
-            let (engine, shared, hists, pool) = (
-                Arc::clone(&engine),
-                Arc::clone(&shared),
-                Arc::clone(&hists),
-                pool.clone(),
-            );
-            handles
-                .push(s.spawn(move || run_tasks(workers, spec, &engine, &shared, &hists, &pool)));
+            let (engine, shared, hists, pool) = (&engine, &shared, &hists, &pool);
+            handles.push(s.spawn(move || run_tasks(workers, spec, engine, shared, hists, pool)));
         } else {
             for w in 0..spec.writers {
                 let (shared, pool, hist) = (&*shared, &pool, &hists[w % shards]);

@@ -70,6 +70,21 @@ pub(crate) trait Backend: Send {
     }
 }
 
+/// Opens the WAL file `path` for reading and writing, with `O_DIRECT` when `direct`
+/// (Linux; elsewhere `direct` is ignored). Files are close-on-exec, as std opens them.
+pub(crate) fn open_rw(path: &Path, direct: bool) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true);
+    #[cfg(target_os = "linux")]
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = direct;
+    opts.open(path)
+}
+
 /// Builds the backend for `kind`, opening `path` as the active file. `Auto` tries
 /// io_uring with O_DIRECT and falls back to std with one log line.
 pub(crate) fn create(

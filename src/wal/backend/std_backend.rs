@@ -4,11 +4,11 @@
 //! falls back to the page cache, with one warning, where the filesystem refuses it.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     path::{Path, PathBuf},
 };
 
-use super::{Backend, Done, Op};
+use super::{open_rw, Backend, Done, Op};
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 use crate::wal::config::BackendKind;
@@ -28,20 +28,6 @@ impl StdBackend {
             direct: direct && cfg!(target_os = "linux"),
         }
     }
-}
-
-/// Opens `path` for reading and writing, with `O_DIRECT` when `direct`.
-fn open_rw(path: &Path, direct: bool) -> std::io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true);
-    #[cfg(target_os = "linux")]
-    if direct {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_DIRECT);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = direct;
-    opts.open(path)
 }
 
 /// fdatasync, or its strongest equivalent on the platform.

@@ -10,8 +10,8 @@
 
 use std::{
     collections::HashMap,
-    fs::{File, OpenOptions},
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    fs::File,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -176,16 +176,7 @@ impl Backend for UringBackend {
 
     fn open(&mut self, path: &Path) -> Result<()> {
         debug_assert!(self.pending.is_empty(), "file switched with I/O in flight");
-        let flags = if self.direct {
-            libc::O_DIRECT | libc::O_CLOEXEC
-        } else {
-            libc::O_CLOEXEC
-        };
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(flags)
-            .open(path)
+        let f = super::open_rw(path, self.direct)
             .map_err(|e| Error::io(if self.direct { "open O_DIRECT" } else { "open" }, path, e))?;
         if self.direct {
             // Pages cached by recovery's scan would send every direct write over
