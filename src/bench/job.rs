@@ -243,13 +243,13 @@ pub struct JobArgs {
     /// WAL file size (`100M`, `1G`, ...). Default: 100 MiB
     #[arg(long, value_parser = bytes_u64)]
     pub max_file_size: Option<u64>,
-    /// Largest batch the commit thread writes at once. Default: 1 MiB
+    /// Largest batch the commit thread writes at once. Default: 256 KiB
     #[arg(long, value_parser = bytes_usize)]
     pub max_batch_bytes: Option<usize>,
     /// Cap on accepted but unacknowledged bytes. Default: 64 MiB
     #[arg(long, value_parser = bytes_usize)]
     pub max_pending_bytes: Option<usize>,
-    /// Batches in flight at once (streamline). Default: 4
+    /// Batches in flight at once (streamline). Default: 8
     #[arg(long)]
     pub max_in_flight: Option<usize>,
     /// Write with O_DIRECT (`true`/`false`). Default: the WAL's own choice (on for

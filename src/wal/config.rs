@@ -146,13 +146,15 @@ pub struct WalConfig {
     /// and this is `auto`).
     pub backend: BackendKind,
     /// Largest batch the commit thread assembles into one write, in bytes (rounded up
-    /// to the 4 KiB block). A single larger entry is written alone. Default: 1 MiB.
+    /// to the 4 KiB block). A single larger entry is written alone. Default: 256 KiB.
     pub max_batch_bytes: usize,
     /// Cap on bytes accepted but not yet acknowledged; producers block at the cap.
     /// Default: 64 MiB.
     pub max_pending_bytes: usize,
     /// Batches submitted to the disk but not yet completed at once (pipelining).
-    /// Default: 4.
+    /// Together with `max_batch_bytes` this bounds the bytes in flight: the disk
+    /// completes several durable writes at once much faster than one after another.
+    /// Default: 8.
     pub max_in_flight: usize,
     /// Handling of mid-log corruption during recovery. Default: `strict`.
     pub recovery_mode: RecoveryMode,
@@ -186,9 +188,9 @@ impl Default for WalConfig {
             max_file_size: 100 * 1024 * 1024,
             retention_files: 2,
             backend: BackendKind::Auto,
-            max_batch_bytes: 1024 * 1024,
+            max_batch_bytes: 256 * 1024,
             max_pending_bytes: 64 * 1024 * 1024,
-            max_in_flight: 4,
+            max_in_flight: 8,
             recovery_mode: RecoveryMode::Strict,
             idle_spin_us: 50,
             ack_spin_us: 500,
