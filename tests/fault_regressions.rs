@@ -242,6 +242,71 @@ fn power_loss_undoes_directory_changes_made_since_the_last_directory_fsync() {
     assert!(!dir.path().join("checkpoint.tmp").exists());
 }
 
+/// The model of files written outside the backend: their writes are cached per
+/// sector like the backend's, a power loss gives every unsynced sector its durable
+/// content or its written one (never anything else), a synced file keeps what was
+/// written, and writes fail after the simulated crash.
+#[test]
+fn power_loss_rolls_back_unsynced_writes_made_outside_the_backend() {
+    use std::fs::OpenOptions;
+    use streamline::wal::{files, sim::SECTOR};
+    let (old, new) = (vec![1u8; 8 * SECTOR], vec![2u8; 8 * SECTOR]);
+    let mut reverted = 0;
+    for seed in 0..16 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        std::fs::create_dir(&dir).unwrap();
+        let (synced, unsynced) = (dir.join("synced"), dir.join("unsynced"));
+        for p in [&synced, &unsynced] {
+            std::fs::write(p, &old).unwrap(); // durable: written before the watch
+        }
+        let disk = SimDisk::new(SimPlan {
+            seed,
+            crash_after_ops: None,
+            fault: None,
+            short_write_pct: 0,
+        });
+        disk.watch_dir(&dir).unwrap();
+        for p in [&synced, &unsynced] {
+            let f = OpenOptions::new().write(true).open(p).unwrap();
+            files::write_at(&f, p, 0, &new).unwrap();
+            if p == &synced {
+                files::sync_file(&f, p, true).unwrap();
+            }
+        }
+        assert_eq!(disk.stats().outside_writes, 2);
+        disk.power_loss(false).unwrap();
+        assert_eq!(std::fs::read(&synced).unwrap(), new, "seed {seed}: synced");
+        let got = std::fs::read(&unsynced).unwrap();
+        let mut this_seed = 0;
+        for (i, sector) in got.chunks(SECTOR).enumerate() {
+            assert!(
+                sector == &old[..SECTOR] || sector == &new[..SECTOR],
+                "seed {seed}: sector {i} is neither its durable nor its written content"
+            );
+            this_seed += u64::from(sector == &old[..SECTOR]);
+        }
+        assert_eq!(disk.stats().outside_sectors_rolled_back, this_seed);
+        reverted += this_seed;
+    }
+    assert!(reverted > 0, "no unsynced sector was ever rolled back");
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, &old).unwrap();
+    let disk = plain_disk();
+    disk.watch_dir(dir.path()).unwrap();
+    disk.crash_now();
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    let e = files::write_at(&f, &p, 0, &new).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        old,
+        "a write after the crash changed the file"
+    );
+}
+
 /// A retired file is renamed to `recycle-N.wal` and later rewritten as another
 /// file's `next.wal`. If the rewrite could reach the disk while the retiring rename
 /// did not, a power loss would bring back `0000000N.wal` holding a header of

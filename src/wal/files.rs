@@ -2,7 +2,8 @@
 //!
 //! Every change to the directory's entries (creating, renaming and removing files,
 //! fsyncing the directory) goes through [`rename`], [`remove`], [`tracked`] and
-//! [`sync_dir`], so that the simulated disk (feature `sim`) can model which of
+//! [`sync_dir`], and every write to a file outside the backend through [`write_at`]
+//! and [`sync_file`], so that the simulated disk (feature `sim`) can model which of
 //! them a power loss undoes.
 //!
 //! ```text
@@ -15,7 +16,6 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -92,9 +92,8 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
             .map_err(|e| Error::io("open", &tmp, e))?;
         let mut block = vec![0u8; BLOCK_SIZE];
         encode_file_header(&mut block, number, now_ms());
-        f.write_all_at(&block, 0)
-            .map_err(|e| Error::io("write header", &tmp, e))?;
-        f.sync_data().map_err(|e| Error::io("fdatasync", &tmp, e))?;
+        write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
+        sync_file(&f, &tmp, true).map_err(|e| Error::io("fdatasync", &tmp, e))?;
         drop_cached_pages(&f);
         drop(f);
         let dst = dir.join(NEXT);
@@ -202,6 +201,39 @@ pub(crate) fn tracked<T>(
     }
 }
 
+/// Writes `data` at `offset` of `f`, the file at `path` in the WAL directory, outside
+/// the backend: file preparation, headers, seals and the JSON state files. Under the
+/// simulated disk the write is modelled like the backend's (`offset` must then be
+/// a multiple of 512).
+pub fn write_at(f: &File, path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    #[cfg(all(unix, any(test, feature = "sim")))]
+    return super::backend::sim::content_write(f, path, offset, data);
+    #[cfg(not(all(unix, any(test, feature = "sim"))))]
+    {
+        let _ = path;
+        f.write_all_at(data, offset)
+    }
+}
+
+/// Makes what was written to `f` (the file at `path`) durable: `fdatasync`, or its
+/// strongest equivalent on the platform, when `data_only`, otherwise `fsync`.
+pub fn sync_file(f: &File, path: &Path, data_only: bool) -> std::io::Result<()> {
+    let sync = |f: &File| {
+        if data_only {
+            super::backend::std_backend::data_sync(f)
+        } else {
+            f.sync_all()
+        }
+    };
+    #[cfg(all(unix, any(test, feature = "sim")))]
+    return super::backend::sim::content_sync(f, path, sync);
+    #[cfg(not(all(unix, any(test, feature = "sim"))))]
+    {
+        let _ = path;
+        sync(f)
+    }
+}
+
 /// Renames `from` to `to` (same directory).
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     tracked(MetaOp::Rename(from, to), || fs::rename(from, to))
@@ -253,7 +285,7 @@ pub fn prepare_file_until(
     }
     let tmp = dir.join(NEXT_TMP);
     let dst = dir.join(NEXT);
-    let mut f = tracked(MetaOp::Create(&tmp), || {
+    let f = tracked(MetaOp::Create(&tmp), || {
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -265,8 +297,7 @@ pub fn prepare_file_until(
     reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
     let mut block = vec![0u8; BLOCK_SIZE];
     encode_file_header(&mut block, number, now_ms());
-    f.write_all(&block)
-        .map_err(|e| Error::io("write header", &tmp, e))?;
+    write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
     if prealloc == Prealloc::ZeroFill {
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut at = BLOCK_SIZE as u64;
@@ -281,13 +312,12 @@ pub fn prepare_file_until(
                 break;
             }
             let n = (size - at).min(ZERO_CHUNK as u64) as usize;
-            f.write_all(&zeros[..n])
-                .map_err(|e| Error::io("zero-fill", &tmp, e))?;
+            write_at(&f, &tmp, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", &tmp, e))?;
             start_writeback(&f, at, n);
             at += n as u64;
         }
     }
-    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    sync_file(&f, &tmp, false).map_err(|e| Error::io("fsync", &tmp, e))?;
     drop_cached_pages(&f);
     drop(f);
     rename(&tmp, &dst)?;
@@ -429,11 +459,10 @@ pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
-    let mut f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
+    let f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
         .map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    write_at(&f, &tmp, 0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    sync_file(&f, &tmp, false).map_err(|e| Error::io("fsync", &tmp, e))?;
     drop(f);
     rename(&tmp, path)?;
     // The rename is durable only once the directory entry is.

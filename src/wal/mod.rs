@@ -196,10 +196,9 @@ fn seal_in_place(
     // The seal records `synced_through`: make the recovered entries before it
     // durable first, so that claim is true even if power fails before the seal's
     // own fdatasync.
-    backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))?;
-    crate::file_at::FileAt::write_all_at(&f, &block, offset)
-        .map_err(|e| Error::io("pwrite seal", path, e))?;
-    backend::std_backend::data_sync(&f).map_err(|e| Error::io("fdatasync", path, e))
+    files::sync_file(&f, path, true).map_err(|e| Error::io("fdatasync", path, e))?;
+    files::write_at(&f, path, offset, &block).map_err(|e| Error::io("pwrite seal", path, e))?;
+    files::sync_file(&f, path, true).map_err(|e| Error::io("fdatasync", path, e))
 }
 
 impl Wal {

@@ -37,9 +37,14 @@
 //! last fsynced entries plus a prefix of the changes since — none, all, or any
 //! number in between — as a small directory, written back as one block, survives
 //! a crash. After the simulated crash the directory refuses further changes, like
-//! a dead process. The contents of files written outside the backend (preparation,
-//! headers, `checkpoint.json`) are not modelled: the engine fsyncs each before it
-//! renames it into place.
+//! a dead process.
+//!
+//! So are the contents of the files the engine writes in the watched directory
+//! outside the backend: file preparation (header and zero-fill), a recycled file's
+//! new header, the seal written at open, `checkpoint.json` and `clean-close.json`
+//! (all through `files::write_at` and `files::sync_file`). Their writes enter the
+//! same per-sector cache as the backend's and are rolled back by a power loss
+//! unless an fsync covered them; after the simulated crash they fail too.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -126,6 +131,11 @@ pub struct SimStats {
     pub meta_ops: u64,
     /// Of the changes not yet fsynced at the last power loss, how many it undid.
     pub meta_ops_undone: u64,
+    /// Writes applied to files the engine wrote outside the backend (counted in
+    /// `writes` too).
+    pub outside_writes: u64,
+    /// Of `sectors_rolled_back`, those in files first written outside the backend.
+    pub outside_sectors_rolled_back: u64,
 }
 
 /// splitmix64: small, fast, and good enough to drive a fault schedule (the sim
@@ -171,6 +181,8 @@ struct SimFile {
     path: PathBuf,
     /// Unsynced sectors by index.
     dirty: BTreeMap<u64, SectorHist>,
+    /// First written outside the backend (see the module docs).
+    outside: bool,
 }
 
 struct DiskState {
@@ -331,6 +343,7 @@ impl SimDisk {
             rng, files, stats, ..
         } = &mut *s;
         let mut rolled = 0;
+        let mut outside = 0;
         for f in files.values_mut() {
             for (idx, h) in std::mem::take(&mut f.dirty) {
                 if keep_cache {
@@ -355,9 +368,11 @@ impl SimDisk {
                     .write_all_at(bytes, idx * SECTOR as u64)
                     .map_err(|e| Error::io("sim power loss", &f.path, e))?;
                 rolled += 1;
+                outside += u64::from(f.outside);
             }
         }
         stats.sectors_rolled_back = rolled;
+        stats.outside_sectors_rolled_back = outside;
         Ok(rolled)
     }
 }
@@ -504,6 +519,101 @@ pub(crate) fn meta_tracked<T>(
         st.ns_error.get_or_insert_with(|| format!("{op:?}: {e}"));
     }
     Ok(out)
+}
+
+/// Runs a write or sync of the file at `path` outside the backend: `modelled` with
+/// the disk locked when a disk watches its directory (an error after the simulated
+/// crash), `plain` otherwise.
+fn content_op<T>(
+    path: &Path,
+    plain: impl FnOnce() -> std::io::Result<T>,
+    modelled: impl FnOnce(&mut DiskState) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let Some(disk) = path.parent().and_then(|d| watcher(MetaOp::SyncDir(d))) else {
+        return plain();
+    };
+    let mut st = disk.lock().unwrap_or_else(PoisonError::into_inner);
+    if st.ns.is_none() {
+        drop(st);
+        return plain();
+    }
+    if st.stats.crashed {
+        return Err(io_err(libc::EIO, "file write after the simulated crash"));
+    }
+    modelled(&mut st)
+}
+
+/// The model's key for `f`, registering it (as written outside the backend) on
+/// first sight.
+fn register(st: &mut DiskState, f: &File, path: &Path) -> std::io::Result<(u64, u64)> {
+    let md = f.metadata()?;
+    let key = (md.dev(), md.ino());
+    if let std::collections::hash_map::Entry::Vacant(slot) = st.files.entry(key) {
+        // The model reads sectors back (their durable content) and rewrites them at
+        // a power loss: it needs a handle that can do both, to the same file.
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let md = file.metadata()?;
+        if (md.dev(), md.ino()) != key {
+            return Err(std::io::Error::other(format!(
+                "sim: {} is no longer the file being written",
+                path.display()
+            )));
+        }
+        slot.insert(SimFile {
+            file,
+            path: path.to_path_buf(),
+            dirty: BTreeMap::new(),
+            outside: true,
+        });
+    }
+    Ok(key)
+}
+
+/// `files::write_at` under the simulated disk: a write to a file of a watched
+/// directory enters the disk's cache (and the real file) sector by sector, as the
+/// backend's writes do; elsewhere it is a plain positioned write. `offset` must be
+/// sector-aligned.
+pub(crate) fn content_write(
+    f: &File,
+    path: &Path,
+    offset: u64,
+    data: &[u8],
+) -> std::io::Result<()> {
+    content_op(
+        path,
+        || f.write_all_at(data, offset),
+        |st| {
+            if offset % SECTOR as u64 != 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("sim: write at {offset} is not sector-aligned"),
+                ));
+            }
+            let key = register(st, f, path)?;
+            st.apply(key, offset, data)?;
+            st.stats.outside_writes += 1;
+            Ok(())
+        },
+    )
+}
+
+/// `files::sync_file` under the simulated disk: the real `sync`, after which the
+/// file's cached sectors are durable.
+pub(crate) fn content_sync(
+    f: &File,
+    path: &Path,
+    sync: impl Fn(&File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    content_op(
+        path,
+        || sync(f),
+        |st| {
+            sync(f)?;
+            let key = register(st, f, path)?;
+            st.sync(key);
+            Ok(())
+        },
+    )
 }
 
 /// Left alone by the model: the directory lock is not part of the WAL's state.
@@ -903,6 +1013,7 @@ impl Backend for SimBackend {
                 file: f,
                 path: path.to_path_buf(),
                 dirty: BTreeMap::new(),
+                outside: false,
             });
         self.file = Some((key, path.to_path_buf()));
         Ok(())
