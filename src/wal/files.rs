@@ -469,54 +469,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Takes an exclusive, non-blocking `flock` on `<dir>/LOCK`, held while the returned
-/// file is open, so that one directory is never used by two processes (or two
-/// owners in one process) at once.
+/// Takes an exclusive, non-blocking lock on `<dir>/LOCK` (`flock` on Unix,
+/// `LockFileEx` on Windows), held while the returned file is open, so that one
+/// directory is never used by two processes (or two owners in one process) at once.
 ///
 /// # Errors
-/// [`Error::Locked`] when another owner holds it; I/O errors naming the path.
-#[cfg(unix)]
+/// [`Error::Locked`] when another owner holds it; I/O errors naming the path (a
+/// filesystem without locks among them).
 pub fn lock_dir(dir: &Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    #[expect(
-        unsafe_code,
-        reason = "flock has no std wrapper on this toolchain's MSRV"
-    )]
-    // SAFETY: flock takes no pointers; the fd is owned by `f` for the whole call.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            });
-        }
-        return Err(Error::io("flock", &path, e));
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
     }
-    Ok(f)
-}
-
-/// Creates `<dir>/LOCK` and returns it open. Without `flock` (non-Unix builds) the
-/// lock is advisory only: it does not stop a second owner.
-///
-/// # Errors
-/// I/O errors naming the path.
-#[cfg(not(unix))]
-pub fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))
 }
 
 #[cfg(test)]
