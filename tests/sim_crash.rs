@@ -396,7 +396,7 @@ fn run_seed(seed: u64, root: &Path) {
             (rng.range(0, 60), f)
         });
         let plan = SimPlan {
-            seed: rng.next(),
+            seed: rng.next_u64(),
             crash_after_ops: crash,
             fault,
             short_write_pct: rng.below(30) as u8,
@@ -413,7 +413,7 @@ fn run_seed(seed: u64, root: &Path) {
         let outcomes: Vec<(u32, Outcome, u64)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..producers)
                 .map(|p| {
-                    let prng = Rng(rng.next());
+                    let prng = Rng(rng.next_u64());
                     let appends = rng.range(5, 40);
                     let (wal, stop) = (&wal, &stop);
                     s.spawn(move || {
@@ -423,7 +423,7 @@ fn run_seed(seed: u64, root: &Path) {
                     })
                 })
                 .collect();
-            let mut crng = Rng(rng.next());
+            let mut crng = Rng(rng.next_u64());
             while handles.iter().any(|h| !h.is_finished()) {
                 std::thread::sleep(std::time::Duration::from_micros(300));
                 if crng.pct(10) {

@@ -479,7 +479,7 @@ impl JobArgs {
             return Err("--sync-ms must be at least 1 with --sync-mode interval".into());
         }
         let max_file_size = self.max_file_size.unwrap_or(defaults.max_file_size);
-        if max_file_size < WalConfig::MIN_FILE_SIZE || max_file_size % 4096 != 0 {
+        if max_file_size < WalConfig::MIN_FILE_SIZE || !max_file_size.is_multiple_of(4096) {
             return Err(format!(
                 "--max-file-size {max_file_size} must be a multiple of 4096 and at least 64 KiB"
             ));

@@ -58,7 +58,7 @@ impl OffsetStore {
         let mut groups = HashMap::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let path = entry.map_err(|e| Error::io("read_dir", &dir, e))?.path();
-            if path.extension().map_or(true, |e| e != "json") {
+            if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;

@@ -190,9 +190,9 @@ impl Partition {
     /// I/O errors naming the file.
     pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let needs_roll = log.last().map_or(true, |s| {
-            s.size() > 0 && s.size() + data.len() as u64 > self.segment_bytes
-        });
+        let needs_roll = log
+            .last()
+            .is_none_or(|s| s.size() > 0 && s.size() + data.len() as u64 > self.segment_bytes);
         if needs_roll {
             let base = infos.first().map_or(0, |i| i.base_offset);
             // The finished segment becomes durable before its successor exists.

@@ -228,7 +228,7 @@ impl WalConfig {
                 "must be at least 1 in interval mode",
             );
         }
-        if self.max_file_size < Self::MIN_FILE_SIZE || self.max_file_size % 4096 != 0 {
+        if self.max_file_size < Self::MIN_FILE_SIZE || !self.max_file_size.is_multiple_of(4096) {
             return bad(
                 "--wal-max-file-size",
                 self.max_file_size.to_string(),

@@ -324,7 +324,7 @@ pub fn scan_file_after_close(
             }
             Step::Bad(_, true)
                 if clean.is_some_and(|c| {
-                    c.end == pos && info.next_sequence.map_or(true, |n| n == c.next_sequence)
+                    c.end == pos && info.next_sequence.is_none_or(|n| n == c.next_sequence)
                 }) =>
             {
                 // The log ends where the last clean close left it, and never-written

@@ -145,7 +145,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -157,7 +157,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
     /// Uniform in `lo..=hi`.
@@ -583,7 +583,7 @@ pub(crate) fn content_write(
         path,
         || f.write_all_at(data, offset),
         |st| {
-            if offset % SECTOR as u64 != 0 {
+            if !offset.is_multiple_of(SECTOR as u64) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!("sim: write at {offset} is not sector-aligned"),

@@ -317,7 +317,7 @@ impl Backend for UringBackend {
             } else {
                 let n = res as usize;
                 if n < p.len {
-                    if n == 0 || n % crate::wal::format::BLOCK_SIZE != 0 {
+                    if n == 0 || !n.is_multiple_of(crate::wal::format::BLOCK_SIZE) {
                         let e = std::io::Error::new(
                             std::io::ErrorKind::WriteZero,
                             format!("short write of {n} of {} bytes", p.len),
