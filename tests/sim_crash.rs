@@ -377,7 +377,7 @@ fn run_seed(seed: u64, root: &Path) {
         retention_files: rng.below(3) as usize,
         max_batch_bytes: batch,
         max_pending_bytes: batch * rng.range(1, 8) as usize,
-        max_in_flight: rng.range(1, 4) as usize,
+        max_in_flight: rng.range(1, 8) as usize,
         ..WalConfig::default()
     };
     let dir = root.join(format!("seed-{seed}"));
