@@ -538,7 +538,10 @@ fn content_op<T>(
         return plain();
     }
     if st.stats.crashed {
-        return Err(io_err(libc::EIO, "file write after the simulated crash"));
+        return Err(io_err(
+            libc::EIO,
+            "file write or sync after the simulated crash",
+        ));
     }
     modelled(&mut st)
 }
