@@ -217,8 +217,10 @@ impl Wal {
     }
 
     /// Opens the WAL with all data-file I/O going through the simulated disk `disk`,
-    /// which also models the directory's entries from now on (see [`sim`]);
-    /// otherwise exactly [`Wal::open`].
+    /// which also models the directory's entries and the files written outside the
+    /// backend from now on (see [`sim`]); otherwise exactly [`Wal::open`]. The disk
+    /// keeps every unsynced 512-byte sector in memory, zero-fills included: use small
+    /// files (`max_file_size`), as the crash tests do.
     ///
     /// # Errors
     /// As [`Wal::open`].
