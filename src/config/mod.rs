@@ -208,7 +208,7 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
     about = "A single-node, Kafka-compatible streaming broker with a group-commit write-ahead log"
 )]
 pub struct Cli {
-    /// Directory holding topics, groups and the WAL (in <data-dir>/wal).
+    /// Directory holding topics, groups and the WAL (in `<data-dir>/wal`).
     #[arg(
         long,
         env = "STREAMLINE_DATA_DIR",

@@ -1,7 +1,7 @@
 //! WAL file names, preparation (preallocation + header) and directory fsync.
 //!
 //! Every change to the directory's entries (creating, renaming and removing files,
-//! fsyncing the directory) goes through [`rename`], [`remove`], [`tracked`] and
+//! fsyncing the directory) goes through [`rename`], `remove`, `tracked` and
 //! [`sync_dir`], and every write to a file outside the backend through [`write_at`]
 //! and [`sync_file`], so that the simulated disk (feature `sim`) can model which of
 //! them a power loss undoes.

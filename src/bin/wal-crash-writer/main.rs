@@ -8,7 +8,7 @@
 //!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
 //! ```
 //!
-//! Payload of (run, thread, counter): see [`payload`]; the crash test recomputes it.
+//! Payload of (run, thread, counter): see [`payload()`]; the crash test recomputes it.
 
 use std::io::Write;
 

@@ -1,4 +1,5 @@
-//! A fault-injecting [`Backend`] for crash tests (feature `sim`, and `cfg(test)`).
+//! A fault-injecting backend (the engine's `Backend` trait) for crash tests
+//! (feature `sim`, and `cfg(test)`).
 //!
 //! It writes exactly the bytes the engine hands it into the real file (so recovery
 //! reads ordinary WAL files afterwards), and keeps beside them a model of a disk with
