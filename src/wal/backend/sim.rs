@@ -479,16 +479,32 @@ impl DiskState {
 /// Watched directories and the disks modelling them.
 static WATCHED: Mutex<Vec<(PathBuf, Weak<Mutex<DiskState>>)>> = Mutex::new(Vec::new());
 
-/// The disk watching the directory `op` changes, if any.
-fn watcher(op: MetaOp<'_>) -> Option<Arc<Mutex<DiskState>>> {
-    let dir = match op {
-        MetaOp::SyncDir(d) => d,
-        MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent()?,
+/// Runs `f` with the state of the disk watching `dir`, locked, or with `None` when
+/// no disk watches it (or `dir` is `None`). After that disk's simulated crash it
+/// fails with EIO instead: a dead process changes nothing. Every operation the model tracks outside the backend (directory
+/// changes, file writes and syncs) goes through here.
+fn with_watcher<T>(
+    dir: Option<&Path>,
+    f: impl FnOnce(Option<&mut DiskState>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let disk = dir.and_then(|dir| {
+        let w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+        w.iter()
+            .find(|(p, _)| p == dir)
+            .and_then(|(_, d)| d.upgrade())
+    });
+    let Some(disk) = disk else {
+        return f(None);
     };
-    let w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
-    w.iter()
-        .find(|(p, _)| p == dir)
-        .and_then(|(_, d)| d.upgrade())
+    let mut st = disk.lock().unwrap_or_else(PoisonError::into_inner);
+    if st.ns.is_none() {
+        drop(st);
+        return f(None);
+    }
+    if st.stats.crashed {
+        return Err(io_err(libc::EIO, "I/O after the simulated crash"));
+    }
+    f(Some(&mut st))
 }
 
 /// Makes the directory change `op` with `f` and records it, when a disk watches
@@ -500,51 +516,20 @@ pub(crate) fn meta_tracked<T>(
     op: MetaOp<'_>,
     f: impl FnOnce() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    let Some(disk) = watcher(op) else {
-        return f();
+    let dir = match op {
+        MetaOp::SyncDir(d) => Some(d),
+        MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent(),
     };
-    let mut st = disk.lock().unwrap_or_else(PoisonError::into_inner);
-    let st = &mut *st;
-    let Some(ns) = st.ns.as_mut() else {
-        return f();
-    };
-    if st.stats.crashed {
-        return Err(io_err(
-            libc::EIO,
-            "directory change after the simulated crash",
-        ));
-    }
-    let out = f()?;
-    st.stats.meta_ops += 1;
-    if let Err(e) = ns.record(op) {
-        st.ns_error.get_or_insert_with(|| format!("{op:?}: {e}"));
-    }
-    Ok(out)
-}
-
-/// Runs a write or sync of the file at `path` outside the backend: `modelled` with
-/// the disk locked when a disk watches its directory (an error after the simulated
-/// crash), `plain` otherwise.
-fn content_op<T>(
-    path: &Path,
-    plain: impl FnOnce() -> std::io::Result<T>,
-    modelled: impl FnOnce(&mut DiskState) -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    let Some(disk) = path.parent().and_then(|d| watcher(MetaOp::SyncDir(d))) else {
-        return plain();
-    };
-    let mut st = disk.lock().unwrap_or_else(PoisonError::into_inner);
-    if st.ns.is_none() {
-        drop(st);
-        return plain();
-    }
-    if st.stats.crashed {
-        return Err(io_err(
-            libc::EIO,
-            "file write or sync after the simulated crash",
-        ));
-    }
-    modelled(&mut st)
+    with_watcher(dir, |st| {
+        let out = f()?;
+        if let Some(st) = st {
+            st.stats.meta_ops += 1;
+            if let Err(e) = st.ns.as_mut().expect("watched").record(op) {
+                st.ns_error.get_or_insert_with(|| format!("{op:?}: {e}"));
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// The model's key for `f`, registering it (as written outside the backend) on
@@ -583,22 +568,21 @@ pub(crate) fn content_write(
     offset: u64,
     data: &[u8],
 ) -> std::io::Result<()> {
-    content_op(
-        path,
-        || f.write_all_at(data, offset),
-        |st| {
-            if !offset.is_multiple_of(SECTOR as u64) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("sim: write at {offset} is not sector-aligned"),
-                ));
-            }
-            let key = register(st, f, path)?;
-            st.apply(key, offset, data)?;
-            st.stats.outside_writes += 1;
-            Ok(())
-        },
-    )
+    with_watcher(path.parent(), |st| {
+        let Some(st) = st else {
+            return f.write_all_at(data, offset);
+        };
+        if !offset.is_multiple_of(SECTOR as u64) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("sim: write at {offset} is not sector-aligned"),
+            ));
+        }
+        let key = register(st, f, path)?;
+        st.apply(key, offset, data)?;
+        st.stats.outside_writes += 1;
+        Ok(())
+    })
 }
 
 /// `files::sync_file` under the simulated disk: the real `sync`, after which the
@@ -606,18 +590,16 @@ pub(crate) fn content_write(
 pub(crate) fn content_sync(
     f: &File,
     path: &Path,
-    sync: impl Fn(&File) -> std::io::Result<()>,
+    sync: impl FnOnce(&File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    content_op(
-        path,
-        || sync(f),
-        |st| {
-            sync(f)?;
+    with_watcher(path.parent(), |st| {
+        sync(f)?;
+        if let Some(st) = st {
             let key = register(st, f, path)?;
             st.sync(key);
-            Ok(())
-        },
-    )
+        }
+        Ok(())
+    })
 }
 
 /// Left alone by the model: the directory lock is not part of the WAL's state.
