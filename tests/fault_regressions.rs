@@ -356,3 +356,94 @@ fn a_recycled_file_is_rewritten_only_after_its_retirement_is_durable() {
         wal.close().unwrap();
     }
 }
+
+/// The model of the watched directory's own entry: a directory `watch_dir` had to
+/// create (as a run that died before fsyncing its parent left it) vanishes with a
+/// power loss in some seeds and stays in others, until its parent is fsynced.
+#[test]
+fn a_directory_whose_parent_was_never_fsynced_may_vanish_with_a_power_loss() {
+    use streamline::wal::files;
+    let (mut vanished, mut stayed) = (0, 0);
+    for seed in 1..=32 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        let disk = SimDisk::new(SimPlan {
+            seed,
+            crash_after_ops: None,
+            fault: None,
+            short_write_pct: 0,
+        });
+        disk.watch_dir(&dir).unwrap();
+        files::write_atomic(&dir.join("checkpoint.json"), b"{}").unwrap(); // fsyncs `dir`, not its parent
+        disk.power_loss(false).unwrap();
+        let st = disk.stats();
+        assert!(!st.dir_entry_durable, "seed {seed}");
+        assert_eq!(st.dir_vanished, !dir.exists(), "seed {seed}");
+        if st.dir_vanished {
+            vanished += 1;
+        } else {
+            stayed += 1;
+            assert_eq!(std::fs::read(dir.join("checkpoint.json")).unwrap(), b"{}");
+        }
+    }
+    assert!(
+        vanished > 0 && stayed > 0,
+        "vanished {vanished}, stayed {stayed}"
+    );
+
+    for seed in 1..=8 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        let disk = SimDisk::new(SimPlan {
+            seed,
+            crash_after_ops: None,
+            fault: None,
+            short_write_pct: 0,
+        });
+        disk.watch_dir(&dir).unwrap();
+        files::sync_dir(root.path()).unwrap();
+        disk.power_loss(false).unwrap();
+        assert!(disk.stats().dir_entry_durable, "seed {seed}");
+        assert!(
+            dir.exists(),
+            "seed {seed}: vanished after its parent was fsynced"
+        );
+    }
+}
+
+/// A WAL directory that exists but whose entry an earlier run never made durable
+/// (it died between `mkdir` and the parent's fsync): opening the WAL fsyncs the
+/// parent, so entries acknowledged afterwards survive a power loss.
+#[test]
+fn opening_a_wal_makes_its_directory_entry_durable_even_when_it_exists() {
+    for seed in 1..=16 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        let disk = SimDisk::new(SimPlan {
+            seed,
+            crash_after_ops: None,
+            fault: None,
+            short_write_pct: 0,
+        });
+        let cfg = WalConfig {
+            sync_mode: SyncMode::EveryWrite,
+            ..interval_config()
+        };
+        // open_sim watches `dir` first, which creates it with its entry not durable.
+        let (wal, _) = Wal::open_sim(&dir, cfg.clone(), &disk).unwrap();
+        let seq = wal
+            .append("t", 0, Bytes::from_static(b"acknowledged"))
+            .wait()
+            .unwrap();
+        disk.crash_now();
+        drop(wal);
+        disk.power_loss(false).unwrap();
+        assert!(disk.stats().dir_entry_durable, "seed {seed}");
+        let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+        let entries: Vec<_> = rec.collect::<Result<_, _>>().unwrap();
+        assert_eq!(entries.len(), 1, "seed {seed}: acknowledged entry lost");
+        assert_eq!(entries[0].sequence, seq);
+        assert_eq!(&entries[0].data[..], b"acknowledged");
+        wal.close().unwrap();
+    }
+}

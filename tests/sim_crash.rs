@@ -548,6 +548,12 @@ fn run_seed(seed: u64, root: &Path) {
             disk.power_loss(keep).unwrap();
         }
         let st = disk.stats();
+        // Round 1 starts without the directory: watch_dir creates it with its entry
+        // not durable, and the WAL's open must have fsynced the parent.
+        assert!(
+            st.dir_entry_durable && !st.dir_vanished,
+            "{what}: the WAL directory's own entry was never made durable"
+        );
         META_OPS.fetch_add(st.meta_ops, Ordering::Relaxed);
         META_UNDONE.fetch_add(st.meta_ops_undone, Ordering::Relaxed);
         OUTSIDE_WRITES.fetch_add(st.outside_writes, Ordering::Relaxed);

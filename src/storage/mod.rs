@@ -41,6 +41,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::wal::files::create_dir_durable;
 pub use crate::wal::files::sync_dir;
 use crate::{
     config::Config,
@@ -358,13 +359,13 @@ impl TopicManager {
         config.validate()?;
         let started = Instant::now();
         let data_dir = config.storage.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| Error::io("create_dir_all", &data_dir, e))?;
+        // Durably: a topic or a WAL entry is only as durable as the directories
+        // holding it.
+        create_dir_durable(&data_dir)?;
         let lock = lock_data_dir(&data_dir)?;
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
-        std::fs::create_dir_all(&topics_dir)
-            .map_err(|e| Error::io("create_dir_all", &topics_dir, e))?;
+        create_dir_durable(&topics_dir)?;
         let trash = data_dir.join("topics-deleted");
         if trash.exists() {
             std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;

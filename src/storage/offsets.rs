@@ -54,7 +54,7 @@ impl OffsetStore {
     /// # Errors
     /// I/O errors, or [`Error::Corrupt`] for a file that does not parse.
     pub fn open(dir: PathBuf) -> Result<OffsetStore> {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        crate::wal::files::create_dir_durable(&dir)?;
         let mut groups = HashMap::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let path = entry.map_err(|e| Error::io("read_dir", &dir, e))?.path();

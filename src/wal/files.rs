@@ -151,7 +151,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Creates `dir` and any missing parents, fsyncing the parent of every directory
 /// it created: a new WAL directory must not vanish with a power loss after its
-/// first acknowledged entry.
+/// first acknowledged entry. When `dir` already exists its parent is fsynced all
+/// the same: the run that created it may have died before that fsync, and the
+/// entries appended from now on are only as durable as the directory's own entry.
 pub fn create_dir_durable(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
@@ -163,9 +165,33 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
         at = d.parent();
     }
     fs::create_dir_all(dir).map_err(|e| Error::io("create_dir_all", dir, e))?;
+    let existed = missing.is_empty();
+    if existed {
+        missing.push(dir);
+    }
     for d in missing.iter().rev() {
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+        // `d.parent()` is empty for a relative path of one component: the parent is
+        // the working directory. None for a filesystem root, which has no entry.
+        let Some(parent) = d.parent() else { continue };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        match sync_dir(parent) {
+            // A directory that was already there may sit in a parent this process
+            // cannot open (mode 711, say): say so rather than refuse to start.
+            Err(Error::Io { source, .. })
+                if existed && source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    parent = %parent.display(),
+                    "cannot fsync the parent directory; the directory's own entry is \
+                     durable only if the run that created it synced it"
+                );
+            }
+            r => r?,
         }
     }
     Ok(())

@@ -38,7 +38,9 @@
 //! last fsynced entries plus a prefix of the changes since — none, all, or any
 //! number in between — as a small directory, written back as one block, survives
 //! a crash. After the simulated crash the directory refuses further changes, like
-//! a dead process.
+//! a dead process. The directory's own entry in its parent is modelled as well: a
+//! directory the watch had to create is lost whole by a power loss, at random,
+//! until its parent is fsynced ([`SimDisk::watch_dir`]).
 //!
 //! So are the contents of the files the engine writes in the watched directory
 //! outside the backend: file preparation (header and zero-fill), a recycled file's
@@ -137,6 +139,12 @@ pub struct SimStats {
     pub outside_writes: u64,
     /// Of `sectors_rolled_back`, those in files first written outside the backend.
     pub outside_sectors_rolled_back: u64,
+    /// Whether the watched directory's own entry was durable when the watch ended
+    /// (see [`SimDisk::watch_dir`]).
+    pub dir_entry_durable: bool,
+    /// Whether the last power loss took the whole watched directory away (its entry
+    /// in its parent was never fsynced).
+    pub dir_vanished: bool,
 }
 
 /// splitmix64: small, fast, and good enough to drive a fault schedule (the sim
@@ -279,11 +287,20 @@ impl SimDisk {
     /// Models the directory entries of `dir` from now on (see the module docs);
     /// its present entries count as durable. [`SimDisk::power_loss`] ends the watch.
     ///
+    /// So does `dir`'s own entry in its parent when `dir` exists already. A `dir`
+    /// this call has to create stands for one an earlier run created and died
+    /// before making durable: its entry becomes durable only once its parent is
+    /// fsynced (through `files::sync_dir`), and until then a power loss takes the
+    /// whole directory away or leaves it, at random.
+    ///
     /// # Errors
     /// I/O errors creating the directory or its shadow.
     pub fn watch_dir(&self, dir: &Path) -> Result<()> {
+        let existed = dir.exists();
         fs::create_dir_all(dir).map_err(|e| Error::io("create_dir_all", dir, e))?;
-        let ns = Namespace::watch(dir).map_err(|e| Error::io("sim: watch directory", dir, e))?;
+        let mut ns =
+            Namespace::watch(dir).map_err(|e| Error::io("sim: watch directory", dir, e))?;
+        ns.entry_durable = existed;
         self.lock().ns = Some(ns);
         let mut w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
         w.retain(|(p, d)| p != dir && d.strong_count() > 0);
@@ -313,6 +330,7 @@ impl SimDisk {
     /// As [`SimDisk::power_loss`].
     pub fn power_loss_keeping(&self, keep_cache: bool, meta_prefix: Option<usize>) -> Result<u64> {
         let mut s = self.lock();
+        let mut vanish = None;
         if let Some(ns) = s.ns.take() {
             WATCHED
                 .lock()
@@ -338,6 +356,10 @@ impl SimDisk {
                 ns.restore(keep)
                     .map_err(|e| Error::io("sim power loss: restore entries", &ns.dir, e))?;
                 s.stats.meta_ops_undone = (n - keep) as u64;
+            }
+            s.stats.dir_entry_durable = ns.entry_durable;
+            if !keep_cache && !ns.entry_durable && s.rng.pct(50) {
+                vanish = Some(ns.dir.clone());
             }
         }
         let DiskState {
@@ -374,6 +396,11 @@ impl SimDisk {
         }
         stats.sectors_rolled_back = rolled;
         stats.outside_sectors_rolled_back = outside;
+        // Last: the sectors above belong to files that then lose their names.
+        if let Some(dir) = vanish {
+            fs::remove_dir_all(&dir).map_err(|e| Error::io("sim power loss: remove", &dir, e))?;
+            stats.dir_vanished = true;
+        }
         Ok(rolled)
     }
 }
@@ -520,7 +547,7 @@ pub(crate) fn meta_tracked<T>(
         MetaOp::SyncDir(d) => Some(d),
         MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent(),
     };
-    with_watcher(dir, |st| {
+    let out = with_watcher(dir, |st| {
         let out = f()?;
         if let Some(st) = st {
             st.stats.meta_ops += 1;
@@ -529,7 +556,36 @@ pub(crate) fn meta_tracked<T>(
             }
         }
         Ok(out)
-    })
+    })?;
+    if let MetaOp::SyncDir(d) = op {
+        parent_synced(d);
+    }
+    Ok(out)
+}
+
+/// `parent` was fsynced: the entry of every watched directory in it is durable,
+/// unless that directory's disk already crashed (a dead process syncs nothing).
+fn parent_synced(parent: &Path) {
+    let parent_of = |p: &Path| match p.parent() {
+        Some(q) if q.as_os_str().is_empty() => Some(Path::new(".").to_path_buf()),
+        q => q.map(Path::to_path_buf),
+    };
+    let disks: Vec<_> = {
+        let w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+        w.iter()
+            .filter(|(p, _)| parent_of(p).as_deref() == Some(parent))
+            .filter_map(|(_, d)| d.upgrade())
+            .collect()
+    };
+    for disk in disks {
+        let mut st = disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.stats.crashed {
+            continue;
+        }
+        if let Some(ns) = st.ns.as_mut() {
+            ns.entry_durable = true;
+        }
+    }
 }
 
 /// The model's key for `f`, registering it (as written outside the backend) on
@@ -631,6 +687,8 @@ struct Namespace {
     /// Changes since, in order.
     since: Vec<NsOp>,
     next_id: u64,
+    /// Whether the directory's own entry in its parent is durable.
+    entry_durable: bool,
 }
 
 fn name_of(p: &Path) -> OsString {
@@ -665,6 +723,7 @@ impl Namespace {
             durable: Vec::new(),
             since: Vec::new(),
             next_id: 0,
+            entry_durable: true,
         };
         ns.snapshot()?;
         Ok(ns)
