@@ -360,6 +360,7 @@ static META_OPS: AtomicU64 = AtomicU64::new(0);
 static META_UNDONE: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE_WRITES: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE_ROLLED: AtomicU64 = AtomicU64::new(0);
+static EARLY_BATCHES: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64, root: &Path) {
     let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xA5A5);
@@ -449,6 +450,7 @@ fn run_seed(seed: u64, root: &Path) {
         }
 
         let probe = wal.clone();
+        EARLY_BATCHES.fetch_add(wal.stats().early_batches, Ordering::Relaxed);
         let closed = wal.close();
         let crashed = disk.crashed();
         let injected = disk.injected();
@@ -703,8 +705,9 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         OUTSIDE_WRITES.load(Ordering::Relaxed),
         OUTSIDE_ROLLED.load(Ordering::Relaxed),
     );
+    let early = EARLY_BATCHES.load(Ordering::Relaxed);
     eprintln!(
-        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back",
+        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early",
         started.elapsed().as_secs_f64(),
         failed.len()
     );
@@ -716,6 +719,10 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         assert!(
             rolled > 0,
             "no power loss rolled back a file written outside the backend: that model was not exercised"
+        );
+        assert!(
+            early > 0,
+            "no batch went out beside a durable write in flight: that path was not exercised"
         );
     }
     assert!(

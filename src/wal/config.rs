@@ -168,7 +168,9 @@ pub struct WalConfig {
     /// what is in use. Default: unset.
     pub direct_io: Option<bool>,
     /// How long the idle commit thread polls for the next append before sleeping,
-    /// in microseconds; trades a little CPU for single-producer latency. 0 disables.
+    /// in microseconds; trades a little CPU for single-producer latency. In
+    /// `every_write` mode, also how long it polls while a small batch gathers to go
+    /// out beside the durable write in flight (see `docs/engine.md`). 0 disables.
     /// Default: 50.
     pub idle_spin_us: u64,
     /// How long a thread blocked in [`crate::wal::Completion::wait`] polls for its

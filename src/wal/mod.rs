@@ -71,6 +71,10 @@ pub struct WalStats {
     pub rotations: u64,
     /// Largest number of entries in one batch.
     pub max_batch_entries: u64,
+    /// `every_write` batches submitted beside an earlier durable write still in
+    /// flight because their cohort of producers had gathered (not because they
+    /// were full); see `docs/engine.md`.
+    pub early_batches: u64,
     /// Bytes accepted but not yet acknowledged.
     pub pending_bytes: u64,
 }
@@ -628,6 +632,7 @@ impl Wal {
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             rotations: c.rotations.load(Ordering::Relaxed),
             max_batch_entries: c.max_batch_entries.load(Ordering::Relaxed),
+            early_batches: c.early_batches.load(Ordering::Relaxed),
             pending_bytes: self.inner.core.pending_bytes() as u64,
         }
     }
