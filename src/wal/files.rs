@@ -170,13 +170,9 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
         missing.push(dir);
     }
     for d in missing.iter().rev() {
-        // `d.parent()` is empty for a relative path of one component: the parent is
-        // the working directory. None for a filesystem root, which has no entry.
-        let Some(parent) = d.parent() else { continue };
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
+        // A filesystem root has no entry to make durable.
+        let Some(parent) = parent_dir(d) else {
+            continue;
         };
         match sync_dir(parent) {
             // A directory that was already there may sit in a parent this process
@@ -195,6 +191,18 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The directory holding `p`: `.` for a relative path of one component (where
+/// [`Path::parent`] gives an empty path), `None` for a filesystem root.
+pub(crate) fn parent_dir(p: &Path) -> Option<&Path> {
+    p.parent().map(|q| {
+        if q.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            q
+        }
+    })
 }
 
 /// A change to a directory entry of the WAL (see the module docs).

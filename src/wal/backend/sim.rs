@@ -566,14 +566,10 @@ pub(crate) fn meta_tracked<T>(
 /// `parent` was fsynced: the entry of every watched directory in it is durable,
 /// unless that directory's disk already crashed (a dead process syncs nothing).
 fn parent_synced(parent: &Path) {
-    let parent_of = |p: &Path| match p.parent() {
-        Some(q) if q.as_os_str().is_empty() => Some(Path::new(".").to_path_buf()),
-        q => q.map(Path::to_path_buf),
-    };
     let disks: Vec<_> = {
         let w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
         w.iter()
-            .filter(|(p, _)| parent_of(p).as_deref() == Some(parent))
+            .filter(|(p, _)| crate::wal::files::parent_dir(p) == Some(parent))
             .filter_map(|(_, d)| d.upgrade())
             .collect()
     };
