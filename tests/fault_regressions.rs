@@ -62,12 +62,7 @@ fn close_after_failed_final_fsync_returns_the_error() {
 fn seal_does_not_claim_unsynced_entries_as_durable() {
     for seed in 0..40 {
         let dir = tempfile::tempdir().unwrap();
-        let disk = SimDisk::new(SimPlan {
-            seed,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = plain_disk_seeded(seed);
         let (wal, _rec) = Wal::open_sim(dir.path(), interval_config(), &disk).unwrap();
         let mut last = 0;
         while wal.stats().rotations == 0 {
@@ -196,8 +191,13 @@ fn syncs_answered(wal: &Wal) {
 }
 
 fn plain_disk() -> SimDisk {
+    plain_disk_seeded(7)
+}
+
+/// A simulated disk without faults or a crash point, its power loss drawn from `seed`.
+fn plain_disk_seeded(seed: u64) -> SimDisk {
     SimDisk::new(SimPlan {
-        seed: 7,
+        seed,
         crash_after_ops: None,
         fault: None,
         short_write_pct: 0,
@@ -260,12 +260,7 @@ fn power_loss_rolls_back_unsynced_writes_made_outside_the_backend() {
         for p in [&synced, &unsynced] {
             std::fs::write(p, &old).unwrap(); // durable: written before the watch
         }
-        let disk = SimDisk::new(SimPlan {
-            seed,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = plain_disk_seeded(seed);
         disk.watch_dir(&dir).unwrap();
         for p in [&synced, &unsynced] {
             let f = OpenOptions::new().write(true).open(p).unwrap();
@@ -367,12 +362,7 @@ fn a_directory_whose_parent_was_never_fsynced_may_vanish_with_a_power_loss() {
     for seed in 1..=32 {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("wal");
-        let disk = SimDisk::new(SimPlan {
-            seed,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = plain_disk_seeded(seed);
         disk.watch_dir(&dir).unwrap();
         files::write_atomic(&dir.join("checkpoint.json"), b"{}").unwrap(); // fsyncs `dir`, not its parent
         disk.power_loss(false).unwrap();
@@ -394,12 +384,7 @@ fn a_directory_whose_parent_was_never_fsynced_may_vanish_with_a_power_loss() {
     for seed in 1..=8 {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("wal");
-        let disk = SimDisk::new(SimPlan {
-            seed,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = plain_disk_seeded(seed);
         disk.watch_dir(&dir).unwrap();
         files::sync_dir(root.path()).unwrap();
         disk.power_loss(false).unwrap();
@@ -419,12 +404,7 @@ fn opening_a_wal_makes_its_directory_entry_durable_even_when_it_exists() {
     for seed in 1..=16 {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("wal");
-        let disk = SimDisk::new(SimPlan {
-            seed,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = plain_disk_seeded(seed);
         let cfg = WalConfig {
             sync_mode: SyncMode::EveryWrite,
             ..interval_config()
