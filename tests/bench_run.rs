@@ -130,6 +130,11 @@ fn tiny_run_reports_consistent_json() {
     assert!(jobs[0]["fsyncs"].as_u64().unwrap() > 0);
     assert_eq!(jobs[1]["queue_depth"], 4);
     assert_eq!(jobs[1]["sync_mode"], "interval");
+    // Early batches are an every_write rule: a count for the WAL, 0 in interval
+    // mode, and no count at all for an engine without them.
+    assert!(jobs[0]["early_batches"].is_u64(), "{}", jobs[0]);
+    assert_eq!(jobs[1]["early_batches"], 0);
+    assert_eq!(jobs[2]["early_batches"], Value::Null);
     assert_eq!(
         jobs[2]["fsyncs"].as_u64().unwrap(),
         jobs[2]["records"].as_u64().unwrap(),
@@ -244,6 +249,7 @@ fn table_columns_line_up() {
         batches: None,
         records_per_batch_mean: None,
         records_per_batch_max: None,
+        early_batches: None,
         bytes_written: None,
         latency_us: report::LatencyUs::from_hist(&h),
         cpu_us_per_record: Some(12.345),

@@ -67,6 +67,9 @@ pub struct EngineCounters {
     pub bytes_written: Option<u64>,
     /// Largest number of records in one batch since open.
     pub max_batch_records: Option<u64>,
+    /// Batches submitted beside an earlier durable write still in flight because
+    /// their cohort had gathered (streamline `every_write`).
+    pub early_batches: Option<u64>,
 }
 
 impl EngineCounters {
@@ -78,6 +81,7 @@ impl EngineCounters {
             batches: d(self.batches, before.batches),
             bytes_written: d(self.bytes_written, before.bytes_written),
             max_batch_records: self.max_batch_records,
+            early_batches: d(self.early_batches, before.early_batches),
         }
     }
 }
@@ -187,6 +191,7 @@ impl Engine for StreamlineEngine {
             batches: Some(s.batches),
             bytes_written: Some(s.bytes_written),
             max_batch_records: Some(s.max_batch_entries),
+            early_batches: Some(s.early_batches),
         }
     }
 
@@ -274,6 +279,7 @@ impl Engine for FileEngine {
             batches: Some(writes),
             bytes_written: Some(self.bytes.load(Ordering::Relaxed)),
             max_batch_records: Some(u64::from(writes > 0)),
+            early_batches: None,
         }
     }
 

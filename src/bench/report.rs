@@ -131,6 +131,9 @@ pub struct JobReport {
     pub records_per_batch_mean: Option<f64>,
     /// Largest batch since the engine opened.
     pub records_per_batch_max: Option<u64>,
+    /// Batches in the window submitted beside an earlier durable write still in
+    /// flight because their cohort had gathered (streamline `every_write`).
+    pub early_batches: Option<u64>,
     /// Bytes written to files in the window, framing and padding included.
     pub bytes_written: Option<u64>,
     /// Latency of each acknowledged append, microseconds.
@@ -199,6 +202,7 @@ impl JobReport {
                 .filter(|&b| b > 0)
                 .map(|b| round2(r.records as f64 / b as f64)),
             records_per_batch_max: r.counters.max_batch_records,
+            early_batches: r.counters.early_batches,
             bytes_written: r.counters.bytes_written,
             latency_us: LatencyUs::from_hist(&r.hist),
             cpu_us_per_record: r.cpu.and_then(|c| per_record(c.process)),
