@@ -67,8 +67,11 @@ impl Slot {
 pub struct Completion {
     slot: Arc<Slot>,
     taken: bool,
-    /// How long [`Completion::wait`] polls before the thread parks.
+    /// How long [`Completion::wait`] polls before the thread parks, and how long
+    /// `.await` keeps asking to be polled again before it registers its waker.
     spin: Duration,
+    /// When the future was first polled (for the `.await` spin budget).
+    first_poll: Option<Instant>,
 }
 
 impl Completion {
@@ -88,6 +91,7 @@ impl Completion {
                 slot: Arc::clone(&slot),
                 taken: false,
                 spin,
+                first_poll: None,
             },
             slot,
         )
@@ -172,11 +176,33 @@ impl Completion {
     }
 }
 
+impl Completion {
+    /// Whether `.await` should poll again rather than sleep: the result is not
+    /// there yet and the spin budget, counted from the first poll, is not spent.
+    fn keeps_polling(&mut self) -> bool {
+        if self.spin.is_zero() || self.slot.done.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        now.duration_since(*self.first_poll.get_or_insert(now)) < self.spin
+    }
+}
+
 impl Future for Completion {
     type Output = Result<u64>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.taken {
             return Poll::Ready(Err(Error::Closed));
+        }
+        if self.keeps_polling() {
+            // As `wait` does: yield the thread (the commit thread or another
+            // producer may need this CPU), then ask the executor to poll again
+            // instead of sleeping until the commit thread's `Waker`. An executor
+            // thread with nothing left to run parks, and waking it costs what
+            // `ack_spin_us` avoids for blocked threads (`docs/engine.md`).
+            std::thread::yield_now();
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         let mut st = self.slot.lock();
         if let Some(r) = st.result.take() {
@@ -235,5 +261,55 @@ mod tests {
         slot.complete(Err(Error::Closed));
         slot.complete(Ok(1));
         assert!(matches!(c.wait(), Err(Error::Closed)));
+    }
+
+    /// Counts the wake-ups it receives.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll_once(c: &mut Completion, waker: &Arc<CountingWaker>) -> Poll<Result<u64>> {
+        let waker = Waker::from(Arc::clone(waker));
+        Pin::new(c).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn an_awaited_completion_asks_to_be_polled_again_within_its_budget() {
+        let (mut c, slot) = Completion::spinning(Duration::from_secs(10));
+        let w = Arc::new(CountingWaker::default());
+        for polls in 1..=3 {
+            assert!(poll_once(&mut c, &w).is_pending());
+            // Woken at once to be polled again; nothing registered with the slot.
+            assert_eq!(w.0.load(Ordering::SeqCst), polls);
+            assert!(slot.lock().waker.is_none());
+        }
+        slot.complete(Ok(4));
+        assert!(matches!(poll_once(&mut c, &w), Poll::Ready(Ok(4))));
+        // Completing woke nobody: the future was polling.
+        assert_eq!(w.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn an_awaited_completion_registers_its_waker_once_the_budget_is_spent() {
+        for spin in [Duration::ZERO, Duration::from_millis(2)] {
+            let (mut c, slot) = Completion::spinning(spin);
+            let w = Arc::new(CountingWaker::default());
+            let self_wakes = usize::from(!spin.is_zero());
+            assert!(poll_once(&mut c, &w).is_pending());
+            assert_eq!(w.0.load(Ordering::SeqCst), self_wakes);
+            std::thread::sleep(spin + Duration::from_millis(1));
+            assert!(poll_once(&mut c, &w).is_pending());
+            // No longer polling: it waits for the commit thread's wake-up.
+            assert_eq!(w.0.load(Ordering::SeqCst), self_wakes);
+            assert!(slot.lock().waker.is_some());
+            slot.complete(Ok(5));
+            assert_eq!(w.0.load(Ordering::SeqCst), self_wakes + 1);
+            assert!(matches!(poll_once(&mut c, &w), Poll::Ready(Ok(5))));
+        }
     }
 }

@@ -177,8 +177,10 @@ pub struct WalConfig {
     /// acknowledgement (yielding the CPU between looks) before it sleeps, in
     /// microseconds. Sleeping costs a wake-up per acknowledgement, which on a
     /// virtual machine is often longer than the device's write; polling costs CPU
-    /// that other runnable threads can still take. `.await`ing callers never poll.
-    /// 0 disables. Default: 500.
+    /// that other runnable threads can still take. An `.await`ed completion does
+    /// the same within its executor: for this long after its first poll it yields
+    /// the thread and asks to be polled again, so that an executor thread whose
+    /// tasks all wait for the WAL does not park. 0 disables. Default: 500.
     pub ack_spin_us: u64,
 }
 
