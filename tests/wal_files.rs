@@ -210,6 +210,104 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
     }
 }
 
+/// The same contract for tasks that `.await` their acknowledgements, on both kinds
+/// of tokio runtime, with awaited completions polling for their whole wait (500
+/// µs), for a moment (1 µs, then a `Waker`), or not at all.
+#[test]
+fn many_tasks_awaiting_appends_get_every_completion_and_disk_order_is_sequence_order() {
+    for backend in BACKENDS {
+        for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
+            for ack_spin_us in [0, 1, 500] {
+                for workers in [0, 2] {
+                    let what = format!("{backend} {mode} spin {ack_spin_us} workers {workers}");
+                    let dir = tempfile::tempdir().unwrap();
+                    let cfg = WalConfig {
+                        max_file_size: 1 << 20,
+                        ack_spin_us,
+                        ..config(backend, mode)
+                    };
+                    let (wal, _) = open(dir.path(), cfg.clone());
+                    let rt = if workers == 0 {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_time()
+                            .build()
+                    } else {
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(workers)
+                            .enable_time()
+                            .build()
+                    }
+                    .unwrap();
+                    let tasks = 16u64;
+                    let per = 100u64;
+                    let got: Vec<Vec<(u64, u64)>> = rt.block_on(async {
+                        let handles: Vec<_> = (0..tasks)
+                            .map(|t| {
+                                let wal = wal.clone();
+                                tokio::spawn(async move {
+                                    let mut got = Vec::new();
+                                    for i in 0..per {
+                                        let key = t * 1_000_000 + i;
+                                        let data =
+                                            Bytes::from(payload(key, 64 + (key % 700) as usize));
+                                        // Both ways in: the completion itself, and the
+                                        // variant that also awaits pending capacity.
+                                        let seq = if i % 2 == 0 {
+                                            wal.append("a", t as i32, data).await
+                                        } else {
+                                            wal.append_async("a", t as i32, data).await
+                                        };
+                                        got.push((seq.unwrap(), key));
+                                    }
+                                    got
+                                })
+                            })
+                            .collect();
+                        let mut all = Vec::new();
+                        for h in handles {
+                            // A completion that never wakes its task hangs here.
+                            let joined =
+                                tokio::time::timeout(std::time::Duration::from_secs(60), h);
+                            all.push(
+                                joined
+                                    .await
+                                    .expect("an awaited append never resolved")
+                                    .unwrap(),
+                            );
+                        }
+                        all
+                    });
+                    let mut by_seq = HashMap::new();
+                    for g in got {
+                        assert!(g.windows(2).all(|w| w[0].0 < w[1].0), "{what}");
+                        for (s, k) in g {
+                            assert!(
+                                by_seq.insert(s, k).is_none(),
+                                "{what}: sequence {s} given twice"
+                            );
+                        }
+                    }
+                    let total = tasks * per;
+                    assert_eq!(by_seq.len() as u64, total, "{what}");
+                    drop(wal);
+                    let (_wal, rec) = open(dir.path(), cfg);
+                    assert_eq!(rec.len() as u64, total, "{what}");
+                    for (i, e) in rec.iter().enumerate() {
+                        assert_eq!(e.sequence, i as u64 + 1, "{what}");
+                        let key = by_seq[&e.sequence];
+                        assert_eq!(
+                            &e.data[..],
+                            &payload(key, 64 + (key % 700) as usize)[..],
+                            "{what}"
+                        );
+                        assert_eq!(e.partition as u64, key / 1_000_000, "{what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn oversized_entries_are_rejected_and_large_ones_fit() {
     for backend in BACKENDS {
