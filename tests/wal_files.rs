@@ -172,41 +172,52 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
                     })
                 })
                 .collect();
-            let mut by_seq = HashMap::new();
-            for h in handles {
-                let got = h.join().unwrap();
-                // Each thread's own appends got increasing sequences.
-                assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{backend} {mode}");
-                for (s, k) in got {
-                    assert!(
-                        by_seq.insert(s, k).is_none(),
-                        "{backend} {mode}: sequence {s} given twice"
-                    );
-                }
-            }
-            let total = threads * per;
-            assert_eq!(by_seq.len() as u64, total);
+            let got: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             let stats = wal.stats();
-            assert_eq!(stats.entries, total);
+            assert_eq!(stats.entries, threads * per);
             assert!(
-                stats.batches < total,
+                stats.batches < threads * per,
                 "{backend} {mode}: no group commit happened"
             );
             drop(wal);
-            let (_wal, rec) = open(dir.path(), cfg);
-            assert_eq!(rec.len() as u64, total);
-            for (i, e) in rec.iter().enumerate() {
-                assert_eq!(e.sequence, i as u64 + 1);
-                let key = by_seq[&e.sequence];
-                assert_eq!(
-                    &e.data[..],
-                    &payload(key, 64 + (key % 700) as usize)[..],
-                    "{backend} {mode}: seq {}",
-                    e.sequence
-                );
-                assert_eq!(e.partition as u64, key / 1_000_000);
-            }
+            check_acks_against_recovery(dir.path(), cfg, got, &format!("{backend} {mode}"));
         }
+    }
+}
+
+/// `acks` holds, per producer and in the order it appended, the sequence each
+/// append was acknowledged with and the key its payload was made from (the producer
+/// times 1,000,000 plus its index, the producer being the partition). Checks that
+/// each producer's sequences increase, that no sequence was given twice, and that
+/// reopening recovers exactly these entries, in sequence order, with their payloads.
+fn check_acks_against_recovery(
+    dir: &std::path::Path,
+    cfg: WalConfig,
+    acks: Vec<Vec<(u64, u64)>>,
+    what: &str,
+) {
+    let mut by_seq = HashMap::new();
+    for got in acks {
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{what}");
+        for (s, k) in got {
+            assert!(
+                by_seq.insert(s, k).is_none(),
+                "{what}: sequence {s} given twice"
+            );
+        }
+    }
+    let (_wal, rec) = open(dir, cfg);
+    assert_eq!(rec.len(), by_seq.len(), "{what}");
+    for (i, e) in rec.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1, "{what}");
+        let key = by_seq[&e.sequence];
+        assert_eq!(
+            &e.data[..],
+            &payload(key, 64 + (key % 700) as usize)[..],
+            "{what}: seq {}",
+            e.sequence
+        );
+        assert_eq!(e.partition as u64, key / 1_000_000, "{what}");
     }
 }
 
@@ -277,31 +288,9 @@ fn many_tasks_awaiting_appends_get_every_completion_and_disk_order_is_sequence_o
                         }
                         all
                     });
-                    let mut by_seq = HashMap::new();
-                    for g in got {
-                        assert!(g.windows(2).all(|w| w[0].0 < w[1].0), "{what}");
-                        for (s, k) in g {
-                            assert!(
-                                by_seq.insert(s, k).is_none(),
-                                "{what}: sequence {s} given twice"
-                            );
-                        }
-                    }
-                    let total = tasks * per;
-                    assert_eq!(by_seq.len() as u64, total, "{what}");
+                    assert_eq!(got.iter().map(Vec::len).sum::<usize>() as u64, tasks * per);
                     drop(wal);
-                    let (_wal, rec) = open(dir.path(), cfg);
-                    assert_eq!(rec.len() as u64, total, "{what}");
-                    for (i, e) in rec.iter().enumerate() {
-                        assert_eq!(e.sequence, i as u64 + 1, "{what}");
-                        let key = by_seq[&e.sequence];
-                        assert_eq!(
-                            &e.data[..],
-                            &payload(key, 64 + (key % 700) as usize)[..],
-                            "{what}"
-                        );
-                        assert_eq!(e.partition as u64, key / 1_000_000, "{what}");
-                    }
+                    check_acks_against_recovery(dir.path(), cfg, got, &what);
                 }
             }
         }
