@@ -1,18 +1,29 @@
-//! Full disk on a real filesystem: a small ext4 image mounted through a loop device
-//! (needs root, `mkfs.ext4` and loop devices; CI runs as root). The WAL fills it
-//! until appends fail; every producer then gets an error carrying ENOSPC, nothing
-//! acknowledged is lost, and after space is freed the WAL reopens, recovers
-//! everything and accepts appends again. Both backends.
+//! On a real filesystem: a small ext4 image mounted through a loop device (needs
+//! root, `mkfs.ext4` and loop devices; CI runs as root).
+//!
+//! Full disk: the WAL fills it until appends fail; every producer then gets an
+//! error carrying ENOSPC, nothing acknowledged is lost, and after space is freed
+//! the WAL reopens, recovers everything and accepts appends again. Both backends.
+//!
+//! A new log's first file: `Wal::open` zero-fills its head, the preparer thread the
+//! rest, and the two never write the same block (ext4 reports a reserved but
+//! unwritten extent as a hole, which tells the two kinds of block apart).
 
 use std::{
     collections::BTreeMap,
+    os::fd::AsRawFd,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     process::Command,
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
+use streamline::wal::{
+    files::{self, TailFill, FIRST_FILE_HEAD},
+    BackendKind, SyncMode, Wal, WalConfig,
+};
 
 /// Mounts a fresh ext4 image of `mib` MiB; unmounts on drop.
 struct LoopFs {
@@ -192,5 +203,96 @@ fn full_ext4_fails_appends_with_enospc_and_recovers_after_space_is_freed() {
             "full disk {backend}: {} acknowledged before ENOSPC, none lost",
             acked.len()
         );
+    }
+}
+
+/// Where the first hole at or after 0 is: the first block that is reserved but
+/// was never written, or the file's size.
+fn first_hole(path: &Path) -> u64 {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek takes no pointers; the fd is open for the whole call.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert!(
+        r >= 0,
+        "lseek(SEEK_HOLE) {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    r as u64
+}
+
+#[test]
+fn a_new_logs_first_file_is_zero_filled_in_part_then_in_the_background() {
+    let fs = LoopFs::new(256);
+    let size = 32u64 << 20;
+
+    // Preparing the first file writes its head only: the rest is a hole.
+    let dir = fs.mount.join("parts");
+    std::fs::create_dir(&dir).unwrap();
+    let (prepared, zeroed) = files::prepare_head(&dir, 1, size).unwrap();
+    assert_eq!(zeroed, FIRST_FILE_HEAD);
+    assert_eq!(std::fs::metadata(&prepared).unwrap().len(), size);
+    assert_eq!(first_hole(&prepared), FIRST_FILE_HEAD);
+
+    // A fill stopped before it starts writes nothing, and never touches a block
+    // the commit thread has written since.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&prepared)
+        .unwrap();
+    let marker = vec![0xA5u8; 4096];
+    f.write_all_at(&marker, zeroed).unwrap();
+    f.sync_data().unwrap();
+    let fill = TailFill::new(zeroed);
+    fill.stop();
+    files::fill_tail(&f, &prepared, size, &fill).unwrap();
+    assert_eq!(fill.zeroed_through(), zeroed);
+    assert_eq!(first_hole(&prepared), zeroed + 4096);
+    let mut read_back = vec![0u8; 4096];
+    std::fs::File::open(&prepared)
+        .unwrap()
+        .read_exact_at(&mut read_back, zeroed)
+        .unwrap();
+    assert_eq!(read_back, marker);
+
+    // A fill left alone writes every block up to the end.
+    let fill = TailFill::new(zeroed + 4096);
+    files::fill_tail(&f, &prepared, size, &fill).unwrap();
+    assert_eq!(fill.zeroed_through(), size);
+    assert_eq!(first_hole(&prepared), size);
+    std::fs::File::open(&prepared)
+        .unwrap()
+        .read_exact_at(&mut read_back, zeroed)
+        .unwrap();
+    assert_eq!(read_back, marker);
+
+    // Through `Wal::open`, on both backends: the preparer thread finishes the
+    // zero-fill while the WAL serves appends, and everything acknowledged is there.
+    for backend in [BackendKind::Std, BackendKind::Uring] {
+        let dir = fs.mount.join(format!("wal-{backend}"));
+        let cfg = WalConfig {
+            max_file_size: size,
+            ..config(backend)
+        };
+        let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+        assert_eq!(rec.count(), 0);
+        let mut acked = BTreeMap::new();
+        for i in 0..200 {
+            let seq = wal.append("z", 0, Bytes::from(data(0, i))).wait().unwrap();
+            acked.insert(seq, data(0, i));
+        }
+        let current = dir.join("current.wal");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while first_hole(&current) < size {
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: {} still has a hole at {} of {size} after 60 s",
+                current.display(),
+                first_hole(&current)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wal.close().unwrap();
+        check_recovered(&dir, backend, &acked).close().unwrap();
     }
 }

@@ -23,7 +23,7 @@ use super::{
     buffer::AlignedBuf,
     completion::{Completion, Slot},
     config::{SyncMode, WalConfig},
-    files::{self, Prealloc},
+    files::{self, Prealloc, TailFill},
     format::{
         align_up, encode_batch_header, encode_entry, entry_len, BatchHeader, BatchKind,
         WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
@@ -372,6 +372,9 @@ pub(crate) struct Committer {
     next_token: u64,
     last_sync: Instant,
     preparer: Option<Preparer>,
+    /// The background zero-fill of the active file's tail, until the commit thread
+    /// needs space it has not reached ([`Committer::claim_active`]).
+    tail_fill: Option<Arc<TailFill>>,
     spare_acks: Vec<Vec<Ack>>,
     /// When the thread started polling for an early batch (`polls_for_early_batch`).
     early_poll_since: Option<Instant>,
@@ -380,10 +383,12 @@ pub(crate) struct Committer {
     every_write: bool,
 }
 
-/// The background preparation of the next file.
+/// The background preparation of the next file, after the zero-fill of the active
+/// file's tail when it has one.
 pub(crate) struct Preparer {
     handle: JoinHandle<Result<PathBuf>>,
     stop: Arc<AtomicBool>,
+    tail: Option<Arc<TailFill>>,
 }
 
 impl Preparer {
@@ -391,21 +396,50 @@ impl Preparer {
     /// rotation that waits for it stalls every producer (at ~1 GB/s of appends a
     /// 100 MiB file is full before its successor is zero-filled).
     fn finish(self) -> Option<Result<PathBuf>> {
+        if let Some(t) = &self.tail {
+            t.stop();
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().ok()
     }
 }
 
-/// Starts preparing file `number` in the background.
-pub(crate) fn spawn_preparer(dir: &Path, number: u64, size: u64) -> Option<Preparer> {
+/// The rest of a new active file to zero-fill before preparing the next one.
+pub(crate) struct TailJob {
+    pub file: std::fs::File,
+    pub path: PathBuf,
+    pub size: u64,
+    pub fill: Arc<TailFill>,
+}
+
+/// Starts preparing file `number` in the background, after zero-filling `tail`.
+pub(crate) fn spawn_preparer(
+    dir: &Path,
+    number: u64,
+    size: u64,
+    tail: Option<TailJob>,
+) -> Option<Preparer> {
     let dir = dir.to_path_buf();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
+    let fill = tail.as_ref().map(|t| Arc::clone(&t.fill));
     std::thread::Builder::new()
         .name("streamline-wal-prepare".into())
-        .spawn(move || files::prepare_file_until(&dir, number, size, Prealloc::ZeroFill, &flag))
+        .spawn(move || {
+            if let Some(t) = tail {
+                if let Err(e) = files::fill_tail(&t.file, &t.path, t.size, &t.fill) {
+                    // Not fatal: the unwritten rest reads as zeros and only syncs slower.
+                    tracing::warn!(error = %e, "zero-filling the rest of the active WAL file failed");
+                }
+            }
+            files::prepare_file_until(&dir, number, size, Prealloc::ZeroFill, &flag)
+        })
         .ok()
-        .map(|handle| Preparer { handle, stop })
+        .map(|handle| Preparer {
+            handle,
+            stop,
+            tail: fill,
+        })
 }
 
 impl Committer {
@@ -442,6 +476,7 @@ impl Committer {
             close: None,
             next_token: 1,
             last_sync: Instant::now(),
+            tail_fill: preparer.as_ref().and_then(|p| p.tail.clone()),
             preparer,
             spare_acks: Vec::new(),
             early_poll_since: None,
@@ -748,6 +783,7 @@ impl Committer {
         out[pos..len].fill(0);
         let offset = self.file.offset;
         self.file.offset += len as u64;
+        self.claim_active(self.file.offset);
         let token = self.token();
         self.backend.submit(
             token,
@@ -967,6 +1003,24 @@ impl Committer {
         Ok(())
     }
 
+    /// Called before writing the active file up to `end`: once that passes what the
+    /// background zero-fill has done, the fill stops (waiting for a zero write in
+    /// progress) so that it never writes where entries go. The rest of the file
+    /// then stays unwritten, like a prepared file whose zero-fill a rotation cut
+    /// short.
+    fn claim_active(&mut self, end: u64) {
+        let Some(fill) = &self.tail_fill else { return };
+        if end > fill.zeroed_through() {
+            fill.stop();
+            tracing::debug!(
+                file = self.file.number,
+                zeroed = fill.zeroed_through(),
+                "appends overtook the zero-fill of the active WAL file; the rest stays unwritten"
+            );
+            self.tail_fill = None;
+        }
+    }
+
     /// Writes a seal batch at the current offset and fdatasyncs it (nothing in flight).
     fn seal(&mut self, next_sequence: u64) -> Result<()> {
         // The seal's own sync covers the seal only: make everything before it durable first.
@@ -990,6 +1044,7 @@ impl Committer {
         let out = buf.as_mut_slice();
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
         out[BATCH_HEADER_LEN..BLOCK_SIZE].fill(0);
+        self.claim_active(self.file.offset + BLOCK_SIZE as u64);
         let token = self.token();
         let r = self.backend.submit(
             token,
@@ -1022,6 +1077,8 @@ impl Committer {
         let dir = self.core.dir.clone();
         // New files get the configured size (the active one may predate a change).
         let new_size = self.core.config.max_file_size;
+        // The preparer stops the active file's zero-fill, if any, before it returns.
+        self.tail_fill = None;
         let prepared = match self.preparer.take().and_then(Preparer::finish) {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
@@ -1057,7 +1114,7 @@ impl Committer {
             .map_err(|e| Error::io("stat", &current, e))?
             .len();
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
-        self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size);
+        self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size, None);
         Ok(())
     }
 

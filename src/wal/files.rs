@@ -17,7 +17,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex, PoisonError,
+    },
 };
 
 use super::format::{encode_file_header, BLOCK_SIZE};
@@ -311,11 +314,38 @@ pub fn prepare_file_until(
     prealloc: Prealloc,
     stop: &AtomicBool,
 ) -> Result<PathBuf> {
+    let zero_to = match prealloc {
+        Prealloc::ZeroFill => size,
+        Prealloc::Reserve => 0,
+    };
+    prepare(dir, number, size, zero_to, stop).map(|(p, _)| p)
+}
+
+/// Prepares the first file of a new log, zero-filling only its head (a quarter of
+/// it, at most [`FIRST_FILE_HEAD`]) so that opening does not wait for the whole
+/// file to be written; [`fill_tail`] zero-fills the rest in the background.
+/// Returns the prepared file and how far it is zero-filled (all of it when a
+/// prepared or recycled file was reused).
+pub fn prepare_head(dir: &Path, number: u64, size: u64) -> Result<(PathBuf, u64)> {
+    let head = (size / 4 / BLOCK_SIZE as u64 * BLOCK_SIZE as u64).min(FIRST_FILE_HEAD);
+    prepare(dir, number, size, head, &AtomicBool::new(false))
+}
+
+/// Most of a new log's first file zero-filled before `Wal::open` returns.
+pub const FIRST_FILE_HEAD: u64 = 4 << 20;
+
+fn prepare(
+    dir: &Path,
+    number: u64,
+    size: u64,
+    zero_to: u64,
+    stop: &AtomicBool,
+) -> Result<(PathBuf, u64)> {
     if let Some(p) = already_prepared(dir, number, size)? {
-        return Ok(p);
+        return Ok((p, size));
     }
     if let Some(p) = reuse_recycled(dir, number, size)? {
-        return Ok(p);
+        return Ok((p, size));
     }
     let tmp = dir.join(NEXT_TMP);
     let dst = dir.join(NEXT);
@@ -332,10 +362,11 @@ pub fn prepare_file_until(
     let mut block = vec![0u8; BLOCK_SIZE];
     encode_file_header(&mut block, number, now_ms());
     write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
-    if prealloc == Prealloc::ZeroFill {
+    let mut at = BLOCK_SIZE as u64;
+    let zero_to = zero_to.min(size);
+    if at < zero_to {
         let zeros = vec![0u8; ZERO_CHUNK];
-        let mut at = BLOCK_SIZE as u64;
-        while at < size {
+        while at < zero_to {
             if stop.load(Ordering::Relaxed) {
                 tracing::debug!(
                     file = number,
@@ -345,7 +376,7 @@ pub fn prepare_file_until(
                 );
                 break;
             }
-            let n = (size - at).min(ZERO_CHUNK as u64) as usize;
+            let n = (zero_to - at).min(ZERO_CHUNK as u64) as usize;
             write_at(&f, &tmp, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", &tmp, e))?;
             start_writeback(&f, at, n);
             at += n as u64;
@@ -355,7 +386,64 @@ pub fn prepare_file_until(
     drop_cached_pages(&f);
     drop(f);
     rename(&tmp, &dst)?;
-    Ok(dst)
+    Ok((dst, at))
+}
+
+/// The background zero-fill of the active file's tail ([`fill_tail`]) and the
+/// commit thread's claim on the space it writes. A zero write and an entry write
+/// never meet: the commit thread writes freely below [`TailFill::zeroed_through`]
+/// and stops the fill before it writes anywhere beyond.
+#[derive(Debug)]
+pub struct TailFill {
+    /// Set once no zero write may start. A zero write holds the lock from the look
+    /// at this flag until it counts as done, so [`TailFill::stop`] returns only
+    /// when none is in progress.
+    stopped: Mutex<bool>,
+    /// Everything below is zero-filled, written back, durable and out of the page
+    /// cache.
+    zeroed_through: AtomicU64,
+}
+
+impl TailFill {
+    /// A fill that continues from `zeroed_through`.
+    pub fn new(zeroed_through: u64) -> Self {
+        TailFill {
+            stopped: Mutex::new(false),
+            zeroed_through: AtomicU64::new(zeroed_through),
+        }
+    }
+
+    /// How far the file is zero-filled.
+    pub fn zeroed_through(&self) -> u64 {
+        self.zeroed_through.load(Ordering::Acquire)
+    }
+
+    /// Stops the fill: when this returns no zero write is in progress, and none
+    /// starts later.
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+}
+
+/// Zero-fills `f` (the active file at `path`, `size` bytes) from where `fill` says
+/// up to its end, one chunk at a time, each made durable and dropped from the page
+/// cache before it counts, until the end or until [`TailFill::stop`]. Steady-state
+/// appends then overwrite written, zeroed blocks, as in files prepared whole.
+pub fn fill_tail(f: &File, path: &Path, size: u64, fill: &TailFill) -> Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK];
+    loop {
+        let stopped = fill.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = fill.zeroed_through.load(Ordering::Relaxed);
+        if *stopped || at >= size {
+            return Ok(());
+        }
+        let n = (size - at).min(ZERO_CHUNK as u64) as usize;
+        write_at(f, path, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", path, e))?;
+        sync_file(f, path, true).map_err(|e| Error::io("fdatasync", path, e))?;
+        // The commit thread may write here with O_DIRECT: no cached pages in its way.
+        advise(f, at, n as u64, Advice::DontNeed);
+        fill.zeroed_through.store(at + n as u64, Ordering::Release);
+    }
 }
 
 /// Drops the (clean, just synced) cached pages of a prepared file. The zero-fill

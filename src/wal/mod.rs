@@ -317,16 +317,15 @@ impl Wal {
                 f.number
             }
         });
+        // A new active file is zero-filled only in part here; the preparer thread
+        // zero-fills the rest ahead of the appends (`files::fill_tail`).
+        let mut zeroed_through = None;
         if need_new_file {
-            let p = files::prepare_file(
-                &dir,
-                number,
-                config.max_file_size,
-                files::Prealloc::ZeroFill,
-            )?;
+            let (p, zeroed) = files::prepare_head(&dir, number, config.max_file_size)?;
             files::rename(&p, &current)?;
             files::sync_dir(&dir)?;
             tracing::info!(file = number, dir = %dir.display(), "created WAL file");
+            zeroed_through = Some(zeroed);
         }
         // The active file keeps its original size (max_file_size may have changed).
         let size = std::fs::metadata(&current)
@@ -353,7 +352,19 @@ impl Wal {
         let kind = backend.kind();
         let direct_io = backend.direct_io();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size);
+        let tail = match zeroed_through {
+            Some(zeroed) if zeroed < size => Some(commit::TailJob {
+                file: std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&current)
+                    .map_err(|e| Error::io("open", &current, e))?,
+                path: current.clone(),
+                size,
+                fill: Arc::new(files::TailFill::new(zeroed)),
+            }),
+            _ => None,
+        };
+        let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size, tail);
         let committer = Committer::new(
             backend,
             Arc::clone(&core),
