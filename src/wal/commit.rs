@@ -386,7 +386,8 @@ pub(crate) struct Committer {
 /// The background preparation of the next file, after the zero-fill of the active
 /// file's tail when it has one.
 pub(crate) struct Preparer {
-    handle: JoinHandle<Result<PathBuf>>,
+    /// Taken by [`Preparer::finish`].
+    handle: Option<JoinHandle<Result<PathBuf>>>,
     stop: Arc<AtomicBool>,
     tail: Option<Arc<TailFill>>,
 }
@@ -395,12 +396,25 @@ impl Preparer {
     /// Waits for the prepared file, cutting a zero-fill still in progress short: a
     /// rotation that waits for it stalls every producer (at ~1 GB/s of appends a
     /// 100 MiB file is full before its successor is zero-filled).
-    fn finish(self) -> Option<Result<PathBuf>> {
+    fn finish(mut self) -> Option<Result<PathBuf>> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Option<Result<PathBuf>> {
         if let Some(t) = &self.tail {
             t.stop();
         }
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().ok()
+        self.handle.take()?.join().ok()
+    }
+}
+
+impl Drop for Preparer {
+    /// A preparer dropped unfinished (an open that failed after starting it, or a
+    /// commit thread unwinding) must not go on writing zeros into an active file
+    /// that a later open in this process appends to.
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
     }
 }
 
@@ -436,7 +450,7 @@ pub(crate) fn spawn_preparer(
         })
         .ok()
         .map(|handle| Preparer {
-            handle,
+            handle: Some(handle),
             stop,
             tail: fill,
         })
