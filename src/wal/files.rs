@@ -321,9 +321,10 @@ pub fn prepare_file_until(
     prepare(dir, number, size, zero_to, stop).map(|(p, _)| p)
 }
 
-/// Prepares the first file of a new log, zero-filling only its head (a quarter of
-/// it, at most [`FIRST_FILE_HEAD`]) so that opening does not wait for the whole
-/// file to be written; [`fill_tail`] zero-fills the rest in the background.
+/// Prepares a file for `Wal::open` to make active (a new log's first file),
+/// zero-filling only its head (a quarter of it, at most [`FIRST_FILE_HEAD`]) so
+/// that opening does not wait for the whole file to be written; [`fill_tail`]
+/// zero-fills the rest in the background.
 /// Returns the prepared file and how far it is zero-filled (all of it when a
 /// prepared or recycled file was reused).
 pub fn prepare_head(dir: &Path, number: u64, size: u64) -> Result<(PathBuf, u64)> {
@@ -331,7 +332,7 @@ pub fn prepare_head(dir: &Path, number: u64, size: u64) -> Result<(PathBuf, u64)
     prepare(dir, number, size, head, &AtomicBool::new(false))
 }
 
-/// Most of a new log's first file zero-filled before `Wal::open` returns.
+/// The largest head of a new active file that [`prepare_head`] zero-fills itself.
 pub const FIRST_FILE_HEAD: u64 = 4 << 20;
 
 fn prepare(
