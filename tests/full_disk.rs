@@ -6,8 +6,9 @@
 //! the WAL reopens, recovers everything and accepts appends again. Both backends.
 //!
 //! A new log's first file: `Wal::open` zero-fills its head, the preparer thread the
-//! rest, and the two never write the same block (ext4 reports a reserved but
-//! unwritten extent as a hole, which tells the two kinds of block apart).
+//! rest, and the two never write the same block; a fill a crash cut short resumes
+//! at the next open (ext4 reports a reserved but unwritten extent as a hole, which
+//! tells the two kinds of block apart).
 
 use std::{
     collections::BTreeMap,
@@ -222,7 +223,7 @@ fn first_hole(path: &Path) -> u64 {
 }
 
 #[test]
-fn a_new_logs_first_file_is_zero_filled_in_part_then_in_the_background() {
+fn a_new_logs_first_file_is_zero_filled_in_part_then_in_the_background_even_after_a_crash() {
     let fs = LoopFs::new(256);
     let size = 32u64 << 20;
 
@@ -268,31 +269,41 @@ fn a_new_logs_first_file_is_zero_filled_in_part_then_in_the_background() {
 
     // Through `Wal::open`, on both backends: the preparer thread finishes the
     // zero-fill while the WAL serves appends, and everything acknowledged is there.
+    // Then again for an active file whose fill a crash cut short right after it was
+    // made (only its head written): the next open resumes the fill.
     for backend in [BackendKind::Std, BackendKind::Uring] {
-        let dir = fs.mount.join(format!("wal-{backend}"));
-        let cfg = WalConfig {
-            max_file_size: size,
-            ..config(backend)
-        };
-        let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
-        assert_eq!(rec.count(), 0);
-        let mut acked = BTreeMap::new();
-        for i in 0..200 {
-            let seq = wal.append("z", 0, Bytes::from(data(0, i))).wait().unwrap();
-            acked.insert(seq, data(0, i));
+        for cut_short in [false, true] {
+            let dir = fs.mount.join(format!("wal-{backend}-{cut_short}"));
+            if cut_short {
+                std::fs::create_dir(&dir).unwrap();
+                let (p, _) = files::prepare_head(&dir, 1, size).unwrap();
+                std::fs::rename(p, dir.join("current.wal")).unwrap();
+                assert_eq!(first_hole(&dir.join("current.wal")), FIRST_FILE_HEAD);
+            }
+            let cfg = WalConfig {
+                max_file_size: size,
+                ..config(backend)
+            };
+            let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+            assert_eq!(rec.count(), 0);
+            let mut acked = BTreeMap::new();
+            for i in 0..200 {
+                let seq = wal.append("z", 0, Bytes::from(data(0, i))).wait().unwrap();
+                acked.insert(seq, data(0, i));
+            }
+            let current = dir.join("current.wal");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while first_hole(&current) < size {
+                assert!(
+                    Instant::now() < deadline,
+                    "{backend} (cut short: {cut_short}): {} still has a hole at {} of {size} after 60 s",
+                    current.display(),
+                    first_hole(&current)
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            wal.close().unwrap();
+            check_recovered(&dir, backend, &acked).close().unwrap();
         }
-        let current = dir.join("current.wal");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while first_hole(&current) < size {
-            assert!(
-                Instant::now() < deadline,
-                "{backend}: {} still has a hole at {} of {size} after 60 s",
-                current.display(),
-                first_hole(&current)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        wal.close().unwrap();
-        check_recovered(&dir, backend, &acked).close().unwrap();
     }
 }

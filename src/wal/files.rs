@@ -447,6 +447,23 @@ pub fn fill_tail(f: &File, path: &Path, size: u64, fill: &TailFill) -> Result<()
     }
 }
 
+/// Where the first block of `f` that is reserved but was never written starts, as
+/// the filesystem reports it (`lseek(SEEK_HOLE)`: ext4 and XFS report such blocks
+/// as holes); `None` where that cannot be asked. The file's size when it has none.
+#[cfg(target_os = "linux")]
+pub fn first_unwritten(f: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    #[expect(unsafe_code, reason = "lseek(SEEK_HOLE) has no std wrapper")]
+    // SAFETY: lseek takes no pointers; the fd is owned by `f` for the whole call.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    u64::try_from(r).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn first_unwritten(_f: &File) -> Option<u64> {
+    None
+}
+
 /// Drops the (clean, just synced) cached pages of a prepared file. The zero-fill
 /// goes through the page cache, and an `O_DIRECT` write over cached pages must
 /// invalidate them first, which io_uring cannot do without blocking: every such

@@ -175,6 +175,20 @@ impl std::fmt::Debug for Recovery {
     }
 }
 
+/// Where to resume the zero-fill of an active file that a crash (or appends that
+/// overtook it) cut short: its first reserved but unwritten block, when that lies
+/// at or after `offset`, where the log ends and appends continue. The fill only
+/// ever writes from there on, and the commit thread stops it before writing
+/// beyond what it has done, as for a new file.
+fn resumed_fill(current: &Path, offset: u64, size: u64) -> Result<Option<u64>> {
+    let f = std::fs::File::open(current).map_err(|e| Error::io("open", current, e))?;
+    let hole = files::first_unwritten(&f).filter(|&h| h >= offset && h < size);
+    if let Some(h) = hole {
+        tracing::info!(file = %current.display(), from = h, "resuming the zero-fill of the active WAL file");
+    }
+    Ok(hole)
+}
+
 /// Writes a seal batch at `offset` of `path` with plain I/O and fdatasyncs it.
 fn seal_in_place(
     path: &Path,
@@ -352,6 +366,9 @@ impl Wal {
         let kind = backend.kind();
         let direct_io = backend.direct_io();
         let (tx, rx) = crossbeam_channel::unbounded();
+        if !need_new_file {
+            zeroed_through = resumed_fill(&current, offset, size)?;
+        }
         let tail = match zeroed_through {
             Some(zeroed) if zeroed < size => Some(commit::TailJob {
                 file: std::fs::OpenOptions::new()
