@@ -372,9 +372,6 @@ pub(crate) struct Committer {
     next_token: u64,
     last_sync: Instant,
     preparer: Option<Preparer>,
-    /// The background zero-fill of the active file's tail, until the commit thread
-    /// needs space it has not reached ([`Committer::claim_active`]).
-    tail_fill: Option<Arc<TailFill>>,
     spare_acks: Vec<Vec<Ack>>,
     /// When the thread started polling for an early batch (`polls_for_early_batch`).
     early_poll_since: Option<Instant>,
@@ -389,6 +386,8 @@ pub(crate) struct Preparer {
     /// Taken by [`Preparer::finish`].
     handle: Option<JoinHandle<Result<PathBuf>>>,
     stop: Arc<AtomicBool>,
+    /// The zero-fill of the active file's tail, until the commit thread needs space
+    /// it has not reached ([`Committer::claim_active`]).
     tail: Option<Arc<TailFill>>,
 }
 
@@ -490,7 +489,6 @@ impl Committer {
             close: None,
             next_token: 1,
             last_sync: Instant::now(),
-            tail_fill: preparer.as_ref().and_then(|p| p.tail.clone()),
             preparer,
             spare_acks: Vec::new(),
             early_poll_since: None,
@@ -1023,7 +1021,8 @@ impl Committer {
     /// then stays unwritten, like a prepared file whose zero-fill a rotation cut
     /// short.
     fn claim_active(&mut self, end: u64) {
-        let Some(fill) = &self.tail_fill else { return };
+        let Some(p) = &mut self.preparer else { return };
+        let Some(fill) = &p.tail else { return };
         if end > fill.zeroed_through() {
             fill.stop();
             tracing::debug!(
@@ -1031,7 +1030,7 @@ impl Committer {
                 zeroed = fill.zeroed_through(),
                 "appends overtook the zero-fill of the active WAL file; the rest stays unwritten"
             );
-            self.tail_fill = None;
+            p.tail = None;
         }
     }
 
@@ -1091,8 +1090,7 @@ impl Committer {
         let dir = self.core.dir.clone();
         // New files get the configured size (the active one may predate a change).
         let new_size = self.core.config.max_file_size;
-        // The preparer stops the active file's zero-fill, if any, before it returns.
-        self.tail_fill = None;
+        // This also stops the active file's zero-fill, if any, before it returns.
         let prepared = match self.preparer.take().and_then(Preparer::finish) {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
