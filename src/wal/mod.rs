@@ -182,6 +182,9 @@ impl std::fmt::Debug for Recovery {
 /// beyond what it has done, as for a new file.
 fn resumed_fill(current: &Path, offset: u64, size: u64) -> Result<Option<u64>> {
     let f = std::fs::File::open(current).map_err(|e| Error::io("open", current, e))?;
+    // Recovery's reads left pages cached, and a filesystem reports an unwritten
+    // block with a cached page as data: drop them (all clean) to see the holes.
+    files::drop_cached_pages(&f);
     let hole = files::first_unwritten(&f).filter(|&h| h >= offset && h < size);
     if let Some(h) = hole {
         tracing::info!(file = %current.display(), from = h, "resuming the zero-fill of the active WAL file");
@@ -333,18 +336,23 @@ impl Wal {
         });
         // A new active file is zero-filled only in part here; the preparer thread
         // zero-fills the rest ahead of the appends (`files::fill_tail`).
-        let mut zeroed_through = None;
-        if need_new_file {
+        let created_zeroed = if need_new_file {
             let (p, zeroed) = files::prepare_head(&dir, number, config.max_file_size)?;
             files::rename(&p, &current)?;
             files::sync_dir(&dir)?;
             tracing::info!(file = number, dir = %dir.display(), "created WAL file");
-            zeroed_through = Some(zeroed);
-        }
+            Some(zeroed)
+        } else {
+            None
+        };
         // The active file keeps its original size (max_file_size may have changed).
         let size = std::fs::metadata(&current)
             .map_err(|e| Error::io("stat", &current, e))?
             .len();
+        let zeroed_through = match created_zeroed {
+            Some(zeroed) => Some(zeroed),
+            None => resumed_fill(&current, offset, size)?,
+        };
 
         let archived: Vec<Archived> = files
             .iter()
@@ -366,9 +374,6 @@ impl Wal {
         let kind = backend.kind();
         let direct_io = backend.direct_io();
         let (tx, rx) = crossbeam_channel::unbounded();
-        if !need_new_file {
-            zeroed_through = resumed_fill(&current, offset, size)?;
-        }
         let tail = match zeroed_through {
             Some(zeroed) if zeroed < size => Some(commit::TailJob {
                 file: std::fs::OpenOptions::new()
