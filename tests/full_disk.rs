@@ -5,6 +5,12 @@
 //! error carrying ENOSPC, nothing acknowledged is lost, and after space is freed
 //! the WAL reopens, recovers everything and accepts appends again. Both backends.
 //!
+//! A filesystem shut down under the WAL (`EXT4_IOC_SHUTDOWN`, as xfstests'
+//! `godown` does): from that moment every write and fsync fails with EIO. Every
+//! producer still waiting gets an error, none is acknowledged after it, and after
+//! a remount recovery returns everything acknowledged (`every_write`) or a clean
+//! prefix (`interval`), never data that was not appended. Both backends.
+//!
 //! A new log's first file: `Wal::open` zero-fills its head, the preparer thread the
 //! rest, and the two never write the same block; a fill a crash cut short resumes
 //! at the next open (ext4 reports a reserved but unwritten extent as a hole, which
@@ -28,6 +34,7 @@ use streamline::wal::{
 /// Mounts a fresh ext4 image of `mib` MiB; unmounts on drop.
 struct LoopFs {
     mount: PathBuf,
+    img: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -60,19 +67,31 @@ impl LoopFs {
         run("mkfs.ext4", &["-q", "-F", "-m", "0", img.to_str().unwrap()]);
         let mount = tmp.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
+        let fs = LoopFs {
+            mount,
+            img,
+            _tmp: tmp,
+        };
+        fs.mount();
+        fs
+    }
+
+    fn mount(&self) {
         run(
             "mount",
-            &["-o", "loop", img.to_str().unwrap(), mount.to_str().unwrap()],
+            &[
+                "-o",
+                "loop",
+                self.img.to_str().unwrap(),
+                self.mount.to_str().unwrap(),
+            ],
         );
-        LoopFs { mount, _tmp: tmp }
     }
-}
 
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        // An io_uring instance releases its file references asynchronously after it
-        // is dropped, so the first attempts may find the mount busy. The loop device
-        // is detached automatically with the unmount.
+    /// Whether the unmount succeeded. An io_uring instance releases its file
+    /// references asynchronously after it is dropped, so the first attempts may
+    /// find the mount busy. The loop device is detached with the unmount.
+    fn unmount(&self) -> bool {
         for _ in 0..50 {
             let ok = Command::new("umount")
                 .arg(&self.mount)
@@ -80,11 +99,50 @@ impl Drop for LoopFs {
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
-                return;
+                return true;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        false
+    }
+
+    /// Shuts the filesystem down at once, without flushing its journal or any
+    /// data (`EXT4_IOC_SHUTDOWN`, `EXT4_GOING_FLAGS_NOLOGFLUSH`): every later
+    /// write and fsync on it fails with EIO until it is mounted again.
+    fn shut_down(&self) {
+        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D; // _IOR('X', 125, __u32)
+        const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
+        let dir = std::fs::File::open(&self.mount).unwrap();
+        let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
+        // SAFETY: the fd is open for the whole call, and the ioctl reads one u32
+        // from the pointer, which points to a live local.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                EXT4_IOC_SHUTDOWN,
+                &flags as *const u32,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "EXT4_IOC_SHUTDOWN: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Unmounts and mounts the image again (after a shutdown: as after a crash).
+    fn remount(&self) {
+        assert!(self.unmount(), "umount {} failed", self.mount.display());
+        self.mount();
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if !self.unmount() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
     }
 }
 
@@ -310,6 +368,174 @@ fn a_new_logs_first_file_is_zero_filled_in_part_then_in_the_background_even_afte
             check_recovered(&dir, backend, &acked).close().unwrap();
             // Room on the small image for the next round's two 32 MiB files.
             std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
+
+/// A payload that names its producer and index, so that any recovered entry can be
+/// checked against what was appended.
+fn tagged(p: u64, i: u64) -> Vec<u8> {
+    let mut d = i.to_le_bytes().to_vec();
+    d.extend(data(p, i));
+    d
+}
+
+#[test]
+fn a_filesystem_shut_down_under_the_wal_fails_waiting_appends_and_keeps_every_ack() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    for backend in [BackendKind::Std, BackendKind::Uring] {
+        for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
+            let fs = LoopFs::new(64);
+            let dir = fs.mount.join("wal");
+            // Small files, so that rotations (and the preparer's writes) run too.
+            let cfg = WalConfig {
+                sync_mode: mode,
+                sync_interval_ms: 5,
+                ..config(backend)
+            };
+            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            assert_eq!(wal.backend(), backend, "requested backend not in use");
+            let acked = Arc::new(Mutex::new(BTreeMap::new()));
+            let count = Arc::new(AtomicUsize::new(0));
+            let shut = Arc::new(AtomicBool::new(false));
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            for p in 0..4u64 {
+                let (wal, acked, count, shut, done_tx) = (
+                    wal.clone(),
+                    Arc::clone(&acked),
+                    Arc::clone(&count),
+                    Arc::clone(&shut),
+                    done_tx.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    for i in 0.. {
+                        let d = tagged(p, i);
+                        match wal.append("down", p as i32, Bytes::from(d.clone())).wait() {
+                            Ok(seq) => {
+                                assert!(
+                                    errors.is_empty(),
+                                    "producer {p}: append acknowledged after an earlier failure"
+                                );
+                                acked.lock().unwrap().insert(seq, d);
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                errors.push(e);
+                                if errors.len() == 2 {
+                                    break; // a second append after the failure failed too
+                                }
+                            }
+                        }
+                        assert!(
+                            i < 10_000_000,
+                            "producer {p}: no failure after the shutdown"
+                        );
+                    }
+                    done_tx
+                        .send((p, errors, shut.load(Ordering::Acquire)))
+                        .unwrap();
+                });
+            }
+            drop(done_tx);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count.load(Ordering::Relaxed) < 2_000 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{backend} {mode}: appends too slow"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            shut.store(true, Ordering::Release);
+            fs.shut_down();
+            for _ in 0..4 {
+                let (p, errors, shut_before) = done_rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| {
+                        panic!("{backend} {mode}: a producer still waits 60 s after the shutdown")
+                    });
+                assert!(
+                    shut_before,
+                    "{backend} {mode}: producer {p} failed before the shutdown: {errors:?}"
+                );
+                // The first failure carries the filesystem's EIO; the WAL then
+                // answers every later append with its latched failure.
+                let first = &errors[0];
+                assert_eq!(
+                    first.raw_os_error(),
+                    Some(libc::EIO),
+                    "{backend} {mode}: producer {p}: first error does not carry EIO: {first}"
+                );
+                assert!(
+                    errors[1].to_string().contains("Input/output error"),
+                    "{}",
+                    errors[1]
+                );
+            }
+            let cause = wal.failure().expect("the WAL did not latch the failure");
+            assert_eq!(cause.raw_os_error(), Some(libc::EIO), "{cause}");
+            assert!(
+                wal.append("down", 0, Bytes::from_static(b"late"))
+                    .wait()
+                    .is_err(),
+                "{backend} {mode}: an append after the failure succeeded"
+            );
+            assert!(
+                wal.close().is_err(),
+                "{backend} {mode}: close reported success on a dead filesystem"
+            );
+
+            fs.remount();
+            let acked = std::mem::take(&mut *acked.lock().unwrap());
+            let (wal, rec) = Wal::open(&dir, cfg)
+                .unwrap_or_else(|e| panic!("{backend} {mode}: reopen after the shutdown: {e}"));
+            let mut recovered = 0u64;
+            for (n, e) in rec.enumerate() {
+                let e = e.unwrap_or_else(|err| panic!("{backend} {mode}: recovery: {err}"));
+                assert_eq!(
+                    e.sequence,
+                    n as u64 + 1,
+                    "{backend} {mode}: sequences not contiguous"
+                );
+                // Recovery never invents data: each entry is what its producer appended.
+                let p = u64::try_from(e.partition).unwrap();
+                let i = u64::from_le_bytes(e.data[..8].try_into().unwrap());
+                assert_eq!(
+                    &e.data[..],
+                    &tagged(p, i)[..],
+                    "{backend} {mode}: seq {} garbled",
+                    e.sequence
+                );
+                if let Some(d) = acked.get(&e.sequence) {
+                    assert_eq!(
+                        &e.data[..],
+                        &d[..],
+                        "{backend} {mode}: seq {} is not what was acknowledged",
+                        e.sequence
+                    );
+                }
+                recovered = e.sequence;
+            }
+            let last_acked = *acked.keys().last().unwrap();
+            if mode == SyncMode::EveryWrite {
+                assert!(
+                    recovered >= last_acked,
+                    "{backend} {mode}: acknowledged up to {last_acked}, recovered only {recovered}"
+                );
+            }
+            let seq = wal
+                .append("down", 9, Bytes::from(tagged(9, 0)))
+                .wait()
+                .unwrap_or_else(|e| panic!("{backend} {mode}: append after the remount: {e}"));
+            assert_eq!(seq, recovered + 1);
+            wal.close().unwrap();
+            eprintln!(
+                "shutdown {backend} {mode}: {} acknowledged (last {last_acked}), {recovered} recovered",
+                acked.len()
+            );
         }
     }
 }
