@@ -86,6 +86,36 @@ fn os_default_never_syncs_until_asked() {
     }
 }
 
+/// Samples the WAL's pending bytes on a thread of its own until `run` returns, and
+/// returns the largest value seen.
+fn max_pending_while(wal: &streamline::wal::Wal, run: impl FnOnce()) -> u64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Stops the sampler however `run` ends, so that a failing `run` fails the
+    /// test instead of leaving the scope waiting for the sampler.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut max = 0;
+            while !stop.load(Ordering::Relaxed) {
+                max = max.max(wal.stats().pending_bytes);
+                std::hint::spin_loop();
+            }
+            max
+        });
+        {
+            let _stop = Stop(&stop);
+            run();
+        }
+        sampler.join().unwrap()
+    })
+}
+
 #[test]
 fn pending_bytes_never_exceed_the_cap() {
     for backend in BACKENDS {
@@ -98,39 +128,28 @@ fn pending_bytes_never_exceed_the_cap() {
             ..config(backend, SyncMode::EveryWrite)
         };
         let (wal, _) = open(dir.path(), cfg);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let (wal, stop) = (wal.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut max = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    max = max.max(wal.stats().pending_bytes);
-                    std::hint::spin_loop();
-                }
-                max
-            })
-        };
-        // Producers that never wait for their completions would grow without bound
-        // if append did not block at the cap.
-        let producers: Vec<_> = (0..4)
-            .map(|_| {
-                let wal = wal.clone();
-                std::thread::spawn(move || {
-                    let cs: Vec<_> = (0..400)
-                        .map(|_| wal.append("p", 0, Bytes::from(vec![1u8; 2000])))
-                        .collect();
-                    let mut acked = 0;
-                    for c in cs {
-                        c.wait().unwrap();
-                        acked += 1;
-                    }
-                    acked
+        let mut n = 0;
+        let max = max_pending_while(&wal, || {
+            // Producers that never wait for their completions would grow without
+            // bound if append did not block at the cap.
+            let producers: Vec<_> = (0..4)
+                .map(|_| {
+                    let wal = wal.clone();
+                    std::thread::spawn(move || {
+                        let cs: Vec<_> = (0..400)
+                            .map(|_| wal.append("p", 0, Bytes::from(vec![1u8; 2000])))
+                            .collect();
+                        let mut acked = 0;
+                        for c in cs {
+                            c.wait().unwrap();
+                            acked += 1;
+                        }
+                        acked
+                    })
                 })
-            })
-            .collect();
-        let n: usize = producers.into_iter().map(|p| p.join().unwrap()).sum();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let max = sampler.join().unwrap();
+                .collect();
+            n = producers.into_iter().map(|p| p.join().unwrap()).sum();
+        });
         assert_eq!(n, 1600);
         assert!(max > 0, "{backend}: sampler saw nothing pending");
         assert!(
@@ -138,6 +157,75 @@ fn pending_bytes_never_exceed_the_cap() {
             "{backend}: {max} pending bytes exceed the cap of {cap}"
         );
         assert_eq!(wal.stats().pending_bytes, 0);
+    }
+}
+
+/// `append_async` waits for pending capacity as a future: tasks far beyond the cap
+/// all get their capacity and their acknowledgement, on one runtime thread or two,
+/// and the cap holds.
+#[test]
+fn async_appends_wait_for_pending_capacity_and_all_complete() {
+    for backend in BACKENDS {
+        for workers in [0, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let cap = 64 * 1024;
+            let cfg = WalConfig {
+                max_pending_bytes: cap,
+                max_batch_bytes: 16 * 1024,
+                max_file_size: 4 << 20,
+                ..config(backend, SyncMode::EveryWrite)
+            };
+            let (wal, _) = open(dir.path(), cfg);
+            let rt = if workers == 0 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_time()
+                    .build()
+            }
+            .unwrap();
+            // 64 tasks × 8 KiB: room for 8 at a time, so most wait for capacity.
+            let (tasks, per) = (64u64, 20u64);
+            let mut seqs = Vec::new();
+            let max = max_pending_while(&wal, || {
+                seqs = rt.block_on(async {
+                    let handles: Vec<_> = (0..tasks)
+                        .map(|t| {
+                            let wal = wal.clone();
+                            tokio::spawn(async move {
+                                let mut got = Vec::new();
+                                for i in 0..per {
+                                    let data = Bytes::from(vec![(t + i) as u8; 8192]);
+                                    got.push(wal.append_async("c", t as i32, data).await.unwrap());
+                                }
+                                got
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::new();
+                    for h in handles {
+                        // A waiter whose waker is lost hangs here.
+                        let joined = tokio::time::timeout(Duration::from_secs(60), h).await;
+                        all.extend(joined.expect("a task never got capacity").unwrap());
+                    }
+                    all
+                });
+            });
+            seqs.sort_unstable();
+            assert_eq!(
+                seqs,
+                (1..=tasks * per).collect::<Vec<_>>(),
+                "{backend} workers {workers}: sequences"
+            );
+            assert!(
+                max <= cap as u64,
+                "{backend} workers {workers}: {max} pending bytes exceed the cap of {cap}"
+            );
+            assert_eq!(wal.stats().pending_bytes, 0);
+        }
     }
 }
 
