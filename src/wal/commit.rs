@@ -191,9 +191,15 @@ impl Core {
     }
 
     /// Reserves `bytes` of pending capacity without blocking.
+    ///
+    /// `pending` and `waiters` are accessed `SeqCst` where a waiter's look at
+    /// `pending` (after counting itself in `waiters`) pairs with `release`'s look at
+    /// `waiters` (after lowering `pending`): in one total order at least one of the
+    /// two sees the other, so an async waiter is never left without a wake-up
+    /// (plain `x86` instructions either way).
     pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
         let cap = self.config.max_pending_bytes;
-        let mut cur = self.pending.load(Ordering::Relaxed);
+        let mut cur = self.pending.load(Ordering::SeqCst);
         loop {
             // A request larger than the cap passes alone, so it cannot wait forever.
             if cur != 0 && cur + bytes > cap {
@@ -202,8 +208,8 @@ impl Core {
             match self.pending.compare_exchange_weak(
                 cur,
                 cur + bytes,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => return true,
                 Err(now) => cur = now,
@@ -250,7 +256,7 @@ impl Core {
     }
 
     fn release(&self, bytes: usize) {
-        self.pending.fetch_sub(bytes, Ordering::AcqRel);
+        self.pending.fetch_sub(bytes, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.wake_waiters();
         }
