@@ -324,6 +324,79 @@ fn oversized_entries_are_rejected_and_large_ones_fit() {
     }
 }
 
+/// Appends the WAL cannot take are answered with an error naming why, and take no
+/// sequence: a topic name longer than the format's 16-bit length, an empty batch,
+/// a batch larger than an entry may be. Batches appended asynchronously land
+/// together.
+#[test]
+fn invalid_appends_are_rejected_and_take_no_sequence() {
+    use streamline::wal::{format::MAX_TOPIC_LEN, NewEntry};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let long = "t".repeat(MAX_TOPIC_LEN + 1);
+        match wal.append(&long, 0, Bytes::from_static(b"x")).wait() {
+            Err(e @ Error::InvalidConfig { field: "topic", .. }) => {
+                assert!(e.to_string().contains("limited to 65535 bytes"), "{e}");
+            }
+            other => panic!("{backend}: topic of {} bytes: {other:?}", long.len()),
+        }
+        let longest = "t".repeat(MAX_TOPIC_LEN);
+        assert_eq!(
+            wal.append(&longest, 0, Bytes::from_static(b"x"))
+                .wait()
+                .unwrap(),
+            1
+        );
+        for r in [
+            wal.append_batch(Vec::new()).wait(),
+            futures_lite_block_on(wal.append_batch_async(Vec::new())),
+        ] {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::InvalidConfig {
+                        field: "entries",
+                        ..
+                    })
+                ),
+                "{backend}: empty batch: {r:?}"
+            );
+        }
+        let half = Bytes::from(vec![1u8; wal.max_entry_bytes() as usize / 2]);
+        let too_big = vec![
+            NewEntry::record("b", 0, half.clone()),
+            NewEntry::record("b", 0, half.clone()),
+            NewEntry::record("b", 0, half),
+        ];
+        assert!(
+            matches!(
+                wal.append_batch(too_big).wait(),
+                Err(Error::EntryTooLarge { .. })
+            ),
+            "{backend}: oversized batch"
+        );
+        let batch: Vec<NewEntry> = (0..3u64)
+            .map(|i| NewEntry::record("b", i as i32, Bytes::from(payload(i, 100))))
+            .collect();
+        assert_eq!(
+            futures_lite_block_on(wal.append_batch_async(batch)).unwrap(),
+            2,
+            "{backend}: rejected appends took sequences"
+        );
+        wal.close().unwrap();
+        let (_wal, rec) = open(dir.path(), cfg);
+        assert_eq!(rec.len(), 4, "{backend}");
+        assert_eq!(rec[0].topic, longest);
+        for (i, e) in rec[1..].iter().enumerate() {
+            assert_eq!(e.sequence, i as u64 + 2);
+            assert_eq!(e.partition, i as i32);
+            assert_eq!(&e.data[..], &payload(i as u64, 100)[..]);
+        }
+    }
+}
+
 #[test]
 fn invalid_configuration_is_rejected_before_touching_the_disk() {
     let dir = tempfile::tempdir().unwrap();
