@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::Bytes;
 use common::{append_payloads, config, open, payload, BACKENDS};
 use streamline::{
-    wal::{checkpoint, files::list_archived, SyncMode, Wal, WalConfig, WalReader},
+    wal::{checkpoint, files::list_archived, BackendKind, SyncMode, Wal, WalConfig, WalReader},
     Error,
 };
 
@@ -397,6 +397,62 @@ fn invalid_appends_are_rejected_and_take_no_sequence() {
     }
 }
 
+/// `Completion::wait_timeout` answers `None` while the append is not durable,
+/// `is_done` turns true once it is, the result is then returned at once, and a
+/// second call after it was taken answers `Closed`.
+#[test]
+fn wait_timeout_and_is_done_follow_the_completion() {
+    use std::time::{Duration, Instant};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WalConfig {
+            max_file_size: 64 << 20,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(dir.path(), cfg);
+        // A woken waiter: the result arrives while it is parked.
+        let mut c = wal.append("w", 0, Bytes::from_static(b"first"));
+        assert_eq!(c.wait_timeout(Duration::from_secs(60)).unwrap().unwrap(), 1);
+        let mut saw_pending = false;
+        for attempt in 0..3u8 {
+            // A 32 MiB entry ahead keeps the small append from being durable for
+            // milliseconds (acknowledgements go in order). A test thread that is
+            // preempted for longer may find it done: try again.
+            let big = wal.append("w", 0, Bytes::from(vec![attempt; 32 << 20]));
+            let mut small = wal.append("w", 0, Bytes::from_static(b"small"));
+            let first = small.wait_timeout(Duration::ZERO);
+            let big_seq = big.wait().unwrap();
+            let seq = match first {
+                Some(r) => r.unwrap(),
+                None => {
+                    saw_pending = true;
+                    let start = Instant::now();
+                    while !small.is_done() {
+                        assert!(
+                            start.elapsed() < Duration::from_secs(60),
+                            "{backend}: never done"
+                        );
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    small
+                        .wait_timeout(Duration::ZERO)
+                        .expect("done, yet not returned")
+                        .unwrap()
+                }
+            };
+            assert_eq!(seq, big_seq + 1, "{backend}");
+            assert!(
+                matches!(small.wait_timeout(Duration::ZERO), Some(Err(Error::Closed))),
+                "{backend}: a taken result was returned again"
+            );
+            if saw_pending {
+                break;
+            }
+        }
+        assert!(saw_pending, "{backend}: never saw an unresolved completion");
+    }
+}
+
 #[test]
 fn invalid_configuration_is_rejected_before_touching_the_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -421,6 +477,55 @@ fn invalid_configuration_is_rejected_before_touching_the_disk() {
             ..WalConfig::default()
         },
         "ack_spin_us",
+    );
+    rejected(
+        WalConfig {
+            sync_mode: SyncMode::Interval,
+            sync_interval_ms: 0,
+            ..WalConfig::default()
+        },
+        "--wal-sync-ms",
+    );
+    for max_batch_bytes in [4095, (64 << 20) + 1] {
+        rejected(
+            WalConfig {
+                max_batch_bytes,
+                max_pending_bytes: 128 << 20,
+                ..WalConfig::default()
+            },
+            "max_batch_bytes",
+        );
+    }
+    rejected(
+        WalConfig {
+            max_pending_bytes: WalConfig::default().max_batch_bytes - 1,
+            ..WalConfig::default()
+        },
+        "max_pending_bytes",
+    );
+    rejected(
+        WalConfig {
+            idle_spin_us: 10_001,
+            ..WalConfig::default()
+        },
+        "idle_spin_us",
+    );
+    for max_in_flight in [0, 65] {
+        rejected(
+            WalConfig {
+                max_in_flight,
+                ..WalConfig::default()
+            },
+            "max_in_flight",
+        );
+    }
+    assert_eq!("uring".parse::<BackendKind>().unwrap(), BackendKind::Uring);
+    assert_eq!("std".parse::<BackendKind>().unwrap(), BackendKind::Std);
+    assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
+    let e = "fast".parse::<BackendKind>().unwrap_err().to_string();
+    assert!(
+        e.contains("--wal-backend") && e.contains("auto, uring, std"),
+        "{e}"
     );
     let e = "sometimes".parse::<SyncMode>().unwrap_err().to_string();
     assert!(
