@@ -240,9 +240,6 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
             "file header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
         ));
     }
-    if le_u32(b, FILE_HEADER_CRC_OFFSET + 4) != 0 {
-        return Err("file header reserved bytes are not zero".into());
-    }
     // Bytes 36..40 are reserved (written as zero) and not covered by the checksum.
     if le_u32(b, FILE_HEADER_CRC_OFFSET + 4) != 0 {
         return Err("reserved file header bytes are not zero".into());
@@ -555,6 +552,153 @@ mod tests {
         assert_eq!(decode_batch_header(&b, 7), Ok(h));
         assert_eq!(decode_batch_header(&b, 8), Err(BadBatch::Foreign(7)));
         assert_eq!(decode_batch_header(&[0u8; 64], 7), Err(BadBatch::Zero));
+    }
+
+    /// A change to a header's bytes, and the reason the decoder must give.
+    type Case = (fn(&mut [u8]), &'static str);
+
+    /// Recomputes the checksum of a batch header after a test changed its fields.
+    fn reseal_batch_header(b: &mut [u8]) {
+        let crc = crc32c::crc32c(&b[..BATCH_HEADER_CRC_OFFSET]);
+        b[BATCH_HEADER_CRC_OFFSET..BATCH_HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// A header whose checksum is right can still describe an impossible batch (a
+    /// writer bug, or bytes made to pass the checksum): each is refused, and why.
+    #[test]
+    fn checksummed_but_impossible_batch_headers_are_refused() {
+        let valid = BatchHeader {
+            kind: BatchKind::Entries,
+            file_number: 7,
+            first_sequence: 100,
+            entry_count: 3,
+            payload_len: 200,
+            synced_through: 99,
+        };
+        let seal = BatchHeader {
+            kind: BatchKind::Seal,
+            entry_count: 0,
+            payload_len: 0,
+            ..valid
+        };
+        let cases: [(BatchHeader, Case); 6] = [
+            (valid, (|b| b[4] = 9, "unknown batch kind 9")),
+            (valid, (|b| b[16..24].fill(0), "batch first sequence is 0")),
+            (
+                valid,
+                (|b| b[24..28].fill(0), "entry batch with no entries"),
+            ),
+            (seal, (|b| b[24] = 1, "seal batch with a payload")),
+            (seal, (|b| b[28] = 1, "seal batch with a payload")),
+            (
+                valid,
+                (
+                    |b| b[28..32].copy_from_slice(&(3 * ENTRY_HEADER_LEN as u32 - 1).to_le_bytes()),
+                    "payload too short for its entry count",
+                ),
+            ),
+        ];
+        for (h, (change, why)) in cases {
+            let mut b = [0u8; BATCH_HEADER_LEN];
+            encode_batch_header(&mut b, &h);
+            assert_eq!(decode_batch_header(&b, 7), Ok(h));
+            change(&mut b);
+            reseal_batch_header(&mut b);
+            assert_eq!(
+                decode_batch_header(&b, 7),
+                Err(BadBatch::Invalid(why.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn checksummed_but_unsupported_file_headers_are_refused() {
+        let cases: [Case; 3] = [
+            (
+                |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()),
+                "unsupported format version 2",
+            ),
+            (
+                |b| b[12..16].copy_from_slice(&512u32.to_le_bytes()),
+                "unsupported block size 512",
+            ),
+            (|b| b[36] = 1, "reserved file header bytes are not zero"),
+        ];
+        for (change, why) in cases {
+            let mut b = vec![0u8; BLOCK_SIZE];
+            encode_file_header(&mut b, 42, 1234);
+            change(&mut b);
+            let crc = crc32c::crc32c(&b[..FILE_HEADER_CRC_OFFSET]);
+            b[FILE_HEADER_CRC_OFFSET..FILE_HEADER_CRC_OFFSET + 4]
+                .copy_from_slice(&crc.to_le_bytes());
+            let err = decode_file_header(&b).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    /// An entry whose checksum is right but whose fields contradict each other or
+    /// its batch is refused before any of its bytes are used.
+    #[test]
+    fn checksummed_but_inconsistent_entries_are_refused() {
+        fn entry(change: impl FnOnce(&mut [u8])) -> Vec<u8> {
+            let mut b = vec![0u8; entry_len(5, 11)];
+            encode_entry(
+                &mut b,
+                10,
+                0,
+                WalEntryType::Record,
+                b"topic",
+                0,
+                b"hello world",
+            );
+            change(&mut b);
+            let crc = crc32c::crc32c(&b[4..]);
+            b[0..4].copy_from_slice(&crc.to_le_bytes());
+            b
+        }
+        let wrong_topic_len = entry(|b| b[26] = 6);
+        assert_eq!(
+            parse_entry(&wrong_topic_len).unwrap_err(),
+            "entry field lengths disagree with its length"
+        );
+        assert_eq!(
+            parse_entry(&entry(|b| b[24] = 9)).unwrap_err(),
+            "unknown entry type 9"
+        );
+        assert_eq!(
+            parse_entry(&entry(|b| b[ENTRY_HEADER_LEN] = 0xFF)).unwrap_err(),
+            "topic is not UTF-8"
+        );
+        // Within a batch: the sequence must be the batch's next one, and nothing
+        // may follow the last entry.
+        let good = entry(|_| {});
+        let header = |first_sequence, payload_len: usize| BatchHeader {
+            kind: BatchKind::Entries,
+            file_number: 1,
+            first_sequence,
+            entry_count: 1,
+            payload_len: payload_len as u32,
+            synced_through: 0,
+        };
+        assert_eq!(
+            for_each_entry(&header(11, good.len()), &good, |_| {}),
+            Err((0, "entry 0 has sequence 10, expected 11".into()))
+        );
+        let mut longer = good.clone();
+        longer.extend([0u8; 8]);
+        assert_eq!(
+            for_each_entry(&header(10, longer.len()), &longer, |_| {}),
+            Err((
+                good.len(),
+                "8 unexplained bytes after the last entry".into()
+            ))
+        );
+        assert_eq!(
+            decode_batch_entries(&header(10, good.len()), &good)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
