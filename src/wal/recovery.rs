@@ -456,18 +456,8 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
             checkpoint.map_or(0, |c| c.sequence),
             mode,
         )?;
-        if let Some(prev) = files.last() {
-            if info.number != prev.number + 1 {
-                return Err(Error::corrupt(
-                    &path,
-                    0,
-                    format!(
-                        "file {} follows file {}: files are missing",
-                        info.number, prev.number
-                    ),
-                ));
-            }
-        }
+        // A gap before the active file shows in its header: the scan above checked
+        // it against `want_number`.
         expected_next = info.next_sequence;
         files.push(info);
     }
