@@ -106,7 +106,10 @@ fn without_io_uring_auto_falls_back_to_std_and_uring_is_refused() {
         })
         .collect();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-    assert!(wal.stats().rotations > 0, "256 KiB files should have rotated");
+    assert!(
+        wal.stats().rotations > 0,
+        "256 KiB files should have rotated"
+    );
     wal.close().unwrap();
 
     let (wal, rec) = Wal::open(&path, config(BackendKind::Auto)).unwrap();

@@ -453,6 +453,51 @@ fn wait_timeout_and_is_done_follow_the_completion() {
     }
 }
 
+/// Sequences never go back below the checkpoint: with every log file gone (lost,
+/// or removed by hand) the next append gets the sequence after the checkpoint, so
+/// that a reader that applied everything up to the checkpoint does not skip it.
+#[test]
+fn a_log_whose_files_are_gone_continues_after_its_checkpoint() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        for i in 0..10u64 {
+            wal.append("c", 0, Bytes::from(payload(i, 100)))
+                .wait()
+                .unwrap();
+        }
+        assert!(matches!(
+            wal.checkpoint(11),
+            Err(Error::CheckpointAhead {
+                sequence: 11,
+                acknowledged: 10
+            })
+        ));
+        wal.checkpoint(10).unwrap();
+        wal.close().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "wal") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let (wal, rec) = open(dir.path(), cfg.clone());
+        assert!(rec.is_empty(), "{backend}");
+        assert_eq!(
+            wal.append("c", 0, Bytes::from_static(b"after"))
+                .wait()
+                .unwrap(),
+            11,
+            "{backend}: sequences went back below the checkpoint"
+        );
+        wal.close().unwrap();
+        let (_wal, rec) = open(dir.path(), cfg);
+        assert_eq!(rec.len(), 1, "{backend}");
+        assert_eq!((rec[0].sequence, &rec[0].data[..]), (11, &b"after"[..]));
+    }
+}
+
 #[test]
 fn invalid_configuration_is_rejected_before_touching_the_disk() {
     let dir = tempfile::tempdir().unwrap();
