@@ -59,3 +59,35 @@ pub fn store(dir: &Path, sequence: u64) -> Result<Checkpoint> {
     write_atomic(&dir.join(CHECKPOINT_FILE), &json)?;
     Ok(cp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_or_newer_checkpoint_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let stored = store(dir.path(), 42).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(stored));
+        let path = dir.path().join(CHECKPOINT_FILE);
+        for (contents, why) in [
+            (
+                br#"{"version":2,"sequence":42,"timestamp_ms":0}"#.as_slice(),
+                "unsupported checkpoint version 2",
+            ),
+            (
+                br#"{"version":1,"sequence":"#.as_slice(),
+                "checkpoint does not parse",
+            ),
+        ] {
+            std::fs::write(&path, contents).unwrap();
+            let err = load(dir.path()).unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { file, .. } if file == &path),
+                "{err}"
+            );
+            assert!(err.to_string().contains(why), "{err}");
+        }
+    }
+}

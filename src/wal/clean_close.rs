@@ -84,3 +84,29 @@ pub(crate) fn remove(dir: &Path) -> Result<()> {
         Err(e) => Err(Error::io("remove", &path, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The marker only lets an open skip work: one it cannot trust is ignored.
+    #[test]
+    fn an_unreadable_or_newer_marker_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        store(dir.path(), 3, 8192, 17).unwrap();
+        let m = load(dir.path()).unwrap().unwrap();
+        assert_eq!((m.file_number, m.end, m.next_sequence), (3, 8192, 17));
+        let path = dir.path().join(CLEAN_CLOSE_FILE);
+        for contents in [
+            br#"{"version":2,"file_number":3,"end":8192,"next_sequence":17}"#.as_slice(),
+            b"{not json".as_slice(),
+        ] {
+            std::fs::write(&path, contents).unwrap();
+            assert_eq!(load(dir.path()).unwrap(), None);
+        }
+        remove(dir.path()).unwrap();
+        assert!(!path.exists());
+        remove(dir.path()).unwrap();
+    }
+}
