@@ -498,6 +498,79 @@ fn a_log_whose_files_are_gone_continues_after_its_checkpoint() {
     }
 }
 
+/// An operator may change the file size between runs: the active file keeps the
+/// size it has, files made afterwards get the new one, retired files of the old
+/// size are removed instead of recycled, and the log reads back whole under
+/// either setting.
+#[test]
+fn changing_the_file_size_between_opens_keeps_the_log_and_uses_the_new_size() {
+    use streamline::wal::files::list_recycled;
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let small = WalConfig {
+            retention_files: 0,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let large = WalConfig {
+            max_file_size: 2 * small.max_file_size,
+            ..small.clone()
+        };
+        let (wal, _) = open(dir.path(), small.clone());
+        let mut last = 0;
+        for i in 0..150u64 {
+            last = wal
+                .append("s", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
+        }
+        wal.checkpoint(last - 10).unwrap();
+        assert!(
+            !list_recycled(dir.path()).unwrap().is_empty(),
+            "{backend}: no file was recycled"
+        );
+        wal.close().unwrap();
+
+        let (wal, rec) = open(dir.path(), large.clone());
+        assert_eq!(rec.len(), 10, "{backend}");
+        let rotations_before = wal.stats().rotations;
+        for i in 150..450u64 {
+            last = wal
+                .append("s", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
+        }
+        assert!(wal.stats().rotations >= rotations_before + 2, "{backend}");
+        wal.close().unwrap();
+        assert!(
+            list_recycled(dir.path()).unwrap().is_empty(),
+            "{backend}: files of the old size were kept for reuse"
+        );
+        let sizes: Vec<u64> = list_archived(dir.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .collect();
+        assert!(
+            sizes.last() == Some(&large.max_file_size),
+            "{backend}: newest archived sizes {sizes:?}"
+        );
+        for cfg in [large, small] {
+            let (wal, rec) = open(dir.path(), cfg);
+            assert_eq!(rec.len(), 300 + 10, "{backend}");
+            assert_eq!(rec.last().unwrap().sequence, last);
+            for (e, i) in rec.iter().zip(140u64..) {
+                assert_eq!(
+                    &e.data[..],
+                    &payload(i, 3000)[..],
+                    "{backend}: seq {}",
+                    e.sequence
+                );
+            }
+            wal.close().unwrap();
+        }
+    }
+}
+
 #[test]
 fn invalid_configuration_is_rejected_before_touching_the_disk() {
     let dir = tempfile::tempdir().unwrap();
