@@ -238,17 +238,7 @@ fn many_tasks_awaiting_appends_get_every_completion_and_disk_order_is_sequence_o
                         ..config(backend, mode)
                     };
                     let (wal, _) = open(dir.path(), cfg.clone());
-                    let rt = if workers == 0 {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_time()
-                            .build()
-                    } else {
-                        tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(workers)
-                            .enable_time()
-                            .build()
-                    }
-                    .unwrap();
+                    let rt = common::runtime(workers);
                     let tasks = 16u64;
                     let per = 100u64;
                     let got: Vec<Vec<(u64, u64)>> = rt.block_on(async {

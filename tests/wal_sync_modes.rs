@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{config, open, BACKENDS};
-use streamline::wal::{SyncMode, WalConfig};
+use streamline::wal::{BackendKind, SyncMode, WalConfig};
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -86,6 +86,16 @@ fn os_default_never_syncs_until_asked() {
     }
 }
 
+/// `every_write` with at most `cap` bytes accepted but not yet acknowledged.
+fn capped(backend: BackendKind, cap: usize) -> WalConfig {
+    WalConfig {
+        max_pending_bytes: cap,
+        max_batch_bytes: 16 * 1024,
+        max_file_size: 4 << 20,
+        ..config(backend, SyncMode::EveryWrite)
+    }
+}
+
 /// Samples the WAL's pending bytes on a thread of its own until `run` returns, and
 /// returns the largest value seen.
 fn max_pending_while(wal: &streamline::wal::Wal, run: impl FnOnce()) -> u64 {
@@ -121,12 +131,7 @@ fn pending_bytes_never_exceed_the_cap() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let cap = 128 * 1024;
-        let cfg = WalConfig {
-            max_pending_bytes: cap,
-            max_batch_bytes: 16 * 1024,
-            max_file_size: 4 << 20,
-            ..config(backend, SyncMode::EveryWrite)
-        };
+        let cfg = capped(backend, cap);
         let (wal, _) = open(dir.path(), cfg);
         let mut n = 0;
         let max = max_pending_while(&wal, || {
@@ -169,24 +174,9 @@ fn async_appends_wait_for_pending_capacity_and_all_complete() {
         for workers in [0, 2] {
             let dir = tempfile::tempdir().unwrap();
             let cap = 64 * 1024;
-            let cfg = WalConfig {
-                max_pending_bytes: cap,
-                max_batch_bytes: 16 * 1024,
-                max_file_size: 4 << 20,
-                ..config(backend, SyncMode::EveryWrite)
-            };
+            let cfg = capped(backend, cap);
             let (wal, _) = open(dir.path(), cfg);
-            let rt = if workers == 0 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_time()
-                    .build()
-            }
-            .unwrap();
+            let rt = common::runtime(workers);
             // 64 tasks × 8 KiB: room for 8 at a time, so most wait for capacity.
             let (tasks, per) = (64u64, 20u64);
             let mut seqs = Vec::new();

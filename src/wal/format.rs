@@ -537,16 +537,19 @@ mod tests {
         }
     }
 
+    /// An entry batch of file 7.
+    const SAMPLE: BatchHeader = BatchHeader {
+        kind: BatchKind::Entries,
+        file_number: 7,
+        first_sequence: 100,
+        entry_count: 3,
+        payload_len: 200,
+        synced_through: 99,
+    };
+
     #[test]
     fn batch_header_is_tied_to_its_file() {
-        let h = BatchHeader {
-            kind: BatchKind::Entries,
-            file_number: 7,
-            first_sequence: 100,
-            entry_count: 3,
-            payload_len: 200,
-            synced_through: 99,
-        };
+        let h = SAMPLE;
         let mut b = [0u8; BATCH_HEADER_LEN];
         encode_batch_header(&mut b, &h);
         assert_eq!(decode_batch_header(&b, 7), Ok(h));
@@ -567,14 +570,7 @@ mod tests {
     /// writer bug, or bytes made to pass the checksum): each is refused, and why.
     #[test]
     fn checksummed_but_impossible_batch_headers_are_refused() {
-        let valid = BatchHeader {
-            kind: BatchKind::Entries,
-            file_number: 7,
-            first_sequence: 100,
-            entry_count: 3,
-            payload_len: 200,
-            synced_through: 99,
-        };
+        let valid = SAMPLE;
         let seal = BatchHeader {
             kind: BatchKind::Seal,
             entry_count: 0,

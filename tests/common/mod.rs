@@ -55,3 +55,19 @@ pub fn payload(i: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A tokio runtime for tasks that `.await` the WAL: the current thread only
+/// (`workers` 0), or `workers` runtime threads.
+pub fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_time()
+            .build()
+    }
+    .unwrap()
+}
