@@ -522,3 +522,129 @@ fn metadata_advertises_the_right_address_and_a_stable_identity() {
     );
     assert_eq!(m.brokers[0].node_id.0, 0);
 }
+
+/// CreateTopics answers each topic on its own: what this single-node broker cannot
+/// honour gets the matching error code and a message, a dry run creates nothing,
+/// and the valid topic is created. DeleteTopics deletes known topics and reports
+/// unknown ones; both outcomes survive a restart.
+#[test]
+fn create_topics_checks_each_topic_and_delete_reports_unknown_ones() {
+    use kafka_protocol::messages::{
+        create_topics_request::{CreatableReplicaAssignment, CreatableTopic},
+        BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+        DeleteTopicsResponse,
+    };
+    let topic = |name: &'static str, partitions: i32, rf: i16| {
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(rf)
+    };
+    let create = |addr: &str, topics: Vec<CreatableTopic>, validate_only: bool| {
+        let mut c = connect(addr);
+        let req = CreateTopicsRequest::default()
+            .with_topics(topics)
+            .with_timeout_ms(10_000)
+            .with_validate_only(validate_only);
+        c.write_all(&request_frame(ApiKey::CreateTopics, 4, 7, &req))
+            .unwrap();
+        let (id, r) = response::<CreateTopicsResponse>(&mut c, ApiKey::CreateTopics, 4);
+        assert_eq!(id, 7);
+        r.topics
+            .iter()
+            .map(|t| {
+                let msg = t.error_message.as_ref().map(|m| m.to_string());
+                (t.name.0.to_string(), t.error_code, msg)
+            })
+            .collect::<Vec<_>>()
+    };
+    let names = |addr: &str| {
+        let mut v: Vec<(String, usize)> = metadata_of(addr)
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.partitions.len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &["--auto-create-topics", "false"]);
+
+    // A dry run checks and creates nothing.
+    let dry = create(&broker.addr, vec![topic("dry", 2, 1)], true);
+    assert_eq!(dry, vec![("dry".into(), 0, None)]);
+    assert_eq!(names(&broker.addr), vec![]);
+
+    let results = create(
+        &broker.addr,
+        vec![
+            topic("orders", 3, -1),
+            topic("bad name!", 1, 1),
+            topic("replicated", 1, 3),
+            topic("empty", 0, 1),
+            topic("huge", 10_001, 1),
+            topic("placed", 1, -1).with_assignments(vec![CreatableReplicaAssignment::default()
+                .with_partition_index(0)
+                .with_broker_ids(vec![BrokerId(1)])]),
+        ],
+        false,
+    );
+    let codes: Vec<(&str, i16)> = results.iter().map(|(n, c, _)| (n.as_str(), *c)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("orders", 0),
+            ("bad name!", 17),  // INVALID_TOPIC_EXCEPTION
+            ("replicated", 38), // INVALID_REPLICATION_FACTOR
+            ("empty", 37),      // INVALID_PARTITIONS
+            ("huge", 37),
+            ("placed", 39), // INVALID_REPLICA_ASSIGNMENT
+        ]
+    );
+    for (name, code, msg) in &results[1..] {
+        assert!(
+            msg.as_ref().is_some_and(|m| !m.is_empty()),
+            "{name} ({code}): no message"
+        );
+    }
+    assert_eq!(
+        create(&broker.addr, vec![topic("orders", 1, 1)], false),
+        vec![(
+            "orders".into(),
+            36, // TOPIC_ALREADY_EXISTS
+            Some("topic orders already exists".into())
+        )]
+    );
+    assert_eq!(names(&broker.addr), vec![("orders".into(), 3)]);
+    // The default partition count: -1 asks for the broker's.
+    assert_eq!(
+        create(&broker.addr, vec![topic("defaults", -1, -1)], false)[0].1,
+        0
+    );
+
+    let mut c = connect(&broker.addr);
+    let req = DeleteTopicsRequest::default()
+        .with_topic_names(vec![
+            TopicName(StrBytes::from_static_str("orders")),
+            TopicName(StrBytes::from_static_str("missing")),
+        ])
+        .with_timeout_ms(10_000);
+    c.write_all(&request_frame(ApiKey::DeleteTopics, 4, 9, &req))
+        .unwrap();
+    let (_, r) = response::<DeleteTopicsResponse>(&mut c, ApiKey::DeleteTopics, 4);
+    let deleted: Vec<(String, i16)> = r
+        .responses
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![("orders".into(), 0), ("missing".into(), 3)] // UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(names(&broker.addr), vec![("defaults".into(), 1)]);
+
+    assert!(broker.sigterm().success());
+    let broker = Broker::start(&data, &["--auto-create-topics", "false"]);
+    assert_eq!(names(&broker.addr), vec![("defaults".into(), 1)]);
+}

@@ -219,7 +219,7 @@ pub(crate) async fn create(
             r = r.with_num_partitions(parts).with_replication_factor(1);
         }
         results.push(match check {
-            Ok(()) => r.with_error_code(codes::NONE),
+            Ok(()) => r.with_error_code(codes::NONE).with_error_message(None),
             Err((code, msg)) => r
                 .with_error_code(code)
                 .with_error_message(Some(StrBytes::from_string(msg))),
