@@ -22,14 +22,7 @@ fn config() -> WalConfig {
 /// the second file on.)
 #[test]
 fn missing_oldest_file_without_checkpoint_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
-    while wal.stats().rotations < 2 {
-        wal.append("t", 0, Bytes::from(vec![1u8; 2000]))
-            .wait()
-            .unwrap();
-    }
-    wal.close().unwrap();
+    let dir = rotated_log(2);
     std::fs::remove_file(dir.path().join("00000001.wal")).unwrap();
     let err = Wal::open(dir.path(), config())
         .map(|_| ())
@@ -47,14 +40,7 @@ fn missing_oldest_file_without_checkpoint_is_reported() {
 /// between. (Found by `hostile_bytes::mutated_wal_never_yields_garbage`.)
 #[test]
 fn seal_that_skips_unchecked_entries_is_corruption() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
-    while wal.stats().rotations < 1 {
-        wal.append("t", 0, Bytes::from(vec![1u8; 2000]))
-            .wait()
-            .unwrap();
-    }
-    wal.close().unwrap();
+    let dir = rotated_log(1);
     let first = dir.path().join("00000001.wal");
     let info = streamline::wal::recovery::scan_file(
         &first,
