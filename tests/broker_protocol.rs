@@ -3,13 +3,9 @@
 
 mod broker_support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{io::Write, time::Duration};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::{
     messages::{
         fetch_request::{FetchPartition, FetchTopic},
@@ -17,60 +13,17 @@ use kafka_protocol::{
         produce_request::{PartitionProduceData, TopicProduceData},
         ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
         ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-        ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+        ProduceResponse, TopicName,
     },
-    protocol::{Decodable, Encodable, StrBytes},
+    protocol::{Decodable, StrBytes},
     records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
 };
 
-use broker_support::{kcat, Broker};
-
-fn connect(addr: &str) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s
-}
-
-fn request_frame<R: Encodable>(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &R,
-) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("protocol-test")))
-        .encode(&mut buf, key.request_header_version(version))
-        .unwrap();
-    body.encode(&mut buf, version).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    buf.to_vec()
-}
-
-/// Reads one response frame; `None` when the server closed the connection.
-fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).ok()?;
-    Some(Bytes::from(buf))
-}
-
-fn response<R: Decodable>(s: &mut TcpStream, key: ApiKey, version: i16) -> (i32, R) {
-    let mut b = read_frame(s).expect("a response");
-    let h = ResponseHeader::decode(&mut b, key.response_header_version(version)).unwrap();
-    (h.correlation_id, R::decode(&mut b, version).unwrap())
-}
-
-fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
-}
+use broker_support::{
+    kcat,
+    wire::{closed, connect, read_frame, request_frame, response},
+    Broker,
+};
 
 fn batch(values: &[&str]) -> Bytes {
     let records: Vec<Record> = values

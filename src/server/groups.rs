@@ -83,6 +83,9 @@ struct Group {
     members: BTreeMap<String, Member>,
     pending_joins: Vec<(String, oneshot::Sender<JoinResult>)>,
     pending_syncs: Vec<(String, oneshot::Sender<SyncResult>)>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, with the instant they lapse
+    /// unless the member rejoins with them.
+    pending_members: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
 }
 
@@ -97,6 +100,7 @@ impl Group {
             members: BTreeMap::new(),
             pending_joins: Vec::new(),
             pending_syncs: Vec::new(),
+            pending_members: HashMap::new(),
             rebalance_deadline: None,
         }
     }
@@ -157,6 +161,12 @@ impl Group {
         };
         self.generation += 1;
         self.protocol = Some(protocol.clone());
+        // A member's session restarts when its join completes: one that waited
+        // longer than its session timeout for the others is not expired for it.
+        let now = Instant::now();
+        for m in self.members.values_mut() {
+            m.last_seen = now;
+        }
         let leader = match &self.leader {
             Some(l) if self.members.contains_key(l) => l.clone(),
             _ => self.members.keys().next().cloned().unwrap_or_default(),
@@ -192,6 +202,17 @@ impl Group {
             });
         }
         tracing::info!(generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
+    }
+
+    /// Whether `protocols` include one that every member other than `member_id`
+    /// supports, so that a rebalance with it can still choose a protocol.
+    fn supports_protocols(&self, member_id: &str, protocols: &[(String, Bytes)]) -> bool {
+        protocols.iter().any(|(name, _)| {
+            self.members
+                .iter()
+                .filter(|(id, _)| id.as_str() != member_id)
+                .all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name))
+        })
     }
 
     fn check_member(&self, member_id: &str, generation: i32) -> i16 {
@@ -230,6 +251,9 @@ pub struct JoinRequest {
     pub session_timeout: Duration,
     /// Rebalance timeout.
     pub rebalance_timeout: Duration,
+    /// JoinGroup v4 and later: a new dynamic member (no `instance_id`) first gets
+    /// its id with MEMBER_ID_REQUIRED and joins when it comes back with it.
+    pub require_known_member_id: bool,
 }
 
 impl GroupCoordinator {
@@ -241,6 +265,10 @@ impl GroupCoordinator {
     pub fn join(&self, req: JoinRequest) -> oneshot::Receiver<JoinResult> {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
+        if req.group.is_empty() {
+            let _ = tx.send(JoinResult::error(codes::INVALID_GROUP_ID, &req.member_id));
+            return rx;
+        }
         let mut groups = self.lock();
         let g = groups.entry(req.group.clone()).or_insert_with(Group::new);
         if req.protocols.is_empty() || req.protocol_type.is_empty() {
@@ -251,9 +279,11 @@ impl GroupCoordinator {
             return rx;
         }
         if !g.members.is_empty()
-            && g.protocol_type
+            && (g
+                .protocol_type
                 .as_deref()
                 .is_some_and(|t| t != req.protocol_type)
+                || !g.supports_protocols(&req.member_id, &req.protocols))
         {
             let _ = tx.send(JoinResult::error(
                 codes::INCONSISTENT_GROUP_PROTOCOL,
@@ -267,11 +297,20 @@ impl GroupCoordinator {
             } else {
                 req.client_id.as_str()
             };
-            format!(
+            let id = format!(
                 "{prefix}-{}",
                 uuid::Uuid::from_u128(crate::storage::random_id())
-            )
-        } else if g.members.contains_key(&req.member_id) {
+            );
+            if req.require_known_member_id && req.instance_id.is_none() {
+                g.pending_members
+                    .insert(id.clone(), now + req.session_timeout);
+                let _ = tx.send(JoinResult::error(codes::MEMBER_ID_REQUIRED, &id));
+                return rx;
+            }
+            id
+        } else if g.members.contains_key(&req.member_id)
+            || g.pending_members.remove(&req.member_id).is_some()
+        {
             req.member_id.clone()
         } else {
             let _ = tx.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, &req.member_id));
@@ -408,6 +447,8 @@ impl GroupCoordinator {
                 g.pending_syncs.retain(|(m, _)| m != id);
                 removed = true;
                 out.push(codes::NONE);
+            } else if g.pending_members.remove(id).is_some() {
+                out.push(codes::NONE);
             } else {
                 out.push(codes::UNKNOWN_MEMBER_ID);
             }
@@ -426,11 +467,14 @@ impl GroupCoordinator {
     }
 
     /// Whether an OffsetCommit from `member_id` at `generation` is allowed: simple
-    /// commits (generation -1) only while the group has no members.
+    /// commits (generation -1) only while the group has no members; a member's
+    /// commit at the current generation except between its JoinGroup and SyncGroup
+    /// (while the group prepares a rebalance it may still commit what it consumed).
     pub fn check_commit(&self, group: &str, generation: i32, member_id: &str) -> i16 {
         let groups = self.lock();
         match groups.get(group) {
-            None => codes::NONE,
+            None if generation < 0 => codes::NONE,
+            None => codes::ILLEGAL_GENERATION,
             Some(g) if generation < 0 && member_id.is_empty() => {
                 if g.members.is_empty() {
                     codes::NONE
@@ -440,7 +484,7 @@ impl GroupCoordinator {
             }
             Some(g) => {
                 let err = g.check_member(member_id, generation);
-                if err == codes::NONE && g.state == State::PreparingRebalance {
+                if err == codes::NONE && g.state == State::CompletingRebalance {
                     codes::REBALANCE_IN_PROGRESS
                 } else {
                     err
@@ -454,6 +498,7 @@ impl GroupCoordinator {
         let now = Instant::now();
         let mut groups = self.lock();
         for (name, g) in groups.iter_mut() {
+            g.pending_members.retain(|_, lapses| *lapses > now);
             let expired: Vec<String> = g
                 .members
                 .iter()
@@ -500,6 +545,7 @@ mod tests {
             protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(10),
+            require_known_member_id: false,
         }
     }
 

@@ -52,6 +52,7 @@ pub mod codes {
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
     pub const UNSUPPORTED_VERSION: i16 = 35;
@@ -62,6 +63,7 @@ pub mod codes {
     pub const INVALID_REQUEST: i16 = 42;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 

@@ -4,6 +4,8 @@
 //! `scripts/install-test-deps.sh` first.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},

@@ -73,6 +73,7 @@ pub(crate) async fn join(
             .collect(),
         session_timeout: session,
         rebalance_timeout: rebalance,
+        require_known_member_id: version >= 4,
     });
     let j = rx.await.unwrap_or_else(|_| JoinResult {
         error: codes::REBALANCE_IN_PROGRESS,

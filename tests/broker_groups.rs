@@ -1,0 +1,1347 @@
+//! The consumer-group coordinator over the Kafka wire protocol: FindCoordinator,
+//! JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and OffsetFetch at the
+//! lowest and highest versions the broker advertises, checked against the error
+//! codes and state transitions of Kafka's classic group coordinator.
+
+mod broker_support;
+
+use std::{
+    io::Write,
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use kafka_protocol::{
+    messages::{
+        join_group_request::JoinGroupRequestProtocol,
+        leave_group_request::MemberIdentity,
+        metadata_request::MetadataRequestTopic,
+        offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
+        offset_fetch_request::OffsetFetchRequestTopic,
+        sync_group_request::SyncGroupRequestAssignment,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+        FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+        JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, MetadataRequest,
+        MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+        OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    },
+    protocol::{Decodable, Encodable, StrBytes},
+};
+
+use broker_support::{
+    wire::{closed, connect, request_frame, response, CLIENT_ID},
+    Broker,
+};
+
+// Kafka error codes.
+const NONE: i16 = 0;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const ILLEGAL_GENERATION: i16 = 22;
+const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+const INVALID_GROUP_ID: i16 = 24;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const MEMBER_ID_REQUIRED: i16 = 79;
+
+/// The group APIs' advertised version ranges (asserted against ApiVersions in
+/// `find_coordinator_returns_this_broker_and_group_apis_are_advertised`).
+const FIND_COORDINATOR: (i16, i16) = (0, 3);
+const JOIN_GROUP: (i16, i16) = (0, 5);
+const SYNC_GROUP: (i16, i16) = (0, 3);
+const HEARTBEAT: (i16, i16) = (0, 3);
+const LEAVE_GROUP: (i16, i16) = (0, 3);
+const OFFSET_COMMIT: (i16, i16) = (2, 7);
+const OFFSET_FETCH: (i16, i16) = (1, 7);
+
+/// How long a test waits for something the broker does on its own (a session
+/// expiring, a rebalance starting) before failing.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn group_id(v: &str) -> GroupId {
+    GroupId(s(v))
+}
+
+/// One client connection with its own correlation ids.
+struct Conn {
+    stream: TcpStream,
+    next_id: i32,
+}
+
+impl Conn {
+    fn new(addr: &str) -> Conn {
+        Conn {
+            stream: connect(addr),
+            next_id: 0,
+        }
+    }
+
+    /// Sends a request without waiting; returns its correlation id.
+    fn send<R: Encodable>(&mut self, key: ApiKey, version: i16, body: &R) -> i32 {
+        self.next_id += 1;
+        self.stream
+            .write_all(&request_frame(key, version, self.next_id, body))
+            .unwrap();
+        self.next_id
+    }
+
+    /// Reads the response to the request `cid` (the next one on this connection).
+    fn recv<R: Decodable>(&mut self, key: ApiKey, version: i16, cid: i32) -> R {
+        let (got, r) = response(&mut self.stream, key, version);
+        assert_eq!(
+            got, cid,
+            "{key:?} v{version}: responses come in request order"
+        );
+        r
+    }
+
+    fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
+        let cid = self.send(key, version, body);
+        self.recv(key, version, cid)
+    }
+
+    fn heartbeat(&mut self, version: i16, group: &str, generation: i32, member: &str) -> i16 {
+        let req = HeartbeatRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(s(member));
+        self.call::<_, HeartbeatResponse>(ApiKey::Heartbeat, version, &req)
+            .error_code
+    }
+
+    fn sync(
+        &mut self,
+        version: i16,
+        group: &str,
+        generation: i32,
+        member: &str,
+    ) -> SyncGroupResponse {
+        let req = SyncGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(s(member));
+        self.call(ApiKey::SyncGroup, version, &req)
+    }
+
+    /// LeaveGroup v0-v2: one member; returns the error code.
+    fn leave_one(&mut self, version: i16, group: &str, member: &str) -> i16 {
+        assert!(version < 3);
+        let req = LeaveGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_member_id(s(member));
+        let r: LeaveGroupResponse = self.call(ApiKey::LeaveGroup, version, &req);
+        assert!(r.members.is_empty(), "v{version} has no member list");
+        r.error_code
+    }
+
+    /// LeaveGroup v3+: several members; returns the top-level error code and
+    /// `(member id, error code)` per member.
+    fn leave_many(
+        &mut self,
+        version: i16,
+        group: &str,
+        members: &[&str],
+    ) -> (i16, Vec<(String, i16)>) {
+        assert!(version >= 3);
+        let req = LeaveGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_members(
+                members
+                    .iter()
+                    .map(|m| MemberIdentity::default().with_member_id(s(m)))
+                    .collect(),
+            );
+        let r: LeaveGroupResponse = self.call(ApiKey::LeaveGroup, version, &req);
+        let per_member = r
+            .members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.error_code))
+            .collect();
+        (r.error_code, per_member)
+    }
+
+    /// OffsetCommit of `(topic, partition, offset, leader epoch, metadata)`; returns
+    /// `(topic, partition, error code)` in response order.
+    fn commit(
+        &mut self,
+        version: i16,
+        group: &str,
+        generation: i32,
+        member: &str,
+        offsets: &[(&str, i32, i64, i32, &str)],
+    ) -> Vec<(String, i32, i16)> {
+        let mut topics: Vec<OffsetCommitRequestTopic> = Vec::new();
+        for &(topic, partition, offset, epoch, meta) in offsets {
+            let p = OffsetCommitRequestPartition::default()
+                .with_partition_index(partition)
+                .with_committed_offset(offset)
+                .with_committed_leader_epoch(if version >= 6 { epoch } else { -1 })
+                .with_committed_metadata(Some(s(meta)));
+            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+                Some(t) => t.partitions.push(p),
+                None => topics.push(
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(s(topic)))
+                        .with_partitions(vec![p]),
+                ),
+            }
+        }
+        let req = OffsetCommitRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(s(member))
+            .with_topics(topics);
+        let r: OffsetCommitResponse = self.call(ApiKey::OffsetCommit, version, &req);
+        r.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.0.to_string(), p.partition_index, p.error_code))
+            })
+            .collect()
+    }
+
+    /// A simple commit (generation -1, no member id), as assign-mode clients send.
+    fn simple_commit(&mut self, version: i16, group: &str, topic: &str, offset: i64) -> i16 {
+        let r = self.commit(version, group, -1, "", &[(topic, 0, offset, -1, "")]);
+        assert_eq!(r.len(), 1);
+        r[0].2
+    }
+
+    /// OffsetFetch of `topics` (`None`: every committed partition); returns
+    /// `(topic, partition, offset, leader epoch, metadata, error code)`.
+    fn fetch(
+        &mut self,
+        version: i16,
+        group: &str,
+        topics: Option<&[(&str, &[i32])]>,
+    ) -> Vec<(String, i32, i64, i32, String, i16)> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(group_id(group))
+            .with_topics(topics.map(|ts| {
+                ts.iter()
+                    .map(|(t, parts)| {
+                        OffsetFetchRequestTopic::default()
+                            .with_name(TopicName(s(t)))
+                            .with_partition_indexes(parts.to_vec())
+                    })
+                    .collect()
+            }));
+        let r: OffsetFetchResponse = self.call(ApiKey::OffsetFetch, version, &req);
+        assert_eq!(r.error_code, NONE, "OffsetFetch v{version} top-level error");
+        let mut out = Vec::new();
+        for t in &r.topics {
+            for p in &t.partitions {
+                out.push((
+                    t.name.0.to_string(),
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    p.metadata
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    p.error_code,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Creates `topic` through Metadata auto-creation; returns its partition count.
+    fn create_topic(&mut self, topic: &str) -> usize {
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(TopicName(s(topic))))
+            ]))
+            .with_allow_auto_topic_creation(true);
+        let m: MetadataResponse = self.call(ApiKey::Metadata, 9, &req);
+        assert_eq!(m.topics[0].error_code, NONE, "creating {topic}");
+        m.topics[0].partitions.len()
+    }
+}
+
+/// A group member as a client drives it: its own connection, the JoinGroup version
+/// it speaks (SyncGroup and Heartbeat at the same version, capped at their highest),
+/// and what its last completed join told it.
+struct Member {
+    conn: Conn,
+    group: String,
+    version: i16,
+    id: String,
+    generation: i32,
+    protocols: Vec<(String, Bytes)>,
+    session_ms: i32,
+    rebalance_ms: i32,
+    instance: Option<String>,
+}
+
+impl Member {
+    /// A new member of `group` offering `protocols` (name, metadata). At JoinGroup v4+
+    /// it first asks for its member id, as real clients do: the broker answers
+    /// MEMBER_ID_REQUIRED with the id and the member is not in the group yet.
+    fn new(addr: &str, group: &str, version: i16, protocols: &[(&str, &str)]) -> Member {
+        let mut m = Member::unjoined(addr, group, version, protocols);
+        if version >= 4 {
+            m.ask_member_id();
+        }
+        m
+    }
+
+    /// Like [`Member::new`] without asking for a member id.
+    fn unjoined(addr: &str, group: &str, version: i16, protocols: &[(&str, &str)]) -> Member {
+        Member {
+            conn: Conn::new(addr),
+            group: group.to_string(),
+            version,
+            id: String::new(),
+            generation: -1,
+            protocols: protocols
+                .iter()
+                .map(|(n, m)| ((*n).to_string(), Bytes::copy_from_slice(m.as_bytes())))
+                .collect(),
+            session_ms: 10_000,
+            rebalance_ms: 10_000,
+            instance: None,
+        }
+    }
+
+    fn ask_member_id(&mut self) {
+        let cid = self.send_join();
+        let r: JoinGroupResponse = self.conn.recv(ApiKey::JoinGroup, self.version, cid);
+        assert_eq!(r.error_code, MEMBER_ID_REQUIRED, "v{}", self.version);
+        assert_eq!(r.generation_id, -1);
+        assert_eq!(r.leader.as_str(), "");
+        assert!(r.members.is_empty());
+        assert!(
+            r.member_id.starts_with(&format!("{CLIENT_ID}-")),
+            "member id {:?} is prefixed with the client id",
+            r.member_id
+        );
+        self.id = r.member_id.to_string();
+    }
+
+    fn sync_version(&self) -> i16 {
+        self.version.min(SYNC_GROUP.1)
+    }
+
+    fn heartbeat_version(&self) -> i16 {
+        self.version.min(HEARTBEAT.1)
+    }
+
+    fn join_request(&self) -> JoinGroupRequest {
+        let mut r = JoinGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_session_timeout_ms(self.session_ms)
+            .with_member_id(s(&self.id))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(
+                self.protocols
+                    .iter()
+                    .map(|(n, m)| {
+                        JoinGroupRequestProtocol::default()
+                            .with_name(s(n))
+                            .with_metadata(m.clone())
+                    })
+                    .collect(),
+            );
+        if self.version >= 1 {
+            r.rebalance_timeout_ms = self.rebalance_ms;
+        }
+        if self.version >= 5 {
+            r.group_instance_id = self.instance.as_deref().map(s);
+        }
+        r
+    }
+
+    /// Sends a JoinGroup (which may wait for a rebalance); returns its correlation id.
+    fn send_join(&mut self) -> i32 {
+        let req = self.join_request();
+        self.conn.send(ApiKey::JoinGroup, self.version, &req)
+    }
+
+    /// Reads the JoinGroup response `cid`; on success adopts its member id and
+    /// generation.
+    fn recv_join(&mut self, cid: i32) -> JoinGroupResponse {
+        let r: JoinGroupResponse = self.conn.recv(ApiKey::JoinGroup, self.version, cid);
+        if r.error_code == NONE {
+            if !self.id.is_empty() {
+                assert_eq!(r.member_id.as_str(), self.id, "a known member keeps its id");
+            }
+            assert!(r.member_id.starts_with(&format!("{CLIENT_ID}-")));
+            self.id = r.member_id.to_string();
+            self.generation = r.generation_id;
+        }
+        r
+    }
+
+    fn join(&mut self) -> JoinGroupResponse {
+        let cid = self.send_join();
+        self.recv_join(cid)
+    }
+
+    fn heartbeat(&mut self) -> i16 {
+        let v = self.heartbeat_version();
+        self.conn
+            .heartbeat(v, &self.group, self.generation, &self.id)
+    }
+
+    /// Heartbeats every 20 ms until the broker answers `want`; fails after
+    /// [`PATIENCE`] with the last answer.
+    fn heartbeat_until(&mut self, want: i16) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let got = self.heartbeat();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "heartbeat of {} never answered {want} (last {got})",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sync_request(&self, assignments: &[(&str, &str)]) -> SyncGroupRequest {
+        let mut r = SyncGroupRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_generation_id(self.generation)
+            .with_member_id(s(&self.id))
+            .with_assignments(
+                assignments
+                    .iter()
+                    .map(|(m, a)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(s(m))
+                            .with_assignment(Bytes::copy_from_slice(a.as_bytes()))
+                    })
+                    .collect(),
+            );
+        if self.sync_version() >= 3 {
+            r.group_instance_id = self.instance.as_deref().map(s);
+        }
+        r
+    }
+
+    fn send_sync(&mut self, assignments: &[(&str, &str)]) -> i32 {
+        let req = self.sync_request(assignments);
+        let v = self.sync_version();
+        self.conn.send(ApiKey::SyncGroup, v, &req)
+    }
+
+    /// Reads the SyncGroup response `cid`: (error code, assignment).
+    fn recv_sync(&mut self, cid: i32) -> (i16, String) {
+        let v = self.sync_version();
+        let r: SyncGroupResponse = self.conn.recv(ApiKey::SyncGroup, v, cid);
+        (
+            r.error_code,
+            String::from_utf8_lossy(&r.assignment).into_owned(),
+        )
+    }
+
+    fn sync(&mut self, assignments: &[(&str, &str)]) -> (i16, String) {
+        let cid = self.send_sync(assignments);
+        self.recv_sync(cid)
+    }
+}
+
+/// Member ids with their metadata, sorted, from a JoinGroup response.
+fn listed(r: &JoinGroupResponse) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                String::from_utf8_lossy(&m.metadata).into_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
+    v.sort();
+    v
+}
+
+/// Followers send SyncGroup first (they wait), then the leader hands every member
+/// the assignment "a-<member id>"; asserts each member got its own.
+fn sync_all(members: &mut [Member], leader: &str) {
+    let assignments: Vec<(String, String)> = members
+        .iter()
+        .map(|m| (m.id.clone(), format!("a-{}", m.id)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = assignments
+        .iter()
+        .map(|(m, a)| (m.as_str(), a.as_str()))
+        .collect();
+    let waiting: Vec<(usize, i32)> = members
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, m)| m.id != leader)
+        .map(|(i, m)| (i, m.send_sync(&[])))
+        .collect();
+    let l = members.iter_mut().find(|m| m.id == leader).expect("leader");
+    let got = l.sync(&pairs);
+    assert_eq!(got, (NONE, format!("a-{leader}")), "leader's assignment");
+    for (i, cid) in waiting {
+        let m = &mut members[i];
+        let got = m.recv_sync(cid);
+        assert_eq!(got, (NONE, format!("a-{}", m.id)), "follower's assignment");
+    }
+}
+
+/// Forms a stable group of `n` members speaking JoinGroup `version`, one member at a
+/// time: each newcomer's join starts a rebalance that the others see on their
+/// heartbeat; they rejoin and everyone syncs. Returns the members and the leader's id.
+fn form_group(addr: &str, group: &str, version: i16, n: usize) -> (Vec<Member>, String) {
+    let mut members: Vec<Member> = Vec::new();
+    let mut leader = String::new();
+    for i in 0..n {
+        let mut m = Member::new(addr, group, version, &[("range", &format!("m{i}"))]);
+        let cid = m.send_join();
+        for old in &mut members {
+            old.heartbeat_until(REBALANCE_IN_PROGRESS);
+        }
+        let rejoins: Vec<i32> = members.iter_mut().map(Member::send_join).collect();
+        let r = m.recv_join(cid);
+        assert_eq!(r.error_code, NONE);
+        for (old, cid) in members.iter_mut().zip(rejoins) {
+            let ro = old.recv_join(cid);
+            assert_eq!(ro.error_code, NONE);
+            assert_eq!(ro.generation_id, r.generation_id);
+        }
+        assert_eq!(
+            r.generation_id,
+            i as i32 + 1,
+            "one generation per rebalance"
+        );
+        leader = r.leader.to_string();
+        members.push(m);
+        sync_all(&mut members, &leader);
+    }
+    (members, leader)
+}
+
+#[test]
+fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+
+    let v: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(v.error_code, NONE);
+    let range = |key: ApiKey| {
+        v.api_keys
+            .iter()
+            .find(|k| k.api_key == key as i16)
+            .map(|k| (k.min_version, k.max_version))
+    };
+    for (key, want) in [
+        (ApiKey::FindCoordinator, FIND_COORDINATOR),
+        (ApiKey::JoinGroup, JOIN_GROUP),
+        (ApiKey::SyncGroup, SYNC_GROUP),
+        (ApiKey::Heartbeat, HEARTBEAT),
+        (ApiKey::LeaveGroup, LEAVE_GROUP),
+        (ApiKey::OffsetCommit, OFFSET_COMMIT),
+        (ApiKey::OffsetFetch, OFFSET_FETCH),
+    ] {
+        assert_eq!(range(key), Some(want), "{key:?} versions");
+    }
+
+    let m: MetadataResponse = c.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    );
+    let me = &m.brokers[0];
+    let port: i32 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!((me.host.as_str(), me.port), ("127.0.0.1", port));
+    for version in [FIND_COORDINATOR.0, 1, 2, FIND_COORDINATOR.1] {
+        let r: FindCoordinatorResponse = c.call(
+            ApiKey::FindCoordinator,
+            version,
+            &FindCoordinatorRequest::default().with_key(s("orders-app")),
+        );
+        assert_eq!(r.error_code, NONE, "v{version}");
+        assert_eq!(
+            (r.node_id, r.host.as_str(), r.port),
+            (me.node_id, me.host.as_str(), me.port),
+            "v{version}: the coordinator is this broker"
+        );
+    }
+    // A transaction coordinator (key type 1) is not available here; the
+    // connection keeps serving.
+    let r: FindCoordinatorResponse = c.call(
+        ApiKey::FindCoordinator,
+        FIND_COORDINATOR.1,
+        &FindCoordinatorRequest::default()
+            .with_key(s("txn"))
+            .with_key_type(1),
+    );
+    assert_eq!(r.error_code, COORDINATOR_NOT_AVAILABLE);
+    assert_eq!((r.node_id.0, r.port), (-1, -1));
+    assert!(r.error_message.is_some_and(|m| !m.is_empty()));
+    let r: FindCoordinatorResponse = c.call(
+        ApiKey::FindCoordinator,
+        1,
+        &FindCoordinatorRequest::default().with_key(s("orders-app")),
+    );
+    assert_eq!((r.error_code, r.port), (NONE, port));
+}
+
+/// At every advertised JoinGroup version: a new member gets its id (at v4+ through
+/// MEMBER_ID_REQUIRED), becomes leader of generation 1 with the group's first
+/// protocol; a second member starts a rebalance the first sees on its heartbeat;
+/// the next generation keeps the leader, picks the only protocol both support and
+/// delivers the leader's assignments to each member; stale generations and unknown
+/// members are refused.
+#[test]
+fn join_sync_heartbeat_and_rebalance_at_every_join_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    for version in JOIN_GROUP.0..=JOIN_GROUP.1 {
+        let group = format!("rebalance-v{version}");
+        let mut a = Member::new(
+            &broker.addr,
+            &group,
+            version,
+            &[("range", "a-range"), ("roundrobin", "a-rr")],
+        );
+        let asked = a.id.clone();
+        let j = a.join();
+        assert_eq!(j.error_code, NONE, "v{version}");
+        if version >= 4 {
+            assert_eq!(a.id, asked, "v{version}: joins with the id it was given");
+        }
+        assert_eq!(j.generation_id, 1);
+        assert_eq!(j.leader.as_str(), a.id, "the only member leads");
+        assert_eq!(j.protocol_name.as_deref(), Some("range"));
+        assert_eq!(listed(&j), vec![(a.id.clone(), "a-range".to_string())]);
+        assert_eq!(a.sync(&[(&a.id.clone(), "A1")]), (NONE, "A1".to_string()));
+        assert_eq!(a.heartbeat(), NONE);
+        let first = a.generation;
+
+        // A second member's join waits for the first to rejoin.
+        let mut b = Member::new(&broker.addr, &group, version, &[("roundrobin", "b-rr")]);
+        let b_join = b.send_join();
+        a.heartbeat_until(REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            a.sync(&[]).0,
+            REBALANCE_IN_PROGRESS,
+            "v{version}: SyncGroup while the group prepares a rebalance"
+        );
+        let ja = a.join();
+        let jb = b.recv_join(b_join);
+        assert_eq!((ja.error_code, jb.error_code), (NONE, NONE), "v{version}");
+        assert_eq!(
+            ja.generation_id,
+            first + 1,
+            "a rebalance is a new generation"
+        );
+        assert_eq!(jb.generation_id, ja.generation_id);
+        assert_ne!(a.id, b.id);
+        for r in [&ja, &jb] {
+            assert_eq!(r.leader.as_str(), a.id, "the leader stays");
+            assert_eq!(
+                r.protocol_name.as_deref(),
+                Some("roundrobin"),
+                "the protocol every member supports"
+            );
+        }
+        assert_eq!(
+            listed(&ja),
+            sorted(vec![
+                (a.id.clone(), "a-rr".into()),
+                (b.id.clone(), "b-rr".into())
+            ]),
+            "the leader gets every member's metadata for the chosen protocol"
+        );
+        assert!(jb.members.is_empty(), "followers get no member list");
+
+        // The follower's SyncGroup waits for the leader's assignments.
+        let b_sync = b.send_sync(&[]);
+        let (a_id, b_id) = (a.id.clone(), b.id.clone());
+        assert_eq!(
+            a.sync(&[(&a_id, "A2"), (&b_id, "B2"), ("stranger", "X")]),
+            (NONE, "A2".to_string())
+        );
+        assert_eq!(b.recv_sync(b_sync), (NONE, "B2".to_string()));
+        assert_eq!((a.heartbeat(), b.heartbeat()), (NONE, NONE));
+
+        // Stale generations and unknown members.
+        let (hv, sv) = (a.heartbeat_version(), a.sync_version());
+        let now = a.generation;
+        assert_eq!(
+            a.conn.heartbeat(hv, &group, first, &a_id),
+            ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            a.conn.heartbeat(hv, &group, now + 1, &a_id),
+            ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            a.conn.heartbeat(hv, &group, now, "nobody"),
+            UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            a.conn.heartbeat(hv, "no-such-group", now, &a_id),
+            UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            a.conn.sync(sv, &group, first, &a_id).error_code,
+            ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            a.conn.sync(sv, &group, now, "nobody").error_code,
+            UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            a.conn.sync(sv, "no-such-group", now, &a_id).error_code,
+            UNKNOWN_MEMBER_ID
+        );
+
+        // A follower rejoining with unchanged metadata gets the current generation,
+        // and its assignment again, without a rebalance.
+        let again = b.join();
+        assert_eq!(
+            (again.error_code, again.generation_id, again.leader.as_str()),
+            (NONE, now, a_id.as_str())
+        );
+        assert_eq!(b.sync(&[]), (NONE, "B2".to_string()));
+        assert_eq!(a.heartbeat(), NONE, "no rebalance");
+    }
+}
+
+/// JoinGroup validation: an empty group id, no protocols, an empty protocol type, a
+/// protocol type or protocols the group cannot use, an unknown member id. A refused
+/// joiner leaves the group alone.
+#[test]
+fn join_refuses_invalid_groups_inconsistent_protocols_and_unknown_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    for version in [JOIN_GROUP.0, JOIN_GROUP.1] {
+        let group = format!("strict-v{version}");
+        let refused =
+            |group: &str, protocols: &[(&str, &str)], edit: &dyn Fn(&mut JoinGroupRequest)| {
+                let mut m = Member::unjoined(&broker.addr, group, version, protocols);
+                let mut req = m.join_request();
+                edit(&mut req);
+                let r: JoinGroupResponse = m.conn.call(ApiKey::JoinGroup, version, &req);
+                (r.error_code, r.member_id.to_string(), r.generation_id)
+            };
+        assert_eq!(
+            refused("", &[("range", "")], &|_| {}).0,
+            INVALID_GROUP_ID,
+            "v{version}: empty group id"
+        );
+        assert_eq!(
+            refused(&group, &[], &|_| {}).0,
+            INCONSISTENT_GROUP_PROTOCOL,
+            "v{version}: no protocols"
+        );
+        assert_eq!(
+            refused(&group, &[("range", "")], &|r| r.protocol_type = s("")).0,
+            INCONSISTENT_GROUP_PROTOCOL,
+            "v{version}: empty protocol type"
+        );
+
+        let mut a = Member::new(&broker.addr, &group, version, &[("range", "a")]);
+        assert_eq!(a.join().error_code, NONE);
+        let a_id = a.id.clone();
+        assert_eq!(a.sync(&[(&a_id, "A")]), (NONE, "A".to_string()));
+
+        assert_eq!(
+            refused(&group, &[("range", "")], &|r| r.protocol_type =
+                s("connect")),
+            (INCONSISTENT_GROUP_PROTOCOL, String::new(), -1),
+            "v{version}: another protocol type"
+        );
+        assert_eq!(
+            refused(&group, &[("sticky", ""), ("cooperative", "")], &|_| {}),
+            (INCONSISTENT_GROUP_PROTOCOL, String::new(), -1),
+            "v{version}: no protocol in common with the group"
+        );
+        let ghost = format!("{CLIENT_ID}-ghost");
+        assert_eq!(
+            refused(&group, &[("range", "")], &|r| r.member_id = s(&ghost)),
+            (UNKNOWN_MEMBER_ID, ghost.clone(), -1),
+            "v{version}: a member id the group never gave out"
+        );
+        assert_eq!(
+            a.heartbeat(),
+            NONE,
+            "v{version}: refused joins start no rebalance"
+        );
+        assert_eq!(a.sync(&[]), (NONE, "A".to_string()));
+    }
+}
+
+/// A static member (group instance id, JoinGroup v5) joins without the
+/// MEMBER_ID_REQUIRED round trip, and the leader sees its instance id.
+#[test]
+fn static_member_joins_directly_and_is_listed_with_its_instance_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut a = Member::unjoined(&broker.addr, "static", JOIN_GROUP.1, &[("range", "a")]);
+    a.instance = Some("instance-a".into());
+    let j = a.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, 1));
+    assert_eq!(j.leader.as_str(), a.id);
+    assert_eq!(j.members.len(), 1);
+    assert_eq!(j.members[0].member_id.as_str(), a.id);
+    assert_eq!(
+        j.members[0].group_instance_id.as_deref(),
+        Some("instance-a")
+    );
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]), (NONE, "A".to_string()));
+    assert_eq!(a.heartbeat(), NONE);
+}
+
+/// LeaveGroup v0-v2 take one member id; the group rebalances without it and is
+/// empty (simple commits allowed again) once the last member left.
+#[test]
+fn leave_group_single_member_at_v0_to_v2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("leave-topic"), 1);
+    for version in LEAVE_GROUP.0..3 {
+        let group = format!("leave-v{version}");
+        let (mut members, leader) = form_group(&broker.addr, &group, version, 2);
+        let generation = members[0].generation;
+        let mut b = members.pop().unwrap();
+        let mut a = members.pop().unwrap();
+        assert_eq!(leader, a.id, "the first member leads");
+        assert_eq!(
+            c.simple_commit(OFFSET_COMMIT.0, &group, "leave-topic", 1),
+            ILLEGAL_GENERATION,
+            "v{version}: only members commit to a group with members"
+        );
+
+        assert_eq!(c.leave_one(version, &group, &b.id), NONE, "v{version}");
+        assert_eq!(a.heartbeat(), REBALANCE_IN_PROGRESS, "the group rebalances");
+        assert_eq!(b.heartbeat(), UNKNOWN_MEMBER_ID, "the leaver is gone");
+        let j = a.join();
+        assert_eq!(
+            (j.error_code, j.generation_id),
+            (NONE, generation + 1),
+            "v{version}"
+        );
+        assert_eq!(listed(&j), vec![(a.id.clone(), "m0".to_string())]);
+        let a_id = a.id.clone();
+        assert_eq!(a.sync(&[(&a_id, "alone")]), (NONE, "alone".to_string()));
+        assert_eq!(
+            c.leave_one(version, &group, &b.id),
+            UNKNOWN_MEMBER_ID,
+            "v{version}: leaving twice"
+        );
+
+        assert_eq!(c.leave_one(version, &group, &a.id), NONE);
+        assert_eq!(a.heartbeat(), UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            c.simple_commit(OFFSET_COMMIT.0, &group, "leave-topic", 2),
+            NONE,
+            "v{version}: the empty group takes simple commits"
+        );
+        assert_eq!(
+            c.leave_one(version, "never-seen", &a.id),
+            UNKNOWN_MEMBER_ID,
+            "v{version}: unknown group"
+        );
+    }
+}
+
+/// LeaveGroup v3 takes a member list and answers per member: known members leave,
+/// unknown ones get UNKNOWN_MEMBER_ID, the request as a whole succeeds. A leaver the
+/// group was waiting for completes the rebalance of the others; a member id handed
+/// out with MEMBER_ID_REQUIRED can leave before it ever joined.
+#[test]
+fn leave_group_v3_member_list_with_per_member_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let v = LEAVE_GROUP.1;
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("leave-topic"), 1);
+
+    let (mut members, leader) = form_group(&broker.addr, "trio", JOIN_GROUP.1, 3);
+    let generation = members[0].generation;
+    assert_eq!(generation, 3);
+    let ghost = format!("{CLIENT_ID}-ghost");
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    let (top, per_member) = c.leave_many(v, "trio", &[&ids[1], &ghost, &ids[2]]);
+    assert_eq!(top, NONE);
+    assert_eq!(
+        per_member,
+        vec![
+            (ids[1].clone(), NONE),
+            (ghost.clone(), UNKNOWN_MEMBER_ID),
+            (ids[2].clone(), NONE)
+        ]
+    );
+    assert_eq!(leader, ids[0]);
+    let a = &mut members[0];
+    assert_eq!(a.heartbeat(), REBALANCE_IN_PROGRESS);
+    let j = a.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, generation + 1));
+    assert_eq!(listed(&j), vec![(ids[0].clone(), "m0".to_string())]);
+    assert_eq!(a.sync(&[]), (NONE, String::new()));
+    for m in &mut members[1..] {
+        assert_eq!(m.heartbeat(), UNKNOWN_MEMBER_ID);
+    }
+    assert_eq!(
+        c.leave_many(v, "trio", &[&ids[0]]),
+        (NONE, vec![(ids[0].clone(), NONE)])
+    );
+    assert_eq!(
+        c.simple_commit(OFFSET_COMMIT.1, "trio", "leave-topic", 3),
+        NONE,
+        "the group is empty"
+    );
+    assert_eq!(
+        c.leave_many(v, "never-seen", &[&ids[0]]),
+        (NONE, vec![(ids[0].clone(), UNKNOWN_MEMBER_ID)]),
+        "unknown group: per-member error"
+    );
+
+    // The member the rebalance waits for leaves: the others' joins complete.
+    let (mut pair, _) = form_group(&broker.addr, "pair", JOIN_GROUP.1, 2);
+    let mut c3 = Member::new(&broker.addr, "pair", JOIN_GROUP.1, &[("range", "m2")]);
+    let c3_join = c3.send_join();
+    pair[0].heartbeat_until(REBALANCE_IN_PROGRESS);
+    let a_join = pair[0].send_join();
+    let b_id = pair[1].id.clone();
+    assert_eq!(
+        c.leave_many(v, "pair", &[&b_id]),
+        (NONE, vec![(b_id, NONE)])
+    );
+    let ja = pair[0].recv_join(a_join);
+    let jc = c3.recv_join(c3_join);
+    assert_eq!((ja.error_code, jc.error_code), (NONE, NONE));
+    assert_eq!((ja.generation_id, jc.generation_id), (3, 3));
+    assert_eq!(
+        listed(&ja),
+        sorted(vec![
+            (pair[0].id.clone(), "m0".into()),
+            (c3.id.clone(), "m2".into())
+        ])
+    );
+
+    // The leader leaves while a follower waits in SyncGroup: the follower is told to
+    // rejoin and becomes the leader of the next generation.
+    assert_eq!(ja.leader.as_str(), pair[0].id);
+    let c3_sync = c3.send_sync(&[]);
+    let a_id = pair[0].id.clone();
+    assert_eq!(
+        c.leave_many(v, "pair", &[&a_id]),
+        (NONE, vec![(a_id, NONE)])
+    );
+    assert_eq!(c3.recv_sync(c3_sync).0, REBALANCE_IN_PROGRESS);
+    let j = c3.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, 4));
+    assert_eq!(j.leader.as_str(), c3.id, "a new leader");
+    assert_eq!(listed(&j), vec![(c3.id.clone(), "m2".to_string())]);
+
+    // A member id given out with MEMBER_ID_REQUIRED leaves before joining.
+    let mut pending = Member::new(&broker.addr, "pair", JOIN_GROUP.1, &[("range", "p")]);
+    let pid = pending.id.clone();
+    assert_eq!(
+        c.leave_many(v, "pair", &[&pid]),
+        (NONE, vec![(pid.clone(), NONE)])
+    );
+    let r = pending.join();
+    assert_eq!(
+        (r.error_code, r.member_id.to_string()),
+        (UNKNOWN_MEMBER_ID, pid),
+        "the id is no longer valid"
+    );
+}
+
+/// A member that stops heartbeating is removed after its session timeout and the
+/// group rebalances without it. A member's session restarts when its join
+/// completes, however long it waited for the others; the last member expiring
+/// leaves the group empty; an id handed out with MEMBER_ID_REQUIRED lapses.
+#[test]
+fn silent_members_are_removed_after_their_session_timeout() {
+    const SESSION_MS: i32 = 600;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("expiry-topic"), 1);
+    let v = JOIN_GROUP.1;
+
+    // Started first: these expire while the rest runs.
+    let mut lapsing = Member::unjoined(&broker.addr, "lonely", v, &[("range", "p")]);
+    lapsing.session_ms = SESSION_MS;
+    lapsing.ask_member_id();
+    let mut solo = Member::new(&broker.addr, "solo", v, &[("range", "s")]);
+    solo.session_ms = SESSION_MS;
+    assert_eq!(solo.join().error_code, NONE);
+    let solo_since = Instant::now();
+    let solo_id = solo.id.clone();
+    assert_eq!(solo.sync(&[(&solo_id, "S")]).0, NONE);
+    assert_eq!(
+        c.simple_commit(OFFSET_COMMIT.1, "solo", "expiry-topic", 1),
+        ILLEGAL_GENERATION,
+        "solo is a member"
+    );
+
+    let mut a = Member::new(&broker.addr, "expiry", v, &[("range", "a")]);
+    assert_eq!(a.join().error_code, NONE);
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]).0, NONE);
+    let mut b = Member::new(&broker.addr, "expiry", v, &[("range", "b")]);
+    b.session_ms = SESSION_MS;
+    let b_join = b.send_join();
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    // The leader takes longer than b's session timeout to rejoin.
+    std::thread::sleep(Duration::from_millis(SESSION_MS as u64 + 200));
+    assert_eq!(a.join().error_code, NONE);
+    assert_eq!(b.recv_join(b_join).error_code, NONE);
+    // b takes a while (within its session) before its SyncGroup.
+    std::thread::sleep(Duration::from_millis(SESSION_MS as u64 / 2));
+    let b_seen = Instant::now();
+    let b_sync = b.send_sync(&[]);
+    let b_id = b.id.clone();
+    assert_eq!(
+        a.sync(&[(&a_id, "A"), (&b_id, "B")]),
+        (NONE, "A".to_string()),
+        "b was not expired for the time it waited in JoinGroup"
+    );
+    assert_eq!(b.recv_sync(b_sync), (NONE, "B".to_string()));
+    let generation = a.generation;
+
+    // b goes silent: a learns of the rebalance, b's session has passed.
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    assert!(
+        b_seen.elapsed() >= Duration::from_millis(SESSION_MS as u64),
+        "b expired after {:?}, before its session timeout",
+        b_seen.elapsed()
+    );
+    let j = a.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, generation + 1));
+    assert_eq!(listed(&j), vec![(a_id.clone(), "a".to_string())]);
+    assert_eq!(b.heartbeat(), UNKNOWN_MEMBER_ID);
+    assert_eq!(b.sync(&[]).0, UNKNOWN_MEMBER_ID);
+    let r = b.join();
+    assert_eq!(
+        (r.error_code, r.member_id.as_str()),
+        (UNKNOWN_MEMBER_ID, b_id.as_str()),
+        "an expired member id cannot rejoin"
+    );
+
+    // The last member expiring empties the group: simple commits work again.
+    let deadline = Instant::now() + PATIENCE;
+    while c.simple_commit(OFFSET_COMMIT.1, "solo", "expiry-topic", 2) != NONE {
+        assert!(Instant::now() < deadline, "solo never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(solo_since.elapsed() >= Duration::from_millis(SESSION_MS as u64));
+    assert_eq!(solo.heartbeat(), UNKNOWN_MEMBER_ID);
+
+    // More than a session timeout (and a coordinator tick) after it was handed
+    // out, the pending member id no longer joins.
+    let r = lapsing.join();
+    assert_eq!(
+        (r.error_code, r.member_id.to_string()),
+        (UNKNOWN_MEMBER_ID, lapsing.id.clone())
+    );
+}
+
+/// A member that does not rejoin within the rebalance timeout is dropped (though
+/// its session has not expired) and the rebalance completes without it.
+#[test]
+fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_dropped() {
+    const REBALANCE_MS: i32 = 500;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let v = JOIN_GROUP.1;
+    let mut a = Member::new(&broker.addr, "slow", v, &[("range", "a")]);
+    a.rebalance_ms = REBALANCE_MS;
+    assert_eq!(a.join().error_code, NONE);
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]).0, NONE);
+
+    let mut b = Member::new(&broker.addr, "slow", v, &[("range", "b")]);
+    let started = Instant::now();
+    let j = b.join();
+    assert!(
+        started.elapsed() >= Duration::from_millis(REBALANCE_MS as u64),
+        "completed after {:?}, before the rebalance timeout",
+        started.elapsed()
+    );
+    assert_eq!((j.error_code, j.generation_id), (NONE, 2));
+    assert_eq!(j.leader.as_str(), b.id, "the remaining member leads");
+    assert_eq!(listed(&j), vec![(b.id.clone(), "b".to_string())]);
+    assert_eq!(a.heartbeat(), UNKNOWN_MEMBER_ID, "a was dropped");
+    assert_eq!(a.join().error_code, UNKNOWN_MEMBER_ID);
+}
+
+/// OffsetCommit/OffsetFetch: simple commits (generation -1, no member id) at the
+/// lowest and highest versions; unknown partitions; member commits checked against
+/// the generation (allowed while the group prepares a rebalance, refused between
+/// JoinGroup and SyncGroup); everything committed survives a graceful restart.
+#[test]
+fn offset_commits_follow_the_generation_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "2"]);
+    let (lo, hi) = OFFSET_COMMIT;
+    let (flo, fhi) = OFFSET_FETCH;
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("orders"), 2);
+
+    let nothing = c.fetch(
+        flo,
+        "simple",
+        Some(&[("orders", &[0, 1, 5]), ("nope", &[0])]),
+    );
+    assert_eq!(
+        nothing,
+        vec![
+            ("orders".into(), 0, -1, -1, String::new(), NONE),
+            ("orders".into(), 1, -1, -1, String::new(), NONE),
+            ("orders".into(), 5, -1, -1, String::new(), NONE),
+            ("nope".into(), 0, -1, -1, String::new(), NONE),
+        ],
+        "no committed offset: -1"
+    );
+
+    let r = c.commit(
+        lo,
+        "simple",
+        -1,
+        "",
+        &[
+            ("orders", 0, 5, -1, "m0"),
+            ("orders", 1, 7, -1, ""),
+            ("orders", 9, 1, -1, ""),
+            ("nope", 0, 1, -1, ""),
+        ],
+    );
+    assert_eq!(
+        r,
+        vec![
+            ("orders".into(), 0, NONE),
+            ("orders".into(), 1, NONE),
+            ("orders".into(), 9, UNKNOWN_TOPIC_OR_PARTITION),
+            ("nope".into(), 0, UNKNOWN_TOPIC_OR_PARTITION),
+        ]
+    );
+    assert_eq!(
+        c.commit(hi, "simple", -1, "", &[("orders", 1, 8, 4, "m1")]),
+        vec![("orders".into(), 1, NONE)]
+    );
+    let simple = vec![
+        ("orders".to_string(), 0, 5, -1, "m0".to_string(), NONE),
+        ("orders".to_string(), 1, 8, 4, "m1".to_string(), NONE),
+    ];
+    assert_eq!(c.fetch(fhi, "simple", Some(&[("orders", &[0, 1])])), simple);
+    assert_eq!(
+        c.fetch(fhi, "simple", None),
+        simple,
+        "every committed partition"
+    );
+    let old_fetch: Vec<_> = simple
+        .iter()
+        .map(|(t, p, o, _, m, e)| (t.clone(), *p, *o, -1, m.clone(), *e))
+        .collect();
+    assert_eq!(
+        c.fetch(flo, "simple", Some(&[("orders", &[0, 1])])),
+        old_fetch,
+        "no leader epoch before v5"
+    );
+
+    // Member commits.
+    let g = "members";
+    let mut a = Member::new(&broker.addr, g, JOIN_GROUP.1, &[("range", "a")]);
+    assert_eq!(a.join().error_code, NONE);
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]).0, NONE);
+    let gen = a.generation;
+    let one = |c: &mut Conn, v: i16, generation: i32, member: &str, offset: i64| {
+        let r = c.commit(v, g, generation, member, &[("orders", 0, offset, -1, "")]);
+        assert_eq!(r.len(), 1);
+        r[0].2
+    };
+    assert_eq!(one(&mut a.conn, hi, gen, &a_id, 11), NONE);
+    assert_eq!(one(&mut a.conn, lo, gen, &a_id, 11), NONE, "v{lo}");
+    assert_eq!(one(&mut a.conn, hi, gen - 1, &a_id, 90), ILLEGAL_GENERATION);
+    assert_eq!(one(&mut a.conn, hi, gen + 1, &a_id, 91), ILLEGAL_GENERATION);
+    assert_eq!(one(&mut a.conn, hi, gen, "nobody", 92), UNKNOWN_MEMBER_ID);
+    assert_eq!(
+        one(&mut a.conn, hi, -1, "", 93),
+        ILLEGAL_GENERATION,
+        "simple commit to a group with members"
+    );
+    assert_eq!(
+        c.commit(hi, "never-seen", 3, "someone", &[("orders", 0, 94, -1, "")]),
+        vec![("orders".into(), 0, ILLEGAL_GENERATION)],
+        "a generation of a group that does not exist"
+    );
+    assert_eq!(
+        c.fetch(fhi, "never-seen", Some(&[("orders", &[0])]))[0].2,
+        -1
+    );
+    assert_eq!(c.fetch(fhi, g, Some(&[("orders", &[0])]))[0].2, 11);
+
+    // While the group prepares a rebalance, a member still commits what it
+    // consumed at its current generation.
+    let mut b = Member::new(&broker.addr, g, JOIN_GROUP.1, &[("range", "b")]);
+    let b_join = b.send_join();
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    assert_eq!(
+        one(&mut a.conn, hi, gen, &a_id, 12),
+        NONE,
+        "commit during PreparingRebalance"
+    );
+    assert_eq!(a.join().error_code, NONE);
+    assert_eq!(b.recv_join(b_join).error_code, NONE);
+    let next = a.generation;
+    assert_eq!(next, gen + 1);
+    // Between JoinGroup and SyncGroup the new generation is not yet in force.
+    assert_eq!(
+        one(&mut a.conn, hi, next, &a_id, 95),
+        REBALANCE_IN_PROGRESS,
+        "commit during CompletingRebalance"
+    );
+    assert_eq!(one(&mut a.conn, hi, gen, &a_id, 96), ILLEGAL_GENERATION);
+    let b_id = b.id.clone();
+    let b_sync = b.send_sync(&[]);
+    assert_eq!(a.sync(&[(&a_id, "0"), (&b_id, "1")]).0, NONE);
+    assert_eq!(b.recv_sync(b_sync).0, NONE);
+    assert_eq!(one(&mut a.conn, hi, next, &a_id, 13), NONE);
+    assert_eq!(
+        b.conn
+            .commit(lo, g, next, &b_id, &[("orders", 1, 21, -1, "b-meta")]),
+        vec![("orders".into(), 1, NONE)]
+    );
+    let members = vec![
+        ("orders".to_string(), 0, 13, -1, String::new(), NONE),
+        ("orders".to_string(), 1, 21, -1, "b-meta".to_string(), NONE),
+    ];
+    assert_eq!(c.fetch(fhi, g, None), members);
+
+    drop((a, b, c));
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.fetch(fhi, "simple", None), simple, "after a restart");
+    assert_eq!(
+        c.fetch(flo, "simple", Some(&[("orders", &[0, 1])])),
+        old_fetch
+    );
+    assert_eq!(c.fetch(fhi, g, None), members, "after a restart");
+    // Membership does not survive a restart; committed offsets do.
+    assert_eq!(
+        c.commit(hi, g, next, &a_id, &[("orders", 0, 97, -1, "")]),
+        vec![("orders".into(), 0, ILLEGAL_GENERATION)],
+        "a generation from before the restart"
+    );
+    assert_eq!(c.simple_commit(hi, g, "orders", 14), NONE);
+    assert_eq!(c.fetch(flo, g, Some(&[("orders", &[0])]))[0].2, 14);
+}
+
+/// Group requests the broker does not serve (unadvertised versions, truncated or
+/// absurd bodies) close only their own connection: a member on another connection
+/// is undisturbed. Requests it can answer with an error keep the connection.
+#[test]
+fn bad_group_requests_close_only_their_own_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut a = Member::new(&broker.addr, "survivor", JOIN_GROUP.1, &[("range", "a")]);
+    assert_eq!(a.join().error_code, NONE);
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]).0, NONE);
+
+    let join_v5 = request_frame(ApiKey::JoinGroup, JOIN_GROUP.1, 1, &a.join_request());
+    let mut bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "JoinGroup above the advertised versions",
+            request_frame(ApiKey::JoinGroup, JOIN_GROUP.1 + 1, 1, &a.join_request()),
+        ),
+        (
+            "Heartbeat above the advertised versions",
+            request_frame(
+                ApiKey::Heartbeat,
+                HEARTBEAT.1 + 1,
+                1,
+                &HeartbeatRequest::default().with_group_id(group_id("survivor")),
+            ),
+        ),
+        (
+            "FindCoordinator above the advertised versions",
+            request_frame(
+                ApiKey::FindCoordinator,
+                FIND_COORDINATOR.1 + 1,
+                1,
+                &FindCoordinatorRequest::default(),
+            ),
+        ),
+    ];
+    // OffsetCommit v1 (below the advertised range): a bare header.
+    let mut v1 = vec![0, 0, 0, 10, 0, ApiKey::OffsetCommit as u8, 0, 1, 0, 0, 0, 1];
+    v1.extend_from_slice(&[0xff, 0xff]);
+    bad.push(("OffsetCommit below the advertised versions", v1));
+    // A JoinGroup whose body ends early.
+    let mut short = join_v5[..join_v5.len() - 6].to_vec();
+    let len = (short.len() - 4) as i32;
+    short[..4].copy_from_slice(&len.to_be_bytes());
+    bad.push(("truncated JoinGroup", short));
+    // A SyncGroup v3 claiming 2^31 - 1 assignments in a few bytes.
+    let mut huge = request_frame(
+        ApiKey::SyncGroup,
+        SYNC_GROUP.1,
+        1,
+        &SyncGroupRequest::default()
+            .with_group_id(group_id("survivor"))
+            .with_member_id(s(&a_id)),
+    );
+    let n = huge.len();
+    assert_eq!(&huge[n - 4..], &[0, 0, 0, 0], "empty assignment array last");
+    huge[n - 4..].copy_from_slice(&i32::MAX.to_be_bytes());
+    bad.push(("SyncGroup with an absurd array length", huge));
+
+    for (what, frame) in bad {
+        let mut c = connect(&broker.addr);
+        c.write_all(&frame).unwrap();
+        assert!(closed(&mut c), "{what}: that connection is closed");
+        assert_eq!(a.heartbeat(), NONE, "{what}: the member is undisturbed");
+    }
+
+    // Errors the broker answers keep the connection.
+    let mut c = Conn::new(&broker.addr);
+    let r: FindCoordinatorResponse = c.call(
+        ApiKey::FindCoordinator,
+        FIND_COORDINATOR.1,
+        &FindCoordinatorRequest::default()
+            .with_key(s("t"))
+            .with_key_type(1),
+    );
+    assert_eq!(r.error_code, COORDINATOR_NOT_AVAILABLE);
+    let mut req = a.join_request();
+    req.group_id = group_id("");
+    req.member_id = s("");
+    let r: JoinGroupResponse = c.call(ApiKey::JoinGroup, JOIN_GROUP.1, &req);
+    assert_eq!(r.error_code, INVALID_GROUP_ID);
+    assert_eq!(
+        c.heartbeat(HEARTBEAT.1, "survivor", a.generation, &a_id),
+        NONE
+    );
+    assert_eq!(a.sync(&[]), (NONE, "A".to_string()));
+}
