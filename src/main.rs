@@ -4,7 +4,7 @@
 //! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM), 1 when start-up or
 //! shutdown fails, 2 for an invalid command line (nothing is touched on disk then).
 
-use std::process::ExitCode;
+use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 use streamline::{config::Cli, server::Server, storage::TopicManager};
@@ -17,7 +17,7 @@ static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_allo
 fn main() -> ExitCode {
     let config = Cli::parse().into_config();
     if let Err(e) = config.validate() {
-        eprintln!("error: {e}");
+        report(format_args!("error: {e}"));
         return ExitCode::from(2);
     }
     tracing_subscriber::fmt()
@@ -26,6 +26,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // The log may live on the disk that just filled up or failed. A line that
+        // cannot be written is dropped: the default reports it with `eprintln!`,
+        // which panics when stderr fails, and so would every thread that logs.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
+            report(format_args!("error: starting the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -43,10 +47,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "broker failed");
-            eprintln!("error: {e}");
+            report(format_args!("error: {e}"));
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes one line to stderr, ignoring a failure to do so (`eprintln!` would panic).
+fn report(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 async fn run(config: streamline::config::Config) -> streamline::Result<()> {
@@ -68,7 +77,10 @@ async fn run(config: streamline::config::Config) -> streamline::Result<()> {
         }
     };
     // Tests and scripts read this line to learn the port (with --listen HOST:0).
-    println!("streamline listening on {}", server.local_addr());
+    // Not `println!`: a closed stdout must not panic the broker.
+    let mut out = std::io::stdout();
+    let _ =
+        writeln!(out, "streamline listening on {}", server.local_addr()).and_then(|()| out.flush());
     server.run(shutdown_signal()).await;
     tracing::info!("stopped serving; flushing storage");
     let s = storage.clone();

@@ -1,0 +1,414 @@
+//! The broker on a filesystem that fills up (a small ext4 image on a loop device;
+//! needs root, `mkfs.ext4` and loop devices; CI runs as root).
+//!
+//! Produces with acks=all until the disk is full: the failing produce gets
+//! `KAFKA_STORAGE_ERROR` with a message that says why, never an acknowledgement
+//! for data that is not stored; the broker keeps answering other requests and
+//! serving every acknowledged record; it shuts down cleanly; and once space is
+//! freed a restart serves every acknowledged record at its offset, invents none,
+//! and accepts produces again. The same when the filesystem fails under the broker
+//! (EIO from every write and fsync).
+//!
+//! The broker's log sits beside its data directory (see `Broker::start`), on the
+//! same filesystem, so writing the log fails too: a log line that cannot be written
+//! must not take a thread down with it. The last test makes that deterministic with
+//! a log on `/dev/full`.
+
+mod broker_support;
+mod loop_fs;
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::{
+    messages::{
+        metadata_request::MetadataRequestTopic,
+        produce_request::{PartitionProduceData, TopicProduceData},
+        ApiKey, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+    },
+    protocol::StrBytes,
+    records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
+};
+
+use broker_support::{
+    kcat,
+    wire::{connect, request_frame, response},
+    Broker,
+};
+use loop_fs::LoopFs;
+
+const TOPIC: &str = "fill";
+const VALUE_LEN: usize = 64 * 1024;
+
+/// The value of record `i`: its number, then filler derived from it.
+fn value(i: u64) -> String {
+    let mut v = format!("{i:08}:");
+    let fill = (b'a' + (i % 26) as u8) as char;
+    v.extend(std::iter::repeat_n(fill, VALUE_LEN - v.len()));
+    v
+}
+
+fn one_record_batch(v: &str) -> Bytes {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(Bytes::copy_from_slice(v.as_bytes())),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
+/// Produces record `i` with acks=all; the partition's error code, offset and message.
+fn produce(addr: &str, i: u64) -> (i16, i64, String) {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(one_record_batch(&value(i))))])]);
+    let mut c = connect(addr);
+    c.write_all(&request_frame(ApiKey::Produce, 9, 1, &req))
+        .expect("send produce");
+    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+    let p = &r.responses[0].partition_responses[0];
+    let msg = p
+        .error_message
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    (p.error_code, p.base_offset, msg)
+}
+
+/// Metadata for the topic (creating it when `create`); its error code.
+fn metadata(addr: &str, create: bool) -> i16 {
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))]))
+        .with_allow_auto_topic_creation(create);
+    let mut c = connect(addr);
+    c.write_all(&request_frame(ApiKey::Metadata, 9, 1, &req))
+        .expect("send metadata");
+    let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 9);
+    m.topics[0].error_code
+}
+
+/// Every record of the partition, offset → value, read with a real client.
+fn consume(addr: &str) -> BTreeMap<i64, String> {
+    let out = kcat(
+        &[
+            "-C",
+            "-b",
+            addr,
+            "-t",
+            TOPIC,
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o %s\n",
+        ],
+        b"",
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 values")
+        .lines()
+        .map(|l| {
+            let (o, v) = l.split_once(' ').expect("offset and value");
+            (o.parse().expect("offset"), v.to_string())
+        })
+        .collect()
+}
+
+/// Free bytes on the filesystem holding `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}
+
+#[test]
+fn a_full_disk_fails_produces_with_a_storage_error_and_loses_no_acknowledged_record() {
+    for mode in ["every_write", "interval"] {
+        let fs = LoopFs::new(48);
+        let data = fs.mount.join("data");
+        let mut broker = Broker::start(&data, &["--segment-bytes", "1m", "--wal-sync-mode", mode]);
+        assert_eq!(metadata(&broker.addr, true), 0, "{mode}: topic not created");
+
+        // Leave ~6 MiB free: room for a few WAL files and segments, then full.
+        let ballast = fs.mount.join("ballast");
+        let keep = 6 << 20;
+        let size = free_bytes(&fs.mount).saturating_sub(keep);
+        let f = std::fs::File::create(&ballast).unwrap();
+        // SAFETY: fallocate on an fd we own, with no pointers.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                size as libc::off_t,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "fallocate ballast: {}",
+            std::io::Error::last_os_error()
+        );
+        drop(f);
+
+        let mut acked: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut failure = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0.. {
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: the disk never filled up"
+            );
+            let (code, offset, msg) = produce(&broker.addr, i);
+            if code == 0 {
+                assert!(
+                    acked.insert(offset, i).is_none(),
+                    "{mode}: offset {offset} given twice"
+                );
+            } else {
+                failure = Some((i, code, msg));
+                break;
+            }
+        }
+        let (failed_at, code, msg) = failure.unwrap();
+        assert_eq!(
+            code, 56,
+            "{mode}: KAFKA_STORAGE_ERROR expected, got {code}: {msg}"
+        );
+        assert!(
+            msg.contains("No space left") || msg.contains("os error 28"),
+            "{mode}: the error message does not say the disk is full: {msg}"
+        );
+        assert!(
+            acked.len() >= 10,
+            "{mode}: only {} acknowledged",
+            acked.len()
+        );
+        assert_eq!(
+            acked.keys().copied().collect::<Vec<_>>(),
+            (0..acked.len() as i64).collect::<Vec<_>>(),
+            "{mode}: acknowledged offsets not contiguous from 0"
+        );
+
+        // Still serving: metadata, and every acknowledged record.
+        assert_eq!(
+            metadata(&broker.addr, false),
+            0,
+            "{mode}: metadata after the failure"
+        );
+        let seen = consume(&broker.addr);
+        for (&offset, &i) in &acked {
+            assert_eq!(
+                seen.get(&offset),
+                Some(&value(i)),
+                "{mode}: offset {offset} while full"
+            );
+        }
+        // A later produce fails too, the same way, rather than hang or half-succeed.
+        let (code, _, msg) = produce(&broker.addr, failed_at + 1);
+        assert_eq!(
+            code, 56,
+            "{mode}: a produce after the failure: {code} {msg}"
+        );
+
+        let status = broker.sigterm();
+        assert!(
+            status.code().is_some(),
+            "{mode}: killed by a signal: {status:?}"
+        );
+
+        // Free the space; a restart serves what was acknowledged, and nothing that was
+        // not produced, and takes new records after it.
+        std::fs::remove_file(&ballast).unwrap();
+        let broker = broker.restart();
+        let seen = consume(&broker.addr);
+        for (&offset, &i) in &acked {
+            assert_eq!(
+                seen.get(&offset),
+                Some(&value(i)),
+                "{mode}: offset {offset} after restart"
+            );
+        }
+        let sent: Vec<String> = (0..=failed_at + 1).map(value).collect();
+        for (offset, v) in &seen {
+            assert!(
+                sent.contains(v),
+                "{mode}: offset {offset} holds a value never produced"
+            );
+        }
+        let (code, offset, msg) = produce(&broker.addr, 1_000_000);
+        assert_eq!(code, 0, "{mode}: produce after restart: {msg}");
+        assert_eq!(offset, seen.len() as i64, "{mode}: offsets do not continue");
+    }
+}
+
+#[test]
+fn a_filesystem_shut_down_under_the_broker_keeps_every_acknowledged_record() {
+    let fs = LoopFs::new(64);
+    let data = fs.mount.join("data");
+    let mut broker = Broker::start(
+        &data,
+        &["--segment-bytes", "1m", "--wal-sync-mode", "every_write"],
+    );
+    assert_eq!(metadata(&broker.addr, true), 0, "topic not created");
+
+    // Two producers, one record in flight each, until their first error.
+    let acked = std::sync::Mutex::new(BTreeMap::<i64, u64>::new());
+    let errors = std::thread::scope(|s| {
+        let producers: Vec<_> = (0..2u64)
+            .map(|p| {
+                let (addr, acked) = (&broker.addr, &acked);
+                s.spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    for i in (p..).step_by(2) {
+                        assert!(Instant::now() < deadline, "producer {p} never failed");
+                        let (code, offset, msg) = produce(addr, i);
+                        if code != 0 {
+                            return (code, msg);
+                        }
+                        let dup = acked.lock().unwrap().insert(offset, i);
+                        assert!(dup.is_none(), "offset {offset} given twice");
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        while acked.lock().unwrap().len() < 40 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fs.shut_down();
+        producers
+            .into_iter()
+            .map(|h| h.join().expect("producer panicked"))
+            .collect::<Vec<_>>()
+    });
+    for (code, msg) in &errors {
+        assert_eq!(*code, 56, "KAFKA_STORAGE_ERROR expected, got {code}: {msg}");
+        assert!(
+            msg.contains("os error 5") || msg.contains("Input/output error"),
+            "the error message does not carry the I/O error: {msg}"
+        );
+    }
+    let acked = acked.into_inner().unwrap();
+    assert_eq!(
+        metadata(&broker.addr, false),
+        0,
+        "metadata after the failure"
+    );
+    let status = broker.sigterm();
+    assert!(status.code().is_some(), "killed by a signal: {status:?}");
+
+    // As after a crash: unmount, mount, restart. Every acknowledged record is there
+    // at its offset, and nothing that was never produced.
+    fs.remount();
+    let broker = broker.restart();
+    let seen = consume(&broker.addr);
+    for (&offset, &i) in &acked {
+        assert_eq!(
+            seen.get(&offset),
+            Some(&value(i)),
+            "offset {offset} after remount"
+        );
+    }
+    let last = acked.values().max().copied().unwrap_or(0);
+    let sent: Vec<String> = (0..=last + 2).map(value).collect();
+    for (offset, v) in &seen {
+        assert!(
+            sent.contains(v),
+            "offset {offset} holds a value never produced"
+        );
+    }
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (0..seen.len() as i64).collect::<Vec<_>>(),
+        "offsets after recovery not contiguous"
+    );
+    let (code, offset, msg) = produce(&broker.addr, 1_000_000);
+    assert_eq!(code, 0, "produce after remount: {msg}");
+    assert_eq!(offset, seen.len() as i64, "offsets do not continue");
+}
+
+#[test]
+fn a_log_that_cannot_be_written_does_not_stop_the_broker() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    let mut child = Command::new(broker_support::broker_bin())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(["--wal-sync-mode", "every_write"])
+        .env("STREAMLINE_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(full)
+        .spawn()
+        .expect("spawn streamline");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("streamline listening on ")
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("broker did not start: {line:?} {:?}", child.wait());
+        })
+        .to_string();
+
+    assert_eq!(metadata(&addr, true), 0, "metadata");
+    for i in 0..20 {
+        let (code, offset, msg) = produce(&addr, i);
+        assert_eq!((code, offset), (0, i as i64), "produce {i}: {msg}");
+    }
+    let seen = consume(&addr);
+    assert_eq!(seen.len(), 20);
+    for (offset, v) in &seen {
+        assert_eq!(*v, value(*offset as u64));
+    }
+    broker_support::signal(child.id(), "TERM");
+    let status = broker_support::wait_timeout(&mut child, Duration::from_secs(30))
+        .expect("broker did not exit within 30 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+}
