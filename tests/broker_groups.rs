@@ -42,6 +42,7 @@ const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const INVALID_GROUP_ID: i16 = 24;
 const UNKNOWN_MEMBER_ID: i16 = 25;
+const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const MEMBER_ID_REQUIRED: i16 = 79;
 
@@ -58,6 +59,11 @@ const OFFSET_FETCH: (i16, i16) = (1, 7);
 /// How long a test waits for something the broker does on its own (a session
 /// expiring, a rebalance starting) before failing.
 const PATIENCE: Duration = Duration::from_secs(5);
+
+/// The broker's default session timeout bounds (Kafka's
+/// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
+const MIN_SESSION_MS: i32 = 6000;
+const MAX_SESSION_MS: i32 = 1_800_000;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -792,6 +798,163 @@ fn join_refuses_invalid_groups_inconsistent_protocols_and_unknown_members() {
     }
 }
 
+/// An empty group id is treated as Kafka's coordinator treats it: JoinGroup,
+/// SyncGroup, Heartbeat and LeaveGroup get INVALID_GROUP_ID at every version (from
+/// LeaveGroup v3 for the whole request, with no member list); OffsetCommit and
+/// OffsetFetch accept it (Kafka keeps that for backwards compatibility) like any
+/// other group, and what was committed survives a restart.
+#[test]
+fn empty_group_id_is_refused_by_membership_apis_and_accepted_by_offset_apis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("anon-topic"), 1);
+    for v in JOIN_GROUP.0..=JOIN_GROUP.1 {
+        let r = Member::unjoined(&broker.addr, "", v, &[("range", "")]).join();
+        assert_eq!(
+            (r.error_code, r.generation_id),
+            (INVALID_GROUP_ID, -1),
+            "JoinGroup v{v}"
+        );
+    }
+    for v in SYNC_GROUP.0..=SYNC_GROUP.1 {
+        let r = c.sync(v, "", 1, "someone");
+        assert_eq!(r.error_code, INVALID_GROUP_ID, "SyncGroup v{v}");
+        assert!(r.assignment.is_empty());
+    }
+    for v in HEARTBEAT.0..=HEARTBEAT.1 {
+        assert_eq!(
+            c.heartbeat(v, "", 1, "someone"),
+            INVALID_GROUP_ID,
+            "Heartbeat v{v}"
+        );
+    }
+    for v in LEAVE_GROUP.0..3 {
+        assert_eq!(
+            c.leave_one(v, "", "someone"),
+            INVALID_GROUP_ID,
+            "LeaveGroup v{v}"
+        );
+    }
+    for v in 3..=LEAVE_GROUP.1 {
+        assert_eq!(
+            c.leave_many(v, "", &["someone", "else"]),
+            (INVALID_GROUP_ID, vec![]),
+            "LeaveGroup v{v}"
+        );
+    }
+
+    let (lo, hi) = OFFSET_COMMIT;
+    assert_eq!(c.simple_commit(lo, "", "anon-topic", 4), NONE, "v{lo}");
+    assert_eq!(c.simple_commit(hi, "", "anon-topic", 5), NONE, "v{hi}");
+    assert_eq!(
+        c.commit(hi, "", 3, "someone", &[("anon-topic", 0, 6, -1, "")]),
+        vec![("anon-topic".into(), 0, ILLEGAL_GENERATION)],
+        "a generation of a group that has none"
+    );
+    let committed = vec![("anon-topic".to_string(), 0, 5, -1, String::new(), NONE)];
+    assert_eq!(c.fetch(OFFSET_FETCH.1, "", None), committed);
+    assert_eq!(
+        c.fetch(OFFSET_FETCH.0, "", Some(&[("anon-topic", &[0])])),
+        committed,
+        "v{}",
+        OFFSET_FETCH.0
+    );
+    drop(c);
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(
+        c.fetch(OFFSET_FETCH.1, "", None),
+        committed,
+        "after a restart"
+    );
+}
+
+/// JoinGroup's session timeout must lie within the broker's bounds (by default
+/// Kafka's, 6000 to 1800000 ms): outside them the join gets INVALID_SESSION_TIMEOUT
+/// (after the group id check, before anything else) and changes nothing; at the
+/// bounds it is accepted. `--group-min-session-timeout-ms` and
+/// `--group-max-session-timeout-ms` move the bounds.
+#[test]
+fn join_group_session_timeout_must_lie_within_the_broker_bounds() {
+    /// A member of `group` whose JoinGroup asks for `session_ms`; at v4+ it
+    /// first gets its member id, with the same session timeout.
+    fn member(addr: &str, group: &str, version: i16, session_ms: i32) -> Member {
+        let mut m = Member::unjoined(addr, group, version, &[("range", "m")]);
+        m.session_ms = session_ms;
+        if version >= 4 {
+            m.ask_member_id();
+        }
+        m
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    for version in [JOIN_GROUP.0, JOIN_GROUP.1] {
+        let group = format!("bounds-v{version}");
+        let refused = |group: &str, session_ms: i32, member_id: &str| {
+            let mut m = Member::unjoined(&broker.addr, group, version, &[("range", "m")]);
+            m.session_ms = session_ms;
+            m.id = member_id.to_string();
+            let r = m.join();
+            (r.error_code, r.member_id.to_string(), r.generation_id)
+        };
+        for session in [MIN_SESSION_MS - 1, MAX_SESSION_MS + 1, 0, -1] {
+            assert_eq!(
+                refused(&group, session, ""),
+                (INVALID_SESSION_TIMEOUT, String::new(), -1),
+                "v{version}: {session} ms"
+            );
+        }
+        assert_eq!(
+            refused("", MIN_SESSION_MS - 1, "").0,
+            INVALID_GROUP_ID,
+            "v{version}: the group id is checked first"
+        );
+
+        let mut a = member(&broker.addr, &group, version, MIN_SESSION_MS);
+        let j = a.join();
+        assert_eq!((j.error_code, j.generation_id), (NONE, 1), "v{version}");
+        let a_id = a.id.clone();
+        assert_eq!(a.sync(&[(&a_id, "A")]), (NONE, "A".to_string()));
+        assert_eq!(
+            refused(&group, MAX_SESSION_MS + 1, &a_id),
+            (INVALID_SESSION_TIMEOUT, a_id.clone(), -1),
+            "v{version}: a member rejoining out of bounds"
+        );
+        assert_eq!(a.heartbeat(), NONE, "v{version}: no rebalance");
+
+        let mut b = member(&broker.addr, &group, version, MAX_SESSION_MS);
+        let b_join = b.send_join();
+        a.heartbeat_until(REBALANCE_IN_PROGRESS);
+        assert_eq!(a.join().error_code, NONE);
+        let j = b.recv_join(b_join);
+        assert_eq!((j.error_code, j.generation_id), (NONE, 2), "v{version}");
+    }
+    drop(broker);
+
+    let broker = Broker::start(
+        &tmp.path().join("data2"),
+        &[
+            "--group-min-session-timeout-ms",
+            "100",
+            "--group-max-session-timeout-ms",
+            "1000",
+        ],
+    );
+    let v = JOIN_GROUP.0;
+    for (session, want) in [
+        (99, INVALID_SESSION_TIMEOUT),
+        (100, NONE),
+        (1000, NONE),
+        (1001, INVALID_SESSION_TIMEOUT),
+    ] {
+        let group = format!("flags-{session}");
+        let r = member(&broker.addr, &group, v, session).join();
+        assert_eq!(r.error_code, want, "{session} ms");
+    }
+}
+
 /// A static member (group instance id, JoinGroup v5) joins without the
 /// MEMBER_ID_REQUIRED round trip, and the leader sees its instance id.
 #[test]
@@ -981,7 +1144,11 @@ fn leave_group_v3_member_list_with_per_member_errors() {
 fn silent_members_are_removed_after_their_session_timeout() {
     const SESSION_MS: i32 = 600;
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let min = SESSION_MS.to_string();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--group-min-session-timeout-ms", &min],
+    );
     let mut c = Conn::new(&broker.addr);
     assert_eq!(c.create_topic("expiry-topic"), 1);
     let v = JOIN_GROUP.1;

@@ -181,7 +181,7 @@ fn wal_disabled_still_serves_and_keeps_data_across_sigterm() {
 fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("never-created");
-    let cases: [(&[&str], &str, &str); 4] = [
+    let cases: [(&[&str], &str, &str); 6] = [
         (
             &["--wal-sync-mode", "sometimes"],
             "--wal-sync-mode",
@@ -194,6 +194,21 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             "4096",
         ),
         (&["--wal-backend", "magic"], "--wal-backend", "uring"),
+        (
+            &["--group-min-session-timeout-ms", "0"],
+            "--group-min-session-timeout-ms",
+            "1 to",
+        ),
+        (
+            &[
+                "--group-min-session-timeout-ms",
+                "7000",
+                "--group-max-session-timeout-ms",
+                "6999",
+            ],
+            "--group-max-session-timeout-ms",
+            "7000",
+        ),
     ];
     for (args, flag, accepted) in cases {
         let out = run(
@@ -223,6 +238,22 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wal-sync-mode"));
+    assert!(!data.exists());
+    // A maximum session timeout below the default minimum (6000 ms).
+    let out = run(
+        Command::new(broker_support::broker_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .env("STREAMLINE_GROUP_MAX_SESSION_TIMEOUT_MS", "5000"),
+        b"",
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--group-max-session-timeout-ms") && err.contains("6000"),
+        "{err}"
+    );
     assert!(!data.exists());
 }
 

@@ -601,3 +601,132 @@ fn create_topics_checks_each_topic_and_delete_reports_unknown_ones() {
     let broker = Broker::start(&data, &["--auto-create-topics", "false"]);
     assert_eq!(names(&broker.addr), vec![("defaults".into(), 1)]);
 }
+
+/// CreateTopics v5 and later (advertised up to v7) describe each created topic: its
+/// partition count (the broker's default for -1), replication factor 1 and its
+/// (empty) config list; a dry run describes the topic it would create; a failed
+/// topic keeps -1 for both, as in Kafka. From v7 a created topic carries the id
+/// Metadata reports for it, a dry run or a failure the nil id.
+#[test]
+fn create_topics_v5_and_later_describe_the_created_topic() {
+    use kafka_protocol::messages::{
+        create_topics_request::CreatableTopic, create_topics_response::CreatableTopicResult,
+        CreateTopicsRequest, CreateTopicsResponse,
+    };
+    let topic = |name: &'static str, partitions: i32, rf: i16| {
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(rf)
+    };
+    let create = |addr: &str, version: i16, topics: Vec<CreatableTopic>, validate_only: bool| {
+        let mut c = connect(addr);
+        let req = CreateTopicsRequest::default()
+            .with_topics(topics)
+            .with_timeout_ms(10_000)
+            .with_validate_only(validate_only);
+        c.write_all(&request_frame(ApiKey::CreateTopics, version, 3, &req))
+            .unwrap();
+        let (id, r) = response::<CreateTopicsResponse>(&mut c, ApiKey::CreateTopics, version);
+        assert_eq!(id, 3);
+        r.topics
+    };
+    // (name, error code, partitions, replication factor, configs)
+    let described = |r: &CreatableTopicResult| {
+        (
+            r.name.0.to_string(),
+            r.error_code,
+            r.num_partitions,
+            r.replication_factor,
+            r.configs.as_ref().map(Vec::len),
+        )
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--auto-create-topics", "false", "--default-partitions", "3"],
+    );
+
+    let mut c = connect(&broker.addr);
+    c.write_all(&request_frame(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &ApiVersionsRequest::default(),
+    ))
+    .unwrap();
+    let (_, v) = response::<ApiVersionsResponse>(&mut c, ApiKey::ApiVersions, 3);
+    let range = v
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::CreateTopics as i16)
+        .map(|k| (k.min_version, k.max_version));
+    assert_eq!(range, Some((2, 7)));
+
+    let r = create(
+        &broker.addr,
+        5,
+        vec![
+            topic("defaults", -1, -1),
+            topic("two", 2, 1),
+            topic("bad name!", -1, -1),
+            topic("replicated", 1, 3),
+        ],
+        false,
+    );
+    assert_eq!(
+        r.iter().map(described).collect::<Vec<_>>(),
+        vec![
+            ("defaults".into(), 0, 3, 1, Some(0)),
+            ("two".into(), 0, 2, 1, Some(0)),
+            ("bad name!".into(), 17, -1, -1, Some(0)),
+            ("replicated".into(), 38, -1, -1, Some(0)),
+        ]
+    );
+    assert_eq!(r[0].error_message, None);
+    assert_eq!(
+        create(&broker.addr, 6, vec![topic("dry", -1, -1)], true)
+            .iter()
+            .map(described)
+            .collect::<Vec<_>>(),
+        vec![("dry".into(), 0, 3, 1, Some(0))],
+        "a dry run describes the topic it would create"
+    );
+
+    let r = create(
+        &broker.addr,
+        7,
+        vec![topic("v7", 4, -1), topic("defaults", 1, 1)],
+        false,
+    );
+    assert_eq!(
+        r.iter().map(described).collect::<Vec<_>>(),
+        vec![
+            ("v7".into(), 0, 4, 1, Some(0)),
+            ("defaults".into(), 36, -1, -1, Some(0)), // TOPIC_ALREADY_EXISTS
+        ]
+    );
+    assert_eq!(r[1].topic_id, uuid::Uuid::nil());
+    let dry = create(&broker.addr, 7, vec![topic("dry", -1, -1)], true);
+    assert_eq!((dry[0].error_code, dry[0].topic_id), (0, uuid::Uuid::nil()));
+
+    let m = metadata_of(&broker.addr);
+    let mut topics: Vec<(String, usize)> = m
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.partitions.len()))
+        .collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        vec![("defaults".into(), 3), ("two".into(), 2), ("v7".into(), 4)],
+        "created as described, dry runs not at all"
+    );
+    let v7_id = m
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "v7"))
+        .map(|t| t.topic_id);
+    assert_ne!(r[0].topic_id, uuid::Uuid::nil());
+    assert_eq!(Some(r[0].topic_id), v7_id, "v7 reports the topic's id");
+}

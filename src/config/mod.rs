@@ -22,6 +22,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Write-ahead log settings.
     pub wal: WalSettings,
+    /// Consumer-group coordinator settings.
+    pub groups: GroupConfig,
 }
 
 /// Network settings.
@@ -48,6 +50,17 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// Interval between checkpoints (fsync segments, then checkpoint the WAL). Default: 5000.
     pub checkpoint_interval_ms: u64,
+}
+
+/// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Shortest session timeout a JoinGroup may ask for; a shorter one is answered
+    /// with INVALID_SESSION_TIMEOUT (Kafka's `group.min.session.timeout.ms`). Default: 6000.
+    pub min_session_timeout_ms: i32,
+    /// Longest session timeout a JoinGroup may ask for; a longer one is answered
+    /// with INVALID_SESSION_TIMEOUT (Kafka's `group.max.session.timeout.ms`). Default: 1800000.
+    pub max_session_timeout_ms: i32,
 }
 
 /// The WAL switch plus the engine's configuration.
@@ -80,6 +93,16 @@ impl Default for Config {
                 enabled: true,
                 engine: WalConfig::default(),
             },
+            groups: GroupConfig::default(),
+        }
+    }
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout_ms: 6000,
+            max_session_timeout_ms: 1_800_000,
         }
     }
 }
@@ -135,6 +158,24 @@ impl Config {
                     "accepted values: HOST:PORT with a port from 1 to 65535",
                 );
             }
+        }
+        let (min, max) = (
+            self.groups.min_session_timeout_ms,
+            self.groups.max_session_timeout_ms,
+        );
+        if min < 1 {
+            return bad(
+                "--group-min-session-timeout-ms",
+                min.to_string(),
+                "accepted values: 1 to 2147483647",
+            );
+        }
+        if max < min {
+            return bad(
+                "--group-max-session-timeout-ms",
+                max.to_string(),
+                &format!("accepted values: --group-min-session-timeout-ms ({min}) to 2147483647"),
+            );
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return bad(
@@ -293,6 +334,24 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub checkpoint_ms: u64,
+
+    /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
+    #[arg(
+        long,
+        env = "STREAMLINE_GROUP_MIN_SESSION_TIMEOUT_MS",
+        default_value_t = 6000,
+        value_name = "MS"
+    )]
+    pub group_min_session_timeout_ms: i32,
+
+    /// Longest session timeout a consumer may ask for in JoinGroup, in milliseconds.
+    #[arg(
+        long,
+        env = "STREAMLINE_GROUP_MAX_SESSION_TIMEOUT_MS",
+        default_value_t = 1_800_000,
+        value_name = "MS"
+    )]
+    pub group_max_session_timeout_ms: i32,
 }
 
 impl Cli {
@@ -321,6 +380,10 @@ impl Cli {
                     backend: self.wal_backend,
                     ..WalConfig::default()
                 },
+            },
+            groups: GroupConfig {
+                min_session_timeout_ms: self.group_min_session_timeout_ms,
+                max_session_timeout_ms: self.group_max_session_timeout_ms,
             },
         }
     }
@@ -390,6 +453,42 @@ mod tests {
             .expect_err("no port")
             .to_string()
             .contains("--advertised-addr"));
+    }
+
+    #[test]
+    fn group_session_timeout_bounds_are_checked() {
+        let c = parse(&[]).expect("no flags parse");
+        assert_eq!(
+            (
+                c.groups.min_session_timeout_ms,
+                c.groups.max_session_timeout_ms
+            ),
+            (6000, 1_800_000),
+            "Kafka's defaults"
+        );
+        let c = parse(&[
+            "--group-min-session-timeout-ms",
+            "100",
+            "--group-max-session-timeout-ms",
+            "100",
+        ])
+        .expect("parses");
+        c.validate().expect("min = max is valid");
+        let c = parse(&["--group-min-session-timeout-ms", "0"]).expect("parses");
+        let e = c.validate().expect_err("zero").to_string();
+        assert!(e.contains("--group-min-session-timeout-ms"), "{e}");
+        let c = parse(&[
+            "--group-min-session-timeout-ms",
+            "7000",
+            "--group-max-session-timeout-ms",
+            "6999",
+        ])
+        .expect("parses");
+        let e = c.validate().expect_err("max below min").to_string();
+        assert!(
+            e.contains("--group-max-session-timeout-ms") && e.contains("7000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,9 +6,15 @@
 //! followers wait for that. Members are dropped when their session times out.
 //! Membership lives in memory; committed offsets are durable (see
 //! [`crate::storage::OffsetStore`]).
+//!
+//! As in Kafka, JoinGroup, SyncGroup, Heartbeat and LeaveGroup refuse an empty group
+//! id with INVALID_GROUP_ID; OffsetCommit and OffsetFetch accept it (Kafka keeps that
+//! for backwards compatibility), so [`GroupCoordinator::check_commit`] treats it as
+//! any other group.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::RangeInclusive,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -17,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::codes;
+use crate::config::GroupConfig;
 
 /// Answer to a JoinGroup.
 #[derive(Debug, Clone)]
@@ -227,9 +234,18 @@ impl Group {
 }
 
 /// All groups of this broker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// The session timeouts a JoinGroup may ask for.
+    session_timeouts: RangeInclusive<Duration>,
+}
+
+impl Default for GroupCoordinator {
+    /// A coordinator with Kafka's default settings.
+    fn default() -> Self {
+        GroupCoordinator::new(&GroupConfig::default())
+    }
 }
 
 /// A JoinGroup request's parameters.
@@ -257,6 +273,15 @@ pub struct JoinRequest {
 }
 
 impl GroupCoordinator {
+    /// A coordinator with no groups, enforcing `config`'s session timeout bounds.
+    pub fn new(config: &GroupConfig) -> GroupCoordinator {
+        let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        GroupCoordinator {
+            groups: Mutex::default(),
+            session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -267,6 +292,13 @@ impl GroupCoordinator {
         let now = Instant::now();
         if req.group.is_empty() {
             let _ = tx.send(JoinResult::error(codes::INVALID_GROUP_ID, &req.member_id));
+            return rx;
+        }
+        if !self.session_timeouts.contains(&req.session_timeout) {
+            let _ = tx.send(JoinResult::error(
+                codes::INVALID_SESSION_TIMEOUT,
+                &req.member_id,
+            ));
             return rx;
         }
         let mut groups = self.lock();
@@ -365,6 +397,10 @@ impl GroupCoordinator {
         assignments: Vec<(String, Bytes)>,
     ) -> oneshot::Receiver<SyncResult> {
         let (tx, rx) = oneshot::channel();
+        if group.is_empty() {
+            let _ = tx.send((codes::INVALID_GROUP_ID, Bytes::new()));
+            return rx;
+        }
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
             let _ = tx.send((codes::UNKNOWN_MEMBER_ID, Bytes::new()));
@@ -414,6 +450,9 @@ impl GroupCoordinator {
 
     /// Heartbeat: keeps the member alive and tells it when to rejoin.
     pub fn heartbeat(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+        if group.is_empty() {
+            return codes::INVALID_GROUP_ID;
+        }
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
             return codes::UNKNOWN_MEMBER_ID;
@@ -432,11 +471,15 @@ impl GroupCoordinator {
         }
     }
 
-    /// LeaveGroup for each of `members`; returns an error code per member.
-    pub fn leave(&self, group: &str, members: &[String]) -> Vec<i16> {
+    /// LeaveGroup for each of `members`: an error code per member, or one error for
+    /// the whole request (an empty group id).
+    pub fn leave(&self, group: &str, members: &[String]) -> Result<Vec<i16>, i16> {
+        if group.is_empty() {
+            return Err(codes::INVALID_GROUP_ID);
+        }
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
-            return vec![codes::UNKNOWN_MEMBER_ID; members.len()];
+            return Ok(vec![codes::UNKNOWN_MEMBER_ID; members.len()]);
         };
         let now = Instant::now();
         let mut out = Vec::with_capacity(members.len());
@@ -463,7 +506,7 @@ impl GroupCoordinator {
                 g.try_complete(false);
             }
         }
-        out
+        Ok(out)
     }
 
     /// Whether an OffsetCommit from `member_id` at `generation` is allowed: simple
@@ -574,7 +617,7 @@ mod tests {
         assert_eq!(c.check_commit("g", j.generation, &j.member_id), codes::NONE);
         assert_eq!(
             c.leave("g", std::slice::from_ref(&j.member_id)),
-            vec![codes::NONE]
+            Ok(vec![codes::NONE])
         );
         assert_eq!(
             c.heartbeat("g", j.generation, &j.member_id),

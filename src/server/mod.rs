@@ -54,6 +54,7 @@ pub mod codes {
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -127,9 +128,10 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
+        let groups = Arc::new(GroupCoordinator::new(&storage.config().groups));
         let ctx = Arc::new(Ctx {
             storage,
-            groups: Arc::new(GroupCoordinator::default()),
+            groups,
             host,
             port,
         });
@@ -329,7 +331,7 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::LeaveGroup, 0, 3),
         (ApiKey::SyncGroup, 0, 3),
         (ApiKey::ApiVersions, 0, 3),
-        (ApiKey::CreateTopics, 2, 4),
+        (ApiKey::CreateTopics, 2, 7),
         (ApiKey::DeleteTopics, 1, 4),
     ];
     wanted

@@ -58,7 +58,13 @@ impl OffsetStore {
         let mut groups = HashMap::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let path = entry.map_err(|e| Error::io("read_dir", &dir, e))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
+            // By name, not `extension()`: the empty group's file is `.json`, which
+            // has no extension.
+            let is_group_file = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".json"));
+            if !is_group_file {
                 continue;
             }
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
@@ -136,8 +142,10 @@ mod tests {
         };
         s.commit("g/1", vec![c(0, 5), c(1, 7)]).unwrap();
         s.commit("g/1", vec![c(0, 9)]).unwrap();
+        s.commit("", vec![c(0, 3)]).unwrap();
         drop(s);
         let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        assert_eq!(s.fetch("", "t", 0).unwrap().offset, 3, "the empty group");
         assert_eq!(s.fetch("g/1", "t", 0).unwrap().offset, 9);
         assert_eq!(s.fetch("g/1", "t", 1).unwrap().offset, 7);
         assert!(s.fetch("other", "t", 0).is_none());

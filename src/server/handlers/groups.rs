@@ -26,8 +26,9 @@ use crate::{
     storage::Committed,
 };
 
-fn ms(v: i32, default: u64) -> Duration {
-    Duration::from_millis(u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(default))
+/// A timeout in milliseconds from the wire; a negative one is zero.
+fn ms(v: i32) -> Duration {
+    Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
 
 pub(crate) fn find_coordinator(ctx: &Ctx, req: &FindCoordinatorRequest) -> FindCoordinatorResponse {
@@ -54,9 +55,11 @@ pub(crate) async fn join(
     client_id: String,
     version: i16,
 ) -> JoinGroupResponse {
-    let session = ms(req.session_timeout_ms, 45_000);
+    // Checked against the broker's bounds by the coordinator.
+    let session = ms(req.session_timeout_ms);
+    // JoinGroup v0 has no rebalance timeout: the session timeout serves.
     let rebalance = if req.rebalance_timeout_ms > 0 {
-        ms(req.rebalance_timeout_ms, 60_000)
+        ms(req.rebalance_timeout_ms)
     } else {
         session
     };
@@ -140,18 +143,25 @@ pub(crate) fn heartbeat(ctx: &Ctx, req: &HeartbeatRequest) -> HeartbeatResponse 
 
 pub(crate) fn leave(ctx: &Ctx, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     if version < 3 {
-        let codes = ctx
+        let code = match ctx
             .groups
-            .leave(&req.group_id.0, &[req.member_id.to_string()]);
-        return LeaveGroupResponse::default()
-            .with_error_code(codes.first().copied().unwrap_or(codes::NONE));
+            .leave(&req.group_id.0, &[req.member_id.to_string()])
+        {
+            Ok(codes) => codes.first().copied().unwrap_or(codes::NONE),
+            Err(code) => code,
+        };
+        return LeaveGroupResponse::default().with_error_code(code);
     }
     let ids: Vec<String> = req
         .members
         .iter()
         .map(|m| m.member_id.to_string())
         .collect();
-    let errs = ctx.groups.leave(&req.group_id.0, &ids);
+    let errs = match ctx.groups.leave(&req.group_id.0, &ids) {
+        Ok(errs) => errs,
+        // The whole request failed: no member list, as Kafka answers.
+        Err(code) => return LeaveGroupResponse::default().with_error_code(code),
+    };
     let members = req
         .members
         .into_iter()

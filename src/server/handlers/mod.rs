@@ -65,7 +65,7 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, header: RequestHeader, request: Reque
                 ApiKey::CreateTopics,
                 version,
                 cid,
-                &topics::create(&ctx, req, version).await,
+                &topics::create(&ctx, req).await,
             )
         }),
         RequestKind::DeleteTopics(req) => Box::pin(async move {

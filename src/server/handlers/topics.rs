@@ -158,11 +158,7 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
         .with_cluster_authorized_operations(i32::MIN)
 }
 
-pub(crate) async fn create(
-    ctx: &Ctx,
-    req: CreateTopicsRequest,
-    version: i16,
-) -> CreateTopicsResponse {
+pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let mut results = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -197,10 +193,11 @@ pub(crate) async fn create(
                 format!("topic {name} already exists"),
             ))
         } else if req.validate_only {
-            Ok(())
+            // A dry run creates nothing, so there is no topic id to report.
+            Ok(uuid::Uuid::nil())
         } else {
             match create_blocking(ctx, name.clone(), parts).await {
-                Ok(_) => Ok(()),
+                Ok(topic) => Ok(topic.id),
                 Err(CreateError::Exists) => Err((
                     codes::TOPIC_ALREADY_EXISTS,
                     format!("topic {name} already exists"),
@@ -214,12 +211,18 @@ pub(crate) async fn create(
                 Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
             }
         };
-        let mut r = CreatableTopicResult::default().with_name(t.name);
-        if version >= 5 {
-            r = r.with_num_partitions(parts).with_replication_factor(1);
-        }
+        // v5+ describe a topic that was (or, in a dry run, would be) created; as in
+        // Kafka, a failed topic keeps the defaults: -1, -1 and no configs. Topics have
+        // no per-topic configs here, so the list is empty. v7 adds the topic id.
+        let r = CreatableTopicResult::default().with_name(t.name);
         results.push(match check {
-            Ok(()) => r.with_error_code(codes::NONE).with_error_message(None),
+            Ok(id) => r
+                .with_error_code(codes::NONE)
+                .with_error_message(None)
+                .with_num_partitions(parts)
+                .with_replication_factor(1)
+                .with_configs(Some(Vec::new()))
+                .with_topic_id(id),
             Err((code, msg)) => r
                 .with_error_code(code)
                 .with_error_message(Some(StrBytes::from_string(msg))),
@@ -229,10 +232,9 @@ pub(crate) async fn create(
 }
 
 pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
-    let mut names: Vec<TopicName> = req.topic_names;
-    names.extend(req.topics.into_iter().filter_map(|t| t.name));
     let mut results = Vec::new();
-    for name in names {
+    // Topic names only: topics by id (v6) are not advertised.
+    for name in req.topic_names {
         let code = match ctx.storage.delete_topic(&name.0).await {
             Ok(true) => codes::NONE,
             Ok(false) => codes::UNKNOWN_TOPIC_OR_PARTITION,
