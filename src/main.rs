@@ -32,6 +32,8 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let open_files = streamline::server::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("streamline-io")

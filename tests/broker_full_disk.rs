@@ -24,20 +24,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::{
     messages::{
-        metadata_request::MetadataRequestTopic,
-        produce_request::{PartitionProduceData, TopicProduceData},
-        ApiKey, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
+        metadata_request::MetadataRequestTopic, ApiKey, MetadataRequest, MetadataResponse,
+        ProduceResponse, TopicName,
     },
     protocol::StrBytes,
-    records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
 };
 
 use broker_support::{
     kcat,
-    wire::{connect, request_frame, response},
+    wire::{self, connect, request_frame, response},
     Broker,
 };
 use loop_fs::LoopFs;
@@ -53,45 +50,9 @@ fn value(i: u64) -> String {
     v
 }
 
-fn one_record_batch(v: &str) -> Bytes {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1_700_000_000_000,
-        key: None,
-        value: Some(Bytes::copy_from_slice(v.as_bytes())),
-        headers: Default::default(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [&record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
-}
-
 /// Produces record `i` with acks=all; the partition's error code, offset and message.
 fn produce(addr: &str, i: u64) -> (i16, i64, String) {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(one_record_batch(&value(i))))])]);
+    let req = wire::produce(TOPIC, 0, wire::batch(&[&value(i)]));
     let mut c = connect(addr);
     c.write_all(&request_frame(ApiKey::Produce, 9, 1, &req))
         .expect("send produce");

@@ -181,7 +181,7 @@ fn wal_disabled_still_serves_and_keeps_data_across_sigterm() {
 fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("never-created");
-    let cases: [(&[&str], &str, &str); 6] = [
+    let cases: [(&[&str], &str, &str); 8] = [
         (
             &["--wal-sync-mode", "sometimes"],
             "--wal-sync-mode",
@@ -208,6 +208,16 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             ],
             "--group-max-session-timeout-ms",
             "7000",
+        ),
+        (
+            &["--max-connections", "0"],
+            "--max-connections",
+            "1 or more",
+        ),
+        (
+            &["--max-connections", "many"],
+            "--max-connections",
+            "invalid digit",
         ),
     ];
     for (args, flag, accepted) in cases {

@@ -5,74 +5,25 @@ mod broker_support;
 
 use std::{io::Write, time::Duration};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use kafka_protocol::{
     messages::{
         fetch_request::{FetchPartition, FetchTopic},
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
-        produce_request::{PartitionProduceData, TopicProduceData},
         ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
-        ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+        ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
         ProduceResponse, TopicName,
     },
     protocol::{Decodable, StrBytes},
-    records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
 };
 
 use broker_support::{
     kcat,
-    wire::{closed, connect, read_frame, request_frame, response},
+    wire::{
+        batch, closed, connect, partition_result, produce, read_frame, request_frame, response,
+    },
     Broker,
 };
-
-fn batch(values: &[&str]) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
-
-fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.into())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records))])])
-}
-
-fn partition_result(r: &ProduceResponse) -> (i16, i64) {
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
-}
 
 #[test]
 fn bad_input_gets_an_error_for_that_client_only() {

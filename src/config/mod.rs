@@ -35,6 +35,11 @@ pub struct ServerConfig {
     pub advertised_addr: Option<String>,
     /// Largest request frame accepted; larger frames close that connection. Default: 100 MiB.
     pub max_request_bytes: usize,
+    /// Client connections served at once; a connection beyond is closed as soon as
+    /// it is accepted. `None`: half the process's open-file limit, so that
+    /// connections can never take the file descriptors storage needs (WAL files,
+    /// two per segment). Default: `None`.
+    pub max_connections: Option<usize>,
 }
 
 /// Topic and segment settings.
@@ -81,6 +86,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
                 advertised_addr: None,
                 max_request_bytes: 100 * 1024 * 1024,
+                max_connections: None,
             },
             storage: StorageConfig {
                 data_dir: PathBuf::from("./data"),
@@ -148,6 +154,13 @@ impl Config {
                 "--max-request-bytes",
                 self.server.max_request_bytes.to_string(),
                 "accepted values: 1024 to 2147483647",
+            );
+        }
+        if self.server.max_connections == Some(0) {
+            return bad(
+                "--max-connections",
+                "0".into(),
+                "accepted values: 1 or more",
             );
         }
         if let Some(a) = &self.server.advertised_addr {
@@ -275,6 +288,11 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_MAX_REQUEST_BYTES", default_value = "100m", value_parser = parse_size, value_name = "BYTES")]
     pub max_request_bytes: u64,
 
+    /// Client connections served at once; more are closed when accepted (default:
+    /// half the open-file limit, which the broker raises to its hard limit).
+    #[arg(long, env = "STREAMLINE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
@@ -362,6 +380,7 @@ impl Cli {
                 listen: self.listen,
                 advertised_addr: self.advertised_addr,
                 max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
+                max_connections: self.max_connections,
             },
             storage: StorageConfig {
                 data_dir: self.data_dir,

@@ -84,6 +84,7 @@ pub struct Server {
     listener: TcpListener,
     ctx: Arc<Ctx>,
     local: SocketAddr,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -128,6 +129,7 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
+        let max_connections = cfg.max_connections.unwrap_or_else(default_max_connections);
         let groups = Arc::new(GroupCoordinator::new(&storage.config().groups));
         let ctx = Arc::new(Ctx {
             storage,
@@ -139,6 +141,7 @@ impl Server {
             listener,
             ctx,
             local,
+            max_connections,
         })
     }
 
@@ -162,13 +165,28 @@ impl Server {
                 groups.tick();
             }
         });
-        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), "listening");
+        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, "listening");
+        // Whether the last connection accepted was refused (logged once per run of them).
+        let mut refusing = false;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) if live.load(Ordering::Acquire) >= self.max_connections => {
+                        // Closed at once: a connection held open here would take a file
+                        // descriptor that storage may need for its next file.
+                        drop(stream);
+                        if !refusing {
+                            refusing = true;
+                            tracing::warn!(%peer, max_connections = self.max_connections, "connection limit reached; closing new connections until one ends");
+                        }
+                    }
                     Ok((stream, peer)) => {
+                        if refusing {
+                            refusing = false;
+                            tracing::info!("below the connection limit again");
+                        }
                         let ctx = Arc::clone(&self.ctx);
                         let stop = stop_rx.clone();
                         let live = Arc::clone(&live);
@@ -317,6 +335,50 @@ async fn serve_connection(
 
 /// The APIs and versions this broker serves: (key, min, max), intersected with what
 /// the codec crate supports.
+/// The default connection limit: half the process's open-file limit (at least 1),
+/// leaving the other half to storage. Without a limit to ask for (non-Unix), 1,024.
+fn default_max_connections() -> usize {
+    open_file_limit().map_or(1024, |n| {
+        usize::try_from(n / 2).unwrap_or(usize::MAX).max(1)
+    })
+}
+
+/// The soft limit on open files (`RLIMIT_NOFILE`), when there is one.
+#[cfg(unix)]
+fn open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    (soft != RLIM_INFINITY).then_some(soft)
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// Raises the soft limit on open files to the hard limit, as the JVM does for
+/// Kafka: every segment holds two files open and every connection one, and the
+/// usual soft limit of 1,024 is soon reached. Returns the soft limit in force.
+#[cfg(unix)]
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        // macOS refuses more than OPEN_MAX for the soft limit; keep what is in force then.
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::debug!(soft, hard, error = %e, "could not raise the open-file limit");
+            return Some(soft);
+        }
+    }
+    open_file_limit()
+}
+
+/// Without `RLIMIT_NOFILE`: nothing to raise.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
 pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
     let wanted = [
         (ApiKey::Produce, 3, 9),

@@ -23,6 +23,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     /// The arguments it was started with (for restarts).
     pub args: Vec<String>,
+    /// The open-file limit it was started with, if any (for restarts).
+    open_files: Option<u64>,
     log: PathBuf,
 }
 
@@ -35,6 +37,12 @@ impl Broker {
     /// Starts the broker on `127.0.0.1:0` with `data_dir` and `extra` flags; waits for
     /// its "listening on" line. Small WAL files keep the tests light.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        Self::start_limited(data_dir, extra, None)
+    }
+
+    /// Like [`Broker::start`], with the process's open-file limit (soft and hard)
+    /// set to `open_files` when given.
+    pub fn start_limited(data_dir: &Path, extra: &[&str], open_files: Option<u64>) -> Broker {
         let mut args: Vec<String> = vec![
             "--listen".into(),
             "127.0.0.1:0".into(),
@@ -44,17 +52,36 @@ impl Broker {
             "1m".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_string()));
-        Self::start_with(data_dir, args)
+        Self::start_with(data_dir, args, open_files)
     }
 
-    fn start_with(data_dir: &Path, args: Vec<String>) -> Broker {
+    fn start_with(data_dir: &Path, args: Vec<String>, open_files: Option<u64>) -> Broker {
         let log = data_dir.with_extension("broker.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open broker log");
-        let mut child = Command::new(broker_bin())
+        let mut cmd = Command::new(broker_bin());
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads only `limit`, a copy
+            // owned by the closure; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .args(&args)
             .env("STREAMLINE_LOG", "info")
             .stdin(Stdio::null())
@@ -96,6 +123,7 @@ impl Broker {
             addr,
             data_dir: data_dir.to_path_buf(),
             args,
+            open_files,
             log,
         }
     }
@@ -103,7 +131,7 @@ impl Broker {
     /// Starts a new process with the same arguments (a new port).
     pub fn restart(&self) -> Broker {
         assert!(self.child.is_none(), "stop the broker before restarting it");
-        Self::start_with(&self.data_dir, self.args.clone())
+        Self::start_with(&self.data_dir, self.args.clone(), self.open_files)
     }
 
     /// The process id.

@@ -1,0 +1,174 @@
+//! The connection limit: connections beyond `--max-connections` are closed as soon
+//! as they are accepted, and a slot frees up when a connection ends. By default the
+//! limit is half the open-file limit, so a flood of idle connections cannot take
+//! the file descriptors storage needs: without it, the WAL's next rotation failed
+//! with "Too many open files" and every produce was refused until a restart.
+
+mod broker_support;
+
+use std::{
+    io::Write,
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use kafka_protocol::messages::{
+    metadata_request::MetadataRequestTopic, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
+    MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use broker_support::{
+    wire::{batch, closed, connect, partition_result, produce, request_frame, response},
+    Broker,
+};
+
+/// Whether the connection is served: an ApiVersions request gets its answer.
+fn served(c: &mut TcpStream) -> bool {
+    if c.write_all(&request_frame(
+        ApiKey::ApiVersions,
+        0,
+        7,
+        &ApiVersionsRequest::default(),
+    ))
+    .is_err()
+    {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    if std::io::Read::read_exact(c, &mut len).is_err() {
+        return false;
+    }
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    std::io::Read::read_exact(c, &mut body).is_ok()
+}
+
+/// A new connection that is served, retried for up to 10 s (a closed connection
+/// frees its slot once the broker has seen it end).
+fn connect_served(addr: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = connect(addr);
+        if served(&mut c) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection served within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_until_one_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--max-connections", "4"]);
+    let mut open: Vec<TcpStream> = (0..4).map(|_| connect_served(&broker.addr)).collect();
+
+    let mut extra = connect(&broker.addr);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(closed(&mut extra), "a fifth connection was not closed");
+
+    // The four keep working; one ends, and a new connection takes its place.
+    for c in &mut open {
+        assert!(
+            served(c),
+            "a connection within the limit stopped being served"
+        );
+    }
+    drop(open.pop());
+    let mut replacement = connect_served(&broker.addr);
+    for c in open.iter_mut().chain([&mut replacement]) {
+        assert!(served(c));
+    }
+    let mut extra = connect(&broker.addr);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(
+        closed(&mut extra),
+        "the limit no longer holds after a replacement"
+    );
+    assert!(
+        broker.log_text().contains("connection limit reached"),
+        "the refusal is not logged"
+    );
+}
+
+#[test]
+fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
+    const OPEN_FILES: u64 = 128;
+    let tmp = tempfile::tempdir().unwrap();
+    // Small WAL files (1 MiB, from Broker::start) and segments: the produces below
+    // rotate the WAL and roll segments several times, each needing new files.
+    let broker = Broker::start_limited(
+        &tmp.path().join("data"),
+        &["--segment-bytes", "1m", "--wal-sync-mode", "every_write"],
+        Some(OPEN_FILES),
+    );
+    let mut p = connect_served(&broker.addr);
+    let meta = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("flood"))))]))
+        .with_allow_auto_topic_creation(true);
+    p.write_all(&request_frame(ApiKey::Metadata, 9, 1, &meta))
+        .unwrap();
+    let (_, m): (i32, MetadataResponse) = response(&mut p, ApiKey::Metadata, 9);
+    assert_eq!(m.topics[0].error_code, 0);
+
+    // More idle connections than the process has file descriptors. (A broker that
+    // stops accepting leaves them in the listen queue, where connecting can time out.)
+    let sock: std::net::SocketAddr = broker.addr.parse().unwrap();
+    let flood: Vec<TcpStream> = (0..2 * OPEN_FILES)
+        .filter_map(|_| TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok())
+        .collect();
+    // Let the broker accept (and refuse) them before producing.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let value = "v".repeat(64 * 1024);
+    for i in 0..80i64 {
+        let req = produce("flood", 0, batch(&[value.as_str()]));
+        p.write_all(&request_frame(ApiKey::Produce, 9, 100 + i as i32, &req))
+            .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut p, ApiKey::Produce, 9);
+        let msg = r.responses[0].partition_responses[0]
+            .error_message
+            .as_ref()
+            .map(|m| m.to_string());
+        assert_eq!(
+            partition_result(&r),
+            (0, i),
+            "produce {i} during the flood: {msg:?}"
+        );
+    }
+    let mut accepted = 0;
+    for mut c in flood {
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if !closed(&mut c) {
+            accepted += 1;
+        }
+    }
+    let limit = OPEN_FILES / 2;
+    assert!(
+        accepted < limit,
+        "{accepted} flood connections kept open, the limit is {limit} (with the producer's)"
+    );
+    assert!(
+        broker.log_text().contains("connection limit reached"),
+        "the refusal is not logged"
+    );
+    // The flood is gone: new connections are served again.
+    let mut c = connect_served(&broker.addr);
+    c.write_all(&request_frame(
+        ApiKey::ApiVersions,
+        3,
+        2,
+        &ApiVersionsRequest::default(),
+    ))
+    .unwrap();
+    let (cid, v): (i32, ApiVersionsResponse) = response(&mut c, ApiKey::ApiVersions, 3);
+    assert_eq!((cid, v.error_code), (2, 0));
+}
