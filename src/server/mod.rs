@@ -333,8 +333,6 @@ async fn serve_connection(
     result
 }
 
-/// The APIs and versions this broker serves: (key, min, max), intersected with what
-/// the codec crate supports.
 /// The default connection limit: half the process's open-file limit (at least 1),
 /// leaving the other half to storage. Without a limit to ask for (non-Unix), 1,024.
 fn default_max_connections() -> usize {
@@ -379,6 +377,8 @@ pub fn raise_open_file_limit() -> Option<u64> {
     None
 }
 
+/// The APIs and versions this broker serves: (key, min, max), intersected with what
+/// the codec crate supports.
 pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
     let wanted = [
         (ApiKey::Produce, 3, 9),
