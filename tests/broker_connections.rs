@@ -3,6 +3,9 @@
 //! limit is half the open-file limit, so a flood of idle connections cannot take
 //! the file descriptors storage needs: without it, the WAL's next rotation failed
 //! with "Too many open files" and every produce was refused until a restart.
+//!
+//! Idle connections (no request for `--connections-max-idle-ms`, no response
+//! pending) are closed, as Kafka does; a long-polling fetch is not idle.
 
 mod broker_support;
 
@@ -14,12 +17,14 @@ use std::{
 
 use kafka_protocol::messages::{
     metadata_request::MetadataRequestTopic, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
-    MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
+    FetchResponse, MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use broker_support::{
-    wire::{batch, closed, connect, partition_result, produce, request_frame, response},
+    wire::{
+        batch, closed, connect, fetch_request, partition_result, produce, request_frame, response,
+    },
     Broker,
 };
 
@@ -171,4 +176,54 @@ fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
     .unwrap();
     let (cid, v): (i32, ApiVersionsResponse) = response(&mut c, ApiKey::ApiVersions, 3);
     assert_eq!((cid, v.error_code), (2, 0));
+}
+
+#[test]
+fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--connections-max-idle-ms", "300"],
+    );
+    // Idle: closed after about 300 ms, not before.
+    let mut idle = connect_served(&broker.addr);
+    let opened = Instant::now();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(closed(&mut idle), "an idle connection was not closed");
+    let after = opened.elapsed();
+    assert!(
+        after >= Duration::from_millis(250),
+        "closed after {after:?}, before the idle time"
+    );
+
+    // Active: a request every 100 ms for a second keeps it open.
+    let mut active = connect_served(&broker.addr);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(served(&mut active), "an active connection was closed");
+    }
+
+    // Busy: a fetch long-polling for 1 s (longer than the idle time) with nothing to
+    // return is answered, not cut off.
+    let mut busy = connect_served(&broker.addr);
+    let meta = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("quiet"))))]))
+        .with_allow_auto_topic_creation(true);
+    busy.write_all(&request_frame(ApiKey::Metadata, 9, 1, &meta))
+        .unwrap();
+    let (_, m): (i32, MetadataResponse) = response(&mut busy, ApiKey::Metadata, 9);
+    assert_eq!(m.topics[0].error_code, 0);
+    let fetch = fetch_request("quiet", 0, 1000);
+    let asked = Instant::now();
+    busy.write_all(&request_frame(ApiKey::Fetch, 12, 2, &fetch))
+        .unwrap();
+    let (cid, f): (i32, FetchResponse) = response(&mut busy, ApiKey::Fetch, 12);
+    assert_eq!((cid, f.error_code), (2, 0));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "the fetch did not wait: {:?}",
+        asked.elapsed()
+    );
+    assert!(served(&mut busy), "the connection was closed while its fetch waited");
 }

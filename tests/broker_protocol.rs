@@ -8,11 +8,9 @@ use std::{io::Write, time::Duration};
 use bytes::{Buf, Bytes};
 use kafka_protocol::{
     messages::{
-        fetch_request::{FetchPartition, FetchTopic},
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchRequest, FetchResponse,
-        ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-        ProduceResponse, TopicName,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ListOffsetsRequest,
+        ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
     },
     protocol::{Decodable, StrBytes},
 };
@@ -20,7 +18,8 @@ use kafka_protocol::{
 use broker_support::{
     kcat,
     wire::{
-        batch, closed, connect, partition_result, produce, read_frame, request_frame, response,
+        batch, closed, connect, fetch_request, partition_result, produce, read_frame,
+        request_frame, response,
     },
     Broker,
 };
@@ -228,21 +227,6 @@ fn pipelined_produces_are_answered_in_order_and_share_group_commits() {
     let _ = stop_tx.send(());
     rt.block_on(serving).unwrap();
     storage.shutdown().unwrap();
-}
-
-fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_isolation_level(1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)])])
 }
 
 #[test]

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// connections can never take the file descriptors storage needs (WAL files,
     /// two per segment). Default: `None`.
     pub max_connections: Option<usize>,
+    /// A connection with no request for this long, and no response pending, is
+    /// closed (Kafka's `connections.max.idle.ms`); clients reconnect when they need
+    /// to. 0: never. Default: 600000 (10 minutes).
+    pub connections_max_idle_ms: u64,
 }
 
 /// Topic and segment settings.
@@ -87,6 +91,7 @@ impl Default for Config {
                 advertised_addr: None,
                 max_request_bytes: 100 * 1024 * 1024,
                 max_connections: None,
+                connections_max_idle_ms: 600_000,
             },
             storage: StorageConfig {
                 data_dir: PathBuf::from("./data"),
@@ -293,6 +298,16 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Close a connection after this long without a request (and with no response
+    /// pending), in milliseconds; 0 never does.
+    #[arg(
+        long,
+        env = "STREAMLINE_CONNECTIONS_MAX_IDLE_MS",
+        default_value_t = 600_000,
+        value_name = "MS"
+    )]
+    pub connections_max_idle_ms: u64,
+
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
@@ -381,6 +396,7 @@ impl Cli {
                 advertised_addr: self.advertised_addr,
                 max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
                 max_connections: self.max_connections,
+                connections_max_idle_ms: self.connections_max_idle_ms,
             },
             storage: StorageConfig {
                 data_dir: self.data_dir,

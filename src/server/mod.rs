@@ -290,20 +290,47 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(64);
+    // Requests read whose response is not yet written: while there are any, the
+    // connection is not idle (a long-polling fetch, a produce waiting for its fsync).
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let written = Arc::clone(&outstanding);
     let writer = tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
-            if let Some(frame) = p.await {
-                wr.write_all(&frame).await?;
-            }
+            let frame = p.await;
+            let r = match frame {
+                Some(frame) => wr.write_all(&frame).await,
+                None => Ok(()),
+            };
+            written.fetch_sub(1, Ordering::AcqRel);
+            r?;
         }
         wr.shutdown().await
     });
-    let max = ctx.storage.config().server.max_request_bytes;
-    let result = loop {
-        let frame = tokio::select! {
-            biased;
-            _ = stop.changed() => break Ok(()),
-            f = read_frame(&mut rd, max) => f,
+    let cfg = &ctx.storage.config().server;
+    let max = cfg.max_request_bytes;
+    let idle = (cfg.connections_max_idle_ms > 0)
+        .then(|| Duration::from_millis(cfg.connections_max_idle_ms));
+    let result = 'conn: loop {
+        let read = read_frame(&mut rd, max);
+        tokio::pin!(read);
+        let frame = loop {
+            let idle_timer = async {
+                match idle {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break 'conn Ok(()),
+                f = &mut read => break f,
+                () = idle_timer => {
+                    if outstanding.load(Ordering::Acquire) == 0 {
+                        tracing::debug!(%peer, idle_ms = cfg.connections_max_idle_ms, "closing idle connection");
+                        break 'conn Ok(());
+                    }
+                }
+            }
         };
         match frame {
             Ok(Frame::Eof) => break Ok(()),
@@ -313,6 +340,7 @@ async fn serve_connection(
             }
             Ok(Frame::Data(buf)) => match dispatch(&ctx, buf).await {
                 Ok(p) => {
+                    outstanding.fetch_add(1, Ordering::AcqRel);
                     if tx.send(p).await.is_err() {
                         break Ok(());
                     }

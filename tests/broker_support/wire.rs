@@ -6,8 +6,10 @@ use std::{io::Read, net::TcpStream, time::Duration};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::{
     messages::{
+        fetch_request::{FetchPartition, FetchTopic},
         produce_request::{PartitionProduceData, TopicProduceData},
-        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+        ApiKey, BrokerId, FetchRequest, ProduceRequest, ProduceResponse, RequestHeader,
+        ResponseHeader, TopicName,
     },
     protocol::{Decodable, Encodable, StrBytes},
     records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType},
@@ -124,4 +126,21 @@ pub fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
 pub fn partition_result(r: &ProduceResponse) -> (i16, i64) {
     let p = &r.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
+}
+
+/// A Fetch (read committed) of one partition from `offset`, waiting up to
+/// `max_wait_ms` for at least one byte.
+pub fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
 }
