@@ -68,6 +68,16 @@ pub enum Error {
     #[error("WAL is closed")]
     Closed,
 
+    /// A non-blocking append ([`crate::wal::Wal::try_append`]) found the pending-bytes
+    /// cap reached; nothing was appended.
+    #[error("WAL is full: {pending} bytes pending, the cap (max_pending_bytes) is {cap}; the append was not accepted")]
+    Full {
+        /// Bytes accepted but not yet acknowledged when the append was refused.
+        pending: u64,
+        /// The configured cap.
+        cap: u64,
+    },
+
     /// A checkpoint was requested beyond the last acknowledged sequence.
     #[error("checkpoint {sequence} is beyond the last acknowledged sequence {acknowledged}")]
     CheckpointAhead {

@@ -225,5 +225,8 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
         "the fetch did not wait: {:?}",
         asked.elapsed()
     );
-    assert!(served(&mut busy), "the connection was closed while its fetch waited");
+    assert!(
+        served(&mut busy),
+        "the connection was closed while its fetch waited"
+    );
 }

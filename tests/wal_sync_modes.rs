@@ -219,6 +219,94 @@ fn async_appends_wait_for_pending_capacity_and_all_complete() {
     }
 }
 
+/// `try_append` / `try_append_batch` under producers that keep the cap reached:
+/// each either is accepted (and recovered) or fails at once with `Full` (and takes
+/// no sequence, nor appears after recovery); with nothing pending it is accepted.
+#[test]
+fn try_append_refuses_at_the_cap_instead_of_blocking_and_appends_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use streamline::{wal::NewEntry, Error};
+    const CAP: usize = 128 * 1024;
+    const TRY_LEN: usize = CAP / 2;
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), capped(backend, CAP));
+        let stop = AtomicBool::new(false);
+        let (mut accepted, mut refused) = (Vec::new(), 0u32);
+        std::thread::scope(|s| {
+            // Eight closed-loop producers of 16 KiB keep ~7 of them pending, which
+            // leaves no room for a try of half the cap.
+            for _ in 0..8 {
+                let (wal, stop) = (wal.clone(), &stop);
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        wal.append("load", 0, Bytes::from(vec![7u8; 16 * 1024]))
+                            .wait()
+                            .expect("append");
+                    }
+                });
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut i = 0u64;
+            while refused < 20 || accepted.len() < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{backend:?}: {refused} refused, {} accepted in 10 s",
+                    accepted.len()
+                );
+                let data = |k: u64| Bytes::from(common::payload(k, TRY_LEN));
+                let started = Instant::now();
+                let c = if i % 2 == 0 {
+                    wal.try_append("try", 0, data(i))
+                } else {
+                    wal.try_append_batch(vec![NewEntry::record("try", 0, data(i))])
+                };
+                match c.wait() {
+                    Ok(seq) => accepted.push((seq, i)),
+                    Err(Error::Full { pending, cap }) => {
+                        assert_eq!(cap, CAP as u64, "{backend:?}");
+                        assert!(pending > 0, "{backend:?}: refused with nothing pending");
+                        assert!(
+                            started.elapsed() < Duration::from_millis(50),
+                            "{backend:?}: a refusal took {:?}",
+                            started.elapsed()
+                        );
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{backend:?}: {e}"),
+                }
+                i += 1;
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        // Nothing pending now: accepted.
+        let last = wal
+            .try_append("try", 0, Bytes::from(common::payload(u64::MAX, TRY_LEN)))
+            .wait()
+            .unwrap_or_else(|e| panic!("{backend:?}: with nothing pending: {e}"));
+        accepted.push((last, u64::MAX));
+        wal.close().unwrap();
+
+        let (wal, entries) = open(dir.path(), capped(backend, CAP));
+        let seqs: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{backend:?}: gaps");
+        let tried: Vec<(u64, Bytes)> = entries
+            .iter()
+            .filter(|e| e.topic == "try")
+            .map(|e| (e.sequence, e.data.clone()))
+            .collect();
+        let want: Vec<(u64, Bytes)> = accepted
+            .iter()
+            .map(|&(seq, i)| (seq, Bytes::from(common::payload(i, TRY_LEN))))
+            .collect();
+        assert_eq!(
+            tried, want,
+            "{backend:?}: recovered tries differ from the accepted ones"
+        );
+        wal.close().unwrap();
+    }
+}
+
 #[test]
 fn readme_example_is_the_compiled_example() {
     let readme = include_str!("../README.md");

@@ -447,6 +447,20 @@ impl Wal {
         self.send_reserved(entries, bytes)
     }
 
+    fn try_send_append(&self, entries: Entries, bytes: usize) -> Completion {
+        let core = &self.inner.core;
+        if let Err(e) = core.check_usable() {
+            return Completion::ready(Err(e));
+        }
+        if !core.try_reserve(bytes) {
+            return Completion::ready(Err(Error::Full {
+                pending: core.pending_bytes() as u64,
+                cap: core.config.max_pending_bytes as u64,
+            }));
+        }
+        self.send_reserved(entries, bytes)
+    }
+
     fn send_reserved(&self, entries: Entries, bytes: usize) -> Completion {
         let (c, slot) = self.inner.core.completion();
         let req = Request::Append {
@@ -519,6 +533,30 @@ impl Wal {
         }
         match self.check_size(&entries) {
             Ok(bytes) => self.send_append(Entries::Many(entries), bytes),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Like [`Wal::append`], but never blocks for capacity: when the pending-bytes
+    /// cap is reached it resolves at once to [`Error::Full`], and the entry is not
+    /// appended (it takes no sequence). For callers that would rather shed load
+    /// than wait.
+    pub fn try_append(&self, topic: &str, partition: i32, data: Bytes) -> Completion {
+        let entry = NewEntry::record(topic, partition, data);
+        match self.check_size(std::slice::from_ref(&entry)) {
+            Ok(bytes) => self.try_send_append(Entries::One(entry), bytes),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Like [`Wal::append_batch`], but resolves at once to [`Error::Full`] instead of
+    /// blocking when the pending-bytes cap is reached (see [`Wal::try_append`]).
+    pub fn try_append_batch(&self, entries: Vec<NewEntry>) -> Completion {
+        if entries.is_empty() {
+            return self.append_batch(entries);
+        }
+        match self.check_size(&entries) {
+            Ok(bytes) => self.try_send_append(Entries::Many(entries), bytes),
             Err(e) => Completion::ready(Err(e)),
         }
     }
