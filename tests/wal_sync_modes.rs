@@ -256,7 +256,7 @@ fn try_append_refuses_at_the_cap_instead_of_blocking_and_appends_nothing() {
                 );
                 let data = |k: u64| Bytes::from(common::payload(k, TRY_LEN));
                 let started = Instant::now();
-                let c = if i % 2 == 0 {
+                let c = if i.is_multiple_of(2) {
                     wal.try_append("try", 0, data(i))
                 } else {
                     wal.try_append_batch(vec![NewEntry::record("try", 0, data(i))])
