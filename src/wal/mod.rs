@@ -142,6 +142,14 @@ impl std::fmt::Debug for Wal {
 
 /// What [`Wal::open`] found, and the entries after the checkpoint as a stream.
 ///
+/// Submission queue entries of the io_uring backend's ring (its completion queue
+/// has twice as many). Every operation is submitted as soon as it is queued, so the
+/// submission queue holds at most a write and its linked fsync at a time; the
+/// completion queue must hold a completion for everything in flight at once: up to
+/// `max_in_flight` (at most 64) writes with a linked fsync each, and one
+/// standalone fsync, 129 at most.
+const RING_ENTRIES: u32 = 128;
+
 /// Iterating reads one batch at a time, so recovering a large WAL needs little memory.
 pub struct Recovery {
     /// The checkpointed sequence (0 when there is no checkpoint).
@@ -233,7 +241,7 @@ impl Wal {
     /// and offset), and I/O errors naming the path.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, Recovery)> {
         Self::open_with(dir.as_ref(), config, |config, path| {
-            backend::create(config.backend, path, 64, config.uses_direct_io())
+            backend::create(config.backend, path, RING_ENTRIES, config.uses_direct_io())
         })
     }
 
