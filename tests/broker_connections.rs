@@ -16,14 +16,13 @@ use std::{
 };
 
 use kafka_protocol::messages::{
-    metadata_request::MetadataRequestTopic, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
-    FetchResponse, MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ProduceResponse,
 };
-use kafka_protocol::protocol::StrBytes;
 
 use broker_support::{
     wire::{
         batch, closed, connect, fetch_request, partition_result, produce, request_frame, response,
+        topic_metadata,
     },
     Broker,
 };
@@ -115,14 +114,7 @@ fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
         Some(OPEN_FILES),
     );
     let mut p = connect_served(&broker.addr);
-    let meta = MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_static_str("flood"))))]))
-        .with_allow_auto_topic_creation(true);
-    p.write_all(&request_frame(ApiKey::Metadata, 9, 1, &meta))
-        .unwrap();
-    let (_, m): (i32, MetadataResponse) = response(&mut p, ApiKey::Metadata, 9);
-    assert_eq!(m.topics[0].error_code, 0);
+    assert_eq!(topic_metadata(&mut p, "flood", true), 0);
 
     // More idle connections than the process has file descriptors. (A broker that
     // stops accepting leaves them in the listen queue, where connecting can time out.)
@@ -206,14 +198,7 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
     // Busy: a fetch long-polling for 1 s (longer than the idle time) with nothing to
     // return is answered, not cut off.
     let mut busy = connect_served(&broker.addr);
-    let meta = MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_static_str("quiet"))))]))
-        .with_allow_auto_topic_creation(true);
-    busy.write_all(&request_frame(ApiKey::Metadata, 9, 1, &meta))
-        .unwrap();
-    let (_, m): (i32, MetadataResponse) = response(&mut busy, ApiKey::Metadata, 9);
-    assert_eq!(m.topics[0].error_code, 0);
+    assert_eq!(topic_metadata(&mut busy, "quiet", true), 0);
     let fetch = fetch_request("quiet", 0, 1000);
     let asked = Instant::now();
     busy.write_all(&request_frame(ApiKey::Fetch, 12, 2, &fetch))

@@ -24,13 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kafka_protocol::{
-    messages::{
-        metadata_request::MetadataRequestTopic, ApiKey, MetadataRequest, MetadataResponse,
-        ProduceResponse, TopicName,
-    },
-    protocol::StrBytes,
-};
+use kafka_protocol::messages::{ApiKey, ProduceResponse};
 
 use broker_support::{
     kcat,
@@ -68,15 +62,7 @@ fn produce(addr: &str, i: u64) -> (i16, i64, String) {
 
 /// Metadata for the topic (creating it when `create`); its error code.
 fn metadata(addr: &str, create: bool) -> i16 {
-    let req = MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))]))
-        .with_allow_auto_topic_creation(create);
-    let mut c = connect(addr);
-    c.write_all(&request_frame(ApiKey::Metadata, 9, 1, &req))
-        .expect("send metadata");
-    let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 9);
-    m.topics[0].error_code
+    wire::topic_metadata(&mut connect(addr), TOPIC, create)
 }
 
 /// Every record of the partition, offset → value, read with a real client.
@@ -107,6 +93,36 @@ fn consume(addr: &str) -> BTreeMap<i64, String> {
             (o.parse().expect("offset"), v.to_string())
         })
         .collect()
+}
+
+/// After a restart: every acknowledged record (offset → record number) is served at
+/// its offset, offsets are contiguous from 0, every value is one of records
+/// `0..=last_sent` (nothing invented), and a new record is appended at the next
+/// offset.
+fn check_restarted(addr: &str, acked: &BTreeMap<i64, u64>, last_sent: u64, what: &str) {
+    let seen = consume(addr);
+    for (&offset, &i) in acked {
+        assert_eq!(
+            seen.get(&offset),
+            Some(&value(i)),
+            "{what}: offset {offset} after restart"
+        );
+    }
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (0..seen.len() as i64).collect::<Vec<_>>(),
+        "{what}: offsets after recovery not contiguous"
+    );
+    let sent: Vec<String> = (0..=last_sent).map(value).collect();
+    for (offset, v) in &seen {
+        assert!(
+            sent.contains(v),
+            "{what}: offset {offset} holds a value never produced"
+        );
+    }
+    let (code, offset, msg) = produce(addr, 1_000_000);
+    assert_eq!(code, 0, "{what}: produce after restart: {msg}");
+    assert_eq!(offset, seen.len() as i64, "{what}: offsets do not continue");
 }
 
 /// Free bytes on the filesystem holding `p`.
@@ -218,24 +234,7 @@ fn a_full_disk_fails_produces_with_a_storage_error_and_loses_no_acknowledged_rec
         // not produced, and takes new records after it.
         std::fs::remove_file(&ballast).unwrap();
         let broker = broker.restart();
-        let seen = consume(&broker.addr);
-        for (&offset, &i) in &acked {
-            assert_eq!(
-                seen.get(&offset),
-                Some(&value(i)),
-                "{mode}: offset {offset} after restart"
-            );
-        }
-        let sent: Vec<String> = (0..=failed_at + 1).map(value).collect();
-        for (offset, v) in &seen {
-            assert!(
-                sent.contains(v),
-                "{mode}: offset {offset} holds a value never produced"
-            );
-        }
-        let (code, offset, msg) = produce(&broker.addr, 1_000_000);
-        assert_eq!(code, 0, "{mode}: produce after restart: {msg}");
-        assert_eq!(offset, seen.len() as i64, "{mode}: offsets do not continue");
+        check_restarted(&broker.addr, &acked, failed_at + 1, mode);
     }
 }
 
@@ -299,30 +298,8 @@ fn a_filesystem_shut_down_under_the_broker_keeps_every_acknowledged_record() {
     // at its offset, and nothing that was never produced.
     fs.remount();
     let broker = broker.restart();
-    let seen = consume(&broker.addr);
-    for (&offset, &i) in &acked {
-        assert_eq!(
-            seen.get(&offset),
-            Some(&value(i)),
-            "offset {offset} after remount"
-        );
-    }
     let last = acked.values().max().copied().unwrap_or(0);
-    let sent: Vec<String> = (0..=last + 2).map(value).collect();
-    for (offset, v) in &seen {
-        assert!(
-            sent.contains(v),
-            "offset {offset} holds a value never produced"
-        );
-    }
-    assert_eq!(
-        seen.keys().copied().collect::<Vec<_>>(),
-        (0..seen.len() as i64).collect::<Vec<_>>(),
-        "offsets after recovery not contiguous"
-    );
-    let (code, offset, msg) = produce(&broker.addr, 1_000_000);
-    assert_eq!(code, 0, "produce after remount: {msg}");
-    assert_eq!(offset, seen.len() as i64, "offsets do not continue");
+    check_restarted(&broker.addr, &acked, last + 2, "shutdown");
 }
 
 #[test]

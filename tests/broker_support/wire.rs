@@ -144,3 +144,20 @@ pub fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest
                 .with_fetch_offset(offset)
                 .with_partition_max_bytes(1 << 20)])])
 }
+
+/// Metadata for `topic` on `s` (creating it when `create` and the broker allows
+/// auto-creation); the topic's error code.
+pub fn topic_metadata(s: &mut TcpStream, topic: &str, create: bool) -> i16 {
+    use kafka_protocol::messages::{
+        metadata_request::MetadataRequestTopic, MetadataRequest, MetadataResponse,
+    };
+    use std::io::Write;
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))]))
+        .with_allow_auto_topic_creation(create);
+    s.write_all(&request_frame(ApiKey::Metadata, 9, 1, &req))
+        .expect("send metadata");
+    let (_, m): (i32, MetadataResponse) = response(s, ApiKey::Metadata, 9);
+    m.topics[0].error_code
+}
