@@ -1,7 +1,8 @@
 //! The consumer-group coordinator over the Kafka wire protocol: FindCoordinator,
-//! JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and OffsetFetch at the
-//! lowest and highest versions the broker advertises, checked against the error
-//! codes and state transitions of Kafka's classic group coordinator.
+//! JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and OffsetFetch, and the
+//! admin APIs ListGroups, DescribeGroups and DeleteGroups, at the lowest and highest
+//! versions the broker advertises, checked against the error codes and state
+//! transitions of Kafka's classic group coordinator.
 
 mod broker_support;
 
@@ -14,17 +15,20 @@ use std::{
 use bytes::Bytes;
 use kafka_protocol::{
     messages::{
+        describe_groups_response::DescribedGroup,
         join_group_request::JoinGroupRequestProtocol,
         leave_group_request::MemberIdentity,
         metadata_request::MetadataRequestTopic,
         offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
         offset_fetch_request::OffsetFetchRequestTopic,
         sync_group_request::SyncGroupRequestAssignment,
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, DeleteGroupsRequest, DeleteGroupsResponse,
+        DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
         FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-        JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, MetadataRequest,
-        MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-        OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+        JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+        ListGroupsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+        OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+        SyncGroupResponse, TopicName,
     },
     protocol::{Decodable, Encodable, StrBytes},
 };
@@ -44,6 +48,8 @@ const INVALID_GROUP_ID: i16 = 24;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
+const NON_EMPTY_GROUP: i16 = 68;
+const GROUP_ID_NOT_FOUND: i16 = 69;
 const MEMBER_ID_REQUIRED: i16 = 79;
 
 /// The group APIs' advertised version ranges (asserted against ApiVersions in
@@ -55,6 +61,15 @@ const HEARTBEAT: (i16, i16) = (0, 3);
 const LEAVE_GROUP: (i16, i16) = (0, 3);
 const OFFSET_COMMIT: (i16, i16) = (2, 7);
 const OFFSET_FETCH: (i16, i16) = (1, 7);
+const LIST_GROUPS: (i16, i16) = (0, 5);
+const DESCRIBE_GROUPS: (i16, i16) = (0, 5);
+const DELETE_GROUPS: (i16, i16) = (0, 2);
+
+/// DescribeGroups' `authorized_operations` when not asked for (or before v3).
+const NO_OPERATIONS: i32 = i32::MIN;
+/// What Kafka without an authorizer reports for a group: READ (3), DELETE (6),
+/// DESCRIBE (8).
+const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 /// How long a test waits for something the broker does on its own (a session
 /// expiring, a rebalance starting) before failing.
@@ -265,6 +280,95 @@ impl Conn {
         out
     }
 
+    /// ListGroups with a states filter (v4+) and a types filter (v5+); returns
+    /// `(group, protocol type, state, type)` sorted by group (state and type are
+    /// empty where the version has no such field).
+    fn list(
+        &mut self,
+        version: i16,
+        states: &[&str],
+        types: &[&str],
+    ) -> Vec<(String, String, String, String)> {
+        let req = ListGroupsRequest::default()
+            .with_states_filter(states.iter().map(|v| s(v)).collect())
+            .with_types_filter(types.iter().map(|v| s(v)).collect());
+        let r: ListGroupsResponse = self.call(ApiKey::ListGroups, version, &req);
+        assert_eq!(r.error_code, NONE, "ListGroups v{version}");
+        let mut out: Vec<_> = r
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.group_id.0.to_string(),
+                    g.protocol_type.to_string(),
+                    g.group_state.to_string(),
+                    g.group_type.to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `(protocol type, state)` of `group` in an unfiltered ListGroups v4, or
+    /// `None` when it is not listed.
+    fn listed_as(&mut self, group: &str) -> Option<(String, String)> {
+        self.list(4, &[], &[])
+            .into_iter()
+            .find(|(g, ..)| g == group)
+            .map(|(_, t, state, _)| (t, state))
+    }
+
+    /// DescribeGroups of `groups`, asking for the authorized operations (v3+).
+    fn describe(&mut self, version: i16, groups: &[&str]) -> Vec<DescribedGroup> {
+        let req = DescribeGroupsRequest::default()
+            .with_groups(groups.iter().map(|g| group_id(g)).collect())
+            .with_include_authorized_operations(version >= 3);
+        let r: DescribeGroupsResponse = self.call(ApiKey::DescribeGroups, version, &req);
+        assert_eq!(r.groups.len(), groups.len(), "one description per group");
+        for (d, g) in r.groups.iter().zip(groups) {
+            assert_eq!(d.group_id.0.as_str(), *g, "in request order");
+        }
+        r.groups
+    }
+
+    /// DescribeGroups of one group: `(error, state, protocol type, protocol,
+    /// members as (member id, client id, client host, metadata, assignment))`.
+    fn describe_one(&mut self, version: i16, group: &str) -> Described {
+        let d = self.describe(version, &[group]).remove(0);
+        let members = d
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.client_id.to_string(),
+                    m.client_host.to_string(),
+                    String::from_utf8_lossy(&m.member_metadata).into_owned(),
+                    String::from_utf8_lossy(&m.member_assignment).into_owned(),
+                )
+            })
+            .collect();
+        (
+            d.error_code,
+            d.group_state.to_string(),
+            d.protocol_type.to_string(),
+            d.protocol_data.to_string(),
+            members,
+        )
+    }
+
+    /// DeleteGroups of `groups`; returns `(group, error code)` per result.
+    fn delete(&mut self, version: i16, groups: &[&str]) -> Vec<(String, i16)> {
+        let req = DeleteGroupsRequest::default()
+            .with_groups_names(groups.iter().map(|g| group_id(g)).collect());
+        let r: DeleteGroupsResponse = self.call(ApiKey::DeleteGroups, version, &req);
+        r.results
+            .iter()
+            .map(|g| (g.group_id.0.to_string(), g.error_code))
+            .collect()
+    }
+
     /// Creates `topic` through Metadata auto-creation; returns its partition count.
     fn create_topic(&mut self, topic: &str) -> usize {
         let req = MetadataRequest::default()
@@ -277,6 +381,11 @@ impl Conn {
         m.topics[0].partitions.len()
     }
 }
+
+/// A DescribeGroups answer for one group (see [`Conn::describe_one`]).
+type Described = (i16, String, String, String, Vec<DescribedMember>);
+/// (member id, client id, client host, metadata, assignment).
+type DescribedMember = (String, String, String, String, String);
 
 /// A group member as a client drives it: its own connection, the JoinGroup version
 /// it speaks (SyncGroup and Heartbeat at the same version, capped at their highest),
@@ -566,6 +675,9 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
         (ApiKey::LeaveGroup, LEAVE_GROUP),
         (ApiKey::OffsetCommit, OFFSET_COMMIT),
         (ApiKey::OffsetFetch, OFFSET_FETCH),
+        (ApiKey::ListGroups, LIST_GROUPS),
+        (ApiKey::DescribeGroups, DESCRIBE_GROUPS),
+        (ApiKey::DeleteGroups, DELETE_GROUPS),
     ] {
         assert_eq!(range(key), Some(want), "{key:?} versions");
     }
@@ -1511,4 +1623,506 @@ fn bad_group_requests_close_only_their_own_connection() {
         NONE
     );
     assert_eq!(a.sync(&[]), (NONE, "A".to_string()));
+}
+
+/// The member ids of `members`' described members with `(client id, client host,
+/// metadata, assignment)`, sorted.
+fn described_members(members: &[DescribedMember]) -> Vec<DescribedMember> {
+    let mut v = members.to_vec();
+    v.sort();
+    v
+}
+
+/// Joins `group` alone at the highest JoinGroup version, syncs, commits `offset` for
+/// orders/0 at its generation and leaves: an empty consumer group with offsets.
+fn commit_and_leave(addr: &str, group: &str, offset: i64) {
+    let mut m = Member::new(addr, group, JOIN_GROUP.1, &[("range", "x")]);
+    assert_eq!(m.join().error_code, NONE);
+    let id = m.id.clone();
+    assert_eq!(m.sync(&[(&id, "A")]).0, NONE);
+    let generation = m.generation;
+    assert_eq!(
+        m.conn.commit(
+            OFFSET_COMMIT.1,
+            group,
+            generation,
+            &id,
+            &[("orders", 0, offset, -1, "")]
+        ),
+        vec![("orders".into(), 0, NONE)]
+    );
+    assert_eq!(
+        m.conn.leave_many(LEAVE_GROUP.1, group, &[&id]),
+        (NONE, vec![(id, NONE)])
+    );
+}
+
+/// ListGroups and DescribeGroups through a group's life, as Kafka's classic
+/// coordinator reports it: an unknown group is described as Dead with no error; a
+/// member id handed out with MEMBER_ID_REQUIRED makes an Empty group without a
+/// protocol type; the first join completes at once (CompletingRebalance: members
+/// without metadata or assignment, no protocol); SyncGroup makes it Stable
+/// (protocol, each member's metadata, assignment, client id and host); a newcomer
+/// starts PreparingRebalance; once every member left it is Empty and keeps its
+/// protocol type. Every advertised version, the states filter (v4) and the types
+/// filter (v5), the authorized operations (v3) and instance ids (v4).
+#[test]
+fn list_and_describe_follow_a_group_through_its_life() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+    let g = "life";
+    let (client, host) = (CLIENT_ID.to_string(), "/127.0.0.1".to_string());
+    let dv = DESCRIBE_GROUPS.1;
+
+    for v in LIST_GROUPS.0..=LIST_GROUPS.1 {
+        assert_eq!(c.list(v, &[], &[]), vec![], "v{v}: no group yet");
+    }
+    for v in DESCRIBE_GROUPS.0..=DESCRIBE_GROUPS.1 {
+        let d = c.describe(v, &[g]).remove(0);
+        assert_eq!(
+            (
+                d.error_code,
+                d.group_state.as_str(),
+                d.protocol_type.as_str(),
+                d.protocol_data.as_str(),
+                d.members.len()
+            ),
+            (NONE, "Dead", "", "", 0),
+            "v{v}: an unknown group"
+        );
+        let ops = if v >= 3 {
+            GROUP_OPERATIONS
+        } else {
+            NO_OPERATIONS
+        };
+        assert_eq!(d.authorized_operations, ops, "v{v}");
+    }
+
+    let mut a = Member::new(&broker.addr, g, JOIN_GROUP.1, &[("range", "a-meta")]);
+    assert_eq!(
+        c.listed_as(g),
+        Some((String::new(), "Empty".into())),
+        "only a member id handed out: no protocol type yet"
+    );
+    assert_eq!(a.join().error_code, NONE);
+    let a_id = a.id.clone();
+    assert_eq!(
+        c.describe_one(dv, g),
+        (
+            NONE,
+            "CompletingRebalance".into(),
+            "consumer".into(),
+            String::new(),
+            vec![(
+                a_id.clone(),
+                client.clone(),
+                host.clone(),
+                String::new(),
+                String::new()
+            )]
+        ),
+        "before SyncGroup: no protocol, metadata or assignment"
+    );
+    assert_eq!(
+        c.listed_as(g),
+        Some(("consumer".into(), "CompletingRebalance".into()))
+    );
+    assert_eq!(a.sync(&[(&a_id, "A")]).0, NONE);
+    assert_eq!(
+        c.describe_one(dv, g),
+        (
+            NONE,
+            "Stable".into(),
+            "consumer".into(),
+            "range".into(),
+            vec![(
+                a_id.clone(),
+                client.clone(),
+                host.clone(),
+                "a-meta".into(),
+                "A".into()
+            )]
+        )
+    );
+
+    // A newcomer: PreparingRebalance, both members listed, until both joined.
+    let mut b = Member::new(&broker.addr, g, JOIN_GROUP.1, &[("range", "b-meta")]);
+    let b_join = b.send_join();
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    let (err, state, protocol_type, protocol, members) = c.describe_one(dv, g);
+    assert_eq!(
+        (
+            err,
+            state.as_str(),
+            protocol_type.as_str(),
+            protocol.as_str()
+        ),
+        (NONE, "PreparingRebalance", "consumer", "")
+    );
+    assert_eq!(
+        described_members(&members),
+        described_members(&[
+            (
+                a_id.clone(),
+                client.clone(),
+                host.clone(),
+                String::new(),
+                String::new()
+            ),
+            (
+                b.id.clone(),
+                client.clone(),
+                host.clone(),
+                String::new(),
+                String::new()
+            ),
+        ])
+    );
+    assert_eq!(
+        c.list(4, &["preparingrebalance"], &[]).len(),
+        1,
+        "states are matched case-insensitively"
+    );
+    assert_eq!(c.list(4, &["Stable", "Empty"], &[]), vec![]);
+
+    let ja = a.join();
+    assert_eq!(ja.error_code, NONE);
+    assert_eq!(b.recv_join(b_join).error_code, NONE);
+    let leader = ja.leader.to_string();
+    let mut members = vec![a, b];
+    sync_all(&mut members, &leader);
+    let stable = described_members(
+        &members
+            .iter()
+            .zip(["a-meta", "b-meta"])
+            .map(|(m, meta)| {
+                (
+                    m.id.clone(),
+                    client.clone(),
+                    host.clone(),
+                    meta.to_string(),
+                    format!("a-{}", m.id),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    for v in DESCRIBE_GROUPS.0..=DESCRIBE_GROUPS.1 {
+        let (err, state, protocol_type, protocol, described) = c.describe_one(v, g);
+        assert_eq!(
+            (
+                err,
+                state.as_str(),
+                protocol_type.as_str(),
+                protocol.as_str()
+            ),
+            (NONE, "Stable", "consumer", "range"),
+            "v{v}"
+        );
+        assert_eq!(described_members(&described), stable, "v{v}");
+    }
+    for v in LIST_GROUPS.0..=LIST_GROUPS.1 {
+        let state = if v >= 4 { "Stable" } else { "" };
+        let kind = if v >= 5 { "classic" } else { "" };
+        assert_eq!(
+            c.list(v, &[], &[]),
+            vec![(g.into(), "consumer".into(), state.into(), kind.into())],
+            "v{v}"
+        );
+    }
+    for (states, types, listed) in [
+        (&[][..], &["classic"][..], 1),
+        (&[], &["CLASSIC"], 1),
+        (&[], &["consumer"], 0),
+        (&[], &["consumer", "Classic"], 1),
+        (&["stable"], &["classic"], 1),
+        (&["empty"], &["classic"], 0),
+    ] {
+        assert_eq!(
+            c.list(5, states, types).len(),
+            listed,
+            "states {states:?}, types {types:?}"
+        );
+    }
+
+    // Every member leaves: Empty, with its protocol type.
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    let (top, per) = members[0]
+        .conn
+        .leave_many(LEAVE_GROUP.1, g, &[&ids[0], &ids[1]]);
+    assert_eq!(top, NONE);
+    assert!(per.iter().all(|(_, e)| *e == NONE), "{per:?}");
+    assert_eq!(
+        c.describe_one(dv, g),
+        (
+            NONE,
+            "Empty".into(),
+            "consumer".into(),
+            String::new(),
+            vec![]
+        )
+    );
+    assert_eq!(c.list(4, &["EMPTY"], &[]).len(), 1);
+    assert_eq!(c.listed_as(g), Some(("consumer".into(), "Empty".into())));
+
+    // A static member's instance id, from DescribeGroups v4.
+    let mut st = Member::unjoined(&broker.addr, "static", JOIN_GROUP.1, &[("range", "s")]);
+    st.instance = Some("instance-s".into());
+    assert_eq!(st.join().error_code, NONE);
+    let st_id = st.id.clone();
+    assert_eq!(st.sync(&[(&st_id, "S")]).0, NONE);
+    for v in DESCRIBE_GROUPS.0..=DESCRIBE_GROUPS.1 {
+        let d = c.describe(v, &["static", g]);
+        assert_eq!(d[0].members.len(), 1);
+        let want = (v >= 4).then_some("instance-s");
+        assert_eq!(d[0].members[0].group_instance_id.as_deref(), want, "v{v}");
+        assert_eq!(
+            d[1].group_state.as_str(),
+            "Empty",
+            "v{v}: two groups at once"
+        );
+    }
+    assert_eq!(
+        c.list(3, &[], &[]),
+        vec![
+            (g.into(), "consumer".into(), String::new(), String::new()),
+            (
+                "static".into(),
+                "consumer".into(),
+                String::new(),
+                String::new()
+            ),
+        ]
+    );
+}
+
+/// DeleteGroups as Kafka's `handleDeleteGroups`, at every advertised version: a
+/// group with members gets NON_EMPTY_GROUP and keeps serving them; an unknown
+/// group GROUP_ID_NOT_FOUND; an empty group (its members left, or it is known only
+/// by simple commits, or only a member id was handed out) is deleted with its
+/// committed offsets, after which it is neither listed nor described, a second
+/// deletion finds nothing and its name starts a new group. The empty group id is a
+/// group like any other (Kafka accepts it in DescribeGroups and DeleteGroups). A
+/// group named twice in one request is answered once.
+#[test]
+fn delete_groups_removes_empty_groups_and_refuses_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("orders"), 1);
+
+    let (mut busy, _) = form_group(&broker.addr, "busy", JOIN_GROUP.1, 2);
+    for v in DELETE_GROUPS.0..=DELETE_GROUPS.1 {
+        assert_eq!(
+            c.delete(v, &["busy", "nobody"]),
+            vec![
+                ("busy".into(), NON_EMPTY_GROUP),
+                ("nobody".into(), GROUP_ID_NOT_FOUND)
+            ],
+            "v{v}"
+        );
+    }
+    for m in &mut busy {
+        assert_eq!(
+            m.heartbeat(),
+            NONE,
+            "a refused deletion leaves the group alone"
+        );
+    }
+    assert_eq!(
+        c.listed_as("busy"),
+        Some(("consumer".into(), "Stable".into()))
+    );
+
+    commit_and_leave(&broker.addr, "finished", 42);
+    assert_eq!(
+        c.listed_as("finished"),
+        Some(("consumer".into(), "Empty".into()))
+    );
+    assert_eq!(
+        c.simple_commit(OFFSET_COMMIT.1, "simple", "orders", 7),
+        NONE
+    );
+    assert_eq!(
+        c.listed_as("simple"),
+        Some((String::new(), "Empty".into())),
+        "a simple group has no protocol type"
+    );
+    assert_eq!(
+        c.describe_one(DESCRIBE_GROUPS.1, "simple"),
+        (NONE, "Empty".into(), String::new(), String::new(), vec![])
+    );
+    let mut pending = Member::new(&broker.addr, "pending", JOIN_GROUP.1, &[("range", "p")]);
+
+    assert_eq!(
+        c.delete(
+            DELETE_GROUPS.1,
+            &["finished", "simple", "finished", "pending"]
+        ),
+        vec![
+            ("finished".into(), NONE),
+            ("simple".into(), NONE),
+            ("pending".into(), NONE)
+        ]
+    );
+    for g in ["finished", "simple", "pending"] {
+        assert_eq!(c.listed_as(g), None, "{g} is no longer listed");
+        assert_eq!(
+            c.describe_one(DESCRIBE_GROUPS.0, g),
+            (NONE, "Dead".into(), String::new(), String::new(), vec![]),
+            "{g}"
+        );
+        assert_eq!(
+            c.fetch(OFFSET_FETCH.1, g, Some(&[("orders", &[0])]))[0].2,
+            -1,
+            "{g}'s offsets are gone"
+        );
+        assert_eq!(
+            c.delete(DELETE_GROUPS.0, &[g]),
+            vec![(g.into(), GROUP_ID_NOT_FOUND)],
+            "{g} deleted twice"
+        );
+    }
+    assert_eq!(
+        pending.join().error_code,
+        UNKNOWN_MEMBER_ID,
+        "a member id handed out by a deleted group"
+    );
+    let mut again = Member::new(&broker.addr, "finished", JOIN_GROUP.1, &[("range", "y")]);
+    let j = again.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, 1), "a new group");
+
+    // The empty group id.
+    assert_eq!(
+        c.describe_one(DESCRIBE_GROUPS.1, ""),
+        (NONE, "Dead".into(), String::new(), String::new(), vec![])
+    );
+    assert_eq!(
+        c.delete(DELETE_GROUPS.1, &[""]),
+        vec![(String::new(), GROUP_ID_NOT_FOUND)]
+    );
+    assert_eq!(c.simple_commit(OFFSET_COMMIT.1, "", "orders", 3), NONE);
+    assert_eq!(c.listed_as(""), Some((String::new(), "Empty".into())));
+    assert_eq!(
+        c.delete(DELETE_GROUPS.0, &[""]),
+        vec![(String::new(), NONE)]
+    );
+    assert_eq!(c.listed_as(""), None);
+    assert_eq!(
+        c.fetch(OFFSET_FETCH.1, "", Some(&[("orders", &[0])]))[0].2,
+        -1
+    );
+
+    // Once its members left, the busy group can go too.
+    let ids: Vec<String> = busy.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(
+        busy[0]
+            .conn
+            .leave_many(LEAVE_GROUP.1, "busy", &[&ids[0], &ids[1]])
+            .0,
+        NONE
+    );
+    assert_eq!(
+        c.delete(DELETE_GROUPS.1, &["busy"]),
+        vec![("busy".into(), NONE)]
+    );
+    assert_eq!(c.listed_as("busy"), None);
+}
+
+/// The file holding `group`'s committed offsets (`groups/<hex(group)>.json`).
+fn offsets_file(data: &std::path::Path, group: &str) -> std::path::PathBuf {
+    let hex: String = group.bytes().map(|b| format!("{b:02x}")).collect();
+    data.join("groups").join(format!("{hex}.json"))
+}
+
+/// Deletion is durable: after a graceful restart a deleted group's offsets do not
+/// come back (its offsets file is gone). Groups known only by their committed
+/// offsets are listed as Empty after a restart, with protocol type "consumer" when
+/// members committed and none for a simple group, as Kafka lists the groups it
+/// loads from its offsets topic; they can be deleted after the restart as well.
+#[test]
+fn deleted_groups_stay_deleted_and_offset_only_groups_are_listed_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("orders"), 1);
+    commit_and_leave(&broker.addr, "kept", 42);
+    commit_and_leave(&broker.addr, "doomed", 43);
+    assert_eq!(
+        c.simple_commit(OFFSET_COMMIT.1, "simple", "orders", 7),
+        NONE
+    );
+    assert_eq!(
+        c.simple_commit(OFFSET_COMMIT.1, "simple-doomed", "orders", 8),
+        NONE
+    );
+    assert!(offsets_file(&data, "doomed").exists());
+    assert_eq!(
+        c.delete(DELETE_GROUPS.1, &["doomed", "simple-doomed"]),
+        vec![("doomed".into(), NONE), ("simple-doomed".into(), NONE)]
+    );
+    assert!(!offsets_file(&data, "doomed").exists());
+    assert!(!offsets_file(&data, "simple-doomed").exists());
+
+    drop(c);
+    assert!(broker.sigterm().success());
+    let mut broker = broker.restart();
+    let mut c = Conn::new(&broker.addr);
+    let offsets_only = vec![
+        (
+            "kept".to_string(),
+            "consumer".to_string(),
+            "Empty".to_string(),
+            "classic".to_string(),
+        ),
+        (
+            "simple".to_string(),
+            String::new(),
+            "Empty".to_string(),
+            "classic".to_string(),
+        ),
+    ];
+    assert_eq!(c.list(LIST_GROUPS.1, &[], &[]), offsets_only);
+    assert_eq!(
+        c.describe_one(DESCRIBE_GROUPS.1, "kept"),
+        (
+            NONE,
+            "Empty".into(),
+            "consumer".into(),
+            String::new(),
+            vec![]
+        )
+    );
+    assert_eq!(c.fetch(OFFSET_FETCH.1, "kept", None)[0].2, 42);
+    assert_eq!(c.fetch(OFFSET_FETCH.1, "simple", None)[0].2, 7);
+    for g in ["doomed", "simple-doomed"] {
+        assert_eq!(c.describe_one(DESCRIBE_GROUPS.1, g).1, "Dead", "{g}");
+        assert_eq!(
+            c.fetch(OFFSET_FETCH.1, g, None),
+            vec![],
+            "{g}: nothing committed"
+        );
+        assert_eq!(
+            c.delete(DELETE_GROUPS.1, &[g]),
+            vec![(g.into(), GROUP_ID_NOT_FOUND)]
+        );
+    }
+
+    // A simple commit to the emptied consumer group keeps its protocol type.
+    assert_eq!(c.simple_commit(OFFSET_COMMIT.1, "kept", "orders", 44), NONE);
+    assert_eq!(
+        c.listed_as("kept"),
+        Some(("consumer".into(), "Empty".into()))
+    );
+    assert_eq!(
+        c.delete(DELETE_GROUPS.0, &["kept"]),
+        vec![("kept".into(), NONE)]
+    );
+    drop(c);
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.list(LIST_GROUPS.1, &[], &[]), offsets_only[1..].to_vec());
+    assert_eq!(c.fetch(OFFSET_FETCH.1, "kept", None), vec![]);
 }

@@ -1,5 +1,6 @@
 //! The broker with confluent-kafka (librdkafka from PyPI): acks=all producer, assign()
-//! consumer, group subscription with committed offsets that survive a restart.
+//! consumer, group subscription with committed offsets that survive a restart, and
+//! the AdminClient's consumer-group listing, description and deletion.
 
 mod broker_support;
 
@@ -196,6 +197,71 @@ fn two_group_members_split_the_partitions() {
         (0..4).collect::<BTreeSet<i32>>(),
         "every partition assigned"
     );
+}
+
+/// confluent-kafka's AdminClient (ListGroups v5, DescribeGroups, DeleteGroups) on
+/// a group that a real consumer holds, then after it left: Stable with the member
+/// (its client id, host and the partitions it reports as assigned), listed with
+/// and without a states filter, not deletable; Empty once the member left, then
+/// deleted, no longer listed and described as Dead.
+#[test]
+fn admin_client_lists_describes_and_deletes_a_consumer_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "2"]);
+    let acks = records(
+        &python_client(
+            "kafka_client.py",
+            &["produce", &broker.addr, "watched-topic", "4", "2", "w"],
+        ),
+        "ACK",
+    );
+    assert_eq!(acks.len(), 4);
+    let addr = broker.addr.clone();
+    let holder = std::thread::spawn(move || {
+        python_client(
+            "kafka_client.py",
+            &["group-hold", &addr, "watched-topic", "watched", "6"],
+        )
+    });
+    let admin = python_client(
+        "kafka_client.py",
+        &["group-admin", &broker.addr, "watched", "15"],
+    );
+    let held = holder.join().unwrap();
+    let assignment = held
+        .lines()
+        .find_map(|l| l.strip_prefix("ASSIGNMENT "))
+        .unwrap_or_else(|| panic!("no assignment printed:\n{held}"));
+    assert_eq!(assignment, "0 1", "the only member holds both partitions");
+
+    let lines: Vec<&str> = admin.lines().collect();
+    let member = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("MEMBER "))
+        .unwrap_or_else(|| panic!("no member described:\n{admin}"));
+    let (member_id, rest) = member.split_once(' ').unwrap();
+    assert!(
+        member_id.starts_with("rdkafka-"),
+        "member id prefixed with the client id: {member_id}"
+    );
+    assert_eq!(
+        rest,
+        format!("rdkafka /127.0.0.1 {assignment}"),
+        "client id, client host and the member's assignment"
+    );
+    let ops = "ops=DELETE,DESCRIBE,READ";
+    let want = [
+        format!("DESCRIBED watched STABLE simple=False assignor=range members=1 {ops}"),
+        format!("MEMBER {member}"),
+        "LISTED watched STABLE simple=False type=CLASSIC".into(),
+        "LISTED_STABLE watched STABLE simple=False type=CLASSIC".into(),
+        "DELETE_FAILED watched NON_EMPTY_GROUP".into(),
+        format!("DESCRIBED watched EMPTY simple=False assignor=- members=0 {ops}"),
+        "LISTED watched EMPTY simple=False type=CLASSIC".into(),
+        "DELETED watched".into(),
+        format!("DESCRIBED watched DEAD simple=True assignor=- members=0 {ops}"),
+    ];
+    assert_eq!(lines, want, "AdminClient transcript:\n{admin}");
 }
 
 #[test]

@@ -11,6 +11,13 @@
 //! id with INVALID_GROUP_ID; OffsetCommit and OffsetFetch accept it (Kafka keeps that
 //! for backwards compatibility), so [`GroupCoordinator::check_commit`] treats it as
 //! any other group.
+//!
+//! The admin APIs see the same state: [`GroupCoordinator::overview`] (ListGroups)
+//! and [`GroupCoordinator::describe`] report Kafka's state names, and
+//! [`GroupCoordinator::begin_delete`] / [`GroupCoordinator::finish_delete`]
+//! (DeleteGroups) take an empty group through `Dead` while its offsets are removed,
+//! as Kafka's `handleDeleteGroups` does: meanwhile joins, syncs, heartbeats, leaves
+//! and commits get COORDINATOR_NOT_AVAILABLE and retry.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -67,11 +74,100 @@ enum State {
     PreparingRebalance,
     CompletingRebalance,
     Stable,
+    /// Being deleted: no members, and none can join until it is gone.
+    Dead,
+}
+
+impl State {
+    /// Kafka's name of the state (`GroupState.toString`), as ListGroups and
+    /// DescribeGroups report it.
+    fn name(self) -> &'static str {
+        match self {
+            State::Empty => EMPTY,
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+            State::Dead => DEAD,
+        }
+    }
+}
+
+/// The state name of a group without members.
+pub const EMPTY: &str = "Empty";
+/// The state name of a group being deleted, and of an unknown group in
+/// DescribeGroups.
+pub const DEAD: &str = "Dead";
+
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOverview {
+    /// Group id.
+    pub group: String,
+    /// Kafka's state name (`Empty`, `PreparingRebalance`, `CompletingRebalance`,
+    /// `Stable`, `Dead`).
+    pub state: &'static str,
+    /// The members' protocol type since the first member joined; `None` for a group
+    /// that never had a member.
+    pub protocol_type: Option<String>,
+}
+
+/// A group as DescribeGroups reports it (Kafka's `GroupMetadata.summary`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Kafka's state name.
+    pub state: &'static str,
+    /// As in [`GroupOverview::protocol_type`].
+    pub protocol_type: Option<String>,
+    /// The chosen assignment protocol while the group is `Stable`, else empty.
+    pub protocol: String,
+    /// The members, by member id.
+    pub members: Vec<MemberSummary>,
+}
+
+impl GroupSummary {
+    /// A group without members, as one known only by its committed offsets.
+    pub fn empty(protocol_type: Option<String>) -> GroupSummary {
+        GroupSummary {
+            state: EMPTY,
+            protocol_type,
+            protocol: String::new(),
+            members: Vec::new(),
+        }
+    }
+
+    /// An unknown group (Kafka's `GroupCoordinator.DeadGroup`).
+    pub fn dead() -> GroupSummary {
+        GroupSummary {
+            state: DEAD,
+            protocol_type: None,
+            protocol: String::new(),
+            members: Vec::new(),
+        }
+    }
+}
+
+/// A member as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSummary {
+    /// Member id.
+    pub member_id: String,
+    /// Static membership id.
+    pub instance_id: Option<String>,
+    /// Client id of its JoinGroup.
+    pub client_id: String,
+    /// Address its JoinGroup came from.
+    pub client_host: String,
+    /// Its metadata for the chosen protocol while the group is `Stable`, else empty.
+    pub metadata: Bytes,
+    /// Its assignment while the group is `Stable`, else empty.
+    pub assignment: Bytes,
 }
 
 #[derive(Debug)]
 struct Member {
     instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
     protocols: Vec<(String, Bytes)>,
     session_timeout: Duration,
     rebalance_timeout: Duration,
@@ -259,6 +355,8 @@ pub struct JoinRequest {
     pub instance_id: Option<String>,
     /// Client id, used as the member id prefix.
     pub client_id: String,
+    /// Address the request came from (Kafka reports `/<ip>`).
+    pub client_host: String,
     /// Protocol type ("consumer").
     pub protocol_type: String,
     /// Supported protocols with their metadata.
@@ -303,6 +401,13 @@ impl GroupCoordinator {
         }
         let mut groups = self.lock();
         let g = groups.entry(req.group.clone()).or_insert_with(Group::new);
+        if g.state == State::Dead {
+            let _ = tx.send(JoinResult::error(
+                codes::COORDINATOR_NOT_AVAILABLE,
+                &req.member_id,
+            ));
+            return rx;
+        }
         if req.protocols.is_empty() || req.protocol_type.is_empty() {
             let _ = tx.send(JoinResult::error(
                 codes::INCONSISTENT_GROUP_PROTOCOL,
@@ -374,6 +479,8 @@ impl GroupCoordinator {
             member_id.clone(),
             Member {
                 instance_id: req.instance_id,
+                client_id: req.client_id,
+                client_host: req.client_host,
                 protocols: req.protocols,
                 session_timeout: req.session_timeout,
                 rebalance_timeout: req.rebalance_timeout,
@@ -406,6 +513,10 @@ impl GroupCoordinator {
             let _ = tx.send((codes::UNKNOWN_MEMBER_ID, Bytes::new()));
             return rx;
         };
+        if g.state == State::Dead {
+            let _ = tx.send((codes::COORDINATOR_NOT_AVAILABLE, Bytes::new()));
+            return rx;
+        }
         let err = g.check_member(member_id, generation);
         if err != codes::NONE {
             let _ = tx.send((err, Bytes::new()));
@@ -415,7 +526,7 @@ impl GroupCoordinator {
             m.last_seen = Instant::now();
         }
         match g.state {
-            State::PreparingRebalance | State::Empty => {
+            State::PreparingRebalance | State::Empty | State::Dead => {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
             }
             State::Stable => {
@@ -457,6 +568,9 @@ impl GroupCoordinator {
         let Some(g) = groups.get_mut(group) else {
             return codes::UNKNOWN_MEMBER_ID;
         };
+        if g.state == State::Dead {
+            return codes::COORDINATOR_NOT_AVAILABLE;
+        }
         if let Some(m) = g.members.get_mut(member_id) {
             m.last_seen = Instant::now();
         }
@@ -472,7 +586,7 @@ impl GroupCoordinator {
     }
 
     /// LeaveGroup for each of `members`: an error code per member, or one error for
-    /// the whole request (an empty group id).
+    /// the whole request (an empty group id, a group being deleted).
     pub fn leave(&self, group: &str, members: &[String]) -> Result<Vec<i16>, i16> {
         if group.is_empty() {
             return Err(codes::INVALID_GROUP_ID);
@@ -481,6 +595,9 @@ impl GroupCoordinator {
         let Some(g) = groups.get_mut(group) else {
             return Ok(vec![codes::UNKNOWN_MEMBER_ID; members.len()]);
         };
+        if g.state == State::Dead {
+            return Err(codes::COORDINATOR_NOT_AVAILABLE);
+        }
         let now = Instant::now();
         let mut out = Vec::with_capacity(members.len());
         let mut removed = false;
@@ -518,6 +635,7 @@ impl GroupCoordinator {
         match groups.get(group) {
             None if generation < 0 => codes::NONE,
             None => codes::ILLEGAL_GENERATION,
+            Some(g) if g.state == State::Dead => codes::COORDINATOR_NOT_AVAILABLE,
             Some(g) if generation < 0 && member_id.is_empty() => {
                 if g.members.is_empty() {
                     codes::NONE
@@ -533,6 +651,112 @@ impl GroupCoordinator {
                     err
                 }
             }
+        }
+    }
+
+    /// The protocol type of `group`'s members (kept while it is empty), when it has
+    /// had a member.
+    pub fn protocol_type(&self, group: &str) -> Option<String> {
+        self.lock().get(group)?.protocol_type.clone()
+    }
+
+    /// Every group the coordinator holds, by group id (groups known only by their
+    /// committed offsets are the caller's to add).
+    pub fn overview(&self) -> Vec<GroupOverview> {
+        let groups = self.lock();
+        let mut all: Vec<GroupOverview> = groups
+            .iter()
+            .map(|(id, g)| GroupOverview {
+                group: id.clone(),
+                state: g.state.name(),
+                protocol_type: g.protocol_type.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.group.cmp(&b.group));
+        all
+    }
+
+    /// `group`'s state and members, when the coordinator holds it. As Kafka's
+    /// `GroupMetadata.summary`: the protocol and each member's metadata and
+    /// assignment only while the group is `Stable`.
+    pub fn describe(&self, group: &str) -> Option<GroupSummary> {
+        let groups = self.lock();
+        let g = groups.get(group)?;
+        let stable = g.state == State::Stable;
+        let protocol = if stable {
+            g.protocol.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let (metadata, assignment) = if stable {
+                    let meta = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (meta, m.assignment.clone())
+                } else {
+                    (Bytes::new(), Bytes::new())
+                };
+                MemberSummary {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata,
+                    assignment,
+                }
+            })
+            .collect();
+        Some(GroupSummary {
+            state: g.state.name(),
+            protocol_type: g.protocol_type.clone(),
+            protocol,
+            members,
+        })
+    }
+
+    /// Starts deleting `group` (DeleteGroups): an `Empty` group, or one the
+    /// coordinator does not hold but that `has_offsets`, becomes `Dead` until
+    /// [`GroupCoordinator::finish_delete`]; its member ids handed out with
+    /// MEMBER_ID_REQUIRED lapse. NONE when the caller may remove its offsets;
+    /// NON_EMPTY_GROUP while it has members; GROUP_ID_NOT_FOUND for an unknown
+    /// group or one already being deleted (Kafka's `handleDeleteGroups`).
+    pub fn begin_delete(&self, group: &str, has_offsets: bool) -> i16 {
+        let mut groups = self.lock();
+        match groups.get_mut(group) {
+            Some(g) => match g.state {
+                State::Empty => {
+                    g.state = State::Dead;
+                    g.pending_members.clear();
+                    codes::NONE
+                }
+                State::Dead => codes::GROUP_ID_NOT_FOUND,
+                State::PreparingRebalance | State::CompletingRebalance | State::Stable => {
+                    codes::NON_EMPTY_GROUP
+                }
+            },
+            None if has_offsets => {
+                let mut g = Group::new();
+                g.state = State::Dead;
+                groups.insert(group.to_string(), g);
+                codes::NONE
+            }
+            None => codes::GROUP_ID_NOT_FOUND,
+        }
+    }
+
+    /// Forgets `group` once its deletion (see [`GroupCoordinator::begin_delete`]) is
+    /// done; the next JoinGroup or commit starts a new group.
+    pub fn finish_delete(&self, group: &str) {
+        let mut groups = self.lock();
+        if groups.get(group).is_some_and(|g| g.state == State::Dead) {
+            groups.remove(group);
         }
     }
 
@@ -584,6 +808,7 @@ mod tests {
             member_id: member.into(),
             instance_id: None,
             client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
             protocol_type: "consumer".into(),
             protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
             session_timeout: Duration::from_secs(10),
@@ -651,5 +876,151 @@ mod tests {
             2,
             "only the leader gets the member list"
         );
+    }
+
+    /// (state, protocol type, protocol, members as (id, metadata, assignment)).
+    type Summary = (String, Option<String>, String, Vec<(String, Bytes, Bytes)>);
+
+    fn summary_of(c: &GroupCoordinator) -> Summary {
+        let d = c.describe("g").expect("held");
+        (
+            d.state.to_string(),
+            d.protocol_type,
+            d.protocol,
+            d.members
+                .into_iter()
+                .map(|m| {
+                    assert_eq!(
+                        (m.client_id.as_str(), m.client_host.as_str()),
+                        ("c", "/127.0.0.1")
+                    );
+                    (m.member_id, m.metadata, m.assignment)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn describe_and_overview_follow_the_group_through_its_states() {
+        let c = GroupCoordinator::default();
+        assert!(c.describe("g").is_none());
+        assert!(c.overview().is_empty());
+        let a = c.join(req("")).try_recv().unwrap();
+        let none = Bytes::new();
+        assert_eq!(
+            summary_of(&c),
+            (
+                "CompletingRebalance".into(),
+                Some("consumer".into()),
+                String::new(),
+                vec![(a.member_id.clone(), none.clone(), none.clone())]
+            ),
+            "no protocol, metadata or assignment before the group is stable"
+        );
+        let synced = c
+            .sync(
+                "g",
+                a.generation,
+                &a.member_id,
+                vec![(a.member_id.clone(), Bytes::from_static(b"A"))],
+            )
+            .try_recv()
+            .unwrap();
+        assert_eq!(synced, (codes::NONE, Bytes::from_static(b"A")));
+        assert_eq!(
+            summary_of(&c),
+            (
+                "Stable".into(),
+                Some("consumer".into()),
+                "range".into(),
+                vec![(
+                    a.member_id.clone(),
+                    Bytes::from_static(b"meta"),
+                    Bytes::from_static(b"A")
+                )]
+            )
+        );
+        let _b = c.join(req(""));
+        let (state, _, protocol, members) = summary_of(&c);
+        assert_eq!(
+            (state.as_str(), protocol.as_str(), members.len()),
+            ("PreparingRebalance", "", 2)
+        );
+        assert_eq!(
+            c.overview(),
+            vec![GroupOverview {
+                group: "g".into(),
+                state: "PreparingRebalance",
+                protocol_type: Some("consumer".into()),
+            }]
+        );
+        let ids: Vec<String> = members.into_iter().map(|(id, _, _)| id).collect();
+        assert!(c
+            .leave("g", &ids)
+            .unwrap()
+            .iter()
+            .all(|e| *e == codes::NONE));
+        assert_eq!(
+            summary_of(&c),
+            (
+                "Empty".into(),
+                Some("consumer".into()),
+                String::new(),
+                vec![]
+            ),
+            "an empty group keeps its protocol type"
+        );
+    }
+
+    #[test]
+    fn deletion_refuses_members_and_makes_the_group_dead_until_finished() {
+        let c = GroupCoordinator::default();
+        assert_eq!(c.begin_delete("g", false), codes::GROUP_ID_NOT_FOUND);
+        let a = c.join(req("")).try_recv().unwrap();
+        assert_eq!(c.begin_delete("g", true), codes::NON_EMPTY_GROUP);
+        assert_eq!(
+            c.leave("g", std::slice::from_ref(&a.member_id)),
+            Ok(vec![codes::NONE])
+        );
+        assert_eq!(c.begin_delete("g", false), codes::NONE);
+        assert_eq!(c.describe("g").unwrap().state, DEAD);
+        assert_eq!(
+            c.begin_delete("g", true),
+            codes::GROUP_ID_NOT_FOUND,
+            "already being deleted"
+        );
+        let j = c.join(req("")).try_recv().unwrap();
+        assert_eq!(j.error, codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(c.heartbeat("g", 1, "m"), codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(
+            c.leave("g", &["m".to_string()]),
+            Err(codes::COORDINATOR_NOT_AVAILABLE)
+        );
+        assert_eq!(
+            c.check_commit("g", -1, ""),
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
+        assert_eq!(
+            c.sync("g", 1, "m", vec![]).try_recv().unwrap().0,
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
+        c.finish_delete("g");
+        assert!(c.describe("g").is_none());
+        assert_eq!(c.check_commit("g", -1, ""), codes::NONE);
+        let j = c.join(req("")).try_recv().unwrap();
+        assert_eq!((j.error, j.generation), (codes::NONE, 1), "a new group");
+
+        // A group known only by its offsets is deleted through Dead as well.
+        assert_eq!(c.begin_delete("offsets-only", true), codes::NONE);
+        assert_eq!(
+            c.overview()
+                .iter()
+                .find(|o| o.group == "offsets-only")
+                .unwrap()
+                .state,
+            DEAD
+        );
+        c.finish_delete("offsets-only");
+        assert!(c.describe("offsets-only").is_none());
     }
 }

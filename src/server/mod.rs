@@ -63,6 +63,8 @@ pub mod codes {
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     pub const INVALID_REQUEST: i16 = 42;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
@@ -338,7 +340,7 @@ async fn serve_connection(
                 tracing::warn!(%peer, error = %e, "closing connection");
                 break Err(e);
             }
-            Ok(Frame::Data(buf)) => match dispatch(&ctx, buf).await {
+            Ok(Frame::Data(buf)) => match dispatch(&ctx, buf, peer).await {
                 Ok(p) => {
                     outstanding.fetch_add(1, Ordering::AcqRel);
                     if tx.send(p).await.is_err() {
@@ -420,9 +422,12 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::Heartbeat, 0, 3),
         (ApiKey::LeaveGroup, 0, 3),
         (ApiKey::SyncGroup, 0, 3),
+        (ApiKey::DescribeGroups, 0, 5),
+        (ApiKey::ListGroups, 0, 5),
         (ApiKey::ApiVersions, 0, 3),
         (ApiKey::CreateTopics, 2, 7),
         (ApiKey::DeleteTopics, 1, 4),
+        (ApiKey::DeleteGroups, 0, 2),
     ];
     wanted
         .into_iter()
@@ -494,14 +499,18 @@ pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
     Ok(Decoded::Request(header, request))
 }
 
-/// Decodes one request frame and starts handling it.
-async fn dispatch(ctx: &Arc<Ctx>, frame: Bytes) -> std::result::Result<Pending, String> {
+/// Decodes one request frame from the client at `peer` and starts handling it.
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> std::result::Result<Pending, String> {
     match decode_request(frame)? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
             let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
             let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
             Ok(Box::pin(async move { resp }))
         }
-        Decoded::Request(header, request) => Ok(handlers::handle(ctx, header, request).await),
+        Decoded::Request(header, request) => Ok(handlers::handle(ctx, header, request, peer).await),
     }
 }

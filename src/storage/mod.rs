@@ -49,7 +49,7 @@ use crate::{
     wal::{Completion, Wal, WalEntryType},
 };
 use batch::{BatchError, BatchInfo};
-pub use offsets::{Committed, OffsetStore};
+pub use offsets::{Committed, OffsetStore, StoredGroup};
 pub use partition::{Partition, ReadResult};
 
 /// Longest topic name Kafka accepts.

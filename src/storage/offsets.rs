@@ -1,11 +1,13 @@
 //! Durable committed offsets of consumer groups: one JSON file per group in
 //! `<data>/groups/`, replaced atomically (temp file, fsync, rename, directory fsync)
-//! on every commit, so an acknowledged OffsetCommit survives any crash.
+//! on every commit, so an acknowledged OffsetCommit survives any crash. Deleting a
+//! group removes its file and fsyncs the directory, so a deleted group's offsets
+//! never come back after a restart.
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,10 +33,29 @@ pub struct Committed {
 struct GroupFile {
     version: u32,
     group: String,
+    /// The protocol type of the group's members ("consumer") when members of a
+    /// group using the broker's coordination committed; absent for simple groups
+    /// (offsets committed without membership). Files written before the field
+    /// existed read as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    protocol_type: Option<String>,
     offsets: Vec<Committed>,
 }
 
-type GroupOffsets = BTreeMap<(String, i32), Committed>;
+#[derive(Debug, Clone, Default)]
+struct GroupOffsets {
+    protocol_type: Option<String>,
+    offsets: BTreeMap<(String, i32), Committed>,
+}
+
+/// A group that has committed offsets, as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGroup {
+    /// Group id.
+    pub group: String,
+    /// The protocol type recorded with its commits (see [`OffsetStore::commit`]).
+    pub protocol_type: Option<String>,
+}
 
 /// Committed offsets of every group.
 #[derive(Debug)]
@@ -71,12 +92,18 @@ impl OffsetStore {
             let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
                 Error::corrupt(&path, 0, format!("group offsets do not parse: {e}"))
             })?;
-            let map = f
+            let offsets = f
                 .offsets
                 .into_iter()
                 .map(|c| ((c.topic.clone(), c.partition), c))
                 .collect();
-            groups.insert(f.group, map);
+            groups.insert(
+                f.group,
+                GroupOffsets {
+                    protocol_type: f.protocol_type,
+                    offsets,
+                },
+            );
         }
         Ok(OffsetStore {
             dir,
@@ -84,20 +111,35 @@ impl OffsetStore {
         })
     }
 
-    /// Stores `commits` for `group` durably (blocking: fsyncs).
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores `commits` for `group` durably (blocking: fsyncs). `protocol_type`,
+    /// when given, is recorded as the group's protocol type (the protocol type of
+    /// the members whose group this is); `None` keeps what was recorded before.
     ///
     /// # Errors
     /// I/O errors; the in-memory state is unchanged then.
-    pub fn commit(&self, group: &str, commits: Vec<Committed>) -> Result<()> {
-        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn commit(
+        &self,
+        group: &str,
+        protocol_type: Option<&str>,
+        commits: Vec<Committed>,
+    ) -> Result<()> {
+        let mut groups = self.lock();
         let mut next = groups.get(group).cloned().unwrap_or_default();
+        if let Some(t) = protocol_type {
+            next.protocol_type = Some(t.to_string());
+        }
         for c in commits {
-            next.insert((c.topic.clone(), c.partition), c);
+            next.offsets.insert((c.topic.clone(), c.partition), c);
         }
         let file = GroupFile {
             version: 1,
             group: group.to_string(),
-            offsets: next.values().cloned().collect(),
+            protocol_type: next.protocol_type.clone(),
+            offsets: next.offsets.values().cloned().collect(),
         };
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::corrupt(&self.dir, 0, e.to_string()))?;
@@ -106,22 +148,68 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Deletes every committed offset of `group` durably (blocking: removes its
+    /// file and fsyncs the directory). Returns whether the group had any.
+    ///
+    /// # Errors
+    /// I/O errors. When the file could not be removed the group keeps its offsets;
+    /// when only the directory fsync failed they are gone from this run but may
+    /// come back after a crash.
+    pub fn delete(&self, group: &str) -> Result<bool> {
+        let mut groups = self.lock();
+        if !groups.contains_key(group) {
+            return Ok(false);
+        }
+        let path = self.dir.join(file_name(group));
+        match crate::wal::files::remove(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &path, e)),
+        }
+        groups.remove(group);
+        // The removal is durable only once the directory entry is: without this a
+        // crash could bring the group's offsets back.
+        crate::wal::files::sync_dir(&self.dir)?;
+        Ok(true)
+    }
+
     /// The committed position of `topic`/`partition` in `group`.
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
-        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        groups
+        self.lock()
             .get(group)?
+            .offsets
             .get(&(topic.to_string(), partition))
             .cloned()
     }
 
     /// Every committed position of `group`.
     pub fn fetch_all(&self, group: &str) -> Vec<Committed> {
-        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        groups
+        self.lock()
             .get(group)
-            .map(|g| g.values().cloned().collect())
+            .map(|g| g.offsets.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// `group`, when it has committed offsets.
+    pub fn group(&self, group: &str) -> Option<StoredGroup> {
+        self.lock().get(group).map(|g| StoredGroup {
+            group: group.to_string(),
+            protocol_type: g.protocol_type.clone(),
+        })
+    }
+
+    /// Every group with committed offsets, by group id.
+    pub fn groups(&self) -> Vec<StoredGroup> {
+        let mut all: Vec<StoredGroup> = self
+            .lock()
+            .iter()
+            .map(|(group, g)| StoredGroup {
+                group: group.clone(),
+                protocol_type: g.protocol_type.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.group.cmp(&b.group));
+        all
     }
 }
 
@@ -140,9 +228,9 @@ mod tests {
             leader_epoch: -1,
             metadata: None,
         };
-        s.commit("g/1", vec![c(0, 5), c(1, 7)]).unwrap();
-        s.commit("g/1", vec![c(0, 9)]).unwrap();
-        s.commit("", vec![c(0, 3)]).unwrap();
+        s.commit("g/1", None, vec![c(0, 5), c(1, 7)]).unwrap();
+        s.commit("g/1", None, vec![c(0, 9)]).unwrap();
+        s.commit("", None, vec![c(0, 3)]).unwrap();
         drop(s);
         let s = OffsetStore::open(dir.path().join("groups")).unwrap();
         assert_eq!(s.fetch("", "t", 0).unwrap().offset, 3, "the empty group");
@@ -150,5 +238,117 @@ mod tests {
         assert_eq!(s.fetch("g/1", "t", 1).unwrap().offset, 7);
         assert!(s.fetch("other", "t", 0).is_none());
         assert_eq!(s.fetch_all("g/1").len(), 2);
+    }
+
+    fn committed(p: i32, o: i64) -> Committed {
+        Committed {
+            topic: "t".into(),
+            partition: p,
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn protocol_type_is_recorded_kept_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        s.commit("members", Some("consumer"), vec![committed(0, 1)])
+            .unwrap();
+        s.commit("members", None, vec![committed(0, 2)]).unwrap();
+        s.commit("simple", None, vec![committed(0, 3)]).unwrap();
+        drop(s);
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        let want = vec![
+            StoredGroup {
+                group: "members".into(),
+                protocol_type: Some("consumer".into()),
+            },
+            StoredGroup {
+                group: "simple".into(),
+                protocol_type: None,
+            },
+        ];
+        assert_eq!(s.groups(), want, "a later commit without one keeps it");
+        assert_eq!(s.group("simple"), Some(want[1].clone()));
+        assert_eq!(s.group("other"), None);
+        assert_eq!(s.fetch("members", "t", 0).unwrap().offset, 2);
+    }
+
+    #[test]
+    fn a_file_without_a_protocol_type_loads_as_a_simple_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups");
+        std::fs::create_dir_all(&groups).unwrap();
+        std::fs::write(
+            groups.join(file_name("old")),
+            br#"{"version":1,"group":"old","offsets":[{"topic":"t","partition":0,"offset":4,"leader_epoch":-1,"metadata":null}]}"#,
+        )
+        .unwrap();
+        let s = OffsetStore::open(groups).unwrap();
+        assert_eq!(s.group("old").unwrap().protocol_type, None);
+        assert_eq!(s.fetch("old", "t", 0).unwrap().offset, 4);
+    }
+
+    #[test]
+    fn deleted_groups_stay_deleted_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit("gone", Some("consumer"), vec![committed(0, 5)])
+            .unwrap();
+        s.commit("", None, vec![committed(0, 6)]).unwrap();
+        s.commit("kept", None, vec![committed(0, 7)]).unwrap();
+        assert!(s.delete("gone").unwrap());
+        assert!(s.delete("").unwrap(), "the empty group too");
+        assert!(!s.delete("gone").unwrap(), "nothing left to delete");
+        assert!(!s.delete("never").unwrap());
+        assert!(s.fetch("gone", "t", 0).is_none());
+        assert!(s.fetch_all("").is_empty());
+        assert!(!path.join(file_name("gone")).exists());
+        assert!(!path.join(file_name("")).exists());
+        drop(s);
+        let s = OffsetStore::open(path).unwrap();
+        assert_eq!(
+            s.groups().into_iter().map(|g| g.group).collect::<Vec<_>>(),
+            vec!["kept".to_string()]
+        );
+        assert!(s.fetch("gone", "t", 0).is_none());
+        // A group deleted and committed to again starts afresh.
+        s.commit("gone", None, vec![committed(1, 1)]).unwrap();
+        assert_eq!(s.fetch_all("gone").len(), 1);
+        assert_eq!(s.group("gone").unwrap().protocol_type, None);
+    }
+
+    /// A power loss right after DeleteGroups answered keeps the deletion: the
+    /// directory was fsynced after the removal (the simulated disk keeps exactly
+    /// the directory entries as of the last fsync here).
+    #[cfg(unix)]
+    #[test]
+    fn a_deletion_survives_a_power_loss() {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit("gone", Some("consumer"), vec![committed(0, 5)])
+            .unwrap();
+        s.commit("kept", None, vec![committed(0, 7)]).unwrap();
+        let disk = SimDisk::new(SimPlan {
+            seed: 1,
+            crash_after_ops: None,
+            fault: None,
+            short_write_pct: 0,
+        });
+        disk.watch_dir(&path).unwrap();
+        assert!(s.delete("gone").unwrap());
+        drop(s);
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        let s = OffsetStore::open(path).unwrap();
+        assert_eq!(
+            s.groups().into_iter().map(|g| g.group).collect::<Vec<_>>(),
+            vec!["kept".to_string()]
+        );
+        assert!(s.fetch("gone", "t", 0).is_none());
     }
 }

@@ -10,6 +10,9 @@ Subcommands (all print one line per event, flushed at once):
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
+  group-admin BOOTSTRAP GROUP SECONDS               AdminClient while a member holds GROUP, then after it
+                                                    left (waiting up to SECONDS for each): describe, list,
+                                                    delete; one line per fact (see group_admin)
 """
 import sys
 import time
@@ -196,6 +199,69 @@ def group_hold(bootstrap, topic, group_id, seconds):
     c.close()
 
 
+def group_admin(bootstrap, group_id, seconds):
+    """AdminClient view of GROUP while a member holds it (waits for Stable), then
+    after the member left (waits for Empty): DESCRIBED/MEMBER lines from
+    describe_consumer_groups, LISTED lines from list_consumer_groups (all groups,
+    then Stable ones only), DELETED or DELETE_FAILED from delete_consumer_groups.
+    After the deletion: a last listing and description."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+    a = AdminClient({"bootstrap.servers": bootstrap})
+
+    def describe():
+        futures = a.describe_consumer_groups([group_id], include_authorized_operations=True,
+                                             request_timeout=10)
+        return futures[group_id].result()
+
+    def report(d):
+        ops = ",".join(sorted(op.name for op in (d.authorized_operations or [])))
+        out("DESCRIBED %s %s simple=%s assignor=%s members=%d ops=%s" % (
+            d.group_id, d.state.name, d.is_simple_consumer_group, d.partition_assignor or "-",
+            len(d.members), ops))
+        for m in d.members:
+            parts = sorted(tp.partition for tp in m.assignment.topic_partitions)
+            out("MEMBER %s %s %s %s" % (m.member_id, m.client_id, m.host,
+                                        " ".join(str(p) for p in parts)))
+
+    def wait_for(state):
+        deadline = time.time() + seconds
+        while True:
+            d = describe()
+            if d.state.name == state:
+                return d
+            if time.time() > deadline:
+                out("TIMEOUT waiting for %s (last %s)" % (state, d.state.name))
+                sys.exit(1)
+            time.sleep(0.2)
+
+    def listing(tag, **kw):
+        r = a.list_consumer_groups(request_timeout=10, **kw).result()
+        for e in r.errors:
+            out("LIST_ERROR %s" % e)
+        for g in sorted(r.valid, key=lambda g: g.group_id):
+            out("%s %s %s simple=%s type=%s" % (tag, g.group_id, g.state.name,
+                                                g.is_simple_consumer_group, g.type.name))
+
+    def delete():
+        try:
+            a.delete_consumer_groups([group_id], request_timeout=10)[group_id].result()
+            out("DELETED %s" % group_id)
+        except KafkaException as e:
+            out("DELETE_FAILED %s %s" % (group_id, e.args[0].name()))
+
+    report(wait_for("STABLE"))
+    listing("LISTED")
+    listing("LISTED_STABLE", states={ConsumerGroupState.STABLE})
+    delete()
+    report(wait_for("EMPTY"))
+    listing("LISTED")
+    listing("LISTED_STABLE", states={ConsumerGroupState.STABLE})
+    delete()
+    listing("LISTED")
+    report(describe())
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -210,6 +276,8 @@ def main(argv):
         bench(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
     elif cmd == "group-hold":
         group_hold(argv[2], argv[3], argv[4], float(argv[5]))
+    elif cmd == "group-admin":
+        group_admin(argv[2], argv[3], float(argv[4]))
     elif cmd == "recreate":
         recreate(argv[2], argv[3], int(argv[4]))
     else:

@@ -1,18 +1,33 @@
 //! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
-//! OffsetFetch.
+//! OffsetFetch, and the admin APIs ListGroups, DescribeGroups and DeleteGroups.
+//!
+//! The admin APIs see every group the coordinator holds and every group with
+//! committed offsets; a group known only by its offsets (a simple group, or any
+//! group after a restart) is `Empty`, with the protocol type recorded with its
+//! commits ("consumer" when its members committed, "" for a simple group), as
+//! Kafka lists a group it loaded from its offsets topic.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use kafka_protocol::{
     messages::{
+        delete_groups_response::DeletableGroupResult,
+        describe_groups_response::{DescribedGroup, DescribedGroupMember},
         join_group_response::JoinGroupResponseMember,
         leave_group_response::MemberResponse,
+        list_groups_response::ListedGroup,
         offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic},
         offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic},
-        BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-        HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-        LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-        OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+        BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+        DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+        HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+        LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+        OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+        SyncGroupRequest, SyncGroupResponse, TopicName,
     },
     protocol::StrBytes,
 };
@@ -20,7 +35,7 @@ use kafka_protocol::{
 use crate::{
     server::{
         codes,
-        groups::{JoinRequest, JoinResult},
+        groups::{GroupSummary, JoinRequest, JoinResult, EMPTY},
         Ctx,
     },
     storage::Committed,
@@ -49,10 +64,17 @@ pub(crate) fn find_coordinator(ctx: &Ctx, req: &FindCoordinatorRequest) -> FindC
         .with_port(ctx.port)
 }
 
+/// The client host of a member joining from `peer`, as Kafka reports it
+/// (`InetAddress.toString` of an address without a host name: `/127.0.0.1`).
+fn client_host(peer: SocketAddr) -> String {
+    format!("/{}", peer.ip().to_canonical())
+}
+
 pub(crate) async fn join(
     ctx: &Ctx,
     req: JoinGroupRequest,
     client_id: String,
+    peer: SocketAddr,
     version: i16,
 ) -> JoinGroupResponse {
     // Checked against the broker's bounds by the coordinator.
@@ -68,6 +90,7 @@ pub(crate) async fn join(
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.map(|s| s.to_string()),
         client_id,
+        client_host: client_host(peer),
         protocol_type: req.protocol_type.to_string(),
         protocols: req
             .protocols
@@ -213,8 +236,15 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
     if !commits.is_empty() {
         let storage = ctx.storage.clone();
         let g = group.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || storage.offsets().commit(&g, commits)).await;
+        // Recorded with the offsets, so that the group is listed with it after a
+        // restart (simple commits to a group that never had members record none).
+        let protocol_type = ctx.groups.protocol_type(&group);
+        let stored = tokio::task::spawn_blocking(move || {
+            storage
+                .offsets()
+                .commit(&g, protocol_type.as_deref(), commits)
+        })
+        .await;
         let failed = match stored {
             Ok(Ok(())) => false,
             Ok(Err(e)) => {
@@ -312,4 +342,156 @@ pub(crate) fn offset_fetch(
     OffsetFetchResponse::default()
         .with_error_code(codes::NONE)
         .with_topics(topics)
+}
+
+/// The type every group of this broker has (KIP-848's group types; Kafka's
+/// classic coordinator calls all its groups "classic").
+const CLASSIC: &str = "classic";
+
+/// The operations DescribeGroups reports as authorized (from v3, when asked):
+/// without an authorizer Kafka reports every operation a group supports, READ (3),
+/// DELETE (6) and DESCRIBE (8), as a bit field.
+const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+
+/// Every group the broker knows, by group id: `(state, protocol type)`. The
+/// coordinator's state wins; a group it does not hold but that has committed
+/// offsets is `Empty`.
+fn known_groups(ctx: &Ctx) -> BTreeMap<String, (&'static str, Option<String>)> {
+    let mut all: BTreeMap<String, (&'static str, Option<String>)> = ctx
+        .storage
+        .offsets()
+        .groups()
+        .into_iter()
+        .map(|g| (g.group, (EMPTY, g.protocol_type)))
+        .collect();
+    for o in ctx.groups.overview() {
+        let stored = all.remove(&o.group).and_then(|(_, t)| t);
+        all.insert(o.group, (o.state, o.protocol_type.or(stored)));
+    }
+    all
+}
+
+/// ListGroups (Kafka's `handleListGroups`): every known group, filtered by state
+/// (v4+, case-insensitive) and by type (v5+: any filter naming "classic" keeps
+/// every group, any other filter none).
+pub(crate) fn list_groups(ctx: &Ctx, req: &ListGroupsRequest) -> ListGroupsResponse {
+    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let types_ok = req.types_filter.is_empty()
+        || req
+            .types_filter
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(CLASSIC));
+    let groups = known_groups(ctx)
+        .into_iter()
+        .filter(|(_, (state, _))| {
+            types_ok && (states.is_empty() || states.contains(&state.to_lowercase()))
+        })
+        .map(|(id, (state, protocol_type))| {
+            ListedGroup::default()
+                .with_group_id(GroupId(StrBytes::from_string(id)))
+                .with_protocol_type(StrBytes::from_string(protocol_type.unwrap_or_default()))
+                .with_group_state(StrBytes::from_static_str(state))
+                .with_group_type(StrBytes::from_static_str(CLASSIC))
+        })
+        .collect();
+    ListGroupsResponse::default()
+        .with_error_code(codes::NONE)
+        .with_groups(groups)
+}
+
+/// DescribeGroups (Kafka's `handleDescribeGroup`): each group's state, protocol
+/// type, protocol and members; an unknown group is `Dead` with no error (before
+/// v6). The empty group id is a group like any other here, as in Kafka.
+pub(crate) fn describe_groups(
+    ctx: &Ctx,
+    req: &DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let store = ctx.storage.offsets();
+    let groups = req
+        .groups
+        .iter()
+        .map(|id| {
+            let stored = store.group(id);
+            let summary = match ctx.groups.describe(id) {
+                Some(mut s) => {
+                    if s.protocol_type.is_none() {
+                        s.protocol_type = stored.and_then(|g| g.protocol_type);
+                    }
+                    s
+                }
+                None => match stored {
+                    Some(g) => GroupSummary::empty(g.protocol_type),
+                    None => GroupSummary::dead(),
+                },
+            };
+            let members = summary
+                .members
+                .into_iter()
+                .map(|m| {
+                    DescribedGroupMember::default()
+                        .with_member_id(StrBytes::from_string(m.member_id))
+                        .with_group_instance_id(m.instance_id.map(StrBytes::from_string))
+                        .with_client_id(StrBytes::from_string(m.client_id))
+                        .with_client_host(StrBytes::from_string(m.client_host))
+                        .with_member_metadata(m.metadata)
+                        .with_member_assignment(m.assignment)
+                })
+                .collect();
+            let mut d = DescribedGroup::default()
+                .with_error_code(codes::NONE)
+                .with_group_id(id.clone())
+                .with_group_state(StrBytes::from_static_str(summary.state))
+                .with_protocol_type(StrBytes::from_string(
+                    summary.protocol_type.unwrap_or_default(),
+                ))
+                .with_protocol_data(StrBytes::from_string(summary.protocol))
+                .with_members(members);
+            if version >= 3 && req.include_authorized_operations {
+                d.authorized_operations = GROUP_OPERATIONS;
+            }
+            d
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+/// DeleteGroups (Kafka's `handleDeleteGroups`): an empty group is deleted with its
+/// committed offsets (durably: its offsets file is removed and the directory
+/// fsynced before the answer); a group with members gets NON_EMPTY_GROUP, an
+/// unknown one GROUP_ID_NOT_FOUND. A group named twice is answered once.
+pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut results: Vec<DeletableGroupResult> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for id in req.groups_names {
+        let group = id.0.to_string();
+        if !seen.insert(group.clone()) {
+            continue;
+        }
+        let has_offsets = ctx.storage.offsets().group(&group).is_some();
+        let mut code = ctx.groups.begin_delete(&group, has_offsets);
+        if code == codes::NONE {
+            let storage = ctx.storage.clone();
+            let g = group.clone();
+            let deleted = tokio::task::spawn_blocking(move || storage.offsets().delete(&g)).await;
+            match deleted {
+                Ok(Ok(_)) => tracing::info!(group = %group, "group deleted"),
+                Ok(Err(e)) => {
+                    tracing::error!(group = %group, error = %e, "deleting committed offsets failed");
+                    code = codes::KAFKA_STORAGE_ERROR;
+                }
+                Err(e) => {
+                    tracing::error!(group = %group, error = %e, "group deletion task failed");
+                    code = codes::KAFKA_STORAGE_ERROR;
+                }
+            }
+            ctx.groups.finish_delete(&group);
+        }
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(code),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
 }

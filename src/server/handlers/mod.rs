@@ -7,7 +7,7 @@ mod groups;
 mod produce;
 mod topics;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion, ApiKey, ApiVersionsResponse, RequestHeader, RequestKind,
@@ -31,8 +31,13 @@ pub(crate) fn api_versions_body(error: i16) -> ApiVersionsResponse {
         .with_api_keys(keys)
 }
 
-/// Starts handling one decoded request.
-pub(crate) async fn handle(ctx: &Arc<Ctx>, header: RequestHeader, request: RequestKind) -> Pending {
+/// Starts handling one decoded request from the client at `peer`.
+pub(crate) async fn handle(
+    ctx: &Arc<Ctx>,
+    header: RequestHeader,
+    request: RequestKind,
+    peer: SocketAddr,
+) -> Pending {
     let version = header.request_api_version;
     let cid = header.correlation_id;
     let client_id = header
@@ -105,7 +110,7 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, header: RequestHeader, request: Reque
                 ApiKey::JoinGroup,
                 version,
                 cid,
-                &groups::join(&ctx, req, client_id, version).await,
+                &groups::join(&ctx, req, client_id, peer, version).await,
             )
         }),
         RequestKind::SyncGroup(req) => Box::pin(async move {
@@ -146,6 +151,30 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, header: RequestHeader, request: Reque
                 version,
                 cid,
                 &groups::offset_fetch(&ctx, req, version),
+            )
+        }),
+        RequestKind::ListGroups(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::ListGroups,
+                version,
+                cid,
+                &groups::list_groups(&ctx, &req),
+            )
+        }),
+        RequestKind::DescribeGroups(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DescribeGroups,
+                version,
+                cid,
+                &groups::describe_groups(&ctx, &req, version),
+            )
+        }),
+        RequestKind::DeleteGroups(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DeleteGroups,
+                version,
+                cid,
+                &groups::delete_groups(&ctx, req).await,
             )
         }),
         other => {
