@@ -146,9 +146,12 @@ impl std::fmt::Debug for Wal {
 /// has twice as many). Every operation is submitted as soon as it is queued, so the
 /// submission queue holds at most a write and its linked fsync at a time; the
 /// completion queue must hold a completion for everything in flight at once: up to
-/// `max_in_flight` (at most 64) writes with a linked fsync each, and one
-/// standalone fsync, 129 at most.
-const RING_ENTRIES: u32 = 128;
+/// `max_in_flight` writes with a linked fsync each, and one standalone fsync. At
+/// least 64 (what every configuration up to `max_in_flight` 63 needs); 128 for 64.
+fn ring_entries(max_in_flight: usize) -> u32 {
+    let completions = 2 * u32::try_from(max_in_flight).unwrap_or(u32::MAX / 4) + 1;
+    completions.div_ceil(2).next_power_of_two().max(64)
+}
 
 /// Iterating reads one batch at a time, so recovering a large WAL needs little memory.
 pub struct Recovery {
@@ -241,7 +244,8 @@ impl Wal {
     /// and offset), and I/O errors naming the path.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, Recovery)> {
         Self::open_with(dir.as_ref(), config, |config, path| {
-            backend::create(config.backend, path, RING_ENTRIES, config.uses_direct_io())
+            let entries = ring_entries(config.max_in_flight);
+            backend::create(config.backend, path, entries, config.uses_direct_io())
         })
     }
 
@@ -742,5 +746,26 @@ impl std::future::Future for CapacityWait<'_> {
             return Poll::Ready(Ok(()));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_entries;
+
+    #[test]
+    fn the_ring_holds_a_completion_for_everything_in_flight() {
+        for in_flight in 1..=64 {
+            let entries = ring_entries(in_flight);
+            assert!(entries.is_power_of_two() && entries >= 64);
+            // The completion queue has 2 × entries slots.
+            assert!(
+                2 * entries as usize > 2 * in_flight,
+                "max_in_flight {in_flight}"
+            );
+        }
+        assert_eq!(ring_entries(8), 64);
+        assert_eq!(ring_entries(63), 64);
+        assert_eq!(ring_entries(64), 128);
     }
 }
