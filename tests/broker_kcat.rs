@@ -181,7 +181,7 @@ fn wal_disabled_still_serves_and_keeps_data_across_sigterm() {
 fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("never-created");
-    let cases: [(&[&str], &str, &str); 8] = [
+    let cases: [(&[&str], &str, &str); 9] = [
         (
             &["--wal-sync-mode", "sometimes"],
             "--wal-sync-mode",
@@ -219,6 +219,7 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             "--max-connections",
             "invalid digit",
         ),
+        (&["--fetch-max-bytes", "10"], "--fetch-max-bytes", "1024 to"),
     ];
     for (args, flag, accepted) in cases {
         let out = run(

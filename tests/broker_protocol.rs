@@ -19,7 +19,7 @@ use broker_support::{
     kcat,
     wire::{
         batch, closed, connect, fetch_request, partition_result, produce, read_frame,
-        request_frame, response,
+        request_frame, response, topic_metadata,
     },
     Broker,
 };
@@ -664,4 +664,53 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
         .map(|t| t.topic_id);
     assert_ne!(r[0].topic_id, uuid::Uuid::nil());
     assert_eq!(Some(r[0].topic_id), v7_id, "v7 reports the topic's id");
+}
+
+#[test]
+fn fetch_responses_are_capped_by_fetch_max_bytes_but_always_carry_a_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--fetch-max-bytes", "600k"]);
+    let mut c = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut c, "big", true), 0);
+    let value = "x".repeat(256 * 1024);
+    for i in 0..8 {
+        c.write_all(&request_frame(
+            ApiKey::Produce,
+            7,
+            i,
+            &produce("big", 0, batch(&[value.as_str()])),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+        assert_eq!(partition_result(&r), (0, i64::from(i)));
+    }
+    let records_of = |c: &mut std::net::TcpStream, max: i32, cid: i32| {
+        let mut f = fetch_request("big", 0, 0);
+        f.max_bytes = max;
+        f.topics[0].partitions[0].partition_max_bytes = max;
+        c.write_all(&request_frame(ApiKey::Fetch, 12, cid, &f))
+            .unwrap();
+        let (_, r): (i32, FetchResponse) = response(c, ApiKey::Fetch, 12);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        p.records.as_ref().map_or(0, |b| b.len())
+    };
+    // The client asks for everything: the broker's cap holds (two 256 KiB batches).
+    let n = records_of(&mut c, i32::MAX, 100);
+    assert!(
+        (2 * 256 * 1024..=600 * 1024).contains(&n),
+        "{n} bytes for a client asking for 2 GiB with --fetch-max-bytes 600k"
+    );
+    // Below the cap, the client's own limit holds.
+    let n = records_of(&mut c, 300 * 1024, 101);
+    assert!(
+        (256 * 1024..300 * 1024).contains(&n),
+        "{n} bytes for a client asking for 300 KiB"
+    );
+    // A limit smaller than one batch still gets that batch (consumers progress).
+    let n = records_of(&mut c, 1024, 102);
+    assert!(
+        n > 256 * 1024 && n < 2 * 256 * 1024,
+        "{n} bytes for a 1 KiB limit"
+    );
 }

@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// closed (Kafka's `connections.max.idle.ms`); clients reconnect when they need
     /// to. 0: never. Default: 600000 (10 minutes).
     pub connections_max_idle_ms: u64,
+    /// Most record bytes one Fetch response carries, whatever the client asks for
+    /// (Kafka's `fetch.max.bytes`); the first batch is returned even when larger, so
+    /// consumers always progress. Default: 55 MiB.
+    pub fetch_max_bytes: usize,
 }
 
 /// Topic and segment settings.
@@ -92,6 +96,7 @@ impl Default for Config {
                 max_request_bytes: 100 * 1024 * 1024,
                 max_connections: None,
                 connections_max_idle_ms: 600_000,
+                fetch_max_bytes: 55 * 1024 * 1024,
             },
             storage: StorageConfig {
                 data_dir: PathBuf::from("./data"),
@@ -158,6 +163,13 @@ impl Config {
             return bad(
                 "--max-request-bytes",
                 self.server.max_request_bytes.to_string(),
+                "accepted values: 1024 to 2147483647",
+            );
+        }
+        if self.server.fetch_max_bytes < 1024 || self.server.fetch_max_bytes > i32::MAX as usize {
+            return bad(
+                "--fetch-max-bytes",
+                self.server.fetch_max_bytes.to_string(),
                 "accepted values: 1024 to 2147483647",
             );
         }
@@ -308,6 +320,11 @@ pub struct Cli {
     )]
     pub connections_max_idle_ms: u64,
 
+    /// Most record bytes in one Fetch response, whatever the client asks for (the
+    /// first batch is returned even when larger).
+    #[arg(long, env = "STREAMLINE_FETCH_MAX_BYTES", default_value = "55m", value_parser = parse_size, value_name = "BYTES")]
+    pub fetch_max_bytes: u64,
+
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
@@ -397,6 +414,7 @@ impl Cli {
                 max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
                 max_connections: self.max_connections,
                 connections_max_idle_ms: self.connections_max_idle_ms,
+                fetch_max_bytes: usize::try_from(self.fetch_max_bytes).unwrap_or(usize::MAX),
             },
             storage: StorageConfig {
                 data_dir: self.data_dir,

@@ -114,10 +114,12 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
             })
             .collect(),
     );
+    // The client's limit, capped by the broker's (Kafka: min(maxBytes, fetch.max.bytes)).
+    let cap = i64::try_from(ctx.storage.config().server.fetch_max_bytes).unwrap_or(i64::MAX);
     let max_bytes = if req.max_bytes <= 0 {
-        i64::from(i32::MAX)
+        cap
     } else {
-        i64::from(req.max_bytes)
+        i64::from(req.max_bytes).min(cap)
     };
     let min_bytes = i64::from(req.min_bytes.max(0));
     let deadline = Instant::now()
