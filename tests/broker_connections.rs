@@ -215,3 +215,60 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
         "the connection was closed while its fetch waited"
     );
 }
+
+/// A topic with more partitions than the open-file limit allows (two files each)
+/// fails with a storage error that says why, leaves nothing behind, and the broker
+/// goes on creating and serving smaller topics.
+#[test]
+fn a_topic_too_large_for_the_open_file_limit_fails_cleanly() {
+    use kafka_protocol::messages::{
+        create_topics_request::CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let broker = Broker::start_limited(&data, &[], Some(256));
+    let mut c = connect_served(&broker.addr);
+    let create = |c: &mut TcpStream, name: &'static str, partitions: i32| {
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(name)))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)])
+            .with_timeout_ms(10_000);
+        c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
+            .unwrap();
+        let (_, r): (i32, CreateTopicsResponse) = response(c, ApiKey::CreateTopics, 4);
+        let t = &r.topics[0];
+        (
+            t.error_code,
+            t.error_message.as_ref().map(|m| m.to_string()),
+        )
+    };
+    let (code, msg) = create(&mut c, "wide", 200);
+    assert_eq!(code, 56, "{msg:?}");
+    assert!(
+        msg.as_deref()
+            .is_some_and(|m| m.contains("Too many open files")),
+        "the error does not say why: {msg:?}"
+    );
+    assert!(
+        !data.join("topics").join("wide").exists(),
+        "the failed topic's files were left behind"
+    );
+    assert_eq!(
+        topic_metadata(&mut c, "wide", false),
+        3,
+        "the failed topic is listed"
+    );
+    // Its partitions' files were closed: a smaller topic is created and served.
+    assert_eq!(create(&mut c, "narrow", 20), (0, None));
+    let value = "v".repeat(100);
+    for i in 0..20 {
+        let req = produce("narrow", i, batch(&[value.as_str()]));
+        c.write_all(&request_frame(ApiKey::Produce, 9, 10 + i, &req))
+            .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+        assert_eq!(partition_result(&r), (0, 0), "partition {i}");
+    }
+}

@@ -575,29 +575,45 @@ impl TopicManager {
         }
         std::fs::create_dir_all(&dir).map_err(|e| storage(Error::io("create_dir", &dir, e)))?;
         let id = uuid::Uuid::from_u128(random_id());
-        let mut parts = Vec::new();
-        for p in 0..partitions {
-            parts.push(Arc::new(
-                Partition::open(
-                    name,
-                    p,
-                    dir.join(p.to_string()),
-                    self.shared.config.storage.segment_bytes,
-                )
-                .map_err(storage)?,
-            ));
-        }
-        sync_dir(&dir).map_err(storage)?;
-        // topic.json last: a topic directory without it is an interrupted create.
-        let file = TopicFile {
-            version: 1,
-            id: id.to_string(),
-            partitions,
+        let made = (|| {
+            let mut parts = Vec::new();
+            for p in 0..partitions {
+                parts.push(Arc::new(
+                    Partition::open(
+                        name,
+                        p,
+                        dir.join(p.to_string()),
+                        self.shared.config.storage.segment_bytes,
+                    )
+                    .map_err(storage)?,
+                ));
+            }
+            sync_dir(&dir).map_err(storage)?;
+            // topic.json last: a topic directory without it is an interrupted create.
+            let file = TopicFile {
+                version: 1,
+                id: id.to_string(),
+                partitions,
+            };
+            let json = serde_json::to_vec_pretty(&file)
+                .map_err(|e| CreateError::Storage(e.to_string()))?;
+            crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
+            sync_dir(&self.shared.topics_dir).map_err(storage)?;
+            Ok(parts)
+        })();
+        let parts = match made {
+            Ok(parts) => parts,
+            Err(e) => {
+                // The partitions opened so far are closed by now (dropped with the
+                // closure's state); leave no half-made topic behind. A restart would
+                // remove it too (no topic.json), but its files would hold disk space
+                // and the name until then.
+                if let Err(rm) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %rm, "could not remove a topic whose creation failed");
+                }
+                return Err(e);
+            }
         };
-        let json =
-            serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
-        crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
-        sync_dir(&self.shared.topics_dir).map_err(storage)?;
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id,
