@@ -5,7 +5,8 @@
 //! with "Too many open files" and every produce was refused until a restart.
 //!
 //! Idle connections (no request for `--connections-max-idle-ms`, no response
-//! pending) are closed, as Kafka does; a long-polling fetch is not idle.
+//! pending) are closed, as Kafka does; a long-polling fetch is not idle, nor is a
+//! request still arriving.
 
 mod broker_support;
 
@@ -214,6 +215,17 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
         served(&mut busy),
         "the connection was closed while its fetch waited"
     );
+
+    // Slow: a request whose bytes arrive over 600 ms, twice the idle time, is read
+    // to the end and answered.
+    let mut slow = connect_served(&broker.addr);
+    let frame = request_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsRequest::default());
+    for chunk in frame.chunks(frame.len().div_ceil(6)) {
+        slow.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let (cid, v): (i32, ApiVersionsResponse) = response(&mut slow, ApiKey::ApiVersions, 3);
+    assert_eq!((cid, v.error_code), (9, 0), "a slowly sent request");
 }
 
 /// A topic with more partitions than the open-file limit allows (two files each)

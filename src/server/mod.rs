@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -261,15 +261,24 @@ enum Frame {
     Eof,
 }
 
+/// Reads one length-prefixed frame. `started` is set once its first byte has
+/// arrived (the connection is then not idle, however slowly the rest comes).
 async fn read_frame(
     stream: &mut tokio::net::tcp::OwnedReadHalf,
     max: usize,
+    started: &AtomicBool,
 ) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
-        Err(e) => return Err(e),
+    match stream.read(&mut len).await? {
+        0 => return Ok(Frame::Eof),
+        n => {
+            started.store(true, Ordering::Release);
+            match stream.read_exact(&mut len[n..]).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
+                Err(e) => return Err(e),
+            }
+        }
     }
     let len = i32::from_be_bytes(len);
     if len < 0 || len as usize > max {
@@ -313,7 +322,10 @@ async fn serve_connection(
     let idle = (cfg.connections_max_idle_ms > 0)
         .then(|| Duration::from_millis(cfg.connections_max_idle_ms));
     let result = 'conn: loop {
-        let read = read_frame(&mut rd, max);
+        // Idle means no byte of a next request has arrived and no response is
+        // pending; a request still arriving, however slowly, is read to its end.
+        let started = AtomicBool::new(false);
+        let read = read_frame(&mut rd, max, &started);
         tokio::pin!(read);
         let frame = loop {
             let idle_timer = async {
@@ -327,7 +339,7 @@ async fn serve_connection(
                 _ = stop.changed() => break 'conn Ok(()),
                 f = &mut read => break f,
                 () = idle_timer => {
-                    if outstanding.load(Ordering::Acquire) == 0 {
+                    if !started.load(Ordering::Acquire) && outstanding.load(Ordering::Acquire) == 0 {
                         tracing::debug!(%peer, idle_ms = cfg.connections_max_idle_ms, "closing idle connection");
                         break 'conn Ok(());
                     }
