@@ -158,20 +158,18 @@ impl Config {
         if self.storage.checkpoint_interval_ms == 0 {
             return bad("--checkpoint-ms", "0".into(), "accepted values: 1 or more");
         }
-        if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > i32::MAX as usize
-        {
-            return bad(
-                "--max-request-bytes",
-                self.server.max_request_bytes.to_string(),
-                "accepted values: 1024 to 2147483647",
-            );
-        }
-        if self.server.fetch_max_bytes < 1024 || self.server.fetch_max_bytes > i32::MAX as usize {
-            return bad(
-                "--fetch-max-bytes",
-                self.server.fetch_max_bytes.to_string(),
-                "accepted values: 1024 to 2147483647",
-            );
+        // Sizes that go into i32 fields of the protocol.
+        for (flag, bytes) in [
+            ("--max-request-bytes", self.server.max_request_bytes),
+            ("--fetch-max-bytes", self.server.fetch_max_bytes),
+        ] {
+            if !(1024..=i32::MAX as usize).contains(&bytes) {
+                return bad(
+                    flag,
+                    bytes.to_string(),
+                    "accepted values: 1024 to 2147483647",
+                );
+            }
         }
         if self.server.max_connections == Some(0) {
             return bad(
