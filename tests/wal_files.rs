@@ -655,6 +655,52 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
     let (_wal, _) = open(dir.path(), cfg);
 }
 
+/// A process forked while the WAL was open (any thread running a command) holds a
+/// copy of the lock file until it execs: closing must release the lock all the
+/// same, so that an immediate reopen is not refused as "in use".
+#[cfg(unix)]
+#[test]
+fn a_closed_wal_can_be_reopened_while_a_forked_child_still_holds_its_files() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::Interval);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    let mut cmd = std::process::Command::new("true");
+    // SAFETY: the closure runs in the forked child before exec and only sleeps
+    // (nanosleep is async-signal-safe); meanwhile the child holds copies of every
+    // file descriptor of this process, the WAL's lock file among them.
+    unsafe {
+        cmd.pre_exec(|| {
+            let t = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            libc::nanosleep(&t, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    // spawn returns only once the child has exec'd: fork from another thread, and
+    // close and reopen while the child sleeps.
+    let spawner = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut child = cmd.spawn().expect("spawn");
+        child.wait().unwrap();
+        started.elapsed()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let closed_at = std::time::Instant::now();
+    wal.close().unwrap();
+    let reopened = Wal::open(dir.path(), cfg);
+    let reopen_took = closed_at.elapsed();
+    let child_took = spawner.join().unwrap();
+    assert!(
+        reopen_took + std::time::Duration::from_millis(300) < child_took,
+        "the child exec'd before the reopen; the test proves nothing"
+    );
+    let (wal, _) = reopened.unwrap_or_else(|e| panic!("reopen while the child held the lock: {e}"));
+    wal.close().unwrap();
+}
+
 #[test]
 fn closed_wal_rejects_appends_and_async_appends_work() {
     let dir = tempfile::tempdir().unwrap();

@@ -144,7 +144,7 @@ enum Applied {
 }
 
 struct Shared {
-    _lock: std::fs::File,
+    _lock: crate::wal::files::DirLock,
     inflight: Arc<Semaphore>,
     config: Config,
     topics_dir: PathBuf,
@@ -211,7 +211,7 @@ pub fn valid_topic_name(name: &str) -> bool {
 
 /// Takes the data directory's lock so two brokers never share a data directory
 /// (the WAL has its own lock, but it may be disabled).
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+fn lock_data_dir(dir: &Path) -> Result<crate::wal::files::DirLock> {
     crate::wal::files::lock_dir(dir)
 }
 

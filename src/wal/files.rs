@@ -612,11 +612,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Takes an exclusive, non-blocking lock on `<dir>/LOCK` (`flock` on Unix,
 /// `LockFileEx` on Windows), held while the returned file is open, so that one
 /// directory is never used by two processes (or two owners in one process) at once.
+/// Dropping the returned [`DirLock`] releases it.
 ///
 /// # Errors
 /// [`Error::Locked`] when another owner holds it; I/O errors naming the path (a
 /// filesystem without locks among them).
-pub fn lock_dir(dir: &Path) -> Result<File> {
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
     let path = dir.join("LOCK");
     let f = OpenOptions::new()
         .create(true)
@@ -625,11 +626,25 @@ pub fn lock_dir(dir: &Path) -> Result<File> {
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
     match f.try_lock() {
-        Ok(()) => Ok(f),
+        Ok(()) => Ok(DirLock(f)),
         Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: dir.to_path_buf(),
         }),
         Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+/// The lock [`lock_dir`] took, released when dropped. Closing the file alone is
+/// not enough: a child process forked by any thread of this process (to run a
+/// command, say) shares the locked file until it execs or exits, and the lock
+/// lasts as long as any copy is open, so an immediate reopen could find the
+/// directory "in use". The explicit unlock releases it for every copy.
+#[derive(Debug)]
+pub struct DirLock(File);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
     }
 }
 

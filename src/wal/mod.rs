@@ -37,7 +37,6 @@ pub mod recovery;
 pub use backend::sim;
 
 use std::{
-    fs::File,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc, Mutex, PoisonError},
     thread::JoinHandle,
@@ -87,7 +86,7 @@ struct Handle {
     direct_io: bool,
     /// The directory lock; released as soon as the WAL is closed, even while other
     /// handles still exist, so the directory can be reopened.
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<files::DirLock>>,
 }
 
 impl Handle {
