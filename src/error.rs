@@ -25,7 +25,7 @@ pub enum Error {
     },
 
     /// Bytes on disk failed validation where valid data had to be.
-    #[error("corrupt WAL file {} at byte offset {offset}: {reason}", file.display())]
+    #[error("corrupt data in {} at byte offset {offset}: {reason}", file.display())]
     Corrupt {
         /// The file holding the bad bytes.
         file: PathBuf,

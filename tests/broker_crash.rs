@@ -369,3 +369,144 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
         "a clean shutdown leaves nothing to replay: {replay}"
     );
 }
+
+/// The newest `.log` file of partition `p` of topic `crash`.
+fn newest_segment(data: &std::path::Path, p: usize) -> std::path::PathBuf {
+    let dir = data.join("topics/crash").join(p.to_string());
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+        .unwrap()
+}
+
+/// Flips one bit at byte `at` of `path` (the batch holding it then fails its CRC).
+fn flip(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+}
+
+#[test]
+fn flushed_segment_batches_damaged_on_disk_come_back_from_the_wal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(
+        &data,
+        &[
+            "--wal-sync-mode",
+            "every_write",
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+        ],
+    );
+    // SIGTERM flushes the segments and checkpoints: the WAL replays nothing
+    // after it, and only the recovery points show what the segments held.
+    let acked = records(
+        &stream_then(&mut broker, &py, "d0", 300, |b| {
+            assert!(b.sigterm().success());
+        }),
+        "ACK",
+    );
+    assert!(acked.len() >= 100, "progress: {} acks", acked.len());
+    for p in 0..PARTITIONS {
+        let log = newest_segment(&data, p);
+        flip(&log, std::fs::metadata(&log).unwrap().len() / 3);
+    }
+    let broker = broker.restart();
+    let log = broker.log_text();
+    assert!(
+        log.contains("rebuilt them from the WAL"),
+        "the damage was noticed and repaired: {log}"
+    );
+    let stored = read_all(&broker.addr, "crash");
+    for (p, o, v) in &acked {
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "acknowledged {v} must be at {p}/{o}"
+        );
+    }
+}
+
+#[test]
+fn flushed_batches_the_wal_no_longer_holds_stop_the_start_unless_tolerated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let data = tmp.path().join("data");
+    // Small WAL files, none kept after a checkpoint: the first batches' entries
+    // are gone from the WAL once the stream has rotated a few times.
+    let args = [
+        "--wal-sync-mode",
+        "every_write",
+        "--default-partitions",
+        &PARTITIONS.to_string(),
+        "--wal-max-file-size",
+        "64k",
+        "--wal-retention-files",
+        "0",
+        "--checkpoint-ms",
+        "100",
+    ];
+    let mut broker = Broker::start(&data, &args);
+    // ~60 messages per produce, each produce a 4 KiB WAL batch: 50,000 messages
+    // rotate through ~50 files.
+    let acked = records(
+        &stream_then(&mut broker, &py, "e0", 50_000, |b| {
+            assert!(b.sigterm().success());
+        }),
+        "ACK",
+    );
+    assert!(acked.len() >= 100, "progress: {} acks", acked.len());
+    let log = newest_segment(&data, 0);
+    assert!(
+        log.ends_with("00000000000000000000.log"),
+        "one segment: {}",
+        log.display()
+    );
+    flip(&log, 100);
+
+    let mut cmd = std::process::Command::new(broker_support::broker_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(args)
+        .env("STREAMLINE_LOG", "info");
+    let out = broker_support::run(&mut cmd, b"", Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a strict start refuses: {err}");
+    assert!(
+        err.contains(&log.display().to_string())
+            && err.contains("offsets 0..")
+            && err.contains("--recovery-mode tolerate_corruption"),
+        "the error names the segment, the lost offsets and the way out: {err}"
+    );
+
+    let mut tolerant: Vec<&str> = args.to_vec();
+    tolerant.extend(["--recovery-mode", "tolerate_corruption"]);
+    let broker = Broker::start(&data, &tolerant);
+    assert!(
+        broker.log_text().contains("continuing without them"),
+        "{}",
+        broker.log_text()
+    );
+    // Partition 1 was not damaged: every acknowledged message of it is there.
+    let text = python_client(
+        "kafka_client.py",
+        &["assign", &broker.addr, "crash", &PARTITIONS.to_string()],
+    );
+    let stored: BTreeMap<(i32, i64), String> = records(&text, "MSG")
+        .into_iter()
+        .map(|(p, o, v)| ((p, o), v))
+        .collect();
+    for (p, o, v) in acked.iter().filter(|(p, _, _)| *p == 1) {
+        assert_eq!(stored.get(&(*p, *o)), Some(v), "{p}/{o}");
+    }
+}

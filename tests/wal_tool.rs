@@ -108,7 +108,7 @@ fn verify_names_file_offset_and_recoverable_count_of_corruption() {
     let (code, _, err) = tool(&["inspect", d]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("corrupt WAL file") && err.contains("verify"),
+        err.contains("corrupt data in") && err.contains(".wal") && err.contains("verify"),
         "{err}"
     );
 }

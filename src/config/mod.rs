@@ -10,7 +10,7 @@ use clap::Parser;
 
 use crate::{
     error::{Error, Result},
-    wal::{BackendKind, SyncMode, WalConfig},
+    wal::{BackendKind, RecoveryMode, SyncMode, WalConfig},
 };
 
 /// Everything the broker needs to start.
@@ -240,6 +240,11 @@ fn parse_sync_mode(s: &str) -> std::result::Result<SyncMode, String> {
         .map_err(|_| format!("accepted values: {}", SyncMode::NAMES))
 }
 
+fn parse_recovery_mode(s: &str) -> std::result::Result<RecoveryMode, String> {
+    s.parse::<RecoveryMode>()
+        .map_err(|_| format!("accepted values: {}", RecoveryMode::NAMES))
+}
+
 fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
     s.parse::<BackendKind>()
         .map_err(|_| format!("accepted values: {}", BackendKind::NAMES))
@@ -357,6 +362,13 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_WAL_BACKEND", default_value = "auto", value_parser = parse_backend, value_name = "BACKEND")]
     pub wal_backend: BackendKind,
 
+    /// What start-up does with damaged data that was already synced (a corrupt WAL
+    /// batch with valid ones after it, or a segment that lost flushed batches the
+    /// WAL no longer holds): strict refuses to start and names the file and offset;
+    /// tolerate_corruption skips it with a warning.
+    #[arg(long, env = "STREAMLINE_RECOVERY_MODE", default_value = "strict", value_parser = parse_recovery_mode, value_name = "MODE")]
+    pub recovery_mode: RecoveryMode,
+
     /// Partitions of auto-created topics (and of CreateTopics asking for -1).
     #[arg(
         long,
@@ -429,6 +441,7 @@ impl Cli {
                     max_file_size: self.wal_max_file_size,
                     retention_files: self.wal_retention_files,
                     backend: self.wal_backend,
+                    recovery_mode: self.recovery_mode,
                     ..WalConfig::default()
                 },
             },
@@ -471,6 +484,21 @@ mod tests {
         let e = parse(&["--wal-sync-mode", "sometimes"]).expect_err("rejected");
         assert!(e.contains("--wal-sync-mode"), "{e}");
         assert!(e.contains("every_write") && e.contains("os_default"), "{e}");
+    }
+
+    #[test]
+    fn recovery_mode_parses_and_reaches_the_wal() {
+        assert_eq!(
+            parse(&[]).unwrap().wal.engine.recovery_mode,
+            RecoveryMode::Strict
+        );
+        let c = parse(&["--recovery-mode", "tolerate_corruption"]).expect("parses");
+        assert_eq!(c.wal.engine.recovery_mode, RecoveryMode::TolerateCorruption);
+        let e = parse(&["--recovery-mode", "lenient"]).expect_err("rejected");
+        assert!(
+            e.contains("--recovery-mode") && e.contains("strict, tolerate_corruption"),
+            "{e}"
+        );
     }
 
     #[test]

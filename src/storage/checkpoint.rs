@@ -10,7 +10,10 @@ use std::{
 
 use crate::error::Result;
 
-use super::Shared;
+use super::{
+    recovery_points::{self, RecoveryPoints, TopicPoints},
+    Shared,
+};
 
 /// Runs one checkpoint.
 ///
@@ -30,9 +33,31 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         .values()
         .cloned()
         .collect();
+    // Each partition's end is read before its segments are synced, so the syncs
+    // cover it; the recovery points are written before the WAL checkpoint, so they
+    // are never behind what the checkpoint lets the WAL drop.
+    let mut points = RecoveryPoints {
+        version: 1,
+        ..RecoveryPoints::default()
+    };
     for t in topics {
+        let ends = t.partitions.iter().map(|p| p.log_end_offset()).collect();
         for p in &t.partitions {
             p.sync()?;
+        }
+        points.topics.insert(
+            t.name.clone(),
+            TopicPoints {
+                id: t.id.to_string(),
+                ends,
+            },
+        );
+    }
+    {
+        let mut stored = shared.points.lock().unwrap_or_else(PoisonError::into_inner);
+        if *stored != points {
+            recovery_points::store(&shared.config.storage.data_dir, &points)?;
+            *stored = points;
         }
     }
     if let Some(wal) = &shared.wal {

@@ -23,6 +23,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod offsets;
 pub mod partition;
+pub mod recovery_points;
 pub mod segment;
 
 use std::{
@@ -46,11 +47,12 @@ pub use crate::wal::files::sync_dir;
 use crate::{
     config::Config,
     error::{Error, Result},
-    wal::{Completion, Wal, WalEntryType},
+    wal::{Completion, RecoveryMode, Wal, WalEntryType},
 };
 use batch::{BatchError, BatchInfo};
 pub use offsets::{Committed, OffsetStore, StoredGroup};
 pub use partition::{Partition, ReadResult};
+use recovery_points::RecoveryPoints;
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;
@@ -64,6 +66,11 @@ pub struct Topic {
     pub id: uuid::Uuid,
     /// Partitions, by index.
     pub partitions: Vec<Arc<Partition>>,
+    /// No WAL entry of this topic has a lower sequence: entries of an earlier
+    /// topic of the same name all do. `None` when the topic was created with the
+    /// WAL disabled (or before this was recorded); its segments are then never
+    /// rebuilt from entries the checkpoint covers.
+    pub wal_floor: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +78,8 @@ struct TopicFile {
     version: u32,
     id: String,
     partitions: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wal_floor: Option<u64>,
 }
 
 /// Identity of this broker, created once.
@@ -155,6 +164,8 @@ struct Shared {
     data_version: watch::Sender<u64>,
     applied_seq: AtomicU64,
     checkpointed: Mutex<u64>,
+    /// The recovery points last written (see [`recovery_points`]).
+    points: Mutex<RecoveryPoints>,
     failed: OnceLock<String>,
     closing: AtomicBool,
     meta: BrokerMeta,
@@ -261,6 +272,7 @@ fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic
         name: name.to_string(),
         id,
         partitions,
+        wal_floor: f.wal_floor,
     }))
 }
 
@@ -277,17 +289,155 @@ pub struct ReplayStats {
     pub orphaned: u64,
     /// Last sequence in the WAL.
     pub last_sequence: u64,
+    /// Batches rebuilt from WAL entries the checkpoint covered, into segments that
+    /// had lost them (see [`recovery_points`]).
+    pub rebuilt: u64,
+}
+
+/// A partition whose segments end below its recovery point: batches that were
+/// flushed are gone (damaged bytes cut by the opening scan, or a missing file).
+struct Short {
+    topic: Arc<Topic>,
+    partition: Arc<Partition>,
+    point: i64,
+}
+
+fn short_partitions(
+    topics: &BTreeMap<String, Arc<Topic>>,
+    points: Option<&RecoveryPoints>,
+) -> Vec<Short> {
+    let Some(points) = points else {
+        return Vec::new();
+    };
+    let mut short = Vec::new();
+    for t in topics.values() {
+        let id = t.id.to_string();
+        for (i, p) in t.partitions.iter().enumerate() {
+            if let Some(point) = points.get(&t.name, &id, i) {
+                if p.log_end_offset() < point {
+                    short.push(Short {
+                        topic: Arc::clone(t),
+                        partition: Arc::clone(p),
+                        point,
+                    });
+                }
+            }
+        }
+    }
+    short
+}
+
+/// Rebuilds short partitions from WAL entries the checkpoint covers, as far back as
+/// the log still reaches: each entry of such a partition (of this topic, not an
+/// earlier one of the same name: see [`Topic::wal_floor`]) that continues the
+/// partition exactly where it ends is appended. Entries after the checkpoint are
+/// left to the replay that follows.
+fn rebuild_from_wal(
+    recovery: &crate::wal::Recovery,
+    short: &[Short],
+    stats: &mut ReplayStats,
+) -> Result<()> {
+    let Some(from) = short.iter().filter_map(|s| s.topic.wal_floor).min() else {
+        return Ok(());
+    };
+    let checkpoint = recovery.checkpoint;
+    for entry in recovery.entries_from(from) {
+        let entry = entry?;
+        if entry.sequence > checkpoint {
+            break;
+        }
+        if entry.entry_type != WalEntryType::Record {
+            continue;
+        }
+        let Some(s) = short.iter().find(|s| {
+            s.topic.name == entry.topic
+                && s.partition.index() == entry.partition
+                && s.topic.wal_floor.is_some_and(|f| entry.sequence >= f)
+        }) else {
+            continue;
+        };
+        let Ok(infos) = batch::validate_all(&entry.data) else {
+            continue;
+        };
+        let end = s.partition.log_end_offset();
+        let Some(first) = infos.iter().position(|i| i.base_offset >= end) else {
+            continue;
+        };
+        // Only an entry that continues the partition exactly (and does not straddle
+        // its end) is used.
+        if infos[first].base_offset != end || (first > 0 && infos[first - 1].last_offset() >= end) {
+            continue;
+        }
+        let at: usize = infos[..first].iter().map(|i| i.len).sum();
+        s.partition.append(&entry.data[at..], &infos[first..])?;
+        stats.rebuilt += (infos.len() - first) as u64;
+        if short
+            .iter()
+            .all(|s| s.partition.log_end_offset() >= s.point)
+        {
+            break;
+        }
+    }
+    for s in short {
+        let end = s.partition.log_end_offset();
+        tracing::warn!(
+            topic = %s.topic.name,
+            partition = s.partition.index(),
+            recovery_point = s.point,
+            end,
+            "flushed batches were missing from the segments; rebuilt them from the WAL{}",
+            if end < s.point { " as far as it reaches" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Fails (strict mode) or warns (tolerant) for each partition still below its
+/// recovery point.
+fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
+    for s in short {
+        let end = s.partition.log_end_offset();
+        if end >= s.point {
+            continue;
+        }
+        let (segment, cut) = s.partition.newest_segment().unwrap_or_default();
+        let how = match &cut {
+            Some(c) => format!(
+                "its newest segment was cut at byte {} of {} ({})",
+                c.position, c.size, c.reason
+            ),
+            None => "its segments end there".to_string(),
+        };
+        let what = format!(
+            "topic {} partition {}: offsets {end}..{} were flushed to the segments ({} in {}) \
+             but are gone: {how}; the WAL no longer holds them",
+            s.topic.name,
+            s.partition.index(),
+            s.point,
+            "recovery point",
+            recovery_points::FILE
+        );
+        if mode == RecoveryMode::Strict {
+            return Err(Error::corrupt(
+                segment,
+                cut.map_or(0, |c| c.position),
+                format!("{what}; start with --recovery-mode tolerate_corruption to continue without them"),
+            ));
+        }
+        tracing::warn!("{what}; continuing without them (--recovery-mode tolerate_corruption)");
+    }
+    Ok(())
 }
 
 /// Applies one WAL record to the partitions idempotently: batches whose offsets the
 /// segment already holds are skipped, the rest appended.
 fn replay_entry(
     topics: &BTreeMap<String, Arc<Topic>>,
-    topic: &str,
-    partition: i32,
-    data: &[u8],
+    entry: &crate::wal::WalEntry,
+    mode: RecoveryMode,
     stats: &mut ReplayStats,
 ) -> Result<()> {
+    let (topic, partition, data) = (entry.topic.as_str(), entry.partition, &entry.data[..]);
     let Some(p) = topics.get(topic).and_then(|t| {
         usize::try_from(partition)
             .ok()
@@ -331,6 +481,21 @@ fn replay_entry(
         return Ok(());
     };
     if head.base_offset != end {
+        // Nothing but damage makes a gap: the segments hold every offset up to the
+        // checkpoint, and the WAL everything after it.
+        if mode == RecoveryMode::Strict {
+            let segment = p.newest_segment().map(|(path, _)| path).unwrap_or_default();
+            return Err(Error::corrupt(
+                segment,
+                0,
+                format!(
+                    "topic {topic} partition {partition} ends at offset {end}, but WAL entry {} \
+                     continues it at offset {}: offsets {end}..{} are missing; start with \
+                     --recovery-mode tolerate_corruption to continue without them",
+                    entry.sequence, head.base_offset, head.base_offset
+                ),
+            ));
+        }
         tracing::warn!(
             topic,
             partition,
@@ -393,24 +558,37 @@ impl TopicManager {
             }
         }
 
+        let mode = config.wal.engine.recovery_mode;
+        let points = match recovery_points::load(&data_dir) {
+            Ok(p) => p,
+            Err(e) if mode == RecoveryMode::TolerateCorruption => {
+                tracing::warn!(error = %e, "ignoring the recovery points");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let short = short_partitions(&topics, points.as_ref());
+
         let wal_dir = config.wal_dir();
         let mut stats = ReplayStats::default();
         let mut wal = None;
-        if config.wal.enabled || wal_dir.join(crate::wal::files::CURRENT).exists() {
+        let has_wal = config.wal.enabled || wal_dir.join(crate::wal::files::CURRENT).exists();
+        if !has_wal {
+            check_short(&short, mode)?;
+        }
+        if has_wal {
             let (w, recovery) = Wal::open(&wal_dir, config.wal.engine.clone())?;
             let checkpoint = recovery.checkpoint;
             stats.last_sequence = recovery.last_sequence;
+            if !short.is_empty() {
+                rebuild_from_wal(&recovery, &short, &mut stats)?;
+            }
+            check_short(&short, mode)?;
             for entry in recovery {
                 let entry = entry?;
                 stats.entries += 1;
                 if entry.entry_type == WalEntryType::Record {
-                    replay_entry(
-                        &topics,
-                        &entry.topic,
-                        entry.partition,
-                        &entry.data,
-                        &mut stats,
-                    )?;
+                    replay_entry(&topics, &entry, mode, &mut stats)?;
                 }
             }
             for t in topics.values() {
@@ -426,6 +604,7 @@ impl TopicManager {
                 entries = stats.entries,
                 appended = stats.appended,
                 skipped = stats.skipped,
+                rebuilt = stats.rebuilt,
                 orphaned = stats.orphaned,
                 last_sequence = stats.last_sequence,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -459,12 +638,16 @@ impl TopicManager {
             data_version,
             applied_seq: AtomicU64::new(stats.last_sequence),
             checkpointed: Mutex::new(stats.last_sequence),
+            points: Mutex::new(points.unwrap_or_default()),
             failed: OnceLock::new(),
             closing: AtomicBool::new(false),
             meta,
             offsets,
             config,
         });
+        // Record where the partitions now end (after a repair, or with damage
+        // tolerated, lower than before), so that the next start judges against that.
+        checkpoint::checkpoint(&shared)?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let mut threads = Vec::new();
         let s = Arc::clone(&shared);
@@ -575,6 +758,13 @@ impl TopicManager {
         }
         std::fs::create_dir_all(&dir).map_err(|e| storage(Error::io("create_dir", &dir, e)))?;
         let id = uuid::Uuid::from_u128(random_id());
+        // Every entry of an earlier topic of this name was acknowledged before it
+        // was deleted; every entry of this one gets a later sequence.
+        let wal_floor = self
+            .shared
+            .wal
+            .as_ref()
+            .map(|w| w.last_acked_sequence() + 1);
         let made = (|| {
             let mut parts = Vec::new();
             for p in 0..partitions {
@@ -594,6 +784,7 @@ impl TopicManager {
                 version: 1,
                 id: id.to_string(),
                 partitions,
+                wal_floor,
             };
             let json = serde_json::to_vec_pretty(&file)
                 .map_err(|e| CreateError::Storage(e.to_string()))?;
@@ -618,6 +809,7 @@ impl TopicManager {
             name: name.to_string(),
             id,
             partitions: parts,
+            wal_floor,
         });
         self.shared
             .topics

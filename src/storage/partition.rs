@@ -141,6 +141,15 @@ impl Partition {
         self.deleted.store(true, Ordering::Release);
     }
 
+    /// The newest segment's log file and what the opening scan cut off its end.
+    pub fn newest_segment(&self) -> Option<(PathBuf, Option<super::segment::Cut>)> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .map(|s| (s.log_path().to_path_buf(), s.cut().cloned()))
+    }
+
     /// Offset after the last stored batch.
     pub fn log_end_offset(&self) -> i64 {
         self.log

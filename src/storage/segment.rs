@@ -63,6 +63,19 @@ pub struct Segment {
     size: u64,
     next_offset: i64,
     dirty: bool,
+    /// What the opening scan cut off, if anything.
+    cut: Option<Cut>,
+}
+
+/// Bytes the opening scan of a segment removed from its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// Byte position the file was cut at (its new size).
+    pub position: u64,
+    /// The file's size before the cut.
+    pub size: u64,
+    /// Why the batch at `position` was not accepted.
+    pub reason: String,
 }
 
 /// Name of the log file of the segment starting at `base`.
@@ -109,6 +122,7 @@ impl Segment {
             size: 0,
             next_offset: base,
             dirty: true,
+            cut: None,
         })
     }
 
@@ -137,6 +151,7 @@ impl Segment {
             size,
             next_offset: base,
             dirty: false,
+            cut: None,
         };
         if scan || !seg.load_index()? {
             seg.scan()?;
@@ -236,6 +251,11 @@ impl Segment {
         }
         if let Some(reason) = cut_reason {
             tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "cut segment tail");
+            self.cut = Some(Cut {
+                position: pos,
+                size: self.size,
+                reason,
+            });
             self.log
                 .set_len(pos)
                 .map_err(|e| Error::io("truncate", &self.log_path, e))?;
@@ -350,6 +370,11 @@ impl Segment {
     /// A shared handle to the log file, for reads outside the partition lock.
     pub fn file(&self) -> Arc<File> {
         Arc::clone(&self.log)
+    }
+
+    /// What the opening scan cut off this segment's end, if anything.
+    pub fn cut(&self) -> Option<&Cut> {
+        self.cut.as_ref()
     }
 
     /// Path of the log file.

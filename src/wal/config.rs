@@ -128,6 +128,40 @@ pub enum RecoveryMode {
     TolerateCorruption,
 }
 
+impl RecoveryMode {
+    /// Accepted spellings, for error messages and `--help`.
+    pub const NAMES: &'static str = "strict, tolerate_corruption";
+
+    /// The configuration spelling of this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryMode::Strict => "strict",
+            RecoveryMode::TolerateCorruption => "tolerate_corruption",
+        }
+    }
+}
+
+impl FromStr for RecoveryMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "strict" => Ok(RecoveryMode::Strict),
+            "tolerate_corruption" => Ok(RecoveryMode::TolerateCorruption),
+            _ => Err(Error::InvalidConfig {
+                field: "--recovery-mode",
+                value: s.to_string(),
+                reason: format!("accepted values: {}", RecoveryMode::NAMES),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for RecoveryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Configuration of a [`crate::wal::Wal`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -164,7 +164,19 @@ pub struct Recovery {
     pub truncated: Option<(PathBuf, u64)>,
     /// The scanned files.
     pub files: Vec<FileInfo>,
+    /// The files entries are read from.
+    replay: Vec<FileInfo>,
     iter: EntryIter,
+}
+
+impl Recovery {
+    /// Entries with sequence ≥ `from` that the log still holds, whether or not the
+    /// checkpoint covers them (archived files kept by `retention_files` included),
+    /// read independently of this iterator. Lets an owner rebuild data it lost
+    /// after checkpointing it, for as far back as the log reaches.
+    pub fn entries_from(&self, from: u64) -> EntryIter {
+        EntryIter::new(self.replay.clone(), from)
+    }
 }
 
 impl Iterator for Recovery {
@@ -425,7 +437,7 @@ impl Wal {
             .filter(|f| f.path != current || !need_new_file)
             .cloned()
             .collect();
-        let iter = EntryIter::new(replay, checkpoint + 1);
+        let iter = EntryIter::new(replay.clone(), checkpoint + 1);
         let wal = Wal {
             inner: Arc::new(Handle {
                 core,
@@ -442,6 +454,7 @@ impl Wal {
             next_sequence: next_seq,
             truncated,
             files,
+            replay,
             iter,
         };
         Ok((wal, rec))

@@ -48,9 +48,10 @@ impl Broker {
             "127.0.0.1:0".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-            "--wal-max-file-size".into(),
-            "1m".into(),
         ];
+        if !extra.contains(&"--wal-max-file-size") {
+            args.extend(["--wal-max-file-size".into(), "1m".into()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_string()));
         Self::start_with(data_dir, args, open_files)
     }

@@ -1,0 +1,348 @@
+//! `recovery-points.json`: for every partition, the log end offset the last
+//! checkpoint flushed to its segments (Kafka keeps the same per log directory in
+//! `recovery-point-offset-checkpoint`).
+//!
+//! A checkpoint reads each partition's end, `fdatasync`s the segments, writes this
+//! file atomically, and only then checkpoints the WAL. So every offset below a
+//! partition's recovery point was on stable storage in its segments when the file
+//! was written, and start-up can tell a crash's torn tail (above the recovery
+//! point, and replayed from the WAL) from flushed batches that were damaged later
+//! (below it). Those are rebuilt from WAL entries the log still holds; when it no
+//! longer holds them, the strict recovery mode refuses to start.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// File name, in the data directory.
+pub const FILE: &str = "recovery-points.json";
+
+/// The file's contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPoints {
+    /// Format version (1).
+    pub version: u32,
+    /// By topic name.
+    pub topics: BTreeMap<String, TopicPoints>,
+}
+
+/// One topic's recovery points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPoints {
+    /// The topic's id: a recreated topic of the same name has another, and the
+    /// points of the old one do not apply to it.
+    pub id: String,
+    /// Flushed log end offset, by partition index.
+    pub ends: Vec<i64>,
+}
+
+impl RecoveryPoints {
+    /// The recovery point of `partition` of the topic `name` with id `id`.
+    pub fn get(&self, name: &str, id: &str, partition: usize) -> Option<i64> {
+        let t = self.topics.get(name)?;
+        if t.id != id {
+            return None;
+        }
+        t.ends.get(partition).copied()
+    }
+}
+
+/// Reads the file in `data_dir`; `None` when there is none (a new data directory,
+/// or one written before recovery points existed).
+///
+/// # Errors
+/// I/O errors, and [`Error::Corrupt`] when it does not parse.
+pub fn load(data_dir: &Path) -> Result<Option<RecoveryPoints>> {
+    let path = data_dir.join(FILE);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let points: RecoveryPoints = serde_json::from_slice(&raw)
+        .map_err(|e| Error::corrupt(&path, 0, format!("{FILE} does not parse: {e}")))?;
+    if points.version != 1 {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!("unknown {FILE} version {}", points.version),
+        ));
+    }
+    Ok(Some(points))
+}
+
+/// Replaces the file in `data_dir` atomically (temporary file, fsync, rename,
+/// directory fsync).
+///
+/// # Errors
+/// I/O errors naming the path.
+pub fn store(data_dir: &Path, points: &RecoveryPoints) -> Result<()> {
+    let path = data_dir.join(FILE);
+    let json = serde_json::to_vec(points).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
+    crate::wal::files::write_atomic(&path, &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_ignores_another_incarnation() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(load(tmp.path()).unwrap(), None);
+        let mut p = RecoveryPoints {
+            version: 1,
+            ..RecoveryPoints::default()
+        };
+        p.topics.insert(
+            "t".into(),
+            TopicPoints {
+                id: "a".into(),
+                ends: vec![5, 7],
+            },
+        );
+        store(tmp.path(), &p).unwrap();
+        let back = load(tmp.path()).unwrap().unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.get("t", "a", 1), Some(7));
+        assert_eq!(back.get("t", "b", 1), None, "another topic id");
+        assert_eq!(back.get("t", "a", 2), None);
+        assert_eq!(back.get("u", "a", 0), None);
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(FILE), b"{\"version\":1,\"top").unwrap();
+        let e = load(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains(FILE), "{e}");
+        std::fs::write(tmp.path().join(FILE), b"{\"version\":9,\"topics\":{}}").unwrap();
+        let e = load(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("version 9"), "{e}");
+    }
+}
+
+/// Start-up against recovery points, through [`super::TopicManager`].
+#[cfg(test)]
+mod repair_tests {
+    use std::{
+        path::{Path, PathBuf},
+        time::Duration,
+    };
+
+    use crate::{
+        config::Config,
+        error::Error,
+        storage::{batch, batch::tests::make_batch, TopicManager},
+        wal::{RecoveryMode, SyncMode},
+    };
+
+    fn config(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.storage.data_dir = dir.to_path_buf();
+        c.wal.engine.max_file_size = 1 << 20;
+        c.wal.engine.sync_mode = SyncMode::EveryWrite;
+        c
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Produces one batch per value to partition 0 of `topic`, each acknowledged
+    /// before the next.
+    fn produce(rt: &tokio::runtime::Runtime, m: &TopicManager, topic: &str, values: &[Vec<u8>]) {
+        rt.block_on(async {
+            for v in values {
+                let b = make_batch(0, &[v]);
+                m.submit(topic, 0, &b, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        });
+    }
+
+    fn stored(m: &TopicManager, topic: &str) -> Vec<u8> {
+        let p = m.partition(topic, 0).unwrap();
+        p.read(0, 1 << 30)
+            .unwrap()
+            .map(|r| r.records.to_vec())
+            .unwrap_or_default()
+    }
+
+    fn segment(dir: &Path, topic: &str) -> PathBuf {
+        dir.join("topics")
+            .join(topic)
+            .join("0")
+            .join(crate::storage::segment::log_name(0))
+    }
+
+    /// Flips the last byte of the `k`-th batch of a segment (its CRC then fails);
+    /// returns the batch's byte position.
+    fn damage_batch(path: &Path, k: usize) -> u64 {
+        let mut raw = std::fs::read(path).unwrap();
+        let infos = batch::validate_all(&raw).unwrap();
+        let pos: usize = infos[..k].iter().map(|i| i.len).sum();
+        raw[pos + infos[k].len - 1] ^= 0x40;
+        std::fs::write(path, &raw).unwrap();
+        pos as u64
+    }
+
+    fn values(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("{prefix}-{i}-{}", "x".repeat(200)).into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn flushed_batches_a_segment_lost_are_rebuilt_from_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        produce(&rt, &m, "t", &values("a", 8));
+        let before = stored(&m, "t");
+        m.shutdown().unwrap();
+        drop(m);
+        // Flushed and checkpointed: the replay after the checkpoint has nothing
+        // for this partition, so only the recovery point shows the loss.
+        damage_batch(&segment(tmp.path(), "t"), 3);
+
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 8);
+        assert!(stored(&m, "t") == before, "every batch back, byte for byte");
+        produce(&rt, &m, "t", &values("b", 1));
+        assert_eq!(p.log_end_offset(), 9);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn flushed_batches_the_wal_no_longer_holds_stop_a_strict_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut c = config(tmp.path());
+        c.wal.engine.max_file_size = 64 << 10;
+        c.wal.engine.retention_files = 0;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        // ~600 entries of ~330 bytes, each in a 4 KiB block: several 64 KiB files.
+        let vals = values("a", 60);
+        produce(&rt, &m, "t", &vals);
+        m.checkpoint().unwrap();
+        let before = stored(&m, "t");
+        m.shutdown().unwrap();
+        drop(m);
+        let seg = segment(tmp.path(), "t");
+        let pos = damage_batch(&seg, 1);
+        // The log no longer reaches back to the damaged batch's entry (the topic's
+        // first entries have the first sequences).
+        let oldest = crate::wal::WalReader::open(tmp.path().join("wal"))
+            .unwrap()
+            .entries_from(0)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(oldest.sequence > 10, "oldest entry {}", oldest.sequence);
+
+        let e = TopicManager::new(c.clone()).unwrap_err();
+        match &e {
+            Error::Corrupt { file, offset, .. } => {
+                assert_eq!(file, &seg);
+                assert_eq!(*offset, pos);
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains("offsets 1..60") && msg.contains("--recovery-mode tolerate_corruption"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            pos,
+            "the scan cut the damaged tail"
+        );
+
+        // Tolerated: the start goes on with what is left, and the next start
+        // judges against the new end.
+        let mut tolerant = c.clone();
+        tolerant.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        let m = TopicManager::new(tolerant).unwrap();
+        let first = batch::validate_all(&before).unwrap()[0].len;
+        assert!(
+            stored(&m, "t") == before[..first],
+            "only the first batch is left"
+        );
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_recreated_topic_is_never_rebuilt_from_the_deleted_ones_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        produce(&rt, &m, "t", &values("old", 6));
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        m.create_topic("t", 1).unwrap();
+        produce(&rt, &m, "t", &values("new", 4));
+        let before = stored(&m, "t");
+        m.shutdown().unwrap();
+        drop(m);
+        damage_batch(&segment(tmp.path(), "t"), 1);
+
+        // The WAL still holds the old topic's batches at the same offsets, earlier
+        // in the log than the new one's.
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert!(
+            stored(&m, "t") == before,
+            "the new topic's batches, not the old one's"
+        );
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_wal_entry_that_does_not_continue_its_partition_stops_a_strict_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let at = |base: i64, v: &[u8]| {
+            let mut b = make_batch(0, &[v]);
+            let infos = batch::validate_all(&b).unwrap();
+            batch::assign_offsets(&mut b, &infos, base);
+            bytes::Bytes::from(b)
+        };
+        let (wal, _) = crate::wal::Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b"), (3, b"d")] {
+            wal.append("t", 0, at(base, v)).wait().unwrap();
+        }
+        wal.close().unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("offsets 2..3 are missing") && e.contains("tolerate_corruption"),
+            "{e}"
+        );
+        let mut tolerant = c;
+        tolerant.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        let m = TopicManager::new(tolerant).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
+        m.shutdown().unwrap();
+    }
+}
