@@ -510,3 +510,106 @@ fn flushed_batches_the_wal_no_longer_holds_stop_the_start_unless_tolerated() {
         assert_eq!(stored.get(&(*p, *o)), Some(v), "{p}/{o}");
     }
 }
+
+#[test]
+fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let data = tmp.path().join("data");
+    // A fixed port, so the producer finds the restarted broker where it left it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut broker = Broker::start(
+        &data,
+        &[
+            "--listen",
+            &listen,
+            "--wal-sync-mode",
+            "every_write",
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+        ],
+    );
+    let mut producer = Command::new(&py)
+        .arg(client_script("kafka_client.py"))
+        .args(["stream", &listen, "crash", &PARTITIONS.to_string(), "i0"])
+        .env("IDEMPOTENT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start producer");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&lines);
+    let stdout = producer.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        while lines.lock().unwrap().len() < n && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lines.lock().unwrap().len()
+    };
+    // Killed mid-stream: the producer keeps its producer id and goes on with the
+    // next sequence numbers (retrying what was in flight) against the restarted
+    // broker, which rebuilt each producer's last sequences from the segments and
+    // the WAL; a wrong rebuild answers OUT_OF_ORDER_SEQUENCE_NUMBER, which fails
+    // the messages.
+    wait_for(3000);
+    broker.kill9();
+    let broker = broker.restart();
+    // What the restarted broker holds; then wait until it has acknowledged 2,000
+    // messages beyond that, appended by the producer after the restart.
+    let mut high: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o) in read_all(&broker.addr, "crash").keys() {
+        let h = high.entry(*p).or_insert(-1);
+        *h = (*h).max(*o);
+    }
+    let start = Instant::now();
+    loop {
+        let text = lines.lock().unwrap().join("\n");
+        let beyond = records(&text, "ACK")
+            .iter()
+            .filter(|(p, o, _)| *o > high.get(p).copied().unwrap_or(-1))
+            .count();
+        if beyond >= 2000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the producer did not go on after the restart ({beyond} new acks):\n{}",
+            text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(producer.id(), "KILL");
+    let _ = producer.wait();
+    reader.join().unwrap();
+    let text = lines.lock().unwrap().join("\n");
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERR")).collect();
+    assert!(errors.is_empty(), "delivery errors: {errors:?}");
+    let acked = records(&text, "ACK");
+    let stored = read_all(&broker.addr, "crash");
+    for (p, o, v) in &acked {
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "acknowledged {v} at {p}/{o}"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for ((p, o), v) in &stored {
+        assert!(seen.insert(v), "{v} stored twice (again at {p}/{o})");
+    }
+    // The producer never had to start over with a new producer id (which it does
+    // when the broker refuses its sequence).
+    let inits = broker.log_text().matches("new idempotent producer").count();
+    assert_eq!(inits, 1, "{}", broker.log_text());
+}

@@ -3,14 +3,15 @@
 
 mod broker_support;
 
-use std::{io::Write, time::Duration};
+use std::{io::Write, net::TcpStream, time::Duration};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::{
     messages::{
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ListOffsetsRequest,
-        ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, InitProducerIdRequest,
+        InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+        MetadataResponse, ProduceResponse, ProducerId, TopicName, TransactionalId,
     },
     protocol::{Decodable, StrBytes},
 };
@@ -18,8 +19,8 @@ use kafka_protocol::{
 use broker_support::{
     kcat,
     wire::{
-        batch, closed, connect, fetch_request, partition_result, produce, read_frame,
-        request_frame, response, topic_metadata,
+        batch, closed, connect, fetch_request, idempotent_batch, partition_result, produce,
+        read_frame, request_frame, response, topic_metadata,
     },
     Broker,
 };
@@ -713,4 +714,114 @@ fn fetch_responses_are_capped_by_fetch_max_bytes_but_always_carry_a_batch() {
         n > 256 * 1024 && n < 2 * 256 * 1024,
         "{n} bytes for a 1 KiB limit"
     );
+}
+
+/// InitProducerId at `version`: (error code, producer id, epoch).
+fn init_producer_id(s: &mut TcpStream, version: i16, txn: Option<&str>) -> (i16, i64, i16) {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(txn.map(|t| TransactionalId(StrBytes::from_string(t.into()))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    s.write_all(&request_frame(ApiKey::InitProducerId, version, 7, &req))
+        .unwrap();
+    let (_, r): (i32, InitProducerIdResponse) = response(s, ApiKey::InitProducerId, version);
+    (r.error_code, r.producer_id.0, r.producer_epoch)
+}
+
+fn produce_once(s: &mut TcpStream, records: Bytes) -> (i16, i64) {
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        8,
+        9,
+        &produce("idem", 0, records),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(s, ApiKey::Produce, 8);
+    partition_result(&r)
+}
+
+#[test]
+fn idempotent_produces_are_deduplicated_and_kept_in_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--wal-sync-mode", "every_write"],
+    );
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "idem", true), 0);
+
+    s.write_all(&request_frame(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &ApiVersionsRequest::default(),
+    ))
+    .unwrap();
+    let (_, v): (i32, ApiVersionsResponse) = response(&mut s, ApiKey::ApiVersions, 3);
+    let init = v
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::InitProducerId as i16)
+        .expect("InitProducerId advertised");
+    assert_eq!((init.min_version, init.max_version), (0, 4));
+
+    let (e0, pid, epoch) = init_producer_id(&mut s, 1, None);
+    let (e1, pid2, _) = init_producer_id(&mut s, 4, None);
+    assert_eq!((e0, e1, epoch), (0, 0, 0));
+    assert!(pid >= 0 && pid2 != pid, "a new id each time: {pid} {pid2}");
+    assert_eq!(
+        init_producer_id(&mut s, 4, Some("txn")).0,
+        42,
+        "transactions are not supported"
+    );
+
+    let first = idempotent_batch(&["a", "b", "c"], pid, 0, 0);
+    assert_eq!(produce_once(&mut s, first.clone()), (0, 0));
+    assert_eq!(produce_once(&mut s, first.clone()), (0, 0), "a retry");
+    let second = idempotent_batch(&["d"], pid, 0, 3);
+    // The batch and its retry pipelined: the retry is answered once the original
+    // is durable, with its offset.
+    let mut both = request_frame(ApiKey::Produce, 8, 20, &produce("idem", 0, second.clone()));
+    both.extend(request_frame(
+        ApiKey::Produce,
+        8,
+        21,
+        &produce("idem", 0, second),
+    ));
+    s.write_all(&both).unwrap();
+    for cid in [20, 21] {
+        let (c, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+        assert_eq!((c, partition_result(&r)), (cid, (0, 3)));
+    }
+    assert_eq!(
+        produce_once(&mut s, idempotent_batch(&["x"], pid, 0, 5)).0,
+        45,
+        "a gap in the sequence"
+    );
+    let third = idempotent_batch(&["e"], pid, 1, 0);
+    assert_eq!(produce_once(&mut s, third.clone()), (0, 4), "a new epoch");
+    assert_eq!(
+        produce_once(&mut s, idempotent_batch(&["y"], pid, 0, 4)).0,
+        47,
+        "the old epoch is fenced"
+    );
+
+    // After a restart the producer's last batches are known again.
+    drop(s);
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let mut s = connect(&broker.addr);
+    assert_eq!(produce_once(&mut s, third), (0, 4));
+    assert_eq!(
+        produce_once(&mut s, batch(&["plain"])),
+        (0, 5),
+        "nothing stored twice"
+    );
+    assert_eq!(
+        produce_once(&mut s, idempotent_batch(&["f"], pid, 1, 1)),
+        (0, 6)
+    );
+    let (_, pid3, _) = init_producer_id(&mut s, 4, None);
+    assert!(pid3 > pid2, "ids are not reused after a restart: {pid3}");
 }

@@ -62,6 +62,9 @@ pub mod codes {
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_TXN_STATE: i16 = 48;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -440,6 +443,7 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::CreateTopics, 2, 7),
         (ApiKey::DeleteTopics, 1, 4),
         (ApiKey::DeleteGroups, 0, 2),
+        (ApiKey::InitProducerId, 0, 4),
     ];
     wanted
         .into_iter()

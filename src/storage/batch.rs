@@ -28,6 +28,13 @@ const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
 const LAST_DELTA_OFFSET: usize = 23;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
+const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
+/// Attribute bit of a batch written inside a transaction.
+pub const ATTR_TRANSACTIONAL: u16 = 0x10;
+/// Attribute bit of a control batch (transaction markers).
+pub const ATTR_CONTROL: u16 = 0x20;
 const COUNT_OFFSET: usize = 57;
 /// Bytes of `baseOffset` + `batchLength`, which `batchLength` does not count.
 pub const LOG_OVERHEAD: usize = 12;
@@ -94,6 +101,14 @@ pub struct BatchInfo {
     pub last_offset_delta: i32,
     /// Largest timestamp in the batch.
     pub max_timestamp: i64,
+    /// The idempotent producer that wrote it, or -1.
+    pub producer_id: i64,
+    /// That producer's epoch, or -1.
+    pub producer_epoch: i16,
+    /// Sequence number of the first record (per producer and partition), or -1.
+    pub base_sequence: i32,
+    /// The attributes field (codec, timestamp type, transactional, control).
+    pub attributes: u16,
 }
 
 impl BatchInfo {
@@ -104,6 +119,11 @@ impl BatchInfo {
     /// Offsets the batch occupies.
     pub fn offset_count(&self) -> i64 {
         i64::from(self.last_offset_delta) + 1
+    }
+    /// Sequence number of the last record; sequences wrap from `i32::MAX` to 0.
+    pub fn last_sequence(&self) -> i32 {
+        let last = i64::from(self.base_sequence) + i64::from(self.last_offset_delta);
+        (last % (i64::from(i32::MAX) + 1)) as i32
     }
 }
 
@@ -140,6 +160,13 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchInfo, BatchError> {
         base_offset: be_i64(buf, 0).ok_or(BatchError::Truncated)?,
         last_offset_delta: be_i32(buf, LAST_DELTA_OFFSET).ok_or(BatchError::Truncated)?,
         max_timestamp: be_i64(buf, MAX_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?,
+        producer_id: be_i64(buf, PRODUCER_ID_OFFSET).ok_or(BatchError::Truncated)?,
+        producer_epoch: i16::from_be_bytes([
+            buf[PRODUCER_EPOCH_OFFSET],
+            buf[PRODUCER_EPOCH_OFFSET + 1],
+        ]),
+        base_sequence: be_i32(buf, BASE_SEQUENCE_OFFSET).ok_or(BatchError::Truncated)?,
+        attributes: u16::from_be_bytes([buf[ATTRIBUTES_OFFSET], buf[ATTRIBUTES_OFFSET + 1]]),
     })
 }
 
@@ -213,6 +240,17 @@ pub(crate) mod tests {
 
     /// Builds a valid uncompressed batch with `count` records whose values are `values`.
     pub(crate) fn make_batch(base: i64, values: &[&[u8]]) -> Vec<u8> {
+        make_producer_batch(base, values, -1, -1, -1)
+    }
+
+    /// [`make_batch`] written by producer `pid` at `epoch`, first sequence `seq`.
+    pub(crate) fn make_producer_batch(
+        base: i64,
+        values: &[&[u8]],
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+    ) -> Vec<u8> {
         fn varint(out: &mut Vec<u8>, v: i64) {
             let mut z = ((v << 1) ^ (v >> 63)) as u64;
             loop {
@@ -248,9 +286,9 @@ pub(crate) mod tests {
         b.extend_from_slice(&(values.len() as i32 - 1).to_be_bytes());
         b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
         b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&pid.to_be_bytes());
+        b.extend_from_slice(&epoch.to_be_bytes());
+        b.extend_from_slice(&seq.to_be_bytes());
         b.extend_from_slice(&(values.len() as i32).to_be_bytes());
         b.extend_from_slice(&records);
         let len = (b.len() - LOG_OVERHEAD) as i32;

@@ -23,6 +23,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod offsets;
 pub mod partition;
+pub mod producers;
 pub mod recovery_points;
 pub mod segment;
 
@@ -52,6 +53,7 @@ use crate::{
 use batch::{BatchError, BatchInfo};
 pub use offsets::{Committed, OffsetStore, StoredGroup};
 pub use partition::{Partition, ReadResult};
+use producers::{ProducerIds, SequenceError, Verdict};
 use recovery_points::RecoveryPoints;
 
 /// Longest topic name Kafka accepts.
@@ -108,6 +110,21 @@ pub enum ProduceError {
     ShuttingDown,
     /// The request's `acks` is not -1, 0 or 1.
     InvalidAcks,
+    /// An idempotent producer's batch does not continue its sequence.
+    OutOfOrderSequence(String),
+    /// An idempotent producer's batch carries an epoch older than its last one.
+    InvalidProducerEpoch(String),
+    /// A transactional or control batch: transactions are not supported.
+    Transactional,
+}
+
+impl From<SequenceError> for ProduceError {
+    fn from(e: SequenceError) -> Self {
+        match e {
+            SequenceError::StaleEpoch { .. } => ProduceError::InvalidProducerEpoch(e.to_string()),
+            SequenceError::OutOfOrder { .. } => ProduceError::OutOfOrderSequence(e.to_string()),
+        }
+    }
 }
 
 /// Why a topic could not be created.
@@ -148,6 +165,13 @@ enum Applied {
         reply: oneshot::Sender<Result<i64, ProduceError>>,
         _permit: OwnedSemaphorePermit,
     },
+    /// A retried batch already stored at `base`: answered once everything before it
+    /// in the pipeline (its original among them) is applied.
+    Duplicate {
+        base: i64,
+        reply: oneshot::Sender<Result<i64, ProduceError>>,
+        _permit: OwnedSemaphorePermit,
+    },
     Barrier(oneshot::Sender<()>),
     Stop,
 }
@@ -170,6 +194,7 @@ struct Shared {
     closing: AtomicBool,
     meta: BrokerMeta,
     offsets: OffsetStore,
+    producer_ids: ProducerIds,
 }
 
 /// All topics of the broker, the produce pipeline and recovery.
@@ -370,6 +395,7 @@ fn rebuild_from_wal(
         }
         let at: usize = infos[..first].iter().map(|i| i.len).sum();
         s.partition.append(&entry.data[at..], &infos[first..])?;
+        s.partition.producers().record(&infos[first..]);
         stats.rebuilt += (infos.len() - first) as u64;
         if short
             .iter()
@@ -505,6 +531,7 @@ fn replay_entry(
         );
     }
     p.append(&data[at..], rest)?;
+    p.producers().record(rest);
     stats.appended += rest.len() as u64;
     Ok(())
 }
@@ -623,6 +650,7 @@ impl TopicManager {
             }
         }
         let offsets = OffsetStore::open(data_dir.join("groups"))?;
+        let producer_ids = ProducerIds::open(&data_dir)?;
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
@@ -643,6 +671,7 @@ impl TopicManager {
             closing: AtomicBool::new(false),
             meta,
             offsets,
+            producer_ids,
             config,
         });
         // Record where the partitions now end (after a repair, or with damage
@@ -892,6 +921,12 @@ impl TopicManager {
             .partition(topic, partition)
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
         let infos = batch::validate_all(records).map_err(ProduceError::InvalidBatch)?;
+        if infos
+            .iter()
+            .any(|i| i.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0)
+        {
+            return Err(ProduceError::Transactional);
+        }
         if let Some(w) = &self.shared.wal {
             let overhead = 64 + topic.len() as u64;
             if records.len() as u64 + overhead > w.max_entry_bytes() {
@@ -924,6 +959,15 @@ impl TopicManager {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ProduceError::Timeout),
         }
+    }
+
+    /// A new producer id for an idempotent producer (blocking: may write and fsync
+    /// the id reservation).
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn allocate_producer_id(&self) -> Result<i64> {
+        self.shared.producer_ids.allocate()
     }
 
     /// Syncs every segment, then checkpoints the WAL at the last applied sequence
@@ -996,12 +1040,43 @@ fn submit_loop(
                     let _ = reply.send(Err(ProduceError::Storage(f.clone())));
                     continue;
                 }
+                // Judged and recorded here, in the order offsets are assigned.
+                let mut producers = partition.producers();
+                match producers.check(&infos) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        continue;
+                    }
+                    Ok(Verdict::Duplicate(base)) => {
+                        drop(producers);
+                        tracing::debug!(
+                            topic = partition.topic(),
+                            partition = partition.index(),
+                            base,
+                            "retried batch already stored"
+                        );
+                        if applied
+                            .send(Applied::Duplicate {
+                                base,
+                                reply,
+                                _permit: permit,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(Verdict::Append) => {}
+                }
                 let base = partition.assign(&mut data, &infos);
                 let mut next = base;
                 for info in &mut infos {
                     info.base_offset = next;
                     next += info.offset_count();
                 }
+                producers.record(&infos);
+                drop(producers);
                 let data = Bytes::from(data);
                 let wal = shared
                     .wal
@@ -1076,6 +1151,13 @@ fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
                     },
                 };
                 let _ = reply.send(result);
+            }
+            Applied::Duplicate { base, reply, .. } => {
+                // Its original was applied before it, or storage has failed.
+                let _ = reply.send(match shared.failed.get() {
+                    Some(f) => Err(ProduceError::Storage(f.clone())),
+                    None => Ok(base),
+                });
             }
             Applied::Barrier(tx) => {
                 let _ = tx.send(());

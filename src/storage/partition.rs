@@ -21,6 +21,7 @@ use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
+    producers::ProducerState,
     segment::Segment,
     sync_dir,
 };
@@ -39,6 +40,8 @@ pub struct Partition {
     high_watermark: AtomicI64,
     /// Set when the topic is deleted; the pipeline then refuses produces to it.
     deleted: AtomicBool,
+    /// Idempotent producers' last batches (judged and updated by the submit thread).
+    producers: Mutex<ProducerState>,
 }
 
 /// What a fetch read returns.
@@ -81,9 +84,13 @@ impl Partition {
         }
         bases.sort_unstable();
         let mut segments = Vec::with_capacity(bases.len().max(1));
+        let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
-            let newest = i + 1 == bases.len();
-            segments.push(Segment::open(&dir, *base, newest)?);
+            segments.push(if i + 1 == bases.len() {
+                Segment::open_newest(&dir, *base, &mut producers)?
+            } else {
+                Segment::open(&dir, *base, false)?
+            });
         }
         // An empty newest segment behind a full one is fine; a segment that starts
         // before the previous one ended means a damaged directory.
@@ -114,6 +121,7 @@ impl Partition {
             next_offset: AtomicI64::new(end),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
+            producers: Mutex::new(producers),
         })
     }
 
@@ -139,6 +147,13 @@ impl Partition {
 
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+    }
+
+    /// The idempotent producers' state (see [`super::producers`]).
+    pub(crate) fn producers(&self) -> std::sync::MutexGuard<'_, ProducerState> {
+        self.producers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The newest segment's log file and what the opening scan cut off its end.

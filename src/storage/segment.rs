@@ -17,7 +17,10 @@ use std::{
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
-use super::batch::{self, BatchInfo, HEADER_LEN};
+use super::{
+    batch::{self, BatchInfo, HEADER_LEN},
+    producers::ProducerState,
+};
 
 const INDEX_ENTRY: usize = 8;
 
@@ -133,6 +136,24 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn open(dir: &Path, base: i64, scan: bool) -> Result<Segment> {
+        Self::open_with(dir, base, scan, None)
+    }
+
+    /// Opens the newest segment of a partition: scans it as [`Segment::open`] with
+    /// `scan`, recording every idempotent producer's batches in `producers`.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn open_newest(dir: &Path, base: i64, producers: &mut ProducerState) -> Result<Segment> {
+        Self::open_with(dir, base, true, Some(producers))
+    }
+
+    fn open_with(
+        dir: &Path,
+        base: i64,
+        scan: bool,
+        producers: Option<&mut ProducerState>,
+    ) -> Result<Segment> {
         let log_path = dir.join(log_name(base));
         let index_path = dir.join(index_name(base));
         let log = open_rw(&log_path)?;
@@ -154,7 +175,7 @@ impl Segment {
             cut: None,
         };
         if scan || !seg.load_index()? {
-            seg.scan()?;
+            seg.scan(producers)?;
         }
         Ok(seg)
     }
@@ -201,7 +222,7 @@ impl Segment {
     }
 
     /// Reads every batch, validating each; cuts the file after the last valid one.
-    fn scan(&mut self) -> Result<()> {
+    fn scan(&mut self, mut producers: Option<&mut ProducerState>) -> Result<()> {
         let mut pos = 0u64;
         let mut index = Vec::new();
         let mut next = self.base_offset;
@@ -246,6 +267,9 @@ impl Segment {
                 offset: info.base_offset,
                 position: pos,
             });
+            if let Some(p) = producers.as_deref_mut() {
+                p.record(std::slice::from_ref(&info));
+            }
             next = info.last_offset() + 1;
             pos += info.len as u64;
         }

@@ -43,12 +43,10 @@ impl Broker {
     /// Like [`Broker::start`], with the process's open-file limit (soft and hard)
     /// set to `open_files` when given.
     pub fn start_limited(data_dir: &Path, extra: &[&str], open_files: Option<u64>) -> Broker {
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ];
+        let mut args: Vec<String> = vec!["--data-dir".into(), data_dir.display().to_string()];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
         if !extra.contains(&"--wal-max-file-size") {
             args.extend(["--wal-max-file-size".into(), "1m".into()]);
         }
@@ -84,7 +82,10 @@ impl Broker {
         }
         let mut child = cmd
             .args(&args)
-            .env("STREAMLINE_LOG", "info")
+            .env(
+                "STREAMLINE_LOG",
+                std::env::var("TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

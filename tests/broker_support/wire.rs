@@ -78,6 +78,12 @@ pub fn closed(s: &mut TcpStream) -> bool {
 
 /// One uncompressed record batch (magic 2) holding `values`, offsets from 0.
 pub fn batch(values: &[&str]) -> Bytes {
+    idempotent_batch(values, -1, -1, -1)
+}
+
+/// [`batch`] from producer `pid` at `epoch`, records numbered from sequence `seq`
+/// (-1, -1, -1: no producer).
+pub fn idempotent_batch(values: &[&str], pid: i64, epoch: i16, seq: i32) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -86,11 +92,11 @@ pub fn batch(values: &[&str]) -> Bytes {
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            sequence: if seq < 0 { -1 } else { seq + i as i32 },
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(Bytes::copy_from_slice(v.as_bytes())),

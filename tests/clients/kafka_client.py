@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """confluent-kafka client used by the broker tests (tests/broker_*.rs).
 
-Subcommands (all print one line per event, flushed at once):
+Subcommands (all print one line per event, flushed at once; with IDEMPOTENT=1 in the
+environment the producers are idempotent):
   produce BOOTSTRAP TOPIC COUNT PARTITIONS PREFIX   acks=all; "ACK p offset value"; exit 1 unless all acked
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
@@ -14,6 +15,7 @@ Subcommands (all print one line per event, flushed at once):
                                                     left (waiting up to SECONDS for each): describe, list,
                                                     delete; one line per fact (see group_admin)
 """
+import os
 import sys
 import time
 
@@ -26,11 +28,12 @@ def out(line):
 
 
 def producer(bootstrap):
+    # IDEMPOTENT=1 turns on the idempotent producer (InitProducerId, sequence numbers).
     return Producer({
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 2,
-        "enable.idempotence": False,
+        "enable.idempotence": os.environ.get("IDEMPOTENT") == "1",
         "message.timeout.ms": 30000,
     })
 

@@ -177,6 +177,14 @@ pub(crate) async fn handle(
                 &groups::delete_groups(&ctx, req).await,
             )
         }),
+        RequestKind::InitProducerId(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::InitProducerId,
+                version,
+                cid,
+                &produce::init_producer_id(&ctx, &req).await,
+            )
+        }),
         other => {
             // Unreachable: dispatch() only decodes supported APIs.
             tracing::warn!(request = ?std::mem::discriminant(&other), "unsupported request after decode");

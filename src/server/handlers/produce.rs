@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Duration};
 use kafka_protocol::{
     messages::{
         produce_response::{PartitionProduceResponse, TopicProduceResponse},
-        ApiKey, ProduceRequest, ProduceResponse,
+        ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+        ProducerId,
     },
     protocol::StrBytes,
 };
@@ -30,6 +31,9 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
         ProduceError::InvalidAcks => codes::INVALID_REQUIRED_ACKS,
+        ProduceError::OutOfOrderSequence(_) => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ProduceError::InvalidProducerEpoch(_) => codes::INVALID_PRODUCER_EPOCH,
+        ProduceError::Transactional => codes::INVALID_TXN_STATE,
     }
 }
 
@@ -42,6 +46,43 @@ fn message(e: &ProduceError) -> String {
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
+        ProduceError::OutOfOrderSequence(m) | ProduceError::InvalidProducerEpoch(m) => m.clone(),
+        ProduceError::Transactional => "transactions are not supported".into(),
+    }
+}
+
+/// InitProducerId: a new producer id at epoch 0 for an idempotent producer, as Kafka
+/// answers one without a transactional id (a producer re-initialising after an
+/// error gets a new id too). Transactions are not supported.
+pub(crate) async fn init_producer_id(
+    ctx: &Arc<Ctx>,
+    req: &InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let r = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if req.transactional_id.is_some() {
+        tracing::warn!(
+            "InitProducerId with a transactional id refused: transactions are not supported"
+        );
+        return r.with_error_code(codes::INVALID_REQUEST);
+    }
+    let storage = ctx.storage.clone();
+    match tokio::task::spawn_blocking(move || storage.allocate_producer_id()).await {
+        Ok(Ok(id)) => {
+            tracing::info!(producer_id = id, "new idempotent producer");
+            r.with_error_code(codes::NONE)
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not allocate a producer id");
+            r.with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "producer id task failed");
+            r.with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
+        }
     }
 }
 

@@ -1,0 +1,529 @@
+//! Idempotent producers: producer ids, and per partition the sequence numbers each
+//! producer wrote last, so that a retried batch is answered with its first offset
+//! instead of being stored twice, and a gap in a producer's sequence is refused.
+//!
+//! The rules are Kafka's for a producer without transactions (`InitProducerId`
+//! with no transactional id always gets a new producer id at epoch 0):
+//! * a batch from an older epoch than the producer's last one is refused
+//!   (`INVALID_PRODUCER_EPOCH`);
+//! * a newer epoch must start at sequence 0 (`OUT_OF_ORDER_SEQUENCE_NUMBER`);
+//! * within an epoch, a batch equal in first and last sequence to one of the
+//!   producer's last [`CACHED_BATCHES`] batches is a duplicate; any other batch must
+//!   continue the sequence exactly (`OUT_OF_ORDER_SEQUENCE_NUMBER`);
+//! * a producer the partition knows nothing of may start at any sequence (its
+//!   state may have been dropped: expired, or only in segments older than the
+//!   newest, which start-up does not scan).
+//!
+//! The state is rebuilt at start-up from the newest segment of each partition and
+//! from what the WAL replay appends, as Kafka rebuilds it from its log.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::batch::BatchInfo;
+use crate::error::{Error, Result};
+
+/// Batches per producer remembered for duplicate detection (Kafka's
+/// `max.in.flight.requests.per.connection` limit for idempotence).
+pub const CACHED_BATCHES: usize = 5;
+
+/// A producer that wrote nothing to a partition for this long is forgotten there
+/// (Kafka's `producer.id.expiration.ms` default).
+const EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a producer's batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SequenceError {
+    /// The batch's epoch is older than the producer's last one.
+    StaleEpoch {
+        /// The batch's epoch.
+        epoch: i16,
+        /// The producer's last epoch.
+        current: i16,
+    },
+    /// The batch does not continue the producer's sequence.
+    OutOfOrder {
+        /// The sequence that would continue the producer's.
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+}
+
+impl std::fmt::Display for SequenceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SequenceError::StaleEpoch { epoch, current } => {
+                write!(
+                    f,
+                    "producer epoch {epoch} is older than its current epoch {current}"
+                )
+            }
+            SequenceError::OutOfOrder { expected, got } => {
+                write!(f, "expected sequence {expected}, got {got}")
+            }
+        }
+    }
+}
+
+/// What to do with a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Store it.
+    Append,
+    /// Already stored at this base offset: answer with it, store nothing.
+    Duplicate(i64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    epoch: i16,
+    /// Oldest first.
+    batches: VecDeque<Cached>,
+    last_used: Instant,
+}
+
+/// The producers of one partition.
+#[derive(Debug, Default)]
+pub struct ProducerState {
+    producers: HashMap<i64, Entry>,
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+impl ProducerState {
+    /// Judges a payload's batches (offsets not yet assigned). Batches without a
+    /// producer id are always appended. A payload is a duplicate only when its
+    /// first batch is one of the cached ones (clients send one batch per
+    /// partition); its later batches must then be cached too.
+    ///
+    /// # Errors
+    /// The first batch that breaks the rules above.
+    pub fn check(&self, infos: &[BatchInfo]) -> std::result::Result<Verdict, SequenceError> {
+        let mut duplicate_of = None;
+        // Later batches of the payload are judged as if the earlier ones were stored.
+        let mut last: HashMap<i64, (i16, Option<i32>)> = HashMap::new();
+        for (i, b) in infos.iter().enumerate() {
+            if b.producer_id < 0 {
+                continue;
+            }
+            let known = self.producers.get(&b.producer_id);
+            if let Some(e) = known.filter(|e| e.epoch == b.producer_epoch) {
+                if let Some(c) = e
+                    .batches
+                    .iter()
+                    .find(|c| c.first_seq == b.base_sequence && c.last_seq == b.last_sequence())
+                {
+                    if i == 0 {
+                        duplicate_of = Some(c.base_offset);
+                    }
+                    if duplicate_of.is_some() {
+                        continue;
+                    }
+                }
+            }
+            if duplicate_of.is_some() {
+                // A duplicate first batch followed by a new one: the client is
+                // not sending what it sent before.
+                let expected = known
+                    .and_then(|e| e.batches.back())
+                    .map_or(0, |c| next_seq(c.last_seq));
+                return Err(SequenceError::OutOfOrder {
+                    expected,
+                    got: b.base_sequence,
+                });
+            }
+            let (epoch, last_seq) = match last.get(&b.producer_id) {
+                Some(&(epoch, seq)) => (Some(epoch), seq),
+                None => match known {
+                    Some(e) => (Some(e.epoch), e.batches.back().map(|c| c.last_seq)),
+                    None => (None, None),
+                },
+            };
+            let expected = match epoch {
+                // Unknown producer: any sequence starts it.
+                None => None,
+                Some(current) if b.producer_epoch < current => {
+                    return Err(SequenceError::StaleEpoch {
+                        epoch: b.producer_epoch,
+                        current,
+                    })
+                }
+                // A new epoch starts at 0.
+                Some(current) if b.producer_epoch > current => Some(0),
+                Some(_) => Some(last_seq.map_or(0, next_seq)),
+            };
+            if let Some(expected) = expected.filter(|e| *e != b.base_sequence) {
+                return Err(SequenceError::OutOfOrder {
+                    expected,
+                    got: b.base_sequence,
+                });
+            }
+            last.insert(b.producer_id, (b.producer_epoch, Some(b.last_sequence())));
+        }
+        Ok(duplicate_of.map_or(Verdict::Append, Verdict::Duplicate))
+    }
+
+    /// Records stored batches (offsets assigned): each producer's newest batches.
+    pub fn record(&mut self, infos: &[BatchInfo]) {
+        let now = Instant::now();
+        for b in infos.iter().filter(|b| b.producer_id >= 0) {
+            if !self.producers.contains_key(&b.producer_id) {
+                self.producers
+                    .retain(|_, e| now.duration_since(e.last_used) < EXPIRY);
+            }
+            let e = self.producers.entry(b.producer_id).or_insert(Entry {
+                epoch: b.producer_epoch,
+                batches: VecDeque::with_capacity(CACHED_BATCHES),
+                last_used: now,
+            });
+            if b.producer_epoch != e.epoch {
+                e.epoch = b.producer_epoch;
+                e.batches.clear();
+            }
+            if e.batches.len() == CACHED_BATCHES {
+                e.batches.pop_front();
+            }
+            e.batches.push_back(Cached {
+                first_seq: b.base_sequence,
+                last_seq: b.last_sequence(),
+                base_offset: b.base_offset,
+            });
+            e.last_used = now;
+        }
+    }
+
+    /// Producers known to this partition.
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Whether no producer is known.
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+}
+
+/// Producer ids are handed out in blocks whose end is made durable before the
+/// first id of a block is used, so an id is never given twice, across restarts
+/// included.
+const ID_BLOCK: i64 = 1000;
+
+/// `producer-ids.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct IdFile {
+    version: u32,
+    /// Every id below this may have been handed out.
+    reserved_below: i64,
+}
+
+/// Hands out producer ids.
+#[derive(Debug)]
+pub struct ProducerIds {
+    path: PathBuf,
+    /// (next id, end of the durable reservation)
+    state: Mutex<(i64, i64)>,
+}
+
+impl ProducerIds {
+    /// File name, in the data directory.
+    pub const FILE: &'static str = "producer-ids.json";
+
+    /// Loads the reservation in `data_dir` (none yet: ids start at 0).
+    ///
+    /// # Errors
+    /// I/O errors; [`Error::Corrupt`] when the file does not parse.
+    pub fn open(data_dir: &Path) -> Result<ProducerIds> {
+        let path = data_dir.join(Self::FILE);
+        let below = match std::fs::read(&path) {
+            Ok(raw) => {
+                let f: IdFile = serde_json::from_slice(&raw).map_err(|e| {
+                    Error::corrupt(&path, 0, format!("{} does not parse: {e}", Self::FILE))
+                })?;
+                if f.reserved_below < 0 {
+                    return Err(Error::corrupt(&path, 0, "negative producer id reservation"));
+                }
+                f.reserved_below
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        Ok(ProducerIds {
+            path,
+            state: Mutex::new((below, below)),
+        })
+    }
+
+    /// A producer id never handed out before (blocking: may write and fsync).
+    ///
+    /// # Errors
+    /// I/O errors from making a new block durable.
+    pub fn allocate(&self) -> Result<i64> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if st.0 >= st.1 {
+            let end = st.1 + ID_BLOCK;
+            let json = serde_json::to_vec(&IdFile {
+                version: 1,
+                reserved_below: end,
+            })
+            .map_err(|e| Error::corrupt(&self.path, 0, e.to_string()))?;
+            crate::wal::files::write_atomic(&self.path, &json)?;
+            st.1 = end;
+        }
+        let id = st.0;
+        st.0 += 1;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::{tests::make_producer_batch, validate_all};
+
+    fn batch(pid: i64, epoch: i16, seq: i32, records: usize, base: i64) -> Vec<BatchInfo> {
+        let values: Vec<&[u8]> = (0..records).map(|_| &b"v"[..]).collect();
+        let mut infos = validate_all(&make_producer_batch(0, &values, pid, epoch, seq)).unwrap();
+        infos[0].base_offset = base;
+        infos
+    }
+
+    #[test]
+    fn duplicates_gaps_and_epochs_follow_kafka() {
+        let mut s = ProducerState::default();
+        // Unknown producer: any first sequence.
+        let b = batch(7, 0, 5, 3, 0);
+        assert_eq!(s.check(&b), Ok(Verdict::Append));
+        s.record(&b);
+        // Retried: answered with its offset.
+        assert_eq!(s.check(&batch(7, 0, 5, 3, -1)), Ok(Verdict::Duplicate(0)));
+        // Same first sequence, other length: not a duplicate, and out of order.
+        assert_eq!(
+            s.check(&batch(7, 0, 5, 2, -1)),
+            Err(SequenceError::OutOfOrder {
+                expected: 8,
+                got: 5
+            })
+        );
+        // A gap.
+        assert_eq!(
+            s.check(&batch(7, 0, 9, 1, -1)),
+            Err(SequenceError::OutOfOrder {
+                expected: 8,
+                got: 9
+            })
+        );
+        let mut base = 3;
+        for k in 0..CACHED_BATCHES as i32 {
+            let b = batch(7, 0, 8 + k * 2, 2, base);
+            assert_eq!(s.check(&b), Ok(Verdict::Append));
+            s.record(&b);
+            base += 2;
+        }
+        // The first batch fell out of the cache: now just out of order.
+        assert!(matches!(
+            s.check(&batch(7, 0, 5, 3, -1)),
+            Err(SequenceError::OutOfOrder { .. })
+        ));
+        // The oldest cached one is still a duplicate.
+        assert_eq!(s.check(&batch(7, 0, 8, 2, -1)), Ok(Verdict::Duplicate(3)));
+        // A newer epoch starts at 0; an older one is refused.
+        assert_eq!(
+            s.check(&batch(7, 1, 3, 1, -1)),
+            Err(SequenceError::OutOfOrder {
+                expected: 0,
+                got: 3
+            })
+        );
+        let b = batch(7, 1, 0, 1, 20);
+        assert_eq!(s.check(&b), Ok(Verdict::Append));
+        s.record(&b);
+        assert_eq!(
+            s.check(&batch(7, 0, 18, 1, -1)),
+            Err(SequenceError::StaleEpoch {
+                epoch: 0,
+                current: 1
+            })
+        );
+        // Non-idempotent batches are never judged; other producers are separate.
+        assert_eq!(s.check(&batch(-1, -1, -1, 1, -1)), Ok(Verdict::Append));
+        assert_eq!(s.check(&batch(8, 0, 0, 1, -1)), Ok(Verdict::Append));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        let mut s = ProducerState::default();
+        let b = batch(1, 0, i32::MAX - 1, 3, 0);
+        assert_eq!(b[0].last_sequence(), 0);
+        s.record(&b);
+        assert_eq!(s.check(&batch(1, 0, 1, 1, -1)), Ok(Verdict::Append));
+        assert!(s.check(&batch(1, 0, 0, 1, -1)).is_err());
+    }
+
+    #[test]
+    fn two_batches_of_one_payload_are_judged_in_order() {
+        let s = ProducerState::default();
+        let mut two = batch(3, 0, 0, 2, 0);
+        two.extend(batch(3, 0, 2, 1, 2));
+        assert_eq!(s.check(&two), Ok(Verdict::Append));
+        let mut gap = batch(3, 0, 0, 2, 0);
+        gap.extend(batch(3, 0, 3, 1, 2));
+        assert_eq!(
+            s.check(&gap),
+            Err(SequenceError::OutOfOrder {
+                expected: 2,
+                got: 3
+            })
+        );
+    }
+
+    #[test]
+    fn producer_ids_are_never_reused_across_restarts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ids = ProducerIds::open(tmp.path()).unwrap();
+        let first: Vec<i64> = (0..3).map(|_| ids.allocate().unwrap()).collect();
+        assert_eq!(first, vec![0, 1, 2]);
+        drop(ids);
+        let ids = ProducerIds::open(tmp.path()).unwrap();
+        let next = ids.allocate().unwrap();
+        assert!(
+            next >= ID_BLOCK,
+            "a restart starts past the reserved block: {next}"
+        );
+        std::fs::write(tmp.path().join(ProducerIds::FILE), b"{").unwrap();
+        assert!(ProducerIds::open(tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains(ProducerIds::FILE));
+    }
+}
+
+/// Idempotent produces through [`super::TopicManager`]'s pipeline, across restarts.
+#[cfg(test)]
+mod pipeline_tests {
+    use std::time::Duration;
+
+    use crate::{
+        config::Config,
+        storage::{
+            batch::{self, tests::make_producer_batch},
+            ProduceError, TopicManager,
+        },
+        wal::SyncMode,
+    };
+
+    fn config(dir: &std::path::Path) -> Config {
+        let mut c = Config::default();
+        c.storage.data_dir = dir.to_path_buf();
+        c.wal.engine.max_file_size = 1 << 20;
+        c.wal.engine.sync_mode = SyncMode::EveryWrite;
+        c
+    }
+
+    fn produce(
+        rt: &tokio::runtime::Runtime,
+        m: &TopicManager,
+        b: &[u8],
+    ) -> Result<i64, ProduceError> {
+        rt.block_on(async {
+            m.submit("t", 0, b, Duration::from_secs(5))
+                .await?
+                .await
+                .unwrap()
+        })
+    }
+
+    /// `records` one-byte records from producer 5, first sequence `seq`.
+    fn idem(epoch: i16, seq: i32, records: usize) -> Vec<u8> {
+        let values: Vec<&[u8]> = (0..records).map(|_| &b"r"[..]).collect();
+        make_producer_batch(0, &values, 5, epoch, seq)
+    }
+
+    #[test]
+    fn retries_are_answered_with_the_first_offset_and_gaps_refused_across_restarts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &idem(0, 0, 3)), Ok(0));
+        assert_eq!(produce(&rt, &m, &idem(0, 3, 2)), Ok(3));
+        // Retried batches: their first offsets, nothing stored.
+        assert_eq!(produce(&rt, &m, &idem(0, 0, 3)), Ok(0));
+        assert_eq!(produce(&rt, &m, &idem(0, 3, 2)), Ok(3));
+        assert!(matches!(
+            produce(&rt, &m, &idem(0, 9, 1)),
+            Err(ProduceError::OutOfOrderSequence(m)) if m.contains("expected sequence 5")
+        ));
+        // A producer that is not idempotent is never judged.
+        let plain = batch::tests::make_batch(0, &[b"p"]);
+        assert_eq!(produce(&rt, &m, &plain), Ok(5));
+        assert_eq!(produce(&rt, &m, &plain), Ok(6));
+        // Transactions are refused.
+        let mut txn = idem(0, 5, 1);
+        txn[22] |= 0x10;
+        let crc = crc32c::crc32c(&txn[21..]);
+        txn[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(produce(&rt, &m, &txn), Err(ProduceError::Transactional));
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 7);
+        m.shutdown().unwrap();
+        drop(m);
+
+        // The state comes back from the newest segment's scan.
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(produce(&rt, &m, &idem(0, 3, 2)), Ok(3));
+        assert_eq!(produce(&rt, &m, &idem(0, 5, 1)), Ok(7));
+        let id = m.allocate_producer_id().unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+
+        // And from what the WAL replay appends (as after a crash before the
+        // segments had the batch).
+        let mut next = idem(0, 6, 2);
+        let infos = batch::validate_all(&next).unwrap();
+        batch::assign_offsets(&mut next, &infos, 8);
+        let (wal, _) =
+            crate::wal::Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        wal.append("t", 0, bytes::Bytes::from(next)).wait().unwrap();
+        wal.close().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 10);
+        assert_eq!(produce(&rt, &m, &idem(0, 6, 2)), Ok(8));
+        // A new epoch starts at sequence 0; the old one is then fenced.
+        assert_eq!(produce(&rt, &m, &idem(1, 0, 1)), Ok(10));
+        assert!(matches!(
+            produce(&rt, &m, &idem(0, 8, 1)),
+            Err(ProduceError::InvalidProducerEpoch(_))
+        ));
+        assert!(
+            m.allocate_producer_id().unwrap() > id,
+            "producer ids are not reused"
+        );
+        m.shutdown().unwrap();
+    }
+}
