@@ -63,6 +63,14 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// Interval between checkpoints (fsync segments, then checkpoint the WAL). Default: 5000.
     pub checkpoint_interval_ms: u64,
+    /// Oldest segments whose newest record is older than this are deleted (Kafka's
+    /// `log.retention.ms`); `None` keeps them forever. Default: 7 days.
+    pub retention_ms: Option<u64>,
+    /// Oldest segments are deleted while the partition stays at least this large
+    /// without them (Kafka's `log.retention.bytes`); `None`: no size limit (default).
+    pub retention_bytes: Option<u64>,
+    /// How often retention is applied. Default: 300000 (5 minutes).
+    pub retention_check_interval_ms: u64,
 }
 
 /// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
@@ -104,6 +112,9 @@ impl Default for Config {
                 auto_create_topics: true,
                 segment_bytes: 256 * 1024 * 1024,
                 checkpoint_interval_ms: 5000,
+                retention_ms: Some(7 * 24 * 3600 * 1000),
+                retention_bytes: None,
+                retention_check_interval_ms: 300_000,
             },
             wal: WalSettings {
                 enabled: true,
@@ -157,6 +168,20 @@ impl Config {
         }
         if self.storage.checkpoint_interval_ms == 0 {
             return bad("--checkpoint-ms", "0".into(), "accepted values: 1 or more");
+        }
+        if self.storage.retention_ms == Some(0) {
+            return bad(
+                "--log-retention-ms",
+                "0".into(),
+                "accepted values: -1 (forever) or 1 or more",
+            );
+        }
+        if self.storage.retention_check_interval_ms == 0 {
+            return bad(
+                "--log-retention-check-interval-ms",
+                "0".into(),
+                "accepted values: 1 or more",
+            );
         }
         // Sizes that go into i32 fields of the protocol.
         for (flag, bytes) in [
@@ -243,6 +268,23 @@ fn parse_sync_mode(s: &str) -> std::result::Result<SyncMode, String> {
 fn parse_recovery_mode(s: &str) -> std::result::Result<RecoveryMode, String> {
     s.parse::<RecoveryMode>()
         .map_err(|_| format!("accepted values: {}", RecoveryMode::NAMES))
+}
+
+/// A time limit in milliseconds: -1 for none, or 0 and more (0 is refused by
+/// validation, naming the flag).
+fn parse_limit_ms(s: &str) -> std::result::Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(v) if v >= -1 => Ok(v),
+        _ => Err("accepted values: -1 (forever) or 1 or more".into()),
+    }
+}
+
+/// A size limit: -1 for none, or a size as `parse_size` reads it.
+fn parse_limit_size(s: &str) -> std::result::Result<i64, String> {
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    parse_size(s).and_then(|v| i64::try_from(v).map_err(|_| "too large".to_string()))
 }
 
 fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
@@ -395,6 +437,25 @@ pub struct Cli {
     )]
     pub checkpoint_ms: u64,
 
+    /// Delete a partition's oldest segments once their newest record is older than
+    /// this, in milliseconds (-1: keep forever). The active segment is kept.
+    #[arg(long, env = "STREAMLINE_LOG_RETENTION_MS", default_value_t = 604_800_000, allow_negative_numbers = true, value_parser = parse_limit_ms, value_name = "MS")]
+    pub log_retention_ms: i64,
+
+    /// Delete a partition's oldest segments while it stays at least this large
+    /// without them (-1: no limit). The active segment is kept.
+    #[arg(long, env = "STREAMLINE_LOG_RETENTION_BYTES", default_value = "-1", allow_negative_numbers = true, value_parser = parse_limit_size, value_name = "BYTES")]
+    pub log_retention_bytes: i64,
+
+    /// How often retention is applied, in milliseconds.
+    #[arg(
+        long,
+        env = "STREAMLINE_LOG_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 300_000,
+        value_name = "MS"
+    )]
+    pub log_retention_check_interval_ms: u64,
+
     /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
     #[arg(
         long,
@@ -432,6 +493,9 @@ impl Cli {
                 auto_create_topics: self.auto_create_topics,
                 segment_bytes: self.segment_bytes,
                 checkpoint_interval_ms: self.checkpoint_ms,
+                retention_ms: u64::try_from(self.log_retention_ms).ok(),
+                retention_bytes: u64::try_from(self.log_retention_bytes).ok(),
+                retention_check_interval_ms: self.log_retention_check_interval_ms,
             },
             wal: WalSettings {
                 enabled: self.wal_enabled,
@@ -499,6 +563,45 @@ mod tests {
             e.contains("--recovery-mode") && e.contains("strict, tolerate_corruption"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn retention_limits_parse_with_minus_one_for_none() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.storage.retention_ms, Some(604_800_000));
+        assert_eq!(c.storage.retention_bytes, None);
+        let c = parse(&[
+            "--log-retention-ms",
+            "-1",
+            "--log-retention-bytes",
+            "1g",
+            "--log-retention-check-interval-ms",
+            "1000",
+        ])
+        .unwrap();
+        assert_eq!(c.storage.retention_ms, None);
+        assert_eq!(c.storage.retention_bytes, Some(1 << 30));
+        assert_eq!(c.storage.retention_check_interval_ms, 1000);
+        c.validate().unwrap();
+        let e = parse(&["--log-retention-ms", "0"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log-retention-ms"), "{e}");
+        for bad in [
+            ["--log-retention-ms", "-5"],
+            ["--log-retention-bytes", "-2"],
+        ] {
+            let e = parse(&bad).expect_err("rejected");
+            assert!(e.contains(bad[0]), "{e}");
+        }
+        let e = parse(&["--log-retention-check-interval-ms", "0"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log-retention-check-interval-ms"), "{e}");
     }
 
     #[test]

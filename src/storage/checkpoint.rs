@@ -5,7 +5,7 @@
 
 use std::{
     sync::{atomic::Ordering, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::error::Result;
@@ -72,14 +72,59 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
 /// The periodic checkpoint thread: one checkpoint every `checkpoint_interval_ms` until
 /// `stop` fires or is dropped.
 pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
-    let every = Duration::from_millis(shared.config.storage.checkpoint_interval_ms);
+    let storage = &shared.config.storage;
+    let every = Duration::from_millis(storage.checkpoint_interval_ms);
+    let retention_every = Duration::from_millis(storage.retention_check_interval_ms);
+    let limited = storage.retention_ms.is_some() || storage.retention_bytes.is_some();
+    let mut next_retention = Instant::now() + retention_every;
     loop {
-        match stop.recv_timeout(every) {
+        let now = Instant::now();
+        let wait = if limited {
+            every.min(next_retention.saturating_duration_since(now))
+        } else {
+            every
+        };
+        match stop.recv_timeout(wait) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         if let Err(e) = checkpoint(shared) {
             tracing::error!(error = %e, "periodic checkpoint failed");
         }
+        if limited && Instant::now() >= next_retention {
+            if let Err(e) = retention(shared) {
+                tracing::error!(error = %e, "retention failed");
+            }
+            next_retention = Instant::now() + retention_every;
+        }
     }
+}
+
+/// Applies retention to every partition (see [`super::Partition::apply_retention`]).
+/// Returns the segments and bytes deleted.
+pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
+    let storage = &shared.config.storage;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let topics: Vec<_> = shared
+        .topics
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    let (mut segments, mut bytes) = (0, 0);
+    for t in topics {
+        for p in &t.partitions {
+            if p.is_deleted() {
+                continue;
+            }
+            let (n, b) =
+                p.apply_retention(now_ms, storage.retention_ms, storage.retention_bytes)?;
+            segments += n;
+            bytes += b;
+        }
+    }
+    Ok((segments, bytes))
 }

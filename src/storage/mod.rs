@@ -970,6 +970,16 @@ impl TopicManager {
         self.shared.producer_ids.allocate()
     }
 
+    /// Applies log retention to every partition now (blocking: deletes files and
+    /// fsyncs directories); the checkpoint thread does so every
+    /// `retention_check_interval_ms`. Returns the segments and bytes deleted.
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn apply_retention(&self) -> Result<(usize, u64)> {
+        checkpoint::retention(&self.shared)
+    }
+
     /// Syncs every segment, then checkpoints the WAL at the last applied sequence
     /// (blocking: fsyncs).
     ///

@@ -235,6 +235,61 @@ impl Partition {
         Ok(seg.next_offset())
     }
 
+    /// Deletes the oldest segments past retention, never the newest (the active
+    /// one): those whose newest record is older than `retention_ms` before
+    /// `now_ms`, and those whose removal leaves the partition at least
+    /// `retention_bytes` (Kafka's `retention.ms` / `retention.bytes`). The log start
+    /// offset moves to the first segment left. Returns the segments and bytes
+    /// deleted.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; the segments are gone from the partition by then,
+    /// and a file left behind is deleted again at the next start's retention pass.
+    pub fn apply_retention(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<(usize, u64)> {
+        let removed: Vec<Segment> = {
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut total: u64 = log.iter().map(Segment::size).sum();
+            let mut n = 0;
+            while n + 1 < log.len() {
+                let s = &log[n];
+                let too_old = retention_ms.is_some_and(|r| {
+                    s.max_timestamp() >= 0
+                        && now_ms.saturating_sub(s.max_timestamp())
+                            > i64::try_from(r).unwrap_or(i64::MAX)
+                });
+                let too_big = retention_bytes.is_some_and(|r| total - s.size() >= r);
+                if !too_old && !too_big {
+                    break;
+                }
+                total -= s.size();
+                n += 1;
+            }
+            log.drain(..n).collect()
+        };
+        if removed.is_empty() {
+            return Ok((0, 0));
+        }
+        let bytes = removed.iter().map(Segment::size).sum();
+        for s in &removed {
+            s.remove_files()?;
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.index,
+            segments = removed.len(),
+            bytes,
+            log_start = self.log_start_offset(),
+            "deleted segments past retention"
+        );
+        Ok((removed.len(), bytes))
+    }
+
     /// `fdatasync`s every segment changed since the last sync.
     ///
     /// # Errors
@@ -386,6 +441,81 @@ mod tests {
         let end = p.append(&b, &infos).unwrap();
         p.set_high_watermark(end);
         base
+    }
+
+    /// Produces one batch of `size` bytes whose records carry timestamp `ts`.
+    fn produce_at(p: &Partition, ts: i64, size: usize) -> i64 {
+        let mut b = make_batch(0, &[&vec![1u8; size]]);
+        b[27..35].copy_from_slice(&ts.to_be_bytes());
+        b[35..43].copy_from_slice(&ts.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let infos = validate_all(&b).unwrap();
+        let base = p.assign(&mut b, &infos);
+        let infos = validate_all(&b).unwrap();
+        let end = p.append(&b, &infos).unwrap();
+        p.set_high_watermark(end);
+        base
+    }
+
+    fn files(dir: &Path, ext: &str) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ext)
+            })
+            .count()
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_segments_by_age_and_size_but_never_the_active_one() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        // 3000-byte batches in 4 KiB segments: one batch per segment.
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for k in 1..=6 {
+            assert_eq!(produce_at(&p, k * DAY, 3000), k - 1);
+        }
+        assert_eq!(files(&pdir, "log"), 6);
+        let seg = p.log.lock().unwrap()[0].size();
+
+        // Age: records of days 1 and 2 are older than 3.5 days at day 6.
+        let (n, bytes) = p
+            .apply_retention(6 * DAY + 1, Some((DAY * 7 / 2) as u64), None)
+            .unwrap();
+        assert_eq!((n, bytes), (2, 2 * seg));
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (2, 6));
+        assert!(p.read(1, 1 << 20).unwrap().is_none(), "below the log start");
+        let r = p.read(2, 1 << 20).unwrap().unwrap();
+        assert_eq!((r.log_start_offset, r.records.len() as u64), (2, seg));
+        assert_eq!((files(&pdir, "log"), files(&pdir, "index")), (4, 4));
+        assert_eq!(
+            p.apply_retention(6 * DAY + 1, Some((DAY * 7 / 2) as u64), None)
+                .unwrap(),
+            (0, 0),
+            "nothing more is that old"
+        );
+
+        // Size: the oldest go while the rest is still at least 2 segments.
+        assert_eq!(
+            p.apply_retention(0, None, Some(2 * seg)).unwrap(),
+            (2, 2 * seg)
+        );
+        assert_eq!(p.log_start_offset(), 4);
+
+        // The active segment stays, however old.
+        assert_eq!(p.apply_retention(100 * DAY, Some(1), Some(0)).unwrap().0, 1);
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (5, 6));
+        assert_eq!(files(&pdir, "log"), 1);
+        drop(p);
+        let p = Partition::open("t", 0, pdir, 4096).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (5, 6));
+        assert_eq!(produce_at(&p, 7 * DAY, 10), 6);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Segment {
     dirty: bool,
     /// What the opening scan cut off, if anything.
     cut: Option<Cut>,
+    /// The newest record timestamp of the segment's batches (for an older segment
+    /// opened from its index, that of its last batch); -1 when none.
+    max_timestamp: i64,
 }
 
 /// Bytes the opening scan of a segment removed from its end.
@@ -126,6 +129,7 @@ impl Segment {
             next_offset: base,
             dirty: true,
             cut: None,
+            max_timestamp: -1,
         })
     }
 
@@ -173,6 +177,7 @@ impl Segment {
             next_offset: base,
             dirty: false,
             cut: None,
+            max_timestamp: -1,
         };
         if scan || !seg.load_index()? {
             seg.scan(producers)?;
@@ -217,6 +222,7 @@ impl Segment {
             return Ok(false);
         }
         self.next_offset = info.last_offset() + 1;
+        self.max_timestamp = info.max_timestamp;
         self.index = index;
         Ok(true)
     }
@@ -271,6 +277,7 @@ impl Segment {
                 p.record(std::slice::from_ref(&info));
             }
             next = info.last_offset() + 1;
+            self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
             pos += info.len as u64;
         }
         if let Some(reason) = cut_reason {
@@ -326,6 +333,7 @@ impl Segment {
             });
             pos += info.len as u64;
             self.next_offset = info.last_offset() + 1;
+            self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
         }
         self.index_file
             .write_all_at(&raw, (first_entry * INDEX_ENTRY) as u64)
@@ -394,6 +402,29 @@ impl Segment {
     /// A shared handle to the log file, for reads outside the partition lock.
     pub fn file(&self) -> Arc<File> {
         Arc::clone(&self.log)
+    }
+
+    /// The newest record timestamp of its batches (ms; -1 when none): what
+    /// time-based retention judges the segment by.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    /// Removes the segment's files (the index first: a log without an index is
+    /// rebuilt at the next start, an index without its log would stay behind).
+    /// Open handles keep reading until dropped. The caller syncs the directory.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn remove_files(&self) -> Result<()> {
+        for path in [&self.index_path, &self.log_path] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", path, e)),
+            }
+        }
+        Ok(())
     }
 
     /// What the opening scan cut off this segment's end, if anything.
