@@ -8,10 +8,12 @@ use std::{io::Write, net::TcpStream, time::Duration};
 use bytes::{Buf, Bytes};
 use kafka_protocol::{
     messages::{
+        describe_configs_request::DescribeConfigsResource,
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, InitProducerIdRequest,
-        InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-        MetadataResponse, ProduceResponse, ProducerId, TopicName, TransactionalId,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeConfigsRequest,
+        DescribeConfigsResponse, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
+        ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+        ProduceResponse, ProducerId, TopicName, TransactionalId,
     },
     protocol::{Decodable, StrBytes},
 };
@@ -824,4 +826,196 @@ fn idempotent_produces_are_deduplicated_and_kept_in_sequence() {
     );
     let (_, pid3, _) = init_producer_id(&mut s, 4, None);
     assert!(pid3 > pid2, "ids are not reused after a restart: {pid3}");
+}
+
+/// ListOffsets earliest and latest of partition 0 of `topic`.
+fn earliest_latest(s: &mut TcpStream, topic: &str) -> (i64, i64) {
+    let lo = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![
+                ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-2),
+                ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+            ])]);
+    s.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo))
+        .unwrap();
+    let (_, l): (i32, ListOffsetsResponse) = response(s, ApiKey::ListOffsets, 7);
+    let p = &l.topics[0].partitions;
+    (p[0].offset, p[1].offset)
+}
+
+#[test]
+fn retention_deletes_old_segments_and_consumers_start_after_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--segment-bytes",
+            "4096",
+            "--log-retention-bytes",
+            "8k",
+            // The batches carry 2023 timestamps: by age, everything would go.
+            "--log-retention-ms",
+            "-1",
+            "--log-retention-check-interval-ms",
+            "100",
+            "--checkpoint-ms",
+            "50",
+        ],
+    );
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "ret", true), 0);
+    let pad = "x".repeat(1500);
+    for i in 0..20 {
+        s.write_all(&request_frame(
+            ApiKey::Produce,
+            8,
+            i,
+            &produce("ret", 0, batch(&[&format!("{i:02}-{pad}")])),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+        assert_eq!(partition_result(&r), (0, i64::from(i)));
+    }
+    // ~2 batches per 4 KiB segment; at least 8 KiB of the newest are kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (start, end) = loop {
+        let (start, end) = earliest_latest(&mut s, "ret");
+        if start > 0 || std::time::Instant::now() > deadline {
+            break (start, end);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(end, 20);
+    assert!(
+        (10..=16).contains(&start),
+        "the oldest segments were deleted, about 8 KiB kept: start {start}"
+    );
+    // Below the log start: OFFSET_OUT_OF_RANGE with the new start.
+    s.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        30,
+        &fetch_request("ret", 0, 0),
+    ))
+    .unwrap();
+    let (_, f): (i32, FetchResponse) = response(&mut s, ApiKey::Fetch, 12);
+    let p = &f.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.log_start_offset), (1, start));
+    // A consumer from the beginning reads exactly what is left, and so does one
+    // after a restart.
+    for round in 0..2 {
+        let out = kcat(
+            &[
+                "-b",
+                &broker.addr,
+                "-C",
+                "-t",
+                "ret",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%o %s\n",
+            ],
+            b"",
+        );
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l[..l.find('-').unwrap()].to_string())
+            .collect();
+        let want: Vec<String> = (start..20).map(|o| format!("{o} {o:02}")).collect();
+        assert_eq!(lines, want, "round {round}");
+        if round == 0 {
+            drop(s);
+            assert!(broker.sigterm().success());
+            broker = broker.restart();
+            s = connect(&broker.addr);
+            // Several retention passes later, still the same.
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(earliest_latest(&mut s, "ret"), (start, 20));
+        }
+    }
+
+    // By age: with a 1-hour limit every segment of these 2023 records goes but
+    // the active one.
+    drop(s);
+    assert!(broker.sigterm().success());
+    drop(broker);
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--segment-bytes",
+            "4096",
+            "--log-retention-ms",
+            "3600000",
+            "--log-retention-check-interval-ms",
+            "100",
+        ],
+    );
+    let mut s = connect(&broker.addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while earliest_latest(&mut s, "ret").0 == start && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(earliest_latest(&mut s, "ret"), (18, 20));
+}
+
+#[test]
+fn describe_configs_answers_for_topics_and_this_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--log-retention-ms", "3600000", "--segment-bytes", "1m"],
+    );
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "conf", true), 0);
+    let resource = |kind: i8, name: &str, keys: Option<&[&str]>| {
+        DescribeConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(StrBytes::from_string(name.into()))
+            .with_configuration_keys(keys.map(|k| {
+                k.iter()
+                    .map(|k| StrBytes::from_string((*k).into()))
+                    .collect()
+            }))
+    };
+    let req = DescribeConfigsRequest::default().with_resources(vec![
+        resource(2, "conf", None),
+        resource(2, "conf", Some(&["retention.ms", "no.such.key"])),
+        resource(2, "missing", None),
+        resource(4, "0", None),
+        resource(4, "7", None),
+        resource(8, "0", None),
+    ]);
+    for version in [1, 4] {
+        s.write_all(&request_frame(ApiKey::DescribeConfigs, version, 3, &req))
+            .unwrap();
+        let (_, r): (i32, DescribeConfigsResponse) =
+            response(&mut s, ApiKey::DescribeConfigs, version);
+        let codes: Vec<i16> = r.results.iter().map(|x| x.error_code).collect();
+        assert_eq!(codes, vec![0, 0, 3, 0, 42, 42], "v{version}");
+        let value = |i: usize, name: &str| {
+            r.results[i]
+                .configs
+                .iter()
+                .find(|c| c.name.as_str() == name)
+                .map(|c| (c.value.as_ref().unwrap().to_string(), c.config_source))
+        };
+        // Set on the command line: a static broker config; left alone: a default.
+        assert_eq!(value(0, "retention.ms"), Some(("3600000".into(), 4)));
+        assert_eq!(value(0, "segment.bytes"), Some(("1048576".into(), 4)));
+        assert_eq!(value(0, "retention.bytes"), Some(("-1".into(), 5)));
+        assert_eq!(value(0, "cleanup.policy"), Some(("delete".into(), 5)));
+        assert_eq!(r.results[1].configs.len(), 1, "only the keys asked for");
+        assert_eq!(value(3, "log.retention.ms"), Some(("3600000".into(), 4)));
+        assert_eq!(value(3, "num.partitions"), Some(("1".into(), 5)));
+        assert!(r.results[3].configs.iter().all(|c| c.read_only));
+    }
 }

@@ -319,3 +319,30 @@ fn concurrent_producers_get_distinct_contiguous_offsets() {
         assert_eq!(stored.get(&(*p, *o)), Some(v));
     }
 }
+
+#[test]
+fn admin_client_describes_topic_and_broker_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--log-retention-bytes", "1g"]);
+    python_client(
+        "kafka_client.py",
+        &["produce", &broker.addr, "cfg", "1", "1", "c"],
+    );
+    let out = python_client(
+        "kafka_client.py",
+        &["describe-configs", &broker.addr, "cfg"],
+    );
+    // Sources: 4 = set on the command line (static broker config), 5 = default.
+    for want in [
+        "CONFIG cfg retention.bytes 1073741824 4",
+        "CONFIG cfg retention.ms 604800000 5",
+        "CONFIG cfg cleanup.policy delete 5",
+        "CONFIG 0 log.retention.bytes 1073741824 4",
+        "CONFIG 0 broker.id 0 5",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "{want} missing from:\n{out}"
+        );
+    }
+}

@@ -9,6 +9,8 @@ environment the producers are idempotent):
   bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
   group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
+  describe-configs BOOTSTRAP TOPIC                 AdminClient: TOPIC's and broker 0's configs;
+                                                    "CONFIG resource name value source"
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
   group-admin BOOTSTRAP GROUP SECONDS               AdminClient while a member holds GROUP, then after it
@@ -265,6 +267,15 @@ def group_admin(bootstrap, group_id, seconds):
     report(describe())
 
 
+def describe_configs(bootstrap, topic):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resources = [ConfigResource("topic", topic), ConfigResource("broker", "0")]
+    for res, fut in admin.describe_configs(resources, request_timeout=20).items():
+        for name, entry in sorted(fut.result(timeout=30).items()):
+            out("CONFIG %s %s %s %s" % (res.name, name, entry.value, entry.source))
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -281,6 +292,8 @@ def main(argv):
         group_hold(argv[2], argv[3], argv[4], float(argv[5]))
     elif cmd == "group-admin":
         group_admin(argv[2], argv[3], float(argv[4]))
+    elif cmd == "describe-configs":
+        describe_configs(argv[2], argv[3])
     elif cmd == "recreate":
         recreate(argv[2], argv[3], int(argv[4]))
     else:

@@ -2,6 +2,7 @@
 //! as a future; only Produce does work before returning (its submission to storage),
 //! so pipelined produces keep their order.
 
+mod configs;
 mod fetch;
 mod groups;
 mod produce;
@@ -175,6 +176,14 @@ pub(crate) async fn handle(
                 version,
                 cid,
                 &groups::delete_groups(&ctx, req).await,
+            )
+        }),
+        RequestKind::DescribeConfigs(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DescribeConfigs,
+                version,
+                cid,
+                &configs::describe_configs(&ctx, &req),
             )
         }),
         RequestKind::InitProducerId(req) => Box::pin(async move {
