@@ -82,6 +82,13 @@ pub struct GroupConfig {
     /// Longest session timeout a JoinGroup may ask for; a longer one is answered
     /// with INVALID_SESSION_TIMEOUT (Kafka's `group.max.session.timeout.ms`). Default: 1800000.
     pub max_session_timeout_ms: i32,
+    /// A group that has had no members and no commit for this long loses its
+    /// committed offsets (Kafka's `offsets.retention.minutes`). Default: 10080
+    /// (7 days).
+    pub offsets_retention_minutes: u64,
+    /// How often expired offsets are looked for (Kafka's
+    /// `offsets.retention.check.interval.ms`). Default: 600000.
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 /// The WAL switch plus the engine's configuration.
@@ -130,6 +137,8 @@ impl Default for GroupConfig {
         GroupConfig {
             min_session_timeout_ms: 6000,
             max_session_timeout_ms: 1_800_000,
+            offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }
@@ -175,6 +184,20 @@ impl Config {
                 "0".into(),
                 "accepted values: -1 (forever) or 1 or more",
             );
+        }
+        for (flag, v) in [
+            (
+                "--offsets-retention-minutes",
+                self.groups.offsets_retention_minutes,
+            ),
+            (
+                "--offsets-retention-check-interval-ms",
+                self.groups.offsets_retention_check_interval_ms,
+            ),
+        ] {
+            if v == 0 {
+                return bad(flag, "0".into(), "accepted values: 1 or more");
+            }
         }
         if self.storage.retention_check_interval_ms == 0 {
             return bad(
@@ -473,6 +496,25 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub group_max_session_timeout_ms: i32,
+
+    /// Committed offsets of a group are deleted once it has had no members and no
+    /// commit for this many minutes.
+    #[arg(
+        long,
+        env = "STREAMLINE_OFFSETS_RETENTION_MINUTES",
+        default_value_t = 10_080,
+        value_name = "MINUTES"
+    )]
+    pub offsets_retention_minutes: u64,
+
+    /// How often expired committed offsets are looked for, in milliseconds.
+    #[arg(
+        long,
+        env = "STREAMLINE_OFFSETS_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 600_000,
+        value_name = "MS"
+    )]
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl Cli {
@@ -512,6 +554,8 @@ impl Cli {
             groups: GroupConfig {
                 min_session_timeout_ms: self.group_min_session_timeout_ms,
                 max_session_timeout_ms: self.group_max_session_timeout_ms,
+                offsets_retention_minutes: self.offsets_retention_minutes,
+                offsets_retention_check_interval_ms: self.offsets_retention_check_interval_ms,
             },
         }
     }
@@ -602,6 +646,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--log-retention-check-interval-ms"), "{e}");
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                c.groups.offsets_retention_minutes,
+                c.groups.offsets_retention_check_interval_ms
+            ),
+            (10_080, 600_000)
+        );
+        for flag in [
+            "--offsets-retention-minutes",
+            "--offsets-retention-check-interval-ms",
+        ] {
+            let e = parse(&[flag, "0"])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 
     #[test]

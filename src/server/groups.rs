@@ -23,14 +23,14 @@ use std::{
     collections::{BTreeMap, HashMap},
     ops::RangeInclusive,
     sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::codes;
-use crate::config::GroupConfig;
+use crate::{config::GroupConfig, storage::OffsetStore};
 
 /// Answer to a JoinGroup.
 #[derive(Debug, Clone)]
@@ -190,6 +190,8 @@ struct Group {
     /// unless the member rejoins with them.
     pending_members: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
+    /// When the group last became `Empty` (or was created).
+    empty_since: SystemTime,
 }
 
 impl Group {
@@ -205,6 +207,7 @@ impl Group {
             pending_syncs: Vec::new(),
             pending_members: HashMap::new(),
             rebalance_deadline: None,
+            empty_since: SystemTime::now(),
         }
     }
 
@@ -244,6 +247,7 @@ impl Group {
         self.rebalance_deadline = None;
         if self.members.is_empty() {
             self.state = State::Empty;
+            self.empty_since = SystemTime::now();
             self.leader = None;
             self.protocol = None;
             return;
@@ -333,6 +337,9 @@ impl Group {
 #[derive(Debug)]
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// When this coordinator started: groups it does not hold count as empty since
+    /// then at the latest (their membership before a restart is unknown).
+    started: SystemTime,
     /// The session timeouts a JoinGroup may ask for.
     session_timeouts: RangeInclusive<Duration>,
 }
@@ -376,6 +383,7 @@ impl GroupCoordinator {
         let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
         GroupCoordinator {
             groups: Mutex::default(),
+            started: SystemTime::now(),
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
         }
     }
@@ -616,6 +624,7 @@ impl GroupCoordinator {
         if removed {
             if g.members.is_empty() {
                 g.state = State::Empty;
+                g.empty_since = SystemTime::now();
                 g.leader = None;
                 g.rebalance_deadline = None;
             } else {
@@ -760,6 +769,56 @@ impl GroupCoordinator {
         }
     }
 
+    /// Deletes the committed offsets of every group that has had no members and no
+    /// commit for `retention` at `now` (Kafka's `offsets.retention.minutes`, as
+    /// KIP-211 counts it: from when the group became empty, or from its last
+    /// commit if later; a group this coordinator does not hold counts as empty
+    /// since it started). Each deletion goes through
+    /// [`GroupCoordinator::begin_delete`], so a member joining meanwhile keeps the
+    /// group. Blocking (removes files). Returns the groups deleted.
+    ///
+    /// # Errors
+    /// The first I/O error from removing a group's offsets; groups deleted before it
+    /// stay deleted.
+    pub fn expire_offsets(
+        &self,
+        store: &OffsetStore,
+        retention: Duration,
+        now: SystemTime,
+    ) -> crate::error::Result<Vec<String>> {
+        let mut expired = Vec::new();
+        for (group, last_commit) in store.last_commits() {
+            let empty_since = {
+                let groups = self.lock();
+                match groups.get(&group) {
+                    Some(g) if g.state == State::Empty => g.empty_since,
+                    Some(_) => continue,
+                    None => self.started,
+                }
+            };
+            let since = empty_since.max(last_commit);
+            if now.duration_since(since).unwrap_or_default() <= retention {
+                continue;
+            }
+            if self.begin_delete(&group, true) != codes::NONE {
+                continue;
+            }
+            // A commit that got in before the group was marked for deletion keeps it.
+            let deleted = store.delete_unless_committed_since(&group, last_commit);
+            self.finish_delete(&group);
+            if !deleted? {
+                continue;
+            }
+            tracing::info!(
+                group = %group,
+                idle_minutes = now.duration_since(since).unwrap_or_default().as_secs() / 60,
+                "expired the committed offsets of an idle group"
+            );
+            expired.push(group);
+        }
+        Ok(expired)
+    }
+
     /// Expires members whose session timed out and completes overdue rebalances.
     pub fn tick(&self) {
         let now = Instant::now();
@@ -783,6 +842,7 @@ impl GroupCoordinator {
             if !expired.is_empty() {
                 if g.members.is_empty() {
                     g.state = State::Empty;
+                    g.empty_since = SystemTime::now();
                     g.leader = None;
                 } else {
                     g.start_rebalance(now);
@@ -815,6 +875,83 @@ mod tests {
             rebalance_timeout: Duration::from_secs(10),
             require_known_member_id: false,
         }
+    }
+
+    #[test]
+    fn idle_groups_lose_their_committed_offsets_after_the_retention() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let commit = |g: &str| crate::storage::Committed {
+            topic: format!("{g}-topic"),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        for g in ["simple", "recent", "active"] {
+            store.commit(g, None, vec![commit(g)]).unwrap();
+        }
+        // Committed 8 days ago, as a restart reads it back from the files.
+        let now = SystemTime::now();
+        for f in std::fs::read_dir(&path).unwrap() {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(f.unwrap().path())
+                .unwrap();
+            f.set_modified(now - 8 * DAY).unwrap();
+        }
+        drop(store);
+        let store = OffsetStore::open(path.clone()).unwrap();
+        // A broker up for 8 days; "active" has a member, "recent"'s just left.
+        let c = GroupCoordinator {
+            started: now - 8 * DAY,
+            ..GroupCoordinator::default()
+        };
+        let join = |g: &str| {
+            let r = JoinRequest {
+                group: g.into(),
+                ..req("")
+            };
+            c.join(r).try_recv().expect("completes at once")
+        };
+        let active = join("active");
+        assert_eq!(active.error, codes::NONE);
+        let recent = join("recent");
+        assert_eq!(
+            c.leave("recent", std::slice::from_ref(&recent.member_id)),
+            Ok(vec![codes::NONE])
+        );
+        let week = 7 * DAY;
+
+        assert_eq!(c.expire_offsets(&store, week, now).unwrap(), vec!["simple"]);
+        assert!(store.group("simple").is_none());
+        assert!(store.group("recent").is_some() && store.group("active").is_some());
+        // A day more is not enough for a group empty since now.
+        assert!(c
+            .expire_offsets(&store, week, now + DAY)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            c.expire_offsets(&store, week, now + 8 * DAY).unwrap(),
+            vec!["recent"],
+            "empty for longer than the retention; a group with members is kept"
+        );
+        assert!(store.group("active").is_some());
+        // A commit after the expiry looked keeps a group.
+        let looked_at = store.last_commits()[0].1;
+        store
+            .commit("active", None, vec![commit("active")])
+            .unwrap();
+        assert!(!store
+            .delete_unless_committed_since("active", looked_at)
+            .unwrap());
+        drop(store);
+        let store = OffsetStore::open(path).unwrap();
+        let mut left: Vec<String> = store.groups().into_iter().map(|g| g.group).collect();
+        left.sort();
+        assert_eq!(left, vec!["active"], "expired groups stay deleted");
     }
 
     #[test]

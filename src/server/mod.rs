@@ -170,6 +170,32 @@ impl Server {
                 groups.tick();
             }
         });
+        let expiry = {
+            let groups = Arc::clone(&self.ctx.groups);
+            let storage = self.ctx.storage.clone();
+            let cfg = storage.config().groups.clone();
+            let retention = Duration::from_secs(cfg.offsets_retention_minutes.saturating_mul(60));
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(
+                    cfg.offsets_retention_check_interval_ms,
+                ));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let (g, s) = (Arc::clone(&groups), storage.clone());
+                    let run = tokio::task::spawn_blocking(move || {
+                        g.expire_offsets(s.offsets(), retention, std::time::SystemTime::now())
+                    });
+                    match run.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "expiring committed offsets failed")
+                        }
+                        Err(e) => tracing::error!(error = %e, "offset expiry task failed"),
+                    }
+                }
+            })
+        };
         tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, "listening");
         // Whether the last connection accepted was refused (logged once per run of them).
         let mut refusing = false;
@@ -234,6 +260,7 @@ impl Server {
             );
         }
         ticker.abort();
+        expiry.abort();
     }
 }
 

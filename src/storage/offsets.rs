@@ -8,6 +8,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Mutex, MutexGuard, PoisonError},
+    time::SystemTime,
 };
 
 use serde::{Deserialize, Serialize};
@@ -42,10 +43,22 @@ struct GroupFile {
     offsets: Vec<Committed>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct GroupOffsets {
     protocol_type: Option<String>,
     offsets: BTreeMap<(String, i32), Committed>,
+    /// When the group last committed: the file's modification time after a restart.
+    last_commit: SystemTime,
+}
+
+impl Default for GroupOffsets {
+    fn default() -> Self {
+        GroupOffsets {
+            protocol_type: None,
+            offsets: BTreeMap::new(),
+            last_commit: SystemTime::now(),
+        }
+    }
 }
 
 /// A group that has committed offsets, as the store knows it.
@@ -89,6 +102,10 @@ impl OffsetStore {
                 continue;
             }
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+            // Each commit rewrites the file: its modification time is the last commit's.
+            let last_commit = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
             let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
                 Error::corrupt(&path, 0, format!("group offsets do not parse: {e}"))
             })?;
@@ -102,6 +119,7 @@ impl OffsetStore {
                 GroupOffsets {
                     protocol_type: f.protocol_type,
                     offsets,
+                    last_commit,
                 },
             );
         }
@@ -135,6 +153,7 @@ impl OffsetStore {
         for c in commits {
             next.offsets.insert((c.topic.clone(), c.partition), c);
         }
+        next.last_commit = SystemTime::now();
         let file = GroupFile {
             version: 1,
             group: group.to_string(),
@@ -157,6 +176,14 @@ impl OffsetStore {
     /// come back after a crash.
     pub fn delete(&self, group: &str) -> Result<bool> {
         let mut groups = self.lock();
+        self.delete_locked(&mut groups, group)
+    }
+
+    fn delete_locked(
+        &self,
+        groups: &mut HashMap<String, GroupOffsets>,
+        group: &str,
+    ) -> Result<bool> {
         if !groups.contains_key(group) {
             return Ok(false);
         }
@@ -171,6 +198,27 @@ impl OffsetStore {
         // crash could bring the group's offsets back.
         crate::wal::files::sync_dir(&self.dir)?;
         Ok(true)
+    }
+
+    /// Like [`OffsetStore::delete`], but only when `group` has not committed since
+    /// `last_commit` (a commit racing an expiry keeps the group). Returns whether
+    /// the group was deleted.
+    ///
+    /// # Errors
+    /// As [`OffsetStore::delete`].
+    pub fn delete_unless_committed_since(
+        &self,
+        group: &str,
+        last_commit: SystemTime,
+    ) -> Result<bool> {
+        let mut groups = self.lock();
+        if groups
+            .get(group)
+            .is_none_or(|g| g.last_commit > last_commit)
+        {
+            return Ok(false);
+        }
+        self.delete_locked(&mut groups, group)
     }
 
     /// The committed position of `topic`/`partition` in `group`.
@@ -196,6 +244,14 @@ impl OffsetStore {
             group: group.to_string(),
             protocol_type: g.protocol_type.clone(),
         })
+    }
+
+    /// Every group with committed offsets and when it last committed.
+    pub fn last_commits(&self) -> Vec<(String, SystemTime)> {
+        self.lock()
+            .iter()
+            .map(|(g, o)| (g.clone(), o.last_commit))
+            .collect()
     }
 
     /// Every group with committed offsets, by group id.
