@@ -59,6 +59,9 @@ use recovery_points::RecoveryPoints;
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;
 
+/// Bytes a WAL entry needs besides a produce's records and its topic name.
+pub const WAL_ENTRY_OVERHEAD: u64 = 64;
+
 /// A topic and its partitions.
 #[derive(Debug)]
 pub struct Topic {
@@ -928,7 +931,7 @@ impl TopicManager {
             return Err(ProduceError::Transactional);
         }
         if let Some(w) = &self.shared.wal {
-            let overhead = 64 + topic.len() as u64;
+            let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;
             if records.len() as u64 + overhead > w.max_entry_bytes() {
                 return Err(ProduceError::TooLarge);
             }

@@ -52,13 +52,18 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("-1".to_string(), |v| v.to_string())
 }
 
-/// The largest record batch a produce may carry: one WAL entry (with the WAL
-/// enabled), within one request frame.
+/// The largest record batch a produce may carry: one WAL entry less its framing
+/// (with the WAL enabled; the framing counted for the longest topic name), within
+/// one request frame.
 fn max_message_bytes(ctx: &Ctx) -> u64 {
     let frame = ctx.storage.config().server.max_request_bytes as u64;
-    ctx.storage
-        .wal()
-        .map_or(frame, |w| w.max_entry_bytes().min(frame))
+    ctx.storage.wal().map_or(frame, |w| {
+        w.max_entry_bytes()
+            .saturating_sub(
+                crate::storage::WAL_ENTRY_OVERHEAD + crate::storage::MAX_TOPIC_NAME as u64,
+            )
+            .min(frame)
+    })
 }
 
 /// A topic's configuration: the broker's settings under the topic-level names.
