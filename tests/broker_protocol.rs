@@ -8,12 +8,13 @@ use std::{io::Write, net::TcpStream, time::Duration};
 use bytes::{Buf, Bytes};
 use kafka_protocol::{
     messages::{
+        create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic},
         describe_configs_request::DescribeConfigsResource,
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeConfigsRequest,
-        DescribeConfigsResponse, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
-        ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-        ProduceResponse, ProducerId, TopicName, TransactionalId,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
+        CreatePartitionsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchResponse,
+        InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+        MetadataRequest, MetadataResponse, ProduceResponse, ProducerId, TopicName, TransactionalId,
     },
     protocol::{Decodable, StrBytes},
 };
@@ -1018,4 +1019,114 @@ fn describe_configs_answers_for_topics_and_this_broker() {
         assert_eq!(value(3, "num.partitions"), Some(("1".into(), 5)));
         assert!(r.results[3].configs.iter().all(|c| c.read_only));
     }
+}
+
+fn create_partitions(
+    s: &mut TcpStream,
+    version: i16,
+    topics: &[(&str, i32, Option<Vec<i32>>)],
+    validate_only: bool,
+) -> Vec<i16> {
+    let req = CreatePartitionsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_validate_only(validate_only)
+        .with_topics(
+            topics
+                .iter()
+                .map(|(name, count, brokers)| {
+                    CreatePartitionsTopic::default()
+                        .with_name(TopicName(StrBytes::from_string((*name).into())))
+                        .with_count(*count)
+                        .with_assignments(brokers.as_ref().map(|b| {
+                            b.iter()
+                                .map(|id| {
+                                    CreatePartitionsAssignment::default().with_broker_ids(vec![
+                                        kafka_protocol::messages::BrokerId(*id),
+                                    ])
+                                })
+                                .collect()
+                        }))
+                })
+                .collect(),
+        );
+    s.write_all(&request_frame(ApiKey::CreatePartitions, version, 5, &req))
+        .unwrap();
+    let (_, r): (i32, CreatePartitionsResponse) = response(s, ApiKey::CreatePartitions, version);
+    r.results.iter().map(|x| x.error_code).collect()
+}
+
+fn partition_count(s: &mut TcpStream, topic: &str) -> usize {
+    let req = MetadataRequest::default().with_topics(Some(vec![
+        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.into())))),
+    ]));
+    s.write_all(&request_frame(ApiKey::Metadata, 9, 6, &req))
+        .unwrap();
+    let (_, m): (i32, MetadataResponse) = response(s, ApiKey::Metadata, 9);
+    m.topics[0].partitions.len()
+}
+
+#[test]
+fn create_partitions_grows_a_topic_durably() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "grow", true), 0);
+    assert_eq!(partition_count(&mut s, "grow"), 1);
+    // A dry run changes nothing; bad requests get Kafka's codes.
+    assert_eq!(
+        create_partitions(&mut s, 3, &[("grow", 3, None)], true),
+        vec![0]
+    );
+    assert_eq!(partition_count(&mut s, "grow"), 1);
+    assert_eq!(
+        create_partitions(
+            &mut s,
+            3,
+            &[
+                ("grow", 1, None),
+                ("missing", 2, None),
+                ("grow", 3, Some(vec![0, 5])),
+                ("grow", 3, Some(vec![0])),
+                ("grow", 20_000, None),
+            ],
+            false
+        ),
+        vec![37, 3, 39, 39, 37]
+    );
+    assert_eq!(
+        create_partitions(&mut s, 0, &[("grow", 3, Some(vec![0, 0]))], false),
+        vec![0]
+    );
+    assert_eq!(partition_count(&mut s, "grow"), 3);
+    // The new partitions take produces, and they survive a restart.
+    for p in [0, 2] {
+        s.write_all(&request_frame(
+            ApiKey::Produce,
+            8,
+            40 + p,
+            &produce("grow", p, batch(&[&format!("to {p}")])),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+        assert_eq!(partition_result(&r), (0, 0), "partition {p}");
+    }
+    assert_eq!(
+        create_partitions(&mut s, 3, &[("grow", 4, None)], false),
+        vec![0]
+    );
+    drop(s);
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let mut s = connect(&broker.addr);
+    assert_eq!(partition_count(&mut s, "grow"), 4);
+    s.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        50,
+        &fetch_request("grow", 0, 0),
+    ))
+    .unwrap();
+    let (_, f): (i32, FetchResponse) = response(&mut s, ApiKey::Fetch, 12);
+    assert_eq!(f.responses[0].partitions[0].high_watermark, 1);
 }

@@ -321,7 +321,7 @@ fn concurrent_producers_get_distinct_contiguous_offsets() {
 }
 
 #[test]
-fn admin_client_describes_topic_and_broker_configs() {
+fn admin_client_describes_configs_and_adds_partitions() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(&tmp.path().join("data"), &["--log-retention-bytes", "1g"]);
     python_client(
@@ -345,4 +345,16 @@ fn admin_client_describes_topic_and_broker_configs() {
             "{want} missing from:\n{out}"
         );
     }
+    let out = python_client("kafka_client.py", &["grow", &broker.addr, "cfg", "3"]);
+    assert!(out.contains("GREW cfg 3"), "{out}");
+    // The producer sees the new partitions and writes to each.
+    let acks = records(
+        &python_client(
+            "kafka_client.py",
+            &["produce", &broker.addr, "cfg", "6", "3", "g"],
+        ),
+        "ACK",
+    );
+    let parts: std::collections::BTreeSet<i32> = acks.iter().map(|(p, _, _)| *p).collect();
+    assert_eq!(parts, [0, 1, 2].into_iter().collect(), "{acks:?}");
 }

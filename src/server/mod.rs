@@ -472,6 +472,7 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::DeleteGroups, 0, 2),
         (ApiKey::InitProducerId, 0, 4),
         (ApiKey::DescribeConfigs, 1, 4),
+        (ApiKey::CreatePartitions, 0, 3),
     ];
     wanted
         .into_iter()

@@ -852,6 +852,79 @@ impl TopicManager {
         Ok(topic)
     }
 
+    /// Grows `name` to `count` partitions (blocking: creates and fsyncs files). The
+    /// new partitions are created first, then `topic.json` is replaced atomically:
+    /// a crash in between leaves empty partition directories the topic does not
+    /// count, which a later growth reuses.
+    ///
+    /// # Errors
+    /// [`CreateError::InvalidPartitions`] unless `count` is above the current count
+    /// and at most 10000; [`CreateError::Storage`] for I/O errors (the topic keeps
+    /// its partitions), or when the topic was deleted meanwhile.
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+    ) -> std::result::Result<Arc<Topic>, CreateError> {
+        let _guard = self
+            .shared
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let storage = |e: Error| CreateError::Storage(e.to_string());
+        let old = self
+            .topic(name)
+            .ok_or_else(|| CreateError::Storage(format!("unknown topic {name}")))?;
+        let have = old.partitions.len() as i32;
+        if count <= have || count > 10_000 {
+            return Err(CreateError::InvalidPartitions);
+        }
+        let dir = self.shared.topics_dir.join(name);
+        let mut partitions = old.partitions.clone();
+        for p in have..count {
+            partitions.push(Arc::new(
+                Partition::open(
+                    name,
+                    p,
+                    dir.join(p.to_string()),
+                    self.shared.config.storage.segment_bytes,
+                )
+                .map_err(storage)?,
+            ));
+        }
+        sync_dir(&dir).map_err(storage)?;
+        let file = TopicFile {
+            version: 1,
+            id: old.id.to_string(),
+            partitions: count,
+            wal_floor: old.wal_floor,
+        };
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
+        crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            id: old.id,
+            partitions,
+            wal_floor: old.wal_floor,
+        });
+        let mut topics = self
+            .shared
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A delete removes the topic from the map before it touches its files.
+        match topics.get(name) {
+            Some(t) if Arc::ptr_eq(t, &old) => {
+                topics.insert(name.to_string(), Arc::clone(&topic));
+            }
+            _ => return Err(CreateError::Storage(format!("topic {name} was deleted"))),
+        }
+        drop(topics);
+        tracing::info!(topic = name, from = have, to = count, "added partitions");
+        Ok(topic)
+    }
+
     /// Deletes a topic: stops new produces to it, waits until everything already
     /// accepted for it is applied, checkpoints (so the WAL holds nothing of it past the
     /// checkpoint), then removes its files. Returns false when there is no such topic.

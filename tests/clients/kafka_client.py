@@ -9,6 +9,7 @@ environment the producers are idempotent):
   bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
   group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
+  grow    BOOTSTRAP TOPIC COUNT                     AdminClient: add partitions up to COUNT; "GREW topic count"
   describe-configs BOOTSTRAP TOPIC                 AdminClient: TOPIC's and broker 0's configs;
                                                     "CONFIG resource name value source"
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
@@ -276,6 +277,14 @@ def describe_configs(bootstrap, topic):
             out("CONFIG %s %s %s %s" % (res.name, name, entry.value, entry.source))
 
 
+def grow(bootstrap, topic, count):
+    from confluent_kafka.admin import AdminClient, NewPartitions
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for t, fut in admin.create_partitions([NewPartitions(topic, count)], request_timeout=20).items():
+        fut.result(timeout=30)
+        out("GREW %s %d" % (t, count))
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -292,6 +301,8 @@ def main(argv):
         group_hold(argv[2], argv[3], argv[4], float(argv[5]))
     elif cmd == "group-admin":
         group_admin(argv[2], argv[3], float(argv[4]))
+    elif cmd == "grow":
+        grow(argv[2], argv[3], int(argv[4]))
     elif cmd == "describe-configs":
         describe_configs(argv[2], argv[3])
     elif cmd == "recreate":

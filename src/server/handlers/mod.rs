@@ -178,6 +178,14 @@ pub(crate) async fn handle(
                 &groups::delete_groups(&ctx, req).await,
             )
         }),
+        RequestKind::CreatePartitions(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::CreatePartitions,
+                version,
+                cid,
+                &topics::create_partitions(&ctx, req).await,
+            )
+        }),
         RequestKind::DescribeConfigs(req) => Box::pin(async move {
             encode_response(
                 ApiKey::DescribeConfigs,

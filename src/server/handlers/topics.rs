@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use kafka_protocol::{
     messages::{
+        create_partitions_response::CreatePartitionsTopicResult,
         create_topics_response::CreatableTopicResult,
         delete_topics_response::DeletableTopicResult,
         metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
         },
-        BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-        DeleteTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
+        BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+        CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, MetadataRequest,
+        MetadataResponse, TopicName,
     },
     protocol::StrBytes,
 };
@@ -229,6 +231,69 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
         });
     }
     CreateTopicsResponse::default().with_topics(results)
+}
+
+/// CreatePartitions: grows topics, as Kafka answers it for a single broker.
+pub(crate) async fn create_partitions(
+    ctx: &Ctx,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::new();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let node = ctx.storage.meta().node_id;
+        let check = match ctx.storage.topic(&name) {
+            None => Err((
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {name}"),
+            )),
+            Some(topic) if t.count <= topic.partitions.len() as i32 => Err((
+                codes::INVALID_PARTITIONS,
+                format!(
+                    "topic {name} has {} partitions; the count can only grow",
+                    topic.partitions.len()
+                ),
+            )),
+            Some(_) if t.count > 10_000 => Err((
+                codes::INVALID_PARTITIONS,
+                format!("partition count {} is above 10000", t.count),
+            )),
+            Some(topic)
+                if t.assignments.as_ref().is_some_and(|a| {
+                    a.len() != (t.count as usize - topic.partitions.len())
+                        || a.iter().any(|x| x.broker_ids.iter().any(|b| b.0 != node))
+                }) =>
+            {
+                Err((
+                    codes::INVALID_REPLICA_ASSIGNMENT,
+                    format!("new partitions can only be assigned to broker {node}, one each"),
+                ))
+            }
+            Some(_) if req.validate_only => Ok(()),
+            Some(_) => {
+                let storage = ctx.storage.clone();
+                let (n, count) = (name.clone(), t.count);
+                match tokio::task::spawn_blocking(move || storage.add_partitions(&n, count)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(CreateError::InvalidPartitions)) => Err((
+                        codes::INVALID_PARTITIONS,
+                        "the partition count can only grow".into(),
+                    )),
+                    Ok(Err(CreateError::Storage(s))) => Err((codes::KAFKA_STORAGE_ERROR, s)),
+                    Ok(Err(e)) => Err((codes::KAFKA_STORAGE_ERROR, format!("{e:?}"))),
+                    Err(e) => Err((codes::KAFKA_STORAGE_ERROR, e.to_string())),
+                }
+            }
+        };
+        let r = CreatePartitionsTopicResult::default().with_name(t.name);
+        results.push(match check {
+            Ok(()) => r.with_error_code(codes::NONE),
+            Err((code, msg)) => r
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(msg))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
 }
 
 pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
