@@ -36,6 +36,49 @@ fn read_all(addr: &str, topic: &str) -> BTreeMap<(i32, i64), String> {
     msgs.into_iter().map(|(p, o, v)| ((p, o), v)).collect()
 }
 
+/// A confluent-kafka producer streaming acks=all produces to topic `crash`, its
+/// output lines collected as they come.
+struct Stream {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Stream {
+    fn start(py: &str, addr: &str, prefix: &str, idempotent: bool) -> Stream {
+        let mut child = Command::new(py)
+            .arg(client_script("kafka_client.py"))
+            .args(["stream", addr, "crash", &PARTITIONS.to_string(), prefix])
+            .env("IDEMPOTENT", if idempotent { "1" } else { "0" })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start producer");
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = Arc::clone(&lines);
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Stream {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// SIGKILLs the producer; everything it printed.
+    fn kill(mut self) -> String {
+        signal(self.child.id(), "KILL");
+        let _ = self.child.wait();
+        self.reader.join().unwrap();
+        let text = self.lines.lock().unwrap().join("\n");
+        text
+    }
+}
+
 /// Streams acks=all produces until `acks` acknowledgements (or 15 s), SIGKILLs the
 /// broker mid-stream, then the producer; returns the producer's output.
 fn stream_then_kill9(broker: &mut Broker, py: &str, prefix: &str, acks: usize) -> String {
@@ -51,38 +94,15 @@ fn stream_then(
     acks: usize,
     stop: impl FnOnce(&mut Broker),
 ) -> String {
-    let mut producer = Command::new(py)
-        .arg(client_script("kafka_client.py"))
-        .args([
-            "stream",
-            &broker.addr,
-            "crash",
-            &PARTITIONS.to_string(),
-            prefix,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start producer");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&lines);
-    let stdout = producer.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let stream = Stream::start(py, &broker.addr, prefix, false);
+    let lines = Arc::clone(&stream.lines);
     let start = Instant::now();
     while lines.lock().unwrap().len() < acks && start.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop(broker);
     std::thread::sleep(Duration::from_millis(200));
-    signal(producer.id(), "KILL");
-    let _ = producer.wait();
-    reader.join().unwrap();
-    let text = lines.lock().unwrap().join("\n");
-    text
+    stream.kill()
 }
 
 /// The number after `name=` in a log line.
@@ -136,13 +156,7 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
         replayed_entries += field(replay, "entries");
         skipped_batches += field(replay, "skipped");
         let stored = read_all(&broker.addr, "crash");
-        for (p, o, v) in &acked {
-            assert_eq!(
-                stored.get(&(*p, *o)),
-                Some(v),
-                "cycle {cycle}: acknowledged {v} must be at {p}/{o}"
-            );
-        }
+        assert_all_stored(&acked, &stored, &format!("cycle {cycle}:"));
         let values: BTreeSet<&String> = stored.values().collect();
         assert_eq!(
             values.len(),
@@ -284,13 +298,7 @@ fn torn_tail_case(mode: &str) {
     );
     // Tear every partition's segment in the middle of a batch, as a crash could.
     for p in 0..PARTITIONS {
-        let dir = data.join("topics/crash").join(p.to_string());
-        let log = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .max()
-            .unwrap();
+        let log = newest_segment(&data, p);
         let len = std::fs::metadata(&log).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
         f.set_len(len / 2 + 7).unwrap();
@@ -307,13 +315,7 @@ fn torn_tail_case(mode: &str) {
         "the torn part came back from the WAL: {replay}"
     );
     let stored = read_all(&broker.addr, "crash");
-    for (p, o, v) in &acked {
-        assert_eq!(
-            stored.get(&(*p, *o)),
-            Some(v),
-            "{mode}: acknowledged {v} must be at {p}/{o}"
-        );
-    }
+    assert_all_stored(&acked, &stored, &format!("{mode}:"));
     let values: BTreeSet<&String> = stored.values().collect();
     assert_eq!(
         values.len(),
@@ -350,13 +352,7 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
     );
     let broker = broker.restart();
     let stored = read_all(&broker.addr, "crash");
-    for (p, o, v) in &acked {
-        assert_eq!(
-            stored.get(&(*p, *o)),
-            Some(v),
-            "acknowledged {v} must be at {p}/{o}"
-        );
-    }
+    assert_all_stored(&acked, &stored, "");
     let replay = broker
         .log_text()
         .lines()
@@ -368,6 +364,21 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
         0,
         "a clean shutdown leaves nothing to replay: {replay}"
     );
+}
+
+/// Every acknowledged `(partition, offset, value)` is stored at its offset.
+fn assert_all_stored(
+    acked: &[(i32, i64, String)],
+    stored: &BTreeMap<(i32, i64), String>,
+    what: &str,
+) {
+    for (p, o, v) in acked {
+        assert_eq!(
+            stored.get(&(*p, *o)),
+            Some(v),
+            "{what} acknowledged {v} must be at {p}/{o}"
+        );
+    }
 }
 
 /// The newest `.log` file of partition `p` of topic `crash`.
@@ -428,13 +439,7 @@ fn flushed_segment_batches_damaged_on_disk_come_back_from_the_wal() {
         "the damage was noticed and repaired: {log}"
     );
     let stored = read_all(&broker.addr, "crash");
-    for (p, o, v) in &acked {
-        assert_eq!(
-            stored.get(&(*p, *o)),
-            Some(v),
-            "acknowledged {v} must be at {p}/{o}"
-        );
-    }
+    assert_all_stored(&acked, &stored, "");
 }
 
 #[test]
@@ -474,7 +479,7 @@ fn flushed_batches_the_wal_no_longer_holds_stop_the_start_unless_tolerated() {
     );
     flip(&log, 100);
 
-    let mut cmd = std::process::Command::new(broker_support::broker_bin());
+    let mut cmd = Command::new(broker_support::broker_bin());
     cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .args(args)
@@ -534,22 +539,8 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
             &PARTITIONS.to_string(),
         ],
     );
-    let mut producer = Command::new(&py)
-        .arg(client_script("kafka_client.py"))
-        .args(["stream", &listen, "crash", &PARTITIONS.to_string(), "i0"])
-        .env("IDEMPOTENT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start producer");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&lines);
-    let stdout = producer.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let stream = Stream::start(&py, &listen, "i0", true);
+    let lines = Arc::clone(&stream.lines);
     let wait_for = |n: usize| {
         let start = Instant::now();
         while lines.lock().unwrap().len() < n && start.elapsed() < Duration::from_secs(30) {
@@ -589,21 +580,12 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    signal(producer.id(), "KILL");
-    let _ = producer.wait();
-    reader.join().unwrap();
-    let text = lines.lock().unwrap().join("\n");
+    let text = stream.kill();
     let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERR")).collect();
     assert!(errors.is_empty(), "delivery errors: {errors:?}");
     let acked = records(&text, "ACK");
     let stored = read_all(&broker.addr, "crash");
-    for (p, o, v) in &acked {
-        assert_eq!(
-            stored.get(&(*p, *o)),
-            Some(v),
-            "acknowledged {v} at {p}/{o}"
-        );
-    }
+    assert_all_stored(&acked, &stored, "");
     let mut seen = BTreeSet::new();
     for ((p, o), v) in &stored {
         assert!(seen.insert(v), "{v} stored twice (again at {p}/{o})");

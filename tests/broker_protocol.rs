@@ -346,25 +346,7 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
     assert_eq!(f.responses[0].partitions[0].error_code, 1);
 
     // ListOffsets: earliest 0, latest 2.
-    let lo = ListOffsetsRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("poll")))
-            .with_partitions(vec![
-                ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(-2),
-                ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(-1),
-                ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(1_600_000_000_000),
-            ])]);
-    c.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo))
-        .unwrap();
-    let (_, l): (i32, ListOffsetsResponse) = response(&mut c, ApiKey::ListOffsets, 7);
-    let offs: Vec<i64> = l.topics[0].partitions.iter().map(|p| p.offset).collect();
+    let offs = list_offsets(&mut c, "poll", &[-2, -1, 1_600_000_000_000]);
     assert_eq!(
         offs,
         vec![0, 2, 0],
@@ -829,25 +811,33 @@ fn idempotent_produces_are_deduplicated_and_kept_in_sequence() {
     assert!(pid3 > pid2, "ids are not reused after a restart: {pid3}");
 }
 
-/// ListOffsets earliest and latest of partition 0 of `topic`.
-fn earliest_latest(s: &mut TcpStream, topic: &str) -> (i64, i64) {
+/// ListOffsets v7 of partition 0 of `topic` for each of `timestamps` (-2
+/// earliest, -1 latest): the offsets answered.
+fn list_offsets(s: &mut TcpStream, topic: &str, timestamps: &[i64]) -> Vec<i64> {
     let lo = ListOffsetsRequest::default()
         .with_replica_id(kafka_protocol::messages::BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
             .with_name(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![
-                ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(-2),
-                ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(-1),
-            ])]);
+            .with_partitions(
+                timestamps
+                    .iter()
+                    .map(|t| {
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(*t)
+                    })
+                    .collect(),
+            )]);
     s.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo))
         .unwrap();
     let (_, l): (i32, ListOffsetsResponse) = response(s, ApiKey::ListOffsets, 7);
-    let p = &l.topics[0].partitions;
-    (p[0].offset, p[1].offset)
+    l.topics[0].partitions.iter().map(|p| p.offset).collect()
+}
+
+/// ListOffsets earliest and latest of partition 0 of `topic`.
+fn earliest_latest(s: &mut TcpStream, topic: &str) -> (i64, i64) {
+    let o = list_offsets(s, topic, &[-2, -1]);
+    (o[0], o[1])
 }
 
 #[test]

@@ -26,13 +26,7 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let seq = shared.applied_seq.load(Ordering::Acquire);
-    let topics: Vec<_> = shared
-        .topics
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
+    let topics = shared.topic_list();
     // Each partition's end is read before its segments are synced, so the syncs
     // cover it; the recovery points are written before the WAL checkpoint, so they
     // are never behind what the checkpoint lets the WAL drop.
@@ -107,13 +101,7 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let topics: Vec<_> = shared
-        .topics
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
+    let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
     for t in topics {
         for p in &t.partitions {

@@ -200,6 +200,18 @@ struct Shared {
     producer_ids: ProducerIds,
 }
 
+impl Shared {
+    /// A snapshot of every topic.
+    fn topic_list(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 /// All topics of the broker, the produce pipeline and recovery.
 /// Cheap to clone; [`TopicManager::shutdown`] stops it.
 #[derive(Clone)]
@@ -727,13 +739,7 @@ impl TopicManager {
 
     /// A snapshot of all topics.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.shared
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.shared.topic_list()
     }
 
     /// The topic named `name`.
@@ -798,19 +804,7 @@ impl TopicManager {
             .as_ref()
             .map(|w| w.last_acked_sequence() + 1);
         let made = (|| {
-            let mut parts = Vec::new();
-            for p in 0..partitions {
-                parts.push(Arc::new(
-                    Partition::open(
-                        name,
-                        p,
-                        dir.join(p.to_string()),
-                        self.shared.config.storage.segment_bytes,
-                    )
-                    .map_err(storage)?,
-                ));
-            }
-            sync_dir(&dir).map_err(storage)?;
+            let parts = self.open_partitions(name, &dir, 0..partitions)?;
             // topic.json last: a topic directory without it is an interrupted create.
             let file = TopicFile {
                 version: 1,
@@ -852,6 +846,31 @@ impl TopicManager {
         Ok(topic)
     }
 
+    /// Opens (creating) partitions `range` of topic `name` in `dir`, then fsyncs
+    /// `dir`.
+    fn open_partitions(
+        &self,
+        name: &str,
+        dir: &Path,
+        range: std::ops::Range<i32>,
+    ) -> std::result::Result<Vec<Arc<Partition>>, CreateError> {
+        let storage = |e: Error| CreateError::Storage(e.to_string());
+        let parts = range
+            .map(|p| {
+                Partition::open(
+                    name,
+                    p,
+                    dir.join(p.to_string()),
+                    self.shared.config.storage.segment_bytes,
+                )
+                .map(Arc::new)
+                .map_err(storage)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        sync_dir(dir).map_err(storage)?;
+        Ok(parts)
+    }
+
     /// Grows `name` to `count` partitions (blocking: creates and fsyncs files). The
     /// new partitions are created first, then `topic.json` is replaced atomically:
     /// a crash in between leaves empty partition directories the topic does not
@@ -881,18 +900,7 @@ impl TopicManager {
         }
         let dir = self.shared.topics_dir.join(name);
         let mut partitions = old.partitions.clone();
-        for p in have..count {
-            partitions.push(Arc::new(
-                Partition::open(
-                    name,
-                    p,
-                    dir.join(p.to_string()),
-                    self.shared.config.storage.segment_bytes,
-                )
-                .map_err(storage)?,
-            ));
-        }
-        sync_dir(&dir).map_err(storage)?;
+        partitions.extend(self.open_partitions(name, &dir, have..count)?);
         let file = TopicFile {
             version: 1,
             id: old.id.to_string(),

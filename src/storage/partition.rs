@@ -434,7 +434,11 @@ mod tests {
     use crate::storage::batch::{tests::make_batch, validate_all};
 
     fn produce(p: &Partition, values: &[&[u8]]) -> i64 {
-        let mut b = make_batch(0, values);
+        store(p, make_batch(0, values))
+    }
+
+    /// Assigns offsets to batch `b`, appends it and publishes it; its base offset.
+    fn store(p: &Partition, mut b: Vec<u8>) -> i64 {
         let infos = validate_all(&b).unwrap();
         let base = p.assign(&mut b, &infos);
         let infos = validate_all(&b).unwrap();
@@ -450,12 +454,7 @@ mod tests {
         b[35..43].copy_from_slice(&ts.to_be_bytes());
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
-        let infos = validate_all(&b).unwrap();
-        let base = p.assign(&mut b, &infos);
-        let infos = validate_all(&b).unwrap();
-        let end = p.append(&b, &infos).unwrap();
-        p.set_high_watermark(end);
-        base
+        store(p, b)
     }
 
     fn files(dir: &Path, ext: &str) -> usize {
