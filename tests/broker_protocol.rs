@@ -1120,3 +1120,63 @@ fn create_partitions_grows_a_topic_durably() {
     let (_, f): (i32, FetchResponse) = response(&mut s, ApiKey::Fetch, 12);
     assert_eq!(f.responses[0].partitions[0].high_watermark, 1);
 }
+
+#[test]
+fn delete_topics_v6_deletes_by_id_and_v5_explains_failures() {
+    use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    for t in ["by-id", "by-name"] {
+        assert_eq!(topic_metadata(&mut s, t, true), 0);
+    }
+    let id = metadata_of(&broker.addr)
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "by-id"))
+        .map(|t| t.topic_id)
+        .unwrap();
+    let unknown = uuid::Uuid::from_u128(42);
+    let state = |name: Option<&str>, id: uuid::Uuid| {
+        kafka_protocol::messages::delete_topics_request::DeleteTopicState::default()
+            .with_name(name.map(|n| TopicName(StrBytes::from_string(n.into()))))
+            .with_topic_id(id)
+    };
+    let req = DeleteTopicsRequest::default()
+        .with_topics(vec![
+            state(None, id),
+            state(None, unknown),
+            state(Some("by-name"), uuid::Uuid::nil()),
+        ])
+        .with_timeout_ms(10_000);
+    s.write_all(&request_frame(ApiKey::DeleteTopics, 6, 9, &req))
+        .unwrap();
+    let (_, r) = response::<DeleteTopicsResponse>(&mut s, ApiKey::DeleteTopics, 6);
+    let got: Vec<(Option<String>, uuid::Uuid, i16)> = r
+        .responses
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_ref().map(|n| n.0.to_string()),
+                t.topic_id,
+                t.error_code,
+            )
+        })
+        .collect();
+    assert_eq!(got[0], (Some("by-id".into()), id, 0));
+    assert_eq!(got[1], (None, unknown, 100), "UNKNOWN_TOPIC_ID");
+    assert_eq!((got[2].0.as_deref(), got[2].2), (Some("by-name"), 0));
+    assert!(metadata_of(&broker.addr).topics.is_empty());
+
+    let req = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("by-name"))])
+        .with_timeout_ms(10_000);
+    s.write_all(&request_frame(ApiKey::DeleteTopics, 5, 10, &req))
+        .unwrap();
+    let (_, r) = response::<DeleteTopicsResponse>(&mut s, ApiKey::DeleteTopics, 5);
+    assert_eq!(r.responses[0].error_code, 3);
+    assert_eq!(
+        r.responses[0].error_message.as_ref().map(|m| m.to_string()),
+        Some("unknown topic by-name".into())
+    );
+}

@@ -468,7 +468,7 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::ListGroups, 0, 5),
         (ApiKey::ApiVersions, 0, 3),
         (ApiKey::CreateTopics, 2, 7),
-        (ApiKey::DeleteTopics, 1, 4),
+        (ApiKey::DeleteTopics, 1, 6),
         (ApiKey::DeleteGroups, 0, 2),
         (ApiKey::InitProducerId, 0, 4),
         (ApiKey::DescribeConfigs, 1, 4),

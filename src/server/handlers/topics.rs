@@ -297,21 +297,62 @@ pub(crate) async fn create_partitions(
 }
 
 pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    // Up to v5 topics come by name; from v6 by name or by id (the name null).
+    let mut asked: Vec<(Option<String>, uuid::Uuid)> = req
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    asked.extend(
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut results = Vec::new();
-    // Topic names only: topics by id (v6) are not advertised.
-    for name in req.topic_names {
-        let code = match ctx.storage.delete_topic(&name.0).await {
-            Ok(true) => codes::NONE,
-            Ok(false) => codes::UNKNOWN_TOPIC_OR_PARTITION,
-            Err(e) => {
-                tracing::error!(topic = %name.0, error = %e, "delete topic failed");
-                codes::KAFKA_STORAGE_ERROR
-            }
+    for (name, id) in asked {
+        let by_id = name.is_none();
+        let found = match &name {
+            Some(n) => ctx.storage.topic(n),
+            None => ctx.storage.topics().into_iter().find(|t| t.id == id),
+        };
+        let (code, message, name, id) = match found {
+            None if by_id => (
+                codes::UNKNOWN_TOPIC_ID,
+                format!("no topic has id {id}"),
+                None,
+                id,
+            ),
+            None => (
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {}", name.as_deref().unwrap_or_default()),
+                name,
+                id,
+            ),
+            Some(t) => match ctx.storage.delete_topic(&t.name).await {
+                Ok(true) => (codes::NONE, String::new(), Some(t.name.clone()), t.id),
+                Ok(false) => (
+                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {}", t.name),
+                    Some(t.name.clone()),
+                    t.id,
+                ),
+                Err(e) => {
+                    tracing::error!(topic = %t.name, error = %e, "delete topic failed");
+                    (
+                        codes::KAFKA_STORAGE_ERROR,
+                        e.to_string(),
+                        Some(t.name.clone()),
+                        t.id,
+                    )
+                }
+            },
         };
         results.push(
             DeletableTopicResult::default()
-                .with_name(Some(name))
-                .with_error_code(code),
+                .with_name(name.map(|n| TopicName(StrBytes::from_string(n))))
+                .with_topic_id(id)
+                .with_error_code(code)
+                .with_error_message((code != codes::NONE).then(|| StrBytes::from_string(message))),
         );
     }
     DeleteTopicsResponse::default().with_responses(results)
