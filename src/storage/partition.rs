@@ -26,6 +26,10 @@ use super::{
     sync_dir,
 };
 
+/// Batch headers read from the end of the segment before the newest at start-up,
+/// for the idempotent producers' state.
+const PREVIOUS_SEGMENT_BATCHES: usize = 1000;
+
 /// A partition of a topic.
 #[derive(Debug)]
 pub struct Partition {
@@ -86,11 +90,17 @@ impl Partition {
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
-            segments.push(if i + 1 == bases.len() {
+            let seg = if i + 1 == bases.len() {
+                // Producers whose last batches went out just before the newest
+                // segment rolled are known too.
+                if let Some(prev) = segments.last() {
+                    Segment::record_producers_tail(prev, PREVIOUS_SEGMENT_BATCHES, &mut producers)?;
+                }
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
                 Segment::open(&dir, *base, false)?
-            });
+            };
+            segments.push(seg);
         }
         // An empty newest segment behind a full one is fine; a segment that starts
         // before the previous one ended means a damaged directory.

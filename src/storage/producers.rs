@@ -463,6 +463,37 @@ mod pipeline_tests {
     }
 
     #[test]
+    fn a_producer_whose_last_batch_is_behind_a_segment_roll_is_known_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let big = vec![7u8; 3000];
+        let retried = make_producer_batch(0, &[&big], 5, 0, 0);
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &retried), Ok(0));
+        // Another client's batch rolls the partition to a new segment.
+        assert_eq!(
+            produce(&rt, &m, &batch::tests::make_batch(0, &[&big])),
+            Ok(1)
+        );
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(
+            produce(&rt, &m, &retried),
+            Ok(0),
+            "a retry, not a new batch"
+        );
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 2);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
     fn retries_are_answered_with_the_first_offset_and_gaps_refused_across_restarts() {
         let tmp = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -404,6 +404,28 @@ impl Segment {
         Arc::clone(&self.log)
     }
 
+    /// Records in `producers` the idempotent producers' batches among the last
+    /// `batches` of this segment, oldest first (one header read each).
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn record_producers_tail(
+        &self,
+        batches: usize,
+        producers: &mut ProducerState,
+    ) -> Result<()> {
+        let mut head = [0u8; HEADER_LEN];
+        for e in &self.index[self.index.len().saturating_sub(batches)..] {
+            self.log
+                .read_exact_at(&mut head, e.position)
+                .map_err(|err| Error::io("read", &self.log_path, err))?;
+            if let Ok(info) = batch::parse_header(&head) {
+                producers.record(std::slice::from_ref(&info));
+            }
+        }
+        Ok(())
+    }
+
     /// The newest record timestamp of its batches (ms; -1 when none): what
     /// time-based retention judges the segment by.
     pub fn max_timestamp(&self) -> i64 {
