@@ -48,6 +48,12 @@ fn entry(name: &'static str, value: impl ToString, kind: i8, default: bool) -> E
     }
 }
 
+/// A setting whose default is `default`: `DEFAULT_CONFIG` unless it differs.
+fn setting<T: PartialEq + ToString>(name: &'static str, value: T, default: T, kind: i8) -> Entry {
+    let is_default = value == default;
+    entry(name, value, kind, is_default)
+}
+
 fn opt(v: Option<u64>) -> String {
     v.map_or("-1".to_string(), |v| v.to_string())
 }
@@ -77,23 +83,23 @@ fn topic_entries(ctx: &Ctx) -> Vec<Entry> {
         entry("max.message.bytes", max_message_bytes(ctx), INT, false),
         entry("message.timestamp.type", "CreateTime", STRING, true),
         entry("min.insync.replicas", 1, INT, true),
-        entry(
+        setting(
             "retention.bytes",
             opt(s.retention_bytes),
+            opt(d.storage.retention_bytes),
             LONG,
-            s.retention_bytes == d.storage.retention_bytes,
         ),
-        entry(
+        setting(
             "retention.ms",
             opt(s.retention_ms),
+            opt(d.storage.retention_ms),
             LONG,
-            s.retention_ms == d.storage.retention_ms,
         ),
-        entry(
+        setting(
             "segment.bytes",
             s.segment_bytes,
+            d.storage.segment_bytes,
             INT,
-            s.segment_bytes == d.storage.segment_bytes,
         ),
     ]
 }
@@ -106,36 +112,36 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
     let (g, dg) = (&c.groups, &d.groups);
     let (v, dv) = (&c.server, &d.server);
     vec![
-        entry(
+        setting(
             "auto.create.topics.enable",
             s.auto_create_topics,
+            ds.auto_create_topics,
             BOOLEAN,
-            s.auto_create_topics == ds.auto_create_topics,
         ),
         entry("broker.id", ctx.storage.meta().node_id, INT, true),
-        entry(
+        setting(
             "connections.max.idle.ms",
             v.connections_max_idle_ms,
+            dv.connections_max_idle_ms,
             LONG,
-            v.connections_max_idle_ms == dv.connections_max_idle_ms,
         ),
-        entry(
+        setting(
             "fetch.max.bytes",
             v.fetch_max_bytes,
+            dv.fetch_max_bytes,
             INT,
-            v.fetch_max_bytes == dv.fetch_max_bytes,
         ),
-        entry(
+        setting(
             "group.max.session.timeout.ms",
             g.max_session_timeout_ms,
+            dg.max_session_timeout_ms,
             INT,
-            g.max_session_timeout_ms == dg.max_session_timeout_ms,
         ),
-        entry(
+        setting(
             "group.min.session.timeout.ms",
             g.min_session_timeout_ms,
+            dg.min_session_timeout_ms,
             INT,
-            g.min_session_timeout_ms == dg.min_session_timeout_ms,
         ),
         entry(
             "log.dirs",
@@ -143,42 +149,37 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             STRING,
             s.data_dir == ds.data_dir,
         ),
-        entry(
+        setting(
             "log.retention.bytes",
             opt(s.retention_bytes),
+            opt(ds.retention_bytes),
             LONG,
-            s.retention_bytes == ds.retention_bytes,
         ),
-        entry(
+        setting(
             "log.retention.check.interval.ms",
             s.retention_check_interval_ms,
+            ds.retention_check_interval_ms,
             LONG,
-            s.retention_check_interval_ms == ds.retention_check_interval_ms,
         ),
-        entry(
+        setting(
             "log.retention.ms",
             opt(s.retention_ms),
+            opt(ds.retention_ms),
             LONG,
-            s.retention_ms == ds.retention_ms,
         ),
-        entry(
-            "log.segment.bytes",
-            s.segment_bytes,
-            INT,
-            s.segment_bytes == ds.segment_bytes,
-        ),
+        setting("log.segment.bytes", s.segment_bytes, ds.segment_bytes, INT),
         entry("message.max.bytes", max_message_bytes(ctx), INT, false),
-        entry(
+        setting(
             "num.partitions",
             s.default_partitions,
+            ds.default_partitions,
             INT,
-            s.default_partitions == ds.default_partitions,
         ),
-        entry(
+        setting(
             "socket.request.max.bytes",
             v.max_request_bytes,
+            dv.max_request_bytes,
             INT,
-            v.max_request_bytes == dv.max_request_bytes,
         ),
     ]
 }
