@@ -598,8 +598,8 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("defaults".into(), 0, 3, 1, Some(0)),
-            ("two".into(), 0, 2, 1, Some(0)),
+            ("defaults".into(), 0, 3, 1, Some(8)),
+            ("two".into(), 0, 2, 1, Some(8)),
             ("bad name!".into(), 17, -1, -1, Some(0)),
             ("replicated".into(), 38, -1, -1, Some(0)),
         ]
@@ -610,7 +610,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
             .iter()
             .map(described)
             .collect::<Vec<_>>(),
-        vec![("dry".into(), 0, 3, 1, Some(0))],
+        vec![("dry".into(), 0, 3, 1, Some(8))],
         "a dry run describes the topic it would create"
     );
 
@@ -623,7 +623,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("v7".into(), 0, 4, 1, Some(0)),
+            ("v7".into(), 0, 4, 1, Some(8)),
             ("defaults".into(), 36, -1, -1, Some(0)), // TOPIC_ALREADY_EXISTS
         ]
     );
@@ -934,8 +934,8 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
         }
     }
 
-    // By age: with a 1-hour limit every segment of these 2023 records goes but
-    // the active one.
+    // By age: with a 1-hour limit every segment of these 2023 records goes, the
+    // active one too (an empty one at the log end takes its place).
     drop(s);
     assert!(broker.sigterm().success());
     drop(broker);
@@ -955,7 +955,17 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
     while earliest_latest(&mut s, "ret").0 == start && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(earliest_latest(&mut s, "ret"), (18, 20));
+    assert_eq!(earliest_latest(&mut s, "ret"), (20, 20));
+    // Appends go on at the next offset.
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        8,
+        40,
+        &produce("ret", 0, batch(&["next"])),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+    assert_eq!(partition_result(&r), (0, 20));
 }
 
 #[test]
@@ -1009,6 +1019,341 @@ fn describe_configs_answers_for_topics_and_this_broker() {
         assert_eq!(value(3, "num.partitions"), Some(("1".into(), 5)));
         assert!(r.results[3].configs.iter().all(|c| c.read_only));
     }
+}
+
+/// DescribeConfigs of one topic: (name, value, source, read-only) by name.
+fn topic_configs(s: &mut TcpStream, topic: &str) -> Vec<(String, String, i8, bool)> {
+    let req =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.into()))]);
+    s.write_all(&request_frame(ApiKey::DescribeConfigs, 4, 9, &req))
+        .unwrap();
+    let (_, r): (i32, DescribeConfigsResponse) = response(s, ApiKey::DescribeConfigs, 4);
+    assert_eq!(
+        r.results[0].error_code, 0,
+        "{:?}",
+        r.results[0].error_message
+    );
+    r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().unwrap().to_string(),
+                c.config_source,
+                c.read_only,
+            )
+        })
+        .collect()
+}
+
+/// The value and source of `key` in `configs`.
+fn config_of(configs: &[(String, String, i8, bool)], key: &str) -> (String, i8) {
+    configs
+        .iter()
+        .find(|c| c.0 == key)
+        .map(|c| (c.1.clone(), c.2))
+        .unwrap_or_else(|| panic!("no {key} in {configs:?}"))
+}
+
+#[test]
+fn topic_configs_are_created_altered_described_and_kept() {
+    use kafka_protocol::messages::{
+        alter_configs_request::{AlterConfigsResource, AlterableConfig},
+        create_topics_request::{CreatableTopic, CreatableTopicConfig},
+        incremental_alter_configs_request as inc, AlterConfigsRequest, AlterConfigsResponse,
+        CreateTopicsRequest, CreateTopicsResponse, IncrementalAlterConfigsRequest,
+        IncrementalAlterConfigsResponse,
+    };
+    let name = |n: &str| StrBytes::from_string(n.into());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // The test's batches carry 2023 timestamps: the broker keeps them forever,
+    // a topic with its own retention.ms does not.
+    let args = [
+        "--log-retention-ms",
+        "-1",
+        "--log-retention-check-interval-ms",
+        "100",
+        "--checkpoint-ms",
+        "50",
+    ];
+    let mut broker = Broker::start(&data, &args);
+    let mut s = connect(&broker.addr);
+
+    let topic = |n: &str, configs: &[(&str, &str)]| {
+        CreatableTopic::default()
+            .with_name(TopicName(name(n)))
+            .with_num_partitions(1)
+            .with_replication_factor(-1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(name(k))
+                            .with_value(Some(name(v)))
+                    })
+                    .collect(),
+            )
+    };
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![
+            topic(
+                "short",
+                &[("retention.ms", "1000"), ("segment.bytes", "4096")],
+            ),
+            topic("long", &[]),
+            topic("compacted", &[("cleanup.policy", "compact")]),
+            topic("typo", &[("retention.msec", "1000")]),
+        ]);
+    s.write_all(&request_frame(ApiKey::CreateTopics, 7, 1, &req))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(&mut s, ApiKey::CreateTopics, 7);
+    let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+    assert_eq!(
+        codes,
+        vec![0, 0, 40, 40],
+        "INVALID_CONFIG for what cannot be honoured"
+    );
+    let msg = |i: usize| r.topics[i].error_message.as_ref().unwrap().to_string();
+    assert!(msg(2).contains("compaction is not supported"), "{}", msg(2));
+    assert!(msg(3).contains("\"retention.msec\""), "{}", msg(3));
+    let created: Vec<(String, Option<String>, i8)> = r.topics[0]
+        .configs
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|c| c.config_source == 1)
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(ToString::to_string),
+                c.config_source,
+            )
+        })
+        .collect();
+    assert_eq!(
+        created,
+        vec![
+            ("retention.ms".into(), Some("1000".into()), 1),
+            ("segment.bytes".into(), Some("4096".into()), 1),
+        ],
+        "the response describes the topic's overrides"
+    );
+    assert_eq!(topic_metadata(&mut s, "compacted", false), 3, "not created");
+    assert_eq!(topic_metadata(&mut s, "typo", false), 3, "not created");
+
+    let configs = topic_configs(&mut s, "short");
+    assert_eq!(config_of(&configs, "retention.ms"), ("1000".into(), 1));
+    assert_eq!(config_of(&configs, "segment.bytes"), ("4096".into(), 1));
+    assert_eq!(config_of(&configs, "retention.bytes"), ("-1".into(), 5));
+    assert!(
+        configs.iter().all(|c| !c.3),
+        "a topic's configs can be altered"
+    );
+    assert_eq!(
+        config_of(&topic_configs(&mut s, "long"), "retention.ms"),
+        ("-1".into(), 4)
+    );
+
+    // Several segments each; "short" loses every record, its active segment too.
+    let pad = "x".repeat(1500);
+    for t in ["short", "long"] {
+        for i in 0..6 {
+            s.write_all(&request_frame(
+                ApiKey::Produce,
+                8,
+                i,
+                &produce(t, 0, batch(&[&format!("{i}-{pad}")])),
+            ))
+            .unwrap();
+            let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+            assert_eq!(partition_result(&r), (0, i64::from(i)), "{t}");
+        }
+    }
+    let wait_for_start = |s: &mut TcpStream, t: &str, start: i64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while earliest_latest(s, t).0 != start && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        earliest_latest(s, t)
+    };
+    assert_eq!(wait_for_start(&mut s, "short", 6), (6, 6));
+    assert_eq!(
+        earliest_latest(&mut s, "long"),
+        (0, 6),
+        "the broker keeps them"
+    );
+
+    // IncrementalAlterConfigs: each resource all or nothing.
+    let op = |k: &str, op: i8, v: Option<&str>| {
+        inc::AlterableConfig::default()
+            .with_name(name(k))
+            .with_config_operation(op)
+            .with_value(v.map(name))
+    };
+    let resource = |kind: i8, n: &str, ops: Vec<inc::AlterableConfig>| {
+        inc::AlterConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(name(n))
+            .with_configs(ops)
+    };
+    let incremental = |s: &mut TcpStream, validate_only: bool, resources| {
+        let req = IncrementalAlterConfigsRequest::default()
+            .with_validate_only(validate_only)
+            .with_resources(resources);
+        s.write_all(&request_frame(ApiKey::IncrementalAlterConfigs, 1, 2, &req))
+            .unwrap();
+        let (_, r): (i32, IncrementalAlterConfigsResponse) =
+            response(s, ApiKey::IncrementalAlterConfigs, 1);
+        r.responses
+            .iter()
+            .map(|x| {
+                let m = x
+                    .error_message
+                    .as_ref()
+                    .map_or(String::new(), ToString::to_string);
+                (x.resource_name.to_string(), x.error_code, m)
+            })
+            .collect::<Vec<_>>()
+    };
+    let r = incremental(
+        &mut s,
+        false,
+        vec![
+            resource(
+                2,
+                "short",
+                vec![
+                    op("retention.ms", 1, None),
+                    op("segment.bytes", 0, Some("8192")),
+                ],
+            ),
+            resource(
+                2,
+                "long",
+                vec![
+                    op("retention.ms", 0, Some("1000")),
+                    op("cleanup.policy", 2, Some("compact")),
+                ],
+            ),
+            resource(2, "nope", vec![op("retention.ms", 0, Some("1"))]),
+            resource(4, "0", vec![op("log.retention.ms", 0, Some("1"))]),
+            resource(2, "twice", vec![]),
+            resource(2, "twice", vec![]),
+            resource(2, "short", vec![op("segment.bytes", 0, Some("100"))]).with_resource_type(8),
+        ],
+    );
+    let codes: Vec<(&str, i16)> = r.iter().map(|x| (x.0.as_str(), x.1)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("short", 0),
+            ("long", 40),
+            ("nope", 3),
+            ("0", 42),
+            ("twice", 42),
+            ("twice", 42),
+            ("short", 42),
+        ],
+        "{r:?}"
+    );
+    assert!(r[1].2.contains("compaction is not supported"), "{r:?}");
+    assert!(r[3].2.contains("flags"), "{r:?}");
+    let configs = topic_configs(&mut s, "short");
+    assert_eq!(
+        config_of(&configs, "retention.ms"),
+        ("-1".into(), 4),
+        "back to the broker's"
+    );
+    assert_eq!(config_of(&configs, "segment.bytes"), ("8192".into(), 1));
+    assert_eq!(
+        config_of(&topic_configs(&mut s, "long"), "retention.ms"),
+        ("-1".into(), 4),
+        "a refused operation leaves the whole resource unchanged"
+    );
+    // A dry run checks and stores nothing.
+    let dry = vec![resource(
+        2,
+        "long",
+        vec![op("retention.ms", 0, Some("1000"))],
+    )];
+    assert_eq!(incremental(&mut s, true, dry)[0].1, 0);
+    assert_eq!(
+        config_of(&topic_configs(&mut s, "long"), "retention.ms"),
+        ("-1".into(), 4)
+    );
+
+    // AlterConfigs replaces every override of the resource.
+    let req = AlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(name("long"))
+        .with_configs(vec![
+            AlterableConfig::default()
+                .with_name(name("retention.ms"))
+                .with_value(Some(name("1000"))),
+            AlterableConfig::default()
+                .with_name(name("max.message.bytes"))
+                .with_value(Some(name("1000"))),
+        ])]);
+    s.write_all(&request_frame(ApiKey::AlterConfigs, 2, 3, &req))
+        .unwrap();
+    let (_, r): (i32, AlterConfigsResponse) = response(&mut s, ApiKey::AlterConfigs, 2);
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    assert_eq!(
+        wait_for_start(&mut s, "long", 6),
+        (6, 6),
+        "the new retention applies"
+    );
+    // A batch above the topic's max.message.bytes: MESSAGE_TOO_LARGE, saying why.
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        9,
+        4,
+        &produce("long", 0, batch(&[&pad])),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 9);
+    let p = &r.responses[0].partition_responses[0];
+    let m = p.error_message.as_ref().unwrap().to_string();
+    assert_eq!(p.error_code, 10, "{m}");
+    assert!(m.contains("max.message.bytes (1000)"), "{m}");
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        9,
+        5,
+        &produce("long", 0, batch(&["small"])),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 9);
+    assert_eq!(partition_result(&r), (0, 6));
+    assert_eq!(
+        config_of(&topic_configs(&mut s, "short"), "segment.bytes"),
+        ("8192".into(), 1),
+        "AlterConfigs of one topic leaves the others alone"
+    );
+
+    // Kept across a restart.
+    drop(s);
+    assert!(broker.sigterm().success());
+    broker = broker.restart();
+    let mut s = connect(&broker.addr);
+    let short = topic_configs(&mut s, "short");
+    assert_eq!(config_of(&short, "segment.bytes"), ("8192".into(), 1));
+    assert_eq!(config_of(&short, "retention.ms"), ("-1".into(), 4));
+    assert_eq!(
+        config_of(&topic_configs(&mut s, "long"), "retention.ms"),
+        ("1000".into(), 1)
+    );
+    assert_eq!(earliest_latest(&mut s, "short"), (6, 6));
 }
 
 fn create_partitions(

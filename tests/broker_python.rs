@@ -321,7 +321,7 @@ fn concurrent_producers_get_distinct_contiguous_offsets() {
 }
 
 #[test]
-fn admin_client_describes_configs_and_adds_partitions() {
+fn admin_client_creates_alters_and_describes_configs_and_adds_partitions() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(&tmp.path().join("data"), &["--log-retention-bytes", "1g"]);
     python_client(
@@ -345,6 +345,50 @@ fn admin_client_describes_configs_and_adds_partitions() {
             "{want} missing from:\n{out}"
         );
     }
+
+    // Per-topic configs: created with the topic, altered one key at a time.
+    let client = |args: &[&str]| python_client("kafka_client.py", args);
+    let out = client(&[
+        "create-with-configs",
+        &broker.addr,
+        "made",
+        "retention.bytes=2048",
+        "segment.bytes=8192",
+    ]);
+    assert_eq!(out.trim(), "CREATED made");
+    let out = client(&[
+        "create-with-configs",
+        &broker.addr,
+        "compacted",
+        "cleanup.policy=compact",
+    ]);
+    assert!(
+        out.starts_with("REFUSED compacted INVALID_CONFIG") && out.contains("compaction"),
+        "{out}"
+    );
+    let out = client(&[
+        "alter-configs",
+        &broker.addr,
+        "made",
+        "set:retention.ms=60000",
+        "delete:retention.bytes",
+    ]);
+    assert_eq!(out.trim(), "ALTERED made");
+    let out = client(&["alter-configs", &broker.addr, "made", "set:segment.bytes=1"]);
+    assert!(out.starts_with("REFUSED made INVALID_CONFIG"), "{out}");
+    let out = client(&["describe-configs", &broker.addr, "made"]);
+    // Source 1: a topic's own setting.
+    for want in [
+        "CONFIG made retention.ms 60000 1",
+        "CONFIG made segment.bytes 8192 1",
+        "CONFIG made retention.bytes 1073741824 4",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "{want} missing from:\n{out}"
+        );
+    }
+
     let out = python_client("kafka_client.py", &["grow", &broker.addr, "cfg", "3"]);
     assert!(out.contains("GREW cfg 3"), "{out}");
     // The producer sees the new partitions and writes to each.

@@ -243,6 +243,15 @@ pub(crate) mod tests {
         make_producer_batch(base, values, -1, -1, -1)
     }
 
+    /// `b` with its first and largest timestamps set to `ts` (CRC updated).
+    pub(crate) fn with_timestamp(mut b: Vec<u8>, ts: i64) -> Vec<u8> {
+        b[27..35].copy_from_slice(&ts.to_be_bytes());
+        b[35..43].copy_from_slice(&ts.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
     /// [`make_batch`] written by producer `pid` at `epoch`, first sequence `seq`.
     pub(crate) fn make_producer_batch(
         base: i64,

@@ -69,15 +69,10 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
     let storage = &shared.config.storage;
     let every = Duration::from_millis(storage.checkpoint_interval_ms);
     let retention_every = Duration::from_millis(storage.retention_check_interval_ms);
-    let limited = storage.retention_ms.is_some() || storage.retention_bytes.is_some();
+    // Every pass, even with no limit set for the broker: a topic may have its own.
     let mut next_retention = Instant::now() + retention_every;
     loop {
-        let now = Instant::now();
-        let wait = if limited {
-            every.min(next_retention.saturating_duration_since(now))
-        } else {
-            every
-        };
+        let wait = every.min(next_retention.saturating_duration_since(Instant::now()));
         match stop.recv_timeout(wait) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
@@ -85,7 +80,7 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
         if let Err(e) = checkpoint(shared) {
             tracing::error!(error = %e, "periodic checkpoint failed");
         }
-        if limited && Instant::now() >= next_retention {
+        if Instant::now() >= next_retention {
             if let Err(e) = retention(shared) {
                 tracing::error!(error = %e, "retention failed");
             }
@@ -94,7 +89,8 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
     }
 }
 
-/// Applies retention to every partition (see [`super::Partition::apply_retention`]).
+/// Applies retention to every partition (see [`super::Partition::apply_retention`]),
+/// each topic by its own `retention.ms` / `retention.bytes` or the broker's.
 /// Returns the segments and bytes deleted.
 pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let storage = &shared.config.storage;
@@ -104,12 +100,18 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
     for t in topics {
+        let (by_age, by_size) = (
+            t.configs.retention_ms(storage),
+            t.configs.retention_bytes(storage),
+        );
+        if by_age.is_none() && by_size.is_none() {
+            continue;
+        }
         for p in &t.partitions {
             if p.is_deleted() {
                 continue;
             }
-            let (n, b) =
-                p.apply_retention(now_ms, storage.retention_ms, storage.retention_bytes)?;
+            let (n, b) = p.apply_retention(now_ms, by_age, by_size)?;
             segments += n;
             bytes += b;
         }

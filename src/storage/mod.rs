@@ -6,7 +6,7 @@
 //! ├── meta.json                    cluster id + node id, created once
 //! ├── wal/                         the write-ahead log (see crate::wal)
 //! ├── groups/<hex(group)>.json     committed offsets, replaced atomically
-//! └── topics/<topic>/topic.json    topic id + partition count
+//! └── topics/<topic>/topic.json    topic id, partition count, config overrides
 //!                   /<partition>/<base>.log, <base>.index
 //! ```
 //!
@@ -26,6 +26,7 @@ pub mod partition;
 pub mod producers;
 pub mod recovery_points;
 pub mod segment;
+pub mod topic_config;
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +56,7 @@ pub use offsets::{Committed, OffsetStore, StoredGroup};
 pub use partition::{Partition, ReadResult};
 use producers::{ProducerIds, SequenceError, Verdict};
 use recovery_points::RecoveryPoints;
+pub use topic_config::{ConfigError, TopicConfig};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;
@@ -76,6 +78,28 @@ pub struct Topic {
     /// WAL disabled (or before this was recorded); its segments are then never
     /// rebuilt from entries the checkpoint covers.
     pub wal_floor: Option<u64>,
+    /// The topic's configuration overrides.
+    pub configs: TopicConfig,
+}
+
+impl Topic {
+    /// `topic.json` for this topic.
+    fn file(&self) -> TopicFile {
+        TopicFile {
+            version: 1,
+            id: self.id.to_string(),
+            partitions: self.partitions.len() as i32,
+            wal_floor: self.wal_floor,
+            configs: self.configs.overrides().clone(),
+        }
+    }
+
+    /// Writes `topic.json` in `dir` (atomic replace).
+    fn store(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.file())
+            .map_err(|e| Error::io("encode", dir.join("topic.json"), std::io::Error::other(e)))?;
+        crate::wal::files::write_atomic(&dir.join("topic.json"), &json)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +109,8 @@ struct TopicFile {
     partitions: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     wal_floor: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    configs: BTreeMap<String, String>,
 }
 
 /// Identity of this broker, created once.
@@ -103,8 +129,9 @@ pub enum ProduceError {
     UnknownTopicOrPartition,
     /// A batch failed validation.
     InvalidBatch(BatchError),
-    /// The payload is larger than one WAL entry can hold.
-    TooLarge,
+    /// The payload is larger than one WAL entry can hold, or a batch is larger
+    /// than the topic's `max.message.bytes`; the message says which.
+    TooLarge(String),
     /// The WAL or a segment failed; the message says how.
     Storage(String),
     /// Waiting for pipeline capacity took longer than the request timeout.
@@ -141,6 +168,25 @@ pub enum CreateError {
     Exists,
     /// Creating files failed.
     Storage(String),
+}
+
+/// Why a topic's configuration could not be changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlterError {
+    /// No such topic (or it was deleted meanwhile).
+    UnknownTopic,
+    /// A key or value was refused.
+    Invalid(ConfigError),
+    /// The request itself is wrong (the message says how).
+    InvalidRequest(String),
+    /// Storing the change failed.
+    Storage(String),
+}
+
+impl From<ConfigError> for AlterError {
+    fn from(e: ConfigError) -> Self {
+        AlterError::Invalid(e)
+    }
 }
 
 /// Bytes of produce payloads accepted but not yet applied, across all connections.
@@ -288,7 +334,11 @@ fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {
     }
 }
 
-fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic>> {
+fn load_topic(
+    dir: &Path,
+    name: &str,
+    broker: &crate::config::StorageConfig,
+) -> Result<Option<Topic>> {
     let path = dir.join("topic.json");
     let raw = match std::fs::read(&path) {
         Ok(r) => r,
@@ -299,13 +349,15 @@ fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic
         .map_err(|e| Error::corrupt(&path, 0, format!("topic.json does not parse: {e}")))?;
     let id = uuid::Uuid::parse_str(&f.id)
         .map_err(|e| Error::corrupt(&path, 0, format!("bad topic id: {e}")))?;
+    let configs = TopicConfig::from_pairs(f.configs.iter().map(|(k, v)| (k, Some(v))))
+        .map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
     let mut partitions = Vec::new();
     for p in 0..f.partitions {
         partitions.push(Arc::new(Partition::open(
             name,
             p,
             dir.join(p.to_string()),
-            segment_bytes,
+            configs.segment_bytes(broker),
         )?));
     }
     Ok(Some(Topic {
@@ -313,6 +365,7 @@ fn load_topic(dir: &Path, name: &str, segment_bytes: u64) -> Result<Option<Topic
         id,
         partitions,
         wal_floor: f.wal_floor,
+        configs,
     }))
 }
 
@@ -588,7 +641,7 @@ impl TopicManager {
             if !dir.is_dir() || !valid_topic_name(&name) {
                 continue;
             }
-            match load_topic(&dir, &name, config.storage.segment_bytes)? {
+            match load_topic(&dir, &name, &config.storage)? {
                 Some(t) => {
                     topics.insert(name, Arc::new(t));
                 }
@@ -765,7 +818,8 @@ impl TopicManager {
         self.shared.data_version.subscribe()
     }
 
-    /// Creates a topic with `partitions` partitions (blocking: creates and fsyncs files).
+    /// Creates a topic with `partitions` partitions and the broker's settings
+    /// (blocking: creates and fsyncs files).
     ///
     /// # Errors
     /// See [`CreateError`].
@@ -773,6 +827,20 @@ impl TopicManager {
         &self,
         name: &str,
         partitions: i32,
+    ) -> std::result::Result<Arc<Topic>, CreateError> {
+        self.create_topic_with(name, partitions, TopicConfig::default())
+    }
+
+    /// Creates a topic with `partitions` partitions and the configuration
+    /// overrides `configs` (blocking: creates and fsyncs files).
+    ///
+    /// # Errors
+    /// See [`CreateError`].
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: TopicConfig,
     ) -> std::result::Result<Arc<Topic>, CreateError> {
         if !valid_topic_name(name) {
             return Err(CreateError::InvalidName);
@@ -803,23 +871,23 @@ impl TopicManager {
             .wal
             .as_ref()
             .map(|w| w.last_acked_sequence() + 1);
+        let segment_bytes = configs.segment_bytes(&self.shared.config.storage);
         let made = (|| {
-            let parts = self.open_partitions(name, &dir, 0..partitions)?;
-            // topic.json last: a topic directory without it is an interrupted create.
-            let file = TopicFile {
-                version: 1,
-                id: id.to_string(),
+            let partitions = self.open_partitions(name, &dir, 0..partitions, segment_bytes)?;
+            let topic = Topic {
+                name: name.to_string(),
+                id,
                 partitions,
                 wal_floor,
+                configs,
             };
-            let json = serde_json::to_vec_pretty(&file)
-                .map_err(|e| CreateError::Storage(e.to_string()))?;
-            crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
+            // topic.json last: a topic directory without it is an interrupted create.
+            topic.store(&dir).map_err(storage)?;
             sync_dir(&self.shared.topics_dir).map_err(storage)?;
-            Ok(parts)
+            Ok(topic)
         })();
-        let parts = match made {
-            Ok(parts) => parts,
+        let topic = match made {
+            Ok(topic) => Arc::new(topic),
             Err(e) => {
                 // The partitions opened so far are closed by now (dropped with the
                 // closure's state); leave no half-made topic behind. A restart would
@@ -831,12 +899,6 @@ impl TopicManager {
                 return Err(e);
             }
         };
-        let topic = Arc::new(Topic {
-            name: name.to_string(),
-            id,
-            partitions: parts,
-            wal_floor,
-        });
         self.shared
             .topics
             .write()
@@ -853,18 +915,14 @@ impl TopicManager {
         name: &str,
         dir: &Path,
         range: std::ops::Range<i32>,
+        segment_bytes: u64,
     ) -> std::result::Result<Vec<Arc<Partition>>, CreateError> {
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let parts = range
             .map(|p| {
-                Partition::open(
-                    name,
-                    p,
-                    dir.join(p.to_string()),
-                    self.shared.config.storage.segment_bytes,
-                )
-                .map(Arc::new)
-                .map_err(storage)
+                Partition::open(name, p, dir.join(p.to_string()), segment_bytes)
+                    .map(Arc::new)
+                    .map_err(storage)
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         sync_dir(dir).map_err(storage)?;
@@ -900,37 +958,85 @@ impl TopicManager {
         }
         let dir = self.shared.topics_dir.join(name);
         let mut partitions = old.partitions.clone();
-        partitions.extend(self.open_partitions(name, &dir, have..count)?);
-        let file = TopicFile {
-            version: 1,
-            id: old.id.to_string(),
-            partitions: count,
-            wal_floor: old.wal_floor,
-        };
-        let json =
-            serde_json::to_vec_pretty(&file).map_err(|e| CreateError::Storage(e.to_string()))?;
-        crate::wal::files::write_atomic(&dir.join("topic.json"), &json).map_err(storage)?;
+        let segment_bytes = old.configs.segment_bytes(&self.shared.config.storage);
+        partitions.extend(self.open_partitions(name, &dir, have..count, segment_bytes)?);
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id: old.id,
             partitions,
             wal_floor: old.wal_floor,
+            configs: old.configs.clone(),
         });
+        topic.store(&dir).map_err(storage)?;
+        if !self.replace_topic(&old, &topic) {
+            return Err(CreateError::Storage(format!("topic {name} was deleted")));
+        }
+        tracing::info!(topic = name, from = have, to = count, "added partitions");
+        Ok(topic)
+    }
+
+    /// Puts `new` in place of `old` in the topic map, unless `old` was deleted
+    /// meanwhile (a delete removes the topic from the map before it touches its
+    /// files): then returns false. Callers hold `create_lock`.
+    fn replace_topic(&self, old: &Arc<Topic>, new: &Arc<Topic>) -> bool {
         let mut topics = self
             .shared
             .topics
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        // A delete removes the topic from the map before it touches its files.
-        match topics.get(name) {
-            Some(t) if Arc::ptr_eq(t, &old) => {
-                topics.insert(name.to_string(), Arc::clone(&topic));
+        match topics.get(&old.name) {
+            Some(t) if Arc::ptr_eq(t, old) => {
+                topics.insert(old.name.clone(), Arc::clone(new));
+                true
             }
-            _ => return Err(CreateError::Storage(format!("topic {name} was deleted"))),
+            _ => false,
         }
-        drop(topics);
-        tracing::info!(topic = name, from = have, to = count, "added partitions");
-        Ok(topic)
+    }
+
+    /// Changes the configuration overrides of topic `name` to what `change` makes
+    /// of the current ones (blocking: replaces `topic.json` atomically and fsyncs
+    /// it). Changes are serialised with creates, growths and other changes, so two
+    /// concurrent incremental changes both take effect. With `validate_only`
+    /// nothing is stored. Returns the new overrides.
+    ///
+    /// # Errors
+    /// [`AlterError`]; on any error the topic keeps its configuration.
+    pub fn alter_topic_configs(
+        &self,
+        name: &str,
+        validate_only: bool,
+        change: impl FnOnce(&TopicConfig) -> std::result::Result<TopicConfig, AlterError>,
+    ) -> std::result::Result<TopicConfig, AlterError> {
+        let _guard = self
+            .shared
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.topic(name).ok_or(AlterError::UnknownTopic)?;
+        let configs = change(&old.configs)?;
+        if validate_only || configs == old.configs {
+            return Ok(configs);
+        }
+        let topic = Arc::new(Topic {
+            name: old.name.clone(),
+            id: old.id,
+            partitions: old.partitions.clone(),
+            wal_floor: old.wal_floor,
+            configs: configs.clone(),
+        });
+        let dir = self.shared.topics_dir.join(name);
+        topic
+            .store(&dir)
+            .map_err(|e| AlterError::Storage(e.to_string()))?;
+        if !self.replace_topic(&old, &topic) {
+            return Err(AlterError::UnknownTopic);
+        }
+        let segment_bytes = configs.segment_bytes(&self.shared.config.storage);
+        for p in &topic.partitions {
+            p.set_segment_bytes(segment_bytes);
+        }
+        tracing::info!(topic = name, configs = ?configs.overrides(), "changed topic configs");
+        Ok(configs)
     }
 
     /// Deletes a topic: stops new produces to it, waits until everything already
@@ -1001,10 +1107,22 @@ impl TopicManager {
         if let Some(f) = self.shared.failed.get() {
             return Err(ProduceError::Storage(f.clone()));
         }
-        let p = self
-            .partition(topic, partition)
+        let t = self
+            .topic(topic)
+            .ok_or(ProduceError::UnknownTopicOrPartition)?;
+        let p = usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i).cloned())
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
         let infos = batch::validate_all(records).map_err(ProduceError::InvalidBatch)?;
+        if let Some(max) = t.configs.max_message_bytes() {
+            if let Some(b) = infos.iter().find(|i| i.len as u64 > max) {
+                return Err(ProduceError::TooLarge(format!(
+                    "a batch of {} bytes is larger than topic {topic}'s max.message.bytes ({max})",
+                    b.len
+                )));
+            }
+        }
         if infos
             .iter()
             .any(|i| i.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0)
@@ -1014,7 +1132,11 @@ impl TopicManager {
         if let Some(w) = &self.shared.wal {
             let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;
             if records.len() as u64 + overhead > w.max_entry_bytes() {
-                return Err(ProduceError::TooLarge);
+                return Err(ProduceError::TooLarge(format!(
+                    "{} bytes of batches for one partition exceed the WAL entry limit ({} bytes)",
+                    records.len(),
+                    w.max_entry_bytes().saturating_sub(overhead)
+                )));
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -1322,6 +1444,116 @@ mod tests {
             );
             m.shutdown().unwrap();
         }
+    }
+
+    #[test]
+    fn topic_configs_are_durable_and_govern_rolls_and_retention() {
+        use crate::storage::{
+            batch::tests::with_timestamp, partition::tests::store, topic_config::ConfigError,
+        };
+        const DAY: i64 = 24 * 3600 * 1000;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let small = TopicConfig::from_pairs([
+            ("segment.bytes", Some("4096")),
+            ("retention.ms", Some("86400000")),
+        ])
+        .unwrap();
+        m.create_topic_with("small", 1, small.clone()).unwrap();
+        m.create_topic("plain", 1).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // 3000-byte batches two days old: one per segment in "small".
+        for t in ["small", "plain"] {
+            let p = m.partition(t, 0).unwrap();
+            for _ in 0..3 {
+                store(
+                    &p,
+                    with_timestamp(make_batch(0, &[&[5u8; 3000]]), now - 2 * DAY),
+                );
+            }
+        }
+        let segments = |t: &str| {
+            std::fs::read_dir(tmp.path().join("topics").join(t).join("0"))
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+                .count()
+        };
+        assert_eq!((segments("small"), segments("plain")), (3, 1));
+
+        // Only "small" keeps records for one day; the broker keeps them for 7.
+        let (n, _) = m.apply_retention().unwrap();
+        assert_eq!(n, 3, "every segment of small, the active one too");
+        let (s, p) = (
+            m.partition("small", 0).unwrap(),
+            m.partition("plain", 0).unwrap(),
+        );
+        assert_eq!((s.log_start_offset(), s.log_end_offset()), (3, 3));
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 3));
+
+        // A change is checked, stored and applied to the next roll.
+        let bigger = |c: &TopicConfig| {
+            let mut c = c.clone();
+            c.set("segment.bytes", "1048576")?;
+            c.remove("retention.ms")?;
+            Ok(c)
+        };
+        assert_eq!(
+            m.alter_topic_configs("nope", false, bigger),
+            Err(AlterError::UnknownTopic)
+        );
+        let dry = m.alter_topic_configs("small", true, bigger).unwrap();
+        assert_eq!(dry.get("segment.bytes"), Some("1048576"));
+        assert_eq!(
+            m.topic("small").unwrap().configs,
+            small,
+            "a dry run stores nothing"
+        );
+        let refused = m.alter_topic_configs("small", false, |c| {
+            let mut c = c.clone();
+            c.set("retention.ms", "1")?;
+            c.set("cleanup.policy", "compact")?;
+            Ok(c)
+        });
+        assert!(matches!(
+            refused,
+            Err(AlterError::Invalid(ConfigError::Invalid { .. }))
+        ));
+        assert_eq!(m.topic("small").unwrap().configs, small, "all or nothing");
+        let now_configs = m.alter_topic_configs("small", false, bigger).unwrap();
+        for _ in 0..3 {
+            store(&s, make_batch(0, &[&[6u8; 3000]]));
+        }
+        assert_eq!(segments("small"), 1, "no roll below the new segment.bytes");
+        m.shutdown().unwrap();
+        drop((m, s, p));
+
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let t = m.topic("small").unwrap();
+        assert_eq!(t.configs, now_configs);
+        assert_eq!(t.configs.get("segment.bytes"), Some("1048576"));
+        assert!(m.topic("plain").unwrap().configs.overrides().is_empty());
+        let s = m.partition("small", 0).unwrap();
+        assert_eq!((s.log_start_offset(), s.log_end_offset()), (3, 6));
+        store(&s, make_batch(0, &[&[7u8; 3000]]));
+        assert_eq!(segments("small"), 1, "the reloaded segment.bytes applies");
+        m.shutdown().unwrap();
+        drop((m, t, s));
+
+        // A value this broker cannot honour in topic.json stops the start with
+        // the file named, rather than being ignored.
+        let path = tmp.path().join("topics/small/topic.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("1048576", "12")).unwrap();
+        let e = TopicManager::new(config(tmp.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("topic.json") && e.contains("segment.bytes"),
+            "{e}"
+        );
     }
 
     #[test]

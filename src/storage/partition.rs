@@ -9,7 +9,7 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, Mutex, PoisonError,
     },
 };
@@ -36,7 +36,8 @@ pub struct Partition {
     topic: String,
     index: i32,
     dir: PathBuf,
-    segment_bytes: u64,
+    /// Size at which the active segment rolls (the topic's `segment.bytes`).
+    segment_bytes: AtomicU64,
     log: Mutex<Vec<Segment>>,
     /// Next offset to assign (submit thread only, after recovery).
     next_offset: AtomicI64,
@@ -126,7 +127,7 @@ impl Partition {
             topic: topic.to_string(),
             index,
             dir,
-            segment_bytes,
+            segment_bytes: AtomicU64::new(segment_bytes),
             log: Mutex::new(segments),
             next_offset: AtomicI64::new(end),
             high_watermark: AtomicI64::new(end),
@@ -210,6 +211,12 @@ impl Partition {
         base
     }
 
+    /// Sets the size at which the active segment rolls (a topic's `segment.bytes`
+    /// altered); the next append judges against it.
+    pub(crate) fn set_segment_bytes(&self, bytes: u64) {
+        self.segment_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// Re-aligns the next offset to the log end (after recovery).
     pub(crate) fn reset_next_offset(&self) {
         let end = self.log_end_offset();
@@ -224,9 +231,10 @@ impl Partition {
     /// I/O errors naming the file.
     pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = self.segment_bytes.load(Ordering::Relaxed);
         let needs_roll = log
             .last()
-            .is_none_or(|s| s.size() > 0 && s.size() + data.len() as u64 > self.segment_bytes);
+            .is_none_or(|s| s.size() > 0 && s.size() + data.len() as u64 > limit);
         if needs_roll {
             let base = infos.first().map_or(0, |i| i.base_offset);
             // The finished segment becomes durable before its successor exists.
@@ -245,12 +253,15 @@ impl Partition {
         Ok(seg.next_offset())
     }
 
-    /// Deletes the oldest segments past retention, never the newest (the active
-    /// one): those whose newest record is older than `retention_ms` before
-    /// `now_ms`, and those whose removal leaves the partition at least
-    /// `retention_bytes` (Kafka's `retention.ms` / `retention.bytes`). The log start
-    /// offset moves to the first segment left. Returns the segments and bytes
-    /// deleted.
+    /// Deletes the oldest segments past retention (Kafka's `retention.ms` /
+    /// `retention.bytes`): those whose newest record is older than `retention_ms`
+    /// before `now_ms`, and those whose removal leaves the partition at least
+    /// `retention_bytes`. The active segment goes too once it qualifies and every
+    /// batch in it is below the high watermark (readable, so durable): a new empty
+    /// segment at the log end takes its place first, as Kafka rolls before it
+    /// deletes every segment, so an idle partition does not keep expired records
+    /// forever. The log start offset moves to the first segment left. Returns the
+    /// segments and bytes deleted.
     ///
     /// # Errors
     /// I/O errors naming the file; the segments are gone from the partition by then,
@@ -264,9 +275,14 @@ impl Partition {
         let removed: Vec<Segment> = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let mut total: u64 = log.iter().map(Segment::size).sum();
+            let hw = self.high_watermark();
             let mut n = 0;
-            while n + 1 < log.len() {
+            while n < log.len() {
                 let s = &log[n];
+                let active = n + 1 == log.len();
+                if active && (s.size() == 0 || hw < s.next_offset()) {
+                    break;
+                }
                 let too_old = retention_ms.is_some_and(|r| {
                     s.max_timestamp() >= 0
                         && now_ms.saturating_sub(s.max_timestamp())
@@ -278,6 +294,16 @@ impl Partition {
                 }
                 total -= s.size();
                 n += 1;
+            }
+            if n > 0 && n == log.len() {
+                // Appends continue in the new segment; it is durable (its
+                // directory entry too) before the old ones are removed, so a crash
+                // in between leaves the old files for the next pass.
+                let end = log[n - 1].next_offset();
+                let seg = Segment::create(&self.dir, end)?;
+                sync_dir(&self.dir)?;
+                tracing::debug!(topic = %self.topic, partition = self.index, base = end, "rolled segment for retention");
+                log.push(seg);
             }
             log.drain(..n).collect()
         };
@@ -439,16 +465,19 @@ impl Partition {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::storage::batch::{tests::make_batch, validate_all};
+    use crate::storage::batch::{
+        tests::{make_batch, with_timestamp},
+        validate_all,
+    };
 
     fn produce(p: &Partition, values: &[&[u8]]) -> i64 {
         store(p, make_batch(0, values))
     }
 
     /// Assigns offsets to batch `b`, appends it and publishes it; its base offset.
-    fn store(p: &Partition, mut b: Vec<u8>) -> i64 {
+    pub(crate) fn store(p: &Partition, mut b: Vec<u8>) -> i64 {
         let infos = validate_all(&b).unwrap();
         let base = p.assign(&mut b, &infos);
         let infos = validate_all(&b).unwrap();
@@ -459,12 +488,7 @@ mod tests {
 
     /// Produces one batch of `size` bytes whose records carry timestamp `ts`.
     fn produce_at(p: &Partition, ts: i64, size: usize) -> i64 {
-        let mut b = make_batch(0, &[&vec![1u8; size]]);
-        b[27..35].copy_from_slice(&ts.to_be_bytes());
-        b[35..43].copy_from_slice(&ts.to_be_bytes());
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        store(p, b)
+        store(p, with_timestamp(make_batch(0, &[&vec![1u8; size]]), ts))
     }
 
     fn files(dir: &Path, ext: &str) -> usize {
@@ -481,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_deletes_the_oldest_segments_by_age_and_size_but_never_the_active_one() {
+    fn retention_deletes_the_oldest_segments_by_age_and_size_and_the_active_one_once_readable() {
         const DAY: i64 = 24 * 3600 * 1000;
         let dir = tempfile::tempdir().unwrap();
         let pdir = dir.path().join("0");
@@ -517,14 +541,41 @@ mod tests {
         );
         assert_eq!(p.log_start_offset(), 4);
 
-        // The active segment stays, however old.
-        assert_eq!(p.apply_retention(100 * DAY, Some(1), Some(0)).unwrap().0, 1);
+        // The active segment is kept while a batch in it is above the high
+        // watermark (not yet readable, so maybe not yet durable)...
+        p.set_high_watermark(5);
+        assert_eq!(p.apply_retention(100 * DAY, Some(1), None).unwrap().0, 1);
         assert_eq!((p.log_start_offset(), p.log_end_offset()), (5, 6));
         assert_eq!(files(&pdir, "log"), 1);
+        // ... and goes once it is all readable: an empty segment at the log end
+        // takes its place, so the offsets go on.
+        p.set_high_watermark(6);
+        assert_eq!(
+            p.apply_retention(100 * DAY, Some(1), None).unwrap(),
+            (1, seg)
+        );
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (6, 6));
+        assert_eq!(files(&pdir, "log"), 1);
+        assert!(p.read(5, 1 << 20).unwrap().is_none(), "below the log start");
+        assert!(p.read(6, 1 << 20).unwrap().unwrap().records.is_empty());
+        assert_eq!(
+            p.apply_retention(100 * DAY, Some(1), Some(0)).unwrap(),
+            (0, 0),
+            "an empty active segment stays"
+        );
         drop(p);
-        let p = Partition::open("t", 0, pdir, 4096).unwrap();
-        assert_eq!((p.log_start_offset(), p.log_end_offset()), (5, 6));
-        assert_eq!(produce_at(&p, 7 * DAY, 10), 6);
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (6, 6));
+        assert_eq!(produce_at(&p, 101 * DAY, 10), 6);
+        assert_eq!(produce_at(&p, 101 * DAY, 10), 7);
+
+        // By size alone the active segment goes too (retention.bytes 0).
+        assert_eq!(p.apply_retention(0, None, Some(0)).unwrap().0, 1);
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (8, 8));
+        drop(p);
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (8, 8));
+        assert_eq!(files(&pdir, "log"), 1);
     }
 
     #[test]

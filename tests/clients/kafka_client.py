@@ -277,6 +277,42 @@ def describe_configs(bootstrap, topic):
             out("CONFIG %s %s %s %s" % (res.name, name, entry.value, entry.source))
 
 
+def create_with_configs(bootstrap, topic, pairs):
+    """Creates `topic` (1 partition) with configs given as key=value."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = dict(p.split("=", 1) for p in pairs)
+    for t, fut in admin.create_topics([NewTopic(topic, 1, config=config)], request_timeout=20).items():
+        try:
+            fut.result(timeout=30)
+            out("CREATED %s" % t)
+        except Exception as e:  # the KafkaException carries the broker's error
+            err = e.args[0]
+            out("REFUSED %s %s %s" % (t, err.name(), err.str()))
+
+
+def alter_configs(bootstrap, topic, ops):
+    """IncrementalAlterConfigs on `topic`: each op is set:key=value or delete:key."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entries = []
+    for o in ops:
+        kind, rest = o.split(":", 1)
+        if kind == "set":
+            k, v = rest.split("=", 1)
+            entries.append(ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET))
+        else:
+            entries.append(ConfigEntry(rest, None, incremental_operation=AlterConfigOpType.DELETE))
+    res = ConfigResource("topic", topic, incremental_configs=entries)
+    for r, fut in admin.incremental_alter_configs([res], request_timeout=20).items():
+        try:
+            fut.result(timeout=30)
+            out("ALTERED %s" % r.name)
+        except Exception as e:
+            err = e.args[0]
+            out("REFUSED %s %s %s" % (r.name, err.name(), err.str()))
+
+
 def grow(bootstrap, topic, count):
     from confluent_kafka.admin import AdminClient, NewPartitions
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -303,6 +339,10 @@ def main(argv):
         group_admin(argv[2], argv[3], float(argv[4]))
     elif cmd == "grow":
         grow(argv[2], argv[3], int(argv[4]))
+    elif cmd == "create-with-configs":
+        create_with_configs(argv[2], argv[3], argv[4:])
+    elif cmd == "alter-configs":
+        alter_configs(argv[2], argv[3], argv[4:])
     elif cmd == "describe-configs":
         describe_configs(argv[2], argv[3])
     elif cmd == "recreate":

@@ -1,12 +1,20 @@
-//! DescribeConfigs: the configuration in force, read-only, under Kafka's names, for
-//! a topic (every topic has the broker's settings: there are no per-topic
-//! overrides) or for this broker. Admin tools (`kafka-topics --describe`,
-//! `kafka-configs --describe`, AdminClient `describe_configs`) ask for it.
+//! Configuration under Kafka's names. DescribeConfigs answers for a topic (its
+//! overrides, and the broker's settings for every key it does not override) or
+//! for this broker. AlterConfigs and IncrementalAlterConfigs change a topic's
+//! overrides (see [`crate::storage::topic_config`]); the broker's own settings
+//! come from flags and the environment and cannot be changed while it runs.
+//! Admin tools (`kafka-topics`, `kafka-configs`, AdminClient) use these.
+
+use std::collections::BTreeSet;
 
 use kafka_protocol::{
     messages::{
+        alter_configs_response,
+        create_topics_response::CreatableTopicConfigs,
         describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult},
-        DescribeConfigsRequest, DescribeConfigsResponse,
+        incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
+        DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+        IncrementalAlterConfigsResponse,
     },
     protocol::StrBytes,
 };
@@ -14,6 +22,7 @@ use kafka_protocol::{
 use crate::{
     config::Config,
     server::{codes, Ctx},
+    storage::{AlterError, TopicConfig},
 };
 
 /// Resource types (Kafka's `ConfigResource.Type`).
@@ -21,8 +30,15 @@ const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
 
 /// Where a value comes from (Kafka's `ConfigSource`).
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 const STATIC_BROKER_CONFIG: i8 = 4;
 const DEFAULT_CONFIG: i8 = 5;
+
+/// IncrementalAlterConfigs operations (Kafka's `AlterConfigOp.OpType`).
+const SET: i8 = 0;
+const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
 
 /// Value types (Kafka's `ConfigType`).
 const BOOLEAN: i8 = 1;
@@ -30,21 +46,26 @@ const STRING: i8 = 2;
 const INT: i8 = 3;
 const LONG: i8 = 5;
 
-/// One configuration entry: name, value, type, and whether the value is the
-/// built-in default (else it was set on the command line or in the environment).
+/// One configuration entry: name, value, type, and where the value comes from.
 struct Entry {
     name: &'static str,
     value: String,
     kind: i8,
-    default: bool,
+    source: i8,
 }
 
+/// An entry whose value is the built-in default (`default`), or else was set on
+/// the command line or in the environment.
 fn entry(name: &'static str, value: impl ToString, kind: i8, default: bool) -> Entry {
     Entry {
         name,
         value: value.to_string(),
         kind,
-        default,
+        source: if default {
+            DEFAULT_CONFIG
+        } else {
+            STATIC_BROKER_CONFIG
+        },
     }
 }
 
@@ -72,12 +93,13 @@ fn max_message_bytes(ctx: &Ctx) -> u64 {
     })
 }
 
-/// A topic's configuration: the broker's settings under the topic-level names.
-fn topic_entries(ctx: &Ctx) -> Vec<Entry> {
+/// A topic's configuration: its overrides, and the broker's settings under the
+/// topic-level names for the rest.
+fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
     let c = ctx.storage.config();
     let d = Config::default();
     let s = &c.storage;
-    vec![
+    let mut entries = vec![
         entry("cleanup.policy", "delete", STRING, true),
         entry("compression.type", "producer", STRING, true),
         entry("max.message.bytes", max_message_bytes(ctx), INT, false),
@@ -101,7 +123,32 @@ fn topic_entries(ctx: &Ctx) -> Vec<Entry> {
             d.storage.segment_bytes,
             INT,
         ),
-    ]
+    ];
+    for e in &mut entries {
+        if let Some(v) = overrides.get(e.name) {
+            e.value = v.to_string();
+            e.source = DYNAMIC_TOPIC_CONFIG;
+        }
+    }
+    entries
+}
+
+/// A topic's configuration as CreateTopics v5+ describes the created topic.
+pub(crate) fn created_topic_configs(
+    ctx: &Ctx,
+    overrides: &TopicConfig,
+) -> Vec<CreatableTopicConfigs> {
+    topic_entries(ctx, overrides)
+        .into_iter()
+        .map(|e| {
+            CreatableTopicConfigs::default()
+                .with_name(StrBytes::from_static_str(e.name))
+                .with_value(Some(StrBytes::from_string(e.value)))
+                .with_read_only(false)
+                .with_config_source(e.source)
+                .with_is_sensitive(false)
+        })
+        .collect()
 }
 
 /// The broker's configuration under Kafka's broker-level names.
@@ -198,18 +245,20 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
         .map(|r| {
             let out = result(r.resource_type, r.resource_name.clone());
             let name = r.resource_name.as_str();
-            let entries = match r.resource_type {
-                TOPIC if ctx.storage.topic(name).is_some() => topic_entries(ctx),
-                TOPIC => {
-                    return out
-                        .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
-                        .with_error_message(Some(StrBytes::from_string(format!(
-                            "unknown topic {name}"
-                        ))))
-                }
+            let (entries, read_only) = match r.resource_type {
+                TOPIC => match ctx.storage.topic(name) {
+                    Some(t) => (topic_entries(ctx, &t.configs), false),
+                    None => {
+                        return out
+                            .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                            .with_error_message(Some(StrBytes::from_string(format!(
+                                "unknown topic {name}"
+                            ))))
+                    }
+                },
                 // The empty name asks for the cluster-wide defaults, which are
                 // this broker's.
-                BROKER if name.is_empty() || name == node => broker_entries(ctx),
+                BROKER if name.is_empty() || name == node => (broker_entries(ctx), true),
                 BROKER => {
                     return out
                         .with_error_code(codes::INVALID_REQUEST)
@@ -227,22 +276,20 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
             };
             let configs = entries
                 .into_iter()
+                // No keys (null or an empty list) asks for every one.
                 .filter(|e| {
-                    r.configuration_keys
-                        .as_ref()
-                        .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
+                    r.configuration_keys.as_ref().is_none_or(|keys| {
+                        keys.is_empty() || keys.iter().any(|k| k.as_str() == e.name)
+                    })
                 })
                 .map(|e| {
                     DescribeConfigsResourceResult::default()
                         .with_name(StrBytes::from_static_str(e.name))
                         .with_value(Some(StrBytes::from_string(e.value)))
-                        // Nothing can be altered: AlterConfigs is not supported.
-                        .with_read_only(true)
-                        .with_config_source(if e.default {
-                            DEFAULT_CONFIG
-                        } else {
-                            STATIC_BROKER_CONFIG
-                        })
+                        // A topic's every key can be overridden; the broker's are
+                        // fixed while it runs.
+                        .with_read_only(read_only)
+                        .with_config_source(e.source)
                         .with_is_sensitive(false)
                         .with_config_type(e.kind)
                 })
@@ -251,4 +298,225 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// What an alter of one resource came to: `NONE`, or an error code and message.
+type Outcome = Result<(), (i16, String)>;
+
+fn alter_error(name: &str, e: AlterError) -> (i16, String) {
+    match e {
+        AlterError::UnknownTopic => (
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("unknown topic {name}"),
+        ),
+        AlterError::Invalid(e) => (codes::INVALID_CONFIG, e.to_string()),
+        AlterError::InvalidRequest(m) => (codes::INVALID_REQUEST, m),
+        AlterError::Storage(m) => (codes::KAFKA_STORAGE_ERROR, m),
+    }
+}
+
+/// Whether a resource can be altered: topics only; a resource named twice in one
+/// request is refused each time (as Kafka does).
+fn alterable(resource_type: i8, name: &str, dup: bool) -> Outcome {
+    if dup {
+        return Err((
+            codes::INVALID_REQUEST,
+            format!("resource {name} appears more than once in the request"),
+        ));
+    }
+    match resource_type {
+        TOPIC => Ok(()),
+        BROKER => Err((
+            codes::INVALID_REQUEST,
+            "broker configs cannot be changed while the broker runs: set them with flags or \
+             STREAMLINE_* environment variables and restart"
+                .to_string(),
+        )),
+        other => Err((
+            codes::INVALID_REQUEST,
+            format!("resource type {other} cannot be altered (topics: 2)"),
+        )),
+    }
+}
+
+/// The (type, name) pairs named more than once in a request.
+fn duplicates<'a>(resources: impl Iterator<Item = (i8, &'a str)>) -> BTreeSet<(i8, String)> {
+    let mut seen = BTreeSet::new();
+    resources
+        .filter(|&(t, n)| !seen.insert((t, n.to_string())))
+        .map(|(t, n)| (t, n.to_string()))
+        .collect()
+}
+
+/// Runs a topic config change on a blocking thread (it replaces and fsyncs
+/// `topic.json`).
+async fn alter_topic(
+    ctx: &Ctx,
+    name: &str,
+    validate_only: bool,
+    change: impl FnOnce(&TopicConfig) -> Result<TopicConfig, AlterError> + Send + 'static,
+) -> Outcome {
+    let storage = ctx.storage.clone();
+    let topic = name.to_string();
+    tokio::task::spawn_blocking(move || storage.alter_topic_configs(&topic, validate_only, change))
+        .await
+        .unwrap_or_else(|e| Err(AlterError::Storage(e.to_string())))
+        .map(|configs| {
+            tracing::debug!(topic = name, validate_only, configs = ?configs.overrides(), "topic configs altered");
+        })
+        .map_err(|e| alter_error(name, e))
+}
+
+/// AlterConfigs: replaces a topic's overrides with exactly the pairs given (keys
+/// left out return to the broker's setting), as Kafka's legacy API does.
+pub(crate) async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let dups = duplicates(
+        req.resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let mut responses = Vec::new();
+    for r in req.resources {
+        let name = r.resource_name.to_string();
+        let dup = dups.contains(&(r.resource_type, name.clone()));
+        let mut outcome = alterable(r.resource_type, &name, dup);
+        if outcome.is_ok() {
+            let pairs: Vec<(String, Option<String>)> = r
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.value.as_ref().map(ToString::to_string),
+                    )
+                })
+                .collect();
+            outcome = alter_topic(ctx, &name, req.validate_only, move |_| {
+                Ok(TopicConfig::from_pairs(pairs)?)
+            })
+            .await;
+        }
+        let (code, message) = split(outcome);
+        responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+fn split(outcome: Outcome) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (codes::NONE, None),
+        Err((code, m)) => (code, Some(StrBytes::from_string(m))),
+    }
+}
+
+/// One IncrementalAlterConfigs operation.
+struct Op {
+    name: String,
+    op: i8,
+    value: Option<String>,
+}
+
+/// Applies `ops` to `current`, all or nothing.
+fn apply_ops(current: &TopicConfig, ops: &[Op]) -> Result<TopicConfig, AlterError> {
+    let mut names = BTreeSet::new();
+    if let Some(o) = ops.iter().find(|o| !names.insert(o.name.as_str())) {
+        return Err(AlterError::InvalidRequest(format!(
+            "config {} appears more than once for one resource",
+            o.name
+        )));
+    }
+    let mut c = current.clone();
+    for o in ops {
+        let value = || {
+            o.value.as_deref().ok_or_else(|| {
+                AlterError::InvalidRequest(format!("config {} is given without a value", o.name))
+            })
+        };
+        match o.op {
+            SET => c.set(&o.name, value()?)?,
+            DELETE => c.remove(&o.name)?,
+            APPEND | SUBTRACT => {
+                if o.name != "cleanup.policy" {
+                    // A key this broker does not know is reported as such.
+                    c.remove(&o.name)?;
+                    return Err(AlterError::InvalidRequest(format!(
+                        "config {} is not a list: APPEND and SUBTRACT apply to cleanup.policy only",
+                        o.name
+                    )));
+                }
+                // The broker's cleanup.policy is always delete.
+                let now = c.get(&o.name).unwrap_or("delete").to_string();
+                let mut list: Vec<String> = now
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                for v in value()?.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                    if o.op == APPEND {
+                        if !list.iter().any(|x| x.eq_ignore_ascii_case(v)) {
+                            list.push(v.to_string());
+                        }
+                    } else {
+                        list.retain(|x| !x.eq_ignore_ascii_case(v));
+                    }
+                }
+                c.set(&o.name, &list.join(","))?;
+            }
+            other => {
+                return Err(AlterError::InvalidRequest(format!(
+                    "unknown config operation {other} (SET 0, DELETE 1, APPEND 2, SUBTRACT 3)"
+                )))
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// IncrementalAlterConfigs: sets, deletes, appends to or subtracts from single
+/// keys of a topic's overrides, leaving the others as they are.
+pub(crate) async fn incremental_alter_configs(
+    ctx: &Ctx,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let dups = duplicates(
+        req.resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let mut responses = Vec::new();
+    for r in req.resources {
+        let name = r.resource_name.to_string();
+        let dup = dups.contains(&(r.resource_type, name.clone()));
+        let mut outcome = alterable(r.resource_type, &name, dup);
+        if outcome.is_ok() {
+            let ops: Vec<Op> = r
+                .configs
+                .iter()
+                .map(|c| Op {
+                    name: c.name.to_string(),
+                    op: c.config_operation,
+                    value: c.value.as_ref().map(ToString::to_string),
+                })
+                .collect();
+            outcome = alter_topic(ctx, &name, req.validate_only, move |current| {
+                apply_ops(current, &ops)
+            })
+            .await;
+        }
+        let (code, message) = split(outcome);
+        responses.push(
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
 }

@@ -194,6 +194,22 @@ pub(crate) async fn handle(
                 &configs::describe_configs(&ctx, &req),
             )
         }),
+        RequestKind::AlterConfigs(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::AlterConfigs,
+                version,
+                cid,
+                &configs::alter_configs(&ctx, req).await,
+            )
+        }),
+        RequestKind::IncrementalAlterConfigs(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::IncrementalAlterConfigs,
+                version,
+                cid,
+                &configs::incremental_alter_configs(&ctx, req).await,
+            )
+        }),
         RequestKind::InitProducerId(req) => Box::pin(async move {
             encode_response(
                 ApiKey::InitProducerId,

@@ -26,7 +26,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
             codes::UNSUPPORTED_COMPRESSION_TYPE
         }
         ProduceError::InvalidBatch(_) => codes::CORRUPT_MESSAGE,
-        ProduceError::TooLarge => codes::MESSAGE_TOO_LARGE,
+        ProduceError::TooLarge(_) => codes::MESSAGE_TOO_LARGE,
         ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
@@ -41,8 +41,7 @@ fn message(e: &ProduceError) -> String {
     match e {
         ProduceError::UnknownTopicOrPartition => "unknown topic or partition".into(),
         ProduceError::InvalidBatch(b) => b.to_string(),
-        ProduceError::TooLarge => "batch exceeds the WAL entry limit".into(),
-        ProduceError::Storage(s) => s.clone(),
+        ProduceError::TooLarge(s) | ProduceError::Storage(s) => s.clone(),
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),

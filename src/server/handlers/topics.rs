@@ -19,8 +19,10 @@ use kafka_protocol::{
 
 use crate::{
     server::{codes, Ctx},
-    storage::{valid_topic_name, CreateError, Topic},
+    storage::{valid_topic_name, CreateError, Topic, TopicConfig},
 };
+
+use super::configs::created_topic_configs;
 
 fn topic_entry(ctx: &Ctx, t: &Topic, version: i16) -> MetadataResponseTopic {
     let node = BrokerId(ctx.storage.meta().node_id);
@@ -64,9 +66,10 @@ async fn create_blocking(
     ctx: &Ctx,
     name: String,
     partitions: i32,
+    configs: TopicConfig,
 ) -> Result<Arc<Topic>, CreateError> {
     let storage = ctx.storage.clone();
-    tokio::task::spawn_blocking(move || storage.create_topic(&name, partitions))
+    tokio::task::spawn_blocking(move || storage.create_topic_with(&name, partitions, configs))
         .await
         .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())))
 }
@@ -121,7 +124,7 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                     ));
                 } else if allow_create {
                     let parts = ctx.storage.config().storage.default_partitions;
-                    match create_blocking(ctx, n.clone(), parts).await {
+                    match create_blocking(ctx, n.clone(), parts, TopicConfig::default()).await {
                         Ok(t) => topics.push(topic_entry(ctx, &t, version)),
                         Err(CreateError::Exists) => match ctx.storage.topic(&n) {
                             Some(t) => topics.push(topic_entry(ctx, &t, version)),
@@ -169,6 +172,11 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
         } else {
             t.num_partitions
         };
+        let configs = TopicConfig::from_pairs(
+            t.configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map(StrBytes::as_str))),
+        );
         let check = if !valid_topic_name(&name) {
             Err((
                 codes::INVALID_TOPIC_EXCEPTION,
@@ -194,11 +202,14 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                 codes::TOPIC_ALREADY_EXISTS,
                 format!("topic {name} already exists"),
             ))
+        } else if let Err(e) = &configs {
+            Err((codes::INVALID_CONFIG, e.to_string()))
         } else if req.validate_only {
             // A dry run creates nothing, so there is no topic id to report.
             Ok(uuid::Uuid::nil())
         } else {
-            match create_blocking(ctx, name.clone(), parts).await {
+            let configs = configs.clone().unwrap_or_default();
+            match create_blocking(ctx, name.clone(), parts, configs).await {
                 Ok(topic) => Ok(topic.id),
                 Err(CreateError::Exists) => Err((
                     codes::TOPIC_ALREADY_EXISTS,
@@ -213,9 +224,9 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                 Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
             }
         };
-        // v5+ describe a topic that was (or, in a dry run, would be) created; as in
-        // Kafka, a failed topic keeps the defaults: -1, -1 and no configs. Topics have
-        // no per-topic configs here, so the list is empty. v7 adds the topic id.
+        // v5+ describe a topic that was (or, in a dry run, would be) created, with
+        // every config in force; as in Kafka, a failed topic keeps the defaults:
+        // -1, -1 and no configs. v7 adds the topic id.
         let r = CreatableTopicResult::default().with_name(t.name);
         results.push(match check {
             Ok(id) => r
@@ -223,7 +234,10 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                 .with_error_message(None)
                 .with_num_partitions(parts)
                 .with_replication_factor(1)
-                .with_configs(Some(Vec::new()))
+                .with_configs(Some(created_topic_configs(
+                    ctx,
+                    &configs.clone().unwrap_or_default(),
+                )))
                 .with_topic_id(id),
             Err((code, msg)) => r
                 .with_error_code(code)
