@@ -1525,3 +1525,83 @@ fn delete_topics_v6_deletes_by_id_and_v5_explains_failures() {
         Some("unknown topic by-name".into())
     );
 }
+
+#[test]
+fn delete_records_answers_each_partition() {
+    use kafka_protocol::messages::{
+        delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic},
+        DeleteRecordsRequest, DeleteRecordsResponse,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "dr", true), 0);
+    for i in 0..3 {
+        s.write_all(&request_frame(
+            ApiKey::Produce,
+            8,
+            i,
+            &produce("dr", 0, batch(&["v"])),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+        assert_eq!(partition_result(&r), (0, i64::from(i)));
+    }
+    let topic = |name: &str, parts: &[(i32, i64)]| {
+        DeleteRecordsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name.into())))
+            .with_partitions(
+                parts
+                    .iter()
+                    .map(|&(p, o)| {
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(p)
+                            .with_offset(o)
+                    })
+                    .collect(),
+            )
+    };
+    let req = DeleteRecordsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![
+            topic("dr", &[(0, 2), (1, 0)]),
+            topic("missing", &[(0, 0)]),
+        ]);
+    for version in [0, 2] {
+        s.write_all(&request_frame(ApiKey::DeleteRecords, version, 7, &req))
+            .unwrap();
+        let (_, r): (i32, DeleteRecordsResponse) = response(&mut s, ApiKey::DeleteRecords, version);
+        let got: Vec<(String, i32, i16, i64)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        p.error_code,
+                        p.low_watermark,
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("dr".into(), 0, 0, 2),
+                ("dr".into(), 1, 3, -1),
+                ("missing".into(), 0, 3, -1),
+            ],
+            "v{version}"
+        );
+    }
+    let req = DeleteRecordsRequest::default().with_topics(vec![topic("dr", &[(0, 4)])]);
+    s.write_all(&request_frame(ApiKey::DeleteRecords, 2, 8, &req))
+        .unwrap();
+    let (_, r): (i32, DeleteRecordsResponse) = response(&mut s, ApiKey::DeleteRecords, 2);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 1,
+        "above the high watermark"
+    );
+    assert_eq!(earliest_latest(&mut s, "dr"), (2, 3));
+}

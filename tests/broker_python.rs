@@ -6,7 +6,7 @@ mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use broker_support::{python_client, records, Broker};
+use broker_support::{kcat, python_client, records, Broker};
 
 #[test]
 fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
@@ -401,4 +401,64 @@ fn admin_client_creates_alters_and_describes_configs_and_adds_partitions() {
     );
     let parts: std::collections::BTreeSet<i32> = acks.iter().map(|(p, _, _)| *p).collect();
     assert_eq!(parts, [0, 1, 2].into_iter().collect(), "{acks:?}");
+}
+
+#[test]
+fn admin_client_deletes_records_durably() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &[]);
+    let client = |addr: &str, args: &[&str]| {
+        let mut all = vec![args[0], addr];
+        all.extend_from_slice(&args[1..]);
+        python_client("kafka_client.py", &all)
+    };
+    let acks = records(
+        &client(&broker.addr, &["produce", "purge", "10", "1", "m"]),
+        "ACK",
+    );
+    assert_eq!(acks.len(), 10);
+    let out = client(&broker.addr, &["delete-records", "purge", "0", "4"]);
+    assert_eq!(out.trim(), "DELETED purge 0 4");
+    let out = client(&broker.addr, &["delete-records", "purge", "0", "11"]);
+    assert_eq!(out.trim(), "REFUSED purge 0 OFFSET_OUT_OF_RANGE");
+    // A consumer from the beginning starts at the new log start, before and after
+    // a restart.
+    let from_beginning = |addr: &str| {
+        let out = kcat(
+            &[
+                "-b",
+                addr,
+                "-C",
+                "-t",
+                "purge",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%o %s\n",
+            ],
+            b"",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<String> = acks[4..]
+        .iter()
+        .map(|(_, o, v)| format!("{o} {v}"))
+        .collect();
+    assert_eq!(want.len(), 6);
+    for round in 0..2 {
+        assert_eq!(from_beginning(&broker.addr), want, "round {round}");
+        if round == 0 {
+            assert!(broker.sigterm().success());
+            broker = broker.restart();
+        }
+    }
+    // -1: everything readable.
+    let out = client(&broker.addr, &["delete-records", "purge", "0", "-1"]);
+    assert_eq!(out.trim(), "DELETED purge 0 10");
+    assert!(from_beginning(&broker.addr).is_empty());
 }

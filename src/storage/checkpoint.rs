@@ -104,9 +104,6 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
             t.configs.retention_ms(storage),
             t.configs.retention_bytes(storage),
         );
-        if by_age.is_none() && by_size.is_none() {
-            continue;
-        }
         for p in &t.partitions {
             if p.is_deleted() {
                 continue;

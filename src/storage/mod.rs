@@ -53,7 +53,7 @@ use crate::{
 };
 use batch::{BatchError, BatchInfo};
 pub use offsets::{Committed, OffsetStore, StoredGroup};
-pub use partition::{Partition, ReadResult};
+pub use partition::{DeleteRecordsError, Partition, ReadResult};
 use producers::{ProducerIds, SequenceError, Verdict};
 use recovery_points::RecoveryPoints;
 pub use topic_config::{ConfigError, TopicConfig};

@@ -15,6 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
@@ -30,6 +31,62 @@ use super::{
 /// for the idempotent producers' state.
 const PREVIOUS_SEGMENT_BATCHES: usize = 1000;
 
+/// Where a partition's log start offset is kept once records were deleted.
+const LOG_START_FILE: &str = "log-start-offset.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogStartFile {
+    version: u32,
+    log_start_offset: i64,
+}
+
+/// The log start offset stored in `dir` (0 when none is).
+fn load_log_start(dir: &Path) -> Result<i64> {
+    let path = dir.join(LOG_START_FILE);
+    let Some(raw) = crate::wal::files::read_if_exists(&path)? else {
+        return Ok(0);
+    };
+    let f: LogStartFile = serde_json::from_slice(&raw)
+        .map_err(|e| Error::corrupt(&path, 0, format!("does not parse: {e}")))?;
+    if f.log_start_offset < 0 {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!("negative log start offset {}", f.log_start_offset),
+        ));
+    }
+    Ok(f.log_start_offset)
+}
+
+/// Why DeleteRecords failed for a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteRecordsError {
+    /// The offset is above the high watermark (or below -1).
+    OutOfRange {
+        /// The offset asked for.
+        offset: i64,
+        /// The partition's high watermark.
+        high_watermark: i64,
+    },
+    /// Storing the new log start failed; the message says how.
+    Storage(String),
+}
+
+impl std::fmt::Display for DeleteRecordsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeleteRecordsError::OutOfRange {
+                offset,
+                high_watermark,
+            } => write!(
+                f,
+                "offset {offset} is outside -1 (the high watermark) and 0..={high_watermark}"
+            ),
+            DeleteRecordsError::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
 /// A partition of a topic.
 #[derive(Debug)]
 pub struct Partition {
@@ -43,6 +100,10 @@ pub struct Partition {
     next_offset: AtomicI64,
     /// Offset after the last batch a consumer may read.
     high_watermark: AtomicI64,
+    /// Records below this offset were deleted (DeleteRecords); 0 when none were.
+    deleted_below: AtomicI64,
+    /// One DeleteRecords at a time, so that the stored start never goes back.
+    deleting: Mutex<()>,
     /// Set when the topic is deleted; the pipeline then refuses produces to it.
     deleted: AtomicBool,
     /// Idempotent producers' last batches (judged and updated by the submit thread).
@@ -123,6 +184,7 @@ impl Partition {
             sync_dir(&dir)?;
         }
         let end = segments.last().map_or(0, Segment::next_offset);
+        let deleted_below = load_log_start(&dir)?;
         Ok(Partition {
             topic: topic.to_string(),
             index,
@@ -130,6 +192,8 @@ impl Partition {
             segment_bytes: AtomicU64::new(segment_bytes),
             log: Mutex::new(segments),
             next_offset: AtomicI64::new(end),
+            deleted_below: AtomicI64::new(deleted_below.min(end)),
+            deleting: Mutex::new(()),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
             producers: Mutex::new(producers),
@@ -187,11 +251,15 @@ impl Partition {
 
     /// First offset still stored.
     pub fn log_start_offset(&self) -> i64 {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .first()
+        self.start_of(&self.log.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The first offset still served: the first segment's base, or above it
+    /// where records were deleted.
+    fn start_of(&self, log: &[Segment]) -> i64 {
+        log.first()
             .map_or(0, Segment::base_offset)
+            .max(self.deleted_below.load(Ordering::Acquire))
     }
 
     /// Offset after the last batch a consumer may read.
@@ -255,12 +323,9 @@ impl Partition {
 
     /// Deletes the oldest segments past retention (Kafka's `retention.ms` /
     /// `retention.bytes`): those whose newest record is older than `retention_ms`
-    /// before `now_ms`, and those whose removal leaves the partition at least
-    /// `retention_bytes`. The active segment goes too once it qualifies and every
-    /// batch in it is below the high watermark (readable, so durable): a new empty
-    /// segment at the log end takes its place first, as Kafka rolls before it
-    /// deletes every segment, so an idle partition does not keep expired records
-    /// forever. The log start offset moves to the first segment left. Returns the
+    /// before `now_ms`, those whose removal leaves the partition at least
+    /// `retention_bytes`, and those wholly below the log start offset (a
+    /// DeleteRecords interrupted by a crash). See [`Partition::trim`]. Returns the
     /// segments and bytes deleted.
     ///
     /// # Errors
@@ -271,6 +336,30 @@ impl Partition {
         now_ms: i64,
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
+    ) -> Result<(usize, u64)> {
+        let floor = self.deleted_below.load(Ordering::Acquire);
+        self.trim("past retention", |s, total| {
+            let too_old = retention_ms.is_some_and(|r| {
+                s.max_timestamp() >= 0
+                    && now_ms.saturating_sub(s.max_timestamp())
+                        > i64::try_from(r).unwrap_or(i64::MAX)
+            });
+            let too_big = retention_bytes.is_some_and(|r| total - s.size() >= r);
+            too_old || too_big || s.next_offset() <= floor
+        })
+    }
+
+    /// Deletes the oldest segments while `deletable(segment, bytes held)` says so,
+    /// from the oldest forward, stopping at the first one kept. The active segment
+    /// goes too once it qualifies and every batch in it is below the high
+    /// watermark (readable, so durable): a new empty segment at the log end takes
+    /// its place first, as Kafka rolls before it deletes every segment, so an idle
+    /// partition does not keep expired records forever. Returns the segments and
+    /// bytes deleted.
+    fn trim(
+        &self,
+        why: &str,
+        mut deletable: impl FnMut(&Segment, u64) -> bool,
     ) -> Result<(usize, u64)> {
         let removed: Vec<Segment> = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -283,13 +372,7 @@ impl Partition {
                 if active && (s.size() == 0 || hw < s.next_offset()) {
                     break;
                 }
-                let too_old = retention_ms.is_some_and(|r| {
-                    s.max_timestamp() >= 0
-                        && now_ms.saturating_sub(s.max_timestamp())
-                            > i64::try_from(r).unwrap_or(i64::MAX)
-                });
-                let too_big = retention_bytes.is_some_and(|r| total - s.size() >= r);
-                if !too_old && !too_big {
+                if !deletable(s, total) {
                     break;
                 }
                 total -= s.size();
@@ -302,7 +385,7 @@ impl Partition {
                 let end = log[n - 1].next_offset();
                 let seg = Segment::create(&self.dir, end)?;
                 sync_dir(&self.dir)?;
-                tracing::debug!(topic = %self.topic, partition = self.index, base = end, "rolled segment for retention");
+                tracing::debug!(topic = %self.topic, partition = self.index, base = end, "rolled segment to delete the active one");
                 log.push(seg);
             }
             log.drain(..n).collect()
@@ -321,9 +404,47 @@ impl Partition {
             segments = removed.len(),
             bytes,
             log_start = self.log_start_offset(),
-            "deleted segments past retention"
+            "deleted segments {why}"
         );
         Ok((removed.len(), bytes))
+    }
+
+    /// DeleteRecords: moves the log start offset up to `before` (`-1`: the high
+    /// watermark), durably (`log-start-offset.json`, replaced atomically) before it
+    /// returns, then deletes the segments wholly below it. Records below the new
+    /// start are never served again; a batch that straddles it stays stored until
+    /// its segment goes. Returns the new log start offset.
+    ///
+    /// # Errors
+    /// [`DeleteRecordsError::OutOfRange`] for an offset above the high watermark
+    /// (or below -1); [`DeleteRecordsError::Storage`] when the new start could not
+    /// be made durable (the log start is then unchanged) or segments could not be
+    /// deleted (the next retention pass deletes them).
+    pub fn delete_records(&self, before: i64) -> std::result::Result<i64, DeleteRecordsError> {
+        let _one_at_a_time = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+        let hw = self.high_watermark();
+        let target = if before == -1 { hw } else { before };
+        if target < 0 || target > hw {
+            return Err(DeleteRecordsError::OutOfRange {
+                offset: before,
+                high_watermark: hw,
+            });
+        }
+        if target > self.log_start_offset() {
+            let path = self.dir.join(LOG_START_FILE);
+            let json = serde_json::to_vec(&LogStartFile {
+                version: 1,
+                log_start_offset: target,
+            })
+            .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+            crate::wal::files::write_atomic(&path, &json)
+                .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+            self.deleted_below.store(target, Ordering::Release);
+            tracing::info!(topic = %self.topic, partition = self.index, log_start = target, "deleted records");
+            self.trim("below the log start", |s, _| s.next_offset() <= target)
+                .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+        }
+        Ok(self.log_start_offset())
     }
 
     /// `fdatasync`s every segment changed since the last sync.
@@ -365,7 +486,7 @@ impl Partition {
         let hw = self.high_watermark();
         let (plan, start) = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            let start = log.first().map_or(0, Segment::base_offset);
+            let start = self.start_of(&log);
             if offset < start || offset > hw {
                 return Ok(None);
             }
@@ -433,9 +554,10 @@ impl Partition {
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>> {
         let hw = self.high_watermark();
         type Plan = (Arc<File>, PathBuf, Vec<(i64, u64)>);
-        let plans: Vec<Plan> = {
+        let (start, plans): (i64, Vec<Plan>) = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            log.iter()
+            let plans = log
+                .iter()
                 .map(|s| {
                     (
                         s.file(),
@@ -443,7 +565,8 @@ impl Partition {
                         s.index().iter().map(|e| (e.offset, e.position)).collect(),
                     )
                 })
-                .collect()
+                .collect();
+            (self.start_of(&log), plans)
         };
         let mut head = [0u8; HEADER_LEN];
         for (file, path, entries) in plans {
@@ -454,8 +577,11 @@ impl Partition {
                 file.read_exact_at(&mut head, position)
                     .map_err(|e| Error::io("read", &path, e))?;
                 if let Ok(info) = batch::parse_header(&head) {
-                    if info.max_timestamp >= timestamp {
-                        return Ok(Some(offset));
+                    // Deleted records are not found (DeleteRecords).
+                    if info.max_timestamp >= timestamp
+                        && offset + i64::from(info.last_offset_delta) >= start
+                    {
+                        return Ok(Some(offset.max(start)));
                     }
                 }
             }
@@ -576,6 +702,70 @@ pub(crate) mod tests {
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert_eq!((p.log_start_offset(), p.log_end_offset()), (8, 8));
         assert_eq!(files(&pdir, "log"), 1);
+    }
+
+    #[test]
+    fn delete_records_moves_the_log_start_durably_and_deletes_what_lies_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        // 3000-byte batches of 2 records in 4 KiB segments: one batch per segment.
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let big = vec![3u8; 1500];
+        for k in 0..4 {
+            assert_eq!(
+                store(&p, with_timestamp(make_batch(0, &[&big, &big]), k)),
+                2 * k
+            );
+        }
+        assert_eq!(p.log_end_offset(), 8);
+        p.set_high_watermark(7);
+        assert_eq!(
+            p.delete_records(8),
+            Err(DeleteRecordsError::OutOfRange {
+                offset: 8,
+                high_watermark: 7
+            })
+        );
+        assert!(p.delete_records(-2).is_err());
+        assert_eq!(p.log_start_offset(), 0, "refusals change nothing");
+
+        // Into the second batch: the first segment goes, offset 2 is no longer served.
+        assert_eq!(p.delete_records(3), Ok(3));
+        assert_eq!(files(&pdir, "log"), 3);
+        assert!(p.read(2, 1 << 20).unwrap().is_none());
+        let r = p.read(3, 1 << 20).unwrap().unwrap();
+        assert_eq!(r.log_start_offset, 3);
+        assert_eq!(
+            validate_all(&r.records).unwrap()[0].base_offset,
+            2,
+            "whole batches"
+        );
+        assert_eq!(
+            p.offset_for_timestamp(0).unwrap(),
+            Some(3),
+            "nothing deleted is found"
+        );
+        assert_eq!(p.offset_for_timestamp(2).unwrap(), Some(4));
+        assert_eq!(p.delete_records(1), Ok(3), "the start never goes back");
+
+        drop(p);
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(
+            (p.log_start_offset(), p.log_end_offset()),
+            (3, 8),
+            "kept across a reopen"
+        );
+        assert!(p.read(2, 1 << 20).unwrap().is_none());
+
+        // -1: up to the high watermark; with everything readable the active segment
+        // goes as well, and appends go on at the next offset.
+        assert_eq!(p.delete_records(-1), Ok(8));
+        assert_eq!(files(&pdir, "log"), 1);
+        assert_eq!(store(&p, make_batch(0, &[b"after"])), 8);
+        drop(p);
+        let p = Partition::open("t", 0, pdir, 4096).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (8, 9));
+        assert_eq!(p.read(8, 1 << 20).unwrap().unwrap().log_start_offset, 8);
     }
 
     #[test]

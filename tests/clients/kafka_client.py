@@ -313,6 +313,20 @@ def alter_configs(bootstrap, topic, ops):
             out("REFUSED %s %s %s" % (r.name, err.name(), err.str()))
 
 
+def delete_records(bootstrap, topic, partition, offset):
+    """DeleteRecords below `offset` of one partition (-1: everything readable)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    tp = TopicPartition(topic, partition, offset)
+    for t, fut in admin.delete_records([tp], request_timeout=20).items():
+        try:
+            out("DELETED %s %d %d" % (t.topic, t.partition, fut.result(timeout=30).low_watermark))
+        except Exception as e:
+            err = e.args[0]
+            out("REFUSED %s %d %s" % (t.topic, t.partition, err.name()))
+
+
 def grow(bootstrap, topic, count):
     from confluent_kafka.admin import AdminClient, NewPartitions
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -343,6 +357,8 @@ def main(argv):
         create_with_configs(argv[2], argv[3], argv[4:])
     elif cmd == "alter-configs":
         alter_configs(argv[2], argv[3], argv[4:])
+    elif cmd == "delete-records":
+        delete_records(argv[2], argv[3], int(argv[4]), int(argv[5]))
     elif cmd == "describe-configs":
         describe_configs(argv[2], argv[3])
     elif cmd == "recreate":

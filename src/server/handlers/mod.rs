@@ -194,6 +194,14 @@ pub(crate) async fn handle(
                 &configs::describe_configs(&ctx, &req),
             )
         }),
+        RequestKind::DeleteRecords(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DeleteRecords,
+                version,
+                cid,
+                &topics::delete_records(&ctx, req).await,
+            )
+        }),
         RequestKind::AlterConfigs(req) => Box::pin(async move {
             encode_response(
                 ApiKey::AlterConfigs,

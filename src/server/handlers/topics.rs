@@ -1,4 +1,4 @@
-//! Metadata, CreateTopics, DeleteTopics.
+//! Metadata, CreateTopics, CreatePartitions, DeleteTopics, DeleteRecords.
 
 use std::sync::Arc;
 
@@ -6,20 +6,21 @@ use kafka_protocol::{
     messages::{
         create_partitions_response::CreatePartitionsTopicResult,
         create_topics_response::CreatableTopicResult,
+        delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult},
         delete_topics_response::DeletableTopicResult,
         metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
         },
         BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-        CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, MetadataRequest,
-        MetadataResponse, TopicName,
+        CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
+        DeleteTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
     },
     protocol::StrBytes,
 };
 
 use crate::{
     server::{codes, Ctx},
-    storage::{valid_topic_name, CreateError, Topic, TopicConfig},
+    storage::{valid_topic_name, CreateError, DeleteRecordsError, Topic, TopicConfig},
 };
 
 use super::configs::created_topic_configs;
@@ -370,4 +371,48 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
         );
     }
     DeleteTopicsResponse::default().with_responses(results)
+}
+
+/// DeleteRecords (`kafka-delete-records`, AdminClient `delete_records`): moves each
+/// partition's log start offset up to the offset given (-1: the high watermark),
+/// durably, and answers the new start as the low watermark.
+pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let storage = ctx.storage.clone();
+    let topics = tokio::task::spawn_blocking(move || {
+        req.topics
+            .into_iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let r = DeleteRecordsPartitionResult::default()
+                            .with_partition_index(p.partition_index)
+                            .with_low_watermark(-1);
+                        let Some(part) = storage.partition(&t.name.0, p.partition_index) else {
+                            return r.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
+                        };
+                        match part.delete_records(p.offset) {
+                            Ok(start) => r.with_error_code(codes::NONE).with_low_watermark(start),
+                            Err(e) => {
+                                tracing::warn!(topic = %t.name.0, partition = p.partition_index, error = %e, "DeleteRecords refused");
+                                r.with_error_code(match e {
+                                    DeleteRecordsError::OutOfRange { .. } => {
+                                        codes::OFFSET_OUT_OF_RANGE
+                                    }
+                                    DeleteRecordsError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+                                })
+                            }
+                        }
+                    })
+                    .collect();
+                DeleteRecordsTopicResult::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    DeleteRecordsResponse::default().with_topics(topics)
 }
