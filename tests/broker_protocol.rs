@@ -598,8 +598,8 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("defaults".into(), 0, 3, 1, Some(8)),
-            ("two".into(), 0, 2, 1, Some(8)),
+            ("defaults".into(), 0, 3, 1, Some(9)),
+            ("two".into(), 0, 2, 1, Some(9)),
             ("bad name!".into(), 17, -1, -1, Some(0)),
             ("replicated".into(), 38, -1, -1, Some(0)),
         ]
@@ -610,7 +610,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
             .iter()
             .map(described)
             .collect::<Vec<_>>(),
-        vec![("dry".into(), 0, 3, 1, Some(8))],
+        vec![("dry".into(), 0, 3, 1, Some(9))],
         "a dry run describes the topic it would create"
     );
 
@@ -623,7 +623,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("v7".into(), 0, 4, 1, Some(8)),
+            ("v7".into(), 0, 4, 1, Some(9)),
             ("defaults".into(), 36, -1, -1, Some(0)), // TOPIC_ALREADY_EXISTS
         ]
     );

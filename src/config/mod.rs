@@ -71,6 +71,11 @@ pub struct StorageConfig {
     pub retention_bytes: Option<u64>,
     /// How often retention is applied. Default: 300000 (5 minutes).
     pub retention_check_interval_ms: u64,
+    /// A partition starts a new segment once the records it appends are this much
+    /// newer than the first batch of its active segment, even if that is not full
+    /// (Kafka's `log.roll.ms`), so that time-based retention can delete old
+    /// records of a slow topic. Default: 604800000 (7 days).
+    pub roll_ms: u64,
 }
 
 /// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
@@ -122,6 +127,7 @@ impl Default for Config {
                 retention_ms: Some(7 * 24 * 3600 * 1000),
                 retention_bytes: None,
                 retention_check_interval_ms: 300_000,
+                roll_ms: 7 * 24 * 3600 * 1000,
             },
             wal: WalSettings {
                 enabled: true,
@@ -198,6 +204,9 @@ impl Config {
             if v == 0 {
                 return bad(flag, "0".into(), "accepted values: 1 or more");
             }
+        }
+        if self.storage.roll_ms == 0 {
+            return bad("--log-roll-ms", "0".into(), "accepted values: 1 or more");
         }
         if self.storage.retention_check_interval_ms == 0 {
             return bad(
@@ -479,6 +488,16 @@ pub struct Cli {
     )]
     pub log_retention_check_interval_ms: u64,
 
+    /// Roll a partition's active segment once appended records are this much newer
+    /// than its first batch (Kafka's `log.roll.ms`), in milliseconds.
+    #[arg(
+        long,
+        env = "STREAMLINE_LOG_ROLL_MS",
+        default_value_t = 604_800_000,
+        value_name = "MS"
+    )]
+    pub log_roll_ms: u64,
+
     /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
     #[arg(
         long,
@@ -538,6 +557,7 @@ impl Cli {
                 retention_ms: u64::try_from(self.log_retention_ms).ok(),
                 retention_bytes: u64::try_from(self.log_retention_bytes).ok(),
                 retention_check_interval_ms: self.log_retention_check_interval_ms,
+                roll_ms: self.log_roll_ms,
             },
             wal: WalSettings {
                 enabled: self.wal_enabled,
@@ -654,9 +674,15 @@ mod tests {
             ),
             (10_080, 600_000)
         );
+        assert_eq!(c.storage.roll_ms, 604_800_000);
+        assert_eq!(
+            parse(&["--log-roll-ms", "60000"]).unwrap().storage.roll_ms,
+            60_000
+        );
         for flag in [
             "--offsets-retention-minutes",
             "--offsets-retention-check-interval-ms",
+            "--log-roll-ms",
         ] {
             let e = parse(&[flag, "0"])
                 .unwrap()

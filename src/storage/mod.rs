@@ -83,6 +83,20 @@ pub struct Topic {
 }
 
 impl Topic {
+    /// Applies the topic's segment limits (`segment.bytes`, `segment.ms`, or the
+    /// broker's) to `partitions`.
+    fn limit_segments(
+        configs: &TopicConfig,
+        broker: &crate::config::StorageConfig,
+        partitions: &[Arc<Partition>],
+    ) {
+        let (bytes, ms) = (configs.segment_bytes(broker), configs.segment_ms(broker));
+        for p in partitions {
+            p.set_segment_bytes(bytes);
+            p.set_segment_ms(ms);
+        }
+    }
+
     /// `topic.json` for this topic.
     fn file(&self) -> TopicFile {
         TopicFile {
@@ -360,6 +374,7 @@ fn load_topic(
             configs.segment_bytes(broker),
         )?));
     }
+    Topic::limit_segments(&configs, broker, &partitions);
     Ok(Some(Topic {
         name: name.to_string(),
         id,
@@ -871,9 +886,8 @@ impl TopicManager {
             .wal
             .as_ref()
             .map(|w| w.last_acked_sequence() + 1);
-        let segment_bytes = configs.segment_bytes(&self.shared.config.storage);
         let made = (|| {
-            let partitions = self.open_partitions(name, &dir, 0..partitions, segment_bytes)?;
+            let partitions = self.open_partitions(name, &dir, 0..partitions, &configs)?;
             let topic = Topic {
                 name: name.to_string(),
                 id,
@@ -915,16 +929,23 @@ impl TopicManager {
         name: &str,
         dir: &Path,
         range: std::ops::Range<i32>,
-        segment_bytes: u64,
+        configs: &TopicConfig,
     ) -> std::result::Result<Vec<Arc<Partition>>, CreateError> {
         let storage = |e: Error| CreateError::Storage(e.to_string());
+        let broker = &self.shared.config.storage;
         let parts = range
             .map(|p| {
-                Partition::open(name, p, dir.join(p.to_string()), segment_bytes)
-                    .map(Arc::new)
-                    .map_err(storage)
+                Partition::open(
+                    name,
+                    p,
+                    dir.join(p.to_string()),
+                    configs.segment_bytes(broker),
+                )
+                .map(Arc::new)
+                .map_err(storage)
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        Topic::limit_segments(configs, broker, &parts);
         sync_dir(dir).map_err(storage)?;
         Ok(parts)
     }
@@ -958,8 +979,7 @@ impl TopicManager {
         }
         let dir = self.shared.topics_dir.join(name);
         let mut partitions = old.partitions.clone();
-        let segment_bytes = old.configs.segment_bytes(&self.shared.config.storage);
-        partitions.extend(self.open_partitions(name, &dir, have..count, segment_bytes)?);
+        partitions.extend(self.open_partitions(name, &dir, have..count, &old.configs)?);
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id: old.id,
@@ -1031,10 +1051,7 @@ impl TopicManager {
         if !self.replace_topic(&old, &topic) {
             return Err(AlterError::UnknownTopic);
         }
-        let segment_bytes = configs.segment_bytes(&self.shared.config.storage);
-        for p in &topic.partitions {
-            p.set_segment_bytes(segment_bytes);
-        }
+        Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
         tracing::info!(topic = name, configs = ?configs.overrides(), "changed topic configs");
         Ok(configs)
     }
@@ -1539,8 +1556,21 @@ mod tests {
         assert_eq!((s.log_start_offset(), s.log_end_offset()), (3, 6));
         store(&s, make_batch(0, &[&[7u8; 3000]]));
         assert_eq!(segments("small"), 1, "the reloaded segment.bytes applies");
+        // segment.ms: records a second newer than the active segment's first roll it.
+        m.alter_topic_configs("plain", false, |c| {
+            let mut c = c.clone();
+            c.set("segment.ms", "1000")?;
+            Ok(c)
+        })
+        .unwrap();
+        let p = m.partition("plain", 0).unwrap();
+        store(
+            &p,
+            with_timestamp(make_batch(0, &[b"x"]), now - 2 * DAY + 1001),
+        );
+        assert_eq!(segments("plain"), 2);
         m.shutdown().unwrap();
-        drop((m, t, s));
+        drop((m, t, s, p));
 
         // A value this broker cannot honour in topic.json stops the start with
         // the file named, rather than being ignored.

@@ -23,7 +23,7 @@ use crate::file_at::FileAt;
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
     producers::ProducerState,
-    segment::Segment,
+    segment::{self, Segment},
     sync_dir,
 };
 
@@ -95,6 +95,9 @@ pub struct Partition {
     dir: PathBuf,
     /// Size at which the active segment rolls (the topic's `segment.bytes`).
     segment_bytes: AtomicU64,
+    /// Age at which the active segment rolls (the topic's `segment.ms`; see
+    /// [`Segment::age_for_roll`]).
+    segment_ms: AtomicU64,
     log: Mutex<Vec<Segment>>,
     /// Next offset to assign (submit thread only, after recovery).
     next_offset: AtomicI64,
@@ -190,6 +193,7 @@ impl Partition {
             index,
             dir,
             segment_bytes: AtomicU64::new(segment_bytes),
+            segment_ms: AtomicU64::new(u64::MAX),
             log: Mutex::new(segments),
             next_offset: AtomicI64::new(end),
             deleted_below: AtomicI64::new(deleted_below.min(end)),
@@ -285,6 +289,13 @@ impl Partition {
         self.segment_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// Sets the age at which the active segment rolls (a topic's `segment.ms`, or
+    /// the broker's `--log-roll-ms`; never until set); the next append judges
+    /// against it.
+    pub(crate) fn set_segment_ms(&self, ms: u64) {
+        self.segment_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Re-aligns the next offset to the log end (after recovery).
     pub(crate) fn reset_next_offset(&self) {
         let end = self.log_end_offset();
@@ -300,9 +311,13 @@ impl Partition {
     pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let limit = self.segment_bytes.load(Ordering::Relaxed);
-        let needs_roll = log
-            .last()
-            .is_none_or(|s| s.size() > 0 && s.size() + data.len() as u64 > limit);
+        let max_age = i64::try_from(self.segment_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let appending = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
+        let needs_roll = log.last().is_none_or(|s| {
+            s.size() > 0
+                && (s.size() + data.len() as u64 > limit
+                    || s.age_for_roll(appending, segment::now_ms()) > max_age)
+        });
         if needs_roll {
             let base = infos.first().map_or(0, |i| i.base_offset);
             // The finished segment becomes durable before its successor exists.
@@ -766,6 +781,45 @@ pub(crate) mod tests {
         let p = Partition::open("t", 0, pdir, 4096).unwrap();
         assert_eq!((p.log_start_offset(), p.log_end_offset()), (8, 9));
         assert_eq!(p.read(8, 1 << 20).unwrap().unwrap().log_start_offset, 8);
+    }
+
+    #[test]
+    fn the_active_segment_rolls_once_records_are_segment_ms_newer_than_its_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        p.set_segment_ms(1000);
+        let at = |p: &Partition, ts: i64| store(p, with_timestamp(make_batch(0, &[b"v"]), ts));
+        let t0 = 1_700_000_000_000;
+        at(&p, t0);
+        at(&p, t0 + 1000);
+        assert_eq!(files(&pdir, "log"), 1, "not more than segment.ms newer");
+        // Producer clocks, not the wall clock: a record older than the first does
+        // not roll, one more than a second newer does.
+        at(&p, t0 - 5000);
+        assert_eq!(files(&pdir, "log"), 1);
+        assert_eq!(at(&p, t0 + 1001), 3);
+        assert_eq!(files(&pdir, "log"), 2);
+        at(&p, t0 + 1500);
+        assert_eq!(
+            files(&pdir, "log"),
+            2,
+            "the new segment counts from its own first batch"
+        );
+        drop(p);
+        // After a reopen the newest segment's first batch is known again.
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        p.set_segment_ms(1000);
+        at(&p, t0 + 2000);
+        assert_eq!(files(&pdir, "log"), 2);
+        at(&p, t0 + 2002);
+        assert_eq!(files(&pdir, "log"), 3);
+        assert_eq!(p.log_end_offset(), 7);
+        // Never without a limit: the partition's default until one is set.
+        let q = Partition::open("t", 1, dir.path().join("1"), 1 << 20).unwrap();
+        at(&q, 0);
+        at(&q, i64::MAX / 2);
+        assert_eq!(files(&dir.path().join("1"), "log"), 1);
     }
 
     #[test]

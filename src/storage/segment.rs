@@ -71,6 +71,18 @@ pub struct Segment {
     /// The newest record timestamp of the segment's batches (for an older segment
     /// opened from its index, that of its last batch); -1 when none.
     max_timestamp: i64,
+    /// The newest record timestamp of the segment's first batch; -1 when it has
+    /// none (or, for an older segment opened from its index, unknown).
+    first_timestamp: i64,
+    /// Wall-clock milliseconds when this segment was created or opened.
+    opened_ms: i64,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Bytes the opening scan of a segment removed from its end.
@@ -130,6 +142,8 @@ impl Segment {
             dirty: true,
             cut: None,
             max_timestamp: -1,
+            first_timestamp: -1,
+            opened_ms: now_ms(),
         })
     }
 
@@ -178,6 +192,8 @@ impl Segment {
             dirty: false,
             cut: None,
             max_timestamp: -1,
+            first_timestamp: -1,
+            opened_ms: now_ms(),
         };
         if scan || !seg.load_index()? {
             seg.scan(producers)?;
@@ -276,6 +292,9 @@ impl Segment {
             if let Some(p) = producers.as_deref_mut() {
                 p.record(std::slice::from_ref(&info));
             }
+            if index.len() == 1 {
+                self.first_timestamp = info.max_timestamp;
+            }
             next = info.last_offset() + 1;
             self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
             pos += info.len as u64;
@@ -324,6 +343,9 @@ impl Segment {
         let mut raw = Vec::with_capacity(infos.len() * INDEX_ENTRY);
         let mut pos = self.size;
         let first_entry = self.index.len();
+        if first_entry == 0 {
+            self.first_timestamp = infos.first().map_or(-1, |i| i.max_timestamp);
+        }
         for info in infos {
             raw.extend_from_slice(&((info.base_offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(pos as u32).to_be_bytes());
@@ -430,6 +452,18 @@ impl Segment {
     /// time-based retention judges the segment by.
     pub fn max_timestamp(&self) -> i64 {
         self.max_timestamp
+    }
+
+    /// How long this segment has been taking records, as Kafka judges when to roll
+    /// by time: the newest timestamp being appended (`appending`) less that of the
+    /// segment's first batch, both the producers' clock; when the first batch has
+    /// no timestamp, the wall-clock time since the segment was created or opened.
+    pub fn age_for_roll(&self, appending: i64, now_ms: i64) -> i64 {
+        if self.first_timestamp >= 0 {
+            appending.saturating_sub(self.first_timestamp)
+        } else {
+            now_ms.saturating_sub(self.opened_ms)
+        }
     }
 
     /// Removes the segment's files (the index first: a log without an index is

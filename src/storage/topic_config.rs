@@ -110,6 +110,10 @@ const KEYS: &[Key] = &[
         check: Check::Int(-1, i64::MAX, "accepted values: -1 (forever) or 0 or more"),
     },
     Key {
+        name: "segment.ms",
+        check: Check::Int(1, i64::MAX, "accepted values: 1 or more"),
+    },
+    Key {
         name: "segment.bytes",
         check: Check::Int(4096, i32::MAX as i64, "accepted values: 4096 to 2147483647"),
     },
@@ -225,6 +229,14 @@ impl TopicConfig {
         self.long("segment.bytes")
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(broker.segment_bytes)
+    }
+
+    /// How much newer than the active segment's first batch appended records may
+    /// be before the segment rolls.
+    pub fn segment_ms(&self, broker: &StorageConfig) -> u64 {
+        self.long("segment.ms")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(broker.roll_ms)
     }
 
     /// The largest record batch a produce to this topic may carry, when

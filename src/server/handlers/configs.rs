@@ -123,6 +123,7 @@ fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
             d.storage.segment_bytes,
             INT,
         ),
+        setting("segment.ms", s.roll_ms, d.storage.roll_ms, LONG),
     ];
     for e in &mut entries {
         if let Some(v) = overrides.get(e.name) {
@@ -214,6 +215,7 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             opt(ds.retention_ms),
             LONG,
         ),
+        setting("log.roll.ms", s.roll_ms, ds.roll_ms, LONG),
         setting("log.segment.bytes", s.segment_bytes, ds.segment_bytes, INT),
         entry("message.max.bytes", max_message_bytes(ctx), INT, false),
         setting(
