@@ -22,7 +22,7 @@ use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
-    producers::ProducerState,
+    producers::{ProducerState, Snapshot},
     segment::{self, Segment},
     sync_dir,
 };
@@ -38,6 +38,24 @@ const LOG_START_FILE: &str = "log-start-offset.json";
 struct LogStartFile {
     version: u32,
     log_start_offset: i64,
+}
+
+/// The producer snapshot of the segment starting at `base` in `dir`, when there
+/// is a readable one for it.
+fn load_snapshot(dir: &Path, base: i64) -> Option<Snapshot> {
+    let path = dir.join(segment::producers_name(base));
+    let raw = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<Snapshot>(&raw) {
+        Ok(s) if s.below() == base => Some(s),
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "ignoring a producer snapshot taken at another offset");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable producer snapshot");
+            None
+        }
+    }
 }
 
 /// The log start offset stored in `dir` (0 when none is).
@@ -149,6 +167,10 @@ impl Partition {
                 if let Ok(base) = stem.parse::<i64>() {
                     bases.push(base);
                 }
+            } else if name.ends_with(".producers-tmp") {
+                // A snapshot a crash interrupted; its rename never happened.
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             }
         }
         bases.sort_unstable();
@@ -156,10 +178,19 @@ impl Partition {
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
             let seg = if i + 1 == bases.len() {
-                // Producers whose last batches went out just before the newest
-                // segment rolled are known too.
-                if let Some(prev) = segments.last() {
-                    Segment::record_producers_tail(prev, PREVIOUS_SEGMENT_BATCHES, &mut producers)?;
+                // The producers known when the newest segment was started; without
+                // a snapshot, those whose last batches went out just before it.
+                match load_snapshot(&dir, *base) {
+                    Some(s) => producers = ProducerState::from_snapshot(&s),
+                    None => {
+                        if let Some(prev) = segments.last() {
+                            Segment::record_producers_tail(
+                                prev,
+                                PREVIOUS_SEGMENT_BATCHES,
+                                &mut producers,
+                            )?;
+                        }
+                    }
                 }
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
@@ -283,6 +314,23 @@ impl Partition {
         base
     }
 
+    /// Writes the producer state snapshot for a segment starting at `base`
+    /// (`<base>.producers`: temporary file, then rename). Best effort and not
+    /// fsynced: a start-up that finds it missing or unreadable falls back to
+    /// reading the previous segment's last batches.
+    fn snapshot_producers(&self, base: i64) {
+        let snapshot = self.producers().snapshot_below(base);
+        let path = self.dir.join(segment::producers_name(base));
+        let tmp = path.with_extension("producers-tmp");
+        let written = serde_json::to_vec(&snapshot)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "could not write the producer snapshot");
+        }
+    }
+
     /// Sets the size at which the active segment rolls (a topic's `segment.bytes`
     /// altered); the next append judges against it.
     pub(crate) fn set_segment_bytes(&self, bytes: u64) {
@@ -328,6 +376,7 @@ impl Partition {
             sync_dir(&self.dir)?;
             tracing::debug!(topic = %self.topic, partition = self.index, base, "rolled segment");
             log.push(seg);
+            self.snapshot_producers(base);
         }
         let seg = log
             .last_mut()
@@ -402,6 +451,7 @@ impl Partition {
                 sync_dir(&self.dir)?;
                 tracing::debug!(topic = %self.topic, partition = self.index, base = end, "rolled segment to delete the active one");
                 log.push(seg);
+                self.snapshot_producers(end);
             }
             log.drain(..n).collect()
         };
@@ -820,6 +870,75 @@ pub(crate) mod tests {
         at(&q, 0);
         at(&q, i64::MAX / 2);
         assert_eq!(files(&dir.path().join("1"), "log"), 1);
+    }
+
+    #[test]
+    fn a_producer_known_when_the_newest_segment_started_is_known_after_a_reopen() {
+        use crate::storage::{batch::tests::make_producer_batch, producers::Verdict};
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let record = |p: &Partition, b: Vec<u8>| {
+            let infos = validate_all(&b).unwrap();
+            let base = store(p, b.clone());
+            let mut infos = infos;
+            infos[0].base_offset = base;
+            p.producers().record(&infos);
+            base
+        };
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let first = make_producer_batch(0, &[b"once"], 7, 0, 0);
+        assert_eq!(record(&p, first.clone()), 0);
+        // Another producer's 3000-byte batches: one segment each (the first shares
+        // producer 7's), so producer 7's batch is neither in the newest segment
+        // nor in the one before.
+        for k in 0..4 {
+            record(&p, make_producer_batch(0, &[&[1u8; 3000]], 8, 0, k));
+        }
+        // [once, big 0], [big 1], [big 2], [big 3]
+        assert_eq!(files(&pdir, "log"), 4);
+        drop(p);
+        let retry = validate_all(&first).unwrap();
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
+        assert_eq!(p.producers().len(), 2);
+        drop(p);
+
+        // The segments' snapshots go with them.
+        let snapshot = pdir.join(segment::producers_name(4));
+        assert!(snapshot.exists());
+        assert!(
+            !pdir.join(segment::producers_name(0)).exists(),
+            "nothing before the first roll"
+        );
+        // Without a readable snapshot: the previous segment's last batches only,
+        // so producer 7 is unknown (and may start anywhere).
+        std::fs::write(&snapshot, b"{\"version\":1,\"below\":4,\"produc").unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Append));
+        assert_eq!(p.producers().len(), 1);
+        std::fs::remove_file(&snapshot).unwrap();
+        drop(p);
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Append));
+
+        // Retention deletes a segment's snapshot with it.
+        let snapshots = || {
+            let mut v: Vec<_> = std::fs::read_dir(&pdir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".producers"))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            snapshots(),
+            vec![segment::producers_name(2), segment::producers_name(3)]
+        );
+        p.set_high_watermark(p.log_end_offset());
+        assert_eq!(p.apply_retention(0, None, Some(1)).unwrap().0, 3);
+        assert!(snapshots().is_empty());
     }
 
     #[test]

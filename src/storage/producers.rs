@@ -14,8 +14,10 @@
 //!   state may have been dropped: expired, or only in segments older than the
 //!   newest, which start-up does not scan).
 //!
-//! The state is rebuilt at start-up from the newest segment of each partition and
-//! from what the WAL replay appends, as Kafka rebuilds it from its log.
+//! The state is rebuilt at start-up as Kafka rebuilds it: from the snapshot
+//! written when the newest segment of each partition was started (every producer's
+//! batches before it; [`ProducerState::snapshot_below`]), then from that segment's
+//! batches and what the WAL replay appends.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -100,6 +102,39 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct ProducerState {
     producers: HashMap<i64, Entry>,
+}
+
+/// A producer state snapshot as stored (`<base offset>.producers`).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    version: u32,
+    /// Every batch recorded lies below this offset.
+    below: i64,
+    producers: Vec<SnapshotProducer>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SnapshotProducer {
+    id: i64,
+    epoch: i16,
+    /// Wall-clock milliseconds of the producer's last batch.
+    last_used_ms: i64,
+    /// (first sequence, last sequence, base offset), oldest first.
+    batches: Vec<(i32, i32, i64)>,
+}
+
+impl Snapshot {
+    /// Every batch the snapshot records lies below this offset: the base of the
+    /// segment it was taken for.
+    pub fn below(&self) -> i64 {
+        self.below
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn next_seq(seq: i32) -> i32 {
@@ -212,6 +247,79 @@ impl ProducerState {
         }
     }
 
+    /// What a snapshot taken where a segment starting at `below` begins holds:
+    /// every producer's cached batches below that offset (batches already given
+    /// offsets at or above it are left to that segment's scan, since they may never
+    /// become durable).
+    pub fn snapshot_below(&self, below: i64) -> Snapshot {
+        let (now, now_ms) = (Instant::now(), wall_ms());
+        let mut producers: Vec<SnapshotProducer> = self
+            .producers
+            .iter()
+            .filter_map(|(&id, e)| {
+                let batches: Vec<_> = e
+                    .batches
+                    .iter()
+                    .filter(|c| c.base_offset < below)
+                    .map(|c| (c.first_seq, c.last_seq, c.base_offset))
+                    .collect();
+                let idle =
+                    i64::try_from(now.duration_since(e.last_used).as_millis()).unwrap_or(i64::MAX);
+                (!batches.is_empty()).then(|| SnapshotProducer {
+                    id,
+                    epoch: e.epoch,
+                    last_used_ms: now_ms.saturating_sub(idle),
+                    batches,
+                })
+            })
+            .collect();
+        producers.sort_by_key(|p| p.id);
+        Snapshot {
+            version: 1,
+            below,
+            producers,
+        }
+    }
+
+    /// The state a snapshot holds, less producers idle longer than the expiry.
+    /// (See [`Snapshot::below`] for the offset it was taken at.)
+    pub fn from_snapshot(snapshot: &Snapshot) -> ProducerState {
+        let (now, now_ms) = (Instant::now(), wall_ms());
+        let producers = snapshot
+            .producers
+            .iter()
+            .filter_map(|p| {
+                let idle = Duration::from_millis(
+                    u64::try_from(now_ms.saturating_sub(p.last_used_ms)).unwrap_or(0),
+                );
+                if idle >= EXPIRY {
+                    return None;
+                }
+                let batches = p
+                    .batches
+                    .iter()
+                    .rev()
+                    .take(CACHED_BATCHES)
+                    .rev()
+                    .map(|&(first_seq, last_seq, base_offset)| Cached {
+                        first_seq,
+                        last_seq,
+                        base_offset,
+                    })
+                    .collect();
+                Some((
+                    p.id,
+                    Entry {
+                        epoch: p.epoch,
+                        batches,
+                        last_used: now.checked_sub(idle).unwrap_or(now),
+                    },
+                ))
+            })
+            .collect();
+        ProducerState { producers }
+    }
+
     /// Producers known to this partition.
     pub fn len(&self) -> usize {
         self.producers.len()
@@ -308,6 +416,39 @@ mod tests {
         let mut infos = validate_all(&make_producer_batch(0, &values, pid, epoch, seq)).unwrap();
         infos[0].base_offset = base;
         infos
+    }
+
+    #[test]
+    fn a_snapshot_keeps_what_lies_below_its_offset_and_drops_expired_producers() {
+        let mut st = ProducerState::default();
+        for (seq, base) in [(0, 0), (1, 1), (2, 10), (3, 11)] {
+            st.record(&batch(7, 2, seq, 1, base));
+        }
+        st.record(&batch(8, 0, 0, 1, 12));
+        let snap = st.snapshot_below(10);
+        assert_eq!(snap.below(), 10);
+        let json = serde_json::to_vec(&snap).unwrap();
+        let back: Snapshot = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, snap);
+        let restored = ProducerState::from_snapshot(&back);
+        // Producer 8 has nothing below 10; producer 7 continues after sequence 1.
+        assert_eq!(restored.len(), 1);
+        assert_eq!(
+            restored.check(&batch(7, 2, 1, 1, -1)),
+            Ok(Verdict::Duplicate(1))
+        );
+        assert_eq!(restored.check(&batch(7, 2, 2, 1, -1)), Ok(Verdict::Append));
+        assert!(
+            restored.check(&batch(7, 1, 0, 1, -1)).is_err(),
+            "epoch 2 is kept"
+        );
+
+        let mut old = snap;
+        old.producers[0].last_used_ms -= (EXPIRY.as_millis() as i64) + 1;
+        assert!(
+            ProducerState::from_snapshot(&old).is_empty(),
+            "expired while stored"
+        );
     }
 
     #[test]

@@ -105,6 +105,12 @@ fn index_name(base: i64) -> String {
     format!("{base:020}.index")
 }
 
+/// Name of the producer state snapshot taken when the segment starting at `base`
+/// was started.
+pub fn producers_name(base: i64) -> String {
+    format!("{base:020}.producers")
+}
+
 fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -466,14 +472,18 @@ impl Segment {
         }
     }
 
-    /// Removes the segment's files (the index first: a log without an index is
-    /// rebuilt at the next start, an index without its log would stay behind).
+    /// Removes the segment's files (its producer snapshot and index first: a log
+    /// without an index is rebuilt at the next start, an index without its log
+    /// would stay behind).
     /// Open handles keep reading until dropped. The caller syncs the directory.
     ///
     /// # Errors
     /// I/O errors naming the file.
     pub fn remove_files(&self) -> Result<()> {
-        for path in [&self.index_path, &self.log_path] {
+        let snapshot = self
+            .log_path
+            .with_file_name(producers_name(self.base_offset));
+        for path in [&snapshot, &self.index_path, &self.log_path] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
