@@ -23,7 +23,7 @@ use broker_support::{
     kcat,
     wire::{
         batch, closed, connect, fetch_request, idempotent_batch, partition_result, produce,
-        read_frame, request_frame, response, topic_metadata,
+        read_frame, request_frame, response, timed_batch, topic_metadata,
     },
     Broker,
 };
@@ -814,6 +814,18 @@ fn idempotent_produces_are_deduplicated_and_kept_in_sequence() {
 /// ListOffsets v7 of partition 0 of `topic` for each of `timestamps` (-2
 /// earliest, -1 latest): the offsets answered.
 fn list_offsets(s: &mut TcpStream, topic: &str, timestamps: &[i64]) -> Vec<i64> {
+    list_offsets_response(s, topic, timestamps).topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.offset)
+        .collect()
+}
+
+fn list_offsets_response(
+    s: &mut TcpStream,
+    topic: &str,
+    timestamps: &[i64],
+) -> ListOffsetsResponse {
     let lo = ListOffsetsRequest::default()
         .with_replica_id(kafka_protocol::messages::BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
@@ -831,7 +843,78 @@ fn list_offsets(s: &mut TcpStream, topic: &str, timestamps: &[i64]) -> Vec<i64> 
     s.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo))
         .unwrap();
     let (_, l): (i32, ListOffsetsResponse) = response(s, ApiKey::ListOffsets, 7);
-    l.topics[0].partitions.iter().map(|p| p.offset).collect()
+    l
+}
+
+#[test]
+fn list_offsets_finds_records_by_timestamp_and_the_newest_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "ts", true), 0);
+    let empty = list_offsets_with_timestamps(&mut s, "ts", &[-3, 0]);
+    assert_eq!(empty, vec![(-1, -1), (-1, -1)], "nothing to find");
+    let t = 1_750_000_000_000;
+    // Offsets 0-2 in one batch (timestamps out of order), 3-4 in the next.
+    for (i, records) in [
+        vec![(t, "a"), (t + 5000, "b"), (t + 2000, "c")],
+        vec![(t + 3000, "d"), (t + 5000, "e")],
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.write_all(&request_frame(
+            ApiKey::Produce,
+            8,
+            i as i32,
+            &produce("ts", 0, timed_batch(records)),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let got = list_offsets_with_timestamps(
+        &mut s,
+        "ts",
+        &[
+            -2,
+            -1,
+            -3,
+            t - 1,
+            t + 1,
+            t + 2500,
+            t + 4000,
+            t + 5000,
+            t + 5001,
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            (0, -1),
+            (5, -1),
+            (1, t + 5000), // the first record with the largest timestamp
+            (0, t),
+            (1, t + 5000), // the first record at or after, with its own timestamp
+            (1, t + 5000),
+            (1, t + 5000),
+            (1, t + 5000),
+            (-1, -1),
+        ]
+    );
+}
+
+/// ListOffsets of partition 0 of `topic`: (offset, timestamp) per timestamp asked.
+fn list_offsets_with_timestamps(
+    s: &mut TcpStream,
+    topic: &str,
+    timestamps: &[i64],
+) -> Vec<(i64, i64)> {
+    list_offsets_response(s, topic, timestamps).topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.offset, p.timestamp))
+        .collect()
 }
 
 /// ListOffsets earliest and latest of partition 0 of `topic`.

@@ -220,6 +220,54 @@ pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
     Ok(out)
 }
 
+/// First timestamp of a batch (the base its records' deltas count from).
+const BASE_TIMESTAMP_OFFSET: usize = 27;
+
+/// Reads a zigzag varint (up to 64 bits) at `*at`, advancing it.
+fn varlong(b: &[u8], at: &mut usize) -> Option<i64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((v >> 1) as i64 ^ -((v & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The (offset, timestamp) of every record of the whole, uncompressed batch at the
+/// start of `buf`, in order. `None` for a compressed batch (its records would have
+/// to be decompressed) or records that do not parse.
+pub fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
+    let info = parse_header(buf).ok()?;
+    let bytes = buf.get(..info.len)?;
+    if bytes[ATTRIBUTES_OFFSET + 1] & 0x07 != 0 {
+        return None;
+    }
+    let base_ts = be_i64(bytes, BASE_TIMESTAMP_OFFSET)?;
+    let count = usize::try_from(be_i32(bytes, COUNT_OFFSET)?).ok()?;
+    let mut out = Vec::with_capacity(count.min(bytes.len()));
+    let mut at = HEADER_LEN;
+    for _ in 0..count {
+        let len = usize::try_from(varlong(bytes, &mut at)?).ok()?;
+        let end = at.checked_add(len).filter(|&e| e <= bytes.len())?;
+        let mut r = at + 1; // attributes
+        let ts_delta = varlong(bytes, &mut r)?;
+        let offset_delta = varlong(bytes, &mut r)?;
+        if r > end {
+            return None;
+        }
+        out.push((
+            info.base_offset.checked_add(offset_delta)?,
+            base_ts.checked_add(ts_delta)?,
+        ));
+        at = end;
+    }
+    Some(out)
+}
+
 /// Rewrites the base offsets of consecutive batches in `buf` so the first starts at
 /// `base`; returns the offset after the last one. The CRC does not cover the base
 /// offset, so it stays valid.
@@ -260,6 +308,20 @@ pub(crate) mod tests {
         epoch: i16,
         seq: i32,
     ) -> Vec<u8> {
+        let records: Vec<(i64, &[u8])> = values.iter().map(|v| (0, *v)).collect();
+        make_timed_batch(base, 1_700_000_000_000, &records, pid, epoch, seq)
+    }
+
+    /// A batch whose record `i` is `records[i].1` at timestamp `first_ts +
+    /// records[i].0`.
+    pub(crate) fn make_timed_batch(
+        base: i64,
+        first_ts: i64,
+        records: &[(i64, &[u8])],
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+    ) -> Vec<u8> {
         fn varint(out: &mut Vec<u8>, v: i64) {
             let mut z = ((v << 1) ^ (v >> 63)) as u64;
             loop {
@@ -272,11 +334,12 @@ pub(crate) mod tests {
                 out.push(b | 0x80);
             }
         }
+        let values = records;
         let mut records = Vec::new();
-        for (i, v) in values.iter().enumerate() {
+        for (i, &(delta, v)) in values.iter().enumerate() {
             let mut r = Vec::new();
             r.push(0u8); // attributes
-            varint(&mut r, 0); // timestamp delta
+            varint(&mut r, delta); // timestamp delta
             varint(&mut r, i as i64); // offset delta
             varint(&mut r, -1); // key
             varint(&mut r, v.len() as i64);
@@ -293,8 +356,9 @@ pub(crate) mod tests {
         b.extend_from_slice(&[0; 4]); // crc, patched below
         b.extend_from_slice(&0i16.to_be_bytes());
         b.extend_from_slice(&(values.len() as i32 - 1).to_be_bytes());
-        b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
-        b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+        let max_delta = values.iter().map(|r| r.0).max().unwrap_or(0);
+        b.extend_from_slice(&first_ts.to_be_bytes());
+        b.extend_from_slice(&(first_ts + max_delta).to_be_bytes());
         b.extend_from_slice(&pid.to_be_bytes());
         b.extend_from_slice(&epoch.to_be_bytes());
         b.extend_from_slice(&seq.to_be_bytes());
@@ -305,6 +369,38 @@ pub(crate) mod tests {
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         b
+    }
+
+    #[test]
+    fn record_timestamps_are_read_from_uncompressed_batches_only() {
+        let mut b = make_timed_batch(
+            0,
+            1000,
+            &[(0, b"a"), (-300, b"b"), (70_000, b"c"), (5, &[9u8; 200])],
+            -1,
+            -1,
+            -1,
+        );
+        let infos = validate_all(&b).unwrap();
+        assign_offsets(&mut b, &infos, 40);
+        assert_eq!(
+            record_timestamps(&b),
+            Some(vec![(40, 1000), (41, 700), (42, 71_000), (43, 1005)])
+        );
+        assert_eq!(validate(&b).unwrap().max_timestamp, 71_000);
+        // A codec other than none: the records are not read.
+        let mut gz = b.clone();
+        gz[ATTRIBUTES_OFFSET + 1] |= 1;
+        assert_eq!(record_timestamps(&gz), None);
+        // More records counted than the batch holds, or a batch cut short: no
+        // answer, no panic.
+        let mut bad = b.clone();
+        bad[COUNT_OFFSET + 3] += 1;
+        assert_eq!(record_timestamps(&bad), None);
+        assert_eq!(record_timestamps(&b[..HEADER_LEN + 3]), None);
+        let mut long = b.clone();
+        long[HEADER_LEN] = 0x7e; // the first record's length: 63 bytes, past it
+        assert_ne!(record_timestamps(&long), record_timestamps(&b));
     }
 
     #[test]

@@ -611,14 +611,15 @@ impl Partition {
         }))
     }
 
-    /// The first offset whose batch has a max timestamp at or after `timestamp`
-    /// (batch granularity), or `None` when every batch is older.
-    ///
-    /// # Errors
-    /// I/O errors naming the file.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<i64>> {
+    /// Reads every readable batch header, oldest first, until `visit` returns
+    /// true; gives `visit` the batch's header, its file and position, and the log
+    /// start offset. Batches wholly below the log start are skipped.
+    fn visit_batches(
+        &self,
+        mut visit: impl FnMut(&BatchInfo, &Arc<File>, &Path, u64, i64) -> Result<bool>,
+    ) -> Result<()> {
         let hw = self.high_watermark();
-        type Plan = (Arc<File>, PathBuf, Vec<(i64, u64)>);
+        type Plan = (Arc<File>, PathBuf, Vec<u64>);
         let (start, plans): (i64, Vec<Plan>) = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let plans = log
@@ -627,31 +628,105 @@ impl Partition {
                     (
                         s.file(),
                         s.log_path().to_path_buf(),
-                        s.index().iter().map(|e| (e.offset, e.position)).collect(),
+                        s.index().iter().map(|e| e.position).collect(),
                     )
                 })
                 .collect();
             (self.start_of(&log), plans)
         };
         let mut head = [0u8; HEADER_LEN];
-        for (file, path, entries) in plans {
-            for (offset, position) in entries {
-                if offset >= hw {
-                    return Ok(None);
-                }
+        for (file, path, positions) in plans {
+            for position in positions {
                 file.read_exact_at(&mut head, position)
                     .map_err(|e| Error::io("read", &path, e))?;
-                if let Ok(info) = batch::parse_header(&head) {
-                    // Deleted records are not found (DeleteRecords).
-                    if info.max_timestamp >= timestamp
-                        && offset + i64::from(info.last_offset_delta) >= start
-                    {
-                        return Ok(Some(offset.max(start)));
-                    }
+                let Ok(info) = batch::parse_header(&head) else {
+                    continue;
+                };
+                if info.base_offset >= hw {
+                    return Ok(());
+                }
+                if info.last_offset() < start {
+                    continue;
+                }
+                if visit(&info, &file, &path, position, start)? {
+                    return Ok(());
                 }
             }
         }
-        Ok(None)
+        Ok(())
+    }
+
+    /// The records of the batch `info` at `position` of `file` that are at or
+    /// above `start`, as (offset, timestamp); `None` for a compressed batch.
+    fn batch_records(
+        info: &BatchInfo,
+        file: &File,
+        path: &Path,
+        position: u64,
+        start: i64,
+    ) -> Result<Option<Vec<(i64, i64)>>> {
+        let mut buf = vec![0u8; info.len];
+        file.read_exact_at(&mut buf, position)
+            .map_err(|e| Error::io("read", path, e))?;
+        Ok(batch::record_timestamps(&buf)
+            .map(|r| r.into_iter().filter(|&(o, _)| o >= start).collect()))
+    }
+
+    /// ListOffsets by timestamp: the first offset whose record's timestamp is at or
+    /// after `timestamp`, with that timestamp. Within an uncompressed batch the
+    /// record itself is found; a compressed batch answers its first offset (at or
+    /// above the log start) and its largest timestamp. `None` when no record is
+    /// that new.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let mut found = None;
+        self.visit_batches(|info, file, path, position, start| {
+            if info.max_timestamp < timestamp {
+                return Ok(false);
+            }
+            found = match Self::batch_records(info, file, path, position, start)? {
+                Some(records) => records.into_iter().find(|&(_, ts)| ts >= timestamp),
+                None => Some((info.base_offset.max(start), info.max_timestamp)),
+            };
+            Ok(found.is_some())
+        })?;
+        Ok(found)
+    }
+
+    /// ListOffsets `MAX_TIMESTAMP` (-3): the offset of the record with the largest
+    /// timestamp (the first of them on a tie), with that timestamp; a compressed
+    /// batch answers its last offset, as Kafka did before it read inside batches.
+    /// `None` for an empty partition. Reads every batch header.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        type Best = (BatchInfo, Arc<File>, PathBuf, u64, i64);
+        let mut best: Option<Best> = None;
+        self.visit_batches(|info, file, path, position, start| {
+            if best
+                .as_ref()
+                .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
+            {
+                best = Some((
+                    info.clone(),
+                    Arc::clone(file),
+                    path.to_path_buf(),
+                    position,
+                    start,
+                ));
+            }
+            Ok(false)
+        })?;
+        let Some((info, file, path, position, start)) = best else {
+            return Ok(None);
+        };
+        let max = info.max_timestamp;
+        let exact = Self::batch_records(&info, &file, &path, position, start)?
+            .and_then(|records| records.into_iter().find(|&(_, ts)| ts == max));
+        Ok(Some(exact.unwrap_or((info.last_offset(), max))))
     }
 }
 
@@ -807,10 +882,11 @@ pub(crate) mod tests {
         );
         assert_eq!(
             p.offset_for_timestamp(0).unwrap(),
-            Some(3),
+            Some((3, 1)),
             "nothing deleted is found"
         );
-        assert_eq!(p.offset_for_timestamp(2).unwrap(), Some(4));
+        assert_eq!(p.offset_for_timestamp(2).unwrap(), Some((4, 2)));
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((6, 3)));
         assert_eq!(p.delete_records(1), Ok(3), "the start never goes back");
 
         drop(p);
@@ -939,6 +1015,32 @@ pub(crate) mod tests {
         p.set_high_watermark(p.log_end_offset());
         assert_eq!(p.apply_retention(0, None, Some(1)).unwrap().0, 3);
         assert!(snapshots().is_empty());
+    }
+
+    #[test]
+    fn timestamp_lookups_find_records_and_answer_compressed_batches_whole() {
+        use crate::storage::batch::tests::make_timed_batch;
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 1 << 20).unwrap();
+        assert_eq!(p.max_timestamp_offset().unwrap(), None);
+        // Offsets 0-2: uncompressed, 3-5: marked gzip (the broker never reads
+        // inside it), 6: uncompressed.
+        store(&p, make_timed_batch(0, 100, &[(0, b"a"), (50, b"b"), (10, b"c")], -1, -1, -1));
+        let mut gz = make_timed_batch(0, 200, &[(0, b"d"), (900, b"e"), (5, b"f")], -1, -1, -1);
+        gz[22] |= 1;
+        let crc = crc32c::crc32c(&gz[21..]);
+        gz[17..21].copy_from_slice(&crc.to_be_bytes());
+        store(&p, gz);
+        store(&p, make_timed_batch(0, 1100, &[(0, b"g")], -1, -1, -1));
+        assert_eq!(p.offset_for_timestamp(0).unwrap(), Some((0, 100)));
+        assert_eq!(p.offset_for_timestamp(105).unwrap(), Some((1, 150)));
+        assert_eq!(p.offset_for_timestamp(151).unwrap(), Some((3, 1100)), "the whole batch");
+        assert_eq!(p.offset_for_timestamp(1101).unwrap(), None);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((5, 1100)), "its last offset");
+        // Only what is readable counts.
+        p.set_high_watermark(3);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((1, 150)));
+        assert_eq!(p.offset_for_timestamp(151).unwrap(), None);
     }
 
     #[test]

@@ -84,10 +84,20 @@ pub fn batch(values: &[&str]) -> Bytes {
 /// [`batch`] from producer `pid` at `epoch`, records numbered from sequence `seq`
 /// (-1, -1, -1: no producer).
 pub fn idempotent_batch(values: &[&str], pid: i64, epoch: i16, seq: i32) -> Bytes {
+    let timed: Vec<(i64, &str)> = values.iter().map(|v| (1_700_000_000_000, *v)).collect();
+    encode_batch(&timed, pid, epoch, seq)
+}
+
+/// A batch whose records are `(timestamp, value)`.
+pub fn timed_batch(records: &[(i64, &str)]) -> Bytes {
+    encode_batch(records, -1, -1, -1)
+}
+
+fn encode_batch(values: &[(i64, &str)], pid: i64, epoch: i16, seq: i32) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
-        .map(|(i, v)| Record {
+        .map(|(i, (ts, v))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -97,7 +107,7 @@ pub fn idempotent_batch(values: &[&str], pid: i64, epoch: i16, seq: i32) -> Byte
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: if seq < 0 { -1 } else { seq + i as i32 },
-            timestamp: 1_700_000_000_000,
+            timestamp: *ts,
             key: None,
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
             headers: Default::default(),

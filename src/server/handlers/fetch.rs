@@ -160,6 +160,12 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
     }
 }
 
+/// ListOffsets' special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+/// KIP-734, from v7.
+const MAX_TIMESTAMP: i64 = -3;
+
 pub(crate) async fn list_offsets(
     ctx: &Ctx,
     req: ListOffsetsRequest,
@@ -185,16 +191,20 @@ pub(crate) async fn list_offsets(
                                 .with_offset(-1)
                                 .with_leader_epoch(-1);
                         };
-                        let offset = match p.timestamp {
-                            -1 => Ok(part.high_watermark()),
-                            -2 => Ok(part.log_start_offset()),
-                            ts if ts >= 0 => part.offset_for_timestamp(ts).map(|o| o.unwrap_or(-1)),
-                            _ => Ok(part.high_watermark()),
+                        // (offset, timestamp): -1/-1 when no record qualifies; the
+                        // timestamp is -1 for latest and earliest, as in Kafka.
+                        let none = (-1, -1);
+                        let found = match p.timestamp {
+                            LATEST => Ok((part.high_watermark(), -1)),
+                            EARLIEST => Ok((part.log_start_offset(), -1)),
+                            MAX_TIMESTAMP => part.max_timestamp_offset().map(|o| o.unwrap_or(none)),
+                            ts => part.offset_for_timestamp(ts).map(|o| o.unwrap_or(none)),
                         };
-                        match offset {
-                            Ok(o) => r
+                        match found {
+                            Ok((o, ts)) => r
                                 .with_error_code(codes::NONE)
                                 .with_offset(o)
+                                .with_timestamp(ts)
                                 .with_leader_epoch(epoch(0)),
                             Err(e) => {
                                 tracing::error!(error = %e, "list offsets read failed");
