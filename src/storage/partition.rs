@@ -710,13 +710,7 @@ impl Partition {
                 .as_ref()
                 .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
             {
-                best = Some((
-                    info.clone(),
-                    Arc::clone(file),
-                    path.to_path_buf(),
-                    position,
-                    start,
-                ));
+                best = Some((*info, Arc::clone(file), path.to_path_buf(), position, start));
             }
             Ok(false)
         })?;
@@ -1025,7 +1019,10 @@ pub(crate) mod tests {
         assert_eq!(p.max_timestamp_offset().unwrap(), None);
         // Offsets 0-2: uncompressed, 3-5: marked gzip (the broker never reads
         // inside it), 6: uncompressed.
-        store(&p, make_timed_batch(0, 100, &[(0, b"a"), (50, b"b"), (10, b"c")], -1, -1, -1));
+        store(
+            &p,
+            make_timed_batch(0, 100, &[(0, b"a"), (50, b"b"), (10, b"c")], -1, -1, -1),
+        );
         let mut gz = make_timed_batch(0, 200, &[(0, b"d"), (900, b"e"), (5, b"f")], -1, -1, -1);
         gz[22] |= 1;
         let crc = crc32c::crc32c(&gz[21..]);
@@ -1034,9 +1031,17 @@ pub(crate) mod tests {
         store(&p, make_timed_batch(0, 1100, &[(0, b"g")], -1, -1, -1));
         assert_eq!(p.offset_for_timestamp(0).unwrap(), Some((0, 100)));
         assert_eq!(p.offset_for_timestamp(105).unwrap(), Some((1, 150)));
-        assert_eq!(p.offset_for_timestamp(151).unwrap(), Some((3, 1100)), "the whole batch");
+        assert_eq!(
+            p.offset_for_timestamp(151).unwrap(),
+            Some((3, 1100)),
+            "the whole batch"
+        );
         assert_eq!(p.offset_for_timestamp(1101).unwrap(), None);
-        assert_eq!(p.max_timestamp_offset().unwrap(), Some((5, 1100)), "its last offset");
+        assert_eq!(
+            p.max_timestamp_offset().unwrap(),
+            Some((5, 1100)),
+            "its last offset"
+        );
         // Only what is readable counts.
         p.set_high_watermark(3);
         assert_eq!(p.max_timestamp_offset().unwrap(), Some((1, 150)));
