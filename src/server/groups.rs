@@ -788,14 +788,36 @@ impl GroupCoordinator {
     ) -> crate::error::Result<Vec<String>> {
         let mut expired = Vec::new();
         for (group, last_commit) in store.last_commits() {
-            let empty_since = {
+            let (empty_since, had_members) = {
                 let groups = self.lock();
                 match groups.get(&group) {
-                    Some(g) if g.state == State::Empty => g.empty_since,
+                    Some(g) if g.state == State::Empty => {
+                        (g.empty_since, g.protocol_type.is_some())
+                    }
                     Some(_) => continue,
-                    None => self.started,
+                    None => (self.started, false),
                 }
             };
+            // Simple: offsets committed without membership, and no members since
+            // the start either.
+            let simple = !had_members
+                && store
+                    .group(&group)
+                    .is_some_and(|g| g.protocol_type.is_none());
+            if simple {
+                // A simple group's positions expire one by one, each from its own
+                // commit, as Kafka expires a standalone group's offsets.
+                let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
+                let n = store.expire_simple(&group, cutoff)?;
+                if n > 0 {
+                    let gone = store.group(&group).is_none();
+                    tracing::info!(group = %group, positions = n, group_deleted = gone, "expired committed offsets of a simple group");
+                    if gone {
+                        expired.push(group);
+                    }
+                }
+                continue;
+            }
             let since = empty_since.max(last_commit);
             if now.duration_since(since).unwrap_or_default() <= retention {
                 continue;
@@ -877,6 +899,79 @@ mod tests {
         }
     }
 
+    /// Makes every commit in the group files of `dir` look made at `at`: the
+    /// files' modification times and each position's commit time.
+    fn backdate(dir: &std::path::Path, at: SystemTime) {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for f in std::fs::read_dir(dir).unwrap() {
+            let path = f.unwrap().path();
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for o in v["offsets"].as_array_mut().unwrap() {
+                o["commit_timestamp_ms"] = ms.into();
+            }
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(at).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_simple_groups_positions_expire_one_by_one() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let commit = |p: i32| crate::storage::Committed {
+            topic: "t".into(),
+            partition: p,
+            offset: 10 + i64::from(p),
+            leader_epoch: -1,
+            metadata: None,
+        };
+        let now = SystemTime::now();
+        store.commit("simple", None, vec![commit(0)]).unwrap();
+        store
+            .commit("members", Some("consumer"), vec![commit(0)])
+            .unwrap();
+        backdate(&path, now - 8 * DAY);
+        drop(store);
+        let store = OffsetStore::open(path.clone()).unwrap();
+        // Partition 1 committed now; partition 0 eight days ago.
+        store.commit("simple", None, vec![commit(1)]).unwrap();
+        let c = GroupCoordinator {
+            started: now - 9 * DAY,
+            ..GroupCoordinator::default()
+        };
+        let week = 7 * DAY;
+        assert_eq!(
+            c.expire_offsets(&store, week, now).unwrap(),
+            vec!["members"]
+        );
+        assert!(
+            store.fetch("simple", "t", 0).is_none(),
+            "expired on its own"
+        );
+        assert_eq!(
+            store.fetch("simple", "t", 1).unwrap().offset,
+            11,
+            "kept: recent"
+        );
+        drop(store);
+        let store = OffsetStore::open(path.clone()).unwrap();
+        assert_eq!(store.fetch_all("simple").len(), 1, "durably");
+        assert_eq!(
+            c.expire_offsets(&store, week, now + 8 * DAY).unwrap(),
+            vec!["simple"],
+            "the group goes with its last position"
+        );
+        drop(store);
+        assert!(OffsetStore::open(path).unwrap().groups().is_empty());
+    }
+
     #[test]
     fn idle_groups_lose_their_committed_offsets_after_the_retention() {
         const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -895,13 +990,7 @@ mod tests {
         }
         // Committed 8 days ago, as a restart reads it back from the files.
         let now = SystemTime::now();
-        for f in std::fs::read_dir(&path).unwrap() {
-            let f = std::fs::File::options()
-                .write(true)
-                .open(f.unwrap().path())
-                .unwrap();
-            f.set_modified(now - 8 * DAY).unwrap();
-        }
+        backdate(&path, now - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
         // A broker up for 8 days; "active" has a member, "recent"'s just left.

@@ -40,15 +40,36 @@ struct GroupFile {
     /// existed read as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     protocol_type: Option<String>,
-    offsets: Vec<Committed>,
+    offsets: Vec<StoredOffset>,
+}
+
+/// A committed position as stored, with when it was committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredOffset {
+    #[serde(flatten)]
+    committed: Committed,
+    /// Milliseconds since the Unix epoch; files written before it was recorded
+    /// read as their modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    commit_timestamp_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
 struct GroupOffsets {
     protocol_type: Option<String>,
-    offsets: BTreeMap<(String, i32), Committed>,
+    /// Each position with when it was committed.
+    offsets: BTreeMap<(String, i32), (Committed, SystemTime)>,
     /// When the group last committed: the file's modification time after a restart.
     last_commit: SystemTime,
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 impl Default for GroupOffsets {
@@ -112,7 +133,11 @@ impl OffsetStore {
             let offsets = f
                 .offsets
                 .into_iter()
-                .map(|c| ((c.topic.clone(), c.partition), c))
+                .map(|o| {
+                    let at = o.commit_timestamp_ms.map_or(last_commit, from_ms);
+                    let c = o.committed;
+                    ((c.topic.clone(), c.partition), (c, at))
+                })
                 .collect();
             groups.insert(
                 f.group,
@@ -150,21 +175,63 @@ impl OffsetStore {
         if let Some(t) = protocol_type {
             next.protocol_type = Some(t.to_string());
         }
+        let now = SystemTime::now();
         for c in commits {
-            next.offsets.insert((c.topic.clone(), c.partition), c);
+            next.offsets
+                .insert((c.topic.clone(), c.partition), (c, now));
         }
-        next.last_commit = SystemTime::now();
+        next.last_commit = now;
+        self.store(group, &next)?;
+        groups.insert(group.to_string(), next);
+        Ok(())
+    }
+
+    /// Writes `group`'s file (atomic replace).
+    fn store(&self, group: &str, offsets: &GroupOffsets) -> Result<()> {
         let file = GroupFile {
             version: 1,
             group: group.to_string(),
-            protocol_type: next.protocol_type.clone(),
-            offsets: next.offsets.values().cloned().collect(),
+            protocol_type: offsets.protocol_type.clone(),
+            offsets: offsets
+                .offsets
+                .values()
+                .map(|(c, at)| StoredOffset {
+                    committed: c.clone(),
+                    commit_timestamp_ms: Some(to_ms(*at)),
+                })
+                .collect(),
         };
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::corrupt(&self.dir, 0, e.to_string()))?;
-        crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)?;
-        groups.insert(group.to_string(), next);
-        Ok(())
+        crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)
+    }
+
+    /// Deletes the positions of a simple group (one whose offsets were committed
+    /// without membership: no protocol type recorded) committed before `cutoff`,
+    /// each on its own, as Kafka expires a standalone group's offsets; the group
+    /// goes with its last position. Durable before it returns (blocking). Returns
+    /// how many positions were deleted; 0 for a group with a protocol type.
+    ///
+    /// # Errors
+    /// I/O errors; the positions are kept then.
+    pub fn expire_simple(&self, group: &str, cutoff: SystemTime) -> Result<usize> {
+        let mut groups = self.lock();
+        let Some(g) = groups.get(group).filter(|g| g.protocol_type.is_none()) else {
+            return Ok(0);
+        };
+        let mut next = g.clone();
+        next.offsets.retain(|_, (_, at)| *at >= cutoff);
+        let expired = g.offsets.len() - next.offsets.len();
+        if expired == 0 {
+            return Ok(0);
+        }
+        if next.offsets.is_empty() {
+            self.delete_locked(&mut groups, group)?;
+        } else {
+            self.store(group, &next)?;
+            groups.insert(group.to_string(), next);
+        }
+        Ok(expired)
     }
 
     /// Deletes every committed offset of `group` durably (blocking: removes its
@@ -227,14 +294,14 @@ impl OffsetStore {
             .get(group)?
             .offsets
             .get(&(topic.to_string(), partition))
-            .cloned()
+            .map(|(c, _)| c.clone())
     }
 
     /// Every committed position of `group`.
     pub fn fetch_all(&self, group: &str) -> Vec<Committed> {
         self.lock()
             .get(group)
-            .map(|g| g.offsets.values().cloned().collect())
+            .map(|g| g.offsets.values().map(|(c, _)| c.clone()).collect())
             .unwrap_or_default()
     }
 
