@@ -730,6 +730,7 @@ impl TopicManager {
         for t in topics.values() {
             for p in &t.partitions {
                 p.reset_next_offset();
+                p.settle_log_start()?;
             }
         }
         let offsets = OffsetStore::open(data_dir.join("groups"))?;
@@ -1584,6 +1585,71 @@ mod tests {
             e.contains("topic.json") && e.contains("segment.bytes"),
             "{e}"
         );
+    }
+
+    /// DeleteRecords and a crash: records the WAL brings back into the segment
+    /// stay deleted; a stored start beyond what survived comes down to the end.
+    #[test]
+    fn deleted_records_stay_deleted_when_recovery_brings_them_back() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        for i in 0..3 {
+            assert_eq!(produce(&rt, &m, &make_batch(0, &[b"gone"])), Ok(i));
+        }
+        // Into the active segment: it stays, holding the deleted batches too.
+        assert_eq!(m.partition("t", 0).unwrap().delete_records(2), Ok(2));
+        m.shutdown().unwrap();
+        drop(m);
+        // The segment loses everything (as a power loss before its fsync could);
+        // the WAL still holds the three batches.
+        let seg = tmp.path().join("topics/t/0").join(segment::log_name(0));
+        std::fs::File::options()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let m = TopicManager::new(c.clone()).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (2, 3));
+        assert!(p.read(1, 1 << 20).unwrap().is_none(), "not served again");
+        assert!(p.read(2, 1 << 20).unwrap().is_some());
+        m.shutdown().unwrap();
+        drop((m, p));
+
+        // Without the WAL the batches are gone for good; the start comes down to
+        // the end, durably, and what is appended next is served.
+        let mut lossy = c.clone();
+        lossy.wal.enabled = false;
+        lossy.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        std::fs::remove_dir_all(tmp.path().join("wal")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let m = TopicManager::new(lossy.clone()).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 0));
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"new"])), Ok(0));
+        m.shutdown().unwrap();
+        drop((m, p));
+        let m = TopicManager::new(lossy).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 1));
+        assert_eq!(
+            p.read(0, 1 << 20).unwrap().unwrap().records.len(),
+            make_batch(0, &[b"new"]).len()
+        );
+        m.shutdown().unwrap();
     }
 
     #[test]

@@ -76,6 +76,17 @@ fn load_log_start(dir: &Path) -> Result<i64> {
     Ok(f.log_start_offset)
 }
 
+/// Stores `start` as the log start offset in `dir` (atomic replace, durable).
+fn store_log_start(dir: &Path, start: i64) -> Result<()> {
+    let path = dir.join(LOG_START_FILE);
+    let json = serde_json::to_vec(&LogStartFile {
+        version: 1,
+        log_start_offset: start,
+    })
+    .map_err(|e| Error::io("encode", &path, std::io::Error::other(e)))?;
+    crate::wal::files::write_atomic(&path, &json)
+}
+
 /// Why DeleteRecords failed for a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteRecordsError {
@@ -227,7 +238,7 @@ impl Partition {
             segment_ms: AtomicU64::new(u64::MAX),
             log: Mutex::new(segments),
             next_offset: AtomicI64::new(end),
-            deleted_below: AtomicI64::new(deleted_below.min(end)),
+            deleted_below: AtomicI64::new(deleted_below),
             deleting: Mutex::new(()),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
@@ -342,6 +353,26 @@ impl Partition {
     /// against it.
     pub(crate) fn set_segment_ms(&self, ms: u64) {
         self.segment_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// After recovery (the WAL replayed): a log start stored by DeleteRecords
+    /// beyond where the partition now ends (records the crash took that the WAL did
+    /// not hold) comes down to the end, durably, so that records appended from
+    /// there are served. Until the replay it stays, so that deleted records the
+    /// replay brings back into the segment are not served again.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub(crate) fn settle_log_start(&self) -> Result<()> {
+        let end = self.log_end_offset();
+        let floor = self.deleted_below.load(Ordering::Acquire);
+        if floor <= end {
+            return Ok(());
+        }
+        tracing::warn!(topic = %self.topic, partition = self.index, log_start = floor, end, "the log start stored by DeleteRecords is beyond the log end; records appended from the end will be served");
+        store_log_start(&self.dir, end)?;
+        self.deleted_below.store(end, Ordering::Release);
+        Ok(())
     }
 
     /// Re-aligns the next offset to the log end (after recovery).
@@ -496,13 +527,7 @@ impl Partition {
             });
         }
         if target > self.log_start_offset() {
-            let path = self.dir.join(LOG_START_FILE);
-            let json = serde_json::to_vec(&LogStartFile {
-                version: 1,
-                log_start_offset: target,
-            })
-            .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
-            crate::wal::files::write_atomic(&path, &json)
+            store_log_start(&self.dir, target)
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
             self.deleted_below.store(target, Ordering::Release);
             tracing::info!(topic = %self.topic, partition = self.index, log_start = target, "deleted records");

@@ -564,7 +564,7 @@ mod tests {
 
 /// Idempotent produces through [`super::TopicManager`]'s pipeline, across restarts.
 #[cfg(test)]
-mod pipeline_tests {
+pub(crate) mod pipeline_tests {
     use std::time::Duration;
 
     use crate::{
@@ -584,7 +584,8 @@ mod pipeline_tests {
         c
     }
 
-    fn produce(
+    /// Produces `b` to partition 0 of topic `t` through the pipeline.
+    pub(crate) fn produce(
         rt: &tokio::runtime::Runtime,
         m: &TopicManager,
         b: &[u8],
