@@ -22,7 +22,7 @@ use kafka_protocol::{
 use crate::{
     config::Config,
     server::{codes, Ctx},
-    storage::{AlterError, TopicConfig},
+    storage::{topic_config, AlterError, ConfigError, TopicConfig},
 };
 
 /// Resource types (Kafka's `ConfigResource.Type`).
@@ -444,9 +444,10 @@ fn apply_ops(current: &TopicConfig, ops: &[Op]) -> Result<TopicConfig, AlterErro
             SET => c.set(&o.name, value()?)?,
             DELETE => c.remove(&o.name)?,
             APPEND | SUBTRACT => {
+                if !topic_config::is_known(&o.name) {
+                    return Err(ConfigError::Unknown(o.name.clone()).into());
+                }
                 if o.name != "cleanup.policy" {
-                    // A key this broker does not know is reported as such.
-                    c.remove(&o.name)?;
                     return Err(AlterError::InvalidRequest(format!(
                         "config {} is not a list: APPEND and SUBTRACT apply to cleanup.policy only",
                         o.name
@@ -521,4 +522,66 @@ pub(crate) async fn incremental_alter_configs(
         );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str, op: i8, value: Option<&str>) -> Op {
+        Op {
+            name: name.into(),
+            op,
+            value: value.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn incremental_operations_apply_all_or_nothing() {
+        let base = TopicConfig::from_pairs([("retention.ms", Some("1000"))]).unwrap();
+        let c = apply_ops(
+            &base,
+            &[
+                op("retention.ms", DELETE, None),
+                op("segment.bytes", SET, Some("8192")),
+                op("cleanup.policy", APPEND, Some("delete")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.get("retention.ms"), None);
+        assert_eq!(c.get("segment.bytes"), Some("8192"));
+        assert_eq!(
+            c.get("cleanup.policy"),
+            Some("delete"),
+            "already in the list"
+        );
+
+        let refused = |ops: &[Op]| apply_ops(&base, ops).unwrap_err();
+        assert!(matches!(
+            refused(&[op("cleanup.policy", APPEND, Some("compact"))]),
+            AlterError::Invalid(_)
+        ));
+        assert!(matches!(
+            refused(&[op("cleanup.policy", SUBTRACT, Some("delete"))]),
+            AlterError::Invalid(_)
+        ));
+        let not_a_list = refused(&[op("retention.ms", APPEND, Some("5"))]);
+        assert!(matches!(&not_a_list, AlterError::InvalidRequest(m) if m.contains("not a list")));
+        assert!(matches!(
+            refused(&[op("no.such", SUBTRACT, Some("x"))]),
+            AlterError::Invalid(ConfigError::Unknown(_))
+        ));
+        assert!(matches!(
+            refused(&[op("retention.ms", 7, Some("5"))]),
+            AlterError::InvalidRequest(m) if m.contains("operation 7")
+        ));
+        assert!(matches!(
+            refused(&[op("retention.ms", SET, None)]),
+            AlterError::InvalidRequest(m) if m.contains("without a value")
+        ));
+        assert!(matches!(
+            refused(&[op("retention.ms", SET, Some("5")), op("retention.ms", DELETE, None)]),
+            AlterError::InvalidRequest(m) if m.contains("more than once")
+        ));
+    }
 }
