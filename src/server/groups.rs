@@ -813,6 +813,10 @@ impl GroupCoordinator {
                     let gone = store.group(&group).is_none();
                     tracing::info!(group = %group, positions = n, group_deleted = gone, "expired committed offsets of a simple group");
                     if gone {
+                        // An empty group the coordinator still holds goes too.
+                        if self.begin_delete(&group, false) == codes::NONE {
+                            self.finish_delete(&group);
+                        }
                         expired.push(group);
                     }
                 }
