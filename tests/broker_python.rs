@@ -462,3 +462,19 @@ fn admin_client_deletes_records_durably() {
     assert_eq!(out.trim(), "DELETED purge 0 10");
     assert!(from_beginning(&broker.addr).is_empty());
 }
+
+#[test]
+fn admin_client_finds_offsets_by_timestamp_inside_a_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let t = 1_750_000_000_000i64;
+    let out = python_client(
+        "kafka_client.py",
+        &["timed", &broker.addr, "when", &t.to_string(), "5"],
+    );
+    // Message i at t + i s: the first at or after t + 2.5 s is offset 3, with its
+    // own timestamp (whether or not the client put all five in one batch); the
+    // newest is offset 4.
+    let want = format!("AT 3 {}\nMAX 4 {}", t + 3000, t + 4000);
+    assert_eq!(out.trim(), want);
+}

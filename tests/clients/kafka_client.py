@@ -327,6 +327,24 @@ def delete_records(bootstrap, topic, partition, offset):
             out("REFUSED %s %d %s" % (t.topic, t.partition, err.name()))
 
 
+def timed(bootstrap, topic, first_ts, count):
+    """Produces `count` messages to partition 0, message i at first_ts + i seconds,
+    in one flush (the client batches them), then asks ListOffsets for the offset at
+    first_ts + 2.5 s and for the newest record."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 100})
+    for i in range(count):
+        p.produce(topic, b"t%d" % i, partition=0, timestamp=first_ts + i * 1000)
+    if p.flush(30) != 0:
+        sys.exit("messages left unflushed")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for spec, name in [(OffsetSpec.for_timestamp(first_ts + 2500), "AT"), (OffsetSpec.max_timestamp(), "MAX")]:
+        for tp, fut in admin.list_offsets({TopicPartition(topic, 0): spec}, request_timeout=20).items():
+            r = fut.result(timeout=30)
+            out("%s %d %d" % (name, r.offset, r.timestamp))
+
+
 def grow(bootstrap, topic, count):
     from confluent_kafka.admin import AdminClient, NewPartitions
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -357,6 +375,8 @@ def main(argv):
         create_with_configs(argv[2], argv[3], argv[4:])
     elif cmd == "alter-configs":
         alter_configs(argv[2], argv[3], argv[4:])
+    elif cmd == "timed":
+        timed(argv[2], argv[3], int(argv[4]), int(argv[5]))
     elif cmd == "delete-records":
         delete_records(argv[2], argv[3], int(argv[4]), int(argv[5]))
     elif cmd == "describe-configs":
