@@ -1688,3 +1688,76 @@ fn delete_records_answers_each_partition() {
     );
     assert_eq!(earliest_latest(&mut s, "dr"), (2, 3));
 }
+
+#[test]
+fn describe_log_dirs_reports_each_partitions_bytes_and_the_disk() {
+    use kafka_protocol::messages::{
+        describe_log_dirs_request::DescribableLogDirTopic, DescribeLogDirsRequest,
+        DescribeLogDirsResponse,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let broker = Broker::start(&data, &["--default-partitions", "2"]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "dirs", true), 0);
+    for i in 0..3 {
+        s.write_all(&request_frame(
+            ApiKey::Produce,
+            8,
+            i,
+            &produce("dirs", 1, batch(&["abc"])),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+        assert_eq!(partition_result(&r), (0, i64::from(i)));
+    }
+    let on_disk = |p: i32| -> i64 {
+        std::fs::read_dir(data.join("topics/dirs").join(p.to_string()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| std::fs::metadata(p).unwrap().len() as i64)
+            .sum()
+    };
+    let ask = |s: &mut TcpStream, version: i16, topics: Option<Vec<DescribableLogDirTopic>>| {
+        let req = DescribeLogDirsRequest::default().with_topics(topics);
+        s.write_all(&request_frame(ApiKey::DescribeLogDirs, version, 9, &req))
+            .unwrap();
+        let (_, r): (i32, DescribeLogDirsResponse) = response(s, ApiKey::DescribeLogDirs, version);
+        r
+    };
+    let r = ask(&mut s, 4, None);
+    assert_eq!((r.error_code, r.results.len()), (0, 1));
+    let dir = &r.results[0];
+    assert!(dir.log_dir.ends_with("/topics"), "{}", dir.log_dir);
+    assert!(dir.total_bytes > 0 && (0..=dir.total_bytes).contains(&dir.usable_bytes));
+    let sizes: Vec<(String, i32, i64)> = dir
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.partition_index, p.partition_size))
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![("dirs".into(), 0, 0), ("dirs".into(), 1, on_disk(1))]
+    );
+    assert!(on_disk(1) > 0);
+    // Asked by name: unknown topics and partitions are left out.
+    let topic = |name: &str, parts: Vec<i32>| {
+        DescribableLogDirTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(name.into())))
+            .with_partitions(parts)
+    };
+    let r = ask(
+        &mut s,
+        1,
+        Some(vec![topic("dirs", vec![1, 5]), topic("nope", vec![0])]),
+    );
+    let dir = &r.results[0];
+    assert_eq!(dir.topics.len(), 1);
+    assert_eq!(dir.topics[0].partitions.len(), 1);
+    assert_eq!(dir.topics[0].partitions[0].partition_size, on_disk(1));
+}

@@ -475,6 +475,7 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::DescribeConfigs, 1, 4),
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::DeleteRecords, 0, 2),
+        (ApiKey::DescribeLogDirs, 1, 4),
         (ApiKey::AlterConfigs, 0, 2),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
     ];

@@ -295,6 +295,16 @@ impl Partition {
             .map_or(0, Segment::next_offset)
     }
 
+    /// Bytes of all its segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(Segment::size)
+            .sum()
+    }
+
     /// First offset still stored.
     pub fn log_start_offset(&self) -> i64 {
         self.start_of(&self.log.lock().unwrap_or_else(PoisonError::into_inner))

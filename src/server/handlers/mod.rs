@@ -194,6 +194,14 @@ pub(crate) async fn handle(
                 &configs::describe_configs(&ctx, &req),
             )
         }),
+        RequestKind::DescribeLogDirs(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DescribeLogDirs,
+                version,
+                cid,
+                &topics::describe_log_dirs(&ctx, req).await,
+            )
+        }),
         RequestKind::DeleteRecords(req) => Box::pin(async move {
             encode_response(
                 ApiKey::DeleteRecords,

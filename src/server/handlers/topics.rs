@@ -1,4 +1,5 @@
-//! Metadata, CreateTopics, CreatePartitions, DeleteTopics, DeleteRecords.
+//! Metadata, CreateTopics, CreatePartitions, DeleteTopics, DeleteRecords,
+//! DescribeLogDirs.
 
 use std::sync::Arc;
 
@@ -8,12 +9,16 @@ use kafka_protocol::{
         create_topics_response::CreatableTopicResult,
         delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult},
         delete_topics_response::DeletableTopicResult,
+        describe_log_dirs_response::{
+            DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+        },
         metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
         },
         BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
         CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
-        DeleteTopicsResponse, MetadataRequest, MetadataResponse, TopicName,
+        DeleteTopicsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, MetadataRequest,
+        MetadataResponse, TopicName,
     },
     protocol::StrBytes,
 };
@@ -415,4 +420,85 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
     .await
     .unwrap_or_default();
     DeleteRecordsResponse::default().with_topics(topics)
+}
+
+/// Total and available bytes of the filesystem holding `dir`; -1, -1 where that
+/// cannot be asked.
+fn disk_space(dir: &std::path::Path) -> (i64, i64) {
+    #[cfg(unix)]
+    if let Ok(s) = nix::sys::statvfs::statvfs(dir) {
+        let block = i64::try_from(s.fragment_size()).unwrap_or(0);
+        let total = i64::try_from(s.blocks()).unwrap_or(0).saturating_mul(block);
+        let usable = i64::try_from(s.blocks_available())
+            .unwrap_or(0)
+            .saturating_mul(block);
+        return (total, usable);
+    }
+    let _ = dir;
+    (-1, -1)
+}
+
+/// DescribeLogDirs (`kafka-log-dirs --describe`, AdminClient `describeLogDirs`):
+/// the one log directory, each partition's bytes on disk (lag 0: there are no
+/// replicas), and from v4 the disk's total and usable bytes. Topics or partitions
+/// that do not exist are left out, as Kafka does.
+pub(crate) async fn describe_log_dirs(
+    ctx: &Ctx,
+    req: DescribeLogDirsRequest,
+) -> DescribeLogDirsResponse {
+    let storage = ctx.storage.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let wanted: Vec<(Arc<Topic>, Vec<i32>)> = match req.topics {
+            None => storage
+                .topics()
+                .into_iter()
+                .map(|t| {
+                    let all = (0..t.partitions.len() as i32).collect();
+                    (t, all)
+                })
+                .collect(),
+            Some(asked) => asked
+                .into_iter()
+                .filter_map(|a| storage.topic(&a.topic.0).map(|t| (t, a.partitions)))
+                .collect(),
+        };
+        let topics = wanted
+            .into_iter()
+            .map(|(t, indexes)| {
+                let partitions = indexes
+                    .into_iter()
+                    .filter_map(|i| usize::try_from(i).ok().and_then(|i| t.partitions.get(i)))
+                    .map(|p| {
+                        DescribeLogDirsPartition::default()
+                            .with_partition_index(p.index())
+                            .with_partition_size(i64::try_from(p.size_bytes()).unwrap_or(i64::MAX))
+                            .with_offset_lag(0)
+                            .with_is_future_key(false)
+                    })
+                    .collect();
+                DescribeLogDirsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(t.name.clone())))
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let dir = storage.config().storage.data_dir.join("topics");
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let (total, usable) = disk_space(&dir);
+        DescribeLogDirsResult::default()
+            .with_error_code(codes::NONE)
+            .with_log_dir(StrBytes::from_string(dir.display().to_string()))
+            .with_topics(topics)
+            .with_total_bytes(total)
+            .with_usable_bytes(usable)
+    })
+    .await;
+    match result {
+        Ok(r) => DescribeLogDirsResponse::default()
+            .with_error_code(codes::NONE)
+            .with_results(vec![r]),
+        Err(e) => {
+            tracing::error!(error = %e, "DescribeLogDirs task failed");
+            DescribeLogDirsResponse::default().with_error_code(codes::KAFKA_STORAGE_ERROR)
+        }
+    }
 }
