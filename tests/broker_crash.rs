@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_support::{client_script, python, python_client, records, signal, Broker};
+use broker_support::{client_script, kcat, python, python_client, records, signal, Broker};
 
 const PARTITIONS: usize = 2;
 
@@ -597,4 +597,136 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
     // when the broker refuses its sequence).
     let inits = broker.log_text().matches("new idempotent producer").count();
     assert_eq!(inits, 1, "{}", broker.log_text());
+}
+
+/// Partition `p` of topic `crash` read with kcat from its log start:
+/// (offset, value) in order.
+fn read_from_start(addr: &str, p: i32) -> Vec<(i64, String)> {
+    let out = kcat(
+        &[
+            "-b",
+            addr,
+            "-C",
+            "-t",
+            "crash",
+            "-p",
+            &p.to_string(),
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o %s\n",
+        ],
+        b"",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (o, v) = l.split_once(' ').expect("offset and value");
+            (o.parse().unwrap(), v.to_string())
+        })
+        .collect()
+}
+
+/// Retention trims (the active segment too) and DeleteRecords move the log start
+/// while a producer streams and the broker is killed: what remains is contiguous
+/// from the log start, every acknowledged message at or above it is at its offset,
+/// and nothing appears that was not produced.
+#[test]
+fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--wal-sync-mode",
+            "every_write",
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+            "--segment-bytes",
+            "4096",
+            "--log-retention-bytes",
+            "4096",
+            "--log-retention-check-interval-ms",
+            "50",
+            "--checkpoint-ms",
+            "100",
+        ],
+    );
+    let mut acked: Vec<(i32, i64, String)> = Vec::new();
+    let mut deleted_below = 0;
+    for cycle in 0..3 {
+        let text = stream_then_kill9(&mut broker, &py, &format!("c{cycle}"), 3000);
+        let cycle_acks = records(&text, "ACK");
+        assert!(
+            cycle_acks.len() >= 100,
+            "cycle {cycle}: {} acks",
+            cycle_acks.len()
+        );
+        acked.extend(cycle_acks);
+        broker = broker.restart();
+        // A few retention passes.
+        std::thread::sleep(Duration::from_millis(300));
+        for p in 0..PARTITIONS as i32 {
+            let read = read_from_start(&broker.addr, p);
+            let (start, _) = *read.first().expect("the newest records are kept");
+            let offsets: Vec<i64> = read.iter().map(|r| r.0).collect();
+            assert_eq!(
+                offsets,
+                (start..start + read.len() as i64).collect::<Vec<_>>(),
+                "cycle {cycle} partition {p}: contiguous from the log start"
+            );
+            let end = start + read.len() as i64;
+            let mine: Vec<&(i32, i64, String)> = acked.iter().filter(|a| a.0 == p).collect();
+            let max_acked = mine.iter().map(|a| a.1).max().unwrap();
+            assert!(
+                end > max_acked,
+                "cycle {cycle} partition {p}: end {end} <= {max_acked}"
+            );
+            assert!(
+                start > 0,
+                "cycle {cycle} partition {p}: retention deleted something"
+            );
+            if p == 0 {
+                assert!(start >= deleted_below, "the log start never goes back");
+            }
+            let stored: BTreeMap<i64, &String> = read.iter().map(|(o, v)| (*o, v)).collect();
+            for (_, o, v) in mine.iter().filter(|a| a.1 >= start) {
+                assert_eq!(
+                    stored.get(o),
+                    Some(&v),
+                    "cycle {cycle}: acknowledged {v} at {p}/{o}"
+                );
+            }
+            let values: BTreeSet<&String> = stored.values().copied().collect();
+            assert_eq!(
+                values.len(),
+                stored.len(),
+                "cycle {cycle}: nothing stored twice"
+            );
+            for v in stored.values() {
+                let (prefix, n) = v.split_once('-').expect("well-formed value");
+                assert!(
+                    prefix.starts_with('c')
+                        && prefix[1..].parse::<usize>().unwrap() <= cycle
+                        && n.parse::<u64>().is_ok(),
+                    "foreign bytes {v:?}"
+                );
+            }
+        }
+        // DeleteRecords on partition 0, up to everything readable.
+        let out = python_client(
+            "kafka_client.py",
+            &["delete-records", &broker.addr, "crash", "0", "-1"],
+        );
+        let low: i64 = out
+            .trim()
+            .strip_prefix("DELETED crash 0 ")
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap();
+        assert!(low >= deleted_below);
+        deleted_below = low;
+    }
 }
