@@ -2126,3 +2126,147 @@ fn deleted_groups_stay_deleted_and_offset_only_groups_are_listed_after_a_restart
     assert_eq!(c.list(LIST_GROUPS.1, &[], &[]), offsets_only[1..].to_vec());
     assert_eq!(c.fetch(OFFSET_FETCH.1, "kept", None), vec![]);
 }
+
+/// OffsetDelete of `group`: the group-level error and each (topic, partition,
+/// error).
+fn offset_delete(
+    c: &mut Conn,
+    group: &str,
+    topics: &[(&str, &[i32])],
+) -> (i16, Vec<(String, i32, i16)>) {
+    use kafka_protocol::messages::{
+        offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic},
+        OffsetDeleteRequest, OffsetDeleteResponse,
+    };
+    let req = OffsetDeleteRequest::default()
+        .with_group_id(group_id(group))
+        .with_topics(
+            topics
+                .iter()
+                .map(|(t, parts)| {
+                    OffsetDeleteRequestTopic::default()
+                        .with_name(TopicName(s(t)))
+                        .with_partitions(
+                            parts
+                                .iter()
+                                .map(|p| {
+                                    OffsetDeleteRequestPartition::default().with_partition_index(*p)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    let r: OffsetDeleteResponse = c.call(ApiKey::OffsetDelete, 0, &req);
+    let parts = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.partition_index, p.error_code))
+        })
+        .collect();
+    (r.error_code, parts)
+}
+
+/// A consumer-protocol subscription to `topics`, as a member's JoinGroup metadata.
+fn subscription(topics: &[&str]) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    let sub =
+        ConsumerProtocolSubscription::default().with_topics(topics.iter().map(|t| s(t)).collect());
+    let mut buf = bytes::BytesMut::new();
+    buf.extend_from_slice(&1i16.to_be_bytes());
+    sub.encode(&mut buf, 1).unwrap();
+    buf.freeze()
+}
+
+#[test]
+fn offset_delete_removes_positions_but_not_those_of_subscribed_topics() {
+    const GROUP_ID_NOT_FOUND: i16 = 69;
+    const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("orders"), 1);
+    assert_eq!(c.create_topic("audit"), 1);
+
+    // A simple group: any position may go; unknown partitions are reported.
+    assert_eq!(c.simple_commit(OFFSET_COMMIT.1, "solo", "orders", 5), NONE);
+    assert_eq!(c.simple_commit(OFFSET_COMMIT.1, "solo", "audit", 6), NONE);
+    let (code, parts) = offset_delete(&mut c, "solo", &[("orders", &[0, 9]), ("missing", &[0])]);
+    assert_eq!(code, NONE);
+    assert_eq!(
+        parts,
+        vec![
+            ("orders".into(), 0, NONE),
+            ("orders".into(), 9, UNKNOWN_TOPIC_OR_PARTITION),
+            ("missing".into(), 0, UNKNOWN_TOPIC_OR_PARTITION),
+        ]
+    );
+    let left: Vec<(String, i64)> = c
+        .fetch(OFFSET_FETCH.1, "solo", None)
+        .into_iter()
+        .map(|f| (f.0, f.2))
+        .collect();
+    assert_eq!(left, vec![("audit".into(), 6)]);
+    assert_eq!(
+        offset_delete(&mut c, "ghost", &[("orders", &[0])]).0,
+        GROUP_ID_NOT_FOUND
+    );
+
+    // A stable consumer group subscribed to orders: only audit's position goes.
+    let mut m = Member::new(&broker.addr, "live", JOIN_GROUP.1, &[("range", "x")]);
+    m.protocols = vec![("range".into(), subscription(&["orders"]))];
+    assert_eq!(m.join().error_code, NONE);
+    let id = m.id.clone();
+    assert_eq!(m.sync(&[(&id, "A")]).0, NONE);
+    let generation = m.generation;
+    let committed = m.conn.commit(
+        OFFSET_COMMIT.1,
+        "live",
+        generation,
+        &id,
+        &[("orders", 0, 7, -1, ""), ("audit", 0, 8, -1, "")],
+    );
+    assert!(committed.iter().all(|c| c.2 == NONE), "{committed:?}");
+    let (code, parts) = offset_delete(&mut c, "live", &[("orders", &[0]), ("audit", &[0])]);
+    assert_eq!(code, NONE);
+    assert_eq!(
+        parts,
+        vec![
+            ("orders".into(), 0, GROUP_SUBSCRIBED_TO_TOPIC),
+            ("audit".into(), 0, NONE),
+        ]
+    );
+    // A member whose subscription does not parse: every topic counts as subscribed.
+    let mut odd = Member::new(
+        &broker.addr,
+        "odd",
+        JOIN_GROUP.1,
+        &[("range", "not a subscription")],
+    );
+    assert_eq!(odd.join().error_code, NONE);
+    let odd_id = odd.id.clone();
+    assert_eq!(odd.sync(&[(&odd_id, "A")]).0, NONE);
+    let (_, parts) = offset_delete(&mut c, "odd", &[("audit", &[0])]);
+    assert_eq!(parts, vec![("audit".into(), 0, GROUP_SUBSCRIBED_TO_TOPIC)]);
+
+    // Durable: after a restart the deleted positions stay deleted.
+    drop((m, odd, c));
+    assert!(broker.sigterm().success());
+    broker = broker.restart();
+    let mut c = Conn::new(&broker.addr);
+    let live: Vec<(String, i64)> = c
+        .fetch(OFFSET_FETCH.1, "live", None)
+        .into_iter()
+        .map(|f| (f.0, f.2))
+        .collect();
+    assert_eq!(live, vec![("orders".into(), 7)]);
+    let solo: Vec<String> = c
+        .fetch(OFFSET_FETCH.1, "solo", None)
+        .into_iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(solo, vec!["audit".to_string()]);
+}

@@ -20,7 +20,7 @@
 //! and commits get COORDINATOR_NOT_AVAILABLE and retry.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     ops::RangeInclusive,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
@@ -845,6 +845,43 @@ impl GroupCoordinator {
         Ok(expired)
     }
 
+    /// Whether the coordinator holds `group` (members, or state since the start).
+    pub fn holds(&self, group: &str) -> bool {
+        self.lock().contains_key(group)
+    }
+
+    /// What OffsetDelete may delete from `group` (see [`OffsetDeleteGuard`]). A
+    /// group the coordinator does not hold has no members.
+    pub fn offset_delete_guard(&self, group: &str) -> OffsetDeleteGuard {
+        let groups = self.lock();
+        let Some(g) = groups.get(group) else {
+            return OffsetDeleteGuard::Subscribed(BTreeSet::new());
+        };
+        match g.state {
+            State::Dead => OffsetDeleteGuard::Denied(codes::GROUP_ID_NOT_FOUND),
+            State::Empty => OffsetDeleteGuard::Subscribed(BTreeSet::new()),
+            _ if g.protocol_type.as_deref() != Some("consumer") => {
+                OffsetDeleteGuard::Denied(codes::NON_EMPTY_GROUP)
+            }
+            _ => {
+                let mut topics = BTreeSet::new();
+                for m in g.members.values() {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(name, _)| Some(name) == g.protocol.as_ref())
+                        .or_else(|| m.protocols.first())
+                        .map(|(_, b)| b.clone());
+                    match metadata.as_ref().and_then(subscription) {
+                        Some(t) => topics.extend(t),
+                        None => return OffsetDeleteGuard::AllSubscribed,
+                    }
+                }
+                OffsetDeleteGuard::Subscribed(topics)
+            }
+        }
+    }
+
     /// Expires members whose session timed out and completes overdue rebalances.
     pub fn tick(&self) {
         let now = Instant::now();
@@ -882,6 +919,36 @@ impl GroupCoordinator {
             }
         }
     }
+}
+
+/// What OffsetDelete may delete from a group, as Kafka decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetDeleteGuard {
+    /// Nothing: the group-level error code (`GROUP_ID_NOT_FOUND` for a group being
+    /// deleted, `NON_EMPTY_GROUP` for a group with members that is not a consumer
+    /// group).
+    Denied(i16),
+    /// Positions of any topic but these, which its members subscribe to (none for
+    /// a group without members).
+    Subscribed(BTreeSet<String>),
+    /// Nothing either, per partition: a member's subscription did not parse, so
+    /// every topic counts as subscribed.
+    AllSubscribed,
+}
+
+/// The topics a consumer-protocol member metadata subscribes to; `None` when it
+/// does not parse.
+fn subscription(metadata: &Bytes) -> Option<Vec<String>> {
+    use kafka_protocol::{messages::ConsumerProtocolSubscription, protocol::Decodable};
+    let mut buf = metadata.clone();
+    if buf.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    bytes::Buf::advance(&mut buf, 2);
+    // Versions above those known keep the known fields first (forward compatible).
+    let s = ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3)).ok()?;
+    Some(s.topics.iter().map(ToString::to_string).collect())
 }
 
 #[cfg(test)]

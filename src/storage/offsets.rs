@@ -206,6 +206,33 @@ impl OffsetStore {
         crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)
     }
 
+    /// Deletes the positions `which` of `group` durably (blocking: rewrites its
+    /// file, or removes it with the last position). Returns how many it had.
+    ///
+    /// # Errors
+    /// I/O errors; the positions are kept then.
+    pub fn delete_positions(&self, group: &str, which: &[(String, i32)]) -> Result<usize> {
+        let mut groups = self.lock();
+        let Some(g) = groups.get(group) else {
+            return Ok(0);
+        };
+        let mut next = g.clone();
+        for key in which {
+            next.offsets.remove(key);
+        }
+        let deleted = g.offsets.len() - next.offsets.len();
+        if deleted == 0 {
+            return Ok(0);
+        }
+        if next.offsets.is_empty() {
+            self.delete_locked(&mut groups, group)?;
+        } else {
+            self.store(group, &next)?;
+            groups.insert(group.to_string(), next);
+        }
+        Ok(deleted)
+    }
+
     /// Deletes the positions of a simple group (one whose offsets were committed
     /// without membership: no protocol type recorded) committed before `cutoff`,
     /// each on its own, as Kafka expires a standalone group's offsets; the group

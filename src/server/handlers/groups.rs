@@ -21,13 +21,14 @@ use kafka_protocol::{
         leave_group_response::MemberResponse,
         list_groups_response::ListedGroup,
         offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic},
+        offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic},
         offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic},
         BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
         DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
         HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
         LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-        OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-        SyncGroupRequest, SyncGroupResponse, TopicName,
+        OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse,
+        OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
     },
     protocol::StrBytes,
 };
@@ -35,7 +36,7 @@ use kafka_protocol::{
 use crate::{
     server::{
         codes,
-        groups::{GroupSummary, JoinRequest, JoinResult, EMPTY},
+        groups::{GroupSummary, JoinRequest, JoinResult, OffsetDeleteGuard, EMPTY},
         Ctx,
     },
     storage::Committed,
@@ -494,4 +495,93 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// OffsetDelete (`kafka-consumer-groups --delete-offsets`, AdminClient
+/// `deleteConsumerGroupOffsets`): deletes a group's committed positions durably,
+/// except those of topics its members subscribe to (`GROUP_SUBSCRIBED_TO_TOPIC`)
+/// and of partitions that do not exist (`UNKNOWN_TOPIC_OR_PARTITION`), as Kafka
+/// does. A group with neither members nor positions gets `GROUP_ID_NOT_FOUND`; one
+/// with members that is not a consumer group `NON_EMPTY_GROUP`.
+pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group = req.group_id.0.to_string();
+    let known = ctx.storage.offsets().group(&group).is_some() || ctx.groups.holds(&group);
+    let guard = ctx.groups.offset_delete_guard(&group);
+    let denied = match &guard {
+        OffsetDeleteGuard::Denied(code) => Some(*code),
+        _ if !known => Some(codes::GROUP_ID_NOT_FOUND),
+        _ => None,
+    };
+    if let Some(code) = denied {
+        return OffsetDeleteResponse::default().with_error_code(code);
+    }
+    let mut doomed: Vec<(String, i32)> = Vec::new();
+    let topics: Vec<(TopicName, Vec<(i32, i16)>)> = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.0.to_string();
+            let subscribed = match &guard {
+                OffsetDeleteGuard::Subscribed(topics) => topics.contains(&name),
+                _ => true,
+            };
+            let parts = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let code = if ctx.storage.partition(&name, p.partition_index).is_none() {
+                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                    } else if subscribed {
+                        codes::GROUP_SUBSCRIBED_TO_TOPIC
+                    } else {
+                        doomed.push((name.clone(), p.partition_index));
+                        codes::NONE
+                    };
+                    (p.partition_index, code)
+                })
+                .collect();
+            (t.name, parts)
+        })
+        .collect();
+    let storage = ctx.storage.clone();
+    let g = group.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || storage.offsets().delete_positions(&g, &doomed))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+    let failed = match stored {
+        Ok(n) => {
+            tracing::info!(group = %group, positions = n, "deleted committed offsets");
+            false
+        }
+        Err(e) => {
+            tracing::error!(group = %group, error = %e, "deleting committed offsets failed");
+            true
+        }
+    };
+    let topics = topics
+        .into_iter()
+        .map(|(name, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, code)| {
+                    let code = if failed && code == codes::NONE {
+                        codes::KAFKA_STORAGE_ERROR
+                    } else {
+                        code
+                    };
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetDeleteResponse::default()
+        .with_error_code(codes::NONE)
+        .with_topics(topics)
 }

@@ -170,6 +170,14 @@ pub(crate) async fn handle(
                 &groups::describe_groups(&ctx, &req, version),
             )
         }),
+        RequestKind::OffsetDelete(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::OffsetDelete,
+                version,
+                cid,
+                &groups::offset_delete(&ctx, req).await,
+            )
+        }),
         RequestKind::DeleteGroups(req) => Box::pin(async move {
             encode_response(
                 ApiKey::DeleteGroups,
