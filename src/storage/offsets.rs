@@ -212,25 +212,7 @@ impl OffsetStore {
     /// # Errors
     /// I/O errors; the positions are kept then.
     pub fn delete_positions(&self, group: &str, which: &[(String, i32)]) -> Result<usize> {
-        let mut groups = self.lock();
-        let Some(g) = groups.get(group) else {
-            return Ok(0);
-        };
-        let mut next = g.clone();
-        for key in which {
-            next.offsets.remove(key);
-        }
-        let deleted = g.offsets.len() - next.offsets.len();
-        if deleted == 0 {
-            return Ok(0);
-        }
-        if next.offsets.is_empty() {
-            self.delete_locked(&mut groups, group)?;
-        } else {
-            self.store(group, &next)?;
-            groups.insert(group.to_string(), next);
-        }
-        Ok(deleted)
+        self.remove_positions(group, |_| true, |key, _| !which.contains(key))
     }
 
     /// Deletes the positions of a simple group (one whose offsets were committed
@@ -242,14 +224,26 @@ impl OffsetStore {
     /// # Errors
     /// I/O errors; the positions are kept then.
     pub fn expire_simple(&self, group: &str, cutoff: SystemTime) -> Result<usize> {
+        self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| *at >= cutoff)
+    }
+
+    /// Keeps the positions of `group` (when `applies` to it) that `keep` says
+    /// to, durably: the file is rewritten, or removed with the last position.
+    /// Returns how many were removed.
+    fn remove_positions(
+        &self,
+        group: &str,
+        applies: impl FnOnce(&GroupOffsets) -> bool,
+        mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
+    ) -> Result<usize> {
         let mut groups = self.lock();
-        let Some(g) = groups.get(group).filter(|g| g.protocol_type.is_none()) else {
+        let Some(g) = groups.get(group).filter(|g| applies(g)) else {
             return Ok(0);
         };
         let mut next = g.clone();
-        next.offsets.retain(|_, (_, at)| *at >= cutoff);
-        let expired = g.offsets.len() - next.offsets.len();
-        if expired == 0 {
+        next.offsets.retain(|key, (_, at)| keep(key, at));
+        let removed = g.offsets.len() - next.offsets.len();
+        if removed == 0 {
             return Ok(0);
         }
         if next.offsets.is_empty() {
@@ -258,7 +252,7 @@ impl OffsetStore {
             self.store(group, &next)?;
             groups.insert(group.to_string(), next);
         }
-        Ok(expired)
+        Ok(removed)
     }
 
     /// Deletes every committed offset of `group` durably (blocking: removes its
