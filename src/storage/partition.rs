@@ -138,6 +138,9 @@ pub struct Partition {
     deleting: Mutex<()>,
     /// Set when the topic is deleted; the pipeline then refuses produces to it.
     deleted: AtomicBool,
+    /// A producer snapshot written since the last [`Partition::sync`], which
+    /// makes it durable.
+    unsynced_snapshot: Mutex<Option<PathBuf>>,
     /// Idempotent producers' last batches (judged and updated by the submit thread).
     producers: Mutex<ProducerState>,
 }
@@ -243,6 +246,7 @@ impl Partition {
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
             producers: Mutex::new(producers),
+            unsynced_snapshot: Mutex::new(None),
         })
     }
 
@@ -336,9 +340,10 @@ impl Partition {
     }
 
     /// Writes the producer state snapshot for a segment starting at `base`
-    /// (`<base>.producers`: temporary file, then rename). Best effort and not
-    /// fsynced: a start-up that finds it missing or unreadable falls back to
-    /// reading the previous segment's last batches.
+    /// (`<base>.producers`: temporary file, then rename). Best effort, and
+    /// fsynced only by the next [`Partition::sync`] (the next checkpoint): a
+    /// start-up that finds it missing or unreadable falls back to reading the
+    /// previous segment's last batches.
     fn snapshot_producers(&self, base: i64) {
         let snapshot = self.producers().snapshot_below(base);
         let path = self.dir.join(segment::producers_name(base));
@@ -347,6 +352,12 @@ impl Partition {
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(&tmp, json))
             .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_ok() {
+            *self
+                .unsynced_snapshot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
+        }
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "could not write the producer snapshot");
         }
@@ -572,6 +583,23 @@ impl Partition {
                     }
                 }
                 return Err(e);
+            }
+        }
+        let snapshot = self
+            .unsynced_snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(path) = snapshot {
+            // Best effort, as the snapshot itself: a start-up copes without it.
+            // (Retention may have deleted it meanwhile.)
+            let synced = File::open(&path).and_then(|f| f.sync_all());
+            match synced.and_then(|()| sync_dir(&self.dir).map_err(std::io::Error::other)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not fsync the producer snapshot")
+                }
             }
         }
         Ok(())
@@ -1001,6 +1029,11 @@ pub(crate) mod tests {
         }
         // [once, big 0], [big 1], [big 2], [big 3]
         assert_eq!(files(&pdir, "log"), 4);
+        // The newest snapshot waits for the next sync (a checkpoint) to be fsynced.
+        let pending = |p: &Partition| p.unsynced_snapshot.lock().unwrap().clone();
+        assert_eq!(pending(&p), Some(pdir.join(segment::producers_name(4))));
+        p.sync().unwrap();
+        assert_eq!(pending(&p), None);
         drop(p);
         let retry = validate_all(&first).unwrap();
 
