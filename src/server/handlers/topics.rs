@@ -418,7 +418,10 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
             .collect()
     })
     .await
-    .unwrap_or_default();
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "DeleteRecords task failed");
+        Vec::new()
+    });
     DeleteRecordsResponse::default().with_topics(topics)
 }
 
