@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_support::{client_script, kcat, python, python_client, records, signal, Broker};
+use broker_support::{
+    client_script, kcat_from_start, python, python_client, records, signal, Broker,
+};
 
 const PARTITIONS: usize = 2;
 
@@ -599,36 +601,6 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
     assert_eq!(inits, 1, "{}", broker.log_text());
 }
 
-/// Partition `p` of topic `crash` read with kcat from its log start:
-/// (offset, value) in order.
-fn read_from_start(addr: &str, p: i32) -> Vec<(i64, String)> {
-    let out = kcat(
-        &[
-            "-b",
-            addr,
-            "-C",
-            "-t",
-            "crash",
-            "-p",
-            &p.to_string(),
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%o %s\n",
-        ],
-        b"",
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let (o, v) = l.split_once(' ').expect("offset and value");
-            (o.parse().unwrap(), v.to_string())
-        })
-        .collect()
-}
-
 /// Retention trims (the active segment too) and DeleteRecords move the log start
 /// while a producer streams and the broker is killed: what remains is contiguous
 /// from the log start, every acknowledged message at or above it is at its offset,
@@ -669,7 +641,7 @@ fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
         // A few retention passes.
         std::thread::sleep(Duration::from_millis(300));
         for p in 0..PARTITIONS as i32 {
-            let read = read_from_start(&broker.addr, p);
+            let read = kcat_from_start(&broker.addr, "crash", Some(p));
             let (start, _) = *read.first().expect("the newest records are kept");
             let offsets: Vec<i64> = read.iter().map(|r| r.0).collect();
             assert_eq!(

@@ -27,7 +27,7 @@ use std::{
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
 
 use broker_support::{
-    kcat,
+    kcat_from_start,
     wire::{self, connect, request_frame, response},
     Broker,
 };
@@ -67,32 +67,7 @@ fn metadata(addr: &str, create: bool) -> i16 {
 
 /// Every record of the partition, offset → value, read with a real client.
 fn consume(addr: &str) -> BTreeMap<i64, String> {
-    let out = kcat(
-        &[
-            "-C",
-            "-b",
-            addr,
-            "-t",
-            TOPIC,
-            "-p",
-            "0",
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-            "-f",
-            "%o %s\n",
-        ],
-        b"",
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8 values")
-        .lines()
-        .map(|l| {
-            let (o, v) = l.split_once(' ').expect("offset and value");
-            (o.parse().expect("offset"), v.to_string())
-        })
-        .collect()
+    kcat_from_start(addr, TOPIC, Some(0)).into_iter().collect()
 }
 
 /// After a restart: every acknowledged record (offset → record number) is served at

@@ -20,7 +20,7 @@ use kafka_protocol::{
 };
 
 use broker_support::{
-    kcat,
+    kcat, kcat_from_start,
     wire::{
         batch, closed, connect, fetch_request, idempotent_batch, partition_result, produce,
         read_frame, request_frame, response, timed_batch, topic_metadata,
@@ -984,25 +984,9 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
     // A consumer from the beginning reads exactly what is left, and so does one
     // after a restart.
     for round in 0..2 {
-        let out = kcat(
-            &[
-                "-b",
-                &broker.addr,
-                "-C",
-                "-t",
-                "ret",
-                "-o",
-                "beginning",
-                "-e",
-                "-q",
-                "-f",
-                "%o %s\n",
-            ],
-            b"",
-        );
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l[..l.find('-').unwrap()].to_string())
+        let lines: Vec<String> = kcat_from_start(&broker.addr, "ret", None)
+            .into_iter()
+            .map(|(o, v)| format!("{o} {}", &v[..v.find('-').unwrap()]))
             .collect();
         let want: Vec<String> = (start..20).map(|o| format!("{o} {o:02}")).collect();
         assert_eq!(lines, want, "round {round}");

@@ -6,7 +6,7 @@ mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use broker_support::{kcat, python_client, records, Broker};
+use broker_support::{kcat_from_start, python_client, records, Broker};
 
 #[test]
 fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
@@ -423,27 +423,11 @@ fn admin_client_deletes_records_durably() {
     assert_eq!(out.trim(), "REFUSED purge 0 OFFSET_OUT_OF_RANGE");
     // A consumer from the beginning starts at the new log start, before and after
     // a restart.
-    let from_beginning = |addr: &str| {
-        let out = kcat(
-            &[
-                "-b",
-                addr,
-                "-C",
-                "-t",
-                "purge",
-                "-o",
-                "beginning",
-                "-e",
-                "-q",
-                "-f",
-                "%o %s\n",
-            ],
-            b"",
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
+    let from_beginning = |addr: &str| -> Vec<String> {
+        kcat_from_start(addr, "purge", None)
+            .into_iter()
+            .map(|(o, v)| format!("{o} {v}"))
+            .collect()
     };
     let want: Vec<String> = acks[4..]
         .iter()

@@ -298,6 +298,26 @@ pub fn kcat(args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// Partition `partition` of `topic` read with kcat from its log start (every
+/// partition when `None`): (offset, value) in the order kcat prints them.
+pub fn kcat_from_start(addr: &str, topic: &str, partition: Option<i32>) -> Vec<(i64, String)> {
+    let p = partition.map(|p| p.to_string());
+    let mut args = vec!["-b", addr, "-C", "-t", topic];
+    if let Some(p) = &p {
+        args.extend(["-p", p]);
+    }
+    args.extend(["-o", "beginning", "-e", "-q", "-f", "%o %s\n"]);
+    let out = kcat(&args, b"");
+    String::from_utf8(out.stdout)
+        .expect("utf-8 values")
+        .lines()
+        .map(|l| {
+            let (o, v) = l.split_once(' ').expect("offset and value");
+            (o.parse().expect("offset"), v.to_string())
+        })
+        .collect()
+}
+
 /// Path of a client script in tests/clients/.
 pub fn client_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
