@@ -94,9 +94,7 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
 /// Returns the segments and bytes deleted.
 pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let storage = &shared.config.storage;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = super::segment::now_ms();
     let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
     for t in topics {

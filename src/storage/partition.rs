@@ -416,7 +416,7 @@ impl Partition {
         let needs_roll = log.last().is_none_or(|s| {
             s.size() > 0
                 && (s.size() + data.len() as u64 > limit
-                    || s.age_for_roll(appending, segment::now_ms()) > max_age)
+                    || s.age_for_roll(appending, segment::now_ms) > max_age)
         });
         if needs_roll {
             let base = infos.first().map_or(0, |i| i.base_offset);

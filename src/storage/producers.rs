@@ -131,12 +131,6 @@ impl Snapshot {
     }
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn next_seq(seq: i32) -> i32 {
     if seq == i32::MAX {
         0
@@ -252,7 +246,7 @@ impl ProducerState {
     /// offsets at or above it are left to that segment's scan, since they may never
     /// become durable).
     pub fn snapshot_below(&self, below: i64) -> Snapshot {
-        let (now, now_ms) = (Instant::now(), wall_ms());
+        let (now, now_ms) = (Instant::now(), super::segment::now_ms());
         let mut producers: Vec<SnapshotProducer> = self
             .producers
             .iter()
@@ -284,7 +278,7 @@ impl ProducerState {
     /// The state a snapshot holds, less producers idle longer than the expiry.
     /// (See [`Snapshot::below`] for the offset it was taken at.)
     pub fn from_snapshot(snapshot: &Snapshot) -> ProducerState {
-        let (now, now_ms) = (Instant::now(), wall_ms());
+        let (now, now_ms) = (Instant::now(), super::segment::now_ms());
         let producers = snapshot
             .producers
             .iter()

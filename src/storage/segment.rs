@@ -463,12 +463,13 @@ impl Segment {
     /// How long this segment has been taking records, as Kafka judges when to roll
     /// by time: the newest timestamp being appended (`appending`) less that of the
     /// segment's first batch, both the producers' clock; when the first batch has
-    /// no timestamp, the wall-clock time since the segment was created or opened.
-    pub fn age_for_roll(&self, appending: i64, now_ms: i64) -> i64 {
+    /// no timestamp, the wall-clock time since the segment was created or opened
+    /// (`now_ms` is asked only then).
+    pub fn age_for_roll(&self, appending: i64, now_ms: impl FnOnce() -> i64) -> i64 {
         if self.first_timestamp >= 0 {
             appending.saturating_sub(self.first_timestamp)
         } else {
-            now_ms.saturating_sub(self.opened_ms)
+            now_ms().saturating_sub(self.opened_ms)
         }
     }
 
