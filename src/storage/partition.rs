@@ -413,13 +413,17 @@ impl Partition {
         let limit = self.segment_bytes.load(Ordering::Relaxed);
         let max_age = i64::try_from(self.segment_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let appending = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
+        let base = infos.first().map_or(0, |i| i.base_offset);
+        // A batch that does not continue the active segment (after a tolerated
+        // offset gap) starts a new one: each segment holds contiguous offsets,
+        // which is how the scan at start-up tells a damaged base offset.
         let needs_roll = log.last().is_none_or(|s| {
-            s.size() > 0
-                && (s.size() + data.len() as u64 > limit
-                    || s.age_for_roll(appending, segment::now_ms) > max_age)
+            s.next_offset() != base
+                || (s.size() > 0
+                    && (s.size() + data.len() as u64 > limit
+                        || s.age_for_roll(appending, segment::now_ms) > max_age))
         });
         if needs_roll {
-            let base = infos.first().map_or(0, |i| i.base_offset);
             // The finished segment becomes durable before its successor exists.
             if let Some(s) = log.last_mut() {
                 s.sync()?;

@@ -284,9 +284,13 @@ impl Segment {
                 cut_reason = Some(e.to_string());
                 break;
             }
-            if info.base_offset < next {
+            // A partition appends each batch right after the one before, and
+            // starts a new segment where it does not (a tolerated gap): a base
+            // offset that does not continue the segment is damage (the CRC does not
+            // cover it).
+            if info.base_offset != next {
                 cut_reason = Some(format!(
-                    "batch offset {} goes backwards (expected {next})",
+                    "batch offset {} does not continue the segment (expected {next})",
                     info.base_offset
                 ));
                 break;
@@ -552,6 +556,37 @@ mod tests {
             let s = Segment::open(dir.path(), 0, scan).unwrap();
             assert_eq!(s.next_offset(), 5, "scan={scan}");
             assert_eq!(s.index().len(), 2);
+        }
+    }
+
+    /// A base offset is not covered by the batch CRC: one that does not continue
+    /// the segment is damage, cut there, even when it jumps forwards.
+    #[test]
+    fn a_base_offset_that_does_not_continue_the_segment_is_cut() {
+        for (first_base, flipped_in) in [(0i64, 1usize), (0, 0), (7, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Segment::create(dir.path(), first_base).unwrap();
+            let a = append(&mut s, first_base, &[b"a"]);
+            append(&mut s, first_base + 1, &[b"b"]);
+            append(&mut s, first_base + 2, &[b"c"]);
+            let path = s.log_path().to_path_buf();
+            drop(s);
+            // A high bit of a batch's base offset flips.
+            let at = flipped_in as u64 * a.len() as u64 + 1;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let mut byte = [0u8; 1];
+            f.read_exact_at(&mut byte, at).unwrap();
+            f.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+            drop(f);
+            let s = Segment::open(dir.path(), first_base, true).unwrap();
+            let cut = s.cut().expect("cut").clone();
+            assert!(cut.reason.contains("does not continue"), "{}", cut.reason);
+            assert_eq!(cut.position, flipped_in as u64 * a.len() as u64);
+            assert_eq!(s.next_offset(), first_base + flipped_in as i64);
         }
     }
 
