@@ -48,9 +48,19 @@ struct Stream {
 
 impl Stream {
     fn start(py: &str, addr: &str, prefix: &str, idempotent: bool) -> Stream {
+        let partitions = PARTITIONS.to_string();
+        Self::start_with(
+            py,
+            &["stream", addr, "crash", &partitions, prefix],
+            idempotent,
+        )
+    }
+
+    /// The client script with `args`.
+    fn start_with(py: &str, args: &[&str], idempotent: bool) -> Stream {
         let mut child = Command::new(py)
             .arg(client_script("kafka_client.py"))
-            .args(["stream", addr, "crash", &PARTITIONS.to_string(), prefix])
+            .args(args)
             .env("IDEMPOTENT", if idempotent { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -97,6 +107,17 @@ fn stream_then(
     stop: impl FnOnce(&mut Broker),
 ) -> String {
     let stream = Stream::start(py, &broker.addr, prefix, false);
+    wait_then(broker, stream, acks, stop)
+}
+
+/// Waits for `acks` acknowledgements from `stream` (or 15 s), applies `stop` to
+/// the broker, then SIGKILLs the producer; returns the producer's output.
+fn wait_then(
+    broker: &mut Broker,
+    stream: Stream,
+    acks: usize,
+    stop: impl FnOnce(&mut Broker),
+) -> String {
     let lines = Arc::clone(&stream.lines);
     let start = Instant::now();
     while lines.lock().unwrap().len() < acks && start.elapsed() < Duration::from_secs(15) {
@@ -700,5 +721,118 @@ fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
             .unwrap();
         assert!(low >= deleted_below);
         deleted_below = low;
+    }
+}
+
+/// Compaction rewrites segments every 50 ms while a producer streams keyed
+/// messages and the broker is killed: after each restart the log holds, for every
+/// key, its newest acknowledged message or a newer one, every acknowledged
+/// message still stored is at its offset, and nothing appears that was not
+/// produced.
+#[test]
+fn kill9_while_compacting_keeps_every_keys_newest_acknowledged_message() {
+    const KEYS: usize = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let py = python();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--wal-sync-mode",
+            "every_write",
+            "--log-cleaner-backoff-ms",
+            "50",
+            "--checkpoint-ms",
+            "100",
+        ],
+    );
+    let out = python_client(
+        "kafka_client.py",
+        &[
+            "create-with-configs",
+            &broker.addr,
+            "keys",
+            "cleanup.policy=compact",
+            "segment.bytes=4096",
+            "min.cleanable.dirty.ratio=0.01",
+        ],
+    );
+    assert_eq!(out.trim(), "CREATED keys");
+    let key_of = |v: &str| -> usize {
+        let (_, n) = v.split_once('-').expect("well-formed value");
+        n.parse::<usize>().expect("a number") % KEYS
+    };
+    let mut acked: Vec<(i64, String)> = Vec::new();
+    for cycle in 0..3 {
+        let prefix = format!("c{cycle}");
+        let stream = Stream::start_with(
+            &py,
+            &[
+                "stream-keyed",
+                &broker.addr,
+                "keys",
+                &KEYS.to_string(),
+                &prefix,
+            ],
+            false,
+        );
+        let text = wait_then(&mut broker, stream, 3000, Broker::kill9);
+        let cycle_acks: Vec<(i64, String)> = records(&text, "ACK")
+            .into_iter()
+            .map(|(_, o, v)| (o, v))
+            .collect();
+        assert!(
+            cycle_acks.len() >= 100,
+            "cycle {cycle}: {} acks",
+            cycle_acks.len()
+        );
+        acked.extend(cycle_acks);
+        broker = broker.restart();
+        // Passes over the whole log (every segment is new to the restarted broker).
+        std::thread::sleep(Duration::from_millis(300));
+        let read = kcat_from_start(&broker.addr, "keys", Some(0));
+        let offsets: Vec<i64> = read.iter().map(|r| r.0).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "cycle {cycle}: in order"
+        );
+        let stored: BTreeMap<i64, &String> = read.iter().map(|(o, v)| (*o, v)).collect();
+        let values: BTreeSet<&String> = stored.values().copied().collect();
+        assert_eq!(
+            values.len(),
+            stored.len(),
+            "cycle {cycle}: nothing stored twice"
+        );
+        for v in stored.values() {
+            let (p, n) = v.split_once('-').expect("well-formed value");
+            assert!(
+                p.starts_with('c')
+                    && p[1..].parse::<usize>().unwrap() <= cycle
+                    && n.parse::<u64>().is_ok(),
+                "foreign bytes {v:?}"
+            );
+        }
+        for (o, v) in &acked {
+            if let Some(s) = stored.get(o) {
+                assert_eq!(s, &v, "cycle {cycle}: acknowledged {v} at {o}");
+            }
+        }
+        let mut newest = [None::<i64>; KEYS];
+        for (o, v) in &acked {
+            let k = key_of(v);
+            newest[k] = newest[k].max(Some(*o));
+        }
+        for (k, n) in newest.iter().enumerate() {
+            let Some(n) = n else { continue };
+            assert!(
+                stored.iter().any(|(o, v)| o >= n && key_of(v) == k),
+                "cycle {cycle}: key k{k} lost its newest acknowledged message (offset {n})"
+            );
+        }
+        assert!(
+            stored.len() * 2 < acked.len(),
+            "cycle {cycle}: compacted ({} of {} kept)",
+            stored.len(),
+            acked.len()
+        );
     }
 }

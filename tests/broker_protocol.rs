@@ -22,8 +22,8 @@ use kafka_protocol::{
 use broker_support::{
     kcat, kcat_from_start,
     wire::{
-        batch, closed, connect, fetch_request, idempotent_batch, partition_result, produce,
-        read_frame, request_frame, response, timed_batch, topic_metadata,
+        batch, closed, connect, fetch_request, idempotent_batch, keyed_batch, partition_result,
+        produce, read_frame, request_frame, response, timed_batch, topic_metadata,
     },
     Broker,
 };
@@ -598,8 +598,8 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("defaults".into(), 0, 3, 1, Some(9)),
-            ("two".into(), 0, 2, 1, Some(9)),
+            ("defaults".into(), 0, 3, 1, Some(12)),
+            ("two".into(), 0, 2, 1, Some(12)),
             ("bad name!".into(), 17, -1, -1, Some(0)),
             ("replicated".into(), 38, -1, -1, Some(0)),
         ]
@@ -610,7 +610,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
             .iter()
             .map(described)
             .collect::<Vec<_>>(),
-        vec![("dry".into(), 0, 3, 1, Some(9))],
+        vec![("dry".into(), 0, 3, 1, Some(12))],
         "a dry run describes the topic it would create"
     );
 
@@ -623,7 +623,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("v7".into(), 0, 4, 1, Some(9)),
+            ("v7".into(), 0, 4, 1, Some(12)),
             ("defaults".into(), 36, -1, -1, Some(0)), // TOPIC_ALREADY_EXISTS
         ]
     );
@@ -1174,8 +1174,9 @@ fn topic_configs_are_created_altered_described_and_kept() {
                 &[("retention.ms", "1000"), ("segment.bytes", "4096")],
             ),
             topic("long", &[]),
-            topic("compacted", &[("cleanup.policy", "compact")]),
+            topic("compacted", &[("cleanup.policy", "compact,archive")]),
             topic("typo", &[("retention.msec", "1000")]),
+            topic("keyed", &[("cleanup.policy", "compact")]),
         ]);
     s.write_all(&request_frame(ApiKey::CreateTopics, 7, 1, &req))
         .unwrap();
@@ -1183,11 +1184,11 @@ fn topic_configs_are_created_altered_described_and_kept() {
     let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
     assert_eq!(
         codes,
-        vec![0, 0, 40, 40],
+        vec![0, 0, 40, 40, 0],
         "INVALID_CONFIG for what cannot be honoured"
     );
     let msg = |i: usize| r.topics[i].error_message.as_ref().unwrap().to_string();
-    assert!(msg(2).contains("compaction is not supported"), "{}", msg(2));
+    assert!(msg(2).contains("compact,delete"), "{}", msg(2));
     assert!(msg(3).contains("\"retention.msec\""), "{}", msg(3));
     let created: Vec<(String, Option<String>, i8)> = r.topics[0]
         .configs
@@ -1213,6 +1214,35 @@ fn topic_configs_are_created_altered_described_and_kept() {
     );
     assert_eq!(topic_metadata(&mut s, "compacted", false), 3, "not created");
     assert_eq!(topic_metadata(&mut s, "typo", false), 3, "not created");
+
+    // A compacted topic refuses a record without a key, as Kafka does, naming the
+    // record; records with keys go in.
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        8,
+        2,
+        &produce("keyed", 0, batch(&["no key"])),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 87, "INVALID_RECORD");
+    let m = p.error_message.as_ref().unwrap().to_string();
+    assert!(
+        m.contains("compacted topic keyed") && m.contains("without a key"),
+        "{m}"
+    );
+    assert_eq!(p.record_errors.len(), 1);
+    assert_eq!(p.record_errors[0].batch_index, 0);
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        8,
+        3,
+        &produce("keyed", 0, keyed_batch(&[("k", "v")])),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+    assert_eq!(partition_result(&r), (0, 0));
 
     let configs = topic_configs(&mut s, "short");
     assert_eq!(config_of(&configs, "retention.ms"), ("1000".into(), 1));
@@ -1305,7 +1335,7 @@ fn topic_configs_are_created_altered_described_and_kept() {
                 "long",
                 vec![
                     op("retention.ms", 0, Some("1000")),
-                    op("cleanup.policy", 2, Some("compact")),
+                    op("cleanup.policy", 2, Some("archive")),
                 ],
             ),
             resource(2, "nope", vec![op("retention.ms", 0, Some("1"))]),
@@ -1329,7 +1359,7 @@ fn topic_configs_are_created_altered_described_and_kept() {
         ],
         "{r:?}"
     );
-    assert!(r[1].2.contains("compaction is not supported"), "{r:?}");
+    assert!(r[1].2.contains("compact,delete"), "{r:?}");
     assert!(r[3].2.contains("flags"), "{r:?}");
     let configs = topic_configs(&mut s, "short");
     assert_eq!(

@@ -359,11 +359,11 @@ fn admin_client_creates_alters_and_describes_configs_and_adds_partitions() {
     let out = client(&[
         "create-with-configs",
         &broker.addr,
-        "compacted",
-        "cleanup.policy=compact",
+        "archived",
+        "cleanup.policy=archive",
     ]);
     assert!(
-        out.starts_with("REFUSED compacted INVALID_CONFIG") && out.contains("compaction"),
+        out.starts_with("REFUSED archived INVALID_CONFIG") && out.contains("compact,delete"),
         "{out}"
     );
     let out = client(&[
@@ -461,4 +461,128 @@ fn admin_client_finds_offsets_by_timestamp_inside_a_batch() {
     // newest is offset 4.
     let want = format!("AT 3 {}\nMAX 4 {}", t + 3000, t + 4000);
     assert_eq!(out.trim(), want);
+}
+
+#[test]
+fn a_compacted_topic_keeps_each_keys_newest_value_for_librdkafka_consumers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--log-cleaner-backoff-ms", "100"],
+    );
+    let client = |addr: &str, args: &[&str]| {
+        let mut all = vec![args[0], addr];
+        all.extend_from_slice(&args[1..]);
+        python_client("kafka_client.py", &all)
+    };
+    let out = client(
+        &broker.addr,
+        &[
+            "create-with-configs",
+            "latest",
+            "cleanup.policy=compact",
+            "segment.bytes=4096",
+            "delete.retention.ms=0",
+            "min.cleanable.dirty.ratio=0.01",
+        ],
+    );
+    assert_eq!(out.trim(), "CREATED latest");
+    let (rounds, keys, tail) = (30, 8, 300);
+    let out = client(
+        &broker.addr,
+        &[
+            "produce-keyed",
+            "latest",
+            &rounds.to_string(),
+            &keys.to_string(),
+            &tail.to_string(),
+        ],
+    );
+    // Kafka's answer to a record without a key in a compacted topic.
+    let keyless: Vec<&str> = out.lines().filter(|l| l.starts_with("KEYLESS")).collect();
+    assert_eq!(keyless.len(), 1, "{out}");
+    assert!(keyless[0].starts_with("KEYLESS INVALID_RECORD"), "{out}");
+    let acks: Vec<(i64, String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.strip_prefix("ACK ")?.splitn(3, ' ');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(acks.len(), rounds * keys + 1 + tail, "{out}");
+    let end = acks.last().unwrap().0 + 1;
+
+    // What a compacted log may hold: every key's newest value, except k0, whose
+    // tombstone (past delete.retention.ms = 0) goes with it once compacted; the
+    // newest "tail" records may still be in the active segment.
+    let newest: std::collections::BTreeMap<&str, (i64, &str)> = acks
+        .iter()
+        .map(|(o, k, v)| (k.as_str(), (*o, v.as_str())))
+        .collect();
+    let compacted = |read: &[(i64, String)]| -> bool {
+        let offsets: Vec<i64> = read.iter().map(|r| r.0).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{read:?}");
+        let mut seen = std::collections::BTreeSet::new();
+        for (o, v) in read {
+            let ack = acks.iter().find(|a| a.0 == *o).expect("a produced offset");
+            // kcat prints a null value as nothing.
+            let produced = if ack.2 == "<null>" {
+                ""
+            } else {
+                ack.2.as_str()
+            };
+            assert!(
+                v == produced || v == &ack.2,
+                "offset {o} holds {v:?}, produced {ack:?}"
+            );
+            if ack.1 != "tail" {
+                seen.insert(ack.1.as_str());
+            }
+        }
+        let all_keys_newest = (1..keys).all(|k| {
+            let k = format!("k{k}");
+            let newest = newest[k.as_str()];
+            read.iter()
+                .filter(|r| acks.iter().any(|a| a.0 == r.0 && a.1 == k))
+                .count()
+                == 1
+                && read.iter().any(|r| r.0 == newest.0)
+        });
+        all_keys_newest
+            && !seen.contains("k0")
+            && read.last().map(|r| r.0) == Some(end - 1)
+            // The tail's older records went from the closed segments.
+            && read.len() < tail / 2
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut read = kcat_from_start(&broker.addr, "latest", Some(0));
+    while !compacted(&read) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not compacted after 30 s: {} records: {read:?}",
+            read.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        read = kcat_from_start(&broker.addr, "latest", Some(0));
+    }
+    // The first batches lost every record: the consumers, which started at
+    // offset 0, stepped over the empty batches left in their place.
+    assert!(read[0].0 > 0, "{read:?}");
+    // confluent-kafka's consumer steps over the emptied batches the same way,
+    // and so does everything after a restart.
+    let via_consumer = |addr: &str| -> Vec<(i64, String)> {
+        records(&client(addr, &["assign", "latest", "1"]), "MSG")
+            .into_iter()
+            .map(|(_, o, v)| (o, v))
+            .collect()
+    };
+    assert_eq!(via_consumer(&broker.addr), read);
+    assert!(broker.sigterm().success());
+    broker = broker.restart();
+    assert_eq!(kcat_from_start(&broker.addr, "latest", Some(0)), read);
+    assert_eq!(via_consumer(&broker.addr), read);
 }

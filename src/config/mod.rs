@@ -76,6 +76,9 @@ pub struct StorageConfig {
     /// (Kafka's `log.roll.ms`), so that time-based retention can delete old
     /// records of a slow topic. Default: 604800000 (7 days).
     pub roll_ms: u64,
+    /// How often compacted topics (`cleanup.policy=compact`) are looked at for
+    /// partitions to compact (Kafka's `log.cleaner.backoff.ms`). Default: 15000.
+    pub cleaner_backoff_ms: u64,
 }
 
 /// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
@@ -128,6 +131,7 @@ impl Default for Config {
                 retention_bytes: None,
                 retention_check_interval_ms: 300_000,
                 roll_ms: 7 * 24 * 3600 * 1000,
+                cleaner_backoff_ms: 15_000,
             },
             wal: WalSettings {
                 enabled: true,
@@ -207,6 +211,13 @@ impl Config {
         }
         if self.storage.roll_ms == 0 {
             return bad("--log-roll-ms", "0".into(), "accepted values: 1 or more");
+        }
+        if self.storage.cleaner_backoff_ms == 0 {
+            return bad(
+                "--log-cleaner-backoff-ms",
+                "0".into(),
+                "accepted values: 1 or more",
+            );
         }
         if self.storage.retention_check_interval_ms == 0 {
             return bad(
@@ -470,12 +481,12 @@ pub struct Cli {
     pub checkpoint_ms: u64,
 
     /// Delete a partition's oldest segments once their newest record is older than
-    /// this, in milliseconds (-1: keep forever). The active segment is kept.
+    /// this, in milliseconds (-1: keep forever).
     #[arg(long, env = "STREAMLINE_LOG_RETENTION_MS", default_value_t = 604_800_000, allow_negative_numbers = true, value_parser = parse_limit_ms, value_name = "MS")]
     pub log_retention_ms: i64,
 
     /// Delete a partition's oldest segments while it stays at least this large
-    /// without them (-1: no limit). The active segment is kept.
+    /// without them (-1: no limit).
     #[arg(long, env = "STREAMLINE_LOG_RETENTION_BYTES", default_value = "-1", allow_negative_numbers = true, value_parser = parse_limit_size, value_name = "BYTES")]
     pub log_retention_bytes: i64,
 
@@ -497,6 +508,16 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub log_roll_ms: u64,
+
+    /// How often compacted topics (`cleanup.policy=compact`) are looked at for
+    /// partitions to compact, in milliseconds (Kafka's `log.cleaner.backoff.ms`).
+    #[arg(
+        long,
+        env = "STREAMLINE_LOG_CLEANER_BACKOFF_MS",
+        default_value_t = 15_000,
+        value_name = "MS"
+    )]
+    pub log_cleaner_backoff_ms: u64,
 
     /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
     #[arg(
@@ -558,6 +579,7 @@ impl Cli {
                 retention_bytes: u64::try_from(self.log_retention_bytes).ok(),
                 retention_check_interval_ms: self.log_retention_check_interval_ms,
                 roll_ms: self.log_roll_ms,
+                cleaner_backoff_ms: self.log_cleaner_backoff_ms,
             },
             wal: WalSettings {
                 enabled: self.wal_enabled,
@@ -666,7 +688,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--log-retention-check-interval-ms"), "{e}");
+        let e = parse(&["--log-cleaner-backoff-ms", "0"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log-cleaner-backoff-ms"), "{e}");
         let c = parse(&[]).unwrap();
+        assert_eq!(c.storage.cleaner_backoff_ms, 15_000);
         assert_eq!(
             (
                 c.groups.offsets_retention_minutes,

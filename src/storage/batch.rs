@@ -1,6 +1,9 @@
 //! Kafka RecordBatch v2 framing: just enough to validate a batch, read its offsets and
-//! rewrite its base offset. Records are never decoded, so every compression codec,
-//! header, producer id/epoch/sequence and timestamp is stored exactly as received.
+//! rewrite its base offset, and to read the keys and timestamps of an uncompressed
+//! batch's records (for compaction and timestamp lookups). Nothing is ever
+//! decompressed or recompressed: every compression codec, header, producer
+//! id/epoch/sequence and timestamp is stored exactly as received, except that
+//! compaction may drop records from an uncompressed batch.
 //!
 //! ```text
 //! offset  size  field                    covered by CRC
@@ -176,6 +179,20 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchInfo, BatchError> {
 /// # Errors
 /// The first check that fails.
 pub fn validate(buf: &[u8]) -> Result<BatchInfo, BatchError> {
+    validate_with(buf, 1)
+}
+
+/// [`validate`] for a batch read back from a segment, where compaction may have
+/// left a batch with no records (it keeps the offsets the removed records
+/// occupied, so that every segment stays contiguous).
+///
+/// # Errors
+/// The first check that fails.
+pub fn validate_stored(buf: &[u8]) -> Result<BatchInfo, BatchError> {
+    validate_with(buf, 0)
+}
+
+fn validate_with(buf: &[u8], min_count: i32) -> Result<BatchInfo, BatchError> {
     let info = parse_header(buf)?;
     let bytes = buf.get(..info.len).ok_or(BatchError::Truncated)?;
     let expected = u32::from_be_bytes([
@@ -193,7 +210,7 @@ pub fn validate(buf: &[u8]) -> Result<BatchInfo, BatchError> {
         return Err(BatchError::UnsupportedCompression(codec));
     }
     let count = be_i32(bytes, COUNT_OFFSET).ok_or(BatchError::Truncated)?;
-    if count < 1 || info.last_offset_delta < 0 || info.last_offset_delta < count - 1 {
+    if count < min_count || info.last_offset_delta < 0 || info.last_offset_delta < count - 1 {
         return Err(BatchError::BadCount {
             count,
             last_offset_delta: info.last_offset_delta,
@@ -237,10 +254,39 @@ fn varlong(b: &[u8], at: &mut usize) -> Option<i64> {
     None
 }
 
-/// The (offset, timestamp) of every record of the whole, uncompressed batch at the
-/// start of `buf`, in order. `None` for a compressed batch (its records would have
-/// to be decompressed) or records that do not parse.
-pub fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
+/// One record of an uncompressed batch, as [`records`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's offset (the batch's base offset plus its offset delta).
+    pub offset: i64,
+    /// The record's timestamp (the batch's first timestamp plus its delta).
+    pub timestamp: i64,
+    /// The key; `None` for a null key.
+    pub key: Option<&'a [u8]>,
+    /// Whether the value is null (a tombstone).
+    pub tombstone: bool,
+    /// Where the record lies in the batch, its length prefix included.
+    pub bytes: std::ops::Range<usize>,
+}
+
+/// Reads a length-prefixed byte string (`-1`: null) at `*at`, advancing it.
+fn nullable_bytes<'a>(b: &'a [u8], at: &mut usize, end: usize) -> Option<Option<&'a [u8]>> {
+    let len = varlong(b, at)?;
+    if len < 0 {
+        return (len == -1).then_some(None);
+    }
+    let stop = at
+        .checked_add(usize::try_from(len).ok()?)
+        .filter(|&e| e <= end)?;
+    let v = &b[*at..stop];
+    *at = stop;
+    Some(Some(v))
+}
+
+/// Every record of the whole, uncompressed batch at the start of `buf`, in order.
+/// `None` for a compressed batch (its records would have to be decompressed) or
+/// records that do not parse, or that do not fill the batch exactly.
+pub fn records(buf: &[u8]) -> Option<Vec<RecordView<'_>>> {
     let info = parse_header(buf).ok()?;
     let bytes = buf.get(..info.len)?;
     if bytes[ATTRIBUTES_OFFSET + 1] & 0x07 != 0 {
@@ -251,21 +297,89 @@ pub fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
     let mut out = Vec::with_capacity(count.min(bytes.len()));
     let mut at = HEADER_LEN;
     for _ in 0..count {
+        let start = at;
         let len = usize::try_from(varlong(bytes, &mut at)?).ok()?;
         let end = at.checked_add(len).filter(|&e| e <= bytes.len())?;
         let mut r = at + 1; // attributes
         let ts_delta = varlong(bytes, &mut r)?;
         let offset_delta = varlong(bytes, &mut r)?;
+        let key = nullable_bytes(bytes, &mut r, end)?;
+        let value = nullable_bytes(bytes, &mut r, end)?;
         if r > end {
             return None;
         }
-        out.push((
-            info.base_offset.checked_add(offset_delta)?,
-            base_ts.checked_add(ts_delta)?,
-        ));
+        out.push(RecordView {
+            offset: info.base_offset.checked_add(offset_delta)?,
+            timestamp: base_ts.checked_add(ts_delta)?,
+            key,
+            tombstone: value.is_none(),
+            bytes: start..end,
+        });
         at = end;
     }
-    Some(out)
+    (at == bytes.len()).then_some(out)
+}
+
+/// The (offset, timestamp) of every record of the whole, uncompressed batch at the
+/// start of `buf`, in order. `None` as for [`records`].
+pub fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
+    Some(
+        records(buf)?
+            .into_iter()
+            .map(|r| (r.offset, r.timestamp))
+            .collect(),
+    )
+}
+
+/// Sets a batch's length and CRC from its bytes (after its records changed).
+fn seal(b: &mut [u8]) {
+    let len = i32::try_from(b.len() - LOG_OVERHEAD).unwrap_or(i32::MAX);
+    b[LENGTH_OFFSET..LENGTH_OFFSET + 4].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The whole batch at the start of `buf` holding only the records whose byte ranges
+/// are `keep` (from [`records`], in order): every header field stays as it was
+/// (base offset, last offset delta, timestamps, producer), as Kafka's log cleaner
+/// keeps them, so the batch still spans the same offsets.
+pub fn retain_records(buf: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let mut b =
+        Vec::with_capacity(HEADER_LEN + keep.iter().map(ExactSizeIterator::len).sum::<usize>());
+    b.extend_from_slice(&buf[..HEADER_LEN]);
+    for r in keep {
+        b.extend_from_slice(&buf[r.clone()]);
+    }
+    let count = i32::try_from(keep.len()).unwrap_or(i32::MAX);
+    b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
+    seal(&mut b);
+    b
+}
+
+/// A batch with no records spanning offsets `first..=last` (what compaction leaves
+/// where every record of one or more batches was removed), with `max_timestamp` as
+/// both timestamps and no producer.
+pub fn empty_batch(first: i64, last: i64, max_timestamp: i64) -> Vec<u8> {
+    let mut b = vec![0u8; HEADER_LEN];
+    b[..8].copy_from_slice(&first.to_be_bytes());
+    b[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b[MAGIC_OFFSET] = 2;
+    let delta = i32::try_from(last - first).unwrap_or(i32::MAX);
+    b[LAST_DELTA_OFFSET..LAST_DELTA_OFFSET + 4].copy_from_slice(&delta.to_be_bytes());
+    b[BASE_TIMESTAMP_OFFSET..BASE_TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&max_timestamp.to_be_bytes());
+    b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    b[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&(-1i64).to_be_bytes());
+    b[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2].copy_from_slice(&(-1i16).to_be_bytes());
+    b[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    seal(&mut b);
+    b
+}
+
+/// Whether the batch at the start of `buf` is compressed (codec other than none).
+pub fn is_compressed(buf: &[u8]) -> bool {
+    buf.get(ATTRIBUTES_OFFSET + 1)
+        .is_some_and(|a| a & 0x07 != 0)
 }
 
 /// Rewrites the base offsets of consecutive batches in `buf` so the first starts at
@@ -322,6 +436,23 @@ pub(crate) mod tests {
         epoch: i16,
         seq: i32,
     ) -> Vec<u8> {
+        let records: Vec<KeyedRecord<'_>> =
+            records.iter().map(|&(d, v)| (d, None, Some(v))).collect();
+        make_keyed_batch(base, first_ts, &records, pid, epoch, seq)
+    }
+
+    /// A record for [`make_keyed_batch`]: timestamp delta, key, value (`None`: null).
+    pub(crate) type KeyedRecord<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>);
+
+    /// A batch of records with keys and values, either of which may be null.
+    pub(crate) fn make_keyed_batch(
+        base: i64,
+        first_ts: i64,
+        values: &[KeyedRecord<'_>],
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+    ) -> Vec<u8> {
         fn varint(out: &mut Vec<u8>, v: i64) {
             let mut z = ((v << 1) ^ (v >> 63)) as u64;
             loop {
@@ -334,16 +465,23 @@ pub(crate) mod tests {
                 out.push(b | 0x80);
             }
         }
-        let values = records;
+        fn nullable(out: &mut Vec<u8>, v: Option<&[u8]>) {
+            match v {
+                Some(v) => {
+                    varint(out, v.len() as i64);
+                    out.extend_from_slice(v);
+                }
+                None => varint(out, -1),
+            }
+        }
         let mut records = Vec::new();
-        for (i, &(delta, v)) in values.iter().enumerate() {
+        for (i, &(delta, k, v)) in values.iter().enumerate() {
             let mut r = Vec::new();
             r.push(0u8); // attributes
             varint(&mut r, delta); // timestamp delta
             varint(&mut r, i as i64); // offset delta
-            varint(&mut r, -1); // key
-            varint(&mut r, v.len() as i64);
-            r.extend_from_slice(v);
+            nullable(&mut r, k);
+            nullable(&mut r, v);
             varint(&mut r, 0); // headers
             varint(&mut records, r.len() as i64);
             records.extend_from_slice(&r);
@@ -364,11 +502,88 @@ pub(crate) mod tests {
         b.extend_from_slice(&seq.to_be_bytes());
         b.extend_from_slice(&(values.len() as i32).to_be_bytes());
         b.extend_from_slice(&records);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        seal(&mut b);
         b
+    }
+
+    #[test]
+    fn records_give_keys_tombstones_and_ranges_and_batches_keep_their_span() {
+        let b = make_keyed_batch(
+            0,
+            500,
+            &[
+                (0, Some(b"k1"), Some(b"v1")),
+                (1, None, Some(b"no key")),
+                (2, Some(b"k2"), None),
+                (3, Some(b""), Some(b"")),
+            ],
+            7,
+            0,
+            10,
+        );
+        let rs = records(&b).unwrap();
+        let keys: Vec<_> = rs
+            .iter()
+            .map(|r| (r.offset, r.timestamp, r.key, r.tombstone))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (0, 500, Some(&b"k1"[..]), false),
+                (1, 501, None, false),
+                (2, 502, Some(&b"k2"[..]), true),
+                (3, 503, Some(&b""[..]), false),
+            ]
+        );
+        assert_eq!(rs[0].bytes.start, HEADER_LEN);
+        assert_eq!(rs[3].bytes.end, b.len());
+
+        // Keep records 0 and 2: a valid batch spanning the same offsets, same
+        // producer and sequence, two records.
+        let kept = retain_records(&b, &[rs[0].bytes.clone(), rs[2].bytes.clone()]);
+        let info = validate(&kept).unwrap();
+        let orig = validate(&b).unwrap();
+        assert_eq!(
+            (info.base_offset, info.last_offset_delta, info.max_timestamp),
+            (orig.base_offset, orig.last_offset_delta, orig.max_timestamp)
+        );
+        assert_eq!((info.producer_id, info.base_sequence), (7, 10));
+        let left: Vec<_> = records(&kept)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.offset, r.key))
+            .collect();
+        assert_eq!(left, vec![(0, Some(&b"k1"[..])), (2, Some(&b"k2"[..]))]);
+
+        // Keep none: still valid as a stored batch, refused as a produced one.
+        let none = retain_records(&b, &[]);
+        assert!(matches!(
+            validate(&none),
+            Err(BatchError::BadCount { count: 0, .. })
+        ));
+        assert_eq!(validate_stored(&none).unwrap().last_offset(), 3);
+
+        let gap = empty_batch(40, 59, 1234);
+        let info = validate_stored(&gap).unwrap();
+        assert_eq!(
+            (info.base_offset, info.last_offset(), info.max_timestamp),
+            (40, 59, 1234)
+        );
+        assert_eq!(info.producer_id, -1);
+        assert_eq!(records(&gap), Some(vec![]));
+
+        // Trailing bytes after the counted records, or a key longer than its
+        // record: not parsed.
+        let mut short_count = b.clone();
+        short_count[COUNT_OFFSET + 3] -= 1;
+        assert_eq!(records(&short_count), None);
+        let mut long_key = b.clone();
+        long_key[HEADER_LEN + 4] = 0x7e; // first record's key length: 63
+        assert_eq!(records(&long_key), None);
+        let mut gz = b.clone();
+        gz[ATTRIBUTES_OFFSET + 1] |= 4;
+        assert!(is_compressed(&gz) && !is_compressed(&b));
+        assert_eq!(records(&gz), None);
     }
 
     #[test]

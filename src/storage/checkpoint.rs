@@ -11,6 +11,7 @@ use std::{
 use crate::error::Result;
 
 use super::{
+    compaction::{self, CompactionPolicy, CompactionStats},
     recovery_points::{self, RecoveryPoints, TopicPoints},
     Shared,
 };
@@ -69,10 +70,14 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
     let storage = &shared.config.storage;
     let every = Duration::from_millis(storage.checkpoint_interval_ms);
     let retention_every = Duration::from_millis(storage.retention_check_interval_ms);
+    let cleaner_every = Duration::from_millis(storage.cleaner_backoff_ms);
     // Every pass, even with no limit set for the broker: a topic may have its own.
     let mut next_retention = Instant::now() + retention_every;
+    let mut next_compaction = Instant::now() + cleaner_every;
     loop {
-        let wait = every.min(next_retention.saturating_duration_since(Instant::now()));
+        let wait = every
+            .min(next_retention.saturating_duration_since(Instant::now()))
+            .min(next_compaction.saturating_duration_since(Instant::now()));
         match stop.recv_timeout(wait) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
@@ -86,11 +91,54 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             }
             next_retention = Instant::now() + retention_every;
         }
+        if Instant::now() >= next_compaction {
+            compact(shared);
+            next_compaction = Instant::now() + cleaner_every;
+        }
     }
 }
 
+/// One compaction pass over every partition of every compacted topic, each by its
+/// topic's settings (see [`super::compaction`]). A partition that fails is logged
+/// and left for the next pass; the others go on. Returns the sum of what was done.
+pub(super) fn compact(shared: &Shared) -> CompactionStats {
+    let now_ms = super::segment::now_ms();
+    let mut total = CompactionStats::default();
+    for t in shared.topic_list() {
+        if !t.configs.compact() {
+            continue;
+        }
+        let policy = CompactionPolicy {
+            now_ms,
+            delete_retention_ms: t.configs.delete_retention_ms(),
+            min_compaction_lag_ms: t.configs.min_compaction_lag_ms(),
+            min_cleanable_dirty_ratio: t.configs.min_cleanable_dirty_ratio(),
+            map_bytes: compaction::DEFAULT_MAP_BYTES,
+        };
+        for p in &t.partitions {
+            if p.is_deleted() {
+                continue;
+            }
+            match p.compact(&policy) {
+                Ok(s) => {
+                    total.segments += s.segments;
+                    total.bytes_before += s.bytes_before;
+                    total.bytes_after += s.bytes_after;
+                    total.records_removed += s.records_removed;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "compaction failed");
+                }
+            }
+        }
+    }
+    total
+}
+
 /// Applies retention to every partition (see [`super::Partition::apply_retention`]),
-/// each topic by its own `retention.ms` / `retention.bytes` or the broker's.
+/// each topic by its own `retention.ms` / `retention.bytes` or the broker's; a
+/// topic whose `cleanup.policy` lacks `delete` (compact only) loses only what lies
+/// below its log start.
 /// Returns the segments and bytes deleted.
 pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let storage = &shared.config.storage;
@@ -98,10 +146,14 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
     for t in topics {
-        let (by_age, by_size) = (
-            t.configs.retention_ms(storage),
-            t.configs.retention_bytes(storage),
-        );
+        let (by_age, by_size) = if t.configs.delete() {
+            (
+                t.configs.retention_ms(storage),
+                t.configs.retention_bytes(storage),
+            )
+        } else {
+            (None, None)
+        };
         for p in &t.partitions {
             if p.is_deleted() {
                 continue;

@@ -21,6 +21,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compaction;
 pub mod offsets;
 pub mod partition;
 pub mod producers;
@@ -154,6 +155,14 @@ pub enum ProduceError {
     ShuttingDown,
     /// The request's `acks` is not -1, 0 or 1.
     InvalidAcks,
+    /// A record the topic cannot take: one without a key, produced to a compacted
+    /// topic (`record` is its index in the batch).
+    InvalidRecord {
+        /// What is wrong.
+        message: String,
+        /// The record's index within its batch.
+        record: i32,
+    },
     /// An idempotent producer's batch does not continue its sequence.
     OutOfOrderSequence(String),
     /// An idempotent producer's batch carries an epoch older than its last one.
@@ -616,6 +625,32 @@ fn replay_entry(
     p.append(&data[at..], rest)?;
     p.producers().record(rest);
     stats.appended += rest.len() as u64;
+    Ok(())
+}
+
+/// A compacted topic keeps each key's newest record, so a record without a key
+/// has no place in it: Kafka refuses it with `INVALID_RECORD`, and so does this
+/// broker for every batch whose records it can read. A compressed batch is not
+/// decompressed to look; compaction keeps such a batch whole.
+fn keyed_records_only(
+    topic: &str,
+    records: &[u8],
+    infos: &[BatchInfo],
+) -> std::result::Result<(), ProduceError> {
+    let mut at = 0;
+    for info in infos {
+        let b = &records[at..at + info.len];
+        at += info.len;
+        let Some(rs) = batch::records(b) else {
+            continue;
+        };
+        if let Some(i) = rs.iter().position(|r| r.key.is_none()) {
+            return Err(ProduceError::InvalidRecord {
+                message: format!("compacted topic {topic} cannot accept a record without a key"),
+                record: i32::try_from(i).unwrap_or(i32::MAX),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -1084,6 +1119,13 @@ impl TopicManager {
         let name = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
             me.checkpoint()?;
+            // No compaction pass may write into the directory once it moves (a
+            // topic created under the same name could be in its place).
+            let _no_compaction: Vec<_> = topic
+                .partitions
+                .iter()
+                .map(|p| p.compaction_guard())
+                .collect();
             let trash = me.shared.config.storage.data_dir.join("topics-deleted");
             std::fs::create_dir_all(&trash).map_err(|e| Error::io("create_dir_all", &trash, e))?;
             let from = me.shared.topics_dir.join(&name);
@@ -1147,6 +1189,9 @@ impl TopicManager {
         {
             return Err(ProduceError::Transactional);
         }
+        if t.configs.compact() {
+            keyed_records_only(topic, records, &infos)?;
+        }
         if let Some(w) = &self.shared.wal {
             let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;
             if records.len() as u64 + overhead > w.max_entry_bytes() {
@@ -1192,6 +1237,13 @@ impl TopicManager {
     /// I/O errors naming the file.
     pub fn allocate_producer_id(&self) -> Result<i64> {
         self.shared.producer_ids.allocate()
+    }
+
+    /// Runs one compaction pass over every compacted topic now (blocking: reads
+    /// and rewrites segments), as the checkpoint thread does every
+    /// `cleaner_backoff_ms`. Failures are logged per partition.
+    pub fn compact(&self) -> compaction::CompactionStats {
+        checkpoint::compact(&self.shared)
     }
 
     /// Applies log retention to every partition now (blocking: deletes files and
@@ -1532,7 +1584,7 @@ mod tests {
         let refused = m.alter_topic_configs("small", false, |c| {
             let mut c = c.clone();
             c.set("retention.ms", "1")?;
-            c.set("cleanup.policy", "compact")?;
+            c.set("cleanup.policy", "archive")?;
             Ok(c)
         });
         assert!(matches!(

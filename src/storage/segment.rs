@@ -111,6 +111,109 @@ pub fn producers_name(base: i64) -> String {
     format!("{base:020}.producers")
 }
 
+/// Name of the compacted copy of a segment's log being written beside it
+/// (`<base>.log.cleaning`), and of its index; left over only by a crash, and
+/// removed when the partition opens.
+pub fn cleaning_names(base: i64) -> (String, String) {
+    (
+        format!("{base:020}.log.cleaning"),
+        format!("{base:020}.index.cleaning"),
+    )
+}
+
+/// Suffix of the files [`cleaning_names`] makes.
+pub const CLEANING_SUFFIX: &str = ".cleaning";
+
+/// Writes the compacted copy of one segment beside it: whole batches in order,
+/// and the index for them. [`CleanedWriter::finish`] makes both durable;
+/// [`Segment::install_cleaned`] puts them in place of the segment's files.
+#[derive(Debug)]
+pub struct CleanedWriter {
+    base: i64,
+    log: std::io::BufWriter<File>,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    index: Vec<u8>,
+    size: u64,
+}
+
+impl CleanedWriter {
+    /// Starts the copy of the segment starting at `base` in `dir` (replacing a
+    /// copy a crash left).
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn create(dir: &Path, base: i64) -> Result<CleanedWriter> {
+        let (log, index) = cleaning_names(base);
+        let log_path = dir.join(log);
+        let file = File::create(&log_path).map_err(|e| Error::io("create", &log_path, e))?;
+        Ok(CleanedWriter {
+            base,
+            log: std::io::BufWriter::with_capacity(1 << 20, file),
+            log_path,
+            index_path: dir.join(index),
+            index: Vec::new(),
+            size: 0,
+        })
+    }
+
+    /// Appends one whole batch whose base offset is `offset`.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn push(&mut self, batch: &[u8], offset: i64) -> Result<()> {
+        use std::io::Write;
+        self.log
+            .write_all(batch)
+            .map_err(|e| Error::io("write", &self.log_path, e))?;
+        let rel = u32::try_from(offset - self.base).unwrap_or(u32::MAX);
+        self.index.extend_from_slice(&rel.to_be_bytes());
+        self.index
+            .extend_from_slice(&u32::try_from(self.size).unwrap_or(u32::MAX).to_be_bytes());
+        self.size += batch.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Writes the index and `fdatasync`s both files.
+    ///
+    /// # Errors
+    /// I/O errors naming the file (the copy is removed then).
+    pub fn finish(self) -> Result<()> {
+        let (log_path, index_path) = (self.log_path.clone(), self.index_path.clone());
+        let done = (|| {
+            let log = self
+                .log
+                .into_inner()
+                .map_err(|e| Error::io("write", &log_path, e.into_error()))?;
+            log.sync_data()
+                .map_err(|e| Error::io("fdatasync", &log_path, e))?;
+            std::fs::write(&index_path, &self.index)
+                .map_err(|e| Error::io("write", &index_path, e))?;
+            File::open(&index_path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| Error::io("fdatasync", &index_path, e))
+        })();
+        if done.is_err() {
+            let _ = std::fs::remove_file(&log_path);
+            let _ = std::fs::remove_file(&index_path);
+        }
+        done
+    }
+
+    /// Removes the copy (the segment changed or went while it was written).
+    pub fn discard(dir: &Path, base: i64) {
+        let (log, index) = cleaning_names(base);
+        for name in [log, index] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+}
+
 fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -280,7 +383,7 @@ impl Segment {
             self.log
                 .read_exact_at(&mut buf, pos)
                 .map_err(|e| Error::io("read", &self.log_path, e))?;
-            if let Err(e) = batch::validate(&buf) {
+            if let Err(e) = batch::validate_stored(&buf) {
                 cut_reason = Some(e.to_string());
                 break;
             }
@@ -404,6 +507,37 @@ impl Segment {
                 (Arc::clone(&self.index_file), self.index_path.clone()),
             ],
         })
+    }
+
+    /// Puts the finished compacted copy ([`CleanedWriter`]) in place of this
+    /// segment's files and reopens the segment from it. The index goes first, then
+    /// the copy's log and index are renamed over the segment's and the directory is
+    /// fsynced: a crash at any point leaves either the old log or the new one, and
+    /// a log with no index is scanned at the next start. Readers holding the old
+    /// file keep reading it until they drop it.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; the segment in memory then stays as it was (its
+    /// open file still holds the old records).
+    pub fn install_cleaned(&mut self, dir: &Path) -> Result<()> {
+        let (log, index) = cleaning_names(self.base_offset);
+        match std::fs::remove_file(&self.index_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &self.index_path, e)),
+        }
+        let log = dir.join(log);
+        std::fs::rename(&log, &self.log_path).map_err(|e| Error::io("rename", &log, e))?;
+        let index = dir.join(index);
+        std::fs::rename(&index, &self.index_path).map_err(|e| Error::io("rename", &index, e))?;
+        super::sync_dir(dir)?;
+        *self = Segment::open(dir, self.base_offset, false)?;
+        Ok(())
+    }
+
+    /// Whether the segment changed since its last sync.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     /// Forgets that the segment was synced (after a failed [`SyncJob`]).

@@ -3,8 +3,8 @@
 //! before they are stored and kept in the topic's `topic.json`.
 //!
 //! A key this broker cannot honour is refused, never stored and ignored: an
-//! unknown name, and a value a feature it lacks would need (`cleanup.policy=compact`,
-//! broker-side recompression, `LogAppendTime`, more than one in-sync replica).
+//! unknown name, and a value a feature it lacks would need (broker-side
+//! recompression, `LogAppendTime`, more than one in-sync replica).
 
 use std::{collections::BTreeMap, fmt};
 
@@ -58,6 +58,10 @@ enum Check {
     Int(i64, i64, &'static str),
     /// Exactly this value (case-insensitive): the only one this broker honours.
     Only(&'static str, &'static str),
+    /// A number from 0 to 1.
+    Ratio(&'static str),
+    /// `cleanup.policy`: `delete`, `compact`, or both (a comma-separated list).
+    Policy(&'static str),
 }
 
 /// A topic configuration key this broker accepts.
@@ -70,10 +74,7 @@ struct Key {
 const KEYS: &[Key] = &[
     Key {
         name: "cleanup.policy",
-        check: Check::Only(
-            "delete",
-            "accepted: delete (log compaction is not supported)",
-        ),
+        check: Check::Policy("accepted: delete, compact, or both (compact,delete)"),
     },
     Key {
         name: "compression.type",
@@ -81,6 +82,10 @@ const KEYS: &[Key] = &[
             "producer",
             "accepted: producer (batches are stored as the producer compressed them)",
         ),
+    },
+    Key {
+        name: "delete.retention.ms",
+        check: Check::Int(0, i64::MAX, "accepted values: 0 or more"),
     },
     Key {
         name: "max.message.bytes",
@@ -92,6 +97,14 @@ const KEYS: &[Key] = &[
             "CreateTime",
             "accepted: CreateTime (LogAppendTime is not supported)",
         ),
+    },
+    Key {
+        name: "min.cleanable.dirty.ratio",
+        check: Check::Ratio("accepted values: 0 to 1"),
+    },
+    Key {
+        name: "min.compaction.lag.ms",
+        check: Check::Int(0, i64::MAX, "accepted values: 0 or more"),
     },
     Key {
         name: "min.insync.replicas",
@@ -148,8 +161,36 @@ fn normalise(key: &str, value: &str) -> Result<String, ConfigError> {
                 Err(invalid(accepted))
             }
         }
+        Check::Ratio(accepted) => match v.parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r.to_string()),
+            _ => Err(invalid(accepted)),
+        },
+        Check::Policy(accepted) => {
+            let (mut compact, mut delete) = (false, false);
+            for p in v.split(',').map(str::trim) {
+                if p.eq_ignore_ascii_case("compact") {
+                    compact = true;
+                } else if p.eq_ignore_ascii_case("delete") {
+                    delete = true;
+                } else {
+                    return Err(invalid(accepted));
+                }
+            }
+            Ok(match (compact, delete) {
+                (true, true) => "compact,delete",
+                (true, false) => "compact",
+                _ => "delete",
+            }
+            .to_string())
+        }
     }
 }
+
+/// Kafka's default `delete.retention.ms` (`log.cleaner.delete.retention.ms`): one day.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 86_400_000;
+
+/// Kafka's default `min.cleanable.dirty.ratio` (`log.cleaner.min.cleanable.ratio`).
+pub const DEFAULT_MIN_CLEANABLE_DIRTY_RATIO: f64 = 0.5;
 
 /// A topic's configuration overrides; every key not overridden takes the
 /// broker's setting.
@@ -239,6 +280,41 @@ impl TopicConfig {
             .unwrap_or(broker.roll_ms)
     }
 
+    /// Whether the topic is compacted (`cleanup.policy` holds `compact`).
+    pub fn compact(&self) -> bool {
+        self.get("cleanup.policy")
+            .is_some_and(|p| p.split(',').any(|p| p == "compact"))
+    }
+
+    /// Whether retention by age and size deletes the topic's old segments
+    /// (`cleanup.policy` holds `delete`, the default).
+    pub fn delete(&self) -> bool {
+        self.get("cleanup.policy")
+            .is_none_or(|p| p.split(',').any(|p| p == "delete"))
+    }
+
+    /// How long a tombstone stays readable once compaction could remove it.
+    pub fn delete_retention_ms(&self) -> u64 {
+        self.long("delete.retention.ms")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(DEFAULT_DELETE_RETENTION_MS)
+    }
+
+    /// How old a record must be before compaction may remove it.
+    pub fn min_compaction_lag_ms(&self) -> u64 {
+        self.long("min.compaction.lag.ms")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0)
+    }
+
+    /// The share of a compacted partition's bytes that must be new since its last
+    /// compaction before it is compacted again.
+    pub fn min_cleanable_dirty_ratio(&self) -> f64 {
+        self.get("min.cleanable.dirty.ratio")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MIN_CLEANABLE_DIRTY_RATIO)
+    }
+
     /// The largest record batch a produce to this topic may carry, when
     /// overridden (the broker's own limit applies in any case).
     pub fn max_message_bytes(&self) -> Option<u64> {
@@ -269,6 +345,23 @@ mod tests {
         assert_eq!(c.segment_bytes(&broker), 4096);
         assert_eq!(c.max_message_bytes(), None);
 
+        assert!(!c.compact() && c.delete());
+        let both = TopicConfig::from_pairs([
+            ("cleanup.policy", Some(" Delete , compact")),
+            ("min.cleanable.dirty.ratio", Some("0.25")),
+            ("delete.retention.ms", Some("0")),
+        ])
+        .unwrap();
+        assert_eq!(both.get("cleanup.policy"), Some("compact,delete"));
+        assert!(both.compact() && both.delete());
+        assert_eq!(both.min_cleanable_dirty_ratio(), 0.25);
+        assert_eq!(both.delete_retention_ms(), 0);
+        let compact = TopicConfig::from_pairs([("cleanup.policy", Some("compact"))]).unwrap();
+        assert!(compact.compact() && !compact.delete());
+        assert_eq!(compact.delete_retention_ms(), DEFAULT_DELETE_RETENTION_MS);
+        assert_eq!(compact.min_compaction_lag_ms(), 0);
+        assert_eq!(compact.min_cleanable_dirty_ratio(), 0.5);
+
         let forever = TopicConfig::from_pairs([("retention.ms", Some("-1"))]).unwrap();
         assert_eq!(forever.retention_ms(&broker), None);
         let none = TopicConfig::default();
@@ -280,7 +373,10 @@ mod tests {
     fn what_cannot_be_honoured_is_refused_with_the_reason() {
         let refused =
             |k: &str, v: Option<&str>| TopicConfig::from_pairs([(k, v)]).unwrap_err().to_string();
-        assert!(refused("cleanup.policy", Some("compact")).contains("compaction is not supported"));
+        assert!(refused("cleanup.policy", Some("compact,gzip")).contains("compact,delete"));
+        assert!(refused("cleanup.policy", Some("")).contains("accepted: delete"));
+        assert!(refused("min.cleanable.dirty.ratio", Some("1.5")).contains("0 to 1"));
+        assert!(refused("delete.retention.ms", Some("-1")).contains("0 or more"));
         assert!(refused("min.insync.replicas", Some("2")).contains("one replica"));
         assert!(refused("compression.type", Some("gzip")).contains("accepted: producer"));
         assert!(refused("message.timestamp.type", Some("LogAppendTime")).contains("CreateTime"));

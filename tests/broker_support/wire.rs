@@ -84,20 +84,33 @@ pub fn batch(values: &[&str]) -> Bytes {
 /// [`batch`] from producer `pid` at `epoch`, records numbered from sequence `seq`
 /// (-1, -1, -1: no producer).
 pub fn idempotent_batch(values: &[&str], pid: i64, epoch: i16, seq: i32) -> Bytes {
-    let timed: Vec<(i64, &str)> = values.iter().map(|v| (1_700_000_000_000, *v)).collect();
+    let timed: Vec<_> = values
+        .iter()
+        .map(|v| (1_700_000_000_000, None, *v))
+        .collect();
     encode_batch(&timed, pid, epoch, seq)
 }
 
 /// A batch whose records are `(timestamp, value)`.
 pub fn timed_batch(records: &[(i64, &str)]) -> Bytes {
-    encode_batch(records, -1, -1, -1)
+    let keyless: Vec<_> = records.iter().map(|&(ts, v)| (ts, None, v)).collect();
+    encode_batch(&keyless, -1, -1, -1)
 }
 
-fn encode_batch(values: &[(i64, &str)], pid: i64, epoch: i16, seq: i32) -> Bytes {
+/// A batch whose records are `(key, value)`.
+pub fn keyed_batch(records: &[(&str, &str)]) -> Bytes {
+    let keyed: Vec<_> = records
+        .iter()
+        .map(|&(k, v)| (1_700_000_000_000, Some(k), v))
+        .collect();
+    encode_batch(&keyed, -1, -1, -1)
+}
+
+fn encode_batch(values: &[(i64, Option<&str>, &str)], pid: i64, epoch: i16, seq: i32) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
-        .map(|(i, (ts, v))| Record {
+        .map(|(i, (ts, k, v))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -108,7 +121,7 @@ fn encode_batch(values: &[(i64, &str)], pid: i64, epoch: i16, seq: i32) -> Bytes
             offset: i as i64,
             sequence: if seq < 0 { -1 } else { seq + i as i32 },
             timestamp: *ts,
-            key: None,
+            key: k.map(|k| Bytes::copy_from_slice(k.as_bytes())),
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
             headers: Default::default(),
         })

@@ -5,9 +5,12 @@ Subcommands (all print one line per event, flushed at once; with IDEMPOTENT=1 in
 environment the producers are idempotent):
   produce BOOTSTRAP TOPIC COUNT PARTITIONS PREFIX   acks=all; "ACK p offset value"; exit 1 unless all acked
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
+  stream-keyed BOOTSTRAP TOPIC KEYS PREFIX          the same to partition 0, message i with key k{i % KEYS}
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
   bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
   group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
+  produce-keyed BOOTSTRAP TOPIC ROUNDS KEYS TAIL   keyed messages, a tombstone, one keyless message
+                                                    (see produce_keyed)
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
   grow    BOOTSTRAP TOPIC COUNT                     AdminClient: add partitions up to COUNT; "GREW topic count"
   describe-configs BOOTSTRAP TOPIC                 AdminClient: TOPIC's and broker 0's configs;
@@ -78,6 +81,22 @@ def stream(bootstrap, topic, partitions, prefix):
             p.poll(0.001)
 
 
+def stream_keyed(bootstrap, topic, keys, prefix):
+    """Like `stream`, to partition 0, message i with key "k{i % keys}"."""
+    p = producer(bootstrap)
+    i = 0
+    while True:
+        try:
+            p.produce(topic, key=b"k%d" % (i % keys), value=("%s-%d" % (prefix, i)).encode(),
+                      partition=0, on_delivery=on_delivery)
+            i += 1
+        except BufferError:
+            p.poll(0.01)
+        p.poll(0)
+        if i % 50 == 0:
+            p.poll(0.001)
+
+
 def assign(bootstrap, topic, partitions):
     c = Consumer({
         "bootstrap.servers": bootstrap,
@@ -97,7 +116,8 @@ def assign(bootstrap, topic, partitions):
                 done.add(m.partition())
                 continue
             raise KafkaException(m.error())
-        out("MSG %d %d %s" % (m.partition(), m.offset(), m.value().decode()))
+        value = "<null>" if m.value() is None else m.value().decode()
+        out("MSG %d %d %s" % (m.partition(), m.offset(), value))
     c.close()
     if len(done) < partitions:
         out("TIMEOUT")
@@ -345,6 +365,48 @@ def timed(bootstrap, topic, first_ts, count):
             out("%s %d %d" % (name, r.offset, r.timestamp))
 
 
+def produce_keyed(bootstrap, topic, rounds, keys, tail):
+    """To partition 0: `rounds` rounds of one message per key k0..k{keys-1} (value
+    "kN-rR"), a tombstone for k0, `tail` messages with key "tail", then one message
+    without a key. "ACK offset key value" per delivered message ("<null>" for the
+    tombstone); "KEYLESS error-name error-text" for the last one. Batches hold at
+    most 5 messages, so that the tombstone and the tail span several segments."""
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": 1,
+        "batch.num.messages": 5,
+        "message.timeout.ms": 30000,
+    })
+
+    def delivered(err, msg):
+        if err is not None:
+            out("%s %s %s" % ("KEYLESS" if msg.key() is None else "ERR", err.name(), err.str()))
+            return
+        value = "<null>" if msg.value() is None else msg.value().decode()
+        out("ACK %d %s %s" % (msg.offset(), msg.key().decode(), value))
+
+    def send(key, value):
+        while True:
+            try:
+                p.produce(topic, key=key, value=value, partition=0, on_delivery=delivered)
+                return
+            except BufferError:
+                p.poll(0.05)
+
+    for r in range(rounds):
+        for k in range(keys):
+            send(b"k%d" % k, b"k%d-r%d" % (k, r))
+    send(b"k0", None)
+    for i in range(tail):
+        send(b"tail", b"tail-%d" % i)
+    if p.flush(60):
+        sys.exit("messages left unflushed")
+    send(None, b"no key")
+    if p.flush(60):
+        sys.exit("messages left unflushed")
+
+
 def grow(bootstrap, topic, count):
     from confluent_kafka.admin import AdminClient, NewPartitions
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -359,6 +421,8 @@ def main(argv):
         produce(argv[2], argv[3], int(argv[4]), int(argv[5]), argv[6])
     elif cmd == "stream":
         stream(argv[2], argv[3], int(argv[4]), argv[5])
+    elif cmd == "stream-keyed":
+        stream_keyed(argv[2], argv[3], int(argv[4]), argv[5])
     elif cmd == "assign":
         assign(argv[2], argv[3], int(argv[4]))
     elif cmd == "group":
@@ -369,6 +433,8 @@ def main(argv):
         group_hold(argv[2], argv[3], argv[4], float(argv[5]))
     elif cmd == "group-admin":
         group_admin(argv[2], argv[3], float(argv[4]))
+    elif cmd == "produce-keyed":
+        produce_keyed(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
     elif cmd == "grow":
         grow(argv[2], argv[3], int(argv[4]))
     elif cmd == "create-with-configs":

@@ -45,6 +45,8 @@ const BOOLEAN: i8 = 1;
 const STRING: i8 = 2;
 const INT: i8 = 3;
 const LONG: i8 = 5;
+const DOUBLE: i8 = 6;
+const LIST: i8 = 7;
 
 /// One configuration entry: name, value, type, and where the value comes from.
 struct Entry {
@@ -100,10 +102,23 @@ fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
     let d = Config::default();
     let s = &c.storage;
     let mut entries = vec![
-        entry("cleanup.policy", "delete", STRING, true),
+        entry("cleanup.policy", "delete", LIST, true),
         entry("compression.type", "producer", STRING, true),
+        entry(
+            "delete.retention.ms",
+            topic_config::DEFAULT_DELETE_RETENTION_MS,
+            LONG,
+            true,
+        ),
         entry("max.message.bytes", max_message_bytes(ctx), INT, false),
         entry("message.timestamp.type", "CreateTime", STRING, true),
+        entry(
+            "min.cleanable.dirty.ratio",
+            topic_config::DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
+            DOUBLE,
+            true,
+        ),
+        entry("min.compaction.lag.ms", 0, LONG, true),
         entry("min.insync.replicas", 1, INT, true),
         setting(
             "retention.bytes",
@@ -556,9 +571,14 @@ mod tests {
             "already in the list"
         );
 
+        let both = apply_ops(&base, &[op("cleanup.policy", APPEND, Some("compact"))]).unwrap();
+        assert_eq!(both.get("cleanup.policy"), Some("compact,delete"));
+        let compact = apply_ops(&both, &[op("cleanup.policy", SUBTRACT, Some("delete"))]).unwrap();
+        assert_eq!(compact.get("cleanup.policy"), Some("compact"));
+
         let refused = |ops: &[Op]| apply_ops(&base, ops).unwrap_err();
         assert!(matches!(
-            refused(&[op("cleanup.policy", APPEND, Some("compact"))]),
+            refused(&[op("cleanup.policy", APPEND, Some("archive"))]),
             AlterError::Invalid(_)
         ));
         assert!(matches!(

@@ -5,7 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use kafka_protocol::{
     messages::{
-        produce_response::{PartitionProduceResponse, TopicProduceResponse},
+        produce_response::{
+            BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+        },
         ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
         ProducerId,
     },
@@ -34,6 +36,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::OutOfOrderSequence(_) => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ProduceError::InvalidProducerEpoch(_) => codes::INVALID_PRODUCER_EPOCH,
         ProduceError::Transactional => codes::INVALID_TXN_STATE,
+        ProduceError::InvalidRecord { .. } => codes::INVALID_RECORD,
     }
 }
 
@@ -47,6 +50,7 @@ fn message(e: &ProduceError) -> String {
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
         ProduceError::OutOfOrderSequence(m) | ProduceError::InvalidProducerEpoch(m) => m.clone(),
         ProduceError::Transactional => "transactions are not supported".into(),
+        ProduceError::InvalidRecord { message, .. } => message.clone(),
     }
 }
 
@@ -139,12 +143,22 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
                     .with_log_start_offset(if version >= 5 { log_start } else { -1 });
                 out.push(match result {
                     Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
-                    Err(e) => r
-                        .with_error_code(error_code(&e))
-                        .with_base_offset(-1)
-                        .with_error_message(
-                            (version >= 8).then(|| StrBytes::from_string(message(&e))),
-                        ),
+                    Err(e) => {
+                        let r = match &e {
+                            ProduceError::InvalidRecord { message, record } if version >= 8 => r
+                                .with_record_errors(vec![BatchIndexAndErrorMessage::default()
+                                    .with_batch_index(*record)
+                                    .with_batch_index_error_message(Some(StrBytes::from_string(
+                                        message.clone(),
+                                    )))]),
+                            _ => r,
+                        };
+                        r.with_error_code(error_code(&e))
+                            .with_base_offset(-1)
+                            .with_error_message(
+                                (version >= 8).then(|| StrBytes::from_string(message(&e))),
+                            )
+                    }
                 });
             }
             responses.push(

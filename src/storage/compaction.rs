@@ -1,0 +1,286 @@
+//! Log compaction (`cleanup.policy=compact`): keeps the newest record of every key
+//! in a partition's closed segments and drops the older ones, as Kafka's log
+//! cleaner does.
+//!
+//! One pass over a partition ([`super::Partition::compact`]):
+//!
+//! 1. The *cleanable* segments are the closed ones, oldest first, up to the first
+//!    that is not wholly below the high watermark, not yet synced, or (with
+//!    `min.compaction.lag.ms`) holds a record newer than the lag. The active
+//!    segment is never compacted.
+//! 2. The pass runs only when the bytes of cleanable segments not compacted since
+//!    the broker started (or since the last pass) are at least
+//!    `min.cleanable.dirty.ratio` of all cleanable bytes.
+//! 3. A key map (key → offset of its newest record) is built from the cleanable
+//!    segments, whole segments at a time, until it holds about
+//!    [`CompactionPolicy::map_bytes`].
+//! 4. Each mapped segment is copied beside itself (`<base>.log.cleaning`) keeping
+//!    a record only if it is its key's newest, and dropping records without a
+//!    key. A tombstone (null value) that is its key's newest goes once its
+//!    timestamp is `delete.retention.ms` old, unless a compressed batch lies
+//!    before it (see below). The copy is fsynced and renamed over the segment
+//!    ([`super::segment::Segment::install_cleaned`]); a segment from which
+//!    nothing would go is left alone.
+//!
+//! Offsets never move: a batch that keeps some of its records keeps its header
+//! (base offset, last offset delta, timestamps, producer) with fewer records, and
+//! a run of batches that keep none becomes one batch with no records spanning
+//! their offsets, as Kafka's cleaner leaves empty batches. So a segment still
+//! holds contiguous offsets, fetches still return whole batches, and consumers
+//! step over the gaps.
+//!
+//! The broker never decompresses: a compressed batch is kept whole, and its
+//! records' keys are unknown. Its records stay (compaction keeps *at least* the
+//! newest record of each key), and no tombstone after it is removed, since the
+//! batch might hold an older value of that key which would then reappear.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::error::{Error, Result};
+use crate::file_at::FileAt;
+
+use super::{
+    batch::{self, BatchInfo, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN},
+    segment::CleanedWriter,
+};
+
+/// Default bound of one pass's key map (Kafka's `log.cleaner.dedupe.buffer.size`
+/// is 128 MiB for all cleaner threads).
+pub const DEFAULT_MAP_BYTES: usize = 64 << 20;
+
+/// What one compaction pass may remove.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionPolicy {
+    /// Wall-clock milliseconds now.
+    pub now_ms: i64,
+    /// A tombstone whose timestamp is this much older than `now_ms` may go.
+    pub delete_retention_ms: u64,
+    /// A segment holding a record newer than this is not compacted yet.
+    pub min_compaction_lag_ms: u64,
+    /// The share of cleanable bytes that must be new since the last pass.
+    pub min_cleanable_dirty_ratio: f64,
+    /// Bound of the key map (keys plus per-entry overhead); at least one
+    /// segment is mapped whatever its size.
+    pub map_bytes: usize,
+}
+
+/// What one compaction pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Segments rewritten.
+    pub segments: usize,
+    /// Their bytes before.
+    pub bytes_before: u64,
+    /// Their bytes after.
+    pub bytes_after: u64,
+    /// Records removed.
+    pub records_removed: u64,
+}
+
+/// A closed segment as a pass reads it (outside the partition lock).
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub base: i64,
+    pub next: i64,
+    pub size: u64,
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub positions: Vec<u64>,
+}
+
+impl Source {
+    /// Calls `f` with every batch of the segment, whole, and its header.
+    fn for_each_batch(&self, mut f: impl FnMut(&[u8], &BatchInfo) -> Result<()>) -> Result<()> {
+        let mut buf = Vec::new();
+        for &position in &self.positions {
+            buf.resize(HEADER_LEN, 0);
+            self.file
+                .read_exact_at(&mut buf, position)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+            let info = batch::parse_header(&buf)
+                .map_err(|e| Error::corrupt(&self.path, position, e.to_string()))?;
+            buf.resize(info.len, 0);
+            self.file
+                .read_exact_at(&mut buf[HEADER_LEN..], position + HEADER_LEN as u64)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+            batch::validate_stored(&buf)
+                .map_err(|e| Error::corrupt(&self.path, position, e.to_string()))?;
+            f(&buf, &info)?;
+        }
+        Ok(())
+    }
+}
+
+/// The records of a batch the broker can read: uncompressed, neither
+/// transactional nor a control batch, and records that parse. `None` for any
+/// other batch, which compaction keeps whole.
+fn readable<'a>(buf: &'a [u8], info: &BatchInfo) -> Option<Vec<batch::RecordView<'a>>> {
+    if info.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) != 0 {
+        return None;
+    }
+    batch::records(buf)
+}
+
+/// Key → offset of its newest record, over the mapped segments.
+#[derive(Debug, Default)]
+pub(crate) struct KeyMap {
+    latest: HashMap<Vec<u8>, i64>,
+    bytes: usize,
+    /// The first batch whose records could not be read (compressed, or
+    /// transactional), if any.
+    first_opaque: Option<i64>,
+}
+
+/// Per-entry overhead counted against the map's bound.
+const ENTRY_OVERHEAD: usize = 48;
+
+/// Maps the keys of `sources` in order, whole segments at a time, until the map
+/// holds `limit` bytes (at least one segment). Returns the map and how many
+/// segments it covers.
+pub(crate) fn build_map(sources: &[Source], limit: usize) -> Result<(KeyMap, usize)> {
+    let mut map = KeyMap::default();
+    let mut mapped = 0;
+    for src in sources {
+        if mapped > 0 && map.bytes >= limit {
+            break;
+        }
+        src.for_each_batch(|buf, info| {
+            let Some(records) = readable(buf, info) else {
+                map.first_opaque.get_or_insert(info.base_offset);
+                return Ok(());
+            };
+            for r in records {
+                if let Some(k) = r.key {
+                    match map.latest.get_mut(k) {
+                        Some(o) => *o = r.offset,
+                        None => {
+                            map.bytes += k.len() + ENTRY_OVERHEAD;
+                            map.latest.insert(k.to_vec(), r.offset);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        mapped += 1;
+    }
+    Ok((map, mapped))
+}
+
+/// A run of batches from which every record went, written as one empty batch.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    first: i64,
+    last: i64,
+    max_timestamp: i64,
+}
+
+impl Gap {
+    fn flush(self, out: &mut CleanedWriter) -> Result<()> {
+        // An empty batch spans at most i32::MAX + 1 offsets.
+        let mut first = self.first;
+        while first <= self.last {
+            let last = self.last.min(first + i64::from(i32::MAX));
+            out.push(&batch::empty_batch(first, last, self.max_timestamp), first)?;
+            first = last + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the compacted copy of `src` beside it, as [`CleanedWriter`] files, when
+/// anything would go: returns the records removed and the copy's size, or `None`
+/// (nothing written) when every record stays.
+pub(crate) fn clean_segment(
+    dir: &Path,
+    src: &Source,
+    map: &KeyMap,
+    policy: &CompactionPolicy,
+) -> Result<Option<(u64, u64)>> {
+    let tombstone_horizon = policy
+        .now_ms
+        .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX));
+    // First pass: does anything go? (Most passes over an already compacted
+    // segment find nothing, and write nothing.)
+    let keep = |r: &batch::RecordView<'_>| -> bool {
+        let Some(k) = r.key else { return false };
+        if map.latest.get(k) != Some(&r.offset) {
+            return false;
+        }
+        !(r.tombstone
+            && r.timestamp < tombstone_horizon
+            && map.first_opaque.is_none_or(|o| o > r.offset))
+    };
+    let mut removable = 0u64;
+    let mut empty_runs = 0u64;
+    let mut prev_empty = false;
+    src.for_each_batch(|buf, info| {
+        let empty = readable(buf, info).is_some_and(|records| {
+            let kept = records.iter().filter(|r| keep(r)).count();
+            removable += (records.len() - kept) as u64;
+            kept == 0
+        });
+        // Consecutive empty batches (left by earlier passes) merge into one.
+        if empty && prev_empty {
+            empty_runs += 1;
+        }
+        prev_empty = empty;
+        Ok(())
+    })?;
+    if removable == 0 && empty_runs == 0 {
+        return Ok(None);
+    }
+    let mut out = CleanedWriter::create(dir, src.base)?;
+    let mut gap: Option<Gap> = None;
+    let written = src.for_each_batch(|buf, info| {
+        // `Some(kept)`: the records to keep when any goes (or the batch already
+        // had none, so that it merges with its neighbours); `None`: copied whole.
+        let kept_ranges = readable(buf, info).and_then(|records| {
+            let n = records.len();
+            let kept: Vec<_> = records
+                .into_iter()
+                .filter(|r| keep(r))
+                .map(|r| r.bytes)
+                .collect();
+            (kept.len() < n || n == 0).then_some(kept)
+        });
+        match kept_ranges {
+            Some(kept) if kept.is_empty() => {
+                let g = gap.get_or_insert(Gap {
+                    first: info.base_offset,
+                    last: info.last_offset(),
+                    max_timestamp: info.max_timestamp,
+                });
+                g.last = info.last_offset();
+                g.max_timestamp = g.max_timestamp.max(info.max_timestamp);
+                Ok(())
+            }
+            kept => {
+                if let Some(g) = gap.take() {
+                    g.flush(&mut out)?;
+                }
+                match kept {
+                    Some(kept) => out.push(&batch::retain_records(buf, &kept), info.base_offset),
+                    None => out.push(buf, info.base_offset),
+                }
+            }
+        }
+    });
+    let written = written.and_then(|()| match gap.take() {
+        Some(g) => g.flush(&mut out),
+        None => Ok(()),
+    });
+    if let Err(e) = written {
+        drop(out);
+        CleanedWriter::discard(dir, src.base);
+        return Err(e);
+    }
+    let size = out.size();
+    out.finish()?;
+    Ok(Some((removable, size)))
+}
