@@ -70,14 +70,10 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
     let storage = &shared.config.storage;
     let every = Duration::from_millis(storage.checkpoint_interval_ms);
     let retention_every = Duration::from_millis(storage.retention_check_interval_ms);
-    let cleaner_every = Duration::from_millis(storage.cleaner_backoff_ms);
     // Every pass, even with no limit set for the broker: a topic may have its own.
     let mut next_retention = Instant::now() + retention_every;
-    let mut next_compaction = Instant::now() + cleaner_every;
     loop {
-        let wait = every
-            .min(next_retention.saturating_duration_since(Instant::now()))
-            .min(next_compaction.saturating_duration_since(Instant::now()));
+        let wait = every.min(next_retention.saturating_duration_since(Instant::now()));
         match stop.recv_timeout(wait) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
@@ -91,16 +87,28 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             }
             next_retention = Instant::now() + retention_every;
         }
-        if Instant::now() >= next_compaction {
-            compact(shared);
-            next_compaction = Instant::now() + cleaner_every;
+    }
+}
+
+/// The log cleaner thread: one compaction pass every `cleaner_backoff_ms` until
+/// `stop` fires or is dropped. It has its own thread so that a long pass does
+/// not hold back checkpoints (which, with the WAL disabled, are what makes
+/// produced data durable).
+pub(super) fn run_cleaner(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
+    let every = Duration::from_millis(shared.config.storage.cleaner_backoff_ms);
+    loop {
+        match stop.recv_timeout(every) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
+        compact(shared);
     }
 }
 
 /// One compaction pass over every partition of every compacted topic, each by its
-/// topic's settings (see [`super::compaction`]). A partition that fails is logged
-/// and left for the next pass; the others go on. Returns the sum of what was done.
+/// topic's settings (see [`super::compaction`]), until the broker starts shutting
+/// down. A partition that fails is logged and left for the next pass; the others
+/// go on. Returns the sum of what was done.
 pub(super) fn compact(shared: &Shared) -> CompactionStats {
     let now_ms = super::segment::now_ms();
     let mut total = CompactionStats::default();
@@ -119,7 +127,10 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
             if p.is_deleted() {
                 continue;
             }
-            match p.compact(&policy) {
+            if shared.closing.load(Ordering::Acquire) {
+                return total;
+            }
+            match p.compact(&policy, &shared.closing) {
                 Ok(s) => {
                     total.segments += s.segments;
                     total.bytes_before += s.bytes_before;

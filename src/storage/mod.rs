@@ -287,7 +287,8 @@ impl Shared {
 pub struct TopicManager {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    stop_checkpoints: crossbeam_channel::Sender<()>,
+    /// Stops the checkpoint and log cleaner threads (one message each).
+    stop_threads: crossbeam_channel::Sender<()>,
 }
 
 impl std::fmt::Debug for TopicManager {
@@ -796,7 +797,7 @@ impl TopicManager {
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
         checkpoint::checkpoint(&shared)?;
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(2);
         let mut threads = Vec::new();
         let s = Arc::clone(&shared);
         threads.push(spawn("streamline-submit", move || {
@@ -807,8 +808,13 @@ impl TopicManager {
             apply_loop(&s, &applied_rx)
         })?);
         let s = Arc::clone(&shared);
+        let stop = stop_rx.clone();
         threads.push(spawn("streamline-checkpoint", move || {
-            checkpoint::run(&s, &stop_rx)
+            checkpoint::run(&s, &stop)
+        })?);
+        let s = Arc::clone(&shared);
+        threads.push(spawn("streamline-cleaner", move || {
+            checkpoint::run_cleaner(&s, &stop_rx)
         })?);
         tracing::info!(
             data_dir = %shared.config.storage.data_dir.display(), topics = shared.topics.read().unwrap_or_else(PoisonError::into_inner).len(),
@@ -817,7 +823,7 @@ impl TopicManager {
         Ok(TopicManager {
             shared,
             threads: Arc::new(Mutex::new(threads)),
-            stop_checkpoints: stop_tx,
+            stop_threads: stop_tx,
         })
     }
 
@@ -1240,7 +1246,7 @@ impl TopicManager {
     }
 
     /// Runs one compaction pass over every compacted topic now (blocking: reads
-    /// and rewrites segments), as the checkpoint thread does every
+    /// and rewrites segments), as the cleaner thread does every
     /// `cleaner_backoff_ms`. Failures are logged per partition.
     pub fn compact(&self) -> compaction::CompactionStats {
         checkpoint::compact(&self.shared)
@@ -1275,7 +1281,9 @@ impl TopicManager {
             return Ok(());
         }
         let _ = self.shared.jobs.blocking_send(Job::Stop);
-        let _ = self.stop_checkpoints.try_send(());
+        // One stop for each of the checkpoint and cleaner threads.
+        let _ = self.stop_threads.try_send(());
+        let _ = self.stop_threads.try_send(());
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for t in threads {

@@ -540,12 +540,12 @@ impl Partition {
 
     /// One log compaction pass (see [`super::compaction`]): copies each cleanable
     /// segment keeping only its keys' newest records and puts the copy in its
-    /// place. Returns what it did.
+    /// place, stopping between segments once `stop` is set. Returns what it did.
     ///
     /// # Errors
     /// I/O errors naming the file, or a segment that no longer validates; segments
     /// already replaced stay replaced, the rest are left as they were.
-    pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactionStats> {
+    pub fn compact(&self, policy: &CompactionPolicy, stop: &AtomicBool) -> Result<CompactionStats> {
         let _one_at_a_time = self.compaction_guard();
         // A deleted topic's directory may be renamed away, and its name taken by
         // a new topic, whose files must never be touched.
@@ -584,9 +584,15 @@ impl Partition {
         if dirty == 0 || (dirty as f64) < policy.min_cleanable_dirty_ratio * total as f64 {
             return Ok(CompactionStats::default());
         }
+        let started = std::time::Instant::now();
         let (map, mapped) = compaction::build_map(&sources, policy.map_bytes)?;
         let mut stats = CompactionStats::default();
+        let mut covered = sources[mapped - 1].next;
         for src in &sources[..mapped] {
+            if stop.load(Ordering::Acquire) {
+                covered = src.base;
+                break;
+            }
             let Some((removed, size)) = compaction::clean_segment(&self.dir, src, &map, policy)?
             else {
                 continue;
@@ -608,8 +614,7 @@ impl Partition {
                 _ => CleanedWriter::discard(&self.dir, src.base),
             }
         }
-        self.cleaned_through
-            .store(sources[mapped - 1].next, Ordering::Release);
+        self.cleaned_through.store(covered, Ordering::Release);
         if stats.segments > 0 {
             tracing::info!(
                 topic = %self.topic,
@@ -618,6 +623,8 @@ impl Partition {
                 bytes_before = stats.bytes_before,
                 bytes_after = stats.bytes_after,
                 records_removed = stats.records_removed,
+                bytes_read = sources[..mapped].iter().map(|s| s.size).sum::<u64>(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
                 "compacted"
             );
         }
@@ -1289,6 +1296,10 @@ pub(crate) mod tests {
             }
         }
 
+        fn compact(p: &Partition, policy: &CompactionPolicy) -> CompactionStats {
+            p.compact(policy, &AtomicBool::new(false)).unwrap()
+        }
+
         fn policy(now_ms: i64) -> CompactionPolicy {
             CompactionPolicy {
                 now_ms,
@@ -1355,7 +1366,7 @@ pub(crate) mod tests {
             let (end, hw, size) = (p.log_end_offset(), p.high_watermark(), p.size_bytes());
             let active = active_base(&p);
 
-            let stats = p.compact(&policy(TS)).unwrap();
+            let stats = compact(&p, &policy(TS));
             assert!(
                 stats.segments >= 3 && stats.records_removed > 100,
                 "{stats:?}"
@@ -1410,9 +1421,9 @@ pub(crate) mod tests {
             assert!(records > 0);
             // A second pass has nothing new to look at; with the ratio met it finds
             // nothing to remove and rewrites nothing.
-            assert_eq!(p.compact(&policy(TS)).unwrap(), CompactionStats::default());
+            assert_eq!(compact(&p, &policy(TS)), CompactionStats::default());
             p.cleaned_through.store(0, Ordering::Release);
-            assert_eq!(p.compact(&policy(TS)).unwrap(), CompactionStats::default());
+            assert_eq!(compact(&p, &policy(TS)), CompactionStats::default());
             drop(p);
             let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
             p.set_high_watermark(p.log_end_offset());
@@ -1426,9 +1437,9 @@ pub(crate) mod tests {
             }
             p.sync().unwrap();
             p.mark_deleted();
-            assert_eq!(p.compact(&policy(TS)).unwrap(), CompactionStats::default());
+            assert_eq!(compact(&p, &policy(TS)), CompactionStats::default());
             p.deleted.store(false, Ordering::Release);
-            assert!(p.compact(&policy(TS)).unwrap().records_removed > 0);
+            assert!(compact(&p, &policy(TS)).records_removed > 0);
         }
 
         #[test]
@@ -1456,7 +1467,7 @@ pub(crate) mod tests {
             };
             // Within delete.retention.ms: the tombstone stays, the value it
             // deletes goes.
-            p.compact(&policy(TS + 1000)).unwrap();
+            compact(&p, &policy(TS + 1000));
             let left = records(&p);
             assert!(
                 !left.contains(&0) && left.contains(&1) && left.contains(&2),
@@ -1464,7 +1475,7 @@ pub(crate) mod tests {
             );
             // Past it: the tombstone goes too.
             p.cleaned_through.store(0, Ordering::Release);
-            let stats = p.compact(&policy(TS + 1001)).unwrap();
+            let stats = compact(&p, &policy(TS + 1001));
             assert_eq!(stats.records_removed, 1);
             let left = records(&p);
             assert!(left.contains(&1) && !left.contains(&2), "{left:?}");
@@ -1487,7 +1498,7 @@ pub(crate) mod tests {
                     &[(Some(&format!("other{i}")), Some(&filler))],
                 );
             }
-            p.compact(&policy(TS + 10_000)).unwrap();
+            compact(&p, &policy(TS + 10_000));
             let first = read_all(&p);
             assert_eq!(
                 (first[0].0, &first[0].2),
@@ -1514,10 +1525,10 @@ pub(crate) mod tests {
             let mut strict = policy(TS);
             strict.min_compaction_lag_ms = 60_000;
             let covered = |p: &Partition| p.cleaned_through.load(Ordering::Acquire);
-            assert_eq!(p.compact(&strict).unwrap(), CompactionStats::default());
+            assert_eq!(compact(&p, &strict), CompactionStats::default());
             assert_eq!(covered(&p), 0, "every record is too new");
             strict.now_ms = TS + 60_000;
-            assert_eq!(p.compact(&strict).unwrap(), CompactionStats::default());
+            assert_eq!(compact(&p, &strict), CompactionStats::default());
             let first = covered(&p);
             assert!(first > 40, "{first}");
 
@@ -1526,10 +1537,16 @@ pub(crate) mod tests {
             fill(&p, &mut model, 30, &|_| "same".into());
             let mut ratio = policy(TS);
             ratio.min_cleanable_dirty_ratio = 0.9;
-            assert_eq!(p.compact(&ratio).unwrap(), CompactionStats::default());
+            assert_eq!(compact(&p, &ratio), CompactionStats::default());
             assert_eq!(covered(&p), first);
             ratio.min_cleanable_dirty_ratio = 0.1;
-            assert!(p.compact(&ratio).unwrap().records_removed > 10);
+            // A broker shutting down stops the pass before the next segment.
+            assert_eq!(
+                p.compact(&ratio, &AtomicBool::new(true)).unwrap(),
+                CompactionStats::default()
+            );
+            assert_eq!(covered(&p), 0, "nothing covered: the pass starts again");
+            assert!(compact(&p, &ratio).records_removed > 10);
             assert!(covered(&p) > first);
         }
 
@@ -1577,9 +1594,9 @@ pub(crate) mod tests {
             // After the log's rename, before the index's: the new log, no index.
             // (The scan at open left the segment to be synced by the next
             // checkpoint; until then it is not compacted.)
-            assert_eq!(p.compact(&policy(TS)).unwrap().segments, 0);
+            assert_eq!(compact(&p, &policy(TS)).segments, 0);
             p.sync().unwrap();
-            assert!(p.compact(&policy(TS)).unwrap().segments >= 1);
+            assert!(compact(&p, &policy(TS)).segments >= 1);
             let compacted = read_all(&p);
             assert_ne!(compacted, original);
             std::fs::remove_file(&index).unwrap();

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# How fast the real broker compacts a partition, next to reading the same segment
+# files sequentially (cat, page cache warm) in the same run. A benchmark, not a test.
+#
+#   scripts/bench-compaction.sh [MESSAGES] [KEYS] [VALUE_BYTES] [REPS]
+#
+# Each repetition starts a broker on an empty data directory, creates a compacted
+# topic (1 partition, 16 MiB segments), produces MESSAGES keyed messages with
+# kcat (key i % KEYS, uncompressed), times `cat` of the closed segments, then
+# waits for the broker's "compacted" log line and reports its bytes_read and
+# elapsed_ms (the whole pass: key map, copies, fsyncs, renames).
+#
+# STREAMLINE_BIN overrides the binary (default: the release build in
+# CARGO_TARGET_DIR or target/). Needs kcat and confluent-kafka
+# (scripts/install-test-deps.sh). Data goes to a temporary directory under TMPDIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESSAGES=${1:-1000000}
+KEYS=${2:-1000}
+VALUE=${3:-100}
+REPS=${4:-3}
+BIN=${STREAMLINE_BIN:-${CARGO_TARGET_DIR:-target}/release/streamline}
+[ -x "$BIN" ] || { echo "build first: cargo build --release (or set STREAMLINE_BIN)" >&2; exit 1; }
+PYTHON=${PYTHON:-python3}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$PYTHON" - "$MESSAGES" "$KEYS" "$VALUE" "$work/input" <<'PY'
+import sys
+n, keys, size, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+with open(path, "w") as f:
+    for i in range(n):
+        f.write("key%d:%s\n" % (i % keys, ("v%d-" % i).ljust(size, "x")))
+PY
+
+for rep in $(seq "$REPS"); do
+    dir="$work/run$rep"
+    mkdir -p "$dir"
+    "$BIN" --listen 127.0.0.1:0 --data-dir "$dir/data" --log-cleaner-backoff-ms 3000 >"$dir/out" 2>"$dir/log" &
+    pid=$!
+    for _ in $(seq 200); do grep -q listening "$dir/out" 2>/dev/null && break; sleep 0.05; done
+    addr=$(awk '{print $NF}' "$dir/out")
+    "$PYTHON" tests/clients/kafka_client.py create-with-configs "$addr" big \
+        cleanup.policy=compact segment.bytes=16777216 >/dev/null
+    kcat -b "$addr" -P -t big -K: -X acks=all -X linger.ms=5 -l "$work/input"
+    part="$dir/data/topics/big/0"
+    # The closed segments: every log but the newest.
+    mapfile -t closed < <(ls "$part"/*.log | sort | head -n -1)
+    cat "${closed[@]}" >/dev/null # warm, as the broker's own reads are
+    start=$(date +%s.%N)
+    cat "${closed[@]}" >/dev/null
+    end=$(date +%s.%N)
+    bytes=$(cat "${closed[@]}" | wc -c)
+    for _ in $(seq 600); do grep -q ' compacted ' "$dir/log" && break; sleep 0.05; done
+    line=$(grep ' compacted ' "$dir/log" | head -1)
+    kill -TERM "$pid"
+    wait "$pid" || true
+    "$PYTHON" - "$rep" "$start" "$end" "$bytes" "$line" <<'PY'
+import re, sys
+rep, start, end, cat_bytes, line = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+field = lambda k: int(re.search(r"\b%s=(\d+)" % k, line).group(1))
+read, ms = field("bytes_read"), field("elapsed_ms")
+cat_mb_s = cat_bytes / (end - start) / 1e6
+pass_mb_s = read / (ms / 1e3) / 1e6 if ms else float("inf")
+print("rep %s: compacted %.1f MB -> %.2f MB (%d records removed) in %d ms = %.0f MB/s; "
+      "cat of the same segments %.0f MB/s; ratio %.2f" % (
+          rep, read / 1e6, field("bytes_after") / 1e6, field("records_removed"), ms,
+          pass_mb_s, cat_mb_s, pass_mb_s / cat_mb_s))
+PY
+    rm -rf "$dir"
+done
