@@ -122,6 +122,7 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
             min_compaction_lag_ms: t.configs.min_compaction_lag_ms(),
             min_cleanable_dirty_ratio: t.configs.min_cleanable_dirty_ratio(),
             map_bytes: compaction::DEFAULT_MAP_BYTES,
+            segment_bytes: t.configs.segment_bytes(&shared.config.storage),
         };
         for p in &t.partitions {
             if p.is_deleted() {

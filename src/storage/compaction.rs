@@ -14,13 +14,17 @@
 //! 3. A key map (key → offset of its newest record) is built from the cleanable
 //!    segments, whole segments at a time, until it holds about
 //!    [`CompactionPolicy::map_bytes`].
-//! 4. Each mapped segment is copied beside itself (`<base>.log.cleaning`) keeping
-//!    a record only if it is its key's newest, and dropping records without a
-//!    key. A tombstone (null value) that is its key's newest goes once its
-//!    timestamp is `delete.retention.ms` old, unless a compressed batch lies
-//!    before it (see below). The copy is fsynced and renamed over the segment
-//!    ([`super::segment::Segment::install_cleaned`]); a segment from which
-//!    nothing would go is left alone.
+//! 4. Each mapped segment is read once to see what would stay ([`plan_segment`]).
+//!    Consecutive segments whose copies fit in `segment.bytes` together form a
+//!    group, so that compacted segments do not pile up as ever smaller files.
+//! 5. Each group is copied into one segment beside the first
+//!    (`<base>.log.cleaning`, [`write_group`]) keeping a record only if it is
+//!    its key's newest, and dropping records without a key. A tombstone (null
+//!    value) that is its key's newest goes once its timestamp is
+//!    `delete.retention.ms` old, unless a compressed batch lies before it (see
+//!    below). The copy is fsynced, renamed to `<base>.log.swap`, and then put in
+//!    place of the group ([`super::segment::install_swap`]). A lone segment from
+//!    which nothing would go is left alone.
 //!
 //! Offsets never move: a batch that keeps some of its records keeps its header
 //! (base offset, last offset delta, timestamps, producer) with fewer records, and
@@ -30,7 +34,7 @@
 //! step over the gaps.
 //!
 //! The broker never decompresses: a compressed batch is kept whole, and its
-//! records' keys are unknown. Its records stay (compaction keeps *at least* the
+//! records' keys are unknown (so is a batch whose records do not parse). Its records stay (compaction keeps *at least* the
 //! newest record of each key), and no tombstone after it is removed, since the
 //! batch might hold an older value of that key which would then reappear.
 
@@ -67,6 +71,9 @@ pub struct CompactionPolicy {
     /// Bound of the key map (keys plus per-entry overhead); at least one
     /// segment is mapped whatever its size.
     pub map_bytes: usize,
+    /// The topic's `segment.bytes`: consecutive segments whose copies fit in it
+    /// together are merged into one.
+    pub segment_bytes: u64,
 }
 
 /// What one compaction pass did.
@@ -193,64 +200,114 @@ impl Gap {
     }
 }
 
-/// Writes the compacted copy of `src` beside it, as [`CleanedWriter`] files, when
-/// anything would go: returns the records removed and the copy's size, or `None`
-/// (nothing written) when every record stays.
-pub(crate) fn clean_segment(
-    dir: &Path,
-    src: &Source,
-    map: &KeyMap,
-    policy: &CompactionPolicy,
-) -> Result<Option<(u64, u64)>> {
-    let tombstone_horizon = policy
-        .now_ms
-        .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX));
-    // First pass: does anything go? (Most passes over an already compacted
-    // segment find nothing, and write nothing.)
-    let keep = |r: &batch::RecordView<'_>| -> bool {
+/// Which records stay.
+struct Judge<'a> {
+    map: &'a KeyMap,
+    /// Tombstones older than this go.
+    tombstone_horizon: i64,
+}
+
+impl<'a> Judge<'a> {
+    fn new(map: &'a KeyMap, policy: &CompactionPolicy) -> Judge<'a> {
+        Judge {
+            map,
+            tombstone_horizon: policy
+                .now_ms
+                .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// A record stays if it is its key's newest, unless it is a tombstone past
+    /// `delete.retention.ms` with no unreadable batch before it. Keyless records go.
+    fn keep(&self, r: &batch::RecordView<'_>) -> bool {
         let Some(k) = r.key else { return false };
-        if map.latest.get(k) != Some(&r.offset) {
+        if self.map.latest.get(k) != Some(&r.offset) {
             return false;
         }
         !(r.tombstone
-            && r.timestamp < tombstone_horizon
-            && map.first_opaque.is_none_or(|o| o > r.offset))
-    };
-    let mut removable = 0u64;
-    let mut empty_runs = 0u64;
+            && r.timestamp < self.tombstone_horizon
+            && self.map.first_opaque.is_none_or(|o| o > r.offset))
+    }
+
+    /// The byte ranges of the records of a readable batch to keep, when any goes
+    /// or the batch already had none (so that it merges with its neighbours);
+    /// `None` when the batch is copied whole.
+    fn kept_ranges(&self, buf: &[u8], info: &BatchInfo) -> Option<Vec<std::ops::Range<usize>>> {
+        readable(buf, info).and_then(|records| {
+            let n = records.len();
+            let kept: Vec<_> = records
+                .into_iter()
+                .filter(|r| self.keep(r))
+                .map(|r| r.bytes)
+                .collect();
+            (kept.len() < n || n == 0).then_some(kept)
+        })
+    }
+}
+
+/// What a pass would make of one segment, from a first read of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Records that would go.
+    pub removable: u64,
+    /// Whether two or more batches in a row hold no record (left by earlier
+    /// passes), which a copy merges into one.
+    pub merges_empty: bool,
+    /// About the size of the copy.
+    pub kept_bytes: u64,
+}
+
+impl Plan {
+    /// Whether copying the segment changes anything.
+    pub fn changes(&self) -> bool {
+        self.removable > 0 || self.merges_empty
+    }
+}
+
+/// Reads `src` once to see what compacting it would do.
+pub(crate) fn plan_segment(src: &Source, map: &KeyMap, policy: &CompactionPolicy) -> Result<Plan> {
+    let judge = Judge::new(map, policy);
+    let mut plan = Plan::default();
     let mut prev_empty = false;
     src.for_each_batch(|buf, info| {
-        let empty = readable(buf, info).is_some_and(|records| {
-            let kept = records.iter().filter(|r| keep(r)).count();
-            removable += (records.len() - kept) as u64;
-            kept == 0
-        });
-        // Consecutive empty batches (left by earlier passes) merge into one.
+        let (empty, bytes) = match judge.kept_ranges(buf, info) {
+            None => (false, info.len as u64),
+            Some(kept) => {
+                let n = batch::records(buf).map_or(0, |r| r.len());
+                plan.removable += (n - kept.len()) as u64;
+                let bytes: usize = kept.iter().map(ExactSizeIterator::len).sum();
+                (kept.is_empty(), (HEADER_LEN + bytes) as u64)
+            }
+        };
         if empty && prev_empty {
-            empty_runs += 1;
+            plan.merges_empty = true;
+        } else {
+            plan.kept_bytes += bytes;
         }
         prev_empty = empty;
         Ok(())
     })?;
-    if removable == 0 && empty_runs == 0 {
-        return Ok(None);
-    }
-    let mut out = CleanedWriter::create(dir, src.base)?;
+    Ok(plan)
+}
+
+/// Writes the compacted copy of the consecutive segments `group` as one segment
+/// starting at the first one's base, beside it ([`CleanedWriter`] files, made
+/// durable). Returns the records removed and the copy's size.
+pub(crate) fn write_group(
+    dir: &Path,
+    group: &[Source],
+    map: &KeyMap,
+    policy: &CompactionPolicy,
+) -> Result<(u64, u64)> {
+    let judge = Judge::new(map, policy);
+    let base = group[0].base;
+    let mut out = CleanedWriter::create(dir, base)?;
     let mut gap: Option<Gap> = None;
-    let written = src.for_each_batch(|buf, info| {
-        // `Some(kept)`: the records to keep when any goes (or the batch already
-        // had none, so that it merges with its neighbours); `None`: copied whole.
-        let kept_ranges = readable(buf, info).and_then(|records| {
-            let n = records.len();
-            let kept: Vec<_> = records
-                .into_iter()
-                .filter(|r| keep(r))
-                .map(|r| r.bytes)
-                .collect();
-            (kept.len() < n || n == 0).then_some(kept)
-        });
-        match kept_ranges {
+    let mut removed = 0u64;
+    let mut copy = |buf: &[u8], info: &BatchInfo| -> Result<()> {
+        match judge.kept_ranges(buf, info) {
             Some(kept) if kept.is_empty() => {
+                removed += batch::records(buf).map_or(0, |r| r.len()) as u64;
                 let g = gap.get_or_insert(Gap {
                     first: info.base_offset,
                     last: info.last_offset(),
@@ -265,22 +322,32 @@ pub(crate) fn clean_segment(
                     g.flush(&mut out)?;
                 }
                 match kept {
-                    Some(kept) => out.push(&batch::retain_records(buf, &kept), info.base_offset),
+                    Some(kept) => {
+                        removed += (batch::records(buf).map_or(0, |r| r.len()) - kept.len()) as u64;
+                        out.push(&batch::retain_records(buf, &kept), info.base_offset)
+                    }
                     None => out.push(buf, info.base_offset),
                 }
             }
         }
-    });
+    };
+    let mut written = Ok(());
+    for src in group {
+        written = src.for_each_batch(&mut copy);
+        if written.is_err() {
+            break;
+        }
+    }
     let written = written.and_then(|()| match gap.take() {
         Some(g) => g.flush(&mut out),
         None => Ok(()),
     });
     if let Err(e) = written {
         drop(out);
-        CleanedWriter::discard(dir, src.base);
+        CleanedWriter::discard(dir, base);
         return Err(e);
     }
     let size = out.size();
     out.finish()?;
-    Ok(Some((removable, size)))
+    Ok((removed, size))
 }

@@ -177,6 +177,8 @@ impl Partition {
     /// I/O errors naming the path.
     pub fn open(topic: &str, index: i32, dir: PathBuf, segment_bytes: u64) -> Result<Partition> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        // A compaction a crash interrupted after its copy was complete.
+        segment::recover_swaps(&dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let entry = entry.map_err(|e| Error::io("read_dir", &dir, e))?;
@@ -586,32 +588,43 @@ impl Partition {
         }
         let started = std::time::Instant::now();
         let (map, mapped) = compaction::build_map(&sources, policy.map_bytes)?;
+        let sources = &sources[..mapped];
+        let plans = sources
+            .iter()
+            .map(|s| compaction::plan_segment(s, &map, policy))
+            .collect::<Result<Vec<_>>>()?;
+        // Groups of consecutive segments whose copies fit in one segment.
+        let mut groups = Vec::new();
+        let mut i = 0;
+        while i < sources.len() {
+            let (mut j, mut bytes) = (i + 1, plans[i].kept_bytes);
+            while j < sources.len()
+                && bytes + plans[j].kept_bytes <= policy.segment_bytes
+                && sources[j].next - sources[i].base <= i64::from(u32::MAX)
+            {
+                bytes += plans[j].kept_bytes;
+                j += 1;
+            }
+            groups.push(i..j);
+            i = j;
+        }
         let mut stats = CompactionStats::default();
         let mut covered = sources[mapped - 1].next;
-        for src in &sources[..mapped] {
+        for g in groups {
             if stop.load(Ordering::Acquire) {
-                covered = src.base;
+                covered = sources[g.start].base;
                 break;
             }
-            let Some((removed, size)) = compaction::clean_segment(&self.dir, src, &map, policy)?
-            else {
+            let group = &sources[g.clone()];
+            if group.len() == 1 && !plans[g.start].changes() {
                 continue;
-            };
-            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            // The segment must still be there, unchanged and closed (retention or
-            // DeleteRecords may have deleted it meanwhile).
-            let at = log.iter().position(|s| {
-                s.base_offset() == src.base && s.next_offset() == src.next && s.size() == src.size
-            });
-            match at {
-                Some(i) if i + 1 < log.len() => {
-                    log[i].install_cleaned(&self.dir)?;
-                    stats.segments += 1;
-                    stats.bytes_before += src.size;
-                    stats.bytes_after += size;
-                    stats.records_removed += removed;
-                }
-                _ => CleanedWriter::discard(&self.dir, src.base),
+            }
+            let (removed, size) = compaction::write_group(&self.dir, group, &map, policy)?;
+            if self.install_group(group)? {
+                stats.segments += group.len();
+                stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
+                stats.bytes_after += size;
+                stats.records_removed += removed;
             }
         }
         self.cleaned_through.store(covered, Ordering::Release);
@@ -623,12 +636,40 @@ impl Partition {
                 bytes_before = stats.bytes_before,
                 bytes_after = stats.bytes_after,
                 records_removed = stats.records_removed,
-                bytes_read = sources[..mapped].iter().map(|s| s.size).sum::<u64>(),
+                bytes_read = sources.iter().map(|s| s.size).sum::<u64>(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "compacted"
             );
         }
         Ok(stats)
+    }
+
+    /// Puts the compacted copy of `group` (written by
+    /// [`compaction::write_group`]) in place of its segments, if they are all
+    /// still there, unchanged and closed (retention or DeleteRecords may have
+    /// deleted some meanwhile); otherwise removes the copy. Returns whether it
+    /// was installed.
+    fn install_group(&self, group: &[Source]) -> Result<bool> {
+        let base = group[0].base;
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = log
+            .iter()
+            .position(|s| s.base_offset() == base)
+            .filter(|&i| {
+                i + group.len() < log.len()
+                    && group.iter().zip(&log[i..]).all(|(g, s)| {
+                        s.base_offset() == g.base && s.next_offset() == g.next && s.size() == g.size
+                    })
+            });
+        let Some(i) = at else {
+            CleanedWriter::discard(&self.dir, base);
+            return Ok(false);
+        };
+        let merged: Vec<i64> = group[1..].iter().map(|g| g.base).collect();
+        segment::install_swap(&self.dir, base, &merged)?;
+        let seg = Segment::open(&self.dir, base, false)?;
+        log.splice(i..i + group.len(), [seg]);
+        Ok(true)
     }
 
     /// Waits for a compaction pass in progress and keeps another from starting
@@ -1307,14 +1348,17 @@ pub(crate) mod tests {
                 min_compaction_lag_ms: 0,
                 min_cleanable_dirty_ratio: 0.0,
                 map_bytes: DEFAULT_MAP_BYTES,
+                segment_bytes: 4096,
             }
         }
 
-        /// Every stored batch, read through `read`: (base, last offset, records as
-        /// (offset, key, value)). Checks that batches are whole, valid and
-        /// contiguous from the log start to the high watermark.
-        #[allow(clippy::type_complexity)]
-        fn read_all(p: &Partition) -> Vec<(i64, i64, Option<Vec<(i64, Option<Vec<u8>>, bool)>>)> {
+        /// A batch as [`read_all`] gives it: base, last offset, and its records
+        /// as (offset, key, tombstone) when the broker can read them.
+        type ReadBatch = (i64, i64, Option<Vec<(i64, Option<Vec<u8>>, bool)>>);
+
+        /// Every stored batch, read through `read`. Checks that batches are
+        /// whole, valid and contiguous from the log start to the high watermark.
+        fn read_all(p: &Partition) -> Vec<ReadBatch> {
             let mut out = Vec::new();
             let mut next = p.log_start_offset();
             while next < p.high_watermark() {
@@ -1373,7 +1417,11 @@ pub(crate) mod tests {
             );
             assert!(stats.bytes_after < stats.bytes_before / 3, "{stats:?}");
             assert_eq!((p.log_end_offset(), p.high_watermark()), (end, hw));
-            assert_eq!(p.log.lock().unwrap().len(), segments);
+            // The closed segments' copies fit in one segment: merged into one,
+            // their files gone.
+            assert_eq!(p.log.lock().unwrap().len(), 2);
+            assert_eq!((files(&pdir, "log"), files(&pdir, "index")), (2, 2));
+            assert_eq!(files(&pdir, "swap"), 0);
             assert!(p.size_bytes() < size);
             assert_eq!(files(&pdir, "cleaning"), 0);
 
@@ -1550,8 +1598,23 @@ pub(crate) mod tests {
             assert!(covered(&p) > first);
         }
 
+        fn copy_dir(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+
+        fn reopened(dir: &Path) -> Vec<ReadBatch> {
+            let p = Partition::open("t", 0, dir.to_path_buf(), 4096).unwrap();
+            p.set_high_watermark(p.log_end_offset());
+            assert_eq!(files(dir, "cleaning") + files(dir, "swap"), 0, "{dir:?}");
+            read_all(&p)
+        }
+
         #[test]
-        fn a_crash_during_the_swap_leaves_the_old_log_or_the_new_one() {
+        fn a_crash_during_the_swap_leaves_the_old_segments_or_the_copy() {
             let dir = tempfile::tempdir().unwrap();
             let pdir = dir.path().join("0");
             let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
@@ -1561,49 +1624,89 @@ pub(crate) mod tests {
                 put(&p, &mut model, &[(Some(&format!("k{}", i % 5)), Some(&v))]);
             }
             let original = read_all(&p);
-            let first = segment::log_name(0);
-            let index = pdir.join(first.replace(".log", ".index"));
+            let before = dir.path().join("before");
+            copy_dir(&pdir, &before);
+            let old_bases: Vec<i64> = p
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(Segment::base_offset)
+                .collect();
+            assert!(old_bases.len() >= 4, "{old_bases:?}");
 
-            // Before the renames: the copy is left beside the segment and the old
-            // index may be gone. The next open removes the copy and scans the log.
-            let sources = {
-                let log = p.log.lock().unwrap();
-                vec![Source {
-                    base: 0,
-                    next: log[0].next_offset(),
-                    size: log[0].size(),
-                    file: log[0].file(),
-                    path: log[0].log_path().to_path_buf(),
-                    positions: log[0].index().iter().map(|e| e.position).collect(),
-                }]
-            };
-            let (map, _) = compaction::build_map(&sources, DEFAULT_MAP_BYTES).unwrap();
-            assert!(
-                compaction::clean_segment(&pdir, &sources[0], &map, &policy(TS))
-                    .unwrap()
-                    .is_some()
-            );
-            assert_eq!(files(&pdir, "cleaning"), 2);
-            std::fs::remove_file(&index).unwrap();
-            drop((p, sources));
+            // The scan at open leaves a segment to be synced by the next
+            // checkpoint; until then it is not compacted.
+            drop(p);
             let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
             p.set_high_watermark(p.log_end_offset());
-            assert_eq!(files(&pdir, "cleaning"), 0);
-            assert_eq!(read_all(&p), original);
-
-            // After the log's rename, before the index's: the new log, no index.
-            // (The scan at open left the segment to be synced by the next
-            // checkpoint; until then it is not compacted.)
-            assert_eq!(compact(&p, &policy(TS)).segments, 0);
+            std::fs::remove_file(pdir.join(segment::index_name(0))).unwrap();
+            drop(p);
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            p.set_high_watermark(p.log_end_offset());
+            assert_eq!(
+                compact(&p, &policy(TS)).segments,
+                0,
+                "segment 0 was scanned"
+            );
             p.sync().unwrap();
-            assert!(compact(&p, &policy(TS)).segments >= 1);
+            let stats = compact(&p, &policy(TS));
+            assert_eq!(
+                stats.segments,
+                old_bases.len() - 1,
+                "every closed segment, merged"
+            );
             let compacted = read_all(&p);
             assert_ne!(compacted, original);
-            std::fs::remove_file(&index).unwrap();
-            drop(p);
-            let p = Partition::open("t", 0, pdir, 4096).unwrap();
-            p.set_high_watermark(p.log_end_offset());
-            assert_eq!(read_all(&p), compacted);
+            let bases: Vec<i64> = p
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(Segment::base_offset)
+                .collect();
+            assert_eq!(bases, vec![0, *old_bases.last().unwrap()]);
+            let copy_log = pdir.join(segment::log_name(0));
+            let copy_index = pdir.join(segment::index_name(0));
+
+            // Before the copy is named .swap: the old segments stay.
+            let crash = dir.path().join("crash1");
+            copy_dir(&before, &crash);
+            std::fs::copy(&copy_log, crash.join(format!("{:020}.log.cleaning", 0))).unwrap();
+            std::fs::copy(&copy_index, crash.join(format!("{:020}.index.swap", 0))).unwrap();
+            assert_eq!(reopened(&crash), original);
+
+            // Named .swap, some of the merged segments and the first index already
+            // removed: the open finishes the swap.
+            let crash = dir.path().join("crash2");
+            copy_dir(&before, &crash);
+            std::fs::copy(&copy_log, crash.join(format!("{:020}.log.swap", 0))).unwrap();
+            std::fs::copy(&copy_index, crash.join(format!("{:020}.index.swap", 0))).unwrap();
+            std::fs::remove_file(crash.join(segment::index_name(0))).unwrap();
+            std::fs::remove_file(crash.join(segment::log_name(old_bases[1]))).unwrap();
+            assert_eq!(reopened(&crash), compacted);
+            assert_eq!(files(&crash, "log"), 2);
+
+            // The log renamed, its index not yet: the log is scanned.
+            let crash = dir.path().join("crash3");
+            copy_dir(&pdir, &crash);
+            std::fs::rename(
+                crash.join(segment::index_name(0)),
+                crash.join(format!("{:020}.index.swap", 0)),
+            )
+            .unwrap();
+            assert_eq!(reopened(&crash), compacted);
+
+            // A damaged .swap copy stops the open, naming it.
+            let crash = dir.path().join("crash4");
+            copy_dir(&before, &crash);
+            let mut bytes = std::fs::read(&copy_log).unwrap();
+            bytes[100] ^= 1;
+            std::fs::write(crash.join(format!("{:020}.log.swap", 0)), bytes).unwrap();
+            let e = Partition::open("t", 0, crash.clone(), 4096)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(".log.swap"), "{e}");
         }
     }
 }

@@ -101,7 +101,8 @@ pub fn log_name(base: i64) -> String {
     format!("{base:020}.log")
 }
 
-fn index_name(base: i64) -> String {
+/// Name of the index file of the segment starting at `base`.
+pub fn index_name(base: i64) -> String {
     format!("{base:020}.index")
 }
 
@@ -124,9 +125,163 @@ pub fn cleaning_names(base: i64) -> (String, String) {
 /// Suffix of the files [`cleaning_names`] makes.
 pub const CLEANING_SUFFIX: &str = ".cleaning";
 
+/// Names of a finished compacted copy waiting to replace the segments it covers
+/// (`<base>.log.swap`, `<base>.index.swap`).
+fn swap_names(base: i64) -> (String, String) {
+    (
+        format!("{base:020}.log.swap"),
+        format!("{base:020}.index.swap"),
+    )
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// Puts the finished compacted copy of the segments starting at `base` and at
+/// each of `merged` (the later segments of its group, if any) in their place.
+///
+/// 1. The copy is renamed from `.cleaning` to `.swap` and the directory fsynced:
+///    from then on the copy is the segment, and an open that finds it finishes
+///    the swap ([`recover_swaps`]).
+/// 2. The merged segments' files and the first segment's index are removed,
+///    the copy is renamed to `<base>.log` and `<base>.index`, and the directory
+///    is fsynced.
+///
+/// A crash before step 1 leaves the old segments (and a `.cleaning` copy that the
+/// next open removes); one after it, the copy.
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn install_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
+    let (cleaning_log, cleaning_index) = cleaning_names(base);
+    let (swap_log, swap_index) = swap_names(base);
+    for (from, to) in [(cleaning_index, swap_index), (cleaning_log, swap_log)] {
+        let (from, to) = (dir.join(from), dir.join(to));
+        std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
+    }
+    super::sync_dir(dir)?;
+    finish_swap(dir, base, merged)
+}
+
+/// Step 2 of [`install_swap`].
+fn finish_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
+    for &b in merged {
+        for name in [producers_name(b), index_name(b), log_name(b)] {
+            remove_if_present(&dir.join(name))?;
+        }
+    }
+    remove_if_present(&dir.join(index_name(base)))?;
+    let (swap_log, swap_index) = swap_names(base);
+    let swap_log = dir.join(swap_log);
+    let log = dir.join(log_name(base));
+    std::fs::rename(&swap_log, &log).map_err(|e| Error::io("rename", &swap_log, e))?;
+    let swap_index = dir.join(swap_index);
+    match std::fs::rename(&swap_index, dir.join(index_name(base))) {
+        Ok(()) => {}
+        // A log without an index is scanned at open.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("rename", &swap_index, e)),
+    }
+    super::sync_dir(dir)
+}
+
+/// The offset after the last batch of a segment log file, reading every batch.
+fn end_of(path: &Path, base: i64) -> Result<i64> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    let (mut pos, mut next) = (0u64, base);
+    let mut buf = vec![0u8; HEADER_LEN];
+    while pos < size {
+        buf.resize(HEADER_LEN, 0);
+        file.read_exact_at(&mut buf, pos)
+            .map_err(|e| Error::io("read", path, e))?;
+        let info =
+            batch::parse_header(&buf).map_err(|e| Error::corrupt(path, pos, e.to_string()))?;
+        buf.resize(info.len, 0);
+        file.read_exact_at(&mut buf, pos)
+            .map_err(|e| Error::io("read", path, e))?;
+        batch::validate_stored(&buf).map_err(|e| Error::corrupt(path, pos, e.to_string()))?;
+        if info.base_offset != next {
+            return Err(Error::corrupt(
+                path,
+                pos,
+                format!(
+                    "batch offset {} does not continue the copy (expected {next})",
+                    info.base_offset
+                ),
+            ));
+        }
+        next = info.last_offset() + 1;
+        pos += info.len as u64;
+    }
+    Ok(next)
+}
+
+/// Finishes every swap a crash interrupted in `dir` (see [`install_swap`]): a
+/// `<base>.log.swap` replaces `<base>.log` and every segment whose base lies
+/// after `base` and before the copy's end. Leftover `.index.swap` files whose log
+/// was already renamed are removed.
+///
+/// # Errors
+/// I/O errors naming the file; a copy that does not validate (it was fsynced
+/// before it was named `.swap`, so this is damage) is [`Error::Corrupt`].
+pub fn recover_swaps(dir: &Path) -> Result<()> {
+    let mut swaps = Vec::new();
+    let mut logs = Vec::new();
+    let mut stray_indexes = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("read_dir", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("read_dir", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let base = |suffix: &str| {
+            name.strip_suffix(suffix)
+                .and_then(|b| b.parse::<i64>().ok())
+        };
+        if let Some(b) = base(".log.swap") {
+            swaps.push(b);
+        } else if let Some(b) = base(".log") {
+            logs.push(b);
+        } else if let Some(b) = base(".index.swap") {
+            stray_indexes.push(b);
+        }
+    }
+    for &b in &swaps {
+        let (swap_log, _) = swap_names(b);
+        let path = dir.join(&swap_log);
+        let end = end_of(&path, b).map_err(|e| match e {
+            Error::Corrupt { offset, reason, .. } => Error::corrupt(
+                &path,
+                offset,
+                format!(
+                    "{reason}: this compacted copy was to replace {} and the segments after it \
+                     up to its end, some of which may already be removed; remove it to keep \
+                     the segments that are left, or restore the partition",
+                    log_name(b)
+                ),
+            ),
+            other => other,
+        })?;
+        let merged: Vec<i64> = logs.iter().copied().filter(|&x| x > b && x < end).collect();
+        tracing::warn!(dir = %dir.display(), base = b, end, merged = merged.len(), "finishing a compaction a crash interrupted");
+        finish_swap(dir, b, &merged)?;
+    }
+    for b in stray_indexes.into_iter().filter(|b| !swaps.contains(b)) {
+        remove_if_present(&dir.join(swap_names(b).1))?;
+    }
+    Ok(())
+}
+
 /// Writes the compacted copy of one segment beside it: whole batches in order,
 /// and the index for them. [`CleanedWriter::finish`] makes both durable;
-/// [`Segment::install_cleaned`] puts them in place of the segment's files.
+/// [`install_swap`] puts them in place of the segments they cover.
 #[derive(Debug)]
 pub struct CleanedWriter {
     base: i64,
@@ -507,32 +662,6 @@ impl Segment {
                 (Arc::clone(&self.index_file), self.index_path.clone()),
             ],
         })
-    }
-
-    /// Puts the finished compacted copy ([`CleanedWriter`]) in place of this
-    /// segment's files and reopens the segment from it. The index goes first, then
-    /// the copy's log and index are renamed over the segment's and the directory is
-    /// fsynced: a crash at any point leaves either the old log or the new one, and
-    /// a log with no index is scanned at the next start. Readers holding the old
-    /// file keep reading it until they drop it.
-    ///
-    /// # Errors
-    /// I/O errors naming the file; the segment in memory then stays as it was (its
-    /// open file still holds the old records).
-    pub fn install_cleaned(&mut self, dir: &Path) -> Result<()> {
-        let (log, index) = cleaning_names(self.base_offset);
-        match std::fs::remove_file(&self.index_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &self.index_path, e)),
-        }
-        let log = dir.join(log);
-        std::fs::rename(&log, &self.log_path).map_err(|e| Error::io("rename", &log, e))?;
-        let index = dir.join(index);
-        std::fs::rename(&index, &self.index_path).map_err(|e| Error::io("rename", &index, e))?;
-        super::sync_dir(dir)?;
-        *self = Segment::open(dir, self.base_offset, false)?;
-        Ok(())
     }
 
     /// Whether the segment changed since its last sync.
