@@ -598,7 +598,11 @@ impl Partition {
         let mut i = 0;
         while i < sources.len() {
             let (mut j, mut bytes) = (i + 1, plans[i].kept_bytes);
+            // Merged segments must continue each other: a segment after an
+            // offset gap starts a group of its own (a segment holds contiguous
+            // offsets, which the start-up scan checks).
             while j < sources.len()
+                && sources[j].base == sources[j - 1].next
                 && bytes + plans[j].kept_bytes <= policy.segment_bytes
                 && sources[j].next - sources[i].base <= i64::from(u32::MAX)
             {
@@ -1488,6 +1492,41 @@ pub(crate) mod tests {
             assert_eq!(compact(&p, &policy(TS)), CompactionStats::default());
             p.deleted.store(false, Ordering::Release);
             assert!(compact(&p, &policy(TS)).records_removed > 0);
+        }
+
+        #[test]
+        fn segments_after_an_offset_gap_are_not_merged_across_it() {
+            let dir = tempfile::tempdir().unwrap();
+            let pdir = dir.path().join("0");
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            let mut model = Model::new();
+            let v = "v".repeat(300);
+            for i in 0..30 {
+                if i == 15 {
+                    // An offset gap (as a tolerated WAL gap at recovery leaves).
+                    let next = p.next_offset.load(Ordering::Acquire);
+                    p.next_offset.store(next + 100, Ordering::Release);
+                }
+                put(&p, &mut model, &[(Some(&format!("k{}", i % 3)), Some(&v))]);
+            }
+            let stats = compact(&p, &policy(TS));
+            assert!(stats.records_removed > 0, "{stats:?}");
+            let bases: Vec<(i64, i64)> = p
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| (s.base_offset(), s.next_offset()))
+                .collect();
+            assert!(
+                bases.windows(2).filter(|w| w[1].0 != w[0].1).count() == 1,
+                "the gap is still between two segments: {bases:?}"
+            );
+            let end = p.log_end_offset();
+            drop(p);
+            let p = Partition::open("t", 0, pdir, 4096).unwrap();
+            assert_eq!(p.log_end_offset(), end, "nothing cut at the next start");
+            assert!(p.log.lock().unwrap().iter().all(|s| s.cut().is_none()));
         }
 
         #[test]
