@@ -111,6 +111,13 @@ impl Source {
                 .map_err(|e| Error::io("read", &self.path, e))?;
             let info = batch::parse_header(&buf)
                 .map_err(|e| Error::corrupt(&self.path, position, e.to_string()))?;
+            if position + info.len as u64 > self.size {
+                return Err(Error::corrupt(
+                    &self.path,
+                    position,
+                    "batch extends past the end of the segment",
+                ));
+            }
             buf.resize(info.len, 0);
             self.file
                 .read_exact_at(&mut buf[HEADER_LEN..], position + HEADER_LEN as u64)

@@ -205,6 +205,13 @@ fn end_of(path: &Path, base: i64) -> Result<i64> {
             .map_err(|e| Error::io("read", path, e))?;
         let info =
             batch::parse_header(&buf).map_err(|e| Error::corrupt(path, pos, e.to_string()))?;
+        if pos + info.len as u64 > size {
+            return Err(Error::corrupt(
+                path,
+                pos,
+                "batch extends past the end of the file",
+            ));
+        }
         buf.resize(info.len, 0);
         file.read_exact_at(&mut buf, pos)
             .map_err(|e| Error::io("read", path, e))?;
