@@ -1494,6 +1494,113 @@ pub(crate) mod tests {
             assert!(compact(&p, &policy(TS)).records_removed > 0);
         }
 
+        /// One step of [`compaction_keeps_the_newest_of_every_key_and_invents_nothing`].
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// Records (key index or keyless, value or tombstone, value size) in
+            /// one batch.
+            Put(Vec<(Option<u8>, bool, usize)>),
+            Compact {
+                ratio: f64,
+                tombstones_go: bool,
+                merge: bool,
+            },
+            Checkpoint,
+            Reopen,
+        }
+
+        fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+            use proptest::prelude::*;
+            let record = (
+                prop::option::weighted(0.95, 0u8..6),
+                prop::bool::weighted(0.15),
+                0usize..400,
+            );
+            prop_oneof![
+                8 => prop::collection::vec(record, 1..6).prop_map(Step::Put),
+                2 => (prop_oneof![Just(0.0), Just(0.5)], any::<bool>(), any::<bool>())
+                    .prop_map(|(ratio, tombstones_go, merge)| Step::Compact { ratio, tombstones_go, merge }),
+                1 => Just(Step::Checkpoint),
+                1 => Just(Step::Reopen),
+            ]
+        }
+
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+            /// Random appends, compactions (merging or not, removing tombstones or
+            /// not), checkpoints and reopens: what is read is always contiguous,
+            /// every record read was produced at that offset, every key's newest
+            /// value is there, and the active segment is untouched.
+            #[test]
+            fn compaction_keeps_the_newest_of_every_key_and_invents_nothing(
+                steps in proptest::collection::vec(step(), 1..60)
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let pdir = dir.path().join("0");
+                let mut p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+                let mut model = Model::new();
+                for s in &steps {
+                    match s {
+                        Step::Put(records) => {
+                            let vals: Vec<(Option<String>, Option<String>)> = records
+                                .iter()
+                                .map(|&(k, tomb, size)| {
+                                    (
+                                        k.map(|k| format!("k{k}")),
+                                        (!tomb).then(|| "v".repeat(size)),
+                                    )
+                                })
+                                .collect();
+                            let refs: Vec<(Option<&str>, Option<&str>)> = vals
+                                .iter()
+                                .map(|(k, v)| (k.as_deref(), v.as_deref()))
+                                .collect();
+                            put(&p, &mut model, &refs);
+                        }
+                        Step::Compact { ratio, tombstones_go, merge } => {
+                            let mut pol = policy(TS + 10);
+                            pol.min_cleanable_dirty_ratio = *ratio;
+                            pol.delete_retention_ms = if *tombstones_go { 0 } else { 1 << 40 };
+                            pol.segment_bytes = if *merge { 4096 } else { 1 };
+                            compact(&p, &pol);
+                        }
+                        Step::Checkpoint => p.sync().unwrap(),
+                        Step::Reopen => {
+                            drop(p);
+                            p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+                            p.set_high_watermark(p.log_end_offset());
+                        }
+                    }
+                    let active = active_base(&p);
+                    let read: Vec<(i64, Option<Vec<u8>>, bool)> = read_all(&p)
+                        .into_iter()
+                        .flat_map(|(_, _, r)| r.unwrap())
+                        .collect();
+                    for (o, k, tombstone) in &read {
+                        let (mk, mv) = &model[o];
+                        proptest::prop_assert_eq!((k, *tombstone), (mk, mv.is_none()), "offset {}", o);
+                    }
+                    let offsets: std::collections::BTreeSet<i64> = read.iter().map(|r| r.0).collect();
+                    for o in model.range(active..).map(|(o, _)| o) {
+                        proptest::prop_assert!(offsets.contains(o), "active segment lost {}", o);
+                    }
+                    let mut newest: BTreeMap<&Vec<u8>, (i64, bool)> = BTreeMap::new();
+                    for (o, (k, v)) in &model {
+                        if let Some(k) = k {
+                            newest.insert(k, (*o, v.is_none()));
+                        }
+                    }
+                    for (k, (o, tombstone)) in newest {
+                        proptest::prop_assert!(
+                            tombstone || offsets.contains(&o),
+                            "key {:?} lost its newest value at {}", String::from_utf8_lossy(k), o
+                        );
+                    }
+                }
+            }
+        }
+
         #[test]
         fn segments_after_an_offset_gap_are_not_merged_across_it() {
             let dir = tempfile::tempdir().unwrap();
