@@ -2,13 +2,15 @@
 # How fast the real broker compacts a partition, next to reading the same segment
 # files sequentially (cat, page cache warm) in the same run. A benchmark, not a test.
 #
-#   scripts/bench-compaction.sh [MESSAGES] [KEYS] [VALUE_BYTES] [REPS]
+#   [CODEC=gzip|snappy|lz4|zstd] [SEGMENT_BYTES=N] \
+#       scripts/bench-compaction.sh [MESSAGES] [KEYS] [VALUE_BYTES] [REPS]
 #
 # Each repetition starts a broker on an empty data directory, creates a compacted
-# topic (1 partition, 16 MiB segments), produces MESSAGES keyed messages with
-# kcat (key i % KEYS, uncompressed), times `cat` of the closed segments, then
-# waits for the broker's "compacted" log line and reports its bytes_read and
-# elapsed_ms (the whole pass: key map, copies, fsyncs, renames).
+# topic (1 partition, SEGMENT_BYTES segments, default 16 MiB), produces MESSAGES
+# keyed messages with kcat (key i % KEYS, compressed with CODEC if set), times
+# `cat` of the closed segments, then waits for the broker's "compacted" log line
+# and reports its bytes_read and elapsed_ms (the whole pass: key map, copies,
+# fsyncs, renames).
 #
 # STREAMLINE_BIN overrides the binary (default: the release build in
 # CARGO_TARGET_DIR or target/). Needs kcat and confluent-kafka
@@ -19,6 +21,8 @@ MESSAGES=${1:-1000000}
 KEYS=${2:-1000}
 VALUE=${3:-100}
 REPS=${4:-3}
+CODEC=${CODEC:-none}
+SEGMENT_BYTES=${SEGMENT_BYTES:-16777216}
 BIN=${STREAMLINE_BIN:-${CARGO_TARGET_DIR:-target}/release/streamline}
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or set STREAMLINE_BIN)" >&2; exit 1; }
 PYTHON=${PYTHON:-python3}
@@ -41,18 +45,25 @@ for rep in $(seq "$REPS"); do
     for _ in $(seq 200); do grep -q listening "$dir/out" 2>/dev/null && break; sleep 0.05; done
     addr=$(awk '{print $NF}' "$dir/out")
     "$PYTHON" tests/clients/kafka_client.py create-with-configs "$addr" big \
-        cleanup.policy=compact segment.bytes=16777216 >/dev/null
-    kcat -b "$addr" -P -t big -K: -X acks=all -X linger.ms=5 -l "$work/input"
+        cleanup.policy=compact "segment.bytes=$SEGMENT_BYTES" >/dev/null
+    kcat -b "$addr" -P -t big -K: -X acks=all -X linger.ms=5 -z "$CODEC" -l "$work/input"
     part="$dir/data/topics/big/0"
     # The closed segments: every log but the newest.
     mapfile -t closed < <(ls "$part"/*.log | sort | head -n -1)
+    if [ "${#closed[@]}" -eq 0 ]; then
+        echo "no closed segment: produce more messages or lower SEGMENT_BYTES" >&2
+        exit 1
+    fi
     cat "${closed[@]}" >/dev/null # warm, as the broker's own reads are
     start=$(date +%s.%N)
     cat "${closed[@]}" >/dev/null
     end=$(date +%s.%N)
     bytes=$(cat "${closed[@]}" | wc -c)
     for _ in $(seq 600); do grep -q ' compacted ' "$dir/log" && break; sleep 0.05; done
-    line=$(grep ' compacted ' "$dir/log" | head -1)
+    line=$(grep ' compacted ' "$dir/log" | head -1) || {
+        echo "no compaction within 30 s; broker log: $dir/log" >&2
+        exit 1
+    }
     kill -TERM "$pid"
     wait "$pid" || true
     "$PYTHON" - "$rep" "$start" "$end" "$bytes" "$line" <<'PY'

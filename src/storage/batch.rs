@@ -1,9 +1,10 @@
 //! Kafka RecordBatch v2 framing: just enough to validate a batch, read its offsets and
-//! rewrite its base offset, and to read the keys and timestamps of an uncompressed
-//! batch's records (for compaction and timestamp lookups). Nothing is ever
-//! decompressed or recompressed: every compression codec, header, producer
-//! id/epoch/sequence and timestamp is stored exactly as received, except that
-//! compaction may drop records from an uncompressed batch.
+//! rewrite its base offset, and to read the keys and timestamps of its records
+//! (decompressing a compressed batch; for compaction, the keyless check of
+//! compacted topics, and timestamp lookups). Nothing is ever recompressed: every
+//! compression codec, header, producer id/epoch/sequence and timestamp is stored
+//! exactly as received, except that compaction may write a batch back with fewer
+//! records, uncompressed.
 //!
 //! ```text
 //! offset  size  field                    covered by CRC
@@ -284,27 +285,40 @@ fn nullable_bytes<'a>(b: &'a [u8], at: &mut usize, end: usize) -> Option<Option<
 }
 
 /// Every record of the whole, uncompressed batch at the start of `buf`, in order.
-/// `None` for a compressed batch (its records would have to be decompressed) or
-/// records that do not parse, or that do not fill the batch exactly.
+/// `None` for a compressed batch (see [`payload`] and [`records_in`]) or records
+/// that do not parse, or that do not fill the batch exactly.
 pub fn records(buf: &[u8]) -> Option<Vec<RecordView<'_>>> {
     let info = parse_header(buf).ok()?;
     let bytes = buf.get(..info.len)?;
     if bytes[ATTRIBUTES_OFFSET + 1] & 0x07 != 0 {
         return None;
     }
-    let base_ts = be_i64(bytes, BASE_TIMESTAMP_OFFSET)?;
-    let count = usize::try_from(be_i32(bytes, COUNT_OFFSET)?).ok()?;
-    let mut out = Vec::with_capacity(count.min(bytes.len()));
-    let mut at = HEADER_LEN;
+    let mut out = records_in(bytes, &bytes[HEADER_LEN..])?;
+    for r in &mut out {
+        r.bytes = r.bytes.start + HEADER_LEN..r.bytes.end + HEADER_LEN;
+    }
+    Some(out)
+}
+
+/// The records of the whole batch at the start of `buf` whose records section
+/// (decompressed, for a compressed batch) is `payload`; each record's `bytes`
+/// is its range in `payload`. `None` when they do not parse or do not fill
+/// `payload` exactly.
+pub fn records_in<'a>(buf: &[u8], payload: &'a [u8]) -> Option<Vec<RecordView<'a>>> {
+    let info = parse_header(buf).ok()?;
+    let base_ts = be_i64(buf, BASE_TIMESTAMP_OFFSET)?;
+    let count = usize::try_from(be_i32(buf, COUNT_OFFSET)?).ok()?;
+    let mut out = Vec::with_capacity(count.min(payload.len()));
+    let mut at = 0;
     for _ in 0..count {
         let start = at;
-        let len = usize::try_from(varlong(bytes, &mut at)?).ok()?;
-        let end = at.checked_add(len).filter(|&e| e <= bytes.len())?;
+        let len = usize::try_from(varlong(payload, &mut at)?).ok()?;
+        let end = at.checked_add(len).filter(|&e| e <= payload.len())?;
         let mut r = at + 1; // attributes
-        let ts_delta = varlong(bytes, &mut r)?;
-        let offset_delta = varlong(bytes, &mut r)?;
-        let key = nullable_bytes(bytes, &mut r, end)?;
-        let value = nullable_bytes(bytes, &mut r, end)?;
+        let ts_delta = varlong(payload, &mut r)?;
+        let offset_delta = varlong(payload, &mut r)?;
+        let key = nullable_bytes(payload, &mut r, end)?;
+        let value = nullable_bytes(payload, &mut r, end)?;
         if r > end {
             return None;
         }
@@ -317,7 +331,80 @@ pub fn records(buf: &[u8]) -> Option<Vec<RecordView<'_>>> {
         });
         at = end;
     }
-    (at == bytes.len()).then_some(out)
+    (at == payload.len()).then_some(out)
+}
+
+/// The largest records section [`payload`] decompresses (a batch that claims
+/// more is treated as one whose records cannot be read).
+pub const MAX_DECOMPRESSED: usize = 128 << 20;
+
+/// The records section of the whole batch at the start of `buf`: the bytes
+/// themselves for an uncompressed batch, decompressed for gzip, snappy (raw or
+/// xerial-framed, as the Java client writes it), lz4 (frame format) and zstd.
+/// `None` when it does not decompress, or would be larger than
+/// [`MAX_DECOMPRESSED`].
+pub fn payload(buf: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    use std::io::Read;
+    let info = parse_header(buf).ok()?;
+    let data = buf.get(HEADER_LEN..info.len)?;
+    let limit = MAX_DECOMPRESSED as u64;
+    let read_all = |mut r: Box<dyn Read + '_>| -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        r.by_ref().take(limit + 1).read_to_end(&mut out).ok()?;
+        (out.len() as u64 <= limit).then_some(out)
+    };
+    match buf[ATTRIBUTES_OFFSET + 1] & 0x07 {
+        0 => Some(Cow::Borrowed(data)),
+        1 => read_all(Box::new(flate2::read::MultiGzDecoder::new(data))).map(Cow::Owned),
+        2 => snappy(data).map(Cow::Owned),
+        3 => read_all(Box::new(lz4_flex::frame::FrameDecoder::new(data))).map(Cow::Owned),
+        4 => {
+            // One or more frames back to back.
+            let mut out = Vec::new();
+            let mut rest = data;
+            while !rest.is_empty() {
+                let mut d = ruzstd::decoding::StreamingDecoder::new(&mut rest).ok()?;
+                let room = (limit + 1).saturating_sub(out.len() as u64);
+                (&mut d).take(room).read_to_end(&mut out).ok()?;
+                if out.len() as u64 > limit {
+                    return None;
+                }
+            }
+            Some(Cow::Owned(out))
+        }
+        _ => None,
+    }
+}
+
+/// Snappy as Kafka clients write it: xerial's framing (a magic header, then
+/// blocks each preceded by its length) or one raw block.
+fn snappy(data: &[u8]) -> Option<Vec<u8>> {
+    const XERIAL: &[u8] = b"\x82SNAPPY\0";
+    let mut dec = snap::raw::Decoder::new();
+    let block = |dec: &mut snap::raw::Decoder, b: &[u8], out: &mut Vec<u8>| -> Option<()> {
+        let n = snap::raw::decompress_len(b).ok()?;
+        if out.len() + n > MAX_DECOMPRESSED {
+            return None;
+        }
+        let at = out.len();
+        out.resize(at + n, 0);
+        dec.decompress(b, &mut out[at..]).ok()?;
+        Some(())
+    };
+    let mut out = Vec::new();
+    if data.starts_with(XERIAL) {
+        let mut at = XERIAL.len() + 8; // version and compatible version
+        while at < data.len() {
+            let len = usize::try_from(be_i32(data, at)?).ok()?;
+            let b = data.get(at + 4..at + 4 + len)?;
+            block(&mut dec, b, &mut out)?;
+            at += 4 + len;
+        }
+    } else {
+        block(&mut dec, data, &mut out)?;
+    }
+    Some(out)
 }
 
 /// The (offset, timestamp) of every record of the whole, uncompressed batch at the
@@ -349,6 +436,23 @@ pub fn retain_records(buf: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
     b.extend_from_slice(&buf[..HEADER_LEN]);
     for r in keep {
         b.extend_from_slice(&buf[r.clone()]);
+    }
+    let count = i32::try_from(keep.len()).unwrap_or(i32::MAX);
+    b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
+    seal(&mut b);
+    b
+}
+
+/// Like [`retain_records`] for records found in `payload` (the batch's
+/// decompressed records section, [`payload`]): the new batch holds them
+/// uncompressed (its codec bits cleared), every other header field as it was.
+pub fn retain_decompressed(buf: &[u8], payload: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let mut b =
+        Vec::with_capacity(HEADER_LEN + keep.iter().map(ExactSizeIterator::len).sum::<usize>());
+    b.extend_from_slice(&buf[..HEADER_LEN]);
+    b[ATTRIBUTES_OFFSET + 1] &= !0x07;
+    for r in keep {
+        b.extend_from_slice(&payload[r.clone()]);
     }
     let count = i32::try_from(keep.len()).unwrap_or(i32::MAX);
     b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
@@ -504,6 +608,129 @@ pub(crate) mod tests {
         b.extend_from_slice(&records);
         seal(&mut b);
         b
+    }
+
+    /// `b` (uncompressed) with its records section compressed with `codec` (1
+    /// gzip, 2 snappy raw, 5 snappy xerial-framed, 3 lz4 frame, 4 zstd), the
+    /// codec bits set and the CRC updated.
+    pub(crate) fn compress_batch(b: &[u8], codec: u8) -> Vec<u8> {
+        use std::io::Write;
+        let records = &b[HEADER_LEN..];
+        let packed = match codec {
+            1 => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(records).unwrap();
+                e.finish().unwrap()
+            }
+            2 => snap::raw::Encoder::new().compress_vec(records).unwrap(),
+            5 => {
+                let mut out = b"\x82SNAPPY\0".to_vec();
+                out.extend_from_slice(&1i32.to_be_bytes());
+                out.extend_from_slice(&1i32.to_be_bytes());
+                for chunk in records.chunks(1000) {
+                    let c = snap::raw::Encoder::new().compress_vec(chunk).unwrap();
+                    out.extend_from_slice(&(c.len() as i32).to_be_bytes());
+                    out.extend_from_slice(&c);
+                }
+                out
+            }
+            3 => {
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(records).unwrap();
+                e.finish().unwrap()
+            }
+            4 => ruzstd::encoding::compress_to_vec(
+                records,
+                ruzstd::encoding::CompressionLevel::Fastest,
+            ),
+            _ => unreachable!(),
+        };
+        let mut out = b[..HEADER_LEN].to_vec();
+        out[ATTRIBUTES_OFFSET + 1] |= if codec == 5 { 2 } else { codec };
+        out.extend_from_slice(&packed);
+        seal(&mut out);
+        out
+    }
+
+    #[test]
+    fn compressed_batches_are_read_with_every_codec() {
+        let b = make_keyed_batch(
+            5,
+            500,
+            &[
+                (0, Some(b"k1"), Some(&[7u8; 3000])),
+                (1, None, Some(b"v")),
+                (2, Some(b"k2"), None),
+            ],
+            -1,
+            -1,
+            -1,
+        );
+        let plain: Vec<_> = records(&b)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.offset,
+                    r.timestamp,
+                    r.key.map(<[u8]>::to_vec),
+                    r.tombstone,
+                )
+            })
+            .collect();
+        for codec in [1, 2, 5, 3, 4] {
+            let c = compress_batch(&b, codec);
+            let info = validate(&c).unwrap();
+            assert_eq!(info.last_offset(), 7);
+            assert!(is_compressed(&c) && records(&c).is_none(), "codec {codec}");
+            let p = payload(&c).unwrap_or_else(|| panic!("codec {codec}"));
+            assert_eq!(&p[..], &b[HEADER_LEN..], "codec {codec}");
+            let rs: Vec<_> = records_in(&c, &p)
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.offset,
+                        r.timestamp,
+                        r.key.map(<[u8]>::to_vec),
+                        r.tombstone,
+                    )
+                })
+                .collect();
+            assert_eq!(rs, plain, "codec {codec}");
+            // The records kept, uncompressed, every other field as it was.
+            let rs = records_in(&c, &p).unwrap();
+            let kept = retain_decompressed(&c, &p, &[rs[2].bytes.clone()]);
+            assert!(!is_compressed(&kept));
+            let left: Vec<_> = records(&kept)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(left, vec![7]);
+            assert_eq!(validate(&kept).unwrap().last_offset(), 7);
+            // Damaged compressed bytes: not read, no panic.
+            let mut bad = c.clone();
+            let n = bad.len();
+            bad[HEADER_LEN..n].fill(0x55);
+            seal(&mut bad);
+            assert!(
+                payload(&bad).is_none_or(|p| records_in(&bad, &p).is_none()),
+                "codec {codec}"
+            );
+        }
+        // More than MAX_DECOMPRESSED bytes: not read.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::copy(
+            &mut std::io::Read::take(std::io::repeat(0), MAX_DECOMPRESSED as u64 + 1),
+            &mut e,
+        )
+        .unwrap();
+        let mut bomb = b[..HEADER_LEN].to_vec();
+        bomb[ATTRIBUTES_OFFSET + 1] |= 1;
+        bomb.extend_from_slice(&e.finish().unwrap());
+        seal(&mut bomb);
+        assert!(payload(&bomb).is_none());
     }
 
     #[test]

@@ -33,10 +33,13 @@
 //! holds contiguous offsets, fetches still return whole batches, and consumers
 //! step over the gaps.
 //!
-//! The broker never decompresses: a compressed batch is kept whole, and its
-//! records' keys are unknown (so is a batch whose records do not parse). Its records stay (compaction keeps *at least* the
-//! newest record of each key), and no tombstone after it is removed, since the
-//! batch might hold an older value of that key which would then reappear.
+//! Compressed batches are decompressed ([`batch::payload`]), never recompressed:
+//! one from which every record goes is dropped like any other; one from which
+//! some go is written back uncompressed with the rest if that is no larger,
+//! and otherwise kept whole with its stale records.
+//! No tombstone after such a batch is removed, nor after a batch whose records
+//! cannot be read at all (transactional, undecodable), since it might hold an
+//! older value of that key which would then reappear.
 
 use std::{
     collections::HashMap,
@@ -130,14 +133,25 @@ impl Source {
     }
 }
 
-/// The records of a batch the broker can read: uncompressed, neither
-/// transactional nor a control batch, and records that parse. `None` for any
-/// other batch, which compaction keeps whole.
-fn readable<'a>(buf: &'a [u8], info: &BatchInfo) -> Option<Vec<batch::RecordView<'a>>> {
+/// Calls `f` with the records of a batch the broker can read (uncompressed or
+/// decompressed, see [`batch::payload`]; neither transactional nor a control
+/// batch; records that parse), their records section, and whether the batch is
+/// compressed; with `None` for any other batch, which compaction keeps whole.
+fn with_records<T>(
+    buf: &[u8],
+    info: &BatchInfo,
+    f: impl FnOnce(Option<(&[batch::RecordView<'_>], &[u8], bool)>) -> T,
+) -> T {
     if info.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) != 0 {
-        return None;
+        return f(None);
     }
-    batch::records(buf)
+    let Some(payload) = batch::payload(buf) else {
+        return f(None);
+    };
+    match batch::records_in(buf, &payload) {
+        Some(records) => f(Some((&records, &payload, batch::is_compressed(buf)))),
+        None => f(None),
+    }
 }
 
 /// Key → offset of its newest record, over the mapped segments.
@@ -145,8 +159,8 @@ fn readable<'a>(buf: &'a [u8], info: &BatchInfo) -> Option<Vec<batch::RecordView
 pub(crate) struct KeyMap {
     latest: HashMap<Vec<u8>, i64>,
     bytes: usize,
-    /// The first batch whose records could not be read (compressed, or
-    /// transactional), if any.
+    /// The first batch whose records could not be read (transactional, an
+    /// unknown codec, damaged or too large), if any.
     first_opaque: Option<i64>,
 }
 
@@ -164,21 +178,23 @@ pub(crate) fn build_map(sources: &[Source], limit: usize) -> Result<(KeyMap, usi
             break;
         }
         src.for_each_batch(|buf, info| {
-            let Some(records) = readable(buf, info) else {
-                map.first_opaque.get_or_insert(info.base_offset);
-                return Ok(());
-            };
-            for r in records {
-                if let Some(k) = r.key {
-                    match map.latest.get_mut(k) {
-                        Some(o) => *o = r.offset,
-                        None => {
-                            map.bytes += k.len() + ENTRY_OVERHEAD;
-                            map.latest.insert(k.to_vec(), r.offset);
+            with_records(buf, info, |records| {
+                let Some((records, _, _)) = records else {
+                    map.first_opaque.get_or_insert(info.base_offset);
+                    return;
+                };
+                for r in records {
+                    if let Some(k) = r.key {
+                        match map.latest.get_mut(k) {
+                            Some(o) => *o = r.offset,
+                            None => {
+                                map.bytes += k.len() + ENTRY_OVERHEAD;
+                                map.latest.insert(k.to_vec(), r.offset);
+                            }
                         }
                     }
                 }
-            }
+            });
             Ok(())
         })?;
         mapped += 1;
@@ -207,25 +223,44 @@ impl Gap {
     }
 }
 
+/// What a pass does with one batch.
+enum Decision {
+    /// Copied as it is: nothing goes, or its records cannot be read.
+    Whole,
+    /// Copied as it is although records of it could go: a compressed batch
+    /// whose remaining records would take more room uncompressed than the batch.
+    /// Its stale records stay, so no tombstone after it may go.
+    WholeStale,
+    /// No record stays (or it had none): it becomes part of an empty batch.
+    Drop { removed: u64 },
+    /// Some records go: the batch with the rest (uncompressed).
+    Partial { batch: Vec<u8>, removed: u64 },
+}
+
 /// Which records stay.
 struct Judge<'a> {
     map: &'a KeyMap,
     /// Tombstones older than this go.
     tombstone_horizon: i64,
+    /// The first batch kept whole with stale records ([`Decision::WholeStale`])
+    /// seen so far in this pass, in offset order.
+    first_stale: Option<i64>,
 }
 
 impl<'a> Judge<'a> {
-    fn new(map: &'a KeyMap, policy: &CompactionPolicy) -> Judge<'a> {
+    fn new(map: &'a KeyMap, policy: &CompactionPolicy, first_stale: Option<i64>) -> Judge<'a> {
         Judge {
             map,
             tombstone_horizon: policy
                 .now_ms
                 .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX)),
+            first_stale,
         }
     }
 
     /// A record stays if it is its key's newest, unless it is a tombstone past
-    /// `delete.retention.ms` with no unreadable batch before it. Keyless records go.
+    /// `delete.retention.ms` with no batch before it whose records the broker
+    /// cannot read or which keeps stale records. Keyless records go.
     fn keep(&self, r: &batch::RecordView<'_>) -> bool {
         let Some(k) = r.key else { return false };
         if self.map.latest.get(k) != Some(&r.offset) {
@@ -233,22 +268,40 @@ impl<'a> Judge<'a> {
         }
         !(r.tombstone
             && r.timestamp < self.tombstone_horizon
-            && self.map.first_opaque.is_none_or(|o| o > r.offset))
+            && self.map.first_opaque.is_none_or(|o| o > r.offset)
+            && self.first_stale.is_none_or(|o| o > r.offset))
     }
 
-    /// The byte ranges of the records of a readable batch to keep, when any goes
-    /// or the batch already had none (so that it merges with its neighbours);
-    /// `None` when the batch is copied whole.
-    fn kept_ranges(&self, buf: &[u8], info: &BatchInfo) -> Option<Vec<std::ops::Range<usize>>> {
-        readable(buf, info).and_then(|records| {
+    /// Decides the batch `buf` (batches must be judged in offset order).
+    fn decide(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
+        let d = with_records(buf, info, |records| {
+            let Some((records, payload, compressed)) = records else {
+                return Decision::Whole;
+            };
             let n = records.len();
             let kept: Vec<_> = records
-                .into_iter()
+                .iter()
                 .filter(|r| self.keep(r))
-                .map(|r| r.bytes)
+                .map(|r| r.bytes.clone())
                 .collect();
-            (kept.len() < n || n == 0).then_some(kept)
-        })
+            let removed = (n - kept.len()) as u64;
+            if n == 0 || kept.is_empty() {
+                return Decision::Drop { removed };
+            }
+            if removed == 0 {
+                return Decision::Whole;
+            }
+            let batch = batch::retain_decompressed(buf, payload, &kept);
+            if compressed && batch.len() > buf.len() {
+                Decision::WholeStale
+            } else {
+                Decision::Partial { batch, removed }
+            }
+        });
+        if matches!(d, Decision::WholeStale) {
+            self.first_stale.get_or_insert(info.base_offset);
+        }
+        d
     }
 }
 
@@ -257,11 +310,13 @@ impl<'a> Judge<'a> {
 pub(crate) struct Plan {
     /// Records that would go.
     pub removable: u64,
-    /// Whether two or more batches in a row hold no record (left by earlier
-    /// passes), which a copy merges into one.
+    /// Whether two or more batches in a row would hold no record (some left by
+    /// earlier passes), which a copy merges into one.
     pub merges_empty: bool,
     /// About the size of the copy.
     pub kept_bytes: u64,
+    /// The first batch that would be kept whole with stale records, if any.
+    pub first_stale: Option<i64>,
 }
 
 impl Plan {
@@ -271,19 +326,27 @@ impl Plan {
     }
 }
 
-/// Reads `src` once to see what compacting it would do.
-pub(crate) fn plan_segment(src: &Source, map: &KeyMap, policy: &CompactionPolicy) -> Result<Plan> {
-    let judge = Judge::new(map, policy);
+/// Reads `src` once to see what compacting it would do; `first_stale` is the
+/// first batch kept whole with stale records in the segments before it.
+pub(crate) fn plan_segment(
+    src: &Source,
+    map: &KeyMap,
+    policy: &CompactionPolicy,
+    first_stale: Option<i64>,
+) -> Result<Plan> {
+    let mut judge = Judge::new(map, policy, first_stale);
     let mut plan = Plan::default();
     let mut prev_empty = false;
     src.for_each_batch(|buf, info| {
-        let (empty, bytes) = match judge.kept_ranges(buf, info) {
-            None => (false, info.len as u64),
-            Some(kept) => {
-                let n = batch::records(buf).map_or(0, |r| r.len());
-                plan.removable += (n - kept.len()) as u64;
-                let bytes: usize = kept.iter().map(ExactSizeIterator::len).sum();
-                (kept.is_empty(), (HEADER_LEN + bytes) as u64)
+        let (empty, bytes) = match judge.decide(buf, info) {
+            Decision::Whole | Decision::WholeStale => (false, info.len as u64),
+            Decision::Drop { removed } => {
+                plan.removable += removed;
+                (true, HEADER_LEN as u64)
+            }
+            Decision::Partial { batch, removed } => {
+                plan.removable += removed;
+                (false, batch.len() as u64)
             }
         };
         if empty && prev_empty {
@@ -294,48 +357,50 @@ pub(crate) fn plan_segment(src: &Source, map: &KeyMap, policy: &CompactionPolicy
         prev_empty = empty;
         Ok(())
     })?;
+    plan.first_stale = judge
+        .first_stale
+        .filter(|_| judge.first_stale != first_stale);
     Ok(plan)
 }
 
 /// Writes the compacted copy of the consecutive segments `group` as one segment
 /// starting at the first one's base, beside it ([`CleanedWriter`] files, made
-/// durable). Returns the records removed and the copy's size.
+/// durable); `first_stale` as for [`plan_segment`]. Returns the records removed
+/// and the copy's size.
 pub(crate) fn write_group(
     dir: &Path,
     group: &[Source],
     map: &KeyMap,
     policy: &CompactionPolicy,
+    first_stale: Option<i64>,
 ) -> Result<(u64, u64)> {
-    let judge = Judge::new(map, policy);
+    let mut judge = Judge::new(map, policy, first_stale);
     let base = group[0].base;
     let mut out = CleanedWriter::create(dir, base)?;
     let mut gap: Option<Gap> = None;
-    let mut removed = 0u64;
+    let mut removed_total = 0u64;
     let mut copy = |buf: &[u8], info: &BatchInfo| -> Result<()> {
-        match judge.kept_ranges(buf, info) {
-            Some(kept) if kept.is_empty() => {
-                removed += batch::records(buf).map_or(0, |r| r.len()) as u64;
-                let g = gap.get_or_insert(Gap {
-                    first: info.base_offset,
-                    last: info.last_offset(),
-                    max_timestamp: info.max_timestamp,
-                });
-                g.last = info.last_offset();
-                g.max_timestamp = g.max_timestamp.max(info.max_timestamp);
-                Ok(())
+        let d = judge.decide(buf, info);
+        if let Decision::Drop { removed } = d {
+            removed_total += removed;
+            let g = gap.get_or_insert(Gap {
+                first: info.base_offset,
+                last: info.last_offset(),
+                max_timestamp: info.max_timestamp,
+            });
+            g.last = info.last_offset();
+            g.max_timestamp = g.max_timestamp.max(info.max_timestamp);
+            return Ok(());
+        }
+        if let Some(g) = gap.take() {
+            g.flush(&mut out)?;
+        }
+        match d {
+            Decision::Partial { batch, removed } => {
+                removed_total += removed;
+                out.push(&batch, info.base_offset)
             }
-            kept => {
-                if let Some(g) = gap.take() {
-                    g.flush(&mut out)?;
-                }
-                match kept {
-                    Some(kept) => {
-                        removed += (batch::records(buf).map_or(0, |r| r.len()) - kept.len()) as u64;
-                        out.push(&batch::retain_records(buf, &kept), info.base_offset)
-                    }
-                    None => out.push(buf, info.base_offset),
-                }
-            }
+            _ => out.push(buf, info.base_offset),
         }
     };
     let mut written = Ok(());
@@ -356,5 +421,5 @@ pub(crate) fn write_group(
     }
     let size = out.size();
     out.finish()?;
-    Ok((removed, size))
+    Ok((removed_total, size))
 }

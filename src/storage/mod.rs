@@ -631,8 +631,9 @@ fn replay_entry(
 
 /// A compacted topic keeps each key's newest record, so a record without a key
 /// has no place in it: Kafka refuses it with `INVALID_RECORD`, and so does this
-/// broker for every batch whose records it can read. A compressed batch is not
-/// decompressed to look; compaction keeps such a batch whole.
+/// broker, decompressing a compressed batch to look. A batch whose records it
+/// cannot read (an undecodable or oversized payload) is let through, and
+/// compaction keeps it whole.
 fn keyed_records_only(
     topic: &str,
     records: &[u8],
@@ -642,7 +643,10 @@ fn keyed_records_only(
     for info in infos {
         let b = &records[at..at + info.len];
         at += info.len;
-        let Some(rs) = batch::records(b) else {
+        let Some(payload) = batch::payload(b) else {
+            continue;
+        };
+        let Some(rs) = batch::records_in(b, &payload) else {
             continue;
         };
         if let Some(i) = rs.iter().position(|r| r.key.is_none()) {

@@ -589,10 +589,17 @@ impl Partition {
         let started = std::time::Instant::now();
         let (map, mapped) = compaction::build_map(&sources, policy.map_bytes)?;
         let sources = &sources[..mapped];
-        let plans = sources
-            .iter()
-            .map(|s| compaction::plan_segment(s, &map, policy))
-            .collect::<Result<Vec<_>>>()?;
+        // Each segment's plan knows the first batch before it kept whole with
+        // stale records (no tombstone after one may go).
+        let mut plans = Vec::with_capacity(sources.len());
+        let mut stale_before = Vec::with_capacity(sources.len());
+        let mut first_stale = None;
+        for src in sources {
+            let plan = compaction::plan_segment(src, &map, policy, first_stale)?;
+            stale_before.push(first_stale);
+            first_stale = first_stale.or(plan.first_stale);
+            plans.push(plan);
+        }
         // Groups of consecutive segments whose copies fit in one segment.
         let mut groups = Vec::new();
         let mut i = 0;
@@ -623,7 +630,8 @@ impl Partition {
             if group.len() == 1 && !plans[g.start].changes() {
                 continue;
             }
-            let (removed, size) = compaction::write_group(&self.dir, group, &map, policy)?;
+            let (removed, size) =
+                compaction::write_group(&self.dir, group, &map, policy, stale_before[g.start])?;
             if self.install_group(group)? {
                 stats.segments += group.len();
                 stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
@@ -892,7 +900,8 @@ impl Partition {
     }
 
     /// The records of the batch `info` at `position` of `file` that are at or
-    /// above `start`, as (offset, timestamp); `None` for a compressed batch.
+    /// above `start`, as (offset, timestamp), decompressing a compressed batch;
+    /// `None` for one whose records cannot be read.
     fn batch_records(
         info: &BatchInfo,
         file: &File,
@@ -903,13 +912,20 @@ impl Partition {
         let mut buf = vec![0u8; info.len];
         file.read_exact_at(&mut buf, position)
             .map_err(|e| Error::io("read", path, e))?;
-        Ok(batch::record_timestamps(&buf)
-            .map(|r| r.into_iter().filter(|&(o, _)| o >= start).collect()))
+        Ok(batch::payload(&buf).and_then(|payload| {
+            batch::records_in(&buf, &payload).map(|rs| {
+                rs.into_iter()
+                    .map(|r| (r.offset, r.timestamp))
+                    .filter(|&(o, _)| o >= start)
+                    .collect()
+            })
+        }))
     }
 
     /// ListOffsets by timestamp: the first offset whose record's timestamp is at or
-    /// after `timestamp`, with that timestamp. Within an uncompressed batch the
-    /// record itself is found; a compressed batch answers its first offset (at or
+    /// after `timestamp`, with that timestamp. Within a batch (decompressed if
+    /// need be) the record itself is found; one whose records cannot be read
+    /// answers its first offset (at or
     /// above the log start) and its largest timestamp. `None` when no record is
     /// that new.
     ///
@@ -931,8 +947,9 @@ impl Partition {
     }
 
     /// ListOffsets `MAX_TIMESTAMP` (-3): the offset of the record with the largest
-    /// timestamp (the first of them on a tie), with that timestamp; a compressed
-    /// batch answers its last offset, as Kafka did before it read inside batches.
+    /// timestamp (the first of them on a tie), with that timestamp; a batch whose
+    /// records cannot be read answers its last offset, as Kafka did before it
+    /// read inside batches.
     /// `None` for an empty partition. Reads every batch header.
     ///
     /// # Errors
@@ -1373,10 +1390,13 @@ pub(crate) mod tests {
                     let b = &r.records[at..];
                     let info = batch::validate_stored(b).unwrap();
                     assert_eq!(info.base_offset, next, "batches are contiguous");
-                    let records = batch::records(&b[..info.len]).map(|rs| {
-                        rs.into_iter()
-                            .map(|r| (r.offset, r.key.map(<[u8]>::to_vec), r.tombstone))
-                            .collect()
+                    let b = &b[..info.len];
+                    let records = batch::payload(b).and_then(|payload| {
+                        batch::records_in(b, &payload).map(|rs| {
+                            rs.into_iter()
+                                .map(|r| (r.offset, r.key.map(<[u8]>::to_vec), r.tombstone))
+                                .collect()
+                        })
                     });
                     out.push((info.base_offset, info.last_offset(), records));
                     next = info.last_offset() + 1;
@@ -1498,8 +1518,8 @@ pub(crate) mod tests {
         #[derive(Debug, Clone)]
         enum Step {
             /// Records (key index or keyless, value or tombstone, value size) in
-            /// one batch.
-            Put(Vec<(Option<u8>, bool, usize)>),
+            /// one batch, compressed with a codec (0: none, 1: gzip, 4: zstd).
+            Put(Vec<(Option<u8>, bool, usize)>, u8),
             Compact {
                 ratio: f64,
                 tombstones_go: bool,
@@ -1517,7 +1537,8 @@ pub(crate) mod tests {
                 0usize..400,
             );
             prop_oneof![
-                8 => prop::collection::vec(record, 1..6).prop_map(Step::Put),
+                8 => (prop::collection::vec(record, 1..6), prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(4u8)])
+                    .prop_map(|(r, codec)| Step::Put(r, codec)),
                 2 => (prop_oneof![Just(0.0), Just(0.5)], any::<bool>(), any::<bool>())
                     .prop_map(|(ratio, tombstones_go, merge)| Step::Compact { ratio, tombstones_go, merge }),
                 1 => Just(Step::Checkpoint),
@@ -1542,7 +1563,7 @@ pub(crate) mod tests {
                 let mut model = Model::new();
                 for s in &steps {
                     match s {
-                        Step::Put(records) => {
+                        Step::Put(records, codec) => {
                             let vals: Vec<(Option<String>, Option<String>)> = records
                                 .iter()
                                 .map(|&(k, tomb, size)| {
@@ -1556,7 +1577,25 @@ pub(crate) mod tests {
                                 .iter()
                                 .map(|(k, v)| (k.as_deref(), v.as_deref()))
                                 .collect();
-                            put(&p, &mut model, &refs);
+                            if *codec == 0 {
+                                put(&p, &mut model, &refs);
+                            } else {
+                                let rs: Vec<KeyedRecord<'_>> = refs
+                                    .iter()
+                                    .map(|(k, v)| (0, k.map(str::as_bytes), v.map(str::as_bytes)))
+                                    .collect();
+                                let b = crate::storage::batch::tests::compress_batch(
+                                    &make_keyed_batch(0, TS, &rs, -1, -1, -1),
+                                    *codec,
+                                );
+                                let base = store(&p, b);
+                                for (i, (k, v)) in vals.iter().enumerate() {
+                                    model.insert(
+                                        base + i as i64,
+                                        (k.clone().map(String::into_bytes), v.clone().map(String::into_bytes)),
+                                    );
+                                }
+                            }
                         }
                         Step::Compact { ratio, tombstones_go, merge } => {
                             let mut pol = policy(TS + 10);
@@ -1599,6 +1638,106 @@ pub(crate) mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn compressed_batches_are_compacted_never_growing_and_stale_ones_keep_tombstones() {
+            use crate::storage::batch::tests::compress_batch;
+            let dir = tempfile::tempdir().unwrap();
+            let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+            // Offsets 0-49: k0..k49, very compressible values, gzip.
+            let big = vec![b'a'; 1000];
+            let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+            let rs: Vec<KeyedRecord<'_>> = keys
+                .iter()
+                .map(|k| (0, Some(k.as_bytes()), Some(&big[..])))
+                .collect();
+            let stale = compress_batch(&make_keyed_batch(0, TS, &rs, -1, -1, -1), 1);
+            assert_eq!(store(&p, stale.clone()), 0);
+            // 50-59: r0..r9 with values that do not compress, zstd.
+            let mut seed = 7u64;
+            let noise: Vec<Vec<u8>> = (0..10)
+                .map(|_| {
+                    (0..200)
+                        .map(|_| {
+                            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                            (seed >> 33) as u8
+                        })
+                        .collect()
+                })
+                .collect();
+            let rkeys: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+            let rs: Vec<KeyedRecord<'_>> = rkeys
+                .iter()
+                .zip(&noise)
+                .map(|(k, v)| (0, Some(k.as_bytes()), Some(&v[..])))
+                .collect();
+            assert_eq!(
+                store(
+                    &p,
+                    compress_batch(&make_keyed_batch(0, TS, &rs, -1, -1, -1), 4)
+                ),
+                50
+            );
+            // 60-61: x0, x1, lz4; both superseded below.
+            let rs: Vec<KeyedRecord<'_>> = vec![
+                (0, Some(b"x0"), Some(b"old")),
+                (0, Some(b"x1"), Some(b"old")),
+            ];
+            assert_eq!(
+                store(
+                    &p,
+                    compress_batch(&make_keyed_batch(0, TS, &rs, -1, -1, -1), 3)
+                ),
+                60
+            );
+            // 62-: k0 and r0..r4 again, x0 and x1 again, a tombstone for k1.
+            let mut model = Model::new();
+            put(
+                &p,
+                &mut model,
+                &[(Some("k0"), Some("new")), (Some("k1"), None)],
+            );
+            for i in 0..5 {
+                put(&p, &mut model, &[(Some(&format!("r{i}")), Some("new"))]);
+            }
+            put(
+                &p,
+                &mut model,
+                &[(Some("x0"), Some("new")), (Some("x1"), Some("new"))],
+            );
+            for i in 0..30 {
+                put(
+                    &p,
+                    &mut model,
+                    &[(Some(&format!("filler{i}")), Some(&"f".repeat(300)))],
+                );
+            }
+            let mut pol = policy(TS + 10);
+            pol.delete_retention_ms = 0;
+            let stats = compact(&p, &pol);
+            assert!(stats.records_removed >= 7, "{stats:?}");
+            let batches = read_all(&p);
+            // The gzip batch: 48 records left would take ~50 KB uncompressed
+            // against its ~1 KB, so it stays whole (k0's and k1's old values in
+            // it), and the tombstone for k1 after it stays too.
+            let first = p.read(0, 1).unwrap().unwrap().records;
+            assert_eq!(&first[..], &stale[..], "kept whole, compressed");
+            let all: Vec<(i64, Option<Vec<u8>>, bool)> = batches
+                .iter()
+                .filter_map(|b| b.2.clone())
+                .flatten()
+                .collect();
+            assert!(all.contains(&(63, Some(b"k1".to_vec()), true)), "{all:?}");
+            // The zstd batch: r5..r9 stay, uncompressed, at their offsets.
+            let r = batches.iter().find(|b| b.0 == 50).unwrap();
+            let left: Vec<i64> = r.2.as_ref().unwrap().iter().map(|r| r.0).collect();
+            assert_eq!((r.1, left), (59, vec![55, 56, 57, 58, 59]));
+            // The lz4 batch: gone.
+            assert!(!batches
+                .iter()
+                .any(|b| b.0 == 60 && b.2.as_ref().is_none_or(|r| !r.is_empty())));
+            assert!(!all.iter().any(|r| r.0 == 60 || r.0 == 61));
         }
 
         #[test]

@@ -328,9 +328,17 @@ pub fn client_script(name: &str) -> PathBuf {
 
 /// Runs a Python client script; asserts it succeeded and returns its stdout.
 pub fn python_client(script: &str, args: &[&str]) -> String {
+    python_client_env(script, args, &[])
+}
+
+/// [`python_client`] with environment variables set for the script.
+pub fn python_client_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let py = python();
     let out = run(
-        Command::new(py).arg(client_script(script)).args(args),
+        Command::new(py)
+            .arg(client_script(script))
+            .args(args)
+            .envs(env.iter().copied()),
         b"",
         Duration::from_secs(120),
     );

@@ -2,14 +2,14 @@
 """confluent-kafka client used by the broker tests (tests/broker_*.rs).
 
 Subcommands (all print one line per event, flushed at once; with IDEMPOTENT=1 in the
-environment the producers are idempotent):
+environment the producers are idempotent, with COMPRESSION=codec they compress):
   produce BOOTSTRAP TOPIC COUNT PARTITIONS PREFIX   acks=all; "ACK p offset value"; exit 1 unless all acked
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
   stream-keyed BOOTSTRAP TOPIC KEYS PREFIX          the same to partition 0, message i with key k{i % KEYS}
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
   bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
   group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
-  produce-keyed BOOTSTRAP TOPIC ROUNDS KEYS TAIL   keyed messages, a tombstone, one keyless message
+  produce-keyed BOOTSTRAP TOPIC ROUNDS KEYS TAIL [CODEC]  keyed messages, a tombstone, one keyless message
                                                     (see produce_keyed)
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
   grow    BOOTSTRAP TOPIC COUNT                     AdminClient: add partitions up to COUNT; "GREW topic count"
@@ -34,12 +34,14 @@ def out(line):
 
 
 def producer(bootstrap):
-    # IDEMPOTENT=1 turns on the idempotent producer (InitProducerId, sequence numbers).
+    # IDEMPOTENT=1 turns on the idempotent producer (InitProducerId, sequence numbers);
+    # COMPRESSION=gzip|snappy|lz4|zstd compresses the batches.
     return Producer({
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 2,
         "enable.idempotence": os.environ.get("IDEMPOTENT") == "1",
+        "compression.codec": os.environ.get("COMPRESSION", "none"),
         "message.timeout.ms": 30000,
     })
 
@@ -365,7 +367,7 @@ def timed(bootstrap, topic, first_ts, count):
             out("%s %d %d" % (name, r.offset, r.timestamp))
 
 
-def produce_keyed(bootstrap, topic, rounds, keys, tail):
+def produce_keyed(bootstrap, topic, rounds, keys, tail, compression="none"):
     """To partition 0: `rounds` rounds of one message per key k0..k{keys-1} (value
     "kN-rR"), a tombstone for k0, `tail` messages with key "tail", then one message
     without a key. "ACK offset key value" per delivered message ("<null>" for the
@@ -376,6 +378,7 @@ def produce_keyed(bootstrap, topic, rounds, keys, tail):
         "acks": "all",
         "linger.ms": 1,
         "batch.num.messages": 5,
+        "compression.codec": compression,
         "message.timeout.ms": 30000,
     })
 
@@ -434,7 +437,8 @@ def main(argv):
     elif cmd == "group-admin":
         group_admin(argv[2], argv[3], float(argv[4]))
     elif cmd == "produce-keyed":
-        produce_keyed(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+        produce_keyed(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]),
+                      argv[7] if len(argv) > 7 else "none")
     elif cmd == "grow":
         grow(argv[2], argv[3], int(argv[4]))
     elif cmd == "create-with-configs":
