@@ -128,6 +128,26 @@ fn wait_then(
     stream.kill()
 }
 
+/// Every stored value is one the stream of a cycle up to `cycle` produced
+/// (`c{cycle}-{n}`), and none is stored twice.
+fn assert_produced_once(stored: &BTreeMap<i64, &String>, cycle: usize) {
+    let values: BTreeSet<&String> = stored.values().copied().collect();
+    assert_eq!(
+        values.len(),
+        stored.len(),
+        "cycle {cycle}: nothing stored twice"
+    );
+    for v in stored.values() {
+        let (prefix, n) = v.split_once('-').expect("well-formed value");
+        assert!(
+            prefix.starts_with('c')
+                && prefix[1..].parse::<usize>().unwrap() <= cycle
+                && n.parse::<u64>().is_ok(),
+            "foreign bytes {v:?}"
+        );
+    }
+}
+
 /// The number after `name=` in a log line.
 fn field(line: &str, name: &str) -> u64 {
     let at = line
@@ -692,21 +712,7 @@ fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
                     "cycle {cycle}: acknowledged {v} at {p}/{o}"
                 );
             }
-            let values: BTreeSet<&String> = stored.values().copied().collect();
-            assert_eq!(
-                values.len(),
-                stored.len(),
-                "cycle {cycle}: nothing stored twice"
-            );
-            for v in stored.values() {
-                let (prefix, n) = v.split_once('-').expect("well-formed value");
-                assert!(
-                    prefix.starts_with('c')
-                        && prefix[1..].parse::<usize>().unwrap() <= cycle
-                        && n.parse::<u64>().is_ok(),
-                    "foreign bytes {v:?}"
-                );
-            }
+            assert_produced_once(&stored, cycle);
         }
         // DeleteRecords on partition 0, up to everything readable.
         let out = python_client(
@@ -796,21 +802,7 @@ fn kill9_while_compacting_keeps_every_keys_newest_acknowledged_message() {
             "cycle {cycle}: in order"
         );
         let stored: BTreeMap<i64, &String> = read.iter().map(|(o, v)| (*o, v)).collect();
-        let values: BTreeSet<&String> = stored.values().copied().collect();
-        assert_eq!(
-            values.len(),
-            stored.len(),
-            "cycle {cycle}: nothing stored twice"
-        );
-        for v in stored.values() {
-            let (p, n) = v.split_once('-').expect("well-formed value");
-            assert!(
-                p.starts_with('c')
-                    && p[1..].parse::<usize>().unwrap() <= cycle
-                    && n.parse::<u64>().is_ok(),
-                "foreign bytes {v:?}"
-            );
-        }
+        assert_produced_once(&stored, cycle);
         for (o, v) in &acked {
             if let Some(s) = stored.get(o) {
                 assert_eq!(s, &v, "cycle {cycle}: acknowledged {v} at {o}");

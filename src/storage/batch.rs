@@ -666,28 +666,9 @@ pub(crate) mod tests {
             -1,
             -1,
         );
-        let plain: Vec<_> = records(&b)
-            .unwrap()
-            .into_iter()
-            .map(|r| {
-                (
-                    r.offset,
-                    r.timestamp,
-                    r.key.map(<[u8]>::to_vec),
-                    r.tombstone,
-                )
-            })
-            .collect();
-        for codec in [1, 2, 5, 3, 4] {
-            let c = compress_batch(&b, codec);
-            let info = validate(&c).unwrap();
-            assert_eq!(info.last_offset(), 7);
-            assert!(is_compressed(&c) && records(&c).is_none(), "codec {codec}");
-            let p = payload(&c).unwrap_or_else(|| panic!("codec {codec}"));
-            assert_eq!(&p[..], &b[HEADER_LEN..], "codec {codec}");
-            let rs: Vec<_> = records_in(&c, &p)
-                .unwrap()
-                .into_iter()
+        type Owned = (i64, i64, Option<Vec<u8>>, bool);
+        let owned = |rs: Vec<RecordView<'_>>| -> Vec<Owned> {
+            rs.into_iter()
                 .map(|r| {
                     (
                         r.offset,
@@ -696,8 +677,17 @@ pub(crate) mod tests {
                         r.tombstone,
                     )
                 })
-                .collect();
-            assert_eq!(rs, plain, "codec {codec}");
+                .collect()
+        };
+        let plain = owned(records(&b).unwrap());
+        for codec in [1, 2, 5, 3, 4] {
+            let c = compress_batch(&b, codec);
+            let info = validate(&c).unwrap();
+            assert_eq!(info.last_offset(), 7);
+            assert!(is_compressed(&c) && records(&c).is_none(), "codec {codec}");
+            let p = payload(&c).unwrap_or_else(|| panic!("codec {codec}"));
+            assert_eq!(&p[..], &b[HEADER_LEN..], "codec {codec}");
+            assert_eq!(owned(records_in(&c, &p).unwrap()), plain, "codec {codec}");
             // The records kept, uncompressed, every other field as it was.
             let rs = records_in(&c, &p).unwrap();
             let kept = retain_decompressed(&c, &p, &[rs[2].bytes.clone()]);

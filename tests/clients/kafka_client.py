@@ -69,28 +69,19 @@ def produce(bootstrap, topic, count, partitions, prefix):
         sys.exit(1)
 
 
-def stream(bootstrap, topic, partitions, prefix):
+def stream(bootstrap, topic, partitions, prefix, keys=None):
+    """acks=all produces until killed: message i to partition i % partitions,
+    or with `keys`, to partition 0 with key "k{i % keys}"."""
     p = producer(bootstrap)
     i = 0
     while True:
         try:
-            p.produce(topic, value=("%s-%d" % (prefix, i)).encode(), partition=i % partitions, on_delivery=on_delivery)
-            i += 1
-        except BufferError:
-            p.poll(0.01)
-        p.poll(0)
-        if i % 50 == 0:
-            p.poll(0.001)
-
-
-def stream_keyed(bootstrap, topic, keys, prefix):
-    """Like `stream`, to partition 0, message i with key "k{i % keys}"."""
-    p = producer(bootstrap)
-    i = 0
-    while True:
-        try:
-            p.produce(topic, key=b"k%d" % (i % keys), value=("%s-%d" % (prefix, i)).encode(),
-                      partition=0, on_delivery=on_delivery)
+            if keys is None:
+                p.produce(topic, value=("%s-%d" % (prefix, i)).encode(), partition=i % partitions,
+                          on_delivery=on_delivery)
+            else:
+                p.produce(topic, key=b"k%d" % (i % keys), value=("%s-%d" % (prefix, i)).encode(),
+                          partition=0, on_delivery=on_delivery)
             i += 1
         except BufferError:
             p.poll(0.01)
@@ -425,7 +416,7 @@ def main(argv):
     elif cmd == "stream":
         stream(argv[2], argv[3], int(argv[4]), argv[5])
     elif cmd == "stream-keyed":
-        stream_keyed(argv[2], argv[3], int(argv[4]), argv[5])
+        stream(argv[2], argv[3], 1, argv[5], keys=int(argv[4]))
     elif cmd == "assign":
         assign(argv[2], argv[3], int(argv[4]))
     elif cmd == "group":
