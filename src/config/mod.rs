@@ -79,6 +79,10 @@ pub struct StorageConfig {
     /// How often compacted topics (`cleanup.policy=compact`) are looked at for
     /// partitions to compact (Kafka's `log.cleaner.backoff.ms`). Default: 15000.
     pub cleaner_backoff_ms: u64,
+    /// Bound of one compaction pass's key map, keys plus 48 bytes each (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`); a partition with more keys is compacted
+    /// a part per pass. Default: 64 MiB.
+    pub cleaner_dedupe_buffer_bytes: u64,
 }
 
 /// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
@@ -132,6 +136,7 @@ impl Default for Config {
                 retention_check_interval_ms: 300_000,
                 roll_ms: 7 * 24 * 3600 * 1000,
                 cleaner_backoff_ms: 15_000,
+                cleaner_dedupe_buffer_bytes: crate::storage::compaction::DEFAULT_MAP_BYTES as u64,
             },
             wal: WalSettings {
                 enabled: true,
@@ -211,6 +216,13 @@ impl Config {
         }
         if self.storage.roll_ms == 0 {
             return bad("--log-roll-ms", "0".into(), "accepted values: 1 or more");
+        }
+        if self.storage.cleaner_dedupe_buffer_bytes < 1024 * 1024 {
+            return bad(
+                "--log-cleaner-dedupe-buffer-size",
+                self.storage.cleaner_dedupe_buffer_bytes.to_string(),
+                "accepted values: 1m or more",
+            );
         }
         if self.storage.cleaner_backoff_ms == 0 {
             return bad(
@@ -519,6 +531,12 @@ pub struct Cli {
     )]
     pub log_cleaner_backoff_ms: u64,
 
+    /// Bound of one compaction pass's key map (keys plus 48 bytes each; Kafka's
+    /// `log.cleaner.dedupe.buffer.size`): a partition with more distinct keys is
+    /// compacted a part per pass.
+    #[arg(long, env = "STREAMLINE_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value = "64m", value_parser = parse_size, value_name = "BYTES")]
+    pub log_cleaner_dedupe_buffer_size: u64,
+
     /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
     #[arg(
         long,
@@ -580,6 +598,7 @@ impl Cli {
                 retention_check_interval_ms: self.log_retention_check_interval_ms,
                 roll_ms: self.log_roll_ms,
                 cleaner_backoff_ms: self.log_cleaner_backoff_ms,
+                cleaner_dedupe_buffer_bytes: self.log_cleaner_dedupe_buffer_size,
             },
             wal: WalSettings {
                 enabled: self.wal_enabled,
@@ -696,6 +715,13 @@ mod tests {
         assert!(e.contains("--log-cleaner-backoff-ms"), "{e}");
         let c = parse(&[]).unwrap();
         assert_eq!(c.storage.cleaner_backoff_ms, 15_000);
+        assert_eq!(c.storage.cleaner_dedupe_buffer_bytes, 64 << 20);
+        let e = parse(&["--log-cleaner-dedupe-buffer-size", "4k"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log-cleaner-dedupe-buffer-size"), "{e}");
         assert_eq!(
             (
                 c.groups.offsets_retention_minutes,

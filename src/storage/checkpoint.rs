@@ -11,7 +11,7 @@ use std::{
 use crate::error::Result;
 
 use super::{
-    compaction::{self, CompactionPolicy, CompactionStats},
+    compaction::{CompactionPolicy, CompactionStats},
     recovery_points::{self, RecoveryPoints, TopicPoints},
     Shared,
 };
@@ -121,7 +121,8 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
             delete_retention_ms: t.configs.delete_retention_ms(),
             min_compaction_lag_ms: t.configs.min_compaction_lag_ms(),
             min_cleanable_dirty_ratio: t.configs.min_cleanable_dirty_ratio(),
-            map_bytes: compaction::DEFAULT_MAP_BYTES,
+            map_bytes: usize::try_from(shared.config.storage.cleaner_dedupe_buffer_bytes)
+                .unwrap_or(usize::MAX),
             segment_bytes: t.configs.segment_bytes(&shared.config.storage),
         };
         for p in &t.partitions {

@@ -56,8 +56,8 @@ use super::{
     segment::CleanedWriter,
 };
 
-/// Default bound of one pass's key map (Kafka's `log.cleaner.dedupe.buffer.size`
-/// is 128 MiB for all cleaner threads).
+/// Default bound of one pass's key map (`--log-cleaner-dedupe-buffer-size`;
+/// Kafka's `log.cleaner.dedupe.buffer.size` is 128 MiB for all cleaner threads).
 pub const DEFAULT_MAP_BYTES: usize = 64 << 20;
 
 /// What one compaction pass may remove.

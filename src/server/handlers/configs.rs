@@ -213,6 +213,18 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             s.data_dir == ds.data_dir,
         ),
         setting(
+            "log.cleaner.backoff.ms",
+            s.cleaner_backoff_ms,
+            ds.cleaner_backoff_ms,
+            LONG,
+        ),
+        setting(
+            "log.cleaner.dedupe.buffer.size",
+            s.cleaner_dedupe_buffer_bytes,
+            ds.cleaner_dedupe_buffer_bytes,
+            LONG,
+        ),
+        setting(
             "log.retention.bytes",
             opt(s.retention_bytes),
             opt(ds.retention_bytes),
