@@ -1524,6 +1524,7 @@ pub(crate) mod tests {
                 ratio: f64,
                 tombstones_go: bool,
                 merge: bool,
+                small_map: bool,
             },
             Checkpoint,
             Reopen,
@@ -1539,8 +1540,10 @@ pub(crate) mod tests {
             prop_oneof![
                 8 => (prop::collection::vec(record, 1..6), prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(4u8)])
                     .prop_map(|(r, codec)| Step::Put(r, codec)),
-                2 => (prop_oneof![Just(0.0), Just(0.5)], any::<bool>(), any::<bool>())
-                    .prop_map(|(ratio, tombstones_go, merge)| Step::Compact { ratio, tombstones_go, merge }),
+                2 => (prop_oneof![Just(0.0), Just(0.5)], any::<bool>(), any::<bool>(), any::<bool>())
+                    .prop_map(|(ratio, tombstones_go, merge, small_map)| Step::Compact {
+                        ratio, tombstones_go, merge, small_map,
+                    }),
                 1 => Just(Step::Checkpoint),
                 1 => Just(Step::Reopen),
             ]
@@ -1597,11 +1600,13 @@ pub(crate) mod tests {
                                 }
                             }
                         }
-                        Step::Compact { ratio, tombstones_go, merge } => {
+                        Step::Compact { ratio, tombstones_go, merge, small_map } => {
                             let mut pol = policy(TS + 10);
                             pol.min_cleanable_dirty_ratio = *ratio;
                             pol.delete_retention_ms = if *tombstones_go { 0 } else { 1 << 40 };
                             pol.segment_bytes = if *merge { 4096 } else { 1 };
+                            // A map of one segment: a pass covers a part of the log.
+                            pol.map_bytes = if *small_map { 1 } else { DEFAULT_MAP_BYTES };
                             compact(&p, &pol);
                         }
                         Step::Checkpoint => p.sync().unwrap(),
