@@ -12,8 +12,10 @@
 //!    the broker started (or since the last pass) are at least
 //!    `min.cleanable.dirty.ratio` of all cleanable bytes.
 //! 3. A key map (key → offset of its newest record) is built from the cleanable
-//!    segments, whole segments at a time, until it holds about
-//!    [`CompactionPolicy::map_bytes`].
+//!    segments after the last pass, whole segments at a time, until it holds
+//!    about [`CompactionPolicy::map_bytes`]; the pass compacts every segment from
+//!    the log start to the end of the map against it, and the next one goes on
+//!    from there.
 //! 4. Each mapped segment is read once to see what would stay ([`plan_segment`]).
 //!    Consecutive segments whose copies fit in `segment.bytes` together form a
 //!    group, so that compacted segments do not pile up as ever smaller files.
@@ -159,31 +161,25 @@ fn with_records<T>(
 pub(crate) struct KeyMap {
     latest: HashMap<Vec<u8>, i64>,
     bytes: usize,
-    /// The first batch whose records could not be read (transactional, an
-    /// unknown codec, damaged or too large), if any.
-    first_opaque: Option<i64>,
 }
 
 /// Per-entry overhead counted against the map's bound.
 const ENTRY_OVERHEAD: usize = 48;
 
-/// Maps the keys of `sources` in order, whole segments at a time, until the map
-/// holds `limit` bytes (at least one segment). Returns the map and how many
-/// segments it covers.
-pub(crate) fn build_map(sources: &[Source], limit: usize) -> Result<(KeyMap, usize)> {
+/// Maps the keys of `sources[first..]` in order, whole segments at a time, until
+/// the map holds `limit` bytes (at least one segment). Returns the map and the
+/// index after the last segment it covers. A batch whose records cannot be read
+/// adds no key (its records all stay).
+pub(crate) fn build_map(sources: &[Source], first: usize, limit: usize) -> Result<(KeyMap, usize)> {
     let mut map = KeyMap::default();
-    let mut mapped = 0;
-    for src in sources {
-        if mapped > 0 && map.bytes >= limit {
+    let mut end = first;
+    for src in &sources[first..] {
+        if end > first && map.bytes >= limit {
             break;
         }
         src.for_each_batch(|buf, info| {
             with_records(buf, info, |records| {
-                let Some((records, _, _)) = records else {
-                    map.first_opaque.get_or_insert(info.base_offset);
-                    return;
-                };
-                for r in records {
+                for r in records.map_or(&[][..], |r| r.0) {
                     if let Some(k) = r.key {
                         match map.latest.get_mut(k) {
                             Some(o) => *o = r.offset,
@@ -197,9 +193,9 @@ pub(crate) fn build_map(sources: &[Source], limit: usize) -> Result<(KeyMap, usi
             });
             Ok(())
         })?;
-        mapped += 1;
+        end += 1;
     }
-    Ok((map, mapped))
+    Ok((map, end))
 }
 
 /// A run of batches from which every record went, written as one empty batch.
@@ -242,40 +238,44 @@ struct Judge<'a> {
     map: &'a KeyMap,
     /// Tombstones older than this go.
     tombstone_horizon: i64,
-    /// The first batch kept whole with stale records ([`Decision::WholeStale`])
-    /// seen so far in this pass, in offset order.
-    first_stale: Option<i64>,
+    /// The first batch seen so far in this pass (which reads from the log start,
+    /// in offset order) that may hold an older value of some key: one kept whole
+    /// with stale records ([`Decision::WholeStale`]), or one whose records cannot
+    /// be read.
+    first_unsafe: Option<i64>,
 }
 
 impl<'a> Judge<'a> {
-    fn new(map: &'a KeyMap, policy: &CompactionPolicy, first_stale: Option<i64>) -> Judge<'a> {
+    fn new(map: &'a KeyMap, policy: &CompactionPolicy, first_unsafe: Option<i64>) -> Judge<'a> {
         Judge {
             map,
             tombstone_horizon: policy
                 .now_ms
                 .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX)),
-            first_stale,
+            first_unsafe,
         }
     }
 
-    /// A record stays if it is its key's newest, unless it is a tombstone past
-    /// `delete.retention.ms` with no batch before it whose records the broker
-    /// cannot read or which keeps stale records. Keyless records go.
+    /// A record goes if the map holds a newer record of its key; one whose key
+    /// the map does not hold (it maps only the segments after the last pass)
+    /// is its key's newest as far as this pass knows. A newest record stays,
+    /// unless it is a tombstone past `delete.retention.ms` with no batch before
+    /// it that may hold an older value of its key. Keyless records go.
     fn keep(&self, r: &batch::RecordView<'_>) -> bool {
         let Some(k) = r.key else { return false };
-        if self.map.latest.get(k) != Some(&r.offset) {
+        if self.map.latest.get(k).is_some_and(|&o| o != r.offset) {
             return false;
         }
         !(r.tombstone
             && r.timestamp < self.tombstone_horizon
-            && self.map.first_opaque.is_none_or(|o| o > r.offset)
-            && self.first_stale.is_none_or(|o| o > r.offset))
+            && self.first_unsafe.is_none_or(|o| o > r.offset))
     }
 
     /// Decides the batch `buf` (batches must be judged in offset order).
     fn decide(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
         let d = with_records(buf, info, |records| {
             let Some((records, payload, compressed)) = records else {
+                self.first_unsafe.get_or_insert(info.base_offset);
                 return Decision::Whole;
             };
             let n = records.len();
@@ -299,7 +299,7 @@ impl<'a> Judge<'a> {
             }
         });
         if matches!(d, Decision::WholeStale) {
-            self.first_stale.get_or_insert(info.base_offset);
+            self.first_unsafe.get_or_insert(info.base_offset);
         }
         d
     }
@@ -315,8 +315,9 @@ pub(crate) struct Plan {
     pub merges_empty: bool,
     /// About the size of the copy.
     pub kept_bytes: u64,
-    /// The first batch that would be kept whole with stale records, if any.
-    pub first_stale: Option<i64>,
+    /// The first batch in the segment that may hold an older value of some key
+    /// (see `Judge::first_unsafe`), if any.
+    pub first_unsafe: Option<i64>,
 }
 
 impl Plan {
@@ -326,15 +327,16 @@ impl Plan {
     }
 }
 
-/// Reads `src` once to see what compacting it would do; `first_stale` is the
-/// first batch kept whole with stale records in the segments before it.
+/// Reads `src` once to see what compacting it would do; `first_unsafe` is the
+/// first batch that may hold an older value of some key in the segments before
+/// it (the pass reads every segment from the log start, in order).
 pub(crate) fn plan_segment(
     src: &Source,
     map: &KeyMap,
     policy: &CompactionPolicy,
-    first_stale: Option<i64>,
+    first_unsafe: Option<i64>,
 ) -> Result<Plan> {
-    let mut judge = Judge::new(map, policy, first_stale);
+    let mut judge = Judge::new(map, policy, first_unsafe);
     let mut plan = Plan::default();
     let mut prev_empty = false;
     src.for_each_batch(|buf, info| {
@@ -357,24 +359,22 @@ pub(crate) fn plan_segment(
         prev_empty = empty;
         Ok(())
     })?;
-    plan.first_stale = judge
-        .first_stale
-        .filter(|_| judge.first_stale != first_stale);
+    plan.first_unsafe = judge.first_unsafe.filter(|_| first_unsafe.is_none());
     Ok(plan)
 }
 
 /// Writes the compacted copy of the consecutive segments `group` as one segment
 /// starting at the first one's base, beside it ([`CleanedWriter`] files, made
-/// durable); `first_stale` as for [`plan_segment`]. Returns the records removed
+/// durable); `first_unsafe` as for [`plan_segment`]. Returns the records removed
 /// and the copy's size.
 pub(crate) fn write_group(
     dir: &Path,
     group: &[Source],
     map: &KeyMap,
     policy: &CompactionPolicy,
-    first_stale: Option<i64>,
+    first_unsafe: Option<i64>,
 ) -> Result<(u64, u64)> {
-    let mut judge = Judge::new(map, policy, first_stale);
+    let mut judge = Judge::new(map, policy, first_unsafe);
     let base = group[0].base;
     let mut out = CleanedWriter::create(dir, base)?;
     let mut gap: Option<Gap> = None;

@@ -587,17 +587,22 @@ impl Partition {
             return Ok(CompactionStats::default());
         }
         let started = std::time::Instant::now();
-        let (map, mapped) = compaction::build_map(&sources, policy.map_bytes)?;
+        // As Kafka's cleaner: the map covers the segments from the first not
+        // covered by the last pass on, as far as it holds; the pass then
+        // compacts every segment from the log start to the end of the map
+        // against it (a key the map lacks has no newer record there).
+        let first_dirty = sources.iter().position(|s| s.next > cleaned).unwrap_or(0);
+        let (map, mapped) = compaction::build_map(&sources, first_dirty, policy.map_bytes)?;
         let sources = &sources[..mapped];
-        // Each segment's plan knows the first batch before it kept whole with
-        // stale records (no tombstone after one may go).
+        // Each segment's plan knows the first batch before it that may hold an
+        // older value of some key (no tombstone after one may go).
         let mut plans = Vec::with_capacity(sources.len());
-        let mut stale_before = Vec::with_capacity(sources.len());
-        let mut first_stale = None;
+        let mut unsafe_before = Vec::with_capacity(sources.len());
+        let mut first_unsafe = None;
         for src in sources {
-            let plan = compaction::plan_segment(src, &map, policy, first_stale)?;
-            stale_before.push(first_stale);
-            first_stale = first_stale.or(plan.first_stale);
+            let plan = compaction::plan_segment(src, &map, policy, first_unsafe)?;
+            unsafe_before.push(first_unsafe);
+            first_unsafe = first_unsafe.or(plan.first_unsafe);
             plans.push(plan);
         }
         // Groups of consecutive segments whose copies fit in one segment.
@@ -631,7 +636,7 @@ impl Partition {
                 continue;
             }
             let (removed, size) =
-                compaction::write_group(&self.dir, group, &map, policy, stale_before[g.start])?;
+                compaction::write_group(&self.dir, group, &map, policy, unsafe_before[g.start])?;
             if self.install_group(group)? {
                 stats.segments += group.len();
                 stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
@@ -1743,6 +1748,51 @@ pub(crate) mod tests {
                 .iter()
                 .any(|b| b.0 == 60 && b.2.as_ref().is_none_or(|r| !r.is_empty())));
             assert!(!all.iter().any(|r| r.0 == 60 || r.0 == 61));
+        }
+
+        #[test]
+        fn a_key_map_smaller_than_the_log_goes_on_where_the_last_pass_stopped() {
+            let dir = tempfile::tempdir().unwrap();
+            let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+            let mut model = Model::new();
+            let v = "v".repeat(40);
+            // 400 distinct keys, then every one of them again: twice as many
+            // records as keys, over many segments.
+            for round in 0..2 {
+                for k in 0..400 {
+                    put(
+                        &p,
+                        &mut model,
+                        &[(Some(&format!("key{k:04}")), Some(&format!("{round}{v}")))],
+                    );
+                }
+            }
+            let active = active_base(&p);
+            let mut pol = policy(TS);
+            pol.map_bytes = 1; // one segment per pass
+            pol.segment_bytes = 1; // no merging: segments keep their bases
+            let mut passes = 0;
+            while p.cleaned_through.load(Ordering::Acquire) < active {
+                compact(&p, &pol);
+                passes += 1;
+                assert!(passes < 1000, "no progress");
+            }
+            assert!(passes > 3, "{passes} passes");
+            // Every key below the active segment appears once, at its newest.
+            let mut newest: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+            for (o, (k, _)) in model.range(..active) {
+                newest.insert(k.clone().unwrap(), *o);
+            }
+            let mut seen: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+            for (o, k, _) in read_all(&p).into_iter().flat_map(|b| b.2.unwrap()) {
+                if o < active {
+                    assert!(
+                        seen.insert(k.clone().unwrap(), o).is_none(),
+                        "key twice: {k:?}"
+                    );
+                }
+            }
+            assert_eq!(seen, newest);
         }
 
         #[test]
