@@ -407,17 +407,6 @@ fn snappy(data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The (offset, timestamp) of every record of the whole, uncompressed batch at the
-/// start of `buf`, in order. `None` as for [`records`].
-pub fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
-    Some(
-        records(buf)?
-            .into_iter()
-            .map(|r| (r.offset, r.timestamp))
-            .collect(),
-    )
-}
-
 /// Sets a batch's length and CRC from its bytes (after its records changed).
 fn seal(b: &mut [u8]) {
     let len = i32::try_from(b.len() - LOG_OVERHEAD).unwrap_or(i32::MAX);
@@ -426,27 +415,13 @@ fn seal(b: &mut [u8]) {
     b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// The whole batch at the start of `buf` holding only the records whose byte ranges
-/// are `keep` (from [`records`], in order): every header field stays as it was
-/// (base offset, last offset delta, timestamps, producer), as Kafka's log cleaner
-/// keeps them, so the batch still spans the same offsets.
-pub fn retain_records(buf: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
-    let mut b =
-        Vec::with_capacity(HEADER_LEN + keep.iter().map(ExactSizeIterator::len).sum::<usize>());
-    b.extend_from_slice(&buf[..HEADER_LEN]);
-    for r in keep {
-        b.extend_from_slice(&buf[r.clone()]);
-    }
-    let count = i32::try_from(keep.len()).unwrap_or(i32::MAX);
-    b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
-    seal(&mut b);
-    b
-}
-
-/// Like [`retain_records`] for records found in `payload` (the batch's
-/// decompressed records section, [`payload`]): the new batch holds them
-/// uncompressed (its codec bits cleared), every other header field as it was.
-pub fn retain_decompressed(buf: &[u8], payload: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
+/// The whole batch at the start of `buf` holding only the records at the byte
+/// ranges `keep` of `payload` (its records section, decompressed for a
+/// compressed batch: see [`payload`] and [`records_in`]; or `buf` itself with
+/// the ranges [`records`] gives), uncompressed: every other header field stays
+/// as it was (base offset, last offset delta, timestamps, producer), as Kafka's
+/// log cleaner keeps them, so the batch still spans the same offsets.
+pub fn retain_records(buf: &[u8], payload: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
     let mut b =
         Vec::with_capacity(HEADER_LEN + keep.iter().map(ExactSizeIterator::len).sum::<usize>());
     b.extend_from_slice(&buf[..HEADER_LEN]);
@@ -690,7 +665,7 @@ pub(crate) mod tests {
             assert_eq!(owned(records_in(&c, &p).unwrap()), plain, "codec {codec}");
             // The records kept, uncompressed, every other field as it was.
             let rs = records_in(&c, &p).unwrap();
-            let kept = retain_decompressed(&c, &p, &[rs[2].bytes.clone()]);
+            let kept = retain_records(&c, &p, &[rs[2].bytes.clone()]);
             assert!(!is_compressed(&kept));
             let left: Vec<_> = records(&kept)
                 .unwrap()
@@ -757,7 +732,7 @@ pub(crate) mod tests {
 
         // Keep records 0 and 2: a valid batch spanning the same offsets, same
         // producer and sequence, two records.
-        let kept = retain_records(&b, &[rs[0].bytes.clone(), rs[2].bytes.clone()]);
+        let kept = retain_records(&b, &b, &[rs[0].bytes.clone(), rs[2].bytes.clone()]);
         let info = validate(&kept).unwrap();
         let orig = validate(&b).unwrap();
         assert_eq!(
@@ -773,7 +748,7 @@ pub(crate) mod tests {
         assert_eq!(left, vec![(0, Some(&b"k1"[..])), (2, Some(&b"k2"[..]))]);
 
         // Keep none: still valid as a stored batch, refused as a produced one.
-        let none = retain_records(&b, &[]);
+        let none = retain_records(&b, &b, &[]);
         assert!(matches!(
             validate(&none),
             Err(BatchError::BadCount { count: 0, .. })
@@ -801,6 +776,16 @@ pub(crate) mod tests {
         gz[ATTRIBUTES_OFFSET + 1] |= 4;
         assert!(is_compressed(&gz) && !is_compressed(&b));
         assert_eq!(records(&gz), None);
+    }
+
+    /// (offset, timestamp) of every record, as [`records`] reads them.
+    fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
+        Some(
+            records(buf)?
+                .into_iter()
+                .map(|r| (r.offset, r.timestamp))
+                .collect(),
+        )
     }
 
     #[test]

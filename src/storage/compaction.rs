@@ -291,7 +291,7 @@ impl<'a> Judge<'a> {
             if removed == 0 {
                 return Decision::Whole;
             }
-            let batch = batch::retain_decompressed(buf, payload, &kept);
+            let batch = batch::retain_records(buf, payload, &kept);
             if compressed && batch.len() > buf.len() {
                 Decision::WholeStale
             } else {

@@ -759,11 +759,7 @@ impl Segment {
             .log_path
             .with_file_name(producers_name(self.base_offset));
         for path in [&snapshot, &self.index_path, &self.log_path] {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", path, e)),
-            }
+            remove_if_present(path)?;
         }
         Ok(())
     }
