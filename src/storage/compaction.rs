@@ -315,8 +315,9 @@ pub(crate) struct Plan {
     pub merges_empty: bool,
     /// About the size of the copy.
     pub kept_bytes: u64,
-    /// The first batch in the segment that may hold an older value of some key
-    /// (see `Judge::first_unsafe`), if any.
+    /// The first batch up to the end of the segment that may hold an older
+    /// value of some key (see `Judge::first_unsafe`), if any: what the next
+    /// segment's plan starts from.
     pub first_unsafe: Option<i64>,
 }
 
@@ -359,7 +360,7 @@ pub(crate) fn plan_segment(
         prev_empty = empty;
         Ok(())
     })?;
-    plan.first_unsafe = judge.first_unsafe.filter(|_| first_unsafe.is_none());
+    plan.first_unsafe = judge.first_unsafe;
     Ok(plan)
 }
 

@@ -602,7 +602,7 @@ impl Partition {
         for src in sources {
             let plan = compaction::plan_segment(src, &map, policy, first_unsafe)?;
             unsafe_before.push(first_unsafe);
-            first_unsafe = first_unsafe.or(plan.first_unsafe);
+            first_unsafe = plan.first_unsafe;
             plans.push(plan);
         }
         // Groups of consecutive segments whose copies fit in one segment.
@@ -1363,6 +1363,15 @@ pub(crate) mod tests {
             }
         }
 
+        /// A partition with 4 KiB segments in a new temporary directory (kept
+        /// while the first value lives), and its directory.
+        fn fresh() -> (tempfile::TempDir, PathBuf, Partition) {
+            let dir = tempfile::tempdir().unwrap();
+            let pdir = dir.path().join("0");
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            (dir, pdir, p)
+        }
+
         fn compact(p: &Partition, policy: &CompactionPolicy) -> CompactionStats {
             p.compact(policy, &AtomicBool::new(false)).unwrap()
         }
@@ -1418,9 +1427,7 @@ pub(crate) mod tests {
 
         #[test]
         fn keeps_each_keys_newest_record_drops_keyless_ones_and_keeps_every_offset() {
-            let dir = tempfile::tempdir().unwrap();
-            let pdir = dir.path().join("0");
-            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            let (_dir, pdir, p) = fresh();
             let mut model = Model::new();
             for i in 0..200 {
                 let (a, b) = (format!("k{}", i % 7), format!("k{}", (i * 3) % 11));
@@ -1565,9 +1572,7 @@ pub(crate) mod tests {
             fn compaction_keeps_the_newest_of_every_key_and_invents_nothing(
                 steps in proptest::collection::vec(step(), 1..60)
             ) {
-                let dir = tempfile::tempdir().unwrap();
-                let pdir = dir.path().join("0");
-                let mut p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+                let (_dir, pdir, mut p) = fresh();
                 let mut model = Model::new();
                 for s in &steps {
                     match s {
@@ -1653,8 +1658,7 @@ pub(crate) mod tests {
         #[test]
         fn compressed_batches_are_compacted_never_growing_and_stale_ones_keep_tombstones() {
             use crate::storage::batch::tests::compress_batch;
-            let dir = tempfile::tempdir().unwrap();
-            let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+            let (_dir, _, p) = fresh();
             // Offsets 0-49: k0..k49, very compressible values, gzip.
             let big = vec![b'a'; 1000];
             let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
@@ -1752,8 +1756,7 @@ pub(crate) mod tests {
 
         #[test]
         fn a_key_map_smaller_than_the_log_goes_on_where_the_last_pass_stopped() {
-            let dir = tempfile::tempdir().unwrap();
-            let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+            let (_dir, _, p) = fresh();
             let mut model = Model::new();
             let v = "v".repeat(40);
             // 400 distinct keys, then every one of them again: twice as many
@@ -1797,9 +1800,7 @@ pub(crate) mod tests {
 
         #[test]
         fn segments_after_an_offset_gap_are_not_merged_across_it() {
-            let dir = tempfile::tempdir().unwrap();
-            let pdir = dir.path().join("0");
-            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            let (_dir, pdir, p) = fresh();
             let mut model = Model::new();
             let v = "v".repeat(300);
             for i in 0..30 {
@@ -1832,9 +1833,7 @@ pub(crate) mod tests {
 
         #[test]
         fn tombstones_go_after_delete_retention_unless_a_compressed_batch_lies_before() {
-            let dir = tempfile::tempdir().unwrap();
-            let pdir = dir.path().join("0");
-            let p = Partition::open("t", 0, pdir, 4096).unwrap();
+            let (_dir, _, p) = fresh();
             let mut model = Model::new();
             let filler = "f".repeat(200);
             put(
@@ -1870,8 +1869,7 @@ pub(crate) mod tests {
 
             // A compressed batch before a tombstone: the tombstone stays (the batch
             // may hold an older value of its key), and so does the batch.
-            let dir = tempfile::tempdir().unwrap();
-            let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+            let (_dir, _, p) = fresh();
             let mut gz = make_keyed_batch(0, TS, &[(0, Some(b"gone"), Some(b"?"))], -1, -1, -1);
             gz[22] |= 1; // gzip, as far as the broker can tell
             let crc = crc32c::crc32c(&gz[21..]);
@@ -1898,8 +1896,7 @@ pub(crate) mod tests {
 
         #[test]
         fn the_dirty_ratio_and_the_compaction_lag_hold_compaction_back() {
-            let dir = tempfile::tempdir().unwrap();
-            let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+            let (_dir, _, p) = fresh();
             let mut model = Model::new();
             let v = "v".repeat(300);
             let fill =
@@ -1955,9 +1952,7 @@ pub(crate) mod tests {
 
         #[test]
         fn a_crash_during_the_swap_leaves_the_old_segments_or_the_copy() {
-            let dir = tempfile::tempdir().unwrap();
-            let pdir = dir.path().join("0");
-            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            let (dir, pdir, p) = fresh();
             let mut model = Model::new();
             let v = "v".repeat(100);
             for i in 0..100 {
