@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real Kafka clients the broker tests drive: Debian's kcat and
-# confluent-kafka from PyPI. Idempotent and quick when both are present; runs
+# Installs the real Kafka clients the broker tests drive: Debian's kcat,
+# confluent-kafka from PyPI, and KafkaJS from the npm registry (into
+# tests/clients/node/node_modules, at the version package-lock.json pins). Idempotent and quick when both are present; runs
 # unattended (CI=true, no stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -29,4 +30,17 @@ if ! "$PYTHON" -c 'import confluent_kafka' >/dev/null 2>&1; then
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi
+NODE_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/clients/node"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "install-test-deps: installing node.js and npm (apt)" >&2
+    $SUDO apt-get update -qq </dev/null
+    $SUDO apt-get install -y -qq nodejs npm </dev/null >/dev/null
+fi
+if [ ! -f "$NODE_DIR/node_modules/kafkajs/package.json" ]; then
+    echo "install-test-deps: installing KafkaJS (npm ci)" >&2
+    npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error </dev/null >/dev/null
+fi
+KAFKAJS=$(node -p "require('$NODE_DIR/node_modules/kafkajs/package.json').version")
+
 "$PYTHON" -c 'import confluent_kafka as c; print("install-test-deps: kcat ok, confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'
+echo "install-test-deps: node $(node --version), KafkaJS $KAFKAJS"

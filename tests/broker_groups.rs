@@ -41,13 +41,13 @@ use broker_support::{
 // Kafka error codes.
 const NONE: i16 = 0;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const INVALID_GROUP_ID: i16 = 24;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
+const INVALID_REQUEST: i16 = 42;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
 const MEMBER_ID_REQUIRED: i16 = 79;
@@ -703,18 +703,22 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
             "v{version}: the coordinator is this broker"
         );
     }
-    // A transaction coordinator (key type 1) is not available here; the
-    // connection keeps serving.
-    let r: FindCoordinatorResponse = c.call(
-        ApiKey::FindCoordinator,
-        FIND_COORDINATOR.1,
-        &FindCoordinatorRequest::default()
-            .with_key(s("txn"))
-            .with_key_type(1),
-    );
-    assert_eq!(r.error_code, COORDINATOR_NOT_AVAILABLE);
-    assert_eq!((r.node_id.0, r.port), (-1, -1));
-    assert!(r.error_message.is_some_and(|m| !m.is_empty()));
+    // There is no transaction coordinator (key type 1): a non-retriable error
+    // that says so, not COORDINATOR_NOT_AVAILABLE, which clients retry for their
+    // whole timeout. An unknown key type gets the same. The connection keeps serving.
+    for (key_type, says) in [(1, "transactions are not supported"), (7, "unknown")] {
+        let r: FindCoordinatorResponse = c.call(
+            ApiKey::FindCoordinator,
+            FIND_COORDINATOR.1,
+            &FindCoordinatorRequest::default()
+                .with_key(s("txn"))
+                .with_key_type(key_type),
+        );
+        assert_eq!(r.error_code, INVALID_REQUEST, "key type {key_type}");
+        assert_eq!((r.node_id.0, r.port), (-1, -1));
+        let message = r.error_message.map(|m| m.to_string()).unwrap_or_default();
+        assert!(message.contains(says), "key type {key_type}: {message}");
+    }
     let r: FindCoordinatorResponse = c.call(
         ApiKey::FindCoordinator,
         1,
@@ -1612,7 +1616,7 @@ fn bad_group_requests_close_only_their_own_connection() {
             .with_key(s("t"))
             .with_key_type(1),
     );
-    assert_eq!(r.error_code, COORDINATOR_NOT_AVAILABLE);
+    assert_eq!(r.error_code, INVALID_REQUEST);
     let mut req = a.join_request();
     req.group_id = group_id("");
     req.member_id = s("");

@@ -1,6 +1,6 @@
 //! Helpers for the broker tests: start the real `streamline` binary on a free
 //! loopback port, stop it with SIGTERM or SIGKILL, and drive real clients (kcat,
-//! confluent-kafka). A missing client is a test failure, never a skip: run
+//! confluent-kafka, KafkaJS). A missing client is a test failure, never a skip: run
 //! `scripts/install-test-deps.sh` first.
 #![allow(dead_code)]
 
@@ -334,21 +334,43 @@ pub fn python_client(script: &str, args: &[&str]) -> String {
 /// [`python_client`] with environment variables set for the script.
 pub fn python_client_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let py = python();
-    let out = run(
+    client_output(
         Command::new(py)
             .arg(client_script(script))
             .args(args)
             .envs(env.iter().copied()),
-        b"",
-        Duration::from_secs(120),
-    );
+        &format!("{script} {args:?}"),
+    )
+}
+
+/// Runs a client for up to 2 minutes; asserts it succeeded and returns its stdout.
+fn client_output(cmd: &mut Command, what: &str) -> String {
+    let out = run(cmd, b"", Duration::from_secs(120));
     assert!(
         out.status.success(),
-        "{script} {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        "{what} failed:\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `tests/clients/kafkajs_client.js` with node and KafkaJS (installed by
+/// scripts/install-test-deps.sh); asserts it succeeded and returns its stdout.
+pub fn kafkajs_client(args: &[&str]) -> String {
+    let kafkajs = client_script("node").join("node_modules").join("kafkajs");
+    assert!(
+        kafkajs.is_dir(),
+        "KafkaJS is not installed in {}: run scripts/install-test-deps.sh",
+        kafkajs.display()
+    );
+    require_tool("node");
+    client_output(
+        Command::new("node")
+            .arg(client_script("kafkajs_client.js"))
+            .args(args),
+        &format!("kafkajs_client.js {args:?}"),
+    )
 }
 
 /// `(partition, offset, value)` from lines `"{tag} p offset value"` of a client's output.

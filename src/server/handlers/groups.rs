@@ -50,11 +50,18 @@ fn ms(v: i32) -> Duration {
 pub(crate) fn find_coordinator(ctx: &Ctx, req: &FindCoordinatorRequest) -> FindCoordinatorResponse {
     let r = FindCoordinatorResponse::default();
     if req.key_type != 0 {
+        // Not a retriable COORDINATOR_NOT_AVAILABLE: a transactional producer would
+        // retry for its whole timeout (60 s in the Java client and KafkaJS) before
+        // failing. INVALID_REQUEST fails it at once, with this message, as Kafka
+        // answers a key type it does not know.
+        let message = if req.key_type == 1 {
+            "transactions are not supported by this broker: no transaction coordinator"
+        } else {
+            "unknown coordinator key type: only group coordination (0) is supported"
+        };
         return r
-            .with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
-            .with_error_message(Some(StrBytes::from_static_str(
-                "only group coordination is supported",
-            )))
+            .with_error_code(codes::INVALID_REQUEST)
+            .with_error_message(Some(StrBytes::from_static_str(message)))
             .with_node_id(BrokerId(-1))
             .with_host(StrBytes::from_static_str(""))
             .with_port(-1);
