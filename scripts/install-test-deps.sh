@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients the broker tests drive: Debian's kcat,
 # confluent-kafka from PyPI, and KafkaJS from the npm registry (into
-# tests/clients/node/node_modules, at the version package-lock.json pins). Idempotent and quick when both are present; runs
+# tests/clients/node/node_modules, at the version package-lock.json pins); and
+# prometheus-client from PyPI, whose parser checks the broker's /metrics page. Idempotent and quick when both are present; runs
 # unattended (CI=true, no stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -20,13 +21,13 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 command -v kcat >/dev/null 2>&1 || { echo "install-test-deps: kcat still missing" >&2; exit 1; }
 
-if ! "$PYTHON" -c 'import confluent_kafka' >/dev/null 2>&1; then
-    echo "install-test-deps: installing confluent-kafka (pip)" >&2
+if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client' >/dev/null 2>&1; then
+    echo "install-test-deps: installing confluent-kafka and prometheus-client (pip)" >&2
     if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
         $SUDO apt-get update -qq </dev/null
         $SUDO apt-get install -y -qq python3-pip </dev/null >/dev/null
     fi
-    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka)
+    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka prometheus-client)
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi

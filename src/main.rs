@@ -80,7 +80,11 @@ async fn run(config: streamline::config::Config) -> streamline::Result<()> {
     };
     // Tests and scripts read this line to learn the port (with --listen HOST:0).
     // Not `println!`: a closed stdout must not panic the broker.
+    // The metrics line, when there is one, comes first: "listening" is the last.
     let mut out = std::io::stdout();
+    if let Some(addr) = server.metrics_addr() {
+        let _ = writeln!(out, "streamline metrics on http://{addr}/metrics");
+    }
     let _ =
         writeln!(out, "streamline listening on {}", server.local_addr()).and_then(|()| out.flush());
     server.run(shutdown_signal()).await;

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// (Kafka's `fetch.max.bytes`); the first batch is returned even when larger, so
     /// consumers always progress. Default: 55 MiB.
     pub fetch_max_bytes: usize,
+    /// Where to serve metrics in the Prometheus text format (`GET /metrics`);
+    /// `None` serves none. Default: `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Topic and segment settings.
@@ -124,6 +127,7 @@ impl Default for Config {
                 max_connections: None,
                 connections_max_idle_ms: 600_000,
                 fetch_max_bytes: 55 * 1024 * 1024,
+                metrics_listen: None,
             },
             storage: StorageConfig {
                 data_dir: PathBuf::from("./data"),
@@ -425,6 +429,11 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_FETCH_MAX_BYTES", default_value = "55m", value_parser = parse_size, value_name = "BYTES")]
     pub fetch_max_bytes: u64,
 
+    /// Serve metrics in the Prometheus text format at http://HOST:PORT/metrics
+    /// (port 0 picks a free port; default: no metrics endpoint).
+    #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
@@ -586,6 +595,7 @@ impl Cli {
                 max_connections: self.max_connections,
                 connections_max_idle_ms: self.connections_max_idle_ms,
                 fetch_max_bytes: usize::try_from(self.fetch_max_bytes).unwrap_or(usize::MAX),
+                metrics_listen: self.metrics_listen,
             },
             storage: StorageConfig {
                 data_dir: self.data_dir,

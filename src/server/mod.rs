@@ -9,6 +9,7 @@
 
 pub mod groups;
 mod handlers;
+mod metrics;
 
 use std::{
     net::SocketAddr,
@@ -85,11 +86,14 @@ pub(crate) struct Ctx {
     pub(crate) groups: Arc<GroupCoordinator>,
     pub(crate) host: String,
     pub(crate) port: i32,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    /// The `/metrics` listener and its bound address (`--metrics-listen`).
+    metrics: Option<(TcpListener, SocketAddr)>,
     ctx: Arc<Ctx>,
     local: SocketAddr,
     max_connections: usize,
@@ -137,6 +141,16 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
+        let metrics = match cfg.metrics_listen {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(|e| {
+                Error::io(
+                    "bind metrics",
+                    std::path::PathBuf::from(addr.to_string()),
+                    e,
+                )
+            })?),
+            None => None,
+        };
         let max_connections = cfg.max_connections.unwrap_or_else(default_max_connections);
         let groups = Arc::new(GroupCoordinator::new(&storage.config().groups));
         let ctx = Arc::new(Ctx {
@@ -144,9 +158,11 @@ impl Server {
             groups,
             host,
             port,
+            metrics: metrics::Metrics::new(),
         });
         Ok(Server {
             listener,
+            metrics,
             ctx,
             local,
             max_connections,
@@ -158,13 +174,21 @@ impl Server {
         self.local
     }
 
+    /// The bound address of the `/metrics` endpoint, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets every connection
     /// finish the requests it already read (up to 10 s), and returns. Storage is left
     /// open; the caller shuts it down.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let live = Arc::new(AtomicUsize::new(0));
         let all_done = Arc::new(Notify::new());
+        let metrics_task = self.metrics.map(|(listener, addr)| {
+            tracing::info!(%addr, "serving metrics at /metrics");
+            tokio::spawn(metrics::serve(listener, Arc::clone(&self.ctx)))
+        });
         let groups = Arc::clone(&self.ctx.groups);
         let ticker = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
@@ -207,10 +231,11 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) if live.load(Ordering::Acquire) >= self.max_connections => {
+                    Ok((stream, peer)) if self.ctx.metrics.open_connections.load(Ordering::Acquire) >= self.max_connections => {
                         // Closed at once: a connection held open here would take a file
                         // descriptor that storage may need for its next file.
                         drop(stream);
+                        self.ctx.metrics.refused();
                         if !refusing {
                             refusing = true;
                             tracing::warn!(%peer, max_connections = self.max_connections, "connection limit reached; closing new connections until one ends");
@@ -223,14 +248,15 @@ impl Server {
                         }
                         let ctx = Arc::clone(&self.ctx);
                         let stop = stop_rx.clone();
-                        let live = Arc::clone(&live);
                         let all_done = Arc::clone(&all_done);
-                        live.fetch_add(1, Ordering::AcqRel);
+                        ctx.metrics.accepted();
+                        ctx.metrics.open_connections.fetch_add(1, Ordering::AcqRel);
                         tokio::spawn(async move {
+                            let live = Arc::clone(&ctx);
                             if let Err(e) = serve_connection(ctx, stream, stop).await {
                                 tracing::debug!(%peer, error = %e, "connection ended");
                             }
-                            if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            if live.metrics.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
                                 all_done.notify_waiters();
                             }
                         });
@@ -244,6 +270,7 @@ impl Server {
         }
         drop(self.listener);
         let _ = stop_tx.send(true);
+        let live = &self.ctx.metrics.open_connections;
         let wait = async {
             loop {
                 let notified = all_done.notified();
@@ -264,6 +291,9 @@ impl Server {
         }
         ticker.abort();
         expiry.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
     }
 }
 
@@ -383,6 +413,9 @@ async fn serve_connection(
             Ok(Frame::Eof) => break Ok(()),
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection");
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    ctx.metrics.bad_request();
+                }
                 break Err(e);
             }
             Ok(Frame::Data(buf)) => match dispatch(&ctx, buf, peer).await {
@@ -394,6 +427,7 @@ async fn serve_connection(
                 }
                 Err(msg) => {
                     tracing::warn!(%peer, reason = %msg, "bad request; closing connection");
+                    ctx.metrics.bad_request();
                     break Ok(());
                 }
             },
@@ -558,12 +592,26 @@ async fn dispatch(
     frame: Bytes,
     peer: SocketAddr,
 ) -> std::result::Result<Pending, String> {
+    let len = frame.len() + 4;
     match decode_request(frame)? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
             let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
             let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
             Ok(Box::pin(async move { resp }))
         }
-        Decoded::Request(header, request) => Ok(handlers::handle(ctx, header, request, peer).await),
+        Decoded::Request(header, request) => {
+            let started = std::time::Instant::now();
+            let api = ApiKey::try_from(header.request_api_key).ok();
+            let pending = handlers::handle(ctx, header, request, peer).await;
+            let ctx = Arc::clone(ctx);
+            Ok(Box::pin(async move {
+                let response = pending.await;
+                if let Some(api) = api {
+                    let out = response.as_ref().map_or(0, BytesMut::len);
+                    ctx.metrics.request(api, len, out, started.elapsed());
+                }
+                response
+            }))
+        }
     }
 }

@@ -851,6 +851,12 @@ impl TopicManager {
         self.shared.wal.as_ref()
     }
 
+    /// Why storage failed, once a WAL or segment write has failed (produces are
+    /// then refused until a restart).
+    pub fn failure(&self) -> Option<&str> {
+        self.shared.failed.get().map(String::as_str)
+    }
+
     /// A snapshot of all topics.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         self.shared.topic_list()

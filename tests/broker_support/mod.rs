@@ -23,6 +23,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     /// The arguments it was started with (for restarts).
     pub args: Vec<String>,
+    /// `127.0.0.1:PORT` of its `/metrics` endpoint, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
     /// The open-file limit it was started with, if any (for restarts).
     open_files: Option<u64>,
     log: PathBuf,
@@ -94,13 +96,21 @@ impl Broker {
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // Up to the "listening" line, which comes last; the metrics line before it.
+            let mut start = Vec::new();
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                let last = line.starts_with("streamline listening on ");
+                start.push(line);
+                if last {
+                    let _ = tx.send(start);
+                    break;
+                }
             }
             for _ in lines {}
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        let start = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
@@ -111,6 +121,11 @@ impl Broker {
                 );
             }
         };
+        let line = start.last().expect("the listening line").clone();
+        let metrics = start.iter().find_map(|l| {
+            let url = l.strip_prefix("streamline metrics on http://")?;
+            Some(url.strip_suffix("/metrics")?.to_string())
+        });
         let addr = line
             .rsplit(' ')
             .next()
@@ -125,6 +140,7 @@ impl Broker {
             addr,
             data_dir: data_dir.to_path_buf(),
             args,
+            metrics,
             open_files,
             log,
         }

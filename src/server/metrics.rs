@@ -1,0 +1,524 @@
+//! Metrics in the Prometheus text format, served over HTTP at `/metrics` when
+//! `--metrics-listen` is set.
+//!
+//! Counters are atomics the request path bumps (one relaxed add each, no lock);
+//! everything else (partitions, the WAL, groups, consumer lag) is read from its
+//! owner when a scrape comes, on a blocking thread. The HTTP side is one request
+//! per connection: `GET /metrics` gets the page, any other path 404, any other
+//! method 405, a request head over 8 KiB or slower than 5 s is dropped.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use kafka_protocol::messages::ApiKey;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{supported_apis, Ctx};
+
+/// Upper bounds (seconds) of the request-duration histogram's buckets.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The largest request head the metrics endpoint reads.
+const MAX_HEAD: usize = 8192;
+
+/// How long a metrics client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters of one API.
+struct ApiCounters {
+    key: ApiKey,
+    requests: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+    /// Requests whose response took at most `BUCKETS[i]` (not cumulative).
+    buckets: [AtomicU64; BUCKETS.len()],
+    /// Microseconds, summed over every request.
+    duration_us: AtomicU64,
+}
+
+/// The broker's counters, shared by every connection.
+pub(crate) struct Metrics {
+    started: SystemTime,
+    apis: Vec<ApiCounters>,
+    /// Connections being served now.
+    pub(crate) open_connections: AtomicUsize,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    /// Connections closed because of what the client sent (a malformed or
+    /// oversized frame, an unknown API or version).
+    bad_requests: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        Metrics {
+            started: SystemTime::now(),
+            apis: supported_apis()
+                .into_iter()
+                .map(|(key, _, _)| ApiCounters {
+                    key,
+                    requests: AtomicU64::new(0),
+                    request_bytes: AtomicU64::new(0),
+                    response_bytes: AtomicU64::new(0),
+                    buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                    duration_us: AtomicU64::new(0),
+                })
+                .collect(),
+            open_connections: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            bad_requests: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bad_request(&self) {
+        self.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one request of `key`, from its decoding until its response was
+    /// ready (`elapsed`), with the sizes of both frames.
+    pub(crate) fn request(
+        &self,
+        key: ApiKey,
+        request_bytes: usize,
+        response_bytes: usize,
+        elapsed: Duration,
+    ) {
+        let Some(a) = self.apis.iter().find(|a| a.key == key) else {
+            return;
+        };
+        a.requests.fetch_add(1, Ordering::Relaxed);
+        a.request_bytes
+            .fetch_add(request_bytes as u64, Ordering::Relaxed);
+        a.response_bytes
+            .fetch_add(response_bytes as u64, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            a.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        a.duration_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format wants.
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Writes the text format, one family at a time.
+struct Page(String);
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// The metrics page for the broker behind `ctx`. Reads storage and the group
+/// coordinator (locks each partition briefly): run it on a blocking thread.
+pub(crate) fn render(ctx: &Ctx) -> String {
+    let m = &ctx.metrics;
+    let mut p = Page(String::with_capacity(16 * 1024));
+
+    p.family(
+        "streamline_build_info",
+        "gauge",
+        "Always 1; the version of the running broker.",
+    );
+    p.sample(
+        "streamline_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    let started = m
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    p.single(
+        "streamline_start_time_seconds",
+        "gauge",
+        "When the broker started, in seconds since the Unix epoch.",
+        started,
+    );
+
+    // Connections and requests.
+    p.single(
+        "streamline_connections_open",
+        "gauge",
+        "Client connections being served.",
+        m.open_connections.load(Ordering::Relaxed),
+    );
+    let connection_counters = [
+        (
+            "streamline_connections_accepted_total",
+            "Client connections accepted.",
+            &m.accepted,
+        ),
+        (
+            "streamline_connections_refused_total",
+            "Client connections closed at once because --max-connections were open.",
+            &m.refused,
+        ),
+        (
+            "streamline_connections_closed_bad_request_total",
+            "Connections closed because of a malformed or oversized frame or an unsupported API or version.",
+            &m.bad_requests,
+        ),
+    ];
+    for (name, help, v) in connection_counters {
+        p.single(name, "counter", help, v.load(Ordering::Relaxed));
+    }
+    let used: Vec<&ApiCounters> = m
+        .apis
+        .iter()
+        .filter(|a| a.requests.load(Ordering::Relaxed) > 0)
+        .collect();
+    let api_name = |a: &ApiCounters| format!("{:?}", a.key);
+    type Counter = fn(&ApiCounters) -> &AtomicU64;
+    let per_api: [(&str, &str, Counter); 3] = [
+        (
+            "streamline_requests_total",
+            "Requests answered (or, for acks=0 produces, handled), by API.",
+            |a| &a.requests,
+        ),
+        (
+            "streamline_request_bytes_total",
+            "Bytes of request frames, by API.",
+            |a| &a.request_bytes,
+        ),
+        (
+            "streamline_response_bytes_total",
+            "Bytes of response frames, by API.",
+            |a| &a.response_bytes,
+        ),
+    ];
+    for (name, help, counter) in per_api {
+        p.family(name, "counter", help);
+        for a in &used {
+            let api = api_name(a);
+            p.sample(name, &[("api", &api)], counter(a).load(Ordering::Relaxed));
+        }
+    }
+    p.family(
+        "streamline_request_duration_seconds",
+        "histogram",
+        "Time from a request's decoding until its response was ready, by API (a Fetch includes its long poll, a Produce its wait for the WAL).",
+    );
+    for a in &used {
+        let api = api_name(a);
+        let mut cumulative = 0u64;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += a.buckets[i].load(Ordering::Relaxed);
+            p.sample(
+                "streamline_request_duration_seconds_bucket",
+                &[("api", &api), ("le", &bound.to_string())],
+                cumulative,
+            );
+        }
+        let count = a.requests.load(Ordering::Relaxed);
+        p.sample(
+            "streamline_request_duration_seconds_bucket",
+            &[("api", &api), ("le", "+Inf")],
+            count,
+        );
+        p.sample(
+            "streamline_request_duration_seconds_sum",
+            &[("api", &api)],
+            a.duration_us.load(Ordering::Relaxed) as f64 / 1e6,
+        );
+        p.sample(
+            "streamline_request_duration_seconds_count",
+            &[("api", &api)],
+            count,
+        );
+    }
+
+    storage_metrics(ctx, &mut p);
+    group_metrics(ctx, &mut p);
+    p.0
+}
+
+fn storage_metrics(ctx: &Ctx, p: &mut Page) {
+    let storage = &ctx.storage;
+    p.single(
+        "streamline_storage_failed",
+        "gauge",
+        "1 once a WAL or segment write failed: produces are refused until a restart.",
+        u8::from(storage.failure().is_some()),
+    );
+    let topics = storage.topics();
+    p.single("streamline_topics", "gauge", "Topics.", topics.len());
+    type Read = fn(&crate::storage::Partition) -> u64;
+    let families: [(&str, &str, Read); 4] = [
+        (
+            "streamline_partition_log_start_offset",
+            "First offset a consumer can read.",
+            |p| u64::try_from(p.log_start_offset()).unwrap_or(0),
+        ),
+        (
+            "streamline_partition_high_watermark",
+            "Offset after the last record consumers can read (durable per the sync mode).",
+            |p| u64::try_from(p.high_watermark()).unwrap_or(0),
+        ),
+        (
+            "streamline_partition_log_end_offset",
+            "Offset after the last record stored.",
+            |p| u64::try_from(p.log_end_offset()).unwrap_or(0),
+        ),
+        (
+            "streamline_partition_size_bytes",
+            "Bytes of the partition's segments.",
+            crate::storage::Partition::size_bytes,
+        ),
+    ];
+    for (name, help, read) in families {
+        p.family(name, "gauge", help);
+        for t in &topics {
+            for (i, part) in t.partitions.iter().enumerate() {
+                let index = i.to_string();
+                p.sample(
+                    name,
+                    &[("topic", &t.name), ("partition", &index)],
+                    read(part),
+                );
+            }
+        }
+    }
+
+    p.single(
+        "streamline_wal_enabled",
+        "gauge",
+        "1 when produced batches go through the WAL.",
+        u8::from(storage.wal().is_some()),
+    );
+    if let Some(wal) = storage.wal() {
+        let s = wal.stats();
+        let counters = [
+            (
+                "streamline_wal_entries_total",
+                "Entries written to the WAL.",
+                s.entries,
+            ),
+            (
+                "streamline_wal_batches_total",
+                "Batches written to the WAL (one write each).",
+                s.batches,
+            ),
+            (
+                "streamline_wal_fsyncs_total",
+                "fdatasyncs of WAL files (linked, standalone, rotation and close).",
+                s.fsyncs,
+            ),
+            (
+                "streamline_wal_written_bytes_total",
+                "Bytes written to WAL files, padding included.",
+                s.bytes_written,
+            ),
+            (
+                "streamline_wal_rotations_total",
+                "WAL file rotations.",
+                s.rotations,
+            ),
+        ];
+        for (name, help, v) in counters {
+            p.single(name, "counter", help, v);
+        }
+        p.single(
+            "streamline_wal_pending_bytes",
+            "gauge",
+            "Bytes accepted by the WAL but not yet acknowledged.",
+            s.pending_bytes,
+        );
+    }
+}
+
+fn group_metrics(ctx: &Ctx, p: &mut Page) {
+    let groups = ctx.groups.overview();
+    p.family(
+        "streamline_group_members",
+        "gauge",
+        "Members of each consumer group the coordinator holds, with the group's state.",
+    );
+    for g in &groups {
+        let members = ctx.groups.describe(&g.group).map_or(0, |s| s.members.len());
+        p.sample(
+            "streamline_group_members",
+            &[("group", &g.group), ("state", g.state)],
+            members,
+        );
+    }
+    let offsets = ctx.storage.offsets();
+    let stored = offsets.groups();
+    p.family(
+        "streamline_group_committed_offset",
+        "gauge",
+        "The next offset each group will consume, as last committed.",
+    );
+    let mut lags = Vec::new();
+    for g in &stored {
+        let mut committed = offsets.fetch_all(&g.group);
+        committed.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        for c in committed {
+            let partition = c.partition.to_string();
+            let labels = [
+                ("group", g.group.as_str()),
+                ("topic", c.topic.as_str()),
+                ("partition", partition.as_str()),
+            ];
+            p.sample("streamline_group_committed_offset", &labels, c.offset);
+            if let Some(part) = ctx.storage.partition(&c.topic, c.partition) {
+                let lag = (part.high_watermark() - c.offset.max(part.log_start_offset())).max(0);
+                lags.push((g.group.clone(), c.topic.clone(), partition, lag));
+            }
+        }
+    }
+    p.family(
+        "streamline_group_lag",
+        "gauge",
+        "Records between each group's committed offset (or the log start, if later) and the high watermark.",
+    );
+    for (group, topic, partition, lag) in &lags {
+        p.sample(
+            "streamline_group_lag",
+            &[("group", group), ("topic", topic), ("partition", partition)],
+            lag,
+        );
+    }
+}
+
+/// Serves `/metrics` on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, ctx).await {
+                        tracing::debug!(%peer, error = %e, "metrics request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads one request head and answers it.
+async fn answer(mut stream: TcpStream, ctx: Arc<Ctx>) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head.len() > MAX_HEAD {
+                return Err(std::io::Error::other("request head too large"));
+            }
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(HEAD_TIMEOUT, read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, kind, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            let page = tokio::task::spawn_blocking(move || render(&ctx))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
+        }
+        (_, "/metrics") => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".to_string(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "metrics are at /metrics\n".to_string(),
+        ),
+    };
+    let allow = if status.starts_with("405") {
+        "Allow: GET\r\n"
+    } else {
+        ""
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Binds the metrics listener, when one is configured.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let local = l.local_addr()?;
+    Ok((l, local))
+}

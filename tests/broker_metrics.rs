@@ -1,0 +1,216 @@
+//! The `/metrics` endpoint (`--metrics-listen`): a page the reference Prometheus
+//! parser (`prometheus_client`) accepts, whose numbers follow what real clients
+//! did: requests by API, partition offsets and sizes, the WAL's counters,
+//! consumer-group positions and lag, refused frames; and an HTTP side that
+//! answers only `GET /metrics`.
+
+mod broker_support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use broker_support::{client_script, kcat, python, python_client, run, Broker};
+
+/// Sends `request` to `addr` and returns the status code and the body.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// Scrapes the broker, parses the page with `prometheus_client`, and returns
+/// every sample as `name{labels}` (labels sorted) → value.
+fn scrape(broker: &Broker) -> BTreeMap<String, f64> {
+    let addr = broker
+        .metrics
+        .as_deref()
+        .expect("started with --metrics-listen");
+    let (status, page) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{page}");
+    let out = run(
+        Command::new(python()).arg(client_script("parse_metrics.py")),
+        page.as_bytes(),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the page: {}\n{page}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
+}
+
+#[test]
+fn metrics_follow_produces_groups_and_bad_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--wal-sync-mode",
+            "every_write",
+        ],
+    );
+    let before = scrape(&broker);
+    assert_eq!(get(&before, "streamline_topics{}"), 0.0);
+    assert_eq!(get(&before, "streamline_storage_failed{}"), 0.0);
+    assert_eq!(get(&before, "streamline_wal_enabled{}"), 1.0);
+    assert!(
+        !before
+            .keys()
+            .any(|k| k.starts_with("streamline_requests_total")),
+        "no request counted yet: {before:#?}"
+    );
+
+    // Five acknowledged messages; a group reads and commits them; three more.
+    let produce = |values: &[&str]| {
+        let input = values.join("\n") + "\n";
+        kcat(
+            &["-b", &broker.addr, "-P", "-t", "orders", "-X", "acks=all"],
+            input.as_bytes(),
+        );
+    };
+    produce(&["a", "b", "c", "d", "e"]);
+    let read = python_client(
+        "kafka_client.py",
+        &["group", &broker.addr, "orders", "billing", "5"],
+    );
+    assert!(read.contains("COMMITTED 0 5"), "{read}");
+    produce(&["f", "g", "h"]);
+
+    // A frame with an unknown API key closes its connection and is counted.
+    let mut bad = TcpStream::connect(&broker.addr).unwrap();
+    bad.write_all(&[0, 0, 0, 8, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1])
+        .unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        bad.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed, nothing sent"
+    );
+
+    let m = scrape(&broker);
+    let part = r#"{partition="0",topic="orders"}"#;
+    assert_eq!(get(&m, "streamline_topics{}"), 1.0);
+    assert_eq!(
+        get(&m, &format!("streamline_partition_high_watermark{part}")),
+        8.0
+    );
+    assert_eq!(
+        get(&m, &format!("streamline_partition_log_end_offset{part}")),
+        8.0
+    );
+    assert_eq!(
+        get(&m, &format!("streamline_partition_log_start_offset{part}")),
+        0.0
+    );
+    assert!(get(&m, &format!("streamline_partition_size_bytes{part}")) > 8.0);
+    let group = r#"{group="billing",partition="0",topic="orders"}"#;
+    assert_eq!(
+        get(&m, &format!("streamline_group_committed_offset{group}")),
+        5.0
+    );
+    assert_eq!(get(&m, &format!("streamline_group_lag{group}")), 3.0);
+
+    // Two produce requests, each its own acknowledged WAL entry, each fsynced.
+    let produces = get(&m, r#"streamline_requests_total{api="Produce"}"#);
+    assert_eq!(produces, 2.0, "{m:#?}");
+    assert_eq!(
+        get(
+            &m,
+            r#"streamline_request_duration_seconds_count{api="Produce"}"#
+        ),
+        produces
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"streamline_request_duration_seconds_bucket{api="Produce",le="+Inf"}"#
+        ),
+        produces
+    );
+    assert!(
+        get(
+            &m,
+            r#"streamline_request_duration_seconds_sum{api="Produce"}"#
+        ) > 0.0
+    );
+    assert!(get(&m, r#"streamline_request_bytes_total{api="Produce"}"#) > 0.0);
+    assert!(get(&m, r#"streamline_response_bytes_total{api="Produce"}"#) > 0.0);
+    assert!(get(&m, r#"streamline_requests_total{api="OffsetCommit"}"#) >= 1.0);
+    assert!(get(&m, r#"streamline_requests_total{api="JoinGroup"}"#) >= 1.0);
+    assert!(get(&m, "streamline_wal_entries_total{}") >= 2.0);
+    assert!(get(&m, "streamline_wal_fsyncs_total{}") >= 2.0);
+    assert!(get(&m, "streamline_wal_written_bytes_total{}") >= 2.0 * 4096.0);
+    assert_eq!(get(&m, "streamline_wal_pending_bytes{}"), 0.0);
+    assert_eq!(
+        get(&m, "streamline_connections_closed_bad_request_total{}"),
+        1.0
+    );
+    // kcat twice, the Python consumer, the bad frame: at least four connections.
+    assert!(get(&m, "streamline_connections_accepted_total{}") >= 4.0);
+    assert_eq!(get(&m, "streamline_connections_refused_total{}"), 0.0);
+
+    // Only GET /metrics is served.
+    let addr = broker.metrics.as_deref().unwrap();
+    assert_eq!(http(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);
+    assert_eq!(
+        http(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        405
+    );
+    assert_eq!(
+        http(addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").0,
+        200,
+        "a query string is ignored"
+    );
+    // A request head larger than 8 KiB is dropped without an answer.
+    let mut huge = TcpStream::connect(addr).unwrap();
+    let _ = huge
+        .write_all(format!("GET /metrics HTTP/1.1\r\nX: {}\r\n", "y".repeat(20_000)).as_bytes());
+    huge.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = huge.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The Kafka side is unaffected.
+    produce(&["i"]);
+    assert_eq!(
+        get(
+            &scrape(&broker),
+            &format!("streamline_partition_high_watermark{part}")
+        ),
+        9.0
+    );
+}
+
+#[test]
+fn no_metrics_endpoint_unless_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    assert_eq!(broker.metrics, None);
+    assert!(!broker.log_text().contains("serving metrics"));
+}
