@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients the broker tests drive: Debian's kcat,
-# confluent-kafka from PyPI, and KafkaJS from the npm registry (into
+# confluent-kafka and kafka-python (pinned: its admin results change shape between
+# releases) from PyPI, and KafkaJS from the npm registry (into
 # tests/clients/node/node_modules, at the version package-lock.json pins); and
-# prometheus-client from PyPI, whose parser checks the broker's /metrics page. Idempotent and quick when both are present; runs
-# unattended (CI=true, no stdin). Needs root (or sudo) for apt-get.
+# prometheus-client from PyPI, whose parser checks the broker's /metrics page.
+# Idempotent and quick when all are present; runs unattended (CI=true, no
+# stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -21,13 +23,13 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 command -v kcat >/dev/null 2>&1 || { echo "install-test-deps: kcat still missing" >&2; exit 1; }
 
-if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client' >/dev/null 2>&1; then
-    echo "install-test-deps: installing confluent-kafka and prometheus-client (pip)" >&2
+if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafka.__version__ == "3.0.12"' >/dev/null 2>&1; then
+    echo "install-test-deps: installing confluent-kafka, kafka-python and prometheus-client (pip)" >&2
     if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
         $SUDO apt-get update -qq </dev/null
         $SUDO apt-get install -y -qq python3-pip </dev/null >/dev/null
     fi
-    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka prometheus-client)
+    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka kafka-python==3.0.12 prometheus-client)
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi
@@ -43,5 +45,5 @@ if [ ! -f "$NODE_DIR/node_modules/kafkajs/package.json" ]; then
 fi
 KAFKAJS=$(node -p "require('$NODE_DIR/node_modules/kafkajs/package.json').version")
 
-"$PYTHON" -c 'import confluent_kafka as c; print("install-test-deps: kcat ok, confluent-kafka", c.__version__, "librdkafka", c.libversion()[0])'
+"$PYTHON" -c 'import confluent_kafka as c, kafka; print("install-test-deps: kcat ok, confluent-kafka", c.__version__, "librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'
 echo "install-test-deps: node $(node --version), KafkaJS $KAFKAJS"

@@ -9,15 +9,7 @@ mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use broker_support::{kafkajs_client, records, Broker};
-
-/// The fields after `tag` of every line that starts with it.
-fn tagged<'a>(text: &'a str, tag: &str) -> Vec<Vec<&'a str>> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(tag)?.strip_prefix(' '))
-        .map(|rest| rest.split(' ').collect())
-        .collect()
-}
+use broker_support::{kafkajs_client, records, tagged, Broker};
 
 #[test]
 fn kafkajs_admin_manages_topics_configs_partitions_and_records() {

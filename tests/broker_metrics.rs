@@ -78,6 +78,14 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     assert_eq!(get(&before, "streamline_topics{}"), 0.0);
     assert_eq!(get(&before, "streamline_storage_failed{}"), 0.0);
     assert_eq!(get(&before, "streamline_wal_enabled{}"), 1.0);
+    // The WAL's current and next files, segments, the listeners: some, within the limit.
+    let fds = get(&before, "process_open_fds{}");
+    assert!(
+        fds >= 4.0 && fds <= get(&before, "process_max_fds{}"),
+        "{fds}"
+    );
+    assert!(get(&before, "process_resident_memory_bytes{}") > 1e6);
+    assert!(get(&before, "process_cpu_seconds_total{}") > 0.0);
     assert!(
         !before
             .keys()

@@ -186,11 +186,12 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     p.single(
-        "streamline_start_time_seconds",
+        "process_start_time_seconds",
         "gauge",
         "When the broker started, in seconds since the Unix epoch.",
         started,
     );
+    process_metrics(&mut p);
 
     // Connections and requests.
     p.single(
@@ -287,6 +288,57 @@ pub(crate) fn render(ctx: &Ctx) -> String {
     storage_metrics(ctx, &mut p);
     group_metrics(ctx, &mut p);
     p.0
+}
+
+/// The process's CPU time, memory and file descriptors, under the names
+/// Prometheus client libraries use; each where the platform tells it.
+fn process_metrics(p: &mut Page) {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{getrusage, UsageWho};
+        if let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            p.single(
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of the broker, in seconds.",
+                secs(u.user_time()) + secs(u.system_time()),
+            );
+        }
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let rss_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            });
+        if let Some(kib) = rss_kib {
+            p.single(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the broker, in bytes.",
+                kib * 1024,
+            );
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            p.single(
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors: WAL files, two per segment, one per connection.",
+                dir.count(),
+            );
+        }
+    }
+    if let Some(limit) = super::open_file_limit() {
+        p.single(
+            "process_max_fds",
+            "gauge",
+            "The soft limit on open file descriptors.",
+            limit,
+        );
+    }
 }
 
 fn storage_metrics(ctx: &Ctx, p: &mut Page) {

@@ -389,6 +389,14 @@ pub fn kafkajs_client(args: &[&str]) -> String {
     )
 }
 
+/// The fields after `tag` of every line that starts with it.
+pub fn tagged<'a>(text: &'a str, tag: &str) -> Vec<Vec<&'a str>> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(tag)?.strip_prefix(' '))
+        .map(|rest| rest.split(' ').collect())
+        .collect()
+}
+
 /// `(partition, offset, value)` from lines `"{tag} p offset value"` of a client's output.
 pub fn records(text: &str, tag: &str) -> Vec<(i32, i64, String)> {
     text.lines()

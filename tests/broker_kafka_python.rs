@@ -1,0 +1,103 @@
+//! The broker with kafka-python 3 (`tests/clients/kafka_python_client.py`), a
+//! client written in Python that shares no code with librdkafka or KafkaJS: its
+//! admin client, an idempotent gzip producer, a group consumer whose commits
+//! survive a broker restart, and a transactional producer, which fails at once.
+
+mod broker_support;
+
+use std::collections::BTreeMap;
+
+use broker_support::{python_client, records, tagged, Broker};
+
+const SCRIPT: &str = "kafka_python_client.py";
+
+/// (partition, offset) → value.
+fn by_offset(records: Vec<(i32, i64, String)>) -> BTreeMap<(i32, i64), String> {
+    records.into_iter().map(|(p, o, v)| ((p, o), v)).collect()
+}
+
+#[test]
+fn kafka_python_admin_manages_topics_configs_partitions_and_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let out = python_client(SCRIPT, &["admin", &broker.addr, "inventory"]);
+    assert_eq!(
+        tagged(&out, "CREATE_AGAIN"),
+        [["TopicAlreadyExistsError"]],
+        "{out}"
+    );
+    assert_eq!(
+        tagged(&out, "CONFIG"),
+        [["cleanup.policy", "compact", "DYNAMIC_TOPIC_CONFIG"]],
+        "{out}"
+    );
+    assert_eq!(tagged(&out, "PARTITIONS"), [["3"]], "{out}");
+    assert_eq!(
+        tagged(&out, "KEYLESS"),
+        [["InvalidRecordError"]],
+        "a keyless record on a compacted topic is refused:\n{out}"
+    );
+    // Six records on partition 0, the first two deleted.
+    assert_eq!(tagged(&out, "BOUNDS"), [["2", "6"]], "{out}");
+    assert_eq!(tagged(&out, "LISTED"), [["False"]], "{out}");
+}
+
+#[test]
+fn kafka_python_group_commits_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "3"]);
+    let produce = |broker: &Broker, count: &str, prefix: &str| {
+        let out = python_client(
+            SCRIPT,
+            &["produce", &broker.addr, "events", count, "3", prefix],
+        );
+        records(&out, "ACK")
+    };
+    let acks = produce(&broker, "90", "a");
+    assert_eq!(acks.len(), 90);
+    let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (p, o, _) in &acks {
+        offsets.entry(*p).or_default().push(*o);
+    }
+    for (p, mut o) in offsets {
+        o.sort_unstable();
+        assert_eq!(o, (0..30).collect::<Vec<_>>(), "partition {p}");
+    }
+
+    let first = python_client(SCRIPT, &["group", &broker.addr, "events", "audit", "90"]);
+    assert_eq!(
+        by_offset(records(&first, "MSG")),
+        by_offset(acks),
+        "every acknowledged message, at its offset"
+    );
+    assert_eq!(
+        tagged(&first, "COMMITTED"),
+        [["0", "30"], ["1", "30"], ["2", "30"]],
+        "{first}"
+    );
+
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let more = produce(&broker, "30", "b");
+    let second = python_client(SCRIPT, &["group", &broker.addr, "events", "audit", "30"]);
+    assert_eq!(
+        by_offset(records(&second, "MSG")),
+        by_offset(more),
+        "after the restart the group resumed at its commits:\n{second}"
+    );
+}
+
+#[test]
+fn kafka_python_transactional_producer_fails_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let out = python_client(SCRIPT, &["txn", &broker.addr, "orders"]);
+    let err = tagged(&out, "TXN_ERROR");
+    assert_eq!(err.len(), 1, "{out}");
+    let ms: u64 = err[0][0].parse().unwrap();
+    assert!(ms < 10_000, "failed after {ms} ms:\n{out}");
+    assert!(
+        out.contains("InvalidRequestError"),
+        "the client names the broker's error:\n{out}"
+    );
+}

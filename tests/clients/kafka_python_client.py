@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""kafka-python 3 (a Kafka client written in Python, sharing no code with
+librdkafka) against the broker, for tests/broker_kafka_python.rs.
+
+Every subcommand prints one fact per line, "TAG field field ...", which the Rust
+test parses; a failure exits non-zero.
+
+  admin BROKER TOPIC
+  produce BROKER TOPIC COUNT PARTITIONS PREFIX
+  group BROKER TOPIC GROUP EXPECT
+  txn BROKER TOPIC
+"""
+import sys
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.errors import KafkaError
+
+
+def out(*fields):
+    print(*fields, flush=True)
+
+
+def cmd_admin(broker, topic):
+    admin = KafkaAdminClient(bootstrap_servers=broker, client_id="kp-admin")
+    admin.create_topics([NewTopic(topic, 2, 1, topic_configs={"cleanup.policy": "compact"})])
+    try:
+        admin.create_topics([NewTopic(topic, 2, 1)])
+        out("CREATE_AGAIN", "ok")
+    except KafkaError as e:
+        out("CREATE_AGAIN", type(e).__name__)
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, ["cleanup.policy"])])
+    for name, entry in described["topic"][topic].items():
+        out("CONFIG", name, entry["value"], entry["config_source"])
+    admin.create_partitions({topic: NewPartitions(3)})
+    meta = admin.describe_topics([topic])
+    out("PARTITIONS", len(meta[0]["partitions"]))
+
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all", retries=0)
+    try:
+        producer.send(topic, value=b"no key", partition=0).get(timeout=30)
+        out("KEYLESS", "accepted")
+    except KafkaError as e:
+        out("KEYLESS", type(e).__name__)
+    for i in range(6):
+        producer.send(topic, key=b"k%d" % (i % 2), value=b"v%d" % i, partition=0).get(timeout=30)
+    producer.close()
+    admin.delete_records({TopicPartition(topic, 0): 2})
+    consumer = KafkaConsumer(bootstrap_servers=broker, auto_offset_reset="earliest", enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    out("BOUNDS", consumer.beginning_offsets([tp])[tp], consumer.end_offsets([tp])[tp])
+    consumer.close()
+    admin.delete_topics([topic])
+    out("LISTED", topic in admin.list_topics())
+    admin.close()
+
+
+def cmd_produce(broker, topic, count, partitions, prefix):
+    producer = KafkaProducer(
+        bootstrap_servers=broker, acks="all", enable_idempotence=True, compression_type="gzip", linger_ms=5
+    )
+    futures = []
+    for i in range(int(count)):
+        value = "%s%d" % (prefix, i)
+        futures.append((value, producer.send(topic, key=value.encode(), value=value.encode(), partition=i % int(partitions))))
+    producer.flush()
+    for value, f in futures:
+        md = f.get(timeout=30)
+        out("ACK", md.partition, md.offset, value)
+    producer.close()
+
+
+def cmd_group(broker, topic, group, expect):
+    """Reads EXPECT messages as a member of GROUP, committing after each poll."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    seen = 0
+    deadline = time.time() + 60
+    while seen < int(expect):
+        if time.time() > deadline:
+            sys.exit("timed out after %d of %s messages" % (seen, expect))
+        for tp, msgs in consumer.poll(timeout_ms=500).items():
+            for m in msgs:
+                out("MSG", m.partition, m.offset, m.value.decode())
+                seen += 1
+        consumer.commit()
+    for tp in sorted(consumer.assignment()):
+        out("COMMITTED", tp.partition, consumer.committed(tp))
+    consumer.close()
+
+
+def cmd_txn(broker, topic):
+    start = time.time()
+    try:
+        producer = KafkaProducer(bootstrap_servers=broker, transactional_id="kp-txn", max_block_ms=20000)
+        producer.init_transactions()
+        out("TXN", "initialised")
+    except KafkaError as e:
+        out("TXN_ERROR", int((time.time() - start) * 1000), type(e).__name__, "|", e)
+
+
+COMMANDS = {"admin": cmd_admin, "produce": cmd_produce, "group": cmd_group, "txn": cmd_txn}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:
+        sys.exit(__doc__)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
