@@ -23,6 +23,13 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 command -v kcat >/dev/null 2>&1 || { echo "install-test-deps: kcat still missing" >&2; exit 1; }
 
+# The TLS tests make their certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "install-test-deps: installing openssl (apt)" >&2
+    $SUDO apt-get update -qq </dev/null
+    $SUDO apt-get install -y -qq openssl </dev/null >/dev/null
+fi
+
 if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafka.__version__ == "3.0.12"' >/dev/null 2>&1; then
     echo "install-test-deps: installing confluent-kafka, kafka-python and prometheus-client (pip)" >&2
     if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then

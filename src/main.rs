@@ -20,6 +20,13 @@ fn main() -> ExitCode {
         report(format_args!("error: {e}"));
         return ExitCode::from(2);
     }
+    // Bad TLS material is a configuration error: refused before storage opens.
+    if let Some(tls) = &config.server.tls {
+        if let Err(e) = streamline::server::tls::acceptor(tls) {
+            report(format_args!("error: {e}"));
+            return ExitCode::from(2);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREAMLINE_LOG")

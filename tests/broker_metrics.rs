@@ -7,60 +7,12 @@
 mod broker_support;
 
 use std::{
-    collections::BTreeMap,
     io::{Read, Write},
     net::TcpStream,
-    process::Command,
     time::Duration,
 };
 
-use broker_support::{client_script, kcat, python, python_client, run, Broker};
-
-/// Sends `request` to `addr` and returns the status code and the body.
-fn http(addr: &str, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
-
-/// Scrapes the broker, parses the page with `prometheus_client`, and returns
-/// every sample as `name{labels}` (labels sorted) → value.
-fn scrape(broker: &Broker) -> BTreeMap<String, f64> {
-    let addr = broker
-        .metrics
-        .as_deref()
-        .expect("started with --metrics-listen");
-    let (status, page) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(status, 200, "{page}");
-    let out = run(
-        Command::new(python()).arg(client_script("parse_metrics.py")),
-        page.as_bytes(),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the page: {}\n{page}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
-fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
-}
+use broker_support::{http, kcat, metric, python_client, scrape, Broker};
 
 #[test]
 fn metrics_follow_produces_groups_and_bad_frames() {
@@ -75,17 +27,17 @@ fn metrics_follow_produces_groups_and_bad_frames() {
         ],
     );
     let before = scrape(&broker);
-    assert_eq!(get(&before, "streamline_topics{}"), 0.0);
-    assert_eq!(get(&before, "streamline_storage_failed{}"), 0.0);
-    assert_eq!(get(&before, "streamline_wal_enabled{}"), 1.0);
+    assert_eq!(metric(&before, "streamline_topics{}"), 0.0);
+    assert_eq!(metric(&before, "streamline_storage_failed{}"), 0.0);
+    assert_eq!(metric(&before, "streamline_wal_enabled{}"), 1.0);
     // The WAL's current and next files, segments, the listeners: some, within the limit.
-    let fds = get(&before, "process_open_fds{}");
+    let fds = metric(&before, "process_open_fds{}");
     assert!(
-        fds >= 4.0 && fds <= get(&before, "process_max_fds{}"),
+        fds >= 4.0 && fds <= metric(&before, "process_max_fds{}"),
         "{fds}"
     );
-    assert!(get(&before, "process_resident_memory_bytes{}") > 1e6);
-    assert!(get(&before, "process_cpu_seconds_total{}") > 0.0);
+    assert!(metric(&before, "process_resident_memory_bytes{}") > 1e6);
+    assert!(metric(&before, "process_cpu_seconds_total{}") > 0.0);
     assert!(
         !before
             .keys()
@@ -123,65 +75,65 @@ fn metrics_follow_produces_groups_and_bad_frames() {
 
     let m = scrape(&broker);
     let part = r#"{partition="0",topic="orders"}"#;
-    assert_eq!(get(&m, "streamline_topics{}"), 1.0);
+    assert_eq!(metric(&m, "streamline_topics{}"), 1.0);
     assert_eq!(
-        get(&m, &format!("streamline_partition_high_watermark{part}")),
+        metric(&m, &format!("streamline_partition_high_watermark{part}")),
         8.0
     );
     assert_eq!(
-        get(&m, &format!("streamline_partition_log_end_offset{part}")),
+        metric(&m, &format!("streamline_partition_log_end_offset{part}")),
         8.0
     );
     assert_eq!(
-        get(&m, &format!("streamline_partition_log_start_offset{part}")),
+        metric(&m, &format!("streamline_partition_log_start_offset{part}")),
         0.0
     );
-    assert!(get(&m, &format!("streamline_partition_size_bytes{part}")) > 8.0);
+    assert!(metric(&m, &format!("streamline_partition_size_bytes{part}")) > 8.0);
     let group = r#"{group="billing",partition="0",topic="orders"}"#;
     assert_eq!(
-        get(&m, &format!("streamline_group_committed_offset{group}")),
+        metric(&m, &format!("streamline_group_committed_offset{group}")),
         5.0
     );
-    assert_eq!(get(&m, &format!("streamline_group_lag{group}")), 3.0);
+    assert_eq!(metric(&m, &format!("streamline_group_lag{group}")), 3.0);
 
     // Two produce requests, each its own acknowledged WAL entry, each fsynced.
-    let produces = get(&m, r#"streamline_requests_total{api="Produce"}"#);
+    let produces = metric(&m, r#"streamline_requests_total{api="Produce"}"#);
     assert_eq!(produces, 2.0, "{m:#?}");
     assert_eq!(
-        get(
+        metric(
             &m,
             r#"streamline_request_duration_seconds_count{api="Produce"}"#
         ),
         produces
     );
     assert_eq!(
-        get(
+        metric(
             &m,
             r#"streamline_request_duration_seconds_bucket{api="Produce",le="+Inf"}"#
         ),
         produces
     );
     assert!(
-        get(
+        metric(
             &m,
             r#"streamline_request_duration_seconds_sum{api="Produce"}"#
         ) > 0.0
     );
-    assert!(get(&m, r#"streamline_request_bytes_total{api="Produce"}"#) > 0.0);
-    assert!(get(&m, r#"streamline_response_bytes_total{api="Produce"}"#) > 0.0);
-    assert!(get(&m, r#"streamline_requests_total{api="OffsetCommit"}"#) >= 1.0);
-    assert!(get(&m, r#"streamline_requests_total{api="JoinGroup"}"#) >= 1.0);
-    assert!(get(&m, "streamline_wal_entries_total{}") >= 2.0);
-    assert!(get(&m, "streamline_wal_fsyncs_total{}") >= 2.0);
-    assert!(get(&m, "streamline_wal_written_bytes_total{}") >= 2.0 * 4096.0);
-    assert_eq!(get(&m, "streamline_wal_pending_bytes{}"), 0.0);
+    assert!(metric(&m, r#"streamline_request_bytes_total{api="Produce"}"#) > 0.0);
+    assert!(metric(&m, r#"streamline_response_bytes_total{api="Produce"}"#) > 0.0);
+    assert!(metric(&m, r#"streamline_requests_total{api="OffsetCommit"}"#) >= 1.0);
+    assert!(metric(&m, r#"streamline_requests_total{api="JoinGroup"}"#) >= 1.0);
+    assert!(metric(&m, "streamline_wal_entries_total{}") >= 2.0);
+    assert!(metric(&m, "streamline_wal_fsyncs_total{}") >= 2.0);
+    assert!(metric(&m, "streamline_wal_written_bytes_total{}") >= 2.0 * 4096.0);
+    assert_eq!(metric(&m, "streamline_wal_pending_bytes{}"), 0.0);
     assert_eq!(
-        get(&m, "streamline_connections_closed_bad_request_total{}"),
+        metric(&m, "streamline_connections_closed_bad_request_total{}"),
         1.0
     );
     // kcat twice, the Python consumer, the bad frame: at least four connections.
-    assert!(get(&m, "streamline_connections_accepted_total{}") >= 4.0);
-    assert_eq!(get(&m, "streamline_connections_refused_total{}"), 0.0);
+    assert!(metric(&m, "streamline_connections_accepted_total{}") >= 4.0);
+    assert_eq!(metric(&m, "streamline_connections_refused_total{}"), 0.0);
 
     // Only GET /metrics is served.
     let addr = broker.metrics.as_deref().unwrap();
@@ -207,7 +159,7 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     // The Kafka side is unaffected.
     produce(&["i"]);
     assert_eq!(
-        get(
+        metric(
             &scrape(&broker),
             &format!("streamline_partition_high_watermark{part}")
         ),

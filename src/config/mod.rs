@@ -51,6 +51,20 @@ pub struct ServerConfig {
     /// Where to serve metrics in the Prometheus text format (`GET /metrics`);
     /// `None` serves none. Default: `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS for the Kafka listener; `None`: plaintext. Default: `None`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The Kafka listener's TLS material, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The broker's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate that chains to one of these
+    /// CA certificates (Kafka's `ssl.client.auth=required`).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Topic and segment settings.
@@ -128,6 +142,7 @@ impl Default for Config {
                 connections_max_idle_ms: 600_000,
                 fetch_max_bytes: 55 * 1024 * 1024,
                 metrics_listen: None,
+                tls: None,
             },
             storage: StorageConfig {
                 data_dir: PathBuf::from("./data"),
@@ -434,6 +449,35 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve Kafka clients over TLS with this certificate chain (PEM, leaf first);
+    /// needs --tls-key. Clients then connect with security.protocol=SSL.
+    #[arg(
+        long,
+        env = "STREAMLINE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "STREAMLINE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates that chain to these CA certificates (PEM);
+    /// needs --tls-cert.
+    #[arg(
+        long,
+        env = "STREAMLINE_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
@@ -596,6 +640,15 @@ impl Cli {
                 connections_max_idle_ms: self.connections_max_idle_ms,
                 fetch_max_bytes: usize::try_from(self.fetch_max_bytes).unwrap_or(usize::MAX),
                 metrics_listen: self.metrics_listen,
+                tls: match (self.tls_cert, self.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsConfig {
+                        cert,
+                        key,
+                        client_ca: self.tls_client_ca,
+                    }),
+                    // The parser requires both or neither.
+                    _ => None,
+                },
             },
             storage: StorageConfig {
                 data_dir: self.data_dir,

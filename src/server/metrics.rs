@@ -59,6 +59,8 @@ pub(crate) struct Metrics {
     /// Connections closed because of what the client sent (a malformed or
     /// oversized frame, an unknown API or version).
     bad_requests: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    tls_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -80,6 +82,7 @@ impl Metrics {
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
         }
     }
 
@@ -89,6 +92,10 @@ impl Metrics {
 
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tls_failure(&self) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn bad_request(&self) {
@@ -215,6 +222,11 @@ pub(crate) fn render(ctx: &Ctx) -> String {
             "streamline_connections_closed_bad_request_total",
             "Connections closed because of a malformed or oversized frame or an unsupported API or version.",
             &m.bad_requests,
+        ),
+        (
+            "streamline_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out (--tls-cert).",
+            &m.tls_failures,
         ),
     ];
     for (name, help, v) in connection_counters {

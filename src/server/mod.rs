@@ -10,6 +10,7 @@
 pub mod groups;
 mod handlers;
 mod metrics;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -27,7 +28,7 @@ use kafka_protocol::{
     protocol::{Decodable, Encodable},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch, Notify},
 };
@@ -94,6 +95,8 @@ pub struct Server {
     listener: TcpListener,
     /// The `/metrics` listener and its bound address (`--metrics-listen`).
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// Set with `--tls-cert`: every connection starts with a TLS handshake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Ctx>,
     local: SocketAddr,
     max_connections: usize,
@@ -141,6 +144,7 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
+        let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
         let metrics = match cfg.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await.map_err(|e| {
                 Error::io(
@@ -163,6 +167,7 @@ impl Server {
         Ok(Server {
             listener,
             metrics,
+            tls,
             ctx,
             local,
             max_connections,
@@ -223,7 +228,7 @@ impl Server {
                 }
             })
         };
-        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, "listening");
+        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, tls = self.tls.is_some(), "listening");
         // Whether the last connection accepted was refused (logged once per run of them).
         let mut refusing = false;
         tokio::pin!(shutdown);
@@ -251,9 +256,10 @@ impl Server {
                         let all_done = Arc::clone(&all_done);
                         ctx.metrics.accepted();
                         ctx.metrics.open_connections.fetch_add(1, Ordering::AcqRel);
+                        let tls = self.tls.clone();
                         tokio::spawn(async move {
                             let live = Arc::clone(&ctx);
-                            if let Err(e) = serve_connection(ctx, stream, stop).await {
+                            if let Err(e) = accept_connection(ctx, stream, peer, tls, stop).await {
                                 tracing::debug!(%peer, error = %e, "connection ended");
                             }
                             if live.metrics.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -326,8 +332,8 @@ enum Frame {
 
 /// Reads one length-prefixed frame. `started` is set once its first byte has
 /// arrived (the connection is then not idle, however slowly the rest comes).
-async fn read_frame(
-    stream: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
     max: usize,
     started: &AtomicBool,
 ) -> std::io::Result<Frame> {
@@ -355,14 +361,51 @@ async fn read_frame(
     Ok(Frame::Data(Bytes::from(buf)))
 }
 
-async fn serve_connection(
+/// How long a client has for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted connection, after a TLS handshake when `tls` is set.
+async fn accept_connection(
     ctx: Arc<Ctx>,
     stream: TcpStream,
-    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let peer = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let Some(tls) = tls else {
+        let (rd, wr) = stream.into_split();
+        return serve_connection(ctx, rd, wr, peer, stop).await;
+    };
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.tls_failure();
+            tracing::info!(%peer, error = %e, "TLS handshake failed; closing connection");
+            return Ok(());
+        }
+        Err(_) => {
+            ctx.metrics.tls_failure();
+            tracing::info!(%peer, timeout_s = TLS_HANDSHAKE_TIMEOUT.as_secs(), "TLS handshake timed out; closing connection");
+            return Ok(());
+        }
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    serve_connection(ctx, rd, wr, peer, stop).await
+}
+
+async fn serve_connection<R, W>(
+    ctx: Arc<Ctx>,
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Pending>(64);
     // Requests read whose response is not yet written: while there are any, the
     // connection is not idle (a long-polling fetch, a produce waiting for its fsync).

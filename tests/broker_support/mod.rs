@@ -7,7 +7,9 @@
 pub mod wire;
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
@@ -410,4 +412,50 @@ pub fn records(text: &str, tag: &str) -> Vec<(i32, i64, String)> {
             ))
         })
         .collect()
+}
+
+/// Sends `request` to `addr` and returns the status code and the body.
+pub fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// Scrapes the broker, parses the page with `prometheus_client`, and returns
+/// every sample as `name{labels}` (labels sorted) → value.
+pub fn scrape(broker: &Broker) -> BTreeMap<String, f64> {
+    let addr = broker
+        .metrics
+        .as_deref()
+        .expect("started with --metrics-listen");
+    let (status, page) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{page}");
+    let out = run(
+        Command::new(python()).arg(client_script("parse_metrics.py")),
+        page.as_bytes(),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the page: {}\n{page}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+pub fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
 }

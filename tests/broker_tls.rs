@@ -1,0 +1,323 @@
+//! The Kafka listener over TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`),
+//! with certificates made by the `openssl` command: librdkafka (kcat) produces
+//! and consumes over it, a plaintext client is refused without disturbing the
+//! others, client certificates are required when a client CA is given, and bad
+//! TLS material stops the start before anything is created on disk.
+
+mod broker_support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use broker_support::{broker_bin, kcat, metric, require_tool, run, scrape, Broker};
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all
+/// signed by the CA (P-256 keys), in `dir`.
+struct Certs {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    require_tool("openssl");
+    let out = run(
+        Command::new("openssl").current_dir(dir).args(args),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let req = |name: &str, cn: &str| {
+        let (k, o) = (format!("{name}.key"), format!("{name}.csr"));
+        let subj = format!("/CN={cn}");
+        let mut args = vec!["req"];
+        args.extend(key);
+        args.extend(["-keyout", &k, "-out", &o, "-subj", &subj]);
+        openssl(dir, &args);
+    };
+    let sign = |name: &str, ext: &str| {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (csr, crt, extfile) = (
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    };
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(key);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streamline-test-ca",
+    ]);
+    openssl(dir, &ca);
+    req("server", "localhost");
+    sign(
+        "server",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    );
+    req("client", "streamline-test-client");
+    sign(
+        "client",
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    );
+    Certs {
+        ca: dir.join("ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// kcat's arguments for a TLS connection to `addr`, with a client certificate
+/// when `client` is set, followed by `rest`.
+fn ssl_args(addr: &str, certs: &Certs, client: bool, rest: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["-b".into(), addr.into()];
+    let mut set = vec![
+        "security.protocol=ssl".to_string(),
+        format!("ssl.ca.location={}", s(&certs.ca)),
+    ];
+    if client {
+        set.push(format!(
+            "ssl.certificate.location={}",
+            s(&certs.client_cert)
+        ));
+        set.push(format!("ssl.key.location={}", s(&certs.client_key)));
+    }
+    for kv in set {
+        a.extend(["-X".to_string(), kv]);
+    }
+    a.extend(rest.iter().map(|r| (*r).to_string()));
+    a
+}
+
+fn kcat_ssl(addr: &str, certs: &Certs, client: bool, rest: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let args = ssl_args(addr, certs, client, rest);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    kcat(&args, stdin).stdout
+}
+
+fn produce(addr: &str, certs: &Certs, client: bool, values: &[&str]) {
+    let rest = ["-P", "-t", "secure", "-X", "acks=all"];
+    kcat_ssl(
+        addr,
+        certs,
+        client,
+        &rest,
+        (values.join("\n") + "\n").as_bytes(),
+    );
+}
+
+fn consume(addr: &str, certs: &Certs, client: bool) -> Vec<String> {
+    let rest = ["-C", "-t", "secure", "-o", "beginning", "-e", "-q"];
+    String::from_utf8(kcat_ssl(addr, certs, client, &rest, b""))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn tls_listener_serves_librdkafka_and_refuses_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = make_certs(tmp.path());
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--tls-cert",
+            s(&certs.server_cert),
+            "--tls-key",
+            s(&certs.server_key),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    produce(&broker.addr, &certs, false, &["one", "two", "three"]);
+    assert_eq!(
+        consume(&broker.addr, &certs, false),
+        ["one", "two", "three"]
+    );
+
+    // A plaintext ApiVersions request gets no Kafka answer: at most a TLS alert
+    // record (content type 21), then the connection closes.
+    let mut plain = TcpStream::connect(&broker.addr).unwrap();
+    plain
+        .write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0])
+        .unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer[0] == 21,
+        "plaintext got {answer:?}"
+    );
+    // The TLS clients are undisturbed.
+    produce(&broker.addr, &certs, false, &["four"]);
+    assert_eq!(
+        consume(&broker.addr, &certs, false),
+        ["one", "two", "three", "four"]
+    );
+    assert!(broker.log_text().contains("TLS handshake failed"));
+    let m = scrape(&broker);
+    assert_eq!(
+        metric(&m, "streamline_tls_handshake_failures_total{}"),
+        1.0,
+        "the plaintext connection, and only it"
+    );
+}
+
+#[test]
+fn client_certificates_are_required_with_a_client_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = make_certs(tmp.path());
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--tls-cert",
+            s(&certs.server_cert),
+            "--tls-key",
+            s(&certs.server_key),
+            "--tls-client-ca",
+            s(&certs.ca),
+        ],
+    );
+    // Without a client certificate nothing is acknowledged.
+    let args = ssl_args(
+        &broker.addr,
+        &certs,
+        false,
+        &["-P", "-t", "secure", "-X", "acks=all", "-m", "5"],
+    );
+    let out = run(
+        Command::new("kcat").args(&args),
+        b"refused\n",
+        Duration::from_secs(60),
+    );
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was served: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(broker.log_text().contains("peer sent no certificates"));
+    produce(&broker.addr, &certs, true, &["signed"]);
+    assert_eq!(consume(&broker.addr, &certs, true), ["signed"]);
+}
+
+#[test]
+fn bad_tls_material_stops_the_start_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = make_certs(tmp.path());
+    let data = tmp.path().join("never-created");
+    let missing = tmp.path().join("missing.pem");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        // Half a pair (the parser names the missing flag).
+        (
+            vec!["--tls-cert", s(&certs.server_cert)],
+            "--tls-key".into(),
+        ),
+        (vec!["--tls-client-ca", s(&certs.ca)], "--tls-cert".into()),
+        // A file that does not exist, one without a certificate, a key that is
+        // not the certificate's.
+        (
+            vec!["--tls-cert", s(&missing), "--tls-key", s(&certs.server_key)],
+            s(&missing).into(),
+        ),
+        (
+            vec![
+                "--tls-cert",
+                s(&certs.server_key),
+                "--tls-key",
+                s(&certs.server_key),
+            ],
+            "no CERTIFICATE".into(),
+        ),
+        (
+            vec![
+                "--tls-cert",
+                s(&certs.server_cert),
+                "--tls-key",
+                s(&certs.client_key),
+            ],
+            s(&certs.server_cert).into(),
+        ),
+        (
+            vec![
+                "--tls-cert",
+                s(&certs.server_cert),
+                "--tls-key",
+                s(&certs.server_key),
+                "--tls-client-ca",
+                s(&certs.server_key),
+            ],
+            s(&certs.server_key).into(),
+        ),
+    ];
+    for (args, names) in cases {
+        let out = run(
+            Command::new(broker_bin())
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen", "127.0.0.1:0"])
+                .args(&args),
+            b"",
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&names), "{args:?}: must name {names}: {err}");
+        assert!(!data.exists(), "{args:?}: nothing may be created on disk");
+    }
+}
