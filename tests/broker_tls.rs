@@ -168,21 +168,23 @@ fn consume(addr: &str, certs: &Certs, client: bool) -> Vec<String> {
         .collect()
 }
 
+/// A broker in `dir` serving TLS with the server certificate, and `extra` flags.
+fn tls_broker(dir: &Path, certs: &Certs, extra: &[&str]) -> Broker {
+    let mut args = vec![
+        "--tls-cert",
+        s(&certs.server_cert),
+        "--tls-key",
+        s(&certs.server_key),
+    ];
+    args.extend(extra);
+    Broker::start(&dir.join("data"), &args)
+}
+
 #[test]
 fn tls_listener_serves_librdkafka_and_refuses_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = make_certs(tmp.path());
-    let broker = Broker::start(
-        &tmp.path().join("data"),
-        &[
-            "--tls-cert",
-            s(&certs.server_cert),
-            "--tls-key",
-            s(&certs.server_key),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let broker = tls_broker(tmp.path(), &certs, &["--metrics-listen", "127.0.0.1:0"]);
     produce(&broker.addr, &certs, false, &["one", "two", "three"]);
     assert_eq!(
         consume(&broker.addr, &certs, false),
@@ -223,17 +225,7 @@ fn tls_listener_serves_librdkafka_and_refuses_plaintext() {
 fn client_certificates_are_required_with_a_client_ca() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = make_certs(tmp.path());
-    let broker = Broker::start(
-        &tmp.path().join("data"),
-        &[
-            "--tls-cert",
-            s(&certs.server_cert),
-            "--tls-key",
-            s(&certs.server_key),
-            "--tls-client-ca",
-            s(&certs.ca),
-        ],
-    );
+    let broker = tls_broker(tmp.path(), &certs, &["--tls-client-ca", s(&certs.ca)]);
     // Without a client certificate nothing is acknowledged.
     let args = ssl_args(
         &broker.addr,
