@@ -20,12 +20,22 @@ fn main() -> ExitCode {
         report(format_args!("error: {e}"));
         return ExitCode::from(2);
     }
-    // Bad TLS material is a configuration error: refused before storage opens.
-    if let Some(tls) = &config.server.tls {
-        if let Err(e) = streamline::server::tls::acceptor(tls) {
-            report(format_args!("error: {e}"));
-            return ExitCode::from(2);
-        }
+    // Bad TLS material or SASL users are configuration errors: refused before
+    // storage opens.
+    let security = config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| streamline::server::tls::acceptor(t).map(drop))
+        .transpose()
+        .and_then(|_| {
+            let sasl = config.server.sasl.as_ref();
+            sasl.map(|s| streamline::server::sasl::load(s).map(drop))
+                .transpose()
+        });
+    if let Err(e) = security {
+        report(format_args!("error: {e}"));
+        return ExitCode::from(2);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

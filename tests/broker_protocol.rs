@@ -956,12 +956,21 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
         let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
         assert_eq!(partition_result(&r), (0, i64::from(i)));
     }
-    // ~2 batches per 4 KiB segment; at least 8 KiB of the newest are kept.
+    // ~2 batches per 4 KiB segment; at least 8 KiB of the newest are kept. A
+    // segment becomes deletable once a checkpoint covers it, so one pass may
+    // delete some and a later one the rest: wait until the log start has held
+    // for 5 retention intervals.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = (0, 0);
+    let mut since = std::time::Instant::now();
     let (start, end) = loop {
-        let (start, end) = earliest_latest(&mut s, "ret");
-        if start > 0 || std::time::Instant::now() > deadline {
-            break (start, end);
+        let now = earliest_latest(&mut s, "ret");
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+        let settled = now.0 > 0 && since.elapsed() >= Duration::from_millis(500);
+        if settled || std::time::Instant::now() > deadline {
+            break now;
         }
         std::thread::sleep(Duration::from_millis(50));
     };

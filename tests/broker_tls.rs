@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use broker_support::{broker_bin, kcat, metric, require_tool, run, scrape, Broker};
+use broker_support::{assert_refused_at_start, kcat, metric, require_tool, run, scrape, Broker};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all
 /// signed by the CA (P-256 keys), in `dir`.
@@ -298,18 +298,61 @@ fn bad_tls_material_stops_the_start_before_anything_is_created() {
         ),
     ];
     for (args, names) in cases {
-        let out = run(
-            Command::new(broker_bin())
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--listen", "127.0.0.1:0"])
-                .args(&args),
-            b"",
-            Duration::from_secs(30),
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(&names), "{args:?}: must name {names}: {err}");
-        assert!(!data.exists(), "{args:?}: nothing may be created on disk");
+        assert_refused_at_start(&data, &args, &names);
     }
+}
+
+#[test]
+fn sasl_over_tls_authenticates_and_encrypts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = make_certs(tmp.path());
+    let users = tmp.path().join("users.json");
+    std::fs::write(&users, r#"{"alice": "alice-secret"}"#).unwrap();
+    let broker = tls_broker(
+        tmp.path(),
+        &certs,
+        &["--sasl-users", users.to_str().unwrap()],
+    );
+    let sasl = |password: &str, rest: &[&str]| {
+        let mut a = vec![
+            "-X".to_string(),
+            "security.protocol=sasl_ssl".to_string(),
+            "-X".to_string(),
+            "sasl.mechanisms=SCRAM-SHA-256".to_string(),
+            "-X".to_string(),
+            "sasl.username=alice".to_string(),
+            "-X".to_string(),
+            format!("sasl.password={password}"),
+        ];
+        a.extend(rest.iter().map(|r| (*r).to_string()));
+        a
+    };
+    // ssl_args sets security.protocol=ssl first; the later sasl_ssl wins.
+    let produce = sasl("alice-secret", &["-P", "-t", "secure", "-X", "acks=all"]);
+    let produce: Vec<&str> = produce.iter().map(String::as_str).collect();
+    kcat_ssl(&broker.addr, &certs, false, &produce, b"private\n");
+    let consume = sasl(
+        "alice-secret",
+        &["-C", "-t", "secure", "-o", "beginning", "-e", "-q"],
+    );
+    let consume: Vec<&str> = consume.iter().map(String::as_str).collect();
+    let read = kcat_ssl(&broker.addr, &certs, false, &consume, b"");
+    assert_eq!(String::from_utf8(read).unwrap(), "private\n");
+    // TLS without the password gets nothing.
+    let args = ssl_args(
+        &broker.addr,
+        &certs,
+        false,
+        &sasl("wrong", &["-P", "-t", "secure", "-m", "5"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let out = run(
+        Command::new("kcat").args(&args),
+        b"x\n",
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(broker.log_text().contains("SASL authentication failed"));
 }

@@ -53,6 +53,17 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// TLS for the Kafka listener; `None`: plaintext. Default: `None`.
     pub tls: Option<TlsConfig>,
+    /// SASL authentication of clients; `None`: none. Default: `None`.
+    pub sasl: Option<SaslConfig>,
+}
+
+/// SASL authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslConfig {
+    /// JSON file of user name → password.
+    pub users: PathBuf,
+    /// Mechanism names offered (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).
+    pub mechanisms: Vec<String>,
 }
 
 /// The Kafka listener's TLS material, PEM files.
@@ -143,6 +154,7 @@ impl Default for Config {
                 fetch_max_bytes: 55 * 1024 * 1024,
                 metrics_listen: None,
                 tls: None,
+                sasl: None,
             },
             storage: StorageConfig {
                 data_dir: PathBuf::from("./data"),
@@ -276,6 +288,18 @@ impl Config {
                 "0".into(),
                 "accepted values: 1 or more",
             );
+        }
+        if let Some(sasl) = &self.server.sasl {
+            let known = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+            if sasl.mechanisms.is_empty()
+                || sasl.mechanisms.iter().any(|m| !known.contains(&m.as_str()))
+            {
+                return bad(
+                    "--sasl-mechanisms",
+                    sasl.mechanisms.join(","),
+                    "accepted values: one or more of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                );
+            }
         }
         if let Some(a) = &self.server.advertised_addr {
             if parse_host_port(a).is_none() {
@@ -478,6 +502,22 @@ pub struct Cli {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Require SASL authentication with the users and passwords of this JSON file
+    /// ({"alice": "secret", ...}); clients use security.protocol=SASL_PLAINTEXT, or
+    /// SASL_SSL with --tls-cert.
+    #[arg(long, env = "STREAMLINE_SASL_USERS", value_name = "FILE")]
+    pub sasl_users: Option<PathBuf>,
+
+    /// SASL mechanisms offered with --sasl-users.
+    #[arg(
+        long,
+        env = "STREAMLINE_SASL_MECHANISMS",
+        value_delimiter = ',',
+        default_value = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+        value_name = "LIST"
+    )]
+    pub sasl_mechanisms: Vec<String>,
+
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
@@ -649,6 +689,10 @@ impl Cli {
                     // The parser requires both or neither.
                     _ => None,
                 },
+                sasl: self.sasl_users.map(|users| SaslConfig {
+                    users,
+                    mechanisms: self.sasl_mechanisms,
+                }),
             },
             storage: StorageConfig {
                 data_dir: self.data_dir,

@@ -61,6 +61,8 @@ pub(crate) struct Metrics {
     bad_requests: AtomicU64,
     /// TLS handshakes that failed or timed out.
     tls_failures: AtomicU64,
+    sasl_successes: AtomicU64,
+    sasl_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +85,8 @@ impl Metrics {
             refused: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            sasl_successes: AtomicU64::new(0),
+            sasl_failures: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +96,15 @@ impl Metrics {
 
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sasl(&self, success: bool) {
+        let c = if success {
+            &self.sasl_successes
+        } else {
+            &self.sasl_failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn tls_failure(&self) {
@@ -231,6 +244,21 @@ pub(crate) fn render(ctx: &Ctx) -> String {
     ];
     for (name, help, v) in connection_counters {
         p.single(name, "counter", help, v.load(Ordering::Relaxed));
+    }
+    p.family(
+        "streamline_sasl_authentications_total",
+        "counter",
+        "SASL authentications, by result (--sasl-users).",
+    );
+    for (result, v) in [
+        ("success", &m.sasl_successes),
+        ("failure", &m.sasl_failures),
+    ] {
+        p.sample(
+            "streamline_sasl_authentications_total",
+            &[("result", result)],
+            v.load(Ordering::Relaxed),
+        );
     }
     let used: Vec<&ApiCounters> = m
         .apis

@@ -10,6 +10,7 @@
 pub mod groups;
 mod handlers;
 mod metrics;
+pub mod sasl;
 pub mod tls;
 
 use std::{
@@ -58,6 +59,8 @@ pub mod codes {
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const ILLEGAL_SASL_STATE: i16 = 34;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_PARTITIONS: i16 = 37;
@@ -69,6 +72,7 @@ pub mod codes {
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const INVALID_TXN_STATE: i16 = 48;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
@@ -88,6 +92,8 @@ pub(crate) struct Ctx {
     pub(crate) host: String,
     pub(crate) port: i32,
     pub(crate) metrics: metrics::Metrics,
+    /// Set with `--sasl-users`: connections must authenticate first.
+    pub(crate) sasl: Option<sasl::Authenticator>,
 }
 
 /// A bound, not yet running server.
@@ -145,6 +151,10 @@ impl Server {
             }
         };
         let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+        let sasl = cfg.sasl.as_ref().map(sasl::load).transpose()?;
+        if sasl.is_some() && tls.is_none() {
+            tracing::warn!("SASL without TLS: passwords (PLAIN) and sessions travel in the clear; set --tls-cert");
+        }
         let metrics = match cfg.metrics_listen {
             Some(addr) => Some(metrics::bind(addr).await.map_err(|e| {
                 Error::io(
@@ -163,6 +173,7 @@ impl Server {
             host,
             port,
             metrics: metrics::Metrics::new(),
+            sasl,
         });
         Ok(Server {
             listener,
@@ -425,6 +436,8 @@ where
     });
     let cfg = &ctx.storage.config().server;
     let max = cfg.max_request_bytes;
+    // Some while the connection still has to authenticate (SASL enabled).
+    let mut unauthenticated = ctx.sasl.as_ref().map(|_| sasl::Session::default());
     let idle = (cfg.connections_max_idle_ms > 0)
         .then(|| Duration::from_millis(cfg.connections_max_idle_ms));
     let result = 'conn: loop {
@@ -461,10 +474,10 @@ where
                 }
                 break Err(e);
             }
-            Ok(Frame::Data(buf)) => match dispatch(&ctx, buf, peer).await {
-                Ok(p) => {
+            Ok(Frame::Data(buf)) => match dispatch(&ctx, buf, peer, &mut unauthenticated).await {
+                Ok((p, then_close)) => {
                     outstanding.fetch_add(1, Ordering::AcqRel);
-                    if tx.send(p).await.is_err() {
+                    if tx.send(p).await.is_err() || then_close {
                         break Ok(());
                     }
                 }
@@ -558,6 +571,9 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::DescribeLogDirs, 1, 4),
         (ApiKey::AlterConfigs, 0, 2),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
+        // v0: raw SASL tokens follow the handshake, outside Kafka's framing.
+        (ApiKey::SaslHandshake, 0, 1),
+        (ApiKey::SaslAuthenticate, 0, 2),
     ];
     wanted
         .into_iter()
@@ -630,31 +646,164 @@ pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
 }
 
 /// Decodes one request frame from the client at `peer` and starts handling it.
+/// `unauthenticated` is `Some` while the connection has yet to pass SASL. Returns
+/// the response and whether the connection closes after it; `Err` closes it at
+/// once.
 async fn dispatch(
     ctx: &Arc<Ctx>,
     frame: Bytes,
     peer: SocketAddr,
-) -> std::result::Result<Pending, String> {
+    unauthenticated: &mut Option<sasl::Session>,
+) -> std::result::Result<(Pending, bool), String> {
     let len = frame.len() + 4;
+    if unauthenticated.as_ref().is_some_and(|s| s.raw_tokens) {
+        return raw_sasl_token(ctx, &frame, unauthenticated, peer);
+    }
     match decode_request(frame)? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
             let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
             let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
-            Ok(Box::pin(async move { resp }))
+            Ok((Box::pin(async move { resp }), false))
         }
         Decoded::Request(header, request) => {
             let started = std::time::Instant::now();
             let api = ApiKey::try_from(header.request_api_key).ok();
-            let pending = handlers::handle(ctx, header, request, peer).await;
-            let ctx = Arc::clone(ctx);
-            Ok(Box::pin(async move {
-                let response = pending.await;
-                if let Some(api) = api {
-                    let out = response.as_ref().map_or(0, BytesMut::len);
-                    ctx.metrics.request(api, len, out, started.elapsed());
+            let (version, cid) = (header.request_api_version, header.correlation_id);
+            let (pending, then_close): (Pending, bool) = match request {
+                RequestKind::SaslHandshake(req) => {
+                    let r = sasl_handshake(ctx, &req, unauthenticated);
+                    if version == 0 && r.error_code == codes::NONE {
+                        if let Some(s) = unauthenticated.as_mut() {
+                            s.raw_tokens = true;
+                        }
+                    }
+                    let resp = encode_response(ApiKey::SaslHandshake, version, cid, &r);
+                    (Box::pin(async move { resp }), false)
                 }
-                response
-            }))
+                RequestKind::SaslAuthenticate(req) => {
+                    let (r, close) = sasl_authenticate(ctx, &req, unauthenticated, peer);
+                    let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
+                    (Box::pin(async move { resp }), close)
+                }
+                RequestKind::ApiVersions(_) => {
+                    (handlers::handle(ctx, header, request, peer).await, false)
+                }
+                _ if unauthenticated.is_some() => {
+                    ctx.metrics.bad_request();
+                    return Err(format!(
+                        "{} before SASL authentication",
+                        api.map_or_else(|| "request".to_string(), |a| format!("{a:?}"))
+                    ));
+                }
+                request => (handlers::handle(ctx, header, request, peer).await, false),
+            };
+            let ctx = Arc::clone(ctx);
+            Ok((
+                Box::pin(async move {
+                    let response = pending.await;
+                    if let Some(api) = api {
+                        let out = response.as_ref().map_or(0, BytesMut::len);
+                        ctx.metrics.request(api, len, out, started.elapsed());
+                    }
+                    response
+                }),
+                then_close,
+            ))
+        }
+    }
+}
+
+/// A raw SASL token after a SaslHandshake v0: answered as a raw token, or, on
+/// failure, by closing the connection (what Kafka does; v0 has no error field).
+fn raw_sasl_token(
+    ctx: &Ctx,
+    frame: &[u8],
+    unauthenticated: &mut Option<sasl::Session>,
+    peer: SocketAddr,
+) -> std::result::Result<(Pending, bool), String> {
+    let req = kafka_protocol::messages::SaslAuthenticateRequest::default()
+        .with_auth_bytes(Bytes::copy_from_slice(frame));
+    let (r, close) = sasl_authenticate(ctx, &req, unauthenticated, peer);
+    if close {
+        return Err("SASL authentication failed".into());
+    }
+    let mut out = BytesMut::with_capacity(4 + r.auth_bytes.len());
+    out.put_i32(i32::try_from(r.auth_bytes.len()).unwrap_or(i32::MAX));
+    out.extend_from_slice(&r.auth_bytes);
+    Ok((Box::pin(async move { Some(out) }), false))
+}
+
+/// SaslHandshake: chooses the mechanism, lists the enabled ones.
+fn sasl_handshake(
+    ctx: &Ctx,
+    req: &kafka_protocol::messages::SaslHandshakeRequest,
+    unauthenticated: &mut Option<sasl::Session>,
+) -> kafka_protocol::messages::SaslHandshakeResponse {
+    use kafka_protocol::protocol::StrBytes;
+    let r = kafka_protocol::messages::SaslHandshakeResponse::default();
+    let Some(auth) = &ctx.sasl else {
+        return r.with_error_code(codes::UNSUPPORTED_SASL_MECHANISM);
+    };
+    let listed = auth
+        .mechanism_names()
+        .into_iter()
+        .map(StrBytes::from_static_str)
+        .collect();
+    let r = r.with_mechanisms(listed);
+    let code = match unauthenticated {
+        // Already authenticated (re-authentication is not served), or a second
+        // handshake.
+        None => codes::ILLEGAL_SASL_STATE,
+        Some(s) if s.has_mechanism() => codes::ILLEGAL_SASL_STATE,
+        Some(s) => {
+            if s.handshake(auth, req.mechanism.as_str()) {
+                codes::NONE
+            } else {
+                codes::UNSUPPORTED_SASL_MECHANISM
+            }
+        }
+    };
+    r.with_error_code(code)
+}
+
+/// SaslAuthenticate: one round of the chosen mechanism. A failure is answered
+/// and then closes the connection (the `bool`), as Kafka does.
+fn sasl_authenticate(
+    ctx: &Ctx,
+    req: &kafka_protocol::messages::SaslAuthenticateRequest,
+    unauthenticated: &mut Option<sasl::Session>,
+    peer: SocketAddr,
+) -> (kafka_protocol::messages::SaslAuthenticateResponse, bool) {
+    use kafka_protocol::protocol::StrBytes;
+    let r = kafka_protocol::messages::SaslAuthenticateResponse::default();
+    let (Some(auth), Some(session)) = (&ctx.sasl, unauthenticated.as_mut()) else {
+        let r = r
+            .with_error_code(codes::ILLEGAL_SASL_STATE)
+            .with_error_message(Some(StrBytes::from_static_str(
+                "no SASL authentication in progress on this connection",
+            )));
+        return (r, true);
+    };
+    match session.authenticate(auth, &req.auth_bytes) {
+        sasl::Step::Continue(bytes) => (r.with_auth_bytes(Bytes::from(bytes)), false),
+        sasl::Step::Done { user, reply } => {
+            tracing::debug!(%peer, %user, "authenticated");
+            ctx.metrics.sasl(true);
+            *unauthenticated = None;
+            (r.with_auth_bytes(Bytes::from(reply)), false)
+        }
+        sasl::Step::Failed(why) => {
+            tracing::info!(%peer, reason = %why, "SASL authentication failed; closing connection");
+            ctx.metrics.sasl(false);
+            let code = if session.has_mechanism() {
+                codes::SASL_AUTHENTICATION_FAILED
+            } else {
+                codes::ILLEGAL_SASL_STATE
+            };
+            let r = r
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(why)));
+            (r, true)
         }
     }
 }

@@ -459,3 +459,21 @@ pub fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
 }
+
+/// Starts the broker with `args` on `data` and asserts it refuses to start:
+/// exit code 2, a message naming `names`, and nothing created on disk.
+pub fn assert_refused_at_start(data: &Path, args: &[&str], names: &str) {
+    let out = run(
+        Command::new(broker_bin())
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args),
+        b"",
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(names), "{args:?}: must name {names}: {err}");
+    assert!(!data.exists(), "{args:?}: nothing may be created on disk");
+}

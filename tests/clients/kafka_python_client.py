@@ -9,6 +9,7 @@ test parses; a failure exits non-zero.
   produce BROKER TOPIC COUNT PARTITIONS PREFIX
   group BROKER TOPIC GROUP EXPECT
   txn BROKER TOPIC
+  sasl BROKER TOPIC USER PASSWORD MECHANISM...
 """
 import sys
 import time
@@ -105,7 +106,28 @@ def cmd_txn(broker, topic):
         out("TXN_ERROR", int((time.time() - start) * 1000), type(e).__name__, "|", e)
 
 
-COMMANDS = {"admin": cmd_admin, "produce": cmd_produce, "group": cmd_group, "txn": cmd_txn}
+def cmd_sasl(broker, topic, user, password, *mechanisms):
+    """Produces one message per mechanism as USER: "SASL mechanism ok offset" or
+    "SASL mechanism error type"."""
+    for mechanism in mechanisms:
+        try:
+            producer = KafkaProducer(
+                bootstrap_servers=broker,
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism=mechanism,
+                sasl_plain_username=user,
+                sasl_plain_password=password,
+                acks="all",
+                max_block_ms=10000,
+            )
+            md = producer.send(topic, ("kafka-python-" + mechanism).encode()).get(timeout=30)
+            out("SASL", mechanism, "ok", md.offset)
+            producer.close()
+        except KafkaError as e:
+            out("SASL", mechanism, "error", type(e).__name__)
+
+
+COMMANDS = {"admin": cmd_admin, "produce": cmd_produce, "group": cmd_group, "txn": cmd_txn, "sasl": cmd_sasl}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:

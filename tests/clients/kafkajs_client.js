@@ -10,6 +10,7 @@
 //   produce BROKER TOPIC COUNT PARTITIONS PREFIX
 //   group BROKER TOPIC GROUP MEMBERS PRODUCE EXPECT MORE PREFIX
 //   txn BROKER TOPIC
+//   sasl BROKER TOPIC USER PASSWORD MECHANISM...
 'use strict';
 
 const path = require('path');
@@ -226,9 +227,33 @@ async function cmdTxn([topic]) {
   }
 }
 
-const commands = { admin: cmdAdmin, produce: cmdProduce, group: cmdGroup, txn: cmdTxn };
+// Produces one message per mechanism (lower case, as KafkaJS names them) as USER
+// with PASSWORD: "SASL mechanism ok offset" or "SASL mechanism error type".
+async function cmdSasl([topic, username, password, ...mechanisms]) {
+  for (const mechanism of mechanisms) {
+    const client = new Kafka({
+      clientId: 'streamline-kafkajs-sasl',
+      brokers: [broker],
+      logLevel: logLevel.NOTHING,
+      retry: { retries: 0 },
+      sasl: { mechanism, username, password },
+    });
+    const producer = client.producer();
+    try {
+      await producer.connect();
+      const [r] = await producer.send({ topic, acks: -1, messages: [{ value: `kafkajs-${mechanism}` }] });
+      out('SASL', mechanism, 'ok', r.baseOffset);
+    } catch (e) {
+      out('SASL', mechanism, 'error', e.name);
+    } finally {
+      await producer.disconnect().catch(() => {});
+    }
+  }
+}
+
+const commands = { admin: cmdAdmin, produce: cmdProduce, group: cmdGroup, txn: cmdTxn, sasl: cmdSasl };
 if (!commands[cmd] || !broker) {
-  process.stderr.write('usage: kafkajs_client.js admin|produce|group|txn BROKER ARGS...\n');
+  process.stderr.write('usage: kafkajs_client.js admin|produce|group|txn|sasl BROKER ARGS...\n');
   process.exit(2);
 }
 commands[cmd](args).then(

@@ -1,0 +1,248 @@
+//! SASL authentication (`--sasl-users`): SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN
+//! with three independent client implementations (librdkafka through kcat,
+//! KafkaJS, kafka-python), wrong passwords refused, nothing but ApiVersions and
+//! the SASL requests served before authentication, and bad settings refused at
+//! start.
+
+mod broker_support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use broker_support::{
+    assert_refused_at_start, kafkajs_client, kcat, metric, python_client, run, scrape, tagged,
+    Broker,
+};
+
+const USERS: &str = r#"{"alice": "alice-secret", "bob": "b=b,0"}"#;
+
+fn sasl_broker(dir: &std::path::Path) -> Broker {
+    let users = dir.join("users.json");
+    std::fs::write(&users, USERS).unwrap();
+    Broker::start(
+        &dir.join("data"),
+        &[
+            "--sasl-users",
+            users.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
+/// kcat's arguments for SASL_PLAINTEXT as `user` with `mechanism`, then `rest`.
+fn kcat_sasl(
+    addr: &str,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    rest: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = ["-b", addr, "-X", "security.protocol=sasl_plaintext"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+    for kv in [
+        format!("sasl.mechanisms={mechanism}"),
+        format!("sasl.username={user}"),
+        format!("sasl.password={password}"),
+    ] {
+        a.extend(["-X".to_string(), kv]);
+    }
+    a.extend(rest.iter().map(|s| (*s).to_string()));
+    a
+}
+
+#[test]
+fn scram_and_plain_authenticate_three_client_implementations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(tmp.path());
+    let mut expected = Vec::new();
+    for m in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
+        let value = format!("kcat-{m}");
+        let args = kcat_sasl(
+            &broker.addr,
+            m,
+            "alice",
+            "alice-secret",
+            &["-P", "-t", "audit", "-X", "acks=all"],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kcat(&args, format!("{value}\n").as_bytes());
+        expected.push(value);
+    }
+    // bob's password holds ',' and '=', which SCRAM escapes in names only.
+    let js = kafkajs_client(&[
+        "sasl",
+        &broker.addr,
+        "audit",
+        "bob",
+        "b=b,0",
+        "scram-sha-256",
+        "scram-sha-512",
+        "plain",
+    ]);
+    let py = python_client(
+        "kafka_python_client.py",
+        &[
+            "sasl",
+            &broker.addr,
+            "audit",
+            "alice",
+            "alice-secret",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-512",
+            "PLAIN",
+        ],
+    );
+    for (client, out, names) in [
+        ("kafkajs", &js, ["scram-sha-256", "scram-sha-512", "plain"]),
+        (
+            "kafka-python",
+            &py,
+            ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"],
+        ),
+    ] {
+        let results = tagged(out, "SASL");
+        assert_eq!(results.len(), 3, "{out}");
+        for (r, name) in results.iter().zip(names) {
+            assert_eq!(&r[..2], [name, "ok"], "{client}:\n{out}");
+            expected.push(format!("{client}-{name}"));
+        }
+    }
+    // A wrong password: refused, for a SCRAM and a PLAIN client.
+    let wrong = kafkajs_client(&[
+        "sasl",
+        &broker.addr,
+        "audit",
+        "alice",
+        "nope",
+        "scram-sha-512",
+        "plain",
+    ]);
+    assert_eq!(
+        tagged(&wrong, "SASL"),
+        [
+            ["scram-sha-512", "error", "KafkaJSSASLAuthenticationError"],
+            ["plain", "error", "KafkaJSSASLAuthenticationError"]
+        ],
+        "{wrong}"
+    );
+    let args = kcat_sasl(
+        &broker.addr,
+        "SCRAM-SHA-256",
+        "mallory",
+        "x",
+        &["-P", "-t", "audit", "-m", "5"],
+    );
+    let out = run(
+        Command::new("kcat").args(&args),
+        b"forged\n",
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "an unknown user was served");
+
+    // Everything acknowledged is there, nothing else.
+    let args = kcat_sasl(
+        &broker.addr,
+        "SCRAM-SHA-512",
+        "bob",
+        "b=b,0",
+        &["-C", "-t", "audit", "-o", "beginning", "-e", "-q"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stored = String::from_utf8(kcat(&args, b"").stdout).unwrap();
+    let mut stored: Vec<&str> = stored.lines().collect();
+    stored.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+
+    let m = scrape(&broker);
+    // kcat 4, KafkaJS 3, kafka-python 3 (each may connect more than once).
+    assert!(
+        metric(
+            &m,
+            r#"streamline_sasl_authentications_total{result="success"}"#
+        ) >= 10.0
+    );
+    // KafkaJS twice, kcat at least once (librdkafka retries).
+    assert!(
+        metric(
+            &m,
+            r#"streamline_sasl_authentications_total{result="failure"}"#
+        ) >= 3.0
+    );
+}
+
+#[test]
+fn only_api_versions_and_sasl_are_served_before_authentication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(tmp.path());
+    let mut c = TcpStream::connect(&broker.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // ApiVersions v0 (key 18): answered.
+    c.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 7, 0, 0])
+        .unwrap();
+    let mut len = [0u8; 4];
+    c.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    c.read_exact(&mut body).unwrap();
+    assert_eq!(&body[..4], &[0, 0, 0, 7], "correlation id");
+    // Metadata v1 (key 3) with no topic list: the connection closes unanswered.
+    c.write_all(&[
+        0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 8, 0, 0, 0xff, 0xff, 0xff, 0xff,
+    ])
+    .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).unwrap(), 0, "closed: {rest:?}");
+    assert!(broker
+        .log_text()
+        .contains("Metadata before SASL authentication"));
+    // A plaintext kcat (no SASL) cannot list topics.
+    let out = run(
+        Command::new("kcat").args(["-b", &broker.addr, "-L", "-m", "5"]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bad_sasl_settings_stop_the_start_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("never-created");
+    let good = tmp.path().join("users.json");
+    std::fs::write(&good, USERS).unwrap();
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "alice: secret\n").unwrap();
+    let missing = tmp.path().join("missing.json");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--sasl-users", bad.to_str().unwrap()], "bad.json"),
+        (&["--sasl-users", missing.to_str().unwrap()], "missing.json"),
+        (
+            &[
+                "--sasl-users",
+                good.to_str().unwrap(),
+                "--sasl-mechanisms",
+                "GSSAPI",
+            ],
+            "--sasl-mechanisms",
+        ),
+        (
+            &[
+                "--sasl-users",
+                good.to_str().unwrap(),
+                "--sasl-mechanisms",
+                "",
+            ],
+            "--sasl-mechanisms",
+        ),
+    ];
+    for (args, names) in cases {
+        assert_refused_at_start(&data, args, names);
+    }
+}
