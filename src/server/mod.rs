@@ -364,13 +364,16 @@ async fn read_frame<R: AsyncRead + Unpin>(
     if len < 0 || len as usize > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds --max-request-bytes {max}"),
+            format!("frame of {len} bytes exceeds the limit of {max} (--max-request-bytes; 512 KiB before SASL authentication)"),
         ));
     }
     let mut buf = vec![0u8; len as usize];
     stream.read_exact(&mut buf).await?;
     Ok(Frame::Data(Bytes::from(buf)))
 }
+
+/// The largest frame read from a connection that has yet to pass SASL.
+const MAX_UNAUTHENTICATED_FRAME: usize = 512 * 1024;
 
 /// How long a client has for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -444,7 +447,15 @@ where
         // Idle means no byte of a next request has arrived and no response is
         // pending; a request still arriving, however slowly, is read to its end.
         let started = AtomicBool::new(false);
-        let read = read_frame(&mut rd, max, &started);
+        // Before authentication a frame may hold at most 512 KiB (Kafka's
+        // `sasl.server.max.receive.size`): an unknown client cannot make the
+        // broker allocate --max-request-bytes.
+        let limit = if unauthenticated.is_some() {
+            max.min(MAX_UNAUTHENTICATED_FRAME)
+        } else {
+            max
+        };
+        let read = read_frame(&mut rd, limit, &started);
         tokio::pin!(read);
         let frame = loop {
             let idle_timer = async {
