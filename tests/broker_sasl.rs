@@ -15,7 +15,7 @@ use std::{
 
 use broker_support::{
     assert_refused_at_start, kafkajs_client, kcat, metric, python_client, run, scrape, tagged,
-    Broker,
+    wire, Broker,
 };
 
 const USERS: &str = r#"{"alice": "alice-secret", "bob": "b=b,0"}"#;
@@ -257,4 +257,66 @@ fn bad_sasl_settings_stop_the_start_before_anything_is_created() {
     for (args, names) in cases {
         assert_refused_at_start(&data, args, names);
     }
+}
+
+/// The wire protocol itself: an unknown mechanism lists the enabled ones; a
+/// SaslHandshake v0 is followed by raw tokens (PLAIN here), after which the
+/// connection is served; a wrong raw token closes it unanswered; a second
+/// handshake on an authenticated connection is an illegal state.
+#[test]
+fn handshake_v0_raw_tokens_and_handshake_errors() {
+    use kafka_protocol::{
+        messages::{ApiKey, SaslHandshakeRequest, SaslHandshakeResponse},
+        protocol::StrBytes,
+    };
+    use wire::{closed, connect, read_frame, request_frame, response, topic_metadata};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(tmp.path());
+    let handshake = |s: &mut TcpStream, version: i16, mechanism: &'static str| {
+        let req =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        s.write_all(&request_frame(ApiKey::SaslHandshake, version, 1, &req))
+            .unwrap();
+        let (_, r): (i32, SaslHandshakeResponse) = response(s, ApiKey::SaslHandshake, version);
+        let listed: Vec<String> = r.mechanisms.iter().map(|m| m.to_string()).collect();
+        (r.error_code, listed)
+    };
+    let raw = |s: &mut TcpStream, token: &[u8]| {
+        s.write_all(&(token.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(token).unwrap();
+    };
+
+    let mut s = connect(&broker.addr);
+    assert_eq!(
+        handshake(&mut s, 1, "GSSAPI"),
+        (
+            33,
+            vec![
+                "SCRAM-SHA-512".into(),
+                "SCRAM-SHA-256".into(),
+                "PLAIN".into()
+            ]
+        ),
+        "UNSUPPORTED_SASL_MECHANISM with the enabled list"
+    );
+    assert_eq!(handshake(&mut s, 0, "PLAIN").0, 0);
+    raw(&mut s, b"\0alice\0alice-secret");
+    assert_eq!(
+        read_frame(&mut s).map(|b| b.len()),
+        Some(0),
+        "an empty raw token back"
+    );
+    assert_eq!(
+        topic_metadata(&mut s, "after-v0", true),
+        0,
+        "served once authenticated"
+    );
+    assert_eq!(handshake(&mut s, 1, "PLAIN").0, 34, "ILLEGAL_SASL_STATE");
+    assert_eq!(topic_metadata(&mut s, "after-v0", false), 0, "still served");
+
+    let mut s = connect(&broker.addr);
+    assert_eq!(handshake(&mut s, 0, "PLAIN").0, 0);
+    raw(&mut s, b"\0alice\0wrong");
+    assert!(closed(&mut s), "a wrong raw token closes the connection");
 }

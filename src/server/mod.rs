@@ -668,7 +668,12 @@ async fn dispatch(
 ) -> std::result::Result<(Pending, bool), String> {
     let len = frame.len() + 4;
     if unauthenticated.as_ref().is_some_and(|s| s.raw_tokens) {
-        return raw_sasl_token(ctx, &frame, unauthenticated, peer);
+        return Ok(handlers::sasl::raw_token(
+            ctx,
+            &frame,
+            unauthenticated,
+            peer,
+        ));
     }
     match decode_request(frame)? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
@@ -682,7 +687,7 @@ async fn dispatch(
             let (version, cid) = (header.request_api_version, header.correlation_id);
             let (pending, then_close): (Pending, bool) = match request {
                 RequestKind::SaslHandshake(req) => {
-                    let r = sasl_handshake(ctx, &req, unauthenticated);
+                    let r = handlers::sasl::handshake(ctx, &req, unauthenticated);
                     if version == 0 && r.error_code == codes::NONE {
                         if let Some(s) = unauthenticated.as_mut() {
                             s.raw_tokens = true;
@@ -692,7 +697,7 @@ async fn dispatch(
                     (Box::pin(async move { resp }), false)
                 }
                 RequestKind::SaslAuthenticate(req) => {
-                    let (r, close) = sasl_authenticate(ctx, &req, unauthenticated, peer);
+                    let (r, close) = handlers::sasl::authenticate(ctx, &req, unauthenticated, peer);
                     let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
                     (Box::pin(async move { resp }), close)
                 }
@@ -700,7 +705,6 @@ async fn dispatch(
                     (handlers::handle(ctx, header, request, peer).await, false)
                 }
                 _ if unauthenticated.is_some() => {
-                    ctx.metrics.bad_request();
                     return Err(format!(
                         "{} before SASL authentication",
                         api.map_or_else(|| "request".to_string(), |a| format!("{a:?}"))
@@ -720,101 +724,6 @@ async fn dispatch(
                 }),
                 then_close,
             ))
-        }
-    }
-}
-
-/// A raw SASL token after a SaslHandshake v0: answered as a raw token, or, on
-/// failure, by closing the connection (what Kafka does; v0 has no error field).
-fn raw_sasl_token(
-    ctx: &Ctx,
-    frame: &[u8],
-    unauthenticated: &mut Option<sasl::Session>,
-    peer: SocketAddr,
-) -> std::result::Result<(Pending, bool), String> {
-    let req = kafka_protocol::messages::SaslAuthenticateRequest::default()
-        .with_auth_bytes(Bytes::copy_from_slice(frame));
-    let (r, close) = sasl_authenticate(ctx, &req, unauthenticated, peer);
-    if close {
-        return Err("SASL authentication failed".into());
-    }
-    let mut out = BytesMut::with_capacity(4 + r.auth_bytes.len());
-    out.put_i32(i32::try_from(r.auth_bytes.len()).unwrap_or(i32::MAX));
-    out.extend_from_slice(&r.auth_bytes);
-    Ok((Box::pin(async move { Some(out) }), false))
-}
-
-/// SaslHandshake: chooses the mechanism, lists the enabled ones.
-fn sasl_handshake(
-    ctx: &Ctx,
-    req: &kafka_protocol::messages::SaslHandshakeRequest,
-    unauthenticated: &mut Option<sasl::Session>,
-) -> kafka_protocol::messages::SaslHandshakeResponse {
-    use kafka_protocol::protocol::StrBytes;
-    let r = kafka_protocol::messages::SaslHandshakeResponse::default();
-    let Some(auth) = &ctx.sasl else {
-        return r.with_error_code(codes::UNSUPPORTED_SASL_MECHANISM);
-    };
-    let listed = auth
-        .mechanism_names()
-        .into_iter()
-        .map(StrBytes::from_static_str)
-        .collect();
-    let r = r.with_mechanisms(listed);
-    let code = match unauthenticated {
-        // Already authenticated (re-authentication is not served), or a second
-        // handshake.
-        None => codes::ILLEGAL_SASL_STATE,
-        Some(s) if s.has_mechanism() => codes::ILLEGAL_SASL_STATE,
-        Some(s) => {
-            if s.handshake(auth, req.mechanism.as_str()) {
-                codes::NONE
-            } else {
-                codes::UNSUPPORTED_SASL_MECHANISM
-            }
-        }
-    };
-    r.with_error_code(code)
-}
-
-/// SaslAuthenticate: one round of the chosen mechanism. A failure is answered
-/// and then closes the connection (the `bool`), as Kafka does.
-fn sasl_authenticate(
-    ctx: &Ctx,
-    req: &kafka_protocol::messages::SaslAuthenticateRequest,
-    unauthenticated: &mut Option<sasl::Session>,
-    peer: SocketAddr,
-) -> (kafka_protocol::messages::SaslAuthenticateResponse, bool) {
-    use kafka_protocol::protocol::StrBytes;
-    let r = kafka_protocol::messages::SaslAuthenticateResponse::default();
-    let (Some(auth), Some(session)) = (&ctx.sasl, unauthenticated.as_mut()) else {
-        let r = r
-            .with_error_code(codes::ILLEGAL_SASL_STATE)
-            .with_error_message(Some(StrBytes::from_static_str(
-                "no SASL authentication in progress on this connection",
-            )));
-        return (r, true);
-    };
-    match session.authenticate(auth, &req.auth_bytes) {
-        sasl::Step::Continue(bytes) => (r.with_auth_bytes(Bytes::from(bytes)), false),
-        sasl::Step::Done { user, reply } => {
-            tracing::debug!(%peer, %user, "authenticated");
-            ctx.metrics.sasl(true);
-            *unauthenticated = None;
-            (r.with_auth_bytes(Bytes::from(reply)), false)
-        }
-        sasl::Step::Failed(why) => {
-            tracing::info!(%peer, reason = %why, "SASL authentication failed; closing connection");
-            ctx.metrics.sasl(false);
-            let code = if session.has_mechanism() {
-                codes::SASL_AUTHENTICATION_FAILED
-            } else {
-                codes::ILLEGAL_SASL_STATE
-            };
-            let r = r
-                .with_error_code(code)
-                .with_error_message(Some(StrBytes::from_string(why)));
-            (r, true)
         }
     }
 }

@@ -6,6 +6,7 @@ mod configs;
 mod fetch;
 mod groups;
 mod produce;
+pub(crate) mod sasl;
 mod topics;
 
 use std::{net::SocketAddr, sync::Arc};
