@@ -156,6 +156,33 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     let mut answer = Vec::new();
     let _ = huge.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // 40 connections that send nothing: at most 16 are held, the rest closed
+    // at once; the Kafka side keeps its file descriptors, and once they are
+    // gone the endpoint answers again.
+    let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for c in &idle {
+        c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    }
+    // Held connections are closed only after the 5 s head timeout: within 3 s
+    // exactly the 24 beyond the limit may have been.
+    let mut closed = vec![false; idle.len()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while closed.iter().filter(|c| **c).count() < 24 && std::time::Instant::now() < deadline {
+        for (i, mut c) in idle.iter().enumerate() {
+            let mut b = [0u8; 1];
+            if !closed[i] && matches!(c.read(&mut b), Ok(0)) {
+                closed[i] = true;
+            }
+        }
+    }
+    let closed_at_once = closed.iter().filter(|c| **c).count();
+    drop(idle);
+    assert_eq!(
+        closed_at_once, 24,
+        "connections beyond 16 are closed at once"
+    );
+    // The held ones see their clients go and free their slots.
+    scrape(&broker);
     // The Kafka side is unaffected.
     produce(&["i"]);
     assert_eq!(

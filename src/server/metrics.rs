@@ -5,7 +5,8 @@
 //! everything else (partitions, the WAL, groups, consumer lag) is read from its
 //! owner when a scrape comes, on a blocking thread. The HTTP side is one request
 //! per connection: `GET /metrics` gets the page, any other path 404, any other
-//! method 405, a request head over 8 KiB or slower than 5 s is dropped.
+//! method 405, a request head over 8 KiB or slower than 5 s is dropped, and
+//! at most 16 connections are served at once.
 
 use std::{
     fmt::Write as _,
@@ -32,6 +33,9 @@ const BUCKETS: [f64; 14] = [
 
 /// The largest request head the metrics endpoint reads.
 const MAX_HEAD: usize = 8192;
+
+/// Metrics connections served at once.
+const MAX_METRICS_CONNECTIONS: usize = 16;
 
 /// How long a metrics client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -530,15 +534,26 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
+/// At most `MAX_METRICS_CONNECTIONS` are served at once; more are closed as
+/// soon as they are accepted, so that a flood of them cannot take the file
+/// descriptors storage needs (each one lives at most `HEAD_TIMEOUT` plus the
+/// time to send the page).
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many metrics connections; closing this one");
+                    drop(stream);
+                    continue;
+                };
                 let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, ctx).await {
                         tracing::debug!(%peer, error = %e, "metrics request failed");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {

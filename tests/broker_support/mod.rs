@@ -415,15 +415,24 @@ pub fn records(text: &str, tag: &str) -> Vec<(i32, i64, String)> {
 }
 
 /// Sends `request` to `addr` and returns the status code and the body.
+/// A connection closed unanswered (the endpoint serves a bounded number at
+/// once) is tried again, for up to 10 s.
 pub fn http(addr: &str, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut text = String::new();
+        let sent = s
+            .write_all(request.as_bytes())
+            .and_then(|()| s.read_to_string(&mut text));
+        if let (Ok(_), Some((head, body))) = (sent, text.split_once("\r\n\r\n")) {
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            return (status, body.to_string());
+        }
+        assert!(Instant::now() < deadline, "no answer from {addr}: {text:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Scrapes the broker, parses the page with `prometheus_client`, and returns
