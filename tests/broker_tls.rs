@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use broker_support::{assert_refused_at_start, kcat, metric, require_tool, run, scrape, Broker};
+use broker_support::{
+    assert_refused_at_start, kafkajs_client_env, kcat, metric, require_tool, run, scrape, tagged,
+    Broker,
+};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all
 /// signed by the CA (P-256 keys), in `dir`.
@@ -338,6 +341,47 @@ fn sasl_over_tls_authenticates_and_encrypts() {
     let consume: Vec<&str> = consume.iter().map(String::as_str).collect();
     let read = kcat_ssl(&broker.addr, &certs, false, &consume, b"");
     assert_eq!(String::from_utf8(read).unwrap(), "private\n");
+    // KafkaJS (node's TLS) with each SCRAM mechanism and PLAIN over the same
+    // listener; a wrong password is refused.
+    let ca = [("KAFKAJS_SSL_CA", s(&certs.ca))];
+    let js = kafkajs_client_env(
+        &[
+            "sasl",
+            &broker.addr,
+            "secure",
+            "alice",
+            "alice-secret",
+            "scram-sha-256",
+            "scram-sha-512",
+            "plain",
+        ],
+        &ca,
+    );
+    let results: Vec<Vec<&str>> = tagged(&js, "SASL")
+        .iter()
+        .map(|r| r[..2].to_vec())
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ["scram-sha-256", "ok"],
+            ["scram-sha-512", "ok"],
+            ["plain", "ok"]
+        ],
+        "{js}"
+    );
+    let js = kafkajs_client_env(
+        &[
+            "sasl",
+            &broker.addr,
+            "secure",
+            "alice",
+            "nope",
+            "scram-sha-256",
+        ],
+        &ca,
+    );
+    assert_eq!(tagged(&js, "SASL")[0][1], "error", "{js}");
     // TLS without the password gets nothing.
     let args = ssl_args(
         &broker.addr,

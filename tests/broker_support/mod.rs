@@ -376,6 +376,11 @@ fn client_output(cmd: &mut Command, what: &str) -> String {
 /// Runs `tests/clients/kafkajs_client.js` with node and KafkaJS (installed by
 /// scripts/install-test-deps.sh); asserts it succeeded and returns its stdout.
 pub fn kafkajs_client(args: &[&str]) -> String {
+    kafkajs_client_env(args, &[])
+}
+
+/// [`kafkajs_client`] with environment variables set for the script.
+pub fn kafkajs_client_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let kafkajs = client_script("node").join("node_modules").join("kafkajs");
     assert!(
         kafkajs.is_dir(),
@@ -386,7 +391,8 @@ pub fn kafkajs_client(args: &[&str]) -> String {
     client_output(
         Command::new("node")
             .arg(client_script("kafkajs_client.js"))
-            .args(args),
+            .args(args)
+            .envs(env.iter().copied()),
         &format!("kafkajs_client.js {args:?}"),
     )
 }

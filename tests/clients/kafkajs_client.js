@@ -3,6 +3,8 @@
 // the Java client) against the broker, for tests/broker_kafkajs.rs. Installed by
 // scripts/install-test-deps.sh into tests/clients/node/node_modules.
 //
+// With KAFKAJS_SSL_CA set, every connection uses TLS and trusts that CA.
+//
 // Every subcommand prints one fact per line, "TAG field field ...", which the Rust
 // test parses; anything else goes to stderr. A failure exits non-zero.
 //
@@ -21,9 +23,15 @@ const { Kafka, logLevel, CompressionTypes, ConfigResourceTypes } = require(
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
 
 const [cmd, broker, ...args] = process.argv.slice(2);
+// TLS when KAFKAJS_SSL_CA names the CA certificate (PEM) to trust.
+const ssl = process.env.KAFKAJS_SSL_CA
+  ? { ca: [require('fs').readFileSync(process.env.KAFKAJS_SSL_CA)] }
+  : undefined;
+
 const kafka = new Kafka({
   clientId: 'streamline-kafkajs-test',
   brokers: [broker],
+  ssl,
   logLevel: logLevel.ERROR,
   retry: { retries: 5 },
   // Log lines to stderr; BigInt fields (offsets) printed as text.
@@ -234,6 +242,7 @@ async function cmdSasl([topic, username, password, ...mechanisms]) {
     const client = new Kafka({
       clientId: 'streamline-kafkajs-sasl',
       brokers: [broker],
+      ssl,
       logLevel: logLevel.NOTHING,
       retry: { retries: 0 },
       sasl: { mechanism, username, password },
