@@ -305,6 +305,102 @@ fn bad_tls_material_stops_the_start_before_anything_is_created() {
     }
 }
 
+/// kcat's SASL_SSL settings as alice with `password` (SCRAM-SHA-256), then `rest`.
+fn sasl_ssl_args(password: &str, rest: &[&str]) -> Vec<String> {
+    let mut a = Vec::new();
+    for kv in [
+        "security.protocol=sasl_ssl".to_string(),
+        "sasl.mechanisms=SCRAM-SHA-256".to_string(),
+        "sasl.username=alice".to_string(),
+        format!("sasl.password={password}"),
+    ] {
+        a.extend(["-X".to_string(), kv]);
+    }
+    a.extend(rest.iter().map(|r| (*r).to_string()));
+    a
+}
+
+/// Whether kcat, trusting `certs`' CA, can produce `value` as alice with
+/// `password` over SASL_SSL.
+fn sasl_ssl_produces(addr: &str, certs: &Certs, password: &str, value: &str) -> bool {
+    let sasl = sasl_ssl_args(
+        password,
+        &["-P", "-t", "secure", "-X", "acks=all", "-m", "10"],
+    );
+    let sasl: Vec<&str> = sasl.iter().map(String::as_str).collect();
+    let args = ssl_args(addr, certs, false, &sasl);
+    let out = run(
+        Command::new("kcat").args(&args),
+        format!("{value}\n").as_bytes(),
+        Duration::from_secs(60),
+    );
+    out.status.success()
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_the_sasl_users() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let (first, second) = (make_certs(&one), make_certs(&two));
+    let (cert, key, users) = (
+        tmp.path().join("live.crt"),
+        tmp.path().join("live.key"),
+        tmp.path().join("users.json"),
+    );
+    let install = |c: &Certs, password: &str| {
+        std::fs::copy(&c.server_cert, &cert).unwrap();
+        std::fs::copy(&c.server_key, &key).unwrap();
+        std::fs::write(&users, format!(r#"{{"alice": "{password}"}}"#)).unwrap();
+    };
+    install(&first, "one");
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--tls-cert",
+            s(&cert),
+            "--tls-key",
+            s(&key),
+            "--sasl-users",
+            s(&users),
+        ],
+    );
+    let wait_for_log = |what: &str, times: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while broker.log_text().matches(what).count() < times {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} in the log"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(sasl_ssl_produces(&broker.addr, &first, "one", "a"));
+
+    // New certificate (another CA) and a new password: after SIGHUP only they work.
+    install(&second, "two");
+    broker_support::signal(broker.pid(), "HUP");
+    wait_for_log("reloaded the SASL users", 1);
+    assert!(sasl_ssl_produces(&broker.addr, &second, "two", "b"));
+    assert!(
+        !sasl_ssl_produces(&broker.addr, &first, "two", "x"),
+        "the old CA is no longer served"
+    );
+    assert!(
+        !sasl_ssl_produces(&broker.addr, &second, "one", "x"),
+        "the old password is gone"
+    );
+
+    // A reload that fails keeps what was there.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    std::fs::write(&users, "[]").unwrap();
+    broker_support::signal(broker.pid(), "HUP");
+    wait_for_log("SASL users reload failed", 1);
+    assert!(broker.log_text().contains("TLS reload failed"));
+    assert!(sasl_ssl_produces(&broker.addr, &second, "two", "c"));
+}
+
 #[test]
 fn sasl_over_tls_authenticates_and_encrypts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -316,20 +412,7 @@ fn sasl_over_tls_authenticates_and_encrypts() {
         &certs,
         &["--sasl-users", users.to_str().unwrap()],
     );
-    let sasl = |password: &str, rest: &[&str]| {
-        let mut a = vec![
-            "-X".to_string(),
-            "security.protocol=sasl_ssl".to_string(),
-            "-X".to_string(),
-            "sasl.mechanisms=SCRAM-SHA-256".to_string(),
-            "-X".to_string(),
-            "sasl.username=alice".to_string(),
-            "-X".to_string(),
-            format!("sasl.password={password}"),
-        ];
-        a.extend(rest.iter().map(|r| (*r).to_string()));
-        a
-    };
+    let sasl = sasl_ssl_args;
     // ssl_args sets security.protocol=ssl first; the later sasl_ssl wins.
     let produce = sasl("alice-secret", &["-P", "-t", "secure", "-X", "acks=all"]);
     let produce: Vec<&str> = produce.iter().map(String::as_str).collect();

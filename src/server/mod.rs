@@ -92,8 +92,83 @@ pub(crate) struct Ctx {
     pub(crate) host: String,
     pub(crate) port: i32,
     pub(crate) metrics: metrics::Metrics,
-    /// Set with `--sasl-users`: connections must authenticate first.
-    pub(crate) sasl: Option<sasl::Authenticator>,
+    /// TLS and SASL, reloaded on SIGHUP.
+    pub(crate) security: Security,
+}
+
+/// The TLS acceptor (`--tls-cert`) and the SASL users (`--sasl-users`), each
+/// replaced as a whole when a SIGHUP reloads them: a connection keeps what it
+/// started with, new ones get the new material.
+pub(crate) struct Security {
+    tls: Option<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
+    sasl: Option<std::sync::RwLock<Arc<sasl::Authenticator>>>,
+}
+
+impl Security {
+    /// Loads both from `cfg`.
+    ///
+    /// # Errors
+    /// As [`tls::acceptor`] and [`sasl::load`].
+    fn load(cfg: &crate::config::ServerConfig) -> Result<Security> {
+        let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+        let sasl = cfg.sasl.as_ref().map(sasl::load).transpose()?;
+        Ok(Security {
+            tls: tls.map(std::sync::RwLock::new),
+            sasl: sasl.map(|a| std::sync::RwLock::new(Arc::new(a))),
+        })
+    }
+
+    pub(crate) fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        let lock = self.tls.as_ref()?;
+        Some(
+            lock.read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+
+    pub(crate) fn sasl(&self) -> Option<Arc<sasl::Authenticator>> {
+        let lock = self.sasl.as_ref()?;
+        Some(Arc::clone(
+            &lock
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
+    }
+
+    /// Reads the TLS material and the SASL users again; what fails to load is
+    /// logged and the previous one kept.
+    fn reload(&self, cfg: &crate::config::ServerConfig) {
+        if let (Some(lock), Some(c)) = (&self.tls, &cfg.tls) {
+            match tls::acceptor(c) {
+                Ok(a) => {
+                    *lock
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = a;
+                    tracing::info!(cert = %c.cert.display(), "reloaded the TLS certificate and key");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate")
+                }
+            }
+        }
+        if let (Some(lock), Some(c)) = (&self.sasl, &cfg.sasl) {
+            match sasl::load(c) {
+                Ok(a) => {
+                    *lock
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(a);
+                    tracing::info!(users = %c.users.display(), "reloaded the SASL users");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SASL users reload failed; keeping the previous ones")
+                }
+            }
+        }
+        if self.tls.is_none() && self.sasl.is_none() {
+            tracing::info!("SIGHUP: no TLS or SASL configured, nothing to reload");
+        }
+    }
 }
 
 /// A bound, not yet running server.
@@ -101,8 +176,6 @@ pub struct Server {
     listener: TcpListener,
     /// The `/metrics` listener and its bound address (`--metrics-listen`).
     metrics: Option<(TcpListener, SocketAddr)>,
-    /// Set with `--tls-cert`: every connection starts with a TLS handshake.
-    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Ctx>,
     local: SocketAddr,
     max_connections: usize,
@@ -150,9 +223,8 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
-        let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
-        let sasl = cfg.sasl.as_ref().map(sasl::load).transpose()?;
-        if sasl.is_some() && tls.is_none() {
+        let security = Security::load(&cfg)?;
+        if security.sasl.is_some() && security.tls.is_none() {
             tracing::warn!("SASL without TLS: passwords (PLAIN) and sessions travel in the clear; set --tls-cert");
         }
         let metrics = match cfg.metrics_listen {
@@ -173,12 +245,11 @@ impl Server {
             host,
             port,
             metrics: metrics::Metrics::new(),
-            sasl,
+            security,
         });
         Ok(Server {
             listener,
             metrics,
-            tls,
             ctx,
             local,
             max_connections,
@@ -201,6 +272,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let all_done = Arc::new(Notify::new());
+        let reloader = spawn_reloader(Arc::clone(&self.ctx));
         let metrics_task = self.metrics.map(|(listener, addr)| {
             tracing::info!(%addr, "serving metrics at /metrics");
             tokio::spawn(metrics::serve(listener, Arc::clone(&self.ctx)))
@@ -239,7 +311,7 @@ impl Server {
                 }
             })
         };
-        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, tls = self.tls.is_some(), "listening");
+        tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, tls = self.ctx.security.tls.is_some(), sasl = self.ctx.security.sasl.is_some(), "listening");
         // Whether the last connection accepted was refused (logged once per run of them).
         let mut refusing = false;
         tokio::pin!(shutdown);
@@ -267,7 +339,7 @@ impl Server {
                         let all_done = Arc::clone(&all_done);
                         ctx.metrics.accepted();
                         ctx.metrics.open_connections.fetch_add(1, Ordering::AcqRel);
-                        let tls = self.tls.clone();
+                        let tls = self.ctx.security.tls();
                         tokio::spawn(async move {
                             let live = Arc::clone(&ctx);
                             if let Err(e) = accept_connection(ctx, stream, peer, tls, stop).await {
@@ -311,7 +383,37 @@ impl Server {
         if let Some(t) = metrics_task {
             t.abort();
         }
+        reloader.abort();
     }
+}
+
+/// Reloads the TLS material and SASL users on every SIGHUP (Unix), off the
+/// runtime's threads (PBKDF2 and file reads).
+fn spawn_reloader(ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = match signal(SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; no reloads");
+                    return;
+                }
+            };
+            while hup.recv().await.is_some() {
+                let ctx = Arc::clone(&ctx);
+                let done = tokio::task::spawn_blocking(move || {
+                    ctx.security.reload(&ctx.storage.config().server);
+                });
+                if let Err(e) = done.await {
+                    tracing::error!(error = %e, "reload task failed");
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        drop(ctx);
+    })
 }
 
 /// Encodes a response frame: length, header, body.
@@ -440,7 +542,7 @@ where
     let cfg = &ctx.storage.config().server;
     let max = cfg.max_request_bytes;
     // Some while the connection still has to authenticate (SASL enabled).
-    let mut unauthenticated = ctx.sasl.as_ref().map(|_| sasl::Session::default());
+    let mut unauthenticated = ctx.security.sasl.as_ref().map(|_| sasl::Session::default());
     let idle = (cfg.connections_max_idle_ms > 0)
         .then(|| Duration::from_millis(cfg.connections_max_idle_ms));
     let result = 'conn: loop {

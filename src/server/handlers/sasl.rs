@@ -41,7 +41,7 @@ pub(crate) fn handshake(
     unauthenticated: &mut Option<sasl::Session>,
 ) -> SaslHandshakeResponse {
     let r = SaslHandshakeResponse::default();
-    let Some(auth) = &ctx.sasl else {
+    let Some(auth) = ctx.security.sasl() else {
         return r.with_error_code(codes::UNSUPPORTED_SASL_MECHANISM);
     };
     let listed = auth
@@ -56,7 +56,7 @@ pub(crate) fn handshake(
         None => codes::ILLEGAL_SASL_STATE,
         Some(s) if s.has_mechanism() => codes::ILLEGAL_SASL_STATE,
         Some(s) => {
-            if s.handshake(auth, req.mechanism.as_str()) {
+            if s.handshake(&auth, req.mechanism.as_str()) {
                 codes::NONE
             } else {
                 codes::UNSUPPORTED_SASL_MECHANISM
@@ -75,7 +75,7 @@ pub(crate) fn authenticate(
     peer: SocketAddr,
 ) -> (SaslAuthenticateResponse, bool) {
     let r = SaslAuthenticateResponse::default();
-    let (Some(auth), Some(session)) = (&ctx.sasl, unauthenticated.as_mut()) else {
+    let (Some(auth), Some(session)) = (ctx.security.sasl(), unauthenticated.as_mut()) else {
         let r = r
             .with_error_code(codes::ILLEGAL_SASL_STATE)
             .with_error_message(Some(StrBytes::from_static_str(
@@ -83,7 +83,7 @@ pub(crate) fn authenticate(
             )));
         return (r, true);
     };
-    match session.authenticate(auth, &req.auth_bytes) {
+    match session.authenticate(&auth, &req.auth_bytes) {
         sasl::Step::Continue(bytes) => (r.with_auth_bytes(Bytes::from(bytes)), false),
         sasl::Step::Done { user, reply } => {
             tracing::debug!(%peer, %user, "authenticated");
