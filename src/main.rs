@@ -22,18 +22,7 @@ fn main() -> ExitCode {
     }
     // Bad TLS material or SASL users are configuration errors: refused before
     // storage opens.
-    let security = config
-        .server
-        .tls
-        .as_ref()
-        .map(|t| streamline::server::tls::acceptor(t).map(drop))
-        .transpose()
-        .and_then(|_| {
-            let sasl = config.server.sasl.as_ref();
-            sasl.map(|s| streamline::server::sasl::load(s).map(drop))
-                .transpose()
-        });
-    if let Err(e) = security {
+    if let Err(e) = streamline::server::check_security(&config.server) {
         report(format_args!("error: {e}"));
         return ExitCode::from(2);
     }

@@ -96,6 +96,15 @@ pub(crate) struct Ctx {
     pub(crate) security: Security,
 }
 
+/// Loads the TLS material and the SASL users `cfg` names, to refuse bad ones
+/// before anything else starts.
+///
+/// # Errors
+/// What is wrong with them, naming the file or flag.
+pub fn check_security(cfg: &crate::config::ServerConfig) -> Result<()> {
+    Security::load(cfg).map(drop)
+}
+
 /// The TLS acceptor (`--tls-cert`) and the SASL users (`--sasl-users`), each
 /// replaced as a whole when a SIGHUP reloads them: a connection keeps what it
 /// started with, new ones get the new material.
