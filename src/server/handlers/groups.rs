@@ -51,9 +51,9 @@ pub(crate) fn find_coordinator(ctx: &Ctx, req: &FindCoordinatorRequest) -> FindC
     let r = FindCoordinatorResponse::default();
     if req.key_type != 0 {
         // Not a retriable COORDINATOR_NOT_AVAILABLE: a transactional producer would
-        // retry for its whole timeout (a minute in KafkaJS and kafka-python) before
-        // failing. INVALID_REQUEST fails it at once, with this message, as Kafka
-        // answers a key type it does not know.
+        // retry until its retries or timeout ran out (13 s for KafkaJS with 5
+        // retries) before failing. INVALID_REQUEST fails it at once, with this
+        // message, as Kafka answers a key type it does not know.
         let message = if req.key_type == 1 {
             "transactions are not supported by this broker: no transaction coordinator"
         } else {
