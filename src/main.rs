@@ -7,7 +7,11 @@
 use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
-use streamline::{config::Cli, server::Server, storage::TopicManager};
+use streamline::{
+    config::Cli,
+    server::{Security, Server},
+    storage::TopicManager,
+};
 
 /// See [`streamline::huge_alloc`]: one malformed request must not abort the broker.
 #[cfg(unix)]
@@ -17,12 +21,6 @@ static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_allo
 fn main() -> ExitCode {
     let config = Cli::parse().into_config();
     if let Err(e) = config.validate() {
-        report(format_args!("error: {e}"));
-        return ExitCode::from(2);
-    }
-    // Bad TLS material or SASL users are configuration errors: refused before
-    // storage opens.
-    if let Err(e) = streamline::server::check_security(&config.server) {
         report(format_args!("error: {e}"));
         return ExitCode::from(2);
     }
@@ -38,6 +36,16 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Bad TLS material or SASL users are configuration errors: refused before
+    // storage opens (loaded once, after the log is set up, so that the load's
+    // warnings are seen).
+    let security = match Security::load(&config.server) {
+        Ok(s) => s,
+        Err(e) => {
+            report(format_args!("error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     let open_files = streamline::server::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "broker failed");
@@ -66,7 +74,7 @@ fn report(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-async fn run(config: streamline::config::Config) -> streamline::Result<()> {
+async fn run(config: streamline::config::Config, security: Security) -> streamline::Result<()> {
     let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))
         .await
         .map_err(|e| {
@@ -76,7 +84,7 @@ async fn run(config: streamline::config::Config) -> streamline::Result<()> {
                 std::io::Error::other(e.to_string()),
             )
         })??;
-    let server = match Server::bind(storage.clone()).await {
+    let server = match Server::bind_with(storage.clone(), security).await {
         Ok(s) => s,
         Err(e) => {
             let s = storage.clone();

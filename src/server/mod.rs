@@ -96,29 +96,22 @@ pub(crate) struct Ctx {
     pub(crate) security: Security,
 }
 
-/// Loads the TLS material and the SASL users `cfg` names, to refuse bad ones
-/// before anything else starts.
-///
-/// # Errors
-/// What is wrong with them, naming the file or flag.
-pub fn check_security(cfg: &crate::config::ServerConfig) -> Result<()> {
-    Security::load(cfg).map(drop)
-}
-
 /// The TLS acceptor (`--tls-cert`) and the SASL users (`--sasl-users`), each
 /// replaced as a whole when a SIGHUP reloads them: a connection keeps what it
 /// started with, new ones get the new material.
-pub(crate) struct Security {
+pub struct Security {
     tls: Option<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
     sasl: Option<std::sync::RwLock<Arc<sasl::Authenticator>>>,
 }
 
 impl Security {
-    /// Loads both from `cfg`.
+    /// Loads both from `cfg` (the broker does so before storage opens, so that
+    /// bad material is refused first, and hands them to [`Server::bind_with`]).
     ///
     /// # Errors
-    /// As [`tls::acceptor`] and [`sasl::load`].
-    fn load(cfg: &crate::config::ServerConfig) -> Result<Security> {
+    /// As [`tls::acceptor`] and [`sasl::load`]: what is wrong, naming the file
+    /// or flag.
+    pub fn load(cfg: &crate::config::ServerConfig) -> Result<Security> {
         let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
         let sasl = cfg.sasl.as_ref().map(sasl::load).transpose()?;
         Ok(Security {
@@ -205,6 +198,15 @@ impl Server {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind(storage: TopicManager) -> Result<Server> {
+        let security = Security::load(&storage.config().server)?;
+        Server::bind_with(storage, security).await
+    }
+
+    /// [`Server::bind`] with the TLS and SASL material already loaded.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind_with(storage: TopicManager, security: Security) -> Result<Server> {
         let cfg = storage.config().server.clone();
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -232,7 +234,6 @@ impl Server {
                 (ip, i32::from(local.port()))
             }
         };
-        let security = Security::load(&cfg)?;
         if security.sasl.is_some() && security.tls.is_none() {
             tracing::warn!("SASL without TLS: passwords (PLAIN) and sessions travel in the clear; set --tls-cert");
         }
