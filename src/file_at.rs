@@ -18,6 +18,13 @@ pub trait FileAt {
     /// # Errors
     /// The OS error, or `WriteZero` when the OS stops accepting bytes.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Writes all of `bufs`, one after another, starting at `offset`: one
+    /// `pwritev` on Unix (repeated from where a short write stopped).
+    ///
+    /// # Errors
+    /// The OS error, or `WriteZero` when the OS stops accepting bytes.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()>;
 }
 
 #[cfg(unix)]
@@ -28,6 +35,29 @@ impl FileAt for File {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        if let [one] = bufs {
+            return self.write_all_at(one, offset);
+        }
+        let mut slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        io::IoSlice::advance_slices(&mut rest, 0); // skips empty buffers
+        while !rest.is_empty() {
+            let at = libc::off_t::try_from(offset)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+            match nix::sys::uio::pwritev(self, rest, at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    offset += n as u64;
+                    io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +90,14 @@ impl FileAt for File {
         }
         Ok(())
     }
+
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        for b in bufs {
+            self.write_all_at(b, offset)?;
+            offset += b.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +114,22 @@ mod tests {
         assert_eq!(&buf, b"hello world");
         let e = f.read_exact_at(&mut buf, 4).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn vectored_writes_land_in_order_and_skip_empty_buffers() {
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_vectored_at(&[b"", b"ab", b"", b"cde", b"f"], 3)
+            .unwrap();
+        f.write_all_vectored_at(&[b"xyz"], 0).unwrap();
+        f.write_all_vectored_at(&[], 100).unwrap();
+        let mut buf = [0u8; 9];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"xyzabcdef");
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            9,
+            "an empty write extends nothing"
+        );
     }
 }

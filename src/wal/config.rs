@@ -66,7 +66,8 @@ pub enum BackendKind {
     Auto,
     /// io_uring with `O_DIRECT`, registered buffers and a linked `fdatasync` (Linux only).
     Uring,
-    /// `pwrite` + `fdatasync` (`F_FULLFSYNC` on macOS), on every platform.
+    /// `pwritev` + `fdatasync` (`F_FULLFSYNC` on macOS), on every platform: the
+    /// batches submitted since the commit thread last waited go out together.
     Std,
 }
 

@@ -29,6 +29,11 @@ pub(crate) enum Op<'a> {
     Sync,
 }
 
+/// Finds the buffer of a submitted write by its token, for a backend that performs
+/// writes only when they are reaped ([`Backend::writes_at_reap`]). `None`: the
+/// write is not to be performed (the WAL failed); it completes with an error.
+pub(crate) type BufLookup<'a> = &'a dyn Fn(u64) -> Option<&'a AlignedBuf>;
+
 /// A finished operation.
 pub(crate) struct Done {
     pub token: u64,
@@ -52,8 +57,25 @@ pub(crate) trait Backend: Send {
     fn submit(&mut self, token: u64, op: Op<'_>) -> Result<()>;
 
     /// Moves finished operations into `out`. When `wait` and something is in flight,
-    /// blocks until at least one finished.
-    fn reap(&mut self, wait: bool, out: &mut Vec<Done>) -> Result<()>;
+    /// blocks until at least one finished. A backend whose writes run at reap
+    /// ([`Backend::writes_at_reap`]) runs them here, when `wait`, finding their
+    /// buffers with `bufs`.
+    fn reap(&mut self, wait: bool, out: &mut Vec<Done>, bufs: BufLookup<'_>) -> Result<()>;
+
+    /// Whether submitted operations only start when [`Backend::reap`] waits (the
+    /// synchronous `std` backend: it then writes everything submitted with one
+    /// `pwritev` and one fdatasync). A batch is then better submitted at once
+    /// than kept collecting: nothing it could wait for is at the device yet.
+    fn writes_at_reap(&self) -> bool {
+        false
+    }
+
+    /// Durable writes and syncs, counted as one flush each when submitted, that
+    /// shared a flush with another operation since the last call (std: one
+    /// fdatasync per group). The WAL's `fsyncs` counter subtracts them.
+    fn take_shared_flushes(&mut self) -> u64 {
+        0
+    }
 
     /// Operations submitted but not reaped.
     fn in_flight(&self) -> usize;

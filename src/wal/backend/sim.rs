@@ -58,7 +58,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError, Weak},
 };
 
-use super::{Backend, Done, Op};
+use super::{Backend, BufLookup, Done, Op};
 use crate::error::{Error, Result};
 use crate::wal::config::BackendKind;
 use crate::wal::files::MetaOp;
@@ -1095,7 +1095,7 @@ impl Backend for SimBackend {
         Ok(())
     }
 
-    fn reap(&mut self, wait: bool, out: &mut Vec<Done>) -> Result<()> {
+    fn reap(&mut self, wait: bool, out: &mut Vec<Done>, _bufs: BufLookup<'_>) -> Result<()> {
         let disk = self.disk.clone();
         let mut st = disk.lock();
         loop {

@@ -17,7 +17,7 @@ use std::{
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{Backend, Done, Op};
+use super::{Backend, BufLookup, Done, Op};
 use crate::error::{Error, Result};
 use crate::wal::{buffer::AlignedBuf, config::BackendKind};
 
@@ -285,7 +285,7 @@ impl Backend for UringBackend {
         self.enter(0)
     }
 
-    fn reap(&mut self, wait: bool, out: &mut Vec<Done>) -> Result<()> {
+    fn reap(&mut self, wait: bool, out: &mut Vec<Done>, _bufs: BufLookup<'_>) -> Result<()> {
         let wait = wait && self.inline_done.is_empty();
         out.append(&mut self.inline_done);
         let want = usize::from(wait && !self.pending.is_empty());
@@ -408,7 +408,7 @@ mod tests {
             }
             let mut done = Vec::new();
             while done.len() < bufs.len() {
-                b.reap(true, &mut done).unwrap();
+                b.reap(true, &mut done, &|_| None).unwrap();
             }
             let mut tokens: Vec<u64> = done.iter().map(|d| d.token).collect();
             tokens.sort_unstable();
