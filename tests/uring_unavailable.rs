@@ -13,57 +13,12 @@
 use bytes::Bytes;
 use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
 
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xC000_003E;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xC000_00B7;
+mod common;
 
 /// Makes `io_uring_setup` fail with ENOSYS for this thread and every thread it
 /// starts from now on.
 fn forbid_io_uring() {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let stmt = |code, k| libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |k, jt, jf| libc::sock_filter {
-        code: JEQ_K,
-        jt,
-        jf,
-        k,
-    };
-    // seccomp_data: `nr` at offset 0, `arch` at offset 4.
-    let mut filter = [
-        stmt(LD_W_ABS, 4),
-        jump(AUDIT_ARCH, 0, 3),
-        stmt(LD_W_ABS, 0),
-        jump(libc::SYS_io_uring_setup as u32, 0, 1),
-        stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_mut_ptr(),
-    };
-    // SAFETY: prctl with these options reads `prog` (and the filter it points
-    // to), both alive for the call; the kernel copies the program.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &prog as *const libc::sock_fprog,
-            ),
-            0,
-            "seccomp: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    common::seccomp::deny(libc::SYS_io_uring_setup, libc::ENOSYS, false);
 }
 
 fn config(backend: BackendKind) -> WalConfig {

@@ -810,7 +810,7 @@ impl Committer {
         self.file.offset += len as u64;
         self.claim_active(self.file.offset);
         let token = self.token();
-        self.backend.submit(
+        let submitted = self.backend.submit(
             token,
             Op::Write {
                 buf: &buf,
@@ -818,7 +818,23 @@ impl Committer {
                 offset,
                 sync: durable,
             },
-        )?;
+        );
+        let flight = WriteFlight {
+            token,
+            buf,
+            acks,
+            first: first_seq,
+            last: self.next_seq - 1,
+            durable,
+            result: None,
+        };
+        if let Err(e) = submitted {
+            // In the queue, so that fail() answers this batch's producers with the
+            // error (dropped, they would only see `Closed`) and keeps the buffer if
+            // the kernel may still hold it.
+            self.writes.push_back(flight);
+            return Err(e);
+        }
         let c = &self.core.counters;
         c.entries
             .fetch_add(u64::from(entry_count), Ordering::Relaxed);
@@ -832,15 +848,7 @@ impl Committer {
         if early {
             c.early_batches.fetch_add(1, Ordering::Relaxed);
         }
-        self.writes.push_back(WriteFlight {
-            token,
-            buf,
-            acks,
-            first: first_seq,
-            last: self.next_seq - 1,
-            durable,
-            result: None,
-        });
+        self.writes.push_back(flight);
         Ok(true)
     }
 

@@ -3,6 +3,12 @@
 
 use std::path::Path;
 
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub mod seccomp;
+
 use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig, WalEntry};
 
 /// Both backends; every parametrised test runs once per entry.

@@ -139,6 +139,21 @@ impl UringBackend {
     }
 
     fn push(&mut self, sqes: &[squeue::Entry]) -> Result<()> {
+        if sqes.len() > self.ring.submission().capacity() {
+            // Never fits, however often the queue is handed to the kernel.
+            return Err(Error::io(
+                "io_uring submission",
+                self.path(),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} linked entries do not fit a ring of {}",
+                        sqes.len(),
+                        self.ring.submission().capacity()
+                    ),
+                ),
+            ));
+        }
         loop {
             // SAFETY: see push_write; an Fsync entry carries no pointers.
             let pushed = unsafe { self.ring.submission().push_multiple(sqes) };
@@ -421,5 +436,26 @@ mod tests {
                 assert_eq!(&data[at..at + 8], &i.to_be_bytes(), "direct {direct}");
             }
         }
+    }
+
+    /// A write with its linked fsync needs two submission entries: a ring of one
+    /// refuses it with an error instead of handing the queue to the kernel forever.
+    #[test]
+    fn a_linked_write_larger_than_the_ring_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let mut b = UringBackend::new(1, false).unwrap();
+        b.open(&path).unwrap();
+        let buf = AlignedBuf::new(4096);
+        let op = Op::Write {
+            buf: &buf,
+            len: 4096,
+            offset: 0,
+            sync: true,
+        };
+        let e = b.submit(1, op).unwrap_err().to_string();
+        assert!(e.contains("do not fit a ring of 1"), "{e}");
+        assert_eq!(b.in_flight(), 0);
     }
 }
