@@ -27,6 +27,16 @@ rm -f "$RAW"/*.jsonl "$RAW"/*.json "$RAW"/*.txt
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+# --- tools ---------------------------------------------------------------------
+# fio gives the device's ceiling that several targets are ratios to; without it
+# those rows would read "not measured".
+if [ "${SKIP_FIO:-0}" != 1 ] && ! command -v fio > /dev/null; then
+  log "installing fio"
+  if ! { apt-get update -qq && apt-get install -y -qq fio; } < /dev/null > "$RAW/fio-install.txt" 2>&1; then
+    log "could not install fio (see $RAW/fio-install.txt); its rows will read 'not measured'"
+  fi
+fi
+
 # --- build ---------------------------------------------------------------------
 FEATURES="--features compare"
 if ! cargo build --release $FEATURES --bin streamline-bench 2> "$RAW/build-compare.txt"; then
