@@ -164,15 +164,19 @@ def recreate(bootstrap, topic, partitions):
 
 
 def bench(bootstrap, topic, count, size, partitions):
-    """Produce throughput with acks=all: prints one JSON line."""
+    """Produce throughput with acks=all: prints one JSON line. BENCH_CLIENT_CONFIG
+    (a JSON object) adds producer settings, e.g. for TLS."""
     import json
-    p = Producer({
+    import os
+    conf = {
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 5,
         "batch.size": 1000000,
         "enable.idempotence": False,
-    })
+    }
+    conf.update(json.loads(os.environ.get("BENCH_CLIENT_CONFIG", "{}")))
+    p = Producer(conf)
     failed = [0]
 
     def cb(err, msg):
