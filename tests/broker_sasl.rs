@@ -57,24 +57,91 @@ fn kcat_sasl(
     a
 }
 
+/// kcat produces `kcat-<mechanism>` to `topic` as `user` with each mechanism;
+/// returns the values.
+fn kcat_produce_each_mechanism(addr: &str, topic: &str, user: &str, password: &str) -> Vec<String> {
+    ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
+        .into_iter()
+        .map(|m| {
+            let value = format!("kcat-{m}");
+            let args = kcat_sasl(
+                addr,
+                m,
+                user,
+                password,
+                &["-P", "-t", topic, "-X", "acks=all"],
+            );
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kcat(&args, format!("{value}\n").as_bytes());
+            value
+        })
+        .collect()
+}
+
+/// Checks the `SASL` lines of each client's output (one per mechanism, in
+/// order, all `ok`) and adds `<client>-<mechanism>`, the value each produced,
+/// to `expected`.
+fn assert_authenticated(expected: &mut Vec<String>, runs: &[(&str, &str, &[&str])]) {
+    for (client, out, names) in runs {
+        let results = tagged(out, "SASL");
+        assert_eq!(results.len(), names.len(), "{out}");
+        for (r, name) in results.iter().zip(names.iter()) {
+            assert_eq!(&r[..2], [*name, "ok"], "{client}:\n{out}");
+            expected.push(format!("{client}-{name}"));
+        }
+    }
+}
+
+/// KafkaJS with a wrong password is refused with SCRAM-SHA-512 and PLAIN.
+fn assert_wrong_password_refused(addr: &str, topic: &str, user: &str, password: &str) {
+    let wrong = kafkajs_client(&[
+        "sasl",
+        addr,
+        topic,
+        user,
+        password,
+        "scram-sha-512",
+        "plain",
+    ]);
+    assert_eq!(
+        tagged(&wrong, "SASL"),
+        [
+            ["scram-sha-512", "error", "KafkaJSSASLAuthenticationError"],
+            ["plain", "error", "KafkaJSSASLAuthenticationError"]
+        ],
+        "{wrong}"
+    );
+}
+
+/// Consumes `topic` with kcat as `user` and checks it holds exactly `expected`.
+fn assert_stored(
+    addr: &str,
+    topic: &str,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    mut expected: Vec<String>,
+) {
+    let args = kcat_sasl(
+        addr,
+        mechanism,
+        user,
+        password,
+        &["-C", "-t", topic, "-o", "beginning", "-e", "-q"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stored = String::from_utf8(kcat(&args, b"").stdout).unwrap();
+    let mut stored: Vec<&str> = stored.lines().collect();
+    stored.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+}
+
 #[test]
 fn scram_and_plain_authenticate_three_client_implementations() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = sasl_broker(tmp.path());
-    let mut expected = Vec::new();
-    for m in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
-        let value = format!("kcat-{m}");
-        let args = kcat_sasl(
-            &broker.addr,
-            m,
-            "alice",
-            "alice-secret",
-            &["-P", "-t", "audit", "-X", "acks=all"],
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kcat(&args, format!("{value}\n").as_bytes());
-        expected.push(value);
-    }
+    let mut expected = kcat_produce_each_mechanism(&broker.addr, "audit", "alice", "alice-secret");
     // bob's password holds ',' and '=', which SCRAM escapes in names only.
     let js = kafkajs_client(&[
         "sasl",
@@ -99,39 +166,19 @@ fn scram_and_plain_authenticate_three_client_implementations() {
             "PLAIN",
         ],
     );
-    for (client, out, names) in [
-        ("kafkajs", &js, ["scram-sha-256", "scram-sha-512", "plain"]),
-        (
-            "kafka-python",
-            &py,
-            ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"],
-        ),
-    ] {
-        let results = tagged(out, "SASL");
-        assert_eq!(results.len(), 3, "{out}");
-        for (r, name) in results.iter().zip(names) {
-            assert_eq!(&r[..2], [name, "ok"], "{client}:\n{out}");
-            expected.push(format!("{client}-{name}"));
-        }
-    }
-    // A wrong password: refused, for a SCRAM and a PLAIN client.
-    let wrong = kafkajs_client(&[
-        "sasl",
-        &broker.addr,
-        "audit",
-        "alice",
-        "nope",
-        "scram-sha-512",
-        "plain",
-    ]);
-    assert_eq!(
-        tagged(&wrong, "SASL"),
-        [
-            ["scram-sha-512", "error", "KafkaJSSASLAuthenticationError"],
-            ["plain", "error", "KafkaJSSASLAuthenticationError"]
+    assert_authenticated(
+        &mut expected,
+        &[
+            ("kafkajs", &js, &["scram-sha-256", "scram-sha-512", "plain"]),
+            (
+                "kafka-python",
+                &py,
+                &["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"],
+            ),
         ],
-        "{wrong}"
     );
+    // A wrong password: refused, for a SCRAM and a PLAIN client.
+    assert_wrong_password_refused(&broker.addr, "audit", "alice", "nope");
     let args = kcat_sasl(
         &broker.addr,
         "SCRAM-SHA-256",
@@ -147,19 +194,14 @@ fn scram_and_plain_authenticate_three_client_implementations() {
     assert!(!out.status.success(), "an unknown user was served");
 
     // Everything acknowledged is there, nothing else.
-    let args = kcat_sasl(
+    assert_stored(
         &broker.addr,
+        "audit",
         "SCRAM-SHA-512",
         "bob",
         "b=b,0",
-        &["-C", "-t", "audit", "-o", "beginning", "-e", "-q"],
+        expected,
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let stored = String::from_utf8(kcat(&args, b"").stdout).unwrap();
-    let mut stored: Vec<&str> = stored.lines().collect();
-    stored.sort_unstable();
-    expected.sort_unstable();
-    assert_eq!(stored, expected);
 
     let m = scrape(&broker);
     // kcat 4, KafkaJS 3, kafka-python 3 (each may connect more than once).
@@ -175,6 +217,66 @@ fn scram_and_plain_authenticate_three_client_implementations() {
             &m,
             r#"streamline_sasl_authentications_total{result="failure"}"#
         ) >= 3.0
+    );
+}
+
+/// A users file without the password: `streamline-scram` salts the credentials,
+/// and three client implementations authenticate against them with SCRAM and
+/// PLAIN.
+#[test]
+fn salted_credentials_from_streamline_scram_authenticate_real_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let made = run(
+        Command::new(env!("CARGO_BIN_EXE_streamline-scram")).args(["erin", "--iterations", "8192"]),
+        b"erin-secret\n",
+        Duration::from_secs(30),
+    );
+    assert!(made.status.success(), "{made:?}");
+    let mut users: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert!(!String::from_utf8_lossy(&made.stdout).contains("erin-secret"));
+    users["alice"] = "alice-secret".into();
+    let path = tmp.path().join("users.json");
+    std::fs::write(&path, users.to_string()).unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--sasl-users", path.to_str().unwrap()],
+    );
+    let mut expected = kcat_produce_each_mechanism(&broker.addr, "salted", "erin", "erin-secret");
+    let js = kafkajs_client(&[
+        "sasl",
+        &broker.addr,
+        "salted",
+        "erin",
+        "erin-secret",
+        "scram-sha-256",
+        "plain",
+    ]);
+    let py = python_client(
+        "kafka_python_client.py",
+        &[
+            "sasl",
+            &broker.addr,
+            "salted",
+            "erin",
+            "erin-secret",
+            "SCRAM-SHA-512",
+        ],
+    );
+    assert_authenticated(
+        &mut expected,
+        &[
+            ("kafkajs", &js, &["scram-sha-256", "plain"]),
+            ("kafka-python", &py, &["SCRAM-SHA-512"]),
+        ],
+    );
+    assert_wrong_password_refused(&broker.addr, "salted", "erin", "erin-secreT");
+    assert_stored(
+        &broker.addr,
+        "salted",
+        "SCRAM-SHA-256",
+        "alice",
+        "alice-secret",
+        expected,
     );
 }
 

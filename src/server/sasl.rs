@@ -2,10 +2,13 @@
 //! SCRAM-SHA-512 (RFC 5802, RFC 7677), exchanged through SaslHandshake v1 and
 //! SaslAuthenticate, as Kafka's `SASL_PLAINTEXT` and `SASL_SSL` listeners do.
 //!
-//! Users and passwords come from a JSON file (`{"alice": "secret", ...}`) read at
-//! start. SCRAM credentials are derived from them then (a random salt per user
-//! and mechanism, 4096 PBKDF2 iterations); passwords are compared in constant
-//! time. Until a connection has authenticated, it may send only ApiVersions,
+//! Users come from a JSON file read at start (and again on SIGHUP). A user's
+//! value is either a password (`{"alice": "secret"}`), from which SCRAM
+//! credentials are derived then (a random salt per user and mechanism, 4096
+//! PBKDF2 iterations), or salted SCRAM credentials only, per mechanism, as
+//! `streamline-scram` prints them (`{"alice": {"SCRAM-SHA-256": {"salt": ...,
+//! "iterations": 4096, "stored_key": ..., "server_key": ...}}}`), so that the file
+//! holds no password. Secrets are compared in constant time. Until a connection has authenticated, it may send only ApiVersions,
 //! SaslHandshake and SaslAuthenticate; anything else, and a failed
 //! authentication, closes it.
 
@@ -17,7 +20,10 @@ use ring::{digest, hmac, pbkdf2, rand::SecureRandom};
 use crate::error::{Error, Result};
 
 /// PBKDF2 iterations of the derived SCRAM credentials (Kafka's minimum).
-const ITERATIONS: u32 = 4096;
+pub const ITERATIONS: u32 = 4096;
+
+/// The iterations Kafka accepts in a SCRAM credential.
+const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 4096..=16384;
 
 /// A SASL mechanism the broker can offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,13 +84,103 @@ impl Mechanism {
 /// What the server keeps of a password for one SCRAM mechanism.
 struct ScramCredential {
     salt: Vec<u8>,
+    iterations: u32,
     stored_key: Vec<u8>,
     server_key: Vec<u8>,
 }
 
 struct User {
-    password: Vec<u8>,
+    /// `None` for a user given by salted SCRAM credentials only.
+    password: Option<Vec<u8>>,
     scram: HashMap<Mechanism, ScramCredential>,
+}
+
+/// One mechanism's salted credential in the users file (base64 fields), as
+/// [`salted_credential`] makes it.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaltedCredential {
+    salt: String,
+    iterations: u32,
+    stored_key: String,
+    server_key: String,
+}
+
+/// A salted credential of `password` for SCRAM mechanism `m`: a random 16-byte
+/// salt, `iterations` PBKDF2 rounds.
+///
+/// # Errors
+/// `m` is not a SCRAM mechanism, `iterations` is outside 4096-16384, or the
+/// system has no random numbers.
+pub fn salted_credential(
+    m: Mechanism,
+    password: &[u8],
+    iterations: u32,
+) -> Result<SaltedCredential> {
+    let invalid = |value: String, reason: &str| Error::InvalidConfig {
+        field: "SCRAM credential",
+        value,
+        reason: reason.into(),
+    };
+    let Some((kdf, mac, _)) = m.algorithms() else {
+        return Err(invalid(m.name().into(), "not a SCRAM mechanism"));
+    };
+    if !ITERATIONS_RANGE.contains(&iterations) {
+        return Err(invalid(
+            iterations.to_string(),
+            "iterations must be 4096-16384",
+        ));
+    }
+    let mut salt = vec![0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| invalid(m.name().into(), "no random numbers for the salt"))?;
+    let (stored_key, server_key) = derive(kdf, mac, m, password, &salt, iterations);
+    Ok(SaltedCredential {
+        salt: B64.encode(&salt),
+        iterations,
+        stored_key: B64.encode(stored_key),
+        server_key: B64.encode(server_key),
+    })
+}
+
+impl SaltedCredential {
+    /// Checks and decodes the credential of `user` for mechanism `name`.
+    fn decode(&self, path: &Path, user: &str, name: &str) -> Result<(Mechanism, ScramCredential)> {
+        let bad = |reason: String| users_error(path, format!("user {user:?}, {name}: {reason}"));
+        let m = Mechanism::parse(name)
+            .filter(|m| m.algorithms().is_some())
+            .ok_or_else(|| bad("not a SCRAM mechanism (SCRAM-SHA-256 or SCRAM-SHA-512)".into()))?;
+        if !ITERATIONS_RANGE.contains(&self.iterations) {
+            return Err(bad(format!(
+                "iterations {} outside 4096-16384",
+                self.iterations
+            )));
+        }
+        let (_, _, hash) = m.algorithms().expect("filtered above");
+        let field = |what: &str, v: &str, len: Option<usize>| {
+            let bytes = B64
+                .decode(v)
+                .map_err(|e| bad(format!("{what} is not base64: {e}")))?;
+            match len {
+                Some(n) if bytes.len() != n => Err(bad(format!(
+                    "{what} has {} bytes, {name} makes {n}",
+                    bytes.len()
+                ))),
+                _ if bytes.is_empty() => Err(bad(format!("{what} is empty"))),
+                _ => Ok(bytes),
+            }
+        };
+        Ok((
+            m,
+            ScramCredential {
+                salt: field("salt", &self.salt, None)?,
+                iterations: self.iterations,
+                stored_key: field("stored_key", &self.stored_key, Some(hash.output_len()))?,
+                server_key: field("server_key", &self.server_key, Some(hash.output_len()))?,
+            },
+        ))
+    }
 }
 
 /// The enabled mechanisms and every user's credentials.
@@ -136,19 +232,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Authenticator {
-    /// Reads the users file (a JSON object of user name → password) and derives
-    /// the SCRAM credentials of `mechanisms`.
+    /// Reads the users file (a JSON object of user name → password or salted
+    /// SCRAM credentials) and derives the SCRAM credentials of `mechanisms` for
+    /// the users given by a password.
     ///
     /// # Errors
     /// An unreadable file, JSON that is not such an object, an empty name or
-    /// password, no user at all.
+    /// password, a malformed credential, no user at all.
     pub fn load(path: &Path, mechanisms: &[Mechanism]) -> Result<Authenticator> {
         let text =
             std::fs::read_to_string(path).map_err(|e| Error::io("read SASL users", path, e))?;
-        let parsed: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        let parsed: HashMap<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
             users_error(
                 path,
-                format!("expected a JSON object of user name to password: {e}"),
+                format!("expected a JSON object of user name to password or salted SCRAM credentials: {e}"),
             )
         })?;
         if parsed.is_empty() {
@@ -158,12 +255,48 @@ impl Authenticator {
         if let Ok(meta) = std::fs::metadata(path) {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the SASL users file holds passwords and can be read by other users; chmod 600 it");
+                tracing::warn!(path = %path.display(), "the SASL users file holds credentials and can be read by other users; chmod 600 it");
             }
         }
         let rng = ring::rand::SystemRandom::new();
         let mut users = HashMap::new();
-        for (name, password) in parsed {
+        for (name, entry) in parsed {
+            let password = match entry {
+                serde_json::Value::String(p) => p,
+                serde_json::Value::Object(creds) => {
+                    let creds: HashMap<String, SaltedCredential> =
+                        serde_json::from_value(serde_json::Value::Object(creds)).map_err(|e| {
+                            users_error(
+                                path,
+                                format!("user {name:?}: salted SCRAM credentials: {e}"),
+                            )
+                        })?;
+                    if name.is_empty() || creds.is_empty() {
+                        return Err(users_error(
+                            path,
+                            "user names and credentials must not be empty",
+                        ));
+                    }
+                    let scram = creds
+                        .iter()
+                        .map(|(m, c)| c.decode(path, &name, m))
+                        .collect::<Result<HashMap<_, _>>>()?;
+                    users.insert(
+                        name,
+                        User {
+                            password: None,
+                            scram,
+                        },
+                    );
+                    continue;
+                }
+                _ => {
+                    return Err(users_error(
+                        path,
+                        format!("user {name:?}: expected a password or salted SCRAM credentials"),
+                    ))
+                }
+            };
             if name.is_empty() || password.is_empty() {
                 return Err(users_error(
                     path,
@@ -178,11 +311,13 @@ impl Authenticator {
                 let mut salt = vec![0u8; 16];
                 rng.fill(&mut salt)
                     .map_err(|_| users_error(path, "no random numbers for salts"))?;
-                let (stored_key, server_key) = derive(kdf, mac, m, password.as_bytes(), &salt);
+                let (stored_key, server_key) =
+                    derive(kdf, mac, m, password.as_bytes(), &salt, ITERATIONS);
                 scram.insert(
                     m,
                     ScramCredential {
                         salt,
+                        iterations: ITERATIONS,
                         stored_key,
                         server_key,
                     },
@@ -191,7 +326,7 @@ impl Authenticator {
             users.insert(
                 name,
                 User {
-                    password: password.into_bytes(),
+                    password: Some(password.into_bytes()),
                     scram,
                 },
             );
@@ -209,6 +344,23 @@ impl Authenticator {
     }
 }
 
+impl User {
+    /// Whether `password` is this user's: compared with the password, or, for a
+    /// user given by salted credentials only, by deriving one of them again
+    /// (a PBKDF2 run per attempt).
+    fn accepts(&self, password: &[u8]) -> bool {
+        if let Some(p) = &self.password {
+            return same(p, password);
+        }
+        let Some((m, cred)) = self.scram.iter().next() else {
+            return false;
+        };
+        let (kdf, mac, _) = m.algorithms().expect("salted credentials are SCRAM");
+        let (stored_key, _) = derive(kdf, mac, *m, password, &cred.salt, cred.iterations);
+        same(&stored_key, &cred.stored_key)
+    }
+}
+
 /// StoredKey and ServerKey of `password` (RFC 5802 section 3).
 fn derive(
     kdf: pbkdf2::Algorithm,
@@ -216,10 +368,11 @@ fn derive(
     m: Mechanism,
     password: &[u8],
     salt: &[u8],
+    iterations: u32,
 ) -> (Vec<u8>, Vec<u8>) {
     let (_, _, hash) = m.algorithms().expect("a SCRAM mechanism");
     let mut salted = vec![0u8; hash.output_len()];
-    let iterations = NonZeroU32::new(ITERATIONS).expect("non-zero");
+    let iterations = NonZeroU32::new(iterations).expect("checked against ITERATIONS_RANGE");
     pbkdf2::derive(kdf, iterations, salt, password, &mut salted);
     let key = hmac::Key::new(mac, &salted);
     let client_key = hmac::sign(&key, b"Client Key");
@@ -355,7 +508,11 @@ impl Session {
             return Step::Failed("no random numbers for the nonce".into());
         }
         let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
-        let server_first = format!("r={nonce},s={},i={ITERATIONS}", B64.encode(&cred.salt));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&cred.salt),
+            cred.iterations
+        );
         self.scram = Some(ScramState {
             user,
             transcript: format!("{bare},{server_first}"),
@@ -380,7 +537,7 @@ fn plain(auth: &Authenticator, bytes: &[u8]) -> Step {
         return Step::Failed("an authorization id other than the user is not supported".into());
     }
     match auth.users.get(user) {
-        Some(u) if same(&u.password, password) => Step::Done {
+        Some(u) if u.accepts(password) => Step::Done {
             user: user.to_string(),
             reply: Vec::new(),
         },
@@ -613,5 +770,127 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.json"), "{e}");
+    }
+
+    fn plain_auth(auth: &Authenticator, user: &str, password: &str) -> Step {
+        let mut s = Session::default();
+        assert!(s.handshake(auth, "PLAIN"));
+        s.authenticate(auth, format!("\0{user}\0{password}").as_bytes())
+    }
+
+    /// A user given by salted credentials only: SCRAM works with the mechanism
+    /// it has a credential for (its own iteration count sent to the client),
+    /// not with another; PLAIN works by deriving the credential again.
+    #[test]
+    fn salted_credentials_authenticate_without_a_password_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        let cred = salted_credential(Mechanism::ScramSha256, b"s3cret", 5000).unwrap();
+        let users = serde_json::json!({
+            "carol": {"SCRAM-SHA-256": cred},
+            "user": "pencil",
+        });
+        std::fs::write(&path, users.to_string()).unwrap();
+        let auth = Authenticator::load(&path, &Mechanism::ALL).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("s3cret"));
+        let m = Mechanism::ScramSha256;
+        assert!(
+            matches!(scram(&auth, m, "carol", "s3cret"), Step::Done { ref user, .. } if user == "carol")
+        );
+        assert!(matches!(
+            scram(&auth, m, "carol", "s3cret!"),
+            Step::Failed(_)
+        ));
+        let mut s = Session::default();
+        assert!(s.handshake(&auth, m.name()));
+        let Step::Continue(first) = s.authenticate(&auth, b"n,,n=carol,r=abc") else {
+            panic!()
+        };
+        assert!(String::from_utf8(first).unwrap().ends_with(",i=5000"));
+        // No SCRAM-SHA-512 credential: refused as an unknown user would be.
+        let mut s = Session::default();
+        assert!(s.handshake(&auth, Mechanism::ScramSha512.name()));
+        assert!(
+            matches!(s.authenticate(&auth, b"n,,n=carol,r=abc"), Step::Failed(ref e) if e == BAD_CREDENTIALS)
+        );
+        assert!(matches!(
+            plain_auth(&auth, "carol", "s3cret"),
+            Step::Done { .. }
+        ));
+        assert!(matches!(
+            plain_auth(&auth, "carol", "s3cre"),
+            Step::Failed(_)
+        ));
+        // Users with passwords beside them work as before.
+        assert!(matches!(
+            scram(&auth, Mechanism::ScramSha512, "user", "pencil"),
+            Step::Done { .. }
+        ));
+        assert!(matches!(
+            plain_auth(&auth, "user", "pencil"),
+            Step::Done { .. }
+        ));
+    }
+
+    #[test]
+    fn malformed_salted_credentials_are_refused_naming_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        let good =
+            serde_json::to_value(salted_credential(Mechanism::ScramSha512, b"x", 4096).unwrap())
+                .unwrap();
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = good.clone();
+            c[k] = v;
+            c
+        };
+        let cases = [
+            (
+                serde_json::json!({"dave": {"SCRAM-SHA-1": good}}),
+                "not a SCRAM mechanism",
+            ),
+            (
+                serde_json::json!({"dave": {"PLAIN": good}}),
+                "not a SCRAM mechanism",
+            ),
+            (
+                serde_json::json!({"dave": {"SCRAM-SHA-512": with("iterations", 1000.into())}}),
+                "iterations 1000",
+            ),
+            (
+                serde_json::json!({"dave": {"SCRAM-SHA-512": with("salt", "%%".into())}}),
+                "salt is not base64",
+            ),
+            (
+                serde_json::json!({"dave": {"SCRAM-SHA-512": with("salt", "".into())}}),
+                "salt is empty",
+            ),
+            // A SHA-256 key where SHA-512 needs 64 bytes.
+            (
+                serde_json::json!({"dave": {"SCRAM-SHA-512": with("stored_key", B64.encode([1u8; 32]).into())}}),
+                "stored_key has 32 bytes",
+            ),
+            (
+                serde_json::json!({"dave": {"SCRAM-SHA-512": with("extra", 1.into())}}),
+                "unknown field",
+            ),
+            (serde_json::json!({"dave": {}}), "must not be empty"),
+            (
+                serde_json::json!({"dave": 7}),
+                "expected a password or salted SCRAM credentials",
+            ),
+        ];
+        for (users, want) in cases {
+            std::fs::write(&path, users.to_string()).unwrap();
+            let e = Authenticator::load(&path, &Mechanism::ALL)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("users.json"), "{users}: {e}");
+            if want != "must not be empty" {
+                assert!(e.contains("dave"), "{e}");
+            }
+        }
+        assert!(salted_credential(Mechanism::Plain, b"x", 4096).is_err());
+        assert!(salted_credential(Mechanism::ScramSha256, b"x", 16385).is_err());
     }
 }
