@@ -422,3 +422,233 @@ fn handshake_v0_raw_tokens_and_handshake_errors() {
     raw(&mut s, b"\0alice\0wrong");
     assert!(closed(&mut s), "a wrong raw token closes the connection");
 }
+
+/// KIP-554 through AdminClient (confluent-kafka): SCRAM users created,
+/// described, refused when malformed, deleted; the users file rewritten without
+/// the password; the new user authenticates with three client implementations
+/// and across a restart.
+#[test]
+fn admin_client_manages_scram_users_in_the_users_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("users.json");
+    std::fs::write(&path, r#"{"admin": "admin-secret"}"#).unwrap();
+    let mut broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--sasl-users", path.to_str().unwrap()],
+    );
+    let admin = |addr: &str, ops: &[&str]| {
+        let mut args = vec!["scram", addr, "admin", "admin-secret"];
+        args.extend(ops);
+        let out = python_client("kafka_client.py", &args);
+        tagged(&out, "SCRAM")
+            .into_iter()
+            .map(|r| r.join(" "))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        admin(
+            &broker.addr,
+            &[
+                "upsert=erin:SCRAM-SHA-512:8192:pw=1",
+                "upsert=erin:SCRAM-SHA-256:4096:pw=1",
+                "describe=erin,nobody",
+                "upsert=mallory:SCRAM-SHA-256:100:x",
+                "delete=admin:SCRAM-SHA-256",
+                "delete=admin:SCRAM-SHA-256",
+                "describe",
+            ]
+        ),
+        [
+            "0 erin ok",
+            "1 erin ok",
+            "2 erin ok SCRAM-SHA-512:8192 SCRAM-SHA-256:4096",
+            "2 nobody error RESOURCE_NOT_FOUND",
+            "3 mallory error UNACCEPTABLE_CREDENTIAL",
+            "4 admin ok",
+            "5 admin error RESOURCE_NOT_FOUND",
+            "6 admin ok SCRAM-SHA-512:4096",
+            "6 erin ok SCRAM-SHA-512:8192 SCRAM-SHA-256:4096",
+        ]
+    );
+    let file = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !file.contains("pw=1") && !file.contains("admin-secret"),
+        "{file}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    // admin lost SCRAM-SHA-256 (the python client's mechanism) but keeps SHA-512.
+    let mut expected = Vec::new();
+    let authenticated = |addr: &str, expected: &mut Vec<String>| {
+        let args = kcat_sasl(
+            addr,
+            "SCRAM-SHA-512",
+            "erin",
+            "pw=1",
+            &["-P", "-t", "users"],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kcat(&args, b"kcat-SCRAM-SHA-512\n");
+        expected.push("kcat-SCRAM-SHA-512".to_string());
+        let js = kafkajs_client(&[
+            "sasl",
+            addr,
+            "users",
+            "erin",
+            "pw=1",
+            "scram-sha-256",
+            "plain",
+        ]);
+        assert_authenticated(expected, &[("kafkajs", &js, &["scram-sha-256", "plain"])]);
+    };
+    authenticated(&broker.addr, &mut expected);
+    broker.sigterm();
+    let broker = broker.restart();
+    authenticated(&broker.addr, &mut expected);
+    assert_stored(
+        &broker.addr,
+        "users",
+        "SCRAM-SHA-512",
+        "admin",
+        "admin-secret",
+        expected,
+    );
+    assert_wrong_password_refused(&broker.addr, "users", "erin", "pw=2");
+}
+
+/// Without `--sasl-users` the SCRAM admin requests answer SECURITY_DISABLED;
+/// with it, two changes of one credential in a request and an unknown mechanism
+/// are refused for that user only.
+#[test]
+fn scram_admin_requests_on_the_wire() {
+    use kafka_protocol::{
+        messages::{
+            alter_user_scram_credentials_request::{
+                ScramCredentialDeletion, ScramCredentialUpsertion,
+            },
+            describe_user_scram_credentials_request::UserName,
+            AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey,
+            DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
+        },
+        protocol::StrBytes,
+    };
+    use wire::{connect, request_frame, response};
+    let name = |s: &'static str| StrBytes::from_static_str(s);
+    let upsert = |user: &'static str, mechanism: i8| {
+        ScramCredentialUpsertion::default()
+            .with_name(name(user))
+            .with_mechanism(mechanism)
+            .with_iterations(4096)
+            .with_salt(bytes::Bytes::from_static(b"salt"))
+            .with_salted_password(bytes::Bytes::from_static(&[7u8; 32]))
+    };
+    let alter = |s: &mut TcpStream, req: &AlterUserScramCredentialsRequest| {
+        s.write_all(&request_frame(ApiKey::AlterUserScramCredentials, 0, 1, req))
+            .unwrap();
+        let (_, r): (i32, AlterUserScramCredentialsResponse) =
+            response(s, ApiKey::AlterUserScramCredentials, 0);
+        r.results
+            .iter()
+            .map(|r| (r.user.to_string(), r.error_code))
+            .collect::<Vec<_>>()
+    };
+    let describe = |s: &mut TcpStream, users: Option<Vec<&'static str>>| {
+        let users = users.map(|u| {
+            u.into_iter()
+                .map(|n| UserName::default().with_name(name(n)))
+                .collect()
+        });
+        let req = DescribeUserScramCredentialsRequest::default().with_users(users);
+        s.write_all(&request_frame(
+            ApiKey::DescribeUserScramCredentials,
+            0,
+            1,
+            &req,
+        ))
+        .unwrap();
+        let (_, r): (i32, DescribeUserScramCredentialsResponse) =
+            response(s, ApiKey::DescribeUserScramCredentials, 0);
+        r
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = Broker::start(&tmp.path().join("plain"), &[]);
+    let mut s = connect(&plain.addr);
+    assert_eq!(describe(&mut s, None).error_code, 54, "SECURITY_DISABLED");
+    let req = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert("u", 1)]);
+    assert_eq!(alter(&mut s, &req), [("u".to_string(), 54)]);
+
+    // With SASL, on an authenticated connection (PLAIN through the v1 handshake).
+    let broker = sasl_broker(tmp.path());
+    let mut s = {
+        use kafka_protocol::messages::{
+            SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+            SaslHandshakeResponse,
+        };
+        let mut s = connect(&broker.addr);
+        let hs = SaslHandshakeRequest::default().with_mechanism(name("PLAIN"));
+        s.write_all(&request_frame(ApiKey::SaslHandshake, 1, 1, &hs))
+            .unwrap();
+        let _: (i32, SaslHandshakeResponse) = response(&mut s, ApiKey::SaslHandshake, 1);
+        let auth = SaslAuthenticateRequest::default()
+            .with_auth_bytes(bytes::Bytes::from_static(b"\0alice\0alice-secret"));
+        s.write_all(&request_frame(ApiKey::SaslAuthenticate, 2, 2, &auth))
+            .unwrap();
+        let (_, r): (i32, SaslAuthenticateResponse) = response(&mut s, ApiKey::SaslAuthenticate, 2);
+        assert_eq!(r.error_code, 0);
+        s
+    };
+    let req = AlterUserScramCredentialsRequest::default()
+        .with_upsertions(vec![
+            upsert("dup", 1),
+            upsert("dup", 1),
+            upsert("odd", 9),
+            upsert("fine", 2),
+        ])
+        .with_deletions(vec![ScramCredentialDeletion::default()
+            .with_name(name(""))
+            .with_mechanism(1)]);
+    assert_eq!(
+        alter(&mut s, &req),
+        [
+            (String::new(), 93), // UNACCEPTABLE_CREDENTIAL: empty name
+            ("dup".into(), 92),  // DUPLICATE_RESOURCE
+            ("odd".into(), 33),  // UNSUPPORTED_SASL_MECHANISM
+            ("fine".into(), 0),
+        ]
+    );
+    let r = describe(&mut s, Some(vec!["fine", "dup", "fine"]));
+    let got: Vec<(String, i16, usize)> = r
+        .results
+        .iter()
+        .map(|r| (r.user.to_string(), r.error_code, r.credential_infos.len()))
+        .collect();
+    assert_eq!(got, [("fine".into(), 92, 0), ("dup".into(), 91, 0)]);
+    let r = describe(&mut s, Some(vec!["fine"]));
+    let infos: Vec<(i8, i32)> = r.results[0]
+        .credential_infos
+        .iter()
+        .map(|c| (c.mechanism, c.iterations))
+        .collect();
+    assert_eq!(infos, [(2, 4096)], "fine has its SCRAM-SHA-512 credential");
+    // Before authentication the request is not served: the connection closes.
+    assert!(describe_unauthenticated_closes(&broker.addr));
+}
+
+fn describe_unauthenticated_closes(addr: &str) -> bool {
+    use kafka_protocol::messages::{ApiKey, DescribeUserScramCredentialsRequest};
+    let mut s = wire::connect(addr);
+    let req = DescribeUserScramCredentialsRequest::default();
+    s.write_all(&wire::request_frame(
+        ApiKey::DescribeUserScramCredentials,
+        0,
+        1,
+        &req,
+    ))
+    .unwrap();
+    wire::closed(&mut s)
+}

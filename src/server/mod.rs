@@ -80,6 +80,11 @@ pub mod codes {
     pub const INVALID_RECORD: i16 = 87;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const SECURITY_DISABLED: i16 = 54;
+    pub const RESOURCE_NOT_FOUND: i16 = 91;
+    pub const DUPLICATE_RESOURCE: i16 = 92;
+    pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 }
 
 /// A response still being computed; `None` means "send nothing" (Produce with acks=0).
@@ -102,6 +107,9 @@ pub(crate) struct Ctx {
 pub struct Security {
     tls: Option<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
     sasl: Option<std::sync::RwLock<Arc<sasl::Authenticator>>>,
+    /// Held while the users file is rewritten (AlterUserScramCredentials) or
+    /// reloaded (SIGHUP), so that neither undoes the other.
+    users_file: std::sync::Mutex<()>,
 }
 
 impl Security {
@@ -117,6 +125,7 @@ impl Security {
         Ok(Security {
             tls: tls.map(std::sync::RwLock::new),
             sasl: sasl.map(|a| std::sync::RwLock::new(Arc::new(a))),
+            users_file: std::sync::Mutex::new(()),
         })
     }
 
@@ -138,6 +147,79 @@ impl Security {
         ))
     }
 
+    /// Applies SCRAM credential changes (AlterUserScramCredentials): writes the
+    /// users file, then serves the new users. Returns the users whose changes
+    /// were refused, with Kafka's error code and a message; the others' changes
+    /// all took effect. A deletion of a credential that does not exist refuses
+    /// that user's changes; a file that cannot be written refuses everyone's.
+    pub(crate) fn alter_scram(
+        &self,
+        mut changes: Vec<sasl::ScramChange>,
+    ) -> std::collections::HashMap<String, (i16, String)> {
+        use sasl::ScramChange;
+        fn user_of(c: &ScramChange) -> &String {
+            let (ScramChange::Delete { user, .. } | ScramChange::Upsert { user, .. }) = c;
+            user
+        }
+        let mut refused = std::collections::HashMap::new();
+        let Some(lock) = &self.sasl else {
+            for c in &changes {
+                refused.insert(
+                    user_of(c).clone(),
+                    (codes::SECURITY_DISABLED, handlers::NO_SASL.to_string()),
+                );
+            }
+            return refused;
+        };
+        let _file = self
+            .users_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.sasl().expect("SASL is configured");
+        for c in &changes {
+            if let ScramChange::Delete { user, mechanism } = c {
+                let exists = current
+                    .scram_credentials(user)
+                    .is_some_and(|creds| creds.iter().any(|(m, _)| m == mechanism));
+                if !exists {
+                    refused.insert(
+                        user.clone(),
+                        (
+                            codes::RESOURCE_NOT_FOUND,
+                            "Attempt to delete a user credential that does not exist".to_string(),
+                        ),
+                    );
+                }
+            }
+        }
+        changes.retain(|c| !refused.contains_key(user_of(c)));
+        if changes.is_empty() {
+            return refused;
+        }
+        match current.altered(&changes) {
+            Ok(a) => {
+                *lock
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(a);
+                let users: std::collections::BTreeSet<&String> =
+                    changes.iter().map(user_of).collect();
+                tracing::info!(
+                    ?users,
+                    "SCRAM credentials altered; the users file was rewritten"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "altering SCRAM credentials failed; nothing changed");
+                for c in &changes {
+                    refused
+                        .entry(user_of(c).clone())
+                        .or_insert((codes::UNKNOWN_SERVER_ERROR, e.to_string()));
+                }
+            }
+        }
+        refused
+    }
+
     /// Reads the TLS material and the SASL users again; what fails to load is
     /// logged and the previous one kept.
     fn reload(&self, cfg: &crate::config::ServerConfig) {
@@ -155,6 +237,10 @@ impl Security {
             }
         }
         if let (Some(lock), Some(c)) = (&self.sasl, &cfg.sasl) {
+            let _file = self
+                .users_file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match sasl::load(c) {
                 Ok(a) => {
                     *lock
@@ -697,6 +783,8 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         // v0: raw SASL tokens follow the handshake, outside Kafka's framing.
         (ApiKey::SaslHandshake, 0, 1),
         (ApiKey::SaslAuthenticate, 0, 2),
+        (ApiKey::DescribeUserScramCredentials, 0, 0),
+        (ApiKey::AlterUserScramCredentials, 0, 0),
     ];
     wanted
         .into_iter()

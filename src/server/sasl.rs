@@ -82,6 +82,7 @@ impl Mechanism {
 }
 
 /// What the server keeps of a password for one SCRAM mechanism.
+#[derive(Clone)]
 struct ScramCredential {
     salt: Vec<u8>,
     iterations: u32,
@@ -89,6 +90,7 @@ struct ScramCredential {
     server_key: Vec<u8>,
 }
 
+#[derive(Clone)]
 struct User {
     /// `None` for a user given by salted SCRAM credentials only.
     password: Option<Vec<u8>>,
@@ -185,6 +187,8 @@ impl SaltedCredential {
 
 /// The enabled mechanisms and every user's credentials.
 pub struct Authenticator {
+    /// The users file, rewritten by [`Authenticator::altered`].
+    path: std::path::PathBuf,
     mechanisms: Vec<Mechanism>,
     users: HashMap<String, User>,
     rng: ring::rand::SystemRandom,
@@ -332,6 +336,7 @@ impl Authenticator {
             );
         }
         Ok(Authenticator {
+            path: path.to_path_buf(),
             mechanisms: mechanisms.to_vec(),
             users,
             rng,
@@ -342,6 +347,196 @@ impl Authenticator {
     pub fn mechanism_names(&self) -> Vec<&'static str> {
         self.mechanisms.iter().map(|m| m.name()).collect()
     }
+
+    /// Every user name, sorted.
+    pub fn user_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.users.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The SCRAM mechanisms `user` has a credential for, with their iterations,
+    /// in the order of [`Mechanism::ALL`]; `None` for an unknown user.
+    pub fn scram_credentials(&self, user: &str) -> Option<Vec<(Mechanism, u32)>> {
+        let u = self.users.get(user)?;
+        Some(
+            Mechanism::ALL
+                .into_iter()
+                .filter_map(|m| u.scram.get(&m).map(|c| (m, c.iterations)))
+                .collect(),
+        )
+    }
+
+    /// A copy with `changes` applied, in order, and written to the users file
+    /// (a temporary file, fsynced, renamed over it, the directory fsynced), as
+    /// Kafka's AlterUserScramCredentials does. A user changed here is written as
+    /// salted credentials only: its password, if the file held one, is dropped.
+    /// A user left without credentials is removed.
+    ///
+    /// # Errors
+    /// A change that is refused (the caller checks them first: an unknown
+    /// mechanism, iterations out of range, a deletion of nothing), or the file
+    /// cannot be written; the file is then unchanged.
+    pub fn altered(&self, changes: &[ScramChange]) -> Result<Authenticator> {
+        let mut users = self.users.clone();
+        for c in changes {
+            match c {
+                ScramChange::Delete { user, mechanism } => {
+                    let u = users
+                        .get_mut(user)
+                        .filter(|u| u.scram.contains_key(mechanism));
+                    let Some(u) = u else {
+                        return Err(Error::InvalidConfig {
+                            field: "SCRAM credential",
+                            value: format!("{user} {}", mechanism.name()),
+                            reason: "no such credential".into(),
+                        });
+                    };
+                    u.scram.remove(mechanism);
+                    u.password = None;
+                    if u.scram.is_empty() {
+                        users.remove(user);
+                    }
+                }
+                ScramChange::Upsert {
+                    user,
+                    mechanism,
+                    iterations,
+                    salt,
+                    salted_password,
+                } => {
+                    let Some((_, mac, hash)) = mechanism.algorithms() else {
+                        return Err(Error::InvalidConfig {
+                            field: "SCRAM credential",
+                            value: mechanism.name().into(),
+                            reason: "not a SCRAM mechanism".into(),
+                        });
+                    };
+                    if !ITERATIONS_RANGE.contains(iterations) || user.is_empty() || salt.is_empty()
+                    {
+                        return Err(Error::InvalidConfig {
+                            field: "SCRAM credential",
+                            value: user.clone(),
+                            reason: "iterations must be 4096-16384, user and salt non-empty".into(),
+                        });
+                    }
+                    let (stored_key, server_key) = keys(mac, hash, salted_password);
+                    let u = users.entry(user.clone()).or_insert_with(|| User {
+                        password: None,
+                        scram: HashMap::new(),
+                    });
+                    u.password = None;
+                    u.scram.insert(
+                        *mechanism,
+                        ScramCredential {
+                            salt: salt.clone(),
+                            iterations: *iterations,
+                            stored_key,
+                            server_key,
+                        },
+                    );
+                }
+            }
+        }
+        write_users(&self.path, &users)?;
+        Ok(Authenticator {
+            path: self.path.clone(),
+            mechanisms: self.mechanisms.clone(),
+            users,
+            rng: ring::rand::SystemRandom::new(),
+        })
+    }
+}
+
+/// One change of [`Authenticator::altered`].
+#[derive(Debug, Clone)]
+pub enum ScramChange {
+    /// Removes `user`'s credential for `mechanism`.
+    Delete {
+        /// The user.
+        user: String,
+        /// Which credential.
+        mechanism: Mechanism,
+    },
+    /// Sets `user`'s credential for `mechanism` from a salted password
+    /// (PBKDF2 of the password with `salt` and `iterations`, as the client made it).
+    Upsert {
+        /// The user, created if new.
+        user: String,
+        /// Which credential.
+        mechanism: Mechanism,
+        /// PBKDF2 iterations of `salted_password`.
+        iterations: u32,
+        /// The salt.
+        salt: Vec<u8>,
+        /// SaltedPassword (RFC 5802).
+        salted_password: Vec<u8>,
+    },
+}
+
+/// Whether `iterations` is acceptable for a SCRAM credential.
+pub fn iterations_acceptable(iterations: i32) -> bool {
+    u32::try_from(iterations).is_ok_and(|i| ITERATIONS_RANGE.contains(&i))
+}
+
+/// Writes `users` to `path` atomically: passwords as strings, the others as
+/// salted credentials, owner-only permissions.
+fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<()> {
+    let mut out = serde_json::Map::new();
+    let mut names: Vec<&String> = users.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        let u = &users[name];
+        let value = match &u.password {
+            Some(p) => serde_json::Value::String(String::from_utf8_lossy(p).into_owned()),
+            None => {
+                let mut creds = serde_json::Map::new();
+                for m in Mechanism::ALL {
+                    if let Some(c) = u.scram.get(&m) {
+                        let salted = SaltedCredential {
+                            salt: B64.encode(&c.salt),
+                            iterations: c.iterations,
+                            stored_key: B64.encode(&c.stored_key),
+                            server_key: B64.encode(&c.server_key),
+                        };
+                        creds.insert(
+                            m.name().into(),
+                            serde_json::to_value(salted).expect("plain fields"),
+                        );
+                    }
+                }
+                serde_json::Value::Object(creds)
+            }
+        };
+        out.insert(name.clone(), value);
+    }
+    let mut text =
+        serde_json::to_string_pretty(&serde_json::Value::Object(out)).expect("a JSON object");
+    text.push('\n');
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map_or("users".into(), |n| n.to_string_lossy())
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("write SASL users", path, e)
+    })
 }
 
 impl User {
@@ -374,7 +569,16 @@ fn derive(
     let mut salted = vec![0u8; hash.output_len()];
     let iterations = NonZeroU32::new(iterations).expect("checked against ITERATIONS_RANGE");
     pbkdf2::derive(kdf, iterations, salt, password, &mut salted);
-    let key = hmac::Key::new(mac, &salted);
+    keys(mac, hash, &salted)
+}
+
+/// StoredKey and ServerKey of a SaltedPassword.
+fn keys(
+    mac: hmac::Algorithm,
+    hash: &'static digest::Algorithm,
+    salted: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let key = hmac::Key::new(mac, salted);
     let client_key = hmac::sign(&key, b"Client Key");
     let stored_key = digest::digest(hash, client_key.as_ref()).as_ref().to_vec();
     let server_key = hmac::sign(&key, b"Server Key").as_ref().to_vec();
@@ -892,5 +1096,75 @@ mod tests {
         }
         assert!(salted_credential(Mechanism::Plain, b"x", 4096).is_err());
         assert!(salted_credential(Mechanism::ScramSha256, b"x", 16385).is_err());
+    }
+
+    /// AlterUserScramCredentials' changes: applied to a copy, written to the
+    /// file (which then loads to the same users), a user without credentials
+    /// left removed; a file that cannot be written changes nothing.
+    #[test]
+    fn altered_users_are_written_and_load_again() {
+        let (dir, auth) = authenticator(&Mechanism::ALL);
+        let path = dir.path().join("users.json");
+        let m = Mechanism::ScramSha512;
+        let (kdf, _, hash) = m.algorithms().unwrap();
+        let mut salted = vec![0u8; hash.output_len()];
+        pbkdf2::derive(
+            kdf,
+            NonZeroU32::new(4500).unwrap(),
+            b"pepper",
+            b"hunter2",
+            &mut salted,
+        );
+        let changes = [
+            ScramChange::Upsert {
+                user: "zed".into(),
+                mechanism: m,
+                iterations: 4500,
+                salt: b"pepper".to_vec(),
+                salted_password: salted,
+            },
+            ScramChange::Delete {
+                user: "a,b=c".into(),
+                mechanism: Mechanism::ScramSha256,
+            },
+            ScramChange::Delete {
+                user: "a,b=c".into(),
+                mechanism: Mechanism::ScramSha512,
+            },
+        ];
+        let next = auth.altered(&changes).unwrap();
+        assert_eq!(
+            next.user_names(),
+            ["user", "zed"],
+            "a,b=c had no credential left"
+        );
+        assert!(matches!(
+            scram(&next, m, "zed", "hunter2"),
+            Step::Done { .. }
+        ));
+        assert_eq!(next.scram_credentials("zed").unwrap(), [(m, 4500)]);
+        let reloaded = Authenticator::load(&path, &Mechanism::ALL).unwrap();
+        assert_eq!(reloaded.user_names(), ["user", "zed"]);
+        assert!(matches!(
+            scram(&reloaded, m, "zed", "hunter2"),
+            Step::Done { .. }
+        ));
+        assert!(matches!(
+            plain_auth(&reloaded, "user", "pencil"),
+            Step::Done { .. }
+        ));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("hunter2") && text.contains("\"user\": \"pencil\""),
+            "{text}"
+        );
+        // Deleting what is not there is refused; so is a write that fails.
+        assert!(next.altered(&changes[1..2]).is_err());
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let e = next.altered(&changes[..1]).unwrap_err().to_string();
+        assert!(
+            e.contains("write SASL users") && e.contains("users.json"),
+            "{e}"
+        );
     }
 }

@@ -413,6 +413,58 @@ def grow(bootstrap, topic, count):
         out("GREW %s %d" % (t, count))
 
 
+def scram(bootstrap, user, password, ops):
+    """AdminClient's SCRAM calls (KIP-554), authenticated as user/password with
+    SCRAM-SHA-256. Each op: "describe[=u1,u2]", "upsert=USER:MECH:ITER:PASSWORD",
+    "delete=USER:MECH". Prints "SCRAM <op index> <user> ok [mech:iter ...]" or
+    "SCRAM <op index> <user> error <KafkaError name>" per user."""
+    from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialDeletion,
+                                       UserScramCredentialUpsertion)
+    from confluent_kafka import KafkaException
+    a = AdminClient({"bootstrap.servers": bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                     "sasl.mechanisms": "SCRAM-SHA-256", "sasl.username": user,
+                     "sasl.password": password})
+    mech = {"SCRAM-SHA-256": ScramMechanism.SCRAM_SHA_256,
+            "SCRAM-SHA-512": ScramMechanism.SCRAM_SHA_512}
+
+    def report(i, futures):
+        for u, f in sorted(futures.items()):
+            try:
+                r = f.result(30)
+                infos = ["%s:%d" % (c.mechanism.name.replace("_", "-"), c.iterations)
+                         for c in (r.scram_credential_infos if r is not None else [])]
+                out(" ".join(["SCRAM", str(i), u, "ok"] + infos))
+            except KafkaException as e:
+                out("SCRAM %d %s error %s" % (i, u, e.args[0].name()))
+
+    for i, op in enumerate(ops):
+        kind, _, arg = op.partition("=")
+        if kind == "describe":
+            if arg:
+                report(i, a.describe_user_scram_credentials(users=arg.split(",")))
+            else:
+                try:
+                    everyone = a.describe_user_scram_credentials().result(30)
+                except KafkaException as e:
+                    out("SCRAM %d * error %s" % (i, e.args[0].name()))
+                    continue
+                for u, r in sorted(everyone.items()):
+                    infos = ["%s:%d" % (c.mechanism.name.replace("_", "-"), c.iterations)
+                             for c in r.scram_credential_infos]
+                    out(" ".join(["SCRAM", str(i), u, "ok"] + infos))
+        elif kind == "upsert":
+            u, m, iterations, pw = arg.split(":", 3)
+            change = UserScramCredentialUpsertion(
+                u, ScramCredentialInfo(mech[m], int(iterations)), pw.encode())
+            report(i, a.alter_user_scram_credentials([change]))
+        elif kind == "delete":
+            u, m = arg.split(":")
+            report(i, a.alter_user_scram_credentials([UserScramCredentialDeletion(u, mech[m])]))
+        else:
+            sys.exit("unknown scram op %s" % op)
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "produce":
@@ -448,6 +500,8 @@ def main(argv):
         describe_configs(argv[2], argv[3])
     elif cmd == "recreate":
         recreate(argv[2], argv[3], int(argv[4]))
+    elif cmd == "scram":
+        scram(argv[2], argv[3], argv[4], argv[5:])
     else:
         sys.exit("unknown subcommand %s" % cmd)
 

@@ -7,7 +7,10 @@ mod fetch;
 mod groups;
 mod produce;
 pub(crate) mod sasl;
+mod scram;
 mod topics;
+
+pub(crate) use scram::NO_SASL;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -241,6 +244,23 @@ pub(crate) async fn handle(
                 version,
                 cid,
                 &produce::init_producer_id(&ctx, &req).await,
+            )
+        }),
+        RequestKind::DescribeUserScramCredentials(req) => {
+            let resp = encode_response(
+                ApiKey::DescribeUserScramCredentials,
+                version,
+                cid,
+                &scram::describe(&ctx, &req),
+            );
+            Box::pin(async move { resp })
+        }
+        RequestKind::AlterUserScramCredentials(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::AlterUserScramCredentials,
+                version,
+                cid,
+                &scram::alter(&ctx, req).await,
             )
         }),
         other => {
