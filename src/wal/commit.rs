@@ -313,10 +313,11 @@ const EARLY_OVERLAP: usize = 2;
 
 /// Largest batch (entries) in flight beside which a batch may go out early. Small
 /// cohorts gather within microseconds of their acknowledgements, and overlapping
-/// their writes gained up to 45% records/s at 2-8 closed-loop writers; large ones
-/// gather over the whole write, and splitting them costs the CPU the producers
-/// need (at 256 writers an unbounded rule lost about 30%).
-const EARLY_MAX_COHORT: u64 = 16;
+/// their writes gained up to 45% records/s at 2-8 closed-loop writers, and 15-20%
+/// at 64 writers as tasks (cohorts of ~32); large ones gather over the whole
+/// write, and splitting them costs the CPU the producers need (at 256 writers,
+/// cohorts of ~64, an unbounded rule lost about 30%). See `docs/engine.md`.
+const EARLY_MAX_COHORT: u64 = 40;
 
 /// The batch being assembled.
 struct Staged {
