@@ -311,7 +311,7 @@ struct WriteFlight {
 /// closed-loop writers (`docs/engine.md`).
 const EARLY_OVERLAP: usize = 2;
 
-/// Largest batch (entries) in flight beside which a batch may go out early. Small
+/// Largest cohort (entries) for which a batch may go out early. Small
 /// cohorts gather within microseconds of their acknowledgements, and overlapping
 /// their writes gained up to 45% records/s at 2-8 closed-loop writers, and 15-20%
 /// at 64 writers as tasks (cohorts of ~32); large ones gather over the whole
@@ -382,6 +382,9 @@ pub(crate) struct Committer {
     spare_acks: Vec<Vec<Ack>>,
     /// When the thread started polling for an early batch (`polls_for_early_batch`).
     early_poll_since: Option<Instant>,
+    /// Entries of the batch acknowledged last: the cohort of producers it released,
+    /// which the early-batch rule expects back.
+    acked_cohort: u64,
     done_buf: Vec<Done>,
     batch_capacity: usize,
     every_write: bool,
@@ -502,6 +505,7 @@ impl Committer {
             preparer,
             spare_acks: Vec::new(),
             early_poll_since: None,
+            acked_cohort: 0,
             done_buf: Vec::new(),
             batch_capacity: cap,
             every_write,
@@ -855,14 +859,22 @@ impl Committer {
 
     /// In `every_write` mode, with a batch staged and a durable write in flight that
     /// the staged batch may join (fewer than [`EARLY_OVERLAP`] in flight, within
-    /// `max_in_flight`): the number of entries of the newest write in flight, when
-    /// it is at most [`EARLY_MAX_COHORT`]. Closed-loop producers fall into cohorts,
-    /// one per batch; once the next cohort has gathered, waiting for the previous
-    /// write to complete only idles the device, which completes two overlapping
-    /// durable writes about as fast as one.
+    /// `max_in_flight`): the cohort the staged batch waits for, when it is at most
+    /// [`EARLY_MAX_COHORT`] entries. Closed-loop producers fall into cohorts, one
+    /// per batch; once the next cohort has gathered, waiting for the previous write
+    /// to complete only idles the device, which completes two overlapping durable
+    /// writes about as fast as one. The producers appending now are the ones the
+    /// batch acknowledged last released, so its size is the cohort (the write in
+    /// flight's own size before anything was acknowledged; two cohorts of unequal
+    /// size would otherwise have the smaller never go out early, and the larger
+    /// split).
     fn early_cohort(&self) -> Option<u64> {
         let newest = self.writes.back()?;
-        let cohort = newest.last + 1 - newest.first;
+        let cohort = if self.acked_cohort > 0 {
+            self.acked_cohort
+        } else {
+            newest.last + 1 - newest.first
+        };
         (self.every_write
             && !self.writes_at_reap
             && self.staged.is_some()
@@ -874,7 +886,7 @@ impl Committer {
     }
 
     /// Whether the staged batch may go out beside the write in flight: it holds at
-    /// least as many entries as that write's cohort.
+    /// least as many entries as its cohort ([`Committer::early_cohort`]).
     fn early_batch_ready(&self) -> bool {
         let staged = self
             .staged
@@ -1030,6 +1042,9 @@ impl Committer {
 
     fn acknowledge(&mut self, mut acks: Vec<Ack>, last: u64) {
         self.core.acked_through.store(last, Ordering::Release);
+        if let Some(first) = acks.first() {
+            self.acked_cohort = last + 1 - first.sequence;
+        }
         let mut released = 0;
         for a in acks.drain(..) {
             released += a.bytes;
