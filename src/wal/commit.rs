@@ -315,8 +315,9 @@ const EARLY_OVERLAP: usize = 2;
 /// cohorts gather within microseconds of their acknowledgements, and overlapping
 /// their writes gained up to 45% records/s at 2-8 closed-loop writers, and 15-20%
 /// at 64 writers as tasks (cohorts of ~32); large ones gather over the whole
-/// write, and splitting them costs the CPU the producers need (at 256 writers,
-/// cohorts of ~64, an unbounded rule lost about 30%). See `docs/engine.md`.
+/// write, and the extra writes and the commit thread's polling cost the CPU the
+/// producers need: at 128-256 writers (cohorts of ~35-65) a bound of 64 or none
+/// lost 15-20%, with either early-batch rule. See `docs/engine.md`.
 const EARLY_MAX_COHORT: u64 = 40;
 
 /// The batch being assembled.
