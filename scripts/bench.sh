@@ -3,7 +3,7 @@
 # fio's ceiling, with/without WAL per sync mode, writer scaling against the anchors,
 # many outstanding appends, recovery of a 1 GiB WAL, and the latency plot.
 #
-#   scripts/bench.sh                 # whole matrix (~9 minutes on 2 cores)
+#   scripts/bench.sh                 # whole matrix (~11 minutes on 2 cores)
 #   REPS=1 DURATION=1 scripts/bench.sh   # quick look
 #
 # Environment: BENCH_DIR (scratch space on the filesystem under test; default
@@ -121,9 +121,11 @@ for rep in $(seq "$REPS"); do
   done
 
   # --- 64 closed-loop writers as tasks awaiting their acknowledgements ----------
+  # (and, for comparison, as threads with a checkpoint every 50 ms, as the broker
+  # runs: retired files are recycled instead of new ones zero-filled)
   log "64 writers as async tasks rep $rep"
   run async64 "${COMMON[@]}" --writers 64 --record-size 1024 --backend uring \
-    --job async-workers=1 --job async-workers=2
+    --job async-workers=1 --job async-workers=2 --job checkpoint-ms=50
 
   # --- many outstanding appends --------------------------------------------------
   log "queue depth 64 x 4 KiB rep $rep"
