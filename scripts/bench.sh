@@ -3,12 +3,13 @@
 # fio's ceiling, with/without WAL per sync mode, writer scaling against the anchors,
 # many outstanding appends, recovery of a 1 GiB WAL, and the latency plot.
 #
-#   scripts/bench.sh                 # whole matrix (~11 minutes on 2 cores)
+#   scripts/bench.sh                 # whole matrix (~12 minutes on 2 cores)
 #   REPS=1 DURATION=1 scripts/bench.sh   # quick look
 #
 # Environment: BENCH_DIR (scratch space on the filesystem under test; default
 # ./bench-data), REPS (repetitions; medians are reported; default 3), DURATION
-# (seconds per harness job; default 1.5), WARMUP (default 0.5), SKIP_FIO=1,
+# (seconds per harness job; default 1.5), WARMUP (default 0.5; RETIRE_WARMUP, default
+# 4, for the jobs that retire files as they go), SKIP_FIO=1,
 # SKIP_CRITERION=1.
 # Run nothing else heavy at the same time: every number is a ratio to a baseline
 # measured in the same run, but a busy CPU still moves them.
@@ -20,6 +21,7 @@ BENCH_DIR=${BENCH_DIR:-$ROOT/bench-data}
 REPS=${REPS:-3}
 DURATION=${DURATION:-1.5}
 WARMUP=${WARMUP:-0.5}
+RETIRE_WARMUP=${RETIRE_WARMUP:-4}
 OUT=$ROOT/docs/bench-results
 RAW=$OUT/raw
 mkdir -p "$RAW" "$BENCH_DIR"
@@ -63,7 +65,7 @@ ANCHORS=""
   echo "mount_options=$(findmnt -n -T "$BENCH_DIR" -o OPTIONS)"
   echo "mem_gib=$(free -g | awk '/Mem:/ {print $2}')"
   echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "reps=$REPS duration_s=$DURATION warmup_s=$WARMUP"
+  echo "reps=$REPS duration_s=$DURATION warmup_s=$WARMUP retire_warmup_s=$RETIRE_WARMUP"
   echo "anchors=${ANCHORS:-none}"
   echo "fio=$(fio --version 2>/dev/null || echo missing)"
 } > "$RAW/machine.txt"
@@ -121,11 +123,20 @@ for rep in $(seq "$REPS"); do
   done
 
   # --- 64 closed-loop writers as tasks awaiting their acknowledgements ----------
-  # (and, for comparison, as threads with a checkpoint every 50 ms, as the broker
-  # runs: retired files are recycled instead of new ones zero-filled)
   log "64 writers as async tasks rep $rep"
   run async64 "${COMMON[@]}" --writers 64 --record-size 1024 --backend uring \
-    --job async-workers=1 --job async-workers=2 --job checkpoint-ms=50
+    --job async-workers=1 --job async-workers=2
+
+  # --- 64 writers with data retired as it goes -----------------------------------
+  # Every 50 ms streamline checkpoints what is acknowledged and raft-engine purges
+  # expired files, so both recycle retired files (okaywal always does); the long
+  # warm-up gets every engine past its first rotations and into recycled files.
+  log "64 writers, files retired and recycled, rep $rep"
+  jobs=(--job backend=uring,checkpoint-ms=50 --job backend=std,checkpoint-ms=50)
+  for a in $ANCHORS; do
+    if [ "$a" = okaywal ]; then jobs+=(--job engine=okaywal); else jobs+=(--job "engine=$a,checkpoint-ms=50"); fi
+  done
+  run retire64 --duration "$DURATION" --warmup "$RETIRE_WARMUP" --writers 64 --record-size 1024 "${jobs[@]}"
 
   # --- many outstanding appends --------------------------------------------------
   log "queue depth 64 x 4 KiB rep $rep"

@@ -234,7 +234,11 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     );
     rejected(
         &["--engine", "naive", "--checkpoint-ms", "10"],
-        "--checkpoint-ms needs --engine streamline",
+        "--checkpoint-ms needs --engine streamline or raft-engine",
+    );
+    rejected(
+        &["--engine", "okaywal", "--checkpoint-ms", "10"],
+        "okaywal checkpoints and recycles its files on its own",
     );
     rejected(
         &["--checkpoint-ms", "0"],

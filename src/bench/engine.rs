@@ -129,6 +129,7 @@ pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
         EngineKind::RaftEngine => Ok(Box::new(compare::RaftEngineEngine::open(
             dir,
             spec.wal.max_file_size,
+            spec.checkpoint_every,
         )?)),
         #[cfg(not(feature = "compare"))]
         EngineKind::Okaywal | EngineKind::RaftEngine => Err(format!(
@@ -308,7 +309,12 @@ impl Engine for FileEngine {
 mod compare {
     //! The anchors, driven through their public APIs with durability per append.
 
-    use std::path::Path;
+    use std::{
+        path::Path,
+        sync::{mpsc, Arc},
+        thread,
+        time::Duration,
+    };
 
     use bytes::Bytes;
 
@@ -364,21 +370,59 @@ mod compare {
 
     /// raft-engine 0.4: one `LogBatch` with one `put` per append (each writer is a
     /// region and overwrites one key, so the memtable stays small), written with
-    /// `sync = true`; concurrent writers are grouped by its write barrier.
+    /// `sync = true`; concurrent writers are grouped by its write barrier. With a
+    /// purge period, a thread calls `purge_expired_files` that often, with the
+    /// purge threshold at two files, so that files holding only overwritten
+    /// values are retired and recycled (its `enable_log_recycle`, on by default)
+    /// as streamline's are under `--checkpoint-ms`.
     pub(super) struct RaftEngineEngine {
-        engine: raft_engine::Engine,
+        engine: Arc<raft_engine::Engine>,
+        purger: Option<Purger>,
+    }
+
+    /// Calls `purge_expired_files` at a fixed period until stopped.
+    struct Purger {
+        stop: mpsc::Sender<()>,
+        thread: thread::JoinHandle<Result<(), String>>,
     }
 
     impl RaftEngineEngine {
-        pub(super) fn open(dir: &Path, file_size: u64) -> Result<Self, String> {
-            let cfg = raft_engine::Config {
+        pub(super) fn open(
+            dir: &Path,
+            file_size: u64,
+            purge_every: Option<Duration>,
+        ) -> Result<Self, String> {
+            let mut cfg = raft_engine::Config {
                 dir: dir.to_string_lossy().into_owned(),
                 target_file_size: raft_engine::ReadableSize(file_size),
                 ..raft_engine::Config::default()
             };
-            let engine =
-                raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine open: {e}"))?;
-            Ok(RaftEngineEngine { engine })
+            if purge_every.is_some() {
+                cfg.purge_threshold = raft_engine::ReadableSize(file_size.saturating_mul(2));
+            }
+            let engine = Arc::new(
+                raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine open: {e}"))?,
+            );
+            let purger = purge_every
+                .map(|every| {
+                    let (stop, stopped) = mpsc::channel::<()>();
+                    let engine = Arc::clone(&engine);
+                    thread::Builder::new()
+                        .name("bench-purge".into())
+                        .spawn(move || loop {
+                            match stopped.recv_timeout(every) {
+                                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                                _ => return Ok(()),
+                            }
+                            engine
+                                .purge_expired_files()
+                                .map_err(|e| format!("raft-engine purge: {e}"))?;
+                        })
+                        .map(|thread| Purger { stop, thread })
+                        .map_err(|e| format!("spawn purge thread: {e}"))
+                })
+                .transpose()?;
+            Ok(RaftEngineEngine { engine, purger })
         }
 
         fn write(&self, writer: usize, data: &[u8]) -> Result<(), String> {
@@ -407,9 +451,17 @@ mod compare {
         }
 
         fn close(self: Box<Self>) -> Result<(), String> {
-            self.engine
+            let RaftEngineEngine { engine, purger } = *self;
+            let purged = purger.map_or(Ok(()), |p| {
+                drop(p.stop);
+                p.thread
+                    .join()
+                    .map_err(|_| "purge thread panicked".to_string())?
+            });
+            engine
                 .sync()
-                .map_err(|e| format!("raft-engine sync: {e}"))
+                .map_err(|e| format!("raft-engine sync: {e}"))?;
+            purged
         }
     }
 }

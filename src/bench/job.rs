@@ -264,10 +264,11 @@ pub struct JobArgs {
     /// (0: never). Default: the WAL's (500)
     #[arg(long)]
     pub ack_spin_us: Option<u64>,
-    /// Checkpoint everything acknowledged every this many ms (streamline only), as a
-    /// broker does once its segments are flushed: archived files are then retired
-    /// and recycled instead of new files being zero-filled. Default: never (every
-    /// file is kept)
+    /// Checkpoint everything acknowledged every this many ms, as a broker does once
+    /// its segments are flushed: archived files are then retired and recycled
+    /// instead of new files being zero-filled. With raft-engine: purge expired files
+    /// this often (purge threshold two files; they are recycled). okaywal always
+    /// checkpoints on its own. Default: never (every file is kept)
     #[arg(long)]
     pub checkpoint_ms: Option<u64>,
     /// Run the writers as tasks on a tokio runtime with this many threads, each
@@ -392,6 +393,16 @@ impl JobArgs {
     pub fn resolve(&self) -> Result<JobSpec, String> {
         let engine = self.engine.unwrap_or(EngineKind::Streamline);
         let defaults = WalConfig::default();
+        // Wrong in any build, so said before what this build lacks.
+        if self.checkpoint_ms.is_some()
+            && !matches!(engine, EngineKind::Streamline | EngineKind::RaftEngine)
+        {
+            return Err(if engine == EngineKind::Okaywal {
+                "--checkpoint-ms: okaywal checkpoints and recycles its files on its own (every 768 KiB)".into()
+            } else {
+                "--checkpoint-ms needs --engine streamline or raft-engine".into()
+            });
+        }
         if engine.needs_compare_feature() && !cfg!(feature = "compare") {
             return Err(format!(
                 "--engine {engine} is not in this build: rebuild with `cargo build --release --features compare`"
@@ -450,7 +461,6 @@ impl JobArgs {
             ("--direct-io", self.direct_io.is_some()),
             ("--idle-spin-us", self.idle_spin_us.is_some()),
             ("--ack-spin-us", self.ack_spin_us.is_some()),
-            ("--checkpoint-ms", self.checkpoint_ms.is_some()),
             ("--async-workers", self.async_workers.is_some()),
         ];
         if let Some((flag, _)) = wal_only
