@@ -358,10 +358,6 @@ impl EarlyPollGate {
         }
         self.off = self.off.saturating_sub(1);
     }
-
-    fn allows(&self) -> bool {
-        self.off == 0
-    }
 }
 
 /// Largest cohort (entries) for which a batch may go out early. Small
@@ -965,7 +961,7 @@ impl Committer {
     /// threads on 2 vCPUs: 279k against 347k records/s, `docs/engine.md`), so
     /// polling stops for a while when it seldom pays ([`EarlyPollGate`]).
     fn polls_for_early_batch(&mut self) -> bool {
-        if self.early_cohort().is_none() || !self.early_gate.allows() {
+        if self.early_cohort().is_none() {
             self.early_poll_since = None;
             return false;
         }
@@ -1414,7 +1410,6 @@ mod tests {
         for _ in 0..10 {
             window(&mut gate, EARLY_POLL_WINDOW / 4);
         }
-        assert!(gate.allows());
         assert!(gate.start());
     }
 
@@ -1422,16 +1417,13 @@ mod tests {
     fn polling_that_seldom_pays_stops_for_a_while_then_is_tried_again() {
         let mut gate = EarlyPollGate::default();
         window(&mut gate, EARLY_POLL_WINDOW / 4 - 1);
-        // The window is judged when the next poll wants to start.
-        assert!(!gate.start());
-        for _ in 0..EARLY_POLL_BACKOFF - 1 {
-            assert!(!gate.allows());
+        // The window is judged when the next poll wants to start; then no poll
+        // starts until that many batches went out without one.
+        for _ in 0..EARLY_POLL_BACKOFF {
+            assert!(!gate.start());
             gate.submitted(false);
         }
-        assert!(!gate.allows());
-        gate.submitted(false);
-        assert!(gate.allows());
-        // A fresh window: judged on its own polls only.
+        // Tried again: a fresh window, judged on its own polls only.
         window(&mut gate, EARLY_POLL_WINDOW);
         assert!(gate.start());
     }
