@@ -205,8 +205,8 @@ pub struct WalConfig {
     /// How long the idle commit thread polls for the next append before sleeping,
     /// in microseconds; trades a little CPU for single-producer latency. In
     /// `every_write` mode, also how long it polls while a small batch gathers to go
-    /// out beside the durable write in flight (see `docs/engine.md`). 0 disables.
-    /// Default: 50.
+    /// out beside the durable write in flight, while such polls pay off (see
+    /// `docs/engine.md`). 0 disables. Default: 50.
     pub idle_spin_us: u64,
     /// How long a thread blocked in [`crate::wal::Completion::wait`] polls for its
     /// acknowledgement (yielding the CPU between looks) before it sleeps, in
