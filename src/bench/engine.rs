@@ -117,7 +117,17 @@ pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
             drop(recovery);
             let checkpointer = spec
                 .checkpoint_every
-                .map(|every| Checkpointer::start(wal.clone(), every))
+                .map(|every| {
+                    let wal = wal.clone();
+                    Periodic::start("bench-checkpoint", every, move || {
+                        let through = wal.last_acked_sequence();
+                        if through > 0 {
+                            wal.checkpoint(through)
+                                .map_err(|e| format!("checkpoint {through}: {e}"))?;
+                        }
+                        Ok(())
+                    })
+                })
                 .transpose()?;
             Ok(Box::new(StreamlineEngine { wal, checkpointer }))
         }
@@ -142,40 +152,41 @@ pub fn open(spec: &JobSpec, dir: &Path) -> Result<Box<dyn Engine>, String> {
 /// The group-commit WAL.
 struct StreamlineEngine {
     wal: Wal,
-    checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Periodic>,
 }
 
-/// Checkpoints everything acknowledged at a fixed period, from its own thread.
-struct Checkpointer {
+/// Runs a step at a fixed period on its own thread until finished: streamline's
+/// checkpoints, raft-engine's purges.
+struct Periodic {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
-impl Checkpointer {
-    fn start(wal: Wal, every: std::time::Duration) -> Result<Self, String> {
+impl Periodic {
+    fn start(
+        name: &str,
+        every: std::time::Duration,
+        mut step: impl FnMut() -> Result<(), String> + Send + 'static,
+    ) -> Result<Self, String> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name("bench-checkpoint".into())
+            .name(name.into())
             .spawn(move || loop {
                 match stopped.recv_timeout(every) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => step()?,
                     _ => return Ok(()),
                 }
-                let through = wal.last_acked_sequence();
-                if through > 0 {
-                    wal.checkpoint(through)
-                        .map_err(|e| format!("checkpoint {through}: {e}"))?;
-                }
             })
-            .map_err(|e| format!("spawn checkpoint thread: {e}"))?;
-        Ok(Checkpointer { stop, thread })
+            .map_err(|e| format!("spawn {name} thread: {e}"))?;
+        Ok(Periodic { stop, thread })
     }
 
+    /// Stops the thread; the first error a step returned, if any.
     fn finish(self) -> Result<(), String> {
         drop(self.stop);
         self.thread
             .join()
-            .map_err(|_| "checkpoint thread panicked".to_string())?
+            .map_err(|_| "periodic thread panicked".to_string())?
     }
 }
 
@@ -206,7 +217,7 @@ impl Engine for StreamlineEngine {
 
     fn close(self: Box<Self>) -> Result<(), String> {
         let StreamlineEngine { wal, checkpointer } = *self;
-        let checkpointed = checkpointer.map_or(Ok(()), Checkpointer::finish);
+        let checkpointed = checkpointer.map_or(Ok(()), Periodic::finish);
         wal.close().map_err(|e| e.to_string())?;
         checkpointed
     }
@@ -309,16 +320,11 @@ impl Engine for FileEngine {
 mod compare {
     //! The anchors, driven through their public APIs with durability per append.
 
-    use std::{
-        path::Path,
-        sync::{mpsc, Arc},
-        thread,
-        time::Duration,
-    };
+    use std::{path::Path, sync::Arc, time::Duration};
 
     use bytes::Bytes;
 
-    use super::{Engine, EngineCounters, Pending};
+    use super::{Engine, EngineCounters, Pending, Periodic};
 
     /// okaywal 0.3: `begin_entry` → `write_chunk` → `commit` (which waits for the
     /// fsync; concurrent commits share one).
@@ -377,13 +383,7 @@ mod compare {
     /// as streamline's are under `--checkpoint-ms`.
     pub(super) struct RaftEngineEngine {
         engine: Arc<raft_engine::Engine>,
-        purger: Option<Purger>,
-    }
-
-    /// Calls `purge_expired_files` at a fixed period until stopped.
-    struct Purger {
-        stop: mpsc::Sender<()>,
-        thread: thread::JoinHandle<Result<(), String>>,
+        purger: Option<Periodic>,
     }
 
     impl RaftEngineEngine {
@@ -405,21 +405,13 @@ mod compare {
             );
             let purger = purge_every
                 .map(|every| {
-                    let (stop, stopped) = mpsc::channel::<()>();
                     let engine = Arc::clone(&engine);
-                    thread::Builder::new()
-                        .name("bench-purge".into())
-                        .spawn(move || loop {
-                            match stopped.recv_timeout(every) {
-                                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                                _ => return Ok(()),
-                            }
-                            engine
-                                .purge_expired_files()
-                                .map_err(|e| format!("raft-engine purge: {e}"))?;
-                        })
-                        .map(|thread| Purger { stop, thread })
-                        .map_err(|e| format!("spawn purge thread: {e}"))
+                    Periodic::start("bench-purge", every, move || {
+                        engine
+                            .purge_expired_files()
+                            .map(|_| ())
+                            .map_err(|e| format!("raft-engine purge: {e}"))
+                    })
                 })
                 .transpose()?;
             Ok(RaftEngineEngine { engine, purger })
@@ -452,12 +444,7 @@ mod compare {
 
         fn close(self: Box<Self>) -> Result<(), String> {
             let RaftEngineEngine { engine, purger } = *self;
-            let purged = purger.map_or(Ok(()), |p| {
-                drop(p.stop);
-                p.thread
-                    .join()
-                    .map_err(|_| "purge thread panicked".to_string())?
-            });
+            let purged = purger.map_or(Ok(()), Periodic::finish);
             engine
                 .sync()
                 .map_err(|e| format!("raft-engine sync: {e}"))?;
