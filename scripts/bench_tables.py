@@ -196,29 +196,21 @@ def main():
                                        "std: cores busy", "std: fsync/s"], rows)
 
     # 64 writers as threads (from the scaling runs) and as tasks on a tokio runtime
-    # (keyed by runtime threads and checkpoint period; threads without checkpoints
-    # come from the scaling runs)
+    # (keyed by runtime threads)
     a64 = defaultdict(list)
     for j in load_jsonl(f"{raw}/async64.jsonl"):
-        a64[(j.get("async_workers"), j.get("checkpoint_ms"))].append(j)
+        a64[j.get("async_workers")].append(j)
     threads_k = ("streamline", "uring", "every_write", 64, 1, "1024")
     if threads_k in sc:
-        a64[(None, None)] = sc[threads_k]
+        a64[None] = sc[threads_k]
     anchor64 = max([v for v in (med(sc, (a, a, "every_write", 64, 1, "1024"), "records_per_sec")
                                 for a in ["okaywal", "raft-engine"]) if v is not None], default=None)
     rows = []
-    for key in sorted(a64, key=lambda k: (k[0] or 0, k[1] or 0)):
-        workers, ckpt = key
-        how = "64 threads, each blocked in `wait()`" if workers is None else \
-            f"64 tasks on {workers} runtime thread{'s' if workers > 1 else ''}, each `.await`ing"
+    for key in sorted(a64, key=lambda w: w or 0):
+        how = "64 threads, each blocked in `wait()`" if key is None else \
+            f"64 tasks on {key} runtime thread{'s' if key > 1 else ''}, each `.await`ing"
         rps = med(a64, key, "records_per_sec")
-        vs = ratio(rps, anchor64)
-        if ckpt is not None:
-            # Runs before the retire64 job had this row here; the anchors of this
-            # table keep every file, so it is not set against them.
-            how += f", files recycled (checkpoint every {ckpt} ms)"
-            vs = "–"
-        rows.append([how, fmt(rps), vs, fmt(med(a64, key, "latency_us", "p50"), 1),
+        rows.append([how, fmt(rps), ratio(rps, anchor64), fmt(med(a64, key, "latency_us", "p50"), 1),
                      fmt(med(a64, key, "latency_us", "p99"), 1), fmt(med(a64, key, "cpu_us_per_record"), 2),
                      fmt(med(a64, key, "wal_thread_cpu_us_per_record"), 2),
                      fmt(med(a64, key, "cpu_cores_busy"), 2), fmt(med(a64, key, "records_per_batch_mean"), 1),
