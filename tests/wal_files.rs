@@ -955,6 +955,29 @@ fn close_releases_the_directory_even_while_clones_exist() {
     );
 }
 
+/// A prepared file is zero-filled to its end, chunk by chunk, each written back
+/// before the next: nothing of it is left reserved but unwritten (an append there
+/// would have its fdatasync convert extents), and it reads as its header, then zeros.
+#[test]
+fn a_prepared_file_is_written_through_to_its_end() {
+    use streamline::wal::{
+        files::{first_unwritten, prepare_file, Prealloc},
+        format::{decode_file_header, BLOCK_SIZE},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Several 1 MiB chunks and a partial one.
+    let size = (5 << 20) + 3 * BLOCK_SIZE as u64;
+    let next = prepare_file(dir.path(), 4, size, Prealloc::ZeroFill).unwrap();
+    let f = std::fs::File::open(&next).unwrap();
+    if let Some(hole) = first_unwritten(&f) {
+        assert_eq!(hole, size, "reserved but unwritten from byte {hole}");
+    }
+    let bytes = std::fs::read(&next).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    assert_eq!(decode_file_header(&bytes).unwrap().file_number, 4);
+    assert!(bytes[BLOCK_SIZE..].iter().all(|&b| b == 0));
+}
+
 /// A rotation that needs the next file while it is still being zero-filled cuts the
 /// fill short (waiting would stall every producer). Such a file has its full size and
 /// header, reads as zeros after it, and works as the active file on both backends.

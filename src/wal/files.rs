@@ -300,7 +300,8 @@ pub fn prepare_file(dir: &Path, number: u64, size: u64, prealloc: Prealloc) -> R
     prepare_file_until(dir, number, size, prealloc, &AtomicBool::new(false))
 }
 
-/// Bytes zero-filled per write; writeback of each chunk starts right after it.
+/// Bytes zero-filled per write. A prepared file's chunk is written back, and the
+/// writeback waited for, before the next chunk is written ([`write_back`]).
 const ZERO_CHUNK: usize = 1 << 20;
 
 /// [`prepare_file`], except that a zero-fill stops early once `stop` is set (the file
@@ -379,7 +380,7 @@ fn prepare(
             }
             let n = (zero_to - at).min(ZERO_CHUNK as u64) as usize;
             write_at(&f, &tmp, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", &tmp, e))?;
-            start_writeback(&f, at, n);
+            write_back(&f, at, n).map_err(|e| Error::io("zero-fill writeback", &tmp, e))?;
             at += n as u64;
         }
     }
@@ -505,25 +506,43 @@ fn advise(f: &File, offset: u64, len: u64, advice: Advice) {
 #[cfg(not(target_os = "linux"))]
 fn advise(_f: &File, _offset: u64, _len: u64, _advice: Advice) {}
 
-/// Starts writeback of `len` bytes at `offset` without waiting, so the final fsync
-/// of a prepared file finds little left to write and the page cache never holds a
-/// whole file of dirty zeros. A hint only: an error here resurfaces in that fsync.
+/// Writes back `len` bytes at `offset` and waits until that writeback is done
+/// (no device flush; the prepared file's final fsync makes it durable). The
+/// zero-fill then has at most one chunk at the device ahead of the WAL's own
+/// writes. Started without waiting, a whole file of zeros queued ahead of them,
+/// and the one or two WAL flushes that met it took 40-190 ms at 64 writers; paced
+/// like this the zeros are spread over the flushes of the ~90 ms the fill takes,
+/// a millisecond or so each (`docs/engine.md`). A filesystem without
+/// `sync_file_range` just does not pace; a failed writeback is an error.
 #[cfg(target_os = "linux")]
-fn start_writeback(f: &File, offset: u64, len: usize) {
+fn write_back(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
         libc::off64_t::try_from(len),
     ) else {
-        return;
+        return Ok(());
     };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     #[expect(unsafe_code, reason = "sync_file_range has no std wrapper")]
     // SAFETY: sync_file_range takes no pointers; the fd is owned by `f` for the whole call.
-    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+    let r = unsafe { libc::sync_file_range(f.as_raw_fd(), off, n, flags) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ESPIPE) => Ok(()),
+        _ => Err(e),
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_f: &File, _offset: u64, _len: usize) {}
+fn write_back(_f: &File, _offset: u64, _len: usize) -> std::io::Result<()> {
+    Ok(())
+}
 
 #[cfg(target_os = "linux")]
 fn reserve(f: &File, size: u64) -> std::io::Result<()> {
