@@ -16,11 +16,11 @@
 //!    about [`CompactionPolicy::map_bytes`]; the pass compacts every segment from
 //!    the log start to the end of the map against it, and the next one goes on
 //!    from there.
-//! 4. Each mapped segment is read once to see what would stay ([`plan_segment`]).
+//! 4. Each mapped segment is read once to see what would stay (`plan_segment`).
 //!    Consecutive segments whose copies fit in `segment.bytes` together form a
 //!    group, so that compacted segments do not pile up as ever smaller files.
 //! 5. Each group is copied into one segment beside the first
-//!    (`<base>.log.cleaning`, [`write_group`]) keeping a record only if it is
+//!    (`<base>.log.cleaning`, `write_group`) keeping a record only if it is
 //!    its key's newest, and dropping records without a key. A tombstone (null
 //!    value) that is its key's newest goes once its timestamp is
 //!    `delete.retention.ms` old, unless a compressed batch lies before it (see

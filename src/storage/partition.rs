@@ -455,7 +455,7 @@ impl Partition {
     /// `retention.bytes`): those whose newest record is older than `retention_ms`
     /// before `now_ms`, those whose removal leaves the partition at least
     /// `retention_bytes`, and those wholly below the log start offset (a
-    /// DeleteRecords interrupted by a crash). See [`Partition::trim`]. Returns the
+    /// DeleteRecords interrupted by a crash). See `Partition::trim`. Returns the
     /// segments and bytes deleted.
     ///
     /// # Errors
