@@ -334,18 +334,16 @@ struct EarlyPollGate {
 impl EarlyPollGate {
     /// A new poll wants to start: whether it may.
     fn start(&mut self) -> bool {
-        if self.off > 0 {
-            return false;
-        }
+        // A full window is judged once (a backoff starts with an empty window).
         if self.polls == EARLY_POLL_WINDOW {
             if self.hits * 4 < self.polls {
                 self.off = EARLY_POLL_BACKOFF;
             }
             self.polls = 0;
             self.hits = 0;
-            if self.off > 0 {
-                return false;
-            }
+        }
+        if self.off > 0 {
+            return false;
         }
         self.polls += 1;
         true
