@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Interleaved comparison of streamline-bench variants.
+
+    scripts/ab.py ROUNDS 'LABEL [VAR=VALUE ...] BINARY [ARGS ...]' ... -- COMMON ARGS
+
+Each round runs every variant once, in the order given, so that a slow minute of a
+shared machine hits all of them alike. Every run gets a fresh directory
+(`--dir`, removed first) and `--output-format json --quiet --cleanup`; COMMON ARGS
+follow each variant's own. One line per run, then per variant the medians, and for
+every variant after the first: in how many rounds it made more records/s than the
+first, and the median of its round-by-round ratio to the first.
+
+Example (two builds, 64 writers, recycled files, 8 rounds):
+
+    scripts/ab.py 8 'before ./bench-before' 'after ./bench-after' \\
+        -- --backend uring --writers 64 --duration 1.5 --warmup 1 --checkpoint-ms 50
+
+Environment: AB_DIR (scratch directory, default ./ab-data).
+"""
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+
+FIELDS = [
+    ("rec/s", lambda r: r["records_per_sec"], "{:9.0f}"),
+    ("p50us", lambda r: r["latency_us"]["p50"], "{:7.1f}"),
+    ("p99us", lambda r: r["latency_us"]["p99"], "{:8.1f}"),
+    ("rec/batch", lambda r: r.get("records_per_batch_mean") or 0.0, "{:5.1f}"),
+    ("cpu/rec", lambda r: r.get("cpu_us_per_record") or 0.0, "{:5.2f}"),
+    ("wal-cpu/rec", lambda r: r.get("wal_thread_cpu_us_per_record") or 0.0, "{:5.2f}"),
+]
+
+
+def parse_variant(spec):
+    parts = shlex.split(spec)
+    if len(parts) < 2:
+        sys.exit(f"variant {spec!r}: need a label and a binary")
+    label, env, cmd = parts[0], dict(os.environ), []
+    for p in parts[1:]:
+        if not cmd and "=" in p and not p.startswith(("/", ".")):
+            key, value = p.split("=", 1)
+            env[key] = value
+        else:
+            cmd.append(p)
+    if not cmd:
+        sys.exit(f"variant {spec!r}: no binary")
+    return label, env, cmd
+
+
+def line(label, values):
+    cells = " ".join(f"{name} " + fmt.format(v) for (name, _, fmt), v in zip(FIELDS, values))
+    return f"{label:12s} {cells}"
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) < 3 or "--" not in args or not args[0].isdigit():
+        sys.exit(__doc__)
+    rounds = int(args[0])
+    split = args.index("--")
+    variants = [parse_variant(v) for v in args[1:split]]
+    common = args[split + 1:]
+    scratch = os.environ.get("AB_DIR", "ab-data")
+    results = {label: [] for label, _, _ in variants}
+    for rnd in range(rounds):
+        for label, env, cmd in variants:
+            shutil.rmtree(scratch, ignore_errors=True)
+            run = subprocess.run(
+                cmd + ["--dir", scratch, "--output-format", "json", "--quiet", "--cleanup"] + common,
+                env=env, capture_output=True, text=True)
+            if run.returncode != 0:
+                print(f"{label:12s} round {rnd + 1} FAILED: {run.stderr.strip()[-400:]}", flush=True)
+                results[label].append(None)
+                continue
+            report = json.loads(run.stdout.strip().splitlines()[-1])
+            values = [get(report) for _, get, _ in FIELDS]
+            results[label].append(values)
+            print(line(label, values), flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    print(f"--- medians over {rounds} rounds")
+    for label, _, _ in variants:
+        ok = [v for v in results[label] if v is not None]
+        if ok:
+            print(line(label, [statistics.median(c) for c in zip(*ok)]))
+    base_label = variants[0][0]
+    base = results[base_label]
+    for label, _, _ in variants[1:]:
+        pairs = [(v[0], b[0]) for v, b in zip(results[label], base) if v is not None and b is not None]
+        if not pairs:
+            continue
+        wins = sum(v > b for v, b in pairs)
+        ratio = statistics.median(v / b for v, b in pairs)
+        print(f"{label} against {base_label}: more records/s in {wins} of {len(pairs)} rounds, "
+              f"median round ratio {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
