@@ -4,9 +4,9 @@
     scripts/ab.py ROUNDS 'LABEL [VAR=VALUE ...] BINARY [ARGS ...]' ... -- COMMON ARGS
 
 Each round runs every variant once, in the order given, so that a slow minute of a
-shared machine hits all of them alike. Every run gets a fresh directory
-(`--dir`, removed first) and `--output-format json --quiet --cleanup`; COMMON ARGS
-follow each variant's own. One line per run, then per variant the medians, and for
+shared machine hits all of them alike. Every run gets a new directory under
+AB_DIR (`--dir`, removed after the run) and `--output-format json --quiet
+--cleanup`; COMMON ARGS follow each variant's own. One line per run, then per variant the medians, and for
 every variant after the first: in how many rounds it made more records/s than the
 first, and the median of its round-by-round ratio to the first.
 
@@ -15,7 +15,8 @@ Example (two builds, 64 writers, recycled files, 8 rounds):
     scripts/ab.py 8 'before ./bench-before' 'after ./bench-after' \\
         -- --backend uring --writers 64 --duration 1.5 --warmup 1 --checkpoint-ms 50
 
-Environment: AB_DIR (scratch directory, default ./ab-data).
+Environment: AB_DIR (where the run directories are made, on the filesystem under
+test; default the current directory). Nothing else in it is touched.
 """
 import json
 import os
@@ -24,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
 FIELDS = [
     ("rec/s", lambda r: r["records_per_sec"], "{:9.0f}"),
@@ -64,14 +66,17 @@ def main():
     split = args.index("--")
     variants = [parse_variant(v) for v in args[1:split]]
     common = args[split + 1:]
-    scratch = os.environ.get("AB_DIR", "ab-data")
+    parent = os.environ.get("AB_DIR", ".")
     results = {label: [] for label, _, _ in variants}
     for rnd in range(rounds):
         for label, env, cmd in variants:
-            shutil.rmtree(scratch, ignore_errors=True)
-            run = subprocess.run(
-                cmd + ["--dir", scratch, "--output-format", "json", "--quiet", "--cleanup"] + common,
-                env=env, capture_output=True, text=True)
+            scratch = tempfile.mkdtemp(prefix="ab-", dir=parent)
+            try:
+                run = subprocess.run(
+                    cmd + ["--dir", scratch, "--output-format", "json", "--quiet", "--cleanup"]
+                    + common, env=env, capture_output=True, text=True)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
             if run.returncode != 0:
                 print(f"{label:12s} round {rnd + 1} FAILED: {run.stderr.strip()[-400:]}", flush=True)
                 results[label].append(None)
@@ -80,7 +85,6 @@ def main():
             values = [get(report) for _, get, _ in FIELDS]
             results[label].append(values)
             print(line(label, values), flush=True)
-    shutil.rmtree(scratch, ignore_errors=True)
 
     print(f"--- medians over {rounds} rounds")
     for label, _, _ in variants:
