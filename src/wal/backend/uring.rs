@@ -162,7 +162,22 @@ impl UringBackend {
                 return Ok(());
             }
             // Submission queue full: hand what is queued to the kernel and retry.
+            let queued = self.ring.submission().len();
             self.enter(0)?;
+            if self.ring.submission().len() >= queued {
+                // The kernel took none of them (EBUSY: its completion queue
+                // overflowed). Only reaping could make room, and this caller
+                // cannot: fail rather than retry forever. The commit thread keeps
+                // far fewer operations in flight than the ring holds, so this is
+                // not expected to happen.
+                return Err(Error::io(
+                    "io_uring submission",
+                    self.path(),
+                    std::io::Error::other(format!(
+                        "submission queue full ({queued} entries) and the kernel accepts none"
+                    )),
+                ));
+            }
         }
     }
 
@@ -436,6 +451,32 @@ mod tests {
                 assert_eq!(&data[at..at + 8], &i.to_be_bytes(), "direct {direct}");
             }
         }
+    }
+
+    /// A full submission queue is handed to the kernel and the entries that did
+    /// not fit are queued after it: every entry completes once.
+    #[test]
+    fn entries_pushed_into_a_full_submission_queue_wait_for_it_to_be_submitted() {
+        let mut b = UringBackend::new(2, false).unwrap();
+        let nop = |ud: u64| opcode::Nop::new().build().user_data(ud);
+        b.push(&[nop(11), nop(12)]).unwrap();
+        assert_eq!(
+            b.ring.submission().len(),
+            2,
+            "the queue is full, nothing entered"
+        );
+        b.push(&[nop(13)]).unwrap();
+        // The first two went to the kernel to make room; the third is queued.
+        assert_eq!(b.ring.submission().len(), 1);
+        b.enter(0).unwrap();
+        assert_eq!(b.unsubmitted, 0);
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            b.ring.submit_and_wait(1).unwrap();
+            seen.extend(b.ring.completion().map(|c| (c.user_data(), c.result())));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(11, 0), (12, 0), (13, 0)]);
     }
 
     /// A write with its linked fsync needs two submission entries: a ring of one
