@@ -3,14 +3,15 @@
 # sync mode (tests/wal_crash.rs with more cycles). Prints cycles, acknowledged and
 # lost entries; exits non-zero unless lost is 0 and every cycle passed.
 #
-#   scripts/crash-soak.sh [CYCLES]      (default 300 per backend and mode)
+#   scripts/crash-soak.sh [CYCLES] [THREADS]   (default 300 per backend and mode, 4 writer threads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles=${1:-300}
+threads=${2:-4}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-CRASH_CYCLES=$cycles cargo test --test wal_crash -- --nocapture --test-threads=1 2>&1 | tee "$log" | grep -E '^crash|LOST|panicked' || true
+CRASH_CYCLES=$cycles CRASH_THREADS=$threads cargo test --test wal_crash -- --nocapture --test-threads=1 2>&1 | tee "$log" | grep -E '^crash|LOST|panicked' || true
 if ! grep -q 'test result: ok' "$log"; then
     status=1
 fi

@@ -6,7 +6,8 @@
 //! and `interval` mode (a process crash loses nothing the kernel accepted, so
 //! `interval` acknowledgements must survive too).
 //!
-//! `CRASH_CYCLES` (default 20 per backend and mode) sets the cycles; `CRASH_SEED` replays a kill schedule. The summary line
+//! `CRASH_CYCLES` (default 20 per backend and mode) sets the cycles, `CRASH_THREADS`
+//! (default 4) the child's writer threads; `CRASH_SEED` replays a kill schedule. The summary line
 //! `crash: cycles C acknowledged A lost L` is what `scripts/crash-soak.sh` reports.
 
 use std::{
@@ -60,7 +61,7 @@ fn run_child(
             dir.to_str().unwrap(),
             backend.as_str(),
             mode.as_str(),
-            "4",
+            &threads().to_string(),
             &run.to_string(),
         ])
         .stdout(Stdio::piped())
@@ -227,6 +228,16 @@ fn crash_cycles(backend: BackendKind, mode: SyncMode, cycles: u64) -> Totals {
         started.elapsed().as_secs_f64()
     );
     totals
+}
+
+/// Writer threads in the child: 4 by default; soaks may ask for as many as the
+/// 64-writer benchmarks run (`CRASH_THREADS=64`).
+fn threads() -> u64 {
+    std::env::var("CRASH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4)
 }
 
 fn cycles(default: u64) -> u64 {
