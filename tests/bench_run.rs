@@ -135,6 +135,14 @@ fn tiny_run_reports_consistent_json() {
     assert!(jobs[0]["early_batches"].is_u64(), "{}", jobs[0]);
     assert_eq!(jobs[1]["early_batches"], 0);
     assert_eq!(jobs[2]["early_batches"], Value::Null);
+    // std writes every every_write batch in a group at the commit thread's wait.
+    assert_eq!(
+        jobs[0]["grouped_batches"], jobs[0]["batches"],
+        "{}",
+        jobs[0]
+    );
+    assert_eq!(jobs[1]["grouped_batches"], 0);
+    assert_eq!(jobs[2]["grouped_batches"], Value::Null);
     assert_eq!(
         jobs[2]["fsyncs"].as_u64().unwrap(),
         jobs[2]["records"].as_u64().unwrap(),
@@ -249,6 +257,7 @@ fn table_columns_line_up() {
         batches: None,
         records_per_batch_mean: None,
         records_per_batch_max: None,
+        grouped_batches: None,
         early_batches: None,
         bytes_written: None,
         latency_us: report::LatencyUs::from_hist(&h),

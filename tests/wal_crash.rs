@@ -4,7 +4,8 @@
 //! with its exact payload, that sequences are contiguous, and that each writer
 //! thread's entries are in order with no gap. Runs on both backends, in `every_write`
 //! and `interval` mode (a process crash loses nothing the kernel accepted, so
-//! `interval` acknowledgements must survive too).
+//! `interval` acknowledgements must survive too), and in `every_write` with the
+//! uring backend's group writes forced on.
 //!
 //! `CRASH_CYCLES` (default 20 per backend and mode) sets the cycles, `CRASH_THREADS`
 //! (default 4) the child's writer threads; `CRASH_SEED` replays a kill schedule. The summary line
@@ -53,6 +54,7 @@ fn run_child(
     dir: &Path,
     backend: BackendKind,
     mode: SyncMode,
+    group: Option<bool>,
     run: u64,
     kill_after: Duration,
 ) -> HashMap<u64, (u64, u64, u64)> {
@@ -64,6 +66,7 @@ fn run_child(
             &threads().to_string(),
             &run.to_string(),
         ])
+        .args(group.map(|g| if g { "group" } else { "ring" }))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -184,7 +187,8 @@ fn verify(
     lost
 }
 
-fn crash_cycles(backend: BackendKind, mode: SyncMode, cycles: u64) -> Totals {
+/// `group`: the uring backend's group writes forced on or off (unset: by load).
+fn crash_cycles(backend: BackendKind, mode: SyncMode, group: Option<bool>, cycles: u64) -> Totals {
     let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -194,7 +198,12 @@ fn crash_cycles(backend: BackendKind, mode: SyncMode, cycles: u64) -> Totals {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("crash {backend} {mode}: seed {seed} (replay with CRASH_SEED={seed})");
+    let path = match group {
+        None => String::new(),
+        Some(true) => "+group-writes".into(),
+        Some(false) => "+ring-writes".into(),
+    };
+    eprintln!("crash {backend}{path} {mode}: seed {seed} (replay with CRASH_SEED={seed})");
     let mut x = seed | 1;
     let mut rand = move |n: u64| {
         x ^= x << 13;
@@ -212,16 +221,17 @@ fn crash_cycles(backend: BackendKind, mode: SyncMode, cycles: u64) -> Totals {
     let started = Instant::now();
     for run in 1..=cycles {
         let kill_after = Duration::from_millis(5 + rand(120));
-        let acked = run_child(dir.path(), backend, mode, run, kill_after);
+        let acked = run_child(dir.path(), backend, mode, group, run, kill_after);
         totals.acked += acked.len() as u64;
         all_acked.extend(acked);
-        let what =
-            format!("{backend} {mode} cycle {run} (seed {seed}, killed after {kill_after:?})");
+        let what = format!(
+            "{backend}{path} {mode} cycle {run} (seed {seed}, killed after {kill_after:?})"
+        );
         totals.lost += verify(dir.path(), backend, mode, &mut all_acked, &what);
         totals.cycles += 1;
     }
     eprintln!(
-        "crash: {backend} {mode} cycles {} acknowledged {} lost {} ({:.1}s)",
+        "crash: {backend}{path} {mode} cycles {} acknowledged {} lost {} ({:.1}s)",
         totals.cycles,
         totals.acked,
         totals.lost,
@@ -261,6 +271,7 @@ fn kill9_every_write_std() {
     check(&crash_cycles(
         BackendKind::Std,
         SyncMode::EveryWrite,
+        None,
         cycles(20),
     ));
 }
@@ -270,6 +281,7 @@ fn kill9_every_write_uring() {
     check(&crash_cycles(
         BackendKind::Uring,
         SyncMode::EveryWrite,
+        None,
         cycles(20),
     ));
 }
@@ -279,6 +291,7 @@ fn kill9_interval_std() {
     check(&crash_cycles(
         BackendKind::Std,
         SyncMode::Interval,
+        None,
         cycles(20),
     ));
 }
@@ -288,6 +301,17 @@ fn kill9_interval_uring() {
     check(&crash_cycles(
         BackendKind::Uring,
         SyncMode::Interval,
+        None,
+        cycles(20),
+    ));
+}
+
+#[test]
+fn kill9_every_write_uring_group_writes() {
+    check(&crash_cycles(
+        BackendKind::Uring,
+        SyncMode::EveryWrite,
+        Some(true),
         cycles(20),
     ));
 }

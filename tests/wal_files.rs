@@ -5,7 +5,7 @@ mod common;
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use common::{append_payloads, config, open, payload, BACKENDS};
+use common::{append_payloads, config, open, payload, BACKENDS, WRITE_PATHS};
 use streamline::{
     wal::{checkpoint, files::list_archived, BackendKind, SyncMode, Wal, WalConfig, WalReader},
     Error,
@@ -163,11 +163,12 @@ fn interrupted_checkpoint_replacement_leaves_the_old_one_valid() {
 
 #[test]
 fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order() {
-    for backend in BACKENDS {
+    for (backend, group) in WRITE_PATHS {
         for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
             let dir = tempfile::tempdir().unwrap();
             let cfg = WalConfig {
                 max_file_size: 1 << 20,
+                uring_group_writes: group,
                 ..config(backend, mode)
             };
             let (wal, _) = open(dir.path(), cfg.clone());
@@ -205,12 +206,22 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
             let got: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             let stats = wal.stats();
             assert_eq!(stats.entries, threads * per);
+            // The write path asked for is the one taken.
+            let grouped = stats.grouped_batches;
+            match (mode, backend, group) {
+                (SyncMode::EveryWrite, BackendKind::Std, _) => {
+                    assert_eq!(grouped, stats.batches, "std groups every batch")
+                }
+                (SyncMode::EveryWrite, _, Some(true)) => assert!(grouped > 0, "{stats:?}"),
+                _ => assert_eq!(grouped, 0, "{backend} {mode} group writes {group:?}"),
+            }
             assert!(
                 stats.batches < threads * per,
-                "{backend} {mode}: no group commit happened"
+                "{backend} {mode} group writes {group:?}: no group commit happened"
             );
             drop(wal);
-            check_acks_against_recovery(dir.path(), cfg, got, &format!("{backend} {mode}"));
+            let what = format!("{backend} {mode} group writes {group:?}");
+            check_acks_against_recovery(dir.path(), cfg, got, &what);
         }
     }
 }

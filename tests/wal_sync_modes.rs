@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{config, open, BACKENDS};
+use common::{config, open, BACKENDS, WRITE_PATHS};
 use streamline::wal::{BackendKind, SyncMode, WalConfig};
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -19,9 +19,13 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn every_write_acknowledges_only_synced_entries() {
-    for backend in BACKENDS {
+    for (backend, group) in WRITE_PATHS {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = open(dir.path(), config(backend, SyncMode::EveryWrite));
+        let cfg = WalConfig {
+            uring_group_writes: group,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(dir.path(), cfg);
         for _ in 0..50 {
             let seq = wal
                 .append("s", 0, Bytes::from_static(b"durable"))
@@ -29,11 +33,29 @@ fn every_write_acknowledges_only_synced_entries() {
                 .unwrap();
             assert!(
                 wal.durable_sequence() >= seq,
-                "{backend}: acked {seq} before it was synced"
+                "{backend} group writes {group:?}: acked {seq} before it was synced"
             );
         }
         let s = wal.stats();
-        assert!(s.fsyncs >= s.batches, "{backend}: {s:?}");
+        assert!(
+            s.fsyncs >= s.batches,
+            "{backend} group writes {group:?}: {s:?}"
+        );
+        // From several threads at once every acknowledgement is durable too.
+        std::thread::scope(|sc| {
+            for t in 0..8 {
+                let wal = wal.clone();
+                sc.spawn(move || {
+                    for _ in 0..50 {
+                        let seq = wal.append("s", t, Bytes::from_static(b"x")).wait().unwrap();
+                        assert!(
+                            wal.durable_sequence() >= seq,
+                            "{backend} group writes {group:?}: acked {seq} before it was synced"
+                        );
+                    }
+                });
+            }
+        });
     }
 }
 

@@ -70,6 +70,9 @@ pub struct EngineCounters {
     /// Batches submitted beside an earlier durable write still in flight because
     /// their cohort had gathered (streamline `every_write`).
     pub early_batches: Option<u64>,
+    /// `every_write` batches written in a group at the commit thread's next wait
+    /// (streamline: every one with std, with uring while its group writes are on).
+    pub grouped_batches: Option<u64>,
 }
 
 impl EngineCounters {
@@ -82,6 +85,7 @@ impl EngineCounters {
             bytes_written: d(self.bytes_written, before.bytes_written),
             max_batch_records: self.max_batch_records,
             early_batches: d(self.early_batches, before.early_batches),
+            grouped_batches: d(self.grouped_batches, before.grouped_batches),
         }
     }
 }
@@ -204,6 +208,7 @@ impl Engine for StreamlineEngine {
             bytes_written: Some(s.bytes_written),
             max_batch_records: Some(s.max_batch_entries),
             early_batches: Some(s.early_batches),
+            grouped_batches: Some(s.grouped_batches),
         }
     }
 
@@ -292,6 +297,7 @@ impl Engine for FileEngine {
             bytes_written: Some(self.bytes.load(Ordering::Relaxed)),
             max_batch_records: Some(u64::from(writes > 0)),
             early_batches: None,
+            grouped_batches: None,
         }
     }
 

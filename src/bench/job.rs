@@ -256,6 +256,11 @@ pub struct JobArgs {
     /// every_write, off otherwise)
     #[arg(long)]
     pub direct_io: Option<bool>,
+    /// Write every_write batches in groups on the commit thread (`true`) or each
+    /// through the ring (`false`), uring backend with O_DIRECT. Default: the WAL's
+    /// own choice (groups while early batches do not pay)
+    #[arg(long)]
+    pub uring_group_writes: Option<bool>,
     /// How long the idle commit thread polls before sleeping, µs (0: never). Default: the
     /// WAL's (50)
     #[arg(long)]
@@ -377,6 +382,7 @@ impl JobArgs {
             max_pending_bytes: self.max_pending_bytes.or(base.max_pending_bytes),
             max_in_flight: self.max_in_flight.or(base.max_in_flight),
             direct_io: self.direct_io.or(base.direct_io),
+            uring_group_writes: self.uring_group_writes.or(base.uring_group_writes),
             idle_spin_us: self.idle_spin_us.or(base.idle_spin_us),
             ack_spin_us: self.ack_spin_us.or(base.ack_spin_us),
             checkpoint_ms: self.checkpoint_ms.or(base.checkpoint_ms),
@@ -459,6 +465,7 @@ impl JobArgs {
             ("--max-pending-bytes", self.max_pending_bytes.is_some()),
             ("--max-in-flight", self.max_in_flight.is_some()),
             ("--direct-io", self.direct_io.is_some()),
+            ("--uring-group-writes", self.uring_group_writes.is_some()),
             ("--idle-spin-us", self.idle_spin_us.is_some()),
             ("--ack-spin-us", self.ack_spin_us.is_some()),
             ("--async-workers", self.async_workers.is_some()),
@@ -512,6 +519,7 @@ impl JobArgs {
             max_pending_bytes: self.max_pending_bytes.unwrap_or(defaults.max_pending_bytes),
             max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight),
             direct_io: self.direct_io.or(defaults.direct_io),
+            uring_group_writes: self.uring_group_writes.or(defaults.uring_group_writes),
             idle_spin_us: self.idle_spin_us.unwrap_or(defaults.idle_spin_us),
             ack_spin_us: self.ack_spin_us.unwrap_or(defaults.ack_spin_us),
             // Without checkpoints every file is kept; with them, the WAL's own

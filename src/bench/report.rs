@@ -135,6 +135,10 @@ pub struct JobReport {
     /// Batches in the window submitted beside an earlier durable write still in
     /// flight because their cohort had gathered (streamline `every_write`).
     pub early_batches: Option<u64>,
+    /// Batches in the window written in a group at the commit thread's next wait
+    /// (streamline `every_write`: every one with std, with uring while its group
+    /// writes are on).
+    pub grouped_batches: Option<u64>,
     /// Bytes written to files in the window, framing and padding included.
     pub bytes_written: Option<u64>,
     /// Latency of each acknowledged append, microseconds.
@@ -204,6 +208,7 @@ impl JobReport {
                 .map(|b| round2(r.records as f64 / b as f64)),
             records_per_batch_max: r.counters.max_batch_records,
             early_batches: r.counters.early_batches,
+            grouped_batches: r.counters.grouped_batches,
             bytes_written: r.counters.bytes_written,
             latency_us: LatencyUs::from_hist(&r.hist),
             cpu_us_per_record: r.cpu.and_then(|c| per_record(c.process)),

@@ -119,6 +119,7 @@ pub(crate) struct Counters {
     pub rotations: AtomicU64,
     pub max_batch_entries: AtomicU64,
     pub early_batches: AtomicU64,
+    pub grouped_batches: AtomicU64,
 }
 
 /// An archived file the retention policy may delete.
@@ -438,8 +439,6 @@ pub(crate) struct Committer {
     done_buf: Vec<Done>,
     batch_capacity: usize,
     every_write: bool,
-    /// [`Backend::writes_at_reap`] (std).
-    writes_at_reap: bool,
 }
 
 /// The background preparation of the next file, after the zero-fill of the active
@@ -533,7 +532,6 @@ impl Committer {
             .collect();
         backend.register_buffers(&mut pool)?;
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
-        let writes_at_reap = backend.writes_at_reap();
         Ok(Committer {
             backend,
             pool,
@@ -560,7 +558,6 @@ impl Committer {
             done_buf: Vec::new(),
             batch_capacity: cap,
             every_write,
-            writes_at_reap,
         })
     }
 
@@ -832,8 +829,13 @@ impl Committer {
         // whose writes start only when reaped, nothing is at the device yet: the
         // batch joins the writes queued before it, written and flushed with them.
         let durable = self.every_write;
+        if durable {
+            let group = self.wants_group_writes();
+            self.backend.prefer_group_writes(group);
+        }
+        let grouped = durable && self.backend.writes_at_reap();
         let early = self.every_write
-            && !self.writes_at_reap
+            && !grouped
             && !self.writes.is_empty()
             && self.carry.is_none()
             && self.close.is_none();
@@ -906,6 +908,9 @@ impl Committer {
         if early {
             c.early_batches.fetch_add(1, Ordering::Relaxed);
         }
+        if grouped {
+            c.grouped_batches.fetch_add(1, Ordering::Relaxed);
+        }
         self.writes.push_back(flight);
         Ok(true)
     }
@@ -929,7 +934,7 @@ impl Committer {
             newest.last + 1 - newest.first
         };
         (self.every_write
-            && !self.writes_at_reap
+            && !self.backend.writes_at_reap()
             && self.staged.is_some()
             && self.carry.is_none()
             && self.close.is_none()
@@ -968,6 +973,21 @@ impl Committer {
         }
         let since = *self.early_poll_since.get_or_insert_with(Instant::now);
         since.elapsed() < Duration::from_micros(self.core.config.idle_spin_us)
+    }
+
+    /// Whether durable writes should be written in groups by this thread
+    /// ([`Backend::prefer_group_writes`]): as configured (`uring_group_writes`),
+    /// or else while polling for early batches does not pay and no full batch
+    /// waits. Many producer threads on few CPUs then release one cohort per write
+    /// whatever the ring could overlap, and a group written at the thread's next
+    /// wait takes in the producers that append while the batch is submitted
+    /// (`docs/engine.md`); a full batch waiting means streaming, where the ring's
+    /// writes in flight side by side are faster.
+    fn wants_group_writes(&self) -> bool {
+        self.core
+            .config
+            .uring_group_writes
+            .unwrap_or(self.early_gate.off > 0 && self.carry.is_none())
     }
 
     fn token(&mut self) -> u64 {

@@ -217,6 +217,17 @@ pub struct WalConfig {
     /// the thread and asks to be polled again, so that an executor thread whose
     /// tasks all wait for the WAL does not park. 0 disables. Default: 500.
     pub ack_spin_us: u64,
+    /// How the `uring` backend writes `every_write` batches to `O_DIRECT` files.
+    /// `false`: each as its own `RWF_DSYNC` write through the ring, started as
+    /// soon as it is assembled, several in flight side by side. `true`: those
+    /// submitted until the commit thread next waits as one group, written by the
+    /// commit thread itself with one `pwritev` and one `fdatasync` (as the `std`
+    /// backend writes), so that producers appending while a batch is submitted
+    /// share its flush. Unset: groups while the thread finds that polling for a
+    /// batch to send beside the write in flight does not pay (many producer
+    /// threads on few CPUs) and no full batch waits, the ring otherwise (see
+    /// `docs/engine.md`). Other backends and configurations ignore it. Default: unset.
+    pub uring_group_writes: Option<bool>,
 }
 
 impl Default for WalConfig {
@@ -234,6 +245,7 @@ impl Default for WalConfig {
             idle_spin_us: 50,
             ack_spin_us: 500,
             direct_io: None,
+            uring_group_writes: None,
         }
     }
 }

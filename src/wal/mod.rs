@@ -74,6 +74,11 @@ pub struct WalStats {
     /// flight because their cohort of producers had gathered (not because they
     /// were full); see `docs/engine.md`.
     pub early_batches: u64,
+    /// `every_write` batches written as part of a group at the commit thread's
+    /// next wait, one `pwritev` and one fdatasync for the group: every one with
+    /// the `std` backend, with `uring` those written while its group writes are
+    /// on (`WalConfig::uring_group_writes`).
+    pub grouped_batches: u64,
     /// Bytes accepted but not yet acknowledged.
     pub pending_bytes: u64,
 }
@@ -728,6 +733,7 @@ impl Wal {
             rotations: c.rotations.load(Ordering::Relaxed),
             max_batch_entries: c.max_batch_entries.load(Ordering::Relaxed),
             early_batches: c.early_batches.load(Ordering::Relaxed),
+            grouped_batches: c.grouped_batches.load(Ordering::Relaxed),
             pending_bytes: self.inner.core.pending_bytes() as u64,
         }
     }

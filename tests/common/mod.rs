@@ -14,6 +14,16 @@ use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig, WalEntry};
 /// Both backends; every parametrised test runs once per entry.
 pub const BACKENDS: [BackendKind; 2] = [BackendKind::Std, BackendKind::Uring];
 
+/// Every way `every_write` batches reach the disk: the `std` backend, and the
+/// `uring` backend with each durable write through the ring and with group
+/// writes on the commit thread, each forced (by default it picks by load, see
+/// `WalConfig::uring_group_writes`).
+pub const WRITE_PATHS: [(BackendKind, Option<bool>); 3] = [
+    (BackendKind::Std, None),
+    (BackendKind::Uring, Some(false)),
+    (BackendKind::Uring, Some(true)),
+];
+
 /// A small-file configuration for tests.
 pub fn config(backend: BackendKind, mode: SyncMode) -> WalConfig {
     WalConfig {

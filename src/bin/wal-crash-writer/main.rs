@@ -20,10 +20,19 @@ use payload::payload;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 6 {
-        eprintln!("usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN");
+    if args.len() != 6 && args.len() != 7 {
+        eprintln!(
+            "usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN [ring|group]"
+        );
         std::process::exit(2);
     }
+    // uring only: force each durable write through the ring, or group writes.
+    let uring_group_writes = match args.get(6).map(String::as_str) {
+        None => None,
+        Some("ring") => Some(false),
+        Some("group") => Some(true),
+        Some(other) => panic!("write path {other:?}: ring or group"),
+    };
     let backend: BackendKind = args[2].parse().unwrap_or_else(|e| panic!("{e}"));
     let mode: SyncMode = args[3].parse().unwrap_or_else(|e| panic!("{e}"));
     let threads: u64 = args[4].parse().expect("THREADS");
@@ -35,6 +44,7 @@ fn main() {
         max_file_size: 256 * 1024,
         retention_files: 1,
         max_batch_bytes: 64 * 1024,
+        uring_group_writes,
         ..WalConfig::default()
     };
     let (wal, rec) = Wal::open(&args[1], cfg).unwrap_or_else(|e| panic!("open: {e}"));

@@ -70,6 +70,15 @@ pub(crate) trait Backend: Send {
         false
     }
 
+    /// Asks for the durable writes submitted from now on to be written as a group
+    /// at the commit thread's next wait (one `pwritev` and one fdatasync on the
+    /// commit thread, as `std` writes everything) rather than each started on its
+    /// own as soon as it is submitted; [`Backend::writes_at_reap`] then says true.
+    /// Called before each durable write. The `uring` backend honours it for
+    /// `O_DIRECT` files, starting a group only with nothing in the ring; others
+    /// ignore it.
+    fn prefer_group_writes(&mut self, _on: bool) {}
+
     /// Durable writes and syncs, counted as one flush each when submitted, that
     /// shared a flush with another operation since the last call (std: one
     /// fdatasync per group). The WAL's `fsyncs` counter subtracts them.

@@ -25,12 +25,21 @@ use crate::wal::config::BackendKind;
 pub(crate) struct StdBackend {
     file: Option<(File, PathBuf)>,
     /// Submitted, not yet run.
+    group: WriteGroup,
+    /// Open files with `O_DIRECT` (Linux only; cleared when the filesystem refuses it).
+    direct: bool,
+}
+
+/// Operations queued to run together at the commit thread's next wait: the
+/// writes with one `pwritev` per contiguous run, then at most one fdatasync.
+/// The `std` backend runs everything this way; the `uring` backend runs durable
+/// writes this way when asked to ([`Backend::prefer_group_writes`]).
+#[derive(Default)]
+pub(crate) struct WriteGroup {
     queue: Vec<Queued>,
     done: Vec<Done>,
     /// See [`Backend::take_shared_flushes`].
     shared_flushes: u64,
-    /// Open files with `O_DIRECT` (Linux only; cleared when the filesystem refuses it).
-    direct: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -113,9 +122,7 @@ impl StdBackend {
     pub(crate) fn new(direct: bool) -> Self {
         StdBackend {
             file: None,
-            queue: Vec::new(),
-            done: Vec::new(),
-            shared_flushes: 0,
+            group: WriteGroup::default(),
             direct: direct && cfg!(target_os = "linux"),
         }
     }
@@ -140,15 +147,52 @@ pub(crate) fn data_sync(file: &File) -> std::io::Result<()> {
     }
 }
 
-impl StdBackend {
-    /// Runs every queued operation, in order: the writes (one `pwritev` per run of
-    /// contiguous writes), then one fdatasync if any of them is durable or a sync
-    /// was asked for. Every operation of the group completes with the group's
-    /// outcome: a write or a flush that failed fails them all, so nothing is
-    /// reported done that an error may have left undone.
-    fn run(&mut self, bufs: BufLookup<'_>) {
+impl WriteGroup {
+    /// Queues `op` under `token`.
+    pub(crate) fn push(&mut self, token: u64, op: &Op<'_>) {
+        self.queue.push(match *op {
+            Op::Write {
+                len, offset, sync, ..
+            } => Queued::Write {
+                token,
+                len,
+                offset,
+                sync,
+            },
+            Op::Sync => Queued::Sync { token },
+        });
+    }
+
+    /// Whether nothing is queued to run.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Operations queued or run but not yet handed out by [`WriteGroup::take_done`].
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len() + self.done.len()
+    }
+
+    /// Moves the operations run so far into `out`; returns how many.
+    pub(crate) fn take_done(&mut self, out: &mut Vec<Done>) -> usize {
+        let n = self.done.len();
+        out.append(&mut self.done);
+        n
+    }
+
+    /// See [`Backend::take_shared_flushes`].
+    pub(crate) fn take_shared_flushes(&mut self) -> u64 {
+        std::mem::take(&mut self.shared_flushes)
+    }
+
+    /// Runs every queued operation on `file`, in order: the writes (one `pwritev`
+    /// per run of contiguous writes), then one fdatasync if any of them is durable
+    /// or a sync was asked for. Every operation of the group completes with the
+    /// group's outcome: a write or a flush that failed fails them all, so nothing
+    /// is reported done that an error may have left undone.
+    pub(crate) fn run(&mut self, file: Option<&(File, PathBuf)>, bufs: BufLookup<'_>) {
         let mut queue = std::mem::take(&mut self.queue);
-        let failure = match self.file.as_ref() {
+        let failure = match file {
             None => Some(Error::Closed),
             Some((file, path)) => {
                 let flushes = queue
@@ -182,7 +226,9 @@ impl StdBackend {
         queue.clear();
         self.queue = queue;
     }
+}
 
+impl StdBackend {
     /// Opens `path` as the active file with `open` (the real one, or a test's).
     fn open_via(
         &mut self,
@@ -228,30 +274,20 @@ impl Backend for StdBackend {
         if self.file.is_none() {
             return Err(Error::Closed);
         }
-        self.queue.push(match op {
-            Op::Write {
-                len, offset, sync, ..
-            } => Queued::Write {
-                token,
-                len,
-                offset,
-                sync,
-            },
-            Op::Sync => Queued::Sync { token },
-        });
+        self.group.push(token, &op);
         Ok(())
     }
 
     fn reap(&mut self, wait: bool, out: &mut Vec<Done>, bufs: BufLookup<'_>) -> Result<()> {
-        if wait && !self.queue.is_empty() {
-            self.run(bufs);
+        if wait && !self.group.is_empty() {
+            self.group.run(self.file.as_ref(), bufs);
         }
-        out.append(&mut self.done);
+        self.group.take_done(out);
         Ok(())
     }
 
     fn in_flight(&self) -> usize {
-        self.queue.len() + self.done.len()
+        self.group.len()
     }
 
     fn writes_at_reap(&self) -> bool {
@@ -259,7 +295,7 @@ impl Backend for StdBackend {
     }
 
     fn take_shared_flushes(&mut self) -> u64 {
-        std::mem::take(&mut self.shared_flushes)
+        self.group.take_shared_flushes()
     }
 
     fn direct_io(&self) -> bool {

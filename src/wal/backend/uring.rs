@@ -17,7 +17,7 @@ use std::{
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{Backend, BufLookup, Done, Op};
+use super::{std_backend::WriteGroup, Backend, BufLookup, Done, Op};
 use crate::error::{Error, Result};
 use crate::wal::{buffer::AlignedBuf, config::BackendKind};
 
@@ -59,6 +59,11 @@ pub(crate) struct UringBackend {
     inline_done: Vec<Done>,
     /// Completions copied out of the ring by `reap`, kept to reuse its allocation.
     cqes: Vec<(u64, i32)>,
+    /// Durable writes queued to be written together at the next wait, on the
+    /// commit thread ([`Backend::prefer_group_writes`]).
+    group: WriteGroup,
+    /// Whether a durable write submitted with nothing in the ring starts a group.
+    group_writes: bool,
 }
 
 /// The registered file's path, for error messages (empty before the first open).
@@ -86,6 +91,8 @@ impl UringBackend {
             dsync: direct,
             inline_done: Vec::new(),
             cqes: Vec::new(),
+            group: WriteGroup::default(),
+            group_writes: false,
         })
     }
 
@@ -267,6 +274,15 @@ impl Backend for UringBackend {
                 self.inline_done.push(Done { token, result });
                 return Ok(());
             }
+            Op::Write { sync: true, .. }
+                if self.dsync
+                    && (!self.group.is_empty()
+                        || (self.group_writes && self.pending.is_empty())) =>
+            {
+                // Written at the next wait, with the durable writes queued beside it.
+                self.group.push(token, &op);
+                return Ok(());
+            }
             Op::Write {
                 buf,
                 len,
@@ -315,8 +331,12 @@ impl Backend for UringBackend {
         self.enter(0)
     }
 
-    fn reap(&mut self, wait: bool, out: &mut Vec<Done>, _bufs: BufLookup<'_>) -> Result<()> {
-        let wait = wait && self.inline_done.is_empty();
+    fn reap(&mut self, wait: bool, out: &mut Vec<Done>, bufs: BufLookup<'_>) -> Result<()> {
+        if wait && !self.group.is_empty() {
+            self.group.run(self.file.as_ref(), bufs);
+        }
+        let grouped = self.group.take_done(out);
+        let wait = wait && self.inline_done.is_empty() && grouped == 0;
         out.append(&mut self.inline_done);
         let want = usize::from(wait && !self.pending.is_empty());
         if want > 0 || self.unsubmitted > 0 {
@@ -389,7 +409,20 @@ impl Backend for UringBackend {
     }
 
     fn in_flight(&self) -> usize {
-        self.pending.len() + self.inline_done.len()
+        self.pending.len() + self.inline_done.len() + self.group.len()
+    }
+
+    fn writes_at_reap(&self) -> bool {
+        // Exactly when the next durable write would join a group.
+        !self.group.is_empty() || (self.group_writes && self.pending.is_empty())
+    }
+
+    fn prefer_group_writes(&mut self, on: bool) {
+        self.group_writes = on && self.dsync;
+    }
+
+    fn take_shared_flushes(&mut self) -> u64 {
+        self.group.take_shared_flushes()
     }
 
     fn direct_io(&self) -> bool {
@@ -451,6 +484,99 @@ mod tests {
                 assert_eq!(&data[at..at + 8], &i.to_be_bytes(), "direct {direct}");
             }
         }
+    }
+
+    /// With group writes preferred, durable writes submitted while the ring is
+    /// empty are queued, not started: nothing reaches the file until the thread
+    /// waits, and then all of them do, with one flush for the group. A write
+    /// submitted while the ring holds an operation goes to the ring, and a group
+    /// whose buffers are not offered (the WAL failed) writes nothing and fails
+    /// every operation in it.
+    #[test]
+    fn preferred_group_writes_run_together_at_the_next_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 16 * 4096]).unwrap();
+        let mut b = UringBackend::new(8, true).unwrap();
+        b.open(&path)
+            .expect("O_DIRECT open (the temporary directory must be on a disk filesystem)");
+        let mut bufs: Vec<AlignedBuf> = (0..6u8)
+            .map(|i| {
+                let mut buf = AlignedBuf::new(4096);
+                buf.as_mut_slice().fill(i + 1);
+                buf
+            })
+            .collect();
+        b.register_buffers(&mut bufs).unwrap();
+        let write = |i: usize, offset: u64| Op::Write {
+            buf: &bufs[i],
+            len: 4096,
+            offset,
+            sync: true,
+        };
+        assert!(!b.writes_at_reap(), "the ring is the default");
+        b.prefer_group_writes(true);
+        assert!(b.writes_at_reap());
+        for i in 0..3 {
+            b.submit(i as u64, write(i, i as u64 * 4096)).unwrap();
+        }
+        assert_eq!(b.in_flight(), 3);
+        let mut done = Vec::new();
+        b.reap(false, &mut done, &|_| None).unwrap();
+        assert!(done.is_empty(), "a reap that does not wait writes nothing");
+        assert!(
+            std::fs::read(&path).unwrap()[..3 * 4096]
+                .iter()
+                .all(|&x| x == 0),
+            "nothing written before the wait"
+        );
+        let lookup = |t: u64| bufs.get(t as usize);
+        b.reap(true, &mut done, &lookup).unwrap();
+        let mut tokens: Vec<u64> = done.iter().map(|d| d.token).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, vec![0, 1, 2]);
+        assert!(done.iter().all(|d| d.result.is_ok()));
+        assert_eq!(
+            b.take_shared_flushes(),
+            2,
+            "three durable writes, one flush"
+        );
+        assert_eq!(b.in_flight(), 0);
+        let data = std::fs::read(&path).unwrap();
+        for i in 0..3usize {
+            assert!(data[i * 4096..(i + 1) * 4096]
+                .iter()
+                .all(|&x| x == i as u8 + 1));
+        }
+
+        // With a sync in the ring, a durable write does not start a group.
+        b.submit(10, Op::Sync).unwrap();
+        assert!(!b.writes_at_reap());
+        b.submit(3, write(3, 3 * 4096)).unwrap();
+        let mut done = Vec::new();
+        while done.len() < 2 {
+            b.reap(true, &mut done, &|_| None).unwrap();
+        }
+        assert!(
+            done.iter().all(|d| d.result.is_ok()),
+            "went through the ring"
+        );
+        assert_eq!(std::fs::read(&path).unwrap()[3 * 4096], 4);
+
+        // A group whose buffers are withheld is not written, and fails whole.
+        assert!(b.writes_at_reap());
+        b.submit(4, write(4, 4 * 4096)).unwrap();
+        b.submit(5, write(5, 5 * 4096)).unwrap();
+        let mut done = Vec::new();
+        b.reap(true, &mut done, &|_| None).unwrap();
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|d| d.result.is_err()));
+        let data = std::fs::read(&path).unwrap();
+        assert!(data[4 * 4096..6 * 4096].iter().all(|&x| x == 0));
+
+        // Switched off, durable writes go to the ring again.
+        b.prefer_group_writes(false);
+        assert!(!b.writes_at_reap());
     }
 
     /// A full submission queue is handed to the kernel and the entries that did
