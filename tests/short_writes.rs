@@ -7,7 +7,8 @@
 //!
 //! Covers the io_uring backend's resubmission of a short write (a write with
 //! `RWF_DSYNC` on an `O_DIRECT` file, and a page-cache write whose linked fsync
-//! the kernel cancels), and the std backend's `pwrite` loop.
+//! the kernel cancels), and the `pwrite` loop of the std backend and of the
+//! io_uring backend's group writes.
 //!
 //! The limit is per process, so this file holds one test and nothing else.
 
@@ -45,16 +46,19 @@ fn a_short_write_is_written_again_from_where_it_stopped_and_never_acknowledged_a
     // A write at or past the limit raises SIGXFSZ, which would end the process.
     // SAFETY: ignoring a signal installs no handler code.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    for (backend, direct_io) in [
-        (BackendKind::Std, None),
-        (BackendKind::Uring, Some(true)),
-        (BackendKind::Uring, Some(false)),
+    for (backend, direct_io, uring_group_writes) in [
+        (BackendKind::Std, None, None),
+        (BackendKind::Uring, Some(true), Some(false)),
+        (BackendKind::Uring, Some(true), Some(true)),
+        (BackendKind::Uring, Some(false), None),
     ] {
-        let what = format!("{backend} (direct_io {direct_io:?})");
+        let what =
+            format!("{backend} (direct_io {direct_io:?}, group writes {uring_group_writes:?})");
         let dir = tempfile::tempdir().unwrap();
         let cfg = WalConfig {
             backend,
             direct_io,
+            uring_group_writes,
             sync_mode: SyncMode::EveryWrite,
             max_file_size: FILE_SIZE,
             ..WalConfig::default()
