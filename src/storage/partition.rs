@@ -188,9 +188,12 @@ impl Partition {
                 if let Ok(base) = stem.parse::<i64>() {
                     bases.push(base);
                 }
-            } else if name.ends_with(".producers-tmp") || name.ends_with(segment::CLEANING_SUFFIX) {
-                // A snapshot or a compacted copy a crash interrupted; its rename
-                // never happened.
+            } else if name.ends_with(".producers-tmp")
+                || name.ends_with(segment::CLEANING_SUFFIX)
+                || name.ends_with(segment::REBUILD_SUFFIX)
+            {
+                // A snapshot, a compacted copy or a rebuilt log a crash interrupted;
+                // its rename never happened.
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             }
@@ -1019,6 +1022,32 @@ pub(crate) mod tests {
                     .is_some_and(|x| x == ext)
             })
             .count()
+    }
+
+    /// A log copy that a crash left while the newest segment was being rebuilt
+    /// at start-up (its rename never happened) is removed; the log stays.
+    #[test]
+    fn a_rebuild_a_crash_interrupted_leaves_the_log_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("t-0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        assert_eq!(produce(&p, &[b"a", b"b"]), 0);
+        assert_eq!(produce(&p, &[b"c"]), 2);
+        p.sync().unwrap();
+        drop(p);
+        let log = pdir.join(segment::log_name(0));
+        let before = std::fs::read(&log).unwrap();
+        let leftover = pdir.join(format!(
+            "{}{}",
+            segment::log_name(0),
+            segment::REBUILD_SUFFIX
+        ));
+        std::fs::write(&leftover, &before[..before.len() / 2]).unwrap();
+
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        assert!(!leftover.exists(), "the interrupted copy was kept");
+        assert_eq!(p.log_end_offset(), 3);
+        assert_eq!(std::fs::read(&log).unwrap(), before);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `(offset - base) as u32 BE, file position u32 BE`. The index of the newest segment
 //! is rebuilt on open by scanning the log (cutting a torn tail at the last batch whose
 //! CRC checks); older segments trust their index when it is consistent with the log.
-//! Nothing here syncs implicitly: [`Segment::sync`] is `fdatasync`, called by the
+//! Nothing here syncs implicitly but the opening of the newest segment (see
+//! [`Segment::open_newest`]): [`Segment::sync`] is `fdatasync`, called by the
 //! checkpoint.
 
 use std::{
@@ -124,6 +125,16 @@ pub fn cleaning_names(base: i64) -> (String, String) {
 
 /// Suffix of the files [`cleaning_names`] makes.
 pub const CLEANING_SUFFIX: &str = ".cleaning";
+
+/// Name of the copy of a segment's log written when the segment is rebuilt at
+/// start-up (`<base>.log.rebuild`; see [`Segment::open_newest`]); left over only by
+/// a crash, and removed when the partition opens.
+fn rebuild_name(base: i64) -> String {
+    format!("{base:020}.log{REBUILD_SUFFIX}")
+}
+
+/// Suffix of the file [`rebuild_name`] makes.
+pub const REBUILD_SUFFIX: &str = ".rebuild";
 
 /// Names of a finished compacted copy waiting to replace the segments it covers
 /// (`<base>.log.swap`, `<base>.index.swap`).
@@ -431,6 +442,15 @@ impl Segment {
     /// Opens the newest segment of a partition: scans it as [`Segment::open`] with
     /// `scan`, recording every idempotent producer's batches in `producers`.
     ///
+    /// First it syncs both files, which reports a write-back failure the kernel kept
+    /// for them from before this process: one that wrote them and stopped before
+    /// its next sync (killed, or its storage failed first; the kernel reports such
+    /// a failure to the next `fsync` by anyone, once). The pages that failed may
+    /// be held in the page cache as written, which is what reads return, without
+    /// being on the disk. The log is then rebuilt: its bytes as read now are copied
+    /// into a new file, which is synced and renamed over it, so what the scan then
+    /// validates is what the disk holds; the index is rewritten by the scan anyway.
+    ///
     /// # Errors
     /// I/O errors naming the file.
     pub fn open_newest(dir: &Path, base: i64, producers: &mut ProducerState) -> Result<Segment> {
@@ -466,10 +486,63 @@ impl Segment {
             first_timestamp: -1,
             opened_ms: now_ms(),
         };
+        if scan {
+            seg.settle_earlier_writes()?;
+        }
         if scan || !seg.load_index()? {
             seg.scan(producers)?;
         }
         Ok(seg)
+    }
+
+    /// The sync at the start of [`Segment::open_newest`].
+    fn settle_earlier_writes(&mut self) -> Result<()> {
+        self.settle_with(File::sync_data)
+    }
+
+    /// [`Segment::settle_earlier_writes`] with `sync` for `fdatasync` (tests
+    /// inject the failure the kernel reports).
+    fn settle_with(&mut self, sync: impl Fn(&File) -> std::io::Result<()>) -> Result<()> {
+        if let Err(e) = sync(&self.index_file) {
+            tracing::warn!(file = %self.index_path.display(), error = %e, "an earlier write to the segment index failed after the last sync; the index is rewritten from the log");
+        }
+        match sync(&self.log) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(file = %self.log_path.display(), size = self.size, error = %e, "an earlier write to the segment failed after the last sync; rebuilding the segment from what it holds");
+                self.rebuild_log()
+            }
+        }
+    }
+
+    /// Copies the log into a new file, syncs it and renames it over the log.
+    fn rebuild_log(&mut self) -> Result<()> {
+        let dir = self
+            .log_path
+            .parent()
+            .ok_or_else(|| Error::corrupt(&self.log_path, 0, "segment path has no directory"))?;
+        let tmp = dir.join(rebuild_name(self.base_offset));
+        let copy = open_rw(&tmp)?;
+        copy.set_len(0)
+            .map_err(|e| Error::io("truncate", &tmp, e))?;
+        // Read and write, never `copy_file_range`: a filesystem may share the disk's
+        // blocks for that, and the disk's blocks are what is in doubt.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        while pos < self.size {
+            let n = (self.size - pos).min(buf.len() as u64) as usize;
+            self.log
+                .read_exact_at(&mut buf[..n], pos)
+                .map_err(|e| Error::io("read", &self.log_path, e))?;
+            copy.write_all_at(&buf[..n], pos)
+                .map_err(|e| Error::io("write", &tmp, e))?;
+            pos += n as u64;
+        }
+        copy.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        std::fs::rename(&tmp, &self.log_path).map_err(|e| Error::io("rename", &tmp, e))?;
+        super::sync_dir(dir)?;
+        self.log = Arc::new(copy);
+        Ok(())
     }
 
     /// Loads the index file; false when it is missing or inconsistent with the log.
@@ -807,6 +880,85 @@ mod tests {
         let infos = validate_all(&b).unwrap();
         seg.append(&b, &infos).unwrap();
         b
+    }
+
+    /// A write-back failure reported when the newest segment opens (left by the
+    /// process before): the log is copied into a new file that replaces it, with
+    /// the same bytes; later appends go to the new file.
+    #[test]
+    fn a_failed_earlier_write_back_rebuilds_the_log() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        append(&mut s, 0, &[b"a", b"b", b"c"]);
+        append(&mut s, 3, &[b"d"]);
+        s.sync().unwrap();
+        drop(s);
+        let log = dir.path().join(log_name(0));
+        let before = std::fs::read(&log).unwrap();
+        let old_inode = std::fs::metadata(&log).unwrap().ino();
+
+        let mut s = Segment::open(dir.path(), 0, false).unwrap();
+        let eio = |f: &File| {
+            if f.metadata()?.ino() == old_inode {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                Ok(())
+            }
+        };
+        s.settle_with(eio).unwrap();
+        let new_inode = std::fs::metadata(&log).unwrap().ino();
+        assert_ne!(new_inode, old_inode, "the log was not replaced");
+        assert_eq!(s.file().metadata().unwrap().ino(), new_inode);
+        assert_eq!(std::fs::read(&log).unwrap(), before);
+        assert!(!dir.path().join(rebuild_name(0)).exists());
+
+        s.scan(None).unwrap();
+        assert_eq!(s.next_offset(), 4);
+        append(&mut s, 4, &[b"e"]);
+        s.sync().unwrap();
+        drop(s);
+        let s = Segment::open(dir.path(), 0, true).unwrap();
+        assert_eq!(s.next_offset(), 5);
+        assert_eq!(s.index().len(), 3);
+        assert!(s.cut().is_none());
+
+        // Only the index failing: nothing is copied (the scan rewrites the index).
+        let mut s = Segment::open(dir.path(), 0, false).unwrap();
+        let index_inode = std::fs::metadata(dir.path().join(index_name(0)))
+            .unwrap()
+            .ino();
+        s.settle_with(|f: &File| {
+            if f.metadata()?.ino() == index_inode {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&log).unwrap().ino(), new_inode);
+    }
+
+    /// A rebuild that cannot write its copy fails the open, naming the copy.
+    #[test]
+    fn a_rebuild_that_cannot_write_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        append(&mut s, 0, &[b"a"]);
+        s.sync().unwrap();
+        drop(s);
+        // A directory where the copy goes.
+        std::fs::create_dir(dir.path().join(rebuild_name(0))).unwrap();
+        let mut s = Segment::open(dir.path(), 0, false).unwrap();
+        let err = s
+            .settle_with(|_: &File| Err(std::io::Error::from_raw_os_error(libc::EIO)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&rebuild_name(0)), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join(log_name(0))).unwrap().len() as u64,
+            s.size()
+        );
     }
 
     #[test]
