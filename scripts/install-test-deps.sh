@@ -3,7 +3,8 @@
 # confluent-kafka and kafka-python (pinned: its admin results change shape between
 # releases) from PyPI, and KafkaJS from the npm registry (into
 # tests/clients/node/node_modules, at the version package-lock.json pins); and
-# prometheus-client from PyPI, whose parser checks the broker's /metrics page.
+# prometheus-client from PyPI, whose parser checks the broker's /metrics page; and
+# fincore, which counts a file's cached pages.
 # Idempotent and quick when all are present; runs unattended (CI=true, no
 # stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -29,6 +30,16 @@ if ! command -v openssl >/dev/null 2>&1; then
     $SUDO apt-get update -qq </dev/null
     $SUDO apt-get install -y -qq openssl </dev/null >/dev/null
 fi
+
+# The segment tests count a file's cached pages with fincore (util-linux; a
+# package of its own, util-linux-extra, on Debian 12 and later).
+if ! command -v fincore >/dev/null 2>&1; then
+    echo "install-test-deps: installing fincore (apt)" >&2
+    $SUDO apt-get update -qq </dev/null
+    $SUDO apt-get install -y -qq util-linux-extra </dev/null >/dev/null \
+        || $SUDO apt-get install -y -qq util-linux </dev/null >/dev/null
+fi
+command -v fincore >/dev/null 2>&1 || { echo "install-test-deps: fincore still missing" >&2; exit 1; }
 
 if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafka.__version__ == "3.0.12"' >/dev/null 2>&1; then
     echo "install-test-deps: installing confluent-kafka, kafka-python and prometheus-client (pip)" >&2

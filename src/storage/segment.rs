@@ -450,6 +450,9 @@ impl Segment {
     /// being on the disk. The log is then rebuilt: its bytes as read now are copied
     /// into a new file, which is synced and renamed over it, so what the scan then
     /// validates is what the disk holds; the index is rewritten by the scan anyway.
+    /// When the sync succeeds, the log's (now clean) cached pages are dropped, so
+    /// that the scan reads the disk, not pages whose write-back failed in a way the
+    /// process before was told of and this one is not.
     ///
     /// # Errors
     /// I/O errors naming the file.
@@ -507,7 +510,15 @@ impl Segment {
             tracing::warn!(file = %self.index_path.display(), error = %e, "an earlier write to the segment index failed after the last sync; the index is rewritten from the log");
         }
         match sync(&self.log) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Every page is clean now. A failure the process before saw itself
+                // is not reported again, and after EIO the kernel may keep the
+                // failed pages cached as written: drop the clean pages so that the
+                // scan reads what the disk holds (cutting where it lacks batches,
+                // which replay restores from the WAL).
+                crate::wal::files::drop_cached_pages(&self.log);
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(file = %self.log_path.display(), size = self.size, error = %e, "an earlier write to the segment failed after the last sync; rebuilding the segment from what it holds");
                 self.rebuild_log()
@@ -937,6 +948,39 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::metadata(&log).unwrap().ino(), new_inode);
+    }
+
+    /// Bytes of `path` in the page cache, as `fincore` (util-linux) counts them.
+    fn cached_bytes(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore (util-linux; scripts/install-test-deps.sh installs it)");
+        assert!(out.status.success(), "fincore: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Once the opening sync succeeds, the log's pages leave the page cache, so
+    /// the scan reads the disk rather than pages whose write-back failed where
+    /// the process before was told and this one is not. (Its temporary directory
+    /// must be on a disk filesystem: a tmpfs keeps its pages.)
+    #[test]
+    fn the_opening_sync_drops_the_logs_cached_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        append(&mut s, 0, &[&[7u8; 40_000], &[8u8; 40_000]]);
+        drop(s);
+        let log = dir.path().join(log_name(0));
+        let mut s = Segment::open(dir.path(), 0, false).unwrap();
+        assert!(cached_bytes(&log) > 0, "the appends left no cached page");
+        s.settle_with(File::sync_data).unwrap();
+        assert_eq!(cached_bytes(&log), 0);
+        // And the full open reads it back from the disk, whole.
+        drop(s);
+        let s = Segment::open_newest(dir.path(), 0, &mut ProducerState::default()).unwrap();
+        assert_eq!(s.next_offset(), 2);
+        assert!(s.cut().is_none());
     }
 
     /// A rebuild that cannot write its copy fails the open, naming the copy.
