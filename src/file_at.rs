@@ -100,6 +100,18 @@ impl FileAt for File {
     }
 }
 
+/// Bytes of `path` in the page cache, as `fincore` (util-linux) counts them.
+#[cfg(test)]
+pub(crate) fn cached_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux; scripts/install-test-deps.sh installs it)");
+    assert!(out.status.success(), "fincore: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::FileAt;

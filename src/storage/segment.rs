@@ -882,6 +882,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file_at::cached_bytes;
     use crate::storage::batch::{assign_offsets, tests::make_batch, validate_all};
 
     fn append(seg: &mut Segment, base: i64, values: &[&[u8]]) -> Vec<u8> {
@@ -948,17 +949,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::metadata(&log).unwrap().ino(), new_inode);
-    }
-
-    /// Bytes of `path` in the page cache, as `fincore` (util-linux) counts them.
-    fn cached_bytes(path: &Path) -> u64 {
-        let out = std::process::Command::new("fincore")
-            .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
-            .arg(path)
-            .output()
-            .expect("fincore (util-linux; scripts/install-test-deps.sh installs it)");
-        assert!(out.status.success(), "fincore: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
     /// Once the opening sync succeeds, the log's pages leave the page cache, so

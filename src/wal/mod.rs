@@ -219,6 +219,29 @@ fn resumed_fill(current: &Path, offset: u64, size: u64) -> Result<Option<u64>> {
     Ok(hole)
 }
 
+/// Before the scan: syncs the active file and drops its cached pages (all clean
+/// then), so that the scan reads what the disk holds. A write-back failure of a
+/// process that stopped before its next sync is reported to the next `fsync` by
+/// anyone, once (here, as a warning), and one that process saw itself is not
+/// reported again; either way the kernel may keep the failed pages cached as
+/// written, and a scan of the cache would recover entries the disk does not hold
+/// and append after them. Such entries were never acknowledged by an
+/// `every_write` sync (a sync after the failure reports it), so the scan treats
+/// what the disk lacks as a torn tail. Files written with `O_DIRECT` have no
+/// cached pages; for them this is one `fdatasync` of a clean file.
+fn settle_active(current: &Path) -> Result<()> {
+    let f = match std::fs::File::open(current) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("open", current, e)),
+    };
+    if let Err(e) = files::sync_file(&f, current, true) {
+        tracing::warn!(file = %current.display(), error = %e, "an earlier write to the active WAL file failed after the last sync; recovery reads what the disk holds");
+    }
+    files::drop_cached_pages(&f);
+    Ok(())
+}
+
 /// Writes a seal batch at `offset` of `path` with plain I/O and fdatasyncs it.
 fn seal_in_place(
     path: &Path,
@@ -297,6 +320,7 @@ impl Wal {
         files::create_dir_durable(&dir)?;
         let lock = files::lock_dir(&dir)?;
         files::remove_prepared(&dir)?;
+        settle_active(&dir.join(files::CURRENT))?;
         let scan = recovery::scan_dir(&dir, config.recovery_mode)?;
         // The clean-close marker describes the files as they are now; it must be
         // gone for good before anything is written to them again.
@@ -769,7 +793,23 @@ impl std::future::Future for CapacityWait<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::ring_entries;
+    use super::{ring_entries, settle_active};
+    use crate::file_at::cached_bytes;
+
+    /// The active file's pages leave the page cache before the scan (which then
+    /// reads the disk); a missing file is no error. (The temporary directory must
+    /// be on a disk filesystem: a tmpfs keeps its pages.)
+    #[test]
+    fn the_active_file_is_synced_and_dropped_from_the_cache_before_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join(super::files::CURRENT);
+        settle_active(&current).unwrap();
+        std::fs::write(&current, vec![5u8; 256 << 10]).unwrap();
+        assert!(cached_bytes(&current) > 0, "the write left no cached page");
+        settle_active(&current).unwrap();
+        assert_eq!(cached_bytes(&current), 0);
+        assert_eq!(std::fs::read(&current).unwrap(), vec![5u8; 256 << 10]);
+    }
 
     #[test]
     fn the_ring_holds_a_completion_for_everything_in_flight() {
