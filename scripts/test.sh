@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# One clean build in CI: incremental state would only take disk (gigabytes).
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
+# The build and the tests' data directories need a few GB; say how much there is,
+# so a run that fails on a full disk says why.
+df -h . | sed 's/^/disk: /'
 if ! command -v mkfs.ext4 >/dev/null; then
     apt-get update -qq </dev/null && apt-get install -y -qq e2fsprogs mount </dev/null
 fi
