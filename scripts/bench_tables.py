@@ -270,6 +270,13 @@ def main():
                             "p50 µs", "p99 µs", "CPU µs/rec", "runs"], rows)
 
     # recovery
+    def rss_rise(r):
+        # Peak RSS during the reopen and replay over the RSS just before, MiB
+        # (absent from reports made before the harness recorded it).
+        if r.get("peak_rss_bytes") is None or r.get("rss_before_bytes") is None:
+            return None
+        return (r["peak_rss_bytes"] - r["rss_before_bytes"]) / (1 << 20)
+
     rec = defaultdict(list)
     for j in load_jsonl(f"{raw}/recovery.jsonl"):
         r = j.get("recovery") or {}
@@ -281,10 +288,11 @@ def main():
         rows.append([backend, "dropped (device read)" if cold else "warm (page cache)", fmt(m("wal_bytes") / 1e6),
                      fmt(m("entries")), fmt(m("open_ms"), 1), fmt(m("replay_ms"), 1), fmt(m("scan_mb_per_sec")),
                      ratio(m("scan_mb_per_sec"), fio_read) if cold else "–",
-                     fmt(m("recovery_mb_per_sec")), fmt(median([j.get("mb_per_sec") for j, _ in runs]), 1), len(runs)])
+                     fmt(m("recovery_mb_per_sec")), fmt(median([j.get("mb_per_sec") for j, _ in runs]), 1),
+                     fmt(median([rss_rise(r) for _, r in runs]), 1), len(runs)])
     blocks["recovery"] = table(["written with", "page cache before reopen", "WAL MB", "entries", "open ms", "replay ms",
                                 "open (scan) MB/s", "scan vs fio sequential read", "open + replay MB/s",
-                                "write MB/s (os_default)", "runs"], rows)
+                                "write MB/s (os_default)", "RSS rise during recovery MiB", "runs"], rows)
 
     # targets
     t = []

@@ -374,3 +374,43 @@ fn writers_can_run_as_tasks_awaiting_their_acknowledgements() {
     assert_eq!(jobs[1]["backend"], "uring");
     assert_eq!(jobs[1]["queue_depth"], 4);
 }
+
+/// `--reopen` reads back what the job wrote and reports the memory that took: the
+/// process's RSS before the reopen and its peak during it.
+#[test]
+fn reopen_reports_the_recovery_and_its_memory() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (out, _) = run(&[
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--output-format",
+        "json",
+        "--sync-mode",
+        "os_default",
+        "--writers",
+        "2",
+        "--records",
+        "300",
+        "--record-size",
+        "4k",
+        "--max-file-size",
+        "1M",
+        "--reopen",
+    ]);
+    let j: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    check_counts(&j);
+    let r = &j["recovery"];
+    let records = j["records"].as_u64().unwrap();
+    let entries = r["entries"].as_u64().unwrap();
+    // Each writer may have had one more append in flight when the count was reached.
+    assert!(
+        (records..=records + 2).contains(&entries),
+        "{entries} entries read back, {records} acknowledged: {r}"
+    );
+    assert!(r["wal_bytes"].as_u64().unwrap() >= entries * 4096, "{r}");
+    assert_eq!(r["cold_cache"], false);
+    // Other tests of this binary run beside it, so only the presence and sense of
+    // the two numbers are checked here (tests/recovery_memory.rs bounds them).
+    assert!(r["rss_before_bytes"].as_u64().unwrap() > 1 << 20, "{r}");
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{r}");
+}

@@ -84,6 +84,12 @@ pub struct RecoveryReport {
     pub recovery_mb_per_sec: f64,
     /// True when the page cache was dropped first (the scan read the device).
     pub cold_cache: bool,
+    /// Resident set size of the whole process just before the reopen, bytes.
+    pub rss_before_bytes: Option<u64>,
+    /// Peak resident set size of the whole process during the reopen and the
+    /// replay, bytes (what recovery held at once is the rise over
+    /// `rss_before_bytes`).
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// One job's report: the documented JSON object (see `docs/benchmarks.md`).
@@ -234,6 +240,8 @@ impl JobReport {
                     scan_mb_per_sec: if open > 0.0 { round2(mb / open) } else { 0.0 },
                     recovery_mb_per_sec: if total > 0.0 { round2(mb / total) } else { 0.0 },
                     cold_cache: rec.cold,
+                    rss_before_bytes: rec.rss_before_bytes,
+                    peak_rss_bytes: rec.peak_rss_bytes,
                 }
             }),
         }
@@ -342,19 +350,21 @@ pub fn table(reports: &[JobReport]) -> String {
         .collect();
     if !recs.is_empty() {
         out.push_str(
-            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache\n",
+            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache    rss-MB  peak-rss-MB\n",
         );
         for (job, x) in recs {
             let _ = writeln!(
                 out,
-                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {}",
+                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {:<7}  {:>6}  {:>11}",
                 x.wal_bytes as f64 / 1e6,
                 x.entries,
                 x.open_ms,
                 x.replay_ms,
                 x.scan_mb_per_sec,
                 x.recovery_mb_per_sec,
-                if x.cold_cache { "dropped" } else { "warm" }
+                if x.cold_cache { "dropped" } else { "warm" },
+                opt(x.rss_before_bytes.map(|b| b as f64 / (1024.0 * 1024.0)), 1),
+                opt(x.peak_rss_bytes.map(|b| b as f64 / (1024.0 * 1024.0)), 1),
             );
         }
     }

@@ -48,6 +48,12 @@ pub struct RecoveryResult {
     pub wal_bytes: u64,
     /// Whether the page cache was dropped before reopening.
     pub cold: bool,
+    /// Resident set size just before the reopen (`VmRSS`), bytes.
+    pub rss_before_bytes: Option<u64>,
+    /// Peak resident set size from the reopen to the end of the replay (`VmHWM`,
+    /// reset just before), bytes: what reading the WAL back added is the
+    /// difference from `rss_before_bytes`.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// What one job measured.
@@ -579,6 +585,8 @@ fn monitor(
 fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
     debug_assert_eq!(spec.engine, EngineKind::Streamline);
     let cold = spec.drop_caches && sys::drop_page_cache();
+    let reset = sys::reset_peak_rss();
+    let rss_before_bytes = sys::rss_bytes().filter(|_| reset);
     let t0 = Instant::now();
     let (wal, rec) = Wal::open(dir, spec.wal.clone()).map_err(|e| format!("reopen: {e}"))?;
     let open = t0.elapsed();
@@ -590,6 +598,7 @@ fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
         entries += 1;
     }
     let replay = t1.elapsed();
+    let peak_rss_bytes = sys::peak_rss_bytes().filter(|_| reset);
     wal.close()
         .map_err(|e| format!("closing after reopen: {e}"))?;
     Ok(RecoveryResult {
@@ -598,5 +607,7 @@ fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
         entries,
         wal_bytes,
         cold,
+        rss_before_bytes,
+        peak_rss_bytes,
     })
 }

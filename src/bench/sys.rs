@@ -71,6 +71,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
     parse_kib_field(&status, "VmHWM:")
 }
 
+/// Resident set size of the process now (`VmRSS`), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_kib_field(&status, "VmRSS:")
+}
+
 /// Reads a `Name:   1234 kB` field of `/proc/self/status` as bytes.
 pub fn parse_kib_field(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
