@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use common::BACKENDS;
+use streamline::bench::sys::{peak_rss_bytes, reset_peak_rss, rss_bytes};
 use streamline::wal::{SyncMode, Wal, WalConfig};
 
 const ENTRY: usize = 64 * 1024;
@@ -19,20 +20,6 @@ const ENTRIES: u64 = 4096;
 /// 1 MiB here: 8 in flight and one filling), the scan's 4 MiB read chunk, one
 /// batch being decoded, and slack for the allocator.
 const MAX_RISE: u64 = 32 << 20;
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} missing from /proc/self/status"));
-    line[field.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 fn payload(i: u64) -> Bytes {
     let mut v = vec![(i % 251) as u8; ENTRY];
@@ -68,8 +55,11 @@ fn reading_a_large_wal_back_holds_a_bounded_amount_of_memory() {
         }
         wal.close().unwrap();
 
-        std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
-        let before = status_kib("VmRSS:") * 1024;
+        assert!(
+            reset_peak_rss(),
+            "cannot reset the peak RSS (/proc/self/clear_refs)"
+        );
+        let before = rss_bytes().expect("VmRSS");
         let (wal, rec) = Wal::open(dir.path(), cfg).unwrap();
         let mut n = 0u64;
         for e in rec {
@@ -80,7 +70,7 @@ fn reading_a_large_wal_back_holds_a_bounded_amount_of_memory() {
             assert_eq!(e.data[ENTRY - 1], (n % 251) as u8, "{backend}");
             n += 1;
         }
-        let peak = status_kib("VmHWM:") * 1024;
+        let peak = peak_rss_bytes().expect("VmHWM");
         wal.close().unwrap();
         assert_eq!(n, ENTRIES, "{backend}: every entry read back");
         let rise = peak.saturating_sub(before);
