@@ -3,8 +3,9 @@
 # confluent-kafka and kafka-python (pinned: its admin results change shape between
 # releases) from PyPI, and KafkaJS from the npm registry (into
 # tests/clients/node/node_modules, at the version package-lock.json pins); and
-# prometheus-client from PyPI, whose parser checks the broker's /metrics page; and
-# fincore, which counts a file's cached pages.
+# prometheus-client from PyPI, whose parser checks the broker's /metrics page;
+# fincore, which counts a file's cached pages; and libfuse3 with mfusepy, for the
+# FUSE file system whose writes fail on demand (tests/failfs/failfs.py).
 # Idempotent and quick when all are present; runs unattended (CI=true, no
 # stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -51,6 +52,24 @@ if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafk
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi
+# The write-back failure tests mount tests/failfs/failfs.py: libfuse3 (Debian's
+# fuse3 package pulls the right one), mfusepy (pinned) and /dev/fuse.
+if ! ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so'; then
+    echo "install-test-deps: installing libfuse3 (apt)" >&2
+    $SUDO apt-get update -qq </dev/null
+    $SUDO apt-get install -y -qq fuse3 </dev/null >/dev/null
+fi
+if ! "$PYTHON" -c 'import importlib.metadata as m, mfusepy; assert m.version("mfusepy") == "3.1.1"' >/dev/null 2>&1; then
+    echo "install-test-deps: installing mfusepy (pip)" >&2
+    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore mfusepy==3.1.1)
+    "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
+fi
+if [ ! -c /dev/fuse ]; then
+    echo "install-test-deps: creating /dev/fuse" >&2
+    $SUDO mknod -m 0666 /dev/fuse c 10 229
+fi
+"$PYTHON" -c 'import mfusepy' || { echo "install-test-deps: mfusepy cannot load libfuse3" >&2; exit 1; }
+
 NODE_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/clients/node"
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "install-test-deps: installing node.js and npm (apt)" >&2

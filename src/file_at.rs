@@ -112,6 +112,90 @@ pub(crate) fn cached_bytes(path: &std::path::Path) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// A FUSE file system over a backing directory whose writes fail on demand
+/// (`tests/failfs/failfs.py`, with the kernel's write-back cache on): `fail(true)`
+/// and the pages written next cannot be written back, a real write-back failure
+/// that the kernel reports to the next sync of the file by anyone. Unmounted and
+/// stopped on drop. Needs root, `/dev/fuse`, libfuse3 and Python's `mfusepy`
+/// (`scripts/install-test-deps.sh`).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) struct FailingFs {
+    dir: tempfile::TempDir,
+    daemon: std::process::Child,
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl FailingFs {
+    pub(crate) fn mount() -> FailingFs {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["back", "mnt"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/failfs/failfs.py");
+        let daemon = std::process::Command::new("python3")
+            .arg(script)
+            .arg(dir.path().join("back"))
+            .arg(dir.path().join("mnt"))
+            .arg(dir.path().join("fail"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 tests/failfs/failfs.py");
+        let mut fs = FailingFs { dir, daemon };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs.mounted() {
+            if let Some(status) = fs.daemon.try_wait().unwrap() {
+                panic!("failfs exited before mounting ({status}); scripts/install-test-deps.sh installs libfuse3 and mfusepy");
+            }
+            assert!(Instant::now() < deadline, "failfs did not mount in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs
+    }
+
+    fn mounted(&self) -> bool {
+        let mnt = self.path();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == mnt.to_str())
+    }
+
+    /// The mounted file system.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// The directory behind it: what the "disk" holds.
+    pub(crate) fn backing(&self) -> std::path::PathBuf {
+        self.dir.path().join("back")
+    }
+
+    /// Makes every write reaching the file system fail with EIO (`true`), or
+    /// succeed again.
+    pub(crate) fn fail(&self, on: bool) {
+        let flag = self.dir.path().join("fail");
+        if on {
+            std::fs::write(flag, b"").unwrap();
+        } else {
+            std::fs::remove_file(flag).unwrap();
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl Drop for FailingFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(self.path())
+            .status();
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::FileAt;

@@ -951,6 +951,55 @@ mod tests {
         assert_eq!(std::fs::metadata(&log).unwrap().ino(), new_inode);
     }
 
+    /// The same with a real write-back failure (a FUSE file system failing writes,
+    /// `FailingFs`): the process before appended a batch and closed the log
+    /// without syncing it, and the kernel could not write the pages back. The
+    /// next open meets that failure at its first sync of the log, rebuilds the
+    /// log from what it reads and keeps exactly what the store holds; later
+    /// appends sync. Before the rebuild existed, this open failed with EIO.
+    #[test]
+    fn a_real_write_back_failure_left_behind_is_repaired_at_open() {
+        use std::os::unix::fs::MetadataExt;
+        let fs = crate::file_at::FailingFs::mount();
+        let dir = fs.path();
+        let mut s = Segment::create(&dir, 0).unwrap();
+        append(&mut s, 0, &[b"a", b"b", b"c"]);
+        s.sync().unwrap();
+        drop(s);
+        let log = dir.join(log_name(0));
+        let durable = std::fs::read(&log).unwrap();
+        // Held open to the end, so the kernel keeps the inode and the failure
+        // recorded on it.
+        let pinned = File::open(&log).unwrap();
+
+        fs.fail(true);
+        let mut s = Segment::open(&dir, 0, false).unwrap();
+        s.scan(None).unwrap();
+        append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
+        drop(s); // the write-back at close fails, and nobody is told
+        fs.fail(false);
+        assert_eq!(
+            std::fs::read(fs.backing().join(log_name(0))).unwrap(),
+            durable,
+            "the store took the unsynced append after all"
+        );
+
+        let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        assert_ne!(
+            std::fs::metadata(&log).unwrap().ino(),
+            pinned.metadata().unwrap().ino(),
+            "the open met no failure: the log was not rebuilt"
+        );
+        assert_eq!(s.next_offset(), 3);
+        assert_eq!(std::fs::read(&log).unwrap(), durable);
+        append(&mut s, 3, &[b"e"]);
+        s.sync().unwrap();
+        drop(s);
+        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        assert_eq!(s.next_offset(), 4);
+        assert!(s.cut().is_none());
+    }
+
     /// Once the opening sync succeeds, the log's pages leave the page cache, so
     /// the scan reads the disk rather than pages whose write-back failed where
     /// the process before was told and this one is not. (Its temporary directory

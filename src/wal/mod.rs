@@ -811,6 +811,77 @@ mod tests {
         assert_eq!(std::fs::read(&current).unwrap(), vec![5u8; 256 << 10]);
     }
 
+    /// A real write-back failure in the active file, left by the process before
+    /// (`FailingFs`): a batch written after the last sync whose pages the kernel
+    /// could not write back. The open's own sync meets the failure (a warning),
+    /// so the WAL's first sync after it does not fail for it; recovery returns
+    /// what the store holds and later appends are durable. Both backends, writing
+    /// through the page cache (`interval`). Without `settle_active` the first
+    /// sync after the open failed with EIO and latched the WAL.
+    #[test]
+    fn a_real_write_back_failure_in_the_active_file_is_met_at_open() {
+        use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
+        use bytes::Bytes;
+        let payload = |i: u64| Bytes::from(vec![i as u8; 3000]);
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let fs = crate::file_at::FailingFs::mount();
+            let dir = fs.path();
+            let cfg = WalConfig {
+                backend,
+                sync_mode: SyncMode::Interval,
+                max_file_size: 1 << 20,
+                ..WalConfig::default()
+            };
+            let append = |wal: &Wal, range: std::ops::Range<u64>| {
+                for i in range {
+                    wal.append("t", 0, payload(i)).wait().unwrap();
+                }
+                wal.sync().wait().unwrap();
+            };
+            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            append(&wal, 0..10);
+            wal.close().unwrap();
+            let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+            let end = rec.files.last().unwrap().valid_end;
+            drop(rec);
+            wal.close().unwrap();
+            let current = dir.join(super::files::CURRENT);
+            // Held open to the end, so the kernel keeps the inode and the failure
+            // recorded on it.
+            let _pinned = std::fs::File::open(&current).unwrap();
+
+            fs.fail(true);
+            {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&current)
+                    .unwrap();
+                f.write_all_at(&[0xab; 4096], end).unwrap(); // into the page cache
+            } // the write-back at close fails, and nobody is told
+            fs.fail(false);
+            let stored = std::fs::read(fs.backing().join(super::files::CURRENT)).unwrap();
+            assert!(
+                !stored[end as usize..][..4096].iter().all(|&b| b == 0xab),
+                "{backend}: the store took the unsynced write after all"
+            );
+
+            let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+            assert_eq!(wal.backend(), backend);
+            let got: Vec<_> = rec.map(|e| e.unwrap()).collect();
+            assert_eq!(got.len(), 10, "{backend}");
+            for (i, e) in got.iter().enumerate() {
+                assert_eq!((e.sequence, &e.data), (i as u64 + 1, &payload(i as u64)));
+            }
+            append(&wal, 10..15);
+            wal.close().unwrap();
+            let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+            let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
+            assert_eq!(got, (1..=15).collect::<Vec<_>>(), "{backend}");
+            wal.close().unwrap();
+        }
+    }
+
     #[test]
     fn the_ring_holds_a_completion_for_everything_in_flight() {
         for in_flight in 1..=64 {

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""A FUSE file system over a backing directory whose writes fail on demand.
+
+    failfs.py BACKING MOUNTPOINT FLAG
+
+Every operation passes through to BACKING, except that while the file FLAG
+exists (it lives outside the mount) every write fails with EIO. The kernel's
+write-back cache is on, so a write(2) lands in the page cache and succeeds; the
+failure comes when the kernel writes the pages back (at close, fsync or later)
+and is recorded against the file the way a failing disk's would be: reported to
+whoever syncs the file next. The segment tests use it to leave a real write-back
+failure behind (`src/storage/segment.rs`). Needs root, /dev/fuse, libfuse3 and
+mfusepy (scripts/install-test-deps.sh installs the last two).
+"""
+import errno
+import os
+import sys
+
+import mfusepy as fuse
+
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16
+
+
+class FailFS(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, root, flag):
+        self.root = root
+        self.flag = flag
+
+    def init_with_config(self, conn, config):
+        if not conn.capable & FUSE_CAP_WRITEBACK_CACHE:
+            sys.exit("failfs: the kernel offers no write-back cache")
+        conn.want |= FUSE_CAP_WRITEBACK_CACHE
+
+    def _p(self, path):
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def getattr(self, path, fh=None):
+        try:
+            st = os.lstat(self._p(path))
+        except FileNotFoundError:
+            raise fuse.FuseOSError(errno.ENOENT)
+        keys = ("st_atime_ns", "st_ctime_ns", "st_mtime_ns", "st_gid", "st_mode", "st_nlink", "st_size", "st_uid")
+        out = {k: getattr(st, k) for k in keys}
+        for k in ("st_atime", "st_ctime", "st_mtime"):
+            out[k] = out.pop(k + "_ns")
+        return out
+
+    def readdir(self, path, fh):
+        return [".", ".."] + os.listdir(self._p(path))
+
+    def statfs(self, path):
+        st = os.statvfs(self._p(path))
+        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")
+        return {k: getattr(st, k) for k in keys}
+
+    def mkdir(self, path, mode):
+        os.mkdir(self._p(path), mode)
+
+    def rmdir(self, path):
+        os.rmdir(self._p(path))
+
+    def unlink(self, path):
+        os.unlink(self._p(path))
+
+    def rename(self, old, new):
+        os.rename(self._p(old), self._p(new))
+
+    def create(self, path, mode, fi=None):
+        return os.open(self._p(path), os.O_RDWR | os.O_CREAT, mode)
+
+    def open(self, path, flags):
+        return os.open(self._p(path), os.O_RDWR)
+
+    def read(self, path, size, offset, fh):
+        return os.pread(fh, size, offset)
+
+    def write(self, path, data, offset, fh):
+        if os.path.exists(self.flag):
+            raise fuse.FuseOSError(errno.EIO)
+        return os.pwrite(fh, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        os.truncate(self._p(path), length)
+
+    def utimens(self, path, times=None):
+        return 0
+
+    def chmod(self, path, mode):
+        return 0
+
+    def chown(self, path, uid, gid):
+        return 0
+
+    def fsync(self, path, datasync, fh):
+        os.fsync(fh)
+        return 0
+
+    def flush(self, path, fh):
+        return 0
+
+    def release(self, path, fh):
+        os.close(fh)
+        return 0
+
+
+if __name__ == "__main__":
+    root, mountpoint, flag = sys.argv[1:4]
+    fuse.FUSE(FailFS(root, flag), mountpoint, foreground=True)
