@@ -113,8 +113,9 @@ pub(crate) fn cached_bytes(path: &std::path::Path) -> u64 {
 }
 
 /// A FUSE file system over a backing directory whose writes fail on demand
-/// (`tests/failfs/failfs.py`, with the kernel's write-back cache on): `fail(true)`
-/// and the pages written next cannot be written back, a real write-back failure
+/// (`tests/failfs/failfs.py`, with the kernel's write-back cache on): after
+/// `fail(Some(errno))` the pages written next cannot be written back, a real
+/// write-back failure
 /// that the kernel reports to the next sync of the file by anyone. Unmounted and
 /// stopped on drop. Needs root, `/dev/fuse`, libfuse3 and Python's `mfusepy`
 /// (`scripts/install-test-deps.sh`).
@@ -172,14 +173,13 @@ impl FailingFs {
         self.dir.path().join("back")
     }
 
-    /// Makes every write reaching the file system fail with EIO (`true`), or
+    /// Makes every write reaching the file system fail with `errno`, or (`None`)
     /// succeed again.
-    pub(crate) fn fail(&self, on: bool) {
+    pub(crate) fn fail(&self, errno: Option<i32>) {
         let flag = self.dir.path().join("fail");
-        if on {
-            std::fs::write(flag, b"").unwrap();
-        } else {
-            std::fs::remove_file(flag).unwrap();
+        match errno {
+            Some(e) => std::fs::write(flag, e.to_string()).unwrap(),
+            None => std::fs::remove_file(flag).unwrap(),
         }
     }
 }

@@ -952,52 +952,55 @@ mod tests {
     }
 
     /// The same with a real write-back failure (a FUSE file system failing writes,
-    /// `FailingFs`): the process before appended a batch and closed the log
-    /// without syncing it, and the kernel could not write the pages back. The
-    /// next open meets that failure at its first sync of the log, rebuilds the
-    /// log from what it reads and keeps exactly what the store holds; later
-    /// appends sync. Before the rebuild existed, this open failed with EIO.
+    /// `FailingFs`), EIO and ENOSPC: the process before appended a batch and
+    /// closed the log without syncing it, and the kernel could not write the
+    /// pages back. The next open meets that failure at its first sync of the log,
+    /// rebuilds the log from what it reads and keeps exactly what the store
+    /// holds; later appends sync. Before the rebuild existed, this open failed.
     #[test]
     fn a_real_write_back_failure_left_behind_is_repaired_at_open() {
         use std::os::unix::fs::MetadataExt;
-        let fs = crate::file_at::FailingFs::mount();
-        let dir = fs.path();
-        let mut s = Segment::create(&dir, 0).unwrap();
-        append(&mut s, 0, &[b"a", b"b", b"c"]);
-        s.sync().unwrap();
-        drop(s);
-        let log = dir.join(log_name(0));
-        let durable = std::fs::read(&log).unwrap();
-        // Held open to the end, so the kernel keeps the inode and the failure
-        // recorded on it.
-        let pinned = File::open(&log).unwrap();
+        for errno in [libc::EIO, libc::ENOSPC] {
+            let fs = crate::file_at::FailingFs::mount();
+            let dir = fs.path();
+            let mut s = Segment::create(&dir, 0).unwrap();
+            append(&mut s, 0, &[b"a", b"b", b"c"]);
+            s.sync().unwrap();
+            drop(s);
+            let log = dir.join(log_name(0));
+            let durable = std::fs::read(&log).unwrap();
+            // Held open to the end, so the kernel keeps the inode and the failure
+            // recorded on it.
+            let pinned = File::open(&log).unwrap();
 
-        fs.fail(true);
-        let mut s = Segment::open(&dir, 0, false).unwrap();
-        s.scan(None).unwrap();
-        append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
-        drop(s); // the write-back at close fails, and nobody is told
-        fs.fail(false);
-        assert_eq!(
-            std::fs::read(fs.backing().join(log_name(0))).unwrap(),
-            durable,
-            "the store took the unsynced append after all"
-        );
+            fs.fail(Some(errno));
+            let mut s = Segment::open(&dir, 0, false).unwrap();
+            s.scan(None).unwrap();
+            append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
+            drop(s); // the write-back at close fails, and nobody is told
+            fs.fail(None);
+            assert_eq!(
+                std::fs::read(fs.backing().join(log_name(0))).unwrap(),
+                durable,
+                "errno {errno}: the store took the unsynced append after all"
+            );
 
-        let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
-        assert_ne!(
-            std::fs::metadata(&log).unwrap().ino(),
-            pinned.metadata().unwrap().ino(),
-            "the open met no failure: the log was not rebuilt"
-        );
-        assert_eq!(s.next_offset(), 3);
-        assert_eq!(std::fs::read(&log).unwrap(), durable);
-        append(&mut s, 3, &[b"e"]);
-        s.sync().unwrap();
-        drop(s);
-        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
-        assert_eq!(s.next_offset(), 4);
-        assert!(s.cut().is_none());
+            let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default())
+                .unwrap_or_else(|e| panic!("errno {errno}: {e}"));
+            assert_ne!(
+                std::fs::metadata(&log).unwrap().ino(),
+                pinned.metadata().unwrap().ino(),
+                "errno {errno}: the open met no failure: the log was not rebuilt"
+            );
+            assert_eq!(s.next_offset(), 3, "errno {errno}");
+            assert_eq!(std::fs::read(&log).unwrap(), durable, "errno {errno}");
+            append(&mut s, 3, &[b"e"]);
+            s.sync().unwrap();
+            drop(s);
+            let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+            assert_eq!(s.next_offset(), 4, "errno {errno}");
+            assert!(s.cut().is_none(), "errno {errno}");
+        }
     }
 
     /// Once the opening sync succeeds, the log's pages leave the page cache, so

@@ -850,7 +850,7 @@ mod tests {
             // recorded on it.
             let _pinned = std::fs::File::open(&current).unwrap();
 
-            fs.fail(true);
+            fs.fail(Some(libc::EIO));
             {
                 use std::os::unix::fs::FileExt;
                 let f = std::fs::OpenOptions::new()
@@ -859,7 +859,7 @@ mod tests {
                     .unwrap();
                 f.write_all_at(&[0xab; 4096], end).unwrap(); // into the page cache
             } // the write-back at close fails, and nobody is told
-            fs.fail(false);
+            fs.fail(None);
             let stored = std::fs::read(fs.backing().join(super::files::CURRENT)).unwrap();
             assert!(
                 !stored[end as usize..][..4096].iter().all(|&b| b == 0xab),

@@ -4,7 +4,8 @@
     failfs.py BACKING MOUNTPOINT FLAG
 
 Every operation passes through to BACKING, except that while the file FLAG
-exists (it lives outside the mount) every write fails with EIO. The kernel's
+exists (it lives outside the mount) every write fails, with the errno number
+FLAG holds (EIO when it is empty). The kernel's
 write-back cache is on, so a write(2) lands in the page cache and succeeds; the
 failure comes when the kernel writes the pages back (at close, fsync or later)
 and is recorded against the file the way a failing disk's would be: reported to
@@ -77,8 +78,11 @@ class FailFS(fuse.Operations):
         return os.pread(fh, size, offset)
 
     def write(self, path, data, offset, fh):
-        if os.path.exists(self.flag):
-            raise fuse.FuseOSError(errno.EIO)
+        try:
+            with open(self.flag) as f:
+                raise fuse.FuseOSError(int(f.read().strip() or errno.EIO))
+        except FileNotFoundError:
+            pass
         return os.pwrite(fh, data, offset)
 
     def truncate(self, path, length, fh=None):
