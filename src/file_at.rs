@@ -115,9 +115,8 @@ pub(crate) fn cached_bytes(path: &std::path::Path) -> u64 {
 /// A FUSE file system over a backing directory whose writes fail on demand
 /// (`tests/failfs/failfs.py`, with the kernel's write-back cache on): after
 /// `fail(Some(errno))` the pages written next cannot be written back, a real
-/// write-back failure
-/// that the kernel reports to the next sync of the file by anyone. Unmounted and
-/// stopped on drop. Needs root, `/dev/fuse`, libfuse3 and Python's `mfusepy`
+/// write-back failure that the kernel reports to the next sync of the file by
+/// anyone. Unmounted and stopped on drop. Needs root, `/dev/fuse`, libfuse3 and Python's `mfusepy`
 /// (`scripts/install-test-deps.sh`).
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) struct FailingFs {
