@@ -811,6 +811,36 @@ mod tests {
         assert_eq!(std::fs::read(&current).unwrap(), vec![5u8; 256 << 10]);
     }
 
+    /// Payload `i` of the write-back failure tests.
+    fn payload(i: u64) -> bytes::Bytes {
+        bytes::Bytes::from(vec![i as u8; 3000])
+    }
+
+    /// The write-back failure tests' WAL (`FailingFs`): `interval`, so writes go
+    /// through the page cache, synced only when asked; 1 MiB files.
+    fn page_cache_config(backend: crate::wal::BackendKind) -> crate::wal::WalConfig {
+        crate::wal::WalConfig {
+            backend,
+            sync_mode: crate::wal::SyncMode::Interval,
+            sync_interval_ms: 60_000,
+            max_file_size: 1 << 20,
+            ..crate::wal::WalConfig::default()
+        }
+    }
+
+    /// Recovery yields exactly entries 1..=n, with their payloads.
+    fn assert_recovers(rec: super::Recovery, n: u64, backend: crate::wal::BackendKind) {
+        let got: Vec<_> = rec.map(|e| e.unwrap()).collect();
+        assert_eq!(
+            got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "{backend}"
+        );
+        for e in &got {
+            assert_eq!(e.data, payload(e.sequence - 1), "{backend}");
+        }
+    }
+
     /// A real write-back failure in the active file, left by the process before
     /// (`FailingFs`): a batch written after the last sync whose pages the kernel
     /// could not write back. The open's own sync meets the failure (a warning),
@@ -820,18 +850,11 @@ mod tests {
     /// sync after the open failed with EIO and latched the WAL.
     #[test]
     fn a_real_write_back_failure_in_the_active_file_is_met_at_open() {
-        use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
-        use bytes::Bytes;
-        let payload = |i: u64| Bytes::from(vec![i as u8; 3000]);
+        use crate::wal::{BackendKind, Wal};
         for backend in [BackendKind::Std, BackendKind::Uring] {
             let fs = crate::file_at::FailingFs::mount();
             let dir = fs.path();
-            let cfg = WalConfig {
-                backend,
-                sync_mode: SyncMode::Interval,
-                max_file_size: 1 << 20,
-                ..WalConfig::default()
-            };
+            let cfg = page_cache_config(backend);
             let append = |wal: &Wal, range: std::ops::Range<u64>| {
                 for i in range {
                     wal.append("t", 0, payload(i)).wait().unwrap();
@@ -868,16 +891,59 @@ mod tests {
 
             let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
             assert_eq!(wal.backend(), backend);
-            let got: Vec<_> = rec.map(|e| e.unwrap()).collect();
-            assert_eq!(got.len(), 10, "{backend}");
-            for (i, e) in got.iter().enumerate() {
-                assert_eq!((e.sequence, &e.data), (i as u64 + 1, &payload(i as u64)));
-            }
+            assert_recovers(rec, 10, backend);
             append(&wal, 10..15);
             wal.close().unwrap();
             let (wal, rec) = Wal::open(&dir, cfg).unwrap();
-            let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
-            assert_eq!(got, (1..=15).collect::<Vec<_>>(), "{backend}");
+            assert_recovers(rec, 15, backend);
+            wal.close().unwrap();
+        }
+    }
+
+    /// A write-back failure while the WAL runs (`FailingFs`, `interval`: entries
+    /// are acknowledged once written to the page cache): the sync that covers
+    /// them reports the failure, the WAL latches (later appends and syncs fail,
+    /// never a false success), and a reopen recovers what the store holds, the
+    /// entries synced before, and nothing the failed write-back lost.
+    #[test]
+    fn a_real_write_back_failure_fails_the_sync_and_latches_the_wal() {
+        use crate::wal::{BackendKind, Wal};
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let fs = crate::file_at::FailingFs::mount();
+            let dir = fs.path();
+            let cfg = page_cache_config(backend);
+            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            for i in 0..10 {
+                wal.append("t", 0, payload(i)).wait().unwrap();
+            }
+            wal.sync().wait().unwrap();
+
+            fs.fail(Some(libc::EIO));
+            for i in 10..15 {
+                // Written to the page cache: acknowledged in interval mode.
+                wal.append("t", 0, payload(i)).wait().unwrap();
+            }
+            let e = wal.sync().wait().unwrap_err();
+            assert!(
+                e.to_string().contains("Input/output error"),
+                "{backend}: {e}"
+            );
+            fs.fail(None);
+            assert!(
+                wal.append("t", 0, payload(15)).wait().is_err(),
+                "{backend}: an append after the failed sync succeeded"
+            );
+            assert!(
+                wal.sync().wait().is_err(),
+                "{backend}: a later sync succeeded"
+            );
+            assert!(
+                wal.close().is_err(),
+                "{backend}: the failed WAL closed cleanly"
+            );
+
+            let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+            assert_recovers(rec, 10, backend);
             wal.close().unwrap();
         }
     }
