@@ -112,6 +112,32 @@ pub(crate) fn cached_bytes(path: &std::path::Path) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
+/// The bytes of `path` as the disk holds them: read with `O_DIRECT`, past any
+/// page the kernel keeps cached.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn read_direct(path: &std::path::Path) -> Vec<u8> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let block = crate::wal::format::BLOCK_SIZE;
+    let mut buf = crate::wal::buffer::AlignedBuf::new(len.next_multiple_of(block).max(block));
+    let whole = buf.capacity();
+    // O_DIRECT reads whole blocks; the last one stops short at the end of the file.
+    let mut done = 0;
+    while done < len {
+        let n = f
+            .read_at(&mut buf.as_mut_slice()[done..whole], done as u64)
+            .unwrap();
+        assert!(n > 0, "{}: ends early at {done}", path.display());
+        done += n;
+    }
+    buf.as_slice()[..len].to_vec()
+}
+
 /// A FUSE file system over a backing directory whose writes fail on demand
 /// (`tests/failfs/failfs.py`, with the kernel's write-back cache on): after
 /// `fail(Some(errno))` the pages written next cannot be written back, a real
@@ -127,6 +153,13 @@ pub(crate) struct FailingFs {
 #[cfg(all(test, target_os = "linux"))]
 impl FailingFs {
     pub(crate) fn mount() -> FailingFs {
+        FailingFs::mount_with(true)
+    }
+
+    /// With `write_back` false the kernel's write-back cache stays off and each
+    /// write(2) reaching the file system fails itself (`FailingExt4` puts a loop
+    /// device over it).
+    fn mount_with(write_back: bool) -> FailingFs {
         use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
         for sub in ["back", "mnt"] {
@@ -139,6 +172,7 @@ impl FailingFs {
             .arg(dir.path().join("back"))
             .arg(dir.path().join("mnt"))
             .arg(dir.path().join("fail"))
+            .args((!write_back).then_some("write-through"))
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("python3 tests/failfs/failfs.py");
@@ -192,6 +226,90 @@ impl Drop for FailingFs {
             .status();
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+    }
+}
+
+/// ext4 on a loop device whose image lives on a [`FailingFs`] without the
+/// write-back cache: after `fail(Some(errno))` every block write reaching the
+/// device fails, so ext4 meets real I/O errors and handles them its own way.
+/// Unlike FUSE, which drops pages it could not write back, ext4 keeps them
+/// cached as written: reads return bytes the disk does not hold, and once the
+/// failure has been reported (to the first sync after it) nothing tells the
+/// next opener. Unmounted on drop. Needs what [`FailingFs`] needs, plus
+/// `mkfs.ext4` and loop devices (as `tests/full_disk.rs`).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) struct FailingExt4 {
+    mnt: tempfile::TempDir,
+    fs: FailingFs,
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl FailingExt4 {
+    pub(crate) fn mount() -> FailingExt4 {
+        let fs = FailingFs::mount_with(false);
+        let img = fs.path().join("ext4.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+            assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+        };
+        run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), img.as_ref()]);
+        // No periodic journal commit while a test makes writes fail: a failed
+        // journal write would abort the journal and leave the file system
+        // read-only, which is not what these tests are about.
+        let opts = "loop,commit=600";
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                opts.as_ref(),
+                img.as_ref(),
+                mnt.path().as_ref(),
+            ],
+        );
+        FailingExt4 { mnt, fs }
+    }
+
+    /// The mounted ext4 file system.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        self.mnt.path().to_path_buf()
+    }
+
+    /// Makes every block write fail with `errno`, or (`None`) succeed again.
+    pub(crate) fn fail(&self, errno: Option<i32>) {
+        self.fs.fail(errno)
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl Drop for FailingExt4 {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.fs.dir.path().join("fail"));
+        // An io_uring instance releases its files asynchronously after it is
+        // dropped, so the mount may be busy for a moment; the loop device is
+        // detached with the unmount.
+        for _ in 0..50 {
+            let ok = std::process::Command::new("umount")
+                .arg(self.mnt.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(self.mnt.path())
+            .status();
     }
 }
 

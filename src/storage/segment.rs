@@ -1003,6 +1003,48 @@ mod tests {
         }
     }
 
+    /// A write-back failure the process saw itself, on ext4 (`FailingExt4`):
+    /// the sync of an append fails, and ext4 keeps the append's pages cached as
+    /// written while the disk lacks them. The next open's sync succeeds (the
+    /// failure was reported once, to that sync), so only dropping the log's
+    /// pages makes the scan read what the disk holds: the three synced records,
+    /// the failed one cut as a torn tail. Without the drop the scan found four.
+    #[test]
+    fn an_append_whose_write_back_failed_on_ext4_is_not_read_back_from_the_cache() {
+        let fs = crate::file_at::FailingExt4::mount();
+        let dir = fs.path();
+        let mut s = Segment::create(&dir, 0).unwrap();
+        append(&mut s, 0, &[b"a", b"b", b"c"]);
+        s.sync().unwrap();
+
+        fs.fail(Some(libc::EIO));
+        append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
+        let e = s.sync().unwrap_err();
+        assert!(e.to_string().contains("Input/output error"), "{e}");
+        drop(s);
+        fs.fail(None);
+        let log = dir.join(log_name(0));
+        assert_ne!(
+            std::fs::read(&log).unwrap(),
+            crate::file_at::read_direct(&log),
+            "the kernel kept no page as written that the disk lacks"
+        );
+
+        let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        assert_eq!(s.next_offset(), 3);
+        assert!(s.cut().is_some(), "the failed append left no torn tail");
+        append(&mut s, 3, &[b"e"]);
+        s.sync().unwrap();
+        drop(s);
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            crate::file_at::read_direct(&log)
+        );
+        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        assert_eq!(s.next_offset(), 4);
+        assert!(s.cut().is_none());
+    }
+
     /// Once the opening sync succeeds, the log's pages leave the page cache, so
     /// the scan reads the disk rather than pages whose write-back failed where
     /// the process before was told and this one is not. (Its temporary directory

@@ -22,7 +22,7 @@
 //! acknowledges every producer of the batch together, in sequence order.
 
 mod backend;
-mod buffer;
+pub(crate) mod buffer;
 pub mod checkpoint;
 pub mod clean_close;
 mod commit;
@@ -944,6 +944,70 @@ mod tests {
 
             let (wal, rec) = Wal::open(&dir, cfg).unwrap();
             assert_recovers(rec, 10, backend);
+            wal.close().unwrap();
+        }
+    }
+
+    /// The same failure on ext4 (`FailingExt4`), which keeps the pages whose
+    /// write-back failed cached as written, and reports the failure once: to
+    /// the WAL's own sync, not to the next opener. So the reopen's sync
+    /// succeeds and the cache still holds five entries the disk lacks; recovery
+    /// must read the disk (`settle_active` drops the active file's pages) and
+    /// return the ten synced entries, and appends after it must be durable.
+    /// Without the drop the reopen failed: the scan validated the five cached
+    /// entries, and replay, reading them again, found the disk's zeros ("batch
+    /// changed since it was validated").
+    #[test]
+    fn entries_whose_write_back_failed_on_ext4_are_not_read_back_from_the_cache() {
+        use crate::wal::{BackendKind, Wal};
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let fs = crate::file_at::FailingExt4::mount();
+            let dir = fs.path().join("wal");
+            let cfg = page_cache_config(backend);
+            let append = |wal: &Wal, range: std::ops::Range<u64>| {
+                for i in range {
+                    wal.append("t", 0, payload(i)).wait().unwrap();
+                }
+            };
+            // A clean close and a reopen leave the preparer thread nothing to
+            // write while writes fail (the active file filled, next.wal kept).
+            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            append(&wal, 0..10);
+            wal.close().unwrap();
+            let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+            assert_recovers(rec, 10, backend);
+
+            fs.fail(Some(libc::EIO));
+            append(&wal, 10..15); // acknowledged from the page cache
+            let e = wal.sync().wait().unwrap_err();
+            assert!(
+                e.to_string().contains("Input/output error"),
+                "{backend}: {e}"
+            );
+            assert!(
+                wal.close().is_err(),
+                "{backend}: the failed WAL closed cleanly"
+            );
+            fs.fail(None);
+            let current = dir.join(super::files::CURRENT);
+            assert_ne!(
+                std::fs::read(&current).unwrap(),
+                crate::file_at::read_direct(&current),
+                "{backend}: the kernel kept no page as written that the disk lacks"
+            );
+
+            let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+            assert_recovers(rec, 10, backend);
+            append(&wal, 10..13);
+            wal.sync().wait().unwrap();
+            wal.close().unwrap();
+            assert_eq!(
+                std::fs::read(&current).unwrap(),
+                crate::file_at::read_direct(&current),
+                "{backend}"
+            );
+            let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+            assert_recovers(rec, 13, backend);
             wal.close().unwrap();
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A FUSE file system over a backing directory whose writes fail on demand.
 
-    failfs.py BACKING MOUNTPOINT FLAG
+    failfs.py BACKING MOUNTPOINT FLAG [write-through]
 
 Every operation passes through to BACKING, except that while the file FLAG
 exists (it lives outside the mount) every write fails, with the errno number
@@ -9,8 +9,13 @@ FLAG holds (EIO when it is empty). The kernel's
 write-back cache is on, so a write(2) lands in the page cache and succeeds; the
 failure comes when the kernel writes the pages back (at close, fsync or later)
 and is recorded against the file the way a failing disk's would be: reported to
-whoever syncs the file next. The segment tests use it to leave a real write-back
-failure behind (`src/storage/segment.rs`). Needs root, /dev/fuse, libfuse3 and
+whoever syncs the file next. The segment and WAL tests use it to leave a real
+write-back failure behind (`src/storage/segment.rs`, `src/wal/mod.rs`).
+
+With `write-through` the write-back cache stays off and each write(2) fails
+itself: a loop device over an image file on the mount is then a block device
+whose writes fail on demand, and ext4 on it meets real I/O errors
+(`FailingExt4` in `src/file_at.rs`). Needs root, /dev/fuse, libfuse3 and
 mfusepy (scripts/install-test-deps.sh installs the last two).
 """
 import errno
@@ -25,11 +30,14 @@ FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 class FailFS(fuse.Operations):
     use_ns = True
 
-    def __init__(self, root, flag):
+    def __init__(self, root, flag, write_back):
         self.root = root
         self.flag = flag
+        self.write_back = write_back
 
     def init_with_config(self, conn, config):
+        if not self.write_back:
+            return
         if not conn.capable & FUSE_CAP_WRITEBACK_CACHE:
             sys.exit("failfs: the kernel offers no write-back cache")
         conn.want |= FUSE_CAP_WRITEBACK_CACHE
@@ -111,4 +119,7 @@ class FailFS(fuse.Operations):
 
 if __name__ == "__main__":
     root, mountpoint, flag = sys.argv[1:4]
-    fuse.FUSE(FailFS(root, flag), mountpoint, foreground=True)
+    mode = sys.argv[4:5]
+    if mode not in ([], ["write-through"]):
+        sys.exit(f"failfs: unknown mode {mode[0]!r}")
+    fuse.FUSE(FailFS(root, flag, write_back=not mode), mountpoint, foreground=True)
