@@ -209,7 +209,16 @@ impl FailingFs {
     /// Makes every write reaching the file system fail with `errno`, or (`None`)
     /// succeed again.
     pub(crate) fn fail(&self, errno: Option<i32>) {
-        let flag = self.dir.path().join("fail");
+        self.flag("fail", errno)
+    }
+
+    /// The same for reads.
+    pub(crate) fn fail_reads(&self, errno: Option<i32>) {
+        self.flag("fail-reads", errno)
+    }
+
+    fn flag(&self, name: &str, errno: Option<i32>) {
+        let flag = self.dir.path().join(name);
         match errno {
             Some(e) => std::fs::write(flag, e.to_string()).unwrap(),
             None => std::fs::remove_file(flag).unwrap(),
@@ -286,12 +295,27 @@ impl FailingExt4 {
     pub(crate) fn fail(&self, errno: Option<i32>) {
         self.fs.fail(errno)
     }
+
+    /// Makes every block read that reaches the device fail with `errno`, or
+    /// (`None`) succeed again. Blocks cached above the device (ext4's pages and
+    /// its metadata buffers) are still read from the cache; the image's own
+    /// cached pages are dropped first, so that no read of the loop device is
+    /// answered without asking the file system below.
+    pub(crate) fn fail_reads(&self, errno: Option<i32>) {
+        if errno.is_some() {
+            let img = std::fs::File::open(self.fs.path().join("ext4.img")).unwrap();
+            crate::wal::files::drop_cached_pages(&img);
+        }
+        self.fs.fail_reads(errno)
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]
 impl Drop for FailingExt4 {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.fs.dir.path().join("fail"));
+        for flag in ["fail", "fail-reads"] {
+            let _ = std::fs::remove_file(self.fs.dir.path().join(flag));
+        }
         // An io_uring instance releases its files asynchronously after it is
         // dropped, so the mount may be busy for a moment; the loop device is
         // detached with the unmount.

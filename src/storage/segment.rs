@@ -894,6 +894,14 @@ mod tests {
         b
     }
 
+    /// A new segment in `dir` holding records "a", "b" and "c", synced.
+    fn three_synced(dir: &Path) -> Segment {
+        let mut s = Segment::create(dir, 0).unwrap();
+        append(&mut s, 0, &[b"a", b"b", b"c"]);
+        s.sync().unwrap();
+        s
+    }
+
     /// A write-back failure reported when the newest segment opens (left by the
     /// process before): the log is copied into a new file that replaces it, with
     /// the same bytes; later appends go to the new file.
@@ -963,10 +971,7 @@ mod tests {
         for errno in [libc::EIO, libc::ENOSPC] {
             let fs = crate::file_at::FailingFs::mount();
             let dir = fs.path();
-            let mut s = Segment::create(&dir, 0).unwrap();
-            append(&mut s, 0, &[b"a", b"b", b"c"]);
-            s.sync().unwrap();
-            drop(s);
+            drop(three_synced(&dir));
             let log = dir.join(log_name(0));
             let durable = std::fs::read(&log).unwrap();
             // Held open to the end, so the kernel keeps the inode and the failure
@@ -1013,9 +1018,7 @@ mod tests {
     fn an_append_whose_write_back_failed_on_ext4_is_not_read_back_from_the_cache() {
         let fs = crate::file_at::FailingExt4::mount();
         let dir = fs.path();
-        let mut s = Segment::create(&dir, 0).unwrap();
-        append(&mut s, 0, &[b"a", b"b", b"c"]);
-        s.sync().unwrap();
+        let mut s = three_synced(&dir);
 
         fs.fail(Some(libc::EIO));
         append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
@@ -1042,6 +1045,36 @@ mod tests {
         );
         let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
         assert_eq!(s.next_offset(), 4);
+        assert!(s.cut().is_none());
+    }
+
+    /// A real read error while the newest segment opens (`FailingExt4`, reads
+    /// failing at the device): the open fails naming the log, and the error
+    /// never passes for a torn tail; the log is unchanged and opens whole once
+    /// reads work again.
+    #[test]
+    fn a_real_read_error_at_open_fails_the_open_and_cuts_nothing() {
+        let fs = crate::file_at::FailingExt4::mount();
+        let dir = fs.path();
+        drop(three_synced(&dir));
+        let log = dir.join(log_name(0));
+        let before = std::fs::read(&log).unwrap();
+
+        fs.fail_reads(Some(libc::EIO));
+        let e = Segment::open_newest(&dir, 0, &mut ProducerState::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        fs.fail_reads(None);
+        assert!(
+            e.contains("read")
+                && e.contains(log.to_str().unwrap())
+                && e.contains("Input/output error"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&log).unwrap(), before);
+        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        assert_eq!(s.next_offset(), 3);
         assert!(s.cut().is_none());
     }
 

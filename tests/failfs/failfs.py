@@ -5,7 +5,8 @@
 
 Every operation passes through to BACKING, except that while the file FLAG
 exists (it lives outside the mount) every write fails, with the errno number
-FLAG holds (EIO when it is empty). The kernel's
+FLAG holds (EIO when it is empty), and while FLAG-reads exists every read
+fails the same way. The kernel's
 write-back cache is on, so a write(2) lands in the page cache and succeeds; the
 failure comes when the kernel writes the pages back (at close, fsync or later)
 and is recorded against the file the way a failing disk's would be: reported to
@@ -82,15 +83,19 @@ class FailFS(fuse.Operations):
     def open(self, path, flags):
         return os.open(self._p(path), os.O_RDWR)
 
-    def read(self, path, size, offset, fh):
-        return os.pread(fh, size, offset)
-
-    def write(self, path, data, offset, fh):
+    def _fail_if(self, flag):
         try:
-            with open(self.flag) as f:
+            with open(flag) as f:
                 raise fuse.FuseOSError(int(f.read().strip() or errno.EIO))
         except FileNotFoundError:
             pass
+
+    def read(self, path, size, offset, fh):
+        self._fail_if(self.flag + "-reads")
+        return os.pread(fh, size, offset)
+
+    def write(self, path, data, offset, fh):
+        self._fail_if(self.flag)
         return os.pwrite(fh, data, offset)
 
     def truncate(self, path, length, fh=None):
