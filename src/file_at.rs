@@ -256,34 +256,70 @@ pub(crate) struct FailingExt4 {
 impl FailingExt4 {
     pub(crate) fn mount() -> FailingExt4 {
         let fs = FailingFs::mount_with(false);
-        let img = fs.path().join("ext4.img");
-        std::fs::File::create(&img)
+        std::fs::File::create(fs.path().join("ext4.img"))
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        let mnt = tempfile::tempdir().unwrap();
-        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
-            let out = std::process::Command::new(cmd)
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-            assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+        let ext4 = FailingExt4 {
+            mnt: tempfile::tempdir().unwrap(),
+            fs,
         };
-        run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), img.as_ref()]);
-        // No periodic journal commit while a test makes writes fail: a failed
-        // journal write would abort the journal and leave the file system
-        // read-only, which is not what these tests are about.
-        let opts = "loop,commit=600";
-        run(
-            "mount",
-            &[
-                "-o".as_ref(),
-                opts.as_ref(),
-                img.as_ref(),
-                mnt.path().as_ref(),
-            ],
+        ext4.run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), ext4.img().as_ref()],
         );
-        FailingExt4 { mnt, fs }
+        ext4.mount_image();
+        ext4
+    }
+
+    fn img(&self) -> std::path::PathBuf {
+        self.fs.path().join("ext4.img")
+    }
+
+    fn run(&self, cmd: &str, args: &[&std::ffi::OsStr]) {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    }
+
+    fn mount_image(&self) {
+        // No periodic journal commit while a test makes writes fail: a failed
+        // journal write aborts the journal (the file system turns read-only),
+        // which a test should meet only when it makes the file system commit.
+        let opts = "loop,commit=600";
+        let (img, mnt) = (self.img(), self.path());
+        self.run(
+            "mount",
+            &["-o".as_ref(), opts.as_ref(), img.as_ref(), mnt.as_ref()],
+        );
+    }
+
+    /// Whether the unmount succeeded. An io_uring instance releases its files
+    /// asynchronously after it is dropped, so the mount may be busy for a
+    /// moment; the loop device is detached with the unmount.
+    fn unmount(&self) -> bool {
+        for _ in 0..50 {
+            let ok = std::process::Command::new("umount")
+                .arg(self.mnt.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Unmounts and mounts the file system again: every cache is gone, the
+    /// journal is replayed, and what remains is what the device holds, as
+    /// after a crash. Writes must work again first (`fail(None)`).
+    pub(crate) fn remount(&self) {
+        assert!(self.unmount(), "{} stayed busy", self.path().display());
+        self.mount_image();
     }
 
     /// The mounted ext4 file system.
@@ -303,7 +339,7 @@ impl FailingExt4 {
     /// answered without asking the file system below.
     pub(crate) fn fail_reads(&self, errno: Option<i32>) {
         if errno.is_some() {
-            let img = std::fs::File::open(self.fs.path().join("ext4.img")).unwrap();
+            let img = std::fs::File::open(self.img()).unwrap();
             crate::wal::files::drop_cached_pages(&img);
         }
         self.fs.fail_reads(errno)
@@ -316,24 +352,12 @@ impl Drop for FailingExt4 {
         for flag in ["fail", "fail-reads"] {
             let _ = std::fs::remove_file(self.fs.dir.path().join(flag));
         }
-        // An io_uring instance releases its files asynchronously after it is
-        // dropped, so the mount may be busy for a moment; the loop device is
-        // detached with the unmount.
-        for _ in 0..50 {
-            let ok = std::process::Command::new("umount")
+        if !self.unmount() {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
                 .arg(self.mnt.path())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+                .status();
         }
-        let _ = std::process::Command::new("umount")
-            .arg("--lazy")
-            .arg(self.mnt.path())
-            .status();
     }
 }
 
