@@ -1022,13 +1022,16 @@ mod tests {
     /// comes back from the write itself), even ones `interval` (page-cache
     /// writes, acknowledged before they are durable) with the test thread
     /// calling `sync` in a loop. Every append after the failure fails with an
-    /// error naming a WAL file; then the device works again and the file
-    /// system is remounted, so the reopen reads what the device holds (the
+    /// error naming a WAL file. A reopen while the device still fails must not
+    /// harm what it holds (in the runs looked at it failed, at the directory
+    /// sync, or on a file system ext4 had turned read-only). Then the device
+    /// works again and the file system is remounted, so the reopen reads what the device holds (the
     /// journal replayed, nothing cached), as after a crash. The sequences come
     /// back contiguous, nothing comes back that was never appended, every
     /// acknowledged entry (`every_write`) or every one a successful sync
     /// covered (`interval`) comes back with its payload, and the WAL takes
-    /// appends after it. Six seeds per backend.
+    /// appends after it. Six seeds per backend; `scripts/device-failure-soak.sh`
+    /// runs more (`DEVICE_FAILURE_SEEDS`, `DEVICE_FAILURE_FIRST_SEED`).
     #[test]
     fn a_device_failing_at_random_moments_loses_no_acknowledged_entry() {
         use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
@@ -1040,8 +1043,16 @@ mod tests {
             d.resize(len, b'a' + (i % 26) as u8);
             bytes::Bytes::from(d)
         };
+        // scripts/device-failure-soak.sh runs more seeds.
+        let env = |name: &str, default: u64| {
+            std::env::var(name).map_or(default, |v| v.parse().expect(name))
+        };
+        let (seeds, first_seed) = (
+            env("DEVICE_FAILURE_SEEDS", 6),
+            env("DEVICE_FAILURE_FIRST_SEED", 1),
+        );
         for backend in [BackendKind::Std, BackendKind::Uring] {
-            for seed in 1..=6u64 {
+            for seed in first_seed..first_seed + seeds {
                 // splitmix64: the seed's failure point and errno.
                 let mut z = seed
                     .wrapping_add(backend as u64 * 1000)
@@ -1104,6 +1115,18 @@ mod tests {
                     assert!(e.contains(dir.to_str().unwrap()), "{what}: {e}");
                 }
                 let _ = wal.close(); // fails, unless the failure met nothing unsynced
+                                     // A reopen while the device still fails may read but must not
+                                     // harm what the device holds (checked after the remount).
+                let early = match Wal::open(&dir, cfg.clone()) {
+                    Err(e) => format!("fails: {e}"),
+                    Ok((wal, rec)) => {
+                        let recovered = rec.count();
+                        let appended = wal.append("t", 0, data(8, 0)).wait();
+                        let synced = wal.sync().wait();
+                        let closed = wal.close();
+                        format!("opens ({recovered} recovered), append {appended:?}, sync {synced:?}, close {closed:?}")
+                    }
+                };
                 fs.fail(None);
                 fs.remount();
 
@@ -1116,6 +1139,8 @@ mod tests {
                 let n = got.len() as u64;
                 assert!((1..=n).all(|s| got.contains_key(&s)), "{what}: a gap");
                 assert!(n >= synced, "{what}: {n} recovered, {synced} synced");
+                let acked = results.iter().map(|r| r.0.len()).sum::<usize>();
+                eprintln!("device-failure: {what}: acknowledged {acked} synced {synced} recovered {n}; first error: {}; reopen while failing {early}", results[0].2);
                 let durable = |seq: u64| mode == SyncMode::EveryWrite || seq <= synced;
                 let mut appended = HashSet::new();
                 for (t, (ok, tried, _)) in results.iter().enumerate() {
@@ -1125,6 +1150,7 @@ mod tests {
                     }
                     appended.extend((0..=*tried).map(|i| data(t as u64, i)));
                 }
+                appended.insert(data(8, 0)); // by the reopen while failing
                 assert!(
                     got.values().all(|d| appended.contains(d)),
                     "{what}: recovery returned an entry never appended"
