@@ -1025,9 +1025,9 @@ mod tests {
     /// error naming a WAL file. A reopen while the device still fails must not
     /// harm what it holds (in the runs looked at it failed, at the directory
     /// sync, or on a file system ext4 had turned read-only). Then the device
-    /// works again and the file system is remounted, so the reopen reads what the device holds (the
-    /// journal replayed, nothing cached), as after a crash. The sequences come
-    /// back contiguous, nothing comes back that was never appended, every
+    /// works again and the file system is remounted, so the reopen reads what
+    /// the device holds (the journal replayed, nothing cached), as after a
+    /// crash. The sequences come back contiguous, nothing comes back that was never appended, every
     /// acknowledged entry (`every_write`) or every one a successful sync
     /// covered (`interval`) comes back with its payload, and the WAL takes
     /// appends after it. Six seeds per backend; `scripts/device-failure-soak.sh`
