@@ -361,6 +361,30 @@ impl Drop for FailingExt4 {
     }
 }
 
+/// Helpers of the random device failure tests (WAL and storage).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) mod device_failure {
+    /// Payload `i` of writer `t`: `min` to `min + spread` bytes, naming both.
+    pub(crate) fn payload(t: u64, i: u64, min: usize, spread: u64) -> Vec<u8> {
+        let len = min + ((t * 7919 + i * 104_729) % spread) as usize;
+        let mut d = format!("{t}:{i}:").into_bytes();
+        d.resize(len, b'a' + (i % 26) as u8);
+        d
+    }
+
+    /// The environment variable `name` as a number, `default` when unset.
+    pub(crate) fn env(name: &str, default: u64) -> u64 {
+        std::env::var(name).map_or(default, |v| v.parse().expect(name))
+    }
+
+    /// splitmix64 of `x`: a run's failure point and errno from its seed.
+    pub(crate) fn mix(x: u64) -> u64 {
+        let mut z = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::FileAt;

@@ -529,9 +529,9 @@ fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<()> {
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()?;
+        crate::wal::journal::sync_all(&f)?;
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        crate::wal::journal::sync_all(&std::fs::File::open(dir)?)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

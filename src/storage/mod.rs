@@ -1784,4 +1784,160 @@ mod tests {
         assert_eq!(m.partition("orders", 1).unwrap().log_end_offset(), 10);
         m.shutdown().unwrap();
     }
+    /// A device that starts failing writes at a random moment under the
+    /// broker's storage (`FailingExt4`: ext4 on a loop device whose writes
+    /// fail). Four producers on two partitions produce one-record batches of
+    /// 50 B to 3 KB (`every_write`, 16 KiB segments, 128 KiB WAL files, a
+    /// checkpoint every 20 ms: segment rolls, checkpoints, WAL rotations and
+    /// deletions all happen) until their produces fail; the device fails with
+    /// EIO or ENOSPC after a seeded 0-600 acknowledgements, meeting the WAL,
+    /// a segment's sync, a roll or a checkpoint. Then the device works again,
+    /// the file system is remounted (what the device holds, as after a crash)
+    /// and the storage recovers: each partition's offsets are contiguous from
+    /// 0, every batch read back was produced, every acknowledged batch is at
+    /// its offset byte for byte, and produces continue after it. Before the
+    /// journal check (`crate::wal::journal`) this lost acknowledged batches in
+    /// about one run in 300: a sync ext4 answered from an aborted journal.
+    /// Four seeds per backend; `scripts/device-failure-soak.sh` runs more
+    /// (`STORAGE_FAILURE_SEEDS`, `STORAGE_FAILURE_FIRST_SEED`).
+    #[test]
+    fn a_device_failing_at_random_moments_loses_no_acknowledged_produce() {
+        use crate::file_at::device_failure::{env, mix, payload};
+        use crate::wal::BackendKind;
+        use std::collections::{HashMap, HashSet};
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let value = |t: u64, i: u64| payload(t, i, 50, 3000);
+        let (seeds, first_seed) = (
+            env("STORAGE_FAILURE_SEEDS", 4),
+            env("STORAGE_FAILURE_FIRST_SEED", 1),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            for seed in first_seed..first_seed + seeds {
+                let z = mix(seed.wrapping_add(backend as u64 * 1000 + 500));
+                let fail_after = ((z >> 8) % 600) as usize;
+                let errno = if z & 1 == 0 { libc::EIO } else { libc::ENOSPC };
+                let what =
+                    format!("{backend} seed {seed} (after {fail_after} acks, errno {errno})");
+
+                let fs = crate::file_at::FailingExt4::mount();
+                let mut cfg = config(&fs.path().join("data"));
+                cfg.wal.engine.backend = backend;
+                cfg.wal.engine.max_file_size = 128 << 10;
+                cfg.storage.segment_bytes = 16 << 10;
+                cfg.storage.checkpoint_interval_ms = 20;
+                let m = Arc::new(TopicManager::new(cfg.clone()).unwrap());
+                m.create_topic("t", 2).unwrap();
+                let acked = Arc::new(AtomicUsize::new(0));
+                // Per producer: (base offset, batch) acknowledged, batches tried, the error.
+                type Outcome = (Vec<(i64, Vec<u8>)>, Vec<Vec<u8>>, String);
+                let results: Vec<Outcome> = rt.block_on(async {
+                    let producers: Vec<_> = (0..4u64)
+                        .map(|t| {
+                            let (m, acked) = (Arc::clone(&m), Arc::clone(&acked));
+                            tokio::spawn(async move {
+                                let (mut ok, mut tried) = (Vec::new(), Vec::new());
+                                for i in 0.. {
+                                    let b = make_batch(0, &[&value(t, i)]);
+                                    tried.push(b.clone());
+                                    let part = (t % 2) as i32;
+                                    let r = match m
+                                        .submit("t", part, &b, Duration::from_secs(30))
+                                        .await
+                                    {
+                                        Ok(rx) => {
+                                            rx.await.unwrap_or(Err(ProduceError::ShuttingDown))
+                                        }
+                                        Err(e) => Err(e),
+                                    };
+                                    match r {
+                                        Ok(base) => {
+                                            ok.push((base, b));
+                                            acked.fetch_add(1, Relaxed);
+                                        }
+                                        Err(e) => return (ok, tried, format!("{e:?}")),
+                                    }
+                                }
+                                unreachable!()
+                            })
+                        })
+                        .collect();
+                    while acked.load(Relaxed) < fail_after {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    fs.fail(Some(errno));
+                    let mut out = Vec::new();
+                    for p in producers {
+                        out.push(p.await.unwrap());
+                    }
+                    out
+                });
+                let _ = m.shutdown(); // fails, unless the failure met nothing unsynced
+                drop(m);
+                fs.fail(None);
+                fs.remount();
+
+                let m = TopicManager::new(cfg.clone())
+                    .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+                let produced: HashSet<&Vec<u8>> = results.iter().flat_map(|r| &r.1).collect();
+                let mut next = [0i64; 2];
+                let mut got: [HashMap<i64, Vec<u8>>; 2] = Default::default();
+                for part in 0..2 {
+                    let p = m.partition("t", part as i32).unwrap();
+                    while let Some(r) = p.read(next[part], 1 << 20).unwrap() {
+                        if r.records.is_empty() {
+                            break;
+                        }
+                        let mut at = 0;
+                        for info in batch::validate_all(&r.records).unwrap() {
+                            assert_eq!(
+                                info.base_offset, next[part],
+                                "{what}: partition {part}: a gap"
+                            );
+                            let mut raw = r.records[at..at + info.len].to_vec();
+                            batch::assign_offsets(&mut raw, &[info], 0);
+                            assert!(produced.contains(&raw), "{what}: a batch never produced");
+                            got[part].insert(info.base_offset, raw);
+                            next[part] = info.last_offset() + 1;
+                            at += info.len;
+                        }
+                    }
+                    assert_eq!(next[part], p.log_end_offset(), "{what}: partition {part}");
+                }
+                let acked: usize = results.iter().map(|r| r.0.len()).sum();
+                eprintln!(
+                    "storage-device-failure: {what}: acknowledged {acked} recovered {} + {}; first error: {}",
+                    next[0], next[1], results[0].2
+                );
+                for (t, (ok, _, _)) in results.iter().enumerate() {
+                    for (base, b) in ok {
+                        assert_eq!(
+                            got[t % 2].get(base),
+                            Some(b),
+                            "{what}: acknowledged offset {base} of partition {} lost",
+                            t % 2
+                        );
+                    }
+                }
+                let bases = rt.block_on(async {
+                    let mut bases = Vec::new();
+                    for part in 0..2 {
+                        let b = make_batch(0, &[b"after"]);
+                        let rx = m
+                            .submit("t", part, &b, Duration::from_secs(5))
+                            .await
+                            .unwrap();
+                        bases.push(rx.await.unwrap().unwrap());
+                    }
+                    bases
+                });
+                assert_eq!(bases, next.to_vec(), "{what}");
+                m.shutdown().unwrap();
+            }
+        }
+    }
 }

@@ -768,7 +768,7 @@ impl Partition {
         if let Some(path) = snapshot {
             // Best effort, as the snapshot itself: a start-up copes without it.
             // (Retention may have deleted it meanwhile.)
-            let synced = File::open(&path).and_then(|f| f.sync_all());
+            let synced = File::open(&path).and_then(|f| crate::wal::journal::sync_all(&f));
             match synced.and_then(|()| sync_dir(&self.dir).map_err(std::io::Error::other)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

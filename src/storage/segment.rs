@@ -17,6 +17,7 @@ use std::{
 
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
+use crate::wal::journal::{sync_all, sync_data};
 
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
@@ -49,7 +50,7 @@ impl SyncJob {
     /// I/O errors naming the file.
     pub fn run(&self) -> Result<()> {
         for (f, path) in &self.files {
-            f.sync_data().map_err(|e| Error::io("fdatasync", path, e))?;
+            sync_data(f).map_err(|e| Error::io("fdatasync", path, e))?;
         }
         Ok(())
     }
@@ -363,12 +364,11 @@ impl CleanedWriter {
                 .log
                 .into_inner()
                 .map_err(|e| Error::io("write", &log_path, e.into_error()))?;
-            log.sync_data()
-                .map_err(|e| Error::io("fdatasync", &log_path, e))?;
+            sync_data(&log).map_err(|e| Error::io("fdatasync", &log_path, e))?;
             std::fs::write(&index_path, &self.index)
                 .map_err(|e| Error::io("write", &index_path, e))?;
             File::open(&index_path)
-                .and_then(|f| f.sync_data())
+                .and_then(|f| sync_data(&f))
                 .map_err(|e| Error::io("fdatasync", &index_path, e))
         })();
         if done.is_err() {
@@ -500,7 +500,7 @@ impl Segment {
 
     /// The sync at the start of [`Segment::open_newest`].
     fn settle_earlier_writes(&mut self) -> Result<()> {
-        self.settle_with(File::sync_data)
+        self.settle_with(sync_data)
     }
 
     /// [`Segment::settle_earlier_writes`] with `sync` for `fdatasync` (tests
@@ -549,7 +549,7 @@ impl Segment {
                 .map_err(|e| Error::io("write", &tmp, e))?;
             pos += n as u64;
         }
-        copy.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        sync_all(&copy).map_err(|e| Error::io("fsync", &tmp, e))?;
         std::fs::rename(&tmp, &self.log_path).map_err(|e| Error::io("rename", &tmp, e))?;
         super::sync_dir(dir)?;
         self.log = Arc::new(copy);
@@ -668,9 +668,7 @@ impl Segment {
             self.log
                 .set_len(pos)
                 .map_err(|e| Error::io("truncate", &self.log_path, e))?;
-            self.log
-                .sync_all()
-                .map_err(|e| Error::io("fsync", &self.log_path, e))?;
+            sync_all(&self.log).map_err(|e| Error::io("fsync", &self.log_path, e))?;
             self.size = pos;
         }
         self.index = index;

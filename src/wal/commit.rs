@@ -28,6 +28,7 @@ use super::{
         align_up, encode_batch_header, encode_entry, entry_len, BatchHeader, BatchKind,
         WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
     },
+    journal::JournalCheck,
 };
 use crate::error::{Error, Result};
 
@@ -406,6 +407,10 @@ pub(crate) struct ActiveFile {
     /// Where the next batch goes.
     pub offset: u64,
     pub size: u64,
+    /// Everything below is written (no unwritten extent) with that state
+    /// committed: a sync that covers only writes below needs no metadata, and so
+    /// no journal check ([`super::journal`]).
+    pub confirmed: u64,
 }
 
 /// The commit thread's state. Field order matters: `backend` is dropped before the
@@ -452,6 +457,11 @@ pub(crate) struct Committer {
     done_buf: Vec<Done>,
     batch_capacity: usize,
     every_write: bool,
+    /// Present where a sync's success must be checked against an aborted journal.
+    journal: Option<JournalCheck>,
+    /// Highest sequence written beyond `file.confirmed`: a sync covering it needs
+    /// the journal check.
+    unconfirmed_through: u64,
 }
 
 /// The background preparation of the next file, after the zero-fill of the active
@@ -545,6 +555,7 @@ impl Committer {
             .collect();
         backend.register_buffers(&mut pool)?;
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
+        let journal = JournalCheck::for_dir(&core.dir);
         Ok(Committer {
             backend,
             pool,
@@ -571,6 +582,8 @@ impl Committer {
             done_buf: Vec::new(),
             batch_capacity: cap,
             every_write,
+            journal,
+            unconfirmed_through: 0,
         })
     }
 
@@ -884,7 +897,9 @@ impl Committer {
         out[pos..len].fill(0);
         let offset = self.file.offset;
         self.file.offset += len as u64;
-        self.claim_active(self.file.offset);
+        if self.claim_active(self.file.offset) {
+            self.unconfirmed_through = self.next_seq - 1;
+        }
         let token = self.token();
         let submitted = self.backend.submit(
             token,
@@ -1092,7 +1107,7 @@ impl Committer {
                 let through = s.through;
                 self.sync_op = None;
                 r?;
-                self.set_synced(through);
+                self.set_synced(through)?;
             }
         }
         // A write submitted after the in-flight fdatasync is acknowledged only once
@@ -1114,7 +1129,11 @@ impl Committer {
             // A durable write covers its own batch only: it moves `synced_through`
             // when everything before it was already durable.
             if w.durable && self.synced_through + 1 >= w.first {
-                self.set_synced(w.last);
+                if let Err(e) = self.set_synced(w.last) {
+                    w.result = Some(Ok(()));
+                    self.writes.push_front(w);
+                    return Err(e);
+                }
             }
             // Oversized one-off buffers are freed; pool buffers go back.
             if w.buf.capacity() == self.batch_capacity {
@@ -1149,12 +1168,32 @@ impl Committer {
         Ok(())
     }
 
-    fn set_synced(&mut self, through: u64) {
+    /// Records that a sync made everything through `through` durable, once the
+    /// journal check passes when the sync covered writes beyond the confirmed part
+    /// of the file ([`super::journal`]).
+    fn set_synced(&mut self, through: u64) -> Result<()> {
         if through > self.synced_through {
+            if self.unconfirmed_through > self.synced_through {
+                self.check_journal()?;
+            }
             self.synced_through = through;
             self.core.synced_through.store(through, Ordering::Release);
         }
         self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn check_journal(&self) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        j.check().map_err(|e| {
+            Error::io(
+                "journal check after fdatasync",
+                self.core.dir.join(files::CURRENT),
+                e,
+            )
+        })
     }
 
     fn acknowledge(&mut self, mut acks: Vec<Ack>, last: u64) {
@@ -1184,10 +1223,18 @@ impl Committer {
     /// background zero-fill has done, the fill stops (waiting for a zero write in
     /// progress) so that it never writes where entries go. The rest of the file
     /// then stays unwritten, like a prepared file whose zero-fill a rotation cut
-    /// short.
-    fn claim_active(&mut self, end: u64) {
-        let Some(p) = &mut self.preparer else { return };
-        let Some(fill) = &p.tail else { return };
+    /// short. Returns whether the write reaches beyond the file's confirmed part
+    /// (`ActiveFile::confirmed`).
+    fn claim_active(&mut self, end: u64) -> bool {
+        if let Some(fill) = self.preparer.as_ref().and_then(|p| p.tail.as_ref()) {
+            // Each zero-filled chunk was synced and checked before it counted.
+            self.file.confirmed = self.file.confirmed.max(fill.zeroed_through());
+        }
+        let beyond = end > self.file.confirmed;
+        let Some(p) = &mut self.preparer else {
+            return beyond;
+        };
+        let Some(fill) = &p.tail else { return beyond };
         if end > fill.zeroed_through() {
             fill.stop();
             tracing::debug!(
@@ -1197,6 +1244,7 @@ impl Committer {
             );
             p.tail = None;
         }
+        beyond
     }
 
     /// Writes a seal batch at the current offset and fdatasyncs it (nothing in flight).
@@ -1222,7 +1270,7 @@ impl Committer {
         let out = buf.as_mut_slice();
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
         out[BATCH_HEADER_LEN..BLOCK_SIZE].fill(0);
-        self.claim_active(self.file.offset + BLOCK_SIZE as u64);
+        let beyond = self.claim_active(self.file.offset + BLOCK_SIZE as u64);
         let token = self.token();
         let r = self.backend.submit(
             token,
@@ -1243,10 +1291,12 @@ impl Committer {
         });
         self.pool.push(buf);
         r?;
+        if beyond {
+            self.check_journal()?;
+        }
         self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.file.offset += BLOCK_SIZE as u64;
-        self.set_synced(self.next_seq - 1);
-        Ok(())
+        self.set_synced(self.next_seq - 1)
     }
 
     /// Seals the active file, archives it and switches to the prepared next file.
@@ -1288,9 +1338,7 @@ impl Committer {
         );
         self.file.number += 1;
         self.file.offset = BLOCK_SIZE as u64;
-        self.file.size = std::fs::metadata(&current)
-            .map_err(|e| Error::io("stat", &current, e))?
-            .len();
+        (self.file.size, self.file.confirmed) = files::written_extent(&current)?;
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
         self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size, None);
         Ok(())

@@ -140,11 +140,16 @@ pub fn list_archived(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// fsyncs a directory so that creations, renames and deletions in it are durable.
+/// fsyncs a directory so that creations, renames and deletions in it are durable
+/// (and checks that the file system's journal had not aborted, [`super::journal`]).
 pub fn sync_dir(dir: &Path) -> Result<()> {
     tracked(MetaOp::SyncDir(dir), || {
         #[cfg(unix)]
-        File::open(dir)?.sync_all()?;
+        {
+            let d = File::open(dir)?;
+            d.sync_all()?;
+            super::journal::check_after_sync(&d)?;
+        }
         #[cfg(not(unix))]
         let _ = dir;
         Ok(())
@@ -253,7 +258,8 @@ pub fn write_at(f: &File, path: &Path, offset: u64, data: &[u8]) -> std::io::Res
 }
 
 /// Makes what was written to `f` (the file at `path`) durable: `fdatasync`, or its
-/// strongest equivalent on the platform, when `data_only`, otherwise `fsync`.
+/// strongest equivalent on the platform, when `data_only`, otherwise `fsync`; then
+/// checks that the file system's journal had not aborted ([`super::journal`]).
 pub fn sync_file(f: &File, path: &Path, data_only: bool) -> std::io::Result<()> {
     let sync = |f: &File| {
         if data_only {
@@ -263,12 +269,13 @@ pub fn sync_file(f: &File, path: &Path, data_only: bool) -> std::io::Result<()> 
         }
     };
     #[cfg(all(unix, any(test, feature = "sim")))]
-    return super::backend::sim::content_sync(f, path, sync);
+    super::backend::sim::content_sync(f, path, sync)?;
     #[cfg(not(all(unix, any(test, feature = "sim"))))]
     {
         let _ = path;
-        sync(f)
+        sync(f)?;
     }
+    super::journal::check_after_sync(f)
 }
 
 /// Renames `from` to `to` (same directory).
@@ -465,6 +472,17 @@ pub fn first_unwritten(_f: &File) -> Option<u64> {
     None
 }
 
+/// The size of the WAL file at `path` and how far from its start it is written
+/// (the first unwritten block, [`first_unwritten`]; 0 where that cannot be
+/// asked). Its cached pages are dropped first: a filesystem reports an unwritten
+/// block with a cached page as data.
+pub(crate) fn written_extent(path: &Path) -> Result<(u64, u64)> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    drop_cached_pages(&f);
+    Ok((size, first_unwritten(&f).unwrap_or(0).min(size)))
+}
+
 /// Drops the (clean, just synced) cached pages of a prepared file. The zero-fill
 /// goes through the page cache, and an `O_DIRECT` write over cached pages must
 /// invalidate them first, which io_uring cannot do without blocking: every such
@@ -515,7 +533,7 @@ fn advise(_f: &File, _offset: u64, _len: u64, _advice: Advice) {}
 /// a millisecond or so each (`docs/engine.md`). A filesystem without
 /// `sync_file_range` just does not pace; a failed writeback is an error.
 #[cfg(target_os = "linux")]
-fn write_back(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
+pub(crate) fn write_back(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
@@ -540,7 +558,7 @@ fn write_back(f: &File, offset: u64, len: usize) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn write_back(_f: &File, _offset: u64, _len: usize) -> std::io::Result<()> {
+pub(crate) fn write_back(_f: &File, _offset: u64, _len: usize) -> std::io::Result<()> {
     Ok(())
 }
 

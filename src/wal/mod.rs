@@ -30,6 +30,7 @@ mod completion;
 mod config;
 pub mod files;
 pub mod format;
+pub(crate) mod journal;
 pub mod recovery;
 
 /// The simulated disk for crash tests (feature `sim`): see [`Wal::open_sim`].
@@ -398,9 +399,7 @@ impl Wal {
             None
         };
         // The active file keeps its original size (max_file_size may have changed).
-        let size = std::fs::metadata(&current)
-            .map_err(|e| Error::io("stat", &current, e))?
-            .len();
+        let (size, confirmed) = files::written_extent(&current)?;
         let zeroed_through = match created_zeroed {
             Some(zeroed) => Some(zeroed),
             None => resumed_fill(&current, offset, size)?,
@@ -447,6 +446,7 @@ impl Wal {
                 number,
                 offset,
                 size,
+                confirmed,
             },
             next_seq,
             scan.last_sequence,
@@ -1012,6 +1012,65 @@ mod tests {
         }
     }
 
+    /// A sync that ext4 answers from an aborted journal (`super::journal`): the
+    /// active file is reserved but never written, so each batch needs its extent
+    /// converted. Five entries are written back (converted in the running
+    /// transaction) but not synced when another file's journal commit fails and
+    /// the journal aborts. The WAL's next sync must fail: its `fdatasync` finds
+    /// the failed transaction gone and returns success (Linux 6.18), and after a
+    /// remount the five entries are not on the disk. Recovery returns the ten
+    /// entries synced before. Both backends, `interval` (so the test can write
+    /// back without a sync). Without the journal check the sync succeeded.
+    #[test]
+    fn a_sync_answered_from_an_aborted_journal_fails() {
+        use crate::wal::{BackendKind, Wal};
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let fs = crate::file_at::FailingExt4::mount();
+            let dir = fs.path().join("wal");
+            std::fs::create_dir(&dir).unwrap();
+            let cfg = page_cache_config(backend);
+            super::files::prepare_file(&dir, 1, cfg.max_file_size, super::files::Prealloc::Reserve)
+                .unwrap();
+            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            for i in 0..10 {
+                wal.append("t", 0, payload(i)).wait().unwrap();
+            }
+            wal.sync().wait().unwrap();
+            // The next file's preparation is done (renamed into place after its
+            // fsync, which would commit the conversions below).
+            while !dir.join(super::files::NEXT).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            for i in 10..15 {
+                wal.append("t", 0, payload(i)).wait().unwrap();
+            }
+            let current = dir.join(super::files::CURRENT);
+            let f = std::fs::File::open(&current).unwrap();
+            super::files::write_back(&f, 0, cfg.max_file_size as usize).unwrap();
+            drop(f);
+
+            fs.fail(Some(libc::EIO));
+            std::fs::write(fs.path().join("other"), b"x").unwrap();
+            let dir_sync = std::fs::File::open(fs.path()).unwrap().sync_all();
+            assert!(dir_sync.is_err(), "{backend}: the journal commit succeeded");
+            let e = wal.sync().wait().unwrap_err();
+            assert!(
+                e.to_string().contains("journal check after fdatasync"),
+                "{backend}: {e}"
+            );
+            assert!(
+                wal.close().is_err(),
+                "{backend}: the failed WAL closed cleanly"
+            );
+            fs.fail(None);
+            fs.remount();
+
+            let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+            assert_recovers(rec, 10, backend);
+            wal.close().unwrap();
+        }
+    }
+
     /// A device that starts failing writes at a random moment
     /// (`FailingExt4`: ext4 on a loop device whose writes fail). Four threads
     /// append entries of 100 B to 6 KB until their appends fail, into files of
@@ -1034,31 +1093,19 @@ mod tests {
     /// runs more (`DEVICE_FAILURE_SEEDS`, `DEVICE_FAILURE_FIRST_SEED`).
     #[test]
     fn a_device_failing_at_random_moments_loses_no_acknowledged_entry() {
+        use crate::file_at::device_failure::{env, mix, payload};
         use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
         use std::collections::{HashMap, HashSet};
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-        let data = |t: u64, i: u64| {
-            let len = 100 + ((t * 7919 + i * 104_729) % 6000) as usize;
-            let mut d = format!("{t}:{i}:").into_bytes();
-            d.resize(len, b'a' + (i % 26) as u8);
-            bytes::Bytes::from(d)
-        };
+        let data = |t: u64, i: u64| bytes::Bytes::from(payload(t, i, 100, 6000));
         // scripts/device-failure-soak.sh runs more seeds.
-        let env = |name: &str, default: u64| {
-            std::env::var(name).map_or(default, |v| v.parse().expect(name))
-        };
         let (seeds, first_seed) = (
             env("DEVICE_FAILURE_SEEDS", 6),
             env("DEVICE_FAILURE_FIRST_SEED", 1),
         );
         for backend in [BackendKind::Std, BackendKind::Uring] {
             for seed in first_seed..first_seed + seeds {
-                // splitmix64: the seed's failure point and errno.
-                let mut z = seed
-                    .wrapping_add(backend as u64 * 1000)
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let z = mix(seed.wrapping_add(backend as u64 * 1000));
                 let fail_after = ((z >> 8) % 1500) as usize;
                 let errno = if z & 1 == 0 { libc::EIO } else { libc::ENOSPC };
                 let mode = if seed % 2 == 1 {
