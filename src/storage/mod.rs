@@ -1804,7 +1804,7 @@ mod tests {
     fn a_device_failing_at_random_moments_loses_no_acknowledged_produce() {
         use crate::file_at::device_failure::{env, mix, payload};
         use crate::wal::BackendKind;
-        use std::collections::{HashMap, HashSet};
+        use std::collections::HashMap;
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
         let value = |t: u64, i: u64| payload(t, i, 50, 3000);
         let (seeds, first_seed) = (
@@ -1816,6 +1816,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        let mut failures = Vec::new();
         for backend in [BackendKind::Std, BackendKind::Uring] {
             for seed in first_seed..first_seed + seeds {
                 let z = mix(seed.wrapping_add(backend as u64 * 1000 + 500));
@@ -1883,7 +1884,13 @@ mod tests {
 
                 let m = TopicManager::new(cfg.clone())
                     .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
-                let produced: HashSet<&Vec<u8>> = results.iter().flat_map(|r| &r.1).collect();
+                // Which producer's which batch each produced batch is.
+                let produced: HashMap<&Vec<u8>, (usize, usize)> = results
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, r)| r.1.iter().enumerate().map(move |(i, b)| (b, (t, i))))
+                    .collect();
+                let mut problems = Vec::new();
                 let mut next = [0i64; 2];
                 let mut got: [HashMap<i64, Vec<u8>>; 2] = Default::default();
                 for part in 0..2 {
@@ -1894,19 +1901,32 @@ mod tests {
                         }
                         let mut at = 0;
                         for info in batch::validate_all(&r.records).unwrap() {
-                            assert_eq!(
-                                info.base_offset, next[part],
-                                "{what}: partition {part}: a gap"
-                            );
+                            if info.base_offset != next[part] {
+                                problems.push(format!(
+                                    "partition {part}: offset {} follows {}",
+                                    info.base_offset, next[part]
+                                ));
+                            }
                             let mut raw = r.records[at..at + info.len].to_vec();
                             batch::assign_offsets(&mut raw, &[info], 0);
-                            assert!(produced.contains(&raw), "{what}: a batch never produced");
+                            if !produced.contains_key(&raw) {
+                                problems.push(format!(
+                                    "partition {part}: offset {} holds a batch never produced",
+                                    info.base_offset
+                                ));
+                            }
                             got[part].insert(info.base_offset, raw);
                             next[part] = info.last_offset() + 1;
                             at += info.len;
                         }
                     }
-                    assert_eq!(next[part], p.log_end_offset(), "{what}: partition {part}");
+                    if next[part] != p.log_end_offset() {
+                        problems.push(format!(
+                            "partition {part}: read to {}, log end offset {}",
+                            next[part],
+                            p.log_end_offset()
+                        ));
+                    }
                 }
                 let acked: usize = results.iter().map(|r| r.0.len()).sum();
                 eprintln!(
@@ -1914,14 +1934,27 @@ mod tests {
                     next[0], next[1], results[0].2
                 );
                 for (t, (ok, _, _)) in results.iter().enumerate() {
-                    for (base, b) in ok {
-                        assert_eq!(
-                            got[t % 2].get(base),
-                            Some(b),
-                            "{what}: acknowledged offset {base} of partition {} lost",
-                            t % 2
-                        );
+                    for (k, (base, b)) in ok.iter().enumerate() {
+                        let part = t % 2;
+                        if got[part].get(base) != Some(b) {
+                            let holds = got[part].get(base).map(|h| produced.get(h));
+                            problems.push(format!(
+                                "partition {part}: acknowledged offset {base} (producer {t}'s \
+                                 batch {k} of {} acknowledged) lost; the offset holds {holds:?} \
+                                 (producer, batch)",
+                                ok.len()
+                            ));
+                        }
                     }
+                }
+                if !problems.is_empty() {
+                    let errors: Vec<_> = results.iter().map(|r| &r.2).collect();
+                    eprintln!(
+                        "storage-device-failure FAILED: {what}: {problems:?}; producers' errors: {errors:?}"
+                    );
+                    failures.push(what.clone());
+                    let _ = m.shutdown();
+                    continue;
                 }
                 let bases = rt.block_on(async {
                     let mut bases = Vec::new();
@@ -1939,5 +1972,6 @@ mod tests {
                 m.shutdown().unwrap();
             }
         }
+        assert!(failures.is_empty(), "failed: {failures:?}");
     }
 }
