@@ -264,9 +264,17 @@ impl FailingExt4 {
             mnt: tempfile::tempdir().unwrap(),
             fs,
         };
+        // 4 KiB blocks (mkfs picks 1 KiB for a file system this small): see
+        // `mount_image`.
         ext4.run(
             "mkfs.ext4",
-            &["-q".as_ref(), "-F".as_ref(), ext4.img().as_ref()],
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-b".as_ref(),
+                "4096".as_ref(),
+                ext4.img().as_ref(),
+            ],
         );
         ext4.mount_image();
         ext4
@@ -294,6 +302,28 @@ impl FailingExt4 {
             "mount",
             &["-o".as_ref(), opts.as_ref(), img.as_ref(), mnt.as_ref()],
         );
+        // The loop device writes a request to the image with one write(2), and
+        // FUSE splits that into WRITE requests at page boundaries and every
+        // 512 KiB; when the failure begins between two of them the write(2) is
+        // short, and the loop device (Linux 6.18) completes the request as a
+        // success: an O_DIRECT|O_DSYNC write of 12 KiB that ext4 issued at a
+        // 1 KiB offset returned success with 3 KiB on the image (checked by
+        // hand). A real device does not fail half a request and report it done,
+        // so requests are kept to one FUSE WRITE each: 4 KiB blocks (aligned
+        // requests) and at most 256 KiB per request.
+        let dev = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == mnt.to_str())
+            .and_then(|l| l.split(" - ").nth(1))
+            .and_then(|rest| rest.split(' ').nth(1))
+            .map(str::to_string)
+            .expect("the loop device of the mount");
+        let name = std::path::Path::new(&dev).file_name().unwrap().to_owned();
+        let limit = std::path::Path::new("/sys/block")
+            .join(name)
+            .join("queue/max_sectors_kb");
+        std::fs::write(&limit, "256").unwrap_or_else(|e| panic!("{}: {e}", limit.display()));
     }
 
     /// Whether the unmount succeeded. An io_uring instance releases its files

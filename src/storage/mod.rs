@@ -717,12 +717,26 @@ impl TopicManager {
             }
             Err(e) => return Err(e),
         };
+        let wal_dir = config.wal_dir();
+        let has_wal = config.wal.enabled || wal_dir.join(crate::wal::files::CURRENT).exists();
+        if has_wal {
+            // Above its recovery point (all of it without one) a partition's
+            // segments are not known durable, and the WAL holds their batches.
+            for t in topics.values() {
+                let id = t.id.to_string();
+                for (i, p) in t.partitions.iter().enumerate() {
+                    let from = points
+                        .as_ref()
+                        .and_then(|pts| pts.get(&t.name, &id, i))
+                        .unwrap_or(0);
+                    p.verify_from(from, t.configs.compact())?;
+                }
+            }
+        }
         let short = short_partitions(&topics, points.as_ref());
 
-        let wal_dir = config.wal_dir();
         let mut stats = ReplayStats::default();
         let mut wal = None;
-        let has_wal = config.wal.enabled || wal_dir.join(crate::wal::files::CURRENT).exists();
         if !has_wal {
             check_short(&short, mode)?;
         }
@@ -1534,6 +1548,68 @@ mod tests {
         }
     }
 
+    /// A segment that is not the newest but lost its batches (the disk holds
+    /// zeros where they were: a roll while a checkpoint's sync of it was in
+    /// flight, then a crash; or a sync the file system answered without making
+    /// the data durable), above the recovery point, where the WAL holds every
+    /// batch: the open must cut the partition there, drop the later segments
+    /// and let replay restore the rest, byte for byte. Before, the open
+    /// trusted every segment but the newest, and replay skipped the lost
+    /// offsets as held by the segments.
+    #[test]
+    fn a_lost_segment_above_the_recovery_point_is_restored_from_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+
+        let batches: Vec<Vec<u8>> = (0..12u8)
+            .map(|i| batch_at(i64::from(i), &[&[i; 300]]))
+            .collect();
+        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        for b in &batches {
+            wal.append("t", 0, Bytes::from(b.clone())).wait().unwrap();
+        }
+        wal.close().unwrap();
+        let dir = tmp.path().join("topics/t/0");
+        let p = Partition::open("t", 0, dir.clone(), 1000).unwrap();
+        for b in &batches {
+            p.append(b, &batch::validate_all(b).unwrap()).unwrap();
+        }
+        drop(p);
+        let mut logs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        assert!(logs.len() >= 4, "{logs:?}");
+        let len = std::fs::metadata(&logs[1]).unwrap().len() as usize;
+        std::fs::write(&logs[1], vec![0u8; len]).unwrap();
+
+        for round in 0..2 {
+            let m = TopicManager::new(config(tmp.path())).unwrap();
+            let p = m.partition("t", 0).unwrap();
+            assert_eq!(p.log_end_offset(), 12, "round {round}");
+            let mut got = Vec::new();
+            let mut next = 0;
+            while next < 12 {
+                let r = p.read(next, 1 << 20).unwrap().unwrap();
+                let infos = batch::validate_all(&r.records).unwrap();
+                next = infos.last().unwrap().last_offset() + 1;
+                got.extend_from_slice(&r.records);
+            }
+            assert!(
+                got == batches.concat(),
+                "round {round}: every batch once, in order ({} bytes read, {} produced)",
+                got.len(),
+                batches.concat().len()
+            );
+            m.shutdown().unwrap();
+        }
+    }
+
     #[test]
     fn topic_configs_are_durable_and_govern_rolls_and_retention() {
         use crate::storage::{
@@ -1881,6 +1957,25 @@ mod tests {
                 drop(m);
                 fs.fail(None);
                 fs.remount();
+                // What the device holds, kept for a look if the run fails.
+                let kept =
+                    std::env::temp_dir().join(format!("storage-device-failure-{backend}-{seed}"));
+                let _ = std::fs::remove_dir_all(&kept);
+                let copied = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(fs.path().join("data"))
+                    .arg(&kept)
+                    .status();
+                assert!(copied.is_ok_and(|s| s.success()), "{what}: cp -a");
+                // And how the segments' extents stand (`filefrag -v`: unwritten ones).
+                let extents = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg("filefrag -v topics/*/*/*.log")
+                    .current_dir(fs.path().join("data"))
+                    .output();
+                if let Ok(out) = extents {
+                    let _ = std::fs::write(kept.join("filefrag.txt"), out.stdout);
+                }
 
                 let m = TopicManager::new(cfg.clone())
                     .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
@@ -1950,7 +2045,8 @@ mod tests {
                 if !problems.is_empty() {
                     let errors: Vec<_> = results.iter().map(|r| &r.2).collect();
                     eprintln!(
-                        "storage-device-failure FAILED: {what}: {problems:?}; producers' errors: {errors:?}"
+                        "storage-device-failure FAILED: {what}: {problems:?}; producers' errors: {errors:?}; the data directory as remounted: {}",
+                        kept.display()
                     );
                     failures.push(what.clone());
                     let _ = m.shutdown();
@@ -1970,6 +2066,7 @@ mod tests {
                 });
                 assert_eq!(bases, next.to_vec(), "{what}");
                 m.shutdown().unwrap();
+                let _ = std::fs::remove_dir_all(&kept);
             }
         }
         assert!(failures.is_empty(), "failed: {failures:?}");

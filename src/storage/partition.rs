@@ -263,6 +263,61 @@ impl Partition {
         })
     }
 
+    /// Scans every segment but the newest (which the open scanned) that holds
+    /// offsets at or above `from`, the partition's recovery point: below it the
+    /// segments were synced by a checkpoint; above it the WAL holds every batch,
+    /// and a segment there may have lost what it held to a crash or a failed
+    /// write even though a later segment exists (a roll while a checkpoint's
+    /// sync of the segment was in flight, or a sync the file system answered
+    /// without making the data durable). The first segment found short (cut
+    /// where its batches stop) becomes the newest: the segments after it are
+    /// removed, and WAL replay appends from where it ends. Returns that end
+    /// when it cut. With `gaps` (a compacted topic, whose segments may end
+    /// before the next begins) only a scan that cut counts as short. Call
+    /// before the partition serves anything.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn verify_from(&self, from: i64, gaps: bool) -> Result<Option<i64>> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        for i in 0..log.len().saturating_sub(1) {
+            let next_base = log[i + 1].base_offset();
+            if next_base <= from {
+                continue;
+            }
+            let scanned = Segment::open(&self.dir, log[i].base_offset(), true)?;
+            let end = scanned.next_offset();
+            let short = scanned.cut().is_some() || (!gaps && end < next_base);
+            log[i] = scanned;
+            if !short {
+                continue;
+            }
+            let removed: Vec<Segment> = log.drain(i + 1..).collect();
+            for s in &removed {
+                s.remove_files()?;
+            }
+            sync_dir(&self.dir)?;
+            // The producers as of this segment's end: its snapshot and its batches.
+            let mut producers = load_snapshot(&self.dir, log[i].base_offset())
+                .map(|s| ProducerState::from_snapshot(&s))
+                .unwrap_or_default();
+            log[i].record_producers_tail(usize::MAX, &mut producers)?;
+            *self.producers() = producers;
+            self.next_offset.store(end, Ordering::Release);
+            self.high_watermark.store(end, Ordering::Release);
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.index,
+                segment = %log[i].log_path().display(),
+                end,
+                removed = removed.len(),
+                "a segment above the recovery point ends short of the next one; cut there, the WAL restores the rest"
+            );
+            return Ok(Some(end));
+        }
+        Ok(None)
+    }
+
     /// The topic name.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -437,9 +492,10 @@ impl Partition {
                         || s.age_for_roll(appending, segment::now_ms) > max_age))
         });
         if needs_roll {
-            // The finished segment becomes durable before its successor exists.
+            // The finished segment becomes durable before its successor exists
+            // (synced here even when a checkpoint's sync of it is in flight).
             if let Some(s) = log.last_mut() {
-                s.sync()?;
+                s.sync_now()?;
             }
             let seg = Segment::create(&self.dir, base)?;
             sync_dir(&self.dir)?;

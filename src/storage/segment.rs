@@ -17,7 +17,7 @@ use std::{
 
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
-use crate::wal::journal::{sync_all, sync_data};
+use crate::wal::journal::{check_written, sync_all, sync_data};
 
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
@@ -41,6 +41,8 @@ pub struct SyncJob {
     /// Base offset of the segment.
     pub base_offset: i64,
     files: [(Arc<File>, PathBuf); 2],
+    /// The log's size when the job was taken: what its sync covers.
+    log_len: u64,
 }
 
 impl SyncJob {
@@ -52,7 +54,9 @@ impl SyncJob {
         for (f, path) in &self.files {
             sync_data(f).map_err(|e| Error::io("fdatasync", path, e))?;
         }
-        Ok(())
+        // The index is rebuilt from the log when it is short; the log must be whole.
+        let (log, path) = &self.files[0];
+        check_written(log, self.log_len).map_err(|e| Error::io("fdatasync", path, e))
     }
 }
 
@@ -364,7 +368,9 @@ impl CleanedWriter {
                 .log
                 .into_inner()
                 .map_err(|e| Error::io("write", &log_path, e.into_error()))?;
-            sync_data(&log).map_err(|e| Error::io("fdatasync", &log_path, e))?;
+            sync_data(&log)
+                .and_then(|()| check_written(&log, log.metadata()?.len()))
+                .map_err(|e| Error::io("fdatasync", &log_path, e))?;
             std::fs::write(&index_path, &self.index)
                 .map_err(|e| Error::io("write", &index_path, e))?;
             File::open(&index_path)
@@ -549,7 +555,9 @@ impl Segment {
                 .map_err(|e| Error::io("write", &tmp, e))?;
             pos += n as u64;
         }
-        sync_all(&copy).map_err(|e| Error::io("fsync", &tmp, e))?;
+        sync_all(&copy)
+            .and_then(|()| check_written(&copy, pos))
+            .map_err(|e| Error::io("fsync", &tmp, e))?;
         std::fs::rename(&tmp, &self.log_path).map_err(|e| Error::io("rename", &tmp, e))?;
         super::sync_dir(dir)?;
         self.log = Arc::new(copy);
@@ -736,6 +744,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Syncs the segment whether or not it changed since its last sync: a
+    /// checkpoint may have taken its [`SyncJob`] and not finished it yet.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; the segment stays dirty then.
+    pub fn sync_now(&mut self) -> Result<()> {
+        self.dirty = true;
+        self.sync()
+    }
+
     /// Marks the segment clean and returns the syncs that make it so, to run without
     /// holding the partition lock; `None` when nothing changed since the last sync.
     /// If the returned job fails, call [`Segment::mark_dirty`].
@@ -750,6 +768,7 @@ impl Segment {
                 (Arc::clone(&self.log), self.log_path.clone()),
                 (Arc::clone(&self.index_file), self.index_path.clone()),
             ],
+            log_len: self.size,
         })
     }
 

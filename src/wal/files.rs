@@ -632,14 +632,17 @@ pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, directory fsync.
+/// Writes `bytes` to `path` atomically: temp file, fsync (and a check that its
+/// bytes are on the disk, [`super::journal::check_written`]), rename, directory fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
         .map_err(|e| Error::io("create", &tmp, e))?;
     write_at(&f, &tmp, 0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    sync_file(&f, &tmp, false).map_err(|e| Error::io("fsync", &tmp, e))?;
+    sync_file(&f, &tmp, false)
+        .and_then(|()| super::journal::check_written(&f, bytes.len() as u64))
+        .map_err(|e| Error::io("fsync", &tmp, e))?;
     drop(f);
     rename(&tmp, path)?;
     // The rename is durable only once the directory entry is.
