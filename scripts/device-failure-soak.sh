@@ -34,12 +34,12 @@ STORAGE_FAILURE_SEEDS=$seeds STORAGE_FAILURE_FIRST_SEED=$first \
 grep -q 'test result: ok' "$log" || status=1
 # WAL, per sync mode: acknowledged, synced (interval: the highest sequence a
 # successful sync returned) and recovered entries, summed over the runs.
-grep '^device-failure: ' "$log" \
+{ grep '^device-failure: ' "$log" || true; } \
     | sed -E 's/^device-failure: [a-z]+ ([A-Za-z]+) .*acknowledged ([0-9]+) synced ([0-9]+) recovered ([0-9]+);.*/\1 \2 \3 \4/' \
     | awk '{ n[$1]++; a[$1] += $2; s[$1] += $3; r[$1] += $4 }
            END { for (m in n) printf "wal %s: runs %d, acknowledged %d, synced %d, recovered %d\n", m, n[m], a[m], s[m], r[m] }'
 # Storage: acknowledged produces and recovered batches (both partitions).
-grep '^storage-device-failure: ' "$log" \
+{ grep '^storage-device-failure: ' "$log" || true; } \
     | sed -E 's/.*acknowledged ([0-9]+) recovered ([0-9]+) \+ ([0-9]+);.*/\1 \2 \3/' \
     | awk '{ n++; a += $1; r += $2 + $3 }
            END { if (n) printf "storage: runs %d, acknowledged %d, recovered %d\n", n, a, r }'

@@ -1871,11 +1871,14 @@ mod tests {
     /// the file system is remounted (what the device holds, as after a crash)
     /// and the storage recovers: each partition's offsets are contiguous from
     /// 0, every batch read back was produced, every acknowledged batch is at
-    /// its offset byte for byte, and produces continue after it. Before the
-    /// journal check (`crate::wal::journal`) this lost acknowledged batches in
-    /// about one run in 300: a sync ext4 answered from an aborted journal.
-    /// Four seeds per backend; `scripts/device-failure-soak.sh` runs more
-    /// (`STORAGE_FAILURE_SEEDS`, `STORAGE_FAILURE_FIRST_SEED`).
+    /// its offset byte for byte, and produces continue after it. A failing
+    /// run reports what was lost and keeps a copy of the remounted data
+    /// directory; the other seeds go on. Before the checks after syncs
+    /// (`crate::wal::journal`) and the scan of segments above the recovery
+    /// point this lost acknowledged batches in about one run in 150
+    /// (`docs/reliability.md`, "Syncs that return success for data that is not
+    /// durable"). Four seeds per backend; `scripts/device-failure-soak.sh`
+    /// runs more (`STORAGE_FAILURE_SEEDS`, `STORAGE_FAILURE_FIRST_SEED`).
     #[test]
     fn a_device_failing_at_random_moments_loses_no_acknowledged_produce() {
         use crate::file_at::device_failure::{env, mix, payload};
