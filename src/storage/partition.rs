@@ -41,6 +41,20 @@ struct LogStartFile {
     log_start_offset: i64,
 }
 
+/// The producers known when the segment starting at `base` was started: its
+/// snapshot; without one, those whose last batches went out just before it, in
+/// `prev`.
+fn producers_before(dir: &Path, base: i64, prev: Option<&Segment>) -> Result<ProducerState> {
+    if let Some(s) = load_snapshot(dir, base) {
+        return Ok(ProducerState::from_snapshot(&s));
+    }
+    let mut producers = ProducerState::default();
+    if let Some(prev) = prev {
+        prev.record_producers_tail(PREVIOUS_SEGMENT_BATCHES, &mut producers)?;
+    }
+    Ok(producers)
+}
+
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
 /// is a readable one for it.
 fn load_snapshot(dir: &Path, base: i64) -> Option<Snapshot> {
@@ -203,20 +217,7 @@ impl Partition {
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
             let seg = if i + 1 == bases.len() {
-                // The producers known when the newest segment was started; without
-                // a snapshot, those whose last batches went out just before it.
-                match load_snapshot(&dir, *base) {
-                    Some(s) => producers = ProducerState::from_snapshot(&s),
-                    None => {
-                        if let Some(prev) = segments.last() {
-                            Segment::record_producers_tail(
-                                prev,
-                                PREVIOUS_SEGMENT_BATCHES,
-                                &mut producers,
-                            )?;
-                        }
-                    }
-                }
+                producers = producers_before(&dir, *base, segments.last())?;
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
                 Segment::open(&dir, *base, false)?
@@ -297,10 +298,9 @@ impl Partition {
                 s.remove_files()?;
             }
             sync_dir(&self.dir)?;
-            // The producers as of this segment's end: its snapshot and its batches.
-            let mut producers = load_snapshot(&self.dir, log[i].base_offset())
-                .map(|s| ProducerState::from_snapshot(&s))
-                .unwrap_or_default();
+            // The producers as of this segment's end, as if it were opened newest.
+            let prev = i.checked_sub(1).map(|j| &log[j]);
+            let mut producers = producers_before(&self.dir, log[i].base_offset(), prev)?;
             log[i].record_producers_tail(usize::MAX, &mut producers)?;
             *self.producers() = producers;
             self.next_offset.store(end, Ordering::Release);
