@@ -63,6 +63,13 @@ unsafe impl GlobalAlloc for HugeAllocGuard {
     }
 }
 
+/// Reserve address space without committing swap for it where the flag exists
+/// (Linux and macOS; FreeBSD dropped it, its anonymous mappings never reserve).
+#[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+const NORESERVE: libc::c_int = libc::MAP_NORESERVE;
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+const NORESERVE: libc::c_int = 0;
+
 fn map(size: usize) -> *mut u8 {
     // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
     let p = unsafe {
@@ -70,7 +77,7 @@ fn map(size: usize) -> *mut u8 {
             std::ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | NORESERVE,
             -1,
             0,
         )

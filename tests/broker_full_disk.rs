@@ -13,6 +13,7 @@
 //! same filesystem, so writing the log fails too: a log line that cannot be written
 //! must not take a thread down with it. The last test makes that deterministic with
 //! a log on `/dev/full`.
+#![cfg(target_os = "linux")]
 
 mod broker_support;
 mod loop_fs;

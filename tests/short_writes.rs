@@ -19,7 +19,7 @@ use streamline::wal::{files, BackendKind, SyncMode, Wal, WalConfig};
 
 const FILE_SIZE: u64 = 1 << 20;
 /// Where writes are cut: inside `current.wal`, on a block boundary.
-const LIMIT: u64 = 512 << 10;
+const LIMIT: libc::rlim_t = 512 << 10;
 /// One entry per batch (each append waits): a batch then takes 5 blocks, so
 /// batches start at 4096 + k × 20480 and the one at 516096 crosses the limit.
 const ENTRY: usize = 20_000;

@@ -221,7 +221,8 @@ impl Security {
     }
 
     /// Reads the TLS material and the SASL users again; what fails to load is
-    /// logged and the previous one kept.
+    /// logged and the previous one kept. Triggered by SIGHUP (Unix only).
+    #[cfg(unix)]
     fn reload(&self, cfg: &crate::config::ServerConfig) {
         if let (Some(lock), Some(c)) = (&self.tls, &cfg.tls) {
             match tls::acceptor(c) {
@@ -720,7 +721,20 @@ fn default_max_connections() -> usize {
 fn open_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
     let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    (soft != RLIM_INFINITY).then_some(soft)
+    if soft == RLIM_INFINITY {
+        return None;
+    }
+    rlim_to_u64(soft)
+}
+
+/// `rlim_t` is unsigned on Linux and macOS, signed on the BSDs.
+#[cfg(unix)]
+#[allow(
+    clippy::useless_conversion,
+    reason = "the conversion is the identity only where rlim_t is u64"
+)]
+fn rlim_to_u64(v: nix::libc::rlim_t) -> Option<u64> {
+    u64::try_from(v).ok()
 }
 
 #[cfg(not(unix))]
@@ -739,7 +753,7 @@ pub fn raise_open_file_limit() -> Option<u64> {
         // macOS refuses more than OPEN_MAX for the soft limit; keep what is in force then.
         if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             tracing::debug!(soft, hard, error = %e, "could not raise the open-file limit");
-            return Some(soft);
+            return rlim_to_u64(soft);
         }
     }
     open_file_limit()

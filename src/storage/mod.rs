@@ -1879,6 +1879,7 @@ mod tests {
     /// (`docs/reliability.md`, "Syncs that return success for data that is not
     /// durable"). Four seeds per backend; `scripts/device-failure-soak.sh`
     /// runs more (`STORAGE_FAILURE_SEEDS`, `STORAGE_FAILURE_FIRST_SEED`).
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_device_failing_at_random_moments_loses_no_acknowledged_produce() {
         use crate::file_at::device_failure::{env, mix, payload};

@@ -911,6 +911,7 @@ mod tests {
         b
     }
 
+    #[cfg(target_os = "linux")]
     /// A new segment in `dir` holding records "a", "b" and "c", synced.
     fn three_synced(dir: &Path) -> Segment {
         let mut s = Segment::create(dir, 0).unwrap();
@@ -982,6 +983,7 @@ mod tests {
     /// pages back. The next open meets that failure at its first sync of the log,
     /// rebuilds the log from what it reads and keeps exactly what the store
     /// holds; later appends sync. Before the rebuild existed, this open failed.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_real_write_back_failure_left_behind_is_repaired_at_open() {
         use std::os::unix::fs::MetadataExt;
@@ -1031,6 +1033,7 @@ mod tests {
     /// failure was reported once, to that sync), so only dropping the log's
     /// pages makes the scan read what the disk holds: the three synced records,
     /// the failed one cut as a torn tail. Without the drop the scan found four.
+    #[cfg(target_os = "linux")]
     #[test]
     fn an_append_whose_write_back_failed_on_ext4_is_not_read_back_from_the_cache() {
         let fs = crate::file_at::FailingExt4::mount();
@@ -1069,6 +1072,7 @@ mod tests {
     /// failing at the device): the open fails naming the log, and the error
     /// never passes for a torn tail; the log is unchanged and opens whole once
     /// reads work again.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_real_read_error_at_open_fails_the_open_and_cuts_nothing() {
         let fs = crate::file_at::FailingExt4::mount();

@@ -811,11 +811,13 @@ mod tests {
         assert_eq!(std::fs::read(&current).unwrap(), vec![5u8; 256 << 10]);
     }
 
+    #[cfg(target_os = "linux")]
     /// Payload `i` of the write-back failure tests.
     fn payload(i: u64) -> bytes::Bytes {
         bytes::Bytes::from(vec![i as u8; 3000])
     }
 
+    #[cfg(target_os = "linux")]
     /// The write-back failure tests' WAL (`FailingFs`): `interval`, so writes go
     /// through the page cache, synced only when asked; 1 MiB files.
     fn page_cache_config(backend: crate::wal::BackendKind) -> crate::wal::WalConfig {
@@ -828,6 +830,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
     /// Recovery yields exactly entries 1..=n, with their payloads.
     fn assert_recovers(rec: super::Recovery, n: u64, backend: crate::wal::BackendKind) {
         let got: Vec<_> = rec.map(|e| e.unwrap()).collect();
@@ -848,6 +851,7 @@ mod tests {
     /// what the store holds and later appends are durable. Both backends, writing
     /// through the page cache (`interval`). Without `settle_active` the first
     /// sync after the open failed with EIO and latched the WAL.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_real_write_back_failure_in_the_active_file_is_met_at_open() {
         use crate::wal::{BackendKind, Wal};
@@ -905,6 +909,7 @@ mod tests {
     /// them reports the failure, the WAL latches (later appends and syncs fail,
     /// never a false success), and a reopen recovers what the store holds, the
     /// entries synced before, and nothing the failed write-back lost.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_real_write_back_failure_fails_the_sync_and_latches_the_wal() {
         use crate::wal::{BackendKind, Wal};
@@ -957,6 +962,7 @@ mod tests {
     /// Without the drop the reopen failed: the scan validated the five cached
     /// entries, and replay, reading them again, found the disk's zeros ("batch
     /// changed since it was validated").
+    #[cfg(target_os = "linux")]
     #[test]
     fn entries_whose_write_back_failed_on_ext4_are_not_read_back_from_the_cache() {
         use crate::wal::{BackendKind, Wal};
@@ -1021,6 +1027,7 @@ mod tests {
     /// remount the five entries are not on the disk. Recovery returns the ten
     /// entries synced before. Both backends, `interval` (so the test can write
     /// back without a sync). Without the journal check the sync succeeded.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_sync_answered_from_an_aborted_journal_fails() {
         use crate::wal::{BackendKind, Wal};
@@ -1091,6 +1098,7 @@ mod tests {
     /// covered (`interval`) comes back with its payload, and the WAL takes
     /// appends after it. Six seeds per backend; `scripts/device-failure-soak.sh`
     /// runs more (`DEVICE_FAILURE_SEEDS`, `DEVICE_FAILURE_FIRST_SEED`).
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_device_failing_at_random_moments_loses_no_acknowledged_entry() {
         use crate::file_at::device_failure::{env, mix, payload};
@@ -1218,6 +1226,7 @@ mod tests {
     /// the device): the open fails with an I/O error naming the file and
     /// changes nothing, and once reads work again everything is recovered.
     /// A read error must never pass for the end of the log. Both backends.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_real_read_error_at_open_fails_the_open_and_loses_nothing() {
         use crate::wal::{BackendKind, Wal};

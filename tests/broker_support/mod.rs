@@ -68,6 +68,9 @@ impl Broker {
         let mut cmd = Command::new(broker_bin());
         if let Some(n) = open_files {
             use std::os::unix::process::CommandExt;
+            // rlim_t is u64 on Linux, i64 on the BSDs.
+            #[allow(clippy::useless_conversion, reason = "identity where rlim_t is u64")]
+            let n = libc::rlim_t::try_from(n).expect("open-file limit fits rlim_t");
             let limit = libc::rlimit {
                 rlim_cur: n,
                 rlim_max: n,

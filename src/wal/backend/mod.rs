@@ -19,6 +19,8 @@ pub(crate) enum Op<'a> {
     /// when it completes (an `RWF_DSYNC` write, or an fdatasync that starts after
     /// the write). It promises nothing about other writes: use [`Op::Sync`] for that.
     Write {
+        /// Read by the io_uring backend only; `std` looks buffers up when it reaps.
+        #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
         buf: &'a AlignedBuf,
         len: usize,
         offset: u64,
