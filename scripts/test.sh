@@ -16,9 +16,9 @@ if ! command -v mkfs.ext4 >/dev/null; then
     apt-get update -qq </dev/null && apt-get install -y -qq e2fsprogs mount </dev/null
 fi
 scripts/install-test-deps.sh
+cargo build --all-targets --features sim
 # The crate must build where it cannot be tested here (macOS, FreeBSD, Windows).
 scripts/check-platforms.sh
-cargo build --all-targets --features sim
 cargo test --all-targets --features sim
 # The broker suites once more on the portable backend (the WAL suites already run
 # every test on both backends).
