@@ -226,6 +226,69 @@ fn many_threads_appending_get_every_completion_and_disk_order_is_sequence_order(
     }
 }
 
+/// With the `uring` backend's default (`uring_group_writes` unset), a producer
+/// that is alone gets its durable writes written by the commit thread itself
+/// once 32 of them in a row completed alone; an append that finds another beside
+/// it ends that, and the count starts again. Every entry is recovered either way.
+#[test]
+fn a_lone_producer_gets_its_writes_grouped_until_it_has_company() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        max_file_size: 4 << 20,
+        ..config(BackendKind::Uring, SyncMode::EveryWrite)
+    };
+    assert_eq!(cfg.uring_group_writes, None);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    let mut expected = Vec::new();
+    let mut append = |wal: &Wal, i: u64| {
+        expected.push(payload(i, 200));
+        wal.append("lone", 0, Bytes::from(payload(i, 200)))
+    };
+    let mut i = 0;
+    for _ in 0..40 {
+        append(&wal, i).wait().unwrap();
+        i += 1;
+    }
+    let alone = wal.stats().grouped_batches;
+    assert!(
+        (1..=8).contains(&alone),
+        "40 lone appends: the last 8 at most go out grouped, got {alone}"
+    );
+    // Two appends at once: the first completes with the second beside it.
+    let (a, b) = (append(&wal, i), append(&wal, i + 1));
+    i += 2;
+    a.wait().unwrap();
+    b.wait().unwrap();
+    let after_pair = wal.stats().grouped_batches;
+    assert!(after_pair <= alone + 2);
+    // 20 lone appends are not enough to group again.
+    for _ in 0..20 {
+        append(&wal, i).wait().unwrap();
+        i += 1;
+    }
+    assert_eq!(wal.stats().grouped_batches, after_pair, "{:?}", wal.stats());
+    drop(wal);
+
+    // Forced off, nothing is grouped.
+    let dir2 = tempfile::tempdir().unwrap();
+    let off = WalConfig {
+        uring_group_writes: Some(false),
+        ..cfg.clone()
+    };
+    let (wal2, _) = open(dir2.path(), off);
+    for j in 0..40 {
+        wal2.append("lone", 0, Bytes::from(payload(j, 200)))
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(wal2.stats().grouped_batches, 0);
+    drop(wal2);
+
+    let (_wal, recovered) = open(dir.path(), cfg);
+    let got: Vec<Vec<u8>> = recovered.iter().map(|e| e.data.to_vec()).collect();
+    assert_eq!(got, expected);
+}
+
 /// `acks` holds, per producer and in the order it appended, the sequence each
 /// append was acknowledged with and the key its payload was made from (the producer
 /// times 1,000,000 plus its index, the producer being the partition). Checks that

@@ -225,8 +225,9 @@ pub struct WalConfig {
     /// backend writes), so that producers appending while a batch is submitted
     /// share its flush. Unset: groups while the thread finds that polling for a
     /// batch to send beside the write in flight does not pay (many producer
-    /// threads on few CPUs) and no full batch waits, the ring otherwise (see
-    /// `docs/engine.md`). Other backends and configurations ignore it. Default: unset.
+    /// threads on few CPUs) and no full batch waits, or while a producer is
+    /// alone (32 writes in a row of one append each, nothing beside them), the
+    /// ring otherwise (see `docs/engine.md`). Other backends and configurations ignore it. Default: unset.
     pub uring_group_writes: Option<bool>,
 }
 
