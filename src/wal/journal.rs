@@ -63,10 +63,11 @@ pub(crate) fn check_after_sync(f: &File) -> io::Result<()> {
 /// Whether `f` lives on ext4 with a journal. Where that cannot be told (no
 /// `/sys` or `/proc`), an ext4 file system is assumed to have one.
 ///
-/// The answer is remembered per mount (Linux 6.8's unique mount id, never
-/// reused while the system runs; a journal added or removed takes effect only
-/// at the next mount): asking sysfs costs ~15 µs, a tenth of a small sync. On
-/// older kernels every call asks.
+/// Whether ext4 has a journal is remembered per mount (Linux 6.8's unique
+/// mount id, never reused while the system runs; a journal added or removed
+/// takes effect only at the next mount): asking sysfs costs ~15 µs, a tenth of
+/// a small sync. On older kernels every call asks. The file system's type is
+/// asked every time (one `fstatfs`), so a failure to tell is never remembered.
 #[cfg(target_os = "linux")]
 pub(crate) fn needs_check(f: &File) -> bool {
     use std::collections::HashMap;
@@ -74,14 +75,17 @@ pub(crate) fn needs_check(f: &File) -> bool {
     /// Bounded: a process that mounts file systems endlessly (tests) starts over.
     const REMEMBERED: usize = 64;
     static BY_MOUNT: Mutex<Option<HashMap<u64, bool>>> = Mutex::new(None);
+    if !is_ext4(f) {
+        return false;
+    }
     let Some(mount) = unique_mount_id(f) else {
-        return ask_needs_check(f);
+        return has_journal(f);
     };
     let lock = || BY_MOUNT.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(&known) = lock().as_ref().and_then(|m| m.get(&mount)) {
         return known;
     }
-    let answer = ask_needs_check(f);
+    let answer = has_journal(f);
     let mut guard = lock();
     let map = guard.get_or_insert_with(HashMap::new);
     if map.len() >= REMEMBERED {
@@ -119,15 +123,22 @@ fn unique_mount_id(f: &File) -> Option<u64> {
 }
 
 /// [`needs_check`] without the memory: asks `statfs` and sysfs.
-#[cfg(target_os = "linux")]
+#[cfg(all(test, target_os = "linux"))]
 fn ask_needs_check(f: &File) -> bool {
+    is_ext4(f) && has_journal(f)
+}
+
+#[cfg(target_os = "linux")]
+fn is_ext4(f: &File) -> bool {
+    nix::sys::statfs::fstatfs(f)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC)
+}
+
+/// Whether the ext4 file system holding `f` has a journal (sysfs, or procfs on
+/// older kernels); `true` when that cannot be told.
+#[cfg(target_os = "linux")]
+fn has_journal(f: &File) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(fs) = nix::sys::statfs::fstatfs(f) else {
-        return false;
-    };
-    if fs.filesystem_type() != nix::sys::statfs::EXT4_SUPER_MAGIC {
-        return false;
-    }
     let Ok(meta) = f.metadata() else {
         return true;
     };
