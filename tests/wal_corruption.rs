@@ -263,3 +263,55 @@ fn tolerant_recovery_skips_damaged_synced_data_loudly_and_keeps_the_rest() {
         );
     }
 }
+
+/// In `interval` mode every batch written between two fdatasyncs records the same
+/// `synced_through`, so the batch right after a damaged one may predate the sync
+/// that made the damaged one durable. Any later batch recording that sync is the
+/// evidence: the damage is reported, not cut as a torn tail with everything after it.
+#[test]
+fn damage_to_synced_interval_batches_is_reported_even_when_the_next_batch_predates_the_sync() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = streamline::wal::WalConfig {
+            sync_interval_ms: 60_000,
+            ..config(backend, SyncMode::Interval)
+        };
+        let (wal, _) = open(dir.path(), cfg);
+        for i in 0..10 {
+            let seq = wal
+                .append("flip", 0, Bytes::from(data_for(i)))
+                .wait()
+                .unwrap();
+            assert_eq!(seq, i + 1);
+        }
+        assert_eq!(wal.sync().wait().unwrap(), 10);
+        wal.append("flip", 0, Bytes::from(data_for(10)))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        let all = batches(dir.path());
+        assert_eq!(all.len(), 11, "{backend}: one batch per append");
+        for (k, (path, start, _, _)) in all.iter().enumerate().take(10) {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            // A byte of the first entry's data.
+            let at = start + BATCH_HEADER_LEN as u64 + 40;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+            match assert_prefix(dir.path(), 11) {
+                Err(Error::Corrupt { file, offset, .. }) => {
+                    assert_eq!((&file, offset), (path, *start), "{backend}: batch {k}");
+                }
+                other => panic!(
+                    "{backend}: damage to synced batch {k} at byte {at} not reported: {other:?}"
+                ),
+            }
+            f.write_all_at(&b, at).unwrap();
+        }
+        assert_eq!(assert_prefix(dir.path(), 11).unwrap(), 11);
+    }
+}

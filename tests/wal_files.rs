@@ -570,12 +570,7 @@ fn a_log_whose_files_are_gone_continues_after_its_checkpoint() {
         ));
         wal.checkpoint(10).unwrap();
         wal.close().unwrap();
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "wal") {
-                std::fs::remove_file(path).unwrap();
-            }
-        }
+        remove_wal_files(dir.path());
         let (wal, rec) = open(dir.path(), cfg.clone());
         assert!(rec.is_empty(), "{backend}");
         assert_eq!(
@@ -1325,5 +1320,148 @@ fn a_prepared_next_file_survives_a_restart_and_is_used_when_it_fits() {
             3,
             "{backend}: a misfit next.wal was kept"
         );
+    }
+}
+
+/// A checkpoint below the stored one is still true and changes nothing: it must
+/// not move `checkpoint.json` back below files already retired, which would leave
+/// a log that starts after its checkpoint and refuses to open.
+#[test]
+fn a_lower_checkpoint_changes_nothing_and_the_log_still_opens() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WalConfig {
+            retention_files: 0,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut last = 0;
+        let mut i = 0u64;
+        while wal.stats().rotations < 3 {
+            last = wal
+                .append("c", 0, Bytes::from(payload(i, 8000)))
+                .wait()
+                .unwrap();
+            i += 1;
+        }
+        wal.checkpoint(last).unwrap();
+        assert!(
+            !list_archived(dir.path())
+                .unwrap()
+                .iter()
+                .any(|(n, _)| *n == 1),
+            "{backend}: the first file should have been retired"
+        );
+        // From another handle, as a racing checkpointer would.
+        let other = wal.clone();
+        other.checkpoint(1).unwrap();
+        other.checkpoint(0).unwrap();
+        let stored = checkpoint::load(dir.path()).unwrap().unwrap();
+        assert_eq!(stored.sequence, last, "{backend}");
+        drop(other);
+        wal.close().unwrap();
+        let (wal, rec) = open(dir.path(), cfg);
+        assert!(rec.is_empty(), "{backend}: {} entries replayed", rec.len());
+        assert_eq!(
+            wal.append("c", 0, Bytes::from_static(b"next"))
+                .wait()
+                .unwrap(),
+            last + 1,
+            "{backend}"
+        );
+    }
+}
+
+/// After an open whose checkpoint is ahead of the log (its files gone), pipelined
+/// `every_write` appends are acknowledged in sequence order: the highest
+/// acknowledged sequence ends at the last one, and a checkpoint there is accepted.
+#[test]
+fn appends_after_a_checkpoint_ahead_of_the_log_are_acknowledged_in_order() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WalConfig {
+            max_batch_bytes: 4096,
+            max_in_flight: 2,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(dir.path(), cfg.clone());
+        for i in 0..10u64 {
+            wal.append("c", 0, Bytes::from(payload(i, 100)))
+                .wait()
+                .unwrap();
+        }
+        wal.checkpoint(10).unwrap();
+        wal.close().unwrap();
+        remove_wal_files(dir.path());
+        let (wal, _) = open(dir.path(), cfg.clone());
+        for round in 0..20u64 {
+            let pending: Vec<_> = (0..6u64)
+                .map(|i| wal.append("c", 0, Bytes::from(payload(round * 6 + i, 3000))))
+                .collect();
+            let mut last = 0;
+            for (i, c) in pending.into_iter().enumerate() {
+                last = c.wait().unwrap();
+                assert_eq!(last, 11 + round * 6 + i as u64, "{backend}");
+            }
+            assert_eq!(
+                wal.last_acked_sequence(),
+                last,
+                "{backend}: the highest acknowledged sequence went back"
+            );
+        }
+        wal.checkpoint(wal.last_acked_sequence()).unwrap();
+        wal.close().unwrap();
+    }
+}
+
+/// Appends may start as soon as `Wal::open` returns, before the recovery stream is
+/// read: a rotation that renames the active file meanwhile must not hide its
+/// entries from the stream, nor from `entries_from` iterators made before it.
+#[test]
+fn recovery_reads_the_active_file_after_appends_rotated_it() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "r", 5, 1000);
+        wal.close().unwrap();
+        let (wal, rec) = Wal::open(dir.path(), cfg).unwrap();
+        let from_two = rec.entries_from(2);
+        let mut i = 0u64;
+        while wal.stats().rotations < 2 {
+            wal.append("r", 0, Bytes::from(payload(100 + i, 8000)))
+                .wait()
+                .unwrap();
+            i += 1;
+        }
+        let got: Vec<_> = rec.collect::<Result<Vec<_>, _>>().unwrap();
+        let want: Vec<_> = (0..5u64).map(|i| (i + 1, payload(i, 1000))).collect();
+        assert_eq!(
+            got.iter()
+                .map(|e| (e.sequence, e.data.to_vec()))
+                .collect::<Vec<_>>(),
+            want,
+            "{backend}"
+        );
+        let got: Vec<_> = from_two.collect::<Result<Vec<_>, _>>().unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|e| (e.sequence, e.data.to_vec()))
+                .collect::<Vec<_>>(),
+            want[1..],
+            "{backend}"
+        );
+        wal.close().unwrap();
+    }
+}
+
+/// Deletes every WAL file of `dir`, leaving `checkpoint.json`: a log whose files
+/// were lost.
+fn remove_wal_files(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wal") {
+            std::fs::remove_file(path).unwrap();
+        }
     }
 }

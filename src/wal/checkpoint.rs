@@ -41,6 +41,14 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
             format!("unsupported checkpoint version {}", cp.version),
         ));
     }
+    if cp.sequence == u64::MAX {
+        // The log continues at `sequence + 1`, which must exist.
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!("checkpoint sequence {} is out of range", cp.sequence),
+        ));
+    }
     Ok(Some(cp))
 }
 
@@ -79,6 +87,10 @@ mod tests {
             (
                 br#"{"version":1,"sequence":"#.as_slice(),
                 "checkpoint does not parse",
+            ),
+            (
+                br#"{"version":1,"sequence":18446744073709551615,"timestamp_ms":0}"#.as_slice(),
+                "checkpoint sequence 18446744073709551615 is out of range",
             ),
         ] {
             std::fs::write(&path, contents).unwrap();

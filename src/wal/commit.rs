@@ -149,6 +149,10 @@ pub(crate) struct Core {
     pub acked_through: AtomicU64,
     /// Highest sequence covered by a completed fdatasync.
     pub synced_through: AtomicU64,
+    /// The sequence `checkpoint.json` holds. The lock serialises
+    /// [`super::Wal::checkpoint`] calls, so the file never moves backwards past files
+    /// already retired.
+    pub checkpointed: Mutex<u64>,
 }
 
 impl Core {
@@ -162,6 +166,7 @@ impl Core {
         dir: PathBuf,
         archived: Vec<Archived>,
         last_sequence: u64,
+        checkpoint: u64,
     ) -> Self {
         Core {
             config,
@@ -177,6 +182,7 @@ impl Core {
             archived: Mutex::new(archived),
             acked_through: AtomicU64::new(last_sequence),
             synced_through: AtomicU64::new(last_sequence),
+            checkpointed: Mutex::new(checkpoint),
         }
     }
 
@@ -558,7 +564,6 @@ impl Committer {
         rx: Receiver<Request>,
         file: ActiveFile,
         next_seq: u64,
-        synced_through: u64,
         preparer: Option<Preparer>,
     ) -> Result<Self> {
         let cap = align_up(core.config.max_batch_bytes);
@@ -580,7 +585,10 @@ impl Committer {
             file,
             next_seq,
             written_through: next_seq - 1,
-            synced_through: synced_through.min(next_seq - 1),
+            // `Wal::open` synced what the scan found (`settle_active`), and sequences
+            // between the last entry and `next_seq` (a checkpoint ahead of the log)
+            // have no entries: nothing before `next_seq` is left to sync.
+            synced_through: next_seq - 1,
             carry: None,
             sync_waiters: Vec::new(),
             close: None,
@@ -1172,7 +1180,10 @@ impl Committer {
             if w.durable {
                 self.count_lone_write(w.acks.len());
             }
-            if self.every_write && self.synced_through < w.last {
+            // Behind an earlier write still awaiting its sync, a write waits too:
+            // acknowledgements go out in sequence order.
+            if self.every_write && (self.synced_through < w.last || !self.awaiting_sync.is_empty())
+            {
                 self.awaiting_sync.push_back((w.acks, w.last));
             } else {
                 self.acknowledge(w.acks, w.last);
@@ -1230,6 +1241,11 @@ impl Committer {
     }
 
     fn acknowledge(&mut self, mut acks: Vec<Ack>, last: u64) {
+        debug_assert!(
+            last >= self.core.acked_through.load(Ordering::Relaxed),
+            "acknowledgements out of order: {last} after {}",
+            self.core.acked_through.load(Ordering::Relaxed)
+        );
         self.core.acked_through.store(last, Ordering::Release);
         if let Some(first) = acks.first() {
             self.acked_cohort = last + 1 - first.sequence;

@@ -323,6 +323,17 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
     if hdr.first_sequence == 0 {
         return Err(BadBatch::Invalid("batch first sequence is 0".into()));
     }
+    // Sequences are below u64::MAX: `last_sequence() + 1` (the next one) must exist.
+    if hdr
+        .first_sequence
+        .checked_add(u64::from(hdr.entry_count))
+        .is_none_or(|end| end == u64::MAX)
+    {
+        return Err(BadBatch::Invalid(format!(
+            "batch sequences {} + {} run past the largest sequence",
+            hdr.first_sequence, hdr.entry_count
+        )));
+    }
     if kind == BatchKind::Entries && hdr.entry_count == 0 {
         return Err(BadBatch::Invalid("entry batch with no entries".into()));
     }
@@ -577,7 +588,7 @@ mod tests {
             payload_len: 0,
             ..valid
         };
-        let cases: [(BatchHeader, Case); 6] = [
+        let cases: [(BatchHeader, Case); 8] = [
             (valid, (|b| b[4] = 9, "unknown batch kind 9")),
             (valid, (|b| b[16..24].fill(0), "batch first sequence is 0")),
             (
@@ -591,6 +602,20 @@ mod tests {
                 (
                     |b| b[28..32].copy_from_slice(&(3 * ENTRY_HEADER_LEN as u32 - 1).to_le_bytes()),
                     "payload too short for its entry count",
+                ),
+            ),
+            (
+                valid,
+                (
+                    |b| b[16..24].copy_from_slice(&(u64::MAX - 3).to_le_bytes()),
+                    "batch sequences 18446744073709551612 + 3 run past the largest sequence",
+                ),
+            ),
+            (
+                seal,
+                (
+                    |b| b[16..24].copy_from_slice(&u64::MAX.to_le_bytes()),
+                    "batch sequences 18446744073709551615 + 0 run past the largest sequence",
                 ),
             ),
         ];

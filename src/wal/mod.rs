@@ -145,8 +145,6 @@ impl std::fmt::Debug for Wal {
     }
 }
 
-/// What [`Wal::open`] found, and the entries after the checkpoint as a stream.
-///
 /// Submission queue entries of the io_uring backend's ring (its completion queue
 /// has twice as many). Every operation is submitted as soon as it is queued, so the
 /// submission queue holds at most a write and its linked fsync at a time; the
@@ -158,7 +156,11 @@ fn ring_entries(max_in_flight: usize) -> u32 {
     completions.div_ceil(2).next_power_of_two().max(64)
 }
 
+/// What [`Wal::open`] found, and the entries after the checkpoint as a stream.
+///
 /// Iterating reads one batch at a time, so recovering a large WAL needs little memory.
+/// Appends may run meanwhile: the active file is read through a handle opened
+/// before the first append, so a rotation that renames it changes nothing here.
 pub struct Recovery {
     /// The checkpointed sequence (0 when there is no checkpoint).
     pub checkpoint: u64,
@@ -172,6 +174,8 @@ pub struct Recovery {
     pub files: Vec<FileInfo>,
     /// The files entries are read from.
     replay: Vec<FileInfo>,
+    /// The active file, when it holds entries to replay, opened before any append.
+    active: Option<(PathBuf, Arc<std::fs::File>)>,
     iter: EntryIter,
 }
 
@@ -181,7 +185,11 @@ impl Recovery {
     /// read independently of this iterator. Lets an owner rebuild data it lost
     /// after checkpointing it, for as far back as the log reaches.
     pub fn entries_from(&self, from: u64) -> EntryIter {
-        EntryIter::new(self.replay.clone(), from)
+        let iter = EntryIter::new(self.replay.clone(), from);
+        match &self.active {
+            Some((path, file)) => iter.reading_active(path.clone(), Arc::clone(file)),
+            None => iter,
+        }
     }
 }
 
@@ -420,6 +428,7 @@ impl Wal {
             dir.clone(),
             archived,
             last_sequence,
+            checkpoint,
         ));
         let backend = make_backend(&config, &current)?;
         let kind = backend.kind();
@@ -437,6 +446,14 @@ impl Wal {
             }),
             _ => None,
         };
+        // Opened before the commit thread exists, so no rotation can have renamed it.
+        let active_file = if need_new_file {
+            None
+        } else {
+            Some(Arc::new(
+                std::fs::File::open(&current).map_err(|e| Error::io("open", &current, e))?,
+            ))
+        };
         let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size, tail);
         let committer = Committer::new(
             backend,
@@ -449,7 +466,6 @@ impl Wal {
                 confirmed,
             },
             next_seq,
-            scan.last_sequence,
             preparer,
         )?;
         let thread = std::thread::Builder::new()
@@ -467,6 +483,13 @@ impl Wal {
             .cloned()
             .collect();
         let iter = EntryIter::new(replay.clone(), checkpoint + 1);
+        let (iter, active) = match active_file {
+            Some(file) if replay.iter().any(|f| f.path == current) => (
+                iter.reading_active(current.clone(), Arc::clone(&file)),
+                Some((current.clone(), file)),
+            ),
+            _ => (iter, None),
+        };
         let wal = Wal {
             inner: Arc::new(Handle {
                 core,
@@ -484,6 +507,7 @@ impl Wal {
             truncated,
             files,
             replay,
+            active,
             iter,
         };
         Ok((wal, rec))
@@ -660,7 +684,9 @@ impl Wal {
 
     /// Records that every entry up to `sequence` has been applied durably elsewhere:
     /// replaces `checkpoint.json` atomically, then deletes archived files wholly at or
-    /// below it, keeping the newest `retention_files`.
+    /// below it, keeping the newest `retention_files`. A sequence at or below the
+    /// current checkpoint changes nothing (it is still true, and files it would
+    /// need may already be gone): calls from several threads may race.
     ///
     /// # Errors
     /// [`Error::CheckpointAhead`] for a sequence not yet acknowledged; I/O errors.
@@ -673,7 +699,15 @@ impl Wal {
                 acknowledged: acked,
             });
         }
+        let mut checkpointed = core
+            .checkpointed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sequence <= *checkpointed {
+            return Ok(());
+        }
         checkpoint::store(&core.dir, sequence)?;
+        *checkpointed = sequence;
         let doomed: Vec<Archived> = {
             let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
             let keep = core.config.retention_files;

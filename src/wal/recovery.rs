@@ -15,6 +15,7 @@ use std::{
     collections::VecDeque,
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use super::{
@@ -94,7 +95,7 @@ pub struct DirScan {
 
 /// Positional reader with a large buffer: WAL files are read in 4 MiB chunks.
 pub(crate) struct ChunkReader {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     len: u64,
     /// Reads do not go past here unless a caller asks for those bytes (the end of
@@ -111,6 +112,11 @@ const PREFETCH: u64 = 2 * CHUNK as u64;
 impl ChunkReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        Self::with_file(Arc::new(file), path)
+    }
+
+    /// Reads `file`, opened earlier from `path`.
+    fn with_file(file: Arc<File>, path: &Path) -> Result<Self> {
         let len = file
             .metadata()
             .map_err(|e| Error::io("stat", path, e))?
@@ -217,6 +223,34 @@ fn probe(r: &mut ChunkReader, number: u64, from: u64) -> Result<Option<(u64, Bat
         pos += BLOCK_SIZE as u64;
     }
     Ok(None)
+}
+
+/// Highest `synced_through` among the valid batch headers of file `number` from
+/// `first` (found at `at`) to the end of the file. Follows each batch's length,
+/// probing block by block past anything that does not decode, so the payload of a
+/// valid batch is not read as headers. In `interval` mode every batch written
+/// between two fdatasyncs carries the same value, so the first batch after damage
+/// may predate the sync that a later one records.
+fn max_synced_through(
+    r: &mut ChunkReader,
+    number: u64,
+    at: u64,
+    first: &BatchHeader,
+) -> Result<u64> {
+    let mut best = first.synced_through;
+    let mut pos = at + first.disk_len();
+    while pos + BLOCK_SIZE as u64 <= r.len {
+        let (found_at, h) = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
+            Ok(h) => (pos, h),
+            Err(_) => match probe(r, number, pos + BLOCK_SIZE as u64)? {
+                Some(found) => found,
+                None => break,
+            },
+        };
+        best = best.max(h.synced_through);
+        pos = found_at + h.disk_len();
+    }
+    Ok(best)
 }
 
 /// Scans one file. `expected_number` is checked against the header when given;
@@ -336,15 +370,20 @@ pub fn scan_file_after_close(
                 r.limit_to(r.len);
                 let next = probe(&mut r, number, pos + BLOCK_SIZE as u64)?;
                 // Evidence that the bad bytes had been synced: a later batch of this
-                // file recorded a synced_through covering the sequence expected here.
-                let synced_over = match (next, info.next_sequence) {
-                    (Some((_, h)), Some(exp)) => h.synced_through >= exp,
+                // file (any of them, not only the first) recorded a synced_through
+                // covering the sequence expected here.
+                let synced = match next {
+                    Some((at, h)) => Some(max_synced_through(&mut r, number, at, &h)?),
+                    None => None,
+                };
+                let synced_over = match (next, synced, info.next_sequence) {
+                    (Some(_), Some(s), Some(exp)) => s >= exp,
                     // The log's first batch is bad: damaged if everything before the
-                    // later batch had been synced.
-                    (Some((_, h)), None) => {
-                        h.synced_through > 0 && h.synced_through + 1 >= h.first_sequence
+                    // first later batch had been synced.
+                    (Some((_, h)), Some(s), None) => {
+                        s > 0 && s.saturating_add(1) >= h.first_sequence
                     }
-                    (None, _) => false,
+                    _ => false,
                 };
                 let damaged = !newest || synced_over;
                 if damaged {
@@ -495,6 +534,9 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
 /// Streams the entries of scanned files, from a sequence on, one batch in memory at a time.
 pub struct EntryIter {
     files: VecDeque<FileInfo>,
+    /// A file opened before appends could rename it, read through this handle
+    /// instead of by its path (see [`EntryIter::reading_active`]).
+    active: Option<(PathBuf, Arc<File>)>,
     from: u64,
     reader: Option<(ChunkReader, FileInfo, u64)>,
     ready: VecDeque<WalEntry>,
@@ -510,11 +552,20 @@ impl EntryIter {
             .collect();
         EntryIter {
             files,
+            active: None,
             from,
             reader: None,
             ready: VecDeque::new(),
             failed: false,
         }
+    }
+
+    /// Reads the file at `path` through `file`, opened before the WAL could append:
+    /// a rotation renames the active file and puts a new one at its path, while the
+    /// open handle keeps reading the file the scan validated.
+    pub(crate) fn reading_active(mut self, path: PathBuf, file: Arc<File>) -> Self {
+        self.active = Some((path, file));
+        self
     }
 
     fn fill(&mut self) -> Result<bool> {
@@ -523,7 +574,12 @@ impl EntryIter {
                 let Some(f) = self.files.pop_front() else {
                     return Ok(false);
                 };
-                let mut r = ChunkReader::open(&f.path)?;
+                let mut r = match &self.active {
+                    Some((path, file)) if *path == f.path => {
+                        ChunkReader::with_file(Arc::clone(file), &f.path)?
+                    }
+                    _ => ChunkReader::open(&f.path)?,
+                };
                 r.limit_to(f.valid_end);
                 self.reader = Some((r, f, BLOCK_SIZE as u64));
             }
