@@ -315,3 +315,55 @@ fn damage_to_synced_interval_batches_is_reported_even_when_the_next_batch_predat
         assert_eq!(assert_prefix(dir.path(), 11).unwrap(), 11);
     }
 }
+
+/// Tolerant recovery of an archived file whose last batch and seal are both
+/// damaged skips to that file's end; the next file then starts after a gap, and
+/// its entries are kept like any after a skip (they were dropped before, and an
+/// active next file was even treated as torn at its first batch and overwritten).
+#[test]
+fn tolerant_recovery_keeps_the_next_file_after_a_skip_to_the_end_of_one() {
+    use streamline::wal::{RecoveryMode, WalConfig};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), backend, 150);
+        let all = batches(dir.path());
+        let first_file = &all[0].0;
+        // The first file's last entry batch and its seal.
+        let in_first: Vec<_> = all.iter().filter(|b| &b.0 == first_file).collect();
+        assert!(
+            in_first.last().unwrap().3,
+            "{backend}: the first file ends sealed"
+        );
+        let last_entry_batch = in_first.len() - 1;
+        let f = OpenOptions::new().write(true).open(first_file).unwrap();
+        for b in &in_first[last_entry_batch - 1..] {
+            f.write_all_at(&[0xa5; BATCH_HEADER_LEN], b.1).unwrap();
+        }
+        let lost = u64::try_from(last_entry_batch).unwrap();
+        assert!(
+            matches!(WalReader::open(dir.path()), Err(Error::Corrupt { .. })),
+            "{backend}: strict mode must refuse"
+        );
+        let cfg = WalConfig {
+            recovery_mode: RecoveryMode::TolerateCorruption,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, rec) = open(dir.path(), cfg);
+        let seqs: Vec<u64> = rec.iter().map(|e| e.sequence).collect();
+        // One entry per batch: entries 1..lost-1 survive, `lost` is gone.
+        assert_eq!(
+            seqs,
+            (1..lost).chain(lost + 1..=150).collect::<Vec<_>>(),
+            "{backend}"
+        );
+        for e in &rec {
+            assert_eq!(&e.data[..], &data_for(e.sequence - 1)[..]);
+        }
+        assert_eq!(
+            wal.append("flip", 0, Bytes::from_static(b"next"))
+                .wait()
+                .unwrap(),
+            151
+        );
+    }
+}

@@ -1338,7 +1338,13 @@ impl Committer {
             }
             done.pop().expect("one op").result
         });
-        self.pool.push(buf);
+        if r.is_ok() {
+            self.pool.push(buf);
+        } else {
+            // A failed reap may leave the write with the kernel, which could still
+            // read from the buffer: never reuse or free it (the WAL fails anyway).
+            std::mem::forget(buf);
+        }
         r?;
         if beyond {
             self.check_journal()?;

@@ -578,9 +578,7 @@ impl Wal {
     /// Largest encoded size of one append (or one `append_batch`): a file minus its
     /// header block, the batch header and the seal block.
     pub fn max_entry_bytes(&self) -> u64 {
-        let c = &self.inner.core.config;
-        (c.max_file_size - 2 * BLOCK_SIZE as u64 - BATCH_HEADER_LEN as u64)
-            .min(u64::from(u32::MAX) - BLOCK_SIZE as u64)
+        max_entry_bytes_for(self.inner.core.config.max_file_size)
     }
 
     /// Appends a `Record` entry. Blocks only while the pending-bytes cap is reached.
@@ -797,6 +795,14 @@ impl Wal {
     }
 }
 
+/// [`Wal::max_entry_bytes`] for files of `max_file_size` bytes. A write's length is
+/// a `u32` for the kernel (`io_uring`) and the batch header, so a batch, block
+/// padding included, stays below 4 GiB whatever the file size.
+fn max_entry_bytes_for(max_file_size: u64) -> u64 {
+    let header = BATCH_HEADER_LEN as u64;
+    (max_file_size - 2 * BLOCK_SIZE as u64 - header).min((1 << 32) - BLOCK_SIZE as u64 - header)
+}
+
 /// Waits (asynchronously) until `bytes` of pending capacity are reserved.
 struct CapacityWait<'a> {
     core: &'a Core,
@@ -817,7 +823,11 @@ impl std::future::Future for CapacityWait<'_> {
             return Poll::Ready(Ok(()));
         }
         self.core.register_waker(cx.waker());
-        // Re-check after registering so a release in between is not missed.
+        // Re-check after registering so that a release, a failure or a close in
+        // between (whose wake-up found no waker yet) is not missed.
+        if let Err(e) = self.core.check_usable() {
+            return Poll::Ready(Err(e));
+        }
         if self.core.try_reserve(self.bytes) {
             return Poll::Ready(Ok(()));
         }
@@ -827,7 +837,31 @@ impl std::future::Future for CapacityWait<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ring_entries, settle_active};
+    use super::{max_entry_bytes_for, ring_entries, settle_active};
+    use crate::wal::format::{align_up, BATCH_HEADER_LEN, BLOCK_SIZE};
+
+    /// The largest append fills a file but for its header and seal blocks, and with
+    /// files of 4 GiB or more its batch (padding included) still fits a `u32` write.
+    #[test]
+    fn the_largest_append_fits_its_file_and_one_write() {
+        for size in [
+            64 << 10,
+            100 << 20,
+            (4 << 30) - 4096,
+            4 << 30,
+            8 << 30,
+            1 << 40,
+        ] {
+            let max = max_entry_bytes_for(size);
+            let batch = align_up(BATCH_HEADER_LEN + usize::try_from(max).unwrap()) as u64;
+            assert!(batch <= u64::from(u32::MAX), "{size}: batch of {batch}");
+            assert!(
+                batch + 2 * BLOCK_SIZE as u64 <= size,
+                "{size}: batch of {batch}"
+            );
+        }
+        assert_eq!(max_entry_bytes_for(100 << 20), (100 << 20) - 8192 - 48);
+    }
     use crate::file_at::cached_bytes;
 
     /// The active file's pages leave the page cache before the scan (which then

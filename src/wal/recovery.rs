@@ -488,7 +488,27 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
             }
         }
         let want_number = number.or_else(|| files.last().map(|f| f.number + 1));
-        let info = scan_file_after_close(&path, want_number, newest, expected_next, mode, clean)?;
+        // Tolerant recovery that skipped to the end of the previous file (its last
+        // batches and seal lost) cannot know where this file starts: its first
+        // batch may start later, as after any skip, but never earlier.
+        let after_skip = files.last().is_some_and(|f| {
+            mode == RecoveryMode::TolerateCorruption
+                && f.skipped.last().is_some_and(|(_, end, _)| *end == f.size)
+        });
+        let want_next = if after_skip { None } else { expected_next };
+        let info = scan_file_after_close(&path, want_number, newest, want_next, mode, clean)?;
+        if let (true, Some(exp), Some(first)) = (after_skip, expected_next, info.first_sequence) {
+            if first < exp {
+                return Err(Error::corrupt(
+                    &path,
+                    BLOCK_SIZE as u64,
+                    format!("file starts at sequence {first}, before {exp}, where the previous file's entries reached"),
+                ));
+            }
+            if first > exp {
+                tracing::warn!(file = %path.display(), from = exp, to = first - 1, "sequences lost to corruption at the end of the previous file (tolerant recovery)");
+            }
+        }
         check_seal_skip(
             &info,
             expected_next,

@@ -392,9 +392,16 @@ impl Backend for UringBackend {
                 p.resubmit = false;
                 // SAFETY: the same buffer as the original submission, still owned by
                 // the commit thread until this token is reaped.
-                unsafe { self.push_write(token, &mut p)? };
-                self.pending.insert(token, p);
-                continue;
+                match unsafe { self.push_write(token, &mut p) } {
+                    Ok(()) => {
+                        self.pending.insert(token, p);
+                        continue;
+                    }
+                    // Nothing of this token reached the submission queue: it is done,
+                    // failed. The loop goes on, so no other completion taken from
+                    // the ring is dropped (its owner would wait for it forever).
+                    Err(e) => p.error = Some(e),
+                }
             }
             out.push(Done {
                 token,
