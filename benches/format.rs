@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use streamline::wal::format::{
-    align_up, encode_batch_header, encode_entry, entry_len, for_each_entry, parse_entry,
-    BatchHeader, BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
+    align_up, encode_batch_header, encode_entry, entries_crc, entry_len, for_each_entry,
+    parse_entry, BatchHeader, BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
 };
 
 const TOPIC: &[u8] = b"bench";
@@ -70,9 +70,10 @@ fn entries(c: &mut Criterion) {
 /// commit thread does: header, entries, zero padding to the block.
 fn assemble(out: &mut [u8], first_seq: u64, count: usize, data: &[u8]) -> usize {
     let mut pos = BATCH_HEADER_LEN;
+    let mut crcs = 0;
     for i in 0..count {
         let len = entry_len(TOPIC.len(), data.len());
-        encode_entry(
+        let crc = encode_entry(
             &mut out[pos..pos + len],
             first_seq + i as u64,
             1_700_000_000_000,
@@ -81,6 +82,7 @@ fn assemble(out: &mut [u8], first_seq: u64, count: usize, data: &[u8]) -> usize 
             0,
             data,
         );
+        crcs = entries_crc(crcs, crc);
         pos += len;
     }
     let h = BatchHeader {
@@ -90,6 +92,7 @@ fn assemble(out: &mut [u8], first_seq: u64, count: usize, data: &[u8]) -> usize 
         entry_count: count as u32,
         payload_len: (pos - BATCH_HEADER_LEN) as u32,
         synced_through: first_seq - 1,
+        entries_crc: Some(crcs),
     };
     encode_batch_header(&mut out[..BATCH_HEADER_LEN], &h);
     let end = align_up(pos);

@@ -307,7 +307,7 @@ proptest! {
         let _ = decode_file_header(&bytes);
         let _ = decode_batch_header(&bytes, n % 4);
         let _ = parse_entry(&bytes);
-        let h = BatchHeader { kind: BatchKind::Entries, file_number: 1, first_sequence: 1 + n % 1000, entry_count: count, payload_len: bytes.len() as u32, synced_through: 0 };
+        let h = BatchHeader { kind: BatchKind::Entries, file_number: 1, first_sequence: 1 + n % 1000, entry_count: count, payload_len: bytes.len() as u32, synced_through: 0, entries_crc: (n % 2 == 0).then_some(n as u32) };
         Largest::reset();
         let _ = for_each_entry(&h, &bytes, |_| {});
         let _ = format::decode_batch_entries(&h, &bytes);

@@ -39,6 +39,7 @@ fn seal_current(dir: &Path, number: u64, next_sequence: u64) {
         entry_count: 0,
         payload_len: 0,
         synced_through: next_sequence - 1,
+        entries_crc: Some(0),
     };
     encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
     let f = std::fs::OpenOptions::new()

@@ -25,8 +25,8 @@ use super::{
     config::{SyncMode, WalConfig},
     files::{self, Prealloc, TailFill},
     format::{
-        align_up, encode_batch_header, encode_entry, entry_len, BatchHeader, BatchKind,
-        WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
+        align_up, encode_batch_header, encode_entry, entries_crc, entry_len, BatchHeader,
+        BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
     },
     journal::JournalCheck,
 };
@@ -405,6 +405,8 @@ struct Staged {
     /// Where the next entry goes (the header is written at submission).
     pos: usize,
     first_seq: u64,
+    /// The entries' `crc` fields folded so far ([`entries_crc`]).
+    entries_crc: u32,
     /// Bytes the batch may use: the buffer, or what is left of the file.
     limit: usize,
 }
@@ -829,6 +831,7 @@ impl Committer {
                 acks,
                 pos: BATCH_HEADER_LEN,
                 first_seq: self.next_seq,
+                entries_crc: 0,
                 limit,
             });
         }
@@ -846,7 +849,7 @@ impl Committer {
         let sequence = self.next_seq;
         for e in entries.as_slice() {
             let len = e.encoded_len();
-            encode_entry(
+            let crc = encode_entry(
                 &mut out[st.pos..st.pos + len],
                 self.next_seq,
                 timestamp,
@@ -855,6 +858,7 @@ impl Committer {
                 e.partition,
                 &e.data,
             );
+            st.entries_crc = entries_crc(st.entries_crc, crc);
             st.pos += len;
             self.next_seq += 1;
         }
@@ -900,6 +904,7 @@ impl Committer {
             acks,
             pos,
             first_seq,
+            entries_crc,
             ..
         } = self.staged.take().expect("checked");
         let entry_count = (self.next_seq - first_seq) as u32;
@@ -911,6 +916,7 @@ impl Committer {
             entry_count,
             payload_len,
             synced_through: self.synced_through,
+            entries_crc: Some(entries_crc),
         };
         let len = align_up(pos);
         let out = buf.as_mut_slice();
@@ -1315,6 +1321,7 @@ impl Committer {
             payload_len: 0,
             // Everything before the seal is durable (above).
             synced_through: self.synced_through,
+            entries_crc: Some(0),
         };
         let out = buf.as_mut_slice();
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);

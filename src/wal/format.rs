@@ -11,11 +11,14 @@
 //! File header: `magic[8] "STRMLWAL" | version u16 | flags u16 | block_size u32 |
 //! file_number u64 | created_ms i64 | crc32c(bytes 0..32) u32 | reserved u32`.
 //!
-//! Batch header: `magic u32 | kind u8 | reserved[3] | file_number u64 |
+//! Batch header: `magic u32 | kind u8 | flags u8 | reserved[2] | file_number u64 |
 //! first_sequence u64 | entry_count u32 | payload_len u32 | synced_through u64 |
-//! reserved u32 | header_crc u32`, where `header_crc` is CRC32C of bytes 0..44.
-//! The file number inside the checksummed header ties every batch to its file, so
-//! recycled or stale space never decodes as a batch of the current file.
+//! entries_crc u32 | header_crc u32`, where `header_crc` is CRC32C of bytes 0..44
+//! and `entries_crc` (present when flag bit 0 is set) is CRC32C of the entries'
+//! `crc` fields in order. The file number inside the checksummed header ties every
+//! batch to its file, so recycled or stale space never decodes as a batch of the
+//! current file; `entries_crc` ties the entries to their header, so a torn write
+//! over older entries of the same file never decodes as a mix of both.
 //!
 //! Entry: `crc u32 | len u32 | sequence u64 | timestamp i64 | entry_type u8 |
 //! reserved u8 | topic_len u16 | partition i32 | data_len u32 | topic | data`;
@@ -157,6 +160,9 @@ pub struct FileHeader {
     pub created_ms: i64,
 }
 
+/// Flag bit of a batch header: `entries_crc` is present.
+const BATCH_FLAG_ENTRIES_CRC: u8 = 1;
+
 /// Decoded batch header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -173,6 +179,16 @@ pub struct BatchHeader {
     /// Highest sequence known durable (covered by a completed fdatasync) when the
     /// batch was written. Recovery uses it to tell bit rot from a torn tail.
     pub synced_through: u64,
+    /// CRC32C of the entries' `crc` fields in order ([`entries_crc`]); `None` in
+    /// batches written before the field existed, whose entries are checked one by
+    /// one only.
+    pub entries_crc: Option<u32>,
+}
+
+/// Folds one entry's `crc` into a batch's running `entries_crc` (which starts at
+/// 0, the CRC32C of nothing).
+pub fn entries_crc(running: u32, entry_crc: u32) -> u32 {
+    crc32c::crc32c_append(running, &entry_crc.to_le_bytes())
 }
 
 impl BatchHeader {
@@ -262,13 +278,18 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
 pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader) {
     out[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
     out[4] = h.kind.as_u8();
-    out[5..8].copy_from_slice(&[0, 0, 0]);
+    out[5] = if h.entries_crc.is_some() {
+        BATCH_FLAG_ENTRIES_CRC
+    } else {
+        0
+    };
+    out[6..8].copy_from_slice(&[0, 0]);
     out[8..16].copy_from_slice(&h.file_number.to_le_bytes());
     out[16..24].copy_from_slice(&h.first_sequence.to_le_bytes());
     out[24..28].copy_from_slice(&h.entry_count.to_le_bytes());
     out[28..32].copy_from_slice(&h.payload_len.to_le_bytes());
     out[32..40].copy_from_slice(&h.synced_through.to_le_bytes());
-    out[40..44].copy_from_slice(&0u32.to_le_bytes());
+    out[40..44].copy_from_slice(&h.entries_crc.unwrap_or(0).to_le_bytes());
     let crc = crc32c::crc32c(&out[..BATCH_HEADER_CRC_OFFSET]);
     out[44..48].copy_from_slice(&crc.to_le_bytes());
 }
@@ -312,6 +333,12 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
         2 => BatchKind::Seal,
         k => return Err(BadBatch::Invalid(format!("unknown batch kind {k}"))),
     };
+    let flags = h[5];
+    if flags & !BATCH_FLAG_ENTRIES_CRC != 0 {
+        return Err(BadBatch::Invalid(format!(
+            "unknown batch flags {flags:#04x}"
+        )));
+    }
     let hdr = BatchHeader {
         kind,
         file_number,
@@ -319,6 +346,7 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
         entry_count: le_u32(h, 24),
         payload_len: le_u32(h, 28),
         synced_through: le_u64(h, 32),
+        entries_crc: (flags & BATCH_FLAG_ENTRIES_CRC != 0).then(|| le_u32(h, 40)),
     };
     if hdr.first_sequence == 0 {
         return Err(BadBatch::Invalid("batch first sequence is 0".into()));
@@ -470,7 +498,8 @@ pub fn decode_entry(b: &[u8]) -> Result<(WalEntry, usize), String> {
 }
 
 /// Validates every entry of a batch payload against its header (checksums, lengths,
-/// contiguous sequences) and calls `f` for each. `payload` is exactly
+/// contiguous sequences, and `entries_crc` when the header has it) and calls `f`
+/// for each; the `entries_crc` check comes after the last call. `payload` is exactly
 /// `header.payload_len` bytes. On failure returns the offset inside the payload and
 /// the reason.
 pub fn for_each_entry<'a>(
@@ -479,9 +508,11 @@ pub fn for_each_entry<'a>(
     mut f: impl FnMut(EntryRef<'a>),
 ) -> Result<(), (usize, String)> {
     let mut pos = 0usize;
+    let mut crcs = 0u32;
     for i in 0..header.entry_count {
         let rest = payload.get(pos..).unwrap_or_default();
         let entry = parse_entry(rest).map_err(|e| (pos, format!("entry {i}: {e}")))?;
+        crcs = entries_crc(crcs, entry.crc32);
         let expect = header.first_sequence + u64::from(i);
         if entry.sequence != expect {
             return Err((
@@ -503,6 +534,14 @@ pub fn for_each_entry<'a>(
                 payload.len() - pos
             ),
         ));
+    }
+    if let Some(want) = header.entries_crc {
+        if crcs != want {
+            return Err((
+                0,
+                format!("entries do not belong to this batch header (entries crc {crcs:#010x}, header says {want:#010x})"),
+            ));
+        }
     }
     Ok(())
 }
@@ -556,6 +595,7 @@ mod tests {
         entry_count: 3,
         payload_len: 200,
         synced_through: 99,
+        entries_crc: Some(0x1234_5678),
     };
 
     #[test]
@@ -588,8 +628,9 @@ mod tests {
             payload_len: 0,
             ..valid
         };
-        let cases: [(BatchHeader, Case); 8] = [
+        let cases: [(BatchHeader, Case); 9] = [
             (valid, (|b| b[4] = 9, "unknown batch kind 9")),
+            (valid, (|b| b[5] = 3, "unknown batch flags 0x03")),
             (valid, (|b| b[16..24].fill(0), "batch first sequence is 0")),
             (
                 valid,
@@ -700,6 +741,7 @@ mod tests {
             entry_count: 1,
             payload_len: payload_len as u32,
             synced_through: 0,
+            entries_crc: None,
         };
         assert_eq!(
             for_each_entry(&header(11, good.len()), &good, |_| {}),
@@ -719,6 +761,59 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    /// A header with `entries_crc` accepts its own entries only: a valid entry of
+    /// the same sequence and length from another write (a torn write over older
+    /// bytes of the file) is refused. A header without it (older files) checks
+    /// each entry alone.
+    #[test]
+    fn entries_crc_ties_entries_to_their_header() {
+        let make = |data: &[u8; 20]| {
+            let mut payload = vec![0u8; 2 * entry_len(1, 20)];
+            let mut crcs = 0;
+            for (i, chunk) in payload.chunks_mut(entry_len(1, 20)).enumerate() {
+                let crc = encode_entry(chunk, 7 + i as u64, 0, WalEntryType::Record, b"t", 0, data);
+                crcs = entries_crc(crcs, crc);
+            }
+            (payload, crcs)
+        };
+        let (ours, crcs) = make(&[1; 20]);
+        let (theirs, _) = make(&[2; 20]);
+        let header = |entries_crc| BatchHeader {
+            kind: BatchKind::Entries,
+            file_number: 1,
+            first_sequence: 7,
+            entry_count: 2,
+            payload_len: ours.len() as u32,
+            synced_through: 0,
+            entries_crc,
+        };
+        let mut b = [0u8; BATCH_HEADER_LEN];
+        encode_batch_header(&mut b, &header(Some(crcs)));
+        assert_eq!(decode_batch_header(&b, 1), Ok(header(Some(crcs))));
+        encode_batch_header(&mut b, &header(None));
+        assert_eq!(decode_batch_header(&b, 1), Ok(header(None)));
+        assert_eq!(
+            decode_batch_entries(&header(Some(crcs)), &ours)
+                .unwrap()
+                .len(),
+            2
+        );
+        // Our first entry, their second: each entry is valid on its own.
+        let mut mixed = ours.clone();
+        let half = entry_len(1, 20);
+        mixed[half..].copy_from_slice(&theirs[half..]);
+        assert_eq!(
+            decode_batch_entries(&header(None), &mixed).unwrap().len(),
+            2
+        );
+        let (at, why) = decode_batch_entries(&header(Some(crcs)), &mixed).unwrap_err();
+        assert_eq!(at, 0);
+        assert!(
+            why.starts_with("entries do not belong to this batch header"),
+            "{why}"
         );
     }
 

@@ -267,6 +267,7 @@ fn seal_in_place(
         entry_count: 0,
         payload_len: 0,
         synced_through,
+        entries_crc: Some(0),
     };
     format::encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
     let f = std::fs::OpenOptions::new()

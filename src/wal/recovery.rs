@@ -628,12 +628,17 @@ impl EntryIter {
             let payload = r.get(at + BATCH_HEADER_LEN as u64, hdr.payload_len as usize)?;
             let from = self.from;
             let ready = &mut self.ready;
+            let before = ready.len();
             for_each_entry(&hdr, payload, |e| {
                 if e.sequence >= from {
                     ready.push_back(e.to_owned_entry());
                 }
             })
-            .map_err(|(_, why)| Error::corrupt(&f.path, at, why))?;
+            .map_err(|(_, why)| {
+                // Nothing of a batch that fails its checks is returned.
+                ready.truncate(before);
+                Error::corrupt(&f.path, at, why)
+            })?;
             return Ok(true);
         }
     }
