@@ -20,6 +20,23 @@ pub struct Checkpoint {
     pub sequence: u64,
     /// When the checkpoint was taken, milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// CRC32C of the fields above ([`Checkpoint::checksum`]): a flipped digit in
+    /// `sequence` would otherwise skip the replay of entries never applied.
+    /// Absent in checkpoints written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
+}
+
+impl Checkpoint {
+    /// CRC32C of `version` (u32), `sequence` (u64) and `timestamp_ms` (i64), each
+    /// little-endian, in that order.
+    pub fn checksum(&self) -> u32 {
+        let mut b = [0u8; 20];
+        b[0..4].copy_from_slice(&self.version.to_le_bytes());
+        b[4..12].copy_from_slice(&self.sequence.to_le_bytes());
+        b[12..20].copy_from_slice(&self.timestamp_ms.to_le_bytes());
+        crc32c::crc32c(&b)
+    }
 }
 
 /// Loads the checkpoint; `None` when there is none yet.
@@ -41,6 +58,16 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
             format!("unsupported checkpoint version {}", cp.version),
         ));
     }
+    if let Some(stored) = cp.crc32c {
+        let computed = cp.checksum();
+        if stored != computed {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!("checkpoint checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"),
+            ));
+        }
+    }
     if cp.sequence == u64::MAX {
         // The log continues at `sequence + 1`, which must exist.
         return Err(Error::corrupt(
@@ -57,11 +84,13 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
 /// # Errors
 /// I/O errors naming the file.
 pub fn store(dir: &Path, sequence: u64) -> Result<Checkpoint> {
-    let cp = Checkpoint {
+    let mut cp = Checkpoint {
         version: 1,
         sequence,
         timestamp_ms: super::files::now_ms(),
+        crc32c: None,
     };
+    cp.crc32c = Some(cp.checksum());
     let mut json = serde_json::to_vec_pretty(&cp).expect("checkpoint serialises");
     json.push(b'\n');
     write_atomic(&dir.join(CHECKPOINT_FILE), &json)?;
@@ -89,6 +118,10 @@ mod tests {
                 "checkpoint does not parse",
             ),
             (
+                br#"{"version":1,"sequence":43,"timestamp_ms":0,"crc32c":3141592653}"#.as_slice(),
+                "checkpoint checksum mismatch",
+            ),
+            (
                 br#"{"version":1,"sequence":18446744073709551615,"timestamp_ms":0}"#.as_slice(),
                 "checkpoint sequence 18446744073709551615 is out of range",
             ),
@@ -101,5 +134,30 @@ mod tests {
             );
             assert!(err.to_string().contains(why), "{err}");
         }
+    }
+
+    /// A digit changed in the stored file fails the checksum; a checkpoint written
+    /// before the checksum existed still loads.
+    #[test]
+    fn a_changed_digit_fails_the_checksum_and_old_checkpoints_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let stored = store(dir.path(), 4242).unwrap();
+        assert_eq!(stored.crc32c, Some(stored.checksum()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"crc32c\""), "{text}");
+        std::fs::write(&path, text.replace("4242", "4243")).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        std::fs::write(&path, br#"{"version":1,"sequence":7,"timestamp_ms":5}"#).unwrap();
+        assert_eq!(
+            load(dir.path()).unwrap(),
+            Some(Checkpoint {
+                version: 1,
+                sequence: 7,
+                timestamp_ms: 5,
+                crc32c: None
+            })
+        );
     }
 }
