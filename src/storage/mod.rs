@@ -30,12 +30,12 @@ pub mod segment;
 pub mod topic_config;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     hash::{BuildHasher, Hasher},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, OnceLock, PoisonError, RwLock,
+        Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -189,6 +189,9 @@ pub enum CreateError {
     InvalidPartitions,
     /// A topic with this name exists.
     Exists,
+    /// A topic of this name is still being deleted (after waiting
+    /// [`CREATE_WAITS_FOR_DELETE`] for it); retriable.
+    BeingDeleted,
     /// Creating files failed.
     Storage(String),
 }
@@ -211,6 +214,9 @@ impl From<ConfigError> for AlterError {
         AlterError::Invalid(e)
     }
 }
+
+/// How long a create waits for a delete of the same name in progress to finish.
+pub const CREATE_WAITS_FOR_DELETE: Duration = Duration::from_secs(30);
 
 /// Bytes of produce payloads accepted but not yet applied, across all connections.
 const MAX_INFLIGHT_BYTES: usize = 256 * 1024 * 1024;
@@ -254,7 +260,12 @@ struct Shared {
     config: Config,
     topics_dir: PathBuf,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    create_lock: Mutex<()>,
+    /// Serialises creates, growths, config changes and the start and end of
+    /// deletes; holds the names of the topics being deleted, which a create of
+    /// the same name waits for (a delete moves the directory of the name away).
+    create_lock: Mutex<BTreeSet<String>>,
+    /// Notified when a delete ends.
+    delete_ended: Condvar,
     wal: Option<Wal>,
     jobs: mpsc::Sender<Job>,
     data_version: watch::Sender<u64>,
@@ -267,6 +278,10 @@ struct Shared {
     meta: BrokerMeta,
     offsets: OffsetStore,
     producer_ids: ProducerIds,
+    /// How long a topic delete waits before it moves the topic's directory away
+    /// (tests: to let other work meet a delete in progress).
+    #[cfg(test)]
+    delete_pause: Mutex<Duration>,
 }
 
 impl Shared {
@@ -805,7 +820,8 @@ impl TopicManager {
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
             topics_dir,
             topics: RwLock::new(topics),
-            create_lock: Mutex::new(()),
+            create_lock: Mutex::new(BTreeSet::new()),
+            delete_ended: Condvar::new(),
             wal,
             jobs: jobs_tx,
             data_version,
@@ -818,6 +834,8 @@ impl TopicManager {
             offsets,
             producer_ids,
             config,
+            #[cfg(test)]
+            delete_pause: Mutex::new(Duration::ZERO),
         });
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
@@ -920,7 +938,9 @@ impl TopicManager {
     }
 
     /// Creates a topic with `partitions` partitions and the configuration
-    /// overrides `configs` (blocking: creates and fsyncs files).
+    /// overrides `configs` (blocking: creates and fsyncs files). While a topic of
+    /// the same name is being deleted, waits for the delete to end (up to
+    /// [`CREATE_WAITS_FOR_DELETE`]).
     ///
     /// # Errors
     /// See [`CreateError`].
@@ -936,11 +956,26 @@ impl TopicManager {
         if !(1..=10_000).contains(&partitions) {
             return Err(CreateError::InvalidPartitions);
         }
-        let _guard = self
+        let mut deleting = self
             .shared
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // The directory of the name is the deleted topic's until its delete ends.
+        let deadline = Instant::now() + CREATE_WAITS_FOR_DELETE;
+        while deleting.contains(name) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CreateError::BeingDeleted);
+            }
+            deleting = self
+                .shared
+                .delete_ended
+                .wait_timeout(deleting, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let _guard = deleting;
         if self.topic(name).is_some() {
             return Err(CreateError::Exists);
         }
@@ -1133,17 +1168,35 @@ impl TopicManager {
     /// accepted for it is applied, checkpoints (so the WAL holds nothing of it past the
     /// checkpoint), then removes its files. Returns false when there is no such topic.
     ///
+    /// A create of the same name waits until the delete has ended (see
+    /// [`TopicManager::create_topic_with`]), and nothing still holding one of the
+    /// topic's partitions changes files under its directory once it is moved away:
+    /// the directory of the name is the new topic's from then on.
+    ///
     /// # Errors
     /// I/O errors naming the path.
     pub async fn delete_topic(&self, name: &str) -> Result<bool> {
-        let Some(topic) = self
-            .shared
-            .topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name)
-        else {
-            return Ok(false);
+        let (topic, reserved) = {
+            let mut deleting = self
+                .shared
+                .create_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(topic) = self
+                .shared
+                .topics
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(name)
+            else {
+                return Ok(false);
+            };
+            deleting.insert(name.to_string());
+            let reserved = Deleting {
+                shared: Arc::clone(&self.shared),
+                name: name.to_string(),
+            };
+            (topic, reserved)
         };
         for p in &topic.partitions {
             p.mark_deleted();
@@ -1155,14 +1208,15 @@ impl TopicManager {
         let me = self.clone();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            // Released last, on every path (even when this task is dropped
+            // unrun): the name is free again once nothing of the delete is left.
+            let _reserved = reserved;
+            // Retention, DeleteRecords and compaction of the topic in progress
+            // end first; later ones find the partitions deleted and do nothing.
+            let _retired: Vec<_> = topic.partitions.iter().map(|p| p.retire()).collect();
             me.checkpoint()?;
-            // No compaction pass may write into the directory once it moves (a
-            // topic created under the same name could be in its place).
-            let _no_compaction: Vec<_> = topic
-                .partitions
-                .iter()
-                .map(|p| p.compaction_guard())
-                .collect();
+            #[cfg(test)]
+            std::thread::sleep(*me.shared.delete_pause.lock().unwrap());
             let trash = me.shared.config.storage.data_dir.join("topics-deleted");
             std::fs::create_dir_all(&trash).map_err(|e| Error::io("create_dir_all", &trash, e))?;
             let from = me.shared.topics_dir.join(&name);
@@ -1330,6 +1384,23 @@ impl TopicManager {
             "storage shut down"
         );
         r.and(closed)
+    }
+}
+
+/// A topic name being deleted, reserved in `create_lock` until dropped.
+struct Deleting {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        self.shared
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name);
+        self.shared.delete_ended.notify_all();
     }
 }
 
@@ -1553,6 +1624,84 @@ mod tests {
             );
             m.shutdown().unwrap();
         }
+    }
+
+    /// A topic created under the name of one being deleted: the delete must not
+    /// take the new topic's directory (before, it renamed it away, and the new
+    /// topic's acknowledged produces were gone at the next start).
+    #[test]
+    fn a_topic_recreated_while_its_delete_runs_keeps_its_files() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"old"])), Ok(0));
+        *m.shared.delete_pause.lock().unwrap() = Duration::from_millis(300);
+        let delete = {
+            let m = m.clone();
+            rt.spawn(async move { m.delete_topic("t").await })
+        };
+        loop {
+            match m.create_topic("t", 1) {
+                Err(CreateError::Exists) => std::thread::sleep(Duration::from_millis(1)),
+                created => {
+                    created.unwrap();
+                    break;
+                }
+            }
+        }
+        assert!(rt.block_on(delete).unwrap().unwrap());
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"new"])), Ok(0));
+        assert!(tmp.path().join("topics/t/topic.json").exists());
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
+        m.shutdown().unwrap();
+    }
+
+    /// A partition of a deleted topic, still held by work that began before the
+    /// delete (retention, DeleteRecords), changes nothing in the directory of a
+    /// topic created later under the name. Before, retention of the old
+    /// partition removed the new topic's segment by its path.
+    #[test]
+    fn a_deleted_topics_partition_leaves_the_new_topics_files_alone() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"old"])), Ok(0));
+        let old = m.partition("t", 0).unwrap();
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        m.create_topic("t", 1).unwrap();
+        let new = make_batch(0, &[b"new"]);
+        assert_eq!(produce(&rt, &m, &new), Ok(0));
+
+        assert_eq!(
+            old.apply_retention(segment::now_ms(), None, Some(0))
+                .unwrap(),
+            (0, 0)
+        );
+        assert_eq!(old.delete_records(1), Err(DeleteRecordsError::Deleted));
+        m.shutdown().unwrap();
+        drop((m, old));
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 1));
+        assert_eq!(&p.read(0, 1 << 20).unwrap().unwrap().records[..], &new[..]);
+        m.shutdown().unwrap();
     }
 
     /// WAL entries below a topic's `wal_floor` belong to an earlier topic of the

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
 
@@ -114,6 +114,8 @@ pub enum DeleteRecordsError {
     },
     /// Storing the new log start failed; the message says how.
     Storage(String),
+    /// The partition's topic was deleted.
+    Deleted,
 }
 
 impl std::fmt::Display for DeleteRecordsError {
@@ -127,6 +129,7 @@ impl std::fmt::Display for DeleteRecordsError {
                 "offset {offset} is outside -1 (the high watermark) and 0..={high_watermark}"
             ),
             DeleteRecordsError::Storage(m) => f.write_str(m),
+            DeleteRecordsError::Deleted => f.write_str("the topic was deleted"),
         }
     }
 }
@@ -153,6 +156,14 @@ pub struct Partition {
     deleting: Mutex<()>,
     /// Set when the topic is deleted; the pipeline then refuses produces to it.
     deleted: AtomicBool,
+    /// Held shared by each change made to the partition's files by path
+    /// (retention, DeleteRecords, compaction), which first checks that the
+    /// topic was not deleted; a delete holds it exclusively while it moves the
+    /// topic's directory away (see [`Partition::retire`]). So no such change
+    /// lands in the directory of a topic created later under the same name.
+    /// (Appends and their rolls need no guard: a delete waits until the
+    /// pipeline has applied everything accepted for the topic.)
+    files: RwLock<()>,
     /// A producer snapshot written since the last [`Partition::sync`], which
     /// makes it durable.
     unsynced_snapshot: Mutex<Option<PathBuf>>,
@@ -257,6 +268,7 @@ impl Partition {
             deleting: Mutex::new(()),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
+            files: RwLock::new(()),
             producers: Mutex::new(producers),
             unsynced_snapshot: Mutex::new(None),
             cleaned_through: AtomicI64::new(0),
@@ -340,6 +352,22 @@ impl Partition {
 
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+    }
+
+    /// For a change to the partition's files by path: `None` once the topic was
+    /// deleted (its directory may be gone, or be another topic's by now).
+    fn files_guard(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        let guard = self.files.read().unwrap_or_else(PoisonError::into_inner);
+        (!self.is_deleted()).then_some(guard)
+    }
+
+    /// Waits for every change to the partition's files by path in progress,
+    /// and (the partition marked deleted first) keeps any from starting while
+    /// held and after: a topic being deleted holds it while it moves the
+    /// topic's directory away.
+    pub(crate) fn retire(&self) -> RwLockWriteGuard<'_, ()> {
+        debug_assert!(self.is_deleted());
+        self.files.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The idempotent producers' state (see [`super::producers`]).
@@ -526,6 +554,9 @@ impl Partition {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> Result<(usize, u64)> {
+        let Some(_files) = self.files_guard() else {
+            return Ok((0, 0));
+        };
         let floor = self.deleted_below.load(Ordering::Acquire);
         self.trim("past retention", |s, total| {
             let too_old = retention_ms.is_some_and(|r| {
@@ -539,6 +570,7 @@ impl Partition {
     }
 
     /// Deletes the oldest segments while `deletable(segment, bytes held)` says so,
+    /// the caller holding [`Partition::files_guard`],
     /// from the oldest forward, stopping at the first one kept. The active segment
     /// goes too once it qualifies and every batch in it is below the high
     /// watermark (readable, so durable): a new empty segment at the log end takes
@@ -607,12 +639,15 @@ impl Partition {
     /// I/O errors naming the file, or a segment that no longer validates; segments
     /// already replaced stay replaced, the rest are left as they were.
     pub fn compact(&self, policy: &CompactionPolicy, stop: &AtomicBool) -> Result<CompactionStats> {
-        let _one_at_a_time = self.compaction_guard();
+        let _one_at_a_time = self
+            .compacting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // A deleted topic's directory may be renamed away, and its name taken by
         // a new topic, whose files must never be touched.
-        if self.is_deleted() {
+        let Some(_files) = self.files_guard() else {
             return Ok(CompactionStats::default());
-        }
+        };
         let hw = self.high_watermark();
         let lag = i64::try_from(policy.min_compaction_lag_ms).unwrap_or(i64::MAX);
         let sources: Vec<Source> = {
@@ -686,7 +721,8 @@ impl Partition {
         let mut stats = CompactionStats::default();
         let mut covered = sources[mapped - 1].next;
         for g in groups {
-            if stop.load(Ordering::Acquire) {
+            // A delete of the topic waits for the pass: it stops early.
+            if stop.load(Ordering::Acquire) || self.is_deleted() {
                 covered = sources[g.start].base;
                 break;
             }
@@ -748,15 +784,6 @@ impl Partition {
         Ok(true)
     }
 
-    /// Waits for a compaction pass in progress and keeps another from starting
-    /// while held: a topic being deleted holds it over the rename of its
-    /// directory (a pass of a partition marked deleted does nothing).
-    pub(crate) fn compaction_guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.compacting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// DeleteRecords: moves the log start offset up to `before` (`-1`: the high
     /// watermark), durably (`log-start-offset.json`, replaced atomically) before it
     /// returns, then deletes the segments wholly below it. Records below the new
@@ -770,6 +797,7 @@ impl Partition {
     /// deleted (the next retention pass deletes them).
     pub fn delete_records(&self, before: i64) -> std::result::Result<i64, DeleteRecordsError> {
         let _one_at_a_time = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+        let _files = self.files_guard().ok_or(DeleteRecordsError::Deleted)?;
         let hw = self.high_watermark();
         let target = if before == -1 { hw } else { before };
         if target < 0 || target > hw {

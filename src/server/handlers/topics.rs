@@ -228,6 +228,10 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                     Err((codes::INVALID_PARTITIONS, "invalid partition count".into()))
                 }
                 Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
+                Err(CreateError::BeingDeleted) => Err((
+                    codes::REQUEST_TIMED_OUT,
+                    format!("topic {name} is still being deleted; retry"),
+                )),
             }
         };
         // v5+ describe a topic that was (or, in a dry run, would be) created, with
@@ -406,6 +410,9 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
                                         codes::OFFSET_OUT_OF_RANGE
                                     }
                                     DeleteRecordsError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+                                    DeleteRecordsError::Deleted => {
+                                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                                    }
                                 })
                             }
                         }
