@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::{
     compaction::{CompactionPolicy, CompactionStats},
@@ -21,11 +21,16 @@ use super::{
 /// The applied sequence is read *before* the segments are synced: every entry at or
 /// below it was written to its segment before it was published, so the syncs below
 /// cover it.
+///
+/// A failed segment sync fails storage and stops checkpoints until a restart
+/// (see [`super::fail_segments`]): neither the recovery points nor the WAL's
+/// checkpoint move past data a failed sync covered.
 pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
     let mut done = shared
         .checkpointed
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    stopped(shared)?;
     let seq = shared.applied_seq.load(Ordering::Acquire);
     let topics = shared.topic_list();
     // Each partition's end is read before its segments are synced, so the syncs
@@ -38,7 +43,10 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
     for t in topics {
         let ends = t.partitions.iter().map(|p| p.log_end_offset()).collect();
         for p in &t.partitions {
-            p.sync()?;
+            if let Err(e) = p.sync() {
+                super::fail_segments(shared, format!("segment sync failed: {e}"));
+                return Err(e);
+            }
         }
         points.topics.insert(
             t.name.clone(),
@@ -48,6 +56,9 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
             },
         );
     }
+    // A segment that failed meanwhile (an append's roll) may hold less than the
+    // ends read above.
+    stopped(shared)?;
     {
         let mut stored = shared.points.lock().unwrap_or_else(PoisonError::into_inner);
         if *stored != points {
@@ -64,6 +75,21 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
+/// Fails once a segment write or sync has failed.
+fn stopped(shared: &Shared) -> Result<()> {
+    match shared.segments_failed.get() {
+        None => Ok(()),
+        Some(why) => Err(Error::io(
+            "checkpoint",
+            &shared.config.storage.data_dir,
+            std::io::Error::other(format!(
+                "no checkpoint after a failed segment write or sync ({why}); a restart \
+                 recovers from the WAL"
+            )),
+        )),
+    }
+}
+
 /// The periodic checkpoint thread: one checkpoint every `checkpoint_interval_ms` until
 /// `stop` fires or is dropped.
 pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
@@ -78,8 +104,11 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        if let Err(e) = checkpoint(shared) {
-            tracing::error!(error = %e, "periodic checkpoint failed");
+        // Once a segment failed, none is made (and that was logged then).
+        if shared.segments_failed.get().is_none() {
+            if let Err(e) = checkpoint(shared) {
+                tracing::error!(error = %e, "periodic checkpoint failed");
+            }
         }
         if Instant::now() >= next_retention {
             if let Err(e) = retention(shared) {

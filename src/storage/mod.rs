@@ -274,6 +274,9 @@ struct Shared {
     /// The recovery points last written (see [`recovery_points`]).
     points: Mutex<RecoveryPoints>,
     failed: OnceLock<String>,
+    /// Set with `failed` when a segment write or sync failed: from then on no
+    /// checkpoint is made (see [`fail_segments`]).
+    segments_failed: OnceLock<String>,
     closing: AtomicBool,
     meta: BrokerMeta,
     offsets: OffsetStore,
@@ -829,6 +832,7 @@ impl TopicManager {
             checkpointed: Mutex::new(stats.last_sequence),
             points: Mutex::new(points.unwrap_or_default()),
             failed: OnceLock::new(),
+            segments_failed: OnceLock::new(),
             closing: AtomicBool::new(false),
             meta,
             offsets,
@@ -1509,6 +1513,16 @@ fn fail(shared: &Shared, what: String) -> String {
     msg.clone()
 }
 
+/// A segment write or sync failed: storage fails (see [`fail`]), and no
+/// checkpoint is made until a restart, which recovers from the WAL whatever the
+/// segments lack. A failed `fdatasync` is never retried into a success: the
+/// kernel reports a write-back failure once, and the next sync of the file
+/// succeeds whether or not the pages reached the disk.
+fn fail_segments(shared: &Shared, what: String) -> String {
+    shared.segments_failed.get_or_init(|| what.clone());
+    fail(shared, what)
+}
+
 /// Waits for each WAL completion in order, then appends to the segment and publishes.
 fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
     while let Ok(item) = applied.recv() {
@@ -1540,7 +1554,7 @@ fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
                             shared.data_version.send_modify(|v| *v = v.wrapping_add(1));
                             Ok(base)
                         }
-                        Err(e) => Err(ProduceError::Storage(fail(
+                        Err(e) => Err(ProduceError::Storage(fail_segments(
                             shared,
                             format!("segment append failed: {e}"),
                         ))),
@@ -1701,6 +1715,72 @@ mod tests {
         let p = m.partition("t", 0).unwrap();
         assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 1));
         assert_eq!(&p.read(0, 1 << 20).unwrap().unwrap().records[..], &new[..]);
+        m.shutdown().unwrap();
+    }
+
+    /// A real write-back failure of a segment (`FailingFs`), met by a
+    /// checkpoint's sync: storage fails (produces are refused), and no later
+    /// checkpoint moves past the lost batch, although the kernel reports the
+    /// failure only once and the next `fdatasync` of the file succeeds. Before,
+    /// the next checkpoint advanced the WAL's checkpoint over it. A restart
+    /// recovers the batch from the WAL.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_segment_sync_stops_checkpoints_until_a_restart() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let fs = crate::file_at::FailingFs::mount();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = config(&fs.path().join("data"));
+        c.storage.checkpoint_interval_ms = 3_600_000; // only those made here
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        m.checkpoint().unwrap();
+        let checkpoint = fs.path().join("data/wal/checkpoint.json");
+        let points = fs.path().join("data").join(recovery_points::FILE);
+        let before = (
+            std::fs::read(&checkpoint).unwrap(),
+            std::fs::read(&points).unwrap(),
+        );
+        // In the WAL (synced) and in the segment's pages, not yet written back.
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"b"])), Ok(1));
+
+        fs.fail(Some(libc::EIO));
+        let e = m.checkpoint().unwrap_err().to_string();
+        assert!(e.contains("Input/output error"), "{e}");
+        fs.fail(None);
+        assert!(m.failure().is_some(), "storage did not fail");
+        assert!(
+            m.checkpoint().is_err(),
+            "a checkpoint succeeded after a failed segment sync"
+        );
+        assert_eq!(
+            (
+                std::fs::read(&checkpoint).unwrap(),
+                std::fs::read(&points).unwrap()
+            ),
+            before,
+            "the checkpoint moved"
+        );
+        assert!(matches!(
+            produce(&rt, &m, &make_batch(0, &[b"c"])),
+            Err(ProduceError::Storage(_))
+        ));
+        assert!(m.shutdown().is_err());
+        drop(m);
+
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 2);
+        assert_eq!(
+            &p.read(0, 1 << 20).unwrap().unwrap().records[..],
+            &[batch_at(0, &[b"a"]), batch_at(1, &[b"b"])].concat()[..]
+        );
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"d"])), Ok(2));
         m.shutdown().unwrap();
     }
 

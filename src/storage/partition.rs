@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
 
@@ -164,6 +164,11 @@ pub struct Partition {
     /// (Appends and their rolls need no guard: a delete waits until the
     /// pipeline has applied everything accepted for the topic.)
     files: RwLock<()>,
+    /// The first failed sync of the partition's segments (set under `log`).
+    /// After it no [`Partition::sync`] succeeds: the kernel reports a
+    /// write-back failure once, so the next `fdatasync` of the file would
+    /// succeed for pages it may have dropped.
+    sync_failed: OnceLock<String>,
     /// A producer snapshot written since the last [`Partition::sync`], which
     /// makes it durable.
     unsynced_snapshot: Mutex<Option<PathBuf>>,
@@ -269,6 +274,7 @@ impl Partition {
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
             files: RwLock::new(()),
+            sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
             unsynced_snapshot: Mutex::new(None),
             cleaned_through: AtomicI64::new(0),
@@ -523,7 +529,10 @@ impl Partition {
             // The finished segment becomes durable before its successor exists
             // (synced here even when a checkpoint's sync of it is in flight).
             if let Some(s) = log.last_mut() {
-                s.sync_now()?;
+                if let Err(e) = s.sync_now() {
+                    self.sync_failed.get_or_init(|| e.to_string());
+                    return Err(e);
+                }
             }
             let seg = Segment::create(&self.dir, base)?;
             sync_dir(&self.dir)?;
@@ -817,19 +826,41 @@ impl Partition {
         Ok(self.log_start_offset())
     }
 
-    /// `fdatasync`s every segment changed since the last sync.
+    /// [`Partition::check_sync_failed`], taking `log`.
+    fn check_sync_failed_locked(&self) -> Result<()> {
+        let _log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        self.check_sync_failed()
+    }
+
+    /// Fails once a sync of the partition's segments has failed (the caller
+    /// holds `log`, under which that is recorded).
+    fn check_sync_failed(&self) -> Result<()> {
+        match self.sync_failed.get() {
+            None => Ok(()),
+            Some(first) => Err(Error::io(
+                "fdatasync",
+                &self.dir,
+                std::io::Error::other(format!(
+                    "an earlier sync of the partition's segments failed ({first}); \
+                     what it covered may not be on the disk"
+                )),
+            )),
+        }
+    }
+
+    /// `fdatasync`s every segment changed since the last sync. Once a sync of
+    /// the partition's segments has failed (here, or before a roll), this fails
+    /// too, until the partition is opened again.
     ///
     /// # Errors
     /// I/O errors naming the file.
     pub fn sync(&self) -> Result<()> {
         // Collect under the lock, fsync outside it: appends and reads go on meanwhile.
-        let jobs: Vec<_> = self
-            .log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter_mut()
-            .filter_map(Segment::take_sync)
-            .collect();
+        let jobs: Vec<_> = {
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            self.check_sync_failed()?;
+            log.iter_mut().filter_map(Segment::take_sync).collect()
+        };
         for (i, job) in jobs.iter().enumerate() {
             if let Err(e) = job.run() {
                 let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -841,9 +872,13 @@ impl Partition {
                         s.mark_dirty();
                     }
                 }
+                self.sync_failed.get_or_init(|| e.to_string());
                 return Err(e);
             }
         }
+        // A roll's sync of the same file running meanwhile (under the lock) may
+        // have been the one told of a failure that these syncs' data met.
+        self.check_sync_failed_locked()?;
         let snapshot = self
             .unsynced_snapshot
             .lock()
