@@ -1218,6 +1218,17 @@ impl TopicManager {
             // Retention, DeleteRecords and compaction of the topic in progress
             // end first; later ones find the partitions deleted and do nothing.
             let _retired: Vec<_> = topic.partitions.iter().map(|p| p.retire()).collect();
+            // The checkpoint moves the WAL's checkpoint past the topic's entries
+            // but syncs only the topics in the map, which this one has left. Until
+            // the move of its directory below is durable a power loss brings the
+            // topic back, and without this sync it would come back without the
+            // batches no sync covered, their WAL entries gone: silently short.
+            for p in &topic.partitions {
+                if let Err(e) = p.sync() {
+                    fail_segments(&me.shared, format!("segment sync failed: {e}"));
+                    return Err(e);
+                }
+            }
             me.checkpoint()?;
             #[cfg(test)]
             std::thread::sleep(*me.shared.delete_pause.lock().unwrap());
@@ -1781,6 +1792,32 @@ mod tests {
             &[batch_at(0, &[b"a"]), batch_at(1, &[b"b"])].concat()[..]
         );
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"d"])), Ok(2));
+        m.shutdown().unwrap();
+    }
+
+    /// A delete's checkpoint moves the WAL's checkpoint past the topic's
+    /// entries, so the topic's segments must be synced before it: until the
+    /// move of its directory is durable, a power loss brings the topic back,
+    /// and it must come back whole. (The checkpoint syncs only the topics in
+    /// the map, which the deleted one has left.)
+    #[test]
+    fn a_delete_syncs_the_topics_segments_before_its_checkpoint() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 3_600_000; // only those made here
+        let m = TopicManager::new(c).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        let old = m.partition("t", 0).unwrap();
+        assert!(old.unsynced());
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        assert!(!old.unsynced(), "the checkpoint passed unsynced segments");
         m.shutdown().unwrap();
     }
 

@@ -826,6 +826,16 @@ impl Partition {
         Ok(self.log_start_offset())
     }
 
+    /// Whether a segment changed since its last sync.
+    #[cfg(test)]
+    pub(crate) fn unsynced(&self) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(Segment::is_dirty)
+    }
+
     /// [`Partition::check_sync_failed`], taking `log`.
     fn check_sync_failed_locked(&self) -> Result<()> {
         let _log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
