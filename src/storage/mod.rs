@@ -1180,37 +1180,64 @@ impl TopicManager {
     /// # Errors
     /// I/O errors naming the path.
     pub async fn delete_topic(&self, name: &str) -> Result<bool> {
-        let (topic, reserved) = {
-            let mut deleting = self
-                .shared
-                .create_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let Some(topic) = self
-                .shared
-                .topics
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(name)
-            else {
-                return Ok(false);
-            };
-            deleting.insert(name.to_string());
-            let reserved = Deleting {
-                shared: Arc::clone(&self.shared),
-                name: name.to_string(),
-            };
-            (topic, reserved)
-        };
+        // A task of its own: once begun, a delete runs to its end even when the
+        // caller stops waiting for it.
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { me.run_delete(name).await })
+            .await
+            .map_err(|e| self.task_error(&e))?
+    }
+
+    fn task_error(&self, e: &tokio::task::JoinError) -> Error {
+        Error::io(
+            "delete topic task",
+            self.shared.topics_dir.clone(),
+            std::io::Error::other(e.to_string()),
+        )
+    }
+
+    /// Takes topic `name` out of the map, reserves the name until the returned
+    /// [`Deleting`] is dropped, and marks the partitions deleted (blocking: waits
+    /// for `create_lock`, which a create holds while it writes files). `None`
+    /// when there is no such topic.
+    fn take_for_delete(&self, name: &str) -> Option<(Arc<Topic>, Deleting)> {
+        let mut deleting = self
+            .shared
+            .create_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let topic = self
+            .shared
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)?;
+        deleting.insert(name.to_string());
         for p in &topic.partitions {
             p.mark_deleted();
         }
+        let reserved = Deleting {
+            shared: Arc::clone(&self.shared),
+            name: name.to_string(),
+        };
+        Some((topic, reserved))
+    }
+
+    async fn run_delete(self, name: String) -> Result<bool> {
+        let me = self.clone();
+        let n = name.clone();
+        let taken = tokio::task::spawn_blocking(move || me.take_for_delete(&n))
+            .await
+            .map_err(|e| self.task_error(&e))?;
+        let Some((topic, reserved)) = taken else {
+            return Ok(false);
+        };
         let (tx, rx) = oneshot::channel();
         if self.shared.jobs.send(Job::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
         }
         let me = self.clone();
-        let name = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
             // Released last, on every path (even when this task is dropped
             // unrun): the name is free again once nothing of the delete is left.
@@ -1243,13 +1270,7 @@ impl TopicManager {
             Ok(())
         })
         .await
-        .map_err(|e| {
-            Error::io(
-                "delete topic task",
-                self.shared.topics_dir.clone(),
-                std::io::Error::other(e.to_string()),
-            )
-        })??;
+        .map_err(|e| self.task_error(&e))??;
         Ok(true)
     }
 
