@@ -95,8 +95,18 @@ pub struct StoredGroup {
 #[derive(Debug)]
 pub struct OffsetStore {
     dir: PathBuf,
+    /// What every group holds. Held only to read or swap a group's state, never
+    /// across a file write: readers (OffsetFetch, ListGroups, ...) run on the
+    /// server's runtime threads and must not wait for another group's fsyncs.
     groups: Mutex<HashMap<String, GroupOffsets>>,
+    /// Writers of one group's file (and state) take one of these, chosen by the
+    /// group's name, for the whole read-modify-write, so two writers of one group
+    /// never lose each other's change.
+    writers: Box<[Mutex<()>]>,
 }
+
+/// Locks serialising the writers of groups (see [`OffsetStore::writers`]).
+const WRITER_LOCKS: usize = 64;
 
 fn file_name(group: &str) -> String {
     let hex: String = group.bytes().map(|b| format!("{b:02x}")).collect();
@@ -151,11 +161,23 @@ impl OffsetStore {
         Ok(OffsetStore {
             dir,
             groups: Mutex::new(groups),
+            writers: (0..WRITER_LOCKS).map(|_| Mutex::new(())).collect(),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lock every writer of `group` holds (see [`OffsetStore::writers`]).
+    fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        group.hash(&mut h);
+        let i = (h.finish() % self.writers.len() as u64) as usize;
+        self.writers[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stores `commits` for `group` durably (blocking: fsyncs). `protocol_type`,
@@ -170,8 +192,8 @@ impl OffsetStore {
         protocol_type: Option<&str>,
         commits: Vec<Committed>,
     ) -> Result<()> {
-        let mut groups = self.lock();
-        let mut next = groups.get(group).cloned().unwrap_or_default();
+        let _writer = self.writer(group);
+        let mut next = self.lock().get(group).cloned().unwrap_or_default();
         if let Some(t) = protocol_type {
             next.protocol_type = Some(t.to_string());
         }
@@ -182,7 +204,7 @@ impl OffsetStore {
         }
         next.last_commit = now;
         self.store(group, &next)?;
-        groups.insert(group.to_string(), next);
+        self.lock().insert(group.to_string(), next);
         Ok(())
     }
 
@@ -236,21 +258,21 @@ impl OffsetStore {
         applies: impl FnOnce(&GroupOffsets) -> bool,
         mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
     ) -> Result<usize> {
-        let mut groups = self.lock();
-        let Some(g) = groups.get(group).filter(|g| applies(g)) else {
+        let _writer = self.writer(group);
+        let Some(mut next) = self.lock().get(group).filter(|g| applies(g)).cloned() else {
             return Ok(0);
         };
-        let mut next = g.clone();
+        let had = next.offsets.len();
         next.offsets.retain(|key, (_, at)| keep(key, at));
-        let removed = g.offsets.len() - next.offsets.len();
+        let removed = had - next.offsets.len();
         if removed == 0 {
             return Ok(0);
         }
         if next.offsets.is_empty() {
-            self.delete_locked(&mut groups, group)?;
+            self.delete_file(group)?;
         } else {
             self.store(group, &next)?;
-            groups.insert(group.to_string(), next);
+            self.lock().insert(group.to_string(), next);
         }
         Ok(removed)
     }
@@ -263,29 +285,26 @@ impl OffsetStore {
     /// when only the directory fsync failed they are gone from this run but may
     /// come back after a crash.
     pub fn delete(&self, group: &str) -> Result<bool> {
-        let mut groups = self.lock();
-        self.delete_locked(&mut groups, group)
-    }
-
-    fn delete_locked(
-        &self,
-        groups: &mut HashMap<String, GroupOffsets>,
-        group: &str,
-    ) -> Result<bool> {
-        if !groups.contains_key(group) {
+        let _writer = self.writer(group);
+        if !self.lock().contains_key(group) {
             return Ok(false);
         }
+        self.delete_file(group)?;
+        Ok(true)
+    }
+
+    /// Removes `group`'s file and state, durably. The caller holds its writer lock.
+    fn delete_file(&self, group: &str) -> Result<()> {
         let path = self.dir.join(file_name(group));
         match crate::wal::files::remove(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &path, e)),
         }
-        groups.remove(group);
+        self.lock().remove(group);
         // The removal is durable only once the directory entry is: without this a
         // crash could bring the group's offsets back.
-        crate::wal::files::sync_dir(&self.dir)?;
-        Ok(true)
+        crate::wal::files::sync_dir(&self.dir)
     }
 
     /// Like [`OffsetStore::delete`], but only when `group` has not committed since
@@ -299,14 +318,16 @@ impl OffsetStore {
         group: &str,
         last_commit: SystemTime,
     ) -> Result<bool> {
-        let mut groups = self.lock();
-        if groups
+        let _writer = self.writer(group);
+        if self
+            .lock()
             .get(group)
             .is_none_or(|g| g.last_commit > last_commit)
         {
             return Ok(false);
         }
-        self.delete_locked(&mut groups, group)
+        self.delete_file(group)?;
+        Ok(true)
     }
 
     /// The committed position of `topic`/`partition` in `group`.
@@ -392,6 +413,55 @@ mod tests {
             leader_epoch: -1,
             metadata: None,
         }
+    }
+
+    /// A commit whose file write is stuck (its temporary file is a FIFO nobody
+    /// reads, so creating it blocks) holds up neither readers of the store nor
+    /// commits of other groups: they run on the server's runtime threads.
+    #[cfg(unix)]
+    #[test]
+    fn a_stuck_commit_blocks_neither_readers_nor_other_groups() {
+        use std::{io::Read, sync::Arc, time::Duration};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = Arc::new(OffsetStore::open(path.clone()).unwrap());
+        // A group that does not share the stuck group's writer lock.
+        let stripe = |g: &str| std::ptr::from_ref(&*s.writer(g));
+        let other = (0..)
+            .map(|i| format!("other-{i}"))
+            .find(|g| stripe(g) != stripe("stuck"))
+            .unwrap();
+        s.commit(&other, None, vec![committed(0, 1)]).unwrap();
+        let fifo = path.join(file_name("stuck")).with_extension("tmp");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let stuck = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.commit("stuck", None, vec![committed(0, 2)]))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let s = Arc::clone(&s);
+            let other = other.clone();
+            std::thread::spawn(move || {
+                let fetched = s.fetch(&other, "t", 0).map(|c| c.offset);
+                let groups = s.groups().len();
+                s.commit(&other, None, vec![committed(0, 3)]).unwrap();
+                tx.send((fetched, groups)).unwrap();
+            });
+        }
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        // Unblock the stuck commit: its write to a FIFO then fails.
+        let mut r = std::fs::File::open(&fifo).unwrap();
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink);
+        assert!(stuck.join().unwrap().is_err());
+        assert_eq!(
+            got.expect("readers and other groups waited for a stuck commit"),
+            (Some(1), 1)
+        );
+        assert_eq!(s.fetch(&other, "t", 0).unwrap().offset, 3);
+        assert!(s.fetch("stuck", "t", 0).is_none());
     }
 
     #[test]
