@@ -108,10 +108,23 @@ pub struct OffsetStore {
 /// Locks serialising the writers of groups (see [`OffsetStore::writers`]).
 const WRITER_LOCKS: usize = 64;
 
+/// The file of `group`: its name in hex, or for a name whose hex would not fit a
+/// file name (255 bytes), the hex of its first [`LONG_NAME_PREFIX`] bytes and a
+/// 64-bit FNV-1a hash of all of it. The group's name is read back from the file.
 fn file_name(group: &str) -> String {
-    let hex: String = group.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}.json")
+    let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+    let bytes = group.as_bytes();
+    if 2 * bytes.len() + ".json".len() <= 255 {
+        return format!("{}.json", hex(bytes));
+    }
+    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("h{}-{fnv:016x}.json", hex(&bytes[..LONG_NAME_PREFIX]))
 }
+
+/// Bytes of a long group name kept in its file name (see [`file_name`]).
+const LONG_NAME_PREFIX: usize = 100;
 
 impl OffsetStore {
     /// Loads every group file in `dir` (created when missing).
@@ -462,6 +475,35 @@ mod tests {
         );
         assert_eq!(s.fetch(&other, "t", 0).unwrap().offset, 3);
         assert!(s.fetch("stuck", "t", 0).is_none());
+    }
+
+    /// Group ids are not limited in length; their files' names are.
+    #[test]
+    fn long_group_names_commit_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        let long = |last: char| format!("{}{last}", "g".repeat(299));
+        let edge = "e".repeat(125); // 250 hex digits + ".json": the longest plain name
+        for (i, g) in [long('a'), long('b'), edge.clone(), "é".repeat(2000)]
+            .iter()
+            .enumerate()
+        {
+            assert!(file_name(g).len() <= 255, "{}", file_name(g).len());
+            s.commit(g, None, vec![committed(0, i as i64)]).unwrap();
+        }
+        assert_eq!(file_name(&edge), format!("{}.json", "65".repeat(125)));
+        assert_ne!(file_name(&long('a')), file_name(&long('b')));
+        drop(s);
+        let s = OffsetStore::open(path).unwrap();
+        for (i, g) in [long('a'), long('b'), edge, "é".repeat(2000)]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(s.fetch(g, "t", 0).unwrap().offset, i as i64);
+        }
+        assert!(s.delete(&long('a')).unwrap());
+        assert_eq!(s.fetch(&long('b'), "t", 0).unwrap().offset, 1);
     }
 
     #[test]
