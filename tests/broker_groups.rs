@@ -2274,3 +2274,130 @@ fn offset_delete_removes_positions_but_not_those_of_subscribed_topics() {
         .collect();
     assert_eq!(solo, vec!["audit".to_string()]);
 }
+
+/// A request frame of `key` at a flexible `version` (header v2, no client id)
+/// whose body is `body`.
+fn flexible_frame(key: ApiKey, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(body.len() + 16);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&(key as i16).to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&7i32.to_be_bytes());
+    f.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
+    f.push(0); // no tagged fields
+    f.extend_from_slice(body);
+    let len = (f.len() - 4) as i32;
+    f[..4].copy_from_slice(&len.to_be_bytes());
+    f
+}
+
+/// A compact array of `n` empty compact strings: one byte each.
+fn empty_strings(n: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n as usize + 5);
+    let mut len = n + 1;
+    while len >= 0x80 {
+        v.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    v.push(len as u8);
+    v.resize(v.len() + n as usize, 1);
+    v
+}
+
+/// DescribeGroups gives each group of its list an answer some 200 times the size
+/// of an empty id on the wire, and decoding takes 32 bytes per id: a frame of a
+/// few million ids once took the broker a gigabyte or more (a gigabyte per 5 MB
+/// of request, 20 GB for a 100 MB frame). Lists longer than any client sends are
+/// refused undecoded, closing only that connection; a group named twice is
+/// described once; a ListGroups state filter is matched in one pass.
+#[test]
+fn group_lists_too_long_to_answer_are_refused_and_repeats_answered_once() {
+    const IDS: u32 = 4_000_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--max-request-bytes", "8m"]);
+    let mut a = Member::new(&broker.addr, "real", JOIN_GROUP.1, &[("range", "a")]);
+    assert_eq!(a.join().error_code, NONE);
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]).0, NONE);
+    let before = broker_support::peak_rss(broker.pid());
+
+    let mut describe = empty_strings(IDS);
+    describe.extend_from_slice(&[0, 0]); // no authorized operations, no tagged fields
+    let mut list = empty_strings(IDS);
+    list.extend_from_slice(&[1, 0]); // no types filter, no tagged fields
+    for (what, frame) in [
+        (
+            "DescribeGroups",
+            flexible_frame(ApiKey::DescribeGroups, DESCRIBE_GROUPS.1, &describe),
+        ),
+        (
+            "ListGroups",
+            flexible_frame(ApiKey::ListGroups, LIST_GROUPS.1, &list),
+        ),
+    ] {
+        let mut c = connect(&broker.addr);
+        c.write_all(&frame).unwrap();
+        // Meanwhile another client is served at once.
+        let mut other = Conn::new(&broker.addr);
+        let asked = Instant::now();
+        let v: ApiVersionsResponse =
+            other.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        assert_eq!(v.error_code, NONE);
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{what}: ApiVersions took {:?}",
+            asked.elapsed()
+        );
+        let refused = closed(&mut c);
+        let grown = broker_support::peak_rss(broker.pid()).saturating_sub(before);
+        assert!(
+            grown < 64 << 20,
+            "{what} of {IDS} empty ids ({} bytes): the broker's peak memory grew by {} MiB",
+            frame.len(),
+            grown >> 20
+        );
+        assert!(refused, "{what} of {IDS} ids: that connection is closed");
+    }
+    assert!(
+        broker.log_text().contains("at most 100000 are accepted"),
+        "the refusal says why"
+    );
+
+    // Repeats within the limit: each group described once, in first-named order.
+    let mut c = Conn::new(&broker.addr);
+    let mut ids = vec!["real"; 1000];
+    ids.extend(["", "real", "", "ghost"]);
+    let req =
+        DescribeGroupsRequest::default().with_groups(ids.iter().map(|g| group_id(g)).collect());
+    let r: DescribeGroupsResponse = c.call(ApiKey::DescribeGroups, DESCRIBE_GROUPS.1, &req);
+    let described: Vec<(String, String, usize)> = r
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.to_string(),
+                g.group_state.to_string(),
+                g.members.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        vec![
+            ("real".into(), "Stable".into(), 1),
+            (String::new(), "Dead".into(), 0),
+            ("ghost".into(), "Dead".into(), 0),
+        ]
+    );
+    // A long states filter, names in any case, repeated, or no state's at all.
+    let mut states = vec!["nonsense"; 50_000];
+    states.extend(["sTaBlE", "stable", "Empty"]);
+    let listed: Vec<String> = c
+        .list(LIST_GROUPS.1, &states, &[])
+        .into_iter()
+        .map(|(g, _, state, _)| format!("{g} {state}"))
+        .collect();
+    assert_eq!(listed, vec!["real Stable".to_string()]);
+    assert!(c.list(LIST_GROUPS.1, &["nonsense"], &[]).is_empty());
+    assert_eq!(a.heartbeat(), NONE, "the member is undisturbed");
+}

@@ -1784,3 +1784,112 @@ fn describe_log_dirs_reports_each_partitions_bytes_and_the_disk() {
     assert_eq!(dir.topics[0].partitions.len(), 1);
     assert_eq!(dir.topics[0].partitions[0].partition_size, on_disk(1));
 }
+
+/// A topic, config resource or group named many times in one request is answered
+/// once (with INVALID_REQUEST for CreateTopics, as Kafka does): an answer used to
+/// copy a topic's every partition, or its every config, for each repeat, so a few
+/// hundred kilobytes of request took the broker gigabytes to answer.
+#[test]
+fn repeated_names_are_answered_once() {
+    use kafka_protocol::messages::{
+        create_topics_request::CreatableTopic, metadata_request::MetadataRequestTopic,
+        CreateTopicsRequest, CreateTopicsResponse,
+    };
+    const REPEATS: usize = 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "50"]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "wide", true), 0);
+    let before = broker_support::peak_rss(broker.pid());
+
+    let topic = |name: &str| {
+        MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.into()))))
+    };
+    let mut asked = vec![topic("wide"); REPEATS];
+    asked.extend([topic("no.such"), topic("wide"), topic("no.such")]);
+    let req = MetadataRequest::default()
+        .with_topics(Some(asked))
+        .with_allow_auto_topic_creation(false);
+    for version in [4, 12] {
+        s.write_all(&request_frame(ApiKey::Metadata, version, 2, &req))
+            .unwrap();
+        let (_, m): (i32, MetadataResponse) = response(&mut s, ApiKey::Metadata, version);
+        let topics: Vec<(String, i16, usize)> = m
+            .topics
+            .iter()
+            .map(|t| {
+                let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+                (name, t.error_code, t.partitions.len())
+            })
+            .collect();
+        assert_eq!(
+            topics.len(),
+            2,
+            "Metadata v{version}: {} topic entries for 2 topics",
+            topics.len()
+        );
+        assert_eq!(
+            topics,
+            vec![("wide".into(), 0, 50), ("no.such".into(), 3, 0)],
+            "Metadata v{version}"
+        );
+    }
+
+    let resource = |keys: Option<Vec<StrBytes>>| {
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("wide"))
+            .with_configuration_keys(keys)
+    };
+    let mut resources = vec![resource(None); REPEATS];
+    resources.push(resource(Some(vec![])));
+    let retention = || Some(vec![StrBytes::from_static_str("retention.ms")]);
+    resources.extend([resource(retention()), resource(retention())]);
+    let req = DescribeConfigsRequest::default().with_resources(resources);
+    s.write_all(&request_frame(ApiKey::DescribeConfigs, 4, 3, &req))
+        .unwrap();
+    let (_, r): (i32, DescribeConfigsResponse) = response(&mut s, ApiKey::DescribeConfigs, 4);
+    let sizes: Vec<usize> = r.results.iter().map(|x| x.configs.len()).collect();
+    assert_eq!(sizes.len(), 2, "every config, then retention.ms: {sizes:?}");
+    assert!(sizes[0] > 10 && sizes[1] == 1, "{sizes:?}");
+
+    let create = |name: &str| {
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name.into())))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+    };
+    let mut topics = vec![create("twice"); REPEATS];
+    topics.push(create("once"));
+    for validate_only in [true, false] {
+        let req = CreateTopicsRequest::default()
+            .with_topics(topics.clone())
+            .with_timeout_ms(10_000)
+            .with_validate_only(validate_only);
+        s.write_all(&request_frame(ApiKey::CreateTopics, 7, 4, &req))
+            .unwrap();
+        let (_, r): (i32, CreateTopicsResponse) = response(&mut s, ApiKey::CreateTopics, 7);
+        let results: Vec<(String, i16)> = r
+            .topics
+            .iter()
+            .map(|t| (t.name.0.to_string(), t.error_code))
+            .collect();
+        assert_eq!(
+            results,
+            vec![("twice".into(), 42), ("once".into(), 0)],
+            "validate only: {validate_only}"
+        );
+    }
+    assert_eq!(
+        topic_metadata(&mut s, "twice", false),
+        3,
+        "a topic named twice is not created"
+    );
+    let grown = broker_support::peak_rss(broker.pid()).saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the broker's peak memory grew by {} MiB",
+        grown >> 20
+    );
+}

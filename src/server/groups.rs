@@ -83,11 +83,11 @@ impl State {
     /// DescribeGroups report it.
     fn name(self) -> &'static str {
         match self {
-            State::Empty => EMPTY,
-            State::PreparingRebalance => "PreparingRebalance",
-            State::CompletingRebalance => "CompletingRebalance",
-            State::Stable => "Stable",
-            State::Dead => DEAD,
+            State::Empty => STATES[0],
+            State::PreparingRebalance => STATES[1],
+            State::CompletingRebalance => STATES[2],
+            State::Stable => STATES[3],
+            State::Dead => STATES[4],
         }
     }
 }
@@ -97,6 +97,14 @@ pub const EMPTY: &str = "Empty";
 /// The state name of a group being deleted, and of an unknown group in
 /// DescribeGroups.
 pub const DEAD: &str = "Dead";
+/// Every state name a group can have.
+pub const STATES: [&str; 5] = [
+    EMPTY,
+    "PreparingRebalance",
+    "CompletingRebalance",
+    "Stable",
+    DEAD,
+];
 
 /// A group as ListGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 
 pub mod groups;
 mod handlers;
+pub mod listed;
 mod metrics;
 pub mod sasl;
 pub mod tls;
@@ -841,7 +842,8 @@ pub enum Decoded {
 ///
 /// # Errors
 /// Frames shorter than a header, unknown API keys, versions outside the advertised
-/// ranges, and malformed headers or bodies.
+/// ranges, malformed headers or bodies, and lists longer than
+/// [`listed::MAX_LISTED`].
 pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
     if frame.len() < 8 {
         return Err(format!(
@@ -865,6 +867,7 @@ pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
     let mut buf = frame;
     let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
         .map_err(|e| format!("malformed {api_key:?} v{version} request header: {e}"))?;
+    listed::check(api_key, version, &buf)?;
     let request = RequestKind::decode(api_key, &mut buf, version)
         .map_err(|e| format!("malformed {api_key:?} v{version} request: {e}"))?;
     Ok(Decoded::Request(header, request))

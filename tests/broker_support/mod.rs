@@ -214,6 +214,19 @@ impl Drop for Broker {
     }
 }
 
+/// The peak resident memory of process `pid` so far, in bytes (`VmHWM` in
+/// `/proc/PID/status`; Linux).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
 /// Sends the signal named `sig` (`TERM`, `KILL`) to the process `pid`, one we started.
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")

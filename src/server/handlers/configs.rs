@@ -5,7 +5,7 @@
 //! come from flags and the environment and cannot be changed while it runs.
 //! Admin tools (`kafka-topics`, `kafka-configs`, AdminClient) use these.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use kafka_protocol::{
     messages::{
@@ -266,15 +266,34 @@ fn result(resource_type: i8, name: StrBytes) -> DescribeConfigsResult {
         .with_resource_name(name)
 }
 
-pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let node = ctx.storage.meta().node_id.to_string();
-    let results = req
-        .resources
+/// The resources a DescribeConfigs asks about, in request order: `(type, name,
+/// keys)`, the keys `None` for every one (null or an empty list). A resource named
+/// again with the same keys is answered once, so that a request repeating a
+/// resource cannot have its every config copied into the answer each time.
+fn asked_resources(req: &DescribeConfigsRequest) -> Vec<(i8, &StrBytes, Option<BTreeSet<&str>>)> {
+    let mut seen = HashSet::new();
+    req.resources
         .iter()
         .map(|r| {
-            let out = result(r.resource_type, r.resource_name.clone());
-            let name = r.resource_name.as_str();
-            let (entries, read_only) = match r.resource_type {
+            let keys = r
+                .configuration_keys
+                .as_ref()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.iter().map(StrBytes::as_str).collect::<BTreeSet<&str>>());
+            (r.resource_type, &r.resource_name, keys)
+        })
+        .filter(|(kind, name, keys)| seen.insert((*kind, name.as_str(), keys.clone())))
+        .collect()
+}
+
+pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let node = ctx.storage.meta().node_id.to_string();
+    let results = asked_resources(req)
+        .into_iter()
+        .map(|(resource_type, resource_name, keys)| {
+            let out = result(resource_type, resource_name.clone());
+            let name = resource_name.as_str();
+            let (entries, read_only) = match resource_type {
                 TOPIC => match ctx.storage.topic(name) {
                     Some(t) => (topic_entries(ctx, &t.configs), false),
                     None => {
@@ -305,12 +324,7 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
             };
             let configs = entries
                 .into_iter()
-                // No keys (null or an empty list) asks for every one.
-                .filter(|e| {
-                    r.configuration_keys.as_ref().is_none_or(|keys| {
-                        keys.is_empty() || keys.iter().any(|k| k.as_str() == e.name)
-                    })
-                })
+                .filter(|e| keys.as_ref().is_none_or(|k| k.contains(e.name)))
                 .map(|e| {
                     DescribeConfigsResourceResult::default()
                         .with_name(StrBytes::from_static_str(e.name))

@@ -36,7 +36,7 @@ use kafka_protocol::{
 use crate::{
     server::{
         codes,
-        groups::{GroupSummary, JoinRequest, JoinResult, OffsetDeleteGuard, EMPTY},
+        groups::{GroupSummary, JoinRequest, JoinResult, OffsetDeleteGuard, EMPTY, STATES},
         Ctx,
     },
     storage::Committed,
@@ -380,10 +380,15 @@ fn known_groups(ctx: &Ctx) -> BTreeMap<String, (&'static str, Option<String>)> {
 }
 
 /// ListGroups (Kafka's `handleListGroups`): every known group, filtered by state
-/// (v4+, case-insensitive) and by type (v5+: any filter naming "classic" keeps
-/// every group, any other filter none).
+/// (v4+, case-insensitive; a name that is no state matches nothing) and by type
+/// (v5+: any filter naming "classic" keeps every group, any other filter none).
 pub(crate) fn list_groups(ctx: &Ctx, req: &ListGroupsRequest) -> ListGroupsResponse {
-    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    // The states asked for, among the few there are: one pass over the filter.
+    let states: Vec<&'static str> = STATES
+        .into_iter()
+        .filter(|s| req.states_filter.iter().any(|f| f.eq_ignore_ascii_case(s)))
+        .collect();
+    let by_state = !req.states_filter.is_empty();
     let types_ok = req.types_filter.is_empty()
         || req
             .types_filter
@@ -391,9 +396,7 @@ pub(crate) fn list_groups(ctx: &Ctx, req: &ListGroupsRequest) -> ListGroupsRespo
             .any(|t| t.eq_ignore_ascii_case(CLASSIC));
     let groups = known_groups(ctx)
         .into_iter()
-        .filter(|(_, (state, _))| {
-            types_ok && (states.is_empty() || states.contains(&state.to_lowercase()))
-        })
+        .filter(|(_, (state, _))| types_ok && (!by_state || states.contains(state)))
         .map(|(id, (state, protocol_type))| {
             ListedGroup::default()
                 .with_group_id(GroupId(StrBytes::from_string(id)))
@@ -409,16 +412,20 @@ pub(crate) fn list_groups(ctx: &Ctx, req: &ListGroupsRequest) -> ListGroupsRespo
 
 /// DescribeGroups (Kafka's `handleDescribeGroup`): each group's state, protocol
 /// type, protocol and members; an unknown group is `Dead` with no error (before
-/// v6). The empty group id is a group like any other here, as in Kafka.
+/// v6). The empty group id is a group like any other here, as in Kafka. A group
+/// named more than once is described once, so that the answer is bounded by the
+/// groups there are (Kafka's admin client never repeats one).
 pub(crate) fn describe_groups(
     ctx: &Ctx,
     req: &DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
     let store = ctx.storage.offsets();
+    let mut seen: HashSet<&str> = HashSet::new();
     let groups = req
         .groups
         .iter()
+        .filter(|id| seen.insert(id.0.as_str()))
         .map(|id| {
             let stored = store.group(id);
             let summary = match ctx.groups.describe(id) {

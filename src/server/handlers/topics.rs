@@ -80,6 +80,15 @@ async fn create_blocking(
         .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())))
 }
 
+/// Every topic, by id.
+fn topics_by_id(ctx: &Ctx) -> std::collections::HashMap<uuid::Uuid, Arc<Topic>> {
+    ctx.storage
+        .topics()
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect()
+}
+
 pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = ctx.storage.meta().node_id;
     let broker = MetadataResponseBroker::default()
@@ -104,15 +113,24 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                 .map(|t| topic_entry(ctx, t, version)),
         ),
         Some(list) => {
+            // A topic named (or identified) more than once is answered once, as
+            // Kafka answers the set of topics asked for: the answer is bounded by
+            // the topics there are, however often a request repeats a large one.
+            let mut names = std::collections::HashSet::new();
+            let mut ids = std::collections::HashSet::new();
+            let mut by_id = None;
             for rt in list {
+                let first = match &rt.name {
+                    Some(n) => names.insert(n.0.clone()),
+                    None => ids.insert(rt.topic_id),
+                };
+                if !first {
+                    continue;
+                }
                 let Some(name) = rt.name else {
-                    match ctx
-                        .storage
-                        .topics()
-                        .into_iter()
-                        .find(|t| t.id == rt.topic_id)
-                    {
-                        Some(t) => topics.push(topic_entry(ctx, &t, version)),
+                    let by_id = by_id.get_or_insert_with(|| topics_by_id(ctx));
+                    match by_id.get(&rt.topic_id) {
+                        Some(t) => topics.push(topic_entry(ctx, t, version)),
                         None => {
                             topics.push(error_topic(None, rt.topic_id, codes::UNKNOWN_TOPIC_ID))
                         }
@@ -170,9 +188,33 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
 }
 
 pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    // A topic named more than once is not created, and answered once with
+    // INVALID_REQUEST, as Kafka does.
+    let mut seen = std::collections::HashSet::new();
+    let repeated: std::collections::HashSet<String> = req
+        .topics
+        .iter()
+        .map(|t| t.name.0.as_str())
+        .filter(|n| !seen.insert(*n))
+        .map(str::to_string)
+        .collect();
+    let mut answered = std::collections::HashSet::new();
     let mut results = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
+        if repeated.contains(&name) {
+            if answered.insert(name.clone()) {
+                results.push(
+                    CreatableTopicResult::default()
+                        .with_name(t.name)
+                        .with_error_code(codes::INVALID_REQUEST)
+                        .with_error_message(Some(StrBytes::from_string(format!(
+                            "topic {name} is named more than once in the request"
+                        )))),
+                );
+            }
+            continue;
+        }
         let parts = if t.num_partitions == -1 {
             ctx.storage.config().storage.default_partitions
         } else {
@@ -333,11 +375,15 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
             .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
     );
     let mut results = Vec::new();
+    let mut ids = None;
     for (name, id) in asked {
         let by_id = name.is_none();
         let found = match &name {
             Some(n) => ctx.storage.topic(n),
-            None => ctx.storage.topics().into_iter().find(|t| t.id == id),
+            None => ids
+                .get_or_insert_with(|| topics_by_id(ctx))
+                .get(&id)
+                .cloned(),
         };
         let (code, message, name, id) = match found {
             None if by_id => (
@@ -353,7 +399,12 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
                 id,
             ),
             Some(t) => match ctx.storage.delete_topic(&t.name).await {
-                Ok(true) => (codes::NONE, String::new(), Some(t.name.clone()), t.id),
+                Ok(true) => {
+                    if let Some(ids) = &mut ids {
+                        ids.remove(&t.id);
+                    }
+                    (codes::NONE, String::new(), Some(t.name.clone()), t.id)
+                }
                 Ok(false) => (
                     codes::UNKNOWN_TOPIC_OR_PARTITION,
                     format!("unknown topic {}", t.name),

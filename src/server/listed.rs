@@ -1,0 +1,207 @@
+//! How many names a request lists, counted on the wire before it is decoded.
+//!
+//! Decoding makes each entry of a list a value of its own, and the answer gives
+//! each entry one of its own: an empty group id is one byte in a DescribeGroups v5
+//! frame, 32 once decoded and some 200 in the answer being built. A frame near
+//! `--max-request-bytes` (100 MiB by default) of such entries would take gigabytes
+//! before a handler could look at it. So the lists of names (topics, group ids,
+//! ListGroups filters, config resources and their keys) are counted first, and a
+//! request with more than [`MAX_LISTED`] in one of them is refused undecoded: its
+//! connection is closed with a log line, as for a malformed frame.
+
+use kafka_protocol::messages::ApiKey;
+
+/// The most entries a request may have in one of the lists counted here: far more
+/// than any client sends (an admin client describing every group of a broker
+/// names each once), few enough that decoding and answering them takes tens of MiB.
+pub const MAX_LISTED: usize = 100_000;
+
+/// A cursor over a request body; `None` from any read means the body ended early
+/// (the decoder then reports the malformed request).
+struct Wire<'a> {
+    buf: &'a [u8],
+    /// Flexible versions: compact strings and arrays, tagged fields.
+    compact: bool,
+}
+
+impl Wire<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.buf.len() < n {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+
+    fn varint(&mut self) -> Option<usize> {
+        let mut v: u64 = 0;
+        for i in 0..5 {
+            let b = self.take(1)?[0];
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return usize::try_from(v).ok();
+            }
+        }
+        None
+    }
+
+    /// An array's or a string's length; null is 0.
+    fn len(&mut self, wide: bool) -> Option<usize> {
+        if self.compact {
+            return Some(self.varint()?.saturating_sub(1));
+        }
+        let n = if wide {
+            i32::from_be_bytes(self.take(4)?.try_into().ok()?)
+        } else {
+            i32::from(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+        };
+        Some(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        self.len(true)
+    }
+
+    fn skip_string(&mut self) -> Option<()> {
+        let n = self.len(false)?;
+        self.take(n).map(|_| ())
+    }
+
+    fn skip_tagged_fields(&mut self) -> Option<()> {
+        if self.compact {
+            for _ in 0..self.varint()? {
+                self.varint()?;
+                let size = self.varint()?;
+                self.take(size)?;
+            }
+        }
+        Some(())
+    }
+}
+
+/// The reason to refuse a request of `api` at `version` whose body (after the
+/// header) is `body`, when one of its lists is longer than [`MAX_LISTED`].
+pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
+    let mut w = Wire {
+        buf: body,
+        compact: api.request_header_version(version) >= 2,
+    };
+    let over = |n: usize, what: &str| {
+        (n > MAX_LISTED).then(|| {
+            format!(
+                "{api:?} v{version} lists {n} {what}; at most {MAX_LISTED} are accepted in one request"
+            )
+        })
+    };
+    // The walk stops (None) where the body ends early.
+    let refused = match api {
+        ApiKey::Metadata => w.array_len().and_then(|n| over(n, "topics")),
+        ApiKey::DescribeGroups => w.array_len().and_then(|n| over(n, "group ids")),
+        ApiKey::DeleteGroups => w.array_len().and_then(|n| over(n, "group ids")),
+        ApiKey::DeleteTopics => w.array_len().and_then(|n| over(n, "topics")),
+        ApiKey::ListGroups if version >= 4 => (|| {
+            let states = w.array_len()?;
+            if let Some(r) = over(states, "states in its filter") {
+                return Some(r);
+            }
+            if version < 5 {
+                return None;
+            }
+            for _ in 0..states {
+                w.skip_string()?;
+            }
+            over(w.array_len()?, "types in its filter")
+        })(),
+        ApiKey::DescribeConfigs => (|| {
+            let resources = w.array_len()?;
+            if let Some(r) = over(resources, "resources") {
+                return Some(r);
+            }
+            let mut keys = 0usize;
+            for _ in 0..resources {
+                w.take(1)?;
+                w.skip_string()?;
+                let n = w.array_len()?;
+                keys = keys.saturating_add(n);
+                if let Some(r) = over(keys, "config keys") {
+                    return Some(r);
+                }
+                for _ in 0..n {
+                    w.skip_string()?;
+                }
+                w.skip_tagged_fields()?;
+            }
+            None
+        })(),
+        _ => None,
+    };
+    refused.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::{
+        messages::{
+            describe_configs_request::DescribeConfigsResource, DescribeConfigsRequest,
+            DescribeGroupsRequest, GroupId, ListGroupsRequest,
+        },
+        protocol::{Encodable, StrBytes},
+    };
+
+    fn body<R: Encodable>(r: &R, version: i16) -> BytesMut {
+        let mut b = BytesMut::new();
+        r.encode(&mut b, version).unwrap();
+        b
+    }
+
+    #[test]
+    fn lists_up_to_the_limit_pass_and_longer_ones_are_refused() {
+        for version in [0, 4, 5] {
+            let groups = |n| {
+                DescribeGroupsRequest::default().with_groups(vec![
+                    GroupId(
+                        StrBytes::from_static_str("")
+                    );
+                    n
+                ])
+            };
+            let ok = body(&groups(MAX_LISTED), version);
+            assert_eq!(check(ApiKey::DescribeGroups, version, &ok), Ok(()));
+            let over = body(&groups(MAX_LISTED + 1), version);
+            let e = check(ApiKey::DescribeGroups, version, &over).unwrap_err();
+            assert!(e.contains("100001 group ids"), "{e}");
+        }
+        let states = vec![StrBytes::from_static_str("Empty"); 3];
+        let list = ListGroupsRequest::default().with_states_filter(states);
+        assert_eq!(check(ApiKey::ListGroups, 4, &body(&list, 4)), Ok(()));
+        let types = vec![StrBytes::from_static_str(""); MAX_LISTED + 1];
+        let list = list.with_types_filter(types);
+        let e = check(ApiKey::ListGroups, 5, &body(&list, 5)).unwrap_err();
+        assert!(e.contains("types in its filter"), "{e}");
+
+        for version in [1, 4] {
+            let resource = |keys: usize| {
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("t"))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str("k"); keys]))
+            };
+            let half = DescribeConfigsRequest::default()
+                .with_resources(vec![resource(MAX_LISTED / 2), resource(MAX_LISTED / 2)]);
+            assert_eq!(
+                check(ApiKey::DescribeConfigs, version, &body(&half, version)),
+                Ok(())
+            );
+            let more = DescribeConfigsRequest::default()
+                .with_resources(vec![resource(MAX_LISTED / 2), resource(MAX_LISTED / 2 + 1)]);
+            let e = check(ApiKey::DescribeConfigs, version, &body(&more, version)).unwrap_err();
+            assert!(e.contains("config keys"), "{e}");
+        }
+        // A body that ends early is left to the decoder.
+        assert_eq!(check(ApiKey::DescribeConfigs, 4, &[0x05, 0x02]), Ok(()));
+        assert_eq!(check(ApiKey::Metadata, 1, &[0xff]), Ok(()));
+    }
+}
