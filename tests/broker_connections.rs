@@ -4,9 +4,11 @@
 //! the file descriptors storage needs: without it, the WAL's next rotation failed
 //! with "Too many open files" and every produce was refused until a restart.
 //!
-//! Idle connections (no request for `--connections-max-idle-ms`, no response
-//! pending) are closed, as Kafka does; a long-polling fetch is not idle, nor is a
-//! request still arriving.
+//! Idle connections (no byte read or written for `--connections-max-idle-ms`, no
+//! response being computed) are closed, as Kafka does; a long-polling fetch is not
+//! idle, nor is a request whose bytes still arrive, however slowly. A request that
+//! stops arriving halfway, or responses the client does not read, do not keep a
+//! connection (and its slot under `--max-connections`) forever.
 
 mod broker_support;
 
@@ -283,4 +285,103 @@ fn a_topic_too_large_for_the_open_file_limit_fails_cleanly() {
         let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
         assert_eq!(partition_result(&r), (0, 0), "partition {i}");
     }
+}
+
+/// Connections that each send the first byte of a request and nothing more once
+/// held every slot under `--max-connections` forever: a started request kept a
+/// connection from counting as idle. Now the idle time counts from the last byte.
+#[test]
+fn connections_stalled_mid_request_are_closed_when_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--connections-max-idle-ms", "500", "--max-connections", "3"],
+    );
+    // One byte of a length; a length and half a header; a length and a body
+    // that stops short. Together they take every slot.
+    let frame = request_frame(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default());
+    let mut stalled: Vec<TcpStream> = [&frame[..1], &frame[..8], &frame[..frame.len() - 1]]
+        .into_iter()
+        .map(|part| {
+            let mut c = connect(&broker.addr);
+            c.write_all(part).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        })
+        .collect();
+    let sent = Instant::now();
+    for (i, c) in stalled.iter_mut().enumerate() {
+        assert!(
+            closed(c),
+            "stalled connection {i} still open after {:?}",
+            sent.elapsed()
+        );
+    }
+    let after = sent.elapsed();
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed after {after:?}, before the idle time"
+    );
+    // Their slots are free again.
+    let mut c = connect_served(&broker.addr);
+    assert!(served(&mut c));
+}
+
+/// A client that sends requests and never reads the responses once kept its
+/// connection forever: the broker waited for the write without a limit, and a
+/// response pending kept the connection from counting as idle. Now a response
+/// the client does not read for the idle time closes the connection.
+#[test]
+fn clients_that_do_not_read_their_responses_are_closed_when_idle() {
+    use kafka_protocol::messages::{metadata_request::MetadataRequestTopic, MetadataRequest};
+    use kafka_protocol::protocol::StrBytes;
+    const REQUESTS: usize = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--connections-max-idle-ms", "500", "--max-connections", "1"],
+    );
+    // Each answer repeats the (invalid) 1 MiB topic name: far more than the
+    // socket buffers hold.
+    let name = "x".repeat(1 << 20);
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            kafka_protocol::messages::TopicName(StrBytes::from_string(name)),
+        ))]))
+        .with_allow_auto_topic_creation(false);
+    let frame = request_frame(ApiKey::Metadata, 12, 1, &req);
+    let mut deaf = connect(&broker.addr);
+    for _ in 0..REQUESTS {
+        deaf.write_all(&frame).unwrap();
+    }
+    // The deaf client holds the only slot until the broker gives up on it.
+    let mut c = connect_served(&broker.addr);
+    assert!(served(&mut c));
+    // What the deaf client gets now is what the sockets held: not every answer.
+    deaf.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match std::io::Read::read(&mut deaf, &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    };
+    assert!(ended, "the deaf connection is still open");
+    assert!(
+        got < REQUESTS * frame.len(),
+        "every answer was written ({got} bytes)"
+    );
+    assert!(
+        broker
+            .log_text()
+            .contains("closing a connection whose client does not read its responses"),
+        "the close is logged"
+    );
 }

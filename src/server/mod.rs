@@ -7,6 +7,7 @@
 //! awaits them one after another: responses leave in request order. Malformed frames,
 //! oversized frames and unknown APIs close only that connection, with a log line.
 
+mod conn;
 pub mod groups;
 mod handlers;
 pub mod listed;
@@ -17,10 +18,7 @@ pub mod tls;
 use std::{
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
@@ -541,24 +539,16 @@ enum Frame {
     Eof,
 }
 
-/// Reads one length-prefixed frame. `started` is set once its first byte has
-/// arrived (the connection is then not idle, however slowly the rest comes).
-async fn read_frame<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    max: usize,
-    started: &AtomicBool,
-) -> std::io::Result<Frame> {
+/// Reads one length-prefixed frame.
+async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R, max: usize) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
     match stream.read(&mut len).await? {
         0 => return Ok(Frame::Eof),
-        n => {
-            started.store(true, Ordering::Release);
-            match stream.read_exact(&mut len[n..]).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
-                Err(e) => return Err(e),
-            }
-        }
+        n => match stream.read_exact(&mut len[n..]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
+            Err(e) => return Err(e),
+        },
     }
     let len = i32::from_be_bytes(len);
     if len < 0 || len as usize > max {
@@ -587,10 +577,17 @@ async fn accept_connection(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let activity = conn::Activity::new();
     let Some(tls) = tls else {
         let (rd, wr) = stream.into_split();
-        return serve_connection(ctx, rd, wr, peer, stop).await;
+        let (rd, wr) = (
+            conn::Metered::new(rd, &activity),
+            conn::Metered::new(wr, &activity),
+        );
+        return serve_connection(ctx, rd, wr, peer, stop, activity).await;
     };
+    // Metered below TLS: every byte on the socket counts, whole records or not.
+    let stream = conn::Metered::new(stream, &activity);
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
     let stream = match handshake {
         Ok(Ok(s)) => s,
@@ -606,34 +603,37 @@ async fn accept_connection(
         }
     };
     let (rd, wr) = tokio::io::split(stream);
-    serve_connection(ctx, rd, wr, peer, stop).await
+    serve_connection(ctx, rd, wr, peer, stop, activity).await
 }
 
+/// Serves one connection: `rd` and `wr` are its two directions, metered by
+/// `activity` (see [`conn`]). The connection closes at end of stream, on a bad
+/// frame, at shutdown, and once idle for `--connections-max-idle-ms`: no byte read
+/// or written and no response being computed, so a request that stops arriving
+/// halfway or responses the client does not read do not hold it open.
 async fn serve_connection<R, W>(
     ctx: Arc<Ctx>,
     mut rd: R,
     mut wr: W,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    activity: Arc<conn::Activity>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Pending>(64);
-    // Requests read whose response is not yet written: while there are any, the
-    // connection is not idle (a long-polling fetch, a produce waiting for its fsync).
-    let outstanding = Arc::new(AtomicUsize::new(0));
-    let written = Arc::clone(&outstanding);
-    let writer = tokio::spawn(async move {
+    let progress = Arc::clone(&activity);
+    let mut writer = tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
+            progress.computing();
             let frame = p.await;
-            let r = match frame {
-                Some(frame) => wr.write_all(&frame).await,
-                None => Ok(()),
-            };
-            written.fetch_sub(1, Ordering::AcqRel);
-            r?;
+            progress.writing();
+            if let Some(frame) = frame {
+                wr.write_all(&frame).await?;
+            }
+            progress.waiting();
         }
         wr.shutdown().await
     });
@@ -643,10 +643,14 @@ where
     let mut unauthenticated = ctx.security.sasl.as_ref().map(|_| sasl::Session::default());
     let idle = (cfg.connections_max_idle_ms > 0)
         .then(|| Duration::from_millis(cfg.connections_max_idle_ms));
+    let idle_closed = || {
+        if activity.unread_response() {
+            tracing::info!(%peer, idle_ms = cfg.connections_max_idle_ms, "closing a connection whose client does not read its responses");
+        } else {
+            tracing::debug!(%peer, idle_ms = cfg.connections_max_idle_ms, "closing idle connection");
+        }
+    };
     let result = 'conn: loop {
-        // Idle means no byte of a next request has arrived and no response is
-        // pending; a request still arriving, however slowly, is read to its end.
-        let started = AtomicBool::new(false);
         // Before authentication a frame may hold at most 512 KiB (Kafka's
         // `sasl.server.max.receive.size`): an unknown client cannot make the
         // broker allocate --max-request-bytes.
@@ -655,25 +659,15 @@ where
         } else {
             max
         };
-        let read = read_frame(&mut rd, limit, &started);
-        tokio::pin!(read);
-        let frame = loop {
-            let idle_timer = async {
-                match idle {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break 'conn Ok(()),
-                f = &mut read => break f,
-                () = idle_timer => {
-                    if !started.load(Ordering::Acquire) && outstanding.load(Ordering::Acquire) == 0 {
-                        tracing::debug!(%peer, idle_ms = cfg.connections_max_idle_ms, "closing idle connection");
-                        break 'conn Ok(());
-                    }
-                }
+        let frame = tokio::select! {
+            biased;
+            _ = stop.changed() => break 'conn Ok(()),
+            f = read_frame(&mut rd, limit) => f,
+            () = activity.idle(idle) => {
+                idle_closed();
+                // Responses not yet written are dropped: the client is not reading.
+                writer.abort();
+                break 'conn Ok(());
             }
         };
         match frame {
@@ -687,8 +681,17 @@ where
             }
             Ok(Frame::Data(buf)) => match dispatch(&ctx, buf, peer, &mut unauthenticated).await {
                 Ok((p, then_close)) => {
-                    outstanding.fetch_add(1, Ordering::AcqRel);
-                    if tx.send(p).await.is_err() || then_close {
+                    // A full queue waits for the writer, which may wait for the
+                    // client to read.
+                    let sent = tokio::select! {
+                        r = tx.send(p) => r.is_ok(),
+                        () = activity.idle(idle) => {
+                            idle_closed();
+                            writer.abort();
+                            break 'conn Ok(());
+                        }
+                    };
+                    if !sent || then_close {
                         break Ok(());
                     }
                 }
@@ -701,8 +704,19 @@ where
         }
     };
     drop(tx);
-    match writer.await {
+    // The responses already asked for are written, unless the client stops
+    // reading them.
+    let written = tokio::select! {
+        w = &mut writer => w,
+        () = activity.idle(idle) => {
+            idle_closed();
+            writer.abort();
+            return result;
+        }
+    };
+    match written {
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "write failed"),
+        Err(e) if e.is_cancelled() => {}
         Err(e) => tracing::error!(%peer, error = %e, "writer task failed"),
         Ok(Ok(())) => {}
     }

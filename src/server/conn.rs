@@ -1,0 +1,202 @@
+//! What a connection's reader and writer share to tell an idle connection: the
+//! time of its last I/O, and whether a response is being computed.
+//!
+//! A connection is idle, as Kafka's `connections.max.idle.ms` counts it, when no
+//! byte has been read from it or written to it for the idle time and no response
+//! is being computed: a request that stopped arriving halfway and a response the
+//! client does not read count as idle, a fetch long-polling or a produce waiting
+//! for its fsync does not.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Instant,
+};
+
+/// What the writer is doing.
+const WAITING: u8 = 0;
+const COMPUTING: u8 = 1;
+const WRITING: u8 = 2;
+
+/// A connection's I/O clock; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last byte read or written, or to the last
+    /// response becoming ready.
+    last: AtomicU64,
+    /// [`WAITING`] for a request, [`COMPUTING`] a response, or [`WRITING`] one.
+    writer: AtomicU8,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            writer: AtomicU8::new(WAITING),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Restarts the idle time.
+    pub(crate) fn touch(&self) {
+        self.last.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// The writer awaits a response being computed: the connection is not idle.
+    pub(crate) fn computing(&self) {
+        self.writer.store(COMPUTING, Ordering::Release);
+    }
+
+    /// The writer has a response to write; the idle time restarts.
+    pub(crate) fn writing(&self) {
+        self.touch();
+        self.writer.store(WRITING, Ordering::Release);
+    }
+
+    /// The writer waits for the next request.
+    pub(crate) fn waiting(&self) {
+        self.writer.store(WAITING, Ordering::Release);
+    }
+
+    /// Whether a response is waiting for the client to read it.
+    pub(crate) fn unread_response(&self) -> bool {
+        self.writer.load(Ordering::Acquire) == WRITING
+    }
+
+    /// Resolves once the connection has been idle for `limit` (never when `None`).
+    pub(crate) async fn idle(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let since = self
+                .now_ms()
+                .saturating_sub(self.last.load(Ordering::Acquire));
+            let busy = self.writer.load(Ordering::Acquire) == COMPUTING;
+            if since >= limit_ms && !busy {
+                return;
+            }
+            // While a response is computed, look again a whole idle time later
+            // (its completion restarts the clock).
+            let wait = if busy { limit_ms } else { limit_ms - since };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+        }
+    }
+}
+
+/// A stream (or half of one) whose every byte read or written restarts its
+/// connection's idle time.
+#[derive(Debug)]
+pub(crate) struct Metered<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Metered<T> {
+    pub(crate) fn new(inner: T, activity: &Arc<Activity>) -> Metered<T> {
+        Metered {
+            inner,
+            activity: Arc::clone(activity),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_counts_from_the_last_io_and_not_while_a_response_is_computed() {
+        let limit = Some(Duration::from_millis(200));
+        let a = Activity::new();
+        let start = Instant::now();
+        a.idle(limit).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+
+        // A response being computed for 600 ms is not idleness; its completion
+        // restarts the clock.
+        a.computing();
+        let b = Arc::clone(&a);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            b.writing();
+        });
+        let start = Instant::now();
+        a.idle(limit).await;
+        assert!(a.unread_response());
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+    }
+}
