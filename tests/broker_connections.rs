@@ -385,3 +385,57 @@ fn clients_that_do_not_read_their_responses_are_closed_when_idle() {
         "the close is logged"
     );
 }
+
+/// A decoded request keeps its whole frame alive until its response is written,
+/// and the reader used to run up to 64 requests ahead of the writer: behind a
+/// fetch long-polling, 64 padded requests held 64 frames (6.4 GB per connection
+/// at the default --max-request-bytes). Now the frames in flight are bounded
+/// (32 MiB, or one frame), and the requests behind are read as the ones ahead are
+/// answered.
+#[test]
+fn requests_queued_behind_a_long_poll_hold_bounded_memory() {
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    const PADDED: usize = 64;
+    const PAD: usize = 8 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--max-request-bytes", "9m"]);
+    let mut c = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut c, "quiet", true), 0);
+    let before = broker_support::peak_rss(broker.pid());
+
+    // A fetch that waits 3 s for records that do not come, then 64 Metadata
+    // requests each carrying 8 MiB in an unknown tagged field.
+    let fetch = request_frame(ApiKey::Fetch, 12, 1, &fetch_request("quiet", 0, 3000));
+    let mut padded = MetadataRequest::default().with_topics(Some(vec![]));
+    padded
+        .unknown_tagged_fields
+        .insert(1000, bytes::Bytes::from(vec![7u8; PAD]));
+    let mut w = c.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        w.write_all(&fetch).unwrap();
+        for i in 0..PADDED {
+            w.write_all(&request_frame(ApiKey::Metadata, 12, 2 + i as i32, &padded))
+                .unwrap();
+        }
+    });
+    let asked = Instant::now();
+    let (cid, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
+    assert_eq!((cid, f.error_code), (1, 0));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2500),
+        "the fetch waited"
+    );
+    for i in 0..PADDED {
+        let (cid, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 12);
+        assert_eq!(cid, 2 + i as i32, "answered in order");
+        assert!(m.topics.is_empty());
+    }
+    sender.join().unwrap();
+    let grown = broker_support::peak_rss(broker.pid()).saturating_sub(before);
+    assert!(
+        grown < 96 << 20,
+        "{PADDED} requests of 8 MiB behind a long poll: the broker's peak memory grew by {} MiB",
+        grown >> 20
+    );
+    assert!(served(&mut c), "the connection goes on");
+}

@@ -1,5 +1,13 @@
-//! What a connection's reader and writer share to tell an idle connection: the
-//! time of its last I/O, and whether a response is being computed.
+//! What a connection's reader and writer share: the bytes of the requests in
+//! flight, and, to tell an idle connection, the time of its last I/O and whether a
+//! response is being computed.
+//!
+//! The reader decodes requests ahead of the writer (pipelining), and a decoded
+//! request keeps its whole frame alive until its response is written. So the
+//! reader reads no further frame while those in flight hold [`IN_FLIGHT_BYTES`]
+//! (one frame is always let in, whatever its size): without the bound, a fetch
+//! long-polling at the head of the queue and 64 padded frames behind it held
+//! 64 x `--max-request-bytes` per connection.
 //!
 //! A connection is idle, as Kafka's `connections.max.idle.ms` counts it, when no
 //! byte has been read from it or written to it for the idle time and no response
@@ -10,7 +18,7 @@
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -19,8 +27,49 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::Notify,
     time::Instant,
 };
+
+/// The most bytes of request frames a connection may have in flight (read, their
+/// responses not yet written) before its next frame is read. Kafka reads one
+/// request per connection at a time; this lets a producer pipeline dozens of
+/// 1 MiB requests.
+pub(crate) const IN_FLIGHT_BYTES: usize = 32 << 20;
+
+/// The bytes of the request frames a connection has read whose responses are not
+/// yet written.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    bytes: AtomicUsize,
+    released: Notify,
+}
+
+impl InFlight {
+    /// Waits until a frame of `len` bytes may be read: while nothing is in flight,
+    /// or while what is leaves room for it under [`IN_FLIGHT_BYTES`].
+    pub(crate) async fn room_for(&self, len: usize) {
+        loop {
+            let held = self.bytes.load(Ordering::Acquire);
+            if held == 0 || held.saturating_add(len) <= IN_FLIGHT_BYTES {
+                return;
+            }
+            // A release while this looked stored a permit: no wakeup is lost.
+            self.released.notified().await;
+        }
+    }
+
+    /// A frame of `len` bytes was read.
+    pub(crate) fn add(&self, len: usize) {
+        self.bytes.fetch_add(len, Ordering::AcqRel);
+    }
+
+    /// The response to a frame of `len` bytes was written (or dropped).
+    pub(crate) fn release(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        self.released.notify_one();
+    }
+}
 
 /// What the writer is doing.
 const WAITING: u8 = 0;
@@ -175,6 +224,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_frame_waits_for_room_unless_nothing_is_in_flight() {
+        let f = Arc::new(InFlight::default());
+        // Alone, a frame of any size gets in.
+        f.room_for(IN_FLIGHT_BYTES * 4).await;
+        f.add(IN_FLIGHT_BYTES - 10);
+        f.room_for(10).await;
+        let g = Arc::clone(&f);
+        let waiting = tokio::spawn(async move { g.room_for(11).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "11 bytes more than the budget");
+        f.release(IN_FLIGHT_BYTES - 10);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("let in once released")
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn idle_counts_from_the_last_io_and_not_while_a_response_is_computed() {

@@ -4,8 +4,11 @@
 //! Each connection's reader decodes requests in order. A Produce is *submitted* to the
 //! storage pipeline right there (so pipelined produces keep their order and share
 //! group commits); every request then becomes a future queued to the writer, which
-//! awaits them one after another: responses leave in request order. Malformed frames,
-//! oversized frames and unknown APIs close only that connection, with a log line.
+//! awaits them one after another: responses leave in request order. The reader
+//! stays at most 32 MiB of request frames ahead of the writer, and a connection
+//! idle (no I/O, no response being computed) for `--connections-max-idle-ms` is
+//! closed (see [`conn`]). Malformed frames, oversized frames and unknown APIs close
+//! only that connection, with a log line.
 
 mod conn;
 pub mod groups;
@@ -539,8 +542,13 @@ enum Frame {
     Eof,
 }
 
-/// Reads one length-prefixed frame.
-async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R, max: usize) -> std::io::Result<Frame> {
+/// Reads one length-prefixed frame of at most `max` bytes, once `in_flight` has
+/// room for it (see [`conn::InFlight`]); the frame is then counted in flight.
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    max: usize,
+    in_flight: &conn::InFlight,
+) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
     match stream.read(&mut len).await? {
         0 => return Ok(Frame::Eof),
@@ -557,8 +565,11 @@ async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R, max: usize) -> std::io
             format!("frame of {len} bytes exceeds the limit of {max} (--max-request-bytes; 512 KiB before SASL authentication)"),
         ));
     }
-    let mut buf = vec![0u8; len as usize];
+    let len = len as usize;
+    in_flight.room_for(len).await;
+    let mut buf = vec![0u8; len];
     stream.read_exact(&mut buf).await?;
+    in_flight.add(len);
     Ok(Frame::Data(Bytes::from(buf)))
 }
 
@@ -623,10 +634,14 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<Pending>(64);
+    // Each response with the size of its request's frame, released from
+    // `in_flight` once the response is written.
+    let (tx, mut rx) = mpsc::channel::<(Pending, usize)>(64);
+    let in_flight = Arc::new(conn::InFlight::default());
+    let released = Arc::clone(&in_flight);
     let progress = Arc::clone(&activity);
     let mut writer = tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
+        while let Some((p, len)) = rx.recv().await {
             progress.computing();
             let frame = p.await;
             progress.writing();
@@ -634,6 +649,7 @@ where
                 wr.write_all(&frame).await?;
             }
             progress.waiting();
+            released.release(len);
         }
         wr.shutdown().await
     });
@@ -662,7 +678,7 @@ where
         let frame = tokio::select! {
             biased;
             _ = stop.changed() => break 'conn Ok(()),
-            f = read_frame(&mut rd, limit) => f,
+            f = read_frame(&mut rd, limit, &in_flight) => f,
             () = activity.idle(idle) => {
                 idle_closed();
                 // Responses not yet written are dropped: the client is not reading.
@@ -679,28 +695,31 @@ where
                 }
                 break Err(e);
             }
-            Ok(Frame::Data(buf)) => match dispatch(&ctx, buf, peer, &mut unauthenticated).await {
-                Ok((p, then_close)) => {
-                    // A full queue waits for the writer, which may wait for the
-                    // client to read.
-                    let sent = tokio::select! {
-                        r = tx.send(p) => r.is_ok(),
-                        () = activity.idle(idle) => {
-                            idle_closed();
-                            writer.abort();
-                            break 'conn Ok(());
+            Ok(Frame::Data(buf)) => {
+                let len = buf.len();
+                match dispatch(&ctx, buf, peer, &mut unauthenticated).await {
+                    Ok((p, then_close)) => {
+                        // A full queue waits for the writer, which may wait for the
+                        // client to read.
+                        let sent = tokio::select! {
+                            r = tx.send((p, len)) => r.is_ok(),
+                            () = activity.idle(idle) => {
+                                idle_closed();
+                                writer.abort();
+                                break 'conn Ok(());
+                            }
+                        };
+                        if !sent || then_close {
+                            break Ok(());
                         }
-                    };
-                    if !sent || then_close {
+                    }
+                    Err(msg) => {
+                        tracing::warn!(%peer, reason = %msg, "bad request; closing connection");
+                        ctx.metrics.bad_request();
                         break Ok(());
                     }
                 }
-                Err(msg) => {
-                    tracing::warn!(%peer, reason = %msg, "bad request; closing connection");
-                    ctx.metrics.bad_request();
-                    break Ok(());
-                }
-            },
+            }
         }
     };
     drop(tx);
