@@ -2401,3 +2401,67 @@ fn group_lists_too_long_to_answer_are_refused_and_repeats_answered_once() {
     assert!(c.list(LIST_GROUPS.1, &["nonsense"], &[]).is_empty());
     assert_eq!(a.heartbeat(), NONE, "the member is undisturbed");
 }
+
+/// A JoinGroup refused for its protocols, or for a member id the broker never
+/// gave, once left its group behind for good (listed as Empty), and so did a
+/// group whose members left without committing: nothing ever forgot a group
+/// without committed offsets. Refused joins now leave nothing, and empty groups
+/// without offsets are forgotten at the next offsets cleanup, as Kafka does.
+#[test]
+fn refused_joins_leave_no_group_and_empty_groups_without_offsets_are_forgotten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--offsets-retention-check-interval-ms", "200"],
+    );
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("orders"), 1);
+    for i in 0..100 {
+        let mut m = Member::unjoined(&broker.addr, &format!("phantom-{i}"), JOIN_GROUP.1, &[]);
+        let r: JoinGroupResponse = m
+            .conn
+            .call(ApiKey::JoinGroup, JOIN_GROUP.1, &m.join_request());
+        assert_eq!(r.error_code, INCONSISTENT_GROUP_PROTOCOL);
+        m.group = format!("ghost-{i}");
+        m.id = "never-given".into();
+        m.protocols = vec![("range".into(), Bytes::from_static(b"x"))];
+        let r: JoinGroupResponse = m
+            .conn
+            .call(ApiKey::JoinGroup, JOIN_GROUP.1, &m.join_request());
+        assert_eq!(r.error_code, UNKNOWN_MEMBER_ID);
+    }
+    let listed = c.list(LIST_GROUPS.1, &[], &[]);
+    assert!(
+        listed.is_empty(),
+        "{} groups left by refused joins, such as {:?}",
+        listed.len(),
+        listed.first()
+    );
+
+    // Members that leave without committing, and members that commit first.
+    let mut m = Member::new(&broker.addr, "left", JOIN_GROUP.1, &[("range", "x")]);
+    assert_eq!(m.join().error_code, NONE);
+    let id = m.id.clone();
+    assert_eq!(
+        m.conn.leave_many(LEAVE_GROUP.1, "left", &[&id]),
+        (NONE, vec![(id, NONE)])
+    );
+    commit_and_leave(&broker.addr, "kept", 3);
+    let deadline = Instant::now() + PATIENCE;
+    while c.listed_as("left").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "an empty group without offsets is still listed after {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        c.listed_as("kept"),
+        Some(("consumer".into(), "Empty".into())),
+        "a group with committed offsets stays"
+    );
+    // A forgotten group is a new group to its next member.
+    let mut again = Member::new(&broker.addr, "left", JOIN_GROUP.1, &[("range", "x")]);
+    let j = again.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, 1));
+}

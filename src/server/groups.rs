@@ -415,7 +415,23 @@ impl GroupCoordinator {
             ));
             return rx;
         }
+        let no_protocols = req.protocols.is_empty() || req.protocol_type.is_empty();
         let mut groups = self.lock();
+        if !groups.contains_key(&req.group) {
+            // A refused join leaves no group behind: only a new member (no member
+            // id, as Kafka's `getOrMaybeCreateGroup`) with protocols starts one.
+            let refused = if no_protocols {
+                Some(codes::INCONSISTENT_GROUP_PROTOCOL)
+            } else if !req.member_id.is_empty() {
+                Some(codes::UNKNOWN_MEMBER_ID)
+            } else {
+                None
+            };
+            if let Some(code) = refused {
+                let _ = tx.send(JoinResult::error(code, &req.member_id));
+                return rx;
+            }
+        }
         let g = groups.entry(req.group.clone()).or_insert_with(Group::new);
         if g.state == State::Dead {
             let _ = tx.send(JoinResult::error(
@@ -424,7 +440,7 @@ impl GroupCoordinator {
             ));
             return rx;
         }
-        if req.protocols.is_empty() || req.protocol_type.is_empty() {
+        if no_protocols {
             let _ = tx.send(JoinResult::error(
                 codes::INCONSISTENT_GROUP_PROTOCOL,
                 &req.member_id,
@@ -853,6 +869,25 @@ impl GroupCoordinator {
         Ok(expired)
     }
 
+    /// Forgets every group that is `Empty` with nothing pending (no member ids
+    /// handed out, no joins or syncs waiting) and no committed offsets in `store`,
+    /// as Kafka's offset cleanup removes such groups: a group that only ever saw
+    /// refused joins, or whose members left without committing, is not kept (nor
+    /// listed) forever. Returns how many were forgotten.
+    pub fn forget_empty_groups(&self, store: &OffsetStore) -> usize {
+        let mut groups = self.lock();
+        let before = groups.len();
+        groups.retain(|name, g| {
+            let idle = g.state == State::Empty
+                && g.members.is_empty()
+                && g.pending_members.is_empty()
+                && g.pending_joins.is_empty()
+                && g.pending_syncs.is_empty();
+            !idle || store.group(name).is_some()
+        });
+        before - groups.len()
+    }
+
     /// Whether the coordinator holds `group` (members, or state since the start).
     pub fn holds(&self, group: &str) -> bool {
         self.lock().contains_key(group)
@@ -1120,6 +1155,68 @@ mod tests {
         let mut left: Vec<String> = store.groups().into_iter().map(|g| g.group).collect();
         left.sort();
         assert_eq!(left, vec!["active"], "expired groups stay deleted");
+    }
+
+    #[test]
+    fn refused_joins_leave_no_group_and_empty_groups_without_offsets_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(dir.path().join("groups")).unwrap();
+        let c = GroupCoordinator::default();
+        let refused = [
+            JoinRequest {
+                protocols: Vec::new(),
+                ..req("")
+            },
+            JoinRequest {
+                protocol_type: String::new(),
+                ..req("")
+            },
+            req("a-member-id-from-elsewhere"),
+        ];
+        for r in refused {
+            let j = c.join(r).try_recv().unwrap();
+            assert_ne!(j.error, codes::NONE);
+        }
+        assert!(c.overview().is_empty(), "{:?}", c.overview());
+
+        // Members that leave without committing leave an empty group, forgotten
+        // at the next cleanup; one with offsets stays, as does one with a member.
+        for g in ["left", "committed", "active"] {
+            let j = c
+                .join(JoinRequest {
+                    group: g.into(),
+                    ..req("")
+                })
+                .try_recv()
+                .unwrap();
+            assert_eq!(j.error, codes::NONE);
+            if g != "active" {
+                assert_eq!(c.leave(g, &[j.member_id]), Ok(vec![codes::NONE]));
+            }
+        }
+        let commit = crate::storage::Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        store
+            .commit("committed", Some("consumer"), vec![commit])
+            .unwrap();
+        // A member id handed out (JoinGroup v4) keeps its group until it lapses.
+        let pending = c
+            .join(JoinRequest {
+                group: "pending".into(),
+                require_known_member_id: true,
+                ..req("")
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(pending.error, codes::MEMBER_ID_REQUIRED);
+        assert_eq!(c.forget_empty_groups(&store), 1);
+        let held: Vec<String> = c.overview().into_iter().map(|o| o.group).collect();
+        assert_eq!(held, vec!["active", "committed", "pending"]);
     }
 
     #[test]

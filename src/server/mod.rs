@@ -398,7 +398,16 @@ impl Server {
                     every.tick().await;
                     let (g, s) = (Arc::clone(&groups), storage.clone());
                     let run = tokio::task::spawn_blocking(move || {
-                        g.expire_offsets(s.offsets(), retention, std::time::SystemTime::now())
+                        let expired =
+                            g.expire_offsets(s.offsets(), retention, std::time::SystemTime::now());
+                        let forgotten = g.forget_empty_groups(s.offsets());
+                        if forgotten > 0 {
+                            tracing::debug!(
+                                groups = forgotten,
+                                "forgot empty groups without committed offsets"
+                            );
+                        }
+                        expired
                     });
                     match run.await {
                         Ok(Ok(_)) => {}
