@@ -18,7 +18,7 @@
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -43,6 +43,8 @@ pub(crate) const IN_FLIGHT_BYTES: usize = 32 << 20;
 pub(crate) struct InFlight {
     bytes: AtomicUsize,
     released: Notify,
+    /// The writer has ended (the connection is going): nothing waits for room.
+    closed: AtomicBool,
 }
 
 impl InFlight {
@@ -51,7 +53,10 @@ impl InFlight {
     pub(crate) async fn room_for(&self, len: usize) {
         loop {
             let held = self.bytes.load(Ordering::Acquire);
-            if held == 0 || held.saturating_add(len) <= IN_FLIGHT_BYTES {
+            if held == 0
+                || held.saturating_add(len) <= IN_FLIGHT_BYTES
+                || self.closed.load(Ordering::Acquire)
+            {
                 return;
             }
             // A release while this looked stored a permit: no wakeup is lost.
@@ -67,6 +72,13 @@ impl InFlight {
     /// The response to a frame of `len` bytes was written (or dropped).
     pub(crate) fn release(&self, len: usize) {
         self.bytes.fetch_sub(len, Ordering::AcqRel);
+        self.released.notify_one();
+    }
+
+    /// The writer has ended: a reader waiting for room goes on (to find the
+    /// connection gone).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.released.notify_one();
     }
 }

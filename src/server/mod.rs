@@ -650,17 +650,22 @@ where
     let released = Arc::clone(&in_flight);
     let progress = Arc::clone(&activity);
     let mut writer = tokio::spawn(async move {
-        while let Some((p, len)) = rx.recv().await {
-            progress.computing();
-            let frame = p.await;
-            progress.writing();
-            if let Some(frame) = frame {
-                wr.write_all(&frame).await?;
+        let written = async {
+            while let Some((p, len)) = rx.recv().await {
+                progress.computing();
+                let frame = p.await;
+                progress.writing();
+                if let Some(frame) = frame {
+                    wr.write_all(&frame).await?;
+                }
+                progress.waiting();
+                released.release(len);
             }
-            progress.waiting();
-            released.release(len);
+            wr.shutdown().await
         }
-        wr.shutdown().await
+        .await;
+        released.close();
+        written
     });
     let cfg = &ctx.storage.config().server;
     let max = cfg.max_request_bytes;
