@@ -46,10 +46,23 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     );
 
     // Five acknowledged messages; a group reads and commits them; three more.
+    // One Produce request per call: librdkafka waits up to `linger.ms` to fill a
+    // batch (5 ms by default, which a loaded machine can let pass between two
+    // lines of input), and sends at once when kcat flushes at the end.
     let produce = |values: &[&str]| {
         let input = values.join("\n") + "\n";
         kcat(
-            &["-b", &broker.addr, "-P", "-t", "orders", "-X", "acks=all"],
+            &[
+                "-b",
+                &broker.addr,
+                "-P",
+                "-t",
+                "orders",
+                "-X",
+                "acks=all",
+                "-X",
+                "linger.ms=2000",
+            ],
             input.as_bytes(),
         );
     };
