@@ -932,12 +932,7 @@ async fn dispatch(
 ) -> std::result::Result<(Pending, bool), String> {
     let len = frame.len() + 4;
     if unauthenticated.as_ref().is_some_and(|s| s.raw_tokens) {
-        return Ok(handlers::sasl::raw_token(
-            ctx,
-            &frame,
-            unauthenticated,
-            peer,
-        ));
+        return Ok(handlers::sasl::raw_token(ctx, &frame, unauthenticated, peer).await);
     }
     match decode_request(frame)? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
@@ -961,7 +956,9 @@ async fn dispatch(
                     (Box::pin(async move { resp }), false)
                 }
                 RequestKind::SaslAuthenticate(req) => {
-                    let (r, close) = handlers::sasl::authenticate(ctx, &req, unauthenticated, peer);
+                    let (r, close) =
+                        handlers::sasl::authenticate_blocking(ctx, req, unauthenticated, peer)
+                            .await;
                     let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
                     (Box::pin(async move { resp }), close)
                 }

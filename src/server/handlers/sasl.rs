@@ -1,7 +1,7 @@
 //! SaslHandshake and SaslAuthenticate on the wire; the mechanisms themselves are
 //! in [`crate::server::sasl`].
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::{
@@ -16,14 +16,14 @@ use crate::server::{codes, sasl, Ctx, Pending};
 
 /// A raw SASL token after a SaslHandshake v0: answered as a raw token, or, on
 /// failure, by closing the connection (what Kafka does; v0 has no error field).
-pub(crate) fn raw_token(
-    ctx: &Ctx,
+pub(crate) async fn raw_token(
+    ctx: &Arc<Ctx>,
     frame: &[u8],
     unauthenticated: &mut Option<sasl::Session>,
     peer: SocketAddr,
 ) -> (Pending, bool) {
     let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(frame));
-    let (r, close) = authenticate(ctx, &req, unauthenticated, peer);
+    let (r, close) = authenticate_blocking(ctx, req, unauthenticated, peer).await;
     if close {
         // Nothing to send: the connection just closes.
         return (Box::pin(async { None }), true);
@@ -64,6 +64,40 @@ pub(crate) fn handshake(
         }
     };
     r.with_error_code(code)
+}
+
+/// [`authenticate`] on a blocking thread. A PLAIN login of a user known only by
+/// salted credentials derives them again (PBKDF2, 4,096 or more iterations, about
+/// 10 ms), and unauthenticated clients must not be able to hold the runtime
+/// threads that serve every other connection with it.
+pub(crate) async fn authenticate_blocking(
+    ctx: &Arc<Ctx>,
+    req: SaslAuthenticateRequest,
+    unauthenticated: &mut Option<sasl::Session>,
+    peer: SocketAddr,
+) -> (SaslAuthenticateResponse, bool) {
+    let ctx = Arc::clone(ctx);
+    let mut session = unauthenticated.take();
+    let step = tokio::task::spawn_blocking(move || {
+        let out = authenticate(&ctx, &req, &mut session, peer);
+        (out, session)
+    })
+    .await;
+    match step {
+        Ok((out, session)) => {
+            *unauthenticated = session;
+            out
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "SASL authentication task failed; closing connection");
+            let r = SaslAuthenticateResponse::default()
+                .with_error_code(codes::ILLEGAL_SASL_STATE)
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "authentication failed on the broker",
+                )));
+            (r, true)
+        }
+    }
 }
 
 /// SaslAuthenticate: one round of the chosen mechanism. A failure is answered
