@@ -90,6 +90,13 @@ fn truncation_at_every_offset_of_the_last_batch_recovers_a_prefix() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         write_entries(dir.path(), backend, 30);
+        // A torn last write means a crash: no clean-close marker (which would
+        // prove the last batch synced, and its loss damage).
+        std::fs::remove_file(
+            dir.path()
+                .join(streamline::wal::clean_close::CLEAN_CLOSE_FILE),
+        )
+        .unwrap();
         let all = batches(dir.path());
         let (path, start, used, _) = all.last().unwrap().clone();
         assert!(used > 2 * 512, "the last batch should span several sectors");

@@ -3,7 +3,7 @@
 use std::{path::Path, process::Command};
 
 use bytes::Bytes;
-use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
+use streamline::wal::{clean_close::CLEAN_CLOSE_FILE, BackendKind, SyncMode, Wal, WalConfig};
 
 fn tool(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_streamline-wal"))
@@ -131,9 +131,71 @@ fn verify_accepts_a_torn_tail_and_reports_it() {
     let last_batch = info.valid_end as usize - 4096;
     bytes[last_batch + 200] ^= 1;
     std::fs::write(&cur, &bytes).unwrap();
+    // As after a crash: no clean-close marker (which would prove the batch synced).
+    std::fs::remove_file(dir.path().join(CLEAN_CLOSE_FILE)).unwrap();
     let (code, out, err) = tool(&["verify", d]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("torn write at byte"), "{out}");
+}
+
+/// After a clean close everything before the recorded end was fdatasynced: a lost
+/// or damaged last batch is damage to synced data, reported, not a torn tail.
+#[test]
+fn verify_reports_damage_before_the_end_a_clean_close_recorded() {
+    for damage in ["zeroed", "flipped"] {
+        let dir = tempfile::tempdir().unwrap();
+        make_wal(dir.path());
+        let d = dir.path().to_str().unwrap();
+        assert!(dir.path().join(CLEAN_CLOSE_FILE).exists());
+        let cur = dir.path().join("current.wal");
+        let info = streamline::wal::WalReader::open(dir.path())
+            .unwrap()
+            .scan()
+            .files
+            .last()
+            .unwrap()
+            .clone();
+        let mut bytes = std::fs::read(&cur).unwrap();
+        let last_batch = info.valid_end as usize - 4096;
+        match damage {
+            "zeroed" => bytes[last_batch..last_batch + 4096].fill(0),
+            _ => bytes[last_batch + 200] ^= 1,
+        }
+        std::fs::write(&cur, &bytes).unwrap();
+        let (code, out, err) = tool(&["verify", d]);
+        assert_eq!(code, 1, "{damage}: {out}{err}");
+        assert!(
+            out.contains("CORRUPT: ")
+                && out.contains(&format!("at byte offset {last_batch}"))
+                && out.contains("last clean close"),
+            "{damage}: {out}"
+        );
+        assert!(
+            matches!(
+                Wal::open(dir.path(), WalConfig::default()),
+                Err(streamline::Error::Corrupt { .. })
+            ),
+            "{damage}: the WAL opened over lost synced data"
+        );
+    }
+}
+
+/// A WAL a process has open changes under a scan (rotation, retention): the tool
+/// refuses it rather than report damage that is not there.
+#[test]
+fn a_wal_in_use_is_refused_and_checked_once_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    make_wal(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
+    for cmd in ["verify", "inspect", "dump"] {
+        let (code, out, err) = tool(&[cmd, d]);
+        assert_eq!(code, 2, "{cmd}: {out}{err}");
+        assert!(err.contains("in use by a running process"), "{cmd}: {err}");
+    }
+    wal.close().unwrap();
+    let (code, out, err) = tool(&["verify", d]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[test]

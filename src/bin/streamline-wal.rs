@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Nothing here writes to the directory: it scans with [`WalReader`] / `scan_dir`,
-//! which never truncate or seal (that is `Wal::open`'s job).
+//! which never truncate or seal (that is `Wal::open`'s job). A directory a process
+//! has open (its `LOCK` held) is refused: rotations and retention change its files
+//! under a scan, which would report damage that is not there. While the tool runs
+//! it holds a shared lock, so a broker starting meanwhile finds the WAL in use.
 
 use std::{
     io::Write,
@@ -71,8 +74,38 @@ enum Format {
     Json,
 }
 
+/// Takes a shared lock on `<dir>/LOCK` when the file exists (a WAL that was
+/// never opened has none, and nothing holds it). Only reads: the tool may run
+/// where the directory is read-only.
+fn lock_shared(dir: &Path) -> Result<Option<std::fs::File>, String> {
+    let path = dir.join("LOCK");
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open {}: {e}", path.display())),
+    };
+    match f.try_lock_shared() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by a running process (its LOCK is held): stop it, or copy the directory, first",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("lock {}: {e}", path.display())),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let dir = match &cli.command {
+        Cmd::Inspect { dir } | Cmd::Dump { dir, .. } | Cmd::Verify { dir } => dir.clone(),
+    };
+    let _lock = match lock_shared(&dir) {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("streamline-wal: {why}");
+            return ExitCode::from(2);
+        }
+    };
     let r = match cli.command {
         Cmd::Inspect { dir } => inspect(&dir),
         Cmd::Dump { dir, from, format } => dump(&dir, from, format),

@@ -385,15 +385,26 @@ pub fn scan_file_after_close(
                     }
                     _ => false,
                 };
-                let damaged = !newest || synced_over;
+                // The last clean close recorded the log ending further on: it had
+                // fdatasynced everything before that end, and nothing is written to
+                // the file between the close and the next open (which removes the
+                // marker first). Bad bytes before it are damage, not a torn write.
+                let before_clean_end = clean.is_some_and(|c| pos < c.end);
+                let damaged = !newest || synced_over || before_clean_end;
                 if damaged {
-                    let err_reason = match next {
+                    let mut err_reason = match next {
                         Some((at, h)) => format!(
                             "{reason}; a valid batch (sequence {}) follows at offset {at}",
                             h.first_sequence
                         ),
                         None => reason.clone(),
                     };
+                    if let Some(c) = clean.filter(|_| before_clean_end) {
+                        err_reason.push_str(&format!(
+                            "; the last clean close recorded the log ending at offset {} (next sequence {})",
+                            c.end, c.next_sequence
+                        ));
+                    }
                     if mode == RecoveryMode::Strict {
                         return Err(Error::corrupt(path, pos, err_reason));
                     }
