@@ -7,10 +7,12 @@
 //!
 //! - every applied write is remembered per 512-byte sector, together with the
 //!   sector's *durable* content (what it held before its first unsynced write);
-//! - a standalone `fdatasync` that completes makes every write applied before it
-//!   durable (it waits for every earlier operation, as `IOSQE_IO_DRAIN` does); a
-//!   write submitted with `sync` makes only its own sectors durable (the `RWF_DSYNC`
-//!   contract), however the real backend implements it;
+//! - a standalone `fdatasync` that completes makes every write submitted before it
+//!   durable (it waits for every earlier operation, as `IOSQE_IO_DRAIN` does), and
+//!   nothing submitted after it, even a write that completed first (the kernel
+//!   promises nothing for writes that overlap the sync); a write submitted with
+//!   `sync` makes only its own sectors durable (the `RWF_DSYNC` contract), however
+//!   the real backend implements it;
 //! - [`SimDisk::power_loss`] picks, independently for every unsynced sector, either
 //!   its durable content or one of the versions written since: unsynced writes are
 //!   lost wholly or partly, torn at any sector boundary, or persisted out of order;
@@ -182,7 +184,8 @@ impl Rng {
 /// Unsynced history of one sector.
 struct SectorHist {
     durable: Vec<u8>,
-    versions: Vec<Vec<u8>>,
+    /// Each version with the submission stamp of the write that made it.
+    versions: Vec<(u64, Vec<u8>)>,
 }
 
 struct SimFile {
@@ -203,6 +206,9 @@ struct DiskState {
     fault_armed: Option<Fault>,
     /// Highest sequence of any write submitted so far.
     last_submitted: u64,
+    /// Order of submission of operations (backend writes and syncs, writes made
+    /// outside the backend): a sync covers the writes stamped before it.
+    next_stamp: u64,
     /// The watched directory's entries.
     ns: Option<Namespace>,
     /// The first failure to record a directory change (reported by `power_loss`).
@@ -242,6 +248,7 @@ impl SimDisk {
             injected: None,
             fault_armed: None,
             last_submitted: 0,
+            next_stamp: 0,
             ns: None,
             ns_error: None,
         };
@@ -385,7 +392,7 @@ impl SimDisk {
                 let bytes = if pick == 0 {
                     &h.durable
                 } else {
-                    &h.versions[(pick - 1) as usize]
+                    &h.versions[(pick - 1) as usize].1
                 };
                 f.file
                     .write_all_at(bytes, idx * SECTOR as u64)
@@ -406,8 +413,21 @@ impl SimDisk {
 }
 
 impl DiskState {
-    /// Applies `data` at `offset` of file `key` to the cache (and the real file).
-    fn apply(&mut self, key: (u64, u64), offset: u64, data: &[u8]) -> std::io::Result<()> {
+    /// A new submission stamp.
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    /// Applies `data` at `offset` of file `key` to the cache (and the real file),
+    /// as a write submitted with `stamp`.
+    fn apply(
+        &mut self,
+        key: (u64, u64),
+        stamp: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let Some(f) = self.files.get_mut(&key) else {
             return Ok(());
         };
@@ -428,9 +448,9 @@ impl DiskState {
                 );
             }
             let h = f.dirty.get_mut(&idx).expect("inserted above");
-            let mut v = h.versions.last().unwrap_or(&h.durable).clone();
+            let mut v = h.versions.last().map_or(&h.durable, |(_, v)| v).clone();
             v[..chunk.len()].copy_from_slice(chunk);
-            h.versions.push(v);
+            h.versions.push((stamp, v));
             f.file.write_all_at(chunk, at)?;
         }
         self.stats.writes += 1;
@@ -438,12 +458,23 @@ impl DiskState {
     }
 
     /// Applies a random subset of the sectors of `data` (an interrupted write).
-    fn apply_some(&mut self, key: (u64, u64), offset: u64, data: &[u8]) -> std::io::Result<()> {
+    fn apply_some(
+        &mut self,
+        key: (u64, u64),
+        stamp: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let sectors = data.len().div_ceil(SECTOR);
         for i in 0..sectors {
             if self.rng.pct(50) {
                 let end = ((i + 1) * SECTOR).min(data.len());
-                self.apply(key, offset + (i * SECTOR) as u64, &data[i * SECTOR..end])?;
+                self.apply(
+                    key,
+                    stamp,
+                    offset + (i * SECTOR) as u64,
+                    &data[i * SECTOR..end],
+                )?;
             }
         }
         Ok(())
@@ -462,9 +493,19 @@ impl DiskState {
         self.stats.syncs += 1;
     }
 
-    fn sync(&mut self, key: (u64, u64)) {
+    /// A completed fdatasync of file `key` submitted with `stamp`: what writes
+    /// stamped before it left in each sector becomes durable; versions of later
+    /// writes stay unsynced.
+    fn sync(&mut self, key: (u64, u64), stamp: u64) {
         if let Some(f) = self.files.get_mut(&key) {
-            f.dirty.clear();
+            f.dirty.retain(|_, h| {
+                if let Some(last) = h.versions.iter().rposition(|(s, _)| *s < stamp) {
+                    let rest = h.versions.split_off(last + 1);
+                    h.durable = h.versions.pop().expect("rposition found it").1;
+                    h.versions = rest;
+                }
+                !h.versions.is_empty()
+            });
         }
         self.stats.syncs += 1;
     }
@@ -631,7 +672,8 @@ pub(crate) fn content_write(
             ));
         }
         let key = register(st, f, path)?;
-        st.apply(key, offset, data)?;
+        let stamp = st.stamp();
+        st.apply(key, stamp, offset, data)?;
         st.stats.outside_writes += 1;
         Ok(())
     })
@@ -648,7 +690,8 @@ pub(crate) fn content_sync(
         sync(f)?;
         if let Some(st) = st {
             let key = register(st, f, path)?;
-            st.sync(key);
+            // A synchronous fsync: every write applied so far completed before it.
+            st.sync(key, u64::MAX);
         }
         Ok(())
     })
@@ -831,6 +874,7 @@ enum Queued {
     Write {
         token: u64,
         key: (u64, u64),
+        stamp: u64,
         data: Vec<u8>,
         offset: u64,
         done_len: usize,
@@ -840,6 +884,7 @@ enum Queued {
     Sync {
         token: u64,
         key: (u64, u64),
+        stamp: u64,
         last_before: u64,
     },
 }
@@ -875,13 +920,19 @@ impl SimBackend {
                 for q in &self.queue {
                     if let Queued::Write {
                         key,
+                        stamp,
                         data,
                         offset,
                         done_len,
                         ..
                     } = q
                     {
-                        let _ = st.apply_some(*key, offset + *done_len as u64, &data[*done_len..]);
+                        let _ = st.apply_some(
+                            *key,
+                            *stamp,
+                            offset + *done_len as u64,
+                            &data[*done_len..],
+                        );
                     }
                 }
             }
@@ -901,6 +952,7 @@ impl SimBackend {
             Queued::Write {
                 token,
                 key,
+                stamp,
                 data,
                 offset,
                 done_len,
@@ -913,7 +965,7 @@ impl SimBackend {
                 let bound = || first.saturating_sub(1);
                 let result = match fault {
                     Some(Fault::WriteEio) => {
-                        let _ = st.apply_some(key, at, rest);
+                        let _ = st.apply_some(key, stamp, at, rest);
                         st.injected = Some(Injected {
                             fault: Fault::WriteEio,
                             ack_bound: bound(),
@@ -938,7 +990,7 @@ impl SimBackend {
                     Some(Fault::ShortWrite) => {
                         let sectors = rest.len().div_ceil(SECTOR) as u64;
                         let n = (st.rng.below(sectors) as usize * SECTOR).min(rest.len());
-                        let _ = st.apply(key, at, &rest[..n]);
+                        let _ = st.apply(key, stamp, at, &rest[..n]);
                         st.injected = Some(Injected {
                             fault: Fault::ShortWrite,
                             ack_bound: bound(),
@@ -949,7 +1001,7 @@ impl SimBackend {
                         );
                         Err(Error::io("pwrite (sim)", &path, e))
                     }
-                    Some(Fault::SyncEio) => match st.apply(key, at, rest) {
+                    Some(Fault::SyncEio) => match st.apply(key, stamp, at, rest) {
                         Ok(()) => {
                             st.injected = Some(Injected {
                                 fault: Fault::SyncEio,
@@ -970,7 +1022,7 @@ impl SimBackend {
                         let plan_pct = st.plan.short_write_pct;
                         if sectors > 1 && st.rng.pct(u64::from(plan_pct)) {
                             let n = (1 + st.rng.below(sectors - 1)) as usize * SECTOR;
-                            if let Err(e) = st.apply(key, at, &rest[..n]) {
+                            if let Err(e) = st.apply(key, stamp, at, &rest[..n]) {
                                 self.done.push(Done {
                                     token,
                                     result: Err(Error::io("pwrite (sim)", &path, e)),
@@ -983,6 +1035,7 @@ impl SimBackend {
                                 Queued::Write {
                                     token,
                                     key,
+                                    stamp,
                                     data,
                                     offset,
                                     done_len: done_len + n,
@@ -992,7 +1045,7 @@ impl SimBackend {
                             );
                             return;
                         }
-                        match st.apply(key, at, rest) {
+                        match st.apply(key, stamp, at, rest) {
                             Ok(()) => {
                                 if sync {
                                     st.sync_range(key, offset, data.len());
@@ -1008,6 +1061,7 @@ impl SimBackend {
             Queued::Sync {
                 token,
                 key,
+                stamp,
                 last_before,
             } => {
                 let result = match st.take_fault(false, true) {
@@ -1023,7 +1077,7 @@ impl SimBackend {
                         ))
                     }
                     None => {
-                        st.sync(key);
+                        st.sync(key, stamp);
                         Ok(())
                     }
                 };
@@ -1073,9 +1127,11 @@ impl Backend for SimBackend {
                 let data = buf.as_slice()[..len].to_vec();
                 let (first, last) = batch_sequences(&data);
                 st.last_submitted = st.last_submitted.max(last);
+                let stamp = st.stamp();
                 self.queue.push_back(Queued::Write {
                     token,
                     key,
+                    stamp,
                     data,
                     offset,
                     done_len: 0,
@@ -1085,9 +1141,11 @@ impl Backend for SimBackend {
             }
             Op::Sync => {
                 let last_before = st.last_submitted;
+                let stamp = st.stamp();
                 self.queue.push_back(Queued::Sync {
                     token,
                     key,
+                    stamp,
                     last_before,
                 });
             }
@@ -1124,5 +1182,66 @@ impl Backend for SimBackend {
 
     fn in_flight(&self) -> usize {
         self.queue.len() + self.done.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::buffer::AlignedBuf;
+
+    /// A standalone sync covers the writes submitted before it, never one submitted
+    /// after it, even when that one completes first.
+    #[test]
+    fn a_sync_covers_only_writes_submitted_before_it() {
+        let mut later_completed_first = 0;
+        for seed in 0..32 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![0u8; 2 * 4096]).unwrap();
+            let disk = SimDisk::new(SimPlan {
+                seed,
+                crash_after_ops: None,
+                fault: None,
+                short_write_pct: 0,
+            });
+            let mut b = disk.backend();
+            b.open(&path).unwrap();
+            let mut before = AlignedBuf::new(4096);
+            before.as_mut_slice().fill(1);
+            let mut after = AlignedBuf::new(4096);
+            after.as_mut_slice().fill(2);
+            let write = |buf, offset| Op::Write {
+                buf,
+                len: 4096,
+                offset,
+                sync: false,
+            };
+            b.submit(1, write(&before, 0)).unwrap();
+            b.submit(2, Op::Sync).unwrap();
+            b.submit(3, write(&after, 4096)).unwrap();
+            let mut order = Vec::new();
+            while order.len() < 3 {
+                let mut done = Vec::new();
+                b.reap(true, &mut done, &|_| None).unwrap();
+                order.extend(done.iter().map(|d| d.token));
+                assert!(done.iter().all(|d| d.result.is_ok()));
+            }
+            if order.iter().position(|&t| t == 3) < order.iter().position(|&t| t == 2) {
+                later_completed_first += 1;
+            }
+            let st = disk.lock();
+            let f = st.files.values().next().unwrap();
+            let dirty: Vec<u64> = f.dirty.keys().copied().collect();
+            assert_eq!(
+                dirty,
+                (8..16).collect::<Vec<u64>>(),
+                "seed {seed}, completion order {order:?}: only the later write's sectors stay unsynced"
+            );
+        }
+        assert!(
+            later_completed_first > 0,
+            "no seed completed the later write first"
+        );
     }
 }
