@@ -2,11 +2,11 @@
 //! 127.0.0.1:9092 with data in ./data (WAL in ./data/wal).
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM), 1 when start-up or
-//! shutdown fails, 2 for an invalid command line (nothing is touched on disk then).
+//! shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
+//! (nothing is touched on disk then).
 
 use std::{io::Write, process::ExitCode};
 
-use clap::Parser;
 use streamline::{
     config::Cli,
     server::{Security, Server},
@@ -19,7 +19,7 @@ use streamline::{
 static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_alloc::HugeAllocGuard;
 
 fn main() -> ExitCode {
-    let config = Cli::parse().into_config();
+    let config = Cli::parse_or_exit().into_config();
     if let Err(e) = config.validate() {
         report(format_args!("error: {e}"));
         return ExitCode::from(2);

@@ -250,6 +250,31 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wal-sync-mode"));
     assert!(!data.exists());
+    // A value from a variable is reported naming the variable, the flag and the
+    // accepted values.
+    for (var, value, accepted) in [
+        ("STREAMLINE_WAL_BACKEND", "bogus", "auto, uring, std"),
+        ("STREAMLINE_SEGMENT_BYTES", "lots", "100m"),
+    ] {
+        let out = run(
+            Command::new(broker_support::broker_bin())
+                .arg("--data-dir")
+                .arg(&data)
+                .env(var, value),
+            b"",
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
+        assert!(
+            err.contains(var) && err.contains(value) && err.contains(accepted),
+            "{var}={value}: message must name the variable, the value and {accepted:?}: {err}"
+        );
+        assert!(
+            !data.exists(),
+            "{var}={value}: nothing may be created on disk"
+        );
+    }
     // A maximum session timeout below the default minimum (6000 ms).
     let out = run(
         Command::new(broker_support::broker_bin())
@@ -266,6 +291,54 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
         "{err}"
     );
     assert!(!data.exists());
+}
+
+/// The backend named by the broker's "opened WAL" log line.
+fn backend_in_use(broker: &Broker) -> String {
+    let log = broker.log_text();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("opened WAL"))
+        .unwrap_or_else(|| panic!("no \"opened WAL\" line in the log:\n{log}"));
+    let value = line
+        .split(' ')
+        .find_map(|w| w.strip_prefix("backend="))
+        .unwrap_or_else(|| panic!("no backend in {line:?}"));
+    if value == "std" && log.contains("io_uring backend unavailable") {
+        // `auto` fell back: io_uring cannot be set up here.
+        return "std (auto fell back)".into();
+    }
+    value.to_string()
+}
+
+#[test]
+fn wal_backend_flag_wins_over_the_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    // (variable, flag, backend in use). `auto` is io_uring where it can be set
+    // up, std otherwise (with a warning).
+    let cases: [(&str, Option<&str>, &[&str]); 5] = [
+        ("std", Some("uring"), &["uring"]),
+        ("std", Some("auto"), &["uring", "std (auto fell back)"]),
+        ("uring", Some("std"), &["std"]),
+        // A variable overridden by the flag is not read, as for every flag.
+        ("bogus", Some("std"), &["std"]),
+        // Without the flag, the variable sets it.
+        ("std", None, &["std"]),
+    ];
+    for (i, (var, flag, expected)) in cases.into_iter().enumerate() {
+        let data = tmp.path().join(format!("data-{i}"));
+        let mut args = Vec::new();
+        if let Some(flag) = flag {
+            args.extend(["--wal-backend", flag]);
+        }
+        let mut broker = Broker::start_env(&data, &args, &[("STREAMLINE_WAL_BACKEND", var)]);
+        let used = backend_in_use(&broker);
+        assert!(
+            expected.contains(&used.as_str()),
+            "STREAMLINE_WAL_BACKEND={var} --wal-backend {flag:?}: {used} in use, expected {expected:?}"
+        );
+        assert!(broker.sigterm().success());
+    }
 }
 
 /// The codec of every batch of a segment log file, in order.

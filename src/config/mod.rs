@@ -171,7 +171,11 @@ impl Default for Config {
             },
             wal: WalSettings {
                 enabled: true,
-                engine: WalConfig::default(),
+                // The broker resolves STREAMLINE_WAL_BACKEND as `--wal-backend`.
+                engine: WalConfig {
+                    backend_from_env: false,
+                    ..WalConfig::default()
+                },
             },
             groups: GroupConfig::default(),
         }
@@ -413,6 +417,52 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
         })
 }
 
+/// For clap's error about an invalid value of a flag that was not on the command
+/// line `args`, so was read from its environment variable: a message naming the
+/// variable, the flag, the value and the accepted values.
+fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::{
+        error::{ContextKind, ContextValue, ErrorKind},
+        CommandFactory,
+    };
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--wal-backend <BACKEND>"
+    let flag = arg.split(' ').next()?;
+    let long = flag.strip_prefix("--")?;
+    let given = args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    if given {
+        return None;
+    }
+    let cmd = Cli::command();
+    let var = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    let value = std::env::var_os(&var)?.to_string_lossy().into_owned();
+    let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            format!("accepted values: {}", valid.join(", "))
+        }
+        _ => std::error::Error::source(e).map_or_else(|| "invalid value".into(), |s| s.to_string()),
+    };
+    Some(format!(
+        "invalid configuration: {var} = {value:?} (the environment variable of {flag}): {reason}"
+    ))
+}
+
 /// The `streamline` command line. Every flag can also be set with the environment
 /// variable shown in `--help`.
 #[derive(Debug, Parser)]
@@ -548,7 +598,7 @@ pub struct Cli {
     )]
     pub wal_retention_files: usize,
 
-    /// WAL I/O backend: auto, uring or std.
+    /// WAL I/O backend: auto, uring or std. The flag wins over the variable.
     #[arg(long, env = "STREAMLINE_WAL_BACKEND", default_value = "auto", value_parser = parse_backend, value_name = "BACKEND")]
     pub wal_backend: BackendKind,
 
@@ -669,6 +719,25 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Parses the process's arguments and `STREAMLINE_*` variables, or exits as
+    /// clap does (status 2 for an invalid command line, 0 after `--help`). An
+    /// invalid value that came from a variable, the flag being absent, is
+    /// reported naming the variable as well as the flag.
+    pub fn parse_or_exit() -> Cli {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match Cli::try_parse_from(&args) {
+            Ok(cli) => cli,
+            Err(e) => {
+                if let Some(msg) = env_value_error(&e, &args) {
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stderr(), "error: {msg}");
+                    std::process::exit(2);
+                }
+                e.exit()
+            }
+        }
+    }
+
     /// Builds the [`Config`] this command line describes (not yet validated).
     pub fn into_config(self) -> Config {
         Config {
@@ -715,6 +784,9 @@ impl Cli {
                     max_file_size: self.wal_max_file_size,
                     retention_files: self.wal_retention_files,
                     backend: self.wal_backend,
+                    // `--wal-backend` already read STREAMLINE_WAL_BACKEND when
+                    // the flag was absent; the flag, `auto` included, wins.
+                    backend_from_env: false,
                     recovery_mode: self.recovery_mode,
                     ..WalConfig::default()
                 },
@@ -922,6 +994,25 @@ mod tests {
             e.contains("--group-max-session-timeout-ms") && e.contains("7000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_backend_flag_is_not_overridden_by_the_variable() {
+        // clap reads STREAMLINE_WAL_BACKEND for an absent flag; the WAL library
+        // must not read it again over the flag's value.
+        for flag in ["auto", "uring", "std"] {
+            let c = parse(&["--wal-backend", flag]).unwrap();
+            assert!(!c.wal.engine.backend_from_env);
+            let env = Some(std::ffi::OsStr::new("std"));
+            assert_eq!(
+                c.wal.engine.resolve_backend(env).unwrap().as_str(),
+                flag,
+                "--wal-backend {flag} with STREAMLINE_WAL_BACKEND=std"
+            );
+            let bogus = Some(std::ffi::OsStr::new("bogus"));
+            c.wal.engine.resolve_backend(bogus).expect("not consulted");
+        }
+        assert!(!Config::default().wal.engine.backend_from_env);
     }
 
     #[test]

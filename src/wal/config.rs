@@ -84,15 +84,36 @@ impl BackendKind {
         }
     }
 
-    /// Reads `STREAMLINE_WAL_BACKEND`; `None` when unset.
+    /// The environment variable that may choose the backend of a WAL configured
+    /// with `auto` (see [`WalConfig::backend_from_env`]).
+    pub const ENV: &'static str = "STREAMLINE_WAL_BACKEND";
+
+    /// Reads [`BackendKind::ENV`]; `None` when unset or empty.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the variable holds an unknown value.
+    /// [`Error::InvalidConfig`] naming the variable and the accepted values when
+    /// it holds anything else.
     pub fn from_env() -> Result<Option<Self>> {
-        match std::env::var("STREAMLINE_WAL_BACKEND") {
-            Ok(v) if !v.is_empty() => v.parse().map(Some),
-            _ => Ok(None),
-        }
+        Self::from_env_value(std::env::var_os(Self::ENV).as_deref())
+    }
+
+    /// [`BackendKind::from_env`] for the variable's value `value` (`None`: unset).
+    ///
+    /// # Errors
+    /// As [`BackendKind::from_env`].
+    pub fn from_env_value(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>> {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        value
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::InvalidConfig {
+                field: Self::ENV,
+                value: value.to_string_lossy().into_owned(),
+                reason: format!("accepted values: {}", BackendKind::NAMES),
+            })
     }
 }
 
@@ -177,9 +198,18 @@ pub struct WalConfig {
     pub max_file_size: u64,
     /// Archived files kept even when a checkpoint covers them. Default: 2.
     pub retention_files: usize,
-    /// I/O backend. Default: `auto` (overridden by `STREAMLINE_WAL_BACKEND` when set
-    /// and this is `auto`).
+    /// I/O backend. Default: `auto` (see [`WalConfig::backend_from_env`]).
     pub backend: BackendKind,
+    /// Whether the environment variable `STREAMLINE_WAL_BACKEND` (`auto`, `uring`
+    /// or `std`) is consulted. When true, [`WalConfig::validate`] (and so
+    /// [`crate::wal::Wal::open`], before it touches the directory) refuses any other
+    /// value, and a valid one chooses the backend when `backend` is `auto`; an
+    /// explicit `uring` or `std` wins over it. When false the variable is not read
+    /// at all: an application that takes the backend from its own flag (the
+    /// broker's `--wal-backend`, which reads the same variable when the flag is
+    /// absent) sets false so that the flag it resolved, `auto` included, is the
+    /// one used. Default: true.
+    pub backend_from_env: bool,
     /// Largest batch the commit thread assembles into one write, in bytes (rounded up
     /// to the 4 KiB block). A single larger entry is written alone. Default: 256 KiB.
     pub max_batch_bytes: usize,
@@ -239,6 +269,7 @@ impl Default for WalConfig {
             max_file_size: 100 * 1024 * 1024,
             retention_files: 2,
             backend: BackendKind::Auto,
+            backend_from_env: true,
             max_batch_bytes: 256 * 1024,
             max_pending_bytes: 64 * 1024 * 1024,
             max_in_flight: 8,
@@ -261,11 +292,45 @@ impl WalConfig {
             .unwrap_or(self.sync_mode == SyncMode::EveryWrite)
     }
 
-    /// Rejects values the engine cannot honour, naming the setting and what is accepted.
+    /// The backend [`crate::wal::Wal::open`] asks for: `backend`, or the one
+    /// `STREAMLINE_WAL_BACKEND` names when `backend` is `auto` and
+    /// [`WalConfig::backend_from_env`] is set.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the variable when it is consulted and holds
+    /// an unknown value.
+    pub fn resolved_backend(&self) -> Result<BackendKind> {
+        self.resolve_backend(std::env::var_os(BackendKind::ENV).as_deref())
+    }
+
+    /// [`WalConfig::resolved_backend`] with `env` as the variable's value (`None`:
+    /// unset); the variable itself is not read.
+    ///
+    /// # Errors
+    /// As [`WalConfig::resolved_backend`].
+    pub fn resolve_backend(&self, env: Option<&std::ffi::OsStr>) -> Result<BackendKind> {
+        if !self.backend_from_env {
+            return Ok(self.backend);
+        }
+        let env = BackendKind::from_env_value(env)?;
+        Ok(match (self.backend, env) {
+            (BackendKind::Auto, Some(kind)) => kind,
+            (kind, _) => kind,
+        })
+    }
+
+    /// Rejects values the engine cannot honour, naming the setting and what is
+    /// accepted; with [`WalConfig::backend_from_env`], also an unknown
+    /// `STREAMLINE_WAL_BACKEND`.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for the first invalid field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_with_env(std::env::var_os(BackendKind::ENV).as_deref())
+    }
+
+    /// [`WalConfig::validate`] with `env` as the value of `STREAMLINE_WAL_BACKEND`.
+    pub(crate) fn validate_with_env(&self, env: Option<&std::ffi::OsStr>) -> Result<()> {
         let bad = |field, value: String, reason: &str| {
             Err(Error::InvalidConfig {
                 field,
@@ -322,6 +387,62 @@ impl WalConfig {
                 "must be between 1 and 64",
             );
         }
-        Ok(())
+        self.resolve_backend(env).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    fn resolve(backend: BackendKind, from_env: bool, env: Option<&str>) -> Result<BackendKind> {
+        WalConfig {
+            backend,
+            backend_from_env: from_env,
+            ..WalConfig::default()
+        }
+        .resolve_backend(env.map(OsStr::new))
+    }
+
+    #[test]
+    fn the_variable_chooses_only_for_auto_and_only_when_consulted() {
+        use BackendKind::{Auto, Std, Uring};
+        assert_eq!(resolve(Auto, true, None).unwrap(), Auto);
+        assert_eq!(resolve(Auto, true, Some("")).unwrap(), Auto);
+        assert_eq!(resolve(Auto, true, Some("std")).unwrap(), Std);
+        assert_eq!(resolve(Auto, true, Some("uring")).unwrap(), Uring);
+        assert_eq!(resolve(Uring, true, Some("std")).unwrap(), Uring);
+        assert_eq!(resolve(Std, true, Some("auto")).unwrap(), Std);
+        assert_eq!(resolve(Auto, false, Some("std")).unwrap(), Auto);
+        assert_eq!(resolve(Std, false, Some("bogus")).unwrap(), Std);
+    }
+
+    #[test]
+    fn an_unknown_value_names_the_variable_and_the_accepted_values() {
+        for backend in [BackendKind::Auto, BackendKind::Std] {
+            let e = resolve(backend, true, Some("bogus")).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidConfig {
+                        field: "STREAMLINE_WAL_BACKEND",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("bogus") && msg.contains("auto, uring, std"),
+                "{msg}"
+            );
+        }
+        let cfg = WalConfig::default();
+        let e = cfg
+            .validate_with_env(Some(OsStr::new("io_uring")))
+            .unwrap_err();
+        assert!(e.to_string().contains("STREAMLINE_WAL_BACKEND"), "{e}");
+        cfg.validate_with_env(Some(OsStr::new("std"))).unwrap();
     }
 }

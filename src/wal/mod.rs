@@ -292,9 +292,9 @@ impl Wal {
     /// directory is open elsewhere, [`Error::Corrupt`] for damaged data (with file
     /// and offset), and I/O errors naming the path.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Wal, Recovery)> {
-        Self::open_with(dir.as_ref(), config, |config, path| {
+        Self::open_with(dir.as_ref(), config, |config, kind, path| {
             let entries = ring_entries(config.max_in_flight);
-            backend::create(config.backend, path, entries, config.uses_direct_io())
+            backend::create(kind, path, entries, config.uses_direct_io())
         })
     }
 
@@ -313,7 +313,7 @@ impl Wal {
         disk: &sim::SimDisk,
     ) -> Result<(Wal, Recovery)> {
         disk.watch_dir(dir.as_ref())?;
-        Self::open_with(dir.as_ref(), config, |_, path| {
+        Self::open_with(dir.as_ref(), config, |_, _, path| {
             let mut b = disk.backend();
             backend::Backend::open(&mut b, path)?;
             Ok(Box::new(b))
@@ -323,9 +323,13 @@ impl Wal {
     fn open_with(
         dir: &Path,
         config: WalConfig,
-        make_backend: impl FnOnce(&WalConfig, &Path) -> Result<Box<dyn backend::Backend>>,
+        make_backend: impl FnOnce(&WalConfig, BackendKind, &Path) -> Result<Box<dyn backend::Backend>>,
     ) -> Result<(Wal, Recovery)> {
-        config.validate()?;
+        // Everything, STREAMLINE_WAL_BACKEND included (read once), is checked
+        // before the directory is touched.
+        let env_backend = std::env::var_os(BackendKind::ENV);
+        config.validate_with_env(env_backend.as_deref())?;
+        let backend_kind = config.resolve_backend(env_backend.as_deref())?;
         let dir = dir.to_path_buf();
         files::create_dir_durable(&dir)?;
         let lock = files::lock_dir(&dir)?;
@@ -431,7 +435,7 @@ impl Wal {
             last_sequence,
             checkpoint,
         ));
-        let backend = make_backend(&config, &current)?;
+        let backend = make_backend(&config, backend_kind, &current)?;
         let kind = backend.kind();
         let direct_io = backend.direct_io();
         let (tx, rx) = crossbeam_channel::unbounded();

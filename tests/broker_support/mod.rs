@@ -29,6 +29,8 @@ pub struct Broker {
     pub metrics: Option<String>,
     /// The open-file limit it was started with, if any (for restarts).
     open_files: Option<u64>,
+    /// Environment variables it was started with (for restarts).
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -44,9 +46,25 @@ impl Broker {
         Self::start_limited(data_dir, extra, None)
     }
 
+    /// Like [`Broker::start`], with the environment variables `env` set for the
+    /// process (each `(name, value)`), and kept for restarts.
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
+        let args = Self::args(data_dir, extra);
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        Self::start_with(data_dir, args, None, env)
+    }
+
     /// Like [`Broker::start`], with the process's open-file limit (soft and hard)
     /// set to `open_files` when given.
     pub fn start_limited(data_dir: &Path, extra: &[&str], open_files: Option<u64>) -> Broker {
+        let args = Self::args(data_dir, extra);
+        Self::start_with(data_dir, args, open_files, Vec::new())
+    }
+
+    fn args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec!["--data-dir".into(), data_dir.display().to_string()];
         if !extra.contains(&"--listen") {
             args.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -55,10 +73,15 @@ impl Broker {
             args.extend(["--wal-max-file-size".into(), "1m".into()]);
         }
         args.extend(extra.iter().map(|s| (*s).to_string()));
-        Self::start_with(data_dir, args, open_files)
+        args
     }
 
-    fn start_with(data_dir: &Path, args: Vec<String>, open_files: Option<u64>) -> Broker {
+    fn start_with(
+        data_dir: &Path,
+        args: Vec<String>,
+        open_files: Option<u64>,
+        env: Vec<(String, String)>,
+    ) -> Broker {
         let log = data_dir.with_extension("broker.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -93,6 +116,7 @@ impl Broker {
                 "STREAMLINE_LOG",
                 std::env::var("TEST_BROKER_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -147,6 +171,7 @@ impl Broker {
             args,
             metrics,
             open_files,
+            env,
             log,
         }
     }
@@ -154,7 +179,12 @@ impl Broker {
     /// Starts a new process with the same arguments (a new port).
     pub fn restart(&self) -> Broker {
         assert!(self.child.is_none(), "stop the broker before restarting it");
-        Self::start_with(&self.data_dir, self.args.clone(), self.open_files)
+        Self::start_with(
+            &self.data_dir,
+            self.args.clone(),
+            self.open_files,
+            self.env.clone(),
+        )
     }
 
     /// The process id.

@@ -119,17 +119,15 @@ pub(crate) fn open_rw(path: &Path, direct: bool) -> std::io::Result<std::fs::Fil
 }
 
 /// Builds the backend for `kind`, opening `path` as the active file. `Auto` tries
-/// io_uring with O_DIRECT and falls back to std with one log line.
+/// io_uring with O_DIRECT and falls back to std with one log line. `kind` is the
+/// resolved one ([`super::config::WalConfig::resolved_backend`]): the environment
+/// is not read here.
 pub(crate) fn create(
     kind: BackendKind,
     path: &Path,
     ring_entries: u32,
     direct: bool,
 ) -> Result<Box<dyn Backend>> {
-    let kind = match (kind, BackendKind::from_env()?) {
-        (BackendKind::Auto, Some(env)) => env,
-        (k, _) => k,
-    };
     match kind {
         BackendKind::Std => {
             let mut b = std_backend::StdBackend::new(direct);
