@@ -181,7 +181,7 @@ fn wal_disabled_still_serves_and_keeps_data_across_sigterm() {
 fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("never-created");
-    let cases: [(&[&str], &str, &str); 9] = [
+    let cases: [(&[&str], &str, &str); 11] = [
         (
             &["--wal-sync-mode", "sometimes"],
             "--wal-sync-mode",
@@ -220,6 +220,17 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             "invalid digit",
         ),
         (&["--fetch-max-bytes", "10"], "--fetch-max-bytes", "1024 to"),
+        // Kafka's segment.bytes is an INT, as the topic-level setting.
+        (
+            &["--segment-bytes", "2147483648"],
+            "--segment-bytes",
+            "4096 to 2147483647",
+        ),
+        (
+            &["--segment-bytes", "4294967295"],
+            "--segment-bytes",
+            "4096 to 2147483647",
+        ),
     ];
     for (args, flag, accepted) in cases {
         let out = run(

@@ -87,7 +87,8 @@ pub struct StorageConfig {
     pub default_partitions: i32,
     /// Create unknown topics on Metadata requests that allow it. Default: true.
     pub auto_create_topics: bool,
-    /// Segment size at which a new segment is started. Default: 256 MiB.
+    /// Segment size at which a new segment is started, 4096 to 2147483647
+    /// (Kafka's `segment.bytes` is an INT). Default: 256 MiB.
     pub segment_bytes: u64,
     /// Interval between checkpoints (fsync segments, then checkpoint the WAL). Default: 5000.
     pub checkpoint_interval_ms: u64,
@@ -218,11 +219,13 @@ impl Config {
                 "accepted values: 1 to 10000",
             );
         }
-        if self.storage.segment_bytes < 4096 || self.storage.segment_bytes > u64::from(u32::MAX) {
+        // Kafka's segment.bytes is an INT: the topic-level setting and
+        // DescribeConfigs use the same range.
+        if self.storage.segment_bytes < 4096 || self.storage.segment_bytes > i32::MAX as u64 {
             return bad(
                 "--segment-bytes",
                 self.storage.segment_bytes.to_string(),
-                "accepted values: 4096 to 4294967295",
+                "accepted values: 4096 to 2147483647 (2g - 1)",
             );
         }
         if self.storage.checkpoint_interval_ms == 0 {
@@ -622,7 +625,8 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_AUTO_CREATE_TOPICS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub auto_create_topics: bool,
 
-    /// Segment size at which a partition starts a new segment file.
+    /// Segment size at which a partition starts a new segment file: 4096 to
+    /// 2147483647 (Kafka's segment.bytes is an INT).
     #[arg(long, env = "STREAMLINE_SEGMENT_BYTES", default_value = "256m", value_parser = parse_size, value_name = "BYTES")]
     pub segment_bytes: u64,
 
@@ -994,6 +998,29 @@ mod tests {
             e.contains("--group-max-session-timeout-ms") && e.contains("7000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn segment_bytes_is_an_int_as_in_kafka() {
+        parse(&["--segment-bytes", "2147483647"])
+            .unwrap()
+            .validate()
+            .expect("i32::MAX is accepted");
+        parse(&["--segment-bytes", "4k"])
+            .unwrap()
+            .validate()
+            .expect("4096 is accepted");
+        for v in ["2147483648", "2g", "4294967295", "4095"] {
+            let e = parse(&["--segment-bytes", v])
+                .expect("parses")
+                .validate()
+                .expect_err(v)
+                .to_string();
+            assert!(
+                e.contains("--segment-bytes") && e.contains("4096 to 2147483647"),
+                "{v}: {e}"
+            );
+        }
     }
 
     #[test]
