@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM), 1 when start-up or
 //! shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
-//! (nothing is touched on disk then).
+//! (`STREAMLINE_LOG` included; nothing is touched on disk then).
 
 use std::{io::Write, process::ExitCode};
 
@@ -24,11 +24,15 @@ fn main() -> ExitCode {
         report(format_args!("error: {e}"));
         return ExitCode::from(2);
     }
+    let filter = match log_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            report(format_args!("error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STREAMLINE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // The log may live on the disk that just filled up or failed. A line that
         // cannot be written is dropped: the default reports it with `eprintln!`,
@@ -67,6 +71,30 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The log filter: `STREAMLINE_LOG` (a `tracing` filter such as `info`, `warn`
+/// or `info,streamline::wal=debug`), `info` when unset or empty. An invalid value
+/// is an error naming the variable.
+fn log_filter() -> Result<tracing_subscriber::EnvFilter, String> {
+    const VAR: &str = "STREAMLINE_LOG";
+    let value = match std::env::var(VAR) {
+        Ok(v) if !v.is_empty() => v,
+        Ok(_) | Err(std::env::VarError::NotPresent) => "info".to_string(),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(format!(
+                "invalid configuration: {VAR} = {v:?}: not valid UTF-8"
+            ))
+        }
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&value)
+        .map_err(|e| {
+            format!(
+                "invalid configuration: {VAR} = {value:?}: {e} (accepted values: a tracing \
+                 filter such as info, warn or info,streamline::wal=debug)"
+            )
+        })
 }
 
 /// Writes one line to stderr, ignoring a failure to do so (`eprintln!` would panic).

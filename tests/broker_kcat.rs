@@ -262,10 +262,12 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wal-sync-mode"));
     assert!(!data.exists());
     // A value from a variable is reported naming the variable, the flag and the
-    // accepted values.
+    // accepted values; STREAMLINE_LOG, read by the broker itself, as well.
     for (var, value, accepted) in [
         ("STREAMLINE_WAL_BACKEND", "bogus", "auto, uring, std"),
         ("STREAMLINE_SEGMENT_BYTES", "lots", "100m"),
+        ("STREAMLINE_LOG", "streamline=loud", "expected one of"),
+        ("STREAMLINE_LOG", "info,[", "invalid filter directive"),
     ] {
         let out = run(
             Command::new(broker_support::broker_bin())
