@@ -120,6 +120,9 @@ async fn run(config: streamline::config::Config, security: Security) -> streamli
             return Err(e);
         }
     };
+    // Listen for the stop signals before announcing the port: a SIGTERM sent as
+    // soon as the line is read must shut down cleanly, not kill the process.
+    let shutdown = shutdown_signal();
     // Tests and scripts read this line to learn the port (with --listen HOST:0).
     // Not `println!`: a closed stdout must not panic the broker.
     // The metrics line, when there is one, comes first: "listening" is the last.
@@ -129,7 +132,7 @@ async fn run(config: streamline::config::Config, security: Security) -> streamli
     }
     let _ =
         writeln!(out, "streamline listening on {}", server.local_addr()).and_then(|()| out.flush());
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     tracing::info!("stopped serving; flushing storage");
     let s = storage.clone();
     tokio::task::spawn_blocking(move || s.shutdown())
@@ -156,19 +159,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// Resolves at the first SIGINT or SIGTERM. Both are listened for from the call
+/// on (not from the first poll), so that neither kills the process after it.
 #[cfg(unix)]
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+            tracing::error!(error = %e, "cannot listen for {name}");
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    let mut int = listen(SignalKind::interrupt(), "SIGINT");
+    let mut term = listen(SignalKind::terminate(), "SIGTERM");
+    async fn recv(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            _ = recv(&mut int) => tracing::info!("SIGINT received; shutting down"),
+            _ = recv(&mut term) => tracing::info!("SIGTERM received; shutting down"),
+        }
     }
 }
