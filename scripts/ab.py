@@ -10,6 +10,13 @@ AB_DIR (`--dir`, removed after the run) and `--output-format json --quiet
 every variant after the first: in how many rounds it made more records/s than the
 first, and the median of its round-by-round ratio to the first.
 
+A run that fails (non-zero exit, or no JSON report) prints FAILED. It is left out
+of its variant's medians, which say how many rounds failed, and counts as a lost
+round: a variant wins a round when it succeeded and either made more records/s
+than the first variant or the first failed; "of N rounds" is every round. The
+round ratios are of the rounds both succeeded in. Any failed run makes the
+script exit 1, after the summary.
+
 Example (two builds, 64 writers, recycled files, 8 rounds):
 
     scripts/ab.py 8 'before ./bench-before' 'after ./bench-after' \\
@@ -77,30 +84,50 @@ def main():
                     + common, env=env, capture_output=True, text=True)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+            values, why = None, None
             if run.returncode != 0:
-                print(f"{label:12s} round {rnd + 1} FAILED: {run.stderr.strip()[-400:]}", flush=True)
+                why = run.stderr.strip()[-400:]
+            else:
+                try:
+                    report = json.loads(run.stdout.strip().splitlines()[-1])
+                    values = [get(report) for _, get, _ in FIELDS]
+                except (IndexError, ValueError, KeyError, TypeError) as e:
+                    why = f"no usable JSON report ({e!r}): {run.stdout.strip()[-200:]}"
+            if values is None:
+                print(f"{label:12s} round {rnd + 1} FAILED: {why}", flush=True)
                 results[label].append(None)
                 continue
-            report = json.loads(run.stdout.strip().splitlines()[-1])
-            values = [get(report) for _, get, _ in FIELDS]
             results[label].append(values)
             print(line(label, values), flush=True)
 
     print(f"--- medians over {rounds} rounds")
+    failed_runs = 0
     for label, _, _ in variants:
         ok = [v for v in results[label] if v is not None]
+        failed = rounds - len(ok)
+        failed_runs += failed
+        note = f"  ({failed} of {rounds} rounds FAILED)" if failed else ""
         if ok:
-            print(line(label, [statistics.median(c) for c in zip(*ok)]))
+            print(line(label, [statistics.median(c) for c in zip(*ok)]) + note)
+        else:
+            print(f"{label:12s} all {rounds} rounds FAILED")
     base_label = variants[0][0]
     base = results[base_label]
     for label, _, _ in variants[1:]:
-        pairs = [(v[0], b[0]) for v, b in zip(results[label], base) if v is not None and b is not None]
-        if not pairs:
-            continue
-        wins = sum(v > b for v, b in pairs)
-        ratio = statistics.median(v / b for v, b in pairs)
-        print(f"{label} against {base_label}: more records/s in {wins} of {len(pairs)} rounds, "
-              f"median round ratio {ratio:.3f}")
+        runs = list(zip(results[label], base))
+        # A failed run loses its round; a run beats a failed first variant.
+        wins = sum(v is not None and (b is None or v[0] > b[0]) for v, b in runs)
+        pairs = [(v[0], b[0]) for v, b in runs if v is not None and b is not None]
+        if pairs:
+            ratio = f"median round ratio {statistics.median(v / b for v, b in pairs):.3f}"
+            if len(pairs) < rounds:
+                ratio += f" (of the {len(pairs)} rounds both succeeded in)"
+        else:
+            ratio = "no round in which both succeeded"
+        print(f"{label} against {base_label}: more records/s in {wins} of {rounds} rounds, {ratio}")
+    if failed_runs:
+        print(f"ab.py: {failed_runs} of {rounds * len(variants)} runs FAILED", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
