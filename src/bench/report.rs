@@ -151,8 +151,10 @@ pub struct JobReport {
     pub latency_us: LatencyUs,
     /// Process CPU time (user + system, all threads) per acknowledged record, µs.
     pub cpu_us_per_record: Option<f64>,
-    /// CPU of the WAL's own threads (commit thread, file preparer, io_uring workers)
-    /// per record, µs. Threads that exited before the end are not counted.
+    /// CPU of the WAL's own threads (commit thread, file preparers, io_uring
+    /// workers) per record, µs. Preparers that started or exited within the
+    /// window count what they used in it; an io_uring worker that exited before
+    /// the end of the window is not counted (see [`super::sys::CpuSample`]).
     pub wal_thread_cpu_us_per_record: Option<f64>,
     /// Process CPU time over wall time (2.0 = two cores busy).
     pub cpu_cores_busy: Option<f64>,

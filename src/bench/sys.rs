@@ -3,66 +3,94 @@
 
 use std::time::Duration;
 
-/// CPU time (user + system) of the whole process and of the WAL commit thread.
+use crate::wal::thread_cpu::parse_stat;
+
+/// CPU time (user + system) of the whole process and of the WAL's threads over a
+/// window: [`CpuSnapshot::since`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuSample {
-    /// All threads of the process, including those that already exited.
+    /// All threads of the process, including those that exited.
     pub process: Duration,
-    /// Threads named `streamline-wal*` (the commit thread and its file preparer) and
-    /// the kernel's io_uring workers of this process (`iou-*`), which run its fsyncs.
+    /// The WAL's threads (`streamline-wal-*`: the commit thread and the file
+    /// preparers, including preparers that started or exited within the window)
+    /// and the kernel's io_uring workers of this process (`iou-*`), which run its
+    /// fsyncs. An io_uring worker that exited before the end of the window is
+    /// not counted (the kernel starts and retires them as it sees fit).
     pub wal_threads: Duration,
 }
 
-impl CpuSample {
-    /// `self - before`.
-    pub fn since(&self, before: &CpuSample) -> CpuSample {
+/// One look at the process's CPU time, as [`cpu_sample`] takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuSnapshot {
+    /// All threads of the process, including those that exited.
+    pub process: Duration,
+    /// `streamline-wal-*` threads: those alive, plus those that reported their
+    /// CPU time as they exited (see `wal::thread_cpu`).
+    pub wal_threads: Duration,
+    /// The io_uring workers alive (`iou-*`): thread id and CPU time.
+    pub io_workers: Vec<(u32, Duration)>,
+}
+
+impl CpuSnapshot {
+    /// The CPU used between `before` and `self`. An io_uring worker counts what
+    /// it used since `before` (all of it when it started since), and nothing
+    /// when it is gone: never less than nothing.
+    pub fn since(&self, before: &CpuSnapshot) -> CpuSample {
+        let io: Duration = self
+            .io_workers
+            .iter()
+            .map(|(tid, cpu)| {
+                let earlier = before
+                    .io_workers
+                    .iter()
+                    .find(|(t, _)| t == tid)
+                    .map_or(Duration::ZERO, |(_, c)| *c);
+                cpu.saturating_sub(earlier)
+            })
+            .sum();
         CpuSample {
             process: self.process.saturating_sub(before.process),
-            wal_threads: self.wal_threads.saturating_sub(before.wal_threads),
+            wal_threads: self.wal_threads.saturating_sub(before.wal_threads) + io,
         }
     }
-}
-
-fn ticks_per_second() -> u64 {
-    // USER_HZ is 100 on every Linux ABI this project builds for.
-    100
-}
-
-/// Parses `utime + stime` (fields 14 and 15) of a `/proc/.../stat` line, and the
-/// command name inside the parentheses.
-pub fn parse_stat(line: &str) -> Option<(String, Duration)> {
-    let open = line.find('(')?;
-    let close = line.rfind(')')?;
-    let comm = line.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = rest.get(11)?.parse().ok()?;
-    let stime: u64 = rest.get(12)?.parse().ok()?;
-    let ticks = utime + stime;
-    let hz = ticks_per_second();
-    Some((comm, Duration::from_nanos(ticks * 1_000_000_000 / hz)))
 }
 
 /// Samples the CPU time of the process and of its WAL threads; `None` without `/proc`.
-pub fn cpu_sample() -> Option<CpuSample> {
+pub fn cpu_sample() -> Option<CpuSnapshot> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let (_, process) = parse_stat(&stat)?;
-    let mut wal_threads = Duration::ZERO;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("stat")) {
-                if let Some((comm, cpu)) = parse_stat(&s) {
-                    if comm.starts_with("streamline-wal") || comm.starts_with("iou-") {
-                        wal_threads += cpu;
-                    }
+    let (_, _, process) = parse_stat(&stat)?;
+    // A WAL thread that reports while the tasks are read could be counted in
+    // neither place: read again (see `wal::thread_cpu`).
+    let mut finished = crate::wal::thread_cpu::finished();
+    for _ in 0..100 {
+        let mut wal_threads = finished.cpu;
+        let mut io_workers = Vec::new();
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                let Ok(s) = std::fs::read_to_string(t.path().join("stat")) else {
+                    continue;
+                };
+                let Some((tid, comm, cpu)) = parse_stat(&s) else {
+                    continue;
+                };
+                if comm.starts_with("streamline-wal") && !finished.recent.contains(&tid) {
+                    wal_threads += cpu;
+                } else if comm.starts_with("iou-") {
+                    io_workers.push((tid, cpu));
                 }
             }
         }
+        let now = crate::wal::thread_cpu::finished();
+        if now.reports == finished.reports {
+            return Some(CpuSnapshot {
+                process,
+                wal_threads,
+                io_workers,
+            });
+        }
+        finished = now;
     }
-    Some(CpuSample {
-        process,
-        wal_threads,
-    })
+    None
 }
 
 /// Peak resident set size of the process (`VmHWM`), in bytes.
@@ -108,14 +136,80 @@ pub fn drop_page_cache() -> bool {
 mod tests {
     use super::*;
 
+    /// Spins until the calling thread has used `at_least` more CPU time.
+    #[cfg(target_os = "linux")]
+    fn burn(at_least: Duration) {
+        let own = || {
+            let s = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            parse_stat(&s).unwrap().2
+        };
+        let until = own() + at_least;
+        let mut x = 0u64;
+        while own() < until {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+    }
+
+    /// A WAL thread as the preparer is one: named `streamline-wal-*`, reporting
+    /// its CPU time as it exits.
+    #[cfg(target_os = "linux")]
+    fn wal_thread(body: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("streamline-wal-test".into())
+            .spawn(move || {
+                body();
+                crate::wal::thread_cpu::report_this_thread();
+            })
+            .unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
     #[test]
-    fn parses_stat_with_spaces_in_the_name() {
-        let line = "1234 (streamline-wal-c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0 100";
-        let (comm, cpu) = parse_stat(line).expect("parse");
-        assert_eq!(comm, "streamline-wal-c");
-        assert_eq!(cpu, Duration::from_secs(3));
-        let odd = "1 (a b) c) R 1 2 3 4 5 6 7 8 9 10 1 1 0 0";
-        assert_eq!(parse_stat(odd).map(|x| x.0), Some("a b) c".to_string()));
+    fn wal_threads_that_exit_within_the_window_are_counted() {
+        // Other tests' threads may add CPU time to the window, never take any away.
+        let ms = Duration::from_millis;
+        let before = cpu_sample().expect("/proc");
+        wal_thread(move || burn(ms(50))).join().unwrap();
+        let used = cpu_sample().unwrap().since(&before).wal_threads;
+        assert!(used >= ms(50), "a thread started and gone: {used:?}");
+
+        // Alive (with 50 ms used) at the first sample, gone at the second.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (ready, started) = std::sync::mpsc::channel::<()>();
+        let t = wal_thread(move || {
+            burn(ms(50));
+            ready.send(()).unwrap();
+            wait.recv().unwrap();
+            burn(ms(40));
+        });
+        started.recv().unwrap();
+        let before = cpu_sample().unwrap();
+        go.send(()).unwrap();
+        t.join().unwrap();
+        let used = cpu_sample().unwrap().since(&before).wal_threads;
+        // The 40 ms it used in the window (less one 10 ms tick of rounding).
+        assert!(used >= ms(30), "a thread gone by the end: {used:?}");
+    }
+
+    #[test]
+    fn io_workers_count_from_the_first_sample_and_never_negative() {
+        let ms = Duration::from_millis;
+        let before = CpuSnapshot {
+            process: ms(100),
+            wal_threads: ms(10),
+            io_workers: vec![(1, ms(30)), (2, ms(50))],
+        };
+        let after = CpuSnapshot {
+            process: ms(200),
+            wal_threads: ms(15),
+            // 1 went on, 2 is gone, 3 is new.
+            io_workers: vec![(1, ms(35)), (3, ms(7))],
+        };
+        let d = after.since(&before);
+        assert_eq!(d.process, ms(100));
+        assert_eq!(d.wal_threads, ms(5) + ms(5) + ms(7));
     }
 
     #[test]

@@ -549,7 +549,10 @@ pub(crate) fn spawn_preparer(
                     tracing::warn!(error = %e, "zero-filling the rest of the active WAL file failed");
                 }
             }
-            files::prepare_file_until(&dir, number, size, Prealloc::ZeroFill, &flag)
+            let prepared = files::prepare_file_until(&dir, number, size, Prealloc::ZeroFill, &flag);
+            // Its CPU time stays counted once it is gone (see `thread_cpu`).
+            super::thread_cpu::report_this_thread();
+            prepared
         })
         .ok()
         .map(|handle| Preparer {

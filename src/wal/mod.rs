@@ -32,6 +32,7 @@ pub mod files;
 pub mod format;
 pub(crate) mod journal;
 pub mod recovery;
+pub(crate) mod thread_cpu;
 
 /// The simulated disk for crash tests (feature `sim`): see [`Wal::open_sim`].
 #[cfg(all(unix, any(test, feature = "sim")))]
@@ -475,7 +476,10 @@ impl Wal {
         )?;
         let thread = std::thread::Builder::new()
             .name("streamline-wal-commit".into())
-            .spawn(move || committer.run())
+            .spawn(move || {
+                committer.run();
+                thread_cpu::report_this_thread();
+            })
             .map_err(|e| Error::io("spawn commit thread", &dir, e))?;
         tracing::info!(
             dir = %dir.display(), backend = %kind, direct_io, sync_mode = %config.sync_mode,
