@@ -93,3 +93,90 @@ fn ab_counts_failed_rounds_as_lost_and_exits_non_zero() {
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(out.contains("more records/s in 2 of 2 rounds"), "{out}");
 }
+
+/// One report line of `streamline-bench --output-format json`, with only what
+/// `bench_tables.py` reads.
+fn report(
+    job: u32,
+    engine: &str,
+    backend: &str,
+    sync: &str,
+    qd: u32,
+    writers: u32,
+    rps: f64,
+) -> String {
+    format!(
+        r#"{{"job":{job},"engine":"{engine}","backend":"{backend}","sync_mode":"{sync}","writers":{writers},"queue_depth":{qd},"record_size":1024,"records_per_sec":{rps}}}"#
+    )
+}
+
+#[test]
+fn bench_tables_compares_like_with_like_and_gives_round_ratios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    // Two rounds; in each, one invocation at queue depth 1 and one at 64, each
+    // with its own nowal job (at queue depth 1: nowal has no other).
+    let mut sync = Vec::new();
+    for nowal in [100.0, 120.0] {
+        sync.push(report(1, "nowal", "pwrite", "none", 1, 4, nowal));
+        sync.push(report(
+            2,
+            "streamline",
+            "uring",
+            "interval",
+            1,
+            4,
+            nowal / 2.0,
+        ));
+        sync.push(report(1, "nowal", "pwrite", "none", 1, 4, nowal));
+        sync.push(report(
+            2,
+            "streamline",
+            "uring",
+            "interval",
+            64,
+            4,
+            nowal * 1.5,
+        ));
+    }
+    std::fs::write(raw.join("syncmodes.jsonl"), sync.join("\n") + "\n").unwrap();
+    // Three rounds of uring against std, 64 writers: the ratio of the medians
+    // (70 / 90) differs from the median of the round ratios (100 / 90).
+    let mut scaling = Vec::new();
+    for (u, s) in [(100.0, 90.0), (50.0, 40.0), (70.0, 100.0)] {
+        scaling.push(report(1, "streamline", "uring", "every_write", 1, 64, u));
+        scaling.push(report(2, "streamline", "std", "every_write", 1, 64, s));
+    }
+    std::fs::write(raw.join("scaling.jsonl"), scaling.join("\n") + "\n").unwrap();
+    let doc = tmp.path().join("doc.md");
+    std::fs::write(&doc, "<!-- BEGIN targets -->\n<!-- END targets -->\n").unwrap();
+    let out = Command::new("python3")
+        .arg(script("bench_tables.py"))
+        .arg(tmp.path())
+        .arg(&doc)
+        .output()
+        .expect("run python3 scripts/bench_tables.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&doc).unwrap();
+    let row = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no row with {needle:?}:\n{text}"))
+            .to_string()
+    };
+    let qd1 = row("interval < 3% below nowal (uring, queue depth 1)");
+    assert!(qd1.contains("| 0.50× | 0.50× (2) | **missed** |"), "{qd1}");
+    let qd64 = row("interval at queue depth 64");
+    assert!(
+        qd64.contains("not a ceiling") && qd64.ends_with("| (context) |") && !qd64.contains("met"),
+        "queue depth 64 is no like-for-like comparison with nowal: {qd64}"
+    );
+    assert!(qd64.contains("| 1.50× | 1.50× (2) |"), "{qd64}");
+    let u64 = row("uring beats std (64 writers × 1024 B)");
+    assert!(u64.contains("| 0.78× | 1.11× (3) | **missed** |"), "{u64}");
+}
