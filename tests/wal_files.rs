@@ -1233,11 +1233,11 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
             ),
         ),
         (
-            "another end",
+            "an earlier end",
             format!(
                 r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
                 m.file_number,
-                m.end + 4096,
+                m.end - 4096,
                 m.next_sequence
             ),
         ),
@@ -1259,6 +1259,26 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
             "a marker with {what} was trusted"
         );
     }
+    // A marker of this file whose end lies beyond where the log ends says that
+    // everything before that end was synced at the close: the log lost synced
+    // batches, which is damage, never a tail to cut quietly.
+    rewrite(format!(
+        r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
+        m.file_number,
+        m.end + 4096,
+        m.next_sequence + 1
+    ));
+    match WalReader::open(dir.path()) {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, m.end);
+            assert!(reason.contains("last clean close"), "{reason}");
+        }
+        other => panic!(
+            "a log ending before its clean close's end was accepted: {:?}",
+            other.err()
+        ),
+    }
+    rewrite("not json".to_string());
     // Opening still works, and ends the file that holds stale batches.
     let (wal, entries) = open(dir.path(), cfg);
     assert_eq!(entries.len(), 3);
