@@ -1,8 +1,12 @@
 //! kill -9 crash test: a child process (`wal-crash-writer`) appends from several
 //! threads and prints every acknowledged sequence; the parent SIGKILLs it at a random
-//! moment, reopens the WAL and checks that every acknowledged sequence is recovered
-//! with its exact payload, that sequences are contiguous, and that each writer
-//! thread's entries are in order with no gap. Runs on both backends, in `every_write`
+//! moment after its first acknowledgement (a random delay, or a random number of
+//! further acknowledgements), reopens the WAL and checks that every acknowledged
+//! sequence is recovered with its exact payload, that sequences are contiguous,
+//! and that each writer thread's entries are in order with no gap. The recovered
+//! checkpoint must be one the child announced, no higher than the highest
+//! acknowledged sequence, and never go back; the next sequence the child's open
+//! reports must follow what the previous recovery found. Runs on both backends, in `every_write`
 //! and `interval` mode (a process crash loses nothing the kernel accepted, so
 //! `interval` acknowledgements must survive too), and in `every_write` with the
 //! uring backend's group writes forced on.
@@ -36,6 +40,8 @@ struct Totals {
     cycles: u64,
     acked: u64,
     lost: u64,
+    /// Recoveries that found a checkpoint newer than the one before.
+    checkpoints: u64,
 }
 
 fn config(backend: BackendKind, mode: SyncMode) -> WalConfig {
@@ -49,15 +55,39 @@ fn config(backend: BackendKind, mode: SyncMode) -> WalConfig {
     }
 }
 
-/// One kill cycle: returns the acknowledged (seq -> (run, thread, counter)).
+/// When the parent kills the child, counted from its first acknowledged append
+/// (a cycle killed before any acknowledgement would check nothing).
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// This long after the first acknowledgement.
+    After(Duration),
+    /// Once the parent has read this many more acknowledgements (or after
+    /// `ACKS_WAIT` at most).
+    Acks(u64),
+}
+
+/// The longest a `Kill::Acks` cycle waits for its acknowledgements.
+const ACKS_WAIT: Duration = Duration::from_millis(200);
+
+/// What the child of one kill cycle reported.
+struct Cycle {
+    /// NEXT of its `open BACKEND NEXT` line: the sequence its first append gets.
+    next: u64,
+    /// The acknowledged appends: seq -> (run, thread, counter).
+    acked: HashMap<u64, (u64, u64, u64)>,
+    /// The checkpoints it announced (each before taking it).
+    checkpoints: Vec<u64>,
+}
+
+/// One kill cycle.
 fn run_child(
     dir: &Path,
     backend: BackendKind,
     mode: SyncMode,
     group: Option<bool>,
     run: u64,
-    kill_after: Duration,
-) -> HashMap<u64, (u64, u64, u64)> {
+    kill: Kill,
+) -> Cycle {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wal-crash-writer"))
         .args([
             dir.to_str().unwrap(),
@@ -74,55 +104,117 @@ fn run_child(
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+        // Whole lines only: one cut by the kill (no newline) is dropped, its
+        // append not counted as seen.
+        let mut r = BufReader::new(stdout);
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(n) if n > 0 && line.ends_with('\n') => {
+                    line.pop();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
             }
         }
     });
-    // Wait until the child has opened (recovery done), then let it run.
-    let first = rx.recv_timeout(Duration::from_secs(30));
-    let Ok(first) = first else {
+    fn fail(mut child: std::process::Child, what: &str) -> ! {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
-        panic!(
-            "writer did not open: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("writer {what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Wait until the child has opened (recovery done)...
+    let Ok(first) = rx.recv_timeout(Duration::from_secs(30)) else {
+        fail(child, "did not open within 30 s");
     };
-    assert!(
-        first.starts_with(&format!("open {backend} ")),
-        "unexpected first line {first:?}"
-    );
-    std::thread::sleep(kill_after);
+    let mut lines = vec![first];
+    // ...and has acknowledged an append, then until the kill is due.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acks = 0u64;
+    while acks == 0 {
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            fail(child, "acknowledged no append within 30 s of its open");
+        };
+        acks += u64::from(line.starts_with("ack "));
+        lines.push(line);
+    }
+    match kill {
+        Kill::After(d) => std::thread::sleep(d),
+        Kill::Acks(n) => {
+            let until = Instant::now() + ACKS_WAIT;
+            while acks <= n {
+                let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                else {
+                    break;
+                };
+                acks += u64::from(line.starts_with("ack "));
+                lines.push(line);
+            }
+        }
+    }
     // Child::kill sends SIGKILL on Unix.
     child.kill().expect("SIGKILL");
     let status = child.wait().unwrap();
-    assert!(!status.success(), "writer exited by itself: {status:?}");
-    reader.join().unwrap();
-    let mut acked = HashMap::new();
-    for line in rx.try_iter() {
-        let f: Vec<&str> = line.split(' ').collect();
-        // A line cut by the kill has fewer fields: its append is not counted as seen.
-        if f.len() != 6 || f[0] != "ack" {
-            continue;
-        }
-        let p = |i: usize| f[i].parse::<u64>().unwrap();
-        acked.insert(p(1), (p(2), p(3), p(4)));
+    if std::os::unix::process::ExitStatusExt::signal(&status) != Some(libc::SIGKILL) {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("writer exited by itself ({status:?}) before the kill: {err}");
     }
-    acked
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+
+    let open: Vec<&str> = lines[0].split(' ').collect();
+    assert!(
+        open.len() == 3 && open[0] == "open" && open[1] == backend.as_str(),
+        "unexpected first line {:?}",
+        lines[0]
+    );
+    let mut cycle = Cycle {
+        next: open[2].parse().expect("open: NEXT"),
+        acked: HashMap::new(),
+        checkpoints: Vec::new(),
+    };
+    for line in &lines[1..] {
+        let f: Vec<&str> = line.split(' ').collect();
+        let p = |i: usize| -> u64 {
+            f[i].parse()
+                .unwrap_or_else(|_| panic!("malformed line {line:?}"))
+        };
+        match (f[0], f.len()) {
+            ("ack", 6) => {
+                cycle.acked.insert(p(1), (p(2), p(3), p(4)));
+            }
+            ("checkpoint", 2) => cycle.checkpoints.push(p(1)),
+            _ => panic!("malformed line {line:?}"),
+        }
+    }
+    cycle
+}
+
+/// What the checker knows across the cycles of one directory.
+#[derive(Default)]
+struct Known {
+    /// Acknowledged appends not yet covered by a recovered checkpoint.
+    acked: HashMap<u64, (u64, u64, u64)>,
+    /// The highest acknowledged sequence seen so far.
+    max_acked: u64,
+    /// Every checkpoint a child announced.
+    checkpoints: std::collections::HashSet<u64>,
+    /// The checkpoint the last recovery found.
+    last_checkpoint: u64,
 }
 
 /// Reopens in-process and checks the invariants; returns how many acknowledged
-/// entries are missing.
+/// entries are missing and the sequence the next append gets.
 fn verify(
     dir: &Path,
     backend: BackendKind,
     mode: SyncMode,
-    all_acked: &mut HashMap<u64, (u64, u64, u64)>,
+    known: &mut Known,
     what: &str,
-) -> u64 {
+) -> (u64, u64) {
     let (wal, rec) = Wal::open(dir, config(backend, mode))
         .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
     assert_eq!(
@@ -131,6 +223,25 @@ fn verify(
         "{what}: requested backend not in use"
     );
     let checkpoint = rec.checkpoint;
+    let next = rec.next_sequence;
+    // Acknowledged entries at or below the checkpoint are not checked: a
+    // checkpoint that was never taken, or one beyond what was acknowledged,
+    // would hide losses.
+    assert!(
+        checkpoint == 0 || known.checkpoints.contains(&checkpoint),
+        "{what}: recovered checkpoint {checkpoint} was never taken"
+    );
+    assert!(
+        checkpoint <= known.max_acked,
+        "{what}: recovered checkpoint {checkpoint} is above the highest acknowledged sequence {}",
+        known.max_acked
+    );
+    assert!(
+        checkpoint >= known.last_checkpoint,
+        "{what}: checkpoint went back from {} to {checkpoint}",
+        known.last_checkpoint
+    );
+    known.last_checkpoint = checkpoint;
     let entries = rec
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| panic!("{what}: recovery stream failed: {e}"));
@@ -166,8 +277,15 @@ fn verify(
         }
         by_seq.insert(e.sequence, t);
     }
+    let end = checkpoint + entries.len() as u64;
+    assert_eq!(
+        next,
+        end + 1,
+        "{what}: recovery's next sequence is not right after the log's end (checkpoint {checkpoint}, {} entries)",
+        entries.len()
+    );
     let mut lost = 0;
-    for (&seq, t) in all_acked.iter() {
+    for (&seq, t) in known.acked.iter() {
         if seq <= checkpoint {
             continue;
         }
@@ -175,16 +293,13 @@ fn verify(
             Some(r) => assert_eq!(r, t, "{what}: acknowledged seq {seq} holds another entry"),
             None => {
                 lost += 1;
-                eprintln!(
-                    "{what}: LOST acknowledged seq {seq} {t:?} (log ends at {})",
-                    checkpoint + entries.len() as u64
-                );
+                eprintln!("{what}: LOST acknowledged seq {seq} {t:?} (log ends at {end})");
             }
         }
     }
-    all_acked.retain(|&s, _| s > checkpoint);
+    known.acked.retain(|&s, _| s > checkpoint);
     wal.close().unwrap_or_else(|e| panic!("{what}: close: {e}"));
-    lost
+    (lost, next)
 }
 
 /// `group`: the uring backend's group writes forced on or off (unset: by load).
@@ -212,29 +327,56 @@ fn crash_cycles(backend: BackendKind, mode: SyncMode, group: Option<bool>, cycle
         x % n
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut all_acked = HashMap::new();
+    let mut known = Known::default();
     let mut totals = Totals {
         cycles: 0,
         acked: 0,
         lost: 0,
+        checkpoints: 0,
     };
+    // An empty directory: the first append gets 1.
+    let mut next = 1;
     let started = Instant::now();
     for run in 1..=cycles {
-        let kill_after = Duration::from_millis(5 + rand(120));
-        let acked = run_child(dir.path(), backend, mode, group, run, kill_after);
-        totals.acked += acked.len() as u64;
-        all_acked.extend(acked);
-        let what = format!(
-            "{backend}{path} {mode} cycle {run} (seed {seed}, killed after {kill_after:?})"
+        let kill = if rand(2) == 0 {
+            Kill::After(Duration::from_millis(rand(120)))
+        } else {
+            Kill::Acks(rand(400))
+        };
+        let what = format!("{backend}{path} {mode} cycle {run} (seed {seed}, kill {kill:?})");
+        let cycle = run_child(dir.path(), backend, mode, group, run, kill);
+        // The child recovered what the last verification recovered (and closed).
+        assert_eq!(
+            cycle.next, next,
+            "{what}: the writer's open reported next sequence {}, recovery before it {next}",
+            cycle.next
         );
-        totals.lost += verify(dir.path(), backend, mode, &mut all_acked, &what);
+        for &seq in cycle.acked.keys() {
+            assert!(
+                seq >= cycle.next,
+                "{what}: seq {seq} acknowledged below the next sequence {} at open",
+                cycle.next
+            );
+        }
+        totals.acked += cycle.acked.len() as u64;
+        known.max_acked = known
+            .max_acked
+            .max(cycle.acked.keys().copied().max().unwrap_or(0));
+        known.acked.extend(cycle.acked);
+        known.checkpoints.extend(cycle.checkpoints);
+        let checkpoint_before = known.last_checkpoint;
+        let (lost, after) = verify(dir.path(), backend, mode, &mut known, &what);
+        totals.lost += lost;
+        totals.checkpoints += u64::from(known.last_checkpoint > checkpoint_before);
+        next = after;
         totals.cycles += 1;
     }
     eprintln!(
-        "crash: {backend}{path} {mode} cycles {} acknowledged {} lost {} ({:.1}s)",
+        "crash: {backend}{path} {mode} cycles {} acknowledged {} lost {} checkpoints {} ({:.1}s)",
         totals.cycles,
         totals.acked,
         totals.lost,
+        totals.checkpoints,
         started.elapsed().as_secs_f64()
     );
     totals
@@ -257,13 +399,18 @@ fn cycles(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Every cycle has acknowledged appends already (`run_child` waits for them).
+/// The child checkpoints each acknowledged multiple of 64 (announcing it first):
+/// among 20 of them, a kill cannot have cut every checkpoint short.
 fn check(t: &Totals) {
-    assert!(
-        t.acked > 0,
-        "no append was acknowledged in {} cycles: the test proved nothing",
-        t.cycles
-    );
     assert_eq!(t.lost, 0, "acknowledged entries lost");
+    if t.acked >= 20 * 64 {
+        assert!(
+            t.checkpoints > 0,
+            "{} appends acknowledged, yet no recovery found a new checkpoint",
+            t.acked
+        );
+    }
 }
 
 #[test]

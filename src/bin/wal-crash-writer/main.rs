@@ -6,6 +6,7 @@
 //! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN
 //! stdout: "open BACKEND NEXT_SEQUENCE"
 //!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
+//!         "checkpoint SEQ" before each checkpoint (of an acknowledged SEQ)
 //! ```
 //!
 //! Payload of (run, thread, counter): see [`payload()`]; the crash test recomputes it.
@@ -17,6 +18,10 @@ use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
 
 mod payload;
 use payload::payload;
+
+/// Whichever thread's append gets a multiple of this checkpoints it: a few
+/// checkpoints per kill cycle, however the sequences fall on the threads.
+const CHECKPOINT_EVERY: u64 = 64;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -71,9 +76,17 @@ fn main() {
                     lock.write_all(line.as_bytes()).expect("stdout");
                     lock.flush().expect("stdout");
                     drop(lock);
-                    if t == 0 && counter % 300 == 299 {
-                        // Checkpoint and retention also run under the kill.
-                        wal.checkpoint(wal.last_acked_sequence())
+                    if seq % CHECKPOINT_EVERY == 0 {
+                        // Checkpoint and retention also run under the kill. The
+                        // checkpoint is this thread's own acknowledged sequence, whose
+                        // line is out already, and is announced before it is taken:
+                        // the parent bounds the recovered checkpoint by both.
+                        let line = format!("checkpoint {seq}\n");
+                        let mut lock = out.lock();
+                        lock.write_all(line.as_bytes()).expect("stdout");
+                        lock.flush().expect("stdout");
+                        drop(lock);
+                        wal.checkpoint(seq)
                             .unwrap_or_else(|e| panic!("checkpoint: {e}"));
                     }
                 }
