@@ -122,6 +122,9 @@ struct Model {
     last_checkpoint: u64,
     /// Tags each (round, producer) appended: counter -> issued.
     issued: HashMap<(u32, u32), u64>,
+    /// Known sequences (acknowledged, none of them required) that recoveries
+    /// did not return: what power losses took.
+    dropped: u64,
 }
 
 impl Model {
@@ -218,6 +221,7 @@ impl Model {
         }
         // Whatever lies beyond the recovered end was lost legitimately (checked above);
         // those sequences will be reused.
+        self.dropped += self.known.range(end + 1..).count() as u64;
         self.known.retain(|&s, _| s <= end);
         self.must.retain(|&s, _| s <= end);
         for e in entries {
@@ -234,6 +238,9 @@ fn open_collect(dir: &Path, cfg: WalConfig, disk: Option<&SimDisk>) -> (Wal, u64
         None => Wal::open(dir, cfg),
     }
     .unwrap_or_else(|e| panic!("recovery failed: {e}"));
+    if rec.truncated.is_some() {
+        TORN_TAILS.fetch_add(1, Ordering::Relaxed);
+    }
     let cp = rec.checkpoint;
     let entries = rec
         .collect::<Result<Vec<_>, _>>()
@@ -361,6 +368,17 @@ static META_UNDONE: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE_WRITES: AtomicU64 = AtomicU64::new(0);
 static OUTSIDE_ROLLED: AtomicU64 = AtomicU64::new(0);
 static EARLY_BATCHES: AtomicU64 = AtomicU64::new(0);
+/// What the power-loss model did to the WAL's own data, over all seeds: rounds
+/// that ended in the simulated crash; sectors of the backend's writes (not those
+/// outside it) that power losses rolled back; recoveries that cut a torn tail;
+/// appends acknowledged in a round that did not end cleanly, beyond every
+/// durable sequence reported (so not required to survive); and acknowledged
+/// appends that the next recovery did not return.
+static CRASHED_ROUNDS: AtomicU64 = AtomicU64::new(0);
+static BACKEND_ROLLED: AtomicU64 = AtomicU64::new(0);
+static TORN_TAILS: AtomicU64 = AtomicU64::new(0);
+static UNSYNCED_ACKS: AtomicU64 = AtomicU64::new(0);
+static DROPPED_ACKS: AtomicU64 = AtomicU64::new(0);
 
 fn run_seed(seed: u64, root: &Path) {
     let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xA5A5);
@@ -526,6 +544,8 @@ fn run_seed(seed: u64, root: &Path) {
                             .insert(s, "covered by the reported durable sequence");
                     } else if clean {
                         model.must.insert(s, "acknowledged before a clean close");
+                    } else {
+                        UNSYNCED_ACKS.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -560,6 +580,11 @@ fn run_seed(seed: u64, root: &Path) {
         META_UNDONE.fetch_add(st.meta_ops_undone, Ordering::Relaxed);
         OUTSIDE_WRITES.fetch_add(st.outside_writes, Ordering::Relaxed);
         OUTSIDE_ROLLED.fetch_add(st.outside_sectors_rolled_back, Ordering::Relaxed);
+        BACKEND_ROLLED.fetch_add(
+            st.sectors_rolled_back - st.outside_sectors_rolled_back,
+            Ordering::Relaxed,
+        );
+        CRASHED_ROUNDS.fetch_add(u64::from(st.crashed), Ordering::Relaxed);
     }
     // Final: recover over the real std backend, append, and recover again.
     let what = format!("seed {seed} final");
@@ -591,6 +616,7 @@ fn run_seed(seed: u64, root: &Path) {
     wal.close().unwrap();
     let (wal, cp, entries) = open_collect(&dir, cfg, None);
     model.verify(&format!("{what} reopen"), cp, &entries);
+    DROPPED_ACKS.fetch_add(model.dropped, Ordering::Relaxed);
     drop(wal);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -706,8 +732,16 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         OUTSIDE_ROLLED.load(Ordering::Relaxed),
     );
     let early = EARLY_BATCHES.load(Ordering::Relaxed);
+    let [crashed, backend_rolled, torn, unsynced, dropped] = [
+        &CRASHED_ROUNDS,
+        &BACKEND_ROLLED,
+        &TORN_TAILS,
+        &UNSYNCED_ACKS,
+        &DROPPED_ACKS,
+    ]
+    .map(|c| c.load(Ordering::Relaxed));
     eprintln!(
-        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early",
+        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early; {crashed} rounds crashed, {backend_rolled} sectors of the backend's writes rolled back, {torn} torn tails cut; {unsynced} appends acknowledged beyond the durable sequence before a crash or fault, {dropped} acknowledged appends not recovered",
         started.elapsed().as_secs_f64(),
         failed.len()
     );
@@ -723,6 +757,23 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         assert!(
             early > 0,
             "no batch went out beside a durable write in flight: that path was not exercised"
+        );
+        assert!(crashed > 0, "no round ended in the simulated crash");
+        assert!(
+            backend_rolled > 0,
+            "no power loss rolled back a sector the backend wrote: the WAL's own data was never dropped or torn"
+        );
+        assert!(
+            torn > 0,
+            "no recovery cut a torn tail: power losses never tore a batch"
+        );
+        assert!(
+            unsynced > 0,
+            "no append was acknowledged beyond the durable sequence before a crash or fault"
+        );
+        assert!(
+            dropped > 0,
+            "no acknowledged but unsynced append was lost: power losses never took acknowledged data"
         );
     }
     assert!(
