@@ -283,15 +283,23 @@ fn try_append_refuses_at_the_cap_instead_of_blocking_and_appends_nothing() {
                 } else {
                     wal.try_append_batch(vec![NewEntry::record("try", 0, data(i))])
                 };
+                let call = started.elapsed();
+                let resolved = c.is_done();
                 match c.wait() {
                     Ok(seq) => accepted.push((seq, i)),
                     Err(Error::Full { pending, cap }) => {
                         assert_eq!(cap, CAP as u64, "{backend:?}");
                         assert!(pending > 0, "{backend:?}: refused with nothing pending");
+                        // Refused at once: resolved when the call returned, not later
+                        // by the commit thread; and the call did not stall (a bound of
+                        // seconds: CI machines are loaded, latency is not asserted).
                         assert!(
-                            started.elapsed() < Duration::from_millis(50),
-                            "{backend:?}: a refusal took {:?}",
-                            started.elapsed()
+                            resolved,
+                            "{backend:?}: a refusal was not resolved when the call returned"
+                        );
+                        assert!(
+                            call < Duration::from_secs(5),
+                            "{backend:?}: a refusing call took {call:?}"
                         );
                         refused += 1;
                     }
