@@ -173,61 +173,100 @@ fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
     assert_eq!((cid, v.error_code), (2, 0));
 }
 
+/// The idle time, against a 100 ms cadence of requests and request bytes: far
+/// apart, so a loaded machine cannot make an active connection look idle. The
+/// four connections below run at the same time.
+const IDLE: Duration = Duration::from_secs(2);
+const CADENCE: Duration = Duration::from_millis(100);
+
 #[test]
 fn idle_connections_are_closed_and_busy_ones_are_not() {
     let tmp = tempfile::tempdir().unwrap();
+    let idle_ms = IDLE.as_millis().to_string();
     let broker = Broker::start(
         &tmp.path().join("data"),
-        &["--connections-max-idle-ms", "300"],
+        &["--connections-max-idle-ms", &idle_ms],
     );
-    // Idle: closed after about 300 ms, not before.
-    let mut idle = connect_served(&broker.addr);
-    let opened = Instant::now();
-    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert!(closed(&mut idle), "an idle connection was not closed");
-    let after = opened.elapsed();
-    assert!(
-        after >= Duration::from_millis(250),
-        "closed after {after:?}, before the idle time"
-    );
-
-    // Active: a request every 100 ms for a second keeps it open.
-    let mut active = connect_served(&broker.addr);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(served(&mut active), "an active connection was closed");
-    }
-
-    // Busy: a fetch long-polling for 1 s (longer than the idle time) with nothing to
-    // return is answered, not cut off.
-    let mut busy = connect_served(&broker.addr);
-    assert_eq!(topic_metadata(&mut busy, "quiet", true), 0);
-    let fetch = fetch_request("quiet", 0, 1000);
-    let asked = Instant::now();
-    busy.write_all(&request_frame(ApiKey::Fetch, 12, 2, &fetch))
-        .unwrap();
-    let (cid, f): (i32, FetchResponse) = response(&mut busy, ApiKey::Fetch, 12);
-    assert_eq!((cid, f.error_code), (2, 0));
-    assert!(
-        asked.elapsed() >= Duration::from_millis(900),
-        "the fetch did not wait: {:?}",
-        asked.elapsed()
-    );
-    assert!(
-        served(&mut busy),
-        "the connection was closed while its fetch waited"
-    );
-
-    // Slow: a request whose bytes arrive over 600 ms, twice the idle time, is read
-    // to the end and answered.
-    let mut slow = connect_served(&broker.addr);
-    let frame = request_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsRequest::default());
-    for chunk in frame.chunks(frame.len().div_ceil(6)) {
-        slow.write_all(chunk).unwrap();
-        std::thread::sleep(Duration::from_millis(120));
-    }
-    let (cid, v): (i32, ApiVersionsResponse) = response(&mut slow, ApiKey::ApiVersions, 3);
-    assert_eq!((cid, v.error_code), (9, 0), "a slowly sent request");
+    let addr = broker.addr.as_str();
+    // Each lasts 1.5 idle times (3 s), so the whole test takes a few seconds.
+    let span = IDLE * 3 / 2;
+    std::thread::scope(|s| {
+        let phases = [
+            // Idle: closed after about the idle time, not before.
+            s.spawn(|| {
+                let mut idle = connect_served(addr);
+                let opened = Instant::now();
+                idle.set_read_timeout(Some(IDLE * 10)).unwrap();
+                assert!(closed(&mut idle), "an idle connection was not closed");
+                let after = opened.elapsed();
+                // The broker's clock started at its answer, a little before `opened`.
+                assert!(
+                    after >= IDLE * 3 / 4,
+                    "closed after {after:?}, before the idle time {IDLE:?}"
+                );
+            }),
+            // Active: a request every 100 ms for longer than the idle time keeps it open.
+            s.spawn(|| {
+                let mut active = connect_served(addr);
+                let started = Instant::now();
+                while started.elapsed() < span {
+                    std::thread::sleep(CADENCE);
+                    assert!(
+                        served(&mut active),
+                        "an active connection was closed after {:?}",
+                        started.elapsed()
+                    );
+                }
+            }),
+            // Busy: a fetch long-polling for longer than the idle time with nothing
+            // to return is answered, not cut off.
+            s.spawn(|| {
+                let mut busy = connect_served(addr);
+                assert_eq!(topic_metadata(&mut busy, "quiet", true), 0);
+                let fetch = fetch_request("quiet", 0, span.as_millis() as i32);
+                let asked = Instant::now();
+                busy.write_all(&request_frame(ApiKey::Fetch, 12, 2, &fetch))
+                    .unwrap();
+                let (cid, f): (i32, FetchResponse) = response(&mut busy, ApiKey::Fetch, 12);
+                assert_eq!((cid, f.error_code), (2, 0));
+                assert!(
+                    asked.elapsed() >= span * 9 / 10,
+                    "the fetch did not wait: {:?}",
+                    asked.elapsed()
+                );
+                assert!(
+                    served(&mut busy),
+                    "the connection was closed while its fetch waited"
+                );
+            }),
+            // Slow: a request sent a byte every 100 ms, in all longer than the idle
+            // time, is read to the end and answered.
+            s.spawn(|| {
+                let mut slow = connect_served(addr);
+                let frame =
+                    request_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsRequest::default());
+                assert!(
+                    CADENCE * (frame.len() as u32 - 1) > IDLE,
+                    "a frame of {} bytes is sent in less than the idle time",
+                    frame.len()
+                );
+                for (i, byte) in frame.iter().enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(CADENCE);
+                    }
+                    slow.write_all(std::slice::from_ref(byte)).unwrap();
+                }
+                let (cid, v): (i32, ApiVersionsResponse) =
+                    response(&mut slow, ApiKey::ApiVersions, 3);
+                assert_eq!((cid, v.error_code), (9, 0), "a slowly sent request");
+            }),
+        ];
+        for phase in phases {
+            if let Err(p) = phase.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
 }
 
 /// A topic with more partitions than the open-file limit allows (two files each)
