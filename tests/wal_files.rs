@@ -760,42 +760,69 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
 #[cfg(unix)]
 #[test]
 fn a_closed_wal_can_be_reopened_while_a_forked_child_still_holds_its_files() {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::process::CommandExt;
+    /// A pipe whose ends close at exec (a forked child holds them until then).
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two new descriptors into `fds`.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors are new and owned by nothing else.
+        unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::Interval);
     let (wal, _) = open(dir.path(), cfg.clone());
+    // The child tells the parent it has forked, then waits for the parent's word
+    // before it execs (and its copies of the descriptors close).
+    let (mut forked_r, forked_w) = pipe();
+    let (go_r, mut go_w) = pipe();
+    let (fw, gr, gw) = (forked_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
     let mut cmd = std::process::Command::new("true");
-    // SAFETY: the closure runs in the forked child before exec and only sleeps
-    // (nanosleep is async-signal-safe); meanwhile the child holds copies of every
-    // file descriptor of this process, the WAL's lock file among them.
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // close, write and read (async-signal-safe) on descriptors it inherited.
     unsafe {
-        cmd.pre_exec(|| {
-            let t = libc::timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            };
-            libc::nanosleep(&t, std::ptr::null_mut());
+        cmd.pre_exec(move || {
+            // Its copy of the word's end closed, the read below also returns when
+            // the parent's closes (a panicking test), not only on its byte.
+            libc::close(gw);
+            if libc::write(fw, b"f".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut b = 0u8;
+            while libc::read(gr, (&raw mut b).cast(), 1) < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
             Ok(())
         });
     }
-    // spawn returns only once the child has exec'd: fork from another thread, and
-    // close and reopen while the child sleeps.
+    // spawn returns only once the child has exec'd: fork from another thread.
     let spawner = std::thread::spawn(move || {
-        let started = std::time::Instant::now();
-        let mut child = cmd.spawn().expect("spawn");
-        child.wait().unwrap();
-        started.elapsed()
+        let child = cmd.spawn();
+        // Ends the parent's wait below if the fork never happened.
+        drop((forked_w, go_r));
+        child.expect("spawn").wait().unwrap();
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let closed_at = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        forked_r.read(&mut b).expect("read"),
+        1,
+        "the child did not fork"
+    );
+    // The child holds copies of every file descriptor of this process, the WAL's
+    // lock file among them, and keeps them until the word below.
     wal.close().unwrap();
     let reopened = Wal::open(dir.path(), cfg);
-    let reopen_took = closed_at.elapsed();
-    let child_took = spawner.join().unwrap();
-    assert!(
-        reopen_took + std::time::Duration::from_millis(300) < child_took,
-        "the child exec'd before the reopen; the test proves nothing"
-    );
+    go_w.write_all(b"g").unwrap();
+    drop(go_w);
+    spawner.join().unwrap();
     let (wal, _) = reopened.unwrap_or_else(|e| panic!("reopen while the child held the lock: {e}"));
     wal.close().unwrap();
 }
