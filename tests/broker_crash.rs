@@ -568,23 +568,16 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
     let py = python();
     let data = tmp.path().join("data");
     // A fixed port, so the producer finds the restarted broker where it left it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut broker = Broker::start(
+    let mut broker = Broker::start_fixed_port(
         &data,
         &[
-            "--listen",
-            &listen,
             "--wal-sync-mode",
             "every_write",
             "--default-partitions",
             &PARTITIONS.to_string(),
         ],
     );
+    let listen = broker.addr.clone();
     let stream = Stream::start(&py, &listen, "i0", true);
     let lines = Arc::clone(&stream.lines);
     let wait_for = |n: usize| {
@@ -601,7 +594,7 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
     // the messages.
     wait_for(3000);
     broker.kill9();
-    let broker = broker.restart();
+    let broker = broker.restart_same_port();
     // What the restarted broker holds; then wait until it has acknowledged 2,000
     // messages beyond that, appended by the producer after the restart.
     let mut high: BTreeMap<i32, i64> = BTreeMap::new();

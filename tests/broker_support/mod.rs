@@ -60,10 +60,15 @@ impl Broker {
     /// Like [`Broker::start`], with the process's open-file limit (soft and hard)
     /// set to `open_files` when given.
     pub fn start_limited(data_dir: &Path, extra: &[&str], open_files: Option<u64>) -> Broker {
-        let args = Self::args(data_dir, extra);
-        Self::start_with(data_dir, args, open_files, Vec::new())
+        Self::start_with(
+            data_dir,
+            Self::args(data_dir, extra),
+            open_files,
+            Vec::new(),
+        )
     }
 
+    /// The command line for `data_dir` and `extra` flags.
     fn args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec!["--data-dir".into(), data_dir.display().to_string()];
         if !extra.contains(&"--listen") {
@@ -82,7 +87,20 @@ impl Broker {
         open_files: Option<u64>,
         env: Vec<(String, String)>,
     ) -> Broker {
+        Self::try_start_with(data_dir, args, open_files, env)
+            .unwrap_or_else(|log| panic!("broker did not start; log:\n{log}"))
+    }
+
+    /// Starts the broker; when it does not start, its log of this attempt.
+    fn try_start_with(
+        data_dir: &Path,
+        args: Vec<String>,
+        open_files: Option<u64>,
+        env: Vec<(String, String)>,
+    ) -> Result<Broker, String> {
         let log = data_dir.with_extension("broker.log");
+        // The log is appended to across restarts: this attempt's part starts here.
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,9 +162,9 @@ impl Broker {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "broker did not start; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                let text = std::fs::read(&log).unwrap_or_default();
+                return Err(
+                    String::from_utf8_lossy(&text[log_start.min(text.len())..]).into_owned()
                 );
             }
         };
@@ -164,7 +182,7 @@ impl Broker {
             addr.starts_with("127.0.0.1:"),
             "unexpected start line {line:?}"
         );
-        Broker {
+        Ok(Broker {
             child: Some(child),
             addr,
             data_dir: data_dir.to_path_buf(),
@@ -173,10 +191,11 @@ impl Broker {
             open_files,
             env,
             log,
-        }
+        })
     }
 
-    /// Starts a new process with the same arguments (a new port).
+    /// Starts a new process with the same arguments (a new port, unless they
+    /// name one).
     pub fn restart(&self) -> Broker {
         assert!(self.child.is_none(), "stop the broker before restarting it");
         Self::start_with(
@@ -185,6 +204,71 @@ impl Broker {
             self.open_files,
             self.env.clone(),
         )
+    }
+
+    /// Starts the broker listening on a fixed `127.0.0.1` port that it keeps
+    /// across [`Broker::restart_same_port`]: one outside the kernel's ephemeral
+    /// range, which no `bind` to port 0 or outgoing connection (of a parallel
+    /// test, say) is handed. A port found in use is replaced by another.
+    pub fn start_fixed_port(data_dir: &Path, extra: &[&str]) -> Broker {
+        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| {
+                let mut n = r.split_whitespace().map(|n| n.parse::<u16>().ok());
+                Some((n.next()??, n.next()??))
+            })
+            .unwrap_or((32768, 60999));
+        let ports: Vec<u16> = (20000..30000).filter(|p| !(lo..=hi).contains(p)).collect();
+        assert!(
+            !ports.is_empty(),
+            "no port in 20000..30000 outside the ephemeral range {lo}-{hi}"
+        );
+        let mut x = u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+        let mut last = String::new();
+        for _ in 0..20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = ports[(x % ports.len() as u64) as usize];
+            let listen = format!("127.0.0.1:{port}");
+            let mut args: Vec<&str> = vec!["--listen", &listen];
+            args.extend(extra);
+            match Self::try_start_with(data_dir, Self::args(data_dir, &args), None, Vec::new()) {
+                Ok(b) => return b,
+                Err(log) if address_in_use(&log) => last = log,
+                Err(log) => panic!("broker did not start; log:\n{log}"),
+            }
+        }
+        panic!("every port tried was in use; last log:\n{last}")
+    }
+
+    /// [`Broker::restart`] on the same address. Should something hold the port
+    /// for a moment (the killed process's socket not yet gone, say), the start is
+    /// retried for up to 10 s.
+    pub fn restart_same_port(&self) -> Broker {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::try_start_with(
+                &self.data_dir,
+                self.args.clone(),
+                self.open_files,
+                self.env.clone(),
+            ) {
+                Ok(b) => {
+                    assert_eq!(b.addr, self.addr, "restarted on another address");
+                    return b;
+                }
+                Err(log) if address_in_use(&log) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(log) => panic!("broker did not restart on {}; log:\n{log}", self.addr),
+            }
+        }
     }
 
     /// The process id.
@@ -242,6 +326,11 @@ impl Drop for Broker {
             let _ = c.wait();
         }
     }
+}
+
+/// Whether a broker's log says its listening address was in use.
+fn address_in_use(log: &str) -> bool {
+    log.contains(&format!("(os error {})", libc::EADDRINUSE))
 }
 
 /// The peak resident memory of process `pid` so far, in bytes (`VmHWM` in
