@@ -18,10 +18,12 @@ cd "$(dirname "$0")/.."
 seeds=${1:-100}
 first=${2:-1}
 which=${3:-both}
+# The filter, and how many tests it must run (a filter matching nothing would
+# still end with "test result: ok").
 case $which in
-    wal) filter=loses_no_acknowledged_entry ;;
-    storage) filter=loses_no_acknowledged_produce ;;
-    both) filter=a_device_failing_at_random_moments ;;
+    wal) filter=loses_no_acknowledged_entry; expect=1 ;;
+    storage) filter=loses_no_acknowledged_produce; expect=1 ;;
+    both) filter=a_device_failing_at_random_moments; expect=2 ;;
     *) echo "usage: $0 [SEEDS] [FIRST_SEED] [wal|storage|both]" >&2; exit 2 ;;
 esac
 log=$(mktemp)
@@ -32,6 +34,11 @@ STORAGE_FAILURE_SEEDS=$seeds STORAGE_FAILURE_FIRST_SEED=$first \
     cargo test --features sim --lib -- "$filter" --nocapture 2>&1 \
     | tee "$log" | grep -E '^(storage-)?device-failure|panicked' || true
 grep -q 'test result: ok' "$log" || status=1
+passed=$(sed -nE 's/^test result: ok\. ([0-9]+) passed.*/\1/p' "$log" | awk '{ n += $1 } END { print n + 0 }')
+if [ "$passed" -lt "$expect" ]; then
+    echo "$passed test(s) passed, expected $expect: the filter '$filter' ran too few" >&2
+    status=1
+fi
 # WAL, per sync mode: acknowledged, synced (interval: the highest sequence a
 # successful sync returned) and recovered entries, summed over the runs.
 { grep '^device-failure: ' "$log" || true; } \
