@@ -1893,3 +1893,109 @@ fn repeated_names_are_answered_once() {
         grown >> 20
     );
 }
+
+/// Produces `records` to partition 0 of `topic` at Produce `version`: the error
+/// code, base offset, error message (v8 on) and record indexes in `record_errors`.
+fn produce_at(
+    s: &mut TcpStream,
+    version: i16,
+    topic: &str,
+    records: Vec<u8>,
+) -> (i16, i64, String, Vec<i32>) {
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        version,
+        11,
+        &produce(topic, 0, Bytes::from(records)),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(s, ApiKey::Produce, version);
+    let p = &r.responses[0].partition_responses[0];
+    (
+        p.error_code,
+        p.base_offset,
+        p.error_message
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        p.record_errors.iter().map(|e| e.batch_index).collect(),
+    )
+}
+
+/// `b` with the big-endian `value` written at byte `at` and the CRC recomputed
+/// (it covers the bytes from the attributes, 21, on).
+fn patched(b: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
+    let mut b = b.to_vec();
+    b[at..at + value.len()].copy_from_slice(value);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Byte positions in a RecordBatch v2 header.
+const LAST_OFFSET_DELTA: usize = 23;
+const RECORD_COUNT: usize = 57;
+
+/// A produced batch that does not hold together gets INVALID_RECORD (87), which
+/// clients do not retry, and uses no offsets; only a CRC mismatch gets
+/// CORRUPT_MESSAGE (2), which they do.
+#[test]
+fn produce_refuses_batches_kafka_refuses_with_invalid_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "strict", true), 0);
+
+    let five = batch(&["a", "b", "c", "d", "e"]).to_vec();
+    let two = batch(&["a", "b"]).to_vec();
+    assert_eq!(
+        five[RECORD_COUNT..RECORD_COUNT + 4],
+        5i32.to_be_bytes(),
+        "one batch"
+    );
+    let count_3 = patched(&five, RECORD_COUNT, &3i32.to_be_bytes());
+    let three_of_two = patched(
+        &patched(&two, RECORD_COUNT, &3i32.to_be_bytes()),
+        LAST_OFFSET_DELTA,
+        &2i32.to_be_bytes(),
+    );
+    let delta_5 = patched(&two, LAST_OFFSET_DELTA, &5i32.to_be_bytes());
+    let mut magic_1 = two.clone();
+    magic_1[16] = 1;
+    let no_sequence = idempotent_batch(&["a"], 3, 0, -1).to_vec();
+    let mut two_batches = two.clone();
+    two_batches.extend_from_slice(&batch(&["c"]));
+    let cases = [
+        ("count patched to 3 in a batch of 5", count_3),
+        ("count 3, last offset delta 2, 2 records", three_of_two),
+        ("last offset delta 5 with count 2", delta_5),
+        ("magic 1", magic_1),
+        ("a producer id without a sequence", no_sequence),
+        ("two batches for one partition", two_batches),
+    ];
+    for (what, records) in cases {
+        for version in [7, 9] {
+            let (code, base, message, _) = produce_at(&mut s, version, "strict", records.clone());
+            assert_eq!((code, base), (87, -1), "{what}, Produce v{version}");
+            if version >= 8 {
+                assert!(!message.is_empty(), "{what}: a message says why");
+            }
+        }
+    }
+    // A record that does not parse is named in record_errors.
+    let mut long_key = two.clone();
+    long_key[61 + 4] = 0x7e; // the first record's key length: 63 bytes
+    let long_key = patched(&long_key, 0, &0i64.to_be_bytes());
+    let (code, _, message, records) = produce_at(&mut s, 9, "strict", long_key);
+    assert_eq!(code, 87);
+    assert!(message.contains("record 0"), "{message}");
+    assert_eq!(records, vec![0]);
+    // A damaged batch is still CORRUPT_MESSAGE.
+    let mut crc = two.clone();
+    let n = crc.len();
+    crc[n - 1] ^= 0xff;
+    assert_eq!(produce_at(&mut s, 7, "strict", crc).0, 2);
+    // Nothing refused took an offset.
+    assert_eq!(produce_at(&mut s, 7, "strict", two).1, 0);
+    assert_eq!(produce_at(&mut s, 7, "strict", five).1, 2);
+}

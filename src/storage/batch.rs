@@ -68,6 +68,46 @@ pub enum BatchError {
         /// The batch's last offset delta.
         last_offset_delta: i32,
     },
+    /// A produced partition holds more than one batch, or bytes after its
+    /// batch (Produce v3 and later carry exactly one batch per partition).
+    MultipleBatches,
+    /// A batch from an idempotent producer (producer id 0 or more) without a
+    /// sequence number.
+    NoSequence {
+        /// The batch's producer id.
+        producer_id: i64,
+        /// Its base sequence.
+        base_sequence: i32,
+    },
+    /// A compressed records section that does not decompress, or would be larger
+    /// than [`MAX_DECOMPRESSED`].
+    BadPayload {
+        /// The batch's compression codec.
+        codec: u8,
+    },
+    /// A record that does not parse, is out of order, or does not fit the batch.
+    BadRecord {
+        /// The record's index in its batch (the count, for bytes after the
+        /// last counted record).
+        index: i32,
+        /// What is wrong.
+        what: RecordFault,
+    },
+}
+
+/// What is wrong with a record of a produced batch (see [`BatchError::BadRecord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFault {
+    /// Its length prefix does not parse, is negative, or runs past the batch.
+    Length,
+    /// A field inside it does not parse or runs past the record's length.
+    Field,
+    /// Its fields end before its length does.
+    TrailingBytes,
+    /// Its offset delta is not its index in the batch.
+    OffsetDelta(i32),
+    /// Bytes follow the last record the batch counts.
+    BeyondCount,
 }
 
 impl std::fmt::Display for BatchError {
@@ -89,6 +129,34 @@ impl std::fmt::Display for BatchError {
                     f,
                     "record count {count} does not match last offset delta {last_offset_delta}"
                 )
+            }
+            BatchError::MultipleBatches => write!(
+                f,
+                "a produce request holds exactly one record batch per partition, and nothing after it"
+            ),
+            BatchError::NoSequence {
+                producer_id,
+                base_sequence,
+            } => write!(
+                f,
+                "producer id {producer_id} with invalid base sequence {base_sequence}"
+            ),
+            BatchError::BadPayload { codec } => write!(
+                f,
+                "the records (compression codec {codec}) do not decompress, or exceed {} MiB",
+                MAX_DECOMPRESSED >> 20
+            ),
+            BatchError::BadRecord { index, what } => {
+                write!(f, "record {index}: ")?;
+                match what {
+                    RecordFault::Length => write!(f, "invalid length"),
+                    RecordFault::Field => write!(f, "a field runs past the record or is invalid"),
+                    RecordFault::TrailingBytes => write!(f, "bytes left after its fields"),
+                    RecordFault::OffsetDelta(d) => {
+                        write!(f, "offset delta {d}, expected {index}")
+                    }
+                    RecordFault::BeyondCount => write!(f, "bytes after the last counted record"),
+                }
             }
         }
     }
@@ -236,6 +304,126 @@ pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
         return Err(BatchError::Truncated);
     }
     Ok(out)
+}
+
+/// What [`validate_produce`] found in a valid produced batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// The batch's header.
+    pub info: BatchInfo,
+    /// Index of its first record without a key, if any (compacted topics refuse
+    /// such records).
+    pub first_keyless: Option<i32>,
+}
+
+/// Validates the records produced to one partition, as Kafka's `LogValidator`
+/// does: exactly one whole batch (RecordBatch v2) and nothing after it; its CRC
+/// and codec; a record count of at least one equal to `lastOffsetDelta + 1`; a
+/// base sequence for a producer id of 0 or more; and every record, walked once
+/// (decompressed first for a compressed batch): length prefixes and fields in
+/// bounds, offset deltas `0..count` in order, exactly `count` records filling
+/// the batch. Record offsets are never computed from the batch's base offset,
+/// which the client sets and the CRC does not cover. One allocation at most (the
+/// decompressed records of a compressed batch), none per record.
+///
+/// # Errors
+/// The first check that fails.
+pub fn validate_produce(buf: &[u8]) -> Result<Produced, BatchError> {
+    let info = parse_header(buf)?;
+    if buf.len() > info.len {
+        return Err(BatchError::MultipleBatches);
+    }
+    let info = validate(buf)?;
+    let count = be_i32(buf, COUNT_OFFSET).ok_or(BatchError::Truncated)?;
+    if i64::from(info.last_offset_delta) != i64::from(count) - 1 {
+        return Err(BatchError::BadCount {
+            count,
+            last_offset_delta: info.last_offset_delta,
+        });
+    }
+    if info.producer_id >= 0 && info.base_sequence < 0 {
+        return Err(BatchError::NoSequence {
+            producer_id: info.producer_id,
+            base_sequence: info.base_sequence,
+        });
+    }
+    let codec = buf[ATTRIBUTES_OFFSET + 1] & 0x07;
+    let payload = payload(buf).ok_or(BatchError::BadPayload { codec })?;
+    let first_keyless = walk_records(&payload, count)?;
+    Ok(Produced {
+        info,
+        first_keyless,
+    })
+}
+
+/// Reads a zigzag varint of at most 32 bits at `*at`, advancing it.
+fn varint(b: &[u8], at: &mut usize) -> Option<i32> {
+    varlong(b, at).and_then(|v| i32::try_from(v).ok())
+}
+
+/// Steps over a length-prefixed byte string (`-1`: null, when `nullable`) at
+/// `*at` in `b`; whether it was null.
+fn skip_bytes(b: &[u8], at: &mut usize, nullable: bool) -> Option<bool> {
+    let len = varint(b, at)?;
+    if len < 0 {
+        return (nullable && len == -1).then_some(true);
+    }
+    *at = at
+        .checked_add(usize::try_from(len).ok()?)
+        .filter(|&e| e <= b.len())?;
+    Some(false)
+}
+
+/// Walks the `count` records of a records section (decompressed): each record's
+/// length, attributes, timestamp delta, offset delta (its index), key, value and
+/// headers. Returns the index of the first record without a key.
+fn walk_records(payload: &[u8], count: i32) -> Result<Option<i32>, BatchError> {
+    let mut first_keyless = None;
+    let mut at = 0usize;
+    for index in 0..count {
+        let bad = |what| BatchError::BadRecord { index, what };
+        let len = varint(payload, &mut at)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(bad(RecordFault::Length))?;
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= payload.len())
+            .ok_or(bad(RecordFault::Length))?;
+        let record = &payload[at..end];
+        let mut r = 1; // attributes
+        let fields = (|| {
+            (r <= record.len()).then_some(())?;
+            varlong(record, &mut r)?; // timestamp delta
+            let delta = varint(record, &mut r)?;
+            let keyless = skip_bytes(record, &mut r, true)?;
+            skip_bytes(record, &mut r, true)?; // value
+            let headers = varint(record, &mut r)?;
+            (headers >= 0).then_some(())?;
+            for _ in 0..headers {
+                skip_bytes(record, &mut r, false)?; // header key
+                skip_bytes(record, &mut r, true)?; // header value
+            }
+            Some((delta, keyless))
+        })();
+        let (delta, keyless) = fields.ok_or(bad(RecordFault::Field))?;
+        if delta != index {
+            return Err(bad(RecordFault::OffsetDelta(delta)));
+        }
+        if r != record.len() {
+            return Err(bad(RecordFault::TrailingBytes));
+        }
+        if keyless && first_keyless.is_none() {
+            first_keyless = Some(index);
+        }
+        at = end;
+    }
+    if at != payload.len() {
+        return Err(BatchError::BadRecord {
+            index: count,
+            what: RecordFault::BeyondCount,
+        });
+    }
+    Ok(first_keyless)
 }
 
 /// First timestamp of a batch (the base its records' deltas count from).
@@ -818,6 +1006,167 @@ pub(crate) mod tests {
         let mut long = b.clone();
         long[HEADER_LEN] = 0x7e; // the first record's length: 63 bytes, past it
         assert_ne!(record_timestamps(&long), record_timestamps(&b));
+    }
+
+    /// `b` with its record count and last offset delta set (CRC updated).
+    fn with_count(mut b: Vec<u8>, count: i32, last_offset_delta: i32) -> Vec<u8> {
+        b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
+        b[LAST_DELTA_OFFSET..LAST_DELTA_OFFSET + 4]
+            .copy_from_slice(&last_offset_delta.to_be_bytes());
+        seal(&mut b);
+        b
+    }
+
+    #[test]
+    fn produced_batches_are_walked_record_by_record() {
+        let recs: &[KeyedRecord<'_>] = &[
+            (0, Some(b"k1"), Some(b"v1")),
+            (1, None, Some(b"no key")),
+            (2, Some(b"k2"), None),
+        ];
+        let b = make_keyed_batch(7, 500, recs, -1, -1, -1);
+        let p = validate_produce(&b).unwrap();
+        assert_eq!((p.info.base_offset, p.first_keyless), (7, Some(1)));
+        let keyed = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);
+        assert_eq!(validate_produce(&keyed).unwrap().first_keyless, None);
+        // Every codec: decompressed and walked the same way.
+        for codec in [1, 2, 5, 3, 4] {
+            let c = compress_batch(&b, codec);
+            assert_eq!(validate_produce(&c).unwrap().first_keyless, Some(1));
+            let mut bad = c.clone();
+            let n = bad.len();
+            bad[HEADER_LEN..n].fill(0x55);
+            seal(&mut bad);
+            assert!(
+                matches!(
+                    validate_produce(&bad),
+                    Err(BatchError::BadPayload { .. } | BatchError::BadRecord { .. })
+                ),
+                "codec {codec}"
+            );
+        }
+        // The client's base offset plays no part, even at the end of the range.
+        let mut max = b.clone();
+        max[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        assert_eq!(validate_produce(&max).unwrap().first_keyless, Some(1));
+
+        // Headers are walked too.
+        let mut h = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);
+        // Record: length, attributes, ts delta, offset delta, key (2), value (2), headers.
+        h.truncate(h.len() - 1);
+        h.extend_from_slice(&[2, 2, b'h', 2, b'x']); // one header "h" = "x"
+        h[HEADER_LEN] += 2 * 4; // the record is 4 bytes longer (zigzag length)
+        seal(&mut h);
+        assert_eq!(validate_produce(&h).unwrap().first_keyless, None);
+        let mut null_header_key = h.clone();
+        let n = null_header_key.len();
+        null_header_key[n - 4] = 1; // header key length -1
+        seal(&mut null_header_key);
+        assert!(matches!(
+            validate_produce(&null_header_key),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Field | RecordFault::TrailingBytes
+            })
+        ));
+    }
+
+    #[test]
+    fn produced_batches_that_kafka_refuses_are_refused() {
+        let b = make_batch(0, &[b"a", b"b"]);
+        // More records counted than present (count and last delta agreeing).
+        assert_eq!(
+            validate_produce(&with_count(b.clone(), 3, 2)),
+            Err(BatchError::BadRecord {
+                index: 2,
+                what: RecordFault::Length
+            })
+        );
+        // Fewer: bytes after the last counted record.
+        assert_eq!(
+            validate_produce(&with_count(b.clone(), 1, 0)),
+            Err(BatchError::BadRecord {
+                index: 1,
+                what: RecordFault::BeyondCount
+            })
+        );
+        // A last offset delta other than count - 1.
+        for (count, delta) in [(3, 1), (2, 5), (0, -1)] {
+            assert_eq!(
+                validate_produce(&with_count(b.clone(), count, delta)),
+                Err(BatchError::BadCount {
+                    count,
+                    last_offset_delta: delta
+                })
+            );
+        }
+        // A producer id without a sequence; none at all is fine.
+        assert_eq!(
+            validate_produce(&make_producer_batch(0, &[b"a"], 4, 0, -1)),
+            Err(BatchError::NoSequence {
+                producer_id: 4,
+                base_sequence: -1
+            })
+        );
+        assert!(validate_produce(&make_producer_batch(0, &[b"a"], 4, 0, 0)).is_ok());
+        // Two batches, or anything after the batch.
+        let mut two = b.clone();
+        two.extend_from_slice(&make_batch(0, &[b"c"]));
+        assert_eq!(validate_produce(&two), Err(BatchError::MultipleBatches));
+        let mut tail = b.clone();
+        tail.push(0);
+        assert_eq!(validate_produce(&tail), Err(BatchError::MultipleBatches));
+        assert_eq!(
+            validate_produce(&b[..b.len() - 1]),
+            Err(BatchError::Truncated)
+        );
+        // Offset deltas out of order: the second record's says 5.
+        let rs = records(&b).unwrap();
+        let mut order = b.clone();
+        let at = rs[1].bytes.start + 3; // length, attributes, timestamp delta
+        assert_eq!(order[at], 2);
+        order[at] = 10;
+        seal(&mut order);
+        assert_eq!(
+            validate_produce(&order),
+            Err(BatchError::BadRecord {
+                index: 1,
+                what: RecordFault::OffsetDelta(5)
+            })
+        );
+        // A key longer than its record; a record longer than its fields.
+        let mut long_key = b.clone();
+        long_key[HEADER_LEN + 4] = 0x7e;
+        seal(&mut long_key);
+        assert_eq!(
+            validate_produce(&long_key),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Field
+            })
+        );
+        let mut one = make_batch(0, &[b"a"]);
+        one.push(0);
+        one[HEADER_LEN] += 2;
+        seal(&mut one);
+        assert_eq!(
+            validate_produce(&one),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::TrailingBytes
+            })
+        );
+        // A CRC mismatch and another magic, as before.
+        let mut crc = b.clone();
+        let n = crc.len();
+        crc[n - 1] ^= 1;
+        assert!(matches!(
+            validate_produce(&crc),
+            Err(BatchError::Crc { .. })
+        ));
+        let mut v1 = b.clone();
+        v1[MAGIC_OFFSET] = 1;
+        assert_eq!(validate_produce(&v1), Err(BatchError::BadMagic(1)));
     }
 
     #[test]

@@ -1274,7 +1274,8 @@ impl TopicManager {
         Ok(true)
     }
 
-    /// Validates `records` and queues them for `topic`/`partition`, waiting up to
+    /// Validates `records` (one record batch, see [`batch::validate_produce`]) and
+    /// queues them for `topic`/`partition`, waiting up to
     /// `timeout` for pipeline capacity. The returned receiver resolves to the assigned
     /// base offset once the batch is durable per the sync mode and readable.
     ///
@@ -1301,7 +1302,8 @@ impl TopicManager {
             .ok()
             .and_then(|i| t.partitions.get(i).cloned())
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
-        let infos = batch::validate_all(records).map_err(ProduceError::InvalidBatch)?;
+        let produced = batch::validate_produce(records).map_err(ProduceError::InvalidBatch)?;
+        let infos = vec![produced.info];
         if let Some(max) = t.configs.max_message_bytes() {
             if let Some(b) = infos.iter().find(|i| i.len as u64 > max) {
                 return Err(ProduceError::TooLarge(format!(

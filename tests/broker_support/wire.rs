@@ -76,7 +76,7 @@ pub fn closed(s: &mut TcpStream) -> bool {
     }
 }
 
-/// One uncompressed record batch (magic 2) holding `values`, offsets from 0.
+/// One uncompressed record batch (magic 2) holding `values`, offset deltas from 0.
 pub fn batch(values: &[&str]) -> Bytes {
     idempotent_batch(values, -1, -1, -1)
 }
@@ -119,7 +119,14 @@ fn encode_batch(values: &[(i64, Option<&str>, &str)], pid: i64, epoch: i16, seq:
             producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: if seq < 0 { -1 } else { seq + i as i32 },
+            // The encoder starts a new batch wherever `offset - sequence`
+            // changes, and a Produce carries one batch per partition: without
+            // a producer the header's base sequence is still -1.
+            sequence: if seq < 0 {
+                i as i32 - 1
+            } else {
+                seq + i as i32
+            },
             timestamp: *ts,
             key: k.map(|k| Bytes::copy_from_slice(k.as_bytes())),
             value: Some(Bytes::copy_from_slice(v.as_bytes())),

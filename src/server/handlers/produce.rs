@@ -17,7 +17,10 @@ use tokio::sync::oneshot;
 
 use crate::{
     server::{codes, encode_response, Ctx, Pending},
-    storage::{batch::BatchError, ProduceError},
+    storage::{
+        batch::{BatchError, RecordFault},
+        ProduceError,
+    },
 };
 
 /// The Kafka error code for a produce failure.
@@ -27,7 +30,11 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::InvalidBatch(BatchError::UnsupportedCompression(_)) => {
             codes::UNSUPPORTED_COMPRESSION_TYPE
         }
-        ProduceError::InvalidBatch(_) => codes::CORRUPT_MESSAGE,
+        // Only a CRC mismatch is CORRUPT_MESSAGE, which clients retry (the bytes
+        // may have been damaged on the way); a batch that is wrong as sent gets
+        // INVALID_RECORD, which they do not, as from Kafka's LogValidator.
+        ProduceError::InvalidBatch(BatchError::Crc { .. }) => codes::CORRUPT_MESSAGE,
+        ProduceError::InvalidBatch(_) => codes::INVALID_RECORD,
         ProduceError::TooLarge(_) => codes::MESSAGE_TOO_LARGE,
         ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
@@ -144,13 +151,23 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
                 out.push(match result {
                     Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
                     Err(e) => {
-                        let r = match &e {
-                            ProduceError::InvalidRecord { message, record } if version >= 8 => r
-                                .with_record_errors(vec![BatchIndexAndErrorMessage::default()
-                                    .with_batch_index(*record)
+                        let record = match &e {
+                            ProduceError::InvalidRecord { record, .. } => Some(*record),
+                            ProduceError::InvalidBatch(BatchError::BadRecord { index, what })
+                                if *what != RecordFault::BeyondCount =>
+                            {
+                                Some(*index)
+                            }
+                            _ => None,
+                        };
+                        let r = match record {
+                            Some(record) if version >= 8 => {
+                                r.with_record_errors(vec![BatchIndexAndErrorMessage::default()
+                                    .with_batch_index(record)
                                     .with_batch_index_error_message(Some(StrBytes::from_string(
-                                        message.clone(),
-                                    )))]),
+                                        message(&e),
+                                    )))])
+                            }
                             _ => r,
                         };
                         r.with_error_code(error_code(&e))
