@@ -22,8 +22,9 @@ use kafka_protocol::{
 use broker_support::{
     kcat, kcat_from_start,
     wire::{
-        batch, closed, connect, fetch_request, idempotent_batch, keyed_batch, partition_result,
-        produce, read_frame, request_frame, response, timed_batch, topic_metadata,
+        batch, closed, connect, fetch_request, idempotent_batch, keyed_batch, maybe_keyed_batch,
+        partition_result, produce, read_frame, request_frame, response, timed_batch,
+        topic_metadata,
     },
     Broker,
 };
@@ -1894,6 +1895,36 @@ fn repeated_names_are_answered_once() {
     );
 }
 
+/// Creates `name` with `partitions` partitions and `configs` (CreateTopics v7);
+/// the topic's error code.
+fn create_topic(s: &mut TcpStream, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
+    use kafka_protocol::messages::{
+        create_topics_request::{CreatableTopic, CreatableTopicConfig},
+        CreateTopicsRequest, CreateTopicsResponse,
+    };
+    let s_ = |v: &str| StrBytes::from_string(v.into());
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(s_(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(s_(k))
+                            .with_value(Some(s_(v)))
+                    })
+                    .collect(),
+            )]);
+    s.write_all(&request_frame(ApiKey::CreateTopics, 7, 1, &req))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(s, ApiKey::CreateTopics, 7);
+    r.topics[0].error_code
+}
+
 /// Produces `records` to partition 0 of `topic` at Produce `version`: the error
 /// code, base offset, error message (v8 on) and record indexes in `record_errors`.
 fn produce_at(
@@ -1998,4 +2029,35 @@ fn produce_refuses_batches_kafka_refuses_with_invalid_record() {
     // Nothing refused took an offset.
     assert_eq!(produce_at(&mut s, 7, "strict", two).1, 0);
     assert_eq!(produce_at(&mut s, 7, "strict", five).1, 2);
+}
+
+/// The keyless check of a compacted topic reads every record whatever base
+/// offset the client put in the batch (the CRC does not cover it): one near
+/// `i64::MAX` used to make the record offsets overflow and the batch go in
+/// unchecked.
+#[test]
+fn compacted_topics_refuse_keyless_records_whatever_the_base_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(
+        create_topic(&mut s, "keyed", 1, &[("cleanup.policy", "compact")]),
+        0
+    );
+    let at_max = |b: Bytes| patched(&b, 0, &i64::MAX.to_be_bytes());
+    for (what, records, index) in [
+        ("keyless", at_max(batch(&["a", "b"])), 0),
+        (
+            "second record keyless",
+            at_max(maybe_keyed_batch(&[(Some("k"), "a"), (None, "b")])),
+            1,
+        ),
+    ] {
+        let (code, base, message, errors) = produce_at(&mut s, 9, "keyed", records);
+        assert_eq!((code, base), (87, -1), "{what}");
+        assert!(message.contains("without a key"), "{what}: {message}");
+        assert_eq!(errors, vec![index], "{what}");
+    }
+    let keyed = at_max(keyed_batch(&[("k1", "a"), ("k2", "b")]));
+    assert_eq!(produce_at(&mut s, 9, "keyed", keyed).0, 0);
 }

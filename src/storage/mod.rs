@@ -654,36 +654,6 @@ fn replay_entry(
     Ok(())
 }
 
-/// A compacted topic keeps each key's newest record, so a record without a key
-/// has no place in it: Kafka refuses it with `INVALID_RECORD`, and so does this
-/// broker, decompressing a compressed batch to look. A batch whose records it
-/// cannot read (an undecodable or oversized payload) is let through, and
-/// compaction keeps it whole.
-fn keyed_records_only(
-    topic: &str,
-    records: &[u8],
-    infos: &[BatchInfo],
-) -> std::result::Result<(), ProduceError> {
-    let mut at = 0;
-    for info in infos {
-        let b = &records[at..at + info.len];
-        at += info.len;
-        let Some(payload) = batch::payload(b) else {
-            continue;
-        };
-        let Some(rs) = batch::records_in(b, &payload) else {
-            continue;
-        };
-        if let Some(i) = rs.iter().position(|r| r.key.is_none()) {
-            return Err(ProduceError::InvalidRecord {
-                message: format!("compacted topic {topic} cannot accept a record without a key"),
-                record: i32::try_from(i).unwrap_or(i32::MAX),
-            });
-        }
-    }
-    Ok(())
-}
-
 impl TopicManager {
     /// Opens the data directory: loads topics (cutting torn segment tails), loads the
     /// WAL checkpoint, replays WAL entries after it into the segments idempotently
@@ -1318,8 +1288,15 @@ impl TopicManager {
         {
             return Err(ProduceError::Transactional);
         }
-        if t.configs.compact() {
-            keyed_records_only(topic, records, &infos)?;
+        // A compacted topic keeps each key's newest record, so a record without
+        // a key has no place in it: Kafka refuses it with INVALID_RECORD, and so
+        // does this broker, compressed batches included. Validation walked every
+        // record (offsets counted from 0, never from the client's base offset).
+        if let Some(record) = produced.first_keyless.filter(|_| t.configs.compact()) {
+            return Err(ProduceError::InvalidRecord {
+                message: format!("compacted topic {topic} cannot accept a record without a key"),
+                record,
+            });
         }
         if let Some(w) = &self.shared.wal {
             let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;

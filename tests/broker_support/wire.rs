@@ -106,6 +106,15 @@ pub fn keyed_batch(records: &[(&str, &str)]) -> Bytes {
     encode_batch(&keyed, -1, -1, -1)
 }
 
+/// A batch whose records are `(key, value)`, a `None` key being null.
+pub fn maybe_keyed_batch(records: &[(Option<&str>, &str)]) -> Bytes {
+    let timed: Vec<_> = records
+        .iter()
+        .map(|&(k, v)| (1_700_000_000_000, k, v))
+        .collect();
+    encode_batch(&timed, -1, -1, -1)
+}
+
 fn encode_batch(values: &[(i64, Option<&str>, &str)], pid: i64, epoch: i16, seq: i32) -> Bytes {
     let records: Vec<Record> = values
         .iter()
