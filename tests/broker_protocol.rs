@@ -2061,3 +2061,71 @@ fn compacted_topics_refuse_keyless_records_whatever_the_base_offset() {
     let keyed = at_max(keyed_batch(&[("k1", "a"), ("k2", "b")]));
     assert_eq!(produce_at(&mut s, 9, "keyed", keyed).0, 0);
 }
+
+/// KIP-74: only the first partition with records in a Fetch response may have
+/// a batch larger than the limits left for it; the others get what fits in the
+/// bytes left, each within its own `partition_max_bytes`.
+#[test]
+fn fetch_returns_an_oversized_batch_only_for_the_first_partition_with_data() {
+    use kafka_protocol::messages::fetch_request::FetchPartition;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(create_topic(&mut s, "pair", 2, &[]), 0);
+    let value = "x".repeat(256 * 1024);
+    for p in 0..2 {
+        s.write_all(&request_frame(
+            ApiKey::Produce,
+            7,
+            p,
+            &produce("pair", p, batch(&[value.as_str()])),
+        ))
+        .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 7);
+        assert_eq!(partition_result(&r), (0, 0));
+    }
+    // Bytes of records for partitions 0 and 1, read from `from` with the
+    // response limit `max` and the partition limits `pmax`.
+    let mut fetch = |from: [i64; 2], max: i32, pmax: [i32; 2]| {
+        let mut f = fetch_request("pair", from[0], 0);
+        f.max_bytes = max;
+        f.topics[0].partitions[0].partition_max_bytes = pmax[0];
+        f.topics[0].partitions.push(
+            FetchPartition::default()
+                .with_partition(1)
+                .with_fetch_offset(from[1])
+                .with_partition_max_bytes(pmax[1]),
+        );
+        s.write_all(&request_frame(ApiKey::Fetch, 12, 9, &f))
+            .unwrap();
+        let (_, r): (i32, FetchResponse) = response(&mut s, ApiKey::Fetch, 12);
+        let sizes: Vec<usize> = r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| {
+                assert_eq!((p.error_code, p.high_watermark), (0, 1));
+                p.records.as_ref().map_or(0, Bytes::len)
+            })
+            .collect();
+        [sizes[0], sizes[1]]
+    };
+    let batch_len = |n: usize| n > 256 * 1024 && n < 257 * 1024;
+    let [a, b] = fetch([0, 0], 300 * 1024, [1 << 20, 1 << 20]);
+    assert!(batch_len(a) && b == 0, "300k for both: {a} + {b}");
+    assert!(a + b <= 300 * 1024);
+    // Smaller than one batch: still the first partition's batch, nothing more.
+    let [a, b] = fetch([0, 0], 100 * 1024, [1 << 20, 1 << 20]);
+    assert!(batch_len(a) && b == 0, "100k for both: {a} + {b}");
+    // Room in the response but not in the second partition's own limit.
+    let [a, b] = fetch([0, 0], 1 << 20, [1 << 20, 100 * 1024]);
+    assert!(batch_len(a) && b == 0, "100k for the second: {a} + {b}");
+    // The first partition with records need not be the first asked for.
+    let [a, b] = fetch([1, 0], 100 * 1024, [1 << 20, 100 * 1024]);
+    assert!(
+        a == 0 && batch_len(b),
+        "nothing new in the first: {a} + {b}"
+    );
+    // Room for both.
+    let [a, b] = fetch([0, 0], 1 << 20, [1 << 20, 1 << 20]);
+    assert!(batch_len(a) && batch_len(b), "1m for both: {a} + {b}");
+}

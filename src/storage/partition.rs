@@ -919,6 +919,21 @@ impl Partition {
     /// # Errors
     /// `Ok(None)` when `offset` is out of range; I/O errors naming the file.
     pub fn read(&self, offset: i64, max_bytes: u64) -> Result<Option<ReadResult>> {
+        self.read_within(offset, max_bytes, true)
+    }
+
+    /// [`Partition::read`], returning a first batch larger than `max_bytes` only
+    /// when `min_one_batch` (Kafka's KIP-74: only the first partition with data
+    /// in a Fetch response may exceed the limits); otherwise no records at all.
+    ///
+    /// # Errors
+    /// As [`Partition::read`].
+    pub fn read_within(
+        &self,
+        offset: i64,
+        max_bytes: u64,
+        min_one_batch: bool,
+    ) -> Result<Option<ReadResult>> {
         let hw = self.high_watermark();
         let (plans, start) = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -940,7 +955,7 @@ impl Partition {
                     let Some((position, len)) = seg.read_range(from, hw, left.max(1)) else {
                         break;
                     };
-                    if !plans.is_empty() && len > left {
+                    if len > left && (!plans.is_empty() || !min_one_batch) {
                         break;
                     }
                     plans.push(ReadPlan {
@@ -1488,6 +1503,17 @@ pub(crate) mod tests {
         }
         assert!(p.read(5, 100).unwrap().unwrap().records.is_empty());
         assert!(p.read(6, 100).unwrap().is_none());
+        // Without min-one-batch a batch larger than the limit is not returned;
+        // within it, whole batches are, across segments.
+        assert!(p
+            .read_within(0, 2999, false)
+            .unwrap()
+            .unwrap()
+            .records
+            .is_empty());
+        let one = p.read(0, 1).unwrap().unwrap().records.len() as u64;
+        let r = p.read_within(0, 2 * one + 1, false).unwrap().unwrap();
+        assert_eq!(r.records.len() as u64, 2 * one);
         drop(p);
         let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
         assert_eq!(p.log_end_offset(), 5);

@@ -20,6 +20,11 @@ struct Want {
 }
 
 /// One pass over the requested partitions: (response topics, bytes returned, any error).
+/// As in Kafka (KIP-74), the response holds at most `max_bytes` of records and
+/// each partition at most its `partition_max_bytes`, except that the first
+/// partition with records gets its first batch whole however large it is, so
+/// that consumers always progress; later partitions get only what fits in the
+/// bytes left.
 fn read_all(
     storage: &TopicManager,
     wants: &[Want],
@@ -57,7 +62,7 @@ fn read_all(
                     let read = if budget == 0 {
                         p.positions(offset)
                     } else {
-                        p.read(offset, budget as u64)
+                        p.read_within(offset, budget as u64, total == 0)
                     };
                     match read {
                         Ok(Some(r)) => {
