@@ -2129,3 +2129,55 @@ fn fetch_returns_an_oversized_batch_only_for_the_first_partition_with_data() {
     let [a, b] = fetch([0, 0], 1 << 20, [1 << 20, 1 << 20]);
     assert!(batch_len(a) && batch_len(b), "1m for both: {a} + {b}");
 }
+
+/// A Produce with acks=0 gets no answer, so a partition that fails closes the
+/// connection, as in Kafka: the client reconnects and refreshes its metadata.
+/// Requests after it on that connection are not served; other connections are.
+#[test]
+fn a_failed_acks_0_produce_closes_the_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "quiet", true), 0);
+    let quiet = |partition: i32, records: Bytes| {
+        let mut p = produce("quiet", partition, records);
+        p.acks = 0;
+        request_frame(ApiKey::Produce, 7, 5, &p)
+    };
+    let mut magic_1 = batch(&["bad"]).to_vec();
+    magic_1[16] = 1;
+    for (what, frame) in [
+        ("an unknown partition", quiet(99, batch(&["lost"]))),
+        ("an invalid batch", quiet(0, Bytes::from(magic_1))),
+    ] {
+        let mut c = connect(&broker.addr);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The good produce before it is applied and unanswered; the Metadata
+        // after it is never answered.
+        let mut frames = quiet(0, batch(&["kept"]));
+        frames.extend(frame);
+        frames.extend(request_frame(
+            ApiKey::Metadata,
+            9,
+            6,
+            &MetadataRequest::default().with_topics(Some(vec![])),
+        ));
+        c.write_all(&frames).unwrap();
+        assert!(closed(&mut c), "{what}: the connection is closed");
+    }
+    // A failure known only once the write is tried (an idempotent producer's
+    // sequence gap, found by the submit thread) closes it too.
+    let (_, pid, _) = init_producer_id(&mut s, 4, None);
+    let first = idempotent_batch(&["seq"], pid, 0, 0).to_vec();
+    assert_eq!(produce_at(&mut s, 7, "quiet", first).0, 0);
+    let mut c = connect(&broker.addr);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&quiet(0, idempotent_batch(&["gap"], pid, 0, 5)))
+        .unwrap();
+    assert!(closed(&mut c), "a sequence gap: the connection is closed");
+    // The good produces went in; other connections are served.
+    assert_eq!(
+        produce_at(&mut s, 7, "quiet", batch(&["after"]).to_vec()),
+        (0, 3, String::new(), vec![])
+    );
+}

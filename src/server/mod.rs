@@ -89,8 +89,16 @@ pub mod codes {
     pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 }
 
-/// A response still being computed; `None` means "send nothing" (Produce with acks=0).
+/// A response still being computed; `None` means "send nothing" (Produce with
+/// acks=0), and [`close_connection`] "send nothing and close the connection".
 type Pending = Pin<Box<dyn std::future::Future<Output = Option<BytesMut>> + Send>>;
+
+/// What a [`Pending`] resolves to when the connection must close instead of
+/// answering (a Produce with acks=0 that failed, as in Kafka): an empty frame,
+/// which no response is (each has at least its length and correlation id).
+pub(crate) fn close_connection() -> Option<BytesMut> {
+    Some(BytesMut::new())
+}
 
 /// What every handler can reach.
 pub(crate) struct Ctx {
@@ -655,11 +663,15 @@ where
                 progress.computing();
                 let frame = p.await;
                 progress.writing();
-                if let Some(frame) = frame {
+                let close = frame.as_ref().is_some_and(BytesMut::is_empty);
+                if let Some(frame) = frame.filter(|f| !f.is_empty()) {
                     wr.write_all(&frame).await?;
                 }
                 progress.waiting();
                 released.release(len);
+                if close {
+                    break;
+                }
             }
             wr.shutdown().await
         }
@@ -692,6 +704,9 @@ where
         let frame = tokio::select! {
             biased;
             _ = stop.changed() => break 'conn Ok(()),
+            // The writer ended early (a write failed, or a response closes the
+            // connection): read no more.
+            () = tx.closed() => break 'conn Ok(()),
             f = read_frame(&mut rd, limit, &in_flight) => f,
             () = activity.idle(idle) => {
                 idle_closed();
@@ -962,16 +977,14 @@ async fn dispatch(
                     let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
                     (Box::pin(async move { resp }), close)
                 }
-                RequestKind::ApiVersions(_) => {
-                    (handlers::handle(ctx, header, request, peer).await, false)
-                }
+                RequestKind::ApiVersions(_) => handlers::handle(ctx, header, request, peer).await,
                 _ if unauthenticated.is_some() => {
                     return Err(format!(
                         "{} before SASL authentication",
                         api.map_or_else(|| "request".to_string(), |a| format!("{a:?}"))
                     ));
                 }
-                request => (handlers::handle(ctx, header, request, peer).await, false),
+                request => handlers::handle(ctx, header, request, peer).await,
             };
             let ctx = Arc::clone(ctx);
             Ok((

@@ -36,13 +36,15 @@ pub(crate) fn api_versions_body(error: i16) -> ApiVersionsResponse {
         .with_api_keys(keys)
 }
 
-/// Starts handling one decoded request from the client at `peer`.
+/// Starts handling one decoded request from the client at `peer`: the response,
+/// and whether the connection closes after it (a Produce with acks=0 that
+/// failed).
 pub(crate) async fn handle(
     ctx: &Arc<Ctx>,
     header: RequestHeader,
     request: RequestKind,
     peer: SocketAddr,
-) -> Pending {
+) -> (Pending, bool) {
     let version = header.request_api_version;
     let cid = header.correlation_id;
     let client_id = header
@@ -51,8 +53,8 @@ pub(crate) async fn handle(
         .map(|s| s.to_string())
         .unwrap_or_default();
     let ctx = Arc::clone(ctx);
-    match request {
-        RequestKind::Produce(req) => produce::handle(&ctx, req, version, cid).await,
+    let pending: Pending = match request {
+        RequestKind::Produce(req) => return produce::handle(&ctx, req, version, cid).await,
         RequestKind::ApiVersions(_) => {
             let resp = encode_response(
                 ApiKey::ApiVersions,
@@ -268,5 +270,6 @@ pub(crate) async fn handle(
             tracing::warn!(request = ?std::mem::discriminant(&other), "unsupported request after decode");
             Box::pin(async { None })
         }
-    }
+    };
+    (pending, false)
 }

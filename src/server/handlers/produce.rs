@@ -1,5 +1,6 @@
 //! Produce: validate, submit to the WAL-first pipeline in request order, answer once
-//! every partition is durable per the sync mode (nothing at all for acks=0).
+//! every partition is durable per the sync mode (nothing at all for acks=0, unless
+//! a partition failed: then the connection closes).
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +17,7 @@ use kafka_protocol::{
 use tokio::sync::oneshot;
 
 use crate::{
-    server::{codes, encode_response, Ctx, Pending},
+    server::{close_connection, codes, encode_response, Ctx, Pending},
     storage::{
         batch::{BatchError, RecordFault},
         ProduceError,
@@ -98,7 +99,18 @@ pub(crate) async fn init_producer_id(
 
 type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
 
-pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, cid: i32) -> Pending {
+/// Submits every partition's records in request order and returns the response
+/// to come, and whether the connection closes after it. With acks=0 there is no
+/// response; as in Kafka, a partition that fails closes the connection instead,
+/// so that the client notices, reconnects and refreshes its metadata: at once
+/// when the failure is known before the write (no further request is read),
+/// otherwise once the write fails.
+pub(crate) async fn handle(
+    ctx: &Arc<Ctx>,
+    req: ProduceRequest,
+    version: i16,
+    cid: i32,
+) -> (Pending, bool) {
     let timeout = Duration::from_millis(
         u64::try_from(req.timeout_ms)
             .unwrap_or(0)
@@ -131,8 +143,19 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
         }
         submitted.push((topic.name, parts));
     }
+    let failed_now = submitted
+        .iter()
+        .any(|(_, parts)| parts.iter().any(|(_, o)| o.is_err()));
+    let close_now = acks == 0 && failed_now;
+    if close_now {
+        tracing::info!(
+            correlation_id = cid,
+            "closing the connection: a produce with acks=0 failed"
+        );
+    }
     let storage = ctx.storage.clone();
-    Box::pin(async move {
+    let pending: Pending = Box::pin(async move {
+        let mut failed = false;
         let mut responses = Vec::with_capacity(submitted.len());
         for (name, parts) in submitted {
             let mut out = Vec::with_capacity(parts.len());
@@ -148,6 +171,7 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
                     .with_index(index)
                     .with_log_append_time_ms(-1)
                     .with_log_start_offset(if version >= 5 { log_start } else { -1 });
+                failed |= result.is_err();
                 out.push(match result {
                     Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
                     Err(e) => {
@@ -185,7 +209,13 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
             );
         }
         if acks == 0 {
-            return None;
+            if failed && !close_now {
+                tracing::info!(
+                    correlation_id = cid,
+                    "closing the connection: a produce with acks=0 failed"
+                );
+            }
+            return if failed { close_connection() } else { None };
         }
         encode_response(
             ApiKey::Produce,
@@ -193,5 +223,6 @@ pub(crate) async fn handle(ctx: &Arc<Ctx>, req: ProduceRequest, version: i16, ci
             cid,
             &ProduceResponse::default().with_responses(responses),
         )
-    })
+    });
+    (pending, close_now)
 }
