@@ -760,30 +760,17 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
 #[cfg(unix)]
 #[test]
 fn a_closed_wal_can_be_reopened_while_a_forked_child_still_holds_its_files() {
-    use std::io::{Read, Write};
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::io::{pipe, Read, Write};
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    /// A pipe whose ends close at exec (a forked child holds them until then).
-    fn pipe() -> (std::fs::File, std::fs::File) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 writes two new descriptors into `fds`.
-        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
-        // SAFETY: both descriptors are new and owned by nothing else.
-        unsafe {
-            (
-                std::fs::File::from_raw_fd(fds[0]),
-                std::fs::File::from_raw_fd(fds[1]),
-            )
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(streamline::wal::BackendKind::Std, SyncMode::Interval);
     let (wal, _) = open(dir.path(), cfg.clone());
     // The child tells the parent it has forked, then waits for the parent's word
-    // before it execs (and its copies of the descriptors close).
-    let (mut forked_r, forked_w) = pipe();
-    let (go_r, mut go_w) = pipe();
+    // before it execs (and its copies of the descriptors, all close-on-exec as
+    // every descriptor std makes, close).
+    let (mut forked_r, forked_w) = pipe().unwrap();
+    let (go_r, mut go_w) = pipe().unwrap();
     let (fw, gr, gw) = (forked_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
     let mut cmd = std::process::Command::new("true");
     // SAFETY: the closure runs in the forked child before exec and calls only
