@@ -1593,6 +1593,15 @@ mod tests {
     use super::*;
     use crate::{storage::batch::tests::make_batch, wal::SyncMode};
 
+    /// The runtime the pipeline tests produce on: two workers, like the broker's.
+    fn two_worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn config(dir: &Path) -> Config {
         let mut c = Config::default();
         c.storage.data_dir = dir.to_path_buf();
@@ -1658,11 +1667,7 @@ mod tests {
     fn a_topic_recreated_while_its_delete_runs_keeps_its_files() {
         use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_worker_runtime();
         let c = config(tmp.path());
         let m = TopicManager::new(c.clone()).unwrap();
         m.create_topic("t", 1).unwrap();
@@ -1699,11 +1704,7 @@ mod tests {
     fn a_deleted_topics_partition_leaves_the_new_topics_files_alone() {
         use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_worker_runtime();
         let c = config(tmp.path());
         let m = TopicManager::new(c.clone()).unwrap();
         m.create_topic("t", 1).unwrap();
@@ -1740,11 +1741,7 @@ mod tests {
     fn a_failed_segment_sync_stops_checkpoints_until_a_restart() {
         use crate::storage::producers::pipeline_tests::produce;
         let fs = crate::file_at::FailingFs::mount();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_worker_runtime();
         let mut c = config(&fs.path().join("data"));
         c.storage.checkpoint_interval_ms = 3_600_000; // only those made here
         let m = TopicManager::new(c.clone()).unwrap();
@@ -1804,11 +1801,7 @@ mod tests {
     fn a_delete_syncs_the_topics_segments_before_its_checkpoint() {
         use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_worker_runtime();
         let mut c = config(tmp.path());
         c.storage.checkpoint_interval_ms = 3_600_000; // only those made here
         let m = TopicManager::new(c).unwrap();
@@ -2126,11 +2119,7 @@ mod tests {
     #[test]
     fn produce_pipeline_assigns_offsets_and_survives_reopen() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_worker_runtime();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         m.create_topic("orders", 2).unwrap();
         let bases = rt.block_on(async {
@@ -2201,11 +2190,7 @@ mod tests {
             env("STORAGE_FAILURE_SEEDS", 4),
             env("STORAGE_FAILURE_FIRST_SEED", 1),
         );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_worker_runtime();
         let mut failures = Vec::new();
         for backend in [BackendKind::Std, BackendKind::Uring] {
             for seed in first_seed..first_seed + seeds {
