@@ -5,7 +5,8 @@
 # tests/clients/node/node_modules, at the version package-lock.json pins); and
 # prometheus-client from PyPI, whose parser checks the broker's /metrics page;
 # fincore, which counts a file's cached pages; and libfuse3 with mfusepy, for the
-# FUSE file system whose writes fail on demand (tests/failfs/failfs.py).
+# FUSE file systems whose writes fail on demand (tests/failfs/failfs.py) or sit
+# in a volatile cache until a flush (tests/failfs/cachefs.py).
 # Idempotent and quick when all are present; runs unattended (CI=true, no
 # stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -52,7 +53,7 @@ if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafk
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi
-# The write-back failure tests mount tests/failfs/failfs.py: libfuse3 (Debian's
+# The write-back failure and power-cut tests mount tests/failfs/: libfuse3 (Debian's
 # fuse3 package pulls the right one), mfusepy (pinned) and /dev/fuse.
 if ! ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so'; then
     echo "install-test-deps: installing libfuse3 (apt)" >&2

@@ -3,7 +3,7 @@
 # the broker tests drive; mkfs.ext4 for the full-disk test), then builds and runs
 # every suite. WAL suites run on both backends (std and io_uring) inside each test;
 # the simulated-disk suites need the `sim` feature, so the whole run uses it.
-# tests/full_disk.rs needs root and loop devices.
+# tests/full_disk.rs and the power-cut tests need root, loop devices and FUSE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}

@@ -25,14 +25,14 @@ import sys
 
 import mfusepy as fuse
 
+from passthrough import Passthrough
+
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 
 
-class FailFS(fuse.Operations):
-    use_ns = True
-
+class FailFS(Passthrough):
     def __init__(self, root, flag, write_back):
-        self.root = root
+        super().__init__(root)
         self.flag = flag
         self.write_back = write_back
 
@@ -43,45 +43,8 @@ class FailFS(fuse.Operations):
             sys.exit("failfs: the kernel offers no write-back cache")
         conn.want |= FUSE_CAP_WRITEBACK_CACHE
 
-    def _p(self, path):
-        return os.path.join(self.root, path.lstrip("/"))
-
-    def getattr(self, path, fh=None):
-        try:
-            st = os.lstat(self._p(path))
-        except FileNotFoundError:
-            raise fuse.FuseOSError(errno.ENOENT)
-        keys = ("st_atime_ns", "st_ctime_ns", "st_mtime_ns", "st_gid", "st_mode", "st_nlink", "st_size", "st_uid")
-        out = {k: getattr(st, k) for k in keys}
-        for k in ("st_atime", "st_ctime", "st_mtime"):
-            out[k] = out.pop(k + "_ns")
-        return out
-
-    def readdir(self, path, fh):
-        return [".", ".."] + os.listdir(self._p(path))
-
     def statfs(self, path):
-        st = os.statvfs(self._p(path))
-        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")
-        return {k: getattr(st, k) for k in keys}
-
-    def mkdir(self, path, mode):
-        os.mkdir(self._p(path), mode)
-
-    def rmdir(self, path):
-        os.rmdir(self._p(path))
-
-    def unlink(self, path):
-        os.unlink(self._p(path))
-
-    def rename(self, old, new):
-        os.rename(self._p(old), self._p(new))
-
-    def create(self, path, mode, fi=None):
-        return os.open(self._p(path), os.O_RDWR | os.O_CREAT, mode)
-
-    def open(self, path, flags):
-        return os.open(self._p(path), os.O_RDWR)
+        return self._statfs(path)
 
     def _fail_if(self, flag):
         try:
@@ -101,24 +64,8 @@ class FailFS(fuse.Operations):
     def truncate(self, path, length, fh=None):
         os.truncate(self._p(path), length)
 
-    def utimens(self, path, times=None):
-        return 0
-
-    def chmod(self, path, mode):
-        return 0
-
-    def chown(self, path, uid, gid):
-        return 0
-
     def fsync(self, path, datasync, fh):
         os.fsync(fh)
-        return 0
-
-    def flush(self, path, fh):
-        return 0
-
-    def release(self, path, fh):
-        os.close(fh)
         return 0
 
 
