@@ -41,6 +41,7 @@ use broker_support::{
 // Kafka error codes.
 const NONE: i16 = 0;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const INVALID_GROUP_ID: i16 = 24;
@@ -2467,4 +2468,68 @@ fn refused_joins_leave_no_group_and_empty_groups_without_offsets_are_forgotten()
     let mut again = Member::new(&broker.addr, "left", JOIN_GROUP.1, &[("range", "x")]);
     let j = again.join();
     assert_eq!((j.error_code, j.generation_id), (NONE, 1));
+}
+
+/// Kafka's `offset.metadata.max.bytes`: a commit whose metadata is longer than
+/// the limit (in UTF-16 units, as Java counts) is refused for its partition
+/// alone with OFFSET_METADATA_TOO_LARGE; the other partitions of the request
+/// are stored, and the refused one keeps its previous offset.
+#[test]
+fn offset_commit_refuses_metadata_over_the_limit_for_its_partition_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--offset-metadata-max-bytes",
+            "8",
+            "--default-partitions",
+            "3",
+        ],
+    );
+    let mut c = Conn::new(&broker.addr);
+    assert_eq!(c.create_topic("meta"), 3);
+    let v = OFFSET_COMMIT.1;
+    assert_eq!(
+        c.commit(v, "g", -1, "", &[("meta", 0, 1, -1, "old")]),
+        vec![("meta".into(), 0, NONE)]
+    );
+    // 8 units: accepted. 9: refused. "é" is one UTF-16 unit (two bytes of
+    // UTF-8), "𝄞" two: 8 and 10 units.
+    let r = c.commit(
+        v,
+        "g",
+        -1,
+        "",
+        &[
+            ("meta", 0, 5, -1, "123456789"),
+            ("meta", 1, 6, -1, "12345678"),
+            ("meta", 2, 7, -1, "éééééééé"),
+        ],
+    );
+    assert_eq!(
+        r,
+        vec![
+            ("meta".into(), 0, OFFSET_METADATA_TOO_LARGE),
+            ("meta".into(), 1, NONE),
+            ("meta".into(), 2, NONE),
+        ]
+    );
+    assert_eq!(
+        c.commit(v, "g", -1, "", &[("meta", 2, 9, -1, "𝄞𝄞𝄞𝄞𝄞")]),
+        vec![("meta".into(), 2, OFFSET_METADATA_TOO_LARGE)]
+    );
+    let got = c.fetch(OFFSET_FETCH.1, "g", Some(&[("meta", &[0, 1, 2])]));
+    let got: Vec<(i32, i64, String)> = got
+        .into_iter()
+        .map(|(_, p, o, _, m, _)| (p, o, m))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 1, "old".into()),
+            (1, 6, "12345678".into()),
+            (2, 7, "éééééééé".into()),
+        ],
+        "the refused commits changed nothing"
+    );
 }

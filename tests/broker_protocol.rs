@@ -1094,6 +1094,10 @@ fn describe_configs_answers_for_topics_and_this_broker() {
         assert_eq!(r.results[1].configs.len(), 1, "only the keys asked for");
         assert_eq!(value(3, "log.retention.ms"), Some(("3600000".into(), 4)));
         assert_eq!(value(3, "num.partitions"), Some(("1".into(), 5)));
+        assert_eq!(
+            value(3, "offset.metadata.max.bytes"),
+            Some(("4096".into(), 5))
+        );
         assert!(r.results[3].configs.iter().all(|c| c.read_only));
     }
 }
@@ -2128,6 +2132,17 @@ fn fetch_returns_an_oversized_batch_only_for_the_first_partition_with_data() {
     // Room for both.
     let [a, b] = fetch([0, 0], 1 << 20, [1 << 20, 1 << 20]);
     assert!(batch_len(a) && batch_len(b), "1m for both: {a} + {b}");
+    // Limits of 0 (Kafka's minOneMessage): the first partition with records
+    // still gets its first batch, the others nothing.
+    let [a, b] = fetch([0, 0], 1 << 20, [0, 0]);
+    assert!(batch_len(a) && b == 0, "0 for each partition: {a} + {b}");
+    let [a, b] = fetch([0, 0], 0, [1 << 20, 1 << 20]);
+    assert!(batch_len(a) && b == 0, "0 for the response: {a} + {b}");
+    let [a, b] = fetch([1, 0], 0, [0, 0]);
+    assert!(
+        a == 0 && batch_len(b),
+        "0 everywhere, nothing new in the first: {a} + {b}"
+    );
 }
 
 /// A Produce with acks=0 gets no answer, so a partition that fails closes the

@@ -130,6 +130,11 @@ pub struct GroupConfig {
     /// How often expired offsets are looked for (Kafka's
     /// `offsets.retention.check.interval.ms`). Default: 600000.
     pub offsets_retention_check_interval_ms: u64,
+    /// Longest metadata string an OffsetCommit may store with an offset, in
+    /// UTF-16 units as in Kafka; a longer one is refused for its partition with
+    /// OFFSET_METADATA_TOO_LARGE (Kafka's `offset.metadata.max.bytes`).
+    /// Default: 4096.
+    pub offset_metadata_max_bytes: usize,
 }
 
 /// The WAL switch plus the engine's configuration.
@@ -190,6 +195,7 @@ impl Default for GroupConfig {
             max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4096,
         }
     }
 }
@@ -720,6 +726,17 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub offsets_retention_check_interval_ms: u64,
+
+    /// Longest metadata string an OffsetCommit may store with an offset; a longer
+    /// one is refused for its partition (OFFSET_METADATA_TOO_LARGE).
+    #[arg(
+        long,
+        env = "STREAMLINE_OFFSET_METADATA_MAX_BYTES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64),
+        value_name = "BYTES"
+    )]
+    pub offset_metadata_max_bytes: u32,
 }
 
 impl Cli {
@@ -800,6 +817,8 @@ impl Cli {
                 max_session_timeout_ms: self.group_max_session_timeout_ms,
                 offsets_retention_minutes: self.offsets_retention_minutes,
                 offsets_retention_check_interval_ms: self.offsets_retention_check_interval_ms,
+                offset_metadata_max_bytes: usize::try_from(self.offset_metadata_max_bytes)
+                    .unwrap_or(usize::MAX),
             },
         }
     }
@@ -913,6 +932,19 @@ mod tests {
             (10_080, 600_000)
         );
         assert_eq!(c.storage.roll_ms, 604_800_000);
+        assert_eq!(c.groups.offset_metadata_max_bytes, 4096);
+        assert_eq!(
+            parse(&["--offset-metadata-max-bytes", "0"])
+                .unwrap()
+                .groups
+                .offset_metadata_max_bytes,
+            0
+        );
+        // Kafka's offset.metadata.max.bytes is an INT.
+        let e = parse(&["--offset-metadata-max-bytes", "2147483648"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--offset-metadata-max-bytes"), "{e}");
         assert_eq!(
             parse(&["--log-roll-ms", "60000"]).unwrap().storage.roll_ms,
             60_000

@@ -252,6 +252,12 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             INT,
         ),
         setting(
+            "offset.metadata.max.bytes",
+            g.offset_metadata_max_bytes,
+            dg.offset_metadata_max_bytes,
+            INT,
+        ),
+        setting(
             "socket.request.max.bytes",
             v.max_request_bytes,
             dv.max_request_bytes,

@@ -22,9 +22,9 @@ struct Want {
 /// One pass over the requested partitions: (response topics, bytes returned, any error).
 /// As in Kafka (KIP-74), the response holds at most `max_bytes` of records and
 /// each partition at most its `partition_max_bytes`, except that the first
-/// partition with records gets its first batch whole however large it is, so
-/// that consumers always progress; later partitions get only what fits in the
-/// bytes left.
+/// partition with records gets its first batch whole however large it is (even
+/// when a limit is 0), so that consumers always progress; later partitions get
+/// only what fits in the bytes left.
 fn read_all(
     storage: &TopicManager,
     wants: &[Want],
@@ -58,11 +58,13 @@ fn read_all(
                         .with_records(Some(Bytes::new()))
                 }
                 Some(p) => {
+                    // Kafka's minOneMessage: no records in the response yet.
+                    let first = total == 0;
                     // Budget spent on earlier partitions: report positions only.
-                    let read = if budget == 0 {
+                    let read = if budget == 0 && !first {
                         p.positions(offset)
                     } else {
-                        p.read_within(offset, budget as u64, total == 0)
+                        p.read_within(offset, budget as u64, first)
                     };
                     match read {
                         Ok(Some(r)) => {
@@ -120,12 +122,9 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
             .collect(),
     );
     // The client's limit, capped by the broker's (Kafka: min(maxBytes, fetch.max.bytes)).
+    // A limit of 0 still gets the first batch (see read_all).
     let cap = i64::try_from(ctx.storage.config().server.fetch_max_bytes).unwrap_or(i64::MAX);
-    let max_bytes = if req.max_bytes <= 0 {
-        cap
-    } else {
-        i64::from(req.max_bytes).min(cap)
-    };
+    let max_bytes = i64::from(req.max_bytes.max(0)).min(cap);
     let min_bytes = i64::from(req.min_bytes.max(0));
     let deadline = Instant::now()
         + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));

@@ -214,6 +214,7 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
     let gate = ctx
         .groups
         .check_commit(&group, req.generation_id_or_member_epoch, &req.member_id);
+    let metadata_max = ctx.storage.config().groups.offset_metadata_max_bytes;
     let mut commits = Vec::new();
     let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
     for t in &req.topics {
@@ -227,6 +228,13 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
                 .is_none()
             {
                 codes::UNKNOWN_TOPIC_OR_PARTITION
+            } else if p
+                .committed_metadata
+                .as_ref()
+                // Kafka compares Java's String.length(): UTF-16 units.
+                .is_some_and(|m| m.encode_utf16().count() > metadata_max)
+            {
+                codes::OFFSET_METADATA_TOO_LARGE
             } else {
                 commits.push(Committed {
                     topic: t.name.0.to_string(),
