@@ -316,6 +316,16 @@ pub struct Produced {
     pub first_keyless: Option<i32>,
 }
 
+/// Whether [`validate_produce`] of `buf` may take long enough that an async
+/// runtime's worker should not run it in place: a compressed batch (a few KiB
+/// may decompress to [`MAX_DECOMPRESSED`] bytes) or a large one.
+pub fn validation_may_block(buf: &[u8]) -> bool {
+    buf.len() > 64 * 1024
+        || buf
+            .get(ATTRIBUTES_OFFSET + 1)
+            .is_some_and(|a| a & 0x07 != 0)
+}
+
 /// Validates the records produced to one partition, as Kafka's `LogValidator`
 /// does: exactly one whole batch (RecordBatch v2) and nothing after it; its CRC
 /// and codec; a record count of at least one equal to `lastOffsetDelta + 1`; a

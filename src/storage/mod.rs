@@ -1272,7 +1272,18 @@ impl TopicManager {
             .ok()
             .and_then(|i| t.partitions.get(i).cloned())
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
-        let produced = batch::validate_produce(records).map_err(ProduceError::InvalidBatch)?;
+        // Decompressing or walking a large batch on a runtime worker would stall
+        // every connection that worker serves: the multi-threaded runtime (the
+        // server's) hands the worker's other tasks to another thread meanwhile.
+        let may_block = batch::validation_may_block(records)
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+        let produced = if may_block {
+            tokio::task::block_in_place(|| batch::validate_produce(records))
+        } else {
+            batch::validate_produce(records)
+        }
+        .map_err(ProduceError::InvalidBatch)?;
         let infos = vec![produced.info];
         if let Some(max) = t.configs.max_message_bytes() {
             if let Some(b) = infos.iter().find(|i| i.len as u64 > max) {
@@ -2114,6 +2125,56 @@ mod tests {
         m.shutdown().unwrap();
         drop(m);
         TopicManager::new(c).unwrap().shutdown().unwrap();
+    }
+
+    /// Validating a compressed batch (a few KiB may decompress to 128 MiB) does
+    /// not hold the runtime worker the produce arrived on: on a one-worker
+    /// runtime, a task ticking every millisecond keeps ticking while a submit
+    /// decompresses 32 MiB.
+    #[test]
+    fn validating_a_compressed_batch_leaves_the_runtime_worker_free() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let zeros = vec![0u8; 32 << 20];
+        let b = crate::storage::batch::tests::compress_batch(&make_batch(0, &[&zeros]), 1);
+        assert!(b.len() < 256 << 10, "{} bytes compressed", b.len());
+        let ticks = Arc::new(AtomicU64::new(0));
+        let t = Arc::clone(&ticks);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let m2 = m.clone();
+        let (during, base) = rt.block_on(async move {
+            // Submitted from a task, as the server does: block_on's own future
+            // does not run on the worker.
+            tokio::spawn(async move {
+                while ticks.load(Ordering::Relaxed) == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let before = ticks.load(Ordering::Relaxed);
+                let rx = m2.submit("t", 0, &b, Duration::from_secs(30)).await;
+                let during = ticks.load(Ordering::Relaxed) - before;
+                (during, rx.unwrap().await.unwrap())
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(base, Ok(0));
+        assert!(
+            during > 0,
+            "the ticker stood still while the batch was validated"
+        );
+        drop(rt);
+        m.shutdown().unwrap();
     }
 
     #[test]
