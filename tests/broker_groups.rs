@@ -46,6 +46,7 @@ const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const INVALID_GROUP_ID: i16 = 24;
 const UNKNOWN_MEMBER_ID: i16 = 25;
+const FENCED_INSTANCE_ID: i16 = 82;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const INVALID_REQUEST: i16 = 42;
@@ -509,8 +510,16 @@ impl Member {
 
     fn heartbeat(&mut self) -> i16 {
         let v = self.heartbeat_version();
+        let mut req = HeartbeatRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_generation_id(self.generation)
+            .with_member_id(s(&self.id));
+        if v >= 3 {
+            req.group_instance_id = self.instance.as_deref().map(s);
+        }
         self.conn
-            .heartbeat(v, &self.group, self.generation, &self.id)
+            .call::<_, HeartbeatResponse>(ApiKey::Heartbeat, v, &req)
+            .error_code
     }
 
     /// Heartbeats every 20 ms until the broker answers `want`; fails after
@@ -1092,6 +1101,62 @@ fn static_member_joins_directly_and_is_listed_with_its_instance_id() {
     let a_id = a.id.clone();
     assert_eq!(a.sync(&[(&a_id, "A")]), (NONE, "A".to_string()));
     assert_eq!(a.heartbeat(), NONE);
+}
+
+/// KIP-345 on the wire: a static member's consumer restarts (a new
+/// connection, no member id, the same group instance id) and takes over its
+/// membership at once, without a rebalance: the other member's heartbeats stay
+/// NONE, the new member syncs to the old assignment, and the old member id is
+/// fenced on Heartbeat and SyncGroup. LeaveGroup v3 removes the static member
+/// by its instance id alone.
+#[test]
+fn a_restarted_static_member_takes_over_its_membership_without_a_rebalance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let v = JOIN_GROUP.1;
+    let mut a = Member::unjoined(&broker.addr, "restart", v, &[("range", "a")]);
+    a.instance = Some("instance-a".into());
+    assert_eq!(a.join().generation_id, 1);
+    let a_id = a.id.clone();
+    assert_eq!(a.sync(&[(&a_id, "A")]), (NONE, "A".to_string()));
+    let mut b = Member::new(&broker.addr, "restart", v, &[("range", "b")]);
+    let cb = b.send_join();
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    let ca = a.send_join();
+    let (ja, jb) = (a.recv_join(ca), b.recv_join(cb));
+    assert_eq!((ja.generation_id, jb.generation_id), (2, 2));
+    assert_eq!(ja.leader.as_str(), a_id, "the static member still leads");
+    let b_id = b.id.clone();
+    let cb = b.send_sync(&[]);
+    assert_eq!(
+        a.sync(&[(&a_id, "A"), (&b_id, "B")]),
+        (NONE, "A".to_string())
+    );
+    assert_eq!(b.recv_sync(cb), (NONE, "B".to_string()));
+
+    // The static member's process restarts.
+    let mut a2 = Member::unjoined(&broker.addr, "restart", v, &[("range", "a")]);
+    a2.instance = Some("instance-a".into());
+    let j = a2.join();
+    assert_eq!((j.error_code, j.generation_id), (NONE, 2), "no rebalance");
+    assert_ne!(a2.id, a_id, "a new member id");
+    assert_eq!(j.leader.as_str(), a_id, "the leader id from before");
+    assert!(j.members.is_empty());
+    assert_eq!(b.heartbeat(), NONE);
+    assert_eq!(a2.heartbeat(), NONE);
+    assert_eq!(a2.sync(&[]), (NONE, "A".to_string()), "its old assignment");
+    assert_eq!(a.heartbeat(), FENCED_INSTANCE_ID);
+    assert_eq!(a.sync(&[]).0, FENCED_INSTANCE_ID);
+
+    let req = LeaveGroupRequest::default()
+        .with_group_id(group_id("restart"))
+        .with_members(vec![MemberIdentity::default()
+            .with_member_id(s(""))
+            .with_group_instance_id(Some(s("instance-a")))]);
+    let r: LeaveGroupResponse = a2.conn.call(ApiKey::LeaveGroup, LEAVE_GROUP.1, &req);
+    assert_eq!(r.error_code, NONE);
+    assert_eq!(r.members[0].error_code, NONE);
+    assert_eq!(b.heartbeat(), REBALANCE_IN_PROGRESS, "b rejoins alone");
 }
 
 /// LeaveGroup v0-v2 take one member id; the group rebalances without it and is

@@ -260,15 +260,7 @@ impl Group {
             self.protocol = None;
             return;
         }
-        // The first protocol of the first member that every member supports.
-        let chosen = self.members.values().next().and_then(|first| {
-            first.protocols.iter().map(|(n, _)| n.clone()).find(|name| {
-                self.members
-                    .values()
-                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
-            })
-        });
-        let Some(protocol) = chosen else {
+        let Some(protocol) = self.select_protocol() else {
             for (id, tx) in self.pending_joins.drain(..) {
                 let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &id));
             }
@@ -317,6 +309,101 @@ impl Group {
             });
         }
         tracing::info!(generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
+    }
+
+    /// The protocol a rebalance would choose now: the first protocol of the
+    /// first member that every member supports.
+    fn select_protocol(&self) -> Option<String> {
+        self.members.values().next().and_then(|first| {
+            first.protocols.iter().map(|(n, _)| n.clone()).find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+            })
+        })
+    }
+
+    /// The member id that static member `instance` (its group instance id)
+    /// has now.
+    fn static_member(&self, instance: &str) -> Option<&String> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
+            .map(|(id, _)| id)
+    }
+
+    /// KIP-345: a request naming group instance `instance` with a member id
+    /// other than the one that instance has now comes from a member another
+    /// one replaced (FENCED_INSTANCE_ID).
+    fn fenced(&self, instance: Option<&str>, member_id: &str) -> bool {
+        instance
+            .and_then(|i| self.static_member(i))
+            .is_some_and(|id| id != member_id)
+    }
+
+    /// A static member rejoining without its member id (a restarted consumer
+    /// with the same `group.instance.id`) takes over its old membership under
+    /// a new id, as in Kafka: the old id is fenced, its pending join or sync
+    /// answered with FENCED_INSTANCE_ID, and its assignment kept. A `Stable`
+    /// group whose protocol choice stays the same does not rebalance: the
+    /// member gets the current generation at once, with the leader id from
+    /// before the replacement (so a rejoining leader does not assign again; its
+    /// SyncGroup returns its assignment). Otherwise the group rebalances.
+    fn replace_static_member(
+        &mut self,
+        old: &str,
+        new: String,
+        req: JoinRequest,
+        tx: oneshot::Sender<JoinResult>,
+        now: Instant,
+    ) {
+        let Some(mut m) = self.members.remove(old) else {
+            return;
+        };
+        for (id, t) in std::mem::take(&mut self.pending_joins) {
+            if id == old {
+                let _ = t.send(JoinResult::error(codes::FENCED_INSTANCE_ID, old));
+            } else {
+                self.pending_joins.push((id, t));
+            }
+        }
+        for (id, t) in std::mem::take(&mut self.pending_syncs) {
+            if id == old {
+                let _ = t.send((codes::FENCED_INSTANCE_ID, Bytes::new()));
+            } else {
+                self.pending_syncs.push((id, t));
+            }
+        }
+        let leader_before = self.leader.clone().unwrap_or_default();
+        if self.leader.as_deref() == Some(old) {
+            self.leader = Some(new.clone());
+        }
+        m.client_id = req.client_id;
+        m.client_host = req.client_host;
+        m.protocols = req.protocols;
+        m.session_timeout = req.session_timeout;
+        m.rebalance_timeout = req.rebalance_timeout;
+        m.last_seen = now;
+        self.members.insert(new.clone(), m);
+        tracing::info!(old_member = %old, member = %new, instance = ?self.members[&new].instance_id, "static member replaced");
+        if self.state == State::Stable && self.select_protocol() == self.protocol {
+            let _ = tx.send(JoinResult {
+                error: codes::NONE,
+                generation: self.generation,
+                protocol: self.protocol.clone(),
+                protocol_type: self.protocol_type.clone(),
+                leader: leader_before,
+                member_id: new,
+                members: Vec::new(),
+            });
+            return;
+        }
+        self.start_rebalance(now);
+        if let Some(m) = self.members.get_mut(&new) {
+            m.joined = true;
+        }
+        self.pending_joins.push((new, tx));
+        self.try_complete(false);
     }
 
     /// Whether `protocols` include one that every member other than `member_id`
@@ -447,12 +534,27 @@ impl GroupCoordinator {
             ));
             return rx;
         }
+        // A static member's current id, when it has one.
+        let current = req
+            .instance_id
+            .as_deref()
+            .and_then(|i| g.static_member(i))
+            .cloned();
+        if let Some(cur) = &current {
+            if !req.member_id.is_empty() && *cur != req.member_id {
+                let _ = tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, &req.member_id));
+                return rx;
+            }
+        }
+        // Checked against the other members: a static member replacing itself
+        // is not one of them.
+        let me = current.as_deref().unwrap_or(&req.member_id);
         if !g.members.is_empty()
             && (g
                 .protocol_type
                 .as_deref()
                 .is_some_and(|t| t != req.protocol_type)
-                || !g.supports_protocols(&req.member_id, &req.protocols))
+                || !g.supports_protocols(me, &req.protocols))
         {
             let _ = tx.send(JoinResult::error(
                 codes::INCONSISTENT_GROUP_PROTOCOL,
@@ -470,6 +572,11 @@ impl GroupCoordinator {
                 "{prefix}-{}",
                 uuid::Uuid::from_u128(crate::storage::random_id())
             );
+            if let Some(old) = current {
+                g.protocol_type = Some(req.protocol_type.clone());
+                g.replace_static_member(&old, id, req, tx, now);
+                return rx;
+            }
             if req.require_known_member_id && req.instance_id.is_none() {
                 g.pending_members
                     .insert(id.clone(), now + req.session_timeout);
@@ -533,6 +640,7 @@ impl GroupCoordinator {
         group: &str,
         generation: i32,
         member_id: &str,
+        instance: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> oneshot::Receiver<SyncResult> {
         let (tx, rx) = oneshot::channel();
@@ -549,7 +657,11 @@ impl GroupCoordinator {
             let _ = tx.send((codes::COORDINATOR_NOT_AVAILABLE, Bytes::new()));
             return rx;
         }
-        let err = g.check_member(member_id, generation);
+        let err = if g.fenced(instance, member_id) {
+            codes::FENCED_INSTANCE_ID
+        } else {
+            g.check_member(member_id, generation)
+        };
         if err != codes::NONE {
             let _ = tx.send((err, Bytes::new()));
             return rx;
@@ -591,8 +703,15 @@ impl GroupCoordinator {
         rx
     }
 
-    /// Heartbeat: keeps the member alive and tells it when to rejoin.
-    pub fn heartbeat(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+    /// Heartbeat: keeps the member alive and tells it when to rejoin. `instance`
+    /// is the member's group instance id, if static (see [`Group::fenced`]).
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> i16 {
         if group.is_empty() {
             return codes::INVALID_GROUP_ID;
         }
@@ -602,6 +721,9 @@ impl GroupCoordinator {
         };
         if g.state == State::Dead {
             return codes::COORDINATOR_NOT_AVAILABLE;
+        }
+        if g.fenced(instance, member_id) {
+            return codes::FENCED_INSTANCE_ID;
         }
         if let Some(m) = g.members.get_mut(member_id) {
             m.last_seen = Instant::now();
@@ -620,6 +742,20 @@ impl GroupCoordinator {
     /// LeaveGroup for each of `members`: an error code per member, or one error for
     /// the whole request (an empty group id, a group being deleted).
     pub fn leave(&self, group: &str, members: &[String]) -> Result<Vec<i16>, i16> {
+        let identities: Vec<(String, Option<String>)> =
+            members.iter().map(|m| (m.clone(), None)).collect();
+        self.leave_identities(group, &identities)
+    }
+
+    /// LeaveGroup v3 and later: each member by `(member id, group instance id)`.
+    /// A static member may be named by its instance id alone (an empty member
+    /// id, as Kafka's admin removal does); named with another member id than
+    /// its instance has now, it is FENCED_INSTANCE_ID.
+    pub fn leave_identities(
+        &self,
+        group: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<i16>, i16> {
         if group.is_empty() {
             return Err(codes::INVALID_GROUP_ID);
         }
@@ -633,7 +769,21 @@ impl GroupCoordinator {
         let now = Instant::now();
         let mut out = Vec::with_capacity(members.len());
         let mut removed = false;
-        for id in members {
+        for (given, instance) in members {
+            let id = match instance.as_deref() {
+                None => given,
+                Some(i) => match g.static_member(i) {
+                    None => {
+                        out.push(codes::UNKNOWN_MEMBER_ID);
+                        continue;
+                    }
+                    Some(cur) if !given.is_empty() && cur != given => {
+                        out.push(codes::FENCED_INSTANCE_ID);
+                        continue;
+                    }
+                    Some(cur) => &cur.clone(),
+                },
+            };
             if g.members.remove(id).is_some() {
                 g.pending_joins.retain(|(m, _)| m != id);
                 g.pending_syncs.retain(|(m, _)| m != id);
@@ -662,8 +812,15 @@ impl GroupCoordinator {
     /// Whether an OffsetCommit from `member_id` at `generation` is allowed: simple
     /// commits (generation -1) only while the group has no members; a member's
     /// commit at the current generation except between its JoinGroup and SyncGroup
-    /// (while the group prepares a rebalance it may still commit what it consumed).
-    pub fn check_commit(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+    /// (while the group prepares a rebalance it may still commit what it consumed),
+    /// and never from a static member's replaced id (see [`Group::fenced`]).
+    pub fn check_commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> i16 {
         let groups = self.lock();
         match groups.get(group) {
             None if generation < 0 => codes::NONE,
@@ -676,6 +833,7 @@ impl GroupCoordinator {
                     codes::ILLEGAL_GENERATION
                 }
             }
+            Some(g) if g.fenced(instance, member_id) => codes::FENCED_INSTANCE_ID,
             Some(g) => {
                 let err = g.check_member(member_id, generation);
                 if err == codes::NONE && g.state == State::CompletingRebalance {
@@ -1231,23 +1389,30 @@ mod tests {
                 "g",
                 j.generation,
                 &j.member_id,
+                None,
                 vec![(j.member_id.clone(), Bytes::from_static(b"A"))],
             )
             .try_recv()
             .unwrap();
         assert_eq!(s, (codes::NONE, Bytes::from_static(b"A")));
-        assert_eq!(c.heartbeat("g", j.generation, &j.member_id), codes::NONE);
         assert_eq!(
-            c.heartbeat("g", j.generation + 1, &j.member_id),
+            c.heartbeat("g", j.generation, &j.member_id, None),
+            codes::NONE
+        );
+        assert_eq!(
+            c.heartbeat("g", j.generation + 1, &j.member_id, None),
             codes::ILLEGAL_GENERATION
         );
-        assert_eq!(c.check_commit("g", j.generation, &j.member_id), codes::NONE);
+        assert_eq!(
+            c.check_commit("g", j.generation, &j.member_id, None),
+            codes::NONE
+        );
         assert_eq!(
             c.leave("g", std::slice::from_ref(&j.member_id)),
             Ok(vec![codes::NONE])
         );
         assert_eq!(
-            c.heartbeat("g", j.generation, &j.member_id),
+            c.heartbeat("g", j.generation, &j.member_id, None),
             codes::UNKNOWN_MEMBER_ID
         );
     }
@@ -1257,7 +1422,7 @@ mod tests {
         let c = GroupCoordinator::default();
         let a = c.join(req("")).try_recv().unwrap();
         let _ = c
-            .sync("g", a.generation, &a.member_id, vec![])
+            .sync("g", a.generation, &a.member_id, None, vec![])
             .try_recv()
             .unwrap();
         let mut b_rx = c.join(req(""));
@@ -1266,7 +1431,7 @@ mod tests {
             "waits for the first member to rejoin"
         );
         assert_eq!(
-            c.heartbeat("g", a.generation, &a.member_id),
+            c.heartbeat("g", a.generation, &a.member_id, None),
             codes::REBALANCE_IN_PROGRESS
         );
         let a2 = c.join(req(&a.member_id)).try_recv().unwrap();
@@ -1324,6 +1489,7 @@ mod tests {
                 "g",
                 a.generation,
                 &a.member_id,
+                None,
                 vec![(a.member_id.clone(), Bytes::from_static(b"A"))],
             )
             .try_recv()
@@ -1393,22 +1559,25 @@ mod tests {
         );
         let j = c.join(req("")).try_recv().unwrap();
         assert_eq!(j.error, codes::COORDINATOR_NOT_AVAILABLE);
-        assert_eq!(c.heartbeat("g", 1, "m"), codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(
+            c.heartbeat("g", 1, "m", None),
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
         assert_eq!(
             c.leave("g", &["m".to_string()]),
             Err(codes::COORDINATOR_NOT_AVAILABLE)
         );
         assert_eq!(
-            c.check_commit("g", -1, ""),
+            c.check_commit("g", -1, "", None),
             codes::COORDINATOR_NOT_AVAILABLE
         );
         assert_eq!(
-            c.sync("g", 1, "m", vec![]).try_recv().unwrap().0,
+            c.sync("g", 1, "m", None, vec![]).try_recv().unwrap().0,
             codes::COORDINATOR_NOT_AVAILABLE
         );
         c.finish_delete("g");
         assert!(c.describe("g").is_none());
-        assert_eq!(c.check_commit("g", -1, ""), codes::NONE);
+        assert_eq!(c.check_commit("g", -1, "", None), codes::NONE);
         let j = c.join(req("")).try_recv().unwrap();
         assert_eq!((j.error, j.generation), (codes::NONE, 1), "a new group");
 
@@ -1424,5 +1593,163 @@ mod tests {
         );
         c.finish_delete("offsets-only");
         assert!(c.describe("offsets-only").is_none());
+    }
+
+    /// A JoinGroup of `member` (empty: a new one) as group instance `instance`.
+    fn join_as(
+        c: &GroupCoordinator,
+        member: &str,
+        instance: Option<&str>,
+    ) -> oneshot::Receiver<JoinResult> {
+        let mut r = req(member);
+        r.instance_id = instance.map(Into::into);
+        c.join(r)
+    }
+
+    /// KIP-345: a static member that comes back without its member id (a
+    /// restarted consumer) takes over its membership under a new id. A stable
+    /// group does not rebalance: the other member keeps heartbeating at its
+    /// generation, the new id syncs to the old assignment, and the old id is
+    /// fenced wherever it names its instance (unknown where it does not).
+    #[test]
+    fn a_static_member_rejoining_replaces_itself_without_a_rebalance() {
+        let c = GroupCoordinator::default();
+        let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
+        let mut sa = join("", Some("a"));
+        let a = sa.try_recv().unwrap();
+        assert_eq!((a.error, a.generation), (codes::NONE, 1));
+        // A dynamic member joins: the group rebalances to generation 2.
+        let mut rb = join("", None);
+        let mut ra = join(&a.member_id, Some("a"));
+        let (a, b) = (ra.try_recv().unwrap(), rb.try_recv().unwrap());
+        assert_eq!((a.generation, b.generation), (2, 2));
+        assert_eq!(a.leader, a.member_id, "the static member leads");
+        let assignments = vec![
+            (a.member_id.clone(), Bytes::from_static(b"for-a")),
+            (b.member_id.clone(), Bytes::from_static(b"for-b")),
+        ];
+        let mut sb = c.sync("g", 2, &b.member_id, None, vec![]);
+        let synced = c
+            .sync("g", 2, &a.member_id, Some("a"), assignments)
+            .try_recv()
+            .unwrap();
+        assert_eq!(synced, (codes::NONE, Bytes::from_static(b"for-a")));
+        assert_eq!(sb.try_recv().unwrap().0, codes::NONE);
+
+        // The static member restarts: no member id, same instance.
+        let mut again = join("", Some("a"));
+        let a2 = again.try_recv().expect("answered at once, no rebalance");
+        assert_eq!(a2.error, codes::NONE);
+        assert_eq!(a2.generation, 2);
+        assert_ne!(a2.member_id, a.member_id);
+        assert_eq!(a2.leader, a.member_id, "the leader id from before");
+        assert!(a2.members.is_empty(), "nothing to assign");
+        assert_eq!(c.heartbeat("g", 2, &b.member_id, None), codes::NONE);
+        assert_eq!(c.heartbeat("g", 2, &a2.member_id, Some("a")), codes::NONE);
+        assert_eq!(
+            c.sync("g", 2, &a2.member_id, Some("a"), vec![])
+                .try_recv()
+                .unwrap(),
+            (codes::NONE, Bytes::from_static(b"for-a")),
+            "the new id has the old assignment"
+        );
+        // The old id: fenced with its instance, unknown without it.
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, Some("a")),
+            codes::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, None),
+            codes::UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            c.check_commit("g", 2, &a.member_id, Some("a")),
+            codes::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.sync("g", 2, &a.member_id, Some("a"), vec![])
+                .try_recv()
+                .unwrap()
+                .0,
+            codes::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            join(&a.member_id, Some("a")).try_recv().unwrap().error,
+            codes::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            c.check_commit("g", 2, &a2.member_id, Some("a")),
+            codes::NONE
+        );
+        // Leaving: by instance with the old id fenced; by instance alone it goes.
+        assert_eq!(
+            c.leave_identities("g", &[(a.member_id.clone(), Some("a".into()))]),
+            Ok(vec![codes::FENCED_INSTANCE_ID])
+        );
+        assert_eq!(
+            c.leave_identities(
+                "g",
+                &[
+                    (String::new(), Some("a".into())),
+                    (String::new(), Some("x".into()))
+                ]
+            ),
+            Ok(vec![codes::NONE, codes::UNKNOWN_MEMBER_ID])
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &b.member_id, None),
+            codes::REBALANCE_IN_PROGRESS,
+            "a member left: the group rebalances"
+        );
+    }
+
+    /// A static member replacing itself while the group rebalances: its old
+    /// id's pending join is answered FENCED_INSTANCE_ID, and the new id takes
+    /// its place in the rebalance (and as leader).
+    #[test]
+    fn a_static_member_replaced_during_a_rebalance_fences_the_old_join() {
+        let c = GroupCoordinator::default();
+        let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
+        let a = join("", Some("a")).try_recv().unwrap();
+        assert_eq!((a.error, a.generation), (codes::NONE, 1));
+        let mut rm = join("", None);
+        let a = join(&a.member_id, Some("a")).try_recv().unwrap();
+        let m = rm.try_recv().unwrap();
+        assert_eq!((a.generation, m.generation), (2, 2));
+        assert_eq!(a.leader, a.member_id);
+        // A third member starts a rebalance; the static member rejoins and
+        // waits for `m`.
+        let mut rd = join("", None);
+        let mut old = join(&a.member_id, Some("a"));
+        assert!(old.try_recv().is_err(), "waiting for m");
+        // Restarted: the old join is fenced, the new id waits in its place.
+        let mut fresh = join("", Some("a"));
+        assert_eq!(old.try_recv().unwrap().error, codes::FENCED_INSTANCE_ID);
+        assert!(fresh.try_recv().is_err(), "still waiting for m");
+        let mut rm = join(&m.member_id, None);
+        let (a2, d, m) = (
+            fresh.try_recv().unwrap(),
+            rd.try_recv().unwrap(),
+            rm.try_recv().unwrap(),
+        );
+        assert_eq!(
+            (a2.error, a2.generation, d.generation, m.generation),
+            (codes::NONE, 3, 3, 3)
+        );
+        assert_ne!(a2.member_id, a.member_id);
+        assert_eq!(a2.leader, a2.member_id, "the new id leads");
+        let mut ids: Vec<(String, Option<String>)> = a2
+            .members
+            .iter()
+            .map(|(id, inst, _)| (id.clone(), inst.clone()))
+            .collect();
+        ids.sort();
+        let mut want = vec![
+            (a2.member_id.clone(), Some("a".to_string())),
+            (d.member_id.clone(), None),
+            (m.member_id.clone(), None),
+        ];
+        want.sort();
+        assert_eq!(ids, want);
     }
 }

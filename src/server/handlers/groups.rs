@@ -152,6 +152,7 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
         &req.group_id.0,
         req.generation_id,
         &req.member_id,
+        req.group_instance_id.as_deref(),
         assignments,
     );
     let (error, assignment) = rx
@@ -169,6 +170,7 @@ pub(crate) fn heartbeat(ctx: &Ctx, req: &HeartbeatRequest) -> HeartbeatResponse 
         &req.group_id.0,
         req.generation_id,
         &req.member_id,
+        req.group_instance_id.as_deref(),
     ))
 }
 
@@ -183,12 +185,17 @@ pub(crate) fn leave(ctx: &Ctx, req: LeaveGroupRequest, version: i16) -> LeaveGro
         };
         return LeaveGroupResponse::default().with_error_code(code);
     }
-    let ids: Vec<String> = req
+    let ids: Vec<(String, Option<String>)> = req
         .members
         .iter()
-        .map(|m| m.member_id.to_string())
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                m.group_instance_id.as_ref().map(ToString::to_string),
+            )
+        })
         .collect();
-    let errs = match ctx.groups.leave(&req.group_id.0, &ids) {
+    let errs = match ctx.groups.leave_identities(&req.group_id.0, &ids) {
         Ok(errs) => errs,
         // The whole request failed: no member list, as Kafka answers.
         Err(code) => return LeaveGroupResponse::default().with_error_code(code),
@@ -211,9 +218,12 @@ pub(crate) fn leave(ctx: &Ctx, req: LeaveGroupRequest, version: i16) -> LeaveGro
 
 pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let gate = ctx
-        .groups
-        .check_commit(&group, req.generation_id_or_member_epoch, &req.member_id);
+    let gate = ctx.groups.check_commit(
+        &group,
+        req.generation_id_or_member_epoch,
+        &req.member_id,
+        req.group_instance_id.as_deref(),
+    );
     let metadata_max = ctx.storage.config().groups.offset_metadata_max_bytes;
     let mut commits = Vec::new();
     let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
