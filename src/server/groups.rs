@@ -704,7 +704,8 @@ impl GroupCoordinator {
     }
 
     /// Heartbeat: keeps the member alive and tells it when to rejoin. `instance`
-    /// is the member's group instance id, if static (see [`Group::fenced`]).
+    /// is the member's group instance id, if static (a replaced id gets
+    /// FENCED_INSTANCE_ID).
     pub fn heartbeat(
         &self,
         group: &str,
@@ -813,7 +814,7 @@ impl GroupCoordinator {
     /// commits (generation -1) only while the group has no members; a member's
     /// commit at the current generation except between its JoinGroup and SyncGroup
     /// (while the group prepares a rebalance it may still commit what it consumed),
-    /// and never from a static member's replaced id (see [`Group::fenced`]).
+    /// and never from a static member's replaced id (FENCED_INSTANCE_ID).
     pub fn check_commit(
         &self,
         group: &str,
