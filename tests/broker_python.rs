@@ -1,6 +1,7 @@
 //! The broker with confluent-kafka (librdkafka from PyPI): acks=all producer, assign()
 //! consumer, group subscription with committed offsets that survive a restart, and
-//! the AdminClient's consumer-group listing, description and deletion.
+//! the AdminClient's consumer-group listing, description and deletion, and a
+//! static member (`group.instance.id`) restarting without a rebalance.
 
 mod broker_support;
 
@@ -196,6 +197,90 @@ fn two_group_members_split_the_partitions() {
         all,
         (0..4).collect::<BTreeSet<i32>>(),
         "every partition assigned"
+    );
+}
+
+/// Static membership with librdkafka (`group.instance.id`, KIP-345): a static
+/// consumer that restarts (closes without leaving the group, starts again
+/// with the same instance id within the session timeout) gets its partitions
+/// back, and the other member, a dynamic one, sees no rebalance meanwhile.
+#[test]
+fn a_restarted_static_consumer_gets_its_partitions_back_without_a_rebalance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "4"]);
+    let acks = records(
+        &python_client(
+            "kafka_client.py",
+            &["produce", &broker.addr, "statics", "8", "4", "s"],
+        ),
+        "ACK",
+    );
+    assert_eq!(acks.len(), 8);
+    let addr = broker.addr.clone();
+    let dynamic = std::thread::spawn(move || {
+        python_client(
+            "kafka_client.py",
+            &["group-watch", &addr, "statics", "watch", "16"],
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let watch = |seconds: &str| {
+        python_client(
+            "kafka_client.py",
+            &[
+                "group-watch",
+                &broker.addr,
+                "statics",
+                "watch",
+                seconds,
+                "static-1",
+            ],
+        )
+    };
+    let first = watch("5");
+    let second = watch("4");
+    let dynamic = dynamic.join().unwrap();
+    // (Unix time, kind, partitions) of each line of `text`.
+    let events = |text: &str| -> Vec<(f64, String, BTreeSet<i32>)> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let kind = f.next()?.to_string();
+                let t: f64 = f.next()?.parse().ok()?;
+                Some((t, kind, f.map(|p| p.parse().unwrap()).collect()))
+            })
+            .collect()
+    };
+    let (first, second, dynamic) = (events(&first), events(&second), events(&dynamic));
+    let assigned = |ev: &[(f64, String, BTreeSet<i32>)]| -> Vec<BTreeSet<i32>> {
+        ev.iter()
+            .filter(|(_, k, _)| k == "ASSIGNED")
+            .map(|(_, _, p)| p.clone())
+            .collect()
+    };
+    let held = assigned(&first)
+        .last()
+        .cloned()
+        .unwrap_or_else(|| panic!("the static member got no partitions: {first:?}"));
+    assert!(!held.is_empty(), "{first:?}");
+    assert_eq!(
+        assigned(&second).first(),
+        Some(&held),
+        "the restarted static member gets its partitions back: {second:?}"
+    );
+    let (from, to) = (second[0].0, second.last().unwrap().0);
+    let during: Vec<_> = dynamic
+        .iter()
+        .filter(|(t, k, _)| (k == "ASSIGNED" || k == "REVOKED") && *t >= from && *t <= to)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "the dynamic member was rebalanced while the static one restarted: {during:?}\nall: {dynamic:?}"
+    );
+    let mine = assigned(&dynamic).last().cloned().unwrap_or_default();
+    assert!(
+        mine.is_disjoint(&held) && mine.len() + held.len() == 4,
+        "the two members split the partitions: {mine:?} and {held:?}"
     );
 }
 

@@ -17,6 +17,10 @@ environment the producers are idempotent, with COMPRESSION=codec they compress):
                                                     "CONFIG resource name value source"
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
+  group-watch BOOTSTRAP TOPIC GROUP SECONDS [INSTANCE]  stay in the group for SECONDS (a static member
+                                                    with INSTANCE as group.instance.id); "STARTED t",
+                                                    then "ASSIGNED t p ..." / "REVOKED t p ..." as the
+                                                    rebalances come (t: Unix time), "CLOSED t"
   group-admin BOOTSTRAP GROUP SECONDS               AdminClient while a member holds GROUP, then after it
                                                     left (waiting up to SECONDS for each): describe, list,
                                                     delete; one line per fact (see group_admin)
@@ -220,6 +224,35 @@ def group_hold(bootstrap, topic, group_id, seconds):
             out("ASSIGNMENT " + " ".join(str(tp.partition) for tp in c.assignment()))
             printed = True
     c.close()
+
+
+def group_watch(bootstrap, topic, group_id, seconds, instance=None):
+    out("STARTED %.3f" % time.time())
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 300,
+    }
+    if instance:
+        conf["group.instance.id"] = instance
+    c = Consumer(conf)
+
+    def event(kind, parts):
+        out("%s %.3f %s" % (kind, time.time(), " ".join(str(tp.partition) for tp in parts)))
+
+    c.subscribe([topic], on_assign=lambda _, ps: event("ASSIGNED", ps),
+                on_revoke=lambda _, ps: event("REVOKED", ps))
+    start = time.time()
+    while time.time() - start < seconds:
+        m = c.poll(0.1)
+        if m is not None and m.error():
+            raise KafkaException(m.error())
+    # A static member does not leave the group when it closes (KIP-345).
+    c.close()
+    out("CLOSED %.3f" % time.time())
 
 
 def group_admin(bootstrap, group_id, seconds):
@@ -481,6 +514,8 @@ def main(argv):
         bench(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
     elif cmd == "group-hold":
         group_hold(argv[2], argv[3], argv[4], float(argv[5]))
+    elif cmd == "group-watch":
+        group_watch(argv[2], argv[3], argv[4], float(argv[5]), argv[6] if len(argv) > 6 else None)
     elif cmd == "group-admin":
         group_admin(argv[2], argv[3], float(argv[4]))
     elif cmd == "produce-keyed":
