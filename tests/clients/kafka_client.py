@@ -203,16 +203,25 @@ def bench(bootstrap, topic, count, size, partitions):
                     "failed": failed[0]}))
 
 
-def group_hold(bootstrap, topic, group_id, seconds):
-    """Stays in the group for SECONDS; two seconds before leaving prints its assignment."""
-    c = Consumer({
+def member(bootstrap, group_id, instance=None):
+    """A group consumer that notices rebalances quickly (heartbeats every 300 ms);
+    static (KIP-345) with INSTANCE as its group.instance.id."""
+    conf = {
         "bootstrap.servers": bootstrap,
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 300,
-    })
+    }
+    if instance:
+        conf["group.instance.id"] = instance
+    return Consumer(conf)
+
+
+def group_hold(bootstrap, topic, group_id, seconds):
+    """Stays in the group for SECONDS; two seconds before leaving prints its assignment."""
+    c = member(bootstrap, group_id)
     c.subscribe([topic])
     start = time.time()
     printed = False
@@ -228,17 +237,7 @@ def group_hold(bootstrap, topic, group_id, seconds):
 
 def group_watch(bootstrap, topic, group_id, seconds, instance=None):
     out("STARTED %.3f" % time.time())
-    conf = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group_id,
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "session.timeout.ms": 10000,
-        "heartbeat.interval.ms": 300,
-    }
-    if instance:
-        conf["group.instance.id"] = instance
-    c = Consumer(conf)
+    c = member(bootstrap, group_id, instance)
 
     def event(kind, parts):
         out("%s %.3f %s" % (kind, time.time(), " ".join(str(tp.partition) for tp in parts)))
