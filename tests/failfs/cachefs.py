@@ -11,7 +11,8 @@ BACKING. Reads see the newest data. What BACKING holds is what the "disk" holds.
 The power cut: once the file CONTROL/cut exists (it holds `MODE SEED`), the next
 operation that looks for it (every write, fsync, read and statfs; `os.statvfs`
 of the mount pokes it) decides the fate of every held sector and writes the
-survivors to BACKING:
+survivors to BACKING. A `drop` or `torn` cut waits until something is held (a
+cut then always has something to destroy), unless it says `MODE SEED force`:
 
     keep  every held sector survives, in its newest version (a process crash);
     drop  none survives;
@@ -75,8 +76,11 @@ class CacheFS(Passthrough):
             self.dead = False
             return
         if not self.dead:
-            if len(spec) != 2:
-                die(f"{cut} holds {spec!r}, not `MODE SEED`")
+            if len(spec) not in (2, 3) or spec[2:] not in ([], ["force"]):
+                die(f"{cut} holds {spec!r}, not `MODE SEED [force]`")
+            if spec[0] != "keep" and not spec[2:] and not any(self.held.values()):
+                # Nothing unflushed to lose yet: the cut waits for a write.
+                return
             self._cut(spec[0], int(spec[1]))
             self.dead = True
         raise fuse.FuseOSError(errno.EIO)

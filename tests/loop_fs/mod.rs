@@ -25,21 +25,40 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
+/// Fails the test unless it runs as root: it `does` what needs root.
+pub fn require_root(does: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the test {does} and needs root (CI runs as root)");
+}
+
 impl LoopFs {
+    /// A fresh ext4 image of `mib` MiB in a temporary directory, mounted.
     pub fn new(mib: u64) -> LoopFs {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "the full-disk test mounts a loop device and needs root (CI runs as root)"
-        );
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("fs.img");
+        Self::create(img, mib, &[], tmp)
+    }
+
+    /// A fresh ext4 image of `mib` MiB at `img`, which may lie on another test
+    /// file system, made with `mkfs.ext4` and `mkfs_args` besides the usual ones,
+    /// synced to that file system, and mounted.
+    pub fn at(img: PathBuf, mib: u64, mkfs_args: &[&str]) -> LoopFs {
+        Self::create(img, mib, mkfs_args, tempfile::tempdir().unwrap())
+    }
+
+    fn create(img: PathBuf, mib: u64, mkfs_args: &[&str], tmp: tempfile::TempDir) -> LoopFs {
+        require_root("mounts a loop device");
         std::fs::File::create(&img)
             .unwrap()
             .set_len(mib << 20)
             .unwrap();
-        run("mkfs.ext4", &["-q", "-F", "-m", "0", img.to_str().unwrap()]);
+        let mut args = vec!["-q", "-F", "-m", "0"];
+        args.extend_from_slice(mkfs_args);
+        args.push(img.to_str().unwrap());
+        run("mkfs.ext4", &args);
+        // What mkfs wrote is on the image's own file system before the mount.
+        std::fs::File::open(&img).unwrap().sync_all().unwrap();
         let mount = tmp.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
         let fs = LoopFs {

@@ -17,6 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "../loop_fs/mod.rs"]
+mod loop_fs;
+use loop_fs::{require_root, LoopFs};
+
 /// What the unflushed writes become at a power cut (`cachefs.py`'s modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -50,20 +54,10 @@ pub struct CutReport {
 /// The mounted ext4 file system and the FUSE daemon under it. Unmounted and
 /// stopped on drop.
 pub struct PowerFs {
+    /// `None` only while dropping.
+    ext4: Option<LoopFs>,
     tmp: tempfile::TempDir,
     daemon: Child,
-}
-
-fn run(cmd: &str, args: &[&std::ffi::OsStr]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (install e2fsprogs / mount)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn mounted(path: &Path) -> bool {
@@ -76,18 +70,13 @@ fn mounted(path: &Path) -> bool {
 impl PowerFs {
     /// A fresh ext4 file system of `mib` MiB, mounted.
     pub fn new(mib: u64) -> PowerFs {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "the power-loss tests mount FUSE and loop devices and need root (CI runs as root)"
-        );
+        require_root("mounts FUSE and loop devices");
         let tmp = tempfile::tempdir().unwrap();
-        for sub in ["back", "fuse", "control", "ext4"] {
+        for sub in ["back", "fuse", "control"] {
             std::fs::create_dir(tmp.path().join(sub)).unwrap();
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/failfs/cachefs.py");
-        let daemon = Command::new("python3")
+        let mut daemon = Command::new("python3")
             .arg(script)
             .arg(tmp.path().join("back"))
             .arg(tmp.path().join("fuse"))
@@ -95,42 +84,26 @@ impl PowerFs {
             .stdin(Stdio::null())
             .spawn()
             .expect("python3 tests/failfs/cachefs.py");
-        let mut fs = PowerFs { tmp, daemon };
+        let fuse = tmp.path().join("fuse");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !mounted(&fs.fuse()) {
-            if let Some(status) = fs.daemon.try_wait().unwrap() {
+        while !mounted(&fuse) {
+            if let Some(status) = daemon.try_wait().unwrap() {
                 panic!("cachefs exited before mounting ({status}); scripts/install-test-deps.sh installs libfuse3 and mfusepy");
             }
             assert!(Instant::now() < deadline, "cachefs did not mount in 30 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let img = fs.img();
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        run(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-b".as_ref(),
-                "4096".as_ref(),
-                img.as_ref(),
-            ],
-        );
-        // What mkfs wrote reaches the "disk" before anything can be cut.
-        std::fs::File::open(&img).unwrap().sync_all().unwrap();
-        fs.mount();
-        fs
+        // LoopFs::at syncs the image after mkfs: nothing mkfs wrote can be cut.
+        let ext4 = LoopFs::at(fuse.join("ext4.img"), mib, &["-b", "4096"]);
+        PowerFs {
+            ext4: Some(ext4),
+            tmp,
+            daemon,
+        }
     }
 
-    fn fuse(&self) -> PathBuf {
-        self.tmp.path().join("fuse")
-    }
-
-    fn img(&self) -> PathBuf {
-        self.fuse().join("ext4.img")
+    fn ext4(&self) -> &LoopFs {
+        self.ext4.as_ref().expect("mounted")
     }
 
     fn control(&self, name: &str) -> PathBuf {
@@ -139,53 +112,41 @@ impl PowerFs {
 
     /// The mounted ext4 file system.
     pub fn path(&self) -> PathBuf {
-        self.tmp.path().join("ext4")
+        self.ext4().mount.clone()
     }
 
-    fn mount(&self) {
-        let (img, mnt) = (self.img(), self.path());
-        run(
-            "mount",
-            &["-o".as_ref(), "loop".as_ref(), img.as_ref(), mnt.as_ref()],
-        );
-    }
-
-    /// Whether the unmount succeeded. An io_uring instance releases its files
-    /// asynchronously after its process died, so the mount may be busy for a
-    /// moment; the loop device is detached with the unmount.
-    fn unmount(&self) -> bool {
-        for _ in 0..100 {
-            let ok = Command::new("umount")
-                .arg(self.path())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    /// Cuts the power now: every write not yet flushed is kept, dropped or torn
+    /// Cuts the power: every write not yet flushed is kept, dropped or torn
     /// (`seed` picks which sectors), and from then on every write, flush and
-    /// read fails with EIO until [`PowerFs::power_on`].
+    /// read fails with EIO until [`PowerFs::power_on`]. A keep cut comes at
+    /// once; a drop or torn one at the first moment something is unflushed
+    /// (within 2 s, or at once after them).
     pub fn cut(&self, how: Cut, seed: u64) -> CutReport {
-        // Written whole, then renamed into place: the daemon must never read a
-        // half-written cut.
-        let tmp = self.control("cut.tmp");
-        std::fs::write(&tmp, format!("{} {seed}\n", how.as_str())).unwrap();
-        std::fs::rename(&tmp, self.control("cut")).unwrap();
-        // Any operation that looks for the cut applies it; statfs is one that
-        // touches no file.
-        Command::new("stat")
-            .arg("-f")
-            .arg(self.fuse())
-            .stdout(Stdio::null())
-            .status()
-            .expect("stat -f");
+        let order = |spec: String| {
+            // Written whole, then renamed into place: the daemon must never read
+            // a half-written cut.
+            let tmp = self.control("cut.tmp");
+            std::fs::write(&tmp, spec).unwrap();
+            std::fs::rename(&tmp, self.control("cut")).unwrap();
+            // Any operation that looks for the cut applies it; statfs is one that
+            // touches no file.
+            Command::new("stat")
+                .arg("-f")
+                .arg(self.tmp.path().join("fuse"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("stat -f");
+        };
         let done = self.control("cut-done");
+        // A drop or torn cut waits for something unflushed (the writer's next
+        // write); one that still finds nothing after 2 s is forced.
+        order(format!("{} {seed}\n", how.as_str()));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !done.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !done.exists() {
+            order(format!("{} {seed} force\n", how.as_str()));
+        }
         let text = std::fs::read_to_string(&done)
             .unwrap_or_else(|e| panic!("{}: {e} (the cut was not applied)", done.display()));
         std::fs::remove_file(&done).unwrap();
@@ -204,23 +165,26 @@ impl PowerFs {
     /// died: unmounts it (its remaining writes fail), powers the device on, and
     /// mounts it again from what the disk holds.
     pub fn power_on(&self) {
+        let ext4 = self.ext4();
         assert!(
-            self.unmount(),
+            ext4.unmount(),
             "{} stayed busy after the cut",
-            self.path().display()
+            ext4.mount.display()
         );
         std::fs::remove_file(self.control("cut")).unwrap();
-        self.mount();
+        ext4.mount();
     }
 }
 
 impl Drop for PowerFs {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.control("cut"));
-        if !self.unmount() {
-            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-        }
-        let _ = Command::new("umount").arg("-l").arg(self.fuse()).status();
+        // ext4 first (LoopFs unmounts on drop), then the file system under it.
+        drop(self.ext4.take());
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.tmp.path().join("fuse"))
+            .status();
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
     }
