@@ -133,14 +133,15 @@ fn wait_then(
 
 /// Every stored value is one the stream of a cycle up to `cycle` produced
 /// (`c{cycle}-{n}`), and none is stored twice.
-fn assert_produced_once(stored: &BTreeMap<i64, &String>, cycle: usize) {
-    let values: BTreeSet<&String> = stored.values().copied().collect();
+fn assert_produced_once<'a>(stored: impl IntoIterator<Item = &'a String>, cycle: usize) {
+    let stored: Vec<&String> = stored.into_iter().collect();
+    let values: BTreeSet<&String> = stored.iter().copied().collect();
     assert_eq!(
         values.len(),
         stored.len(),
         "cycle {cycle}: nothing stored twice"
     );
-    for v in stored.values() {
+    for v in stored {
         let (prefix, n) = v.split_once('-').expect("well-formed value");
         assert!(
             prefix.starts_with('c')
@@ -149,6 +150,16 @@ fn assert_produced_once(stored: &BTreeMap<i64, &String>, cycle: usize) {
             "foreign bytes {v:?}"
         );
     }
+}
+
+/// The broker's last "replayed WAL" log line: what its recovery did.
+fn replay_line(broker: &Broker) -> String {
+    broker
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("replayed WAL"))
+        .expect("recovery logs its replay")
+        .to_string()
 }
 
 /// The number after `name=` in a log line.
@@ -194,32 +205,12 @@ fn kill9_during_every_write_stream_keeps_every_acknowledged_message() {
         acked.extend(cycle_acks);
 
         broker = broker.restart();
-        let log = broker.log_text();
-        let replay = log
-            .lines()
-            .rfind(|l| l.contains("replayed WAL"))
-            .expect("recovery logs its replay");
-        replayed_entries += field(replay, "entries");
-        skipped_batches += field(replay, "skipped");
+        let replay = replay_line(&broker);
+        replayed_entries += field(&replay, "entries");
+        skipped_batches += field(&replay, "skipped");
         let stored = read_all(&broker.addr, "crash");
         assert_all_stored(&acked, &stored, &format!("cycle {cycle}:"));
-        let values: BTreeSet<&String> = stored.values().collect();
-        assert_eq!(
-            values.len(),
-            stored.len(),
-            "cycle {cycle}: no message stored twice"
-        );
-        for v in stored.values() {
-            let (prefix, n) = v.split_once('-').expect("well-formed value");
-            assert!(
-                prefix.starts_with('c') && n.parse::<u64>().is_ok(),
-                "foreign bytes {v:?}"
-            );
-            assert!(
-                prefix[1..].parse::<usize>().unwrap() <= cycle,
-                "value {v:?} from a future cycle"
-            );
-        }
+        assert_produced_once(stored.values(), cycle);
     }
     // Recovery really replayed the WAL over segments that already held the data
     // (page cache survives kill -9), and skipped what was there: no duplicates above.
@@ -350,12 +341,7 @@ fn torn_tail_case(mode: &str) {
         f.set_len(len / 2 + 7).unwrap();
     }
     let broker = broker.restart();
-    let replay = broker
-        .log_text()
-        .lines()
-        .rfind(|l| l.contains("replayed WAL"))
-        .unwrap()
-        .to_string();
+    let replay = replay_line(&broker);
     assert!(
         field(&replay, "appended") > 0,
         "the torn part came back from the WAL: {replay}"
@@ -399,12 +385,7 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
     let broker = broker.restart();
     let stored = read_all(&broker.addr, "crash");
     assert_all_stored(&acked, &stored, "");
-    let replay = broker
-        .log_text()
-        .lines()
-        .rfind(|l| l.contains("replayed WAL"))
-        .unwrap()
-        .to_string();
+    let replay = replay_line(&broker);
     assert_eq!(
         field(&replay, "appended"),
         0,
@@ -718,7 +699,7 @@ fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
                     "cycle {cycle}: acknowledged {v} at {p}/{o}"
                 );
             }
-            assert_produced_once(&stored, cycle);
+            assert_produced_once(stored.values().copied(), cycle);
         }
         // DeleteRecords on partition 0, up to everything readable.
         let out = python_client(
@@ -821,7 +802,7 @@ fn kill9_while_compacting_keeps_every_keys_newest_acknowledged_message() {
             "cycle {cycle}: in order"
         );
         let stored: BTreeMap<i64, &String> = read.iter().map(|(o, v)| (*o, v)).collect();
-        assert_produced_once(&stored, cycle);
+        assert_produced_once(stored.values().copied(), cycle);
         for (o, v) in &acked {
             if let Some(s) = stored.get(o) {
                 assert_eq!(s, &v, "cycle {cycle}: acknowledged {v} at {o}");
@@ -906,26 +887,11 @@ fn power_cut_during_every_write_stream_keeps_every_acknowledged_message() {
         acked.extend(cycle_acks);
         fs.power_on();
         broker = broker.restart();
-        let log = broker.log_text();
-        let replay = log
-            .lines()
-            .rfind(|l| l.contains("replayed WAL"))
-            .expect("recovery logs its replay");
-        restored += field(replay, "appended");
+        restored += field(&replay_line(&broker), "appended");
         let stored = read_all(&broker.addr, "crash");
         let what = format!("cycle {cycle} (seed {seed}, {cut:?} cut, {report:?}):");
         assert_all_stored(&acked, &stored, &what);
-        let values: BTreeSet<&String> = stored.values().collect();
-        assert_eq!(values.len(), stored.len(), "{what} no message stored twice");
-        for v in stored.values() {
-            let (prefix, n) = v.split_once('-').expect("well-formed value");
-            assert!(
-                prefix.starts_with('c')
-                    && n.parse::<u64>().is_ok()
-                    && prefix[1..].parse::<usize>().unwrap() <= cycle,
-                "{what} foreign bytes {v:?}"
-            );
-        }
+        assert_produced_once(stored.values(), cycle);
     }
     eprintln!(
         "power cut: 3 cycles acknowledged {} restored-from-wal {restored} sectors-cut {changed}",
