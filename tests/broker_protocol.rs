@@ -1635,6 +1635,29 @@ fn delete_topics_v6_deletes_by_id_and_v5_explains_failures() {
         r.responses[0].error_message.as_ref().map(|m| m.to_string()),
         Some("unknown topic by-name".into())
     );
+
+    // A delete that cannot move the topic's directory away (a file takes the
+    // trash directory's name) fails with KAFKA_STORAGE_ERROR, naming the
+    // path, and the topic stays.
+    assert_eq!(topic_metadata(&mut s, "kept", true), 0);
+    let trash = tmp.path().join("data/topics-deleted");
+    std::fs::remove_dir(&trash).unwrap(); // empty: the deletes above emptied it
+    std::fs::write(&trash, b"").unwrap();
+    let req = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("kept"))])
+        .with_timeout_ms(10_000);
+    s.write_all(&request_frame(ApiKey::DeleteTopics, 5, 11, &req))
+        .unwrap();
+    let (_, r) = response::<DeleteTopicsResponse>(&mut s, ApiKey::DeleteTopics, 5);
+    assert_eq!(r.responses[0].error_code, 56, "KAFKA_STORAGE_ERROR");
+    let message = r.responses[0].error_message.as_ref().unwrap().to_string();
+    assert!(message.contains("topics-deleted"), "{message}");
+    let names: Vec<String> = metadata_of(&broker.addr)
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect();
+    assert_eq!(names, ["kept"]);
 }
 
 #[test]

@@ -1214,7 +1214,7 @@ impl TopicManager {
             let _reserved = reserved;
             // Retention, DeleteRecords and compaction of the topic in progress
             // end first; later ones find the partitions deleted and do nothing.
-            let _retired: Vec<_> = topic.partitions.iter().map(|p| p.retire()).collect();
+            let retired: Vec<_> = topic.partitions.iter().map(|p| p.retire()).collect();
             // The checkpoint moves the WAL's checkpoint past the topic's entries
             // but syncs only the topics in the map, which this one has left. Until
             // the move of its directory below is durable a power loss brings the
@@ -1226,22 +1226,63 @@ impl TopicManager {
                     return Err(e);
                 }
             }
-            me.checkpoint()?;
-            #[cfg(test)]
-            std::thread::sleep(*me.shared.delete_pause.lock().unwrap());
-            let trash = me.shared.config.storage.data_dir.join("topics-deleted");
-            std::fs::create_dir_all(&trash).map_err(|e| Error::io("create_dir_all", &trash, e))?;
             let from = me.shared.topics_dir.join(&name);
-            let to = trash.join(format!("{name}-{:x}", random_id() as u64));
-            std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
+            let moved = me.checkpoint().and_then(|()| {
+                #[cfg(test)]
+                std::thread::sleep(*me.shared.delete_pause.lock().unwrap());
+                let trash = me.shared.config.storage.data_dir.join("topics-deleted");
+                std::fs::create_dir_all(&trash)
+                    .map_err(|e| Error::io("create_dir_all", &trash, e))?;
+                let to = trash.join(format!("{name}-{:x}", random_id() as u64));
+                std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
+                Ok(to)
+            });
+            let to = match moved {
+                Ok(to) => to,
+                Err(e) => {
+                    // The directory is where it was, so a restart would bring
+                    // the topic back: it comes back now, as a restart would
+                    // open it, rather than being gone until then.
+                    drop(retired);
+                    me.restore_topic(&name, &from);
+                    return Err(e);
+                }
+            };
             sync_dir(&me.shared.topics_dir)?;
-            std::fs::remove_dir_all(&to).map_err(|e| Error::io("remove_dir_all", &to, e))?;
+            // Deleted for good from here on: what is left in the trash goes at
+            // the next start.
+            if let Err(e) = std::fs::remove_dir_all(&to) {
+                tracing::warn!(dir = %to.display(), error = %e, "could not remove a deleted topic's files; the next start removes them");
+            }
             tracing::info!(topic = %name, "deleted topic");
             Ok(())
         })
         .await
         .map_err(|e| self.task_error(&e))??;
         Ok(true)
+    }
+
+    /// Puts topic `name` back in the map, opened from `dir` as a start would
+    /// open it, after its delete failed before its directory moved (blocking).
+    /// The delete still holds the name, so nothing else can have taken it. If
+    /// the topic cannot be opened it stays out of the map until a restart.
+    fn restore_topic(&self, name: &str, dir: &Path) {
+        match load_topic(dir, name, &self.shared.config.storage) {
+            Ok(Some(t)) => {
+                self.shared
+                    .topics
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name.to_string(), Arc::new(t));
+                tracing::warn!(topic = %name, "topic delete failed; the topic is kept");
+            }
+            Ok(None) => {
+                tracing::error!(topic = %name, dir = %dir.display(), "topic delete failed and the topic has no topic.json; it is gone until a restart");
+            }
+            Err(e) => {
+                tracing::error!(topic = %name, error = %e, "topic delete failed and the topic cannot be opened again; it is gone until a restart");
+            }
+        }
     }
 
     /// Validates `records` (one record batch, see [`batch::validate_produce`]) and
@@ -1800,6 +1841,55 @@ mod tests {
             &[batch_at(0, &[b"a"]), batch_at(1, &[b"b"])].concat()[..]
         );
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"d"])), Ok(2));
+        m.shutdown().unwrap();
+    }
+
+    /// A delete that fails before the topic's directory moves (here the trash
+    /// directory cannot be made: a file holds its name) keeps the topic, as a
+    /// restart would find it: readable, and taking produces at the next offset.
+    /// Before, the topic was gone until a restart brought it back.
+    #[test]
+    fn a_delete_that_cannot_move_the_directory_keeps_the_topic() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 2).unwrap();
+        let first = make_batch(0, &[b"a"]);
+        assert_eq!(produce(&rt, &m, &first), Ok(0));
+        let id = m.topic("t").unwrap().id;
+        let blocker = tmp.path().join("topics-deleted");
+        std::fs::write(&blocker, b"not a directory").unwrap();
+
+        let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
+        assert!(e.contains("topics-deleted"), "{e}");
+        let t = m.topic("t").expect("the topic was not kept");
+        assert_eq!((t.id, t.partitions.len()), (id, 2));
+        assert!(!t.partitions[0].is_deleted());
+        assert_eq!(
+            &m.partition("t", 0)
+                .unwrap()
+                .read(0, 1 << 20)
+                .unwrap()
+                .unwrap()
+                .records[..],
+            &batch_at(0, &[b"a"])[..]
+        );
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"b"])), Ok(1));
+        m.shutdown().unwrap();
+        drop(m);
+
+        std::fs::remove_file(&blocker).unwrap();
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 2);
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        assert!(m.topic("t").is_none());
+        assert!(!tmp.path().join("topics/t").exists());
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert!(m.topic("t").is_none());
         m.shutdown().unwrap();
     }
 
