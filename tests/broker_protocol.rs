@@ -11,6 +11,7 @@ use kafka_protocol::{
         create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic},
         describe_configs_request::DescribeConfigsResource,
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
+        list_offsets_response::ListOffsetsPartitionResponse,
         ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
         CreatePartitionsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchResponse,
         InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
@@ -815,36 +816,31 @@ fn idempotent_produces_are_deduplicated_and_kept_in_sequence() {
 /// ListOffsets v7 of partition 0 of `topic` for each of `timestamps` (-2
 /// earliest, -1 latest): the offsets answered.
 fn list_offsets(s: &mut TcpStream, topic: &str, timestamps: &[i64]) -> Vec<i64> {
-    list_offsets_response(s, topic, timestamps).topics[0]
-        .partitions
-        .iter()
-        .map(|p| p.offset)
+    list_offsets_with_timestamps(s, topic, timestamps)
+        .into_iter()
+        .map(|(offset, _)| offset)
         .collect()
 }
 
+/// ListOffsets v7 of partition 0 of `topic` at `timestamp`: the partition's
+/// answer (one request per lookup: a partition named twice in one request is
+/// answered INVALID_REQUEST).
 fn list_offsets_response(
     s: &mut TcpStream,
     topic: &str,
-    timestamps: &[i64],
-) -> ListOffsetsResponse {
+    timestamp: i64,
+) -> ListOffsetsPartitionResponse {
     let lo = ListOffsetsRequest::default()
         .with_replica_id(kafka_protocol::messages::BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
             .with_name(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(
-                timestamps
-                    .iter()
-                    .map(|t| {
-                        ListOffsetsPartition::default()
-                            .with_partition_index(0)
-                            .with_timestamp(*t)
-                    })
-                    .collect(),
-            )]);
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(timestamp)])]);
     s.write_all(&request_frame(ApiKey::ListOffsets, 7, 8, &lo))
         .unwrap();
-    let (_, l): (i32, ListOffsetsResponse) = response(s, ApiKey::ListOffsets, 7);
-    l
+    let (_, mut l): (i32, ListOffsetsResponse) = response(s, ApiKey::ListOffsets, 7);
+    l.topics.remove(0).partitions.remove(0)
 }
 
 #[test]
@@ -911,10 +907,12 @@ fn list_offsets_with_timestamps(
     topic: &str,
     timestamps: &[i64],
 ) -> Vec<(i64, i64)> {
-    list_offsets_response(s, topic, timestamps).topics[0]
-        .partitions
+    timestamps
         .iter()
-        .map(|p| (p.offset, p.timestamp))
+        .map(|t| {
+            let p = list_offsets_response(s, topic, *t);
+            (p.offset, p.timestamp)
+        })
         .collect()
 }
 
@@ -1919,6 +1917,109 @@ fn repeated_names_are_answered_once() {
         grown < 64 << 20,
         "the broker's peak memory grew by {} MiB",
         grown >> 20
+    );
+}
+
+/// A partition named more than once in a ListOffsets request gets
+/// INVALID_REQUEST at every mention, without a lookup, as Kafka answers it. A
+/// Fetch reads and answers each partition once, the first time it is named:
+/// before, each of 100,000 repeats was read again (at every change, for a
+/// long poll) and answered with its own copy of the records.
+#[test]
+fn repeated_partitions_are_read_and_answered_once() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    const REPEATS: usize = 100_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(create_topic(&mut s, "rp", 3, &[]), 0);
+    s.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        1,
+        &produce("rp", 0, batch(&["v"])),
+    ))
+    .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 7);
+    assert_eq!(partition_result(&r), (0, 0));
+
+    let at = |index: i32, timestamp: i64| {
+        ListOffsetsPartition::default()
+            .with_partition_index(index)
+            .with_timestamp(timestamp)
+    };
+    let topic = |name: &'static str, parts: Vec<ListOffsetsPartition>| {
+        ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_partitions(parts)
+    };
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            topic("rp", vec![at(0, -1), at(1, -1), at(0, -2), at(2, -1)]),
+            topic("rp", vec![at(1, -2)]),
+            topic("rp", vec![at(0, 0)]),
+            topic("no.such", vec![at(1, -1)]),
+        ]);
+    s.write_all(&request_frame(ApiKey::ListOffsets, 7, 2, &req))
+        .unwrap();
+    let (_, l): (i32, ListOffsetsResponse) = response(&mut s, ApiKey::ListOffsets, 7);
+    let got: Vec<Vec<(i32, i16, i64)>> = l
+        .topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition_index, p.error_code, p.offset))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            vec![(0, 42, -1), (1, 42, -1), (0, 42, -1), (2, 0, 0)],
+            vec![(1, 42, -1)],
+            vec![(0, 42, -1)],
+            vec![(1, 3, -1)],
+        ]
+    );
+
+    let part = |index: i32| {
+        FetchPartition::default()
+            .with_partition(index)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let mut f = fetch_request("rp", 0, 0);
+    let mut parts = vec![part(0); REPEATS];
+    parts.push(part(1));
+    f.topics[0].partitions = parts;
+    f.topics.push(
+        FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("rp")))
+            .with_partitions(vec![part(1), part(0)]),
+    );
+    s.write_all(&request_frame(ApiKey::Fetch, 12, 3, &f))
+        .unwrap();
+    let (_, r): (i32, FetchResponse) = response(&mut s, ApiKey::Fetch, 12);
+    let got: Vec<Vec<(i32, i16, usize)>> = r
+        .responses
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    let records = p.records.as_ref().map_or(0, Bytes::len);
+                    (p.partition_index, p.error_code, records)
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(got.len(), 1, "{} topic entries", got.len());
+    assert_eq!(got[0].len(), 2, "{} partition entries", got[0].len());
+    assert!(
+        matches!(got[0][..], [(0, 0, n), (1, 0, 0)] if n > 0),
+        "{got:?}"
     );
 }
 

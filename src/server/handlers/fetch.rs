@@ -1,6 +1,9 @@
 //! Fetch (with long-poll) and ListOffsets. Reads run on blocking threads.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
@@ -108,19 +111,28 @@ fn read_all(
 }
 
 pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchResponse {
+    // Each partition is read and answered once, the first time the request
+    // names it (Kafka keeps one entry per partition too): a long poll reads
+    // every partition again at each change, so repeats would multiply that work.
+    let mut seen = HashSet::new();
     let wants: std::sync::Arc<Vec<Want>> = std::sync::Arc::new(
         req.topics
-            .into_iter()
-            .map(|t| Want {
-                topic: t.topic,
-                partitions: t
+            .iter()
+            .filter_map(|t| {
+                let partitions: Vec<_> = t
                     .partitions
                     .iter()
+                    .filter(|p| seen.insert((t.topic.0.as_str(), p.partition)))
                     .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
-                    .collect(),
+                    .collect();
+                (!partitions.is_empty() || t.partitions.is_empty()).then(|| Want {
+                    topic: t.topic.clone(),
+                    partitions,
+                })
             })
             .collect(),
     );
+    drop(seen);
     // The client's limit, capped by the broker's (Kafka: min(maxBytes, fetch.max.bytes)).
     // A limit of 0 still gets the first batch (see read_all).
     let cap = i64::try_from(ctx.storage.config().server.fetch_max_bytes).unwrap_or(i64::MAX);
@@ -179,8 +191,22 @@ pub(crate) async fn list_offsets(
     let epoch = move |e: i32| if version >= 4 { e } else { -1 };
     let storage = ctx.storage.clone();
     let topics = tokio::task::spawn_blocking(move || {
-        req.topics
+        // As Kafka does, every mention of a partition named more than once is
+        // answered INVALID_REQUEST, without a lookup.
+        let mut named = HashMap::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                *named
+                    .entry((t.name.0.as_str(), p.partition_index))
+                    .or_insert(0u32) += 1;
+            }
+        }
+        let repeated: HashSet<(&str, i32)> = named
             .into_iter()
+            .filter_map(|(k, n)| (n > 1).then_some(k))
+            .collect();
+        req.topics
+            .iter()
             .map(|t| {
                 let parts = t
                     .partitions
@@ -189,6 +215,12 @@ pub(crate) async fn list_offsets(
                         let r = ListOffsetsPartitionResponse::default()
                             .with_partition_index(p.partition_index)
                             .with_timestamp(-1);
+                        if repeated.contains(&(t.name.0.as_str(), p.partition_index)) {
+                            return r
+                                .with_error_code(codes::INVALID_REQUEST)
+                                .with_offset(-1)
+                                .with_leader_epoch(-1);
+                        }
                         let Some(part) = storage.partition(&t.name.0, p.partition_index) else {
                             return r
                                 .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
@@ -220,7 +252,7 @@ pub(crate) async fn list_offsets(
                     })
                     .collect();
                 ListOffsetsTopicResponse::default()
-                    .with_name(t.name)
+                    .with_name(t.name.clone())
                     .with_partitions(parts)
             })
             .collect::<Vec<_>>()
