@@ -3,7 +3,7 @@
 # silicon) and FreeBSD with every target (tests, benches, the `sim` feature),
 # Windows with the library and binaries (the tests need Unix). Warnings are
 # errors, so code that is dead or mistyped outside Linux is caught here. Quickest
-# after the main build (`cargo build --all-targets --features sim`).
+# after the main build (`cargo test --all-targets --features sim --no-run`).
 #
 # `cargo check` never links, so the C sources of dependencies (ring's) are
 # "compiled" by a stand-in that writes empty objects: no cross compiler needed.
@@ -38,7 +38,7 @@ EOF
 chmod +x "$stub/cc"
 
 # The default target directory: the build scripts and proc macros built for
-# this machine by the main build are reused (with RUSTFLAGS they would not be).
+# this machine by an earlier build are reused (with RUSTFLAGS they would not be).
 check() {
     local t=$1
     shift

@@ -15,13 +15,22 @@ df -h . | sed 's/^/disk: /'
 if ! command -v mkfs.ext4 >/dev/null; then
     apt-get update -qq </dev/null && apt-get install -y -qq e2fsprogs mount </dev/null
 fi
+# How long each phase took, so a slow CI run says where the time went.
+phase() { echo "test.sh: $1 done at ${SECONDS}s" >&2; }
 scripts/install-test-deps.sh
-cargo build --all-targets --features sim
+phase "installing the test dependencies"
+# One build, in the test profile the suites run in (a separate `cargo build`
+# would compile every target a second time, unoptimised, for nothing).
+cargo test --all-targets --features sim --no-run
+phase "the build"
 # The crate must build where it cannot be tested here (macOS, FreeBSD, Windows).
 scripts/check-platforms.sh
+phase "the platform check"
 cargo test --all-targets --features sim
+phase "the suites"
 # The broker suites once more on the portable backend (the WAL suites already run
 # every test on both backends).
 args=()
 for t in tests/broker_*.rs; do args+=(--test "$(basename "$t" .rs)"); done
 STREAMLINE_WAL_BACKEND=std cargo test --features sim "${args[@]}"
+phase "the broker suites on the std backend"
