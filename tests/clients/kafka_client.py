@@ -39,13 +39,15 @@ def out(line):
 
 def producer(bootstrap):
     # IDEMPOTENT=1 turns on the idempotent producer (InitProducerId, sequence numbers);
-    # COMPRESSION=gzip|snappy|lz4|zstd compresses the batches.
+    # COMPRESSION=gzip|snappy|lz4|zstd compresses the batches; BATCH_MESSAGES=N
+    # caps a batch at N messages (librdkafka's default is 10000).
     return Producer({
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 2,
         "enable.idempotence": os.environ.get("IDEMPOTENT") == "1",
         "compression.codec": os.environ.get("COMPRESSION", "none"),
+        "batch.num.messages": int(os.environ.get("BATCH_MESSAGES", "10000")),
         "message.timeout.ms": 30000,
     })
 
