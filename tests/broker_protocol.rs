@@ -1922,9 +1922,10 @@ fn repeated_names_are_answered_once() {
 
 /// A partition named more than once in a ListOffsets request gets
 /// INVALID_REQUEST at every mention, without a lookup, as Kafka answers it. A
-/// Fetch reads and answers each partition once, the first time it is named:
-/// before, each of 100,000 repeats was read again (at every change, for a
-/// long poll) and answered with its own copy of the records.
+/// Fetch reads and answers each partition once, the first time it is named (a
+/// topic named again is merged into its first entry): before, each of 100,000
+/// repeats was read again (at every change, for a long poll) and answered with
+/// its own copy of the records.
 #[test]
 fn repeated_partitions_are_read_and_answered_once() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};

@@ -1,7 +1,7 @@
 //! Fetch (with long-poll) and ListOffsets. Reads run on blocking threads.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
 
+use super::named_once;
 use crate::{
     server::{codes, Ctx},
     storage::TopicManager,
@@ -112,27 +113,23 @@ fn read_all(
 
 pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchResponse {
     // Each partition is read and answered once, the first time the request
-    // names it (Kafka keeps one entry per partition too): a long poll reads
-    // every partition again at each change, so repeats would multiply that work.
-    let mut seen = HashSet::new();
+    // names it: a long poll reads every partition again at each change, so
+    // repeats would multiply that work.
     let wants: std::sync::Arc<Vec<Want>> = std::sync::Arc::new(
-        req.topics
-            .iter()
-            .filter_map(|t| {
-                let partitions: Vec<_> = t
-                    .partitions
-                    .iter()
-                    .filter(|p| seen.insert((t.topic.0.as_str(), p.partition)))
-                    .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
-                    .collect();
-                (!partitions.is_empty() || t.partitions.is_empty()).then(|| Want {
-                    topic: t.topic.clone(),
-                    partitions,
-                })
-            })
-            .collect(),
+        named_once(
+            req.topics.iter().map(|t| (&t.topic, &t.partitions[..])),
+            |p| p.partition,
+        )
+        .into_iter()
+        .map(|(topic, partitions)| Want {
+            topic: topic.clone(),
+            partitions: partitions
+                .into_iter()
+                .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
+                .collect(),
+        })
+        .collect(),
     );
-    drop(seen);
     // The client's limit, capped by the broker's (Kafka: min(maxBytes, fetch.max.bytes)).
     // A limit of 0 still gets the first batch (see read_all).
     let cap = i64::try_from(ctx.storage.config().server.fetch_max_bytes).unwrap_or(i64::MAX);
@@ -193,18 +190,16 @@ pub(crate) async fn list_offsets(
     let topics = tokio::task::spawn_blocking(move || {
         // As Kafka does, every mention of a partition named more than once is
         // answered INVALID_REQUEST, without a lookup.
-        let mut named = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut repeated = HashSet::new();
         for t in &req.topics {
             for p in &t.partitions {
-                *named
-                    .entry((t.name.0.as_str(), p.partition_index))
-                    .or_insert(0u32) += 1;
+                let key = (t.name.0.as_str(), p.partition_index);
+                if !seen.insert(key) {
+                    repeated.insert(key);
+                }
             }
         }
-        let repeated: HashSet<(&str, i32)> = named
-            .into_iter()
-            .filter_map(|(k, n)| (n > 1).then_some(k))
-            .collect();
         req.topics
             .iter()
             .map(|t| {

@@ -8,7 +8,7 @@
 //! Kafka lists a group it loaded from its offsets topic.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
     time::Duration,
 };
@@ -33,6 +33,7 @@ use kafka_protocol::{
     protocol::StrBytes,
 };
 
+use super::named_once;
 use crate::{
     server::{
         codes,
@@ -339,15 +340,18 @@ pub(crate) fn offset_fetch(
         // (as Kafka's classic coordinator answers): a repeat of a partition
         // with a commit would otherwise copy its metadata, up to
         // --offset-metadata-max-bytes, into the answer per 4 bytes of request.
-        Some(list) => named_once(list.iter().map(|t| (&t.name, &t.partition_indexes[..])))
-            .into_iter()
-            .map(|(name, indexes)| {
-                let parts = indexes.iter().map(|i| part(&name.0, *i)).collect();
-                OffsetFetchResponseTopic::default()
-                    .with_name(name.clone())
-                    .with_partitions(parts)
-            })
-            .collect(),
+        Some(list) => named_once(
+            list.iter().map(|t| (&t.name, &t.partition_indexes[..])),
+            |i| *i,
+        )
+        .into_iter()
+        .map(|(name, indexes)| {
+            let parts = indexes.into_iter().map(|i| part(&name.0, *i)).collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(name.clone())
+                .with_partitions(parts)
+        })
+        .collect(),
         None => {
             let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> =
                 std::collections::BTreeMap::new();
@@ -368,26 +372,6 @@ pub(crate) fn offset_fetch(
     OffsetFetchResponse::default()
         .with_error_code(codes::NONE)
         .with_topics(topics)
-}
-
-/// The topics of a request in the order first named, each with its partitions
-/// in the order first named, a topic named again merged into its first entry
-/// and a partition named again left out.
-fn named_once<'a>(
-    topics: impl Iterator<Item = (&'a TopicName, &'a [i32])>,
-) -> Vec<(&'a TopicName, Vec<i32>)> {
-    let mut order: Vec<(&TopicName, Vec<i32>)> = Vec::new();
-    let mut at: HashMap<&str, (usize, HashSet<i32>)> = HashMap::new();
-    for (name, indexes) in topics {
-        let (i, seen) = at.entry(name.0.as_str()).or_insert_with(|| {
-            order.push((name, Vec::new()));
-            (order.len() - 1, HashSet::new())
-        });
-        order[*i]
-            .1
-            .extend(indexes.iter().filter(|p| seen.insert(**p)));
-    }
-    order
 }
 
 /// The type every group of this broker has (KIP-848's group types; Kafka's

@@ -12,13 +12,42 @@ mod topics;
 
 pub(crate) use scram::NO_SASL;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion, ApiKey, ApiVersionsResponse, RequestHeader, RequestKind,
+    TopicName,
 };
 
 use super::{encode_response, supported_apis, Ctx, Pending};
+
+/// The topics of a request in the order first named, each with its
+/// partitions (`index` gives a partition's number) in the order first named:
+/// a topic named again is merged into its first entry, and a partition named
+/// again is left out (its first mention counts). OffsetFetch and Fetch answer
+/// each partition once this way, as Kafka does; otherwise every repeat in a
+/// request costs a lookup and an answer of its own.
+pub(crate) fn named_once<'a, T>(
+    topics: impl Iterator<Item = (&'a TopicName, &'a [T])>,
+    index: impl Fn(&T) -> i32,
+) -> Vec<(&'a TopicName, Vec<&'a T>)> {
+    let mut order: Vec<(&TopicName, Vec<&T>)> = Vec::new();
+    let mut at: HashMap<&str, (usize, HashSet<i32>)> = HashMap::new();
+    for (name, partitions) in topics {
+        let (i, seen) = at.entry(name.0.as_str()).or_insert_with(|| {
+            order.push((name, Vec::new()));
+            (order.len() - 1, HashSet::new())
+        });
+        order[*i]
+            .1
+            .extend(partitions.iter().filter(|p| seen.insert(index(p))));
+    }
+    order
+}
 
 /// The ApiVersions body listing every supported API.
 pub(crate) fn api_versions_body(error: i16) -> ApiVersionsResponse {
