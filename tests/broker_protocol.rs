@@ -717,11 +717,16 @@ fn init_producer_id(s: &mut TcpStream, version: i16, txn: Option<&str>) -> (i16,
 }
 
 fn produce_once(s: &mut TcpStream, records: Bytes) -> (i16, i64) {
+    produce_to(s, "idem", 0, records)
+}
+
+/// Produce v8 of `records` to `topic`/`partition`: (error code, base offset).
+fn produce_to(s: &mut TcpStream, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
     s.write_all(&request_frame(
         ApiKey::Produce,
         8,
         9,
-        &produce("idem", 0, records),
+        &produce(topic, partition, records),
     ))
     .unwrap();
     let (_, r): (i32, ProduceResponse) = response(s, ApiKey::Produce, 8);
@@ -1934,15 +1939,7 @@ fn repeated_partitions_are_read_and_answered_once() {
     let broker = Broker::start(&tmp.path().join("data"), &[]);
     let mut s = connect(&broker.addr);
     assert_eq!(create_topic(&mut s, "rp", 3, &[]), 0);
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        7,
-        1,
-        &produce("rp", 0, batch(&["v"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 7);
-    assert_eq!(partition_result(&r), (0, 0));
+    assert_eq!(produce_to(&mut s, "rp", 0, batch(&["v"])), (0, 0));
 
     let at = |index: i32, timestamp: i64| {
         ListOffsetsPartition::default()
