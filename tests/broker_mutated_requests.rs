@@ -9,7 +9,13 @@
 //! batches get their CRC recomputed, so that the mutation reaches what comes
 //! after the CRC check: the records, their compression and the handlers.
 //!
-//! `MUTATED_REQUESTS` (default 3000) sets how many mutations are sent and
+//! The SASL exchanges in `tests/data/sasl-requests.txt` (SCRAM-SHA-256,
+//! SCRAM-SHA-512 and PLAIN by librdkafka and kafka-python) are replayed and
+//! mutated the same way against a broker that requires SASL: no request that
+//! needs authentication is answered before a SaslAuthenticate succeeded, and no
+//! replayed SCRAM exchange, mutated or not, authenticates.
+//!
+//! `MUTATED_REQUESTS` (default 3000) sets how many mutations each test sends and
 //! `MUTATED_REQUESTS_SEED` the seed (default: a fixed one, so a failure repeats).
 
 mod broker_support;
@@ -37,6 +43,8 @@ use broker_support::{
 };
 
 const CORPUS: &str = include_str!("data/client-requests.txt");
+/// SASL authentications (user alice, password alice-secret) and what followed them.
+const SASL_CORPUS: &str = include_str!("data/sasl-requests.txt");
 
 /// xorshift64*: small, fast and the same everywhere, so a seed names a run.
 struct Rng(u64);
@@ -88,12 +96,13 @@ const BOUNDARY: &[&[u8]] = &[
 
 /// One to a few mutations of `frame`; the API key and version (its first four
 /// bytes) are left alone nine times in ten, so that most mutations reach the
-/// decoder and handler of the request they started as.
-fn mutate(rng: &mut Rng, frame: &[u8]) -> Vec<u8> {
+/// decoder and handler of the request they started as, and always when
+/// `keep_key` is set.
+fn mutate(rng: &mut Rng, frame: &[u8], keep_key: bool) -> Vec<u8> {
     let mut b = frame.to_vec();
     let rounds = [1, 1, 1, 2, 3, 8][rng.below(6)];
     for _ in 0..rounds {
-        let from = if rng.chance(90) { 4 } else { 0 };
+        let from = if keep_key || rng.chance(90) { 4 } else { 0 };
         if b.len() <= from {
             break;
         }
@@ -159,15 +168,24 @@ enum Outcome {
     Silent,
 }
 
-/// Sends `frame` on a connection of its own and waits `wait` for the answer. An
-/// answer must carry the request's correlation id.
+/// Sends `frame` on a connection of its own and waits `wait` for the answer.
 fn send(addr: &str, frame: &[u8], wait: Duration) -> Outcome {
-    let mut s = TcpStream::connect(addr).expect("connect");
+    exchange(&mut TcpStream::connect(addr).expect("connect"), frame, wait)
+}
+
+/// Sends `frame` on `s` and waits `wait` for the answer, which must carry the
+/// request's correlation id.
+fn exchange(s: &mut TcpStream, frame: &[u8], wait: Duration) -> Outcome {
+    answer(s, frame, wait).map_or_else(|o| o, |_| Outcome::Answered)
+}
+
+/// Like [`exchange`]; the answer's body (after its length) when there is one.
+fn answer(s: &mut TcpStream, frame: &[u8], wait: Duration) -> Result<Vec<u8>, Outcome> {
     s.set_read_timeout(Some(wait)).unwrap();
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(frame);
     if s.write_all(&out).is_err() {
-        return Outcome::Closed;
+        return Err(Outcome::Closed);
     }
     let mut len = [0u8; 4];
     match s.read_exact(&mut len) {
@@ -178,9 +196,9 @@ fn send(addr: &str, frame: &[u8], wait: Duration) -> Outcome {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) =>
         {
-            return Outcome::Silent
+            return Err(Outcome::Silent)
         }
-        Err(_) => return Outcome::Closed,
+        Err(_) => return Err(Outcome::Closed),
     }
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -191,7 +209,7 @@ fn send(addr: &str, frame: &[u8], wait: Duration) -> Outcome {
         hex(frame),
         hex(&body)
     );
-    Outcome::Answered
+    Ok(body)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -258,6 +276,28 @@ fn bounds(addr: &str) -> BTreeMap<String, Vec<(i64, i64)>> {
     out
 }
 
+/// The lines of a corpus file: client, connection number, frame.
+fn parse(text: &str) -> Vec<(String, u32, Vec<u8>)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [client, conn, h] = f[..] else {
+                panic!("not `client connection hex`: {l}")
+            };
+            let frame = (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+                .collect();
+            (
+                client.to_string(),
+                conn.parse().expect("a connection number"),
+                frame,
+            )
+        })
+        .collect()
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -270,17 +310,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[test]
 fn mutated_client_requests_get_an_answer_or_a_close_and_lose_nothing() {
-    let corpus: Vec<Vec<u8>> = CORPUS
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let h = l.split_whitespace().nth(1).expect("client and frame");
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
-                .collect()
-        })
-        .collect();
+    let corpus: Vec<Vec<u8>> = parse(CORPUS).into_iter().map(|(_, _, f)| f).collect();
     assert!(
         corpus.len() > 100,
         "the corpus holds {} frames",
@@ -334,7 +364,7 @@ fn mutated_client_requests_get_an_answer_or_a_close_and_lose_nothing() {
         } else {
             (&corpus[rng.below(corpus.len())], &[][..])
         };
-        let mut m = mutate(&mut rng, frame);
+        let mut m = mutate(&mut rng, frame, false);
         if !at.is_empty() && rng.chance(80) {
             fix_crcs(&mut m, at);
         }
@@ -407,6 +437,121 @@ fn mutated_client_requests_get_an_answer_or_a_close_and_lose_nothing() {
         read(&broker.addr),
         witness,
         "the witness topic after a restart"
+    );
+    let log = broker.log_text();
+    assert!(!log.contains("panicked"), "a panic in the log:\n{log}");
+}
+
+/// API keys a client may send before it has authenticated.
+const SASL_HANDSHAKE: i16 = 17;
+const API_VERSIONS: i16 = 18;
+const SASL_AUTHENTICATE: i16 = 36;
+
+/// Sends one connection's `frames` in order, each once the one before was
+/// answered, and stops at the first left unanswered. Returns whether a request
+/// that needs authentication was answered; panics if one was although no
+/// SaslAuthenticate had been answered without an error.
+fn authenticates(addr: &str, frames: &[Vec<u8>]) -> bool {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut sasl_ok = false;
+    for f in frames {
+        let key = i16::from_be_bytes([f[0], f[1]]);
+        let version = i16::from_be_bytes([f[2], f[3]]);
+        let Ok(body) = answer(&mut s, f, Duration::from_millis(500)) else {
+            return false;
+        };
+        match key {
+            SASL_AUTHENTICATE => {
+                // Header v1 (a tag buffer after the correlation id) from v2 on.
+                let at = if version >= 2 { 5 } else { 4 };
+                sasl_ok = body.get(at..at + 2) == Some(&[0, 0][..]);
+            }
+            SASL_HANDSHAKE | API_VERSIONS => {}
+            _ => {
+                assert!(
+                    sasl_ok,
+                    "API key {key} answered before authentication: {}",
+                    hex(f)
+                );
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn mutated_sasl_exchanges_fail_alone_and_a_replayed_scram_exchange_never_authenticates() {
+    // One entry per recorded connection: its client and its frames in order.
+    let mut conns: Vec<(String, u32, Vec<Vec<u8>>)> = Vec::new();
+    for (client, conn, frame) in parse(SASL_CORPUS) {
+        match conns.last_mut() {
+            Some((_, n, frames)) if *n == conn => frames.push(frame),
+            _ => conns.push((client, conn, vec![frame])),
+        }
+    }
+    let is_scram = |client: &str| client.contains("SCRAM");
+    assert!(
+        conns.iter().filter(|(c, _, _)| is_scram(c)).count() >= 4
+            && conns.iter().filter(|(c, _, _)| c.contains("PLAIN")).count() >= 2,
+        "{:?}",
+        conns.iter().map(|(c, n, _)| (c, n)).collect::<Vec<_>>()
+    );
+
+    let users = tempfile::tempdir().unwrap();
+    let path = users.path().join("users.json");
+    std::fs::write(&path, r#"{"alice": "alice-secret"}"#).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--sasl-users", path.to_str().unwrap()]);
+    let addr = &broker.addr;
+
+    // As recorded: a PLAIN exchange authenticates again (the password is in it);
+    // a SCRAM one must not, since the server's nonce differs every time.
+    for (client, conn, frames) in &conns {
+        assert_eq!(
+            authenticates(addr, frames),
+            !is_scram(client),
+            "{client} connection {conn} replayed"
+        );
+    }
+    let plain: Vec<&Vec<Vec<u8>>> = conns
+        .iter()
+        .filter(|(c, _, _)| !is_scram(c))
+        .map(|(_, _, f)| f)
+        .collect();
+
+    let seed: u64 = env_or("MUTATED_REQUESTS_SEED", 0x5a51_2026_1203);
+    let count: usize = env_or("MUTATED_REQUESTS", 3000);
+    let mut rng = Rng::new(seed);
+    let mut authenticated = 0;
+    for n in 0..count {
+        let (client, _, frames) = &conns[rng.below(conns.len())];
+        // Mutate one frame up to the last SaslAuthenticate: what a client sends
+        // before it has authenticated.
+        let last = frames
+            .iter()
+            .rposition(|f| f[..2] == SASL_AUTHENTICATE.to_be_bytes())
+            .expect("a SaslAuthenticate");
+        let at = rng.below(last + 1);
+        let mut mutated = frames.clone();
+        mutated[at] = mutate(&mut rng, &frames[at], true);
+        let ok = authenticates(addr, &mutated);
+        assert!(
+            !(ok && is_scram(client)),
+            "a mutated replay of a {client} exchange authenticated (seed {seed:#x}, frame {at}: {})",
+            hex(&mutated[at])
+        );
+        authenticated += usize::from(ok);
+        if n % 100 == 99 {
+            assert!(
+                authenticates(addr, plain[rng.below(plain.len())]),
+                "a recorded PLAIN exchange no longer authenticates after mutation {n} (seed {seed:#x}); log:\n{}",
+                broker.log_text()
+            );
+        }
+    }
+    eprintln!(
+        "{count} mutated SASL exchanges (seed {seed:#x}): {authenticated} authenticated (PLAIN)"
     );
     let log = broker.log_text();
     assert!(!log.contains("panicked"), "a panic in the log:\n{log}");

@@ -2,14 +2,17 @@
 """Records the request frames real Kafka clients send, for the mutated-request
 test (tests/broker_mutated_requests.rs, which reads tests/data/client-requests.txt).
 
-  capture_requests.py BROKER_BIN OUT
+  capture_requests.py BROKER_BIN OUT SASL_OUT
 
 Starts the broker (BROKER_BIN) on a temporary data directory, advertising a
 proxy that forwards every connection to it and keeps each request frame a
 client sends. Then librdkafka (confluent-kafka), kafka-python and kcat run a spread
 of producer, consumer, group and admin calls through the proxy. OUT gets one
-line per frame: the client that sent it, then the frame (without its length
-prefix) in hex. Run it again when a client or the broker learns new requests;
+line per frame: the client that sent it, its connection (numbered in the order
+they were opened), then the frame (without its length prefix) in hex. SASL_OUT
+gets the same for a second broker that requires SASL (`--sasl-users`, user
+alice, password alice-secret), where each client authenticates with
+SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN and then produces. Run it again when a client or the broker learns new requests;
 the test keeps working with any such file.
 """
 import os
@@ -25,6 +28,7 @@ import time
 frames = []
 frames_lock = threading.Lock()
 client = ["-"]
+connections = [0]
 
 
 def free_port():
@@ -36,6 +40,9 @@ def free_port():
 
 
 def pump(src, dst, record):
+    with frames_lock:
+        connections[0] += record
+        conn = connections[0]
     buf = b""
     try:
         while True:
@@ -51,7 +58,7 @@ def pump(src, dst, record):
                 if len(buf) < 4 + n:
                     break
                 with frames_lock:
-                    frames.append((client[0], buf[4:4 + n]))
+                    frames.append((client[0], conn, buf[4:4 + n]))
                 buf = buf[4 + n:]
     except OSError:
         pass
@@ -163,10 +170,31 @@ def kcat(bootstrap):
     run("-L")
 
 
-def main(argv):
-    if len(argv) != 3:
-        sys.exit(__doc__)
-    broker_bin, out = argv[1], argv[2]
+def sasl(bootstrap):
+    """Authentication of user alice (password alice-secret) with each mechanism, by
+    librdkafka and kafka-python, each followed by a produce."""
+    from confluent_kafka import Producer
+    from kafka import KafkaProducer
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]:
+        client[0] = "librdkafka-" + mechanism
+        p = Producer({"bootstrap.servers": bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                      "sasl.mechanism": mechanism, "sasl.username": "alice",
+                      "sasl.password": "alice-secret"})
+        p.produce("sasl", b"librdkafka " + mechanism.encode())
+        assert p.flush(30) == 0
+        client[0] = "kafka-python-" + mechanism
+        k = KafkaProducer(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT",
+                          sasl_mechanism=mechanism, sasl_plain_username="alice",
+                          sasl_plain_password="alice-secret", acks="all")
+        k.send("sasl", b"kafka-python " + mechanism.encode()).get(timeout=30)
+        k.close()
+
+
+def capture(broker_bin, extra, workloads):
+    """Runs each workload against a new broker started with `extra` flags, through
+    the proxy; returns the frames recorded."""
+    del frames[:]
+    connections[0] = 0
     port, proxy_port = free_port(), free_port()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -176,29 +204,47 @@ def main(argv):
     with tempfile.TemporaryDirectory() as data:
         broker = subprocess.Popen(
             [broker_bin, "--data-dir", data, "--listen", "127.0.0.1:%d" % port,
-             "--advertised-addr", "127.0.0.1:%d" % proxy_port],
+             "--advertised-addr", "127.0.0.1:%d" % proxy_port, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             for line in broker.stdout:
                 if "listening on" in line:
                     break
             bootstrap = "127.0.0.1:%d" % proxy_port
-            client[0] = "librdkafka"
-            librdkafka(bootstrap)
-            client[0] = "kafka-python"
-            kafka_python(bootstrap)
-            client[0] = "kcat"
-            kcat(bootstrap)
+            for name, workload in workloads:
+                client[0] = name
+                workload(bootstrap)
             time.sleep(0.5)
         finally:
             broker.send_signal(signal.SIGTERM)
             broker.wait(30)
-    with frames_lock, open(out, "w") as f:
-        f.write("# Request frames sent by real clients (tests/clients/capture_requests.py):\n")
-        f.write("# the client, then the frame without its length prefix, in hex.\n")
-        for who, frame in frames:
-            f.write("%s %s\n" % (who, frame.hex()))
-    print("%d frames" % len(frames))
+    with frames_lock:
+        return list(frames)
+
+
+def write(path, recorded, what):
+    with open(path, "w") as f:
+        f.write("# %s (tests/clients/capture_requests.py):\n" % what)
+        f.write("# the client, its connection, then the frame without its length prefix, in hex.\n")
+        for who, conn, frame in recorded:
+            f.write("%s %d %s\n" % (who, conn, frame.hex()))
+    print("%s: %d frames" % (path, len(recorded)))
+
+
+def main(argv):
+    if len(argv) != 4:
+        sys.exit(__doc__)
+    broker_bin, out, sasl_out = argv[1], argv[2], argv[3]
+    write(out, capture(broker_bin, [], [("librdkafka", librdkafka),
+                                        ("kafka-python", kafka_python), ("kcat", kcat)]),
+          "Request frames sent by real clients")
+    with tempfile.TemporaryDirectory() as d:
+        users = os.path.join(d, "users.json")
+        with open(users, "w") as f:
+            f.write('{"alice": "alice-secret"}')
+        write(sasl_out, capture(broker_bin, ["--sasl-users", users], [("-", sasl)]),
+              "Request frames of SASL authentications by real clients, user alice, "
+              "password alice-secret")
 
 
 if __name__ == "__main__":
