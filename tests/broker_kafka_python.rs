@@ -32,6 +32,31 @@ fn kafka_python_admin_manages_topics_configs_partitions_and_records() {
         "{out}"
     );
     assert_eq!(tagged(&out, "PARTITIONS"), [["3"]], "{out}");
+    // DescribeCluster: this node, under the cluster id of meta.json; brokers with
+    // is_fenced come from DescribeCluster itself, not kafka-python's fallback.
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("data").join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    let cluster_id = meta["cluster_id"].as_str().unwrap();
+    assert_eq!(
+        tagged(&out, "CLUSTER"),
+        [[cluster_id, "0", "0", broker.addr.as_str(), "True"]],
+        "{out}"
+    );
+    // DescribeTopicPartitions two partitions at a time: the unknown topic sorts
+    // after the topic and is answered with UNKNOWN_TOPIC_OR_PARTITION (3) on the
+    // last page.
+    assert_eq!(
+        tagged(&out, "DESCRIBED"),
+        [
+            ["inventory", "0", "0,1"],
+            ["inventory", "0", "2"],
+            ["no-such-topic", "3", "-"]
+        ],
+        "{out}"
+    );
+    assert_eq!(tagged(&out, "CURSOR"), [["inventory", "2"]], "{out}");
     assert_eq!(
         tagged(&out, "KEYLESS"),
         [["InvalidRecordError"]],

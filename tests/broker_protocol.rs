@@ -3,7 +3,7 @@
 
 mod broker_support;
 
-use std::{io::Write, net::TcpStream, time::Duration};
+use std::{collections::BTreeMap, io::Write, net::TcpStream, time::Duration};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::{
@@ -12,7 +12,7 @@ use kafka_protocol::{
         describe_configs_request::DescribeConfigsResource,
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
         list_offsets_response::ListOffsetsPartitionResponse,
-        ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest,
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreatePartitionsRequest,
         CreatePartitionsResponse, DescribeConfigsRequest, DescribeConfigsResponse, FetchResponse,
         InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
         MetadataRequest, MetadataResponse, ProduceResponse, ProducerId, TopicName, TransactionalId,
@@ -2317,4 +2317,189 @@ fn a_failed_acks_0_produce_closes_the_connection() {
         produce_at(&mut s, 7, "quiet", batch(&["after"]).to_vec()),
         (0, 3, String::new(), vec![])
     );
+}
+
+/// DescribeTopicPartitions v0 of `topics` (every topic when empty), at most
+/// `limit` partitions, from `cursor`: (name, error code, topic id, partition
+/// indexes) per topic, and the next cursor.
+#[allow(clippy::type_complexity)]
+fn describe_topic_partitions(
+    s: &mut TcpStream,
+    topics: &[&str],
+    limit: i32,
+    cursor: Option<(&str, i32)>,
+) -> (
+    Vec<(String, i16, uuid::Uuid, Vec<i32>)>,
+    Option<(String, i32)>,
+) {
+    use kafka_protocol::messages::{
+        describe_topic_partitions_request::{Cursor, TopicRequest},
+        DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    };
+    let name = |n: &str| TopicName(StrBytes::from_string(n.into()));
+    let req = DescribeTopicPartitionsRequest::default()
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| TopicRequest::default().with_name(name(t)))
+                .collect(),
+        )
+        .with_response_partition_limit(limit)
+        .with_cursor(cursor.map(|(t, p)| {
+            Cursor::default()
+                .with_topic_name(name(t))
+                .with_partition_index(p)
+        }));
+    s.write_all(&request_frame(ApiKey::DescribeTopicPartitions, 0, 3, &req))
+        .unwrap();
+    let (cid, r): (i32, DescribeTopicPartitionsResponse) =
+        response(s, ApiKey::DescribeTopicPartitions, 0);
+    assert_eq!(cid, 3);
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            let ops = t.topic_authorized_operations;
+            assert_eq!(ops == i32::MIN, t.error_code != 0, "operations {ops:#x}");
+            (
+                t.name.expect("a name").0.to_string(),
+                t.error_code,
+                t.topic_id,
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        assert_eq!((p.leader_id.0, &p.isr_nodes[..]), (0, &[BrokerId(0)][..]));
+                        p.partition_index
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let next = r
+        .next_cursor
+        .map(|c| (c.topic_name.0.to_string(), c.partition_index));
+    (topics, next)
+}
+
+/// DescribeCluster (v0-v2) names this node as the cluster under the id Metadata
+/// gives, and refuses a request meant for a controller; DescribeTopicPartitions
+/// answers topics in name order, pages by partition limit with a cursor, reports
+/// unknown and invalid names, and creates nothing.
+#[test]
+fn describe_cluster_and_describe_topic_partitions_answer_as_kafka_does() {
+    use kafka_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    let m = metadata_of(&broker.addr);
+    let port: i32 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    for version in 0..=2 {
+        for ops in [false, true] {
+            let req = DescribeClusterRequest::default()
+                .with_include_cluster_authorized_operations(ops)
+                .with_include_fenced_brokers(version >= 2);
+            s.write_all(&request_frame(ApiKey::DescribeCluster, version, 4, &req))
+                .unwrap();
+            let (cid, r): (i32, DescribeClusterResponse) =
+                response(&mut s, ApiKey::DescribeCluster, version);
+            assert_eq!((cid, r.error_code), (4, 0), "v{version}: {r:?}");
+            assert_eq!(Some(r.cluster_id.clone()), m.cluster_id, "v{version}");
+            assert_eq!(r.controller_id, BrokerId(0));
+            let b: Vec<_> = r
+                .brokers
+                .iter()
+                .map(|b| (b.broker_id.0, b.host.to_string(), b.port, b.is_fenced))
+                .collect();
+            assert_eq!(b, [(0, "127.0.0.1".to_string(), port, false)], "v{version}");
+            // Without an authorizer every cluster operation is allowed, as in Kafka
+            // (DESCRIBE is bit 8); not asked, none are reported.
+            if ops {
+                assert_ne!(r.cluster_authorized_operations & (1 << 8), 0);
+            } else {
+                assert_eq!(r.cluster_authorized_operations, i32::MIN);
+            }
+        }
+    }
+    for (endpoint, code) in [(2, 114), (7, 115)] {
+        let req = DescribeClusterRequest::default().with_endpoint_type(endpoint);
+        s.write_all(&request_frame(ApiKey::DescribeCluster, 1, 5, &req))
+            .unwrap();
+        let (_, r): (i32, DescribeClusterResponse) = response(&mut s, ApiKey::DescribeCluster, 1);
+        assert_eq!(r.error_code, code, "endpoint type {endpoint}: {r:?}");
+        assert!(r.error_message.is_some() && r.brokers.is_empty());
+    }
+
+    assert_eq!(create_topic(&mut s, "dtp-b", 2, &[]), 0);
+    assert_eq!(create_topic(&mut s, "dtp-a", 3, &[]), 0);
+    let ids: BTreeMap<String, uuid::Uuid> = metadata_of(&broker.addr)
+        .topics
+        .into_iter()
+        .map(|t| (t.name.unwrap().0.to_string(), t.topic_id))
+        .collect();
+    let found = |name: &str, parts: &[i32]| (name.to_string(), 0, ids[name], parts.to_vec());
+    let unknown = |name: &str, code: i16| (name.to_string(), code, uuid::Uuid::nil(), vec![]);
+
+    // Everything at once, in name order, each name once; nothing is created.
+    let asked = ["dtp-b", "nope", "dtp-a", "dtp-b", "bad/name"];
+    assert_eq!(
+        describe_topic_partitions(&mut s, &asked, 2000, None),
+        (
+            vec![
+                unknown("bad/name", 17),
+                found("dtp-a", &[0, 1, 2]),
+                found("dtp-b", &[0, 1]),
+                unknown("nope", 3)
+            ],
+            None
+        )
+    );
+    assert_eq!(metadata_of(&broker.addr).topics.len(), 2, "nothing created");
+    assert_eq!(
+        describe_topic_partitions(&mut s, &[], 0, None).0,
+        [found("dtp-a", &[0])],
+        "every topic; a limit below 1 counts as 1"
+    );
+
+    // Two partitions a page, following the cursor.
+    let mut pages = Vec::new();
+    let mut cursor: Option<(String, i32)> = None;
+    loop {
+        let (topics, next) = describe_topic_partitions(
+            &mut s,
+            &[],
+            2,
+            cursor.as_ref().map(|(t, p)| (t.as_str(), *p)),
+        );
+        pages.push(topics);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages.len() < 10, "the cursor keeps going: {pages:?}");
+    }
+    assert_eq!(
+        pages,
+        [
+            vec![found("dtp-a", &[0, 1])],
+            vec![found("dtp-a", &[2]), found("dtp-b", &[0])],
+            vec![found("dtp-b", &[1])]
+        ]
+    );
+
+    // A cursor must name a topic asked for and a partition >= 0.
+    for (topics, cursor) in [
+        (&["dtp-a"][..], ("dtp-b", 0)),
+        (&["dtp-a", "dtp-b"][..], ("dtp-a", -1)),
+    ] {
+        let (answer, next) = describe_topic_partitions(&mut s, topics, 10, Some(cursor));
+        assert!(next.is_none());
+        assert!(
+            !answer.is_empty()
+                && answer
+                    .iter()
+                    .all(|(_, code, _, p)| *code == 42 && p.is_empty()),
+            "{cursor:?}: {answer:?}"
+        );
+    }
 }

@@ -100,6 +100,7 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
         ApiKey::DescribeGroups => w.array_len().and_then(|n| over(n, "group ids")),
         ApiKey::DeleteGroups => w.array_len().and_then(|n| over(n, "group ids")),
         ApiKey::DeleteTopics => w.array_len().and_then(|n| over(n, "topics")),
+        ApiKey::DescribeTopicPartitions => w.array_len().and_then(|n| over(n, "topics")),
         ApiKey::ListGroups if version >= 4 => (|| {
             let states = w.array_len()?;
             if let Some(r) = over(states, "states in its filter") {
@@ -145,8 +146,9 @@ mod tests {
     use bytes::BytesMut;
     use kafka_protocol::{
         messages::{
-            describe_configs_request::DescribeConfigsResource, DescribeConfigsRequest,
-            DescribeGroupsRequest, GroupId, ListGroupsRequest,
+            describe_configs_request::DescribeConfigsResource,
+            describe_topic_partitions_request::TopicRequest, DescribeConfigsRequest,
+            DescribeGroupsRequest, DescribeTopicPartitionsRequest, GroupId, ListGroupsRequest,
         },
         protocol::{Encodable, StrBytes},
     };
@@ -200,6 +202,16 @@ mod tests {
             let e = check(ApiKey::DescribeConfigs, version, &body(&more, version)).unwrap_err();
             assert!(e.contains("config keys"), "{e}");
         }
+        let topics = |n| {
+            DescribeTopicPartitionsRequest::default()
+                .with_topics(vec![TopicRequest::default(); n])
+                .with_response_partition_limit(2000)
+        };
+        let ok = body(&topics(MAX_LISTED), 0);
+        assert_eq!(check(ApiKey::DescribeTopicPartitions, 0, &ok), Ok(()));
+        let over = body(&topics(MAX_LISTED + 1), 0);
+        let e = check(ApiKey::DescribeTopicPartitions, 0, &over).unwrap_err();
+        assert!(e.contains("100001 topics"), "{e}");
         // A body that ends early is left to the decoder.
         assert_eq!(check(ApiKey::DescribeConfigs, 4, &[0x05, 0x02]), Ok(()));
         assert_eq!(check(ApiKey::Metadata, 1, &[0xff]), Ok(()));

@@ -859,6 +859,8 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::DescribeLogDirs, 1, 4),
         (ApiKey::AlterConfigs, 0, 2),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
+        (ApiKey::DescribeCluster, 0, 2),
+        (ApiKey::DescribeTopicPartitions, 0, 0),
         // v0: raw SASL tokens follow the handshake, outside Kafka's framing.
         (ApiKey::SaslHandshake, 0, 1),
         (ApiKey::SaslAuthenticate, 0, 2),

@@ -151,6 +151,8 @@ def kafka_python(bootstrap):
     a.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "kp", {"retention.ms": "500000"})])
     a.create_partitions({"kp": NewPartitions(3)})
     a.describe_log_dirs()
+    a.describe_cluster()
+    a.describe_topic_partitions(["kp", "kpgone"], response_partition_limit=2)
     a.delete_records({TopicPartition("kp", 0): 2})
     a.list_group_offsets("g2")
     a.describe_groups(["g2"])

@@ -37,6 +37,23 @@ def cmd_admin(broker, topic):
     admin.create_partitions({topic: NewPartitions(3)})
     meta = admin.describe_topics([topic])
     out("PARTITIONS", len(meta[0]["partitions"]))
+    # DescribeCluster (kafka-python falls back to Metadata without it: its brokers
+    # then have no is_fenced) and DescribeTopicPartitions, two partitions a page.
+    cluster = admin.describe_cluster()
+    for b in cluster["brokers"]:
+        out("CLUSTER", cluster["cluster_id"], cluster["controller_id"], b["broker_id"],
+            "%s:%d" % (b["host"], b["port"]), "is_fenced" in b)
+    cursor = None
+    while True:
+        page = admin.describe_topic_partitions([topic, "no-such-topic"], response_partition_limit=2,
+                                               cursor=cursor)
+        for t in page["topics"]:
+            out("DESCRIBED", t["name"], t["error_code"],
+                ",".join(str(p["partition_index"]) for p in t["partitions"]) or "-")
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        out("CURSOR", cursor["topic_name"], cursor["partition_index"])
 
     producer = KafkaProducer(bootstrap_servers=broker, acks="all", retries=0)
     try:

@@ -3,6 +3,7 @@
 //! so pipelined produces keep their order.
 
 mod configs;
+mod describe;
 mod fetch;
 mod groups;
 mod produce;
@@ -283,6 +284,24 @@ pub(crate) async fn handle(
                 version,
                 cid,
                 &scram::describe(&ctx, &req),
+            );
+            Box::pin(async move { resp })
+        }
+        RequestKind::DescribeCluster(req) => {
+            let resp = encode_response(
+                ApiKey::DescribeCluster,
+                version,
+                cid,
+                &describe::describe_cluster(&ctx, &req),
+            );
+            Box::pin(async move { resp })
+        }
+        RequestKind::DescribeTopicPartitions(req) => {
+            let resp = encode_response(
+                ApiKey::DescribeTopicPartitions,
+                version,
+                cid,
+                &describe::describe_topic_partitions(&ctx, req),
             );
             Box::pin(async move { resp })
         }
