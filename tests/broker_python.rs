@@ -431,6 +431,20 @@ fn admin_client_creates_alters_and_describes_configs_and_adds_partitions() {
         );
     }
 
+    // Without an authorizer every operation of the cluster and of a topic is
+    // reported as authorized when asked (Metadata v8+), as Kafka does.
+    let out = python_client("kafka_client.py", &["describe-ops", &broker.addr, "cfg"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "OPS cluster ALTER,ALTER_CONFIGS,CLUSTER_ACTION,CREATE,DESCRIBE,DESCRIBE_CONFIGS,IDEMPOTENT_WRITE",
+            "OPS topic ALTER,ALTER_CONFIGS,CREATE,DELETE,DESCRIBE,DESCRIBE_CONFIGS,READ,WRITE",
+            "OPS cluster-unasked none",
+            "OPS topic-unasked none",
+        ],
+        "{out}"
+    );
+
     // Per-topic configs: created with the topic, altered one key at a time.
     let client = |args: &[&str]| python_client("kafka_client.py", args);
     let out = client(&[

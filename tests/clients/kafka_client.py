@@ -15,6 +15,8 @@ environment the producers are idempotent, with COMPRESSION=codec they compress):
   grow    BOOTSTRAP TOPIC COUNT                     AdminClient: add partitions up to COUNT; "GREW topic count"
   describe-configs BOOTSTRAP TOPIC                 AdminClient: TOPIC's and broker 0's configs;
                                                     "CONFIG resource name value source"
+  describe-ops BOOTSTRAP TOPIC                     AdminClient: the authorized operations of the cluster
+                                                    and of TOPIC, asked for and not; "OPS what op,op,..."
   group   BOOTSTRAP TOPIC GROUP MAX                 subscribe with group.id, read up to MAX (or until idle),
                                                     commit what was read; "MSG ..." then "COMMITTED p offset"
   group-watch BOOTSTRAP TOPIC GROUP SECONDS [INSTANCE]  stay in the group for SECONDS (a static member
@@ -328,6 +330,25 @@ def describe_configs(bootstrap, topic):
             out("CONFIG %s %s %s %s" % (res.name, name, entry.value, entry.source))
 
 
+def describe_ops(bootstrap, topic):
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def ops(found):
+        if found is None:
+            return "none"
+        return ",".join(sorted(op.name for op in found))
+
+    for asked in (True, False):
+        cluster = admin.describe_cluster(include_authorized_operations=asked,
+                                         request_timeout=20).result()
+        out("OPS cluster%s %s" % ("" if asked else "-unasked", ops(cluster.authorized_operations)))
+        described = admin.describe_topics(TopicCollection([topic]), include_authorized_operations=asked,
+                                          request_timeout=20)[topic].result()
+        out("OPS topic%s %s" % ("" if asked else "-unasked", ops(described.authorized_operations)))
+
+
 def create_with_configs(bootstrap, topic, pairs):
     """Creates `topic` (1 partition) with configs given as key=value."""
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -534,6 +555,8 @@ def main(argv):
         delete_records(argv[2], argv[3], int(argv[4]), int(argv[5]))
     elif cmd == "describe-configs":
         describe_configs(argv[2], argv[3])
+    elif cmd == "describe-ops":
+        describe_ops(argv[2], argv[3])
     elif cmd == "recreate":
         recreate(argv[2], argv[3], int(argv[4]))
     elif cmd == "scram":

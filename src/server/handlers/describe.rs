@@ -29,15 +29,15 @@ const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
 const BROKER_ENDPOINT: i8 = 1;
 const CONTROLLER_ENDPOINT: i8 = 2;
 
-/// The operations reported as authorized, as bit fields of Kafka's `AclOperation`
-/// codes. Without an authorizer Kafka reports every operation the resource type
-/// supports. The cluster: CREATE (5), ALTER (7), DESCRIBE (8), CLUSTER_ACTION (9),
+/// The operations reported as authorized (here and by Metadata, when asked), as
+/// bit fields of Kafka's `AclOperation` codes. Without an authorizer Kafka reports
+/// every operation the resource type supports. The cluster: CREATE (5), ALTER (7), DESCRIBE (8), CLUSTER_ACTION (9),
 /// DESCRIBE_CONFIGS (10), ALTER_CONFIGS (11), IDEMPOTENT_WRITE (12).
-const CLUSTER_OPERATIONS: i32 =
+pub(super) const CLUSTER_OPERATIONS: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 /// A topic: READ (3), WRITE (4), CREATE (5), DELETE (6), ALTER (7), DESCRIBE (8),
 /// DESCRIBE_CONFIGS (10), ALTER_CONFIGS (11).
-const TOPIC_OPERATIONS: i32 =
+pub(super) const TOPIC_OPERATIONS: i32 =
     (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 
 /// The most partitions one DescribeTopicPartitions answer holds, whatever the

@@ -101,6 +101,9 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
         Some(t) if !(version == 0 && t.is_empty()) => Some(t),
         _ => None,
     };
+    // Asked for from v8 (the cluster's only until v10, as Kafka's schema has it).
+    let topic_ops = version >= 8 && req.include_topic_authorized_operations;
+    let cluster_ops = (8..=10).contains(&version) && req.include_cluster_authorized_operations;
     // v0-v3 always allow auto-creation; later versions say so per request.
     let allow_create = (version < 4 || req.allow_auto_topic_creation)
         && ctx.storage.config().storage.auto_create_topics;
@@ -177,6 +180,11 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
             }
         }
     }
+    if topic_ops {
+        for t in topics.iter_mut().filter(|t| t.error_code == codes::NONE) {
+            t.topic_authorized_operations = super::describe::TOPIC_OPERATIONS;
+        }
+    }
     MetadataResponse::default()
         .with_brokers(vec![broker])
         .with_cluster_id(
@@ -184,7 +192,11 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
         )
         .with_controller_id(BrokerId(if version >= 1 { node } else { -1 }))
         .with_topics(topics)
-        .with_cluster_authorized_operations(i32::MIN)
+        .with_cluster_authorized_operations(if cluster_ops {
+            super::describe::CLUSTER_OPERATIONS
+        } else {
+            i32::MIN
+        })
 }
 
 pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
