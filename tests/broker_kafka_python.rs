@@ -1,7 +1,8 @@
 //! The broker with kafka-python 3 (`tests/clients/kafka_python_client.py`), a
 //! client written in Python that shares no code with librdkafka or KafkaJS: its
 //! admin client, an idempotent gzip producer, a group consumer whose commits
-//! survive a broker restart, and a transactional producer, which fails at once.
+//! survive a broker restart, a transactional producer, which fails at once, and
+//! what admin tools ask about ACLs, producers, elections and transactions.
 
 mod broker_support;
 
@@ -125,4 +126,51 @@ fn kafka_python_transactional_producer_fails_at_once() {
         out.contains("InvalidRequestError"),
         "the client names the broker's error:\n{out}"
     );
+}
+
+#[test]
+fn kafka_python_admin_tools_get_answers_on_acls_producers_elections_and_transactions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let out = python_client(SCRIPT, &["tools", &broker.addr, "tools"]);
+    // No authorizer: SECURITY_DISABLED (54) everywhere, with Kafka's message.
+    assert_eq!(
+        tagged(&out, "ACL_DESCRIBE"),
+        [[
+            "SecurityDisabledError",
+            "No_Authorizer_is_configured_on_the_broker"
+        ]],
+        "{out}"
+    );
+    assert_eq!(
+        tagged(&out, "ACL_CREATE"),
+        [["0", "SecurityDisabledError"]],
+        "{out}"
+    );
+    assert_eq!(
+        tagged(&out, "ACL_DELETE"),
+        [["0", "SecurityDisabledError"]],
+        "{out}"
+    );
+    // The idempotent producer's 7 batches on partition 0: epoch 0, last sequence
+    // 6, stored within the last minute; no transaction. Partition 1 has none.
+    assert_eq!(tagged(&out, "PRODUCERS"), [["0", "1"], ["1", "0"]], "{out}");
+    assert_eq!(
+        tagged(&out, "PRODUCER"),
+        [["0", "0", "6", "-1", "-1", "True"]],
+        "{out}"
+    );
+    // This node leads every partition: ELECTION_NOT_NEEDED (84); partition 9
+    // does not exist (3).
+    assert_eq!(
+        tagged(&out, "ELECT"),
+        [
+            ["tools", "0", "84"],
+            ["tools", "1", "84"],
+            ["tools", "9", "3"]
+        ],
+        "{out}"
+    );
+    assert_eq!(tagged(&out, "REASSIGNMENTS"), [["0"]], "{out}");
+    assert_eq!(tagged(&out, "TRANSACTIONS"), [["0"]], "{out}");
 }

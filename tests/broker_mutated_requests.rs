@@ -21,7 +21,7 @@
 mod broker_support;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::TcpStream,
     time::{Duration, Instant},
@@ -347,9 +347,16 @@ fn mutated_client_requests_get_an_answer_or_a_close_and_lose_nothing() {
         (witness.join("\n") + "\n").as_bytes(),
     );
 
-    // The corpus as it was sent sets up its topics, groups and producers.
+    // The corpus as it was sent sets up its topics, groups and producers, and
+    // every request of it reaches its handler: none closes its connection.
     for frame in &corpus {
-        send(&addr, frame, Duration::from_millis(500));
+        assert_ne!(
+            send(&addr, frame, Duration::from_millis(500)),
+            Outcome::Closed,
+            "a request of the corpus as recorded: {}\nlog:\n{}",
+            hex(frame),
+            broker.log_text()
+        );
     }
 
     let seed: u64 = env_or("MUTATED_REQUESTS_SEED", 0x5eed_2026_1203);
@@ -398,14 +405,21 @@ fn mutated_client_requests_get_an_answer_or_a_close_and_lose_nothing() {
     // that decode and reach a handler.
     assert!(total(Outcome::Answered) > count / 5, "{outcomes:?}");
     assert!(total(Outcome::Closed) > count / 5, "{outcomes:?}");
-    // Each API the corpus holds was answered at least once after mutation.
-    for frame in &corpus {
-        let key = i16::from_be_bytes([frame[0], frame[1]]);
-        assert!(
-            count < 1000 || outcomes.contains_key(&(key, Outcome::Answered)),
-            "no mutated request of API key {key} was answered: {outcomes:?}"
-        );
-    }
+    // Most APIs of the corpus had a mutated request answered (those with one or
+    // two small frames in the corpus may see all their mutations refused).
+    let keys: BTreeSet<i16> = corpus
+        .iter()
+        .map(|f| i16::from_be_bytes([f[0], f[1]]))
+        .collect();
+    let answered = keys
+        .iter()
+        .filter(|k| outcomes.contains_key(&(**k, Outcome::Answered)))
+        .count();
+    assert!(
+        count < 1000 || answered * 5 >= keys.len() * 4,
+        "{answered} of {} APIs had a mutated request answered: {outcomes:?}",
+        keys.len()
+    );
 
     let log = broker.log_text();
     assert!(!log.contains("panicked"), "a panic in the log:\n{log}");

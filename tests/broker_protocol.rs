@@ -2503,3 +2503,63 @@ fn describe_cluster_and_describe_topic_partitions_answer_as_kafka_does() {
         );
     }
 }
+
+/// ElectLeaders for every partition (no list) elects nothing and lists nothing,
+/// as Kafka lists only the partitions it elected; an unknown election type is
+/// INVALID_REQUEST. ListTransactions lists none and reports back the state
+/// filters Kafka does not know.
+#[test]
+fn elect_leaders_for_all_partitions_and_list_transactions_answer_as_kafka_does() {
+    use kafka_protocol::messages::{
+        elect_leaders_request::TopicPartitions, ElectLeadersRequest, ElectLeadersResponse,
+        ListTransactionsRequest, ListTransactionsResponse,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(create_topic(&mut s, "el", 2, &[]), 0);
+    let mut elect = |req: &ElectLeadersRequest| -> ElectLeadersResponse {
+        s.write_all(&request_frame(ApiKey::ElectLeaders, 2, 6, req))
+            .unwrap();
+        response(&mut s, ApiKey::ElectLeaders, 2).1
+    };
+    let all = elect(&ElectLeadersRequest::default().with_topic_partitions(None));
+    assert_eq!((all.error_code, all.replica_election_results.len()), (0, 0));
+    let named = Some(vec![TopicPartitions::default()
+        .with_topic(TopicName(StrBytes::from_static_str("el")))
+        .with_partitions(vec![1, 1, 0])]);
+    let r = elect(
+        &ElectLeadersRequest::default()
+            .with_election_type(1)
+            .with_topic_partitions(named.clone()),
+    );
+    let codes: Vec<(i32, i16)> = r.replica_election_results[0]
+        .partition_result
+        .iter()
+        .map(|p| (p.partition_id, p.error_code))
+        .collect();
+    assert_eq!(codes, [(1, 84), (0, 84)], "each partition once");
+    let r = elect(
+        &ElectLeadersRequest::default()
+            .with_election_type(7)
+            .with_topic_partitions(named),
+    );
+    assert!(r.replica_election_results[0]
+        .partition_result
+        .iter()
+        .all(|p| p.error_code == 42));
+
+    let req = ListTransactionsRequest::default().with_state_filters(vec![
+        StrBytes::from_static_str("Ongoing"),
+        StrBytes::from_static_str("Bogus"),
+    ]);
+    s.write_all(&request_frame(ApiKey::ListTransactions, 1, 7, &req))
+        .unwrap();
+    let (_, r): (i32, ListTransactionsResponse) = response(&mut s, ApiKey::ListTransactions, 1);
+    assert_eq!(r.error_code, 0);
+    assert!(r.transaction_states.is_empty());
+    assert_eq!(
+        r.unknown_state_filters,
+        [StrBytes::from_static_str("Bogus")]
+    );
+}

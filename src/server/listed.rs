@@ -101,6 +101,15 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
         ApiKey::DeleteGroups => w.array_len().and_then(|n| over(n, "group ids")),
         ApiKey::DeleteTopics => w.array_len().and_then(|n| over(n, "topics")),
         ApiKey::DescribeTopicPartitions => w.array_len().and_then(|n| over(n, "topics")),
+        ApiKey::DescribeProducers => w.array_len().and_then(|n| over(n, "topics")),
+        ApiKey::CreateAcls => w.array_len().and_then(|n| over(n, "ACL creations")),
+        ApiKey::DeleteAcls => w.array_len().and_then(|n| over(n, "ACL filters")),
+        ApiKey::ElectLeaders => (|| {
+            if version >= 1 {
+                w.take(1)?; // election type
+            }
+            over(w.array_len()?, "topics")
+        })(),
         ApiKey::ListGroups if version >= 4 => (|| {
             let states = w.array_len()?;
             if let Some(r) = over(states, "states in its filter") {
@@ -147,8 +156,10 @@ mod tests {
     use kafka_protocol::{
         messages::{
             describe_configs_request::DescribeConfigsResource,
-            describe_topic_partitions_request::TopicRequest, DescribeConfigsRequest,
-            DescribeGroupsRequest, DescribeTopicPartitionsRequest, GroupId, ListGroupsRequest,
+            describe_topic_partitions_request::TopicRequest,
+            elect_leaders_request::TopicPartitions, CreateAclsRequest, DescribeConfigsRequest,
+            DescribeGroupsRequest, DescribeTopicPartitionsRequest, ElectLeadersRequest, GroupId,
+            ListGroupsRequest,
         },
         protocol::{Encodable, StrBytes},
     };
@@ -212,6 +223,22 @@ mod tests {
         let over = body(&topics(MAX_LISTED + 1), 0);
         let e = check(ApiKey::DescribeTopicPartitions, 0, &over).unwrap_err();
         assert!(e.contains("100001 topics"), "{e}");
+        for version in [0, 1, 2] {
+            let elect = |n| {
+                ElectLeadersRequest::default()
+                    .with_election_type(i8::from(version >= 1))
+                    .with_topic_partitions(Some(vec![TopicPartitions::default(); n]))
+            };
+            let ok = body(&elect(MAX_LISTED), version);
+            assert_eq!(check(ApiKey::ElectLeaders, version, &ok), Ok(()));
+            let over = body(&elect(MAX_LISTED + 1), version);
+            let e = check(ApiKey::ElectLeaders, version, &over).unwrap_err();
+            assert!(e.contains("100001 topics"), "v{version}: {e}");
+        }
+        let acls =
+            CreateAclsRequest::default().with_creations(vec![Default::default(); MAX_LISTED + 1]);
+        let e = check(ApiKey::CreateAcls, 3, &body(&acls, 3)).unwrap_err();
+        assert!(e.contains("100001 ACL creations"), "{e}");
         // A body that ends early is left to the decoder.
         assert_eq!(check(ApiKey::DescribeConfigs, 4, &[0x05, 0x02]), Ok(()));
         assert_eq!(check(ApiKey::Metadata, 1, &[0xff]), Ok(()));

@@ -861,6 +861,14 @@ pub(crate) fn supported_apis() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 2),
         (ApiKey::DescribeTopicPartitions, 0, 0),
+        // Without an authorizer: SECURITY_DISABLED, as Kafka answers.
+        (ApiKey::DescribeAcls, 1, 3),
+        (ApiKey::CreateAcls, 1, 3),
+        (ApiKey::DeleteAcls, 1, 3),
+        (ApiKey::DescribeProducers, 0, 0),
+        (ApiKey::ElectLeaders, 0, 2),
+        (ApiKey::ListPartitionReassignments, 0, 0),
+        (ApiKey::ListTransactions, 0, 1),
         // v0: raw SASL tokens follow the handshake, outside Kafka's framing.
         (ApiKey::SaslHandshake, 0, 1),
         (ApiKey::SaslAuthenticate, 0, 2),

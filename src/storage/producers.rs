@@ -241,6 +241,25 @@ impl ProducerState {
         }
     }
 
+    /// Each producer remembered (not expired), by id: its epoch, the last
+    /// sequence of its newest batch (-1 if none is cached) and the wall-clock
+    /// milliseconds when that batch was stored or last seen.
+    pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
+        let (now, now_ms) = (Instant::now(), super::segment::now_ms());
+        let mut out: Vec<_> = self
+            .producers
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.last_used) < EXPIRY)
+            .map(|(&id, e)| {
+                let idle = i64::try_from(now.duration_since(e.last_used).as_millis()).unwrap_or(0);
+                let last_seq = e.batches.back().map_or(-1, |c| c.last_seq);
+                (id, e.epoch, last_seq, now_ms.saturating_sub(idle))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// What a snapshot taken where a segment starting at `below` begins holds:
     /// every producer's cached batches below that offset (batches already given
     /// offsets at or above it are left to that segment's scan, since they may never

@@ -153,6 +153,28 @@ def kafka_python(bootstrap):
     a.describe_log_dirs()
     a.describe_cluster()
     a.describe_topic_partitions(["kp", "kpgone"], response_partition_limit=2)
+    a.describe_producers([TopicPartition("kp", 0), TopicPartition("kp", 1)])
+    a.elect_leaders(0, {"kp": [0, 1, 7]}, raise_errors=False)
+    a.list_partition_reassignments()
+    a.list_transactions(state_filters=["Ongoing"])
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType,
+                             ACLResourcePatternType, ResourcePattern, ResourcePatternFilter,
+                             ResourceType)
+    from kafka.errors import SecurityDisabledError
+    try:
+        a.describe_acls(ACLFilter(principal=None, host="*", operation=ACLOperation.ANY,
+                                  permission_type=ACLPermissionType.ANY,
+                                  resource_pattern=ResourcePatternFilter(
+                                      ResourceType.TOPIC, None, ACLResourcePatternType.ANY)))
+    except SecurityDisabledError:
+        pass
+    a.create_acls([ACL(principal="User:bob", host="*", operation=ACLOperation.READ,
+                       permission_type=ACLPermissionType.ALLOW,
+                       resource_pattern=ResourcePattern(ResourceType.TOPIC, "kp"))])
+    a.delete_acls([ACLFilter(principal="User:bob", host="*", operation=ACLOperation.ANY,
+                             permission_type=ACLPermissionType.ANY,
+                             resource_pattern=ResourcePatternFilter(
+                                 ResourceType.TOPIC, "kp", ACLResourcePatternType.LITERAL))])
     a.delete_records({TopicPartition("kp", 0): 2})
     a.list_group_offsets("g2")
     a.describe_groups(["g2"])

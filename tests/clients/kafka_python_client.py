@@ -9,6 +9,7 @@ test parses; a failure exits non-zero.
   produce BROKER TOPIC COUNT PARTITIONS PREFIX
   group BROKER TOPIC GROUP EXPECT
   txn BROKER TOPIC
+  tools BROKER TOPIC
   sasl BROKER TOPIC USER PASSWORD MECHANISM...
 """
 import sys
@@ -144,7 +145,55 @@ def cmd_sasl(broker, topic, user, password, *mechanisms):
             out("SASL", mechanism, "error", type(e).__name__)
 
 
-COMMANDS = {"admin": cmd_admin, "produce": cmd_produce, "group": cmd_group, "txn": cmd_txn, "sasl": cmd_sasl}
+def cmd_tools(broker, topic):
+    """What admin tools ask a broker without an authorizer, replicas or
+    transactions: ACLs, producer state, leader elections, reassignments and
+    transactions. One line per fact."""
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType,
+                             ACLResourcePatternType, ResourcePattern, ResourcePatternFilter,
+                             ResourceType)
+    admin = KafkaAdminClient(bootstrap_servers=broker, client_id="kp-tools")
+    admin.create_topics([NewTopic(topic, 2, 1)])
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
+    for i in range(7):
+        producer.send(topic, b"v%d" % i, partition=0)
+    producer.flush()
+    producer.close()
+    any_topic = ResourcePatternFilter(ResourceType.TOPIC, None, ACLResourcePatternType.ANY)
+    try:
+        admin.describe_acls(ACLFilter(principal=None, host="*", operation=ACLOperation.ANY,
+                                      permission_type=ACLPermissionType.ANY,
+                                      resource_pattern=any_topic))
+        out("ACL_DESCRIBE", "ok")
+    except KafkaError as e:
+        out("ACL_DESCRIBE", type(e).__name__, str(e).split(": ", 1)[-1].replace(" ", "_"))
+    created = admin.create_acls([ACL(principal="User:bob", host="*", operation=ACLOperation.READ,
+                                     permission_type=ACLPermissionType.ALLOW,
+                                     resource_pattern=ResourcePattern(ResourceType.TOPIC, topic))])
+    out("ACL_CREATE", len(created["succeeded"]), *[e.__name__ for e in created["failed"]])
+    for _, matched, error in admin.delete_acls([ACLFilter(
+            principal="User:bob", host="*", operation=ACLOperation.ANY,
+            permission_type=ACLPermissionType.ANY,
+            resource_pattern=ResourcePatternFilter(ResourceType.TOPIC, topic,
+                                                   ACLResourcePatternType.LITERAL))]):
+        out("ACL_DELETE", len(matched), error.__name__)
+    states = admin.describe_producers([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    now_ms = time.time() * 1000
+    for tp, state in sorted(states.items()):
+        out("PRODUCERS", tp.partition, len(state.active_producers))
+        for p in state.active_producers:
+            out("PRODUCER", tp.partition, p.producer_epoch, p.last_sequence, p.coordinator_epoch,
+                p.current_transaction_start_offset, abs(now_ms - p.last_timestamp) < 60000)
+    elected = admin.elect_leaders(0, {topic: [0, 1, 9]}, raise_errors=False)
+    for r in elected.replica_election_results:
+        for p in r.partition_result:
+            out("ELECT", r.topic, p.partition_id, p.error_code)
+    out("REASSIGNMENTS", len(admin.list_partition_reassignments()))
+    out("TRANSACTIONS", sum(len(v) for v in admin.list_transactions().values()))
+    admin.close()
+
+
+COMMANDS = {"admin": cmd_admin, "produce": cmd_produce, "group": cmd_group, "txn": cmd_txn, "sasl": cmd_sasl, "tools": cmd_tools}
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] not in COMMANDS:

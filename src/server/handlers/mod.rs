@@ -2,6 +2,7 @@
 //! as a future; only Produce does work before returning (its submission to storage),
 //! so pipelined produces keep their order.
 
+mod admin;
 mod configs;
 mod describe;
 mod fetch;
@@ -285,6 +286,38 @@ pub(crate) async fn handle(
                 cid,
                 &scram::describe(&ctx, &req),
             );
+            Box::pin(async move { resp })
+        }
+        RequestKind::DescribeAcls(_) => {
+            let resp = encode_response(ApiKey::DescribeAcls, version, cid, &admin::describe_acls());
+            Box::pin(async move { resp })
+        }
+        RequestKind::CreateAcls(req) => {
+            let resp = encode_response(ApiKey::CreateAcls, version, cid, &admin::create_acls(&req));
+            Box::pin(async move { resp })
+        }
+        RequestKind::DeleteAcls(req) => {
+            let resp = encode_response(ApiKey::DeleteAcls, version, cid, &admin::delete_acls(&req));
+            Box::pin(async move { resp })
+        }
+        RequestKind::DescribeProducers(req) => {
+            let body = admin::describe_producers(&ctx, &req);
+            let resp = encode_response(ApiKey::DescribeProducers, version, cid, &body);
+            Box::pin(async move { resp })
+        }
+        RequestKind::ElectLeaders(req) => {
+            let body = admin::elect_leaders(&ctx, &req);
+            let resp = encode_response(ApiKey::ElectLeaders, version, cid, &body);
+            Box::pin(async move { resp })
+        }
+        RequestKind::ListPartitionReassignments(_) => {
+            let body = admin::list_partition_reassignments();
+            let resp = encode_response(ApiKey::ListPartitionReassignments, version, cid, &body);
+            Box::pin(async move { resp })
+        }
+        RequestKind::ListTransactions(req) => {
+            let body = admin::list_transactions(&req);
+            let resp = encode_response(ApiKey::ListTransactions, version, cid, &body);
             Box::pin(async move { resp })
         }
         RequestKind::DescribeCluster(req) => {

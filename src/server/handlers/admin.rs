@@ -1,0 +1,223 @@
+//! Admin APIs that a single node without an authorizer, replicas or
+//! transactions answers as Kafka in that situation does, so that admin tools
+//! get an answer rather than a closed connection: the ACL APIs
+//! (SECURITY_DISABLED), DescribeProducers (the idempotent producers each
+//! partition remembers), ElectLeaders (nothing to elect),
+//! ListPartitionReassignments (none) and ListTransactions (none).
+
+use kafka_protocol::{
+    messages::{
+        create_acls_response::AclCreationResult,
+        delete_acls_response::DeleteAclsFilterResult,
+        describe_producers_response::{PartitionResponse, ProducerState, TopicResponse},
+        elect_leaders_response::{PartitionResult, ReplicaElectionResult},
+        CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+        DescribeAclsResponse, DescribeProducersRequest, DescribeProducersResponse,
+        ElectLeadersRequest, ElectLeadersResponse, ListPartitionReassignmentsResponse,
+        ListTransactionsRequest, ListTransactionsResponse, ProducerId, TopicName,
+    },
+    protocol::StrBytes,
+};
+
+use super::named_once;
+use crate::server::{codes, Ctx};
+
+/// Kafka's code for a partition whose preferred replica already leads.
+const ELECTION_NOT_NEEDED: i16 = 84;
+
+fn message(s: impl Into<String>) -> Option<StrBytes> {
+    Some(StrBytes::from_string(s.into()))
+}
+
+/// DescribeAcls: Kafka without an authorizer answers SECURITY_DISABLED.
+pub(crate) fn describe_acls() -> DescribeAclsResponse {
+    DescribeAclsResponse::default()
+        .with_error_code(codes::SECURITY_DISABLED)
+        .with_error_message(message("No Authorizer is configured on the broker"))
+}
+
+/// CreateAcls: every creation fails with SECURITY_DISABLED, as without an
+/// authorizer in Kafka.
+pub(crate) fn create_acls(req: &CreateAclsRequest) -> CreateAclsResponse {
+    let results = req
+        .creations
+        .iter()
+        .map(|_| {
+            AclCreationResult::default()
+                .with_error_code(codes::SECURITY_DISABLED)
+                .with_error_message(message("No Authorizer is configured."))
+        })
+        .collect();
+    CreateAclsResponse::default().with_results(results)
+}
+
+/// DeleteAcls: every filter fails with SECURITY_DISABLED, as without an
+/// authorizer in Kafka.
+pub(crate) fn delete_acls(req: &DeleteAclsRequest) -> DeleteAclsResponse {
+    let results = req
+        .filters
+        .iter()
+        .map(|_| {
+            DeleteAclsFilterResult::default()
+                .with_error_code(codes::SECURITY_DISABLED)
+                .with_error_message(message("No Authorizer is configured."))
+        })
+        .collect();
+    DeleteAclsResponse::default().with_filter_results(results)
+}
+
+/// DescribeProducers (`kafka-transactions --describe-producers`): the idempotent
+/// producers each partition named remembers (those seen within a day), with the
+/// epoch, the last sequence of the newest batch, and when that batch was stored
+/// (Kafka reports the batch's newest record timestamp there). Nothing is
+/// transactional: coordinator epoch and transaction start are -1. Each partition
+/// is answered once.
+pub(crate) fn describe_producers(
+    ctx: &Ctx,
+    req: &DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let named = named_once(
+        req.topics
+            .iter()
+            .map(|t| (&t.name, t.partition_indexes.as_slice())),
+        |p| *p,
+    );
+    let topics = named
+        .into_iter()
+        .map(|(name, partitions)| {
+            let topic = ctx.storage.topic(name.0.as_str());
+            let partitions = partitions
+                .into_iter()
+                .map(|&index| {
+                    let found = topic.as_ref().and_then(|t| {
+                        usize::try_from(index)
+                            .ok()
+                            .and_then(|i| t.partitions.get(i))
+                    });
+                    let response = PartitionResponse::default().with_partition_index(index);
+                    let Some(partition) = found else {
+                        return response
+                            .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                            .with_error_message(message(format!(
+                                "partition {}-{index} does not exist",
+                                name.0
+                            )));
+                    };
+                    let producers = partition
+                        .producers()
+                        .describe()
+                        .into_iter()
+                        .map(|(id, epoch, last_sequence, last_ms)| {
+                            ProducerState::default()
+                                .with_producer_id(ProducerId(id))
+                                .with_producer_epoch(i32::from(epoch))
+                                .with_last_sequence(last_sequence)
+                                .with_last_timestamp(last_ms)
+                                .with_coordinator_epoch(-1)
+                                .with_current_txn_start_offset(-1)
+                        })
+                        .collect();
+                    response
+                        .with_error_code(codes::NONE)
+                        .with_active_producers(producers)
+                })
+                .collect();
+            TopicResponse::default()
+                .with_name(name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
+}
+
+/// ElectLeaders (`kafka-leader-election`): this node leads every partition, so
+/// there is never anything to elect. Partitions named get ELECTION_NOT_NEEDED
+/// (unknown ones UNKNOWN_TOPIC_OR_PARTITION), each once; asked for every
+/// partition (no list), Kafka lists only the partitions it elected: none.
+pub(crate) fn elect_leaders(ctx: &Ctx, req: &ElectLeadersRequest) -> ElectLeadersResponse {
+    // 0 = preferred, 1 = unclean (v1+).
+    let known_type = matches!(req.election_type, 0 | 1);
+    let Some(asked) = &req.topic_partitions else {
+        return ElectLeadersResponse::default().with_error_code(if known_type {
+            codes::NONE
+        } else {
+            codes::INVALID_REQUEST
+        });
+    };
+    let named = named_once(
+        asked.iter().map(|t| (&t.topic, t.partitions.as_slice())),
+        |p| *p,
+    );
+    let results = named
+        .into_iter()
+        .map(|(name, partitions)| {
+            let topic = ctx.storage.topic(name.0.as_str());
+            let partition_result = partitions
+                .into_iter()
+                .map(|&index| {
+                    let exists = topic.as_ref().is_some_and(|t| {
+                        usize::try_from(index).is_ok_and(|i| i < t.partitions.len())
+                    });
+                    let (code, text) = if !known_type {
+                        (
+                            codes::INVALID_REQUEST,
+                            format!("unknown election type {}", req.election_type),
+                        )
+                    } else if exists {
+                        (
+                            ELECTION_NOT_NEEDED,
+                            "Leader election not needed for topic partition".to_string(),
+                        )
+                    } else {
+                        (
+                            codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("partition {}-{index} does not exist", name.0),
+                        )
+                    };
+                    PartitionResult::default()
+                        .with_partition_id(index)
+                        .with_error_code(code)
+                        .with_error_message(message(text))
+                })
+                .collect();
+            ReplicaElectionResult::default()
+                .with_topic(TopicName::clone(name))
+                .with_partition_result(partition_result)
+        })
+        .collect();
+    ElectLeadersResponse::default()
+        .with_error_code(codes::NONE)
+        .with_replica_election_results(results)
+}
+
+/// ListPartitionReassignments: with one replica per partition nothing is ever
+/// being reassigned.
+pub(crate) fn list_partition_reassignments() -> ListPartitionReassignmentsResponse {
+    ListPartitionReassignmentsResponse::default().with_error_code(codes::NONE)
+}
+
+/// The transaction states Kafka knows, for ListTransactions' `state_filters`.
+const TRANSACTION_STATES: [&str; 8] = [
+    "Empty",
+    "Ongoing",
+    "PrepareCommit",
+    "PrepareAbort",
+    "CompleteCommit",
+    "CompleteAbort",
+    "Dead",
+    "PrepareEpochFence",
+];
+
+/// ListTransactions (`kafka-transactions --list`): there are no transactions.
+/// State filters Kafka does not know are reported back, as Kafka does.
+pub(crate) fn list_transactions(req: &ListTransactionsRequest) -> ListTransactionsResponse {
+    let unknown = req
+        .state_filters
+        .iter()
+        .filter(|s| !TRANSACTION_STATES.contains(&s.as_str()))
+        .cloned()
+        .collect();
+    ListTransactionsResponse::default()
+        .with_error_code(codes::NONE)
+        .with_unknown_state_filters(unknown)
+}
