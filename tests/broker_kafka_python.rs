@@ -152,12 +152,12 @@ fn kafka_python_admin_tools_get_answers_on_acls_producers_elections_and_transact
         [["0", "SecurityDisabledError"]],
         "{out}"
     );
-    // The idempotent producer's 7 batches on partition 0: epoch 0, last sequence
-    // 6, stored within the last minute; no transaction. Partition 1 has none.
+    // The idempotent producer's 7 records on partition 0: epoch 0, last sequence
+    // 6, the last record's timestamp; no transaction. Partition 1 has none.
     assert_eq!(tagged(&out, "PRODUCERS"), [["0", "1"], ["1", "0"]], "{out}");
     assert_eq!(
         tagged(&out, "PRODUCER"),
-        [["0", "0", "6", "-1", "-1", "True"]],
+        [["0", "0", "6", "-1", "-1", "1600000000006"]],
         "{out}"
     );
     // This node leads every partition: ELECTION_NOT_NEEDED (84); partition 9

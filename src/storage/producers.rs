@@ -96,6 +96,9 @@ struct Entry {
     /// Oldest first.
     batches: VecDeque<Cached>,
     last_used: Instant,
+    /// The newest batch's largest record timestamp; -1 when restored from a
+    /// snapshot, which does not keep it.
+    last_timestamp: i64,
 }
 
 /// The producers of one partition.
@@ -224,6 +227,7 @@ impl ProducerState {
                 epoch: b.producer_epoch,
                 batches: VecDeque::with_capacity(CACHED_BATCHES),
                 last_used: now,
+                last_timestamp: -1,
             });
             if b.producer_epoch != e.epoch {
                 e.epoch = b.producer_epoch;
@@ -238,12 +242,14 @@ impl ProducerState {
                 base_offset: b.base_offset,
             });
             e.last_used = now;
+            e.last_timestamp = b.max_timestamp;
         }
     }
 
     /// Each producer remembered (not expired), by id: its epoch, the last
-    /// sequence of its newest batch (-1 if none is cached) and the wall-clock
-    /// milliseconds when that batch was stored or last seen.
+    /// sequence of its newest batch (-1 if none is cached) and that batch's
+    /// largest record timestamp (when restored from a snapshot, which does not
+    /// keep it, the wall-clock milliseconds when the producer was last seen).
     pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
         let (now, now_ms) = (Instant::now(), super::segment::now_ms());
         let mut out: Vec<_> = self
@@ -253,7 +259,12 @@ impl ProducerState {
             .map(|(&id, e)| {
                 let idle = i64::try_from(now.duration_since(e.last_used).as_millis()).unwrap_or(0);
                 let last_seq = e.batches.back().map_or(-1, |c| c.last_seq);
-                (id, e.epoch, last_seq, now_ms.saturating_sub(idle))
+                let last_ms = if e.last_timestamp >= 0 {
+                    e.last_timestamp
+                } else {
+                    now_ms.saturating_sub(idle)
+                };
+                (id, e.epoch, last_seq, last_ms)
             })
             .collect();
         out.sort_unstable();
@@ -326,6 +337,7 @@ impl ProducerState {
                         epoch: p.epoch,
                         batches,
                         last_used: now.checked_sub(idle).unwrap_or(now),
+                        last_timestamp: -1,
                     },
                 ))
             })
@@ -429,6 +441,29 @@ mod tests {
         let mut infos = validate_all(&make_producer_batch(0, &values, pid, epoch, seq)).unwrap();
         infos[0].base_offset = base;
         infos
+    }
+
+    #[test]
+    fn described_producers_carry_their_newest_batch_and_its_timestamp() {
+        let mut st = ProducerState::default();
+        let mut b = batch(9, 1, 0, 3, 0);
+        b[0].max_timestamp = 1_600_000_000_123;
+        st.record(&b);
+        st.record(&batch(4, 0, 0, 1, 3));
+        let mut b = batch(9, 1, 3, 2, 4);
+        b[0].max_timestamp = 1_600_000_000_456;
+        st.record(&b);
+        let described = st.describe();
+        assert_eq!(described.len(), 2);
+        assert_eq!(described[1], (9, 1, 4, 1_600_000_000_456));
+        // Restored from a snapshot, which keeps no timestamps: when last seen.
+        let restored = ProducerState::from_snapshot(&st.snapshot_below(10)).describe();
+        let now = crate::storage::segment::now_ms();
+        assert_eq!((restored[1].0, restored[1].1, restored[1].2), (9, 1, 4));
+        assert!(
+            (now - restored[1].3).abs() < 60_000,
+            "{restored:?} at {now}"
+        );
     }
 
     #[test]

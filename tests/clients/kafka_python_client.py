@@ -156,7 +156,7 @@ def cmd_tools(broker, topic):
     admin.create_topics([NewTopic(topic, 2, 1)])
     producer = KafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
     for i in range(7):
-        producer.send(topic, b"v%d" % i, partition=0)
+        producer.send(topic, b"v%d" % i, partition=0, timestamp_ms=1600000000000 + i)
     producer.flush()
     producer.close()
     any_topic = ResourcePatternFilter(ResourceType.TOPIC, None, ACLResourcePatternType.ANY)
@@ -178,12 +178,11 @@ def cmd_tools(broker, topic):
                                                    ACLResourcePatternType.LITERAL))]):
         out("ACL_DELETE", len(matched), error.__name__)
     states = admin.describe_producers([TopicPartition(topic, 0), TopicPartition(topic, 1)])
-    now_ms = time.time() * 1000
     for tp, state in sorted(states.items()):
         out("PRODUCERS", tp.partition, len(state.active_producers))
         for p in state.active_producers:
             out("PRODUCER", tp.partition, p.producer_epoch, p.last_sequence, p.coordinator_epoch,
-                p.current_transaction_start_offset, abs(now_ms - p.last_timestamp) < 60000)
+                p.current_transaction_start_offset, p.last_timestamp)
     elected = admin.elect_leaders(0, {topic: [0, 1, 9]}, raise_errors=False)
     for r in elected.replica_election_results:
         for p in r.partition_result:

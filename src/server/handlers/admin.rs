@@ -68,10 +68,9 @@ pub(crate) fn delete_acls(req: &DeleteAclsRequest) -> DeleteAclsResponse {
 
 /// DescribeProducers (`kafka-transactions --describe-producers`): the idempotent
 /// producers each partition named remembers (those seen within a day), with the
-/// epoch, the last sequence of the newest batch, and when that batch was stored
-/// (Kafka reports the batch's newest record timestamp there). Nothing is
-/// transactional: coordinator epoch and transaction start are -1. Each partition
-/// is answered once.
+/// epoch and the last sequence and largest timestamp of the newest batch (see
+/// `ProducerState::describe`). Nothing is transactional: coordinator epoch and
+/// transaction start are -1. Each partition is answered once.
 pub(crate) fn describe_producers(
     ctx: &Ctx,
     req: &DescribeProducersRequest,
