@@ -321,21 +321,13 @@ pub(crate) async fn handle(
             Box::pin(async move { resp })
         }
         RequestKind::DescribeCluster(req) => {
-            let resp = encode_response(
-                ApiKey::DescribeCluster,
-                version,
-                cid,
-                &describe::describe_cluster(&ctx, &req),
-            );
+            let body = describe::describe_cluster(&ctx, &req);
+            let resp = encode_response(ApiKey::DescribeCluster, version, cid, &body);
             Box::pin(async move { resp })
         }
         RequestKind::DescribeTopicPartitions(req) => {
-            let resp = encode_response(
-                ApiKey::DescribeTopicPartitions,
-                version,
-                cid,
-                &describe::describe_topic_partitions(&ctx, req),
-            );
+            let body = describe::describe_topic_partitions(&ctx, req);
+            let resp = encode_response(ApiKey::DescribeTopicPartitions, version, cid, &body);
             Box::pin(async move { resp })
         }
         RequestKind::AlterUserScramCredentials(req) => Box::pin(async move {
