@@ -31,14 +31,13 @@ use kafka_protocol::{
     messages::{
         list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
         ApiKey, ApiVersionsRequest, BrokerId, ListOffsetsRequest, ListOffsetsResponse,
-        MetadataRequest, MetadataResponse,
     },
     protocol::StrBytes,
 };
 
 use broker_support::{
     kcat, kcat_from_start,
-    wire::{connect, read_frame, request_frame, response},
+    wire::{connect, metadata_of, read_frame, request_frame, response},
     Broker,
 };
 
@@ -225,15 +224,8 @@ fn answers(addr: &str) -> bool {
 
 /// Every topic's partitions with their log start and end offsets.
 fn bounds(addr: &str) -> BTreeMap<String, Vec<(i64, i64)>> {
+    let meta = metadata_of(addr);
     let mut s = connect(addr);
-    s.write_all(&request_frame(
-        ApiKey::Metadata,
-        12,
-        1,
-        &MetadataRequest::default().with_topics(None),
-    ))
-    .unwrap();
-    let meta: MetadataResponse = response(&mut s, ApiKey::Metadata, 12).1;
     let mut out = BTreeMap::new();
     for t in meta.topics {
         let name = t.name.expect("a name").0.to_string();

@@ -24,7 +24,7 @@ use broker_support::{
     kcat, kcat_from_start,
     wire::{
         batch, closed, connect, fetch_request, idempotent_batch, keyed_batch, maybe_keyed_batch,
-        partition_result, produce, read_frame, request_frame, response, timed_batch,
+        metadata_of, partition_result, produce, read_frame, request_frame, response, timed_batch,
         topic_metadata,
     },
     Broker,
@@ -354,18 +354,6 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
         vec![0, 2, 0],
         "earliest, latest, first batch at or after a timestamp"
     );
-}
-
-fn metadata_of(addr: &str) -> MetadataResponse {
-    let mut c = connect(addr);
-    c.write_all(&request_frame(
-        ApiKey::Metadata,
-        12,
-        1,
-        &MetadataRequest::default().with_topics(None),
-    ))
-    .unwrap();
-    response::<MetadataResponse>(&mut c, ApiKey::Metadata, 12).1
 }
 
 #[test]

@@ -190,6 +190,17 @@ pub fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest
                 .with_partition_max_bytes(1 << 20)])])
 }
 
+/// Metadata v12 of every topic, over a new connection to `addr`.
+pub fn metadata_of(addr: &str) -> kafka_protocol::messages::MetadataResponse {
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    use std::io::Write;
+    let mut c = connect(addr);
+    let req = MetadataRequest::default().with_topics(None);
+    c.write_all(&request_frame(ApiKey::Metadata, 12, 1, &req))
+        .expect("send metadata");
+    response::<MetadataResponse>(&mut c, ApiKey::Metadata, 12).1
+}
+
 /// Metadata for `topic` on `s` (creating it when `create` and the broker allows
 /// auto-creation); the topic's error code.
 pub fn topic_metadata(s: &mut TcpStream, topic: &str, create: bool) -> i16 {
