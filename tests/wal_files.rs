@@ -491,6 +491,51 @@ fn invalid_appends_are_rejected_and_take_no_sequence() {
     }
 }
 
+/// Topic names of every length around the size `append` carries inline (64
+/// bytes) and beyond it, through `append`, `try_append` and `append_async` and
+/// beside `append_entry` and `append_batch`, come back byte for byte, with their
+/// partitions and payloads, after a reopen.
+#[test]
+fn topics_of_every_length_round_trip_through_each_append_call() {
+    use streamline::wal::NewEntry;
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut want = Vec::new();
+        for (i, len) in [0usize, 1, 23, 24, 63, 64, 65, 200, 4096]
+            .into_iter()
+            .enumerate()
+        {
+            // Multi-byte UTF-8 characters too: the inline copy is of bytes.
+            let topic: String = "é".repeat(len / 2) + &"t".repeat(len % 2);
+            let data = Bytes::from(payload(i as u64, 10 + i));
+            let p = i as i32;
+            let seqs = [
+                wal.append(&topic, p, data.clone()).wait().unwrap(),
+                wal.try_append(&topic, p, data.clone()).wait().unwrap(),
+                futures_lite_block_on(wal.append_async(&topic, p, data.clone())).unwrap(),
+                wal.append_entry(NewEntry::record(topic.clone(), p, data.clone()))
+                    .wait()
+                    .unwrap(),
+                wal.append_batch(vec![NewEntry::record(topic.clone(), p, data.clone())])
+                    .wait()
+                    .unwrap(),
+            ];
+            for s in seqs {
+                want.push((s, topic.clone(), p, data.clone()));
+            }
+        }
+        wal.close().unwrap();
+        let (_wal, rec) = open(dir.path(), cfg);
+        let got: Vec<_> = rec
+            .into_iter()
+            .map(|e| (e.sequence, e.topic, e.partition, e.data))
+            .collect();
+        assert_eq!(got, want, "{backend}");
+    }
+}
+
 /// `Completion::wait_timeout` answers `None` while the append is not durable,
 /// `is_done` turns true once it is, the result is then returned at once, and a
 /// second call after it was taken answers `Closed`.

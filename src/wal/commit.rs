@@ -17,6 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use smallvec::SmallVec;
 
 use super::{
     backend::{Backend, Done, Op},
@@ -85,16 +86,47 @@ impl Drop for Completer {
     }
 }
 
+/// Topic names up to this many bytes travel inline in an [`Entries::Record`].
+const INLINE_TOPIC: usize = 64;
+
 pub(crate) enum Entries {
     One(NewEntry),
     Many(Vec<NewEntry>),
+    /// A `Record` from [`super::Wal::append`], its topic copied inline when it is
+    /// at most [`INLINE_TOPIC`] bytes: then neither the producer allocates for it
+    /// nor the commit thread, whose time per entry bounds many closed-loop
+    /// producers, frees anything (`docs/engine.md`).
+    Record {
+        topic: SmallVec<[u8; INLINE_TOPIC]>,
+        partition: i32,
+        data: Bytes,
+    },
 }
 
 impl Entries {
-    fn as_slice(&self) -> &[NewEntry] {
+    /// One `Record` entry.
+    pub(crate) fn record(topic: &str, partition: i32, data: Bytes) -> Self {
+        Entries::Record {
+            topic: SmallVec::from_slice(topic.as_bytes()),
+            partition,
+            data,
+        }
+    }
+
+    /// Calls `f` with each entry's type, topic, partition and payload, in order.
+    fn for_each(&self, mut f: impl FnMut(WalEntryType, &[u8], i32, &[u8])) {
         match self {
-            Entries::One(e) => std::slice::from_ref(e),
-            Entries::Many(v) => v,
+            Entries::One(e) => f(e.entry_type, e.topic.as_bytes(), e.partition, &e.data),
+            Entries::Many(v) => {
+                for e in v {
+                    f(e.entry_type, e.topic.as_bytes(), e.partition, &e.data);
+                }
+            }
+            Entries::Record {
+                topic,
+                partition,
+                data,
+            } => f(WalEntryType::Record, topic, *partition, data),
         }
     }
 }
@@ -850,21 +882,22 @@ impl Committer {
         }
         let out = st.buf.as_mut_slice();
         let sequence = self.next_seq;
-        for e in entries.as_slice() {
-            let len = e.encoded_len();
+        let next_seq = &mut self.next_seq;
+        entries.for_each(|entry_type, topic, partition, data| {
+            let len = entry_len(topic.len(), data.len());
             let crc = encode_entry(
                 &mut out[st.pos..st.pos + len],
-                self.next_seq,
+                *next_seq,
                 timestamp,
-                e.entry_type,
-                e.topic.as_bytes(),
-                e.partition,
-                &e.data,
+                entry_type,
+                topic,
+                partition,
+                data,
             );
             st.entries_crc = entries_crc(st.entries_crc, crc);
             st.pos += len;
-            self.next_seq += 1;
-        }
+            *next_seq += 1;
+        });
         st.acks.push(Ack {
             done,
             sequence,

@@ -563,18 +563,22 @@ impl Wal {
     }
 
     fn check_size(&self, entries: &[NewEntry]) -> Result<usize> {
-        let limit = self.max_entry_bytes();
         let mut total = 0usize;
         for e in entries {
-            if e.topic.len() > format::MAX_TOPIC_LEN {
-                return Err(Error::InvalidConfig {
-                    field: "topic",
-                    value: format!("{} bytes", e.topic.len()),
-                    reason: format!("topic names are limited to {} bytes", format::MAX_TOPIC_LEN),
-                });
-            }
+            check_topic(&e.topic)?;
             total = total.saturating_add(e.encoded_len());
         }
+        self.check_total(total)
+    }
+
+    /// [`Wal::check_size`] of one `Record` entry.
+    fn check_record(&self, topic: &str, data: &Bytes) -> Result<usize> {
+        check_topic(topic)?;
+        self.check_total(format::entry_len(topic.len(), data.len()))
+    }
+
+    fn check_total(&self, total: usize) -> Result<usize> {
+        let limit = self.max_entry_bytes();
         if total as u64 > limit {
             return Err(Error::EntryTooLarge {
                 size: total as u64,
@@ -594,7 +598,10 @@ impl Wal {
     /// The completion resolves to the entry's sequence once it is durable per the
     /// sync mode, or to the error that prevented it.
     pub fn append(&self, topic: &str, partition: i32, data: Bytes) -> Completion {
-        self.append_entry(NewEntry::record(topic, partition, data))
+        match self.check_record(topic, &data) {
+            Ok(bytes) => self.send_append(Entries::record(topic, partition, data), bytes),
+            Err(e) => Completion::ready(Err(e)),
+        }
     }
 
     /// Appends one entry of any type (see [`Wal::append`]).
@@ -626,9 +633,8 @@ impl Wal {
     /// appended (it takes no sequence). For callers that would rather shed load
     /// than wait.
     pub fn try_append(&self, topic: &str, partition: i32, data: Bytes) -> Completion {
-        let entry = NewEntry::record(topic, partition, data);
-        match self.check_size(std::slice::from_ref(&entry)) {
-            Ok(bytes) => self.try_send_append(Entries::One(entry), bytes),
+        match self.check_record(topic, &data) {
+            Ok(bytes) => self.try_send_append(Entries::record(topic, partition, data), bytes),
             Err(e) => Completion::ready(Err(e)),
         }
     }
@@ -651,14 +657,14 @@ impl Wal {
     /// # Errors
     /// As the completion of [`Wal::append`].
     pub async fn append_async(&self, topic: &str, partition: i32, data: Bytes) -> Result<u64> {
-        let entry = NewEntry::record(topic, partition, data);
-        let bytes = self.check_size(std::slice::from_ref(&entry))?;
+        let bytes = self.check_record(topic, &data)?;
         CapacityWait {
             core: &self.inner.core,
             bytes,
         }
         .await?;
-        self.send_reserved(Entries::One(entry), bytes).await
+        self.send_reserved(Entries::record(topic, partition, data), bytes)
+            .await
     }
 
     /// Like [`Wal::append_batch`], waiting for capacity without blocking the thread.
@@ -802,6 +808,18 @@ impl Wal {
             pending_bytes: self.inner.core.pending_bytes() as u64,
         }
     }
+}
+
+/// Refuses a topic name longer than the format can hold.
+fn check_topic(topic: &str) -> Result<()> {
+    if topic.len() > format::MAX_TOPIC_LEN {
+        return Err(Error::InvalidConfig {
+            field: "topic",
+            value: format!("{} bytes", topic.len()),
+            reason: format!("topic names are limited to {} bytes", format::MAX_TOPIC_LEN),
+        });
+    }
+    Ok(())
 }
 
 /// [`Wal::max_entry_bytes`] for files of `max_file_size` bytes. A write's length is
