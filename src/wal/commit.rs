@@ -1292,12 +1292,13 @@ impl Committer {
         if let Some(first) = acks.first() {
             self.acked_cohort = last + 1 - first.sequence;
         }
-        let mut released = 0;
+        // Capacity first: whoever sees its append acknowledged also sees its bytes
+        // no longer pending (`Stats::pending_bytes`), and a producer blocked on the
+        // cap gets its wake-up no later than the acknowledged ones.
+        self.core.release(acks.iter().map(|a| a.bytes).sum());
         for a in acks.drain(..) {
-            released += a.bytes;
             a.done.complete(Ok(a.sequence));
         }
-        self.core.release(released);
         self.spare_acks.push(acks);
     }
 

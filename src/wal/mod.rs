@@ -81,7 +81,9 @@ pub struct WalStats {
     /// the `std` backend, with `uring` those written while its group writes are
     /// on (`WalConfig::uring_group_writes`).
     pub grouped_batches: u64,
-    /// Bytes accepted but not yet acknowledged.
+    /// Bytes accepted but not yet acknowledged. An append's bytes leave this count
+    /// before its completion resolves, so once every append made has resolved, it
+    /// reads 0.
     pub pending_bytes: u64,
 }
 
