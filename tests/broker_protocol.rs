@@ -846,22 +846,14 @@ fn list_offsets_finds_records_by_timestamp_and_the_newest_one() {
     assert_eq!(empty, vec![(-1, -1), (-1, -1)], "nothing to find");
     let t = 1_750_000_000_000;
     // Offsets 0-2 in one batch (timestamps out of order), 3-4 in the next.
-    for (i, records) in [
-        vec![(t, "a"), (t + 5000, "b"), (t + 2000, "c")],
-        vec![(t + 3000, "d"), (t + 5000, "e")],
-    ]
-    .iter()
-    .enumerate()
-    {
-        s.write_all(&request_frame(
-            ApiKey::Produce,
-            8,
-            i as i32,
-            &produce("ts", 0, timed_batch(records)),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    for (records, base) in [
+        (vec![(t, "a"), (t + 5000, "b"), (t + 2000, "c")], 0),
+        (vec![(t + 3000, "d"), (t + 5000, "e")], 3),
+    ] {
+        assert_eq!(
+            produce_to(&mut s, "ts", 0, timed_batch(&records)),
+            (0, base)
+        );
     }
     let got = list_offsets_with_timestamps(
         &mut s,
@@ -938,15 +930,10 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
     assert_eq!(topic_metadata(&mut s, "ret", true), 0);
     let pad = "x".repeat(1500);
     for i in 0..20 {
-        s.write_all(&request_frame(
-            ApiKey::Produce,
-            8,
-            i,
-            &produce("ret", 0, batch(&[&format!("{i:02}-{pad}")])),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-        assert_eq!(partition_result(&r), (0, i64::from(i)));
+        assert_eq!(
+            produce_to(&mut s, "ret", 0, batch(&[&format!("{i:02}-{pad}")])),
+            (0, i64::from(i))
+        );
     }
     // ~2 batches per 4 KiB segment; at least 8 KiB of the newest are kept. A
     // segment becomes deletable once a checkpoint covers it, so one pass may
@@ -1025,15 +1012,7 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
     }
     assert_eq!(earliest_latest(&mut s, "ret"), (20, 20));
     // Appends go on at the next offset.
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        8,
-        40,
-        &produce("ret", 0, batch(&["next"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-    assert_eq!(partition_result(&r), (0, 20));
+    assert_eq!(produce_to(&mut s, "ret", 0, batch(&["next"])), (0, 20));
 }
 
 #[test]
@@ -1239,15 +1218,10 @@ fn topic_configs_are_created_altered_described_and_kept() {
     );
     assert_eq!(p.record_errors.len(), 1);
     assert_eq!(p.record_errors[0].batch_index, 0);
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        8,
-        3,
-        &produce("keyed", 0, keyed_batch(&[("k", "v")])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-    assert_eq!(partition_result(&r), (0, 0));
+    assert_eq!(
+        produce_to(&mut s, "keyed", 0, keyed_batch(&[("k", "v")])),
+        (0, 0)
+    );
 
     let configs = topic_configs(&mut s, "short");
     assert_eq!(config_of(&configs, "retention.ms"), ("1000".into(), 1));
@@ -1266,15 +1240,11 @@ fn topic_configs_are_created_altered_described_and_kept() {
     let pad = "x".repeat(1500);
     for t in ["short", "long"] {
         for i in 0..6 {
-            s.write_all(&request_frame(
-                ApiKey::Produce,
-                8,
-                i,
-                &produce(t, 0, batch(&[&format!("{i}-{pad}")])),
-            ))
-            .unwrap();
-            let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-            assert_eq!(partition_result(&r), (0, i64::from(i)), "{t}");
+            assert_eq!(
+                produce_to(&mut s, t, 0, batch(&[&format!("{i}-{pad}")])),
+                (0, i64::from(i)),
+                "{t}"
+            );
         }
     }
     let wait_for_start = |s: &mut TcpStream, t: &str, start: i64| {
@@ -1538,15 +1508,11 @@ fn create_partitions_grows_a_topic_durably() {
     assert_eq!(partition_count(&mut s, "grow"), 3);
     // The new partitions take produces, and they survive a restart.
     for p in [0, 2] {
-        s.write_all(&request_frame(
-            ApiKey::Produce,
-            8,
-            40 + p,
-            &produce("grow", p, batch(&[&format!("to {p}")])),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-        assert_eq!(partition_result(&r), (0, 0), "partition {p}");
+        assert_eq!(
+            produce_to(&mut s, "grow", p, batch(&[&format!("to {p}")])),
+            (0, 0),
+            "partition {p}"
+        );
     }
     assert_eq!(
         create_partitions(&mut s, 3, &[("grow", 4, None)], false),
@@ -1662,15 +1628,10 @@ fn delete_records_answers_each_partition() {
     let mut s = connect(&broker.addr);
     assert_eq!(topic_metadata(&mut s, "dr", true), 0);
     for i in 0..3 {
-        s.write_all(&request_frame(
-            ApiKey::Produce,
-            8,
-            i,
-            &produce("dr", 0, batch(&["v"])),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-        assert_eq!(partition_result(&r), (0, i64::from(i)));
+        assert_eq!(
+            produce_to(&mut s, "dr", 0, batch(&["v"])),
+            (0, i64::from(i))
+        );
     }
     let topic = |name: &str, parts: &[(i32, i64)]| {
         DeleteRecordsTopic::default()
@@ -1743,15 +1704,10 @@ fn describe_log_dirs_reports_each_partitions_bytes_and_the_disk() {
     let mut s = connect(&broker.addr);
     assert_eq!(topic_metadata(&mut s, "dirs", true), 0);
     for i in 0..3 {
-        s.write_all(&request_frame(
-            ApiKey::Produce,
-            8,
-            i,
-            &produce("dirs", 1, batch(&["abc"])),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
-        assert_eq!(partition_result(&r), (0, i64::from(i)));
+        assert_eq!(
+            produce_to(&mut s, "dirs", 1, batch(&["abc"])),
+            (0, i64::from(i))
+        );
     }
     let on_disk = |p: i32| -> i64 {
         std::fs::read_dir(data.join("topics/dirs").join(p.to_string()))
