@@ -381,3 +381,46 @@ fn sync_requested_while_writes_are_in_flight_is_answered_without_further_appends
         }
     }
 }
+
+/// An append's bytes leave `Stats::pending_bytes` before its completion resolves:
+/// read right after each acknowledgement, from a lone producer and from several
+/// at once, the count holds nothing of the acknowledged appends.
+#[test]
+fn an_acknowledged_append_is_no_longer_pending() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WalConfig {
+            max_file_size: 64 << 20,
+            ..config(backend, SyncMode::OsDefault)
+        };
+        let (wal, _) = open(dir.path(), cfg);
+        let data = Bytes::from(vec![7u8; 512]);
+        for i in 0..3000 {
+            wal.append("p", 0, data.clone()).wait().unwrap();
+            let pending = wal.stats().pending_bytes;
+            assert_eq!(
+                pending, 0,
+                "{backend}: append {i} acknowledged, {pending} bytes still pending"
+            );
+        }
+        // With several producers, another's append may be pending, never more
+        // than the others' (one each).
+        let per = 2 * (data.len() as u64 + 64);
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let (wal, data) = (wal.clone(), data.clone());
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        wal.append("p", t, data.clone()).wait().unwrap();
+                        let pending = wal.stats().pending_bytes;
+                        assert!(
+                            pending <= per,
+                            "{backend}: {pending} bytes pending with 2 other producers"
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(wal.stats().pending_bytes, 0, "{backend}");
+    }
+}
