@@ -1544,3 +1544,64 @@ fn remove_wal_files(dir: &std::path::Path) {
         }
     }
 }
+
+/// Once a file has been filled by large durable writes, the files prepared after
+/// it are only reserved, not zero-filled (zeros would double the bytes written,
+/// which costs those writes more than the metadata each sync then carries); the
+/// entries written into reserved space are recovered like any others. Linux:
+/// unwritten space is found with `SEEK_HOLE`.
+#[cfg(target_os = "linux")]
+#[test]
+fn files_after_large_durable_writes_are_reserved_and_their_entries_recover() {
+    use streamline::wal::files::{archived_path, first_unwritten};
+    const ENTRY: usize = 190 << 10;
+    const FILE: u64 = 2 << 20;
+    for (backend, group) in WRITE_PATHS {
+        // On the checkout's filesystem: O_DIRECT needs one that supports it.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let cfg = WalConfig {
+            max_file_size: FILE,
+            uring_group_writes: group,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(dir.path(), cfg.clone());
+        assert!(
+            wal.direct_io(),
+            "{backend}: the rule is for O_DIRECT writes"
+        );
+        // Ten entries of 192 KiB on disk fill a 2 MiB file: file 1 (large writes)
+        // makes the rotation into file 2 prepare file 3 reserved only; file 3 is
+        // archived once file 4 is active.
+        let mut n = 0u64;
+        while list_archived(dir.path()).unwrap().len() < 3 {
+            wal.append("t", 0, Bytes::from(payload(n, ENTRY)))
+                .wait()
+                .expect("append");
+            n += 1;
+            assert!(n < 100, "{backend}: no third rotation after {n} entries");
+        }
+        wal.close().unwrap();
+
+        let third = std::fs::File::open(archived_path(dir.path(), 3)).unwrap();
+        let size = third.metadata().unwrap().len();
+        assert_eq!(size, FILE);
+        let hole = first_unwritten(&third).expect("SEEK_HOLE");
+        // Its seal ends before the last 192 KiB; only a reserved file leaves the
+        // rest unwritten (a zero-filled one is written to its end).
+        assert!(
+            hole > 1 << 20 && hole < size,
+            "{backend} {group:?}: file 3 written up to {hole} of {size}"
+        );
+
+        let (_wal, got) = open(dir.path(), cfg);
+        assert_eq!(got.len() as u64, n, "{backend} {group:?}");
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e.sequence, i as u64 + 1);
+            assert!(
+                e.data == payload(i as u64, ENTRY),
+                "{backend} {group:?}: entry {} differs",
+                i + 1
+            );
+        }
+    }
+}

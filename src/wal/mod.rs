@@ -462,7 +462,13 @@ impl Wal {
                 std::fs::File::open(&current).map_err(|e| Error::io("open", &current, e))?,
             ))
         };
-        let preparer = commit::spawn_preparer(&dir, number + 1, config.max_file_size, tail);
+        let preparer = commit::spawn_preparer(
+            &dir,
+            number + 1,
+            config.max_file_size,
+            files::Prealloc::ZeroFill,
+            tail,
+        );
         let committer = Committer::new(
             backend,
             Arc::clone(&core),
