@@ -140,8 +140,9 @@ for rep in $(seq "$REPS"); do
 
   # --- many outstanding appends --------------------------------------------------
   log "queue depth 64 x 4 KiB rep $rep"
-  # Without checkpoints every new file is zero-filled while the WAL writes into the
-  # current one; with them (as in the broker), retired files are recycled.
+  # Without checkpoints every file is new, prepared while the WAL writes into the
+  # current one (after writes this large only reserved, not zero-filled); with
+  # them (as in the broker), retired files are recycled.
   run qd64 "${COMMON[@]}" --writers 4 --queue-depth 64 --record-size 4096 \
     --job backend=uring --job backend=std \
     --job backend=uring,checkpoint-ms=50 --job backend=std,checkpoint-ms=50

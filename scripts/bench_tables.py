@@ -79,7 +79,7 @@ def key(j):
 
 def qd64_files(checkpoint_ms):
     if checkpoint_ms is None:
-        return "zero-filled (no checkpoint)"
+        return "new files (no checkpoint)"
     return f"recycled (checkpoint every {checkpoint_ms} ms)"
 
 
@@ -295,13 +295,14 @@ def main():
     blocks["rss"] = table(["engine", "record size", "peak RSS MiB (VmHWM, whole process)"], rows)
 
     # queue depth 64
-    # grouped by backend and checkpoint period: without checkpoints every new file
-    # is zero-filled while the WAL writes; with them, retired files are recycled
+    # grouped by backend and checkpoint period: without checkpoints every file is
+    # new, prepared while the WAL writes (zero-filled, or only reserved after large
+    # writes as these); with them, retired files are recycled
     q = defaultdict(list)
     for j in load_jsonl(f"{raw}/qd64.jsonl"):
         q[(j["engine"], j["backend"], j.get("checkpoint_ms"))].append(j)
     fio1m = fio.get("1m", {}).get("mb_s")
-    q_keys = sorted(q, key=lambda k: (k[1], k[2] or 0))  # backend, then zero-filled first
+    q_keys = sorted(q, key=lambda k: (k[1], k[2] or 0))  # backend, then new files first
     rows = []
     for k in q_keys:
         mbs = med(q, k, "mb_per_sec")
@@ -379,7 +380,7 @@ def main():
                   ratio(p1, f4), "–", verdict(f4 * 1.2 if f4 else None, p1, 1.0)])
     for k in q_keys:
         mbs = med(q, k, "mb_per_sec")
-        files = "recycled" if k[2] else "zero-filled"
+        files = "recycled" if k[2] else "new files"
         t.append([f"4 writers × qd 64 × 4 KiB ≥ 1 GB/s ({k[1]}, {files})", f"{fmt(mbs)} MB/s", ratio(mbs, 1000.0), "–",
                   verdict(mbs, 1000.0, 1.0)])
         t.append([f"… and ≥ 60% of fio 1 MiB write+fdatasync ({k[1]}, {files})", f"{fmt(mbs)} vs {fmt(fio1m)} MB/s", ratio(mbs, fio1m),

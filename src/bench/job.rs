@@ -271,7 +271,7 @@ pub struct JobArgs {
     pub ack_spin_us: Option<u64>,
     /// Checkpoint everything acknowledged every this many ms, as a broker does once
     /// its segments are flushed: archived files are then retired and recycled
-    /// instead of new files being zero-filled. With raft-engine: purge expired files
+    /// instead of new files being prepared. With raft-engine: purge expired files
     /// this often (purge threshold two files; they are recycled). okaywal always
     /// checkpoints on its own. Default: never (every file is kept)
     #[arg(long)]

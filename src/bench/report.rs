@@ -109,7 +109,7 @@ pub struct JobReport {
     pub writers: usize,
     /// Outstanding appends per writer.
     pub queue_depth: usize,
-    /// Checkpoint period in ms (`null`: never checkpointed, every file zero-filled);
+    /// Checkpoint period in ms (`null`: never checkpointed, every file new);
     /// for raft-engine, its purge period.
     pub checkpoint_ms: Option<u64>,
     /// Runtime threads the writers ran on as tasks (`null`: one thread per writer).

@@ -1654,7 +1654,7 @@ mod tests {
             next_file_prealloc(false, 100 << 20, 100),
             Prealloc::ZeroFill
         );
-        // A file that took no sync (os_default) tells nothing.
+        // No sync counted (nothing to divide by): zero-fill, the safe default.
         assert_eq!(next_file_prealloc(true, 100 << 20, 0), Prealloc::ZeroFill);
     }
 
