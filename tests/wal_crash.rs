@@ -22,6 +22,13 @@
 //! acknowledged entries may be lost, but only from the end, and nothing
 //! recovered may be invented or garbled.
 //!
+//! The `*_large_entries_*` runs write entries of 64-224 KiB into 2 MiB files:
+//! after such large durable writes the next files are only reserved, not
+//! zero-filled (`docs/engine.md`, "Reserving the next file after large writes"),
+//! so acknowledged entries sit in space whose extent conversion the same sync
+//! journaled. Each such run must have written batches into never-written space
+//! (the child reports `WalStats::unwritten_batches`).
+//!
 //! `CRASH_CYCLES` (default 20 per backend and mode) sets the kill cycles,
 //! `POWER_CYCLES` (default 20) the power cuts, `CRASH_THREADS` (default 4) the
 //! child's writer threads;
@@ -43,7 +50,7 @@ use power_fs::{Cut, PowerFs};
 
 #[path = "../src/bin/wal-crash-writer/payload.rs"]
 mod payload;
-use payload::payload;
+use payload::{file_and_batch_size, payload};
 
 /// (run, thread, counter) from a payload's `run/thread/counter/` prefix.
 fn tag(data: &[u8]) -> Option<(u64, u64, u64)> {
@@ -64,6 +71,8 @@ struct Totals {
     /// the unflushed sectors the cuts rolled back or tore.
     rolled_back: u64,
     sectors_changed: u64,
+    /// Batches the children wrote into never-written (reserved) file space.
+    unwritten_batches: u64,
 }
 
 /// How a cycle ends.
@@ -76,13 +85,23 @@ enum Crash {
     Power,
 }
 
-fn config(backend: BackendKind, mode: SyncMode) -> WalConfig {
+/// The sizes of the entries the child writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entries {
+    /// Up to ~3 KB, into 256 KiB files.
+    Small,
+    /// 64-224 KiB, into 2 MiB files (`wal-crash-writer ... large`).
+    Large,
+}
+
+fn config(backend: BackendKind, mode: SyncMode, entries: Entries) -> WalConfig {
+    let (max_file_size, max_batch_bytes) = file_and_batch_size(entries == Entries::Large);
     WalConfig {
         backend,
         sync_mode: mode,
-        max_file_size: 256 * 1024,
+        max_file_size,
         retention_files: 1,
-        max_batch_bytes: 64 * 1024,
+        max_batch_bytes,
         ..WalConfig::default()
     }
 }
@@ -109,14 +128,17 @@ struct Cycle {
     acked: HashMap<u64, (u64, u64, u64)>,
     /// The checkpoints it announced (each before taking it).
     checkpoints: Vec<u64>,
+    /// The highest `unwritten_batches` it reported.
+    unwritten_batches: u64,
 }
 
-/// One kill cycle.
+/// One kill cycle. `flags`: the child's optional arguments (`ring`, `group`,
+/// `large`).
 fn run_child(
     dir: &Path,
     backend: BackendKind,
     mode: SyncMode,
-    group: Option<bool>,
+    flags: &[&str],
     run: u64,
     kill: Kill,
     cut: Option<&mut dyn FnMut()>,
@@ -129,7 +151,7 @@ fn run_child(
             &threads().to_string(),
             &run.to_string(),
         ])
-        .args(group.map(|g| if g { "group" } else { "ring" }))
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -213,6 +235,7 @@ fn run_child(
         next: open[2].parse().expect("open: NEXT"),
         acked: HashMap::new(),
         checkpoints: Vec::new(),
+        unwritten_batches: 0,
     };
     for line in &lines[1..] {
         let f: Vec<&str> = line.split(' ').collect();
@@ -225,6 +248,7 @@ fn run_child(
                 cycle.acked.insert(p(1), (p(2), p(3), p(4)));
             }
             ("checkpoint", 2) => cycle.checkpoints.push(p(1)),
+            ("unwritten", 2) => cycle.unwritten_batches = cycle.unwritten_batches.max(p(1)),
             _ => panic!("malformed line {line:?}"),
         }
     }
@@ -260,11 +284,13 @@ fn verify(
     dir: &Path,
     backend: BackendKind,
     mode: SyncMode,
+    entries: Entries,
     known: &mut Known,
     loss_allowed: bool,
     what: &str,
 ) -> Verified {
-    let (wal, rec) = Wal::open(dir, config(backend, mode))
+    let large = entries == Entries::Large;
+    let (wal, rec) = Wal::open(dir, config(backend, mode, entries))
         .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
     assert_eq!(
         wal.backend(),
@@ -306,7 +332,7 @@ fn verify(
             .unwrap_or_else(|| panic!("{what}: seq {}: not a writer payload", e.sequence));
         assert_eq!(
             &e.data[..],
-            &payload(t.0, t.1, t.2)[..],
+            &payload(t.0, t.1, t.2, large)[..],
             "{what}: seq {}: payload garbled",
             e.sequence
         );
@@ -360,6 +386,7 @@ fn crash_cycles(
     backend: BackendKind,
     mode: SyncMode,
     group: Option<bool>,
+    entries: Entries,
     crash: Crash,
     cycles: u64,
 ) -> Totals {
@@ -381,6 +408,17 @@ fn crash_cycles(
         Crash::Kill => "",
         Crash::Power => "/power-cut",
     };
+    let path = match entries {
+        Entries::Small => path,
+        Entries::Large => path + "+large-entries",
+    };
+    let flags: Vec<&str> = [
+        group.map(|g| if g { "group" } else { "ring" }),
+        (entries == Entries::Large).then_some("large"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     eprintln!("crash {backend}{path} {mode}{how}: seed {seed} (replay with CRASH_SEED={seed})");
     let mut x = seed | 1;
     let mut rand = move |n: u64| {
@@ -390,7 +428,12 @@ fn crash_cycles(
         x % n
     };
     let tmp = tempfile::tempdir().unwrap();
-    let power = (crash == Crash::Power).then(|| PowerFs::new(64));
+    // Large entries keep up to ~20 files of 2 MiB between checkpoints.
+    let mib = match entries {
+        Entries::Small => 64,
+        Entries::Large => 128,
+    };
+    let power = (crash == Crash::Power).then(|| PowerFs::new(mib));
     let dir = match &power {
         Some(fs) => fs.path().join("wal"),
         None => tmp.path().to_path_buf(),
@@ -421,7 +464,7 @@ fn crash_cycles(
         let mut report = None;
         let mut do_cut = || report = power.as_ref().map(|fs| fs.cut(cut, cut_seed));
         let hook: Option<&mut dyn FnMut()> = power.is_some().then_some(&mut do_cut as _);
-        let cycle = run_child(&dir, backend, mode, group, run, kill, hook);
+        let cycle = run_child(&dir, backend, mode, &flags, run, kill, hook);
         if let Some(fs) = &power {
             let report = report.expect("the cut ran");
             totals.sectors_changed += report.changed;
@@ -447,13 +490,22 @@ fn crash_cycles(
             );
         }
         totals.acked += cycle.acked.len() as u64;
+        totals.unwritten_batches += cycle.unwritten_batches;
         known.max_acked = known
             .max_acked
             .max(cycle.acked.keys().copied().max().unwrap_or(0));
         known.acked.extend(cycle.acked);
         known.checkpoints.extend(cycle.checkpoints);
         let checkpoint_before = known.last_checkpoint;
-        let v = verify(&dir, backend, mode, &mut known, loss_allowed, &what);
+        let v = verify(
+            &dir,
+            backend,
+            mode,
+            entries,
+            &mut known,
+            loss_allowed,
+            &what,
+        );
         if loss_allowed {
             totals.rolled_back += v.lost;
         } else {
@@ -464,13 +516,14 @@ fn crash_cycles(
         totals.cycles += 1;
     }
     eprintln!(
-        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checkpoints {} rolled-back {} sectors-cut {} ({:.1}s)",
+        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checkpoints {} rolled-back {} sectors-cut {} unwritten-batches {} ({:.1}s)",
         totals.cycles,
         totals.acked,
         totals.lost,
         totals.checkpoints,
         totals.rolled_back,
         totals.sectors_changed,
+        totals.unwritten_batches,
         started.elapsed().as_secs_f64()
     );
     totals
@@ -522,6 +575,7 @@ fn kill9_every_write_std() {
         BackendKind::Std,
         SyncMode::EveryWrite,
         None,
+        Entries::Small,
         Crash::Kill,
         cycles(20),
     ));
@@ -533,6 +587,7 @@ fn kill9_every_write_uring() {
         BackendKind::Uring,
         SyncMode::EveryWrite,
         None,
+        Entries::Small,
         Crash::Kill,
         cycles(20),
     ));
@@ -544,6 +599,7 @@ fn kill9_interval_std() {
         BackendKind::Std,
         SyncMode::Interval,
         None,
+        Entries::Small,
         Crash::Kill,
         cycles(20),
     ));
@@ -555,6 +611,7 @@ fn kill9_interval_uring() {
         BackendKind::Uring,
         SyncMode::Interval,
         None,
+        Entries::Small,
         Crash::Kill,
         cycles(20),
     ));
@@ -566,6 +623,7 @@ fn kill9_every_write_uring_group_writes() {
         BackendKind::Uring,
         SyncMode::EveryWrite,
         Some(true),
+        Entries::Small,
         Crash::Kill,
         cycles(20),
     ));
@@ -590,6 +648,7 @@ fn power_cut_every_write_std() {
         BackendKind::Std,
         SyncMode::EveryWrite,
         None,
+        Entries::Small,
         Crash::Power,
         power_cycles(20),
     ));
@@ -601,6 +660,7 @@ fn power_cut_every_write_uring_ring_writes() {
         BackendKind::Uring,
         SyncMode::EveryWrite,
         Some(false),
+        Entries::Small,
         Crash::Power,
         power_cycles(20),
     ));
@@ -612,6 +672,7 @@ fn power_cut_every_write_uring_group_writes() {
         BackendKind::Uring,
         SyncMode::EveryWrite,
         Some(true),
+        Entries::Small,
         Crash::Power,
         power_cycles(20),
     ));
@@ -623,6 +684,7 @@ fn power_cut_interval_std() {
         BackendKind::Std,
         SyncMode::Interval,
         None,
+        Entries::Small,
         Crash::Power,
         power_cycles(20),
     ));
@@ -634,7 +696,61 @@ fn power_cut_interval_uring() {
         BackendKind::Uring,
         SyncMode::Interval,
         None,
+        Entries::Small,
         Crash::Power,
         power_cycles(20),
     ));
+}
+
+/// Large entries: the run wrote batches into reserved (never-written) space, so
+/// the checks above covered entries whose extent conversion their sync journaled.
+fn check_unwritten(t: &Totals) {
+    assert!(
+        t.unwritten_batches > 0,
+        "{} cycles of large entries wrote no batch into never-written space: the \
+         reserve rule (docs/engine.md) was not exercised",
+        t.cycles
+    );
+}
+
+/// A run of large entries in `every_write` mode, checked like the others and
+/// for batches written into unwritten space.
+fn large_entries(backend: BackendKind, crash: Crash) {
+    let cycles = match crash {
+        Crash::Kill => cycles(20),
+        Crash::Power => power_cycles(20),
+    };
+    let t = crash_cycles(
+        backend,
+        SyncMode::EveryWrite,
+        None,
+        Entries::Large,
+        crash,
+        cycles,
+    );
+    match crash {
+        Crash::Kill => check(&t),
+        Crash::Power => check_power(&t),
+    }
+    check_unwritten(&t);
+}
+
+#[test]
+fn kill9_large_entries_every_write_std() {
+    large_entries(BackendKind::Std, Crash::Kill);
+}
+
+#[test]
+fn kill9_large_entries_every_write_uring() {
+    large_entries(BackendKind::Uring, Crash::Kill);
+}
+
+#[test]
+fn power_cut_large_entries_every_write_std() {
+    large_entries(BackendKind::Std, Crash::Power);
+}
+
+#[test]
+fn power_cut_large_entries_every_write_uring() {
+    large_entries(BackendKind::Uring, Crash::Power);
 }

@@ -1580,6 +1580,12 @@ fn files_after_large_durable_writes_are_reserved_and_their_entries_recover() {
             n += 1;
             assert!(n < 100, "{backend}: no third rotation after {n} entries");
         }
+        // File 3 alone takes about ten batches where nothing was written before.
+        let unwritten = wal.stats().unwritten_batches;
+        assert!(
+            unwritten >= 9,
+            "{backend} {group:?}: {unwritten} batches into unwritten space"
+        );
         wal.close().unwrap();
 
         let third = std::fs::File::open(archived_path(dir.path(), 3)).unwrap();

@@ -153,6 +153,7 @@ pub(crate) struct Counters {
     pub max_batch_entries: AtomicU64,
     pub early_batches: AtomicU64,
     pub grouped_batches: AtomicU64,
+    pub unwritten_batches: AtomicU64,
 }
 
 /// An archived file the retention policy may delete.
@@ -992,6 +993,10 @@ impl Committer {
         self.file.offset += len as u64;
         if self.claim_active(self.file.offset) {
             self.unconfirmed_through = self.next_seq - 1;
+            self.core
+                .counters
+                .unwritten_batches
+                .fetch_add(1, Ordering::Relaxed);
         }
         let token = self.token();
         let submitted = self.backend.submit(

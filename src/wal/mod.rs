@@ -81,6 +81,12 @@ pub struct WalStats {
     /// the `std` backend, with `uring` those written while its group writes are
     /// on (`WalConfig::uring_group_writes`).
     pub grouped_batches: u64,
+    /// Batches written where the active file had never been written: space only
+    /// reserved (a file prepared after large `O_DIRECT` writes, or the part of a
+    /// file its background zero-fill had not reached). A sync covering such a
+    /// batch also journals the extent conversion (`docs/format.md`,
+    /// "Preallocation").
+    pub unwritten_batches: u64,
     /// Bytes accepted but not yet acknowledged. An append's bytes leave this count
     /// before its completion resolves, so once every append made has resolved, it
     /// reads 0.
@@ -813,6 +819,7 @@ impl Wal {
             max_batch_entries: c.max_batch_entries.load(Ordering::Relaxed),
             early_batches: c.early_batches.load(Ordering::Relaxed),
             grouped_batches: c.grouped_batches.load(Ordering::Relaxed),
+            unwritten_batches: c.unwritten_batches.load(Ordering::Relaxed),
             pending_bytes: self.inner.core.pending_bytes() as u64,
         }
     }

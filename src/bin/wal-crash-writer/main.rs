@@ -3,52 +3,76 @@
 //! printing one line per acknowledged append (stdout flushed per line).
 //!
 //! ```text
-//! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN
+//! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN [ring|group] [large]
 //! stdout: "open BACKEND NEXT_SEQUENCE"
 //!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
 //!         "checkpoint SEQ" before each checkpoint (of an acknowledged SEQ)
+//!         "unwritten N" when `WalStats::unwritten_batches` grew to N
 //! ```
 //!
 //! Payload of (run, thread, counter): see [`payload()`]; the crash test recomputes it.
+//! `ring` / `group` force the uring backend's durable writes through the ring or
+//! into groups; `large` writes entries of 64-224 KiB into 2 MiB files.
 
-use std::io::Write;
+use std::{
+    io::Write,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use bytes::Bytes;
 use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
 
 mod payload;
-use payload::payload;
+use payload::{file_and_batch_size, payload};
 
 /// Whichever thread's append gets a multiple of this checkpoints it: a few
 /// checkpoints per kill cycle, however the sequences fall on the threads.
 const CHECKPOINT_EVERY: u64 = 64;
+/// The same for large entries: about 9 files (~18 MiB) apart. Retention then
+/// keeps the disk use bounded, while most new files are prepared, and so
+/// reserved, rather than recycled (a checkpoint recycles at most 2 files).
+const LARGE_CHECKPOINT_EVERY: u64 = 128;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN [ring|group] [large]"
+    );
+    std::process::exit(2);
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 6 && args.len() != 7 {
-        eprintln!(
-            "usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN [ring|group]"
-        );
-        std::process::exit(2);
+    if args.len() < 6 {
+        usage();
     }
     // uring only: force each durable write through the ring, or group writes.
-    let uring_group_writes = match args.get(6).map(String::as_str) {
-        None => None,
-        Some("ring") => Some(false),
-        Some("group") => Some(true),
-        Some(other) => panic!("write path {other:?}: ring or group"),
-    };
+    let mut uring_group_writes = None;
+    let mut large = false;
+    for flag in &args[6..] {
+        match flag.as_str() {
+            "ring" => uring_group_writes = Some(false),
+            "group" => uring_group_writes = Some(true),
+            "large" => large = true,
+            _ => usage(),
+        }
+    }
     let backend: BackendKind = args[2].parse().unwrap_or_else(|e| panic!("{e}"));
     let mode: SyncMode = args[3].parse().unwrap_or_else(|e| panic!("{e}"));
     let threads: u64 = args[4].parse().expect("THREADS");
     let run: u64 = args[5].parse().expect("RUN");
+    let (max_file_size, max_batch_bytes) = file_and_batch_size(large);
+    let checkpoint_every = if large {
+        LARGE_CHECKPOINT_EVERY
+    } else {
+        CHECKPOINT_EVERY
+    };
     let cfg = WalConfig {
         backend,
         sync_mode: mode,
         sync_interval_ms: 5,
-        max_file_size: 256 * 1024,
+        max_file_size,
         retention_files: 1,
-        max_batch_bytes: 64 * 1024,
+        max_batch_bytes,
         uring_group_writes,
         ..WalConfig::default()
     };
@@ -58,13 +82,18 @@ fn main() {
     drop(rec);
     println!("open {} {next}", wal.backend());
     std::io::stdout().flush().expect("stdout");
+    // The highest `unwritten_batches` printed: how many batches went where the
+    // file had never been written (reserved space), which the test requires of
+    // its `large` runs.
+    let unwritten_printed = AtomicU64::new(0);
     std::thread::scope(|s| {
         for t in 0..threads {
             let wal = wal.clone();
+            let unwritten_printed = &unwritten_printed;
             s.spawn(move || {
                 let out = std::io::stdout();
                 for counter in 0.. {
-                    let data = payload(run, t, counter);
+                    let data = payload(run, t, counter, large);
                     let len = data.len();
                     let seq = wal
                         .append("crash", t as i32, Bytes::from(data))
@@ -76,7 +105,14 @@ fn main() {
                     lock.write_all(line.as_bytes()).expect("stdout");
                     lock.flush().expect("stdout");
                     drop(lock);
-                    if seq % CHECKPOINT_EVERY == 0 {
+                    let unwritten = wal.stats().unwritten_batches;
+                    if unwritten_printed.fetch_max(unwritten, Ordering::Relaxed) < unwritten {
+                        let line = format!("unwritten {unwritten}\n");
+                        let mut lock = out.lock();
+                        lock.write_all(line.as_bytes()).expect("stdout");
+                        lock.flush().expect("stdout");
+                    }
+                    if seq % checkpoint_every == 0 {
                         // Checkpoint and retention also run under the kill. The
                         // checkpoint is this thread's own acknowledged sequence, whose
                         // line is out already, and is announced before it is taken:
