@@ -86,6 +86,19 @@ if [ "${SKIP_FIO:-0}" != 1 ] && command -v fio > /dev/null; then
         --ioengine=sync --direct=1 --fdatasync=1 --time_based --runtime=2 --ramp_time=0.5 \
         --output-format=json --output="$RAW/fio-sync-$bs-$rep.json" > /dev/null
     done
+    # The queue-depth-64 job's own pattern at the device: ~1 MiB of durable
+    # writes in flight, 4 x 256 KiB O_DSYNC (the WAL's batches), into space only
+    # reserved (fallocate, never written: a new WAL file after large writes) and
+    # into written space (a recycled file).
+    log "fio 4 x 256 KiB O_DSYNC into reserved space rep $rep"
+    rm -f "$FIO_FILE"
+    fio --name=dsync-new --filename="$FIO_FILE" --size=2g --fallocate=native --rw=write --bs=256k \
+      --ioengine=io_uring --direct=1 --iodepth=4 --sync=dsync \
+      --output-format=json --output="$RAW/fio-dsync-reserved-$rep.json" > /dev/null
+    log "fio 4 x 256 KiB O_DSYNC into written space rep $rep"
+    fio --name=dsync-over --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=256k \
+      --ioengine=io_uring --direct=1 --iodepth=4 --sync=dsync --time_based --runtime=2 --ramp_time=0.5 \
+      --output-format=json --output="$RAW/fio-dsync-written-$rep.json" > /dev/null
     log "fio bandwidth iodepth=32 rep $rep"
     fio --name=bw --filename="$FIO_FILE" --size=1g --overwrite=1 --rw=write --bs=1m \
       --ioengine=io_uring --direct=1 --iodepth=32 --time_based --runtime=2 --ramp_time=0.5 \

@@ -141,7 +141,9 @@ def fio_summary(raw):
                 "sync_p50": median(sp50),
                 "reps": len(iops),
             }
-    for name, pattern, direction in [("qd32", "fio-bw-qd32-*.json", "write"), ("read", "fio-read-*.json", "read")]:
+    for name, pattern, direction in [("qd32", "fio-bw-qd32-*.json", "write"), ("read", "fio-read-*.json", "read"),
+                                     ("dsync_reserved", "fio-dsync-reserved-*.json", "write"),
+                                     ("dsync_written", "fio-dsync-written-*.json", "write")]:
         mbs = []
         for p in sorted(glob.glob(f"{raw}/{pattern}")):
             try:
@@ -178,6 +180,10 @@ def main():
         rows.append(["write, 1 MiB, O_DIRECT, io_uring iodepth 32, no sync", "–", fmt(fio["qd32"]["mb_s"], 1), "–", "–", "–"])
     if "read" in fio:
         rows.append(["sequential read of 1 GiB, 4 MiB, O_DIRECT, io_uring iodepth 4", "–", fmt(fio["read"]["mb_s"], 1), "–", "–", "–"])
+    for key, space in [("dsync_reserved", "into reserved (never-written) space"), ("dsync_written", "into written space")]:
+        if key in fio:
+            rows.append([f"write, 256 KiB, O_DIRECT + O_DSYNC, io_uring iodepth 4, {space}", "–",
+                         fmt(fio[key]["mb_s"], 1), "–", "–", "–"])
     blocks["fio"] = table(["fio job", "IOPS", "MB/s", "µs per op (1/IOPS)", "write p50 µs", "fdatasync p50 µs"], rows)
 
     # with / without WAL
@@ -385,6 +391,13 @@ def main():
                   verdict(mbs, 1000.0, 1.0)])
         t.append([f"… and ≥ 60% of fio 1 MiB write+fdatasync ({k[1]}, {files})", f"{fmt(mbs)} vs {fmt(fio1m)} MB/s", ratio(mbs, fio1m),
                   "–", verdict(mbs, fio1m * 0.6 if fio1m else None, 1.0)])
+        # The device's own ceiling for the job's pattern (4 x 256 KiB O_DSYNC in
+        # flight) into the same kind of space: context, not a target.
+        same = fio.get("dsync_written" if k[2] else "dsync_reserved", {}).get("mb_s")
+        if same:
+            space = "written" if k[2] else "reserved"
+            t.append([f"… the device's ceiling for this pattern: fio 4 × 256 KiB O_DSYNC into {space} space ({k[1]})",
+                      f"{fmt(mbs)} vs {fmt(same)} MB/s", ratio(mbs, same), "–", "(context)"])
     # `nowal` runs only as a closed loop (queue depth 1): it is the like-for-like
     # ceiling of the queue-depth-1 rows only. Its median is over every nowal job,
     # those run beside the queue-depth-64 jobs included.

@@ -149,6 +149,25 @@ fn bench_tables_compares_like_with_like_and_gives_round_ratios() {
         scaling.push(report(2, "streamline", "std", "every_write", 1, 64, s));
     }
     std::fs::write(raw.join("scaling.jsonl"), scaling.join("\n") + "\n").unwrap();
+    // Queue depth 64 into new files (no checkpoints), two runs, and fio's
+    // ceiling for the same pattern into reserved space, two repetitions.
+    let qd64: Vec<String> = [700.0, 900.0]
+        .iter()
+        .map(|mbs| {
+            format!(
+                r#"{{"job":1,"engine":"streamline","backend":"uring","sync_mode":"every_write","writers":4,"queue_depth":64,"record_size":4096,"records_per_sec":{},"mb_per_sec":{mbs}}}"#,
+                mbs * 244.0
+            )
+        })
+        .collect();
+    std::fs::write(raw.join("qd64.jsonl"), qd64.join("\n") + "\n").unwrap();
+    for (rep, bw) in [(1, 1.0e9), (2, 1.2e9)] {
+        std::fs::write(
+            raw.join(format!("fio-dsync-reserved-{rep}.json")),
+            format!(r#"{{"jobs":[{{"write":{{"bw_bytes":{bw}}}}}]}}"#),
+        )
+        .unwrap();
+    }
     let doc = tmp.path().join("doc.md");
     std::fs::write(&doc, "<!-- BEGIN targets -->\n<!-- END targets -->\n").unwrap();
     let out = Command::new("python3")
@@ -177,6 +196,13 @@ fn bench_tables_compares_like_with_like_and_gives_round_ratios() {
         "queue depth 64 is no like-for-like comparison with nowal: {qd64}"
     );
     assert!(qd64.contains("| 1.50× | 1.50× (2) |"), "{qd64}");
+    // Medians: 800 MB/s against fio's 1,100 MB/s into reserved space.
+    let ceiling = row("device's ceiling for this pattern");
+    assert!(
+        ceiling.contains("into reserved space (uring)")
+            && ceiling.contains("| 800 vs 1,100 MB/s | 0.73× | – | (context) |"),
+        "{ceiling}"
+    );
     let u64 = row("uring beats std (64 writers × 1024 B)");
     assert!(u64.contains("| 0.78× | 1.11× (3) | **missed** |"), "{u64}");
 }
