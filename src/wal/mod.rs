@@ -82,10 +82,10 @@ pub struct WalStats {
     /// on (`WalConfig::uring_group_writes`).
     pub grouped_batches: u64,
     /// Batches written where the active file had never been written: space only
-    /// reserved (a file prepared after large `O_DIRECT` writes, or the part of a
-    /// file its background zero-fill had not reached). A sync covering such a
-    /// batch also journals the extent conversion (`docs/format.md`,
-    /// "Preallocation").
+    /// reserved (a file prepared after large `O_DIRECT` writes, the part of a
+    /// file its background zero-fill had not reached, or the end of a recycled
+    /// file that its earlier use left unwritten). A sync covering such a batch
+    /// also journals the extent conversion (`docs/format.md`, "Preallocation").
     pub unwritten_batches: u64,
     /// Bytes accepted but not yet acknowledged. An append's bytes leave this count
     /// before its completion resolves, so once every append made has resolved, it
