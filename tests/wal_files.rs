@@ -636,6 +636,67 @@ fn a_log_whose_files_are_gone_continues_after_its_checkpoint() {
 /// size it has, files made afterwards get the new one, retired files of the old
 /// size are removed instead of recycled, and the log reads back whole under
 /// either setting.
+/// A directory left with only recycled files (every log file, the checkpoint and
+/// the clean-close record lost or removed by hand) starts a new log at file 1.
+/// Its first files must not be made from recycled files whose old batches carry
+/// file numbers the new log reaches again: those batches would decode as its
+/// entries.
+#[test]
+fn recycled_files_from_before_a_restart_at_file_one_never_decode() {
+    use streamline::wal::files::list_recycled;
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut last = 0;
+        for i in 0..300u64 {
+            last = wal
+                .append("old", 0, Bytes::from(payload(i, 3000)))
+                .wait()
+                .unwrap();
+        }
+        wal.checkpoint(last).unwrap();
+        wal.close().unwrap();
+        assert!(
+            !list_recycled(dir.path()).unwrap().is_empty(),
+            "{backend}: no file was recycled"
+        );
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if !name.starts_with("recycle-") {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        for round in 0..2 {
+            let (wal, rec) = open(dir.path(), cfg.clone());
+            assert!(
+                rec.is_empty(),
+                "{backend}: open {round} recovered {} stale entries, the first {:?}",
+                rec.len(),
+                rec.first().map(|e| (e.sequence, e.topic.clone()))
+            );
+            wal.close().unwrap();
+        }
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut new = Vec::new();
+        for i in 0..100u64 {
+            let s = wal
+                .append("new", 1, Bytes::from(payload(1000 + i, 2000)))
+                .wait()
+                .unwrap();
+            new.push((s, 1000 + i));
+        }
+        drop(wal);
+        let (_wal, rec) = open(dir.path(), cfg);
+        assert_eq!(rec.len(), new.len(), "{backend}");
+        for (e, (s, k)) in rec.iter().zip(&new) {
+            assert_eq!((e.sequence, e.topic.as_str()), (*s, "new"), "{backend}");
+            assert_eq!(&e.data[..], &payload(*k, 2000)[..], "{backend}");
+        }
+    }
+}
+
 #[test]
 fn changing_the_file_size_between_opens_keeps_the_log_and_uses_the_new_size() {
     use streamline::wal::files::list_recycled;

@@ -68,16 +68,31 @@ pub fn retire(dir: &Path, path: &Path, number: u64, size: u64) -> Result<()> {
     remove(path).map_err(|e| Error::io("remove", path, e))
 }
 
+/// The file number a recycled file had (`recycle-<number>.wal`): the highest file
+/// number any batch in it carries.
+fn recycled_number(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(RECYCLE_PREFIX)?
+        .strip_suffix(".wal")?
+        .parse()
+        .ok()
+}
+
 /// Turns a recycled file of exactly `size` bytes into `next.wal` with a new header.
-/// Its old batches carry the old file number, which the checksummed batch headers
-/// tie them to, so they can never decode as entries of the new file.
+/// Its old batches carry its old file numbers, which the checksummed batch headers
+/// tie them to, so they can never decode as entries of the new file: a file is
+/// reused only as a higher number than it had. A log started again at file 1 (every
+/// log file lost) would otherwise reach the old numbers again, and a recycled file
+/// made its file 1 would read back as the old file 1's entries; such files are
+/// removed.
 fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
     let tmp = dir.join(NEXT_TMP);
     for old in list_recycled(dir)? {
         let len = fs::metadata(&old)
             .map_err(|e| Error::io("stat", &old, e))?
             .len();
-        if len != size {
+        if len != size || recycled_number(&old).is_none_or(|was| was >= number) {
             remove(&old).map_err(|e| Error::io("remove", &old, e))?;
             continue;
         }
