@@ -154,6 +154,7 @@ pub(crate) struct Counters {
     pub early_batches: AtomicU64,
     pub grouped_batches: AtomicU64,
     pub unwritten_batches: AtomicU64,
+    pub max_syncs_in_flight: AtomicU64,
 }
 
 /// An archived file the retention policy may delete.
@@ -342,6 +343,9 @@ struct WriteFlight {
     /// Submitted as a durable write (`every_write`): on success its own entries are
     /// durable; with everything before `first` already durable, all up to `last` is.
     durable: bool,
+    /// Written as part of a group at the next reap ([`Backend::writes_at_reap`]):
+    /// one fdatasync for the whole group, run by this thread.
+    grouped: bool,
     result: Option<Result<()>>,
 }
 
@@ -955,6 +959,9 @@ impl Committer {
             self.backend.prefer_group_writes(group);
         }
         let grouped = durable && self.backend.writes_at_reap();
+        if durable && !grouped && self.syncs_must_not_overlap() && self.syncs_in_flight() > 0 {
+            return Ok(false);
+        }
         let early = self.every_write
             && !grouped
             && !self.writes.is_empty()
@@ -1015,6 +1022,7 @@ impl Committer {
             first: first_seq,
             last: self.next_seq - 1,
             durable,
+            grouped,
             result: None,
         };
         if let Err(e) = submitted {
@@ -1041,7 +1049,41 @@ impl Committer {
             c.grouped_batches.fetch_add(1, Ordering::Relaxed);
         }
         self.writes.push_back(flight);
+        self.count_syncs_in_flight();
         Ok(true)
+    }
+
+    /// Whether at most one fdatasync may be in flight at a time: with page-cache
+    /// files (`direct_io` off), whose durable writes in the ring are each a write
+    /// linked to an fsync of the whole file. Linux reports a failed writeback to
+    /// one fsync of an open file only: with two in flight, the later batch's fsync
+    /// may write back the earlier batch's pages, fail, and use up the error, and
+    /// the earlier batch's own fsync then finds nothing left to write and succeeds,
+    /// acknowledging entries that are not on the disk. `O_DIRECT` durable writes
+    /// (`RWF_DSYNC`) report their own write and flush errors
+    /// ([`Backend::syncs_may_overlap`]), and grouped writes share one fsync run by
+    /// this thread.
+    fn syncs_must_not_overlap(&self) -> bool {
+        !self.backend.syncs_may_overlap()
+    }
+
+    /// fdatasyncs submitted and not yet completed: durable writes in the ring, a
+    /// group's (one for all of its writes), the standalone one.
+    fn syncs_in_flight(&self) -> usize {
+        let ring = self
+            .writes
+            .iter()
+            .filter(|w| w.durable && !w.grouped)
+            .count();
+        let group = self.writes.iter().any(|w| w.durable && w.grouped);
+        ring + usize::from(group) + usize::from(self.sync_op.is_some())
+    }
+
+    fn count_syncs_in_flight(&self) {
+        self.core
+            .counters
+            .max_syncs_in_flight
+            .fetch_max(self.syncs_in_flight() as u64, Ordering::Relaxed);
     }
 
     /// In `every_write` mode, with a batch staged and a durable write in flight that
@@ -1174,6 +1216,10 @@ impl Committer {
         if self.awaiting_sync.is_empty() && self.sync_waiters.is_empty() && !interval_due {
             return Ok(());
         }
+        if self.syncs_must_not_overlap() && self.syncs_in_flight() > 0 {
+            // After the durable write in flight (see `syncs_must_not_overlap`).
+            return Ok(());
+        }
         self.submit_sync()
     }
 
@@ -1187,6 +1233,7 @@ impl Committer {
             through: self.written_through,
             result: None,
         });
+        self.count_syncs_in_flight();
         Ok(())
     }
 

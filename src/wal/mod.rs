@@ -87,6 +87,11 @@ pub struct WalStats {
     /// file that its earlier use left unwritten). A sync covering such a batch
     /// also journals the extent conversion (`docs/format.md`, "Preallocation").
     pub unwritten_batches: u64,
+    /// The most fdatasyncs in flight at once: durable writes submitted to the
+    /// `uring` backend (each its own sync), a group's shared one, the standalone
+    /// one. With page-cache files (`direct_io` off) at most 1, since Linux reports
+    /// a failed writeback to one fsync of a file only (`docs/engine.md`).
+    pub max_syncs_in_flight: u64,
     /// Bytes accepted but not yet acknowledged. An append's bytes leave this count
     /// before its completion resolves, so once every append made has resolved, it
     /// reads 0.
@@ -820,6 +825,7 @@ impl Wal {
             early_batches: c.early_batches.load(Ordering::Relaxed),
             grouped_batches: c.grouped_batches.load(Ordering::Relaxed),
             unwritten_batches: c.unwritten_batches.load(Ordering::Relaxed),
+            max_syncs_in_flight: c.max_syncs_in_flight.load(Ordering::Relaxed),
             pending_bytes: self.inner.core.pending_bytes() as u64,
         }
     }
@@ -1060,6 +1066,65 @@ mod tests {
             let (wal, rec) = Wal::open(&dir, cfg).unwrap();
             assert_recovers(rec, 10, backend);
             wal.close().unwrap();
+        }
+    }
+
+    /// `every_write` through the page cache (`direct_io` off) with batches
+    /// pipelined, and writes that start failing while they are in flight
+    /// (`FailingFs`): no append is acknowledged whose bytes the store lacks. With
+    /// two linked fsyncs of the file in flight, the later could take the error
+    /// for the earlier batch's pages and the earlier then succeed
+    /// (`Committer::syncs_must_not_overlap`). A reopen recovers every
+    /// acknowledged entry, with its payload, and nothing after a gap.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn no_append_is_acknowledged_past_a_failed_writeback_with_batches_pipelined() {
+        use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            for round in 0..6u64 {
+                let fs = crate::file_at::FailingFs::mount();
+                let dir = fs.path();
+                let cfg = WalConfig {
+                    sync_mode: SyncMode::EveryWrite,
+                    direct_io: Some(false),
+                    max_batch_bytes: 16 << 10,
+                    uring_group_writes: Some(false),
+                    ..page_cache_config(backend)
+                };
+                let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+                let pending: Vec<_> = (0..120u64)
+                    .map(|i| {
+                        if i == 20 + 15 * round {
+                            fs.fail(Some(libc::EIO));
+                        }
+                        (i, wal.append("t", 0, payload(i)))
+                    })
+                    .collect();
+                let acked: Vec<(u64, u64)> = pending
+                    .into_iter()
+                    .filter_map(|(i, c)| c.wait().ok().map(|s| (s, i)))
+                    .collect();
+                fs.fail(None);
+                assert!(
+                    acked.len() < 120,
+                    "{backend} round {round}: no append failed"
+                );
+                drop(wal);
+                let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+                let got: Vec<_> = rec.map(|e| e.unwrap()).collect();
+                for (s, i) in &acked {
+                    let e = got.iter().find(|e| e.sequence == *s).unwrap_or_else(|| {
+                        panic!(
+                            "{backend} round {round}: acknowledged entry {s} lost \
+                             ({} acknowledged, {} recovered)",
+                            acked.len(),
+                            got.len()
+                        )
+                    });
+                    assert_eq!(e.data, payload(*i), "{backend} round {round}");
+                }
+                wal.close().unwrap();
+            }
         }
     }
 

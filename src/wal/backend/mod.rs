@@ -96,6 +96,15 @@ pub(crate) trait Backend: Send {
         false
     }
 
+    /// Whether several durable writes and syncs may be in flight side by side:
+    /// each reports its own write and flush errors (`O_DIRECT` writes with
+    /// `RWF_DSYNC`). Not so through the page cache, where an fsync reports a
+    /// failed writeback of any of the file's pages, and to one fsync only
+    /// (`Committer::syncs_must_not_overlap`).
+    fn syncs_may_overlap(&self) -> bool {
+        self.direct_io()
+    }
+
     /// Registers the commit thread's buffer pool with the kernel, where supported.
     /// The buffers must outlive the backend.
     fn register_buffers(&mut self, _bufs: &mut [AlignedBuf]) -> Result<()> {

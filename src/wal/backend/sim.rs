@@ -1183,6 +1183,12 @@ impl Backend for SimBackend {
     fn in_flight(&self) -> usize {
         self.queue.len() + self.done.len()
     }
+
+    /// Its durable writes have the `RWF_DSYNC` contract (module docs): each makes
+    /// its own sectors durable and reports its own errors.
+    fn syncs_may_overlap(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
