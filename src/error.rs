@@ -68,6 +68,11 @@ pub enum Error {
     #[error("WAL is closed")]
     Closed,
 
+    /// The WAL's commit thread panicked (a bug): appends it had not made durable may
+    /// be lost. Seen by `close`, as the cause of [`Error::Failed`].
+    #[error("the WAL's commit thread panicked; appends not yet synced may be lost")]
+    CommitThreadPanicked,
+
     /// A non-blocking append ([`crate::wal::Wal::try_append`]) found the pending-bytes
     /// cap reached; nothing was appended.
     #[error("WAL is full: {pending} bytes pending, the cap (max_pending_bytes) is {cap}; the append was not accepted")]

@@ -120,9 +120,20 @@ impl Handle {
             return Err(Error::Closed);
         };
         let (c, slot) = Completion::new();
+        // A send fails only once the commit thread is gone; the completion then
+        // resolves to `Closed` and the join below says why.
         let _ = self.tx.send(Request::Close(Completer::new(slot)));
-        let r = c.wait();
-        let _ = thread.join();
+        let mut r = c.wait();
+        if thread.join().is_err() {
+            // The commit thread panicked: what it had not synced may be lost, and a
+            // close must not report success for it.
+            let cause = Arc::clone(
+                self.core
+                    .failed
+                    .get_or_init(|| Arc::new(Error::CommitThreadPanicked)),
+            );
+            r = Err(Error::Failed { cause });
+        }
         drop(
             self.lock
                 .lock()
@@ -765,15 +776,21 @@ impl Wal {
     /// fdatasynced (in every sync mode). Other handles see [`Error::Closed`] afterwards.
     ///
     /// # Errors
-    /// The latched failure if the WAL failed, or an error from the final sync.
+    /// The latched failure if the WAL failed (also when another handle closed it
+    /// first), or an error from the final sync.
     pub fn close(self) -> Result<()> {
-        self.inner.shutdown().map(|_| ()).or_else(|e| {
-            if matches!(e, Error::Closed) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
+        match self.inner.shutdown() {
+            Ok(_) => Ok(()),
+            // Closed by another handle, or the WAL's thread had stopped: the
+            // latched failure, if there is one, is still this WAL's outcome.
+            Err(Error::Closed) => match self.inner.core.failed.get() {
+                Some(cause) => Err(Error::Failed {
+                    cause: Arc::clone(cause),
+                }),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The backend in use (`Uring` or `Std`, never `Auto`).
@@ -1039,6 +1056,7 @@ mod tests {
             }
             wal.sync().wait().unwrap();
 
+            let other = wal.clone();
             fs.fail(Some(libc::EIO));
             for i in 10..15 {
                 // Written to the page cache: acknowledged in interval mode.
@@ -1062,6 +1080,9 @@ mod tests {
                 wal.close().is_err(),
                 "{backend}: the failed WAL closed cleanly"
             );
+            // Nor does another handle's close report success for it.
+            let e = other.close().unwrap_err();
+            assert!(matches!(e, crate::Error::Failed { .. }), "{backend}: {e}");
 
             let (wal, rec) = Wal::open(&dir, cfg).unwrap();
             assert_recovers(rec, 10, backend);
