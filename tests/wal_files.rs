@@ -47,6 +47,22 @@ fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
         // Files are numbered contiguously from 1.
         let numbers: Vec<u64> = archived.iter().map(|(n, _)| *n).collect();
         assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+        // Each archived file was filled before it rotated: what it holds (its
+        // seal included) ends less than a batch and two blocks (the seal's and
+        // the one rotation keeps free) before max_file_size.
+        let reader = WalReader::open(dir.path()).unwrap();
+        let scan = reader.scan();
+        assert_eq!(scan.files.len(), archived.len() + 1, "{backend}");
+        for f in &scan.files[..archived.len()] {
+            assert!(
+                f.valid_end <= cfg.max_file_size
+                    && f.valid_end + cfg.max_batch_bytes as u64 + 2 * 4096 >= cfg.max_file_size,
+                "{backend}: file {} rotated at {} of {} bytes",
+                f.number,
+                f.valid_end,
+                cfg.max_file_size
+            );
+        }
 
         // A checkpoint in the middle deletes only files wholly at or below it.
         let mid = last / 2;
