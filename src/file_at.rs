@@ -217,6 +217,11 @@ impl FailingFs {
         self.flag("fail-reads", errno)
     }
 
+    /// The same for `fsync` and `fdatasync` reaching the file system.
+    pub(crate) fn fail_fsyncs(&self, errno: Option<i32>) {
+        self.flag("fail-fsyncs", errno)
+    }
+
     fn flag(&self, name: &str, errno: Option<i32>) {
         let flag = self.dir.path().join(name);
         match errno {

@@ -271,6 +271,12 @@ fn settle_active(current: &Path) -> Result<()> {
     };
     if let Err(e) = files::sync_file(&f, current, true) {
         tracing::warn!(file = %current.display(), error = %e, "an earlier write to the active WAL file failed after the last sync; recovery reads what the disk holds");
+        // A sync that reports a write-back failure may return before it flushed the
+        // device's write cache, and the commit thread treats every recovered entry
+        // as durable (later batches' `synced_through` covers it). The failure was
+        // reported now, so a second sync reports only a new one; it flushes what
+        // did reach the device. If it fails too, the disk is failing: refuse to open.
+        files::sync_file(&f, current, true).map_err(|e| Error::io("fdatasync", current, e))?;
     }
     files::drop_cached_pages(&f);
     Ok(())
@@ -977,13 +983,63 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    /// Appends entries `range` (waiting for each) and syncs.
+    fn append_synced(wal: &crate::wal::Wal, range: std::ops::Range<u64>) {
+        for i in range {
+            wal.append("t", 0, payload(i)).wait().unwrap();
+        }
+        wal.sync().wait().unwrap();
+    }
+
+    /// Leaves what a process that stopped after a failed write-back leaves in
+    /// `fs`: 10 synced entries, then a block written after the last sync that the
+    /// kernel could not write back (the store lacks it, and nobody was told).
+    /// Returns the active file held open, so that the kernel keeps the inode and
+    /// the failure recorded on it.
+    #[cfg(target_os = "linux")]
+    fn leave_a_failed_write_back(
+        fs: &crate::file_at::FailingFs,
+        cfg: &crate::wal::WalConfig,
+    ) -> std::fs::File {
+        use crate::wal::Wal;
+        let dir = fs.path();
+        let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+        append_synced(&wal, 0..10);
+        wal.close().unwrap();
+        let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+        let end = rec.files.last().unwrap().valid_end;
+        drop(rec);
+        wal.close().unwrap();
+        let current = dir.join(super::files::CURRENT);
+        let pinned = std::fs::File::open(&current).unwrap();
+
+        fs.fail(Some(libc::EIO));
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&current)
+                .unwrap();
+            f.write_all_at(&[0xab; 4096], end).unwrap(); // into the page cache
+        } // the write-back at close fails, and nobody is told
+        fs.fail(None);
+        let stored = std::fs::read(fs.backing().join(super::files::CURRENT)).unwrap();
+        assert!(
+            !stored[end as usize..][..4096].iter().all(|&b| b == 0xab),
+            "{}: the store took the unsynced write after all",
+            cfg.backend
+        );
+        pinned
+    }
+
     /// A real write-back failure in the active file, left by the process before
-    /// (`FailingFs`): a batch written after the last sync whose pages the kernel
-    /// could not write back. The open's own sync meets the failure (a warning),
-    /// so the WAL's first sync after it does not fail for it; recovery returns
-    /// what the store holds and later appends are durable. Both backends, writing
-    /// through the page cache (`interval`). Without `settle_active` the first
-    /// sync after the open failed with EIO and latched the WAL.
+    /// (`FailingFs`). The open's own sync meets the failure (a warning) and a
+    /// second sync flushes what reached the disk, so the WAL's first sync after
+    /// it does not fail for it; recovery returns what the store holds and later
+    /// appends are durable. Both backends, writing through the page cache
+    /// (`interval`). Without `settle_active` the first sync after the open failed
+    /// with EIO and latched the WAL.
     #[cfg(target_os = "linux")]
     #[test]
     fn a_real_write_back_failure_in_the_active_file_is_met_at_open() {
@@ -992,47 +1048,42 @@ mod tests {
             let fs = crate::file_at::FailingFs::mount();
             let dir = fs.path();
             let cfg = page_cache_config(backend);
-            let append = |wal: &Wal, range: std::ops::Range<u64>| {
-                for i in range {
-                    wal.append("t", 0, payload(i)).wait().unwrap();
-                }
-                wal.sync().wait().unwrap();
-            };
-            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
-            append(&wal, 0..10);
-            wal.close().unwrap();
-            let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
-            let end = rec.files.last().unwrap().valid_end;
-            drop(rec);
-            wal.close().unwrap();
-            let current = dir.join(super::files::CURRENT);
-            // Held open to the end, so the kernel keeps the inode and the failure
-            // recorded on it.
-            let _pinned = std::fs::File::open(&current).unwrap();
-
-            fs.fail(Some(libc::EIO));
-            {
-                use std::os::unix::fs::FileExt;
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&current)
-                    .unwrap();
-                f.write_all_at(&[0xab; 4096], end).unwrap(); // into the page cache
-            } // the write-back at close fails, and nobody is told
-            fs.fail(None);
-            let stored = std::fs::read(fs.backing().join(super::files::CURRENT)).unwrap();
-            assert!(
-                !stored[end as usize..][..4096].iter().all(|&b| b == 0xab),
-                "{backend}: the store took the unsynced write after all"
-            );
-
+            let _pinned = leave_a_failed_write_back(&fs, &cfg);
             let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
             assert_eq!(wal.backend(), backend);
             assert_recovers(rec, 10, backend);
-            append(&wal, 10..15);
+            append_synced(&wal, 10..15);
             wal.close().unwrap();
             let (wal, rec) = Wal::open(&dir, cfg).unwrap();
             assert_recovers(rec, 15, backend);
+            wal.close().unwrap();
+        }
+    }
+
+    /// The same failure left behind, and the disk still failing at the open: the
+    /// sync after the reported failure fails too, and the open refuses with an
+    /// error naming the file, instead of treating entries it cannot make durable
+    /// as synced. Once the disk works, the log opens with its 10 entries.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_open_whose_syncs_keep_failing_refuses_to_start() {
+        use crate::wal::{BackendKind, Wal};
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let fs = crate::file_at::FailingFs::mount();
+            let dir = fs.path();
+            let cfg = page_cache_config(backend);
+            let _pinned = leave_a_failed_write_back(&fs, &cfg);
+            fs.fail_fsyncs(Some(libc::EIO));
+            match Wal::open(&dir, cfg.clone()) {
+                Err(crate::Error::Io { op, path, .. }) => {
+                    assert_eq!(op, "fdatasync", "{backend}");
+                    assert_eq!(path, dir.join(super::files::CURRENT), "{backend}");
+                }
+                other => panic!("{backend}: open gave {:?}", other.map(|_| ())),
+            }
+            fs.fail_fsyncs(None);
+            let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+            assert_recovers(rec, 10, backend);
             wal.close().unwrap();
         }
     }

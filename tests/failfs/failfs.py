@@ -5,8 +5,8 @@
 
 Every operation passes through to BACKING, except that while the file FLAG
 exists (it lives outside the mount) every write fails, with the errno number
-FLAG holds (EIO when it is empty), and while FLAG-reads exists every read
-fails the same way. The kernel's
+FLAG holds (EIO when it is empty), while FLAG-reads exists every read
+fails the same way, and while FLAG-fsyncs exists every fsync. The kernel's
 write-back cache is on, so a write(2) lands in the page cache and succeeds; the
 failure comes when the kernel writes the pages back (at close, fsync or later)
 and is recorded against the file the way a failing disk's would be: reported to
@@ -65,6 +65,7 @@ class FailFS(Passthrough):
         os.truncate(self._p(path), length)
 
     def fsync(self, path, datasync, fh):
+        self._fail_if(self.flag + "-fsyncs")
         os.fsync(fh)
         return 0
 
