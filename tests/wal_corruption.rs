@@ -216,19 +216,21 @@ fn bit_flips_never_yield_garbage_and_synced_damage_is_reported_with_offset() {
 
 #[test]
 fn damaged_file_header_is_an_error_naming_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    write_entries(dir.path(), BackendKind::Std, 5);
-    let path = dir.path().join("current.wal");
-    let f = OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(b"X", 3).unwrap();
-    match WalReader::open(dir.path()) {
-        Err(Error::Corrupt {
-            file, offset: 0, ..
-        }) => assert_eq!(file, path),
-        other => panic!(
-            "expected corrupt header, got {other:?}",
-            other = other.map(|_| ())
-        ),
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        write_entries(dir.path(), backend, 5);
+        let path = dir.path().join("current.wal");
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"X", 3).unwrap();
+        match WalReader::open(dir.path()) {
+            Err(Error::Corrupt {
+                file, offset: 0, ..
+            }) => assert_eq!(file, path),
+            other => panic!(
+                "expected corrupt header, got {other:?}",
+                other = other.map(|_| ())
+            ),
+        }
     }
 }
 

@@ -104,18 +104,20 @@ fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
 
 #[test]
 fn recovery_streams_entries_after_the_checkpoint_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
-    let (wal, _) = open(dir.path(), cfg.clone());
-    append_payloads(&wal, "c", 100, 500);
-    wal.checkpoint(60).unwrap();
-    drop(wal);
-    let (_wal, rec) = open(dir.path(), cfg);
-    assert_eq!(
-        rec.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-        (61..=100).collect::<Vec<_>>()
-    );
-    assert_eq!(&rec[0].data[..], &payload(60, 500)[..]);
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "c", 100, 500);
+        wal.checkpoint(60).unwrap();
+        drop(wal);
+        let (_wal, rec) = open(dir.path(), cfg);
+        assert_eq!(
+            rec.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (61..=100).collect::<Vec<_>>()
+        );
+        assert_eq!(&rec[0].data[..], &payload(60, 500)[..]);
+    }
 }
 
 #[test]
@@ -150,31 +152,29 @@ fn entries_the_checkpoint_covers_stay_readable_while_their_files_are_kept() {
 
 #[test]
 fn interrupted_checkpoint_replacement_leaves_the_old_one_valid() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
-    let (wal, _) = open(dir.path(), cfg.clone());
-    for i in 0..10u64 {
-        wal.append("c", 0, Bytes::from(payload(i, 100)))
-            .wait()
-            .unwrap();
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "c", 10, 100);
+        wal.checkpoint(4).unwrap();
+        drop(wal);
+        // A crash after writing the temp file but before the rename: a half-written temp.
+        std::fs::write(dir.path().join("checkpoint.tmp"), b"{\"version\":1,\"seq").unwrap();
+        assert_eq!(checkpoint::load(dir.path()).unwrap().unwrap().sequence, 4);
+        let (wal, rec) = open(dir.path(), cfg.clone());
+        assert_eq!(rec.first().map(|e| e.sequence), Some(5));
+        // The next checkpoint replaces both.
+        wal.checkpoint(9).unwrap();
+        assert_eq!(checkpoint::load(dir.path()).unwrap().unwrap().sequence, 9);
+        // A damaged checkpoint file is reported, not ignored.
+        drop(wal);
+        std::fs::write(dir.path().join("checkpoint.json"), b"garbage").unwrap();
+        assert!(matches!(
+            Wal::open(dir.path(), cfg),
+            Err(Error::Corrupt { .. })
+        ));
     }
-    wal.checkpoint(4).unwrap();
-    drop(wal);
-    // A crash after writing the temp file but before the rename: a half-written temp.
-    std::fs::write(dir.path().join("checkpoint.tmp"), b"{\"version\":1,\"seq").unwrap();
-    assert_eq!(checkpoint::load(dir.path()).unwrap().unwrap().sequence, 4);
-    let (wal, rec) = open(dir.path(), cfg.clone());
-    assert_eq!(rec.first().map(|e| e.sequence), Some(5));
-    // The next checkpoint replaces both.
-    wal.checkpoint(9).unwrap();
-    assert_eq!(checkpoint::load(dir.path()).unwrap().unwrap().sequence, 9);
-    // A damaged checkpoint file is reported, not ignored.
-    drop(wal);
-    std::fs::write(dir.path().join("checkpoint.json"), b"garbage").unwrap();
-    assert!(matches!(
-        Wal::open(dir.path(), cfg),
-        Err(Error::Corrupt { .. })
-    ));
 }
 
 #[test]
@@ -617,11 +617,7 @@ fn a_log_whose_files_are_gone_continues_after_its_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(backend, SyncMode::EveryWrite);
         let (wal, _) = open(dir.path(), cfg.clone());
-        for i in 0..10u64 {
-            wal.append("c", 0, Bytes::from(payload(i, 100)))
-                .wait()
-                .unwrap();
-        }
+        append_payloads(&wal, "c", 10, 100);
         assert!(matches!(
             wal.checkpoint(11),
             Err(Error::CheckpointAhead {
@@ -1544,11 +1540,7 @@ fn appends_after_a_checkpoint_ahead_of_the_log_are_acknowledged_in_order() {
             ..config(backend, SyncMode::EveryWrite)
         };
         let (wal, _) = open(dir.path(), cfg.clone());
-        for i in 0..10u64 {
-            wal.append("c", 0, Bytes::from(payload(i, 100)))
-                .wait()
-                .unwrap();
-        }
+        append_payloads(&wal, "c", 10, 100);
         wal.checkpoint(10).unwrap();
         wal.close().unwrap();
         remove_wal_files(dir.path());
@@ -1737,6 +1729,131 @@ fn page_cache_files_never_have_two_fdatasyncs_in_flight() {
             for (e, (s, i)) in rec.iter().zip(&seqs) {
                 assert_eq!(e.sequence, *s);
                 assert_eq!(&e.data[..], &payload(*i, 3000)[..]);
+            }
+        }
+    }
+}
+
+/// `path`'s bytes with every clock reading zeroed (the file header's `created_ms`,
+/// each entry's `timestamp`) and with the checksums over them zeroed (the header's
+/// and each batch's `header_crc`, `entries_crc`, each entry's `crc`). Walks the
+/// batches by the layout in docs/format.md; everything else, padding and the
+/// zero-filled rest of the file included, is kept as it is.
+fn without_clock_readings(path: &std::path::Path) -> Vec<u8> {
+    fn u32_at(b: &[u8], at: usize) -> usize {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize
+    }
+    let mut b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"STRMLWAL", "{}", path.display());
+    b[24..36].fill(0);
+    let mut pos = 4096;
+    while pos + 48 <= b.len() && &b[pos..pos + 4] == b"SLB1" {
+        let count = u32_at(&b, pos + 24);
+        let payload_len = u32_at(&b, pos + 28);
+        b[pos + 40..pos + 48].fill(0);
+        let mut at = pos + 48;
+        for _ in 0..count {
+            let len = u32_at(&b, at + 4);
+            b[at..at + 4].fill(0);
+            b[at + 16..at + 24].fill(0);
+            at += 8 + len;
+        }
+        assert_eq!(
+            at,
+            pos + 48 + payload_len,
+            "{} batch at {pos}",
+            path.display()
+        );
+        pos = at.div_ceil(4096) * 4096;
+    }
+    b
+}
+
+/// A WAL directory's files: name and contents.
+type Files = Vec<(String, Vec<u8>)>;
+
+#[test]
+fn every_backend_and_write_path_writes_the_same_bytes() {
+    use streamline::wal::{NewEntry, WalEntryType};
+    // O_DIRECT needs a real filesystem, unlike a possibly tmpfs-backed /tmp.
+    let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let sizes = [1usize, 100, 4000, 4049, 4096, 9000, 20_000, 0, 60_000];
+    for mode in [SyncMode::EveryWrite, SyncMode::OsDefault] {
+        // The std backend first: every other path is compared with it.
+        let mut paths: Vec<(BackendKind, Option<bool>, Option<bool>)> = WRITE_PATHS
+            .iter()
+            .map(|&(backend, group)| (backend, group, None))
+            .collect();
+        paths.push((BackendKind::Uring, None, Some(false)));
+        let mut reference: Option<(String, Files)> = None;
+        for (backend, group, direct_io) in paths {
+            let name = format!("{mode}-{backend}-group={group:?}-direct_io={direct_io:?}");
+            let dir = on_disk.path().join(&name);
+            let cfg = WalConfig {
+                uring_group_writes: group,
+                direct_io,
+                ..config(backend, mode)
+            };
+            let (wal, _) = open(&dir, cfg.clone());
+            // One writer waiting for each ack: every append is a batch of its own,
+            // so the batches do not depend on timing.
+            let mut written = Vec::new();
+            for round in 0..6u64 {
+                for (k, &len) in sizes.iter().enumerate() {
+                    let i = round * 100 + k as u64;
+                    wal.append(&format!("t{k}"), k as i32, Bytes::from(payload(i, len)))
+                        .wait()
+                        .unwrap();
+                    written.push(payload(i, len));
+                }
+                let batch: Vec<NewEntry> = (0..5u64)
+                    .map(|j| {
+                        let data = payload(round * 100 + 50 + j, 700 * j as usize);
+                        written.push(data.to_vec());
+                        let mut e = NewEntry::record("batch", j as i32, Bytes::from(data));
+                        if j == 4 {
+                            e.entry_type = WalEntryType::Truncate;
+                        }
+                        e
+                    })
+                    .collect();
+                wal.append_batch(batch).wait().unwrap();
+            }
+            wal.close().unwrap();
+            assert!(
+                list_archived(&dir).unwrap().len() >= 2,
+                "{name}: the load should rotate"
+            );
+            let (wal, entries) = open(&dir, cfg);
+            let got: Vec<Vec<u8>> = entries.iter().map(|e| e.data.to_vec()).collect();
+            assert_eq!(got, written, "{name}: recovered entries");
+            wal.close().unwrap();
+            // Compared: every archived file and the active one. A prepared
+            // `next.wal` holds a header only; whether it exists yet at close depends
+            // on timing.
+            let mut files: Files = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|f| f.ends_with(".wal") && f != "next.wal")
+                .map(|f| {
+                    let bytes = without_clock_readings(&dir.join(&f));
+                    (f, bytes)
+                })
+                .collect();
+            files.sort();
+            match &reference {
+                None => reference = Some((name, files)),
+                Some((ref_name, ref_files)) => {
+                    let names =
+                        |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+                    assert_eq!(names(&files), names(ref_files), "{name} against {ref_name}");
+                    for ((file, got), (_, want)) in files.iter().zip(ref_files) {
+                        assert_eq!(got.len(), want.len(), "{name} {file}: size");
+                        if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+                            panic!("{name} {file}: first difference from {ref_name} at byte {at}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,5 +1,8 @@
 //! Portable backend: `pwritev` + `fdatasync` (`F_FULLFSYNC` on macOS), synchronous.
-//! The commit thread batches exactly as with io_uring, so the files are byte-identical.
+//! The commit thread batches exactly as with io_uring, so for the same batches the
+//! files are byte-identical but for clock readings (entry timestamps, the header's
+//! creation time) and the checksums over them
+//! (`wal_files::every_backend_and_write_path_writes_the_same_bytes`).
 //! On Linux it writes with `O_DIRECT` when asked to (see `WalConfig::direct_io`) and
 //! falls back to the page cache, with one warning, where the filesystem refuses it.
 //!
