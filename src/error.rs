@@ -69,7 +69,8 @@ pub enum Error {
     Closed,
 
     /// The WAL's commit thread panicked (a bug): appends it had not made durable may
-    /// be lost. Seen by `close`, as the cause of [`Error::Failed`].
+    /// be lost. Seen by the appends it held and every later one, and by `close`, as
+    /// the cause of [`Error::Failed`].
     #[error("the WAL's commit thread panicked; appends not yet synced may be lost")]
     CommitThreadPanicked,
 

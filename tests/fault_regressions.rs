@@ -427,3 +427,90 @@ fn opening_a_wal_makes_its_directory_entry_durable_even_when_it_exists() {
         wal.close().unwrap();
     }
 }
+
+/// A panic on the commit thread (a bug; injected in a write) must not leave a
+/// producer waiting or report success. The appends the thread held fail, so do
+/// producers waiting for capacity (the held appends' bytes are never released; they
+/// used to wait until someone closed the WAL) and every later append, `close` on
+/// every handle reports the panic, and the log reopens with every acknowledged
+/// append, in a contiguous prefix, after a power loss.
+#[test]
+fn a_panicking_commit_thread_fails_every_waiter_and_the_close() {
+    use std::sync::{Arc, Mutex};
+    use streamline::Error;
+    fn is_panic(e: &Error) -> bool {
+        matches!(e, Error::Failed { cause } if matches!(**cause, Error::CommitThreadPanicked))
+    }
+    for seed in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SimDisk::new(SimPlan {
+            seed,
+            crash_after_ops: None,
+            fault: Some((20 + seed * 3, Fault::Panic)),
+            short_write_pct: 20,
+        });
+        let cfg = WalConfig {
+            sync_mode: SyncMode::EveryWrite,
+            max_file_size: 256 * 1024,
+            max_batch_bytes: 8 * 1024,
+            // A few appends fill it: producers wait for capacity when the thread dies.
+            max_pending_bytes: 8 * 1024,
+            ..interval_config()
+        };
+        let (wal, _rec) = Wal::open_sim(dir.path(), cfg.clone(), &disk).unwrap();
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for t in 0..6u8 {
+            let (wal, acked, tx) = (wal.clone(), Arc::clone(&acked), tx.clone());
+            std::thread::spawn(move || {
+                for i in 0u32.. {
+                    let data = Bytes::from(vec![t ^ i as u8; 3000 + usize::from(t) * 100]);
+                    match wal.append("t", 0, data.clone()).wait() {
+                        Ok(seq) => acked.lock().unwrap().push((seq, data)),
+                        Err(e) => {
+                            let _ = tx.send(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for _ in 0..6 {
+            let e = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("seed {seed}: a producer still waits"));
+            assert!(is_panic(&e), "seed {seed}: a producer got {e}");
+        }
+        assert_eq!(disk.injected().map(|i| i.fault), Some(Fault::Panic));
+        let later = wal.append("t", 0, Bytes::from_static(b"x")).wait();
+        assert!(
+            matches!(&later, Err(e) if is_panic(e)),
+            "seed {seed}: {later:?}"
+        );
+        let other = wal.clone();
+        let e = wal.close().expect_err("close reported success");
+        assert!(is_panic(&e), "seed {seed}: close gave {e}");
+        let e = other.close().expect_err("second close reported success");
+        assert!(is_panic(&e), "seed {seed}: second close gave {e}");
+
+        disk.power_loss(false).unwrap();
+        let (wal, rec) = Wal::open(dir.path(), cfg).unwrap();
+        let got: Vec<_> = rec.collect::<Result<Vec<_>, _>>().unwrap();
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e.sequence, i as u64 + 1, "seed {seed}: not contiguous");
+        }
+        let acked = acked.lock().unwrap();
+        assert!(
+            !acked.is_empty(),
+            "seed {seed}: nothing acknowledged before the panic"
+        );
+        for (seq, data) in acked.iter() {
+            let e = got
+                .get(*seq as usize - 1)
+                .unwrap_or_else(|| panic!("seed {seed}: acknowledged {seq} lost"));
+            assert_eq!(&e.data, data, "seed {seed}: entry {seq}");
+        }
+        wal.close().unwrap();
+    }
+}

@@ -64,7 +64,10 @@ impl NewEntry {
 }
 
 /// Completes its slot exactly once; if dropped unused (a request lost in a closed
-/// channel), completes it with [`Error::Closed`] so no waiter hangs.
+/// channel), completes it with [`Error::Closed`] so no waiter hangs, or, dropped
+/// while the commit thread unwinds from a panic (the only thread that holds
+/// completers), with [`Error::CommitThreadPanicked`] as the cause of
+/// [`Error::Failed`].
 pub(crate) struct Completer(Option<Arc<Slot>>);
 
 impl Completer {
@@ -81,7 +84,32 @@ impl Completer {
 impl Drop for Completer {
     fn drop(&mut self) {
         if let Some(s) = self.0.take() {
-            s.complete(Err(Error::Closed));
+            s.complete(Err(if std::thread::panicking() {
+                Error::Failed {
+                    cause: Arc::new(Error::CommitThreadPanicked),
+                }
+            } else {
+                Error::Closed
+            }));
+        }
+    }
+}
+
+/// Held by [`Committer::run`] for the commit thread's whole life: if the thread
+/// unwinds from a panic (a bug), latches [`Error::CommitThreadPanicked`] and wakes producers
+/// waiting for capacity. The bytes of the appends the thread dropped are never
+/// released, so without it those producers would wait until someone closed the
+/// WAL, and every later append would wait for capacity too.
+struct PanicLatch(Arc<Core>);
+
+impl Drop for PanicLatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .failed
+                .get_or_init(|| Arc::new(Error::CommitThreadPanicked));
+            self.0.closed.store(true, Ordering::Release);
+            self.0.wake_waiters();
         }
     }
 }
@@ -682,6 +710,10 @@ impl Committer {
 
     /// Runs until closed or every handle is gone.
     pub(crate) fn run(mut self) {
+        // A local is dropped before the parameter `self` when a panic unwinds this
+        // frame: the failure is latched before the held appends are answered and
+        // the channel is dropped, so nothing sees `Closed` in between.
+        let _latch = PanicLatch(Arc::clone(&self.core));
         self.serve();
         // No file work may outlive the thread: the directory lock is released
         // right after it is joined.

@@ -20,8 +20,8 @@
 //! - operations complete in a random order (a standalone sync only after everything
 //!   submitted before it), and writes may complete in several short pieces;
 //! - one injected error per run: EIO on a write (part of it may have reached the
-//!   cache), EIO on fdatasync, ENOSPC on a write, or a short write that stops making
-//!   progress (`WriteZero`);
+//!   cache), EIO on fdatasync, ENOSPC on a write, a short write that stops making
+//!   progress (`WriteZero`), or a panic in a write (the commit thread unwinds);
 //! - a simulated crash after a given number of completed operations: the in-flight
 //!   writes may be partly applied, and every later operation fails without touching
 //!   the file, as if the process had died.
@@ -80,6 +80,9 @@ pub enum Fault {
     WriteEnospc,
     /// A write makes partial progress, then stops (`WriteZero`).
     ShortWrite,
+    /// The backend panics in a write, after part of it reached the cache, as a bug
+    /// in the engine would: the commit thread unwinds.
+    Panic,
 }
 
 impl Fault {
@@ -88,7 +91,7 @@ impl Fault {
         match self {
             Fault::WriteEio | Fault::SyncEio => Some(libc::EIO),
             Fault::WriteEnospc => Some(libc::ENOSPC),
-            Fault::ShortWrite => None,
+            Fault::ShortWrite | Fault::Panic => None,
         }
     }
 }
@@ -538,7 +541,7 @@ impl DiskState {
         let f = self.fault_armed?;
         let fits = match f {
             Fault::SyncEio => has_sync,
-            Fault::WriteEio | Fault::WriteEnospc | Fault::ShortWrite => has_write,
+            Fault::WriteEio | Fault::WriteEnospc | Fault::ShortWrite | Fault::Panic => has_write,
         };
         fits.then_some(f)
     }
@@ -1000,6 +1003,15 @@ impl SimBackend {
                             "short write made no further progress (injected)",
                         );
                         Err(Error::io("pwrite (sim)", &path, e))
+                    }
+                    Some(Fault::Panic) => {
+                        let _ = st.apply_some(key, stamp, at, rest);
+                        st.injected = Some(Injected {
+                            fault: Fault::Panic,
+                            ack_bound: bound(),
+                        });
+                        // The disk's lock is poisoned by this; it is taken ignoring that.
+                        panic!("injected panic in a write to {}", path.display());
                     }
                     Some(Fault::SyncEio) => match st.apply(key, stamp, at, rest) {
                         Ok(()) => {
