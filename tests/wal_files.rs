@@ -1858,3 +1858,108 @@ fn every_backend_and_write_path_writes_the_same_bytes() {
         }
     }
 }
+
+/// A checkpoint whose retirement of a file fails keeps that file and the ones
+/// after it listed for retention: the next checkpoint retires them, even at the
+/// same sequence, and the log still opens. (They used to be dropped from the list
+/// and outlive newer files that were retired, and the next open refused the log:
+/// files missing in between.)
+#[test]
+fn files_a_failed_retirement_left_are_retired_by_the_next_checkpoint() {
+    use std::time::{Duration, Instant};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        let mut last = 0;
+        let mut i = 0u64;
+        while wal.stats().rotations < 4 {
+            last = wal
+                .append("c", 0, Bytes::from(payload(i, 8000)))
+                .wait()
+                .unwrap();
+            i += 1;
+        }
+        // The preparer of the next file, which looks at recycled files too, is done.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dir.path().join("next.wal").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: next.wal not prepared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let numbers = |dir: &std::path::Path| -> Vec<u64> {
+            list_archived(dir)
+                .unwrap()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        assert_eq!(numbers(dir.path()), [1, 2, 3, 4], "{backend}");
+        // A directory where file 1 would be renamed to for recycling: that fails.
+        let blocker = dir.path().join("recycle-00000001.wal");
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("x"), b"x").unwrap();
+        let e = wal
+            .checkpoint(last)
+            .expect_err("retiring file 1 should have failed");
+        assert!(e.to_string().contains("00000001.wal"), "{backend}: {e}");
+        assert_eq!(numbers(dir.path()), [1, 2, 3, 4], "{backend}");
+        std::fs::remove_dir_all(&blocker).unwrap();
+        wal.checkpoint(last).unwrap();
+        assert_eq!(
+            numbers(dir.path()),
+            [4],
+            "{backend}: retention kept one file"
+        );
+        for _ in 0..40 {
+            last = wal
+                .append("c", 0, Bytes::from(payload(i, 8000)))
+                .wait()
+                .unwrap();
+            i += 1;
+        }
+        wal.checkpoint(last - 3).unwrap();
+        wal.close().unwrap();
+        let (wal, rec) = open(dir.path(), cfg);
+        assert_eq!(
+            rec.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (last - 2..=last).collect::<Vec<_>>(),
+            "{backend}"
+        );
+        wal.close().unwrap();
+    }
+}
+
+/// After a close, a checkpoint from a handle still held is refused: the
+/// directory may already be another WAL's, whose checkpoint it must not move.
+#[test]
+fn a_closed_wal_refuses_checkpoints_and_leaves_the_next_owners_alone() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "c", 10, 100);
+        wal.checkpoint(2).unwrap();
+        let stale = wal.clone();
+        wal.close().unwrap();
+        assert!(
+            matches!(stale.checkpoint(3), Err(Error::Closed)),
+            "{backend}"
+        );
+        let (wal, rec) = open(dir.path(), cfg);
+        assert_eq!(rec.len(), 8, "{backend}");
+        wal.checkpoint(10).unwrap();
+        assert!(
+            matches!(stale.checkpoint(5), Err(Error::Closed)),
+            "{backend}"
+        );
+        assert_eq!(
+            checkpoint::load(dir.path()).unwrap().unwrap().sequence,
+            10,
+            "{backend}"
+        );
+        wal.close().unwrap();
+    }
+}

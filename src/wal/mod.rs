@@ -124,7 +124,17 @@ impl Handle {
         // resolves to `Closed` and the join below says why.
         let _ = self.tx.send(Request::Close(Completer::new(slot)));
         let mut r = c.wait();
-        if thread.join().is_err() {
+        let joined = thread.join();
+        // No checkpoint may start from here on, and one in progress ends before the
+        // directory is released below.
+        self.core.closed.store(true, Ordering::Release);
+        drop(
+            self.core
+                .checkpointed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if joined.is_err() {
             // The commit thread panicked: what it had not synced may be lost, and a
             // close must not report success for it.
             let cause = Arc::clone(
@@ -734,11 +744,14 @@ impl Wal {
     /// Records that every entry up to `sequence` has been applied durably elsewhere:
     /// replaces `checkpoint.json` atomically, then deletes archived files wholly at or
     /// below it, keeping the newest `retention_files`. A sequence at or below the
-    /// current checkpoint changes nothing (it is still true, and files it would
-    /// need may already be gone): calls from several threads may race.
+    /// current checkpoint leaves `checkpoint.json` as it is (it is still true, and
+    /// files it would need may already be gone): calls from several threads may
+    /// race. Every call retires what the stored checkpoint covers, so files an
+    /// earlier call failed to retire are retried.
     ///
     /// # Errors
-    /// [`Error::CheckpointAhead`] for a sequence not yet acknowledged; I/O errors.
+    /// [`Error::CheckpointAhead`] for a sequence not yet acknowledged,
+    /// [`Error::Closed`] once the WAL is closed; I/O errors.
     pub fn checkpoint(&self, sequence: u64) -> Result<()> {
         let core = &self.inner.core;
         let acked = core.acked_through.load(Ordering::Acquire);
@@ -752,17 +765,23 @@ impl Wal {
             .checkpointed
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if sequence <= *checkpointed {
-            return Ok(());
+        // Once closed, the directory (its lock released) may be another WAL's, whose
+        // checkpoint this one must not overwrite. `Handle::shutdown` takes this lock
+        // after the close and before releasing the directory.
+        if core.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
-        checkpoint::store(&core.dir, sequence)?;
-        *checkpointed = sequence;
-        let doomed: Vec<Archived> = {
+        if sequence > *checkpointed {
+            checkpoint::store(&core.dir, sequence)?;
+            *checkpointed = sequence;
+        }
+        // Retention runs at every call, so files a failed call left are retried.
+        let through = *checkpointed;
+        let mut doomed: Vec<Archived> = {
             let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
             let keep = core.config.retention_files;
             let mut n = 0;
-            while n < archived.len().saturating_sub(keep) && archived[n].covers_through <= sequence
-            {
+            while n < archived.len().saturating_sub(keep) && archived[n].covers_through <= through {
                 n += 1;
             }
             archived.drain(..n).collect()
@@ -770,8 +789,18 @@ impl Wal {
         if doomed.is_empty() {
             return Ok(());
         }
-        for a in &doomed {
-            files::retire(&core.dir, &a.path, a.number, core.config.max_file_size)?;
+        for i in 0..doomed.len() {
+            let a = &doomed[i];
+            if let Err(e) = files::retire(&core.dir, &a.path, a.number, core.config.max_file_size) {
+                // This file and the ones after it stay on disk: back to the front of
+                // the list, so that a later checkpoint retires them. Dropped from
+                // it, they would outlive the files retired after them, and the next
+                // open would find the log's files missing in between.
+                let left = doomed.split_off(i);
+                let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
+                archived.splice(0..0, left);
+                return Err(e);
+            }
             tracing::info!(file = a.number, "retired WAL file covered by checkpoint");
         }
         // The renames and deletions become durable with the directory.
