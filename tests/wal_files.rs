@@ -1345,6 +1345,52 @@ fn a_clean_close_lets_the_next_open_skip_probing_the_rest_of_the_newest_file() {
     }
 }
 
+/// After a clean close, a log that ends in front of bytes that are no batch
+/// header at all (in a recycled file: the middle of an old batch's payload) is
+/// clean too: the scan stops there and reports no torn tail. Without the
+/// marker, as after a crash, it is a torn tail and the rest of the file is probed.
+#[test]
+fn a_clean_close_in_front_of_an_old_batchs_payload_is_clean() {
+    use streamline::{
+        file_at::FileAt,
+        wal::{clean_close, Tail},
+    };
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "c", 5, 1000);
+        wal.close().unwrap();
+        let end = clean_close::load(dir.path()).unwrap().unwrap().end;
+        plant_stale_batch(dir.path());
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("current.wal"))
+            .unwrap();
+        f.write_all_at(&payload(99, 8192), end).unwrap();
+        drop(f);
+        let cur = newest(dir.path());
+        assert_eq!(cur.tail, Tail::Clean, "{backend}");
+        assert!(
+            !cur.stale_after_end,
+            "{backend}: probed after a clean close"
+        );
+        let marker = dir.path().join(clean_close::CLEAN_CLOSE_FILE);
+        let saved = std::fs::read(&marker).unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        let cur = newest(dir.path());
+        assert!(
+            matches!(cur.tail, Tail::Torn { offset, .. } if offset == end),
+            "{backend}"
+        );
+        assert!(cur.stale_after_end, "{backend}");
+        std::fs::write(&marker, saved).unwrap();
+        let (wal, entries) = open(dir.path(), cfg);
+        assert_eq!(entries.len(), 5, "{backend}");
+        wal.close().unwrap();
+    }
+}
+
 #[test]
 fn a_clean_close_marker_that_does_not_match_is_ignored() {
     use streamline::wal::clean_close::{self, CLEAN_CLOSE_FILE};

@@ -356,13 +356,16 @@ pub fn scan_file_after_close(
                 pos += h.disk_len();
                 info.valid_end = pos;
             }
-            Step::Bad(_, true)
+            Step::Bad(..)
                 if clean.is_some_and(|c| {
                     c.end == pos && info.next_sequence.is_none_or(|n| n == c.next_sequence)
                 }) =>
             {
-                // The log ends where the last clean close left it, and never-written
-                // space follows: no later batch of this file can exist.
+                // The log ends where the last clean close left it: no later batch of
+                // this file can exist (the next open removes the marker before it
+                // writes). What follows is never-written space: zeros, a stale
+                // batch header, or, in a recycled file, the middle of an old batch,
+                // whose bytes are no header at all.
                 break;
             }
             Step::Bad(reason, zero) => {
