@@ -37,8 +37,18 @@ struct Pending {
     /// A short write broke the link: resubmit the remainder (and fsync) when the
     /// round's CQEs are all in (the linked fsync arrives as -ECANCELED).
     resubmit: bool,
+    /// Rounds the kernel cancelled without running them (see [`CANCEL_RETRIES`]).
+    cancelled: u8,
     error: Option<Error>,
 }
+
+/// How many times an operation the kernel cancelled on its own is submitted again
+/// before the cancellation is reported as its error. The WAL never cancels an
+/// operation; the kernel cancels one it queued for an io-wq worker when it could
+/// not start a worker for it, which a signal arriving at the submitting thread at
+/// that moment causes. Such an operation never ran, so submitting it again is no
+/// retry of a failed write or fsync (both are idempotent besides).
+const CANCEL_RETRIES: u8 = 16;
 
 // SAFETY: the raw pointer refers to a buffer owned by the commit thread, which also
 // owns this backend; it is only ever dereferenced by the kernel.
@@ -64,6 +74,18 @@ pub(crate) struct UringBackend {
     group: WriteGroup,
     /// Whether a durable write submitted with nothing in the ring starts a group.
     group_writes: bool,
+    /// CQEs (by user_data) whose result a test replaces with -ECANCELED, as if
+    /// the kernel had cancelled the operation.
+    #[cfg(test)]
+    cancel_next: std::collections::HashSet<u64>,
+}
+
+/// A standalone fdatasync of the registered file, for operation `token`.
+fn fsync_entry(token: u64) -> squeue::Entry {
+    opcode::Fsync::new(types::Fixed(0))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data((token << 1) | FSYNC_BIT)
 }
 
 /// The registered file's path, for error messages (empty before the first open).
@@ -93,6 +115,8 @@ impl UringBackend {
             cqes: Vec::new(),
             group: WriteGroup::default(),
             group_writes: false,
+            #[cfg(test)]
+            cancel_next: std::collections::HashSet::new(),
         })
     }
 
@@ -328,6 +352,7 @@ impl Backend for UringBackend {
                     sync,
                     outstanding: 0,
                     resubmit: false,
+                    cancelled: 0,
                     error: None,
                 };
                 let mut p = p;
@@ -337,11 +362,7 @@ impl Backend for UringBackend {
                 self.pending.insert(token, p);
             }
             Op::Sync => {
-                let fsync = opcode::Fsync::new(types::Fixed(0))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .user_data((token << 1) | FSYNC_BIT);
-                self.push(&[fsync])?;
+                self.push(&[fsync_entry(token)])?;
                 self.pending.insert(
                     token,
                     Pending {
@@ -352,6 +373,7 @@ impl Backend for UringBackend {
                         sync: true,
                         outstanding: 1,
                         resubmit: false,
+                        cancelled: 0,
                         error: None,
                     },
                 );
@@ -378,11 +400,35 @@ impl Backend for UringBackend {
         for (ud, res) in cqes.drain(..) {
             let token = ud >> 1;
             let is_fsync = ud & FSYNC_BIT != 0;
+            #[cfg(test)]
+            let res = if self.cancel_next.remove(&ud) {
+                -libc::ECANCELED
+            } else {
+                res
+            };
             let Some(p) = self.pending.get_mut(&token) else {
                 continue;
             };
             p.outstanding = p.outstanding.saturating_sub(1);
-            if is_fsync {
+            if res == -libc::ECANCELED && !p.resubmit && p.error.is_none() {
+                // Cancelled by the kernel, not by a short write of this round (which
+                // sets `resubmit` first): nothing of this round ran. The round's
+                // other CQE (a linked fsync) arrives cancelled too.
+                if p.cancelled < CANCEL_RETRIES {
+                    p.cancelled += 1;
+                    p.resubmit = true;
+                } else {
+                    let e = std::io::Error::from_raw_os_error(libc::ECANCELED);
+                    let op = if is_fsync {
+                        "fdatasync (io_uring)"
+                    } else {
+                        "write (io_uring)"
+                    };
+                    p.error = Some(Error::io(op, path_of(&self.file), e));
+                }
+            } else if res == -libc::ECANCELED && p.resubmit && p.cancelled > 0 {
+                // The other CQE of a round the kernel cancelled.
+            } else if is_fsync {
                 let cancelled_by_short_write =
                     res == -libc::ECANCELED && (p.resubmit || p.error.is_some());
                 if res < 0 && !cancelled_by_short_write {
@@ -421,9 +467,16 @@ impl Backend for UringBackend {
             let mut p = self.pending.remove(&token).expect("present");
             if p.resubmit && p.error.is_none() {
                 p.resubmit = false;
-                // SAFETY: the same buffer as the original submission, still owned by
-                // the commit thread until this token is reaped.
-                match unsafe { self.push_write(token, &mut p) } {
+                let again = if p.ptr.is_null() {
+                    // A standalone fsync.
+                    p.outstanding = 1;
+                    self.push(&[fsync_entry(token)])
+                } else {
+                    // SAFETY: the same buffer as the original submission, still
+                    // owned by the commit thread until this token is reaped.
+                    unsafe { self.push_write(token, &mut p) }
+                };
+                match again {
                     Ok(()) => {
                         self.pending.insert(token, p);
                         continue;
@@ -521,6 +574,84 @@ mod tests {
                 let at = i as usize * 4096;
                 assert_eq!(&data[at..at + 8], &i.to_be_bytes(), "direct {direct}");
             }
+        }
+    }
+
+    /// An operation the kernel cancelled on its own (it could not start an io-wq
+    /// worker for it: a signal at the submitting thread) never ran: it is
+    /// submitted again and completes, a standalone fsync, a write linked to its
+    /// fsync and an `O_DIRECT` durable write alike. One cancelled every time fails
+    /// with ECANCELED after `CANCEL_RETRIES` rounds, never succeeds falsely.
+    /// (`tests/wal_signals.rs` met such a cancelled fsync, which latched the WAL.)
+    #[test]
+    fn operations_the_kernel_cancels_are_submitted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 16 * 4096]).unwrap();
+        for direct in [false, true] {
+            let mut b = UringBackend::new(8, direct).unwrap();
+            if b.open(&path).is_err() {
+                assert!(direct, "a page-cache open cannot fail here");
+                continue; // a filesystem without O_DIRECT (tmpfs)
+            }
+            let mut bufs: Vec<AlignedBuf> = (0..3u8)
+                .map(|i| {
+                    let mut buf = AlignedBuf::new(4096);
+                    buf.as_mut_slice().fill(0x40 + i + u8::from(direct) * 8);
+                    buf
+                })
+                .collect();
+            b.register_buffers(&mut bufs).unwrap();
+            let run = |b: &mut UringBackend, token: u64, op: Op<'_>, cancels: &[u64]| {
+                b.cancel_next.extend(cancels);
+                b.submit(token, op).unwrap();
+                let mut done = Vec::new();
+                while done.is_empty() {
+                    b.reap(true, &mut done, &|_| None).unwrap();
+                }
+                assert_eq!(b.in_flight(), 0);
+                done.pop().unwrap().result
+            };
+            let write = |i: usize| Op::Write {
+                buf: &bufs[i],
+                len: 4096,
+                offset: i as u64 * 4096,
+                sync: true,
+            };
+            // A standalone fsync, cancelled once.
+            run(&mut b, 1, Op::Sync, &[(1 << 1) | FSYNC_BIT]).expect("fsync");
+            // A durable write: its write CQE cancelled once (page cache: the linked
+            // fsync's real CQE then arrives as well).
+            run(&mut b, 2, write(0), &[2 << 1]).expect("write");
+            // A durable write whose fsync (page cache) or write (O_DIRECT) is
+            // cancelled once.
+            let ud = if direct { 3 << 1 } else { (3 << 1) | FSYNC_BIT };
+            run(&mut b, 3, write(1), &[ud]).expect("write");
+            let data = std::fs::read(&path).unwrap();
+            for i in 0..2u8 {
+                let at = usize::from(i) * 4096;
+                assert!(
+                    data[at..at + 4096]
+                        .iter()
+                        .all(|&x| x == 0x40 + i + u8::from(direct) * 8),
+                    "direct {direct}: write {i}"
+                );
+            }
+            // Cancelled every round: an error after CANCEL_RETRIES submissions.
+            let mut rounds = 0;
+            let mut done = Vec::new();
+            b.submit(4, Op::Sync).unwrap();
+            while done.is_empty() {
+                b.cancel_next.insert((4 << 1) | FSYNC_BIT);
+                b.reap(true, &mut done, &|_| None).unwrap();
+                rounds += 1;
+            }
+            b.cancel_next.clear();
+            let e = done.pop().unwrap().result.expect_err("cancelled for good");
+            assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{e}");
+            assert_eq!(rounds, usize::from(CANCEL_RETRIES) + 1, "direct {direct}");
+            assert_eq!(b.in_flight(), 0);
+            drop(b);
         }
     }
 
