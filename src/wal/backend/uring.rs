@@ -410,28 +410,28 @@ impl Backend for UringBackend {
                 continue;
             };
             p.outstanding = p.outstanding.saturating_sub(1);
-            if res == -libc::ECANCELED && !p.resubmit && p.error.is_none() {
-                // Cancelled by the kernel, not by a short write of this round (which
-                // sets `resubmit` first): nothing of this round ran. The round's
-                // other CQE (a linked fsync) arrives cancelled too.
-                if p.cancelled < CANCEL_RETRIES {
-                    p.cancelled += 1;
-                    p.resubmit = true;
-                } else {
-                    let e = std::io::Error::from_raw_os_error(libc::ECANCELED);
-                    let op = if is_fsync {
-                        "fdatasync (io_uring)"
+            if res == -libc::ECANCELED && p.error.is_none() {
+                // Nothing of this round ran. Either a short write of this round
+                // broke the link (it set `resubmit` first, and the remainder goes
+                // out again), or the kernel cancelled the round itself; then its
+                // other CQE, if any, arrives cancelled too.
+                if !p.resubmit {
+                    if p.cancelled < CANCEL_RETRIES {
+                        p.cancelled += 1;
+                        p.resubmit = true;
                     } else {
-                        "write (io_uring)"
-                    };
-                    p.error = Some(Error::io(op, path_of(&self.file), e));
+                        let e = std::io::Error::from_raw_os_error(libc::ECANCELED);
+                        let op = if is_fsync {
+                            "fdatasync (io_uring)"
+                        } else {
+                            "write (io_uring)"
+                        };
+                        p.error = Some(Error::io(op, path_of(&self.file), e));
+                    }
                 }
-            } else if res == -libc::ECANCELED && p.resubmit && p.cancelled > 0 {
-                // The other CQE of a round the kernel cancelled.
             } else if is_fsync {
-                let cancelled_by_short_write =
-                    res == -libc::ECANCELED && (p.resubmit || p.error.is_some());
-                if res < 0 && !cancelled_by_short_write {
+                // Cancelled after its write failed: that error stands.
+                if res < 0 && res != -libc::ECANCELED {
                     let e = std::io::Error::from_raw_os_error(-res);
                     p.error.get_or_insert_with(|| {
                         Error::io("fdatasync (io_uring)", path_of(&self.file), e)
@@ -526,6 +526,23 @@ mod tests {
     use super::*;
     use crate::wal::buffer::AlignedBuf;
 
+    /// A backend of `entries` on `path` with `bufs` registered, or `None` where
+    /// the filesystem refuses `O_DIRECT` (tmpfs); a page-cache open cannot fail.
+    fn backend_on(
+        path: &std::path::Path,
+        entries: u32,
+        direct: bool,
+        bufs: &mut [AlignedBuf],
+    ) -> Option<UringBackend> {
+        let mut b = UringBackend::new(entries, direct).unwrap();
+        if b.open(path).is_err() {
+            assert!(direct, "a page-cache open cannot fail here");
+            return None;
+        }
+        b.register_buffers(bufs).unwrap();
+        Some(b)
+    }
+
     /// More operations in flight than the ring's completion queue holds (24 in a
     /// ring of 2 entries, 4 completions), none reaped until the end: no completion
     /// is lost and every write lands (the kernel keeps overflowing completions).
@@ -538,11 +555,6 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, vec![0u8; 64 * 4096]).unwrap();
         for direct in [false, true] {
-            let mut b = UringBackend::new(2, direct).unwrap();
-            if b.open(&path).is_err() {
-                assert!(direct, "a page-cache open cannot fail here");
-                continue; // a filesystem without O_DIRECT (tmpfs)
-            }
             let mut bufs: Vec<AlignedBuf> = (0..24)
                 .map(|i| {
                     let mut buf = AlignedBuf::new(4096);
@@ -550,7 +562,9 @@ mod tests {
                     buf
                 })
                 .collect();
-            b.register_buffers(&mut bufs).unwrap();
+            let Some(mut b) = backend_on(&path, 2, direct, &mut bufs) else {
+                continue; // a filesystem without O_DIRECT (tmpfs)
+            };
             for (i, buf) in bufs.iter().enumerate() {
                 let op = Op::Write {
                     buf,
@@ -589,11 +603,6 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, vec![0u8; 16 * 4096]).unwrap();
         for direct in [false, true] {
-            let mut b = UringBackend::new(8, direct).unwrap();
-            if b.open(&path).is_err() {
-                assert!(direct, "a page-cache open cannot fail here");
-                continue; // a filesystem without O_DIRECT (tmpfs)
-            }
             let mut bufs: Vec<AlignedBuf> = (0..3u8)
                 .map(|i| {
                     let mut buf = AlignedBuf::new(4096);
@@ -601,7 +610,9 @@ mod tests {
                     buf
                 })
                 .collect();
-            b.register_buffers(&mut bufs).unwrap();
+            let Some(mut b) = backend_on(&path, 8, direct, &mut bufs) else {
+                continue; // a filesystem without O_DIRECT (tmpfs)
+            };
             let run = |b: &mut UringBackend, token: u64, op: Op<'_>, cancels: &[u64]| {
                 b.cancel_next.extend(cancels);
                 b.submit(token, op).unwrap();
@@ -664,11 +675,6 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, vec![0u8; 8 << 20]).unwrap();
         for direct in [false, true] {
-            let mut b = UringBackend::new(16, direct).unwrap();
-            if b.open(&path).is_err() {
-                assert!(direct, "a page-cache open cannot fail here");
-                continue; // a filesystem without O_DIRECT (tmpfs)
-            }
             let mut bufs: Vec<AlignedBuf> = (0..6u8)
                 .map(|i| {
                     let mut buf = AlignedBuf::new(1 << 20);
@@ -676,7 +682,9 @@ mod tests {
                     buf
                 })
                 .collect();
-            b.register_buffers(&mut bufs).unwrap();
+            let Some(mut b) = backend_on(&path, 16, direct, &mut bufs) else {
+                continue; // a filesystem without O_DIRECT (tmpfs)
+            };
             for (i, buf) in bufs.iter().enumerate() {
                 let op = Op::Write {
                     buf,
