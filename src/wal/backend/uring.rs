@@ -78,6 +78,10 @@ pub(crate) struct UringBackend {
     /// the kernel had cancelled the operation.
     #[cfg(test)]
     cancel_next: std::collections::HashSet<u64>,
+    /// While set, `push` refuses every entry, as it does when the kernel accepts
+    /// none from a full submission queue.
+    #[cfg(test)]
+    refuse_pushes: bool,
 }
 
 /// A standalone fdatasync of the registered file, for operation `token`.
@@ -117,6 +121,8 @@ impl UringBackend {
             group_writes: false,
             #[cfg(test)]
             cancel_next: std::collections::HashSet::new(),
+            #[cfg(test)]
+            refuse_pushes: false,
         })
     }
 
@@ -183,6 +189,14 @@ impl UringBackend {
                         self.ring.submission().capacity()
                     ),
                 ),
+            ));
+        }
+        #[cfg(test)]
+        if self.refuse_pushes {
+            return Err(Error::io(
+                "io_uring submission",
+                self.path(),
+                std::io::Error::other("submission refused by the test"),
             ));
         }
         loop {
@@ -663,6 +677,63 @@ mod tests {
             assert_eq!(rounds, usize::from(CANCEL_RETRIES) + 1, "direct {direct}");
             assert_eq!(b.in_flight(), 0);
             drop(b);
+        }
+    }
+
+    /// An operation whose resubmission cannot be queued (the kernel accepts nothing
+    /// from a full submission queue) completes with that error, and the other
+    /// completions reaped in the same round are still reported: their owners
+    /// would otherwise wait forever.
+    #[test]
+    fn a_resubmission_that_cannot_be_queued_fails_only_its_own_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 16 * 4096]).unwrap();
+        for direct in [false, true] {
+            let mut bufs: Vec<AlignedBuf> = (0..2u8)
+                .map(|i| {
+                    let mut buf = AlignedBuf::new(4096);
+                    buf.as_mut_slice().fill(0x60 + i);
+                    buf
+                })
+                .collect();
+            let Some(mut b) = backend_on(&path, 8, direct, &mut bufs) else {
+                continue; // a filesystem without O_DIRECT (tmpfs)
+            };
+            // Token 1, a standalone fsync, and token 3, a durable write, are
+            // cancelled by the kernel, and their resubmissions are refused;
+            // tokens 2 and 4 (a plain and a durable write) are not disturbed.
+            let write = |i: usize, sync: bool| Op::Write {
+                buf: &bufs[i],
+                len: 4096,
+                offset: i as u64 * 4096,
+                sync,
+            };
+            b.submit(1, Op::Sync).unwrap();
+            b.submit(2, write(0, false)).unwrap();
+            b.submit(3, write(1, true)).unwrap();
+            b.submit(4, Op::Sync).unwrap();
+            b.cancel_next.insert((1 << 1) | FSYNC_BIT);
+            b.cancel_next
+                .insert(if direct { 3 << 1 } else { (3 << 1) | FSYNC_BIT });
+            b.refuse_pushes = true;
+            let mut done = Vec::new();
+            while done.len() < 4 {
+                b.reap(true, &mut done, &|_| None).unwrap();
+            }
+            assert_eq!(b.in_flight(), 0, "direct {direct}");
+            done.sort_by_key(|d| d.token);
+            let tokens: Vec<u64> = done.iter().map(|d| d.token).collect();
+            assert_eq!(tokens, [1, 2, 3, 4], "direct {direct}");
+            for d in &done {
+                match d.token {
+                    1 | 3 => {
+                        let e = d.result.as_ref().expect_err("resubmission refused");
+                        assert!(e.to_string().contains("io_uring submission"), "{e}");
+                    }
+                    _ => assert!(d.result.is_ok(), "direct {direct}: token {}", d.token),
+                }
+            }
         }
     }
 
