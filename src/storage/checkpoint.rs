@@ -32,7 +32,7 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         .unwrap_or_else(PoisonError::into_inner);
     stopped(shared)?;
     let seq = shared.applied_seq.load(Ordering::Acquire);
-    let topics = shared.topic_list();
+    let topics = shared.checkpoint_topics();
     // Each partition's end is read before its segments are synced, so the syncs
     // cover it; the recovery points are written before the WAL checkpoint, so they
     // are never behind what the checkpoint lets the WAL drop.

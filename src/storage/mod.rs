@@ -264,6 +264,9 @@ struct Shared {
     /// deletes; holds the names of the topics being deleted, which a create of
     /// the same name waits for (a delete moves the directory of the name away).
     create_lock: Mutex<BTreeSet<String>>,
+    /// Topics out of the map whose delete has not ended: a checkpoint syncs
+    /// them too (see [`Shared::checkpoint_topics`]).
+    deleting: Mutex<Vec<Arc<Topic>>>,
     /// Notified when a delete ends.
     delete_ended: Condvar,
     wal: Option<Wal>,
@@ -285,6 +288,9 @@ struct Shared {
     /// (tests: to let other work meet a delete in progress).
     #[cfg(test)]
     delete_pause: Mutex<Duration>,
+    /// How long a topic delete waits before it syncs the topic's segments.
+    #[cfg(test)]
+    delete_sync_pause: Mutex<Duration>,
 }
 
 impl Shared {
@@ -296,6 +302,27 @@ impl Shared {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// What a checkpoint syncs and records: every topic in the map, and every
+    /// topic whose delete is in progress. Until its directory has moved, a
+    /// power loss brings a topic being deleted back, and the checkpoint moves
+    /// the WAL's checkpoint past its entries: unsynced, it would come back
+    /// short, with nothing left to rebuild it from.
+    fn checkpoint_topics(&self) -> Vec<Arc<Topic>> {
+        let mut topics = self.topic_list();
+        for t in self
+            .deleting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            // By name: a delete that failed put the topic back, reopened.
+            if !topics.iter().any(|m| m.name == t.name) {
+                topics.push(Arc::clone(t));
+            }
+        }
+        topics
     }
 }
 
@@ -713,7 +740,7 @@ impl TopicManager {
             Err(e) => return Err(e),
         };
         let wal_dir = config.wal_dir();
-        let has_wal = config.wal.enabled || wal_dir.join(crate::wal::files::CURRENT).exists();
+        let has_wal = config.wal.enabled || wal_present(&wal_dir)?;
         if has_wal {
             // Above its recovery point (all of it without one) a partition's
             // segments are not known durable, and the WAL holds their batches.
@@ -794,6 +821,7 @@ impl TopicManager {
             topics_dir,
             topics: RwLock::new(topics),
             create_lock: Mutex::new(BTreeSet::new()),
+            deleting: Mutex::new(Vec::new()),
             delete_ended: Condvar::new(),
             wal,
             jobs: jobs_tx,
@@ -810,6 +838,8 @@ impl TopicManager {
             config,
             #[cfg(test)]
             delete_pause: Mutex::new(Duration::ZERO),
+            #[cfg(test)]
+            delete_sync_pause: Mutex::new(Duration::ZERO),
         });
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
@@ -1177,12 +1207,23 @@ impl TopicManager {
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let topic = self
-            .shared
-            .topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name)?;
+        let topic = {
+            let mut topics = self
+                .shared
+                .topics
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let topic = Arc::clone(topics.get(name)?);
+            // On the delete list before it leaves the map: a checkpoint reads
+            // the map first, then the list, so it finds the topic in one of them.
+            self.shared
+                .deleting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(&topic));
+            topics.remove(name);
+            topic
+        };
         deleting.insert(name.to_string());
         for p in &topic.partitions {
             p.mark_deleted();
@@ -1190,6 +1231,7 @@ impl TopicManager {
         let reserved = Deleting {
             shared: Arc::clone(&self.shared),
             name: name.to_string(),
+            topic: Arc::clone(&topic),
         };
         Some((topic, reserved))
     }
@@ -1220,13 +1262,20 @@ impl TopicManager {
             // the move of its directory below is durable a power loss brings the
             // topic back, and without this sync it would come back without the
             // batches no sync covered, their WAL entries gone: silently short.
+            #[cfg(test)]
+            std::thread::sleep(*me.shared.delete_sync_pause.lock().unwrap());
+            let from = me.shared.topics_dir.join(&name);
             for p in &topic.partitions {
                 if let Err(e) = p.sync() {
                     fail_segments(&me.shared, format!("segment sync failed: {e}"));
+                    // Kept, as after any delete that failed before the move:
+                    // out of the map, its name free, a create would take its
+                    // directory, and with it what a restart recovers.
+                    drop(retired);
+                    me.restore_topic(&name, &from);
                     return Err(e);
                 }
             }
-            let from = me.shared.topics_dir.join(&name);
             let moved = me.checkpoint().and_then(|()| {
                 #[cfg(test)]
                 std::thread::sleep(*me.shared.delete_pause.lock().unwrap());
@@ -1458,16 +1507,35 @@ impl TopicManager {
 struct Deleting {
     shared: Arc<Shared>,
     name: String,
+    topic: Arc<Topic>,
 }
 
 impl Drop for Deleting {
     fn drop(&mut self) {
+        self.shared
+            .deleting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|t| !Arc::ptr_eq(t, &self.topic));
         self.shared
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.name);
         self.shared.delete_ended.notify_all();
+    }
+}
+
+/// Whether `dir` holds a WAL to replay: `current.wal`, or archived files only
+/// (a stop between a rotation's two renames leaves no `current.wal`).
+fn wal_present(dir: &Path) -> Result<bool> {
+    if dir.join(crate::wal::files::CURRENT).exists() {
+        return Ok(true);
+    }
+    match crate::wal::files::list_archived(dir) {
+        Ok(files) => Ok(!files.is_empty()),
+        Err(_) if !dir.exists() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -1608,19 +1676,25 @@ fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
                         shared,
                         format!("WAL append failed: {e}"),
                     ))),
-                    Ok(seq) => match partition.append(&data, &infos) {
-                        Ok(end) => {
-                            partition.set_high_watermark(end);
-                            if let Some(seq) = seq {
-                                shared.applied_seq.fetch_max(seq, Ordering::AcqRel);
+                    Ok(seq) => match shared.failed.get() {
+                        // Accepted before an earlier batch failed: appended, it
+                        // would land past the offsets the failed one left
+                        // empty. Its WAL entry is durable; a restart applies both.
+                        Some(f) => Err(ProduceError::Storage(f.clone())),
+                        None => match partition.append(&data, &infos) {
+                            Ok(end) => {
+                                partition.set_high_watermark(end);
+                                if let Some(seq) = seq {
+                                    shared.applied_seq.fetch_max(seq, Ordering::AcqRel);
+                                }
+                                shared.data_version.send_modify(|v| *v = v.wrapping_add(1));
+                                Ok(base)
                             }
-                            shared.data_version.send_modify(|v| *v = v.wrapping_add(1));
-                            Ok(base)
-                        }
-                        Err(e) => Err(ProduceError::Storage(fail_segments(
-                            shared,
-                            format!("segment append failed: {e}"),
-                        ))),
+                            Err(e) => Err(ProduceError::Storage(fail_segments(
+                                shared,
+                                format!("segment append failed: {e}"),
+                            ))),
+                        },
                     },
                 };
                 let _ = reply.send(result);
@@ -1782,6 +1856,32 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// A broker on `data` with topic `t` holding batch "a" at offset 0, making
+    /// only the checkpoints a test asks for.
+    fn with_batch_a(data: &Path) -> (tokio::runtime::Runtime, Config, TopicManager) {
+        use crate::storage::producers::pipeline_tests::produce;
+        let rt = two_worker_runtime();
+        let mut c = config(data);
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        (rt, c, m)
+    }
+
+    /// [`with_batch_a`] on a [`crate::file_at::FailingFs`].
+    #[cfg(target_os = "linux")]
+    fn on_failing_fs() -> (
+        crate::file_at::FailingFs,
+        tokio::runtime::Runtime,
+        Config,
+        TopicManager,
+    ) {
+        let fs = crate::file_at::FailingFs::mount();
+        let (rt, c, m) = with_batch_a(&fs.path().join("data"));
+        (fs, rt, c, m)
+    }
+
     /// A real write-back failure of a segment (`FailingFs`), met by a
     /// checkpoint's sync: storage fails (produces are refused), and no later
     /// checkpoint moves past the lost batch, although the kernel reports the
@@ -1792,13 +1892,7 @@ mod tests {
     #[test]
     fn a_failed_segment_sync_stops_checkpoints_until_a_restart() {
         use crate::storage::producers::pipeline_tests::produce;
-        let fs = crate::file_at::FailingFs::mount();
-        let rt = two_worker_runtime();
-        let mut c = config(&fs.path().join("data"));
-        c.storage.checkpoint_interval_ms = 3_600_000; // only those made here
-        let m = TopicManager::new(c.clone()).unwrap();
-        m.create_topic("t", 1).unwrap();
-        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        let (fs, rt, c, m) = on_failing_fs();
         m.checkpoint().unwrap();
         let checkpoint = fs.path().join("data/wal/checkpoint.json");
         let points = fs.path().join("data").join(recovery_points::FILE);
@@ -1900,18 +1994,129 @@ mod tests {
     /// the map, which the deleted one has left.)
     #[test]
     fn a_delete_syncs_the_topics_segments_before_its_checkpoint() {
-        use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
-        let rt = two_worker_runtime();
-        let mut c = config(tmp.path());
-        c.storage.checkpoint_interval_ms = 3_600_000; // only those made here
-        let m = TopicManager::new(c).unwrap();
-        m.create_topic("t", 1).unwrap();
-        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        let (rt, _, m) = with_batch_a(tmp.path());
         let old = m.partition("t", 0).unwrap();
         assert!(old.unsynced());
         assert!(rt.block_on(m.delete_topic("t")).unwrap());
         assert!(!old.unsynced(), "the checkpoint passed unsynced segments");
+        m.shutdown().unwrap();
+    }
+
+    /// A checkpoint (the periodic one) that runs while a delete has taken the
+    /// topic out of the map but not yet synced it syncs it too: it moves the
+    /// WAL's checkpoint past the topic's entries, and until the delete has
+    /// moved the directory a power loss brings the topic back. Before, it
+    /// synced only the topics in the map, and the topic came back short, its
+    /// missing batches below the checkpoint and without a recovery point.
+    #[test]
+    fn a_checkpoint_during_a_delete_syncs_the_topic_being_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, _, m) = with_batch_a(tmp.path());
+        let old = m.partition("t", 0).unwrap();
+        assert!(old.unsynced());
+        *m.shared.delete_sync_pause.lock().unwrap() = Duration::from_millis(500);
+        let delete = {
+            let m = m.clone();
+            rt.spawn(async move { m.delete_topic("t").await })
+        };
+        while m.partition("t", 0).is_some() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        m.checkpoint().unwrap();
+        assert!(
+            !old.unsynced(),
+            "a checkpoint moved past a topic being deleted without syncing it"
+        );
+        let points = recovery_points::load(tmp.path()).unwrap().unwrap();
+        assert!(rt.block_on(delete).unwrap().unwrap());
+        assert!(
+            points.topics.contains_key("t"),
+            "the recovery points left out a topic being deleted"
+        );
+        m.shutdown().unwrap();
+    }
+
+    /// A delete whose sync of the topic's segments fails keeps the topic (as
+    /// any delete that fails before the directory moves): storage has failed,
+    /// and a create of the same name is refused instead of taking the
+    /// directory. Before, the topic was left out of the map with its name free,
+    /// and a create removed the directory with what a restart would recover.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_delete_whose_sync_fails_keeps_the_topic() {
+        let (fs, rt, c, m) = on_failing_fs();
+
+        fs.fail(Some(libc::EIO));
+        let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
+        fs.fail(None);
+        assert!(e.contains("Input/output error"), "{e}");
+        assert!(m.failure().is_some(), "storage did not fail");
+        assert!(m.partition("t", 0).is_some(), "the topic is gone");
+        assert!(matches!(m.create_topic("t", 1), Err(CreateError::Exists)));
+        assert!(tmp_has_topic(&fs.path().join("data"), "t"));
+        assert!(m.shutdown().is_err());
+        drop(m);
+
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 1);
+        assert_eq!(
+            &p.read(0, 1 << 20).unwrap().unwrap().records[..],
+            &batch_at(0, &[b"a"])[..]
+        );
+        m.shutdown().unwrap();
+    }
+
+    fn tmp_has_topic(data: &Path, name: &str) -> bool {
+        data.join("topics").join(name).join("topic.json").exists()
+    }
+
+    /// A produce already in the pipeline when an earlier one's segment append
+    /// fails is refused too: appended, it would start a segment past the
+    /// offsets the failed batch left empty and move the high watermark over
+    /// them. Both are in the WAL, and a restart applies both, in order.
+    #[test]
+    fn produces_behind_a_failed_segment_append_are_refused() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        let p = m.partition("t", 0).unwrap();
+        p.fail_next_append.store(true, Ordering::Relaxed);
+        let (first, second) = rt.block_on(async {
+            let timeout = Duration::from_secs(5);
+            let first = m.submit("t", 0, &make_batch(0, &[b"b"]), timeout).await;
+            let second = m.submit("t", 0, &make_batch(0, &[b"c"]), timeout).await;
+            (
+                first.unwrap().await.unwrap(),
+                second.unwrap().await.unwrap(),
+            )
+        });
+        assert!(matches!(first, Err(ProduceError::Storage(_))), "{first:?}");
+        assert!(
+            matches!(second, Err(ProduceError::Storage(_))),
+            "{second:?}"
+        );
+        assert_eq!((p.log_end_offset(), p.high_watermark()), (1, 1));
+        assert!(m.shutdown().is_err());
+        drop((m, p));
+
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 3);
+        assert_eq!(
+            &p.read(0, 1 << 20).unwrap().unwrap().records[..],
+            &[
+                batch_at(0, &[b"a"]),
+                batch_at(1, &[b"b"]),
+                batch_at(2, &[b"c"])
+            ]
+            .concat()[..]
+        );
         m.shutdown().unwrap();
     }
 
@@ -2199,6 +2404,50 @@ mod tests {
             p.read(0, 1 << 20).unwrap().unwrap().records.len(),
             make_batch(0, &[b"new"]).len()
         );
+        m.shutdown().unwrap();
+    }
+
+    /// With the WAL disabled, an existing WAL is replayed (and closed) even
+    /// when it has no `current.wal`: a stop between a rotation's two renames
+    /// leaves only archived files, and WAL recovery accepts that. Before, such
+    /// a WAL was taken for none, and its entries after the checkpoint were
+    /// lost, their offsets given to new batches.
+    #[test]
+    fn a_disabled_wal_without_a_current_file_is_still_replayed() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+
+        let dir = tmp.path().join("wal");
+        let (wal, _) = Wal::open(&dir, c.wal.engine.clone()).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b")] {
+            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+        let current = dir.join(crate::wal::files::CURRENT);
+        let head = std::fs::read(&current).unwrap();
+        let number = crate::wal::format::decode_file_header(&head[..4096])
+            .unwrap()
+            .file_number;
+        std::fs::rename(&current, crate::wal::files::archived_path(&dir, number)).unwrap();
+
+        let mut off = c.clone();
+        off.wal.enabled = false;
+        let m = TopicManager::new(off).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 2, "the WAL was not replayed");
+        assert_eq!(
+            &p.read(0, 1 << 20).unwrap().unwrap().records[..],
+            &[batch_at(0, &[b"a"]), batch_at(1, &[b"b"])].concat()[..]
+        );
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"c"])), Ok(2));
         m.shutdown().unwrap();
     }
 

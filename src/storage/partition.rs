@@ -178,6 +178,9 @@ pub struct Partition {
     cleaned_through: AtomicI64,
     /// One compaction pass at a time.
     compacting: Mutex<()>,
+    /// Makes the next [`Partition::append`] fail (tests).
+    #[cfg(test)]
+    pub(crate) fail_next_append: AtomicBool,
 }
 
 /// What a fetch read returns.
@@ -279,6 +282,8 @@ impl Partition {
             unsynced_snapshot: Mutex::new(None),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
+            #[cfg(test)]
+            fail_next_append: AtomicBool::new(false),
         })
     }
 
@@ -512,6 +517,14 @@ impl Partition {
     /// I/O errors naming the file.
     pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        if self.fail_next_append.swap(false, Ordering::Relaxed) {
+            return Err(Error::io(
+                "write",
+                &self.dir,
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
         let limit = self.segment_bytes.load(Ordering::Relaxed);
         let max_age = i64::try_from(self.segment_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let appending = infos.iter().map(|i| i.max_timestamp).max().unwrap_or(-1);
@@ -527,7 +540,9 @@ impl Partition {
         });
         if needs_roll {
             // The finished segment becomes durable before its successor exists
-            // (synced here even when a checkpoint's sync of it is in flight).
+            // (synced here even when a checkpoint's sync of it is in flight);
+            // after a failed sync no later one proves that.
+            self.check_sync_failed()?;
             if let Some(s) = log.last_mut() {
                 if let Err(e) = s.sync_now() {
                     self.sync_failed.get_or_init(|| e.to_string());
