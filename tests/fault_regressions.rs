@@ -23,11 +23,9 @@ fn interval_config() -> WalConfig {
     }
 }
 
-/// A failed fdatasync during close must make `close` return the error, promptly.
-/// (It used to hang: the commit thread answered the close, then waited forever for
-/// requests from the very handle that was joining it.)
-#[test]
-fn close_after_failed_final_fsync_returns_the_error() {
+/// An `interval` WAL holding one acknowledged entry, on a disk whose first
+/// fdatasync (the final one of a close) fails.
+fn one_entry_whose_sync_fails() -> (tempfile::TempDir, SimDisk, Wal) {
     let dir = tempfile::tempdir().unwrap();
     let disk = SimDisk::new(SimPlan {
         seed: 1,
@@ -39,6 +37,15 @@ fn close_after_failed_final_fsync_returns_the_error() {
     wal.append("t", 0, Bytes::from_static(b"written, not yet synced"))
         .wait()
         .unwrap();
+    (dir, disk, wal)
+}
+
+/// A failed fdatasync during close must make `close` return the error, promptly.
+/// (It used to hang: the commit thread answered the close, then waited forever for
+/// requests from the very handle that was joining it.)
+#[test]
+fn close_after_failed_final_fsync_returns_the_error() {
+    let (_dir, disk, wal) = one_entry_whose_sync_fails();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(wal.close());
@@ -48,6 +55,39 @@ fn close_after_failed_final_fsync_returns_the_error() {
         .expect("close hung after a failed fdatasync");
     let err = closed.expect_err("close reported success although its fdatasync failed");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(disk.injected().is_some());
+}
+
+/// A second `close()` while the first is still syncing waits for its outcome:
+/// when the final fdatasync fails, both report the failure. Before, the second
+/// found the commit thread taken and, with no failure latched yet, reported
+/// success at once, for entries whose sync then failed.
+#[test]
+fn a_close_during_another_close_reports_its_failed_final_sync() {
+    let (_dir, disk, wal) = one_entry_whose_sync_fails();
+    disk.hold_syncs();
+    let (tx, rx) = mpsc::channel();
+    let first = {
+        let (wal, tx) = (wal.clone(), tx.clone());
+        std::thread::spawn(move || tx.send(("first", wal.close())).unwrap())
+    };
+    while !disk.sync_held() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let second = std::thread::spawn(move || tx.send(("second", wal.close())).unwrap());
+    // Time for the second close to answer if it does not wait for the first.
+    std::thread::sleep(Duration::from_millis(200));
+    disk.release_syncs();
+    for _ in 0..2 {
+        let (who, closed) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a close hung");
+        closed.expect_err(&format!(
+            "the {who} close reported success for a failed sync"
+        ));
+    }
+    first.join().unwrap();
+    second.join().unwrap();
     assert!(disk.injected().is_some());
 }
 
@@ -426,6 +466,73 @@ fn opening_a_wal_makes_its_directory_entry_durable_even_when_it_exists() {
         assert_eq!(&entries[0].data[..], b"acknowledged");
         wal.close().unwrap();
     }
+}
+
+/// A process killed before it fsynced the directory after renames (a rotation's,
+/// or the preparer's `next.wal`) leaves changes a power loss can still undo. The
+/// next process must make them durable when it opens, before it acknowledges
+/// anything: it may continue in the file such a rename made `current.wal`, and
+/// a power loss undoing the rename would take its entries away (the file
+/// returns as a blank prepared `next.wal`). Before, an open that continued in
+/// `current.wal` fsynced the directory only when something of its own changed.
+#[test]
+fn an_open_after_a_kill_makes_the_dead_processs_directory_changes_durable() {
+    let cfg = WalConfig {
+        sync_mode: SyncMode::EveryWrite,
+        ..interval_config()
+    };
+    let mut pending_seen = 0;
+    for armed_after in 0..8u64 {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("wal");
+        let disk = plain_disk_seeded(armed_after);
+        let (wal, _) = Wal::open_sim(&dir, cfg.clone(), &disk).unwrap();
+        let payload = Bytes::from(vec![7u8; 1000]);
+        for i in 0.. {
+            if i == armed_after {
+                disk.crash_at_next_dir_sync();
+            }
+            if wal.append("t", 0, payload.clone()).wait().is_err() {
+                break;
+            }
+            assert!(i < 10_000, "no directory fsync in 10,000 appends");
+        }
+        assert!(disk.crashed());
+        drop(wal);
+        disk.restart();
+        let pending = disk.pending_dir_changes();
+        pending_seen += pending;
+
+        let syncs = disk.stats().dir_syncs;
+        let (wal, _) = Wal::open_sim_restarted(&dir, cfg.clone(), &disk).unwrap();
+        // The preparer the open starts leaves the directory to the next
+        // rotation's fsync: the open itself must make it durable.
+        assert!(
+            disk.stats().dir_syncs > syncs,
+            "armed after {armed_after}: the open left {pending} changes of the dead process pending"
+        );
+        let acked: Vec<(u64, Bytes)> = (0..5u8)
+            .map(|i| {
+                let data = Bytes::from(vec![i; 100]);
+                (wal.append("t", 1, data.clone()).wait().unwrap(), data)
+            })
+            .collect();
+        disk.crash_now();
+        drop(wal);
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
+        let entries: Vec<_> = rec.collect::<Result<_, _>>().unwrap();
+        for (seq, data) in &acked {
+            let found = entries.iter().find(|e| e.sequence == *seq);
+            assert_eq!(
+                found.map(|e| &e.data),
+                Some(data),
+                "armed after {armed_after}: acknowledged entry {seq} lost"
+            );
+        }
+        wal.close().unwrap();
+    }
+    assert!(pending_seen > 0, "no run left a directory change pending");
 }
 
 /// A panic on the commit thread (a bug; injected in a write) must not leave a

@@ -111,12 +111,11 @@ struct Handle {
 
 impl Handle {
     fn shutdown(&self) -> Result<u64> {
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(thread) = thread else {
+        // Held to the end: a close from another clone meanwhile waits, and then
+        // sees this one's outcome (a failed final sync is latched) rather than
+        // reporting success before the sync has run.
+        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(thread) = thread.take() else {
             return Err(Error::Closed);
         };
         let (c, slot) = Completion::new();
@@ -354,6 +353,21 @@ impl Wal {
         disk: &sim::SimDisk,
     ) -> Result<(Wal, Recovery)> {
         disk.watch_dir(dir.as_ref())?;
+        Self::open_sim_restarted(dir, config, disk)
+    }
+
+    /// [`Wal::open_sim`] for a process started on `disk` after another died
+    /// ([`sim::SimDisk::restart`]): the directory stays watched, with the
+    /// changes the dead process did not make durable still pending.
+    ///
+    /// # Errors
+    /// As [`Wal::open`].
+    #[cfg(all(unix, any(test, feature = "sim")))]
+    pub fn open_sim_restarted(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        disk: &sim::SimDisk,
+    ) -> Result<(Wal, Recovery)> {
         Self::open_with(dir.as_ref(), config, |_, _, path| {
             let mut b = disk.backend();
             backend::Backend::open(&mut b, path)?;
@@ -450,6 +464,10 @@ impl Wal {
             tracing::info!(file = number, dir = %dir.display(), "created WAL file");
             Some(zeroed)
         } else {
+            // The process before may have died between renames and the fsync of
+            // the directory (a rotation's); a power loss could still undo them
+            // and take the entries about to be acknowledged in this file away.
+            files::sync_dir(&dir)?;
             None
         };
         // The active file keeps its original size (max_file_size may have changed).

@@ -57,7 +57,7 @@ use std::{
     fs::{self, File, OpenOptions},
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{Arc, Condvar, Mutex, PoisonError, Weak},
 };
 
 use super::{Backend, BufLookup, Done, Op};
@@ -137,6 +137,8 @@ pub struct SimStats {
     pub crashed: bool,
     /// Directory-entry changes recorded in the watched directory.
     pub meta_ops: u64,
+    /// Fsyncs of the watched directory (counted in `meta_ops` too).
+    pub dir_syncs: u64,
     /// Of the changes not yet fsynced at the last power loss, how many it undid.
     pub meta_ops_undone: u64,
     /// Writes applied to files the engine wrote outside the backend (counted in
@@ -216,12 +218,24 @@ struct DiskState {
     ns: Option<Namespace>,
     /// The first failure to record a directory change (reported by `power_loss`).
     ns_error: Option<String>,
+    /// The next fsync of the watched directory crashes the disk instead.
+    crash_at_dir_sync: bool,
 }
 
 /// The simulated disk, shared by the backends it creates and the test driving it.
 #[derive(Clone)]
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
+    gate: Arc<SyncGate>,
+}
+
+/// Holds back operations that sync ([`SimDisk::hold_syncs`]); apart from the
+/// state so that a test can open it while the commit thread waits at it.
+#[derive(Default)]
+struct SyncGate {
+    /// (held, a thread waits at the gate)
+    state: Mutex<(bool, bool)>,
+    opened: Condvar,
 }
 
 impl std::fmt::Debug for SimDisk {
@@ -254,9 +268,11 @@ impl SimDisk {
             next_stamp: 0,
             ns: None,
             ns_error: None,
+            crash_at_dir_sync: false,
         };
         SimDisk {
             state: Arc::new(Mutex::new(state)),
+            gate: Arc::default(),
         }
     }
 
@@ -292,6 +308,77 @@ impl SimDisk {
     /// Crashes now (if not yet crashed): every later operation fails untouched.
     pub fn crash_now(&self) {
         self.lock().stats.crashed = true;
+    }
+
+    /// Crashes the disk at the next fsync of the watched directory, before it:
+    /// the process dies with the directory changes since the last one pending.
+    pub fn crash_at_next_dir_sync(&self) {
+        self.lock().crash_at_dir_sync = true;
+    }
+
+    /// Another process starts on the disk after the crash, without a power
+    /// loss: sectors keep their newest versions (the page cache outlives a
+    /// process), the directory changes the dead process did not fsync stay
+    /// pending for a later power loss, and operations work again (with no
+    /// crash point left).
+    pub fn restart(&self) {
+        let mut s = self.lock();
+        s.stats.crashed = false;
+        s.plan.crash_after_ops = None;
+        s.crash_at_dir_sync = false;
+    }
+
+    /// From now on an operation that syncs (a standalone fdatasync or a
+    /// durable write) waits before it completes until [`SimDisk::release_syncs`]:
+    /// the device is slow to flush.
+    pub fn hold_syncs(&self) {
+        self.gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0 = true;
+    }
+
+    /// Lets operations held by [`SimDisk::hold_syncs`] complete.
+    pub fn release_syncs(&self) {
+        let mut g = self
+            .gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        g.0 = false;
+        self.gate.opened.notify_all();
+    }
+
+    /// Whether an operation that syncs is waiting at the held gate.
+    pub fn sync_held(&self) -> bool {
+        self.gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+    }
+
+    fn pass_sync_gate(&self) {
+        let mut g = self
+            .gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while g.0 {
+            g.1 = true;
+            g = self
+                .gate
+                .opened
+                .wait(g)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        g.1 = false;
+    }
+
+    /// Changes to the watched directory made since its last fsync.
+    pub fn pending_dir_changes(&self) -> usize {
+        self.lock().ns.as_ref().map_or(0, |ns| ns.since.len())
     }
 
     /// Models the directory entries of `dir` from now on (see the module docs);
@@ -591,10 +678,20 @@ pub(crate) fn meta_tracked<T>(
         MetaOp::SyncDir(d) => Some(d),
         MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent(),
     };
-    let out = with_watcher(dir, |st| {
+    let out = with_watcher(dir, |mut st| {
+        if let Some(st) = st.as_mut().filter(|st| st.crash_at_dir_sync) {
+            if matches!(op, MetaOp::SyncDir(_)) {
+                st.crash_at_dir_sync = false;
+                st.stats.crashed = true;
+                return Err(io_err(libc::EIO, "killed before the directory fsync"));
+            }
+        }
         let out = f()?;
         if let Some(st) = st {
             st.stats.meta_ops += 1;
+            if matches!(op, MetaOp::SyncDir(_)) {
+                st.stats.dir_syncs += 1;
+            }
             if let Err(e) = st.ns.as_mut().expect("watched").record(op) {
                 st.ns_error.get_or_insert_with(|| format!("{op:?}: {e}"));
             }
@@ -1167,6 +1264,13 @@ impl Backend for SimBackend {
 
     fn reap(&mut self, wait: bool, out: &mut Vec<Done>, _bufs: BufLookup<'_>) -> Result<()> {
         let disk = self.disk.clone();
+        if self
+            .queue
+            .iter()
+            .any(|q| matches!(q, Queued::Sync { .. } | Queued::Write { sync: true, .. }))
+        {
+            disk.pass_sync_gate();
+        }
         let mut st = disk.lock();
         loop {
             // Eligible: any write; a sync only when nothing was submitted before it.
