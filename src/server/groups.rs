@@ -20,7 +20,7 @@
 //! and commits get COORDINATOR_NOT_AVAILABLE and retry.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ops::RangeInclusive,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
@@ -314,13 +314,19 @@ impl Group {
     /// The protocol a rebalance would choose now: the first protocol of the
     /// first member that every member supports.
     fn select_protocol(&self) -> Option<String> {
-        self.members.values().next().and_then(|first| {
-            first.protocols.iter().map(|(n, _)| n.clone()).find(|name| {
-                self.members
-                    .values()
-                    .all(|m| m.protocols.iter().any(|(n, _)| n == name))
-            })
-        })
+        let mut members = self.members.values();
+        let first = members.next()?;
+        let mut common = protocol_names(&first.protocols);
+        for m in members {
+            let theirs = protocol_names(&m.protocols);
+            common.retain(|n| theirs.contains(n));
+        }
+        first
+            .protocols
+            .iter()
+            .map(|(n, _)| n)
+            .find(|n| common.contains(n.as_str()))
+            .cloned()
     }
 
     /// The member id that static member `instance` (its group instance id)
@@ -409,12 +415,19 @@ impl Group {
     /// Whether `protocols` include one that every member other than `member_id`
     /// supports, so that a rebalance with it can still choose a protocol.
     fn supports_protocols(&self, member_id: &str, protocols: &[(String, Bytes)]) -> bool {
-        protocols.iter().any(|(name, _)| {
-            self.members
-                .iter()
-                .filter(|(id, _)| id.as_str() != member_id)
-                .all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name))
-        })
+        let mut common = protocol_names(protocols);
+        for (_, m) in self
+            .members
+            .iter()
+            .filter(|(id, _)| id.as_str() != member_id)
+        {
+            if common.is_empty() {
+                break;
+            }
+            let theirs = protocol_names(&m.protocols);
+            common.retain(|n| theirs.contains(n));
+        }
+        !common.is_empty()
     }
 
     fn check_member(&self, member_id: &str, generation: i32) -> i16 {
@@ -426,6 +439,14 @@ impl Group {
             codes::NONE
         }
     }
+}
+
+/// The names of `protocols`, each once. The protocol checks intersect these
+/// sets, so that they take time linear in the protocols listed: comparing
+/// every protocol of a member with every protocol of each other one took
+/// minutes, under the coordinator's lock, for two lists of 200,000.
+fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
+    protocols.iter().map(|(n, _)| n.as_str()).collect()
 }
 
 /// All groups of this broker.
@@ -446,6 +467,12 @@ impl Default for GroupCoordinator {
     }
 }
 
+/// The most protocols a JoinGroup may list; a longer list gets INVALID_REQUEST.
+/// Clients list a handful (the Java consumer two by default). Kafka sets no
+/// limit, so a frame of `--max-request-bytes` could list millions, each
+/// checked against the group's members under the coordinator's lock.
+pub const MAX_PROTOCOLS: usize = 256;
+
 /// A JoinGroup request's parameters.
 #[derive(Debug)]
 pub struct JoinRequest {
@@ -461,7 +488,8 @@ pub struct JoinRequest {
     pub client_host: String,
     /// Protocol type ("consumer").
     pub protocol_type: String,
-    /// Supported protocols with their metadata.
+    /// Supported protocols with their metadata, at most [`MAX_PROTOCOLS`]. A name
+    /// listed again counts once: its first metadata is the one used.
     pub protocols: Vec<(String, Bytes)>,
     /// Session timeout.
     pub session_timeout: Duration,
@@ -500,6 +528,15 @@ impl GroupCoordinator {
                 codes::INVALID_SESSION_TIMEOUT,
                 &req.member_id,
             ));
+            return rx;
+        }
+        if req.protocols.len() > MAX_PROTOCOLS {
+            tracing::warn!(
+                group = %req.group,
+                protocols = req.protocols.len(),
+                "JoinGroup refused: it lists more than {MAX_PROTOCOLS} protocols"
+            );
+            let _ = tx.send(JoinResult::error(codes::INVALID_REQUEST, &req.member_id));
             return rx;
         }
         let no_protocols = req.protocols.is_empty() || req.protocol_type.is_empty();
@@ -1376,6 +1413,97 @@ mod tests {
         assert_eq!(c.forget_empty_groups(&store), 1);
         let held: Vec<String> = c.overview().into_iter().map(|o| o.group).collect();
         assert_eq!(held, vec!["active", "committed", "pending"]);
+    }
+
+    /// A joined member listing `protocols`.
+    fn member(protocols: Vec<(String, Bytes)>) -> Member {
+        Member {
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            protocols,
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            last_seen: Instant::now(),
+            assignment: Bytes::new(),
+            joined: true,
+        }
+    }
+
+    /// Two members listing 200,000 protocols each, with one in common: checking
+    /// a join, and choosing the protocol, compared every protocol of one with
+    /// every protocol of the other (4 * 10^10 string comparisons, minutes under
+    /// the coordinator's lock). They take a fraction of a second now; the bound
+    /// is far above that on a loaded machine.
+    #[test]
+    fn protocol_checks_are_linear_in_the_protocols_listed() {
+        const N: usize = 200_000;
+        let list = |tag: &str| -> Vec<(String, Bytes)> {
+            let mut v: Vec<(String, Bytes)> = (0..N - 1)
+                .map(|i| (format!("{tag}-{i}"), Bytes::new()))
+                .collect();
+            v.push(("shared".into(), Bytes::new()));
+            v
+        };
+        let (a, b, c) = (list("a"), list("b"), list("c"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut g = Group::new();
+            g.members.insert("a".into(), member(a));
+            let supported = g.supports_protocols("b", &b);
+            let unsupported = g.supports_protocols("c", &c[..N - 1]);
+            g.members.insert("b".into(), member(b));
+            let _ = tx.send((supported, unsupported, g.select_protocol()));
+        });
+        let (supported, unsupported, chosen) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the checks take less than 10 s");
+        assert!(supported);
+        assert!(!unsupported);
+        assert_eq!(chosen.as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn a_join_listing_more_than_max_protocols_is_refused() {
+        let c = GroupCoordinator::default();
+        let protocols = |n: usize| -> Vec<(String, Bytes)> {
+            (0..n)
+                .map(|i| (format!("p{i}"), Bytes::from_static(b"meta")))
+                .collect()
+        };
+        let over = c
+            .join(JoinRequest {
+                protocols: protocols(MAX_PROTOCOLS + 1),
+                ..req("")
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(over.error, codes::INVALID_REQUEST);
+        assert!(c.overview().is_empty(), "no group left behind");
+        let first = c
+            .join(JoinRequest {
+                protocols: protocols(MAX_PROTOCOLS),
+                ..req("")
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(first.error, codes::NONE);
+        assert_eq!(first.protocol.as_deref(), Some("p0"));
+        // A name listed twice counts once, with its first metadata.
+        let twice = c
+            .join(JoinRequest {
+                group: "twice".into(),
+                protocols: vec![
+                    ("x".into(), Bytes::from_static(b"first")),
+                    ("x".into(), Bytes::from_static(b"second")),
+                ],
+                ..req("")
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(twice.error, codes::NONE);
+        assert_eq!(twice.protocol.as_deref(), Some("x"));
+        assert_eq!(twice.members[0].2, Bytes::from_static(b"first"));
     }
 
     #[test]
