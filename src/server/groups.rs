@@ -516,7 +516,7 @@ impl GroupCoordinator {
     }
 
     /// Joins (or rejoins) a group; the receiver resolves when the rebalance completes.
-    pub fn join(&self, req: JoinRequest) -> oneshot::Receiver<JoinResult> {
+    pub fn join(&self, mut req: JoinRequest) -> oneshot::Receiver<JoinResult> {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         if req.group.is_empty() {
@@ -538,6 +538,12 @@ impl GroupCoordinator {
             );
             let _ = tx.send(JoinResult::error(codes::INVALID_REQUEST, &req.member_id));
             return rx;
+        }
+        // Decoded without a copy, the metadata shares the request frame's
+        // allocation, which a member would keep whole (up to
+        // `--max-request-bytes`) for as long as it lives.
+        for (_, metadata) in &mut req.protocols {
+            *metadata = Bytes::copy_from_slice(metadata);
         }
         let no_protocols = req.protocols.is_empty() || req.protocol_type.is_empty();
         let mut groups = self.lock();
@@ -723,7 +729,11 @@ impl GroupCoordinator {
                 if g.leader.as_deref() == Some(member_id) {
                     let map: HashMap<String, Bytes> = assignments.into_iter().collect();
                     for (id, m) in &mut g.members {
-                        m.assignment = map.get(id).cloned().unwrap_or_default();
+                        // A copy, not a share of the request frame (see `join`).
+                        m.assignment = map
+                            .get(id)
+                            .map(|a| Bytes::copy_from_slice(a))
+                            .unwrap_or_default();
                     }
                     g.state = State::Stable;
                     for (id, tx) in g.pending_syncs.drain(..) {
@@ -1504,6 +1514,38 @@ mod tests {
         assert_eq!(twice.error, codes::NONE);
         assert_eq!(twice.protocol.as_deref(), Some("x"));
         assert_eq!(twice.members[0].2, Bytes::from_static(b"first"));
+    }
+
+    /// The byte fields of a decoded request share its frame: stored as they
+    /// came, a member's metadata or assignment kept the whole frame (up to
+    /// `--max-request-bytes`) in memory for as long as the member lived.
+    #[test]
+    fn members_keep_copies_of_their_metadata_and_assignment_not_the_frame() {
+        let frame = Bytes::from(vec![7u8; 1 << 20]);
+        let c = GroupCoordinator::default();
+        let j = c
+            .join(JoinRequest {
+                protocols: vec![
+                    ("range".into(), frame.slice(..8)),
+                    ("other".into(), frame.slice(8..16)),
+                ],
+                ..req("")
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(j.error, codes::NONE);
+        let assignment = vec![(j.member_id.clone(), frame.slice(16..24))];
+        let (error, assigned) = c
+            .sync("g", j.generation, &j.member_id, None, assignment)
+            .try_recv()
+            .unwrap();
+        assert_eq!((error, &assigned[..]), (codes::NONE, &frame[16..24]));
+        assert_eq!(&j.members[0].2[..], &frame[..8]);
+        drop((j, assigned));
+        assert!(frame.is_unique(), "the group holds a part of the frame");
+        let d = c.describe("g").unwrap();
+        assert_eq!(&d.members[0].metadata[..], &frame[..8]);
+        assert_eq!(&d.members[0].assignment[..], &frame[16..24]);
     }
 
     #[test]
