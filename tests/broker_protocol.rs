@@ -1872,13 +1872,13 @@ fn repeated_names_are_answered_once() {
 /// A partition named more than once in a ListOffsets request gets
 /// INVALID_REQUEST at every mention, without a lookup, as Kafka answers it. A
 /// Fetch reads and answers each partition once, the first time it is named (a
-/// topic named again is merged into its first entry): before, each of 100,000
+/// topic named again is merged into its first entry): before, each of 99,000
 /// repeats was read again (at every change, for a long poll) and answered with
-/// its own copy of the records.
+/// its own copy of the records. (A Fetch may list 100,000 partitions in all.)
 #[test]
 fn repeated_partitions_are_read_and_answered_once() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    const REPEATS: usize = 100_000;
+    const REPEATS: usize = 99_000;
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(&tmp.path().join("data"), &[]);
     let mut s = connect(&broker.addr);
@@ -1963,6 +1963,91 @@ fn repeated_partitions_are_read_and_answered_once() {
         matches!(got[0][..], [(0, 0, n), (1, 0, 0)] if n > 0),
         "{got:?}"
     );
+}
+
+/// A Produce or Fetch listing more than 100,000 partitions in all (or a Fetch
+/// forgetting more than 100,000 topics) is refused before it is decoded: its
+/// connection closes, and other clients are served. A Produce within the bound
+/// is answered for each partition, and its refusals logged once. Before, a
+/// Produce of millions of entries with null records was decoded, and each
+/// entry refused and logged on its own, on one tokio worker.
+#[test]
+fn produce_and_fetch_listing_more_partitions_than_the_bound_are_refused() {
+    use kafka_protocol::messages::{
+        fetch_request::{FetchPartition, FetchTopic, ForgottenTopic},
+        produce_request::{PartitionProduceData, TopicProduceData},
+        ProduceRequest,
+    };
+    const HALF: usize = 50_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut ok = connect(&broker.addr);
+    assert_eq!(create_topic(&mut ok, "bound", 2, &[]), 0);
+
+    // Null records, as many entries as asked, in two topics.
+    let topic = |n: usize| {
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("bound")))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(1); n])
+    };
+    let produce_of = |last: usize| {
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![topic(HALF), topic(last)])
+    };
+    for version in [3, 9] {
+        let mut c = connect(&broker.addr);
+        c.write_all(&request_frame(
+            ApiKey::Produce,
+            version,
+            1,
+            &produce_of(HALF + 1),
+        ))
+        .unwrap();
+        assert!(closed(&mut c), "Produce v{version} of 100,001 partitions");
+    }
+    let part = FetchPartition::default()
+        .with_partition(0)
+        .with_partition_max_bytes(1 << 20);
+    let mut fetch = fetch_request("bound", 0, 10_000);
+    fetch.topics = vec![FetchTopic::default()
+        .with_topic(TopicName(StrBytes::from_static_str("no.such")))
+        .with_partitions(vec![part; 2 * HALF + 1])];
+    let mut forgetting = fetch_request("bound", 0, 10_000);
+    forgetting.forgotten_topics_data = vec![ForgottenTopic::default(); 2 * HALF + 1];
+    for (version, request) in [(4, &fetch), (12, &fetch), (12, &forgetting)] {
+        let mut c = connect(&broker.addr);
+        c.write_all(&request_frame(ApiKey::Fetch, version, 1, request))
+            .unwrap();
+        assert!(closed(&mut c), "Fetch v{version}");
+    }
+
+    // Up to the bound: every entry answered INVALID_RECORD, logged once.
+    ok.write_all(&request_frame(ApiKey::Produce, 9, 2, &produce_of(HALF)))
+        .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 9);
+    let codes: Vec<(usize, bool)> = r
+        .responses
+        .iter()
+        .map(|t| {
+            let p = &t.partition_responses;
+            (p.len(), p.iter().all(|p| p.error_code == 87))
+        })
+        .collect();
+    assert_eq!(codes, vec![(HALF, true), (HALF, true)]);
+    let log = broker.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("produce rejected"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{:?}", &lines[..lines.len().min(3)]);
+    assert!(lines[0].contains("rejected=100000"), "{}", lines[0]);
+
+    // The broker still serves everyone.
+    assert_eq!(produce_to(&mut ok, "bound", 1, batch(&["v"])), (0, 0));
+    let mut other = connect(&broker.addr);
+    assert_eq!(produce_to(&mut other, "bound", 1, batch(&["w"])), (0, 1));
 }
 
 /// Creates `name` with `partitions` partitions and `configs` (CreateTopics v7);

@@ -5,15 +5,18 @@
 //! frame, 32 once decoded and some 200 in the answer being built. A frame near
 //! `--max-request-bytes` (100 MiB by default) of such entries would take gigabytes
 //! before a handler could look at it. So the lists of names (topics, group ids,
-//! ListGroups filters, config resources and their keys) are counted first, and a
-//! request with more than [`MAX_LISTED`] in one of them is refused undecoded: its
-//! connection is closed with a log line, as for a malformed frame.
+//! ListGroups filters, config resources and their keys), and the partitions of
+//! a Produce or a Fetch (counted over all the request's topics), are counted
+//! first, and a request with more than [`MAX_LISTED`] in one of them is refused
+//! undecoded: its connection is closed with a log line, as for a malformed
+//! frame.
 
 use kafka_protocol::messages::ApiKey;
 
 /// The most entries a request may have in one of the lists counted here: far more
 /// than any client sends (an admin client describing every group of a broker
-/// names each once), few enough that decoding and answering them takes tens of MiB.
+/// names each once, a producer or consumer each partition it writes or reads),
+/// few enough that decoding and answering them takes tens of MiB.
 pub const MAX_LISTED: usize = 100_000;
 
 /// A cursor over a request body; `None` from any read means the body ended early
@@ -123,6 +126,68 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
             }
             over(w.array_len()?, "types in its filter")
         })(),
+        ApiKey::Produce => (|| {
+            if version >= 3 {
+                w.skip_string()?; // transactional id
+            }
+            w.take(6)?; // acks, timeout
+            let topics = w.array_len()?;
+            if let Some(r) = over(topics, "topics") {
+                return Some(r);
+            }
+            let mut partitions = 0usize;
+            for _ in 0..topics {
+                w.skip_string()?;
+                let n = w.array_len()?;
+                partitions = partitions.saturating_add(n);
+                if let Some(r) = over(partitions, "partitions") {
+                    return Some(r);
+                }
+                for _ in 0..n {
+                    w.take(4)?; // index
+                    let records = w.len(true)?;
+                    w.take(records)?;
+                    w.skip_tagged_fields()?;
+                }
+                w.skip_tagged_fields()?;
+            }
+            None
+        })(),
+        ApiKey::Fetch => (|| {
+            let since = |v: i16, n: usize| if version >= v { n } else { 0 };
+            // Replica id (up to v14), max wait, min bytes, max bytes (v3),
+            // isolation level (v4), session id and epoch (v7).
+            w.take(4 - since(15, 4) + 8 + since(3, 4) + since(4, 1) + since(7, 8))?;
+            // Partition, current leader epoch (v9), fetch offset, last fetched
+            // epoch (v12), log start offset (v5), partition max bytes.
+            let partition = 4 + since(9, 4) + 8 + since(12, 4) + since(5, 8) + 4;
+            let topics = w.array_len()?;
+            if let Some(r) = over(topics, "topics") {
+                return Some(r);
+            }
+            let mut partitions = 0usize;
+            for _ in 0..topics {
+                if version >= 13 {
+                    w.take(16)?; // topic id
+                } else {
+                    w.skip_string()?;
+                }
+                let n = w.array_len()?;
+                partitions = partitions.saturating_add(n);
+                if let Some(r) = over(partitions, "partitions") {
+                    return Some(r);
+                }
+                for _ in 0..n {
+                    w.take(partition)?;
+                    w.skip_tagged_fields()?;
+                }
+                w.skip_tagged_fields()?;
+            }
+            if version < 7 {
+                return None;
+            }
+            over(w.array_len()?, "forgotten topics")
+        })(),
         ApiKey::DescribeConfigs => (|| {
             let resources = w.array_len()?;
             if let Some(r) = over(resources, "resources") {
@@ -152,14 +217,17 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
+    use bytes::{Bytes, BytesMut};
     use kafka_protocol::{
         messages::{
             describe_configs_request::DescribeConfigsResource,
             describe_topic_partitions_request::TopicRequest,
-            elect_leaders_request::TopicPartitions, CreateAclsRequest, DescribeConfigsRequest,
-            DescribeGroupsRequest, DescribeTopicPartitionsRequest, ElectLeadersRequest, GroupId,
-            ListGroupsRequest,
+            elect_leaders_request::TopicPartitions,
+            fetch_request::{FetchPartition, FetchTopic, ForgottenTopic},
+            produce_request::{PartitionProduceData, TopicProduceData},
+            CreateAclsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+            DescribeTopicPartitionsRequest, ElectLeadersRequest, FetchRequest, GroupId,
+            ListGroupsRequest, ProduceRequest, TransactionalId,
         },
         protocol::{Encodable, StrBytes},
     };
@@ -239,6 +307,46 @@ mod tests {
             CreateAclsRequest::default().with_creations(vec![Default::default(); MAX_LISTED + 1]);
         let e = check(ApiKey::CreateAcls, 3, &body(&acls, 3)).unwrap_err();
         assert!(e.contains("100001 ACL creations"), "{e}");
+        for version in [3, 7, 9] {
+            let data = |n: usize| {
+                let mut parts = vec![PartitionProduceData::default(); n];
+                parts[0].records = Some(Bytes::from_static(b"not a batch, skipped"));
+                TopicProduceData::default().with_partition_data(parts)
+            };
+            let produce = |last: usize| {
+                ProduceRequest::default()
+                    .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t"))))
+                    .with_topic_data(vec![data(MAX_LISTED / 2), data(last)])
+            };
+            let ok = body(&produce(MAX_LISTED / 2), version);
+            assert_eq!(check(ApiKey::Produce, version, &ok), Ok(()));
+            let over = body(&produce(MAX_LISTED / 2 + 1), version);
+            let e = check(ApiKey::Produce, version, &over).unwrap_err();
+            assert!(e.contains("100001 partitions"), "v{version}: {e}");
+            let topics = ProduceRequest::default()
+                .with_topic_data(vec![TopicProduceData::default(); MAX_LISTED + 1]);
+            let e = check(ApiKey::Produce, version, &body(&topics, version)).unwrap_err();
+            assert!(e.contains("100001 topics"), "v{version}: {e}");
+        }
+        for version in [4, 5, 7, 9, 11, 12] {
+            let topic = |n: usize| {
+                FetchTopic::default().with_partitions(vec![FetchPartition::default(); n])
+            };
+            let fetch = |last: usize| {
+                FetchRequest::default().with_topics(vec![topic(MAX_LISTED / 2), topic(last)])
+            };
+            let ok = body(&fetch(MAX_LISTED / 2), version);
+            assert_eq!(check(ApiKey::Fetch, version, &ok), Ok(()));
+            let over = body(&fetch(MAX_LISTED / 2 + 1), version);
+            let e = check(ApiKey::Fetch, version, &over).unwrap_err();
+            assert!(e.contains("100001 partitions"), "v{version}: {e}");
+            if version >= 7 {
+                let forgotten = fetch(1)
+                    .with_forgotten_topics_data(vec![ForgottenTopic::default(); MAX_LISTED + 1]);
+                let e = check(ApiKey::Fetch, version, &body(&forgotten, version)).unwrap_err();
+                assert!(e.contains("100001 forgotten topics"), "v{version}: {e}");
+            }
+        }
         // A body that ends early is left to the decoder.
         assert_eq!(check(ApiKey::DescribeConfigs, 4, &[0x05, 0x02]), Ok(()));
         assert_eq!(check(ApiKey::Metadata, 1, &[0xff]), Ok(()));

@@ -99,6 +99,24 @@ pub(crate) async fn init_producer_id(
 
 type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
 
+/// Partitions of one Produce refused before the write: the first (topic,
+/// partition, reason) and how many. Logged once per request, as a request may
+/// list up to [`crate::server::listed::MAX_LISTED`] partitions refused alike.
+#[derive(Default)]
+struct Refused {
+    first: Option<(String, i32, String)>,
+    count: usize,
+}
+
+impl Refused {
+    fn add(&mut self, topic: &str, partition: i32, e: &ProduceError) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((topic.to_string(), partition, message(e)));
+        }
+    }
+}
+
 /// Submits every partition's records in request order and returns the response
 /// to come, and whether the connection closes after it. With acks=0 there is no
 /// response; as in Kafka, a partition that fails closes the connection instead,
@@ -118,6 +136,7 @@ pub(crate) async fn handle(
     );
     let acks = req.acks;
     let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
+    let (mut unknown, mut refused) = (Refused::default(), Refused::default());
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut parts = Vec::new();
@@ -130,18 +149,21 @@ pub(crate) async fn handle(
                 _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
             };
             match &outcome {
-                // Routine while a client's metadata catches up with a new topic.
-                Err(e @ ProduceError::UnknownTopicOrPartition) => {
-                    tracing::debug!(topic = %name, partition = p.index, error = %message(e), "produce rejected");
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %name, partition = p.index, error = %message(e), "produce rejected")
-                }
+                Err(e @ ProduceError::UnknownTopicOrPartition) => unknown.add(&name, p.index, e),
+                Err(e) => refused.add(&name, p.index, e),
                 Ok(_) => {}
             }
             parts.push((p.index, outcome));
         }
         submitted.push((topic.name, parts));
+    }
+    // Unknown partitions are routine while a client's metadata catches up with a
+    // new topic.
+    if let Some((topic, partition, error)) = &unknown.first {
+        tracing::debug!(%topic, partition, %error, rejected = unknown.count, "produce rejected");
+    }
+    if let Some((topic, partition, error)) = &refused.first {
+        tracing::warn!(%topic, partition, %error, rejected = refused.count, "produce rejected");
     }
     let failed_now = submitted
         .iter()
