@@ -207,6 +207,100 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     );
 }
 
+/// A metrics client that sent its request and never read the answer held its
+/// connection slot for as long as it kept the connection open, once the page
+/// outgrew the socket buffers: 16 such clients kept the endpoint from answering
+/// anyone. A page not taken within 10 s is now dropped, and the slot freed.
+#[test]
+fn clients_that_never_read_the_page_do_not_keep_their_slots() {
+    use broker_support::wire::{connect, request_frame, response};
+    use kafka_protocol::{
+        messages::{
+            join_group_request::JoinGroupRequestProtocol, ApiKey, GroupId, JoinGroupRequest,
+            JoinGroupResponse,
+        },
+        protocol::StrBytes,
+    };
+    const GET: &str = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    // 320 groups with 32,000-byte ids, one member each: a page of 10 MB, more
+    // than a connection's socket buffers hold.
+    let mut kafka = connect(&broker.addr);
+    for i in 0..320 {
+        let group = format!("{i}-{}", "g".repeat(32_000));
+        let req = JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group)))
+            .with_session_timeout_ms(600_000)
+            .with_rebalance_timeout_ms(600_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default().with_name(StrBytes::from_static_str("range"))
+            ]);
+        kafka
+            .write_all(&request_frame(ApiKey::JoinGroup, 2, i, &req))
+            .unwrap();
+        let (_, r): (i32, JoinGroupResponse) = response(&mut kafka, ApiKey::JoinGroup, 2);
+        assert_eq!(r.error_code, 0);
+    }
+    let addr = broker.metrics.as_deref().unwrap();
+    let (status, page) = http(addr, GET);
+    assert_eq!(status, 200);
+    assert!(page.len() > 10_000_000, "a page of {} bytes", page.len());
+
+    // Whether a new scrape gets the page.
+    let answered = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut answer = Vec::new();
+        let _ = s
+            .write_all(GET.as_bytes())
+            .and_then(|()| s.read_to_end(&mut answer));
+        answer.starts_with(b"HTTP/1.1 200 ")
+    };
+    // Every slot taken by a client that never reads (with a small receive
+    // buffer, so that little of the page leaves the broker).
+    let stuck: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            small_receive_buffer(&s);
+            s.write_all(GET.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    assert!(!answered(), "all 16 slots are held");
+    let started = std::time::Instant::now();
+    while !answered() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no slot freed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stuck);
+}
+
+/// Makes the receive buffer of `s` small (4 KiB asked; the kernel doubles it).
+fn small_receive_buffer(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: `s` is an open socket, and the option value is a c_int of the
+    // size given, living across the call.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn no_metrics_endpoint_unless_asked_for() {
     let tmp = tempfile::tempdir().unwrap();

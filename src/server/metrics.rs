@@ -5,8 +5,9 @@
 //! everything else (partitions, the WAL, groups, consumer lag) is read from its
 //! owner when a scrape comes, on a blocking thread. The HTTP side is one request
 //! per connection: `GET /metrics` gets the page, any other path 404, any other
-//! method 405, a request head over 8 KiB or slower than 5 s is dropped, and
-//! at most 16 connections are served at once.
+//! method 405, a request head over 8 KiB or slower than 5 s is dropped, so is
+//! a client that has not taken the answer within 10 s, and at most 16
+//! connections are served at once.
 
 use std::{
     fmt::Write as _,
@@ -39,6 +40,12 @@ const MAX_METRICS_CONNECTIONS: usize = 16;
 
 /// How long a metrics client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a metrics client may take to receive the answer (Prometheus gives
+/// up on a scrape after 10 s by default). Without a limit, a client that sends
+/// its request and never reads held its connection slot for as long as it kept
+/// the connection open, once the page outgrew the socket buffers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters of one API.
 struct ApiCounters {
@@ -536,8 +543,8 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
 /// Serves `/metrics` on `listener` until the task is dropped.
 /// At most `MAX_METRICS_CONNECTIONS` are served at once; more are closed as
 /// soon as they are accepted, so that a flood of them cannot take the file
-/// descriptors storage needs (each one lives at most `HEAD_TIMEOUT` plus the
-/// time to send the page).
+/// descriptors storage needs (each one lives at most `HEAD_TIMEOUT`, the time
+/// to render the page, and `WRITE_TIMEOUT`).
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
@@ -616,8 +623,13 @@ async fn answer(mut stream: TcpStream, ctx: Arc<Ctx>) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Binds the metrics listener, when one is configured.
