@@ -2054,7 +2054,7 @@ mod tests {
         assert!(m.failure().is_some(), "storage did not fail");
         assert!(m.partition("t", 0).is_some(), "the topic is gone");
         assert!(matches!(m.create_topic("t", 1), Err(CreateError::Exists)));
-        assert!(tmp_has_topic(&fs.path().join("data"), "t"));
+        assert!(fs.path().join("data/topics/t/topic.json").exists());
         assert!(m.shutdown().is_err());
         drop(m);
 
@@ -2066,10 +2066,6 @@ mod tests {
             &batch_at(0, &[b"a"])[..]
         );
         m.shutdown().unwrap();
-    }
-
-    fn tmp_has_topic(data: &Path, name: &str) -> bool {
-        data.join("topics").join(name).join("topic.json").exists()
     }
 
     /// A produce already in the pipeline when an earlier one's segment append
