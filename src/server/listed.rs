@@ -83,6 +83,37 @@ impl Wire<'_> {
     }
 }
 
+/// Walks a list of topics, each `name` and then a list of partitions, each
+/// `partition`'s fields (tagged fields after each are skipped here): the
+/// reason to refuse it when it holds more than [`MAX_LISTED`] topics, or
+/// partitions over all its topics. `None` where the body ends early.
+fn topic_partitions(
+    w: &mut Wire<'_>,
+    over: &dyn Fn(usize, &str) -> Option<String>,
+    name: &dyn Fn(&mut Wire<'_>) -> Option<()>,
+    partition: &dyn Fn(&mut Wire<'_>) -> Option<()>,
+) -> Option<Option<String>> {
+    let topics = w.array_len()?;
+    if let Some(r) = over(topics, "topics") {
+        return Some(Some(r));
+    }
+    let mut partitions = 0usize;
+    for _ in 0..topics {
+        name(w)?;
+        let n = w.array_len()?;
+        partitions = partitions.saturating_add(n);
+        if let Some(r) = over(partitions, "partitions") {
+            return Some(Some(r));
+        }
+        for _ in 0..n {
+            partition(w)?;
+            w.skip_tagged_fields()?;
+        }
+        w.skip_tagged_fields()?;
+    }
+    Some(None)
+}
+
 /// The reason to refuse a request of `api` at `version` whose body (after the
 /// header) is `body`, when one of its lists is longer than [`MAX_LISTED`].
 pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
@@ -131,27 +162,12 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
                 w.skip_string()?; // transactional id
             }
             w.take(6)?; // acks, timeout
-            let topics = w.array_len()?;
-            if let Some(r) = over(topics, "topics") {
-                return Some(r);
-            }
-            let mut partitions = 0usize;
-            for _ in 0..topics {
-                w.skip_string()?;
-                let n = w.array_len()?;
-                partitions = partitions.saturating_add(n);
-                if let Some(r) = over(partitions, "partitions") {
-                    return Some(r);
-                }
-                for _ in 0..n {
-                    w.take(4)?; // index
-                    let records = w.len(true)?;
-                    w.take(records)?;
-                    w.skip_tagged_fields()?;
-                }
-                w.skip_tagged_fields()?;
-            }
-            None
+            let records = |w: &mut Wire<'_>| {
+                w.take(4)?; // index
+                let n = w.len(true)?;
+                w.take(n).map(|_| ())
+            };
+            topic_partitions(&mut w, &over, &|w: &mut Wire<'_>| w.skip_string(), &records).flatten()
         })(),
         ApiKey::Fetch => (|| {
             let since = |v: i16, n: usize| if version >= v { n } else { 0 };
@@ -161,27 +177,16 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
             // Partition, current leader epoch (v9), fetch offset, last fetched
             // epoch (v12), log start offset (v5), partition max bytes.
             let partition = 4 + since(9, 4) + 8 + since(12, 4) + since(5, 8) + 4;
-            let topics = w.array_len()?;
-            if let Some(r) = over(topics, "topics") {
-                return Some(r);
-            }
-            let mut partitions = 0usize;
-            for _ in 0..topics {
+            let name = |w: &mut Wire<'_>| {
                 if version >= 13 {
-                    w.take(16)?; // topic id
+                    w.take(16).map(|_| ()) // topic id
                 } else {
-                    w.skip_string()?;
+                    w.skip_string()
                 }
-                let n = w.array_len()?;
-                partitions = partitions.saturating_add(n);
-                if let Some(r) = over(partitions, "partitions") {
-                    return Some(r);
-                }
-                for _ in 0..n {
-                    w.take(partition)?;
-                    w.skip_tagged_fields()?;
-                }
-                w.skip_tagged_fields()?;
+            };
+            let fields = |w: &mut Wire<'_>| w.take(partition).map(|_| ());
+            if let Some(r) = topic_partitions(&mut w, &over, &name, &fields)? {
+                return Some(r);
             }
             if version < 7 {
                 return None;
