@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use streamline::wal::format::{
     align_up, encode_batch_header, encode_entry, entries_crc, entry_len, for_each_entry,
-    parse_entry, BatchHeader, BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
+    parse_entry, BatchHeader, BatchKind, FileId, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
 };
 
 const TOPIC: &[u8] = b"bench";
@@ -94,11 +94,14 @@ fn assemble(out: &mut [u8], first_seq: u64, count: usize, data: &[u8]) -> usize 
         synced_through: first_seq - 1,
         entries_crc: Some(crcs),
     };
-    encode_batch_header(&mut out[..BATCH_HEADER_LEN], &h);
+    encode_batch_header(&mut out[..BATCH_HEADER_LEN], &h, KEY);
     let end = align_up(pos);
     out[pos..end].fill(0);
     end
 }
+
+/// The key of the file the batches are assembled for.
+const KEY: u64 = 0x5eed;
 
 /// A block-aligned window into an over-allocated vector.
 fn aligned(len: usize) -> (Vec<u8>, usize) {
@@ -120,7 +123,14 @@ fn batches(c: &mut Criterion) {
         );
         let end = assemble(&mut v[off..off + total], 1000, count, &data);
         let buf = v[off..off + end].to_vec();
-        let hdr = streamline::wal::format::decode_batch_header(&buf, 1).expect("valid header");
+        let hdr = streamline::wal::format::decode_batch_header(
+            &buf,
+            FileId {
+                number: 1,
+                key: KEY,
+            },
+        )
+        .expect("valid header");
         let payload = &buf[BATCH_HEADER_LEN..BATCH_HEADER_LEN + hdr.payload_len as usize];
         g.bench_function(
             BenchmarkId::new("validate", format!("{count}x{size}")),

@@ -119,7 +119,7 @@ fn seal_does_not_claim_unsynced_entries_as_durable() {
         let info = scan_file(&archived, Some(1), false, None, RecoveryMode::Strict).unwrap();
         let seal_at = info.valid_end - BLOCK_SIZE as u64;
         let bytes = std::fs::read(&archived).unwrap();
-        let seal = decode_batch_header(&bytes[seal_at as usize..], 1).unwrap();
+        let seal = decode_batch_header(&bytes[seal_at as usize..], info.id()).unwrap();
         assert_eq!(seal.kind, BatchKind::Seal, "seed {seed}");
         assert_eq!(seal.synced_through, seal.first_sequence - 1, "seed {seed}");
         let (_wal, rec) = Wal::open(dir.path(), interval_config())

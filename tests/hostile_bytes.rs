@@ -293,8 +293,8 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let mut b = bytes;
         if header && b.len() >= 4096 {
-            format::encode_file_header(&mut b[..4096], 1, 0);
-            b[40..4096].fill(0);
+            format::encode_file_header(&mut b[..4096], 1, 0, 0x5eed);
+            b[48..4096].fill(0);
         }
         std::fs::write(dir.path().join("current.wal"), &b).unwrap();
         let _ = scan_dir(dir.path(), RecoveryMode::Strict);
@@ -305,7 +305,7 @@ proptest! {
     #[test]
     fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), n in any::<u64>(), count in 0u32..50) {
         let _ = decode_file_header(&bytes);
-        let _ = decode_batch_header(&bytes, n % 4);
+        let _ = decode_batch_header(&bytes, format::FileId { number: n % 4, key: n / 4 });
         let _ = parse_entry(&bytes);
         let h = BatchHeader { kind: BatchKind::Entries, file_number: 1, first_sequence: 1 + n % 1000, entry_count: count, payload_len: bytes.len() as u32, synced_through: 0, entries_crc: (n % 2 == 0).then_some(n as u32) };
         Largest::reset();

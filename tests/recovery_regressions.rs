@@ -112,12 +112,16 @@ fn a_file_missing_from_the_middle_of_the_log_is_reported() {
 /// newest file after a crash it is a torn tail, cut.
 #[test]
 fn a_checksummed_length_running_past_the_end_of_the_file_is_never_followed() {
-    use streamline::wal::format::{decode_batch_header, encode_batch_header, BATCH_HEADER_LEN};
+    use streamline::wal::format::{
+        decode_batch_header, decode_file_header, encode_batch_header, BATCH_HEADER_LEN,
+    };
     let stretch = |path: &std::path::Path, number: u64, at: usize| {
         let mut bytes = std::fs::read(path).unwrap();
-        let mut h = decode_batch_header(&bytes[at..at + BATCH_HEADER_LEN], number).unwrap();
+        let file = decode_file_header(&bytes[..4096]).unwrap().id();
+        assert_eq!(file.number, number);
+        let mut h = decode_batch_header(&bytes[at..at + BATCH_HEADER_LEN], file).unwrap();
         h.payload_len = u32::MAX - 4096;
-        encode_batch_header(&mut bytes[at..at + BATCH_HEADER_LEN], &h);
+        encode_batch_header(&mut bytes[at..at + BATCH_HEADER_LEN], &h, file.key);
         std::fs::write(path, &bytes).unwrap();
     };
 
@@ -178,4 +182,292 @@ fn a_checksummed_length_running_past_the_end_of_the_file_is_never_followed() {
         total
     );
     wal.close().unwrap();
+}
+
+/// One block of bytes a client could send as part of a record: a batch header of
+/// file `number` checksummed without the file's key (the client cannot know it)
+/// that claims sequences far beyond `first` synced (so damage before it would be
+/// damage to durable entries), then one valid entry, `first`, of topic "forged".
+fn forged_block(number: u64, first: u64) -> Vec<u8> {
+    use streamline::wal::format::{
+        encode_batch_header, encode_entry, entries_crc, entry_len, BatchHeader, BatchKind,
+        WalEntryType, BATCH_HEADER_LEN,
+    };
+    let (topic, data) = (b"forged".as_slice(), b"no producer wrote this".as_slice());
+    let len = entry_len(topic.len(), data.len());
+    let mut b = vec![0u8; 4096];
+    let crc = encode_entry(
+        &mut b[BATCH_HEADER_LEN..BATCH_HEADER_LEN + len],
+        first,
+        0,
+        WalEntryType::Record,
+        topic,
+        0,
+        data,
+    );
+    let h = BatchHeader {
+        kind: BatchKind::Entries,
+        file_number: number,
+        first_sequence: first,
+        entry_count: 1,
+        payload_len: len as u32,
+        synced_through: u64::MAX / 2,
+        entries_crc: Some(entries_crc(0, crc)),
+    };
+    encode_batch_header(&mut b[..BATCH_HEADER_LEN], &h, 0);
+    b
+}
+
+/// A record's data that puts `blocks` on block boundaries of the file, when the
+/// record is the only entry of its batch and its topic is one byte long (the batch
+/// header, the entry header and the topic come first).
+fn block_aligned_data(blocks: &[Vec<u8>]) -> Bytes {
+    let before = 48 + 36 + 1;
+    let mut data = vec![0u8; 4096 - before];
+    for b in blocks {
+        data.extend_from_slice(b);
+    }
+    Bytes::from(data)
+}
+
+/// Reopens `dir` as after a kill (no clean-close marker, so recovery probes past the
+/// end of the log) in both modes, and checks the log holds exactly `want` (topic,
+/// data) from sequence `from` on.
+fn reopen_after_kill_holds_exactly(dir: &std::path::Path, from: u64, want: &[(String, Bytes)]) {
+    use streamline::wal::RecoveryMode;
+    std::fs::remove_file(dir.join("clean-close.json")).unwrap();
+    for mode in [RecoveryMode::Strict, RecoveryMode::TolerateCorruption] {
+        let copy = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(dir).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+        let cfg = WalConfig {
+            recovery_mode: mode,
+            ..config()
+        };
+        let (_wal, rec) = Wal::open(copy.path(), cfg).unwrap_or_else(|e| {
+            panic!("{mode:?}: a log with no damage to synced entries was refused: {e}")
+        });
+        let got: Vec<(u64, String, Bytes)> = rec
+            .map(|e| {
+                let e = e.unwrap();
+                (e.sequence, e.topic, e.data)
+            })
+            .collect();
+        let want: Vec<(u64, String, Bytes)> = want
+            .iter()
+            .zip(from..)
+            .map(|((t, d), s)| (s, t.clone(), d.clone()))
+            .collect();
+        assert!(
+            got == want,
+            "{mode:?}: recovered {} entries, {} written; topics {:?}",
+            got.len(),
+            want.len(),
+            got.iter()
+                .map(|g| g.1.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+    }
+}
+
+/// Bytes a client sent can hold what looks like a batch header of the very file
+/// they are written to. When a power loss during such a record's write (before it
+/// was acknowledged) keeps its later blocks but not its first (the batch header;
+/// here zeroed after the fact), recovery probes the rest
+/// of the file and used to find the forged header: strict recovery refused the
+/// log ("a valid batch follows" with everything synced), tolerant recovery
+/// returned the forged entry. Batch header checksums are now seeded with a key
+/// only the file header holds.
+#[test]
+fn a_batch_header_forged_in_a_torn_records_data_is_never_read_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let mut written = Vec::new();
+    for i in 0..3u8 {
+        let data = Bytes::from(vec![i; 100]);
+        wal.append("t", 0, data.clone()).wait().unwrap();
+        written.push(("t".to_string(), data));
+    }
+    // Sequence 4, in blocks 4 to 8 of file 1; each block after its first is a
+    // forged header of file 1 continuing the log at sequence 4.
+    let forged = block_aligned_data(&vec![forged_block(1, 4); 4]);
+    assert_eq!(wal.append("t", 0, forged).wait().unwrap(), 4);
+    wal.close().unwrap();
+    let current = dir.path().join("current.wal");
+    let mut bytes = std::fs::read(&current).unwrap();
+    assert_eq!(&bytes[4 * 4096 + 16..4 * 4096 + 24], &4u64.to_le_bytes());
+    bytes[4 * 4096..5 * 4096].fill(0);
+    std::fs::write(&current, &bytes).unwrap();
+    reopen_after_kill_holds_exactly(dir.path(), 1, &written);
+}
+
+/// A recycled file keeps its old batches; only its header block is rewritten. A
+/// record written to an older file can hold forged batch headers naming the number
+/// the file gets when it is recycled, claiming huge sequences synced. After a kill,
+/// recovery probes the recycled file's stale space past the end of the log and used
+/// to find one: strict recovery refused to open, tolerant recovery replayed the
+/// forged entries.
+#[test]
+fn batch_headers_forged_in_a_recycled_files_stale_records_are_never_read_as_ones() {
+    use streamline::wal::files::{list_recycled, MAX_RECYCLED};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        retention_files: 0,
+        ..config()
+    };
+    let (wal, _) = Wal::open(dir.path(), cfg).unwrap();
+    // Forged headers for every file number the test reaches.
+    let blocks: Vec<Vec<u8>> = (1..=12).map(|n| forged_block(n, 1_000_000)).collect();
+    let data = block_aligned_data(&blocks);
+    let mut last = 0;
+    while wal.stats().rotations < 4 {
+        last = wal.append("t", 0, data.clone()).wait().unwrap();
+    }
+    wal.checkpoint(last).unwrap();
+    assert_eq!(list_recycled(dir.path()).unwrap().len(), MAX_RECYCLED);
+    let mut written = Vec::new();
+    let start = wal.stats().rotations;
+    while wal.stats().rotations < start + 3 {
+        let d = Bytes::from(vec![7u8; 3000]);
+        wal.append("u", 0, d.clone()).wait().unwrap();
+        written.push(("u".to_string(), d));
+    }
+    assert!(
+        list_recycled(dir.path()).unwrap().len() < MAX_RECYCLED,
+        "no recycled file was reused"
+    );
+    wal.close().unwrap();
+    let current = std::fs::read(dir.path().join("current.wal")).unwrap();
+    assert!(
+        current.windows(6).any(|w| w == b"forged"),
+        "the newest file is not a recycled one"
+    );
+    reopen_after_kill_holds_exactly(dir.path(), last + 1, &written);
+}
+
+/// Six entries of 100 bytes, one per batch: batch `i` is block `i` of file 1.
+fn six_entries() -> (tempfile::TempDir, Vec<Bytes>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let mut written = Vec::new();
+    for i in 1..=6u8 {
+        let data = Bytes::from(vec![i; 100]);
+        assert_eq!(
+            wal.append("t", 0, data.clone()).wait().unwrap(),
+            u64::from(i)
+        );
+        written.push(data);
+    }
+    wal.close().unwrap();
+    (dir, written)
+}
+
+/// Opens `dir` tolerantly and returns (sequence, data) of what it recovers.
+fn tolerant_entries(dir: &std::path::Path) -> Vec<(u64, Bytes)> {
+    let cfg = WalConfig {
+        recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+        ..config()
+    };
+    let (_wal, rec) = Wal::open(dir, cfg).unwrap();
+    rec.map(|e| {
+        let e = e.unwrap();
+        (e.sequence, e.data)
+    })
+    .collect()
+}
+
+/// Tolerant recovery skips damage to the next valid batch header of the file. It
+/// used to take any, so an older copy of a header (here batch 1's block written
+/// over batch 4's) made it resume at sequence 1: entry 1 came back twice and
+/// entry 5 was dropped. It now resumes only at a batch that continues past the
+/// damage.
+#[test]
+fn tolerant_recovery_never_resumes_at_an_older_copy_of_a_batch() {
+    let (dir, written) = six_entries();
+    let current = dir.path().join("current.wal");
+    let mut bytes = std::fs::read(&current).unwrap();
+    bytes[3 * 4096 + 20] ^= 1;
+    let first = bytes[4096..2 * 4096].to_vec();
+    bytes[4 * 4096..5 * 4096].copy_from_slice(&first);
+    std::fs::write(&current, &bytes).unwrap();
+    let got = tolerant_entries(dir.path());
+    let want: Vec<(u64, Bytes)> = [1u64, 2, 5, 6]
+        .into_iter()
+        .map(|s| (s, written[s as usize - 1].clone()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Tolerant recovery refused a log whose very first batch was damaged ("log starts
+/// at sequence 2 but the checkpoint is 0"), although it skips the same damage
+/// anywhere else. Strict recovery still refuses it, naming the offset.
+#[test]
+fn tolerant_recovery_skips_damage_to_the_first_batch_of_the_log() {
+    let (dir, written) = six_entries();
+    let current = dir.path().join("current.wal");
+    let mut bytes = std::fs::read(&current).unwrap();
+    bytes[4096 + 20] ^= 1;
+    std::fs::write(&current, &bytes).unwrap();
+    let err = Wal::open(dir.path(), config())
+        .map(|_| ())
+        .expect_err("damage to the first batch was accepted");
+    assert!(matches!(&err, Error::Corrupt { offset: 4096, .. }), "{err}");
+    let got = tolerant_entries(dir.path());
+    let want: Vec<(u64, Bytes)> = (2..=6u64)
+        .map(|s| (s, written[s as usize - 1].clone()))
+        .collect();
+    assert_eq!(got, want);
+    // A log that starts late with no damage before its start has lost its first
+    // file: tolerant recovery refuses that as well.
+    let dir = rotated_log(2);
+    std::fs::remove_file(dir.path().join("00000001.wal")).unwrap();
+    let cfg = WalConfig {
+        recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+        ..config()
+    };
+    let err = Wal::open(dir.path(), cfg)
+        .map(|_| ())
+        .expect_err("a log missing its first file was accepted");
+    assert!(err.to_string().contains("entries are missing"), "{err}");
+}
+
+/// `clean-close.json` says where the log ended; bad bytes before that end are
+/// damage. A marker whose `end` was changed (a bit flip, an edit) made a healthy
+/// log read as damaged and strict recovery refuse it. The marker now carries a
+/// checksum and the file's key, and one that does not match is ignored.
+#[test]
+fn a_clean_close_marker_that_does_not_match_is_ignored() {
+    let (dir, written) = six_entries();
+    let path = dir.path().join("clean-close.json");
+    let marker = std::fs::read_to_string(&path).unwrap();
+    let end = 7 * 4096;
+    assert!(marker.contains(&format!("\"end\": {end}")), "{marker}");
+    for changed in [
+        marker.replace(
+            &format!("\"end\": {end}"),
+            &format!("\"end\": {}", end + 3 * 4096),
+        ),
+        // Whole, but about another file with the same number: another key (a
+        // marker copied from another WAL directory) and a later end.
+        {
+            let mut m: streamline::wal::clean_close::CleanClose =
+                serde_json::from_str(&marker).unwrap();
+            m.file_key ^= 1;
+            m.end += 3 * 4096;
+            m.crc32c = m.checksum();
+            serde_json::to_string(&m).unwrap()
+        },
+    ] {
+        assert_ne!(changed, marker);
+        std::fs::write(&path, &changed).unwrap();
+        let (wal, rec) = Wal::open(dir.path(), config())
+            .unwrap_or_else(|e| panic!("a healthy log was refused: {e}\n{changed}"));
+        let got: Vec<Bytes> = rec.map(|e| e.unwrap().data).collect();
+        assert_eq!(got, written);
+        drop(wal);
+        // The close rewrote the marker; the next round changes it again.
+        assert!(path.exists());
+    }
 }

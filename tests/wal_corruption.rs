@@ -14,7 +14,7 @@ use common::{config, open, payload, BACKENDS};
 use streamline::{
     wal::{
         files::list_archived,
-        format::{decode_batch_header, BATCH_HEADER_LEN, BLOCK_SIZE},
+        format::{decode_batch_header, decode_file_header, BATCH_HEADER_LEN, BLOCK_SIZE},
         BackendKind, SyncMode, WalReader,
     },
     Error,
@@ -46,9 +46,11 @@ fn batches(dir: &Path) -> Vec<(PathBuf, u64, u64, bool)> {
     let mut out = Vec::new();
     for (number, path) in files {
         let bytes = std::fs::read(&path).unwrap();
+        let file = decode_file_header(&bytes[..BLOCK_SIZE]).unwrap().id();
+        assert_eq!(file.number, number);
         let mut pos = BLOCK_SIZE;
         while pos + BLOCK_SIZE <= bytes.len() {
-            match decode_batch_header(&bytes[pos..], number) {
+            match decode_batch_header(&bytes[pos..], file) {
                 Ok(h) => {
                     let seal = h.entry_count == 0;
                     out.push((

@@ -1268,15 +1268,27 @@ fn both_backends_write_with_o_direct_in_every_write_unless_configured_otherwise(
 
 /// Copies the newest file's first batch block far past the end of its log, where
 /// only the probe that follows a log's end can see it.
+/// Plants at 128 KiB of the newest file a valid batch header of it that would
+/// continue its log (sequence 100, nothing claimed synced): what unsynced
+/// pipelined writes that outlived a torn one leave after the end of the log.
 fn plant_stale_batch(dir: &std::path::Path) {
-    use streamline::file_at::FileAt;
+    use streamline::{
+        file_at::FileAt,
+        wal::format::{decode_batch_header, decode_file_header, encode_batch_header},
+    };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(dir.join("current.wal"))
         .unwrap();
     let mut block = vec![0u8; 4096];
+    f.read_exact_at(&mut block, 0).unwrap();
+    let file = decode_file_header(&block).unwrap().id();
     f.read_exact_at(&mut block, 4096).unwrap();
+    let mut h = decode_batch_header(&block, file).unwrap();
+    assert_eq!(h.synced_through, 0);
+    h.first_sequence = 100;
+    encode_batch_header(&mut block[..48], &h, file.key);
     f.write_all_at(&block, 128 * 1024).unwrap();
 }
 
@@ -1403,35 +1415,32 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
     let marker = dir.path().join(CLEAN_CLOSE_FILE);
     let m = clean_close::load(dir.path()).unwrap().unwrap();
     let rewrite = |json: String| std::fs::write(&marker, json).unwrap();
+    // A whole marker (its checksum matches) with one field changed.
+    let whole = |change: fn(&mut clean_close::CleanClose)| {
+        let mut c = m;
+        change(&mut c);
+        c.crc32c = c.checksum();
+        serde_json::to_string(&c).unwrap()
+    };
+    let v1 = format!(
+        r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
+        m.file_number, m.end, m.next_sequence
+    );
     for (what, json) in [
+        ("another file", whole(|c| c.file_number += 1)),
+        ("another key", whole(|c| c.file_key ^= 1)),
+        ("an earlier end", whole(|c| c.end -= 4096)),
+        ("another sequence", whole(|c| c.next_sequence += 1)),
         (
-            "another file",
-            format!(
-                r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
-                m.file_number + 1,
-                m.end,
-                m.next_sequence
-            ),
+            "a checksum that does not match",
+            serde_json::to_string(&clean_close::CleanClose {
+                crc32c: m.crc32c ^ 1,
+                ..m
+            })
+            .unwrap(),
         ),
-        (
-            "an earlier end",
-            format!(
-                r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
-                m.file_number,
-                m.end - 4096,
-                m.next_sequence
-            ),
-        ),
-        (
-            "another sequence",
-            format!(
-                r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
-                m.file_number,
-                m.end,
-                m.next_sequence + 1
-            ),
-        ),
-        ("unknown version", r#"{"version":2}"#.to_string()),
+        ("version 1 (no key, no checksum)", v1),
+        ("unknown version", r#"{"version":3}"#.to_string()),
         ("garbage", "not json".to_string()),
     ] {
         rewrite(json);
@@ -1443,12 +1452,10 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
     // A marker of this file whose end lies beyond where the log ends says that
     // everything before that end was synced at the close: the log lost synced
     // batches, which is damage, never a tail to cut quietly.
-    rewrite(format!(
-        r#"{{"version":1,"file_number":{},"end":{},"next_sequence":{}}}"#,
-        m.file_number,
-        m.end + 4096,
-        m.next_sequence + 1
-    ));
+    rewrite(whole(|c| {
+        c.end += 4096;
+        c.next_sequence += 1;
+    }));
     match WalReader::open(dir.path()) {
         Err(Error::Corrupt { offset, reason, .. }) => {
             assert_eq!(offset, m.end);
@@ -1781,8 +1788,9 @@ fn page_cache_files_never_have_two_fdatasyncs_in_flight() {
 }
 
 /// `path`'s bytes with every clock reading zeroed (the file header's `created_ms`,
-/// each entry's `timestamp`) and with the checksums over them zeroed (the header's
-/// and each batch's `header_crc`, `entries_crc`, each entry's `crc`). Walks the
+/// each entry's `timestamp`), the file's random key zeroed, and the checksums over
+/// them zeroed (the header's and each batch's `header_crc`, `entries_crc`, each
+/// entry's `crc`). Walks the
 /// batches by the layout in docs/format.md; everything else, padding and the
 /// zero-filled rest of the file included, is kept as it is.
 fn without_clock_readings(path: &std::path::Path) -> Vec<u8> {
@@ -1791,7 +1799,8 @@ fn without_clock_readings(path: &std::path::Path) -> Vec<u8> {
     }
     let mut b = std::fs::read(path).unwrap();
     assert_eq!(&b[..8], b"STRMLWAL", "{}", path.display());
-    b[24..36].fill(0);
+    assert_eq!(&b[8..10], &2u16.to_le_bytes(), "{}", path.display());
+    b[24..44].fill(0);
     let mut pos = 4096;
     while pos + 48 <= b.len() && &b[pos..pos + 4] == b"SLB1" {
         let count = u32_at(&b, pos + 24);

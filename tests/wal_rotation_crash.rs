@@ -41,7 +41,7 @@ fn seal_current(dir: &Path, number: u64, next_sequence: u64) {
         synced_through: next_sequence - 1,
         entries_crc: Some(0),
     };
-    encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
+    encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h, info.key);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join("current.wal"))

@@ -2,12 +2,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use streamline::wal::format::{decode_batch_header, decode_file_header, for_each_entry, parse_entry, BatchHeader, BatchKind};
+use streamline::wal::format::{decode_batch_header, decode_file_header, for_each_entry, parse_entry, BatchHeader, BatchKind, FileId};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_file_header(data);
     if let Some((n, rest)) = data.split_first() {
-        if let Ok(h) = decode_batch_header(rest, u64::from(*n % 4)) {
+        if let Ok(h) = decode_batch_header(rest, FileId { number: u64::from(*n % 4), key: u64::from(*n / 4) }) {
             let payload = rest.get(48..).unwrap_or_default();
             let len = payload.len().min(h.payload_len as usize);
             let h = BatchHeader { payload_len: len as u32, ..h };

@@ -4,7 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use streamline::wal::{format::encode_file_header, RecoveryMode, WalReader};
+use streamline::wal::{
+    format::{encode_file_header, encode_file_header_v1},
+    RecoveryMode, WalReader,
+};
 
 fuzz_target!(|data: &[u8]| {
     thread_local!(static DIR: tempfile::TempDir = tempfile::tempdir().expect("tempdir"));
@@ -13,7 +16,13 @@ fuzz_target!(|data: &[u8]| {
     // inputs are repeated to reach a few blocks); otherwise the raw input.
     let bytes = if flag & 3 != 0 {
         let mut b = vec![0u8; 4096];
-        encode_file_header(&mut b, 1, 0);
+        // A version 1 header (no key) lets the input's batch headers pass their
+        // checksums without knowing a key; version 2 tests the keyed path.
+        if flag & 3 == 1 {
+            encode_file_header_v1(&mut b, 1, 0);
+        } else {
+            encode_file_header(&mut b, 1, 0, 1);
+        }
         let blocks = usize::from(flag >> 2) % 8 + 1;
         b.extend(rest.iter().cycle().take(blocks * 4096.max(rest.len())));
         if rest.is_empty() {

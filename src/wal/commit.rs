@@ -487,6 +487,9 @@ struct SyncFlight {
 /// The active file.
 pub(crate) struct ActiveFile {
     pub number: u64,
+    /// The file's key (0 for a version 1 file, continued as one), which seeds
+    /// the checksum of every batch header written to it.
+    pub key: u64,
     /// Where the next batch goes.
     pub offset: u64,
     pub size: u64,
@@ -1026,7 +1029,7 @@ impl Committer {
         };
         let len = align_up(pos);
         let out = buf.as_mut_slice();
-        encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
+        encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header, self.file.key);
         out[pos..len].fill(0);
         let offset = self.file.offset;
         self.file.offset += len as u64;
@@ -1475,7 +1478,7 @@ impl Committer {
             entries_crc: Some(0),
         };
         let out = buf.as_mut_slice();
-        encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header);
+        encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header, self.file.key);
         out[BATCH_HEADER_LEN..BLOCK_SIZE].fill(0);
         let beyond = self.claim_active(self.file.offset + BLOCK_SIZE as u64);
         let token = self.token();
@@ -1557,6 +1560,7 @@ impl Committer {
         );
         self.file_start_syncs = syncs_now;
         self.file.number += 1;
+        self.file.key = files::read_header(&current)?.key;
         self.file.offset = BLOCK_SIZE as u64;
         (self.file.size, self.file.confirmed) = files::written_extent(&current)?;
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
@@ -1575,6 +1579,7 @@ impl Committer {
                 if let Err(e) = super::clean_close::store(
                     &self.core.dir,
                     self.file.number,
+                    self.file.key,
                     self.file.offset,
                     self.next_seq,
                 ) {

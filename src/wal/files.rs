@@ -23,7 +23,7 @@ use std::{
     },
 };
 
-use super::format::{encode_file_header, BLOCK_SIZE};
+use super::format::{decode_file_header, encode_file_header, new_file_key, FileHeader, BLOCK_SIZE};
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
@@ -109,7 +109,7 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
             .open(&tmp)
             .map_err(|e| Error::io("open", &tmp, e))?;
         let mut block = vec![0u8; BLOCK_SIZE];
-        encode_file_header(&mut block, number, now_ms());
+        encode_file_header(&mut block, number, now_ms(), new_file_key());
         write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
         sync_file(&f, &tmp, true).map_err(|e| Error::io("fdatasync", &tmp, e))?;
         drop_cached_pages(&f);
@@ -384,7 +384,7 @@ fn prepare(
     .map_err(|e| Error::io("create", &tmp, e))?;
     reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
     let mut block = vec![0u8; BLOCK_SIZE];
-    encode_file_header(&mut block, number, now_ms());
+    encode_file_header(&mut block, number, now_ms(), new_file_key());
     write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
     let mut at = BLOCK_SIZE as u64;
     let zero_to = zero_to.min(size);
@@ -492,6 +492,15 @@ pub fn first_unwritten(_f: &File) -> Option<u64> {
 /// (the first unwritten block, [`first_unwritten`]; 0 where that cannot be
 /// asked). Its cached pages are dropped first: a filesystem reports an unwritten
 /// block with a cached page as data.
+/// The header of the WAL file at `path`, which a scan or its preparation checked.
+pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut block = vec![0u8; BLOCK_SIZE];
+    f.read_exact_at(&mut block, 0)
+        .map_err(|e| Error::io("read header", path, e))?;
+    decode_file_header(&block).map_err(|why| Error::corrupt(path, 0, why))
+}
+
 pub(crate) fn written_extent(path: &Path) -> Result<(u64, u64)> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
@@ -616,7 +625,7 @@ fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf
     let mut block = vec![0u8; BLOCK_SIZE];
     let fits = len == size
         && f.read_exact_at(&mut block, 0).is_ok()
-        && super::format::decode_file_header(&block).is_ok_and(|h| h.file_number == number);
+        && decode_file_header(&block).is_ok_and(|h| h.file_number == number);
     drop_cached_pages(&f);
     drop(f);
     if fits {

@@ -3,22 +3,29 @@
 //! All integers are little-endian. Every file is a sequence of 4096-byte blocks.
 //!
 //! ```text
-//! block 0      file header (40 bytes used, rest zero)
+//! block 0      file header (48 bytes used, rest zero)
 //! block 1..    batch: batch header (48 bytes) | entry | entry | ... | zero padding
 //!              to the next block boundary; the next batch starts on a fresh block
 //! ```
 //!
-//! File header: `magic[8] "STRMLWAL" | version u16 | flags u16 | block_size u32 |
-//! file_number u64 | created_ms i64 | crc32c(bytes 0..32) u32 | reserved u32`.
+//! File header (version 2): `magic[8] "STRMLWAL" | version u16 | flags u16 |
+//! block_size u32 | file_number u64 | created_ms i64 | key u64 |
+//! crc32c(bytes 0..40) u32 | reserved u32`. Version 1 had no `key`: its checksum
+//! covers bytes 0..32 and sits at 32.
 //!
 //! Batch header: `magic u32 | kind u8 | flags u8 | reserved[2] | file_number u64 |
 //! first_sequence u64 | entry_count u32 | payload_len u32 | synced_through u64 |
-//! entries_crc u32 | header_crc u32`, where `header_crc` is CRC32C of bytes 0..44
-//! and `entries_crc` (present when flag bit 0 is set) is CRC32C of the entries'
-//! `crc` fields in order. The file number inside the checksummed header ties every
-//! batch to its file, so recycled or stale space never decodes as a batch of the
-//! current file; `entries_crc` ties the entries to their header, so a torn write
-//! over older entries of the same file never decodes as a mix of both.
+//! entries_crc u32 | header_crc u32`, where `header_crc` is CRC32C of the file's
+//! `key` (8 bytes) followed by bytes 0..44 (version 1: of bytes 0..44 alone) and
+//! `entries_crc` (present when flag bit 0 is set) is CRC32C of the entries' `crc`
+//! fields in order. The file number inside the checksummed header ties every batch
+//! to its file, so recycled or stale space never decodes as a batch of the current
+//! file. The key, random for every file and never sent anywhere, ties it to this
+//! very copy of the file: bytes that clients sent (entry payloads, in this file or
+//! in the stale space of a recycled one) cannot be made to pass for a batch header,
+//! since whoever chose them could not know the key. `entries_crc` ties the entries
+//! to their header, so a torn write over older entries of the same file never
+//! decodes as a mix of both.
 //!
 //! Entry: `crc u32 | len u32 | sequence u64 | timestamp i64 | entry_type u8 |
 //! reserved u8 | topic_len u16 | partition i32 | data_len u32 | topic | data`;
@@ -33,8 +40,11 @@ pub const BLOCK_SIZE: usize = 4096;
 /// Magic at the start of every WAL file.
 pub const FILE_MAGIC: [u8; 8] = *b"STRMLWAL";
 /// Bytes of the file header that carry data (the rest of block 0 is zero).
-pub const FILE_HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8 + 8 + 4 + 4;
-const FILE_HEADER_CRC_OFFSET: usize = 8 + 2 + 2 + 4 + 8 + 8;
+pub const FILE_HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8 + 8 + 8 + 4 + 4;
+/// Where the header checksum is in version 2 files (it covers the bytes before it).
+const FILE_HEADER_CRC_OFFSET: usize = 8 + 2 + 2 + 4 + 8 + 8 + 8;
+/// Where it was in version 1 files, which had no key.
+const FILE_HEADER_V1_CRC_OFFSET: usize = 8 + 2 + 2 + 4 + 8 + 8;
 
 /// Magic at the start of every batch header ("SLB1" read as little-endian bytes).
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"SLB1");
@@ -53,18 +63,21 @@ pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 /// Versions of the file format this build can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormatVersion {
-    /// The first format: the layout described in this module.
+    /// The first format: batch headers checksummed without a key.
     V1,
+    /// The file header carries a random key that seeds every batch header's checksum.
+    V2,
 }
 
 impl FormatVersion {
     /// The version new files are written with.
-    pub const CURRENT: FormatVersion = FormatVersion::V1;
+    pub const CURRENT: FormatVersion = FormatVersion::V2;
 
     /// Parses the on-disk number; `None` for versions this build does not know.
     pub fn from_u16(v: u16) -> Option<Self> {
         match v {
             1 => Some(FormatVersion::V1),
+            2 => Some(FormatVersion::V2),
             _ => None,
         }
     }
@@ -73,6 +86,7 @@ impl FormatVersion {
     pub fn as_u16(self) -> u16 {
         match self {
             FormatVersion::V1 => 1,
+            FormatVersion::V2 => 2,
         }
     }
 }
@@ -158,6 +172,60 @@ pub struct FileHeader {
     pub file_number: u64,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// Seeds the checksum of every batch header of the file; 0 in version 1 files.
+    pub key: u64,
+}
+
+impl FileHeader {
+    /// What a batch header of this file must match.
+    pub fn id(&self) -> FileId {
+        FileId {
+            number: self.file_number,
+            key: self.key,
+        }
+    }
+}
+
+/// What ties a batch header to its file: the file's number and its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// The file number.
+    pub number: u64,
+    /// The key from the file header; 0 for version 1 files (no key).
+    pub key: u64,
+}
+
+impl FileId {
+    /// A version 1 file, whose batch headers are checksummed without a key.
+    pub const fn unkeyed(number: u64) -> Self {
+        FileId { number, key: 0 }
+    }
+}
+
+/// A new file's key: 64 bits no client can know or guess, never 0 (0 means
+/// "version 1, no key"). SipHash under the process's random hash keys is the
+/// standard library's source of unpredictable values.
+pub fn new_file_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.finish().max(1)
+}
+
+/// CRC32C of a batch header's first 44 bytes, seeded with the file's key.
+fn batch_header_crc(key: u64, h: &[u8]) -> u32 {
+    if key == 0 {
+        crc32c::crc32c(&h[..BATCH_HEADER_CRC_OFFSET])
+    } else {
+        crc32c::crc32c_append(
+            crc32c::crc32c(&key.to_le_bytes()),
+            &h[..BATCH_HEADER_CRC_OFFSET],
+        )
+    }
 }
 
 /// Flag bit of a batch header: `entries_crc` is present.
@@ -224,16 +292,33 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Writes a file header into `out` (at least [`FILE_HEADER_LEN`] bytes; the caller
-/// zeroes the rest of the block).
-pub fn encode_file_header(out: &mut [u8], file_number: u64, created_ms: i64) {
+/// The first 32 bytes of a file header, the same in every version.
+fn encode_file_header_start(out: &mut [u8], version: FormatVersion, number: u64, created_ms: i64) {
     out[0..8].copy_from_slice(&FILE_MAGIC);
-    out[8..10].copy_from_slice(&FormatVersion::CURRENT.as_u16().to_le_bytes());
+    out[8..10].copy_from_slice(&version.as_u16().to_le_bytes());
     out[10..12].copy_from_slice(&0u16.to_le_bytes());
     out[12..16].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
-    out[16..24].copy_from_slice(&file_number.to_le_bytes());
+    out[16..24].copy_from_slice(&number.to_le_bytes());
     out[24..32].copy_from_slice(&created_ms.to_le_bytes());
+}
+
+/// Writes a version 2 file header into `out` (at least [`FILE_HEADER_LEN`] bytes;
+/// the caller zeroes the rest of the block). `key` must not be 0
+/// ([`new_file_key`]).
+pub fn encode_file_header(out: &mut [u8], file_number: u64, created_ms: i64, key: u64) {
+    assert_ne!(key, 0, "a version 2 file needs a key");
+    encode_file_header_start(out, FormatVersion::V2, file_number, created_ms);
+    out[32..40].copy_from_slice(&key.to_le_bytes());
     let crc = crc32c::crc32c(&out[..FILE_HEADER_CRC_OFFSET]);
+    out[40..44].copy_from_slice(&crc.to_le_bytes());
+    out[44..48].copy_from_slice(&0u32.to_le_bytes());
+}
+
+/// Writes a version 1 file header (no key), as writers before version 2 did: for
+/// tests and tools that build old files.
+pub fn encode_file_header_v1(out: &mut [u8], file_number: u64, created_ms: i64) {
+    encode_file_header_start(out, FormatVersion::V1, file_number, created_ms);
+    let crc = crc32c::crc32c(&out[..FILE_HEADER_V1_CRC_OFFSET]);
     out[32..36].copy_from_slice(&crc.to_le_bytes());
     out[36..40].copy_from_slice(&0u32.to_le_bytes());
 }
@@ -249,33 +334,50 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
     if b[0..8] != FILE_MAGIC {
         return Err("bad magic: not a streamline WAL file".into());
     }
-    let stored = le_u32(b, FILE_HEADER_CRC_OFFSET);
-    let actual = crc32c::crc32c(&b[..FILE_HEADER_CRC_OFFSET]);
+    // The version says where the checksum is; one that is neither is refused
+    // whatever the rest reads (a flip of one bit never turns 2 into 1).
+    let raw_version = le_u16(b, 8);
+    let version = FormatVersion::from_u16(raw_version).ok_or_else(|| {
+        format!("unsupported format version {raw_version} (this build reads 1 and 2)")
+    })?;
+    let crc_at = match version {
+        FormatVersion::V1 => FILE_HEADER_V1_CRC_OFFSET,
+        FormatVersion::V2 => FILE_HEADER_CRC_OFFSET,
+    };
+    let stored = le_u32(b, crc_at);
+    let actual = crc32c::crc32c(&b[..crc_at]);
     if stored != actual {
         return Err(format!(
             "file header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
         ));
     }
-    // Bytes 36..40 are reserved (written as zero) and not covered by the checksum.
-    if le_u32(b, FILE_HEADER_CRC_OFFSET + 4) != 0 {
+    // The 4 bytes after the checksum are reserved (written as zero) and not
+    // covered by it.
+    if le_u32(b, crc_at + 4) != 0 {
         return Err("reserved file header bytes are not zero".into());
     }
-    let raw_version = le_u16(b, 8);
-    let version = FormatVersion::from_u16(raw_version)
-        .ok_or_else(|| format!("unsupported format version {raw_version} (this build reads 1)"))?;
     let block = le_u32(b, 12);
     if block as usize != BLOCK_SIZE {
         return Err(format!("unsupported block size {block}"));
+    }
+    let key = match version {
+        FormatVersion::V1 => 0,
+        FormatVersion::V2 => le_u64(b, 32),
+    };
+    if version == FormatVersion::V2 && key == 0 {
+        return Err("file key is 0".into());
     }
     Ok(FileHeader {
         version,
         file_number: le_u64(b, 16),
         created_ms: le_u64(b, 24) as i64,
+        key,
     })
 }
 
-/// Writes a batch header into `out[..BATCH_HEADER_LEN]`.
-pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader) {
+/// Writes a batch header into `out[..BATCH_HEADER_LEN]`, checksummed with `key`,
+/// the key of file `h.file_number` (0 for a version 1 file).
+pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader, key: u64) {
     out[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
     out[4] = h.kind.as_u8();
     out[5] = if h.entries_crc.is_some() {
@@ -290,7 +392,7 @@ pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader) {
     out[28..32].copy_from_slice(&h.payload_len.to_le_bytes());
     out[32..40].copy_from_slice(&h.synced_through.to_le_bytes());
     out[40..44].copy_from_slice(&h.entries_crc.unwrap_or(0).to_le_bytes());
-    let crc = crc32c::crc32c(&out[..BATCH_HEADER_CRC_OFFSET]);
+    let crc = batch_header_crc(key, out);
     out[44..48].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -299,14 +401,17 @@ pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader) {
 pub enum BadBatch {
     /// The block is all zeroes where the header would be: never-written space.
     Zero,
-    /// A valid header of another file: stale space of a recycled file.
+    /// A header of another file (by its number): stale space of a recycled file.
+    /// In a version 1 file its checksum was checked; in a version 2 file it cannot
+    /// be (the other file's key is gone), so this only ever ends the log.
     Foreign(u64),
     /// Not a header: wrong magic, wrong checksum, impossible fields.
     Invalid(String),
 }
 
-/// Decodes the batch header at the start of `b`, which must belong to `file_number`.
-pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, BadBatch> {
+/// Decodes the batch header at the start of `b`, which must belong to `file`.
+pub fn decode_batch_header(b: &[u8], file: FileId) -> Result<BatchHeader, BadBatch> {
+    let file_number = file.number;
     if b.len() < BATCH_HEADER_LEN {
         return Err(BadBatch::Invalid("truncated batch header".into()));
     }
@@ -317,14 +422,19 @@ pub fn decode_batch_header(b: &[u8], file_number: u64) -> Result<BatchHeader, Ba
     if le_u32(h, 0) != BATCH_MAGIC {
         return Err(BadBatch::Invalid("bad batch magic".into()));
     }
+    let on_disk_file = le_u64(h, 8);
     let stored = le_u32(h, BATCH_HEADER_CRC_OFFSET);
-    let actual = crc32c::crc32c(&h[..BATCH_HEADER_CRC_OFFSET]);
+    let actual = batch_header_crc(file.key, h);
     if stored != actual {
+        // Another file's header fails this file's key: it can only be told by
+        // its number.
+        if file.key != 0 && on_disk_file != file_number {
+            return Err(BadBatch::Foreign(on_disk_file));
+        }
         return Err(BadBatch::Invalid(format!(
             "batch header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
         )));
     }
-    let on_disk_file = le_u64(h, 8);
     if on_disk_file != file_number {
         return Err(BadBatch::Foreign(on_disk_file));
     }
@@ -563,7 +673,7 @@ mod tests {
 
     #[test]
     fn header_sizes_match_docs() {
-        assert_eq!(FILE_HEADER_LEN, 40);
+        assert_eq!(FILE_HEADER_LEN, 48);
         assert_eq!(BATCH_HEADER_LEN, 48);
         assert_eq!(ENTRY_HEADER_LEN, 36);
     }
@@ -571,21 +681,44 @@ mod tests {
     #[test]
     fn file_header_round_trip_and_rejects_flips() {
         let mut b = vec![0u8; BLOCK_SIZE];
-        encode_file_header(&mut b, 42, 1234);
+        encode_file_header(&mut b, 42, 1234, KEY);
         let h = decode_file_header(&b).unwrap();
         assert_eq!(
-            (h.file_number, h.created_ms, h.version),
-            (42, 1234, FormatVersion::V1)
+            (h.file_number, h.created_ms, h.version, h.key),
+            (42, 1234, FormatVersion::V2, KEY)
         );
-        for bit in 0..FILE_HEADER_LEN * 8 {
-            let mut c = b.clone();
-            c[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode_file_header(&c).is_err(),
-                "flip of bit {bit} accepted"
-            );
+        let mut v1 = vec![0u8; BLOCK_SIZE];
+        encode_file_header_v1(&mut v1, 42, 1234);
+        let h1 = decode_file_header(&v1).unwrap();
+        assert_eq!(
+            (h1.file_number, h1.created_ms, h1.version, h1.key),
+            (42, 1234, FormatVersion::V1, 0)
+        );
+        for (b, used) in [(&b, FILE_HEADER_LEN), (&v1, 40)] {
+            for bit in 0..used * 8 {
+                let mut c = b.clone();
+                c[bit / 8] ^= 1 << (bit % 8);
+                assert!(
+                    decode_file_header(&c).is_err(),
+                    "flip of bit {bit} accepted"
+                );
+            }
         }
     }
+
+    #[test]
+    fn new_file_keys_differ_and_are_never_zero() {
+        let keys: std::collections::HashSet<u64> = (0..1000).map(|_| new_file_key()).collect();
+        assert_eq!(keys.len(), 1000);
+        assert!(!keys.contains(&0));
+    }
+
+    /// The key of file 7 in these tests.
+    const KEY: u64 = 0x5eed_0ff1_1e00_0007;
+    const F7: FileId = FileId {
+        number: 7,
+        key: KEY,
+    };
 
     /// An entry batch of file 7.
     const SAMPLE: BatchHeader = BatchHeader {
@@ -602,10 +735,34 @@ mod tests {
     fn batch_header_is_tied_to_its_file() {
         let h = SAMPLE;
         let mut b = [0u8; BATCH_HEADER_LEN];
-        encode_batch_header(&mut b, &h);
-        assert_eq!(decode_batch_header(&b, 7), Ok(h));
-        assert_eq!(decode_batch_header(&b, 8), Err(BadBatch::Foreign(7)));
-        assert_eq!(decode_batch_header(&[0u8; 64], 7), Err(BadBatch::Zero));
+        encode_batch_header(&mut b, &h, KEY);
+        assert_eq!(decode_batch_header(&b, F7), Ok(h));
+        let f8 = FileId { number: 8, key: 9 };
+        assert_eq!(decode_batch_header(&b, f8), Err(BadBatch::Foreign(7)));
+        assert_eq!(decode_batch_header(&[0u8; 64], F7), Err(BadBatch::Zero));
+        // Version 1 files: no key, and another file's header is checked too.
+        let mut v1 = [0u8; BATCH_HEADER_LEN];
+        encode_batch_header(&mut v1, &h, 0);
+        assert_eq!(decode_batch_header(&v1, FileId::unkeyed(7)), Ok(h));
+        assert_eq!(
+            decode_batch_header(&v1, FileId::unkeyed(8)),
+            Err(BadBatch::Foreign(7))
+        );
+    }
+
+    /// A header of this file's number checksummed without this file's key (bytes a
+    /// client sent, made to look like a header of a file whose number is easy to
+    /// guess) is no header, in a keyed file; so is a version 1 header.
+    #[test]
+    fn a_batch_header_without_the_files_key_is_invalid() {
+        let mut b = [0u8; BATCH_HEADER_LEN];
+        for key in [0, KEY ^ 1, KEY.rotate_left(1)] {
+            encode_batch_header(&mut b, &SAMPLE, key);
+            assert!(
+                matches!(decode_batch_header(&b, F7), Err(BadBatch::Invalid(ref why)) if why.contains("checksum mismatch")),
+                "key {key:#x} accepted"
+            );
+        }
     }
 
     /// A change to a header's bytes, and the reason the decoder must give.
@@ -613,7 +770,7 @@ mod tests {
 
     /// Recomputes the checksum of a batch header after a test changed its fields.
     fn reseal_batch_header(b: &mut [u8]) {
-        let crc = crc32c::crc32c(&b[..BATCH_HEADER_CRC_OFFSET]);
+        let crc = batch_header_crc(KEY, b);
         b[BATCH_HEADER_CRC_OFFSET..BATCH_HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     }
 
@@ -662,12 +819,12 @@ mod tests {
         ];
         for (h, (change, why)) in cases {
             let mut b = [0u8; BATCH_HEADER_LEN];
-            encode_batch_header(&mut b, &h);
-            assert_eq!(decode_batch_header(&b, 7), Ok(h));
+            encode_batch_header(&mut b, &h, KEY);
+            assert_eq!(decode_batch_header(&b, F7), Ok(h));
             change(&mut b);
             reseal_batch_header(&mut b);
             assert_eq!(
-                decode_batch_header(&b, 7),
+                decode_batch_header(&b, F7),
                 Err(BadBatch::Invalid(why.into()))
             );
         }
@@ -675,20 +832,21 @@ mod tests {
 
     #[test]
     fn checksummed_but_unsupported_file_headers_are_refused() {
-        let cases: [Case; 3] = [
+        let cases: [Case; 4] = [
             (
-                |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()),
-                "unsupported format version 2",
+                |b| b[8..10].copy_from_slice(&3u16.to_le_bytes()),
+                "unsupported format version 3",
             ),
             (
                 |b| b[12..16].copy_from_slice(&512u32.to_le_bytes()),
                 "unsupported block size 512",
             ),
-            (|b| b[36] = 1, "reserved file header bytes are not zero"),
+            (|b| b[44] = 1, "reserved file header bytes are not zero"),
+            (|b| b[32..40].fill(0), "file key is 0"),
         ];
         for (change, why) in cases {
             let mut b = vec![0u8; BLOCK_SIZE];
-            encode_file_header(&mut b, 42, 1234);
+            encode_file_header(&mut b, 42, 1234, KEY);
             change(&mut b);
             let crc = crc32c::crc32c(&b[..FILE_HEADER_CRC_OFFSET]);
             b[FILE_HEADER_CRC_OFFSET..FILE_HEADER_CRC_OFFSET + 4]
@@ -791,10 +949,14 @@ mod tests {
             entries_crc,
         };
         let mut b = [0u8; BATCH_HEADER_LEN];
-        encode_batch_header(&mut b, &header(Some(crcs)));
-        assert_eq!(decode_batch_header(&b, 1), Ok(header(Some(crcs))));
-        encode_batch_header(&mut b, &header(None));
-        assert_eq!(decode_batch_header(&b, 1), Ok(header(None)));
+        let f1 = FileId {
+            number: 1,
+            key: KEY,
+        };
+        encode_batch_header(&mut b, &header(Some(crcs)), KEY);
+        assert_eq!(decode_batch_header(&b, f1), Ok(header(Some(crcs))));
+        encode_batch_header(&mut b, &header(None), KEY);
+        assert_eq!(decode_batch_header(&b, f1), Ok(header(None)));
         assert_eq!(
             decode_batch_entries(&header(Some(crcs)), &ours)
                 .unwrap()

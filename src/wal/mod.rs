@@ -55,7 +55,7 @@ pub use recovery::{DirScan, EntryIter, FileInfo, Tail, WalReader};
 
 use crate::error::{Error, Result};
 use commit::{ActiveFile, Archived, Committer, Completer, Core, Entries, Request};
-use format::{BatchHeader, BatchKind, BATCH_HEADER_LEN, BLOCK_SIZE};
+use format::{BatchHeader, BatchKind, FileId, BATCH_HEADER_LEN, BLOCK_SIZE};
 
 /// A snapshot of the WAL's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -294,7 +294,7 @@ fn settle_active(current: &Path) -> Result<()> {
 /// Writes a seal batch at `offset` of `path` with plain I/O and fdatasyncs it.
 fn seal_in_place(
     path: &Path,
-    number: u64,
+    file: FileId,
     offset: u64,
     next_sequence: u64,
     synced_through: u64,
@@ -302,14 +302,14 @@ fn seal_in_place(
     let mut block = vec![0u8; BLOCK_SIZE];
     let h = BatchHeader {
         kind: BatchKind::Seal,
-        file_number: number,
+        file_number: file.number,
         first_sequence: next_sequence,
         entry_count: 0,
         payload_len: 0,
         synced_through,
         entries_crc: Some(0),
     };
-    format::encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h);
+    format::encode_batch_header(&mut block[..BATCH_HEADER_LEN], &h, file.key);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
@@ -424,7 +424,7 @@ impl Wal {
                     // Bytes beyond the cut could decode later: end the file with a seal.
                     seal_in_place(
                         &current,
-                        last.number,
+                        last.id(),
                         last.valid_end,
                         next_seq,
                         last.last_sequence.unwrap_or(0),
@@ -471,6 +471,7 @@ impl Wal {
             None
         };
         // The active file keeps its original size (max_file_size may have changed).
+        let key = files::read_header(&current)?.key;
         let (size, confirmed) = files::written_extent(&current)?;
         let zeroed_through = match created_zeroed {
             Some(zeroed) => Some(zeroed),
@@ -531,6 +532,7 @@ impl Wal {
             rx,
             ActiveFile {
                 number,
+                key,
                 offset,
                 size,
                 confirmed,

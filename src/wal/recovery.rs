@@ -25,7 +25,7 @@ use super::{
     files::{self, list_archived, CURRENT},
     format::{
         decode_batch_header, decode_file_header, for_each_entry, BadBatch, BatchHeader, BatchKind,
-        WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE,
+        FileId, WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE,
     },
 };
 use crate::error::{Error, Result};
@@ -52,6 +52,8 @@ pub enum Tail {
 pub struct FileInfo {
     /// The file number from its header.
     pub number: u64,
+    /// The key from its header (0 for a version 1 file): see [`FileId`].
+    pub key: u64,
     /// Where the file is.
     pub path: PathBuf,
     /// Size of the file in bytes.
@@ -78,6 +80,16 @@ pub struct FileInfo {
     pub stale_after_end: bool,
     /// Byte ranges skipped in tolerant mode: (offset, end, reason).
     pub skipped: Vec<(u64, u64, String)>,
+}
+
+impl FileInfo {
+    /// What a batch header of this file must match.
+    pub fn id(&self) -> FileId {
+        FileId {
+            number: self.number,
+            key: self.key,
+        }
+    }
 }
 
 /// The result of scanning a WAL directory.
@@ -166,8 +178,8 @@ enum Step {
 }
 
 /// Validates the batch at `pos`: header, bounds, contiguity and every entry.
-fn check_batch(r: &mut ChunkReader, number: u64, pos: u64, expected: Option<u64>) -> Result<Step> {
-    let hdr = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
+fn check_batch(r: &mut ChunkReader, file: FileId, pos: u64, expected: Option<u64>) -> Result<Step> {
+    let hdr = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, file) {
         Ok(h) => h,
         Err(BadBatch::Zero) => {
             return Ok(Step::Bad("zeroed block (end of written data)".into(), true))
@@ -213,19 +225,30 @@ fn check_batch(r: &mut ChunkReader, number: u64, pos: u64, expected: Option<u64>
     Ok(Step::Batch(hdr))
 }
 
-/// First offset at or after `from` holding a valid batch header of file `number`.
-fn probe(r: &mut ChunkReader, number: u64, from: u64) -> Result<Option<(u64, BatchHeader)>> {
+/// First offset at or after `from` holding a valid batch header of `file` whose
+/// first sequence is at least `min_sequence`. A header of earlier sequences after
+/// the end of the log is no continuation of it: its writer had moved on past those
+/// sequences, so the header is an older copy (a misdirected write, a block copied
+/// over another), and resuming there would return entries twice.
+fn probe(
+    r: &mut ChunkReader,
+    file: FileId,
+    from: u64,
+    min_sequence: Option<u64>,
+) -> Result<Option<(u64, BatchHeader)>> {
     let mut pos = from;
     while pos + BLOCK_SIZE as u64 <= r.len {
-        if let Ok(h) = decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
-            return Ok(Some((pos, h)));
+        if let Ok(h) = decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, file) {
+            if min_sequence.is_none_or(|min| h.first_sequence >= min) {
+                return Ok(Some((pos, h)));
+            }
         }
         pos += BLOCK_SIZE as u64;
     }
     Ok(None)
 }
 
-/// Highest `synced_through` among the valid batch headers of file `number` from
+/// Highest `synced_through` among the valid batch headers of `file` from
 /// `first` (found at `at`) to the end of the file. Follows each batch's length,
 /// probing block by block past anything that does not decode, so the payload of a
 /// valid batch is not read as headers. In `interval` mode every batch written
@@ -233,16 +256,16 @@ fn probe(r: &mut ChunkReader, number: u64, from: u64) -> Result<Option<(u64, Bat
 /// may predate the sync that a later one records.
 fn max_synced_through(
     r: &mut ChunkReader,
-    number: u64,
+    file: FileId,
     at: u64,
     first: &BatchHeader,
 ) -> Result<u64> {
     let mut best = first.synced_through;
     let mut pos = at + first.disk_len();
     while pos + BLOCK_SIZE as u64 <= r.len {
-        let (found_at, h) = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, number) {
+        let (found_at, h) = match decode_batch_header(r.get(pos, BATCH_HEADER_LEN)?, file) {
             Ok(h) => (pos, h),
-            Err(_) => match probe(r, number, pos + BLOCK_SIZE as u64)? {
+            Err(_) => match probe(r, file, pos + BLOCK_SIZE as u64, None)? {
                 Some(found) => found,
                 None => break,
             },
@@ -308,12 +331,14 @@ pub fn scan_file_after_close(
         }
     }
     let number = header.file_number;
-    let clean = clean.filter(|c| c.file_number == number);
+    let file = header.id();
+    let clean = clean.filter(|c| c.file_number == number && c.file_key == header.key);
     if clean.is_none() {
         r.limit_to(r.len);
     }
     let mut info = FileInfo {
         number,
+        key: header.key,
         path: path.to_path_buf(),
         size: r.len,
         valid_end: BLOCK_SIZE as u64,
@@ -339,7 +364,7 @@ pub fn scan_file_after_close(
             }
             break;
         }
-        match check_batch(&mut r, number, pos, info.next_sequence)? {
+        match check_batch(&mut r, file, pos, info.next_sequence)? {
             Step::Batch(h) if h.kind == BatchKind::Seal => {
                 info.next_sequence = Some(h.first_sequence);
                 info.valid_end = pos + h.disk_len();
@@ -371,12 +396,12 @@ pub fn scan_file_after_close(
             Step::Bad(reason, zero) => {
                 // The probe reads the rest of the file, in whole chunks again.
                 r.limit_to(r.len);
-                let next = probe(&mut r, number, pos + BLOCK_SIZE as u64)?;
+                let next = probe(&mut r, file, pos + BLOCK_SIZE as u64, info.next_sequence)?;
                 // Evidence that the bad bytes had been synced: a later batch of this
                 // file (any of them, not only the first) recorded a synced_through
                 // covering the sequence expected here.
                 let synced = match next {
-                    Some((at, h)) => Some(max_synced_through(&mut r, number, at, &h)?),
+                    Some((at, h)) => Some(max_synced_through(&mut r, file, at, &h)?),
                     None => None,
                 };
                 let synced_over = match (next, synced, info.next_sequence) {
@@ -542,15 +567,22 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
     // Files are deleted only once a checkpoint covers them, so the log starts right
     // after the checkpoint (at 1 without one); a later start means lost files.
     let cp_sequence = checkpoint.map_or(0, |c| c.sequence);
-    if let Some(first) = files.iter().find_map(|f| f.first_sequence) {
-        if first > cp_sequence + 1 {
-            let f = files
-                .iter()
-                .find(|f| f.first_sequence.is_some())
-                .map(|f| f.path.clone())
-                .unwrap_or_default();
+    if let Some(i) = files.iter().position(|f| f.first_sequence.is_some()) {
+        let first = files[i].first_sequence.expect("found above");
+        // Tolerant recovery that skipped damage before the log's first valid batch
+        // (in a file before it, or at the start of its own: batches start at the
+        // block after the header) lost the entries there, as after any skip.
+        let skipped_first = mode == RecoveryMode::TolerateCorruption
+            && (files[..i].iter().any(|f| !f.skipped.is_empty())
+                || files[i]
+                    .skipped
+                    .first()
+                    .is_some_and(|(at, _, _)| *at == BLOCK_SIZE as u64));
+        if first > cp_sequence + 1 && skipped_first {
+            tracing::warn!(file = %files[i].path.display(), from = cp_sequence + 1, to = first - 1, "sequences lost to corruption at the start of the log (tolerant recovery)");
+        } else if first > cp_sequence + 1 {
             return Err(Error::corrupt(
-                f,
+                &files[i].path,
                 BLOCK_SIZE as u64,
                 format!("log starts at sequence {first} but the checkpoint is {cp_sequence}: entries are missing"),
             ));
@@ -626,14 +658,13 @@ impl EntryIter {
                 *pos = *end;
                 continue;
             }
-            let hdr =
-                decode_batch_header(r.get(*pos, BATCH_HEADER_LEN)?, f.number).map_err(|e| {
-                    Error::corrupt(
-                        &f.path,
-                        *pos,
-                        format!("batch changed since it was validated: {e:?}"),
-                    )
-                })?;
+            let hdr = decode_batch_header(r.get(*pos, BATCH_HEADER_LEN)?, f.id()).map_err(|e| {
+                Error::corrupt(
+                    &f.path,
+                    *pos,
+                    format!("batch changed since it was validated: {e:?}"),
+                )
+            })?;
             let at = *pos;
             *pos += hdr.disk_len();
             if hdr.kind != BatchKind::Entries || hdr.last_sequence() < self.from {

@@ -64,7 +64,7 @@ use super::{Backend, BufLookup, Done, Op};
 use crate::error::{Error, Result};
 use crate::wal::config::BackendKind;
 use crate::wal::files::MetaOp;
-use crate::wal::format::{BatchKind, BATCH_HEADER_LEN};
+use crate::wal::format::{BATCH_HEADER_LEN, BATCH_MAGIC};
 
 /// Sector size of the simulated disk: the unit of tearing.
 pub const SECTOR: usize = 512;
@@ -956,17 +956,26 @@ fn read_at_most(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
 }
 
 /// Sequences of the batch whose header starts `data`: (first, last); (first, first-1)
-/// for a seal. Zero when the bytes do not hold a batch header.
+/// for a seal. Zero when the bytes do not hold a batch header. The writes come from
+/// the commit thread, so the header is read without checking its checksum (which
+/// needs the file's key).
 fn batch_sequences(data: &[u8]) -> (u64, u64) {
     let Some(h) = data.get(..BATCH_HEADER_LEN) else {
         return (0, 0);
     };
-    let mut num = [0u8; 8];
-    num.copy_from_slice(&h[8..16]);
-    match crate::wal::format::decode_batch_header(h, u64::from_le_bytes(num)) {
-        Ok(b) if b.kind == BatchKind::Entries => (b.first_sequence, b.last_sequence()),
-        Ok(b) => (b.first_sequence, b.first_sequence - 1),
-        Err(_) => (0, 0),
+    let field = |at: usize, len: usize| {
+        let mut v = [0u8; 8];
+        v[..len].copy_from_slice(&h[at..at + len]);
+        u64::from_le_bytes(v)
+    };
+    if h[..4] != BATCH_MAGIC.to_le_bytes() {
+        return (0, 0);
+    }
+    let (first, count) = (field(16, 8), field(24, 4));
+    match h[4] {
+        1 if first > 0 && count > 0 => (first, first + count - 1),
+        2 if first > 0 => (first, first - 1),
+        _ => (0, 0),
     }
 }
 
