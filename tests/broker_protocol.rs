@@ -2050,6 +2050,149 @@ fn produce_and_fetch_listing_more_partitions_than_the_bound_are_refused() {
     assert_eq!(produce_to(&mut other, "bound", 1, batch(&["w"])), (0, 1));
 }
 
+/// An OffsetCommit, OffsetFetch, ListOffsets, DeleteRecords or OffsetDelete
+/// listing more than 100,000 partitions in all (here over two topics) is
+/// refused before it is decoded: its connection closes, and other clients are
+/// served. A ListOffsets of exactly 100,000 is answered for each. Before, each
+/// was decoded whole and answered with an entry a partition.
+#[test]
+fn offset_requests_listing_more_partitions_than_the_bound_are_refused() {
+    use kafka_protocol::messages::{
+        delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic},
+        offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
+        offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic},
+        offset_fetch_request::OffsetFetchRequestTopic,
+        DeleteRecordsRequest, GroupId, OffsetCommitRequest, OffsetCommitResponse,
+        OffsetDeleteRequest, OffsetFetchRequest, OffsetFetchResponse,
+    };
+    const HALF: usize = 50_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut ok = connect(&broker.addr);
+    assert_eq!(create_topic(&mut ok, "bound", 2, &[]), 0);
+    let name = || TopicName(StrBytes::from_static_str("bound"));
+    let group = || GroupId(StrBytes::from_static_str("bound.group"));
+
+    let commit_of = |counts: &[usize]| {
+        let partition = OffsetCommitRequestPartition::default()
+            .with_committed_offset(1)
+            .with_committed_metadata(Some(StrBytes::from_static_str("m")));
+        let topic = |&n: &usize| {
+            OffsetCommitRequestTopic::default()
+                .with_name(name())
+                .with_partitions(vec![partition.clone(); n])
+        };
+        OffsetCommitRequest::default()
+            .with_group_id(group())
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(counts.iter().map(topic).collect())
+    };
+    let list_offsets_of = |counts: &[usize]| {
+        let partition = ListOffsetsPartition::default().with_timestamp(-1);
+        let topic = |&n: &usize| {
+            ListOffsetsTopic::default()
+                .with_name(name())
+                .with_partitions(vec![partition.clone(); n])
+        };
+        ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(counts.iter().map(topic).collect())
+    };
+    let over = [HALF, HALF + 1];
+    let fetch_topic = |n: usize| {
+        OffsetFetchRequestTopic::default()
+            .with_name(name())
+            .with_partition_indexes(vec![0; n])
+    };
+    let offset_fetch = OffsetFetchRequest::default()
+        .with_group_id(group())
+        .with_topics(Some(over.map(fetch_topic).to_vec()));
+    let delete_topic = |n: usize| {
+        DeleteRecordsTopic::default()
+            .with_name(name())
+            .with_partitions(vec![DeleteRecordsPartition::default(); n])
+    };
+    let delete_records = DeleteRecordsRequest::default()
+        .with_topics(over.map(delete_topic).to_vec())
+        .with_timeout_ms(10_000);
+    let offset_delete_topic = |n: usize| {
+        OffsetDeleteRequestTopic::default()
+            .with_name(name())
+            .with_partitions(vec![OffsetDeleteRequestPartition::default(); n])
+    };
+    let offset_delete = OffsetDeleteRequest::default()
+        .with_group_id(group())
+        .with_topics(over.map(offset_delete_topic).to_vec());
+    let frames = [
+        request_frame(ApiKey::OffsetCommit, 2, 1, &commit_of(&over)),
+        request_frame(ApiKey::OffsetCommit, 7, 1, &commit_of(&over)),
+        request_frame(ApiKey::ListOffsets, 1, 1, &list_offsets_of(&over)),
+        request_frame(ApiKey::ListOffsets, 7, 1, &list_offsets_of(&over)),
+        request_frame(ApiKey::OffsetFetch, 1, 1, &offset_fetch),
+        request_frame(ApiKey::OffsetFetch, 7, 1, &offset_fetch),
+        request_frame(ApiKey::DeleteRecords, 0, 1, &delete_records),
+        request_frame(ApiKey::DeleteRecords, 2, 1, &delete_records),
+        request_frame(ApiKey::OffsetDelete, 0, 1, &offset_delete),
+    ];
+    let kept_open: Vec<String> = frames
+        .iter()
+        .filter(|frame| {
+            let mut c = connect(&broker.addr);
+            c.write_all(frame).unwrap();
+            !closed(&mut c)
+        })
+        .map(|frame| {
+            // The header's API key and version, after the length.
+            let at = |i: usize| i16::from_be_bytes([frame[i], frame[i + 1]]);
+            format!("{:?} v{}", ApiKey::try_from(at(4)).unwrap(), at(6))
+        })
+        .collect();
+    assert!(kept_open.is_empty(), "answered, not closed: {kept_open:?}");
+
+    // Up to the bound: each of the 100,000 named twice or more, so each is
+    // answered INVALID_REQUEST.
+    ok.write_all(&request_frame(
+        ApiKey::ListOffsets,
+        7,
+        2,
+        &list_offsets_of(&[HALF, HALF]),
+    ))
+    .unwrap();
+    let (_, r): (i32, ListOffsetsResponse) = response(&mut ok, ApiKey::ListOffsets, 7);
+    assert_eq!(r.topics.len(), 2);
+    let codes: Vec<i16> = r
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+        .collect();
+    assert_eq!(codes.len(), 2 * HALF);
+    assert!(codes.iter().all(|&c| c == 42), "{:?}", &codes[..3]);
+
+    // The broker still serves everyone: a commit, and its offset read back.
+    let mut other = connect(&broker.addr);
+    other
+        .write_all(&request_frame(ApiKey::OffsetCommit, 7, 3, &commit_of(&[1])))
+        .unwrap();
+    let (_, r): (i32, OffsetCommitResponse) = response(&mut other, ApiKey::OffsetCommit, 7);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(group())
+        .with_topics(Some(vec![fetch_topic(1)]));
+    other
+        .write_all(&request_frame(ApiKey::OffsetFetch, 7, 4, &fetch))
+        .unwrap();
+    let (_, r): (i32, OffsetFetchResponse) = response(&mut other, ApiKey::OffsetFetch, 7);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.committed_offset), (0, 1));
+    // Each refusal was logged, saying why.
+    let log = broker.log_text();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("lists 100001 partitions"))
+        .count();
+    assert_eq!(refusals, frames.len(), "{log}");
+}
+
 /// Creates `name` with `partitions` partitions and `configs` (CreateTopics v7);
 /// the topic's error code.
 fn create_topic(s: &mut TcpStream, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
