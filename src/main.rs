@@ -1,11 +1,12 @@
 //! `streamline`: the broker binary. With no arguments it serves Kafka clients on
 //! 127.0.0.1:9092 with data in ./data (WAL in ./data/wal).
 //!
-//! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM), 1 when start-up or
-//! shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
+//! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM; during recovery,
+//! recovery runs to its end and the broker stops without serving), 1 when
+//! start-up or shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
 //! (`STREAMLINE_LOG` included; nothing is touched on disk then).
 
-use std::{io::Write, process::ExitCode};
+use std::{io::Write, process::ExitCode, sync::Arc};
 
 use streamline::{
     config::Cli,
@@ -40,18 +41,6 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // Bad TLS material or SASL users are configuration errors: refused before
-    // storage opens (loaded once, after the log is set up, so that the load's
-    // warnings are seen).
-    let security = match Security::load(&config.server) {
-        Ok(s) => s,
-        Err(e) => {
-            report(format_args!("error: {e}"));
-            return ExitCode::from(2);
-        }
-    };
-    let open_files = streamline::server::raise_open_file_limit();
-    tracing::debug!(?open_files, "open-file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("streamline-io")
@@ -63,7 +52,27 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config, security)) {
+    // Every signal the broker handles is listened for from here on, before
+    // anything is read or recovered (recovery can take minutes): SIGHUP never
+    // stops the broker, and a SIGINT or SIGTERM during recovery stops it once
+    // recovery is over, without serving.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::listen()
+    };
+    // Bad TLS material or SASL users are configuration errors: refused before
+    // storage opens (loaded once, after the log is set up, so that the load's
+    // warnings are seen).
+    let security = match Security::load(&config.server) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            report(format_args!("error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let open_files = streamline::server::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
+    match runtime.block_on(run(config, security, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "broker failed");
@@ -102,27 +111,49 @@ fn report(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-async fn run(config: streamline::config::Config, security: Security) -> streamline::Result<()> {
-    let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))
-        .await
-        .map_err(|e| {
-            streamline::Error::io(
-                "recovery task",
-                "data",
-                std::io::Error::other(e.to_string()),
-            )
-        })??;
+/// The error of a blocking task that panicked (`what` names it).
+fn joined<T>(
+    what: &'static str,
+    r: Result<streamline::Result<T>, tokio::task::JoinError>,
+) -> streamline::Result<T> {
+    r.map_err(|e| streamline::Error::io(what, "data", std::io::Error::other(e.to_string())))?
+}
+
+/// Flushes and closes storage, off the runtime's threads.
+async fn shut_down(storage: TopicManager) -> streamline::Result<()> {
+    joined(
+        "shutdown task",
+        tokio::task::spawn_blocking(move || storage.shutdown()).await,
+    )
+}
+
+async fn run(
+    config: streamline::config::Config,
+    security: Arc<Security>,
+    signals: Signals,
+) -> streamline::Result<()> {
+    let Signals { mut stop, hangups } = signals;
+    let reloader = spawn_reloader(hangups, Arc::clone(&security), config.server.clone());
+    let mut recovery = tokio::task::spawn_blocking(move || TopicManager::new(config));
+    let storage = tokio::select! {
+        r = &mut recovery => joined("recovery task", r)?,
+        () = &mut stop => {
+            // Recovery is not interrupted halfway: it runs to its end, and what
+            // it recovered is flushed as at any other shutdown.
+            tracing::info!("stopping once recovery is over, without serving");
+            let storage = joined("recovery task", recovery.await)?;
+            shut_down(storage).await?;
+            tracing::info!("shut down cleanly after recovery, without serving");
+            return Ok(());
+        }
+    };
     let server = match Server::bind_with(storage.clone(), security).await {
         Ok(s) => s,
         Err(e) => {
-            let s = storage.clone();
-            let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
+            let _ = shut_down(storage).await;
             return Err(e);
         }
     };
-    // Listen for the stop signals before announcing the port: a SIGTERM sent as
-    // soon as the line is read must shut down cleanly, not kill the process.
-    let shutdown = shutdown_signal();
     // Tests and scripts read this line to learn the port (with --listen HOST:0).
     // Not `println!`: a closed stdout must not panic the broker.
     // The metrics line, when there is one, comes first: "listening" is the last.
@@ -132,20 +163,78 @@ async fn run(config: streamline::config::Config, security: Security) -> streamli
     }
     let _ =
         writeln!(out, "streamline listening on {}", server.local_addr()).and_then(|()| out.flush());
-    server.run(shutdown).await;
+    server.run(stop).await;
+    reloader.abort();
     tracing::info!("stopped serving; flushing storage");
-    let s = storage.clone();
-    tokio::task::spawn_blocking(move || s.shutdown())
-        .await
-        .map_err(|e| {
-            streamline::Error::io(
-                "shutdown task",
-                "data",
-                std::io::Error::other(e.to_string()),
-            )
-        })??;
+    shut_down(storage).await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// The signals the broker handles, listened for from [`Signals::listen`] on.
+struct Signals {
+    /// Resolves at the first SIGINT or SIGTERM (Ctrl-C elsewhere).
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// SIGHUPs (Unix).
+    hangups: Hangups,
+}
+
+impl Signals {
+    /// Listens for every signal the broker handles; inside the runtime.
+    fn listen() -> Signals {
+        Signals {
+            stop: Box::pin(shutdown_signal()),
+            hangups: hangups(),
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// Listens for SIGHUP: from now on it never stops the process.
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; no reloads");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
+/// Reloads the TLS material and SASL users at every SIGHUP, off the runtime's
+/// threads (PBKDF2 and file reads); during recovery too, so that serving starts
+/// with what the files hold.
+fn spawn_reloader(
+    hangups: Hangups,
+    security: Arc<Security>,
+    cfg: streamline::config::ServerConfig,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let Some(mut hup) = hangups else { return };
+            let cfg = Arc::new(cfg);
+            while hup.recv().await.is_some() {
+                let (security, cfg) = (Arc::clone(&security), Arc::clone(&cfg));
+                let done = tokio::task::spawn_blocking(move || security.reload(&cfg));
+                if let Err(e) = done.await {
+                    tracing::error!(error = %e, "reload task failed");
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        drop((hangups, security, cfg));
+    })
 }
 
 #[cfg(not(unix))]

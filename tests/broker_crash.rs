@@ -7,14 +7,14 @@ mod power_fs;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use broker_support::{
-    client_script, kcat_from_start, python, python_client, records, signal, Broker,
+    client_script, kcat, kcat_from_start, python, python_client, records, signal, Broker, Starting,
 };
 use power_fs::{Cut, PowerFs};
 
@@ -398,6 +398,145 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
         0,
         "a clean shutdown leaves nothing to replay: {replay}"
     );
+}
+
+/// Holds the next start of the broker on `data` inside recovery: its first
+/// read there, of `meta.json`, is made of a named pipe that the test feeds.
+/// Returns the file's bytes, to feed or put back.
+fn hold_recovery(data: &std::path::Path) -> Vec<u8> {
+    let meta = data.join("meta.json");
+    let bytes = std::fs::read(&meta).expect("meta.json of the first start");
+    std::fs::remove_file(&meta).unwrap();
+    let c = std::ffi::CString::new(meta.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    bytes
+}
+
+/// The write end of the pipe [`hold_recovery`] made, once the broker `starting`
+/// opened it to read: from then on until the pipe is fed and closed, it is in
+/// recovery.
+fn in_recovery(data: &std::path::Path, starting: &Starting) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Without a reader, a non-blocking open for writing fails (ENXIO).
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(data.join("meta.json"))
+        {
+            Ok(f) => return f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!(
+                "the broker never read meta.json ({e}); log:\n{}",
+                starting.log_text()
+            ),
+        }
+    }
+}
+
+/// Sends `sig` to the broker `starting` and waits (up to 10 s) for its log to
+/// show `line`; fails when the process died instead.
+fn signal_and_see(starting: &mut Starting, sig: &str, line: &str) {
+    signal(starting.pid(), sig);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !starting.log_text().contains(line) {
+        assert!(
+            starting.running(),
+            "SIG{sig} during recovery ended the broker; log:\n{}",
+            starting.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} within 10 s of SIG{sig}; log:\n{}",
+            starting.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Produces `n` messages `{prefix}-{i}` to `topic` with kcat, acks=all.
+fn produce(addr: &str, topic: &str, prefix: &str, n: usize) -> Vec<String> {
+    let msgs: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let input: String = msgs.iter().map(|m| format!("{m}\n")).collect();
+    kcat(
+        &["-P", "-b", addr, "-t", topic, "-X", "acks=all"],
+        input.as_bytes(),
+    );
+    msgs
+}
+
+fn values(addr: &str, topic: &str) -> Vec<String> {
+    kcat_from_start(addr, topic, None)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// SIGHUP reloads the TLS material and SASL users and never stops the broker:
+/// during recovery (held here on a named pipe) neither, and the broker then
+/// serves.
+#[test]
+fn sighup_during_recovery_leaves_the_broker_to_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let sent = produce(&broker.addr, "held", "hup", 20);
+    broker.kill9();
+    let meta = hold_recovery(&data);
+    let mut starting = broker.relaunch();
+    let mut pipe = in_recovery(&data, &starting);
+    signal_and_see(&mut starting, "HUP", "SIGHUP");
+    pipe.write_all(&meta).unwrap();
+    drop(pipe);
+    let broker = starting
+        .listening()
+        .unwrap_or_else(|log| panic!("no start after a SIGHUP during recovery; log:\n{log}"));
+    assert_eq!(values(&broker.addr, "held"), sent);
+}
+
+/// SIGTERM or SIGINT during recovery: recovery goes on to its end (what it
+/// replayed from the WAL is flushed), then the broker exits 0 without serving.
+#[test]
+fn sigterm_or_sigint_during_recovery_stops_cleanly_without_serving() {
+    for sig in ["TERM", "INT"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut broker = Broker::start(&data, &["--wal-sync-mode", "every_write"]);
+        let sent = produce(&broker.addr, "held", sig, 20);
+        // Killed: the next start has the WAL to replay.
+        broker.kill9();
+        let meta = hold_recovery(&data);
+        let mut starting = broker.relaunch();
+        let mut pipe = in_recovery(&data, &starting);
+        signal_and_see(&mut starting, sig, "stopping once recovery is over");
+        pipe.write_all(&meta).unwrap();
+        drop(pipe);
+        let (status, listened) = starting.exit();
+        let log = broker.log_text();
+        assert!(
+            status.success(),
+            "SIG{sig} during recovery: exit 0, got {status:?}; log:\n{log}"
+        );
+        assert!(!listened, "SIG{sig} during recovery: nothing served");
+        assert!(
+            log.contains("shut down cleanly after recovery, without serving"),
+            "SIG{sig}: {log}"
+        );
+        std::fs::remove_file(data.join("meta.json")).unwrap();
+        std::fs::write(data.join("meta.json"), &meta).unwrap();
+        let broker = broker.restart();
+        assert_eq!(values(&broker.addr, "held"), sent, "SIG{sig}");
+        let replay = replay_line(&broker);
+        assert_eq!(
+            field(&replay, "appended"),
+            0,
+            "SIG{sig}: what recovery replayed was flushed before the exit: {replay}"
+        );
+    }
 }
 
 /// Every acknowledged `(partition, offset, value)` is stored at its offset.

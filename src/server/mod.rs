@@ -109,8 +109,9 @@ pub(crate) struct Ctx {
     pub(crate) host: String,
     pub(crate) port: i32,
     pub(crate) metrics: metrics::Metrics,
-    /// TLS and SASL, reloaded on SIGHUP.
-    pub(crate) security: Security,
+    /// TLS and SASL, reloaded on SIGHUP (by the broker binary, which holds the
+    /// other reference).
+    pub(crate) security: Arc<Security>,
 }
 
 /// The TLS acceptor (`--tls-cert`) and the SASL users (`--sasl-users`), each
@@ -233,9 +234,10 @@ impl Security {
     }
 
     /// Reads the TLS material and the SASL users again; what fails to load is
-    /// logged and the previous one kept. Triggered by SIGHUP (Unix only).
-    #[cfg(unix)]
-    fn reload(&self, cfg: &crate::config::ServerConfig) {
+    /// logged and the previous one kept. The `streamline` binary calls it on
+    /// every SIGHUP (Unix), from start-up on (recovery included): new
+    /// connections get the new material.
+    pub fn reload(&self, cfg: &crate::config::ServerConfig) {
         if let (Some(lock), Some(c)) = (&self.tls, &cfg.tls) {
             match tls::acceptor(c) {
                 Ok(a) => {
@@ -301,11 +303,16 @@ impl Server {
         Server::bind_with(storage, security).await
     }
 
-    /// [`Server::bind`] with the TLS and SASL material already loaded.
+    /// [`Server::bind`] with the TLS and SASL material already loaded (shared
+    /// with whoever reloads it, [`Security::reload`]).
     ///
     /// # Errors
     /// When the address cannot be bound.
-    pub async fn bind_with(storage: TopicManager, security: Security) -> Result<Server> {
+    pub async fn bind_with(
+        storage: TopicManager,
+        security: impl Into<Arc<Security>>,
+    ) -> Result<Server> {
+        let security = security.into();
         let cfg = storage.config().server.clone();
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -377,11 +384,12 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets every connection
     /// finish the requests it already read (up to 10 s), and returns. Storage is left
-    /// open; the caller shuts it down.
+    /// open; the caller shuts it down. Signals are the caller's: the broker binary
+    /// listens for them from its start, and reloads the TLS and SASL material on
+    /// SIGHUP ([`Security::reload`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let all_done = Arc::new(Notify::new());
-        let reloader = spawn_reloader(Arc::clone(&self.ctx));
         let metrics_task = self.metrics.map(|(listener, addr)| {
             tracing::info!(%addr, "serving metrics at /metrics");
             tokio::spawn(metrics::serve(listener, Arc::clone(&self.ctx)))
@@ -501,37 +509,7 @@ impl Server {
         if let Some(t) = metrics_task {
             t.abort();
         }
-        reloader.abort();
     }
-}
-
-/// Reloads the TLS material and SASL users on every SIGHUP (Unix), off the
-/// runtime's threads (PBKDF2 and file reads).
-fn spawn_reloader(ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut hup = match signal(SignalKind::hangup()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; no reloads");
-                    return;
-                }
-            };
-            while hup.recv().await.is_some() {
-                let ctx = Arc::clone(&ctx);
-                let done = tokio::task::spawn_blocking(move || {
-                    ctx.security.reload(&ctx.storage.config().server);
-                });
-                if let Err(e) = done.await {
-                    tracing::error!(error = %e, "reload task failed");
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        drop(ctx);
-    })
 }
 
 /// Encodes a response frame: length, header, body.

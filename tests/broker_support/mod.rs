@@ -98,6 +98,16 @@ impl Broker {
         open_files: Option<u64>,
         env: Vec<(String, String)>,
     ) -> Result<Broker, String> {
+        Self::spawn_with(data_dir, args, open_files, env).listening()
+    }
+
+    /// Starts the broker process without waiting for it to listen.
+    fn spawn_with(
+        data_dir: &Path,
+        args: Vec<String>,
+        open_files: Option<u64>,
+        env: Vec<(String, String)>,
+    ) -> Starting {
         let log = data_dir.with_extension("broker.log");
         // The log is appended to across restarts: this attempt's part starts here.
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
@@ -157,53 +167,36 @@ impl Broker {
             }
             for _ in lines {}
         });
-        let start = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let text = std::fs::read(&log).unwrap_or_default();
-                return Err(
-                    String::from_utf8_lossy(&text[log_start.min(text.len())..]).into_owned()
-                );
-            }
-        };
-        let line = start.last().expect("the listening line").clone();
-        let metrics = start.iter().find_map(|l| {
-            let url = l.strip_prefix("streamline metrics on http://")?;
-            Some(url.strip_suffix("/metrics")?.to_string())
-        });
-        let addr = line
-            .rsplit(' ')
-            .next()
-            .expect("address on the line")
-            .to_string();
-        assert!(
-            addr.starts_with("127.0.0.1:"),
-            "unexpected start line {line:?}"
-        );
-        Ok(Broker {
+        Starting {
             child: Some(child),
-            addr,
+            start: rx,
             data_dir: data_dir.to_path_buf(),
             args,
-            metrics,
             open_files,
             env,
             log,
-        })
+            log_start,
+        }
     }
 
-    /// Starts a new process with the same arguments (a new port, unless they
-    /// name one).
-    pub fn restart(&self) -> Broker {
+    /// Starts a new process with the same arguments, as [`Broker::restart`],
+    /// without waiting for it to listen.
+    pub fn relaunch(&self) -> Starting {
         assert!(self.child.is_none(), "stop the broker before restarting it");
-        Self::start_with(
+        Self::spawn_with(
             &self.data_dir,
             self.args.clone(),
             self.open_files,
             self.env.clone(),
         )
+    }
+
+    /// Starts a new process with the same arguments (a new port, unless they
+    /// name one).
+    pub fn restart(&self) -> Broker {
+        self.relaunch()
+            .listening()
+            .unwrap_or_else(|log| panic!("broker did not start; log:\n{log}"))
     }
 
     /// Starts the broker listening on a fixed `127.0.0.1` port that it keeps
@@ -322,6 +315,103 @@ impl Drop for Broker {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A broker process started and not yet listening ([`Broker::relaunch`]); it
+/// is killed if dropped so.
+pub struct Starting {
+    child: Option<Child>,
+    /// The lines it printed, up to the "listening" one, once it printed that.
+    start: mpsc::Receiver<Vec<String>>,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    open_files: Option<u64>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    /// Where this start's part of the log begins.
+    log_start: usize,
+}
+
+impl Starting {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(
+            self.child.as_mut().expect("not waited for").try_wait(),
+            Ok(None)
+        )
+    }
+
+    /// This start's part of the broker's log so far.
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&text[self.log_start.min(text.len())..]).into_owned()
+    }
+
+    /// Waits (up to 30 s) for its "listening" line; when it does not come, the
+    /// process is killed and this start's log returned.
+    pub fn listening(mut self) -> Result<Broker, String> {
+        let mut child = self.child.take().expect("running");
+        let start = match self.start.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(self.log_text());
+            }
+        };
+        let line = start.last().expect("the listening line").clone();
+        let metrics = start.iter().find_map(|l| {
+            let url = l.strip_prefix("streamline metrics on http://")?;
+            Some(url.strip_suffix("/metrics")?.to_string())
+        });
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .expect("address on the line")
+            .to_string();
+        assert!(
+            addr.starts_with("127.0.0.1:"),
+            "unexpected start line {line:?}"
+        );
+        Ok(Broker {
+            child: Some(child),
+            addr,
+            data_dir: std::mem::take(&mut self.data_dir),
+            args: std::mem::take(&mut self.args),
+            metrics,
+            open_files: self.open_files,
+            env: std::mem::take(&mut self.env),
+            log: std::mem::take(&mut self.log),
+        })
+    }
+
+    /// Waits (up to 30 s) for the process to exit; its status, and whether it
+    /// printed its "listening" line.
+    pub fn exit(mut self) -> (ExitStatus, bool) {
+        let mut child = self.child.take().expect("running");
+        let status = wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("broker did not exit within 30 s; log:\n{}", self.log_text())
+        });
+        (
+            status,
+            self.start.recv_timeout(Duration::from_secs(10)).is_ok(),
+        )
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
