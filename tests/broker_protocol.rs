@@ -387,6 +387,57 @@ fn metadata_advertises_the_right_address_and_a_stable_identity() {
     assert_eq!(m.brokers[0].node_id.0, 0);
 }
 
+/// This machine's host name (gethostname).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(r, 0, "gethostname");
+    let len = buf.iter().position(|&b| b == 0).expect("NUL-terminated");
+    String::from_utf8(buf[..len].to_vec()).expect("UTF-8 host name")
+}
+
+/// Listening on every interface (`0.0.0.0`) without --advertised-addr, the
+/// broker advertises this machine's host name, as Kafka does, with a warning:
+/// not the loopback address, which sends every other machine's clients to
+/// themselves. --advertised-addr still wins.
+#[test]
+fn a_wildcard_listen_advertises_the_host_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &["--listen", "0.0.0.0:0"]);
+    let port: i32 = broker.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let m = metadata_of(&broker.addr);
+    let host = host_name();
+    assert_ne!(host, "127.0.0.1");
+    assert_eq!(
+        (m.brokers[0].host.to_string(), m.brokers[0].port),
+        (host.clone(), port),
+        "the host name and the bound port"
+    );
+    let log = broker.log_text();
+    assert!(
+        log.contains("advertising this machine's host name") && log.contains(&host),
+        "{log}"
+    );
+    assert!(broker.sigterm().success());
+
+    let broker = Broker::start(
+        &data,
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--advertised-addr",
+            "broker.example:19092",
+        ],
+    );
+    let m = metadata_of(&broker.addr);
+    assert_eq!(
+        (m.brokers[0].host.to_string(), m.brokers[0].port),
+        ("broker.example".to_string(), 19092)
+    );
+}
+
 /// CreateTopics answers each topic on its own: what this single-node broker cannot
 /// honour gets the matching error code and a message, a dry run creates nothing,
 /// and the valid topic is created. DeleteTopics deletes known topics and reports

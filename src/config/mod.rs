@@ -31,7 +31,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address the Kafka listener binds. Default: `127.0.0.1:9092`.
     pub listen: SocketAddr,
-    /// `host:port` advertised in Metadata and FindCoordinator. Default: the bound address.
+    /// `host:port` advertised in Metadata and FindCoordinator. Default: the bound
+    /// address; bound to every interface (`0.0.0.0`, `[::]`), this machine's host
+    /// name and the bound port.
     pub advertised_addr: Option<String>,
     /// Largest request frame accepted; larger frames close that connection. Default: 100 MiB.
     pub max_request_bytes: usize,
@@ -499,7 +501,9 @@ pub struct Cli {
     )]
     pub listen: SocketAddr,
 
-    /// Address advertised to clients in Metadata (default: the bound listen address).
+    /// Address advertised to clients in Metadata (default: the bound listen
+    /// address; with --listen on every interface, such as 0.0.0.0, this machine's
+    /// host name).
     #[arg(long, env = "STREAMLINE_ADVERTISED_ADDR", value_name = "HOST:PORT")]
     pub advertised_addr: Option<String>,
 

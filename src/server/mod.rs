@@ -294,7 +294,8 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Binds the listener of `storage`'s configuration. The advertised address is
-    /// `--advertised-addr` when set, else the bound address.
+    /// `--advertised-addr` when set, else the bound address; bound to every
+    /// interface (`0.0.0.0`, `[::]`), this machine's host name ([`wildcard_host`]).
     ///
     /// # Errors
     /// When the address cannot be bound.
@@ -330,15 +331,8 @@ impl Server {
             .and_then(crate::config::parse_host_port)
         {
             Some((h, p)) => (h, i32::from(p)),
-            None => {
-                let ip = if local.ip().is_unspecified() {
-                    tracing::warn!("listening on an unspecified address; advertising 127.0.0.1 (set --advertised-addr)");
-                    "127.0.0.1".to_string()
-                } else {
-                    local.ip().to_string()
-                };
-                (ip, i32::from(local.port()))
-            }
+            None if local.ip().is_unspecified() => (wildcard_host(local), i32::from(local.port())),
+            None => (local.ip().to_string(), i32::from(local.port())),
         };
         if security.sasl.is_some() && security.tls.is_none() {
             tracing::warn!("SASL without TLS: passwords (PLAIN) and sessions travel in the clear; set --tls-cert");
@@ -510,6 +504,35 @@ impl Server {
             t.abort();
         }
     }
+}
+
+/// The host advertised for a listener bound to every interface (`0.0.0.0`,
+/// `[::]`) without `--advertised-addr`: this machine's host name, as Kafka
+/// advertises for a listener without a host, since the loopback address would
+/// send every client elsewhere to itself. Logged as a warning, for clients must
+/// resolve the name to an address of this machine; when the name cannot be read,
+/// the loopback address, with a warning too.
+fn wildcard_host(local: SocketAddr) -> String {
+    if let Some(name) = host_name() {
+        tracing::warn!(%local, advertised = %name, "listening on every interface without --advertised-addr: advertising this machine's host name, which clients must resolve to one of its addresses (set --advertised-addr otherwise)");
+        return name;
+    }
+    let loopback = if local.is_ipv4() { "127.0.0.1" } else { "::1" };
+    tracing::warn!(%local, advertised = loopback, "listening on every interface without --advertised-addr, and this machine's host name cannot be read: advertising the loopback address, which only local clients can reach (set --advertised-addr)");
+    loopback.to_string()
+}
+
+/// This machine's host name, unless it cannot be read or is empty.
+#[cfg(unix)]
+fn host_name() -> Option<String> {
+    let name = nix::unistd::gethostname().ok()?.into_string().ok()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// This machine's host name, unless it cannot be read or is empty.
+#[cfg(not(unix))]
+fn host_name() -> Option<String> {
+    std::env::var("COMPUTERNAME").ok().filter(|n| !n.is_empty())
 }
 
 /// Encodes a response frame: length, header, body.

@@ -378,6 +378,11 @@ impl Starting {
             .next()
             .expect("address on the line")
             .to_string();
+        // A broker listening on every interface is reached on the loopback address.
+        let addr = match addr.strip_prefix("0.0.0.0:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => addr,
+        };
         assert!(
             addr.starts_with("127.0.0.1:"),
             "unexpected start line {line:?}"
