@@ -253,6 +253,51 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
         &["--engine", "naive", "--async-workers", "2"],
         "--async-workers needs --engine streamline",
     );
+    // Numbers that would overflow a `Duration`, or an allocation sized by them:
+    // refused naming the option and its range, on the command line and in a job.
+    let out_of_range: [(&[&str], &str); 12] = [
+        (&["--duration", "1e20"], "--duration"),
+        (&["--duration", "1e20"], "0 to 31536000 seconds"),
+        (&["--duration", "inf"], "--duration"),
+        (&["--warmup", "1e20"], "--warmup"),
+        (&["--warmup", "31536001"], "0 to 31536000 seconds"),
+        (&["--job", "duration=1e20"], "--duration"),
+        (&["--queue-depth", "18446744073709551615"], "--queue-depth"),
+        (&["--queue-depth", "65537"], "give 1 to 65536"),
+        (&["--job", "queue-depth=65537"], "--queue-depth"),
+        (
+            &["--writers", "32", "--queue-depth", "65536"],
+            "--writers 32 times --queue-depth 65536 is more than the 1048576",
+        ),
+        (&["--record-size", "18446744073709551615"], "--record-size"),
+        (&["--record-size", "1..5g"], "give 1 to 4g bytes"),
+    ];
+    for (args, needle) in out_of_range {
+        rejected(args, needle);
+    }
+}
+
+/// The largest durations and queue depth accepted resolve; a job built in
+/// code, past the parser, is range-checked too (an error, not a panic).
+#[test]
+fn largest_accepted_numbers_resolve_and_jobs_built_in_code_are_checked() {
+    let c = cli(&["--duration", "31536000", "--warmup", "31536000"]);
+    let j = &c.resolve_jobs().unwrap()[0];
+    assert_eq!(j.stop, Stop::Duration(Duration::from_secs(31_536_000)));
+    assert_eq!(j.warmup, Duration::from_secs(31_536_000));
+    let c = cli(&["--writers", "16", "--queue-depth", "65536"]);
+    assert_eq!(c.resolve_jobs().unwrap()[0].queue_depth, 65_536);
+    // Built in code, past the parser: still refused, not a panic.
+    let j = JobArgs {
+        duration: Some(1e20),
+        ..JobArgs::default()
+    };
+    assert!(j.resolve().unwrap_err().contains("--duration"));
+    let j = JobArgs {
+        record_size: Some(RecordSize::Fixed(usize::MAX)),
+        ..JobArgs::default()
+    };
+    assert!(j.resolve().unwrap_err().contains("--record-size"));
 }
 
 #[cfg(not(feature = "compare"))]

@@ -159,12 +159,29 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// Largest record size: a WAL entry's length is a `u32`.
+pub const MAX_RECORD_SIZE: u64 = 4 << 30;
+
+/// Longest `--duration` and `--warmup`, in seconds: 365 days.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Largest `--queue-depth`.
+pub const MAX_QUEUE_DEPTH: u64 = 65_536;
+
+/// Most appends outstanding at once over all writers (`--writers` times
+/// `--queue-depth`): each writer allocates its queue up front.
+pub const MAX_OUTSTANDING: usize = 1 << 20;
+
 impl FromStr for RecordSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let to_usize = |v: &str| {
-            parse_bytes(v)
-                .and_then(|n| usize::try_from(n).map_err(|_| format!("`{v}` is too large")))
+            parse_bytes(v).and_then(|n| {
+                usize::try_from(n)
+                    .ok()
+                    .filter(|_| n <= MAX_RECORD_SIZE)
+                    .ok_or_else(|| format!("`{v}` is out of range: give 1 to 4g bytes"))
+            })
         };
         if let Some((a, b)) = s.split_once("..") {
             let (min, max) = (to_usize(a)?, to_usize(b.trim_start_matches('='))?);
@@ -190,16 +207,39 @@ fn bytes_usize(s: &str) -> Result<usize, String> {
     parse_bytes(s).and_then(|n| usize::try_from(n).map_err(|_| format!("`{s}` is too large")))
 }
 
-/// Parses seconds as a float: `2`, `0.5`, `1.5s`.
+/// Parses seconds as a float: `2`, `0.5`, `1.5s`; 0 to [`MAX_SECONDS`].
 fn seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim_end_matches('s')
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("`{s}` must be a non-negative number of seconds"));
+    if !(0.0..=MAX_SECONDS).contains(&v) {
+        return Err(format!(
+            "`{s}` is out of range: give 0 to {MAX_SECONDS} seconds (365 days)"
+        ));
     }
     Ok(v)
+}
+
+/// `secs` seconds of `flag` as a [`Duration`], when within 0 to [`MAX_SECONDS`]
+/// (the parser's range; a [`JobArgs`] built in code may hold anything).
+fn duration_of(flag: &str, secs: f64) -> Result<Duration, String> {
+    if !(0.0..=MAX_SECONDS).contains(&secs) {
+        return Err(format!(
+            "{flag} {secs} is out of range: give 0 to {MAX_SECONDS} seconds (365 days)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `--queue-depth`: 1 to [`MAX_QUEUE_DEPTH`].
+fn queue_depth(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_QUEUE_DEPTH).contains(n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("`{s}` is out of range: give 1 to {MAX_QUEUE_DEPTH}"))
 }
 
 /// Options of one job. Every field is optional so that a `--job` string can override
@@ -216,20 +256,23 @@ pub struct JobArgs {
     /// Concurrent writer threads. Default: 1
     #[arg(long)]
     pub writers: Option<usize>,
-    /// Record size in bytes, or a range `MIN..MAX` drawn uniformly. Default: 1024
+    /// Record size in bytes (at most 4g), or a range `MIN..MAX` drawn uniformly.
+    /// Default: 1024
     #[arg(long, value_parser = RecordSize::from_str)]
     pub record_size: Option<RecordSize>,
-    /// Measure for this many seconds (after warm-up). Default: 5 (unless --records)
+    /// Measure for this many seconds (after warm-up), at most 31536000 (365
+    /// days). Default: 5 (unless --records)
     #[arg(long, value_parser = seconds)]
     pub duration: Option<f64>,
     /// Measure this many acknowledged records in total instead of a duration.
     #[arg(long)]
     pub records: Option<u64>,
-    /// Seconds of load before measuring starts. Default: 0
+    /// Seconds of load before measuring starts, at most 31536000. Default: 0
     #[arg(long, value_parser = seconds)]
     pub warmup: Option<f64>,
-    /// Outstanding appends per writer (1: wait for each ack). Default: 1
-    #[arg(long)]
+    /// Outstanding appends per writer (1: wait for each ack), 1 to 65536, and
+    /// at most 1048576 over all writers. Default: 1
+    #[arg(long, value_parser = queue_depth)]
     pub queue_depth: Option<usize>,
     /// every_write, interval or os_default (streamline only). Default: every_write
     #[arg(long, value_enum)]
@@ -427,6 +470,11 @@ impl JobArgs {
         if queue_depth == 0 {
             return Err("--queue-depth must be at least 1".into());
         }
+        if writers.saturating_mul(queue_depth) > MAX_OUTSTANDING {
+            return Err(format!(
+                "--writers {writers} times --queue-depth {queue_depth} is more than the {MAX_OUTSTANDING} appends outstanding at once supported"
+            ));
+        }
         if queue_depth > 1 && engine != EngineKind::Streamline {
             return Err(format!(
                 "--queue-depth {queue_depth} needs --engine streamline: {engine} appends block until durable, so each writer has one append outstanding"
@@ -435,6 +483,11 @@ impl JobArgs {
         let record_size = self.record_size.unwrap_or(RecordSize::Fixed(1024));
         if record_size.min() == 0 {
             return Err("--record-size must be at least 1 byte".into());
+        }
+        if record_size.max() as u64 > MAX_RECORD_SIZE {
+            return Err(format!(
+                "--record-size {record_size} is out of range: give 1 to 4g bytes"
+            ));
         }
         let stop = match (self.duration, self.records) {
             (Some(_), Some(_)) => {
@@ -447,7 +500,7 @@ impl JobArgs {
                 if d <= 0.0 {
                     return Err("--duration must be more than 0 seconds".into());
                 }
-                Stop::Duration(Duration::from_secs_f64(d))
+                Stop::Duration(duration_of("--duration", d)?)
             }
         };
         let sync_mode: SyncMode = self.sync_mode.map_or(SyncMode::EveryWrite, SyncMode::from);
@@ -535,7 +588,7 @@ impl JobArgs {
             wal.validate()
                 .map_err(|e| format!("invalid WAL settings: {e}"))?;
         }
-        let warmup = Duration::from_secs_f64(self.warmup.unwrap_or(0.0));
+        let warmup = duration_of("--warmup", self.warmup.unwrap_or(0.0))?;
         Ok(JobSpec {
             dir: self
                 .dir
