@@ -57,6 +57,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// A configuration value read from its `STREAMLINE_*` environment variable
+    /// (its flag being absent) was rejected.
+    #[error(
+        "invalid configuration: {var} = {value:?} (the environment variable of {flag}): {reason}"
+    )]
+    InvalidEnv {
+        /// The variable, e.g. `STREAMLINE_MAX_CONNECTIONS`.
+        var: String,
+        /// Its flag, e.g. `--max-connections`.
+        flag: &'static str,
+        /// What the variable holds.
+        value: String,
+        /// Why, including the accepted values.
+        reason: String,
+    },
+
     /// The WAL hit an I/O error earlier and refuses all further work until reopened.
     #[error("WAL is in a failed state after an earlier error: {cause}")]
     Failed {

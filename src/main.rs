@@ -20,11 +20,13 @@ use streamline::{
 static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_alloc::HugeAllocGuard;
 
 fn main() -> ExitCode {
-    let config = Cli::parse_or_exit().into_config();
-    if let Err(e) = config.validate() {
-        report(format_args!("error: {e}"));
-        return ExitCode::from(2);
-    }
+    let config = match Cli::parse_or_exit().into_valid_config() {
+        Ok(c) => c,
+        Err(e) => {
+            report(format_args!("error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     let filter = match log_filter() {
         Ok(f) => f,
         Err(e) => {

@@ -247,6 +247,10 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             err.contains(flag) && err.contains(accepted),
             "{args:?}: message must name {flag} and {accepted}: {err}"
         );
+        assert!(
+            !err.contains("STREAMLINE_"),
+            "{args:?}: a flag's value is no variable's: {err}"
+        );
         assert!(!data.exists(), "{args:?}: nothing may be created on disk");
     }
     // Environment variables are validated the same way.
@@ -261,13 +265,22 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wal-sync-mode"));
     assert!(!data.exists());
-    // A value from a variable is reported naming the variable, the flag and the
-    // accepted values; STREAMLINE_LOG, read by the broker itself, as well.
+    // A value from a variable is reported naming the variable, its value, the
+    // flag and the accepted values: one that does not parse, and one out of
+    // range, whether the broker's validation or the WAL's own checks refuse it;
+    // STREAMLINE_LOG, read by the broker itself, as well.
     for (var, value, accepted) in [
         ("STREAMLINE_WAL_BACKEND", "bogus", "auto, uring, std"),
         ("STREAMLINE_SEGMENT_BYTES", "lots", "100m"),
         ("STREAMLINE_LOG", "streamline=loud", "expected one of"),
         ("STREAMLINE_LOG", "info,[", "invalid filter directive"),
+        ("STREAMLINE_MAX_CONNECTIONS", "0", "1 or more"),
+        ("STREAMLINE_FETCH_MAX_BYTES", "512", "1024 to"),
+        ("STREAMLINE_FETCH_MAX_BYTES", "0k", "1024 to"),
+        ("STREAMLINE_SEGMENT_BYTES", "2g", "4096 to 2147483647"),
+        ("STREAMLINE_DEFAULT_PARTITIONS", "0", "1 to 10000"),
+        ("STREAMLINE_WAL_MAX_FILE_SIZE", "1000", "4096"),
+        ("STREAMLINE_GROUP_MAX_SESSION_TIMEOUT_MS", "5000", "6000"),
     ] {
         let out = run(
             Command::new(broker_support::broker_bin())
@@ -288,19 +301,20 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             "{var}={value}: nothing may be created on disk"
         );
     }
-    // A maximum session timeout below the default minimum (6000 ms).
+    // The flag wins over its variable, and its value is the one named.
     let out = run(
         Command::new(broker_support::broker_bin())
             .arg("--data-dir")
             .arg(&data)
-            .env("STREAMLINE_GROUP_MAX_SESSION_TIMEOUT_MS", "5000"),
+            .args(["--max-connections", "0"])
+            .env("STREAMLINE_MAX_CONNECTIONS", "5"),
         b"",
         Duration::from_secs(30),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("--group-max-session-timeout-ms") && err.contains("6000"),
+        err.contains("--max-connections = \"0\"") && !err.contains("STREAMLINE_"),
         "{err}"
     );
     assert!(!data.exists());

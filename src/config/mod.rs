@@ -428,6 +428,70 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
         })
 }
 
+/// The flags whose values came from their `STREAMLINE_*` environment variables
+/// (see [`Cli::from_env`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FromEnv(Vec<EnvValue>);
+
+/// A flag's value read from its variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EnvValue {
+    /// The flag, e.g. `--max-connections`.
+    flag: String,
+    /// Its variable, e.g. `STREAMLINE_MAX_CONNECTIONS`.
+    var: String,
+    /// What the variable held.
+    value: String,
+}
+
+impl FromEnv {
+    /// The values of `matches` that came from a variable, per the arguments of `cmd`.
+    fn of(cmd: &clap::Command, matches: &clap::ArgMatches) -> FromEnv {
+        FromEnv(
+            cmd.get_arguments()
+                .filter(|a| {
+                    matches.value_source(a.get_id().as_str())
+                        == Some(clap::parser::ValueSource::EnvVariable)
+                })
+                .filter_map(|a| {
+                    let var = a.get_env()?;
+                    Some(EnvValue {
+                        flag: format!("--{}", a.get_long()?),
+                        var: var.to_string_lossy().into_owned(),
+                        value: std::env::var_os(var)?.to_string_lossy().into_owned(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// `e`, naming the variable (and its value) instead of the flag when the
+    /// flag it names took its value from its variable: a value the user never
+    /// typed as a flag is found where it was set.
+    pub fn name_variable(&self, e: Error) -> Error {
+        match e {
+            Error::InvalidConfig {
+                field,
+                value,
+                reason,
+            } => match self.0.iter().find(|v| v.flag == field) {
+                Some(v) => Error::InvalidEnv {
+                    var: v.var.clone(),
+                    flag: field,
+                    value: v.value.clone(),
+                    reason,
+                },
+                None => Error::InvalidConfig {
+                    field,
+                    value,
+                    reason,
+                },
+            },
+            e => e,
+        }
+    }
+}
+
 /// For clap's error about an invalid value of a flag that was not on the command
 /// line `args`, so was read from its environment variable: a message naming the
 /// variable, the flag, the value and the accepted values.
@@ -741,6 +805,11 @@ pub struct Cli {
         value_name = "BYTES"
     )]
     pub offset_metadata_max_bytes: u32,
+
+    /// The flags whose values came from their variables (filled by
+    /// [`Cli::try_parse_args`]; empty otherwise).
+    #[arg(skip)]
+    pub from_env: FromEnv,
 }
 
 impl Cli {
@@ -750,7 +819,7 @@ impl Cli {
     /// reported naming the variable as well as the flag.
     pub fn parse_or_exit() -> Cli {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        match Cli::try_parse_from(&args) {
+        match Cli::try_parse_args(&args) {
             Ok(cli) => cli,
             Err(e) => {
                 if let Some(msg) = env_value_error(&e, &args) {
@@ -761,6 +830,36 @@ impl Cli {
                 e.exit()
             }
         }
+    }
+
+    /// [`Cli::try_parse_from`], also noting which values came from variables
+    /// ([`Cli::from_env`]).
+    ///
+    /// # Errors
+    /// clap's, for an invalid command line or variable.
+    pub fn try_parse_args<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Cli::command();
+        let matches = cmd.clone().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.from_env = FromEnv::of(&cmd, &matches);
+        Ok(cli)
+    }
+
+    /// The [`Config`] this command line describes, validated ([`Config::validate`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the flag, or [`Error::InvalidEnv`]
+    /// naming the variable when the value came from one.
+    pub fn into_valid_config(self) -> Result<Config> {
+        let from_env = self.from_env.clone();
+        let config = self.into_config();
+        config.validate().map_err(|e| from_env.name_variable(e))?;
+        Ok(config)
     }
 
     /// Builds the [`Config`] this command line describes (not yet validated).
@@ -1076,6 +1175,47 @@ mod tests {
             c.wal.engine.resolve_backend(bogus).expect("not consulted");
         }
         assert!(!Config::default().wal.engine.backend_from_env);
+    }
+
+    #[test]
+    fn range_errors_name_the_variable_the_value_came_from() {
+        // From the command line: the flag, and no variable.
+        let cli = Cli::try_parse_args(["streamline", "--max-connections", "0"]).unwrap();
+        assert_eq!(cli.from_env, FromEnv::default());
+        let e = cli.into_valid_config().unwrap_err().to_string();
+        assert!(
+            e.contains("--max-connections")
+                && e.contains("1 or more")
+                && !e.contains("STREAMLINE_"),
+            "{e}"
+        );
+        // From a variable: the variable and what it holds (`0k`, not the parsed
+        // 0), then the flag and the accepted values.
+        let from_env = FromEnv(vec![EnvValue {
+            flag: "--fetch-max-bytes".into(),
+            var: "STREAMLINE_FETCH_MAX_BYTES".into(),
+            value: "0k".into(),
+        }]);
+        let mut cli = Cli::try_parse_args(["streamline", "--fetch-max-bytes", "0k"]).unwrap();
+        cli.from_env = from_env.clone();
+        let e = cli.into_valid_config().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid configuration: STREAMLINE_FETCH_MAX_BYTES = \"0k\" (the environment \
+             variable of --fetch-max-bytes): accepted values: 1024 to 2147483647"
+        );
+        // Another flag's error is left naming that flag.
+        let e = from_env
+            .name_variable(Error::InvalidConfig {
+                field: "--max-connections",
+                value: "0".into(),
+                reason: "accepted values: 1 or more".into(),
+            })
+            .to_string();
+        assert!(
+            e.contains("--max-connections") && !e.contains("STREAMLINE_"),
+            "{e}"
+        );
     }
 
     #[test]
