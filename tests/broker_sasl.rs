@@ -14,8 +14,8 @@ use std::{
 };
 
 use broker_support::{
-    assert_refused_at_start, kafkajs_client, kcat, metric, python_client, run, scrape, tagged,
-    wire, Broker,
+    assert_refused_at_start, assert_refused_at_start_env, kafkajs_client, kcat, metric,
+    python_client, run, scrape, tagged, wire, Broker,
 };
 
 const USERS: &str = r#"{"alice": "alice-secret", "bob": "b=b,0"}"#;
@@ -358,6 +358,41 @@ fn bad_sasl_settings_stop_the_start_before_anything_is_created() {
     ];
     for (args, names) in cases {
         assert_refused_at_start(&data, args, names);
+    }
+    // Without --sasl-users: an unknown mechanism is refused all the same, and
+    // known ones, which would leave SASL off and every client served
+    // unauthenticated, need the users; from the variable too, named.
+    let no_users: [(&[&str], &str); 2] = [
+        (&["--sasl-mechanisms", "BOGUS"], "--sasl-mechanisms"),
+        (
+            &["--sasl-mechanisms", "PLAIN"],
+            "--sasl-mechanisms = \"PLAIN\": needs --sasl-users",
+        ),
+    ];
+    for (args, names) in no_users {
+        assert_refused_at_start(&data, args, names);
+    }
+    for (value, users, names) in [
+        ("BOGUS", false, "STREAMLINE_SASL_MECHANISMS = \"BOGUS\""),
+        (
+            "SCRAM-SHA-256",
+            false,
+            "STREAMLINE_SASL_MECHANISMS = \"SCRAM-SHA-256\" (the environment variable of \
+             --sasl-mechanisms): needs --sasl-users",
+        ),
+        (
+            "PLAIN,GSSAPI",
+            true,
+            "STREAMLINE_SASL_MECHANISMS = \"PLAIN,GSSAPI\"",
+        ),
+    ] {
+        let args = if users {
+            vec!["--sasl-users", good.to_str().unwrap()]
+        } else {
+            Vec::new()
+        };
+        let env = [("STREAMLINE_SASL_MECHANISMS", value)];
+        assert_refused_at_start_env(&data, &args, &env, names);
     }
 }
 

@@ -305,9 +305,11 @@ impl Config {
             );
         }
         if let Some(sasl) = &self.server.sasl {
-            let known = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
             if sasl.mechanisms.is_empty()
-                || sasl.mechanisms.iter().any(|m| !known.contains(&m.as_str()))
+                || sasl
+                    .mechanisms
+                    .iter()
+                    .any(|m| !SASL_MECHANISMS.contains(&m.as_str()))
             {
                 return bad(
                     "--sasl-mechanisms",
@@ -353,6 +355,12 @@ impl Config {
         self.wal.engine.validate()
     }
 }
+
+/// The SASL mechanisms the broker knows.
+const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// Those offered when `--sasl-users` is given without `--sasl-mechanisms`.
+const DEFAULT_SASL_MECHANISMS: [&str; 3] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
 
 /// Splits `host:port` (the host may be a bracketed IPv6 address).
 pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
@@ -635,15 +643,16 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_SASL_USERS", value_name = "FILE")]
     pub sasl_users: Option<PathBuf>,
 
-    /// SASL mechanisms offered with --sasl-users.
+    /// SASL mechanisms offered with --sasl-users, which they need (default:
+    /// SCRAM-SHA-512,SCRAM-SHA-256,PLAIN).
     #[arg(
         long,
         env = "STREAMLINE_SASL_MECHANISMS",
         value_delimiter = ',',
-        default_value = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+        value_parser = clap::builder::PossibleValuesParser::new(SASL_MECHANISMS),
         value_name = "LIST"
     )]
-    pub sasl_mechanisms: Vec<String>,
+    pub sasl_mechanisms: Option<Vec<String>>,
 
     /// Write every produced batch to the WAL before acknowledging it.
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -850,13 +859,25 @@ impl Cli {
         Ok(cli)
     }
 
-    /// The [`Config`] this command line describes, validated ([`Config::validate`]).
+    /// The [`Config`] this command line describes, validated ([`Config::validate`]);
+    /// `--sasl-mechanisms` without `--sasl-users` is refused too.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the flag, or [`Error::InvalidEnv`]
     /// naming the variable when the value came from one.
     pub fn into_valid_config(self) -> Result<Config> {
         let from_env = self.from_env.clone();
+        if let (None, Some(mechanisms)) = (&self.sasl_users, &self.sasl_mechanisms) {
+            // SASL is on only with users: the mechanisms would be ignored, and
+            // every client let in unauthenticated.
+            return Err(from_env.name_variable(Error::InvalidConfig {
+                field: "--sasl-mechanisms",
+                value: mechanisms.join(","),
+                reason: "needs --sasl-users (without users SASL is off, and any client is \
+                         served unauthenticated)"
+                    .into(),
+            }));
+        }
         let config = self.into_config();
         config.validate().map_err(|e| from_env.name_variable(e))?;
         Ok(config)
@@ -884,7 +905,12 @@ impl Cli {
                 },
                 sasl: self.sasl_users.map(|users| SaslConfig {
                     users,
-                    mechanisms: self.sasl_mechanisms,
+                    mechanisms: self.sasl_mechanisms.unwrap_or_else(|| {
+                        DEFAULT_SASL_MECHANISMS
+                            .iter()
+                            .map(|m| (*m).to_string())
+                            .collect()
+                    }),
                 }),
             },
             storage: StorageConfig {
@@ -1216,6 +1242,38 @@ mod tests {
             e.contains("--max-connections") && !e.contains("STREAMLINE_"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sasl_mechanisms_are_checked_with_or_without_users() {
+        // An unknown mechanism is refused whatever else is set.
+        for args in [
+            &["--sasl-mechanisms", "BOGUS"][..],
+            &["--sasl-mechanisms", "PLAIN,BOGUS", "--sasl-users", "u.json"],
+            &["--sasl-mechanisms", ""],
+        ] {
+            let e = parse(args).expect_err("unknown mechanism");
+            assert!(
+                e.contains("--sasl-mechanisms") && e.contains("SCRAM-SHA-512"),
+                "{args:?}: {e}"
+            );
+        }
+        // Known ones without users would leave SASL off.
+        let cli = Cli::try_parse_args(["streamline", "--sasl-mechanisms", "PLAIN"]).unwrap();
+        let e = cli.into_valid_config().unwrap_err().to_string();
+        assert!(
+            e.contains("--sasl-mechanisms") && e.contains("needs --sasl-users"),
+            "{e}"
+        );
+        // With users: as given, or all three by default.
+        let c = parse(&["--sasl-users", "u.json", "--sasl-mechanisms", "PLAIN"]).unwrap();
+        assert_eq!(c.server.sasl.unwrap().mechanisms, ["PLAIN"]);
+        let c = parse(&["--sasl-users", "u.json"]).unwrap();
+        assert_eq!(
+            c.server.sasl.unwrap().mechanisms,
+            ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+        );
+        assert_eq!(parse(&[]).unwrap().server.sasl, None);
     }
 
     #[test]

@@ -708,12 +708,18 @@ pub fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
 /// Starts the broker with `args` on `data` and asserts it refuses to start:
 /// exit code 2, a message naming `names`, and nothing created on disk.
 pub fn assert_refused_at_start(data: &Path, args: &[&str], names: &str) {
+    assert_refused_at_start_env(data, args, &[], names);
+}
+
+/// [`assert_refused_at_start`] with the environment variables `env` set.
+pub fn assert_refused_at_start_env(data: &Path, args: &[&str], env: &[(&str, &str)], names: &str) {
     let out = run(
         Command::new(broker_bin())
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
-            .args(args),
+            .args(args)
+            .envs(env.iter().copied()),
         b"",
         Duration::from_secs(30),
     );
