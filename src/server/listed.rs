@@ -275,8 +275,9 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
         // From v1, the oldest the codec reads (v0 had a maximum number of
         // offsets).
         ApiKey::ListOffsets => (|| {
-            w.skip(4 + since(2, 1))?; // replica id, isolation level (v2)
-                                      // Partition, current leader epoch (v4), timestamp.
+            // Replica id, isolation level (v2).
+            w.skip(4 + since(2, 1))?;
+            // Partition, current leader epoch (v4), timestamp.
             topics(&mut w, &|w: &mut Wire<'_>| w.skip(4 + since(4, 4) + 8))
         })(),
         // Partition, offset.
