@@ -471,3 +471,63 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
         assert!(path.exists());
     }
 }
+
+/// A log written before file keys existed (format version 1) is read, and the
+/// first open ends its active file with a seal: new entries go to a keyed
+/// (version 2) file, never to one whose batch headers are checked without a key.
+#[test]
+fn a_version_1_log_is_read_and_continued_in_a_keyed_file() {
+    use streamline::wal::format::{
+        decode_file_header, encode_batch_header, encode_entry, encode_file_header_v1, entries_crc,
+        entry_len, BatchHeader, BatchKind, FormatVersion, WalEntryType, BATCH_HEADER_LEN,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = vec![0u8; WalConfig::MIN_FILE_SIZE as usize];
+    encode_file_header_v1(&mut file[..4096], 1, 0);
+    let mut pos = 4096 + BATCH_HEADER_LEN;
+    let mut crcs = 0;
+    for (seq, data) in [(1u64, b"one".as_slice()), (2, b"two".as_slice())] {
+        let len = entry_len(1, data.len());
+        let crc = encode_entry(
+            &mut file[pos..pos + len],
+            seq,
+            0,
+            WalEntryType::Record,
+            b"t",
+            0,
+            data,
+        );
+        crcs = entries_crc(crcs, crc);
+        pos += len;
+    }
+    let h = BatchHeader {
+        kind: BatchKind::Entries,
+        file_number: 1,
+        first_sequence: 1,
+        entry_count: 2,
+        payload_len: (pos - 4096 - BATCH_HEADER_LEN) as u32,
+        synced_through: 0,
+        entries_crc: Some(crcs),
+    };
+    encode_batch_header(&mut file[4096..4096 + BATCH_HEADER_LEN], &h, 0);
+    std::fs::write(dir.path().join("current.wal"), &file).unwrap();
+
+    let (wal, rec) = Wal::open(dir.path(), config()).unwrap();
+    let got: Vec<(u64, Bytes)> = rec
+        .map(|e| e.map(|e| (e.sequence, e.data)).unwrap())
+        .collect();
+    assert_eq!(got, [(1, Bytes::from("one")), (2, Bytes::from("two"))]);
+    assert_eq!(wal.append("t", 0, Bytes::from("three")).wait().unwrap(), 3);
+    wal.close().unwrap();
+    let header = |name: &str| {
+        let b = std::fs::read(dir.path().join(name)).unwrap();
+        decode_file_header(&b[..4096]).unwrap()
+    };
+    let (old, new) = (header("00000001.wal"), header("current.wal"));
+    assert_eq!((old.version, old.file_number), (FormatVersion::V1, 1));
+    assert_eq!((new.version, new.file_number), (FormatVersion::V2, 2));
+    assert_ne!(new.key, 0);
+    let (_wal, rec) = Wal::open(dir.path(), config()).unwrap();
+    let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
+    assert_eq!(got, [1, 2, 3]);
+}

@@ -487,8 +487,8 @@ struct SyncFlight {
 /// The active file.
 pub(crate) struct ActiveFile {
     pub number: u64,
-    /// The file's key (0 for a version 1 file, continued as one), which seeds
-    /// the checksum of every batch header written to it.
+    /// The file's key, which seeds the checksum of every batch header written
+    /// to it (never 0: an open ends a version 1 file rather than append to it).
     pub key: u64,
     /// Where the next batch goes.
     pub offset: u64,

@@ -420,8 +420,10 @@ impl Wal {
                 }
                 if last.tail == Tail::Sealed {
                     // Crash during rotation: the file is complete.
-                } else if last.stale_after_end || jump {
-                    // Bytes beyond the cut could decode later: end the file with a seal.
+                } else if last.stale_after_end || jump || last.key == 0 {
+                    // Bytes beyond the cut could decode later: end the file with a
+                    // seal. So is a version 1 file (no key, format.md "Why the
+                    // key"): what is appended from now on goes to a keyed file.
                     seal_in_place(
                         &current,
                         last.id(),
