@@ -427,10 +427,28 @@ fn tolerant_recovery_skips_damage_to_the_first_batch_of_the_log() {
         recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
         ..config()
     };
-    let err = Wal::open(dir.path(), cfg)
+    let err = Wal::open(dir.path(), cfg.clone())
         .map(|_| ())
         .expect_err("a log missing its first file was accepted");
     assert!(err.to_string().contains("entries are missing"), "{err}");
+    // Nor does damage to the first batch of what is left explain missing files:
+    // the skip may account only for as many entries as its bytes can hold (each
+    // at least an entry header: 113 in a block). Files 1-9 (126 entries) gone.
+    let dir = rotated_log(10);
+    for n in 1..=9 {
+        std::fs::remove_file(dir.path().join(format!("{n:08}.wal"))).unwrap();
+    }
+    let tenth = dir.path().join("00000010.wal");
+    let mut bytes = std::fs::read(&tenth).unwrap();
+    bytes[4096 + 20] ^= 1;
+    std::fs::write(&tenth, &bytes).unwrap();
+    let err = Wal::open(dir.path(), cfg)
+        .map(|_| ())
+        .expect_err("damage at the start of the log explained missing files");
+    assert!(
+        err.to_string().contains("log starts at sequence 128"),
+        "{err}"
+    );
 }
 
 /// `clean-close.json` says where the log ended; bad bytes before that end are
@@ -474,7 +492,8 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
 
 /// A log written before file keys existed (format version 1) is read, and the
 /// first open ends its active file with a seal: new entries go to a keyed
-/// (version 2) file, never to one whose batch headers are checked without a key.
+/// (version 2) file, never to one whose batch headers are checked without a key,
+/// not even to the `next.wal` the older build prepared.
 #[test]
 fn a_version_1_log_is_read_and_continued_in_a_keyed_file() {
     use streamline::wal::format::{
@@ -511,6 +530,10 @@ fn a_version_1_log_is_read_and_continued_in_a_keyed_file() {
     };
     encode_batch_header(&mut file[4096..4096 + BATCH_HEADER_LEN], &h, 0);
     std::fs::write(dir.path().join("current.wal"), &file).unwrap();
+    // The file an older build prepared for next, as its clean close leaves it.
+    let mut next = vec![0u8; WalConfig::MIN_FILE_SIZE as usize];
+    encode_file_header_v1(&mut next[..4096], 2, 0);
+    std::fs::write(dir.path().join("next.wal"), &next).unwrap();
 
     let (wal, rec) = Wal::open(dir.path(), config()).unwrap();
     let got: Vec<(u64, Bytes)> = rec

@@ -1141,7 +1141,16 @@ impl GroupCoordinator {
                 .members
                 .iter()
                 .filter(|(id, m)| {
-                    now.duration_since(m.last_seen) > m.session_timeout
+                    // A member parked in SyncGroup cannot heartbeat (a connection's
+                    // requests are answered in order) while the leader computes
+                    // the assignment: like Kafka, it is kept alive, here up to its
+                    // rebalance timeout.
+                    let allowed = if g.pending_syncs.iter().any(|(p, _)| p == *id) {
+                        m.session_timeout.max(m.rebalance_timeout)
+                    } else {
+                        m.session_timeout
+                    };
+                    now.duration_since(m.last_seen) > allowed
                         && !g.pending_joins.iter().any(|(p, _)| p == *id)
                 })
                 .map(|(id, _)| id.clone())
@@ -1614,6 +1623,60 @@ mod tests {
             2,
             "only the leader gets the member list"
         );
+    }
+
+    /// A follower waiting in SyncGroup for the leader's assignment cannot heartbeat
+    /// (its connection's requests are answered in order). It used to be expired by
+    /// its session timeout while it waited, so a leader slower than that never got
+    /// the group to Stable. It is now kept up to its rebalance timeout.
+    #[test]
+    fn a_member_waiting_in_sync_group_outlives_its_session_timeout() {
+        // Two members in CompletingRebalance; the follower (rebalance timeout 60 s,
+        // session timeout 10 s) waits in SyncGroup, idle for `idle` seconds.
+        let waiting = |idle: u64| {
+            let c = GroupCoordinator::default();
+            let a = c.join(req("")).try_recv().unwrap();
+            let mut b_rx = c.join(JoinRequest {
+                rebalance_timeout: Duration::from_secs(60),
+                ..req("")
+            });
+            let a = c.join(req(&a.member_id)).try_recv().unwrap();
+            let b = b_rx.try_recv().unwrap();
+            assert_eq!(a.leader, a.member_id);
+            let mut b_sync = c.sync("g", b.generation, &b.member_id, None, vec![]);
+            assert!(
+                b_sync.try_recv().is_err(),
+                "the follower waits for the leader"
+            );
+            {
+                let mut groups = c.lock();
+                let m = groups.get_mut("g").unwrap().members.get_mut(&b.member_id);
+                m.unwrap().last_seen = Instant::now()
+                    .checked_sub(Duration::from_secs(idle))
+                    .unwrap();
+            }
+            c.tick();
+            let present = c.lock()["g"].members.contains_key(&b.member_id);
+            (c, a, b, b_sync, present)
+        };
+        let (c, a, b, mut b_sync, present) = waiting(11);
+        assert!(present, "expired while it waited for the leader");
+        let assignments = vec![
+            (a.member_id.clone(), Bytes::from_static(b"for a")),
+            (b.member_id.clone(), Bytes::from_static(b"for b")),
+        ];
+        let mut a_sync = c.sync("g", a.generation, &a.member_id, None, assignments);
+        assert_eq!(
+            a_sync.try_recv().unwrap(),
+            (codes::NONE, Bytes::from_static(b"for a"))
+        );
+        assert_eq!(
+            b_sync.try_recv().unwrap(),
+            (codes::NONE, Bytes::from_static(b"for b"))
+        );
+        // Past its rebalance timeout it is expired all the same.
+        let (_, _, _, _, present) = waiting(61);
+        assert!(!present, "a member waiting in SyncGroup was kept forever");
     }
 
     /// (state, protocol type, protocol, members as (id, metadata, assignment)).

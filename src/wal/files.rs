@@ -23,7 +23,9 @@ use std::{
     },
 };
 
-use super::format::{decode_file_header, encode_file_header, new_file_key, FileHeader, BLOCK_SIZE};
+use super::format::{
+    decode_file_header, encode_file_header, new_file_key, FileHeader, FormatVersion, BLOCK_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
@@ -488,10 +490,6 @@ pub fn first_unwritten(_f: &File) -> Option<u64> {
     None
 }
 
-/// The size of the WAL file at `path` and how far from its start it is written
-/// (the first unwritten block, [`first_unwritten`]; 0 where that cannot be
-/// asked). Its cached pages are dropped first: a filesystem reports an unwritten
-/// block with a cached page as data.
 /// The header of the WAL file at `path`, which a scan or its preparation checked.
 pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
@@ -501,6 +499,10 @@ pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
     decode_file_header(&block).map_err(|why| Error::corrupt(path, 0, why))
 }
 
+/// The size of the WAL file at `path` and how far from its start it is written
+/// (the first unwritten block, [`first_unwritten`]; 0 where that cannot be
+/// asked). Its cached pages are dropped first: a filesystem reports an unwritten
+/// block with a cached page as data.
 pub(crate) fn written_extent(path: &Path) -> Result<(u64, u64)> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
@@ -612,8 +614,9 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
 
 /// A `next.wal` left by an earlier run (a clean close keeps the prepared file, and
 /// so does a crash between a rotation's renames) when it is file `number` of
-/// `size` bytes; removed when it is not. It is only ever renamed into place after
-/// its header and zero-fill were fsynced, so a complete one is as good as new.
+/// `size` bytes, written in the current format (an older build's has no key);
+/// removed when it is not. It is only ever renamed into place after its header
+/// and zero-fill were fsynced, so a complete one is as good as new.
 fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
     let path = dir.join(NEXT);
     let f = match File::open(&path) {
@@ -625,7 +628,8 @@ fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf
     let mut block = vec![0u8; BLOCK_SIZE];
     let fits = len == size
         && f.read_exact_at(&mut block, 0).is_ok()
-        && decode_file_header(&block).is_ok_and(|h| h.file_number == number);
+        && decode_file_header(&block)
+            .is_ok_and(|h| h.file_number == number && h.version == FormatVersion::CURRENT);
     drop_cached_pages(&f);
     drop(f);
     if fits {

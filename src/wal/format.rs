@@ -337,9 +337,18 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileHeader, String> {
     // The version says where the checksum is; one that is neither is refused
     // whatever the rest reads (a flip of one bit never turns 2 into 1).
     let raw_version = le_u16(b, 8);
-    let version = FormatVersion::from_u16(raw_version).ok_or_else(|| {
-        format!("unsupported format version {raw_version} (this build reads 1 and 2)")
-    })?;
+    let Some(version) = FormatVersion::from_u16(raw_version) else {
+        // A header written by a newer build, or a damaged one: a known layout
+        // whose checksum holds says which (a flipped version bit fails both).
+        let sums = [FILE_HEADER_V1_CRC_OFFSET, FILE_HEADER_CRC_OFFSET]
+            .iter()
+            .any(|&at| le_u32(b, at) == crc32c::crc32c(&b[..at]));
+        return Err(if sums {
+            format!("unsupported format version {raw_version} (this build reads 1 and 2)")
+        } else {
+            format!("file header checksum mismatch (version field reads {raw_version})")
+        });
+    };
     let crc_at = match version {
         FormatVersion::V1 => FILE_HEADER_V1_CRC_OFFSET,
         FormatVersion::V2 => FILE_HEADER_CRC_OFFSET,
@@ -401,9 +410,9 @@ pub fn encode_batch_header(out: &mut [u8], h: &BatchHeader, key: u64) {
 pub enum BadBatch {
     /// The block is all zeroes where the header would be: never-written space.
     Zero,
-    /// A header of another file (by its number): stale space of a recycled file.
-    /// In a version 1 file its checksum was checked; in a version 2 file it cannot
-    /// be (the other file's key is gone), so this only ever ends the log.
+    /// A valid header of another file: stale space of a recycled file. Only in
+    /// version 1 files, where another file's header can be checked (no key); in
+    /// a version 2 file it cannot be, and is [`BadBatch::Invalid`].
     Foreign(u64),
     /// Not a header: wrong magic, wrong checksum, impossible fields.
     Invalid(String),
@@ -426,10 +435,14 @@ pub fn decode_batch_header(b: &[u8], file: FileId) -> Result<BatchHeader, BadBat
     let stored = le_u32(h, BATCH_HEADER_CRC_OFFSET);
     let actual = batch_header_crc(file.key, h);
     if stored != actual {
-        // Another file's header fails this file's key: it can only be told by
-        // its number.
+        // Another file's header fails this file's key and cannot be checked
+        // with its own (gone with that file). Stale space of a recycled file
+        // reads like this, and so does a header of this file whose number was
+        // damaged: not the quiet end of written data, but a bad block.
         if file.key != 0 && on_disk_file != file_number {
-            return Err(BadBatch::Foreign(on_disk_file));
+            return Err(BadBatch::Invalid(format!(
+                "batch header naming file {on_disk_file}, not checked (stale space of a recycled file, or damage)"
+            )));
         }
         return Err(BadBatch::Invalid(format!(
             "batch header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
@@ -738,7 +751,9 @@ mod tests {
         encode_batch_header(&mut b, &h, KEY);
         assert_eq!(decode_batch_header(&b, F7), Ok(h));
         let f8 = FileId { number: 8, key: 9 };
-        assert_eq!(decode_batch_header(&b, f8), Err(BadBatch::Foreign(7)));
+        assert!(
+            matches!(decode_batch_header(&b, f8), Err(BadBatch::Invalid(ref why)) if why.contains("naming file 7, not checked")),
+        );
         assert_eq!(decode_batch_header(&[0u8; 64], F7), Err(BadBatch::Zero));
         // Version 1 files: no key, and another file's header is checked too.
         let mut v1 = [0u8; BATCH_HEADER_LEN];

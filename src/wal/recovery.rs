@@ -25,7 +25,7 @@ use super::{
     files::{self, list_archived, CURRENT},
     format::{
         decode_batch_header, decode_file_header, for_each_entry, BadBatch, BatchHeader, BatchKind,
-        FileId, WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE,
+        FileId, WalEntry, BATCH_HEADER_LEN, BLOCK_SIZE, ENTRY_HEADER_LEN,
     },
 };
 use crate::error::{Error, Result};
@@ -571,14 +571,24 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         let first = files[i].first_sequence.expect("found above");
         // Tolerant recovery that skipped damage before the log's first valid batch
         // (in a file before it, or at the start of its own: batches start at the
-        // block after the header) lost the entries there, as after any skip.
-        let skipped_first = mode == RecoveryMode::TolerateCorruption
-            && (files[..i].iter().any(|f| !f.skipped.is_empty())
-                || files[i]
+        // block after the header) lost the entries there, as after any skip: as
+        // many as the skipped bytes can hold (each entry takes at least its
+        // header), never more. More are missing files.
+        let skipped: u64 = files[..i]
+            .iter()
+            .flat_map(|f| &f.skipped)
+            .chain(
+                files[i]
                     .skipped
                     .first()
-                    .is_some_and(|(at, _, _)| *at == BLOCK_SIZE as u64));
-        if first > cp_sequence + 1 && skipped_first {
+                    .filter(|(at, _, _)| *at == BLOCK_SIZE as u64),
+            )
+            .map(|(at, end, _)| end - at)
+            .sum();
+        let explained = mode == RecoveryMode::TolerateCorruption
+            && first.saturating_sub(cp_sequence.saturating_add(1))
+                <= skipped / ENTRY_HEADER_LEN as u64;
+        if first > cp_sequence + 1 && explained {
             tracing::warn!(file = %files[i].path.display(), from = cp_sequence + 1, to = first - 1, "sequences lost to corruption at the start of the log (tolerant recovery)");
         } else if first > cp_sequence + 1 {
             return Err(Error::corrupt(
