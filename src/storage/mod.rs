@@ -810,6 +810,19 @@ impl TopicManager {
             }
         }
         let offsets = OffsetStore::open(data_dir.join("groups"))?;
+        // A delete drops the topic's committed positions once its directory has
+        // moved; a crash in between leaves them, dropped here (a commit names a
+        // partition that exists, so no other position names a missing topic).
+        match offsets.delete_topic_positions(|t| !topics.contains_key(t)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                positions = n,
+                "dropped committed positions in deleted topics"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not drop committed positions in deleted topics; the next start tries again")
+            }
+        }
         let producer_ids = ProducerIds::open(&data_dir)?;
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
@@ -1298,6 +1311,13 @@ impl TopicManager {
                 }
             };
             sync_dir(&me.shared.topics_dir)?;
+            // Committed positions in the topic go with it, before the name is
+            // free: consumers of a topic created again under the name start
+            // where their reset policy says, not at positions in data that is
+            // gone. One that fails is dropped at the next start.
+            if let Err(e) = me.shared.offsets.delete_topic_positions(|t| t == name) {
+                tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next start drops them");
+            }
             // Deleted for good from here on: what is left in the trash goes at
             // the next start.
             if let Err(e) = std::fs::remove_dir_all(&to) {
@@ -1819,6 +1839,47 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
+        m.shutdown().unwrap();
+    }
+
+    /// Committed positions in a deleted topic used to outlive it: a consumer
+    /// group of a topic created again under the name resumed at the old topic's
+    /// position, skipping the new topic's first records. They are dropped with
+    /// the topic, and at the next start when a crash came in between.
+    #[test]
+    fn a_deleted_topics_committed_positions_go_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("kept", 1).unwrap();
+        let at = |topic: &str, offset| Committed {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        let offsets = m.offsets();
+        offsets
+            .commit("g", None, vec![at("t", 1000), at("kept", 7)])
+            .unwrap();
+        offsets.commit("h", None, vec![at("t", 5)]).unwrap();
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        assert_eq!(offsets.fetch("g", "t", 0), None);
+        assert_eq!(offsets.fetch("h", "t", 0), None);
+        assert_eq!(offsets.fetch("g", "kept", 0).map(|c| c.offset), Some(7));
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(offsets.fetch("g", "t", 0), None);
+        // Positions left behind (a crash between the delete and the drop; here
+        // committed to a topic that never existed) are dropped at the next start.
+        offsets.commit("g", None, vec![at("gone", 3)]).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.offsets().fetch("g", "gone", 0), None);
+        assert_eq!(m.offsets().fetch("g", "kept", 0).map(|c| c.offset), Some(7));
         m.shutdown().unwrap();
     }
 

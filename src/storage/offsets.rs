@@ -109,18 +109,23 @@ pub struct OffsetStore {
 const WRITER_LOCKS: usize = 64;
 
 /// The file of `group`: its name in hex, or for a name whose hex would not fit a
-/// file name (255 bytes), the hex of its first [`LONG_NAME_PREFIX`] bytes and a
-/// 64-bit FNV-1a hash of all of it. The group's name is read back from the file.
+/// file name (255 bytes), the hex of its first [`LONG_NAME_PREFIX`] bytes and the
+/// first 128 bits of its SHA-256. The group's name is read back from the file.
+/// (A 64-bit FNV-1a hash was used before: a client could find two long names
+/// sharing a file in some 2^32 tries, and each group's commits would replace the
+/// other's. [`OffsetStore::open`] renames such files.)
 fn file_name(group: &str) -> String {
     let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
     let bytes = group.as_bytes();
     if 2 * bytes.len() + ".json".len() <= 255 {
         return format!("{}.json", hex(bytes));
     }
-    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("h{}-{fnv:016x}.json", hex(&bytes[..LONG_NAME_PREFIX]))
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    format!(
+        "h{}-{}.json",
+        hex(&bytes[..LONG_NAME_PREFIX]),
+        hex(&digest.as_ref()[..16])
+    )
 }
 
 /// Bytes of a long group name kept in its file name (see [`file_name`]).
@@ -134,6 +139,7 @@ impl OffsetStore {
     pub fn open(dir: PathBuf) -> Result<OffsetStore> {
         crate::wal::files::create_dir_durable(&dir)?;
         let mut groups = HashMap::new();
+        let mut renamed = false;
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let path = entry.map_err(|e| Error::io("read_dir", &dir, e))?.path();
             // By name, not `extension()`: the empty group's file is `.json`, which
@@ -162,6 +168,14 @@ impl OffsetStore {
                     ((c.topic.clone(), c.partition), (c, at))
                 })
                 .collect();
+            // A file named otherwise than its group's name gives (a long name's
+            // file from before its hash changed) is renamed, so that commits
+            // replace it rather than leave it beside a new one.
+            let want = dir.join(file_name(&f.group));
+            if path != want {
+                std::fs::rename(&path, &want).map_err(|e| Error::io("rename", &path, e))?;
+                renamed = true;
+            }
             groups.insert(
                 f.group,
                 GroupOffsets {
@@ -170,6 +184,9 @@ impl OffsetStore {
                     last_commit,
                 },
             );
+        }
+        if renamed {
+            crate::wal::files::sync_dir(&dir)?;
         }
         Ok(OffsetStore {
             dir,
@@ -260,6 +277,22 @@ impl OffsetStore {
     /// I/O errors; the positions are kept then.
     pub fn expire_simple(&self, group: &str, cutoff: SystemTime) -> Result<usize> {
         self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| *at >= cutoff)
+    }
+
+    /// Deletes, durably (blocking), every group's positions in the topics `gone`
+    /// says are gone: a deleted topic's, as Kafka drops a deleted partition's
+    /// offsets. Returns how many positions were deleted.
+    ///
+    /// # Errors
+    /// I/O errors; the positions of the group being rewritten, and of the groups
+    /// after it, are kept then.
+    pub fn delete_topic_positions(&self, gone: impl Fn(&str) -> bool) -> Result<usize> {
+        let groups: Vec<String> = self.lock().keys().cloned().collect();
+        let mut removed = 0;
+        for g in groups {
+            removed += self.remove_positions(&g, |_| true, |(topic, _), _| !gone(topic))?;
+        }
+        Ok(removed)
     }
 
     /// Keeps the positions of `group` (when `applies` to it) that `keep` says
@@ -504,6 +537,40 @@ mod tests {
         }
         assert!(s.delete(&long('a')).unwrap());
         assert_eq!(s.fetch(&long('b'), "t", 0).unwrap().offset, 1);
+    }
+
+    /// A long name's file is named by a cryptographic hash of the name, so no two
+    /// groups can be made to share one; a file named by the 64-bit FNV-1a hash
+    /// used before is renamed when the store opens, and commits then replace it.
+    #[test]
+    fn long_names_are_hashed_with_sha256_and_older_files_renamed() {
+        let long = format!("{}x", "g".repeat(299));
+        let sha = ring::digest::digest(&ring::digest::SHA256, long.as_bytes());
+        let sha: String = sha.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let prefix = "67".repeat(LONG_NAME_PREFIX);
+        assert_eq!(file_name(&long), format!("h{prefix}-{sha}.json"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit(&long, None, vec![committed(0, 5)]).unwrap();
+        drop(s);
+        let fnv = long.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let old = path.join(format!("h{prefix}-{fnv:016x}.json"));
+        std::fs::rename(path.join(file_name(&long)), &old).unwrap();
+        let s = OffsetStore::open(path.clone()).unwrap();
+        assert!(!old.exists(), "the older file was left under its name");
+        assert_eq!(s.fetch(&long, "t", 0).unwrap().offset, 5);
+        s.commit(&long, None, vec![committed(0, 6)]).unwrap();
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 1);
+        drop(s);
+        let s = OffsetStore::open(path).unwrap();
+        assert_eq!(s.fetch(&long, "t", 0).unwrap().offset, 6);
     }
 
     #[test]
