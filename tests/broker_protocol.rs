@@ -2185,19 +2185,7 @@ fn offset_requests_listing_more_partitions_than_the_bound_are_refused() {
         request_frame(ApiKey::DeleteRecords, 2, 1, &delete_records),
         request_frame(ApiKey::OffsetDelete, 0, 1, &offset_delete),
     ];
-    let kept_open: Vec<String> = frames
-        .iter()
-        .filter(|frame| {
-            let mut c = connect(&broker.addr);
-            c.write_all(frame).unwrap();
-            !closed(&mut c)
-        })
-        .map(|frame| {
-            // The header's API key and version, after the length.
-            let at = |i: usize| i16::from_be_bytes([frame[i], frame[i + 1]]);
-            format!("{:?} v{}", ApiKey::try_from(at(4)).unwrap(), at(6))
-        })
-        .collect();
+    let kept_open = answered(&broker.addr, &frames);
     assert!(kept_open.is_empty(), "answered, not closed: {kept_open:?}");
 
     // Up to the bound: each of the 100,000 named twice or more, so each is
@@ -2242,6 +2230,219 @@ fn offset_requests_listing_more_partitions_than_the_bound_are_refused() {
         .filter(|l| l.contains("lists 100001 partitions"))
         .count();
     assert_eq!(refusals, frames.len(), "{log}");
+}
+
+/// Admin and group requests with more than 100,000 entries in one list
+/// (CreateTopics configs, CreatePartitions replica assignments, AlterConfigs
+/// and IncrementalAlterConfigs configs, and the partitions of a
+/// DescribeLogDirs, ElectLeaders, DescribeProducers or
+/// ListPartitionReassignments, each counted over two topics or resources; the
+/// filters of a ListTransactions, the protocols of a JoinGroup, the assignments
+/// of a SyncGroup, the members of a LeaveGroup, the users of the SCRAM
+/// requests) are refused before they are decoded: the connection closes, and
+/// other clients are served. Before, each was decoded whole and answered.
+#[test]
+fn admin_and_group_requests_listing_more_than_the_bound_are_refused() {
+    use kafka_protocol::messages::{
+        alter_configs_request::{AlterConfigsResource, AlterableConfig},
+        alter_user_scram_credentials_request::ScramCredentialDeletion,
+        create_topics_request::{CreatableTopic, CreatableTopicConfig},
+        describe_log_dirs_request::DescribableLogDirTopic,
+        describe_producers_request::TopicRequest,
+        describe_user_scram_credentials_request::UserName,
+        elect_leaders_request::TopicPartitions,
+        incremental_alter_configs_request,
+        join_group_request::JoinGroupRequestProtocol,
+        leave_group_request::MemberIdentity,
+        list_partition_reassignments_request::ListPartitionReassignmentsTopics,
+        sync_group_request::SyncGroupRequestAssignment,
+        AlterConfigsRequest, AlterConfigsResponse, AlterUserScramCredentialsRequest,
+        CreateTopicsRequest, DescribeLogDirsRequest, DescribeLogDirsResponse,
+        DescribeProducersRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
+        GroupId, IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest,
+        ListPartitionReassignmentsRequest, ListTransactionsRequest, SyncGroupRequest,
+    };
+    const HALF: usize = 50_000;
+    const OVER: usize = 2 * HALF + 1;
+    let over = [HALF, HALF + 1];
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut ok = connect(&broker.addr);
+    assert_eq!(create_topic(&mut ok, "bound", 2, &[]), 0);
+    let name = || TopicName(StrBytes::from_static_str("bound"));
+    let text = |s: &'static str| StrBytes::from_static_str(s);
+    let group = || GroupId(text("bound.group"));
+    let indexes = |n: usize| vec![0; n];
+
+    let create_topic_of = |n: usize| {
+        let config = CreatableTopicConfig::default()
+            .with_name(text("retention.ms"))
+            .with_value(Some(text("1000")));
+        CreatableTopic::default()
+            .with_name(TopicName(text("created")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![config; n])
+    };
+    let create_topics = CreateTopicsRequest::default()
+        .with_topics(over.map(create_topic_of).to_vec())
+        .with_timeout_ms(10_000);
+    let assignment = CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(0)]);
+    let create_partitions_of = |n: usize| {
+        CreatePartitionsTopic::default()
+            .with_name(name())
+            .with_count(3)
+            .with_assignments(Some(vec![assignment.clone(); n]))
+    };
+    let create_partitions = CreatePartitionsRequest::default()
+        .with_topics(over.map(create_partitions_of).to_vec())
+        .with_timeout_ms(10_000);
+    let alter_of = |counts: &[usize]| {
+        let config = AlterableConfig::default()
+            .with_name(text("retention.ms"))
+            .with_value(Some(text("1000")));
+        let resource = |&n: &usize| {
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(text("bound"))
+                .with_configs(vec![config.clone(); n])
+        };
+        AlterConfigsRequest::default().with_resources(counts.iter().map(resource).collect())
+    };
+    let incremental = {
+        use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let config = AlterableConfig::default()
+            .with_name(text("retention.ms"))
+            .with_value(Some(text("1000")));
+        let resource = |n: usize| {
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(text("bound"))
+                .with_configs(vec![config.clone(); n])
+        };
+        IncrementalAlterConfigsRequest::default().with_resources(over.map(resource).to_vec())
+    };
+    let log_dirs_of = |counts: &[usize]| {
+        let topic = |&n: &usize| {
+            DescribableLogDirTopic::default()
+                .with_topic(name())
+                .with_partitions(indexes(n))
+        };
+        DescribeLogDirsRequest::default().with_topics(Some(counts.iter().map(topic).collect()))
+    };
+    let elect_topic = |n: usize| {
+        TopicPartitions::default()
+            .with_topic(name())
+            .with_partitions(indexes(n))
+    };
+    let elect = ElectLeadersRequest::default()
+        .with_topic_partitions(Some(over.map(elect_topic).to_vec()))
+        .with_timeout_ms(10_000);
+    let producers_topic = |n: usize| {
+        TopicRequest::default()
+            .with_name(name())
+            .with_partition_indexes(indexes(n))
+    };
+    let producers =
+        DescribeProducersRequest::default().with_topics(over.map(producers_topic).to_vec());
+    let reassignments_topic = |n: usize| {
+        ListPartitionReassignmentsTopics::default()
+            .with_name(name())
+            .with_partition_indexes(indexes(n))
+    };
+    let reassignments = ListPartitionReassignmentsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(Some(over.map(reassignments_topic).to_vec()));
+    let transactions =
+        ListTransactionsRequest::default().with_producer_id_filters(vec![ProducerId(1); OVER]);
+    let protocol = JoinGroupRequestProtocol::default().with_name(text("range"));
+    let join = JoinGroupRequest::default()
+        .with_group_id(group())
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(text("consumer"))
+        .with_protocols(vec![protocol; OVER]);
+    let sync = SyncGroupRequest::default()
+        .with_group_id(group())
+        .with_generation_id(1)
+        .with_member_id(text("member"))
+        .with_assignments(vec![SyncGroupRequestAssignment::default(); OVER]);
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(group())
+        .with_members(vec![MemberIdentity::default(); OVER]);
+    let users = DescribeUserScramCredentialsRequest::default()
+        .with_users(Some(vec![UserName::default(); OVER]));
+    let deletions = AlterUserScramCredentialsRequest::default()
+        .with_deletions(vec![ScramCredentialDeletion::default(); OVER]);
+    let frames = [
+        request_frame(ApiKey::CreateTopics, 2, 1, &create_topics),
+        request_frame(ApiKey::CreateTopics, 7, 1, &create_topics),
+        request_frame(ApiKey::CreatePartitions, 0, 1, &create_partitions),
+        request_frame(ApiKey::CreatePartitions, 3, 1, &create_partitions),
+        request_frame(ApiKey::AlterConfigs, 0, 1, &alter_of(&over)),
+        request_frame(ApiKey::AlterConfigs, 2, 1, &alter_of(&over)),
+        request_frame(ApiKey::IncrementalAlterConfigs, 0, 1, &incremental),
+        request_frame(ApiKey::IncrementalAlterConfigs, 1, 1, &incremental),
+        request_frame(ApiKey::DescribeLogDirs, 1, 1, &log_dirs_of(&over)),
+        request_frame(ApiKey::DescribeLogDirs, 4, 1, &log_dirs_of(&over)),
+        request_frame(ApiKey::ElectLeaders, 0, 1, &elect),
+        request_frame(ApiKey::ElectLeaders, 2, 1, &elect),
+        request_frame(ApiKey::DescribeProducers, 0, 1, &producers),
+        request_frame(ApiKey::ListPartitionReassignments, 0, 1, &reassignments),
+        request_frame(ApiKey::ListTransactions, 1, 1, &transactions),
+        request_frame(ApiKey::JoinGroup, 5, 1, &join),
+        request_frame(ApiKey::SyncGroup, 3, 1, &sync),
+        request_frame(ApiKey::LeaveGroup, 3, 1, &leave),
+        request_frame(ApiKey::DescribeUserScramCredentials, 0, 1, &users),
+        request_frame(ApiKey::AlterUserScramCredentials, 0, 1, &deletions),
+    ];
+    let kept_open = answered(&broker.addr, &frames);
+    assert!(kept_open.is_empty(), "answered, not closed: {kept_open:?}");
+
+    // The broker still serves everyone: configs altered, log dirs described
+    // (the 100,000 partitions asked for, of which two exist).
+    let mut other = connect(&broker.addr);
+    other
+        .write_all(&request_frame(ApiKey::AlterConfigs, 2, 2, &alter_of(&[1])))
+        .unwrap();
+    let (_, r): (i32, AlterConfigsResponse) = response(&mut other, ApiKey::AlterConfigs, 2);
+    assert_eq!(r.responses[0].error_code, 0, "{r:?}");
+    let within: Vec<usize> = vec![HALF, HALF];
+    other
+        .write_all(&request_frame(
+            ApiKey::DescribeLogDirs,
+            4,
+            3,
+            &log_dirs_of(&within),
+        ))
+        .unwrap();
+    let (_, r): (i32, DescribeLogDirsResponse) = response(&mut other, ApiKey::DescribeLogDirs, 4);
+    assert_eq!((r.error_code, r.results.len()), (0, 1));
+    // Each refusal was logged, saying why.
+    let log = broker.log_text();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains(&format!("lists {OVER} ")))
+        .count();
+    assert_eq!(refusals, frames.len(), "{log}");
+}
+
+/// The API and version of each of `frames`, each sent to the broker at `addr`
+/// on a connection of its own, that was answered rather than closed.
+fn answered(addr: &str, frames: &[Vec<u8>]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|frame| {
+            let mut c = connect(addr);
+            c.write_all(frame).unwrap();
+            !closed(&mut c)
+        })
+        .map(|frame| {
+            // The header's API key and version, after the length.
+            let at = |i: usize| i16::from_be_bytes([frame[i], frame[i + 1]]);
+            format!("{:?} v{}", ApiKey::try_from(at(4)).unwrap(), at(6))
+        })
+        .collect()
 }
 
 /// Creates `name` with `partitions` partitions and `configs` (CreateTopics v7);

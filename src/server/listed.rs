@@ -5,13 +5,17 @@
 //! frame, 32 once decoded and some 200 in the answer being built. A frame near
 //! `--max-request-bytes` (100 MiB by default) of such entries would take gigabytes
 //! before a handler could look at it. So the lists of names (topics, group ids,
-//! ListGroups filters, config resources and their keys, an OffsetFetch's
-//! groups), and the partitions of a Produce, a Fetch, an OffsetCommit, an
-//! OffsetFetch, a ListOffsets, a DeleteRecords or an OffsetDelete (counted over
-//! all the request's topics, an OffsetFetch's over all its groups too), are
-//! counted first, and a request with more than [`MAX_LISTED`] in one of them is
-//! refused undecoded: its connection is closed with a log line, as for a
-//! malformed frame.
+//! ListGroups and ListTransactions filters, config resources, their keys and
+//! configs, an OffsetFetch's groups, JoinGroup protocols, SyncGroup
+//! assignments, LeaveGroup members, ACL creations and filters, SCRAM users),
+//! the partitions of a Produce, a Fetch, an OffsetCommit, an OffsetFetch, a
+//! ListOffsets, a DeleteRecords, an OffsetDelete, a DescribeLogDirs, an
+//! ElectLeaders, a DescribeProducers or a ListPartitionReassignments (counted
+//! over all the request's topics, an OffsetFetch's over all its groups too),
+//! and the replica assignments, broker ids and configs of a CreateTopics or a
+//! CreatePartitions (counted over all its topics) are counted first, and a request
+//! with more than [`MAX_LISTED`] in one of them is refused undecoded: its
+//! connection is closed with a log line, as for a malformed frame.
 
 use kafka_protocol::messages::ApiKey;
 
@@ -89,13 +93,16 @@ impl Wire<'_> {
     }
 }
 
-/// An entry of a topic's list of partitions, as it is on the wire.
+/// An entry of a nested list (a topic's partitions, a resource's configs, an
+/// assignment's broker ids), as it is on the wire.
 enum Partition<'a> {
     /// A struct whose fields this skips; in flexible versions its tagged
     /// fields follow.
     Fields(&'a dyn Fn(&mut Wire<'_>) -> Option<()>),
     /// A bare INT32 partition index, with no tagged fields of its own.
     Index,
+    /// A bare string (a DescribeConfigs key), with no tagged fields of its own.
+    Name,
 }
 
 /// The topics and partitions a request lists, counted so far over all its
@@ -117,19 +124,37 @@ fn topic_partitions(
     name: &dyn Fn(&mut Wire<'_>) -> Option<()>,
     partition: &Partition<'_>,
 ) -> Option<Option<String>> {
-    let topics = w.array_len()?;
-    counted.topics = counted.topics.saturating_add(topics);
-    if let Some(r) = over(counted.topics, "topics") {
+    let Counted { topics, partitions } = counted;
+    let counts = [(topics, "topics"), (partitions, "partitions")];
+    nested(w, counts, over, name, partition)
+}
+
+/// Walks a list of `outer` entries (the first of `counts`), each `head` and
+/// then a list of `inner` entries (the second), and its tagged fields in
+/// flexible versions, adding each list's length to its count: the reason to
+/// refuse the request when a count passes [`MAX_LISTED`], the inner one summed
+/// over all the outer entries. `None` where the body ends early.
+fn nested(
+    w: &mut Wire<'_>,
+    counts: [(&mut usize, &str); 2],
+    over: &dyn Fn(usize, &str) -> Option<String>,
+    head: &dyn Fn(&mut Wire<'_>) -> Option<()>,
+    entry: &Partition<'_>,
+) -> Option<Option<String>> {
+    let [(outer, outer_what), (inner, inner_what)] = counts;
+    let n = w.array_len()?;
+    *outer = outer.saturating_add(n);
+    if let Some(r) = over(*outer, outer_what) {
         return Some(Some(r));
     }
-    for _ in 0..topics {
-        name(w)?;
+    for _ in 0..n {
+        head(w)?;
         let n = w.array_len()?;
-        counted.partitions = counted.partitions.saturating_add(n);
-        if let Some(r) = over(counted.partitions, "partitions") {
+        *inner = inner.saturating_add(n);
+        if let Some(r) = over(*inner, inner_what) {
             return Some(Some(r));
         }
-        match partition {
+        match entry {
             Partition::Fields(fields) => {
                 for _ in 0..n {
                     fields(w)?;
@@ -137,6 +162,11 @@ fn topic_partitions(
                 }
             }
             Partition::Index => w.skip(n.saturating_mul(4))?,
+            Partition::Name => {
+                for _ in 0..n {
+                    w.skip_string()?;
+                }
+            }
         }
         w.skip_tagged_fields()?;
     }
@@ -165,6 +195,36 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
         let partition = Partition::Fields(fields);
         topic_partitions(w, &mut Counted::default(), &over, &named, &partition).flatten()
     };
+    // A request's topics, each named, with bare partition indexes.
+    let indexed = |w: &mut Wire<'_>| {
+        topic_partitions(w, &mut Counted::default(), &over, &named, &Partition::Index).flatten()
+    };
+    // Config resources (type, name), each with a list of `what`.
+    let resources = |w: &mut Wire<'_>, what: &str, entry: &Partition<'_>| {
+        let resource = |w: &mut Wire<'_>| {
+            w.take(1)?; // type
+            w.skip_string() // name
+        };
+        let (mut resources, mut entries) = (0, 0);
+        let counts = [(&mut resources, "resources"), (&mut entries, what)];
+        nested(w, counts, &over, &resource, entry).flatten()
+    };
+    // A config's name, then its value (nullable).
+    let config = |w: &mut Wire<'_>| {
+        w.skip_string()?;
+        w.skip_string()
+    };
+    // Replica assignments, each `head` and then a list of broker ids, counted
+    // over all a request's topics.
+    let assignments =
+        |w: &mut Wire<'_>, counts: [&mut usize; 2], head: &dyn Fn(&mut Wire<'_>) -> Option<()>| {
+            let [assignments, brokers] = counts;
+            let counts = [
+                (assignments, "replica assignments"),
+                (brokers, "broker ids"),
+            ];
+            nested(w, counts, &over, head, &Partition::Index)
+        };
     // The walk stops (None) where the body ends early.
     let refused = match api {
         ApiKey::Metadata => w.array_len().and_then(|n| over(n, "topics")),
@@ -172,14 +232,117 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
         ApiKey::DeleteGroups => w.array_len().and_then(|n| over(n, "group ids")),
         ApiKey::DeleteTopics => w.array_len().and_then(|n| over(n, "topics")),
         ApiKey::DescribeTopicPartitions => w.array_len().and_then(|n| over(n, "topics")),
-        ApiKey::DescribeProducers => w.array_len().and_then(|n| over(n, "topics")),
+        ApiKey::DescribeUserScramCredentials => w.array_len().and_then(|n| over(n, "users")),
         ApiKey::CreateAcls => w.array_len().and_then(|n| over(n, "ACL creations")),
         ApiKey::DeleteAcls => w.array_len().and_then(|n| over(n, "ACL filters")),
         ApiKey::ElectLeaders => (|| {
             if version >= 1 {
                 w.take(1)?; // election type
             }
-            over(w.array_len()?, "topics")
+            indexed(&mut w)
+        })(),
+        ApiKey::DescribeProducers | ApiKey::DescribeLogDirs => indexed(&mut w),
+        ApiKey::ListPartitionReassignments => (|| {
+            w.skip(4)?; // timeout
+            indexed(&mut w)
+        })(),
+        ApiKey::ListTransactions => (|| {
+            let states = w.array_len()?;
+            if let Some(r) = over(states, "states in its filter") {
+                return Some(r);
+            }
+            for _ in 0..states {
+                w.skip_string()?;
+            }
+            over(w.array_len()?, "producer ids in its filter")
+        })(),
+        ApiKey::JoinGroup => (|| {
+            w.skip_string()?; // group id
+            w.skip(4 + since(1, 4))?; // session timeout, rebalance timeout (v1)
+            w.skip_string()?; // member id
+            if version >= 5 {
+                w.skip_string()?; // group instance id
+            }
+            w.skip_string()?; // protocol type
+            over(w.array_len()?, "protocols")
+        })(),
+        ApiKey::SyncGroup => (|| {
+            w.skip_string()?; // group id
+            w.skip(4)?; // generation id
+            w.skip_string()?; // member id
+            if version >= 3 {
+                w.skip_string()?; // group instance id
+            }
+            if version >= 5 {
+                w.skip_string()?; // protocol type
+                w.skip_string()?; // protocol name
+            }
+            over(w.array_len()?, "assignments")
+        })(),
+        ApiKey::LeaveGroup if version >= 3 => (|| {
+            w.skip_string()?; // group id
+            over(w.array_len()?, "members")
+        })(),
+        ApiKey::AlterUserScramCredentials => (|| {
+            let deletions = w.array_len()?;
+            if let Some(r) = over(deletions, "credential deletions") {
+                return Some(r);
+            }
+            for _ in 0..deletions {
+                w.skip_string()?; // user
+                w.take(1)?; // mechanism
+                w.skip_tagged_fields()?;
+            }
+            over(w.array_len()?, "credential upsertions")
+        })(),
+        // From v2, the oldest the codec reads.
+        ApiKey::CreateTopics => (|| {
+            let topics = w.array_len()?;
+            if let Some(r) = over(topics, "topics") {
+                return Some(r);
+            }
+            let (mut assigned, mut brokers, mut configs) = (0, 0, 0usize);
+            let index = |w: &mut Wire<'_>| w.skip(4); // partition
+            for _ in 0..topics {
+                // Name, partition count, replication factor; then
+                // assignments, each a partition and its broker ids.
+                w.skip_string()?;
+                w.skip(6)?;
+                let counts = [&mut assigned, &mut brokers];
+                if let Some(r) = assignments(&mut w, counts, &index)? {
+                    return Some(r);
+                }
+                let n = w.array_len()?;
+                configs = configs.saturating_add(n);
+                if let Some(r) = over(configs, "configs") {
+                    return Some(r);
+                }
+                for _ in 0..n {
+                    config(&mut w)?;
+                    w.skip_tagged_fields()?;
+                }
+                w.skip_tagged_fields()?;
+            }
+            None
+        })(),
+        ApiKey::CreatePartitions => (|| {
+            let topics = w.array_len()?;
+            if let Some(r) = over(topics, "topics") {
+                return Some(r);
+            }
+            let (mut assigned, mut brokers) = (0, 0);
+            for _ in 0..topics {
+                // Name, partition count; then assignments (null: none),
+                // each a list of broker ids.
+                w.skip_string()?;
+                w.skip(4)?;
+                let counts = [&mut assigned, &mut brokers];
+                if let Some(r) = assignments(&mut w, counts, &|_| Some(()))? {
+                    return Some(r);
+                }
+                w.skip_tagged_fields()?;
+            }
+            None
         })(),
         ApiKey::ListGroups if version >= 4 => (|| {
             let states = w.array_len()?;
@@ -286,27 +449,16 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
             w.skip_string()?; // group id
             topics(&mut w, &|w: &mut Wire<'_>| w.skip(4)) // partition
         })(),
-        ApiKey::DescribeConfigs => (|| {
-            let resources = w.array_len()?;
-            if let Some(r) = over(resources, "resources") {
-                return Some(r);
-            }
-            let mut keys = 0usize;
-            for _ in 0..resources {
-                w.take(1)?;
-                w.skip_string()?;
-                let n = w.array_len()?;
-                keys = keys.saturating_add(n);
-                if let Some(r) = over(keys, "config keys") {
-                    return Some(r);
-                }
-                for _ in 0..n {
-                    w.skip_string()?;
-                }
-                w.skip_tagged_fields()?;
-            }
-            None
-        })(),
+        ApiKey::DescribeConfigs => resources(&mut w, "config keys", &Partition::Name),
+        ApiKey::AlterConfigs => resources(&mut w, "configs", &Partition::Fields(&config)),
+        ApiKey::IncrementalAlterConfigs => {
+            let config = |w: &mut Wire<'_>| {
+                w.skip_string()?; // name
+                w.take(1)?; // operation
+                w.skip_string() // value
+            };
+            resources(&mut w, "configs", &Partition::Fields(&config))
+        }
         _ => None,
     };
     refused.map_or(Ok(()), Err)
@@ -318,22 +470,43 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::{
         messages::{
+            alter_configs_request,
+            alter_user_scram_credentials_request::{
+                ScramCredentialDeletion, ScramCredentialUpsertion,
+            },
+            create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic},
+            create_topics_request::{
+                CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+            },
             delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic},
             describe_configs_request::DescribeConfigsResource,
+            describe_log_dirs_request::DescribableLogDirTopic,
+            describe_producers_request,
             describe_topic_partitions_request::TopicRequest,
+            describe_user_scram_credentials_request::UserName,
             elect_leaders_request::TopicPartitions,
             fetch_request::{FetchPartition, FetchTopic, ForgottenTopic},
+            incremental_alter_configs_request,
+            join_group_request::JoinGroupRequestProtocol,
+            leave_group_request::MemberIdentity,
             list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
+            list_partition_reassignments_request::ListPartitionReassignmentsTopics,
             offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
             offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic},
             offset_fetch_request::{
                 OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
             },
             produce_request::{PartitionProduceData, TopicProduceData},
-            CreateAclsRequest, DeleteRecordsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-            DescribeTopicPartitionsRequest, ElectLeadersRequest, FetchRequest, GroupId,
-            ListGroupsRequest, ListOffsetsRequest, OffsetCommitRequest, OffsetDeleteRequest,
-            OffsetFetchRequest, ProduceRequest, TopicName, TransactionalId,
+            sync_group_request::SyncGroupRequestAssignment,
+            AlterConfigsRequest, AlterUserScramCredentialsRequest, BrokerId, CreateAclsRequest,
+            CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest,
+            DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+            DescribeProducersRequest, DescribeTopicPartitionsRequest,
+            DescribeUserScramCredentialsRequest, ElectLeadersRequest, FetchRequest, GroupId,
+            IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+            ListOffsetsRequest, ListPartitionReassignmentsRequest, ListTransactionsRequest,
+            OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest,
+            ProducerId, SyncGroupRequest, TopicName, TransactionalId,
         },
         protocol::{Encodable, StrBytes},
     };
@@ -374,10 +547,49 @@ mod tests {
         request: impl Fn(Vec<T>) -> R,
         topic: impl Fn(usize) -> T,
     ) {
-        bounded(api, version, "partitions", |n| {
-            request(halves(n).map(&topic).to_vec())
+        nested_bounded(api, version, ["topics", "partitions"], request, topic);
+    }
+
+    /// `request(entries)` with the `inner` entries of `what` split between two
+    /// `outer(n)`, and with as many default outer entries: each bounded.
+    fn nested_bounded<R: Encodable, T: Clone + Default>(
+        api: ApiKey,
+        version: i16,
+        what: [&str; 2],
+        request: impl Fn(Vec<T>) -> R,
+        outer: impl Fn(usize) -> T,
+    ) {
+        let [outers, inners] = what;
+        bounded(api, version, inners, |n| {
+            request(halves(n).map(&outer).to_vec())
         });
-        bounded(api, version, "topics", |n| request(vec![T::default(); n]));
+        bounded(api, version, outers, |n| request(vec![T::default(); n]));
+    }
+
+    /// An AlterConfigs or an IncrementalAlterConfigs (structs of the same
+    /// shape in modules of their own) at each of `versions`: its resources,
+    /// and its configs over all of them, bounded.
+    macro_rules! alter_configs_bounded {
+        ($api:expr, $versions:expr, $request:ident, $module:ident, $config:expr) => {
+            for version in $versions {
+                use $module::AlterConfigsResource;
+                let alter = |resources: Vec<AlterConfigsResource>| {
+                    $request::default()
+                        .with_resources(resources)
+                        .with_validate_only(true)
+                        .with_unknown_tagged_fields(tags())
+                };
+                let config = $config.clone().with_unknown_tagged_fields(tags());
+                let resource = |n: usize| {
+                    AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(name("t"))
+                        .with_configs(vec![config.clone(); n])
+                        .with_unknown_tagged_fields(tags())
+                };
+                nested_bounded($api, version, ["resources", "configs"], alter, resource);
+            }
+        };
     }
 
     fn name(n: &str) -> StrBytes {
@@ -539,7 +751,6 @@ mod tests {
 
     #[test]
     fn offset_fetch_partitions_are_counted_over_all_its_topics_and_groups() {
-        let indexes = |n: usize| (0..n).map(|i| i32::try_from(i).unwrap()).collect();
         // Up to v7: one group, its topics (null for all of them).
         for version in [1, 2, 5, 6, 7] {
             let fetch = |topics: Option<Vec<OffsetFetchRequestTopic>>| {
@@ -659,5 +870,283 @@ mod tests {
                 .with_name(TopicName(name("t")))
                 .with_partitions(vec![partition.clone(); n])
         });
+    }
+
+    #[test]
+    fn create_topics_assignments_broker_ids_and_configs_are_counted_over_all_its_topics() {
+        let create = |topics: Vec<CreatableTopic>| {
+            CreateTopicsRequest::default()
+                .with_topics(topics)
+                .with_timeout_ms(30_000)
+                .with_validate_only(true)
+                .with_unknown_tagged_fields(tags())
+        };
+        let assignment = |brokers: usize| {
+            CreatableReplicaAssignment::default()
+                .with_partition_index(1)
+                .with_broker_ids(vec![BrokerId(2); brokers])
+                .with_unknown_tagged_fields(tags())
+        };
+        let config = CreatableTopicConfig::default()
+            .with_name(name("retention.ms"))
+            .with_value(metadata())
+            .with_unknown_tagged_fields(tags());
+        // Every optional field given: one assignment (of one broker id) and
+        // one config besides the entries counted.
+        let topic = |assignments: Vec<CreatableReplicaAssignment>, configs: usize| {
+            let mut all = vec![assignment(1)];
+            all.extend(assignments);
+            CreatableTopic::default()
+                .with_name(TopicName(name("t")))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1)
+                .with_assignments(all)
+                .with_configs(vec![config.clone(); configs + 1])
+                .with_unknown_tagged_fields(tags())
+        };
+        for version in [2, 4, 5, 7] {
+            let api = ApiKey::CreateTopics;
+            bounded(api, version, "topics", |n| {
+                create(vec![CreatableTopic::default(); n])
+            });
+            bounded(api, version, "replica assignments", |n| {
+                let [first, second] = halves(n - 2).map(|n| vec![assignment(0); n]);
+                create(vec![topic(first, 0), topic(second, 0)])
+            });
+            bounded(api, version, "broker ids", |n| {
+                let [first, second] = halves(n - 2).map(|n| vec![assignment(n)]);
+                create(vec![topic(first, 0), topic(second, 0)])
+            });
+            bounded(api, version, "configs", |n| {
+                let [first, second] = halves(n - 2);
+                create(vec![topic(vec![], first), topic(vec![], second)])
+            });
+        }
+    }
+
+    #[test]
+    fn create_partitions_assignments_and_broker_ids_are_counted_over_all_its_topics() {
+        let create = |topics: Vec<CreatePartitionsTopic>| {
+            CreatePartitionsRequest::default()
+                .with_topics(topics)
+                .with_timeout_ms(30_000)
+                .with_validate_only(true)
+                .with_unknown_tagged_fields(tags())
+        };
+        let assignment = |brokers: usize| {
+            CreatePartitionsAssignment::default()
+                .with_broker_ids(vec![BrokerId(2); brokers])
+                .with_unknown_tagged_fields(tags())
+        };
+        let topic = |assignments: Option<Vec<CreatePartitionsAssignment>>| {
+            CreatePartitionsTopic::default()
+                .with_name(TopicName(name("t")))
+                .with_count(3)
+                .with_assignments(assignments)
+                .with_unknown_tagged_fields(tags())
+        };
+        for version in [0, 1, 2, 3] {
+            let api = ApiKey::CreatePartitions;
+            bounded(api, version, "topics", |n| {
+                create(vec![CreatePartitionsTopic::default(); n])
+            });
+            // A topic without assignments (null) between the two that have
+            // some.
+            bounded(api, version, "replica assignments", |n| {
+                let [first, second] = halves(n).map(|n| Some(vec![assignment(1); n]));
+                create(vec![topic(first), topic(None), topic(second)])
+            });
+            bounded(api, version, "broker ids", |n| {
+                let [first, second] = halves(n).map(|n| Some(vec![assignment(0), assignment(n)]));
+                create(vec![topic(first), topic(None), topic(second)])
+            });
+        }
+    }
+
+    #[test]
+    fn alter_configs_configs_are_counted_over_all_its_resources() {
+        let config = alter_configs_request::AlterableConfig::default()
+            .with_name(name("retention.ms"))
+            .with_value(metadata());
+        alter_configs_bounded!(
+            ApiKey::AlterConfigs,
+            [0, 1, 2],
+            AlterConfigsRequest,
+            alter_configs_request,
+            config
+        );
+        let config = incremental_alter_configs_request::AlterableConfig::default()
+            .with_name(name("retention.ms"))
+            .with_config_operation(1)
+            .with_value(metadata());
+        alter_configs_bounded!(
+            ApiKey::IncrementalAlterConfigs,
+            [0, 1],
+            IncrementalAlterConfigsRequest,
+            incremental_alter_configs_request,
+            config
+        );
+    }
+
+    /// `n` bare partition indexes, 0 to `n - 1`.
+    fn indexes(n: usize) -> Vec<i32> {
+        (0..n).map(|i| i32::try_from(i).unwrap()).collect()
+    }
+
+    #[test]
+    fn partition_indexes_are_counted_over_all_the_topics_listing_them() {
+        for version in [1, 2, 3, 4] {
+            let describe = |topics: Vec<DescribableLogDirTopic>| {
+                DescribeLogDirsRequest::default()
+                    .with_topics(Some(topics))
+                    .with_unknown_tagged_fields(tags())
+            };
+            topics_bounded(ApiKey::DescribeLogDirs, version, describe, |n| {
+                DescribableLogDirTopic::default()
+                    .with_topic(TopicName(name("t")))
+                    .with_partitions(indexes(n))
+                    .with_unknown_tagged_fields(tags())
+            });
+            // Null: every log dir's topics.
+            let all = body(
+                &DescribeLogDirsRequest::default().with_topics(None),
+                version,
+            );
+            assert_eq!(check(ApiKey::DescribeLogDirs, version, &all), Ok(()));
+        }
+        for version in [0, 1, 2] {
+            let elect = |topics: Vec<TopicPartitions>| {
+                ElectLeadersRequest::default()
+                    .with_election_type(i8::from(version >= 1))
+                    .with_topic_partitions(Some(topics))
+                    .with_timeout_ms(30_000)
+                    .with_unknown_tagged_fields(tags())
+            };
+            topics_bounded(ApiKey::ElectLeaders, version, elect, |n| {
+                TopicPartitions::default()
+                    .with_topic(TopicName(name("t")))
+                    .with_partitions(indexes(n))
+                    .with_unknown_tagged_fields(tags())
+            });
+        }
+        let describe = |topics: Vec<describe_producers_request::TopicRequest>| {
+            DescribeProducersRequest::default()
+                .with_topics(topics)
+                .with_unknown_tagged_fields(tags())
+        };
+        topics_bounded(ApiKey::DescribeProducers, 0, describe, |n| {
+            describe_producers_request::TopicRequest::default()
+                .with_name(TopicName(name("t")))
+                .with_partition_indexes(indexes(n))
+                .with_unknown_tagged_fields(tags())
+        });
+        let list = |topics: Vec<ListPartitionReassignmentsTopics>| {
+            ListPartitionReassignmentsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(Some(topics))
+                .with_unknown_tagged_fields(tags())
+        };
+        topics_bounded(ApiKey::ListPartitionReassignments, 0, list, |n| {
+            ListPartitionReassignmentsTopics::default()
+                .with_name(TopicName(name("t")))
+                .with_partition_indexes(indexes(n))
+                .with_unknown_tagged_fields(tags())
+        });
+    }
+
+    #[test]
+    fn group_membership_and_admin_lists_are_counted() {
+        for version in [0, 1, 5, 6, 9] {
+            let join = |n: usize| {
+                let protocol = JoinGroupRequestProtocol::default()
+                    .with_name(name("range"))
+                    .with_metadata(Bytes::from_static(b"metadata"))
+                    .with_unknown_tagged_fields(tags());
+                JoinGroupRequest::default()
+                    .with_group_id(GroupId(name("group")))
+                    .with_session_timeout_ms(10_000)
+                    .with_rebalance_timeout_ms(if version >= 1 { 20_000 } else { -1 })
+                    .with_member_id(name("member"))
+                    .with_group_instance_id((version >= 5).then(|| name("instance")))
+                    .with_protocol_type(name("consumer"))
+                    .with_protocols(vec![protocol; n])
+                    .with_reason((version >= 8).then(|| name("reason")))
+                    .with_unknown_tagged_fields(tags())
+            };
+            bounded(ApiKey::JoinGroup, version, "protocols", join);
+        }
+        for version in [0, 3, 4, 5] {
+            let sync = |n: usize| {
+                let assignment = SyncGroupRequestAssignment::default()
+                    .with_member_id(name("member"))
+                    .with_assignment(Bytes::from_static(b"assignment"))
+                    .with_unknown_tagged_fields(tags());
+                SyncGroupRequest::default()
+                    .with_group_id(GroupId(name("group")))
+                    .with_generation_id(3)
+                    .with_member_id(name("member"))
+                    .with_group_instance_id((version >= 3).then(|| name("instance")))
+                    .with_protocol_type((version >= 5).then(|| name("consumer")))
+                    .with_protocol_name((version >= 5).then(|| name("range")))
+                    .with_assignments(vec![assignment; n])
+                    .with_unknown_tagged_fields(tags())
+            };
+            bounded(ApiKey::SyncGroup, version, "assignments", sync);
+        }
+        for version in [3, 4, 5] {
+            let leave = |n: usize| {
+                let member = MemberIdentity::default()
+                    .with_member_id(name("member"))
+                    .with_group_instance_id(Some(name("instance")))
+                    .with_reason((version >= 5).then(|| name("reason")))
+                    .with_unknown_tagged_fields(tags());
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(name("group")))
+                    .with_members(vec![member; n])
+                    .with_unknown_tagged_fields(tags())
+            };
+            bounded(ApiKey::LeaveGroup, version, "members", leave);
+        }
+        for version in [0, 1] {
+            let list = |states: usize, producers: usize| {
+                ListTransactionsRequest::default()
+                    .with_state_filters(vec![name("Ongoing"); states])
+                    .with_producer_id_filters(vec![ProducerId(7); producers])
+                    .with_duration_filter(if version >= 1 { 1000 } else { -1 })
+                    .with_unknown_tagged_fields(tags())
+            };
+            let api = ApiKey::ListTransactions;
+            bounded(api, version, "states in its filter", |n| list(n, 1));
+            bounded(api, version, "producer ids in its filter", |n| list(1, n));
+        }
+        let users = |n: usize| {
+            let user = UserName::default()
+                .with_name(name("user"))
+                .with_unknown_tagged_fields(tags());
+            DescribeUserScramCredentialsRequest::default()
+                .with_users(Some(vec![user; n]))
+                .with_unknown_tagged_fields(tags())
+        };
+        bounded(ApiKey::DescribeUserScramCredentials, 0, "users", users);
+        let alter = |deletions: usize, upsertions: usize| {
+            let deletion = ScramCredentialDeletion::default()
+                .with_name(name("user"))
+                .with_mechanism(1)
+                .with_unknown_tagged_fields(tags());
+            let upsertion = ScramCredentialUpsertion::default()
+                .with_name(name("user"))
+                .with_mechanism(2)
+                .with_iterations(4096)
+                .with_salt(Bytes::from_static(b"salt"))
+                .with_salted_password(Bytes::from_static(b"salted password"))
+                .with_unknown_tagged_fields(tags());
+            AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![deletion; deletions])
+                .with_upsertions(vec![upsertion; upsertions])
+                .with_unknown_tagged_fields(tags())
+        };
+        let api = ApiKey::AlterUserScramCredentials;
+        bounded(api, 0, "credential deletions", |n| alter(n, 1));
+        bounded(api, 0, "credential upsertions", |n| alter(1, n));
     }
 }
