@@ -82,6 +82,7 @@ pub mod codes {
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const INVALID_RECORD: i16 = 87;
+    pub const INVALID_TIMESTAMP: i16 = 32;
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;

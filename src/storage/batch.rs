@@ -314,6 +314,10 @@ pub struct Produced {
     /// Index of its first record without a key, if any (compacted topics refuse
     /// such records).
     pub first_keyless: Option<i32>,
+    /// The largest timestamp of its records (first timestamp plus the largest
+    /// delta), which the header's `max_timestamp` should be but the client sets
+    /// and only the CRC, which the client computes too, covers.
+    pub max_timestamp: i64,
 }
 
 /// Whether [`validate_produce`] of `buf` may take long enough that an async
@@ -359,10 +363,12 @@ pub fn validate_produce(buf: &[u8]) -> Result<Produced, BatchError> {
     }
     let codec = buf[ATTRIBUTES_OFFSET + 1] & 0x07;
     let payload = payload(buf).ok_or(BatchError::BadPayload { codec })?;
-    let first_keyless = walk_records(&payload, count)?;
+    let (first_keyless, max_delta) = walk_records(&payload, count)?;
+    let first = be_i64(buf, BASE_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?;
     Ok(Produced {
         info,
         first_keyless,
+        max_timestamp: first.saturating_add(max_delta),
     })
 }
 
@@ -386,9 +392,11 @@ fn skip_bytes(b: &[u8], at: &mut usize, nullable: bool) -> Option<bool> {
 
 /// Walks the `count` records of a records section (decompressed): each record's
 /// length, attributes, timestamp delta, offset delta (its index), key, value and
-/// headers. Returns the index of the first record without a key.
-fn walk_records(payload: &[u8], count: i32) -> Result<Option<i32>, BatchError> {
+/// headers. Returns the index of the first record without a key and the largest
+/// timestamp delta.
+fn walk_records(payload: &[u8], count: i32) -> Result<(Option<i32>, i64), BatchError> {
     let mut first_keyless = None;
+    let mut max_delta = i64::MIN;
     let mut at = 0usize;
     for index in 0..count {
         let bad = |what| BatchError::BadRecord { index, what };
@@ -403,7 +411,7 @@ fn walk_records(payload: &[u8], count: i32) -> Result<Option<i32>, BatchError> {
         let mut r = 1; // attributes
         let fields = (|| {
             (r <= record.len()).then_some(())?;
-            varlong(record, &mut r)?; // timestamp delta
+            max_delta = max_delta.max(varlong(record, &mut r)?);
             let delta = varint(record, &mut r)?;
             let keyless = skip_bytes(record, &mut r, true)?;
             skip_bytes(record, &mut r, true)?; // value
@@ -433,7 +441,15 @@ fn walk_records(payload: &[u8], count: i32) -> Result<Option<i32>, BatchError> {
             what: RecordFault::BeyondCount,
         });
     }
-    Ok(first_keyless)
+    // At least one record (the count was checked): `max_delta` is one of theirs.
+    Ok((first_keyless, max_delta))
+}
+
+/// Sets the `max_timestamp` of the batch `b` (one whole batch) and its CRC.
+pub fn set_max_timestamp(b: &mut [u8], max_timestamp: i64) {
+    b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// First timestamp of a batch (the base its records' deltas count from).

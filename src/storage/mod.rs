@@ -169,7 +169,14 @@ pub enum ProduceError {
     InvalidProducerEpoch(String),
     /// A transactional or control batch: transactions are not supported.
     Transactional,
+    /// A record timestamp too far ahead of the broker's clock
+    /// ([`MAX_TIMESTAMP_AHEAD_MS`]).
+    InvalidTimestamp(String),
 }
+
+/// How far ahead of the broker's clock a produced record's timestamp may be (one
+/// hour, Kafka's default `log.message.timestamp.after.max.ms` since 4.0).
+pub const MAX_TIMESTAMP_AHEAD_MS: i64 = 3_600_000;
 
 impl From<SequenceError> for ProduceError {
     fn from(e: SequenceError) -> Self {
@@ -1394,7 +1401,19 @@ impl TopicManager {
             batch::validate_produce(records)
         }
         .map_err(ProduceError::InvalidBatch)?;
-        let infos = vec![produced.info];
+        // As Kafka (4.0 on) refuses by default, with `log.message.timestamp.after.max.ms`
+        // at one hour: a timestamp far ahead would keep its segment, and every
+        // later one, from ever expiring by time.
+        let latest = segment::now_ms().saturating_add(MAX_TIMESTAMP_AHEAD_MS);
+        if produced.max_timestamp > latest {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "record timestamp {} is more than {} ms ahead of the broker's clock",
+                produced.max_timestamp, MAX_TIMESTAMP_AHEAD_MS
+            )));
+        }
+        let mut info = produced.info;
+        info.max_timestamp = produced.max_timestamp;
+        let infos = vec![info];
         if let Some(max) = t.configs.max_message_bytes() {
             if let Some(b) = infos.iter().find(|i| i.len as u64 > max) {
                 return Err(ProduceError::TooLarge(format!(
@@ -1437,9 +1456,16 @@ impl TopicManager {
                 .acquire_many_owned(want)
                 .await
                 .map_err(|_| ProduceError::ShuttingDown)?;
+            let mut data = records.to_vec();
+            // The header's largest timestamp is what retention, segment rolls and
+            // ListOffsets by time go by: it is made the records' own, as Kafka's
+            // LogValidator makes it, whatever the client wrote there.
+            if produced.info.max_timestamp != produced.max_timestamp {
+                batch::set_max_timestamp(&mut data, produced.max_timestamp);
+            }
             let job = Job::Produce {
                 partition: p,
-                data: records.to_vec(),
+                data,
                 infos,
                 reply: tx,
                 permit,
@@ -1839,6 +1865,47 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
+        m.shutdown().unwrap();
+    }
+
+    /// The header's largest timestamp, which retention, segment rolls and
+    /// ListOffsets by time go by, was taken from the client as sent: one saying
+    /// 0 over records of now hid them from ListOffsets by time (and let retention
+    /// delete them early), and one far ahead kept the partition from expiring by
+    /// time at all. It is now the records' own, and a record more than an hour
+    /// ahead of the broker's clock is refused, as Kafka refuses it.
+    #[test]
+    fn a_batchs_max_timestamp_is_its_records_and_one_far_ahead_is_refused() {
+        use crate::storage::{batch::tests::make_timed_batch, producers::pipeline_tests::produce};
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let now = segment::now_ms();
+        let at = |ts: i64, header: Option<i64>| {
+            let mut b = make_timed_batch(0, ts, &[(0, b"v")], -1, -1, -1);
+            if let Some(h) = header {
+                batch::set_max_timestamp(&mut b, h);
+            }
+            b
+        };
+        assert_eq!(produce(&rt, &m, &at(now - 5000, Some(0))), Ok(0));
+        assert_eq!(produce(&rt, &m, &at(now, Some(i64::MAX))), Ok(1));
+        assert_eq!(produce(&rt, &m, &at(now + 600_000, None)), Ok(2));
+        let refused = produce(&rt, &m, &at(now + 2 * MAX_TIMESTAMP_AHEAD_MS, None));
+        assert!(matches!(refused, Err(ProduceError::InvalidTimestamp(_))), "{refused:?}");
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.offset_for_timestamp(now - 5000).unwrap().map(|f| f.0), Some(0));
+        assert_eq!(p.offset_for_timestamp(now).unwrap().map(|f| f.0), Some(1));
+        let stored = p.read(0, 1 << 20).unwrap().unwrap().records;
+        let mut at = 0;
+        for want in [now - 5000, now, now + 600_000] {
+            let max = i64::from_be_bytes(stored[at + 35..at + 43].try_into().unwrap());
+            assert_eq!(max, want);
+            let len = i32::from_be_bytes(stored[at + 8..at + 12].try_into().unwrap());
+            at += 12 + len as usize;
+        }
+        assert_eq!(at, stored.len());
         m.shutdown().unwrap();
     }
 

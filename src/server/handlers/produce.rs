@@ -45,6 +45,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::InvalidProducerEpoch(_) => codes::INVALID_PRODUCER_EPOCH,
         ProduceError::Transactional => codes::INVALID_TXN_STATE,
         ProduceError::InvalidRecord { .. } => codes::INVALID_RECORD,
+        ProduceError::InvalidTimestamp(_) => codes::INVALID_TIMESTAMP,
     }
 }
 
@@ -56,7 +57,9 @@ fn message(e: &ProduceError) -> String {
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
-        ProduceError::OutOfOrderSequence(m) | ProduceError::InvalidProducerEpoch(m) => m.clone(),
+        ProduceError::OutOfOrderSequence(m)
+        | ProduceError::InvalidProducerEpoch(m)
+        | ProduceError::InvalidTimestamp(m) => m.clone(),
         ProduceError::Transactional => "transactions are not supported".into(),
         ProduceError::InvalidRecord { message, .. } => message.clone(),
     }
