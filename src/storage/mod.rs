@@ -1893,9 +1893,15 @@ mod tests {
         assert_eq!(produce(&rt, &m, &at(now, Some(i64::MAX))), Ok(1));
         assert_eq!(produce(&rt, &m, &at(now + 600_000, None)), Ok(2));
         let refused = produce(&rt, &m, &at(now + 2 * MAX_TIMESTAMP_AHEAD_MS, None));
-        assert!(matches!(refused, Err(ProduceError::InvalidTimestamp(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(ProduceError::InvalidTimestamp(_))),
+            "{refused:?}"
+        );
         let p = m.partition("t", 0).unwrap();
-        assert_eq!(p.offset_for_timestamp(now - 5000).unwrap().map(|f| f.0), Some(0));
+        assert_eq!(
+            p.offset_for_timestamp(now - 5000).unwrap().map(|f| f.0),
+            Some(0)
+        );
         assert_eq!(p.offset_for_timestamp(now).unwrap().map(|f| f.0), Some(1));
         let stored = p.read(0, 1 << 20).unwrap().unwrap().records;
         let mut at = 0;

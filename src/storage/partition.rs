@@ -583,10 +583,19 @@ impl Partition {
         };
         let floor = self.deleted_below.load(Ordering::Acquire);
         self.trim("past retention", |s, total| {
+            // Records without timestamps (-1) are judged by the file's last
+            // write, as Kafka judges them; an empty segment by nothing.
+            let newest = if s.max_timestamp() >= 0 {
+                Some(s.max_timestamp())
+            } else if s.size() > 0 {
+                s.modified_ms()
+            } else {
+                None
+            };
             let too_old = retention_ms.is_some_and(|r| {
-                s.max_timestamp() >= 0
-                    && now_ms.saturating_sub(s.max_timestamp())
-                        > i64::try_from(r).unwrap_or(i64::MAX)
+                newest.is_some_and(|t| {
+                    now_ms.saturating_sub(t) > i64::try_from(r).unwrap_or(i64::MAX)
+                })
             });
             let too_big = retention_bytes.is_some_and(|r| total - s.size() >= r);
             too_old || too_big || s.next_offset() <= floor
@@ -1207,6 +1216,27 @@ pub(crate) mod tests {
         assert!(!leftover.exists(), "the interrupted copy was kept");
         assert_eq!(p.log_end_offset(), 3);
         assert_eq!(std::fs::read(&log).unwrap(), before);
+    }
+
+    /// A segment of records without timestamps (-1) was never deleted by age, and
+    /// time retention stopped at it for every later segment. It is judged by its
+    /// file's last write now, as Kafka judges it.
+    #[test]
+    fn segments_of_records_without_timestamps_expire_by_their_files_age() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(produce_at(&p, -1, 3000), 0);
+        assert_eq!(produce_at(&p, segment::now_ms(), 3000), 1);
+        assert_eq!(files(&pdir, "log"), 2);
+        let now = segment::now_ms();
+        assert_eq!(p.apply_retention(now, Some(DAY as u64), None).unwrap().0, 0);
+        let (n, _) = p
+            .apply_retention(now + 2 * DAY, Some(DAY as u64), None)
+            .unwrap();
+        assert_eq!(n, 2, "the segment without timestamps was kept");
+        assert_eq!(p.log_start_offset(), 2);
     }
 
     #[test]

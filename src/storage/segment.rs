@@ -835,6 +835,14 @@ impl Segment {
         self.max_timestamp
     }
 
+    /// When the log file was last written (ms since the Unix epoch), if the
+    /// filesystem says.
+    pub fn modified_ms(&self) -> Option<i64> {
+        let t = self.log.metadata().and_then(|m| m.modified()).ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(d.as_millis()).ok()
+    }
+
     /// How long this segment has been taking records, as Kafka judges when to roll
     /// by time: the newest timestamp being appended (`appending`) less that of the
     /// segment's first batch, both the producers' clock; when the first batch has
