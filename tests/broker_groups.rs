@@ -1176,7 +1176,7 @@ fn leave_group_single_member_at_v0_to_v2() {
         assert_eq!(leader, a.id, "the first member leads");
         assert_eq!(
             c.simple_commit(OFFSET_COMMIT.0, &group, "leave-topic", 1),
-            ILLEGAL_GENERATION,
+            UNKNOWN_MEMBER_ID,
             "v{version}: only members commit to a group with members"
         );
 
@@ -1350,7 +1350,7 @@ fn silent_members_are_removed_after_their_session_timeout() {
     assert_eq!(solo.sync(&[(&solo_id, "S")]).0, NONE);
     assert_eq!(
         c.simple_commit(OFFSET_COMMIT.1, "solo", "expiry-topic", 1),
-        ILLEGAL_GENERATION,
+        UNKNOWN_MEMBER_ID,
         "solo is a member"
     );
 
@@ -1538,7 +1538,7 @@ fn offset_commits_follow_the_generation_and_survive_a_restart() {
     assert_eq!(one(&mut a.conn, hi, gen, "nobody", 92), UNKNOWN_MEMBER_ID);
     assert_eq!(
         one(&mut a.conn, hi, -1, "", 93),
-        ILLEGAL_GENERATION,
+        UNKNOWN_MEMBER_ID,
         "simple commit to a group with members"
     );
     assert_eq!(

@@ -861,7 +861,8 @@ impl GroupCoordinator {
     /// commits (generation -1) only while the group has no members; a member's
     /// commit at the current generation except between its JoinGroup and SyncGroup
     /// (while the group prepares a rebalance it may still commit what it consumed),
-    /// and never from a static member's replaced id (FENCED_INSTANCE_ID).
+    /// and never from a static member's replaced id (FENCED_INSTANCE_ID). A
+    /// member's allowed commit counts as a heartbeat, as in Kafka.
     pub fn check_commit(
         &self,
         group: &str,
@@ -869,26 +870,30 @@ impl GroupCoordinator {
         member_id: &str,
         instance: Option<&str>,
     ) -> i16 {
-        let groups = self.lock();
-        match groups.get(group) {
+        let mut groups = self.lock();
+        match groups.get_mut(group) {
             None if generation < 0 => codes::NONE,
             None => codes::ILLEGAL_GENERATION,
             Some(g) if g.state == State::Dead => codes::COORDINATOR_NOT_AVAILABLE,
+            // Only members commit to a group that has some: Kafka answers
+            // UNKNOWN_MEMBER_ID, on which clients rejoin.
             Some(g) if generation < 0 && member_id.is_empty() => {
                 if g.members.is_empty() {
                     codes::NONE
                 } else {
-                    codes::ILLEGAL_GENERATION
+                    codes::UNKNOWN_MEMBER_ID
                 }
             }
             Some(g) if g.fenced(instance, member_id) => codes::FENCED_INSTANCE_ID,
             Some(g) => {
                 let err = g.check_member(member_id, generation);
                 if err == codes::NONE && g.state == State::CompletingRebalance {
-                    codes::REBALANCE_IN_PROGRESS
-                } else {
-                    err
+                    return codes::REBALANCE_IN_PROGRESS;
                 }
+                if let Some(m) = g.members.get_mut(member_id).filter(|_| err == codes::NONE) {
+                    m.last_seen = Instant::now();
+                }
+                err
             }
         }
     }
@@ -1677,6 +1682,33 @@ mod tests {
         // Past its rebalance timeout it is expired all the same.
         let (_, _, _, _, present) = waiting(61);
         assert!(!present, "a member waiting in SyncGroup was kept forever");
+    }
+
+    /// A member's commit counts as a heartbeat, as in Kafka: a consumer that
+    /// commits keeps its session even when its heartbeats are late.
+    #[test]
+    fn a_members_commit_keeps_its_session() {
+        let c = GroupCoordinator::default();
+        let j = c.join(req("")).try_recv().unwrap();
+        let s = c.sync("g", j.generation, &j.member_id, None, vec![]);
+        assert!(s.blocking_recv().is_ok());
+        // Idle for 9 s of its 10 s session, then a commit (allowed, or refused).
+        let commit_after_idle = |generation| {
+            {
+                let mut groups = c.lock();
+                let m = groups.get_mut("g").unwrap().members.get_mut(&j.member_id);
+                m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(9)).unwrap();
+            }
+            let code = c.check_commit("g", generation, &j.member_id, None);
+            let idle = c.lock()["g"].members[&j.member_id].last_seen.elapsed();
+            (code, idle >= Duration::from_secs(9))
+        };
+        assert_eq!(commit_after_idle(j.generation), (codes::NONE, false));
+        // A refused commit is no heartbeat.
+        assert_eq!(
+            commit_after_idle(j.generation + 1),
+            (codes::ILLEGAL_GENERATION, true)
+        );
     }
 
     /// (state, protocol type, protocol, members as (id, metadata, assignment)).
