@@ -308,3 +308,95 @@ fn no_metrics_endpoint_unless_asked_for() {
     assert_eq!(broker.metrics, None);
     assert!(!broker.log_text().contains("serving metrics"));
 }
+
+/// A long poll reads its partitions again only when one of them moves. Every
+/// append to any partition of the broker used to wake each waiting Fetch into a
+/// new read of all its partitions: a Fetch with a large `min_bytes` re-read up
+/// to `max_bytes` from disk at each append anywhere, for up to its whole wait.
+#[test]
+fn a_long_poll_reads_again_only_when_its_partitions_move() {
+    use broker_support::wire::{batch, connect, fetch_request, produce, request_frame, response};
+    use kafka_protocol::messages::{
+        metadata_request::MetadataRequestTopic, ApiKey, FetchResponse, MetadataRequest,
+        MetadataResponse, ProduceResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut c = connect(&broker.addr);
+    let topics = ["quiet", "busy"].map(|t| {
+        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str(t))))
+    });
+    let meta = MetadataRequest::default()
+        .with_topics(Some(topics.to_vec()))
+        .with_allow_auto_topic_creation(true);
+    c.write_all(&request_frame(ApiKey::Metadata, 12, 1, &meta))
+        .unwrap();
+    let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 12);
+    assert!(m.topics.iter().all(|t| t.error_code == 0), "{m:?}");
+    let reads = || metric(&scrape(&broker), "streamline_fetch_reads_total{}");
+    let before = reads();
+
+    let mut poll = connect(&broker.addr);
+    poll.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        2,
+        &fetch_request("quiet", 0, 3000),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..30 {
+        let req = produce("busy", 0, batch(&["x"]));
+        c.write_all(&request_frame(ApiKey::Produce, 7, 10 + i, &req))
+            .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let (_, f): (i32, FetchResponse) = response(&mut poll, ApiKey::Fetch, 12);
+    assert_eq!(
+        f.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .map(|r| r.len()),
+        Some(0)
+    );
+    let passes = reads() - before;
+    assert!(
+        (1.0..=2.0).contains(&passes),
+        "{passes} read passes for one long poll while another topic took 30 appends"
+    );
+
+    // An append to its own partition ends it at once, with the record.
+    poll.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        3,
+        &fetch_request("quiet", 0, 10_000),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    c.write_all(&request_frame(
+        ApiKey::Produce,
+        7,
+        50,
+        &produce("quiet", 0, batch(&["y"])),
+    ))
+    .unwrap();
+    let (_, _r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    let (_, f): (i32, FetchResponse) = response(&mut poll, ApiKey::Fetch, 12);
+    assert!(f.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .is_some_and(|r| !r.is_empty()));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

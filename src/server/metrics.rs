@@ -74,6 +74,8 @@ pub(crate) struct Metrics {
     tls_failures: AtomicU64,
     sasl_successes: AtomicU64,
     sasl_failures: AtomicU64,
+    /// Read passes of Fetch requests over their partitions.
+    fetch_reads: AtomicU64,
 }
 
 impl Metrics {
@@ -98,7 +100,12 @@ impl Metrics {
             tls_failures: AtomicU64::new(0),
             sasl_successes: AtomicU64::new(0),
             sasl_failures: AtomicU64::new(0),
+            fetch_reads: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn fetch_read(&self) {
+        self.fetch_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn accepted(&self) {
@@ -256,6 +263,12 @@ pub(crate) fn render(ctx: &Ctx) -> String {
     for (name, help, v) in connection_counters {
         p.single(name, "counter", help, v.load(Ordering::Relaxed));
     }
+    p.single(
+        "streamline_fetch_reads_total",
+        "counter",
+        "Read passes of Fetch requests over their partitions (a long poll reads again only when one of its partitions moves).",
+        m.fetch_reads.load(Ordering::Relaxed),
+    );
     p.family(
         "streamline_sasl_authentications_total",
         "counter",

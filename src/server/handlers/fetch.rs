@@ -111,6 +111,22 @@ fn read_all(
     (topics, total, errors)
 }
 
+/// Where each wanted partition's readable log starts and ends (`None`: no such
+/// partition): what a read pass depends on. A long poll reads again only when
+/// these move, not at every append to any partition of the broker.
+fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> {
+    wants
+        .iter()
+        .flat_map(|w| {
+            w.partitions.iter().map(move |&(index, ..)| {
+                storage
+                    .partition(&w.topic.0, index)
+                    .map(|p| (p.log_start_offset(), p.high_watermark()))
+            })
+        })
+        .collect()
+}
+
 pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchResponse {
     // Each partition is read and answered once, the first time the request
     // names it: a long poll reads every partition again at each change, so
@@ -140,8 +156,11 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
     let mut changes = ctx.storage.subscribe();
     loop {
         changes.borrow_and_update();
+        // Before the read: an append between the two then still counts as a move.
+        let seen = positions(&ctx.storage, &wants);
         let storage = ctx.storage.clone();
         let w = std::sync::Arc::clone(&wants);
+        ctx.metrics.fetch_read();
         let pass =
             tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version)).await;
         let (topics, total, errors) = match pass {
@@ -157,11 +176,21 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
                 .with_responses(topics)
                 .with_session_id(0);
         }
-        let wait = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
-        if !matches!(wait, Ok(Ok(()))) {
+        let moved = loop {
+            let wait = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+            if !matches!(wait, Ok(Ok(()))) {
+                break false;
+            }
+            changes.borrow_and_update();
+            if positions(&ctx.storage, &wants) != seen {
+                break true;
+            }
+        };
+        if !moved {
             // Deadline (or storage gone): one last read, then answer.
             let storage = ctx.storage.clone();
             let w = std::sync::Arc::clone(&wants);
+            ctx.metrics.fetch_read();
             let topics =
                 tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version).0)
                     .await
