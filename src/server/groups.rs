@@ -445,6 +445,28 @@ impl Group {
 /// sets, so that they take time linear in the protocols listed: comparing
 /// every protocol of a member with every protocol of each other one took
 /// minutes, under the coordinator's lock, for two lists of 200,000.
+impl Group {
+    /// The topics a consumer group's members subscribe to, as their metadata for
+    /// the group's protocol says; `None` for a group of another protocol type or
+    /// when a member's subscription does not parse (every topic counts then).
+    fn subscribed_topics(&self) -> Option<BTreeSet<String>> {
+        if self.protocol_type.as_deref() != Some("consumer") {
+            return None;
+        }
+        let mut topics = BTreeSet::new();
+        for m in self.members.values() {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|(name, _)| Some(name) == self.protocol.as_ref())
+                .or_else(|| m.protocols.first())
+                .map(|(_, b)| b.clone());
+            topics.extend(metadata.as_ref().and_then(subscription)?);
+        }
+        Some(topics)
+    }
+}
+
 fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
     protocols.iter().map(|(n, _)| n.as_str()).collect()
 }
@@ -1029,6 +1051,21 @@ impl GroupCoordinator {
                     Some(g) if g.state == State::Empty => {
                         (g.empty_since, g.protocol_type.is_some())
                     }
+                    // A stable consumer group keeps the positions of the topics its
+                    // members subscribe to; those of any other topic expire one by
+                    // one, each from its own commit (Kafka's KIP-496).
+                    Some(g) if g.state == State::Stable => {
+                        let Some(subscribed) = g.subscribed_topics() else {
+                            continue;
+                        };
+                        drop(groups);
+                        let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
+                        let n = store.expire_unsubscribed(&group, &subscribed, cutoff)?;
+                        if n > 0 {
+                            tracing::info!(group = %group, positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
+                        }
+                        continue;
+                    }
                     Some(_) => continue,
                     None => (self.started, false),
                 }
@@ -1117,22 +1154,10 @@ impl GroupCoordinator {
             _ if g.protocol_type.as_deref() != Some("consumer") => {
                 OffsetDeleteGuard::Denied(codes::NON_EMPTY_GROUP)
             }
-            _ => {
-                let mut topics = BTreeSet::new();
-                for m in g.members.values() {
-                    let metadata = m
-                        .protocols
-                        .iter()
-                        .find(|(name, _)| Some(name) == g.protocol.as_ref())
-                        .or_else(|| m.protocols.first())
-                        .map(|(_, b)| b.clone());
-                    match metadata.as_ref().and_then(subscription) {
-                        Some(t) => topics.extend(t),
-                        None => return OffsetDeleteGuard::AllSubscribed,
-                    }
-                }
-                OffsetDeleteGuard::Subscribed(topics)
-            }
+            _ => g.subscribed_topics().map_or(
+                OffsetDeleteGuard::AllSubscribed,
+                OffsetDeleteGuard::Subscribed,
+            ),
         }
     }
 
@@ -1375,6 +1400,80 @@ mod tests {
         let mut left: Vec<String> = store.groups().into_iter().map(|g| g.group).collect();
         left.sort();
         assert_eq!(left, vec!["active"], "expired groups stay deleted");
+    }
+
+    /// Consumer-protocol subscription metadata (version 0) for `topics`.
+    fn subscribing(topics: &[&str]) -> Bytes {
+        let mut b = vec![0u8, 0];
+        b.extend_from_slice(&i32::try_from(topics.len()).unwrap().to_be_bytes());
+        for t in topics {
+            b.extend_from_slice(&i16::try_from(t.len()).unwrap().to_be_bytes());
+            b.extend_from_slice(t.as_bytes());
+        }
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn a_stable_groups_positions_in_topics_it_no_longer_subscribes_to_expire() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let commit = |t: &str| crate::storage::Committed {
+            topic: t.into(),
+            partition: 0,
+            offset: 5,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        for g in ["g", "opaque"] {
+            store
+                .commit(g, Some("consumer"), vec![commit("a"), commit("b")])
+                .unwrap();
+        }
+        let now = SystemTime::now();
+        backdate(&path, now - 8 * DAY);
+        drop(store);
+        let store = OffsetStore::open(path.clone()).unwrap();
+        // Committed now: kept although no longer subscribed.
+        store
+            .commit("g", Some("consumer"), vec![commit("c")])
+            .unwrap();
+        let c = GroupCoordinator::default();
+        // "g" subscribes to "a" only; "opaque"'s member sends metadata that does
+        // not parse, so every topic counts as subscribed.
+        for (group, meta) in [
+            ("g", subscribing(&["a"])),
+            ("opaque", Bytes::from_static(b"?")),
+        ] {
+            let r = JoinRequest {
+                group: group.into(),
+                protocols: vec![("range".into(), meta)],
+                ..req("")
+            };
+            let j = c.join(r).try_recv().expect("completes at once");
+            let s = c
+                .sync(group, j.generation, &j.member_id, None, vec![])
+                .try_recv()
+                .unwrap();
+            assert_eq!(s.0, codes::NONE);
+        }
+        let week = 7 * DAY;
+        assert!(
+            c.expire_offsets(&store, week, now).unwrap().is_empty(),
+            "stable groups are never deleted whole"
+        );
+        let topics = |g: &str| {
+            let mut t: Vec<String> = store.fetch_all(g).into_iter().map(|c| c.topic).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(topics("g"), ["a", "c"], "b is unsubscribed and old");
+        assert_eq!(topics("opaque"), ["a", "b"]);
+        drop(store);
+        let store = OffsetStore::open(path).unwrap();
+        assert_eq!(store.fetch_all("g").len(), 2, "durably");
     }
 
     #[test]

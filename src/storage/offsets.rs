@@ -5,7 +5,7 @@
 //! never come back after a restart.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     sync::{Mutex, MutexGuard, PoisonError},
     time::SystemTime,
@@ -277,6 +277,27 @@ impl OffsetStore {
     /// I/O errors; the positions are kept then.
     pub fn expire_simple(&self, group: &str, cutoff: SystemTime) -> Result<usize> {
         self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| *at >= cutoff)
+    }
+
+    /// Deletes the positions of `group` in topics outside `subscribed` committed
+    /// before `cutoff`, each on its own: Kafka's expiry of the offsets a stable
+    /// consumer group no longer subscribes to (KIP-496). The group goes with its
+    /// last position. Durable before it returns (blocking). Returns how many
+    /// positions were deleted.
+    ///
+    /// # Errors
+    /// I/O errors; the positions are kept then.
+    pub fn expire_unsubscribed(
+        &self,
+        group: &str,
+        subscribed: &BTreeSet<String>,
+        cutoff: SystemTime,
+    ) -> Result<usize> {
+        self.remove_positions(
+            group,
+            |_| true,
+            |(topic, _), at| subscribed.contains(topic) || *at >= cutoff,
+        )
     }
 
     /// Deletes, durably (blocking), every group's positions in the topics `gone`
