@@ -775,11 +775,29 @@ where
     result
 }
 
-/// The default connection limit: half the process's open-file limit (at least 1),
-/// leaving the other half to storage. Without a limit to ask for (non-Unix), 1,024.
+/// The default connection limit: half the open files the process has left when
+/// the server starts (storage has recovered by then, its segments open), leaving
+/// the other half for storage to grow into. Without a limit to ask for
+/// (non-Unix), 1,024.
 fn default_max_connections() -> usize {
-    open_file_limit().map_or(1024, |n| {
-        usize::try_from(n / 2).unwrap_or(usize::MAX).max(1)
+    open_file_limit().map_or(1024, |limit| {
+        connection_budget(limit, open_file_count().unwrap_or(0))
+    })
+}
+
+/// Half of what `used` leaves of `limit` open files, at least 1.
+fn connection_budget(limit: u64, used: u64) -> usize {
+    usize::try_from(limit.saturating_sub(used) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// How many files the process has open, where the system lists them.
+fn open_file_count() -> Option<u64> {
+    ["/proc/self/fd", "/dev/fd"].iter().find_map(|dir| {
+        let entries = std::fs::read_dir(dir).ok()?;
+        // The listing's own descriptor is among those listed.
+        Some(u64::try_from(entries.count()).ok()?.saturating_sub(1))
     })
 }
 
@@ -1012,6 +1030,33 @@ async fn dispatch(
                 }),
                 then_close,
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_storage_half_of_what_is_left() {
+        assert_eq!(connection_budget(1024, 0), 512);
+        assert_eq!(
+            connection_budget(1024, 400),
+            312,
+            "segments already open count"
+        );
+        assert_eq!(connection_budget(1024, 1024), 1, "at least one");
+        assert_eq!(connection_budget(1024, 5000), 1);
+        #[cfg(any(target_os = "linux", target_os = "macos"))]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let files: Vec<std::fs::File> = (0..200)
+                .map(|i| std::fs::File::create(dir.path().join(i.to_string())).unwrap())
+                .collect();
+            let n = open_file_count().expect("the system lists open files");
+            assert!(n >= 200, "{n} open files counted with 200 held");
+            drop(files);
         }
     }
 }
