@@ -459,15 +459,13 @@ impl Server {
                         let stop = stop_rx.clone();
                         let all_done = Arc::clone(&all_done);
                         ctx.metrics.accepted();
-                        ctx.metrics.open_connections.fetch_add(1, Ordering::AcqRel);
+                        let slot = ConnectionSlot::take(&ctx, all_done);
                         let tls = self.ctx.security.tls();
                         tokio::spawn(async move {
-                            let live = Arc::clone(&ctx);
+                            // Given back when the task ends, by a panic too.
+                            let _slot = slot;
                             if let Err(e) = accept_connection(ctx, stream, peer, tls, stop).await {
                                 tracing::debug!(%peer, error = %e, "connection ended");
-                            }
-                            if live.metrics.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-                                all_done.notify_waiters();
                             }
                         });
                     }
@@ -550,8 +548,10 @@ pub(crate) fn encode_response<R: Encodable>(
         .encode(&mut buf, api_key.response_header_version(version))
         .and_then(|()| body.encode(&mut buf, version));
     if let Err(e) = r {
-        tracing::error!(?api_key, version, error = %e, "encoding a response failed");
-        return None;
+        // Left unanswered, the request would shift every later answer on the
+        // connection to the wrong request: the connection closes instead.
+        tracing::error!(?api_key, version, correlation_id, error = %e, "encoding a response failed; closing the connection");
+        return close_connection();
     }
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
@@ -609,6 +609,9 @@ async fn accept_connection(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    // As Kafka's acceptor does: a peer whose host vanished is found out, so its
+    // connection does not hold a slot forever (without an idle limit).
+    let _ = socket2::SockRef::from(&stream).set_keepalive(true);
     let activity = conn::Activity::new();
     let Some(tls) = tls else {
         let (rd, wr) = stream.into_split();
@@ -670,6 +673,10 @@ where
                 let close = frame.as_ref().is_some_and(BytesMut::is_empty);
                 if let Some(frame) = frame.filter(|f| !f.is_empty()) {
                     wr.write_all(&frame).await?;
+                    // TLS takes the bytes before they are all on the socket: the
+                    // rest would wait for the next response, which a client
+                    // waiting for this one never asks for.
+                    wr.flush().await?;
                 }
                 progress.waiting();
                 released.release(len);
@@ -773,6 +780,38 @@ where
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// A connection's place among `--max-connections`: counted open from
+/// [`ConnectionSlot::take`] until dropped, when the last one wakes a shutdown
+/// waiting for connections to end.
+struct ConnectionSlot {
+    ctx: Arc<Ctx>,
+    all_done: Arc<tokio::sync::Notify>,
+}
+
+impl ConnectionSlot {
+    fn take(ctx: &Arc<Ctx>, all_done: Arc<tokio::sync::Notify>) -> ConnectionSlot {
+        ctx.metrics.open_connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionSlot {
+            ctx: Arc::clone(ctx),
+            all_done,
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if self
+            .ctx
+            .metrics
+            .open_connections
+            .fetch_sub(1, Ordering::AcqRel)
+            == 1
+        {
+            self.all_done.notify_waiters();
+        }
+    }
 }
 
 /// The default connection limit: half the open files the process has left when
@@ -1037,6 +1076,124 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::{
+        messages::{ApiVersionsRequest, JoinGroupRequest},
+        protocol::{Encodable, StrBytes},
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server context over a fresh data directory in `dir`.
+    async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
+        let mut config = crate::config::Config::default();
+        config.storage.data_dir = dir.to_path_buf();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))
+            .await
+            .unwrap()
+            .unwrap();
+        Arc::clone(&Server::bind(storage).await.unwrap().ctx)
+    }
+
+    /// A request frame: size, header (`client_id`), body.
+    fn frame<B: Encodable>(api_key: ApiKey, version: i16, client_id: &str, body: &B) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_string(client_id.to_string())))
+            .encode(&mut buf, api_key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        let len = i32::try_from(buf.len() - 4).unwrap();
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        buf.to_vec()
+    }
+
+    /// Serves one in-memory connection whose writes reach the client only when
+    /// flushed (as over TLS, where the last bytes of a write can stay in the
+    /// session until the next one); returns the client's end.
+    fn serve_in_memory(ctx: Arc<Ctx>) -> (tokio::io::DuplexStream, watch::Sender<bool>) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (rd, wr) = tokio::io::split(server);
+        let wr = tokio::io::BufWriter::with_capacity(1 << 20, wr);
+        let (stop_tx, stop) = watch::channel(false);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        tokio::spawn(serve_connection(
+            ctx,
+            rd,
+            wr,
+            peer,
+            stop,
+            conn::Activity::new(),
+        ));
+        (client, stop_tx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_response_is_flushed_not_left_for_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
+        let request = frame(ApiKey::ApiVersions, 3, "c", &ApiVersionsRequest::default());
+        client.write_all(&request).await.unwrap();
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut len))
+            .await
+            .expect("the answer is written out, not held until another one")
+            .unwrap();
+        assert!(i32::from_be_bytes(len) > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_response_that_cannot_be_encoded_closes_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
+        // The member id made from this client id does not fit JoinGroup v5's
+        // 16-bit string: the MEMBER_ID_REQUIRED answer cannot be encoded.
+        let long = "c".repeat(32_740);
+        let join = JoinGroupRequest::default()
+            .with_group_id(StrBytes::from_static_str("g").into())
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"m")),
+            ]);
+        client
+            .write_all(&frame(ApiKey::JoinGroup, 5, &long, &join))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+            .await
+            .expect(
+                "the connection closes; a request left unanswered would shift every later answer",
+            )
+            .unwrap();
+        assert_eq!(n, 0, "nothing is answered");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_task_that_panics_gives_its_slot_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        let all_done = Arc::new(tokio::sync::Notify::new());
+        let slot = ConnectionSlot::take(&ctx, Arc::clone(&all_done));
+        assert_eq!(ctx.metrics.open_connections.load(Ordering::Acquire), 1);
+        let notified = all_done.notified();
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            panic!("a handler's bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(ctx.metrics.open_connections.load(Ordering::Acquire), 0);
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .expect("a shutdown waiting for connections to end is woken");
+    }
 
     #[test]
     fn the_default_connection_limit_leaves_storage_half_of_what_is_left() {
