@@ -29,8 +29,14 @@ impl AlignedBuf {
     /// Allocates a zeroed buffer of at least `cap` bytes (rounded up to the block size).
     ///
     /// # Panics
-    /// On allocation failure (like `Vec`), or if `cap` is zero.
+    /// On allocation failure (like `Vec`), or when `cap` rounded up to the block
+    /// size overflows.
     pub fn new(cap: usize) -> Self {
+        // Checked: a wrapped `align_up` would make a zero-sized layout below.
+        assert!(
+            cap <= usize::MAX - BLOCK_SIZE,
+            "buffer size {cap} overflows when rounded up to the block size"
+        );
         let cap = align_up(cap.max(1));
         let layout =
             Layout::from_size_align(cap, BLOCK_SIZE).expect("buffer size overflows Layout");

@@ -671,7 +671,12 @@ impl Committer {
         let mut pool: Vec<AlignedBuf> = (0..core.config.max_in_flight + 1)
             .map(|_| AlignedBuf::new(cap))
             .collect();
-        backend.register_buffers(&mut pool)?;
+        // Registered buffers are charged to the user's RLIMIT_MEMLOCK, which a
+        // few WALs (or a large pool) exceed without CAP_IPC_LOCK: the writes then
+        // go from unregistered buffers, a little slower, rather than not at all.
+        if let Err(e) = backend.register_buffers(&mut pool) {
+            tracing::warn!(error = %e, "registering the WAL's buffers with io_uring failed (see RLIMIT_MEMLOCK, `ulimit -l`); writing from unregistered buffers");
+        }
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
         let journal = JournalCheck::for_dir(&core.dir);
         let file_start_syncs = core.counters.fsyncs.load(Ordering::Relaxed);

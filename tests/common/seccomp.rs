@@ -11,6 +11,16 @@ const AUDIT_ARCH: u32 = 0xC000_00B7;
 /// process at once (`SECCOMP_FILTER_FLAG_TSYNC`), such as a WAL's commit thread
 /// that is already running.
 pub fn deny(nr: libc::c_long, errno: i32, all_threads: bool) {
+    install(nr, None, errno, all_threads);
+}
+
+/// Like [`deny`], only for the calls of `nr` whose second argument is `op` (an
+/// `io_uring_register` opcode, say); other calls go through.
+pub fn deny_op(nr: libc::c_long, op: u32, errno: i32, all_threads: bool) {
+    install(nr, Some(op), errno, all_threads);
+}
+
+fn install(nr: libc::c_long, op: Option<u32>, errno: i32, all_threads: bool) {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
@@ -26,15 +36,30 @@ pub fn deny(nr: libc::c_long, errno: i32, all_threads: bool) {
         jf,
         k,
     };
-    // seccomp_data: `nr` at offset 0, `arch` at offset 4.
-    let mut filter = [
-        stmt(LD_W_ABS, 4),
-        jump(AUDIT_ARCH, 0, 3),
-        stmt(LD_W_ABS, 0),
-        jump(u32::try_from(nr).expect("system call number"), 0, 1),
-        stmt(RET_K, libc::SECCOMP_RET_ERRNO | errno as u32),
-        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-    ];
+    // seccomp_data: `nr` at offset 0, `arch` at offset 4, the arguments as
+    // 64-bit words from offset 16 (the second one's low half at 24 on these
+    // little-endian machines). Each failed test jumps to the final ALLOW.
+    let nr = u32::try_from(nr).expect("system call number");
+    let mut filter = match op {
+        None => vec![
+            stmt(LD_W_ABS, 4),
+            jump(AUDIT_ARCH, 0, 3),
+            stmt(LD_W_ABS, 0),
+            jump(nr, 0, 1),
+            stmt(RET_K, libc::SECCOMP_RET_ERRNO | errno as u32),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        ],
+        Some(op) => vec![
+            stmt(LD_W_ABS, 4),
+            jump(AUDIT_ARCH, 0, 5),
+            stmt(LD_W_ABS, 0),
+            jump(nr, 0, 3),
+            stmt(LD_W_ABS, 24),
+            jump(op, 0, 1),
+            stmt(RET_K, libc::SECCOMP_RET_ERRNO | errno as u32),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        ],
+    };
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_mut_ptr(),

@@ -97,6 +97,38 @@ fn path_of(file: &Option<(File, PathBuf)>) -> &Path {
     file.as_ref().map_or(Path::new(""), |(_, p)| p.as_path())
 }
 
+/// Checks that the kernel runs every operation this backend submits. A ring can
+/// be set up from Linux 5.1, but `IORING_OP_WRITE` (unregistered buffers) and
+/// the file update at rotation need 5.6 and 5.5: without the check, `auto` would
+/// choose io_uring on such a kernel and the WAL would fail at its first rotation
+/// or first large entry. The probe itself needs 5.6.
+fn require_operations(ring: &IoUring) -> Result<()> {
+    let unsupported = |detail: String| {
+        Error::io(
+            "io_uring_register probe",
+            "io_uring",
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("{detail}; the io_uring backend needs Linux 5.6 or later"),
+            ),
+        )
+    };
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| unsupported(format!("the kernel lists no io_uring operations ({e})")))?;
+    for (name, code) in [
+        ("WRITE", opcode::Write::CODE),
+        ("WRITE_FIXED", opcode::WriteFixed::CODE),
+        ("FSYNC", opcode::Fsync::CODE),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(unsupported(format!("the kernel lacks IORING_OP_{name}")));
+        }
+    }
+    Ok(())
+}
+
 impl UringBackend {
     pub(crate) fn new(entries: u32, direct: bool) -> Result<Self> {
         // Completions need no IPI to interrupt the commit thread; they are run at its
@@ -108,6 +140,7 @@ impl UringBackend {
             .build(entries)
             .or_else(|_| IoUring::new(entries))
             .map_err(|e| Error::io("io_uring_setup", "io_uring", e))?;
+        require_operations(&ring)?;
         Ok(UringBackend {
             ring,
             file: None,
@@ -311,7 +344,10 @@ impl Backend for UringBackend {
             })
             .collect();
         // SAFETY: the buffers are owned by the commit thread, which drops this backend
-        // (and with it the ring and its registration) before the buffers.
+        // (and with it the ring and its registration) before the buffers, or, when
+        // reaping failed and the ring is leaked with operations possibly still in
+        // the kernel, never submits through it again: a registration left behind
+        // then names memory no operation uses.
         unsafe { self.ring.submitter().register_buffers(&iovecs) }
             .map_err(|e| Error::io("io_uring_register buffers", self.path(), e))?;
         for (i, b) in bufs.iter_mut().enumerate() {
