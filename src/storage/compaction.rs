@@ -212,7 +212,11 @@ impl Gap {
         let mut first = self.first;
         while first <= self.last {
             let last = self.last.min(first + i64::from(i32::MAX));
-            out.push(&batch::empty_batch(first, last, self.max_timestamp), first)?;
+            out.push(
+                &batch::empty_batch(first, last, self.max_timestamp),
+                first,
+                self.max_timestamp,
+            )?;
             first = last + 1;
         }
         Ok(())
@@ -364,17 +368,29 @@ pub(crate) fn plan_segment(
     Ok(plan)
 }
 
+/// What [`write_group`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupCopy {
+    /// Records removed.
+    pub removed: u64,
+    /// Bytes of the copy.
+    pub size: u64,
+    /// The newest timestamp of all the copy's batches (-1 when none has one),
+    /// which may be an earlier batch's rather than the last one's: what time
+    /// retention judges the copy by.
+    pub max_timestamp: i64,
+}
+
 /// Writes the compacted copy of the consecutive segments `group` as one segment
 /// starting at the first one's base, beside it ([`CleanedWriter`] files, made
-/// durable); `first_unsafe` as for [`plan_segment`]. Returns the records removed
-/// and the copy's size.
+/// durable); `first_unsafe` as for [`plan_segment`].
 pub(crate) fn write_group(
     dir: &Path,
     group: &[Source],
     map: &KeyMap,
     policy: &CompactionPolicy,
     first_unsafe: Option<i64>,
-) -> Result<(u64, u64)> {
+) -> Result<GroupCopy> {
     let mut judge = Judge::new(map, policy, first_unsafe);
     let base = group[0].base;
     let mut out = CleanedWriter::create(dir, base)?;
@@ -397,11 +413,12 @@ pub(crate) fn write_group(
             g.flush(&mut out)?;
         }
         match d {
+            // A batch that keeps some records keeps its header's timestamps.
             Decision::Partial { batch, removed } => {
                 removed_total += removed;
-                out.push(&batch, info.base_offset)
+                out.push(&batch, info.base_offset, info.max_timestamp)
             }
-            _ => out.push(buf, info.base_offset),
+            _ => out.push(buf, info.base_offset, info.max_timestamp),
         }
     };
     let mut written = Ok(());
@@ -420,7 +437,11 @@ pub(crate) fn write_group(
         CleanedWriter::discard(dir, base);
         return Err(e);
     }
-    let size = out.size();
+    let (size, max_timestamp) = (out.size(), out.max_timestamp());
     out.finish()?;
-    Ok((removed_total, size))
+    Ok(GroupCopy {
+        removed: removed_total,
+        size,
+        max_timestamp,
+    })
 }

@@ -582,24 +582,75 @@ impl Partition {
             return Ok((0, 0));
         };
         let floor = self.deleted_below.load(Ordering::Acquire);
+        let older = |t: i64| {
+            retention_ms
+                .is_some_and(|r| now_ms.saturating_sub(t) > i64::try_from(r).unwrap_or(i64::MAX))
+        };
+        if retention_ms.is_some() {
+            // A segment opened from its index knows only its last batch's
+            // timestamp, and an earlier batch may be newer: the newest of all
+            // is found before the segment can expire by time.
+            self.settle_max_timestamps(|s| s.max_timestamp() < 0 || older(s.max_timestamp()));
+        }
         self.trim("past retention", |s, total| {
             // Records without timestamps (-1) are judged by the file's last
-            // write, as Kafka judges them; an empty segment by nothing.
-            let newest = if s.max_timestamp() >= 0 {
+            // write, as Kafka judges them; an empty segment by nothing; one
+            // whose newest timestamp is not known (opened from its index since
+            // the pass above) not by age.
+            let newest = if !s.max_timestamp_is_exact() {
+                None
+            } else if s.max_timestamp() >= 0 {
                 Some(s.max_timestamp())
             } else if s.size() > 0 {
                 s.modified_ms()
             } else {
                 None
             };
-            let too_old = retention_ms.is_some_and(|r| {
-                newest.is_some_and(|t| {
-                    now_ms.saturating_sub(t) > i64::try_from(r).unwrap_or(i64::MAX)
-                })
-            });
+            let too_old = newest.is_some_and(older);
             let too_big = retention_bytes.is_some_and(|r| total - s.size() >= r);
             too_old || too_big || s.next_offset() <= floor
         })
+    }
+
+    /// Finds the newest timestamp of all the batches of each closed segment
+    /// opened from its index (which gives only its last batch's) that `wanted`
+    /// picks, reading their batch headers outside the partition lock, so that
+    /// appends go on meanwhile. A segment whose headers cannot be read keeps
+    /// its last batch's (logged).
+    fn settle_max_timestamps(&self, wanted: impl Fn(&Segment) -> bool) {
+        let jobs: Vec<segment::MaxTimestampJob> = {
+            let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            log[..log.len().saturating_sub(1)]
+                .iter()
+                .filter(|s| !s.max_timestamp_is_exact() && wanted(s))
+                .filter_map(Segment::max_timestamp_job)
+                .collect()
+        };
+        if jobs.is_empty() {
+            return;
+        }
+        let found: Vec<(i64, u64, Option<i64>)> = jobs
+            .iter()
+            .map(|job| {
+                let ts = job
+                    .run()
+                    .inspect_err(|e| {
+                        tracing::warn!(topic = %self.topic, partition = self.index, base = job.base_offset, error = %e, "could not read the segment's batch headers; it is judged by its last batch's timestamp");
+                    })
+                    .ok();
+                (job.base_offset, job.size, ts)
+            })
+            .collect();
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        for (base, size, ts) in found {
+            // Gone or replaced meanwhile (retention, compaction): nothing to do.
+            if let Some(s) = log.iter_mut().find(|s| {
+                s.base_offset() == base && s.size() == size && !s.max_timestamp_is_exact()
+            }) {
+                let ts = ts.unwrap_or(s.max_timestamp());
+                s.set_max_timestamp(ts);
+            }
+        }
     }
 
     /// Deletes the oldest segments while `deletable(segment, bytes held)` says so,
@@ -683,6 +734,12 @@ impl Partition {
         };
         let hw = self.high_watermark();
         let lag = i64::try_from(policy.min_compaction_lag_ms).unwrap_or(i64::MAX);
+        let horizon = policy.now_ms.saturating_sub(lag);
+        if lag > 0 {
+            // As for retention: a segment opened from its index may hold a
+            // batch newer than its last.
+            self.settle_max_timestamps(|s| s.next_offset() <= hw && s.max_timestamp() <= horizon);
+        }
         let sources: Vec<Source> = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             log[..log.len().saturating_sub(1)]
@@ -690,7 +747,8 @@ impl Partition {
                 .take_while(|s| {
                     s.next_offset() <= hw
                         && !s.is_dirty()
-                        && (lag == 0 || s.max_timestamp() <= policy.now_ms.saturating_sub(lag))
+                        && (lag == 0
+                            || (s.max_timestamp_is_exact() && s.max_timestamp() <= horizon))
                 })
                 .map(|s| Source {
                     base: s.base_offset(),
@@ -763,13 +821,13 @@ impl Partition {
             if group.len() == 1 && !plans[g.start].changes() {
                 continue;
             }
-            let (removed, size) =
+            let copy =
                 compaction::write_group(&self.dir, group, &map, policy, unsafe_before[g.start])?;
-            if self.install_group(group)? {
+            if self.install_group(group, copy.max_timestamp)? {
                 stats.segments += group.len();
                 stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
-                stats.bytes_after += size;
-                stats.records_removed += removed;
+                stats.bytes_after += copy.size;
+                stats.records_removed += copy.removed;
             }
         }
         self.cleaned_through.store(covered, Ordering::Release);
@@ -792,9 +850,11 @@ impl Partition {
     /// Puts the compacted copy of `group` (written by
     /// [`compaction::write_group`]) in place of its segments, if they are all
     /// still there, unchanged and closed (retention or DeleteRecords may have
-    /// deleted some meanwhile); otherwise removes the copy. Returns whether it
-    /// was installed.
-    fn install_group(&self, group: &[Source]) -> Result<bool> {
+    /// deleted some meanwhile); otherwise removes the copy. `max_timestamp` is
+    /// the newest timestamp of all the copy's batches, which time retention
+    /// judges it by (its index gives only the last batch's). Returns whether
+    /// it was installed.
+    fn install_group(&self, group: &[Source], max_timestamp: i64) -> Result<bool> {
         let base = group[0].base;
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let at = log
@@ -812,7 +872,8 @@ impl Partition {
         };
         let merged: Vec<i64> = group[1..].iter().map(|g| g.base).collect();
         segment::install_swap(&self.dir, base, &merged)?;
-        let seg = Segment::open(&self.dir, base, false)?;
+        let mut seg = Segment::open(&self.dir, base, false)?;
+        seg.set_max_timestamp(max_timestamp);
         log.splice(i..i + group.len(), [seg]);
         Ok(true)
     }
@@ -1237,6 +1298,57 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(n, 2, "the segment without timestamps was kept");
         assert_eq!(p.log_start_offset(), 2);
+    }
+
+    /// Produces one batch of a record with `key` and a `size`-byte value at
+    /// timestamp `ts`.
+    fn produce_keyed_at(p: &Partition, key: &str, ts: i64, size: usize) -> i64 {
+        let value = vec![1u8; size];
+        store(
+            p,
+            batch::tests::make_keyed_batch(
+                0,
+                ts,
+                &[(0, Some(key.as_bytes()), Some(&value))],
+                -1,
+                -1,
+                -1,
+            ),
+        )
+    }
+
+    /// A segment opened from its index at start-up knew only its last batch's
+    /// timestamp: when an earlier batch was newer (producers' clocks differ),
+    /// retention deleted it by the older one. The newest of all its batches
+    /// is found before it expires by time.
+    #[test]
+    fn a_segment_opened_from_its_index_expires_by_its_newest_batch_not_its_last() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        // One closed segment: day 5, then day 1; then the active one.
+        assert_eq!(produce_at(&p, 5 * DAY, 1500), 0);
+        assert_eq!(produce_at(&p, DAY, 1500), 1);
+        assert_eq!(produce_at(&p, DAY, 1500), 2);
+        assert_eq!(files(&pdir, "log"), 2);
+        p.sync().unwrap();
+        drop(p);
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert!(!p.log.lock().unwrap()[0].max_timestamp_is_exact());
+        let three_days = Some(3 * DAY as u64);
+        // Day 6: the record of day 5 is a day old.
+        assert_eq!(
+            p.apply_retention(6 * DAY, three_days, None).unwrap(),
+            (0, 0),
+            "deleted by its last batch's timestamp"
+        );
+        assert_eq!(p.log_start_offset(), 0);
+        assert_eq!(p.log.lock().unwrap()[0].max_timestamp(), 5 * DAY);
+        // Day 9: it is past retention.
+        assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 2);
+        assert_eq!(p.log_start_offset(), 3);
     }
 
     #[test]
@@ -2177,6 +2289,70 @@ pub(crate) mod tests {
             p.set_high_watermark(p.log_end_offset());
             assert_eq!(files(dir, "cleaning") + files(dir, "swap"), 0, "{dir:?}");
             read_all(&p)
+        }
+
+        /// A compacted copy was judged for time retention by its last batch's
+        /// timestamp: when an earlier batch of the group was newer (producers'
+        /// clocks differ), retention deleted records it should have kept. The
+        /// copy's newest timestamp is that of all the batches written.
+        #[test]
+        fn a_compacted_segment_expires_by_its_newest_batch_not_its_last() {
+            const DAY: i64 = 24 * 3600 * 1000;
+            let (_dir, pdir, p) = fresh();
+            // Three 1300-byte batches a segment: "x" of day 1 goes (a newer
+            // "x" follows), "a" of day 5 stays, and "b" of day 1 ends the copy.
+            produce_keyed_at(&p, "x", DAY, 1200);
+            produce_keyed_at(&p, "a", 5 * DAY, 1200);
+            produce_keyed_at(&p, "b", DAY, 1200);
+            for key in ["x", "c", "d", "e"] {
+                produce_keyed_at(&p, key, DAY, 1200);
+            }
+            assert_eq!(p.log.lock().unwrap().len(), 3);
+            let stats = compact(&p, &policy(6 * DAY));
+            assert_eq!((stats.segments, stats.records_removed), (1, 1), "{stats:?}");
+            {
+                let log = p.log.lock().unwrap();
+                assert_eq!(log[0].index().len(), 3, "a gap, \"a\" and \"b\"");
+                assert!(log[0].max_timestamp_is_exact());
+                assert_eq!(log[0].max_timestamp(), 5 * DAY);
+            }
+            let three_days = Some(3 * DAY as u64);
+            assert_eq!(
+                p.apply_retention(6 * DAY, three_days, None).unwrap(),
+                (0, 0),
+                "deleted by its last batch's timestamp"
+            );
+            // The same after a restart, where the index gives only the last.
+            drop(p);
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            assert_eq!(
+                p.apply_retention(6 * DAY, three_days, None).unwrap(),
+                (0, 0),
+                "deleted by its last batch's timestamp after a restart"
+            );
+            assert_eq!(p.log_start_offset(), 0);
+            assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 3);
+        }
+
+        /// `min.compaction.lag.ms` holds back a segment opened from its index
+        /// whose last batch is old enough but an earlier one is not.
+        #[test]
+        fn the_compaction_lag_goes_by_a_reopened_segments_newest_batch() {
+            let (_dir, pdir, p) = fresh();
+            let hour = 3_600_000;
+            produce_keyed_at(&p, "k", TS, 1200);
+            produce_keyed_at(&p, "k", TS - 48 * hour, 1200);
+            produce_keyed_at(&p, "k", TS - 48 * hour, 1200);
+            produce_keyed_at(&p, "k", TS - 48 * hour, 1200);
+            assert_eq!(p.log.lock().unwrap().len(), 2);
+            drop(p);
+            let p = Partition::open("t", 0, pdir, 4096).unwrap();
+            let mut lagged = policy(TS + 1000);
+            lagged.min_compaction_lag_ms = 60_000;
+            assert_eq!(compact(&p, &lagged), CompactionStats::default());
+            assert_eq!(p.log.lock().unwrap()[0].max_timestamp(), TS);
+            lagged.now_ms = TS + 60_000;
+            assert_eq!(compact(&p, &lagged).records_removed, 2);
         }
 
         #[test]

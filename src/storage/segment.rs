@@ -60,6 +60,48 @@ impl SyncJob {
     }
 }
 
+/// Finds the newest timestamp of a closed segment's batches by reading each
+/// batch header, runnable outside the partition lock.
+#[derive(Debug)]
+pub struct MaxTimestampJob {
+    /// Base offset of the segment.
+    pub base_offset: i64,
+    /// The log's size when the job was taken: the batches it reads.
+    pub size: u64,
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl MaxTimestampJob {
+    /// Reads every batch header (batches lie back to back) and returns the
+    /// newest `max_timestamp`, -1 when none has one.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; a header that does not parse, or a batch
+    /// that extends past `size`, is [`Error::Corrupt`].
+    pub fn run(&self) -> Result<i64> {
+        let mut head = [0u8; HEADER_LEN];
+        let (mut pos, mut max) = (0u64, -1i64);
+        while pos < self.size {
+            self.file
+                .read_exact_at(&mut head, pos)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+            let info = batch::parse_header(&head)
+                .map_err(|e| Error::corrupt(&self.path, pos, e.to_string()))?;
+            if pos + info.len as u64 > self.size {
+                return Err(Error::corrupt(
+                    &self.path,
+                    pos,
+                    "batch extends past the end of the segment",
+                ));
+            }
+            max = max.max(info.max_timestamp);
+            pos += info.len as u64;
+        }
+        Ok(max)
+    }
+}
+
 /// One segment: a log file and its offset index.
 #[derive(Debug)]
 pub struct Segment {
@@ -74,9 +116,13 @@ pub struct Segment {
     dirty: bool,
     /// What the opening scan cut off, if anything.
     cut: Option<Cut>,
-    /// The newest record timestamp of the segment's batches (for an older segment
-    /// opened from its index, that of its last batch); -1 when none.
+    /// The newest record timestamp of the segment's batches; -1 when none. For
+    /// an older segment opened from its index, that of its last batch until
+    /// [`Segment::max_timestamp_job`] finds the newest of all
+    /// (`max_timestamp_exact` false until then).
     max_timestamp: i64,
+    /// Whether `max_timestamp` is the newest of all the segment's batches.
+    max_timestamp_exact: bool,
     /// The newest record timestamp of the segment's first batch; -1 when it has
     /// none (or, for an older segment opened from its index, unknown).
     first_timestamp: i64,
@@ -313,6 +359,8 @@ pub struct CleanedWriter {
     index_path: PathBuf,
     index: Vec<u8>,
     size: u64,
+    /// The newest `max_timestamp` of the batches written; -1 when none has one.
+    max_timestamp: i64,
 }
 
 impl CleanedWriter {
@@ -332,14 +380,16 @@ impl CleanedWriter {
             index_path: dir.join(index),
             index: Vec::new(),
             size: 0,
+            max_timestamp: -1,
         })
     }
 
-    /// Appends one whole batch whose base offset is `offset`.
+    /// Appends one whole batch whose base offset is `offset` and whose header's
+    /// largest timestamp is `max_timestamp`.
     ///
     /// # Errors
     /// I/O errors naming the file.
-    pub fn push(&mut self, batch: &[u8], offset: i64) -> Result<()> {
+    pub fn push(&mut self, batch: &[u8], offset: i64, max_timestamp: i64) -> Result<()> {
         use std::io::Write;
         self.log
             .write_all(batch)
@@ -349,12 +399,20 @@ impl CleanedWriter {
         self.index
             .extend_from_slice(&u32::try_from(self.size).unwrap_or(u32::MAX).to_be_bytes());
         self.size += batch.len() as u64;
+        self.max_timestamp = self.max_timestamp.max(max_timestamp);
         Ok(())
     }
 
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The newest timestamp of the batches written so far (-1 when none has
+    /// one): the copy's [`Segment::max_timestamp`], which its index alone does
+    /// not give when it is opened.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
     }
 
     /// Writes the index and `fdatasync`s both files.
@@ -430,6 +488,7 @@ impl Segment {
             dirty: true,
             cut: None,
             max_timestamp: -1,
+            max_timestamp_exact: true,
             first_timestamp: -1,
             opened_ms: now_ms(),
         })
@@ -492,6 +551,7 @@ impl Segment {
             dirty: false,
             cut: None,
             max_timestamp: -1,
+            max_timestamp_exact: false,
             first_timestamp: -1,
             opened_ms: now_ms(),
         };
@@ -601,7 +661,10 @@ impl Segment {
             return Ok(false);
         }
         self.next_offset = info.last_offset() + 1;
+        // Only the last batch's header is read here: the newest timestamp of
+        // the others is found when it matters (see `max_timestamp_job`).
         self.max_timestamp = info.max_timestamp;
+        self.max_timestamp_exact = index.len() == 1;
         self.index = index;
         Ok(true)
     }
@@ -681,6 +744,7 @@ impl Segment {
         }
         self.index = index;
         self.next_offset = next;
+        self.max_timestamp_exact = true;
         // Rewrite the index from what was scanned.
         let mut raw = Vec::with_capacity(self.index.len() * INDEX_ENTRY);
         for e in &self.index {
@@ -830,9 +894,36 @@ impl Segment {
     }
 
     /// The newest record timestamp of its batches (ms; -1 when none): what
-    /// time-based retention judges the segment by.
+    /// time-based retention judges the segment by. For an older segment opened
+    /// from its index, that of its last batch until the newest of all is known
+    /// (see [`Segment::max_timestamp_is_exact`]).
     pub fn max_timestamp(&self) -> i64 {
         self.max_timestamp
+    }
+
+    /// Whether [`Segment::max_timestamp`] is the newest timestamp of all the
+    /// segment's batches rather than only that of its last.
+    pub fn max_timestamp_is_exact(&self) -> bool {
+        self.max_timestamp_exact
+    }
+
+    /// Records `max_timestamp` as the newest timestamp of all the segment's
+    /// batches (found by a [`MaxTimestampJob`] on it, or known to whoever wrote
+    /// it).
+    pub fn set_max_timestamp(&mut self, max_timestamp: i64) {
+        self.max_timestamp = max_timestamp;
+        self.max_timestamp_exact = true;
+    }
+
+    /// The reads that find the newest timestamp of all the segment's batches, to
+    /// run without holding the partition lock; `None` when it is known already.
+    pub fn max_timestamp_job(&self) -> Option<MaxTimestampJob> {
+        (!self.max_timestamp_exact).then(|| MaxTimestampJob {
+            base_offset: self.base_offset,
+            size: self.size,
+            file: Arc::clone(&self.log),
+            path: self.log_path.clone(),
+        })
     }
 
     /// When the log file was last written (ms since the Unix epoch), if the
