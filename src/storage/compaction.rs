@@ -55,7 +55,7 @@ use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN},
-    segment::CleanedWriter,
+    segment::{BatchIndex, CleanedWriter},
 };
 
 /// Default bound of one pass's key map (`--log-cleaner-dedupe-buffer-size`;
@@ -102,14 +102,15 @@ pub(crate) struct Source {
     pub size: u64,
     pub file: Arc<File>,
     pub path: PathBuf,
-    pub positions: Vec<u64>,
+    /// The segment's index, shared (a closed segment's never changes).
+    pub index: Arc<BatchIndex>,
 }
 
 impl Source {
     /// Calls `f` with every batch of the segment, whole, and its header.
     fn for_each_batch(&self, mut f: impl FnMut(&[u8], &BatchInfo) -> Result<()>) -> Result<()> {
         let mut buf = Vec::new();
-        for &position in &self.positions {
+        for position in self.index.iter().map(|e| e.position) {
             buf.resize(HEADER_LEN, 0);
             self.file
                 .read_exact_at(&mut buf, position)

@@ -24,7 +24,7 @@ use super::{
     batch::{self, BatchInfo, HEADER_LEN},
     compaction::{self, CompactionPolicy, CompactionStats, Source},
     producers::{ProducerState, Snapshot},
-    segment::{self, CleanedWriter, Segment},
+    segment::{self, BatchIndex, CleanedWriter, Segment},
     sync_dir,
 };
 
@@ -192,6 +192,24 @@ pub struct ReadResult {
     pub high_watermark: i64,
     /// First offset still stored.
     pub log_start_offset: i64,
+}
+
+/// A segment as [`Partition::visit_batches`] reads it outside the lock.
+struct SegmentView {
+    base: i64,
+    next: i64,
+    size: u64,
+    file: Arc<File>,
+    path: PathBuf,
+    index: Arc<BatchIndex>,
+    /// The newest timestamp of all its batches, when known.
+    max_timestamp: Option<i64>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Batch headers [`Partition::visit_batches`] read on this thread (tests).
+    static HEADERS_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A read planned under the lock, performed outside it.
@@ -756,7 +774,7 @@ impl Partition {
                     size: s.size(),
                     file: s.file(),
                     path: s.log_path().to_path_buf(),
-                    positions: s.index().iter().map(|e| e.position).collect(),
+                    index: s.shared_index(),
                 })
                 .collect()
         };
@@ -1093,47 +1111,94 @@ impl Partition {
 
     /// Reads every readable batch header, oldest first, until `visit` returns
     /// true; gives `visit` the batch's header, its file and position, and the log
-    /// start offset. Batches wholly below the log start are skipped.
+    /// start offset. Batches wholly below the log start are skipped, and so is
+    /// every segment whose newest timestamp is known and for which `skip(newest,
+    /// known)` says so (as Kafka consults a segment's time index), `known`
+    /// being the newest timestamp known of the segments wholly readable (at or
+    /// above the log start, below the high watermark). A segment opened from its
+    /// index, whose newest timestamp is not known, is read; once read whole it is
+    /// known.
+    ///
+    /// The segments' indexes are shared, not copied (see
+    /// [`Segment::shared_index`]): the partition lock is held for a few
+    /// pointers per segment, whatever the number of batches, so appends go on.
     fn visit_batches(
         &self,
+        skip: impl Fn(i64, i64) -> bool,
         mut visit: impl FnMut(&BatchInfo, &Arc<File>, &Path, u64, i64) -> Result<bool>,
     ) -> Result<()> {
         let hw = self.high_watermark();
-        type Plan = (Arc<File>, PathBuf, Vec<u64>);
-        let (start, plans): (i64, Vec<Plan>) = {
+        let (start, views): (i64, Vec<SegmentView>) = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            let plans = log
+            let views = log
                 .iter()
-                .map(|s| {
-                    (
-                        s.file(),
-                        s.log_path().to_path_buf(),
-                        s.index().iter().map(|e| e.position).collect(),
-                    )
+                .map(|s| SegmentView {
+                    base: s.base_offset(),
+                    next: s.next_offset(),
+                    size: s.size(),
+                    file: s.file(),
+                    path: s.log_path().to_path_buf(),
+                    index: s.shared_index(),
+                    max_timestamp: s.max_timestamp_is_exact().then(|| s.max_timestamp()),
                 })
                 .collect();
-            (self.start_of(&log), plans)
+            (self.start_of(&log), views)
         };
-        let mut head = [0u8; HEADER_LEN];
-        for (file, path, positions) in plans {
-            for position in positions {
-                file.read_exact_at(&mut head, position)
-                    .map_err(|e| Error::io("read", &path, e))?;
-                let Ok(info) = batch::parse_header(&head) else {
+        let known = views
+            .iter()
+            .filter(|v| v.base >= start && v.next <= hw)
+            .filter_map(|v| v.max_timestamp)
+            .max()
+            .unwrap_or(i64::MIN);
+        // Segments read whole whose newest timestamp was not known: (base,
+        // size, newest).
+        let mut learned = Vec::new();
+        let visited = (|| {
+            let mut head = [0u8; HEADER_LEN];
+            for v in &views {
+                if v.next <= start || v.max_timestamp.is_some_and(|t| skip(t, known)) {
                     continue;
-                };
-                if info.base_offset >= hw {
-                    return Ok(());
                 }
-                if info.last_offset() < start {
-                    continue;
+                // None once a header does not parse.
+                let mut newest = Some(-1i64);
+                for position in v.index.iter().map(|e| e.position) {
+                    v.file
+                        .read_exact_at(&mut head, position)
+                        .map_err(|e| Error::io("read", &v.path, e))?;
+                    #[cfg(test)]
+                    HEADERS_READ.with(|c| c.set(c.get() + 1));
+                    let Ok(info) = batch::parse_header(&head) else {
+                        newest = None;
+                        continue;
+                    };
+                    newest = newest.map(|n| n.max(info.max_timestamp));
+                    if info.base_offset >= hw {
+                        return Ok(());
+                    }
+                    if info.last_offset() < start {
+                        continue;
+                    }
+                    if visit(&info, &v.file, &v.path, position, start)? {
+                        return Ok(());
+                    }
                 }
-                if visit(&info, &file, &path, position, start)? {
-                    return Ok(());
+                if let (None, Some(newest)) = (v.max_timestamp, newest) {
+                    learned.push((v.base, v.size, newest));
+                }
+            }
+            Ok(())
+        })();
+        if !learned.is_empty() {
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            for (base, size, newest) in learned {
+                if let Some(s) = log.iter_mut().find(|s| {
+                    s.base_offset() == base && s.size() == size && !s.max_timestamp_is_exact()
+                }) {
+                    s.set_max_timestamp(newest);
                 }
             }
         }
-        Ok(())
+        visited
     }
 
     /// The records of the batch `info` at `position` of `file` that are at or
@@ -1164,13 +1229,15 @@ impl Partition {
     /// need be) the record itself is found; one whose records cannot be read
     /// answers its first offset (at or
     /// above the log start) and its largest timestamp. `None` when no record is
-    /// that new.
+    /// that new. Segments whose newest timestamp is known to be older are not
+    /// read.
     ///
     /// # Errors
     /// I/O errors naming the file.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
         let mut found = None;
-        self.visit_batches(|info, file, path, position, start| {
+        let older = |newest: i64, _| newest < timestamp;
+        self.visit_batches(older, |info, file, path, position, start| {
             if info.max_timestamp < timestamp {
                 return Ok(false);
             }
@@ -1187,22 +1254,32 @@ impl Partition {
     /// timestamp (the first of them on a tie), with that timestamp; a batch whose
     /// records cannot be read answers its last offset, as Kafka did before it
     /// read inside batches.
-    /// `None` for an empty partition. Reads every batch header.
+    /// `None` for an empty partition. Reads the batch headers only of the
+    /// segments that may hold it: not of one whose newest timestamp is known to
+    /// be older than another readable segment's, or no newer than an earlier
+    /// one's.
     ///
     /// # Errors
     /// I/O errors naming the file.
     pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
         type Best = (BatchInfo, Arc<File>, PathBuf, u64, i64);
         let mut best: Option<Best> = None;
-        self.visit_batches(|info, file, path, position, start| {
-            if best
-                .as_ref()
-                .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
-            {
-                best = Some((*info, Arc::clone(file), path.to_path_buf(), position, start));
-            }
-            Ok(false)
-        })?;
+        // The answer is at least as new as the newest known of a readable
+        // segment; a segment no newer than the best so far has no better batch.
+        let best_ts = std::cell::Cell::new(i64::MIN);
+        self.visit_batches(
+            |newest, known| newest < known || newest <= best_ts.get(),
+            |info, file, path, position, start| {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
+                {
+                    best = Some((*info, Arc::clone(file), path.to_path_buf(), position, start));
+                    best_ts.set(info.max_timestamp);
+                }
+                Ok(false)
+            },
+        )?;
         let Some((info, file, path, position, start)) = best else {
             return Ok(None);
         };
@@ -1349,6 +1426,125 @@ pub(crate) mod tests {
         // Day 9: it is past retention.
         assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 2);
         assert_eq!(p.log_start_offset(), 3);
+    }
+
+    /// Batch index entries copied by clones on this thread, and batch headers
+    /// read by timestamp lookups, since the last call.
+    fn copied_and_read() -> (u64, u64) {
+        (
+            segment::INDEX_ENTRIES_COPIED.with(|c| c.replace(0)),
+            HEADERS_READ.with(|c| c.replace(0)),
+        )
+    }
+
+    /// ListOffsets by timestamp and `MAX_TIMESTAMP` copied every segment's
+    /// batch positions under the partition lock, stalling appends for as long
+    /// on a large partition, and then read every batch header before the ones
+    /// they wanted. They now share the indexes (a few pointers per segment
+    /// under the lock), skip segments whose newest timestamp says they cannot
+    /// hold the answer, and learn that of a segment opened from its index by
+    /// reading it once; an append while a lookup holds the indexes copies at
+    /// most the active index's tail.
+    #[test]
+    fn timestamp_lookups_copy_no_index_under_the_lock_and_skip_older_segments() {
+        const T: i64 = 1_700_000_000_000;
+        const N: i64 = 6000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let open = || Partition::open("t", 0, pdir.clone(), 100_000).unwrap();
+        let p = open();
+        for k in 0..N {
+            assert_eq!(store(&p, with_timestamp(make_batch(0, &[b"v"]), T + k)), k);
+        }
+        let bases: Vec<i64> = p
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Segment::base_offset)
+            .collect();
+        assert!(bases.len() >= 4, "{bases:?}");
+        let target = N - 10;
+        let holding = *bases.iter().rev().find(|&&b| b <= target).unwrap();
+        let last = *bases.last().unwrap();
+        let lookups = |p: &Partition| {
+            assert_eq!(
+                p.offset_for_timestamp(T + target).unwrap(),
+                Some((target, T + target))
+            );
+            let by_time = copied_and_read();
+            assert_eq!(p.max_timestamp_offset().unwrap(), Some((N - 1, T + N - 1)));
+            (by_time, copied_and_read())
+        };
+
+        copied_and_read();
+        let (by_time, max) = lookups(&p);
+        assert_eq!(by_time, (0, (target - holding + 1) as u64));
+        assert_eq!(max, (0, (N - last) as u64));
+
+        // Opened from their indexes, the older segments' newest timestamps are
+        // not known: the first lookups read them, the next ones skip them.
+        p.sync().unwrap();
+        drop(p);
+        let p = open();
+        let (by_time, _) = lookups(&p);
+        assert_eq!(by_time, (0, (target + 1) as u64));
+        assert_eq!(
+            lookups(&p),
+            ((0, (target - holding + 1) as u64), (0, (N - last) as u64))
+        );
+
+        // An append while a lookup holds the indexes.
+        let mut appended = false;
+        p.visit_batches(
+            |_, _| false,
+            |_, _, _, _, _| {
+                store(&p, with_timestamp(make_batch(0, &[b"v"]), T + N));
+                appended = true;
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert!(appended);
+        let active = (N - last) as u64;
+        let (copied, _) = copied_and_read();
+        assert!(
+            copied > 0
+                && copied <= active / segment::INDEX_CHUNK as u64 + segment::INDEX_CHUNK as u64,
+            "{copied} of {active} entries copied"
+        );
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((N, T + N)));
+
+        // A compaction pass shares the closed segments' indexes too.
+        copied_and_read();
+        let policy = CompactionPolicy {
+            now_ms: T + N,
+            delete_retention_ms: 0,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: 0.0,
+            map_bytes: compaction::DEFAULT_MAP_BYTES,
+            segment_bytes: 100_000,
+        };
+        let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
+        assert_eq!(stats.records_removed, last as u64, "keyless records go");
+        assert_eq!(copied_and_read().0, 0);
+    }
+
+    /// A segment's newest timestamp may be a batch's below the log start,
+    /// which no lookup answers: it never lets a lookup skip another segment.
+    #[test]
+    fn a_timestamp_below_the_log_start_skips_no_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        for (k, ts) in [100, 10, 50, 5, 20].into_iter().enumerate() {
+            assert_eq!(produce_at(&p, ts, 1500), k as i64);
+        }
+        assert_eq!(p.log.lock().unwrap().len(), 3);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((0, 100)));
+        assert_eq!(p.delete_records(1).unwrap(), 1);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((2, 50)));
+        assert_eq!(p.offset_for_timestamp(40).unwrap(), Some((2, 50)));
+        assert_eq!(p.offset_for_timestamp(101).unwrap(), None);
     }
 
     #[test]

@@ -35,6 +35,110 @@ pub struct IndexEntry {
     pub position: u64,
 }
 
+/// Entries in each shared chunk of a [`BatchIndex`].
+pub const INDEX_CHUNK: usize = 1024;
+
+/// A segment's batch index in memory, oldest batch first: append-only, held as
+/// full chunks of [`INDEX_CHUNK`] entries, each shared by `Arc` and never changed
+/// again, and a tail of fewer. A clone copies the tail and one pointer per
+/// chunk, never the chunks' entries; a segment keeps its index behind an `Arc`
+/// too, so a reader outside the partition lock takes a closed segment's for the
+/// cost of a pointer, and an append after a reader took the active one's copies
+/// at most that much (see [`Segment::shared_index`]).
+#[derive(Debug, Default)]
+pub struct BatchIndex {
+    /// Full chunks, each exactly [`INDEX_CHUNK`] entries.
+    chunks: Vec<Arc<[IndexEntry]>>,
+    /// The entries after the last chunk; fewer than [`INDEX_CHUNK`].
+    tail: Vec<IndexEntry>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Entries and chunk pointers copied by [`BatchIndex`] clones on this
+    /// thread (tests).
+    pub(crate) static INDEX_ENTRIES_COPIED: std::cell::Cell<u64> =
+        const { std::cell::Cell::new(0) };
+}
+
+impl Clone for BatchIndex {
+    fn clone(&self) -> Self {
+        #[cfg(test)]
+        INDEX_ENTRIES_COPIED
+            .with(|c| c.set(c.get() + (self.chunks.len() + self.tail.len()) as u64));
+        BatchIndex {
+            chunks: self.chunks.clone(),
+            tail: self.tail.clone(),
+        }
+    }
+}
+
+impl BatchIndex {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.chunks.len() * INDEX_CHUNK + self.tail.len()
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.tail.is_empty()
+    }
+
+    /// The entry at `i`.
+    pub fn get(&self, i: usize) -> Option<IndexEntry> {
+        let (chunk, at) = (i / INDEX_CHUNK, i % INDEX_CHUNK);
+        match self.chunks.get(chunk) {
+            Some(c) => c.get(at).copied(),
+            None if chunk == self.chunks.len() => self.tail.get(at).copied(),
+            None => None,
+        }
+    }
+
+    /// The newest entry.
+    pub fn last(&self) -> Option<IndexEntry> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// As [`slice::partition_point`]: the index of the first entry for which
+    /// `pred` is false, the entries being ordered so that it is true before
+    /// false.
+    pub fn partition_point(&self, pred: impl Fn(&IndexEntry) -> bool) -> usize {
+        let chunk = self.chunks.partition_point(|c| c.last().is_some_and(&pred));
+        let within = match self.chunks.get(chunk) {
+            Some(c) => c.partition_point(&pred),
+            None => self.tail.partition_point(&pred),
+        };
+        chunk * INDEX_CHUNK + within
+    }
+
+    /// Every entry, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &IndexEntry> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .chain(self.tail.iter())
+    }
+
+    /// Appends `e` (newer than every entry).
+    pub fn push(&mut self, e: IndexEntry) {
+        self.tail.push(e);
+        if self.tail.len() == INDEX_CHUNK {
+            let full = std::mem::replace(&mut self.tail, Vec::with_capacity(INDEX_CHUNK));
+            self.chunks.push(full.into());
+        }
+    }
+}
+
+impl FromIterator<IndexEntry> for BatchIndex {
+    fn from_iter<I: IntoIterator<Item = IndexEntry>>(entries: I) -> Self {
+        let mut index = BatchIndex::default();
+        for e in entries {
+            index.push(e);
+        }
+        index
+    }
+}
+
 /// The `fdatasync`s that make a segment durable, runnable outside the partition lock.
 #[derive(Debug)]
 pub struct SyncJob {
@@ -110,7 +214,8 @@ pub struct Segment {
     index_path: PathBuf,
     log: Arc<File>,
     index_file: Arc<File>,
-    index: Vec<IndexEntry>,
+    /// Shared with readers outside the partition lock (see [`BatchIndex`]).
+    index: Arc<BatchIndex>,
     size: u64,
     next_offset: i64,
     dirty: bool,
@@ -482,7 +587,7 @@ impl Segment {
             index_path,
             log: Arc::new(log),
             index_file: Arc::new(index_file),
-            index: Vec::new(),
+            index: Arc::default(),
             size: 0,
             next_offset: base,
             dirty: true,
@@ -545,7 +650,7 @@ impl Segment {
             index_path,
             log: Arc::new(log),
             index_file: Arc::new(index_file),
-            index: Vec::new(),
+            index: Arc::default(),
             size,
             next_offset: base,
             dirty: false,
@@ -665,7 +770,7 @@ impl Segment {
         // the others is found when it matters (see `max_timestamp_job`).
         self.max_timestamp = info.max_timestamp;
         self.max_timestamp_exact = index.len() == 1;
-        self.index = index;
+        self.index = Arc::new(index.into_iter().collect());
         Ok(true)
     }
 
@@ -742,12 +847,11 @@ impl Segment {
             sync_all(&self.log).map_err(|e| Error::io("fsync", &self.log_path, e))?;
             self.size = pos;
         }
-        self.index = index;
         self.next_offset = next;
         self.max_timestamp_exact = true;
         // Rewrite the index from what was scanned.
-        let mut raw = Vec::with_capacity(self.index.len() * INDEX_ENTRY);
-        for e in &self.index {
+        let mut raw = Vec::with_capacity(index.len() * INDEX_ENTRY);
+        for e in &index {
             raw.extend_from_slice(&((e.offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(e.position as u32).to_be_bytes());
         }
@@ -757,6 +861,7 @@ impl Segment {
         self.index_file
             .write_all_at(&raw, 0)
             .map_err(|e| Error::io("write", &self.index_path, e))?;
+        self.index = Arc::new(index.into_iter().collect());
         self.dirty = true;
         Ok(())
     }
@@ -775,10 +880,13 @@ impl Segment {
         if first_entry == 0 {
             self.first_timestamp = infos.first().map_or(-1, |i| i.max_timestamp);
         }
+        // Copies the tail and the chunk pointers only while a reader holds the
+        // index (see `shared_index`).
+        let index = Arc::make_mut(&mut self.index);
         for info in infos {
             raw.extend_from_slice(&((info.base_offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(pos as u32).to_be_bytes());
-            self.index.push(IndexEntry {
+            index.push(IndexEntry {
                 offset: info.base_offset,
                 position: pos,
             });
@@ -862,8 +970,16 @@ impl Segment {
     }
 
     /// The indexed batches.
-    pub fn index(&self) -> &[IndexEntry] {
+    pub fn index(&self) -> &BatchIndex {
         &self.index
+    }
+
+    /// The indexed batches as they are now, for a reader outside the partition
+    /// lock: a pointer, whatever the number of batches. A closed segment's
+    /// index never changes; an append to the active one while a reader holds
+    /// its index copies only its tail and chunk pointers (see [`BatchIndex`]).
+    pub fn shared_index(&self) -> Arc<BatchIndex> {
+        Arc::clone(&self.index)
     }
 
     /// A shared handle to the log file, for reads outside the partition lock.
@@ -882,7 +998,8 @@ impl Segment {
         producers: &mut ProducerState,
     ) -> Result<()> {
         let mut head = [0u8; HEADER_LEN];
-        for e in &self.index[self.index.len().saturating_sub(batches)..] {
+        let len = self.index.len();
+        for e in (len.saturating_sub(batches)..len).filter_map(|i| self.index.get(i)) {
             self.log
                 .read_exact_at(&mut head, e.position)
                 .map_err(|err| Error::io("read", &self.log_path, err))?;
@@ -979,7 +1096,7 @@ impl Segment {
     pub fn read_range(&self, from: i64, limit: i64, max_bytes: u64) -> Option<(u64, u64)> {
         let i = self.index.partition_point(|e| e.offset <= from);
         let start = i.saturating_sub(1);
-        let first = *self.index.get(start)?;
+        let first = self.index.get(start)?;
         if first.offset >= limit {
             return None;
         }
@@ -1240,6 +1357,60 @@ mod tests {
             std::fs::read(dir.path().join(log_name(0))).unwrap().len() as u64,
             s.size()
         );
+    }
+
+    /// A batch index answers as a slice would across its chunks, and a clone
+    /// copies its tail and chunk pointers, not the chunks' entries.
+    #[test]
+    fn a_batch_index_shares_its_full_chunks() {
+        let n = 2 * INDEX_CHUNK + 10;
+        let entries: Vec<IndexEntry> = (0..n)
+            .map(|i| IndexEntry {
+                offset: 3 * i as i64,
+                position: 100 * i as u64,
+            })
+            .collect();
+        let index: BatchIndex = entries.iter().copied().collect();
+        assert_eq!(index.len(), n);
+        assert!(!index.is_empty() && BatchIndex::default().is_empty());
+        assert!(index.iter().copied().eq(entries.iter().copied()));
+        for i in [
+            0,
+            1,
+            INDEX_CHUNK - 1,
+            INDEX_CHUNK,
+            2 * INDEX_CHUNK,
+            n - 1,
+            n,
+            n + INDEX_CHUNK,
+        ] {
+            assert_eq!(index.get(i), entries.get(i).copied(), "{i}");
+        }
+        assert_eq!(index.last(), entries.last().copied());
+        for offset in [
+            -1,
+            0,
+            1,
+            3 * INDEX_CHUNK as i64,
+            3 * INDEX_CHUNK as i64 + 1,
+            3 * n as i64,
+        ] {
+            let pred = |e: &IndexEntry| e.offset <= offset;
+            assert_eq!(
+                index.partition_point(pred),
+                entries.partition_point(pred),
+                "{offset}"
+            );
+        }
+        let copied = || INDEX_ENTRIES_COPIED.with(std::cell::Cell::get);
+        let before = copied();
+        let mut clone = index.clone();
+        assert_eq!(copied() - before, 2 + 10);
+        clone.push(IndexEntry {
+            offset: 3 * n as i64,
+            position: 100 * n as u64,
+        });
+        assert_eq!((index.len(), clone.len()), (n, n + 1));
     }
 
     #[test]
