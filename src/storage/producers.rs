@@ -18,6 +18,13 @@
 //! written when the newest segment of each partition was started (every producer's
 //! batches before it; [`ProducerState::snapshot_below`]), then from that segment's
 //! batches and what the WAL replay appends.
+//!
+//! Idle producers are dropped by a sweep over the partition's map, which runs
+//! when an unknown producer is recorded and either [`SWEEP_INTERVAL`] has passed
+//! since the last sweep or the map has doubled since (and holds at least
+//! [`SWEEP_MIN_LEN`] producers): recording a new producer costs O(1) amortised,
+//! however many the partition knows. The sweep only frees memory: a producer
+//! idle past the expiry is unknown from then on, swept or not.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -38,6 +45,13 @@ pub const CACHED_BATCHES: usize = 5;
 /// A producer that wrote nothing to a partition for this long is forgotten there
 /// (Kafka's `producer.id.expiration.ms` default).
 const EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest a partition's map goes without an expiry sweep while new
+/// producers arrive.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Below this many producers the map is swept only by time.
+const SWEEP_MIN_LEN: usize = 1024;
 
 /// Why a producer's batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +115,24 @@ struct Entry {
     last_timestamp: i64,
 }
 
+impl Entry {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_used) >= EXPIRY
+    }
+}
+
 /// The producers of one partition.
 #[derive(Debug, Default)]
 pub struct ProducerState {
     producers: HashMap<i64, Entry>,
+    /// When the last expiry sweep ran (`None`: never).
+    last_sweep: Option<Instant>,
+    /// Producers left by the last sweep: the map is swept again once it holds
+    /// twice as many (and at least [`SWEEP_MIN_LEN`]).
+    swept_len: usize,
+    /// Sweeps run.
+    #[cfg(test)]
+    sweeps: usize,
 }
 
 /// A producer state snapshot as stored (`<base offset>.producers`).
@@ -151,6 +179,14 @@ impl ProducerState {
     /// # Errors
     /// The first batch that breaks the rules above.
     pub fn check(&self, infos: &[BatchInfo]) -> std::result::Result<Verdict, SequenceError> {
+        self.check_at(infos, Instant::now())
+    }
+
+    fn check_at(
+        &self,
+        infos: &[BatchInfo],
+        now: Instant,
+    ) -> std::result::Result<Verdict, SequenceError> {
         let mut duplicate_of = None;
         // Later batches of the payload are judged as if the earlier ones were stored.
         let mut last: HashMap<i64, (i16, Option<i32>)> = HashMap::new();
@@ -158,7 +194,10 @@ impl ProducerState {
             if b.producer_id < 0 {
                 continue;
             }
-            let known = self.producers.get(&b.producer_id);
+            let known = self
+                .producers
+                .get(&b.producer_id)
+                .filter(|e| !e.expired(now));
             if let Some(e) = known.filter(|e| e.epoch == b.producer_epoch) {
                 if let Some(c) = e
                     .batches
@@ -217,11 +256,17 @@ impl ProducerState {
 
     /// Records stored batches (offsets assigned): each producer's newest batches.
     pub fn record(&mut self, infos: &[BatchInfo]) {
-        let now = Instant::now();
+        self.record_at(infos, Instant::now());
+    }
+
+    fn record_at(&mut self, infos: &[BatchInfo], now: Instant) {
         for b in infos.iter().filter(|b| b.producer_id >= 0) {
-            if !self.producers.contains_key(&b.producer_id) {
-                self.producers
-                    .retain(|_, e| now.duration_since(e.last_used) < EXPIRY);
+            let known = self
+                .producers
+                .get(&b.producer_id)
+                .is_some_and(|e| !e.expired(now));
+            if !known {
+                self.sweep_if_due(now);
             }
             let e = self.producers.entry(b.producer_id).or_insert(Entry {
                 epoch: b.producer_epoch,
@@ -229,7 +274,8 @@ impl ProducerState {
                 last_used: now,
                 last_timestamp: -1,
             });
-            if b.producer_epoch != e.epoch {
+            // A producer back after the expiry starts afresh, as a new one.
+            if !known || b.producer_epoch != e.epoch {
                 e.epoch = b.producer_epoch;
                 e.batches.clear();
             }
@@ -246,6 +292,27 @@ impl ProducerState {
         }
     }
 
+    /// Drops the producers idle past the expiry, when a sweep is due: once per
+    /// [`SWEEP_INTERVAL`], or when the map has doubled since the last sweep. A
+    /// sweep costs O(len) and the next one by size comes at least as many
+    /// insertions later, so each insertion pays O(1) amortised.
+    fn sweep_if_due(&mut self, now: Instant) {
+        let by_time = self
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL);
+        let by_size = self.producers.len() >= self.swept_len.saturating_mul(2).max(SWEEP_MIN_LEN);
+        if !(by_time || by_size) {
+            return;
+        }
+        self.producers.retain(|_, e| !e.expired(now));
+        self.last_sweep = Some(now);
+        self.swept_len = self.producers.len();
+        #[cfg(test)]
+        {
+            self.sweeps += 1;
+        }
+    }
+
     /// Each producer remembered (not expired), by id: its epoch, the last
     /// sequence of its newest batch (-1 if none is cached) and that batch's
     /// largest record timestamp (when restored from a snapshot, which does not
@@ -255,7 +322,7 @@ impl ProducerState {
         let mut out: Vec<_> = self
             .producers
             .iter()
-            .filter(|(_, e)| now.duration_since(e.last_used) < EXPIRY)
+            .filter(|(_, e)| !e.expired(now))
             .map(|(&id, e)| {
                 let idle = i64::try_from(now.duration_since(e.last_used).as_millis()).unwrap_or(0);
                 let last_seq = e.batches.back().map_or(-1, |c| c.last_seq);
@@ -341,8 +408,14 @@ impl ProducerState {
                     },
                 ))
             })
-            .collect();
-        ProducerState { producers }
+            .collect::<HashMap<_, _>>();
+        ProducerState {
+            swept_len: producers.len(),
+            producers,
+            last_sweep: Some(now),
+            #[cfg(test)]
+            sweeps: 0,
+        }
     }
 
     /// Producers known to this partition.
@@ -463,6 +536,67 @@ mod tests {
         assert!(
             (now - restored[1].3).abs() < 60_000,
             "{restored:?} at {now}"
+        );
+    }
+
+    #[test]
+    fn a_new_producer_is_recorded_in_amortised_constant_time() {
+        // Each unknown producer swept the whole map: 200,000 new ids made
+        // 200,000 sweeps, 2 * 10^10 entry visits.
+        let mut st = ProducerState::default();
+        let template = batch(0, 0, 0, 1, 0);
+        let n = 200_000;
+        let t0 = Instant::now();
+        let at = |st: &mut ProducerState, id: i64, now: Instant| {
+            let mut b = template.clone();
+            b[0].producer_id = id;
+            b[0].base_offset = id;
+            st.record_at(&b, now);
+        };
+        // At most one sweep per doubling of the map (and one per minute).
+        let bound = 2 + (n as f64).log2() as usize;
+        for id in 0..n {
+            at(&mut st, id, t0);
+            assert!(
+                st.sweeps <= bound,
+                "{} sweeps after {} new producers",
+                st.sweeps,
+                id + 1
+            );
+        }
+        assert_eq!(st.len(), n as usize);
+        // Known producers never sweep.
+        let swept = st.sweeps;
+        for id in 0..1000 {
+            at(&mut st, id, t0 + Duration::from_secs(3600));
+        }
+        assert_eq!(st.sweeps, swept);
+
+        // A day later, the first new producer sweeps (a minute has passed):
+        // everyone idle since is dropped, the 1,000 used an hour in are kept.
+        let later = t0 + EXPIRY + Duration::from_secs(60);
+        at(&mut st, n, later);
+        assert_eq!(st.sweeps, swept + 1);
+        assert_eq!(st.len(), 1001);
+        // A producer idle past the expiry and not swept yet (the last sweep was
+        // 20 s before) is unknown, and starts afresh when it comes back.
+        let mut st = ProducerState::default();
+        st.record_at(&batch(7, 0, 0, 3, 0), t0);
+        let t1 = t0 + EXPIRY - Duration::from_secs(10);
+        st.record_at(&batch(8, 0, 0, 1, 3), t1);
+        let t2 = t0 + EXPIRY + Duration::from_secs(10);
+        assert_eq!(
+            st.check_at(&batch(7, 0, 0, 3, -1), t1),
+            Ok(Verdict::Duplicate(0))
+        );
+        assert_eq!(st.check_at(&batch(7, 0, 0, 3, -1), t2), Ok(Verdict::Append));
+        assert_eq!(st.check_at(&batch(7, 0, 9, 1, -1), t2), Ok(Verdict::Append));
+        st.record_at(&batch(7, 0, 0, 3, 5), t2);
+        assert_eq!(st.len(), 2, "not swept");
+        assert_eq!(
+            st.check_at(&batch(7, 0, 0, 3, -1), t2),
+            Ok(Verdict::Duplicate(5)),
+            "started afresh when it came back"
         );
     }
 
