@@ -2581,6 +2581,47 @@ fn produce_refuses_batches_kafka_refuses_with_invalid_record() {
     assert_eq!(produce_at(&mut s, 7, "strict", five).1, 2);
 }
 
+/// A 75-byte snappy batch whose raw block states 128 MiB (`80 80 80 40`) over
+/// garbage, its CRC valid, made the broker zero-fill 128 MiB before finding
+/// out, on as many connections at once as a client opened. It is refused with
+/// INVALID_RECORD before anything is allocated, and other clients are served.
+#[test]
+fn snappy_batches_stating_more_than_they_can_hold_are_refused_without_the_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut s = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut s, "bombs", true), 0);
+    let mut bomb = batch(&["v"])[..61].to_vec();
+    bomb[22] |= 2; // snappy
+    bomb.extend_from_slice(&[0x80, 0x80, 0x80, 0x40]);
+    bomb.extend_from_slice(&[0x55; 10]);
+    let len = (bomb.len() - 12) as i32;
+    let bomb = patched(&bomb, 8, &len.to_be_bytes());
+    assert_eq!(bomb.len(), 75);
+
+    let before = broker_support::peak_rss(broker.pid());
+    let mut conns: Vec<TcpStream> = (0..8).map(|_| connect(&broker.addr)).collect();
+    for c in &mut conns {
+        let req = produce("bombs", 0, Bytes::from(bomb.clone()));
+        c.write_all(&request_frame(ApiKey::Produce, 9, 5, &req))
+            .unwrap();
+    }
+    for c in &mut conns {
+        let (_, r): (i32, ProduceResponse) = response(c, ApiKey::Produce, 9);
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (87, -1), "INVALID_RECORD");
+        let message = p.error_message.as_ref().map(ToString::to_string);
+        assert!(
+            message.as_deref().unwrap_or_default().contains("codec 2"),
+            "{message:?}"
+        );
+    }
+    let grown = broker_support::peak_rss(broker.pid()).saturating_sub(before);
+    assert!(grown < 32 << 20, "peak RSS grew by {} MiB", grown >> 20);
+    let (code, base, _, _) = produce_at(&mut s, 9, "bombs", batch(&["ok"]).to_vec());
+    assert_eq!((code, base), (0, 0));
+}
+
 /// The keyless check of a compacted topic reads every record whatever base
 /// offset the client put in the batch (the CRC does not cover it): one near
 /// `i64::MAX` used to make the record offsets overflow and the batch go in

@@ -1,6 +1,7 @@
 //! Hostile bytes: the WAL reader and recovery over arbitrary and mutated files never
 //! panic, always finish, never allocate much more than the file, and never return an
-//! entry that was not written.
+//! entry that was not written; a produced batch is never decompressed into more
+//! than its bytes can hold.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -255,6 +256,34 @@ fn cases() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256)
+}
+
+/// A 75-byte produced snappy batch whose raw block states 128 MiB (`80 80 80
+/// 40`) over 10 bytes of garbage, its CRC valid: refused without an allocation
+/// of anything near the stated size (it was zero-filled before decompressing).
+#[test]
+fn a_snappy_batch_stating_128_mib_is_refused_without_allocating_it() {
+    use streamline::storage::batch::{validate_produce, BatchError};
+    let mut b = vec![0u8; 61];
+    b[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b[16] = 2; // magic
+    b[22] = 2; // attributes: snappy
+    b[43..61].copy_from_slice(&[0xff; 18]); // no producer: id, epoch, sequence -1
+    b[57..61].copy_from_slice(&1i32.to_be_bytes()); // one record
+    b.extend_from_slice(&[0x80, 0x80, 0x80, 0x40]);
+    b.extend_from_slice(&[0x55; 10]);
+    let len = i32::try_from(b.len() - 12).unwrap();
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(b.len(), 75);
+    Largest::reset();
+    assert_eq!(
+        validate_produce(&b),
+        Err(BatchError::BadPayload { codec: 2 })
+    );
+    let largest = Largest::get();
+    assert!(largest <= 64 * 1024, "allocated {largest} bytes at once");
 }
 
 proptest! {

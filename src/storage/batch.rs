@@ -337,8 +337,9 @@ pub fn validation_may_block(buf: &[u8]) -> bool {
 /// (decompressed first for a compressed batch): length prefixes and fields in
 /// bounds, offset deltas `0..count` in order, exactly `count` records filling
 /// the batch. Record offsets are never computed from the batch's base offset,
-/// which the client sets and the CRC does not cover. One allocation at most (the
-/// decompressed records of a compressed batch), none per record.
+/// which the client sets and the CRC does not cover. Nothing is allocated per
+/// record; a compressed batch is decompressed within the broker's budget (see
+/// [`payload`]), so it may block while other decompressions hold it.
 ///
 /// # Errors
 /// The first check that fails.
@@ -552,73 +553,322 @@ pub fn records_in<'a>(buf: &[u8], payload: &'a [u8]) -> Option<Vec<RecordView<'a
 /// more is treated as one whose records cannot be read).
 pub const MAX_DECOMPRESSED: usize = 128 << 20;
 
+/// Bytes of decompressed records (and of the decoders' own buffers) held at once
+/// across the broker: every request, the cleaner and ListOffsets. Each
+/// decompression reserves what it may hold from this budget before allocating
+/// it, and waits its turn when the budget is spent (see [`payload`]). Room for
+/// the largest single reservation: a zstd records section of
+/// [`MAX_DECOMPRESSED`] bytes with as much window history again, plus the
+/// decoder's block buffers.
+pub const DECOMPRESSION_BUDGET: usize = 2 * MAX_DECOMPRESSED + (16 << 20);
+
+/// The broker's decompression budget (see [`DECOMPRESSION_BUDGET`]).
+static DECOMPRESSION: Budget = Budget::new(DECOMPRESSION_BUDGET);
+
+/// A budget of bytes that decompressions reserve before they allocate them.
+/// Reservations are granted in the order they are asked for, each once enough
+/// of the budget is free; nothing waits for a reservation while holding
+/// another, so every wait ends.
+#[derive(Debug)]
+pub struct Budget {
+    capacity: usize,
+    state: std::sync::Mutex<BudgetState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    in_use: usize,
+    peak: usize,
+    /// The next reservation asked for gets this ticket.
+    next_ticket: u64,
+    /// The ticket whose reservation is granted next.
+    serving: u64,
+}
+
+impl Budget {
+    /// A budget of `capacity` bytes.
+    pub const fn new(capacity: usize) -> Budget {
+        Budget {
+            capacity,
+            state: std::sync::Mutex::new(BudgetState {
+                in_use: 0,
+                peak: 0,
+                next_ticket: 0,
+                serving: 0,
+            }),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reserves `bytes` (at most the capacity: a larger ask takes all of it),
+    /// blocking until the reservations asked for earlier are granted and that
+    /// much is free.
+    fn reserve(&self, bytes: usize) -> Reservation<'_> {
+        let bytes = bytes.min(self.capacity);
+        let mut st = self.lock();
+        if bytes > 0 {
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            while st.serving != ticket || st.in_use + bytes > self.capacity {
+                st = self
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            st.serving += 1;
+            st.in_use += bytes;
+            st.peak = st.peak.max(st.in_use);
+            // The next in line may fit too.
+            self.changed.notify_all();
+        }
+        Reservation {
+            budget: self,
+            bytes,
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> usize {
+        self.lock().in_use
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak(&self) -> usize {
+        self.lock().peak
+    }
+}
+
+/// Bytes held of a [`Budget`], given back when dropped.
+#[derive(Debug)]
+struct Reservation<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    /// Gives back all but `bytes`.
+    fn shrink(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            let mut st = self.budget.lock();
+            st.in_use -= self.bytes - bytes;
+            self.bytes = bytes;
+            self.budget.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.shrink(0);
+    }
+}
+
+/// A batch's records section (see [`payload`]): the batch's own bytes, or its
+/// records decompressed, which hold their share of the decompression budget
+/// until dropped.
+#[derive(Debug)]
+pub struct Payload<'a> {
+    // Declared first: freed before its reservation is given back.
+    bytes: std::borrow::Cow<'a, [u8]>,
+    _reserved: Option<Reservation<'a>>,
+}
+
+impl std::ops::Deref for Payload<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// The records section of the whole batch at the start of `buf`: the bytes
 /// themselves for an uncompressed batch, decompressed for gzip, snappy (raw or
 /// xerial-framed, as the Java client writes it), lz4 (frame format) and zstd.
 /// `None` when it does not decompress, or would be larger than
 /// [`MAX_DECOMPRESSED`].
-pub fn payload(buf: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    use std::borrow::Cow;
-    use std::io::Read;
+///
+/// Decompressed bytes are reserved from the broker's budget
+/// ([`DECOMPRESSION_BUDGET`]) before they are allocated, blocking while it is
+/// spent: snappy's exact length, which its block headers state (a header that
+/// claims more than its block could expand to is refused before anything is
+/// allocated); for the streamed codecs, whose length nothing states reliably,
+/// a guess (gzip's stated length, or four times the compressed bytes), and
+/// four times as much again each time the records turn out larger, starting
+/// over. A streamed decompression that outgrows its reservation gives it back
+/// before asking for a larger one.
+pub fn payload(buf: &[u8]) -> Option<Payload<'_>> {
+    payload_within(buf, &DECOMPRESSION)
+}
+
+/// [`payload`], reserving from `budget`.
+fn payload_within<'a>(buf: &'a [u8], budget: &'a Budget) -> Option<Payload<'a>> {
     let info = parse_header(buf).ok()?;
     let data = buf.get(HEADER_LEN..info.len)?;
-    let limit = MAX_DECOMPRESSED as u64;
-    let read_all = |mut r: Box<dyn Read + '_>| -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        r.by_ref().take(limit + 1).read_to_end(&mut out).ok()?;
-        (out.len() as u64 <= limit).then_some(out)
-    };
     match buf[ATTRIBUTES_OFFSET + 1] & 0x07 {
-        0 => Some(Cow::Borrowed(data)),
-        1 => read_all(Box::new(flate2::read::MultiGzDecoder::new(data))).map(Cow::Owned),
-        2 => snappy(data).map(Cow::Owned),
-        3 => read_all(Box::new(lz4_flex::frame::FrameDecoder::new(data))).map(Cow::Owned),
-        4 => {
-            // One or more frames back to back.
-            let mut out = Vec::new();
-            let mut rest = data;
-            while !rest.is_empty() {
-                let mut d = ruzstd::decoding::StreamingDecoder::new(&mut rest).ok()?;
-                let room = (limit + 1).saturating_sub(out.len() as u64);
-                (&mut d).take(room).read_to_end(&mut out).ok()?;
-                if out.len() as u64 > limit {
-                    return None;
-                }
-            }
-            Some(Cow::Owned(out))
-        }
+        0 => Some(Payload {
+            bytes: std::borrow::Cow::Borrowed(data),
+            _reserved: None,
+        }),
+        2 => snappy(data, budget),
+        codec @ (1 | 3 | 4) => streamed(codec, data, budget),
         _ => None,
     }
 }
 
-/// Snappy as Kafka clients write it: xerial's framing (a magic header, then
-/// blocks each preceded by its length) or one raw block.
-fn snappy(data: &[u8]) -> Option<Vec<u8>> {
-    const XERIAL: &[u8] = b"\x82SNAPPY\0";
-    let mut dec = snap::raw::Decoder::new();
-    let block = |dec: &mut snap::raw::Decoder, b: &[u8], out: &mut Vec<u8>| -> Option<()> {
-        let n = snap::raw::decompress_len(b).ok()?;
-        if out.len() + n > MAX_DECOMPRESSED {
-            return None;
-        }
-        let at = out.len();
-        out.resize(at + n, 0);
-        dec.decompress(b, &mut out[at..]).ok()?;
-        Some(())
-    };
-    let mut out = Vec::new();
-    if data.starts_with(XERIAL) {
-        let mut at = XERIAL.len() + 8; // version and compatible version
-        while at < data.len() {
-            let len = usize::try_from(be_i32(data, at)?).ok()?;
-            let b = data.get(at + 4..at + 4 + len)?;
-            block(&mut dec, b, &mut out)?;
-            at += 4 + len;
-        }
-    } else {
-        block(&mut dec, data, &mut out)?;
+/// What [`inflate`] gave.
+enum Inflated {
+    /// The whole records section.
+    Done(Vec<u8>),
+    /// More bytes than allowed.
+    Larger,
+}
+
+/// What a streamed decompression (codec 1 gzip, 3 lz4, 4 zstd) of `want` bytes
+/// at most holds: its output, and the decoder's own buffers. lz4 keeps up to
+/// three blocks of at most 4 MiB (input, and output with the previous block as
+/// history); zstd keeps up to its window of history, no more than its output
+/// so far, plus block buffers of 128 KiB; gzip a window of 32 KiB.
+fn streamed_charge(codec: u8, want: usize) -> usize {
+    match codec {
+        3 => want + (13 << 20),
+        4 => 2 * want + (1 << 20),
+        _ => want + (256 << 10),
     }
-    Some(out)
+}
+
+/// Decompresses a gzip, lz4 or zstd records section of at most `limit` bytes
+/// (`None`: it does not decompress).
+fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
+    use std::io::Read;
+    let room = limit as u64 + 1;
+    // All the room at once: a read never grows the buffer past what was reserved.
+    let mut out = Vec::with_capacity(limit + 1);
+    match codec {
+        1 => {
+            flate2::read::MultiGzDecoder::new(data)
+                .take(room)
+                .read_to_end(&mut out)
+                .ok()?;
+        }
+        3 => {
+            lz4_flex::frame::FrameDecoder::new(data)
+                .take(room)
+                .read_to_end(&mut out)
+                .ok()?;
+        }
+        4 => {
+            // One or more frames back to back.
+            let mut rest = data;
+            while !rest.is_empty() && out.len() <= limit {
+                let mut d = ruzstd::decoding::StreamingDecoder::new(&mut rest).ok()?;
+                let left = room - out.len() as u64;
+                (&mut d).take(left).read_to_end(&mut out).ok()?;
+            }
+        }
+        _ => return None,
+    }
+    Some(if out.len() > limit {
+        Inflated::Larger
+    } else {
+        Inflated::Done(out)
+    })
+}
+
+/// A gzip, lz4 or zstd records section (codec 1, 3, 4), decompressed within
+/// `budget` (see [`payload`]).
+fn streamed<'a>(codec: u8, data: &[u8], budget: &'a Budget) -> Option<Payload<'a>> {
+    // gzip ends with its (last member's) length modulo 2^32: exact for the one
+    // member Kafka clients write, a guess otherwise.
+    let stated = match (codec, data.len().checked_sub(4)) {
+        (1, Some(at)) => data
+            .get(at..)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, |b| u32::from_le_bytes(b) as usize),
+        _ => 0,
+    };
+    let mut want = stated
+        .max(data.len().saturating_mul(4))
+        .clamp(64 << 10, MAX_DECOMPRESSED);
+    loop {
+        let mut reserved = budget.reserve(streamed_charge(codec, want));
+        match inflate(codec, data, want)? {
+            Inflated::Done(mut out) => {
+                if out.capacity() / 2 > out.len() {
+                    out.shrink_to_fit();
+                }
+                reserved.shrink(out.capacity());
+                return Some(Payload {
+                    bytes: std::borrow::Cow::Owned(out),
+                    _reserved: Some(reserved),
+                });
+            }
+            Inflated::Larger if want >= MAX_DECOMPRESSED => return None,
+            // The reservation goes back before a larger one is asked for.
+            Inflated::Larger => want = want.saturating_mul(4).min(MAX_DECOMPRESSED),
+        }
+    }
+}
+
+/// The most a raw snappy block of `len` bytes (length header included) can
+/// decompress to. A literal emits the bytes it carries and no more; a copy
+/// emits at most 64 bytes, and takes 2 bytes (1-byte offset, at most 11
+/// bytes), 3 (2-byte offset, at most 64) or 5 (4-byte offset, at most 64): no
+/// element emits more than 64/3 bytes per byte of the block, and the length
+/// header emits none. A block whose header claims more can never decompress.
+fn snappy_max_len(len: usize) -> usize {
+    len.saturating_mul(64) / 3
+}
+
+const XERIAL: &[u8] = b"\x82SNAPPY\0";
+
+/// Calls `f` with each raw snappy block of `data` as Kafka clients write it:
+/// xerial's framing (a magic header, then blocks each preceded by its length)
+/// or one raw block. `None` when the framing does not hold or `f` says so.
+fn snappy_blocks<'a>(data: &'a [u8], mut f: impl FnMut(&'a [u8]) -> Option<()>) -> Option<()> {
+    if !data.starts_with(XERIAL) {
+        return f(data);
+    }
+    let mut at = XERIAL.len() + 8; // version and compatible version
+    while at < data.len() {
+        let len = usize::try_from(be_i32(data, at)?).ok()?;
+        f(data.get(at + 4..at + 4 + len)?)?;
+        at += 4 + len;
+    }
+    Some(())
+}
+
+/// A snappy records section, decompressed within `budget`: every block's
+/// stated length is checked against what its size allows
+/// ([`snappy_max_len`]) and the total against [`MAX_DECOMPRESSED`] before that
+/// total is reserved and allocated.
+fn snappy<'a>(data: &[u8], budget: &'a Budget) -> Option<Payload<'a>> {
+    let mut total = 0usize;
+    snappy_blocks(data, |b| {
+        let n = snap::raw::decompress_len(b).ok()?;
+        (n <= snappy_max_len(b.len())).then_some(())?;
+        total = total.checked_add(n).filter(|&t| t <= MAX_DECOMPRESSED)?;
+        Some(())
+    })?;
+    let reserved = budget.reserve(total);
+    let mut out = vec![0u8; total];
+    let mut dec = snap::raw::Decoder::new();
+    let mut at = 0;
+    snappy_blocks(data, |b| {
+        let n = snap::raw::decompress_len(b).ok()?;
+        dec.decompress(b, out.get_mut(at..at + n)?).ok()?;
+        at += n;
+        Some(())
+    })?;
+    Some(Payload {
+        bytes: std::borrow::Cow::Owned(out),
+        _reserved: Some(reserved),
+    })
 }
 
 /// Sets a batch's length and CRC from its bytes (after its records changed).
@@ -692,6 +942,7 @@ pub fn assign_offsets(buf: &mut [u8], infos: &[BatchInfo], base: i64) -> i64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Builds a valid uncompressed batch with `count` records whose values are `values`.
     pub(crate) fn make_batch(base: i64, values: &[&[u8]]) -> Vec<u8> {
@@ -993,6 +1244,108 @@ pub(crate) mod tests {
     }
 
     /// (offset, timestamp) of every record, as [`records`] reads them.
+    /// A snappy batch (codec 2) whose records section is a raw block stating
+    /// `stated` bytes, then `body`, its CRC valid.
+    fn snappy_stating(stated: u64, body: &[u8]) -> Vec<u8> {
+        let mut b = make_batch(0, &[b"v"])[..HEADER_LEN].to_vec();
+        b[ATTRIBUTES_OFFSET + 1] |= 2;
+        let mut v = stated;
+        while v >= 0x80 {
+            b.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        b.push(v as u8);
+        b.extend_from_slice(body);
+        seal(&mut b);
+        b
+    }
+
+    #[test]
+    fn a_snappy_block_stating_more_than_it_can_expand_to_is_refused_before_anything_is_allocated() {
+        // 128 MiB stated (80 80 80 40) over 10 bytes of garbage: a 75-byte batch
+        // made the broker zero-fill 128 MiB before finding out.
+        let bomb = snappy_stating(128 << 20, &[0x55; 10]);
+        assert_eq!(bomb[HEADER_LEN..HEADER_LEN + 4], [0x80, 0x80, 0x80, 0x40]);
+        assert_eq!(bomb.len(), 75);
+        let budget = Budget::new(DECOMPRESSION_BUDGET);
+        assert!(payload_within(&bomb, &budget).is_none());
+        assert_eq!(budget.peak(), 0, "nothing reserved, so nothing allocated");
+        assert_eq!(
+            validate_produce(&bomb),
+            Err(BatchError::BadPayload { codec: 2 })
+        );
+        // The same block in xerial framing.
+        let block = &bomb[HEADER_LEN..];
+        let mut framed = bomb[..HEADER_LEN].to_vec();
+        framed.extend_from_slice(XERIAL);
+        framed.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        framed.extend_from_slice(&(block.len() as i32).to_be_bytes());
+        framed.extend_from_slice(block);
+        seal(&mut framed);
+        assert!(payload_within(&framed, &budget).is_none());
+        assert_eq!(budget.peak(), 0);
+
+        // The bound is snappy's own: the most a block can expand is one literal
+        // byte, then copies of 64 bytes with 2-byte offsets, 3 bytes each.
+        let copies = 1000;
+        let mut body = vec![0x00, 0x00]; // a literal of 1 byte: 0
+        for _ in 0..copies {
+            body.extend_from_slice(&[(63 << 2) | 2, 1, 0]); // 64 bytes from 1 back
+        }
+        let n = 1 + 64 * copies;
+        let densest = snappy_stating(n as u64, &body);
+        let len = densest.len() - HEADER_LEN;
+        assert!(n <= snappy_max_len(len) && snappy_max_len(len) < n + 200);
+        let p = payload_within(&densest, &budget).expect("decompresses");
+        assert_eq!(&p[..], &vec![0u8; n][..]);
+        assert_eq!(budget.in_use(), n);
+        drop(p);
+        assert_eq!(budget.in_use(), 0);
+        // One byte more than the bound is refused unread.
+        let over = snappy_stating(snappy_max_len(len) as u64 + 1, &body);
+        assert_eq!(over.len(), densest.len(), "same header length");
+        let before = budget.peak();
+        assert!(payload_within(&over, &budget).is_none());
+        assert_eq!(budget.peak(), before);
+    }
+
+    #[test]
+    fn parallel_decompressions_never_hold_more_than_the_budget() {
+        // Records sections of 4 MiB that compress to little, with every codec.
+        let value = vec![0u8; 4 << 20];
+        let plain = make_batch(0, &[&value]);
+        let bombs: Vec<Vec<u8>> = [1, 2, 5, 3, 4]
+            .iter()
+            .map(|&c| compress_batch(&plain, c))
+            .collect();
+        // Room for the largest single reservation (zstd's: 2 * 16 MiB + 1 MiB).
+        let budget = Budget::new(40 << 20);
+        let threads = 16;
+        let start = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for i in 0..threads {
+                let (bomb, budget, start, plain) =
+                    (&bombs[i % bombs.len()], &budget, &start, &plain);
+                s.spawn(move || {
+                    start.wait();
+                    let p = payload_within(bomb, budget).expect("decompresses");
+                    assert!(p[..] == plain[HEADER_LEN..]);
+                    // Held a while, as a request holds it while walking records.
+                    std::thread::sleep(Duration::from_millis(20));
+                });
+            }
+        });
+        assert!(
+            budget.peak() <= 40 << 20,
+            "{} MiB held at once",
+            budget.peak() >> 20
+        );
+        assert_eq!(budget.in_use(), 0, "everything given back");
+        for codec in [1, 3, 4] {
+            assert!(streamed_charge(codec, MAX_DECOMPRESSED) <= DECOMPRESSION_BUDGET);
+        }
+    }
+
     fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
         Some(
             records(buf)?
