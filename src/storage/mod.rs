@@ -541,7 +541,7 @@ fn rebuild_from_wal(
         }
         let at: usize = infos[..first].iter().map(|i| i.len).sum();
         s.partition.append(&entry.data[at..], &infos[first..])?;
-        s.partition.producers().record(&infos[first..]);
+        s.partition.producers().recover(&infos[first..]);
         stats.rebuilt += (infos.len() - first) as u64;
         if short
             .iter()
@@ -683,7 +683,7 @@ fn replay_entry(
         );
     }
     p.append(&data[at..], rest)?;
-    p.producers().record(rest);
+    p.producers().recover(rest);
     stats.appended += rest.len() as u64;
     Ok(())
 }

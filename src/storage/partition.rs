@@ -1727,7 +1727,15 @@ pub(crate) mod tests {
 
     #[test]
     fn a_producer_known_when_the_newest_segment_started_is_known_after_a_reopen() {
-        use crate::storage::{batch::tests::make_producer_batch, producers::Verdict};
+        use crate::storage::{batch::tests, producers::Verdict};
+        // Timestamped now: a producer is aged by its batches' timestamps when
+        // they are read back.
+        let make_producer_batch = |base, values: &[&[u8]], pid, epoch, seq| {
+            tests::with_timestamp(
+                tests::make_producer_batch(base, values, pid, epoch, seq),
+                segment::now_ms(),
+            )
+        };
         let dir = tempfile::tempdir().unwrap();
         let pdir = dir.path().join("0");
         let record = |p: &Partition, b: Vec<u8>| {

@@ -19,6 +19,13 @@
 //! batches before it; [`ProducerState::snapshot_below`]), then from that segment's
 //! batches and what the WAL replay appends.
 //!
+//! A producer's idle time counts from its last batch: for a batch appended
+//! live, from when it was stored; for one read back at start-up (the newest
+//! segment's scan, the WAL replay), from the batch's largest record timestamp,
+//! as Kafka ages producers, so a restart does not make a day-old producer new
+//! again (a snapshot keeps the wall-clock time too). Clocks are wall-clock
+//! milliseconds, which a restart, a reboot included, keeps.
+//!
 //! Idle producers are dropped by a sweep over the partition's map, which runs
 //! when an unknown producer is recorded and either [`SWEEP_INTERVAL`] has passed
 //! since the last sweep or the map has doubled since (and holds at least
@@ -30,7 +37,7 @@ use std::{
     collections::{HashMap, VecDeque},
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -45,10 +52,12 @@ pub const CACHED_BATCHES: usize = 5;
 /// A producer that wrote nothing to a partition for this long is forgotten there
 /// (Kafka's `producer.id.expiration.ms` default).
 const EXPIRY: Duration = Duration::from_secs(24 * 3600);
+const EXPIRY_MS: i64 = EXPIRY.as_millis() as i64;
 
 /// The longest a partition's map goes without an expiry sweep while new
 /// producers arrive.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+const SWEEP_INTERVAL_MS: u64 = SWEEP_INTERVAL.as_millis() as u64;
 
 /// Below this many producers the map is swept only by time.
 const SWEEP_MIN_LEN: usize = 1024;
@@ -109,15 +118,16 @@ struct Entry {
     epoch: i16,
     /// Oldest first.
     batches: VecDeque<Cached>,
-    last_used: Instant,
+    /// Wall-clock milliseconds of its newest batch (see the module docs).
+    last_used_ms: i64,
     /// The newest batch's largest record timestamp; -1 when restored from a
     /// snapshot, which does not keep it.
     last_timestamp: i64,
 }
 
 impl Entry {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_used) >= EXPIRY
+    fn expired(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.last_used_ms) >= EXPIRY_MS
     }
 }
 
@@ -125,8 +135,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct ProducerState {
     producers: HashMap<i64, Entry>,
-    /// When the last expiry sweep ran (`None`: never).
-    last_sweep: Option<Instant>,
+    /// When the last expiry sweep ran, wall-clock milliseconds (`None`: never).
+    last_sweep_ms: Option<i64>,
     /// Producers left by the last sweep: the map is swept again once it holds
     /// twice as many (and at least [`SWEEP_MIN_LEN`]).
     swept_len: usize,
@@ -179,13 +189,13 @@ impl ProducerState {
     /// # Errors
     /// The first batch that breaks the rules above.
     pub fn check(&self, infos: &[BatchInfo]) -> std::result::Result<Verdict, SequenceError> {
-        self.check_at(infos, Instant::now())
+        self.check_at(infos, super::segment::now_ms())
     }
 
     fn check_at(
         &self,
         infos: &[BatchInfo],
-        now: Instant,
+        now_ms: i64,
     ) -> std::result::Result<Verdict, SequenceError> {
         let mut duplicate_of = None;
         // Later batches of the payload are judged as if the earlier ones were stored.
@@ -197,7 +207,7 @@ impl ProducerState {
             let known = self
                 .producers
                 .get(&b.producer_id)
-                .filter(|e| !e.expired(now));
+                .filter(|e| !e.expired(now_ms));
             if let Some(e) = known.filter(|e| e.epoch == b.producer_epoch) {
                 if let Some(c) = e
                     .batches
@@ -254,24 +264,43 @@ impl ProducerState {
         Ok(duplicate_of.map_or(Verdict::Append, Verdict::Duplicate))
     }
 
-    /// Records stored batches (offsets assigned): each producer's newest batches.
+    /// Records batches just stored (offsets assigned): each producer's newest
+    /// batches, used now.
     pub fn record(&mut self, infos: &[BatchInfo]) {
-        self.record_at(infos, Instant::now());
+        self.record_at(infos, super::segment::now_ms(), false);
     }
 
-    fn record_at(&mut self, infos: &[BatchInfo], now: Instant) {
+    /// Records batches read back at start-up (a segment's scan, the WAL
+    /// replay), each producer used when its batch's largest record timestamp
+    /// says (no later than now; now for a batch without timestamps). A producer
+    /// whose batch is older than the expiry is forgotten.
+    pub fn recover(&mut self, infos: &[BatchInfo]) {
+        self.record_at(infos, super::segment::now_ms(), true);
+    }
+
+    /// [`Self::record`] at `now_ms`; with `aged`, [`Self::recover`].
+    fn record_at(&mut self, infos: &[BatchInfo], now_ms: i64, aged: bool) {
         for b in infos.iter().filter(|b| b.producer_id >= 0) {
+            let used_ms = if aged && b.max_timestamp >= 0 {
+                b.max_timestamp.min(now_ms)
+            } else {
+                now_ms
+            };
+            if now_ms.saturating_sub(used_ms) >= EXPIRY_MS {
+                self.producers.remove(&b.producer_id);
+                continue;
+            }
             let known = self
                 .producers
                 .get(&b.producer_id)
-                .is_some_and(|e| !e.expired(now));
+                .is_some_and(|e| !e.expired(now_ms));
             if !known {
-                self.sweep_if_due(now);
+                self.sweep_if_due(now_ms);
             }
             let e = self.producers.entry(b.producer_id).or_insert(Entry {
                 epoch: b.producer_epoch,
                 batches: VecDeque::with_capacity(CACHED_BATCHES),
-                last_used: now,
+                last_used_ms: used_ms,
                 last_timestamp: -1,
             });
             // A producer back after the expiry starts afresh, as a new one.
@@ -287,25 +316,26 @@ impl ProducerState {
                 last_seq: b.last_sequence(),
                 base_offset: b.base_offset,
             });
-            e.last_used = now;
+            e.last_used_ms = used_ms;
             e.last_timestamp = b.max_timestamp;
         }
     }
 
     /// Drops the producers idle past the expiry, when a sweep is due: once per
-    /// [`SWEEP_INTERVAL`], or when the map has doubled since the last sweep. A
-    /// sweep costs O(len) and the next one by size comes at least as many
-    /// insertions later, so each insertion pays O(1) amortised.
-    fn sweep_if_due(&mut self, now: Instant) {
+    /// [`SWEEP_INTERVAL`] (or when the clock moved back as far), or when the map
+    /// has doubled since the last sweep. A sweep costs O(len) and the next one
+    /// by size comes at least as many insertions later, so each insertion pays
+    /// O(1) amortised.
+    fn sweep_if_due(&mut self, now_ms: i64) {
         let by_time = self
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL);
+            .last_sweep_ms
+            .is_none_or(|t| now_ms.abs_diff(t) >= SWEEP_INTERVAL_MS);
         let by_size = self.producers.len() >= self.swept_len.saturating_mul(2).max(SWEEP_MIN_LEN);
         if !(by_time || by_size) {
             return;
         }
-        self.producers.retain(|_, e| !e.expired(now));
-        self.last_sweep = Some(now);
+        self.producers.retain(|_, e| !e.expired(now_ms));
+        self.last_sweep_ms = Some(now_ms);
         self.swept_len = self.producers.len();
         #[cfg(test)]
         {
@@ -318,18 +348,17 @@ impl ProducerState {
     /// largest record timestamp (when restored from a snapshot, which does not
     /// keep it, the wall-clock milliseconds when the producer was last seen).
     pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
-        let (now, now_ms) = (Instant::now(), super::segment::now_ms());
+        let now_ms = super::segment::now_ms();
         let mut out: Vec<_> = self
             .producers
             .iter()
-            .filter(|(_, e)| !e.expired(now))
+            .filter(|(_, e)| !e.expired(now_ms))
             .map(|(&id, e)| {
-                let idle = i64::try_from(now.duration_since(e.last_used).as_millis()).unwrap_or(0);
                 let last_seq = e.batches.back().map_or(-1, |c| c.last_seq);
                 let last_ms = if e.last_timestamp >= 0 {
                     e.last_timestamp
                 } else {
-                    now_ms.saturating_sub(idle)
+                    e.last_used_ms
                 };
                 (id, e.epoch, last_seq, last_ms)
             })
@@ -343,7 +372,6 @@ impl ProducerState {
     /// offsets at or above it are left to that segment's scan, since they may never
     /// become durable).
     pub fn snapshot_below(&self, below: i64) -> Snapshot {
-        let (now, now_ms) = (Instant::now(), super::segment::now_ms());
         let mut producers: Vec<SnapshotProducer> = self
             .producers
             .iter()
@@ -354,12 +382,10 @@ impl ProducerState {
                     .filter(|c| c.base_offset < below)
                     .map(|c| (c.first_seq, c.last_seq, c.base_offset))
                     .collect();
-                let idle =
-                    i64::try_from(now.duration_since(e.last_used).as_millis()).unwrap_or(i64::MAX);
-                (!batches.is_empty()).then(|| SnapshotProducer {
+                (!batches.is_empty()).then_some(SnapshotProducer {
                     id,
                     epoch: e.epoch,
-                    last_used_ms: now_ms.saturating_sub(idle),
+                    last_used_ms: e.last_used_ms,
                     batches,
                 })
             })
@@ -375,15 +401,14 @@ impl ProducerState {
     /// The state a snapshot holds, less producers idle longer than the expiry.
     /// (See [`Snapshot::below`] for the offset it was taken at.)
     pub fn from_snapshot(snapshot: &Snapshot) -> ProducerState {
-        let (now, now_ms) = (Instant::now(), super::segment::now_ms());
+        let now_ms = super::segment::now_ms();
         let producers = snapshot
             .producers
             .iter()
             .filter_map(|p| {
-                let idle = Duration::from_millis(
-                    u64::try_from(now_ms.saturating_sub(p.last_used_ms)).unwrap_or(0),
-                );
-                if idle >= EXPIRY {
+                // A time ahead of the clock counts as now.
+                let last_used_ms = p.last_used_ms.min(now_ms);
+                if now_ms.saturating_sub(last_used_ms) >= EXPIRY_MS {
                     return None;
                 }
                 let batches = p
@@ -403,7 +428,7 @@ impl ProducerState {
                     Entry {
                         epoch: p.epoch,
                         batches,
-                        last_used: now.checked_sub(idle).unwrap_or(now),
+                        last_used_ms,
                         last_timestamp: -1,
                     },
                 ))
@@ -412,7 +437,7 @@ impl ProducerState {
         ProducerState {
             swept_len: producers.len(),
             producers,
-            last_sweep: Some(now),
+            last_sweep_ms: Some(now_ms),
             #[cfg(test)]
             sweeps: 0,
         }
@@ -546,12 +571,12 @@ mod tests {
         let mut st = ProducerState::default();
         let template = batch(0, 0, 0, 1, 0);
         let n = 200_000;
-        let t0 = Instant::now();
-        let at = |st: &mut ProducerState, id: i64, now: Instant| {
+        let t0 = crate::storage::segment::now_ms();
+        let at = |st: &mut ProducerState, id: i64, now_ms: i64| {
             let mut b = template.clone();
             b[0].producer_id = id;
             b[0].base_offset = id;
-            st.record_at(&b, now);
+            st.record_at(&b, now_ms, false);
         };
         // At most one sweep per doubling of the map (and one per minute).
         let bound = 2 + (n as f64).log2() as usize;
@@ -568,36 +593,75 @@ mod tests {
         // Known producers never sweep.
         let swept = st.sweeps;
         for id in 0..1000 {
-            at(&mut st, id, t0 + Duration::from_secs(3600));
+            at(&mut st, id, t0 + 3_600_000);
         }
         assert_eq!(st.sweeps, swept);
 
         // A day later, the first new producer sweeps (a minute has passed):
         // everyone idle since is dropped, the 1,000 used an hour in are kept.
-        let later = t0 + EXPIRY + Duration::from_secs(60);
+        let later = t0 + EXPIRY_MS + 60_000;
         at(&mut st, n, later);
         assert_eq!(st.sweeps, swept + 1);
         assert_eq!(st.len(), 1001);
         // A producer idle past the expiry and not swept yet (the last sweep was
         // 20 s before) is unknown, and starts afresh when it comes back.
         let mut st = ProducerState::default();
-        st.record_at(&batch(7, 0, 0, 3, 0), t0);
-        let t1 = t0 + EXPIRY - Duration::from_secs(10);
-        st.record_at(&batch(8, 0, 0, 1, 3), t1);
-        let t2 = t0 + EXPIRY + Duration::from_secs(10);
+        st.record_at(&batch(7, 0, 0, 3, 0), t0, false);
+        let t1 = t0 + EXPIRY_MS - 10_000;
+        st.record_at(&batch(8, 0, 0, 1, 3), t1, false);
+        let t2 = t0 + EXPIRY_MS + 10_000;
         assert_eq!(
             st.check_at(&batch(7, 0, 0, 3, -1), t1),
             Ok(Verdict::Duplicate(0))
         );
         assert_eq!(st.check_at(&batch(7, 0, 0, 3, -1), t2), Ok(Verdict::Append));
         assert_eq!(st.check_at(&batch(7, 0, 9, 1, -1), t2), Ok(Verdict::Append));
-        st.record_at(&batch(7, 0, 0, 3, 5), t2);
+        st.record_at(&batch(7, 0, 0, 3, 5), t2, false);
         assert_eq!(st.len(), 2, "not swept");
         assert_eq!(
             st.check_at(&batch(7, 0, 0, 3, -1), t2),
             Ok(Verdict::Duplicate(5)),
             "started afresh when it came back"
         );
+    }
+
+    #[test]
+    fn batches_read_back_at_start_up_age_their_producers_by_their_timestamps() {
+        let now = crate::storage::segment::now_ms();
+        let hour = 3_600_000;
+        let at = |pid: i64, base: i64, ts: i64| {
+            let mut b = batch(pid, 0, 0, 1, base);
+            b[0].max_timestamp = ts;
+            b
+        };
+        let mut st = ProducerState::default();
+        st.recover(&at(1, 0, now - 23 * hour));
+        st.recover(&at(2, 1, now - 25 * hour));
+        st.recover(&at(3, 2, -1));
+        st.recover(&at(4, 3, now + hour));
+        let ids = |st: &ProducerState| st.describe().iter().map(|d| d.0).collect::<Vec<_>>();
+        // 2 was idle past the expiry when its batch was written.
+        assert_eq!(ids(&st), vec![1, 3, 4]);
+        assert_eq!(st.producers[&1].last_used_ms, now - 23 * hour);
+        // Without a timestamp, or one ahead of the clock: used now.
+        assert_eq!(st.producers[&3].last_used_ms, now);
+        assert_eq!(st.producers[&4].last_used_ms, now);
+        // Two hours on, 1 has expired (a day after its batch), 3 and 4 have not.
+        assert_eq!(
+            st.check_at(&batch(1, 0, 7, 1, -1), now + 2 * hour),
+            Ok(Verdict::Append)
+        );
+        assert!(st.check_at(&batch(3, 0, 7, 1, -1), now + 2 * hour).is_err());
+        // A newer batch of a producer read back ages it from that batch.
+        st.recover(&at(1, 5, now - hour));
+        assert_eq!(st.producers[&1].last_used_ms, now - hour);
+        // A snapshot keeps when the producer was used, not when it was read.
+        let snap = st.snapshot_below(10);
+        let restored = ProducerState::from_snapshot(&snap);
+        assert_eq!(restored.producers[&1].last_used_ms, now - hour);
+        // Batches stored live are used now, whatever their timestamps.
+        st.record(&at(5, 6, now - 25 * hour));
+        assert_eq!(ids(&st), vec![1, 3, 4, 5]);
     }
 
     #[test]
@@ -780,10 +844,14 @@ pub(crate) mod pipeline_tests {
         })
     }
 
-    /// `records` one-byte records from producer 5, first sequence `seq`.
+    /// `records` one-byte records from producer 5, first sequence `seq`,
+    /// timestamped now.
     fn idem(epoch: i16, seq: i32, records: usize) -> Vec<u8> {
         let values: Vec<&[u8]> = (0..records).map(|_| &b"r"[..]).collect();
-        make_producer_batch(0, &values, 5, epoch, seq)
+        batch::tests::with_timestamp(
+            make_producer_batch(0, &values, 5, epoch, seq),
+            crate::storage::segment::now_ms(),
+        )
     }
 
     #[test]
@@ -814,6 +882,58 @@ pub(crate) mod pipeline_tests {
             "a retry, not a new batch"
         );
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 2);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_restart_ages_producers_by_their_batches_timestamps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let now = crate::storage::segment::now_ms();
+        let hour = 3_600_000;
+        // One record from producer `pid`, written `hours` ago.
+        let old = |pid: i64, hours: i64| {
+            batch::tests::with_timestamp(
+                make_producer_batch(0, &[b"r"], pid, 0, 0),
+                now - hours * hour,
+            )
+        };
+        let ids = |m: &TopicManager| -> Vec<i64> {
+            let p = m.partition("t", 0).unwrap();
+            let described = p.producers().describe();
+            described.iter().map(|d| d.0).collect()
+        };
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &old(1, 25)), Ok(0));
+        assert_eq!(produce(&rt, &m, &old(2, 23)), Ok(1));
+        // Stored live: used now.
+        assert_eq!(ids(&m), vec![1, 2]);
+        m.shutdown().unwrap();
+        drop(m);
+
+        // The newest segment's scan: 1's batch is more than a day old.
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(ids(&m), vec![2]);
+        m.shutdown().unwrap();
+        drop(m);
+
+        // The WAL replay likewise (batches the segments lacked at a crash).
+        let (wal, _) =
+            crate::wal::Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        for (pid, hours, base) in [(3, 25, 2), (4, 23, 3)] {
+            let mut b = old(pid, hours);
+            let infos = batch::validate_all(&b).unwrap();
+            batch::assign_offsets(&mut b, &infos, base);
+            wal.append("t", 0, bytes::Bytes::from(b)).wait().unwrap();
+        }
+        wal.close().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
+        assert_eq!(ids(&m), vec![2, 4]);
         m.shutdown().unwrap();
     }
 

@@ -825,7 +825,7 @@ impl Segment {
                 position: pos,
             });
             if let Some(p) = producers.as_deref_mut() {
-                p.record(std::slice::from_ref(&info));
+                p.recover(std::slice::from_ref(&info));
             }
             if index.len() == 1 {
                 self.first_timestamp = info.max_timestamp;
@@ -1004,7 +1004,7 @@ impl Segment {
                 .read_exact_at(&mut head, e.position)
                 .map_err(|err| Error::io("read", &self.log_path, err))?;
             if let Ok(info) = batch::parse_header(&head) {
-                producers.record(std::slice::from_ref(&info));
+                producers.recover(std::slice::from_ref(&info));
             }
         }
         Ok(())

@@ -78,16 +78,21 @@ pub fn closed(s: &mut TcpStream) -> bool {
 
 /// One uncompressed record batch (magic 2) holding `values`, offset deltas from 0.
 pub fn batch(values: &[&str]) -> Bytes {
-    idempotent_batch(values, -1, -1, -1)
-}
-
-/// [`batch`] from producer `pid` at `epoch`, records numbered from sequence `seq`
-/// (-1, -1, -1: no producer).
-pub fn idempotent_batch(values: &[&str], pid: i64, epoch: i16, seq: i32) -> Bytes {
     let timed: Vec<_> = values
         .iter()
         .map(|v| (1_700_000_000_000, None, *v))
         .collect();
+    encode_batch(&timed, -1, -1, -1)
+}
+
+/// [`batch`] from producer `pid` at `epoch`, records numbered from sequence `seq`
+/// (-1, -1, -1: no producer), timestamped now, as a producer writes them (after
+/// a restart the broker ages a producer by its batches' timestamps).
+pub fn idempotent_batch(values: &[&str], pid: i64, epoch: i16, seq: i32) -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let timed: Vec<_> = values.iter().map(|v| (now, None, *v)).collect();
     encode_batch(&timed, pid, epoch, seq)
 }
 
