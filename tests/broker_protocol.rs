@@ -2571,6 +2571,24 @@ fn produce_refuses_batches_kafka_refuses_with_invalid_record() {
     assert_eq!(code, 87);
     assert!(message.contains("record 0"), "{message}");
     assert_eq!(records, vec![0]);
+    // A control batch (attributes bit 0x20): no client may write one, as
+    // Kafka's LogValidator says (it got INVALID_TXN_STATE, 48).
+    let control = patched(&two, 21, &0x20u16.to_be_bytes());
+    for version in [7, 9] {
+        let (code, base, message, records) = produce_at(&mut s, version, "strict", control.clone());
+        assert_eq!(
+            (code, base),
+            (87, -1),
+            "a control batch, Produce v{version}"
+        );
+        let expected = if version >= 8 {
+            "Clients are not allowed to write control records"
+        } else {
+            ""
+        };
+        assert_eq!(message, expected);
+        assert!(records.is_empty());
+    }
     // A damaged batch is still CORRUPT_MESSAGE.
     let mut crc = two.clone();
     let n = crc.len();

@@ -167,8 +167,10 @@ pub enum ProduceError {
     OutOfOrderSequence(String),
     /// An idempotent producer's batch carries an epoch older than its last one.
     InvalidProducerEpoch(String),
-    /// A transactional or control batch: transactions are not supported.
+    /// A transactional batch: transactions are not supported.
     Transactional,
+    /// A control batch (a transaction marker), which only a broker writes.
+    ControlBatch,
     /// A record timestamp too far ahead of the broker's clock
     /// ([`MAX_TIMESTAMP_AHEAD_MS`]).
     InvalidTimestamp(String),
@@ -1422,9 +1424,17 @@ impl TopicManager {
                 )));
             }
         }
+        // Control batches first: a transaction marker is transactional too, and
+        // Kafka refuses it as a record no client may write.
         if infos
             .iter()
-            .any(|i| i.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0)
+            .any(|i| i.attributes & batch::ATTR_CONTROL != 0)
+        {
+            return Err(ProduceError::ControlBatch);
+        }
+        if infos
+            .iter()
+            .any(|i| i.attributes & batch::ATTR_TRANSACTIONAL != 0)
         {
             return Err(ProduceError::Transactional);
         }

@@ -965,6 +965,16 @@ pub(crate) mod pipeline_tests {
         let crc = crc32c::crc32c(&txn[21..]);
         txn[17..21].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(produce(&rt, &m, &txn), Err(ProduceError::Transactional));
+        // Control batches (transaction markers, transactional too) are no client's.
+        let mut control = idem(0, 5, 1);
+        control[22] |= 0x20;
+        let crc = crc32c::crc32c(&control[21..]);
+        control[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(produce(&rt, &m, &control), Err(ProduceError::ControlBatch));
+        txn[22] |= 0x20;
+        let crc = crc32c::crc32c(&txn[21..]);
+        txn[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(produce(&rt, &m, &txn), Err(ProduceError::ControlBatch));
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 7);
         m.shutdown().unwrap();
         drop(m);

@@ -44,6 +44,8 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::OutOfOrderSequence(_) => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ProduceError::InvalidProducerEpoch(_) => codes::INVALID_PRODUCER_EPOCH,
         ProduceError::Transactional => codes::INVALID_TXN_STATE,
+        // As Kafka's LogValidator refuses it.
+        ProduceError::ControlBatch => codes::INVALID_RECORD,
         ProduceError::InvalidRecord { .. } => codes::INVALID_RECORD,
         ProduceError::InvalidTimestamp(_) => codes::INVALID_TIMESTAMP,
     }
@@ -61,6 +63,7 @@ fn message(e: &ProduceError) -> String {
         | ProduceError::InvalidProducerEpoch(m)
         | ProduceError::InvalidTimestamp(m) => m.clone(),
         ProduceError::Transactional => "transactions are not supported".into(),
+        ProduceError::ControlBatch => "Clients are not allowed to write control records".into(),
         ProduceError::InvalidRecord { message, .. } => message.clone(),
     }
 }
