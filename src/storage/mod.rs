@@ -1493,6 +1493,15 @@ impl TopicManager {
         }
     }
 
+    /// Takes all of the pipeline's capacity until the permit is dropped, so that
+    /// every produce waits for room (tests of the capacity wait).
+    #[cfg(test)]
+    pub(crate) fn hold_capacity(&self) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.shared.inflight)
+            .try_acquire_many_owned(u32::try_from(MAX_INFLIGHT_BYTES).unwrap_or(u32::MAX))
+            .expect("nothing in flight")
+    }
+
     /// A new producer id for an idempotent producer (blocking: may write and fsync
     /// the id reservation).
     ///

@@ -140,6 +140,10 @@ pub(crate) async fn handle(
             .unwrap_or(0)
             .clamp(100, 300_000),
     );
+    // One deadline for the whole request: each partition waits for pipeline
+    // capacity only for what is left of it (once it has passed, a partition
+    // still goes in if there is room at once).
+    let deadline = tokio::time::Instant::now() + timeout;
     let acks = req.acks;
     let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
     let (mut unknown, mut refused) = (Refused::default(), Refused::default());
@@ -150,7 +154,8 @@ pub(crate) async fn handle(
             let outcome = match &p.records {
                 _ if !matches!(acks, -1..=1) => Err(ProduceError::InvalidAcks),
                 Some(records) if !records.is_empty() => {
-                    ctx.storage.submit(&name, p.index, records, timeout).await
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    ctx.storage.submit(&name, p.index, records, left).await
                 }
                 _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
             };
@@ -253,4 +258,87 @@ pub(crate) async fn handle(
         )
     });
     (pending, close_now)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::{Buf, Bytes};
+    use kafka_protocol::{
+        messages::{
+            produce_request::{PartitionProduceData, TopicProduceData},
+            ResponseHeader, TopicName,
+        },
+        protocol::Decodable,
+    };
+
+    use super::*;
+    use crate::{
+        config::Config,
+        server::{groups::GroupCoordinator, metrics::Metrics, Security},
+        storage::{batch::tests::make_batch, TopicManager},
+    };
+
+    #[test]
+    fn the_capacity_wait_is_bounded_once_per_request_not_once_per_partition() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c.clone()).unwrap();
+        storage.create_topic("t", 5).unwrap();
+        let ctx = Arc::new(Ctx {
+            storage: storage.clone(),
+            groups: Arc::new(GroupCoordinator::new(&c.groups)),
+            host: "localhost".into(),
+            port: 9092,
+            metrics: Metrics::new(),
+            security: Arc::new(Security::load(&c.server).unwrap()),
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // The pipeline is full: every partition waits for room.
+        let held = storage.hold_capacity();
+        let partitions = (0..5)
+            .map(|p| {
+                PartitionProduceData::default()
+                    .with_index(p)
+                    .with_records(Some(Bytes::from(make_batch(0, &[b"v"]))))
+            })
+            .collect();
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(200)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(partitions)]);
+        let start = Instant::now();
+        let frame = rt.block_on(async {
+            let (pending, close) = handle(&ctx, req, 9, 7).await;
+            assert!(!close);
+            pending.await.expect("a response")
+        });
+        let took = start.elapsed();
+        // Each partition waited its own 200 ms: 1 s for five.
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_millis(600),
+            "answered after {took:?}"
+        );
+        let mut b = frame.freeze();
+        b.advance(4);
+        let header = ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9));
+        assert_eq!(header.unwrap().correlation_id, 7);
+        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        let codes: Vec<i16> = r.responses[0]
+            .partition_responses
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(codes, vec![codes::REQUEST_TIMED_OUT; 5]);
+        drop(held);
+        storage.shutdown().unwrap();
+    }
 }
