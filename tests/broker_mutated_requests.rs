@@ -508,7 +508,17 @@ fn mutated_sasl_exchanges_fail_alone_and_a_replayed_scram_exchange_never_authent
     let path = users.path().join("users.json");
     std::fs::write(&path, r#"{"alice": "alice-secret"}"#).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &["--sasl-users", path.to_str().unwrap()]);
+    // Failures answered at once: nearly every replayed exchange fails, and at
+    // the default 100 ms each the run would take minutes.
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            "--sasl-users",
+            path.to_str().unwrap(),
+            "--connection-failed-authentication-delay-ms",
+            "0",
+        ],
+    );
     let addr = &broker.addr;
 
     // As recorded: a PLAIN exchange authenticates again (the password is in it);

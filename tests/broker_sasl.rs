@@ -687,3 +687,113 @@ fn describe_unauthenticated_closes(addr: &str) -> bool {
     .unwrap();
     wire::closed(&mut s)
 }
+
+/// One PLAIN login on a new connection (SaslHandshake v1, SaslAuthenticate
+/// v2): the error code, how long the SaslAuthenticate took to be answered,
+/// and whether the connection then closed.
+fn plain_login(addr: &str, user: &str, password: &str) -> (i16, Duration, bool) {
+    use kafka_protocol::{
+        messages::{
+            ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+            SaslHandshakeResponse,
+        },
+        protocol::StrBytes,
+    };
+    let mut s = wire::connect(addr);
+    let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+    s.write_all(&wire::request_frame(ApiKey::SaslHandshake, 1, 1, &hs))
+        .unwrap();
+    let (_, r): (i32, SaslHandshakeResponse) = wire::response(&mut s, ApiKey::SaslHandshake, 1);
+    assert_eq!(r.error_code, 0);
+    let auth = SaslAuthenticateRequest::default()
+        .with_auth_bytes(bytes::Bytes::from(format!("\0{user}\0{password}")));
+    let frame = wire::request_frame(ApiKey::SaslAuthenticate, 2, 2, &auth);
+    let sent = std::time::Instant::now();
+    s.write_all(&frame).unwrap();
+    let (_, r): (i32, SaslAuthenticateResponse) =
+        wire::response(&mut s, ApiKey::SaslAuthenticate, 2);
+    let took = sent.elapsed();
+    let closed = r.error_code != 0 && wire::closed(&mut s);
+    (r.error_code, took, closed)
+}
+
+/// Wrong PLAIN passwords for a user known by salted credentials only (16,384
+/// iterations), from many connections at once: the broker checks them by
+/// deriving the credential one at a time, never on more threads, and answers
+/// each failure, an unknown user's too, no sooner than 100 ms after it arrived
+/// (`connection.failed.authentication.delay.ms`). A user who logged in with
+/// PLAIN logs in again without a derivation.
+#[test]
+fn failed_plain_logins_derive_one_at_a_time_and_are_answered_late() {
+    let tmp = tempfile::tempdir().unwrap();
+    let made = run(
+        Command::new(env!("CARGO_BIN_EXE_streamline-scram")).args([
+            "carol",
+            "--iterations",
+            "16384",
+            "--mechanism",
+            "SCRAM-SHA-512",
+        ]),
+        b"carol-secret\n",
+        Duration::from_secs(30),
+    );
+    assert!(made.status.success(), "{made:?}");
+    let mut users: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    users["alice"] = "alice-secret".into();
+    let path = tmp.path().join("users.json");
+    std::fs::write(&path, users.to_string()).unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--sasl-users",
+            path.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let delay = Duration::from_millis(100);
+    let attempts: Vec<_> = (0..16)
+        .map(|i| {
+            let addr = broker.addr.clone();
+            std::thread::spawn(move || plain_login(&addr, "carol", &format!("wrong-{i}")))
+        })
+        .collect();
+    for a in attempts {
+        let (code, took, closed) = a.join().unwrap();
+        assert_eq!(code, 58, "SASL_AUTHENTICATION_FAILED");
+        assert!(took >= delay, "a wrong password answered after {took:?}");
+        assert!(closed, "the connection closes after the failure");
+    }
+    for (user, password) in [("nobody", "x"), ("alice", "wrong")] {
+        let (code, took, closed) = plain_login(&broker.addr, user, password);
+        assert_eq!((code, closed), (58, true), "{user}");
+        assert!(took >= delay, "{user}: answered after {took:?}");
+    }
+    let m = scrape(&broker);
+    assert_eq!(
+        metric(&m, "streamline_sasl_plain_derivations_max_concurrent{}"),
+        1.0,
+        "derivations run one at a time"
+    );
+    assert_eq!(
+        metric(&m, "streamline_sasl_plain_derivations_total{}"),
+        16.0
+    );
+    // The password: derived once, then remembered.
+    for _ in 0..2 {
+        let (code, _, _) = plain_login(&broker.addr, "carol", "carol-secret");
+        assert_eq!(code, 0);
+    }
+    let m = scrape(&broker);
+    assert_eq!(
+        metric(&m, "streamline_sasl_plain_derivations_total{}"),
+        17.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "streamline_sasl_authentications_total{result=\"failure\"}"
+        ),
+        18.0
+    );
+}

@@ -46,6 +46,11 @@ pub struct ServerConfig {
     /// closed (Kafka's `connections.max.idle.ms`); clients reconnect when they need
     /// to. 0: never. Default: 600000 (10 minutes).
     pub connections_max_idle_ms: u64,
+    /// How long after a failed SASL authentication arrived it is answered and
+    /// the connection closed (Kafka's `connection.failed.authentication.delay.ms`,
+    /// KIP-306), an unknown user's failure as a wrong password's. 0: at once.
+    /// Default: 100.
+    pub failed_authentication_delay_ms: u64,
     /// Most record bytes one Fetch response carries, whatever the client asks for
     /// (Kafka's `fetch.max.bytes`); the first batch is returned even when larger, so
     /// consumers always progress. Default: 55 MiB.
@@ -159,6 +164,7 @@ impl Default for Config {
                 max_request_bytes: 100 * 1024 * 1024,
                 max_connections: None,
                 connections_max_idle_ms: 600_000,
+                failed_authentication_delay_ms: 100,
                 fetch_max_bytes: 55 * 1024 * 1024,
                 metrics_listen: None,
                 tls: None,
@@ -598,6 +604,16 @@ pub struct Cli {
     )]
     pub connections_max_idle_ms: u64,
 
+    /// Answer a failed SASL authentication, and close its connection, this long
+    /// after it arrived, in milliseconds (with --sasl-users); 0 at once.
+    #[arg(
+        long,
+        env = "STREAMLINE_CONNECTION_FAILED_AUTHENTICATION_DELAY_MS",
+        default_value_t = 100,
+        value_name = "MS"
+    )]
+    pub connection_failed_authentication_delay_ms: u64,
+
     /// Most record bytes in one Fetch response, whatever the client asks for (the
     /// first batch is returned even when larger).
     #[arg(long, env = "STREAMLINE_FETCH_MAX_BYTES", default_value = "55m", value_parser = parse_size, value_name = "BYTES")]
@@ -892,6 +908,7 @@ impl Cli {
                 max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
                 max_connections: self.max_connections,
                 connections_max_idle_ms: self.connections_max_idle_ms,
+                failed_authentication_delay_ms: self.connection_failed_authentication_delay_ms,
                 fetch_max_bytes: usize::try_from(self.fetch_max_bytes).unwrap_or(usize::MAX),
                 metrics_listen: self.metrics_listen,
                 tls: match (self.tls_cert, self.tls_key) {

@@ -76,6 +76,21 @@ pub(crate) struct Metrics {
     sasl_failures: AtomicU64,
     /// Read passes of Fetch requests over their partitions.
     fetch_reads: AtomicU64,
+    /// PLAIN passwords checked by deriving a salted credential again.
+    plain_derivations: AtomicU64,
+    /// Such derivations running now, and the most that ever ran at once.
+    plain_derivations_running: AtomicUsize,
+    plain_derivations_peak: AtomicUsize,
+}
+
+/// One PLAIN derivation running, counted by [`Metrics::plain_derivation`]
+/// until dropped.
+pub(crate) struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -101,7 +116,22 @@ impl Metrics {
             sasl_successes: AtomicU64::new(0),
             sasl_failures: AtomicU64::new(0),
             fetch_reads: AtomicU64::new(0),
+            plain_derivations: AtomicU64::new(0),
+            plain_derivations_running: AtomicUsize::new(0),
+            plain_derivations_peak: AtomicUsize::new(0),
         }
+    }
+
+    /// A PLAIN derivation starts; it ends when the guard is dropped.
+    pub(crate) fn plain_derivation(&self) -> Running<'_> {
+        self.plain_derivations.fetch_add(1, Ordering::Relaxed);
+        let now = self
+            .plain_derivations_running
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        self.plain_derivations_peak
+            .fetch_max(now, Ordering::Relaxed);
+        Running(&self.plain_derivations_running)
     }
 
     pub(crate) fn fetch_read(&self) {
@@ -284,6 +314,18 @@ pub(crate) fn render(ctx: &Ctx) -> String {
             v.load(Ordering::Relaxed),
         );
     }
+    p.single(
+        "streamline_sasl_plain_derivations_total",
+        "counter",
+        "PLAIN logins of users known by salted credentials only whose password was checked by deriving the credential again (PBKDF2); a user's next login with the same password needs none.",
+        m.plain_derivations.load(Ordering::Relaxed),
+    );
+    p.single(
+        "streamline_sasl_plain_derivations_max_concurrent",
+        "gauge",
+        "The most such derivations that ran at once since the start (they are run one at a time).",
+        m.plain_derivations_peak.load(Ordering::Relaxed),
+    );
     let used: Vec<&ApiCounters> = m
         .apis
         .iter()

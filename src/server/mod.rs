@@ -1043,10 +1043,9 @@ async fn dispatch(
                 }
                 RequestKind::SaslAuthenticate(req) => {
                     let (r, close) =
-                        handlers::sasl::authenticate_blocking(ctx, req, unauthenticated, peer)
-                            .await;
+                        handlers::sasl::authenticate(ctx, &req, unauthenticated, peer).await;
                     let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
-                    (Box::pin(async move { resp }), close)
+                    (handlers::sasl::answer(ctx, resp, close, started), close)
                 }
                 RequestKind::ApiVersions(_) => handlers::handle(ctx, header, request, peer).await,
                 _ if unauthenticated.is_some() => {

@@ -11,6 +11,11 @@
 //! holds no password. Secrets are compared in constant time. Until a connection has authenticated, it may send only ApiVersions,
 //! SaslHandshake and SaslAuthenticate; anything else, and a failed
 //! authentication, closes it.
+//!
+//! A PLAIN login of a user given by salted credentials only is checked by a
+//! PBKDF2 run ([`Step::Derive`]), which the caller bounds; a password a run
+//! accepted is remembered (an HMAC under a random key) so that the user's next
+//! logins need none.
 
 use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
@@ -192,6 +197,14 @@ pub struct Authenticator {
     mechanisms: Vec<Mechanism>,
     users: HashMap<String, User>,
     rng: ring::rand::SystemRandom,
+    /// PLAIN passwords accepted from users known by salted credentials only,
+    /// each user's last one as an HMAC under [`Authenticator::plain_key`], so
+    /// that a client logging in again costs no PBKDF2 run. At most one entry
+    /// per user; credentials never change under it (an alteration or a reload
+    /// makes a new authenticator, which starts empty).
+    plain_accepted: std::sync::Mutex<HashMap<String, Vec<u8>>>,
+    /// Drawn at random for each authenticator, never stored.
+    plain_key: hmac::Key,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -228,6 +241,11 @@ pub fn load(cfg: &crate::config::SaslConfig) -> Result<Authenticator> {
         }
     }
     Authenticator::load(&cfg.users, &mechanisms)
+}
+
+/// The key of [`Authenticator::plain_accepted`].
+fn plain_key(rng: &ring::rand::SystemRandom) -> Option<hmac::Key> {
+    hmac::Key::generate(hmac::HMAC_SHA256, rng).ok()
 }
 
 /// `a == b` in time that depends only on the lengths.
@@ -335,11 +353,15 @@ impl Authenticator {
                 },
             );
         }
+        let plain_key =
+            plain_key(&rng).ok_or_else(|| users_error(path, "no random numbers for a key"))?;
         Ok(Authenticator {
             path: path.to_path_buf(),
             mechanisms: mechanisms.to_vec(),
             users,
             rng,
+            plain_accepted: std::sync::Mutex::default(),
+            plain_key,
         })
     }
 
@@ -438,13 +460,35 @@ impl Authenticator {
                 }
             }
         }
+        let rng = ring::rand::SystemRandom::new();
+        let plain_key = plain_key(&rng).ok_or_else(|| {
+            let e = std::io::Error::other("no random numbers for a key");
+            Error::io("write SASL users", &self.path, e)
+        })?;
         write_users(&self.path, &users)?;
         Ok(Authenticator {
             path: self.path.clone(),
             mechanisms: self.mechanisms.clone(),
             users,
-            rng: ring::rand::SystemRandom::new(),
+            rng,
+            plain_accepted: std::sync::Mutex::default(),
+            plain_key,
         })
+    }
+
+    /// The HMAC under which [`Authenticator::plain_accepted`] keeps a password.
+    fn plain_tag(&self, password: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.plain_key, password).as_ref().to_vec()
+    }
+
+    /// Whether `password` is the one last accepted from `user` by a derivation.
+    fn accepted_before(&self, user: &str, password: &[u8]) -> bool {
+        let tag = self.plain_tag(password);
+        let accepted = self
+            .plain_accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        accepted.get(user).is_some_and(|t| same(t, &tag))
     }
 }
 
@@ -540,19 +584,56 @@ fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<()> {
 }
 
 impl User {
-    /// Whether `password` is this user's: compared with the password, or, for a
-    /// user given by salted credentials only, by deriving one of them again
-    /// (a PBKDF2 run per attempt).
-    fn accepts(&self, password: &[u8]) -> bool {
-        if let Some(p) = &self.password {
-            return same(p, password);
-        }
-        let Some((m, cred)) = self.scram.iter().next() else {
-            return false;
+    /// The credential a PLAIN password of a user known by salted credentials
+    /// only is checked against: the first in the order of [`Mechanism::ALL`].
+    fn plain_credential(&self) -> Option<(Mechanism, &ScramCredential)> {
+        Mechanism::ALL
+            .into_iter()
+            .find_map(|m| self.scram.get(&m).map(|c| (m, c)))
+    }
+}
+
+/// A PLAIN login of a user known by salted credentials only, whose password
+/// must be checked by deriving the credential again: a PBKDF2 run of 4,096 to
+/// 16,384 iterations, some 10-40 ms of a core, that any client can ask for
+/// before it is authenticated. The caller bounds how many run at once, on
+/// threads that may block ([`Derivation::run`]).
+pub struct Derivation {
+    user: String,
+    password: Vec<u8>,
+}
+
+impl std::fmt::Debug for Derivation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Derivation")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Derivation {
+    /// Derives the credential and compares it: [`Step::Done`] or
+    /// [`Step::Failed`]. `auth` is the authenticator whose
+    /// [`Session::authenticate`] returned this; an accepted password is
+    /// remembered there, so the user's next PLAIN login needs no derivation.
+    pub fn run(self, auth: &Authenticator) -> Step {
+        let Some((m, cred)) = auth.users.get(&self.user).and_then(User::plain_credential) else {
+            return Step::Failed(BAD_CREDENTIALS.into());
         };
         let (kdf, mac, _) = m.algorithms().expect("salted credentials are SCRAM");
-        let (stored_key, _) = derive(kdf, mac, *m, password, &cred.salt, cred.iterations);
-        same(&stored_key, &cred.stored_key)
+        let (stored_key, _) = derive(kdf, mac, m, &self.password, &cred.salt, cred.iterations);
+        if !same(&stored_key, &cred.stored_key) {
+            return Step::Failed(BAD_CREDENTIALS.into());
+        }
+        let tag = auth.plain_tag(&self.password);
+        auth.plain_accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.user.clone(), tag);
+        Step::Done {
+            user: self.user,
+            reply: Vec::new(),
+        }
     }
 }
 
@@ -618,6 +699,9 @@ pub enum Step {
     },
     /// Refused; the message goes to the client, the connection closes.
     Failed(String),
+    /// A PLAIN password to check by a PBKDF2 run: [`Derivation::run`] gives
+    /// the step.
+    Derive(Derivation),
 }
 
 const BAD_CREDENTIALS: &str = "Authentication failed: invalid credentials";
@@ -740,12 +824,27 @@ fn plain(auth: &Authenticator, bytes: &[u8]) -> Step {
     if !authzid.is_empty() && authzid != user.as_bytes() {
         return Step::Failed("an authorization id other than the user is not supported".into());
     }
-    match auth.users.get(user) {
-        Some(u) if u.accepts(password) => Step::Done {
+    let Some(u) = auth.users.get(user) else {
+        return Step::Failed(BAD_CREDENTIALS.into());
+    };
+    let accepted = match &u.password {
+        Some(p) => same(p, password),
+        None if u.plain_credential().is_none() => false,
+        None if auth.accepted_before(user, password) => true,
+        None => {
+            return Step::Derive(Derivation {
+                user: user.to_string(),
+                password: password.to_vec(),
+            })
+        }
+    };
+    if accepted {
+        Step::Done {
             user: user.to_string(),
             reply: Vec::new(),
-        },
-        _ => Step::Failed(BAD_CREDENTIALS.into()),
+        }
+    } else {
+        Step::Failed(BAD_CREDENTIALS.into())
     }
 }
 
@@ -979,7 +1078,10 @@ mod tests {
     fn plain_auth(auth: &Authenticator, user: &str, password: &str) -> Step {
         let mut s = Session::default();
         assert!(s.handshake(auth, "PLAIN"));
-        s.authenticate(auth, format!("\0{user}\0{password}").as_bytes())
+        match s.authenticate(auth, format!("\0{user}\0{password}").as_bytes()) {
+            Step::Derive(d) => d.run(auth),
+            step => step,
+        }
     }
 
     /// A user given by salted credentials only: SCRAM works with the mechanism
@@ -1034,6 +1136,41 @@ mod tests {
             plain_auth(&auth, "user", "pencil"),
             Step::Done { .. }
         ));
+    }
+
+    /// A PLAIN login of a user known by salted credentials only needs a
+    /// derivation until one accepted the password; then that password, and
+    /// only it, is accepted at once, until the users change.
+    #[test]
+    fn an_accepted_plain_password_is_checked_again_without_a_derivation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        let cred = salted_credential(Mechanism::ScramSha256, b"s3cret", 4096).unwrap();
+        std::fs::write(
+            &path,
+            serde_json::json!({"carol": {"SCRAM-SHA-256": cred}}).to_string(),
+        )
+        .unwrap();
+        let auth = Authenticator::load(&path, &Mechanism::ALL).unwrap();
+        let first = |auth: &Authenticator, password: &str| {
+            let mut s = Session::default();
+            assert!(s.handshake(auth, "PLAIN"));
+            s.authenticate(auth, format!("\0carol\0{password}").as_bytes())
+        };
+        let Step::Derive(d) = first(&auth, "wrong") else {
+            panic!("no derivation")
+        };
+        assert!(matches!(d.run(&auth), Step::Failed(_)));
+        assert!(matches!(first(&auth, "wrong"), Step::Derive(_)));
+        let Step::Derive(d) = first(&auth, "s3cret") else {
+            panic!("no derivation")
+        };
+        assert!(matches!(d.run(&auth), Step::Done { ref user, .. } if user == "carol"));
+        assert!(matches!(first(&auth, "s3cret"), Step::Done { .. }));
+        assert!(matches!(first(&auth, "s3cret!"), Step::Derive(_)));
+        // New users (an alteration, a reload) remember nothing.
+        let next = auth.altered(&[]).unwrap();
+        assert!(matches!(first(&next, "s3cret"), Step::Derive(_)));
     }
 
     #[test]

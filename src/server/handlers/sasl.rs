@@ -1,7 +1,11 @@
 //! SaslHandshake and SaslAuthenticate on the wire; the mechanisms themselves are
 //! in [`crate::server::sasl`].
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::{
@@ -11,6 +15,7 @@ use kafka_protocol::{
     },
     protocol::StrBytes,
 };
+use tokio::sync::Semaphore;
 
 use crate::server::{codes, sasl, Ctx, Pending};
 
@@ -22,11 +27,12 @@ pub(crate) async fn raw_token(
     unauthenticated: &mut Option<sasl::Session>,
     peer: SocketAddr,
 ) -> (Pending, bool) {
+    let arrived = Instant::now();
     let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(frame));
-    let (r, close) = authenticate_blocking(ctx, req, unauthenticated, peer).await;
+    let (r, close) = authenticate(ctx, &req, unauthenticated, peer).await;
     if close {
         // Nothing to send: the connection just closes.
-        return (Box::pin(async { None }), true);
+        return (answer(ctx, None, true, arrived), true);
     }
     let mut out = BytesMut::with_capacity(4 + r.auth_bytes.len());
     out.put_i32(i32::try_from(r.auth_bytes.len()).unwrap_or(i32::MAX));
@@ -66,44 +72,62 @@ pub(crate) fn handshake(
     r.with_error_code(code)
 }
 
-/// [`authenticate`] on a blocking thread. A PLAIN login of a user known only by
-/// salted credentials derives them again (PBKDF2, 4,096 or more iterations, about
-/// 10 ms), and unauthenticated clients must not be able to hold the runtime
-/// threads that serve every other connection with it.
-pub(crate) async fn authenticate_blocking(
-    ctx: &Arc<Ctx>,
-    req: SaslAuthenticateRequest,
-    unauthenticated: &mut Option<sasl::Session>,
-    peer: SocketAddr,
-) -> (SaslAuthenticateResponse, bool) {
-    let ctx = Arc::clone(ctx);
-    let mut session = unauthenticated.take();
-    let step = tokio::task::spawn_blocking(move || {
-        let out = authenticate(&ctx, &req, &mut session, peer);
-        (out, session)
-    })
-    .await;
-    match step {
-        Ok((out, session)) => {
-            *unauthenticated = session;
-            out
-        }
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "SASL authentication task failed; closing connection");
-            let r = SaslAuthenticateResponse::default()
-                .with_error_code(codes::ILLEGAL_SASL_STATE)
-                .with_error_message(Some(StrBytes::from_static_str(
-                    "authentication failed on the broker",
-                )));
-            (r, true)
-        }
+/// PLAIN password derivations ([`sasl::Derivation`]) run at once, over every
+/// connection. Each is up to 16,384 PBKDF2 iterations (10-40 ms of a core) that
+/// clients ask for before they are authenticated; the others wait here, on the
+/// runtime, holding no thread, so that failed logins take at most this many
+/// cores and none of the blocking threads that Fetch reads use.
+const PLAIN_DERIVATIONS: usize = 1;
+
+static DERIVATIONS: Semaphore = Semaphore::const_new(PLAIN_DERIVATIONS);
+
+/// The answer `frame` to a SaslAuthenticate (or raw token) that arrived at
+/// `arrived`: at once, or, for a failure (`failed`), which then closes the
+/// connection, not before `--connection-failed-authentication-delay-ms` after
+/// its arrival, as Kafka's `connection.failed.authentication.delay.ms`
+/// (KIP-306) delays it. A client that fails cannot try again at once, and a
+/// wrong password for a known user, whose check may cost a PBKDF2 run, is
+/// answered when an unknown user's is. The wait is a timer on the connection's
+/// writer: it holds no thread.
+pub(crate) fn answer(
+    ctx: &Ctx,
+    frame: Option<BytesMut>,
+    failed: bool,
+    arrived: Instant,
+) -> Pending {
+    let delay = Duration::from_millis(ctx.storage.config().server.failed_authentication_delay_ms);
+    if !failed || delay.is_zero() {
+        return Box::pin(async move { frame });
     }
+    Box::pin(async move {
+        tokio::time::sleep_until((arrived + delay).into()).await;
+        frame
+    })
+}
+
+/// Runs `d` on a blocking thread once one of the [`PLAIN_DERIVATIONS`] permits
+/// is free; the permit goes with the thread's work, so a connection that goes
+/// away meanwhile does not free it early.
+async fn derive(ctx: &Arc<Ctx>, auth: Arc<sasl::Authenticator>, d: sasl::Derivation) -> sasl::Step {
+    let permit = DERIVATIONS.acquire().await.expect("never closed");
+    let metrics_ctx = Arc::clone(ctx);
+    let run = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _running = metrics_ctx.metrics.plain_derivation();
+        d.run(&auth)
+    });
+    run.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "SASL password derivation failed");
+        sasl::Step::Failed("authentication failed on the broker".into())
+    })
 }
 
 /// SaslAuthenticate: one round of the chosen mechanism. A failure is answered
-/// and then closes the connection (the `bool`), as Kafka does.
-pub(crate) fn authenticate(
-    ctx: &Ctx,
+/// and then closes the connection (the `bool`), as Kafka does; see [`answer`]
+/// for when. Every round is cheap but a PLAIN login that needs a derivation
+/// ([`derive`]).
+pub(crate) async fn authenticate(
+    ctx: &Arc<Ctx>,
     req: &SaslAuthenticateRequest,
     unauthenticated: &mut Option<sasl::Session>,
     peer: SocketAddr,
@@ -117,7 +141,11 @@ pub(crate) fn authenticate(
             )));
         return (r, true);
     };
-    match session.authenticate(&auth, &req.auth_bytes) {
+    let step = match session.authenticate(&auth, &req.auth_bytes) {
+        sasl::Step::Derive(d) => derive(ctx, Arc::clone(&auth), d).await,
+        step => step,
+    };
+    match step {
         sasl::Step::Continue(bytes) => (r.with_auth_bytes(Bytes::from(bytes)), false),
         sasl::Step::Done { user, reply } => {
             tracing::debug!(%peer, %user, "authenticated");
@@ -138,5 +166,6 @@ pub(crate) fn authenticate(
                 .with_error_message(Some(StrBytes::from_string(why)));
             (r, true)
         }
+        sasl::Step::Derive(_) => unreachable!("a derivation gives a final step"),
     }
 }
