@@ -797,3 +797,148 @@ fn failed_plain_logins_derive_one_at_a_time_and_are_answered_late() {
         18.0
     );
 }
+
+/// Sends ApiVersions `version` (raw: v0 or one not served, which the broker
+/// answers with a v0 body) and returns its error code, or `None` when the
+/// connection closed instead.
+fn api_versions(s: &mut TcpStream, version: u8) -> Option<i16> {
+    s.write_all(&[0, 0, 0, 10, 0, 18, 0, version, 0, 0, 0, 7, 0, 0])
+        .ok()?;
+    let body = wire::read_frame(s)?;
+    assert_eq!(&body[..4], &[0, 0, 0, 7], "correlation id");
+    Some(i16::from_be_bytes([body[4], body[5]]))
+}
+
+/// SaslHandshake v1 for `mechanism`: its error code.
+fn sasl_handshake(s: &mut TcpStream, mechanism: &'static str) -> i16 {
+    use kafka_protocol::{
+        messages::{ApiKey, SaslHandshakeRequest, SaslHandshakeResponse},
+        protocol::StrBytes,
+    };
+    let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+    s.write_all(&wire::request_frame(ApiKey::SaslHandshake, 1, 1, &hs))
+        .unwrap();
+    let (_, r): (i32, SaslHandshakeResponse) = wire::response(s, ApiKey::SaslHandshake, 1);
+    r.error_code
+}
+
+/// SaslAuthenticate v2 with `token`: its error code.
+fn sasl_authenticate(s: &mut TcpStream, token: &'static [u8]) -> i16 {
+    use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse};
+    let auth = SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from_static(token));
+    s.write_all(&wire::request_frame(ApiKey::SaslAuthenticate, 2, 2, &auth))
+        .unwrap();
+    let (_, r): (i32, SaslAuthenticateResponse) = wire::response(s, ApiKey::SaslAuthenticate, 2);
+    r.error_code
+}
+
+/// As Kafka's SaslServerAuthenticator: before authentication ApiVersions is
+/// answered once, before the SaslHandshake (one of a version not served does
+/// not count); another closes the connection. Once authenticated, a client
+/// may ask as often as it likes.
+#[test]
+fn api_versions_is_answered_once_and_only_before_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(tmp.path());
+
+    let mut s = wire::connect(&broker.addr);
+    assert_eq!(api_versions(&mut s, 0), Some(0));
+    assert_eq!(api_versions(&mut s, 0), None, "a second one closes");
+
+    let mut s = wire::connect(&broker.addr);
+    assert_eq!(sasl_handshake(&mut s, "PLAIN"), 0);
+    assert_eq!(api_versions(&mut s, 0), None, "after the handshake");
+
+    let mut s = wire::connect(&broker.addr);
+    assert_eq!(sasl_handshake(&mut s, "SCRAM-SHA-256"), 0);
+    assert_eq!(
+        api_versions(&mut s, 99),
+        None,
+        "not served, after the handshake"
+    );
+
+    let mut s = wire::connect(&broker.addr);
+    assert_eq!(api_versions(&mut s, 99), Some(35), "UNSUPPORTED_VERSION");
+    assert_eq!(api_versions(&mut s, 99), Some(35), "asked again");
+    assert_eq!(api_versions(&mut s, 0), Some(0));
+    assert_eq!(sasl_handshake(&mut s, "PLAIN"), 0);
+    assert_eq!(sasl_authenticate(&mut s, b"\0alice\0alice-secret"), 0);
+    for _ in 0..3 {
+        assert_eq!(api_versions(&mut s, 0), Some(0), "authenticated");
+    }
+    assert!(broker
+        .log_text()
+        .contains("ApiVersions again, or after SaslHandshake, before SASL authentication"));
+}
+
+/// With `--sasl-users` a connection must authenticate within
+/// `--sasl-authentication-timeout-ms` of its accept: one that sends nothing,
+/// one that stops halfway through SCRAM and one that keeps sending ApiVersions
+/// of a version not served are closed then; an authenticated one is not.
+#[test]
+fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users.json");
+    std::fs::write(&users, USERS).unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--sasl-users",
+            users.to_str().unwrap(),
+            "--sasl-authentication-timeout-ms",
+            "1500",
+        ],
+    );
+    let start = std::time::Instant::now();
+    let mut authenticated = wire::connect(&broker.addr);
+    assert_eq!(sasl_handshake(&mut authenticated, "PLAIN"), 0);
+    assert_eq!(
+        sasl_authenticate(&mut authenticated, b"\0alice\0alice-secret"),
+        0
+    );
+    let mut silent = wire::connect(&broker.addr);
+    let mut halfway = wire::connect(&broker.addr);
+    assert_eq!(sasl_handshake(&mut halfway, "SCRAM-SHA-256"), 0);
+    use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse};
+    let first = SaslAuthenticateRequest::default()
+        .with_auth_bytes(bytes::Bytes::from_static(b"n,,n=alice,r=abcdefgh"));
+    halfway
+        .write_all(&wire::request_frame(ApiKey::SaslAuthenticate, 2, 2, &first))
+        .unwrap();
+    let (_, r): (i32, SaslAuthenticateResponse) =
+        wire::response(&mut halfway, ApiKey::SaslAuthenticate, 2);
+    assert_eq!(r.error_code, 0, "server-first message");
+    let mut busy = wire::connect(&broker.addr);
+    let busy_until = std::thread::spawn(move || {
+        while api_versions(&mut busy, 99) == Some(35) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::time::Instant::now()
+    });
+    for (name, s) in [("silent", &mut silent), ("halfway", &mut halfway)] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(
+            wire::closed(s),
+            "{name}: still open after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(1400),
+            "{name}: closed after {:?}",
+            start.elapsed()
+        );
+    }
+    let busy_closed = busy_until.join().unwrap().duration_since(start);
+    assert!(
+        (Duration::from_millis(1400)..Duration::from_secs(10)).contains(&busy_closed),
+        "busy: closed after {busy_closed:?}"
+    );
+    assert_eq!(
+        wire::topic_metadata(&mut authenticated, "in-time", true),
+        0,
+        "an authenticated connection outlives the deadline"
+    );
+    assert!(broker
+        .log_text()
+        .contains("closing a connection that did not authenticate in time"));
+}

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// KIP-306), an unknown user's failure as a wrong password's. 0: at once.
     /// Default: 100.
     pub failed_authentication_delay_ms: u64,
+    /// With SASL, a connection that has not authenticated this long after it
+    /// was accepted is closed, whatever it sends. Default: 30000.
+    pub sasl_authentication_timeout_ms: u64,
     /// Most record bytes one Fetch response carries, whatever the client asks for
     /// (Kafka's `fetch.max.bytes`); the first batch is returned even when larger, so
     /// consumers always progress. Default: 55 MiB.
@@ -165,6 +168,7 @@ impl Default for Config {
                 max_connections: None,
                 connections_max_idle_ms: 600_000,
                 failed_authentication_delay_ms: 100,
+                sasl_authentication_timeout_ms: 30_000,
                 fetch_max_bytes: 55 * 1024 * 1024,
                 metrics_listen: None,
                 tls: None,
@@ -302,6 +306,13 @@ impl Config {
                     "accepted values: 1024 to 2147483647",
                 );
             }
+        }
+        if self.server.sasl_authentication_timeout_ms == 0 {
+            return bad(
+                "--sasl-authentication-timeout-ms",
+                "0".into(),
+                "accepted values: 1 or more",
+            );
         }
         if self.server.max_connections == Some(0) {
             return bad(
@@ -614,6 +625,16 @@ pub struct Cli {
     )]
     pub connection_failed_authentication_delay_ms: u64,
 
+    /// Close a connection that has not authenticated this long after it was
+    /// accepted, in milliseconds (with --sasl-users).
+    #[arg(
+        long,
+        env = "STREAMLINE_SASL_AUTHENTICATION_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_name = "MS"
+    )]
+    pub sasl_authentication_timeout_ms: u64,
+
     /// Most record bytes in one Fetch response, whatever the client asks for (the
     /// first batch is returned even when larger).
     #[arg(long, env = "STREAMLINE_FETCH_MAX_BYTES", default_value = "55m", value_parser = parse_size, value_name = "BYTES")]
@@ -909,6 +930,7 @@ impl Cli {
                 max_connections: self.max_connections,
                 connections_max_idle_ms: self.connections_max_idle_ms,
                 failed_authentication_delay_ms: self.connection_failed_authentication_delay_ms,
+                sasl_authentication_timeout_ms: self.sasl_authentication_timeout_ms,
                 fetch_max_bytes: usize::try_from(self.fetch_max_bytes).unwrap_or(usize::MAX),
                 metrics_listen: self.metrics_listen,
                 tls: match (self.tls_cert, self.tls_key) {
@@ -1140,6 +1162,12 @@ mod tests {
             .expect_err("no port")
             .to_string()
             .contains("--advertised-addr"));
+        let c = parse(&["--sasl-authentication-timeout-ms", "0"]).expect("parses");
+        assert!(c
+            .validate()
+            .expect_err("zero")
+            .to_string()
+            .contains("--sasl-authentication-timeout-ms"));
     }
 
     #[test]

@@ -138,6 +138,15 @@ impl Activity {
         self.writer.load(Ordering::Acquire) == WRITING
     }
 
+    /// Resolves once `limit` has passed since the connection was accepted
+    /// (never when `None`).
+    pub(crate) async fn older_than(&self, limit: Option<Duration>) {
+        match limit {
+            Some(limit) => tokio::time::sleep_until(self.start + limit).await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Resolves once the connection has been idle for `limit` (never when `None`).
     pub(crate) async fn idle(&self, limit: Option<Duration>) {
         let Some(limit) = limit else {

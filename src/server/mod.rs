@@ -694,6 +694,8 @@ where
     let max = cfg.max_request_bytes;
     // Some while the connection still has to authenticate (SASL enabled).
     let mut unauthenticated = ctx.security.sasl.as_ref().map(|_| sasl::Session::default());
+    // From the accept, for a connection that has to authenticate.
+    let authenticate_within = Duration::from_millis(cfg.sasl_authentication_timeout_ms);
     let idle = (cfg.connections_max_idle_ms > 0)
         .then(|| Duration::from_millis(cfg.connections_max_idle_ms));
     let idle_closed = || {
@@ -718,6 +720,12 @@ where
             // The writer ended early (a write failed, or a response closes the
             // connection): read no more.
             () = tx.closed() => break 'conn Ok(()),
+            // Before any frame, which a flood of them would keep ready.
+            () = activity.older_than(unauthenticated.is_some().then_some(authenticate_within)) => {
+                tracing::info!(%peer, timeout_ms = cfg.sasl_authentication_timeout_ms, "closing a connection that did not authenticate in time");
+                writer.abort();
+                break 'conn Ok(());
+            }
             f = read_frame(&mut rd, limit, &in_flight) => f,
             () = activity.idle(idle) => {
                 idle_closed();
@@ -1006,6 +1014,10 @@ pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
     Ok(Decoded::Request(header, request))
 }
 
+/// Why a connection yet to authenticate is closed at an ApiVersions.
+const API_VERSIONS_AGAIN: &str =
+    "ApiVersions again, or after SaslHandshake, before SASL authentication";
+
 /// Decodes one request frame from the client at `peer` and starts handling it.
 /// `unauthenticated` is `Some` while the connection has yet to pass SASL. Returns
 /// the response and whether the connection closes after it; `Err` closes it at
@@ -1022,6 +1034,12 @@ async fn dispatch(
     }
     match decode_request(frame)? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
+            if unauthenticated
+                .as_mut()
+                .is_some_and(|s| !s.api_versions(false))
+            {
+                return Err(API_VERSIONS_AGAIN.into());
+            }
             let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
             let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
             Ok((Box::pin(async move { resp }), false))
@@ -1047,7 +1065,15 @@ async fn dispatch(
                     let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
                     (handlers::sasl::answer(ctx, resp, close, started), close)
                 }
-                RequestKind::ApiVersions(_) => handlers::handle(ctx, header, request, peer).await,
+                RequestKind::ApiVersions(_) => {
+                    if unauthenticated
+                        .as_mut()
+                        .is_some_and(|s| !s.api_versions(true))
+                    {
+                        return Err(API_VERSIONS_AGAIN.into());
+                    }
+                    handlers::handle(ctx, header, request, peer).await
+                }
                 _ if unauthenticated.is_some() => {
                     return Err(format!(
                         "{} before SASL authentication",

@@ -8,9 +8,10 @@
 //! PBKDF2 iterations), or salted SCRAM credentials only, per mechanism, as
 //! `streamline-scram` prints them (`{"alice": {"SCRAM-SHA-256": {"salt": ...,
 //! "iterations": 4096, "stored_key": ..., "server_key": ...}}}`), so that the file
-//! holds no password. Secrets are compared in constant time. Until a connection has authenticated, it may send only ApiVersions,
-//! SaslHandshake and SaslAuthenticate; anything else, and a failed
-//! authentication, closes it.
+//! holds no password. Secrets are compared in constant time. Until a connection has authenticated, it may send only ApiVersions
+//! (once, before the handshake), SaslHandshake and SaslAuthenticate; anything
+//! else, and a failed authentication, closes it, and so does the server once
+//! `--sasl-authentication-timeout-ms` has passed.
 //!
 //! A PLAIN login of a user given by salted credentials only is checked by a
 //! PBKDF2 run ([`Step::Derive`]), which the caller bounds; a password a run
@@ -674,6 +675,8 @@ pub struct Session {
     /// After a SaslHandshake v0 the client sends raw SASL tokens, each a
     /// length-prefixed frame without a Kafka header, and gets them back so.
     pub raw_tokens: bool,
+    /// An ApiVersions of a version served was answered.
+    api_versions: bool,
 }
 
 #[derive(Debug)]
@@ -741,6 +744,20 @@ impl Session {
             }
             _ => false,
         }
+    }
+
+    /// Whether an ApiVersions may be answered now, as Kafka's
+    /// SaslServerAuthenticator answers it: before the SaslHandshake, and once,
+    /// except that one of a version not served (`served` false, answered with
+    /// UNSUPPORTED_VERSION) leaves the client free to ask again. Otherwise the
+    /// connection closes: a client cannot keep it open with ApiVersions
+    /// without ever authenticating.
+    pub fn api_versions(&mut self, served: bool) -> bool {
+        if self.api_versions || self.mechanism.is_some() {
+            return false;
+        }
+        self.api_versions = served;
+        true
     }
 
     /// Whether a SaslHandshake chose a mechanism.
@@ -1051,6 +1068,21 @@ mod tests {
             Session::default().authenticate(&auth, b"n,,n=user,r=x"),
             Step::Failed(_)
         ));
+    }
+
+    #[test]
+    fn api_versions_is_answered_once_before_the_handshake() {
+        let (_d, auth) = authenticator(&[Mechanism::Plain]);
+        let mut s = Session::default();
+        assert!(s.api_versions(false), "an unsupported version");
+        assert!(s.api_versions(false), "asked again");
+        assert!(s.api_versions(true));
+        assert!(!s.api_versions(true), "a second one");
+        assert!(!s.api_versions(false));
+        let mut s = Session::default();
+        assert!(s.handshake(&auth, "PLAIN"));
+        assert!(!s.api_versions(true), "after the handshake");
+        assert!(!s.api_versions(false));
     }
 
     #[test]
