@@ -169,30 +169,31 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     let mut answer = Vec::new();
     let _ = huge.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-    // 40 connections that send nothing: at most 16 are held, the rest closed
+    // 80 connections that send nothing: at most 64 are held, the rest closed
     // at once; the Kafka side keeps its file descriptors, and once they are
     // gone the endpoint answers again.
-    let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for c in &idle {
-        c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        c.set_nonblocking(true).unwrap();
     }
-    // Held connections are closed only after the 5 s head timeout: within 3 s
-    // exactly the 24 beyond the limit may have been.
+    // Held connections are closed only after the 2 s head timeout: within
+    // 1.5 s exactly the 16 beyond the limit may have been.
     let mut closed = vec![false; idle.len()];
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while closed.iter().filter(|c| **c).count() < 24 && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while closed.iter().filter(|c| **c).count() < 16 && std::time::Instant::now() < deadline {
         for (i, mut c) in idle.iter().enumerate() {
             let mut b = [0u8; 1];
             if !closed[i] && matches!(c.read(&mut b), Ok(0)) {
                 closed[i] = true;
             }
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
     let closed_at_once = closed.iter().filter(|c| **c).count();
     drop(idle);
     assert_eq!(
-        closed_at_once, 24,
-        "connections beyond 16 are closed at once"
+        closed_at_once, 16,
+        "connections beyond 64 are closed at once"
     );
     // The held ones see their clients go and free their slots.
     scrape(&broker);
@@ -205,6 +206,78 @@ fn metrics_follow_produces_groups_and_bad_frames() {
         ),
         9.0
     );
+}
+
+/// Clients that connect and send nothing, each again as soon as it is closed,
+/// took every answer slot (16), each for 5 s: a scrape was refused at once
+/// whenever it came. A silent connection now holds no answer slot, only one of
+/// 64 open connections, for 2 s.
+#[test]
+fn silent_clients_that_reconnect_do_not_keep_scrapes_out() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let addr = broker.metrics.clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let silent: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, stop, connected) = (addr.clone(), Arc::clone(&stop), connected_tx.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(&addr) else {
+                        continue;
+                    };
+                    let _ = connected.send(());
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let mut b = [0u8; 1];
+                    // Until the broker closes it (or the test ends).
+                    while !stop.load(Ordering::Relaxed) {
+                        match s.read(&mut b) {
+                            Ok(_) => break,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..16 {
+        connected.recv().unwrap();
+    }
+    // Each scrape has one try, answered within 10 s, including while the
+    // silent clients are closed and come back (every 2 s).
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let sent = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let _ = s
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .and_then(|()| s.read_to_end(&mut answer));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 "),
+            "a scrape got {:?} after {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(100)]),
+            sent.elapsed()
+        );
+        assert!(sent.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in silent {
+        t.join().unwrap();
+    }
 }
 
 /// A metrics client that sent its request and never read the answer held its
@@ -271,6 +344,13 @@ fn clients_that_never_read_the_page_do_not_keep_their_slots() {
             s
         })
         .collect();
+    // Each has its turn once its answer starts.
+    for mut s in &stuck {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+    }
+    // A request waits 5 s for a turn, then gets 503.
     assert!(!answered(), "all 16 slots are held");
     let started = std::time::Instant::now();
     while !answered() {

@@ -5,9 +5,10 @@
 //! everything else (partitions, the WAL, groups, consumer lag) is read from its
 //! owner when a scrape comes, on a blocking thread. The HTTP side is one request
 //! per connection: `GET /metrics` gets the page, any other path 404, any other
-//! method 405, a request head over 8 KiB or slower than 5 s is dropped, so is
-//! a client that has not taken the answer within 10 s, and at most 16
-//! connections are served at once.
+//! method 405, a request head over 8 KiB or not there 2 s after the accept is
+//! dropped, so is a client that has not taken the answer within 10 s; at most
+//! 64 connections are open at once, and 16 pages rendered and written, other
+//! requests waiting up to 5 s for their turn (then 503).
 
 use std::{
     fmt::Write as _,
@@ -35,11 +36,24 @@ const BUCKETS: [f64; 14] = [
 /// The largest request head the metrics endpoint reads.
 const MAX_HEAD: usize = 8192;
 
-/// Metrics connections served at once.
-const MAX_METRICS_CONNECTIONS: usize = 16;
+/// Metrics connections open at once; more are closed as soon as they are
+/// accepted, so that they cannot take the file descriptors storage needs.
+const MAX_METRICS_CONNECTIONS: usize = 64;
 
-/// How long a metrics client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Metrics requests answered at once (a page rendered and written); the others
+/// wait for their turn, up to [`ANSWER_WAIT`].
+const MAX_METRICS_ANSWERS: usize = 16;
+
+/// How long a request waits for one of the [`MAX_METRICS_ANSWERS`] before it is
+/// answered 503.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a metrics client has from its accept to send its request head.
+/// Prometheus sends it at once. A client that sends nothing holds only one of
+/// the [`MAX_METRICS_CONNECTIONS`] meanwhile, none of the answers: silent
+/// connections used to take the answer slots, each for 5 s, and 16 clients
+/// that reconnected at once when closed kept every scrape out.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a metrics client may take to receive the answer (Prometheus gives
 /// up on a scrape after 10 s by default). Without a limit, a client that sends
@@ -596,26 +610,27 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-/// At most `MAX_METRICS_CONNECTIONS` are served at once; more are closed as
-/// soon as they are accepted, so that a flood of them cannot take the file
-/// descriptors storage needs (each one lives at most `HEAD_TIMEOUT`, the time
-/// to render the page, and `WRITE_TIMEOUT`).
+/// At most `MAX_METRICS_CONNECTIONS` are open at once; more are closed as soon
+/// as they are accepted. Each lives at most `HEAD_TIMEOUT`, `ANSWER_WAIT`, the
+/// time to render the page, and `WRITE_TIMEOUT`.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let answers = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_ANSWERS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                let Ok(place) = Arc::clone(&open).try_acquire_owned() else {
                     tracing::debug!(%peer, "too many metrics connections; closing this one");
                     drop(stream);
                     continue;
                 };
                 let ctx = Arc::clone(&ctx);
+                let answers = Arc::clone(&answers);
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, ctx).await {
+                    if let Err(e) = answer(stream, ctx, &answers).await {
                         tracing::debug!(%peer, error = %e, "metrics request failed");
                     }
-                    drop(slot);
+                    drop(place);
                 });
             }
             Err(e) => {
@@ -626,8 +641,13 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
     }
 }
 
-/// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, ctx: Arc<Ctx>) -> std::io::Result<()> {
+/// Reads one request head and answers it, the page once one of `answers` is
+/// free.
+async fn answer(
+    mut stream: TcpStream,
+    ctx: Arc<Ctx>,
+    answers: &tokio::sync::Semaphore,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let read = async {
         let mut buf = [0u8; 1024];
@@ -651,13 +671,23 @@ async fn answer(mut stream: TcpStream, ctx: Arc<Ctx>) -> std::io::Result<()> {
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    // Held until the page is written: it bounds the pages in memory too.
+    let mut turn = None;
     let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics") => {
-            let page = tokio::task::spawn_blocking(move || render(&ctx))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
-        }
+        ("GET", "/metrics") => match tokio::time::timeout(ANSWER_WAIT, answers.acquire()).await {
+            Ok(Ok(permit)) => {
+                turn = Some(permit);
+                let page = tokio::task::spawn_blocking(move || render(&ctx))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                ("200 OK", "text/plain; version=0.0.4; charset=utf-8", page)
+            }
+            _ => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                "too many metrics requests at once; try again\n".to_string(),
+            ),
+        },
         (_, "/metrics") => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",
@@ -682,9 +712,11 @@ async fn answer(mut stream: TcpStream, ctx: Arc<Ctx>) -> std::io::Result<()> {
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await
     };
-    tokio::time::timeout(WRITE_TIMEOUT, write)
+    let written = tokio::time::timeout(WRITE_TIMEOUT, write)
         .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+    drop(turn);
+    written
 }
 
 /// Binds the metrics listener, when one is configured.
