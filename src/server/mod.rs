@@ -611,6 +611,7 @@ async fn accept_connection(
     let _ = stream.set_nodelay(true);
     // As Kafka's acceptor does: a peer whose host vanished is found out, so its
     // connection does not hold a slot forever (without an idle limit).
+    #[cfg(unix)]
     let _ = socket2::SockRef::from(&stream).set_keepalive(true);
     let activity = conn::Activity::new();
     let Some(tls) = tls else {
