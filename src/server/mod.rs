@@ -33,7 +33,7 @@ use kafka_protocol::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch, Notify},
+    sync::{mpsc, oneshot, watch, Notify},
 };
 
 use crate::{
@@ -706,6 +706,9 @@ where
             tracing::debug!(%peer, idle_ms = cfg.connections_max_idle_ms, "closing idle connection");
         }
     };
+    // Done once the last request that changes topics or their configuration has
+    // been answered (see `orders_produce`).
+    let mut barrier: Option<oneshot::Receiver<()>> = None;
     let result = 'conn: loop {
         // Before authentication a frame may hold at most 512 KiB (Kafka's
         // `sasl.server.max.receive.size`): an unknown client cannot make the
@@ -746,8 +749,37 @@ where
             }
             Ok(Frame::Data(buf)) => {
                 let len = buf.len();
+                let key = buf.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+                // Responses are computed in order by the writer, but a Produce
+                // is submitted to storage here, ahead of the requests queued
+                // before it: it waits for the last one that changes what it
+                // writes to, as Kafka, handling one request at a time, would.
+                if key == Some(ApiKey::Produce as i16) {
+                    if let Some(done) = barrier.take() {
+                        tokio::select! {
+                            biased;
+                            _ = stop.changed() => break 'conn Ok(()),
+                            () = tx.closed() => break 'conn Ok(()),
+                            _ = done => {}
+                            () = activity.idle(idle) => {
+                                idle_closed();
+                                writer.abort();
+                                break 'conn Ok(());
+                            }
+                        }
+                    }
+                }
                 match dispatch(&ctx, buf, peer, &mut unauthenticated).await {
-                    Ok((p, then_close)) => {
+                    Ok((mut p, then_close)) => {
+                        if key.is_some_and(orders_produce) {
+                            let (done_tx, done) = oneshot::channel();
+                            barrier = Some(done);
+                            p = Box::pin(async move {
+                                let response = p.await;
+                                let _ = done_tx.send(());
+                                response
+                            });
+                        }
                         // A full queue waits for the writer, which may wait for the
                         // client to read.
                         let sent = tokio::select! {
@@ -789,6 +821,23 @@ where
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// Whether a request with API key `key` changes what a later Produce on the same
+/// connection writes to (its topics, partitions, limits or producer ids), so that
+/// Produce must wait for it to be answered.
+fn orders_produce(key: i16) -> bool {
+    [
+        ApiKey::CreateTopics,
+        ApiKey::DeleteTopics,
+        ApiKey::CreatePartitions,
+        ApiKey::DeleteRecords,
+        ApiKey::AlterConfigs,
+        ApiKey::IncrementalAlterConfigs,
+        ApiKey::InitProducerId,
+    ]
+    .iter()
+    .any(|k| *k as i16 == key)
 }
 
 /// A connection's place among `--max-connections`: counted open from
@@ -1200,6 +1249,79 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 0, "nothing is answered");
+    }
+
+    /// Reads one response frame and decodes it as `R` (header v0: a version
+    /// before flexible ones).
+    async fn response<R: kafka_protocol::protocol::Decodable>(
+        client: &mut tokio::io::DuplexStream,
+        version: i16,
+    ) -> R {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut len))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).unwrap()];
+        client.read_exact(&mut body).await.unwrap();
+        let mut b = Bytes::from(body);
+        b.advance(4); // correlation id
+        R::decode(&mut b, version).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_produce_pipelined_behind_a_topic_change_waits_for_it() {
+        use kafka_protocol::messages::{
+            create_topics_request::CreatableTopic,
+            produce_request::{PartitionProduceData, TopicProduceData},
+            CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+            ProduceRequest, ProduceResponse, TopicName,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
+        let name = || TopicName(StrBytes::from_static_str("t"));
+        let produce = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(name())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(
+                        crate::storage::batch::tests::make_batch(0, &[b"v"]),
+                    )))])]);
+        let produced = |r: &ProduceResponse| r.responses[0].partition_responses[0].error_code;
+
+        // CreateTopics and a Produce into the new topic, in one write.
+        let create = CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(name())
+                .with_num_partitions(1)
+                .with_replication_factor(1)]);
+        let mut both = frame(ApiKey::CreateTopics, 4, "c", &create);
+        both.extend(frame(ApiKey::Produce, 8, "c", &produce));
+        client.write_all(&both).await.unwrap();
+        let created: CreateTopicsResponse = response(&mut client, 4).await;
+        assert_eq!(created.topics[0].error_code, codes::NONE);
+        let r: ProduceResponse = response(&mut client, 8).await;
+        assert_eq!(produced(&r), codes::NONE, "the topic was created first");
+
+        // DeleteTopics and a Produce into the deleted topic, in one write.
+        let delete = DeleteTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topic_names(vec![name()]);
+        let mut both = frame(ApiKey::DeleteTopics, 3, "c", &delete);
+        both.extend(frame(ApiKey::Produce, 8, "c", &produce));
+        client.write_all(&both).await.unwrap();
+        let deleted: DeleteTopicsResponse = response(&mut client, 3).await;
+        assert_eq!(deleted.responses[0].error_code, codes::NONE);
+        let r: ProduceResponse = response(&mut client, 8).await;
+        assert_eq!(
+            produced(&r),
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            "the topic was deleted first"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
