@@ -21,13 +21,9 @@ fn forbid_io_uring() {
     common::seccomp::deny(libc::SYS_io_uring_setup, libc::ENOSYS, false);
 }
 
+/// The shared small-file configuration, `every_write`.
 fn config(backend: BackendKind) -> WalConfig {
-    WalConfig {
-        backend,
-        sync_mode: SyncMode::EveryWrite,
-        max_file_size: 256 << 10,
-        ..WalConfig::default()
-    }
+    common::config(backend, SyncMode::EveryWrite)
 }
 
 #[test]

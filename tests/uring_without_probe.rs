@@ -21,13 +21,9 @@ mod common;
 /// `IORING_REGISTER_PROBE`.
 const REGISTER_PROBE: u32 = 8;
 
+/// The shared small-file configuration, `every_write`.
 fn config(backend: BackendKind) -> WalConfig {
-    WalConfig {
-        backend,
-        sync_mode: SyncMode::EveryWrite,
-        max_file_size: 256 << 10,
-        ..WalConfig::default()
-    }
+    common::config(backend, SyncMode::EveryWrite)
 }
 
 #[test]

@@ -13,13 +13,11 @@ use streamline::{
     Error,
 };
 
+mod common;
+
+/// The shared small-file configuration, `every_write`.
 fn config(backend: BackendKind) -> WalConfig {
-    WalConfig {
-        backend,
-        sync_mode: SyncMode::EveryWrite,
-        max_file_size: 256 << 10,
-        ..WalConfig::default()
-    }
+    common::config(backend, SyncMode::EveryWrite)
 }
 
 /// Every file under `dir` (relative path → contents).

@@ -55,7 +55,7 @@ use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN},
-    segment::{BatchIndex, CleanedWriter},
+    segment::{read_batch_header, BatchIndex, CleanedWriter},
 };
 
 /// Default bound of one pass's key map (`--log-cleaner-dedupe-buffer-size`;
@@ -112,18 +112,7 @@ impl Source {
         let mut buf = Vec::new();
         for position in self.index.iter().map(|e| e.position) {
             buf.resize(HEADER_LEN, 0);
-            self.file
-                .read_exact_at(&mut buf, position)
-                .map_err(|e| Error::io("read", &self.path, e))?;
-            let info = batch::parse_header(&buf)
-                .map_err(|e| Error::corrupt(&self.path, position, e.to_string()))?;
-            if position + info.len as u64 > self.size {
-                return Err(Error::corrupt(
-                    &self.path,
-                    position,
-                    "batch extends past the end of the segment",
-                ));
-            }
+            let info = read_batch_header(&self.file, &self.path, position, self.size, &mut buf)?;
             buf.resize(info.len, 0);
             self.file
                 .read_exact_at(&mut buf[HEADER_LEN..], position + HEADER_LEN as u64)

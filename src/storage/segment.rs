@@ -187,23 +187,41 @@ impl MaxTimestampJob {
         let mut head = [0u8; HEADER_LEN];
         let (mut pos, mut max) = (0u64, -1i64);
         while pos < self.size {
-            self.file
-                .read_exact_at(&mut head, pos)
-                .map_err(|e| Error::io("read", &self.path, e))?;
-            let info = batch::parse_header(&head)
-                .map_err(|e| Error::corrupt(&self.path, pos, e.to_string()))?;
-            if pos + info.len as u64 > self.size {
-                return Err(Error::corrupt(
-                    &self.path,
-                    pos,
-                    "batch extends past the end of the segment",
-                ));
-            }
+            let info = read_batch_header(&self.file, &self.path, pos, self.size, &mut head)?;
             max = max.max(info.max_timestamp);
             pos += info.len as u64;
         }
         Ok(max)
     }
+}
+
+/// Reads and parses the header of the batch at `position` of the log `file`
+/// (`path`) into `head` (its first [`HEADER_LEN`] bytes), checking that the
+/// batch ends within the log's first `size` bytes.
+///
+/// # Errors
+/// I/O errors naming the file; a header that does not parse, or a batch that
+/// extends past `size`, is [`Error::Corrupt`] at `position`.
+pub(crate) fn read_batch_header(
+    file: &File,
+    path: &Path,
+    position: u64,
+    size: u64,
+    head: &mut [u8],
+) -> Result<BatchInfo> {
+    let head = &mut head[..HEADER_LEN];
+    file.read_exact_at(head, position)
+        .map_err(|e| Error::io("read", path, e))?;
+    let info =
+        batch::parse_header(head).map_err(|e| Error::corrupt(path, position, e.to_string()))?;
+    if position + info.len as u64 > size {
+        return Err(Error::corrupt(
+            path,
+            position,
+            "batch extends past the end of the segment",
+        ));
+    }
+    Ok(info)
 }
 
 /// One segment: a log file and its offset index.
@@ -368,17 +386,7 @@ fn end_of(path: &Path, base: i64) -> Result<i64> {
     let mut buf = vec![0u8; HEADER_LEN];
     while pos < size {
         buf.resize(HEADER_LEN, 0);
-        file.read_exact_at(&mut buf, pos)
-            .map_err(|e| Error::io("read", path, e))?;
-        let info =
-            batch::parse_header(&buf).map_err(|e| Error::corrupt(path, pos, e.to_string()))?;
-        if pos + info.len as u64 > size {
-            return Err(Error::corrupt(
-                path,
-                pos,
-                "batch extends past the end of the file",
-            ));
-        }
+        let info = read_batch_header(&file, path, pos, size, &mut buf)?;
         buf.resize(info.len, 0);
         file.read_exact_at(&mut buf, pos)
             .map_err(|e| Error::io("read", path, e))?;
