@@ -213,23 +213,23 @@ fn seconds(s: &str) -> Result<f64, String> {
         .trim_end_matches('s')
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(0.0..=MAX_SECONDS).contains(&v) {
+    in_range(&format!("`{s}`"), v)
+}
+
+/// `secs` when within 0 to [`MAX_SECONDS`]; otherwise an error naming `what`.
+fn in_range(what: &str, secs: f64) -> Result<f64, String> {
+    if !(0.0..=MAX_SECONDS).contains(&secs) {
         return Err(format!(
-            "`{s}` is out of range: give 0 to {MAX_SECONDS} seconds (365 days)"
+            "{what} is out of range: give 0 to {MAX_SECONDS} seconds (365 days)"
         ));
     }
-    Ok(v)
+    Ok(secs)
 }
 
 /// `secs` seconds of `flag` as a [`Duration`], when within 0 to [`MAX_SECONDS`]
 /// (the parser's range; a [`JobArgs`] built in code may hold anything).
 fn duration_of(flag: &str, secs: f64) -> Result<Duration, String> {
-    if !(0.0..=MAX_SECONDS).contains(&secs) {
-        return Err(format!(
-            "{flag} {secs} is out of range: give 0 to {MAX_SECONDS} seconds (365 days)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    in_range(&format!("{flag} {secs}"), secs).map(Duration::from_secs_f64)
 }
 
 /// Parses `--queue-depth`: 1 to [`MAX_QUEUE_DEPTH`].
