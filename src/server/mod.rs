@@ -1159,7 +1159,15 @@ mod tests {
 
     /// A server context over a fresh data directory in `dir`.
     async fn ctx(dir: &std::path::Path) -> Arc<Ctx> {
-        let mut config = crate::config::Config::default();
+        ctx_with(dir, crate::config::Config::default()).await
+    }
+
+    /// A server context with `config` over a fresh data directory in `dir`,
+    /// listening on a free port.
+    pub(crate) async fn ctx_with(
+        dir: &std::path::Path,
+        mut config: crate::config::Config,
+    ) -> Arc<Ctx> {
         config.storage.data_dir = dir.to_path_buf();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))

@@ -183,6 +183,12 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
         ),
         entry("broker.id", ctx.storage.meta().node_id, INT, true),
         setting(
+            "connection.failed.authentication.delay.ms",
+            v.failed_authentication_delay_ms,
+            dv.failed_authentication_delay_ms,
+            INT,
+        ),
+        setting(
             "connections.max.idle.ms",
             v.connections_max_idle_ms,
             dv.connections_max_idle_ms,
@@ -574,6 +580,35 @@ pub(crate) async fn incremental_alter_configs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_entries_show_each_setting_and_whether_it_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.failed_authentication_delay_ms = 250;
+        let ctx = crate::server::tests::ctx_with(dir.path(), config).await;
+        let entries = broker_entries(&ctx);
+        let find = |name: &str| {
+            entries
+                .iter()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("{name} is described"))
+        };
+        let delay = find("connection.failed.authentication.delay.ms");
+        assert_eq!(
+            (delay.value.as_str(), delay.source),
+            ("250", STATIC_BROKER_CONFIG)
+        );
+        let idle = find("connections.max.idle.ms");
+        assert_eq!(
+            (idle.value.as_str(), idle.source),
+            ("600000", DEFAULT_CONFIG)
+        );
+        let mut names: Vec<&str> = entries.iter().map(|e| e.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), entries.len(), "each name once");
+    }
 
     fn op(name: &str, op: i8, value: Option<&str>) -> Op {
         Op {
