@@ -1068,7 +1068,9 @@ impl Partition {
                         len,
                     });
                     left = left.saturating_sub(len);
-                    if left == 0 || seg.next_offset() >= hw {
+                    // The next segment only once this one is read to its end: a
+                    // batch that did not fit ends the read, it is not skipped.
+                    if left == 0 || seg.next_offset() >= hw || position + len < seg.size() {
                         break;
                     }
                 }
@@ -1878,6 +1880,40 @@ pub(crate) mod tests {
         drop(p);
         let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
         assert_eq!(p.log_end_offset(), 5);
+    }
+
+    #[test]
+    fn a_read_moves_to_the_next_segment_only_after_reading_this_one_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        for len in [900, 900, 2000, 200, 200] {
+            produce(&p, &[&vec![7u8; len]]);
+        }
+        let segs = std::fs::read_dir(dir.path().join("0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+            .count();
+        assert!(segs >= 2, "expected several segments, got {segs}");
+        // Whatever the limit, the batches returned are the next ones, in order:
+        // a batch that does not fit ends the read, it is not skipped.
+        for max_bytes in (1..6000).step_by(37) {
+            for min_one_batch in [true, false] {
+                let r = p.read_within(0, max_bytes, min_one_batch).unwrap().unwrap();
+                if r.records.is_empty() {
+                    assert!(!min_one_batch, "at least one batch");
+                    continue;
+                }
+                let infos = validate_all(&r.records).unwrap();
+                for (i, info) in infos.iter().enumerate() {
+                    assert_eq!(
+                        info.base_offset,
+                        i as i64,
+                        "max_bytes {max_bytes}, min_one_batch {min_one_batch}: offsets {:?}",
+                        infos.iter().map(|i| i.base_offset).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
     }
 
     mod compaction_tests {
