@@ -111,9 +111,8 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             }
         }
         if Instant::now() >= next_retention {
-            if let Err(e) = retention(shared) {
-                tracing::error!(error = %e, "retention failed");
-            }
+            // Each failing partition was logged.
+            let _ = retention(shared);
             next_retention = Instant::now() + retention_every;
         }
     }
@@ -181,12 +180,15 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
 /// each topic by its own `retention.ms` / `retention.bytes` or the broker's; a
 /// topic whose `cleanup.policy` lacks `delete` (compact only) loses only what lies
 /// below its log start.
-/// Returns the segments and bytes deleted.
+/// A partition that fails is logged and the others still get theirs: one failing
+/// directory does not keep the rest from freeing space.
+/// Returns the segments and bytes deleted, or the first partition's error.
 pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let storage = &shared.config.storage;
     let now_ms = super::segment::now_ms();
     let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
+    let mut failed = None;
     for t in topics {
         let (by_age, by_size) = if t.configs.delete() {
             (
@@ -200,10 +202,17 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
             if p.is_deleted() {
                 continue;
             }
-            let (n, b) = p.apply_retention(now_ms, by_age, by_size)?;
-            segments += n;
-            bytes += b;
+            match p.apply_retention(now_ms, by_age, by_size) {
+                Ok((n, b)) => {
+                    segments += n;
+                    bytes += b;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %t.name, partition = p.index(), error = %e, "retention failed");
+                    failed.get_or_insert(e);
+                }
+            }
         }
     }
-    Ok((segments, bytes))
+    failed.map_or(Ok((segments, bytes)), Err)
 }

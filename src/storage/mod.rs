@@ -2369,6 +2369,41 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_whose_retention_fails_does_not_stop_the_others() {
+        use crate::storage::{batch::tests::with_timestamp, partition::tests::store};
+        const DAY: i64 = 24 * 3600 * 1000;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let short = TopicConfig::from_pairs([("retention.ms", Some("86400000"))]).unwrap();
+        m.create_topic_with("t", 2, short).unwrap();
+        let now = segment::now_ms();
+        for i in 0..2 {
+            let p = m.partition("t", i).unwrap();
+            store(&p, with_timestamp(make_batch(0, &[b"old"]), now - 2 * DAY));
+        }
+        // Partition 0 cannot roll its expired active segment away: a directory
+        // holds the new segment's name.
+        let blocked = tmp.path().join("topics/t/0").join(segment::log_name(1));
+        std::fs::create_dir(&blocked).unwrap();
+        let err = m.apply_retention().expect_err("partition 0 fails");
+        assert!(
+            err.to_string().contains(&blocked.display().to_string()),
+            "{err}"
+        );
+        let (p0, p1) = (m.partition("t", 0).unwrap(), m.partition("t", 1).unwrap());
+        assert_eq!(p0.log_start_offset(), 0, "partition 0 kept its records");
+        assert_eq!(
+            p1.log_start_offset(),
+            1,
+            "partition 1's expired records went all the same"
+        );
+        std::fs::remove_dir(&blocked).unwrap();
+        m.apply_retention().unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_start_offset(), 1);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
     fn topic_configs_are_durable_and_govern_rolls_and_retention() {
         use crate::storage::{
             batch::tests::with_timestamp, partition::tests::store, topic_config::ConfigError,
