@@ -4,7 +4,7 @@
 //! that makes produced data durable.
 
 use std::{
-    sync::{atomic::Ordering, PoisonError},
+    sync::{atomic::Ordering, Arc, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use super::{
     compaction::{CompactionPolicy, CompactionStats},
     recovery_points::{self, RecoveryPoints, TopicPoints},
-    Shared,
+    Shared, Topic,
 };
 
 /// Runs one checkpoint.
@@ -41,20 +41,14 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         ..RecoveryPoints::default()
     };
     for t in topics {
-        let ends = t.partitions.iter().map(|p| p.log_end_offset()).collect();
+        let ends = topic_points(&t);
         for p in &t.partitions {
             if let Err(e) = p.sync() {
                 super::fail_segments(shared, format!("segment sync failed: {e}"));
                 return Err(e);
             }
         }
-        points.topics.insert(
-            t.name.clone(),
-            TopicPoints {
-                id: t.id.to_string(),
-                ends,
-            },
-        );
+        points.topics.insert(t.name.clone(), ends);
     }
     // A segment that failed meanwhile (an append's roll) may hold less than the
     // ends read above.
@@ -73,6 +67,23 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A topic's recovery points: where each partition ends now.
+fn topic_points(t: &Topic) -> TopicPoints {
+    TopicPoints {
+        id: t.id.to_string(),
+        ends: t.partitions.iter().map(|p| p.log_end_offset()).collect(),
+    }
+}
+
+/// The recovery points of `topics` as they end now, for a start that has
+/// synced every partition itself (nothing is appended meanwhile).
+pub(super) fn points_of<'a>(topics: impl Iterator<Item = &'a Arc<Topic>>) -> RecoveryPoints {
+    RecoveryPoints {
+        version: 1,
+        topics: topics.map(|t| (t.name.clone(), topic_points(t))).collect(),
+    }
 }
 
 /// Fails once a segment write or sync has failed.

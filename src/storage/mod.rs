@@ -740,7 +740,7 @@ impl TopicManager {
         }
 
         let mode = config.wal.engine.recovery_mode;
-        let points = match recovery_points::load(&data_dir) {
+        let mut points = match recovery_points::load(&data_dir) {
             Ok(p) => p,
             Err(e) if mode == RecoveryMode::TolerateCorruption => {
                 tracing::warn!(error = %e, "ignoring the recovery points");
@@ -792,6 +792,14 @@ impl TopicManager {
                 }
             }
             if stats.last_sequence > checkpoint {
+                // The recovery points first, as every checkpoint writes them:
+                // never behind what the WAL's checkpoint lets it drop, should the
+                // start fail before its own checkpoint below.
+                let now = checkpoint::points_of(topics.values());
+                if points.as_ref() != Some(&now) {
+                    recovery_points::store(&data_dir, &now)?;
+                }
+                points = Some(now);
                 w.checkpoint(stats.last_sequence)?;
             }
             tracing::info!(
@@ -2524,6 +2532,49 @@ mod tests {
             e.contains("topic.json") && e.contains("segment.bytes"),
             "{e}"
         );
+    }
+
+    /// A start that replays the WAL and then fails (here: a group file that does
+    /// not parse) leaves recovery points that cover what the WAL's checkpoint
+    /// let it drop. Before, the start moved the WAL's checkpoint right after the
+    /// replay and wrote the points only at its end: a failed start left the old
+    /// points, and damage between them and the true ends went unseen.
+    #[test]
+    fn a_start_that_fails_after_replay_leaves_points_covering_the_wal_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        for i in 0..12u8 {
+            let b = batch_at(i64::from(i), &[&[i; 300]]);
+            wal.append("t", 0, Bytes::from(b)).wait().unwrap();
+        }
+        wal.close().unwrap();
+        let bad = tmp.path().join("groups/g.json");
+        std::fs::write(&bad, b"{ not json").unwrap();
+        let err =
+            TopicManager::new(config(tmp.path())).expect_err("the group file stops the start");
+        assert!(err.to_string().contains("g.json"), "{err}");
+
+        let (wal, recovery) =
+            Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        let still_in_wal = recovery.count() as i64;
+        wal.close().unwrap();
+        let point = recovery_points::load(tmp.path())
+            .unwrap()
+            .and_then(|p| p.topics.get("t").map(|t| t.ends[0]))
+            .unwrap_or(0);
+        assert!(
+            point >= 12 - still_in_wal,
+            "recovery point {point}, but the WAL dropped {} of 12 batches",
+            12 - still_in_wal
+        );
+        std::fs::remove_file(&bad).unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 12);
+        m.shutdown().unwrap();
     }
 
     /// DeleteRecords and a crash: records the WAL brings back into the segment
