@@ -504,7 +504,9 @@ fn short_partitions(
 /// the log still reaches: each entry of such a partition (of this topic, not an
 /// earlier one of the same name: see [`Topic::wal_floor`]) that continues the
 /// partition exactly where it ends is appended. Entries after the checkpoint are
-/// left to the replay that follows.
+/// read too: a checkpoint reads the applied sequence before the partitions' ends,
+/// so batches applied in between lie below the recovery point but after the
+/// checkpoint. The replay that follows skips what is appended here.
 fn rebuild_from_wal(
     recovery: &crate::wal::Recovery,
     short: &[Short],
@@ -513,12 +515,8 @@ fn rebuild_from_wal(
     let Some(from) = short.iter().filter_map(|s| s.topic.wal_floor).min() else {
         return Ok(());
     };
-    let checkpoint = recovery.checkpoint;
     for entry in recovery.entries_from(from) {
         let entry = entry?;
-        if entry.sequence > checkpoint {
-            break;
-        }
         if entry.entry_type != WalEntryType::Record {
             continue;
         }
@@ -2374,6 +2372,59 @@ mod tests {
             );
             m.shutdown().unwrap();
         }
+    }
+
+    /// A partition short of its recovery point whose missing batches the WAL
+    /// holds after its checkpoint (a checkpoint reads the applied sequence
+    /// before the partitions' ends, so batches applied in between lie below the
+    /// point but after the checkpoint): the start restores them. Before, the
+    /// rebuild stopped at the checkpoint and a strict start refused to run,
+    /// saying the WAL no longer held what it did.
+    #[test]
+    fn a_short_partition_is_rebuilt_from_entries_after_the_checkpoint_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+
+        let batches: Vec<Vec<u8>> = (0..12u8)
+            .map(|i| batch_at(i64::from(i), &[&[i; 300]]))
+            .collect();
+        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        let mut seqs = Vec::new();
+        for b in &batches {
+            seqs.push(wal.append("t", 0, Bytes::from(b.clone())).wait().unwrap());
+        }
+        wal.checkpoint(seqs[5]).unwrap();
+        wal.close().unwrap();
+        let dir = tmp.path().join("topics/t/0");
+        let p = Partition::open("t", 0, dir.clone(), 1 << 20).unwrap();
+        for b in &batches {
+            p.append(b, &batch::validate_all(b).unwrap()).unwrap();
+        }
+        p.sync().unwrap();
+        drop(p);
+        let mut points = recovery_points::load(tmp.path()).unwrap().unwrap();
+        points.topics.get_mut("t").unwrap().ends = vec![12];
+        recovery_points::store(tmp.path(), &points).unwrap();
+        // A flipped byte in batch 8: the opening scan cuts the log there.
+        let log = dir.join(segment::log_name(0));
+        let mut bytes = std::fs::read(&log).unwrap();
+        let at: usize = batches[..8].iter().map(Vec::len).sum::<usize>() + 100;
+        bytes[at] ^= 0x40;
+        std::fs::write(&log, &bytes).unwrap();
+
+        let m = TopicManager::new(config(tmp.path())).expect("the WAL holds what was lost");
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 12);
+        let r = p.read(8, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            &r.records[..],
+            &batches[8..].concat()[..],
+            "restored byte for byte"
+        );
+        m.shutdown().unwrap();
     }
 
     #[test]
