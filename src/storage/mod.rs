@@ -1013,6 +1013,17 @@ impl TopicManager {
         }
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let dir = self.shared.topics_dir.join(name);
+        // A whole topic out of the map: its delete failed and it could not be
+        // opened again. A restart brings it back; a create would remove it.
+        if dir.join("topic.json").exists() {
+            return Err(storage(Error::io(
+                "create topic",
+                &dir,
+                std::io::Error::other(
+                    "the directory holds the topic, kept after its delete failed; restart the broker to open it again",
+                ),
+            )));
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| storage(Error::io("remove_dir_all", &dir, e)))?;
@@ -2224,6 +2235,33 @@ mod tests {
             &p.read(0, 1 << 20).unwrap().unwrap().records[..],
             &batch_at(0, &[b"a"])[..]
         );
+        m.shutdown().unwrap();
+    }
+
+    /// A topic whose delete failed and which could not be opened again is out
+    /// of the map, its directory kept for the next start: a create of its name
+    /// is refused and leaves the files. Before, the create removed them.
+    #[test]
+    fn a_create_does_not_remove_a_kept_topic_out_of_the_map() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        // As `restore_topic` leaves it when the topic cannot be opened again.
+        m.shared.topics.write().unwrap().remove("t");
+        let e = m.create_topic("t", 1).unwrap_err();
+        assert!(
+            matches!(&e, CreateError::Storage(m) if m.contains("restart")),
+            "{e:?}"
+        );
+        assert!(tmp.path().join("topics/t/topic.json").exists());
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
         m.shutdown().unwrap();
     }
 
