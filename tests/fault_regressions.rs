@@ -621,3 +621,45 @@ fn a_panicking_commit_thread_fails_every_waiter_and_the_close() {
         wal.close().unwrap();
     }
 }
+
+/// `interval`: the period counts from the start of the last fdatasync, so one
+/// runs every `sync_interval_ms` however long each takes (up to its own length).
+/// Before, it counted from the end of the last one, and a slow device got one
+/// every interval plus the sync's own time: data stayed unsynced longer than
+/// the interval promised.
+#[test]
+fn interval_syncs_start_one_interval_apart_however_long_each_takes() {
+    const INTERVAL_MS: u64 = 200;
+    const LATENCY_MS: u64 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = plain_disk_seeded(3);
+    disk.slow_syncs(Duration::from_millis(LATENCY_MS));
+    let config = WalConfig {
+        sync_interval_ms: INTERVAL_MS,
+        max_file_size: 16 << 20,
+        ..interval_config()
+    };
+    let (wal, _rec) = Wal::open_sim(dir.path(), config, &disk).unwrap();
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        wal.append("t", 0, Bytes::from_static(b"steady"))
+            .wait()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let starts = disk.sync_submit_times();
+    wal.close().unwrap();
+    let mut gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis())
+        .collect();
+    assert!(gaps.len() >= 4, "{} syncs in 2.5 s", starts.len());
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
+    // One interval apart (plus the commit thread's wake-up); counted from each
+    // sync's end they are at least INTERVAL_MS + LATENCY_MS apart.
+    assert!(
+        median < u128::from(INTERVAL_MS + LATENCY_MS - 20),
+        "median gap between fdatasync starts {median} ms: {gaps:?}"
+    );
+}

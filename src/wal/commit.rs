@@ -530,6 +530,8 @@ pub(crate) struct Committer {
     sync_waiters: Vec<(Completer, u64)>,
     close: Option<Completer>,
     next_token: u64,
+    /// When the last standalone fdatasync started: `interval` counts from there,
+    /// so a slow sync does not stretch the period by its own length.
     last_sync: Instant,
     preparer: Option<Preparer>,
     spare_acks: Vec<Vec<Ack>>,
@@ -1387,7 +1389,6 @@ impl Committer {
             self.synced_through = through;
             self.core.synced_through.store(through, Ordering::Release);
         }
-        self.last_sync = Instant::now();
         Ok(())
     }
 

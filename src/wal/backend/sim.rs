@@ -220,6 +220,10 @@ struct DiskState {
     ns_error: Option<String>,
     /// The next fsync of the watched directory crashes the disk instead.
     crash_at_dir_sync: bool,
+    /// How long each standalone fdatasync takes ([`SimDisk::slow_syncs`]).
+    sync_latency: std::time::Duration,
+    /// When each standalone fdatasync was submitted.
+    sync_submits: Vec<std::time::Instant>,
 }
 
 /// The simulated disk, shared by the backends it creates and the test driving it.
@@ -269,6 +273,8 @@ impl SimDisk {
             ns: None,
             ns_error: None,
             crash_at_dir_sync: false,
+            sync_latency: std::time::Duration::ZERO,
+            sync_submits: Vec::new(),
         };
         SimDisk {
             state: Arc::new(Mutex::new(state)),
@@ -337,6 +343,18 @@ impl SimDisk {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .0 = true;
+    }
+
+    /// From now on each standalone fdatasync takes `latency` to complete (the
+    /// commit thread that reaps it waits that long, as it would for a slow
+    /// device): unlike [`SimDisk::hold_syncs`], the WAL keeps running.
+    pub fn slow_syncs(&self, latency: std::time::Duration) {
+        self.lock().sync_latency = latency;
+    }
+
+    /// When each standalone fdatasync so far was submitted.
+    pub fn sync_submit_times(&self) -> Vec<std::time::Instant> {
+        self.lock().sync_submits.clone()
     }
 
     /// Lets operations held by [`SimDisk::hold_syncs`] complete.
@@ -1195,6 +1213,9 @@ impl SimBackend {
                         ))
                     }
                     None => {
+                        if !st.sync_latency.is_zero() {
+                            std::thread::sleep(st.sync_latency);
+                        }
                         st.sync(key, stamp);
                         Ok(())
                     }
@@ -1258,6 +1279,7 @@ impl Backend for SimBackend {
                 });
             }
             Op::Sync => {
+                st.sync_submits.push(std::time::Instant::now());
                 let last_before = st.last_submitted;
                 let stamp = st.stamp();
                 self.queue.push_back(Queued::Sync {
