@@ -42,7 +42,7 @@ fn without_registered_buffers_the_uring_backend_still_writes_and_recovers() {
             .unwrap_or_else(|e| panic!("{name}: open without registered buffers: {e}"));
         assert_eq!(wal.backend(), BackendKind::Uring, "{name}");
         // Entries of one block and of several (the batch buffers are 256 KiB).
-        let size = |i: u64| if i % 10 == 0 { 300_000 } else { 3000 };
+        let size = |i: u64| if i.is_multiple_of(10) { 300_000 } else { 3000 };
         let seqs: Vec<u64> = (0..100u64)
             .map(|i| {
                 wal.append("t", 0, Bytes::from(vec![i as u8; size(i)]))
