@@ -227,10 +227,13 @@ pub struct WalConfig {
     /// Unset: on for `every_write` (each acknowledgement waits for the device anyway,
     /// and O_DIRECT saves a memory copy), off for `interval` and `os_default` (an
     /// acknowledgement then only waits for the page cache, ~5 µs instead of a device
-    /// write, and the periodic fdatasync writes back in large runs). Linux only; the
-    /// `std` backend falls back to the page cache where the filesystem refuses
-    /// `O_DIRECT`, `auto` falls back to `std`. [`crate::wal::Wal::direct_io`] tells
-    /// what is in use. Default: unset.
+    /// write, and the periodic fdatasync writes back in large runs). Linux only.
+    /// A file that gets no direct I/O is written through the page cache, with one
+    /// warning: where the filesystem refuses `O_DIRECT`, and where it accepts it
+    /// but would buffer the writes or needs more than 4096-byte alignment (as
+    /// `statx` reports, Linux 6.1: ext4 mounted `data=journal`, fscrypt, fs-verity);
+    /// `auto` then picks `std`. [`crate::wal::Wal::direct_io`] tells what is in
+    /// use. Default: unset.
     pub direct_io: Option<bool>,
     /// How long the idle commit thread polls for the next append before sleeping,
     /// in microseconds; trades a little CPU for single-producer latency. In

@@ -344,6 +344,14 @@ mod tests {
             .custom_flags(libc::O_DIRECT)
             .open(&path)
             .unwrap();
+        // Really direct, as the WAL's own files (backend::open_active), not
+        // buffered behind an accepted O_DIRECT.
+        let align = crate::wal::backend::dio_align(&a);
+        assert_eq!(
+            crate::wal::backend::direct_io_verdict(align),
+            Ok(()),
+            "{align:?}"
+        );
         nix::fcntl::fallocate(&a, nix::fcntl::FallocateFlags::empty(), 0, 1 << 20).unwrap();
         super::sync_all(&a).unwrap();
         super::sync_all(&std::fs::File::open(&dir).unwrap()).unwrap();

@@ -856,7 +856,8 @@ impl Wal {
     }
 
     /// Whether the WAL's files are written with `O_DIRECT` (see
-    /// [`WalConfig::direct_io`]); false where the filesystem refused it.
+    /// [`WalConfig::direct_io`]); false where the file active at open got no
+    /// direct I/O (the filesystem refuses `O_DIRECT`, or would buffer it).
     pub fn direct_io(&self) -> bool {
         self.inner.direct_io
     }

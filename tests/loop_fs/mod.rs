@@ -10,6 +10,8 @@ pub struct LoopFs {
     /// Where the image is mounted.
     pub mount: PathBuf,
     img: PathBuf,
+    /// Mount options besides `loop`, comma-separated (may be empty).
+    options: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -37,17 +39,32 @@ impl LoopFs {
     pub fn new(mib: u64) -> LoopFs {
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("fs.img");
-        Self::create(img, mib, &[], tmp)
+        Self::create(img, mib, &[], "", tmp)
+    }
+
+    /// A fresh ext4 image of `mib` MiB in a temporary directory, mounted with
+    /// `options` (comma-separated, as `mount -o` takes them) besides `loop`,
+    /// every time it is mounted.
+    pub fn with_options(mib: u64, options: &str) -> LoopFs {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("fs.img");
+        Self::create(img, mib, &[], options, tmp)
     }
 
     /// A fresh ext4 image of `mib` MiB at `img`, which may lie on another test
     /// file system, made with `mkfs.ext4` and `mkfs_args` besides the usual ones,
     /// synced to that file system, and mounted.
     pub fn at(img: PathBuf, mib: u64, mkfs_args: &[&str]) -> LoopFs {
-        Self::create(img, mib, mkfs_args, tempfile::tempdir().unwrap())
+        Self::create(img, mib, mkfs_args, "", tempfile::tempdir().unwrap())
     }
 
-    fn create(img: PathBuf, mib: u64, mkfs_args: &[&str], tmp: tempfile::TempDir) -> LoopFs {
+    fn create(
+        img: PathBuf,
+        mib: u64,
+        mkfs_args: &[&str],
+        options: &str,
+        tmp: tempfile::TempDir,
+    ) -> LoopFs {
         require_root("mounts a loop device");
         std::fs::File::create(&img)
             .unwrap()
@@ -64,6 +81,7 @@ impl LoopFs {
         let fs = LoopFs {
             mount,
             img,
+            options: options.to_owned(),
             _tmp: tmp,
         };
         fs.mount();
@@ -71,11 +89,16 @@ impl LoopFs {
     }
 
     pub fn mount(&self) {
+        let options = if self.options.is_empty() {
+            "loop".to_owned()
+        } else {
+            format!("loop,{}", self.options)
+        };
         run(
             "mount",
             &[
                 "-o",
-                "loop",
+                &options,
                 self.img.to_str().unwrap(),
                 self.mount.to_str().unwrap(),
             ],

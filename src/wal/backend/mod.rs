@@ -5,7 +5,8 @@ use std::path::Path;
 
 use super::buffer::AlignedBuf;
 use super::config::BackendKind;
-use crate::error::Result;
+use super::format::BLOCK_SIZE;
+use crate::error::{Error, Result};
 
 #[cfg(all(unix, any(test, feature = "sim")))]
 pub mod sim;
@@ -114,6 +115,8 @@ pub(crate) trait Backend: Send {
 
 /// Opens the WAL file `path` for reading and writing, with `O_DIRECT` when `direct`
 /// (Linux; elsewhere `direct` is ignored). Files are close-on-exec, as std opens them.
+/// Backends open their active file with [`open_active`], which checks that the
+/// `O_DIRECT` is real.
 pub(crate) fn open_rw(path: &Path, direct: bool) -> std::io::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true).write(true);
@@ -127,8 +130,161 @@ pub(crate) fn open_rw(path: &Path, direct: bool) -> std::io::Result<std::fs::Fil
     opts.open(path)
 }
 
+/// Why a WAL file asked to be written with `O_DIRECT` is written through the page
+/// cache instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoDirectIo {
+    /// `open(O_DIRECT)` failed with `EINVAL`: the filesystem does not support it
+    /// (some FUSE and network filesystems, tmpfs before Linux 6.6).
+    Refused,
+    /// The open succeeded, but the kernel reports (`statx` `STATX_DIOALIGN`, an
+    /// alignment of 0) that direct I/O is not supported for this file. ext4 then
+    /// performs `O_DIRECT` reads and writes as buffered ones: mounted
+    /// `data=journal` (or the file flagged for data journaling), fscrypt without
+    /// inline encryption, fs-verity.
+    Unsupported,
+    /// Direct I/O needs a larger alignment than the WAL's blocks
+    /// ([`BLOCK_SIZE`]): every `O_DIRECT` write would fail with `EINVAL`.
+    Alignment {
+        /// Required alignment of buffers in memory, in bytes.
+        mem: u32,
+        /// Required alignment of file offsets and lengths, in bytes.
+        offset: u32,
+    },
+}
+
+impl std::fmt::Display for NoDirectIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoDirectIo::Refused => f.write_str("the filesystem refuses O_DIRECT (EINVAL)"),
+            NoDirectIo::Unsupported => f.write_str(
+                "the kernel reports no direct I/O for this file (statx STATX_DIOALIGN \
+                 alignment 0: e.g. ext4 data=journal, fscrypt, fs-verity); O_DIRECT \
+                 would be buffered silently",
+            ),
+            NoDirectIo::Alignment { mem, offset } => write!(
+                f,
+                "direct I/O needs {offset}-byte aligned offsets and {mem}-byte aligned \
+                 buffers, more than the WAL's {BLOCK_SIZE}-byte blocks"
+            ),
+        }
+    }
+}
+
+/// The direct I/O alignment of an open file, in bytes, as `statx` reports it
+/// (`stx_dio_mem_align`, `stx_dio_offset_align`); 0 means no direct I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DioAlign {
+    pub mem: u32,
+    pub offset: u32,
+}
+
+/// Whether a file whose direct I/O alignment is `align` takes the WAL's
+/// `O_DIRECT` writes (block-sized and block-aligned, in memory and in the file).
+/// `None`, alignment not reported (Linux before 6.1, filesystems that do not
+/// tell, `statx` refused): it is assumed to, as `open(O_DIRECT)` succeeded.
+pub(crate) fn direct_io_verdict(align: Option<DioAlign>) -> std::result::Result<(), NoDirectIo> {
+    let Some(DioAlign { mem, offset }) = align else {
+        return Ok(());
+    };
+    if mem == 0 || offset == 0 {
+        return Err(NoDirectIo::Unsupported);
+    }
+    let block = u32::try_from(BLOCK_SIZE).unwrap_or(u32::MAX);
+    // Alignments are powers of two: one no larger than a block divides it.
+    if mem > block || offset > block {
+        return Err(NoDirectIo::Alignment { mem, offset });
+    }
+    Ok(())
+}
+
+/// The direct I/O alignment `statx` reports for `f`, or `None` when it reports
+/// none (see [`direct_io_verdict`]).
+#[cfg(target_os = "linux")]
+pub(crate) fn dio_align(f: &std::fs::File) -> Option<DioAlign> {
+    use std::os::fd::AsRawFd;
+    #[expect(
+        unsafe_code,
+        reason = "statx has no std wrapper that returns the direct I/O alignment"
+    )]
+    // SAFETY: `st` is a zeroed, writable statx owned by this frame, the path is a
+    // valid empty C string (AT_EMPTY_PATH: the fd itself), and the fd is owned by
+    // `f` for the whole call.
+    let (r, st) = unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut st,
+        );
+        (r, st)
+    };
+    (r == 0 && st.stx_mask & libc::STATX_DIOALIGN != 0).then_some(DioAlign {
+        mem: st.stx_dio_mem_align,
+        offset: st.stx_dio_offset_align,
+    })
+}
+
+/// Elsewhere `O_DIRECT` is never asked for.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn dio_align(_f: &std::fs::File) -> Option<DioAlign> {
+    None
+}
+
+/// Opens the WAL file `path` as a backend's active file, with `O_DIRECT` when
+/// `direct` and the file really gets direct I/O; returns the file and whether it
+/// is written with `O_DIRECT`. Where it would not be (see [`NoDirectIo`]), the file
+/// is opened for the page cache instead, with one warning naming it and the
+/// reason, and the caller opens later files so too. Backends rely on `O_DIRECT`
+/// meaning what it says: several durable `O_DIRECT` writes may be in flight at
+/// once, each reporting its own errors ([`Backend::syncs_may_overlap`]), which
+/// writes that secretly go through the page cache do not.
+#[cfg_attr(
+    not(target_os = "linux"),
+    expect(dead_code, reason = "used by the io_uring backend (Linux)")
+)]
+pub(crate) fn open_active(path: &Path, direct: bool) -> Result<(std::fs::File, bool)> {
+    open_active_via(path, direct, open_rw)
+}
+
+/// [`open_active`] with `open` in place of [`open_rw`] (a test's).
+pub(crate) fn open_active_via(
+    path: &Path,
+    direct: bool,
+    open: impl Fn(&Path, bool) -> std::io::Result<std::fs::File>,
+) -> Result<(std::fs::File, bool)> {
+    let page_cache = || open(path, false).map_err(|e| Error::io("open", path, e));
+    if !direct {
+        return Ok((page_cache()?, false));
+    }
+    let reason = match open(path, true) {
+        Ok(f) => match direct_io_verdict(dio_align(&f)) {
+            Ok(()) => {
+                // Direct writes over cached pages make the kernel invalidate them
+                // on every write (see files::drop_cached_pages).
+                crate::wal::files::drop_cached_pages(&f);
+                return Ok((f, true));
+            }
+            Err(reason) => reason,
+        },
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => NoDirectIo::Refused,
+        Err(e) => return Err(Error::io("open O_DIRECT", path, e)),
+    };
+    // The page cache gives the same guarantees with fdatasync, only a copy
+    // slower, as long as durable writes do not overlap: the commit thread sees
+    // to that for files that are not O_DIRECT (Committer::syncs_must_not_overlap).
+    tracing::warn!(
+        path = %path.display(), %reason,
+        "no direct I/O for the WAL file, writing it through the page cache"
+    );
+    Ok((page_cache()?, false))
+}
+
 /// Builds the backend for `kind`, opening `path` as the active file. `Auto` tries
-/// io_uring with O_DIRECT and falls back to std with one log line. `kind` is the
+/// io_uring and falls back to std with one log line when the ring cannot be set
+/// up, or when `direct` and the file gets no direct I/O ([`open_active`]). `kind` is the
 /// resolved one ([`super::config::WalConfig::resolved_backend`]): the environment
 /// is not read here.
 pub(crate) fn create(
@@ -163,7 +319,16 @@ pub(crate) fn create(
                     Ok(b)
                 });
                 match attempt {
-                    Ok(b) => return Ok(Box::new(b)),
+                    Ok(b) if b.direct_io() || !direct => return Ok(Box::new(b)),
+                    // The file gets no direct I/O (its open warned why): std
+                    // writes through the page cache, as it does everywhere.
+                    Ok(b) => {
+                        drop(b);
+                        tracing::warn!(path = %path.display(), "io_uring backend without direct I/O, falling back to std");
+                        let mut b = std_backend::StdBackend::new(false);
+                        b.open(path)?;
+                        return Ok(Box::new(b));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring backend unavailable, falling back to std")
                     }
@@ -173,6 +338,48 @@ pub(crate) fn create(
             let mut b = std_backend::StdBackend::new(direct);
             b.open(path)?;
             Ok(Box::new(b))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{direct_io_verdict, DioAlign, NoDirectIo};
+
+    /// Direct I/O is kept unless the kernel says it would not be direct, or would
+    /// refuse the WAL's block-aligned writes.
+    #[test]
+    fn direct_io_is_kept_only_where_the_reported_alignment_allows_it() {
+        let align = |mem, offset| Some(DioAlign { mem, offset });
+        // Not reported (Linux before 6.1, a filesystem that does not tell).
+        assert_eq!(direct_io_verdict(None), Ok(()));
+        // Reported as supported, at any alignment the WAL's blocks satisfy.
+        for (mem, offset) in [(1, 1), (4, 512), (512, 512), (512, 4096), (4096, 4096)] {
+            assert_eq!(
+                direct_io_verdict(align(mem, offset)),
+                Ok(()),
+                "{mem}/{offset}"
+            );
+        }
+        // Reported as unsupported: O_DIRECT would be buffered silently.
+        for (mem, offset) in [(0, 0), (0, 512), (512, 0)] {
+            assert_eq!(
+                direct_io_verdict(align(mem, offset)),
+                Err(NoDirectIo::Unsupported),
+                "{mem}/{offset}"
+            );
+        }
+        // More alignment than a WAL block: every write would fail with EINVAL.
+        for (mem, offset) in [(512, 8192), (8192, 512), (16384, 16384)] {
+            let verdict = direct_io_verdict(align(mem, offset));
+            assert_eq!(verdict, Err(NoDirectIo::Alignment { mem, offset }));
+            let why = verdict.unwrap_err().to_string();
+            assert!(
+                why.contains(&format!("{offset}-byte aligned offsets"))
+                    && why.contains(&format!("{mem}-byte aligned buffers"))
+                    && why.contains("4096"),
+                "{why}"
+            );
         }
     }
 }

@@ -4,7 +4,8 @@
 //! creation time) and the checksums over them
 //! (`wal_files::every_backend_and_write_path_writes_the_same_bytes`).
 //! On Linux it writes with `O_DIRECT` when asked to (see `WalConfig::direct_io`) and
-//! falls back to the page cache, with one warning, where the filesystem refuses it.
+//! falls back to the page cache, with one warning, where a file gets no direct I/O
+//! (the filesystem refuses `O_DIRECT`, or accepts it but buffers: [`super::open_active`]).
 //!
 //! Operations are queued when submitted and run when the commit thread waits for
 //! them ([`Backend::writes_at_reap`]): every batch submitted since the last wait
@@ -29,7 +30,8 @@ pub(crate) struct StdBackend {
     file: Option<(File, PathBuf)>,
     /// Submitted, not yet run.
     group: WriteGroup,
-    /// Open files with `O_DIRECT` (Linux only; cleared when the filesystem refuses it).
+    /// Open files with `O_DIRECT` (Linux only; cleared when a file gets no direct
+    /// I/O, see [`super::open_active`]).
     direct: bool,
 }
 
@@ -238,27 +240,8 @@ impl StdBackend {
         path: &Path,
         open: impl Fn(&Path, bool) -> std::io::Result<File>,
     ) -> Result<()> {
-        let f = if self.direct {
-            match open(path, true) {
-                Ok(f) => {
-                    // Direct writes over cached pages make the kernel invalidate
-                    // them on every write (see files::drop_cached_pages).
-                    crate::wal::files::drop_cached_pages(&f);
-                    f
-                }
-                // The filesystem does not support O_DIRECT (tmpfs, some FUSE and
-                // network filesystems): the page cache gives the same guarantees
-                // with fdatasync, only a copy slower.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!(path = %path.display(), "O_DIRECT not supported here, std backend writes through the page cache");
-                    self.direct = false;
-                    open(path, false).map_err(|e| Error::io("open", path, e))?
-                }
-                Err(e) => return Err(Error::io("open O_DIRECT", path, e)),
-            }
-        } else {
-            open(path, false).map_err(|e| Error::io("open", path, e))?
-        };
+        let (f, direct) = super::open_active_via(path, self.direct, open)?;
+        self.direct = direct;
         self.file = Some((f, path.to_path_buf()));
         Ok(())
     }

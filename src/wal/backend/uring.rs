@@ -1,5 +1,6 @@
 //! io_uring backend (Linux): the active file is opened `O_DIRECT` (unless configured
-//! for page-cache writes, see `WalConfig::direct_io`) and registered with
+//! for page-cache writes, see `WalConfig::direct_io`, or the file gets no direct
+//! I/O, see [`super::open_active`]) and registered with
 //! the ring, the commit thread's buffers are registered, and a write with `sync` is
 //! submitted as `WRITE_FIXED` linked (`IOSQE_IO_LINK`) to an `FSYNC` with
 //! `IORING_FSYNC_DATASYNC`, so one `io_uring_enter` carries a whole batch.
@@ -60,7 +61,8 @@ pub(crate) struct UringBackend {
     pending: HashMap<u64, Pending>,
     /// SQEs queued in the submission ring but not yet handed to the kernel.
     unsubmitted: usize,
-    /// Open files with O_DIRECT.
+    /// Open files with O_DIRECT (cleared when a file gets no direct I/O, see
+    /// [`super::open_active`]).
     direct: bool,
     /// A write with `sync` is one `RWF_DSYNC` write rather than a write linked to an
     /// fsync (O_DIRECT files only).
@@ -315,13 +317,18 @@ impl Backend for UringBackend {
 
     fn open(&mut self, path: &Path) -> Result<()> {
         debug_assert!(self.pending.is_empty(), "file switched with I/O in flight");
-        let f = super::open_rw(path, self.direct)
-            .map_err(|e| Error::io(if self.direct { "open O_DIRECT" } else { "open" }, path, e))?;
-        if self.direct {
-            // Pages cached by recovery's scan would send every direct write over
-            // them through an io-wq worker (see files::drop_cached_pages). A file
-            // the preparer made has none left, so this is cheap at rotation.
-            crate::wal::files::drop_cached_pages(&f);
+        // For an O_DIRECT file this drops its cached pages: pages cached by
+        // recovery's scan would send every direct write over them through an
+        // io-wq worker (see files::drop_cached_pages). A file the preparer made
+        // has none left, so this is cheap at rotation.
+        let (f, direct) = super::open_active(path, self.direct)?;
+        if !direct && self.direct {
+            // No direct I/O for this file (open_active warned why): from now on
+            // page-cache writes, with durable ones a write linked to an fsync.
+            // Nothing is in flight, so nothing is grouped.
+            self.direct = false;
+            self.dsync = false;
+            self.group_writes = false;
         }
         let fd = f.as_raw_fd();
         let sub = self.ring.submitter();
@@ -576,8 +583,8 @@ mod tests {
     use super::*;
     use crate::wal::buffer::AlignedBuf;
 
-    /// A backend of `entries` on `path` with `bufs` registered, or `None` where
-    /// the filesystem refuses `O_DIRECT` (tmpfs); a page-cache open cannot fail.
+    /// A backend of `entries` on `path` with `bufs` registered, or `None` when
+    /// `direct` and the file gets no direct I/O (a filesystem without it).
     fn backend_on(
         path: &std::path::Path,
         entries: u32,
@@ -585,8 +592,9 @@ mod tests {
         bufs: &mut [AlignedBuf],
     ) -> Option<UringBackend> {
         let mut b = UringBackend::new(entries, direct).unwrap();
-        if b.open(path).is_err() {
-            assert!(direct, "a page-cache open cannot fail here");
+        b.open(path).unwrap();
+        if b.direct_io() != direct {
+            assert!(direct, "a page-cache open stays one");
             return None;
         }
         b.register_buffers(bufs).unwrap();
@@ -613,7 +621,7 @@ mod tests {
                 })
                 .collect();
             let Some(mut b) = backend_on(&path, 2, direct, &mut bufs) else {
-                continue; // a filesystem without O_DIRECT (tmpfs)
+                continue; // a filesystem without direct I/O
             };
             for (i, buf) in bufs.iter().enumerate() {
                 let op = Op::Write {
@@ -661,7 +669,7 @@ mod tests {
                 })
                 .collect();
             let Some(mut b) = backend_on(&path, 8, direct, &mut bufs) else {
-                continue; // a filesystem without O_DIRECT (tmpfs)
+                continue; // a filesystem without direct I/O
             };
             let run = |b: &mut UringBackend, token: u64, op: Op<'_>, cancels: &[u64]| {
                 b.cancel_next.extend(cancels);
@@ -734,7 +742,7 @@ mod tests {
                 })
                 .collect();
             let Some(mut b) = backend_on(&path, 8, direct, &mut bufs) else {
-                continue; // a filesystem without O_DIRECT (tmpfs)
+                continue; // a filesystem without direct I/O
             };
             // Token 1, a standalone fsync, and token 3, a durable write, are
             // cancelled by the kernel, and their resubmissions are refused;
@@ -790,7 +798,7 @@ mod tests {
                 })
                 .collect();
             let Some(mut b) = backend_on(&path, 16, direct, &mut bufs) else {
-                continue; // a filesystem without O_DIRECT (tmpfs)
+                continue; // a filesystem without direct I/O
             };
             for (i, buf) in bufs.iter().enumerate() {
                 let op = Op::Write {
@@ -828,8 +836,11 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, vec![0u8; 16 * 4096]).unwrap();
         let mut b = UringBackend::new(8, true).unwrap();
-        b.open(&path)
-            .expect("O_DIRECT open (the temporary directory must be on a disk filesystem)");
+        b.open(&path).unwrap();
+        assert!(
+            b.direct_io(),
+            "O_DIRECT open (the temporary directory must be on a disk filesystem)"
+        );
         let mut bufs: Vec<AlignedBuf> = (0..6u8)
             .map(|i| {
                 let mut buf = AlignedBuf::new(4096);
