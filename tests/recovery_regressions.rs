@@ -1,6 +1,9 @@
 //! Recovery bugs found by the hostile-bytes tests, pinned by minimal cases.
 
+mod common;
+
 use bytes::Bytes;
+use common::{payload, BACKENDS};
 use streamline::{
     wal::{BackendKind, SyncMode, Wal, WalConfig},
     Error,
@@ -553,4 +556,123 @@ fn a_version_1_log_is_read_and_continued_in_a_keyed_file() {
     let (_wal, rec) = Wal::open(dir.path(), config()).unwrap();
     let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
     assert_eq!(got, [1, 2, 3]);
+}
+
+/// Writes a log that rotated once and holds `after` more 2,000-byte entries in
+/// `current.wal` (std or uring, `every_write`, small files), checkpoints them when
+/// `checkpoint` is set, closes it and deletes `current.wal`: the newest file left
+/// is `00000001.wal`, sealed with the sequence after its own entries. Returns the
+/// directory and the last sequence written.
+fn log_without_current_file(
+    backend: BackendKind,
+    after: u64,
+    checkpoint: bool,
+) -> (tempfile::TempDir, WalConfig, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(backend, SyncMode::EveryWrite);
+    let (wal, _) = common::open(dir.path(), cfg.clone());
+    let mut last = 0;
+    while wal.stats().rotations < 1 {
+        last = wal
+            .append("t", 0, Bytes::from(vec![1u8; 2000]))
+            .wait()
+            .unwrap();
+    }
+    if after > 0 {
+        last = common::append_payloads(&wal, "t", after, 2000);
+    }
+    if checkpoint {
+        wal.checkpoint(last).unwrap();
+    }
+    wal.close().unwrap();
+    std::fs::remove_file(dir.path().join("current.wal")).unwrap();
+    (dir, cfg, last)
+}
+
+/// Appends `n` entries, each waited for (durable: `every_write`), and closes.
+fn append_and_close(wal: Wal, n: u64) -> Vec<(u64, Bytes)> {
+    let mut written = Vec::new();
+    for i in 0..n {
+        let data = Bytes::from(payload(1000 + i, 300));
+        let seq = wal.append("t", 0, data.clone()).wait().unwrap();
+        written.push((seq, data));
+    }
+    wal.close().unwrap();
+    written
+}
+
+/// `current.wal` lost after the checkpoint had moved into its entries: the newest
+/// file left is archived and sealed saying the log continues at a sequence the
+/// checkpoint has passed. The open after that continues after the checkpoint and
+/// must record the jump on disk: it used to record nothing, so the next open read
+/// the new file's first batch as "starts at sequence cp+1, expected S+1": after a
+/// kill, with one batch, a torn tail, cut by writing a seal over the acknowledged
+/// entry; with more batches, or after a clean close, corruption, and the log was
+/// refused.
+#[test]
+fn entries_appended_after_a_lost_current_file_past_the_checkpoint_are_recovered() {
+    for backend in BACKENDS {
+        for (appends, killed) in [(1, true), (2, true), (1, false)] {
+            let case = format!("{backend:?}, {appends} appends, killed {killed}");
+            let (dir, cfg, last) = log_without_current_file(backend, 3, true);
+            let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+            assert_eq!((rec.checkpoint, rec.next_sequence), (last, last + 1));
+            assert_eq!(rec.count(), 0);
+            let written = append_and_close(wal, appends);
+            assert_eq!(written[0].0, last + 1);
+            if killed {
+                // As after a kill: recovery probes past the end of the log.
+                std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+            }
+
+            let (wal, rec) = Wal::open(dir.path(), cfg.clone())
+                .unwrap_or_else(|e| panic!("{case}: reopen: {e}"));
+            assert_eq!(rec.truncated, None, "{case}");
+            let got: Vec<(u64, Bytes)> = rec
+                .map(|e| e.map(|e| (e.sequence, e.data)).unwrap())
+                .collect();
+            assert_eq!(got, written, "{case}");
+            wal.close().unwrap();
+        }
+    }
+}
+
+/// The newest file left is archived but lost its seal (`current.wal` gone too):
+/// the scan accepts its end as the log's end, as for the newest file. The open
+/// that then starts a new file after it must seal it, or the next open finds an
+/// archived file ending without a seal and refuses the log.
+#[test]
+fn an_unsealed_newest_archived_file_is_sealed_before_the_log_continues() {
+    for backend in BACKENDS {
+        let (dir, cfg, _) = log_without_current_file(backend, 0, false);
+        let first = dir.path().join("00000001.wal");
+        let info = streamline::wal::recovery::scan_file(
+            &first,
+            Some(1),
+            false,
+            None,
+            streamline::wal::RecoveryMode::Strict,
+        )
+        .unwrap();
+        let last = info.last_sequence.unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4096], info.valid_end - 4096).unwrap();
+        drop(f);
+
+        let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+        assert_eq!(rec.next_sequence, last + 1);
+        let mut want: Vec<u64> = (1..=last).collect();
+        assert_eq!(rec.map(|e| e.unwrap().sequence).collect::<Vec<_>>(), want);
+        let written = append_and_close(wal, 2);
+        want.extend(written.iter().map(|(s, _)| *s));
+
+        let (wal, rec) = Wal::open(dir.path(), cfg.clone())
+            .unwrap_or_else(|e| panic!("{backend:?}: reopen: {e}"));
+        let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
+        assert_eq!(got, want, "{backend:?}");
+        wal.close().unwrap();
+    }
 }

@@ -322,6 +322,47 @@ fn seal_in_place(
     files::sync_file(&f, path, true).map_err(|e| Error::io("fdatasync", path, e))
 }
 
+/// Adds the archived file after `prev` (the newest file, archived and sealed),
+/// holding only a seal that says the log continues at `next_sequence`, a sequence
+/// the checkpoint has reached ([`recovery`] accepts such a skip). Renamed into
+/// place before it is sealed: a crash in between leaves the newest file archived
+/// without a seal, which the next open seals the same way.
+fn seal_only_file(dir: &Path, prev: &FileInfo, next_sequence: u64, size: u64) -> Result<FileInfo> {
+    let number = prev.number + 1;
+    // Its head is zero-filled, so the seal overwrites written blocks.
+    let (prepared, _) = files::prepare_head(dir, number, size)?;
+    let path = files::archived_path(dir, number);
+    files::rename(&prepared, &path)?;
+    files::sync_dir(dir)?;
+    let header = files::read_header(&path)?;
+    let id = FileId {
+        number,
+        key: header.key,
+    };
+    let at = BLOCK_SIZE as u64;
+    seal_in_place(&path, id, at, next_sequence, 0)?;
+    tracing::info!(file = number, next = next_sequence, dir = %dir.display(), "sealed an empty WAL file to record that the log continues after the checkpoint");
+    let size = std::fs::metadata(&path)
+        .map_err(|e| Error::io("stat", &path, e))?
+        .len();
+    Ok(FileInfo {
+        number,
+        key: header.key,
+        path,
+        size,
+        valid_end: at + BLOCK_SIZE as u64,
+        first_sequence: None,
+        last_sequence: None,
+        next_sequence: Some(next_sequence),
+        batches: 0,
+        entries: 0,
+        data_bytes: 0,
+        tail: Tail::Sealed,
+        stale_after_end: false,
+        skipped: Vec::new(),
+    })
+}
+
 impl Wal {
     /// Opens (or creates) the WAL in `dir`: validates every file, cuts a torn tail,
     /// and starts the commit thread. The returned [`Recovery`] streams the entries
@@ -444,8 +485,44 @@ impl Wal {
                     files::sync_dir(&dir)?;
                     last.path = archived;
                 }
-            } else if checkpoint >= next_seq {
-                next_seq = checkpoint + 1;
+            } else {
+                // The newest file is archived: no `current.wal` (a crash between a
+                // rotation's two renames, or a lost file). A new file follows it,
+                // and the next scan checks that it continues where this one ends.
+                let jump = checkpoint >= next_seq;
+                if jump {
+                    tracing::warn!(
+                        checkpoint,
+                        next = next_seq,
+                        "checkpoint is ahead of the log; continuing after it"
+                    );
+                    next_seq = checkpoint + 1;
+                }
+                if last.tail != Tail::Sealed {
+                    // Scanned as the newest file, its end needed no seal; followed
+                    // by another file it does, naming where that one starts.
+                    if let Tail::Torn { offset: at, reason } = &last.tail {
+                        tracing::warn!(file = %last.path.display(), offset = at, reason = %reason, "cut torn WAL tail");
+                        truncated = Some((last.path.clone(), *at));
+                    }
+                    seal_in_place(
+                        &last.path,
+                        last.id(),
+                        last.valid_end,
+                        next_seq,
+                        last.last_sequence.unwrap_or(0),
+                    )?;
+                    last.valid_end += BLOCK_SIZE as u64;
+                    last.next_sequence = Some(next_seq);
+                    last.tail = Tail::Sealed;
+                } else if jump {
+                    // Its seal names the sequence after its own entries, which the
+                    // checkpoint has passed (the entries after them were in the
+                    // lost `current.wal`). A file holding only a seal records the
+                    // jump, as a sealed empty `current.wal` does above.
+                    let sealed = seal_only_file(&dir, last, next_seq, config.max_file_size)?;
+                    files.push(sealed);
+                }
             }
         } else if checkpoint >= next_seq {
             next_seq = checkpoint + 1;
