@@ -5,6 +5,7 @@
 
 use std::{
     collections::VecDeque,
+    fs::File,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -29,7 +30,7 @@ use super::{
         align_up, encode_batch_header, encode_entry, entries_crc, entry_len, BatchHeader,
         BatchKind, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
     },
-    journal::JournalCheck,
+    journal::{self, JournalCheck},
 };
 use crate::error::{Error, Result};
 
@@ -552,6 +553,16 @@ pub(crate) struct Committer {
     /// Highest sequence written beyond `file.confirmed`: a sync covering it needs
     /// the journal check.
     unconfirmed_through: u64,
+    /// The active file, opened for the mapping check, when its writes go through
+    /// the page cache: there ext4 converts an unwritten extent after the write
+    /// returned, and a conversion that fails is reported to no sync
+    /// ([`journal::check_written_range`]). `None` with `O_DIRECT`, whose write
+    /// converts and reports a failure itself, and under the simulated disk.
+    mapping: Option<File>,
+    /// Page-cache writes beyond `file.confirmed` that no sync has covered yet:
+    /// (last sequence, start, end) in file order. A sync that covers them is
+    /// followed by the mapping check of `start..end`, which then confirms them.
+    unmapped: VecDeque<(u64, u64, u64)>,
     /// `counters.fsyncs` when the active file became active: how many durable
     /// writes it took is what [`next_file_prealloc`] judges it by.
     file_start_syncs: u64,
@@ -579,6 +590,12 @@ pub(crate) fn next_file_prealloc(direct_io: bool, bytes: u64, syncs: u64) -> Pre
     } else {
         Prealloc::ZeroFill
     }
+}
+
+/// The active file of `dir`, opened to ask the file system how it is mapped.
+fn open_for_mapping(dir: &Path) -> Result<File> {
+    let path = dir.join(files::CURRENT);
+    File::open(&path).map_err(|e| Error::io("open", &path, e))
 }
 
 /// The background preparation of the next file, after the zero-fill of the active
@@ -681,6 +698,11 @@ impl Committer {
         }
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
         let journal = JournalCheck::for_dir(&core.dir);
+        let mapping = if backend.direct_io() || !backend.syncs_the_real_file() {
+            None
+        } else {
+            Some(open_for_mapping(&core.dir)?)
+        };
         let file_start_syncs = core.counters.fsyncs.load(Ordering::Relaxed);
         Ok(Committer {
             backend,
@@ -714,6 +736,8 @@ impl Committer {
             every_write,
             journal,
             unconfirmed_through: 0,
+            mapping,
+            unmapped: VecDeque::new(),
             file_start_syncs,
         })
     }
@@ -1042,6 +1066,7 @@ impl Committer {
         self.file.offset += len as u64;
         if self.claim_active(self.file.offset) {
             self.unconfirmed_through = self.next_seq - 1;
+            self.note_unmapped(self.next_seq - 1, offset, self.file.offset);
             self.core
                 .counters
                 .unwritten_batches
@@ -1386,8 +1411,50 @@ impl Committer {
             if self.unconfirmed_through > self.synced_through {
                 self.check_journal()?;
             }
+            self.check_mapped(through)?;
             self.synced_through = through;
             self.core.synced_through.store(through, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Records a page-cache write of `offset..end` of the active file, of
+    /// entries through `last`, that reached beyond its confirmed part.
+    fn note_unmapped(&mut self, last: u64, offset: u64, end: u64) {
+        if self.mapping.is_some() {
+            let start = offset.max(self.file.confirmed);
+            self.unmapped.push_back((last, start, end));
+        }
+    }
+
+    /// After a sync that covered every write through sequence `through`: asks
+    /// the file system whether the page-cache writes it covered beyond the
+    /// confirmed part are mapped to written blocks, and confirms them if so.
+    fn check_mapped(&mut self, through: u64) -> Result<()> {
+        let Some(f) = &self.mapping else {
+            return Ok(());
+        };
+        let mut range: Option<(u64, u64)> = None;
+        while let Some(&(last, start, end)) = self.unmapped.front() {
+            if last > through {
+                break;
+            }
+            self.unmapped.pop_front();
+            range = Some(range.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+        }
+        let Some((start, end)) = range else {
+            return Ok(());
+        };
+        journal::check_written_range(f, start, end).map_err(|e| {
+            Error::io(
+                "mapping check after fdatasync",
+                self.core.dir.join(files::CURRENT),
+                e,
+            )
+        })?;
+        // The writes are contiguous: from the confirmed part on, all is written now.
+        if start <= self.file.confirmed {
+            self.file.confirmed = self.file.confirmed.max(end);
         }
         Ok(())
     }
@@ -1487,6 +1554,10 @@ impl Committer {
         encode_batch_header(&mut out[..BATCH_HEADER_LEN], &header, self.file.key);
         out[BATCH_HEADER_LEN..BLOCK_SIZE].fill(0);
         let beyond = self.claim_active(self.file.offset + BLOCK_SIZE as u64);
+        if beyond {
+            let at = self.file.offset;
+            self.note_unmapped(u64::MAX, at, at + BLOCK_SIZE as u64);
+        }
         let token = self.token();
         let r = self.backend.submit(
             token,
@@ -1515,6 +1586,7 @@ impl Committer {
         r?;
         if beyond {
             self.check_journal()?;
+            self.check_mapped(u64::MAX)?;
         }
         self.core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.file.offset += BLOCK_SIZE as u64;
@@ -1544,6 +1616,11 @@ impl Committer {
         // Both renames become durable together with the directory.
         files::sync_dir(&dir)?;
         self.backend.open(&current)?;
+        if self.mapping.is_some() {
+            self.mapping = Some(open_for_mapping(&dir)?);
+        }
+        // The seal's sync covered every write to the file before.
+        self.unmapped.clear();
         self.core
             .archived
             .lock()

@@ -465,7 +465,12 @@ pub fn fill_tail(f: &File, path: &Path, size: u64, fill: &TailFill) -> Result<()
         }
         let n = (size - at).min(ZERO_CHUNK as u64) as usize;
         write_at(f, path, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", path, e))?;
-        sync_file(f, path, true).map_err(|e| Error::io("fdatasync", path, e))?;
+        // The commit thread counts what is filled as written (no extent to
+        // convert): the zeros went through the page cache, whose conversion
+        // can fail unseen by the sync, so the file system is asked.
+        sync_file(f, path, true)
+            .and_then(|()| super::journal::check_written_range(f, at, at + n as u64))
+            .map_err(|e| Error::io("fdatasync", path, e))?;
         // The commit thread may write here with O_DIRECT: no cached pages in its way.
         advise(f, at, n as u64, Advice::DontNeed);
         fill.zeroed_through.store(at + n as u64, Ordering::Release);

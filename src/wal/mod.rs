@@ -1454,6 +1454,78 @@ mod tests {
         }
     }
 
+    /// A page-cache write into reserved, never-written space whose extent
+    /// conversion failed after the data I/O (`docs/reliability.md`, "Syncs that
+    /// return success for data that is not durable", cause 2): ext4 leaves the
+    /// extent unwritten, `fdatasync` returns success, and the bytes read as
+    /// zeros. Made here by turning the blocks of five written, unsynced entries
+    /// back into an unwritten extent (`FALLOC_FL_ZERO_RANGE`) before the sync.
+    /// The sync must fail, naming the file, and the WAL latch; recovery returns
+    /// the ten entries synced before. The first sync, of ten entries written
+    /// into reserved space and converted, passes. Both backends, `interval`
+    /// with page-cache files, the active file only reserved (as appends leave
+    /// it once they overtake its zero-fill). Without the mapping check the
+    /// second sync and the close succeeded, and the reopen found zeros where
+    /// the five entries had been (and refused the log, whose clean close had
+    /// recorded them).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_sync_of_page_cache_writes_left_unmapped_fails() {
+        use crate::wal::{BackendKind, Wal};
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let fs = crate::file_at::FailingExt4::mount();
+            let dir = fs.path().join("wal");
+            std::fs::create_dir(&dir).unwrap();
+            let cfg = page_cache_config(backend);
+            super::files::prepare_file(&dir, 1, cfg.max_file_size, super::files::Prealloc::Reserve)
+                .unwrap();
+            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            assert!(!wal.direct_io(), "{backend}");
+            append_synced(&wal, 0..10);
+            let synced_end = super::BLOCK_SIZE as u64 + wal.stats().bytes_written;
+            for i in 10..15 {
+                wal.append("t", 0, payload(i)).wait().unwrap();
+            }
+            let stats = wal.stats();
+            assert_eq!(stats.unwritten_batches, 15, "{backend}");
+            let end = super::BLOCK_SIZE as u64 + stats.bytes_written;
+
+            let current = dir.join(super::files::CURRENT);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&current)
+                .unwrap();
+            nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                synced_end as libc::off_t,
+                (end - synced_end) as libc::off_t,
+            )
+            .unwrap();
+            drop(f);
+            let e = wal.sync().wait().unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("not all on the disk") && msg.contains("current.wal"),
+                "{backend}: {e}"
+            );
+            assert!(
+                wal.append("t", 0, payload(15)).wait().is_err(),
+                "{backend}: the WAL took an append after a failed sync"
+            );
+            assert!(
+                wal.close().is_err(),
+                "{backend}: the failed WAL closed cleanly"
+            );
+            fs.remount();
+
+            let (wal, rec) = Wal::open(&dir, cfg).unwrap();
+            assert_recovers(rec, 10, backend);
+            wal.close().unwrap();
+        }
+    }
+
     /// A device that starts failing writes at a random moment
     /// (`FailingExt4`: ext4 on a loop device whose writes fail). Four threads
     /// append entries of 100 B to 6 KB until their appends fail, into files of

@@ -97,6 +97,15 @@ pub(crate) trait Backend: Send {
         false
     }
 
+    /// Whether the file system's view of the active file is what the syncs make
+    /// durable, so that it can be asked after a sync whether the bytes it
+    /// covered are mapped to written blocks (`journal::check_written_range`).
+    /// False for the simulated disk, which models durability itself and never
+    /// syncs the real file.
+    fn syncs_the_real_file(&self) -> bool {
+        true
+    }
+
     /// Whether several durable writes and syncs may be in flight side by side:
     /// each reports its own write and flush errors (`O_DIRECT` writes with
     /// `RWF_DSYNC`). Not so through the page cache, where an fsync reports a

@@ -1231,6 +1231,10 @@ impl Backend for SimBackend {
         BackendKind::Std
     }
 
+    fn syncs_the_real_file(&self) -> bool {
+        false
+    }
+
     fn open(&mut self, path: &Path) -> Result<()> {
         let f = OpenOptions::new()
             .read(true)
