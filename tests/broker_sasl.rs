@@ -942,3 +942,72 @@ fn a_connection_that_does_not_authenticate_in_time_is_closed() {
         .log_text()
         .contains("closing a connection that did not authenticate in time"));
 }
+
+/// PLAIN logins queued for their password derivation are bound by
+/// `--sasl-authentication-timeout-ms` too: one whose deadline passes while it
+/// waits its turn is closed unanswered and never derived, so a flood of logins
+/// holds neither connections nor the derivation queue past the deadline.
+/// Before, a queued login waited for its derivation however long the queue was.
+#[test]
+fn plain_logins_queued_past_the_authentication_deadline_are_closed_underived() {
+    use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest};
+    const LOGINS: usize = 64;
+    let tmp = tempfile::tempdir().unwrap();
+    let made = run(
+        Command::new(env!("CARGO_BIN_EXE_streamline-scram")).args([
+            "carol",
+            "--iterations",
+            "16384",
+            "--mechanism",
+            "SCRAM-SHA-512",
+        ]),
+        b"carol-secret\n",
+        Duration::from_secs(30),
+    );
+    assert!(made.status.success(), "{made:?}");
+    let path = tmp.path().join("users.json");
+    std::fs::write(&path, made.stdout).unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--sasl-users",
+            path.to_str().unwrap(),
+            "--sasl-authentication-timeout-ms",
+            "300",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let logins: Vec<_> = (0..LOGINS)
+        .map(|i| {
+            let addr = broker.addr.clone();
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                let mut s = wire::connect(&addr);
+                assert_eq!(sasl_handshake(&mut s, "PLAIN"), 0);
+                let auth = SaslAuthenticateRequest::default()
+                    .with_auth_bytes(bytes::Bytes::from(format!("\0carol\0wrong-{i}")));
+                s.write_all(&wire::request_frame(ApiKey::SaslAuthenticate, 2, 2, &auth))
+                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let answered = wire::read_frame(&mut s).is_some();
+                (answered, start.elapsed())
+            })
+        })
+        .collect();
+    let mut unanswered = 0;
+    for l in logins {
+        let (answered, took) = l.join().unwrap();
+        unanswered += usize::from(!answered);
+        assert!(
+            took < Duration::from_secs(5),
+            "a login ended after {took:?}"
+        );
+    }
+    let m = scrape(&broker);
+    let derived = metric(&m, "streamline_sasl_plain_derivations_total{}");
+    assert!(
+        unanswered > 0 && derived < LOGINS as f64,
+        "{unanswered} of {LOGINS} logins closed unanswered, {derived} derivations"
+    );
+}

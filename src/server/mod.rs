@@ -709,6 +709,9 @@ where
     // Done once the last request that changes topics or their configuration has
     // been answered (see `orders_produce`).
     let mut barrier: Option<oneshot::Receiver<()>> = None;
+    let auth_closed = || {
+        tracing::info!(%peer, timeout_ms = cfg.sasl_authentication_timeout_ms, "closing a connection that did not authenticate in time");
+    };
     let result = 'conn: loop {
         // Before authentication a frame may hold at most 512 KiB (Kafka's
         // `sasl.server.max.receive.size`): an unknown client cannot make the
@@ -726,7 +729,7 @@ where
             () = tx.closed() => break 'conn Ok(()),
             // Before any frame, which a flood of them would keep ready.
             () = activity.older_than(unauthenticated.is_some().then_some(authenticate_within)) => {
-                tracing::info!(%peer, timeout_ms = cfg.sasl_authentication_timeout_ms, "closing a connection that did not authenticate in time");
+                auth_closed();
                 writer.abort();
                 break 'conn Ok(());
             }
@@ -769,7 +772,19 @@ where
                         }
                     }
                 }
-                match dispatch(&ctx, buf, peer, &mut unauthenticated).await {
+                let auth_limit = unauthenticated.is_some().then_some(authenticate_within);
+                let dispatched = tokio::select! {
+                    biased;
+                    d = dispatch(&ctx, buf, peer, &mut unauthenticated) => d,
+                    // A PLAIN login queued for its password derivation is still
+                    // bound by the deadline (dropped, it gives up its place).
+                    () = activity.older_than(auth_limit) => {
+                        auth_closed();
+                        writer.abort();
+                        break 'conn Ok(());
+                    }
+                };
+                match dispatched {
                     Ok((mut p, then_close)) => {
                         if key.is_some_and(orders_produce) {
                             let (done_tx, done) = oneshot::channel();
