@@ -307,6 +307,26 @@ pub(crate) fn render(ctx: &Ctx) -> String {
     for (name, help, v) in connection_counters {
         p.single(name, "counter", help, v.load(Ordering::Relaxed));
     }
+    let budget = crate::storage::batch::decompression_budget();
+    let (waits, timeouts) = budget.waits();
+    p.single(
+        "streamline_decompression_budget_bytes_in_use",
+        "gauge",
+        "Bytes of decompressed records held now, of the broker-wide decompression budget.",
+        budget.in_use(),
+    );
+    p.single(
+        "streamline_decompression_budget_waits_total",
+        "counter",
+        "Decompressions that waited for room in the budget.",
+        waits,
+    );
+    p.single(
+        "streamline_decompression_budget_timeouts_total",
+        "counter",
+        "Produced batches refused with REQUEST_TIMED_OUT because the budget had no room before the request's timeout.",
+        timeouts,
+    );
     p.single(
         "streamline_fetch_reads_total",
         "counter",

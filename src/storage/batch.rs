@@ -85,6 +85,9 @@ pub enum BatchError {
         /// The batch's compression codec.
         codec: u8,
     },
+    /// The decompression budget ([`DECOMPRESSION_BUDGET`]) had no room for the
+    /// batch's records before the deadline; retriable.
+    DecompressionBusy,
     /// A record that does not parse, is out of order, or does not fit the batch.
     BadRecord {
         /// The record's index in its batch (the count, for bytes after the
@@ -145,6 +148,10 @@ impl std::fmt::Display for BatchError {
                 f,
                 "the records (compression codec {codec}) do not decompress, or exceed {} MiB",
                 MAX_DECOMPRESSED >> 20
+            ),
+            BatchError::DecompressionBusy => write!(
+                f,
+                "the broker's decompression budget had no room for the records in time"
             ),
             BatchError::BadRecord { index, what } => {
                 write!(f, "record {index}: ")?;
@@ -344,6 +351,18 @@ pub fn validation_may_block(buf: &[u8]) -> bool {
 /// # Errors
 /// The first check that fails.
 pub fn validate_produce(buf: &[u8]) -> Result<Produced, BatchError> {
+    validate_produce_by(buf, None)
+}
+
+/// [`validate_produce`], waiting for the decompression budget until `deadline`
+/// at most ([`BatchError::DecompressionBusy`] then).
+///
+/// # Errors
+/// The first check that fails.
+pub fn validate_produce_by(
+    buf: &[u8],
+    deadline: Option<std::time::Instant>,
+) -> Result<Produced, BatchError> {
     let info = parse_header(buf)?;
     if buf.len() > info.len {
         return Err(BatchError::MultipleBatches);
@@ -363,7 +382,14 @@ pub fn validate_produce(buf: &[u8]) -> Result<Produced, BatchError> {
         });
     }
     let codec = buf[ATTRIBUTES_OFFSET + 1] & 0x07;
-    let payload = payload(buf).ok_or(BatchError::BadPayload { codec })?;
+    let mut busy = false;
+    let payload = payload_within(buf, &DECOMPRESSION, deadline, &mut busy).ok_or_else(|| {
+        if busy {
+            BatchError::DecompressionBusy
+        } else {
+            BatchError::BadPayload { codec }
+        }
+    })?;
     let (first_keyless, max_delta) = walk_records(&payload, count)?;
     let first = be_i64(buf, BASE_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?;
     Ok(Produced {
@@ -584,6 +610,21 @@ struct BudgetState {
     next_ticket: u64,
     /// The ticket whose reservation is granted next.
     serving: u64,
+    /// Tickets given up at their deadline before their turn: skipped.
+    abandoned: std::collections::BTreeSet<u64>,
+    /// Reservations that had to wait, and those of them that gave up.
+    waits: u64,
+    timeouts: u64,
+}
+
+impl BudgetState {
+    /// The next ticket's turn, past any given up.
+    fn advance(&mut self) {
+        self.serving += 1;
+        while self.abandoned.remove(&self.serving) {
+            self.serving += 1;
+        }
+    }
 }
 
 impl Budget {
@@ -596,6 +637,9 @@ impl Budget {
                 peak: 0,
                 next_ticket: 0,
                 serving: 0,
+                abandoned: std::collections::BTreeSet::new(),
+                waits: 0,
+                timeouts: 0,
             }),
             changed: std::sync::Condvar::new(),
         }
@@ -609,29 +653,58 @@ impl Budget {
 
     /// Reserves `bytes` (at most the capacity: a larger ask takes all of it),
     /// blocking until the reservations asked for earlier are granted and that
-    /// much is free.
-    fn reserve(&self, bytes: usize) -> Reservation<'_> {
+    /// much is free, or until `deadline` (`None`: then the place in line is
+    /// given up, and `None` returned).
+    fn reserve(
+        &self,
+        bytes: usize,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<Reservation<'_>> {
         let bytes = bytes.min(self.capacity);
         let mut st = self.lock();
         if bytes > 0 {
             let ticket = st.next_ticket;
             st.next_ticket += 1;
+            let mut waited = false;
             while st.serving != ticket || st.in_use + bytes > self.capacity {
+                if !waited {
+                    waited = true;
+                    st.waits += 1;
+                }
+                let Some(deadline) = deadline else {
+                    st = self
+                        .changed
+                        .wait(st)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    continue;
+                };
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    st.timeouts += 1;
+                    if st.serving == ticket {
+                        st.advance();
+                    } else {
+                        st.abandoned.insert(ticket);
+                    }
+                    self.changed.notify_all();
+                    return None;
+                }
                 st = self
                     .changed
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
             }
-            st.serving += 1;
+            st.advance();
             st.in_use += bytes;
             st.peak = st.peak.max(st.in_use);
             // The next in line may fit too.
             self.changed.notify_all();
         }
-        Reservation {
+        Some(Reservation {
             budget: self,
             bytes,
-        }
+        })
     }
 
     /// Bytes reserved now.
@@ -642,6 +715,13 @@ impl Budget {
     /// The most bytes ever reserved at once.
     pub fn peak(&self) -> usize {
         self.lock().peak
+    }
+
+    /// Reservations that had to wait for room, and those of them that gave up
+    /// at their deadline.
+    pub fn waits(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.waits, st.timeouts)
     }
 }
 
@@ -703,11 +783,22 @@ impl std::ops::Deref for Payload<'_> {
 /// over. A streamed decompression that outgrows its reservation gives it back
 /// before asking for a larger one.
 pub fn payload(buf: &[u8]) -> Option<Payload<'_>> {
-    payload_within(buf, &DECOMPRESSION)
+    payload_within(buf, &DECOMPRESSION, None, &mut false)
 }
 
-/// [`payload`], reserving from `budget`.
-fn payload_within<'a>(buf: &'a [u8], budget: &'a Budget) -> Option<Payload<'a>> {
+/// The broker's decompression budget.
+pub fn decompression_budget() -> &'static Budget {
+    &DECOMPRESSION
+}
+
+/// [`payload`], reserving from `budget` by `deadline`; `None` with `busy` set
+/// when the deadline passed first.
+fn payload_within<'a>(
+    buf: &'a [u8],
+    budget: &'a Budget,
+    deadline: Option<std::time::Instant>,
+    busy: &mut bool,
+) -> Option<Payload<'a>> {
     let info = parse_header(buf).ok()?;
     let data = buf.get(HEADER_LEN..info.len)?;
     match buf[ATTRIBUTES_OFFSET + 1] & 0x07 {
@@ -715,8 +806,8 @@ fn payload_within<'a>(buf: &'a [u8], budget: &'a Budget) -> Option<Payload<'a>> 
             bytes: std::borrow::Cow::Borrowed(data),
             _reserved: None,
         }),
-        2 => snappy(data, budget),
-        codec @ (1 | 3 | 4) => streamed(codec, data, budget),
+        2 => snappy(data, budget, deadline, busy),
+        codec @ (1 | 3 | 4) => streamed(codec, data, budget, deadline, busy),
         _ => None,
     }
 }
@@ -782,7 +873,13 @@ fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
 
 /// A gzip, lz4 or zstd records section (codec 1, 3, 4), decompressed within
 /// `budget` (see [`payload`]).
-fn streamed<'a>(codec: u8, data: &[u8], budget: &'a Budget) -> Option<Payload<'a>> {
+fn streamed<'a>(
+    codec: u8,
+    data: &[u8],
+    budget: &'a Budget,
+    deadline: Option<std::time::Instant>,
+    busy: &mut bool,
+) -> Option<Payload<'a>> {
     // gzip ends with its (last member's) length modulo 2^32: exact for the one
     // member Kafka clients write, a guess otherwise.
     let stated = match (codec, data.len().checked_sub(4)) {
@@ -796,7 +893,10 @@ fn streamed<'a>(codec: u8, data: &[u8], budget: &'a Budget) -> Option<Payload<'a
         .max(data.len().saturating_mul(4))
         .clamp(64 << 10, MAX_DECOMPRESSED);
     loop {
-        let mut reserved = budget.reserve(streamed_charge(codec, want));
+        let Some(mut reserved) = budget.reserve(streamed_charge(codec, want), deadline) else {
+            *busy = true;
+            return None;
+        };
         match inflate(codec, data, want)? {
             Inflated::Done(mut out) => {
                 if out.capacity() / 2 > out.len() {
@@ -847,7 +947,12 @@ fn snappy_blocks<'a>(data: &'a [u8], mut f: impl FnMut(&'a [u8]) -> Option<()>) 
 /// stated length is checked against what its size allows
 /// ([`snappy_max_len`]) and the total against [`MAX_DECOMPRESSED`] before that
 /// total is reserved and allocated.
-fn snappy<'a>(data: &[u8], budget: &'a Budget) -> Option<Payload<'a>> {
+fn snappy<'a>(
+    data: &[u8],
+    budget: &'a Budget,
+    deadline: Option<std::time::Instant>,
+    busy: &mut bool,
+) -> Option<Payload<'a>> {
     let mut total = 0usize;
     snappy_blocks(data, |b| {
         let n = snap::raw::decompress_len(b).ok()?;
@@ -855,7 +960,10 @@ fn snappy<'a>(data: &[u8], budget: &'a Budget) -> Option<Payload<'a>> {
         total = total.checked_add(n).filter(|&t| t <= MAX_DECOMPRESSED)?;
         Some(())
     })?;
-    let reserved = budget.reserve(total);
+    let Some(reserved) = budget.reserve(total, deadline) else {
+        *busy = true;
+        return None;
+    };
     let mut out = vec![0u8; total];
     let mut dec = snap::raw::Decoder::new();
     let mut at = 0;
@@ -1268,7 +1376,7 @@ pub(crate) mod tests {
         assert_eq!(bomb[HEADER_LEN..HEADER_LEN + 4], [0x80, 0x80, 0x80, 0x40]);
         assert_eq!(bomb.len(), 75);
         let budget = Budget::new(DECOMPRESSION_BUDGET);
-        assert!(payload_within(&bomb, &budget).is_none());
+        assert!(payload_within(&bomb, &budget, None, &mut false).is_none());
         assert_eq!(budget.peak(), 0, "nothing reserved, so nothing allocated");
         assert_eq!(
             validate_produce(&bomb),
@@ -1282,7 +1390,7 @@ pub(crate) mod tests {
         framed.extend_from_slice(&(block.len() as i32).to_be_bytes());
         framed.extend_from_slice(block);
         seal(&mut framed);
-        assert!(payload_within(&framed, &budget).is_none());
+        assert!(payload_within(&framed, &budget, None, &mut false).is_none());
         assert_eq!(budget.peak(), 0);
 
         // The bound is snappy's own: the most a block can expand is one literal
@@ -1296,7 +1404,7 @@ pub(crate) mod tests {
         let densest = snappy_stating(n as u64, &body);
         let len = densest.len() - HEADER_LEN;
         assert!(n <= snappy_max_len(len) && snappy_max_len(len) < n + 200);
-        let p = payload_within(&densest, &budget).expect("decompresses");
+        let p = payload_within(&densest, &budget, None, &mut false).expect("decompresses");
         assert_eq!(&p[..], &vec![0u8; n][..]);
         assert_eq!(budget.in_use(), n);
         drop(p);
@@ -1305,8 +1413,41 @@ pub(crate) mod tests {
         let over = snappy_stating(snappy_max_len(len) as u64 + 1, &body);
         assert_eq!(over.len(), densest.len(), "same header length");
         let before = budget.peak();
-        assert!(payload_within(&over, &budget).is_none());
+        assert!(payload_within(&over, &budget, None, &mut false).is_none());
         assert_eq!(budget.peak(), before);
+    }
+
+    #[test]
+    fn a_decompression_gives_up_its_place_in_line_at_its_deadline() {
+        let plain = make_batch(0, &[&vec![0u8; 1 << 20]]);
+        let snappy = compress_batch(&plain, 2);
+        let budget = Budget::new(4 << 20);
+        let all = budget.reserve(4 << 20, None).expect("room");
+        // One behind it without a deadline, then one with a deadline that passes.
+        std::thread::scope(|s| {
+            let patient = s.spawn(|| {
+                payload_within(&snappy, &budget, None, &mut false)
+                    .map(|p| p.len())
+                    .expect("decompresses once there is room")
+            });
+            while budget.waits().0 < 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut busy = false;
+            let deadline = std::time::Instant::now() + Duration::from_millis(50);
+            assert!(payload_within(&snappy, &budget, Some(deadline), &mut busy).is_none());
+            assert!(busy, "refused as busy, not as a bad payload");
+            assert!(std::time::Instant::now() >= deadline);
+            assert_eq!(budget.waits(), (2, 1));
+            drop(all);
+            assert_eq!(patient.join().unwrap(), plain.len() - HEADER_LEN);
+        });
+        // The place given up does not hold the line: the next one is served.
+        let mut busy = false;
+        let soon = std::time::Instant::now() + Duration::from_secs(5);
+        assert!(payload_within(&snappy, &budget, Some(soon), &mut busy).is_some());
+        assert!(!busy);
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]
@@ -1328,7 +1469,7 @@ pub(crate) mod tests {
                     (&bombs[i % bombs.len()], &budget, &start, &plain);
                 s.spawn(move || {
                     start.wait();
-                    let p = payload_within(bomb, budget).expect("decompresses");
+                    let p = payload_within(bomb, budget, None, &mut false).expect("decompresses");
                     assert!(p[..] == plain[HEADER_LEN..]);
                     // Held a while, as a request holds it while walking records.
                     std::thread::sleep(Duration::from_millis(20));

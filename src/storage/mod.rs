@@ -149,7 +149,8 @@ pub enum ProduceError {
     TooLarge(String),
     /// The WAL or a segment failed; the message says how.
     Storage(String),
-    /// Waiting for pipeline capacity took longer than the request timeout.
+    /// Waiting for pipeline capacity, or for room to decompress the batch,
+    /// took longer than the request timeout.
     Timeout,
     /// The broker is shutting down.
     ShuttingDown,
@@ -1414,12 +1415,18 @@ impl TopicManager {
         let may_block = batch::validation_may_block(records)
             && tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
+        // A compressed batch waits for room in the decompression budget no
+        // longer than the request may take.
+        let deadline = Instant::now().checked_add(timeout);
         let produced = if may_block {
-            tokio::task::block_in_place(|| batch::validate_produce(records))
+            tokio::task::block_in_place(|| batch::validate_produce_by(records, deadline))
         } else {
-            batch::validate_produce(records)
+            batch::validate_produce_by(records, deadline)
         }
-        .map_err(ProduceError::InvalidBatch)?;
+        .map_err(|e| match e {
+            batch::BatchError::DecompressionBusy => ProduceError::Timeout,
+            e => ProduceError::InvalidBatch(e),
+        })?;
         // As Kafka (4.0 on) refuses by default, with `log.message.timestamp.after.max.ms`
         // at one hour: a timestamp far ahead would keep its segment, and every
         // later one, from ever expiring by time.
