@@ -374,6 +374,10 @@ pub fn random_id() -> u128 {
     out
 }
 
+/// The bytes of a deleted topic's name kept in its directory's name in the
+/// trash, followed by `-` and 16 hex digits: within a file name's 255 bytes.
+const TRASH_NAME_PREFIX: usize = 200;
+
 /// Whether `name` is a legal Kafka topic name.
 pub fn valid_topic_name(name: &str) -> bool {
     !name.is_empty()
@@ -1322,7 +1326,14 @@ impl TopicManager {
                 let trash = me.shared.config.storage.data_dir.join("topics-deleted");
                 std::fs::create_dir_all(&trash)
                     .map_err(|e| Error::io("create_dir_all", &trash, e))?;
-                let to = trash.join(format!("{name}-{:x}", random_id() as u64));
+                // The name cut short: with the suffix a 249-byte name would pass
+                // the file system's 255 (names are ASCII, so any cut is whole
+                // characters).
+                let to = trash.join(format!(
+                    "{}-{:x}",
+                    &name[..name.len().min(TRASH_NAME_PREFIX)],
+                    random_id() as u64
+                ));
                 std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
                 Ok(to)
             });
@@ -2242,6 +2253,31 @@ mod tests {
             &p.read(0, 1 << 20).unwrap().unwrap().records[..],
             &batch_at(0, &[b"a"])[..]
         );
+        m.shutdown().unwrap();
+    }
+
+    /// A topic of the longest valid name (249 bytes) is deleted like any
+    /// other. Before, its directory's name in the trash (name, `-`, 16 hex
+    /// digits) passed the file system's 255 bytes: the rename failed with
+    /// ENAMETOOLONG, and every delete of it failed.
+    #[test]
+    fn a_topic_of_the_longest_name_can_be_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let name = "t".repeat(MAX_TOPIC_NAME);
+        m.create_topic(&name, 1).unwrap();
+        let p = m.partition(&name, 0).unwrap();
+        let batch = make_batch(0, &[b"a"]);
+        rt.block_on(async {
+            let done = m.submit(&name, 0, &batch, Duration::from_secs(5)).await;
+            done.unwrap().await.unwrap().unwrap()
+        });
+        assert_eq!(p.log_end_offset(), 1);
+        assert_eq!(rt.block_on(m.delete_topic(&name)).unwrap(), true);
+        assert!(m.partition(&name, 0).is_none());
+        m.create_topic(&name, 1).unwrap();
+        assert_eq!(m.partition(&name, 0).unwrap().log_end_offset(), 0);
         m.shutdown().unwrap();
     }
 
