@@ -1036,7 +1036,8 @@ impl GroupCoordinator {
     ///
     /// # Errors
     /// The first I/O error from removing a group's offsets; groups deleted before it
-    /// stay deleted.
+    /// stay deleted, and one that fails does not keep those after it from
+    /// expiring (each failure is logged).
     pub fn expire_offsets(
         &self,
         store: &OffsetStore,
@@ -1044,77 +1045,98 @@ impl GroupCoordinator {
         now: SystemTime,
     ) -> crate::error::Result<Vec<String>> {
         let mut expired = Vec::new();
-        for (group, last_commit) in store.last_commits() {
-            let (empty_since, had_members) = {
-                let groups = self.lock();
-                match groups.get(&group) {
-                    Some(g) if g.state == State::Empty => {
-                        (g.empty_since, g.protocol_type.is_some())
-                    }
-                    // A stable consumer group keeps the positions of the topics its
-                    // members subscribe to; those of any other topic expire one by
-                    // one, each from its own commit (Kafka's KIP-496).
-                    Some(g) if g.state == State::Stable => {
-                        let Some(subscribed) = g.subscribed_topics() else {
-                            continue;
-                        };
-                        drop(groups);
-                        let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
-                        let n = store.expire_unsubscribed(&group, &subscribed, cutoff)?;
-                        if n > 0 {
-                            tracing::info!(group = %group, positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
-                        }
-                        continue;
-                    }
-                    Some(_) => continue,
-                    None => (self.started, false),
+        let mut failed = None;
+        let mut groups = store.last_commits();
+        groups.sort_unstable();
+        for (group, last_commit) in groups {
+            match self.expire_group(store, &group, last_commit, retention, now) {
+                Ok(true) => expired.push(group),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(group = %group, error = %e, "expiring the group's committed offsets failed");
+                    failed.get_or_insert(e);
                 }
-            };
-            // Simple: offsets committed without membership, and no members since
-            // the start either.
-            let simple = !had_members
-                && store
-                    .group(&group)
-                    .is_some_and(|g| g.protocol_type.is_none());
-            if simple {
-                // A simple group's positions expire one by one, each from its own
-                // commit, as Kafka expires a standalone group's offsets.
-                let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
-                let n = store.expire_simple(&group, cutoff)?;
-                if n > 0 {
-                    let gone = store.group(&group).is_none();
-                    tracing::info!(group = %group, positions = n, group_deleted = gone, "expired committed offsets of a simple group");
-                    if gone {
-                        // An empty group the coordinator still holds goes too.
-                        if self.begin_delete(&group, false) == codes::NONE {
-                            self.finish_delete(&group);
-                        }
-                        expired.push(group);
-                    }
-                }
-                continue;
             }
-            let since = empty_since.max(last_commit);
-            if now.duration_since(since).unwrap_or_default() <= retention {
-                continue;
-            }
-            if self.begin_delete(&group, true) != codes::NONE {
-                continue;
-            }
-            // A commit that got in before the group was marked for deletion keeps it.
-            let deleted = store.delete_unless_committed_since(&group, last_commit);
-            self.finish_delete(&group);
-            if !deleted? {
-                continue;
-            }
-            tracing::info!(
-                group = %group,
-                idle_minutes = now.duration_since(since).unwrap_or_default().as_secs() / 60,
-                "expired the committed offsets of an idle group"
-            );
-            expired.push(group);
         }
-        Ok(expired)
+        failed.map_or(Ok(expired), Err)
+    }
+
+    /// [`GroupCoordinator::expire_offsets`] for one `group` that last committed
+    /// at `last_commit`: whether the group was deleted.
+    fn expire_group(
+        &self,
+        store: &OffsetStore,
+        group: &str,
+        last_commit: SystemTime,
+        retention: Duration,
+        now: SystemTime,
+    ) -> crate::error::Result<bool> {
+        let (empty_since, had_members) = {
+            let groups = self.lock();
+            match groups.get(group) {
+                Some(g) if g.state == State::Empty => (g.empty_since, g.protocol_type.is_some()),
+                // A stable consumer group keeps the positions of the topics its
+                // members subscribe to; those of any other topic expire one by
+                // one, each from its own commit (Kafka's KIP-496).
+                Some(g) if g.state == State::Stable => {
+                    let Some(subscribed) = g.subscribed_topics() else {
+                        return Ok(false);
+                    };
+                    drop(groups);
+                    let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
+                    let n = store.expire_unsubscribed(group, &subscribed, cutoff)?;
+                    if n > 0 {
+                        tracing::info!(group = %group, positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
+                    }
+                    return Ok(false);
+                }
+                Some(_) => return Ok(false),
+                None => (self.started, false),
+            }
+        };
+        // Simple: offsets committed without membership, and no members since
+        // the start either.
+        let simple = !had_members
+            && store
+                .group(group)
+                .is_some_and(|g| g.protocol_type.is_none());
+        if simple {
+            // A simple group's positions expire one by one, each from its own
+            // commit, as Kafka expires a standalone group's offsets.
+            let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
+            let n = store.expire_simple(group, cutoff)?;
+            if n > 0 {
+                let gone = store.group(group).is_none();
+                tracing::info!(group = %group, positions = n, group_deleted = gone, "expired committed offsets of a simple group");
+                if gone {
+                    // An empty group the coordinator still holds goes too.
+                    if self.begin_delete(group, false) == codes::NONE {
+                        self.finish_delete(group);
+                    }
+                }
+                return Ok(gone);
+            }
+            return Ok(false);
+        }
+        let since = empty_since.max(last_commit);
+        if now.duration_since(since).unwrap_or_default() <= retention {
+            return Ok(false);
+        }
+        if self.begin_delete(group, true) != codes::NONE {
+            return Ok(false);
+        }
+        // A commit that got in before the group was marked for deletion keeps it.
+        let deleted = store.delete_unless_committed_since(group, last_commit);
+        self.finish_delete(group);
+        if !deleted? {
+            return Ok(false);
+        }
+        tracing::info!(
+            group = %group,
+            idle_minutes = now.duration_since(since).unwrap_or_default().as_secs() / 60,
+            "expired the committed offsets of an idle group"
+        );
+        Ok(true)
     }
 
     /// Forgets every group that is `Empty` with nothing pending (no member ids
@@ -1276,6 +1298,50 @@ mod tests {
             let f = std::fs::File::options().write(true).open(&path).unwrap();
             f.set_modified(at).unwrap();
         }
+    }
+
+    /// A group whose offsets cannot be removed (an I/O error) is logged and
+    /// kept, and the groups after it still expire. Before, the error ended the
+    /// pass, so on every pass the same groups after it never expired.
+    #[test]
+    fn a_group_that_cannot_be_expired_does_not_stop_the_others() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let commit = crate::storage::Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        let now = SystemTime::now();
+        for g in ["a", "b"] {
+            store
+                .commit(g, Some("consumer"), vec![commit.clone()])
+                .unwrap();
+        }
+        backdate(&path, now - 8 * DAY);
+        drop(store);
+        let store = OffsetStore::open(path.clone()).unwrap();
+        // "a" (hex 61) comes first; its file cannot be removed.
+        let a = path.join("61.json");
+        std::fs::remove_file(&a).unwrap();
+        std::fs::create_dir_all(a.join("in-the-way")).unwrap();
+        let c = GroupCoordinator {
+            started: now - 9 * DAY,
+            ..GroupCoordinator::default()
+        };
+        let e = c.expire_offsets(&store, 7 * DAY, now).unwrap_err();
+        assert!(e.to_string().contains("61.json"), "{e}");
+        assert!(store.group("a").is_some(), "kept");
+        assert!(
+            store.group("b").is_none(),
+            "expired after the failing group"
+        );
+        std::fs::remove_dir_all(&a).unwrap();
+        assert_eq!(c.expire_offsets(&store, 7 * DAY, now).unwrap(), vec!["a"]);
     }
 
     #[test]
