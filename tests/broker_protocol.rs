@@ -1119,6 +1119,10 @@ fn describe_configs_answers_for_topics_and_this_broker() {
             value(3, "offset.metadata.max.bytes"),
             Some(("4096".into(), 5))
         );
+        assert_eq!(
+            value(3, "streamline.fetch.response.memory.bytes"),
+            Some(("268435456".into(), 5))
+        );
         assert!(r.results[3].configs.iter().all(|c| c.read_only));
     }
 }

@@ -58,6 +58,13 @@ pub struct ServerConfig {
     /// (Kafka's `fetch.max.bytes`); the first batch is returned even when larger, so
     /// consumers always progress. Default: 55 MiB.
     pub fetch_max_bytes: usize,
+    /// Record bytes of Fetch responses held in memory at once across the broker,
+    /// from their read until written to the socket (or their connection
+    /// closes). A Fetch the budget cannot give its whole `max_bytes` reads only
+    /// what is free, yet at least its first batch, so consumers always
+    /// progress: memory stays within this plus one batch per connection, however
+    /// slowly clients read. Default: 256 MiB.
+    pub fetch_response_memory_bytes: u64,
     /// Where to serve metrics in the Prometheus text format (`GET /metrics`);
     /// `None` serves none. Default: `None`.
     pub metrics_listen: Option<SocketAddr>,
@@ -170,6 +177,7 @@ impl Default for Config {
                 failed_authentication_delay_ms: 100,
                 sasl_authentication_timeout_ms: 30_000,
                 fetch_max_bytes: 55 * 1024 * 1024,
+                fetch_response_memory_bytes: 256 * 1024 * 1024,
                 metrics_listen: None,
                 tls: None,
                 sasl: None,
@@ -306,6 +314,13 @@ impl Config {
                     "accepted values: 1024 to 2147483647",
                 );
             }
+        }
+        if self.server.fetch_response_memory_bytes < 1024 {
+            return bad(
+                "--fetch-response-memory-bytes",
+                self.server.fetch_response_memory_bytes.to_string(),
+                "accepted values: 1024 or more",
+            );
         }
         if self.server.sasl_authentication_timeout_ms == 0 {
             return bad(
@@ -640,6 +655,12 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_FETCH_MAX_BYTES", default_value = "55m", value_parser = parse_size, value_name = "BYTES")]
     pub fetch_max_bytes: u64,
 
+    /// Most record bytes of Fetch responses held in memory at once, over every
+    /// connection, until written to the socket; a Fetch gets what is free, and
+    /// at least one batch.
+    #[arg(long, env = "STREAMLINE_FETCH_RESPONSE_MEMORY_BYTES", default_value = "256m", value_parser = parse_size, value_name = "BYTES")]
+    pub fetch_response_memory_bytes: u64,
+
     /// Serve metrics in the Prometheus text format at http://HOST:PORT/metrics
     /// (port 0 picks a free port; default: no metrics endpoint).
     #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_name = "HOST:PORT")]
@@ -932,6 +953,7 @@ impl Cli {
                 failed_authentication_delay_ms: self.connection_failed_authentication_delay_ms,
                 sasl_authentication_timeout_ms: self.sasl_authentication_timeout_ms,
                 fetch_max_bytes: usize::try_from(self.fetch_max_bytes).unwrap_or(usize::MAX),
+                fetch_response_memory_bytes: self.fetch_response_memory_bytes,
                 metrics_listen: self.metrics_listen,
                 tls: match (self.tls_cert, self.tls_key) {
                     (Some(cert), Some(key)) => Some(TlsConfig {
@@ -1168,6 +1190,23 @@ mod tests {
             .expect_err("zero")
             .to_string()
             .contains("--sasl-authentication-timeout-ms"));
+    }
+
+    #[test]
+    fn the_fetch_response_memory_budget_parses_and_is_checked() {
+        let c = parse(&[]).expect("no flags parse");
+        assert_eq!(c.server.fetch_response_memory_bytes, 256 << 20);
+        let c = parse(&["--fetch-response-memory-bytes", "64m"]).expect("parses");
+        assert_eq!(c.server.fetch_response_memory_bytes, 64 << 20);
+        c.validate().expect("valid");
+        let c = parse(&["--fetch-response-memory-bytes", "1k"]).expect("parses");
+        c.validate().expect("the smallest accepted");
+        let c = parse(&["--fetch-response-memory-bytes", "1023"]).expect("parses");
+        let e = c.validate().expect_err("too small").to_string();
+        assert!(
+            e.contains("--fetch-response-memory-bytes") && e.contains("1024 or more"),
+            "{e}"
+        );
     }
 
     #[test]

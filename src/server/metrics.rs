@@ -90,6 +90,8 @@ pub(crate) struct Metrics {
     sasl_failures: AtomicU64,
     /// Read passes of Fetch requests over their partitions.
     fetch_reads: AtomicU64,
+    /// Read passes that left records unread for want of Fetch response memory.
+    fetch_cut_by_memory: AtomicU64,
     /// PLAIN passwords checked by deriving a salted credential again.
     plain_derivations: AtomicU64,
     /// Such derivations running now, and the most that ever ran at once.
@@ -130,6 +132,7 @@ impl Metrics {
             sasl_successes: AtomicU64::new(0),
             sasl_failures: AtomicU64::new(0),
             fetch_reads: AtomicU64::new(0),
+            fetch_cut_by_memory: AtomicU64::new(0),
             plain_derivations: AtomicU64::new(0),
             plain_derivations_running: AtomicUsize::new(0),
             plain_derivations_peak: AtomicUsize::new(0),
@@ -150,6 +153,18 @@ impl Metrics {
 
     pub(crate) fn fetch_read(&self) {
         self.fetch_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A Fetch read pass left records unread because the Fetch response memory
+    /// budget gave it less room than its `max_bytes`.
+    pub(crate) fn fetch_cut_by_memory(&self) {
+        self.fetch_cut_by_memory.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Passes counted by [`Metrics::fetch_cut_by_memory`].
+    #[cfg(test)]
+    pub(crate) fn fetches_cut_by_memory(&self) -> u64 {
+        self.fetch_cut_by_memory.load(Ordering::Relaxed)
     }
 
     pub(crate) fn accepted(&self) {
@@ -332,6 +347,24 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         "counter",
         "Read passes of Fetch requests over their partitions (a long poll reads again only when one of its partitions moves).",
         m.fetch_reads.load(Ordering::Relaxed),
+    );
+    p.single(
+        "streamline_fetch_response_memory_bytes",
+        "gauge",
+        "Record bytes of Fetch responses in memory: being read, or waiting to be written to their connection (--fetch-response-memory-bytes bounds them, but for one batch per connection).",
+        ctx.fetch_memory.in_use(),
+    );
+    p.single(
+        "streamline_fetch_response_memory_limit_bytes",
+        "gauge",
+        "The Fetch response memory budget (--fetch-response-memory-bytes).",
+        ctx.fetch_memory.limit(),
+    );
+    p.single(
+        "streamline_fetch_cut_by_memory_total",
+        "counter",
+        "Fetch read passes that left records unread because the Fetch response memory budget gave them less than their max_bytes (they returned what fit, at least one batch).",
+        m.fetch_cut_by_memory.load(Ordering::Relaxed),
     );
     p.family(
         "streamline_sasl_authentications_total",

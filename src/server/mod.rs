@@ -8,9 +8,12 @@
 //! stays at most 32 MiB of request frames ahead of the writer, and a connection
 //! idle (no I/O, no response being computed) for `--connections-max-idle-ms` is
 //! closed (see [`conn`]). Malformed frames, oversized frames and unknown APIs close
-//! only that connection, with a log line.
+//! only that connection, with a log line. A Fetch response's records hold their
+//! share of one broker-wide budget until the response is written or dropped (see
+//! [`fetch_memory`]).
 
 mod conn;
+mod fetch_memory;
 pub mod groups;
 mod handlers;
 pub mod listed;
@@ -92,15 +95,63 @@ pub mod codes {
     pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 }
 
-/// A response still being computed; `None` means "send nothing" (Produce with
-/// acks=0), and [`close_connection`] "send nothing and close the connection".
-type Pending = Pin<Box<dyn std::future::Future<Output = Option<BytesMut>> + Send>>;
+/// A response still being computed.
+type Pending = Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+
+/// A response as the connection's writer gets it: the frame to write, and the
+/// Fetch response memory it holds ([`fetch_memory::Lease`]), given back when
+/// the reply is dropped: once its frame is written, or with the connection.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    /// `None` means "send nothing" (Produce with acks=0), and an empty frame
+    /// ([`close_connection`]) "send nothing and close the connection".
+    frame: Option<BytesMut>,
+    /// Declared after the frame: the frame is freed before its bytes are given
+    /// back to the budget.
+    _held: Option<fetch_memory::Lease>,
+}
+
+impl Reply {
+    /// `frame` to write.
+    pub(crate) fn frame(frame: BytesMut) -> Reply {
+        Reply {
+            frame: Some(frame),
+            _held: None,
+        }
+    }
+
+    /// Nothing to write (Produce with acks=0).
+    pub(crate) fn nothing() -> Reply {
+        Reply {
+            frame: None,
+            _held: None,
+        }
+    }
+
+    /// The same reply, holding `lease` until it is dropped.
+    pub(crate) fn holding(self, lease: fetch_memory::Lease) -> Reply {
+        Reply {
+            _held: Some(lease),
+            ..self
+        }
+    }
+
+    /// Bytes of the frame to write.
+    fn len(&self) -> usize {
+        self.frame.as_ref().map_or(0, BytesMut::len)
+    }
+
+    /// Whether the connection closes instead of answering.
+    fn closes(&self) -> bool {
+        self.frame.as_ref().is_some_and(BytesMut::is_empty)
+    }
+}
 
 /// What a [`Pending`] resolves to when the connection must close instead of
 /// answering (a Produce with acks=0 that failed, as in Kafka): an empty frame,
 /// which no response is (each has at least its length and correlation id).
-pub(crate) fn close_connection() -> Option<BytesMut> {
-    Some(BytesMut::new())
+pub(crate) fn close_connection() -> Reply {
+    Reply::frame(BytesMut::new())
 }
 
 /// What every handler can reach.
@@ -110,6 +161,8 @@ pub(crate) struct Ctx {
     pub(crate) host: String,
     pub(crate) port: i32,
     pub(crate) metrics: metrics::Metrics,
+    /// What Fetch responses may hold in memory (`--fetch-response-memory-bytes`).
+    pub(crate) fetch_memory: Arc<fetch_memory::FetchMemory>,
     /// TLS and SASL, reloaded on SIGHUP (by the broker binary, which holds the
     /// other reference).
     pub(crate) security: Arc<Security>,
@@ -356,6 +409,7 @@ impl Server {
             host,
             port,
             metrics: metrics::Metrics::new(),
+            fetch_memory: fetch_memory::FetchMemory::new(cfg.fetch_response_memory_bytes),
             security,
         });
         Ok(Server {
@@ -540,7 +594,7 @@ pub(crate) fn encode_response<R: Encodable>(
     version: i16,
     correlation_id: i32,
     body: &R,
-) -> Option<BytesMut> {
+) -> Reply {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -555,7 +609,7 @@ pub(crate) fn encode_response<R: Encodable>(
     }
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
-    Some(buf)
+    Reply::frame(buf)
 }
 
 enum Frame {
@@ -669,16 +723,19 @@ where
         let written = async {
             while let Some((p, len)) = rx.recv().await {
                 progress.computing();
-                let frame = p.await;
+                // Holds its Fetch response memory until dropped, after the
+                // write, or when the task ends or is aborted.
+                let reply = p.await;
                 progress.writing();
-                let close = frame.as_ref().is_some_and(BytesMut::is_empty);
-                if let Some(frame) = frame.filter(|f| !f.is_empty()) {
-                    wr.write_all(&frame).await?;
+                let close = reply.closes();
+                if let Some(frame) = reply.frame.as_ref().filter(|f| !f.is_empty()) {
+                    wr.write_all(frame).await?;
                     // TLS takes the bytes before they are all on the socket: the
                     // rest would wait for the next response, which a client
                     // waiting for this one never asks for.
                     wr.flush().await?;
                 }
+                drop(reply);
                 progress.waiting();
                 released.release(len);
                 if close {
@@ -1152,8 +1209,8 @@ async fn dispatch(
                 Box::pin(async move {
                     let response = pending.await;
                     if let Some(api) = api {
-                        let out = response.as_ref().map_or(0, BytesMut::len);
-                        ctx.metrics.request(api, len, out, started.elapsed());
+                        ctx.metrics
+                            .request(api, len, response.len(), started.elapsed());
                     }
                     response
                 }),
@@ -1168,7 +1225,7 @@ mod tests {
     use super::*;
     use kafka_protocol::{
         messages::{ApiVersionsRequest, JoinGroupRequest},
-        protocol::{Encodable, StrBytes},
+        protocol::{Decodable, Encodable, StrBytes},
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1227,6 +1284,165 @@ mod tests {
             conn::Activity::new(),
         ));
         (client, stop_tx)
+    }
+
+    /// Serves one in-memory connection as [`accept_connection`] does (every
+    /// byte read or written counts as activity), through a pipe that holds
+    /// `capacity` bytes: a client that does not read stops the writer once
+    /// that much is written.
+    fn serve_pipe(ctx: Arc<Ctx>, capacity: usize) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(capacity);
+        let (rd, wr) = tokio::io::split(server);
+        let activity = conn::Activity::new();
+        let (rd, wr) = (
+            conn::Metered::new(rd, &activity),
+            conn::Metered::new(wr, &activity),
+        );
+        let (stop_tx, stop) = watch::channel(false);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        tokio::spawn(async move {
+            // No shutdown while the connection lasts.
+            let _stop = stop_tx;
+            serve_connection(ctx, rd, wr, peer, stop, activity).await
+        });
+        client
+    }
+
+    /// A Fetch of partition 0 of `t` from offset 0, answering at once, for up
+    /// to `max_bytes` (the partition too).
+    fn fetch_frame(max_bytes: i32) -> Vec<u8> {
+        use kafka_protocol::messages::{
+            fetch_request::{FetchPartition, FetchTopic},
+            BrokerId, FetchRequest, TopicName,
+        };
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(max_bytes)])]);
+        frame(ApiKey::Fetch, 12, "c", &req)
+    }
+
+    /// Reads one Fetch v12 response off `client`: the bytes of its records.
+    async fn fetched_records(client: &mut tokio::io::DuplexStream) -> usize {
+        use kafka_protocol::messages::FetchResponse;
+        let mut len = [0u8; 4];
+        client.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).unwrap()];
+        client.read_exact(&mut body).await.unwrap();
+        let mut b = Bytes::from(body);
+        ResponseHeader::decode(&mut b, ApiKey::Fetch.response_header_version(12)).unwrap();
+        let r = FetchResponse::decode(&mut b, 12).unwrap();
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, codes::NONE);
+        p.records.as_ref().map_or(0, Bytes::len)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_do_not_read_their_fetches_hold_at_most_the_budget_plus_a_batch_each() {
+        const BUDGET: u64 = 64 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = crate::config::Config::default();
+        c.server.fetch_response_memory_bytes = BUDGET;
+        c.server.connections_max_idle_ms = 2000;
+        let ctx = ctx_with(dir.path(), c).await;
+        // 256 KiB of records in 16 batches.
+        let storage = ctx.storage.clone();
+        tokio::task::spawn_blocking(move || storage.create_topic("t", 1).map(drop))
+            .await
+            .unwrap()
+            .unwrap();
+        let value = vec![7u8; 16 << 10];
+        let batch = crate::storage::batch::tests::make_batch(0, &[&value]);
+        for _ in 0..16 {
+            let acked = ctx
+                .storage
+                .submit("t", 0, &batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            acked.await.unwrap().unwrap();
+        }
+
+        // Three clients ask for 1 MiB each and read only the length of the
+        // answer: every answer is then computed and held, none written out.
+        let mut slow = Vec::new();
+        let mut held = 0usize;
+        for _ in 0..3 {
+            let mut c = serve_pipe(Arc::clone(&ctx), 1024);
+            c.write_all(&fetch_frame(1 << 20)).await.unwrap();
+            let mut len = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut len))
+                .await
+                .expect("answered at once, whatever the budget")
+                .unwrap();
+            held += usize::try_from(i32::from_be_bytes(len)).unwrap();
+            slow.push(c);
+        }
+        // Each answer's header and partition fields are well under 1 KiB.
+        let bound = usize::try_from(BUDGET).unwrap() + 3 * (batch.len() + 1024);
+        assert!(
+            held <= bound,
+            "{held} bytes of answers held at once, above the budget plus a batch each ({bound})"
+        );
+        let in_use = ctx.fetch_memory.in_use();
+        assert!(
+            in_use > BUDGET && in_use <= BUDGET + 3 * batch.len() as u64,
+            "{in_use} bytes counted in use"
+        );
+        let cut = ctx.metrics.fetches_cut_by_memory();
+        assert!(cut >= 2, "{cut} fetches counted as cut short by the budget");
+        let page = {
+            let ctx = Arc::clone(&ctx);
+            tokio::task::spawn_blocking(move || metrics::render(&ctx))
+                .await
+                .unwrap()
+        };
+        for line in [
+            format!("streamline_fetch_response_memory_bytes {in_use}"),
+            format!("streamline_fetch_response_memory_limit_bytes {BUDGET}"),
+            format!("streamline_fetch_cut_by_memory_total {cut}"),
+        ] {
+            assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+
+        // Another client is still answered with records: the first batch.
+        let mut reader = serve_pipe(Arc::clone(&ctx), 1 << 20);
+        reader.write_all(&fetch_frame(1 << 20)).await.unwrap();
+        let records = tokio::time::timeout(Duration::from_secs(5), fetched_records(&mut reader))
+            .await
+            .expect("answered while the budget is spent");
+        assert_eq!(records, batch.len(), "exactly the first batch");
+
+        // One slow client goes away (its writer fails), the others are closed
+        // as idle (their writers aborted): every byte comes back.
+        drop(slow.remove(0));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ctx.fetch_memory.in_use() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} bytes still counted in use after every answer was written or dropped",
+                ctx.fetch_memory.in_use()
+            )
+        });
+        // With the budget free again a client gets the whole budget's worth.
+        let mut reader = serve_pipe(Arc::clone(&ctx), 1 << 20);
+        reader.write_all(&fetch_frame(1 << 20)).await.unwrap();
+        let records = tokio::time::timeout(Duration::from_secs(5), fetched_records(&mut reader))
+            .await
+            .expect("answered");
+        let fit = usize::try_from(BUDGET).unwrap() / batch.len();
+        assert_eq!(records, fit * batch.len());
+        drop(slow);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

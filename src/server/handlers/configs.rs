@@ -269,6 +269,13 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             dv.max_request_bytes,
             INT,
         ),
+        // This broker's own: Kafka sends fetched records from the page cache.
+        setting(
+            "streamline.fetch.response.memory.bytes",
+            v.fetch_response_memory_bytes,
+            dv.fetch_response_memory_bytes,
+            LONG,
+        ),
     ]
 }
 

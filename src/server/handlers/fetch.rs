@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 
 use super::named_once;
 use crate::{
-    server::{codes, Ctx},
+    server::{codes, fetch_memory::Lease, Ctx},
     storage::TopicManager,
 };
 
@@ -23,20 +23,36 @@ struct Want {
     partitions: Vec<(i32, i64, i32)>,
 }
 
-/// One pass over the requested partitions: (response topics, bytes returned, any error).
-/// As in Kafka (KIP-74), the response holds at most `max_bytes` of records and
-/// each partition at most its `partition_max_bytes`, except that the first
-/// partition with records gets its first batch whole however large it is (even
-/// when a limit is 0), so that consumers always progress; later partitions get
-/// only what fits in the bytes left.
+/// What one read pass over the requested partitions returned.
+struct Pass {
+    topics: Vec<FetchableTopicResponse>,
+    /// Record bytes in `topics`.
+    total: i64,
+    /// Whether a partition was answered with an error.
+    errors: bool,
+    /// Whether a partition had records left to read, past those returned,
+    /// when the Fetch memory budget had given it less room than `max_bytes`
+    /// would have.
+    cut: bool,
+}
+
+/// One pass over the requested partitions. As in Kafka (KIP-74), the response
+/// holds at most `max_bytes` of records and each partition at most its
+/// `partition_max_bytes`, except that the first partition with records gets its
+/// first batch whole however large it is (even when a limit is 0), so that
+/// consumers always progress; later partitions get only what fits in the bytes
+/// left. `granted` (at most `max_bytes`) is what the Fetch memory budget gave:
+/// the pass reads within it, `max_bytes` only tells whether it was cut short.
 fn read_all(
     storage: &TopicManager,
     wants: &[Want],
     max_bytes: i64,
+    granted: i64,
     version: i16,
-) -> (Vec<FetchableTopicResponse>, i64, bool) {
+) -> Pass {
     let mut total = 0i64;
     let mut errors = false;
+    let mut cut = false;
     let mut topics = Vec::with_capacity(wants.len());
     for w in wants {
         let mut parts = Vec::with_capacity(w.partitions.len());
@@ -47,11 +63,16 @@ fn read_all(
                 .with_preferred_read_replica(BrokerId(-1));
             // log_start_offset exists from v5 on.
             let start = |o: i64| if version >= 5 { o } else { -1 };
-            let budget = if total >= max_bytes {
-                0
-            } else {
-                (max_bytes - total).min(i64::from(pmax.max(0)))
+            let room = |limit: i64| {
+                if total >= limit {
+                    0
+                } else {
+                    (limit - total).min(i64::from(pmax.max(0)))
+                }
             };
+            let budget = room(granted);
+            // The memory budget took room the request's limits would have given.
+            let squeezed = budget < room(max_bytes);
             let entry = match storage.partition(&w.topic.0, index) {
                 None => {
                     errors = true;
@@ -73,6 +94,7 @@ fn read_all(
                     match read {
                         Ok(Some(r)) => {
                             total += r.records.len() as i64;
+                            cut |= squeezed && end_offset(&r.records, offset) < r.high_watermark;
                             base.with_error_code(codes::NONE)
                                 .with_high_watermark(r.high_watermark)
                                 .with_last_stable_offset(r.high_watermark)
@@ -108,7 +130,69 @@ fn read_all(
                 .with_partitions(parts),
         );
     }
-    (topics, total, errors)
+    Pass {
+        topics,
+        total,
+        errors,
+        cut,
+    }
+}
+
+/// The offset after the last batch of `records` (whole batches), or `from`
+/// when there is none.
+fn end_offset(records: &[u8], from: i64) -> i64 {
+    let mut end = from;
+    let mut rest = records;
+    while let Ok(b) = crate::storage::batch::parse_header(rest) {
+        end = end.max(b.last_offset() + 1);
+        let Some(next) = rest.get(b.len..) else { break };
+        rest = next;
+    }
+    end
+}
+
+/// One read pass within what the Fetch memory budget gives (see
+/// [`fetch_memory`](crate::server::fetch_memory)), on a blocking thread: the
+/// pass and the lease holding its record bytes, which the read keeps (so an
+/// abandoned Fetch gives them back only once its read has ended).
+async fn read_pass(
+    ctx: &Ctx,
+    wants: &std::sync::Arc<Vec<Want>>,
+    max_bytes: i64,
+    version: i16,
+) -> (Pass, Lease) {
+    let mut lease = ctx
+        .fetch_memory
+        .take_up_to(u64::try_from(max_bytes).unwrap_or(0));
+    let granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
+    let storage = ctx.storage.clone();
+    let w = std::sync::Arc::clone(wants);
+    ctx.metrics.fetch_read();
+    let pass = tokio::task::spawn_blocking(move || {
+        let pass = read_all(&storage, &w, max_bytes, granted, version);
+        // What was read, no more: a first batch beyond the grant overdraws.
+        lease.settle(u64::try_from(pass.total).unwrap_or(0));
+        (pass, lease)
+    })
+    .await;
+    match pass {
+        Ok((pass, lease)) => {
+            if pass.cut {
+                ctx.metrics.fetch_cut_by_memory();
+            }
+            (pass, lease)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "fetch task failed");
+            let nothing = Pass {
+                topics: Vec::new(),
+                total: 0,
+                errors: true,
+                cut: false,
+            };
+            (nothing, ctx.fetch_memory.take_up_to(0))
+        }
+    }
 }
 
 /// Where each wanted partition's readable log starts and ends (`None`: no such
@@ -127,7 +211,9 @@ fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> 
         .collect()
 }
 
-pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchResponse {
+/// A Fetch: the response, and the lease on the Fetch memory budget that its
+/// records hold until it is written.
+pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchResponse, Lease) {
     // Each partition is read and answered once, the first time the request
     // names it: a long poll reads every partition again at each change, so
     // repeats would multiply that work.
@@ -154,28 +240,23 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
     let deadline = Instant::now()
         + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
     let mut changes = ctx.storage.subscribe();
+    let answer = |pass: Pass, lease: Lease| {
+        let response = FetchResponse::default()
+            .with_responses(pass.topics)
+            .with_session_id(0);
+        (response, lease)
+    };
     loop {
         changes.borrow_and_update();
         // Before the read: an append between the two then still counts as a move.
         let seen = positions(&ctx.storage, &wants);
-        let storage = ctx.storage.clone();
-        let w = std::sync::Arc::clone(&wants);
-        ctx.metrics.fetch_read();
-        let pass =
-            tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version)).await;
-        let (topics, total, errors) = match pass {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "fetch task failed");
-                (Vec::new(), 0, true)
-            }
-        };
-        let done = errors || total >= min_bytes || Instant::now() >= deadline;
+        let (pass, lease) = read_pass(ctx, &wants, max_bytes, version).await;
+        let done = pass.errors || pass.total >= min_bytes || Instant::now() >= deadline;
         if done {
-            return FetchResponse::default()
-                .with_responses(topics)
-                .with_session_id(0);
+            return answer(pass, lease);
         }
+        // A long poll holds no memory while it waits.
+        drop((pass, lease));
         let moved = loop {
             let wait = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
             if !matches!(wait, Ok(Ok(()))) {
@@ -188,16 +269,8 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> FetchRe
         };
         if !moved {
             // Deadline (or storage gone): one last read, then answer.
-            let storage = ctx.storage.clone();
-            let w = std::sync::Arc::clone(&wants);
-            ctx.metrics.fetch_read();
-            let topics =
-                tokio::task::spawn_blocking(move || read_all(&storage, &w, max_bytes, version).0)
-                    .await
-                    .unwrap_or_default();
-            return FetchResponse::default()
-                .with_responses(topics)
-                .with_session_id(0);
+            let (pass, lease) = read_pass(ctx, &wants, max_bytes, version).await;
+            return answer(pass, lease);
         }
     }
 }

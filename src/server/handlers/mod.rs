@@ -120,12 +120,11 @@ pub(crate) async fn handle(
             )
         }),
         RequestKind::Fetch(req) => Box::pin(async move {
-            encode_response(
-                ApiKey::Fetch,
-                version,
-                cid,
-                &fetch::fetch(&ctx, req, version).await,
-            )
+            let (response, lease) = fetch::fetch(&ctx, req, version).await;
+            let reply = encode_response(ApiKey::Fetch, version, cid, &response);
+            // The records are in the frame now; the frame holds the lease.
+            drop(response);
+            reply.holding(lease)
         }),
         RequestKind::ListOffsets(req) => Box::pin(async move {
             encode_response(
@@ -341,7 +340,7 @@ pub(crate) async fn handle(
         other => {
             // Unreachable: dispatch() only decodes supported APIs.
             tracing::warn!(request = ?std::mem::discriminant(&other), "unsupported request after decode");
-            Box::pin(async { None })
+            Box::pin(async { super::Reply::nothing() })
         }
     };
     (pending, false)

@@ -17,7 +17,7 @@ use kafka_protocol::{
 use tokio::sync::oneshot;
 
 use crate::{
-    server::{close_connection, codes, encode_response, Ctx, Pending},
+    server::{close_connection, codes, encode_response, Ctx, Pending, Reply},
     storage::{
         batch::{BatchError, RecordFault},
         ProduceError,
@@ -248,7 +248,11 @@ pub(crate) async fn handle(
                     "closing the connection: a produce with acks=0 failed"
                 );
             }
-            return if failed { close_connection() } else { None };
+            return if failed {
+                close_connection()
+            } else {
+                Reply::nothing()
+            };
         }
         encode_response(
             ApiKey::Produce,
@@ -293,6 +297,9 @@ mod tests {
             host: "localhost".into(),
             port: 9092,
             metrics: Metrics::new(),
+            fetch_memory: crate::server::fetch_memory::FetchMemory::new(
+                c.server.fetch_response_memory_bytes,
+            ),
             security: Arc::new(Security::load(&c.server).unwrap()),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -319,7 +326,7 @@ mod tests {
         let frame = rt.block_on(async {
             let (pending, close) = handle(&ctx, req, 9, 7).await;
             assert!(!close);
-            pending.await.expect("a response")
+            pending.await.frame.expect("a response")
         });
         let took = start.elapsed();
         // Each partition waited its own 200 ms: 1 s for five.

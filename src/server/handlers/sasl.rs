@@ -17,7 +17,7 @@ use kafka_protocol::{
 };
 use tokio::sync::Semaphore;
 
-use crate::server::{codes, sasl, Ctx, Pending};
+use crate::server::{codes, sasl, Ctx, Pending, Reply};
 
 /// A raw SASL token after a SaslHandshake v0: answered as a raw token, or, on
 /// failure, by closing the connection (what Kafka does; v0 has no error field).
@@ -32,12 +32,12 @@ pub(crate) async fn raw_token(
     let (r, close) = authenticate(ctx, &req, unauthenticated, peer).await;
     if close {
         // Nothing to send: the connection just closes.
-        return (answer(ctx, None, true, arrived), true);
+        return (answer(ctx, Reply::nothing(), true, arrived), true);
     }
     let mut out = BytesMut::with_capacity(4 + r.auth_bytes.len());
     out.put_i32(i32::try_from(r.auth_bytes.len()).unwrap_or(i32::MAX));
     out.extend_from_slice(&r.auth_bytes);
-    (Box::pin(async move { Some(out) }), false)
+    (Box::pin(async move { Reply::frame(out) }), false)
 }
 
 /// SaslHandshake: chooses the mechanism, lists the enabled ones.
@@ -89,12 +89,7 @@ static DERIVATIONS: Semaphore = Semaphore::const_new(PLAIN_DERIVATIONS);
 /// wrong password for a known user, whose check may cost a PBKDF2 run, is
 /// answered when an unknown user's is. The wait is a timer on the connection's
 /// writer: it holds no thread.
-pub(crate) fn answer(
-    ctx: &Ctx,
-    frame: Option<BytesMut>,
-    failed: bool,
-    arrived: Instant,
-) -> Pending {
+pub(crate) fn answer(ctx: &Ctx, frame: Reply, failed: bool, arrived: Instant) -> Pending {
     let delay = Duration::from_millis(ctx.storage.config().server.failed_authentication_delay_ms);
     if !failed || delay.is_zero() {
         return Box::pin(async move { frame });
