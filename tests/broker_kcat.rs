@@ -181,7 +181,7 @@ fn wal_disabled_still_serves_and_keeps_data_across_sigterm() {
 fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("never-created");
-    let cases: [(&[&str], &str, &str); 11] = [
+    let cases: [(&[&str], &str, &str); 12] = [
         (
             &["--wal-sync-mode", "sometimes"],
             "--wal-sync-mode",
@@ -220,6 +220,11 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
             "invalid digit",
         ),
         (&["--fetch-max-bytes", "10"], "--fetch-max-bytes", "1024 to"),
+        (
+            &["--fetch-response-memory-bytes", "1000"],
+            "--fetch-response-memory-bytes",
+            "1024 or more",
+        ),
         // Kafka's segment.bytes is an INT, as the topic-level setting.
         (
             &["--segment-bytes", "2147483648"],
@@ -277,6 +282,11 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
         ("STREAMLINE_MAX_CONNECTIONS", "0", "1 or more"),
         ("STREAMLINE_FETCH_MAX_BYTES", "512", "1024 to"),
         ("STREAMLINE_FETCH_MAX_BYTES", "0k", "1024 to"),
+        (
+            "STREAMLINE_FETCH_RESPONSE_MEMORY_BYTES",
+            "0k",
+            "1024 or more",
+        ),
         ("STREAMLINE_SEGMENT_BYTES", "2g", "4096 to 2147483647"),
         ("STREAMLINE_DEFAULT_PARTITIONS", "0", "1 to 10000"),
         ("STREAMLINE_WAL_MAX_FILE_SIZE", "1000", "4096"),
