@@ -1029,6 +1029,13 @@ impl TopicManager {
                 ),
             )));
         }
+        // Positions committed in an earlier topic of this name would apply to
+        // this one: a delete drops them, but a commit that raced it, or a drop
+        // that failed, can leave some.
+        self.shared
+            .offsets
+            .delete_topic_positions(|t| t == name)
+            .map_err(storage)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| storage(Error::io("remove_dir_all", &dir, e)))?;
@@ -2253,6 +2260,44 @@ mod tests {
             &p.read(0, 1 << 20).unwrap().unwrap().records[..],
             &batch_at(0, &[b"a"])[..]
         );
+        m.shutdown().unwrap();
+    }
+
+    /// Positions committed in a deleted topic that outlived its delete (a commit
+    /// that raced it, or a drop that failed) do not apply to a topic created
+    /// again under the name: the create drops them. Before, the group resumed
+    /// the new topic at the old topic's offset.
+    #[test]
+    fn a_created_topic_starts_without_positions_left_from_its_name_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let old = crate::storage::Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 42,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        // As a commit that passed its check just before the delete leaves it.
+        m.offsets()
+            .commit("g", Some("consumer"), vec![old])
+            .unwrap();
+        m.offsets()
+            .commit(
+                "g",
+                Some("consumer"),
+                vec![crate::storage::Committed {
+                    topic: "other".into(),
+                    partition: 0,
+                    offset: 7,
+                    leader_epoch: -1,
+                    metadata: None,
+                }],
+            )
+            .unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert!(m.offsets().fetch("g", "t", 0).is_none());
+        assert_eq!(m.offsets().fetch("g", "other", 0).unwrap().offset, 7);
         m.shutdown().unwrap();
     }
 
