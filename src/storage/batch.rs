@@ -383,12 +383,11 @@ pub fn validate_produce_by(
     }
     let codec = buf[ATTRIBUTES_OFFSET + 1] & 0x07;
     let mut busy = false;
-    let payload = payload_within(buf, &DECOMPRESSION, deadline, &mut busy).ok_or_else(|| {
-        if busy {
-            BatchError::DecompressionBusy
-        } else {
-            BatchError::BadPayload { codec }
-        }
+    let payload = payload_within(buf, &DECOMPRESSION, deadline, &mut busy);
+    let payload = payload.ok_or(if busy {
+        BatchError::DecompressionBusy
+    } else {
+        BatchError::BadPayload { codec }
     })?;
     let (first_keyless, max_delta) = walk_records(&payload, count)?;
     let first = be_i64(buf, BASE_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?;

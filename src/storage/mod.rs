@@ -2319,7 +2319,7 @@ mod tests {
             done.unwrap().await.unwrap().unwrap()
         });
         assert_eq!(p.log_end_offset(), 1);
-        assert_eq!(rt.block_on(m.delete_topic(&name)).unwrap(), true);
+        assert!(rt.block_on(m.delete_topic(&name)).unwrap());
         assert!(m.partition(&name, 0).is_none());
         m.create_topic(&name, 1).unwrap();
         assert_eq!(m.partition(&name, 0).unwrap().log_end_offset(), 0);
