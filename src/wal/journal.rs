@@ -95,15 +95,15 @@ pub(crate) fn needs_check(f: &File) -> bool {
     answer
 }
 
-/// The unique id of the mount holding `f` (`statx` with `STX_MNT_ID_UNIQUE`,
-/// Linux 6.8); `None` on older kernels.
+/// `statx` of the open file `f` for the fields in `mask`, when the call
+/// succeeds and the kernel reports every one of them; `None` otherwise (older
+/// kernels, file systems that do not tell).
 #[cfg(target_os = "linux")]
-fn unique_mount_id(f: &File) -> Option<u64> {
+pub(crate) fn statx_of(f: &File, mask: u32) -> Option<libc::statx> {
     use std::os::fd::AsRawFd;
-    const STX_MNT_ID_UNIQUE: u32 = 0x4000;
     #[expect(
         unsafe_code,
-        reason = "statx has no std wrapper that returns the mount id"
+        reason = "std has no statx wrapper for the fields the WAL asks about"
     )]
     // SAFETY: `st` is a zeroed, writable statx owned by this frame, the path is a
     // valid empty C string (AT_EMPTY_PATH: the fd itself), and the fd is owned
@@ -114,12 +114,20 @@ fn unique_mount_id(f: &File) -> Option<u64> {
             f.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            STX_MNT_ID_UNIQUE,
+            mask,
             &mut st,
         );
         (r, st)
     };
-    (r == 0 && st.stx_mask & STX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+    (r == 0 && st.stx_mask & mask == mask).then_some(st)
+}
+
+/// The unique id of the mount holding `f` (`statx` with `STX_MNT_ID_UNIQUE`,
+/// Linux 6.8); `None` on older kernels.
+#[cfg(target_os = "linux")]
+fn unique_mount_id(f: &File) -> Option<u64> {
+    const STX_MNT_ID_UNIQUE: u32 = 0x4000;
+    statx_of(f, STX_MNT_ID_UNIQUE).map(|st| st.stx_mnt_id)
 }
 
 /// [`needs_check`] without the memory: asks `statfs` and sysfs.

@@ -211,26 +211,7 @@ pub(crate) fn direct_io_verdict(align: Option<DioAlign>) -> std::result::Result<
 /// none (see [`direct_io_verdict`]).
 #[cfg(target_os = "linux")]
 pub(crate) fn dio_align(f: &std::fs::File) -> Option<DioAlign> {
-    use std::os::fd::AsRawFd;
-    #[expect(
-        unsafe_code,
-        reason = "statx has no std wrapper that returns the direct I/O alignment"
-    )]
-    // SAFETY: `st` is a zeroed, writable statx owned by this frame, the path is a
-    // valid empty C string (AT_EMPTY_PATH: the fd itself), and the fd is owned by
-    // `f` for the whole call.
-    let (r, st) = unsafe {
-        let mut st: libc::statx = std::mem::zeroed();
-        let r = libc::statx(
-            f.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            &mut st,
-        );
-        (r, st)
-    };
-    (r == 0 && st.stx_mask & libc::STATX_DIOALIGN != 0).then_some(DioAlign {
+    crate::wal::journal::statx_of(f, libc::STATX_DIOALIGN).map(|st| DioAlign {
         mem: st.stx_dio_mem_align,
         offset: st.stx_dio_offset_align,
     })
