@@ -717,15 +717,9 @@ fn plain_login(addr: &str, user: &str, password: &str) -> (i16, Duration, bool) 
     (r.error_code, took, closed)
 }
 
-/// Wrong PLAIN passwords for a user known by salted credentials only (16,384
-/// iterations), from many connections at once: the broker checks them by
-/// deriving the credential one at a time, never on more threads, and answers
-/// each failure, an unknown user's too, no sooner than 100 ms after it arrived
-/// (`connection.failed.authentication.delay.ms`). A user who logged in with
-/// PLAIN logs in again without a derivation.
-#[test]
-fn failed_plain_logins_derive_one_at_a_time_and_are_answered_late() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A users file holding carol, by SCRAM-SHA-512 credentials only (16,384
+/// iterations, password `carol-secret`), as `streamline-scram` writes it.
+fn carol() -> serde_json::Value {
     let made = run(
         Command::new(env!("CARGO_BIN_EXE_streamline-scram")).args([
             "carol",
@@ -738,7 +732,19 @@ fn failed_plain_logins_derive_one_at_a_time_and_are_answered_late() {
         Duration::from_secs(30),
     );
     assert!(made.status.success(), "{made:?}");
-    let mut users: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    serde_json::from_slice(&made.stdout).unwrap()
+}
+
+/// Wrong PLAIN passwords for a user known by salted credentials only (16,384
+/// iterations), from many connections at once: the broker checks them by
+/// deriving the credential one at a time, never on more threads, and answers
+/// each failure, an unknown user's too, no sooner than 100 ms after it arrived
+/// (`connection.failed.authentication.delay.ms`). A user who logged in with
+/// PLAIN logs in again without a derivation.
+#[test]
+fn failed_plain_logins_derive_one_at_a_time_and_are_answered_late() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut users = carol();
     users["alice"] = "alice-secret".into();
     let path = tmp.path().join("users.json");
     std::fs::write(&path, users.to_string()).unwrap();
@@ -953,20 +959,8 @@ fn plain_logins_queued_past_the_authentication_deadline_are_closed_underived() {
     use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest};
     const LOGINS: usize = 64;
     let tmp = tempfile::tempdir().unwrap();
-    let made = run(
-        Command::new(env!("CARGO_BIN_EXE_streamline-scram")).args([
-            "carol",
-            "--iterations",
-            "16384",
-            "--mechanism",
-            "SCRAM-SHA-512",
-        ]),
-        b"carol-secret\n",
-        Duration::from_secs(30),
-    );
-    assert!(made.status.success(), "{made:?}");
     let path = tmp.path().join("users.json");
-    std::fs::write(&path, made.stdout).unwrap();
+    std::fs::write(&path, carol().to_string()).unwrap();
     let broker = Broker::start(
         &tmp.path().join("data"),
         &[

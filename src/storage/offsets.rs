@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::SystemTime,
 };
 
@@ -98,7 +98,7 @@ pub struct OffsetStore {
     /// What every group holds. Held only to read or swap a group's state, never
     /// across a file write: readers (OffsetFetch, ListGroups, ...) run on the
     /// server's runtime threads and must not wait for another group's fsyncs.
-    groups: Mutex<HashMap<String, GroupOffsets>>,
+    groups: Mutex<HashMap<String, Arc<GroupOffsets>>>,
     /// Writers of one group's file (and state) take one of these, chosen by the
     /// group's name, for the whole read-modify-write, so two writers of one group
     /// never lose each other's change.
@@ -178,11 +178,11 @@ impl OffsetStore {
             }
             groups.insert(
                 f.group,
-                GroupOffsets {
+                Arc::new(GroupOffsets {
                     protocol_type: f.protocol_type,
                     offsets,
                     last_commit,
-                },
+                }),
             );
         }
         if renamed {
@@ -195,7 +195,7 @@ impl OffsetStore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<GroupOffsets>>> {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -223,7 +223,10 @@ impl OffsetStore {
         commits: Vec<Committed>,
     ) -> Result<()> {
         let _writer = self.writer(group);
-        let mut next = self.lock().get(group).cloned().unwrap_or_default();
+        // Copied outside the lock: a group may hold many positions, and readers
+        // of every other group wait for the lock.
+        let current = self.lock().get(group).cloned();
+        let mut next = current.map_or_else(GroupOffsets::default, |g| (*g).clone());
         if let Some(t) = protocol_type {
             next.protocol_type = Some(t.to_string());
         }
@@ -234,7 +237,7 @@ impl OffsetStore {
         }
         next.last_commit = now;
         self.store(group, &next)?;
-        self.lock().insert(group.to_string(), next);
+        self.lock().insert(group.to_string(), Arc::new(next));
         Ok(())
     }
 
@@ -326,7 +329,8 @@ impl OffsetStore {
         mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
     ) -> Result<usize> {
         let _writer = self.writer(group);
-        let Some(mut next) = self.lock().get(group).filter(|g| applies(g)).cloned() else {
+        let current = self.lock().get(group).filter(|g| applies(g)).cloned();
+        let Some(mut next) = current.map(|g| (*g).clone()) else {
             return Ok(0);
         };
         let had = next.offsets.len();
@@ -339,7 +343,7 @@ impl OffsetStore {
             self.delete_file(group)?;
         } else {
             self.store(group, &next)?;
-            self.lock().insert(group.to_string(), next);
+            self.lock().insert(group.to_string(), Arc::new(next));
         }
         Ok(removed)
     }
