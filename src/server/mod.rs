@@ -1311,14 +1311,19 @@ mod tests {
     /// A Fetch of partition 0 of `t` from offset 0, answering at once, for up
     /// to `max_bytes` (the partition too).
     fn fetch_frame(max_bytes: i32) -> Vec<u8> {
+        fetch_frame_waiting(max_bytes, 1, 0)
+    }
+
+    /// [`fetch_frame`] waiting up to `max_wait_ms` for `min_bytes`.
+    fn fetch_frame_waiting(max_bytes: i32, min_bytes: i32, max_wait_ms: i32) -> Vec<u8> {
         use kafka_protocol::messages::{
             fetch_request::{FetchPartition, FetchTopic},
             BrokerId, FetchRequest, TopicName,
         };
         let req = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
             .with_max_bytes(max_bytes)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(TopicName(StrBytes::from_static_str("t")))
@@ -1418,6 +1423,17 @@ mod tests {
             .await
             .expect("answered while the budget is spent");
         assert_eq!(records, batch.len(), "exactly the first batch");
+        // One waiting for more than a batch is answered at once too: what the
+        // budget left out is there to read, and no change would come to end
+        // its wait before `max_wait`.
+        reader
+            .write_all(&fetch_frame_waiting(1 << 20, 100 << 10, 20_000))
+            .await
+            .unwrap();
+        let records = tokio::time::timeout(Duration::from_secs(10), fetched_records(&mut reader))
+            .await
+            .expect("answered without sitting out max_wait");
+        assert_eq!(records, batch.len(), "the first batch again");
 
         // One slow client goes away (its writer fails), the others are closed
         // as idle (their writers aborted): every byte comes back.

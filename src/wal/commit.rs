@@ -1616,9 +1616,12 @@ impl Committer {
         // Both renames become durable together with the directory.
         files::sync_dir(&dir)?;
         self.backend.open(&current)?;
-        if self.mapping.is_some() {
-            self.mapping = Some(open_for_mapping(&dir)?);
-        }
+        // The new file may have lost direct I/O (see backend::open_active).
+        self.mapping = if !self.backend.direct_io() && self.backend.syncs_the_real_file() {
+            Some(open_for_mapping(&dir)?)
+        } else {
+            None
+        };
         // The seal's sync covered every write to the file before.
         self.unmapped.clear();
         self.core

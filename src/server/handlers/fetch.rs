@@ -251,7 +251,9 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         // Before the read: an append between the two then still counts as a move.
         let seen = positions(&ctx.storage, &wants);
         let (pass, lease) = read_pass(ctx, &wants, max_bytes, version).await;
-        let done = pass.errors || pass.total >= min_bytes || Instant::now() >= deadline;
+        // A pass the memory budget cut short answers now: what it left is
+        // there to read, and waiting for a change would sit out `max_wait`.
+        let done = pass.errors || pass.cut || pass.total >= min_bytes || Instant::now() >= deadline;
         if done {
             return answer(pass, lease);
         }
