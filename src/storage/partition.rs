@@ -1025,6 +1025,27 @@ impl Partition {
         self.read_within(offset, max_bytes, true)
     }
 
+    /// About how many bytes of records a read from `offset` could return at
+    /// most: from the batch holding `offset` to the end of the log (batches
+    /// past the high watermark included, so never less). 0 when `offset` is
+    /// at or past the end.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = log
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        let mut bytes = 0;
+        for seg in log.iter().skip(i) {
+            if offset >= seg.next_offset() || seg.size() == 0 {
+                continue;
+            }
+            let from = offset.max(seg.base_offset());
+            let at = seg.read_range(from, i64::MAX, 0).map_or(0, |(at, _)| at);
+            bytes += seg.size() - at;
+        }
+        bytes
+    }
+
     /// [`Partition::read`], returning a first batch larger than `max_bytes` only
     /// when `min_one_batch` (Kafka's KIP-74: only the first partition with data
     /// in a Fetch response may exceed the limits); otherwise no records at all.
@@ -1914,6 +1935,38 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bytes_from_counts_from_the_batch_holding_the_offset_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        let lens: Vec<u64> = [900, 900, 2000, 200, 200]
+            .iter()
+            .map(|&n| {
+                produce(&p, &[&vec![7u8; n]]);
+                p.read(p.log_end_offset() - 1, 1)
+                    .unwrap()
+                    .unwrap()
+                    .records
+                    .len() as u64
+            })
+            .collect();
+        for offset in 0..5 {
+            let want: u64 = lens[offset..].iter().sum();
+            assert_eq!(p.bytes_from(offset as i64), want, "from {offset}");
+            assert_eq!(
+                p.read(offset as i64, u64::MAX)
+                    .unwrap()
+                    .unwrap()
+                    .records
+                    .len() as u64,
+                want,
+                "what a read returns"
+            );
+        }
+        assert_eq!(p.bytes_from(5), 0);
+        assert_eq!(p.bytes_from(100), 0);
     }
 
     mod compaction_tests {

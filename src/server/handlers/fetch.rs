@@ -161,9 +161,12 @@ async fn read_pass(
     max_bytes: i64,
     version: i16,
 ) -> (Pass, Lease) {
+    // What the read could return, not the whole `max_bytes`: a Fetch near the
+    // end of its partitions leaves the rest of the budget to others.
+    let could_read = readable_bytes(&ctx.storage, wants);
     let mut lease = ctx
         .fetch_memory
-        .take_up_to(u64::try_from(max_bytes).unwrap_or(0));
+        .take_up_to(u64::try_from(max_bytes).unwrap_or(0).min(could_read));
     let granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
     let storage = ctx.storage.clone();
     let w = std::sync::Arc::clone(wants);
@@ -198,6 +201,21 @@ async fn read_pass(
 /// Where each wanted partition's readable log starts and ends (`None`: no such
 /// partition): what a read pass depends on. A long poll reads again only when
 /// these move, not at every append to any partition of the broker.
+/// At most how many record bytes a read pass over `wants` could return: each
+/// partition's bytes from its fetch offset on, within its `partition_max_bytes`.
+fn readable_bytes(storage: &TopicManager, wants: &[Want]) -> u64 {
+    wants
+        .iter()
+        .flat_map(|w| {
+            w.partitions.iter().map(move |&(index, offset, pmax)| {
+                storage.partition(&w.topic.0, index).map_or(0, |p| {
+                    p.bytes_from(offset).min(u64::try_from(pmax).unwrap_or(0))
+                })
+            })
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> {
     wants
         .iter()
