@@ -688,6 +688,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// directory is never used by two processes (or two owners in one process) at once.
 /// Dropping the returned [`DirLock`] releases it.
 ///
+/// A lock found held is tried again for [`LOCK_GRACE`]: a process killed with
+/// writes in flight keeps it until the kernel has finished them (see
+/// [`DirLock`]).
+///
 /// # Errors
 /// [`Error::Locked`] when another owner holds it; I/O errors naming the path (a
 /// filesystem without locks among them).
@@ -699,22 +703,46 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(DirLock(f)),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    let until = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(DirLock(f)),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
     }
 }
+
+/// How long [`lock_dir`] waits for a lock found held before it gives up.
+pub const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The lock [`lock_dir`] took, released when dropped. Closing the file alone is
 /// not enough: a child process forked by any thread of this process (to run a
 /// command, say) shares the locked file until it execs or exits, and the lock
 /// lasts as long as any copy is open, so an immediate reopen could find the
 /// directory "in use". The explicit unlock releases it for every copy.
+///
+/// A process that dies holds it no longer than its files stay open, except
+/// where the `uring` backend holds the lock file in its ring
+/// ([`DirLock::file`]): there it lasts until the kernel has completed the
+/// writes the dead process left in flight, which must not land after another
+/// process has opened the WAL and written where they go.
 #[derive(Debug)]
 pub struct DirLock(File);
+
+impl DirLock {
+    /// The locked file.
+    pub(crate) fn file(&self) -> &File {
+        &self.0
+    }
+}
 
 impl Drop for DirLock {
     fn drop(&mut self) {

@@ -574,7 +574,10 @@ impl Wal {
             last_sequence,
             checkpoint,
         ));
-        let backend = make_backend(&config, backend_kind, &current)?;
+        let mut backend = make_backend(&config, backend_kind, &current)?;
+        if let Err(e) = backend.hold_lock(lock.file()) {
+            tracing::warn!(error = %e, "the WAL's lock is released at once if the process dies, before its last writes complete");
+        }
         let kind = backend.kind();
         let direct_io = backend.direct_io();
         let (tx, rx) = crossbeam_channel::unbounded();

@@ -120,6 +120,18 @@ pub(crate) trait Backend: Send {
     fn register_buffers(&mut self, _bufs: &mut [AlignedBuf]) -> Result<()> {
         Ok(())
     }
+
+    /// Keeps `lock` (the WAL directory's lock file, see
+    /// [`crate::wal::files::DirLock`]) referenced for as long as operations
+    /// this backend submitted may still complete, even after the process
+    /// died. Backends whose operations end with the calling thread need
+    /// nothing.
+    ///
+    /// # Errors
+    /// I/O errors of the registration.
+    fn hold_lock(&mut self, _lock: &std::fs::File) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens the WAL file `path` for reading and writing, with `O_DIRECT` when `direct`

@@ -335,11 +335,25 @@ impl Backend for UringBackend {
         let reg = if self.file.is_some() {
             sub.register_files_update(0, &[fd]).map(|_| ())
         } else {
-            sub.register_files(&[fd])
+            // Slot 1, empty for now, holds the directory's lock (`hold_lock`).
+            sub.register_files(&[fd, -1])
         };
         reg.map_err(|e| Error::io("io_uring_register files", path, e))?;
         self.file = Some((f, path.to_path_buf()));
         Ok(())
+    }
+
+    /// The ring holds the lock file in its file table: when the process dies
+    /// with writes in flight, the kernel completes them in the ring's teardown,
+    /// after the process's own files are closed, and drops the table (and with
+    /// it this reference, the lock's last) only then. A clean close unlocks
+    /// explicitly, so a reopen in the same process does not wait for it.
+    fn hold_lock(&mut self, lock: &std::fs::File) -> Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(1, &[lock.as_raw_fd()])
+            .map(|_| ())
+            .map_err(|e| Error::io("io_uring_register the lock file", self.path(), e))
     }
 
     fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> Result<()> {
@@ -599,6 +613,50 @@ mod tests {
         }
         b.register_buffers(bufs).unwrap();
         Some(b)
+    }
+
+    /// The ring holds the directory's lock file: with the process's own copy
+    /// closed without an unlock (as when it dies), the lock stays held until
+    /// the ring is gone, not just until the file is closed.
+    #[test]
+    fn the_ring_keeps_the_lock_file_locked_until_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("current.wal");
+        std::fs::write(&wal, vec![0u8; 8192]).unwrap();
+        let lock_path = dir.path().join("LOCK");
+        let try_lock = || {
+            std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .unwrap()
+                .try_lock()
+        };
+        let mut b = UringBackend::new(4, false).unwrap();
+        b.open(&wal).unwrap();
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        lock.try_lock().unwrap();
+        b.hold_lock(&lock).unwrap();
+        drop(lock); // closed, not unlocked
+        assert!(
+            matches!(try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "the lock went with the process's file"
+        );
+        drop(b);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the lock outlived the ring"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// More operations in flight than the ring's completion queue holds (24 in a
