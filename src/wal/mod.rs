@@ -1102,6 +1102,28 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
+    /// A page-cache WAL of `backend` on a new `FailingExt4` (returned with the
+    /// WAL's directory and configuration) whose first file is only reserved,
+    /// never written: every batch lands in an unwritten extent.
+    fn on_a_reserved_file(
+        backend: crate::wal::BackendKind,
+    ) -> (
+        crate::file_at::FailingExt4,
+        std::path::PathBuf,
+        crate::wal::WalConfig,
+        crate::wal::Wal,
+    ) {
+        let fs = crate::file_at::FailingExt4::mount();
+        let dir = fs.path().join("wal");
+        std::fs::create_dir(&dir).unwrap();
+        let cfg = page_cache_config(backend);
+        super::files::prepare_file(&dir, 1, cfg.max_file_size, super::files::Prealloc::Reserve)
+            .unwrap();
+        let (wal, _) = crate::wal::Wal::open(&dir, cfg.clone()).unwrap();
+        (fs, dir, cfg, wal)
+    }
+
+    #[cfg(target_os = "linux")]
     /// Recovery yields exactly entries 1..=n, with their payloads.
     fn assert_recovers(rec: super::Recovery, n: u64, backend: crate::wal::BackendKind) {
         let got: Vec<_> = rec.map(|e| e.unwrap()).collect();
@@ -1411,13 +1433,7 @@ mod tests {
     fn a_sync_answered_from_an_aborted_journal_fails() {
         use crate::wal::{BackendKind, Wal};
         for backend in [BackendKind::Std, BackendKind::Uring] {
-            let fs = crate::file_at::FailingExt4::mount();
-            let dir = fs.path().join("wal");
-            std::fs::create_dir(&dir).unwrap();
-            let cfg = page_cache_config(backend);
-            super::files::prepare_file(&dir, 1, cfg.max_file_size, super::files::Prealloc::Reserve)
-                .unwrap();
-            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            let (fs, dir, cfg, wal) = on_a_reserved_file(backend);
             for i in 0..10 {
                 wal.append("t", 0, payload(i)).wait().unwrap();
             }
@@ -1476,13 +1492,7 @@ mod tests {
     fn a_sync_of_page_cache_writes_left_unmapped_fails() {
         use crate::wal::{BackendKind, Wal};
         for backend in [BackendKind::Std, BackendKind::Uring] {
-            let fs = crate::file_at::FailingExt4::mount();
-            let dir = fs.path().join("wal");
-            std::fs::create_dir(&dir).unwrap();
-            let cfg = page_cache_config(backend);
-            super::files::prepare_file(&dir, 1, cfg.max_file_size, super::files::Prealloc::Reserve)
-                .unwrap();
-            let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+            let (fs, dir, cfg, wal) = on_a_reserved_file(backend);
             assert!(!wal.direct_io(), "{backend}");
             append_synced(&wal, 0..10);
             let synced_end = super::BLOCK_SIZE as u64 + wal.stats().bytes_written;
