@@ -445,84 +445,60 @@ impl Wal {
         let mut need_new_file = true;
         let mut offset = BLOCK_SIZE as u64;
         if let Some(last) = files.last_mut() {
-            if last.path == current {
-                if let Tail::Torn { offset: at, reason } = &last.tail {
-                    tracing::warn!(file = %current.display(), offset = at, reason = %reason, "cut torn WAL tail");
-                    truncated = Some((current.clone(), *at));
-                }
-                let jump = checkpoint >= next_seq;
-                if jump {
-                    tracing::warn!(
-                        checkpoint,
-                        next = next_seq,
-                        "checkpoint is ahead of the log; continuing after it"
-                    );
-                    next_seq = checkpoint + 1;
-                }
-                if last.tail == Tail::Sealed {
-                    // Crash during rotation: the file is complete.
-                } else if last.stale_after_end || jump || last.key == 0 {
-                    // Bytes beyond the cut could decode later: end the file with a
-                    // seal. So is a version 1 file (no key, format.md "Why the
-                    // key"): what is appended from now on goes to a keyed file.
-                    seal_in_place(
-                        &current,
-                        last.id(),
-                        last.valid_end,
-                        next_seq,
-                        last.last_sequence.unwrap_or(0),
-                    )?;
-                    last.valid_end += BLOCK_SIZE as u64;
-                    last.next_sequence = Some(next_seq);
-                    last.tail = Tail::Sealed;
-                } else {
-                    need_new_file = false;
-                    offset = last.valid_end;
-                }
-                if need_new_file {
+            // No `current.wal` (a crash between a rotation's two renames, or a
+            // lost file) leaves the newest file archived.
+            let in_current = last.path == current;
+            if let Tail::Torn { offset: at, reason } = &last.tail {
+                tracing::warn!(file = %last.path.display(), offset = at, reason = %reason, "cut torn WAL tail");
+                truncated = Some((last.path.clone(), *at));
+            }
+            let jump = checkpoint >= next_seq;
+            if jump {
+                tracing::warn!(
+                    checkpoint,
+                    next = next_seq,
+                    "checkpoint is ahead of the log; continuing after it"
+                );
+                next_seq = checkpoint + 1;
+            }
+            let was_sealed = last.tail == Tail::Sealed;
+            // An archived newest file is followed by a new one: its end names
+            // where that one starts (the next scan checks it). `current.wal` is
+            // sealed when bytes beyond the cut could decode later, and when it
+            // is a version 1 file (no key, format.md "Why the key"): what is
+            // appended from now on goes to a keyed file.
+            let seal =
+                !was_sealed && (!in_current || last.stale_after_end || jump || last.key == 0);
+            if seal {
+                seal_in_place(
+                    &last.path,
+                    last.id(),
+                    last.valid_end,
+                    next_seq,
+                    last.last_sequence.unwrap_or(0),
+                )?;
+                last.valid_end += BLOCK_SIZE as u64;
+                last.next_sequence = Some(next_seq);
+                last.tail = Tail::Sealed;
+            }
+            if in_current {
+                if was_sealed || seal {
+                    // Complete (a crash during rotation) or sealed just now.
                     let archived = files::archived_path(&dir, last.number);
                     files::rename(&current, &archived)?;
                     files::sync_dir(&dir)?;
                     last.path = archived;
+                } else {
+                    need_new_file = false;
+                    offset = last.valid_end;
                 }
-            } else {
-                // The newest file is archived: no `current.wal` (a crash between a
-                // rotation's two renames, or a lost file). A new file follows it,
-                // and the next scan checks that it continues where this one ends.
-                let jump = checkpoint >= next_seq;
-                if jump {
-                    tracing::warn!(
-                        checkpoint,
-                        next = next_seq,
-                        "checkpoint is ahead of the log; continuing after it"
-                    );
-                    next_seq = checkpoint + 1;
-                }
-                if last.tail != Tail::Sealed {
-                    // Scanned as the newest file, its end needed no seal; followed
-                    // by another file it does, naming where that one starts.
-                    if let Tail::Torn { offset: at, reason } = &last.tail {
-                        tracing::warn!(file = %last.path.display(), offset = at, reason = %reason, "cut torn WAL tail");
-                        truncated = Some((last.path.clone(), *at));
-                    }
-                    seal_in_place(
-                        &last.path,
-                        last.id(),
-                        last.valid_end,
-                        next_seq,
-                        last.last_sequence.unwrap_or(0),
-                    )?;
-                    last.valid_end += BLOCK_SIZE as u64;
-                    last.next_sequence = Some(next_seq);
-                    last.tail = Tail::Sealed;
-                } else if jump {
-                    // Its seal names the sequence after its own entries, which the
-                    // checkpoint has passed (the entries after them were in the
-                    // lost `current.wal`). A file holding only a seal records the
-                    // jump, as a sealed empty `current.wal` does above.
-                    let sealed = seal_only_file(&dir, last, next_seq, config.max_file_size)?;
-                    files.push(sealed);
-                }
+            } else if was_sealed && jump {
+                // Its seal names the sequence after its own entries, which the
+                // checkpoint has passed (the entries after them were in the lost
+                // `current.wal`). A file holding only a seal records the jump, as
+                // a sealed empty `current.wal` does.
+                let sealed = seal_only_file(&dir, last, next_seq, config.max_file_size)?;
+                files.push(sealed);
             }
         } else if checkpoint >= next_seq {
             next_seq = checkpoint + 1;
