@@ -20,6 +20,18 @@ fn config() -> WalConfig {
     }
 }
 
+/// A strict scan of `00000001.wal`, an archived file whose entries start at 1.
+fn scan_first_file(path: &std::path::Path) -> streamline::wal::recovery::FileInfo {
+    streamline::wal::recovery::scan_file(
+        path,
+        Some(1),
+        false,
+        None,
+        streamline::wal::RecoveryMode::Strict,
+    )
+    .unwrap()
+}
+
 /// Without a checkpoint the log must start at sequence 1: a missing oldest file is
 /// lost data, not a shorter log. (It used to be accepted silently, recovering from
 /// the second file on.)
@@ -45,14 +57,7 @@ fn missing_oldest_file_without_checkpoint_is_reported() {
 fn seal_that_skips_unchecked_entries_is_corruption() {
     let dir = rotated_log(1);
     let first = dir.path().join("00000001.wal");
-    let info = streamline::wal::recovery::scan_file(
-        &first,
-        Some(1),
-        false,
-        None,
-        streamline::wal::RecoveryMode::Strict,
-    )
-    .unwrap();
+    let info = scan_first_file(&first);
     let mut bytes = std::fs::read(&first).unwrap();
     let seal_at = info.valid_end as usize - 4096;
     let seal = bytes[seal_at..seal_at + 4096].to_vec();
@@ -646,14 +651,7 @@ fn an_unsealed_newest_archived_file_is_sealed_before_the_log_continues() {
     for backend in BACKENDS {
         let (dir, cfg, _) = log_without_current_file(backend, 0, false);
         let first = dir.path().join("00000001.wal");
-        let info = streamline::wal::recovery::scan_file(
-            &first,
-            Some(1),
-            false,
-            None,
-            streamline::wal::RecoveryMode::Strict,
-        )
-        .unwrap();
+        let info = scan_first_file(&first);
         let last = info.last_sequence.unwrap();
         let f = std::fs::OpenOptions::new()
             .write(true)

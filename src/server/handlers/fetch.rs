@@ -198,9 +198,6 @@ async fn read_pass(
     }
 }
 
-/// Where each wanted partition's readable log starts and ends (`None`: no such
-/// partition): what a read pass depends on. A long poll reads again only when
-/// these move, not at every append to any partition of the broker.
 /// At most how many record bytes a read pass over `wants` could return: each
 /// partition's bytes from its fetch offset on, within its `partition_max_bytes`.
 fn readable_bytes(storage: &TopicManager, wants: &[Want]) -> u64 {
@@ -216,6 +213,9 @@ fn readable_bytes(storage: &TopicManager, wants: &[Want]) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
+/// Where each wanted partition's readable log starts and ends (`None`: no such
+/// partition): what a read pass depends on. A long poll reads again only when
+/// these move, not at every append to any partition of the broker.
 fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> {
     wants
         .iter()
@@ -377,4 +377,68 @@ pub(crate) async fn list_offsets(
     .await
     .unwrap_or_default();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::{config::Config, storage::batch::tests::make_batch};
+
+    fn want(topic: &'static str, partitions: &[(i32, i64, i32)]) -> Want {
+        Want {
+            topic: TopicName(StrBytes::from_static_str(topic)),
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    /// The Fetch memory budget is asked for what the partitions hold from the
+    /// fetch offsets on, each within its `partition_max_bytes`: not the
+    /// request's whole `max_bytes`, and nothing for partitions that do not exist.
+    #[test]
+    fn a_read_pass_asks_for_what_its_partitions_hold_from_their_offsets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c).unwrap();
+        storage.create_topic("t", 2).unwrap();
+        let value = vec![5u8; 3000];
+        let batch = make_batch(0, &[&value]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..3 {
+                let acked = storage
+                    .submit("t", 0, &batch, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                acked.await.unwrap().unwrap();
+            }
+        });
+        let len = batch.len() as u64;
+        let ask = |w: &[Want]| readable_bytes(&storage, w);
+        assert_eq!(ask(&[want("t", &[(0, 0, 1 << 20)])]), 3 * len);
+        // From the second batch on; an offset past the end holds nothing.
+        assert_eq!(ask(&[want("t", &[(0, 1, 1 << 20)])]), 2 * len);
+        assert_eq!(ask(&[want("t", &[(0, 3, 1 << 20)])]), 0);
+        // Each partition's own limit caps its share.
+        assert_eq!(ask(&[want("t", &[(0, 0, 100)])]), 100);
+        assert_eq!(ask(&[want("t", &[(0, 0, -1)])]), 0);
+        // An empty partition, a missing partition and a missing topic add
+        // nothing; the partitions asked for add up.
+        assert_eq!(
+            ask(&[
+                want("t", &[(0, 0, 1 << 20), (1, 0, 1 << 20), (7, 0, 1 << 20)]),
+                want("gone", &[(0, 0, 1 << 20)]),
+                want("t", &[(0, 2, 1 << 20)]),
+            ]),
+            4 * len
+        );
+        storage.shutdown().unwrap();
+    }
 }
