@@ -607,7 +607,17 @@ pub(crate) fn encode_response<R: Encodable>(
         tracing::error!(?api_key, version, correlation_id, error = %e, "encoding a response failed; closing the connection");
         return close_connection();
     }
-    let len = (buf.len() - 4) as i32;
+    let Ok(len) = i32::try_from(buf.len() - 4) else {
+        // A length the frame's size field cannot hold would be sent wrapped.
+        tracing::error!(
+            ?api_key,
+            version,
+            correlation_id,
+            bytes = buf.len(),
+            "a response is too large to frame; closing the connection"
+        );
+        return close_connection();
+    };
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Reply::frame(buf)
 }
@@ -1506,6 +1516,20 @@ mod tests {
         assert_eq!(n, 0, "nothing is answered");
     }
 
+    /// A CreateTopics v4 frame for one topic of one partition.
+    fn create_frame(topic: &'static str) -> Vec<u8> {
+        use kafka_protocol::messages::{
+            create_topics_request::CreatableTopic, CreateTopicsRequest, TopicName,
+        };
+        let create = CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_num_partitions(1)
+                .with_replication_factor(1)]);
+        frame(ApiKey::CreateTopics, 4, "c", &create)
+    }
+
     /// Reads one response frame and decodes it as `R` (header v0: a version
     /// before flexible ones).
     async fn response<R: kafka_protocol::protocol::Decodable>(
@@ -1527,10 +1551,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_produce_pipelined_behind_a_topic_change_waits_for_it() {
         use kafka_protocol::messages::{
-            create_topics_request::CreatableTopic,
             produce_request::{PartitionProduceData, TopicProduceData},
-            CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-            ProduceRequest, ProduceResponse, TopicName,
+            CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, ProduceRequest,
+            ProduceResponse, TopicName,
         };
         let dir = tempfile::tempdir().unwrap();
         let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
@@ -1548,13 +1571,7 @@ mod tests {
         let produced = |r: &ProduceResponse| r.responses[0].partition_responses[0].error_code;
 
         // CreateTopics and a Produce into the new topic, in one write.
-        let create = CreateTopicsRequest::default()
-            .with_timeout_ms(10_000)
-            .with_topics(vec![CreatableTopic::default()
-                .with_name(name())
-                .with_num_partitions(1)
-                .with_replication_factor(1)]);
-        let mut both = frame(ApiKey::CreateTopics, 4, "c", &create);
+        let mut both = create_frame("t");
         both.extend(frame(ApiKey::Produce, 8, "c", &produce));
         client.write_all(&both).await.unwrap();
         let created: CreateTopicsResponse = response(&mut client, 4).await;
@@ -1577,6 +1594,33 @@ mod tests {
             codes::UNKNOWN_TOPIC_OR_PARTITION,
             "the topic was deleted first"
         );
+    }
+
+    /// Every answer reflects the requests before it on its connection: an
+    /// ElectLeaders pipelined behind the CreateTopics of its topic finds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_admin_answer_pipelined_behind_a_topic_change_sees_it() {
+        use kafka_protocol::messages::{
+            elect_leaders_request::TopicPartitions, CreateTopicsResponse, ElectLeadersRequest,
+            ElectLeadersResponse, TopicName,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
+        let name = || TopicName(StrBytes::from_static_str("t"));
+        let elect = ElectLeadersRequest::default()
+            .with_election_type(0)
+            .with_topic_partitions(Some(vec![TopicPartitions::default()
+                .with_topic(name())
+                .with_partitions(vec![0])]));
+        let mut both = create_frame("t");
+        both.extend(frame(ApiKey::ElectLeaders, 1, "c", &elect));
+        client.write_all(&both).await.unwrap();
+        let created: CreateTopicsResponse = response(&mut client, 4).await;
+        assert_eq!(created.topics[0].error_code, codes::NONE);
+        let r: ElectLeadersResponse = response(&mut client, 1).await;
+        let p = &r.replica_election_results[0].partition_result[0];
+        // ELECTION_NOT_NEEDED: the partition exists, and leads already.
+        assert_eq!(p.error_code, 84, "{:?}", p.error_message);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

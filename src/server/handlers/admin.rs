@@ -70,6 +70,12 @@ pub(crate) fn delete_acls(req: &DeleteAclsRequest) -> DeleteAclsResponse {
 /// producers each partition named remembers (those seen within a day), with the
 /// epoch and the last sequence and largest timestamp of the newest batch (see
 /// `ProducerState::describe`). Nothing is transactional: coordinator epoch and
+/// The message of a partition this broker does not hold, Kafka's own. It does
+/// not repeat the topic's name: a request naming thousands of partitions of a
+/// long, unknown name would otherwise be answered with that name thousands of
+/// times.
+const NOT_HOSTED: &str = "This server does not host this topic-partition.";
+
 /// transaction start are -1. Each partition is answered once.
 pub(crate) fn describe_producers(
     ctx: &Ctx,
@@ -97,10 +103,7 @@ pub(crate) fn describe_producers(
                     let Some(partition) = found else {
                         return response
                             .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
-                            .with_error_message(message(format!(
-                                "partition {}-{index} does not exist",
-                                name.0
-                            )));
+                            .with_error_message(message(NOT_HOSTED.to_string()));
                     };
                     let producers = partition
                         .producers()
@@ -168,10 +171,7 @@ pub(crate) fn elect_leaders(ctx: &Ctx, req: &ElectLeadersRequest) -> ElectLeader
                             "Leader election not needed for topic partition".to_string(),
                         )
                     } else {
-                        (
-                            codes::UNKNOWN_TOPIC_OR_PARTITION,
-                            format!("partition {}-{index} does not exist", name.0),
-                        )
+                        (codes::UNKNOWN_TOPIC_OR_PARTITION, NOT_HOSTED.to_string())
                     };
                     PartitionResult::default()
                         .with_partition_id(index)
@@ -219,4 +219,59 @@ pub(crate) fn list_transactions(req: &ListTransactionsRequest) -> ListTransactio
     ListTransactionsResponse::default()
         .with_error_code(codes::NONE)
         .with_unknown_state_filters(unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::{
+        messages::{
+            describe_producers_request::TopicRequest, elect_leaders_request::TopicPartitions,
+        },
+        protocol::Encodable,
+    };
+
+    use super::*;
+
+    /// A request naming many partitions of a long, unknown topic name is
+    /// answered in about its own size: the name is not repeated per partition.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_about_unknown_partitions_do_not_repeat_the_topic_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        let name = TopicName(StrBytes::from_string("n".repeat(64 << 10)));
+        let partitions: Vec<i32> = (0..1000).collect();
+        let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+            .with_name(name.clone())
+            .with_partition_indexes(partitions.clone())]);
+        let request_size = req.compute_size(0).unwrap();
+        let answer = describe_producers(&ctx, &req);
+        let p = &answer.topics[0].partitions;
+        assert_eq!(p.len(), 1000);
+        assert!(p
+            .iter()
+            .all(|p| p.error_code == codes::UNKNOWN_TOPIC_OR_PARTITION));
+        let size = answer.compute_size(0).unwrap();
+        assert!(
+            size < 2 * request_size,
+            "{size} bytes answer a request of {request_size}"
+        );
+
+        let req = ElectLeadersRequest::default()
+            .with_election_type(0)
+            .with_topic_partitions(Some(vec![TopicPartitions::default()
+                .with_topic(name)
+                .with_partitions(partitions)]));
+        let request_size = req.compute_size(2).unwrap();
+        let answer = elect_leaders(&ctx, &req);
+        let p = &answer.replica_election_results[0].partition_result;
+        assert_eq!(p.len(), 1000);
+        assert!(p
+            .iter()
+            .all(|p| p.error_code == codes::UNKNOWN_TOPIC_OR_PARTITION));
+        let size = answer.compute_size(2).unwrap();
+        assert!(
+            size < 2 * request_size,
+            "{size} bytes answer a request of {request_size}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! Request handlers, one file per API group. Each handler returns the response frame
 //! as a future; only Produce does work before returning (its submission to storage),
-//! so pipelined produces keep their order.
+//! so pipelined produces keep their order. Every other answer is computed by its
+//! future, which the connection runs in request order: an answer reflects every
+//! request before it on the connection.
 
 mod admin;
 mod configs;
@@ -86,15 +88,14 @@ pub(crate) async fn handle(
     let ctx = Arc::clone(ctx);
     let pending: Pending = match request {
         RequestKind::Produce(req) => return produce::handle(&ctx, req, version, cid).await,
-        RequestKind::ApiVersions(_) => {
-            let resp = encode_response(
+        RequestKind::ApiVersions(_) => Box::pin(async move {
+            encode_response(
                 ApiKey::ApiVersions,
                 version,
                 cid,
                 &api_versions_body(super::codes::NONE),
-            );
-            Box::pin(async move { resp })
-        }
+            )
+        }),
         RequestKind::Metadata(req) => Box::pin(async move {
             encode_response(
                 ApiKey::Metadata,
@@ -278,57 +279,71 @@ pub(crate) async fn handle(
                 &produce::init_producer_id(&ctx, &req).await,
             )
         }),
-        RequestKind::DescribeUserScramCredentials(req) => {
-            let resp = encode_response(
+        RequestKind::DescribeUserScramCredentials(req) => Box::pin(async move {
+            encode_response(
                 ApiKey::DescribeUserScramCredentials,
                 version,
                 cid,
                 &scram::describe(&ctx, &req),
-            );
-            Box::pin(async move { resp })
-        }
-        RequestKind::DescribeAcls(_) => {
-            let resp = encode_response(ApiKey::DescribeAcls, version, cid, &admin::describe_acls());
-            Box::pin(async move { resp })
-        }
-        RequestKind::CreateAcls(req) => {
-            let resp = encode_response(ApiKey::CreateAcls, version, cid, &admin::create_acls(&req));
-            Box::pin(async move { resp })
-        }
-        RequestKind::DeleteAcls(req) => {
-            let resp = encode_response(ApiKey::DeleteAcls, version, cid, &admin::delete_acls(&req));
-            Box::pin(async move { resp })
-        }
-        RequestKind::DescribeProducers(req) => {
-            let body = admin::describe_producers(&ctx, &req);
-            let resp = encode_response(ApiKey::DescribeProducers, version, cid, &body);
-            Box::pin(async move { resp })
-        }
-        RequestKind::ElectLeaders(req) => {
-            let body = admin::elect_leaders(&ctx, &req);
-            let resp = encode_response(ApiKey::ElectLeaders, version, cid, &body);
-            Box::pin(async move { resp })
-        }
-        RequestKind::ListPartitionReassignments(_) => {
-            let body = admin::list_partition_reassignments();
-            let resp = encode_response(ApiKey::ListPartitionReassignments, version, cid, &body);
-            Box::pin(async move { resp })
-        }
-        RequestKind::ListTransactions(req) => {
-            let body = admin::list_transactions(&req);
-            let resp = encode_response(ApiKey::ListTransactions, version, cid, &body);
-            Box::pin(async move { resp })
-        }
-        RequestKind::DescribeCluster(req) => {
-            let body = describe::describe_cluster(&ctx, &req);
-            let resp = encode_response(ApiKey::DescribeCluster, version, cid, &body);
-            Box::pin(async move { resp })
-        }
-        RequestKind::DescribeTopicPartitions(req) => {
-            let body = describe::describe_topic_partitions(&ctx, req);
-            let resp = encode_response(ApiKey::DescribeTopicPartitions, version, cid, &body);
-            Box::pin(async move { resp })
-        }
+            )
+        }),
+        RequestKind::DescribeAcls(_) => Box::pin(async move {
+            encode_response(ApiKey::DescribeAcls, version, cid, &admin::describe_acls())
+        }),
+        RequestKind::CreateAcls(req) => Box::pin(async move {
+            encode_response(ApiKey::CreateAcls, version, cid, &admin::create_acls(&req))
+        }),
+        RequestKind::DeleteAcls(req) => Box::pin(async move {
+            encode_response(ApiKey::DeleteAcls, version, cid, &admin::delete_acls(&req))
+        }),
+        RequestKind::DescribeProducers(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DescribeProducers,
+                version,
+                cid,
+                &admin::describe_producers(&ctx, &req),
+            )
+        }),
+        RequestKind::ElectLeaders(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::ElectLeaders,
+                version,
+                cid,
+                &admin::elect_leaders(&ctx, &req),
+            )
+        }),
+        RequestKind::ListPartitionReassignments(_) => Box::pin(async move {
+            encode_response(
+                ApiKey::ListPartitionReassignments,
+                version,
+                cid,
+                &admin::list_partition_reassignments(),
+            )
+        }),
+        RequestKind::ListTransactions(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::ListTransactions,
+                version,
+                cid,
+                &admin::list_transactions(&req),
+            )
+        }),
+        RequestKind::DescribeCluster(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DescribeCluster,
+                version,
+                cid,
+                &describe::describe_cluster(&ctx, &req),
+            )
+        }),
+        RequestKind::DescribeTopicPartitions(req) => Box::pin(async move {
+            encode_response(
+                ApiKey::DescribeTopicPartitions,
+                version,
+                cid,
+                &describe::describe_topic_partitions(&ctx, req),
+            )
+        }),
         RequestKind::AlterUserScramCredentials(req) => Box::pin(async move {
             encode_response(
                 ApiKey::AlterUserScramCredentials,

@@ -109,6 +109,8 @@ type Errors = std::collections::HashMap<String, (i16, String)>;
 struct Checked {
     /// Every user named, in the order they first appear (one result each).
     users: Vec<String>,
+    /// The users in `users`, to find one without a search of them all.
+    named: HashSet<String>,
     /// The first refusal of each refused user.
     errors: Errors,
     /// (user, mechanism) pairs seen: each may change once per request.
@@ -126,7 +128,8 @@ impl Checked {
     /// Notes `user` and checks what every change needs: a name, a known
     /// mechanism, no earlier change of the same credential.
     fn check(&mut self, user: &str, code: i8) -> Option<Mechanism> {
-        if !self.users.iter().any(|u| u == user) {
+        if !self.named.contains(user) {
+            self.named.insert(user.to_string());
             self.users.push(user.to_string());
         }
         let refusal = match mechanism(code) {
