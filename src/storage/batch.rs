@@ -527,31 +527,61 @@ fn nullable_bytes<'a>(b: &'a [u8], at: &mut usize, end: usize) -> Option<Option<
 /// Every record of the whole, uncompressed batch at the start of `buf`, in order.
 /// `None` for a compressed batch (see [`payload`] and [`records_in`]) or records
 /// that do not parse, or that do not fill the batch exactly.
-pub fn records(buf: &[u8]) -> Option<Vec<RecordView<'_>>> {
+pub fn records(buf: &[u8]) -> Option<impl ExactSizeIterator<Item = RecordView<'_>>> {
     let info = parse_header(buf).ok()?;
     let bytes = buf.get(..info.len)?;
     if bytes[ATTRIBUTES_OFFSET + 1] & 0x07 != 0 {
         return None;
     }
-    let mut out = records_in(bytes, &bytes[HEADER_LEN..])?;
-    for r in &mut out {
+    Some(records_in(bytes, &bytes[HEADER_LEN..])?.map(|mut r| {
         r.bytes = r.bytes.start + HEADER_LEN..r.bytes.end + HEADER_LEN;
-    }
-    Some(out)
+        r
+    }))
 }
 
 /// The records of the whole batch at the start of `buf` whose records section
-/// (decompressed, for a compressed batch) is `payload`; each record's `bytes`
-/// is its range in `payload`. `None` when they do not parse or do not fill
-/// `payload` exactly.
-pub fn records_in<'a>(buf: &[u8], payload: &'a [u8]) -> Option<Vec<RecordView<'a>>> {
+/// (decompressed, for a compressed batch) is `payload`, in order; each record's
+/// `bytes` is its range in `payload`. `None` when they do not parse or do not
+/// fill `payload` exactly. The records are checked here, without allocating,
+/// and read again one at a time as they are iterated: a batch of millions of
+/// tiny records costs no memory per record.
+pub fn records_in<'a>(buf: &[u8], payload: &'a [u8]) -> Option<Records<'a>> {
     let info = parse_header(buf).ok()?;
-    let base_ts = be_i64(buf, BASE_TIMESTAMP_OFFSET)?;
-    let count = usize::try_from(be_i32(buf, COUNT_OFFSET)?).ok()?;
-    let mut out = Vec::with_capacity(count.min(payload.len()));
-    let mut at = 0;
-    for _ in 0..count {
-        let start = at;
+    let records = Records {
+        payload,
+        at: 0,
+        left: usize::try_from(be_i32(buf, COUNT_OFFSET)?).ok()?,
+        base_offset: info.base_offset,
+        base_timestamp: be_i64(buf, BASE_TIMESTAMP_OFFSET)?,
+    };
+    let mut check = records.clone();
+    while check.left > 0 {
+        check.left -= 1;
+        check.read_one()?;
+    }
+    (check.at == payload.len()).then_some(records)
+}
+
+/// The records of one batch, in order: see [`records_in`], which has checked
+/// that every one parses.
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    payload: &'a [u8],
+    /// Where the next record starts in `payload`.
+    at: usize,
+    /// Records not yet read.
+    left: usize,
+    base_offset: i64,
+    base_timestamp: i64,
+}
+
+impl<'a> Records<'a> {
+    /// Parses the record at `at` and moves past it; `None` when it does not
+    /// parse.
+    fn read_one(&mut self) -> Option<RecordView<'a>> {
+        let payload = self.payload;
+        let start = self.at;
+        let mut at = start;
         let len = usize::try_from(varlong(payload, &mut at)?).ok()?;
         let end = at.checked_add(len).filter(|&e| e <= payload.len())?;
         let mut r = at + 1; // attributes
@@ -562,17 +592,35 @@ pub fn records_in<'a>(buf: &[u8], payload: &'a [u8]) -> Option<Vec<RecordView<'a
         if r > end {
             return None;
         }
-        out.push(RecordView {
-            offset: info.base_offset.checked_add(offset_delta)?,
-            timestamp: base_ts.checked_add(ts_delta)?,
+        self.at = end;
+        Some(RecordView {
+            offset: self.base_offset.checked_add(offset_delta)?,
+            timestamp: self.base_timestamp.checked_add(ts_delta)?,
             key,
             tombstone: value.is_none(),
             bytes: start..end,
-        });
-        at = end;
+        })
     }
-    (at == payload.len()).then_some(out)
 }
+
+impl<'a> Iterator for Records<'a> {
+    type Item = RecordView<'a>;
+
+    fn next(&mut self) -> Option<RecordView<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Checked by `records_in`: every record parses.
+        self.read_one()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Records<'_> {}
 
 /// The largest records section [`payload`] decompresses (a batch that claims
 /// more is treated as one whose records cannot be read).
@@ -992,15 +1040,20 @@ fn seal(b: &mut [u8]) {
 /// the ranges [`records`] gives), uncompressed: every other header field stays
 /// as it was (base offset, last offset delta, timestamps, producer), as Kafka's
 /// log cleaner keeps them, so the batch still spans the same offsets.
-pub fn retain_records(buf: &[u8], payload: &[u8], keep: &[std::ops::Range<usize>]) -> Vec<u8> {
-    let mut b =
-        Vec::with_capacity(HEADER_LEN + keep.iter().map(ExactSizeIterator::len).sum::<usize>());
+pub fn retain_records(
+    buf: &[u8],
+    payload: &[u8],
+    keep: impl IntoIterator<Item = std::ops::Range<usize>>,
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN + payload.len());
     b.extend_from_slice(&buf[..HEADER_LEN]);
     b[ATTRIBUTES_OFFSET + 1] &= !0x07;
+    let mut kept = 0usize;
     for r in keep {
-        b.extend_from_slice(&payload[r.clone()]);
+        b.extend_from_slice(&payload[r]);
+        kept += 1;
     }
-    let count = i32::try_from(keep.len()).unwrap_or(i32::MAX);
+    let count = i32::try_from(kept).unwrap_or(i32::MAX);
     b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
     seal(&mut b);
     b
@@ -1050,6 +1103,11 @@ pub fn assign_offsets(buf: &mut [u8], infos: &[BatchInfo], base: i64) -> i64 {
 pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Every record of the uncompressed batch at the start of `buf`, collected.
+    fn all_records(buf: &[u8]) -> Option<Vec<RecordView<'_>>> {
+        records(buf).map(Iterator::collect)
+    }
 
     /// Builds a valid uncompressed batch with `count` records whose values are `values`.
     pub(crate) fn make_batch(base: i64, values: &[&[u8]]) -> Vec<u8> {
@@ -1226,20 +1284,27 @@ pub(crate) mod tests {
                 })
                 .collect()
         };
-        let plain = owned(records(&b).unwrap());
+        let plain = owned(all_records(&b).unwrap());
         for codec in [1, 2, 5, 3, 4] {
             let c = compress_batch(&b, codec);
             let info = validate(&c).unwrap();
             assert_eq!(info.last_offset(), 7);
-            assert!(is_compressed(&c) && records(&c).is_none(), "codec {codec}");
+            assert!(
+                is_compressed(&c) && all_records(&c).is_none(),
+                "codec {codec}"
+            );
             let p = payload(&c).unwrap_or_else(|| panic!("codec {codec}"));
             assert_eq!(&p[..], &b[HEADER_LEN..], "codec {codec}");
-            assert_eq!(owned(records_in(&c, &p).unwrap()), plain, "codec {codec}");
+            assert_eq!(
+                owned(records_in(&c, &p).unwrap().collect()),
+                plain,
+                "codec {codec}"
+            );
             // The records kept, uncompressed, every other field as it was.
-            let rs = records_in(&c, &p).unwrap();
-            let kept = retain_records(&c, &p, &[rs[2].bytes.clone()]);
+            let rs: Vec<_> = records_in(&c, &p).unwrap().collect();
+            let kept = retain_records(&c, &p, [rs[2].bytes.clone()]);
             assert!(!is_compressed(&kept));
-            let left: Vec<_> = records(&kept)
+            let left: Vec<_> = all_records(&kept)
                 .unwrap()
                 .into_iter()
                 .map(|r| r.offset)
@@ -1285,7 +1350,7 @@ pub(crate) mod tests {
             0,
             10,
         );
-        let rs = records(&b).unwrap();
+        let rs = all_records(&b).unwrap();
         let keys: Vec<_> = rs
             .iter()
             .map(|r| (r.offset, r.timestamp, r.key, r.tombstone))
@@ -1304,7 +1369,7 @@ pub(crate) mod tests {
 
         // Keep records 0 and 2: a valid batch spanning the same offsets, same
         // producer and sequence, two records.
-        let kept = retain_records(&b, &b, &[rs[0].bytes.clone(), rs[2].bytes.clone()]);
+        let kept = retain_records(&b, &b, [rs[0].bytes.clone(), rs[2].bytes.clone()]);
         let info = validate(&kept).unwrap();
         let orig = validate(&b).unwrap();
         assert_eq!(
@@ -1312,7 +1377,7 @@ pub(crate) mod tests {
             (orig.base_offset, orig.last_offset_delta, orig.max_timestamp)
         );
         assert_eq!((info.producer_id, info.base_sequence), (7, 10));
-        let left: Vec<_> = records(&kept)
+        let left: Vec<_> = all_records(&kept)
             .unwrap()
             .into_iter()
             .map(|r| (r.offset, r.key))
@@ -1320,7 +1385,7 @@ pub(crate) mod tests {
         assert_eq!(left, vec![(0, Some(&b"k1"[..])), (2, Some(&b"k2"[..]))]);
 
         // Keep none: still valid as a stored batch, refused as a produced one.
-        let none = retain_records(&b, &b, &[]);
+        let none = retain_records(&b, &b, []);
         assert!(matches!(
             validate(&none),
             Err(BatchError::BadCount { count: 0, .. })
@@ -1334,20 +1399,20 @@ pub(crate) mod tests {
             (40, 59, 1234)
         );
         assert_eq!(info.producer_id, -1);
-        assert_eq!(records(&gap), Some(vec![]));
+        assert_eq!(all_records(&gap), Some(vec![]));
 
         // Trailing bytes after the counted records, or a key longer than its
         // record: not parsed.
         let mut short_count = b.clone();
         short_count[COUNT_OFFSET + 3] -= 1;
-        assert_eq!(records(&short_count), None);
+        assert_eq!(all_records(&short_count), None);
         let mut long_key = b.clone();
         long_key[HEADER_LEN + 4] = 0x7e; // first record's key length: 63
-        assert_eq!(records(&long_key), None);
+        assert_eq!(all_records(&long_key), None);
         let mut gz = b.clone();
         gz[ATTRIBUTES_OFFSET + 1] |= 4;
         assert!(is_compressed(&gz) && !is_compressed(&b));
-        assert_eq!(records(&gz), None);
+        assert_eq!(all_records(&gz), None);
     }
 
     /// (offset, timestamp) of every record, as [`records`] reads them.
@@ -1487,12 +1552,7 @@ pub(crate) mod tests {
     }
 
     fn record_timestamps(buf: &[u8]) -> Option<Vec<(i64, i64)>> {
-        Some(
-            records(buf)?
-                .into_iter()
-                .map(|r| (r.offset, r.timestamp))
-                .collect(),
-        )
+        Some(records(buf)?.map(|r| (r.offset, r.timestamp)).collect())
     }
 
     #[test]
@@ -1640,7 +1700,7 @@ pub(crate) mod tests {
             Err(BatchError::Truncated)
         );
         // Offset deltas out of order: the second record's says 5.
-        let rs = records(&b).unwrap();
+        let rs = all_records(&b).unwrap();
         let mut order = b.clone();
         let at = rs[1].bytes.start + 3; // length, attributes, timestamp delta
         assert_eq!(order[at], 2);

@@ -132,7 +132,7 @@ impl Source {
 fn with_records<T>(
     buf: &[u8],
     info: &BatchInfo,
-    f: impl FnOnce(Option<(&[batch::RecordView<'_>], &[u8], bool)>) -> T,
+    f: impl FnOnce(Option<(batch::Records<'_>, &[u8], bool)>) -> T,
 ) -> T {
     if info.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) != 0 {
         return f(None);
@@ -141,7 +141,7 @@ fn with_records<T>(
         return f(None);
     };
     match batch::records_in(buf, &payload) {
-        Some(records) => f(Some((&records, &payload, batch::is_compressed(buf)))),
+        Some(records) => f(Some((records, &payload, batch::is_compressed(buf)))),
         None => f(None),
     }
 }
@@ -169,7 +169,7 @@ pub(crate) fn build_map(sources: &[Source], first: usize, limit: usize) -> Resul
         }
         src.for_each_batch(|buf, info| {
             with_records(buf, info, |records| {
-                for r in records.map_or(&[][..], |r| r.0) {
+                for r in records.into_iter().flat_map(|r| r.0) {
                     if let Some(k) = r.key {
                         match map.latest.get_mut(k) {
                             Some(o) => *o = r.offset,
@@ -272,20 +272,19 @@ impl<'a> Judge<'a> {
                 self.first_unsafe.get_or_insert(info.base_offset);
                 return Decision::Whole;
             };
+            // Counted first, then copied: the records are read twice rather
+            // than collected (a batch may hold millions).
             let n = records.len();
-            let kept: Vec<_> = records
-                .iter()
-                .filter(|r| self.keep(r))
-                .map(|r| r.bytes.clone())
-                .collect();
-            let removed = (n - kept.len()) as u64;
-            if n == 0 || kept.is_empty() {
+            let kept = records.clone().filter(|r| self.keep(r)).count();
+            let removed = (n - kept) as u64;
+            if n == 0 || kept == 0 {
                 return Decision::Drop { removed };
             }
             if removed == 0 {
                 return Decision::Whole;
             }
-            let batch = batch::retain_records(buf, payload, &kept);
+            let keep = records.filter(|r| self.keep(r)).map(|r| r.bytes);
+            let batch = batch::retain_records(buf, payload, keep);
             if compressed && batch.len() > buf.len() {
                 Decision::WholeStale
             } else {

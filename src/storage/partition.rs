@@ -1224,27 +1224,30 @@ impl Partition {
         visited
     }
 
-    /// The records of the batch `info` at `position` of `file` that are at or
-    /// above `start`, as (offset, timestamp), decompressing a compressed batch;
-    /// `None` for one whose records cannot be read.
-    fn batch_records(
+    /// The first record of the batch `info` at `position` of `file` at or
+    /// above `start` whose timestamp `wanted` accepts, as (offset, timestamp),
+    /// decompressing a compressed batch; `Err(())` inside for one whose records
+    /// cannot be read. Records are read one at a time, none collected.
+    fn find_record(
         info: &BatchInfo,
         file: &File,
         path: &Path,
         position: u64,
         start: i64,
-    ) -> Result<Option<Vec<(i64, i64)>>> {
+        wanted: impl Fn(i64) -> bool,
+    ) -> Result<std::result::Result<Option<(i64, i64)>, ()>> {
         let mut buf = vec![0u8; info.len];
         file.read_exact_at(&mut buf, position)
             .map_err(|e| Error::io("read", path, e))?;
-        Ok(batch::payload(&buf).and_then(|payload| {
-            batch::records_in(&buf, &payload).map(|rs| {
-                rs.into_iter()
-                    .map(|r| (r.offset, r.timestamp))
-                    .filter(|&(o, _)| o >= start)
-                    .collect()
-            })
-        }))
+        let Some(payload) = batch::payload(&buf) else {
+            return Ok(Err(()));
+        };
+        let Some(mut records) = batch::records_in(&buf, &payload) else {
+            return Ok(Err(()));
+        };
+        Ok(Ok(records
+            .find(|r| r.offset >= start && wanted(r.timestamp))
+            .map(|r| (r.offset, r.timestamp))))
     }
 
     /// ListOffsets by timestamp: the first offset whose record's timestamp is at or
@@ -1264,10 +1267,11 @@ impl Partition {
             if info.max_timestamp < timestamp {
                 return Ok(false);
             }
-            found = match Self::batch_records(info, file, path, position, start)? {
-                Some(records) => records.into_iter().find(|&(_, ts)| ts >= timestamp),
-                None => Some((info.base_offset.max(start), info.max_timestamp)),
-            };
+            found =
+                match Self::find_record(info, file, path, position, start, |ts| ts >= timestamp)? {
+                    Ok(found) => found,
+                    Err(()) => Some((info.base_offset.max(start), info.max_timestamp)),
+                };
             Ok(found.is_some())
         })?;
         Ok(found)
@@ -1307,8 +1311,9 @@ impl Partition {
             return Ok(None);
         };
         let max = info.max_timestamp;
-        let exact = Self::batch_records(&info, &file, &path, position, start)?
-            .and_then(|records| records.into_iter().find(|&(_, ts)| ts == max));
+        let exact = Self::find_record(&info, &file, &path, position, start, |ts| ts == max)?
+            .ok()
+            .flatten();
         Ok(Some(exact.unwrap_or((info.last_offset(), max))))
     }
 }
@@ -2041,8 +2046,7 @@ pub(crate) mod tests {
                     let b = &b[..info.len];
                     let records = batch::payload(b).and_then(|payload| {
                         batch::records_in(b, &payload).map(|rs| {
-                            rs.into_iter()
-                                .map(|r| (r.offset, r.key.map(<[u8]>::to_vec), r.tombstone))
+                            rs.map(|r| (r.offset, r.key.map(<[u8]>::to_vec), r.tombstone))
                                 .collect()
                         })
                     });
