@@ -12,10 +12,11 @@
 //!    the broker started (or since the last pass) are at least
 //!    `min.cleanable.dirty.ratio` of all cleanable bytes.
 //! 3. A key map (key → offset of its newest record) is built from the cleanable
-//!    segments after the last pass, whole segments at a time, until it holds
-//!    about [`CompactionPolicy::map_bytes`]; the pass compacts every segment from
-//!    the log start to the end of the map against it, and the next one goes on
-//!    from there.
+//!    records after the last pass, a batch at a time, until it holds about
+//!    [`CompactionPolicy::map_bytes`] (at least one batch, so a segment with more
+//!    keys than the map holds is mapped a part per pass); the pass compacts every
+//!    segment from the log start to the end of the map against it, keeping every
+//!    batch past the map's end as it is, and the next one goes on from there.
 //! 4. Each mapped segment is read once to see what would stay (`plan_segment`).
 //!    Consecutive segments whose copies fit in `segment.bytes` together form a
 //!    group, so that compacted segments do not pile up as ever smaller files.
@@ -55,7 +56,7 @@ use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN},
-    segment::{read_batch_header, BatchIndex, CleanedWriter},
+    segment::{read_batch_header, BatchIndex, CleanedWriter, Segment},
 };
 
 /// Default bound of one pass's key map (`--log-cleaner-dedupe-buffer-size`;
@@ -74,7 +75,7 @@ pub struct CompactionPolicy {
     /// The share of cleanable bytes that must be new since the last pass.
     pub min_cleanable_dirty_ratio: f64,
     /// Bound of the key map (keys plus per-entry overhead); at least one
-    /// segment is mapped whatever its size.
+    /// batch is mapped whatever its size.
     pub map_bytes: usize,
     /// The topic's `segment.bytes`: consecutive segments whose copies fit in it
     /// together are merged into one.
@@ -107,10 +108,38 @@ pub(crate) struct Source {
 }
 
 impl Source {
+    /// The closed segment `s`, to read outside the partition lock.
+    pub(crate) fn of(s: &Segment) -> Source {
+        Source {
+            base: s.base_offset(),
+            next: s.next_offset(),
+            size: s.size(),
+            file: s.file(),
+            path: s.log_path().to_path_buf(),
+            index: s.shared_index(),
+        }
+    }
+
     /// Calls `f` with every batch of the segment, whole, and its header.
     fn for_each_batch(&self, mut f: impl FnMut(&[u8], &BatchInfo) -> Result<()>) -> Result<()> {
+        self.batches_while(0, |buf, info| f(buf, info).map(|()| true))
+    }
+
+    /// Calls `f` with every batch of the segment that ends at or after offset
+    /// `from`, whole, and its header, until `f` answers false.
+    fn batches_while(
+        &self,
+        from: i64,
+        mut f: impl FnMut(&[u8], &BatchInfo) -> Result<bool>,
+    ) -> Result<()> {
         let mut buf = Vec::new();
-        for position in self.index.iter().map(|e| e.position) {
+        // The batch holding `from` at the latest starts at the index entry
+        // before the first one past it.
+        let first = self
+            .index
+            .partition_point(|e| e.offset <= from)
+            .saturating_sub(1);
+        for position in self.index.iter().skip(first).map(|e| e.position) {
             buf.resize(HEADER_LEN, 0);
             let info = read_batch_header(&self.file, &self.path, position, self.size, &mut buf)?;
             buf.resize(info.len, 0);
@@ -119,7 +148,9 @@ impl Source {
                 .map_err(|e| Error::io("read", &self.path, e))?;
             batch::validate_stored(&buf)
                 .map_err(|e| Error::corrupt(&self.path, position, e.to_string()))?;
-            f(&buf, &info)?;
+            if info.last_offset() >= from && !f(&buf, &info)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -146,28 +177,47 @@ fn with_records<T>(
     }
 }
 
-/// Key → offset of its newest record, over the mapped segments.
+/// Key → offset of its newest record, over the mapped batches.
 #[derive(Debug, Default)]
 pub(crate) struct KeyMap {
     latest: HashMap<Vec<u8>, i64>,
     bytes: usize,
+    /// The offset after the last mapped batch: a pass judges no record at or
+    /// past it (the map does not know whether a newer record of its key
+    /// follows), so every batch from there on is kept as it is.
+    pub end: i64,
 }
 
-/// Per-entry overhead counted against the map's bound.
-const ENTRY_OVERHEAD: usize = 48;
+/// Per-entry overhead counted against the map's bound: the table's slot (the
+/// key's `Vec` and the offset, at the table's load factor) and the key's own
+/// allocation's header and rounding.
+const ENTRY_OVERHEAD: usize = 80;
 
-/// Maps the keys of `sources[first..]` in order, whole segments at a time, until
-/// the map holds `limit` bytes (at least one segment). Returns the map and the
-/// index after the last segment it covers. A batch whose records cannot be read
-/// adds no key (its records all stay).
-pub(crate) fn build_map(sources: &[Source], first: usize, limit: usize) -> Result<(KeyMap, usize)> {
-    let mut map = KeyMap::default();
+/// Maps the keys of `sources[first..]` from offset `from` on, in order, a batch
+/// at a time, until the map holds `limit` bytes (at least one batch). Returns
+/// the map and the index after the last segment it covers, wholly or in part
+/// (see [`KeyMap::end`]). A batch whose records cannot be read adds no key
+/// (its records all stay).
+pub(crate) fn build_map(
+    sources: &[Source],
+    first: usize,
+    from: i64,
+    limit: usize,
+) -> Result<(KeyMap, usize)> {
+    let mut map = KeyMap {
+        end: from,
+        ..KeyMap::default()
+    };
     let mut end = first;
     for src in &sources[first..] {
         if end > first && map.bytes >= limit {
             break;
         }
-        src.for_each_batch(|buf, info| {
+        src.batches_while(from, |buf, info| {
+            if map.end > from && map.bytes >= limit {
+                return Ok(false);
+            }
+            map.end = info.last_offset() + 1;
             with_records(buf, info, |records| {
                 for r in records.into_iter().flat_map(|r| r.0) {
                     if let Some(k) = r.key {
@@ -181,7 +231,7 @@ pub(crate) fn build_map(sources: &[Source], first: usize, limit: usize) -> Resul
                     }
                 }
             });
-            Ok(())
+            Ok(true)
         })?;
         end += 1;
     }
@@ -267,6 +317,10 @@ impl<'a> Judge<'a> {
 
     /// Decides the batch `buf` (batches must be judged in offset order).
     fn decide(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
+        if info.base_offset >= self.map.end {
+            // Past the map: a newer record of any of its keys may follow.
+            return Decision::Whole;
+        }
         let d = with_records(buf, info, |records| {
             let Some((records, payload, compressed)) = records else {
                 self.first_unsafe.get_or_insert(info.base_offset);

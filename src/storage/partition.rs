@@ -768,14 +768,7 @@ impl Partition {
                         && (lag == 0
                             || (s.max_timestamp_is_exact() && s.max_timestamp() <= horizon))
                 })
-                .map(|s| Source {
-                    base: s.base_offset(),
-                    next: s.next_offset(),
-                    size: s.size(),
-                    file: s.file(),
-                    path: s.log_path().to_path_buf(),
-                    index: s.shared_index(),
-                })
+                .map(Source::of)
                 .collect()
         };
         let total: u64 = sources.iter().map(|s| s.size).sum();
@@ -795,7 +788,8 @@ impl Partition {
         // compacts every segment from the log start to the end of the map
         // against it (a key the map lacks has no newer record there).
         let first_dirty = sources.iter().position(|s| s.next > cleaned).unwrap_or(0);
-        let (map, mapped) = compaction::build_map(&sources, first_dirty, policy.map_bytes)?;
+        let (map, mapped) =
+            compaction::build_map(&sources, first_dirty, cleaned, policy.map_bytes)?;
         let sources = &sources[..mapped];
         // Each segment's plan knows the first batch before it that may hold an
         // older value of some key (no tombstone after one may go).
@@ -828,7 +822,7 @@ impl Partition {
             i = j;
         }
         let mut stats = CompactionStats::default();
-        let mut covered = sources[mapped - 1].next;
+        let mut covered = map.end;
         for g in groups {
             // A delete of the topic waits for the pass: it stops early.
             if stop.load(Ordering::Acquire) || self.is_deleted() {
@@ -2434,6 +2428,78 @@ pub(crate) mod tests {
                 }
             }
             assert_eq!(seen, newest);
+        }
+
+        /// The key map's bound holds inside a segment: a segment with more keys
+        /// than the map holds is mapped a part per pass, batches past the
+        /// map's end (a tombstone among them) stay as they are, and passes go
+        /// on from where the last one stopped until the segment is done.
+        #[test]
+        fn a_segment_with_more_keys_than_the_map_holds_is_mapped_a_part_per_pass() {
+            let dir = tempfile::tempdir().unwrap();
+            let p = Partition::open("t", 0, dir.path().join("0"), 1 << 20).unwrap();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("gone"), Some("old"))]);
+            // 100 batches of 10 distinct keys each, then a tombstone of "gone":
+            // one segment.
+            for b in 0..100 {
+                let keys: Vec<String> = (0..10).map(|k| format!("key{b:03}-{k}")).collect();
+                let records: Vec<(Option<&str>, Option<&str>)> =
+                    keys.iter().map(|k| (Some(k.as_str()), Some("v"))).collect();
+                put(&p, &mut model, &records);
+            }
+            put(&p, &mut model, &[(Some("gone"), None)]);
+            // The next batch starts a new, active segment.
+            p.set_segment_bytes(1);
+            put(&p, &mut model, &[(Some("active"), Some("v"))]);
+            let active = active_base(&p);
+            assert_eq!(active, 1002);
+
+            // A map of about two batches' keys.
+            let limit = 2 * 10 * (10 + 80);
+            let mut pol = policy(TS + 10);
+            pol.map_bytes = limit;
+            pol.delete_retention_ms = 0;
+            let sources = vec![compaction::Source::of(&p.log.lock().unwrap()[0])];
+            let (map, mapped) = compaction::build_map(&sources, 0, 0, limit).unwrap();
+            assert_eq!(mapped, 1);
+            assert!(
+                map.end > 1 && map.end < 1001,
+                "the map ends at {}, in the segment",
+                map.end
+            );
+            drop(sources);
+
+            // One pass: the map stops inside the segment; the tombstone past it
+            // stays, and so does the old value of its key.
+            compact(&p, &pol);
+            let cleaned = p.cleaned_through.load(Ordering::Acquire);
+            assert!(cleaned < 1001, "the first pass covered up to {cleaned}");
+            let read: Vec<(i64, Option<Vec<u8>>, bool)> = read_all(&p)
+                .into_iter()
+                .flat_map(|b| b.2.unwrap())
+                .collect();
+            assert!(read.contains(&(0, Some(b"gone".to_vec()), false)));
+            assert!(read.contains(&(1001, Some(b"gone".to_vec()), true)));
+
+            let mut passes = 1;
+            while p.cleaned_through.load(Ordering::Acquire) < active {
+                compact(&p, &pol);
+                passes += 1;
+                assert!(passes < 200, "no progress");
+            }
+            assert!(passes > 10, "{passes} passes");
+            // Every key once, at its only offset; "gone" and its tombstone gone.
+            let read: Vec<(i64, Option<Vec<u8>>, bool)> = read_all(&p)
+                .into_iter()
+                .flat_map(|b| b.2.unwrap())
+                .collect();
+            let expected: Vec<(i64, Option<Vec<u8>>, bool)> = model
+                .iter()
+                .filter(|(_, (k, _))| k.as_deref() != Some(&b"gone"[..]))
+                .map(|(o, (k, v))| (*o, k.clone(), v.is_none()))
+                .collect();
+            assert_eq!(read, expected);
         }
 
         #[test]
