@@ -1745,6 +1745,28 @@ fn delete_records_answers_each_partition() {
         "above the high watermark"
     );
     assert_eq!(earliest_latest(&mut s, "dr"), (2, 3));
+
+    // A topic that only compacts refuses it, as Kafka does (POLICY_VIOLATION);
+    // one that compacts and deletes takes it.
+    for (name, policy, code, start) in [
+        ("compact", "compact", 44, 0),
+        ("both", "compact,delete", 0, 1),
+    ] {
+        assert_eq!(
+            create_topic(&mut s, name, 1, &[("cleanup.policy", policy)]),
+            0
+        );
+        for i in 0..2 {
+            let b = keyed_batch(&[("k", "v")]);
+            assert_eq!(produce_to(&mut s, name, 0, b), (0, i));
+        }
+        let req = DeleteRecordsRequest::default().with_topics(vec![topic(name, &[(0, 1)])]);
+        s.write_all(&request_frame(ApiKey::DeleteRecords, 2, 9, &req))
+            .unwrap();
+        let (_, r): (i32, DeleteRecordsResponse) = response(&mut s, ApiKey::DeleteRecords, 2);
+        assert_eq!(r.topics[0].partitions[0].error_code, code, "{policy}");
+        assert_eq!(earliest_latest(&mut s, name), (start, 2), "{policy}");
+    }
 }
 
 #[test]

@@ -454,6 +454,11 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
         req.topics
             .into_iter()
             .map(|t| {
+                // As Kafka: records of a topic whose policy does not delete
+                // (compact only) are not deleted on request either.
+                let deletes = storage
+                    .topic(&t.name.0)
+                    .is_none_or(|topic| topic.configs.delete());
                 let partitions = t
                     .partitions
                     .iter()
@@ -464,6 +469,9 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
                         let Some(part) = storage.partition(&t.name.0, p.partition_index) else {
                             return r.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                         };
+                        if !deletes {
+                            return r.with_error_code(codes::POLICY_VIOLATION);
+                        }
                         match part.delete_records(p.offset) {
                             Ok(start) => r.with_error_code(codes::NONE).with_low_watermark(start),
                             Err(e) => {
