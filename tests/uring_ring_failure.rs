@@ -9,6 +9,8 @@
 //! The test thread installs a seccomp filter on every thread of the process
 //! (the commit thread is already running) that answers `io_uring_enter` with
 //! EIO. A filter cannot be removed, so this file holds one test and nothing else.
+//! Each WAL's failure leaves operations the ring cannot reap, so each directory
+//! stays locked after the close, and is recovered from a copy.
 #![cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -86,6 +88,28 @@ fn recover_with_std(path: &std::path::Path, acked: &[(u64, Bytes)]) -> Vec<(u64,
     got
 }
 
+/// The directory of a WAL whose ring failed with operations it could not
+/// reap stays locked: the kernel may still complete them, and a new owner's
+/// writes must not be overwritten. Its files are read from a copy.
+fn copy_of_locked(path: &std::path::Path) -> tempfile::TempDir {
+    let err = Wal::open(path, config(BackendKind::Std, SyncMode::EveryWrite))
+        .map(drop)
+        .expect_err("the directory of an abandoned ring was unlocked");
+    assert!(
+        matches!(err, streamline::Error::Locked { .. }),
+        "{}: {err}",
+        path.display()
+    );
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(path).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_file() {
+            std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+        }
+    }
+    copy
+}
+
 fn assert_names_the_ring(e: &streamline::Error) {
     assert!(e.to_string().contains("io_uring_enter"), "{e}");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
@@ -152,7 +176,7 @@ fn a_failing_ring_fails_appends_and_acknowledges_nothing_it_did_not_write() {
     assert_names_the_ring(&wal3.close().unwrap_err());
     // Entries written but not acknowledged (in flight when the ring failed) may
     // be there too.
-    let got = recover_with_std(&loaded, &acked3);
+    let got = recover_with_std(copy_of_locked(&loaded).path(), &acked3);
     assert!(
         got.len() <= acked3.len() + 4,
         "at most one unacknowledged append per writer"
@@ -186,10 +210,10 @@ fn a_failing_ring_fails_appends_and_acknowledges_nothing_it_did_not_write() {
     assert_names_the_ring(&wal2.close().unwrap_err());
 
     let want: Vec<(u64, Bytes)> = (1..=50).map(|i| (i, payload(i))).collect();
-    let got = recover_with_std(&durable, &want);
+    let got = recover_with_std(copy_of_locked(&durable).path(), &want);
     assert_eq!(got, want, "every_write: exactly what was acknowledged");
     // interval: the synced entries and every acknowledged one; anything else was
     // written, then not acknowledged because the fdatasync before it failed.
-    let got = recover_with_std(&buffered, &acked);
+    let got = recover_with_std(copy_of_locked(&buffered).path(), &acked);
     assert_eq!(got[..50], want[..], "interval: the synced entries");
 }

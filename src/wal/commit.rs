@@ -206,6 +206,10 @@ pub(crate) struct Core {
     async_wakers: Mutex<Vec<Waker>>,
     pub failed: OnceLock<Arc<Error>>,
     pub closed: AtomicBool,
+    /// Set when a failure left operations in the kernel that could not be
+    /// reaped: the ring was leaked with them, and its writes may still land.
+    /// The directory then stays locked until the process exits.
+    pub ring_abandoned: AtomicBool,
     pub counters: Counters,
     pub archived: Mutex<Vec<Archived>>,
     /// Highest acknowledged sequence.
@@ -241,6 +245,7 @@ impl Core {
             async_wakers: Mutex::new(Vec::new()),
             failed: OnceLock::new(),
             closed: AtomicBool::new(false),
+            ring_abandoned: AtomicBool::new(false),
             counters: Counters::default(),
             archived: Mutex::new(archived),
             acked_through: AtomicU64::new(last_sequence),
@@ -1754,6 +1759,7 @@ impl Committer {
         }
         self.sync_op = None;
         if reap_failed {
+            self.core.ring_abandoned.store(true, Ordering::Release);
             // Registered buffers must outlive the ring: leak the ring's owner too.
             let backend = std::mem::replace(
                 &mut self.backend,

@@ -143,12 +143,20 @@ impl Handle {
             );
             r = Err(Error::Failed { cause });
         }
-        drop(
-            self.lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        let lock = self
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if self.core.ring_abandoned.load(Ordering::Acquire) {
+            // Writes the kernel may still complete: another process (or a
+            // reopen here) must not write where they land. The lock file is
+            // left open and locked until the process exits.
+            tracing::error!(dir = %self.core.dir.display(), "the WAL failed with writes in the kernel that could not be reaped; its directory stays locked until this process exits");
+            std::mem::forget(lock);
+        } else {
+            drop(lock);
+        }
         r
     }
 }
