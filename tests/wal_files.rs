@@ -1182,6 +1182,40 @@ fn a_prepared_file_is_written_through_to_its_end() {
     assert!(bytes[BLOCK_SIZE..].iter().all(|&b| b == 0));
 }
 
+/// A close cuts the preparation of `next.wal` short; the file it leaves must
+/// not be taken by the next run as prepared while most of it was never
+/// written (each sync there would convert extents, which zero-filling is
+/// for). After a close in the middle of the zero-fills, `next.wal` is either
+/// gone (prepared again, whole, later) or written to its end.
+#[test]
+fn a_close_leaves_no_next_file_whose_zero_fill_it_cut_short() {
+    use streamline::wal::files::{first_unwritten, NEXT};
+    // On the checkout's file system (ext4 here), which reports never-written
+    // blocks, unlike a possibly tmpfs-backed /tmp.
+    let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for backend in BACKENDS {
+        let dir = on_disk.path().join(backend.to_string());
+        // Zero-filling the new file's 252 MiB tail and then the next file's
+        // 256 MiB takes far longer than an append and a close.
+        let cfg = WalConfig {
+            max_file_size: 256 << 20,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(&dir, cfg.clone());
+        wal.append("t", 0, Bytes::from(payload(0, 100)))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        let next = dir.join(NEXT);
+        if next.exists() {
+            let hole = first_unwritten(&std::fs::File::open(&next).unwrap());
+            assert_eq!(hole, Some(cfg.max_file_size), "{backend}: kept cut short");
+        }
+        let (_wal, got) = open(&dir, cfg);
+        assert_eq!(got.len(), 1, "{backend}");
+    }
+}
+
 /// A rotation that needs the next file while it is still being zero-filled cuts the
 /// fill short (waiting would stall every producer). Such a file has its full size and
 /// header, reads as zeros after it, and works as the active file on both backends.
@@ -1485,6 +1519,22 @@ fn a_prepared_next_file_survives_a_restart_and_is_used_when_it_fits() {
         let b = std::fs::read(dir.join("next.wal")).unwrap();
         decode_file_header(&b[..4096]).unwrap().file_number
     };
+    // Waits until file `number` is prepared whole: a close removes a next
+    // file whose zero-fill it cut short. Only the header is read (a cached
+    // page of a never-written block would count as written).
+    let prepared = |dir: &std::path::Path, number: u64| {
+        use std::os::unix::fs::FileExt;
+        let mut header = vec![0u8; 4096];
+        for _ in 0..5000 {
+            let read = std::fs::File::open(dir.join("next.wal"))
+                .and_then(|f| f.read_exact_at(&mut header, 0));
+            if read.is_ok() && decode_file_header(&header).unwrap().file_number == number {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("file {number} was never prepared");
+    };
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(backend, SyncMode::EveryWrite);
@@ -1492,8 +1542,9 @@ fn a_prepared_next_file_survives_a_restart_and_is_used_when_it_fits() {
         wal.append("n", 0, Bytes::from_static(b"one"))
             .wait()
             .unwrap();
-        wal.close().unwrap(); // waits for the preparer
         let next = dir.path().join("next.wal");
+        prepared(dir.path(), 2);
+        wal.close().unwrap();
         assert_eq!(next_header(dir.path()), 2, "{backend}");
         let ino = std::fs::metadata(&next).unwrap().ino();
 
@@ -1515,6 +1566,7 @@ fn a_prepared_next_file_survives_a_restart_and_is_used_when_it_fits() {
             ino,
             "{backend}: the kept next.wal became current.wal"
         );
+        prepared(dir.path(), 3);
         wal.close().unwrap();
 
         // One that does not fit (another file number) is replaced.
@@ -1522,6 +1574,7 @@ fn a_prepared_next_file_survives_a_restart_and_is_used_when_it_fits() {
         let p = files::prepare_file(dir.path(), 99, cfg.max_file_size, Prealloc::Reserve).unwrap();
         assert_eq!(p, next);
         let (wal, _) = open(dir.path(), cfg.clone());
+        prepared(dir.path(), 3);
         wal.close().unwrap();
         assert_eq!(
             next_header(dir.path()),

@@ -612,6 +612,9 @@ pub(crate) struct Preparer {
     /// The zero-fill of the active file's tail, until the commit thread needs space
     /// it has not reached ([`Committer::claim_active`]).
     tail: Option<Arc<TailFill>>,
+    /// Whether the next file is to be zero-filled whole, and its size.
+    zero_fill: bool,
+    size: u64,
 }
 
 impl Preparer {
@@ -620,6 +623,28 @@ impl Preparer {
     /// 100 MiB file is full before its successor is zero-filled).
     fn finish(mut self) -> Option<Result<PathBuf>> {
         self.stop_and_join()
+    }
+
+    /// At a close: stops the preparer as [`Preparer::finish`] does, and removes
+    /// a next file whose zero-fill it cut short. A kept `next.wal` is taken as
+    /// prepared by the next run; one left reserved but never written would make
+    /// every sync there convert extents, which zero-filling is for. The next
+    /// run prepares it again, whole.
+    fn abandon(mut self) {
+        let (zero_fill, size) = (self.zero_fill, self.size);
+        let Some(Ok(path)) = self.stop_and_join() else {
+            return;
+        };
+        let cut_short = zero_fill
+            && File::open(&path)
+                .ok()
+                .and_then(|f| files::first_unwritten(&f))
+                .is_some_and(|hole| hole < size);
+        if cut_short {
+            if let Err(e) = files::remove(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "removing a next WAL file whose zero-fill was cut short failed; it is used as it is");
+            }
+        }
     }
 
     fn stop_and_join(&mut self) -> Option<Result<PathBuf>> {
@@ -679,6 +704,8 @@ pub(crate) fn spawn_preparer(
             handle: Some(handle),
             stop,
             tail: fill,
+            zero_fill: prealloc == Prealloc::ZeroFill,
+            size,
         })
 }
 
@@ -757,7 +784,7 @@ impl Committer {
         // No file work may outlive the thread: the directory lock is released
         // right after it is joined.
         if let Some(p) = self.preparer.take() {
-            let _ = p.finish();
+            p.abandon();
         }
     }
 
@@ -1709,7 +1736,7 @@ impl Committer {
             c.complete(Ok(self.synced_through));
         }
         if let Some(p) = self.preparer.take() {
-            let _ = p.finish();
+            p.abandon();
         }
         Ok(())
     }
@@ -1804,7 +1831,7 @@ impl Committer {
         }
         self.core.closed.store(true, Ordering::Release);
         if let Some(p) = self.preparer.take() {
-            let _ = p.finish();
+            p.abandon();
         }
     }
 }
