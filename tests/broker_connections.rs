@@ -478,3 +478,163 @@ fn requests_queued_behind_a_long_poll_hold_bounded_memory() {
     );
     assert!(served(&mut c), "the connection goes on");
 }
+
+/// Every record of partition 0 of `topic` from offset 0 to `end`, fetched one
+/// Fetch after another (each up to 1 MiB), as (offset, value).
+fn fetch_all(c: &mut TcpStream, topic: &str, end: i64) -> Vec<(i64, String)> {
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut out: Vec<(i64, String)> = Vec::new();
+    let mut next = 0;
+    while next < end {
+        c.write_all(&request_frame(
+            ApiKey::Fetch,
+            12,
+            7,
+            &fetch_request(topic, next, 0),
+        ))
+        .unwrap();
+        let (_, f): (i32, FetchResponse) = response(c, ApiKey::Fetch, 12);
+        let p = &f.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch from {next}");
+        let mut records = p.records.clone().unwrap_or_default();
+        let before = out.len();
+        for set in RecordBatchDecoder::decode_all(&mut records).unwrap() {
+            for r in set.records {
+                let value = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                out.push((r.offset, value));
+            }
+        }
+        assert!(out.len() > before, "a fetch from {next} returned no record");
+        next = out.last().unwrap().0 + 1;
+    }
+    out
+}
+
+/// Asserts that `got` holds exactly the records `want`, naming the first that
+/// differs rather than printing every 5 KiB value.
+fn assert_records(got: &[(i64, String)], want: &[(i64, String)], when: &str) {
+    let first_wrong = got.iter().zip(want).position(|(g, w)| g != w);
+    assert!(
+        got.len() == want.len() && first_wrong.is_none(),
+        "{when}: {} records fetched of {}, the first wrong at index {first_wrong:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// Open descriptors of process `pid` on files under `dir`.
+fn fds_of_under(pid: u32, dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(&dir))
+        .count()
+}
+
+/// A topic whose `segment.bytes` a client set to 4096 (CreateTopics), so that
+/// every 5 KiB produce rolls a segment: 300 segments under a 128-file limit.
+/// Every segment held its log and index open for good, so the broker ran out of
+/// descriptors after a few dozen produces (storage failed, every produce was
+/// refused from then on), and a start over such a directory failed. Now only
+/// the active segment keeps its files; older ones are read through a bounded
+/// cache (by default a quarter of the limit): every produce is acknowledged,
+/// the broker holds a few dozen descriptors on the topic's files, every record
+/// is fetched back from offset 0, and the broker restarts on the directory,
+/// after a kill (every segment above the recovery point is scanned at start)
+/// and after a clean stop, serving them all.
+#[test]
+fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
+    use kafka_protocol::messages::{
+        create_topics_request::{CreatableTopic, CreatableTopicConfig},
+        CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    const OPEN_FILES: u64 = 128;
+    const RECORDS: i64 = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Checkpoints far apart: at the restart after the kill, every segment is
+    // above the recovery point.
+    let mut broker = Broker::start_limited(&data, &["--checkpoint-ms", "600000"], Some(OPEN_FILES));
+    let mut c = connect_served(&broker.addr);
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("many")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("segment.bytes"))
+                .with_value(Some(StrBytes::from_static_str("4096")))])])
+        .with_timeout_ms(10_000);
+    c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(&mut c, ApiKey::CreateTopics, 4);
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+
+    let pad = "p".repeat(5 * 1024);
+    let value = |i: i64| format!("{i:05}-{pad}");
+    for i in 0..RECORDS {
+        let req = produce("many", 0, batch(&[value(i).as_str()]));
+        c.write_all(&request_frame(ApiKey::Produce, 9, 100 + i as i32, &req))
+            .unwrap();
+        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+        let msg = r.responses[0].partition_responses[0]
+            .error_message
+            .as_ref()
+            .map(|m| m.to_string());
+        assert_eq!(partition_result(&r), (0, i), "produce {i}: {msg:?}");
+    }
+    let pdir = data.join("topics").join("many").join("0");
+    let segments = std::fs::read_dir(&pdir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert!(
+        segments as u64 >= RECORDS as u64,
+        "{segments} segments: the topic's segment.bytes did not take"
+    );
+    let want: Vec<(i64, String)> = (0..RECORDS).map(|i| (i, value(i))).collect();
+    assert_records(&fetch_all(&mut c, "many", RECORDS), &want, "written");
+    let held = fds_of_under(broker.pid(), &pdir);
+    assert!(
+        held <= 2 + 32 + 2,
+        "the broker holds {held} descriptors on the topic's {segments} segments"
+    );
+
+    // A crash: the start scans every segment above the recovery point.
+    drop(c);
+    broker.kill9();
+    let mut broker = broker.restart();
+    let mut c = connect_served(&broker.addr);
+    assert_records(
+        &fetch_all(&mut c, "many", RECORDS),
+        &want,
+        "after a kill and a restart",
+    );
+    let req = produce("many", 0, batch(&[value(RECORDS).as_str()]));
+    c.write_all(&request_frame(ApiKey::Produce, 9, 1, &req))
+        .unwrap();
+    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+    assert_eq!(partition_result(&r), (0, RECORDS));
+
+    drop(c);
+    assert!(broker.sigterm().success());
+    let broker = broker.restart();
+    let mut c = connect_served(&broker.addr);
+    let mut want = want;
+    want.push((RECORDS, value(RECORDS)));
+    assert_records(
+        &fetch_all(&mut c, "many", RECORDS + 1),
+        &want,
+        "after a clean restart",
+    );
+    let held = fds_of_under(broker.pid(), &pdir);
+    assert!(held <= 2 + 32 + 2, "{held} descriptors after the restart");
+}

@@ -40,7 +40,7 @@ pub struct ServerConfig {
     /// Client connections served at once; a connection beyond is closed as soon as
     /// it is accepted. `None`: half the process's open-file limit, so that
     /// connections can never take the file descriptors storage needs (WAL files,
-    /// two per segment). Default: `None`.
+    /// two per active segment, the sealed segments' read handles). Default: `None`.
     pub max_connections: Option<usize>,
     /// A connection with no request for this long, and no response pending, is
     /// closed (Kafka's `connections.max.idle.ms`); clients reconnect when they need
@@ -129,6 +129,11 @@ pub struct StorageConfig {
     /// `log.cleaner.dedupe.buffer.size`); a partition with more keys is compacted
     /// a part per pass. Default: 64 MiB.
     pub cleaner_dedupe_buffer_bytes: u64,
+    /// Read handles kept open on sealed segments' logs, broker-wide (least
+    /// recently used closed first); only each partition's active segment keeps
+    /// its files open for good. `None`: a quarter of the open-file limit in
+    /// force at start, at most 256. Default: `None`.
+    pub segment_open_files: Option<usize>,
 }
 
 /// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
@@ -194,6 +199,7 @@ impl Default for Config {
                 roll_ms: 7 * 24 * 3600 * 1000,
                 cleaner_backoff_ms: 15_000,
                 cleaner_dedupe_buffer_bytes: crate::storage::compaction::DEFAULT_MAP_BYTES as u64,
+                segment_open_files: None,
             },
             wal: WalSettings {
                 enabled: true,
@@ -286,6 +292,13 @@ impl Config {
                 "--log-cleaner-dedupe-buffer-size",
                 self.storage.cleaner_dedupe_buffer_bytes.to_string(),
                 "accepted values: 1m or more",
+            );
+        }
+        if self.storage.segment_open_files == Some(0) {
+            return bad(
+                "--segment-open-files",
+                "0".into(),
+                "accepted values: 1 or more",
             );
         }
         if self.storage.cleaner_backoff_ms == 0 {
@@ -825,6 +838,13 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value = "64m", value_parser = parse_size, value_name = "BYTES")]
     pub log_cleaner_dedupe_buffer_size: u64,
 
+    /// Read handles kept open on sealed segments' logs, for all partitions
+    /// together (least recently used closed first); only each partition's
+    /// active segment keeps its files open for good (default: a quarter of the
+    /// open-file limit, at most 256).
+    #[arg(long, env = "STREAMLINE_SEGMENT_OPEN_FILES", value_name = "N")]
+    pub segment_open_files: Option<usize>,
+
     /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
     #[arg(
         long,
@@ -986,6 +1006,7 @@ impl Cli {
                 roll_ms: self.log_roll_ms,
                 cleaner_backoff_ms: self.log_cleaner_backoff_ms,
                 cleaner_dedupe_buffer_bytes: self.log_cleaner_dedupe_buffer_size,
+                segment_open_files: self.segment_open_files,
             },
             wal: WalSettings {
                 enabled: self.wal_enabled,
@@ -1114,6 +1135,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--log-cleaner-dedupe-buffer-size"), "{e}");
+        assert_eq!(c.storage.segment_open_files, None);
+        assert_eq!(
+            parse(&["--segment-open-files", "64"])
+                .unwrap()
+                .storage
+                .segment_open_files,
+            Some(64)
+        );
+        let e = parse(&["--segment-open-files", "0"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--segment-open-files"), "{e}");
         assert_eq!(
             (
                 c.groups.offsets_retention_minutes,

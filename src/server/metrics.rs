@@ -499,7 +499,7 @@ fn process_metrics(p: &mut Page) {
             p.single(
                 "process_open_fds",
                 "gauge",
-                "Open file descriptors: WAL files, two per segment, one per connection.",
+                "Open file descriptors: WAL files, two per active segment, sealed segments' read handles, one per connection.",
                 dir.count(),
             );
         }

@@ -1008,7 +1008,8 @@ fn open_file_limit() -> Option<u64> {
 }
 
 /// Raises the soft limit on open files to the hard limit, as the JVM does for
-/// Kafka: every segment holds two files open and every connection one, and the
+/// Kafka: every active segment holds two files open, sealed segments' reads a
+/// bounded number (`--segment-open-files`), every connection one, and the
 /// usual soft limit of 1,024 is soon reached. Returns the soft limit in force.
 #[cfg(unix)]
 pub fn raise_open_file_limit() -> Option<u64> {

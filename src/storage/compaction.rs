@@ -44,19 +44,14 @@
 //! cannot be read at all (transactional, undecodable), since it might hold an
 //! older value of that key which would then reappear.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
 use super::{
     batch::{self, BatchInfo, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN},
-    segment::{read_batch_header, BatchIndex, CleanedWriter, Segment},
+    segment::{read_batch_header, BatchIndex, CleanedWriter, LogHandle, Segment},
 };
 
 /// Default bound of one pass's key map (`--log-cleaner-dedupe-buffer-size`;
@@ -101,8 +96,8 @@ pub(crate) struct Source {
     pub base: i64,
     pub next: i64,
     pub size: u64,
-    pub file: Arc<File>,
-    pub path: PathBuf,
+    /// Its log, opened when the segment is read (one at a time).
+    pub log: LogHandle,
     /// The segment's index, shared (a closed segment's never changes).
     pub index: Arc<BatchIndex>,
 }
@@ -114,8 +109,7 @@ impl Source {
             base: s.base_offset(),
             next: s.next_offset(),
             size: s.size(),
-            file: s.file(),
-            path: s.log_path().to_path_buf(),
+            log: s.log_handle(),
             index: s.shared_index(),
         }
     }
@@ -133,6 +127,8 @@ impl Source {
         mut f: impl FnMut(&[u8], &BatchInfo) -> Result<bool>,
     ) -> Result<()> {
         let mut buf = Vec::new();
+        let file = self.log.open()?;
+        let path = self.log.path();
         // The batch holding `from` at the latest starts at the index entry
         // before the first one past it.
         let first = self
@@ -141,13 +137,12 @@ impl Source {
             .saturating_sub(1);
         for position in self.index.iter().skip(first).map(|e| e.position) {
             buf.resize(HEADER_LEN, 0);
-            let info = read_batch_header(&self.file, &self.path, position, self.size, &mut buf)?;
+            let info = read_batch_header(&file, path, position, self.size, &mut buf)?;
             buf.resize(info.len, 0);
-            self.file
-                .read_exact_at(&mut buf[HEADER_LEN..], position + HEADER_LEN as u64)
-                .map_err(|e| Error::io("read", &self.path, e))?;
+            file.read_exact_at(&mut buf[HEADER_LEN..], position + HEADER_LEN as u64)
+                .map_err(|e| Error::io("read", path, e))?;
             batch::validate_stored(&buf)
-                .map_err(|e| Error::corrupt(&self.path, position, e.to_string()))?;
+                .map_err(|e| Error::corrupt(path, position, e.to_string()))?;
             if info.last_offset() >= from && !f(&buf, &info)? {
                 break;
             }

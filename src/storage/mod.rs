@@ -291,6 +291,8 @@ struct Shared {
     /// checkpoint is made (see [`fail_segments`]).
     segments_failed: OnceLock<String>,
     closing: AtomicBool,
+    /// The read handles on every partition's sealed segments.
+    segment_files: Arc<segment::SegmentFiles>,
     meta: BrokerMeta,
     offsets: OffsetStore,
     producer_ids: ProducerIds,
@@ -421,6 +423,7 @@ fn load_topic(
     dir: &Path,
     name: &str,
     broker: &crate::config::StorageConfig,
+    files: &Arc<segment::SegmentFiles>,
 ) -> Result<Option<Topic>> {
     let path = dir.join("topic.json");
     let raw = match std::fs::read(&path) {
@@ -436,11 +439,12 @@ fn load_topic(
         .map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
     let mut partitions = Vec::new();
     for p in 0..f.partitions {
-        partitions.push(Arc::new(Partition::open(
+        partitions.push(Arc::new(Partition::open_in(
             name,
             p,
             dir.join(p.to_string()),
             configs.segment_bytes(broker),
+            Arc::clone(files),
         )?));
     }
     Topic::limit_segments(&configs, broker, &partitions);
@@ -720,6 +724,13 @@ impl TopicManager {
             std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;
         }
 
+        // Every partition's sealed segments are read through one cache.
+        let segment_files = segment::SegmentFiles::new(
+            config
+                .storage
+                .segment_open_files
+                .unwrap_or_else(segment::default_open_files),
+        );
         let mut topics = BTreeMap::new();
         for entry in
             std::fs::read_dir(&topics_dir).map_err(|e| Error::io("read_dir", &topics_dir, e))?
@@ -730,7 +741,7 @@ impl TopicManager {
             if !dir.is_dir() || !valid_topic_name(&name) {
                 continue;
             }
-            match load_topic(&dir, &name, &config.storage)? {
+            match load_topic(&dir, &name, &config.storage, &segment_files)? {
                 Some(t) => {
                     topics.insert(name, Arc::new(t));
                 }
@@ -865,6 +876,7 @@ impl TopicManager {
             failed: OnceLock::new(),
             segments_failed: OnceLock::new(),
             closing: AtomicBool::new(false),
+            segment_files,
             meta,
             offsets,
             producer_ids,
@@ -1098,11 +1110,12 @@ impl TopicManager {
         let broker = &self.shared.config.storage;
         let parts = range
             .map(|p| {
-                Partition::open(
+                Partition::open_in(
                     name,
                     p,
                     dir.join(p.to_string()),
                     configs.segment_bytes(broker),
+                    Arc::clone(&self.shared.segment_files),
                 )
                 .map(Arc::new)
                 .map_err(storage)
@@ -1381,7 +1394,12 @@ impl TopicManager {
     /// The delete still holds the name, so nothing else can have taken it. If
     /// the topic cannot be opened it stays out of the map until a restart.
     fn restore_topic(&self, name: &str, dir: &Path) {
-        match load_topic(dir, name, &self.shared.config.storage) {
+        match load_topic(
+            dir,
+            name,
+            &self.shared.config.storage,
+            &self.shared.segment_files,
+        ) {
             Ok(Some(t)) => {
                 self.shared
                     .topics

@@ -24,7 +24,7 @@ use super::{
     batch::{self, BatchInfo, HEADER_LEN},
     compaction::{self, CompactionPolicy, CompactionStats, Source},
     producers::{ProducerState, Snapshot},
-    segment::{self, BatchIndex, CleanedWriter, Segment},
+    segment::{self, BatchIndex, CleanedWriter, LogHandle, Segment, SegmentFiles},
     sync_dir,
 };
 
@@ -145,7 +145,12 @@ pub struct Partition {
     /// Age at which the active segment rolls (the topic's `segment.ms`; see
     /// [`Segment::age_for_roll`]).
     segment_ms: AtomicU64,
+    /// Oldest first; every segment but the newest is sealed (see
+    /// [`Segment::seal`]).
     log: Mutex<Vec<Segment>>,
+    /// The broker-wide cache of read handles the sealed segments' logs are
+    /// opened through.
+    open_files: Arc<SegmentFiles>,
     /// Next offset to assign (submit thread only, after recovery).
     next_offset: AtomicI64,
     /// Offset after the last batch a consumer may read.
@@ -199,8 +204,7 @@ struct SegmentView {
     base: i64,
     next: i64,
     size: u64,
-    file: Arc<File>,
-    path: PathBuf,
+    log: LogHandle,
     index: Arc<BatchIndex>,
     /// The newest timestamp of all its batches, when known.
     max_timestamp: Option<i64>,
@@ -210,23 +214,51 @@ struct SegmentView {
 thread_local! {
     /// Batch headers [`Partition::visit_batches`] read on this thread (tests).
     static HEADERS_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Run once by the next [`Partition::read_within`] on this thread between
+    /// planning its read (under the lock) and performing it (tests).
+    static BETWEEN_PLAN_AND_READ: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A read planned under the lock, performed outside it.
 struct ReadPlan {
-    file: Arc<File>,
-    path: PathBuf,
+    log: LogHandle,
     position: u64,
     len: u64,
 }
 
 impl Partition {
     /// Opens the partition in `dir` (creating the directory and a first segment when
-    /// there is none); the newest segment is scanned and its torn tail cut.
+    /// there is none); the newest segment is scanned and its torn tail cut. Its
+    /// sealed segments' logs are opened through a cache of its own of
+    /// [`segment::DEFAULT_OPEN_FILES`] handles (a broker shares one cache
+    /// among all its partitions: see [`Partition::open_in`]).
     ///
     /// # Errors
     /// I/O errors naming the path.
     pub fn open(topic: &str, index: i32, dir: PathBuf, segment_bytes: u64) -> Result<Partition> {
+        Self::open_in(
+            topic,
+            index,
+            dir,
+            segment_bytes,
+            SegmentFiles::new(segment::DEFAULT_OPEN_FILES),
+        )
+    }
+
+    /// [`Partition::open`], opening the sealed segments' logs through `files`.
+    /// Only the newest segment keeps its files open: each older one is sealed
+    /// once loaded, and its files closed.
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn open_in(
+        topic: &str,
+        index: i32,
+        dir: PathBuf,
+        segment_bytes: u64,
+        files: Arc<SegmentFiles>,
+    ) -> Result<Partition> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
         // A compaction a crash interrupted after its copy was complete.
         segment::recover_swaps(&dir)?;
@@ -257,7 +289,9 @@ impl Partition {
                 producers = producers_before(&dir, *base, segments.last())?;
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
-                Segment::open(&dir, *base, false)?
+                let mut seg = Segment::open(&dir, *base, false)?;
+                seg.seal(&files);
+                seg
             };
             segments.push(seg);
         }
@@ -289,6 +323,7 @@ impl Partition {
             segment_bytes: AtomicU64::new(segment_bytes),
             segment_ms: AtomicU64::new(u64::MAX),
             log: Mutex::new(segments),
+            open_files: files,
             next_offset: AtomicI64::new(end),
             deleted_below: AtomicI64::new(deleted_below),
             deleting: Mutex::new(()),
@@ -327,13 +362,16 @@ impl Partition {
             if next_base <= from {
                 continue;
             }
-            let scanned = Segment::open(&self.dir, log[i].base_offset(), true)?;
+            let mut scanned = Segment::open(&self.dir, log[i].base_offset(), true)?;
             let end = scanned.next_offset();
             let short = scanned.cut().is_some() || (!gaps && end < next_base);
-            log[i] = scanned;
             if !short {
+                scanned.seal(&self.open_files);
+                log[i] = scanned;
                 continue;
             }
+            // It becomes the newest segment: it keeps its files.
+            log[i] = scanned;
             let removed: Vec<Segment> = log.drain(i + 1..).collect();
             for s in &removed {
                 s.remove_files()?;
@@ -566,6 +604,8 @@ impl Partition {
                     self.sync_failed.get_or_init(|| e.to_string());
                     return Err(e);
                 }
+                // Synced: its files close; reads open its log on demand.
+                s.seal(&self.open_files);
             }
             let seg = Segment::create(&self.dir, base)?;
             sync_dir(&self.dir)?;
@@ -782,14 +822,33 @@ impl Partition {
         if dirty == 0 || (dirty as f64) < policy.min_cleanable_dirty_ratio * total as f64 {
             return Ok(CompactionStats::default());
         }
+        match self.compact_sources(&sources, cleaned, policy, stop) {
+            // Retention removed a segment the pass was to read (a topic may be
+            // both compacted and deleted): the next pass starts over.
+            Err(e) if segment::is_gone(&e) => {
+                tracing::info!(topic = %self.topic, partition = self.index, error = %e, "a segment went while the compaction pass read it; the next pass starts over");
+                Ok(CompactionStats::default())
+            }
+            done => done,
+        }
+    }
+
+    /// The rest of [`Partition::compact`] once it has its `sources` and knows
+    /// the pass is worth it.
+    fn compact_sources(
+        &self,
+        sources: &[Source],
+        cleaned: i64,
+        policy: &CompactionPolicy,
+        stop: &AtomicBool,
+    ) -> Result<CompactionStats> {
         let started = std::time::Instant::now();
         // As Kafka's cleaner: the map covers the segments from the first not
         // covered by the last pass on, as far as it holds; the pass then
         // compacts every segment from the log start to the end of the map
         // against it (a key the map lacks has no newer record there).
         let first_dirty = sources.iter().position(|s| s.next > cleaned).unwrap_or(0);
-        let (map, mapped) =
-            compaction::build_map(&sources, first_dirty, cleaned, policy.map_bytes)?;
+        let (map, mapped) = compaction::build_map(sources, first_dirty, cleaned, policy.map_bytes)?;
         let sources = &sources[..mapped];
         // Each segment's plan knows the first batch before it that may hold an
         // older value of some key (no tombstone after one may go).
@@ -886,6 +945,7 @@ impl Partition {
         segment::install_swap(&self.dir, base, &merged)?;
         let mut seg = Segment::open(&self.dir, base, false)?;
         seg.set_max_timestamp(max_timestamp);
+        seg.seal(&self.open_files);
         log.splice(i..i + group.len(), [seg]);
         Ok(true)
     }
@@ -1013,6 +1073,14 @@ impl Partition {
     /// response of only such batches makes librdkafka double its fetch size
     /// (failing with "might be too large to fetch" after ten of them).
     ///
+    /// The first segment's log is opened (or taken from the cache) under the
+    /// partition lock, so the read returns its batches even if retention
+    /// removes the segment meanwhile; each following segment's log is opened
+    /// only when its turn comes, one at a time, so a read across many small
+    /// segments holds at most two files open. A following segment removed or
+    /// replaced (compaction) meanwhile ends the read there, with the whole
+    /// batches read so far.
+    ///
     /// # Errors
     /// `Ok(None)` when `offset` is out of range; I/O errors naming the file.
     pub fn read(&self, offset: i64, max_bytes: u64) -> Result<Option<ReadResult>> {
@@ -1053,7 +1121,7 @@ impl Partition {
         min_one_batch: bool,
     ) -> Result<Option<ReadResult>> {
         let hw = self.high_watermark();
-        let (plans, start) = {
+        let (plans, first, start) = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let start = self.start_of(&log);
             if offset < start || offset > hw {
@@ -1077,8 +1145,7 @@ impl Partition {
                         break;
                     }
                     plans.push(ReadPlan {
-                        file: seg.file(),
-                        path: seg.log_path().to_path_buf(),
+                        log: seg.log_handle(),
                         position,
                         len,
                     });
@@ -1090,16 +1157,33 @@ impl Partition {
                     }
                 }
             }
-            (plans, start)
+            // Opened while the segment is surely there.
+            let first = plans.first().map(|p| p.log.open()).transpose()?;
+            (plans, first, start)
         };
+        #[cfg(test)]
+        if let Some(between) = BETWEEN_PLAN_AND_READ.with(|b| b.borrow_mut().take()) {
+            between();
+        }
         let total: u64 = plans.iter().map(|p| p.len).sum();
         let mut buf = vec![0u8; usize::try_from(total).unwrap_or(usize::MAX)];
         let mut at = 0usize;
+        let mut first = first;
         for p in plans {
+            let file = match first.take() {
+                Some(f) => f,
+                None => match p.log.open() {
+                    Ok(f) => f,
+                    Err(e) if segment::is_gone(&e) => {
+                        buf.truncate(at);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
             let len = p.len as usize;
-            p.file
-                .read_exact_at(&mut buf[at..at + len], p.position)
-                .map_err(|e| Error::io("read", &p.path, e))?;
+            file.read_exact_at(&mut buf[at..at + len], p.position)
+                .map_err(|e| Error::io("read", p.log.path(), e))?;
             at += len;
         }
         Ok(Some(ReadResult {
@@ -1153,8 +1237,7 @@ impl Partition {
                     base: s.base_offset(),
                     next: s.next_offset(),
                     size: s.size(),
-                    file: s.file(),
-                    path: s.log_path().to_path_buf(),
+                    log: s.log_handle(),
                     index: s.shared_index(),
                     max_timestamp: s.max_timestamp_is_exact().then(|| s.max_timestamp()),
                 })
@@ -1176,12 +1259,22 @@ impl Partition {
                 if v.next <= start || v.max_timestamp.is_some_and(|t| skip(t, known)) {
                     continue;
                 }
+                // Opened now, one segment at a time.
+                let file = match v.log.open() {
+                    Ok(f) => f,
+                    // Removed since the views were taken (retention): its
+                    // records are below the log start now.
+                    Err(e) if segment::is_gone(&e) && v.next <= self.log_start_offset() => {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let path = v.log.path();
                 // None once a header does not parse.
                 let mut newest = Some(-1i64);
                 for position in v.index.iter().map(|e| e.position) {
-                    v.file
-                        .read_exact_at(&mut head, position)
-                        .map_err(|e| Error::io("read", &v.path, e))?;
+                    file.read_exact_at(&mut head, position)
+                        .map_err(|e| Error::io("read", path, e))?;
                     #[cfg(test)]
                     HEADERS_READ.with(|c| c.set(c.get() + 1));
                     let Ok(info) = batch::parse_header(&head) else {
@@ -1195,7 +1288,7 @@ impl Partition {
                     if info.last_offset() < start {
                         continue;
                     }
-                    if visit(&info, &v.file, &v.path, position, start)? {
+                    if visit(&info, &file, path, position, start)? {
                         return Ok(());
                     }
                 }
@@ -1864,6 +1957,176 @@ pub(crate) mod tests {
         p.set_high_watermark(3);
         assert_eq!(p.max_timestamp_offset().unwrap(), Some((1, 150)));
         assert_eq!(p.offset_for_timestamp(151).unwrap(), None);
+    }
+
+    /// A batch of one record of 5 KiB naming `i`: with 4 KiB segments, one
+    /// segment each.
+    fn marked(i: i64) -> Vec<u8> {
+        make_batch(0, &[format!("{i:08}").repeat(640).as_bytes()])
+    }
+
+    /// [`marked`] as stored at offset `i`: what a read from `i` returns.
+    fn marked_at(i: i64) -> Vec<u8> {
+        let mut b = marked(i);
+        let infos = validate_all(&b).unwrap();
+        batch::assign_offsets(&mut b, &infos, i);
+        b
+    }
+
+    /// Thousands of segments (4 KiB segments, 5 KiB batches: one segment a
+    /// batch, as any client can set with `segment.bytes`) once held two
+    /// descriptors each for as long as the partition was open, and opening the
+    /// partition opened them all, until the process ran out. Now only the
+    /// active segment keeps its files; a sealed one's log is opened for reads
+    /// through the cache: the descriptors on the partition's files stay within
+    /// the cache's capacity and a few, whatever the number of segments, and
+    /// every segment still reads back its batch, across evictions and after a
+    /// reopen (which leaves only the newest segment open).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn thousands_of_segments_hold_descriptors_bounded_by_the_cache() {
+        use crate::storage::segment::tests::fds_under;
+        const SEGMENTS: i64 = 2000;
+        const CACHE: usize = 32;
+        // The active segment's two files, and a read's first and current logs.
+        const MORE: usize = 4;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let cache = SegmentFiles::new(CACHE);
+        let p = Partition::open_in("t", 0, pdir.clone(), 4096, Arc::clone(&cache)).unwrap();
+        for i in 0..SEGMENTS {
+            assert_eq!(store(&p, marked(i)), i);
+        }
+        assert_eq!(files(&pdir, "log"), SEGMENTS as usize);
+        let open = fds_under(&pdir);
+        assert!(
+            open <= 2,
+            "{open} descriptors on the partition's files with {SEGMENTS} segments"
+        );
+        let check = |p: &Partition, when: &str| {
+            for i in 0..SEGMENTS {
+                let r = p.read(i, 1).unwrap().unwrap();
+                assert_eq!(&r.records[..], &marked_at(i)[..], "{when}: offset {i}");
+            }
+            // One read across a few hundred segments, each opened in turn.
+            let r = p.read(0, 1 << 20).unwrap().unwrap();
+            let infos = validate_all(&r.records).unwrap();
+            assert!(infos.len() > 100, "{when}: {} batches", infos.len());
+            let want: Vec<u8> = (0..infos.len() as i64).flat_map(marked_at).collect();
+            assert_eq!(&r.records[..], &want[..], "{when}");
+            // Timestamp lookups read every segment's headers.
+            assert!(p.max_timestamp_offset().unwrap().is_some());
+            let open = fds_under(&pdir);
+            assert!(
+                open <= CACHE + MORE && cache.len() <= CACHE,
+                "{when}: {open} descriptors on the partition's files, {} cached",
+                cache.len()
+            );
+        };
+        check(&p, "written");
+        assert!(cache.opened() >= SEGMENTS as u64 - 1);
+        drop(p);
+        assert_eq!(fds_under(&pdir), 0, "a dropped segment's handle stays open");
+        let p = Partition::open_in("t", 0, pdir.clone(), 4096, Arc::clone(&cache)).unwrap();
+        let open = fds_under(&pdir);
+        assert!(open <= 2 + 1, "{open} descriptors after the reopen");
+        check(&p, "reopened");
+        assert_eq!(store(&p, marked(SEGMENTS)), SEGMENTS);
+    }
+
+    /// A read in flight when the cache evicts its logs (other reads) completes
+    /// with the right bytes, from the handles it took; the evicted log closes
+    /// when the read ends. Retention removing the read's first segment
+    /// meanwhile changes nothing for it (its log was opened under the lock, as
+    /// before); a following segment removed meanwhile ends the read after the
+    /// whole batches before it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_read_in_flight_completes_when_its_logs_are_evicted_or_removed() {
+        use crate::storage::segment::tests::{fds_on, fds_under};
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let cache = SegmentFiles::new(1);
+        let p =
+            Arc::new(Partition::open_in("t", 0, pdir.clone(), 4096, Arc::clone(&cache)).unwrap());
+        for i in 0..6 {
+            store(&p, marked(i));
+        }
+        let three = 3 * marked(0).len() as u64;
+        let want: Vec<u8> = (0..3).flat_map(marked_at).collect();
+        let log0 = pdir.join(segment::log_name(0));
+        let during = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (p, during, log0) = (Arc::clone(&p), Arc::clone(&during), log0.clone());
+            BETWEEN_PLAN_AND_READ.with(|b| {
+                *b.borrow_mut() = Some(Box::new(move || {
+                    for i in [4, 3, 1, 2, 5] {
+                        assert_eq!(p.read(i, 1).unwrap().unwrap().records, marked_at(i));
+                    }
+                    during.lock().unwrap().push(fds_on(&log0));
+                }));
+            });
+        }
+        let opened = cache.opened();
+        let r = p.read_within(0, three, false).unwrap().unwrap();
+        assert_eq!(&r.records[..], &want[..]);
+        // The read's own handle on segment 0 was the only one left on it.
+        assert_eq!(*during.lock().unwrap(), [1]);
+        assert!(
+            cache.opened() >= opened + 5,
+            "the hook's reads evicted nothing"
+        );
+        drop(r);
+        assert_eq!(
+            fds_on(&log0),
+            0,
+            "the evicted log stayed open after the read"
+        );
+        assert!(fds_under(&pdir) <= 1 + 2);
+
+        // DeleteRecords removes segments 0 and 1 during the read.
+        {
+            let p = Arc::clone(&p);
+            BETWEEN_PLAN_AND_READ.with(|b| {
+                *b.borrow_mut() = Some(Box::new(move || {
+                    assert_eq!(p.delete_records(2), Ok(2));
+                }));
+            });
+        }
+        let r = p.read_within(0, three, false).unwrap().unwrap();
+        assert_eq!(&r.records[..], &marked_at(0)[..]);
+        assert!(!log0.exists());
+        assert!(p.read(0, 1).unwrap().is_none());
+        assert_eq!(p.read(2, 1).unwrap().unwrap().records, marked_at(2));
+    }
+
+    /// A sealed segment's log that cannot be opened when read (here removed
+    /// behind the broker's back) fails that read with an error naming it; the
+    /// partition goes on taking appends, syncing, and serving its other
+    /// segments. (Before, the segment held its log open, and the read was
+    /// served from the removed file.)
+    #[test]
+    fn a_sealed_log_that_cannot_be_opened_fails_only_its_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open_in("t", 0, pdir.clone(), 4096, SegmentFiles::new(1)).unwrap();
+        for i in 0..3 {
+            store(&p, marked(i));
+        }
+        // Segment 1's log in the cache; 0's closed.
+        assert_eq!(p.read(1, 1).unwrap().unwrap().records, marked_at(1));
+        let log0 = pdir.join(segment::log_name(0));
+        std::fs::remove_file(&log0).unwrap();
+        let e = p.read(0, 1).unwrap_err().to_string();
+        assert!(
+            e.contains("open") && e.contains(log0.to_str().unwrap()),
+            "{e}"
+        );
+        assert_eq!(store(&p, marked(3)), 3);
+        p.sync().unwrap();
+        for i in 1..4 {
+            assert_eq!(p.read(i, 1).unwrap().unwrap().records, marked_at(i));
+        }
     }
 
     #[test]

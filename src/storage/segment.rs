@@ -8,11 +8,21 @@
 //! Nothing here syncs implicitly but the opening of the newest segment (see
 //! [`Segment::open_newest`]): [`Segment::sync`] is `fdatasync`, called by the
 //! checkpoint.
+//!
+//! Only a segment being written holds its files open. A sealed one
+//! ([`Segment::seal`]: rolled past, or older than the newest at start-up)
+//! closes them once synced, and its log is opened on demand for reads through
+//! the broker-wide [`SegmentFiles`] cache, so the descriptors storage holds do
+//! not grow with the number of segments.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fs::{File, OpenOptions},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
 };
 
 use crate::error::{Error, Result};
@@ -144,7 +154,10 @@ impl FromIterator<IndexEntry> for BatchIndex {
 pub struct SyncJob {
     /// Base offset of the segment.
     pub base_offset: i64,
-    files: [(Arc<File>, PathBuf); 2],
+    /// The log and the index, each with the handle the segment held (a sealed
+    /// segment hands its handles over: they close when the job is done), or
+    /// `None` for one the job opens (a sealed segment whose last sync failed).
+    files: [(Option<Arc<File>>, PathBuf); 2],
     /// The log's size when the job was taken: what its sync covers.
     log_len: u64,
 }
@@ -155,12 +168,26 @@ impl SyncJob {
     /// # Errors
     /// I/O errors naming the file.
     pub fn run(&self) -> Result<()> {
+        let mut log = None;
         for (f, path) in &self.files {
-            sync_data(f).map_err(|e| Error::io("fdatasync", path, e))?;
+            let f = match f {
+                Some(f) => Arc::clone(f),
+                None => Arc::new(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| Error::io("open", path, e))?,
+                ),
+            };
+            sync_data(&f).map_err(|e| Error::io("fdatasync", path, e))?;
+            log.get_or_insert(f);
         }
         // The index is rebuilt from the log when it is short; the log must be whole.
-        let (log, path) = &self.files[0];
-        check_written(log, self.log_len).map_err(|e| Error::io("fdatasync", path, e))
+        let (Some(log), (_, path)) = (log, &self.files[0]) else {
+            return Ok(());
+        };
+        check_written(&log, self.log_len).map_err(|e| Error::io("fdatasync", path, e))
     }
 }
 
@@ -172,8 +199,7 @@ pub struct MaxTimestampJob {
     pub base_offset: i64,
     /// The log's size when the job was taken: the batches it reads.
     pub size: u64,
-    file: Arc<File>,
-    path: PathBuf,
+    log: LogHandle,
 }
 
 impl MaxTimestampJob {
@@ -181,18 +207,277 @@ impl MaxTimestampJob {
     /// newest `max_timestamp`, -1 when none has one.
     ///
     /// # Errors
-    /// I/O errors naming the file; a header that does not parse, or a batch
-    /// that extends past `size`, is [`Error::Corrupt`].
+    /// I/O errors naming the file (a sealed segment's log is opened on
+    /// demand); a header that does not parse, or a batch that extends past
+    /// `size`, is [`Error::Corrupt`].
     pub fn run(&self) -> Result<i64> {
+        let file = self.log.open()?;
+        let path = self.log.path();
         let mut head = [0u8; HEADER_LEN];
         let (mut pos, mut max) = (0u64, -1i64);
         while pos < self.size {
-            let info = read_batch_header(&self.file, &self.path, pos, self.size, &mut head)?;
+            let info = read_batch_header(&file, path, pos, self.size, &mut head)?;
             max = max.max(info.max_timestamp);
             pos += info.len as u64;
         }
         Ok(max)
     }
+}
+
+/// Read handles [`SegmentFiles`] keeps open by default, at most.
+pub const DEFAULT_OPEN_FILES: usize = 256;
+
+/// The default bound of [`SegmentFiles`]: a quarter of the soft open-file
+/// limit in force (the broker raises it to the hard limit at start), at most
+/// [`DEFAULT_OPEN_FILES`] and at least 1; [`DEFAULT_OPEN_FILES`] where there
+/// is no limit to ask for.
+pub fn default_open_files() -> usize {
+    open_file_limit().map_or(DEFAULT_OPEN_FILES, |limit| {
+        usize::try_from(limit / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(1, DEFAULT_OPEN_FILES)
+    })
+}
+
+/// The soft limit on open files (`RLIMIT_NOFILE`), when there is one.
+#[cfg(unix)]
+#[allow(
+    clippy::useless_conversion,
+    reason = "the conversion is the identity only where rlim_t is u64"
+)]
+fn open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft == RLIM_INFINITY {
+        return None;
+    }
+    u64::try_from(soft).ok()
+}
+
+#[cfg(not(unix))]
+fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// Which file a path named when a segment was opened: device and inode, so
+/// that a sealed segment's log opened again by path is known to be the same
+/// file (compaction renames its copy over a segment's log). `None` where the
+/// platform does not say.
+type FileId = Option<(u64, u64)>;
+
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_meta: &std::fs::Metadata) -> FileId {
+    None
+}
+
+/// The broker-wide cache of open read handles on sealed segments' logs.
+///
+/// Only a partition's active segment (and a segment being written: a
+/// compacted copy, a rebuilt log) keeps its files open for good. A sealed
+/// segment (rolled, synced) closes both: its batch index is in memory
+/// ([`BatchIndex`]), and its log is opened on demand for reads through this
+/// cache, which keeps at most `capacity` handles, closing the least recently
+/// used beyond that. A reader holds the `Arc<File>` it got: eviction never
+/// breaks a read in flight, the descriptor closes when the last holder drops
+/// it. So the descriptors storage holds are bounded by the partitions' active
+/// segments, this cache and the reads in flight, not by the number of
+/// segments.
+#[derive(Debug)]
+pub struct SegmentFiles {
+    capacity: usize,
+    lru: Mutex<Lru>,
+    /// Logs opened on demand since the cache was made (tests, diagnostics).
+    opened: AtomicU64,
+}
+
+/// The cached handles by segment id, and the ids by last use.
+#[derive(Debug, Default)]
+struct Lru {
+    /// Segment id → (handle, the tick of its last use).
+    entries: HashMap<u64, (Arc<File>, u64)>,
+    /// Tick of last use → segment id, oldest first.
+    by_use: BTreeMap<u64, u64>,
+    tick: u64,
+}
+
+impl Lru {
+    fn touch(&mut self, id: u64) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (file, used) = self.entries.get_mut(&id)?;
+        self.by_use.remove(used);
+        *used = tick;
+        self.by_use.insert(tick, id);
+        Some(Arc::clone(file))
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Arc<File>> {
+        let (file, used) = self.entries.remove(&id)?;
+        self.by_use.remove(&used);
+        Some(file)
+    }
+}
+
+/// Source of the ids of sealed segments: each sealed segment is one cache
+/// entry, whatever its path.
+static NEXT_SEALED_ID: AtomicU64 = AtomicU64::new(0);
+
+impl SegmentFiles {
+    /// A cache keeping at most `capacity` handles open (at least 1).
+    pub fn new(capacity: usize) -> Arc<SegmentFiles> {
+        Arc::new(SegmentFiles {
+            capacity: capacity.max(1),
+            lru: Mutex::new(Lru::default()),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    /// The most handles kept open.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The handles open in the cache now.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether no handle is open in the cache.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Logs opened on demand so far (a read the cache answered opens none).
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The handle on `log`, opening it on a miss (outside the cache's lock).
+    fn get(&self, log: &SealedLog) -> Result<Arc<File>> {
+        if let Some(f) = self.lock().touch(log.id) {
+            return Ok(f);
+        }
+        let file = File::open(&log.path).map_err(|e| Error::io("open", &log.path, e))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        if log.file_id.is_some() {
+            let meta = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &log.path, e))?;
+            if file_id(&meta) != log.file_id {
+                return Err(Error::io(
+                    "open",
+                    &log.path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the segment's log was replaced since it was sealed",
+                    ),
+                ));
+            }
+        }
+        let file = Arc::new(file);
+        let evicted = {
+            let mut lru = self.lock();
+            // A segment dropped meanwhile (removed, replaced) gets no entry:
+            // its reader keeps this handle, and it closes with the read.
+            if log.retired.load(Ordering::Acquire) {
+                return Ok(file);
+            }
+            if let Some(f) = lru.touch(log.id) {
+                // Another reader opened it meanwhile: one handle is enough.
+                return Ok(f);
+            }
+            lru.tick += 1;
+            let tick = lru.tick;
+            lru.entries.insert(log.id, (Arc::clone(&file), tick));
+            lru.by_use.insert(tick, log.id);
+            let mut evicted = Vec::new();
+            while lru.entries.len() > self.capacity {
+                let Some((_, id)) = lru.by_use.pop_first() else {
+                    break;
+                };
+                evicted.extend(lru.entries.remove(&id).map(|(f, _)| f));
+            }
+            evicted
+        };
+        // Closed outside the lock (a reader may still hold some).
+        drop(evicted);
+        Ok(file)
+    }
+
+    /// Closes the cache's handle on a segment that is gone or replaced.
+    fn forget(&self, log: &SealedLog) {
+        let file = {
+            let mut lru = self.lock();
+            log.retired.store(true, Ordering::Release);
+            lru.remove(log.id)
+        };
+        drop(file);
+    }
+}
+
+/// A sealed segment's log as [`SegmentFiles`] opens it.
+#[derive(Debug)]
+pub struct SealedLog {
+    id: u64,
+    path: PathBuf,
+    file_id: FileId,
+    /// Set when the segment is dropped: no entry is made for it after that.
+    retired: AtomicBool,
+    files: Arc<SegmentFiles>,
+}
+
+/// A segment's log for a reader outside the partition lock: the file the
+/// segment holds open, or the way to open a sealed one through the cache.
+#[derive(Debug, Clone)]
+pub enum LogHandle {
+    /// The segment holds its log open (active, being written or not yet synced).
+    Held {
+        /// The open log.
+        file: Arc<File>,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// A sealed segment's log, opened on demand through [`SegmentFiles`].
+    Sealed(Arc<SealedLog>),
+}
+
+impl LogHandle {
+    /// The open log.
+    ///
+    /// # Errors
+    /// Opening a sealed segment's log fails naming the path: `NotFound` when
+    /// it was removed (retention) or replaced (compaction) since the handle was
+    /// taken; `EMFILE` and the like as the system says.
+    pub fn open(&self) -> Result<Arc<File>> {
+        match self {
+            LogHandle::Held { file, .. } => Ok(Arc::clone(file)),
+            LogHandle::Sealed(log) => log.files.get(log),
+        }
+    }
+
+    /// Path of the log file.
+    pub fn path(&self) -> &Path {
+        match self {
+            LogHandle::Held { path, .. } => path,
+            LogHandle::Sealed(log) => &log.path,
+        }
+    }
+}
+
+/// Whether `e` says a segment's file is gone: removed by retention or
+/// DeleteRecords, or replaced by compaction, since its handle was taken.
+pub fn is_gone(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Reads and parses the header of the batch at `position` of the log `file`
@@ -225,18 +510,28 @@ pub(crate) fn read_batch_header(
 }
 
 /// One segment: a log file and its offset index.
+///
+/// While it is written (the active segment of its partition) it holds both
+/// files open. Once [sealed](Segment::seal) and synced it holds neither: its
+/// index is in memory, and its log is opened on demand through the
+/// broker-wide [`SegmentFiles`].
 #[derive(Debug)]
 pub struct Segment {
     base_offset: i64,
     log_path: PathBuf,
     index_path: PathBuf,
-    log: Arc<File>,
-    index_file: Arc<File>,
+    /// Its files: held open, or sealed.
+    files: LogFiles,
+    /// Which file the log is (see [`FileId`]).
+    log_id: FileId,
     /// Shared with readers outside the partition lock (see [`BatchIndex`]).
     index: Arc<BatchIndex>,
     size: u64,
     next_offset: i64,
     dirty: bool,
+    /// The opening sync of the index failed: the scan rewrites it whatever it
+    /// holds.
+    index_suspect: bool,
     /// What the opening scan cut off, if anything.
     cut: Option<Cut>,
     /// The newest record timestamp of the segment's batches; -1 when none. For
@@ -251,6 +546,38 @@ pub struct Segment {
     first_timestamp: i64,
     /// Wall-clock milliseconds when this segment was created or opened.
     opened_ms: i64,
+}
+
+/// The files a segment holds open while it is written, or sealed but not yet
+/// synced.
+#[derive(Debug, Clone)]
+struct Held {
+    log: Arc<File>,
+    index: Arc<File>,
+}
+
+/// A segment's files: open for good, or opened on demand once sealed.
+#[derive(Debug)]
+enum LogFiles {
+    /// Written to: both files held open.
+    Open(Held),
+    /// Sealed with changes not yet synced: held until its [`SyncJob`] is
+    /// taken, which closes them when it is done.
+    SealedOpen(Held, Arc<SealedLog>),
+    /// Sealed and synced: nothing held; the log is opened for reads through
+    /// [`SegmentFiles`].
+    Sealed(Arc<SealedLog>),
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // The cache's handle on a segment that is gone or replaced closes now
+        // (a reader holding one keeps it until its read ends), so a removed
+        // log's space is freed.
+        if let LogFiles::SealedOpen(_, log) | LogFiles::Sealed(log) = &self.files {
+            log.files.forget(log);
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -589,16 +916,24 @@ impl Segment {
         index_file
             .set_len(0)
             .map_err(|e| Error::io("truncate", &index_path, e))?;
+        let log_id = file_id(
+            &log.metadata()
+                .map_err(|e| Error::io("stat", &log_path, e))?,
+        );
         Ok(Segment {
             base_offset: base,
             log_path,
             index_path,
-            log: Arc::new(log),
-            index_file: Arc::new(index_file),
+            files: LogFiles::Open(Held {
+                log: Arc::new(log),
+                index: Arc::new(index_file),
+            }),
+            log_id,
             index: Arc::default(),
             size: 0,
             next_offset: base,
             dirty: true,
+            index_suspect: false,
             cut: None,
             max_timestamp: -1,
             max_timestamp_exact: true,
@@ -648,20 +983,23 @@ impl Segment {
         let index_path = dir.join(index_name(base));
         let log = open_rw(&log_path)?;
         let index_file = open_rw(&index_path)?;
-        let size = log
+        let meta = log
             .metadata()
-            .map_err(|e| Error::io("stat", &log_path, e))?
-            .len();
+            .map_err(|e| Error::io("stat", &log_path, e))?;
         let mut seg = Segment {
             base_offset: base,
             log_path,
             index_path,
-            log: Arc::new(log),
-            index_file: Arc::new(index_file),
+            files: LogFiles::Open(Held {
+                log: Arc::new(log),
+                index: Arc::new(index_file),
+            }),
+            log_id: file_id(&meta),
             index: Arc::default(),
-            size,
+            size: meta.len(),
             next_offset: base,
             dirty: false,
+            index_suspect: false,
             cut: None,
             max_timestamp: -1,
             max_timestamp_exact: false,
@@ -685,17 +1023,19 @@ impl Segment {
     /// [`Segment::settle_earlier_writes`] with `sync` for `fdatasync` (tests
     /// inject the failure the kernel reports).
     fn settle_with(&mut self, sync: impl Fn(&File) -> std::io::Result<()>) -> Result<()> {
-        if let Err(e) = sync(&self.index_file) {
+        let held = self.held("fdatasync")?.clone();
+        if let Err(e) = sync(&held.index) {
+            self.index_suspect = true;
             tracing::warn!(file = %self.index_path.display(), error = %e, "an earlier write to the segment index failed after the last sync; the index is rewritten from the log");
         }
-        match sync(&self.log) {
+        match sync(&held.log) {
             Ok(()) => {
                 // Every page is clean now. A failure the process before saw itself
                 // is not reported again, and after EIO the kernel may keep the
                 // failed pages cached as written: drop the clean pages so that the
                 // scan reads what the disk holds (cutting where it lacks batches,
                 // which replay restores from the WAL).
-                crate::wal::files::drop_cached_pages(&self.log);
+                crate::wal::files::drop_cached_pages(&held.log);
                 Ok(())
             }
             Err(e) => {
@@ -712,6 +1052,7 @@ impl Segment {
             .parent()
             .ok_or_else(|| Error::corrupt(&self.log_path, 0, "segment path has no directory"))?;
         let tmp = dir.join(rebuild_name(self.base_offset));
+        let log = Arc::clone(&self.held("read")?.log);
         let copy = open_rw(&tmp)?;
         copy.set_len(0)
             .map_err(|e| Error::io("truncate", &tmp, e))?;
@@ -721,8 +1062,7 @@ impl Segment {
         let mut pos = 0u64;
         while pos < self.size {
             let n = (self.size - pos).min(buf.len() as u64) as usize;
-            self.log
-                .read_exact_at(&mut buf[..n], pos)
+            log.read_exact_at(&mut buf[..n], pos)
                 .map_err(|e| Error::io("read", &self.log_path, e))?;
             copy.write_all_at(&buf[..n], pos)
                 .map_err(|e| Error::io("write", &tmp, e))?;
@@ -731,9 +1071,13 @@ impl Segment {
         sync_all(&copy)
             .and_then(|()| check_written(&copy, pos))
             .map_err(|e| Error::io("fsync", &tmp, e))?;
+        let meta = copy.metadata().map_err(|e| Error::io("stat", &tmp, e))?;
         std::fs::rename(&tmp, &self.log_path).map_err(|e| Error::io("rename", &tmp, e))?;
         super::sync_dir(dir)?;
-        self.log = Arc::new(copy);
+        self.log_id = file_id(&meta);
+        if let LogFiles::Open(held) | LogFiles::SealedOpen(held, _) = &mut self.files {
+            held.log = Arc::new(copy);
+        }
         Ok(())
     }
 
@@ -764,7 +1108,8 @@ impl Segment {
             return Ok(false);
         };
         let mut head = [0u8; HEADER_LEN];
-        if self.log.read_exact_at(&mut head, last.position).is_err() {
+        let log = &self.held("read")?.log;
+        if log.read_exact_at(&mut head, last.position).is_err() {
             return Ok(false);
         }
         let Ok(info) = batch::parse_header(&head) else {
@@ -784,6 +1129,10 @@ impl Segment {
 
     /// Reads every batch, validating each; cuts the file after the last valid one.
     fn scan(&mut self, mut producers: Option<&mut ProducerState>) -> Result<()> {
+        let Held {
+            log,
+            index: index_file,
+        } = self.held("read")?.clone();
         let mut pos = 0u64;
         let mut index = Vec::new();
         let mut next = self.base_offset;
@@ -795,8 +1144,7 @@ impl Segment {
                 cut_reason = Some("partial batch header".to_string());
                 break;
             }
-            self.log
-                .read_exact_at(&mut head, pos)
+            log.read_exact_at(&mut head, pos)
                 .map_err(|e| Error::io("read", &self.log_path, e))?;
             let info = match batch::parse_header(&head) {
                 Ok(i) => i,
@@ -810,8 +1158,7 @@ impl Segment {
                 break;
             }
             buf.resize(info.len, 0);
-            self.log
-                .read_exact_at(&mut buf, pos)
+            log.read_exact_at(&mut buf, pos)
                 .map_err(|e| Error::io("read", &self.log_path, e))?;
             if let Err(e) = batch::validate_stored(&buf) {
                 cut_reason = Some(e.to_string());
@@ -849,10 +1196,9 @@ impl Segment {
                 size: self.size,
                 reason,
             });
-            self.log
-                .set_len(pos)
+            log.set_len(pos)
                 .map_err(|e| Error::io("truncate", &self.log_path, e))?;
-            sync_all(&self.log).map_err(|e| Error::io("fsync", &self.log_path, e))?;
+            sync_all(&log).map_err(|e| Error::io("fsync", &self.log_path, e))?;
             self.size = pos;
         }
         self.next_offset = next;
@@ -863,14 +1209,22 @@ impl Segment {
             raw.extend_from_slice(&((e.offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(e.position as u32).to_be_bytes());
         }
-        self.index_file
-            .set_len(0)
-            .map_err(|e| Error::io("truncate", &self.index_path, e))?;
-        self.index_file
-            .write_all_at(&raw, 0)
-            .map_err(|e| Error::io("write", &self.index_path, e))?;
         self.index = Arc::new(index.into_iter().collect());
-        self.dirty = true;
+        // An index file that already says so is left alone (nothing to sync),
+        // unless its opening sync failed: what it reads may not be on the disk.
+        let same = !self.index_suspect
+            && std::fs::read(&self.index_path)
+                .map_err(|e| Error::io("read", &self.index_path, e))?
+                == raw;
+        if !same {
+            index_file
+                .set_len(0)
+                .map_err(|e| Error::io("truncate", &self.index_path, e))?;
+            index_file
+                .write_all_at(&raw, 0)
+                .map_err(|e| Error::io("write", &self.index_path, e))?;
+            self.dirty = true;
+        }
         Ok(())
     }
 
@@ -879,8 +1233,11 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn append(&mut self, data: &[u8], infos: &[BatchInfo]) -> Result<()> {
-        self.log
-            .write_all_at(data, self.size)
+        let Held {
+            log,
+            index: index_file,
+        } = self.held("write")?.clone();
+        log.write_all_at(data, self.size)
             .map_err(|e| Error::io("write", &self.log_path, e))?;
         let mut raw = Vec::with_capacity(infos.len() * INDEX_ENTRY);
         let mut pos = self.size;
@@ -902,7 +1259,7 @@ impl Segment {
             self.next_offset = info.last_offset() + 1;
             self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
         }
-        self.index_file
+        index_file
             .write_all_at(&raw, (first_entry * INDEX_ENTRY) as u64)
             .map_err(|e| Error::io("write", &self.index_path, e))?;
         self.size = pos;
@@ -937,19 +1294,79 @@ impl Segment {
     /// Marks the segment clean and returns the syncs that make it so, to run without
     /// holding the partition lock; `None` when nothing changed since the last sync.
     /// If the returned job fails, call [`Segment::mark_dirty`].
+    ///
+    /// A sealed segment hands its files over to the job, which closes them when
+    /// it is done; one whose earlier job failed has none left, and the job opens
+    /// them again.
     pub fn take_sync(&mut self) -> Option<SyncJob> {
         if !self.dirty {
             return None;
         }
         self.dirty = false;
+        let held = match &self.files {
+            LogFiles::Open(held) => Some(held.clone()),
+            LogFiles::SealedOpen(held, log) => {
+                let held = held.clone();
+                self.files = LogFiles::Sealed(Arc::clone(log));
+                Some(held)
+            }
+            LogFiles::Sealed(_) => None,
+        };
+        let (log, index) = held.map_or((None, None), |h| (Some(h.log), Some(h.index)));
         Some(SyncJob {
             base_offset: self.base_offset,
             files: [
-                (Arc::clone(&self.log), self.log_path.clone()),
-                (Arc::clone(&self.index_file), self.index_path.clone()),
+                (log, self.log_path.clone()),
+                (index, self.index_path.clone()),
             ],
             log_len: self.size,
         })
+    }
+
+    /// Seals the segment: nothing is written to it any more (its partition
+    /// rolled past it, or it is an older segment opened at start-up). Its
+    /// files close now, or, while it has changes not yet synced, when its
+    /// [`SyncJob`] is done; from then on its log is opened for reads through
+    /// `files`.
+    pub fn seal(&mut self, files: &Arc<SegmentFiles>) {
+        let (held, log) = match &self.files {
+            LogFiles::Open(held) => {
+                let log = Arc::new(SealedLog {
+                    id: NEXT_SEALED_ID.fetch_add(1, Ordering::Relaxed),
+                    path: self.log_path.clone(),
+                    file_id: self.log_id,
+                    retired: AtomicBool::new(false),
+                    files: Arc::clone(files),
+                });
+                (held.clone(), log)
+            }
+            LogFiles::SealedOpen(held, log) => (held.clone(), Arc::clone(log)),
+            LogFiles::Sealed(_) => return,
+        };
+        self.files = if self.dirty {
+            LogFiles::SealedOpen(held, log)
+        } else {
+            LogFiles::Sealed(log)
+        };
+    }
+
+    /// Whether the segment holds its files open (it is written, or sealed with
+    /// changes not yet synced).
+    pub fn holds_files(&self) -> bool {
+        !matches!(self.files, LogFiles::Sealed(_))
+    }
+
+    /// The files held open, for a write (or a read during the open) that
+    /// needs them; `op` names it in the error of a sealed segment.
+    fn held(&self, op: &'static str) -> Result<&Held> {
+        match &self.files {
+            LogFiles::Open(held) | LogFiles::SealedOpen(held, _) => Ok(held),
+            LogFiles::Sealed(_) => Err(Error::io(
+                op,
+                &self.log_path,
+                std::io::Error::other("the segment is sealed: its files are closed"),
+            )),
+        }
     }
 
     /// Whether the segment changed since its last sync.
@@ -990,16 +1407,33 @@ impl Segment {
         Arc::clone(&self.index)
     }
 
-    /// A shared handle to the log file, for reads outside the partition lock.
-    pub fn file(&self) -> Arc<File> {
-        Arc::clone(&self.log)
+    /// A shared handle to the log file, for reads outside the partition lock:
+    /// the one the segment holds, or for a sealed segment one from the cache
+    /// (opened on a miss). The handle stays valid after the segment is removed.
+    ///
+    /// # Errors
+    /// Opening a sealed segment's log fails naming the path.
+    pub fn file(&self) -> Result<Arc<File>> {
+        self.log_handle().open()
+    }
+
+    /// The log for a reader that opens it later, outside the partition lock
+    /// (see [`LogHandle::open`]): nothing is opened until then.
+    pub fn log_handle(&self) -> LogHandle {
+        match &self.files {
+            LogFiles::Open(held) | LogFiles::SealedOpen(held, _) => LogHandle::Held {
+                file: Arc::clone(&held.log),
+                path: self.log_path.clone(),
+            },
+            LogFiles::Sealed(log) => LogHandle::Sealed(Arc::clone(log)),
+        }
     }
 
     /// Records in `producers` the idempotent producers' batches among the last
     /// `batches` of this segment, oldest first (one header read each).
     ///
     /// # Errors
-    /// I/O errors naming the file.
+    /// I/O errors naming the file (a sealed segment's log is opened on demand).
     pub fn record_producers_tail(
         &self,
         batches: usize,
@@ -1007,9 +1441,12 @@ impl Segment {
     ) -> Result<()> {
         let mut head = [0u8; HEADER_LEN];
         let len = self.index.len();
+        if len == 0 || batches == 0 {
+            return Ok(());
+        }
+        let log = self.file()?;
         for e in (len.saturating_sub(batches)..len).filter_map(|i| self.index.get(i)) {
-            self.log
-                .read_exact_at(&mut head, e.position)
+            log.read_exact_at(&mut head, e.position)
                 .map_err(|err| Error::io("read", &self.log_path, err))?;
             if let Ok(info) = batch::parse_header(&head) {
                 producers.recover(std::slice::from_ref(&info));
@@ -1046,15 +1483,18 @@ impl Segment {
         (!self.max_timestamp_exact).then(|| MaxTimestampJob {
             base_offset: self.base_offset,
             size: self.size,
-            file: Arc::clone(&self.log),
-            path: self.log_path.clone(),
+            log: self.log_handle(),
         })
     }
 
     /// When the log file was last written (ms since the Unix epoch), if the
-    /// filesystem says.
+    /// filesystem says (by path for a sealed segment: no file is opened).
     pub fn modified_ms(&self) -> Option<i64> {
-        let t = self.log.metadata().and_then(|m| m.modified()).ok()?;
+        let meta = match &self.files {
+            LogFiles::Open(held) | LogFiles::SealedOpen(held, _) => held.log.metadata(),
+            LogFiles::Sealed(_) => std::fs::metadata(&self.log_path),
+        };
+        let t = meta.and_then(|m| m.modified()).ok()?;
         let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
         i64::try_from(d.as_millis()).ok()
     }
@@ -1121,7 +1561,7 @@ impl Segment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::file_at::cached_bytes;
     use crate::storage::batch::{assign_offsets, tests::make_batch, validate_all};
@@ -1133,6 +1573,147 @@ mod tests {
         let infos = validate_all(&b).unwrap();
         seg.append(&b, &infos).unwrap();
         b
+    }
+
+    /// Descriptors this process holds open on files under `dir` (tests on
+    /// other threads keep theirs in directories of their own).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn fds_under(dir: &Path) -> usize {
+        let dir = dir.canonicalize().unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&dir))
+            .count()
+    }
+
+    /// Descriptors this process holds open on the file `path` (by name, as
+    /// the system lists them: a removed file's name ends in " (deleted)").
+    #[cfg(target_os = "linux")]
+    pub(crate) fn fds_on(path: &Path) -> usize {
+        let path = path.canonicalize().unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| *target == path)
+            .count()
+    }
+
+    /// A sealed segment holds no file once synced: one sealed with changes not
+    /// yet synced keeps both until its sync job, which takes them over and
+    /// closes them when done (so the fsync of a sealed segment is never
+    /// skipped). Reads open a sealed log through the cache, which keeps at
+    /// most its capacity open and closes the least recently used first; a
+    /// handle taken before its eviction still reads, and closes when dropped;
+    /// a dropped segment's handle leaves the cache at once. Before, every
+    /// segment held both files for as long as it existed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_sealed_segment_closes_its_files_and_reads_through_a_bounded_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SegmentFiles::new(2);
+        let mut segs: Vec<Segment> = (0..3)
+            .map(|i| {
+                let mut s = Segment::create(dir.path(), 10 * i).unwrap();
+                append(&mut s, 10 * i, &[format!("segment {i}").as_bytes()]);
+                s
+            })
+            .collect();
+        let log = |i: usize| dir.path().join(log_name(10 * i as i64));
+        let index = |i: usize| dir.path().join(index_name(10 * i as i64));
+        let contents: Vec<Vec<u8>> = (0..3).map(|i| std::fs::read(log(i)).unwrap()).collect();
+
+        // Sealed with its appends not yet synced: held until its sync job.
+        assert!(segs[0].is_dirty());
+        segs[0].seal(&cache);
+        assert!(segs[0].holds_files());
+        assert_eq!((fds_on(&log(0)), fds_on(&index(0))), (1, 1));
+        let job = segs[0]
+            .take_sync()
+            .expect("a sealed dirty segment is synced");
+        assert!(!segs[0].holds_files());
+        job.run().unwrap();
+        assert_eq!((fds_on(&log(0)), fds_on(&index(0))), (1, 1), "the job's");
+        drop(job);
+        assert_eq!((fds_on(&log(0)), fds_on(&index(0))), (0, 0));
+        // Synced, then sealed: closed at once.
+        for s in &mut segs[1..] {
+            s.sync().unwrap();
+            s.seal(&cache);
+            assert!(!s.holds_files());
+        }
+        assert_eq!(fds_under(dir.path()), 0);
+        assert!(segs.iter_mut().all(|s| s.take_sync().is_none()));
+
+        let read = |s: &Segment| {
+            let f = s.file().unwrap();
+            let mut buf = vec![0u8; s.size() as usize];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            buf
+        };
+        assert_eq!(read(&segs[0]), contents[0]);
+        assert_eq!(read(&segs[1]), contents[1]);
+        assert_eq!((cache.len(), cache.opened()), (2, 2));
+        // A hit opens nothing and makes 0 the most recently used.
+        assert_eq!(read(&segs[0]), contents[0]);
+        assert_eq!(cache.opened(), 2);
+        // 1 is closed for 2.
+        assert_eq!(read(&segs[2]), contents[2]);
+        assert_eq!((cache.len(), cache.opened()), (2, 3));
+        assert_eq!([0, 1, 2].map(|i| fds_on(&log(i))), [1, 0, 1]);
+        // A reader holding 0's handle keeps reading it after its eviction.
+        let held = segs[0].file().unwrap();
+        assert_eq!(read(&segs[1]), contents[1]); // evicts 2
+        assert_eq!(read(&segs[2]), contents[2]); // evicts 0
+        assert_eq!((cache.len(), cache.opened()), (2, 5));
+        assert_eq!(fds_on(&log(0)), 1, "only the reader's handle");
+        let mut buf = vec![0u8; contents[0].len()];
+        held.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, contents[0]);
+        drop(held);
+        assert_eq!(fds_on(&log(0)), 0);
+        // A dropped segment's handle is closed at once, and a reader that
+        // still opens it afterwards makes no entry.
+        let handle = segs[2].log_handle();
+        drop(segs.pop());
+        assert_eq!((cache.len(), fds_on(&log(2))), (1, 0));
+        let late = handle.open().unwrap();
+        assert_eq!(cache.len(), 1);
+        drop(late);
+        assert_eq!(fds_on(&log(2)), 0);
+        assert_eq!(fds_under(dir.path()), 1, "segment 1's, in the cache");
+    }
+
+    /// A sealed log that is gone when a read opens it (retention removed it,
+    /// compaction replaced it, or something else did) fails that read with an
+    /// error naming the file, which [`is_gone`] recognises; no panic, and the
+    /// segment reads again once its log is back.
+    #[cfg(unix)]
+    #[test]
+    fn a_sealed_log_that_is_gone_fails_the_read_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SegmentFiles::new(4);
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        append(&mut s, 0, &[b"a"]);
+        s.sync().unwrap();
+        s.seal(&cache);
+        let log = dir.path().join(log_name(0));
+        let kept = dir.path().join("kept");
+        std::fs::rename(&log, &kept).unwrap();
+        let e = s.file().unwrap_err();
+        assert!(is_gone(&e), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("open") && msg.contains(log.to_str().unwrap()),
+            "{msg}"
+        );
+        // Another file by that name is not the segment's log.
+        std::fs::write(&log, b"another file").unwrap();
+        let e = s.file().unwrap_err();
+        assert!(is_gone(&e) && e.to_string().contains("replaced"), "{e}");
+        assert!(cache.is_empty());
+        std::fs::rename(&kept, &log).unwrap();
+        assert_eq!(s.file().unwrap().metadata().unwrap().len(), s.size());
     }
 
     #[cfg(target_os = "linux")]
@@ -1171,7 +1752,7 @@ mod tests {
         s.settle_with(eio).unwrap();
         let new_inode = std::fs::metadata(&log).unwrap().ino();
         assert_ne!(new_inode, old_inode, "the log was not replaced");
-        assert_eq!(s.file().metadata().unwrap().ino(), new_inode);
+        assert_eq!(s.file().unwrap().metadata().unwrap().ino(), new_inode);
         assert_eq!(std::fs::read(&log).unwrap(), before);
         assert!(!dir.path().join(rebuild_name(0)).exists());
 
