@@ -168,8 +168,7 @@ impl SyncJob {
     /// # Errors
     /// I/O errors naming the file.
     pub fn run(&self) -> Result<()> {
-        let mut log = None;
-        for (f, path) in &self.files {
+        let synced = |(f, path): &(Option<Arc<File>>, PathBuf)| -> Result<Arc<File>> {
             let f = match f {
                 Some(f) => Arc::clone(f),
                 None => Arc::new(
@@ -181,13 +180,13 @@ impl SyncJob {
                 ),
             };
             sync_data(&f).map_err(|e| Error::io("fdatasync", path, e))?;
-            log.get_or_insert(f);
-        }
-        // The index is rebuilt from the log when it is short; the log must be whole.
-        let (Some(log), (_, path)) = (log, &self.files[0]) else {
-            return Ok(());
+            Ok(f)
         };
-        check_written(&log, self.log_len).map_err(|e| Error::io("fdatasync", path, e))
+        let [log, index] = &self.files;
+        let log_file = synced(log)?;
+        synced(index)?;
+        // The index is rebuilt from the log when it is short; the log must be whole.
+        check_written(&log_file, self.log_len).map_err(|e| Error::io("fdatasync", &log.1, e))
     }
 }
 
