@@ -6,6 +6,7 @@
 //! ├── meta.json                    cluster id + node id, created once
 //! ├── wal/                         the write-ahead log (see crate::wal)
 //! ├── groups/<hex(group)>.json     committed offsets, replaced atomically
+//! │       /members/<hex(group)>.json   group membership (see group_meta), replaced atomically
 //! └── topics/<topic>/topic.json    topic id, partition count, config overrides
 //!                   /<partition>/<base>.log, <base>.index
 //! ```
@@ -22,6 +23,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod compaction;
+pub mod group_meta;
 pub mod offsets;
 pub mod partition;
 pub mod producers;

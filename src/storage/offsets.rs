@@ -63,12 +63,14 @@ struct GroupOffsets {
     last_commit: SystemTime,
 }
 
-fn to_ms(t: SystemTime) -> i64 {
+/// `t` in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn to_ms(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn from_ms(ms: i64) -> SystemTime {
+/// The instant `ms` milliseconds after the Unix epoch (the epoch for a negative `ms`).
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
@@ -114,7 +116,7 @@ const WRITER_LOCKS: usize = 64;
 /// (A 64-bit FNV-1a hash was used before: a client could find two long names
 /// sharing a file in some 2^32 tries, and each group's commits would replace the
 /// other's. [`OffsetStore::open`] renames such files.)
-fn file_name(group: &str) -> String {
+pub(crate) fn file_name(group: &str) -> String {
     let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
     let bytes = group.as_bytes();
     if 2 * bytes.len() + ".json".len() <= 255 {
@@ -193,6 +195,11 @@ impl OffsetStore {
             groups: Mutex::new(groups),
             writers: (0..WRITER_LOCKS).map(|_| Mutex::new(())).collect(),
         })
+    }
+
+    /// The directory holding the groups' files.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<GroupOffsets>>> {
