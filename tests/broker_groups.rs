@@ -1448,7 +1448,8 @@ fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_dropped() {
 /// OffsetCommit/OffsetFetch: simple commits (generation -1, no member id) at the
 /// lowest and highest versions; unknown partitions; member commits checked against
 /// the generation (allowed while the group prepares a rebalance, refused between
-/// JoinGroup and SyncGroup); everything committed survives a graceful restart.
+/// JoinGroup and SyncGroup); everything committed survives a graceful restart,
+/// and so does the membership: a member commits at its generation afterwards.
 #[test]
 fn offset_commits_follow_the_generation_and_survive_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1599,14 +1600,28 @@ fn offset_commits_follow_the_generation_and_survive_a_restart() {
         old_fetch
     );
     assert_eq!(c.fetch(fhi, g, None), members, "after a restart");
-    // Membership does not survive a restart; committed offsets do.
+    // The membership survived the restart with the committed offsets.
     assert_eq!(
-        c.commit(hi, g, next, &a_id, &[("orders", 0, 97, -1, "")]),
-        vec![("orders".into(), 0, ILLEGAL_GENERATION)],
-        "a generation from before the restart"
+        c.commit(hi, g, next, &a_id, &[("orders", 0, 14, -1, "")]),
+        vec![("orders".into(), 0, NONE)],
+        "the generation from before the restart"
     );
-    assert_eq!(c.simple_commit(hi, g, "orders", 14), NONE);
+    assert_eq!(
+        c.commit(lo, g, next, &b_id, &[("orders", 1, 22, -1, "")]),
+        vec![("orders".into(), 1, NONE)]
+    );
+    assert_eq!(
+        c.commit(hi, g, gen, &a_id, &[("orders", 0, 97, -1, "")]),
+        vec![("orders".into(), 0, ILLEGAL_GENERATION)],
+        "an older generation"
+    );
+    assert_eq!(
+        c.simple_commit(hi, g, "orders", 98),
+        UNKNOWN_MEMBER_ID,
+        "a simple commit to a group with members"
+    );
     assert_eq!(c.fetch(flo, g, Some(&[("orders", &[0])]))[0].2, 14);
+    assert_eq!(c.fetch(flo, g, Some(&[("orders", &[1])]))[0].2, 22);
 }
 
 /// Group requests the broker does not serve (unadvertised versions, truncated or
@@ -2108,11 +2123,20 @@ fn offsets_file(data: &std::path::Path, group: &str) -> std::path::PathBuf {
     data.join("groups").join(format!("{hex}.json"))
 }
 
-/// Deletion is durable: after a graceful restart a deleted group's offsets do not
-/// come back (its offsets file is gone). Groups known only by their committed
-/// offsets are listed as Empty after a restart, with protocol type "consumer" when
-/// members committed and none for a simple group, as Kafka lists the groups it
-/// loads from its offsets topic; they can be deleted after the restart as well.
+/// The file holding `group`'s membership (`groups/members/<hex(group)>.json`).
+fn membership_file(data: &std::path::Path, group: &str) -> std::path::PathBuf {
+    let hex: String = group.bytes().map(|b| format!("{b:02x}")).collect();
+    data.join("groups")
+        .join("members")
+        .join(format!("{hex}.json"))
+}
+
+/// Deletion is durable: after a graceful restart a deleted group's offsets and
+/// membership do not come back (its files are gone). Groups whose members left
+/// are listed as Empty after a restart (their stored membership), with protocol
+/// type "consumer", and simple groups, known only by their committed offsets,
+/// with none, as Kafka lists the groups it loads from its offsets topic; they can
+/// be deleted after the restart as well.
 #[test]
 fn deleted_groups_stay_deleted_and_offset_only_groups_are_listed_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2131,11 +2155,13 @@ fn deleted_groups_stay_deleted_and_offset_only_groups_are_listed_after_a_restart
         NONE
     );
     assert!(offsets_file(&data, "doomed").exists());
+    assert!(membership_file(&data, "doomed").exists());
     assert_eq!(
         c.delete(DELETE_GROUPS.1, &["doomed", "simple-doomed"]),
         vec![("doomed".into(), NONE), ("simple-doomed".into(), NONE)]
     );
     assert!(!offsets_file(&data, "doomed").exists());
+    assert!(!membership_file(&data, "doomed").exists());
     assert!(!offsets_file(&data, "simple-doomed").exists());
 
     drop(c);

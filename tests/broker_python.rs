@@ -1,7 +1,8 @@
 //! The broker with confluent-kafka (librdkafka from PyPI): acks=all producer, assign()
 //! consumer, group subscription with committed offsets that survive a restart, and
-//! the AdminClient's consumer-group listing, description and deletion, and a
-//! static member (`group.instance.id`) restarting without a rebalance.
+//! the AdminClient's consumer-group listing, description and deletion, a
+//! static member (`group.instance.id`) restarting without a rebalance, and a
+//! consumer whose group membership survives a broker restart.
 
 mod broker_support;
 
@@ -725,4 +726,153 @@ fn a_compacted_topic_keeps_each_keys_newest_value_for_librdkafka_consumers() {
         );
         assert_eq!(&via_consumer(&broker.addr, topic), read, "{topic}");
     }
+}
+
+/// Group membership survives a broker restart: a consumer that stays in its
+/// group while the broker is killed (SIGKILL) and restarted on the same port and
+/// data directory heartbeats and commits afterwards at the generation it had,
+/// with no failed commit and no rebalance. Before membership was stored, the
+/// restarted broker had forgotten the group: the consumer's heartbeat got
+/// UNKNOWN_MEMBER_ID and its commit failed (Java's consumer throws
+/// CommitFailedException), and it lost its partitions and rejoined.
+#[test]
+fn a_consumer_group_rides_out_a_broker_restart_without_a_rebalance() {
+    use std::{
+        io::{BufRead, BufReader, Write},
+        process::{Command, Stdio},
+        sync::mpsc,
+        time::{Duration, Instant},
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker =
+        Broker::start_fixed_port(&tmp.path().join("data"), &["--default-partitions", "2"]);
+    let produce = |addr: &str, prefix: &str| {
+        let acks = records(
+            &python_client(
+                "kafka_client.py",
+                &["produce", addr, "steady", "10", "2", prefix],
+            ),
+            "ACK",
+        );
+        assert_eq!(acks.len(), 10);
+    };
+    produce(&broker.addr, "before");
+
+    let mut consumer = Command::new(broker_support::python())
+        .arg(broker_support::client_script("kafka_client.py"))
+        .args([
+            "group-across-restart",
+            &broker.addr,
+            "steady",
+            "steady-group",
+            "10",
+            "10",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the consumer");
+    /// Kills the consumer should the test fail before it exits.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = consumer.stdout.take().unwrap();
+    let stderr = consumer.stderr.take().unwrap();
+    let mut stdin = consumer.stdin.take().unwrap();
+    let mut consumer = Reap(consumer);
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut output = Vec::new();
+    let mut wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line == what;
+                    output.push(line);
+                    if done {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no {what:?} from the consumer:\n{}", output.join("\n")),
+            }
+        }
+    };
+    wait_for("WAITING");
+
+    broker.kill9();
+    let broker = broker.restart_same_port();
+    produce(&broker.addr, "after");
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    wait_for("GO");
+    let status = broker_support::wait_timeout(&mut consumer.0, Duration::from_secs(90))
+        .expect("the consumer did not finish");
+    output.extend(lines.try_iter());
+    let text = output.join("\n");
+    assert!(
+        status.success(),
+        "the consumer failed:\n{text}\nstderr:\n{}",
+        errors.join().unwrap()
+    );
+
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("COMMIT_FAILED") || l.starts_with("TIMEOUT"))
+        .collect();
+    assert!(failed.is_empty(), "commits failed: {failed:?}\n{text}");
+    // Closing revokes the assignment as the consumer leaves.
+    let rebalances: Vec<&str> = text
+        .lines()
+        .take_while(|l| *l != "CLOSING")
+        .filter(|l| {
+            ["ASSIGNED", "REVOKED", "LOST"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    assert_eq!(
+        rebalances.len(),
+        1,
+        "one assignment, and no rebalance across the restart:\n{text}"
+    );
+    assert!(rebalances[0].starts_with("ASSIGNED"), "{text}");
+    let assigned: BTreeSet<i32> = rebalances[0]
+        .split(' ')
+        .skip(2)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(assigned, BTreeSet::from([0, 1]), "{text}");
+    // Every message once, and the commit after the restart stored the end.
+    let read = records(&text, "MSG");
+    let values: BTreeSet<&str> = read.iter().map(|(_, _, v)| v.as_str()).collect();
+    assert_eq!(read.len(), 20, "{text}");
+    assert_eq!(values.len(), 20, "{text}");
+    let go = text.lines().position(|l| l == "GO").unwrap();
+    let committed_after: BTreeMap<i32, i64> = text
+        .lines()
+        .skip(go)
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("COMMITTED ")?.split(' ');
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        committed_after,
+        BTreeMap::from([(0, 10), (1, 10)]),
+        "the commit after the restart:\n{text}"
+    );
 }

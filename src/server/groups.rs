@@ -4,8 +4,18 @@
 //! the rebalance timeout passes (members that did not rejoin are dropped). The leader
 //! gets the member list, computes assignments client-side and sends them in SyncGroup;
 //! followers wait for that. Members are dropped when their session times out.
-//! Membership lives in memory; committed offsets are durable (see
-//! [`crate::storage::OffsetStore`]).
+//!
+//! Committed offsets are durable (see [`crate::storage::OffsetStore`]), and so is
+//! membership when the coordinator is opened on a directory
+//! ([`GroupCoordinator::open`]), as Kafka keeps a group's metadata in
+//! `__consumer_offsets`: a group is stored when the leader's SyncGroup completes a
+//! rebalance and when it becomes empty, and loaded at start, so that a broker
+//! restart neither empties groups nor fails their members' commits. A rebalance
+//! completes only once stored: the SyncGroup answers wait for the file, and a
+//! failed write answers them COORDINATOR_NOT_AVAILABLE and rebalances the group
+//! (a stable generation is never acknowledged unless it was stored). Writes and
+//! removals are blocking; the server runs them on its blocking threads
+//! ([`GroupCoordinator::store_group`], [`GroupCoordinator::store_changed`]).
 //!
 //! As in Kafka, JoinGroup, SyncGroup, Heartbeat and LeaveGroup refuse an empty group
 //! id with INVALID_GROUP_ID; OffsetCommit and OffsetFetch accept it (Kafka keeps that
@@ -22,15 +32,23 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ops::RangeInclusive,
+    path::PathBuf,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::codes;
-use crate::{config::GroupConfig, storage::OffsetStore};
+use crate::{
+    config::GroupConfig,
+    storage::{
+        group_meta::{GroupMeta, GroupMetaStore, MemberMeta, ProtocolMeta},
+        offsets::{from_ms, to_ms},
+        OffsetStore,
+    },
+};
 
 /// Answer to a JoinGroup.
 #[derive(Debug, Clone)]
@@ -200,6 +218,13 @@ struct Group {
     rebalance_deadline: Option<Instant>,
     /// When the group last became `Empty` (or was created).
     empty_since: SystemTime,
+    /// Its membership changed since it was last stored: it became `Empty`, the
+    /// leader's assignment waits to be stored (`storing`), or a static member
+    /// replaced itself in a `Stable` group.
+    unstored: bool,
+    /// In `CompletingRebalance`: the leader's assignment is set, and the group
+    /// becomes `Stable` (answering the SyncGroups waiting) once it is stored.
+    storing: bool,
 }
 
 impl Group {
@@ -216,12 +241,137 @@ impl Group {
             pending_members: HashMap::new(),
             rebalance_deadline: None,
             empty_since: SystemTime::now(),
+            unstored: false,
+            storing: false,
         }
+    }
+
+    /// The group loses its last member: `Empty`, keeping its generation and
+    /// protocol type, to be stored.
+    fn become_empty(&mut self) {
+        self.state = State::Empty;
+        self.empty_since = SystemTime::now();
+        self.leader = None;
+        self.protocol = None;
+        self.rebalance_deadline = None;
+        self.storing = false;
+        self.unstored = true;
+    }
+
+    /// The leader's assignment is in force: the group is `Stable` and every
+    /// member waiting in SyncGroup gets its assignment.
+    fn complete_sync(&mut self) {
+        self.state = State::Stable;
+        self.storing = false;
+        for (id, tx) in self.pending_syncs.drain(..) {
+            let a = self
+                .members
+                .get(&id)
+                .map(|m| m.assignment.clone())
+                .unwrap_or_default();
+            let _ = tx.send((codes::NONE, a));
+        }
+    }
+
+    /// The membership to store, as Kafka's `GroupMetadata` record holds it.
+    fn to_meta(&self) -> GroupMeta {
+        let has_members = !self.members.is_empty();
+        GroupMeta {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone().filter(|_| has_members),
+            leader: self.leader.clone().filter(|_| has_members),
+            empty_since_ms: (self.state == State::Empty).then(|| to_ms(self.empty_since)),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| MemberMeta {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: duration_ms(m.session_timeout),
+                    rebalance_timeout_ms: duration_ms(m.rebalance_timeout),
+                    protocols: m
+                        .protocols
+                        .iter()
+                        .map(|(name, metadata)| ProtocolMeta {
+                            name: name.clone(),
+                            metadata: metadata.clone(),
+                        })
+                        .collect(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A group loaded from its stored membership at `now`: `Stable` at the stored
+    /// generation with its members, each member's session starting `now`, or
+    /// `Empty` with the stored generation and protocol type. Why not, when the
+    /// membership is inconsistent.
+    fn from_meta(meta: GroupMeta, now: Instant) -> Result<Group, String> {
+        let mut g = Group::new();
+        g.generation = meta.generation;
+        g.protocol_type = meta.protocol_type;
+        if meta.members.is_empty() {
+            g.empty_since = meta.empty_since_ms.map_or_else(SystemTime::now, from_ms);
+            return Ok(g);
+        }
+        let (Some(protocol), Some(leader)) = (meta.protocol, meta.leader) else {
+            return Err("lists members without a protocol or a leader".into());
+        };
+        if g.protocol_type.is_none() {
+            return Err("lists members without a protocol type".into());
+        }
+        if g.generation < 1 {
+            return Err(format!("lists members at generation {}", g.generation));
+        }
+        let mut instances = HashSet::new();
+        for m in meta.members {
+            if !m.protocols.iter().any(|p| p.name == protocol) {
+                return Err(format!(
+                    "lists member {}, which does not support the group's protocol {protocol}",
+                    m.member_id
+                ));
+            }
+            if let Some(i) = &m.instance_id {
+                if !instances.insert(i.clone()) {
+                    return Err(format!("lists group instance id {i} twice"));
+                }
+            }
+            let member = Member {
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                protocols: m
+                    .protocols
+                    .into_iter()
+                    .map(|p| (p.name, p.metadata))
+                    .collect(),
+                session_timeout: Duration::from_millis(m.session_timeout_ms),
+                rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                last_seen: now,
+                assignment: m.assignment,
+                joined: true,
+            };
+            if g.members.insert(m.member_id.clone(), member).is_some() {
+                return Err(format!("lists member {} twice", m.member_id));
+            }
+        }
+        if !g.members.contains_key(&leader) {
+            return Err(format!("names leader {leader}, which is not a member"));
+        }
+        g.state = State::Stable;
+        g.protocol = Some(protocol);
+        g.leader = Some(leader);
+        Ok(g)
     }
 
     fn start_rebalance(&mut self, now: Instant) {
         if self.state != State::PreparingRebalance {
             self.state = State::PreparingRebalance;
+            self.storing = false;
             for m in self.members.values_mut() {
                 m.joined = false;
             }
@@ -254,10 +404,7 @@ impl Group {
         });
         self.rebalance_deadline = None;
         if self.members.is_empty() {
-            self.state = State::Empty;
-            self.empty_since = SystemTime::now();
-            self.leader = None;
-            self.protocol = None;
+            self.become_empty();
             return;
         }
         let Some(protocol) = self.select_protocol() else {
@@ -393,6 +540,8 @@ impl Group {
         self.members.insert(new.clone(), m);
         tracing::info!(old_member = %old, member = %new, instance = ?self.members[&new].instance_id, "static member replaced");
         if self.state == State::Stable && self.select_protocol() == self.protocol {
+            // Stored, so that the new id is a member after a restart too.
+            self.unstored = true;
             let _ = tx.send(JoinResult {
                 error: codes::NONE,
                 generation: self.generation,
@@ -471,6 +620,11 @@ fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
     protocols.iter().map(|(n, _)| n.as_str()).collect()
 }
 
+/// `d` in whole milliseconds, saturating.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// All groups of this broker.
 #[derive(Debug)]
 pub struct GroupCoordinator {
@@ -480,6 +634,11 @@ pub struct GroupCoordinator {
     started: SystemTime,
     /// The session timeouts a JoinGroup may ask for.
     session_timeouts: RangeInclusive<Duration>,
+    /// Where membership is stored; `None`: in memory only.
+    meta: Option<GroupMetaStore>,
+    /// Woken when a group's membership changed and is to be stored
+    /// ([`GroupCoordinator::membership_changed`]).
+    unstored: Notify,
 }
 
 impl Default for GroupCoordinator {
@@ -523,14 +682,172 @@ pub struct JoinRequest {
 }
 
 impl GroupCoordinator {
-    /// A coordinator with no groups, enforcing `config`'s session timeout bounds.
+    /// A coordinator with no groups, enforcing `config`'s session timeout bounds,
+    /// that keeps membership in memory only (a SyncGroup completes at once).
     pub fn new(config: &GroupConfig) -> GroupCoordinator {
         let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
         GroupCoordinator {
             groups: Mutex::default(),
             started: SystemTime::now(),
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
+            meta: None,
+            unstored: Notify::new(),
         }
+    }
+
+    /// A coordinator storing membership in `dir` (see
+    /// [`crate::storage::group_meta`]), with the groups stored there (blocking:
+    /// reads every file). A group with members comes back `Stable` at its stored
+    /// generation, with its members, leader, protocol and assignments, and every
+    /// member's session starting now; a group stored empty comes back `Empty` with
+    /// its generation and protocol type. A file that cannot be read, does not
+    /// parse or is inconsistent is logged as a warning naming it, and its group
+    /// starts without members (its committed offsets are unaffected).
+    ///
+    /// # Errors
+    /// I/O errors creating or listing `dir`.
+    pub fn open(config: &GroupConfig, dir: PathBuf) -> crate::error::Result<GroupCoordinator> {
+        let (store, loaded) = GroupMetaStore::open(dir)?;
+        let now = Instant::now();
+        let mut groups = HashMap::new();
+        for l in loaded {
+            let group = l
+                .group
+                .and_then(|(name, meta)| Ok((name, Group::from_meta(meta, now)?)));
+            match group {
+                Ok((name, g)) => {
+                    groups.insert(name, g);
+                }
+                Err(reason) => tracing::warn!(
+                    file = %l.path.display(),
+                    "the stored membership of a group {reason}: the group starts without members (its committed offsets are unaffected)"
+                ),
+            }
+        }
+        if !groups.is_empty() {
+            let with_members = groups.values().filter(|g| !g.members.is_empty()).count();
+            tracing::info!(
+                groups = groups.len(),
+                stable = with_members,
+                "loaded group membership"
+            );
+        }
+        Ok(GroupCoordinator {
+            groups: Mutex::new(groups),
+            meta: Some(store),
+            ..GroupCoordinator::new(config)
+        })
+    }
+
+    /// Whether membership is stored (the coordinator was opened on a directory).
+    pub fn stores_membership(&self) -> bool {
+        self.meta.is_some()
+    }
+
+    /// Resolves when some group's membership changed and is to be stored with
+    /// [`GroupCoordinator::store_changed`] (at once if it changed since the last
+    /// call returned).
+    pub async fn membership_changed(&self) {
+        self.unstored.notified().await;
+    }
+
+    /// Wakes [`GroupCoordinator::membership_changed`] when `g` has membership to
+    /// store.
+    fn notify_unstored(&self, g: &Group) {
+        if g.unstored && self.meta.is_some() {
+            self.unstored.notify_one();
+        }
+    }
+
+    /// Stores the membership of every group whose membership changed
+    /// ([`GroupCoordinator::store_group`] for each). Blocking.
+    pub fn store_changed(&self) {
+        let changed: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, g)| g.unstored)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for group in changed {
+            self.store_group(&group);
+        }
+    }
+
+    /// Stores `group`'s membership when it changed since it was last stored
+    /// (blocking: writes and fsyncs its file), as Kafka stores a group: once the
+    /// leader's assignment is set (the group then becomes `Stable` and the
+    /// SyncGroups waiting get their assignments; if the write fails they get
+    /// COORDINATOR_NOT_AVAILABLE and the group rebalances, as Kafka answers a
+    /// failed store), when it became `Empty`, and when a static member replaced
+    /// itself in a `Stable` group. A group rebalancing meanwhile is stored when
+    /// the rebalance completes. Failures are logged; one of a group that is not
+    /// completing a rebalance is tried again at the group's next store.
+    pub fn store_group(&self, group: &str) {
+        let Some(store) = &self.meta else {
+            return;
+        };
+        // Held from reading the group's state until its file is in place, so
+        // that the file written last holds the newest state.
+        let _writer = store.writer(group);
+        let (meta, completing) = {
+            let mut groups = self.lock();
+            let Some(g) = groups.get_mut(group).filter(|g| g.unstored) else {
+                return;
+            };
+            g.unstored = false;
+            match g.state {
+                State::Empty | State::Stable => (g.to_meta(), None),
+                State::CompletingRebalance if g.storing => (g.to_meta(), Some(g.generation)),
+                State::PreparingRebalance | State::CompletingRebalance | State::Dead => return,
+            }
+        };
+        let stored = store.write(group, &meta);
+        if let Err(e) = &stored {
+            tracing::error!(group = %group, generation = meta.generation, error = %e, "storing the group's membership failed");
+        }
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group) else {
+            return;
+        };
+        match completing {
+            Some(generation)
+                if g.state == State::CompletingRebalance
+                    && g.storing
+                    && g.generation == generation =>
+            {
+                if stored.is_ok() {
+                    g.complete_sync();
+                } else {
+                    // Never acknowledged unless stored: the members rejoin.
+                    g.storing = false;
+                    for (_, tx) in g.pending_syncs.drain(..) {
+                        let _ = tx.send((codes::COORDINATOR_NOT_AVAILABLE, Bytes::new()));
+                    }
+                    for m in g.members.values_mut() {
+                        m.assignment = Bytes::new();
+                    }
+                    g.start_rebalance(Instant::now());
+                }
+            }
+            Some(_) => {}
+            None if stored.is_err() => g.unstored = true,
+            None => {}
+        }
+    }
+
+    /// Removes the stored membership of `group`, which is being deleted (between
+    /// [`GroupCoordinator::begin_delete`] and [`GroupCoordinator::finish_delete`],
+    /// as DeleteGroups and offset expiry do), durably (blocking: removes its file
+    /// and fsyncs the directory).
+    ///
+    /// # Errors
+    /// I/O errors, naming the file or directory.
+    pub fn delete_stored(&self, group: &str) -> crate::error::Result<()> {
+        let Some(store) = &self.meta else {
+            return Ok(());
+        };
+        let _writer = store.writer(group);
+        store.remove(group)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
@@ -640,6 +957,7 @@ impl GroupCoordinator {
             if let Some(old) = current {
                 g.protocol_type = Some(req.protocol_type.clone());
                 g.replace_static_member(&old, id, req, tx, now);
+                self.notify_unstored(g);
                 return rx;
             }
             if req.require_known_member_id && req.instance_id.is_none() {
@@ -748,7 +1066,9 @@ impl GroupCoordinator {
             }
             State::CompletingRebalance => {
                 g.pending_syncs.push((member_id.to_string(), tx));
-                if g.leader.as_deref() == Some(member_id) {
+                // A leader's SyncGroup sent again while its assignment is being
+                // stored waits with the others.
+                if g.leader.as_deref() == Some(member_id) && !g.storing {
                     let map: HashMap<String, Bytes> = assignments.into_iter().collect();
                     for (id, m) in &mut g.members {
                         // A copy, not a share of the request frame (see `join`).
@@ -757,14 +1077,13 @@ impl GroupCoordinator {
                             .map(|a| Bytes::copy_from_slice(a))
                             .unwrap_or_default();
                     }
-                    g.state = State::Stable;
-                    for (id, tx) in g.pending_syncs.drain(..) {
-                        let a = g
-                            .members
-                            .get(&id)
-                            .map(|m| m.assignment.clone())
-                            .unwrap_or_default();
-                        let _ = tx.send((codes::NONE, a));
+                    if self.meta.is_some() {
+                        // Stable, and answered, once stored (`store_group`).
+                        g.storing = true;
+                        g.unstored = true;
+                        self.notify_unstored(g);
+                    } else {
+                        g.complete_sync();
                     }
                 }
             }
@@ -867,10 +1186,8 @@ impl GroupCoordinator {
         }
         if removed {
             if g.members.is_empty() {
-                g.state = State::Empty;
-                g.empty_since = SystemTime::now();
-                g.leader = None;
-                g.rebalance_deadline = None;
+                g.become_empty();
+                self.notify_unstored(g);
             } else {
                 g.start_rebalance(now);
                 g.try_complete(false);
@@ -1111,7 +1428,9 @@ impl GroupCoordinator {
                 if gone {
                     // An empty group the coordinator still holds goes too.
                     if self.begin_delete(group, false) == codes::NONE {
+                        let removed = self.delete_stored(group);
                         self.finish_delete(group);
+                        removed?;
                     }
                 }
                 return Ok(gone);
@@ -1126,7 +1445,14 @@ impl GroupCoordinator {
             return Ok(false);
         }
         // A commit that got in before the group was marked for deletion keeps it.
-        let deleted = store.delete_unless_committed_since(group, last_commit);
+        let deleted = store
+            .delete_unless_committed_since(group, last_commit)
+            .and_then(|deleted| {
+                if deleted {
+                    self.delete_stored(group)?;
+                }
+                Ok(deleted)
+            });
         self.finish_delete(group);
         if !deleted? {
             return Ok(false);
@@ -1143,19 +1469,48 @@ impl GroupCoordinator {
     /// handed out, no joins or syncs waiting) and no committed offsets in `store`,
     /// as Kafka's offset cleanup removes such groups: a group that only ever saw
     /// refused joins, or whose members left without committing, is not kept (nor
-    /// listed) forever. Returns how many were forgotten.
+    /// listed) forever. Its stored membership goes too (blocking: removes its
+    /// file; a failure is logged, and the group comes back `Empty` at the next
+    /// start, to be forgotten again). Returns how many were forgotten.
     pub fn forget_empty_groups(&self, store: &OffsetStore) -> usize {
-        let mut groups = self.lock();
-        let before = groups.len();
-        groups.retain(|name, g| {
-            let idle = g.state == State::Empty
+        let forgettable = |name: &str, g: &Group| {
+            g.state == State::Empty
                 && g.members.is_empty()
                 && g.pending_members.is_empty()
                 && g.pending_joins.is_empty()
-                && g.pending_syncs.is_empty();
-            !idle || store.group(name).is_some()
-        });
-        before - groups.len()
+                && g.pending_syncs.is_empty()
+                && store.group(name).is_none()
+        };
+        let Some(meta) = &self.meta else {
+            let mut groups = self.lock();
+            let before = groups.len();
+            groups.retain(|name, g| !forgettable(name, g));
+            return before - groups.len();
+        };
+        let candidates: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(name, g)| forgettable(name, g))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut forgotten = 0;
+        for name in candidates {
+            // Held across the check and the removal: a group formed again under
+            // this name meanwhile is stored after the removal, not before it.
+            let _writer = meta.writer(&name);
+            {
+                let mut groups = self.lock();
+                if !groups.get(&name).is_some_and(|g| forgettable(&name, g)) {
+                    continue;
+                }
+                groups.remove(&name);
+            }
+            forgotten += 1;
+            if let Err(e) = meta.remove(&name) {
+                tracing::warn!(group = %name, error = %e, "removing a forgotten group's stored membership failed");
+            }
+        }
+        forgotten
     }
 
     /// Whether the coordinator holds `group` (members, or state since the start).
@@ -1212,11 +1567,10 @@ impl GroupCoordinator {
                 g.members.remove(id);
                 g.pending_syncs.retain(|(m, _)| m != id);
             }
-            if !expired.is_empty() {
+            let mut changed = !expired.is_empty();
+            if changed {
                 if g.members.is_empty() {
-                    g.state = State::Empty;
-                    g.empty_since = SystemTime::now();
-                    g.leader = None;
+                    g.become_empty();
                 } else {
                     g.start_rebalance(now);
                     g.try_complete(false);
@@ -1226,6 +1580,10 @@ impl GroupCoordinator {
                 && g.rebalance_deadline.is_some_and(|d| now >= d)
             {
                 g.try_complete(true);
+                changed = true;
+            }
+            if changed {
+                self.notify_unstored(g);
             }
         }
     }
@@ -2182,5 +2540,453 @@ mod tests {
         ];
         want.sort();
         assert_eq!(ids, want);
+    }
+
+    /// A coordinator storing membership in `dir`.
+    fn opened(dir: &std::path::Path) -> GroupCoordinator {
+        GroupCoordinator::open(&GroupConfig::default(), dir.to_path_buf()).unwrap()
+    }
+
+    /// Two members `a` (the leader) and `b` at generation 2, neither synced yet.
+    fn two_joined(c: &GroupCoordinator) -> (JoinResult, JoinResult) {
+        let a = c.join(req("")).try_recv().unwrap();
+        let mut b = c.join(req(""));
+        let a = c.join(req(&a.member_id)).try_recv().unwrap();
+        let b = b.try_recv().unwrap();
+        assert_eq!((a.error, b.error, a.generation, b.generation), (0, 0, 2, 2));
+        assert_eq!(a.leader, a.member_id);
+        (a, b)
+    }
+
+    /// The leader's and the follower's SyncGroup with assignments "for a" and
+    /// "for b": their receivers, with the leader's sent last.
+    fn sync_both(
+        c: &GroupCoordinator,
+        a: &JoinResult,
+        b: &JoinResult,
+    ) -> (oneshot::Receiver<SyncResult>, oneshot::Receiver<SyncResult>) {
+        let b_sync = c.sync("g", b.generation, &b.member_id, None, vec![]);
+        let assignments = vec![
+            (a.member_id.clone(), Bytes::from_static(b"for a")),
+            (b.member_id.clone(), Bytes::from_static(b"for b")),
+        ];
+        let a_sync = c.sync("g", a.generation, &a.member_id, None, assignments);
+        (a_sync, b_sync)
+    }
+
+    /// A group's membership survives a restart of the coordinator: the SyncGroup
+    /// that completes the rebalance is answered once the membership is stored,
+    /// and a coordinator opened on the same directory has the group `Stable` at
+    /// its generation, so that its members' commits and heartbeats go on.
+    #[test]
+    fn a_stable_group_survives_a_restart_of_the_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (a, b) = two_joined(&c);
+        let (mut a_sync, mut b_sync) = sync_both(&c, &a, &b);
+        assert!(a_sync.try_recv().is_err(), "answered before it was stored");
+        assert!(b_sync.try_recv().is_err(), "answered before it was stored");
+        assert_eq!(c.describe("g").unwrap().state, "CompletingRebalance");
+        c.store_group("g");
+        assert_eq!(
+            a_sync.try_recv().unwrap(),
+            (codes::NONE, Bytes::from_static(b"for a"))
+        );
+        assert_eq!(
+            b_sync.try_recv().unwrap(),
+            (codes::NONE, Bytes::from_static(b"for b"))
+        );
+        let before = c.describe("g").unwrap();
+        assert_eq!(before.state, "Stable");
+        drop(c);
+
+        let c = opened(dir.path());
+        assert_eq!(c.check_commit("g", 2, &a.member_id, None), codes::NONE);
+        assert_eq!(c.check_commit("g", 2, &b.member_id, None), codes::NONE);
+        assert_eq!(c.heartbeat("g", 2, &a.member_id, None), codes::NONE);
+        assert_eq!(c.heartbeat("g", 2, &b.member_id, None), codes::NONE);
+        assert_eq!(
+            c.check_commit("g", 1, &a.member_id, None),
+            codes::ILLEGAL_GENERATION
+        );
+        let mut want = vec![
+            (
+                a.member_id.clone(),
+                Bytes::from_static(b"meta"),
+                Bytes::from_static(b"for a"),
+            ),
+            (
+                b.member_id.clone(),
+                Bytes::from_static(b"meta"),
+                Bytes::from_static(b"for b"),
+            ),
+        ];
+        want.sort();
+        assert_eq!(
+            summary_of(&c),
+            (
+                "Stable".into(),
+                Some("consumer".into()),
+                "range".into(),
+                want
+            )
+        );
+        assert_eq!(c.describe("g").unwrap(), before);
+        assert_eq!(
+            c.overview(),
+            vec![GroupOverview {
+                group: "g".into(),
+                state: "Stable",
+                protocol_type: Some("consumer".into()),
+            }]
+        );
+        // The followers' SyncGroup, sent again, gets its assignment; the leader
+        // stays the leader.
+        assert_eq!(
+            c.sync("g", 2, &b.member_id, None, vec![])
+                .try_recv()
+                .unwrap(),
+            (codes::NONE, Bytes::from_static(b"for b"))
+        );
+        assert_eq!(c.lock()["g"].leader.as_deref(), Some(a.member_id.as_str()));
+        // A new member joining rebalances to the next generation.
+        let mut n = c.join(req(""));
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        let mut ra = c.join(req(&a.member_id));
+        let mut rb = c.join(req(&b.member_id));
+        let (n, a2, b2) = (
+            n.try_recv().unwrap(),
+            ra.try_recv().unwrap(),
+            rb.try_recv().unwrap(),
+        );
+        assert_eq!((n.generation, a2.generation, b2.generation), (3, 3, 3));
+        assert_eq!(a2.leader, a.member_id);
+    }
+
+    /// After a restart every member's session starts from the load: one that
+    /// heartbeats stays, one that stays silent past its session timeout is
+    /// removed and the group rebalances. A group whose members all went is
+    /// stored `Empty` and comes back so, with its generation and protocol type.
+    #[test]
+    fn members_silent_after_a_restart_expire_and_an_empty_group_keeps_its_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (a, b) = two_joined(&c);
+        let (a_sync, b_sync) = sync_both(&c, &a, &b);
+        c.store_group("g");
+        assert_eq!(a_sync.blocking_recv().unwrap().0, codes::NONE);
+        assert_eq!(b_sync.blocking_recv().unwrap().0, codes::NONE);
+        drop(c);
+
+        let c = opened(dir.path());
+        // Loaded members start their sessions now: a tick keeps both.
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().members.len(), 2);
+        // b is silent past its session timeout of 10 s.
+        {
+            let mut groups = c.lock();
+            let m = groups.get_mut("g").unwrap().members.get_mut(&b.member_id);
+            m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(11)).unwrap();
+        }
+        c.tick();
+        let d = c.describe("g").unwrap();
+        assert_eq!(d.state, "PreparingRebalance");
+        assert_eq!(
+            d.members.iter().map(|m| &m.member_id).collect::<Vec<_>>(),
+            vec![&a.member_id]
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &b.member_id, None),
+            codes::UNKNOWN_MEMBER_ID
+        );
+        let a3 = c.join(req(&a.member_id)).try_recv().unwrap();
+        assert_eq!((a3.error, a3.generation), (codes::NONE, 3));
+        let mut s = c.sync("g", 3, &a.member_id, None, vec![]);
+        c.store_group("g");
+        assert_eq!(s.try_recv().unwrap().0, codes::NONE);
+
+        // The last member goes silent too: the group is empty, and stored so.
+        {
+            let mut groups = c.lock();
+            let m = groups.get_mut("g").unwrap().members.get_mut(&a.member_id);
+            m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(11)).unwrap();
+        }
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().state, EMPTY);
+        c.store_changed();
+        drop(c);
+        let c = opened(dir.path());
+        assert_eq!(
+            c.describe("g").unwrap(),
+            GroupSummary::empty(Some("consumer".into()))
+        );
+        assert_eq!(
+            c.check_commit("g", 3, &a.member_id, None),
+            codes::UNKNOWN_MEMBER_ID
+        );
+        let n = c.join(req("")).try_recv().unwrap();
+        assert_eq!(
+            (n.error, n.generation),
+            (codes::NONE, 4),
+            "the generation goes on from the stored one"
+        );
+    }
+
+    /// A static member whose consumer restarts after the broker did takes over
+    /// its stored membership without a rebalance, as before the restart; the
+    /// replacement is stored too.
+    #[test]
+    fn a_static_member_takes_over_its_stored_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let s = join_as(&c, "", Some("s")).try_recv().unwrap();
+        let mut rd = join_as(&c, "", None);
+        let s = join_as(&c, &s.member_id, Some("s")).try_recv().unwrap();
+        let d = rd.try_recv().unwrap();
+        assert_eq!((s.generation, s.leader.as_str()), (2, s.member_id.as_str()));
+        let (a_sync, d_sync) = sync_both(&c, &s, &d);
+        c.store_group("g");
+        assert_eq!(a_sync.blocking_recv().unwrap().0, codes::NONE);
+        assert_eq!(d_sync.blocking_recv().unwrap().0, codes::NONE);
+        drop(c);
+
+        let c = opened(dir.path());
+        let s2 = join_as(&c, "", Some("s")).try_recv().unwrap();
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 2), "no rebalance");
+        assert_ne!(s2.member_id, s.member_id);
+        assert_eq!(s2.leader, s.member_id, "the leader id from before");
+        assert_eq!(c.heartbeat("g", 2, &d.member_id, None), codes::NONE);
+        assert_eq!(
+            c.sync("g", 2, &s2.member_id, Some("s"), vec![])
+                .try_recv()
+                .unwrap(),
+            (codes::NONE, Bytes::from_static(b"for a"))
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &s.member_id, Some("s")),
+            codes::FENCED_INSTANCE_ID
+        );
+        c.store_changed();
+        drop(c);
+        let c = opened(dir.path());
+        assert_eq!(
+            c.check_commit("g", 2, &s2.member_id, Some("s")),
+            codes::NONE
+        );
+        assert_eq!(
+            c.check_commit("g", 2, &s.member_id, Some("s")),
+            codes::FENCED_INSTANCE_ID
+        );
+    }
+
+    /// When the membership cannot be stored, the SyncGroups waiting for it get
+    /// COORDINATOR_NOT_AVAILABLE and the group rebalances: a stable generation
+    /// is never acknowledged unless it was stored. Once the disk takes writes
+    /// again the members rejoin and the next generation is stored.
+    #[test]
+    fn a_rebalance_whose_membership_cannot_be_stored_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (a, b) = two_joined(&c);
+        // The atomic replace cannot create its temporary file.
+        let tmp = dir
+            .path()
+            .join(crate::storage::offsets::file_name("g"))
+            .with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let (mut a_sync, mut b_sync) = sync_both(&c, &a, &b);
+        c.store_group("g");
+        let refused = (codes::COORDINATOR_NOT_AVAILABLE, Bytes::new());
+        assert_eq!(a_sync.try_recv().unwrap(), refused);
+        assert_eq!(b_sync.try_recv().unwrap(), refused);
+        let d = c.describe("g").unwrap();
+        assert_eq!(d.state, "PreparingRebalance");
+        assert!(d.members.iter().all(|m| m.assignment.is_empty()));
+        assert_eq!(
+            c.heartbeat("g", 2, &b.member_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        drop(c);
+        assert!(
+            opened(dir.path()).describe("g").is_none(),
+            "nothing was stored"
+        );
+
+        let c = opened(dir.path());
+        let (a, b) = two_joined(&c);
+        std::fs::remove_dir(&tmp).unwrap();
+        let (a_sync, b_sync) = sync_both(&c, &a, &b);
+        c.store_group("g");
+        assert_eq!(a_sync.blocking_recv().unwrap().0, codes::NONE);
+        assert_eq!(b_sync.blocking_recv().unwrap().0, codes::NONE);
+        drop(c);
+        assert_eq!(opened(dir.path()).describe("g").unwrap().state, "Stable");
+    }
+
+    /// Log lines written while `f` runs, at every level.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = sink.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    /// A stored membership that does not parse is a warning naming its file:
+    /// the coordinator opens, the group starts without members, and the other
+    /// groups load.
+    #[test]
+    fn a_membership_file_that_does_not_parse_starts_its_group_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (a, b) = two_joined(&c);
+        let _ = sync_both(&c, &a, &b);
+        c.store_group("g");
+        drop(c);
+        let bad = dir.path().join(crate::storage::offsets::file_name("bad"));
+        std::fs::write(&bad, b"{\"version\":1,\"group\":\"bad\",\"generation\":").unwrap();
+        let inconsistent = dir.path().join(crate::storage::offsets::file_name("odd"));
+        std::fs::write(
+            &inconsistent,
+            br#"{"version":1,"group":"odd","generation":3,"protocol_type":"consumer","protocol":"range","leader":"x","members":[]}"#,
+        )
+        .unwrap();
+        let good = std::fs::read(dir.path().join(crate::storage::offsets::file_name("g"))).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        v["group"] = "no-leader".into();
+        v["leader"] = "nobody".into();
+        let no_leader = dir
+            .path()
+            .join(crate::storage::offsets::file_name("no-leader"));
+        std::fs::write(&no_leader, serde_json::to_vec(&v).unwrap()).unwrap();
+
+        let mut c = None;
+        let log = logged(|| c = Some(opened(dir.path())));
+        let c = c.unwrap();
+        assert!(c.describe("bad").is_none());
+        assert!(c.describe("no-leader").is_none());
+        assert_eq!(c.describe("g").unwrap().state, "Stable");
+        assert_eq!(
+            c.describe("odd").unwrap(),
+            GroupSummary::empty(Some("consumer".into())),
+            "an empty group needs no leader"
+        );
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{log}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&bad.display().to_string()) && w.contains("does not parse")),
+            "{log}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&no_leader.display().to_string())
+                    && w.contains("names leader nobody, which is not a member")),
+            "{log}"
+        );
+        // The next store of the group replaces the file.
+        let n = c.join(JoinRequest {
+            group: "bad".into(),
+            ..req("")
+        });
+        let n = n.blocking_recv().unwrap();
+        let mut s = c.sync("bad", n.generation, &n.member_id, None, vec![]);
+        c.store_group("bad");
+        assert_eq!(s.try_recv().unwrap().0, codes::NONE);
+        drop(c);
+        let log =
+            logged(|| assert_eq!(opened(dir.path()).describe("bad").unwrap().state, "Stable"));
+        assert!(!log.contains(&bad.display().to_string()), "{log}");
+    }
+
+    /// DeleteGroups, offset expiry and the forgetting of empty groups remove the
+    /// group's stored membership: a coordinator opened afterwards does not know
+    /// the group.
+    #[test]
+    fn a_deleted_expired_or_forgotten_group_loses_its_stored_membership() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let members = dir.path().join("members");
+        let offsets = OffsetStore::open(dir.path().join("offsets")).unwrap();
+        let c = opened(&members);
+        // Three groups, each emptied by its member leaving, and stored so.
+        for g in ["deleted", "expired", "forgotten"] {
+            let j = c
+                .join(JoinRequest {
+                    group: g.into(),
+                    ..req("")
+                })
+                .blocking_recv()
+                .unwrap();
+            let mut s = c.sync(g, j.generation, &j.member_id, None, vec![]);
+            c.store_group(g);
+            assert_eq!(s.try_recv().unwrap().0, codes::NONE);
+            assert_eq!(c.leave(g, &[j.member_id]), Ok(vec![codes::NONE]));
+        }
+        c.store_changed();
+        let file = |g: &str| members.join(crate::storage::offsets::file_name(g));
+        for g in ["deleted", "expired", "forgotten"] {
+            assert!(file(g).exists(), "{g}");
+        }
+        let commit = crate::storage::Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        for g in ["deleted", "expired"] {
+            offsets
+                .commit(g, Some("consumer"), vec![commit.clone()])
+                .unwrap();
+        }
+        drop(c);
+        let c = opened(&members);
+        assert_eq!(c.overview().len(), 3);
+
+        // DeleteGroups, as its handler does it.
+        assert_eq!(c.begin_delete("deleted", true), codes::NONE);
+        assert!(offsets.delete("deleted").unwrap());
+        c.delete_stored("deleted").unwrap();
+        c.finish_delete("deleted");
+        assert!(!file("deleted").exists());
+        // Expiry, a week and a day after the group became empty.
+        let later = SystemTime::now() + 8 * DAY;
+        assert_eq!(
+            c.expire_offsets(&offsets, 7 * DAY, later).unwrap(),
+            vec!["expired"]
+        );
+        assert!(!file("expired").exists());
+        // An empty group without offsets is forgotten.
+        assert_eq!(c.forget_empty_groups(&offsets), 1);
+        assert!(!file("forgotten").exists());
+        assert!(c.overview().is_empty());
+        drop(c);
+        assert!(opened(&members).overview().is_empty());
     }
 }

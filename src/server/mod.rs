@@ -403,7 +403,20 @@ impl Server {
             None => None,
         };
         let max_connections = cfg.max_connections.unwrap_or_else(default_max_connections);
-        let groups = Arc::new(GroupCoordinator::new(&storage.config().groups));
+        // Membership lives beside the committed offsets (read off the runtime's
+        // threads: one file per group).
+        let groups = {
+            let cfg = storage.config().groups.clone();
+            let dir = storage
+                .offsets()
+                .dir()
+                .join(crate::storage::group_meta::MEMBERS_DIR);
+            let at = dir.clone();
+            tokio::task::spawn_blocking(move || GroupCoordinator::open(&cfg, dir))
+                .await
+                .map_err(|e| Error::io("load group membership", at, std::io::Error::other(e)))??
+        };
+        let groups = Arc::new(groups);
         let ctx = Arc::new(Ctx {
             storage,
             groups,
@@ -452,6 +465,21 @@ impl Server {
                 groups.tick();
             }
         });
+        // Stores the membership of groups that changed (emptied, a static member
+        // replaced) on the blocking threads, one pass at a time. SyncGroup stores
+        // its own group before it answers.
+        let membership = {
+            let groups = Arc::clone(&self.ctx.groups);
+            tokio::spawn(async move {
+                loop {
+                    groups.membership_changed().await;
+                    let g = Arc::clone(&groups);
+                    if let Err(e) = tokio::task::spawn_blocking(move || g.store_changed()).await {
+                        tracing::error!(error = %e, "storing group membership failed");
+                    }
+                }
+            })
+        };
         let expiry = {
             let groups = Arc::clone(&self.ctx.groups);
             let storage = self.ctx.storage.clone();
@@ -553,7 +581,13 @@ impl Server {
             );
         }
         ticker.abort();
+        membership.abort();
         expiry.abort();
+        // What changed since the last pass (a group emptied by the last LeaveGroup).
+        let groups = Arc::clone(&self.ctx.groups);
+        if let Err(e) = tokio::task::spawn_blocking(move || groups.store_changed()).await {
+            tracing::error!(error = %e, "storing group membership failed");
+        }
         if let Some(t) = metrics_task {
             t.abort();
         }

@@ -26,6 +26,10 @@ environment the producers are idempotent, with COMPRESSION=codec they compress):
   group-admin BOOTSTRAP GROUP SECONDS               AdminClient while a member holds GROUP, then after it
                                                     left (waiting up to SECONDS for each): describe, list,
                                                     delete; one line per fact (see group_admin)
+  group-across-restart BOOTSTRAP TOPIC GROUP FIRST SECOND  one consumer in GROUP: reads FIRST messages and
+                                                    commits them, prints "WAITING" and stays in the group
+                                                    until a line comes on stdin, then reads SECOND more and
+                                                    commits them (see group_across_restart)
 """
 import os
 import sys
@@ -321,6 +325,83 @@ def group_admin(bootstrap, group_id, seconds):
     report(describe())
 
 
+def group_across_restart(bootstrap, topic, group_id, first, second):
+    """A consumer that stays in GROUP while the broker restarts (the test
+    restarts it between "WAITING" and the line it then writes on stdin). Prints
+    "ASSIGNED t p ...", "REVOKED t p ..." and "LOST t p ..." for each rebalance,
+    "MSG p offset value" per message, "COMMITTED p offset" per position a
+    synchronous commit stored or "COMMIT_FAILED p error" (or "COMMIT_FAILED -
+    error" for the whole commit), "EVENT error" for client events such as a
+    lost connection, and "CLOSING" before it leaves the group. Exits 1 when a
+    phase does not read its messages in 60 s."""
+    import select
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        # Long enough for the broker to restart within it.
+        "session.timeout.ms": 30000,
+        "heartbeat.interval.ms": 500,
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 500,
+    })
+
+    def event(kind, parts):
+        out("%s %.3f %s" % (kind, time.time(), " ".join(str(tp.partition) for tp in parts)))
+
+    c.subscribe([topic], on_assign=lambda _, ps: event("ASSIGNED", ps),
+                on_revoke=lambda _, ps: event("REVOKED", ps),
+                on_lost=lambda _, ps: event("LOST", ps))
+    positions = {}
+    read = [0]
+
+    def poll_once():
+        m = c.poll(0.1)
+        if m is None:
+            return
+        if m.error():
+            out("EVENT %s" % m.error().name())
+            return
+        out("MSG %d %d %s" % (m.partition(), m.offset(), m.value().decode()))
+        positions[m.partition()] = m.offset() + 1
+        read[0] += 1
+
+    def read_up_to(count):
+        deadline = time.time() + 60
+        while read[0] < count:
+            if time.time() > deadline:
+                out("TIMEOUT after %d of %d messages" % (read[0], count))
+                sys.exit(1)
+            poll_once()
+
+    def commit():
+        try:
+            done = c.commit(offsets=[TopicPartition(topic, p, o) for p, o in sorted(positions.items())],
+                            asynchronous=False)
+        except KafkaException as e:
+            out("COMMIT_FAILED - %s" % e.args[0].name())
+            return
+        for tp in done:
+            if tp.error:
+                out("COMMIT_FAILED %d %s" % (tp.partition, tp.error.name()))
+            else:
+                out("COMMITTED %d %d" % (tp.partition, tp.offset))
+
+    read_up_to(first)
+    commit()
+    out("WAITING")
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        poll_once()
+    sys.stdin.readline()
+    out("GO")
+    read_up_to(first + second)
+    commit()
+    # Closing revokes the assignment (on_revoke) as the member leaves.
+    out("CLOSING")
+    c.close()
+
+
 def describe_configs(bootstrap, topic):
     from confluent_kafka.admin import AdminClient, ConfigResource
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -540,6 +621,8 @@ def main(argv):
         group_watch(argv[2], argv[3], argv[4], float(argv[5]), argv[6] if len(argv) > 6 else None)
     elif cmd == "group-admin":
         group_admin(argv[2], argv[3], float(argv[4]))
+    elif cmd == "group-across-restart":
+        group_across_restart(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]))
     elif cmd == "produce-keyed":
         produce_keyed(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]),
                       argv[7] if len(argv) > 7 else "none")

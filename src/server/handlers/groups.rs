@@ -1,11 +1,12 @@
 //! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //! OffsetFetch, and the admin APIs ListGroups, DescribeGroups and DeleteGroups.
 //!
-//! The admin APIs see every group the coordinator holds and every group with
-//! committed offsets; a group known only by its offsets (a simple group, or any
-//! group after a restart) is `Empty`, with the protocol type recorded with its
-//! commits ("consumer" when its members committed, "" for a simple group), as
-//! Kafka lists a group it loaded from its offsets topic.
+//! The admin APIs see every group the coordinator holds (with the membership it
+//! stored, after a restart) and every group with committed offsets; a group known
+//! only by its offsets (a simple group, or one whose stored membership could not
+//! be read) is `Empty`, with the protocol type recorded with its commits
+//! ("consumer" when its members committed, "" for a simple group), as Kafka lists
+//! a group it loaded from its offsets topic.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -156,6 +157,16 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
         req.group_instance_id.as_deref(),
         assignments,
     );
+    if ctx.groups.stores_membership() {
+        // The leader's assignment completes the rebalance once stored: written
+        // here, off the runtime's threads (a no-op when nothing waits to be
+        // stored, as for a follower's SyncGroup).
+        let groups = std::sync::Arc::clone(&ctx.groups);
+        let group = req.group_id.0.to_string();
+        if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&group)).await {
+            tracing::error!(group = %req.group_id.0.as_str(), error = %e, "storing the group's membership failed");
+        }
+    }
     let (error, assignment) = rx
         .await
         .unwrap_or((codes::REBALANCE_IN_PROGRESS, bytes::Bytes::new()));
@@ -494,8 +505,8 @@ pub(crate) fn describe_groups(
 }
 
 /// DeleteGroups (Kafka's `handleDeleteGroups`): an empty group is deleted with its
-/// committed offsets (durably: its offsets file is removed and the directory
-/// fsynced before the answer); a group with members gets NON_EMPTY_GROUP, an
+/// committed offsets and stored membership (durably: its files are removed and
+/// the directories fsynced before the answer); a group with members gets NON_EMPTY_GROUP, an
 /// unknown one GROUP_ID_NOT_FOUND. A group named twice is answered once.
 pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results: Vec<DeletableGroupResult> = Vec::new();
@@ -509,12 +520,18 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
         let mut code = ctx.groups.begin_delete(&group, has_offsets);
         if code == codes::NONE {
             let storage = ctx.storage.clone();
+            let groups = std::sync::Arc::clone(&ctx.groups);
             let g = group.clone();
-            let deleted = tokio::task::spawn_blocking(move || storage.offsets().delete(&g)).await;
+            let deleted = tokio::task::spawn_blocking(move || {
+                let had_offsets = storage.offsets().delete(&g)?;
+                groups.delete_stored(&g)?;
+                Ok::<_, crate::error::Error>(had_offsets)
+            })
+            .await;
             match deleted {
                 Ok(Ok(_)) => tracing::info!(group = %group, "group deleted"),
                 Ok(Err(e)) => {
-                    tracing::error!(group = %group, error = %e, "deleting committed offsets failed");
+                    tracing::error!(group = %group, error = %e, "deleting the group's committed offsets or membership failed");
                     code = codes::KAFKA_STORAGE_ERROR;
                 }
                 Err(e) => {
