@@ -63,7 +63,13 @@ fn kafka_python_admin_manages_topics_configs_partitions_and_records() {
         [["InvalidRecordError"]],
         "a keyless record on a compacted topic is refused:\n{out}"
     );
-    // Six records on partition 0, the first two deleted.
+    assert_eq!(
+        tagged(&out, "DELETE_COMPACTED"),
+        [["PolicyViolationError"]],
+        "DeleteRecords on a topic that only compacts:\n{out}"
+    );
+    // Six records on partition 0, the first two deleted once the topic also
+    // deletes.
     assert_eq!(tagged(&out, "BOUNDS"), [["2", "6"]], "{out}");
     assert_eq!(tagged(&out, "LISTED"), [["False"]], "{out}");
 }

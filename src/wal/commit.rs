@@ -784,7 +784,12 @@ impl Committer {
         // No file work may outlive the thread: the directory lock is released
         // right after it is joined.
         if let Some(p) = self.preparer.take() {
-            p.abandon();
+            if self.core.failed.get().is_none() {
+                p.abandon();
+            } else {
+                // A failed WAL changes nothing more on its disk.
+                let _ = p.finish();
+            }
         }
     }
 
@@ -1830,8 +1835,9 @@ impl Committer {
             }
         }
         self.core.closed.store(true, Ordering::Release);
+        // A failed WAL changes nothing more on its disk.
         if let Some(p) = self.preparer.take() {
-            p.abandon();
+            let _ = p.finish();
         }
     }
 }
