@@ -183,9 +183,18 @@ pub struct Partition {
     cleaned_through: AtomicI64,
     /// One compaction pass at a time.
     compacting: Mutex<()>,
+    /// Set when a compaction's copy was put in place on disk but could not be
+    /// loaded: the segments in memory no longer match the files (the old ones
+    /// were removed or renamed over), so no retention, DeleteRecords or
+    /// compaction touches the partition's files until a restart, which loads
+    /// what the disk holds. Why, for the errors.
+    swap_unloaded: OnceLock<String>,
     /// Makes the next [`Partition::append`] fail (tests).
     #[cfg(test)]
     pub(crate) fail_next_append: AtomicBool,
+    /// Makes this many loads of a compaction's installed copy fail (tests).
+    #[cfg(test)]
+    fail_swap_loads: std::sync::atomic::AtomicU32,
 }
 
 /// What a fetch read returns.
@@ -335,8 +344,11 @@ impl Partition {
             unsynced_snapshot: Mutex::new(None),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
+            swap_unloaded: OnceLock::new(),
             #[cfg(test)]
             fail_next_append: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_swap_loads: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -422,10 +434,12 @@ impl Partition {
     }
 
     /// For a change to the partition's files by path: `None` once the topic was
-    /// deleted (its directory may be gone, or be another topic's by now).
+    /// deleted (its directory may be gone, or be another topic's by now), or
+    /// once its segments in memory no longer match its files (see
+    /// `swap_unloaded`).
     fn files_guard(&self) -> Option<RwLockReadGuard<'_, ()>> {
         let guard = self.files.read().unwrap_or_else(PoisonError::into_inner);
-        (!self.is_deleted()).then_some(guard)
+        (!self.is_deleted() && self.swap_unloaded.get().is_none()).then_some(guard)
     }
 
     /// Waits for every change to the partition's files by path in progress,
@@ -943,11 +957,49 @@ impl Partition {
         };
         let merged: Vec<i64> = group[1..].iter().map(|g| g.base).collect();
         segment::install_swap(&self.dir, base, &merged)?;
-        let mut seg = Segment::open(&self.dir, base, false)?;
+        // The copy is in place of the group on disk from here on: the group's
+        // segments in memory name files that are gone or replaced.
+        let mut loaded = self.load_installed(base);
+        for _ in 0..2 {
+            if loaded.is_ok() {
+                break;
+            }
+            // Another try for a passing shortage (EMFILE).
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            loaded = self.load_installed(base);
+        }
+        let mut seg = match loaded {
+            Ok(seg) => seg,
+            Err(e) => {
+                let why = format!(
+                    "the compacted copy of segments from offset {base} is in place but could not be loaded ({e}); restart the broker to load it"
+                );
+                tracing::error!(topic = %self.topic, partition = self.index, "{why}");
+                let _ = self.swap_unloaded.set(why);
+                return Err(e);
+            }
+        };
         seg.set_max_timestamp(max_timestamp);
         seg.seal(&self.open_files);
         log.splice(i..i + group.len(), [seg]);
         Ok(true)
+    }
+
+    /// Opens the compacted copy [`segment::install_swap`] put in place at `base`.
+    fn load_installed(&self, base: i64) -> Result<Segment> {
+        #[cfg(test)]
+        if self
+            .fail_swap_loads
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::io(
+                "open",
+                &self.dir,
+                std::io::Error::from_raw_os_error(libc::EMFILE),
+            ));
+        }
+        Segment::open(&self.dir, base, false)
     }
 
     /// DeleteRecords: moves the log start offset up to `before` (`-1`: the high
@@ -963,6 +1015,9 @@ impl Partition {
     /// deleted (the next retention pass deletes them).
     pub fn delete_records(&self, before: i64) -> std::result::Result<i64, DeleteRecordsError> {
         let _one_at_a_time = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = self.swap_unloaded.get() {
+            return Err(DeleteRecordsError::Storage(why.clone()));
+        }
         let _files = self.files_guard().ok_or(DeleteRecordsError::Deleted)?;
         let hw = self.high_watermark();
         let target = if before == -1 { hw } else { before };
@@ -2691,6 +2746,60 @@ pub(crate) mod tests {
                 }
             }
             assert_eq!(seen, newest);
+        }
+
+        /// A compaction whose copy is in place on disk but cannot be loaded
+        /// leaves segments in memory that name removed or replaced files. No
+        /// change by path may follow until a restart: DeleteRecords is refused
+        /// (it used to delete the first segment's file by path, which was the
+        /// copy holding the later segments' records), and the restart loads
+        /// the copy with every record compaction kept.
+        #[test]
+        fn a_compacted_copy_that_cannot_be_loaded_stops_changes_until_a_restart() {
+            let (_dir, pdir, p) = fresh();
+            let mut model = Model::new();
+            let v = "v".repeat(300);
+            for i in 0..40 {
+                put(&p, &mut model, &[(Some(&format!("k{}", i % 4)), Some(&v))]);
+            }
+            let active = active_base(&p);
+            assert!(p.log.lock().unwrap().len() > 3, "several segments");
+            let mut pol = policy(TS);
+            pol.segment_bytes = 1 << 20; // every closed segment in one group
+            p.fail_swap_loads.store(3, Ordering::Relaxed);
+            let err = p
+                .compact(&pol, &AtomicBool::new(false))
+                .expect_err("a copy that cannot be loaded");
+            assert!(err.to_string().contains("Too many open files"), "{err}");
+            assert!(p.swap_unloaded.get().is_some());
+            // Between the first segment and the active one: DeleteRecords would
+            // remove the first segment's file, the copy.
+            let second = p.log.lock().unwrap()[1].base_offset();
+            assert!(matches!(
+                p.delete_records(second + 1),
+                Err(DeleteRecordsError::Storage(_))
+            ));
+            assert_eq!(
+                p.compact(&pol, &AtomicBool::new(false)).unwrap(),
+                CompactionStats::default()
+            );
+            drop(p);
+
+            // The restart loads the copy: each key's newest record below the
+            // active segment, and every record from it on.
+            let p = Partition::open("t", 0, pdir, 4096).unwrap();
+            let read: Vec<(i64, Option<Vec<u8>>, bool)> = read_all(&p)
+                .into_iter()
+                .flat_map(|b| b.2.unwrap())
+                .collect();
+            let mut newest: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+            for (o, (k, _)) in model.range(..active) {
+                newest.insert(k.clone().unwrap(), *o);
+            }
+            let mut expected: Vec<i64> = newest.into_values().collect();
+            expected.extend(model.range(active..).map(|(o, _)| *o));
+            expected.sort_unstable();
+            assert_eq!(read.iter().map(|r| r.0).collect::<Vec<_>>(), expected);
         }
 
         /// The key map's bound holds inside a segment: a segment with more keys
