@@ -681,6 +681,26 @@ pub struct JoinRequest {
     pub require_known_member_id: bool,
 }
 
+#[cfg(test)]
+impl JoinRequest {
+    /// A consumer's JoinGroup to group `g` as `member` (empty: a new member),
+    /// with 10 s timeouts and one protocol.
+    pub(crate) fn of_consumer(member: &str) -> JoinRequest {
+        JoinRequest {
+            group: "g".into(),
+            member_id: member.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            require_known_member_id: false,
+        }
+    }
+}
+
 impl GroupCoordinator {
     /// A coordinator with no groups, enforcing `config`'s session timeout bounds,
     /// that keeps membership in memory only (a SyncGroup completes at once).
@@ -1624,18 +1644,7 @@ mod tests {
     use super::*;
 
     fn req(member: &str) -> JoinRequest {
-        JoinRequest {
-            group: "g".into(),
-            member_id: member.into(),
-            instance_id: None,
-            client_id: "c".into(),
-            client_host: "/127.0.0.1".into(),
-            protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
-            session_timeout: Duration::from_secs(10),
-            rebalance_timeout: Duration::from_secs(10),
-            require_known_member_id: false,
-        }
+        JoinRequest::of_consumer(member)
     }
 
     /// Makes every commit in the group files of `dir` look made at `at`: the

@@ -466,13 +466,17 @@ impl Server {
             }
         });
         // Stores the membership of groups that changed (emptied, a static member
-        // replaced) on the blocking threads, one pass at a time. SyncGroup stores
-        // its own group before it answers.
+        // replaced) on the blocking threads, one pass at a time, and every few
+        // seconds tries again those whose store failed. SyncGroup stores its
+        // own group before it answers.
         let membership = {
             let groups = Arc::clone(&self.ctx.groups);
             tokio::spawn(async move {
                 loop {
-                    groups.membership_changed().await;
+                    tokio::select! {
+                        () = groups.membership_changed() => {}
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
                     let g = Arc::clone(&groups);
                     if let Err(e) = tokio::task::spawn_blocking(move || g.store_changed()).await {
                         tracing::error!(error = %e, "storing group membership failed");

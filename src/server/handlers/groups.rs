@@ -523,9 +523,11 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
             let groups = std::sync::Arc::clone(&ctx.groups);
             let g = group.clone();
             let deleted = tokio::task::spawn_blocking(move || {
-                let had_offsets = storage.offsets().delete(&g)?;
+                // Membership first: without its file a group only counts as
+                // empty since the start, and a removal that fails leaves
+                // the offsets, so the group is still there to delete again.
                 groups.delete_stored(&g)?;
-                Ok::<_, crate::error::Error>(had_offsets)
+                storage.offsets().delete(&g)
             })
             .await;
             match deleted {
@@ -637,4 +639,71 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     OffsetDeleteResponse::default()
         .with_error_code(codes::NONE)
         .with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::GroupId;
+
+    use super::*;
+    use crate::server::groups::JoinRequest;
+
+    /// A DeleteGroups whose removal of the stored membership fails answers
+    /// KAFKA_STORAGE_ERROR and leaves the committed offsets, so the group is
+    /// still there to delete again; once the removal works it is deleted whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_that_cannot_remove_the_membership_keeps_the_group_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        let groups = std::sync::Arc::clone(&ctx.groups);
+        let storage = ctx.storage.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let j = groups
+                .join(JoinRequest::of_consumer(""))
+                .blocking_recv()
+                .unwrap();
+            let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
+            groups.store_group("g");
+            assert_eq!(s.try_recv().unwrap().0, codes::NONE);
+            storage
+                .offsets()
+                .commit(
+                    "g",
+                    Some("consumer"),
+                    vec![crate::storage::Committed {
+                        topic: "t".into(),
+                        partition: 0,
+                        offset: 1,
+                        leader_epoch: -1,
+                        metadata: None,
+                    }],
+                )
+                .unwrap();
+            assert_eq!(groups.leave("g", &[j.member_id]), Ok(vec![codes::NONE]));
+            groups.store_changed();
+            storage
+                .offsets()
+                .dir()
+                .join(crate::storage::group_meta::MEMBERS_DIR)
+                .join(crate::storage::offsets::file_name("g"))
+        })
+        .await
+        .unwrap();
+        assert!(file.exists());
+        // The membership file cannot be removed: a directory with an entry.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        std::fs::write(file.join("x"), b"x").unwrap();
+        let req = || DeleteGroupsRequest::default().with_groups_names(vec![GroupId("g".into())]);
+        let r = delete_groups(&ctx, req()).await;
+        assert_eq!(r.results[0].error_code, codes::KAFKA_STORAGE_ERROR);
+        assert!(
+            ctx.storage.offsets().group("g").is_some(),
+            "the offsets went with a failed delete"
+        );
+        std::fs::remove_dir_all(&file).unwrap();
+        let r = delete_groups(&ctx, req()).await;
+        assert_eq!(r.results[0].error_code, codes::NONE);
+        assert!(ctx.storage.offsets().group("g").is_none());
+    }
 }
