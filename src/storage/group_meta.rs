@@ -23,13 +23,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::MutexGuard,
 };
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::offsets::file_name;
+use super::offsets::{file_name, group_files, GroupLocks};
 use crate::error::{Error, Result};
 
 /// The directory, inside the offsets store's, that holds the membership files.
@@ -133,11 +133,8 @@ pub struct GroupMetaStore {
     /// Whoever writes or removes a group's file holds one of these, chosen by
     /// the group's name, from reading the group's state until the file is in
     /// place, so that the file written last holds the newest state.
-    writers: Box<[Mutex<()>]>,
+    writers: GroupLocks,
 }
-
-/// Locks serialising the writers of groups (see [`GroupMetaStore::writers`]).
-const WRITER_LOCKS: usize = 64;
 
 impl GroupMetaStore {
     /// Opens `dir` (created, durably, when missing) and reads every membership
@@ -148,25 +145,15 @@ impl GroupMetaStore {
     /// # Errors
     /// I/O errors creating or listing `dir`.
     pub fn open(dir: PathBuf) -> Result<(GroupMetaStore, Vec<LoadedMeta>)> {
-        crate::wal::files::create_dir_durable(&dir)?;
         let mut loaded = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
-            let path = entry.map_err(|e| Error::io("read_dir", &dir, e))?.path();
-            // By name, not `extension()`: the empty group's file is `.json`.
-            let is_meta_file = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".json"));
-            if !is_meta_file {
-                continue;
-            }
+        for path in group_files(&dir)? {
             let group = read(&path);
             loaded.push(LoadedMeta { path, group });
         }
         loaded.sort_by(|a, b| a.path.cmp(&b.path));
         let store = GroupMetaStore {
             dir,
-            writers: (0..WRITER_LOCKS).map(|_| Mutex::new(())).collect(),
+            writers: GroupLocks::new(),
         };
         Ok((store, loaded))
     }
@@ -180,13 +167,7 @@ impl GroupMetaStore {
     /// until its file is written or removed, so that the file written last
     /// holds the newest state.
     pub fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        group.hash(&mut h);
-        let i = (h.finish() % self.writers.len() as u64) as usize;
-        self.writers[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.writers.lock(group)
     }
 
     /// Stores `meta` as `group`'s membership, durably (blocking: fsyncs). The

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::SystemTime,
 };
@@ -101,14 +101,53 @@ pub struct OffsetStore {
     /// across a file write: readers (OffsetFetch, ListGroups, ...) run on the
     /// server's runtime threads and must not wait for another group's fsyncs.
     groups: Mutex<HashMap<String, Arc<GroupOffsets>>>,
-    /// Writers of one group's file (and state) take one of these, chosen by the
-    /// group's name, for the whole read-modify-write, so two writers of one group
-    /// never lose each other's change.
-    writers: Box<[Mutex<()>]>,
+    /// Writers of one group's file (and state) hold its lock for the whole
+    /// read-modify-write, so two writers of one group never lose each other's
+    /// change.
+    writers: GroupLocks,
 }
 
-/// Locks serialising the writers of groups (see [`OffsetStore::writers`]).
-const WRITER_LOCKS: usize = 64;
+/// Locks serialising the writers of each group's file: one of 64, chosen by
+/// the group's name.
+#[derive(Debug)]
+pub(crate) struct GroupLocks(Box<[Mutex<()>]>);
+
+impl GroupLocks {
+    pub(crate) fn new() -> GroupLocks {
+        GroupLocks((0..64).map(|_| Mutex::new(())).collect())
+    }
+
+    /// The lock of `group`.
+    pub(crate) fn lock(&self, group: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        group.hash(&mut h);
+        let i = (h.finish() % self.0.len() as u64) as usize;
+        self.0[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The group files in `dir` (created, durably, when missing): every file named
+/// `*.json`. By name, not `extension()`: the empty group's file is `.json`,
+/// which has no extension.
+///
+/// # Errors
+/// I/O errors creating or listing `dir`.
+pub(crate) fn group_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::wal::files::create_dir_durable(dir)?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("read_dir", dir, e))? {
+        let path = entry.map_err(|e| Error::io("read_dir", dir, e))?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".json"))
+        {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
 
 /// The file of `group`: its name in hex, or for a name whose hex would not fit a
 /// file name (255 bytes), the hex of its first [`LONG_NAME_PREFIX`] bytes and the
@@ -139,20 +178,9 @@ impl OffsetStore {
     /// # Errors
     /// I/O errors, or [`Error::Corrupt`] for a file that does not parse.
     pub fn open(dir: PathBuf) -> Result<OffsetStore> {
-        crate::wal::files::create_dir_durable(&dir)?;
         let mut groups = HashMap::new();
         let mut renamed = false;
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
-            let path = entry.map_err(|e| Error::io("read_dir", &dir, e))?.path();
-            // By name, not `extension()`: the empty group's file is `.json`, which
-            // has no extension.
-            let is_group_file = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".json"));
-            if !is_group_file {
-                continue;
-            }
+        for path in group_files(&dir)? {
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             // Each commit rewrites the file: its modification time is the last commit's.
             let last_commit = std::fs::metadata(&path)
@@ -193,7 +221,7 @@ impl OffsetStore {
         Ok(OffsetStore {
             dir,
             groups: Mutex::new(groups),
-            writers: (0..WRITER_LOCKS).map(|_| Mutex::new(())).collect(),
+            writers: GroupLocks::new(),
         })
     }
 
@@ -208,13 +236,7 @@ impl OffsetStore {
 
     /// The lock every writer of `group` holds (see [`OffsetStore::writers`]).
     fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        group.hash(&mut h);
-        let i = (h.finish() % self.writers.len() as u64) as usize;
-        self.writers[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.writers.lock(group)
     }
 
     /// Stores `commits` for `group` durably (blocking: fsyncs). `protocol_type`,
