@@ -175,12 +175,7 @@ fn append_that_triggers_a_failing_rotation_gets_the_io_error() {
 #[test]
 fn concurrent_syncs_are_all_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = SimDisk::new(SimPlan {
-        seed: 7,
-        crash_after_ops: None,
-        fault: None,
-        short_write_pct: 0,
-    });
+    let disk = SimDisk::new(SimPlan::plain(7));
     let (wal, _rec) = Wal::open_sim(dir.path(), interval_config(), &disk).unwrap();
     syncs_answered(&wal);
 }
@@ -236,12 +231,7 @@ fn plain_disk() -> SimDisk {
 
 /// A simulated disk without faults or a crash point, its power loss drawn from `seed`.
 fn plain_disk_seeded(seed: u64) -> SimDisk {
-    SimDisk::new(SimPlan {
-        seed,
-        crash_after_ops: None,
-        fault: None,
-        short_write_pct: 0,
-    })
+    SimDisk::new(SimPlan::plain(seed))
 }
 
 /// The model itself: a power loss keeps the entries of the last directory fsync

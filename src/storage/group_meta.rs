@@ -354,12 +354,7 @@ mod tests {
         let path = dir.path().join(MEMBERS_DIR);
         let (s, _) = GroupMetaStore::open(path.clone()).unwrap();
         s.write("gone", &meta(1)).unwrap();
-        let disk = SimDisk::new(SimPlan {
-            seed: 1,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = SimDisk::new(SimPlan::plain(1));
         disk.watch_dir(&path).unwrap();
         s.write("new", &meta(2)).unwrap();
         s.remove("gone").unwrap();

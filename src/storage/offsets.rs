@@ -711,12 +711,7 @@ mod tests {
         s.commit("gone", Some("consumer"), vec![committed(0, 5)])
             .unwrap();
         s.commit("kept", None, vec![committed(0, 7)]).unwrap();
-        let disk = SimDisk::new(SimPlan {
-            seed: 1,
-            crash_after_ops: None,
-            fault: None,
-            short_write_pct: 0,
-        });
+        let disk = SimDisk::new(SimPlan::plain(1));
         disk.watch_dir(&path).unwrap();
         assert!(s.delete("gone").unwrap());
         drop(s);

@@ -110,6 +110,18 @@ pub struct SimPlan {
     pub short_write_pct: u8,
 }
 
+impl SimPlan {
+    /// A plan of no crash, no injected fault and whole writes, seeded with `seed`.
+    pub fn plain(seed: u64) -> SimPlan {
+        SimPlan {
+            seed,
+            crash_after_ops: None,
+            fault: None,
+            short_write_pct: 0,
+        }
+    }
+}
+
 /// What happened to the injected fault, for the test's assertions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Injected {
@@ -1356,12 +1368,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("f");
             std::fs::write(&path, vec![0u8; 2 * 4096]).unwrap();
-            let disk = SimDisk::new(SimPlan {
-                seed,
-                crash_after_ops: None,
-                fault: None,
-                short_write_pct: 0,
-            });
+            let disk = SimDisk::new(SimPlan::plain(seed));
             let mut b = disk.backend();
             b.open(&path).unwrap();
             let mut before = AlignedBuf::new(4096);
