@@ -200,6 +200,11 @@ pub(crate) struct Core {
     pub config: WalConfig,
     pub dir: PathBuf,
     pending: AtomicUsize,
+    /// Bytes claimed by the one waiter at the head of the pending-bytes cap
+    /// (0: none). While a claim stands, other reservations leave room for it,
+    /// so that a large append is not passed over forever by small ones that
+    /// keep the pending bytes just under the cap.
+    claim: AtomicUsize,
     waiters: AtomicUsize,
     space_lock: Mutex<()>,
     space_cv: Condvar,
@@ -239,6 +244,7 @@ impl Core {
             config,
             dir,
             pending: AtomicUsize::new(0),
+            claim: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             space_lock: Mutex::new(()),
             space_cv: Condvar::new(),
@@ -266,7 +272,8 @@ impl Core {
         Ok(())
     }
 
-    /// Reserves `bytes` of pending capacity without blocking.
+    /// Reserves `bytes` of pending capacity without blocking, leaving room for
+    /// a waiter's claim (see [`Core::reserve_blocking`]).
     ///
     /// `pending` and `waiters` are accessed `SeqCst` where a waiter's look at
     /// `pending` (after counting itself in `waiters`) pairs with `release`'s look at
@@ -274,11 +281,26 @@ impl Core {
     /// two sees the other, so an async waiter is never left without a wake-up
     /// (plain `x86` instructions either way).
     pub(crate) fn try_reserve(&self, bytes: usize) -> bool {
+        self.reserve_within(bytes, false)
+    }
+
+    /// Reserves `bytes` of pending capacity without blocking: for the holder of
+    /// the claim (`claimed`) up to the cap, for others up to the cap less the
+    /// claim. A request larger than the cap passes alone, so that it cannot wait
+    /// forever; one that holds no claim does not while a claim stands.
+    fn reserve_within(&self, bytes: usize, claimed: bool) -> bool {
         let cap = self.config.max_pending_bytes;
         let mut cur = self.pending.load(Ordering::SeqCst);
         loop {
-            // A request larger than the cap passes alone, so it cannot wait forever.
-            if cur != 0 && cur + bytes > cap {
+            let fits = if claimed {
+                cur == 0 || cur + bytes <= cap
+            } else {
+                match self.claim.load(Ordering::SeqCst) {
+                    0 => cur == 0 || cur + bytes <= cap,
+                    claim => cur.saturating_add(bytes).saturating_add(claim) <= cap,
+                }
+            };
+            if !fits {
                 return false;
             }
             match self.pending.compare_exchange_weak(
@@ -293,12 +315,51 @@ impl Core {
         }
     }
 
-    /// Reserves `bytes`, blocking while the pending cap is reached.
+    /// Claims the head of the cap for a waiter of `bytes`, when no other waiter
+    /// holds it.
+    fn try_claim(&self, bytes: usize) -> bool {
+        self.claim
+            .compare_exchange(0, bytes.max(1), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Gives up a claim (reserved, failed or abandoned), waking the waiters it
+    /// held back.
+    fn drop_claim(&self) {
+        self.claim.store(0, Ordering::SeqCst);
+        self.wake_waiters();
+    }
+
+    /// One attempt of a waiter for capacity: `claimed` tells whether it holds
+    /// the claim, and is set when it takes one. The waiter gives the claim up
+    /// with [`Core::end_wait`] once it stops waiting, reserved or not.
+    pub(crate) fn reserve_waiting(&self, bytes: usize, claimed: &mut bool) -> bool {
+        if !*claimed && self.try_claim(bytes) {
+            *claimed = true;
+        }
+        self.reserve_within(bytes, *claimed)
+    }
+
+    /// Gives up the claim of a waiter that stopped waiting (not holding
+    /// `space_lock`).
+    pub(crate) fn end_wait(&self, claimed: &mut bool) {
+        if std::mem::take(claimed) {
+            self.drop_claim();
+        }
+    }
+
+    /// Reserves `bytes`, blocking while the pending cap is reached. The first
+    /// waiter to find no claim standing claims its bytes: later reservations
+    /// then leave that much room below the cap, so the pending bytes drain to
+    /// where it fits (or to none, for a request larger than the cap) however
+    /// many small appends keep coming, and it passes. Waiters behind it take
+    /// the claim in turn.
     pub(crate) fn reserve_blocking(&self, bytes: usize) -> Result<()> {
         if self.try_reserve(bytes) {
             return Ok(());
         }
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut claimed = false;
         let mut guard = self
             .space_lock
             .lock()
@@ -307,7 +368,7 @@ impl Core {
             if let Err(e) = self.check_usable() {
                 break Err(e);
             }
-            if self.try_reserve(bytes) {
+            if self.reserve_waiting(bytes, &mut claimed) {
                 break Ok(());
             }
             // Timed wait: a release that races with this check costs at most 5 ms.
@@ -319,6 +380,7 @@ impl Core {
         };
         drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
+        self.end_wait(&mut claimed);
         r
     }
 
@@ -331,7 +393,7 @@ impl Core {
             .push(w.clone());
     }
 
-    fn release(&self, bytes: usize) {
+    pub(crate) fn release(&self, bytes: usize) {
         self.pending.fetch_sub(bytes, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.wake_waiters();
@@ -1843,11 +1905,102 @@ impl Committer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{
-        next_file_prealloc, EarlyPollGate, Prealloc, EARLY_POLL_BACKOFF, EARLY_POLL_WINDOW,
+        next_file_prealloc, Core, EarlyPollGate, Prealloc, EARLY_POLL_BACKOFF, EARLY_POLL_WINDOW,
         RESERVE_FROM_BYTES_PER_SYNC,
     };
+    use crate::wal::WalConfig;
+    use std::sync::{atomic::Ordering, Arc};
+    use std::time::{Duration, Instant};
+
+    /// A core whose pending-bytes cap is `cap`, for the capacity tests.
+    pub(crate) fn core_with_cap(cap: usize) -> Core {
+        let config = WalConfig {
+            max_pending_bytes: cap,
+            ..WalConfig::default()
+        };
+        Core::new(config, std::env::temp_dir(), Vec::new(), 0, 0)
+    }
+
+    /// Waits (at most 10 s) until a waiter claims room at the cap.
+    pub(crate) fn wait_for_claim(core: &Core) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let claim = core.claim.load(Ordering::SeqCst);
+            if claim != 0 {
+                return claim;
+            }
+            assert!(Instant::now() < deadline, "no waiter claimed room");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A large append blocked at the cap claims its bytes: small reservations
+    /// that would fit under the cap but eat into the claimed room are refused,
+    /// so they cannot keep the large one waiting forever. Once it passes, the
+    /// claim is gone.
+    #[test]
+    fn a_blocked_append_claims_the_room_it_needs_and_small_ones_leave_it() {
+        const K: usize = 1024;
+        let core = Arc::new(core_with_cap(1024 * K));
+        assert!(core.try_reserve(512 * K));
+        let large = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.reserve_blocking(768 * K))
+        };
+        assert_eq!(wait_for_claim(&core), 768 * K);
+        // 512 + 256 fits the cap of 1024, but not with 768 claimed.
+        assert!(
+            !core.try_reserve(256 * K),
+            "a small append took claimed room"
+        );
+        core.release(512 * K);
+        large.join().unwrap().unwrap();
+        assert_eq!(core.pending_bytes(), 768 * K);
+        assert_eq!(core.claim.load(Ordering::SeqCst), 0, "the claim stayed");
+        assert!(core.try_reserve(256 * K));
+    }
+
+    /// A claim larger than the cap passes alone: while it stands nothing else
+    /// is reserved, and it passes once the pending bytes drain to none.
+    #[test]
+    fn a_claim_larger_than_the_cap_waits_for_the_cap_to_drain_and_passes_alone() {
+        const K: usize = 1024;
+        let core = Arc::new(core_with_cap(1024 * K));
+        assert!(core.try_reserve(K));
+        let huge = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.reserve_blocking(2048 * K))
+        };
+        assert_eq!(wait_for_claim(&core), 2048 * K);
+        assert!(!core.try_reserve(K), "a small append took claimed room");
+        core.release(K);
+        huge.join().unwrap().unwrap();
+        assert_eq!(core.pending_bytes(), 2048 * K);
+        assert_eq!(core.claim.load(Ordering::SeqCst), 0);
+    }
+
+    /// A waiter that gives up (the WAL failed or closed) gives its claim up too.
+    #[test]
+    fn a_waiter_that_fails_gives_its_claim_up() {
+        const K: usize = 1024;
+        let core = Arc::new(core_with_cap(1024 * K));
+        assert!(core.try_reserve(512 * K));
+        let large = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.reserve_blocking(768 * K))
+        };
+        wait_for_claim(&core);
+        core.closed.store(true, Ordering::Release);
+        core.wake_waiters();
+        assert!(matches!(
+            large.join().unwrap(),
+            Err(crate::error::Error::Closed)
+        ));
+        assert_eq!(core.claim.load(Ordering::SeqCst), 0);
+        assert!(core.try_reserve(256 * K));
+    }
 
     #[test]
     fn only_large_direct_writes_make_the_next_files_reserved() {

@@ -790,11 +790,7 @@ impl Wal {
     /// As the completion of [`Wal::append`].
     pub async fn append_async(&self, topic: &str, partition: i32, data: Bytes) -> Result<u64> {
         let bytes = self.check_record(topic, &data)?;
-        CapacityWait {
-            core: &self.inner.core,
-            bytes,
-        }
-        .await?;
+        CapacityWait::new(&self.inner.core, bytes).await?;
         self.send_reserved(Entries::record(topic, partition, data), bytes)
             .await
     }
@@ -808,11 +804,7 @@ impl Wal {
             return self.append_batch(entries).await;
         }
         let bytes = self.check_size(&entries)?;
-        CapacityWait {
-            core: &self.inner.core,
-            bytes,
-        }
-        .await?;
+        CapacityWait::new(&self.inner.core, bytes).await?;
         self.send_reserved(Entries::Many(entries), bytes).await
     }
 
@@ -990,42 +982,106 @@ fn max_entry_bytes_for(max_file_size: u64) -> u64 {
     (max_file_size - 2 * BLOCK_SIZE as u64 - header).min((1 << 32) - BLOCK_SIZE as u64 - header)
 }
 
-/// Waits (asynchronously) until `bytes` of pending capacity are reserved.
+/// Waits (asynchronously) until `bytes` of pending capacity are reserved, taking
+/// the cap's claim as a blocked waiter does (see `Core::reserve_blocking`) and
+/// giving it up when it is done or dropped.
 struct CapacityWait<'a> {
     core: &'a Core,
     bytes: usize,
+    claimed: bool,
+}
+
+impl<'a> CapacityWait<'a> {
+    fn new(core: &'a Core, bytes: usize) -> Self {
+        CapacityWait {
+            core,
+            bytes,
+            claimed: false,
+        }
+    }
+
+    fn attempt(&mut self) -> Option<Result<()>> {
+        if let Err(e) = self.core.check_usable() {
+            return Some(Err(e));
+        }
+        let reserved = if self.claimed {
+            self.core.reserve_waiting(self.bytes, &mut self.claimed)
+        } else {
+            self.core.try_reserve(self.bytes)
+        };
+        reserved.then_some(Ok(()))
+    }
 }
 
 impl std::future::Future for CapacityWait<'_> {
     type Output = Result<()>;
     fn poll(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<()>> {
         use std::task::Poll;
-        if let Err(e) = self.core.check_usable() {
-            return Poll::Ready(Err(e));
+        let this = &mut *self;
+        if let Some(r) = this.attempt() {
+            this.core.end_wait(&mut this.claimed);
+            return Poll::Ready(r);
         }
-        if self.core.try_reserve(self.bytes) {
-            return Poll::Ready(Ok(()));
-        }
-        self.core.register_waker(cx.waker());
+        this.core.register_waker(cx.waker());
         // Re-check after registering so that a release, a failure or a close in
-        // between (whose wake-up found no waker yet) is not missed.
-        if let Err(e) = self.core.check_usable() {
-            return Poll::Ready(Err(e));
-        }
-        if self.core.try_reserve(self.bytes) {
-            return Poll::Ready(Ok(()));
+        // between (whose wake-up found no waker yet) is not missed; this one
+        // takes the claim if none stands.
+        let r = match this.core.check_usable() {
+            Err(e) => Some(Err(e)),
+            Ok(()) => this
+                .core
+                .reserve_waiting(this.bytes, &mut this.claimed)
+                .then_some(Ok(())),
+        };
+        if let Some(r) = r {
+            this.core.end_wait(&mut this.claimed);
+            return Poll::Ready(r);
         }
         Poll::Pending
     }
 }
 
+impl Drop for CapacityWait<'_> {
+    fn drop(&mut self) {
+        self.core.end_wait(&mut self.claimed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{max_entry_bytes_for, ring_entries, settle_active};
+    use super::{max_entry_bytes_for, ring_entries, settle_active, CapacityWait};
+    use crate::wal::commit::tests::core_with_cap;
     use crate::wal::format::{align_up, BATCH_HEADER_LEN, BLOCK_SIZE};
+
+    /// An async append waiting at the cap claims its room as a blocked one
+    /// does; dropped before it gets it (its caller cancelled), it gives the
+    /// claim up, and one that gets its room does too.
+    #[test]
+    fn an_async_wait_at_the_cap_claims_room_and_gives_it_up_when_dropped_or_done() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        const K: usize = 1024;
+        let core = core_with_cap(1024 * K);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(core.try_reserve(512 * K));
+        let mut wait = Box::pin(CapacityWait::new(&core, 768 * K));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            !core.try_reserve(256 * K),
+            "a small append took claimed room"
+        );
+        drop(wait);
+        assert!(core.try_reserve(256 * K), "the dropped wait kept its claim");
+        let mut wait = Box::pin(CapacityWait::new(&core, 768 * K));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert!(!core.try_reserve(K));
+        core.release(768 * K);
+        assert!(matches!(wait.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        assert!(core.try_reserve(256 * K), "the claim outlived its wait");
+    }
 
     /// The largest append fills a file but for its header and seal blocks, and with
     /// files of 4 GiB or more its batch (padding included) still fits a `u32` write.
