@@ -18,14 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse, ProduceResponse,
-};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse};
 
 use broker_support::{
     wire::{
         batch, closed, connect, fetch_request, partition_result, produce, request_frame, response,
-        topic_metadata,
+        send_produce, topic_metadata,
     },
     Broker,
 };
@@ -131,9 +129,7 @@ fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
     let value = "v".repeat(64 * 1024);
     for i in 0..80i64 {
         let req = produce("flood", 0, batch(&[value.as_str()]));
-        p.write_all(&request_frame(ApiKey::Produce, 9, 100 + i as i32, &req))
-            .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut p, ApiKey::Produce, 9);
+        let r = send_produce(&mut p, 9, 100 + i as i32, &req);
         let msg = r.responses[0].partition_responses[0]
             .error_message
             .as_ref()
@@ -319,9 +315,7 @@ fn a_topic_too_large_for_the_open_file_limit_fails_cleanly() {
     let value = "v".repeat(100);
     for i in 0..20 {
         let req = produce("narrow", i, batch(&[value.as_str()]));
-        c.write_all(&request_frame(ApiKey::Produce, 9, 10 + i, &req))
-            .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+        let r = send_produce(&mut c, 9, 10 + i, &req);
         assert_eq!(partition_result(&r), (0, 0), "partition {i}");
     }
 }
@@ -576,9 +570,7 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
     let value = |i: i64| format!("{i:05}-{pad}");
     for i in 0..RECORDS {
         let req = produce("many", 0, batch(&[value(i).as_str()]));
-        c.write_all(&request_frame(ApiKey::Produce, 9, 100 + i as i32, &req))
-            .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+        let r = send_produce(&mut c, 9, 100 + i as i32, &req);
         let msg = r.responses[0].partition_responses[0]
             .error_message
             .as_ref()
@@ -619,9 +611,7 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
         "after a kill and a restart",
     );
     let req = produce("many", 0, batch(&[value(RECORDS).as_str()]));
-    c.write_all(&request_frame(ApiKey::Produce, 9, 1, &req))
-        .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+    let r = send_produce(&mut c, 9, 1, &req);
     assert_eq!(partition_result(&r), (0, RECORDS));
 
     drop(c);

@@ -20,16 +20,13 @@ mod loop_fs;
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::Path,
     time::{Duration, Instant},
 };
 
-use kafka_protocol::messages::{ApiKey, ProduceResponse};
-
 use broker_support::{
     kcat_from_start,
-    wire::{self, connect, request_frame, response},
+    wire::{self, connect},
     Broker,
 };
 use loop_fs::LoopFs;
@@ -49,9 +46,7 @@ fn value(i: u64) -> String {
 fn produce(addr: &str, i: u64) -> (i16, i64, String) {
     let req = wire::produce(TOPIC, 0, wire::batch(&[&value(i)]));
     let mut c = connect(addr);
-    c.write_all(&request_frame(ApiKey::Produce, 9, 1, &req))
-        .expect("send produce");
-    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 9);
+    let r = wire::send_produce(&mut c, 9, 1, &req);
     let p = &r.responses[0].partition_responses[0];
     let msg = p
         .error_message

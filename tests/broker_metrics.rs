@@ -395,10 +395,12 @@ fn no_metrics_endpoint_unless_asked_for() {
 /// to `max_bytes` from disk at each append anywhere, for up to its whole wait.
 #[test]
 fn a_long_poll_reads_again_only_when_its_partitions_move() {
-    use broker_support::wire::{batch, connect, fetch_request, produce, request_frame, response};
+    use broker_support::wire::{
+        batch, connect, fetch_request, produce, request_frame, response, send_produce,
+    };
     use kafka_protocol::messages::{
         metadata_request::MetadataRequestTopic, ApiKey, FetchResponse, MetadataRequest,
-        MetadataResponse, ProduceResponse, TopicName,
+        MetadataResponse, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     use std::io::Write;
@@ -432,9 +434,7 @@ fn a_long_poll_reads_again_only_when_its_partitions_move() {
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..30 {
         let req = produce("busy", 0, batch(&["x"]));
-        c.write_all(&request_frame(ApiKey::Produce, 7, 10 + i, &req))
-            .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+        let r = send_produce(&mut c, 7, 10 + i, &req);
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     }
     let (_, f): (i32, FetchResponse) = response(&mut poll, ApiKey::Fetch, 12);
@@ -461,14 +461,7 @@ fn a_long_poll_reads_again_only_when_its_partitions_move() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    c.write_all(&request_frame(
-        ApiKey::Produce,
-        7,
-        50,
-        &produce("quiet", 0, batch(&["y"])),
-    ))
-    .unwrap();
-    let (_, _r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    let _r = send_produce(&mut c, 7, 50, &produce("quiet", 0, batch(&["y"])));
     let (_, f): (i32, FetchResponse) = response(&mut poll, ApiKey::Fetch, 12);
     assert!(f.responses[0].partitions[0]
         .records

@@ -24,8 +24,8 @@ use broker_support::{
     kcat, kcat_from_start,
     wire::{
         batch, closed, connect, fetch_request, idempotent_batch, keyed_batch, maybe_keyed_batch,
-        metadata_of, partition_result, produce, read_frame, request_frame, response, timed_batch,
-        topic_metadata,
+        metadata_of, partition_result, produce, read_frame, request_frame, response, send_produce,
+        timed_batch, topic_metadata,
     },
     Broker,
 };
@@ -150,9 +150,7 @@ fn bad_input_gets_an_error_for_that_client_only() {
     assert_eq!(cid, 7, "no response for acks=0");
     let mut odd = produce("bad", 0, batch(&["never"]));
     odd.acks = 5;
-    ok.write_all(&request_frame(ApiKey::Produce, 7, 8, &odd))
-        .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 7);
+    let r = send_produce(&mut ok, 7, 8, &odd);
     assert_eq!(partition_result(&r).0, 21, "INVALID_REQUIRED_ACKS");
 
     // Everyone else is still served, and nothing acknowledged was lost.
@@ -243,14 +241,7 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
         &["--wal-sync-mode", "every_write"],
     );
     let mut c = connect(&broker.addr);
-    c.write_all(&request_frame(
-        ApiKey::Produce,
-        7,
-        1,
-        &produce("poll", 0, batch(&["first"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    let r = send_produce(&mut c, 7, 1, &produce("poll", 0, batch(&["first"])));
     // Auto-creation happens through Metadata; a produce to an unknown topic is refused.
     assert_eq!(partition_result(&r).0, 3);
     let meta = MetadataRequest::default()
@@ -264,14 +255,7 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
     let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 12);
     assert_eq!(m.topics[0].error_code, 0);
     assert_eq!(m.controller_id.0, 0, "this broker is the controller");
-    c.write_all(&request_frame(
-        ApiKey::Produce,
-        7,
-        3,
-        &produce("poll", 0, batch(&["first"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    let r = send_produce(&mut c, 7, 3, &produce("poll", 0, batch(&["first"])));
     assert_eq!(partition_result(&r), (0, 0));
 
     // At the high watermark with a short wait: an empty record set, never null.
@@ -313,14 +297,7 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let start = std::time::Instant::now();
-    c.write_all(&request_frame(
-        ApiKey::Produce,
-        7,
-        6,
-        &produce("poll", 0, batch(&["second"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+    let r = send_produce(&mut c, 7, 6, &produce("poll", 0, batch(&["second"])));
     assert_eq!(partition_result(&r), (0, 1));
     let (_, f): (i32, FetchResponse) = response(&mut waiter, ApiKey::Fetch, 12);
     assert!(
@@ -701,14 +678,7 @@ fn fetch_responses_are_capped_by_fetch_max_bytes_but_always_carry_a_batch() {
     assert_eq!(topic_metadata(&mut c, "big", true), 0);
     let value = "x".repeat(256 * 1024);
     for i in 0..8 {
-        c.write_all(&request_frame(
-            ApiKey::Produce,
-            7,
-            i,
-            &produce("big", 0, batch(&[value.as_str()])),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut c, ApiKey::Produce, 7);
+        let r = send_produce(&mut c, 7, i, &produce("big", 0, batch(&[value.as_str()])));
         assert_eq!(partition_result(&r), (0, i64::from(i)));
     }
     let records_of = |c: &mut std::net::TcpStream, max: i32, cid: i32| {
@@ -761,14 +731,7 @@ fn produce_once(s: &mut TcpStream, records: Bytes) -> (i16, i64) {
 
 /// Produce v8 of `records` to `topic`/`partition`: (error code, base offset).
 fn produce_to(s: &mut TcpStream, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        8,
-        9,
-        &produce(topic, partition, records),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(s, ApiKey::Produce, 8);
+    let r = send_produce(s, 8, 9, &produce(topic, partition, records));
     partition_result(&r)
 }
 
@@ -1256,14 +1219,7 @@ fn topic_configs_are_created_altered_described_and_kept() {
 
     // A compacted topic refuses a record without a key, as Kafka does, naming the
     // record; records with keys go in.
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        8,
-        2,
-        &produce("keyed", 0, batch(&["no key"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 8);
+    let r = send_produce(&mut s, 8, 2, &produce("keyed", 0, batch(&["no key"])));
     let p = &r.responses[0].partition_responses[0];
     assert_eq!(p.error_code, 87, "INVALID_RECORD");
     let m = p.error_message.as_ref().unwrap().to_string();
@@ -1441,26 +1397,12 @@ fn topic_configs_are_created_altered_described_and_kept() {
         "the new retention applies"
     );
     // A batch above the topic's max.message.bytes: MESSAGE_TOO_LARGE, saying why.
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        9,
-        4,
-        &produce("long", 0, batch(&[&pad])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 9);
+    let r = send_produce(&mut s, 9, 4, &produce("long", 0, batch(&[&pad])));
     let p = &r.responses[0].partition_responses[0];
     let m = p.error_message.as_ref().unwrap().to_string();
     assert_eq!(p.error_code, 10, "{m}");
     assert!(m.contains("max.message.bytes (1000)"), "{m}");
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        9,
-        5,
-        &produce("long", 0, batch(&["small"])),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 9);
+    let r = send_produce(&mut s, 9, 5, &produce("long", 0, batch(&["small"])));
     assert_eq!(partition_result(&r), (0, 6));
     assert_eq!(
         config_of(&topic_configs(&mut s, "short"), "segment.bytes"),
@@ -2101,9 +2043,7 @@ fn produce_and_fetch_listing_more_partitions_than_the_bound_are_refused() {
     }
 
     // Up to the bound: every entry answered INVALID_RECORD, logged once.
-    ok.write_all(&request_frame(ApiKey::Produce, 9, 2, &produce_of(HALF)))
-        .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(&mut ok, ApiKey::Produce, 9);
+    let r = send_produce(&mut ok, 9, 2, &produce_of(HALF));
     let codes: Vec<(usize, bool)> = r
         .responses
         .iter()
@@ -2509,14 +2449,7 @@ fn produce_at(
     topic: &str,
     records: Vec<u8>,
 ) -> (i16, i64, String, Vec<i32>) {
-    s.write_all(&request_frame(
-        ApiKey::Produce,
-        version,
-        11,
-        &produce(topic, 0, Bytes::from(records)),
-    ))
-    .unwrap();
-    let (_, r): (i32, ProduceResponse) = response(s, ApiKey::Produce, version);
+    let r = send_produce(s, version, 11, &produce(topic, 0, Bytes::from(records)));
     let p = &r.responses[0].partition_responses[0];
     (
         p.error_code,
@@ -2709,14 +2642,7 @@ fn fetch_returns_an_oversized_batch_only_for_the_first_partition_with_data() {
     assert_eq!(create_topic(&mut s, "pair", 2, &[]), 0);
     let value = "x".repeat(256 * 1024);
     for p in 0..2 {
-        s.write_all(&request_frame(
-            ApiKey::Produce,
-            7,
-            p,
-            &produce("pair", p, batch(&[value.as_str()])),
-        ))
-        .unwrap();
-        let (_, r): (i32, ProduceResponse) = response(&mut s, ApiKey::Produce, 7);
+        let r = send_produce(&mut s, 7, p, &produce("pair", p, batch(&[value.as_str()])));
         assert_eq!(partition_result(&r), (0, 0));
     }
     // Bytes of records for partitions 0 and 1, read from `from` with the

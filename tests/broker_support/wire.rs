@@ -172,6 +172,20 @@ pub fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
                 .with_records(Some(records))])])
 }
 
+/// Sends `req` as Produce `version` with correlation id `cid` and reads its
+/// answer (the next frame on `s`).
+pub fn send_produce(
+    s: &mut TcpStream,
+    version: i16,
+    cid: i32,
+    req: &ProduceRequest,
+) -> ProduceResponse {
+    use std::io::Write;
+    s.write_all(&request_frame(ApiKey::Produce, version, cid, req))
+        .unwrap();
+    response(s, ApiKey::Produce, version).1
+}
+
 /// The first partition's error code and base offset.
 pub fn partition_result(r: &ProduceResponse) -> (i16, i64) {
     let p = &r.responses[0].partition_responses[0];
