@@ -180,6 +180,74 @@ fn verify_reports_damage_before_the_end_a_clean_close_recorded() {
     }
 }
 
+/// A `current.wal` cut short after a clean close (a partial copy, a truncation)
+/// lost batches the close had fdatasynced, whether the cut fell on a batch
+/// boundary, inside a batch's first block or further inside a batch: `verify`
+/// reports it and `Wal::open` refuses it. A tolerant open goes on after the lost
+/// entries, never giving their sequences to new ones.
+#[test]
+fn a_current_file_cut_short_after_a_clean_close_is_corruption() {
+    for into_last_batch in [0u64, 1000, 5000] {
+        let dir = tempfile::tempdir().unwrap();
+        make_wal(dir.path());
+        let d = dir.path().to_str().unwrap();
+        let cur = dir.path().join("current.wal");
+        let scan = |dir: &Path| {
+            streamline::wal::WalReader::open(dir)
+                .unwrap()
+                .scan()
+                .files
+                .last()
+                .unwrap()
+                .clone()
+        };
+        // A last batch of three blocks, after the clean close's reopen.
+        let last_batch = scan(dir.path()).valid_end;
+        let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
+        wal.append("orders", 0, Bytes::from(vec![7u8; 10_000]))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        let info = scan(dir.path());
+        assert_eq!(info.valid_end, last_batch + 3 * 4096);
+        let next = info.next_sequence.unwrap();
+        let cut = last_batch + into_last_batch;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cur)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let (code, out, err) = tool(&["verify", d]);
+        assert_eq!(code, 1, "cut at {cut}: {out}{err}");
+        assert!(
+            out.contains("CORRUPT: ") && out.contains("last clean close"),
+            "cut at {cut}: {out}"
+        );
+        assert!(
+            matches!(
+                Wal::open(dir.path(), WalConfig::default()),
+                Err(streamline::Error::Corrupt { .. })
+            ),
+            "cut at {cut}: the WAL opened over lost synced data"
+        );
+        let tolerant = WalConfig {
+            recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+            ..WalConfig::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), tolerant).unwrap();
+        let seq = wal
+            .append("orders", 0, Bytes::from_static(b"after the cut"))
+            .wait()
+            .unwrap();
+        assert_eq!(
+            seq, next,
+            "cut at {cut}: a lost entry's sequence was reused"
+        );
+        wal.close().unwrap();
+    }
+}
+
 /// A WAL a process has open changes under a scan (rotation, retention): the tool
 /// refuses it rather than report damage that is not there.
 #[test]

@@ -306,8 +306,8 @@ pub fn scan_file_after_close(
     clean: Option<CleanClose>,
 ) -> Result<FileInfo> {
     let mut r = ChunkReader::open(path)?;
-    let clean = clean.filter(|c| newest && c.end < r.len);
-    if let Some(c) = clean {
+    let clean = clean.filter(|_| newest);
+    if let Some(c) = clean.filter(|c| c.end < r.len) {
         // After a clean close nothing past the recorded end is worth reading but
         // its first block (undone below if the marker is not this file's).
         r.limit_to(c.end + BLOCK_SIZE as u64);
@@ -361,6 +361,24 @@ pub fn scan_file_after_close(
                     pos,
                     "archived file ends without a seal",
                 ));
+            }
+            if let Some(c) = clean.filter(|c| pos < c.end) {
+                // The file was cut short (a partial copy, a truncation) where a
+                // batch boundary fell: what the close had fdatasynced is lost.
+                let reason = format!(
+                    "file ends at offset {}, before the end of the log the last clean close recorded (offset {}, next sequence {})",
+                    r.len, c.end, c.next_sequence
+                );
+                if mode == RecoveryMode::Strict {
+                    return Err(Error::corrupt(path, pos, reason));
+                }
+                tracing::warn!(file = %path.display(), offset = pos, reason = %reason, "WAL file cut short (tolerant recovery)");
+                info.skipped.push((pos, c.end, reason));
+                // Appends continue after the lost entries, never reusing their
+                // sequences.
+                if info.next_sequence.is_none_or(|n| n < c.next_sequence) {
+                    info.next_sequence = Some(c.next_sequence);
+                }
             }
             break;
         }
@@ -447,6 +465,13 @@ pub fn scan_file_after_close(
                         None => {
                             tracing::warn!(file = %path.display(), offset = pos, reason = %err_reason, "WAL file ends in corrupt bytes (tolerant recovery)");
                             info.skipped.push((pos, r.len, err_reason));
+                            // Entries the close recorded are lost: appends go on
+                            // after them, never reusing their sequences.
+                            if let Some(c) = clean.filter(|_| before_clean_end) {
+                                if info.next_sequence.is_none_or(|n| n < c.next_sequence) {
+                                    info.next_sequence = Some(c.next_sequence);
+                                }
+                            }
                             break;
                         }
                     }
