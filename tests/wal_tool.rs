@@ -138,6 +138,25 @@ fn verify_accepts_a_torn_tail_and_reports_it() {
     assert!(out.contains("torn write at byte"), "{out}");
 }
 
+/// Asserts that `verify` reports damage before the end the last clean close
+/// recorded (exit 1) and that `Wal::open` refuses the log; returns the report.
+fn assert_lost_synced_data(dir: &Path, case: &str) -> String {
+    let (code, out, err) = tool(&["verify", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{case}: {out}{err}");
+    assert!(
+        out.contains("CORRUPT: ") && out.contains("last clean close"),
+        "{case}: {out}"
+    );
+    assert!(
+        matches!(
+            Wal::open(dir, WalConfig::default()),
+            Err(streamline::Error::Corrupt { .. })
+        ),
+        "{case}: the WAL opened over lost synced data"
+    );
+    out
+}
+
 /// After a clean close everything before the recorded end was fdatasynced: a lost
 /// or damaged last batch is damage to synced data, reported, not a torn tail.
 #[test]
@@ -145,7 +164,6 @@ fn verify_reports_damage_before_the_end_a_clean_close_recorded() {
     for damage in ["zeroed", "flipped"] {
         let dir = tempfile::tempdir().unwrap();
         make_wal(dir.path());
-        let d = dir.path().to_str().unwrap();
         assert!(dir.path().join(CLEAN_CLOSE_FILE).exists());
         let cur = dir.path().join("current.wal");
         let info = streamline::wal::WalReader::open(dir.path())
@@ -162,20 +180,10 @@ fn verify_reports_damage_before_the_end_a_clean_close_recorded() {
             _ => bytes[last_batch + 200] ^= 1,
         }
         std::fs::write(&cur, &bytes).unwrap();
-        let (code, out, err) = tool(&["verify", d]);
-        assert_eq!(code, 1, "{damage}: {out}{err}");
+        let out = assert_lost_synced_data(dir.path(), damage);
         assert!(
-            out.contains("CORRUPT: ")
-                && out.contains(&format!("at byte offset {last_batch}"))
-                && out.contains("last clean close"),
+            out.contains(&format!("at byte offset {last_batch}")),
             "{damage}: {out}"
-        );
-        assert!(
-            matches!(
-                Wal::open(dir.path(), WalConfig::default()),
-                Err(streamline::Error::Corrupt { .. })
-            ),
-            "{damage}: the WAL opened over lost synced data"
         );
     }
 }
@@ -190,7 +198,6 @@ fn a_current_file_cut_short_after_a_clean_close_is_corruption() {
     for into_last_batch in [0u64, 1000, 5000] {
         let dir = tempfile::tempdir().unwrap();
         make_wal(dir.path());
-        let d = dir.path().to_str().unwrap();
         let cur = dir.path().join("current.wal");
         let scan = |dir: &Path| {
             streamline::wal::WalReader::open(dir)
@@ -218,19 +225,7 @@ fn a_current_file_cut_short_after_a_clean_close_is_corruption() {
             .unwrap()
             .set_len(cut)
             .unwrap();
-        let (code, out, err) = tool(&["verify", d]);
-        assert_eq!(code, 1, "cut at {cut}: {out}{err}");
-        assert!(
-            out.contains("CORRUPT: ") && out.contains("last clean close"),
-            "cut at {cut}: {out}"
-        );
-        assert!(
-            matches!(
-                Wal::open(dir.path(), WalConfig::default()),
-                Err(streamline::Error::Corrupt { .. })
-            ),
-            "cut at {cut}: the WAL opened over lost synced data"
-        );
+        assert_lost_synced_data(dir.path(), &format!("cut at {cut}"));
         let tolerant = WalConfig {
             recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
             ..WalConfig::default()
