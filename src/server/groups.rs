@@ -9,13 +9,18 @@
 //! membership when the coordinator is opened on a directory
 //! ([`GroupCoordinator::open`]), as Kafka keeps a group's metadata in
 //! `__consumer_offsets`: a group is stored when the leader's SyncGroup completes a
-//! rebalance and when it becomes empty, and loaded at start, so that a broker
-//! restart neither empties groups nor fails their members' commits. A rebalance
-//! completes only once stored: the SyncGroup answers wait for the file, and a
-//! failed write answers them COORDINATOR_NOT_AVAILABLE and rebalances the group
-//! (a stable generation is never acknowledged unless it was stored). Writes and
-//! removals are blocking; the server runs them on its blocking threads
-//! ([`GroupCoordinator::store_group`], [`GroupCoordinator::store_changed`]).
+//! rebalance, when a static member replaces itself in a `Stable` group and when
+//! it becomes empty, and loaded at start, so that a broker restart neither
+//! empties groups nor fails their members' commits. A rebalance completes only
+//! once stored: the SyncGroup answers wait for the file, and a failed write
+//! answers them COORDINATOR_NOT_AVAILABLE and rebalances the group (a stable
+//! generation is never acknowledged unless it was stored). So does a static
+//! member's replacement: its JoinGroup is answered, and its new member id takes
+//! effect, once stored, and a failed write answers it COORDINATOR_NOT_AVAILABLE
+//! with the old member id kept (a member id is never handed out unless a
+//! restarted broker would know it). Writes and removals are blocking; the server
+//! runs them on its blocking threads ([`GroupCoordinator::store_group`],
+//! [`GroupCoordinator::store_changed`]).
 //!
 //! As in Kafka, JoinGroup, SyncGroup, Heartbeat and LeaveGroup refuse an empty group
 //! id with INVALID_GROUP_ID; OffsetCommit and OffsetFetch accept it (Kafka keeps that
@@ -220,11 +225,30 @@ struct Group {
     empty_since: SystemTime,
     /// Its membership changed since it was last stored: it became `Empty`, the
     /// leader's assignment waits to be stored (`storing`), or a static member
-    /// replaced itself in a `Stable` group.
+    /// replacing itself in a `Stable` group waits to be stored (`replacements`).
     unstored: bool,
     /// In `CompletingRebalance`: the leader's assignment is set, and the group
     /// becomes `Stable` (answering the SyncGroups waiting) once it is stored.
     storing: bool,
+    /// Only while `Stable`, with a membership store: static members replacing
+    /// themselves, each in force (and answered) once the membership with its
+    /// new id is stored. Until then the old id is the member.
+    replacements: Vec<Replacement>,
+}
+
+/// A static member's JoinGroup replacing itself in a `Stable` group whose
+/// protocol choice stays the same, waiting for the membership with its new id
+/// to be stored ([`GroupCoordinator::store_group`]).
+#[derive(Debug)]
+struct Replacement {
+    /// The member id it replaces, a member until the replacement is stored.
+    old: String,
+    /// Its new member id, which no request knows before it is answered.
+    new: String,
+    /// The JoinGroup.
+    req: JoinRequest,
+    /// Its answer.
+    tx: oneshot::Sender<JoinResult>,
 }
 
 impl Group {
@@ -243,12 +267,46 @@ impl Group {
             empty_since: SystemTime::now(),
             unstored: false,
             storing: false,
+            replacements: Vec::new(),
+        }
+    }
+
+    /// Whether the group's state is one that is stored: `Empty`, `Stable`, or
+    /// `CompletingRebalance` with the leader's assignment set.
+    fn storable(&self) -> bool {
+        match self.state {
+            State::Empty | State::Stable => true,
+            State::CompletingRebalance => self.storing,
+            State::PreparingRebalance | State::Dead => false,
+        }
+    }
+
+    /// Whether the group has membership to store now. A change made in a state
+    /// that is not stored is dropped: the rebalance under way stores the group
+    /// when it completes, and an emptied group is stored as such.
+    fn take_unstored(&mut self) -> bool {
+        if self.unstored && !self.storable() {
+            self.unstored = false;
+        }
+        self.unstored
+    }
+
+    /// Answers the JoinGroups of the replacements waiting to be stored with
+    /// REBALANCE_IN_PROGRESS, as the group leaves `Stable`: none takes effect
+    /// (their new ids never existed), and each member, which sent no member id,
+    /// joins again as it would have had the group been rebalancing already.
+    fn abandon_replacements(&mut self) {
+        for r in self.replacements.drain(..) {
+            tracing::info!(old_member = %r.old, instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is abandoned: the group left Stable");
+            let _ =
+                r.tx.send(JoinResult::error(codes::REBALANCE_IN_PROGRESS, ""));
         }
     }
 
     /// The group loses its last member: `Empty`, keeping its generation and
     /// protocol type, to be stored.
     fn become_empty(&mut self) {
+        self.abandon_replacements();
         self.state = State::Empty;
         self.empty_since = SystemTime::now();
         self.leader = None;
@@ -273,34 +331,55 @@ impl Group {
         }
     }
 
-    /// The membership to store, as Kafka's `GroupMetadata` record holds it.
+    /// The membership to store, as Kafka's `GroupMetadata` record holds it, with
+    /// the replacements waiting to be stored in force.
     fn to_meta(&self) -> GroupMeta {
         let has_members = !self.members.is_empty();
+        let replacement = |id: &str| self.replacements.iter().find(|r| r.old == id);
+        let stored_id = |id: &String| replacement(id).map_or(id, |r| &r.new).clone();
         GroupMeta {
             generation: self.generation,
             protocol_type: self.protocol_type.clone(),
             protocol: self.protocol.clone().filter(|_| has_members),
-            leader: self.leader.clone().filter(|_| has_members),
+            leader: self.leader.as_ref().filter(|_| has_members).map(stored_id),
             empty_since_ms: (self.state == State::Empty).then(|| to_ms(self.empty_since)),
             members: self
                 .members
                 .iter()
-                .map(|(id, m)| MemberMeta {
-                    member_id: id.clone(),
-                    instance_id: m.instance_id.clone(),
-                    client_id: m.client_id.clone(),
-                    client_host: m.client_host.clone(),
-                    session_timeout_ms: duration_ms(m.session_timeout),
-                    rebalance_timeout_ms: duration_ms(m.rebalance_timeout),
-                    protocols: m
-                        .protocols
-                        .iter()
-                        .map(|(name, metadata)| ProtocolMeta {
-                            name: name.clone(),
-                            metadata: metadata.clone(),
-                        })
-                        .collect(),
-                    assignment: m.assignment.clone(),
+                .map(|(id, m)| {
+                    let (client_id, client_host, protocols, session, rebalance) =
+                        match replacement(id) {
+                            Some(r) => (
+                                &r.req.client_id,
+                                &r.req.client_host,
+                                &r.req.protocols,
+                                r.req.session_timeout,
+                                r.req.rebalance_timeout,
+                            ),
+                            None => (
+                                &m.client_id,
+                                &m.client_host,
+                                &m.protocols,
+                                m.session_timeout,
+                                m.rebalance_timeout,
+                            ),
+                        };
+                    MemberMeta {
+                        member_id: stored_id(id),
+                        instance_id: m.instance_id.clone(),
+                        client_id: client_id.clone(),
+                        client_host: client_host.clone(),
+                        session_timeout_ms: duration_ms(session),
+                        rebalance_timeout_ms: duration_ms(rebalance),
+                        protocols: protocols
+                            .iter()
+                            .map(|(name, metadata)| ProtocolMeta {
+                                name: name.clone(),
+                                metadata: metadata.clone(),
+                            })
+                            .collect(),
+                        assignment: m.assignment.clone(),
+                    }
                 })
                 .collect(),
         }
@@ -370,6 +449,7 @@ impl Group {
 
     fn start_rebalance(&mut self, now: Instant) {
         if self.state != State::PreparingRebalance {
+            self.abandon_replacements();
             self.state = State::PreparingRebalance;
             self.storing = false;
             for m in self.members.values_mut() {
@@ -461,19 +541,34 @@ impl Group {
     /// The protocol a rebalance would choose now: the first protocol of the
     /// first member that every member supports.
     fn select_protocol(&self) -> Option<String> {
-        let mut members = self.members.values();
-        let first = members.next()?;
-        let mut common = protocol_names(&first.protocols);
-        for m in members {
-            let theirs = protocol_names(&m.protocols);
-            common.retain(|n| theirs.contains(n));
-        }
-        first
-            .protocols
+        choose_protocol(self.members.values().map(|m| m.protocols.as_slice()))
+    }
+
+    /// The protocol a rebalance would choose once the replacements waiting to
+    /// be stored, and member `old` replaced by `new` with `protocols`, are in
+    /// force (members are taken in the order of their ids, as a rebalance
+    /// takes them).
+    fn select_protocol_replacing(
+        &self,
+        old: &str,
+        new: &str,
+        protocols: &[(String, Bytes)],
+    ) -> Option<String> {
+        let mut members: Vec<(&str, &[(String, Bytes)])> = self
+            .members
             .iter()
-            .map(|(n, _)| n)
-            .find(|n| common.contains(n.as_str()))
-            .cloned()
+            .map(|(id, m)| {
+                if id == old {
+                    return (new, protocols);
+                }
+                match self.replacements.iter().find(|r| r.old == *id) {
+                    Some(r) => (r.new.as_str(), r.req.protocols.as_slice()),
+                    None => (id.as_str(), m.protocols.as_slice()),
+                }
+            })
+            .collect();
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        choose_protocol(members.into_iter().map(|(_, p)| p))
     }
 
     /// The member id that static member `instance` (its group instance id)
@@ -499,9 +594,13 @@ impl Group {
     /// a new id, as in Kafka: the old id is fenced, its pending join or sync
     /// answered with FENCED_INSTANCE_ID, and its assignment kept. A `Stable`
     /// group whose protocol choice stays the same does not rebalance: the
-    /// member gets the current generation at once, with the leader id from
-    /// before the replacement (so a rejoining leader does not assign again; its
-    /// SyncGroup returns its assignment). Otherwise the group rebalances.
+    /// member gets the current generation, with the leader id from before the
+    /// replacement (so a rejoining leader does not assign again; its SyncGroup
+    /// returns its assignment). With a membership store (`stores`) that answer,
+    /// and the replacement itself, wait until the membership with the new id is
+    /// stored, as Kafka's `updateStaticMemberAndRebalance` answers once the
+    /// group is stored ([`GroupCoordinator::store_group`]); without one the
+    /// member is answered at once. Otherwise the group rebalances.
     fn replace_static_member(
         &mut self,
         old: &str,
@@ -509,9 +608,62 @@ impl Group {
         req: JoinRequest,
         tx: oneshot::Sender<JoinResult>,
         now: Instant,
+        stores: bool,
     ) {
-        let Some(mut m) = self.members.remove(old) else {
+        if !self.members.contains_key(old) {
             return;
+        }
+        // A replacement of the same member still waiting to be stored is
+        // superseded: its new id never took effect, and its JoinGroup is fenced
+        // as a pending join of a replaced id is.
+        for r in std::mem::take(&mut self.replacements) {
+            if r.old == old {
+                tracing::info!(old_member = %old, instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is superseded by another");
+                let _ = r.tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, ""));
+            } else {
+                self.replacements.push(r);
+            }
+        }
+        if self.state == State::Stable
+            && self.select_protocol_replacing(old, &new, &req.protocols) == self.protocol
+        {
+            if stores {
+                // The instance is alive: its old id is not expired while the
+                // new one is being stored, and is the member again if the
+                // store fails.
+                if let Some(m) = self.members.get_mut(old) {
+                    m.last_seen = now;
+                }
+                self.replacements.push(Replacement {
+                    old: old.to_string(),
+                    new,
+                    req,
+                    tx,
+                });
+                self.unstored = true;
+                return;
+            }
+            let leader_before = self.take_over(old, new.clone(), req, now);
+            let _ = tx.send(self.stable_join(new, leader_before));
+            return;
+        }
+        self.take_over(old, new.clone(), req, now);
+        self.start_rebalance(now);
+        if let Some(m) = self.members.get_mut(&new) {
+            m.joined = true;
+        }
+        self.pending_joins.push((new, tx));
+        self.try_complete(false);
+    }
+
+    /// Member `old` becomes `new`, with the protocols, timeouts and client of
+    /// `req`, keeping its assignment; `old` is fenced (its pending join or sync
+    /// gets FENCED_INSTANCE_ID) and `new` leads in its place. Returns the leader
+    /// id from before.
+    fn take_over(&mut self, old: &str, new: String, req: JoinRequest, now: Instant) -> String {
+        let leader_before = self.leader.clone().unwrap_or_default();
+        let Some(mut m) = self.members.remove(old) else {
+            return leader_before;
         };
         for (id, t) in std::mem::take(&mut self.pending_joins) {
             if id == old {
@@ -527,7 +679,6 @@ impl Group {
                 self.pending_syncs.push((id, t));
             }
         }
-        let leader_before = self.leader.clone().unwrap_or_default();
         if self.leader.as_deref() == Some(old) {
             self.leader = Some(new.clone());
         }
@@ -537,28 +688,57 @@ impl Group {
         m.session_timeout = req.session_timeout;
         m.rebalance_timeout = req.rebalance_timeout;
         m.last_seen = now;
-        self.members.insert(new.clone(), m);
-        tracing::info!(old_member = %old, member = %new, instance = ?self.members[&new].instance_id, "static member replaced");
-        if self.state == State::Stable && self.select_protocol() == self.protocol {
-            // Stored, so that the new id is a member after a restart too.
-            self.unstored = true;
-            let _ = tx.send(JoinResult {
-                error: codes::NONE,
-                generation: self.generation,
-                protocol: self.protocol.clone(),
-                protocol_type: self.protocol_type.clone(),
-                leader: leader_before,
-                member_id: new,
-                members: Vec::new(),
-            });
-            return;
+        tracing::info!(old_member = %old, member = %new, instance = ?m.instance_id, "static member replaced");
+        self.members.insert(new, m);
+        leader_before
+    }
+
+    /// The answer to a static member that replaced itself in a `Stable` group
+    /// under `new`: the current generation, without a rebalance, and
+    /// `leader_before`, the leader id from before the replacement.
+    fn stable_join(&self, new: String, leader_before: String) -> JoinResult {
+        JoinResult {
+            error: codes::NONE,
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            protocol_type: self.protocol_type.clone(),
+            leader: leader_before,
+            member_id: new,
+            members: Vec::new(),
         }
-        self.start_rebalance(now);
-        if let Some(m) = self.members.get_mut(&new) {
-            m.joined = true;
+    }
+
+    /// A store of the membership with the replacements `stored` (by new id) in
+    /// force completed, successfully when `ok`: those replacements take effect
+    /// and are answered; when it failed their JoinGroups get
+    /// COORDINATOR_NOT_AVAILABLE (clients look the coordinator up again and
+    /// rejoin) and their old ids stay members, as Kafka reverts a static
+    /// member's replacement it could not store. Replacements since abandoned or
+    /// superseded were answered then; those made after the store read the
+    /// group wait for the next store.
+    fn finish_replacements(&mut self, stored: &[String], ok: bool, now: Instant) {
+        for r in std::mem::take(&mut self.replacements) {
+            if !stored.contains(&r.new) {
+                self.replacements.push(r);
+                continue;
+            }
+            if !ok {
+                tracing::warn!(old_member = %r.old, instance = ?r.req.instance_id, "a static member's replacement could not be stored: the old member id stays");
+                let _ =
+                    r.tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
+                continue;
+            }
+            // Replacements wait only while the group is `Stable` with their
+            // old member (leaving `Stable` abandons them, and expiry spares
+            // the member); checked all the same.
+            if self.state != State::Stable || !self.members.contains_key(&r.old) {
+                let _ =
+                    r.tx.send(JoinResult::error(codes::REBALANCE_IN_PROGRESS, ""));
+                continue;
+            }
+            let leader_before = self.take_over(&r.old, r.new.clone(), r.req, now);
+            let _ = r.tx.send(self.stable_join(r.new, leader_before));
         }
-        self.pending_joins.push((new, tx));
-        self.try_complete(false);
     }
 
     /// Whether `protocols` include one that every member other than `member_id`
@@ -620,9 +800,39 @@ fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
     protocols.iter().map(|(n, _)| n.as_str()).collect()
 }
 
+/// The protocol a rebalance of members supporting `members` (each member's
+/// protocols, the members in the order of their ids) chooses: the first
+/// protocol of the first member that every member supports.
+fn choose_protocol<'a>(mut members: impl Iterator<Item = &'a [(String, Bytes)]>) -> Option<String> {
+    let first = members.next()?;
+    let mut common = protocol_names(first);
+    for m in members {
+        let theirs = protocol_names(m);
+        common.retain(|n| theirs.contains(n));
+    }
+    first
+        .iter()
+        .map(|(n, _)| n)
+        .find(|n| common.contains(n.as_str()))
+        .cloned()
+}
+
 /// `d` in whole milliseconds, saturating.
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A group's membership as a store writes it, read under the group's writer
+/// lock.
+#[derive(Debug)]
+struct StoreSnapshot {
+    /// What the file is to hold.
+    meta: GroupMeta,
+    /// The generation whose leader's assignment is being stored, when the group
+    /// is completing a rebalance.
+    completing: Option<i32>,
+    /// The new ids of the static members' replacements the file holds in force.
+    replacing: Vec<String>,
 }
 
 /// All groups of this broker.
@@ -759,11 +969,6 @@ impl GroupCoordinator {
         })
     }
 
-    /// Whether membership is stored (the coordinator was opened on a directory).
-    pub fn stores_membership(&self) -> bool {
-        self.meta.is_some()
-    }
-
     /// Resolves when some group's membership changed and is to be stored with
     /// [`GroupCoordinator::store_changed`] (at once if it changed since the last
     /// call returned).
@@ -793,49 +998,87 @@ impl GroupCoordinator {
         }
     }
 
+    /// Whether `group` has membership waiting to be stored, which
+    /// [`GroupCoordinator::store_group`] would write now.
+    pub fn needs_store(&self, group: &str) -> bool {
+        self.meta.is_some()
+            && self
+                .lock()
+                .get(group)
+                .is_some_and(|g| g.unstored && g.storable())
+    }
+
     /// Stores `group`'s membership when it changed since it was last stored
     /// (blocking: writes and fsyncs its file), as Kafka stores a group: once the
     /// leader's assignment is set (the group then becomes `Stable` and the
     /// SyncGroups waiting get their assignments; if the write fails they get
     /// COORDINATOR_NOT_AVAILABLE and the group rebalances, as Kafka answers a
-    /// failed store), when it became `Empty`, and when a static member replaced
-    /// itself in a `Stable` group. A group rebalancing meanwhile is stored when
-    /// the rebalance completes. Failures are logged; one of a group that is not
-    /// completing a rebalance is tried again at the group's next store.
+    /// failed store), when it became `Empty`, and when a static member replaces
+    /// itself in a `Stable` group (the replacement then takes effect and its
+    /// JoinGroup gets the new member id; if the write fails the JoinGroup gets
+    /// COORDINATOR_NOT_AVAILABLE and the old member id stays). A group
+    /// rebalancing meanwhile is stored when the rebalance completes. Failures
+    /// are logged; one of a group that is not completing a rebalance is tried
+    /// again at the group's next store.
+    ///
+    /// A group with nothing to store (a follower's SyncGroup, a change another
+    /// call is storing) returns at once, without waiting for the group's writer
+    /// lock, which a store of any group sharing that lock holds across its
+    /// fsync.
     pub fn store_group(&self, group: &str) {
         let Some(store) = &self.meta else {
             return;
         };
+        // Nothing to store: nothing to wait for. A change made from here on is
+        // stored by the call that makes it (or by the next pass of
+        // `store_changed`), which reads the group under the writer lock.
+        if !self.lock().get_mut(group).is_some_and(Group::take_unstored) {
+            return;
+        }
         // Held from reading the group's state until its file is in place, so
         // that the file written last holds the newest state.
         let _writer = store.writer(group);
-        let (meta, completing) = {
-            let mut groups = self.lock();
-            let Some(g) = groups.get_mut(group).filter(|g| g.unstored) else {
-                return;
-            };
-            g.unstored = false;
-            match g.state {
-                State::Empty | State::Stable => (g.to_meta(), None),
-                State::CompletingRebalance if g.storing => (g.to_meta(), Some(g.generation)),
-                State::PreparingRebalance | State::CompletingRebalance | State::Dead => return,
-            }
+        let Some(snapshot) = self.read_for_store(group) else {
+            return;
         };
-        let stored = store.write(group, &meta);
+        let stored = store.write(group, &snapshot.meta);
         if let Err(e) = &stored {
-            tracing::error!(group = %group, generation = meta.generation, error = %e, "storing the group's membership failed");
+            tracing::error!(group = %group, generation = snapshot.meta.generation, error = %e, "storing the group's membership failed");
         }
+        self.stored(group, &snapshot, stored.is_ok());
+    }
+
+    /// What a store of `group` writes, read (and its change marked stored)
+    /// under the group's writer lock; `None` when there is nothing to store.
+    fn read_for_store(&self, group: &str) -> Option<StoreSnapshot> {
+        let mut groups = self.lock();
+        let g = groups.get_mut(group)?;
+        if !g.take_unstored() {
+            return None;
+        }
+        g.unstored = false;
+        let completing = (g.state == State::CompletingRebalance).then_some(g.generation);
+        Some(StoreSnapshot {
+            meta: g.to_meta(),
+            completing,
+            replacing: g.replacements.iter().map(|r| r.new.clone()).collect(),
+        })
+    }
+
+    /// The store of `snapshot` for `group` completed, successfully when `ok`:
+    /// answers those waiting for it.
+    fn stored(&self, group: &str, snapshot: &StoreSnapshot, ok: bool) {
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
             return;
         };
-        match completing {
+        match snapshot.completing {
             Some(generation)
                 if g.state == State::CompletingRebalance
                     && g.storing
                     && g.generation == generation =>
             {
-                if stored.is_ok() {
+                if ok {
                     g.complete_sync();
                 } else {
                     // Never acknowledged unless stored: the members rejoin.
@@ -850,8 +1093,15 @@ impl GroupCoordinator {
                 }
             }
             Some(_) => {}
-            None if stored.is_err() => g.unstored = true,
-            None => {}
+            None => {
+                g.finish_replacements(&snapshot.replacing, ok, Instant::now());
+                if !ok {
+                    // The file may not hold what the group holds now (a
+                    // replacement stored before, then superseded): written
+                    // again at the next store.
+                    g.unstored = true;
+                }
+            }
         }
     }
 
@@ -874,7 +1124,10 @@ impl GroupCoordinator {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Joins (or rejoins) a group; the receiver resolves when the rebalance completes.
+    /// Joins (or rejoins) a group; the receiver resolves when the rebalance
+    /// completes, or, for a static member replacing itself in a `Stable` group
+    /// while membership is stored, once [`GroupCoordinator::store_group`] stored
+    /// its new member id.
     pub fn join(&self, mut req: JoinRequest) -> oneshot::Receiver<JoinResult> {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
@@ -976,7 +1229,7 @@ impl GroupCoordinator {
             );
             if let Some(old) = current {
                 g.protocol_type = Some(req.protocol_type.clone());
-                g.replace_static_member(&old, id, req, tx, now);
+                g.replace_static_member(&old, id, req, tx, now, self.meta.is_some());
                 self.notify_unstored(g);
                 return rx;
             }
@@ -1577,8 +1830,11 @@ impl GroupCoordinator {
                     } else {
                         m.session_timeout
                     };
+                    // Nor is one whose instance's replacement waits to be
+                    // stored: its instance has just joined.
                     now.duration_since(m.last_seen) > allowed
                         && !g.pending_joins.iter().any(|(p, _)| p == *id)
+                        && !g.replacements.iter().any(|r| r.old == **id)
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -2750,7 +3006,7 @@ mod tests {
 
     /// A static member whose consumer restarts after the broker did takes over
     /// its stored membership without a rebalance, as before the restart; the
-    /// replacement is stored too.
+    /// replacement is stored before it is answered.
     #[test]
     fn a_static_member_takes_over_its_stored_membership() {
         let dir = tempfile::tempdir().unwrap();
@@ -2767,7 +3023,9 @@ mod tests {
         drop(c);
 
         let c = opened(dir.path());
-        let s2 = join_as(&c, "", Some("s")).try_recv().unwrap();
+        let mut s2 = join_as(&c, "", Some("s"));
+        c.store_group("g");
+        let s2 = s2.try_recv().unwrap();
         assert_eq!((s2.error, s2.generation), (codes::NONE, 2), "no rebalance");
         assert_ne!(s2.member_id, s.member_id);
         assert_eq!(s2.leader, s.member_id, "the leader id from before");
@@ -2782,7 +3040,6 @@ mod tests {
             c.heartbeat("g", 2, &s.member_id, Some("s")),
             codes::FENCED_INSTANCE_ID
         );
-        c.store_changed();
         drop(c);
         let c = opened(dir.path());
         assert_eq!(
@@ -2793,6 +3050,326 @@ mod tests {
             c.check_commit("g", 2, &s.member_id, Some("s")),
             codes::FENCED_INSTANCE_ID
         );
+    }
+
+    /// A JoinGroup of `member` (empty: a new one) to `group` as group instance
+    /// `instance`.
+    fn join_in(
+        c: &GroupCoordinator,
+        group: &str,
+        member: &str,
+        instance: Option<&str>,
+    ) -> oneshot::Receiver<JoinResult> {
+        c.join(JoinRequest {
+            group: group.into(),
+            instance_id: instance.map(Into::into),
+            ..req(member)
+        })
+    }
+
+    /// `group` with static member "s" (the leader, assigned "for s") and a
+    /// dynamic member (assigned "for d"), `Stable` at generation 2 and stored.
+    fn static_group(c: &GroupCoordinator, group: &str) -> (JoinResult, JoinResult) {
+        let s = join_in(c, group, "", Some("s")).try_recv().unwrap();
+        let mut rd = join_in(c, group, "", None);
+        let s = join_in(c, group, &s.member_id, Some("s"))
+            .try_recv()
+            .unwrap();
+        let d = rd.try_recv().unwrap();
+        assert_eq!((s.error, d.error, s.generation, d.generation), (0, 0, 2, 2));
+        assert_eq!(s.leader, s.member_id);
+        let mut d_sync = c.sync(group, 2, &d.member_id, None, vec![]);
+        let assignments = vec![
+            (s.member_id.clone(), Bytes::from_static(b"for s")),
+            (d.member_id.clone(), Bytes::from_static(b"for d")),
+        ];
+        let mut s_sync = c.sync(group, 2, &s.member_id, Some("s"), assignments);
+        c.store_group(group);
+        assert_eq!(s_sync.try_recv().unwrap().0, codes::NONE);
+        assert_eq!(d_sync.try_recv().unwrap().0, codes::NONE);
+        (s, d)
+    }
+
+    /// Stores `group` as [`GroupCoordinator::store_group`] does, running
+    /// `meanwhile` after the group was read and before its file is written.
+    fn store_with(c: &GroupCoordinator, group: &str, meanwhile: impl FnOnce()) {
+        let store = c.meta.as_ref().unwrap();
+        let _writer = store.writer(group);
+        let snapshot = c.read_for_store(group).expect("something to store");
+        meanwhile();
+        let ok = store.write(group, &snapshot.meta).is_ok();
+        c.stored(group, &snapshot, ok);
+    }
+
+    /// A static member replacing itself in a `Stable` group is answered only
+    /// once the membership with its new member id is stored, as Kafka answers
+    /// it once the group is stored: a broker killed right after the answer
+    /// loads the new id. Before, the answer went out at once and the store
+    /// followed in the background; a broker killed in between loaded the old
+    /// id, and the consumer's next request with its new id got
+    /// FENCED_INSTANCE_ID, which clients treat as fatal.
+    #[test]
+    fn a_static_members_replacement_is_answered_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (s, d) = static_group(&c, "g");
+        let mut rx = join_as(&c, "", Some("s"));
+        let early = rx.try_recv();
+        assert!(
+            early.is_err(),
+            "answered before its new member id was stored: {early:?}"
+        );
+        // Until then the old id is the member.
+        assert_eq!(c.heartbeat("g", 2, &s.member_id, Some("s")), codes::NONE);
+        assert_eq!(c.check_commit("g", 2, &s.member_id, Some("s")), codes::NONE);
+        std::thread::scope(|scope| {
+            // Stored on another thread, as the JoinGroup handler stores it.
+            scope.spawn(|| c.store_group("g"));
+            let s2 = rx.blocking_recv().unwrap();
+            // The broker is killed as the answer goes out.
+            let restarted = opened(dir.path());
+            assert_eq!(
+                (s2.error, s2.generation, s2.leader.as_str()),
+                (codes::NONE, 2, s.member_id.as_str()),
+                "no rebalance, the leader id from before"
+            );
+            assert_ne!(s2.member_id, s.member_id);
+            assert_eq!(
+                restarted.heartbeat("g", 2, &s2.member_id, Some("s")),
+                codes::NONE
+            );
+            assert_eq!(
+                restarted.heartbeat("g", 2, &s.member_id, Some("s")),
+                codes::FENCED_INSTANCE_ID
+            );
+            assert_eq!(
+                restarted
+                    .sync("g", 2, &s2.member_id, Some("s"), vec![])
+                    .try_recv()
+                    .unwrap(),
+                (codes::NONE, Bytes::from_static(b"for s"))
+            );
+            assert_eq!(c.heartbeat("g", 2, &s2.member_id, Some("s")), codes::NONE);
+            assert_eq!(
+                c.heartbeat("g", 2, &s.member_id, Some("s")),
+                codes::FENCED_INSTANCE_ID
+            );
+            assert_eq!(c.heartbeat("g", 2, &d.member_id, None), codes::NONE);
+        });
+    }
+
+    /// A replacement whose store fails is undone, as Kafka reverts it: its
+    /// JoinGroup gets COORDINATOR_NOT_AVAILABLE (clients look the coordinator
+    /// up again and rejoin), the old member id, with its protocols and
+    /// timeouts, heartbeats and commits as before, and the file still holds
+    /// it. Once the disk takes writes again the next replacement goes through.
+    #[test]
+    fn a_static_members_replacement_that_cannot_be_stored_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (s, d) = static_group(&c, "g");
+        // The atomic replace cannot create its temporary file.
+        let tmp = dir
+            .path()
+            .join(crate::storage::offsets::file_name("g"))
+            .with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let mut r = req("");
+        r.instance_id = Some("s".into());
+        r.client_id = "restarted".into();
+        r.session_timeout = Duration::from_secs(20);
+        r.protocols = vec![("range".into(), Bytes::from_static(b"new meta"))];
+        let mut rx = c.join(r);
+        c.store_group("g");
+        let refused = rx.try_recv().unwrap();
+        assert_eq!(
+            (refused.error, refused.member_id.as_str()),
+            (codes::COORDINATOR_NOT_AVAILABLE, "")
+        );
+        assert_eq!(c.heartbeat("g", 2, &s.member_id, Some("s")), codes::NONE);
+        assert_eq!(c.check_commit("g", 2, &s.member_id, Some("s")), codes::NONE);
+        assert_eq!(c.heartbeat("g", 2, &d.member_id, None), codes::NONE);
+        let described = c.describe("g").unwrap();
+        assert_eq!(described.state, "Stable");
+        let old = described
+            .members
+            .iter()
+            .find(|m| m.member_id == s.member_id)
+            .expect("the old id is a member");
+        assert_eq!(
+            (old.client_id.as_str(), old.metadata.as_ref()),
+            ("c", b"meta".as_ref())
+        );
+        assert_eq!(described.members.len(), 2);
+        assert_eq!(
+            c.lock()["g"].members[&s.member_id].session_timeout,
+            Duration::from_secs(10)
+        );
+        let restarted = opened(dir.path());
+        assert_eq!(
+            restarted.heartbeat("g", 2, &s.member_id, Some("s")),
+            codes::NONE
+        );
+        drop(restarted);
+
+        std::fs::remove_dir(&tmp).unwrap();
+        let mut rx = join_as(&c, "", Some("s"));
+        c.store_group("g");
+        let s3 = rx.try_recv().unwrap();
+        assert_eq!((s3.error, s3.generation), (codes::NONE, 2));
+        assert_eq!(
+            c.heartbeat("g", 2, &s.member_id, Some("s")),
+            codes::FENCED_INSTANCE_ID
+        );
+        let restarted = opened(dir.path());
+        assert_eq!(
+            restarted.heartbeat("g", 2, &s3.member_id, Some("s")),
+            codes::NONE
+        );
+    }
+
+    /// What happens to a group while a static member's replacement waits for
+    /// its store leaves every JoinGroup answered once and the membership
+    /// coherent: the old id works until the store; the same instance joining
+    /// again supersedes the replacement (FENCED_INSTANCE_ID, as a replaced
+    /// id's pending join gets); a rebalance or a LeaveGroup abandons it
+    /// (REBALANCE_IN_PROGRESS: the member joins again, as it would have in a
+    /// rebalancing group); and the old member's session does not expire
+    /// meanwhile.
+    #[test]
+    fn a_static_members_replacement_waiting_for_its_store_stays_coherent() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+
+        // The instance joins again while the first replacement is being written.
+        let (s, _) = static_group(&c, "again");
+        let mut first = join_in(&c, "again", "", Some("s"));
+        let mut second = None;
+        store_with(&c, "again", || {
+            assert_eq!(
+                c.heartbeat("again", 2, &s.member_id, Some("s")),
+                codes::NONE
+            );
+            second = Some(join_in(&c, "again", "", Some("s")));
+        });
+        let fenced = first.try_recv().unwrap();
+        assert_eq!(fenced.error, codes::FENCED_INSTANCE_ID);
+        let mut second = second.unwrap();
+        assert!(second.try_recv().is_err(), "waits for its own store");
+        assert_eq!(
+            c.heartbeat("again", 2, &s.member_id, Some("s")),
+            codes::NONE
+        );
+        c.store_group("again");
+        let s2 = second.try_recv().unwrap();
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 2));
+        assert_eq!(
+            c.heartbeat("again", 2, &s.member_id, Some("s")),
+            codes::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            opened(dir.path()).heartbeat("again", 2, &s2.member_id, Some("s")),
+            codes::NONE
+        );
+
+        // A member joins while the replacement is being written.
+        let (s, d) = static_group(&c, "rebalance");
+        let mut r = join_in(&c, "rebalance", "", Some("s"));
+        let mut n = None;
+        store_with(&c, "rebalance", || {
+            n = Some(join_in(&c, "rebalance", "", None));
+            assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
+        });
+        assert_eq!(
+            c.heartbeat("rebalance", 2, &s.member_id, Some("s")),
+            codes::REBALANCE_IN_PROGRESS,
+            "still the member"
+        );
+        let mut rs = join_in(&c, "rebalance", &s.member_id, Some("s"));
+        let mut rd = join_in(&c, "rebalance", &d.member_id, None);
+        let (s3, d3, n3) = (
+            rs.try_recv().unwrap(),
+            rd.try_recv().unwrap(),
+            n.unwrap().try_recv().unwrap(),
+        );
+        assert_eq!(
+            (s3.error, s3.generation, d3.generation, n3.generation),
+            (codes::NONE, 3, 3, 3)
+        );
+
+        // The static member is removed by its instance id.
+        let (s, d) = static_group(&c, "leave");
+        let mut r = join_in(&c, "leave", "", Some("s"));
+        assert_eq!(
+            c.leave_identities("leave", &[(String::new(), Some("s".into()))]),
+            Ok(vec![codes::NONE])
+        );
+        assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            c.heartbeat("leave", 2, &s.member_id, Some("s")),
+            codes::UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            c.heartbeat("leave", 2, &d.member_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        c.store_group("leave");
+        assert_eq!(c.describe("leave").unwrap().state, "PreparingRebalance");
+
+        // The old member's last heartbeat is older than its session timeout.
+        let (s, _) = static_group(&c, "expiry");
+        let mut r = join_in(&c, "expiry", "", Some("s"));
+        {
+            let mut groups = c.lock();
+            let m = groups
+                .get_mut("expiry")
+                .unwrap()
+                .members
+                .get_mut(&s.member_id);
+            m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(11)).unwrap();
+        }
+        c.tick();
+        assert_eq!(c.describe("expiry").unwrap().state, "Stable");
+        c.store_group("expiry");
+        let s2 = r.try_recv().unwrap();
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 2));
+        assert_eq!(
+            c.heartbeat("expiry", 2, &s2.member_id, Some("s")),
+            codes::NONE
+        );
+    }
+
+    /// A SyncGroup with nothing to store (a follower's, in a stable group) does
+    /// not wait for the group's writer lock, which a store of any group sharing
+    /// that lock holds across its fsync. Before, every SyncGroup took the lock
+    /// before it looked for anything to store.
+    #[test]
+    fn a_sync_with_nothing_to_store_does_not_wait_for_the_writer_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (a, b) = two_joined(&c);
+        let (a_sync, b_sync) = sync_both(&c, &a, &b);
+        c.store_group("g");
+        assert_eq!(a_sync.blocking_recv().unwrap().0, codes::NONE);
+        assert_eq!(b_sync.blocking_recv().unwrap().0, codes::NONE);
+        let held = c.meta.as_ref().unwrap().writer("g");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let c = &c;
+            let b = &b;
+            scope.spawn(move || {
+                // The follower's SyncGroup, as its handler runs it.
+                let s = c.sync("g", 2, &b.member_id, None, vec![]);
+                c.store_group("g");
+                let _ = tx.send(s.blocking_recv().unwrap());
+            });
+            let got = rx.recv_timeout(Duration::from_secs(5));
+            drop(held);
+            assert_eq!(
+                got.expect("the SyncGroup waited for the writer lock"),
+                (codes::NONE, Bytes::from_static(b"for b"))
+            );
+        });
     }
 
     /// When the membership cannot be stored, the SyncGroups waiting for it get

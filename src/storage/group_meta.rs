@@ -4,8 +4,9 @@
 //! fsync). As Kafka keeps a group's metadata in `__consumer_offsets`, the
 //! coordinator stores it when a SyncGroup completes a rebalance (generation,
 //! protocol type and name, leader and every member with its subscription metadata
-//! and assignment) and when the group becomes empty (the generation and protocol
-//! type stay), and loads it at start: a group with members comes back `Stable`.
+//! and assignment), when a static member replaces itself in a stable group and
+//! when the group becomes empty (the generation and protocol type stay), and
+//! loads it at start: a group with members comes back `Stable`.
 //!
 //! The files sit in a directory of their own, not beside the offsets files: the
 //! offsets store (and every earlier version of it) reads each `*.json` in

@@ -95,8 +95,9 @@ pub(crate) async fn join(
     } else {
         session
     };
+    let group = req.group_id.0.to_string();
     let rx = ctx.groups.join(JoinRequest {
-        group: req.group_id.0.to_string(),
+        group: group.clone(),
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.map(|s| s.to_string()),
         client_id,
@@ -111,6 +112,15 @@ pub(crate) async fn join(
         rebalance_timeout: rebalance,
         require_known_member_id: version >= 4,
     });
+    if ctx.groups.needs_store(&group) {
+        // A static member replacing itself in a stable group is answered once
+        // its new member id is stored: written here, off the runtime's threads.
+        let groups = std::sync::Arc::clone(&ctx.groups);
+        let g = group.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&g)).await {
+            tracing::error!(group = %group, error = %e, "storing the group's membership failed");
+        }
+    }
     let j = rx.await.unwrap_or_else(|_| JoinResult {
         error: codes::REBALANCE_IN_PROGRESS,
         generation: -1,
@@ -157,10 +167,10 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
         req.group_instance_id.as_deref(),
         assignments,
     );
-    if ctx.groups.stores_membership() {
+    if ctx.groups.needs_store(&req.group_id.0) {
         // The leader's assignment completes the rebalance once stored: written
-        // here, off the runtime's threads (a no-op when nothing waits to be
-        // stored, as for a follower's SyncGroup).
+        // here, off the runtime's threads (nothing waits to be stored for a
+        // follower's SyncGroup, which the leader's completes).
         let groups = std::sync::Arc::clone(&ctx.groups);
         let group = req.group_id.0.to_string();
         if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&group)).await {
