@@ -1216,6 +1216,53 @@ fn a_close_leaves_no_next_file_whose_zero_fill_it_cut_short() {
     }
 }
 
+/// A `next.wal` whose zero-fill was cut short (a run that failed or was killed
+/// while preparing it, or that was killed inside `Wal::open` between preparing
+/// a new log's first file and making it current) is prepared on from where its
+/// fill stopped when it is taken: as a new log's first file, its tail is
+/// zero-filled in the background, and no stretch of it stays never-written
+/// (each sync there would convert extents, which zero-filling is for).
+#[test]
+fn a_next_file_whose_zero_fill_was_cut_short_is_filled_on_when_taken() {
+    use std::sync::atomic::AtomicBool;
+    use streamline::wal::files::{first_unwritten, prepare_file_until, Prealloc, CURRENT, NEXT};
+    // On the checkout's file system (ext4 here), which reports never-written
+    // blocks, unlike a possibly tmpfs-backed /tmp.
+    let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for backend in BACKENDS {
+        let dir = on_disk.path().join(backend.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let size: u64 = 32 << 20;
+        let stop = AtomicBool::new(true);
+        let next = prepare_file_until(&dir, 1, size, Prealloc::ZeroFill, &stop).unwrap();
+        assert_eq!(next, dir.join(NEXT));
+        let hole = first_unwritten(&std::fs::File::open(&next).unwrap());
+        assert!(hole.is_some_and(|h| h < size), "{backend}: {hole:?}");
+        let cfg = WalConfig {
+            max_file_size: size,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        let (wal, _) = open(&dir, cfg);
+        wal.append("t", 0, Bytes::from(payload(0, 100)))
+            .wait()
+            .unwrap();
+        let current = dir.join(CURRENT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let hole = first_unwritten(&std::fs::File::open(&current).unwrap());
+            if hole == Some(size) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend}: current.wal still unwritten from {hole:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wal.close().unwrap();
+    }
+}
+
 /// A rotation that needs the next file while it is still being zero-filled cuts the
 /// fill short (waiting would stall every producer). Such a file has its full size and
 /// header, reads as zeros after it, and works as the active file on both backends.

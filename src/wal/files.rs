@@ -367,29 +367,51 @@ fn prepare(
     zero_to: u64,
     stop: &AtomicBool,
 ) -> Result<(PathBuf, u64)> {
-    if let Some(p) = already_prepared(dir, number, size)? {
-        return Ok((p, size));
-    }
-    if let Some(p) = reuse_recycled(dir, number, size)? {
-        return Ok((p, size));
-    }
+    let zero_to = zero_to.min(size);
     let tmp = dir.join(NEXT_TMP);
     let dst = dir.join(NEXT);
-    let f = tracked(MetaOp::Create(&tmp), || {
+    // A `next.wal` left by a run that failed, or was killed, while preparing
+    // it may be zero-filled only in part: its fill goes on from where it
+    // stopped, so that it is never taken as written where it is not.
+    let resume = match already_prepared(dir, number, size)? {
+        Some((p, zeroed)) if zeroed >= zero_to => return Ok((p, zeroed)),
+        Some((p, zeroed)) => {
+            rename(&p, &tmp)?;
+            Some(zeroed)
+        }
+        None => None,
+    };
+    if resume.is_none() {
+        if let Some(p) = reuse_recycled(dir, number, size)? {
+            return Ok((p, size));
+        }
+    }
+    let f = if resume.is_some() {
         OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
             .open(&tmp)
-    })
-    .map_err(|e| Error::io("create", &tmp, e))?;
-    reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
-    let mut block = vec![0u8; BLOCK_SIZE];
-    encode_file_header(&mut block, number, now_ms(), new_file_key());
-    write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
+            .map_err(|e| Error::io("open", &tmp, e))?
+    } else {
+        tracked(MetaOp::Create(&tmp), || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+        })
+        .map_err(|e| Error::io("create", &tmp, e))?
+    };
     let mut at = BLOCK_SIZE as u64;
-    let zero_to = zero_to.min(size);
+    if let Some(zeroed) = resume {
+        at = zeroed.max(at);
+    } else {
+        reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
+        let mut block = vec![0u8; BLOCK_SIZE];
+        encode_file_header(&mut block, number, now_ms(), new_file_key());
+        write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
+    }
     if at < zero_to {
         let zeros = vec![0u8; ZERO_CHUNK];
         while at < zero_to {
@@ -622,7 +644,10 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
 /// `size` bytes, written in the current format (an older build's has no key);
 /// removed when it is not. It is only ever renamed into place after its header
 /// and zero-fill were fsynced, so a complete one is as good as new.
-fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
+/// A complete `next.wal` for file `number` of `size` bytes, with how far from
+/// its start it is written (zero-filled; all of it where that cannot be asked),
+/// or `None` (one that does not fit is removed).
+fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<(PathBuf, u64)>> {
     let path = dir.join(NEXT);
     let f = match File::open(&path) {
         Ok(f) => f,
@@ -635,10 +660,16 @@ fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf
         && f.read_exact_at(&mut block, 0).is_ok()
         && decode_file_header(&block)
             .is_ok_and(|h| h.file_number == number && h.version == FormatVersion::CURRENT);
+    // Asked once its pages are dropped: a cached page reads as written.
     drop_cached_pages(&f);
+    let zeroed = first_unwritten(&f)
+        .filter(|&z| z >= BLOCK_SIZE as u64)
+        .map_or(size, |z| {
+            (z / BLOCK_SIZE as u64 * BLOCK_SIZE as u64).min(size)
+        });
     drop(f);
     if fits {
-        return Ok(Some(path));
+        return Ok(Some((path, zeroed)));
     }
     remove(&path).map_err(|e| Error::io("remove", &path, e))?;
     Ok(None)

@@ -415,12 +415,20 @@ pub fn scan_file_after_close(
                 // The probe reads the rest of the file, in whole chunks again.
                 r.limit_to(r.len);
                 let next = probe(&mut r, file, pos + BLOCK_SIZE as u64, info.next_sequence)?;
+                // The last clean close recorded the log ending further on: it had
+                // fdatasynced everything before that end, and nothing is written to
+                // the file between the close and the next open (which removes the
+                // marker first). Bad bytes before it are damage, not a torn write.
+                let before_clean_end = clean.is_some_and(|c| pos < c.end);
                 // Evidence that the bad bytes had been synced: a later batch of this
                 // file (any of them, not only the first) recorded a synced_through
-                // covering the sequence expected here.
+                // covering the sequence expected here. Not looked for (a read of
+                // the rest of the file) where the bytes are damage anyway.
                 let synced = match next {
-                    Some((at, h)) => Some(max_synced_through(&mut r, file, at, &h)?),
-                    None => None,
+                    Some((at, h)) if newest && !before_clean_end => {
+                        Some(max_synced_through(&mut r, file, at, &h)?)
+                    }
+                    _ => None,
                 };
                 let synced_over = match (next, synced, info.next_sequence) {
                     (Some(_), Some(s), Some(exp)) => s >= exp,
@@ -431,11 +439,6 @@ pub fn scan_file_after_close(
                     }
                     _ => false,
                 };
-                // The last clean close recorded the log ending further on: it had
-                // fdatasynced everything before that end, and nothing is written to
-                // the file between the close and the next open (which removes the
-                // marker first). Bad bytes before it are damage, not a torn write.
-                let before_clean_end = clean.is_some_and(|c| pos < c.end);
                 let damaged = !newest || synced_over || before_clean_end;
                 if damaged {
                     let mut err_reason = match next {
