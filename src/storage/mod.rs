@@ -174,13 +174,15 @@ pub enum ProduceError {
     Transactional,
     /// A control batch (a transaction marker), which only a broker writes.
     ControlBatch,
-    /// A record timestamp too far ahead of the broker's clock
-    /// ([`MAX_TIMESTAMP_AHEAD_MS`]).
+    /// A record timestamp too far ahead of the broker's clock, or too far
+    /// behind it (the topic's `message.timestamp.after.max.ms` and
+    /// `message.timestamp.before.max.ms`).
     InvalidTimestamp(String),
 }
 
-/// How far ahead of the broker's clock a produced record's timestamp may be (one
-/// hour, Kafka's default `log.message.timestamp.after.max.ms` since 4.0).
+/// How far ahead of the broker's clock a produced record's timestamp may be
+/// unless the topic sets `message.timestamp.after.max.ms` (one hour, Kafka's
+/// default `log.message.timestamp.after.max.ms` since 4.0).
 pub const MAX_TIMESTAMP_AHEAD_MS: i64 = 3_600_000;
 
 impl From<SequenceError> for ProduceError {
@@ -1467,13 +1469,24 @@ impl TopicManager {
         })?;
         // As Kafka (4.0 on) refuses by default, with `log.message.timestamp.after.max.ms`
         // at one hour: a timestamp far ahead would keep its segment, and every
-        // later one, from ever expiring by time.
-        let latest = segment::now_ms().saturating_add(MAX_TIMESTAMP_AHEAD_MS);
-        if produced.max_timestamp > latest {
+        // later one, from ever expiring by time. A topic may set its own bound,
+        // and one for timestamps behind the clock (none by default). Records
+        // without timestamps (-1) are not judged, as in Kafka.
+        let now = segment::now_ms();
+        let ahead = t.configs.timestamp_after_max_ms();
+        if produced.max_timestamp > now.saturating_add(ahead) {
             return Err(ProduceError::InvalidTimestamp(format!(
-                "record timestamp {} is more than {} ms ahead of the broker's clock",
-                produced.max_timestamp, MAX_TIMESTAMP_AHEAD_MS
+                "record timestamp {} is more than {ahead} ms ahead of the broker's clock (topic {topic}'s message.timestamp.after.max.ms)",
+                produced.max_timestamp
             )));
+        }
+        if let Some(behind) = t.configs.timestamp_before_max_ms() {
+            if produced.min_timestamp >= 0 && produced.min_timestamp < now.saturating_sub(behind) {
+                return Err(ProduceError::InvalidTimestamp(format!(
+                    "record timestamp {} is more than {behind} ms behind the broker's clock (topic {topic}'s message.timestamp.before.max.ms)",
+                    produced.min_timestamp
+                )));
+            }
         }
         let mut info = produced.info;
         info.max_timestamp = produced.max_timestamp;
@@ -1946,6 +1959,62 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
+        m.shutdown().unwrap();
+    }
+
+    /// A topic sets how far ahead of the broker's clock (and behind it) a
+    /// record's timestamp may be: `message.timestamp.after.max.ms` (an hour by
+    /// default) and `message.timestamp.before.max.ms` (no bound by default).
+    /// Every record counts, not only the batch's first or last; records
+    /// without timestamps are not judged.
+    #[test]
+    fn a_topic_bounds_record_timestamps_ahead_of_and_behind_the_clock() {
+        use crate::storage::batch::tests::make_timed_batch;
+        let produce = |rt: &tokio::runtime::Runtime, m: &TopicManager, topic: &str, b: &[u8]| {
+            rt.block_on(async {
+                m.submit(topic, 0, b, Duration::from_secs(5))
+                    .await?
+                    .await
+                    .unwrap()
+            })
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let bounded = TopicConfig::from_pairs([
+            ("message.timestamp.after.max.ms", Some("60000")),
+            ("message.timestamp.before.max.ms", Some("600000")),
+        ])
+        .unwrap();
+        m.create_topic_with("bounded", 1, bounded).unwrap();
+        m.create_topic("free", 1).unwrap();
+        let now = segment::now_ms();
+        let records = |first: i64, deltas: &[i64]| {
+            let r: Vec<(i64, &[u8])> = deltas.iter().map(|&d| (d, &b"v"[..])).collect();
+            make_timed_batch(0, first, &r, -1, -1, -1)
+        };
+        let invalid = |r: Result<i64, ProduceError>| matches!(&r, Err(ProduceError::InvalidTimestamp(m)) if m.contains("message.timestamp"));
+        // Ahead: 10 minutes passes the default hour, not the topic's minute.
+        let ahead = records(now, &[0, 600_000]);
+        assert_eq!(produce(&rt, &m, "free", &ahead), Ok(0));
+        assert!(invalid(produce(&rt, &m, "bounded", &ahead)));
+        // Behind: a day behind passes without a bound; the topic's 10 minutes
+        // refuse it, also when only a later record of the batch is that old.
+        let behind = records(now, &[0, -86_400_000]);
+        assert_eq!(produce(&rt, &m, "free", &behind), Ok(2));
+        assert!(invalid(produce(&rt, &m, "bounded", &behind)));
+        assert!(invalid(produce(
+            &rt,
+            &m,
+            "bounded",
+            &records(now - 86_400_000, &[0])
+        )));
+        // Within both bounds, and records without timestamps.
+        assert_eq!(
+            produce(&rt, &m, "bounded", &records(now - 60_000, &[0, 30_000])),
+            Ok(0)
+        );
+        assert_eq!(produce(&rt, &m, "bounded", &records(-1, &[0])), Ok(2));
         m.shutdown().unwrap();
     }
 

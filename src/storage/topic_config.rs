@@ -92,6 +92,14 @@ const KEYS: &[Key] = &[
         check: Check::Int(0, i32::MAX as i64, "accepted values: 0 to 2147483647"),
     },
     Key {
+        name: "message.timestamp.after.max.ms",
+        check: Check::Int(0, i64::MAX, "accepted values: 0 or more"),
+    },
+    Key {
+        name: "message.timestamp.before.max.ms",
+        check: Check::Int(0, i64::MAX, "accepted values: 0 or more"),
+    },
+    Key {
         name: "message.timestamp.type",
         check: Check::Only(
             "CreateTime",
@@ -313,6 +321,21 @@ impl TopicConfig {
         self.get("min.cleanable.dirty.ratio")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MIN_CLEANABLE_DIRTY_RATIO)
+    }
+
+    /// How far ahead of the broker's clock a produced record's timestamp may
+    /// be (`message.timestamp.after.max.ms`; one hour unless overridden).
+    pub fn timestamp_after_max_ms(&self) -> i64 {
+        self.long("message.timestamp.after.max.ms")
+            .unwrap_or(super::MAX_TIMESTAMP_AHEAD_MS)
+    }
+
+    /// How far behind the broker's clock a produced record's timestamp may be
+    /// (`message.timestamp.before.max.ms`), when overridden: Kafka's default
+    /// (`Long.MAX_VALUE`) sets no bound.
+    pub fn timestamp_before_max_ms(&self) -> Option<i64> {
+        self.long("message.timestamp.before.max.ms")
+            .filter(|&v| v != i64::MAX)
     }
 
     /// The largest record batch a produce to this topic may carry, when

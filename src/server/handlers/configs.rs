@@ -111,6 +111,13 @@ fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
             true,
         ),
         entry("max.message.bytes", max_message_bytes(ctx), INT, false),
+        entry(
+            "message.timestamp.after.max.ms",
+            crate::storage::MAX_TIMESTAMP_AHEAD_MS,
+            LONG,
+            true,
+        ),
+        entry("message.timestamp.before.max.ms", i64::MAX, LONG, true),
         entry("message.timestamp.type", "CreateTime", STRING, true),
         entry(
             "min.cleanable.dirty.ratio",
