@@ -262,11 +262,78 @@ fn a_wal_in_use_is_refused_and_checked_once_closed() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
+fn usage_and_read_errors_exit_2() {
     let (code, _, err) = tool(&["verify"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, _) = tool(&["verify", "/nonexistent/streamline-wal-dir"]);
-    assert_eq!(code, 2);
+    // A directory that cannot be read is an I/O error for every command.
+    for cmd in ["verify", "inspect", "dump"] {
+        let (code, _, err) = tool(&[cmd, "/nonexistent/streamline-wal-dir"]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(
+            err.contains("/nonexistent/streamline-wal-dir"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+/// Output cut short is an error (exit 2, naming what failed), so `dump DIR >
+/// file` on a full disk does not pass for a complete dump; a reader that goes
+/// away (`dump DIR | head -1`) ends the dump quietly.
+#[test]
+fn output_that_cannot_be_written_fails_except_into_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    make_wal(dir.path());
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        &["dump", d][..],
+        &["dump", d, "--format", "json"],
+        &["inspect", d],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = Command::new(env!("CARGO_BIN_EXE_streamline-wal"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .expect("run streamline-wal");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("writing to standard output") && err.contains("No space left"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // JSON lines with the data as hex: about 360 KB, far more than a pipe holds,
+    // so the dump is still writing when the reader leaves.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamline-wal"))
+        .args(["dump", d, "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run streamline-wal");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["sequence"], 1);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

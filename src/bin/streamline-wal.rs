@@ -7,6 +7,11 @@
 //! streamline-wal verify DIR                       exit 0 when consistent; 1 with the first problem
 //! ```
 //!
+//! Exit codes of every command: 0 done (consistent, for `verify`); 1 the WAL is
+//! corrupt; 2 a usage error, a WAL in use, or an I/O error (reading the WAL, or
+//! writing the output: output that stops early is an error, except when its
+//! reader went away, as with `dump DIR | head`).
+//!
 //! Nothing here writes to the directory: it scans with [`WalReader`] / `scan_dir`,
 //! which never truncate or seal (that is `Wal::open`'s job). A directory a process
 //! has open (its `LOCK` held) is refused: rotations and retention change its files
@@ -32,7 +37,8 @@ use streamline::{
 #[command(
     name = "streamline-wal",
     version,
-    about = "Inspect, dump and verify a Streamline WAL directory (read-only)"
+    about = "Inspect, dump and verify a Streamline WAL directory (read-only)",
+    after_help = "Exit codes: 0 done (for verify: consistent); 1 the WAL is corrupt; 2 a usage error, a WAL in use, or an I/O error reading the WAL or writing the output (output cut short is an error, unless its reader went away, as with `dump DIR | head`)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -113,13 +119,45 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failed::Wal(e)) => {
             eprintln!("streamline-wal: {e}");
             if matches!(e, Error::Corrupt { .. }) {
                 eprintln!("streamline-wal: run `streamline-wal verify` for details");
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
             }
-            ExitCode::from(1)
         }
+        Err(Failed::Output(e)) => {
+            eprintln!("streamline-wal: writing to standard output: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Why `inspect` or `dump` stopped.
+enum Failed {
+    /// Reading the WAL failed: exit 1 when it is corrupt, 2 for an I/O error.
+    Wal(Error),
+    /// Writing the output failed (other than its reader going away): exit 2.
+    Output(std::io::Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Wal(e)
+    }
+}
+
+/// The outcome of writing to standard output: a reader that went away (`dump |
+/// head`) ends the output quietly (`Ok(false)`: stop writing); any other error
+/// (a full disk, a closed descriptor) fails the command, since what was written
+/// is incomplete.
+fn written(r: std::io::Result<()>) -> Result<bool, Failed> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Failed::Output(e)),
     }
 }
 
@@ -138,10 +176,12 @@ fn range(f: &FileInfo) -> String {
     }
 }
 
-fn inspect(dir: &Path) -> streamline::Result<()> {
+fn inspect(dir: &Path) -> Result<(), Failed> {
+    use std::fmt::Write as _;
     let reader = WalReader::open(dir)?;
     let scan = reader.scan();
-    let mut out = std::io::stdout().lock();
+    // Built whole, then written at once: writing into a String cannot fail.
+    let mut out = String::new();
     let _ = writeln!(out, "directory   {}", dir.display());
     match &scan.checkpoint {
         Some(c) => {
@@ -208,6 +248,12 @@ fn inspect(dir: &Path) -> streamline::Result<()> {
             free, cur.size, cur.valid_end
         );
     }
+    let mut stdout = std::io::stdout().lock();
+    written(
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush()),
+    )?;
     Ok(())
 }
 
@@ -228,7 +274,7 @@ fn entry_type(e: &WalEntry) -> &'static str {
     }
 }
 
-fn dump(dir: &Path, from: u64, format: Format) -> streamline::Result<()> {
+fn dump(dir: &Path, from: u64, format: Format) -> Result<(), Failed> {
     let reader = WalReader::open(dir)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for e in reader.entries_from(from) {
@@ -266,11 +312,11 @@ fn dump(dir: &Path, from: u64, format: Format) -> streamline::Result<()> {
                 )
             }
         };
-        if writeln!(out, "{line}").is_err() {
-            break; // e.g. piped into `head`
+        if !written(writeln!(out, "{line}"))? {
+            return Ok(()); // e.g. piped into `head`
         }
     }
-    let _ = out.flush();
+    written(out.flush())?;
     Ok(())
 }
 
