@@ -356,10 +356,14 @@ fn run_tasks(
         .collect();
     rt.block_on(async {
         let mut outs = Vec::with_capacity(tasks.len());
-        for t in tasks {
+        for (w, t) in tasks.into_iter().enumerate() {
             match t.await {
                 Ok(out) => outs.push(out),
-                Err(e) => shared.fail(format!("writer task: {e}")),
+                Err(e) if e.is_panic() => shared.fail(format!(
+                    "writer {w} panicked: {}",
+                    panic_text(e.into_panic().as_ref())
+                )),
+                Err(e) => shared.fail(format!("writer {w}: {e}")),
             }
         }
         outs
@@ -389,7 +393,28 @@ pub fn run_job(
 ) -> Result<JobResult, String> {
     let dir = job_dir(spec, index);
     prepare_dir(&dir)?;
-    let engine: Arc<Box<dyn engine::Engine>> = Arc::new(engine::open(spec, &dir)?);
+    let engine = engine::open(spec, &dir)?;
+    run_engine(index, spec, progress, dir, engine)
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a format string).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Runs job `index` against an engine already open in `dir`.
+fn run_engine(
+    index: usize,
+    spec: &JobSpec,
+    progress: Option<&mut dyn Write>,
+    dir: PathBuf,
+    engine: Box<dyn engine::Engine>,
+) -> Result<JobResult, String> {
+    let engine: Arc<Box<dyn engine::Engine>> = Arc::new(engine);
     let backend = engine.backend();
     let direct_io = engine.direct_io();
     let pool = payload_pool(spec.record_size.max());
@@ -425,7 +450,10 @@ pub fn run_job(
         let mut handles = Vec::with_capacity(spec.writers);
         if let Some(workers) = spec.async_workers {
             let (engine, shared, hists, pool) = (&engine, &shared, &hists, &pool);
-            handles.push(s.spawn(move || run_tasks(workers, spec, engine, shared, hists, pool)));
+            handles.push((
+                "the async writers' runtime thread".to_string(),
+                s.spawn(move || run_tasks(workers, spec, engine, shared, hists, pool)),
+            ));
         } else {
             for w in 0..spec.writers {
                 let (shared, pool, hist) = (&*shared, &pool, &hists[w % shards]);
@@ -434,15 +462,24 @@ pub fn run_job(
                     .stack_size(256 * 1024)
                     .spawn_scoped(s, move || {
                         let wr = Writer::new(w, shared, hist, pool, spec.record_size);
-                        vec![block_on(writer_loop(
-                            wr,
-                            engine_ref,
-                            spec.queue_depth,
-                            Wait::Block,
-                        ))]
+                        // A panicking writer fails the job at once: it stops the
+                        // other writers and the monitor, which with `--records`
+                        // would otherwise wait for records no writer is left to
+                        // append.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            block_on(writer_loop(wr, engine_ref, spec.queue_depth, Wait::Block))
+                        }))
+                        .map(|out| vec![out])
+                        .unwrap_or_else(|payload| {
+                            shared.fail(format!(
+                                "writer {w} panicked: {}",
+                                panic_text(payload.as_ref())
+                            ));
+                            Vec::new()
+                        })
                     });
                 match h {
-                    Ok(h) => handles.push(h),
+                    Ok(h) => handles.push((format!("writer {w}"), h)),
                     Err(e) => {
                         shared.fail(format!("spawning writer {w}: {e}"));
                         break;
@@ -461,10 +498,17 @@ pub fn run_job(
                     .compare_exchange(WARMUP, MEASURE, Ordering::AcqRel, Ordering::Acquire);
         }
         monitor(index, spec, &shared, &hists, start, progress);
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut outs = Vec::with_capacity(spec.writers);
+        for (who, h) in handles {
+            match h.join() {
+                Ok(o) => outs.extend(o),
+                // A job missing a writer's results is no result.
+                Err(payload) => {
+                    shared.fail(format!("{who} panicked: {}", panic_text(payload.as_ref())));
+                }
+            }
+        }
+        outs
     });
     let after_counters = engine.counters();
     let after_cpu = sys::cpu_sample();
@@ -610,4 +654,113 @@ fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
         rss_before_bytes,
         peak_rss_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// An engine whose `append` panics for the writers in `panics`; the others'
+    /// appends succeed once one has panicked (so that they cannot finish the job
+    /// before it), or after 10 s.
+    struct PanickingEngine {
+        panics: Vec<usize>,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    impl engine::Engine for PanickingEngine {
+        fn append(&self, writer: usize, _data: Bytes) -> Pending {
+            if self.panics.contains(&writer) {
+                self.panicked.store(true, Ordering::Release);
+                panic!("append of writer {writer} panics");
+            }
+            let t0 = Instant::now();
+            while !self.panicked.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Pending::Done(Ok(()))
+        }
+        fn counters(&self) -> EngineCounters {
+            EngineCounters::default()
+        }
+        fn backend(&self) -> String {
+            "test".into()
+        }
+        fn close(self: Box<Self>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Runs a job of `writers` writers (tasks on a runtime with `async_workers`)
+    /// that stops after `records` records, against an engine whose append panics
+    /// for the writers in `panics`. `None` when the job has not ended after 30 s.
+    fn run_panicking(
+        writers: usize,
+        async_workers: Option<usize>,
+        records: u64,
+        panics: Vec<usize>,
+    ) -> Option<Result<JobResult, String>> {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = JobSpec {
+            dir: dir.path().to_path_buf(),
+            engine: EngineKind::Nowal,
+            writers,
+            record_size: RecordSize::Fixed(64),
+            stop: Stop::Records(records),
+            warmup: Duration::ZERO,
+            queue_depth: 4,
+            wal: crate::wal::WalConfig::default(),
+            checkpoint_every: None,
+            async_workers,
+            reopen: false,
+            drop_caches: false,
+        };
+        let (tx, rx) = mpsc::channel();
+        // On its own thread, so that a job that never ends fails the test
+        // instead of hanging it.
+        std::thread::spawn(move || {
+            let engine: Box<dyn engine::Engine> = Box::new(PanickingEngine {
+                panics,
+                panicked: false.into(),
+            });
+            let r = run_engine(1, &spec, None, dir.path().join("job1"), engine);
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(Duration::from_secs(30)).ok()
+    }
+
+    #[test]
+    fn a_panicking_writer_fails_the_job() {
+        let r = run_panicking(2, None, 10_000, vec![1]).expect("the job ends");
+        let e = r
+            .map(|r| r.writer_records)
+            .expect_err("a job that lost a writer reports no result");
+        assert!(
+            e.contains("writer 1 panicked") && e.contains("append of writer 1 panics"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_job_whose_writers_all_panic_ends_and_fails() {
+        // With a record limit no writer is left to reach, only the failure can
+        // stop the monitor.
+        let r = run_panicking(3, None, 1_000_000, vec![0, 1, 2]).expect("the job ends");
+        let e = r.map(|r| r.records).expect_err("no writer finished");
+        assert!(e.contains("panicked"), "{e}");
+    }
+
+    #[test]
+    fn a_panicking_writer_task_fails_the_job() {
+        let r = run_panicking(2, Some(2), 10_000, vec![1]).expect("the job ends");
+        let e = r
+            .map(|r| r.writer_records)
+            .expect_err("a job that lost a writer reports no result");
+        assert!(
+            e.contains("writer 1 panicked") && e.contains("append of writer 1 panics"),
+            "{e}"
+        );
+    }
 }
