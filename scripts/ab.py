@@ -17,6 +17,10 @@ than the first variant or the first failed; "of N rounds" is every round. The
 round ratios are of the rounds both succeeded in. Any failed run makes the
 script exit 1, after the summary.
 
+Each run must be of one job (one report line): a run that prints several (several
+--job, or a --job-file) stops the script at once with exit 2, since comparing one
+of its jobs would silently drop the others.
+
 Example (two builds, 64 writers, recycled files, 8 rounds):
 
     scripts/ab.py 8 'before ./bench-before' 'after ./bench-after' \\
@@ -88,8 +92,16 @@ def main():
             if run.returncode != 0:
                 why = run.stderr.strip()[-400:]
             else:
+                lines = run.stdout.strip().splitlines()
+                if len(lines) > 1:
+                    # One line per job: comparing only the last would drop the
+                    # others without a word.
+                    print(f"ab.py: {label}: the run printed {len(lines)} report lines (one per job, from "
+                          "several --job or a --job-file); ab.py compares runs of one job: give each job "
+                          "its own variant", file=sys.stderr)
+                    sys.exit(2)
                 try:
-                    report = json.loads(run.stdout.strip().splitlines()[-1])
+                    report = json.loads(lines[0])
                     values = [get(report) for _, get, _ in FIELDS]
                 except (IndexError, ValueError, KeyError, TypeError) as e:
                     why = f"no usable JSON report ({e!r}): {run.stdout.strip()[-200:]}"

@@ -8,8 +8,9 @@ fn script(name: &str) -> String {
     format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A stand-in for `streamline-bench`: prints a report of `FAKE_RATE` records/s,
-/// or fails in the rounds listed in `FAKE_FAIL` (counted in `FAKE_COUNTER`).
+/// A stand-in for `streamline-bench`: prints `FAKE_JOBS` (default 1) reports of
+/// `FAKE_RATE` records/s, or fails in the rounds listed in `FAKE_FAIL` (counted
+/// in `FAKE_COUNTER`).
 fn fake_bench(dir: &Path) -> String {
     let path = dir.join("fake-bench.sh");
     std::fs::write(
@@ -17,7 +18,9 @@ fn fake_bench(dir: &Path) -> String {
         r#"#!/bin/sh
 n=$(cat "$FAKE_COUNTER" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$FAKE_COUNTER"
 for r in $FAKE_FAIL; do [ "$r" = "$n" ] && { echo "failed in round $n" >&2; exit 3; }; done
-echo "{\"records_per_sec\": $FAKE_RATE, \"latency_us\": {\"p50\": 1.0, \"p99\": 2.0}}"
+for _ in $(seq "${FAKE_JOBS:-1}"); do
+  echo "{\"records_per_sec\": $FAKE_RATE, \"latency_us\": {\"p50\": 1.0, \"p99\": 2.0}}"
+done
 "#,
     )
     .unwrap();
@@ -92,6 +95,43 @@ fn ab_counts_failed_rounds_as_lost_and_exits_non_zero() {
     let (code, out, err) = ab(2, "1", "");
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(out.contains("more records/s in 2 of 2 rounds"), "{out}");
+}
+
+/// A run of several jobs prints one report line per job; `ab.py` compares one
+/// job per run, so it refuses such a run rather than compare only its last job.
+#[test]
+fn ab_refuses_runs_of_several_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = fake_bench(tmp.path());
+    let counter = tmp.path().join("count");
+    let variant = |label: &str, jobs: u32| {
+        format!(
+            "{label} FAKE_COUNTER={} FAKE_RATE=1000 FAKE_JOBS={jobs} {bin}",
+            counter.display()
+        )
+    };
+    let out = Command::new("python3")
+        .arg(script("ab.py"))
+        .arg("2")
+        .arg(variant("a", 1))
+        .arg(variant("b", 2))
+        .arg("--")
+        .env("AB_DIR", tmp.path())
+        .output()
+        .expect("run python3 scripts/ab.py");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("b: the run printed 2 report lines"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("against"),
+        "no comparison is made: {stdout}"
+    );
 }
 
 /// One report line of `streamline-bench --output-format json`, with only what
