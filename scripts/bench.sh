@@ -182,14 +182,18 @@ for rep in $(seq "$REPS"); do
 done
 
 # --- criterion micro-benchmarks ------------------------------------------------------
+# Their table is filled only from a run made now: with SKIP_CRITERION=1 whatever is
+# left in target/criterion comes from an earlier build, and the table says so.
+CRITERION_RESULTS=
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
   log "criterion benches"
   rm -rf "$CARGO_TARGET_DIR/criterion"
   cargo bench $FEATURES --bench format --bench commit --bench recovery -- --warm-up-time 0.5 --measurement-time 1.5 \
     > "$RAW/criterion.txt" 2>&1
+  CRITERION_RESULTS=$CARGO_TARGET_DIR/criterion
 fi
 
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RAW/machine.txt"
 log "summarising into docs/benchmarks.md"
-CRITERION_DIR=$CARGO_TARGET_DIR/criterion python3 scripts/bench_tables.py "$OUT" docs/benchmarks.md
+CRITERION_DIR=$CRITERION_RESULTS python3 scripts/bench_tables.py "$OUT" docs/benchmarks.md
 log "done"

@@ -8,7 +8,10 @@ same streamline-bench invocation (one round: a repetition's jobs run one after
 another). Each table replaces the text between `<!-- BEGIN name -->` and
 `<!-- END name -->`.
 
-usage: bench_tables.py RESULTS_DIR DOC
+usage: [CRITERION_DIR=DIR] bench_tables.py RESULTS_DIR DOC
+
+CRITERION_DIR: criterion's output of this run (its `*/new` results fill the
+criterion table); without it the table says the benches were not measured.
 """
 import glob
 import json
@@ -438,7 +441,10 @@ def main():
     blocks["targets"] = table(["target", "measured (medians)", "ratio of medians", "median round ratio (rounds)",
                                "result"], t)
 
+    # CRITERION_DIR is set only when this run ran the criterion benches: results
+    # left in target/criterion by an earlier build are not this run's.
     crit = os.environ.get("CRITERION_DIR")
+    blocks["criterion"] = "Not measured in this run."
     if crit and os.path.isdir(crit):
         rows = []
         for bj in sorted(glob.glob(f"{crit}/**/new/benchmark.json", recursive=True)):

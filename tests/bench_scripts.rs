@@ -246,3 +246,63 @@ fn bench_tables_compares_like_with_like_and_gives_round_ratios() {
     let u64 = row("uring beats std (64 writers × 1024 B)");
     assert!(u64.contains("| 0.78× | 1.11× (3) | **missed** |"), "{u64}");
 }
+
+/// Criterion's table comes only from this run: `scripts/bench.sh` with
+/// `SKIP_CRITERION=1` calls `bench_tables.py` with `CRITERION_DIR` empty, and
+/// the table then says it was not measured, rather than keep an earlier run's
+/// rows or read results an earlier build left in `target/criterion`.
+#[test]
+fn bench_tables_fills_the_criterion_table_only_from_this_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    std::fs::create_dir_all(results.join("raw")).unwrap();
+    // Results of a criterion run made by an earlier build.
+    let crit = tmp.path().join("criterion");
+    let bench = crit.join("crc32c").join("1024").join("new");
+    std::fs::create_dir_all(&bench).unwrap();
+    std::fs::write(
+        bench.join("benchmark.json"),
+        r#"{"full_id":"crc32c/1024","throughput":{"Bytes":1024}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        bench.join("estimates.json"),
+        r#"{"median":{"point_estimate":57.8}}"#,
+    )
+    .unwrap();
+    let doc = tmp.path().join("doc.md");
+    let old_table =
+        "<!-- BEGIN criterion -->\n| `old/row` | 1.0 ns | – |\n<!-- END criterion -->\n";
+    let tables = |criterion_dir: &Path| {
+        std::fs::write(&doc, old_table).unwrap();
+        let out = Command::new("python3")
+            .arg(script("bench_tables.py"))
+            .arg(&results)
+            .arg(&doc)
+            .env("CRITERION_DIR", criterion_dir)
+            .output()
+            .expect("run python3 scripts/bench_tables.py");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&doc).unwrap()
+    };
+
+    // As the skip path calls it.
+    let text = tables(Path::new(""));
+    assert!(
+        text.contains("Not measured in this run.")
+            && !text.contains("old/row")
+            && !text.contains("crc32c/1024"),
+        "{text}"
+    );
+
+    // After criterion ran.
+    let text = tables(&crit);
+    assert!(
+        text.contains("| `crc32c/1024` | 57.8 ns | 17.72 GB/s |") && !text.contains("old/row"),
+        "{text}"
+    );
+}
