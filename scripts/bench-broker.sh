@@ -5,7 +5,10 @@
 #   scripts/bench-broker.sh [COUNT] [SIZE] [PARTITIONS] [PRODUCERS]
 #
 # COUNT messages per producer; PRODUCERS client processes run at once and the
-# line per mode sums them.
+# line per mode sums them. Only delivered (acknowledged) messages count towards
+# msgs/s and MB/s; the line also gives how many failed and how many were still
+# unacknowledged when a client stopped waiting. Any message not delivered, or any
+# client that fails, makes the script exit 1 (after the line for that mode).
 #
 # STREAMLINE_BIN overrides the binary (default: the release build in CARGO_TARGET_DIR
 # or target/). Data goes to a temporary directory under TMPDIR. TLS=1 serves TLS
@@ -55,26 +58,44 @@ run_one() {
         "$PYTHON" tests/clients/kafka_client.py bench "$addr" bench "$COUNT" "$SIZE" "$PARTS" >"$dir/result.$i" &
         clients+=($!)
     done
-    wait "${clients[@]}"
+    # Every client's status (`wait` on several pids returns only the last one's).
+    local status=0 c
+    for c in "${clients[@]}"; do
+        wait "$c" || status=1
+    done
     end=$(date +%s.%N)
     # The broker's own CPU time (user + system, in clock ticks) since it started:
     # its cost per message, apart from the clients sharing the machine.
     local ticks
     ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    "$PYTHON" - "$name" "$start" "$end" "$COUNT" "$SIZE" "$PRODUCERS" "$ticks" "$(getconf CLK_TCK)" "$dir"/result.* <<'PY'
+    "$PYTHON" - "$name" "$start" "$end" "$COUNT" "$SIZE" "$PRODUCERS" "$ticks" "$(getconf CLK_TCK)" "$dir"/result.* <<'PY' || status=1
 import json, sys
 name, start, end, count, size, producers = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 cpu = int(sys.argv[7]) / int(sys.argv[8])
-runs = [json.loads(open(f).read()) for f in sys.argv[9:]]
 took = end - start
 total = count * producers
-print("%-13s producers=%d msgs=%d wall=%.2fs msgs/s=%d MB/s=%.1f failed=%d broker_cpu_us/msg=%.2f" % (
-    name, producers, total, took, total / took, total * size / took / 1e6, sum(r["failed"] for r in runs),
-    cpu * 1e6 / total))
+delivered = failed = remaining = 0
+for f in sys.argv[9:]:
+    try:
+        r = json.loads(open(f).read())
+        delivered += r["delivered"]
+        failed += r["failed"]
+        remaining += r["remaining"]
+    except (OSError, ValueError, KeyError) as e:
+        # A client that printed no report delivered nothing we can count.
+        print("%s: no report from %s (%r)" % (name, f, e), file=sys.stderr)
+        remaining += count
+print("%-13s producers=%d msgs=%d delivered=%d failed=%d remaining=%d wall=%.2fs msgs/s=%d MB/s=%.1f broker_cpu_us/msg=%s" % (
+    name, producers, total, delivered, failed, remaining, took, delivered / took, delivered * size / took / 1e6,
+    "%.2f" % (cpu * 1e6 / delivered) if delivered else "-"))
+if delivered != total:
+    print("%s: %d of %d messages not delivered" % (name, total - delivered, total), file=sys.stderr)
+    sys.exit(1)
 PY
     kill -TERM "$pid"
     wait "$pid" || true
     rm -rf "$dir"
+    return "$status"
 }
 
 for mode in $MODES; do

@@ -1,6 +1,7 @@
-//! The benchmark helper scripts (`scripts/ab.py`, `scripts/bench_tables.py`),
-//! driven with stand-ins for `streamline-bench` and its results: no benchmark
-//! runs here.
+//! The benchmark helper scripts (`scripts/ab.py`, `scripts/bench_tables.py`,
+//! `scripts/bench-broker.sh` and its client, `kafka_client.py bench`), driven
+//! with stand-ins for `streamline-bench`, its results and the broker: no
+//! benchmark runs here.
 
 use std::{path::Path, process::Command};
 
@@ -304,5 +305,116 @@ fn bench_tables_fills_the_criterion_table_only_from_this_run() {
     assert!(
         text.contains("| `crc32c/1024` | 57.8 ns | 17.72 GB/s |") && !text.contains("old/row"),
         "{text}"
+    );
+}
+
+/// `python3` with confluent-kafka (installed by scripts/install-test-deps.sh).
+fn python_with_kafka() -> String {
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{py} with confluent-kafka is not available: run scripts/install-test-deps.sh"
+    );
+    py
+}
+
+/// An address that accepts connections and never answers a request, as a
+/// broker that takes no produce requests: nothing is ever acknowledged.
+fn silent_listener() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+/// `kafka_client.py bench`'s rates count delivered messages only; messages
+/// that failed or were still unacknowledged when it stopped waiting are reported
+/// and fail it.
+#[test]
+fn kafka_client_bench_counts_only_delivered_messages() {
+    let py = python_with_kafka();
+    let (_listener, addr) = silent_listener();
+    let client = format!(
+        "{}/tests/clients/kafka_client.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for (env, failed, remaining) in [
+        // Still waiting for acknowledgements when the flush gives up.
+        (("BENCH_FLUSH_SECONDS", "1"), 0, 50),
+        // Timed out in the client, reported failed.
+        (
+            ("BENCH_CLIENT_CONFIG", r#"{"message.timeout.ms": 1000}"#),
+            50,
+            0,
+        ),
+    ] {
+        let out = Command::new(&py)
+            .args([&client, "bench", &addr, "bench", "50", "10", "2"])
+            .env(env.0, env.1)
+            .output()
+            .expect("run kafka_client.py bench");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {stdout}{stderr}");
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{env:?}: no JSON report ({e}): {stdout}{stderr}"));
+        assert_eq!(report["messages"], 50, "{report}");
+        assert_eq!(report["failed"], failed, "{env:?}: {report}");
+        assert_eq!(report["remaining"], remaining, "{env:?}: {report}");
+        assert_eq!(report["delivered"], 0, "{env:?}: {report}");
+        assert_eq!(report["msgs_per_s"], 0, "{env:?}: {report}");
+        assert!(
+            stderr.contains("50 of 50 messages not delivered"),
+            "{stderr}"
+        );
+    }
+}
+
+/// `scripts/bench-broker.sh` against a stand-in broker that answers nothing:
+/// the line for the mode counts no message as delivered, and the script fails.
+#[test]
+fn bench_broker_fails_when_messages_are_not_delivered() {
+    let py = python_with_kafka();
+    let (_listener, addr) = silent_listener();
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake-broker.sh");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"streamline listening on {addr}\"\nexec sleep 60\n"),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("bash")
+        .arg(script("bench-broker.sh"))
+        .args(["30", "10", "2", "2"]) // COUNT SIZE PARTITIONS PRODUCERS
+        .env("STREAMLINE_BIN", &fake)
+        .env("PYTHON", &py)
+        .env("MODES", "wal_disabled")
+        .env("BENCH_CLIENT_CONFIG", r#"{"message.timeout.ms": 1000}"#)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run scripts/bench-broker.sh");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("msgs=60 delivered=0 failed=60 remaining=0")
+            && stdout.contains(" msgs/s=0 "),
+        "undelivered messages counted: {stdout}"
+    );
+    assert!(
+        stderr.contains("60 of 60 messages not delivered"),
+        "{stderr}"
     );
 }

@@ -7,7 +7,8 @@ environment the producers are idempotent, with COMPRESSION=codec they compress):
   stream  BOOTSTRAP TOPIC PARTITIONS PREFIX         acks=all until killed; "ACK p offset value"
   stream-keyed BOOTSTRAP TOPIC KEYS PREFIX          the same to partition 0, message i with key k{i % KEYS}
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
-  bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput, one JSON line
+  bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput of the delivered messages, one JSON
+                                                    line; exit 1 unless all delivered (see bench)
   group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
   produce-keyed BOOTSTRAP TOPIC ROUNDS KEYS TAIL [CODEC]  keyed messages, a tombstone, one keyless message
                                                     (see produce_keyed)
@@ -177,7 +178,13 @@ def recreate(bootstrap, topic, partitions):
 
 def bench(bootstrap, topic, count, size, partitions):
     """Produce throughput with acks=all: prints one JSON line. BENCH_CLIENT_CONFIG
-    (a JSON object) adds producer settings, e.g. for TLS."""
+    (a JSON object) adds producer settings, e.g. for TLS; BENCH_FLUSH_SECONDS
+    (default 120) is how long to wait for the last acknowledgements.
+
+    Only delivered messages count: `failed` were reported failed, `remaining` were
+    still unacknowledged when the wait ended, `delivered` is the rest, and the
+    rates are of `delivered`. Exits 1 (after the line) when any message was not
+    delivered."""
     import json
     import os
     conf = {
@@ -204,11 +211,16 @@ def bench(bootstrap, topic, count, size, partitions):
                 break
             except BufferError:
                 p.poll(0.01)
-    p.flush(120)
+    remaining = p.flush(float(os.environ.get("BENCH_FLUSH_SECONDS", "120")))
     took = time.time() - start
-    out(json.dumps({"messages": count, "bytes": count * size, "seconds": round(took, 3),
-                    "msgs_per_s": round(count / took), "mb_per_s": round(count * size / took / 1e6, 1),
-                    "failed": failed[0]}))
+    delivered = count - failed[0] - remaining
+    out(json.dumps({"messages": count, "delivered": delivered, "failed": failed[0], "remaining": remaining,
+                    "bytes": delivered * size, "seconds": round(took, 3),
+                    "msgs_per_s": round(delivered / took), "mb_per_s": round(delivered * size / took / 1e6, 1)}))
+    if failed[0] or remaining:
+        sys.stderr.write("bench: %d of %d messages not delivered (%d failed, %d unacknowledged after the flush)\n"
+                         % (failed[0] + remaining, count, failed[0], remaining))
+        sys.exit(1)
 
 
 def member(bootstrap, group_id, instance=None):
