@@ -28,6 +28,10 @@ scripts/check-platforms.sh
 phase "the platform check"
 cargo test --all-targets --features sim
 phase "the suites"
+# `--all-targets` leaves out the doctests: the examples in the API docs (a
+# `no_run` one is still compiled). Cheap: the library is built by now.
+cargo test --doc --features sim
+phase "the doctests"
 # The broker suites once more on the portable backend (the WAL suites already run
 # every test on both backends).
 args=()
