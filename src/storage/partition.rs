@@ -35,6 +35,10 @@ const PREVIOUS_SEGMENT_BATCHES: usize = 1000;
 /// Where a partition's log start offset is kept once records were deleted.
 const LOG_START_FILE: &str = "log-start-offset.json";
 
+/// How many times a timestamp lookup is tried when the partition's segments
+/// change under it (see [`Partition::lookup`]).
+const LOOKUP_TRIES: u32 = 4;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct LogStartFile {
     version: u32,
@@ -148,6 +152,12 @@ pub struct Partition {
     /// Oldest first; every segment but the newest is sealed (see
     /// [`Segment::seal`]).
     log: Mutex<Vec<Segment>>,
+    /// Counts the changes that take segments away from `log` (retention,
+    /// DeleteRecords, a compaction's copy put in place of segments): bumped
+    /// under `log`, before the segments' files are removed or renamed over,
+    /// so a reader outside the lock whose segment's file went knows it went
+    /// (see [`Partition::lookup`]).
+    segments_replaced: AtomicU64,
     /// The broker-wide cache of read handles the sealed segments' logs are
     /// opened through.
     open_files: Arc<SegmentFiles>,
@@ -226,6 +236,11 @@ thread_local! {
     /// Run once by the next [`Partition::read_within`] on this thread between
     /// planning its read (under the lock) and performing it (tests).
     static BETWEEN_PLAN_AND_READ: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::visit_batches`] on this thread between
+    /// taking its view of the segments (under the lock) and reading them
+    /// (tests).
+    static BETWEEN_VIEW_AND_READ: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -336,6 +351,7 @@ impl Partition {
             segment_bytes: AtomicU64::new(segment_bytes),
             segment_ms: AtomicU64::new(u64::MAX),
             log: Mutex::new(segments),
+            segments_replaced: AtomicU64::new(0),
             open_files: files,
             next_offset: AtomicI64::new(end),
             deleted_below: AtomicI64::new(deleted_below),
@@ -389,6 +405,7 @@ impl Partition {
             }
             // It becomes the newest segment: it keeps its files.
             log[i] = scanned;
+            self.segments_replaced.fetch_add(1, Ordering::SeqCst);
             let removed: Vec<Segment> = log.drain(i + 1..).collect();
             for s in &removed {
                 s.remove_files()?;
@@ -771,6 +788,9 @@ impl Partition {
                 log.push(seg);
                 self.snapshot_producers(end);
             }
+            if n > 0 {
+                self.segments_replaced.fetch_add(1, Ordering::SeqCst);
+            }
             log.drain(..n).collect()
         };
         if removed.is_empty() {
@@ -961,6 +981,8 @@ impl Partition {
             return Ok(false);
         };
         let merged: Vec<i64> = group[1..].iter().map(|g| g.base).collect();
+        // Counted before any file changes (a failed swap counts too).
+        self.segments_replaced.fetch_add(1, Ordering::SeqCst);
         segment::install_swap(&self.dir, base, &merged)?;
         // The copy is in place of the group on disk from here on: the group's
         // segments in memory name files that are gone or replaced.
@@ -1275,6 +1297,55 @@ impl Partition {
         }))
     }
 
+    /// Runs `find`, a timestamp lookup (which reads the segments outside the
+    /// partition lock, from the log start it saw: see
+    /// [`Partition::visit_batches`]), again while the partition changed under
+    /// it: when the log start moved meanwhile (retention, DeleteRecords), whose
+    /// answer may lie below the new start or miss a record (a segment skipped
+    /// for one that is gone now), and when it failed while segments were taken
+    /// away or replaced (a compaction's copy renamed over a segment's log, or
+    /// the segments merged into it removed: the read finds the file gone). A
+    /// failure while nothing changed is the answer. After [`LOOKUP_TRIES`]
+    /// tries that each met a change, it fails naming the partition.
+    ///
+    /// # Errors
+    /// `find`'s, or an error naming the partition's directory when every try
+    /// met a change.
+    fn lookup(
+        &self,
+        mut find: impl FnMut() -> Result<Option<(i64, i64)>>,
+    ) -> Result<Option<(i64, i64)>> {
+        for tried in 1..=LOOKUP_TRIES {
+            let replaced = self.segments_replaced.load(Ordering::SeqCst);
+            let start = self.log_start_offset();
+            let found = find();
+            let moved = self.log_start_offset() != start;
+            if !moved
+                && (found.is_ok() || self.segments_replaced.load(Ordering::SeqCst) == replaced)
+            {
+                return found;
+            }
+            tracing::debug!(
+                topic = %self.topic,
+                partition = self.index,
+                tried,
+                log_start_moved = moved,
+                error = ?found.as_ref().err(),
+                "the segments changed during a timestamp lookup; it starts over"
+            );
+        }
+        Err(Error::io(
+            "read",
+            &self.dir,
+            std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                format!(
+                    "a timestamp lookup found the log start moved or its segments replaced during each of {LOOKUP_TRIES} tries"
+                ),
+            ),
+        ))
+    }
+
     /// Reads every readable batch header, oldest first, until `visit` returns
     /// true; gives `visit` the batch's header, its file and position, and the log
     /// start offset. Batches wholly below the log start are skipped, and so is
@@ -1309,6 +1380,10 @@ impl Partition {
                 .collect();
             (self.start_of(&log), views)
         };
+        #[cfg(test)]
+        if let Some(between) = BETWEEN_VIEW_AND_READ.with(|b| b.borrow_mut().take()) {
+            between();
+        }
         let known = views
             .iter()
             .filter(|v| v.base >= start && v.next <= hw)
@@ -1408,25 +1483,30 @@ impl Partition {
     /// answers its first offset (at or
     /// above the log start) and its largest timestamp. `None` when no record is
     /// that new. Segments whose newest timestamp is known to be older are not
-    /// read.
+    /// read. Tried again when the segments change under it (see
+    /// [`Partition::lookup`]).
     ///
     /// # Errors
-    /// I/O errors naming the file.
+    /// I/O errors naming the file; one naming the partition's directory when
+    /// the segments changed during each of [`LOOKUP_TRIES`] tries.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
-        let mut found = None;
-        let older = |newest: i64, _| newest < timestamp;
-        self.visit_batches(older, |info, file, path, position, start| {
-            if info.max_timestamp < timestamp {
-                return Ok(false);
-            }
-            found =
-                match Self::find_record(info, file, path, position, start, |ts| ts >= timestamp)? {
+        self.lookup(|| {
+            let mut found = None;
+            let older = |newest: i64, _| newest < timestamp;
+            self.visit_batches(older, |info, file, path, position, start| {
+                if info.max_timestamp < timestamp {
+                    return Ok(false);
+                }
+                found = match Self::find_record(info, file, path, position, start, |ts| {
+                    ts >= timestamp
+                })? {
                     Ok(found) => found,
                     Err(()) => Some((info.base_offset.max(start), info.max_timestamp)),
                 };
-            Ok(found.is_some())
-        })?;
-        Ok(found)
+                Ok(found.is_some())
+            })?;
+            Ok(found)
+        })
     }
 
     /// ListOffsets `MAX_TIMESTAMP` (-3): the offset of the record with the largest
@@ -1436,11 +1516,17 @@ impl Partition {
     /// `None` for an empty partition. Reads the batch headers only of the
     /// segments that may hold it: not of one whose newest timestamp is known to
     /// be older than another readable segment's, or no newer than an earlier
-    /// one's.
+    /// one's. Tried again when the segments change under it (see
+    /// [`Partition::lookup`]).
     ///
     /// # Errors
-    /// I/O errors naming the file.
+    /// As [`Partition::offset_for_timestamp`].
     pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>> {
+        self.lookup(|| self.find_max_timestamp())
+    }
+
+    /// One try of [`Partition::max_timestamp_offset`].
+    fn find_max_timestamp(&self) -> Result<Option<(i64, i64)>> {
         type Best = (BatchInfo, Arc<File>, PathBuf, u64, i64);
         let mut best: Option<Best> = None;
         // The answer is at least as new as the newest known of a readable
@@ -1725,6 +1811,100 @@ pub(crate) mod tests {
         assert_eq!(p.max_timestamp_offset().unwrap(), Some((2, 50)));
         assert_eq!(p.offset_for_timestamp(40).unwrap(), Some((2, 50)));
         assert_eq!(p.offset_for_timestamp(101).unwrap(), None);
+    }
+
+    /// Eight batches of 1500 bytes, two a segment (the fourth segment
+    /// active): batch `i` at offset `i` and timestamp `T + i`, but batch 3 at
+    /// `T + 100`, the newest.
+    fn two_a_segment(t: i64) -> (tempfile::TempDir, PathBuf, Arc<Partition>) {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+        for i in 0..8 {
+            let ts = if i == 3 { t + 100 } else { t + i };
+            assert_eq!(produce_at(&p, ts, 1500), i);
+        }
+        assert_eq!(p.log.lock().unwrap().len(), 4);
+        (dir, pdir, p)
+    }
+
+    /// Runs `f` on `p` once the next timestamp lookup on this thread has taken
+    /// its view of the segments, before it reads them.
+    fn between_view_and_read(p: &Arc<Partition>, f: impl FnOnce(&Partition) + 'static) {
+        let p = Arc::clone(p);
+        BETWEEN_VIEW_AND_READ.with(|b| *b.borrow_mut() = Some(Box::new(move || f(&p))));
+    }
+
+    /// A timestamp lookup reads the segments outside the partition lock, from
+    /// the log start it saw when it took them. DeleteRecords or retention
+    /// moving the start meanwhile made it answer an offset below the new
+    /// start, or (`MAX_TIMESTAMP`, whose segment holding the newest record
+    /// was deleted after the others were skipped as older) no offset at all.
+    /// A lookup during which the log start moved now starts over.
+    #[test]
+    fn a_timestamp_lookup_never_answers_below_a_log_start_moved_meanwhile() {
+        const T: i64 = 1_700_000_000_000;
+        let (_dir, _, p) = two_a_segment(T);
+        // DeleteRecords inside the first segment: nothing removed.
+        between_view_and_read(&p, |p| assert_eq!(p.delete_records(1), Ok(1)));
+        assert_eq!(p.offset_for_timestamp(T).unwrap(), Some((1, T + 1)));
+        // DeleteRecords removing the first segment.
+        between_view_and_read(&p, |p| assert_eq!(p.delete_records(3), Ok(3)));
+        assert_eq!(p.offset_for_timestamp(T + 1).unwrap(), Some((3, T + 100)));
+        // Retention by size removing the segment of the newest record, for
+        // which the later segments were skipped as older.
+        let (_dir, _, p) = two_a_segment(T);
+        between_view_and_read(&p, |p| {
+            let keep: u64 = p.log.lock().unwrap()[2..].iter().map(Segment::size).sum();
+            assert_eq!(p.apply_retention(0, None, Some(keep)).unwrap().0, 2);
+            assert_eq!(p.log_start_offset(), 4);
+        });
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((7, T + 7)));
+    }
+
+    /// A lookup interrupted again and again gives up after a few tries with
+    /// an error naming the partition, never an answer below the log start;
+    /// one that a change interrupted fewer times answers. A log gone from a
+    /// partition whose segments did not change is an error at once.
+    #[test]
+    fn a_timestamp_lookup_interrupted_at_each_try_fails_and_a_missing_log_is_an_error() {
+        const T: i64 = 1_700_000_000_000;
+        /// Moves the log start one offset on at each of the next `n` lookups'
+        /// views.
+        fn move_start_at_each_view(p: &Arc<Partition>, n: u32) {
+            if n == 0 {
+                return;
+            }
+            let again = Arc::clone(p);
+            between_view_and_read(p, move |p| {
+                let start = p.log_start_offset();
+                assert_eq!(p.delete_records(start + 1), Ok(start + 1));
+                move_start_at_each_view(&again, n - 1);
+            });
+        }
+        let ts_of = |i: i64| if i == 3 { T + 100 } else { T + i };
+        let (_dir, pdir, p) = two_a_segment(T);
+        move_start_at_each_view(&p, LOOKUP_TRIES - 1);
+        let start = i64::from(LOOKUP_TRIES - 1);
+        assert_eq!(
+            p.offset_for_timestamp(T).unwrap(),
+            Some((start, ts_of(start)))
+        );
+        move_start_at_each_view(&p, LOOKUP_TRIES);
+        let e = p.offset_for_timestamp(T).unwrap_err().to_string();
+        assert!(e.contains(pdir.to_str().unwrap()), "{e}");
+        BETWEEN_VIEW_AND_READ.with(|b| assert!(b.borrow().is_none(), "fewer tries"));
+        assert_eq!(p.log_start_offset(), 2 * start + 1);
+
+        let (_dir, pdir, p) = two_a_segment(T);
+        let log = pdir.join(segment::log_name(0));
+        std::fs::remove_file(&log).unwrap();
+        let e = p.offset_for_timestamp(T).unwrap_err().to_string();
+        assert!(
+            e.contains("open") && e.contains(log.to_str().unwrap()),
+            "{e}"
+        );
+        assert_eq!(p.offset_for_timestamp(T + 2).unwrap(), Some((2, T + 2)));
     }
 
     #[test]
@@ -2909,6 +3089,81 @@ pub(crate) mod tests {
                 .map(|(o, (k, v))| (*o, k.clone(), v.is_none()))
                 .collect();
             assert_eq!(read, expected);
+        }
+
+        /// ListOffsets by timestamp and `MAX_TIMESTAMP` read the segments
+        /// outside the partition lock. A compaction pass that put its copy
+        /// in place of a segment after a lookup took its view, and before it
+        /// opened the segment's log (renamed over, or removed as merged into
+        /// the copy of an earlier one), failed the lookup: the client got
+        /// `KAFKA_STORAGE_ERROR`, and the broker logged a storage error. The
+        /// lookup now starts over from the segments as they are, and answers
+        /// from the copy.
+        #[test]
+        fn a_timestamp_lookup_that_meets_a_segment_compaction_replaced_answers_from_the_copy() {
+            const NEWEST: i64 = TS + 1_000_000;
+            let v = "v".repeat(1000);
+            // Three batches a segment: offsets 3 to 5 in the second, which
+            // compaction merges into the copy of the first. Offset 5, the
+            // newest record, has a key of its own; the others share two.
+            let build = || {
+                let (dir, _, p) = fresh();
+                for i in 0..12i64 {
+                    let (key, ts) = if i == 5 {
+                        ("five".to_string(), NEWEST)
+                    } else {
+                        (format!("k{}", i % 2), TS + i)
+                    };
+                    assert_eq!(produce_keyed_at(&p, &key, ts, v.len()), i);
+                }
+                assert_eq!(p.log.lock().unwrap()[1].base_offset(), 3);
+                (dir, Arc::new(p))
+            };
+            let compact_between_view_and_read = |p: &Arc<Partition>| {
+                let p = Arc::clone(p);
+                BETWEEN_VIEW_AND_READ.with(|b| {
+                    *b.borrow_mut() = Some(Box::new(move || {
+                        let stats = compact(&p, &policy(TS + 100));
+                        assert!(stats.segments >= 2, "{stats:?}");
+                        assert!(p.log.lock().unwrap()[1].base_offset() > 5);
+                    }));
+                });
+            };
+            let (_dir, p) = build();
+            assert_eq!(p.offset_for_timestamp(TS + 5).unwrap(), Some((5, NEWEST)));
+            compact_between_view_and_read(&p);
+            assert_eq!(p.offset_for_timestamp(TS + 5).unwrap(), Some((5, NEWEST)));
+
+            // The first segment's log renamed over by the copy.
+            let (_dir, p) = build();
+            assert_eq!(p.offset_for_timestamp(TS).unwrap(), Some((0, TS)));
+            compact_between_view_and_read(&p);
+            assert_eq!(p.offset_for_timestamp(TS).unwrap(), Some((5, NEWEST)));
+
+            let (_dir, p) = build();
+            assert_eq!(p.max_timestamp_offset().unwrap(), Some((5, NEWEST)));
+            compact_between_view_and_read(&p);
+            assert_eq!(p.max_timestamp_offset().unwrap(), Some((5, NEWEST)));
+
+            // A Fetch opens its first segment's log under the lock and ends
+            // at a later one replaced meanwhile, answering the whole batches
+            // of the first (as it did).
+            let (_dir, p) = build();
+            let first: Vec<u8> = p
+                .read_within(0, 4096, false)
+                .unwrap()
+                .unwrap()
+                .records
+                .into();
+            let q = Arc::clone(&p);
+            BETWEEN_PLAN_AND_READ.with(|b| {
+                *b.borrow_mut() = Some(Box::new(move || {
+                    assert!(compact(&q, &policy(TS + 100)).segments >= 2);
+                }));
+            });
+            let r = p.read_within(0, 1 << 20, false).unwrap().unwrap();
+            assert_eq!(&r.records[..], &first[..]);
+            assert_eq!(validate_all(&r.records).unwrap().len(), 3);
         }
 
         #[test]
