@@ -687,18 +687,17 @@ impl Partition {
             self.settle_max_timestamps(|s| s.max_timestamp() < 0 || older(s.max_timestamp()));
         }
         self.trim("past retention", |s, total| {
-            // Records without timestamps (-1) are judged by the file's last
-            // write, as Kafka judges them; an empty segment by nothing; one
-            // whose newest timestamp is not known (opened from its index since
-            // the pass above) not by age.
+            // Records without timestamps (-1), and an empty segment, are
+            // judged by the file's last write, as Kafka judges a segment
+            // without timestamps (`largestTimestamp` falls back to the file's
+            // `lastModified`); one whose newest timestamp is not known (opened
+            // from its index since the pass above) not by age.
             let newest = if !s.max_timestamp_is_exact() {
                 None
             } else if s.max_timestamp() >= 0 {
                 Some(s.max_timestamp())
-            } else if s.size() > 0 {
-                s.modified_ms()
             } else {
-                None
+                s.modified_ms()
             };
             let too_old = newest.is_some_and(older);
             let too_big = retention_bytes.is_some_and(|r| total - s.size() >= r);
@@ -749,7 +748,11 @@ impl Partition {
 
     /// Deletes the oldest segments while `deletable(segment, bytes held)` says so,
     /// the caller holding [`Partition::files_guard`],
-    /// from the oldest forward, stopping at the first one kept. The active segment
+    /// from the oldest forward, stopping at the first one kept. An empty closed
+    /// segment (an offset gap rolled the active segment before anything was
+    /// appended to it) holds no record to keep: it never stops the deletion of
+    /// the segments after it, going with them when `deletable` does not judge
+    /// it deletable by itself. The active segment
     /// goes too once it qualifies and every batch in it is below the high
     /// watermark (readable, so durable): a new empty segment at the log end takes
     /// its place first, as Kafka rolls before it deletes every segment, so an idle
@@ -764,18 +767,21 @@ impl Partition {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let mut total: u64 = log.iter().map(Segment::size).sum();
             let hw = self.high_watermark();
-            let mut n = 0;
-            while n < log.len() {
-                let s = &log[n];
-                let active = n + 1 == log.len();
+            // The segments to delete are `..n`; `..i` have been judged.
+            let (mut n, mut i) = (0, 0);
+            while i < log.len() {
+                let s = &log[i];
+                let active = i + 1 == log.len();
                 if active && (s.size() == 0 || hw < s.next_offset()) {
                     break;
                 }
-                if !deletable(s, total) {
+                i += 1;
+                if deletable(s, total) {
+                    total -= s.size();
+                    n = i;
+                } else if active || s.size() > 0 {
                     break;
                 }
-                total -= s.size();
-                n += 1;
             }
             if n > 0 && n == log.len() {
                 // Appends continue in the new segment; it is durable (its
@@ -1641,6 +1647,92 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(n, 2, "the segment without timestamps was kept");
         assert_eq!(p.log_start_offset(), 2);
+    }
+
+    /// Reopens the partition in `pdir` as a crash leaves it that lost the first
+    /// write to a segment just rolled at `at` (its log created, empty), and
+    /// moves its next offset to `gap` (as a WAL replay that tolerated lost
+    /// entries goes on after them): the next append seals the empty segment.
+    fn with_empty_newest_segment(pdir: &Path, at: i64, gap: i64) -> Partition {
+        std::fs::File::create(pdir.join(segment::log_name(at))).unwrap();
+        let p = Partition::open("t", 0, pdir.to_path_buf(), 4096).unwrap();
+        assert_eq!(p.log_end_offset(), at);
+        p.next_offset.store(gap, Ordering::Release);
+        p
+    }
+
+    /// An empty closed segment (an offset gap rolled the active segment
+    /// before anything was appended to it) was judged by nothing under time
+    /// retention, which stops at the first segment it keeps: every segment
+    /// after it was kept forever, however old, and the disk filled. It is now
+    /// judged by its log's last write, as Kafka judges a segment without
+    /// timestamps, and never stops the deletion of the segments after it.
+    #[test]
+    fn an_empty_closed_segment_expires_by_its_files_age_and_holds_back_no_later_segment() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let now = segment::now_ms();
+        let old = now - 10 * DAY;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        // Old segments 0 and 1; 2 empty; old 5 and 6; 7, of now, active.
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(produce_at(&p, old, 3000), 0);
+        assert_eq!(produce_at(&p, old, 3000), 1);
+        p.sync().unwrap();
+        drop(p);
+        let p = with_empty_newest_segment(&pdir, 2, 5);
+        for (ts, offset) in [(old, 5), (old, 6), (now, 7)] {
+            assert_eq!(produce_at(&p, ts, 3000), offset);
+        }
+        let segments: Vec<(i64, bool)> = p
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| (s.base_offset(), s.size() == 0))
+            .collect();
+        let empty_2 = [
+            (0, false),
+            (1, false),
+            (2, true),
+            (5, false),
+            (6, false),
+            (7, false),
+        ];
+        assert_eq!(segments, empty_2);
+        // The empty segment's log was written now: it is not past retention.
+        assert_eq!(p.apply_retention(now, Some(DAY as u64), None).unwrap().0, 5);
+        assert_eq!(p.log_start_offset(), 7);
+        assert_eq!(files(&pdir, "log"), 1);
+        drop(p);
+
+        // An empty segment whose log is past retention goes by itself too,
+        // before a segment that is kept.
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(produce_at(&p, old, 3000), 0);
+        p.sync().unwrap();
+        drop(p);
+        let p = with_empty_newest_segment(&pdir, 1, 4);
+        assert_eq!(produce_at(&p, now, 3000), 4);
+        assert_eq!(produce_at(&p, now, 3000), 5);
+        let retention = Some(DAY as u64);
+        assert_eq!(p.apply_retention(now, retention, None).unwrap().0, 1);
+        assert_eq!(
+            p.log_start_offset(),
+            1,
+            "the empty segment is a day old at most"
+        );
+        std::fs::File::options()
+            .write(true)
+            .open(pdir.join(segment::log_name(1)))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400))
+            .unwrap();
+        assert_eq!(p.apply_retention(now, retention, None).unwrap().0, 1);
+        assert_eq!(p.log_start_offset(), 4);
+        assert_eq!(p.read(4, 1).unwrap().unwrap().log_start_offset, 4);
     }
 
     /// Produces one batch of a record with `key` and a `size`-byte value at
