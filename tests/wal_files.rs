@@ -1219,13 +1219,14 @@ fn a_close_leaves_no_next_file_whose_zero_fill_it_cut_short() {
 /// A `next.wal` whose zero-fill was cut short (a run that failed or was killed
 /// while preparing it, or that was killed inside `Wal::open` between preparing
 /// a new log's first file and making it current) is prepared on from where its
-/// fill stopped when it is taken: as a new log's first file, its tail is
+/// fill stopped when it is taken (one written in its header only was reserved
+/// on purpose, and is taken as it is): as a new log's first file, its tail is
 /// zero-filled in the background, and no stretch of it stays never-written
 /// (each sync there would convert extents, which zero-filling is for).
 #[test]
 fn a_next_file_whose_zero_fill_was_cut_short_is_filled_on_when_taken() {
-    use std::sync::atomic::AtomicBool;
-    use streamline::wal::files::{first_unwritten, prepare_file_until, Prealloc, CURRENT, NEXT};
+    use std::os::unix::fs::FileExt;
+    use streamline::wal::files::{first_unwritten, prepare_file, Prealloc, CURRENT, NEXT};
     // On the checkout's file system (ext4 here), which reports never-written
     // blocks, unlike a possibly tmpfs-backed /tmp.
     let on_disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -1233,9 +1234,14 @@ fn a_next_file_whose_zero_fill_was_cut_short_is_filled_on_when_taken() {
         let dir = on_disk.path().join(backend.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let size: u64 = 32 << 20;
-        let stop = AtomicBool::new(true);
-        let next = prepare_file_until(&dir, 1, size, Prealloc::ZeroFill, &stop).unwrap();
+        // Reserved, then zero-filled through its first MiB only, as a fill cut
+        // short leaves it.
+        let next = prepare_file(&dir, 1, size, Prealloc::Reserve).unwrap();
         assert_eq!(next, dir.join(NEXT));
+        let f = std::fs::OpenOptions::new().write(true).open(&next).unwrap();
+        f.write_all_at(&vec![0u8; 1 << 20], 4096).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
         let hole = first_unwritten(&std::fs::File::open(&next).unwrap());
         assert!(hole.is_some_and(|h| h < size), "{backend}: {hole:?}");
         let cfg = WalConfig {

@@ -333,16 +333,22 @@ impl Core {
     /// One attempt of a waiter for capacity: `claimed` tells whether it holds
     /// the claim, and is set when it takes one. The waiter gives the claim up
     /// with [`Core::end_wait`] once it stops waiting, reserved or not.
-    pub(crate) fn reserve_waiting(&self, bytes: usize, claimed: &mut bool) -> bool {
+    fn reserve_waiting(&self, bytes: usize, claimed: &mut bool) -> bool {
         if !*claimed && self.try_claim(bytes) {
             *claimed = true;
         }
         self.reserve_within(bytes, *claimed)
     }
 
+    /// The bytes a waiter claims at the cap now (0: none).
+    #[cfg(test)]
+    pub(crate) fn claimed_bytes(&self) -> usize {
+        self.claim.load(Ordering::SeqCst)
+    }
+
     /// Gives up the claim of a waiter that stopped waiting (not holding
     /// `space_lock`).
-    pub(crate) fn end_wait(&self, claimed: &mut bool) {
+    fn end_wait(&self, claimed: &mut bool) {
         if std::mem::take(claimed) {
             self.drop_claim();
         }

@@ -370,10 +370,13 @@ fn prepare(
     let zero_to = zero_to.min(size);
     let tmp = dir.join(NEXT_TMP);
     let dst = dir.join(NEXT);
-    // A `next.wal` left by a run that failed, or was killed, while preparing
-    // it may be zero-filled only in part: its fill goes on from where it
-    // stopped, so that it is never taken as written where it is not.
+    // A `next.wal` left by a run that failed, or was killed, while zero-filling
+    // it is written only in part: its fill goes on from where it stopped, so
+    // that it is never taken as written where it is not. One written in its
+    // header only was prepared by reservation (for large direct writes) and is
+    // taken as it is.
     let resume = match already_prepared(dir, number, size)? {
+        Some((p, zeroed)) if zeroed <= BLOCK_SIZE as u64 => return Ok((p, size)),
         Some((p, zeroed)) if zeroed >= zero_to => return Ok((p, zeroed)),
         Some((p, zeroed)) => {
             rename(&p, &tmp)?;

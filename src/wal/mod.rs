@@ -790,7 +790,11 @@ impl Wal {
     /// As the completion of [`Wal::append`].
     pub async fn append_async(&self, topic: &str, partition: i32, data: Bytes) -> Result<u64> {
         let bytes = self.check_record(topic, &data)?;
-        CapacityWait::new(&self.inner.core, bytes).await?;
+        CapacityWait {
+            core: &self.inner.core,
+            bytes,
+        }
+        .await?;
         self.send_reserved(Entries::record(topic, partition, data), bytes)
             .await
     }
@@ -804,7 +808,11 @@ impl Wal {
             return self.append_batch(entries).await;
         }
         let bytes = self.check_size(&entries)?;
-        CapacityWait::new(&self.inner.core, bytes).await?;
+        CapacityWait {
+            core: &self.inner.core,
+            bytes,
+        }
+        .await?;
         self.send_reserved(Entries::Many(entries), bytes).await
     }
 
@@ -982,105 +990,89 @@ fn max_entry_bytes_for(max_file_size: u64) -> u64 {
     (max_file_size - 2 * BLOCK_SIZE as u64 - header).min((1 << 32) - BLOCK_SIZE as u64 - header)
 }
 
-/// Waits (asynchronously) until `bytes` of pending capacity are reserved, taking
-/// the cap's claim as a blocked waiter does (see `Core::reserve_blocking`) and
-/// giving it up when it is done or dropped.
+/// Waits (asynchronously) until `bytes` of pending capacity are reserved,
+/// leaving room for a blocked waiter's claim (see `Core::reserve_blocking`).
+/// It takes no claim itself: a claim holds every other append back until its
+/// holder passes, and a future may not be polled again for as long as the
+/// threads that would poll it are blocked appending.
 struct CapacityWait<'a> {
     core: &'a Core,
     bytes: usize,
-    claimed: bool,
 }
 
-impl<'a> CapacityWait<'a> {
-    fn new(core: &'a Core, bytes: usize) -> Self {
-        CapacityWait {
-            core,
-            bytes,
-            claimed: false,
-        }
-    }
-
-    fn attempt(&mut self) -> Option<Result<()>> {
+impl CapacityWait<'_> {
+    fn attempt(&self) -> Option<Result<()>> {
         if let Err(e) = self.core.check_usable() {
             return Some(Err(e));
         }
-        let reserved = if self.claimed {
-            self.core.reserve_waiting(self.bytes, &mut self.claimed)
-        } else {
-            self.core.try_reserve(self.bytes)
-        };
-        reserved.then_some(Ok(()))
+        self.core.try_reserve(self.bytes).then_some(Ok(()))
     }
 }
 
 impl std::future::Future for CapacityWait<'_> {
     type Output = Result<()>;
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<()>> {
         use std::task::Poll;
-        let this = &mut *self;
-        if let Some(r) = this.attempt() {
-            this.core.end_wait(&mut this.claimed);
+        if let Some(r) = self.attempt() {
             return Poll::Ready(r);
         }
-        this.core.register_waker(cx.waker());
-        // Re-check after registering so that a release, a failure or a close in
-        // between (whose wake-up found no waker yet) is not missed; this one
-        // takes the claim if none stands.
-        let r = match this.core.check_usable() {
-            Err(e) => Some(Err(e)),
-            Ok(()) => this
-                .core
-                .reserve_waiting(this.bytes, &mut this.claimed)
-                .then_some(Ok(())),
-        };
-        if let Some(r) = r {
-            this.core.end_wait(&mut this.claimed);
-            return Poll::Ready(r);
+        self.core.register_waker(cx.waker());
+        // Again after registering so that a release, a failure or a close in
+        // between (whose wake-up found no waker yet) is not missed.
+        match self.attempt() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
         }
-        Poll::Pending
-    }
-}
-
-impl Drop for CapacityWait<'_> {
-    fn drop(&mut self) {
-        self.core.end_wait(&mut self.claimed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{max_entry_bytes_for, ring_entries, settle_active, CapacityWait};
-    use crate::wal::commit::tests::core_with_cap;
+    use crate::wal::commit::tests::{core_with_cap, wait_for_claim};
     use crate::wal::format::{align_up, BATCH_HEADER_LEN, BLOCK_SIZE};
 
-    /// An async append waiting at the cap claims its room as a blocked one
-    /// does; dropped before it gets it (its caller cancelled), it gives the
-    /// claim up, and one that gets its room does too.
+    /// An async append waiting at the cap leaves a blocked waiter's claim
+    /// alone, and takes none itself: a blocking append is never held back by
+    /// a future that nothing polls.
     #[test]
-    fn an_async_wait_at_the_cap_claims_room_and_gives_it_up_when_dropped_or_done() {
+    fn an_async_wait_at_the_cap_respects_claims_and_takes_none() {
         use std::future::Future;
+        use std::sync::Arc;
         use std::task::{Context, Poll, Waker};
         const K: usize = 1024;
-        let core = core_with_cap(1024 * K);
+        let core = Arc::new(core_with_cap(1024 * K));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(core.try_reserve(512 * K));
-        let mut wait = Box::pin(CapacityWait::new(&core, 768 * K));
+        let mut wait = Box::pin(CapacityWait {
+            core: &core,
+            bytes: 768 * K,
+        });
         assert!(wait.as_mut().poll(&mut cx).is_pending());
+        // Unpolled from here on: a blocking append that fits passes.
+        assert!(core.try_reserve(256 * K), "the async wait claimed room");
+        core.release(256 * K);
+        let blocked = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || core.reserve_blocking(768 * K))
+        };
+        assert_eq!(wait_for_claim(&core), 768 * K);
+        let mut small = Box::pin(CapacityWait {
+            core: &core,
+            bytes: 256 * K,
+        });
         assert!(
-            !core.try_reserve(256 * K),
-            "a small append took claimed room"
+            small.as_mut().poll(&mut cx).is_pending(),
+            "an async append took claimed room"
         );
+        core.release(512 * K);
+        blocked.join().unwrap().unwrap();
+        assert_eq!(core.claimed_bytes(), 0);
+        assert!(matches!(small.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
         drop(wait);
-        assert!(core.try_reserve(256 * K), "the dropped wait kept its claim");
-        let mut wait = Box::pin(CapacityWait::new(&core, 768 * K));
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
-        assert!(!core.try_reserve(K));
-        core.release(768 * K);
-        assert!(matches!(wait.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
-        assert!(core.try_reserve(256 * K), "the claim outlived its wait");
     }
 
     /// The largest append fills a file but for its header and seal blocks, and with

@@ -372,13 +372,10 @@ pub fn scan_file_after_close(
                 if mode == RecoveryMode::Strict {
                     return Err(Error::corrupt(path, pos, reason));
                 }
+                // Tolerant: the log goes on at the cut, as after any damage
+                // that ends a file.
                 tracing::warn!(file = %path.display(), offset = pos, reason = %reason, "WAL file cut short (tolerant recovery)");
                 info.skipped.push((pos, c.end, reason));
-                // Appends continue after the lost entries, never reusing their
-                // sequences.
-                if info.next_sequence.is_none_or(|n| n < c.next_sequence) {
-                    info.next_sequence = Some(c.next_sequence);
-                }
             }
             break;
         }
@@ -468,13 +465,6 @@ pub fn scan_file_after_close(
                         None => {
                             tracing::warn!(file = %path.display(), offset = pos, reason = %err_reason, "WAL file ends in corrupt bytes (tolerant recovery)");
                             info.skipped.push((pos, r.len, err_reason));
-                            // Entries the close recorded are lost: appends go on
-                            // after them, never reusing their sequences.
-                            if let Some(c) = clean.filter(|_| before_clean_end) {
-                                if info.next_sequence.is_none_or(|n| n < c.next_sequence) {
-                                    info.next_sequence = Some(c.next_sequence);
-                                }
-                            }
                             break;
                         }
                     }
