@@ -473,6 +473,57 @@ fn requests_queued_behind_a_long_poll_hold_bounded_memory() {
     assert!(served(&mut c), "the connection goes on");
 }
 
+/// A SIGTERM ends long polls at once: each is answered with what its
+/// partitions hold, as at its deadline, and the broker exits without waiting
+/// out their `max_wait` (up to 60 s; after 10 s the shutdown closed such
+/// connections unanswered).
+#[test]
+fn a_shutdown_answers_long_polls_at_once() {
+    use kafka_protocol::protocol::Decodable;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut c = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut c, "quiet", true), 0);
+    c.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        1,
+        &fetch_request("quiet", 0, 30_000),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let answer = broker_support::wire::read_frame(&mut c);
+        (answer, stopping.elapsed())
+    });
+    assert!(broker.sigterm().success());
+    let exited = stopping.elapsed();
+    let (answer, answered) = reader.join().unwrap();
+    let mut answer = answer.expect("the long poll is answered, not closed unanswered");
+    let header = kafka_protocol::messages::ResponseHeader::decode(
+        &mut answer,
+        ApiKey::Fetch.response_header_version(12),
+    )
+    .unwrap();
+    let f = FetchResponse::decode(&mut answer, 12).unwrap();
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(
+        (header.correlation_id, f.error_code, p.error_code),
+        (1, 0, 0)
+    );
+    assert_eq!(p.records.as_ref().map(bytes::Bytes::len), Some(0));
+    assert!(
+        answered < Duration::from_secs(3) && exited < Duration::from_secs(3),
+        "a 30 s long poll answered {answered:?} and the broker exited {exited:?} after SIGTERM"
+    );
+    assert!(
+        !broker.log_text().contains("still busy"),
+        "{}",
+        broker.log_text()
+    );
+}
+
 /// Every record of partition 0 of `topic` from offset 0 to `end`, fetched one
 /// Fetch after another (each up to 1 MiB), as (offset, value).
 fn fetch_all(c: &mut TcpStream, topic: &str, end: i64) -> Vec<(i64, String)> {

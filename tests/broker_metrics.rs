@@ -473,3 +473,68 @@ fn a_long_poll_reads_again_only_when_its_partitions_move() {
         started.elapsed()
     );
 }
+
+/// A long poll waiting for more than its partition holds does not read it
+/// again at each append: as Kafka's DelayedFetch, it adds up what the appends
+/// bring and reads once that reaches `min_bytes` (or at its deadline).
+/// Re-reading everything collected so far at every append made a consumer
+/// with a large `fetch.min.bytes` cost quadratically in the appends during
+/// its wait.
+#[test]
+fn a_long_poll_reads_once_its_partitions_hold_min_bytes_not_at_each_append() {
+    use broker_support::wire::{
+        batch, connect, fetch_request, produce, request_frame, response, send_produce,
+        topic_metadata,
+    };
+    use kafka_protocol::messages::{ApiKey, FetchResponse};
+    const APPENDS: i32 = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut c = connect(&broker.addr);
+    assert_eq!(topic_metadata(&mut c, "t", true), 0);
+    let reads = || metric(&scrape(&broker), "streamline_fetch_reads_total{}");
+    let before = reads();
+
+    let mut poll = connect(&broker.addr);
+    let asked = std::time::Instant::now();
+    poll.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        2,
+        &fetch_request("t", 0, 3000).with_min_bytes(1 << 20),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..APPENDS {
+        let r = send_produce(&mut c, 7, 10 + i, &produce("t", 0, batch(&["x"])));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let produced = asked.elapsed();
+    let (_, f): (i32, FetchResponse) = response(&mut poll, ApiKey::Fetch, 12);
+    let waited = asked.elapsed();
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert_eq!(p.high_watermark, i64::from(APPENDS));
+    let records = p.records.clone().unwrap_or_default();
+    let mut batches = 0;
+    let mut rest = &records[..];
+    while rest.len() >= 12 {
+        let len =
+            12 + usize::try_from(i32::from_be_bytes(rest[8..12].try_into().unwrap())).unwrap();
+        rest = &rest[len..];
+        batches += 1;
+    }
+    assert_eq!(batches, APPENDS, "every batch, answered at the deadline");
+    assert!(
+        produced < Duration::from_millis(2500) && waited >= Duration::from_millis(2900),
+        "the appends took {produced:?}; answered after {waited:?}, not before the 3 s wait"
+    );
+    let passes = reads() - before;
+    assert!(
+        (1.0..=3.0).contains(&passes),
+        "{passes} read passes for one long poll while its partition took {APPENDS} appends"
+    );
+}

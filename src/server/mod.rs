@@ -167,6 +167,9 @@ pub(crate) struct Ctx {
     /// TLS and SASL, reloaded on SIGHUP (by the broker binary, which holds the
     /// other reference).
     pub(crate) security: Arc<Security>,
+    /// Set once the server stops serving ([`Server::run`]): connections stop
+    /// reading requests, and long-polling Fetches answer at once.
+    pub(crate) stopping: watch::Sender<bool>,
 }
 
 /// The TLS acceptor (`--tls-cert`) and the SASL users (`--sasl-users`), each
@@ -425,6 +428,7 @@ impl Server {
             metrics: metrics::Metrics::new(),
             fetch_memory: fetch_memory::FetchMemory::new(cfg.fetch_response_memory_bytes),
             security,
+            stopping: watch::Sender::new(false),
         });
         Ok(Server {
             listener,
@@ -446,12 +450,13 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets every connection
-    /// finish the requests it already read (up to 10 s), and returns. Storage is left
+    /// finish the requests it already read (up to 10 s; a long-polling Fetch
+    /// answers at once, as at its deadline), and returns. Storage is left
     /// open; the caller shuts it down. Signals are the caller's: the broker binary
     /// listens for them from its start, and reloads the TLS and SASL material on
     /// SIGHUP ([`Security::reload`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx = self.ctx.stopping.subscribe();
         let all_done = Arc::new(Notify::new());
         let metrics_task = self.metrics.map(|(listener, addr)| {
             tracing::info!(%addr, "serving metrics at /metrics");
@@ -564,7 +569,7 @@ impl Server {
             }
         }
         drop(self.listener);
-        let _ = stop_tx.send(true);
+        self.ctx.stopping.send_replace(true);
         let live = &self.ctx.metrics.open_connections;
         let wait = async {
             loop {
@@ -1509,6 +1514,74 @@ mod tests {
         let fit = usize::try_from(BUDGET).unwrap() / batch.len();
         assert_eq!(records, fit * batch.len());
         drop(slow);
+    }
+
+    /// A Fetch of a partition whose lock is held (an append holds it through
+    /// a segment roll's `fdatasync`) waits on a blocking thread, not on one of
+    /// the runtime's workers: with a single worker, another connection is still
+    /// answered at once.
+    #[test]
+    fn a_fetch_waiting_for_its_partitions_lock_leaves_the_workers_serving() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let ctx = ctx(dir.path()).await;
+            let storage = ctx.storage.clone();
+            tokio::task::spawn_blocking(move || storage.create_topic("t", 1).map(drop))
+                .await
+                .unwrap()
+                .unwrap();
+            let value = vec![3u8; 100];
+            let batch = crate::storage::batch::tests::make_batch(0, &[&value]);
+            let acked = ctx
+                .storage
+                .submit("t", 0, &batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            acked.await.unwrap().unwrap();
+
+            const HELD: Duration = Duration::from_secs(2);
+            let partition = ctx.storage.partition("t", 0).unwrap();
+            let (held_tx, held) = std::sync::mpsc::channel();
+            let holder = std::thread::spawn(move || {
+                let _log = partition.hold_log();
+                held_tx.send(()).unwrap();
+                std::thread::sleep(HELD);
+            });
+            held.recv().unwrap();
+            let locked = std::time::Instant::now();
+            let (mut fetcher, _stop_fetcher) = serve_in_memory(Arc::clone(&ctx));
+            fetcher.write_all(&fetch_frame(1 << 20)).await.unwrap();
+            // The worker takes the Fetch up meanwhile (this thread is not a
+            // worker: blocking it stops nothing).
+            std::thread::sleep(Duration::from_millis(300));
+            let (mut other, _stop_other) = serve_in_memory(Arc::clone(&ctx));
+            let asked = std::time::Instant::now();
+            other
+                .write_all(&frame(ApiKey::ApiVersions, 3, "c", &ApiVersionsRequest::default()))
+                .await
+                .unwrap();
+            let mut len = [0u8; 4];
+            other.read_exact(&mut len).await.unwrap();
+            let answered = asked.elapsed();
+            assert!(i32::from_be_bytes(len) > 0);
+            assert!(
+                answered < Duration::from_secs(1),
+                "ApiVersions answered after {answered:?} while a Fetch waited for a partition lock held {HELD:?}"
+            );
+            // The Fetch is answered once the lock is free, with the batch.
+            let records = tokio::time::timeout(Duration::from_secs(10), fetched_records(&mut fetcher))
+                .await
+                .expect("the Fetch is answered once the lock is free");
+            assert_eq!(records, batch.len());
+            // It did wait for the lock (held from just before `locked`).
+            assert!(locked.elapsed() >= HELD - Duration::from_millis(200));
+            holder.join().unwrap();
+        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,6 +158,14 @@ pub struct Partition {
     /// so a reader outside the lock whose segment's file went knows it went
     /// (see [`Partition::lookup`]).
     segments_replaced: AtomicU64,
+    /// The first segment's base offset, set under `log` wherever the first
+    /// segment changes: with `deleted_below`, the log start offset without
+    /// taking `log` (see [`Partition::log_start_offset`]).
+    first_base: AtomicI64,
+    /// Bytes appended to the segments since the partition was opened (added
+    /// under `log`): what a waiting Fetch adds to the bytes it last found from
+    /// its offset, without taking `log` (see [`Partition::bytes_from_marked`]).
+    appended: AtomicU64,
     /// The broker-wide cache of read handles the sealed segments' logs are
     /// opened through.
     open_files: Arc<SegmentFiles>,
@@ -343,6 +351,7 @@ impl Partition {
             sync_dir(&dir)?;
         }
         let end = segments.last().map_or(0, Segment::next_offset);
+        let first_base = segments.first().map_or(0, Segment::base_offset);
         let deleted_below = load_log_start(&dir)?;
         Ok(Partition {
             topic: topic.to_string(),
@@ -352,6 +361,8 @@ impl Partition {
             segment_ms: AtomicU64::new(u64::MAX),
             log: Mutex::new(segments),
             segments_replaced: AtomicU64::new(0),
+            first_base: AtomicI64::new(first_base),
+            appended: AtomicU64::new(0),
             open_files: files,
             next_offset: AtomicI64::new(end),
             deleted_below: AtomicI64::new(deleted_below),
@@ -407,6 +418,7 @@ impl Partition {
             log[i] = scanned;
             self.segments_replaced.fetch_add(1, Ordering::SeqCst);
             let removed: Vec<Segment> = log.drain(i + 1..).collect();
+            self.note_first_segment(&log);
             for s in &removed {
                 s.remove_files()?;
             }
@@ -508,9 +520,29 @@ impl Partition {
             .sum()
     }
 
-    /// First offset still stored.
+    /// First offset still served (see `start_of`). Takes no lock: an append
+    /// holds `log` through a roll's `fdatasync`, and this is asked on the
+    /// server's async threads.
     pub fn log_start_offset(&self) -> i64 {
-        self.start_of(&self.log.lock().unwrap_or_else(PoisonError::into_inner))
+        self.first_base
+            .load(Ordering::Acquire)
+            .max(self.deleted_below.load(Ordering::Acquire))
+    }
+
+    /// Records where `log`, just changed at its front, now starts (the caller
+    /// holds the lock).
+    fn note_first_segment(&self, log: &[Segment]) {
+        self.first_base.store(
+            log.first().map_or(0, Segment::base_offset),
+            Ordering::Release,
+        );
+    }
+
+    /// Holds the partition's `log` lock until the result is dropped, as an
+    /// append does through a roll's `fdatasync` (tests).
+    #[cfg(test)]
+    pub(crate) fn hold_log(&self) -> impl Sized + '_ {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The first offset still served: the first segment's base, or above it
@@ -647,12 +679,15 @@ impl Partition {
             sync_dir(&self.dir)?;
             tracing::debug!(topic = %self.topic, partition = self.index, base, "rolled segment");
             log.push(seg);
+            self.note_first_segment(&log);
             self.snapshot_producers(base);
         }
         let seg = log
             .last_mut()
             .ok_or_else(|| Error::corrupt(&self.dir, 0, "partition has no segment"))?;
         seg.append(data, infos)?;
+        self.appended
+            .fetch_add(data.len() as u64, Ordering::Release);
         Ok(seg.next_offset())
     }
 
@@ -797,7 +832,9 @@ impl Partition {
             if n > 0 {
                 self.segments_replaced.fetch_add(1, Ordering::SeqCst);
             }
-            log.drain(..n).collect()
+            let removed = log.drain(..n).collect();
+            self.note_first_segment(&log);
+            removed
         };
         if removed.is_empty() {
             return Ok((0, 0));
@@ -1015,6 +1052,7 @@ impl Partition {
         seg.set_max_timestamp(max_timestamp);
         seg.seal(&self.open_files);
         log.splice(i..i + group.len(), [seg]);
+        self.note_first_segment(&log);
         Ok(true)
     }
 
@@ -1180,7 +1218,30 @@ impl Partition {
     /// past the high watermark included, so never less). 0 when `offset` is
     /// at or past the end.
     pub fn bytes_from(&self, offset: i64) -> u64 {
+        Self::bytes_in(
+            &self.log.lock().unwrap_or_else(PoisonError::into_inner),
+            offset,
+        )
+    }
+
+    /// [`Partition::bytes_from`], and [`Partition::appended_bytes`] at the
+    /// same moment: the bytes appended after it add to those from `offset`.
+    pub fn bytes_from_marked(&self, offset: i64) -> (u64, u64) {
         let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            Self::bytes_in(&log, offset),
+            self.appended.load(Ordering::Acquire),
+        )
+    }
+
+    /// Bytes appended to the segments since the partition was opened; takes
+    /// no lock.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    /// [`Partition::bytes_from`] over `log`.
+    fn bytes_in(log: &[Segment], offset: i64) -> u64 {
         let i = log
             .partition_point(|s| s.base_offset() <= offset)
             .saturating_sub(1);

@@ -153,37 +153,40 @@ fn end_offset(records: &[u8], from: i64) -> i64 {
 
 /// One read pass within what the Fetch memory budget gives (see
 /// [`fetch_memory`](crate::server::fetch_memory)), on a blocking thread: the
-/// pass and the lease holding its record bytes, which the read keeps (so an
-/// abandoned Fetch gives them back only once its read has ended).
+/// pass, the lease holding its record bytes, which the read keeps (so an
+/// abandoned Fetch gives them back only once its read has ended), and what
+/// each partition held from its fetch offset when the pass began (see
+/// [`Held`]). Every partition lock is taken there, none on the async thread:
+/// an append holds its partition's lock through a segment roll's `fdatasync`.
 async fn read_pass(
     ctx: &Ctx,
     wants: &std::sync::Arc<Vec<Want>>,
     max_bytes: i64,
     version: i16,
-) -> (Pass, Lease) {
-    // What the read could return, not the whole `max_bytes`: a Fetch near the
-    // end of its partitions leaves the rest of the budget to others.
-    let could_read = readable_bytes(&ctx.storage, wants);
-    let mut lease = ctx
-        .fetch_memory
-        .take_up_to(u64::try_from(max_bytes).unwrap_or(0).min(could_read));
-    let granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
+) -> (Pass, Lease, Vec<Held>) {
     let storage = ctx.storage.clone();
+    let memory = std::sync::Arc::clone(&ctx.fetch_memory);
     let w = std::sync::Arc::clone(wants);
     ctx.metrics.fetch_read();
     let pass = tokio::task::spawn_blocking(move || {
+        let held = holdings(&storage, &w);
+        // What the read could return, not the whole `max_bytes`: a Fetch near
+        // the end of its partitions leaves the rest of the budget to others.
+        let could_read = readable_bytes(&w, &held);
+        let mut lease = memory.take_up_to(u64::try_from(max_bytes).unwrap_or(0).min(could_read));
+        let granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
         let pass = read_all(&storage, &w, max_bytes, granted, version);
         // What was read, no more: a first batch beyond the grant overdraws.
         lease.settle(u64::try_from(pass.total).unwrap_or(0));
-        (pass, lease)
+        (pass, lease, held)
     })
     .await;
     match pass {
-        Ok((pass, lease)) => {
+        Ok((pass, lease, held)) => {
             if pass.cut {
                 ctx.metrics.fetch_cut_by_memory();
             }
-            (pass, lease)
+            (pass, lease, held)
         }
         Err(e) => {
             tracing::error!(error = %e, "fetch task failed");
@@ -193,29 +196,77 @@ async fn read_pass(
                 errors: true,
                 cut: false,
             };
-            (nothing, ctx.fetch_memory.take_up_to(0))
+            (nothing, ctx.fetch_memory.take_up_to(0), Vec::new())
         }
     }
 }
 
-/// At most how many record bytes a read pass over `wants` could return: each
-/// partition's bytes from its fetch offset on, within its `partition_max_bytes`.
-fn readable_bytes(storage: &TopicManager, wants: &[Want]) -> u64 {
+/// What a wanted partition held from its fetch offset at a moment:
+/// its bytes from there to the log end (see
+/// [`Partition::bytes_from`](crate::storage::partition::Partition::bytes_from)),
+/// and its count of appended bytes then; `None` for no such partition.
+type Held = Option<(u64, u64)>;
+
+/// [`Held`] for each wanted partition, in order (takes each partition's lock).
+fn holdings(storage: &TopicManager, wants: &[Want]) -> Vec<Held> {
     wants
         .iter()
         .flat_map(|w| {
-            w.partitions.iter().map(move |&(index, offset, pmax)| {
-                storage.partition(&w.topic.0, index).map_or(0, |p| {
-                    p.bytes_from(offset).min(u64::try_from(pmax).unwrap_or(0))
-                })
+            w.partitions.iter().map(move |&(index, offset, _)| {
+                storage
+                    .partition(&w.topic.0, index)
+                    .map(|p| p.bytes_from_marked(offset))
+            })
+        })
+        .collect()
+}
+
+/// Each wanted partition's `partition_max_bytes`, in the order of [`Held`].
+fn limits(wants: &[Want]) -> impl Iterator<Item = u64> + '_ {
+    wants.iter().flat_map(|w| {
+        w.partitions
+            .iter()
+            .map(|&(.., pmax)| u64::try_from(pmax).unwrap_or(0))
+    })
+}
+
+/// At most how many record bytes a read pass over `wants` could return, given
+/// what they `held`: each partition's bytes from its fetch offset on, within
+/// its `partition_max_bytes`.
+fn readable_bytes(wants: &[Want], held: &[Held]) -> u64 {
+    limits(wants)
+        .zip(held)
+        .map(|(pmax, h)| h.map_or(0, |(bytes, _)| bytes.min(pmax)))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// [`readable_bytes`] now, without taking any partition lock: what each
+/// partition `held` at the last pass plus what was appended to it since, each
+/// within its `partition_max_bytes`, as Kafka's DelayedFetch adds up the bytes
+/// between each fetch offset and the log end. An estimate from above (bytes
+/// appended but not yet below the high watermark count), as a read of at most
+/// that much.
+fn readable_now(storage: &TopicManager, wants: &[Want], held: &[Held]) -> u64 {
+    let partitions = wants
+        .iter()
+        .flat_map(|w| w.partitions.iter().map(move |&(index, ..)| (w, index)));
+    partitions
+        .zip(limits(wants))
+        .zip(held)
+        .map(|(((w, index), pmax), h)| {
+            let Some((bytes, mark)) = *h else { return 0 };
+            storage.partition(&w.topic.0, index).map_or(0, |p| {
+                let since = p.appended_bytes().saturating_sub(mark);
+                bytes.saturating_add(since).min(pmax)
             })
         })
         .fold(0u64, u64::saturating_add)
 }
 
 /// Where each wanted partition's readable log starts and ends (`None`: no such
-/// partition): what a read pass depends on. A long poll reads again only when
-/// these move, not at every append to any partition of the broker.
+/// partition): what a read pass depends on. A long poll looks again only when
+/// these move, not at every append to any partition of the broker. Takes no
+/// partition lock.
 fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> {
     wants
         .iter()
@@ -227,6 +278,20 @@ fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> 
             })
         })
         .collect()
+}
+
+/// Whether a long poll must read again now that its partitions are at `now`
+/// rather than `seen`: a partition that appeared or went, whose log start
+/// moved (the fetch offset may have left the log) or whose end went back
+/// calls for a read whatever the bytes; records appended only add to
+/// [`readable_now`].
+fn must_read(seen: &[Option<(i64, i64)>], now: &[Option<(i64, i64)>]) -> bool {
+    seen.len() != now.len()
+        || seen.iter().zip(now).any(|(s, n)| match (s, n) {
+            (Some((start, hw)), Some((now_start, now_hw))) => start != now_start || now_hw < hw,
+            (None, None) => false,
+            _ => true,
+        })
 }
 
 /// A Fetch: the response, and the lease on the Fetch memory budget that its
@@ -258,39 +323,70 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
     let deadline = Instant::now()
         + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
     let mut changes = ctx.storage.subscribe();
+    // Set once the server stops serving: a long poll then answers as at its
+    // deadline, rather than hold the shutdown for up to `max_wait`.
+    let mut stopping = ctx.stopping.subscribe();
     let answer = |pass: Pass, lease: Lease| {
         let response = FetchResponse::default()
             .with_responses(pass.topics)
             .with_session_id(0);
         (response, lease)
     };
+    let wanted = u64::try_from(min_bytes).unwrap_or(0);
+    // Whether this pass was called for by the estimate of what the partitions
+    // hold reaching `min_bytes`: it answers with what it read, as Kafka's
+    // DelayedFetch completes once its estimate is reached.
+    let mut enough = false;
     loop {
         changes.borrow_and_update();
         // Before the read: an append between the two then still counts as a move.
-        let seen = positions(&ctx.storage, &wants);
-        let (pass, lease) = read_pass(ctx, &wants, max_bytes, version).await;
+        let mut seen = positions(&ctx.storage, &wants);
+        let (pass, lease, held) = read_pass(ctx, &wants, max_bytes, version).await;
         // A pass the memory budget cut short answers now: what it left is
         // there to read, and waiting for a change would sit out `max_wait`.
-        let done = pass.errors || pass.cut || pass.total >= min_bytes || Instant::now() >= deadline;
+        let done = enough
+            || pass.errors
+            || pass.cut
+            || pass.total >= min_bytes
+            || Instant::now() >= deadline
+            || *stopping.borrow();
         if done {
             return answer(pass, lease);
         }
-        // A long poll holds no memory while it waits.
+        // A long poll holds no memory while it waits, and reads nothing: as
+        // Kafka's DelayedFetch, it reads again once what its partitions hold
+        // adds up to `min_bytes`, not at each append to them (each read would
+        // take up to all it had read before, again).
         drop((pass, lease));
-        let moved = loop {
-            let wait = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
-            if !matches!(wait, Ok(Ok(()))) {
-                break false;
+        let woke = loop {
+            let changed = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stop| *stop) => false,
+                c = tokio::time::timeout_at(deadline.into(), changes.changed()) => matches!(c, Ok(Ok(()))),
+            };
+            if !changed {
+                break None;
             }
             changes.borrow_and_update();
-            if positions(&ctx.storage, &wants) != seen {
-                break true;
+            let now = positions(&ctx.storage, &wants);
+            if now == seen {
+                continue;
             }
+            if must_read(&seen, &now) {
+                break Some(false);
+            }
+            if readable_now(&ctx.storage, &wants, &held) >= wanted {
+                break Some(true);
+            }
+            seen = now;
         };
-        if !moved {
-            // Deadline (or storage gone): one last read, then answer.
-            let (pass, lease) = read_pass(ctx, &wants, max_bytes, version).await;
-            return answer(pass, lease);
+        match woke {
+            Some(estimated) => enough = estimated,
+            None => {
+                // Deadline, shutdown (or storage gone): one last read, then answer.
+                let (pass, lease, _) = read_pass(ctx, &wants, max_bytes, version).await;
+                return answer(pass, lease);
+            }
         }
     }
 }
@@ -421,7 +517,7 @@ mod tests {
             }
         });
         let len = batch.len() as u64;
-        let ask = |w: &[Want]| readable_bytes(&storage, w);
+        let ask = |w: &[Want]| readable_bytes(w, &holdings(&storage, w));
         assert_eq!(ask(&[want("t", &[(0, 0, 1 << 20)])]), 3 * len);
         // From the second batch on; an offset past the end holds nothing.
         assert_eq!(ask(&[want("t", &[(0, 1, 1 << 20)])]), 2 * len);

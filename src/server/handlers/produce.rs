@@ -301,6 +301,7 @@ mod tests {
                 c.server.fetch_response_memory_bytes,
             ),
             security: Arc::new(Security::load(&c.server).unwrap()),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
