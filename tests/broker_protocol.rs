@@ -616,8 +616,8 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("defaults".into(), 0, 3, 1, Some(12)),
-            ("two".into(), 0, 2, 1, Some(12)),
+            ("defaults".into(), 0, 3, 1, Some(14)),
+            ("two".into(), 0, 2, 1, Some(14)),
             ("bad name!".into(), 17, -1, -1, Some(0)),
             ("replicated".into(), 38, -1, -1, Some(0)),
         ]
@@ -628,7 +628,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
             .iter()
             .map(described)
             .collect::<Vec<_>>(),
-        vec![("dry".into(), 0, 3, 1, Some(12))],
+        vec![("dry".into(), 0, 3, 1, Some(14))],
         "a dry run describes the topic it would create"
     );
 
@@ -641,7 +641,7 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
     assert_eq!(
         r.iter().map(described).collect::<Vec<_>>(),
         vec![
-            ("v7".into(), 0, 4, 1, Some(12)),
+            ("v7".into(), 0, 4, 1, Some(14)),
             ("defaults".into(), 36, -1, -1, Some(0)), // TOPIC_ALREADY_EXISTS
         ]
     );
