@@ -325,9 +325,9 @@ pub struct Produced {
     /// delta), which the header's `max_timestamp` should be but the client sets
     /// and only the CRC, which the client computes too, covers.
     pub max_timestamp: i64,
-    /// The smallest timestamp of its records (-1 for records without
-    /// timestamps).
-    pub min_timestamp: i64,
+    /// The smallest timestamp of its records that have one (a record's
+    /// timestamp of -1 says it has none); `None` when none has.
+    pub min_timestamp: Option<i64>,
 }
 
 /// Whether [`validate_produce`] of `buf` may take long enough that an async
@@ -392,12 +392,12 @@ pub fn validate_produce_by(
     } else {
         BatchError::BadPayload { codec }
     })?;
-    let (first_keyless, min_delta, max_delta) = walk_records(&payload, count)?;
     let first = be_i64(buf, BASE_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?;
+    let (first_keyless, min_timestamp, max_delta) = walk_records(&payload, count, first)?;
     Ok(Produced {
         info,
         first_keyless,
-        min_timestamp: first.saturating_add(min_delta),
+        min_timestamp,
         max_timestamp: first.saturating_add(max_delta),
     })
 }
@@ -424,12 +424,17 @@ fn skip_bytes(b: &[u8], at: &mut usize, nullable: bool) -> Option<bool> {
 /// length, attributes, timestamp delta, offset delta (its index), key, value and
 /// headers. Returns the index of the first record without a key and the largest
 /// timestamp delta.
-/// Walks the records of a batch: the index of its first record without a key,
-/// and the smallest and largest timestamp deltas.
-fn walk_records(payload: &[u8], count: i32) -> Result<(Option<i32>, i64, i64), BatchError> {
+/// Walks the records of a batch whose first timestamp is `first`: the index of
+/// its first record without a key, the smallest record timestamp other than -1
+/// (records without timestamps), and the largest timestamp delta.
+fn walk_records(
+    payload: &[u8],
+    count: i32,
+    first: i64,
+) -> Result<(Option<i32>, Option<i64>, i64), BatchError> {
     let mut first_keyless = None;
     let mut max_delta = i64::MIN;
-    let mut min_delta = i64::MAX;
+    let mut min_timestamp: Option<i64> = None;
     let mut at = 0usize;
     for index in 0..count {
         let bad = |what| BatchError::BadRecord { index, what };
@@ -446,7 +451,10 @@ fn walk_records(payload: &[u8], count: i32) -> Result<(Option<i32>, i64, i64), B
             (r <= record.len()).then_some(())?;
             let ts_delta = varlong(record, &mut r)?;
             max_delta = max_delta.max(ts_delta);
-            min_delta = min_delta.min(ts_delta);
+            let ts = first.saturating_add(ts_delta);
+            if ts != -1 {
+                min_timestamp = Some(min_timestamp.map_or(ts, |m| m.min(ts)));
+            }
             let delta = varint(record, &mut r)?;
             let keyless = skip_bytes(record, &mut r, true)?;
             skip_bytes(record, &mut r, true)?; // value
@@ -476,8 +484,8 @@ fn walk_records(payload: &[u8], count: i32) -> Result<(Option<i32>, i64, i64), B
             what: RecordFault::BeyondCount,
         });
     }
-    // At least one record (the count was checked): both deltas are theirs.
-    Ok((first_keyless, min_delta, max_delta))
+    // At least one record (the count was checked): `max_delta` is one of theirs.
+    Ok((first_keyless, min_timestamp, max_delta))
 }
 
 /// Sets the `max_timestamp` of the batch `b` (one whole batch) and its CRC.

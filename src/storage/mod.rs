@@ -1480,11 +1480,12 @@ impl TopicManager {
                 produced.max_timestamp
             )));
         }
-        if let Some(behind) = t.configs.timestamp_before_max_ms() {
-            if produced.min_timestamp >= 0 && produced.min_timestamp < now.saturating_sub(behind) {
+        if let (Some(behind), Some(oldest)) =
+            (t.configs.timestamp_before_max_ms(), produced.min_timestamp)
+        {
+            if oldest < now.saturating_sub(behind) {
                 return Err(ProduceError::InvalidTimestamp(format!(
-                    "record timestamp {} is more than {behind} ms behind the broker's clock (topic {topic}'s message.timestamp.before.max.ms)",
-                    produced.min_timestamp
+                    "record timestamp {oldest} is more than {behind} ms behind the broker's clock (topic {topic}'s message.timestamp.before.max.ms)"
                 )));
             }
         }
@@ -2009,6 +2010,15 @@ mod tests {
             "bounded",
             &records(now - 86_400_000, &[0])
         )));
+        // A record without a timestamp (-1) exempts only itself, as in Kafka:
+        // not the day-old records beside it, nor a later record whose delta
+        // from a first timestamp of -1 dates it, nor other negative times.
+        let day_ago = now - 86_400_000;
+        let mixed = records(day_ago, &[0, -day_ago - 1]);
+        assert!(invalid(produce(&rt, &m, "bounded", &mixed)));
+        let dated = records(-1, &[0, 1_000_000_000_000]);
+        assert!(invalid(produce(&rt, &m, "bounded", &dated)));
+        assert!(invalid(produce(&rt, &m, "bounded", &records(-5, &[0]))));
         // Within both bounds, and records without timestamps.
         assert_eq!(
             produce(&rt, &m, "bounded", &records(now - 60_000, &[0, 30_000])),
