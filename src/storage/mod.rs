@@ -554,7 +554,10 @@ fn rebuild_from_wal(
         }
         let at: usize = infos[..first].iter().map(|i| i.len).sum();
         s.partition.append(&entry.data[at..], &infos[first..])?;
-        s.partition.producers().recover(&infos[first..]);
+        // Stored when the WAL took the entry.
+        s.partition
+            .producers()
+            .recover(&infos[first..], entry.timestamp);
         stats.rebuilt += (infos.len() - first) as u64;
         if short
             .iter()
@@ -696,7 +699,8 @@ fn replay_entry(
         );
     }
     p.append(&data[at..], rest)?;
-    p.producers().recover(rest);
+    // Stored when the WAL took the entry.
+    p.producers().recover(rest, entry.timestamp);
     stats.appended += rest.len() as u64;
     Ok(())
 }

@@ -20,11 +20,17 @@
 //! batches and what the WAL replay appends.
 //!
 //! A producer's idle time counts from its last batch: for a batch appended
-//! live, from when it was stored; for one read back at start-up (the newest
-//! segment's scan, the WAL replay), from the batch's largest record timestamp,
-//! as Kafka ages producers, so a restart does not make a day-old producer new
-//! again (a snapshot keeps the wall-clock time too). Clocks are wall-clock
-//! milliseconds, which a restart, a reboot included, keeps.
+//! live, from when it was stored; for one read back at start-up, from the
+//! later of the batch's largest record timestamp and a bound on when it was
+//! stored: the WAL entry's append time for the WAL replay (and the rebuild of
+//! flushed batches a crash took), the log file's last write for the newest
+//! segment's scan (every batch in it was stored by then). So a restart does not
+//! make a day-old producer new again (a snapshot keeps the wall-clock time
+//! too), and a producer that writes old timestamps (a mirror keeping its
+//! source's, a backfill) is not forgotten at a restart while its retries may
+//! still come: forgetting a producer too early stores its retries twice,
+//! keeping it too long costs only memory. Clocks are wall-clock milliseconds,
+//! which a restart, a reboot included, keeps.
 //!
 //! Idle producers are dropped by a sweep over the partition's map, which runs
 //! when an unknown producer is recorded and either [`SWEEP_INTERVAL`] has passed
@@ -267,24 +273,30 @@ impl ProducerState {
     /// Records batches just stored (offsets assigned): each producer's newest
     /// batches, used now.
     pub fn record(&mut self, infos: &[BatchInfo]) {
-        self.record_at(infos, super::segment::now_ms(), false);
+        self.record_at(infos, super::segment::now_ms(), None);
     }
 
     /// Records batches read back at start-up (a segment's scan, the WAL
-    /// replay), each producer used when its batch's largest record timestamp
-    /// says (no later than now; now for a batch without timestamps). A producer
-    /// whose batch is older than the expiry is forgotten.
-    pub fn recover(&mut self, infos: &[BatchInfo]) {
-        self.record_at(infos, super::segment::now_ms(), true);
+    /// replay), stored no later than `stored_by_ms` (wall-clock milliseconds:
+    /// the WAL entry's append time, the segment file's last write). Each
+    /// producer is used at the later of that and its batch's largest record
+    /// timestamp, no later than now. A producer whose batch is older than the
+    /// expiry by both is forgotten.
+    pub fn recover(&mut self, infos: &[BatchInfo], stored_by_ms: i64) {
+        self.record_at(infos, super::segment::now_ms(), Some(stored_by_ms));
     }
 
-    /// [`Self::record`] at `now_ms`; with `aged`, [`Self::recover`].
-    fn record_at(&mut self, infos: &[BatchInfo], now_ms: i64, aged: bool) {
+    /// [`Self::record`] at `now_ms`; with `read_back` (the `stored_by_ms`),
+    /// [`Self::recover`].
+    fn record_at(&mut self, infos: &[BatchInfo], now_ms: i64, read_back: Option<i64>) {
         for b in infos.iter().filter(|b| b.producer_id >= 0) {
-            let used_ms = if aged && b.max_timestamp >= 0 {
-                b.max_timestamp.min(now_ms)
-            } else {
-                now_ms
+            let used_ms = match read_back {
+                // Neither known: now.
+                Some(stored_by_ms) => match b.max_timestamp.max(stored_by_ms) {
+                    t if t < 0 => now_ms,
+                    t => t.min(now_ms),
+                },
+                None => now_ms,
             };
             if now_ms.saturating_sub(used_ms) >= EXPIRY_MS {
                 self.producers.remove(&b.producer_id);
@@ -576,7 +588,7 @@ mod tests {
             let mut b = template.clone();
             b[0].producer_id = id;
             b[0].base_offset = id;
-            st.record_at(&b, now_ms, false);
+            st.record_at(&b, now_ms, None);
         };
         // At most one sweep per doubling of the map (and one per minute).
         let bound = 2 + (n as f64).log2() as usize;
@@ -606,9 +618,9 @@ mod tests {
         // A producer idle past the expiry and not swept yet (the last sweep was
         // 20 s before) is unknown, and starts afresh when it comes back.
         let mut st = ProducerState::default();
-        st.record_at(&batch(7, 0, 0, 3, 0), t0, false);
+        st.record_at(&batch(7, 0, 0, 3, 0), t0, None);
         let t1 = t0 + EXPIRY_MS - 10_000;
-        st.record_at(&batch(8, 0, 0, 1, 3), t1, false);
+        st.record_at(&batch(8, 0, 0, 1, 3), t1, None);
         let t2 = t0 + EXPIRY_MS + 10_000;
         assert_eq!(
             st.check_at(&batch(7, 0, 0, 3, -1), t1),
@@ -616,7 +628,7 @@ mod tests {
         );
         assert_eq!(st.check_at(&batch(7, 0, 0, 3, -1), t2), Ok(Verdict::Append));
         assert_eq!(st.check_at(&batch(7, 0, 9, 1, -1), t2), Ok(Verdict::Append));
-        st.record_at(&batch(7, 0, 0, 3, 5), t2, false);
+        st.record_at(&batch(7, 0, 0, 3, 5), t2, None);
         assert_eq!(st.len(), 2, "not swept");
         assert_eq!(
             st.check_at(&batch(7, 0, 0, 3, -1), t2),
@@ -634,18 +646,21 @@ mod tests {
             b[0].max_timestamp = ts;
             b
         };
+        // Stored long ago: the timestamps decide.
+        let long_ago = now - 30 * hour;
         let mut st = ProducerState::default();
-        st.recover(&at(1, 0, now - 23 * hour));
-        st.recover(&at(2, 1, now - 25 * hour));
-        st.recover(&at(3, 2, -1));
-        st.recover(&at(4, 3, now + hour));
+        st.recover(&at(1, 0, now - 23 * hour), long_ago);
+        st.recover(&at(2, 1, now - 25 * hour), long_ago);
+        st.recover(&at(3, 2, -1), -1);
+        st.recover(&at(4, 3, now + hour), long_ago);
         let ids = |st: &ProducerState| st.describe().iter().map(|d| d.0).collect::<Vec<_>>();
         // 2 was idle past the expiry when its batch was written.
         assert_eq!(ids(&st), vec![1, 3, 4]);
         assert_eq!(st.producers[&1].last_used_ms, now - 23 * hour);
-        // Without a timestamp, or one ahead of the clock: used now.
-        assert_eq!(st.producers[&3].last_used_ms, now);
-        assert_eq!(st.producers[&4].last_used_ms, now);
+        // Neither a timestamp nor a time stored by, or a timestamp ahead of the
+        // clock: used now.
+        assert!(st.producers[&3].last_used_ms >= now);
+        assert!(st.producers[&4].last_used_ms >= now);
         // Two hours on, 1 has expired (a day after its batch), 3 and 4 have not.
         assert_eq!(
             st.check_at(&batch(1, 0, 7, 1, -1), now + 2 * hour),
@@ -653,7 +668,7 @@ mod tests {
         );
         assert!(st.check_at(&batch(3, 0, 7, 1, -1), now + 2 * hour).is_err());
         // A newer batch of a producer read back ages it from that batch.
-        st.recover(&at(1, 5, now - hour));
+        st.recover(&at(1, 5, now - hour), long_ago);
         assert_eq!(st.producers[&1].last_used_ms, now - hour);
         // A snapshot keeps when the producer was used, not when it was read.
         let snap = st.snapshot_below(10);
@@ -662,6 +677,38 @@ mod tests {
         // Batches stored live are used now, whatever their timestamps.
         st.record(&at(5, 6, now - 25 * hour));
         assert_eq!(ids(&st), vec![1, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_batch_read_back_dates_its_producer_no_earlier_than_it_was_stored() {
+        let now = crate::storage::segment::now_ms();
+        let hour = 3_600_000;
+        let at = |pid: i64, base: i64, ts: i64| {
+            let mut b = batch(pid, 0, 0, 1, base);
+            b[0].max_timestamp = ts;
+            b
+        };
+        let mut st = ProducerState::default();
+        // Timestamps two days old (a mirror keeping its source's), stored a
+        // minute ago: known, idle for a minute.
+        st.recover(&at(1, 0, now - 48 * hour), now - 60_000);
+        // Without timestamps: from when it was stored.
+        st.recover(&at(2, 1, -1), now - 2 * hour);
+        // Stored more than a day ago, whatever its timestamp says: forgotten.
+        st.recover(&at(3, 2, now - 48 * hour), now - 25 * hour);
+        st.recover(&at(4, 3, -1), now - 25 * hour);
+        let ids: Vec<i64> = st.describe().iter().map(|d| d.0).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(st.producers[&1].last_used_ms, now - 60_000);
+        assert_eq!(st.producers[&2].last_used_ms, now - 2 * hour);
+        assert_eq!(
+            st.check(&batch(1, 0, 0, 1, -1)),
+            Ok(Verdict::Duplicate(0)),
+            "its retry is recognised"
+        );
+        // A time stored by that is ahead of the clock counts as now.
+        st.recover(&at(5, 4, now - 48 * hour), now + hour);
+        assert!(st.producers[&5].last_used_ms <= crate::storage::segment::now_ms());
     }
 
     #[test]
@@ -912,8 +959,19 @@ pub(crate) mod pipeline_tests {
         assert_eq!(produce(&rt, &m, &old(2, 23)), Ok(1));
         // Stored live: used now.
         assert_eq!(ids(&m), vec![1, 2]);
+        let (segment, _) = m.partition("t", 0).unwrap().newest_segment().unwrap();
         m.shutdown().unwrap();
         drop(m);
+        // The batches were stored 30 hours ago (the segment last written then),
+        // so their timestamps decide.
+        let stored =
+            std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(now - 30 * hour).unwrap());
+        std::fs::File::options()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_modified(stored)
+            .unwrap();
 
         // The newest segment's scan: 1's batch is more than a day old.
         let m = TopicManager::new(config(tmp.path())).unwrap();
@@ -921,19 +979,67 @@ pub(crate) mod pipeline_tests {
         m.shutdown().unwrap();
         drop(m);
 
-        // The WAL replay likewise (batches the segments lacked at a crash).
+        // The WAL replay likewise (batches the segments lacked at a crash),
+        // appended to the WAL 30 hours ago.
         let (wal, _) =
             crate::wal::Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
         for (pid, hours, base) in [(3, 25, 2), (4, 23, 3)] {
             let mut b = old(pid, hours);
             let infos = batch::validate_all(&b).unwrap();
             batch::assign_offsets(&mut b, &infos, base);
-            wal.append("t", 0, bytes::Bytes::from(b)).wait().unwrap();
+            wal.append_stamped("t", 0, bytes::Bytes::from(b), now - 30 * hour)
+                .wait()
+                .unwrap();
         }
         wal.close().unwrap();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
         assert_eq!(ids(&m), vec![2, 4]);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_producer_writing_day_old_timestamps_is_known_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Records written two days ago by their producers' clocks (as a mirror
+        // keeps its source's timestamps), each batch stored now.
+        let two_days_ago = crate::storage::segment::now_ms() - 48 * 3_600_000;
+        let old = |pid: i64| {
+            batch::tests::with_timestamp(
+                make_producer_batch(0, &[b"r", b"s"], pid, 0, 0),
+                two_days_ago,
+            )
+        };
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &old(1)), Ok(0));
+        m.shutdown().unwrap();
+        drop(m);
+
+        // Clean restart: the newest segment's scan finds the batch.
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(produce(&rt, &m, &old(1)), Ok(0), "a retry, not a new batch");
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 2);
+        m.shutdown().unwrap();
+        drop(m);
+
+        // The batch only in the WAL (as after a kill before the segment had
+        // it): the replay stores it again.
+        let mut b = old(2);
+        let infos = batch::validate_all(&b).unwrap();
+        batch::assign_offsets(&mut b, &infos, 2);
+        let (wal, _) =
+            crate::wal::Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        wal.append("t", 0, bytes::Bytes::from(b)).wait().unwrap();
+        wal.close().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
+        assert_eq!(produce(&rt, &m, &old(2)), Ok(2), "a retry, not a new batch");
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
         m.shutdown().unwrap();
     }
 

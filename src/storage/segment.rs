@@ -545,6 +545,12 @@ pub struct Segment {
     first_timestamp: i64,
     /// Wall-clock milliseconds when this segment was created or opened.
     opened_ms: i64,
+    /// Wall-clock milliseconds by which every batch it held when opened had
+    /// been stored: the log file's modification time as found (before the open
+    /// syncs, rebuilds or cuts it); now for a created segment, or when the
+    /// filesystem does not say. Idempotent producers read back at start-up are
+    /// aged from no earlier than this (see [`super::producers`]).
+    stored_by_ms: i64,
 }
 
 /// The files a segment holds open while it is written, or sealed but not yet
@@ -580,6 +586,14 @@ impl Drop for Segment {
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
+/// A file's modification time in milliseconds since the Unix epoch, if the
+/// filesystem says.
+fn modified_ms(meta: &std::fs::Metadata) -> Option<i64> {
+    let t = meta.modified().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -938,6 +952,7 @@ impl Segment {
             max_timestamp_exact: true,
             first_timestamp: -1,
             opened_ms: now_ms(),
+            stored_by_ms: now_ms(),
         })
     }
 
@@ -1004,6 +1019,7 @@ impl Segment {
             max_timestamp_exact: false,
             first_timestamp: -1,
             opened_ms: now_ms(),
+            stored_by_ms: modified_ms(&meta).unwrap_or_else(now_ms),
         };
         if scan {
             seg.settle_earlier_writes()?;
@@ -1179,7 +1195,7 @@ impl Segment {
                 position: pos,
             });
             if let Some(p) = producers.as_deref_mut() {
-                p.recover(std::slice::from_ref(&info));
+                p.recover(std::slice::from_ref(&info), self.stored_by_ms);
             }
             if index.len() == 1 {
                 self.first_timestamp = info.max_timestamp;
@@ -1429,7 +1445,9 @@ impl Segment {
     }
 
     /// Records in `producers` the idempotent producers' batches among the last
-    /// `batches` of this segment, oldest first (one header read each).
+    /// `batches` of this segment, oldest first (one header read each), as
+    /// batches read back at start-up: stored by when the log was last written
+    /// before it was opened.
     ///
     /// # Errors
     /// I/O errors naming the file (a sealed segment's log is opened on demand).
@@ -1448,7 +1466,7 @@ impl Segment {
             log.read_exact_at(&mut head, e.position)
                 .map_err(|err| Error::io("read", &self.log_path, err))?;
             if let Ok(info) = batch::parse_header(&head) {
-                producers.recover(std::slice::from_ref(&info));
+                producers.recover(std::slice::from_ref(&info), self.stored_by_ms);
             }
         }
         Ok(())
@@ -1493,9 +1511,7 @@ impl Segment {
             LogFiles::Open(held) | LogFiles::SealedOpen(held, _) => held.log.metadata(),
             LogFiles::Sealed(_) => std::fs::metadata(&self.log_path),
         };
-        let t = meta.and_then(|m| m.modified()).ok()?;
-        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-        i64::try_from(d.as_millis()).ok()
+        modified_ms(&meta.ok()?)
     }
 
     /// How long this segment has been taking records, as Kafka judges when to roll

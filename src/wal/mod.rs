@@ -680,10 +680,39 @@ impl Wal {
     }
 
     fn send_reserved(&self, entries: Entries, bytes: usize) -> Completion {
+        self.send_reserved_at(entries, bytes, files::now_ms())
+    }
+
+    /// [`Wal::append`] of an entry stamped `timestamp_ms` rather than now, for
+    /// tests of what start-up makes of an entry's age.
+    #[cfg(test)]
+    pub(crate) fn append_stamped(
+        &self,
+        topic: &str,
+        partition: i32,
+        data: Bytes,
+        timestamp_ms: i64,
+    ) -> Completion {
+        let core = &self.inner.core;
+        let reserved = self.check_record(topic, &data).and_then(|bytes| {
+            core.check_usable()?;
+            core.reserve_blocking(bytes)?;
+            Ok(bytes)
+        });
+        match reserved {
+            Ok(bytes) => {
+                self.send_reserved_at(Entries::record(topic, partition, data), bytes, timestamp_ms)
+            }
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Sends an append whose room is reserved, its entries stamped `timestamp`.
+    fn send_reserved_at(&self, entries: Entries, bytes: usize, timestamp: i64) -> Completion {
         let (c, slot) = self.inner.core.completion();
         let req = Request::Append {
             entries,
-            timestamp: files::now_ms(),
+            timestamp,
             bytes,
             done: Completer::new(slot),
         };

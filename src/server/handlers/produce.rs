@@ -71,6 +71,12 @@ fn message(e: &ProduceError) -> String {
 /// InitProducerId: a new producer id at epoch 0 for an idempotent producer, as Kafka
 /// answers one without a transactional id (a producer re-initialising after an
 /// error gets a new id too). Transactions are not supported.
+///
+/// When no id can be handed out (the reservation in `producer-ids.json` could
+/// not be stored) the answer is `COORDINATOR_LOAD_IN_PROGRESS`, as Kafka's
+/// producer id manager answers while it has no block of ids: clients retry it
+/// as it is. `COORDINATOR_NOT_AVAILABLE` would send the Java client looking up
+/// a transaction coordinator for a producer that has no transactional id.
 pub(crate) async fn init_producer_id(
     ctx: &Arc<Ctx>,
     req: &InitProducerIdRequest,
@@ -94,11 +100,11 @@ pub(crate) async fn init_producer_id(
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "could not allocate a producer id");
-            r.with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
+            r.with_error_code(codes::COORDINATOR_LOAD_IN_PROGRESS)
         }
         Err(e) => {
             tracing::error!(error = %e, "producer id task failed");
-            r.with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
+            r.with_error_code(codes::COORDINATOR_LOAD_IN_PROGRESS)
         }
     }
 }
@@ -284,14 +290,8 @@ mod tests {
         storage::{batch::tests::make_batch, TopicManager},
     };
 
-    #[test]
-    fn the_capacity_wait_is_bounded_once_per_request_not_once_per_partition() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.storage.data_dir = tmp.path().to_path_buf();
-        let storage = TopicManager::new(c.clone()).unwrap();
-        storage.create_topic("t", 5).unwrap();
-        let ctx = Arc::new(Ctx {
+    fn context(storage: &TopicManager, c: &Config) -> Arc<Ctx> {
+        Arc::new(Ctx {
             storage: storage.clone(),
             groups: Arc::new(GroupCoordinator::new(&c.groups)),
             host: "localhost".into(),
@@ -302,7 +302,51 @@ mod tests {
             ),
             security: Arc::new(Security::load(&c.server).unwrap()),
             stopping: tokio::sync::watch::Sender::new(false),
-        });
+        })
+    }
+
+    #[test]
+    fn a_producer_id_that_cannot_be_allocated_is_answered_with_a_code_clients_retry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c.clone()).unwrap();
+        let ctx = context(&storage, &c);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The reservation cannot be stored: a directory stands where the file
+        // is renamed to.
+        let ids = tmp
+            .path()
+            .join(crate::storage::producers::ProducerIds::FILE);
+        std::fs::create_dir(&ids).unwrap();
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000);
+        let r = rt.block_on(init_producer_id(&ctx, &req));
+        // Kafka's answer while its producer id manager has no block of ids; the
+        // Java client retries it, where COORDINATOR_NOT_AVAILABLE sends it
+        // looking for a transaction coordinator.
+        assert_eq!(r.error_code, codes::COORDINATOR_LOAD_IN_PROGRESS);
+        assert_eq!((r.producer_id.0, r.producer_epoch), (-1, -1));
+        // Retried once the reservation can be stored: an id.
+        std::fs::remove_dir(&ids).unwrap();
+        let r = rt.block_on(init_producer_id(&ctx, &req));
+        assert_eq!(r.error_code, codes::NONE);
+        assert_eq!((r.producer_id.0, r.producer_epoch), (0, 0));
+        storage.shutdown().unwrap();
+    }
+
+    #[test]
+    fn the_capacity_wait_is_bounded_once_per_request_not_once_per_partition() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c.clone()).unwrap();
+        storage.create_topic("t", 5).unwrap();
+        let ctx = context(&storage, &c);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
