@@ -40,6 +40,7 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         version: 1,
         ..RecoveryPoints::default()
     };
+    let mut synced = Vec::with_capacity(topics.len());
     for t in topics {
         let ends = topic_points(&t);
         for p in &t.partitions {
@@ -48,6 +49,7 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
                 return Err(e);
             }
         }
+        synced.push((Arc::clone(&t), ends.ends.clone()));
         points.topics.insert(t.name.clone(), ends);
     }
     // A segment that failed meanwhile (an append's roll) may hold less than the
@@ -58,6 +60,13 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         if *stored != points {
             recovery_points::store(&shared.config.storage.data_dir, &points)?;
             *stored = points;
+        }
+    }
+    // The recovery points are durable: producer snapshots below them are read
+    // by no start any more.
+    for (t, ends) in &synced {
+        for (p, &end) in t.partitions.iter().zip(ends) {
+            p.drop_snapshots_below(end);
         }
     }
     if let Some(wal) = &shared.wal {

@@ -6,6 +6,7 @@
 //! configured sync mode could still lose.
 
 use std::{
+    collections::BTreeSet,
     fs::File,
     path::{Path, PathBuf},
     sync::{
@@ -195,6 +196,9 @@ pub struct Partition {
     /// A producer snapshot written since the last [`Partition::sync`], which
     /// makes it durable.
     unsynced_snapshot: Mutex<Option<PathBuf>>,
+    /// The base offsets of the producer snapshots on disk (found at open, or
+    /// written since), for [`Partition::drop_snapshots_below`].
+    snapshots: Mutex<BTreeSet<i64>>,
     /// Idempotent producers' last batches (judged and updated by the submit thread).
     producers: Mutex<ProducerState>,
     /// Offsets below this were in segments the last compaction pass covered.
@@ -295,6 +299,7 @@ impl Partition {
         // A compaction a crash interrupted after its copy was complete.
         segment::recover_swaps(&dir)?;
         let mut bases = Vec::new();
+        let mut snapshots = BTreeSet::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let entry = entry.map_err(|e| Error::io("read_dir", &dir, e))?;
             let name = entry.file_name();
@@ -303,6 +308,11 @@ impl Partition {
                 if let Ok(base) = stem.parse::<i64>() {
                     bases.push(base);
                 }
+            } else if let Some(base) = name
+                .strip_suffix(".producers")
+                .and_then(|stem| stem.parse::<i64>().ok())
+            {
+                snapshots.insert(base);
             } else if name.ends_with(".producers-tmp")
                 || name.ends_with(segment::CLEANING_SUFFIX)
                 || name.ends_with(segment::REBUILD_SUFFIX)
@@ -314,6 +324,18 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        // A snapshot whose segment is gone (its removal undone by a crash
+        // before the directory was synced) is never read: removed.
+        let orphans: Vec<i64> = snapshots
+            .iter()
+            .copied()
+            .filter(|b| bases.binary_search(b).is_err())
+            .collect();
+        for base in orphans {
+            snapshots.remove(&base);
+            let path = dir.join(segment::producers_name(base));
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        }
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
@@ -373,6 +395,7 @@ impl Partition {
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
             unsynced_snapshot: Mutex::new(None),
+            snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
             swap_unloaded: OnceLock::new(),
@@ -575,6 +598,13 @@ impl Partition {
     /// fsynced only by the next [`Partition::sync`] (the next checkpoint): a
     /// start-up that finds it missing or unreadable falls back to reading the
     /// previous segment's last batches.
+    ///
+    /// Called after the roll, outside the partition's log lock: the snapshot
+    /// keeps only batches below `base`, so batches appended to the new segment
+    /// meanwhile change nothing in it, and reads and appends do not wait for
+    /// its encoding and write. (Taking it copies every producer's cached
+    /// batches under the producers' lock, which the submit thread holds to
+    /// judge each payload: that copy is the one part that cannot move.)
     fn snapshot_producers(&self, base: i64) {
         let snapshot = self.producers().snapshot_below(base);
         let path = self.dir.join(segment::producers_name(base));
@@ -583,14 +613,84 @@ impl Partition {
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(&tmp, json))
             .and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_ok() {
-            *self
-                .unsynced_snapshot
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
+        match written {
+            Ok(()) => {
+                *self
+                    .unsynced_snapshot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
+                self.snapshots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(base);
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not write the producer snapshot");
+            }
         }
-        if let Err(e) = written {
-            tracing::warn!(file = %path.display(), error = %e, "could not write the producer snapshot");
+    }
+
+    /// Deletes the producer snapshots no start-up reads any more, once
+    /// `recovery_point` is the partition's durably stored recovery point: a
+    /// start reads the newest segment's snapshot, and that of a segment
+    /// holding offsets at or above the recovery point which it finds short
+    /// ([`Partition::verify_from`]); a segment that ends at or below the
+    /// recovery point is never scanned, so its snapshot is never read. As
+    /// Kafka deletes the snapshots below its recovery point, this keeps the
+    /// snapshots' bytes from growing with every roll, each holding every
+    /// producer.
+    ///
+    /// The removals are not made durable (no directory sync): a snapshot a
+    /// crash brings back is as true as when it was written, and is deleted
+    /// again by the next call (or at open, when its segment is gone too).
+    /// Best effort: a snapshot that cannot be removed is logged and tried
+    /// again next time. Skipped while a change to the partition's files holds
+    /// them exclusively (a delete, which runs a checkpoint itself while it
+    /// holds them).
+    pub(crate) fn drop_snapshots_below(&self, recovery_point: i64) {
+        let _files = match self.files.try_read() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if self.is_deleted() || self.swap_unloaded.get().is_some() {
+            return;
+        }
+        let keep_from = {
+            let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            // The first segment that ends above the recovery point, or the newest.
+            let i = log
+                .windows(2)
+                .position(|w| w[1].base_offset() > recovery_point)
+                .unwrap_or(log.len().saturating_sub(1));
+            match log.get(i) {
+                Some(s) => s.base_offset(),
+                None => return,
+            }
+        };
+        let dropped: Vec<i64> = {
+            let mut snapshots = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let kept = snapshots.split_off(&keep_from);
+            std::mem::replace(&mut *snapshots, kept)
+                .into_iter()
+                .collect()
+        };
+        for base in dropped {
+            let path = self.dir.join(segment::producers_name(base));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not remove a producer snapshot no start reads");
+                    self.snapshots
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(base);
+                }
+            }
         }
     }
 
@@ -640,6 +740,16 @@ impl Partition {
     /// # Errors
     /// I/O errors naming the file.
     pub fn append(&self, data: &[u8], infos: &[BatchInfo]) -> Result<i64> {
+        let (end, rolled) = self.append_locked(data, infos)?;
+        if let Some(base) = rolled {
+            self.snapshot_producers(base);
+        }
+        Ok(end)
+    }
+
+    /// [`Partition::append`] under the log lock: the new log end offset, and
+    /// the base of the segment it rolled to, if it did.
+    fn append_locked(&self, data: &[u8], infos: &[BatchInfo]) -> Result<(i64, Option<i64>)> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         #[cfg(test)]
         if self.fail_next_append.swap(false, Ordering::Relaxed) {
@@ -680,15 +790,28 @@ impl Partition {
             tracing::debug!(topic = %self.topic, partition = self.index, base, "rolled segment");
             log.push(seg);
             self.note_first_segment(&log);
-            self.snapshot_producers(base);
         }
         let seg = log
             .last_mut()
             .ok_or_else(|| Error::corrupt(&self.dir, 0, "partition has no segment"))?;
-        seg.append(data, infos)?;
-        self.appended
-            .fetch_add(data.len() as u64, Ordering::Release);
-        Ok(seg.next_offset())
+        let appended = seg.append(data, infos);
+        // A roll's snapshot is written even when the append then failed: the
+        // new segment is there.
+        let rolled = needs_roll.then_some(base);
+        match appended {
+            Ok(()) => {
+                self.appended
+                    .fetch_add(data.len() as u64, Ordering::Release);
+                Ok((seg.next_offset(), rolled))
+            }
+            Err(e) => {
+                drop(log);
+                if let Some(base) = rolled {
+                    self.snapshot_producers(base);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Deletes the oldest segments past retention (Kafka's `retention.ms` /
@@ -798,6 +921,7 @@ impl Partition {
         why: &str,
         mut deletable: impl FnMut(&Segment, u64) -> bool,
     ) -> Result<(usize, u64)> {
+        let mut rolled = None;
         let removed: Vec<Segment> = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let mut total: u64 = log.iter().map(Segment::size).sum();
@@ -827,7 +951,7 @@ impl Partition {
                 sync_dir(&self.dir)?;
                 tracing::debug!(topic = %self.topic, partition = self.index, base = end, "rolled segment to delete the active one");
                 log.push(seg);
-                self.snapshot_producers(end);
+                rolled = Some(end);
             }
             if n > 0 {
                 self.segments_replaced.fetch_add(1, Ordering::SeqCst);
@@ -836,6 +960,9 @@ impl Partition {
             self.note_first_segment(&log);
             removed
         };
+        if let Some(end) = rolled {
+            self.snapshot_producers(end);
+        }
         if removed.is_empty() {
             return Ok((0, 0));
         }

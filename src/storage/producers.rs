@@ -38,6 +38,11 @@
 //! [`SWEEP_MIN_LEN`] producers): recording a new producer costs O(1) amortised,
 //! however many the partition knows. The sweep only frees memory: a producer
 //! idle past the expiry is unknown from then on, swept or not.
+//!
+//! A partition remembers at most [`MAX_PRODUCERS`] producers: a new one that
+//! finds the map full evicts the least recently used (a tenth of the cap at a
+//! time, so that this too costs O(1) amortised), which are unknown from then
+//! on, as after their expiry.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -67,6 +72,15 @@ const SWEEP_INTERVAL_MS: u64 = SWEEP_INTERVAL.as_millis() as u64;
 
 /// Below this many producers the map is swept only by time.
 const SWEEP_MIN_LEN: usize = 1024;
+
+/// Producers a partition remembers at most. Producer ids are a client's to
+/// ask for, as many as it likes: without a bound, a client minting ids makes
+/// the map (and every snapshot) grow for a day. A new producer that finds the
+/// map full evicts the least recently used tenth of it (after the expired
+/// ones), so that eviction costs O(1) amortised per new producer; an evicted
+/// producer is unknown from then on, as after its expiry. At about 200 bytes
+/// a producer, a full map holds some 20 MB.
+pub const MAX_PRODUCERS: usize = 100_000;
 
 /// Why a producer's batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,9 +152,11 @@ impl Entry {
 }
 
 /// The producers of one partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProducerState {
     producers: HashMap<i64, Entry>,
+    /// At most this many ([`MAX_PRODUCERS`]).
+    max_producers: usize,
     /// When the last expiry sweep ran, wall-clock milliseconds (`None`: never).
     last_sweep_ms: Option<i64>,
     /// Producers left by the last sweep: the map is swept again once it holds
@@ -149,6 +165,19 @@ pub struct ProducerState {
     /// Sweeps run.
     #[cfg(test)]
     sweeps: usize,
+}
+
+impl Default for ProducerState {
+    fn default() -> Self {
+        ProducerState {
+            producers: HashMap::new(),
+            max_producers: MAX_PRODUCERS,
+            last_sweep_ms: None,
+            swept_len: 0,
+            #[cfg(test)]
+            sweeps: 0,
+        }
+    }
 }
 
 /// A producer state snapshot as stored (`<base offset>.producers`).
@@ -308,6 +337,11 @@ impl ProducerState {
                 .is_some_and(|e| !e.expired(now_ms));
             if !known {
                 self.sweep_if_due(now_ms);
+                if self.producers.len() >= self.max_producers
+                    && !self.producers.contains_key(&b.producer_id)
+                {
+                    self.evict(now_ms);
+                }
             }
             let e = self.producers.entry(b.producer_id).or_insert(Entry {
                 epoch: b.producer_epoch,
@@ -347,6 +381,42 @@ impl ProducerState {
             return;
         }
         self.producers.retain(|_, e| !e.expired(now_ms));
+        self.last_sweep_ms = Some(now_ms);
+        self.swept_len = self.producers.len();
+        #[cfg(test)]
+        {
+            self.sweeps += 1;
+        }
+    }
+
+    /// Makes room in a full map: drops the expired producers and then, while
+    /// it holds more than nine tenths of [`MAX_PRODUCERS`], the least recently
+    /// used ones (oldest `last_used_ms` first). O(len), and the next eviction
+    /// comes at least a tenth of the cap of new producers later.
+    fn evict(&mut self, now_ms: i64) {
+        self.producers.retain(|_, e| !e.expired(now_ms));
+        let keep = self
+            .max_producers
+            .saturating_sub((self.max_producers / 10).max(1));
+        let excess = self.producers.len().saturating_sub(keep);
+        if excess > 0 {
+            let mut by_use: Vec<(i64, i64)> = self
+                .producers
+                .iter()
+                .map(|(&id, e)| (e.last_used_ms, id))
+                .collect();
+            // The `excess` least recently used come first (`excess` < len,
+            // since `keep` < the cap <= len).
+            let _ = by_use.select_nth_unstable(excess);
+            for &(_, id) in &by_use[..excess] {
+                self.producers.remove(&id);
+            }
+            tracing::warn!(
+                evicted = excess,
+                cap = self.max_producers,
+                "a partition remembers too many idempotent producers; the least recently used are forgotten"
+            );
+        }
         self.last_sweep_ms = Some(now_ms);
         self.swept_len = self.producers.len();
         #[cfg(test)]
@@ -446,12 +516,27 @@ impl ProducerState {
                 ))
             })
             .collect::<HashMap<_, _>>();
-        ProducerState {
+        let mut state = ProducerState {
             swept_len: producers.len(),
             producers,
+            max_producers: MAX_PRODUCERS,
             last_sweep_ms: Some(now_ms),
             #[cfg(test)]
             sweeps: 0,
+        };
+        // Written with a larger cap (or none): the most recently used are kept.
+        if state.producers.len() > state.max_producers {
+            state.evict(now_ms);
+        }
+        state
+    }
+
+    /// An empty state that remembers at most `max` producers (tests).
+    #[cfg(test)]
+    fn with_max_producers(max: usize) -> ProducerState {
+        ProducerState {
+            max_producers: max,
+            ..ProducerState::default()
         }
     }
 
@@ -579,8 +664,9 @@ mod tests {
     #[test]
     fn a_new_producer_is_recorded_in_amortised_constant_time() {
         // Each unknown producer swept the whole map: 200,000 new ids made
-        // 200,000 sweeps, 2 * 10^10 entry visits.
-        let mut st = ProducerState::default();
+        // 200,000 sweeps, 2 * 10^10 entry visits. (Uncapped here: the cap's
+        // evictions are tested apart.)
+        let mut st = ProducerState::with_max_producers(usize::MAX);
         let template = batch(0, 0, 0, 1, 0);
         let n = 200_000;
         let t0 = crate::storage::segment::now_ms();
@@ -635,6 +721,80 @@ mod tests {
             Ok(Verdict::Duplicate(5)),
             "started afresh when it came back"
         );
+    }
+
+    #[test]
+    fn a_partition_remembers_at_most_max_producers_evicting_the_least_recently_used() {
+        let t0 = crate::storage::segment::now_ms();
+        let at = |st: &mut ProducerState, id: i64, now_ms: i64| {
+            st.record_at(&batch(id, 0, 0, 1, id), now_ms, None);
+        };
+        // Ten producers, used a second apart; then 0 again.
+        let mut st = ProducerState::with_max_producers(10);
+        for id in 0..10 {
+            at(&mut st, id, t0 + id * 1000);
+        }
+        st.record_at(&batch(0, 0, 1, 1, 10), t0 + 10_000, None);
+        assert_eq!(st.len(), 10);
+        // An eleventh evicts the least recently used: 1, not 0.
+        at(&mut st, 10, t0 + 11_000);
+        assert_eq!(st.len(), 10);
+        let now = t0 + 12_000;
+        assert_eq!(
+            st.check_at(&batch(0, 0, 1, 1, -1), now),
+            Ok(Verdict::Duplicate(10))
+        );
+        assert!(st.check_at(&batch(2, 0, 0, 1, -1), now).is_ok());
+        assert!(
+            st.check_at(&batch(2, 0, 5, 1, -1), now).is_err(),
+            "2 is still known"
+        );
+        // 1 is unknown: its retry is new, and any sequence starts it.
+        assert_eq!(
+            st.check_at(&batch(1, 0, 0, 1, -1), now),
+            Ok(Verdict::Append)
+        );
+        assert_eq!(
+            st.check_at(&batch(1, 0, 7, 1, -1), now),
+            Ok(Verdict::Append)
+        );
+
+        // The cap as shipped: a client minting producer ids never grows the map
+        // past it, and evictions stay amortised O(1).
+        let mut st = ProducerState::default();
+        let n = (MAX_PRODUCERS as i64) * 5 / 2;
+        for id in 0..n {
+            at(&mut st, id, t0);
+            assert!(st.len() <= MAX_PRODUCERS, "{} producers", st.len());
+        }
+        assert!(st.len() > MAX_PRODUCERS * 8 / 10);
+        // One eviction per tenth of the cap of new producers, and the sweeps
+        // by size before the map first filled.
+        let bound =
+            2 + (MAX_PRODUCERS as f64).log2() as usize + (n as usize / (MAX_PRODUCERS / 10));
+        assert!(st.sweeps <= bound, "{} sweeps", st.sweeps);
+        // The newest are the ones kept.
+        assert!(st.check_at(&batch(n - 1, 0, 0, 1, -1), t0).is_ok());
+        assert_eq!(
+            st.check_at(&batch(n - 1, 0, 5, 1, -1), t0),
+            Err(SequenceError::OutOfOrder {
+                expected: 1,
+                got: 5
+            })
+        );
+
+        // A snapshot holding more (written with a larger cap) keeps the most
+        // recently used.
+        let mut big = ProducerState::with_max_producers(usize::MAX);
+        let now = crate::storage::segment::now_ms();
+        for id in 0..(MAX_PRODUCERS as i64 + 10) {
+            at(&mut big, id, now - 1_000_000 + id);
+        }
+        let restored = ProducerState::from_snapshot(&big.snapshot_below(i64::MAX));
+        assert!(restored.len() <= MAX_PRODUCERS);
+        let last = MAX_PRODUCERS as i64 + 9;
+        assert!(restored.producers.contains_key(&last));
+        assert!(!restored.producers.contains_key(&0));
     }
 
     #[test]
@@ -1040,6 +1200,80 @@ pub(crate) mod pipeline_tests {
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
         assert_eq!(produce(&rt, &m, &old(2)), Ok(2), "a retry, not a new batch");
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn producer_snapshots_below_the_recovery_point_are_deleted_by_a_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let pdir = tmp.path().join("topics").join("t").join("0");
+        let snapshots = || -> (usize, u64) {
+            std::fs::read_dir(&pdir)
+                .unwrap()
+                .map(Result::unwrap)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".producers"))
+                .fold((0, 0), |(n, bytes), e| {
+                    (n + 1, bytes + e.metadata().unwrap().len())
+                })
+        };
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        // 60 producers, one 3000-byte batch each: a segment each, and each
+        // roll's snapshot holds every producer before it.
+        let big = vec![7u8; 3000];
+        let n = 60;
+        for pid in 0..n {
+            let b = batch::tests::with_timestamp(
+                make_producer_batch(0, &[&big], 100 + pid, 0, 0),
+                crate::storage::segment::now_ms(),
+            );
+            assert_eq!(produce(&rt, &m, &b), Ok(pid));
+        }
+        let (count, _) = snapshots();
+        assert_eq!(count, n as usize - 1, "one snapshot per roll");
+        m.checkpoint().unwrap();
+        // Only the newest segment's is read at a start now that the recovery
+        // point is past every other segment.
+        let (count, bytes) = snapshots();
+        assert_eq!(count, 1);
+        assert!(bytes < 16 * 1024, "{bytes} bytes of snapshots");
+        m.shutdown().unwrap();
+        drop(m);
+
+        // The newest snapshot is what a restart needs: a producer whose batch
+        // is two segments back is still known.
+        let m = TopicManager::new(c.clone()).unwrap();
+        let retry = batch::tests::with_timestamp(
+            make_producer_batch(0, &[&big], 100 + n - 3, 0, 0),
+            crate::storage::segment::now_ms(),
+        );
+        assert_eq!(produce(&rt, &m, &retry), Ok(n - 3));
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), n);
+        m.shutdown().unwrap();
+        drop(m);
+
+        // A snapshot whose segment is gone (a removal a crash undid) is
+        // removed at open; one of an older segment by the next checkpoint.
+        std::fs::write(
+            pdir.join(crate::storage::segment::producers_name(10_000)),
+            b"{}",
+        )
+        .unwrap();
+        let older = pdir.join(crate::storage::segment::producers_name(5));
+        std::fs::write(&older, b"{}").unwrap();
+        let m = TopicManager::new(c).unwrap();
+        assert!(!pdir
+            .join(crate::storage::segment::producers_name(10_000))
+            .exists());
+        m.checkpoint().unwrap();
+        assert!(!older.exists());
+        assert_eq!(snapshots().0, 1);
         m.shutdown().unwrap();
     }
 
