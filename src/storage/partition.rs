@@ -193,9 +193,10 @@ pub struct Partition {
     /// write-back failure once, so the next `fdatasync` of the file would
     /// succeed for pages it may have dropped.
     sync_failed: OnceLock<String>,
-    /// A producer snapshot written since the last [`Partition::sync`], which
-    /// makes it durable.
-    unsynced_snapshot: Mutex<Option<PathBuf>>,
+    /// The producer snapshots written since the last [`Partition::sync`],
+    /// which makes them durable. Every one is kept: a trim's snapshot, written
+    /// outside the log lock, can finish after a later roll's.
+    unsynced_snapshots: Mutex<Vec<PathBuf>>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`].
     snapshots: Mutex<BTreeSet<i64>>,
@@ -332,9 +333,20 @@ impl Partition {
             .filter(|b| bases.binary_search(b).is_err())
             .collect();
         for base in orphans {
-            snapshots.remove(&base);
             let path = dir.join(segment::producers_name(base));
-            std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    snapshots.remove(&base);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    snapshots.remove(&base);
+                }
+                // Never read: kept in the set, for a checkpoint whose recovery
+                // point passes it to try again.
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not remove a producer snapshot whose segment is gone");
+                }
+            }
         }
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerState::default();
@@ -394,7 +406,7 @@ impl Partition {
             files: RwLock::new(()),
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
-            unsynced_snapshot: Mutex::new(None),
+            unsynced_snapshots: Mutex::new(Vec::new()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -615,10 +627,10 @@ impl Partition {
             .and_then(|()| std::fs::rename(&tmp, &path));
         match written {
             Ok(()) => {
-                *self
-                    .unsynced_snapshot
+                self.unsynced_snapshots
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(path.clone());
                 self.snapshots
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -1299,21 +1311,29 @@ impl Partition {
         // A roll's sync of the same file running meanwhile (under the lock) may
         // have been the one told of a failure that these syncs' data met.
         self.check_sync_failed_locked()?;
-        let snapshot = self
-            .unsynced_snapshot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(path) = snapshot {
-            // Best effort, as the snapshot itself: a start-up copes without it.
-            // (Retention may have deleted it meanwhile.)
-            let synced = File::open(&path).and_then(|f| crate::wal::journal::sync_all(&f));
-            match synced.and_then(|()| sync_dir(&self.dir).map_err(std::io::Error::other)) {
-                Ok(()) => {}
+        let mut snapshots = std::mem::take(
+            &mut *self
+                .unsynced_snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        snapshots.sort_unstable();
+        snapshots.dedup();
+        // Best effort, as the snapshots themselves: a start-up copes without
+        // them. (Retention may have deleted one meanwhile.)
+        let mut synced_any = false;
+        for path in &snapshots {
+            match File::open(path).and_then(|f| crate::wal::journal::sync_all(&f)) {
+                Ok(()) => synced_any = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "could not fsync the producer snapshot")
+                    tracing::warn!(file = %path.display(), error = %e, "could not fsync the producer snapshot");
                 }
+            }
+        }
+        if synced_any {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not fsync the directory of the producer snapshots");
             }
         }
         Ok(())
@@ -2365,6 +2385,20 @@ pub(crate) mod tests {
         assert_eq!(files(&dir.path().join("1"), "log"), 1);
     }
 
+    /// An orphan snapshot (its segment gone) is never read: one that cannot
+    /// be removed at open is logged, not a reason to refuse the partition.
+    #[test]
+    fn an_orphan_snapshot_that_cannot_be_removed_does_not_stop_the_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pdir = tmp.path().join("t-0");
+        drop(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+        let orphan = pdir.join(segment::producers_name(10_000));
+        std::fs::create_dir(&orphan).unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(p.log_end_offset(), 0);
+        assert!(orphan.is_dir());
+    }
+
     #[test]
     fn a_producer_known_when_the_newest_segment_started_is_known_after_a_reopen() {
         use crate::storage::{batch::tests, producers::Verdict};
@@ -2397,11 +2431,20 @@ pub(crate) mod tests {
         }
         // [once, big 0], [big 1], [big 2], [big 3]
         assert_eq!(files(&pdir, "log"), 4);
-        // The newest snapshot waits for the next sync (a checkpoint) to be fsynced.
-        let pending = |p: &Partition| p.unsynced_snapshot.lock().unwrap().clone();
-        assert_eq!(pending(&p), Some(pdir.join(segment::producers_name(4))));
+        // The snapshots wait for the next sync (a checkpoint) to be fsynced,
+        // every one of them: a trim's, written outside the log lock, may
+        // finish after a later roll's.
+        let pending = |p: &Partition| p.unsynced_snapshots.lock().unwrap().clone();
+        assert!(pending(&p).contains(&pdir.join(segment::producers_name(4))));
+        p.snapshot_producers(2);
+        let waiting = pending(&p);
+        assert!(
+            waiting.contains(&pdir.join(segment::producers_name(4)))
+                && waiting.contains(&pdir.join(segment::producers_name(2))),
+            "{waiting:?}"
+        );
         p.sync().unwrap();
-        assert_eq!(pending(&p), None);
+        assert!(pending(&p).is_empty());
         drop(p);
         let retry = validate_all(&first).unwrap();
 

@@ -1438,9 +1438,15 @@ mod tests {
                 }
             };
             // A clean close and a reopen leave the preparer thread nothing to
-            // write while writes fail (the active file filled, next.wal kept).
+            // write while writes fail (the active file filled, next.wal kept),
+            // once it has prepared next.wal: it fills the active file's tail
+            // first, and a close cuts either short (a cut-short next.wal is
+            // removed, to be prepared again by the reopened WAL).
             let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
             append(&wal, 0..10);
+            while !dir.join(super::files::NEXT).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             wal.close().unwrap();
             let (wal, rec) = Wal::open(&dir, cfg.clone()).unwrap();
             assert_recovers(rec, 10, backend);
