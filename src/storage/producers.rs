@@ -1029,6 +1029,14 @@ pub(crate) mod pipeline_tests {
         wal::SyncMode,
     };
 
+    /// The runtime the pipeline tests submit on (one thread).
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn config(dir: &std::path::Path) -> Config {
         let mut c = Config::default();
         c.storage.data_dir = dir.to_path_buf();
@@ -1064,10 +1072,7 @@ pub(crate) mod pipeline_tests {
     #[test]
     fn a_producer_whose_last_batch_is_behind_a_segment_roll_is_known_after_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let mut c = config(tmp.path());
         c.storage.segment_bytes = 4096;
         let big = vec![7u8; 3000];
@@ -1095,10 +1100,7 @@ pub(crate) mod pipeline_tests {
     #[test]
     fn a_restart_ages_producers_by_their_batches_timestamps() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let now = crate::storage::segment::now_ms();
         let hour = 3_600_000;
         // One record from producer `pid`, written `hours` ago.
@@ -1161,10 +1163,7 @@ pub(crate) mod pipeline_tests {
     #[test]
     fn a_producer_writing_day_old_timestamps_is_known_after_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         // Records written two days ago by their producers' clocks (as a mirror
         // keeps its source's timestamps), each batch stored now.
         let two_days_ago = crate::storage::segment::now_ms() - 48 * 3_600_000;
@@ -1206,10 +1205,7 @@ pub(crate) mod pipeline_tests {
     #[test]
     fn producer_snapshots_below_the_recovery_point_are_deleted_by_a_checkpoint() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let mut c = config(tmp.path());
         c.storage.segment_bytes = 4096;
         let pdir = tmp.path().join("topics").join("t").join("0");
@@ -1280,10 +1276,7 @@ pub(crate) mod pipeline_tests {
     #[test]
     fn retries_are_answered_with_the_first_offset_and_gaps_refused_across_restarts() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         m.create_topic("t", 1).unwrap();
         assert_eq!(produce(&rt, &m, &idem(0, 0, 3)), Ok(0));
