@@ -731,9 +731,10 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(30)).ok()
     }
 
-    #[test]
-    fn a_panicking_writer_fails_the_job() {
-        let r = run_panicking(2, None, 10_000, vec![1]).expect("the job ends");
+    /// A writer thread (or, with `tasks`, a writer task) that panics fails
+    /// the job, naming the writer and the panic.
+    fn a_panicking_writer_fails_a_job_of(tasks: Option<usize>) {
+        let r = run_panicking(2, tasks, 10_000, vec![1]).expect("the job ends");
         let e = r
             .map(|r| r.writer_records)
             .expect_err("a job that lost a writer reports no result");
@@ -741,6 +742,11 @@ mod tests {
             e.contains("writer 1 panicked") && e.contains("append of writer 1 panics"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_panicking_writer_fails_the_job() {
+        a_panicking_writer_fails_a_job_of(None);
     }
 
     #[test]
@@ -754,13 +760,6 @@ mod tests {
 
     #[test]
     fn a_panicking_writer_task_fails_the_job() {
-        let r = run_panicking(2, Some(2), 10_000, vec![1]).expect("the job ends");
-        let e = r
-            .map(|r| r.writer_records)
-            .expect_err("a job that lost a writer reports no result");
-        assert!(
-            e.contains("writer 1 panicked") && e.contains("append of writer 1 panics"),
-            "{e}"
-        );
+        a_panicking_writer_fails_a_job_of(Some(2));
     }
 }

@@ -315,43 +315,10 @@ impl Core {
         }
     }
 
-    /// Claims the head of the cap for a waiter of `bytes`, when no other waiter
-    /// holds it.
-    fn try_claim(&self, bytes: usize) -> bool {
-        self.claim
-            .compare_exchange(0, bytes.max(1), Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    }
-
-    /// Gives up a claim (reserved, failed or abandoned), waking the waiters it
-    /// held back.
-    fn drop_claim(&self) {
-        self.claim.store(0, Ordering::SeqCst);
-        self.wake_waiters();
-    }
-
-    /// One attempt of a waiter for capacity: `claimed` tells whether it holds
-    /// the claim, and is set when it takes one. The waiter gives the claim up
-    /// with [`Core::end_wait`] once it stops waiting, reserved or not.
-    fn reserve_waiting(&self, bytes: usize, claimed: &mut bool) -> bool {
-        if !*claimed && self.try_claim(bytes) {
-            *claimed = true;
-        }
-        self.reserve_within(bytes, *claimed)
-    }
-
     /// The bytes a waiter claims at the cap now (0: none).
     #[cfg(test)]
     pub(crate) fn claimed_bytes(&self) -> usize {
         self.claim.load(Ordering::SeqCst)
-    }
-
-    /// Gives up the claim of a waiter that stopped waiting (not holding
-    /// `space_lock`).
-    fn end_wait(&self, claimed: &mut bool) {
-        if std::mem::take(claimed) {
-            self.drop_claim();
-        }
     }
 
     /// Reserves `bytes`, blocking while the pending cap is reached. The first
@@ -374,7 +341,13 @@ impl Core {
             if let Err(e) = self.check_usable() {
                 break Err(e);
             }
-            if self.reserve_waiting(bytes, &mut claimed) {
+            // The claim goes to the first waiter to find none standing.
+            claimed = claimed
+                || self
+                    .claim
+                    .compare_exchange(0, bytes.max(1), Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if self.reserve_within(bytes, claimed) {
                 break Ok(());
             }
             // Timed wait: a release that races with this check costs at most 5 ms.
@@ -386,7 +359,11 @@ impl Core {
         };
         drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
-        self.end_wait(&mut claimed);
+        if claimed {
+            // Reserved, failed or closed: the waiters it held back may fit.
+            self.claim.store(0, Ordering::SeqCst);
+            self.wake_waiters();
+        }
         r
     }
 
@@ -1933,13 +1910,22 @@ pub(crate) mod tests {
     pub(crate) fn wait_for_claim(core: &Core) -> usize {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let claim = core.claim.load(Ordering::SeqCst);
+            let claim = core.claimed_bytes();
             if claim != 0 {
                 return claim;
             }
             assert!(Instant::now() < deadline, "no waiter claimed room");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// A thread blocked reserving `bytes` of `core`.
+    pub(crate) fn blocked_reserve(
+        core: &Arc<Core>,
+        bytes: usize,
+    ) -> std::thread::JoinHandle<crate::error::Result<()>> {
+        let core = Arc::clone(core);
+        std::thread::spawn(move || core.reserve_blocking(bytes))
     }
 
     /// A large append blocked at the cap claims its bytes: small reservations
@@ -1951,10 +1937,7 @@ pub(crate) mod tests {
         const K: usize = 1024;
         let core = Arc::new(core_with_cap(1024 * K));
         assert!(core.try_reserve(512 * K));
-        let large = {
-            let core = Arc::clone(&core);
-            std::thread::spawn(move || core.reserve_blocking(768 * K))
-        };
+        let large = blocked_reserve(&core, 768 * K);
         assert_eq!(wait_for_claim(&core), 768 * K);
         // 512 + 256 fits the cap of 1024, but not with 768 claimed.
         assert!(
@@ -1964,7 +1947,7 @@ pub(crate) mod tests {
         core.release(512 * K);
         large.join().unwrap().unwrap();
         assert_eq!(core.pending_bytes(), 768 * K);
-        assert_eq!(core.claim.load(Ordering::SeqCst), 0, "the claim stayed");
+        assert_eq!(core.claimed_bytes(), 0, "the claim stayed");
         assert!(core.try_reserve(256 * K));
     }
 
@@ -1975,16 +1958,13 @@ pub(crate) mod tests {
         const K: usize = 1024;
         let core = Arc::new(core_with_cap(1024 * K));
         assert!(core.try_reserve(K));
-        let huge = {
-            let core = Arc::clone(&core);
-            std::thread::spawn(move || core.reserve_blocking(2048 * K))
-        };
+        let huge = blocked_reserve(&core, 2048 * K);
         assert_eq!(wait_for_claim(&core), 2048 * K);
         assert!(!core.try_reserve(K), "a small append took claimed room");
         core.release(K);
         huge.join().unwrap().unwrap();
         assert_eq!(core.pending_bytes(), 2048 * K);
-        assert_eq!(core.claim.load(Ordering::SeqCst), 0);
+        assert_eq!(core.claimed_bytes(), 0);
     }
 
     /// A waiter that gives up (the WAL failed or closed) gives its claim up too.
@@ -1993,10 +1973,7 @@ pub(crate) mod tests {
         const K: usize = 1024;
         let core = Arc::new(core_with_cap(1024 * K));
         assert!(core.try_reserve(512 * K));
-        let large = {
-            let core = Arc::clone(&core);
-            std::thread::spawn(move || core.reserve_blocking(768 * K))
-        };
+        let large = blocked_reserve(&core, 768 * K);
         wait_for_claim(&core);
         core.closed.store(true, Ordering::Release);
         core.wake_waiters();
@@ -2004,7 +1981,7 @@ pub(crate) mod tests {
             large.join().unwrap(),
             Err(crate::error::Error::Closed)
         ));
-        assert_eq!(core.claim.load(Ordering::SeqCst), 0);
+        assert_eq!(core.claimed_bytes(), 0);
         assert!(core.try_reserve(256 * K));
     }
 

@@ -1061,7 +1061,7 @@ impl std::future::Future for CapacityWait<'_> {
 #[cfg(test)]
 mod tests {
     use super::{max_entry_bytes_for, ring_entries, settle_active, CapacityWait};
-    use crate::wal::commit::tests::{core_with_cap, wait_for_claim};
+    use crate::wal::commit::tests::{blocked_reserve, core_with_cap, wait_for_claim};
     use crate::wal::format::{align_up, BATCH_HEADER_LEN, BLOCK_SIZE};
 
     /// An async append waiting at the cap leaves a blocked waiter's claim
@@ -1084,10 +1084,7 @@ mod tests {
         // Unpolled from here on: a blocking append that fits passes.
         assert!(core.try_reserve(256 * K), "the async wait claimed room");
         core.release(256 * K);
-        let blocked = {
-            let core = Arc::clone(&core);
-            std::thread::spawn(move || core.reserve_blocking(768 * K))
-        };
+        let blocked = blocked_reserve(&core, 768 * K);
         assert_eq!(wait_for_claim(&core), 768 * K);
         let mut small = Box::pin(CapacityWait {
             core: &core,
