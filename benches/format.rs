@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use streamline::wal::format::{
-    align_up, encode_batch_header, encode_entry, entries_crc, entry_len, for_each_entry,
-    parse_entry, BatchHeader, BatchKind, FileId, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
+    align_up, encode_entry, encode_record_batch, entry_len, for_each_entry, parse_entry,
+    BatchHeader, BatchKind, FileId, WalEntryType, BATCH_HEADER_LEN, BLOCK_SIZE,
 };
 
 const TOPIC: &[u8] = b"bench";
@@ -66,38 +66,19 @@ fn entries(c: &mut Criterion) {
     g.finish();
 }
 
-/// Assembles `count` entries of `size` bytes into a block-aligned batch, the way the
-/// commit thread does: header, entries, zero padding to the block.
-fn assemble(out: &mut [u8], first_seq: u64, count: usize, data: &[u8]) -> usize {
-    let mut pos = BATCH_HEADER_LEN;
-    let mut crcs = 0;
-    for i in 0..count {
-        let len = entry_len(TOPIC.len(), data.len());
-        let crc = encode_entry(
-            &mut out[pos..pos + len],
-            first_seq + i as u64,
-            1_700_000_000_000,
-            WalEntryType::Record,
-            TOPIC,
-            0,
-            data,
-        );
-        crcs = entries_crc(crcs, crc);
-        pos += len;
-    }
+/// Assembles `count` entries of `size` bytes into a block-aligned batch, as the
+/// commit thread lays one out: header, entries, zero padding to the block.
+fn assemble(out: &mut [u8], first_seq: u64, entries: &[&[u8]]) -> usize {
     let h = BatchHeader {
         kind: BatchKind::Entries,
         file_number: 1,
         first_sequence: first_seq,
-        entry_count: count as u32,
-        payload_len: (pos - BATCH_HEADER_LEN) as u32,
+        entry_count: 0,
+        payload_len: 0,
         synced_through: first_seq - 1,
-        entries_crc: Some(crcs),
+        entries_crc: None,
     };
-    encode_batch_header(&mut out[..BATCH_HEADER_LEN], &h, KEY);
-    let end = align_up(pos);
-    out[pos..end].fill(0);
-    end
+    encode_record_batch(out, h, KEY, 1_700_000_000_000, TOPIC, 0, entries)
 }
 
 /// The key of the file the batches are assembled for.
@@ -116,12 +97,13 @@ fn batches(c: &mut Criterion) {
         let data = payload(size);
         let total = align_up(BATCH_HEADER_LEN + count * entry_len(TOPIC.len(), size));
         let (mut v, off) = aligned(total);
+        let entries = vec![data.as_slice(); count];
         g.throughput(Throughput::Elements(count as u64));
         g.bench_function(
             BenchmarkId::new("assemble", format!("{count}x{size}")),
-            |b| b.iter(|| assemble(&mut v[off..off + total], 1000, count, black_box(&data))),
+            |b| b.iter(|| assemble(&mut v[off..off + total], 1000, black_box(&entries))),
         );
-        let end = assemble(&mut v[off..off + total], 1000, count, &data);
+        let end = assemble(&mut v[off..off + total], 1000, &entries);
         let buf = v[off..off + end].to_vec();
         let hdr = streamline::wal::format::decode_batch_header(
             &buf,

@@ -197,32 +197,18 @@ fn a_checksummed_length_running_past_the_end_of_the_file_is_never_followed() {
 /// that claims sequences far beyond `first` synced (so damage before it would be
 /// damage to durable entries), then one valid entry, `first`, of topic "forged".
 fn forged_block(number: u64, first: u64) -> Vec<u8> {
-    use streamline::wal::format::{
-        encode_batch_header, encode_entry, entries_crc, entry_len, BatchHeader, BatchKind,
-        WalEntryType, BATCH_HEADER_LEN,
-    };
-    let (topic, data) = (b"forged".as_slice(), b"no producer wrote this".as_slice());
-    let len = entry_len(topic.len(), data.len());
+    use streamline::wal::format::{encode_record_batch, BatchHeader, BatchKind};
     let mut b = vec![0u8; 4096];
-    let crc = encode_entry(
-        &mut b[BATCH_HEADER_LEN..BATCH_HEADER_LEN + len],
-        first,
-        0,
-        WalEntryType::Record,
-        topic,
-        0,
-        data,
-    );
     let h = BatchHeader {
         kind: BatchKind::Entries,
         file_number: number,
         first_sequence: first,
-        entry_count: 1,
-        payload_len: len as u32,
+        entry_count: 0,
+        payload_len: 0,
         synced_through: u64::MAX / 2,
-        entries_crc: Some(entries_crc(0, crc)),
+        entries_crc: None,
     };
-    encode_batch_header(&mut b[..BATCH_HEADER_LEN], &h, 0);
+    encode_record_batch(&mut b, h, 0, 0, b"forged", 0, &[b"no producer wrote this"]);
     b
 }
 
@@ -510,38 +496,22 @@ fn a_clean_close_marker_that_does_not_match_is_ignored() {
 #[test]
 fn a_version_1_log_is_read_and_continued_in_a_keyed_file() {
     use streamline::wal::format::{
-        decode_file_header, encode_batch_header, encode_entry, encode_file_header_v1, entries_crc,
-        entry_len, BatchHeader, BatchKind, FormatVersion, WalEntryType, BATCH_HEADER_LEN,
+        decode_file_header, encode_file_header_v1, encode_record_batch, BatchHeader, BatchKind,
+        FormatVersion,
     };
     let dir = tempfile::tempdir().unwrap();
     let mut file = vec![0u8; WalConfig::MIN_FILE_SIZE as usize];
     encode_file_header_v1(&mut file[..4096], 1, 0);
-    let mut pos = 4096 + BATCH_HEADER_LEN;
-    let mut crcs = 0;
-    for (seq, data) in [(1u64, b"one".as_slice()), (2, b"two".as_slice())] {
-        let len = entry_len(1, data.len());
-        let crc = encode_entry(
-            &mut file[pos..pos + len],
-            seq,
-            0,
-            WalEntryType::Record,
-            b"t",
-            0,
-            data,
-        );
-        crcs = entries_crc(crcs, crc);
-        pos += len;
-    }
     let h = BatchHeader {
         kind: BatchKind::Entries,
         file_number: 1,
         first_sequence: 1,
-        entry_count: 2,
-        payload_len: (pos - 4096 - BATCH_HEADER_LEN) as u32,
+        entry_count: 0,
+        payload_len: 0,
         synced_through: 0,
-        entries_crc: Some(crcs),
+        entries_crc: None,
     };
-    encode_batch_header(&mut file[4096..4096 + BATCH_HEADER_LEN], &h, 0);
+    encode_record_batch(&mut file[4096..], h, 0, 0, b"t", 0, &[b"one", b"two"]);
     std::fs::write(dir.path().join("current.wal"), &file).unwrap();
     // The file an older build prepared for next, as its clean close leaves it.
     let mut next = vec![0u8; WalConfig::MIN_FILE_SIZE as usize];
