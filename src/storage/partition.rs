@@ -159,6 +159,11 @@ pub struct Partition {
     /// so a reader outside the lock whose segment's file went knows it went
     /// (see [`Partition::lookup`]).
     segments_replaced: AtomicU64,
+    /// Held through each [`Partition::sync`]: a sync that finds nothing left to
+    /// take has to wait for one whose `fdatasync`s are still running, or it
+    /// would answer for data not yet on the disk (a checkpoint moving the WAL
+    /// past a topic whose delete is still syncing it).
+    syncing: Mutex<()>,
     /// The first segment's base offset, set under `log` wherever the first
     /// segment changes: with `deleted_below`, the log start offset without
     /// taking `log` (see [`Partition::log_start_offset`]).
@@ -254,6 +259,10 @@ thread_local! {
     /// taking its view of the segments (under the lock) and reading them
     /// (tests).
     static BETWEEN_VIEW_AND_READ: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::sync`] on this thread between taking
+    /// the segments' sync jobs (under the lock) and running them (tests).
+    static BETWEEN_TAKE_AND_SYNC: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -395,6 +404,7 @@ impl Partition {
             segment_ms: AtomicU64::new(u64::MAX),
             log: Mutex::new(segments),
             segments_replaced: AtomicU64::new(0),
+            syncing: Mutex::new(()),
             first_base: AtomicI64::new(first_base),
             appended: AtomicU64::new(0),
             open_files: files,
@@ -1287,12 +1297,19 @@ impl Partition {
     /// # Errors
     /// I/O errors naming the file.
     pub fn sync(&self) -> Result<()> {
+        // Taking a job marks its segment clean: another sync running meanwhile
+        // must not find it clean and return before the job is done.
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
         // Collect under the lock, fsync outside it: appends and reads go on meanwhile.
         let jobs: Vec<_> = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             self.check_sync_failed()?;
             log.iter_mut().filter_map(Segment::take_sync).collect()
         };
+        #[cfg(test)]
+        if let Some(between) = BETWEEN_TAKE_AND_SYNC.with(|b| b.borrow_mut().take()) {
+            between();
+        }
         for (i, job) in jobs.iter().enumerate() {
             if let Err(e) = job.run() {
                 let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1790,6 +1807,47 @@ pub(crate) mod tests {
         let end = p.append(&b, &infos).unwrap();
         p.set_high_watermark(end);
         base
+    }
+
+    /// Taking a segment's sync job marks it clean before its `fdatasync` runs:
+    /// a second sync meanwhile (a checkpoint beside a topic delete's own sync)
+    /// found nothing to do and answered at once, for data not yet on the disk.
+    /// It waits for the first now.
+    #[test]
+    fn a_sync_waits_for_one_whose_fdatasyncs_are_still_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(Partition::open("t", 0, dir.path().join("t-0"), 1 << 20).unwrap());
+        produce(&p, &[b"a"]);
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || {
+                BETWEEN_TAKE_AND_SYNC.with(|b| {
+                    *b.borrow_mut() = Some(Box::new(move || {
+                        taken_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                    }));
+                });
+                p.sync()
+            })
+        };
+        taken_rx.recv().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let second = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || done_tx.send(p.sync()).unwrap())
+        };
+        assert!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "a sync answered while the segment's fdatasync had not run"
+        );
+        go_tx.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        done_rx.recv().unwrap().unwrap();
+        second.join().unwrap();
     }
 
     /// Produces one batch of `size` bytes whose records carry timestamp `ts`.
