@@ -437,13 +437,15 @@ impl Partition {
     /// without making the data durable). The first segment found short (cut
     /// where its batches stop) becomes the newest: the segments after it are
     /// removed, and WAL replay appends from where it ends. Returns that end
-    /// when it cut. With `gaps` (a compacted topic, whose segments may end
-    /// before the next begins) only a scan that cut counts as short. Call
-    /// before the partition serves anything.
+    /// when it cut. A segment the open already cut (its index did not match
+    /// its log) is short too, though a second scan finds nothing to cut; so is
+    /// one that ends before the next begins, in a compacted topic too, whose
+    /// copies keep every offset (see [`super::compaction`]). Call before the
+    /// partition serves anything.
     ///
     /// # Errors
     /// I/O errors naming the file.
-    pub fn verify_from(&self, from: i64, gaps: bool) -> Result<Option<i64>> {
+    pub fn verify_from(&self, from: i64) -> Result<Option<i64>> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for i in 0..log.len().saturating_sub(1) {
             let next_base = log[i + 1].base_offset();
@@ -452,7 +454,7 @@ impl Partition {
             }
             let mut scanned = Segment::open(&self.dir, log[i].base_offset(), true)?;
             let end = scanned.next_offset();
-            let short = scanned.cut().is_some() || (!gaps && end < next_base);
+            let short = log[i].cut().is_some() || scanned.cut().is_some() || end < next_base;
             if !short {
                 scanned.sync()?;
                 scanned.seal(&self.open_files);
