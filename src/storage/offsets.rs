@@ -40,6 +40,12 @@ struct GroupFile {
     /// existed read as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     protocol_type: Option<String>,
+    /// When the group last committed, in ms since the epoch. Files written
+    /// before the field existed read as absent: the newest position's commit
+    /// time is taken then (the file's modification time is not: deleting
+    /// positions rewrites the file without a commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_commit_ms: Option<i64>,
     offsets: Vec<StoredOffset>,
 }
 
@@ -182,13 +188,20 @@ impl OffsetStore {
         let mut renamed = false;
         for path in group_files(&dir)? {
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-            // Each commit rewrites the file: its modification time is the last commit's.
-            let last_commit = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .unwrap_or_else(|_| SystemTime::now());
             let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
                 Error::corrupt(&path, 0, format!("group offsets do not parse: {e}"))
             })?;
+            // Files older than the field and its positions' times: the file's
+            // modification time, which was the last commit's then.
+            let last_commit = f
+                .last_commit_ms
+                .or_else(|| f.offsets.iter().filter_map(|o| o.commit_timestamp_ms).max())
+                .map(from_ms)
+                .unwrap_or_else(|| {
+                    std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .unwrap_or_else(|_| SystemTime::now())
+                });
             let offsets = f
                 .offsets
                 .into_iter()
@@ -276,6 +289,7 @@ impl OffsetStore {
             version: 1,
             group: group.to_string(),
             protocol_type: offsets.protocol_type.clone(),
+            last_commit_ms: Some(to_ms(offsets.last_commit)),
             offsets: offsets
                 .offsets
                 .values()
@@ -503,6 +517,33 @@ mod tests {
         assert_eq!(s.fetch("g/1", "t", 1).unwrap().offset, 7);
         assert!(s.fetch("other", "t", 0).is_none());
         assert_eq!(s.fetch_all("g/1").len(), 2);
+    }
+
+    /// A group's last commit time survives a restart. It was taken from its
+    /// file's modification time, which a rewrite without a commit (a deleted
+    /// topic's positions dropped, an OffsetDelete, an expiry) moved forward:
+    /// an idle group's offsets were then kept up to a retention period longer.
+    #[test]
+    fn the_last_commit_time_survives_rewrites_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        let mut other = committed(0, 1);
+        other.topic = "u".into();
+        let before = to_ms(SystemTime::now());
+        s.commit("g", Some("consumer"), vec![committed(0, 5), other])
+            .unwrap();
+        let after = to_ms(SystemTime::now());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(s.delete_topic_positions(|t| t == "u").unwrap(), 1);
+        drop(s);
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        let last = s.last_commits();
+        assert_eq!(last.len(), 1);
+        let at = to_ms(last[0].1);
+        assert!(
+            (before..=after).contains(&at),
+            "last commit {at}, committed within {before}..={after}"
+        );
     }
 
     fn committed(p: i32, o: i64) -> Committed {
