@@ -18,7 +18,10 @@
 //! member's replacement: its JoinGroup is answered, and its new member id takes
 //! effect, once stored, and a failed write answers it COORDINATOR_NOT_AVAILABLE
 //! with the old member id kept (a member id is never handed out unless a
-//! restarted broker would know it). Writes and removals are blocking; the server
+//! restarted broker would know it); one written but not in force (the group
+//! rebalanced or the instance joined again meanwhile) is taken back from the
+//! file at once, so that a restarted broker does not fence the old member id,
+//! which the group still holds. Writes and removals are blocking; the server
 //! runs them on its blocking threads ([`GroupCoordinator::store_group`],
 //! [`GroupCoordinator::store_changed`]).
 //!
@@ -234,6 +237,14 @@ struct Group {
     /// themselves, each in force (and answered) once the membership with its
     /// new id is stored. Until then the old id is the member.
     replacements: Vec<Replacement>,
+    /// The file names the new member id of a replacement that a store wrote but
+    /// that did not take effect (abandoned or superseded while the write was
+    /// under way): this membership, the one written with those replacements
+    /// taken back, is to be written at once, in whatever state the group is
+    /// (short of `Dead`), unless a store of the group's current membership
+    /// replaces the file first. Until then a restarted broker would load a
+    /// member id no client holds and fence the old one's holder.
+    undo: Option<GroupMeta>,
 }
 
 /// A static member's JoinGroup replacing itself in a `Stable` group whose
@@ -268,6 +279,7 @@ impl Group {
             unstored: false,
             storing: false,
             replacements: Vec::new(),
+            undo: None,
         }
     }
 
@@ -289,6 +301,13 @@ impl Group {
             self.unstored = false;
         }
         self.unstored
+    }
+
+    /// Whether a store of the group would write now: its membership changed
+    /// ([`Group::take_unstored`]), or its file is to be undone (not while the
+    /// group is `Dead`: its file is being removed).
+    fn take_store_due(&mut self) -> bool {
+        self.take_unstored() || self.undo.is_some() && self.state != State::Dead
     }
 
     /// Answers the JoinGroups of the replacements waiting to be stored with
@@ -336,51 +355,20 @@ impl Group {
     fn to_meta(&self) -> GroupMeta {
         let has_members = !self.members.is_empty();
         let replacement = |id: &str| self.replacements.iter().find(|r| r.old == id);
-        let stored_id = |id: &String| replacement(id).map_or(id, |r| &r.new).clone();
         GroupMeta {
             generation: self.generation,
             protocol_type: self.protocol_type.clone(),
             protocol: self.protocol.clone().filter(|_| has_members),
-            leader: self.leader.as_ref().filter(|_| has_members).map(stored_id),
+            leader: self
+                .leader
+                .as_ref()
+                .filter(|_| has_members)
+                .map(|id| replacement(id).map_or(id, |r| &r.new).clone()),
             empty_since_ms: (self.state == State::Empty).then(|| to_ms(self.empty_since)),
             members: self
                 .members
                 .iter()
-                .map(|(id, m)| {
-                    let (client_id, client_host, protocols, session, rebalance) =
-                        match replacement(id) {
-                            Some(r) => (
-                                &r.req.client_id,
-                                &r.req.client_host,
-                                &r.req.protocols,
-                                r.req.session_timeout,
-                                r.req.rebalance_timeout,
-                            ),
-                            None => (
-                                &m.client_id,
-                                &m.client_host,
-                                &m.protocols,
-                                m.session_timeout,
-                                m.rebalance_timeout,
-                            ),
-                        };
-                    MemberMeta {
-                        member_id: stored_id(id),
-                        instance_id: m.instance_id.clone(),
-                        client_id: client_id.clone(),
-                        client_host: client_host.clone(),
-                        session_timeout_ms: duration_ms(session),
-                        rebalance_timeout_ms: duration_ms(rebalance),
-                        protocols: protocols
-                            .iter()
-                            .map(|(name, metadata)| ProtocolMeta {
-                                name: name.clone(),
-                                metadata: metadata.clone(),
-                            })
-                            .collect(),
-                        assignment: m.assignment.clone(),
-                    }
-                })
+                .map(|(id, m)| member_meta(id, m, replacement(id)))
                 .collect(),
         }
     }
@@ -715,8 +703,9 @@ impl Group {
     /// rejoin) and their old ids stay members, as Kafka reverts a static
     /// member's replacement it could not store. Replacements since abandoned or
     /// superseded were answered then; those made after the store read the
-    /// group wait for the next store.
-    fn finish_replacements(&mut self, stored: &[String], ok: bool, now: Instant) {
+    /// group wait for the next store. Returns the new ids now in force.
+    fn finish_replacements(&mut self, stored: &[String], ok: bool, now: Instant) -> Vec<String> {
+        let mut installed = Vec::new();
         for r in std::mem::take(&mut self.replacements) {
             if !stored.contains(&r.new) {
                 self.replacements.push(r);
@@ -737,8 +726,10 @@ impl Group {
                 continue;
             }
             let leader_before = self.take_over(&r.old, r.new.clone(), r.req, now);
+            installed.push(r.new.clone());
             let _ = r.tx.send(self.stable_join(r.new, leader_before));
         }
+        installed
     }
 
     /// Whether `protocols` include one that every member other than `member_id`
@@ -796,6 +787,66 @@ impl Group {
     }
 }
 
+/// Member `id` as stored: with replacement `r` in force, under its new id with
+/// the protocols, timeouts and client of its JoinGroup.
+fn member_meta(id: &str, m: &Member, r: Option<&Replacement>) -> MemberMeta {
+    let (member_id, client_id, client_host, protocols, session, rebalance) = match r {
+        Some(r) => (
+            r.new.as_str(),
+            &r.req.client_id,
+            &r.req.client_host,
+            &r.req.protocols,
+            r.req.session_timeout,
+            r.req.rebalance_timeout,
+        ),
+        None => (
+            id,
+            &m.client_id,
+            &m.client_host,
+            &m.protocols,
+            m.session_timeout,
+            m.rebalance_timeout,
+        ),
+    };
+    MemberMeta {
+        member_id: member_id.to_string(),
+        instance_id: m.instance_id.clone(),
+        client_id: client_id.clone(),
+        client_host: client_host.clone(),
+        session_timeout_ms: duration_ms(session),
+        rebalance_timeout_ms: duration_ms(rebalance),
+        protocols: protocols
+            .iter()
+            .map(|(name, metadata)| ProtocolMeta {
+                name: name.clone(),
+                metadata: metadata.clone(),
+            })
+            .collect(),
+        assignment: m.assignment.clone(),
+    }
+}
+
+/// Stored membership `meta` with the replacements `undone` taken back: each
+/// new member id (and the leader, when it is one) back to the old member as
+/// the file held it before.
+fn undo_replacements<'a>(
+    meta: &GroupMeta,
+    undone: impl Iterator<Item = &'a (String, MemberMeta)>,
+) -> GroupMeta {
+    let mut meta = meta.clone();
+    for (new, old) in undone {
+        if meta.leader.as_ref() == Some(new) {
+            meta.leader = Some(old.member_id.clone());
+        }
+        for m in &mut meta.members {
+            if m.member_id == *new {
+                *m = old.clone();
+            }
+        }
+    }
+    meta
+}
+
 fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
     protocols.iter().map(|(n, _)| n.as_str()).collect()
 }
@@ -833,6 +884,13 @@ struct StoreSnapshot {
     completing: Option<i32>,
     /// The new ids of the static members' replacements the file holds in force.
     replacing: Vec<String>,
+    /// Each of those with the old member as the file held it before.
+    replaced: Vec<(String, MemberMeta)>,
+    /// It writes the group's [`Group::undo`].
+    undo: bool,
+    /// The group's undo it makes unnecessary (it names no id memory does not
+    /// hold), due again if it fails.
+    replaces_undo: Option<GroupMeta>,
 }
 
 /// All groups of this broker.
@@ -979,7 +1037,7 @@ impl GroupCoordinator {
     /// Wakes [`GroupCoordinator::membership_changed`] when `g` has membership to
     /// store.
     fn notify_unstored(&self, g: &Group) {
-        if g.unstored && self.meta.is_some() {
+        if (g.unstored || g.undo.is_some()) && self.meta.is_some() {
             self.unstored.notify_one();
         }
     }
@@ -990,7 +1048,7 @@ impl GroupCoordinator {
         let changed: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(_, g)| g.unstored)
+            .filter(|(_, g)| g.unstored || g.undo.is_some())
             .map(|(name, _)| name.clone())
             .collect();
         for group in changed {
@@ -1002,10 +1060,9 @@ impl GroupCoordinator {
     /// [`GroupCoordinator::store_group`] would write now.
     pub fn needs_store(&self, group: &str) -> bool {
         self.meta.is_some()
-            && self
-                .lock()
-                .get(group)
-                .is_some_and(|g| g.unstored && g.storable())
+            && self.lock().get(group).is_some_and(|g| {
+                g.unstored && g.storable() || g.undo.is_some() && g.state != State::Dead
+            })
     }
 
     /// Stores `group`'s membership when it changed since it was last stored
@@ -1021,6 +1078,14 @@ impl GroupCoordinator {
     /// are logged; one of a group that is not completing a rebalance is tried
     /// again at the group's next store.
     ///
+    /// A replacement written but not in force when the write completes (the
+    /// group left `Stable` or the instance joined again meanwhile) leaves the
+    /// file naming a member id no client holds, while the old id is still the
+    /// member: the file is written again at once, with the old member back
+    /// (or with the group's current membership, when that is to be stored),
+    /// and a failure of that write is tried again by every
+    /// [`GroupCoordinator::store_changed`].
+    ///
     /// A group with nothing to store (a follower's SyncGroup, a change another
     /// call is storing) returns at once, without waiting for the group's writer
     /// lock, which a store of any group sharing that lock holds across its
@@ -1032,29 +1097,52 @@ impl GroupCoordinator {
         // Nothing to store: nothing to wait for. A change made from here on is
         // stored by the call that makes it (or by the next pass of
         // `store_changed`), which reads the group under the writer lock.
-        if !self.lock().get_mut(group).is_some_and(Group::take_unstored) {
+        if !self
+            .lock()
+            .get_mut(group)
+            .is_some_and(Group::take_store_due)
+        {
             return;
         }
         // Held from reading the group's state until its file is in place, so
         // that the file written last holds the newest state.
         let _writer = store.writer(group);
+        while self.store_once(store, group) {}
+    }
+
+    /// One write of `group`'s file, under its writer lock: whether the file is
+    /// to be written again at once ([`GroupCoordinator::stored`]).
+    fn store_once(&self, store: &GroupMetaStore, group: &str) -> bool {
         let Some(snapshot) = self.read_for_store(group) else {
-            return;
+            return false;
         };
         let stored = store.write(group, &snapshot.meta);
         if let Err(e) = &stored {
             tracing::error!(group = %group, generation = snapshot.meta.generation, error = %e, "storing the group's membership failed");
         }
-        self.stored(group, &snapshot, stored.is_ok());
+        self.stored(group, &snapshot, stored.is_ok())
     }
 
     /// What a store of `group` writes, read (and its change marked stored)
     /// under the group's writer lock; `None` when there is nothing to store.
+    /// The group's current membership, when it changed, replaces a pending
+    /// undo ([`Group::undo`]): it names no member id the group does not hold.
     fn read_for_store(&self, group: &str) -> Option<StoreSnapshot> {
         let mut groups = self.lock();
         let g = groups.get_mut(group)?;
-        if !g.take_unstored() {
+        if !g.take_store_due() {
             return None;
+        }
+        if !g.take_unstored() {
+            let meta = g.undo.take()?;
+            return Some(StoreSnapshot {
+                meta,
+                completing: None,
+                replacing: Vec::new(),
+                replaced: Vec::new(),
+                undo: true,
+                replaces_undo: None,
+            });
         }
         g.unstored = false;
         let completing = (g.state == State::CompletingRebalance).then_some(g.generation);
@@ -1062,16 +1150,46 @@ impl GroupCoordinator {
             meta: g.to_meta(),
             completing,
             replacing: g.replacements.iter().map(|r| r.new.clone()).collect(),
+            replaced: g
+                .replacements
+                .iter()
+                .filter_map(|r| {
+                    let m = g.members.get(&r.old)?;
+                    Some((r.new.clone(), member_meta(&r.old, m, None)))
+                })
+                .collect(),
+            undo: false,
+            replaces_undo: g.undo.take(),
         })
     }
 
     /// The store of `snapshot` for `group` completed, successfully when `ok`:
-    /// answers those waiting for it.
-    fn stored(&self, group: &str, snapshot: &StoreSnapshot, ok: bool) {
+    /// answers those waiting for it. Returns whether the file is to be written
+    /// again at once: it names the new id of a replacement that did not take
+    /// effect (see [`Group::undo`]).
+    fn stored(&self, group: &str, snapshot: &StoreSnapshot, ok: bool) -> bool {
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
-            return;
+            return false;
         };
+        if !ok {
+            // The file is as before this write: an undo it was to write, or
+            // to make unnecessary, is due still.
+            let due = if snapshot.undo {
+                Some(&snapshot.meta)
+            } else {
+                snapshot.replaces_undo.as_ref()
+            };
+            if let Some(undo) = due {
+                g.undo.get_or_insert_with(|| undo.clone());
+            }
+        }
+        if snapshot.undo {
+            if ok {
+                tracing::info!(group = %group, "the group's file names again the old member ids of static members' replacements that did not take effect");
+            }
+            return false;
+        }
         match snapshot.completing {
             Some(generation)
                 if g.state == State::CompletingRebalance
@@ -1094,15 +1212,29 @@ impl GroupCoordinator {
             }
             Some(_) => {}
             None => {
-                g.finish_replacements(&snapshot.replacing, ok, Instant::now());
+                let installed = g.finish_replacements(&snapshot.replacing, ok, Instant::now());
+                if ok && installed.len() < snapshot.replacing.len() {
+                    // Abandoned (the group left `Stable`) or superseded while
+                    // being written: the file names a member id that the
+                    // group does not hold, and a restarted broker would fence
+                    // the old id, still the member, with it.
+                    tracing::warn!(group = %group, "a static member's replacement was stored but did not take effect: the group's file is written again with the old member id");
+                    g.undo = Some(undo_replacements(
+                        &snapshot.meta,
+                        snapshot
+                            .replaced
+                            .iter()
+                            .filter(|(new, _)| !installed.contains(new)),
+                    ));
+                }
                 if !ok {
-                    // The file may not hold what the group holds now (a
-                    // replacement stored before, then superseded): written
-                    // again at the next store.
+                    // The file does not hold what the group holds: written
+                    // again at the group's next store.
                     g.unstored = true;
                 }
             }
         }
+        ok && g.undo.is_some()
     }
 
     /// Removes the stored membership of `group`, which is being deleted (between
@@ -3093,12 +3225,45 @@ mod tests {
     /// Stores `group` as [`GroupCoordinator::store_group`] does, running
     /// `meanwhile` after the group was read and before its file is written.
     fn store_with(c: &GroupCoordinator, group: &str, meanwhile: impl FnOnce()) {
+        store_around(c, group, meanwhile, || {});
+    }
+
+    /// Stores `group` as [`GroupCoordinator::store_group`] does, running
+    /// `before` after the group was read and before its file is written, and
+    /// `after` once the file is written, before the write's outcome is applied
+    /// to the group.
+    fn store_around(
+        c: &GroupCoordinator,
+        group: &str,
+        before: impl FnOnce(),
+        after: impl FnOnce(),
+    ) {
         let store = c.meta.as_ref().unwrap();
         let _writer = store.writer(group);
         let snapshot = c.read_for_store(group).expect("something to store");
-        meanwhile();
+        before();
         let ok = store.write(group, &snapshot.meta).is_ok();
-        c.stored(group, &snapshot, ok);
+        after();
+        if c.stored(group, &snapshot, ok) {
+            while c.store_once(store, group) {}
+        }
+    }
+
+    /// The member id that group `group`'s file names for group instance
+    /// `instance`, and its leader.
+    fn stored_static(dir: &std::path::Path, group: &str, instance: &str) -> (String, String) {
+        let (_, loaded) = GroupMetaStore::open(dir.to_path_buf()).unwrap();
+        let (_, meta) = loaded
+            .into_iter()
+            .filter_map(|l| l.group.ok())
+            .find(|(g, _)| g == group)
+            .expect("the group is stored");
+        let member = meta
+            .members
+            .iter()
+            .find(|m| m.instance_id.as_deref() == Some(instance))
+            .expect("the instance is stored");
+        (member.member_id.clone(), meta.leader.unwrap_or_default())
     }
 
     /// A static member replacing itself in a `Stable` group is answered only
@@ -3232,7 +3397,8 @@ mod tests {
     /// its store leaves every JoinGroup answered once and the membership
     /// coherent: the old id works until the store; the same instance joining
     /// again supersedes the replacement (FENCED_INSTANCE_ID, as a replaced
-    /// id's pending join gets); a rebalance or a LeaveGroup abandons it
+    /// id's pending join gets), and its own replacement is stored as soon as
+    /// the superseded one's write completes; a rebalance or a LeaveGroup abandons it
     /// (REBALANCE_IN_PROGRESS: the member joins again, as it would have in a
     /// rebalancing group); and the old member's session does not expire
     /// meanwhile.
@@ -3244,24 +3410,32 @@ mod tests {
         // The instance joins again while the first replacement is being written.
         let (s, _) = static_group(&c, "again");
         let mut first = join_in(&c, "again", "", Some("s"));
-        let mut second = None;
-        store_with(&c, "again", || {
-            assert_eq!(
-                c.heartbeat("again", 2, &s.member_id, Some("s")),
-                codes::NONE
-            );
-            second = Some(join_in(&c, "again", "", Some("s")));
-        });
+        let second = std::cell::RefCell::new(None);
+        store_around(
+            &c,
+            "again",
+            || {
+                assert_eq!(
+                    c.heartbeat("again", 2, &s.member_id, Some("s")),
+                    codes::NONE
+                );
+                *second.borrow_mut() = Some(join_in(&c, "again", "", Some("s")));
+            },
+            || {
+                let mut second = second.borrow_mut();
+                let second = second.as_mut().unwrap();
+                assert!(second.try_recv().is_err(), "waits for its own store");
+                assert_eq!(
+                    c.heartbeat("again", 2, &s.member_id, Some("s")),
+                    codes::NONE
+                );
+            },
+        );
         let fenced = first.try_recv().unwrap();
         assert_eq!(fenced.error, codes::FENCED_INSTANCE_ID);
-        let mut second = second.unwrap();
-        assert!(second.try_recv().is_err(), "waits for its own store");
-        assert_eq!(
-            c.heartbeat("again", 2, &s.member_id, Some("s")),
-            codes::NONE
-        );
-        c.store_group("again");
-        let s2 = second.try_recv().unwrap();
+        // The file named the first replacement's id, which no client holds:
+        // the same store wrote it again at once, with the second in force.
+        let s2 = second.into_inner().unwrap().try_recv().unwrap();
         assert_eq!((s2.error, s2.generation), (codes::NONE, 2));
         assert_eq!(
             c.heartbeat("again", 2, &s.member_id, Some("s")),
@@ -3337,6 +3511,148 @@ mod tests {
             c.heartbeat("expiry", 2, &s2.member_id, Some("s")),
             codes::NONE
         );
+    }
+
+    /// A replacement whose membership was written but that did not take
+    /// effect (the group rebalanced as the write completed or while it was
+    /// under way, or the instance joined again and the group then rebalanced)
+    /// leaves the old id the member, and the file names the old id again
+    /// before the store returns: a broker restarted afterwards keeps the old
+    /// id, the one the group holds, rather than fencing its holder with a new
+    /// id no client holds. A write that fails as the group rebalances leaves
+    /// the old id in the file; a write taking the new id back that fails is
+    /// tried again by the next pass of `store_changed` (every 5 s at most).
+    /// Before, the file named the new id until the group's next store (the
+    /// rebalance's completion, or its emptying): a restart meanwhile answered
+    /// the old id FENCED_INSTANCE_ID, which clients treat as fatal.
+    #[test]
+    fn a_static_members_replacement_stored_but_abandoned_is_taken_back_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let keeps_old_id = |group: &str, s: &JoinResult| {
+            assert!(
+                c.lock()[group].members.contains_key(&s.member_id),
+                "the group holds the old id"
+            );
+            assert_eq!(
+                stored_static(dir.path(), group, "s"),
+                (s.member_id.clone(), s.member_id.clone()),
+                "the file names the old id, as member and leader"
+            );
+            assert_eq!(
+                opened(dir.path()).heartbeat(group, 2, &s.member_id, Some("s")),
+                codes::NONE,
+                "a restarted broker keeps the old id"
+            );
+        };
+        let blocked = |group: &str| {
+            // The atomic replace cannot create its temporary file.
+            dir.path()
+                .join(crate::storage::offsets::file_name(group))
+                .with_extension("tmp")
+        };
+
+        // The write completes; a member joins before it takes effect.
+        let (s, d) = static_group(&c, "written");
+        let mut r = join_in(&c, "written", "", Some("s"));
+        let mut n = None;
+        store_around(
+            &c,
+            "written",
+            || {},
+            || {
+                n = Some(join_in(&c, "written", "", None));
+                assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
+            },
+        );
+        keeps_old_id("written", &s);
+        // The rebalance goes on with the old id and is stored as usual.
+        let mut rs = join_in(&c, "written", &s.member_id, Some("s"));
+        let mut rd = join_in(&c, "written", &d.member_id, None);
+        let (s3, d3, n3) = (
+            rs.try_recv().unwrap(),
+            rd.try_recv().unwrap(),
+            n.unwrap().try_recv().unwrap(),
+        );
+        assert_eq!(
+            (s3.error, s3.generation, d3.generation, n3.generation),
+            (codes::NONE, 3, 3, 3)
+        );
+        let mut sync = c.sync("written", 3, &s.member_id, Some("s"), vec![]);
+        c.store_group("written");
+        assert_eq!(sync.try_recv().unwrap().0, codes::NONE);
+        assert_eq!(
+            opened(dir.path()).heartbeat("written", 3, &s.member_id, Some("s")),
+            codes::NONE
+        );
+
+        // The write is under way when the other member leaves.
+        let (s, d) = static_group(&c, "in flight");
+        let mut r = join_in(&c, "in flight", "", Some("s"));
+        store_with(&c, "in flight", || {
+            assert_eq!(
+                c.leave("in flight", std::slice::from_ref(&d.member_id)),
+                Ok(vec![codes::NONE])
+            );
+            assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
+        });
+        keeps_old_id("in flight", &s);
+
+        // The instance joins again during the write, and a member joins before
+        // the second replacement is stored.
+        let (s, _) = static_group(&c, "superseded");
+        let mut first = join_in(&c, "superseded", "", Some("s"));
+        let mut second = None;
+        store_around(
+            &c,
+            "superseded",
+            || second = Some(join_in(&c, "superseded", "", Some("s"))),
+            || drop(join_in(&c, "superseded", "", None)),
+        );
+        assert_eq!(first.try_recv().unwrap().error, codes::FENCED_INSTANCE_ID);
+        assert_eq!(
+            second.unwrap().try_recv().unwrap().error,
+            codes::REBALANCE_IN_PROGRESS
+        );
+        keeps_old_id("superseded", &s);
+
+        // The write fails as a member joins: the file holds the old id still,
+        // and nothing is due.
+        let (s, _) = static_group(&c, "failed");
+        let mut r = join_in(&c, "failed", "", Some("s"));
+        std::fs::create_dir(blocked("failed")).unwrap();
+        store_with(&c, "failed", || drop(join_in(&c, "failed", "", None)));
+        assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
+        std::fs::remove_dir(blocked("failed")).unwrap();
+        assert!(!c.needs_store("failed"));
+        keeps_old_id("failed", &s);
+
+        // The write taking the new id back fails: tried again by the next
+        // pass of `store_changed`, which the broker runs within 5 s.
+        let (s, _) = static_group(&c, "retried");
+        let mut r = join_in(&c, "retried", "", Some("s"));
+        store_around(
+            &c,
+            "retried",
+            || {},
+            || {
+                drop(join_in(&c, "retried", "", None));
+                std::fs::create_dir(blocked("retried")).unwrap();
+            },
+        );
+        assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
+        assert_ne!(
+            stored_static(dir.path(), "retried", "s").0,
+            s.member_id,
+            "the write taking the new id back failed"
+        );
+        assert!(c.needs_store("retried"));
+        c.store_changed();
+        assert!(c.needs_store("retried"), "due until written");
+        std::fs::remove_dir(blocked("retried")).unwrap();
+        c.store_changed();
+        assert!(!c.needs_store("retried"));
+        keeps_old_id("retried", &s);
     }
 
     /// A SyncGroup with nothing to store (a follower's, in a stable group) does
