@@ -2036,7 +2036,8 @@ mod tests {
     }
 
     /// Makes every commit in the group files of `dir` look made at `at`: the
-    /// files' modification times and each position's commit time.
+    /// last commit each file records, each position's commit time, and the
+    /// files' modification times.
     fn backdate(dir: &std::path::Path, at: SystemTime) {
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
@@ -2049,6 +2050,7 @@ mod tests {
             for o in v["offsets"].as_array_mut().unwrap() {
                 o["commit_timestamp_ms"] = ms.into();
             }
+            v["last_commit_ms"] = ms.into();
             std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
             let f = std::fs::File::options().write(true).open(&path).unwrap();
             f.set_modified(at).unwrap();
