@@ -212,7 +212,7 @@ pub struct Partition {
     /// One compaction pass at a time.
     compacting: Mutex<()>,
     /// Set when a compaction's copy was put in place on disk but could not be
-    /// loaded: the segments in memory no longer match the files (the old ones
+    /// loaded, or its swap failed part way: the segments in memory no longer match the files (the old ones
     /// were removed or renamed over), so no retention, DeleteRecords or
     /// compaction touches the partition's files until a restart, which loads
     /// what the disk holds. Why, for the errors.
@@ -223,6 +223,10 @@ pub struct Partition {
     /// Makes this many loads of a compaction's installed copy fail (tests).
     #[cfg(test)]
     fail_swap_loads: std::sync::atomic::AtomicU32,
+    /// Makes the next [`segment::install_swap`] fail once it has done its work,
+    /// as a failed last directory sync does (tests).
+    #[cfg(test)]
+    fail_swap_finish: AtomicBool,
 }
 
 /// What a fetch read returns.
@@ -425,6 +429,8 @@ impl Partition {
             fail_next_append: AtomicBool::new(false),
             #[cfg(test)]
             fail_swap_loads: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            fail_swap_finish: AtomicBool::new(false),
         })
     }
 
@@ -1177,7 +1183,32 @@ impl Partition {
         let merged: Vec<i64> = group[1..].iter().map(|g| g.base).collect();
         // Counted before any file changes (a failed swap counts too).
         self.segments_replaced.fetch_add(1, Ordering::SeqCst);
-        segment::install_swap(&self.dir, base, &merged)?;
+        let swapped = segment::install_swap(&self.dir, base, &merged);
+        #[cfg(test)]
+        let swapped = swapped.and_then(|()| {
+            if self.fail_swap_finish.swap(false, Ordering::Relaxed) {
+                Err(Error::io(
+                    "fsync",
+                    &self.dir,
+                    std::io::Error::from_raw_os_error(libc::EIO),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = swapped {
+            // Once the copy's log has left its `.cleaning` name the swap is
+            // under way on disk (a restart finishes it): the group's segments
+            // in memory may name files that are gone or replaced.
+            if !self.dir.join(segment::cleaning_names(base).0).exists() {
+                let why = format!(
+                    "the compacted copy of segments from offset {base} is being put in place but the swap failed ({e}); restart the broker to finish it"
+                );
+                tracing::error!(topic = %self.topic, partition = self.index, "{why}");
+                let _ = self.swap_unloaded.set(why);
+            }
+            return Err(e);
+        }
         // The copy is in place of the group on disk from here on: the group's
         // segments in memory name files that are gone or replaced.
         let mut loaded = self.load_installed(base);
@@ -3356,6 +3387,28 @@ pub(crate) mod tests {
         /// the copy with every record compaction kept.
         #[test]
         fn a_compacted_copy_that_cannot_be_loaded_stops_changes_until_a_restart() {
+            copy_in_place_not_in_memory(
+                |p| p.fail_swap_loads.store(3, Ordering::Relaxed),
+                "Too many open files",
+            );
+        }
+
+        /// As above when the swap itself fails once the copy's log has left
+        /// its `.cleaning` name (its last directory sync here): the group's
+        /// files were removed or renamed over, and a retention pass then
+        /// deleted the copy by the first segment's path.
+        #[test]
+        fn a_compaction_swap_that_fails_part_way_stops_changes_until_a_restart() {
+            copy_in_place_not_in_memory(
+                |p| p.fail_swap_finish.store(true, Ordering::Relaxed),
+                "Input/output error",
+            );
+        }
+
+        /// Compacts every closed segment in one group with `fail` set up to
+        /// make the copy's install fail with `message`, then checks that no
+        /// change follows and that a restart reads what compaction kept.
+        fn copy_in_place_not_in_memory(fail: impl FnOnce(&Partition), message: &str) {
             let (_dir, pdir, p) = fresh();
             let mut model = Model::new();
             let v = "v".repeat(300);
@@ -3366,11 +3419,11 @@ pub(crate) mod tests {
             assert!(p.log.lock().unwrap().len() > 3, "several segments");
             let mut pol = policy(TS);
             pol.segment_bytes = 1 << 20; // every closed segment in one group
-            p.fail_swap_loads.store(3, Ordering::Relaxed);
+            fail(&p);
             let err = p
                 .compact(&pol, &AtomicBool::new(false))
-                .expect_err("a copy that cannot be loaded");
-            assert!(err.to_string().contains("Too many open files"), "{err}");
+                .expect_err("a copy not put in place in memory");
+            assert!(err.to_string().contains(message), "{err}");
             assert!(p.swap_unloaded.get().is_some());
             // Between the first segment and the active one: DeleteRecords would
             // remove the first segment's file, the copy.
