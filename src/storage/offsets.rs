@@ -248,7 +248,7 @@ impl OffsetStore {
     }
 
     /// The lock every writer of `group` holds (see [`OffsetStore::writers`]).
-    fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
+    pub(crate) fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
         self.writers.lock(group)
     }
 
@@ -264,7 +264,35 @@ impl OffsetStore {
         protocol_type: Option<&str>,
         commits: Vec<Committed>,
     ) -> Result<()> {
+        self.commit_where(group, protocol_type, commits, |_| true)
+            .map(|_| ())
+    }
+
+    /// [`OffsetStore::commit`] of the `commits` that `still` accepts, judged
+    /// under the group's writer lock, which a deleted topic's positions are
+    /// dropped under too: a commit checked against a topic before it waited
+    /// for the lock is judged again, so that it cannot land in a topic of the
+    /// same name created meanwhile. Returns the positions refused.
+    ///
+    /// # Errors
+    /// I/O errors; the in-memory state is unchanged then.
+    pub fn commit_where(
+        &self,
+        group: &str,
+        protocol_type: Option<&str>,
+        commits: Vec<Committed>,
+        still: impl Fn(&Committed) -> bool,
+    ) -> Result<Vec<(String, i32)>> {
         let _writer = self.writer(group);
+        let (commits, refused): (Vec<Committed>, Vec<Committed>) =
+            commits.into_iter().partition(|c| still(c));
+        let refused: Vec<(String, i32)> = refused
+            .into_iter()
+            .map(|c| (c.topic, c.partition))
+            .collect();
+        if commits.is_empty() {
+            return Ok(refused);
+        }
         // Copied outside the lock: a group may hold many positions, and readers
         // of every other group wait for the lock.
         let current = self.lock().get(group).cloned();
@@ -280,7 +308,7 @@ impl OffsetStore {
         next.last_commit = now;
         self.store(group, &next)?;
         self.lock().insert(group.to_string(), Arc::new(next));
-        Ok(())
+        Ok(refused)
     }
 
     /// Writes `group`'s file (atomic replace).

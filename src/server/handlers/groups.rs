@@ -249,6 +249,9 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
     let metadata_max = ctx.storage.config().groups.offset_metadata_max_bytes;
     let mut commits = Vec::new();
     let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
+    // The id of each topic as checked: a topic deleted and created again under
+    // its name before the commit is stored is another topic.
+    let mut ids = std::collections::HashMap::new();
     for t in &req.topics {
         let mut parts = Vec::new();
         for p in &t.partitions {
@@ -268,6 +271,9 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
             {
                 codes::OFFSET_METADATA_TOO_LARGE
             } else {
+                if let Some(topic) = ctx.storage.topic(&t.name.0) {
+                    ids.insert(t.name.0.to_string(), topic.id);
+                }
                 commits.push(Committed {
                     topic: t.name.0.to_string(),
                     partition: p.partition_index,
@@ -288,13 +294,26 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         // restart (simple commits to a group that never had members record none).
         let protocol_type = ctx.groups.protocol_type(&group);
         let stored = tokio::task::spawn_blocking(move || {
+            let same = |c: &Committed| {
+                storage.partition(&c.topic, c.partition).is_some()
+                    && storage.topic(&c.topic).map(|t| t.id) == ids.get(&c.topic).copied()
+            };
             storage
                 .offsets()
-                .commit(&g, protocol_type.as_deref(), commits)
+                .commit_where(&g, protocol_type.as_deref(), commits, same)
         })
         .await;
         let failed = match stored {
-            Ok(Ok(())) => false,
+            Ok(Ok(refused)) => {
+                for (name, parts) in &mut results {
+                    for (i, code) in parts.iter_mut() {
+                        if refused.iter().any(|(t, p)| t == name.0.as_str() && p == i) {
+                            *code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                        }
+                    }
+                }
+                false
+            }
             Ok(Err(e)) => {
                 tracing::error!(group = %group, error = %e, "storing committed offsets failed");
                 true
@@ -715,5 +734,59 @@ mod tests {
         let r = delete_groups(&ctx, req()).await;
         assert_eq!(r.results[0].error_code, codes::NONE);
         assert!(ctx.storage.offsets().group("g").is_none());
+    }
+
+    /// An OffsetCommit checked against a topic, then held up before its store
+    /// (the group's writer lock, held across other groups' fsyncs) while the
+    /// topic is deleted and created again under its name, is refused: it used
+    /// to land in the new topic, whose consumers then skipped its first records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_held_up_across_a_topic_delete_and_create_is_refused() {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let storage = ctx.storage.clone();
+        let holder = std::thread::spawn(move || {
+            let _writer = storage.offsets().writer("g");
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId("g".into()))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName("t".into()))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(1000)])]);
+        let commit = {
+            let ctx = std::sync::Arc::clone(&ctx);
+            tokio::spawn(async move { offset_commit(&ctx, req).await })
+        };
+        // Checked and waiting for the lock.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !commit.is_finished(),
+            "the commit waits for the writer lock"
+        );
+        assert!(ctx.storage.delete_topic("t").await.unwrap());
+        ctx.storage.create_topic("t", 1).unwrap();
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let r = commit.await.unwrap();
+        assert_eq!(
+            r.topics[0].partitions[0].error_code,
+            codes::UNKNOWN_TOPIC_OR_PARTITION
+        );
+        assert!(
+            ctx.storage.offsets().fetch("g", "t", 0).is_none(),
+            "the old topic's position landed in the new one"
+        );
     }
 }
