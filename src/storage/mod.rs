@@ -29,6 +29,7 @@ pub mod partition;
 pub mod producers;
 pub mod recovery_points;
 pub mod segment;
+pub mod time_index;
 pub mod topic_config;
 
 use std::{

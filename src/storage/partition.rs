@@ -60,6 +60,16 @@ fn producers_before(dir: &Path, base: i64, prev: Option<&Segment>) -> Result<Pro
     Ok(producers)
 }
 
+/// Saves the time index of `seg`, a segment just closed and synced (see
+/// [`Segment::save_time_index`]). A failure is logged, not returned: the
+/// segment then opens as one without, its batch headers read when its newest
+/// timestamp is needed.
+fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
+    if let Err(e) = seg.save_time_index() {
+        tracing::warn!(topic, partition, error = %e, "could not save the segment's time index; its batch headers are read at the next start when its newest timestamp is needed");
+    }
+}
+
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
 /// is a readable one for it.
 fn load_snapshot(dir: &Path, base: i64) -> Option<Snapshot> {
@@ -314,6 +324,7 @@ impl Partition {
         segment::recover_swaps(&dir)?;
         let mut bases = Vec::new();
         let mut snapshots = BTreeSet::new();
+        let mut time_indexes = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read_dir", &dir, e))? {
             let entry = entry.map_err(|e| Error::io("read_dir", &dir, e))?;
             let name = entry.file_name();
@@ -327,6 +338,11 @@ impl Partition {
                 .and_then(|stem| stem.parse::<i64>().ok())
             {
                 snapshots.insert(base);
+            } else if let Some(base) = name
+                .strip_suffix(".timeindex")
+                .and_then(|stem| stem.parse::<i64>().ok())
+            {
+                time_indexes.push(base);
             } else if name.ends_with(".producers-tmp")
                 || name.ends_with(segment::CLEANING_SUFFIX)
                 || name.ends_with(segment::REBUILD_SUFFIX)
@@ -338,6 +354,22 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        // A time index whose segment is gone (its removal undone by a crash
+        // before the directory was synced) is never read: removed.
+        for base in time_indexes {
+            if bases.binary_search(&base).is_err() {
+                let path = dir.join(segment::time_index_name(base));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Harmless where it is: never read, and a segment
+                    // created at this base removes it first.
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "could not remove a time index whose segment is gone");
+                    }
+                }
+            }
+        }
         // A snapshot whose segment is gone (its removal undone by a crash
         // before the directory was synced) is never read: removed.
         let orphans: Vec<i64> = snapshots
@@ -373,6 +405,9 @@ impl Partition {
                 // seals with its files closed: every older segment of every
                 // partition may need its index rebuilt at one start.
                 seg.sync()?;
+                // A segment the open scanned (its index rebuilt) knows its
+                // newest timestamp: saved, for the next start.
+                save_time_index(topic, index, &mut seg);
                 seg.seal(&files);
                 seg
             };
@@ -463,6 +498,7 @@ impl Partition {
             let short = log[i].cut().is_some() || scanned.cut().is_some() || end < next_base;
             if !short {
                 scanned.sync()?;
+                save_time_index(&self.topic, self.index, &mut scanned);
                 scanned.seal(&self.open_files);
                 log[i] = scanned;
                 continue;
@@ -812,6 +848,10 @@ impl Partition {
                     self.sync_failed.get_or_init(|| e.to_string());
                     return Err(e);
                 }
+                // Closed for good: its newest timestamp is saved (synced, its
+                // directory entry with the successor's below), so a start
+                // need not read its batch headers.
+                save_time_index(&self.topic, self.index, s);
                 // Synced: its files close; reads open its log on demand.
                 s.seal(&self.open_files);
             }
@@ -869,9 +909,10 @@ impl Partition {
                 .is_some_and(|r| now_ms.saturating_sub(t) > i64::try_from(r).unwrap_or(i64::MAX))
         };
         if retention_ms.is_some() {
-            // A segment opened from its index knows only its last batch's
-            // timestamp, and an earlier batch may be newer: the newest of all
-            // is found before the segment can expire by time.
+            // A segment opened from its index without a time index that
+            // holds knows only its last batch's timestamp, and an earlier
+            // batch may be newer: the newest of all is found before the
+            // segment can expire by time.
             self.settle_max_timestamps(|s| s.max_timestamp() < 0 || older(s.max_timestamp()));
         }
         self.trim("past retention", |s, total| {
@@ -1231,7 +1272,12 @@ impl Partition {
                 return Err(e);
             }
         };
-        seg.set_max_timestamp(max_timestamp);
+        // The copy's time index, written with it, gives its newest timestamp
+        // (and the batch holding it); without one, the copy's writer did.
+        if !seg.max_timestamp_is_exact() {
+            seg.set_max_timestamp(max_timestamp);
+        }
+        debug_assert_eq!(seg.max_timestamp(), max_timestamp);
         seg.seal(&self.open_files);
         log.splice(i..i + group.len(), [seg]);
         self.note_first_segment(&log);
@@ -1901,6 +1947,20 @@ pub(crate) mod tests {
             .count()
     }
 
+    /// Removes the time index files in `dir`, as a directory written before
+    /// they were kept has none; returns how many there were.
+    fn remove_time_indexes(dir: &Path) -> usize {
+        let found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "timeindex"))
+            .collect();
+        for path in &found {
+            std::fs::remove_file(path).unwrap();
+        }
+        found.len()
+    }
+
     /// A log copy that a crash left while the newest segment was being rebuilt
     /// at start-up (its rename never happened) is removed; the log stays.
     #[test]
@@ -2054,7 +2114,8 @@ pub(crate) mod tests {
     /// A segment opened from its index at start-up knew only its last batch's
     /// timestamp: when an earlier batch was newer (producers' clocks differ),
     /// retention deleted it by the older one. The newest of all its batches
-    /// is found before it expires by time.
+    /// is found before it expires by time. (Here without its time index, as a
+    /// directory written before they were kept.)
     #[test]
     fn a_segment_opened_from_its_index_expires_by_its_newest_batch_not_its_last() {
         const DAY: i64 = 24 * 3600 * 1000;
@@ -2068,6 +2129,7 @@ pub(crate) mod tests {
         assert_eq!(files(&pdir, "log"), 2);
         p.sync().unwrap();
         drop(p);
+        assert_eq!(remove_time_indexes(&pdir), 1);
 
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert!(!p.log.lock().unwrap()[0].max_timestamp_is_exact());
@@ -2083,6 +2145,84 @@ pub(crate) mod tests {
         // Day 9: it is past retention.
         assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 2);
         assert_eq!(p.log_start_offset(), 3);
+    }
+
+    /// After a restart the first time retention pass read every batch header
+    /// of every closed segment (the index gives only a segment's last batch's
+    /// timestamp), and so did the first timestamp lookup: one read per batch,
+    /// a million for a partition of 1 GiB in 1 KiB batches. Each segment's
+    /// newest timestamp is saved in its time index when it rolls: after a
+    /// restart the segments know it, retention deletes the right ones
+    /// reading no header, a lookup skips the segments older than asked, and
+    /// the time indexes go with their segments.
+    #[test]
+    fn retention_and_lookups_after_a_restart_read_no_batch_header_of_closed_segments() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        // Two batches a segment: [day 1, day 1], [day 5, day 1] (its newest
+        // is not its last), [day 1, day 1], then the active one, [day 1].
+        for (i, ts) in [DAY, DAY, 5 * DAY, DAY, DAY, DAY, DAY]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(produce_at(&p, ts, 1500), i as i64);
+        }
+        assert_eq!((files(&pdir, "log"), files(&pdir, "timeindex")), (4, 3));
+        p.sync().unwrap();
+        drop(p);
+        // One whose segment is gone, as a crash may leave it: removed.
+        let stray = pdir.join(segment::time_index_name(100));
+        std::fs::write(&stray, b"stale").unwrap();
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert!(!stray.exists());
+        let newest = |p: &Partition| -> Vec<(i64, bool, i64, Option<i64>)> {
+            p.log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s.base_offset(),
+                        s.max_timestamp_is_exact(),
+                        s.max_timestamp(),
+                        s.max_timestamp_offset(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            newest(&p),
+            vec![
+                (0, true, DAY, Some(0)),
+                (2, true, 5 * DAY, Some(2)),
+                (4, true, DAY, Some(4)),
+                (6, true, DAY, Some(6)),
+            ]
+        );
+        HEADERS_READ.with(|c| c.set(0));
+        assert_eq!(p.offset_for_timestamp(5 * DAY).unwrap(), Some((2, 5 * DAY)));
+        assert_eq!(HEADERS_READ.with(|c| c.get()), 1, "segment 0 skipped");
+
+        segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(0));
+        let three_days = Some(3 * DAY as u64);
+        // Day 6: segment 0 is 5 days old, segment 2 holds a record a day old.
+        assert_eq!(p.apply_retention(6 * DAY, three_days, None).unwrap().0, 1);
+        assert_eq!(
+            segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()),
+            0,
+            "batch headers read to judge the segments"
+        );
+        assert_eq!(p.log_start_offset(), 2);
+        assert_eq!(files(&pdir, "timeindex"), 2);
+        // Day 9: everything goes, the active segment too (a new one takes
+        // its place).
+        assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 3);
+        assert_eq!(segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()), 0);
+        assert_eq!(p.log_start_offset(), 7);
+        assert_eq!((files(&pdir, "log"), files(&pdir, "timeindex")), (1, 0));
     }
 
     /// Batch index entries copied by clones on this thread, and batch headers
@@ -2139,10 +2279,20 @@ pub(crate) mod tests {
         assert_eq!(by_time, (0, (target - holding + 1) as u64));
         assert_eq!(max, (0, (N - last) as u64));
 
-        // Opened from their indexes, the older segments' newest timestamps are
-        // not known: the first lookups read them, the next ones skip them.
+        // Reopened, the older segments' time indexes give their newest
+        // timestamps: the first lookups skip them already.
         p.sync().unwrap();
         drop(p);
+        let p = open();
+        assert_eq!(
+            lookups(&p),
+            ((0, (target - holding + 1) as u64), (0, (N - last) as u64))
+        );
+        // Opened from their indexes alone (a directory from before time
+        // indexes), the older segments' newest timestamps are not known: the
+        // first lookups read them, the next ones skip them.
+        drop(p);
+        assert_eq!(remove_time_indexes(&pdir), bases.len() - 1);
         let p = open();
         let (by_time, _) = lookups(&p);
         assert_eq!(by_time, (0, (target + 1) as u64));
@@ -3797,6 +3947,63 @@ pub(crate) mod tests {
             assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 3);
         }
 
+        /// A compacted copy is installed with its own time index (its newest
+        /// timestamp may be an earlier batch's than its last), and the time
+        /// index of the segment it replaced goes: after a restart the copy
+        /// knows its newest timestamp without reading a batch header.
+        #[test]
+        fn a_compacted_copy_is_installed_with_its_time_index() {
+            const DAY: i64 = 24 * 3600 * 1000;
+            let (_dir, pdir, p) = fresh();
+            // Segment 0: "x" of day 1 goes, "a" of day 5 and "b" of day 1 stay.
+            produce_keyed_at(&p, "x", DAY, 1200);
+            produce_keyed_at(&p, "a", 5 * DAY, 1200);
+            produce_keyed_at(&p, "b", DAY, 1200);
+            for key in ["x", "c", "d", "e"] {
+                produce_keyed_at(&p, key, DAY, 1200);
+            }
+            let time_index = pdir.join(segment::time_index_name(0));
+            let before = std::fs::read(&time_index).unwrap();
+            let stats = compact(&p, &policy(6 * DAY));
+            assert_eq!((stats.segments, stats.records_removed), (1, 1), "{stats:?}");
+            assert_eq!(files(&pdir, "cleaning") + files(&pdir, "swap"), 0);
+            let expected = {
+                let log = p.log.lock().unwrap();
+                let s = &log[0];
+                assert_eq!(s.max_timestamp_offset(), Some(1), "\"a\"");
+                crate::storage::time_index::TimeIndex {
+                    base_offset: 0,
+                    next_offset: s.next_offset(),
+                    log_size: s.size(),
+                    index_crc: crc32c::crc32c(
+                        &std::fs::read(pdir.join(segment::index_name(0))).unwrap(),
+                    ),
+                    max_timestamp: 5 * DAY,
+                    max_timestamp_offset: 1,
+                }
+            };
+            let saved = std::fs::read(&time_index).unwrap();
+            assert_ne!(saved, before);
+            assert_eq!(
+                crate::storage::time_index::TimeIndex::decode(&saved).unwrap(),
+                expected
+            );
+            drop(p);
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            {
+                let log = p.log.lock().unwrap();
+                assert!(log[0].max_timestamp_is_exact());
+                assert_eq!(log[0].max_timestamp(), 5 * DAY);
+            }
+            segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(0));
+            let three_days = Some(3 * DAY as u64);
+            assert_eq!(
+                p.apply_retention(6 * DAY, three_days, None).unwrap(),
+                (0, 0)
+            );
+            assert_eq!(segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()), 0);
+        }
+
         /// `min.compaction.lag.ms` holds back a segment opened from its index
         /// whose last batch is old enough but an earlier one is not.
         #[test]
@@ -3809,6 +4016,8 @@ pub(crate) mod tests {
             produce_keyed_at(&p, "k", TS - 48 * hour, 1200);
             assert_eq!(p.log.lock().unwrap().len(), 2);
             drop(p);
+            // As a directory from before time indexes.
+            assert_eq!(remove_time_indexes(&pdir), 1);
             let p = Partition::open("t", 0, pdir, 4096).unwrap();
             let mut lagged = policy(TS + 1000);
             lagged.min_compaction_lag_ms = 60_000;
@@ -3864,8 +4073,10 @@ pub(crate) mod tests {
                 .map(Segment::base_offset)
                 .collect();
             assert_eq!(bases, vec![0, *old_bases.last().unwrap()]);
+            assert_eq!(files(&pdir, "timeindex"), 1, "the merged segments' went");
             let copy_log = pdir.join(segment::log_name(0));
             let copy_index = pdir.join(segment::index_name(0));
+            let copy_time_index = pdir.join(segment::time_index_name(0));
 
             // Before the copy is named .swap: the old segments stay.
             let crash = dir.path().join("crash1");
@@ -3884,6 +4095,24 @@ pub(crate) mod tests {
             std::fs::remove_file(crash.join(segment::log_name(old_bases[1]))).unwrap();
             assert_eq!(reopened(&crash), compacted);
             assert_eq!(files(&crash, "log"), 2);
+            assert_eq!(files(&crash, "timeindex"), 0, "the old segments' went");
+            // The same with the copy's time index named .swap: it takes the
+            // first segment's place.
+            let crash = dir.path().join("crash2b");
+            copy_dir(&before, &crash);
+            std::fs::copy(&copy_log, crash.join(format!("{:020}.log.swap", 0))).unwrap();
+            std::fs::copy(&copy_index, crash.join(format!("{:020}.index.swap", 0))).unwrap();
+            std::fs::copy(
+                &copy_time_index,
+                crash.join(format!("{:020}.timeindex.swap", 0)),
+            )
+            .unwrap();
+            assert_eq!(reopened(&crash), compacted);
+            assert_eq!(files(&crash, "timeindex"), 1);
+            assert_eq!(
+                std::fs::read(crash.join(segment::time_index_name(0))).unwrap(),
+                std::fs::read(&copy_time_index).unwrap()
+            );
 
             // The log renamed, its index not yet: the log is scanned.
             let crash = dir.path().join("crash3");

@@ -2,7 +2,9 @@
 //!
 //! `<base offset, 20 digits>.log` holds RecordBatch v2 bytes back to back, exactly as
 //! produced except the base offset. `<base>.index` holds one 8-byte entry per batch:
-//! `(offset - base) as u32 BE, file position u32 BE`. The index of the newest segment
+//! `(offset - base) as u32 BE, file position u32 BE`. A closed segment also has
+//! `<base>.timeindex` ([`super::time_index`]): the newest timestamp of its batches,
+//! which its index does not give. The index of the newest segment
 //! is rebuilt on open by scanning the log (cutting a torn tail at the last batch whose
 //! CRC checks); older segments trust their index when it is consistent with the log.
 //! Nothing here syncs implicitly but the opening of the newest segment (see
@@ -32,6 +34,7 @@ use crate::wal::journal::{check_written, sync_all, sync_data};
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
     producers::ProducerState,
+    time_index::TimeIndex,
 };
 
 const INDEX_ENTRY: usize = 8;
@@ -68,6 +71,13 @@ thread_local! {
     /// Entries and chunk pointers copied by [`BatchIndex`] clones on this
     /// thread (tests).
     pub(crate) static INDEX_ENTRIES_COPIED: std::cell::Cell<u64> =
+        const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Batch headers [`MaxTimestampJob::run`] read on this thread (tests).
+    pub(crate) static MAX_TIMESTAMP_HEADERS_READ: std::cell::Cell<u64> =
         const { std::cell::Cell::new(0) };
 }
 
@@ -216,6 +226,8 @@ impl MaxTimestampJob {
         let (mut pos, mut max) = (0u64, -1i64);
         while pos < self.size {
             let info = read_batch_header(&file, path, pos, self.size, &mut head)?;
+            #[cfg(test)]
+            MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(c.get() + 1));
             max = max.max(info.max_timestamp);
             pos += info.len as u64;
         }
@@ -525,6 +537,8 @@ pub struct Segment {
     log_id: FileId,
     /// Shared with readers outside the partition lock (see [`BatchIndex`]).
     index: Arc<BatchIndex>,
+    /// CRC32C of the index file's bytes (those `index` encodes).
+    index_crc: u32,
     size: u64,
     next_offset: i64,
     dirty: bool,
@@ -534,12 +548,20 @@ pub struct Segment {
     /// What the opening scan cut off, if anything.
     cut: Option<Cut>,
     /// The newest record timestamp of the segment's batches; -1 when none. For
-    /// an older segment opened from its index, that of its last batch until
+    /// an older segment opened from its index, that of its time index when it
+    /// holds; without one, that of its last batch until
     /// [`Segment::max_timestamp_job`] finds the newest of all
     /// (`max_timestamp_exact` false until then).
     max_timestamp: i64,
     /// Whether `max_timestamp` is the newest of all the segment's batches.
     max_timestamp_exact: bool,
+    /// Base offset of the first batch holding `max_timestamp` (-1 when none
+    /// has a timestamp), when known: with `max_timestamp_exact`, unless that
+    /// was learned by a [`MaxTimestampJob`].
+    max_timestamp_offset: Option<i64>,
+    /// Whether the time index file says what this segment is now (loaded from
+    /// it, or saved by [`Segment::save_time_index`]).
+    time_index_saved: bool,
     /// The newest record timestamp of the segment's first batch; -1 when it has
     /// none (or, for an older segment opened from its index, unknown).
     first_timestamp: i64,
@@ -621,6 +643,12 @@ pub fn index_name(base: i64) -> String {
     format!("{base:020}.index")
 }
 
+/// Name of the time index of the segment starting at `base` (see
+/// [`super::time_index`]).
+pub fn time_index_name(base: i64) -> String {
+    format!("{base:020}.timeindex")
+}
+
 /// Name of the producer state snapshot taken when the segment starting at `base`
 /// was started.
 pub fn producers_name(base: i64) -> String {
@@ -639,6 +667,18 @@ pub fn cleaning_names(base: i64) -> (String, String) {
 
 /// Suffix of the files [`cleaning_names`] makes.
 pub const CLEANING_SUFFIX: &str = ".cleaning";
+
+/// Name of the time index of a compacted copy being written
+/// (`<base>.timeindex.cleaning`), removed with the other [`cleaning_names`].
+fn cleaning_time_index_name(base: i64) -> String {
+    format!("{}{CLEANING_SUFFIX}", time_index_name(base))
+}
+
+/// Name of the time index of a finished compacted copy waiting to replace the
+/// segments it covers (`<base>.timeindex.swap`).
+fn swap_time_index_name(base: i64) -> String {
+    format!("{}.swap", time_index_name(base))
+}
 
 /// Name of the copy of a segment's log written when the segment is rebuilt at
 /// start-up (`<base>.log.rebuild`; see [`Segment::open_newest`]); left over only by
@@ -685,6 +725,14 @@ fn remove_if_present(path: &Path) -> Result<()> {
 pub fn install_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
     let (cleaning_log, cleaning_index) = cleaning_names(base);
     let (swap_log, swap_index) = swap_names(base);
+    let cleaning_time_index = dir.join(cleaning_time_index_name(base));
+    let swap_time_index = dir.join(swap_time_index_name(base));
+    match std::fs::rename(&cleaning_time_index, &swap_time_index) {
+        Ok(()) => {}
+        // The copy's time index could not be written: it opens without one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("rename", &cleaning_time_index, e)),
+    }
     for (from, to) in [(cleaning_index, swap_index), (cleaning_log, swap_log)] {
         let (from, to) = (dir.join(from), dir.join(to));
         std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
@@ -696,10 +744,18 @@ pub fn install_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
 /// Step 2 of [`install_swap`].
 fn finish_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
     for &b in merged {
-        for name in [producers_name(b), index_name(b), log_name(b)] {
+        for name in [
+            time_index_name(b),
+            producers_name(b),
+            index_name(b),
+            log_name(b),
+        ] {
             remove_if_present(&dir.join(name))?;
         }
     }
+    // The first segment's time index describes the log the copy replaces: it
+    // goes before the copy takes the log's name.
+    remove_if_present(&dir.join(time_index_name(base)))?;
     remove_if_present(&dir.join(index_name(base)))?;
     let (swap_log, swap_index) = swap_names(base);
     let swap_log = dir.join(swap_log);
@@ -711,6 +767,13 @@ fn finish_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
         // A log without an index is scanned at open.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("rename", &swap_index, e)),
+    }
+    let swap_time_index = dir.join(swap_time_index_name(base));
+    match std::fs::rename(&swap_time_index, dir.join(time_index_name(base))) {
+        Ok(()) => {}
+        // A copy without a time index has its batch headers read when needed.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("rename", &swap_time_index, e)),
     }
     super::sync_dir(dir)
 }
@@ -749,8 +812,8 @@ fn end_of(path: &Path, base: i64) -> Result<i64> {
 
 /// Finishes every swap a crash interrupted in `dir` (see [`install_swap`]): a
 /// `<base>.log.swap` replaces `<base>.log` and every segment whose base lies
-/// after `base` and before the copy's end. Leftover `.index.swap` files whose log
-/// was already renamed are removed.
+/// after `base` and before the copy's end. Leftover `.index.swap` and
+/// `.timeindex.swap` files whose log was already renamed are removed.
 ///
 /// # Errors
 /// I/O errors naming the file; a copy that does not validate (it was fsynced
@@ -759,6 +822,7 @@ pub fn recover_swaps(dir: &Path) -> Result<()> {
     let mut swaps = Vec::new();
     let mut logs = Vec::new();
     let mut stray_indexes = Vec::new();
+    let mut stray_time_indexes = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io("read_dir", dir, e))? {
         let entry = entry.map_err(|e| Error::io("read_dir", dir, e))?;
         let name = entry.file_name();
@@ -773,6 +837,8 @@ pub fn recover_swaps(dir: &Path) -> Result<()> {
             logs.push(b);
         } else if let Some(b) = base(".index.swap") {
             stray_indexes.push(b);
+        } else if let Some(b) = base(".timeindex.swap") {
+            stray_time_indexes.push(b);
         }
     }
     for &b in &swaps {
@@ -798,12 +864,19 @@ pub fn recover_swaps(dir: &Path) -> Result<()> {
     for b in stray_indexes.into_iter().filter(|b| !swaps.contains(b)) {
         remove_if_present(&dir.join(swap_names(b).1))?;
     }
+    for b in stray_time_indexes
+        .into_iter()
+        .filter(|b| !swaps.contains(b))
+    {
+        remove_if_present(&dir.join(swap_time_index_name(b)))?;
+    }
     Ok(())
 }
 
 /// Writes the compacted copy of one segment beside it: whole batches in order,
-/// and the index for them. [`CleanedWriter::finish`] makes both durable;
-/// [`install_swap`] puts them in place of the segments they cover.
+/// the index for them, and its time index. [`CleanedWriter::finish`] makes
+/// them durable; [`install_swap`] puts them in place of the segments they
+/// cover.
 #[derive(Debug)]
 pub struct CleanedWriter {
     base: i64,
@@ -812,8 +885,13 @@ pub struct CleanedWriter {
     index_path: PathBuf,
     index: Vec<u8>,
     size: u64,
+    /// The offset after the last batch written.
+    next_offset: i64,
     /// The newest `max_timestamp` of the batches written; -1 when none has one.
     max_timestamp: i64,
+    /// Base offset of the first batch written with `max_timestamp`; -1 when
+    /// none has one.
+    max_timestamp_offset: i64,
 }
 
 impl CleanedWriter {
@@ -833,7 +911,9 @@ impl CleanedWriter {
             index_path: dir.join(index),
             index: Vec::new(),
             size: 0,
+            next_offset: base,
             max_timestamp: -1,
+            max_timestamp_offset: -1,
         })
     }
 
@@ -841,9 +921,12 @@ impl CleanedWriter {
     /// largest timestamp is `max_timestamp`.
     ///
     /// # Errors
-    /// I/O errors naming the file.
+    /// I/O errors naming the file; a batch whose header does not parse is
+    /// [`Error::Corrupt`].
     pub fn push(&mut self, batch: &[u8], offset: i64, max_timestamp: i64) -> Result<()> {
         use std::io::Write;
+        let info = batch::parse_header(batch)
+            .map_err(|e| Error::corrupt(&self.log_path, self.size, e.to_string()))?;
         self.log
             .write_all(batch)
             .map_err(|e| Error::io("write", &self.log_path, e))?;
@@ -852,7 +935,11 @@ impl CleanedWriter {
         self.index
             .extend_from_slice(&u32::try_from(self.size).unwrap_or(u32::MAX).to_be_bytes());
         self.size += batch.len() as u64;
-        self.max_timestamp = self.max_timestamp.max(max_timestamp);
+        self.next_offset = info.last_offset() + 1;
+        if max_timestamp > self.max_timestamp {
+            self.max_timestamp = max_timestamp;
+            self.max_timestamp_offset = offset;
+        }
         Ok(())
     }
 
@@ -868,12 +955,27 @@ impl CleanedWriter {
         self.max_timestamp
     }
 
-    /// Writes the index and `fdatasync`s both files.
+    /// Writes the index and `fdatasync`s both files, then writes the copy's
+    /// time index and `fdatasync`s it; a copy whose time index cannot be
+    /// written goes without one (logged), its batch headers read when its
+    /// newest timestamp is needed after a restart.
     ///
     /// # Errors
     /// I/O errors naming the file (the copy is removed then).
     pub fn finish(self) -> Result<()> {
         let (log_path, index_path) = (self.log_path.clone(), self.index_path.clone());
+        let dir = log_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let time_index = TimeIndex {
+            base_offset: self.base,
+            next_offset: self.next_offset,
+            log_size: self.size,
+            index_crc: crc32c::crc32c(&self.index),
+            max_timestamp: self.max_timestamp,
+            max_timestamp_offset: self.max_timestamp_offset,
+        };
+        let time_index_path = dir.join(cleaning_time_index_name(self.base));
+        // The index of a copy of one batch gives its timestamp.
+        let needed = self.index.len() > INDEX_ENTRY;
         let done = (|| {
             let log = self
                 .log
@@ -891,6 +993,13 @@ impl CleanedWriter {
         if done.is_err() {
             let _ = std::fs::remove_file(&log_path);
             let _ = std::fs::remove_file(&index_path);
+            return done;
+        }
+        if needed {
+            if let Err(e) = write_synced(&time_index_path, &time_index.encode()) {
+                tracing::warn!(file = %time_index_path.display(), error = %e, "could not write the compacted copy's time index; its batch headers are read when its newest timestamp is needed");
+                let _ = std::fs::remove_file(&time_index_path);
+            }
         }
         done
     }
@@ -898,10 +1007,36 @@ impl CleanedWriter {
     /// Removes the copy (the segment changed or went while it was written).
     pub fn discard(dir: &Path, base: i64) {
         let (log, index) = cleaning_names(base);
-        for name in [log, index] {
+        for name in [log, index, cleaning_time_index_name(base)] {
             let _ = std::fs::remove_file(dir.join(name));
         }
     }
+}
+
+/// Removes the time index of the segment starting at `base` in `dir`, if
+/// there is one, durably (the directory fsynced), before its log is written
+/// or cut: it describes the log as it was when closed, and a log written again
+/// could reach the same size and batch offsets with other batches, which the
+/// time index cannot tell.
+///
+/// # Errors
+/// I/O errors naming the file or directory.
+fn remove_time_index(dir: &Path, base: i64) -> Result<()> {
+    let path = dir.join(time_index_name(base));
+    match std::fs::remove_file(&path) {
+        Ok(()) => super::sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &path, e)),
+    }
+}
+
+/// Writes `bytes` as the whole of the file at `path` (created or truncated)
+/// and `fdatasync`s it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| Error::io("write", path, e))?;
+    sync_data(&file).map_err(|e| Error::io("fdatasync", path, e))
 }
 
 fn open_rw(path: &Path) -> Result<File> {
@@ -920,6 +1055,7 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn create(dir: &Path, base: i64) -> Result<Segment> {
+        remove_time_index(dir, base)?;
         let log_path = dir.join(log_name(base));
         let index_path = dir.join(index_name(base));
         let log = open_rw(&log_path)?;
@@ -943,6 +1079,7 @@ impl Segment {
             }),
             log_id,
             index: Arc::default(),
+            index_crc: 0,
             size: 0,
             next_offset: base,
             dirty: true,
@@ -950,6 +1087,8 @@ impl Segment {
             cut: None,
             max_timestamp: -1,
             max_timestamp_exact: true,
+            max_timestamp_offset: Some(-1),
+            time_index_saved: false,
             first_timestamp: -1,
             opened_ms: now_ms(),
             stored_by_ms: now_ms(),
@@ -1010,6 +1149,7 @@ impl Segment {
             }),
             log_id: file_id(&meta),
             index: Arc::default(),
+            index_crc: 0,
             size: meta.len(),
             next_offset: base,
             dirty: false,
@@ -1017,10 +1157,18 @@ impl Segment {
             cut: None,
             max_timestamp: -1,
             max_timestamp_exact: false,
+            max_timestamp_offset: None,
+            time_index_saved: false,
             first_timestamp: -1,
             opened_ms: now_ms(),
             stored_by_ms: modified_ms(&meta).unwrap_or_else(now_ms),
         };
+        if producers.is_some() {
+            // The newest segment is written again: a time index saved when it
+            // was last closed (before a crash undid the roll past it) would
+            // no longer describe it.
+            remove_time_index(dir, base)?;
+        }
         if scan {
             seg.settle_earlier_writes()?;
         }
@@ -1134,11 +1282,105 @@ impl Segment {
             return Ok(false);
         }
         self.next_offset = info.last_offset() + 1;
+        self.index_crc = crc32c::crc32c(&raw);
         // Only the last batch's header is read here: the newest timestamp of
-        // the others is found when it matters (see `max_timestamp_job`).
+        // the others is in the time index, or found when it matters (see
+        // `max_timestamp_job`).
         self.max_timestamp = info.max_timestamp;
         self.max_timestamp_exact = index.len() == 1;
+        if self.max_timestamp_exact {
+            self.max_timestamp_offset = Some(if info.max_timestamp == -1 {
+                -1
+            } else {
+                info.base_offset
+            });
+        }
         self.index = Arc::new(index.into_iter().collect());
+        self.load_time_index(info.max_timestamp);
+        Ok(true)
+    }
+
+    /// Path of the time index file.
+    fn time_index_path(&self) -> PathBuf {
+        self.log_path
+            .with_file_name(time_index_name(self.base_offset))
+    }
+
+    /// What the time index of the segment says as it is now.
+    fn time_index_now(&self) -> TimeIndex {
+        TimeIndex {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            log_size: self.size,
+            index_crc: self.index_crc,
+            max_timestamp: self.max_timestamp,
+            max_timestamp_offset: self.max_timestamp_offset.unwrap_or(-1),
+        }
+    }
+
+    /// Takes the newest timestamp of all the batches from the time index file
+    /// when it validates and describes the segment as loaded from its index
+    /// (whose last batch's timestamp is `last_batch_timestamp`); otherwise
+    /// (missing, damaged, stale) leaves it unknown, to be read when needed.
+    fn load_time_index(&mut self, last_batch_timestamp: i64) {
+        let path = self.time_index_path();
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            // A segment closed before time indexes were kept, or whose time
+            // index could not be written.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not read the segment's time index; its batch headers are read when its newest timestamp is needed");
+                return;
+            }
+        };
+        let now = self.time_index_now();
+        match TimeIndex::decode(&raw).and_then(|t| t.check(&now, last_batch_timestamp).map(|()| t))
+        {
+            Ok(t) => {
+                self.max_timestamp = t.max_timestamp;
+                self.max_timestamp_offset = Some(t.max_timestamp_offset);
+                self.max_timestamp_exact = true;
+                self.time_index_saved = true;
+            }
+            Err(why) => {
+                tracing::warn!(file = %path.display(), reason = %why, "ignoring the segment's time index; its batch headers are read when its newest timestamp is needed");
+            }
+        }
+    }
+
+    /// Saves the newest timestamp of all the segment's batches in its time
+    /// index file (see [`super::time_index`]), written whole and
+    /// `fdatasync`ed, for a closed segment: once synced, before the directory
+    /// sync that makes its successor (or its sealing at start-up) durable, so
+    /// that a start knows it without reading every batch header. Returns
+    /// whether it wrote the file: nothing is written for a segment of one
+    /// batch or none (its index gives that batch's timestamp), one whose
+    /// newest timestamp is not known exactly (or whose batch holding it is
+    /// not), or one whose file already says so.
+    ///
+    /// A file that a crash or a failure leaves torn does not validate, and one
+    /// that no longer describes the log and index (a cut, a replaced log) is
+    /// stale: either is ignored at open, never trusted.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; the segment then opens as one without.
+    pub fn save_time_index(&mut self) -> Result<bool> {
+        if self.time_index_saved
+            || !self.max_timestamp_exact
+            || self.max_timestamp_offset.is_none()
+            || self.index.len() <= 1
+        {
+            return Ok(false);
+        }
+        let bytes = self.time_index_now().encode();
+        let path = self.time_index_path();
+        if std::fs::read(&path).is_ok_and(|found| found == bytes) {
+            self.time_index_saved = true;
+            return Ok(false);
+        }
+        write_synced(&path, &bytes)?;
+        self.time_index_saved = true;
         Ok(true)
     }
 
@@ -1154,6 +1396,7 @@ impl Segment {
         let mut head = [0u8; HEADER_LEN];
         let mut buf = Vec::new();
         let mut cut_reason = None;
+        self.max_timestamp_offset = Some(-1);
         while pos < self.size {
             if self.size - pos < HEADER_LEN as u64 {
                 cut_reason = Some("partial batch header".to_string());
@@ -1201,11 +1444,17 @@ impl Segment {
                 self.first_timestamp = info.max_timestamp;
             }
             next = info.last_offset() + 1;
-            self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
+            if info.max_timestamp > self.max_timestamp {
+                self.max_timestamp = info.max_timestamp;
+                self.max_timestamp_offset = Some(info.base_offset);
+            }
             pos += info.len as u64;
         }
         if let Some(reason) = cut_reason {
             tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "cut segment tail");
+            if let Some(dir) = self.log_path.parent() {
+                remove_time_index(dir, self.base_offset)?;
+            }
             self.cut = Some(Cut {
                 position: pos,
                 size: self.size,
@@ -1224,6 +1473,7 @@ impl Segment {
             raw.extend_from_slice(&((e.offset - self.base_offset) as u32).to_be_bytes());
             raw.extend_from_slice(&(e.position as u32).to_be_bytes());
         }
+        self.index_crc = crc32c::crc32c(&raw);
         self.index = Arc::new(index.into_iter().collect());
         // An index file that already says so is left alone (nothing to sync),
         // unless its opening sync failed: what it reads may not be on the disk.
@@ -1272,13 +1522,18 @@ impl Segment {
             });
             pos += info.len as u64;
             self.next_offset = info.last_offset() + 1;
-            self.max_timestamp = self.max_timestamp.max(info.max_timestamp);
+            if info.max_timestamp > self.max_timestamp {
+                self.max_timestamp = info.max_timestamp;
+                self.max_timestamp_offset = Some(info.base_offset);
+            }
         }
         index_file
             .write_all_at(&raw, (first_entry * INDEX_ENTRY) as u64)
             .map_err(|e| Error::io("write", &self.index_path, e))?;
+        self.index_crc = crc32c::crc32c_append(self.index_crc, &raw);
         self.size = pos;
         self.dirty = true;
+        self.time_index_saved = false;
         Ok(())
     }
 
@@ -1474,8 +1729,8 @@ impl Segment {
 
     /// The newest record timestamp of its batches (ms; -1 when none): what
     /// time-based retention judges the segment by. For an older segment opened
-    /// from its index, that of its last batch until the newest of all is known
-    /// (see [`Segment::max_timestamp_is_exact`]).
+    /// from its index without a time index that holds, that of its last batch
+    /// until the newest of all is known (see [`Segment::max_timestamp_is_exact`]).
     pub fn max_timestamp(&self) -> i64 {
         self.max_timestamp
     }
@@ -1492,6 +1747,15 @@ impl Segment {
     pub fn set_max_timestamp(&mut self, max_timestamp: i64) {
         self.max_timestamp = max_timestamp;
         self.max_timestamp_exact = true;
+        // Which batch holds it is not known.
+        self.max_timestamp_offset = None;
+    }
+
+    /// Base offset of the first batch holding [`Segment::max_timestamp`] (-1
+    /// when no batch has a timestamp), when that is known.
+    pub fn max_timestamp_offset(&self) -> Option<i64> {
+        self.max_timestamp_offset
+            .filter(|_| self.max_timestamp_exact)
     }
 
     /// The reads that find the newest timestamp of all the segment's batches, to
@@ -1527,9 +1791,9 @@ impl Segment {
         }
     }
 
-    /// Removes the segment's files (its producer snapshot and index first: a log
-    /// without an index is rebuilt at the next start, an index without its log
-    /// would stay behind).
+    /// Removes the segment's files (its time index, producer snapshot and index
+    /// first: a log without them is opened as before they were kept, an index
+    /// without its log would stay behind).
     /// Open handles keep reading until dropped. The caller syncs the directory.
     ///
     /// # Errors
@@ -1538,7 +1802,8 @@ impl Segment {
         let snapshot = self
             .log_path
             .with_file_name(producers_name(self.base_offset));
-        for path in [&snapshot, &self.index_path, &self.log_path] {
+        let time_index = self.time_index_path();
+        for path in [&time_index, &snapshot, &self.index_path, &self.log_path] {
             remove_if_present(path)?;
         }
         Ok(())
@@ -2015,6 +2280,181 @@ pub(crate) mod tests {
             position: 100 * n as u64,
         });
         assert_eq!((index.len(), clone.len()), (n, n + 1));
+    }
+
+    /// Appends one batch of one record at timestamp `ts` at `base`.
+    fn append_at(seg: &mut Segment, base: i64, ts: i64) {
+        use crate::storage::batch::tests::with_timestamp;
+        let mut b = with_timestamp(make_batch(0, &[b"v"]), ts);
+        let infos = validate_all(&b).unwrap();
+        assign_offsets(&mut b, &infos, base);
+        let infos = validate_all(&b).unwrap();
+        seg.append(&b, &infos).unwrap();
+    }
+
+    /// A closed segment of batches at `timestamps` (offsets 0.., one each),
+    /// synced and its time index saved.
+    fn closed_at(dir: &Path, timestamps: &[i64]) -> Segment {
+        let mut seg = Segment::create(dir, 0).unwrap();
+        for (i, &ts) in timestamps.iter().enumerate() {
+            append_at(&mut seg, i as i64, ts);
+        }
+        seg.sync().unwrap();
+        assert!(seg.save_time_index().unwrap(), "written");
+        assert!(!seg.save_time_index().unwrap(), "written once");
+        seg
+    }
+
+    /// A closed segment opened from its index knew only its last batch's
+    /// timestamp, and every start read all its batch headers (one read per
+    /// batch) the first time retention, compaction's lag or a timestamp
+    /// lookup needed its newest. The time index saved when it closed gives
+    /// it, and the batch holding it, with no header read.
+    #[test]
+    fn a_closed_segment_reopens_knowing_its_newest_timestamp_from_its_time_index() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let closed = closed_at(dir.path(), &[DAY, 5 * DAY, 5 * DAY, 2 * DAY, DAY]);
+        assert_eq!(
+            closed.max_timestamp_offset(),
+            Some(1),
+            "the first holding it"
+        );
+        let size = closed.size();
+        drop(closed);
+        let saved = std::fs::read(dir.path().join(time_index_name(0))).unwrap();
+        assert_eq!(
+            TimeIndex::decode(&saved).unwrap(),
+            TimeIndex {
+                base_offset: 0,
+                next_offset: 5,
+                log_size: size,
+                index_crc: crc32c::crc32c(&std::fs::read(dir.path().join(index_name(0))).unwrap()),
+                max_timestamp: 5 * DAY,
+                max_timestamp_offset: 1,
+            }
+        );
+
+        let seg = Segment::open(dir.path(), 0, false).unwrap();
+        assert!(seg.max_timestamp_is_exact(), "not known without reading");
+        assert_eq!(seg.max_timestamp(), 5 * DAY);
+        assert_eq!(seg.max_timestamp_offset(), Some(1));
+        assert!(seg.max_timestamp_job().is_none(), "nothing left to read");
+
+        // Without it (a directory from before time indexes): as before.
+        std::fs::remove_file(dir.path().join(time_index_name(0))).unwrap();
+        let seg = Segment::open(dir.path(), 0, false).unwrap();
+        assert!(!seg.max_timestamp_is_exact());
+        assert_eq!(seg.max_timestamp(), DAY, "the last batch's");
+        MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(0));
+        assert_eq!(seg.max_timestamp_job().unwrap().run().unwrap(), 5 * DAY);
+        assert_eq!(MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()), 5);
+        // Removed with the segment.
+        let mut seg = Segment::open(dir.path(), 0, true).unwrap();
+        assert!(seg.save_time_index().unwrap(), "a scanned segment saves it");
+        seg.remove_files().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // One batch: its index gives its timestamp, nothing is saved.
+        let mut one = Segment::create(dir.path(), 0).unwrap();
+        append_at(&mut one, 0, DAY);
+        one.sync().unwrap();
+        assert!(!one.save_time_index().unwrap());
+        drop(one);
+        let one = Segment::open(dir.path(), 0, false).unwrap();
+        assert_eq!(
+            (one.max_timestamp_is_exact(), one.max_timestamp()),
+            (true, DAY)
+        );
+        assert_eq!(one.max_timestamp_offset(), Some(0));
+    }
+
+    /// A time index that does not describe its segment as it is (the log cut
+    /// short with its index, as a cut at start-up leaves it, or grown since)
+    /// or whose bytes are damaged is ignored, never trusted: the newest
+    /// timestamp is found by reading the batch headers.
+    #[test]
+    fn a_stale_or_damaged_time_index_is_ignored_and_the_headers_are_read() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, index, time_index) = (
+            dir.path().join(log_name(0)),
+            dir.path().join(index_name(0)),
+            dir.path().join(time_index_name(0)),
+        );
+        // The last batch is the newest.
+        let seg = closed_at(dir.path(), &[DAY, 5 * DAY, 2 * DAY, 9 * DAY]);
+        let cut_at = seg.index().get(3).unwrap().position;
+        drop(seg);
+        let saved = std::fs::read(&time_index).unwrap();
+        let opened = || {
+            let seg = Segment::open(dir.path(), 0, false).unwrap();
+            let job = seg.max_timestamp_job();
+            (seg.max_timestamp_is_exact(), job.map(|j| j.run().unwrap()))
+        };
+        assert_eq!(opened(), (true, None));
+
+        // Cut before the newest batch, the index with it: 5 days, not 9.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(cut_at)
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&index)
+            .unwrap()
+            .set_len(3 * INDEX_ENTRY as u64)
+            .unwrap();
+        assert_eq!(opened(), (false, Some(5 * DAY)));
+
+        // Written again, which removes it (durably); grown past it by two
+        // batches of day 3, it is stale as a crash may leave it.
+        std::fs::write(&time_index, &saved).unwrap();
+        let mut producers = ProducerState::default();
+        let mut seg = Segment::open_newest(dir.path(), 0, &mut producers).unwrap();
+        assert!(!time_index.exists(), "kept for a segment written again");
+        append_at(&mut seg, 3, 3 * DAY);
+        append_at(&mut seg, 4, 3 * DAY);
+        seg.sync().unwrap();
+        drop(seg);
+        std::fs::write(&time_index, &saved).unwrap();
+        assert_eq!(opened(), (false, Some(5 * DAY)));
+        // A scan that cuts the log removes it.
+        let size = std::fs::metadata(&log).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(size - 1)
+            .unwrap();
+        let seg = Segment::open(dir.path(), 0, true).unwrap();
+        assert!(seg.cut().is_some());
+        assert!(!time_index.exists(), "kept for a cut segment");
+        drop(seg);
+
+        // Every bit of a time index that describes the segment, flipped.
+        let mut seg = Segment::open(dir.path(), 0, false).unwrap();
+        seg.set_max_timestamp(5 * DAY);
+        seg.max_timestamp_offset = Some(1);
+        assert!(seg.save_time_index().unwrap());
+        drop(seg);
+        let good = std::fs::read(&time_index).unwrap();
+        assert_eq!(opened(), (true, None));
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 1 << (i % 8);
+            std::fs::write(&time_index, &bad).unwrap();
+            assert_eq!(opened(), (false, Some(5 * DAY)), "byte {i}");
+        }
+        // Torn.
+        std::fs::write(&time_index, &good[..good.len() - 1]).unwrap();
+        assert_eq!(opened(), (false, Some(5 * DAY)));
+        // A segment created at its base removes it.
+        std::fs::write(&time_index, &good).unwrap();
+        drop(Segment::create(dir.path(), 0).unwrap());
+        assert!(!time_index.exists(), "kept for a new segment");
     }
 
     #[test]
