@@ -1531,6 +1531,93 @@ fn create_partitions_grows_a_topic_durably() {
     assert_eq!(f.responses[0].partitions[0].high_watermark, 1);
 }
 
+/// A long poll waits on the partitions its first read found. Deleting their
+/// topic woke no Fetch: one waiting at the end of a topic that was deleted,
+/// created again under the same name and produced to slept until its
+/// `max_wait` (the new partition's appends did not add up past what the old
+/// one had held), then read the new topic from the old one's offset; one on a
+/// topic deleted with nothing produced after slept as long. As Kafka
+/// completes a delayed fetch whose partition left the broker, the delete now
+/// answers it at once, UNKNOWN_TOPIC_OR_PARTITION, and the client looks the
+/// topic up again.
+#[test]
+fn a_long_poll_on_a_deleted_topic_is_answered_at_the_delete() {
+    use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--auto-create-topics", "false"]);
+    let mut s = connect(&broker.addr);
+    let delete = |s: &mut TcpStream, name: &str| {
+        let req = DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(StrBytes::from_string(name.into()))])
+            .with_timeout_ms(10_000);
+        s.write_all(&request_frame(ApiKey::DeleteTopics, 4, 2, &req))
+            .unwrap();
+        let (_, r) = response::<DeleteTopicsResponse>(s, ApiKey::DeleteTopics, 4);
+        r.responses[0].error_code
+    };
+    // A long poll of partition 0 of `topic` from `offset`, 20 s at most.
+    let long_poll = |topic: &str, offset: i64| {
+        let mut waiter = connect(&broker.addr);
+        waiter
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .unwrap();
+        waiter
+            .write_all(&request_frame(
+                ApiKey::Fetch,
+                12,
+                3,
+                &fetch_request(topic, offset, 20_000),
+            ))
+            .unwrap();
+        // Time for its first read to find nothing and the wait to begin (a
+        // delete before that is answered at once, with or without a wait).
+        std::thread::sleep(Duration::from_millis(500));
+        waiter
+    };
+    // The partition's answer, and how long it took from `since`.
+    let answered = |waiter: &mut TcpStream, since: std::time::Instant| {
+        let (_, f): (i32, FetchResponse) = response(waiter, ApiKey::Fetch, 12);
+        let p = f.responses[0].partitions[0].clone();
+        (p, since.elapsed())
+    };
+
+    assert_eq!(create_topic(&mut s, "again", 1, &[]), 0);
+    for (i, v) in ["a", "b", "c"].into_iter().enumerate() {
+        let r = send_produce(&mut s, 7, 10, &produce("again", 0, batch(&[v])));
+        assert_eq!(partition_result(&r), (0, i as i64));
+    }
+    let mut waiter = long_poll("again", 3);
+    let since = std::time::Instant::now();
+    assert_eq!(delete(&mut s, "again"), 0);
+    assert_eq!(create_topic(&mut s, "again", 1, &[]), 0);
+    // One batch of five records: the new log's end passes the poll's offset,
+    // its bytes stay below the three batches the old partition held.
+    let r = send_produce(
+        &mut s,
+        7,
+        11,
+        &produce("again", 0, batch(&["1", "2", "3", "4", "5"])),
+    );
+    assert_eq!(partition_result(&r), (0, 0));
+    let (p, took) = answered(&mut waiter, since);
+    assert!(
+        p.error_code == 3 && took < Duration::from_secs(5),
+        "answered after {took:?}: {p:?}"
+    );
+    assert_eq!(p.records.as_ref().map(Bytes::len), Some(0));
+
+    // A delete with nothing produced after it.
+    assert_eq!(create_topic(&mut s, "gone", 1, &[]), 0);
+    let mut waiter = long_poll("gone", 0);
+    let since = std::time::Instant::now();
+    assert_eq!(delete(&mut s, "gone"), 0);
+    let (p, took) = answered(&mut waiter, since);
+    assert!(
+        p.error_code == 3 && took < Duration::from_secs(5),
+        "answered after {took:?}: {p:?}"
+    );
+}
+
 #[test]
 fn delete_topics_v6_deletes_by_id_and_v5_explains_failures() {
     use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};

@@ -155,6 +155,12 @@ impl Metrics {
         self.fetch_reads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Passes counted by [`Metrics::fetch_read`].
+    #[cfg(test)]
+    pub(crate) fn fetch_reads(&self) -> u64 {
+        self.fetch_reads.load(Ordering::Relaxed)
+    }
+
     /// A Fetch read pass left records unread because the Fetch response memory
     /// budget gave it less room than its `max_bytes`.
     pub(crate) fn fetch_cut_by_memory(&self) {

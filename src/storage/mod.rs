@@ -977,7 +977,8 @@ impl TopicManager {
             .and_then(|i| t.partitions.get(i).cloned())
     }
 
-    /// A receiver that changes whenever a high watermark moves (for long-poll fetches).
+    /// A receiver that changes whenever a high watermark moves, and when a
+    /// topic is deleted (for long-poll fetches).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.data_version.subscribe()
     }
@@ -1301,6 +1302,13 @@ impl TopicManager {
         for p in &topic.partitions {
             p.mark_deleted();
         }
+        // Out of the map: a long poll waiting on one of its partitions wakes,
+        // finds it gone and answers, as Kafka completes a delayed fetch whose
+        // partition left the broker (not at its deadline, nor at the first
+        // append to a topic created again under the name).
+        self.shared
+            .data_version
+            .send_modify(|v| *v = v.wrapping_add(1));
         let reserved = Deleting {
             shared: Arc::clone(&self.shared),
             name: name.to_string(),

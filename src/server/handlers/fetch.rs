@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashSet,
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -15,7 +16,7 @@ use kafka_protocol::messages::{
 use super::named_once;
 use crate::{
     server::{codes, fetch_memory::Lease, Ctx},
-    storage::TopicManager,
+    storage::{Partition, TopicManager},
 };
 
 struct Want {
@@ -43,9 +44,11 @@ struct Pass {
 /// consumers always progress; later partitions get only what fits in the bytes
 /// left. `granted` (at most `max_bytes`) is what the Fetch memory budget gave:
 /// the pass reads within it, `max_bytes` only tells whether it was cut short.
+/// `found` holds the wanted partitions in order (see [`resolve`]); a
+/// partition not there is answered `UNKNOWN_TOPIC_OR_PARTITION`.
 fn read_all(
-    storage: &TopicManager,
     wants: &[Want],
+    found: &[Option<Arc<Partition>>],
     max_bytes: i64,
     granted: i64,
     version: i16,
@@ -54,6 +57,7 @@ fn read_all(
     let mut errors = false;
     let mut cut = false;
     let mut topics = Vec::with_capacity(wants.len());
+    let mut found = found.iter();
     for w in wants {
         let mut parts = Vec::with_capacity(w.partitions.len());
         for &(index, offset, pmax) in &w.partitions {
@@ -73,7 +77,7 @@ fn read_all(
             let budget = room(granted);
             // The memory budget took room the request's limits would have given.
             let squeezed = budget < room(max_bytes);
-            let entry = match storage.partition(&w.topic.0, index) {
+            let entry = match found.next().and_then(Option::as_ref) {
                 None => {
                     errors = true;
                     base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
@@ -154,39 +158,46 @@ fn end_offset(records: &[u8], from: i64) -> i64 {
 /// One read pass within what the Fetch memory budget gives (see
 /// [`fetch_memory`](crate::server::fetch_memory)), on a blocking thread: the
 /// pass, the lease holding its record bytes, which the read keeps (so an
-/// abandoned Fetch gives them back only once its read has ended), and what
-/// each partition held from its fetch offset when the pass began (see
-/// [`Held`]). Every partition lock is taken there, none on the async thread:
-/// an append holds its partition's lock through a segment roll's `fdatasync`.
+/// abandoned Fetch gives them back only once its read has ended), what each
+/// partition held from its fetch offset when the pass began (see [`Held`]),
+/// and the partitions it read (see [`resolve`]; `pins` as there). Every
+/// partition lock is taken there, none on the async thread: an append holds
+/// its partition's lock through a segment roll's `fdatasync`.
 async fn read_pass(
     ctx: &Ctx,
-    wants: &std::sync::Arc<Vec<Want>>,
+    wants: &Arc<Vec<Want>>,
+    pins: Option<Arc<Vec<Weak<Partition>>>>,
     max_bytes: i64,
     version: i16,
-) -> (Pass, Lease, Vec<Held>) {
+) -> (Pass, Lease, Vec<Held>, Vec<Weak<Partition>>) {
     let storage = ctx.storage.clone();
-    let memory = std::sync::Arc::clone(&ctx.fetch_memory);
-    let w = std::sync::Arc::clone(wants);
+    let memory = Arc::clone(&ctx.fetch_memory);
+    let w = Arc::clone(wants);
     ctx.metrics.fetch_read();
     let pass = tokio::task::spawn_blocking(move || {
-        let held = holdings(&storage, &w);
+        let found = resolve(&storage, &w, pins.as_deref().map(Vec::as_slice));
+        let held = holdings(&w, &found);
         // What the read could return, not the whole `max_bytes`: a Fetch near
         // the end of its partitions leaves the rest of the budget to others.
         let could_read = readable_bytes(&w, &held);
         let mut lease = memory.take_up_to(u64::try_from(max_bytes).unwrap_or(0).min(could_read));
         let granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
-        let pass = read_all(&storage, &w, max_bytes, granted, version);
+        let pass = read_all(&w, &found, max_bytes, granted, version);
         // What was read, no more: a first batch beyond the grant overdraws.
         lease.settle(u64::try_from(pass.total).unwrap_or(0));
-        (pass, lease, held)
+        let read = found
+            .iter()
+            .map(|p| p.as_ref().map_or_else(Weak::new, Arc::downgrade))
+            .collect();
+        (pass, lease, held, read)
     })
     .await;
     match pass {
-        Ok((pass, lease, held)) => {
+        Ok((pass, lease, held, read)) => {
             if pass.cut {
                 ctx.metrics.fetch_cut_by_memory();
             }
-            (pass, lease, held)
+            (pass, lease, held, read)
         }
         Err(e) => {
             tracing::error!(error = %e, "fetch task failed");
@@ -196,8 +207,41 @@ async fn read_pass(
                 errors: true,
                 cut: false,
             };
-            (nothing, ctx.fetch_memory.take_up_to(0), Vec::new())
+            (
+                nothing,
+                ctx.fetch_memory.take_up_to(0),
+                Vec::new(),
+                Vec::new(),
+            )
         }
+    }
+}
+
+/// The wanted partitions, in request order, as the broker names them now
+/// (`None`: no such partition). With `pins`, the partitions a long poll's
+/// first read found, a partition that is not the one pinned is `None` too:
+/// its topic was deleted while the Fetch waited, and perhaps created again
+/// under the same name. As Kafka completes a delayed fetch whose partition
+/// left the broker and answers it `UNKNOWN_TOPIC_OR_PARTITION`, such a Fetch
+/// never reads the new topic at offsets that were the old one's. A pin is a
+/// [`Weak`]: it keeps no deleted partition open, and the partition's
+/// allocation, which it keeps, cannot be taken by a new one.
+fn resolve(
+    storage: &TopicManager,
+    wants: &[Want],
+    pins: Option<&[Weak<Partition>]>,
+) -> Vec<Option<Arc<Partition>>> {
+    let named = wants.iter().flat_map(|w| {
+        w.partitions
+            .iter()
+            .map(move |&(index, ..)| storage.partition(&w.topic.0, index))
+    });
+    match pins {
+        None => named.collect(),
+        Some(pins) => named
+            .zip(pins)
+            .map(|(p, pin)| p.filter(|p| std::ptr::eq(Arc::as_ptr(p), pin.as_ptr())))
+            .collect(),
     }
 }
 
@@ -207,17 +251,16 @@ async fn read_pass(
 /// and its count of appended bytes then; `None` for no such partition.
 type Held = Option<(u64, u64)>;
 
-/// [`Held`] for each wanted partition, in order (takes each partition's lock).
-fn holdings(storage: &TopicManager, wants: &[Want]) -> Vec<Held> {
-    wants
+/// [`Held`] for each wanted partition, `found` as [`resolve`] gives them
+/// (takes each partition's lock).
+fn holdings(wants: &[Want], found: &[Option<Arc<Partition>>]) -> Vec<Held> {
+    let offsets = wants
         .iter()
-        .flat_map(|w| {
-            w.partitions.iter().map(move |&(index, offset, _)| {
-                storage
-                    .partition(&w.topic.0, index)
-                    .map(|p| p.bytes_from_marked(offset))
-            })
-        })
+        .flat_map(|w| w.partitions.iter().map(|&(_, offset, _)| offset));
+    found
+        .iter()
+        .zip(offsets)
+        .map(|(p, offset)| p.as_ref().map(|p| p.bytes_from_marked(offset)))
         .collect()
 }
 
@@ -245,46 +288,42 @@ fn readable_bytes(wants: &[Want], held: &[Held]) -> u64 {
 /// within its `partition_max_bytes`, as Kafka's DelayedFetch adds up the bytes
 /// between each fetch offset and the log end. An estimate from above (bytes
 /// appended but not yet below the high watermark count), as a read of at most
-/// that much.
-fn readable_now(storage: &TopicManager, wants: &[Want], held: &[Held]) -> u64 {
-    let partitions = wants
+/// that much. `found` as [`resolve`] gives them, pinned to the partitions
+/// `held` was taken from.
+fn readable_now(wants: &[Want], found: &[Option<Arc<Partition>>], held: &[Held]) -> u64 {
+    found
         .iter()
-        .flat_map(|w| w.partitions.iter().map(move |&(index, ..)| (w, index)));
-    partitions
         .zip(limits(wants))
         .zip(held)
-        .map(|(((w, index), pmax), h)| {
-            let Some((bytes, mark)) = *h else { return 0 };
-            storage.partition(&w.topic.0, index).map_or(0, |p| {
-                let since = p.appended_bytes().saturating_sub(mark);
+        .map(|((p, pmax), h)| match (p, h) {
+            (Some(p), Some((bytes, mark))) => {
+                let since = p.appended_bytes().saturating_sub(*mark);
                 bytes.saturating_add(since).min(pmax)
-            })
+            }
+            _ => 0,
         })
         .fold(0u64, u64::saturating_add)
 }
 
-/// Where each wanted partition's readable log starts and ends (`None`: no such
-/// partition): what a read pass depends on. A long poll looks again only when
-/// these move, not at every append to any partition of the broker. Takes no
-/// partition lock.
-fn positions(storage: &TopicManager, wants: &[Want]) -> Vec<Option<(i64, i64)>> {
-    wants
+/// Where each of the partitions `found` (see [`resolve`]) has its readable log
+/// start and end (`None`: no such partition): what a read pass depends on. A
+/// long poll looks again only when these move, not at every append to any
+/// partition of the broker. Takes no partition lock.
+fn positions(found: &[Option<Arc<Partition>>]) -> Vec<Option<(i64, i64)>> {
+    found
         .iter()
-        .flat_map(|w| {
-            w.partitions.iter().map(move |&(index, ..)| {
-                storage
-                    .partition(&w.topic.0, index)
-                    .map(|p| (p.log_start_offset(), p.high_watermark()))
-            })
+        .map(|p| {
+            p.as_ref()
+                .map(|p| (p.log_start_offset(), p.high_watermark()))
         })
         .collect()
 }
 
 /// Whether a long poll must read again now that its partitions are at `now`
-/// rather than `seen`: a partition that appeared or went, whose log start
-/// moved (the fetch offset may have left the log) or whose end went back
-/// calls for a read whatever the bytes; records appended only add to
-/// [`readable_now`].
+/// rather than `seen`: a partition that appeared or went (its topic deleted,
+/// or deleted and created again), whose log start moved (the fetch offset may
+/// have left the log) or whose end went back calls for a read whatever the
+/// bytes; records appended only add to [`readable_now`].
 fn must_read(seen: &[Option<(i64, i64)>], now: &[Option<(i64, i64)>]) -> bool {
     seen.len() != now.len()
         || seen.iter().zip(now).any(|(s, n)| match (s, n) {
@@ -300,7 +339,7 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
     // Each partition is read and answered once, the first time the request
     // names it: a long poll reads every partition again at each change, so
     // repeats would multiply that work.
-    let wants: std::sync::Arc<Vec<Want>> = std::sync::Arc::new(
+    let wants: Arc<Vec<Want>> = Arc::new(
         named_once(
             req.topics.iter().map(|t| (&t.topic, &t.partitions[..])),
             |p| p.partition,
@@ -322,6 +361,8 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
     let min_bytes = i64::from(req.min_bytes.max(0));
     let deadline = Instant::now()
         + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
+    // Changes at each append, and at each topic delete: a long poll whose
+    // topic is deleted answers then, not at its deadline.
     let mut changes = ctx.storage.subscribe();
     // Set once the server stops serving: a long poll then answers as at its
     // deadline, rather than hold the shutdown for up to `max_wait`.
@@ -333,6 +374,9 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         (response, lease)
     };
     let wanted = u64::try_from(min_bytes).unwrap_or(0);
+    // The partitions the first read found: every later look and read is of
+    // them (see `resolve`).
+    let mut pins: Option<Arc<Vec<Weak<Partition>>>> = None;
     // Whether this pass was called for by the estimate of what the partitions
     // hold reaching `min_bytes`: it answers with what it read, as Kafka's
     // DelayedFetch completes once its estimate is reached.
@@ -340,8 +384,14 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
     loop {
         changes.borrow_and_update();
         // Before the read: an append between the two then still counts as a move.
-        let mut seen = positions(&ctx.storage, &wants);
-        let (pass, lease, held) = read_pass(ctx, &wants, max_bytes, version).await;
+        let mut seen = positions(&resolve(
+            &ctx.storage,
+            &wants,
+            pins.as_deref().map(Vec::as_slice),
+        ));
+        let (pass, lease, held, read) =
+            read_pass(ctx, &wants, pins.clone(), max_bytes, version).await;
+        let pinned = Arc::clone(pins.get_or_insert_with(|| Arc::new(read)));
         // A pass the memory budget cut short answers now: what it left is
         // there to read, and waiting for a change would sit out `max_wait`.
         let done = enough
@@ -368,14 +418,15 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
                 break None;
             }
             changes.borrow_and_update();
-            let now = positions(&ctx.storage, &wants);
+            let found = resolve(&ctx.storage, &wants, Some(pinned.as_slice()));
+            let now = positions(&found);
             if now == seen {
                 continue;
             }
             if must_read(&seen, &now) {
                 break Some(false);
             }
-            if readable_now(&ctx.storage, &wants, &held) >= wanted {
+            if readable_now(&wants, &found, &held) >= wanted {
                 break Some(true);
             }
             seen = now;
@@ -384,7 +435,7 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
             Some(estimated) => enough = estimated,
             None => {
                 // Deadline, shutdown (or storage gone): one last read, then answer.
-                let (pass, lease, _) = read_pass(ctx, &wants, max_bytes, version).await;
+                let (pass, lease, ..) = read_pass(ctx, &wants, pins, max_bytes, version).await;
                 return answer(pass, lease);
             }
         }
@@ -517,7 +568,7 @@ mod tests {
             }
         });
         let len = batch.len() as u64;
-        let ask = |w: &[Want]| readable_bytes(w, &holdings(&storage, w));
+        let ask = |w: &[Want]| readable_bytes(w, &holdings(w, &resolve(&storage, w, None)));
         assert_eq!(ask(&[want("t", &[(0, 0, 1 << 20)])]), 3 * len);
         // From the second batch on; an offset past the end holds nothing.
         assert_eq!(ask(&[want("t", &[(0, 1, 1 << 20)])]), 2 * len);
@@ -535,6 +586,78 @@ mod tests {
             ]),
             4 * len
         );
+        storage.shutdown().unwrap();
+    }
+
+    /// A long poll reads only the partitions its first read found. Woken once
+    /// its topic had been deleted and created again under the same name (the
+    /// delete and the create both done before it looked), it read the new
+    /// topic by name, at an offset that was the old one's; it now answers
+    /// `UNKNOWN_TOPIC_OR_PARTITION` for it, as Kafka answers a delayed fetch
+    /// whose partition left the broker.
+    #[test]
+    fn a_long_poll_answers_unknown_for_a_topic_created_again_while_it_waited() {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        // The long poll runs on `polls`, driven only while this thread is in
+        // its `block_on`; the delete, the create and the produce on `admin`.
+        let (polls, admin) = (runtime(), runtime());
+        let ctx = polls.block_on(crate::server::tests::ctx_with(
+            dir.path(),
+            Config::default(),
+        ));
+        let storage = ctx.storage.clone();
+        storage.create_topic("t", 1).unwrap();
+        let req = FetchRequest::default()
+            .with_max_wait_ms(20_000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let poll = {
+            let ctx = std::sync::Arc::clone(&ctx);
+            polls.spawn(async move { fetch(&ctx, req, 12).await.0 })
+        };
+        polls.block_on(async {
+            while ctx.metrics.fetch_reads() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The pass ends on a blocking thread; the poll then waits.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        assert!(!poll.is_finished(), "an empty partition: the poll waits");
+        let batch = make_batch(0, &[b"new"]);
+        admin.block_on(async {
+            assert!(storage.delete_topic("t").await.unwrap());
+            storage.create_topic("t", 1).unwrap();
+            let acked = storage
+                .submit("t", 0, &batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(acked.await.unwrap().unwrap(), 0);
+        });
+        let response = polls
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), poll).await })
+            .expect("answered once it looks")
+            .unwrap();
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.records.as_ref().map(Bytes::len)),
+            (codes::UNKNOWN_TOPIC_OR_PARTITION, Some(0)),
+            "{p:?}"
+        );
+        assert_eq!(ctx.metrics.fetch_reads(), 2);
+        drop(ctx);
         storage.shutdown().unwrap();
     }
 }
