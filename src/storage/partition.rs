@@ -278,6 +278,11 @@ thread_local! {
     /// the segments' sync jobs (under the lock) and running them (tests).
     static BETWEEN_TAKE_AND_SYNC: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::settle_max_timestamps`] on this
+    /// thread between taking its jobs (under the lock) and running them
+    /// (tests).
+    static BETWEEN_JOBS_AND_READS: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A read planned under the lock, performed outside it.
@@ -937,8 +942,11 @@ impl Partition {
     /// Finds the newest timestamp of all the batches of each closed segment
     /// opened from its index (which gives only its last batch's) that `wanted`
     /// picks, reading their batch headers outside the partition lock, so that
-    /// appends go on meanwhile. A segment whose headers cannot be read keeps
-    /// its last batch's (logged).
+    /// appends go on meanwhile. A segment whose headers cannot be read is
+    /// logged and left unknown, for the next pass to try again. A segment removed or replaced meanwhile
+    /// (retention or DeleteRecords on another thread, a compaction's copy put
+    /// in its place) is left alone, and a read that failed because it went is
+    /// no storage error: nothing is logged for it.
     fn settle_max_timestamps(&self, wanted: impl Fn(&Segment) -> bool) {
         let jobs: Vec<segment::MaxTimestampJob> = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -951,26 +959,34 @@ impl Partition {
         if jobs.is_empty() {
             return;
         }
-        let found: Vec<(i64, u64, Option<i64>)> = jobs
+        #[cfg(test)]
+        if let Some(between) = BETWEEN_JOBS_AND_READS.with(|b| b.borrow_mut().take()) {
+            between();
+        }
+        let found: Vec<(i64, u64, Result<i64>)> = jobs
             .iter()
-            .map(|job| {
-                let ts = job
-                    .run()
-                    .inspect_err(|e| {
-                        tracing::warn!(topic = %self.topic, partition = self.index, base = job.base_offset, error = %e, "could not read the segment's batch headers; it is judged by its last batch's timestamp");
-                    })
-                    .ok();
-                (job.base_offset, job.size, ts)
-            })
+            .map(|job| (job.base_offset, job.size, job.run()))
             .collect();
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for (base, size, ts) in found {
-            // Gone or replaced meanwhile (retention, compaction): nothing to do.
-            if let Some(s) = log.iter_mut().find(|s| {
+            // Gone or replaced meanwhile (retention, compaction: a copy put
+            // in place knows its newest timestamp): nothing to do, and a
+            // failed read of it failed because its file went.
+            let Some(s) = log.iter_mut().find(|s| {
                 s.base_offset() == base && s.size() == size && !s.max_timestamp_is_exact()
-            }) {
-                let ts = ts.unwrap_or(s.max_timestamp());
-                s.set_max_timestamp(ts);
+            }) else {
+                if let Err(e) = ts {
+                    tracing::debug!(topic = %self.topic, partition = self.index, base, error = %e, "a segment went while its batch headers were read");
+                }
+                continue;
+            };
+            match ts {
+                Ok(ts) => s.set_max_timestamp(ts),
+                // Its last batch's timestamp is only a lower bound: taken as the
+                // newest, records still inside retention would go with it.
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, "could not read the segment's batch headers; its newest timestamp stays unknown, and it and the segments after it are not deleted by time until a later pass reads them");
+                }
             }
         }
     }
@@ -2223,6 +2239,153 @@ pub(crate) mod tests {
         assert_eq!(segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()), 0);
         assert_eq!(p.log_start_offset(), 7);
         assert_eq!((files(&pdir, "log"), files(&pdir, "timeindex")), (1, 0));
+    }
+
+    /// Log lines at every level written on this thread while `f` runs.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = sink.0.lock().unwrap().clone();
+        (out, String::from_utf8(text).unwrap())
+    }
+
+    /// Retention reads the batch headers of the segments opened from their
+    /// indexes outside the partition lock. A segment that DeleteRecords
+    /// removed, or a compaction replaced, meanwhile made that read fail, and
+    /// retention logged a storage warning for a normal race (the result was
+    /// rightly dropped). Only a segment still in the log whose headers cannot
+    /// be read is warned about now.
+    #[test]
+    fn retention_warns_of_unreadable_batch_headers_only_for_a_segment_still_there() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        const WARNING: &str = "could not read the segment's batch headers";
+        let three_days = Some(3 * DAY as u64);
+        // Three closed segments opened from their indexes, each a batch of
+        // day 5 (key "a") then one of day 1 (a key of its own), and the
+        // active one: by their last batches all are past retention on day 6,
+        // by their newest none is.
+        let opened = || {
+            let dir = tempfile::tempdir().unwrap();
+            let pdir = dir.path().join("0");
+            let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+            for i in 0..3 {
+                assert_eq!(produce_keyed_at(&p, "a", 5 * DAY, 1500), 2 * i);
+                assert_eq!(produce_keyed_at(&p, &format!("k{i}"), DAY, 1500), 2 * i + 1);
+            }
+            assert_eq!(produce_keyed_at(&p, "a", 5 * DAY, 1500), 6);
+            assert_eq!(p.log.lock().unwrap().len(), 4);
+            p.sync().unwrap();
+            drop(p);
+            // As an older broker left them: without time indexes.
+            for i in 0..3 {
+                std::fs::remove_file(pdir.join(segment::time_index_name(2 * i))).unwrap();
+            }
+            let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+            assert!(p.log.lock().unwrap()[..3]
+                .iter()
+                .all(|s| !s.max_timestamp_is_exact()));
+            (dir, pdir, p)
+        };
+        // Runs `f` once the next retention pass on this thread has taken its
+        // jobs, before it reads.
+        let between_jobs_and_reads = |p: &Arc<Partition>, f: fn(&Partition)| {
+            let p = Arc::clone(p);
+            BETWEEN_JOBS_AND_READS.with(|b| *b.borrow_mut() = Some(Box::new(move || f(&p))));
+        };
+        let hook_ran = || BETWEEN_JOBS_AND_READS.with(|b| b.borrow().is_none());
+        let newest = |p: &Partition| -> Vec<(i64, Option<i64>)> {
+            p.log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    let ts = s.max_timestamp_is_exact().then(|| s.max_timestamp());
+                    (s.base_offset(), ts)
+                })
+                .collect()
+        };
+
+        // DeleteRecords removes the first segment meanwhile.
+        let (_dir, _, p) = opened();
+        between_jobs_and_reads(&p, |p| assert_eq!(p.delete_records(2), Ok(2)));
+        let (kept, log) = logged(|| p.apply_retention(6 * DAY, three_days, None).unwrap());
+        assert!(hook_ran());
+        assert!(!log.contains(WARNING), "{log}");
+        assert_eq!(kept, (0, 0));
+        assert_eq!(
+            newest(&p),
+            [(2, Some(5 * DAY)), (4, Some(5 * DAY)), (6, Some(5 * DAY))]
+        );
+
+        // A compaction puts its copy in place of the first two segments
+        // meanwhile (the first two "a" records go); the copy knows its newest
+        // timestamp.
+        let (_dir, _, p) = opened();
+        between_jobs_and_reads(&p, |p| {
+            let policy = CompactionPolicy {
+                now_ms: 6 * DAY,
+                delete_retention_ms: 0,
+                min_compaction_lag_ms: 0,
+                min_cleanable_dirty_ratio: 0.0,
+                map_bytes: compaction::DEFAULT_MAP_BYTES,
+                segment_bytes: 4096,
+            };
+            let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
+            assert_eq!((stats.segments, stats.records_removed), (2, 2));
+        });
+        let (kept, log) = logged(|| p.apply_retention(6 * DAY, three_days, None).unwrap());
+        assert!(hook_ran());
+        assert!(!log.contains(WARNING), "{log}");
+        assert_eq!(kept, (0, 0));
+        assert_eq!(
+            newest(&p),
+            [(0, Some(5 * DAY)), (4, Some(5 * DAY)), (6, Some(5 * DAY))]
+        );
+
+        // A log cut short while its segment is still there is still warned
+        // of, naming the segment, and its newest timestamp stays unknown: its
+        // last batch's (day 1) is only a lower bound, by which it was deleted
+        // on day 6 with its record of day 5. The others learn their newest.
+        let (_dir, pdir, p) = opened();
+        let first = pdir.join(segment::log_name(0));
+        between_jobs_and_reads(&p, move |_| {});
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let (kept, log) = logged(|| p.apply_retention(6 * DAY, three_days, None).unwrap());
+        assert!(hook_ran());
+        assert_eq!(kept, (0, 0), "a segment of unknown age deleted by time");
+        let warned: Vec<&str> = log.lines().filter(|l| l.contains(WARNING)).collect();
+        assert!(warned.len() == 1 && warned[0].contains("base=0"), "{log}");
+        assert_eq!(
+            newest(&p),
+            [
+                (0, None),
+                (2, Some(5 * DAY)),
+                (4, Some(5 * DAY)),
+                (6, Some(5 * DAY))
+            ]
+        );
     }
 
     /// Batch index entries copied by clones on this thread, and batch headers
