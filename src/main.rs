@@ -4,7 +4,10 @@
 //! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM; during recovery,
 //! recovery runs to its end and the broker stops without serving), 1 when
 //! start-up or shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
-//! (`STREAMLINE_LOG` included; nothing is touched on disk then).
+//! (`STREAMLINE_LOG` included; nothing is touched on disk then) or a
+//! `--max-connections` the open-file limit cannot hold, 130 (SIGINT) or 143
+//! (SIGTERM) when a second stop signal ends the process without finishing the
+//! shutdown (the next start recovers from the WAL).
 
 use std::{io::Write, process::ExitCode, sync::Arc};
 
@@ -20,7 +23,9 @@ use streamline::{
 static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_alloc::HugeAllocGuard;
 
 fn main() -> ExitCode {
-    let config = match Cli::parse_or_exit().into_valid_config() {
+    let cli = Cli::parse_or_exit();
+    let from_env = cli.from_env.clone();
+    let config = match cli.into_valid_config() {
         Ok(c) => c,
         Err(e) => {
             report(format_args!("error: {e}"));
@@ -74,6 +79,10 @@ fn main() -> ExitCode {
     };
     let open_files = streamline::server::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");
+    if let Err(e) = streamline::server::check_max_connections(&config.server, open_files) {
+        report(format_args!("error: {}", from_env.name_variable(e)));
+        return ExitCode::from(2);
+    }
     match runtime.block_on(run(config, security, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -175,7 +184,8 @@ async fn run(
 
 /// The signals the broker handles, listened for from [`Signals::listen`] on.
 struct Signals {
-    /// Resolves at the first SIGINT or SIGTERM (Ctrl-C elsewhere).
+    /// Resolves at the first SIGINT or SIGTERM (Ctrl-C elsewhere); a second one
+    /// then ends the process at once (see [`exit_at_second_signal`]).
     stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// SIGHUPs (Unix).
     hangups: Hangups,
@@ -239,10 +249,30 @@ fn spawn_reloader(
     })
 }
 
+/// A second stop signal: the process exits at once, with 128 + the signal's
+/// number (130 for SIGINT, 143 for SIGTERM), without waiting for the rest of
+/// the shutdown (a recovery or a final sync that takes long). Crash-safe: what
+/// was acknowledged is in the WAL, which the next start replays.
+fn exit_at_second_signal(name: &str, code: i32) -> ! {
+    tracing::warn!(
+        signal = name,
+        exit_code = code,
+        "second stop signal: exiting without finishing the shutdown; the next start recovers from the WAL"
+    );
+    std::process::exit(code)
+}
+
 #[cfg(not(unix))]
 async fn shutdown_signal() {
     match tokio::signal::ctrl_c().await {
-        Ok(()) => tracing::info!("Ctrl-C received; shutting down"),
+        Ok(()) => {
+            tracing::info!("Ctrl-C received; shutting down");
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    exit_at_second_signal("Ctrl-C", 130);
+                }
+            });
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
@@ -250,8 +280,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// Resolves at the first SIGINT or SIGTERM. Both are listened for from the call
-/// on (not from the first poll), so that neither kills the process after it.
+/// Resolves at the first SIGINT or SIGTERM, and from then on listens for a
+/// second one, which ends the process ([`exit_at_second_signal`]). Both are
+/// listened for from the call on (not from the first poll), so that neither
+/// kills the process after it.
 #[cfg(unix)]
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -277,5 +309,11 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = recv(&mut int) => tracing::info!("SIGINT received; shutting down"),
             _ = recv(&mut term) => tracing::info!("SIGTERM received; shutting down"),
         }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = recv(&mut int) => exit_at_second_signal("SIGINT", 130),
+                _ = recv(&mut term) => exit_at_second_signal("SIGTERM", 143),
+            }
+        });
     }
 }

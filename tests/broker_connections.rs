@@ -103,6 +103,54 @@ fn connections_beyond_the_limit_are_closed_until_one_ends() {
     );
 }
 
+/// An explicit `--max-connections` above what the open-file limit can hold
+/// (half of what the files open at start leave of it) is refused at start,
+/// naming the flag, the limit and the largest value that fits; that value is
+/// accepted. Before, it was taken as given: idle connections could then take
+/// every descriptor, and the next WAL rotation or segment roll failed storage.
+#[test]
+fn max_connections_beyond_the_open_file_limit_are_refused_at_start() {
+    use std::process::Command;
+    const OPEN_FILES: u64 = 128;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let refused = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(broker_support::broker_bin());
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied());
+        broker_support::limit_open_files(&mut cmd, OPEN_FILES);
+        let out = broker_support::run(&mut cmd, b"", Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(!data.exists(), "nothing may be created on disk: {err}");
+        err
+    };
+    let err = refused(&[], &["--max-connections", "100000"]);
+    assert!(
+        err.contains("--max-connections = \"100000\"")
+            && err.contains(&format!("the limit is {OPEN_FILES} open files")),
+        "{err}"
+    );
+    let fits: u64 = err
+        .split("accepted values: 1 to ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no largest value in {err}"));
+    assert!((1..=OPEN_FILES / 2).contains(&fits), "{err}");
+    // From its variable, the variable is named.
+    let err = refused(&[("STREAMLINE_MAX_CONNECTIONS", "100000")], &[]);
+    assert!(err.contains("STREAMLINE_MAX_CONNECTIONS"), "{err}");
+
+    let fits = fits.to_string();
+    let broker = Broker::start_limited(&data, &["--max-connections", &fits], Some(OPEN_FILES));
+    let mut c = connect_served(&broker.addr);
+    assert!(served(&mut c));
+}
+
 #[test]
 fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
     const OPEN_FILES: u64 = 128;

@@ -539,6 +539,47 @@ fn sigterm_or_sigint_during_recovery_stops_cleanly_without_serving() {
     }
 }
 
+/// A second SIGTERM or SIGINT ends the broker at once, with 143 or 130, where
+/// the first waits for the rest of the shutdown (here a recovery held on a
+/// named pipe, which never ends by itself); nothing acknowledged is lost, for
+/// the next start recovers it. Before, every signal after the first was
+/// absorbed, and only SIGKILL ended a long recovery or final sync.
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    for (sig, code) in [("TERM", 143), ("INT", 130)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut broker = Broker::start(&data, &["--wal-sync-mode", "every_write"]);
+        let sent = produce(&broker.addr, "held", sig, 20);
+        broker.kill9();
+        let meta = hold_recovery(&data);
+        let mut starting = broker.relaunch();
+        let pipe = in_recovery(&data, &starting);
+        signal_and_see(&mut starting, sig, "stopping once recovery is over");
+        let second = Instant::now();
+        signal(starting.pid(), sig);
+        let (status, listened) = starting.exit();
+        let took = second.elapsed();
+        let log = broker.log_text();
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "a second SIG{sig}: {status:?}; log:\n{log}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "a second SIG{sig} ended the broker only after {took:?}; log:\n{log}"
+        );
+        assert!(!listened, "SIG{sig}: nothing served");
+        assert!(log.contains("second stop signal"), "SIG{sig}: {log}");
+        drop(pipe);
+        std::fs::remove_file(data.join("meta.json")).unwrap();
+        std::fs::write(data.join("meta.json"), &meta).unwrap();
+        let broker = broker.restart();
+        assert_eq!(values(&broker.addr, "held"), sent, "SIG{sig}");
+    }
+}
+
 /// Every acknowledged `(partition, offset, value)` is stored at its offset.
 fn assert_all_stored(
     acked: &[(i32, i64, String)],

@@ -1009,6 +1009,38 @@ fn default_max_connections() -> usize {
     })
 }
 
+/// Refuses an explicit `--max-connections` (in `cfg`) above what the open-file
+/// limit `limit` in force (see [`raise_open_file_limit`]) can hold: half of
+/// what the files open now leave of it, the other half kept for storage. Idle
+/// connections beyond that would take the descriptors the next WAL rotation or
+/// segment roll needs, failing storage. Call once the limit is raised, before
+/// storage opens.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `--max-connections`, the limit and the
+/// largest value that fits.
+pub fn check_max_connections(cfg: &crate::config::ServerConfig, limit: Option<u64>) -> Result<()> {
+    let (Some(max), Some(limit)) = (cfg.max_connections, limit) else {
+        return Ok(());
+    };
+    let open = open_file_count().unwrap_or(0);
+    let fits = connection_budget(limit, open);
+    if max <= fits {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        field: "--max-connections",
+        value: max.to_string(),
+        reason: format!(
+            "more connections than the open-file limit can hold: the limit is {limit} \
+             open files (RLIMIT_NOFILE, raised at start to its hard limit where allowed), \
+             {open} are open, and connections may take half of the rest, storage needing \
+             the other half; accepted values: 1 to {fits} (or raise the hard limit, e.g. \
+             ulimit -n)"
+        ),
+    })
+}
+
 /// Half of what `used` leaves of `limit` open files, at least 1.
 fn connection_budget(limit: u64, used: u64) -> usize {
     usize::try_from(limit.saturating_sub(used) / 2)

@@ -118,25 +118,7 @@ impl Broker {
             .expect("open broker log");
         let mut cmd = Command::new(broker_bin());
         if let Some(n) = open_files {
-            use std::os::unix::process::CommandExt;
-            // rlim_t is u64 on Linux, i64 on the BSDs.
-            #[allow(clippy::useless_conversion, reason = "identity where rlim_t is u64")]
-            let n = libc::rlim_t::try_from(n).expect("open-file limit fits rlim_t");
-            let limit = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
-            };
-            // SAFETY: setrlimit is async-signal-safe and reads only `limit`, a copy
-            // owned by the closure; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            limit_open_files(&mut cmd, n);
         }
         let mut child = cmd
             .args(&args)
@@ -318,6 +300,29 @@ impl Drop for Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Sets the open-file limit (soft and hard) of the process `cmd` starts to `n`.
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // rlim_t is u64 on Linux, i64 on the BSDs.
+    #[allow(clippy::useless_conversion, reason = "identity where rlim_t is u64")]
+    let n = libc::rlim_t::try_from(n).expect("open-file limit fits rlim_t");
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit is async-signal-safe and reads only `limit`, a copy
+    // owned by the closure; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 
