@@ -342,6 +342,101 @@ impl Config {
                 "accepted values: 1 or more",
             );
         }
+        // Settings DescribeConfigs reports under Kafka's names and types: a value
+        // past its type's range (INT: 2147483647, LONG: 9223372036854775807)
+        // would be reported as a number no Kafka client can parse.
+        const INT: u64 = i32::MAX as u64;
+        const LONG: u64 = i64::MAX as u64;
+        let (s, v) = (&self.storage, &self.server);
+        for (flag, value, min, max, accepted) in [
+            (
+                "--connection-failed-authentication-delay-ms",
+                Some(v.failed_authentication_delay_ms),
+                0,
+                INT,
+                "accepted values: 0 to 2147483647",
+            ),
+            (
+                "--connections-max-idle-ms",
+                Some(v.connections_max_idle_ms),
+                0,
+                LONG,
+                "accepted values: 0 (never) to 9223372036854775807",
+            ),
+            (
+                "--fetch-response-memory-bytes",
+                Some(v.fetch_response_memory_bytes),
+                1024,
+                LONG,
+                "accepted values: 1024 to 9223372036854775807",
+            ),
+            (
+                "--log-cleaner-backoff-ms",
+                Some(s.cleaner_backoff_ms),
+                1,
+                LONG,
+                "accepted values: 1 to 9223372036854775807",
+            ),
+            (
+                "--log-cleaner-dedupe-buffer-size",
+                Some(s.cleaner_dedupe_buffer_bytes),
+                1 << 20,
+                LONG,
+                "accepted values: 1m to 9223372036854775807",
+            ),
+            (
+                "--log-retention-bytes",
+                s.retention_bytes,
+                0,
+                LONG,
+                "accepted values: -1 (no limit) or 0 to 9223372036854775807",
+            ),
+            (
+                "--log-retention-check-interval-ms",
+                Some(s.retention_check_interval_ms),
+                1,
+                LONG,
+                "accepted values: 1 to 9223372036854775807",
+            ),
+            (
+                "--log-retention-ms",
+                s.retention_ms,
+                1,
+                LONG,
+                "accepted values: -1 (forever) or 1 to 9223372036854775807",
+            ),
+            (
+                "--log-roll-ms",
+                Some(s.roll_ms),
+                1,
+                LONG,
+                "accepted values: 1 to 9223372036854775807",
+            ),
+            (
+                "--offset-metadata-max-bytes",
+                Some(self.groups.offset_metadata_max_bytes as u64),
+                0,
+                INT,
+                "accepted values: 0 to 2147483647",
+            ),
+        ] {
+            if let Some(value) = value.filter(|x| !(min..=max).contains(x)) {
+                return bad(flag, value.to_string(), accepted);
+            }
+        }
+        // As Kafka requires: a failed authentication is answered before the
+        // connection would be closed as idle.
+        let (delay, idle) = (v.failed_authentication_delay_ms, v.connections_max_idle_ms);
+        if idle > 0 && delay >= idle {
+            return bad(
+                "--connection-failed-authentication-delay-ms",
+                delay.to_string(),
+                &format!(
+                    "accepted values: 0 to {}, less than --connections-max-idle-ms ({idle})",
+                    idle - 1
+                ),
+            );
+        }
         if self.server.max_connections == Some(0) {
             return bad(
                 "--max-connections",
@@ -1402,5 +1497,99 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("k").is_err());
+    }
+
+    /// Every setting DescribeConfigs reports as an INT or a LONG is held to
+    /// that type's range: before, `--connection-failed-authentication-delay-ms
+    /// 3000000000` was accepted and reported as an INT, and the LONG ones took
+    /// values past 9223372036854775807.
+    #[test]
+    fn settings_reported_as_int_or_long_stay_within_the_type() {
+        let int = i32::MAX.to_string();
+        let long = i64::MAX.to_string();
+        let past_int = (i32::MAX as u64 + 1).to_string();
+        let past_long = (i64::MAX as u64 + 1).to_string();
+        let flags = [
+            (
+                "--connection-failed-authentication-delay-ms",
+                &int,
+                &past_int,
+            ),
+            ("--connections-max-idle-ms", &long, &past_long),
+            ("--fetch-response-memory-bytes", &long, &past_long),
+            ("--log-cleaner-backoff-ms", &long, &past_long),
+            ("--log-cleaner-dedupe-buffer-size", &long, &past_long),
+            ("--log-retention-check-interval-ms", &long, &past_long),
+            ("--log-roll-ms", &long, &past_long),
+        ];
+        for (flag, largest, past) in flags {
+            // Idle connections never closed: any delay may be set.
+            let mut args = vec![flag, largest.as_str()];
+            if flag != "--connections-max-idle-ms" {
+                args.extend(["--connections-max-idle-ms", "0"]);
+            }
+            let c = parse(&args).unwrap();
+            c.validate()
+                .unwrap_or_else(|e| panic!("{flag} {largest} refused: {e}"));
+            args[1] = past.as_str();
+            let e = parse(&args)
+                .unwrap()
+                .validate()
+                .expect_err("past the type's range")
+                .to_string();
+            assert!(e.contains(flag) && e.contains(past.as_str()), "{e}");
+        }
+        // Not reachable from the command line (their flags are signed or
+        // range-checked as they are parsed), but from a `Config` built in code.
+        let mut c = parse(&[]).unwrap();
+        c.storage.retention_ms = Some(i64::MAX as u64);
+        c.storage.retention_bytes = Some(i64::MAX as u64);
+        c.groups.offset_metadata_max_bytes = i32::MAX as usize;
+        c.validate().unwrap();
+        for (flag, set) in [
+            (
+                "--log-retention-ms",
+                (|c: &mut Config| c.storage.retention_ms = Some(u64::MAX)) as fn(&mut Config),
+            ),
+            ("--log-retention-bytes", |c: &mut Config| {
+                c.storage.retention_bytes = Some(u64::MAX)
+            }),
+            ("--offset-metadata-max-bytes", |c: &mut Config| {
+                c.groups.offset_metadata_max_bytes = i32::MAX as usize + 1
+            }),
+        ] {
+            let mut c = parse(&[]).unwrap();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
+    }
+
+    /// As in Kafka, a failed authentication is answered before its connection
+    /// would be closed as idle.
+    #[test]
+    fn the_failed_authentication_delay_is_less_than_the_idle_timeout() {
+        let args = |delay: &'static str| {
+            [
+                "--connections-max-idle-ms",
+                "1000",
+                "--connection-failed-authentication-delay-ms",
+                delay,
+            ]
+        };
+        parse(&args("999")).unwrap().validate().unwrap();
+        for delay in ["1000", "5000"] {
+            let e = parse(&args(delay))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--connection-failed-authentication-delay-ms")
+                    && e.contains("--connections-max-idle-ms")
+                    && e.contains("0 to 999"),
+                "{e}"
+            );
+        }
     }
 }
