@@ -90,6 +90,17 @@ pub enum Error {
     #[error("the WAL's commit thread panicked; appends not yet synced may be lost")]
     CommitThreadPanicked,
 
+    /// A storage thread of the broker (`streamline-submit`, `streamline-apply`,
+    /// `streamline-checkpoint` or `streamline-cleaner`) panicked (a bug): storage
+    /// failed then, refusing produces, and no checkpoint was made after it.
+    /// Returned by [`crate::storage::TopicManager::shutdown`]; a restart
+    /// recovers from the WAL.
+    #[error("storage thread {thread} panicked; storage failed then and refused produces from that point on; a restart recovers from the WAL")]
+    StorageThreadPanicked {
+        /// The thread (or threads, comma-separated) that panicked.
+        thread: String,
+    },
+
     /// A non-blocking append ([`crate::wal::Wal::try_append`]) found the pending-bytes
     /// cap reached; nothing was appended.
     #[error("WAL is full: {pending} bytes pending, the cap (max_pending_bytes) is {cap}; the append was not accepted")]

@@ -124,6 +124,8 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
+        #[cfg(test)]
+        shared.panic_if_asked(super::CHECKPOINT_THREAD);
         // Once a segment failed, none is made (and that was logged then).
         if shared.segments_failed.get().is_none() {
             if let Err(e) = checkpoint(shared) {

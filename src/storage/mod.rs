@@ -308,6 +308,10 @@ struct Shared {
     /// How long a topic delete waits before it syncs the topic's segments.
     #[cfg(test)]
     delete_sync_pause: Mutex<Duration>,
+    /// The storage thread that panics at its next job (tests of a storage
+    /// thread's panic; see [`Shared::panic_if_asked`]).
+    #[cfg(test)]
+    panic_at_next_job: Mutex<Option<&'static str>>,
 }
 
 impl Shared {
@@ -894,28 +898,56 @@ impl TopicManager {
             delete_pause: Mutex::new(Duration::ZERO),
             #[cfg(test)]
             delete_sync_pause: Mutex::new(Duration::ZERO),
+            #[cfg(test)]
+            panic_at_next_job: Mutex::new(None),
         });
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
         checkpoint::checkpoint(&shared)?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(2);
+        // Each thread's panic (a bug) fails storage (see [`guarded`]); what the
+        // pipeline threads still hold is then answered with that failure.
         let mut threads = Vec::new();
         let s = Arc::clone(&shared);
-        threads.push(spawn("streamline-submit", move || {
-            submit_loop(&s, jobs_rx, &applied_tx)
+        threads.push(spawn(SUBMIT_THREAD, move || {
+            guarded(
+                &s,
+                SUBMIT_THREAD,
+                jobs_rx,
+                |jobs| submit_loop(&s, jobs, &applied_tx),
+                |jobs| refuse_jobs(&s, jobs, &applied_tx),
+            );
         })?);
         let s = Arc::clone(&shared);
-        threads.push(spawn("streamline-apply", move || {
-            apply_loop(&s, &applied_rx)
+        threads.push(spawn(APPLY_THREAD, move || {
+            guarded(
+                &s,
+                APPLY_THREAD,
+                applied_rx,
+                |applied| apply_loop(&s, applied),
+                |applied| refuse_applied(&s, applied),
+            );
         })?);
         let s = Arc::clone(&shared);
         let stop = stop_rx.clone();
-        threads.push(spawn("streamline-checkpoint", move || {
-            checkpoint::run(&s, &stop)
+        threads.push(spawn(CHECKPOINT_THREAD, move || {
+            guarded(
+                &s,
+                CHECKPOINT_THREAD,
+                stop,
+                |stop| checkpoint::run(&s, stop),
+                |_| {},
+            );
         })?);
         let s = Arc::clone(&shared);
-        threads.push(spawn("streamline-cleaner", move || {
-            checkpoint::run_cleaner(&s, &stop_rx)
+        threads.push(spawn(CLEANER_THREAD, move || {
+            guarded(
+                &s,
+                CLEANER_THREAD,
+                stop_rx,
+                |stop| checkpoint::run_cleaner(&s, stop),
+                |_| {},
+            );
         })?);
         tracing::info!(
             data_dir = %shared.config.storage.data_dir.display(), topics = shared.topics.read().unwrap_or_else(PoisonError::into_inner).len(),
@@ -1630,7 +1662,10 @@ impl TopicManager {
     /// checkpoints and closes the WAL (blocking; call from a blocking context).
     ///
     /// # Errors
-    /// The first error from the final sync, checkpoint or WAL close.
+    /// [`Error::StorageThreadPanicked`] naming the storage threads that
+    /// panicked, if any did (storage failed then, so no final checkpoint is
+    /// made); otherwise the first error from the final sync, checkpoint or WAL
+    /// close.
     pub fn shutdown(&self) -> Result<()> {
         if self.shared.closing.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -1641,8 +1676,12 @@ impl TopicManager {
         let _ = self.stop_threads.try_send(());
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut panicked = Vec::new();
         for t in threads {
-            let _ = t.join();
+            let name = t.thread().name().unwrap_or("storage").to_string();
+            if t.join().is_err() {
+                panicked.push(name);
+            }
         }
         let r = self.checkpoint();
         let closed = match &self.shared.wal {
@@ -1653,7 +1692,17 @@ impl TopicManager {
             applied_sequence = self.shared.applied_seq.load(Ordering::Acquire),
             "storage shut down"
         );
-        r.and(closed)
+        if panicked.is_empty() {
+            return r.and(closed);
+        }
+        // The panic is what the caller must see; the final checkpoint was
+        // refused because of it.
+        if let Err(e) = r.and(closed) {
+            tracing::error!(error = %e, "the final checkpoint or WAL close failed after a storage thread panicked");
+        }
+        Err(Error::StorageThreadPanicked {
+            thread: panicked.join(", "),
+        })
     }
 }
 
@@ -1700,10 +1749,107 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(|e| Error::io("spawn thread", PathBuf::from(name), e))
 }
 
+/// The storage threads, by name.
+const SUBMIT_THREAD: &str = "streamline-submit";
+const APPLY_THREAD: &str = "streamline-apply";
+const CHECKPOINT_THREAD: &str = "streamline-checkpoint";
+const CLEANER_THREAD: &str = "streamline-cleaner";
+
+/// Runs `body` on `input` (the thread's channel), a storage thread's work.
+/// When it panics (a bug), storage fails with a message naming `thread`, as
+/// after a failed segment write (see [`fail_segments`]: the thread may have
+/// left a partition half updated, so no checkpoint is made until a restart,
+/// which recovers from the WAL); then `after_panic` answers what `input` still
+/// holds, and the panic goes on, so that [`TopicManager::shutdown`] finds it
+/// when it joins the thread. Without this, a dead submit thread made every produce "shutting
+/// down" (retried by clients until their delivery timeout), a dead apply thread
+/// left produces unanswered, a dead checkpoint thread stopped checkpoints
+/// silently, and the broker still exited 0.
+fn guarded<I>(
+    shared: &Shared,
+    thread: &'static str,
+    mut input: I,
+    body: impl FnOnce(&mut I),
+    after_panic: impl FnOnce(&mut I),
+) {
+    let run = std::panic::AssertUnwindSafe(|| body(&mut input));
+    let Err(panic) = std::panic::catch_unwind(run) else {
+        return;
+    };
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    fail_segments(shared, format!("storage thread {thread} panicked: {what}"));
+    after_panic(&mut input);
+    std::panic::resume_unwind(panic);
+}
+
+/// The storage failure, for a produce refused because of it.
+fn storage_failure(shared: &Shared) -> ProduceError {
+    ProduceError::Storage(shared.failed.get().cloned().unwrap_or_default())
+}
+
+/// The submit thread's work once it has panicked: each job queued or still to
+/// come is refused with the storage failure, barriers and the stop pass on to
+/// the apply thread, until the stop.
+fn refuse_jobs(
+    shared: &Shared,
+    jobs: &mut mpsc::Receiver<Job>,
+    applied: &crossbeam_channel::Sender<Applied>,
+) {
+    while let Some(job) = jobs.blocking_recv() {
+        match job {
+            Job::Produce { reply, .. } => {
+                let _ = reply.send(Err(storage_failure(shared)));
+            }
+            Job::Barrier(tx) => {
+                let _ = applied.send(Applied::Barrier(tx));
+            }
+            Job::Stop => break,
+        }
+    }
+    let _ = applied.send(Applied::Stop);
+}
+
+/// The apply thread's work once it has panicked: each produce passed on to it
+/// is answered with the storage failure (nothing more is appended), barriers
+/// are answered, until the stop.
+fn refuse_applied(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
+    while let Ok(item) = applied.recv() {
+        match item {
+            Applied::Produce { reply, .. } | Applied::Duplicate { reply, .. } => {
+                let _ = reply.send(Err(storage_failure(shared)));
+            }
+            Applied::Barrier(tx) => {
+                let _ = tx.send(());
+            }
+            Applied::Stop => return,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// Panics when `thread` was asked to panic at its next job (once).
+    fn panic_if_asked(&self, thread: &str) {
+        let mut asked = self
+            .panic_at_next_job
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *asked == Some(thread) {
+            *asked = None;
+            drop(asked);
+            panic!("{thread} was asked to panic at its next job");
+        }
+    }
+}
+
 /// Assigns offsets and appends to the WAL, in arrival order.
 fn submit_loop(
     shared: &Shared,
-    mut jobs: mpsc::Receiver<Job>,
+    jobs: &mut mpsc::Receiver<Job>,
     applied: &crossbeam_channel::Sender<Applied>,
 ) {
     while let Some(job) = jobs.blocking_recv() {
@@ -1821,6 +1967,8 @@ fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
                 reply,
                 _permit,
             } => {
+                #[cfg(test)]
+                shared.panic_if_asked(APPLY_THREAD);
                 let durable = match wal {
                     Some(c) => c.wait().map(Some),
                     None => Ok(None),
@@ -2174,6 +2322,89 @@ mod tests {
         m.create_topic("t", 1).unwrap();
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
         (rt, c, m)
+    }
+
+    /// Why storage failed, once it has (waiting up to 10 s).
+    fn wait_for_failure(m: &TopicManager) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(why) = m.failure() {
+                return why.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "storage did not fail within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// After storage thread `thread` panicked: storage has failed naming it,
+    /// the next produce is refused with that failure (KAFKA_STORAGE_ERROR, not
+    /// the retriable "shutting down"), `shutdown` reports the panic, and a
+    /// restart brings back the `end` offsets the WAL holds.
+    fn after_a_panic_of(
+        thread: &str,
+        rt: &tokio::runtime::Runtime,
+        c: Config,
+        m: TopicManager,
+        end: i64,
+    ) {
+        use crate::storage::producers::pipeline_tests::produce;
+        let why = wait_for_failure(&m);
+        assert!(why.contains(thread) && why.contains("panicked"), "{why}");
+        match produce(rt, &m, &make_batch(0, &[b"refused"])) {
+            Err(ProduceError::Storage(e)) => assert!(e.contains(thread), "{e}"),
+            other => panic!("a produce after {thread} panicked: {other:?}"),
+        }
+        let e = m.shutdown().unwrap_err();
+        assert!(
+            matches!(&e, Error::StorageThreadPanicked { thread: t } if t == thread),
+            "{e}"
+        );
+        assert!(e.to_string().contains(thread), "{e}");
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert!(m.failure().is_none());
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), end);
+        m.shutdown().unwrap();
+    }
+
+    /// A panic of the apply thread (a bug) fails storage. Before, nothing
+    /// latched: the batches queued behind it were never answered, the next
+    /// produce was answered "shutting down" (retried by clients until their
+    /// delivery timeout), and `shutdown` succeeded, so the broker exited 0.
+    #[test]
+    fn a_panicking_apply_thread_fails_storage_and_the_shutdown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, c, m) = with_batch_a(tmp.path());
+        *m.shared.panic_at_next_job.lock().unwrap() = Some(APPLY_THREAD);
+        // Its answer is lost with the thread; its WAL entry is durable.
+        let lost = rt.block_on(async {
+            m.submit("t", 0, &make_batch(0, &[b"b"]), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .await
+        });
+        assert!(!matches!(lost, Ok(Ok(_))), "{lost:?}");
+        after_a_panic_of(APPLY_THREAD, &rt, c, m, 2);
+    }
+
+    /// A panic of the checkpoint thread (a bug) fails storage. Before, the
+    /// checkpoints stopped unseen (the WAL's files were never retired, until
+    /// the disk filled), and the broker exited 0.
+    #[test]
+    fn a_panicking_checkpoint_thread_fails_storage_and_the_shutdown() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 10;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        *m.shared.panic_at_next_job.lock().unwrap() = Some(CHECKPOINT_THREAD);
+        after_a_panic_of(CHECKPOINT_THREAD, &rt, c, m, 1);
     }
 
     /// [`with_batch_a`] on a [`crate::file_at::FailingFs`].
