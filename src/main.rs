@@ -5,7 +5,8 @@
 //! recovery runs to its end and the broker stops without serving), 1 when
 //! start-up or shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
 //! (`STREAMLINE_LOG` included; nothing is touched on disk then) or a
-//! `--max-connections` the open-file limit cannot hold, 130 (SIGINT) or 143
+//! `--max-connections` the open-file limit cannot hold (judged before recovery,
+//! and again after it, storage's files open), 130 (SIGINT) or 143
 //! (SIGTERM) when a second stop signal ends the process without finishing the
 //! shutdown (the next start recovers from the WAL).
 
@@ -85,6 +86,13 @@ fn main() -> ExitCode {
     }
     match runtime.block_on(run(config, security, signals)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `--max-connections` judged again once storage is open.
+        Err(e @ streamline::Error::InvalidConfig { .. }) => {
+            let e = from_env.name_variable(e);
+            tracing::error!(error = %e, "broker refused its configuration");
+            report(format_args!("error: {e}"));
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = %e, "broker failed");
             report(format_args!("error: {e}"));

@@ -145,6 +145,47 @@ fn max_connections_beyond_the_open_file_limit_are_refused_at_start() {
     let err = refused(&[("STREAMLINE_MAX_CONNECTIONS", "100000")], &[]);
     assert!(err.contains("STREAMLINE_MAX_CONNECTIONS"), "{err}");
 
+    // Storage's files, open once it has recovered, lower what fits a little.
+    let fits = (fits / 2).to_string();
+    let broker = Broker::start_limited(&data, &["--max-connections", &fits], Some(OPEN_FILES));
+    let mut c = connect_served(&broker.addr);
+    assert!(served(&mut c));
+}
+
+/// The check before recovery counts no storage file; a data directory of many
+/// partitions holds two open files for each once recovered, so a value it
+/// accepted could still leave storage without descriptors. It is judged again
+/// once storage is open.
+#[test]
+fn max_connections_are_judged_again_with_the_partitions_open() {
+    use std::process::Command;
+    const OPEN_FILES: u64 = 128;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    {
+        let broker = Broker::start(&data, &[]);
+        let mut c = connect_served(&broker.addr);
+        for i in 0..25 {
+            assert_eq!(topic_metadata(&mut c, &format!("t{i}"), true), 0);
+        }
+    }
+    // Accepted before recovery: (128 - about 10 open) / 2 is above 45.
+    let mut cmd = Command::new(broker_support::broker_bin());
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--wal-max-file-size", "1m"])
+        .args(["--max-connections", "45"]);
+    broker_support::limit_open_files(&mut cmd, OPEN_FILES);
+    let out = broker_support::run(&mut cmd, b"", Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let fits: u64 = err
+        .split("accepted values: 1 to ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no largest value in {err}"));
+    assert!(fits < 45, "{err}");
     let fits = fits.to_string();
     let broker = Broker::start_limited(&data, &["--max-connections", &fits], Some(OPEN_FILES));
     let mut c = connect_served(&broker.addr);

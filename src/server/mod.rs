@@ -374,6 +374,9 @@ impl Server {
     ) -> Result<Server> {
         let security = security.into();
         let cfg = storage.config().server.clone();
+        // Judged again with storage open: its segments and WAL files hold
+        // descriptors that the check before recovery could not count.
+        check_max_connections(&cfg, open_file_limit())?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io("bind", std::path::PathBuf::from(cfg.listen.to_string()), e))?;
@@ -1013,8 +1016,10 @@ fn default_max_connections() -> usize {
 /// limit `limit` in force (see [`raise_open_file_limit`]) can hold: half of
 /// what the files open now leave of it, the other half kept for storage. Idle
 /// connections beyond that would take the descriptors the next WAL rotation or
-/// segment roll needs, failing storage. Call once the limit is raised, before
-/// storage opens.
+/// segment roll needs, failing storage. Called once the limit is raised,
+/// before storage opens (nothing is touched on disk then), and again when the
+/// server binds, storage open: a data directory of many partitions holds many
+/// of the limit's files.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] naming `--max-connections`, the limit and the
