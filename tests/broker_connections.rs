@@ -108,6 +108,15 @@ fn connections_beyond_the_limit_are_closed_until_one_ends() {
 /// naming the flag, the limit and the largest value that fits; that value is
 /// accepted. Before, it was taken as given: idle connections could then take
 /// every descriptor, and the next WAL rotation or segment roll failed storage.
+/// The largest `--max-connections` a refusal's message names.
+fn largest_accepted(err: &str) -> u64 {
+    err.split("accepted values: 1 to ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no largest value in {err}"))
+}
+
 #[test]
 fn max_connections_beyond_the_open_file_limit_are_refused_at_start() {
     use std::process::Command;
@@ -134,12 +143,7 @@ fn max_connections_beyond_the_open_file_limit_are_refused_at_start() {
             && err.contains(&format!("the limit is {OPEN_FILES} open files")),
         "{err}"
     );
-    let fits: u64 = err
-        .split("accepted values: 1 to ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no largest value in {err}"));
+    let fits = largest_accepted(&err);
     assert!((1..=OPEN_FILES / 2).contains(&fits), "{err}");
     // From its variable, the variable is named.
     let err = refused(&[("STREAMLINE_MAX_CONNECTIONS", "100000")], &[]);
@@ -179,12 +183,7 @@ fn max_connections_are_judged_again_with_the_partitions_open() {
     let out = broker_support::run(&mut cmd, b"", Duration::from_secs(60));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{err}");
-    let fits: u64 = err
-        .split("accepted values: 1 to ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no largest value in {err}"));
+    let fits = largest_accepted(&err);
     assert!(fits < 45, "{err}");
     let fits = fits.to_string();
     let broker = Broker::start_limited(&data, &["--max-connections", &fits], Some(OPEN_FILES));
