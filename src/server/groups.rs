@@ -1231,6 +1231,13 @@ impl GroupCoordinator {
                     // The file does not hold what the group holds: written
                     // again at the group's next store.
                     g.unstored = true;
+                    if !snapshot.replaced.is_empty() {
+                        // A write that failed after its rename (the directory
+                        // sync, the check after it) left the new ids in the
+                        // file: the old ones are written back whatever the
+                        // group's state, as after an abandoned replacement.
+                        g.undo = Some(undo_replacements(&snapshot.meta, snapshot.replaced.iter()));
+                    }
                 }
             }
         }
@@ -3618,14 +3625,17 @@ mod tests {
         );
         keeps_old_id("superseded", &s);
 
-        // The write fails as a member joins: the file holds the old id still,
-        // and nothing is due.
+        // The write fails as a member joins. A failed write may have renamed
+        // its file into place before it failed (its directory sync), so the
+        // old id is written back all the same, by the next pass.
         let (s, _) = static_group(&c, "failed");
         let mut r = join_in(&c, "failed", "", Some("s"));
         std::fs::create_dir(blocked("failed")).unwrap();
         store_with(&c, "failed", || drop(join_in(&c, "failed", "", None)));
         assert_eq!(r.try_recv().unwrap().error, codes::REBALANCE_IN_PROGRESS);
         std::fs::remove_dir(blocked("failed")).unwrap();
+        assert!(c.needs_store("failed"), "the old id is due to be written");
+        c.store_changed();
         assert!(!c.needs_store("failed"));
         keeps_old_id("failed", &s);
 

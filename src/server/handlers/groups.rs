@@ -305,10 +305,14 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         .await;
         let failed = match stored {
             Ok(Ok(refused)) => {
-                for (name, parts) in &mut results {
-                    for (i, code) in parts.iter_mut() {
-                        if refused.iter().any(|(t, p)| t == name.0.as_str() && p == i) {
-                            *code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                if !refused.is_empty() {
+                    let refused: std::collections::HashSet<(String, i32)> =
+                        refused.into_iter().collect();
+                    for (name, parts) in &mut results {
+                        for (i, code) in parts.iter_mut() {
+                            if *code == codes::NONE && refused.contains(&(name.0.to_string(), *i)) {
+                                *code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                            }
                         }
                     }
                 }
