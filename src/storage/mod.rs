@@ -2848,6 +2848,18 @@ mod tests {
         damage(&logs[1]);
         for round in 0..2 {
             let m = TopicManager::new(config(tmp.path())).unwrap();
+            // No segment appended to keeps a time index: the newest has none.
+            let newest = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .max()
+                .unwrap();
+            assert!(
+                !newest.with_extension("timeindex").exists(),
+                "round {round}: {} has a time index",
+                newest.display()
+            );
             let p = m.partition("t", 0).unwrap();
             assert_eq!(p.log_end_offset(), 12, "round {round}");
             let mut got = Vec::new();

@@ -411,8 +411,11 @@ impl Partition {
                 // partition may need its index rebuilt at one start.
                 seg.sync()?;
                 // A segment the open scanned (its index rebuilt) knows its
-                // newest timestamp: saved, for the next start.
-                save_time_index(topic, index, &mut seg);
+                // newest timestamp: saved, for the next start. Not one the
+                // scan cut, which `verify_from` may reopen for appends.
+                if seg.cut().is_none() {
+                    save_time_index(topic, index, &mut seg);
+                }
                 seg.seal(&files);
                 seg
             };
@@ -508,7 +511,9 @@ impl Partition {
                 log[i] = scanned;
                 continue;
             }
-            // It becomes the newest segment: it keeps its files.
+            // It becomes the newest segment: it keeps its files, but not a
+            // time index, which no segment appended to may have.
+            segment::remove_time_index(&self.dir, scanned.base_offset())?;
             log[i] = scanned;
             self.segments_replaced.fetch_add(1, Ordering::SeqCst);
             let removed: Vec<Segment> = log.drain(i + 1..).collect();

@@ -1021,13 +1021,24 @@ impl CleanedWriter {
 ///
 /// # Errors
 /// I/O errors naming the file or directory.
-fn remove_time_index(dir: &Path, base: i64) -> Result<()> {
+pub(crate) fn remove_time_index(dir: &Path, base: i64) -> Result<()> {
     let path = dir.join(time_index_name(base));
     match std::fs::remove_file(&path) {
         Ok(()) => super::sync_dir(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", &path, e)),
     }
+}
+
+/// A time index file's bytes, reading no more than one byte past its length:
+/// a damaged file's size is not trusted.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut raw = Vec::with_capacity(super::time_index::LEN + 1);
+    File::open(path)?
+        .take(super::time_index::LEN as u64 + 1)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// Writes `bytes` as the whole of the file at `path` (created or truncated)
@@ -1324,7 +1335,7 @@ impl Segment {
     /// (missing, damaged, stale) leaves it unknown, to be read when needed.
     fn load_time_index(&mut self, last_batch_timestamp: i64) {
         let path = self.time_index_path();
-        let raw = match std::fs::read(&path) {
+        let raw = match read_small(&path) {
             Ok(raw) => raw,
             // A segment closed before time indexes were kept, or whose time
             // index could not be written.
@@ -1375,7 +1386,7 @@ impl Segment {
         }
         let bytes = self.time_index_now().encode();
         let path = self.time_index_path();
-        if std::fs::read(&path).is_ok_and(|found| found == bytes) {
+        if read_small(&path).is_ok_and(|found| found == bytes) {
             self.time_index_saved = true;
             return Ok(false);
         }
