@@ -1097,10 +1097,16 @@ pub fn raise_open_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
     if soft < hard {
-        // macOS refuses more than OPEN_MAX for the soft limit; keep what is in force then.
+        // macOS refuses more than OPEN_MAX (10,240) for the soft limit, and its
+        // hard limit is often unlimited: that much is asked for then, as the
+        // JVM does; failing that, what is in force is kept.
+        const OPEN_MAX: nix::libc::rlim_t = 10_240;
         if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            tracing::debug!(soft, hard, error = %e, "could not raise the open-file limit");
-            return rlim_to_u64(soft);
+            let fallback = hard.min(OPEN_MAX);
+            if fallback <= soft || setrlimit(Resource::RLIMIT_NOFILE, fallback, hard).is_err() {
+                tracing::debug!(soft, hard, error = %e, "could not raise the open-file limit");
+                return rlim_to_u64(soft);
+            }
         }
     }
     open_file_limit()
