@@ -448,7 +448,13 @@ impl Authenticator {
                         password: None,
                         scram: HashMap::new(),
                     });
-                    u.password = None;
+                    // A password gave a credential for every mechanism:
+                    // altering one replaces the password, and the others
+                    // derived from it go too, as a user set up with one
+                    // mechanism in Kafka has that credential alone.
+                    if u.password.take().is_some() {
+                        u.scram.clear();
+                    }
                     u.scram.insert(
                         *mechanism,
                         ScramCredential {
@@ -1265,6 +1271,47 @@ mod tests {
         }
         assert!(salted_credential(Mechanism::Plain, b"x", 4096).is_err());
         assert!(salted_credential(Mechanism::ScramSha256, b"x", 16385).is_err());
+    }
+
+    /// A user given by a password has a credential for every mechanism. One
+    /// altered with a new password through one mechanism (the usual rotation,
+    /// `kafka-configs --alter --add-config 'SCRAM-SHA-256=[password=new]'`)
+    /// kept the others, derived from the old password: the old password still
+    /// worked through them, and PLAIN, which checks the first credential,
+    /// took the old one and refused the new.
+    #[test]
+    fn a_password_altered_through_one_mechanism_is_the_only_one_that_works() {
+        let (_dir, auth) = authenticator(&Mechanism::ALL);
+        let m = Mechanism::ScramSha256;
+        let (kdf, _, hash) = m.algorithms().unwrap();
+        let mut salted = vec![0u8; hash.output_len()];
+        pbkdf2::derive(
+            kdf,
+            NonZeroU32::new(4096).unwrap(),
+            b"salt",
+            b"new",
+            &mut salted,
+        );
+        let next = auth
+            .altered(&[ScramChange::Upsert {
+                user: "user".into(),
+                mechanism: m,
+                iterations: 4096,
+                salt: b"salt".to_vec(),
+                salted_password: salted,
+            }])
+            .unwrap();
+        assert!(matches!(scram(&next, m, "user", "new"), Step::Done { .. }));
+        assert!(matches!(
+            plain_auth(&next, "user", "new"),
+            Step::Done { .. }
+        ));
+        assert!(!matches!(
+            plain_auth(&next, "user", "pencil"),
+            Step::Done { .. }
+        ));
+        // No SCRAM-SHA-512 credential is left to take the old password.
+        assert_eq!(next.scram_credentials("user").unwrap(), [(m, 4096)]);
     }
 
     /// AlterUserScramCredentials' changes: applied to a copy, written to the

@@ -105,6 +105,10 @@ pub(crate) fn answer(ctx: &Ctx, frame: Reply, failed: bool, arrived: Instant) ->
 /// away meanwhile does not free it early.
 async fn derive(ctx: &Arc<Ctx>, auth: Arc<sasl::Authenticator>, d: sasl::Derivation) -> sasl::Step {
     let permit = DERIVATIONS.acquire().await.expect("never closed");
+    // The users as they are now: a password deleted or changed (an
+    // AlterUserScramCredentials, a SIGHUP reload) while this login waited
+    // for a permit no longer logs in.
+    let auth = ctx.security.sasl().unwrap_or(auth);
     let metrics_ctx = Arc::clone(ctx);
     let run = tokio::task::spawn_blocking(move || {
         let _permit = permit;
