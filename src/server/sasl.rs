@@ -1273,6 +1273,15 @@ mod tests {
         assert!(salted_credential(Mechanism::ScramSha256, b"x", 16385).is_err());
     }
 
+    /// The salted password a client sends for `m` in AlterUserScramCredentials.
+    fn salted_password(m: Mechanism, iterations: u32, salt: &[u8], password: &[u8]) -> Vec<u8> {
+        let (kdf, _, hash) = m.algorithms().unwrap();
+        let mut salted = vec![0u8; hash.output_len()];
+        let n = NonZeroU32::new(iterations).unwrap();
+        pbkdf2::derive(kdf, n, salt, password, &mut salted);
+        salted
+    }
+
     /// A user given by a password has a credential for every mechanism. One
     /// altered with a new password through one mechanism (the usual rotation,
     /// `kafka-configs --alter --add-config 'SCRAM-SHA-256=[password=new]'`)
@@ -1283,15 +1292,7 @@ mod tests {
     fn a_password_altered_through_one_mechanism_is_the_only_one_that_works() {
         let (_dir, auth) = authenticator(&Mechanism::ALL);
         let m = Mechanism::ScramSha256;
-        let (kdf, _, hash) = m.algorithms().unwrap();
-        let mut salted = vec![0u8; hash.output_len()];
-        pbkdf2::derive(
-            kdf,
-            NonZeroU32::new(4096).unwrap(),
-            b"salt",
-            b"new",
-            &mut salted,
-        );
+        let salted = salted_password(m, 4096, b"salt", b"new");
         let next = auth
             .altered(&[ScramChange::Upsert {
                 user: "user".into(),
@@ -1322,15 +1323,7 @@ mod tests {
         let (dir, auth) = authenticator(&Mechanism::ALL);
         let path = dir.path().join("users.json");
         let m = Mechanism::ScramSha512;
-        let (kdf, _, hash) = m.algorithms().unwrap();
-        let mut salted = vec![0u8; hash.output_len()];
-        pbkdf2::derive(
-            kdf,
-            NonZeroU32::new(4500).unwrap(),
-            b"pepper",
-            b"hunter2",
-            &mut salted,
-        );
+        let salted = salted_password(m, 4500, b"pepper", b"hunter2");
         let changes = [
             ScramChange::Upsert {
                 user: "zed".into(),
