@@ -169,7 +169,12 @@ async fn run(
     let server = match Server::bind_with(storage.clone(), security).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = shut_down(storage).await;
+            // A storage fault is the one to report (exit 1), not the
+            // refusal that led to the shutdown.
+            if let Err(fault) = shut_down(storage).await {
+                tracing::error!(error = %e, "could not serve");
+                return Err(fault);
+            }
             return Err(e);
         }
     };

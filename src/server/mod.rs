@@ -367,7 +367,10 @@ impl Server {
     /// with whoever reloads it, [`Security::reload`]).
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the address cannot be bound, or an explicit `max_connections` is
+    /// more than the open-file limit in force can hold beside the files open
+    /// now ([`check_max_connections`]; the binary raises the limit first,
+    /// [`raise_open_file_limit`], and an embedder may too).
     pub async fn bind_with(
         storage: TopicManager,
         security: impl Into<Arc<Security>>,

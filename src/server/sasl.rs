@@ -448,13 +448,7 @@ impl Authenticator {
                         password: None,
                         scram: HashMap::new(),
                     });
-                    // A password gave a credential for every mechanism:
-                    // altering one replaces the password, and the others
-                    // derived from it go too, as a user set up with one
-                    // mechanism in Kafka has that credential alone.
-                    if u.password.take().is_some() {
-                        u.scram.clear();
-                    }
+                    u.password = None;
                     u.scram.insert(
                         *mechanism,
                         ScramCredential {
@@ -590,16 +584,6 @@ fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<()> {
     })
 }
 
-impl User {
-    /// The credential a PLAIN password of a user known by salted credentials
-    /// only is checked against: the first in the order of [`Mechanism::ALL`].
-    fn plain_credential(&self) -> Option<(Mechanism, &ScramCredential)> {
-        Mechanism::ALL
-            .into_iter()
-            .find_map(|m| self.scram.get(&m).map(|c| (m, c)))
-    }
-}
-
 /// A PLAIN login of a user known by salted credentials only, whose password
 /// must be checked by deriving the credential again: a PBKDF2 run of 4,096 to
 /// 16,384 iterations, some 10-40 ms of a core, that any client can ask for
@@ -624,12 +608,32 @@ impl Derivation {
     /// [`Session::authenticate`] returned this; an accepted password is
     /// remembered there, so the user's next PLAIN login needs no derivation.
     pub fn run(self, auth: &Authenticator) -> Step {
-        let Some((m, cred)) = auth.users.get(&self.user).and_then(User::plain_credential) else {
+        let Some(u) = auth.users.get(&self.user) else {
             return Step::Failed(BAD_CREDENTIALS.into());
         };
-        let (kdf, mac, _) = m.algorithms().expect("salted credentials are SCRAM");
-        let (stored_key, _) = derive(kdf, mac, m, &self.password, &cred.salt, cred.iterations);
-        if !same(&stored_key, &cred.stored_key) {
+        // Given a password since this login arrived (a reload): no derivation.
+        if let Some(p) = &u.password {
+            return if same(p, &self.password) {
+                Step::Done {
+                    user: self.user,
+                    reply: Vec::new(),
+                }
+            } else {
+                Step::Failed(BAD_CREDENTIALS.into())
+            };
+        }
+        // Each mechanism's credential is its own, as in Kafka: a password
+        // altered through one mechanism leaves the others' as they were, and
+        // the password any of them takes logs in.
+        let taken = Mechanism::ALL.into_iter().any(|m| {
+            u.scram.get(&m).is_some_and(|cred| {
+                let (kdf, mac, _) = m.algorithms().expect("salted credentials are SCRAM");
+                let (stored_key, _) =
+                    derive(kdf, mac, m, &self.password, &cred.salt, cred.iterations);
+                same(&stored_key, &cred.stored_key)
+            })
+        });
+        if !taken {
             return Step::Failed(BAD_CREDENTIALS.into());
         }
         let tag = auth.plain_tag(&self.password);
@@ -852,7 +856,7 @@ fn plain(auth: &Authenticator, bytes: &[u8]) -> Step {
     };
     let accepted = match &u.password {
         Some(p) => same(p, password),
-        None if u.plain_credential().is_none() => false,
+        None if u.scram.is_empty() => false,
         None if auth.accepted_before(user, password) => true,
         None => {
             return Step::Derive(Derivation {
@@ -1285,11 +1289,11 @@ mod tests {
     /// A user given by a password has a credential for every mechanism. One
     /// altered with a new password through one mechanism (the usual rotation,
     /// `kafka-configs --alter --add-config 'SCRAM-SHA-256=[password=new]'`)
-    /// kept the others, derived from the old password: the old password still
-    /// worked through them, and PLAIN, which checks the first credential,
-    /// took the old one and refused the new.
+    /// keeps the others, as in Kafka, where each mechanism's credential is
+    /// its own. PLAIN checked only the first (SCRAM-SHA-512) and refused the
+    /// new password; it now takes a password any credential takes.
     #[test]
-    fn a_password_altered_through_one_mechanism_is_the_only_one_that_works() {
+    fn a_password_altered_through_one_mechanism_logs_in_through_plain() {
         let (_dir, auth) = authenticator(&Mechanism::ALL);
         let m = Mechanism::ScramSha256;
         let salted = salted_password(m, 4096, b"salt", b"new");
@@ -1307,12 +1311,23 @@ mod tests {
             plain_auth(&next, "user", "new"),
             Step::Done { .. }
         ));
-        assert!(!matches!(
+        // The other mechanism's credential is untouched, as in Kafka.
+        let other = Mechanism::ScramSha512;
+        assert!(matches!(
+            scram(&next, other, "user", "pencil"),
+            Step::Done { .. }
+        ));
+        assert!(matches!(
             plain_auth(&next, "user", "pencil"),
             Step::Done { .. }
         ));
-        // No SCRAM-SHA-512 credential is left to take the old password.
-        assert_eq!(next.scram_credentials("user").unwrap(), [(m, 4096)]);
+        assert!(!matches!(
+            plain_auth(&next, "user", "neither"),
+            Step::Done { .. }
+        ));
+        let mut creds = next.scram_credentials("user").unwrap();
+        creds.sort_by_key(|(m, _)| m.name());
+        assert_eq!(creds.len(), 2, "{creds:?}");
     }
 
     /// AlterUserScramCredentials' changes: applied to a copy, written to the
