@@ -498,6 +498,26 @@ fn sighup_during_recovery_leaves_the_broker_to_serve() {
     assert_eq!(values(&broker.addr, "held"), sent);
 }
 
+/// A broker in `data` that acknowledged 20 messages to topic "held", killed,
+/// started again with its recovery held (see [`hold_recovery`]) and sent
+/// SIG`sig`, which it has logged: the killed broker (for its log and
+/// restarts), what was sent, the held `meta.json`, the starting process, and
+/// the pipe that lets recovery go on.
+fn signalled_in_recovery(
+    data: &std::path::Path,
+    sig: &str,
+) -> (Broker, Vec<String>, Vec<u8>, Starting, std::fs::File) {
+    let mut broker = Broker::start(data, &["--wal-sync-mode", "every_write"]);
+    let sent = produce(&broker.addr, "held", sig, 20);
+    // Killed: the next start has the WAL to replay.
+    broker.kill9();
+    let meta = hold_recovery(data);
+    let mut starting = broker.relaunch();
+    let pipe = in_recovery(data, &starting);
+    signal_and_see(&mut starting, sig, "stopping once recovery is over");
+    (broker, sent, meta, starting, pipe)
+}
+
 /// SIGTERM or SIGINT during recovery: recovery goes on to its end (what it
 /// replayed from the WAL is flushed), then the broker exits 0 without serving.
 #[test]
@@ -505,14 +525,7 @@ fn sigterm_or_sigint_during_recovery_stops_cleanly_without_serving() {
     for sig in ["TERM", "INT"] {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut broker = Broker::start(&data, &["--wal-sync-mode", "every_write"]);
-        let sent = produce(&broker.addr, "held", sig, 20);
-        // Killed: the next start has the WAL to replay.
-        broker.kill9();
-        let meta = hold_recovery(&data);
-        let mut starting = broker.relaunch();
-        let mut pipe = in_recovery(&data, &starting);
-        signal_and_see(&mut starting, sig, "stopping once recovery is over");
+        let (broker, sent, meta, mut starting, mut pipe) = signalled_in_recovery(&data, sig);
         pipe.write_all(&meta).unwrap();
         drop(pipe);
         let (status, listened) = starting.exit();
@@ -549,13 +562,7 @@ fn a_second_stop_signal_exits_at_once() {
     for (sig, code) in [("TERM", 143), ("INT", 130)] {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut broker = Broker::start(&data, &["--wal-sync-mode", "every_write"]);
-        let sent = produce(&broker.addr, "held", sig, 20);
-        broker.kill9();
-        let meta = hold_recovery(&data);
-        let mut starting = broker.relaunch();
-        let pipe = in_recovery(&data, &starting);
-        signal_and_see(&mut starting, sig, "stopping once recovery is over");
+        let (broker, sent, meta, mut starting, pipe) = signalled_in_recovery(&data, sig);
         let second = Instant::now();
         signal(starting.pid(), sig);
         let (status, listened) = starting.exit();

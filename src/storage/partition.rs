@@ -4075,6 +4075,19 @@ pub(crate) mod tests {
             read_all(&p)
         }
 
+        /// Three 1300-byte batches a segment: in the first, "x" of day 1 goes
+        /// (a newer "x" follows), "a" of day 5 stays, and "b" of day 1 ends
+        /// the copy, whose newest batch is so not its last.
+        fn newest_batch_not_last(p: &Partition) {
+            const DAY: i64 = 24 * 3600 * 1000;
+            produce_keyed_at(p, "x", DAY, 1200);
+            produce_keyed_at(p, "a", 5 * DAY, 1200);
+            produce_keyed_at(p, "b", DAY, 1200);
+            for key in ["x", "c", "d", "e"] {
+                produce_keyed_at(p, key, DAY, 1200);
+            }
+        }
+
         /// A compacted copy was judged for time retention by its last batch's
         /// timestamp: when an earlier batch of the group was newer (producers'
         /// clocks differ), retention deleted records it should have kept. The
@@ -4083,14 +4096,7 @@ pub(crate) mod tests {
         fn a_compacted_segment_expires_by_its_newest_batch_not_its_last() {
             const DAY: i64 = 24 * 3600 * 1000;
             let (_dir, pdir, p) = fresh();
-            // Three 1300-byte batches a segment: "x" of day 1 goes (a newer
-            // "x" follows), "a" of day 5 stays, and "b" of day 1 ends the copy.
-            produce_keyed_at(&p, "x", DAY, 1200);
-            produce_keyed_at(&p, "a", 5 * DAY, 1200);
-            produce_keyed_at(&p, "b", DAY, 1200);
-            for key in ["x", "c", "d", "e"] {
-                produce_keyed_at(&p, key, DAY, 1200);
-            }
+            newest_batch_not_last(&p);
             assert_eq!(p.log.lock().unwrap().len(), 3);
             let stats = compact(&p, &policy(6 * DAY));
             assert_eq!((stats.segments, stats.records_removed), (1, 1), "{stats:?}");
@@ -4126,13 +4132,7 @@ pub(crate) mod tests {
         fn a_compacted_copy_is_installed_with_its_time_index() {
             const DAY: i64 = 24 * 3600 * 1000;
             let (_dir, pdir, p) = fresh();
-            // Segment 0: "x" of day 1 goes, "a" of day 5 and "b" of day 1 stay.
-            produce_keyed_at(&p, "x", DAY, 1200);
-            produce_keyed_at(&p, "a", 5 * DAY, 1200);
-            produce_keyed_at(&p, "b", DAY, 1200);
-            for key in ["x", "c", "d", "e"] {
-                produce_keyed_at(&p, key, DAY, 1200);
-            }
+            newest_batch_not_last(&p);
             let time_index = pdir.join(segment::time_index_name(0));
             let before = std::fs::read(&time_index).unwrap();
             let stats = compact(&p, &policy(6 * DAY));

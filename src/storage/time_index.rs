@@ -193,38 +193,36 @@ impl TimeIndex {
     /// # Errors
     /// [`Invalid::Stale`] naming the first field that differs.
     pub fn check(&self, now: &TimeIndex, last_batch_timestamp: i64) -> Result<(), Invalid> {
-        let differs = |what: &str, saved: String, found: String| {
-            Err(Invalid::Stale(format!(
-                "{what} is {found}, the time index says {saved}"
-            )))
-        };
-        if self.base_offset != now.base_offset {
-            return differs(
+        // What the time index says and what the segment has, for each field
+        // that ties it to the segment as found.
+        let ties = [
+            (
                 "base offset",
                 self.base_offset.to_string(),
                 now.base_offset.to_string(),
-            );
-        }
-        if self.log_size != now.log_size {
-            return differs(
+            ),
+            (
                 "the log's size",
                 self.log_size.to_string(),
                 now.log_size.to_string(),
-            );
-        }
-        if self.next_offset != now.next_offset {
-            return differs(
+            ),
+            (
                 "the offset after the last batch",
                 self.next_offset.to_string(),
                 now.next_offset.to_string(),
-            );
-        }
-        if self.index_crc != now.index_crc {
-            return differs(
+            ),
+            (
                 "the index's checksum",
                 format!("{:#010x}", self.index_crc),
                 format!("{:#010x}", now.index_crc),
-            );
+            ),
+        ];
+        if let Some((what, saved, found)) =
+            ties.into_iter().find(|(_, saved, found)| saved != found)
+        {
+            return Err(Invalid::Stale(format!(
+                "{what} is {found}, the time index says {saved}"
+            )));
         }
         let holder_fits = if self.max_timestamp == -1 {
             self.max_timestamp_offset == -1
