@@ -525,7 +525,7 @@ fn sigterm_or_sigint_during_recovery_stops_cleanly_without_serving() {
     for sig in ["TERM", "INT"] {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let (broker, sent, meta, mut starting, mut pipe) = signalled_in_recovery(&data, sig);
+        let (broker, sent, meta, starting, mut pipe) = signalled_in_recovery(&data, sig);
         pipe.write_all(&meta).unwrap();
         drop(pipe);
         let (status, listened) = starting.exit();
@@ -562,7 +562,7 @@ fn a_second_stop_signal_exits_at_once() {
     for (sig, code) in [("TERM", 143), ("INT", 130)] {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let (broker, sent, meta, mut starting, pipe) = signalled_in_recovery(&data, sig);
+        let (broker, sent, meta, starting, pipe) = signalled_in_recovery(&data, sig);
         let second = Instant::now();
         signal(starting.pid(), sig);
         let (status, listened) = starting.exit();
