@@ -224,6 +224,9 @@ impl Security {
     /// were refused, with Kafka's error code and a message; the others' changes
     /// all took effect. A deletion of a credential that does not exist refuses
     /// that user's changes; a file that cannot be written refuses everyone's.
+    /// A file replaced whose directory cannot then be fsynced holds the
+    /// changes: they are in force, and every changed user is answered
+    /// UNKNOWN_SERVER_ERROR saying that they may not survive a power loss.
     pub(crate) fn alter_scram(
         &self,
         mut changes: Vec<sasl::ScramChange>,
@@ -269,16 +272,31 @@ impl Security {
             return refused;
         }
         match current.altered(&changes) {
-            Ok(a) => {
+            Ok(sasl::Altered {
+                authenticator,
+                not_durable,
+            }) => {
+                // The file holds the change either way: the broker follows it.
                 *lock
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(a);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(authenticator);
                 let users: std::collections::BTreeSet<&String> =
                     changes.iter().map(user_of).collect();
-                tracing::info!(
-                    ?users,
-                    "SCRAM credentials altered; the users file was rewritten"
-                );
+                if let Some(e) = not_durable {
+                    tracing::error!(?users, error = %e, "SCRAM credentials altered and in force, but the users file may not survive a power loss");
+                    let message =
+                        format!("the change is in force but may not survive a power loss: {e}");
+                    for c in &changes {
+                        refused
+                            .entry(user_of(c).clone())
+                            .or_insert((codes::UNKNOWN_SERVER_ERROR, message.clone()));
+                    }
+                } else {
+                    tracing::info!(
+                        ?users,
+                        "SCRAM credentials altered; the users file was rewritten"
+                    );
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "altering SCRAM credentials failed; nothing changed");
@@ -1561,6 +1579,49 @@ mod tests {
         let fit = usize::try_from(BUDGET).unwrap() / batch.len();
         assert_eq!(records, fit * batch.len());
         drop(slow);
+    }
+
+    /// A users file renamed into place whose directory fsync then fails holds
+    /// the change: it was answered as refused with nothing changed, while the
+    /// next SIGHUP or restart put it in force. It is in force at once now,
+    /// and the answer says it may not survive a power loss.
+    #[test]
+    fn scram_changes_in_the_file_are_in_force_when_the_directory_fsync_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        std::fs::write(&path, r#"{"user": "pencil"}"#).unwrap();
+        let m = sasl::Mechanism::ScramSha256;
+        let security = Security {
+            tls: None,
+            sasl: Some(std::sync::RwLock::new(Arc::new(
+                sasl::Authenticator::load(&path, &[m]).unwrap(),
+            ))),
+            users_file: std::sync::Mutex::new(()),
+        };
+        let change = |user: &str| sasl::ScramChange::Upsert {
+            user: user.into(),
+            mechanism: m,
+            iterations: 5000,
+            salt: b"salt".to_vec(),
+            salted_password: vec![7; 32],
+        };
+        sasl::FAIL_USERS_DIR_SYNC.with(|f| f.set(true));
+        let answered = security.alter_scram(vec![change("zed")]);
+        let (code, message) = &answered["zed"];
+        assert_eq!(*code, codes::UNKNOWN_SERVER_ERROR);
+        assert!(
+            message.contains("in force") && message.contains("users.json"),
+            "{message}"
+        );
+        let now = security.sasl().unwrap();
+        assert_eq!(now.scram_credentials("zed").unwrap(), [(m, 5000)]);
+        let file = sasl::Authenticator::load(&path, &[m]).unwrap();
+        assert_eq!(file.user_names(), now.user_names());
+        // A write that fails before its rename changes nothing.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let answered = security.alter_scram(vec![change("amy")]);
+        assert_eq!(answered["amy"].0, codes::UNKNOWN_SERVER_ERROR);
+        assert!(security.sasl().unwrap().scram_credentials("amy").is_none());
     }
 
     /// A Fetch of a partition whose lock is held (an append holds it through

@@ -396,11 +396,17 @@ impl Authenticator {
     /// salted credentials only: its password, if the file held one, is dropped.
     /// A user left without credentials is removed.
     ///
+    /// The file is replaced by a rename: once it is renamed, the change is in
+    /// the file, and a later failure to fsync the directory cannot take it
+    /// back. That failure is returned in [`Altered::not_durable`] beside the
+    /// changed authenticator, which the caller puts in force as the file now
+    /// says, and reports, since a power loss may bring back the old file.
+    ///
     /// # Errors
     /// A change that is refused (the caller checks them first: an unknown
     /// mechanism, iterations out of range, a deletion of nothing), or the file
     /// cannot be written; the file is then unchanged.
-    pub fn altered(&self, changes: &[ScramChange]) -> Result<Authenticator> {
+    pub fn altered(&self, changes: &[ScramChange]) -> Result<Altered> {
         let mut users = self.users.clone();
         for c in changes {
             match c {
@@ -466,14 +472,17 @@ impl Authenticator {
             let e = std::io::Error::other("no random numbers for a key");
             Error::io("write SASL users", &self.path, e)
         })?;
-        write_users(&self.path, &users)?;
-        Ok(Authenticator {
-            path: self.path.clone(),
-            mechanisms: self.mechanisms.clone(),
-            users,
-            rng,
-            plain_accepted: std::sync::Mutex::default(),
-            plain_key,
+        let not_durable = write_users(&self.path, &users)?;
+        Ok(Altered {
+            authenticator: Authenticator {
+                path: self.path.clone(),
+                mechanisms: self.mechanisms.clone(),
+                users,
+                rng,
+                plain_accepted: std::sync::Mutex::default(),
+                plain_key,
+            },
+            not_durable,
         })
     }
 
@@ -491,6 +500,17 @@ impl Authenticator {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         accepted.get(user).is_some_and(|t| same(t, &tag))
     }
+}
+
+/// What [`Authenticator::altered`] made.
+#[derive(Debug)]
+pub struct Altered {
+    /// The users as the file now holds them.
+    pub authenticator: Authenticator,
+    /// Set when the file was replaced but its directory could not be fsynced
+    /// afterwards: the change is in the file, but a power loss may bring back
+    /// the file as it was.
+    pub not_durable: Option<Error>,
 }
 
 /// One change of [`Authenticator::altered`].
@@ -525,8 +545,12 @@ pub fn iterations_acceptable(iterations: i32) -> bool {
 }
 
 /// Writes `users` to `path` atomically: passwords as strings, the others as
-/// salted credentials, owner-only permissions.
-fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<()> {
+/// salted credentials, owner-only permissions. Returns the failure to fsync
+/// the directory after the rename, when it fails: the file holds `users` then.
+///
+/// # Errors
+/// A failure before the rename: the file is unchanged.
+fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<Option<Error>> {
     let mut out = serde_json::Map::new();
     let mut names: Vec<&String> = users.keys().collect();
     names.sort_unstable();
@@ -575,13 +599,29 @@ fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<()> {
         let mut f = opts.open(&tmp)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
         crate::wal::journal::sync_all(&f)?;
-        std::fs::rename(&tmp, path)?;
-        crate::wal::journal::sync_all(&std::fs::File::open(dir)?)
+        std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io("write SASL users", path, e)
-    })
+    })?;
+    let sync_dir = || -> std::io::Result<()> {
+        #[cfg(test)]
+        if FAIL_USERS_DIR_SYNC.with(std::cell::Cell::take) {
+            return Err(std::io::Error::other("injected directory fsync failure"));
+        }
+        crate::wal::journal::sync_all(&std::fs::File::open(dir)?)
+    };
+    Ok(sync_dir()
+        .err()
+        .map(|e| Error::io("fsync the directory of", path, e)))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes the next [`write_users`] on this thread fail its directory fsync,
+    /// after the rename.
+    pub(crate) static FAIL_USERS_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A PLAIN login of a user known by salted credentials only, whose password
@@ -1211,7 +1251,7 @@ mod tests {
         assert!(matches!(first(&auth, "s3cret"), Step::Done { .. }));
         assert!(matches!(first(&auth, "s3cret!"), Step::Derive(_)));
         // New users (an alteration, a reload) remember nothing.
-        let next = auth.altered(&[]).unwrap();
+        let next = auth.altered(&[]).unwrap().authenticator;
         assert!(matches!(first(&next, "s3cret"), Step::Derive(_)));
     }
 
@@ -1305,7 +1345,8 @@ mod tests {
                 salt: b"salt".to_vec(),
                 salted_password: salted,
             }])
-            .unwrap();
+            .unwrap()
+            .authenticator;
         assert!(matches!(scram(&next, m, "user", "new"), Step::Done { .. }));
         assert!(matches!(
             plain_auth(&next, "user", "new"),
@@ -1356,7 +1397,9 @@ mod tests {
                 mechanism: Mechanism::ScramSha512,
             },
         ];
-        let next = auth.altered(&changes).unwrap();
+        let altered = auth.altered(&changes).unwrap();
+        assert!(altered.not_durable.is_none());
+        let next = altered.authenticator;
         assert_eq!(
             next.user_names(),
             ["user", "zed"],
