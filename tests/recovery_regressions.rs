@@ -399,6 +399,86 @@ fn tolerant_recovery_never_resumes_at_an_older_copy_of_a_batch() {
     assert_eq!(got, want);
 }
 
+/// Tolerant recovery that skipped damage to a later batch, and then found
+/// nothing valid after it, let appends continue before the skip, over the
+/// skipped bytes: the next open took the new batch for more damage and skipped
+/// it, losing acknowledged entries at every restart. Appends now continue
+/// after the last skip. Both with a clean close (the damage lies before its
+/// recorded end) and after a crash (the last batch torn).
+#[test]
+fn appends_after_a_tolerant_skip_survive_the_next_open() {
+    use streamline::wal::clean_close::CLEAN_CLOSE_FILE;
+    for crashed in [false, true] {
+        let (dir, written) = six_entries();
+        let current = dir.path().join("current.wal");
+        let mut bytes = std::fs::read(&current).unwrap();
+        // Entries 5 and 6, blocks 5 and 6: their payloads.
+        bytes[5 * 4096 + 100] ^= 1;
+        bytes[6 * 4096 + 100] ^= 1;
+        std::fs::write(&current, &bytes).unwrap();
+        if crashed {
+            std::fs::remove_file(dir.path().join(CLEAN_CLOSE_FILE)).unwrap();
+        }
+        let cfg = WalConfig {
+            recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+            ..config()
+        };
+        let mut want: Vec<(u64, Bytes)> = (1..=4u64)
+            .map(|s| (s, written[s as usize - 1].clone()))
+            .collect();
+        {
+            let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+            let got: Vec<(u64, Bytes)> = rec
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.sequence, e.data)
+                })
+                .collect();
+            assert_eq!(got, want, "crashed: {crashed}");
+            let new = Bytes::from_static(b"appended after the skip");
+            let seq = wal.append("t", 0, new.clone()).wait().unwrap();
+            assert_eq!(seq, 6, "crashed: {crashed}");
+            want.push((seq, new));
+            wal.close().unwrap();
+        }
+        assert_eq!(tolerant_entries(dir.path()), want, "crashed: {crashed}");
+        assert_eq!(
+            tolerant_entries(dir.path()),
+            want,
+            "crashed: {crashed}: again"
+        );
+    }
+}
+
+/// An archived file cut at a batch boundary (here where its seal starts)
+/// was refused in tolerant mode too, though the same cut inside a batch is
+/// skipped as damage. It is skipped now; strict recovery still refuses it.
+#[test]
+fn tolerant_recovery_skips_an_archived_file_cut_before_its_seal() {
+    let dir = rotated_log(2);
+    let first = dir.path().join("00000001.wal");
+    let info = scan_first_file(&first);
+    let seal_at = info.valid_end - 4096;
+    let (_, rec) = Wal::open(dir.path(), config()).unwrap();
+    let all: Vec<(u64, Bytes)> = rec
+        .map(|e| {
+            let e = e.unwrap();
+            (e.sequence, e.data)
+        })
+        .collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(seal_at)
+        .unwrap();
+    let err = Wal::open(dir.path(), config())
+        .map(|_| ())
+        .expect_err("an archived file without its seal was accepted");
+    assert!(err.to_string().contains("ends without a seal"), "{err}");
+    assert_eq!(tolerant_entries(dir.path()), all);
+}
+
 /// Tolerant recovery refused a log whose very first batch was damaged ("log starts
 /// at sequence 2 but the checkpoint is 0"), although it skips the same damage
 /// anywhere else. Strict recovery still refuses it, naming the offset.

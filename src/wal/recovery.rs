@@ -431,11 +431,15 @@ pub fn scan_file_after_close(
     loop {
         if pos + BLOCK_SIZE as u64 > r.len {
             if !newest {
-                return Err(Error::corrupt(
-                    path,
-                    pos,
-                    "archived file ends without a seal",
-                ));
+                let reason = "archived file ends without a seal";
+                if mode == RecoveryMode::Strict {
+                    return Err(Error::corrupt(path, pos, reason));
+                }
+                // Tolerant: as a cut inside a batch is, a cut at a batch
+                // boundary is damage skipped to the end of the file.
+                tracing::warn!(file = %path.display(), offset = pos, reason, "WAL file ends without its seal (tolerant recovery)");
+                info.skipped.push((pos, r.len, reason.to_string()));
+                break;
             }
             if let Some(c) = clean.filter(|c| pos < c.end) {
                 // The file was cut short (a partial copy, a truncation) where a
@@ -547,6 +551,11 @@ pub fn scan_file_after_close(
                             tracing::warn!(file = %path.display(), offset = pos, reason = %err_reason, "skipping corrupt WAL bytes (tolerant recovery)");
                             info.skipped.push((pos, at, err_reason));
                             info.next_sequence = Some(h.first_sequence);
+                            // The log goes on at `at`: should nothing valid
+                            // follow, appends continue there, after the skip,
+                            // not over the skipped bytes (a later open would
+                            // take them for more damage and skip them too).
+                            info.valid_end = at;
                             pos = at;
                             continue;
                         }
