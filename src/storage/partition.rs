@@ -1040,7 +1040,14 @@ impl Partition {
                 // in between leaves the old files for the next pass.
                 let end = log[n - 1].next_offset();
                 let seg = Segment::create(&self.dir, end)?;
-                sync_dir(&self.dir)?;
+                if let Err(e) = sync_dir(&self.dir) {
+                    // Appends go on in the old active segment, past `end`: an
+                    // empty segment left there would stop the next open.
+                    if let Err(e) = seg.remove_files() {
+                        tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not remove the segment a failed retention roll made");
+                    }
+                    return Err(e);
+                }
                 tracing::debug!(topic = %self.topic, partition = self.index, base = end, "rolled segment to delete the active one");
                 log.push(seg);
                 rolled = Some(end);
@@ -2027,6 +2034,34 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(n, 2, "the segment without timestamps was kept");
         assert_eq!(p.log_start_offset(), 2);
+    }
+
+    /// A retention pass that deletes the active segment first rolls to a new
+    /// one at its end. When that creation failed part way (here its index
+    /// cannot be opened), the empty log it had made stayed; appends went on
+    /// in the old active segment past its base, and the next open refused the
+    /// partition ("segment starts at ... but the previous one ends at ...").
+    #[test]
+    fn a_failed_retention_roll_leaves_no_segment_behind() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        let now = segment::now_ms();
+        produce_at(&p, now, 100);
+        produce_at(&p, now, 100);
+        let end = p.log_end_offset();
+        let blocker = pdir.join(segment::index_name(end));
+        std::fs::create_dir(&blocker).unwrap();
+        p.apply_retention(now + 2 * DAY, Some(DAY as u64), None)
+            .expect_err("the roll's index could not be made");
+        std::fs::remove_dir(&blocker).unwrap();
+        assert!(!pdir.join(segment::log_name(end)).exists());
+        produce_at(&p, now, 100);
+        drop(p);
+        let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
+        assert_eq!(p.log_end_offset(), end + 1);
+        assert_eq!(p.log_start_offset(), 0);
     }
 
     /// Reopens the partition in `pdir` as a crash leaves it that lost the first

@@ -1065,21 +1065,34 @@ impl Segment {
     ///
     /// # Errors
     /// I/O errors naming the file.
+    /// A failure removes the files it made: an empty log left behind at a base
+    /// that appends to the previous segment then pass would stop the next open
+    /// ("segment starts at ... but the previous one ends at ...").
     pub fn create(dir: &Path, base: i64) -> Result<Segment> {
         remove_time_index(dir, base)?;
         let log_path = dir.join(log_name(base));
         let index_path = dir.join(index_name(base));
-        let log = open_rw(&log_path)?;
-        log.set_len(0)
-            .map_err(|e| Error::io("truncate", &log_path, e))?;
-        let index_file = open_rw(&index_path)?;
-        index_file
-            .set_len(0)
-            .map_err(|e| Error::io("truncate", &index_path, e))?;
-        let log_id = file_id(
-            &log.metadata()
-                .map_err(|e| Error::io("stat", &log_path, e))?,
-        );
+        let made = (|| {
+            let log = open_rw(&log_path)?;
+            log.set_len(0)
+                .map_err(|e| Error::io("truncate", &log_path, e))?;
+            let index_file = open_rw(&index_path)?;
+            index_file
+                .set_len(0)
+                .map_err(|e| Error::io("truncate", &index_path, e))?;
+            let log_id = file_id(
+                &log.metadata()
+                    .map_err(|e| Error::io("stat", &log_path, e))?,
+            );
+            Ok((log, index_file, log_id))
+        })();
+        let (log, index_file, log_id) = made.inspect_err(|_| {
+            for path in [&index_path, &log_path] {
+                if let Err(e) = remove_if_present(path) {
+                    tracing::warn!(error = %e, "could not remove a segment file whose creation failed");
+                }
+            }
+        })?;
         Ok(Segment {
             base_offset: base,
             log_path,
