@@ -19,8 +19,9 @@
 //! 512-byte sectors, at random; the file system is then mounted again from what
 //! the device holds (ext4 replays its journal) and the WAL recovered from it.
 //! Every `every_write` acknowledgement must survive; in `interval` mode
-//! acknowledged entries may be lost, but only from the end, and nothing
-//! recovered may be invented or garbled.
+//! acknowledged entries may be lost, but only from the end, never at or below a
+//! durable sequence the WAL reported (`Wal::durable_sequence`, which the child
+//! prints as it grows), and nothing recovered may be invented or garbled.
 //!
 //! The `*_large_entries_*` runs write entries of 64-224 KiB into 2 MiB files:
 //! after such large durable writes the next files are only reserved, not
@@ -73,6 +74,10 @@ struct Totals {
     sectors_changed: u64,
     /// Batches the children wrote into never-written (reserved) file space.
     unwritten_batches: u64,
+    /// Cycles whose child reported a durable sequence beyond the log it
+    /// opened: cycles in which the durable-sequence check had new entries to
+    /// hold to it.
+    durable_grew: u64,
 }
 
 /// How a cycle ends.
@@ -130,6 +135,8 @@ struct Cycle {
     checkpoints: Vec<u64>,
     /// The highest `unwritten_batches` it reported.
     unwritten_batches: u64,
+    /// The highest durable sequence it reported (`Wal::durable_sequence`).
+    durable: u64,
 }
 
 /// One kill cycle. `flags`: the child's optional arguments (`ring`, `group`,
@@ -236,6 +243,7 @@ fn run_child(
         acked: HashMap::new(),
         checkpoints: Vec::new(),
         unwritten_batches: 0,
+        durable: 0,
     };
     for line in &lines[1..] {
         let f: Vec<&str> = line.split(' ').collect();
@@ -249,6 +257,7 @@ fn run_child(
             }
             ("checkpoint", 2) => cycle.checkpoints.push(p(1)),
             ("unwritten", 2) => cycle.unwritten_batches = cycle.unwritten_batches.max(p(1)),
+            ("durable", 2) => cycle.durable = cycle.durable.max(p(1)),
             _ => panic!("malformed line {line:?}"),
         }
     }
@@ -266,6 +275,9 @@ struct Known {
     checkpoints: std::collections::HashSet<u64>,
     /// The checkpoint the last recovery found.
     last_checkpoint: u64,
+    /// The highest durable sequence any child reported: every recovery must
+    /// reach it, whatever the mode and however the cycle ended.
+    durable: u64,
 }
 
 /// What one verification found.
@@ -278,8 +290,8 @@ struct Verified {
 
 /// Reopens in-process and checks the invariants. Where `loss_allowed` (an
 /// `interval` log after a power cut), acknowledged entries may be missing from
-/// the end of the log only, and are forgotten once counted (later cycles reuse
-/// their sequences).
+/// the end of the log only, above every durable sequence a child reported, and
+/// are forgotten once counted (later cycles reuse their sequences).
 fn verify(
     dir: &Path,
     backend: BackendKind,
@@ -353,6 +365,13 @@ fn verify(
         by_seq.insert(e.sequence, t);
     }
     let end = checkpoint + entries.len() as u64;
+    // What the WAL reported durable is on the disk: no cut may take it, in
+    // any mode (sequences are contiguous, so every entry through it is here).
+    assert!(
+        end >= known.durable,
+        "{what}: the log ends at {end}, below the durable sequence {} the writer reported",
+        known.durable
+    );
     assert_eq!(
         next,
         end + 1,
@@ -491,6 +510,8 @@ fn crash_cycles(
         }
         totals.acked += cycle.acked.len() as u64;
         totals.unwritten_batches += cycle.unwritten_batches;
+        totals.durable_grew += u64::from(cycle.durable >= cycle.next);
+        known.durable = known.durable.max(cycle.durable);
         known.max_acked = known
             .max_acked
             .max(cycle.acked.keys().copied().max().unwrap_or(0));
@@ -516,7 +537,7 @@ fn crash_cycles(
         totals.cycles += 1;
     }
     eprintln!(
-        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checkpoints {} rolled-back {} sectors-cut {} unwritten-batches {} ({:.1}s)",
+        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checkpoints {} rolled-back {} sectors-cut {} unwritten-batches {} durable-grew {} ({:.1}s)",
         totals.cycles,
         totals.acked,
         totals.lost,
@@ -524,6 +545,7 @@ fn crash_cycles(
         totals.rolled_back,
         totals.sectors_changed,
         totals.unwritten_batches,
+        totals.durable_grew,
         started.elapsed().as_secs_f64()
     );
     totals
@@ -557,9 +579,17 @@ fn env_cycles(name: &str, default: u64) -> u64 {
 
 /// Every cycle has acknowledged appends already (`run_child` waits for them).
 /// The child checkpoints each acknowledged multiple of 64 (announcing it first):
-/// among 20 of them, a kill cannot have cut every checkpoint short.
+/// among 20 of them, a kill cannot have cut every checkpoint short. Nor can
+/// every cycle end before a sync (every 5 ms in `interval` mode) made one of its
+/// appends durable: a run whose durable sequence never grew checked nothing of it.
 fn check(t: &Totals) {
     assert_eq!(t.lost, 0, "acknowledged entries lost");
+    assert!(
+        t.durable_grew > 0,
+        "no cycle of {} reported a durable sequence beyond the log it opened (with \
+         fewer than 20 cycles all may end before a sync)",
+        t.cycles
+    );
     if t.acked >= 20 * 64 {
         assert!(
             t.checkpoints > 0,

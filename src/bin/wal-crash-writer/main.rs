@@ -8,6 +8,8 @@
 //!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
 //!         "checkpoint SEQ" before each checkpoint (of an acknowledged SEQ)
 //!         "unwritten N" when `WalStats::unwritten_batches` grew to N
+//!         "durable N" when `Wal::durable_sequence` grew to N (printed after the
+//!                     WAL reported it: everything through N must survive a power cut)
 //! ```
 //!
 //! Payload of (run, thread, counter): see [`payload()`]; the crash test recomputes it.
@@ -86,10 +88,23 @@ fn main() {
     // file had never been written (reserved space), which the test requires of
     // its `large` runs.
     let unwritten_printed = AtomicU64::new(0);
+    // The highest durable sequence printed. The writers look after each
+    // acknowledgement, and a watcher every millisecond, so that a sync completing
+    // while every writer waits is reported too.
+    let durable_printed = AtomicU64::new(0);
     std::thread::scope(|s| {
+        {
+            let wal = wal.clone();
+            let durable_printed = &durable_printed;
+            s.spawn(move || loop {
+                print_durable(&wal, durable_printed);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            });
+        }
         for t in 0..threads {
             let wal = wal.clone();
             let unwritten_printed = &unwritten_printed;
+            let durable_printed = &durable_printed;
             s.spawn(move || {
                 let out = std::io::stdout();
                 for counter in 0.. {
@@ -105,6 +120,7 @@ fn main() {
                     lock.write_all(line.as_bytes()).expect("stdout");
                     lock.flush().expect("stdout");
                     drop(lock);
+                    print_durable(&wal, durable_printed);
                     let unwritten = wal.stats().unwritten_batches;
                     if unwritten_printed.fetch_max(unwritten, Ordering::Relaxed) < unwritten {
                         let line = format!("unwritten {unwritten}\n");
@@ -129,4 +145,17 @@ fn main() {
             });
         }
     });
+}
+
+/// Prints `durable N` when the WAL's durable sequence has grown beyond the
+/// highest one printed. The value is read from the WAL before the line goes
+/// out, so every printed value is one the WAL reported as on the disk.
+fn print_durable(wal: &Wal, printed: &AtomicU64) {
+    let durable = wal.durable_sequence();
+    if printed.fetch_max(durable, Ordering::Relaxed) < durable {
+        let mut lock = std::io::stdout().lock();
+        lock.write_all(format!("durable {durable}\n").as_bytes())
+            .expect("stdout");
+        lock.flush().expect("stdout");
+    }
 }
