@@ -76,6 +76,25 @@ pub fn closed(s: &mut TcpStream) -> bool {
     }
 }
 
+/// What the server sent before it closed the connection (end of stream or a
+/// reset), as [`closed`] tells a close; `None` if a read timed out first, the
+/// connection still open.
+pub fn sent_before_close(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => Some(got),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(got),
+    }
+}
+
 /// One uncompressed record batch (magic 2) holding `values`, offset deltas from 0.
 pub fn batch(values: &[&str]) -> Bytes {
     let timed: Vec<_> = values
