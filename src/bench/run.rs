@@ -217,6 +217,24 @@ impl<'a> Writer<'a> {
         Some((measured, len, self.pool.slice(off..off + len)))
     }
 
+    /// Records every append at the head of `queue` that is already acknowledged,
+    /// each timestamped as it is seen done. Acknowledgements come in order: the
+    /// first append not done ends the collection.
+    ///
+    /// # Errors
+    /// The error of a failed append (the collection stops at it).
+    fn collect_done(&mut self, queue: &mut VecDeque<Issued>) -> Result<(), String> {
+        while queue.front().is_some_and(|q| q.3.is_done()) {
+            let now = Instant::now();
+            let Some((started, measured, len, p)) = queue.pop_front() else {
+                break;
+            };
+            p.wait()?;
+            self.acked(measured, len, started, now);
+        }
+        Ok(())
+    }
+
     fn acked(&mut self, measured: bool, len: usize, started: Instant, now: Instant) {
         if !measured {
             return;
@@ -256,8 +274,19 @@ impl Wait {
     }
 }
 
+/// An append in flight: when it was issued, whether it is measured, its length.
+type Issued = (Instant, bool, usize, Pending);
+
 /// Keeps `queue_depth` appends outstanding until the job ends, recording each
 /// acknowledgement's latency. Runs as a task, or on a thread under [`block_on`].
+///
+/// An acknowledgement is timestamped when the writer first sees it: after its
+/// wait on the oldest append returns, and before each further append it
+/// issues, it collects every append already done, each with a fresh
+/// timestamp. Issuing can take long (an append blocks while the WAL's
+/// pending-bytes cap is reached), and what was acknowledged before it must not
+/// be charged for it. An acknowledgement arriving while an append call blocks
+/// is seen when that call returns.
 async fn writer_loop(
     mut wr: Writer<'_>,
     engine: &dyn engine::Engine,
@@ -265,9 +294,14 @@ async fn writer_loop(
     how: Wait,
 ) -> WriterOut {
     let w = wr.w;
-    let mut queue: VecDeque<(Instant, bool, usize, Pending)> = VecDeque::with_capacity(queue_depth);
+    let mut queue: VecDeque<Issued> = VecDeque::with_capacity(queue_depth);
     loop {
+        let mut outcome = Ok(());
         while queue.len() < queue_depth {
+            outcome = wr.collect_done(&mut queue);
+            if outcome.is_err() {
+                break;
+            }
             let Some((measured, len, data)) = wr.issue() else {
                 break;
             };
@@ -275,28 +309,22 @@ async fn writer_loop(
             let p = engine.append(w, data);
             queue.push_back((started, measured, len, p));
         }
-        let Some((started, measured, len, p)) = queue.pop_front() else {
-            break;
-        };
-        if let Err(e) = how.wait(p).await {
+        if outcome.is_ok() {
+            let Some((started, measured, len, p)) = queue.pop_front() else {
+                break;
+            };
+            outcome = how.wait(p).await;
+            if outcome.is_ok() {
+                wr.acked(measured, len, started, Instant::now());
+                outcome = wr.collect_done(&mut queue);
+            }
+        }
+        if let Err(e) = outcome {
             wr.shared.fail(format!("writer {w}: append failed: {e}"));
             for (_, _, _, p) in queue.drain(..) {
                 let _ = how.wait(p).await;
             }
             break;
-        }
-        let now = Instant::now();
-        wr.acked(measured, len, started, now);
-        // Acks come in order: later appends already done were acknowledged by now too.
-        while queue.front().is_some_and(|q| q.3.is_done()) {
-            let Some((started, measured, len, p)) = queue.pop_front() else {
-                break;
-            };
-            if let Err(e) = p.wait() {
-                wr.shared.fail(format!("writer {w}: append failed: {e}"));
-                break;
-            }
-            wr.acked(measured, len, started, now);
         }
     }
     wr.out
@@ -761,5 +789,101 @@ mod tests {
     #[test]
     fn a_panicking_writer_task_fails_the_job() {
         a_panicking_writer_fails_a_job_of(Some(2));
+    }
+
+    /// An engine whose every append first completes all earlier ones (as the
+    /// commit thread does while a writer issues more), and notes how many
+    /// acknowledgements the writer had recorded by then. The last append is
+    /// done at once.
+    struct CompletingEngine<'a> {
+        shared: &'a Shared,
+        appends: u64,
+        state: Mutex<CompletingState>,
+    }
+
+    #[derive(Default)]
+    struct CompletingState {
+        /// Completes an outstanding append.
+        open: Vec<Box<dyn FnOnce() + Send>>,
+        /// `Shared::acked` at the start of each append.
+        recorded_at_append: Vec<u64>,
+    }
+
+    impl engine::Engine for CompletingEngine<'_> {
+        fn append(&self, _writer: usize, _data: Bytes) -> Pending {
+            let mut st = self.state.lock().unwrap();
+            st.recorded_at_append
+                .push(self.shared.acked.load(Ordering::Relaxed));
+            for complete in st.open.drain(..) {
+                complete();
+            }
+            let (c, slot) = crate::wal::Completion::new();
+            let complete = move || slot.complete(Ok(1));
+            if st.recorded_at_append.len() as u64 == self.appends {
+                complete();
+            } else {
+                st.open.push(Box::new(complete));
+            }
+            Pending::Wal(c)
+        }
+        fn counters(&self) -> EngineCounters {
+            EngineCounters::default()
+        }
+        fn backend(&self) -> String {
+            "test".into()
+        }
+        fn close(self: Box<Self>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// At queue depth 8, every append the engine completed during one append
+    /// call is recorded before the writer issues the next: an acknowledgement is
+    /// not timestamped after the writer has refilled its queue.
+    fn acknowledgements_are_recorded_before_the_next_append(how: Wait) {
+        const APPENDS: u64 = 40;
+        let shared = Shared {
+            phase: AtomicU8::new(MEASURE),
+            claimed: AtomicU64::new(0),
+            limit: Some(APPENDS),
+            acked: AtomicU64::new(0),
+            acked_bytes: AtomicU64::new(0),
+            error: Mutex::new(None),
+        };
+        let hist = Mutex::new(new_histogram());
+        let pool = payload_pool(64);
+        let engine = CompletingEngine {
+            shared: &shared,
+            appends: APPENDS,
+            state: Mutex::default(),
+        };
+        let wr = Writer::new(0, &shared, &hist, &pool, RecordSize::Fixed(64));
+        let out = block_on(writer_loop(wr, &engine, 8, how));
+        assert_eq!(shared.error.lock().unwrap().take(), None);
+        assert_eq!(out.records, APPENDS);
+        assert_eq!(hist.lock().unwrap().len(), APPENDS);
+        let seen = engine.state.into_inner().unwrap().recorded_at_append;
+        assert_eq!(seen.len() as u64, APPENDS);
+        // Append n completed appends 0..n-1; by append n + 1 all of them are
+        // recorded.
+        for (n, &recorded) in seen.iter().enumerate().skip(1) {
+            assert_eq!(
+                recorded,
+                n as u64 - 1,
+                "append {n}: the writer had recorded {recorded} acknowledgements of the \
+                 {} completed before its previous append returned (all: {seen:?})",
+                n - 1
+            );
+        }
+    }
+
+    #[test]
+    fn acknowledgements_are_recorded_before_the_next_append_blocking() {
+        acknowledgements_are_recorded_before_the_next_append(Wait::Block);
+    }
+
+    #[test]
+    fn acknowledgements_are_recorded_before_the_next_append_awaiting() {
+        acknowledgements_are_recorded_before_the_next_append(Wait::Await);
     }
 }
