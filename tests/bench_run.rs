@@ -291,6 +291,83 @@ fn table_columns_line_up() {
     assert_eq!(row[18], "3.0");
 }
 
+/// A reopen after a successful cache drop whose open still read less than half
+/// the WAL from the device is reported warm, with a note; one that read it is
+/// cold.
+#[test]
+fn a_dropped_cache_that_did_not_make_the_scan_read_the_device_is_reported_warm() {
+    let mut h = streamline::bench::run::new_histogram();
+    h.record(150_000).unwrap();
+    let recovery = |device_read_bytes: u64, cold_cache: bool| report::RecoveryReport {
+        open_ms: 100.0,
+        replay_ms: 50.0,
+        entries: 1000,
+        wal_bytes: 1_000_000_000,
+        scan_mb_per_sec: 10_000.0,
+        recovery_mb_per_sec: 6_666.67,
+        cold_cache,
+        caches_dropped: true,
+        device_read_bytes: Some(device_read_bytes),
+        rss_before_bytes: None,
+        peak_rss_bytes: None,
+    };
+    let r = report::JobReport {
+        job: 1,
+        engine: "streamline".into(),
+        backend: "uring".into(),
+        sync_mode: "os_default".into(),
+        direct_io: Some(true),
+        writers: 4,
+        queue_depth: 16,
+        checkpoint_ms: None,
+        async_workers: None,
+        record_size: Value::from(65536),
+        duration_s: 1.0,
+        records: 1000,
+        writer_records: vec![250; 4],
+        bytes: 1000 * 65536,
+        records_per_sec: 1000.0,
+        mb_per_sec: 65.5,
+        fsyncs: None,
+        fsyncs_per_sec: None,
+        batches: None,
+        records_per_batch_mean: None,
+        records_per_batch_max: None,
+        grouped_batches: None,
+        early_batches: None,
+        bytes_written: None,
+        latency_us: report::LatencyUs::from_hist(&h),
+        cpu_us_per_record: None,
+        wal_thread_cpu_us_per_record: None,
+        cpu_cores_busy: None,
+        peak_rss_bytes: None,
+        recovery: Some(recovery(40_000_000, false)),
+    };
+    let t = report::table(&[
+        r.clone(),
+        report::JobReport {
+            job: 2,
+            recovery: Some(recovery(1_000_000_000, true)),
+            ..r
+        },
+    ]);
+    let row = |job: &str| -> Vec<&str> {
+        t.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|c| c.len() == 11 && c[0] == job)
+            .unwrap_or_else(|| panic!("no reopen row of job {job}:\n{t}"))
+    };
+    assert_eq!(&row("1")[7..9], &["warm", "40"], "{t}");
+    assert_eq!(&row("2")[7..9], &["cold", "1000"], "{t}");
+    assert!(
+        t.contains(
+            "note: job 1: the page cache was dropped, yet the open read 40 MB of the WAL's \
+             1000 MB from the device (less than half): reported as warm"
+        ) && !t.contains("note: job 2"),
+        "{t}"
+    );
+}
+
 #[test]
 fn checkpointing_jobs_retire_files_as_they_go() {
     let dir = tempfile::tempdir().unwrap();
@@ -409,6 +486,10 @@ fn reopen_reports_the_recovery_and_its_memory() {
     );
     assert!(r["wal_bytes"].as_u64().unwrap() >= entries * 4096, "{r}");
     assert_eq!(r["cold_cache"], false);
+    // No --drop-caches: none dropped; what the open read from the device is
+    // measured all the same.
+    assert_eq!(r["caches_dropped"], false);
+    assert!(r["device_read_bytes"].is_u64(), "{r}");
     // Other tests of this binary run beside it, so only the presence and sense of
     // the two numbers are checked here (tests/recovery_memory.rs bounds them).
     assert!(r["rss_before_bytes"].as_u64().unwrap() > 1 << 20, "{r}");

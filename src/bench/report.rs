@@ -82,8 +82,16 @@ pub struct RecoveryReport {
     pub scan_mb_per_sec: f64,
     /// `wal_bytes / (open + replay)` in MB/s: open and read everything back.
     pub recovery_mb_per_sec: f64,
-    /// True when the page cache was dropped first (the scan read the device).
+    /// True when the scan was cold: the page cache was dropped first and the
+    /// open read at least half of `wal_bytes` from the device
+    /// (`device_read_bytes`).
     pub cold_cache: bool,
+    /// True when the page cache was dropped before the reopen (`--drop-caches`
+    /// and the drop succeeded), whether or not the scan then read the device.
+    pub caches_dropped: bool,
+    /// Bytes the process read from storage during the open (`read_bytes` of
+    /// `/proc/self/io`); `None` where that is not available.
+    pub device_read_bytes: Option<u64>,
     /// Resident set size of the whole process just before the reopen, bytes.
     pub rss_before_bytes: Option<u64>,
     /// Peak resident set size of the whole process during the reopen and the
@@ -242,6 +250,8 @@ impl JobReport {
                     scan_mb_per_sec: if open > 0.0 { round2(mb / open) } else { 0.0 },
                     recovery_mb_per_sec: if total > 0.0 { round2(mb / total) } else { 0.0 },
                     cold_cache: rec.cold,
+                    caches_dropped: rec.caches_dropped,
+                    device_read_bytes: rec.device_read_bytes,
                     rss_before_bytes: rec.rss_before_bytes,
                     peak_rss_bytes: rec.peak_rss_bytes,
                 }
@@ -352,22 +362,34 @@ pub fn table(reports: &[JobReport]) -> String {
         .collect();
     if !recs.is_empty() {
         out.push_str(
-            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache    rss-MB  peak-rss-MB\n",
+            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache  device-read-MB  rss-MB  peak-rss-MB\n",
         );
-        for (job, x) in recs {
+        for &(job, x) in &recs {
             let _ = writeln!(
                 out,
-                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {:<7}  {:>6}  {:>11}",
+                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {:<5}  {:>14}  {:>6}  {:>11}",
                 x.wal_bytes as f64 / 1e6,
                 x.entries,
                 x.open_ms,
                 x.replay_ms,
                 x.scan_mb_per_sec,
                 x.recovery_mb_per_sec,
-                if x.cold_cache { "dropped" } else { "warm" },
+                if x.cold_cache { "cold" } else { "warm" },
+                opt(x.device_read_bytes.map(|b| b as f64 / 1e6), 0),
                 opt(x.rss_before_bytes.map(|b| b as f64 / (1024.0 * 1024.0)), 1),
                 opt(x.peak_rss_bytes.map(|b| b as f64 / (1024.0 * 1024.0)), 1),
             );
+        }
+        for (job, x) in recs {
+            if x.caches_dropped && !x.cold_cache {
+                let _ = writeln!(
+                    out,
+                    "note: job {job}: the page cache was dropped, yet the open read {} MB of the \
+                     WAL's {:.0} MB from the device (less than half): reported as warm",
+                    opt(x.device_read_bytes.map(|b| b as f64 / 1e6), 0),
+                    x.wal_bytes as f64 / 1e6,
+                );
+            }
         }
     }
     out

@@ -46,7 +46,14 @@ pub struct RecoveryResult {
     pub entries: u64,
     /// Bytes of WAL validated (up to the end of the last valid batch of each file).
     pub wal_bytes: u64,
-    /// Whether the page cache was dropped before reopening.
+    /// Whether the page cache was dropped before reopening (the request
+    /// succeeded; the kernel may still have kept pages).
+    pub caches_dropped: bool,
+    /// Bytes the process read from storage during `Wal::open` (`read_bytes` of
+    /// `/proc/self/io`); `None` where that is not available.
+    pub device_read_bytes: Option<u64>,
+    /// Whether the scan was cold: the cache was dropped and the open read at
+    /// least half the WAL's bytes from the device ([`read_from_device`]).
     pub cold: bool,
     /// Resident set size just before the reopen (`VmRSS`), bytes.
     pub rss_before_bytes: Option<u64>,
@@ -654,14 +661,32 @@ fn monitor(
     }
 }
 
+/// Whether a reopen that read `device_read_bytes` of a WAL of `wal_bytes` ran
+/// on a cold cache: only when the cache was dropped and at least half the WAL
+/// came from the device. A successful drop alone proves nothing: the kernel
+/// may keep pages it was asked to drop. (What the kernel sends to the block
+/// device counts as read from it, even where a cache below it, such as a VM
+/// host's, serves the read.)
+pub fn read_from_device(
+    caches_dropped: bool,
+    device_read_bytes: Option<u64>,
+    wal_bytes: u64,
+) -> bool {
+    caches_dropped && device_read_bytes.is_some_and(|read| read.saturating_mul(2) >= wal_bytes)
+}
+
 fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
     debug_assert_eq!(spec.engine, EngineKind::Streamline);
-    let cold = spec.drop_caches && sys::drop_page_cache();
+    let caches_dropped = spec.drop_caches && sys::drop_page_cache();
     let reset = sys::reset_peak_rss();
     let rss_before_bytes = sys::rss_bytes().filter(|_| reset);
+    let read_before = sys::device_read_bytes();
     let t0 = Instant::now();
     let (wal, rec) = Wal::open(dir, spec.wal.clone()).map_err(|e| format!("reopen: {e}"))?;
     let open = t0.elapsed();
+    let device_read_bytes = read_before
+        .zip(sys::device_read_bytes())
+        .map(|(before, after)| after.saturating_sub(before));
     let wal_bytes = rec.files.iter().map(|f| f.valid_end).sum();
     let t1 = Instant::now();
     let mut entries = 0u64;
@@ -678,7 +703,9 @@ fn reopen(spec: &JobSpec, dir: &Path) -> Result<RecoveryResult, String> {
         replay,
         entries,
         wal_bytes,
-        cold,
+        caches_dropped,
+        device_read_bytes,
+        cold: read_from_device(caches_dropped, device_read_bytes, wal_bytes),
         rss_before_bytes,
         peak_rss_bytes,
     })
@@ -885,5 +912,19 @@ mod tests {
     #[test]
     fn acknowledgements_are_recorded_before_the_next_append_awaiting() {
         acknowledgements_are_recorded_before_the_next_append(Wait::Await);
+    }
+
+    #[test]
+    fn a_reopen_is_cold_only_when_it_read_half_the_wal_from_the_device() {
+        let gib = 1 << 30;
+        assert!(read_from_device(true, Some(gib / 2), gib));
+        assert!(read_from_device(true, Some(gib), gib));
+        // Dropped, yet served from a cache: warm.
+        assert!(!read_from_device(true, Some(gib / 2 - 1), gib));
+        assert!(!read_from_device(true, Some(0), gib));
+        // Not measured: not proven cold.
+        assert!(!read_from_device(true, None, gib));
+        // Not dropped: warm, whatever was read.
+        assert!(!read_from_device(false, Some(gib), gib));
     }
 }

@@ -1,4 +1,5 @@
-//! Process accounting from `/proc` (Linux): CPU time per thread and peak RSS.
+//! Process accounting from `/proc` (Linux): CPU time per thread, peak RSS and
+//! bytes read from storage.
 //! Everywhere else these read as `None`.
 
 use std::time::Duration;
@@ -117,6 +118,23 @@ pub fn parse_kib_field(status: &str, name: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Bytes the process has caused to be read from storage (`read_bytes` of
+/// `/proc/self/io`: reads served from the page cache do not count), across all
+/// its threads, those that exited included.
+pub fn device_read_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    parse_io_field(&io, "read_bytes")
+}
+
+/// Reads a `name: 1234` field of `/proc/self/io`.
+pub fn parse_io_field(io: &str, name: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Resets the peak RSS to the current RSS (`echo 5 > /proc/self/clear_refs`), so
 /// that each job reports its own peak. Returns false where that is not possible.
 pub fn reset_peak_rss() -> bool {
@@ -217,5 +235,18 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t 100 kB\nVmHWM:\t    2048 kB\n";
         assert_eq!(parse_kib_field(s, "VmHWM:"), Some(2048 * 1024));
         assert_eq!(parse_kib_field(s, "VmRSS:"), None);
+    }
+
+    #[test]
+    fn parses_io_fields() {
+        let io = "rchar: 5000\nwchar: 10\nsyscr: 3\nread_bytes: 4096\nwrite_bytes: 0\n\
+                  cancelled_write_bytes: 0\n";
+        assert_eq!(parse_io_field(io, "read_bytes"), Some(4096));
+        assert_eq!(parse_io_field(io, "rchar"), Some(5000));
+        assert_eq!(parse_io_field(io, "read"), None);
+        assert_eq!(parse_io_field(io, "syscw"), None);
+        if cfg!(target_os = "linux") {
+            assert!(device_read_bytes().is_some(), "/proc/self/io");
+        }
     }
 }
