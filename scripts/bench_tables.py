@@ -95,7 +95,7 @@ def group(jobs):
 
 def med(g, k, field, sub=None):
     rows = g.get(k, [])
-    vals = [(r[field][sub] if sub else r[field]) if r.get(field) is not None else None for r in rows]
+    vals = [(r[field].get(sub) if sub else r[field]) if r.get(field) is not None else None for r in rows]
     return median(vals)
 
 
@@ -408,13 +408,19 @@ def main():
         k = ("streamline", be, "every_write", 1, 1, "1024")
         p1 = med(sc, k, "latency_us", "p50")
         a1 = best_anchor(1, "1024", "latency_us", "p50", pick=min)
-        f4 = fio.get("4k", {}).get("us_per_op")
         t.append([f"1 writer × 1 KiB p50 ≤ best anchor p50 ({be})", f"{fmt(p1, 1)} vs {fmt(a1, 1)} µs", ratio(p1, a1),
                   round_ratio(by_round(sc, k, "latency_us", "p50"),
                               best_anchor_by_round(sc, 1, "1024", "latency_us", "p50", pick=min)),
                   verdict(a1, p1, 1.0)])
-        t.append([f"1 writer × 1 KiB p50 ≤ 1.2× fio 4 KiB write+fdatasync ({be})", f"{fmt(p1, 1)} vs {fmt(f4, 1)} µs",
-                  ratio(p1, f4), "–", verdict(f4 * 1.2 if f4 else None, p1, 1.0)])
+        # fio gives the write's and the fdatasync's latencies apart, and the sum of
+        # their medians is no median of the whole operation; its mean is (1/IOPS).
+        # So the mean against the mean: streamline's mean latency (a report
+        # without one gives "not measured", never a p50 in its place).
+        mean1 = med(sc, k, "latency_us", "mean")
+        f4 = fio.get("4k", {}).get("us_per_op")
+        t.append([f"1 writer × 1 KiB mean ≤ 1.2× fio 4 KiB write+fdatasync mean (1/IOPS) ({be})",
+                  f"{fmt(mean1, 1)} vs {fmt(f4, 1)} µs", ratio(mean1, f4), "–",
+                  verdict(f4 * 1.2 if f4 else None, mean1, 1.0)])
     for k in q_keys:
         mbs = med(q, k, "mb_per_sec")
         files = "recycled" if k[2] else "new files"

@@ -248,6 +248,58 @@ fn bench_tables_compares_like_with_like_and_gives_round_ratios() {
     assert!(u64.contains("| 0.78× | 1.11× (3) | **missed** |"), "{u64}");
 }
 
+/// The 1-writer target against fio compares means: fio's 4 KiB write +
+/// fdatasync mean (1/IOPS) against streamline's mean latency, not its p50. Here
+/// the two pairs give opposite verdicts: streamline's p50 (100 µs) is within
+/// 1.2× of fio's median write + median fdatasync (40 + 40 µs) and of its mean
+/// (200 µs), its mean (300 µs) is not within 1.2× of fio's mean.
+#[test]
+fn bench_tables_compares_streamline_with_fio_mean_against_mean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    let scaling: Vec<String> = ["uring", "std"]
+        .iter()
+        .map(|be| {
+            format!(
+                r#"{{"job":1,"engine":"streamline","backend":"{be}","sync_mode":"every_write","writers":1,"queue_depth":1,"record_size":1024,"records_per_sec":3333,"latency_us":{{"mean":300.0,"p50":100.0,"p99":900.0}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(raw.join("scaling.jsonl"), scaling.join("\n") + "\n").unwrap();
+    // 5,000 IOPS: 200 µs per operation on average; medians 40 µs each.
+    std::fs::write(
+        raw.join("fio-sync-4k-1.json"),
+        r#"{"jobs":[{"write":{"iops":5000.0,"bw_bytes":20480000,"clat_ns":{"mean":30000,"percentile":{"50.000000":40000}}},"sync":{"lat_ns":{"mean":160000,"percentile":{"50.000000":40000}}}}]}"#,
+    )
+    .unwrap();
+    let doc = tmp.path().join("doc.md");
+    std::fs::write(&doc, "<!-- BEGIN targets -->\n<!-- END targets -->\n").unwrap();
+    let out = Command::new("python3")
+        .arg(script("bench_tables.py"))
+        .arg(tmp.path())
+        .arg(&doc)
+        .output()
+        .expect("run python3 scripts/bench_tables.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&doc).unwrap();
+    for be in ["uring", "std"] {
+        let row = text
+            .lines()
+            .find(|l| l.contains("fio 4 KiB") && l.contains(&format!("({be})")))
+            .unwrap_or_else(|| panic!("no fio row for {be}:\n{text}"));
+        assert!(
+            row.contains("1 writer × 1 KiB mean ≤ 1.2× fio 4 KiB write+fdatasync mean")
+                && row.contains("| 300.0 vs 200.0 µs | 1.50× | – | **missed** |"),
+            "{row}"
+        );
+    }
+}
+
 /// Criterion's table comes only from this run: `scripts/bench.sh` with
 /// `SKIP_CRITERION=1` calls `bench_tables.py` with `CRITERION_DIR` empty, and
 /// the table then says it was not measured, rather than keep an earlier run's
