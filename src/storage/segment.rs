@@ -730,7 +730,13 @@ pub fn install_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
     match std::fs::rename(&cleaning_time_index, &swap_time_index) {
         Ok(()) => {}
         // The copy's time index could not be written: it opens without one.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // A `.timeindex.swap` an earlier swap left when it failed before its
+        // log was renamed describes another copy, and `finish_swap` would
+        // put it in place with this one: it goes, durably with the directory
+        // fsync below, before this copy's log takes the `.swap` name.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            remove_if_present(&swap_time_index)?;
+        }
         Err(e) => return Err(Error::io("rename", &cleaning_time_index, e)),
     }
     for (from, to) in [(cleaning_index, swap_index), (cleaning_log, swap_log)] {
@@ -2479,6 +2485,82 @@ pub(crate) mod tests {
         std::fs::write(&time_index, &good).unwrap();
         drop(Segment::create(dir.path(), 0).unwrap());
         assert!(!time_index.exists(), "kept for a new segment");
+    }
+
+    /// A compaction swap that fails after renaming its copy's time index to
+    /// `<base>.timeindex.swap` but before its log takes the `.swap` name
+    /// leaves the segments as they were, and the broker goes on. The next
+    /// swap at that base whose copy had no time index of its own (one batch,
+    /// or its time index could not be written) then put the one left in
+    /// place, describing another copy. It is removed now, and a copy with a
+    /// time index of its own replaces it.
+    #[test]
+    fn a_stale_time_index_swap_is_never_put_in_place_with_a_copy() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let seg = closed_at(d, &[DAY, 5 * DAY, 2 * DAY]);
+        let log = std::fs::read(d.join(log_name(0))).unwrap();
+        let starts: Vec<usize> = seg.index().iter().map(|e| e.position as usize).collect();
+        let ends = starts.iter().skip(1).copied().chain([log.len()]);
+        let batches: Vec<Vec<u8>> = starts
+            .iter()
+            .zip(ends)
+            .map(|(&a, b)| log[a..b].to_vec())
+            .collect();
+        drop(seg);
+        let (time_index, stale_swap) =
+            (d.join(time_index_name(0)), d.join(swap_time_index_name(0)));
+        let stale = std::fs::read(&time_index).unwrap();
+        let copy = |batches: &[Vec<u8>]| {
+            let mut w = CleanedWriter::create(d, 0).unwrap();
+            for b in batches {
+                let info = batch::parse_header(b).unwrap();
+                w.push(b, info.base_offset, info.max_timestamp).unwrap();
+            }
+            w.finish().unwrap();
+        };
+
+        // A copy of the first batch alone: its index gives its timestamp.
+        std::fs::write(&stale_swap, &stale).unwrap();
+        copy(&batches[..1]);
+        assert!(!d.join(cleaning_time_index_name(0)).exists());
+        install_swap(d, 0, &[]).unwrap();
+        assert!(!stale_swap.exists());
+        assert!(
+            !time_index.exists(),
+            "another copy's time index put in place"
+        );
+        let seg = Segment::open(d, 0, false).unwrap();
+        assert_eq!(
+            (
+                seg.next_offset(),
+                seg.max_timestamp_is_exact(),
+                seg.max_timestamp()
+            ),
+            (1, true, DAY)
+        );
+        drop(seg);
+
+        // A copy of the first two batches, with its own.
+        std::fs::write(&stale_swap, &stale).unwrap();
+        copy(&batches[..2]);
+        install_swap(d, 0, &[]).unwrap();
+        assert!(!stale_swap.exists());
+        let saved = TimeIndex::decode(&std::fs::read(&time_index).unwrap()).unwrap();
+        assert_eq!(
+            (
+                saved.next_offset,
+                saved.max_timestamp,
+                saved.max_timestamp_offset
+            ),
+            (2, 5 * DAY, 1)
+        );
+        let seg = Segment::open(d, 0, false).unwrap();
+        assert_eq!(
+            (seg.max_timestamp_is_exact(), seg.max_timestamp_offset()),
+            (true, Some(1))
+        );
     }
 
     #[test]
