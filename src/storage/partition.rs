@@ -283,6 +283,10 @@ thread_local! {
     /// (tests).
     static BETWEEN_JOBS_AND_READS: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::save_time_indexes`] on this thread
+    /// between writing its time indexes and putting them in place (tests).
+    static BETWEEN_WRITE_AND_INSTALL: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A read planned under the lock, performed outside it.
@@ -351,9 +355,10 @@ impl Partition {
             } else if name.ends_with(".producers-tmp")
                 || name.ends_with(segment::CLEANING_SUFFIX)
                 || name.ends_with(segment::REBUILD_SUFFIX)
+                || name.ends_with(segment::TIME_INDEX_TMP_SUFFIX)
             {
-                // A snapshot, a compacted copy or a rebuilt log a crash interrupted;
-                // its rename never happened.
+                // A snapshot, a compacted copy, a rebuilt log or a time index
+                // a crash interrupted; its rename never happened.
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             }
@@ -575,6 +580,19 @@ impl Partition {
         (!self.is_deleted() && self.swap_unloaded.get().is_none()).then_some(guard)
     }
 
+    /// [`Partition::files_guard`] without waiting, for work that may be
+    /// skipped: `None` also while a topic delete holds the files or waits for
+    /// them (a delete runs a checkpoint while it holds them, and a lookup
+    /// should not wait behind it).
+    fn try_files_guard(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        let guard = match self.files.try_read() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        (!self.is_deleted() && self.swap_unloaded.get().is_none()).then_some(guard)
+    }
+
     /// Waits for every change to the partition's files by path in progress,
     /// and (the partition marked deleted first) keeps any from starting while
     /// held and after: a topic being deleted holds it while it moves the
@@ -724,14 +742,9 @@ impl Partition {
     /// them exclusively (a delete, which runs a checkpoint itself while it
     /// holds them).
     pub(crate) fn drop_snapshots_below(&self, recovery_point: i64) {
-        let _files = match self.files.try_read() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
-        };
-        if self.is_deleted() || self.swap_unloaded.get().is_some() {
+        let Some(_files) = self.try_files_guard() else {
             return;
-        }
+        };
         let keep_from = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             // The first segment that ends above the recovery point, or the newest.
@@ -910,7 +923,7 @@ impl Partition {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> Result<(usize, u64)> {
-        let Some(_files) = self.files_guard() else {
+        let Some(files) = self.files_guard() else {
             return Ok((0, 0));
         };
         let floor = self.deleted_below.load(Ordering::Acquire);
@@ -923,7 +936,9 @@ impl Partition {
             // holds knows only its last batch's timestamp, and an earlier
             // batch may be newer: the newest of all is found before the
             // segment can expire by time.
-            self.settle_max_timestamps(|s| s.max_timestamp() < 0 || older(s.max_timestamp()));
+            self.settle_max_timestamps(&files, |s| {
+                s.max_timestamp() < 0 || older(s.max_timestamp())
+            });
         }
         self.trim("past retention", |s, total| {
             // Records without timestamps (-1), and an empty segment, are
@@ -951,8 +966,15 @@ impl Partition {
     /// logged and left unknown, for the next pass to try again. A segment removed or replaced meanwhile
     /// (retention or DeleteRecords on another thread, a compaction's copy put
     /// in its place) is left alone, and a read that failed because it went is
-    /// no storage error: nothing is logged for it.
-    fn settle_max_timestamps(&self, wanted: impl Fn(&Segment) -> bool) {
+    /// no storage error: nothing is logged for it. What is learned is saved
+    /// in each segment's time index (see [`Partition::save_time_indexes`]),
+    /// so that the next start need not read the headers again; `files` is
+    /// the caller's [`Partition::files_guard`].
+    fn settle_max_timestamps(
+        &self,
+        files: &RwLockReadGuard<'_, ()>,
+        wanted: impl Fn(&Segment) -> bool,
+    ) {
         let jobs: Vec<segment::MaxTimestampJob> = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             log[..log.len().saturating_sub(1)]
@@ -968,10 +990,11 @@ impl Partition {
         if let Some(between) = BETWEEN_JOBS_AND_READS.with(|b| b.borrow_mut().take()) {
             between();
         }
-        let found: Vec<(i64, u64, Result<i64>)> = jobs
+        let found: Vec<_> = jobs
             .iter()
             .map(|job| (job.base_offset, job.size, job.run()))
             .collect();
+        let mut saves = Vec::new();
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for (base, size, ts) in found {
             // Gone or replaced meanwhile (retention, compaction: a copy put
@@ -986,12 +1009,83 @@ impl Partition {
                 continue;
             };
             match ts {
-                Ok(ts) => s.set_max_timestamp(ts),
+                Ok((ts, holder)) => {
+                    s.set_max_timestamp(ts, Some(holder));
+                    saves.extend(s.time_index_job());
+                }
                 // Its last batch's timestamp is only a lower bound: taken as the
                 // newest, records still inside retention would go with it.
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, "could not read the segment's batch headers; its newest timestamp stays unknown, and it and the segments after it are not deleted by time until a later pass reads them");
                 }
+            }
+        }
+        drop(log);
+        self.save_time_indexes(files, saves);
+    }
+
+    /// Saves the time indexes `jobs` describe (segments whose newest timestamp
+    /// was just learned by reading their batch headers), the caller holding
+    /// [`Partition::files_guard`] (or [`Partition::try_files_guard`]), so that
+    /// no topic delete moves the directory meanwhile. Each is written and
+    /// `fdatasync`ed under a temporary name outside the partition lock, so
+    /// appends go on, then renamed into place under the lock only if its
+    /// segment is still there as it was: one that retention or DeleteRecords
+    /// removed, or a compaction replaced, meanwhile gets none (its removal of
+    /// the segment's files, made after the segment left the log under the
+    /// lock, or the compaction's swap, made under the lock, comes after any
+    /// rename), and nor does any segment once a swap failed part way (the
+    /// files no longer match the segments in memory). The directory is then
+    /// fsynced. A failure is logged, never an error: the segment only has its
+    /// headers read again at the next start.
+    fn save_time_indexes(
+        &self,
+        _files: &RwLockReadGuard<'_, ()>,
+        jobs: Vec<segment::TimeIndexJob>,
+    ) {
+        let written: Vec<segment::TimeIndexJob> = jobs
+            .into_iter()
+            .filter(|job| match job.write() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, base = job.base_offset, error = %e, "could not save the segment's time index; its batch headers are read at the next start when its newest timestamp is needed");
+                    false
+                }
+            })
+            .collect();
+        if written.is_empty() {
+            return;
+        }
+        #[cfg(test)]
+        if let Some(between) = BETWEEN_WRITE_AND_INSTALL.with(|b| b.borrow_mut().take()) {
+            between();
+        }
+        let mut installed = 0;
+        let mut discarded = Vec::new();
+        {
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            let files_match = !self.is_deleted() && self.swap_unloaded.get().is_none();
+            for job in written {
+                let done = match log.iter_mut().find(|s| s.base_offset() == job.base_offset) {
+                    Some(s) if files_match => s.install_time_index(&job),
+                    _ => Ok(false),
+                };
+                match done {
+                    Ok(true) => installed += 1,
+                    Ok(false) => discarded.push(job),
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, partition = self.index, base = job.base_offset, error = %e, "could not save the segment's time index; its batch headers are read at the next start when its newest timestamp is needed");
+                        discarded.push(job);
+                    }
+                }
+            }
+        }
+        for job in &discarded {
+            job.discard();
+        }
+        if installed > 0 {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not sync the directory after saving time indexes; a crash may lose them, and their segments' batch headers are then read again");
             }
         }
     }
@@ -1095,7 +1189,7 @@ impl Partition {
             .unwrap_or_else(PoisonError::into_inner);
         // A deleted topic's directory may be renamed away, and its name taken by
         // a new topic, whose files must never be touched.
-        let Some(_files) = self.files_guard() else {
+        let Some(files) = self.files_guard() else {
             return Ok(CompactionStats::default());
         };
         let hw = self.high_watermark();
@@ -1104,7 +1198,9 @@ impl Partition {
         if lag > 0 {
             // As for retention: a segment opened from its index may hold a
             // batch newer than its last.
-            self.settle_max_timestamps(|s| s.next_offset() <= hw && s.max_timestamp() <= horizon);
+            self.settle_max_timestamps(&files, |s| {
+                s.next_offset() <= hw && s.max_timestamp() <= horizon
+            });
         }
         let sources: Vec<Source> = {
             let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1303,7 +1399,7 @@ impl Partition {
         // The copy's time index, written with it, gives its newest timestamp
         // (and the batch holding it); without one, the copy's writer did.
         if !seg.max_timestamp_is_exact() {
-            seg.set_max_timestamp(max_timestamp);
+            seg.set_max_timestamp(max_timestamp, None);
         }
         debug_assert_eq!(seg.max_timestamp(), max_timestamp);
         seg.seal(&self.open_files);
@@ -1692,7 +1788,8 @@ impl Partition {
     /// being the newest timestamp known of the segments wholly readable (at or
     /// above the log start, below the high watermark). A segment opened from its
     /// index, whose newest timestamp is not known, is read; once read whole it is
-    /// known.
+    /// known, and its time index is saved (see
+    /// [`Partition::save_time_indexes`]) unless a topic delete holds the files.
     ///
     /// The segments' indexes are shared, not copied (see
     /// [`Segment::shared_index`]): the partition lock is held for a few
@@ -1729,7 +1826,7 @@ impl Partition {
             .max()
             .unwrap_or(i64::MIN);
         // Segments read whole whose newest timestamp was not known: (base,
-        // size, newest).
+        // size, newest, base offset of the first batch holding it).
         let mut learned = Vec::new();
         let visited = (|| {
             let mut head = [0u8; HEADER_LEN];
@@ -1748,8 +1845,9 @@ impl Partition {
                     Err(e) => return Err(e),
                 };
                 let path = v.log.path();
-                // None once a header does not parse.
-                let mut newest = Some(-1i64);
+                // (newest, the first batch holding it); None once a header
+                // does not parse.
+                let mut newest = Some((-1i64, -1i64));
                 for position in v.index.iter().map(|e| e.position) {
                     file.read_exact_at(&mut head, position)
                         .map_err(|e| Error::io("read", path, e))?;
@@ -1759,7 +1857,13 @@ impl Partition {
                         newest = None;
                         continue;
                     };
-                    newest = newest.map(|n| n.max(info.max_timestamp));
+                    newest = newest.map(|(n, at)| {
+                        if info.max_timestamp > n {
+                            (info.max_timestamp, info.base_offset)
+                        } else {
+                            (n, at)
+                        }
+                    });
                     if info.base_offset >= hw {
                         return Ok(());
                     }
@@ -1770,20 +1874,27 @@ impl Partition {
                         return Ok(());
                     }
                 }
-                if let (None, Some(newest)) = (v.max_timestamp, newest) {
-                    learned.push((v.base, v.size, newest));
+                if let (None, Some((newest, at))) = (v.max_timestamp, newest) {
+                    learned.push((v.base, v.size, newest, at));
                 }
             }
             Ok(())
         })();
         if !learned.is_empty() {
+            let mut saves = Vec::new();
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            for (base, size, newest) in learned {
+            for (base, size, newest, at) in learned {
                 if let Some(s) = log.iter_mut().find(|s| {
                     s.base_offset() == base && s.size() == size && !s.max_timestamp_is_exact()
                 }) {
-                    s.set_max_timestamp(newest);
+                    s.set_max_timestamp(newest, Some(at));
+                    saves.extend(s.time_index_job());
                 }
+            }
+            drop(log);
+            // Never waits: a lookup does not wait behind a topic delete.
+            if let Some(files) = self.try_files_guard().filter(|_| !saves.is_empty()) {
+                self.save_time_indexes(&files, saves);
             }
         }
         visited
@@ -2307,6 +2418,32 @@ pub(crate) mod tests {
         (out, String::from_utf8(text).unwrap())
     }
 
+    /// Three closed segments opened from their indexes, as an older broker
+    /// left them (without time indexes), each a batch of day 5 (key "a") then
+    /// one of day 1 (a key of its own), and the active one: by their last
+    /// batches all are past a retention of three days on day 6, by their
+    /// newest none is.
+    fn opened_without_time_indexes() -> (tempfile::TempDir, PathBuf, Arc<Partition>) {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+        for i in 0..3 {
+            assert_eq!(produce_keyed_at(&p, "a", 5 * DAY, 1500), 2 * i);
+            assert_eq!(produce_keyed_at(&p, &format!("k{i}"), DAY, 1500), 2 * i + 1);
+        }
+        assert_eq!(produce_keyed_at(&p, "a", 5 * DAY, 1500), 6);
+        assert_eq!(p.log.lock().unwrap().len(), 4);
+        p.sync().unwrap();
+        drop(p);
+        assert_eq!(remove_time_indexes(&pdir), 3);
+        let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+        assert!(p.log.lock().unwrap()[..3]
+            .iter()
+            .all(|s| !s.max_timestamp_is_exact()));
+        (dir, pdir, p)
+    }
+
     /// Retention reads the batch headers of the segments opened from their
     /// indexes outside the partition lock. A segment that DeleteRecords
     /// removed, or a compaction replaced, meanwhile made that read fail, and
@@ -2318,32 +2455,7 @@ pub(crate) mod tests {
         const DAY: i64 = 24 * 3600 * 1000;
         const WARNING: &str = "could not read the segment's batch headers";
         let three_days = Some(3 * DAY as u64);
-        // Three closed segments opened from their indexes, each a batch of
-        // day 5 (key "a") then one of day 1 (a key of its own), and the
-        // active one: by their last batches all are past retention on day 6,
-        // by their newest none is.
-        let opened = || {
-            let dir = tempfile::tempdir().unwrap();
-            let pdir = dir.path().join("0");
-            let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
-            for i in 0..3 {
-                assert_eq!(produce_keyed_at(&p, "a", 5 * DAY, 1500), 2 * i);
-                assert_eq!(produce_keyed_at(&p, &format!("k{i}"), DAY, 1500), 2 * i + 1);
-            }
-            assert_eq!(produce_keyed_at(&p, "a", 5 * DAY, 1500), 6);
-            assert_eq!(p.log.lock().unwrap().len(), 4);
-            p.sync().unwrap();
-            drop(p);
-            // As an older broker left them: without time indexes.
-            for i in 0..3 {
-                std::fs::remove_file(pdir.join(segment::time_index_name(2 * i))).unwrap();
-            }
-            let p = Arc::new(Partition::open("t", 0, pdir.clone(), 4096).unwrap());
-            assert!(p.log.lock().unwrap()[..3]
-                .iter()
-                .all(|s| !s.max_timestamp_is_exact()));
-            (dir, pdir, p)
-        };
+        let opened = opened_without_time_indexes;
         // Runs `f` once the next retention pass on this thread has taken its
         // jobs, before it reads.
         let between_jobs_and_reads = |p: &Arc<Partition>, f: fn(&Partition)| {
@@ -2373,34 +2485,27 @@ pub(crate) mod tests {
             assert_eq!(newest(p), want);
         };
 
-        // DeleteRecords removes the first segment meanwhile.
-        let (_dir, _, p) = opened();
+        // DeleteRecords removes the first segment meanwhile: what is learned
+        // of the others is saved in their time indexes, nothing for it.
+        let (_dir, pdir, p) = opened();
         between_jobs_and_reads(&p, |p| assert_eq!(p.delete_records(2), Ok(2)));
         passes_quietly(
             &p,
             &[(2, Some(5 * DAY)), (4, Some(5 * DAY)), (6, Some(5 * DAY))],
         );
+        assert_eq!(time_indexes(&pdir), (vec![2, 4], 0));
 
         // A compaction puts its copy in place of the first two segments
         // meanwhile (the first two "a" records go); the copy knows its newest
-        // timestamp.
-        let (_dir, _, p) = opened();
-        between_jobs_and_reads(&p, |p| {
-            let policy = CompactionPolicy {
-                now_ms: 6 * DAY,
-                delete_retention_ms: 0,
-                min_compaction_lag_ms: 0,
-                min_cleanable_dirty_ratio: 0.0,
-                map_bytes: compaction::DEFAULT_MAP_BYTES,
-                segment_bytes: 4096,
-            };
-            let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
-            assert_eq!((stats.segments, stats.records_removed), (2, 2));
-        });
+        // timestamp, and keeps its own time index.
+        let (_dir, pdir, p) = opened();
+        between_jobs_and_reads(&p, compact_first_two);
         passes_quietly(
             &p,
             &[(0, Some(5 * DAY)), (4, Some(5 * DAY)), (6, Some(5 * DAY))],
         );
+        assert_eq!(time_indexes(&pdir), (vec![0, 4], 0));
+        assert_eq!(time_index_at(&pdir, 0).next_offset, 4, "the copy's");
 
         // A log cut short while its segment is still there is still warned
         // of, naming the segment, and its newest timestamp stays unknown: its
@@ -2431,6 +2536,154 @@ pub(crate) mod tests {
         );
     }
 
+    /// A compaction pass on day 6 over [`opened_without_time_indexes`]'s
+    /// partition: the first two segments (offsets 0 to 3) become one copy
+    /// (their records of key "a" go).
+    fn compact_first_two(p: &Partition) {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let policy = CompactionPolicy {
+            now_ms: 6 * DAY,
+            delete_retention_ms: 0,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: 0.0,
+            map_bytes: compaction::DEFAULT_MAP_BYTES,
+            segment_bytes: 4096,
+        };
+        let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
+        assert_eq!((stats.segments, stats.records_removed), (2, 2));
+    }
+
+    /// The bases of the time indexes in `dir`, and how many time indexes
+    /// being saved are left there under their temporary name.
+    fn time_indexes(dir: &Path) -> (Vec<i64>, usize) {
+        let mut bases: Vec<i64> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".timeindex").and_then(|b| b.parse().ok())
+            })
+            .collect();
+        bases.sort_unstable();
+        (bases, files(dir, "timeindex-tmp"))
+    }
+
+    /// The time index of the segment at `base` in `dir`.
+    fn time_index_at(dir: &Path, base: i64) -> crate::storage::time_index::TimeIndex {
+        let raw = std::fs::read(dir.join(segment::time_index_name(base))).unwrap();
+        crate::storage::time_index::TimeIndex::decode(&raw).unwrap()
+    }
+
+    /// A closed segment opened without a time index that holds (one from a
+    /// broker that kept none, or whose time index was stale or could not be
+    /// written) had all its batch headers read again after every restart:
+    /// retention (and compaction's lag, and timestamp lookups) learned its
+    /// newest timestamp and kept it only in memory. It is saved in the
+    /// segment's time index now, with the batch holding it: after a restart
+    /// nothing is read.
+    #[test]
+    fn what_retention_learns_by_reading_batch_headers_is_saved_for_the_next_start() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let three_days = Some(3 * DAY as u64);
+        let (_dir, pdir, p) = opened_without_time_indexes();
+        // One of them torn, as a crash may leave it: ignored, then replaced.
+        drop(p);
+        std::fs::write(pdir.join(segment::time_index_name(2)), b"torn").unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert!(!p.log.lock().unwrap()[1].max_timestamp_is_exact());
+        segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(0));
+        assert_eq!(
+            p.apply_retention(6 * DAY, three_days, None).unwrap(),
+            (0, 0)
+        );
+        assert_eq!(segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()), 6);
+        assert_eq!(time_indexes(&pdir), (vec![0, 2, 4], 0));
+        drop(p);
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let known: Vec<(i64, bool, i64, Option<i64>)> = p
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.base_offset(),
+                    s.max_timestamp_is_exact(),
+                    s.max_timestamp(),
+                    s.max_timestamp_offset(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            known,
+            [
+                (0, true, 5 * DAY, Some(0)),
+                (2, true, 5 * DAY, Some(2)),
+                (4, true, 5 * DAY, Some(4)),
+                (6, true, 5 * DAY, Some(6)),
+            ]
+        );
+        segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(0));
+        assert_eq!(
+            p.apply_retention(6 * DAY, three_days, None).unwrap(),
+            (0, 0)
+        );
+        assert_eq!(
+            segment::MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()),
+            0,
+            "batch headers read again after the restart"
+        );
+        // Day 9: everything goes, the time indexes with it.
+        assert_eq!(p.apply_retention(9 * DAY, three_days, None).unwrap().0, 4);
+        assert_eq!(time_indexes(&pdir), (vec![], 0));
+    }
+
+    /// A time index learned by reading is written outside the partition lock
+    /// and renamed into place under it, so its segment may go in between:
+    /// removed by DeleteRecords (or retention), replaced by a compaction's
+    /// copy at the same base, or its topic deleted. None of them gets the time
+    /// index written for the segment that went, a copy keeps its own, and no
+    /// temporary file is left.
+    #[test]
+    fn a_time_index_is_saved_only_for_a_segment_still_there() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let three_days = Some(3 * DAY as u64);
+        // Runs `f` once the next save of time indexes on this thread has
+        // written them, before it puts them in place.
+        let between_write_and_install = |p: &Arc<Partition>, f: fn(&Partition)| {
+            let p = Arc::clone(p);
+            BETWEEN_WRITE_AND_INSTALL.with(|b| *b.borrow_mut() = Some(Box::new(move || f(&p))));
+        };
+        let pass = |p: &Partition| {
+            assert_eq!(
+                p.apply_retention(6 * DAY, three_days, None).unwrap(),
+                (0, 0)
+            );
+            assert!(BETWEEN_WRITE_AND_INSTALL.with(|b| b.borrow().is_none()));
+        };
+
+        let (_dir, pdir, p) = opened_without_time_indexes();
+        between_write_and_install(&p, |p| assert_eq!(p.delete_records(2), Ok(2)));
+        pass(&p);
+        assert_eq!(time_indexes(&pdir), (vec![2, 4], 0));
+
+        let (_dir, pdir, p) = opened_without_time_indexes();
+        between_write_and_install(&p, compact_first_two);
+        pass(&p);
+        assert_eq!(time_indexes(&pdir), (vec![0, 4], 0));
+        let copy = time_index_at(&pdir, 0);
+        assert_eq!(
+            (copy.next_offset, copy.log_size),
+            (4, p.log.lock().unwrap()[0].size()),
+            "the copy's own"
+        );
+
+        let (_dir, pdir, p) = opened_without_time_indexes();
+        between_write_and_install(&p, Partition::mark_deleted);
+        pass(&p);
+        assert_eq!(time_indexes(&pdir), (vec![], 0));
+    }
+
     /// Batch index entries copied by clones on this thread, and batch headers
     /// read by timestamp lookups, since the last call.
     fn copied_and_read() -> (u64, u64) {
@@ -2446,8 +2699,9 @@ pub(crate) mod tests {
     /// they wanted. They now share the indexes (a few pointers per segment
     /// under the lock), skip segments whose newest timestamp says they cannot
     /// hold the answer, and learn that of a segment opened from its index by
-    /// reading it once; an append while a lookup holds the indexes copies at
-    /// most the active index's tail.
+    /// reading it once, saving it in the segment's time index for the next
+    /// start. An append while a lookup holds the indexes copies at most the
+    /// active index's tail.
     #[test]
     fn timestamp_lookups_copy_no_index_under_the_lock_and_skip_older_segments() {
         const T: i64 = 1_700_000_000_000;
@@ -2502,6 +2756,20 @@ pub(crate) mod tests {
         let p = open();
         let (by_time, _) = lookups(&p);
         assert_eq!(by_time, (0, (target + 1) as u64));
+        assert_eq!(
+            lookups(&p),
+            ((0, (target - holding + 1) as u64), (0, (N - last) as u64))
+        );
+        // What they learned is saved: after a restart it is known.
+        assert_eq!(files(&pdir, "timeindex"), bases.len() - 1);
+        drop(p);
+        let p = open();
+        assert!(p
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .all(Segment::max_timestamp_is_exact));
         assert_eq!(
             lookups(&p),
             ((0, (target - holding + 1) as u64), (0, (N - last) as u64))

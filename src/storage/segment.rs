@@ -213,25 +213,61 @@ pub struct MaxTimestampJob {
 
 impl MaxTimestampJob {
     /// Reads every batch header (batches lie back to back) and returns the
-    /// newest `max_timestamp`, -1 when none has one.
+    /// newest `max_timestamp` and the base offset of the first batch holding
+    /// it (what a time index keeps); `(-1, -1)` when none has one.
     ///
     /// # Errors
     /// I/O errors naming the file (a sealed segment's log is opened on
     /// demand); a header that does not parse, or a batch that extends past
     /// `size`, is [`Error::Corrupt`].
-    pub fn run(&self) -> Result<i64> {
+    pub fn run(&self) -> Result<(i64, i64)> {
         let file = self.log.open()?;
         let path = self.log.path();
         let mut head = [0u8; HEADER_LEN];
-        let (mut pos, mut max) = (0u64, -1i64);
+        let (mut pos, mut max, mut holder) = (0u64, -1i64, -1i64);
         while pos < self.size {
             let info = read_batch_header(&file, path, pos, self.size, &mut head)?;
             #[cfg(test)]
             MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(c.get() + 1));
-            max = max.max(info.max_timestamp);
+            if info.max_timestamp > max {
+                (max, holder) = (info.max_timestamp, info.base_offset);
+            }
             pos += info.len as u64;
         }
-        Ok(max)
+        Ok((max, holder))
+    }
+}
+
+/// A closed segment's time index, written outside the partition lock once
+/// its newest timestamp was learned by reading its batch headers (see
+/// [`Segment::time_index_job`]): [`TimeIndexJob::write`] writes it whole and
+/// `fdatasync`s it under a temporary name (`<base>.timeindex-tmp`), and
+/// [`Segment::install_time_index`], under the lock, renames it into place
+/// only if the segment is still the one it describes.
+#[derive(Debug)]
+pub struct TimeIndexJob {
+    /// Which segment (see `Segment::id`).
+    segment: u64,
+    /// Base offset of the segment.
+    pub base_offset: i64,
+    bytes: [u8; super::time_index::LEN],
+    tmp: PathBuf,
+}
+
+impl TimeIndexJob {
+    /// Writes the time index under its temporary name and `fdatasync`s it;
+    /// on failure the temporary file is removed.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn write(&self) -> Result<()> {
+        write_synced(&self.tmp, &self.bytes).inspect_err(|_| self.discard())
+    }
+
+    /// Removes the temporary file, if there is one (the segment went or
+    /// changed, or the write failed).
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -528,6 +564,10 @@ pub(crate) fn read_batch_header(
 /// broker-wide [`SegmentFiles`].
 #[derive(Debug)]
 pub struct Segment {
+    /// Tells this segment from every other one opened or created by the
+    /// process, a later one at the same base included (a compacted copy, a
+    /// segment created again): what a [`TimeIndexJob`] is for.
+    id: u64,
     base_offset: i64,
     log_path: PathBuf,
     index_path: PathBuf,
@@ -557,7 +597,8 @@ pub struct Segment {
     max_timestamp_exact: bool,
     /// Base offset of the first batch holding `max_timestamp` (-1 when none
     /// has a timestamp), when known: with `max_timestamp_exact`, unless that
-    /// was learned by a [`MaxTimestampJob`].
+    /// was set without it (a compacted copy whose time index could not be
+    /// written).
     max_timestamp_offset: Option<i64>,
     /// Whether the time index file says what this segment is now (loaded from
     /// it, or saved by [`Segment::save_time_index`]).
@@ -574,6 +615,9 @@ pub struct Segment {
     /// aged from no earlier than this (see [`super::producers`]).
     stored_by_ms: i64,
 }
+
+/// The next [`Segment`]'s `id`.
+static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The files a segment holds open while it is written, or sealed but not yet
 /// synced.
@@ -647,6 +691,17 @@ pub fn index_name(base: i64) -> String {
 /// [`super::time_index`]).
 pub fn time_index_name(base: i64) -> String {
     format!("{base:020}.timeindex")
+}
+
+/// Suffix of the time index a [`TimeIndexJob`] writes before it is renamed to
+/// [`time_index_name`]; left over only by a crash or a segment that went
+/// meanwhile, and removed when the partition opens.
+pub const TIME_INDEX_TMP_SUFFIX: &str = ".timeindex-tmp";
+
+/// Name of the time index of the segment starting at `base` while a
+/// [`TimeIndexJob`] writes it (`<base>.timeindex-tmp`).
+fn time_index_tmp_name(base: i64) -> String {
+    format!("{base:020}{TIME_INDEX_TMP_SUFFIX}")
 }
 
 /// Name of the producer state snapshot taken when the segment starting at `base`
@@ -1100,6 +1155,7 @@ impl Segment {
             }
         })?;
         Ok(Segment {
+            id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
             base_offset: base,
             log_path,
             index_path,
@@ -1170,6 +1226,7 @@ impl Segment {
             .metadata()
             .map_err(|e| Error::io("stat", &log_path, e))?;
         let mut seg = Segment {
+            id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
             base_offset: base,
             log_path,
             index_path,
@@ -1396,11 +1453,7 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file; the segment then opens as one without.
     pub fn save_time_index(&mut self) -> Result<bool> {
-        if self.time_index_saved
-            || !self.max_timestamp_exact
-            || self.max_timestamp_offset.is_none()
-            || self.index.len() <= 1
-        {
+        if !self.wants_time_index() {
             return Ok(false);
         }
         let bytes = self.time_index_now().encode();
@@ -1410,6 +1463,56 @@ impl Segment {
             return Ok(false);
         }
         write_synced(&path, &bytes)?;
+        self.time_index_saved = true;
+        Ok(true)
+    }
+
+    /// Whether a time index would tell a start something the segment's index
+    /// does not and is not saved yet: its newest timestamp and the batch
+    /// holding it are known, and it has more than one batch.
+    fn wants_time_index(&self) -> bool {
+        !self.time_index_saved
+            && self.max_timestamp_exact
+            && self.max_timestamp_offset.is_some()
+            && self.index.len() > 1
+    }
+
+    /// The time index of a closed segment whose newest timestamp was learned
+    /// by reading its batch headers (it opened without a time index that
+    /// holds), to write outside the partition lock: `None` when nothing is to
+    /// be saved (see [`Segment::save_time_index`]). The caller writes it
+    /// ([`TimeIndexJob::write`]) and, under the lock again, puts it in place
+    /// with [`Segment::install_time_index`] (or discards it when the segment
+    /// went), then syncs the directory.
+    pub fn time_index_job(&self) -> Option<TimeIndexJob> {
+        self.wants_time_index().then(|| TimeIndexJob {
+            segment: self.id,
+            base_offset: self.base_offset,
+            bytes: self.time_index_now().encode(),
+            tmp: self
+                .log_path
+                .with_file_name(time_index_tmp_name(self.base_offset)),
+        })
+    }
+
+    /// Puts the time index `job` wrote in place (a rename; the caller syncs
+    /// the directory), if it was taken from this very segment and still says
+    /// what the segment is: a job for a segment removed or replaced
+    /// meanwhile (another segment at the same base, a compacted copy) is never
+    /// installed. Returns whether it was; the caller discards the job's file
+    /// otherwise.
+    ///
+    /// # Errors
+    /// The rename's, naming the file; the segment then stays without.
+    pub fn install_time_index(&mut self, job: &TimeIndexJob) -> Result<bool> {
+        if job.segment != self.id
+            || !self.wants_time_index()
+            || job.bytes != self.time_index_now().encode()
+        {
+            return Ok(false);
+        }
+        let path = self.time_index_path();
+        std::fs::rename(&job.tmp, &path).map_err(|e| Error::io("rename", &job.tmp, e))?;
         self.time_index_saved = true;
         Ok(true)
     }
@@ -1773,12 +1876,14 @@ impl Segment {
 
     /// Records `max_timestamp` as the newest timestamp of all the segment's
     /// batches (found by a [`MaxTimestampJob`] on it, or known to whoever wrote
-    /// it).
-    pub fn set_max_timestamp(&mut self, max_timestamp: i64) {
+    /// it), and `holder` as the base offset of the first batch holding it (-1
+    /// when no batch has a timestamp) when that is known. With `holder` the
+    /// segment can then have its time index saved (see
+    /// [`Segment::time_index_job`]).
+    pub fn set_max_timestamp(&mut self, max_timestamp: i64, holder: Option<i64>) {
         self.max_timestamp = max_timestamp;
         self.max_timestamp_exact = true;
-        // Which batch holds it is not known.
-        self.max_timestamp_offset = None;
+        self.max_timestamp_offset = holder;
     }
 
     /// Base offset of the first batch holding [`Segment::max_timestamp`] (-1
@@ -2377,7 +2482,11 @@ pub(crate) mod tests {
         assert!(!seg.max_timestamp_is_exact());
         assert_eq!(seg.max_timestamp(), DAY, "the last batch's");
         MAX_TIMESTAMP_HEADERS_READ.with(|c| c.set(0));
-        assert_eq!(seg.max_timestamp_job().unwrap().run().unwrap(), 5 * DAY);
+        assert_eq!(
+            seg.max_timestamp_job().unwrap().run().unwrap(),
+            (5 * DAY, 1),
+            "the newest and the first batch holding it"
+        );
         assert_eq!(MAX_TIMESTAMP_HEADERS_READ.with(|c| c.get()), 5);
         // Removed with the segment.
         let mut seg = Segment::open(dir.path(), 0, true).unwrap();
@@ -2420,7 +2529,10 @@ pub(crate) mod tests {
         let opened = || {
             let seg = Segment::open(dir.path(), 0, false).unwrap();
             let job = seg.max_timestamp_job();
-            (seg.max_timestamp_is_exact(), job.map(|j| j.run().unwrap()))
+            (
+                seg.max_timestamp_is_exact(),
+                job.map(|j| j.run().unwrap().0),
+            )
         };
         assert_eq!(opened(), (true, None));
 
@@ -2466,8 +2578,7 @@ pub(crate) mod tests {
 
         // Every bit of a time index that describes the segment, flipped.
         let mut seg = Segment::open(dir.path(), 0, false).unwrap();
-        seg.set_max_timestamp(5 * DAY);
-        seg.max_timestamp_offset = Some(1);
+        seg.set_max_timestamp(5 * DAY, Some(1));
         assert!(seg.save_time_index().unwrap());
         drop(seg);
         let good = std::fs::read(&time_index).unwrap();
@@ -2560,6 +2671,51 @@ pub(crate) mod tests {
         assert_eq!(
             (seg.max_timestamp_is_exact(), seg.max_timestamp_offset()),
             (true, Some(1))
+        );
+    }
+
+    /// A time index learned by reading a segment's batch headers is put in
+    /// place only for the very segment it was taken from, as it still is:
+    /// not for another segment opened at the same base since (a compacted
+    /// copy, a segment created again), nor once the segment has one.
+    #[test]
+    fn a_time_index_job_is_installed_only_for_its_own_segment() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        drop(closed_at(d, &[DAY, 5 * DAY, 2 * DAY]));
+        std::fs::remove_file(d.join(time_index_name(0))).unwrap();
+        let learned = || {
+            let mut seg = Segment::open(d, 0, false).unwrap();
+            assert!(seg.time_index_job().is_none(), "nothing learned yet");
+            let found = seg.max_timestamp_job().unwrap().run().unwrap();
+            assert_eq!(found, (5 * DAY, 1));
+            seg.set_max_timestamp(found.0, Some(found.1));
+            let job = seg.time_index_job().unwrap();
+            job.write().unwrap();
+            (seg, job)
+        };
+        let tmp = d.join(time_index_tmp_name(0));
+
+        let (_first, job) = learned();
+        let (mut other, _) = learned();
+        assert!(!other.install_time_index(&job).unwrap());
+        job.discard();
+        assert!(!tmp.exists() && !d.join(time_index_name(0)).exists());
+
+        let (mut seg, job) = learned();
+        assert!(seg.install_time_index(&job).unwrap());
+        assert!(!tmp.exists());
+        assert!(seg.time_index_job().is_none(), "saved once");
+        drop(seg);
+        let seg = Segment::open(d, 0, false).unwrap();
+        assert_eq!(
+            (
+                seg.max_timestamp_is_exact(),
+                seg.max_timestamp(),
+                seg.max_timestamp_offset()
+            ),
+            (true, 5 * DAY, Some(1))
         );
     }
 
