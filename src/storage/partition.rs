@@ -259,6 +259,8 @@ struct SegmentView {
     index: Arc<BatchIndex>,
     /// The newest timestamp of all its batches, when known.
     max_timestamp: Option<i64>,
+    /// Base offset of the first batch holding it, when known.
+    holder: Option<i64>,
 }
 
 #[cfg(test)]
@@ -1786,7 +1788,11 @@ impl Partition {
     /// every segment whose newest timestamp is known and for which `skip(newest,
     /// known)` says so (as Kafka consults a segment's time index), `known`
     /// being the newest timestamp known of the segments wholly readable (at or
-    /// above the log start, below the high watermark). A segment opened from its
+    /// above the log start, below the high watermark). With `newest_only`, of
+    /// a segment read whose batch holding its newest timestamp is known (its
+    /// time index, its appends) only that batch is read when it lies at or
+    /// above the log start and below the high watermark: every batch before it
+    /// in the segment is older, none after it newer. A segment opened from its
     /// index, whose newest timestamp is not known, is read; once read whole it is
     /// known, and its time index is saved (see
     /// [`Partition::save_time_indexes`]) unless a topic delete holds the files.
@@ -1796,6 +1802,7 @@ impl Partition {
     /// pointers per segment, whatever the number of batches, so appends go on.
     fn visit_batches(
         &self,
+        newest_only: bool,
         skip: impl Fn(i64, i64) -> bool,
         mut visit: impl FnMut(&BatchInfo, &Arc<File>, &Path, u64, i64) -> Result<bool>,
     ) -> Result<()> {
@@ -1811,6 +1818,7 @@ impl Partition {
                     log: s.log_handle(),
                     index: s.shared_index(),
                     max_timestamp: s.max_timestamp_is_exact().then(|| s.max_timestamp()),
+                    holder: s.max_timestamp_offset(),
                 })
                 .collect();
             (self.start_of(&log), views)
@@ -1845,10 +1853,23 @@ impl Partition {
                     Err(e) => return Err(e),
                 };
                 let path = v.log.path();
+                // The batch holding the newest timestamp alone, when that is
+                // all that is asked and it is known and readable.
+                let holder = v
+                    .holder
+                    .filter(|&h| newest_only && h >= start && h < hw)
+                    .and_then(|h| {
+                        let i = v.index.partition_point(|e| e.offset < h);
+                        v.index.get(i).filter(|e| e.offset == h)
+                    });
+                let positions: Box<dyn Iterator<Item = u64>> = match holder {
+                    Some(e) => Box::new(std::iter::once(e.position)),
+                    None => Box::new(v.index.iter().map(|e| e.position)),
+                };
                 // (newest, the first batch holding it); None once a header
                 // does not parse.
                 let mut newest = Some((-1i64, -1i64));
-                for position in v.index.iter().map(|e| e.position) {
+                for position in positions {
                     file.read_exact_at(&mut head, position)
                         .map_err(|e| Error::io("read", path, e))?;
                     #[cfg(test)]
@@ -1942,7 +1963,7 @@ impl Partition {
         self.lookup(|| {
             let mut found = None;
             let older = |newest: i64, _| newest < timestamp;
-            self.visit_batches(older, |info, file, path, position, start| {
+            self.visit_batches(false, older, |info, file, path, position, start| {
                 if info.max_timestamp < timestamp {
                     return Ok(false);
                 }
@@ -1965,8 +1986,9 @@ impl Partition {
     /// `None` for an empty partition. Reads the batch headers only of the
     /// segments that may hold it: not of one whose newest timestamp is known to
     /// be older than another readable segment's, or no newer than an earlier
-    /// one's. Tried again when the segments change under it (see
-    /// [`Partition::lookup`]).
+    /// one's; and of a segment whose batch holding its newest timestamp is
+    /// known (its time index, or its appends), only that batch's. Tried again
+    /// when the segments change under it (see [`Partition::lookup`]).
     ///
     /// # Errors
     /// As [`Partition::offset_for_timestamp`].
@@ -1982,6 +2004,7 @@ impl Partition {
         // segment; a segment no newer than the best so far has no better batch.
         let best_ts = std::cell::Cell::new(i64::MIN);
         self.visit_batches(
+            true,
             |newest, known| newest < known || newest <= best_ts.get(),
             |info, file, path, position, start| {
                 if best
@@ -2684,6 +2707,131 @@ pub(crate) mod tests {
         assert_eq!(time_indexes(&pdir), (vec![], 0));
     }
 
+    /// `MAX_TIMESTAMP` as answered by reading every batch header of every
+    /// segment: none skipped, no batch taken from what a segment knows.
+    fn max_timestamp_reading_everything(p: &Partition) -> Option<(i64, i64)> {
+        let mut best: Option<(BatchInfo, Arc<File>, PathBuf, u64, i64)> = None;
+        p.visit_batches(
+            false,
+            |_, _| false,
+            |info, file, path, position, start| {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
+                {
+                    best = Some((*info, Arc::clone(file), path.to_path_buf(), position, start));
+                }
+                Ok(false)
+            },
+        )
+        .unwrap();
+        let (info, file, path, position, start) = best?;
+        let max = info.max_timestamp;
+        let exact = Partition::find_record(&info, &file, &path, position, start, |ts| ts == max)
+            .unwrap()
+            .ok()
+            .flatten();
+        Some(exact.unwrap_or((info.last_offset(), max)))
+    }
+
+    /// `MAX_TIMESTAMP` read every batch header of the segment holding the
+    /// newest timestamp, though its time index (or, for a segment written
+    /// since the start, its appends) gives the batch holding it. Only that
+    /// batch is read now, with the same answers as reading everything: the
+    /// first record with the largest timestamp, the earliest segment's on a
+    /// tie, at or above the log start (a batch holding it below the start has
+    /// its segment read as before).
+    #[test]
+    fn max_timestamp_reads_only_the_batch_holding_the_newest_with_the_same_answers() {
+        use crate::storage::batch::tests::make_timed_batch;
+        const T: i64 = 1_700_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let open = || Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let p = open();
+        // Two batches of two records a segment (the records' timestamps, from
+        // T): the newest in segment 0's last batch, its second record (offset
+        // 3); segment 4 ties with it in its first batch; the last batch
+        // alone in the active segment.
+        let batches = [
+            [5, 1],
+            [40, 90],
+            [90, 90],
+            [20, 10],
+            [30, 60],
+            [60, 2],
+            [70, 3],
+        ];
+        let value = [7u8; 900];
+        let mut records = Vec::new();
+        for (i, ts) in batches.iter().enumerate() {
+            let base = store(
+                &p,
+                make_timed_batch(0, T, &[(ts[0], &value), (ts[1], &value)], -1, -1, -1),
+            );
+            assert_eq!(base, 2 * i as i64);
+            records.extend([(base, T + ts[0]), (base + 1, T + ts[1])]);
+        }
+        let bases: Vec<i64> = p
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Segment::base_offset)
+            .collect();
+        assert_eq!(bases, [0, 4, 8, 12]);
+        // The first record with the largest timestamp at or above the log
+        // start.
+        let expected = |p: &Partition| {
+            let start = p.log_start_offset();
+            records
+                .iter()
+                .filter(|r| r.0 >= start)
+                .fold(None, |best: Option<(i64, i64)>, &r| match best {
+                    Some(b) if b.1 >= r.1 => Some(b),
+                    _ => Some(r),
+                })
+        };
+        // The answer, checked against both, and the headers it read.
+        let answered = |p: &Partition| {
+            HEADERS_READ.with(|c| c.set(0));
+            let found = p.max_timestamp_offset().unwrap();
+            let read = HEADERS_READ.with(|c| c.get());
+            assert_eq!(found, expected(p));
+            assert_eq!(found, max_timestamp_reading_everything(p));
+            (found, read)
+        };
+
+        assert_eq!(answered(&p), (Some((3, T + 90)), 1), "as written");
+        p.sync().unwrap();
+        drop(p);
+        let p = open();
+        assert_eq!(
+            answered(&p),
+            (Some((3, T + 90)), 1),
+            "from the time indexes"
+        );
+
+        // Without time indexes the closed segments are read once (and their
+        // time indexes saved); then only the batch holding the newest is.
+        drop(p);
+        assert_eq!(remove_time_indexes(&pdir), 3);
+        let p = open();
+        HEADERS_READ.with(|c| c.set(0));
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((3, T + 90)));
+        assert_eq!(HEADERS_READ.with(|c| c.get()), 6);
+        assert_eq!(answered(&p), (Some((3, T + 90)), 1));
+
+        // The log start inside segment 4's first batch, past the batch
+        // holding its newest: that segment is read whole, as before.
+        assert_eq!(p.delete_records(5), Ok(5));
+        assert_eq!(answered(&p), (Some((5, T + 90)), 2));
+        // Past it: segment 4 read whole finds only older batches, segment 8
+        // is older than the active one, whose batch alone is read.
+        assert_eq!(p.delete_records(6), Ok(6));
+        assert_eq!(answered(&p), (Some((12, T + 70)), 3));
+    }
+
     /// Batch index entries copied by clones on this thread, and batch headers
     /// read by timestamp lookups, since the last call.
     fn copied_and_read() -> (u64, u64) {
@@ -2700,8 +2848,9 @@ pub(crate) mod tests {
     /// under the lock), skip segments whose newest timestamp says they cannot
     /// hold the answer, and learn that of a segment opened from its index by
     /// reading it once, saving it in the segment's time index for the next
-    /// start. An append while a lookup holds the indexes copies at most the
-    /// active index's tail.
+    /// start; `MAX_TIMESTAMP` reads only the batch holding the newest
+    /// timestamp when that is known. An append while a lookup holds the
+    /// indexes copies at most the active index's tail.
     #[test]
     fn timestamp_lookups_copy_no_index_under_the_lock_and_skip_older_segments() {
         const T: i64 = 1_700_000_000_000;
@@ -2737,17 +2886,14 @@ pub(crate) mod tests {
         copied_and_read();
         let (by_time, max) = lookups(&p);
         assert_eq!(by_time, (0, (target - holding + 1) as u64));
-        assert_eq!(max, (0, (N - last) as u64));
+        assert_eq!(max, (0, 1), "only the batch holding the newest");
 
         // Reopened, the older segments' time indexes give their newest
         // timestamps: the first lookups skip them already.
         p.sync().unwrap();
         drop(p);
         let p = open();
-        assert_eq!(
-            lookups(&p),
-            ((0, (target - holding + 1) as u64), (0, (N - last) as u64))
-        );
+        assert_eq!(lookups(&p), ((0, (target - holding + 1) as u64), (0, 1)));
         // Opened from their indexes alone (a directory from before time
         // indexes), the older segments' newest timestamps are not known: the
         // first lookups read them, the next ones skip them.
@@ -2756,10 +2902,7 @@ pub(crate) mod tests {
         let p = open();
         let (by_time, _) = lookups(&p);
         assert_eq!(by_time, (0, (target + 1) as u64));
-        assert_eq!(
-            lookups(&p),
-            ((0, (target - holding + 1) as u64), (0, (N - last) as u64))
-        );
+        assert_eq!(lookups(&p), ((0, (target - holding + 1) as u64), (0, 1)));
         // What they learned is saved: after a restart it is known.
         assert_eq!(files(&pdir, "timeindex"), bases.len() - 1);
         drop(p);
@@ -2770,14 +2913,12 @@ pub(crate) mod tests {
             .unwrap()
             .iter()
             .all(Segment::max_timestamp_is_exact));
-        assert_eq!(
-            lookups(&p),
-            ((0, (target - holding + 1) as u64), (0, (N - last) as u64))
-        );
+        assert_eq!(lookups(&p), ((0, (target - holding + 1) as u64), (0, 1)));
 
         // An append while a lookup holds the indexes.
         let mut appended = false;
         p.visit_batches(
+            false,
             |_, _| false,
             |_, _, _, _, _| {
                 store(&p, with_timestamp(make_batch(0, &[b"v"]), T + N));
