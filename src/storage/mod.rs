@@ -80,7 +80,8 @@ pub struct Topic {
     /// No WAL entry of this topic has a lower sequence: entries of an earlier
     /// topic of the same name all do. `None` when the topic was created with the
     /// WAL disabled (or before this was recorded); its segments are then never
-    /// rebuilt from entries the checkpoint covers.
+    /// rebuilt from entries the checkpoint covers. A start lowers a floor
+    /// above the WAL's next sequence to it, before anything is appended.
     pub wal_floor: Option<u64>,
     /// The topic's configuration overrides.
     pub configs: TopicConfig,
@@ -114,9 +115,23 @@ impl Topic {
 
     /// Writes `topic.json` in `dir` (atomic replace).
     fn store(&self, dir: &Path) -> Result<()> {
+        match self.store_renamed(dir)? {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Writes `topic.json` in `dir` (atomic replace), telling a failure after
+    /// the rename apart: `Ok(Some(e))` when the file holds this topic but its
+    /// directory could not be fsynced, so that a power loss may bring back the
+    /// file as it was (see [`crate::wal::files::write_atomic_renamed`]).
+    ///
+    /// # Errors
+    /// A failure before the rename: the file is as it was.
+    fn store_renamed(&self, dir: &Path) -> Result<Option<Error>> {
         let json = serde_json::to_vec_pretty(&self.file())
             .map_err(|e| Error::io("encode", dir.join("topic.json"), std::io::Error::other(e)))?;
-        crate::wal::files::write_atomic(&dir.join("topic.json"), &json)
+        crate::wal::files::write_atomic_renamed(&dir.join("topic.json"), &json)
     }
 }
 
@@ -585,6 +600,59 @@ fn rebuild_from_wal(
     Ok(())
 }
 
+/// Lowers the WAL floor of every topic whose floor lies above `next`, the
+/// sequence the just opened WAL hands out next, to `next`, and stores each such
+/// `topic.json` durably (atomic replace, directory fsynced), before replay and
+/// before anything is appended.
+///
+/// A create sets the floor one above the last acknowledged sequence. In
+/// `interval` and `os_default` modes acknowledged entries may not be synced
+/// yet: after a power loss the log ends below the floor and hands out those
+/// sequences again (so does a restart after the WAL failed with entries
+/// acknowledged but not written), and the topic's own entries would then be
+/// taken for an earlier topic's: skipped by replay and by the rebuild of a
+/// short partition, and checkpointed past. Every entry the log holds now lies
+/// below `next`, so none of them is the topic's, and each one appended from
+/// now on is.
+///
+/// # Errors
+/// A `topic.json` that cannot be stored, naming it: the start is refused.
+fn lower_wal_floors(
+    topics: &mut BTreeMap<String, Arc<Topic>>,
+    topics_dir: &Path,
+    next: u64,
+) -> Result<()> {
+    for t in topics.values_mut() {
+        let Some(floor) = t.wal_floor.filter(|&f| f > next) else {
+            continue;
+        };
+        let lowered = Topic {
+            name: t.name.clone(),
+            id: t.id,
+            partitions: t.partitions.clone(),
+            wal_floor: Some(next),
+            configs: t.configs.clone(),
+        };
+        let dir = topics_dir.join(&t.name);
+        lowered.store(&dir).map_err(|e| {
+            Error::io(
+                "store the lowered WAL floor in",
+                dir.join("topic.json"),
+                std::io::Error::other(e),
+            )
+        })?;
+        tracing::warn!(
+            topic = %t.name,
+            floor,
+            next,
+            "the topic's WAL floor was above the WAL's next sequence (acknowledged \
+             entries lost to a power loss, or a WAL that had failed); lowered it"
+        );
+        *t = Arc::new(lowered);
+    }
+    Ok(())
+}
+
 /// Fails (strict mode) or warns (tolerant) for each partition still below its
 /// recovery point.
 fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
@@ -733,7 +801,10 @@ impl TopicManager {
         let topics_dir = data_dir.join("topics");
         create_dir_durable(&topics_dir)?;
         let trash = data_dir.join("topics-deleted");
-        if trash.exists() {
+        if trash
+            .try_exists()
+            .map_err(|e| Error::io("stat", &trash, e))?
+        {
             std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;
         }
 
@@ -751,7 +822,7 @@ impl TopicManager {
             let entry = entry.map_err(|e| Error::io("read_dir", &topics_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let dir = entry.path();
-            if !dir.is_dir() || !valid_topic_name(&name) {
+            if !topic_dir_entry(&entry, &name)? {
                 continue;
             }
             match load_topic(&dir, &name, &config.storage, &segment_files)? {
@@ -791,15 +862,17 @@ impl TopicManager {
                 }
             }
         }
-        let short = short_partitions(&topics, points.as_ref());
-
         let mut stats = ReplayStats::default();
         let mut wal = None;
         if !has_wal {
-            check_short(&short, mode)?;
+            check_short(&short_partitions(&topics, points.as_ref()), mode)?;
         }
         if has_wal {
             let (w, recovery) = Wal::open(&wal_dir, config.wal.engine.clone())?;
+            // Before anything is read or appended: every entry the WAL holds
+            // lies below the sequence it hands out next.
+            lower_wal_floors(&mut topics, &topics_dir, recovery.next_sequence)?;
+            let short = short_partitions(&topics, points.as_ref());
             let checkpoint = recovery.checkpoint;
             stats.last_sequence = recovery.last_sequence;
             if !short.is_empty() {
@@ -1097,7 +1170,10 @@ impl TopicManager {
         std::fs::create_dir_all(&dir).map_err(|e| storage(Error::io("create_dir", &dir, e)))?;
         let id = uuid::Uuid::from_u128(random_id());
         // Every entry of an earlier topic of this name was acknowledged before it
-        // was deleted; every entry of this one gets a later sequence.
+        // was deleted; every entry of this one gets a later sequence. (A power
+        // loss can take acknowledged entries the WAL had not synced, and the
+        // WAL then hands out their sequences again: the next start lowers the
+        // floor before anything is appended, see `lower_wal_floors`.)
         let wal_floor = self
             .shared
             .wal
@@ -1173,10 +1249,19 @@ impl TopicManager {
     /// a crash in between leaves empty partition directories the topic does not
     /// count, which a later growth reuses.
     ///
+    /// A `topic.json` renamed into place whose directory cannot then be fsynced
+    /// is written back as it was: in force, the new partitions would take
+    /// produces that a power loss could take away with the file (their WAL
+    /// entries then name partitions the topic does not have), while answered as
+    /// refused and left in the file, they would appear at the next start. If the
+    /// file cannot be written back (it still holds the growth), the growth is
+    /// put in force, as the file says, and the error says so.
+    ///
     /// # Errors
     /// [`CreateError::InvalidPartitions`] unless `count` is above the current count
     /// and at most 10000; [`CreateError::Storage`] for I/O errors (the topic keeps
-    /// its partitions), or when the topic was deleted meanwhile.
+    /// its partitions, unless the message says that the growth is in force), or
+    /// when the topic was deleted meanwhile.
     pub fn add_partitions(
         &self,
         name: &str,
@@ -1205,7 +1290,39 @@ impl TopicManager {
             wal_floor: old.wal_floor,
             configs: old.configs.clone(),
         });
-        topic.store(&dir).map_err(storage)?;
+        if let Some(e) = topic.store_renamed(&dir).map_err(storage)? {
+            let file = dir.join("topic.json");
+            let message = match old.store_renamed(&dir) {
+                Ok(None) => {
+                    tracing::error!(topic = name, error = %e, "growing the topic failed after topic.json was replaced; it was written back");
+                    format!(
+                        "{e}; {} was written back: the topic keeps its {have} partitions",
+                        file.display()
+                    )
+                }
+                Ok(Some(back)) => {
+                    tracing::error!(topic = name, error = %e, write_back = %back, "growing the topic failed after topic.json was replaced; it was written back, but not durably");
+                    format!(
+                        "{e}; {} was written back: the topic keeps its {have} partitions, \
+                         but a power loss may bring back the {count} partitions (empty) ({back})",
+                        file.display()
+                    )
+                }
+                Err(back) => {
+                    // The file holds the growth: the broker follows it.
+                    if !self.replace_topic(&old, &topic) {
+                        return Err(CreateError::Storage(format!("topic {name} was deleted")));
+                    }
+                    tracing::error!(topic = name, from = have, to = count, error = %e, write_back = %back, "added partitions, but topic.json may not survive a power loss");
+                    format!(
+                        "{e}; and {} could not be written back ({back}): the topic has {count} \
+                         partitions, in force, but they may not survive a power loss",
+                        file.display()
+                    )
+                }
+            };
+            return Err(CreateError::Storage(message));
+        }
         if !self.replace_topic(&old, &topic) {
             return Err(CreateError::Storage(format!("topic {name} was deleted")));
         }
@@ -1237,8 +1354,16 @@ impl TopicManager {
     /// concurrent incremental changes both take effect. With `validate_only`
     /// nothing is stored. Returns the new overrides.
     ///
+    /// A `topic.json` renamed into place whose directory cannot then be fsynced
+    /// holds the change: it is put in force, as the file says, and the error
+    /// says that it is in force but may not survive a power loss. Whichever
+    /// configuration a power loss leaves, no acknowledged record depends on it,
+    /// and writing the old file back would need the directory fsync that just
+    /// failed, so that the broker and its file could disagree again.
+    ///
     /// # Errors
-    /// [`AlterError`]; on any error the topic keeps its configuration.
+    /// [`AlterError`]; the topic keeps its configuration, except for an
+    /// [`AlterError::Storage`] that says that the change is in force.
     pub fn alter_topic_configs(
         &self,
         name: &str,
@@ -1263,13 +1388,20 @@ impl TopicManager {
             configs: configs.clone(),
         });
         let dir = self.shared.topics_dir.join(name);
-        topic
-            .store(&dir)
+        let not_durable = topic
+            .store_renamed(&dir)
             .map_err(|e| AlterError::Storage(e.to_string()))?;
+        // Renamed into place: the file holds the change, and the broker follows it.
         if !self.replace_topic(&old, &topic) {
             return Err(AlterError::UnknownTopic);
         }
         Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
+        if let Some(e) = not_durable {
+            tracing::error!(topic = name, configs = ?configs.overrides(), error = %e, "changed topic configs, but topic.json may not survive a power loss");
+            return Err(AlterError::Storage(format!(
+                "the change is in force but may not survive a power loss: {e}"
+            )));
+        }
         tracing::info!(topic = name, configs = ?configs.overrides(), "changed topic configs");
         Ok(configs)
     }
@@ -1731,15 +1863,63 @@ impl Drop for Deleting {
 
 /// Whether `dir` holds a WAL to replay: `current.wal`, or archived files only
 /// (a stop between a rotation's two renames leaves no `current.wal`).
+///
+/// # Errors
+/// A path that cannot be looked up (a permission, an I/O error, a symbolic
+/// link leading nowhere), naming it: whether a WAL is there is unknown, and
+/// going on without its entries would lose them.
 fn wal_present(dir: &Path) -> Result<bool> {
-    if dir.join(crate::wal::files::CURRENT).exists() {
+    if !dir.try_exists().map_err(|e| Error::io("stat", dir, e))? {
+        // `try_exists` follows links and takes one leading nowhere for nothing.
+        return match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat", dir, e)),
+            Ok(_) => Err(Error::io(
+                "stat",
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "a symbolic link to nothing where the WAL directory belongs",
+                ),
+            )),
+        };
+    }
+    let current = dir.join(crate::wal::files::CURRENT);
+    if current
+        .try_exists()
+        .map_err(|e| Error::io("stat", &current, e))?
+    {
         return Ok(true);
     }
-    match crate::wal::files::list_archived(dir) {
-        Ok(files) => Ok(!files.is_empty()),
-        Err(_) if !dir.exists() => Ok(false),
-        Err(e) => Err(e),
+    Ok(!crate::wal::files::list_archived(dir)?.is_empty())
+}
+
+/// Whether the entry `name` of the topics directory is a topic's directory.
+/// What is not (a file, a name Kafka refuses) is logged and skipped.
+///
+/// # Errors
+/// An entry whose type cannot be learnt (an I/O error, a symbolic link leading
+/// nowhere), naming it: it may be a topic, and a start without it would drop
+/// its committed positions and skip its WAL entries as orphaned.
+fn topic_dir_entry(entry: &std::fs::DirEntry, name: &str) -> Result<bool> {
+    let path = entry.path();
+    if !valid_topic_name(name) {
+        tracing::warn!(path = %path.display(), "not a topic name; skipped");
+        return Ok(false);
     }
+    let kind = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+    let is_dir = if kind.is_symlink() {
+        // What the link leads to; nowhere is an error.
+        std::fs::metadata(&path)
+            .map_err(|e| Error::io("stat (following the link)", &path, e))?
+            .is_dir()
+    } else {
+        kind.is_dir()
+    };
+    if !is_dir {
+        tracing::warn!(path = %path.display(), "not a directory, so not a topic; skipped");
+    }
+    Ok(is_dir)
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
@@ -2778,6 +2958,269 @@ mod tests {
 
         let m = TopicManager::new(config(tmp.path())).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 0);
+        m.shutdown().unwrap();
+    }
+
+    /// A create sets the topic's `wal_floor` one above the last acknowledged
+    /// sequence; in `interval` mode those entries may be unsynced, and after a
+    /// power loss the WAL ends below the floor and hands out the lower
+    /// sequences again (modelled by a floor set 10 above the end). The start
+    /// lowers the floor before anything is appended, so the topic's new
+    /// entries are its own at the next recovery: replayed after the WAL's
+    /// checkpoint, and rebuilt into a partition short of its recovery point.
+    /// Before, both took them for an earlier topic's, and they were lost.
+    #[test]
+    fn a_wal_floor_above_the_wals_next_sequence_is_lowered_before_anything_is_appended() {
+        floor_above_the_wal_end(true);
+        floor_above_the_wal_end(false);
+    }
+
+    /// See above: with `replayed` the topic's entries lie after the WAL's
+    /// checkpoint (a crash before the checkpoint that followed them), without
+    /// it behind the checkpoint, in a partition that lost them.
+    fn floor_above_the_wal_end(replayed: bool) {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let last = m.wal().unwrap().last_acked_sequence();
+        m.shutdown().unwrap();
+        drop(m);
+        let path = tmp.path().join("topics/t/topic.json");
+        let read_floor = || {
+            serde_json::from_slice::<TopicFile>(&std::fs::read(&path).unwrap())
+                .unwrap()
+                .wal_floor
+        };
+        let mut f: TopicFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f.wal_floor = Some(last + 10);
+        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        let kept = [
+            tmp.path()
+                .join("wal")
+                .join(crate::wal::checkpoint::CHECKPOINT_FILE),
+            tmp.path().join(recovery_points::FILE),
+        ]
+        .map(|p| {
+            let bytes = crate::wal::files::read_if_exists(&p).unwrap();
+            (p, bytes)
+        });
+
+        let m = TopicManager::new(c.clone()).unwrap();
+        let floor = m.topic("t").unwrap().wal_floor.unwrap();
+        assert_eq!(floor, last + 1, "the WAL continues after its last entry");
+        assert_eq!(
+            read_floor(),
+            Some(floor),
+            "topic.json holds the lowered floor"
+        );
+        for v in [b"a", b"b", b"c"] {
+            produce(&rt, &m, &make_batch(0, &[v])).unwrap();
+        }
+        let p = m.partition("t", 0).unwrap();
+        let records = p.read(0, 1 << 20).unwrap().unwrap().records;
+        assert_eq!(batch::validate_all(&records).unwrap().len(), 3);
+        m.shutdown().unwrap();
+        drop((m, p));
+
+        let dir = tmp.path().join("topics/t/0");
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(segment::log_name(0)))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let _ = std::fs::remove_file(dir.join(segment::index_name(0)));
+        if replayed {
+            // The WAL's checkpoint and the recovery points from before the
+            // produces, as a crash before the next checkpoint leaves them.
+            for (p, bytes) in &kept {
+                match bytes {
+                    Some(b) => std::fs::write(p, b).unwrap(),
+                    None => std::fs::remove_file(p).unwrap(),
+                }
+            }
+        }
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 3, "replayed: {replayed}");
+        assert!(
+            p.read(0, 1 << 20).unwrap().unwrap().records == records,
+            "replayed: {replayed}: the produced batches, byte for byte"
+        );
+        assert_eq!(read_floor(), Some(floor));
+        m.shutdown().unwrap();
+    }
+
+    /// A topic directory whose type cannot be learnt (here a symbolic link
+    /// leading nowhere, as a volume not mounted leaves it) refuses the start,
+    /// naming it. Before, it was skipped as not a directory: the start dropped
+    /// every committed position in the topic and took its WAL entries for
+    /// orphans. A file or a name Kafka refuses is still skipped, with a
+    /// warning.
+    #[cfg(unix)]
+    #[test]
+    fn a_topic_directory_that_cannot_be_looked_up_refuses_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("X", 1).unwrap();
+        let at = Committed {
+            topic: "X".into(),
+            partition: 0,
+            offset: 42,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        m.offsets().commit("g", None, vec![at]).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let topics = tmp.path().join("topics");
+        std::fs::rename(topics.join("X"), tmp.path().join("X-elsewhere")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", topics.join("X")).unwrap();
+        std::fs::write(topics.join("notes"), b"not a topic").unwrap();
+        std::fs::create_dir(topics.join("not a topic")).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&topics.join("X").display().to_string()), "{e}");
+        let stored = OffsetStore::open(tmp.path().join("groups")).unwrap();
+        assert_eq!(stored.fetch("g", "X", 0).map(|c| c.offset), Some(42));
+
+        // The topic back in place: the file and the other name are skipped
+        // with a warning each, and the position is kept.
+        std::fs::remove_file(topics.join("X")).unwrap();
+        std::fs::rename(tmp.path().join("X-elsewhere"), topics.join("X")).unwrap();
+        let (m, log) = crate::storage::partition::tests::logged(|| TopicManager::new(c).unwrap());
+        assert!(log.contains("not a directory, so not a topic"), "{log}");
+        assert!(log.contains("not a topic name"), "{log}");
+        assert_eq!(m.offsets().fetch("g", "X", 0).map(|c| c.offset), Some(42));
+        assert!(m.topic("X").is_some());
+        m.shutdown().unwrap();
+    }
+
+    /// A dangling symbolic link where a disabled WAL's directory belongs
+    /// refuses the start, as one that cannot be looked up: before, it read as
+    /// no WAL, and the entries of the WAL it stood for were never replayed.
+    #[cfg(unix)]
+    #[test]
+    fn a_disabled_wals_directory_that_cannot_be_looked_up_refuses_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.wal.enabled = false;
+        let wal = c.wal_dir();
+        std::os::unix::fs::symlink("/nonexistent", &wal).unwrap();
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&wal.display().to_string()), "{e}");
+        std::fs::remove_file(&wal).unwrap();
+        TopicManager::new(c).unwrap().shutdown().unwrap();
+    }
+
+    /// `topic.json` after a change, as a restart would read it.
+    fn stored_topic(dir: &Path) -> TopicFile {
+        serde_json::from_slice(&std::fs::read(dir.join("topics/t/topic.json")).unwrap()).unwrap()
+    }
+
+    /// A CreatePartitions whose `topic.json` was renamed into place but whose
+    /// directory fsync failed was answered with an error and left the topic
+    /// as it was, while the file held the growth, in force after a restart.
+    /// The file is now written back. When that fails too, the broker follows
+    /// what the file holds, and the answer says which it is.
+    #[test]
+    fn a_growth_whose_directory_fsync_fails_is_written_back() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        let inject = |f: &[Fail]| {
+            INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().extend(f.iter().copied()))
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+
+        // Written back.
+        inject(&[Fail::DirSync]);
+        let Err(CreateError::Storage(e)) = m.add_partitions("t", 2) else {
+            panic!("the growth is refused");
+        };
+        assert!(
+            e.contains("written back") && e.contains("keeps its 1 partitions"),
+            "{e}"
+        );
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 1);
+        assert_eq!(stored_topic(tmp.path()).partitions, 1);
+        // Written back, the write-back's own directory fsync failing.
+        inject(&[Fail::DirSync, Fail::DirSync]);
+        let Err(CreateError::Storage(e)) = m.add_partitions("t", 2) else {
+            panic!("the growth is refused");
+        };
+        assert!(
+            e.contains("keeps its 1 partitions") && e.contains("power loss"),
+            "{e}"
+        );
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 1);
+        assert_eq!(stored_topic(tmp.path()).partitions, 1);
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 1, "after a restart");
+
+        // Not written back: the file holds the growth, which is in force.
+        inject(&[Fail::DirSync, Fail::BeforeRename]);
+        let Err(CreateError::Storage(e)) = m.add_partitions("t", 3) else {
+            panic!("the growth is answered with an error");
+        };
+        assert!(e.contains("in force") && e.contains("power loss"), "{e}");
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 3);
+        assert_eq!(stored_topic(tmp.path()).partitions, 3);
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 3, "after a restart");
+        m.shutdown().unwrap();
+    }
+
+    /// An AlterConfigs whose `topic.json` was renamed into place but whose
+    /// directory fsync failed was answered with an error and left the old
+    /// configuration in force, while the file held the change, in force after
+    /// a restart. The change is now in force at once, and the answer says
+    /// that it may not survive a power loss.
+    #[test]
+    fn a_config_change_whose_directory_fsync_fails_is_in_force() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let retention = |ms: &str| TopicConfig::from_pairs([("retention.ms", Some(ms))]).unwrap();
+
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        let Err(AlterError::Storage(e)) =
+            m.alter_topic_configs("t", false, |_| Ok(retention("1000")))
+        else {
+            panic!("the change is answered with an error");
+        };
+        assert!(e.contains("in force") && e.contains("power loss"), "{e}");
+        assert_eq!(m.topic("t").unwrap().configs, retention("1000"));
+        assert_eq!(
+            stored_topic(tmp.path()).configs,
+            *retention("1000").overrides()
+        );
+        // A failure before the rename changes nothing.
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::BeforeRename));
+        assert!(matches!(
+            m.alter_topic_configs("t", false, |_| Ok(retention("2000"))),
+            Err(AlterError::Storage(_))
+        ));
+        assert_eq!(m.topic("t").unwrap().configs, retention("1000"));
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(
+            m.topic("t").unwrap().configs,
+            retention("1000"),
+            "after a restart"
+        );
         m.shutdown().unwrap();
     }
 

@@ -702,9 +702,36 @@ pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync (and a check that its
 /// bytes are on the disk, [`super::journal::check_written`]), rename, directory fsync.
+///
+/// # Errors
+/// I/O errors naming the path. A failure of the directory fsync comes after
+/// the rename: `path` holds `bytes` then (see [`write_atomic_renamed`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    match write_atomic_renamed(path, bytes)? {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// [`write_atomic`], telling a failure before the rename from one after it. A
+/// failure before the rename is returned as an error, `path` as it was. Once
+/// the temporary file is renamed, `path` holds `bytes` whatever follows: a
+/// failure of the directory fsync then (or of the journal check after it) is
+/// returned as `Ok(Some(e))`, and a power loss may still bring back the file
+/// as it was, since the rename may not be durable.
+///
+/// # Errors
+/// I/O errors before the rename, naming the path; `path` is unchanged.
+pub fn write_atomic_renamed(path: &Path, bytes: &[u8]) -> Result<Option<Error>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
+    #[cfg(test)]
+    let injected = INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().pop_front());
+    #[cfg(test)]
+    if injected == Some(AtomicWriteFailure::BeforeRename) {
+        let e = std::io::Error::other("injected failure before the rename");
+        return Err(Error::io("create", &tmp, e));
+    }
     let f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
         .map_err(|e| Error::io("create", &tmp, e))?;
     write_at(&f, &tmp, 0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
@@ -713,8 +740,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("fsync", &tmp, e))?;
     drop(f);
     rename(&tmp, path)?;
+    #[cfg(test)]
+    if injected == Some(AtomicWriteFailure::DirSync) {
+        let e = std::io::Error::other("injected directory fsync failure");
+        return Ok(Some(Error::io("fsync dir", dir, e)));
+    }
     // The rename is durable only once the directory entry is.
-    sync_dir(dir)
+    Ok(sync_dir(dir).err())
+}
+
+/// A failure [`write_atomic_renamed`] is made to have (tests of what callers
+/// do with each).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtomicWriteFailure {
+    /// Before the rename: the file is unchanged.
+    BeforeRename,
+    /// The directory fsync after the rename: the file is replaced.
+    DirSync,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The failures that the next atomic writes on this thread have, one per
+    /// write, in order; once it is empty, writes run as usual.
+    pub(crate) static INJECTED_ATOMIC_FAILURES: std::cell::RefCell<std::collections::VecDeque<AtomicWriteFailure>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
 /// Takes an exclusive, non-blocking lock on `<dir>/LOCK` (`flock` on Unix,
