@@ -108,13 +108,22 @@ fn load_log_start(dir: &Path) -> Result<i64> {
 
 /// Stores `start` as the log start offset in `dir` (atomic replace, durable).
 fn store_log_start(dir: &Path, start: i64) -> Result<()> {
+    match store_log_start_renamed(dir, start)? {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// [`store_log_start`], telling a failure after the file was renamed into
+/// place (it holds `start` then; see [`crate::wal::files::write_atomic_renamed`]).
+fn store_log_start_renamed(dir: &Path, start: i64) -> Result<Option<Error>> {
     let path = dir.join(LOG_START_FILE);
     let json = serde_json::to_vec(&LogStartFile {
         version: 1,
         log_start_offset: start,
     })
     .map_err(|e| Error::io("encode", &path, std::io::Error::other(e)))?;
-    crate::wal::files::write_atomic(&path, &json)
+    crate::wal::files::write_atomic_renamed(&path, &json)
 }
 
 /// Why DeleteRecords failed for a partition.
@@ -1453,12 +1462,21 @@ impl Partition {
             });
         }
         if target > self.log_start_offset() {
-            store_log_start(&self.dir, target)
+            // Once the file is renamed into place it holds the new start, which
+            // the next open serves: so does the broker from now on, also when
+            // the directory fsync after the rename failed.
+            let not_durable = store_log_start_renamed(&self.dir, target)
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
             self.deleted_below.store(target, Ordering::Release);
             tracing::info!(topic = %self.topic, partition = self.index, log_start = target, "deleted records");
             self.trim("below the log start", |s, _| s.next_offset() <= target)
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+            if let Some(e) = not_durable {
+                tracing::error!(topic = %self.topic, partition = self.index, log_start = target, error = %e, "records deleted, but the new log start may not survive a power loss");
+                return Err(DeleteRecordsError::Storage(format!(
+                    "the deletion is in force but may not survive a power loss: {e}"
+                )));
+            }
         }
         Ok(self.log_start_offset())
     }
@@ -2830,6 +2848,38 @@ pub(crate) mod tests {
         // is older than the active one, whose batch alone is read.
         assert_eq!(p.delete_records(6), Ok(6));
         assert_eq!(answered(&p), (Some((12, T + 70)), 3));
+    }
+
+    /// DeleteRecords whose log start file was renamed into place but whose
+    /// directory fsync then failed answered an error and kept serving the
+    /// records, while the file held the new start: the next open deleted them.
+    /// The deletion is in force at once now, and the answer says it may not
+    /// survive a power loss. A failure before the rename changes nothing.
+    #[test]
+    fn delete_records_whose_directory_fsync_fails_is_in_force() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        for _ in 0..4 {
+            produce(&p, &[b"r"]);
+        }
+        let fail = |f: Fail| INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(f));
+        fail(Fail::BeforeRename);
+        assert!(matches!(
+            p.delete_records(1),
+            Err(DeleteRecordsError::Storage(_))
+        ));
+        assert_eq!(p.log_start_offset(), 0, "nothing changed");
+        fail(Fail::DirSync);
+        match p.delete_records(2) {
+            Err(DeleteRecordsError::Storage(why)) => assert!(why.contains("in force"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.log_start_offset(), 2);
+        drop(p);
+        let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
+        assert_eq!(p.log_start_offset(), 2, "the file and the broker agree");
     }
 
     /// Batch index entries copied by clones on this thread, and batch headers
