@@ -1817,6 +1817,76 @@ mod tests {
         );
     }
 
+    /// A new idempotent producer pipelines sequences 0 and 1; the first times
+    /// out waiting for pipeline capacity, unwritten. The second used to be
+    /// read and stored at offset 0 as the producer's first batch, so the
+    /// retry of sequence 0 was out of order for good. The connection now
+    /// closes after the first answer, before the second is read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idempotent_batch_refused_before_the_write_closes_the_connection_before_the_next() {
+        use kafka_protocol::messages::{
+            produce_request::{PartitionProduceData, TopicProduceData},
+            ProduceRequest, ProduceResponse, TopicName,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        let storage = ctx.storage.clone();
+        tokio::task::spawn_blocking(move || storage.create_topic("t", 1).map(drop))
+            .await
+            .unwrap()
+            .unwrap();
+        let produce = |seq: i32, timeout_ms: i32| {
+            let batch = crate::storage::batch::tests::make_producer_batch(0, &[b"v"], 7, 0, seq);
+            let req = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(timeout_ms)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(batch)))])]);
+            frame(ApiKey::Produce, 8, "c", &req)
+        };
+        let answer = |r: &ProduceResponse| {
+            let p = &r.responses[0].partition_responses[0];
+            (p.error_code, p.base_offset)
+        };
+
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let held = ctx.storage.hold_capacity();
+        let mut both = produce(0, 100);
+        both.extend(produce(1, 10_000));
+        client.write_all(&both).await.unwrap();
+        let r: ProduceResponse = response(&mut client, 8).await;
+        assert_eq!(answer(&r), (codes::REQUEST_TIMED_OUT, -1));
+        // Room again while the second request could still wait for it.
+        drop(held);
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(15), client.read_to_end(&mut rest)).await;
+        let p = ctx.storage.partition("t", 0).unwrap();
+        assert_eq!(
+            p.high_watermark(),
+            0,
+            "sequence 1 was stored first ({} bytes answered)",
+            rest.len()
+        );
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the connection closes, the second request unread and unanswered: {closed:?}"
+        );
+
+        // The client sends both again, in order, on a new connection.
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let mut both = produce(0, 10_000);
+        both.extend(produce(1, 10_000));
+        client.write_all(&both).await.unwrap();
+        let first: ProduceResponse = response(&mut client, 8).await;
+        let second: ProduceResponse = response(&mut client, 8).await;
+        assert_eq!(answer(&first), (codes::NONE, 0));
+        assert_eq!(answer(&second), (codes::NONE, 1));
+    }
+
     /// Every answer reflects the requests before it on its connection: an
     /// ElectLeaders pipelined behind the CreateTopics of its topic finds it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,17 +3,19 @@
 //! (decompressing a compressed batch; for compaction, the keyless check of
 //! compacted topics, and timestamp lookups). Nothing is ever recompressed: every
 //! compression codec, header, producer id/epoch/sequence and timestamp is stored
-//! exactly as received, except that compaction may write a batch back with fewer
-//! records, uncompressed.
+//! exactly as received, except for the header fields Kafka rewrites at append
+//! too (see [`rewrite_at_append`]), and that compaction may write a batch back
+//! with fewer records, uncompressed.
 //!
 //! ```text
 //! offset  size  field                    covered by CRC
 //!  0       8    baseOffset               no  (the broker rewrites it)
 //!  8       4    batchLength              no  (bytes after this field)
-//! 12       4    partitionLeaderEpoch     no
+//! 12       4    partitionLeaderEpoch     no  (the broker rewrites it)
 //! 16       1    magic (2)                no
 //! 17       4    crc (CRC32C of 21..end)  no
-//! 21       2    attributes               yes (bits 0-2: compression codec)
+//! 21       2    attributes               yes (bits 0-2 compression codec, 3 timestamp
+//!                                              type, 4 transactional, 5 control, 6 delete horizon)
 //! 23       4    lastOffsetDelta          yes
 //! 27       8    baseTimestamp            yes
 //! 35       8    maxTimestamp             yes
@@ -27,6 +29,7 @@
 /// Bytes before the records.
 pub const HEADER_LEN: usize = 61;
 const LENGTH_OFFSET: usize = 8;
+const LEADER_EPOCH_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
@@ -79,8 +82,9 @@ pub enum BatchError {
         /// Its base sequence.
         base_sequence: i32,
     },
-    /// A compressed records section that does not decompress, or would be larger
-    /// than [`MAX_DECOMPRESSED`].
+    /// A compressed records section that does not decompress (as Kafka's own
+    /// readers decompress it: see [`payload`]), or would be larger than
+    /// [`MAX_DECOMPRESSED`].
     BadPayload {
         /// The batch's compression codec.
         codec: u8,
@@ -146,7 +150,7 @@ impl std::fmt::Display for BatchError {
             ),
             BatchError::BadPayload { codec } => write!(
                 f,
-                "the records (compression codec {codec}) do not decompress, or exceed {} MiB",
+                "the records (compression codec {codec}) do not decompress as Kafka's clients read them, or exceed {} MiB",
                 MAX_DECOMPRESSED >> 20
             ),
             BatchError::DecompressionBusy => write!(
@@ -402,9 +406,22 @@ pub fn validate_produce_by(
     })
 }
 
-/// Reads a zigzag varint of at most 32 bits at `*at`, advancing it.
+/// Reads a zigzag varint of at most 32 bits at `*at`, advancing it: at most 5
+/// bytes, as Kafka's `ByteUtils.readVarint` reads it (it refuses a fifth byte
+/// with the continuation bit set, so Java consumers fail on a longer one),
+/// and no value wider than 32 bits.
 fn varint(b: &[u8], at: &mut usize) -> Option<i32> {
-    varlong(b, at).and_then(|v| i32::try_from(v).ok())
+    let mut v: u64 = 0;
+    for shift in (0..35).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            let v = u32::try_from(v).ok()?;
+            return Some((v >> 1) as i32 ^ -((v & 1) as i32));
+        }
+    }
+    None
 }
 
 /// Steps over a length-prefixed byte string (`-1`: null, when `nullable`) at
@@ -493,6 +510,42 @@ pub fn set_max_timestamp(b: &mut [u8], max_timestamp: i64) {
     b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max_timestamp.to_be_bytes());
     let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
     b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The leader epoch of every partition: this broker is each partition's only
+/// replica, and its leader since it was created, as Metadata (v7 on) and
+/// ListOffsets (v4 on) answer.
+pub const PARTITION_LEADER_EPOCH: i32 = 0;
+
+/// Attribute bit of a batch whose timestamps are the broker's (LogAppendTime)
+/// rather than its records' own (CreateTime).
+pub const ATTR_LOG_APPEND_TIME: u16 = 0x08;
+
+/// The attribute bits Kafka keeps when it rewrites a batch's header at append
+/// (`DefaultRecordBatch.setMaxTimestamp`): codec, transactional, control and
+/// delete horizon; the timestamp type is set anew, any other bit cleared.
+const ATTRS_KEPT_AT_APPEND: u16 = 0x07 | ATTR_TRANSACTIONAL | ATTR_CONTROL | 0x40;
+
+/// Rewrites the header fields of a produced batch `b` (one whole, valid batch)
+/// that Kafka's `LogValidator` rewrites at append, whatever the client sent:
+/// the partition leader epoch ([`PARTITION_LEADER_EPOCH`]; not covered by the
+/// CRC) and, when either differs, the largest timestamp (`max_timestamp`, the
+/// records' own) and the timestamp type (CreateTime, the only one a topic
+/// here has), the CRC then computed once. A batch flagged LogAppendTime would
+/// otherwise make Java consumers read every record's timestamp as the batch's
+/// largest. The base offset is the submit thread's to write
+/// ([`assign_offsets`]).
+pub fn rewrite_at_append(b: &mut [u8], max_timestamp: i64) {
+    b[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]
+        .copy_from_slice(&PARTITION_LEADER_EPOCH.to_be_bytes());
+    let attributes = u16::from_be_bytes([b[ATTRIBUTES_OFFSET], b[ATTRIBUTES_OFFSET + 1]]);
+    let stated = be_i64(b, MAX_TIMESTAMP_OFFSET);
+    if attributes & ATTR_LOG_APPEND_TIME == 0 && stated == Some(max_timestamp) {
+        return;
+    }
+    let attributes = attributes & ATTRS_KEPT_AT_APPEND;
+    b[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    set_max_timestamp(b, max_timestamp);
 }
 
 /// First timestamp of a batch (the base its records' deltas count from).
@@ -833,9 +886,10 @@ impl std::ops::Deref for Payload<'_> {
 
 /// The records section of the whole batch at the start of `buf`: the bytes
 /// themselves for an uncompressed batch, decompressed for gzip, snappy (raw or
-/// xerial-framed, as the Java client writes it), lz4 (frame format) and zstd.
-/// `None` when it does not decompress, or would be larger than
-/// [`MAX_DECOMPRESSED`].
+/// xerial-framed, as the Java client writes it), lz4 (the frame format, as the
+/// Java client reads it) and zstd (content checksums checked, as zstd-jni
+/// checks them). `None` when it does not decompress so, or would be larger
+/// than [`MAX_DECOMPRESSED`].
 ///
 /// Decompressed bytes are reserved from the broker's budget
 /// ([`DECOMPRESSION_BUDGET`]) before they are allocated, blocking while it is
@@ -885,20 +939,21 @@ enum Inflated {
 }
 
 /// What a streamed decompression (codec 1 gzip, 3 lz4, 4 zstd) of `want` bytes
-/// at most holds: its output, and the decoder's own buffers. lz4 keeps up to
-/// three blocks of at most 4 MiB (input, and output with the previous block as
-/// history); zstd keeps up to its window of history, no more than its output
-/// so far, plus block buffers of 128 KiB; gzip a window of 32 KiB.
+/// at most holds: its output (one byte more, which tells a larger one), and
+/// the decoder's own buffers. lz4 decodes each block straight into the output
+/// and reads the compressed bytes where they are ([`lz4_frame`]): nothing
+/// more; zstd keeps up to its window of history, no more than its output so
+/// far, plus block buffers of 128 KiB; gzip a window of 32 KiB.
 fn streamed_charge(codec: u8, want: usize) -> usize {
     match codec {
-        3 => want + (13 << 20),
+        3 => want + 1,
         4 => 2 * want + (1 << 20),
         _ => want + (256 << 10),
     }
 }
 
 /// Decompresses a gzip, lz4 or zstd records section of at most `limit` bytes
-/// (`None`: it does not decompress).
+/// (`None`: it does not decompress, or not as Kafka's Java client reads it).
 fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
     use std::io::Read;
     let room = limit as u64 + 1;
@@ -911,12 +966,7 @@ fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
                 .read_to_end(&mut out)
                 .ok()?;
         }
-        3 => {
-            lz4_flex::frame::FrameDecoder::new(data)
-                .take(room)
-                .read_to_end(&mut out)
-                .ok()?;
-        }
+        3 => lz4_frame(data, limit, &mut out)?,
         4 => {
             // One or more frames back to back.
             let mut rest = data;
@@ -924,6 +974,15 @@ fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
                 let mut d = ruzstd::decoding::StreamingDecoder::new(&mut rest).ok()?;
                 let left = room - out.len() as u64;
                 (&mut d).take(left).read_to_end(&mut out).ok()?;
+                // The frame was read to its end unless it is larger than the
+                // limit: its content checksum, when it has one, must match
+                // what it decompressed to, as zstd-jni (Kafka's) checks it.
+                if out.len() <= limit {
+                    let frame = d.into_frame_decoder();
+                    if let Some(stored) = frame.get_checksum_from_data() {
+                        (frame.get_calculated_checksum() == Some(stored)).then_some(())?;
+                    }
+                }
             }
         }
         _ => return None,
@@ -933,6 +992,101 @@ fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
     } else {
         Inflated::Done(out)
     })
+}
+
+/// The magic number of an lz4 frame (little-endian on the wire). The legacy
+/// format's (0x184C2102) is not one Kafka reads.
+const LZ4_MAGIC: u32 = 0x184D_2204;
+
+/// The little-endian word at `at` in `b`.
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Decompresses the lz4 frame at the start of `data` into `out` as Kafka's
+/// Java client (`Lz4BlockInputStream`) reads it, and its broker checks it at
+/// produce: the frame magic number (not the legacy format's), version 01,
+/// independent blocks, no dictionary id, reserved bits clear, a block size of
+/// 64 KiB to 4 MiB (BD 4-7), the descriptor's checksum; then each block
+/// (compressed, or stored as is) no larger than that size, decoded on its own,
+/// its checksum checked when the frame has them; the end mark (a block length
+/// of 0: the Java client takes one with the stored bit set for it too); and
+/// the content checksum when the frame has one. Bytes after the frame are
+/// ignored, as the Java client ignores them. Stops once `out` holds more than
+/// `limit` bytes (the caller sees a larger section). `None`: the frame does
+/// not decompress, or is one the Java client refuses.
+fn lz4_frame(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Option<()> {
+    use twox_hash::XxHash32;
+    if le_u32(data, 0)? != LZ4_MAGIC {
+        return None;
+    }
+    let (flg, bd) = (*data.get(4)?, *data.get(5)?);
+    // FLG: version (bits 7-6) 01; block independence (bit 5) set; bits 1-0
+    // (reserved, dictionary id) clear.
+    if flg >> 6 != 0b01 || flg & 0x20 == 0 || flg & 0x03 != 0 {
+        return None;
+    }
+    // BD: bit 7 and bits 3-0 reserved; the block size (bits 6-4) 4 to 7.
+    let size_code = (bd >> 4) & 0x07;
+    if bd & 0x8f != 0 || size_code < 4 {
+        return None;
+    }
+    let max_block = 1usize << (2 * u32::from(size_code) + 8);
+    let block_checksums = flg & 0x10 != 0;
+    let content_checksum = flg & 0x04 != 0;
+    // FLG, BD, the content size when stated, then the descriptor's checksum:
+    // the second byte of their xxHash32.
+    let mut at = if flg & 0x08 != 0 { 14 } else { 6 };
+    let descriptor = XxHash32::oneshot(0, data.get(4..at)?);
+    if data.get(at) != Some(&((descriptor >> 8) as u8)) {
+        return None;
+    }
+    at += 1;
+    let start = out.len();
+    loop {
+        let word = le_u32(data, at)?;
+        at += 4;
+        let stored = word & 0x8000_0000 != 0;
+        let len = (word & 0x7fff_ffff) as usize;
+        if len == 0 {
+            break;
+        }
+        if len > max_block {
+            return None;
+        }
+        let block = data.get(at..at + len)?;
+        at += len;
+        if block_checksums {
+            (le_u32(data, at)? == XxHash32::oneshot(0, block)).then_some(())?;
+            at += 4;
+        }
+        // Decoded in place: `out` has room for `limit + 1` bytes, one more
+        // than a section may hold.
+        let room = (limit + 1).saturating_sub(out.len());
+        if stored {
+            out.extend_from_slice(&block[..len.min(room)]);
+        } else {
+            let from = out.len();
+            let fits = room.min(max_block);
+            out.resize(from + fits, 0);
+            match lz4_flex::block::decompress_into(block, &mut out[from..]) {
+                Ok(n) => out.truncate(from + n),
+                // More than the limit (the block itself may hold up to
+                // `max_block`): `out` is left full, so larger.
+                Err(lz4_flex::block::DecompressError::OutputTooSmall { .. })
+                    if fits < max_block => {}
+                Err(_) => return None,
+            }
+        }
+        if out.len() > limit {
+            return Some(());
+        }
+    }
+    if content_checksum {
+        (le_u32(data, at)? == XxHash32::oneshot(0, &out[start..])).then_some(())?;
+    }
+    Some(())
 }
 
 /// A gzip, lz4 or zstd records section (codec 1, 3, 4), decompressed within
@@ -1078,11 +1232,12 @@ pub fn retain_records(
 
 /// A batch with no records spanning offsets `first..=last` (what compaction leaves
 /// where every record of one or more batches was removed), with `max_timestamp` as
-/// both timestamps and no producer.
+/// both timestamps, no producer, and the leader epoch of every stored batch.
 pub fn empty_batch(first: i64, last: i64, max_timestamp: i64) -> Vec<u8> {
     let mut b = vec![0u8; HEADER_LEN];
     b[..8].copy_from_slice(&first.to_be_bytes());
-    b[12..16].copy_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]
+        .copy_from_slice(&PARTITION_LEADER_EPOCH.to_be_bytes());
     b[MAGIC_OFFSET] = 2;
     let delta = i32::try_from(last - first).unwrap_or(i32::MAX);
     b[LAST_DELTA_OFFSET..LAST_DELTA_OFFSET + 4].copy_from_slice(&delta.to_be_bytes());
@@ -1171,6 +1326,9 @@ pub(crate) mod tests {
     pub(crate) type KeyedRecord<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>);
 
     /// A batch of records with keys and values, either of which may be null.
+    /// Its partition leader epoch is the one the broker stores, so that a
+    /// batch read back equals the one produced (clients send -1, which the
+    /// broker rewrites: see [`rewrite_at_append`]).
     pub(crate) fn make_keyed_batch(
         base: i64,
         first_ts: i64,
@@ -1215,7 +1373,7 @@ pub(crate) mod tests {
         let mut b = Vec::new();
         b.extend_from_slice(&base.to_be_bytes());
         b.extend_from_slice(&[0; 4]); // length, patched below
-        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&PARTITION_LEADER_EPOCH.to_be_bytes());
         b.push(2);
         b.extend_from_slice(&[0; 4]); // crc, patched below
         b.extend_from_slice(&0i16.to_be_bytes());
@@ -1763,6 +1921,365 @@ pub(crate) mod tests {
         let mut v1 = b.clone();
         v1[MAGIC_OFFSET] = 1;
         assert_eq!(validate_produce(&v1), Err(BatchError::BadMagic(1)));
+    }
+
+    /// `b` (uncompressed) with its records section replaced by `section`, the
+    /// codec bits set to `codec` and the CRC updated.
+    fn with_section(b: &[u8], codec: u8, section: &[u8]) -> Vec<u8> {
+        let mut out = b[..HEADER_LEN].to_vec();
+        out[ATTRIBUTES_OFFSET + 1] |= codec;
+        out.extend_from_slice(section);
+        seal(&mut out);
+        out
+    }
+
+    /// `records` written as an lz4 frame by lz4_flex with `info`.
+    fn lz4_frame_with(records: &[u8], info: lz4_flex::frame::FrameInfo) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+        e.write_all(records).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// About 200 KiB of records that compress well, repeating across lz4's
+    /// 64 KiB blocks (what a linked frame refers back to).
+    fn repetitive_batch() -> Vec<u8> {
+        let values: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("record {} ", i % 7).repeat(50).into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        make_batch(0, &refs)
+    }
+
+    #[test]
+    fn lz4_frames_are_read_as_the_java_client_reads_them() {
+        use lz4_flex::frame::{BlockSize, FrameInfo};
+        let b = repetitive_batch();
+        let records = &b[HEADER_LEN..];
+        assert!(records.len() > 190 << 10);
+        // Independent blocks of every size Kafka reads, with and without
+        // block and content checksums, and the content size stated.
+        for size in [
+            BlockSize::Max64KB,
+            BlockSize::Max256KB,
+            BlockSize::Max1MB,
+            BlockSize::Max4MB,
+        ] {
+            for (blocks, content) in [(false, false), (true, false), (false, true), (true, true)] {
+                let info = FrameInfo::new()
+                    .block_size(size)
+                    .block_checksums(blocks)
+                    .content_checksum(content)
+                    .content_size(content.then_some(records.len() as u64));
+                let c = with_section(&b, 3, &lz4_frame_with(records, info));
+                let p = validate_produce(&c)
+                    .unwrap_or_else(|e| panic!("{size:?} {blocks} {content}: {e}"));
+                assert_eq!(p.info.last_offset_delta, 499);
+                assert_eq!(&payload(&c).unwrap()[..], records);
+            }
+        }
+        // Blocks stored as they are (records that do not compress).
+        let mut x: u32 = 1;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let plain = make_batch(0, &[&noise]);
+        let info = FrameInfo::new()
+            .block_size(BlockSize::Max64KB)
+            .block_checksums(true)
+            .content_checksum(true);
+        let frame = lz4_frame_with(&plain[HEADER_LEN..], info);
+        assert_ne!(
+            le_u32(&frame, 7).unwrap() & 0x8000_0000,
+            0,
+            "a stored block"
+        );
+        let c = with_section(&plain, 3, &frame);
+        assert_eq!(&payload(&c).unwrap()[..], &plain[HEADER_LEN..]);
+        // Bytes after the end mark (and content checksum) are not read, as the
+        // Java client does not read them.
+        let mut trailing = lz4_frame_with(records, FrameInfo::new().content_checksum(true));
+        trailing.extend_from_slice(&lz4_frame_with(b"more", FrameInfo::new()));
+        trailing.extend_from_slice(&[0x55; 9]);
+        let c = with_section(&b, 3, &trailing);
+        assert_eq!(&payload(&c).unwrap()[..], records);
+        assert!(validate_produce(&c).is_ok());
+        // A section larger than the limit, compressed or stored, is told as
+        // larger (the caller asks for more room), not as one that does not
+        // decompress.
+        for frame in [
+            lz4_frame_with(records, FrameInfo::new()),
+            lz4_frame_with(&plain[HEADER_LEN..], FrameInfo::new()),
+        ] {
+            let n = if frame.len() > 100_000 {
+                plain.len() - HEADER_LEN
+            } else {
+                records.len()
+            };
+            for limit in [1, 1000, 70_000, n - 1] {
+                assert!(
+                    matches!(inflate(3, &frame, limit), Some(Inflated::Larger)),
+                    "limit {limit}"
+                );
+            }
+            assert!(matches!(inflate(3, &frame, n), Some(Inflated::Done(o)) if o.len() == n));
+        }
+    }
+
+    #[test]
+    fn lz4_frames_the_java_client_refuses_are_refused() {
+        use lz4_flex::frame::{BlockMode, BlockSize, FrameInfo};
+        let b = repetitive_batch();
+        let records = &b[HEADER_LEN..];
+        let refused = |frame: &[u8], what: &str| {
+            let c = with_section(&b, 3, frame);
+            assert_eq!(
+                validate_produce(&c),
+                Err(BatchError::BadPayload { codec: 3 }),
+                "{what}"
+            );
+            assert!(payload(&c).is_none(), "{what}");
+        };
+        // Linked blocks: "Dependent block stream is unsupported".
+        let linked = lz4_frame_with(records, FrameInfo::new().block_mode(BlockMode::Linked));
+        assert_eq!(linked[4] & 0x20, 0, "the block independence bit is clear");
+        refused(&linked, "linked blocks");
+        // A frame without its end mark: the input ends where the next block's
+        // length should be.
+        let whole = lz4_frame_with(records, FrameInfo::new().block_size(BlockSize::Max64KB));
+        assert_eq!(
+            whole[4..6],
+            [0x60, 0x40],
+            "version 01, independent blocks, 64 KiB"
+        );
+        assert_eq!(whole[whole.len() - 4..], [0, 0, 0, 0]);
+        refused(&whole[..whole.len() - 4], "no end mark");
+        refused(&whole[..whole.len() - 2], "half an end mark");
+        // The legacy format (blocks of 8 MiB, each its compressed length then
+        // its bytes, no descriptor and no end mark), which lz4_flex reads.
+        let mut legacy = 0x184C_2102u32.to_le_bytes().to_vec();
+        let block = lz4_flex::block::compress(records);
+        legacy.extend_from_slice(&u32::try_from(block.len()).unwrap().to_le_bytes());
+        legacy.extend_from_slice(&block);
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(
+            &mut lz4_flex::frame::FrameDecoder::new(&legacy[..]),
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(read, records);
+        refused(&legacy, "legacy frame");
+        // Checksums that do not match: the descriptor's, a block's, the content's.
+        let mut hc = whole.clone();
+        hc[6] ^= 1;
+        refused(&hc, "descriptor checksum");
+        let checked = lz4_frame_with(
+            records,
+            FrameInfo::new()
+                .block_checksums(true)
+                .content_checksum(true),
+        );
+        assert!(validate_produce(&with_section(&b, 3, &checked)).is_ok());
+        let first_len = (le_u32(&checked, 7).unwrap() & 0x7fff_ffff) as usize;
+        let mut block = checked.clone();
+        block[11 + first_len] ^= 1;
+        refused(&block, "block checksum");
+        let mut content = checked.clone();
+        let n = content.len();
+        content[n - 1] ^= 1;
+        refused(&content, "content checksum");
+        let mut no_content = checked.clone();
+        no_content.truncate(n - 4);
+        refused(&no_content, "content checksum missing");
+        // Descriptor bits the Java client refuses (the descriptor checksum
+        // made to match, so only the bit is wrong): a dictionary id, a
+        // reserved bit, another version, a block size code below 4 or a
+        // reserved BD bit.
+        let descriptor = |flg: u8, bd: u8| {
+            let mut f = 0x184D_2204u32.to_le_bytes().to_vec();
+            f.extend_from_slice(&[flg, bd]);
+            f.push((twox_hash::XxHash32::oneshot(0, &[flg, bd]) >> 8) as u8);
+            f
+        };
+        assert_eq!(descriptor(0x60, 0x40), whole[..7]);
+        for (flg, bd, what) in [
+            (0x61, 0x40, "dictionary id"),
+            (0x62, 0x40, "reserved FLG bit"),
+            (0xe0, 0x40, "version 11"),
+            (0x20, 0x40, "version 00"),
+            (0x60, 0x30, "block size code 3"),
+            (0x60, 0x41, "reserved BD bit"),
+            (0x60, 0xc0, "BD bit 7"),
+        ] {
+            let mut f = descriptor(flg, bd);
+            f.extend_from_slice(&whole[7..]);
+            refused(&f, what);
+        }
+        // A block longer than the frame's block size: 64 KiB and one byte,
+        // stored, read when the frame states 256 KiB blocks.
+        let stored = |bd: u8| {
+            let mut f = descriptor(0x60, bd);
+            let len = (64u32 << 10) + 1;
+            f.extend_from_slice(&(len | 0x8000_0000).to_le_bytes());
+            f.extend_from_slice(&vec![7u8; len as usize]);
+            f.extend_from_slice(&[0; 4]);
+            with_section(&b, 3, &f)
+        };
+        assert_eq!(payload(&stored(0x50)).map(|p| p.len()), Some(65_537));
+        assert!(
+            payload(&stored(0x40)).is_none(),
+            "block longer than the block size"
+        );
+        // Empty, or too short for a descriptor.
+        refused(&[], "empty");
+        refused(&whole[..6], "no descriptor checksum");
+    }
+
+    #[test]
+    fn a_zstd_frame_whose_content_checksum_does_not_match_is_refused() {
+        let b = repetitive_batch();
+        let c = compress_batch(&b, 4);
+        let frame = &c[HEADER_LEN..];
+        // The frame header's descriptor: the content checksum flag (bit 2).
+        assert_eq!(le_u32(frame, 0), Some(0xFD2F_B528));
+        assert_ne!(frame[4] & 0x04, 0, "written with a content checksum");
+        assert!(validate_produce(&c).is_ok());
+        for i in 1..=4 {
+            let mut bad = c.clone();
+            let n = bad.len();
+            bad[n - i] ^= 0x10;
+            seal(&mut bad);
+            assert_eq!(
+                validate_produce(&bad),
+                Err(BatchError::BadPayload { codec: 4 }),
+                "checksum byte {i} from the end flipped"
+            );
+        }
+        // The second of two frames back to back is checked too.
+        let mid = all_records(&b).unwrap()[250].bytes.start;
+        let zstd = |r: &[u8]| {
+            ruzstd::encoding::compress_to_vec(r, ruzstd::encoding::CompressionLevel::Fastest)
+        };
+        let mut two = zstd(&b[HEADER_LEN..mid]);
+        two.extend_from_slice(&zstd(&b[mid..]));
+        assert!(validate_produce(&with_section(&b, 4, &two)).is_ok());
+        let n = two.len();
+        two[n - 1] ^= 0x10;
+        assert_eq!(
+            validate_produce(&with_section(&b, 4, &two)),
+            Err(BatchError::BadPayload { codec: 4 })
+        );
+    }
+
+    /// `b` with the byte at `at` replaced by `with`, its record count kept, the
+    /// length and CRC updated.
+    fn spliced(b: &[u8], at: usize, with: &[u8]) -> Vec<u8> {
+        let mut out = b[..at].to_vec();
+        out.extend_from_slice(with);
+        out.extend_from_slice(&b[at + 1..]);
+        seal(&mut out);
+        out
+    }
+
+    #[test]
+    fn varints_longer_than_five_bytes_are_refused() {
+        let b = make_batch(0, &[b"a", b"b"]);
+        // Record 0: length, attributes, timestamp delta (0), offset delta (0).
+        let len = b[HEADER_LEN];
+        assert!(len < 0x40);
+        let delta_at = HEADER_LEN + 3;
+        assert_eq!(b[delta_at], 0);
+        // Padded to 5 bytes (the fifth without the continuation bit), as Java
+        // reads them: the same batch.
+        let five = spliced(&b, HEADER_LEN, &[len | 0x80, 0x80, 0x80, 0x80, 0x00]);
+        assert!(validate_produce(&five).is_ok());
+        let mut five_delta = spliced(&b, delta_at, &[0x80, 0x80, 0x80, 0x80, 0x00]);
+        five_delta[HEADER_LEN] += 2 * 4;
+        seal(&mut five_delta);
+        assert!(validate_produce(&five_delta).is_ok());
+        // Padded to 6: Java's readVarint throws at the fifth byte's
+        // continuation bit.
+        let six = spliced(&b, HEADER_LEN, &[len | 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
+        assert_eq!(
+            validate_produce(&six),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Length
+            })
+        );
+        let mut six_delta = spliced(&b, delta_at, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
+        six_delta[HEADER_LEN] += 2 * 5;
+        seal(&mut six_delta);
+        assert_eq!(
+            validate_produce(&six_delta),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Field
+            })
+        );
+        // Five bytes holding more than 32 bits: refused as before.
+        let wide = spliced(&b, HEADER_LEN, &[len | 0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert_eq!(
+            validate_produce(&wide),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Length
+            })
+        );
+        // The reader itself: every 32-bit value round-trips in at most 5 bytes.
+        for v in [0, 1, -1, 63, -64, 64, i32::MAX, i32::MIN] {
+            let mut z = ((v << 1) ^ (v >> 31)) as u32;
+            let mut enc = Vec::new();
+            while z >= 0x80 {
+                enc.push((z as u8) | 0x80);
+                z >>= 7;
+            }
+            enc.push(z as u8);
+            let mut at = 0;
+            assert_eq!(varint(&enc, &mut at), Some(v));
+            assert_eq!(at, enc.len());
+        }
+    }
+
+    #[test]
+    fn the_header_fields_kafka_rewrites_at_append_are_rewritten() {
+        let b = make_timed_batch(0, 1000, &[(0, b"a"), (7, b"b")], -1, -1, -1);
+        // A client's LogAppendTime flag, delete horizon flag and an unused
+        // bit, leader epoch 5, and a largest timestamp other than the records'.
+        let mut sent = b.clone();
+        sent[ATTRIBUTES_OFFSET] |= 0x01;
+        sent[ATTRIBUTES_OFFSET + 1] |= 0x08 | 0x40;
+        sent[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4].copy_from_slice(&5i32.to_be_bytes());
+        sent[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&1i64.to_be_bytes());
+        seal(&mut sent);
+        let p = validate_produce(&sent).unwrap();
+        let mut stored = sent.clone();
+        rewrite_at_append(&mut stored, p.max_timestamp);
+        let info = validate(&stored).expect("the CRC is recomputed");
+        // As Kafka's setMaxTimestamp: CreateTime, the delete horizon kept,
+        // the unused bit cleared.
+        assert_eq!(info.attributes, 0x40);
+        assert_eq!(info.max_timestamp, 1007);
+        assert_eq!(
+            be_i32(&stored, LEADER_EPOCH_OFFSET),
+            Some(PARTITION_LEADER_EPOCH)
+        );
+        // Only the leader epoch, when nothing else differs (the CRC, which
+        // does not cover it, stays).
+        let mut epoch = b.clone();
+        epoch[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4].copy_from_slice(&5i32.to_be_bytes());
+        let mut stored = epoch.clone();
+        rewrite_at_append(&mut stored, 1007);
+        assert_eq!(be_i32(&stored, LEADER_EPOCH_OFFSET), Some(0));
+        assert_eq!(
+            stored[LEADER_EPOCH_OFFSET + 4..],
+            epoch[LEADER_EPOCH_OFFSET + 4..]
+        );
     }
 
     #[test]

@@ -1722,10 +1722,9 @@ impl TopicManager {
             let mut data = records.to_vec();
             // The header's largest timestamp is what retention, segment rolls and
             // ListOffsets by time go by: it is made the records' own, as Kafka's
-            // LogValidator makes it, whatever the client wrote there.
-            if produced.info.max_timestamp != produced.max_timestamp {
-                batch::set_max_timestamp(&mut data, produced.max_timestamp);
-            }
+            // LogValidator makes it, whatever the client wrote there; so are the
+            // timestamp type and the leader epoch.
+            batch::rewrite_at_append(&mut data, produced.max_timestamp);
             let job = Job::Produce {
                 partition: p,
                 data,

@@ -129,12 +129,36 @@ impl Refused {
     }
 }
 
+/// Whether `e`, refusing a batch before it was submitted, is one clients retry
+/// (the capacity or decompression wait timed out; the CRC did not match):
+/// the batch will come again, after any the client pipelined behind it.
+fn retried_before_the_write(e: &ProduceError) -> bool {
+    matches!(
+        e,
+        ProduceError::Timeout | ProduceError::InvalidBatch(BatchError::Crc { .. })
+    )
+}
+
+/// Whether `records` is a batch of an idempotent producer (a producer id of 0
+/// or more), whose sequence the partition checks.
+fn idempotent(records: &[u8]) -> bool {
+    crate::storage::batch::parse_header(records).is_ok_and(|i| i.producer_id >= 0)
+}
+
 /// Submits every partition's records in request order and returns the response
 /// to come, and whether the connection closes after it. With acks=0 there is no
 /// response; as in Kafka, a partition that fails closes the connection instead,
 /// so that the client notices, reconnects and refreshes its metadata: at once
 /// when the failure is known before the write (no further request is read),
 /// otherwise once the write fails.
+///
+/// An idempotent producer's batch refused before the write with an error
+/// clients retry ([`retried_before_the_write`]) is answered, and then the
+/// connection closes, reading no further request: the batches the client
+/// pipelined behind it would otherwise be stored first, and a producer the
+/// partition does not know yet may start at any sequence, so the retry would
+/// be out of order for good. The client fails the requests still in flight on
+/// the connection and sends them again, in order, after the retried one.
 pub(crate) async fn handle(
     ctx: &Arc<Ctx>,
     req: ProduceRequest,
@@ -153,6 +177,7 @@ pub(crate) async fn handle(
     let acks = req.acks;
     let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
     let (mut unknown, mut refused) = (Refused::default(), Refused::default());
+    let mut out_of_line = false;
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut parts = Vec::new();
@@ -167,7 +192,11 @@ pub(crate) async fn handle(
             };
             match &outcome {
                 Err(e @ ProduceError::UnknownTopicOrPartition) => unknown.add(&name, p.index, e),
-                Err(e) => refused.add(&name, p.index, e),
+                Err(e) => {
+                    refused.add(&name, p.index, e);
+                    out_of_line |=
+                        retried_before_the_write(e) && p.records.as_deref().is_some_and(idempotent);
+                }
                 Ok(_) => {}
             }
             parts.push((p.index, outcome));
@@ -190,6 +219,11 @@ pub(crate) async fn handle(
         tracing::info!(
             correlation_id = cid,
             "closing the connection: a produce with acks=0 failed"
+        );
+    } else if out_of_line {
+        tracing::info!(
+            correlation_id = cid,
+            "closing the connection after the answer: an idempotent producer's batch was refused before the write, and the requests behind it must not go first"
         );
     }
     let storage = ctx.storage.clone();
@@ -267,7 +301,7 @@ pub(crate) async fn handle(
             &ProduceResponse::default().with_responses(responses),
         )
     });
-    (pending, close_now)
+    (pending, close_now || out_of_line)
 }
 
 #[cfg(test)]
@@ -391,6 +425,124 @@ mod tests {
             .collect();
         assert_eq!(codes, vec![codes::REQUEST_TIMED_OUT; 5]);
         drop(held);
+        storage.shutdown().unwrap();
+    }
+
+    /// A CRC mismatch is retried by clients too: an idempotent producer's
+    /// batch refused for one is answered, then the connection closes, so the
+    /// batches pipelined behind it cannot go first; other producers' batches
+    /// keep the connection.
+    #[test]
+    fn an_idempotent_batch_with_a_crc_mismatch_is_answered_and_then_the_connection_closes() {
+        use crate::storage::batch::tests::make_producer_batch;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c.clone()).unwrap();
+        storage.create_topic("t", 1).unwrap();
+        let ctx = context(&storage, &c);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // (producer id, epoch, sequence), and whether the connection closes.
+        for ((pid, epoch, seq), closes) in [((7, 0, 0), true), ((-1, -1, -1), false)] {
+            let mut b = make_producer_batch(0, &[b"v"], pid, epoch, seq);
+            let n = b.len();
+            b[n - 1] ^= 1;
+            let req = ProduceRequest::default()
+                .with_acks(1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(b)))])]);
+            let (frame, close) = rt.block_on(async {
+                let (pending, close) = handle(&ctx, req, 9, 7).await;
+                (pending.await.frame.expect("a response"), close)
+            });
+            assert_eq!(close, closes, "producer id {pid}");
+            let mut b = frame.freeze();
+            assert!(b.len() > 4, "answered, not closed unanswered");
+            b.advance(4);
+            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+            let r = ProduceResponse::decode(&mut b, 9).unwrap();
+            assert_eq!(
+                r.responses[0].partition_responses[0].error_code,
+                codes::CORRUPT_MESSAGE
+            );
+        }
+        storage.shutdown().unwrap();
+    }
+
+    /// A batch flagged LogAppendTime, with the client's leader epoch, was
+    /// stored as sent: Java consumers of a CreateTime topic read every record's
+    /// timestamp as the batch's largest.
+    #[test]
+    fn a_batch_flagged_log_append_time_is_stored_as_create_time_with_the_brokers_leader_epoch() {
+        use crate::storage::batch::{self, tests::make_timed_batch};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c.clone()).unwrap();
+        storage.create_topic("t", 1).unwrap();
+        let ctx = context(&storage, &c);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let now = crate::storage::segment::now_ms();
+        let mut sent = make_timed_batch(0, now, &[(0, b"a"), (30, b"b")], 7, 0, 0);
+        sent[12..16].copy_from_slice(&5i32.to_be_bytes()); // partition leader epoch
+        sent[22] |= 0x08; // LogAppendTime
+        let crc = crc32c::crc32c(&sent[21..]);
+        sent[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(batch::validate(&sent).is_ok());
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(sent.clone())))])]);
+        let frame = rt.block_on(async {
+            let (pending, close) = handle(&ctx, req, 9, 7).await;
+            assert!(!close);
+            pending.await.frame.expect("a response")
+        });
+        let mut b = frame.freeze();
+        b.advance(4);
+        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
+
+        let stored = storage
+            .partition("t", 0)
+            .unwrap()
+            .read(0, 1 << 20)
+            .unwrap()
+            .unwrap()
+            .records;
+        let info = batch::validate(&stored).expect("a valid CRC");
+        assert_eq!(info.len, stored.len());
+        assert_eq!(info.attributes & 0x08, 0, "CreateTime, the topic's type");
+        assert_eq!(
+            i32::from_be_bytes(stored[12..16].try_into().unwrap()),
+            batch::PARTITION_LEADER_EPOCH
+        );
+        assert_eq!(info.max_timestamp, now + 30);
+        // Everything else as sent: the records, the producer and its sequence.
+        assert_eq!(stored[23..], sent[23..]);
+        let times: Vec<i64> = batch::records(&stored)
+            .unwrap()
+            .map(|r| r.timestamp)
+            .collect();
+        assert_eq!(times, vec![now, now + 30], "the records' own timestamps");
         storage.shutdown().unwrap();
     }
 }
