@@ -33,7 +33,8 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Unknown(k) => write!(
                 f,
-                "unknown or unsupported topic config {k:?}; supported: {}",
+                "unknown or unsupported topic config {}; supported: {}",
+                Echo(k),
                 KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
             ),
             ConfigError::Invalid {
@@ -42,9 +43,29 @@ impl fmt::Display for ConfigError {
                 accepted,
             } => write!(
                 f,
-                "invalid value {value:?} for topic config {key}: {accepted}"
+                "invalid value {} for topic config {key}: {accepted}",
+                Echo(value)
             ),
-            ConfigError::Missing(k) => write!(f, "topic config {k} has no value"),
+            ConfigError::Missing(k) => write!(f, "topic config {} has no value", Echo(k)),
+        }
+    }
+}
+
+/// The most characters of a refused key or value that a message repeats.
+const ECHOED_CHARS: usize = 64;
+
+/// A key or value from a client, as a message repeats it: quoted and escaped,
+/// whole when it is at most [`ECHOED_CHARS`] characters, else its first ones
+/// followed by `… (N bytes)`. Escaping makes a control character six (`\u{1f}`),
+/// so a value echoed whole could make a message six times its size: one
+/// refused 100 MiB value, some 600 MiB.
+pub struct Echo<'a>(pub &'a str);
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(ECHOED_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
         }
     }
 }
@@ -145,8 +166,12 @@ pub fn is_known(name: &str) -> bool {
     KEYS.iter().any(|k| k.name == name)
 }
 
-/// Checks `value` for `key`; returns the value as stored.
-fn normalise(key: &str, value: &str) -> Result<String, ConfigError> {
+/// Checks `value` for `key` as [`TopicConfig::set`] does; returns the value as
+/// it is stored.
+///
+/// # Errors
+/// [`ConfigError`] for an unknown key or an invalid value.
+pub fn normalise(key: &str, value: &str) -> Result<String, ConfigError> {
     let k = KEYS
         .iter()
         .find(|k| k.name == key)
@@ -421,5 +446,39 @@ mod tests {
         assert!(c.remove("no.such.key").is_err());
         c.remove("retention.ms").unwrap();
         assert!(c.overrides().is_empty());
+    }
+
+    /// A refused value or key is repeated in the message only in part: escaped
+    /// whole, a control character takes six bytes, and a value of 100 MiB of
+    /// them made a message of 600 MiB.
+    #[test]
+    fn a_refused_value_is_echoed_in_part_when_long() {
+        let long = "\x1f".repeat(1 << 20);
+        for (key, value) in [("retention.ms", long.as_str()), (long.as_str(), "1")] {
+            let m = TopicConfig::from_pairs([(key, Some(value))])
+                .unwrap_err()
+                .to_string();
+            assert!(m.len() < 1024, "a message of {} bytes", m.len());
+            assert!(m.contains("\\u{1f}\"… (1048576 bytes)"), "{m}");
+        }
+        let m = TopicConfig::from_pairs([("retention.ms", Some(long.as_str()))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("for topic config retention.ms: accepted values"),
+            "{m}"
+        );
+
+        // Short ones, and one of exactly the echoed length, are echoed whole.
+        let refused = |v: &str| {
+            TopicConfig::from_pairs([("segment.bytes", Some(v))])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused("\x1f\n").contains("\"\\u{1f}\\n\""));
+        let exact = "é".repeat(ECHOED_CHARS);
+        assert!(refused(&exact).contains(&format!("{exact:?} for")));
+        let over = format!("{exact}x");
+        assert!(refused(&over).contains(&format!("{exact:?}… ({} bytes)", over.len())));
     }
 }
