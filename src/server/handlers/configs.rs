@@ -418,22 +418,36 @@ fn duplicates<'a>(resources: impl Iterator<Item = (i8, &'a str)>) -> BTreeSet<(i
 }
 
 /// Runs a topic config change on a blocking thread (it replaces and fsyncs
-/// `topic.json`).
-async fn alter_topic(
+/// `topic.json`): `prepare` checks what the request asks and makes `change`
+/// of it there, before the change is serialised with the other topic admin
+/// operations (see [`crate::storage::TopicManager::alter_topic_configs`]), so
+/// that however long the request's values are, the lock is held only to apply
+/// what was already checked.
+async fn alter_topic<C>(
     ctx: &Ctx,
     name: &str,
     validate_only: bool,
-    change: impl FnOnce(&TopicConfig) -> Result<TopicConfig, AlterError> + Send + 'static,
-) -> Outcome {
+    prepare: impl FnOnce() -> Result<C, AlterError> + Send + 'static,
+) -> Outcome
+where
+    C: FnOnce(&TopicConfig) -> Result<TopicConfig, AlterError>,
+{
     let storage = ctx.storage.clone();
     let topic = name.to_string();
-    tokio::task::spawn_blocking(move || storage.alter_topic_configs(&topic, validate_only, change))
-        .await
-        .unwrap_or_else(|e| Err(AlterError::Storage(e.to_string())))
-        .map(|configs| {
-            tracing::debug!(topic = name, validate_only, configs = ?configs.overrides(), "topic configs altered");
-        })
-        .map_err(|e| alter_error(name, e))
+    tokio::task::spawn_blocking(move || {
+        // An unknown topic is answered as such whatever the request asks of it.
+        if storage.topic(&topic).is_none() {
+            return Err(AlterError::UnknownTopic);
+        }
+        let change = prepare()?;
+        storage.alter_topic_configs(&topic, validate_only, change)
+    })
+    .await
+    .unwrap_or_else(|e| Err(AlterError::Storage(e.to_string())))
+    .map(|configs| {
+        tracing::debug!(topic = name, validate_only, configs = ?configs.overrides(), "topic configs altered");
+    })
+    .map_err(|e| alter_error(name, e))
 }
 
 /// AlterConfigs: replaces a topic's overrides with exactly the pairs given (keys
@@ -460,8 +474,9 @@ pub(crate) async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterC
                     )
                 })
                 .collect();
-            outcome = alter_topic(ctx, &name, req.validate_only, move |_| {
-                Ok(TopicConfig::from_pairs(pairs)?)
+            outcome = alter_topic(ctx, &name, req.validate_only, move || {
+                let configs = TopicConfig::from_pairs(pairs)?;
+                Ok(move |_: &TopicConfig| Ok(configs))
             })
             .await;
         }
@@ -491,61 +506,126 @@ struct Op {
     value: Option<String>,
 }
 
-/// Applies `ops` to `current`, all or nothing.
-fn apply_ops(current: &TopicConfig, ops: &[Op]) -> Result<TopicConfig, AlterError> {
+/// One IncrementalAlterConfigs operation, checked.
+#[derive(Debug)]
+enum Change {
+    /// Override the key with the value (as it is stored).
+    Set(String, String),
+    /// Remove the key's override.
+    Delete(String),
+    /// Add the policies marked (`[compact, delete]`) to `cleanup.policy`.
+    Append([bool; 2]),
+    /// Remove the policies marked from `cleanup.policy`.
+    Subtract([bool; 2]),
+}
+
+/// The policies `cleanup.policy` may list, in the order it is stored.
+const POLICIES: [&str; 2] = ["compact", "delete"];
+
+/// Checks `ops` (all of them, on their own): what they ask is refused here or
+/// becomes [`Change`]s that [`apply_changes`] cannot refuse but for what the
+/// current configuration makes of them (a `cleanup.policy` left empty).
+///
+/// An APPEND to `cleanup.policy` is checked a value at a time and refused at
+/// the first that is not a policy, so that the work is linear in the value
+/// however long it is, and a list is never built of it. A SUBTRACT of a value
+/// the list does not hold removes nothing, as in Kafka.
+fn parse_ops(ops: &[Op]) -> Result<Vec<Change>, AlterError> {
     let mut names = BTreeSet::new();
     if let Some(o) = ops.iter().find(|o| !names.insert(o.name.as_str())) {
         return Err(AlterError::InvalidRequest(format!(
             "config {} appears more than once for one resource",
-            o.name
+            topic_config::Echo(&o.name)
         )));
     }
-    let mut c = current.clone();
-    for o in ops {
-        let value = || {
-            o.value.as_deref().ok_or_else(|| {
-                AlterError::InvalidRequest(format!("config {} is given without a value", o.name))
-            })
-        };
-        match o.op {
-            SET => c.set(&o.name, value()?)?,
-            DELETE => c.remove(&o.name)?,
-            APPEND | SUBTRACT => {
-                if !topic_config::is_known(&o.name) {
-                    return Err(ConfigError::Unknown(o.name.clone()).into());
+    ops.iter()
+        .map(|o| {
+            let value = || {
+                o.value.as_deref().ok_or_else(|| {
+                    AlterError::InvalidRequest(format!(
+                        "config {} is given without a value",
+                        topic_config::Echo(&o.name)
+                    ))
+                })
+            };
+            match o.op {
+                SET => {
+                    let v = topic_config::normalise(&o.name, value()?)?;
+                    Ok(Change::Set(o.name.clone(), v))
                 }
-                if o.name != "cleanup.policy" {
-                    return Err(AlterError::InvalidRequest(format!(
-                        "config {} is not a list: APPEND and SUBTRACT apply to cleanup.policy only",
-                        o.name
-                    )));
+                DELETE => {
+                    if !topic_config::is_known(&o.name) {
+                        return Err(ConfigError::Unknown(o.name.clone()).into());
+                    }
+                    Ok(Change::Delete(o.name.clone()))
                 }
-                // The broker's cleanup.policy is always delete.
-                let now = c.get(&o.name).unwrap_or("delete").to_string();
-                let mut list: Vec<String> = now
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
-                for v in value()?.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-                    if o.op == APPEND {
-                        if !list.iter().any(|x| x.eq_ignore_ascii_case(v)) {
-                            list.push(v.to_string());
+                APPEND | SUBTRACT => {
+                    if !topic_config::is_known(&o.name) {
+                        return Err(ConfigError::Unknown(o.name.clone()).into());
+                    }
+                    if o.name != "cleanup.policy" {
+                        return Err(AlterError::InvalidRequest(format!(
+                            "config {} is not a list: APPEND and SUBTRACT apply to cleanup.policy only",
+                            o.name
+                        )));
+                    }
+                    let mut named = [false; 2];
+                    for v in value()?.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                        match topic_config::normalise(&o.name, v) {
+                            Ok(p) => {
+                                if let Some(i) = POLICIES.iter().position(|x| *x == p) {
+                                    named[i] = true;
+                                }
+                            }
+                            Err(e) if o.op == APPEND => return Err(e.into()),
+                            Err(_) => {}
                         }
+                    }
+                    Ok(if o.op == APPEND {
+                        Change::Append(named)
                     } else {
-                        list.retain(|x| !x.eq_ignore_ascii_case(v));
+                        Change::Subtract(named)
+                    })
+                }
+                other => Err(AlterError::InvalidRequest(format!(
+                    "unknown config operation {other} (SET 0, DELETE 1, APPEND 2, SUBTRACT 3)"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Applies `changes` to `current`, all or nothing.
+fn apply_changes(current: &TopicConfig, changes: &[Change]) -> Result<TopicConfig, AlterError> {
+    let mut c = current.clone();
+    for change in changes {
+        match change {
+            Change::Set(key, value) => c.set(key, value)?,
+            Change::Delete(key) => c.remove(key)?,
+            Change::Append(named) | Change::Subtract(named) => {
+                // The broker's cleanup.policy is always delete.
+                let mut now = [c.compact(), c.delete()];
+                for (has, &n) in now.iter_mut().zip(named) {
+                    if n {
+                        *has = matches!(change, Change::Append(_));
                     }
                 }
-                c.set(&o.name, &list.join(","))?;
-            }
-            other => {
-                return Err(AlterError::InvalidRequest(format!(
-                    "unknown config operation {other} (SET 0, DELETE 1, APPEND 2, SUBTRACT 3)"
-                )))
+                let list: Vec<&str> = POLICIES
+                    .iter()
+                    .zip(now)
+                    .filter_map(|(p, has)| has.then_some(*p))
+                    .collect();
+                c.set("cleanup.policy", &list.join(","))?;
             }
         }
     }
     Ok(c)
+}
+
+/// Applies `ops` to `current`, all or nothing.
+#[cfg(test)]
+fn apply_ops(current: &TopicConfig, ops: &[Op]) -> Result<TopicConfig, AlterError> {
+    apply_changes(current, &parse_ops(ops)?)
 }
 
 /// IncrementalAlterConfigs: sets, deletes, appends to or subtracts from single
@@ -574,8 +654,9 @@ pub(crate) async fn incremental_alter_configs(
                     value: c.value.as_ref().map(ToString::to_string),
                 })
                 .collect();
-            outcome = alter_topic(ctx, &name, req.validate_only, move |current| {
-                apply_ops(current, &ops)
+            outcome = alter_topic(ctx, &name, req.validate_only, move || {
+                let changes = parse_ops(&ops)?;
+                Ok(move |current: &TopicConfig| apply_changes(current, &changes))
             })
             .await;
         }
@@ -684,5 +765,53 @@ mod tests {
             refused(&[op("retention.ms", SET, Some("5")), op("retention.ms", DELETE, None)]),
             AlterError::InvalidRequest(m) if m.contains("more than once")
         ));
+    }
+
+    /// An APPEND to cleanup.policy is refused at its first value that is not a
+    /// policy. Each value used to be looked for in the list built so far, and
+    /// the list checked only at the end: 200,000 values (1.4 MB) took a minute,
+    /// under the lock every topic create, delete and growth waits for.
+    #[test]
+    fn an_append_of_many_values_is_refused_at_the_first_that_is_no_policy() {
+        let tokens: Vec<String> = (0..200_000u32)
+            .map(|mut i| {
+                (0..6)
+                    .map(|_| {
+                        let c = char::from(b'a' + (i % 26) as u8);
+                        i /= 26;
+                        c
+                    })
+                    .collect()
+            })
+            .collect();
+        let value = format!("delete,COMPACT,{}", tokens.join(","));
+        let e = apply_ops(
+            &TopicConfig::default(),
+            &[op("cleanup.policy", APPEND, Some(&value))],
+        )
+        .unwrap_err();
+        match &e {
+            AlterError::Invalid(ConfigError::Invalid { key, value, .. }) => {
+                assert_eq!(key, "cleanup.policy");
+                assert_eq!(
+                    value.len(),
+                    6,
+                    "the value refused is the first that is no policy, not a list of {} bytes",
+                    value.len()
+                );
+                assert_eq!(value, "aaaaaa");
+            }
+            other => panic!(
+                "refused otherwise: {}",
+                format!("{other:?}").chars().take(200).collect::<String>()
+            ),
+        }
+
+        // A SUBTRACT of values the list does not hold removes nothing (as in
+        // Kafka); it costs the same per value.
+        let both = TopicConfig::from_pairs([("cleanup.policy", Some("compact,delete"))]).unwrap();
+        let value = format!("{},Delete", tokens.join(","));
+        let c = apply_ops(&both, &[op("cleanup.policy", SUBTRACT, Some(&value))]).unwrap();
+        assert_eq!(c.get("cleanup.policy"), Some("compact"));
     }
 }
