@@ -1484,20 +1484,26 @@ fn create_partitions_grows_a_topic_durably() {
     );
     assert_eq!(partition_count(&mut s, "grow"), 1);
     assert_eq!(
-        create_partitions(
-            &mut s,
-            3,
-            &[
-                ("grow", 1, None),
-                ("missing", 2, None),
-                ("grow", 3, Some(vec![0, 5])),
-                ("grow", 3, Some(vec![0])),
-                ("grow", 20_000, None),
-            ],
-            false
-        ),
-        vec![37, 3, 39, 39, 37]
+        create_partitions(&mut s, 3, &[("grow", 1, None), ("missing", 2, None)], false),
+        vec![37, 3]
     );
+    for (count, brokers, code) in [
+        (3, Some(vec![0, 5]), 39),
+        (3, Some(vec![0]), 39),
+        (20_000, None, 37),
+    ] {
+        assert_eq!(
+            create_partitions(&mut s, 3, &[("grow", count, brokers.clone())], false),
+            vec![code],
+            "{count} partitions on brokers {brokers:?}"
+        );
+    }
+    // A topic named twice is answered once, INVALID_REQUEST, and not grown.
+    assert_eq!(
+        create_partitions(&mut s, 3, &[("grow", 2, None), ("grow", 3, None)], false),
+        vec![42]
+    );
+    assert_eq!(partition_count(&mut s, "grow"), 1);
     assert_eq!(
         create_partitions(&mut s, 0, &[("grow", 3, Some(vec![0, 0]))], false),
         vec![0]

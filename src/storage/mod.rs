@@ -222,6 +222,12 @@ pub enum CreateError {
     /// A topic of this name is still being deleted (after waiting
     /// [`CREATE_WAITS_FOR_DELETE`] for it); retriable.
     BeingDeleted,
+    /// The name differs from that of the topic given only by `.` in place of
+    /// `_` or the reverse: as Kafka, which names metrics after topics with
+    /// `.` made `_`, the broker refuses it (see [`TopicManager::colliding_topic`]).
+    Collides(String),
+    /// The topic to grow does not exist (or was deleted meanwhile).
+    UnknownTopic,
     /// Creating files failed.
     Storage(String),
 }
@@ -316,8 +322,10 @@ struct Shared {
     meta: BrokerMeta,
     offsets: OffsetStore,
     producer_ids: ProducerIds,
-    /// How long a topic delete waits before it moves the topic's directory away
-    /// (tests: to let other work meet a delete in progress).
+    /// How long the next topic delete waits before it moves the topic's
+    /// directory away (tests: to let other work meet a delete in progress);
+    /// that delete takes it, so that later ones do not wait (and a test sees
+    /// the first one is waiting once it reads zero).
     #[cfg(test)]
     delete_pause: Mutex<Duration>,
     /// How long a topic delete waits before it syncs the topic's segments.
@@ -413,6 +421,31 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Whether topic names `a` and `b` are the same once every `.` is made `_`,
+/// as Kafka makes them in metric names.
+fn names_collide(a: &str, b: &str) -> bool {
+    let unified = |c: u8| if c == b'.' { b'_' } else { c };
+    a.len() == b.len() && a.bytes().map(unified).eq(b.bytes().map(unified))
+}
+
+/// Warns of topics whose names collide (see [`TopicManager::colliding_topic`]):
+/// a data directory from before the broker refused them. Both are served.
+fn warn_of_colliding_names<'a>(names: impl Iterator<Item = &'a String>) {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for name in names.filter(|n| n.contains(['.', '_'])) {
+        match seen.entry(name.replace('.', "_")) {
+            std::collections::hash_map::Entry::Occupied(first) => tracing::warn!(
+                topic = %name,
+                other = %first.get(),
+                "topic names differ only by '.' and '_', which Kafka refuses (their metric names collide); both are kept"
+            ),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(name);
+            }
+        }
+    }
 }
 
 /// Takes the data directory's lock so two brokers never share a data directory
@@ -926,6 +959,7 @@ impl TopicManager {
                 p.settle_log_start()?;
             }
         }
+        warn_of_colliding_names(topics.keys());
         let offsets = OffsetStore::open(data_dir.join("groups"))?;
         // A delete drops the topic's committed positions once its directory has
         // moved; a crash in between leaves them, dropped here (a commit names a
@@ -1074,6 +1108,23 @@ impl TopicManager {
             .cloned()
     }
 
+    /// A topic whose name differs from `name` only by `.` in place of `_` or
+    /// the reverse (`a.b` and `a_b`). Kafka names a topic's metrics with its
+    /// `.` made `_`, so such names collide there, and it refuses to create the
+    /// second ("collides with existing topic"); so does this broker.
+    pub fn colliding_topic(&self, name: &str) -> Option<String> {
+        if !name.contains(['.', '_']) {
+            return None;
+        }
+        self.shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .find(|t| *t != name && names_collide(t, name))
+            .cloned()
+    }
+
     /// The partition `index` of `topic`.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let t = self.topic(topic)?;
@@ -1142,6 +1193,9 @@ impl TopicManager {
         let _guard = deleting;
         if self.topic(name).is_some() {
             return Err(CreateError::Exists);
+        }
+        if let Some(other) = self.colliding_topic(name) {
+            return Err(CreateError::Collides(other));
         }
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let dir = self.shared.topics_dir.join(name);
@@ -1259,9 +1313,10 @@ impl TopicManager {
     ///
     /// # Errors
     /// [`CreateError::InvalidPartitions`] unless `count` is above the current count
-    /// and at most 10000; [`CreateError::Storage`] for I/O errors (the topic keeps
-    /// its partitions, unless the message says that the growth is in force), or
-    /// when the topic was deleted meanwhile.
+    /// and at most 10000; [`CreateError::UnknownTopic`] when there is no such
+    /// topic (it was deleted meanwhile); [`CreateError::Storage`] for I/O errors
+    /// (the topic keeps its partitions, unless the message says that the growth
+    /// is in force).
     pub fn add_partitions(
         &self,
         name: &str,
@@ -1273,9 +1328,7 @@ impl TopicManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let storage = |e: Error| CreateError::Storage(e.to_string());
-        let old = self
-            .topic(name)
-            .ok_or_else(|| CreateError::Storage(format!("unknown topic {name}")))?;
+        let old = self.topic(name).ok_or(CreateError::UnknownTopic)?;
         let have = old.partitions.len() as i32;
         if count <= have || count > 10_000 {
             return Err(CreateError::InvalidPartitions);
@@ -1311,7 +1364,7 @@ impl TopicManager {
                 Err(back) => {
                     // The file holds the growth: the broker follows it.
                     if !self.replace_topic(&old, &topic) {
-                        return Err(CreateError::Storage(format!("topic {name} was deleted")));
+                        return Err(CreateError::UnknownTopic);
                     }
                     tracing::error!(topic = name, from = have, to = count, error = %e, write_back = %back, "added partitions, but topic.json may not survive a power loss");
                     format!(
@@ -1324,7 +1377,7 @@ impl TopicManager {
             return Err(CreateError::Storage(message));
         }
         if !self.replace_topic(&old, &topic) {
-            return Err(CreateError::Storage(format!("topic {name} was deleted")));
+            return Err(CreateError::UnknownTopic);
         }
         tracing::info!(topic = name, from = have, to = count, "added partitions");
         Ok(topic)
@@ -1418,13 +1471,43 @@ impl TopicManager {
     /// # Errors
     /// I/O errors naming the path.
     pub async fn delete_topic(&self, name: &str) -> Result<bool> {
+        Ok(self.delete_topic_of_id(name, None).await?.is_some())
+    }
+
+    /// Deletes topic `name` as [`TopicManager::delete_topic`] does, if its id
+    /// is `id` (whatever its id is when `None`), and returns the id of the
+    /// topic deleted. `None` when there is no such topic, or when the topic of
+    /// that name has another id: a topic looked up by id earlier and since
+    /// deleted and created again under its name is another topic, left alone.
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub async fn delete_topic_of_id(
+        &self,
+        name: &str,
+        id: Option<uuid::Uuid>,
+    ) -> Result<Option<uuid::Uuid>> {
         // A task of its own: once begun, a delete runs to its end even when the
         // caller stops waiting for it.
         let me = self.clone();
         let name = name.to_string();
-        tokio::spawn(async move { me.run_delete(name).await })
+        tokio::spawn(async move { me.run_delete(name, id).await })
             .await
             .map_err(|e| self.task_error(&e))?
+    }
+
+    /// Makes the next topic delete wait `pause` before it moves the topic's
+    /// directory away (tests: to meet a delete in progress).
+    #[cfg(test)]
+    pub(crate) fn pause_next_delete(&self, pause: Duration) {
+        *self.shared.delete_pause.lock().unwrap() = pause;
+    }
+
+    /// Whether a delete took the pause [`TopicManager::pause_next_delete`] set
+    /// (it is then waiting, or done).
+    #[cfg(test)]
+    pub(crate) fn delete_pause_taken(&self) -> bool {
+        self.shared.delete_pause.lock().unwrap().is_zero()
     }
 
     fn task_error(&self, e: &tokio::task::JoinError) -> Error {
@@ -1438,8 +1521,12 @@ impl TopicManager {
     /// Takes topic `name` out of the map, reserves the name until the returned
     /// [`Deleting`] is dropped, and marks the partitions deleted (blocking: waits
     /// for `create_lock`, which a create holds while it writes files). `None`
-    /// when there is no such topic.
-    fn take_for_delete(&self, name: &str) -> Option<(Arc<Topic>, Deleting)> {
+    /// when there is no such topic, or its id is not `id` (when given).
+    fn take_for_delete(
+        &self,
+        name: &str,
+        id: Option<uuid::Uuid>,
+    ) -> Option<(Arc<Topic>, Deleting)> {
         let mut deleting = self
             .shared
             .create_lock
@@ -1452,6 +1539,9 @@ impl TopicManager {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             let topic = Arc::clone(topics.get(name)?);
+            if id.is_some_and(|id| id != topic.id) {
+                return None;
+            }
             // On the delete list before it leaves the map: a checkpoint reads
             // the map first, then the list, so it finds the topic in one of them.
             self.shared
@@ -1481,15 +1571,16 @@ impl TopicManager {
         Some((topic, reserved))
     }
 
-    async fn run_delete(self, name: String) -> Result<bool> {
+    async fn run_delete(self, name: String, id: Option<uuid::Uuid>) -> Result<Option<uuid::Uuid>> {
         let me = self.clone();
         let n = name.clone();
-        let taken = tokio::task::spawn_blocking(move || me.take_for_delete(&n))
+        let taken = tokio::task::spawn_blocking(move || me.take_for_delete(&n, id))
             .await
             .map_err(|e| self.task_error(&e))?;
         let Some((topic, reserved)) = taken else {
-            return Ok(false);
+            return Ok(None);
         };
+        let deleted = topic.id;
         let (tx, rx) = oneshot::channel();
         if self.shared.jobs.send(Job::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
@@ -1523,7 +1614,10 @@ impl TopicManager {
             }
             let moved = me.checkpoint().and_then(|()| {
                 #[cfg(test)]
-                std::thread::sleep(*me.shared.delete_pause.lock().unwrap());
+                {
+                    let pause = std::mem::take(&mut *me.shared.delete_pause.lock().unwrap());
+                    std::thread::sleep(pause);
+                }
                 let trash = me.shared.config.storage.data_dir.join("topics-deleted");
                 std::fs::create_dir_all(&trash)
                     .map_err(|e| Error::io("create_dir_all", &trash, e))?;
@@ -1567,7 +1661,7 @@ impl TopicManager {
         })
         .await
         .map_err(|e| self.task_error(&e))??;
-        Ok(true)
+        Ok(Some(deleted))
     }
 
     /// Puts topic `name` back in the map, opened from `dir` as a start would
