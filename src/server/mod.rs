@@ -300,10 +300,14 @@ impl Security {
             }
             Err(e) => {
                 tracing::error!(error = %e, "altering SCRAM credentials failed; nothing changed");
+                let code = match e {
+                    Error::InvalidConfig { .. } => codes::INVALID_REQUEST,
+                    _ => codes::UNKNOWN_SERVER_ERROR,
+                };
                 for c in &changes {
                     refused
                         .entry(user_of(c).clone())
-                        .or_insert((codes::UNKNOWN_SERVER_ERROR, e.to_string()));
+                        .or_insert((code, e.to_string()));
                 }
             }
         }

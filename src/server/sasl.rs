@@ -467,6 +467,16 @@ impl Authenticator {
                 }
             }
         }
+        if users.is_empty() {
+            // `load` refuses a file without users: the broker would not start again.
+            return Err(Error::InvalidConfig {
+                field: "SCRAM credentials",
+                value: self.path.display().to_string(),
+                reason: "the change would leave no user, and the broker does not start \
+                         with a users file without users; add another user first"
+                    .into(),
+            });
+        }
         let rng = ring::rand::SystemRandom::new();
         let plain_key = plain_key(&rng).ok_or_else(|| {
             let e = std::io::Error::other("no random numbers for a key");
@@ -1425,6 +1435,27 @@ mod tests {
             !text.contains("hunter2") && text.contains("\"user\": \"pencil\""),
             "{text}"
         );
+        // Deleting the last credential of the last user is refused: the file
+        // would not load again.
+        let last: Vec<ScramChange> = [Mechanism::ScramSha256, Mechanism::ScramSha512]
+            .into_iter()
+            .flat_map(|mechanism| {
+                ["user", "zed"].map(|user| ScramChange::Delete {
+                    user: user.into(),
+                    mechanism,
+                })
+            })
+            .filter(|c| {
+                let ScramChange::Delete { user, mechanism } = c else {
+                    unreachable!()
+                };
+                next.scram_credentials(user)
+                    .is_some_and(|creds| creds.iter().any(|(m, _)| m == mechanism))
+            })
+            .collect();
+        let e = next.altered(&last).unwrap_err().to_string();
+        assert!(e.contains("would leave no user"), "{e}");
+        assert!(Authenticator::load(&path, &Mechanism::ALL).is_ok());
         // Deleting what is not there is refused; so is a write that fails.
         assert!(next.altered(&changes[1..2]).is_err());
         std::fs::remove_dir_all(dir.path()).unwrap();
