@@ -12,11 +12,14 @@
 //! A pass the budget cannot give its whole `max_bytes` reads only what is free,
 //! but the first partition with records still gets its first batch whole (as
 //! Kafka's fetch does for a batch larger than the limits), overdrawing the
-//! budget for it. No Fetch ever waits for budget, every consumer progresses,
-//! and the record bytes held are at most the budget plus one batch per
-//! connection (a connection's writer computes and writes one response at a
-//! time). The count is of record bytes: encoding copies them into the response
-//! frame, and the records read are freed as soon as it is encoded.
+//! budget for it. Such a batch takes the shares of the partitions after it:
+//! what it took beyond its own is taken from the budget again, as far as it
+//! is free, before they are read. No Fetch ever waits for budget, every
+//! consumer progresses, and the record bytes held are at most the budget plus
+//! one batch per connection (a connection's writer computes and writes one
+//! response at a time). The count is of record bytes: encoding copies them
+//! into the response frame, and the records read are freed as soon as it is
+//! encoded.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -53,11 +56,20 @@ impl FetchMemory {
     /// Takes `want` bytes, or as many as are free when fewer are (possibly
     /// none); never waits. The grants together never pass the limit.
     pub(crate) fn take_up_to(self: &Arc<FetchMemory>, want: u64) -> Lease {
+        Lease {
+            memory: Arc::clone(self),
+            bytes: self.grant(want),
+        }
+    }
+
+    /// Counts up to `want` more bytes in use, as many as are free: the bytes
+    /// granted.
+    fn grant(&self, want: u64) -> u64 {
         let mut used = self.in_use.load(Ordering::Acquire);
-        let bytes = loop {
+        loop {
             let grant = want.min(self.limit.saturating_sub(used));
             if grant == 0 {
-                break 0;
+                return 0;
             }
             match self.in_use.compare_exchange_weak(
                 used,
@@ -65,13 +77,9 @@ impl FetchMemory {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break grant,
+                Ok(_) => return grant,
                 Err(now) => used = now,
             }
-        };
-        Lease {
-            memory: Arc::clone(self),
-            bytes,
         }
     }
 }
@@ -87,6 +95,14 @@ impl Lease {
     /// The bytes held.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Takes up to `want` more bytes, as [`FetchMemory::take_up_to`] does
+    /// (possibly none, never past the limit): the bytes added to the lease.
+    pub(crate) fn take_more(&mut self, want: u64) -> u64 {
+        let more = self.memory.grant(want);
+        self.bytes += more;
+        more
     }
 
     /// Holds exactly `bytes` from now on: gives back what the read left
@@ -155,6 +171,27 @@ mod tests {
         assert_eq!(m.in_use(), 420, "the unread rest is given back at once");
         drop(first);
         drop(partial);
+        assert_eq!(m.in_use(), 0);
+    }
+
+    #[test]
+    fn a_lease_takes_more_only_from_what_is_free() {
+        let m = FetchMemory::new(1000);
+        let mut a = m.take_up_to(300);
+        assert_eq!(a.take_more(200), 200);
+        assert_eq!((a.bytes(), m.in_use()), (500, 500));
+        let other = m.take_up_to(400);
+        assert_eq!(a.take_more(500), 100, "what is free, not what was asked");
+        assert_eq!((a.bytes(), m.in_use()), (600, 1000));
+        assert_eq!(a.take_more(1), 0);
+        // Overdrawn by a first batch: nothing more until bytes come back.
+        a.settle(900);
+        assert_eq!(a.take_more(1), 0);
+        assert_eq!(m.in_use(), 1300);
+        drop(other);
+        assert_eq!(a.take_more(1000), 100);
+        assert_eq!(m.in_use(), 1000);
+        drop(a);
         assert_eq!(m.in_use(), 0);
     }
 

@@ -33,7 +33,7 @@ struct Pass {
     errors: bool,
     /// Whether a partition had records left to read, past those returned,
     /// when the Fetch memory budget had given it less room than `max_bytes`
-    /// would have.
+    /// would have (the budget short, not the request's own limits).
     cut: bool,
 }
 
@@ -41,18 +41,26 @@ struct Pass {
 /// holds at most `max_bytes` of records and each partition at most its
 /// `partition_max_bytes`, except that the first partition with records gets its
 /// first batch whole however large it is (even when a limit is 0), so that
-/// consumers always progress; later partitions get only what fits in the bytes
-/// left. `granted` (at most `max_bytes`) is what the Fetch memory budget gave:
-/// the pass reads within it, `max_bytes` only tells whether it was cut short.
-/// `found` holds the wanted partitions in order (see [`resolve`]); a
-/// partition not there is answered `UNKNOWN_TOPIC_OR_PARTITION`.
+/// consumers always progress; later partitions get what fits in the bytes
+/// left, `max_bytes` less what the earlier ones returned. `lease` (at most
+/// `max_bytes`) is what the Fetch memory budget gave, `short` whether it gave
+/// less than was asked: the pass reads within the lease, `max_bytes` only
+/// tells whether it was cut short. A first batch beyond its partition's share
+/// of the lease took the later partitions' shares: what it took beyond is
+/// asked of the budget before they are read, within `max_bytes`, so that they
+/// get what Kafka gives them whenever the budget has it. `found` holds the
+/// wanted partitions in order (see [`resolve`]); a partition not there is
+/// answered `UNKNOWN_TOPIC_OR_PARTITION`.
 fn read_all(
     wants: &[Want],
     found: &[Option<Arc<Partition>>],
     max_bytes: i64,
-    granted: i64,
+    lease: &mut Lease,
+    short: bool,
     version: i16,
 ) -> Pass {
+    let mut granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
+    let mut short = short;
     let mut total = 0i64;
     let mut errors = false;
     let mut cut = false;
@@ -75,8 +83,9 @@ fn read_all(
                 }
             };
             let budget = room(granted);
-            // The memory budget took room the request's limits would have given.
-            let squeezed = budget < room(max_bytes);
+            // The memory budget, short, took room the request's limits would
+            // have given.
+            let squeezed = short && budget < room(max_bytes);
             let entry = match found.next().and_then(Option::as_ref) {
                 None => {
                     errors = true;
@@ -97,8 +106,19 @@ fn read_all(
                     };
                     match read {
                         Ok(Some(r)) => {
-                            total += r.records.len() as i64;
+                            let len = r.records.len() as i64;
+                            total += len;
                             cut |= squeezed && end_offset(&r.records, offset) < r.high_watermark;
+                            if len > budget && total < max_bytes {
+                                // A first batch beyond this partition's share:
+                                // the later ones' shares, taken again.
+                                let want = (len - budget).min(max_bytes - granted);
+                                if want > 0 {
+                                    let more = lease.take_more(want.unsigned_abs());
+                                    granted += i64::try_from(more).unwrap_or(0);
+                                    short |= more < want.unsigned_abs();
+                                }
+                            }
                             base.with_error_code(codes::NONE)
                                 .with_high_watermark(r.high_watermark)
                                 .with_last_stable_offset(r.high_watermark)
@@ -180,9 +200,10 @@ async fn read_pass(
         // What the read could return, not the whole `max_bytes`: a Fetch near
         // the end of its partitions leaves the rest of the budget to others.
         let could_read = readable_bytes(&w, &held);
-        let mut lease = memory.take_up_to(u64::try_from(max_bytes).unwrap_or(0).min(could_read));
-        let granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
-        let pass = read_all(&w, &found, max_bytes, granted, version);
+        let ask = u64::try_from(max_bytes).unwrap_or(0).min(could_read);
+        let mut lease = memory.take_up_to(ask);
+        let short = lease.bytes() < ask;
+        let pass = read_all(&w, &found, max_bytes, &mut lease, short, version);
         // What was read, no more: a first batch beyond the grant overdraws.
         lease.settle(u64::try_from(pass.total).unwrap_or(0));
         let read = found
@@ -586,6 +607,142 @@ mod tests {
             ]),
             4 * len
         );
+        storage.shutdown().unwrap();
+    }
+
+    /// KIP-74 with partition limits of 1000 bytes: the first partition's
+    /// first batch, about 3000 bytes, comes whole, and the second partition
+    /// still gets its batch of about 500 bytes within its own limit, as Kafka
+    /// gives it `min(partition_max_bytes, max_bytes - 3000)`. The pass asked
+    /// the budget for what the partitions held within their limits (1000 +
+    /// 500), the batch took 3000 of that, and the second partition got
+    /// nothing; the pass was also counted as cut short by memory, with the
+    /// budget all but unused. Now the batch's excess is asked of the budget
+    /// before the second partition is read, and a pass is counted as cut only
+    /// when the budget was short.
+    #[test]
+    fn a_first_batch_past_its_partition_limit_leaves_the_next_partition_its_share() {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        const PMAX: i32 = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ctx = rt.block_on(crate::server::tests::ctx_with(
+            dir.path(),
+            Config::default(),
+        ));
+        let storage = ctx.storage.clone();
+        storage.create_topic("t", 2).unwrap();
+        let big = make_batch(0, &[&[1u8; 3000]]);
+        let small = make_batch(0, &[&[2u8; 430]]);
+        assert!(big.len() > 3 * PMAX as usize && big.len() < 3 * PMAX as usize + 100);
+        assert!(small.len() > 450 && small.len() <= 500, "{}", small.len());
+        rt.block_on(async {
+            for (p, b) in [(0, &big), (1, &small)] {
+                let acked = storage
+                    .submit("t", p, b, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                acked.await.unwrap().unwrap();
+            }
+        });
+        // Record bytes for each partition, and the passes counted as cut by
+        // memory (a delta), for a Fetch of both from offset 0.
+        let fetch_both = |max_bytes: usize| {
+            let partition = |index| {
+                FetchPartition::default()
+                    .with_partition(index)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(PMAX)
+            };
+            let req = FetchRequest::default()
+                .with_max_bytes(i32::try_from(max_bytes).unwrap())
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![partition(0), partition(1)])]);
+            let cut = ctx.metrics.fetches_cut_by_memory();
+            let (r, lease) = rt.block_on(fetch(&ctx, req, 12));
+            let sizes: Vec<usize> = r.responses[0]
+                .partitions
+                .iter()
+                .map(|p| {
+                    assert_eq!((p.error_code, p.high_watermark), (codes::NONE, 1));
+                    p.records.as_ref().map_or(0, Bytes::len)
+                })
+                .collect();
+            assert_eq!(lease.bytes(), sizes.iter().sum::<usize>() as u64);
+            (
+                (sizes[0], sizes[1]),
+                ctx.metrics.fetches_cut_by_memory() - cut,
+            )
+        };
+        let both = (big.len(), small.len());
+        // The budget free: the second partition gets its batch.
+        assert_eq!(fetch_both(1 << 20), (both, 0));
+        // What the response's own limit leaves (one byte short of the second
+        // batch): nothing, and no cut by memory.
+        let (sizes, cut) = fetch_both(big.len() + small.len() - 1);
+        assert_eq!((sizes, cut), ((big.len(), 0), 0));
+        // The budget has just what the pass asks for, and then the batch's
+        // excess: the same answer.
+        let limit = ctx.fetch_memory.limit();
+        let asked = PMAX as usize + small.len();
+        let excess = big.len() - PMAX as usize;
+        let hog = ctx.fetch_memory.take_up_to(limit - (asked + excess) as u64);
+        assert_eq!(fetch_both(1 << 20), (both, 0));
+        drop(hog);
+        // The budget has what the pass asks for but not all the excess: the
+        // second partition is left for the next Fetch, a cut by memory.
+        let hog = ctx
+            .fetch_memory
+            .take_up_to(limit - (asked + excess - 1) as u64);
+        assert_eq!(fetch_both(1 << 20), ((big.len(), 0), 1));
+        drop(hog);
+        let hog = ctx.fetch_memory.take_up_to(limit);
+        assert_eq!(fetch_both(1 << 20), ((big.len(), 0), 1));
+        drop(hog);
+        assert_eq!(ctx.fetch_memory.in_use(), 0);
+        drop(ctx);
+        storage.shutdown().unwrap();
+    }
+
+    /// A pass reads within its lease; records it leaves count as cut by
+    /// memory only when the budget gave less than was asked. A lease that is
+    /// all that was asked (what the partitions held a moment before: records
+    /// appended since are not in it) leaves records for the next Fetch
+    /// without the budget being short.
+    #[test]
+    fn a_pass_is_cut_by_memory_only_when_the_budget_gave_less_than_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c).unwrap();
+        storage.create_topic("t", 1).unwrap();
+        let batch = make_batch(0, &[&[3u8; 400]]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..2 {
+                let acked = storage
+                    .submit("t", 0, &batch, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                acked.await.unwrap().unwrap();
+            }
+        });
+        let wants = [want("t", &[(0, 0, 1 << 20)])];
+        let found = resolve(&storage, &wants, None);
+        let memory = crate::server::fetch_memory::FetchMemory::new(1 << 20);
+        for short in [false, true] {
+            let mut lease = memory.take_up_to(batch.len() as u64);
+            let pass = read_all(&wants, &found, 1 << 20, &mut lease, short, 12);
+            assert_eq!(pass.total, batch.len() as i64, "one batch of two");
+            assert_eq!(pass.cut, short, "short: {short}");
+        }
         storage.shutdown().unwrap();
     }
 
