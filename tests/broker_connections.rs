@@ -767,3 +767,121 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
     let held = fds_of_under(broker.pid(), &pdir);
     assert!(held <= 2 + 32 + 2, "{held} descriptors after the restart");
 }
+
+/// Reads hold the sealed logs they open beyond what the read-handle cache
+/// keeps, so the descriptors storage holds can reach the open-file limit;
+/// here a `--segment-open-files` above the limit lets one Fetch across 130
+/// one-batch segments take every descriptor left. The next segment roll then
+/// failed with EMFILE ("segment append failed: open ...: Too many open
+/// files"), which failed storage: every produce was refused until a restart.
+/// The roll now closes the cache's handles and tries again: the produce is
+/// acknowledged, and so are the ones after it.
+#[test]
+fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
+    use kafka_protocol::messages::{
+        create_topics_request::{CreatableTopic, CreatableTopicConfig},
+        CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::RecordBatchDecoder;
+    const OPEN_FILES: u64 = 128;
+    const RECORDS: i64 = 130;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start_limited(
+        &tmp.path().join("data"),
+        &["--segment-open-files", "1000", "--checkpoint-ms", "600000"],
+        Some(OPEN_FILES),
+    );
+    let mut c = connect_served(&broker.addr);
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("rolls")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("segment.bytes"))
+                .with_value(Some(StrBytes::from_static_str("4096")))])])
+        .with_timeout_ms(10_000);
+    c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(&mut c, ApiKey::CreateTopics, 4);
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+
+    let pad = "p".repeat(5 * 1024);
+    let value = |i: i64| format!("{i:05}-{pad}");
+    let produce_at = |c: &mut TcpStream, i: i64| {
+        let req = produce("rolls", 0, batch(&[value(i).as_str()]));
+        let r = send_produce(c, 9, 100 + i as i32, &req);
+        let msg = r.responses[0].partition_responses[0]
+            .error_message
+            .as_ref()
+            .map(|m| m.to_string());
+        assert_eq!(partition_result(&r), (0, i), "produce {i}: {msg:?}");
+    };
+    for i in 0..RECORDS {
+        produce_at(&mut c, i);
+    }
+    // One Fetch from offset 0 opens segment after segment into the cache
+    // until the process has no descriptor left, and answers with the
+    // batches read until then.
+    c.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        7,
+        &fetch_request("rolls", 0, 0),
+    ))
+    .unwrap();
+    let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
+    let p = &f.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    let mut records = p.records.clone().unwrap_or_default();
+    let fetched: usize = RecordBatchDecoder::decode_all(&mut records)
+        .unwrap()
+        .iter()
+        .map(|set| set.records.len())
+        .sum();
+    assert!(
+        fetched > 0 && (fetched as i64) < RECORDS,
+        "{fetched} records fetched of {RECORDS}: the descriptors did not run out"
+    );
+    assert!(
+        broker
+            .log_text()
+            .contains("a fetch read stops at a segment it cannot open"),
+        "{}",
+        broker.log_text()
+    );
+
+    // The next produces roll segments.
+    for i in RECORDS..RECORDS + 3 {
+        produce_at(&mut c, i);
+    }
+    assert!(
+        broker.log_text().contains("short of file descriptors"),
+        "the roll met no shortage"
+    );
+    c.write_all(&request_frame(
+        ApiKey::Fetch,
+        12,
+        8,
+        &fetch_request("rolls", RECORDS, 0),
+    ))
+    .unwrap();
+    let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
+    let p = &f.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.high_watermark), (0, RECORDS + 3));
+    let mut records = p.records.clone().unwrap_or_default();
+    let got: Vec<(i64, String)> = RecordBatchDecoder::decode_all(&mut records)
+        .unwrap()
+        .into_iter()
+        .flat_map(|set| set.records)
+        .map(|r| {
+            (
+                r.offset,
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, String)> = (RECORDS..RECORDS + 3).map(|i| (i, value(i))).collect();
+    assert_records(&got, &want, "after the rolls");
+}

@@ -40,6 +40,17 @@ const LOG_START_FILE: &str = "log-start-offset.json";
 /// change under it (see [`Partition::lookup`]).
 const LOOKUP_TRIES: u32 = 4;
 
+/// How long a segment roll short of file descriptors waits before each try
+/// again, in milliseconds: under 70 ms in all, in which reads in flight end
+/// and close the logs they hold.
+const ROLL_RETRY_WAITS_MS: [u64; 4] = [0, 2, 10, 50];
+
+/// Whether `e` is a shortage of file descriptors, the process's (EMFILE) or
+/// the system's (ENFILE).
+fn out_of_descriptors(e: &Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct LogStartFile {
     version: u32,
@@ -242,6 +253,10 @@ pub struct Partition {
     /// Makes this many loads of a compaction's installed copy fail (tests).
     #[cfg(test)]
     fail_swap_loads: std::sync::atomic::AtomicU32,
+    /// Makes this many creations of the segment an append rolls to fail with
+    /// EMFILE (tests).
+    #[cfg(test)]
+    pub(crate) fail_roll_creates: std::sync::atomic::AtomicU32,
     /// Makes the next [`segment::install_swap`] fail once it has done its work,
     /// as a failed last directory sync does (tests).
     #[cfg(test)]
@@ -488,6 +503,8 @@ impl Partition {
             fail_next_append: AtomicBool::new(false),
             #[cfg(test)]
             fail_swap_loads: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            fail_roll_creates: std::sync::atomic::AtomicU32::new(0),
             #[cfg(test)]
             fail_swap_finish: AtomicBool::new(false),
         })
@@ -889,8 +906,7 @@ impl Partition {
                 // Synced: its files close; reads open its log on demand.
                 s.seal(&self.open_files);
             }
-            let seg = Segment::create(&self.dir, base)?;
-            sync_dir(&self.dir)?;
+            let seg = self.create_rolled(base)?;
             tracing::debug!(topic = %self.topic, partition = self.index, base, "rolled segment");
             log.push(seg);
             self.note_first_segment(&log);
@@ -916,6 +932,52 @@ impl Partition {
                 Err(e)
             }
         }
+    }
+
+    /// Creates the segment an append rolls to at `base`, its directory entry
+    /// synced. Short of file descriptors (EMFILE, ENFILE), a passing shortage
+    /// (reads in flight keep the sealed logs they opened, beyond the cache's
+    /// bound, until they end), it closes the cache's handles and tries again,
+    /// waiting a little longer each time ([`ROLL_RETRY_WAITS_MS`]), before it
+    /// fails, and storage with it.
+    ///
+    /// # Errors
+    /// I/O errors naming the file or directory, the shortage's after the
+    /// last try.
+    fn create_rolled(&self, base: i64) -> Result<Segment> {
+        let mut waits = ROLL_RETRY_WAITS_MS.iter();
+        loop {
+            match self.create_segment(base) {
+                Err(e) if out_of_descriptors(&e) => {
+                    let Some(&wait) = waits.next() else {
+                        return Err(e);
+                    };
+                    let closed = self.open_files.release();
+                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "a segment roll is short of file descriptors: closing the cached read handles and trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(wait));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One try of [`Partition::create_rolled`].
+    fn create_segment(&self, base: i64) -> Result<Segment> {
+        #[cfg(test)]
+        if self
+            .fail_roll_creates
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::io(
+                "open",
+                self.dir.join(segment::log_name(base)),
+                std::io::Error::from_raw_os_error(libc::EMFILE),
+            ));
+        }
+        let seg = Segment::create(&self.dir, base)?;
+        sync_dir(&self.dir)?;
+        Ok(seg)
     }
 
     /// Deletes the oldest segments past retention (Kafka's `retention.ms` /
@@ -3588,6 +3650,91 @@ pub(crate) mod tests {
         assert!(!log0.exists());
         assert!(p.read(0, 1).unwrap().is_none());
         assert_eq!(p.read(2, 1).unwrap().unwrap().records, marked_at(2));
+    }
+
+    /// A segment roll that runs out of file descriptors (EMFILE: reads in
+    /// flight keep the sealed logs they opened beyond the cache's bound)
+    /// failed the append, and so storage, for every produce until a restart.
+    /// It now closes the cache's handles and tries again a few times: the
+    /// append succeeds, the cache is empty, and every segment reads back. A
+    /// shortage that outlasts the tries fails the append naming the file, as
+    /// before.
+    #[test]
+    fn a_roll_short_of_file_descriptors_closes_the_cached_handles_and_tries_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let cache = SegmentFiles::new(8);
+        let p = Partition::open_in("t", 0, pdir.clone(), 4096, Arc::clone(&cache)).unwrap();
+        for i in 0..4 {
+            assert_eq!(store(&p, marked(i)), i);
+        }
+        for i in 0..3 {
+            assert_eq!(p.read(i, 1).unwrap().unwrap().records, marked_at(i));
+        }
+        assert_eq!(cache.len(), 3);
+        // Every try but the last fails.
+        let tries = u32::try_from(ROLL_RETRY_WAITS_MS.len()).unwrap();
+        p.fail_roll_creates.store(tries, Ordering::Relaxed);
+        assert_eq!(store(&p, marked(4)), 4);
+        assert_eq!(p.fail_roll_creates.load(Ordering::Relaxed), 0);
+        assert_eq!(cache.len(), 0, "the cached handles are still open");
+        assert_eq!(files(&pdir, "log"), 5);
+        p.sync().unwrap();
+        for i in 0..5 {
+            assert_eq!(p.read(i, 1).unwrap().unwrap().records, marked_at(i));
+        }
+
+        // One more failure than tries: the append fails, naming the file.
+        p.fail_roll_creates.store(tries + 1, Ordering::Relaxed);
+        let mut b = marked(5);
+        let infos = validate_all(&b).unwrap();
+        assert_eq!(p.assign(&mut b, &infos), 5);
+        let infos = validate_all(&b).unwrap();
+        let e = p.append(&b, &infos).unwrap_err().to_string();
+        let log5 = pdir.join(segment::log_name(5));
+        assert!(
+            e.contains("Too many open files") && e.contains(log5.to_str().unwrap()),
+            "{e}"
+        );
+        assert_eq!(p.fail_roll_creates.load(Ordering::Relaxed), 0);
+        assert_eq!(p.log_end_offset(), 5);
+    }
+
+    /// Through the pipeline: a produce whose roll is short of file
+    /// descriptors for a moment is acknowledged, and storage goes on taking
+    /// produces. One whose shortage lasts fails storage, as any failed
+    /// segment append does.
+    #[test]
+    fn produces_go_on_after_a_roll_short_of_file_descriptors_for_a_moment() {
+        use crate::storage::{producers::pipeline_tests::produce, ProduceError, TopicManager};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = crate::config::Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let m = TopicManager::new(c).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        p.set_segment_bytes(4096);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(produce(&rt, &m, &marked(0)), Ok(0));
+        p.fail_roll_creates.store(2, Ordering::Relaxed);
+        assert_eq!(produce(&rt, &m, &marked(1)), Ok(1));
+        assert_eq!(p.fail_roll_creates.load(Ordering::Relaxed), 0);
+        assert_eq!(produce(&rt, &m, &marked(2)), Ok(2));
+        assert_eq!(p.read(1, 1).unwrap().unwrap().records, marked_at(1));
+
+        p.fail_roll_creates.store(u32::MAX, Ordering::Relaxed);
+        let failed = produce(&rt, &m, &marked(3));
+        assert!(
+            matches!(&failed, Err(ProduceError::Storage(why)) if why.contains("Too many open files")),
+            "{failed:?}"
+        );
+        p.fail_roll_creates.store(0, Ordering::Relaxed);
+        let after = produce(&rt, &m, &marked(4));
+        assert!(matches!(after, Err(ProduceError::Storage(_))), "{after:?}");
+        assert!(m.shutdown().is_err());
     }
 
     /// A sealed segment's log that cannot be opened when read (here removed

@@ -461,6 +461,21 @@ impl SegmentFiles {
         Ok(file)
     }
 
+    /// Closes every handle the cache holds (a read in flight keeps the one it
+    /// took, which closes when the read ends), for a segment roll short of
+    /// file descriptors. Returns how many the cache held.
+    pub fn release(&self) -> usize {
+        let entries = {
+            let mut lru = self.lock();
+            lru.by_use.clear();
+            std::mem::take(&mut lru.entries)
+        };
+        let held = entries.len();
+        // Closed outside the lock.
+        drop(entries);
+        held
+    }
+
     /// Closes the cache's handle on a segment that is gone or replaced.
     fn forget(&self, log: &SealedLog) {
         let file = {
