@@ -96,6 +96,15 @@ struct ScramCredential {
     server_key: Vec<u8>,
 }
 
+/// The iterations only: salt and keys stay out of logs.
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 struct User {
     /// `None` for a user given by salted SCRAM credentials only.
@@ -742,6 +751,11 @@ pub struct Session {
 #[derive(Debug)]
 struct ScramState {
     user: String,
+    /// The credential whose salt and iterations the server-first message
+    /// gave: the client-final proof is checked against it, as Kafka's
+    /// ScramSaslServer does, not against the users in force by then (a
+    /// SIGHUP reload draws new salts for users given by a password).
+    credential: ScramCredential,
     /// client-first-message-bare "," server-first-message, for the AuthMessage.
     transcript: String,
     nonce: String,
@@ -832,7 +846,7 @@ impl Session {
             Some(Mechanism::Plain) => plain(auth, bytes),
             Some(m) => match self.scram.take() {
                 None => self.scram_first(auth, m, bytes),
-                Some(state) => scram_final(auth, m, &state, bytes),
+                Some(state) => scram_final(m, &state, bytes),
             },
         }
     }
@@ -880,6 +894,7 @@ impl Session {
         );
         self.scram = Some(ScramState {
             user,
+            credential: cred.clone(),
             transcript: format!("{bare},{server_first}"),
             nonce,
             gs2_header: format!("{cb},{authzid},"),
@@ -925,7 +940,7 @@ fn plain(auth: &Authenticator, bytes: &[u8]) -> Step {
     }
 }
 
-fn scram_final(auth: &Authenticator, m: Mechanism, state: &ScramState, bytes: &[u8]) -> Step {
+fn scram_final(m: Mechanism, state: &ScramState, bytes: &[u8]) -> Step {
     let (_, mac, hash) = m.algorithms().expect("a SCRAM mechanism");
     let Ok(msg) = std::str::from_utf8(bytes) else {
         return Step::Failed("SCRAM client-final message is not UTF-8".into());
@@ -947,9 +962,7 @@ fn scram_final(auth: &Authenticator, m: Mechanism, state: &ScramState, bytes: &[
     let Ok(proof) = B64.decode(proof) else {
         return Step::Failed("malformed SCRAM proof".into());
     };
-    let Some(cred) = auth.users.get(&state.user).and_then(|u| u.scram.get(&m)) else {
-        return Step::Failed(BAD_CREDENTIALS.into());
-    };
+    let cred = &state.credential;
     let auth_message = format!("{},{without_proof}", state.transcript);
     let client_signature = hmac::sign(
         &hmac::Key::new(mac, &cred.stored_key),
@@ -1095,6 +1108,36 @@ mod tests {
             s.authenticate(&auth, altered.as_bytes()),
             Step::Failed(_)
         ));
+    }
+
+    /// A reload between client-first and client-final (a SIGHUP) draws new
+    /// salts for users given by a password: the final message, proved with
+    /// the salt the server-first message gave, still logs in, as with Kafka.
+    #[test]
+    fn a_scram_login_in_progress_survives_a_reload_of_the_users() {
+        let (dir, auth) = authenticator(&[Mechanism::ScramSha256, Mechanism::ScramSha512]);
+        for m in [Mechanism::ScramSha256, Mechanism::ScramSha512] {
+            let mut s = Session::default();
+            assert!(s.handshake(&auth, m.name()));
+            let bare = "n=user,r=fyko+d2lbbFgONRv9qkxdawL";
+            let Step::Continue(first) = s.authenticate(&auth, format!("n,,{bare}").as_bytes())
+            else {
+                panic!("no server-first message");
+            };
+            let first = String::from_utf8(first).unwrap();
+            let reloaded = Authenticator::load(&dir.path().join("users.json"), &auth.mechanisms)
+                .expect("the same users load again");
+            let salt = |a: &Authenticator| a.users["user"].scram[&m].salt.clone();
+            assert_ne!(salt(&auth), salt(&reloaded), "{m:?}: a new salt is drawn");
+            let (last, expected) = client_final(m, "pencil", bare, &first);
+            match s.authenticate(&reloaded, last.as_bytes()) {
+                Step::Done { user, reply } => {
+                    assert_eq!(user, "user");
+                    assert_eq!(reply, format!("v={}", B64.encode(expected)).as_bytes());
+                }
+                other => panic!("{m:?}: the login failed across the reload: {other:?}"),
+            }
+        }
     }
 
     #[test]
