@@ -480,8 +480,10 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets every connection
     /// finish the requests it already read (up to 10 s; a long-polling Fetch
-    /// answers at once, as at its deadline), and returns. Storage is left
-    /// open; the caller shuts it down. Signals are the caller's: the broker binary
+    /// answers at once, as at its deadline), closes those still busy (a client
+    /// that does not read its answers), and returns once every connection's
+    /// tasks have ended: none holds storage any more. Storage is left open;
+    /// the caller shuts it down. Signals are the caller's: the broker binary
     /// listens for them from its start, and reloads the TLS and SASL material on
     /// SIGHUP ([`Security::reload`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
@@ -556,10 +558,20 @@ impl Server {
         tracing::info!(addr = %self.local, advertised = %format!("{}:{}", self.ctx.host, self.ctx.port), max_connections = self.max_connections, tls = self.ctx.security.tls.is_some(), sasl = self.ctx.security.sasl.is_some(), "listening");
         // Whether the last connection accepted was refused (logged once per run of them).
         let mut refusing = false;
+        // Every connection's task, so that those still busy when the shutdown
+        // has waited long enough can be ended; reaped as they end.
+        let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            tracing::error!(error = %e, "a connection task panicked");
+                        }
+                    }
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) if self.ctx.metrics.open_connections.load(Ordering::Acquire) >= self.max_connections => {
                         // Closed at once: a connection held open here would take a file
@@ -580,12 +592,12 @@ impl Server {
                         let stop = stop_rx.clone();
                         let all_done = Arc::clone(&all_done);
                         ctx.metrics.accepted();
-                        let slot = ConnectionSlot::take(&ctx, all_done);
+                        // Given back when the task and its writer have ended, by a
+                        // panic or an abort too.
+                        let slot = Arc::new(ConnectionSlot::take(&ctx, all_done));
                         let tls = self.ctx.security.tls();
-                        tokio::spawn(async move {
-                            // Given back when the task ends, by a panic too.
-                            let _slot = slot;
-                            if let Err(e) = accept_connection(ctx, stream, peer, tls, stop).await {
+                        connections.spawn(async move {
+                            if let Err(e) = accept_connection(ctx, stream, peer, tls, stop, slot).await {
                                 tracing::debug!(%peer, error = %e, "connection ended");
                             }
                         });
@@ -600,7 +612,7 @@ impl Server {
         drop(self.listener);
         self.ctx.stopping.send_replace(true);
         let live = &self.ctx.metrics.open_connections;
-        let wait = async {
+        let ended = || async {
             loop {
                 let notified = all_done.notified();
                 if live.load(Ordering::Acquire) == 0 {
@@ -609,13 +621,26 @@ impl Server {
                 notified.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_WAIT, ended()).await.is_err() {
             tracing::warn!(
                 connections = live.load(Ordering::Acquire),
                 "connections still busy after 10 s; closing them"
+            );
+            // Each task's future is dropped, and with it its socket, the
+            // responses it holds (their Fetch response memory given back) and
+            // its writer, aborted in turn ([`Aborting`]).
+            connections.abort_all();
+        }
+        while connections.join_next().await.is_some() {}
+        // The aborted writers end at their next turn on the runtime; each
+        // holds its connection's slot until then.
+        if tokio::time::timeout(Duration::from_secs(5), ended())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                connections = live.load(Ordering::Acquire),
+                "connection writers still running 5 s after they were aborted"
             );
         }
         ticker.abort();
@@ -731,19 +756,35 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Frame::Data(Bytes::from(buf)))
 }
 
+/// How long [`Server::run`] lets connections finish the requests they read
+/// once it stops serving, before it closes them.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// A spawned task aborted when this handle is dropped: a connection's writer
+/// goes with its connection's task, aborted at shutdown included.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The largest frame read from a connection that has yet to pass SASL.
 const MAX_UNAUTHENTICATED_FRAME: usize = 512 * 1024;
 
 /// How long a client has for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one accepted connection, after a TLS handshake when `tls` is set.
+/// Serves one accepted connection, after a TLS handshake when `tls` is set;
+/// `slot` is held until its reader and writer have both ended.
 async fn accept_connection(
     ctx: Arc<Ctx>,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
+    slot: Arc<ConnectionSlot>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     // As Kafka's acceptor does: a peer whose host vanished is found out, so its
@@ -757,7 +798,7 @@ async fn accept_connection(
             conn::Metered::new(rd, &activity),
             conn::Metered::new(wr, &activity),
         );
-        return serve_connection(ctx, rd, wr, peer, stop, activity).await;
+        return serve_connection(ctx, rd, wr, peer, stop, activity, slot).await;
     };
     // Metered below TLS: every byte on the socket counts, whole records or not.
     let stream = conn::Metered::new(stream, &activity);
@@ -776,14 +817,16 @@ async fn accept_connection(
         }
     };
     let (rd, wr) = tokio::io::split(stream);
-    serve_connection(ctx, rd, wr, peer, stop, activity).await
+    serve_connection(ctx, rd, wr, peer, stop, activity, slot).await
 }
 
 /// Serves one connection: `rd` and `wr` are its two directions, metered by
 /// `activity` (see [`conn`]). The connection closes at end of stream, on a bad
 /// frame, at shutdown, and once idle for `--connections-max-idle-ms`: no byte read
 /// or written and no response being computed, so a request that stops arriving
-/// halfway or responses the client does not read do not hold it open.
+/// halfway or responses the client does not read do not hold it open. The
+/// writer is a task of its own, which holds `slot` too and is aborted if this
+/// future is dropped first.
 async fn serve_connection<R, W>(
     ctx: Arc<Ctx>,
     mut rd: R,
@@ -791,6 +834,7 @@ async fn serve_connection<R, W>(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
     activity: Arc<conn::Activity>,
+    slot: Arc<ConnectionSlot>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -802,7 +846,9 @@ where
     let in_flight = Arc::new(conn::InFlight::default());
     let released = Arc::clone(&in_flight);
     let progress = Arc::clone(&activity);
-    let mut writer = tokio::spawn(async move {
+    let writer_slot = Arc::clone(&slot);
+    let mut writer = Aborting(tokio::spawn(async move {
+        let _slot = writer_slot;
         let written = async {
             while let Some((p, len)) = rx.recv().await {
                 progress.computing();
@@ -830,7 +876,7 @@ where
         .await;
         released.close();
         written
-    });
+    }));
     let cfg = &ctx.storage.config().server;
     let max = cfg.max_request_bytes;
     // Some while the connection still has to authenticate (SASL enabled).
@@ -870,14 +916,14 @@ where
             // Before any frame, which a flood of them would keep ready.
             () = activity.older_than(unauthenticated.is_some().then_some(authenticate_within)) => {
                 auth_closed();
-                writer.abort();
+                writer.0.abort();
                 break 'conn Ok(());
             }
             f = read_frame(&mut rd, limit, &in_flight) => f,
             () = activity.idle(idle) => {
                 idle_closed();
                 // Responses not yet written are dropped: the client is not reading.
-                writer.abort();
+                writer.0.abort();
                 break 'conn Ok(());
             }
         };
@@ -906,7 +952,7 @@ where
                             _ = done => {}
                             () = activity.idle(idle) => {
                                 idle_closed();
-                                writer.abort();
+                                writer.0.abort();
                                 break 'conn Ok(());
                             }
                         }
@@ -920,7 +966,7 @@ where
                     // bound by the deadline (dropped, it gives up its place).
                     () = activity.older_than(auth_limit) => {
                         auth_closed();
-                        writer.abort();
+                        writer.0.abort();
                         break 'conn Ok(());
                     }
                 };
@@ -941,7 +987,7 @@ where
                             r = tx.send((p, len)) => r.is_ok(),
                             () = activity.idle(idle) => {
                                 idle_closed();
-                                writer.abort();
+                                writer.0.abort();
                                 break 'conn Ok(());
                             }
                         };
@@ -962,10 +1008,10 @@ where
     // The responses already asked for are written, unless the client stops
     // reading them.
     let written = tokio::select! {
-        w = &mut writer => w,
+        w = &mut writer.0 => w,
         () = activity.idle(idle) => {
             idle_closed();
-            writer.abort();
+            writer.0.abort();
             return result;
         }
     };
@@ -1399,6 +1445,7 @@ mod tests {
         let wr = tokio::io::BufWriter::with_capacity(1 << 20, wr);
         let (stop_tx, stop) = watch::channel(false);
         let peer = "127.0.0.1:1".parse().unwrap();
+        let slot = slot(&ctx);
         tokio::spawn(serve_connection(
             ctx,
             rd,
@@ -1406,8 +1453,14 @@ mod tests {
             peer,
             stop,
             conn::Activity::new(),
+            slot,
         ));
         (client, stop_tx)
+    }
+
+    /// A connection's place among `--max-connections`, as the server takes it.
+    fn slot(ctx: &Arc<Ctx>) -> Arc<ConnectionSlot> {
+        Arc::new(ConnectionSlot::take(ctx, Arc::new(Notify::new())))
     }
 
     /// Serves one in-memory connection as [`accept_connection`] does (every
@@ -1424,10 +1477,11 @@ mod tests {
         );
         let (stop_tx, stop) = watch::channel(false);
         let peer = "127.0.0.1:1".parse().unwrap();
+        let slot = slot(&ctx);
         tokio::spawn(async move {
             // No shutdown while the connection lasts.
             let _stop = stop_tx;
-            serve_connection(ctx, rd, wr, peer, stop, activity).await
+            serve_connection(ctx, rd, wr, peer, stop, activity, slot).await
         });
         client
     }
@@ -1916,6 +1970,95 @@ mod tests {
         let p = &r.replica_election_results[0].partition_result[0];
         // ELECTION_NOT_NEEDED: the partition exists, and leads already.
         assert_eq!(p.error_code, 84, "{:?}", p.error_message);
+    }
+
+    /// A connection still busy when the shutdown has waited its 10 s (its
+    /// client asked for Fetch answers and reads none) is closed: `run` returns
+    /// with the connection's tasks ended, its slot and the Fetch response
+    /// memory of the answer it was writing given back, and the client sees its
+    /// connection end. Before, `run` logged "closing them" and returned with
+    /// the connection still served, holding storage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_still_busy_after_the_shutdown_wait_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.data_dir = dir.path().to_path_buf();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        // Never idle: only the shutdown closes the connection.
+        config.server.connections_max_idle_ms = 0;
+        let storage = tokio::task::spawn_blocking(move || {
+            let storage = TopicManager::new(config).unwrap();
+            storage.create_topic("t", 1).unwrap();
+            storage
+        })
+        .await
+        .unwrap();
+        // 256 KiB of records in 16 batches: each Fetch answer holds them all.
+        let batch = crate::storage::batch::tests::make_batch(0, &[&vec![7u8; 16 << 10]]);
+        for _ in 0..16 {
+            let acked = storage
+                .submit("t", 0, &batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            acked.await.unwrap().unwrap();
+        }
+        let server = Server::bind(storage.clone()).await.unwrap();
+        let ctx = Arc::clone(&server.ctx);
+        let addr = server.local_addr();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(addr).await.unwrap();
+        // 16 MiB of answers: far more than the sockets hold.
+        for _ in 0..64 {
+            client.write_all(&fetch_frame(1 << 20)).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ctx.fetch_memory.in_use() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("an answer is held, unwritten");
+        assert_eq!(ctx.metrics.open_connections.load(Ordering::Acquire), 1);
+
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .expect("run returns once it has closed what was still busy")
+            .unwrap();
+        let stopped = std::time::Instant::now();
+        assert_eq!(
+            ctx.metrics.open_connections.load(Ordering::Acquire),
+            0,
+            "the connection's slot is given back when run returns"
+        );
+        assert_eq!(
+            ctx.fetch_memory.in_use(),
+            0,
+            "the answer being written gave its memory back"
+        );
+        // What the sockets held is read, then the end of the connection.
+        let mut buf = vec![0u8; 1 << 16];
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = client.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the client sees its connection end");
+        assert!(stopped.elapsed() < Duration::from_secs(5));
+        drop(ctx);
+        tokio::task::spawn_blocking(move || storage.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
