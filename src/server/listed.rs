@@ -1,4 +1,5 @@
-//! How many names a request lists, counted on the wire before it is decoded.
+//! How many names a request lists, and how many tagged fields it carries,
+//! counted on the wire before it is decoded.
 //!
 //! Decoding makes each entry of a list a value of its own, and the answer gives
 //! each entry one of its own: an empty group id is one byte in a DescribeGroups v5
@@ -16,24 +17,56 @@
 //! CreatePartitions (counted over all its topics) are counted first, and a request
 //! with more than [`MAX_LISTED`] in one of them is refused undecoded: its
 //! connection is closed with a log line, as for a malformed frame.
+//!
+//! Tagged fields (flexible versions) are counted the same way. The decoder keeps
+//! each unknown one in a map of its struct: a field of two bytes on the wire
+//! (its tag and an empty value) takes some 70 bytes decoded, and the first one
+//! of a struct some 400, so a frame of 100 MiB of them took over a gigabyte and
+//! seconds of a worker. A tagged section (the request header's, the body's, each
+//! struct's) may hold at most [`MAX_TAGGED`] fields, and a request at most
+//! [`MAX_LISTED`] over all its sections. To reach them the walk goes through
+//! every field of the body, in every version.
 
 use kafka_protocol::messages::ApiKey;
 
 /// The most entries a request may have in one of the lists counted here: far more
 /// than any client sends (an admin client describing every group of a broker
 /// names each once, a producer or consumer each partition it writes or reads),
-/// few enough that decoding and answering them takes tens of MiB.
+/// few enough that decoding and answering them takes tens of MiB. A request's
+/// tagged fields, over all its sections, are held to it too.
 pub const MAX_LISTED: usize = 100_000;
 
+/// The most fields one tagged section may hold: the request header's, the
+/// body's own, or any struct's in it. Clients send none, or one or two that a
+/// newer version of the protocol defines.
+pub const MAX_TAGGED: usize = 1_000;
+
 /// A cursor over a request body; `None` from any read means the body ended early
-/// (the decoder then reports the malformed request).
+/// (the decoder then reports the malformed request), or that a tagged section
+/// passed a bound (`refused` says so).
 struct Wire<'a> {
     buf: &'a [u8],
     /// Flexible versions: compact strings and arrays, tagged fields.
     compact: bool,
+    /// Tagged fields counted so far, over every section walked.
+    tagged: usize,
+    /// The most tagged fields the request may hold over all its sections.
+    max_tagged: usize,
+    /// Why the request is refused, once a tagged section passes a bound.
+    refused: Option<String>,
 }
 
-impl Wire<'_> {
+impl<'a> Wire<'a> {
+    fn new(buf: &'a [u8], compact: bool, max_tagged: usize) -> Wire<'a> {
+        Wire {
+            buf,
+            compact,
+            tagged: 0,
+            max_tagged,
+            refused: None,
+        }
+    }
+
     fn take(&mut self, n: usize) -> Option<&[u8]> {
         if self.buf.len() < n {
             return None;
@@ -81,29 +114,79 @@ impl Wire<'_> {
         self.skip(n)
     }
 
+    /// A byte field (a record set, a SASL token, a member's metadata).
+    fn skip_bytes(&mut self) -> Option<()> {
+        let n = self.len(true)?;
+        self.skip(n)
+    }
+
+    /// A struct's tagged fields (flexible versions only), counted: `None`
+    /// with `refused` set when the section holds more than [`MAX_TAGGED`] or
+    /// brings the request's count past `max_tagged`.
     fn skip_tagged_fields(&mut self) -> Option<()> {
-        if self.compact {
-            for _ in 0..self.varint()? {
-                self.varint()?;
-                let size = self.varint()?;
-                self.skip(size)?;
-            }
+        if !self.compact {
+            return Some(());
+        }
+        let n = self.varint()?;
+        self.tagged = self.tagged.saturating_add(n);
+        if n > MAX_TAGGED {
+            self.refused = Some(format!(
+                "has {n} fields in one tagged section; at most {MAX_TAGGED} are accepted"
+            ));
+            return None;
+        }
+        if self.tagged > self.max_tagged {
+            self.refused = Some(format!(
+                "has {} tagged fields; at most {} are accepted in one request",
+                self.tagged, self.max_tagged
+            ));
+            return None;
+        }
+        for _ in 0..n {
+            self.varint()?;
+            let size = self.varint()?;
+            self.skip(size)?;
         }
         Some(())
     }
 }
 
-/// An entry of a nested list (a topic's partitions, a resource's configs, an
+/// An entry of a list (a topic's partitions, a resource's configs, an
 /// assignment's broker ids), as it is on the wire.
-enum Partition<'a> {
+enum Entry<'a> {
     /// A struct whose fields this skips; in flexible versions its tagged
     /// fields follow.
     Fields(&'a dyn Fn(&mut Wire<'_>) -> Option<()>),
-    /// A bare INT32 partition index, with no tagged fields of its own.
-    Index,
+    /// A bare value of this many bytes (an INT32 partition index, an INT64
+    /// producer id), with no tagged fields of its own.
+    Fixed(usize),
     /// A bare string (a DescribeConfigs key), with no tagged fields of its own.
     Name,
 }
+
+/// Skips `n` entries of a list.
+fn skip_entries(w: &mut Wire<'_>, n: usize, entry: &Entry<'_>) -> Option<()> {
+    match entry {
+        Entry::Fields(fields) => {
+            for _ in 0..n {
+                fields(w)?;
+                w.skip_tagged_fields()?;
+            }
+        }
+        Entry::Fixed(size) => w.skip(n.saturating_mul(*size))?,
+        Entry::Name => {
+            for _ in 0..n {
+                w.skip_string()?;
+            }
+        }
+    }
+    Some(())
+}
+
+/// A walk's outcome: `None` where the body ended early (or a tagged section
+/// passed a bound), `Some(Some(reason))` where a list passed [`MAX_LISTED`]
+/// (the walk stops there), `Some(None)` once every field is walked.
+type Walked = Option<Option<String>>;
 
 /// The topics and partitions a request lists, counted so far over all its
 /// lists of topics (an OffsetFetch v8 has one a group).
@@ -115,15 +198,14 @@ struct Counted {
 
 /// Walks a list of topics, each `name` and then a list of partitions, adding
 /// them to `counted`: the reason to refuse the request when it holds more
-/// than [`MAX_LISTED`] topics, or partitions over all its topics. `None`
-/// where the body ends early.
+/// than [`MAX_LISTED`] topics, or partitions over all its topics.
 fn topic_partitions(
     w: &mut Wire<'_>,
     counted: &mut Counted,
     over: &dyn Fn(usize, &str) -> Option<String>,
     name: &dyn Fn(&mut Wire<'_>) -> Option<()>,
-    partition: &Partition<'_>,
-) -> Option<Option<String>> {
+    partition: &Entry<'_>,
+) -> Walked {
     let Counted { topics, partitions } = counted;
     let counts = [(topics, "topics"), (partitions, "partitions")];
     nested(w, counts, over, name, partition)
@@ -133,14 +215,14 @@ fn topic_partitions(
 /// then a list of `inner` entries (the second), and its tagged fields in
 /// flexible versions, adding each list's length to its count: the reason to
 /// refuse the request when a count passes [`MAX_LISTED`], the inner one summed
-/// over all the outer entries. `None` where the body ends early.
+/// over all the outer entries.
 fn nested(
     w: &mut Wire<'_>,
     counts: [(&mut usize, &str); 2],
     over: &dyn Fn(usize, &str) -> Option<String>,
     head: &dyn Fn(&mut Wire<'_>) -> Option<()>,
-    entry: &Partition<'_>,
-) -> Option<Option<String>> {
+    entry: &Entry<'_>,
+) -> Walked {
     let [(outer, outer_what), (inner, inner_what)] = counts;
     let n = w.array_len()?;
     *outer = outer.saturating_add(n);
@@ -154,32 +236,53 @@ fn nested(
         if let Some(r) = over(*inner, inner_what) {
             return Some(Some(r));
         }
-        match entry {
-            Partition::Fields(fields) => {
-                for _ in 0..n {
-                    fields(w)?;
-                    w.skip_tagged_fields()?;
-                }
-            }
-            Partition::Index => w.skip(n.saturating_mul(4))?,
-            Partition::Name => {
-                for _ in 0..n {
-                    w.skip_string()?;
-                }
-            }
-        }
+        skip_entries(w, n, entry)?;
         w.skip_tagged_fields()?;
     }
     Some(None)
 }
 
 /// The reason to refuse a request of `api` at `version` whose body (after the
-/// header) is `body`, when one of its lists is longer than [`MAX_LISTED`].
+/// header) is `body`: one of its lists is longer than [`MAX_LISTED`], one of
+/// its tagged sections holds more than [`MAX_TAGGED`] fields, or all of them
+/// more than [`MAX_LISTED`].
 pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
-    let mut w = Wire {
-        buf: body,
-        compact: api.request_header_version(version) >= 2,
-    };
+    walk(api, version, body, MAX_LISTED).0
+}
+
+/// The reason to refuse a request of `api` at `version` whose frame (from its
+/// header, without the length) is `frame`: a header with more than
+/// [`MAX_TAGGED`] tagged fields. A header that ends early is left to the
+/// decoder.
+pub fn check_header(api: ApiKey, version: i16, frame: &[u8]) -> Result<(), String> {
+    if api.request_header_version(version) < 2 {
+        return Ok(());
+    }
+    // Key, version, correlation id, then a client id that is a STRING even
+    // in flexible versions.
+    let mut w = Wire::new(frame, false, MAX_TAGGED);
+    if w.skip(8).and_then(|()| w.skip_string()).is_none() {
+        return Ok(());
+    }
+    w.compact = true;
+    match w.skip_tagged_fields() {
+        None => w.refused.map_or(Ok(()), |r| {
+            Err(format!("{api:?} v{version} request header {r}"))
+        }),
+        Some(()) => Ok(()),
+    }
+}
+
+/// [`check`] with at most `max_tagged` tagged fields over the request, and
+/// the bytes of `body` left after its last field: `None` where the walk
+/// stopped (the body ended early, or a bound was passed).
+fn walk(
+    api: ApiKey,
+    version: i16,
+    body: &[u8],
+    max_tagged: usize,
+) -> (Result<(), String>, Option<usize>) {
+    let mut w = Wire::new(body, api.request_header_version(version) >= 2, max_tagged);
     let over = |n: usize, what: &str| {
         (n > MAX_LISTED).then(|| {
             format!(
@@ -187,32 +290,88 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
             )
         })
     };
+    let walked = fields(api, version, &mut w, &over);
+    // The body's own tagged fields come after all the others.
+    let walked = match walked {
+        Some(None) => w.skip_tagged_fields().map(|()| None),
+        other => other,
+    };
+    let rest = matches!(walked, Some(None)).then_some(w.buf.len());
+    let refused = match (w.refused, walked) {
+        (Some(r), _) => Some(format!("{api:?} v{version} {r}")),
+        (None, Some(r)) => r,
+        (None, None) => None,
+    };
+    (refused.map_or(Ok(()), Err), rest)
+}
+
+/// Walks every field of a request body of `api` at `version` but its own
+/// tagged fields, counting its lists with `over`.
+fn fields(
+    api: ApiKey,
+    version: i16,
+    w: &mut Wire<'_>,
+    over: &dyn Fn(usize, &str) -> Option<String>,
+) -> Walked {
     // `n` bytes in the versions from `v` on.
     let since = |v: i16, n: usize| if version >= v { n } else { 0 };
     let named = |w: &mut Wire<'_>| w.skip_string();
+    // The strings from version `v` on.
+    let string_since = |w: &mut Wire<'_>, v: i16| {
+        if version >= v {
+            w.skip_string()
+        } else {
+            Some(())
+        }
+    };
+    // A list of `what`, each `entry`.
+    let list = |w: &mut Wire<'_>, what: &str, entry: &Entry<'_>| -> Walked {
+        let n = w.array_len()?;
+        if let Some(r) = over(n, what) {
+            return Some(Some(r));
+        }
+        skip_entries(w, n, entry)?;
+        Some(None)
+    };
+    // A list that is not counted (its entries decode into no more than they
+    // take on the wire, or the version is not served).
+    let skip_list = |w: &mut Wire<'_>, entry: &Entry<'_>| {
+        let n = w.array_len()?;
+        skip_entries(w, n, entry)
+    };
     // A request's topics, each named, with its partitions' `fields`.
     let topics = |w: &mut Wire<'_>, fields: &dyn Fn(&mut Wire<'_>) -> Option<()>| {
-        let partition = Partition::Fields(fields);
-        topic_partitions(w, &mut Counted::default(), &over, &named, &partition).flatten()
+        let partition = Entry::Fields(fields);
+        topic_partitions(w, &mut Counted::default(), over, &named, &partition)
     };
     // A request's topics, each named, with bare partition indexes.
     let indexed = |w: &mut Wire<'_>| {
-        topic_partitions(w, &mut Counted::default(), &over, &named, &Partition::Index).flatten()
+        topic_partitions(w, &mut Counted::default(), over, &named, &Entry::Fixed(4))
     };
     // Config resources (type, name), each with a list of `what`.
-    let resources = |w: &mut Wire<'_>, what: &str, entry: &Partition<'_>| {
+    let resources = |w: &mut Wire<'_>, what: &str, entry: &Entry<'_>| {
         let resource = |w: &mut Wire<'_>| {
             w.take(1)?; // type
             w.skip_string() // name
         };
         let (mut resources, mut entries) = (0, 0);
         let counts = [(&mut resources, "resources"), (&mut entries, what)];
-        nested(w, counts, &over, &resource, entry).flatten()
+        nested(w, counts, over, &resource, entry)
     };
     // A config's name, then its value (nullable).
     let config = |w: &mut Wire<'_>| {
         w.skip_string()?;
         w.skip_string()
+    };
+    // An ACL's or an ACL filter's fields: resource type, name, pattern type,
+    // principal, host, operation, permission type.
+    let acl = |w: &mut Wire<'_>| {
+        w.take(1)?;
+        w.skip_string()?;
+        w.take(1)?;
+        w.skip_string()?;
+        w.skip_string()?;
+        w.skip(2)
     };
     // Replica assignments, each `head` and then a list of broker ids, counted
     // over all a request's topics.
@@ -223,84 +382,172 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
                 (assignments, "replica assignments"),
                 (brokers, "broker ids"),
             ];
-            nested(w, counts, &over, head, &Partition::Index)
+            nested(w, counts, over, head, &Entry::Fixed(4))
         };
-    // The walk stops (None) where the body ends early.
-    let refused = match api {
-        ApiKey::Metadata => w.array_len().and_then(|n| over(n, "topics")),
-        ApiKey::DescribeGroups => w.array_len().and_then(|n| over(n, "group ids")),
-        ApiKey::DeleteGroups => w.array_len().and_then(|n| over(n, "group ids")),
-        ApiKey::DeleteTopics => w.array_len().and_then(|n| over(n, "topics")),
-        ApiKey::DescribeTopicPartitions => w.array_len().and_then(|n| over(n, "topics")),
-        ApiKey::DescribeUserScramCredentials => w.array_len().and_then(|n| over(n, "users")),
-        ApiKey::CreateAcls => w.array_len().and_then(|n| over(n, "ACL creations")),
-        ApiKey::DeleteAcls => w.array_len().and_then(|n| over(n, "ACL filters")),
-        ApiKey::ElectLeaders => (|| {
-            if version >= 1 {
-                w.take(1)?; // election type
+    // Returns the refusal of a list, if any, from the walk in progress.
+    macro_rules! counted {
+        ($walk:expr) => {
+            if let Some(r) = $walk? {
+                return Some(Some(r));
             }
-            indexed(&mut w)
-        })(),
-        ApiKey::DescribeProducers | ApiKey::DescribeLogDirs => indexed(&mut w),
-        ApiKey::ListPartitionReassignments => (|| {
-            w.skip(4)?; // timeout
-            indexed(&mut w)
-        })(),
-        ApiKey::ListTransactions => (|| {
-            let states = w.array_len()?;
-            if let Some(r) = over(states, "states in its filter") {
-                return Some(r);
+        };
+    }
+    match api {
+        ApiKey::Metadata => {
+            // Topic id (v10), name (nullable from v10).
+            let topic = |w: &mut Wire<'_>| {
+                w.skip(since(10, 16))?;
+                w.skip_string()
+            };
+            counted!(list(w, "topics", &Entry::Fields(&topic)));
+            // Allow auto topic creation (v4), include cluster authorized
+            // operations (v8-v10), include topic authorized operations (v8).
+            let cluster = usize::from((8..=10).contains(&version));
+            w.skip(since(4, 1) + cluster + since(8, 1))?;
+        }
+        ApiKey::ApiVersions => {
+            // Client software name and version (v3).
+            string_since(w, 3)?;
+            string_since(w, 3)?;
+        }
+        ApiKey::FindCoordinator => {
+            if version <= 3 {
+                w.skip_string()?; // key
             }
-            for _ in 0..states {
-                w.skip_string()?;
+            w.skip(since(1, 1))?; // key type
+            if version >= 4 {
+                skip_list(w, &Entry::Name)?; // coordinator keys
             }
-            over(w.array_len()?, "producer ids in its filter")
-        })(),
-        ApiKey::JoinGroup => (|| {
-            w.skip_string()?; // group id
-            w.skip(4 + since(1, 4))?; // session timeout, rebalance timeout (v1)
-            w.skip_string()?; // member id
-            if version >= 5 {
-                w.skip_string()?; // group instance id
-            }
-            w.skip_string()?; // protocol type
-            over(w.array_len()?, "protocols")
-        })(),
-        ApiKey::SyncGroup => (|| {
+        }
+        ApiKey::Heartbeat => {
             w.skip_string()?; // group id
             w.skip(4)?; // generation id
             w.skip_string()?; // member id
-            if version >= 3 {
-                w.skip_string()?; // group instance id
+            string_since(w, 3)?; // group instance id
+        }
+        ApiKey::InitProducerId => {
+            w.skip_string()?; // transactional id
+            w.skip(4 + since(3, 8 + 2))?; // timeout; producer id and epoch (v3)
+        }
+        ApiKey::DescribeCluster => {
+            // Include cluster authorized operations, endpoint type (v1),
+            // include fenced brokers (v2).
+            w.skip(1 + since(1, 1) + since(2, 1))?;
+        }
+        ApiKey::DescribeAcls => acl(w)?,
+        ApiKey::SaslHandshake => w.skip_string()?, // mechanism
+        ApiKey::SaslAuthenticate => w.skip_bytes()?, // auth bytes
+        ApiKey::DescribeGroups => {
+            counted!(list(w, "group ids", &Entry::Name));
+            w.skip(since(3, 1))?; // include authorized operations
+        }
+        ApiKey::DeleteGroups => counted!(list(w, "group ids", &Entry::Name)),
+        ApiKey::DeleteTopics => {
+            if version >= 6 {
+                // Name (nullable), topic id.
+                let topic = |w: &mut Wire<'_>| {
+                    w.skip_string()?;
+                    w.skip(16)
+                };
+                counted!(list(w, "topics", &Entry::Fields(&topic)));
+            } else {
+                counted!(list(w, "topics", &Entry::Name));
             }
-            if version >= 5 {
-                w.skip_string()?; // protocol type
-                w.skip_string()?; // protocol name
-            }
-            over(w.array_len()?, "assignments")
-        })(),
-        ApiKey::LeaveGroup if version >= 3 => (|| {
-            w.skip_string()?; // group id
-            over(w.array_len()?, "members")
-        })(),
-        ApiKey::AlterUserScramCredentials => (|| {
-            let deletions = w.array_len()?;
-            if let Some(r) = over(deletions, "credential deletions") {
-                return Some(r);
-            }
-            for _ in 0..deletions {
-                w.skip_string()?; // user
-                w.take(1)?; // mechanism
+            w.skip(4)?; // timeout
+        }
+        ApiKey::DescribeTopicPartitions => {
+            counted!(list(w, "topics", &Entry::Fields(&named)));
+            w.skip(4)?; // response partition limit
+                        // A cursor (topic name, partition) when the byte before it is 1.
+            if w.take(1)? == [1] {
+                w.skip_string()?;
+                w.skip(4)?;
                 w.skip_tagged_fields()?;
             }
-            over(w.array_len()?, "credential upsertions")
-        })(),
-        // From v2, the oldest the codec reads.
-        ApiKey::CreateTopics => (|| {
-            let topics = w.array_len()?;
-            if let Some(r) = over(topics, "topics") {
-                return Some(r);
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            counted!(list(w, "users", &Entry::Fields(&named)));
+        }
+        ApiKey::CreateAcls => counted!(list(w, "ACL creations", &Entry::Fields(&acl))),
+        ApiKey::DeleteAcls => counted!(list(w, "ACL filters", &Entry::Fields(&acl))),
+        ApiKey::ElectLeaders => {
+            w.skip(since(1, 1))?; // election type
+            counted!(indexed(w));
+            w.skip(4)?; // timeout
+        }
+        ApiKey::DescribeProducers | ApiKey::DescribeLogDirs => counted!(indexed(w)),
+        ApiKey::ListPartitionReassignments => {
+            w.skip(4)?; // timeout
+            counted!(indexed(w));
+        }
+        ApiKey::ListTransactions => {
+            counted!(list(w, "states in its filter", &Entry::Name));
+            counted!(list(w, "producer ids in its filter", &Entry::Fixed(8)));
+            w.skip(since(1, 8))?; // duration filter
+            string_since(w, 2)?; // transactional id pattern
+        }
+        ApiKey::JoinGroup => {
+            w.skip_string()?; // group id
+            w.skip(4 + since(1, 4))?; // session timeout, rebalance timeout (v1)
+            w.skip_string()?; // member id
+            string_since(w, 5)?; // group instance id
+            w.skip_string()?; // protocol type
+                              // Name, metadata.
+            let protocol = |w: &mut Wire<'_>| {
+                w.skip_string()?;
+                w.skip_bytes()
+            };
+            counted!(list(w, "protocols", &Entry::Fields(&protocol)));
+            string_since(w, 8)?; // reason
+        }
+        ApiKey::SyncGroup => {
+            w.skip_string()?; // group id
+            w.skip(4)?; // generation id
+            w.skip_string()?; // member id
+            string_since(w, 3)?; // group instance id
+            string_since(w, 5)?; // protocol type
+            string_since(w, 5)?; // protocol name
+                                 // Member id, assignment.
+            let assignment = |w: &mut Wire<'_>| {
+                w.skip_string()?;
+                w.skip_bytes()
+            };
+            counted!(list(w, "assignments", &Entry::Fields(&assignment)));
+        }
+        ApiKey::LeaveGroup => {
+            w.skip_string()?; // group id
+            if version <= 2 {
+                w.skip_string()?; // member id
+            } else {
+                // Member id, group instance id, reason (v5).
+                let member = |w: &mut Wire<'_>| {
+                    w.skip_string()?;
+                    w.skip_string()?;
+                    string_since(w, 5)
+                };
+                counted!(list(w, "members", &Entry::Fields(&member)));
             }
+        }
+        ApiKey::AlterUserScramCredentials => {
+            // User, mechanism.
+            let deletion = |w: &mut Wire<'_>| {
+                w.skip_string()?;
+                w.skip(1)
+            };
+            counted!(list(w, "credential deletions", &Entry::Fields(&deletion)));
+            // User, mechanism, iterations, salt, salted password.
+            let upsertion = |w: &mut Wire<'_>| {
+                w.skip_string()?;
+                w.skip(1 + 4)?;
+                w.skip_bytes()?;
+                w.skip_bytes()
+            };
+            counted!(list(w, "credential upsertions", &Entry::Fields(&upsertion)));
+        }
+        // From v2, the oldest the codec reads.
+        ApiKey::CreateTopics => {
+            let topics = w.array_len()?;
+            counted!(Some(over(topics, "topics")));
             let (mut assigned, mut brokers, mut configs) = (0, 0, 0usize);
             let index = |w: &mut Wire<'_>| w.skip(4); // partition
             for _ in 0..topics {
@@ -308,160 +555,175 @@ pub fn check(api: ApiKey, version: i16, body: &[u8]) -> Result<(), String> {
                 // assignments, each a partition and its broker ids.
                 w.skip_string()?;
                 w.skip(6)?;
-                let counts = [&mut assigned, &mut brokers];
-                if let Some(r) = assignments(&mut w, counts, &index)? {
-                    return Some(r);
-                }
+                counted!(assignments(w, [&mut assigned, &mut brokers], &index));
                 let n = w.array_len()?;
                 configs = configs.saturating_add(n);
-                if let Some(r) = over(configs, "configs") {
-                    return Some(r);
-                }
-                for _ in 0..n {
-                    config(&mut w)?;
-                    w.skip_tagged_fields()?;
-                }
+                counted!(Some(over(configs, "configs")));
+                skip_entries(w, n, &Entry::Fields(&config))?;
                 w.skip_tagged_fields()?;
             }
-            None
-        })(),
-        ApiKey::CreatePartitions => (|| {
+            w.skip(4 + 1)?; // timeout, validate only
+        }
+        ApiKey::CreatePartitions => {
             let topics = w.array_len()?;
-            if let Some(r) = over(topics, "topics") {
-                return Some(r);
-            }
+            counted!(Some(over(topics, "topics")));
             let (mut assigned, mut brokers) = (0, 0);
             for _ in 0..topics {
                 // Name, partition count; then assignments (null: none),
                 // each a list of broker ids.
                 w.skip_string()?;
                 w.skip(4)?;
-                let counts = [&mut assigned, &mut brokers];
-                if let Some(r) = assignments(&mut w, counts, &|_| Some(()))? {
-                    return Some(r);
-                }
+                counted!(assignments(w, [&mut assigned, &mut brokers], &|_| Some(())));
                 w.skip_tagged_fields()?;
             }
-            None
-        })(),
-        ApiKey::ListGroups if version >= 4 => (|| {
-            let states = w.array_len()?;
-            if let Some(r) = over(states, "states in its filter") {
-                return Some(r);
+            w.skip(4 + 1)?; // timeout, validate only
+        }
+        ApiKey::ListGroups => {
+            if version >= 4 {
+                counted!(list(w, "states in its filter", &Entry::Name));
             }
-            if version < 5 {
-                return None;
+            if version >= 5 {
+                counted!(list(w, "types in its filter", &Entry::Name));
             }
-            for _ in 0..states {
-                w.skip_string()?;
-            }
-            over(w.array_len()?, "types in its filter")
-        })(),
-        ApiKey::Produce => (|| {
+        }
+        ApiKey::Produce => {
             if version >= 3 {
                 w.skip_string()?; // transactional id
             }
-            w.take(6)?; // acks, timeout
-            topics(&mut w, &|w: &mut Wire<'_>| {
-                w.take(4)?; // index
-                let n = w.len(true)?;
-                w.skip(n)
-            })
-        })(),
-        ApiKey::Fetch => (|| {
+            w.skip(6)?; // acks, timeout
+                        // Topic name (up to v12) or id (v13).
+            let name = |w: &mut Wire<'_>| {
+                if version >= 13 {
+                    w.skip(16)
+                } else {
+                    w.skip_string()
+                }
+            };
+            // Index, records.
+            let partition = |w: &mut Wire<'_>| {
+                w.skip(4)?;
+                w.skip_bytes()
+            };
+            let partition = Entry::Fields(&partition);
+            counted!(topic_partitions(
+                w,
+                &mut Counted::default(),
+                over,
+                &name,
+                &partition
+            ));
+        }
+        ApiKey::Fetch => {
             // Replica id (up to v14), max wait, min bytes, max bytes (v3),
             // isolation level (v4), session id and epoch (v7).
             w.skip(4 - since(15, 4) + 8 + since(3, 4) + since(4, 1) + since(7, 8))?;
             // Partition, current leader epoch (v9), fetch offset, last fetched
             // epoch (v12), log start offset (v5), partition max bytes.
             let partition = 4 + since(9, 4) + 8 + since(12, 4) + since(5, 8) + 4;
+            // Topic name (up to v12) or id (v13).
             let name = |w: &mut Wire<'_>| {
                 if version >= 13 {
-                    w.skip(16) // topic id
+                    w.skip(16)
                 } else {
                     w.skip_string()
                 }
             };
             let fields = |w: &mut Wire<'_>| w.skip(partition);
-            let partition = Partition::Fields(&fields);
-            let counted = &mut Counted::default();
-            if let Some(r) = topic_partitions(&mut w, counted, &over, &name, &partition)? {
-                return Some(r);
+            let partition = Entry::Fields(&fields);
+            counted!(topic_partitions(
+                w,
+                &mut Counted::default(),
+                over,
+                &name,
+                &partition
+            ));
+            if version >= 7 {
+                // Each a topic and its partition indexes.
+                let forgotten = |w: &mut Wire<'_>| {
+                    name(w)?;
+                    skip_list(w, &Entry::Fixed(4))
+                };
+                counted!(list(w, "forgotten topics", &Entry::Fields(&forgotten)));
             }
-            if version < 7 {
-                return None;
-            }
-            over(w.array_len()?, "forgotten topics")
-        })(),
+            string_since(w, 11)?; // rack id
+        }
         // From v2, the oldest the codec reads (v1 had a commit timestamp).
-        ApiKey::OffsetCommit => (|| {
+        ApiKey::OffsetCommit => {
             w.skip_string()?; // group id
             w.skip(4)?; // generation id or member epoch
             w.skip_string()?; // member id
-            if version >= 7 {
-                w.skip_string()?; // group instance id
-            }
+            string_since(w, 7)?; // group instance id
             if version <= 4 {
                 w.skip(8)?; // retention time
             }
             // Partition, committed offset, leader epoch (v6), then metadata.
-            topics(&mut w, &|w: &mut Wire<'_>| {
+            counted!(topics(w, &|w: &mut Wire<'_>| {
                 w.skip(12 + since(6, 4))?;
                 w.skip_string()
-            })
-        })(),
-        ApiKey::OffsetFetch => (|| {
+            }));
+        }
+        ApiKey::OffsetFetch => {
             let counted = &mut Counted::default();
             let mut group_topics =
-                |w: &mut Wire<'_>| topic_partitions(w, counted, &over, &named, &Partition::Index);
+                |w: &mut Wire<'_>| topic_partitions(w, counted, over, &named, &Entry::Fixed(4));
             if version < 8 {
                 w.skip_string()?; // group id
-                return group_topics(&mut w)?;
-            }
-            let groups = w.array_len()?;
-            if let Some(r) = over(groups, "groups") {
-                return Some(r);
-            }
-            for _ in 0..groups {
-                w.skip_string()?; // group id
-                if version >= 9 {
-                    w.skip_string()?; // member id
-                    w.skip(4)?; // member epoch
+                counted!(group_topics(w));
+            } else {
+                let groups = w.array_len()?;
+                counted!(Some(over(groups, "groups")));
+                for _ in 0..groups {
+                    w.skip_string()?; // group id
+                    if version >= 9 {
+                        w.skip_string()?; // member id
+                        w.skip(4)?; // member epoch
+                    }
+                    counted!(group_topics(w));
+                    w.skip_tagged_fields()?;
                 }
-                if let Some(r) = group_topics(&mut w)? {
-                    return Some(r);
-                }
-                w.skip_tagged_fields()?;
             }
-            None
-        })(),
+            w.skip(since(7, 1))?; // require stable
+        }
         // From v1, the oldest the codec reads (v0 had a maximum number of
         // offsets).
-        ApiKey::ListOffsets => (|| {
+        ApiKey::ListOffsets => {
             // Replica id, isolation level (v2).
             w.skip(4 + since(2, 1))?;
             // Partition, current leader epoch (v4), timestamp.
-            topics(&mut w, &|w: &mut Wire<'_>| w.skip(4 + since(4, 4) + 8))
-        })(),
-        // Partition, offset.
-        ApiKey::DeleteRecords => topics(&mut w, &|w: &mut Wire<'_>| w.skip(12)),
-        ApiKey::OffsetDelete => (|| {
+            counted!(topics(w, &|w: &mut Wire<'_>| w.skip(4 + since(4, 4) + 8)));
+            w.skip(since(10, 4))?; // timeout
+        }
+        ApiKey::DeleteRecords => {
+            // Partition, offset.
+            counted!(topics(w, &|w: &mut Wire<'_>| w.skip(12)));
+            w.skip(4)?; // timeout
+        }
+        ApiKey::OffsetDelete => {
             w.skip_string()?; // group id
-            topics(&mut w, &|w: &mut Wire<'_>| w.skip(4)) // partition
-        })(),
-        ApiKey::DescribeConfigs => resources(&mut w, "config keys", &Partition::Name),
-        ApiKey::AlterConfigs => resources(&mut w, "configs", &Partition::Fields(&config)),
+            counted!(topics(w, &|w: &mut Wire<'_>| w.skip(4))); // partition
+        }
+        ApiKey::DescribeConfigs => {
+            counted!(resources(w, "config keys", &Entry::Name));
+            // Include synonyms (v1), include documentation (v3).
+            w.skip(since(1, 1) + since(3, 1))?;
+        }
+        ApiKey::AlterConfigs => {
+            counted!(resources(w, "configs", &Entry::Fields(&config)));
+            w.skip(1)?; // validate only
+        }
         ApiKey::IncrementalAlterConfigs => {
             let config = |w: &mut Wire<'_>| {
                 w.skip_string()?; // name
                 w.take(1)?; // operation
                 w.skip_string() // value
             };
-            resources(&mut w, "configs", &Partition::Fields(&config))
+            counted!(resources(w, "configs", &Entry::Fields(&config)));
+            w.skip(1)?; // validate only
         }
-        _ => None,
-    };
-    refused.map_or(Ok(()), Err)
+        // Not served: left to the decoder, which refuses its version.
+        _ => return None,
+    }
+    Some(None)
 }
 
 #[cfg(test)]
@@ -508,7 +770,7 @@ mod tests {
             OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest,
             ProducerId, SyncGroupRequest, TopicName, TransactionalId,
         },
-        protocol::{Encodable, StrBytes},
+        protocol::{Decodable, Encodable, StrBytes},
     };
     use std::collections::BTreeMap;
 
@@ -518,19 +780,29 @@ mod tests {
         b
     }
 
+    /// [`check`] without the bound on a request's tagged fields (the requests
+    /// here carry two in every struct), and the bytes the walk left.
+    fn lists(api: ApiKey, version: i16, body: &[u8]) -> (Result<(), String>, Option<usize>) {
+        walk(api, version, body, usize::MAX)
+    }
+
     /// `request(n)` lists `n` of `what`: accepted at the bound, refused one
-    /// past it, and left to the decoder (accepted) wherever its body is cut.
+    /// past it, walked to its very end, and left to the decoder (accepted)
+    /// wherever its body is cut.
     fn bounded<R: Encodable>(api: ApiKey, version: i16, what: &str, request: impl Fn(usize) -> R) {
         let at = body(&request(MAX_LISTED), version);
-        assert_eq!(check(api, version, &at), Ok(()), "{api:?} v{version}");
+        let (walked, rest) = lists(api, version, &at);
+        assert_eq!(walked, Ok(()), "{api:?} v{version}");
+        assert_eq!(rest, Some(0), "{api:?} v{version}: walked to the end");
         let past = body(&request(MAX_LISTED + 1), version);
-        let e = check(api, version, &past).unwrap_err();
+        let e = lists(api, version, &past).0.unwrap_err();
         let listed = format!("lists {} {what};", MAX_LISTED + 1);
         assert!(e.contains(&listed), "{api:?} v{version}: {e}");
         let small = body(&request(3), version);
-        for end in 0..=small.len() {
-            let cut = check(api, version, &small[..end]);
-            assert_eq!(cut, Ok(()), "{api:?} v{version} cut at {end}");
+        assert_eq!(walk(api, version, &small, MAX_LISTED), (Ok(()), Some(0)));
+        for end in 0..small.len() {
+            let cut = walk(api, version, &small[..end], MAX_LISTED);
+            assert_eq!(cut, (Ok(()), None), "{api:?} v{version} cut at {end}");
         }
     }
 
@@ -1148,5 +1420,572 @@ mod tests {
         let api = ApiKey::AlterUserScramCredentials;
         bounded(api, 0, "credential deletions", |n| alter(n, 1));
         bounded(api, 0, "credential upsertions", |n| alter(1, n));
+    }
+
+    /// A tagged section of `n` fields (tags 1000 to `999 + n`, which no
+    /// version defines, with empty values), as flexible versions encode it.
+    fn section(n: usize) -> Vec<u8> {
+        fn varint(out: &mut Vec<u8>, mut v: usize) {
+            while v >= 0x80 {
+                out.push(u8::try_from(v & 0x7f).unwrap() | 0x80);
+                v >>= 7;
+            }
+            out.push(u8::try_from(v).unwrap());
+        }
+        let mut out = Vec::new();
+        varint(&mut out, n);
+        for tag in 1000..1000 + n {
+            varint(&mut out, tag);
+            varint(&mut out, 0);
+        }
+        out
+    }
+
+    /// How many bytes the decoder reads of `body`, or why it fails.
+    fn decoded(api: ApiKey, version: i16, body: &[u8]) -> Result<usize, String> {
+        let mut b = Bytes::copy_from_slice(body);
+        kafka_protocol::messages::RequestKind::decode(api, &mut b, version)
+            .map(|_| body.len() - bytes::Buf::remaining(&b))
+            .map_err(|e| e.to_string())
+    }
+
+    /// A request of every API served at `version` (where it has the
+    /// fields), its lists given an entry or two.
+    fn one_of_each(version: i16) -> Vec<(ApiKey, kafka_protocol::messages::RequestKind)> {
+        use kafka_protocol::messages::{
+            delete_acls_request::DeleteAclsFilter, delete_topics_request::DeleteTopicState,
+            describe_topic_partitions_request::Cursor, metadata_request::MetadataRequestTopic,
+            ApiVersionsRequest, DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+            DescribeAclsRequest, DescribeClusterRequest, FindCoordinatorRequest, HeartbeatRequest,
+            InitProducerIdRequest, MetadataRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+        };
+        let topic = || TopicName(name("t"));
+        let group = || GroupId(name("group"));
+        vec![
+            (
+                ApiKey::Produce,
+                ProduceRequest::default()
+                    .with_topic_data(vec![TopicProduceData::default()
+                        .with_name(topic())
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_records(Some(Bytes::from_static(b"not a batch")))])])
+                    .into(),
+            ),
+            (
+                ApiKey::Fetch,
+                FetchRequest::default()
+                    .with_topics(vec![FetchTopic::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![FetchPartition::default()])])
+                    .with_forgotten_topics_data(if version >= 7 {
+                        vec![ForgottenTopic::default()
+                            .with_topic(topic())
+                            .with_partitions(vec![1, 2])]
+                    } else {
+                        vec![]
+                    })
+                    .with_rack_id(name(if version >= 11 { "rack" } else { "" }))
+                    .into(),
+            ),
+            (
+                ApiKey::ListOffsets,
+                ListOffsetsRequest::default()
+                    .with_topics(vec![ListOffsetsTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![ListOffsetsPartition::default()])])
+                    .into(),
+            ),
+            (
+                ApiKey::Metadata,
+                MetadataRequest::default()
+                    .with_topics(Some(vec![
+                        MetadataRequestTopic::default().with_name(Some(topic())),
+                        MetadataRequestTopic::default().with_name(Some(topic())),
+                    ]))
+                    .into(),
+            ),
+            (
+                ApiKey::OffsetCommit,
+                OffsetCommitRequest::default()
+                    .with_group_id(group())
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![OffsetCommitRequestPartition::default()
+                            .with_committed_metadata(metadata())])])
+                    .into(),
+            ),
+            (
+                ApiKey::OffsetFetch,
+                OffsetFetchRequest::default()
+                    .with_group_id(group())
+                    .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                        .with_name(topic())
+                        .with_partition_indexes(vec![0, 1])]))
+                    .into(),
+            ),
+            (
+                ApiKey::FindCoordinator,
+                FindCoordinatorRequest::default()
+                    .with_key(name("group"))
+                    .into(),
+            ),
+            (
+                ApiKey::JoinGroup,
+                JoinGroupRequest::default()
+                    .with_group_id(group())
+                    .with_protocol_type(name("consumer"))
+                    .with_protocols(vec![JoinGroupRequestProtocol::default()
+                        .with_name(name("range"))
+                        .with_metadata(Bytes::from_static(b"metadata"))])
+                    .into(),
+            ),
+            (
+                ApiKey::Heartbeat,
+                HeartbeatRequest::default()
+                    .with_group_id(group())
+                    .with_member_id(name("member"))
+                    .into(),
+            ),
+            (
+                ApiKey::LeaveGroup,
+                if version <= 2 {
+                    LeaveGroupRequest::default()
+                        .with_group_id(group())
+                        .with_member_id(name("member"))
+                } else {
+                    LeaveGroupRequest::default()
+                        .with_group_id(group())
+                        .with_members(vec![MemberIdentity::default().with_member_id(name("m"))])
+                }
+                .into(),
+            ),
+            (
+                ApiKey::SyncGroup,
+                SyncGroupRequest::default()
+                    .with_group_id(group())
+                    .with_assignments(vec![SyncGroupRequestAssignment::default()
+                        .with_member_id(name("member"))
+                        .with_assignment(Bytes::from_static(b"assignment"))])
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeGroups,
+                DescribeGroupsRequest::default()
+                    .with_groups(vec![group(), group()])
+                    .into(),
+            ),
+            (ApiKey::ListGroups, ListGroupsRequest::default().into()),
+            (
+                ApiKey::ApiVersions,
+                if version >= 3 {
+                    ApiVersionsRequest::default()
+                        .with_client_software_name(name("client"))
+                        .with_client_software_version(name("1.0"))
+                } else {
+                    ApiVersionsRequest::default()
+                }
+                .into(),
+            ),
+            (
+                ApiKey::CreateTopics,
+                CreateTopicsRequest::default()
+                    .with_topics(vec![CreatableTopic::default()
+                        .with_name(topic())
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1)
+                        .with_assignments(vec![CreatableReplicaAssignment::default()
+                            .with_broker_ids(vec![BrokerId(0)])])
+                        .with_configs(vec![CreatableTopicConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(metadata())])])
+                    .into(),
+            ),
+            (
+                ApiKey::DeleteTopics,
+                if version >= 6 {
+                    DeleteTopicsRequest::default()
+                        .with_topics(vec![DeleteTopicState::default().with_name(Some(topic()))])
+                } else {
+                    DeleteTopicsRequest::default().with_topic_names(vec![topic()])
+                }
+                .into(),
+            ),
+            (
+                ApiKey::DeleteGroups,
+                DeleteGroupsRequest::default()
+                    .with_groups_names(vec![group()])
+                    .into(),
+            ),
+            (
+                ApiKey::OffsetDelete,
+                OffsetDeleteRequest::default()
+                    .with_group_id(group())
+                    .with_topics(vec![OffsetDeleteRequestTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![OffsetDeleteRequestPartition::default()])])
+                    .into(),
+            ),
+            (
+                ApiKey::InitProducerId,
+                InitProducerIdRequest::default()
+                    .with_transactional_id(Some(TransactionalId(name("tx"))))
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeConfigs,
+                DescribeConfigsRequest::default()
+                    .with_resources(vec![DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(name("t"))
+                        .with_configuration_keys(Some(vec![name("k")]))])
+                    .into(),
+            ),
+            (
+                ApiKey::CreatePartitions,
+                CreatePartitionsRequest::default()
+                    .with_topics(vec![CreatePartitionsTopic::default()
+                        .with_name(topic())
+                        .with_assignments(Some(vec![CreatePartitionsAssignment::default()
+                            .with_broker_ids(vec![BrokerId(0)])]))])
+                    .into(),
+            ),
+            (
+                ApiKey::DeleteRecords,
+                DeleteRecordsRequest::default()
+                    .with_topics(vec![DeleteRecordsTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![DeleteRecordsPartition::default()])])
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeLogDirs,
+                DescribeLogDirsRequest::default()
+                    .with_topics(Some(vec![DescribableLogDirTopic::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![0])]))
+                    .into(),
+            ),
+            (
+                ApiKey::AlterConfigs,
+                AlterConfigsRequest::default()
+                    .with_resources(vec![alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_name(name("t"))
+                        .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(metadata())])])
+                    .into(),
+            ),
+            (
+                ApiKey::IncrementalAlterConfigs,
+                IncrementalAlterConfigsRequest::default()
+                    .with_resources(vec![
+                        incremental_alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_name(name("t"))
+                            .with_configs(vec![
+                                incremental_alter_configs_request::AlterableConfig::default()
+                                    .with_name(name("retention.ms"))
+                                    .with_value(metadata()),
+                            ]),
+                    ])
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeCluster,
+                DescribeClusterRequest::default().into(),
+            ),
+            (
+                ApiKey::DescribeTopicPartitions,
+                DescribeTopicPartitionsRequest::default()
+                    .with_topics(vec![TopicRequest::default().with_name(topic())])
+                    .with_cursor(Some(Cursor::default().with_topic_name(topic())))
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeAcls,
+                DescribeAclsRequest::default()
+                    .with_resource_name_filter(Some(name("t")))
+                    .into(),
+            ),
+            (
+                ApiKey::CreateAcls,
+                CreateAclsRequest::default()
+                    .with_creations(vec![Default::default()])
+                    .into(),
+            ),
+            (
+                ApiKey::DeleteAcls,
+                DeleteAclsRequest::default()
+                    .with_filters(vec![
+                        DeleteAclsFilter::default().with_principal_filter(Some(name("User:a")))
+                    ])
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeProducers,
+                DescribeProducersRequest::default()
+                    .with_topics(vec![describe_producers_request::TopicRequest::default()
+                        .with_name(topic())
+                        .with_partition_indexes(vec![0])])
+                    .into(),
+            ),
+            (
+                ApiKey::ElectLeaders,
+                ElectLeadersRequest::default()
+                    .with_topic_partitions(Some(vec![TopicPartitions::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![0])]))
+                    .into(),
+            ),
+            (
+                ApiKey::ListPartitionReassignments,
+                ListPartitionReassignmentsRequest::default()
+                    .with_topics(Some(vec![ListPartitionReassignmentsTopics::default()
+                        .with_name(topic())
+                        .with_partition_indexes(vec![0])]))
+                    .into(),
+            ),
+            (
+                ApiKey::ListTransactions,
+                ListTransactionsRequest::default()
+                    .with_state_filters(vec![name("Ongoing")])
+                    .with_producer_id_filters(vec![ProducerId(7)])
+                    .into(),
+            ),
+            (
+                ApiKey::SaslHandshake,
+                SaslHandshakeRequest::default()
+                    .with_mechanism(name("PLAIN"))
+                    .into(),
+            ),
+            (
+                ApiKey::SaslAuthenticate,
+                SaslAuthenticateRequest::default()
+                    .with_auth_bytes(Bytes::from_static(b"\0user\0password"))
+                    .into(),
+            ),
+            (
+                ApiKey::DescribeUserScramCredentials,
+                DescribeUserScramCredentialsRequest::default()
+                    .with_users(Some(vec![UserName::default().with_name(name("user"))]))
+                    .into(),
+            ),
+            (
+                ApiKey::AlterUserScramCredentials,
+                AlterUserScramCredentialsRequest::default()
+                    .with_deletions(vec![ScramCredentialDeletion::default()
+                        .with_name(name("user"))
+                        .with_mechanism(1)])
+                    .with_upsertions(vec![ScramCredentialUpsertion::default()
+                        .with_name(name("user"))
+                        .with_mechanism(2)
+                        .with_iterations(4096)
+                        .with_salt(Bytes::from_static(b"salt"))
+                        .with_salted_password(Bytes::from_static(b"salted"))])
+                    .into(),
+            ),
+        ]
+    }
+
+    /// Every version of every API served is walked to its last byte, where
+    /// the decoder stops too, so that a flexible version's own tagged fields
+    /// are found and counted: up to [`MAX_TAGGED`] are accepted, one more is
+    /// refused.
+    #[test]
+    fn every_served_request_is_walked_to_its_own_tagged_fields() {
+        for (key, lo, hi) in crate::server::supported_api_versions() {
+            let api = ApiKey::try_from(key).unwrap();
+            for version in lo..=hi {
+                let requests = one_of_each(version);
+                let (_, request) = requests
+                    .iter()
+                    .find(|(a, _)| *a == api)
+                    .unwrap_or_else(|| panic!("no {api:?} request to walk"));
+                let mut b = BytesMut::new();
+                request.encode(&mut b, version).unwrap();
+                let body = b.to_vec();
+                assert_eq!(
+                    decoded(api, version, &body),
+                    Ok(body.len()),
+                    "{api:?} v{version}"
+                );
+                assert_eq!(
+                    walk(api, version, &body, MAX_LISTED),
+                    (Ok(()), Some(0)),
+                    "{api:?} v{version}"
+                );
+                if api.request_header_version(version) < 2 {
+                    continue;
+                }
+                // The body's own (empty) tagged section is its last byte.
+                assert_eq!(body.last(), Some(&0), "{api:?} v{version}");
+                let tagged = |n: usize| {
+                    let mut tagged = body[..body.len() - 1].to_vec();
+                    tagged.extend(section(n));
+                    tagged
+                };
+                let most = tagged(MAX_TAGGED);
+                assert_eq!(
+                    decoded(api, version, &most),
+                    Ok(most.len()),
+                    "{api:?} v{version}"
+                );
+                assert_eq!(
+                    walk(api, version, &most, MAX_LISTED),
+                    (Ok(()), Some(0)),
+                    "{api:?} v{version}"
+                );
+                let e = check(api, version, &tagged(MAX_TAGGED + 1)).unwrap_err();
+                assert!(
+                    e.contains(&format!(
+                        "{api:?} v{version} has 1001 fields in one tagged section"
+                    )),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    /// Tagged fields are counted over every section of a request: a Metadata
+    /// v9 topic of four bytes (an empty name, one unknown field) decodes into
+    /// some 470, and 100,000 of them pass, but not one field more.
+    #[test]
+    fn tagged_fields_are_counted_over_the_whole_request() {
+        use kafka_protocol::messages::{metadata_request::MetadataRequestTopic, MetadataRequest};
+        let topic = MetadataRequestTopic::default()
+            .with_name(Some(TopicName(name(""))))
+            .with_unknown_tagged_fields(BTreeMap::from([(7, Bytes::new())]));
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![topic; MAX_LISTED]))
+            .with_allow_auto_topic_creation(false);
+        let at = body(&request, 9);
+        assert!(at.len() < 5 * MAX_LISTED, "{} bytes", at.len());
+        assert_eq!(
+            walk(ApiKey::Metadata, 9, &at, MAX_LISTED),
+            (Ok(()), Some(0))
+        );
+        let past = body(
+            &request.with_unknown_tagged_fields(BTreeMap::from([(7, Bytes::new())])),
+            9,
+        );
+        let e = check(ApiKey::Metadata, 9, &past).unwrap_err();
+        assert_eq!(
+            e,
+            "Metadata v9 has 100001 tagged fields; at most 100000 are accepted in one request"
+        );
+
+        // Counted in structs nested two deep too: a Fetch's partitions.
+        let partition = FetchPartition::default().with_unknown_tagged_fields(tags());
+        let fetch = |n: usize| {
+            FetchRequest::default().with_topics(vec![
+                FetchTopic::default().with_partitions(vec![partition.clone(); n])
+            ])
+        };
+        let at = body(&fetch(MAX_LISTED / 2), 12);
+        assert_eq!(check(ApiKey::Fetch, 12, &at), Ok(()));
+        let past = body(&fetch(MAX_LISTED / 2 + 1), 12);
+        let e = check(ApiKey::Fetch, 12, &past).unwrap_err();
+        assert!(e.contains("Fetch v12 has 100002 tagged fields"), "{e}");
+        // Versions before the flexible ones have none.
+        let old = body(&fetch(MAX_LISTED / 2 + 1), 11);
+        assert_eq!(check(ApiKey::Fetch, 11, &old), Ok(()));
+    }
+
+    /// A request header holds at most [`MAX_TAGGED`] tagged fields; headers
+    /// before v2 have none, and one cut short is left to the decoder.
+    #[test]
+    fn request_header_tagged_fields_are_bounded() {
+        use kafka_protocol::messages::RequestHeader;
+        let header = |version: i16, n: usize| {
+            let mut b = BytesMut::new();
+            RequestHeader::default()
+                .with_request_api_key(ApiKey::Metadata as i16)
+                .with_request_api_version(version)
+                .with_correlation_id(7)
+                .with_client_id(Some(name("client")))
+                .encode(&mut b, ApiKey::Metadata.request_header_version(version))
+                .unwrap();
+            let mut frame = b.to_vec();
+            if version >= 9 {
+                // The header's own (empty) tagged section is its last byte.
+                assert_eq!(frame.pop(), Some(0));
+                frame.extend(section(n));
+            }
+            frame
+        };
+        let most = header(12, MAX_TAGGED);
+        assert_eq!(check_header(ApiKey::Metadata, 12, &most), Ok(()));
+        let mut b = Bytes::from(most.clone());
+        RequestHeader::decode(&mut b, 2).unwrap();
+        assert_eq!(bytes::Buf::remaining(&b), 0, "the decoder reads it whole");
+        let e = check_header(ApiKey::Metadata, 12, &header(12, MAX_TAGGED + 1)).unwrap_err();
+        assert_eq!(
+            e,
+            "Metadata v12 request header has 1001 fields in one tagged section; at most 1000 are accepted"
+        );
+        // A v1 header ends at its client id: what follows is the body.
+        assert_eq!(
+            check_header(ApiKey::Metadata, 8, &[header(8, 0), vec![0xff; 8]].concat()),
+            Ok(())
+        );
+        for end in 0..most.len() {
+            assert_eq!(check_header(ApiKey::Metadata, 12, &most[..end]), Ok(()));
+        }
+    }
+
+    /// The requests real clients sent (`tests/data/client-requests.txt`) are
+    /// walked to where the decoder stops, and so are those frames mutated
+    /// (bytes overwritten) that the walk goes through and the decoder reads.
+    /// (Mutated frames the walk does not go through are not decoded: the
+    /// decoder would reserve what their lengths claim, gigabytes.)
+    #[test]
+    fn client_requests_are_walked_as_the_decoder_reads_them() {
+        use kafka_protocol::messages::RequestHeader;
+        let corpus = include_str!("../../tests/data/client-requests.txt");
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut walked, mut mutated) = (0, 0);
+        for line in corpus.lines().filter(|l| !l.starts_with('#')) {
+            let hex = line.split_whitespace().nth(2).unwrap();
+            let frame: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let api = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]])).unwrap();
+            let version = i16::from_be_bytes([frame[2], frame[3]]);
+            let mut b = Bytes::from(frame);
+            RequestHeader::decode(&mut b, api.request_header_version(version)).unwrap();
+            let body = b.to_vec();
+            let read = decoded(api, version, &body).unwrap();
+            let (refused, rest) = walk(api, version, &body, MAX_LISTED);
+            assert_eq!(refused, Ok(()), "{api:?} v{version}");
+            assert_eq!(
+                rest.map(|r| body.len() - r),
+                Some(read),
+                "{api:?} v{version}"
+            );
+            walked += 1;
+            for _ in 0..200 {
+                let mut m = body.clone();
+                for _ in 0..=next() % 3 {
+                    let at = usize::try_from(next() % m.len() as u64).unwrap();
+                    m[at] = u8::try_from(next() & 0xff).unwrap();
+                }
+                if let (Ok(()), Some(rest)) = walk(api, version, &m, MAX_LISTED) {
+                    if let Ok(read) = decoded(api, version, &m) {
+                        assert_eq!(m.len() - rest, read, "{api:?} v{version}: {m:02x?}");
+                        mutated += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            walked > 150 && mutated > 1000,
+            "{walked} requests, {mutated} mutated ones decoded"
+        );
     }
 }

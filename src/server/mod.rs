@@ -1275,8 +1275,10 @@ pub enum Decoded {
 ///
 /// # Errors
 /// Frames shorter than a header, unknown API keys, versions outside the advertised
-/// ranges, malformed headers or bodies, and lists longer than
-/// [`listed::MAX_LISTED`].
+/// ranges, malformed headers or bodies, lists longer than
+/// [`listed::MAX_LISTED`], and tagged sections of more than
+/// [`listed::MAX_TAGGED`] fields (or more than [`listed::MAX_LISTED`] over a
+/// request).
 pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
     if frame.len() < 8 {
         return Err(format!(
@@ -1297,6 +1299,7 @@ pub fn decode_request(frame: Bytes) -> std::result::Result<Decoded, String> {
         }
         return Err(format!("{api_key:?} v{version} is not supported"));
     }
+    listed::check_header(api_key, version, &frame)?;
     let mut buf = frame;
     let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
         .map_err(|e| format!("malformed {api_key:?} v{version} request header: {e}"))?;
@@ -2078,6 +2081,57 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), notified)
             .await
             .expect("a shutdown waiting for connections to end is woken");
+    }
+
+    /// A frame whose header or body carries more than 1,000 tagged fields is
+    /// refused before it is decoded (100 MiB of two-byte fields decoded into
+    /// over a gigabyte); up to 1,000 in each decode.
+    #[test]
+    fn tagged_fields_past_their_bound_are_refused_before_the_request_is_decoded() {
+        let section = |n: usize| {
+            let mut out = Vec::new();
+            let mut varint = |mut v: usize| {
+                while v >= 0x80 {
+                    out.push(u8::try_from(v & 0x7f).unwrap() | 0x80);
+                    v >>= 7;
+                }
+                out.push(u8::try_from(v).unwrap());
+            };
+            varint(n);
+            for tag in 1000..1000 + n {
+                varint(tag);
+                varint(0);
+            }
+            out
+        };
+        // Metadata v12: key, version, correlation id, client id "c", the
+        // header's tagged fields; then every topic (null), allow auto topic
+        // creation, include topic authorized operations, the body's tagged
+        // fields.
+        let frame = |header: usize, body: usize| {
+            let mut f = vec![0, 3, 0, 12, 0, 0, 0, 7, 0, 1, b'c'];
+            f.extend(section(header));
+            f.extend([0, 1, 0]);
+            f.extend(section(body));
+            Bytes::from(f)
+        };
+        match decode_request(frame(1000, 1000)) {
+            Ok(Decoded::Request(header, RequestKind::Metadata(m))) => {
+                assert_eq!(header.unknown_tagged_fields.len(), 1000);
+                assert_eq!(m.unknown_tagged_fields.len(), 1000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = decode_request(frame(1001, 0)).unwrap_err();
+        assert!(
+            e.contains("Metadata v12 request header has 1001 fields"),
+            "{e}"
+        );
+        let e = decode_request(frame(0, 1001)).unwrap_err();
+        assert!(
+            e.contains("Metadata v12 has 1001 fields in one tagged section"),
+            "{e}"
+        );
     }
 
     #[test]
