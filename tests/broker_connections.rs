@@ -507,36 +507,21 @@ fn clients_that_do_not_read_their_responses_are_closed_when_idle() {
     );
 }
 
-/// A decoded request keeps its whole frame alive until its response is written,
-/// and the reader used to run up to 64 requests ahead of the writer: behind a
-/// fetch long-polling, 64 padded requests held 64 frames (6.4 GB per connection
-/// at the default --max-request-bytes). Now the frames in flight are bounded
-/// (32 MiB, or one frame), and the requests behind are read as the ones ahead are
-/// answered.
-#[test]
-fn requests_queued_behind_a_long_poll_hold_bounded_memory() {
-    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
-    const PADDED: usize = 64;
-    const PAD: usize = 8 << 20;
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&tmp.path().join("data"), &["--max-request-bytes", "9m"]);
+/// Sends `requests` (Metadata v9 frames, correlation ids 2 on) behind a fetch
+/// long-polling for 3 s, reads every answer in order, and returns how much the
+/// broker's peak memory grew meanwhile.
+fn queued_behind_a_long_poll(broker: &Broker, requests: Vec<Vec<u8>>) -> u64 {
+    use kafka_protocol::messages::MetadataResponse;
     let mut c = connect(&broker.addr);
     assert_eq!(topic_metadata(&mut c, "quiet", true), 0);
     let before = broker_support::peak_rss(broker.pid());
-
-    // A fetch that waits 3 s for records that do not come, then 64 Metadata
-    // requests each carrying 8 MiB in an unknown tagged field.
     let fetch = request_frame(ApiKey::Fetch, 12, 1, &fetch_request("quiet", 0, 3000));
-    let mut padded = MetadataRequest::default().with_topics(Some(vec![]));
-    padded
-        .unknown_tagged_fields
-        .insert(1000, bytes::Bytes::from(vec![7u8; PAD]));
+    let n = requests.len();
     let mut w = c.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         w.write_all(&fetch).unwrap();
-        for i in 0..PADDED {
-            w.write_all(&request_frame(ApiKey::Metadata, 12, 2 + i as i32, &padded))
-                .unwrap();
+        for r in requests {
+            w.write_all(&r).unwrap();
         }
     });
     let asked = Instant::now();
@@ -546,19 +531,80 @@ fn requests_queued_behind_a_long_poll_hold_bounded_memory() {
         asked.elapsed() >= Duration::from_millis(2500),
         "the fetch waited"
     );
-    for i in 0..PADDED {
-        let (cid, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 12);
+    for i in 0..n {
+        let (cid, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 9);
         assert_eq!(cid, 2 + i as i32, "answered in order");
-        assert!(m.topics.is_empty());
+        assert!(m.topics.len() <= 1, "{} topics answered", m.topics.len());
     }
     sender.join().unwrap();
-    let grown = broker_support::peak_rss(broker.pid()).saturating_sub(before);
+    assert!(served(&mut c), "the connection goes on");
+    broker_support::peak_rss(broker.pid()).saturating_sub(before)
+}
+
+/// The reader runs ahead of the writer (pipelining) while a fetch long-polls at
+/// the head of the queue. It used to run up to 64 requests ahead, and a
+/// decoded request keeps its whole frame alive: 64 padded requests held 64
+/// frames (6.4 GB per connection at the default --max-request-bytes). Now the
+/// frames in flight are bounded (32 MiB, or one frame). And the requests
+/// queued were decoded: 4 bytes of a Metadata v9 frame (a topic with an empty
+/// name and one unknown tagged field) decode into some 470, so 64 frames of
+/// 100,000 such topics, 400 KB each and 25 MB together, held some 3 GB. The
+/// queue now holds frames, each decoded when its turn comes.
+#[test]
+fn requests_queued_behind_a_long_poll_hold_bounded_memory() {
+    use kafka_protocol::messages::{metadata_request::MetadataRequestTopic, MetadataRequest};
+    use kafka_protocol::{messages::TopicName, protocol::StrBytes};
+
+    // 64 Metadata requests each carrying 8 MiB in an unknown tagged field.
+    const PADDED: usize = 64;
+    const PAD: usize = 8 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--max-request-bytes", "9m"]);
+    let mut padded = MetadataRequest::default().with_topics(Some(vec![]));
+    padded
+        .unknown_tagged_fields
+        .insert(1000, bytes::Bytes::from(vec![7u8; PAD]));
+    let requests = (0..PADDED)
+        .map(|i| request_frame(ApiKey::Metadata, 9, 2 + i as i32, &padded))
+        .collect();
+    let grown = queued_behind_a_long_poll(&broker, requests);
     assert!(
         grown < 96 << 20,
         "{PADDED} requests of 8 MiB behind a long poll: the broker's peak memory grew by {} MiB",
         grown >> 20
     );
-    assert!(served(&mut c), "the connection goes on");
+    drop(broker);
+
+    // 16 Metadata requests of 100,000 topics (the most a request may list),
+    // each with an empty name and one unknown tagged field.
+    const TAGGED: usize = 16;
+    const TOPICS: usize = 100_000;
+    // One malloc arena: the reader and the writer decode on whichever worker
+    // thread runs them, and each thread's arena keeps some of what it freed,
+    // which the peak would count as if it were held.
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start_env(&tmp.path().join("data"), &[], &[("MALLOC_ARENA_MAX", "1")]);
+    let mut topic =
+        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str(""))));
+    topic.unknown_tagged_fields.insert(7, bytes::Bytes::new());
+    let tagged = MetadataRequest::default()
+        .with_topics(Some(vec![topic; TOPICS]))
+        .with_allow_auto_topic_creation(false);
+    let requests: Vec<Vec<u8>> = (0..TAGGED)
+        .map(|i| request_frame(ApiKey::Metadata, 9, 2 + i as i32, &tagged))
+        .collect();
+    drop(tagged);
+    assert!(
+        requests[0].len() < 5 * TOPICS,
+        "{} bytes a frame",
+        requests[0].len()
+    );
+    let grown = queued_behind_a_long_poll(&broker, requests);
+    assert!(
+        grown < 96 << 20,
+        "{TAGGED} requests of {TOPICS} tagged topics behind a long poll: the broker's peak memory grew by {} MiB",
+        grown >> 20
+    );
 }
 
 /// A SIGTERM ends long polls at once: each is answered with what its

@@ -2,8 +2,9 @@
 //! flight, and, to tell an idle connection, the time of its last I/O and whether a
 //! response is being computed.
 //!
-//! The reader decodes requests ahead of the writer (pipelining), and a decoded
-//! request keeps its whole frame alive until its response is written. So the
+//! The reader reads requests ahead of the writer (pipelining), and a request
+//! keeps its whole frame alive until its response is written (the queue holds
+//! frames: each but a Produce is decoded when the writer reaches it). So the
 //! reader reads no further frame while those in flight hold [`IN_FLIGHT_BYTES`]
 //! (one frame is always let in, whatever its size): without the bound, a fetch
 //! long-polling at the head of the queue and 64 padded frames behind it held

@@ -3,8 +3,11 @@
 //!
 //! Each connection's reader decodes requests in order. A Produce is *submitted* to the
 //! storage pipeline right there (so pipelined produces keep their order and share
-//! group commits); every request then becomes a future queued to the writer, which
-//! awaits them one after another: responses leave in request order. The reader
+//! group commits), and SASL requests move the connection's authentication on;
+//! every request then becomes a future queued to the writer, which awaits them
+//! one after another: responses leave in request order. Every other request is
+//! queued as its frame and decoded again when the writer reaches it: the queue
+//! holds frames, counted in flight, not what they decode into. The reader
 //! stays at most 32 MiB of request frames ahead of the writer, and a connection
 //! idle (no I/O, no response being computed) for `--connections-max-idle-ms` is
 //! closed (see [`conn`]). Malformed frames, oversized frames and unknown APIs close
@@ -1327,7 +1330,10 @@ async fn dispatch(
     if unauthenticated.as_ref().is_some_and(|s| s.raw_tokens) {
         return Ok(handlers::sasl::raw_token(ctx, &frame, unauthenticated, peer).await);
     }
-    match decode_request(frame)? {
+    // Decoded here whatever it is, so that a malformed request closes the
+    // connection before any later one is read (a Produce behind it is never
+    // written), as Kafka, reading one request at a time, does.
+    match decode_request(frame.clone())? {
         Decoded::UnsupportedApiVersions { correlation_id } => {
             if unauthenticated
                 .as_mut()
@@ -1367,7 +1373,7 @@ async fn dispatch(
                     {
                         return Err(API_VERSIONS_AGAIN.into());
                     }
-                    handlers::handle(ctx, header, request, peer).await
+                    (in_turn(ctx, frame, peer), false)
                 }
                 _ if unauthenticated.is_some() => {
                     return Err(format!(
@@ -1375,7 +1381,11 @@ async fn dispatch(
                         api.map_or_else(|| "request".to_string(), |a| format!("{a:?}"))
                     ));
                 }
-                request => handlers::handle(ctx, header, request, peer).await,
+                // Submitted to storage here, in the order read.
+                request @ RequestKind::Produce(_) => {
+                    handlers::handle(ctx, header, request, peer).await
+                }
+                _ => (in_turn(ctx, frame, peer), false),
             };
             let ctx = Arc::clone(ctx);
             Ok((
@@ -1391,6 +1401,29 @@ async fn dispatch(
             ))
         }
     }
+}
+
+/// The answer to a request that the reader decoded (so checked) and let go:
+/// decoded again, and handled, once the connection's writer reaches it. The
+/// requests queued behind a slow one (a long poll, an answer the client does
+/// not read) then hold their frames, which count in flight, and not what the
+/// frames decode into: a Metadata v9 topic of 4 bytes (an empty name, one
+/// unknown tagged field) decodes into some 470.
+fn in_turn(ctx: &Arc<Ctx>, frame: Bytes, peer: SocketAddr) -> Pending {
+    let ctx = Arc::clone(ctx);
+    Box::pin(async move {
+        match decode_request(frame) {
+            Ok(Decoded::Request(header, request)) => {
+                let (pending, _) = handlers::handle(&ctx, header, request, peer).await;
+                pending.await
+            }
+            // Not reached: the reader decoded the same bytes.
+            other => {
+                tracing::error!(%peer, error = ?other.err(), "a request that decoded once did not decode again; closing the connection");
+                close_connection()
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! as a future; only Produce does work before returning (its submission to storage),
 //! so pipelined produces keep their order. Every other answer is computed by its
 //! future, which the connection runs in request order: an answer reflects every
-//! request before it on the connection.
+//! request before it on the connection. Only a Produce is handed over by the
+//! connection's reader; every other request is decoded and handed over when the
+//! connection's writer reaches it, and its future then runs at once.
 
 mod admin;
 mod configs;
