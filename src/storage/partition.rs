@@ -137,6 +137,20 @@ fn store_log_start_renamed(dir: &Path, start: i64) -> Result<Option<Error>> {
     crate::wal::files::write_atomic_renamed(&path, &json)
 }
 
+/// An `open` of `path` failing with EMFILE while `count` (a test hook) is
+/// above zero, counting it down.
+#[cfg(test)]
+fn injected_emfile(count: &std::sync::atomic::AtomicU32, path: &Path) -> Result<()> {
+    match count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)) {
+        Ok(_) => Err(Error::io(
+            "open",
+            path,
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Why DeleteRecords failed for a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteRecordsError {
@@ -964,17 +978,10 @@ impl Partition {
     /// One try of [`Partition::create_rolled`].
     fn create_segment(&self, base: i64) -> Result<Segment> {
         #[cfg(test)]
-        if self
-            .fail_roll_creates
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(Error::io(
-                "open",
-                self.dir.join(segment::log_name(base)),
-                std::io::Error::from_raw_os_error(libc::EMFILE),
-            ));
-        }
+        injected_emfile(
+            &self.fail_roll_creates,
+            &self.dir.join(segment::log_name(base)),
+        )?;
         let seg = Segment::create(&self.dir, base)?;
         sync_dir(&self.dir)?;
         Ok(seg)
@@ -1484,17 +1491,7 @@ impl Partition {
     /// Opens the compacted copy [`segment::install_swap`] put in place at `base`.
     fn load_installed(&self, base: i64) -> Result<Segment> {
         #[cfg(test)]
-        if self
-            .fail_swap_loads
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(Error::io(
-                "open",
-                &self.dir,
-                std::io::Error::from_raw_os_error(libc::EMFILE),
-            ));
-        }
+        injected_emfile(&self.fail_swap_loads, &self.dir)?;
         Segment::open(&self.dir, base, false)
     }
 
