@@ -339,6 +339,30 @@ mod tests {
         })
     }
 
+    /// Storage over a fresh directory holding topic `t` with `partitions`, its
+    /// server context, and a runtime of two workers.
+    fn with_topic(
+        partitions: i32,
+    ) -> (
+        tempfile::TempDir,
+        TopicManager,
+        Arc<Ctx>,
+        tokio::runtime::Runtime,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c.clone()).unwrap();
+        storage.create_topic("t", partitions).unwrap();
+        let ctx = context(&storage, &c);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        (tmp, storage, ctx, rt)
+    }
+
     #[test]
     fn a_producer_id_that_cannot_be_allocated_is_answered_with_a_code_clients_retry() {
         let tmp = tempfile::tempdir().unwrap();
@@ -375,17 +399,7 @@ mod tests {
 
     #[test]
     fn the_capacity_wait_is_bounded_once_per_request_not_once_per_partition() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.storage.data_dir = tmp.path().to_path_buf();
-        let storage = TopicManager::new(c.clone()).unwrap();
-        storage.create_topic("t", 5).unwrap();
-        let ctx = context(&storage, &c);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_tmp, storage, ctx, rt) = with_topic(5);
         // The pipeline is full: every partition waits for room.
         let held = storage.hold_capacity();
         let partitions = (0..5)
@@ -435,17 +449,7 @@ mod tests {
     #[test]
     fn an_idempotent_batch_with_a_crc_mismatch_is_answered_and_then_the_connection_closes() {
         use crate::storage::batch::tests::make_producer_batch;
-        let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.storage.data_dir = tmp.path().to_path_buf();
-        let storage = TopicManager::new(c.clone()).unwrap();
-        storage.create_topic("t", 1).unwrap();
-        let ctx = context(&storage, &c);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_tmp, storage, ctx, rt) = with_topic(1);
         // (producer id, epoch, sequence), and whether the connection closes.
         for ((pid, epoch, seq), closes) in [((7, 0, 0), true), ((-1, -1, -1), false)] {
             let mut b = make_producer_batch(0, &[b"v"], pid, epoch, seq);
@@ -483,17 +487,7 @@ mod tests {
     #[test]
     fn a_batch_flagged_log_append_time_is_stored_as_create_time_with_the_brokers_leader_epoch() {
         use crate::storage::batch::{self, tests::make_timed_batch};
-        let tmp = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.storage.data_dir = tmp.path().to_path_buf();
-        let storage = TopicManager::new(c.clone()).unwrap();
-        storage.create_topic("t", 1).unwrap();
-        let ctx = context(&storage, &c);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_tmp, storage, ctx, rt) = with_topic(1);
         let now = crate::storage::segment::now_ms();
         let mut sent = make_timed_batch(0, now, &[(0, b"a"), (30, b"b")], 7, 0, 0);
         sent[12..16].copy_from_slice(&5i32.to_be_bytes()); // partition leader epoch
