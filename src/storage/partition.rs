@@ -466,8 +466,24 @@ impl Partition {
             };
             segments.push(seg);
         }
-        // An empty newest segment behind a full one is fine; a segment that starts
-        // before the previous one ended means a damaged directory.
+        // An empty segment that starts inside the previous one holds nothing: a
+        // retention roll whose directory fsync failed, and whose removal of the
+        // new segment failed too or was undone by a power loss, left it, and
+        // appends went on in the previous segment past its base. It goes, and
+        // the partition opens again without it (the previous segment may be
+        // the newest then).
+        if let Some(w) = segments
+            .windows(2)
+            .find(|w| w[1].size() == 0 && w[1].base_offset() < w[0].next_offset())
+        {
+            tracing::warn!(file = %w[1].log_path().display(), previous_end = w[0].next_offset(), "removing an empty segment that starts inside the previous one");
+            w[1].remove_files()?;
+            sync_dir(&dir)?;
+            drop(segments);
+            return Self::open_in(topic, index, dir, segment_bytes, files);
+        }
+        // An empty newest segment behind a full one is fine; any other segment
+        // that starts before the previous one ended means a damaged directory.
         for w in segments.windows(2) {
             if w[1].base_offset() < w[0].next_offset() {
                 return Err(Error::corrupt(
@@ -2273,6 +2289,38 @@ pub(crate) mod tests {
         let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
         assert_eq!(p.log_end_offset(), end + 1);
         assert_eq!(p.log_start_offset(), 0);
+    }
+
+    /// An empty segment left inside the previous one (a retention roll whose
+    /// cleanup failed, while appends went on in the previous segment) stopped
+    /// the open, and with it the broker. It holds nothing: it is removed, as
+    /// the newest segment and as a closed one.
+    #[test]
+    fn an_empty_segment_inside_the_previous_one_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for _ in 0..3 {
+            produce(&p, &[&[7u8; 100]]);
+        }
+        drop(p);
+        let stray = pdir.join(segment::log_name(1));
+        std::fs::File::create(&stray).unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert!(!stray.exists());
+        assert_eq!(p.log_end_offset(), 3);
+        assert_eq!(produce(&p, &[b"more"]), 3, "appends go on");
+        // Behind a later segment: 2 .. 4 roll over 4096 bytes.
+        for _ in 0..40 {
+            produce(&p, &[&[7u8; 100]]);
+        }
+        assert!(files(&pdir, "log") >= 2);
+        let end = p.log_end_offset();
+        drop(p);
+        std::fs::File::create(&stray).unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert!(!stray.exists());
+        assert_eq!(p.log_end_offset(), end);
     }
 
     /// Reopens the partition in `pdir` as a crash leaves it that lost the first
