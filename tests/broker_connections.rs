@@ -724,11 +724,6 @@ fn fds_of_under(pid: u32, dir: &std::path::Path) -> usize {
 /// and after a clean stop, serving them all.
 #[test]
 fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
-    use kafka_protocol::messages::{
-        create_topics_request::{CreatableTopic, CreatableTopicConfig},
-        CreateTopicsRequest, CreateTopicsResponse, TopicName,
-    };
-    use kafka_protocol::protocol::StrBytes;
     const OPEN_FILES: u64 = 128;
     const RECORDS: i64 = 300;
     let tmp = tempfile::tempdir().unwrap();
@@ -737,19 +732,7 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
     // above the recovery point.
     let mut broker = Broker::start_limited(&data, &["--checkpoint-ms", "600000"], Some(OPEN_FILES));
     let mut c = connect_served(&broker.addr);
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("many")))
-            .with_num_partitions(1)
-            .with_replication_factor(1)
-            .with_configs(vec![CreatableTopicConfig::default()
-                .with_name(StrBytes::from_static_str("segment.bytes"))
-                .with_value(Some(StrBytes::from_static_str("4096")))])])
-        .with_timeout_ms(10_000);
-    c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
-        .unwrap();
-    let (_, r): (i32, CreateTopicsResponse) = response(&mut c, ApiKey::CreateTopics, 4);
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    create_small_segment_topic(&mut c, "many");
 
     let pad = "p".repeat(5 * 1024);
     let value = |i: i64| format!("{i:05}-{pad}");
@@ -824,11 +807,6 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
 /// acknowledged, and so are the ones after it.
 #[test]
 fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
-    use kafka_protocol::messages::{
-        create_topics_request::{CreatableTopic, CreatableTopicConfig},
-        CreateTopicsRequest, CreateTopicsResponse, TopicName,
-    };
-    use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::RecordBatchDecoder;
     const OPEN_FILES: u64 = 128;
     const RECORDS: i64 = 130;
@@ -839,19 +817,7 @@ fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
         Some(OPEN_FILES),
     );
     let mut c = connect_served(&broker.addr);
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("rolls")))
-            .with_num_partitions(1)
-            .with_replication_factor(1)
-            .with_configs(vec![CreatableTopicConfig::default()
-                .with_name(StrBytes::from_static_str("segment.bytes"))
-                .with_value(Some(StrBytes::from_static_str("4096")))])])
-        .with_timeout_ms(10_000);
-    c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
-        .unwrap();
-    let (_, r): (i32, CreateTopicsResponse) = response(&mut c, ApiKey::CreateTopics, 4);
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    create_small_segment_topic(&mut c, "rolls");
 
     let pad = "p".repeat(5 * 1024);
     let value = |i: i64| format!("{i:05}-{pad}");
@@ -930,4 +896,26 @@ fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
         .collect();
     let want: Vec<(i64, String)> = (RECORDS..RECORDS + 3).map(|i| (i, value(i))).collect();
     assert_records(&got, &want, "after the rolls");
+}
+
+/// Creates topic `name` of one partition whose segments roll at 4096 bytes.
+fn create_small_segment_topic(c: &mut TcpStream, name: &'static str) {
+    use kafka_protocol::messages::{
+        create_topics_request::{CreatableTopic, CreatableTopicConfig},
+        CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("segment.bytes"))
+                .with_value(Some(StrBytes::from_static_str("4096")))])])
+        .with_timeout_ms(10_000);
+    c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(c, ApiKey::CreateTopics, 4);
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
 }

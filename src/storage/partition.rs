@@ -2493,23 +2493,8 @@ pub(crate) mod tests {
 
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert!(!stray.exists());
-        let newest = |p: &Partition| -> Vec<(i64, bool, i64, Option<i64>)> {
-            p.log
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|s| {
-                    (
-                        s.base_offset(),
-                        s.max_timestamp_is_exact(),
-                        s.max_timestamp(),
-                        s.max_timestamp_offset(),
-                    )
-                })
-                .collect()
-        };
         assert_eq!(
-            newest(&p),
+            newest_timestamps(&p),
             vec![
                 (0, true, DAY, Some(0)),
                 (2, true, 5 * DAY, Some(2)),
@@ -2748,22 +2733,8 @@ pub(crate) mod tests {
         drop(p);
 
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
-        let known: Vec<(i64, bool, i64, Option<i64>)> = p
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s.base_offset(),
-                    s.max_timestamp_is_exact(),
-                    s.max_timestamp(),
-                    s.max_timestamp_offset(),
-                )
-            })
-            .collect();
         assert_eq!(
-            known,
+            newest_timestamps(&p),
             [
                 (0, true, 5 * DAY, Some(0)),
                 (2, true, 5 * DAY, Some(2)),
@@ -2987,6 +2958,24 @@ pub(crate) mod tests {
         drop(p);
         let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
         assert_eq!(p.log_start_offset(), 2, "the file and the broker agree");
+    }
+
+    /// Each segment's base, whether its newest timestamp is known exactly, that
+    /// timestamp, and the batch holding it.
+    fn newest_timestamps(p: &Partition) -> Vec<(i64, bool, i64, Option<i64>)> {
+        p.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.base_offset(),
+                    s.max_timestamp_is_exact(),
+                    s.max_timestamp(),
+                    s.max_timestamp_offset(),
+                )
+            })
+            .collect()
     }
 
     /// Batch index entries copied by clones on this thread, and batch headers
