@@ -1201,7 +1201,13 @@ impl TopicManager {
         let dir = self.shared.topics_dir.join(name);
         // A whole topic out of the map: its delete failed and it could not be
         // opened again. A restart brings it back; a create would remove it.
-        if dir.join("topic.json").exists() {
+        // A failed look-up is not "absent": the create would remove the
+        // directory below.
+        let meta = dir.join("topic.json");
+        let holds_topic = meta
+            .try_exists()
+            .map_err(|e| storage(Error::io("stat", &meta, e)))?;
+        if holds_topic {
             return Err(storage(Error::io(
                 "create topic",
                 &dir,
@@ -1217,7 +1223,10 @@ impl TopicManager {
             .offsets
             .delete_topic_positions(|t| t == name)
             .map_err(storage)?;
-        if dir.exists() {
+        if dir
+            .try_exists()
+            .map_err(|e| storage(Error::io("stat", &dir, e)))?
+        {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| storage(Error::io("remove_dir_all", &dir, e)))?;
         }
@@ -1759,6 +1768,17 @@ impl TopicManager {
                     "record timestamp {oldest} is more than {behind} ms behind the broker's clock (topic {topic}'s message.timestamp.before.max.ms)"
                 )));
             }
+        }
+        // A batch flagged LogAppendTime: Kafka reads each of its records'
+        // timestamps as the batch's stated largest, and with none stated (-1)
+        // refuses the flag as a producer's to set. One with a stated timestamp
+        // is stored as CreateTime ([`batch::rewrite_at_append`]).
+        if produced.info.attributes & batch::ATTR_LOG_APPEND_TIME != 0
+            && produced.info.max_timestamp == -1
+        {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "a batch for topic {topic} is flagged LogAppendTime without a timestamp; a producer should not set the timestamp type to LogAppendTime"
+            )));
         }
         let mut info = produced.info;
         info.max_timestamp = produced.max_timestamp;
@@ -2459,6 +2479,43 @@ mod tests {
             Ok(0)
         );
         assert_eq!(produce(&rt, &m, "bounded", &records(-1, &[0])), Ok(2));
+        m.shutdown().unwrap();
+    }
+
+    /// A batch flagged LogAppendTime whose header states no timestamp (-1)
+    /// was stored with the flag cleared; Kafka reads each record's timestamp
+    /// as the header's and refuses such a batch with INVALID_TIMESTAMP. With a
+    /// timestamp stated it is accepted, as in Kafka, and stored as CreateTime.
+    #[test]
+    fn a_batch_flagged_log_append_time_without_a_timestamp_is_refused() {
+        use crate::storage::{batch::tests::make_timed_batch, producers::pipeline_tests::produce};
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let now = segment::now_ms();
+        let flagged = |first: i64, header: i64| {
+            let mut b = make_timed_batch(0, first, &[(0, b"v")], -1, -1, -1);
+            batch::set_max_timestamp(&mut b, header);
+            b[22] |= 0x08; // the attributes' LogAppendTime bit
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            assert!(batch::validate(&b).is_ok());
+            b
+        };
+        for first in [-1, now] {
+            let refused = produce(&rt, &m, &flagged(first, -1));
+            assert!(
+                matches!(&refused, Err(ProduceError::InvalidTimestamp(msg)) if msg.contains("LogAppendTime")),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(produce(&rt, &m, &flagged(now, now)), Ok(0));
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 1, "only the batch with a timestamp");
+        let stored = p.read(0, 1 << 20).unwrap().unwrap().records;
+        let info = batch::validate(&stored).unwrap();
+        assert_eq!(info.attributes & batch::ATTR_LOG_APPEND_TIME, 0);
         m.shutdown().unwrap();
     }
 

@@ -183,7 +183,9 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(d) = at {
-        if d.as_os_str().is_empty() || d.exists() {
+        // A failed look-up is not "absent": it would count an existing
+        // directory as one this call created.
+        if d.as_os_str().is_empty() || d.try_exists().map_err(|e| Error::io("stat", d, e))? {
             break;
         }
         missing.push(d);

@@ -470,6 +470,10 @@ pub(crate) async fn create_partitions(
 enum Named {
     Name(String),
     Id(uuid::Uuid),
+    /// An entry that names a topic both ways, or neither way: answered
+    /// INVALID_REQUEST with the message, as Kafka does, and never counted as
+    /// a repeat of another entry.
+    Refused(Option<String>, uuid::Uuid, &'static str),
 }
 
 pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
@@ -479,13 +483,32 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
         .iter()
         .map(|n| Named::Name(n.0.to_string()))
         .collect();
-    asked.extend(req.topics.iter().map(|t| match &t.name {
-        Some(n) => Named::Name(n.0.to_string()),
-        None => Named::Id(t.topic_id),
-    }));
+    asked.extend(
+        req.topics
+            .iter()
+            .map(|t| match (&t.name, t.topic_id.is_nil()) {
+                (Some(n), true) => Named::Name(n.0.to_string()),
+                (None, false) => Named::Id(t.topic_id),
+                (Some(n), false) => Named::Refused(
+                    Some(n.0.to_string()),
+                    t.topic_id,
+                    "You may not specify both topic name and topic id.",
+                ),
+                (None, true) => Named::Refused(
+                    None,
+                    t.topic_id,
+                    "Neither topic name nor id were specified.",
+                ),
+            }),
+    );
     // A topic named (or identified) more than once is not deleted, and
     // answered once with INVALID_REQUEST, as Kafka does.
-    let repeated = repeated(asked.iter().cloned());
+    let repeated = repeated(
+        asked
+            .iter()
+            .filter(|n| !matches!(n, Named::Refused(..)))
+            .cloned(),
+    );
     let mut answered = std::collections::HashSet::new();
     let mut results = Vec::new();
     // Each topic's name by its id, looked up once. A topic deleted and created
@@ -500,6 +523,7 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
                 let (name, id, message) = match named {
                     Named::Name(n) => (Some(n), uuid::Uuid::nil(), "Duplicate topic name."),
                     Named::Id(id) => (None, id, "Duplicate topic id."),
+                    Named::Refused(..) => unreachable!("refused entries are not counted"),
                 };
                 results.push(
                     DeletableTopicResult::default()
@@ -512,6 +536,9 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
             continue;
         }
         let (code, message, name, id) = match named {
+            Named::Refused(name, id, message) => {
+                (codes::INVALID_REQUEST, message.to_string(), name, id)
+            }
             Named::Name(n) => match ctx.storage.topic(&n) {
                 None => (
                     codes::UNKNOWN_TOPIC_OR_PARTITION,
@@ -886,6 +913,49 @@ mod tests {
         assert_eq!(ctx.storage.topic("t").map(|x| x.id), Some(t.id));
         assert_eq!(ctx.storage.topic("u").map(|x| x.id), Some(u.id));
         assert!(ctx.storage.topic("v").is_none());
+    }
+
+    /// A v6 DeleteTopics entry carrying both a name and an id deleted the
+    /// topic of that name whatever the id said, and one carrying neither was
+    /// answered UNKNOWN_TOPIC_ID. Kafka refuses both with INVALID_REQUEST,
+    /// and such entries do not count as repeats of the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_entry_naming_a_topic_both_ways_or_neither_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let t = ctx.storage.create_topic("t", 1).unwrap();
+        let u = ctx.storage.create_topic("u", 1).unwrap();
+        let other = uuid::Uuid::from_u128(7);
+        let req = DeleteTopicsRequest::default().with_topics(vec![
+            by_name("t").with_topic_id(other),
+            by_name("t").with_topic_id(t.id),
+            DeleteTopicState::default(),
+            by_name("u"),
+        ]);
+        let r = delete(&ctx, req).await;
+        assert_eq!(
+            deleted(&r),
+            vec![
+                (Some("t".into()), other, codes::INVALID_REQUEST),
+                (Some("t".into()), t.id, codes::INVALID_REQUEST),
+                (None, uuid::Uuid::nil(), codes::INVALID_REQUEST),
+                (Some("u".into()), u.id, codes::NONE),
+            ]
+        );
+        let messages: Vec<String> = r.responses[..3]
+            .iter()
+            .map(|x| x.error_message.as_ref().map(ToString::to_string).unwrap())
+            .collect();
+        assert_eq!(
+            messages,
+            vec![
+                "You may not specify both topic name and topic id.",
+                "You may not specify both topic name and topic id.",
+                "Neither topic name nor id were specified.",
+            ]
+        );
+        assert_eq!(ctx.storage.topic("t").map(|x| x.id), Some(t.id));
+        assert!(ctx.storage.topic("u").is_none());
     }
 
     /// A growth of a topic deleted after the handler looked it up was answered
