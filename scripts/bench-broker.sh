@@ -93,7 +93,15 @@ if delivered != total:
     sys.exit(1)
 PY
     kill -TERM "$pid"
-    wait "$pid" || true
+    # A broker that stops with an error (its final flush failed) fails the run,
+    # whatever the clients saw.
+    local code=0
+    wait "$pid" || code=$?
+    if [ "$code" != 0 ]; then
+        echo "$name: the broker exited with $code; its log: $dir/log" >&2
+        tail -5 "$dir/log" >&2
+        return 1
+    fi
     rm -rf "$dir"
     return "$status"
 }

@@ -65,7 +65,13 @@ for rep in $(seq "$REPS"); do
         exit 1
     }
     kill -TERM "$pid"
-    wait "$pid" || true
+    # A broker that stops with an error (its final flush failed) fails the run.
+    code=0
+    wait "$pid" || code=$?
+    if [ "$code" != 0 ]; then
+        echo "the broker exited with $code; its log: $dir/log" >&2
+        exit 1
+    fi
     "$PYTHON" - "$rep" "$start" "$end" "$bytes" "$line" <<'PY'
 import re, sys
 rep, start, end, cat_bytes, line = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

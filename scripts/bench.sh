@@ -25,7 +25,7 @@ RETIRE_WARMUP=${RETIRE_WARMUP:-4}
 OUT=$ROOT/docs/bench-results
 RAW=$OUT/raw
 mkdir -p "$RAW" "$BENCH_DIR"
-rm -f "$RAW"/*.jsonl "$RAW"/*.json "$RAW"/*.txt
+rm -f "$RAW"/*.jsonl "$RAW"/*.json "$RAW"/*.txt "$RAW"/*.hgrm
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 

@@ -199,6 +199,13 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
         &["--record-size", "2M", "--max-file-size", "1M"],
         "does not fit",
     );
+    // A file larger than 4 GiB does not make room for an entry of 4 GiB: a
+    // batch stays below 4 GiB, and the WAL refuses such an entry at its first
+    // append.
+    rejected(
+        &["--record-size", "4g", "--max-file-size", "5g"],
+        "does not fit",
+    );
     rejected(
         &["--duration", "1", "--records", "5"],
         "either --duration or --records",

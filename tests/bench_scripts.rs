@@ -470,3 +470,53 @@ fn bench_broker_fails_when_messages_are_not_delivered() {
         "{stderr}"
     );
 }
+
+/// `scripts/bench-broker.sh` ignored the broker's own exit status: a broker
+/// whose final flush failed at SIGTERM (exit 1) after every message was
+/// delivered left the run passing. Against the real broker the run passes;
+/// against the same broker made to exit 1 once stopped, it fails and says so.
+#[test]
+fn bench_broker_fails_when_the_broker_exits_with_an_error() {
+    let py = python_with_kafka();
+    let tmp = tempfile::tempdir().unwrap();
+    let failing = tmp.path().join("failing-broker.sh");
+    std::fs::write(
+        &failing,
+        format!(
+            "#!/bin/bash\n\"{}\" \"$@\" &\nchild=$!\ntrap 'kill -TERM $child; wait $child; exit 1' TERM\nwait $child\n",
+            env!("CARGO_BIN_EXE_streamline")
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run = |bin: &std::path::Path| {
+        let out = Command::new("bash")
+            .arg(script("bench-broker.sh"))
+            .args(["30", "10", "2", "2"]) // COUNT SIZE PARTITIONS PRODUCERS
+            .env("STREAMLINE_BIN", bin)
+            .env("PYTHON", &py)
+            .env("MODES", "every_write")
+            .env("TMPDIR", tmp.path())
+            .output()
+            .expect("run scripts/bench-broker.sh");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(std::path::Path::new(env!("CARGO_BIN_EXE_streamline")));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("delivered=60 failed=0"), "{text}");
+    let (code, text) = run(&failing);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("delivered=60 failed=0") && text.contains("the broker exited with 1"),
+        "{text}"
+    );
+}

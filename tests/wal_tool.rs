@@ -120,13 +120,7 @@ fn verify_accepts_a_torn_tail_and_reports_it() {
     let d = dir.path().to_str().unwrap();
     // Garble the last batch of current.wal: an interrupted, never-synced write.
     let cur = dir.path().join("current.wal");
-    let info = streamline::wal::WalReader::open(dir.path())
-        .unwrap()
-        .scan()
-        .files
-        .last()
-        .unwrap()
-        .clone();
+    let info = newest_file(dir.path());
     let mut bytes = std::fs::read(&cur).unwrap();
     let last_batch = info.valid_end as usize - 4096;
     bytes[last_batch + 200] ^= 1;
@@ -166,13 +160,7 @@ fn verify_reports_damage_before_the_end_a_clean_close_recorded() {
         make_wal(dir.path());
         assert!(dir.path().join(CLEAN_CLOSE_FILE).exists());
         let cur = dir.path().join("current.wal");
-        let info = streamline::wal::WalReader::open(dir.path())
-            .unwrap()
-            .scan()
-            .files
-            .last()
-            .unwrap()
-            .clone();
+        let info = newest_file(dir.path());
         let mut bytes = std::fs::read(&cur).unwrap();
         let last_batch = info.valid_end as usize - 4096;
         match damage {
@@ -199,23 +187,14 @@ fn a_current_file_cut_short_after_a_clean_close_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         make_wal(dir.path());
         let cur = dir.path().join("current.wal");
-        let scan = |dir: &Path| {
-            streamline::wal::WalReader::open(dir)
-                .unwrap()
-                .scan()
-                .files
-                .last()
-                .unwrap()
-                .clone()
-        };
         // A last batch of three blocks, after the clean close's reopen.
-        let last_batch = scan(dir.path()).valid_end;
+        let last_batch = newest_file(dir.path()).valid_end;
         let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
         wal.append("orders", 0, Bytes::from(vec![7u8; 10_000]))
             .wait()
             .unwrap();
         wal.close().unwrap();
-        let info = scan(dir.path());
+        let info = newest_file(dir.path());
         assert_eq!(info.valid_end, last_batch + 3 * 4096);
         // The 10,000-byte entry is lost; the one before it is kept.
         let kept = info.next_sequence.unwrap() - 2;
@@ -341,6 +320,61 @@ fn output_that_cannot_be_written_fails_except_into_a_closed_pipe() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `verify` printed its verdict with a panicking print: output it could not
+/// write made it exit 101 (a panic) on a healthy or a corrupt WAL alike,
+/// where the exit codes say 2. Into a reader that went away its verdict (0 or
+/// 1) is its exit code, as for the other commands.
+#[test]
+fn verify_answers_by_its_exit_code_whatever_happens_to_its_output() {
+    let healthy = tempfile::tempdir().unwrap();
+    make_wal(healthy.path());
+    let corrupt = tempfile::tempdir().unwrap();
+    make_wal(corrupt.path());
+    let info = newest_file(corrupt.path());
+    let cur = corrupt.path().join("current.wal");
+    let mut bytes = std::fs::read(&cur).unwrap();
+    bytes[info.valid_end as usize - 4096 + 200] ^= 1;
+    std::fs::write(&cur, &bytes).unwrap();
+    for (dir, verdict) in [(healthy.path(), 0), (corrupt.path(), 1)] {
+        let run = |stdout: std::process::Stdio| {
+            Command::new(env!("CARGO_BIN_EXE_streamline-wal"))
+                .args(["verify", dir.to_str().unwrap()])
+                .stdout(stdout)
+                .output()
+                .expect("run streamline-wal")
+        };
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = run(full.into());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "verdict {verdict}: {err}");
+        assert!(
+            err.contains("writing to standard output") && err.contains("No space left"),
+            "verdict {verdict}: {err}"
+        );
+        // A pipe whose reader is gone before anything is written.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = run(writer.into());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(verdict), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// What a scan finds of the WAL's newest file.
+fn newest_file(dir: &Path) -> streamline::wal::FileInfo {
+    streamline::wal::WalReader::open(dir)
+        .unwrap()
+        .scan()
+        .files
+        .last()
+        .unwrap()
+        .clone()
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

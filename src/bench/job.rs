@@ -554,13 +554,15 @@ impl JobArgs {
                 "--max-file-size {max_file_size} must be a multiple of 4096 and at least 64 KiB"
             ));
         }
-        let overhead = (2 * format::BLOCK_SIZE + format::BATCH_HEADER_LEN) as u64;
+        // The WAL's own bound: a file less its header, seal and batch header,
+        // and a batch below 4 GiB whatever the file size.
+        let limit = crate::wal::max_entry_bytes_for(max_file_size);
         let largest = format::entry_len(BENCH_TOPIC.len(), record_size.max()) as u64;
-        if largest + overhead > max_file_size {
+        if largest > limit {
             return Err(format!(
-                "--record-size {} does not fit in a WAL file of --max-file-size {max_file_size} (largest record: {} bytes)",
+                "--record-size {} does not fit in a WAL entry with --max-file-size {max_file_size} (largest record: {} bytes)",
                 record_size,
-                max_file_size - overhead - format::entry_len(BENCH_TOPIC.len(), 0) as u64
+                limit - format::entry_len(BENCH_TOPIC.len(), 0) as u64
             ));
         }
         let wal = WalConfig {

@@ -113,12 +113,12 @@ fn main() -> ExitCode {
         }
     };
     let r = match cli.command {
-        Cmd::Inspect { dir } => inspect(&dir),
-        Cmd::Dump { dir, from, format } => dump(&dir, from, format),
-        Cmd::Verify { dir } => return verify(&dir),
+        Cmd::Inspect { dir } => inspect(&dir).map(|()| ExitCode::SUCCESS),
+        Cmd::Dump { dir, from, format } => dump(&dir, from, format).map(|()| ExitCode::SUCCESS),
+        Cmd::Verify { dir } => verify(&dir),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(Failed::Wal(e)) => {
             eprintln!("streamline-wal: {e}");
             if matches!(e, Error::Corrupt { .. }) {
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Why `inspect` or `dump` stopped.
+/// Why a command stopped.
 enum Failed {
     /// Reading the WAL failed: exit 1 when it is corrupt, 2 for an I/O error.
     Wal(Error),
@@ -340,13 +340,19 @@ fn recoverable_before(dir: &Path, file: &Path, offset: u64) -> Option<u64> {
     None
 }
 
-fn verify(dir: &Path) -> ExitCode {
-    match scan_dir(dir, RecoveryMode::Strict) {
+fn verify(dir: &Path) -> Result<ExitCode, Failed> {
+    use std::fmt::Write as _;
+    // The verdict is the exit code; its text goes out through `written`, so
+    // output that cannot be written is exit 2 (not a panic), and a reader
+    // that went away leaves the verdict's own code.
+    let mut text = String::new();
+    let verdict = match scan_dir(dir, RecoveryMode::Strict) {
         Ok(scan) => {
             // The scan validated every batch and entry; a torn tail of the newest
             // file is an interrupted write that recovery cuts, not damage.
             let entries: u64 = scan.files.iter().map(|f| f.entries).sum();
-            println!(
+            let _ = writeln!(
+                text,
                 "ok: {} files, {entries} entries, sequences up to {}, checkpoint {}",
                 scan.files.len(),
                 scan.last_sequence,
@@ -354,7 +360,7 @@ fn verify(dir: &Path) -> ExitCode {
             );
             if let Some(f) = scan.files.last() {
                 if let Tail::Torn { offset, reason } = &f.tail {
-                    println!("note: {} ends in a torn write at byte {offset} ({reason}); opening the WAL cuts it", f.path.display());
+                    let _ = writeln!(text, "note: {} ends in a torn write at byte {offset} ({reason}); opening the WAL cuts it", f.path.display());
                 }
             }
             ExitCode::SUCCESS
@@ -364,19 +370,20 @@ fn verify(dir: &Path) -> ExitCode {
             offset,
             reason,
         }) => {
-            println!(
+            let _ = writeln!(
+                text,
                 "CORRUPT: {} at byte offset {offset}: {reason}",
                 file.display()
             );
-            match recoverable_before(dir, &file, offset) {
-                Some(n) => println!("recoverable before it: {n} entries"),
-                None => println!("recoverable before it: unknown (the directory cannot be scanned past the problem)"),
-            }
+            let _ = match recoverable_before(dir, &file, offset) {
+                Some(n) => writeln!(text, "recoverable before it: {n} entries"),
+                None => writeln!(text, "recoverable before it: unknown (the directory cannot be scanned past the problem)"),
+            };
             ExitCode::from(1)
         }
-        Err(e) => {
-            eprintln!("streamline-wal: {e}");
-            ExitCode::from(2)
-        }
-    }
+        Err(e) => return Err(Failed::Wal(e)),
+    };
+    let mut out = std::io::stdout().lock();
+    written(out.write_all(text.as_bytes()).and_then(|()| out.flush()))?;
+    Ok(verdict)
 }

@@ -1014,7 +1014,7 @@ fn check_topic(topic: &str) -> Result<()> {
 /// [`Wal::max_entry_bytes`] for files of `max_file_size` bytes. A write's length is
 /// a `u32` for the kernel (`io_uring`) and the batch header, so a batch, block
 /// padding included, stays below 4 GiB whatever the file size.
-fn max_entry_bytes_for(max_file_size: u64) -> u64 {
+pub(crate) fn max_entry_bytes_for(max_file_size: u64) -> u64 {
     let header = BATCH_HEADER_LEN as u64;
     (max_file_size - 2 * BLOCK_SIZE as u64 - header).min((1 << 32) - BLOCK_SIZE as u64 - header)
 }
