@@ -84,7 +84,15 @@ pub(crate) struct UringBackend {
     /// none from a full submission queue.
     #[cfg(test)]
     refuse_pushes: bool,
+    /// How many `io_uring_enter` calls fail with this errno before the kernel
+    /// is called, as when it runs short of memory (EAGAIN).
+    #[cfg(test)]
+    refuse_enters: (u32, i32),
 }
+
+/// How long `enter` keeps retrying an `io_uring_enter` the kernel refused for
+/// want of memory or resources (EAGAIN, ENOMEM) before it fails the WAL.
+const ENTER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A standalone fdatasync of the registered file, for operation `token`.
 fn fsync_entry(token: u64) -> squeue::Entry {
@@ -158,6 +166,8 @@ impl UringBackend {
             cancel_next: std::collections::HashSet::new(),
             #[cfg(test)]
             refuse_pushes: false,
+            #[cfg(test)]
+            refuse_enters: (0, 0),
         })
     }
 
@@ -262,8 +272,10 @@ impl UringBackend {
     }
 
     fn enter(&mut self, want: usize) -> Result<()> {
+        let mut refused_since = None;
+        let mut pause = std::time::Duration::from_micros(50);
         loop {
-            match self.ring.submit_and_wait(want) {
+            match self.submit_and_wait(want) {
                 Ok(_) => {
                     self.unsubmitted = 0;
                     return Ok(());
@@ -273,9 +285,35 @@ impl UringBackend {
                     // Completion queue full: the caller reaps and the next enter retries.
                     return Ok(());
                 }
+                // The kernel ran short of memory or resources for the request
+                // and asks to be called again (io_uring_enter(2)). The entries
+                // stay queued: failing here would fail the WAL for good, and a
+                // later enter (the failure's own reap) would still hand them
+                // to the kernel, writing a batch answered as failed. Retry for
+                // a while, the operations in flight completing meanwhile.
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM))
+                        && refused_since
+                            .get_or_insert_with(std::time::Instant::now)
+                            .elapsed()
+                            < ENTER_RETRY_FOR =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(10));
+                }
                 Err(e) => return Err(Error::io("io_uring_enter", self.path(), e)),
             }
         }
+    }
+
+    /// `io_uring_enter`, or the errno a test makes it fail with.
+    fn submit_and_wait(&mut self, want: usize) -> std::io::Result<usize> {
+        #[cfg(test)]
+        if self.refuse_enters.0 > 0 {
+            self.refuse_enters.0 -= 1;
+            return Err(std::io::Error::from_raw_os_error(self.refuse_enters.1));
+        }
+        self.ring.submit_and_wait(want)
     }
 }
 
@@ -837,6 +875,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An `io_uring_enter` refused for want of memory (EAGAIN, ENOMEM) failed
+    /// the WAL for good, though the kernel asks to be called again, and the
+    /// entry it left queued was handed to the kernel by the failure's own reap:
+    /// a batch answered as failed was written. It is retried now; a refusal
+    /// that lasts still fails, naming the call.
+    #[test]
+    fn an_enter_refused_for_want_of_memory_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let mut bufs = vec![AlignedBuf::new(4096)];
+        bufs[0].as_mut_slice().fill(7);
+        let mut b = backend_on(&path, 8, false, &mut bufs).unwrap();
+        let write = |offset: u64| Op::Write {
+            buf: &bufs[0],
+            len: 4096,
+            offset,
+            sync: true,
+        };
+        b.refuse_enters = (3, libc::EAGAIN);
+        b.submit(1, write(0)).unwrap();
+        b.refuse_enters = (2, libc::ENOMEM);
+        let mut done = Vec::new();
+        while done.len() < 1 {
+            b.reap(true, &mut done, &|_| None).unwrap();
+        }
+        assert_eq!(b.refuse_enters.0, 0, "every refusal was met");
+        assert!(done[0].result.is_ok(), "{:?}", done[0].result);
+        assert_eq!(&std::fs::read(&path).unwrap()[..4096], &[7u8; 4096][..]);
+
+        b.refuse_enters = (u32::MAX, libc::EAGAIN);
+        let e = b
+            .submit(2, write(4096))
+            .expect_err("a lasting refusal fails");
+        assert!(e.to_string().contains("io_uring_enter"), "{e}");
     }
 
     /// A backend dropped with writes in flight (the commit thread unwinding from a
