@@ -1911,6 +1911,25 @@ mod tests {
         );
     }
 
+    /// A Produce v8 frame (acks -1) of one batch of `values` to partition 0 of
+    /// topic "t", from idempotent `producer` (epoch 0) at sequence `seq`.
+    fn idempotent_produce(values: &[&[u8]], producer: i64, seq: i32, timeout_ms: i32) -> Vec<u8> {
+        use kafka_protocol::messages::{
+            produce_request::{PartitionProduceData, TopicProduceData},
+            ProduceRequest, TopicName,
+        };
+        let batch = crate::storage::batch::tests::make_producer_batch(0, values, producer, 0, seq);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(timeout_ms)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(batch)))])]);
+        frame(ApiKey::Produce, 8, "c", &req)
+    }
+
     /// A new idempotent producer pipelines sequences 0 and 1; the first times
     /// out waiting for pipeline capacity, unwritten. The second used to be
     /// read and stored at offset 0 as the producer's first batch, so the
@@ -1918,10 +1937,7 @@ mod tests {
     /// closes after the first answer, before the second is read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idempotent_batch_refused_before_the_write_closes_the_connection_before_the_next() {
-        use kafka_protocol::messages::{
-            produce_request::{PartitionProduceData, TopicProduceData},
-            ProduceRequest, ProduceResponse, TopicName,
-        };
+        use kafka_protocol::messages::ProduceResponse;
         let dir = tempfile::tempdir().unwrap();
         let ctx = ctx(dir.path()).await;
         let storage = ctx.storage.clone();
@@ -1929,18 +1945,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let produce = |seq: i32, timeout_ms: i32| {
-            let batch = crate::storage::batch::tests::make_producer_batch(0, &[b"v"], 7, 0, seq);
-            let req = ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(timeout_ms)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("t")))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(Bytes::from(batch)))])]);
-            frame(ApiKey::Produce, 8, "c", &req)
-        };
+        let produce = |seq: i32, timeout_ms: i32| idempotent_produce(&[b"v"], 7, seq, timeout_ms);
         let answer = |r: &ProduceResponse| {
             let p = &r.responses[0].partition_responses[0];
             (p.error_code, p.base_offset)
@@ -1979,6 +1984,66 @@ mod tests {
         let second: ProduceResponse = response(&mut client, 8).await;
         assert_eq!(answer(&first), (codes::NONE, 0));
         assert_eq!(answer(&second), (codes::NONE, 1));
+    }
+
+    /// A new idempotent producer's batch of two records, larger than the
+    /// topic's `max.message.bytes`, is refused before the write; the Java
+    /// producer splits it and sends its halves from the same first sequence.
+    /// A batch pipelined behind it was stored first, as the producer's first,
+    /// and the halves were then out of order for good. The connection now
+    /// closes after the first answer, as for the other refusals clients retry;
+    /// a one-record batch too large (failed, not split) leaves it open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idempotent_batch_too_large_to_store_whole_closes_the_connection_before_the_next() {
+        use kafka_protocol::messages::ProduceResponse;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        let storage = ctx.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            let configs = crate::storage::topic_config::TopicConfig::from_pairs([(
+                "max.message.bytes",
+                Some("1000"),
+            )])
+            .unwrap();
+            storage.create_topic_with("t", 1, configs).map(drop)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let produce = |values: &[&[u8]], producer: i64, seq: i32| {
+            idempotent_produce(values, producer, seq, 10_000)
+        };
+        let code = |r: &ProduceResponse| r.responses[0].partition_responses[0].error_code;
+
+        // One record too large: answered, and the next request too.
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let mut both = produce(&[&[0u8; 1600]], 7, 0);
+        both.extend(produce(&[b"v"], 7, 5));
+        client.write_all(&both).await.unwrap();
+        let first: ProduceResponse = response(&mut client, 8).await;
+        let second: ProduceResponse = response(&mut client, 8).await;
+        assert_eq!(code(&first), codes::MESSAGE_TOO_LARGE);
+        assert_eq!(code(&second), codes::NONE);
+        let p = ctx.storage.partition("t", 0).unwrap();
+        assert_eq!(p.high_watermark(), 1);
+
+        // Two records too large together, from a producer the partition does
+        // not know: the connection closes before the next request is read.
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let big = [0u8; 800];
+        let mut both = produce(&[&big, &big], 9, 0);
+        both.extend(produce(&[b"v"], 9, 2));
+        client.write_all(&both).await.unwrap();
+        let r: ProduceResponse = response(&mut client, 8).await;
+        assert_eq!(code(&r), codes::MESSAGE_TOO_LARGE);
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(15), client.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the connection closes, the second request unread and unanswered: {closed:?}"
+        );
+        assert_eq!(p.high_watermark(), 1, "the pipelined batch was stored");
     }
 
     /// Every answer reflects the requests before it on its connection: an

@@ -57,15 +57,28 @@ struct LogStartFile {
     log_start_offset: i64,
 }
 
-/// The producers known when the segment starting at `base` was started: its
-/// snapshot; without one, those whose last batches went out just before it, in
-/// `prev`.
-fn producers_before(dir: &Path, base: i64, prev: Option<&Segment>) -> Result<ProducerState> {
+/// The producers known when the segment starting at `base` was started, the
+/// segments before it being `older`: its snapshot; without a readable one, the
+/// newest readable snapshot of an older segment, with every batch from that
+/// segment on. (A power loss takes the snapshots written since the last
+/// checkpoint, renamed into place but not fsynced, while their segments are
+/// durable; the checkpoint fsynced the ones it kept.) Without any, those whose
+/// last batches went out just before it, in the previous segment.
+fn producers_before(dir: &Path, base: i64, older: &[Segment]) -> Result<ProducerState> {
     if let Some(s) = load_snapshot(dir, base) {
         return Ok(ProducerState::from_snapshot(&s));
     }
+    for (i, seg) in older.iter().enumerate().rev() {
+        if let Some(s) = load_snapshot(dir, seg.base_offset()) {
+            let mut producers = ProducerState::from_snapshot(&s);
+            for later in &older[i..] {
+                later.record_producers_tail(usize::MAX, &mut producers)?;
+            }
+            return Ok(producers);
+        }
+    }
     let mut producers = ProducerState::default();
-    if let Some(prev) = prev {
+    if let Some(prev) = older.last() {
         prev.record_producers_tail(PREVIOUS_SEGMENT_BATCHES, &mut producers)?;
     }
     Ok(producers)
@@ -447,7 +460,7 @@ impl Partition {
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
             let seg = if i + 1 == bases.len() {
-                producers = producers_before(&dir, *base, segments.last())?;
+                producers = producers_before(&dir, *base, &segments)?;
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
                 let mut seg = Segment::open(&dir, *base, false)?;
@@ -586,8 +599,7 @@ impl Partition {
             }
             sync_dir(&self.dir)?;
             // The producers as of this segment's end, as if it were opened newest.
-            let prev = i.checked_sub(1).map(|j| &log[j]);
-            let mut producers = producers_before(&self.dir, log[i].base_offset(), prev)?;
+            let mut producers = producers_before(&self.dir, log[i].base_offset(), &log[..i])?;
             log[i].record_producers_tail(usize::MAX, &mut producers)?;
             *self.producers() = producers;
             self.next_offset.store(end, Ordering::Release);
@@ -748,8 +760,8 @@ impl Partition {
     /// Writes the producer state snapshot for a segment starting at `base`
     /// (`<base>.producers`: temporary file, then rename). Best effort, and
     /// fsynced only by the next [`Partition::sync`] (the next checkpoint): a
-    /// start-up that finds it missing or unreadable falls back to reading the
-    /// previous segment's last batches.
+    /// start-up that finds it missing or unreadable starts from the newest
+    /// readable snapshot before it (see `producers_before`).
     ///
     /// Called after the roll, outside the partition's log lock: the snapshot
     /// keeps only batches below `base`, so batches appended to the new segment
@@ -3401,6 +3413,55 @@ pub(crate) mod tests {
         assert!(orphan.is_dir());
     }
 
+    /// A power loss takes the producer snapshots written since the last
+    /// checkpoint (renamed into place, not fsynced: empty after the restart),
+    /// while their segments are durable. A start that found the newest
+    /// snapshot unreadable knew only the previous segment's last batches: a
+    /// producer seen before them was unknown, and its retry was appended
+    /// again. It now starts from the newest readable snapshot and reads every
+    /// batch after it.
+    #[test]
+    fn producers_are_known_from_the_newest_readable_snapshot_when_later_ones_are_lost() {
+        use crate::storage::{batch::tests, producers::Verdict};
+        let make_producer_batch = |values: &[&[u8]], pid, seq| {
+            tests::with_timestamp(
+                tests::make_producer_batch(0, values, pid, 0, seq),
+                segment::now_ms(),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let record = |p: &Partition, b: Vec<u8>| {
+            let mut infos = validate_all(&b).unwrap();
+            infos[0].base_offset = store(p, b);
+            p.producers().record(&infos);
+            infos[0].base_offset
+        };
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let first = make_producer_batch(&[b"once"], 7, 0);
+        assert_eq!(record(&p, first.clone()), 0);
+        // [once, big 0], [big 1], [big 2], [big 3]; the checkpoint's sync
+        // fsyncs the newest snapshot (4) and drops the older ones.
+        for k in 0..4 {
+            record(&p, make_producer_batch(&[&[1u8; 3000]], 8, k));
+        }
+        p.sync().unwrap();
+        // [big 4], [big 5]: snapshots 5 and 6, not fsynced.
+        let last = make_producer_batch(&[&[1u8; 3000]], 8, 5);
+        record(&p, make_producer_batch(&[&[1u8; 3000]], 8, 4));
+        assert_eq!(record(&p, last.clone()), 6);
+        assert_eq!(files(&pdir, "log"), 6);
+        drop(p);
+        for base in [5, 6] {
+            std::fs::write(pdir.join(segment::producers_name(base)), b"").unwrap();
+        }
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let check = |b: &[u8]| p.producers().check(&validate_all(b).unwrap());
+        assert_eq!(check(&first), Ok(Verdict::Duplicate(0)));
+        assert_eq!(check(&last), Ok(Verdict::Duplicate(6)));
+        assert_eq!(p.producers().len(), 2);
+    }
+
     #[test]
     fn a_producer_known_when_the_newest_segment_started_is_known_after_a_reopen() {
         use crate::storage::{batch::tests, producers::Verdict};
@@ -3462,16 +3523,28 @@ pub(crate) mod tests {
             !pdir.join(segment::producers_name(0)).exists(),
             "nothing before the first roll"
         );
-        // Without a readable snapshot: the previous segment's last batches only,
-        // so producer 7 is unknown (and may start anywhere).
+        // Without a readable snapshot of the newest segment: the newest
+        // readable older one (3's) and every batch from its segment on.
         std::fs::write(&snapshot, b"{\"version\":1,\"below\":4,\"produc").unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
+        assert_eq!(p.producers().len(), 2);
+        drop(p);
+        // Without any: the previous segment's last batches only, so producer
+        // 7 is unknown (and may start anywhere).
+        std::fs::remove_file(&snapshot).unwrap();
+        let older = [2, 3].map(|b| pdir.join(segment::producers_name(b)));
+        for s in &older {
+            std::fs::rename(s, s.with_extension("hidden")).unwrap();
+        }
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert_eq!(p.producers().check(&retry), Ok(Verdict::Append));
         assert_eq!(p.producers().len(), 1);
-        std::fs::remove_file(&snapshot).unwrap();
         drop(p);
+        for s in &older {
+            std::fs::rename(s.with_extension("hidden"), s).unwrap();
+        }
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
-        assert_eq!(p.producers().check(&retry), Ok(Verdict::Append));
 
         // Retention deletes a segment's snapshot with it.
         let snapshots = || {

@@ -129,14 +129,19 @@ impl Refused {
     }
 }
 
-/// Whether `e`, refusing a batch before it was submitted, is one clients retry
-/// (the capacity or decompression wait timed out; the CRC did not match):
-/// the batch will come again, after any the client pipelined behind it.
-fn retried_before_the_write(e: &ProduceError) -> bool {
-    matches!(
-        e,
-        ProduceError::Timeout | ProduceError::InvalidBatch(BatchError::Crc { .. })
-    )
+/// Whether `e`, refusing `records` before they were submitted, is one clients
+/// retry (the capacity or decompression wait timed out; the CRC did not
+/// match; a batch of more than one record too large, which the Java producer
+/// splits and sends again from its first sequence): the batch will come
+/// again, after any the client pipelined behind it.
+fn retried_before_the_write(e: &ProduceError, records: &[u8]) -> bool {
+    match e {
+        ProduceError::Timeout | ProduceError::InvalidBatch(BatchError::Crc { .. }) => true,
+        ProduceError::TooLarge(_) => {
+            crate::storage::batch::parse_header(records).is_ok_and(|i| i.last_offset_delta > 0)
+        }
+        _ => false,
+    }
 }
 
 /// Whether `records` is a batch of an idempotent producer (a producer id of 0
@@ -194,8 +199,10 @@ pub(crate) async fn handle(
                 Err(e @ ProduceError::UnknownTopicOrPartition) => unknown.add(&name, p.index, e),
                 Err(e) => {
                     refused.add(&name, p.index, e);
-                    out_of_line |=
-                        retried_before_the_write(e) && p.records.as_deref().is_some_and(idempotent);
+                    out_of_line |= p
+                        .records
+                        .as_deref()
+                        .is_some_and(|r| idempotent(r) && retried_before_the_write(e, r));
                 }
                 Ok(_) => {}
             }

@@ -900,7 +900,7 @@ mod tests {
         b.submit(1, write(0)).unwrap();
         b.refuse_enters = (2, libc::ENOMEM);
         let mut done = Vec::new();
-        while done.len() < 1 {
+        while done.is_empty() {
             b.reap(true, &mut done, &|_| None).unwrap();
         }
         assert_eq!(b.refuse_enters.0, 0, "every refusal was met");
