@@ -459,12 +459,28 @@ impl Config {
             }
         }
         if let Some(a) = &self.server.advertised_addr {
-            if parse_host_port(a).is_none() {
-                return bad(
-                    "--advertised-addr",
-                    a.clone(),
-                    "accepted values: HOST:PORT with a port from 1 to 65535",
-                );
+            match parse_host_port(a) {
+                None => {
+                    return bad(
+                        "--advertised-addr",
+                        a.clone(),
+                        "accepted values: HOST:PORT with a port from 1 to 65535",
+                    )
+                }
+                // Clients connect where Metadata sends them: to themselves.
+                Some((host, _))
+                    if host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_unspecified()) =>
+                {
+                    return bad(
+                        "--advertised-addr",
+                        a.clone(),
+                        "a host clients can connect to: the unspecified address (0.0.0.0, ::) is \
+                         for listening on, and a client sent to it connects to itself",
+                    )
+                }
+                Some(_) => {}
             }
         }
         let (min, max) = (
@@ -992,6 +1008,11 @@ pub struct Cli {
     /// [`Cli::try_parse_args`]; empty otherwise).
     #[arg(skip)]
     pub from_env: FromEnv,
+
+    /// `--wal-sync-mode` and `--wal-sync-ms`, those given on the command line
+    /// or by their variables (filled by [`Cli::try_parse_args`]).
+    #[arg(skip)]
+    pub wal_sync_given: Vec<&'static str>,
 }
 
 impl Cli {
@@ -1029,6 +1050,21 @@ impl Cli {
         let matches = cmd.clone().try_get_matches_from(args)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.from_env = FromEnv::of(&cmd, &matches);
+        cli.wal_sync_given = [
+            ("wal_sync_mode", "--wal-sync-mode"),
+            ("wal_sync_ms", "--wal-sync-ms"),
+        ]
+        .into_iter()
+        .filter(|(id, _)| {
+            matches!(
+                matches.value_source(id),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            )
+        })
+        .map(|(_, flag)| flag)
+        .collect();
         Ok(cli)
     }
 
@@ -1048,6 +1084,23 @@ impl Cli {
                 value: mechanisms.join(","),
                 reason: "needs --sasl-users (without users SASL is off, and any client is \
                          served unauthenticated)"
+                    .into(),
+            }));
+        }
+        if let (false, Some(&flag)) = (self.wal_enabled, self.wal_sync_given.first()) {
+            // Asked for a sync mode, and given acknowledgements from the page
+            // cache, durable only at the next checkpoint.
+            let value = if flag == "--wal-sync-mode" {
+                self.wal_sync_mode.to_string()
+            } else {
+                self.wal_sync_ms.to_string()
+            };
+            return Err(from_env.name_variable(Error::InvalidConfig {
+                field: flag,
+                value,
+                reason: "has no effect with --wal-enabled false: without the WAL a produce is \
+                         acknowledged before it is synced, and is durable only after the next \
+                         checkpoint; drop it or enable the WAL"
                     .into(),
             }));
         }
@@ -1415,6 +1468,52 @@ mod tests {
             c.wal.engine.resolve_backend(bogus).expect("not consulted");
         }
         assert!(!Config::default().wal.engine.backend_from_env);
+    }
+
+    /// `--wal-enabled false` with an explicit `--wal-sync-mode` or
+    /// `--wal-sync-ms` started without a word, produces then acknowledged
+    /// from the page cache whatever mode was asked for; and an advertised
+    /// address of 0.0.0.0 or :: sent every remote client to itself. Both are
+    /// refused, naming the flag.
+    #[test]
+    fn contradictory_or_unreachable_settings_are_refused() {
+        let refused = |args: &[&str], flag: &str| {
+            let mut v = vec!["streamline"];
+            v.extend_from_slice(args);
+            let e = Cli::try_parse_args(v)
+                .unwrap()
+                .into_valid_config()
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+            e
+        };
+        let e = refused(
+            &["--wal-enabled", "false", "--wal-sync-mode", "every_write"],
+            "--wal-sync-mode",
+        );
+        assert!(
+            e.contains("every_write") && e.contains("--wal-enabled false"),
+            "{e}"
+        );
+        refused(
+            &["--wal-enabled", "false", "--wal-sync-ms", "10"],
+            "--wal-sync-ms",
+        );
+        refused(&["--advertised-addr", "0.0.0.0:9092"], "--advertised-addr");
+        refused(&["--advertised-addr", "[::]:9092"], "--advertised-addr");
+        for ok in [
+            &["--wal-enabled", "false"][..],
+            &["--wal-sync-mode", "every_write", "--wal-sync-ms", "10"],
+            &["--advertised-addr", "127.0.0.1:9092"],
+            &["--advertised-addr", "[::1]:9092"],
+            &["--listen", "0.0.0.0:9092"],
+        ] {
+            let mut v = vec!["streamline"];
+            v.extend_from_slice(ok);
+            let c = Cli::try_parse_args(v).unwrap().into_valid_config();
+            assert!(c.is_ok(), "{ok:?}: {c:?}");
+        }
     }
 
     #[test]

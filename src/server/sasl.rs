@@ -215,6 +215,18 @@ pub struct Authenticator {
     plain_accepted: std::sync::Mutex<HashMap<String, Vec<u8>>>,
     /// Drawn at random for each authenticator, never stored.
     plain_key: hmac::Key,
+    /// SHA-256 of the users file as this authenticator read or wrote it: an
+    /// alteration rewrites the file only while it still holds that, so a hand
+    /// edit not yet loaded (a user added, a user removed to revoke them) is
+    /// never overwritten with the users in memory.
+    file_digest: Vec<u8>,
+}
+
+/// SHA-256 of a users file's bytes.
+fn file_digest(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -372,6 +384,7 @@ impl Authenticator {
             rng,
             plain_accepted: std::sync::Mutex::default(),
             plain_key,
+            file_digest: file_digest(text.as_bytes()),
         })
     }
 
@@ -416,6 +429,19 @@ impl Authenticator {
     /// mechanism, iterations out of range, a deletion of nothing), or the file
     /// cannot be written; the file is then unchanged.
     pub fn altered(&self, changes: &[ScramChange]) -> Result<Altered> {
+        let on_disk =
+            std::fs::read(&self.path).map_err(|e| Error::io("read SASL users", &self.path, e))?;
+        if file_digest(&on_disk) != self.file_digest {
+            return Err(Error::io(
+                "alter SCRAM credentials in",
+                &self.path,
+                std::io::Error::other(
+                    "the users file changed since the broker last read it, and rewriting it \
+                     would undo that change; send the broker SIGHUP to load it, then alter \
+                     the credentials again",
+                ),
+            ));
+        }
         let mut users = self.users.clone();
         for c in changes {
             match c {
@@ -491,7 +517,7 @@ impl Authenticator {
             let e = std::io::Error::other("no random numbers for a key");
             Error::io("write SASL users", &self.path, e)
         })?;
-        let not_durable = write_users(&self.path, &users)?;
+        let (not_durable, file_digest) = write_users(&self.path, &users)?;
         Ok(Altered {
             authenticator: Authenticator {
                 path: self.path.clone(),
@@ -500,6 +526,7 @@ impl Authenticator {
                 rng,
                 plain_accepted: std::sync::Mutex::default(),
                 plain_key,
+                file_digest,
             },
             not_durable,
         })
@@ -565,11 +592,12 @@ pub fn iterations_acceptable(iterations: i32) -> bool {
 
 /// Writes `users` to `path` atomically: passwords as strings, the others as
 /// salted credentials, owner-only permissions. Returns the failure to fsync
-/// the directory after the rename, when it fails: the file holds `users` then.
+/// the directory after the rename, when it fails (the file holds `users`
+/// then), and the [`file_digest`] of what was written.
 ///
 /// # Errors
 /// A failure before the rename: the file is unchanged.
-fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<Option<Error>> {
+fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<(Option<Error>, Vec<u8>)> {
     let mut out = serde_json::Map::new();
     let mut names: Vec<&String> = users.keys().collect();
     names.sort_unstable();
@@ -631,9 +659,10 @@ fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<Option<Erro
         }
         crate::wal::journal::sync_all(&std::fs::File::open(dir)?)
     };
-    Ok(sync_dir()
+    let not_durable = sync_dir()
         .err()
-        .map(|e| Error::io("fsync the directory of", path, e)))
+        .map(|e| Error::io("fsync the directory of", path, e));
+    Ok((not_durable, file_digest(text.as_bytes())))
 }
 
 #[cfg(test)]
@@ -1424,6 +1453,49 @@ mod tests {
         assert_eq!(creds.len(), 2, "{creds:?}");
     }
 
+    /// An alteration rewrote the users file from the users in memory: a
+    /// hand edit not yet loaded (a user added, a user removed to revoke them)
+    /// was undone without a word, the revoked user able to log in again after
+    /// the next SIGHUP. The file is now rewritten only while it holds what the
+    /// broker read or wrote last; otherwise the alteration is refused and the
+    /// file left as edited. A reload (SIGHUP) makes alterations possible again.
+    #[test]
+    fn an_alteration_never_undoes_an_edit_of_the_users_file() {
+        let (dir, auth) = authenticator(&Mechanism::ALL);
+        let path = dir.path().join("users.json");
+        let m = Mechanism::ScramSha256;
+        let upsert = |user: &str| ScramChange::Upsert {
+            user: user.into(),
+            mechanism: m,
+            iterations: 4096,
+            salt: b"salt".to_vec(),
+            salted_password: salted_password(m, 4096, b"salt", b"pw"),
+        };
+        // Written by the broker: a later alteration goes on from it.
+        let auth = auth.altered(&[upsert("carol")]).unwrap().authenticator;
+        let edited = r#"{"user": "pencil", "bob": "builder"}"#;
+        std::fs::write(&path, edited).unwrap();
+        let e = auth
+            .altered(&[upsert("dave")])
+            .expect_err("the edit is not undone");
+        assert!(
+            e.to_string()
+                .contains("changed since the broker last read it")
+                && e.to_string().contains("SIGHUP"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+        let reloaded = Authenticator::load(&path, &Mechanism::ALL).unwrap();
+        let altered = reloaded.altered(&[upsert("dave")]).unwrap().authenticator;
+        assert_eq!(altered.user_names(), ["bob", "dave", "user"]);
+        let on_disk = Authenticator::load(&path, &Mechanism::ALL).unwrap();
+        assert_eq!(on_disk.user_names(), ["bob", "dave", "user"]);
+        // A file gone is not written again from memory either.
+        std::fs::remove_file(&path).unwrap();
+        assert!(altered.altered(&[upsert("erin")]).is_err());
+        assert!(!path.exists());
+    }
+
     /// AlterUserScramCredentials' changes: applied to a copy, written to the
     /// file (which then loads to the same users), a user without credentials
     /// left removed; a file that cannot be written changes nothing.
@@ -1501,7 +1573,8 @@ mod tests {
         assert!(Authenticator::load(&path, &Mechanism::ALL).is_ok());
         // Deleting what is not there is refused; so is a write that fails.
         assert!(next.altered(&changes[1..2]).is_err());
-        std::fs::remove_dir_all(dir.path()).unwrap();
+        // A directory where the temporary file goes: the write fails.
+        std::fs::create_dir(dir.path().join(".users.json.tmp")).unwrap();
         let e = next.altered(&changes[..1]).unwrap_err().to_string();
         assert!(
             e.contains("write SASL users") && e.contains("users.json"),
