@@ -1439,9 +1439,13 @@ impl TopicManager {
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.topic(name).ok_or(AlterError::UnknownTopic)?;
         let configs = change(&old.configs)?;
-        if validate_only || configs == old.configs {
+        if validate_only {
             return Ok(configs);
         }
+        // An unchanged set is stored all the same: the change that made it
+        // may have been renamed into place without its directory fsync
+        // (answered as in force but not durable), and the answer to its retry
+        // must hold after a power loss too.
         let topic = Arc::new(Topic {
             name: old.name.clone(),
             id: old.id,
@@ -1454,10 +1458,12 @@ impl TopicManager {
             .store_renamed(&dir)
             .map_err(|e| AlterError::Storage(e.to_string()))?;
         // Renamed into place: the file holds the change, and the broker follows it.
-        if !self.replace_topic(&old, &topic) {
-            return Err(AlterError::UnknownTopic);
+        if configs != old.configs {
+            if !self.replace_topic(&old, &topic) {
+                return Err(AlterError::UnknownTopic);
+            }
+            Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
         }
-        Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
         if let Some(e) = not_durable {
             tracing::error!(topic = name, configs = ?configs.overrides(), error = %e, "changed topic configs, but topic.json may not survive a power loss");
             return Err(AlterError::Storage(format!(
@@ -3355,6 +3361,20 @@ mod tests {
         assert_eq!(
             stored_topic(tmp.path()).configs,
             *retention("1000").overrides()
+        );
+        // Its retry changes nothing in memory, but is answered only once the
+        // file is durable: it was answered NONE at once, and a power loss
+        // could bring the old configs back.
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        let retried = m.alter_topic_configs("t", false, |_| Ok(retention("1000")));
+        assert!(
+            matches!(&retried, Err(AlterError::Storage(e)) if e.contains("power loss")),
+            "{retried:?}"
+        );
+        assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
+        assert_eq!(
+            m.alter_topic_configs("t", false, |_| Ok(retention("1000"))),
+            Ok(retention("1000"))
         );
         // A failure before the rename changes nothing.
         INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::BeforeRename));

@@ -553,21 +553,23 @@ fn parse_ops(ops: &[Op]) -> Result<Vec<Change>, AlterError> {
                     let v = topic_config::normalise(&o.name, value()?)?;
                     Ok(Change::Set(o.name.clone(), v))
                 }
-                DELETE => {
-                    if !topic_config::is_known(&o.name) {
-                        return Err(ConfigError::Unknown(o.name.clone()).into());
-                    }
-                    Ok(Change::Delete(o.name.clone()))
-                }
+                // A key without an override here, unknown ones included, is
+                // left as it is: Kafka answers the DELETE of a config a topic
+                // does not hold with NONE.
+                DELETE => Ok(Change::Delete(o.name.clone())),
                 APPEND | SUBTRACT => {
                     if !topic_config::is_known(&o.name) {
                         return Err(ConfigError::Unknown(o.name.clone()).into());
                     }
                     if o.name != "cleanup.policy" {
-                        return Err(AlterError::InvalidRequest(format!(
-                            "config {} is not a list: APPEND and SUBTRACT apply to cleanup.policy only",
-                            o.name
-                        )));
+                        // INVALID_CONFIG, as Kafka answers it.
+                        return Err(ConfigError::Invalid {
+                            key: o.name.clone(),
+                            value: value()?.to_string(),
+                            accepted:
+                                "APPEND and SUBTRACT apply to list configs only (cleanup.policy)",
+                        }
+                        .into());
                     }
                     let mut named = [false; 2];
                     for v in value()?.split(',').map(str::trim).filter(|v| !v.is_empty()) {
@@ -601,7 +603,8 @@ fn apply_changes(current: &TopicConfig, changes: &[Change]) -> Result<TopicConfi
     for change in changes {
         match change {
             Change::Set(key, value) => c.set(key, value)?,
-            Change::Delete(key) => c.remove(key)?,
+            Change::Delete(key) if topic_config::is_known(key) => c.remove(key)?,
+            Change::Delete(_) => {}
             Change::Append(named) | Change::Subtract(named) => {
                 // The broker's cleanup.policy is always delete.
                 let mut now = [c.compact(), c.delete()];
@@ -747,8 +750,25 @@ mod tests {
             refused(&[op("cleanup.policy", SUBTRACT, Some("delete"))]),
             AlterError::Invalid(_)
         ));
+        // As Kafka answers: INVALID_CONFIG for an APPEND to a key that is not
+        // a list; a DELETE of a key the topic does not hold (unknown ones
+        // too) leaves it as it is.
         let not_a_list = refused(&[op("retention.ms", APPEND, Some("5"))]);
-        assert!(matches!(&not_a_list, AlterError::InvalidRequest(m) if m.contains("not a list")));
+        assert!(
+            matches!(&not_a_list, AlterError::Invalid(e @ ConfigError::Invalid { key, .. })
+                if key == "retention.ms" && e.to_string().contains("list configs only")),
+            "{not_a_list:?}"
+        );
+        let deleted = apply_ops(
+            &base,
+            &[
+                op("no.such", DELETE, None),
+                op("segment.bytes", SET, Some("8192")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(deleted.get("segment.bytes"), Some("8192"));
+        assert_eq!(deleted.get("retention.ms"), Some("1000"));
         assert!(matches!(
             refused(&[op("no.such", SUBTRACT, Some("x"))]),
             AlterError::Invalid(ConfigError::Unknown(_))
