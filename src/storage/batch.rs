@@ -1,11 +1,12 @@
 //! Kafka RecordBatch v2 framing: just enough to validate a batch, read its offsets and
 //! rewrite its base offset, and to read the keys and timestamps of its records
 //! (decompressing a compressed batch; for compaction, the keyless check of
-//! compacted topics, and timestamp lookups). Nothing is ever recompressed: every
-//! compression codec, header, producer id/epoch/sequence and timestamp is stored
-//! exactly as received, except for the header fields Kafka rewrites at append
-//! too (see [`rewrite_at_append`]), and that compaction may write a batch back
-//! with fewer records, uncompressed.
+//! compacted topics, and timestamp lookups). Every compression codec, header,
+//! producer id/epoch/sequence and timestamp is stored exactly as received,
+//! except for the header fields Kafka rewrites at append too (see
+//! [`rewrite_at_append`]), and that compaction may write a batch back with
+//! fewer records and their largest timestamp ([`retain_records`]),
+//! uncompressed or compressed again with its own codec ([`compress_records`]).
 //!
 //! ```text
 //! offset  size  field                    covered by CRC
@@ -1208,13 +1209,17 @@ fn seal(b: &mut [u8]) {
 /// The whole batch at the start of `buf` holding only the records at the byte
 /// ranges `keep` of `payload` (its records section, decompressed for a
 /// compressed batch: see [`payload`] and [`records_in`]; or `buf` itself with
-/// the ranges [`records`] gives), uncompressed: every other header field stays
-/// as it was (base offset, last offset delta, timestamps, producer), as Kafka's
-/// log cleaner keeps them, so the batch still spans the same offsets.
+/// the ranges [`records`] gives), uncompressed, with `max_timestamp` as its
+/// largest timestamp (the kept records' own, as Kafka's log cleaner rebuilds
+/// a batch): every other header field stays as it was (base offset, last
+/// offset delta, first timestamp, producer), as Kafka's log cleaner keeps
+/// them, so the batch still spans the same offsets and its records' deltas
+/// still count from its first timestamp.
 pub fn retain_records(
     buf: &[u8],
     payload: &[u8],
     keep: impl IntoIterator<Item = std::ops::Range<usize>>,
+    max_timestamp: i64,
 ) -> Vec<u8> {
     let mut b = Vec::with_capacity(HEADER_LEN + payload.len());
     b.extend_from_slice(&buf[..HEADER_LEN]);
@@ -1226,8 +1231,86 @@ pub fn retain_records(
     }
     let count = i32::try_from(kept).unwrap_or(i32::MAX);
     b[COUNT_OFFSET..COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
+    b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max_timestamp.to_be_bytes());
     seal(&mut b);
     b
+}
+
+/// Bytes of records a snappy block holds as the Java client writes them
+/// (xerial's `SnappyOutputStream`, 32 KiB blocks).
+const SNAPPY_BLOCK: usize = 32 << 10;
+
+/// Bytes of records an lz4 block holds as the Java client writes them
+/// (`Lz4BlockOutputStream`, 64 KiB blocks: BD 4).
+const LZ4_BLOCK: usize = 64 << 10;
+
+/// The whole uncompressed batch `b` with its records section compressed with
+/// `codec` (1 gzip, 2 snappy, 3 lz4, 4 zstd), the codec bits set and its length
+/// and CRC updated, written as Kafka's Java client writes each: gzip at the
+/// default level; snappy in xerial's framing (version 1, compatible version 1,
+/// 32 KiB blocks); an lz4 frame (version 01, independent blocks of 64 KiB
+/// without checksums, no content size or checksum; a block that does not
+/// shrink stored as is); a zstd frame (pure Rust, about zstd's level 1). Every
+/// one reads back with [`payload`]. `None` for another codec, a batch that
+/// does not parse or is already compressed, or a compressor that failed.
+pub fn compress_records(b: &[u8], codec: u8) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let info = parse_header(b).ok()?;
+    let section = b.get(HEADER_LEN..info.len)?;
+    if is_compressed(b) {
+        return None;
+    }
+    let mut out = b[..HEADER_LEN].to_vec();
+    match codec {
+        1 => {
+            let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            e.write_all(section).ok()?;
+            out = e.finish().ok()?;
+        }
+        2 => {
+            out.extend_from_slice(XERIAL);
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.extend_from_slice(&1i32.to_be_bytes());
+            let mut enc = snap::raw::Encoder::new();
+            let mut block = Vec::new();
+            for chunk in section.chunks(SNAPPY_BLOCK) {
+                block.resize(snap::raw::max_compress_len(chunk.len()), 0);
+                let n = enc.compress(chunk, &mut block).ok()?;
+                out.extend_from_slice(&i32::try_from(n).ok()?.to_be_bytes());
+                out.extend_from_slice(&block[..n]);
+            }
+        }
+        3 => {
+            // FLG: version 01, independent blocks; BD: 64 KiB blocks.
+            let (flg, bd) = (0x60u8, 0x40u8);
+            out.extend_from_slice(&LZ4_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[flg, bd]);
+            out.push((twox_hash::XxHash32::oneshot(0, &[flg, bd]) >> 8) as u8);
+            let mut block = vec![0u8; lz4_flex::block::get_maximum_output_size(LZ4_BLOCK)];
+            for chunk in section.chunks(LZ4_BLOCK) {
+                let n = lz4_flex::block::compress_into(chunk, &mut block).ok()?;
+                let (word, bytes) = if n < chunk.len() {
+                    (n, &block[..n])
+                } else {
+                    (chunk.len() | 0x8000_0000, chunk)
+                };
+                out.extend_from_slice(&u32::try_from(word).ok()?.to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        4 => ruzstd::encoding::compress(
+            section,
+            &mut out,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        ),
+        _ => return None,
+    }
+    // The codec bits of an uncompressed batch are clear.
+    out[ATTRIBUTES_OFFSET + 1] |= codec;
+    i32::try_from(out.len() - LOG_OVERHEAD).ok()?;
+    seal(&mut out);
+    Some(out)
 }
 
 /// A batch with no records spanning offsets `first..=last` (what compaction leaves
@@ -1253,8 +1336,13 @@ pub fn empty_batch(first: i64, last: i64, max_timestamp: i64) -> Vec<u8> {
 
 /// Whether the batch at the start of `buf` is compressed (codec other than none).
 pub fn is_compressed(buf: &[u8]) -> bool {
-    buf.get(ATTRIBUTES_OFFSET + 1)
-        .is_some_and(|a| a & 0x07 != 0)
+    codec(buf) != 0
+}
+
+/// The compression codec of the batch at the start of `buf` (0 none, 1 gzip,
+/// 2 snappy, 3 lz4, 4 zstd; 0 for fewer bytes than its attributes).
+pub fn codec(buf: &[u8]) -> u8 {
+    buf.get(ATTRIBUTES_OFFSET + 1).map_or(0, |a| a & 0x07)
 }
 
 /// Rewrites the base offsets of consecutive batches in `buf` so the first starts at
@@ -1477,7 +1565,7 @@ pub(crate) mod tests {
             );
             // The records kept, uncompressed, every other field as it was.
             let rs: Vec<_> = records_in(&c, &p).unwrap().collect();
-            let kept = retain_records(&c, &p, [rs[2].bytes.clone()]);
+            let kept = retain_records(&c, &p, [rs[2].bytes.clone()], 502);
             assert!(!is_compressed(&kept));
             let left: Vec<_> = all_records(&kept)
                 .unwrap()
@@ -1508,6 +1596,82 @@ pub(crate) mod tests {
         bomb.extend_from_slice(&e.finish().unwrap());
         seal(&mut bomb);
         assert!(payload(&bomb).is_none());
+    }
+
+    /// Compaction compresses the records it keeps again with their batch's
+    /// codec: each codec's output reads back, as the broker reads it and, for
+    /// lz4 and gzip, as another decoder does; sections of several blocks and
+    /// records that do not compress included.
+    #[test]
+    fn records_compressed_again_read_back_with_every_codec() {
+        use std::io::Read;
+        let mut seed = 11u64;
+        let noise: Vec<u8> = (0..150_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (seed >> 33) as u8
+            })
+            .collect();
+        let repeated = vec![b'a'; 200_000];
+        let small = make_keyed_batch(9, 700, &[(3, Some(b"k"), Some(b"v"))], 5, 1, 2);
+        let large = make_keyed_batch(
+            9,
+            700,
+            &[
+                (0, Some(b"a"), Some(&repeated[..])),
+                (1, Some(b"n"), Some(&noise[..])),
+                (2, Some(b"t"), None),
+            ],
+            5,
+            1,
+            2,
+        );
+        for b in [&small, &large] {
+            let section = &b[HEADER_LEN..];
+            for codec in 1..=4u8 {
+                let c = compress_records(b, codec).unwrap_or_else(|| panic!("codec {codec}"));
+                assert_eq!(super::codec(&c), codec);
+                let (info, orig) = (validate(&c).unwrap(), validate(b).unwrap());
+                assert_eq!(
+                    (info.base_offset, info.last_offset_delta, info.max_timestamp),
+                    (orig.base_offset, orig.last_offset_delta, orig.max_timestamp)
+                );
+                assert_eq!((info.producer_id, info.base_sequence), (5, 2));
+                assert_eq!(
+                    &c[ATTRIBUTES_OFFSET + 2..HEADER_LEN],
+                    &b[ATTRIBUTES_OFFSET + 2..HEADER_LEN]
+                );
+                assert_eq!(&payload(&c).unwrap()[..], section, "codec {codec}");
+                let packed = &c[HEADER_LEN..];
+                let mut other = Vec::new();
+                match codec {
+                    1 => {
+                        flate2::read::GzDecoder::new(packed)
+                            .read_to_end(&mut other)
+                            .unwrap();
+                        assert_eq!(other, section);
+                    }
+                    2 => assert!(packed.starts_with(XERIAL)),
+                    3 => {
+                        lz4_flex::frame::FrameDecoder::new(packed)
+                            .read_to_end(&mut other)
+                            .unwrap();
+                        assert_eq!(other, section);
+                    }
+                    _ => {}
+                }
+            }
+            assert!(compress_records(b, 0).is_none() && compress_records(b, 5).is_none());
+            let gz = compress_records(b, 1).unwrap();
+            assert!(compress_records(&gz, 4).is_none(), "already compressed");
+        }
+        // lz4 blocks that do not shrink are stored as they are: three blocks
+        // of noise take their length words, the frame's header (7 bytes) and
+        // end mark more than the records.
+        let noisy = make_keyed_batch(0, 700, &[(0, Some(b"n"), Some(&noise[..]))], -1, -1, -1);
+        let lz4 = compress_records(&noisy, 3).unwrap();
+        assert_eq!(&payload(&lz4).unwrap()[..], &noisy[HEADER_LEN..]);
+        assert!(lz4.len() <= noisy.len() + 7 + 3 * 4 + 4, "{}", lz4.len());
     }
 
     #[test]
@@ -1543,24 +1707,29 @@ pub(crate) mod tests {
         assert_eq!(rs[3].bytes.end, b.len());
 
         // Keep records 0 and 2: a valid batch spanning the same offsets, same
-        // producer and sequence, two records.
-        let kept = retain_records(&b, &b, [rs[0].bytes.clone(), rs[2].bytes.clone()]);
+        // producer and sequence, two records, their largest timestamp its own;
+        // the records keep theirs.
+        let kept = retain_records(&b, &b, [rs[0].bytes.clone(), rs[2].bytes.clone()], 502);
         let info = validate(&kept).unwrap();
         let orig = validate(&b).unwrap();
         assert_eq!(
-            (info.base_offset, info.last_offset_delta, info.max_timestamp),
-            (orig.base_offset, orig.last_offset_delta, orig.max_timestamp)
+            (info.base_offset, info.last_offset_delta),
+            (orig.base_offset, orig.last_offset_delta)
         );
+        assert_eq!((orig.max_timestamp, info.max_timestamp), (503, 502));
         assert_eq!((info.producer_id, info.base_sequence), (7, 10));
         let left: Vec<_> = all_records(&kept)
             .unwrap()
             .into_iter()
-            .map(|r| (r.offset, r.key))
+            .map(|r| (r.offset, r.timestamp, r.key))
             .collect();
-        assert_eq!(left, vec![(0, Some(&b"k1"[..])), (2, Some(&b"k2"[..]))]);
+        assert_eq!(
+            left,
+            vec![(0, 500, Some(&b"k1"[..])), (2, 502, Some(&b"k2"[..]))]
+        );
 
         // Keep none: still valid as a stored batch, refused as a produced one.
-        let none = retain_records(&b, &b, []);
+        let none = retain_records(&b, &b, [], -1);
         assert!(matches!(
             validate(&none),
             Err(BatchError::BadCount { count: 0, .. })

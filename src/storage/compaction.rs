@@ -24,25 +24,35 @@
 //!    (`<base>.log.cleaning`, `write_group`) keeping a record only if it is
 //!    its key's newest, and dropping records without a key. A tombstone (null
 //!    value) that is its key's newest goes once its timestamp is
-//!    `delete.retention.ms` old, unless a compressed batch lies before it (see
-//!    below). The copy is fsynced, renamed to `<base>.log.swap`, and then put in
-//!    place of the group ([`super::segment::install_swap`]). A lone segment from
-//!    which nothing would go is left alone.
+//!    `delete.retention.ms` old, unless a batch whose records cannot be read
+//!    lies before it (see below). The copy is fsynced, renamed to
+//!    `<base>.log.swap`, and then put in place of the group
+//!    ([`super::segment::install_swap`]). A lone segment from which nothing
+//!    would go is left alone. A group whose copy cannot be put in place (a
+//!    segment of it went meanwhile: retention, DeleteRecords) ends the pass
+//!    there, and the next pass maps from that group's start again.
 //!
 //! Offsets never move: a batch that keeps some of its records keeps its header
-//! (base offset, last offset delta, timestamps, producer) with fewer records, and
-//! a run of batches that keep none becomes one batch with no records spanning
-//! their offsets, as Kafka's cleaner leaves empty batches. So a segment still
-//! holds contiguous offsets, fetches still return whole batches, and consumers
-//! step over the gaps.
+//! (base offset, last offset delta, first timestamp, producer) with fewer
+//! records and their largest timestamp, and a run of batches that keep none
+//! becomes one batch with no records and no timestamp (-1) spanning their
+//! offsets, as Kafka's cleaner leaves empty batches. So a segment still holds
+//! contiguous offsets, fetches still return whole batches, consumers step over
+//! the gaps, and the largest timestamp of a batch, a segment or the partition
+//! (ListOffsets `MAX_TIMESTAMP`, time retention) is always that of a record
+//! still there.
 //!
-//! Compressed batches are decompressed ([`batch::payload`]), never recompressed:
-//! one from which every record goes is dropped like any other; one from which
-//! some go is written back uncompressed with the rest if that is no larger,
-//! and otherwise kept whole with its stale records.
-//! No tombstone after such a batch is removed, nor after a batch whose records
-//! cannot be read at all (transactional, undecodable), since it might hold an
-//! older value of that key which would then reappear.
+//! Compressed batches are decompressed ([`batch::payload`]): one from which
+//! every record goes is dropped like any other; one from which some go is
+//! written back with the rest uncompressed if that is no larger, and otherwise
+//! compressed again with its own codec ([`batch::compress_records`]), as
+//! Kafka's cleaner rebuilds every batch. So no record that a pass finds stale
+//! is ever kept: a later pass, whose map holds only the keys after the last
+//! pass's end, could not tell it stale, nor keep the tombstone after it.
+//! The one batch kept whole with records that may be stale is one whose
+//! records cannot be read at all (transactional, undecodable); every pass reads
+//! the log from its start and keeps every tombstone after such a batch, since
+//! it might hold an older value of that key which would then reappear.
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -50,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
 use super::{
-    batch::{self, BatchInfo, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN},
+    batch::{self, BatchInfo, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, HEADER_LEN},
     segment::{read_batch_header, BatchIndex, CleanedWriter, LogHandle, Segment},
 };
 
@@ -233,12 +243,16 @@ pub(crate) fn build_map(
     Ok((map, end))
 }
 
-/// A run of batches from which every record went, written as one empty batch.
+/// The timestamp of a batch without records: none (Kafka's `NO_TIMESTAMP`).
+const NO_TIMESTAMP: i64 = -1;
+
+/// A run of batches from which every record went, written as one empty batch
+/// without a timestamp: it holds no record for ListOffsets `MAX_TIMESTAMP` or
+/// time retention to go by.
 #[derive(Debug, Clone, Copy)]
 struct Gap {
     first: i64,
     last: i64,
-    max_timestamp: i64,
 }
 
 impl Gap {
@@ -248,9 +262,9 @@ impl Gap {
         while first <= self.last {
             let last = self.last.min(first + i64::from(i32::MAX));
             out.push(
-                &batch::empty_batch(first, last, self.max_timestamp),
+                &batch::empty_batch(first, last, NO_TIMESTAMP),
                 first,
-                self.max_timestamp,
+                NO_TIMESTAMP,
             )?;
             first = last + 1;
         }
@@ -262,14 +276,22 @@ impl Gap {
 enum Decision {
     /// Copied as it is: nothing goes, or its records cannot be read.
     Whole,
-    /// Copied as it is although records of it could go: a compressed batch
-    /// whose remaining records would take more room uncompressed than the batch.
-    /// Its stale records stay, so no tombstone after it may go.
-    WholeStale,
     /// No record stays (or it had none): it becomes part of an empty batch.
     Drop { removed: u64 },
-    /// Some records go: the batch with the rest (uncompressed).
-    Partial { batch: Vec<u8>, removed: u64 },
+    /// Some records go: the batch with the rest (see [`Judge::decide`]), about
+    /// `bytes` long; the batch itself only when it is to be written.
+    Partial {
+        batch: Option<Rebuilt>,
+        bytes: u64,
+        removed: u64,
+    },
+}
+
+/// A batch written back with fewer records.
+struct Rebuilt {
+    bytes: Vec<u8>,
+    /// Its records' largest timestamp.
+    max_timestamp: i64,
 }
 
 /// Which records stay.
@@ -278,20 +300,29 @@ struct Judge<'a> {
     /// Tombstones older than this go.
     tombstone_horizon: i64,
     /// The first batch seen so far in this pass (which reads from the log start,
-    /// in offset order) that may hold an older value of some key: one kept whole
-    /// with stale records ([`Decision::WholeStale`]), or one whose records cannot
-    /// be read.
+    /// in offset order) that may hold an older value of some key: one whose
+    /// records cannot be read (every other batch keeps no record the pass
+    /// finds stale).
     first_unsafe: Option<i64>,
+    /// Whether batches that keep some records are built ([`write_group`]),
+    /// or only their size told ([`plan_segment`]).
+    build: bool,
 }
 
 impl<'a> Judge<'a> {
-    fn new(map: &'a KeyMap, policy: &CompactionPolicy, first_unsafe: Option<i64>) -> Judge<'a> {
+    fn new(
+        map: &'a KeyMap,
+        policy: &CompactionPolicy,
+        first_unsafe: Option<i64>,
+        build: bool,
+    ) -> Judge<'a> {
         Judge {
             map,
             tombstone_horizon: policy
                 .now_ms
                 .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX)),
             first_unsafe,
+            build,
         }
     }
 
@@ -310,13 +341,18 @@ impl<'a> Judge<'a> {
             && self.first_unsafe.is_none_or(|o| o > r.offset))
     }
 
-    /// Decides the batch `buf` (batches must be judged in offset order).
+    /// Decides the batch `buf` (batches must be judged in offset order). A
+    /// batch that keeps some of its records is written back with them alone,
+    /// its largest timestamp theirs (as Kafka's cleaner rebuilds it; a batch
+    /// flagged LogAppendTime keeps its own, which its records read as theirs):
+    /// uncompressed if that is no larger than the batch was, and otherwise
+    /// compressed again with its own codec unless that is larger still.
     fn decide(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
         if info.base_offset >= self.map.end {
             // Past the map: a newer record of any of its keys may follow.
             return Decision::Whole;
         }
-        let d = with_records(buf, info, |records| {
+        with_records(buf, info, |records| {
             let Some((records, payload, compressed)) = records else {
                 self.first_unsafe.get_or_insert(info.base_offset);
                 return Decision::Whole;
@@ -324,7 +360,12 @@ impl<'a> Judge<'a> {
             // Counted first, then copied: the records are read twice rather
             // than collected (a batch may hold millions).
             let n = records.len();
-            let kept = records.clone().filter(|r| self.keep(r)).count();
+            let (mut kept, mut kept_bytes, mut newest) = (0usize, 0usize, NO_TIMESTAMP);
+            for r in records.clone().filter(|r| self.keep(r)) {
+                kept += 1;
+                kept_bytes += r.bytes.len();
+                newest = newest.max(r.timestamp);
+            }
             let removed = (n - kept) as u64;
             if n == 0 || kept == 0 {
                 return Decision::Drop { removed };
@@ -332,18 +373,40 @@ impl<'a> Judge<'a> {
             if removed == 0 {
                 return Decision::Whole;
             }
-            let keep = records.filter(|r| self.keep(r)).map(|r| r.bytes);
-            let batch = batch::retain_records(buf, payload, keep);
-            if compressed && batch.len() > buf.len() {
-                Decision::WholeStale
-            } else {
-                Decision::Partial { batch, removed }
+            let plain = HEADER_LEN + kept_bytes;
+            let recompress = compressed && plain > buf.len();
+            if !self.build {
+                // About what compressing the fewer records again gives.
+                let bytes = if recompress { buf.len() } else { plain };
+                return Decision::Partial {
+                    batch: None,
+                    bytes: bytes as u64,
+                    removed,
+                };
             }
-        });
-        if matches!(d, Decision::WholeStale) {
-            self.first_unsafe.get_or_insert(info.base_offset);
-        }
-        d
+            let max_timestamp = if info.attributes & ATTR_LOG_APPEND_TIME != 0 {
+                info.max_timestamp
+            } else {
+                newest
+            };
+            let keep = records.filter(|r| self.keep(r)).map(|r| r.bytes);
+            let mut bytes = batch::retain_records(buf, payload, keep, max_timestamp);
+            if recompress {
+                if let Some(c) = batch::compress_records(&bytes, batch::codec(buf))
+                    .filter(|c| c.len() < bytes.len())
+                {
+                    bytes = c;
+                }
+            }
+            Decision::Partial {
+                bytes: bytes.len() as u64,
+                batch: Some(Rebuilt {
+                    bytes,
+                    max_timestamp,
+                }),
+                removed,
+            }
+        })
     }
 }
 
@@ -379,19 +442,19 @@ pub(crate) fn plan_segment(
     policy: &CompactionPolicy,
     first_unsafe: Option<i64>,
 ) -> Result<Plan> {
-    let mut judge = Judge::new(map, policy, first_unsafe);
+    let mut judge = Judge::new(map, policy, first_unsafe, false);
     let mut plan = Plan::default();
     let mut prev_empty = false;
     src.for_each_batch(|buf, info| {
         let (empty, bytes) = match judge.decide(buf, info) {
-            Decision::Whole | Decision::WholeStale => (false, info.len as u64),
+            Decision::Whole => (false, info.len as u64),
             Decision::Drop { removed } => {
                 plan.removable += removed;
                 (true, HEADER_LEN as u64)
             }
-            Decision::Partial { batch, removed } => {
+            Decision::Partial { bytes, removed, .. } => {
                 plan.removable += removed;
-                (false, batch.len() as u64)
+                (false, bytes)
             }
         };
         if empty && prev_empty {
@@ -429,7 +492,7 @@ pub(crate) fn write_group(
     policy: &CompactionPolicy,
     first_unsafe: Option<i64>,
 ) -> Result<GroupCopy> {
-    let mut judge = Judge::new(map, policy, first_unsafe);
+    let mut judge = Judge::new(map, policy, first_unsafe, true);
     let base = group[0].base;
     let mut out = CleanedWriter::create(dir, base)?;
     let mut gap: Option<Gap> = None;
@@ -441,20 +504,21 @@ pub(crate) fn write_group(
             let g = gap.get_or_insert(Gap {
                 first: info.base_offset,
                 last: info.last_offset(),
-                max_timestamp: info.max_timestamp,
             });
             g.last = info.last_offset();
-            g.max_timestamp = g.max_timestamp.max(info.max_timestamp);
             return Ok(());
         }
         if let Some(g) = gap.take() {
             g.flush(&mut out)?;
         }
         match d {
-            // A batch that keeps some records keeps its header's timestamps.
-            Decision::Partial { batch, removed } => {
+            Decision::Partial {
+                batch: Some(batch),
+                removed,
+                ..
+            } => {
                 removed_total += removed;
-                out.push(&batch, info.base_offset, info.max_timestamp)
+                out.push(&batch.bytes, info.base_offset, batch.max_timestamp)
             }
             _ => out.push(buf, info.base_offset, info.max_timestamp),
         }

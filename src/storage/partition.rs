@@ -340,6 +340,10 @@ thread_local! {
     /// between writing its time indexes and putting them in place (tests).
     static BETWEEN_WRITE_AND_INSTALL: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::compact`] on this thread between
+    /// writing a group's compacted copy and putting it in place (tests).
+    static BETWEEN_COPY_AND_SWAP: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A read planned under the lock, performed outside it.
@@ -1406,12 +1410,24 @@ impl Partition {
             }
             let copy =
                 compaction::write_group(&self.dir, group, &map, policy, unsafe_before[g.start])?;
-            if self.install_group(group, copy.max_timestamp)? {
-                stats.segments += group.len();
-                stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
-                stats.bytes_after += copy.size;
-                stats.records_removed += copy.removed;
+            #[cfg(test)]
+            if let Some(between) = BETWEEN_COPY_AND_SWAP.with(|b| b.borrow_mut().take()) {
+                between();
             }
+            if !self.install_group(group, copy.max_timestamp)? {
+                // A segment of the group went meanwhile (retention or
+                // DeleteRecords): the others stay as they were, older values
+                // included, so the pass covers nothing from the group on. Were
+                // the tombstones after it counted as covered, a later pass,
+                // which maps only what follows, would remove them once
+                // `delete.retention.ms` old while those values stayed.
+                covered = sources[g.start].base;
+                break;
+            }
+            stats.segments += group.len();
+            stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
+            stats.bytes_after += copy.size;
+            stats.records_removed += copy.removed;
         }
         self.cleaned_through.store(covered, Ordering::Release);
         if stats.segments > 0 {
@@ -2642,15 +2658,22 @@ pub(crate) mod tests {
 
         // A compaction puts its copy in place of the first two segments
         // meanwhile (the first two "a" records go); the copy knows its newest
-        // timestamp, and keeps its own time index.
+        // timestamp, that of the records it kept (day 1), by which this pass
+        // deletes it, with its time index; what is learned of the next
+        // segment is saved.
         let (_dir, pdir, p) = opened();
-        between_jobs_and_reads(&p, compact_first_two);
-        passes_quietly(
-            &p,
-            &[(0, Some(5 * DAY)), (4, Some(5 * DAY)), (6, Some(5 * DAY))],
-        );
-        assert_eq!(time_indexes(&pdir), (vec![0, 4], 0));
-        assert_eq!(time_index_at(&pdir, 0).next_offset, 4, "the copy's");
+        between_jobs_and_reads(&p, |p| {
+            compact_first_two(p);
+            let log = p.log.lock().unwrap();
+            assert!(log[0].max_timestamp_is_exact());
+            assert_eq!((log[0].base_offset(), log[0].max_timestamp()), (0, DAY));
+        });
+        let (deleted, log) = logged(|| p.apply_retention(6 * DAY, three_days, None).unwrap());
+        assert!(hook_ran());
+        assert!(!log.contains(WARNING), "{log}");
+        assert_eq!(deleted.0, 1, "the copy");
+        assert_eq!(newest(&p), [(4, Some(5 * DAY)), (6, Some(5 * DAY))]);
+        assert_eq!(time_indexes(&pdir), (vec![4], 0));
 
         // A log cut short while its segment is still there is still warned
         // of, naming the segment, and its newest timestamp stays unknown: its
@@ -2798,9 +2821,12 @@ pub(crate) mod tests {
         pass(&p);
         assert_eq!(time_indexes(&pdir), (vec![2, 4], 0));
 
+        // Learned by a lookup this time: a retention pass would delete the
+        // copy, whose records kept are of day 1.
         let (_dir, pdir, p) = opened_without_time_indexes();
         between_write_and_install(&p, compact_first_two);
-        pass(&p);
+        assert!(p.max_timestamp_offset().unwrap().is_some());
+        assert!(BETWEEN_WRITE_AND_INSTALL.with(|b| b.borrow().is_none()));
         assert_eq!(time_indexes(&pdir), (vec![0, 4], 0));
         let copy = time_index_at(&pdir, 0);
         assert_eq!(
@@ -4295,10 +4321,24 @@ pub(crate) mod tests {
                             newest.insert(k, (*o, v.is_none()));
                         }
                     }
+                    // The last record read of a key is its newest: a
+                    // tombstone goes only with every older value of its key.
+                    let mut last_read: BTreeMap<&Vec<u8>, i64> = BTreeMap::new();
+                    for (o, k, _) in &read {
+                        if let Some(k) = k {
+                            last_read.insert(k, *o);
+                        }
+                    }
                     for (k, (o, tombstone)) in newest {
                         proptest::prop_assert!(
                             tombstone || offsets.contains(&o),
                             "key {:?} lost its newest value at {}", String::from_utf8_lossy(k), o
+                        );
+                        let last = last_read.get(k).copied();
+                        proptest::prop_assert!(
+                            last.is_none_or(|l| l == o),
+                            "key {:?} reads as its record at {:?}, its newest is at {}",
+                            String::from_utf8_lossy(k), last, o
                         );
                     }
                 }
@@ -4306,7 +4346,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn compressed_batches_are_compacted_never_growing_and_stale_ones_keep_tombstones() {
+        fn compressed_batches_keep_no_stale_record_and_are_compressed_again_when_smaller() {
             use crate::storage::batch::tests::compress_batch;
             let (_dir, _, p) = fresh();
             // Offsets 0-49: k0..k49, very compressible values, gzip.
@@ -4380,19 +4420,27 @@ pub(crate) mod tests {
             let mut pol = policy(TS + 10);
             pol.delete_retention_ms = 0;
             let stats = compact(&p, &pol);
-            assert!(stats.records_removed >= 7, "{stats:?}");
+            assert!(stats.records_removed >= 10, "{stats:?}");
             let batches = read_all(&p);
             // The gzip batch: 48 records left would take ~50 KB uncompressed
-            // against its ~1 KB, so it stays whole (k0's and k1's old values in
-            // it), and the tombstone for k1 after it stays too.
+            // against its ~1 KB, so they are compressed again with gzip, k0's
+            // and k1's old values gone; so the tombstone for k1 goes too.
             let first = p.read(0, 1).unwrap().unwrap().records;
-            assert_eq!(&first[..], &stale[..], "kept whole, compressed");
+            let info = batch::validate_stored(&first).unwrap();
+            let first = &first[..info.len];
+            assert_eq!((batch::codec(first), info.last_offset()), (1, 49));
+            assert!(first.len() < stale.len(), "{} bytes", first.len());
+            let left: Vec<i64> = batches[0].2.as_ref().unwrap().iter().map(|r| r.0).collect();
+            assert_eq!(left, (2..50).collect::<Vec<i64>>());
             let all: Vec<(i64, Option<Vec<u8>>, bool)> = batches
                 .iter()
                 .filter_map(|b| b.2.clone())
                 .flatten()
                 .collect();
-            assert!(all.contains(&(63, Some(b"k1".to_vec()), true)), "{all:?}");
+            assert!(
+                !all.iter().any(|r| r.1.as_deref() == Some(b"k1")),
+                "{all:?}"
+            );
             // The zstd batch: r5..r9 stay, uncompressed, at their offsets.
             let r = batches.iter().find(|b| b.0 == 50).unwrap();
             let left: Vec<i64> = r.2.as_ref().unwrap().iter().map(|r| r.0).collect();
@@ -4402,6 +4450,176 @@ pub(crate) mod tests {
                 .iter()
                 .any(|b| b.0 == 60 && b.2.as_ref().is_none_or(|r| !r.is_empty())));
             assert!(!all.iter().any(|r| r.0 == 60 || r.0 == 61));
+        }
+
+        /// The offsets and kinds (tombstone or not) of the records of `key`
+        /// read from the log start.
+        fn records_of(p: &Partition, key: &[u8]) -> Vec<(i64, bool)> {
+            read_all(p)
+                .into_iter()
+                .flat_map(|b| b.2.unwrap())
+                .filter(|r| r.1.as_deref() == Some(key))
+                .map(|r| (r.0, r.2))
+                .collect()
+        }
+
+        /// Puts 40 records of distinct keys `other{from}`.. with 300-byte
+        /// values (about three segments).
+        fn fill(p: &Partition, model: &mut Model, from: usize) {
+            let filler = "f".repeat(300);
+            for i in from..from + 40 {
+                put(p, model, &[(Some(&format!("other{i}")), Some(&filler))]);
+            }
+        }
+
+        /// A compressed batch from which a pass removed records but whose
+        /// rest would have taken more room uncompressed was kept whole, stale
+        /// records included, and only that pass kept the tombstones after it.
+        /// The next pass without a restart maps only the keys after the last
+        /// pass's end: it saw nothing stale in the batch and removed the
+        /// tombstone once old, and the stale value became its key's newest.
+        /// The batch is now compressed again with its own codec, without them.
+        #[test]
+        fn a_compressed_batch_keeps_no_value_its_tombstone_outlives_across_passes() {
+            use crate::storage::batch::tests::compress_batch;
+            let (_dir, _, p) = fresh();
+            // Offsets 0-20: gone = v1, then a0..a19 with 1000-byte values, gzip.
+            let big = vec![b'a'; 1000];
+            let keys: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+            let mut rs: Vec<KeyedRecord<'_>> = vec![(0, Some(b"gone"), Some(b"v1"))];
+            rs.extend(keys.iter().map(|k| (0, Some(k.as_bytes()), Some(&big[..]))));
+            let gz = compress_batch(&make_keyed_batch(0, TS, &rs, -1, -1, -1), 1);
+            assert_eq!(store(&p, gz.clone()), 0);
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("gone"), None)]); // tombstone at 21
+            fill(&p, &mut model, 0);
+            // The tombstone is younger than delete.retention.ms: it stays.
+            compact(&p, &policy(TS + 10));
+            assert!(records_of(&p, b"gone").contains(&(21, true)));
+            assert!(p.cleaned_through.load(Ordering::Acquire) > 21);
+            // A later pass of the same process, the tombstone old by then.
+            fill(&p, &mut model, 40);
+            assert!(compact(&p, &policy(TS + 10_000)).segments > 0);
+            let gone = records_of(&p, b"gone");
+            assert!(
+                gone.last().is_none_or(|&(_, tombstone)| tombstone),
+                "gone reads as v1 again: {gone:?}"
+            );
+            // The batch holds a0..a19, gzip still, no larger than it was.
+            let first = p.read(0, 1).unwrap().unwrap().records;
+            let info = batch::validate_stored(&first).unwrap();
+            let first = &first[..info.len];
+            assert_eq!((batch::codec(first), info.last_offset()), (1, 20));
+            assert!(first.len() <= gz.len(), "{} bytes", first.len());
+            let left: Vec<i64> = read_all(&p)[0]
+                .2
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|r| r.0)
+                .collect();
+            assert_eq!(left, (1..21).collect::<Vec<i64>>());
+        }
+
+        /// A group whose copy was not put in place (DeleteRecords removed its
+        /// first segment meanwhile) was counted as covered by the pass, as far
+        /// as the map's end: the next pass mapped only what followed, so it
+        /// removed a tombstone once old while its key's older value stayed in
+        /// the group's other, uncompacted segment, and read as the newest. The
+        /// pass now ends at such a group, and the next one maps from there.
+        #[test]
+        fn a_group_whose_copy_was_not_put_in_place_is_not_counted_as_compacted() {
+            let (_dir, _, p) = fresh();
+            let p = Arc::new(p);
+            let mut model = Model::new();
+            let dup = "d".repeat(300);
+            while p.log.lock().unwrap().len() < 2 {
+                put(&p, &mut model, &[(Some("dup"), Some(&dup))]);
+            }
+            // The second segment: gone's older value, then its tombstone.
+            let old = p.log_end_offset();
+            put(&p, &mut model, &[(Some("gone"), Some("old"))]);
+            for _ in 0..3 {
+                put(&p, &mut model, &[(Some("dup"), Some(&dup))]);
+            }
+            put(&p, &mut model, &[(Some("gone"), None)]);
+            fill(&p, &mut model, 0);
+            let second = p.log.lock().unwrap()[1].base_offset();
+            assert!(second <= old, "{second} {old}");
+            // Once the first group's copy is written, DeleteRecords removes
+            // the first segment: the copy is not put in place.
+            let q = Arc::clone(&p);
+            BETWEEN_COPY_AND_SWAP.with(|b| {
+                *b.borrow_mut() = Some(Box::new(move || {
+                    assert_eq!(q.delete_records(second).unwrap(), second);
+                }));
+            });
+            assert_eq!(compact(&p, &policy(TS + 10)).segments, 0);
+            assert!(BETWEEN_COPY_AND_SWAP.with(|b| b.borrow().is_none()));
+            assert_eq!(p.log.lock().unwrap()[0].base_offset(), second);
+            assert!(records_of(&p, b"gone").contains(&(old, false)));
+            // A later pass of the same process, the tombstone old by then.
+            fill(&p, &mut model, 40);
+            assert!(compact(&p, &policy(TS + 10_000)).segments > 0);
+            let gone = records_of(&p, b"gone");
+            assert!(
+                gone.last().is_none_or(|&(_, tombstone)| tombstone),
+                "gone reads as its older value again: {gone:?}"
+            );
+        }
+
+        /// A batch that kept some records kept its header's largest
+        /// timestamp, and an emptied run the largest of the batches it
+        /// replaced: ListOffsets `MAX_TIMESTAMP` then answered a removed
+        /// record's timestamp at an offset that held none of it. A rebuilt
+        /// batch's largest timestamp is now its records', and an empty batch
+        /// has none; the copy's time index says the same after a restart.
+        #[test]
+        fn max_timestamp_names_a_record_still_there_after_compaction() {
+            let (_dir, pdir, p) = fresh();
+            // Offset 0: "x" of TS + 900 alone, which goes (a newer "x" follows).
+            // Offsets 1-2: "y" of TS + 500, which goes, and "z" of TS + 100.
+            let x = make_keyed_batch(0, TS + 900, &[(0, Some(b"x"), Some(b"old"))], -1, -1, -1);
+            assert_eq!(store(&p, x), 0);
+            let yz = make_keyed_batch(
+                0,
+                TS + 100,
+                &[
+                    (400, Some(b"y"), Some(b"old")),
+                    (0, Some(b"z"), Some(b"kept")),
+                ],
+                -1,
+                -1,
+                -1,
+            );
+            assert_eq!(store(&p, yz), 1);
+            let mut model = Model::new();
+            put(
+                &p,
+                &mut model,
+                &[(Some("x"), Some("new")), (Some("y"), Some("new"))],
+            );
+            fill(&p, &mut model, 0);
+            assert_eq!(p.max_timestamp_offset().unwrap(), Some((0, TS + 900)));
+            assert!(compact(&p, &policy(TS + 10)).records_removed >= 2);
+            assert_eq!(records_of(&p, b"z"), vec![(2, false)]);
+            assert!(records_of(&p, b"x").iter().all(|r| r.0 > 2));
+            let check = |p: &Partition| {
+                assert_eq!(p.max_timestamp_offset().unwrap(), Some((2, TS + 100)));
+                let log = p.log.lock().unwrap();
+                assert!(log[0].max_timestamp_is_exact());
+                assert_eq!(
+                    (log[0].max_timestamp(), log[0].max_timestamp_offset()),
+                    (TS + 100, Some(1)),
+                    "the batch holding z"
+                );
+            };
+            check(&p);
+            // After a restart, from the copy's time index.
+            drop(p);
+            let p = Partition::open("t", 0, pdir, 4096).unwrap();
+            p.set_high_watermark(p.log_end_offset());
+            check(&p);
         }
 
         #[test]
@@ -4705,7 +4923,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn tombstones_go_after_delete_retention_unless_a_compressed_batch_lies_before() {
+        fn tombstones_go_after_delete_retention_unless_an_unreadable_batch_lies_before() {
             let (_dir, _, p) = fresh();
             let mut model = Model::new();
             let filler = "f".repeat(200);
@@ -4740,8 +4958,9 @@ pub(crate) mod tests {
             let left = records(&p);
             assert!(left.contains(&1) && !left.contains(&2), "{left:?}");
 
-            // A compressed batch before a tombstone: the tombstone stays (the batch
-            // may hold an older value of its key), and so does the batch.
+            // A batch whose records cannot be read (flagged gzip, they are not)
+            // before a tombstone: the tombstone stays (the batch may hold an
+            // older value of its key), and so does the batch.
             let (_dir, _, p) = fresh();
             let mut gz = make_keyed_batch(0, TS, &[(0, Some(b"gone"), Some(b"?"))], -1, -1, -1);
             gz[22] |= 1; // gzip, as far as the broker can tell
