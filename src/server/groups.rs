@@ -199,15 +199,135 @@ pub struct MemberSummary {
 
 #[derive(Debug)]
 struct Member {
+    /// Indexed by [`Members`]: changed only by inserting the member again.
     instance_id: Option<String>,
     client_id: String,
     client_host: String,
+    /// Indexed by [`Members`]: changed only by inserting the member again.
     protocols: Vec<(String, Bytes)>,
     session_timeout: Duration,
     rebalance_timeout: Duration,
     last_seen: Instant,
     assignment: Bytes,
     joined: bool,
+}
+
+/// A group's members by member id, with the indexes that keep each request's
+/// checks from taking time in the group's size: how many members list each
+/// protocol name, and the member id of each static member's instance. (A
+/// check that scanned the members cost every join, heartbeat or commit time
+/// in the group's size under the coordinator's lock, and forming a group of
+/// `n` members time in `n²`.) Read through `Deref`; a member's protocols and
+/// instance id change only by [`Members::insert`] of the member again.
+#[derive(Debug, Default)]
+struct Members {
+    by_id: BTreeMap<String, Member>,
+    /// How many members list each protocol name (a name a member lists twice
+    /// counts once).
+    support: HashMap<String, usize>,
+    /// The member id of each static member, by its group instance id.
+    instances: HashMap<String, String>,
+}
+
+impl std::ops::Deref for Members {
+    type Target = BTreeMap<String, Member>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_id
+    }
+}
+
+impl Members {
+    /// Adds (or replaces) member `id`; returns the member it replaced.
+    fn insert(&mut self, id: String, m: Member) -> Option<Member> {
+        let before = self.remove(&id);
+        for name in protocol_names(&m.protocols) {
+            *self.support.entry(name.to_string()).or_default() += 1;
+        }
+        if let Some(i) = &m.instance_id {
+            self.instances.insert(i.clone(), id.clone());
+        }
+        self.by_id.insert(id, m);
+        before
+    }
+
+    /// Removes member `id`.
+    fn remove(&mut self, id: &str) -> Option<Member> {
+        let m = self.by_id.remove(id)?;
+        for name in protocol_names(&m.protocols) {
+            if let Some(n) = self.support.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    self.support.remove(name);
+                }
+            }
+        }
+        if let Some(i) = &m.instance_id {
+            if self.instances.get(i).is_some_and(|cur| cur == id) {
+                self.instances.remove(i);
+            }
+        }
+        Some(m)
+    }
+
+    /// Keeps the members `keep` accepts.
+    fn retain(&mut self, mut keep: impl FnMut(&String, &Member) -> bool) {
+        let gone: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(id, m)| !keep(id, m))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.remove(&id);
+        }
+    }
+
+    /// Member `id`, to change anything but its protocols and instance id.
+    fn get_mut(&mut self, id: &str) -> Option<&mut Member> {
+        self.by_id.get_mut(id)
+    }
+
+    /// Every member, to change anything but its protocols and instance id.
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Member> {
+        self.by_id.values_mut()
+    }
+
+    /// Every member by id, to change anything but its protocols and instance
+    /// id.
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Member)> {
+        self.by_id.iter_mut()
+    }
+
+    /// The member id static member `instance` (its group instance id) has.
+    fn of_instance(&self, instance: &str) -> Option<&String> {
+        examined(1);
+        self.instances.get(instance)
+    }
+
+    /// How many members list protocol `name`.
+    fn supporting(&self, name: &str) -> usize {
+        examined(1);
+        self.support.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Counts member ids or protocol names a request or a tick of the
+/// coordinator looked up or compared (tests check that this work does not
+/// grow with the group's size times its waiting requests).
+#[cfg(test)]
+fn examined(n: usize) {
+    EXAMINED.with(|c| c.set(c.get() + n));
+}
+
+#[cfg(not(test))]
+#[inline]
+fn examined(_: usize) {}
+
+#[cfg(test)]
+thread_local! {
+    /// What [`examined`] counted on this thread.
+    static EXAMINED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 #[derive(Debug)]
@@ -217,9 +337,12 @@ struct Group {
     protocol_type: Option<String>,
     protocol: Option<String>,
     leader: Option<String>,
-    members: BTreeMap<String, Member>,
-    pending_joins: Vec<(String, oneshot::Sender<JoinResult>)>,
-    pending_syncs: Vec<(String, oneshot::Sender<SyncResult>)>,
+    members: Members,
+    /// The JoinGroup waiting for the rebalance of each member (a member's
+    /// later JoinGroup replaces its earlier one, which is dropped).
+    pending_joins: HashMap<String, oneshot::Sender<JoinResult>>,
+    /// The SyncGroups waiting for the leader's assignment, by member.
+    pending_syncs: HashMap<String, Vec<oneshot::Sender<SyncResult>>>,
     /// Member ids handed out with MEMBER_ID_REQUIRED, with the instant they lapse
     /// unless the member rejoins with them.
     pending_members: HashMap<String, Instant>,
@@ -270,9 +393,9 @@ impl Group {
             protocol_type: None,
             protocol: None,
             leader: None,
-            members: BTreeMap::new(),
-            pending_joins: Vec::new(),
-            pending_syncs: Vec::new(),
+            members: Members::default(),
+            pending_joins: HashMap::new(),
+            pending_syncs: HashMap::new(),
             pending_members: HashMap::new(),
             rebalance_deadline: None,
             empty_since: SystemTime::now(),
@@ -340,13 +463,15 @@ impl Group {
     fn complete_sync(&mut self) {
         self.state = State::Stable;
         self.storing = false;
-        for (id, tx) in self.pending_syncs.drain(..) {
+        for (id, txs) in self.pending_syncs.drain() {
             let a = self
                 .members
                 .get(&id)
                 .map(|m| m.assignment.clone())
                 .unwrap_or_default();
-            let _ = tx.send((codes::NONE, a));
+            for tx in txs {
+                let _ = tx.send((codes::NONE, a.clone()));
+            }
         }
     }
 
@@ -354,7 +479,12 @@ impl Group {
     /// the replacements waiting to be stored in force.
     fn to_meta(&self) -> GroupMeta {
         let has_members = !self.members.is_empty();
-        let replacement = |id: &str| self.replacements.iter().find(|r| r.old == id);
+        let by_old: HashMap<&str, &Replacement> = self
+            .replacements
+            .iter()
+            .map(|r| (r.old.as_str(), r))
+            .collect();
+        let replacement = |id: &str| by_old.get(id).copied();
         GroupMeta {
             generation: self.generation,
             protocol_type: self.protocol_type.clone(),
@@ -450,7 +580,7 @@ impl Group {
                 .max()
                 .unwrap_or(Duration::from_secs(5));
             self.rebalance_deadline = Some(now + longest);
-            for (_, tx) in self.pending_syncs.drain(..) {
+            for tx in self.pending_syncs.drain().flat_map(|(_, txs)| txs) {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
             }
         }
@@ -476,7 +606,7 @@ impl Group {
             return;
         }
         let Some(protocol) = self.select_protocol() else {
-            for (id, tx) in self.pending_joins.drain(..) {
+            for (id, tx) in self.pending_joins.drain() {
                 let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &id));
             }
             return;
@@ -508,7 +638,7 @@ impl Group {
                 (id.clone(), m.instance_id.clone(), meta)
             })
             .collect();
-        for (id, tx) in self.pending_joins.drain(..) {
+        for (id, tx) in self.pending_joins.drain() {
             let _ = tx.send(JoinResult {
                 error: codes::NONE,
                 generation: self.generation,
@@ -542,6 +672,11 @@ impl Group {
         new: &str,
         protocols: &[(String, Bytes)],
     ) -> Option<String> {
+        let by_old: HashMap<&str, &Replacement> = self
+            .replacements
+            .iter()
+            .map(|r| (r.old.as_str(), r))
+            .collect();
         let mut members: Vec<(&str, &[(String, Bytes)])> = self
             .members
             .iter()
@@ -549,7 +684,7 @@ impl Group {
                 if id == old {
                     return (new, protocols);
                 }
-                match self.replacements.iter().find(|r| r.old == *id) {
+                match by_old.get(id.as_str()) {
                     Some(r) => (r.new.as_str(), r.req.protocols.as_slice()),
                     None => (id.as_str(), m.protocols.as_slice()),
                 }
@@ -562,10 +697,7 @@ impl Group {
     /// The member id that static member `instance` (its group instance id)
     /// has now.
     fn static_member(&self, instance: &str) -> Option<&String> {
-        self.members
-            .iter()
-            .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
-            .map(|(id, _)| id)
+        self.members.of_instance(instance)
     }
 
     /// KIP-345: a request naming group instance `instance` with a member id
@@ -640,7 +772,7 @@ impl Group {
         if let Some(m) = self.members.get_mut(&new) {
             m.joined = true;
         }
-        self.pending_joins.push((new, tx));
+        self.pending_joins.insert(new, tx);
         self.try_complete(false);
     }
 
@@ -653,19 +785,11 @@ impl Group {
         let Some(mut m) = self.members.remove(old) else {
             return leader_before;
         };
-        for (id, t) in std::mem::take(&mut self.pending_joins) {
-            if id == old {
-                let _ = t.send(JoinResult::error(codes::FENCED_INSTANCE_ID, old));
-            } else {
-                self.pending_joins.push((id, t));
-            }
+        if let Some(t) = self.pending_joins.remove(old) {
+            let _ = t.send(JoinResult::error(codes::FENCED_INSTANCE_ID, old));
         }
-        for (id, t) in std::mem::take(&mut self.pending_syncs) {
-            if id == old {
-                let _ = t.send((codes::FENCED_INSTANCE_ID, Bytes::new()));
-            } else {
-                self.pending_syncs.push((id, t));
-            }
+        for t in self.pending_syncs.remove(old).into_iter().flatten() {
+            let _ = t.send((codes::FENCED_INSTANCE_ID, Bytes::new()));
         }
         if self.leader.as_deref() == Some(old) {
             self.leader = Some(new.clone());
@@ -705,9 +829,10 @@ impl Group {
     /// superseded were answered then; those made after the store read the
     /// group wait for the next store. Returns the new ids now in force.
     fn finish_replacements(&mut self, stored: &[String], ok: bool, now: Instant) -> Vec<String> {
+        let stored: HashSet<&str> = stored.iter().map(String::as_str).collect();
         let mut installed = Vec::new();
         for r in std::mem::take(&mut self.replacements) {
-            if !stored.contains(&r.new) {
+            if !stored.contains(r.new.as_str()) {
                 self.replacements.push(r);
                 continue;
             }
@@ -734,20 +859,18 @@ impl Group {
 
     /// Whether `protocols` include one that every member other than `member_id`
     /// supports, so that a rebalance with it can still choose a protocol.
+    /// Looked up in the members' protocol counts: time in the protocols
+    /// listed, not in the group's size.
     fn supports_protocols(&self, member_id: &str, protocols: &[(String, Bytes)]) -> bool {
-        let mut common = protocol_names(protocols);
-        for (_, m) in self
+        let mine = self
             .members
-            .iter()
-            .filter(|(id, _)| id.as_str() != member_id)
-        {
-            if common.is_empty() {
-                break;
-            }
-            let theirs = protocol_names(&m.protocols);
-            common.retain(|n| theirs.contains(n));
-        }
-        !common.is_empty()
+            .get(member_id)
+            .map(|m| protocol_names(&m.protocols));
+        let others = self.members.len() - usize::from(mine.is_some());
+        protocol_names(protocols).into_iter().any(|name| {
+            let listed_by_me = mine.as_ref().is_some_and(|p| p.contains(name));
+            self.members.supporting(name) - usize::from(listed_by_me) == others
+        })
     }
 
     fn check_member(&self, member_id: &str, generation: i32) -> i16 {
@@ -761,10 +884,6 @@ impl Group {
     }
 }
 
-/// The names of `protocols`, each once. The protocol checks intersect these
-/// sets, so that they take time linear in the protocols listed: comparing
-/// every protocol of a member with every protocol of each other one took
-/// minutes, under the coordinator's lock, for two lists of 200,000.
 impl Group {
     /// The topics a consumer group's members subscribe to, as their metadata for
     /// the group's protocol says; `None` for a group of another protocol type or
@@ -847,6 +966,10 @@ fn undo_replacements<'a>(
     meta
 }
 
+/// The names of `protocols`, each once. The protocol checks intersect these
+/// sets, so that they take time linear in the protocols listed: comparing
+/// every protocol of a member with every protocol of each other one took
+/// minutes, under the coordinator's lock, for two lists of 200,000.
 fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
     protocols.iter().map(|(n, _)| n.as_str()).collect()
 }
@@ -866,6 +989,32 @@ fn choose_protocol<'a>(mut members: impl Iterator<Item = &'a [(String, Bytes)]>)
         .map(|(n, _)| n)
         .find(|n| common.contains(n.as_str()))
         .cloned()
+}
+
+/// The most bytes of a client id a member id begins with (see
+/// [`new_member_id`]).
+pub const MEMBER_ID_CLIENT_BYTES: usize = 255;
+
+/// A new member id: the client id (`member` when empty) and a random UUID, as
+/// Kafka's `<client.id>-<uuid>`, but with at most the first
+/// [`MEMBER_ID_CLIENT_BYTES`] bytes of the client id (cut at a character
+/// boundary), which a request header may make 32 KiB long. The UUID keeps the
+/// ids unique; member ids sharing a long prefix made every comparison of them
+/// (map look-ups by member id among them) cost that prefix.
+fn new_member_id(client_id: &str) -> String {
+    let mut end = client_id.len().min(MEMBER_ID_CLIENT_BYTES);
+    while !client_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    let prefix = if client_id.is_empty() {
+        "member"
+    } else {
+        &client_id[..end]
+    };
+    format!(
+        "{prefix}-{}",
+        uuid::Uuid::from_u128(crate::storage::random_id())
+    )
 }
 
 /// `d` in whole milliseconds, saturating.
@@ -1201,7 +1350,7 @@ impl GroupCoordinator {
                 } else {
                     // Never acknowledged unless stored: the members rejoin.
                     g.storing = false;
-                    for (_, tx) in g.pending_syncs.drain(..) {
+                    for tx in g.pending_syncs.drain().flat_map(|(_, txs)| txs) {
                         let _ = tx.send((codes::COORDINATOR_NOT_AVAILABLE, Bytes::new()));
                     }
                     for m in g.members.values_mut() {
@@ -1357,15 +1506,7 @@ impl GroupCoordinator {
             return rx;
         }
         let member_id = if req.member_id.is_empty() {
-            let prefix = if req.client_id.is_empty() {
-                "member"
-            } else {
-                req.client_id.as_str()
-            };
-            let id = format!(
-                "{prefix}-{}",
-                uuid::Uuid::from_u128(crate::storage::random_id())
-            );
+            let id = new_member_id(&req.client_id);
             if let Some(old) = current {
                 g.protocol_type = Some(req.protocol_type.clone());
                 g.replace_static_member(&old, id, req, tx, now, self.meta.is_some());
@@ -1423,8 +1564,10 @@ impl GroupCoordinator {
                 joined: true,
             },
         );
-        g.pending_joins.retain(|(id, _)| *id != member_id);
-        g.pending_joins.push((member_id, tx));
+        // An earlier JoinGroup of the member still waiting is dropped: it is
+        // answered REBALANCE_IN_PROGRESS.
+        examined(1);
+        g.pending_joins.insert(member_id, tx);
         g.try_complete(false);
         rx
     }
@@ -1477,12 +1620,15 @@ impl GroupCoordinator {
                 let _ = tx.send((codes::NONE, a));
             }
             State::CompletingRebalance => {
-                g.pending_syncs.push((member_id.to_string(), tx));
+                g.pending_syncs
+                    .entry(member_id.to_string())
+                    .or_default()
+                    .push(tx);
                 // A leader's SyncGroup sent again while its assignment is being
                 // stored waits with the others.
                 if g.leader.as_deref() == Some(member_id) && !g.storing {
                     let map: HashMap<String, Bytes> = assignments.into_iter().collect();
-                    for (id, m) in &mut g.members {
+                    for (id, m) in g.members.iter_mut() {
                         // A copy, not a share of the request frame (see `join`).
                         m.assignment = map
                             .get(id)
@@ -1586,8 +1732,8 @@ impl GroupCoordinator {
                 },
             };
             if g.members.remove(id).is_some() {
-                g.pending_joins.retain(|(m, _)| m != id);
-                g.pending_syncs.retain(|(m, _)| m != id);
+                g.pending_joins.remove(id);
+                g.pending_syncs.remove(id);
                 removed = true;
                 out.push(codes::NONE);
             } else if g.pending_members.remove(id).is_some() {
@@ -1621,6 +1767,35 @@ impl GroupCoordinator {
         member_id: &str,
         instance: Option<&str>,
     ) -> i16 {
+        self.commit_gate(group, generation, member_id, instance, true)
+    }
+
+    /// [`GroupCoordinator::check_commit`] again, just before the commit is
+    /// written (under the group's offsets writer lock, which a commit may wait
+    /// for across other groups' fsyncs): a member fenced meanwhile (expired,
+    /// replaced, or at an older generation since a rebalance) is refused as
+    /// the first check would refuse it, so that its stale positions are not
+    /// written over those of the member that took its partitions, as Kafka
+    /// refuses a fenced generation's commit. Not a heartbeat: the first check
+    /// counted as one.
+    pub fn recheck_commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> i16 {
+        self.commit_gate(group, generation, member_id, instance, false)
+    }
+
+    fn commit_gate(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance: Option<&str>,
+        heartbeat: bool,
+    ) -> i16 {
         let mut groups = self.lock();
         match groups.get_mut(group) {
             None if generation < 0 => codes::NONE,
@@ -1641,7 +1816,11 @@ impl GroupCoordinator {
                 if err == codes::NONE && g.state == State::CompletingRebalance {
                     return codes::REBALANCE_IN_PROGRESS;
                 }
-                if let Some(m) = g.members.get_mut(member_id).filter(|_| err == codes::NONE) {
+                if let Some(m) = g
+                    .members
+                    .get_mut(member_id)
+                    .filter(|_| heartbeat && err == codes::NONE)
+                {
                     m.last_seen = Instant::now();
                 }
                 err
@@ -1951,11 +2130,17 @@ impl GroupCoordinator {
     }
 
     /// Expires members whose session timed out and completes overdue rebalances.
+    /// Its work is linear in the members and the requests waiting: each
+    /// member's waiting join or sync is looked up, not searched for (it runs
+    /// under the lock every group request takes, and a group of thousands of
+    /// members waiting in SyncGroup made a search cost seconds).
     pub fn tick(&self) {
         let now = Instant::now();
         let mut groups = self.lock();
         for (name, g) in groups.iter_mut() {
             g.pending_members.retain(|_, lapses| *lapses > now);
+            examined(g.replacements.len());
+            let replacing: HashSet<&str> = g.replacements.iter().map(|r| r.old.as_str()).collect();
             let expired: Vec<String> = g
                 .members
                 .iter()
@@ -1964,23 +2149,25 @@ impl GroupCoordinator {
                     // requests are answered in order) while the leader computes
                     // the assignment: like Kafka, it is kept alive, here up to its
                     // rebalance timeout.
-                    let allowed = if g.pending_syncs.iter().any(|(p, _)| p == *id) {
+                    examined(1);
+                    let allowed = if g.pending_syncs.contains_key(*id) {
                         m.session_timeout.max(m.rebalance_timeout)
                     } else {
                         m.session_timeout
                     };
                     // Nor is one whose instance's replacement waits to be
                     // stored: its instance has just joined.
-                    now.duration_since(m.last_seen) > allowed
-                        && !g.pending_joins.iter().any(|(p, _)| p == *id)
-                        && !g.replacements.iter().any(|r| r.old == **id)
+                    now.duration_since(m.last_seen) > allowed && {
+                        examined(2);
+                        !g.pending_joins.contains_key(*id) && !replacing.contains(id.as_str())
+                    }
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &expired {
                 tracing::info!(group = %name, member = %id, "member session expired");
                 g.members.remove(id);
-                g.pending_syncs.retain(|(m, _)| m != id);
+                g.pending_syncs.remove(id);
             }
             let mut changed = !expired.is_empty();
             if changed {
@@ -2611,6 +2798,114 @@ mod tests {
         // Past its rebalance timeout it is expired all the same.
         let (_, _, _, _, present) = waiting(61);
         assert!(!present, "a member waiting in SyncGroup was kept forever");
+    }
+
+    /// The tick, every 200 ms under the lock every group request takes,
+    /// searched the SyncGroups waiting for each member: a group of 2,000
+    /// members with long client ids (JoinGroup v3, no member id round trip),
+    /// all but the leader waiting in SyncGroup with rebalance timeouts of
+    /// weeks, made each tick compare ids millions of times, seconds under the
+    /// lock, and stalled the broker. Each join likewise searched the waiting
+    /// JoinGroups and every member's protocols, and each request naming a
+    /// static member searched the members for its instance: forming a group
+    /// of `n` members took time in `n²`. Counted here, not timed: the member
+    /// ids and protocol names looked up or compared.
+    #[test]
+    fn a_tick_and_each_request_look_at_a_large_group_in_linear_time() {
+        const N: usize = 2_000;
+        let client_id = "c".repeat(8 * 1024);
+        let c = GroupCoordinator::default();
+        let examined = || EXAMINED.with(|e| e.replace(0));
+        // Every other member is static.
+        let instance = |n: usize| (n % 2 == 1).then(|| format!("instance-{n}"));
+        let join = |member: &str, n: usize| {
+            c.join(JoinRequest {
+                member_id: member.into(),
+                instance_id: instance(n),
+                client_id: client_id.clone(),
+                rebalance_timeout: Duration::from_millis(i32::MAX as u64),
+                ..req("")
+            })
+        };
+        let leader = join("", 0).try_recv().unwrap();
+        examined();
+        let followers: Vec<_> = (1..N).map(|n| join("", n)).collect();
+        let leader = join(&leader.member_id, 0).try_recv().unwrap();
+        let forming = examined();
+        assert!(
+            forming <= 4 * N,
+            "forming the group looked at {forming} ids"
+        );
+        assert_eq!(leader.members.len(), N);
+        let followers: Vec<JoinResult> = followers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect();
+        for f in &followers {
+            assert_eq!((f.error, f.generation), (codes::NONE, leader.generation));
+            assert_eq!(f.member_id.len(), MEMBER_ID_CLIENT_BYTES + 1 + 36);
+            assert!(f
+                .member_id
+                .starts_with(&format!("{}-", &client_id[..MEMBER_ID_CLIENT_BYTES])));
+        }
+        // Every follower waits in SyncGroup; the leader never syncs.
+        let syncs: Vec<_> = followers
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let n = i + 1;
+                c.sync(
+                    "g",
+                    f.generation,
+                    &f.member_id,
+                    instance(n).as_deref(),
+                    vec![],
+                )
+            })
+            .collect();
+        examined();
+        c.tick();
+        let ticked = examined();
+        assert!(ticked <= 3 * N, "a tick looked at {ticked} ids");
+        assert_eq!(c.describe("g").unwrap().members.len(), N, "none expired");
+        // A static member's heartbeat and commit look its instance up.
+        let f = &followers[0];
+        assert_eq!(
+            c.heartbeat("g", f.generation, &f.member_id, instance(1).as_deref()),
+            codes::NONE
+        );
+        assert_eq!(
+            c.check_commit("g", f.generation, &f.member_id, instance(1).as_deref()),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        let static_requests = examined();
+        assert!(static_requests <= 4, "{static_requests} ids looked at");
+        // So does a new member's join: it rebalances the group, whose
+        // followers sync again.
+        let _joined = join("", N + 1);
+        let joining = examined();
+        assert!(joining <= 4, "a join looked at {joining} ids");
+        for mut s in syncs {
+            assert_eq!(s.try_recv().unwrap().0, codes::REBALANCE_IN_PROGRESS);
+        }
+    }
+
+    /// A member id keeps at most [`MEMBER_ID_CLIENT_BYTES`] of its client id,
+    /// cut at a character boundary, and is unique by its UUID.
+    #[test]
+    fn a_member_id_keeps_at_most_255_bytes_of_its_client_id() {
+        let ids = |client_id: &str| (new_member_id(client_id), new_member_id(client_id));
+        let (a, b) = ids("consumer-1");
+        assert!(a.starts_with("consumer-1-") && a.len() == "consumer-1-".len() + 36);
+        assert_ne!(a, b);
+        assert!(ids("").0.starts_with("member-"));
+        // 'é' is two bytes: 127 of them fit in 255 bytes, not 128.
+        let (a, b) = ids(&"é".repeat(200));
+        assert_eq!(a.len(), 254 + 1 + 36);
+        assert!(a.starts_with(&format!("{}-", "é".repeat(127))));
+        assert_ne!(a, b);
+        let (a, _) = ids(&"x".repeat(32 * 1024));
+        assert_eq!(a.len(), MEMBER_ID_CLIENT_BYTES + 1 + 36);
     }
 
     /// A member's commit counts as a heartbeat, as in Kafka: a consumer that

@@ -61,6 +61,7 @@ pub mod codes {
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
     pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const ILLEGAL_GENERATION: i16 = 22;
@@ -499,6 +500,10 @@ impl Server {
         let groups = Arc::clone(&self.ctx.groups);
         let ticker = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
+            // A tick that overran (the coordinator's lock held long) is not
+            // followed by a burst of ticks to catch up, each taking the lock
+            // every group request waits for.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 every.tick().await;
                 groups.tick();
@@ -1430,7 +1435,10 @@ fn in_turn(ctx: &Arc<Ctx>, frame: Bytes, peer: SocketAddr) -> Pending {
 mod tests {
     use super::*;
     use kafka_protocol::{
-        messages::{ApiVersionsRequest, JoinGroupRequest},
+        messages::{
+            describe_configs_request::DescribeConfigsResource, ApiVersionsRequest,
+            DescribeConfigsRequest,
+        },
         protocol::{Decodable, Encodable, StrBytes},
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1804,21 +1812,16 @@ mod tests {
     async fn a_response_that_cannot_be_encoded_closes_the_connection() {
         let dir = tempfile::tempdir().unwrap();
         let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
-        // The member id made from this client id does not fit JoinGroup v5's
-        // 16-bit string: the MEMBER_ID_REQUIRED answer cannot be encoded.
-        let long = "c".repeat(32_740);
-        let join = JoinGroupRequest::default()
-            .with_group_id(StrBytes::from_static_str("g").into())
-            .with_session_timeout_ms(10_000)
-            .with_rebalance_timeout_ms(10_000)
-            .with_protocol_type(StrBytes::from_static_str("consumer"))
-            .with_protocols(vec![
-                kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
-                    .with_name(StrBytes::from_static_str("range"))
-                    .with_metadata(Bytes::from_static(b"m")),
-            ]);
+        // The error message naming this unknown topic does not fit
+        // DescribeConfigs v1's 16-bit string: the answer cannot be encoded.
+        let long = "t".repeat(32_760);
+        let describe = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(long)),
+        ]);
         client
-            .write_all(&frame(ApiKey::JoinGroup, 5, &long, &join))
+            .write_all(&frame(ApiKey::DescribeConfigs, 1, "c", &describe))
             .await
             .unwrap();
         let mut rest = Vec::new();

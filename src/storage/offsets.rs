@@ -269,13 +269,17 @@ impl OffsetStore {
     }
 
     /// [`OffsetStore::commit`] of the `commits` that `still` accepts, judged
-    /// under the group's writer lock, which a deleted topic's positions are
-    /// dropped under too: a commit checked against a topic before it waited
-    /// for the lock is judged again, so that it cannot land in a topic of the
-    /// same name created meanwhile. Returns the positions refused.
+    /// under the group's writer lock (each commit in turn, before anything is
+    /// written), which a deleted topic's positions are dropped under too: a
+    /// commit checked against a topic before it waited for the lock is judged
+    /// again, so that it cannot land in a topic of the same name created
+    /// meanwhile (the server judges there the committing member's generation
+    /// too). Returns the positions refused.
     ///
     /// # Errors
-    /// I/O errors; the in-memory state is unchanged then.
+    /// I/O errors; the in-memory state is unchanged then, even when the file
+    /// was renamed into place before its directory fsync failed (a commit
+    /// sent again is then written again, directory fsync included).
     pub fn commit_where(
         &self,
         group: &str,

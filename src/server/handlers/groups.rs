@@ -289,22 +289,49 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
     }
     if !commits.is_empty() {
         let storage = ctx.storage.clone();
+        let groups = std::sync::Arc::clone(&ctx.groups);
         let g = group.clone();
+        let generation = req.generation_id_or_member_epoch;
+        let member = req.member_id.to_string();
+        let instance = req.group_instance_id.as_ref().map(ToString::to_string);
         // Recorded with the offsets, so that the group is listed with it after a
         // restart (simple commits to a group that never had members record none).
         let protocol_type = ctx.groups.protocol_type(&group);
         let stored = tokio::task::spawn_blocking(move || {
+            // The member is checked again under the group's writer lock, which
+            // the commit may have waited for across other groups' fsyncs: if
+            // it was fenced meanwhile (its session expired, the group
+            // rebalanced), the member that took its partitions may have
+            // committed since, and these stale positions would replace that.
+            let gate = std::cell::OnceCell::new();
             let same = |c: &Committed| {
-                storage.partition(&c.topic, c.partition).is_some()
+                *gate.get_or_init(|| {
+                    groups.recheck_commit(&g, generation, &member, instance.as_deref())
+                }) == codes::NONE
+                    && storage.partition(&c.topic, c.partition).is_some()
                     && storage.topic(&c.topic).map(|t| t.id) == ids.get(&c.topic).copied()
             };
-            storage
-                .offsets()
-                .commit_where(&g, protocol_type.as_deref(), commits, same)
+            let stored =
+                storage
+                    .offsets()
+                    .commit_where(&g, protocol_type.as_deref(), commits, same);
+            (stored, gate.get().copied().unwrap_or(codes::NONE))
         })
         .await;
         let failed = match stored {
-            Ok(Ok(refused)) => {
+            Ok((Ok(_), gate)) if gate != codes::NONE => {
+                // Nothing was written: every position is refused as the first
+                // check would have refused it.
+                for (_, parts) in &mut results {
+                    for (_, code) in parts.iter_mut() {
+                        if *code == codes::NONE {
+                            *code = gate;
+                        }
+                    }
+                }
+                false
+            }
+            Ok((Ok(refused), _)) => {
                 if !refused.is_empty() {
                     let refused: std::collections::HashSet<(String, i32)> =
                         refused.into_iter().collect();
@@ -318,7 +345,7 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
                 }
                 false
             }
-            Ok(Err(e)) => {
+            Ok((Err(e), _)) => {
                 tracing::error!(group = %group, error = %e, "storing committed offsets failed");
                 true
             }
@@ -328,10 +355,18 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
             }
         };
         if failed {
+            // As Kafka's coordinator answers a failed append of the offsets
+            // (KAFKA_STORAGE_ERROR from its log): clients retry NOT_COORDINATOR
+            // (they look the coordinator up again and send the commit again),
+            // while the Java consumer's `commitSync` fails for good on
+            // KAFKA_STORAGE_ERROR. The store keeps the positions it held
+            // before a failed write, even one whose file was renamed into
+            // place before its directory fsync failed, so the commit sent
+            // again is written again, directory fsync included.
             for (_, parts) in &mut results {
                 for (_, code) in parts.iter_mut() {
                     if *code == codes::NONE {
-                        *code = codes::KAFKA_STORAGE_ERROR;
+                        *code = codes::NOT_COORDINATOR;
                     }
                 }
             }
@@ -590,7 +625,8 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
 /// except those of topics its members subscribe to (`GROUP_SUBSCRIBED_TO_TOPIC`)
 /// and of partitions that do not exist (`UNKNOWN_TOPIC_OR_PARTITION`), as Kafka
 /// does. A group with neither members nor positions gets `GROUP_ID_NOT_FOUND`; one
-/// with members that is not a consumer group `NON_EMPTY_GROUP`.
+/// with members that is not a consumer group `NON_EMPTY_GROUP`; a deletion that
+/// cannot be written `NOT_COORDINATOR`, which clients retry.
 pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = req.group_id.0.to_string();
     let known = ctx.storage.offsets().group(&group).is_some() || ctx.groups.holds(&group);
@@ -638,27 +674,30 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
-    let failed = match stored {
+    match stored {
         Ok(n) => {
             tracing::info!(group = %group, positions = n, "deleted committed offsets");
-            false
         }
         Err(e) => {
+            // As Kafka's coordinator answers a failed write of the deletion:
+            // NOT_COORDINATOR for the whole request, on which the admin client
+            // looks the coordinator up again and sends the request again (an
+            // error of a partition it reports as that partition's outcome).
+            // A failed rewrite of the group's file leaves the positions in
+            // the store, so the request sent again deletes them again,
+            // durably; a removal of the file whose directory fsync failed has
+            // them gone from this run (they may come back after a power
+            // loss), as DeleteGroups leaves them.
             tracing::error!(group = %group, error = %e, "deleting committed offsets failed");
-            true
+            return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
-    };
+    }
     let topics = topics
         .into_iter()
         .map(|(name, parts)| {
             let partitions = parts
                 .into_iter()
                 .map(|(index, code)| {
-                    let code = if failed && code == codes::NONE {
-                        codes::KAFKA_STORAGE_ERROR
-                    } else {
-                        code
-                    };
                     OffsetDeleteResponsePartition::default()
                         .with_partition_index(index)
                         .with_error_code(code)
@@ -792,5 +831,181 @@ mod tests {
             ctx.storage.offsets().fetch("g", "t", 0).is_none(),
             "the old topic's position landed in the new one"
         );
+    }
+
+    /// An OffsetCommit to group `g` of `offsets` (partition, offset) of topic
+    /// `t`, from `member` at `generation`.
+    fn commit_request(
+        generation: i32,
+        member: &str,
+        offsets: &[(i32, i64)],
+    ) -> OffsetCommitRequest {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId("g".into()))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName("t".into()))
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|&(p, o)| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(o)
+                        })
+                        .collect(),
+                )])
+    }
+
+    /// Each partition's error code in an OffsetCommit answer.
+    fn commit_codes(r: &OffsetCommitResponse) -> Vec<i16> {
+        r.topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect()
+    }
+
+    /// An OffsetCommit or OffsetDelete whose write failed was answered
+    /// KAFKA_STORAGE_ERROR, on which the Java consumer's `commitSync` fails for
+    /// good and the admin client reports the deletion failed. Kafka's
+    /// coordinator answers a failed append NOT_COORDINATOR, which both retry
+    /// (they look the coordinator up again); sent again once the file can be
+    /// written, each takes effect.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_or_an_offset_delete_that_cannot_be_written_is_answered_not_coordinator() {
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 2).unwrap();
+        let r = offset_commit(&ctx, commit_request(-1, "", &[(0, 5), (1, 7)])).await;
+        assert_eq!(commit_codes(&r), [codes::NONE, codes::NONE]);
+        // The group's file cannot be replaced: a directory with an entry
+        // holds the name of its temporary file.
+        let tmp = ctx
+            .storage
+            .offsets()
+            .dir()
+            .join(crate::storage::offsets::file_name("g"))
+            .with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join("x"), b"x").unwrap();
+
+        let r = offset_commit(&ctx, commit_request(-1, "", &[(0, 9)])).await;
+        assert_eq!(commit_codes(&r), [codes::NOT_COORDINATOR]);
+        assert_eq!(ctx.storage.offsets().fetch("g", "t", 0).unwrap().offset, 5);
+        // Deleting one of the two positions rewrites the file.
+        let delete = OffsetDeleteRequest::default()
+            .with_group_id(GroupId("g".into()))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName("t".into()))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(1)
+                ])]);
+        let r = offset_delete(&ctx, delete.clone()).await;
+        assert_eq!(r.error_code, codes::NOT_COORDINATOR);
+        assert!(r.topics.is_empty(), "no partition is answered for");
+        assert_eq!(ctx.storage.offsets().fetch("g", "t", 1).unwrap().offset, 7);
+
+        // Sent again once the file can be written.
+        std::fs::remove_dir_all(&tmp).unwrap();
+        let r = offset_commit(&ctx, commit_request(-1, "", &[(0, 9)])).await;
+        assert_eq!(commit_codes(&r), [codes::NONE]);
+        let r = offset_delete(&ctx, delete).await;
+        assert_eq!(r.error_code, codes::NONE);
+        assert_eq!(r.topics[0].partitions[0].error_code, codes::NONE);
+        assert_eq!(ctx.storage.offsets().fetch("g", "t", 0).unwrap().offset, 9);
+        assert!(ctx.storage.offsets().fetch("g", "t", 1).is_none());
+    }
+
+    /// A commit checked against the member's generation and then held up
+    /// waiting for the group's offsets writer lock (held across the fsyncs of
+    /// every group sharing it) was written whatever happened meanwhile: its
+    /// member could leave or expire, the group rebalance and the partition's
+    /// new owner commit a later position, which the stale commit then
+    /// replaced (the lock is not fair: the later commit may take it first).
+    /// The member is now checked again under the lock. Whichever of the two
+    /// commits takes the lock first, the stale one is refused and the new
+    /// owner's position stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_whose_member_was_fenced_while_it_waited_for_the_writer_lock_is_refused() {
+        use std::{future::Future, sync::Arc, task::Poll};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let groups = Arc::clone(&ctx.groups);
+        let join_and_sync = move |groups: &Arc<crate::server::groups::GroupCoordinator>| {
+            let j = groups
+                .join(JoinRequest::of_consumer(""))
+                .blocking_recv()
+                .unwrap();
+            assert_eq!(j.error, codes::NONE);
+            let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
+            groups.store_group("g");
+            assert_eq!(s.try_recv().unwrap().0, codes::NONE, "stable");
+            j
+        };
+        let a = {
+            let groups = Arc::clone(&groups);
+            tokio::task::spawn_blocking(move || join_and_sync(&groups))
+                .await
+                .unwrap()
+        };
+        // The group's writer lock, held as a commit of another group sharing
+        // it holds it across its fsync.
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let storage = ctx.storage.clone();
+        let holder = std::thread::spawn(move || {
+            let _writer = storage.offsets().writer("g");
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        // A's commit passes its first check, then waits for the lock.
+        let mut a_commit = {
+            let ctx = Arc::clone(&ctx);
+            let req = commit_request(a.generation, &a.member_id, &[(0, 100)]);
+            Box::pin(async move { offset_commit(&ctx, req).await })
+        };
+        let first = std::future::poll_fn(|cx| Poll::Ready(a_commit.as_mut().poll(cx).is_pending()));
+        assert!(first.await, "the commit waits for the writer lock");
+        // A leaves (or its session expires) and B takes the group over.
+        let b = tokio::task::spawn_blocking(move || {
+            assert_eq!(
+                groups.leave("g", std::slice::from_ref(&a.member_id)),
+                Ok(vec![codes::NONE])
+            );
+            join_and_sync(&groups)
+        })
+        .await
+        .unwrap();
+        assert!(b.generation > a.generation);
+        let b_commit = {
+            let ctx = Arc::clone(&ctx);
+            let req = commit_request(b.generation, &b.member_id, &[(0, 200)]);
+            tokio::spawn(async move { offset_commit(&ctx, req).await })
+        };
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(commit_codes(&b_commit.await.unwrap()), [codes::NONE]);
+        assert_eq!(commit_codes(&a_commit.await), [codes::UNKNOWN_MEMBER_ID]);
+        let fetched = offset_fetch(
+            &ctx,
+            OffsetFetchRequest::default()
+                .with_group_id(GroupId("g".into()))
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(TopicName("t".into()))
+                        .with_partition_indexes(vec![0]),
+                ])),
+            1,
+        );
+        assert_eq!(fetched.topics[0].partitions[0].committed_offset, 200);
     }
 }
