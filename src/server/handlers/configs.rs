@@ -86,13 +86,29 @@ fn opt(v: Option<u64>) -> String {
 /// one request frame.
 fn max_message_bytes(ctx: &Ctx) -> u64 {
     let frame = ctx.storage.config().server.max_request_bytes as u64;
-    ctx.storage.wal().map_or(frame, |w| {
-        w.max_entry_bytes()
-            .saturating_sub(
-                crate::storage::WAL_ENTRY_OVERHEAD + crate::storage::MAX_TOPIC_NAME as u64,
-            )
+    largest_batch(frame, ctx.storage.wal().map(|w| w.max_entry_bytes()))
+}
+
+/// [`max_message_bytes`] for request frames of `frame` bytes and WAL entries
+/// of `entry` bytes at most (`None`: no WAL).
+fn largest_batch(frame: u64, entry: Option<u64>) -> u64 {
+    entry.map_or(frame, |e| {
+        e.saturating_sub(crate::storage::WAL_ENTRY_OVERHEAD + crate::storage::MAX_TOPIC_NAME as u64)
             .min(frame)
     })
+}
+
+/// [`max_message_bytes`] as a broker with every default setting has it: a
+/// value that differs comes from `--max-request-bytes`, `--wal-max-file-size`
+/// or `--wal-enabled`.
+fn default_max_message_bytes() -> u64 {
+    let d = Config::default();
+    largest_batch(
+        d.server.max_request_bytes as u64,
+        d.wal
+            .enabled
+            .then(|| crate::wal::max_entry_bytes_for(d.wal.engine.max_file_size)),
+    )
 }
 
 /// A topic's configuration: its overrides, and the broker's settings under the
@@ -110,7 +126,12 @@ fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
             LONG,
             true,
         ),
-        entry("max.message.bytes", max_message_bytes(ctx), INT, false),
+        setting(
+            "max.message.bytes",
+            max_message_bytes(ctx),
+            default_max_message_bytes(),
+            INT,
+        ),
         entry(
             "message.timestamp.after.max.ms",
             crate::storage::MAX_TIMESTAMP_AHEAD_MS,
@@ -257,7 +278,12 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
         ),
         setting("log.roll.ms", s.roll_ms, ds.roll_ms, LONG),
         setting("log.segment.bytes", s.segment_bytes, ds.segment_bytes, INT),
-        entry("message.max.bytes", max_message_bytes(ctx), INT, false),
+        setting(
+            "message.max.bytes",
+            max_message_bytes(ctx),
+            default_max_message_bytes(),
+            INT,
+        ),
         setting(
             "num.partitions",
             s.default_partitions,
@@ -701,6 +727,31 @@ mod tests {
         assert_eq!(
             (idle.value.as_str(), idle.source),
             ("600000", DEFAULT_CONFIG)
+        );
+        // Derived from settings left alone: a default, as it was not always
+        // (every topic showed max.message.bytes as set by the broker).
+        let largest = find("message.max.bytes");
+        assert_eq!(
+            (largest.value.clone(), largest.source),
+            (default_max_message_bytes().to_string(), DEFAULT_CONFIG)
+        );
+        let topic = topic_entries(&ctx, &TopicConfig::default());
+        let of_topic = topic
+            .iter()
+            .find(|e| e.name == "max.message.bytes")
+            .unwrap();
+        assert_eq!(of_topic.source, DEFAULT_CONFIG);
+        let mut smaller = Config::default();
+        smaller.server.max_request_bytes = 1 << 20;
+        let dir2 = tempfile::tempdir().unwrap();
+        let ctx2 = crate::server::tests::ctx_with(dir2.path(), smaller).await;
+        let set = broker_entries(&ctx2)
+            .into_iter()
+            .find(|e| e.name == "message.max.bytes")
+            .unwrap();
+        assert_eq!(
+            (set.value.as_str(), set.source),
+            ("1048576", STATIC_BROKER_CONFIG)
         );
         let mut names: Vec<&str> = entries.iter().map(|e| e.name).collect();
         names.sort_unstable();
