@@ -88,7 +88,20 @@ pub(crate) struct UringBackend {
     /// is called, as when it runs short of memory (EAGAIN).
     #[cfg(test)]
     refuse_enters: (u32, i32),
+    /// Makes the next `io_uring_enter` hand the kernel at most this many of
+    /// the queued entries, as when it runs short of memory part way.
+    /// Completions `reap` took from the ring and has not yet accounted for in
+    /// `pending` (their operations' `outstanding`).
+    unprocessed: usize,
+    #[cfg(test)]
+    submit_at_most: Option<u32>,
+    /// How many completions `enter` waited for after each partial submission.
+    #[cfg(test)]
+    waited_after_partial: Vec<usize>,
 }
+
+/// `io_uring_enter`'s flag to wait for completions (linux/io_uring.h).
+const IORING_ENTER_GETEVENTS: u32 = 1;
 
 /// How long `enter` keeps retrying an `io_uring_enter` the kernel refused for
 /// want of memory or resources (EAGAIN, ENOMEM) before it fails the WAL.
@@ -168,6 +181,11 @@ impl UringBackend {
             refuse_pushes: false,
             #[cfg(test)]
             refuse_enters: (0, 0),
+            unprocessed: 0,
+            #[cfg(test)]
+            submit_at_most: None,
+            #[cfg(test)]
+            waited_after_partial: Vec::new(),
         })
     }
 
@@ -276,9 +294,49 @@ impl UringBackend {
         let mut pause = std::time::Duration::from_micros(50);
         loop {
             match self.submit_and_wait(want) {
-                Ok(_) => {
+                Ok(_) if self.ring.submission().is_empty() => {
                     self.unsubmitted = 0;
                     return Ok(());
+                }
+                Ok(_) => {
+                    // The kernel took only part of the queue (it ran short of
+                    // memory for a request). A write may have gone without the
+                    // fdatasync linked to it: a link does not carry across
+                    // submissions, and that fdatasync, submitted on its own
+                    // next, could run before the write completes and not
+                    // cover it. Everything submitted completes before the
+                    // rest goes.
+                    let left = self.ring.submission().len();
+                    let unreaped: usize = self
+                        .pending
+                        .values()
+                        .map(|p| usize::from(p.outstanding))
+                        .sum();
+                    // Not counted: completions taken from the ring whose
+                    // operations `reap` has not yet accounted for.
+                    let submitted = unreaped.saturating_sub(left + self.unprocessed);
+                    #[cfg(test)]
+                    self.waited_after_partial.push(submitted);
+                    if submitted == 0 {
+                        // Nothing in flight to wait for: as a refusal.
+                        if refused_since
+                            .get_or_insert_with(std::time::Instant::now)
+                            .elapsed()
+                            >= ENTER_RETRY_FOR
+                        {
+                            return Err(Error::io(
+                                "io_uring_enter",
+                                self.path(),
+                                std::io::Error::other(format!(
+                                    "the kernel takes none of {left} queued entries"
+                                )),
+                            ));
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    self.wait_for_completions(submitted)?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -313,7 +371,38 @@ impl UringBackend {
             self.refuse_enters.0 -= 1;
             return Err(std::io::Error::from_raw_os_error(self.refuse_enters.1));
         }
+        #[cfg(test)]
+        if let Some(n) = self.submit_at_most.take() {
+            // SAFETY: submits at most `n` of the entries queued, each already
+            // upholding `push`'s contract; no argument is passed.
+            return unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(n, 0, IORING_ENTER_GETEVENTS, None)
+            };
+        }
         self.ring.submit_and_wait(want)
+    }
+
+    /// Waits until the completion queue holds `n` completions, submitting
+    /// nothing (the completions stay there for `reap`).
+    fn wait_for_completions(&mut self, n: usize) -> Result<()> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        loop {
+            // SAFETY: to_submit 0 hands the kernel no entry; no argument is
+            // passed.
+            let r = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, n, IORING_ENTER_GETEVENTS, None)
+            };
+            match r {
+                Ok(_) if self.ring.completion().len() >= n as usize => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(Error::io("io_uring_enter (wait)", self.path(), e)),
+            }
+        }
     }
 }
 
@@ -506,7 +595,9 @@ impl Backend for UringBackend {
         }
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        self.unprocessed = cqes.len();
         for (ud, res) in cqes.drain(..) {
+            self.unprocessed -= 1;
             let token = ud >> 1;
             let is_fsync = ud & FSYNC_BIT != 0;
             #[cfg(test)]
@@ -912,6 +1003,47 @@ mod tests {
             .submit(2, write(4096))
             .expect_err("a lasting refusal fails");
         assert!(e.to_string().contains("io_uring_enter"), "{e}");
+    }
+
+    /// A submission the kernel cut short (short of memory for a request) may
+    /// take a write and leave the fdatasync linked to it: a link does not
+    /// carry across submissions, so that fdatasync, submitted on its own,
+    /// could run before the write completed and not cover it, and the write
+    /// was then answered as durable. Everything submitted now completes
+    /// before the rest goes.
+    #[test]
+    fn a_write_cut_from_its_linked_fdatasync_completes_before_the_fdatasync_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let mut bufs = vec![AlignedBuf::new(4096)];
+        bufs[0].as_mut_slice().fill(9);
+        let mut b = backend_on(&path, 8, false, &mut bufs).unwrap();
+        assert!(
+            !b.dsync,
+            "a page-cache file: the write is linked to its fdatasync"
+        );
+        b.submit_at_most = Some(1);
+        b.submit(
+            1,
+            Op::Write {
+                buf: &bufs[0],
+                len: 4096,
+                offset: 0,
+                sync: true,
+            },
+        )
+        .unwrap();
+        // The write went alone; the backend waited for its completion (one)
+        // before it handed over the fdatasync.
+        assert_eq!(b.waited_after_partial, [1]);
+        assert!(b.ring.submission().is_empty());
+        let mut done = Vec::new();
+        while done.is_empty() {
+            b.reap(true, &mut done, &|_| None).unwrap();
+        }
+        assert!(done[0].result.is_ok(), "{:?}", done[0].result);
+        assert_eq!(&std::fs::read(&path).unwrap()[..4096], &[9u8; 4096][..]);
     }
 
     /// A backend dropped with writes in flight (the commit thread unwinding from a
