@@ -7,6 +7,8 @@
 //! ├── wal/                         the write-ahead log (see crate::wal)
 //! ├── groups/<hex(group)>.json     committed offsets, replaced atomically
 //! │       /members/<hex(group)>.json   group membership (see group_meta), replaced atomically
+//! ├── topics/<topic>~<hex>-stray/  a topic directory without topic.json, set aside by a
+//! │                                tolerant start (see [`TopicManager::new`])
 //! └── topics/<topic>/topic.json    topic id, partition count, config overrides
 //!                   /<partition>/<base>.log, <base>.index
 //! ```
@@ -514,6 +516,158 @@ fn load_topic(
     }))
 }
 
+/// What marks a topic directory set aside by a tolerant start because its
+/// `topic.json` was missing (see [`set_aside`]): `<topic>~<16 hex digits>-stray`.
+/// `~` is no character of a topic name, so no topic can have that name, and
+/// later starts skip the directory with a warning.
+const STRAY_SUFFIX: &str = "-stray";
+
+/// Why the topic directory `dir` (of topic `name`), whose `topic.json` is
+/// missing, may hold data: `None` when it holds nothing but what a create
+/// interrupted before it wrote `topic.json` leaves (partition directories
+/// holding only empty files, a temporary `topic.json`), and no recovery point
+/// gives the name a flushed offset.
+///
+/// A create writes `topic.json` last (atomically), and nothing else removes
+/// it: a directory that lacks it but holds records, or whose name the
+/// recovery points give flushed offsets (a create drops those its name had
+/// from an earlier topic, see [`TopicManager::create_topic_with`]), was
+/// damaged from outside.
+///
+/// # Errors
+/// A path that cannot be read, naming it: what it holds is unknown.
+fn stray_data(dir: &Path, name: &str, points: Option<&RecoveryPoints>) -> Result<Option<String>> {
+    let read = |d: &Path| std::fs::read_dir(d).map_err(|e| Error::io("read_dir", d, e));
+    let temporary = Path::new("topic.json").with_extension("tmp");
+    for entry in read(dir)? {
+        let entry = entry.map_err(|e| Error::io("read_dir", dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+        if kind.is_dir() {
+            for inner in read(&path)? {
+                let inner = inner.map_err(|e| Error::io("read_dir", &path, e))?;
+                if let Some(why) = non_empty(&inner)? {
+                    return Ok(Some(why));
+                }
+            }
+        } else if entry.file_name() != temporary.as_os_str() {
+            if let Some(why) = non_empty(&entry)? {
+                return Ok(Some(why));
+            }
+        }
+    }
+    let flushed = points
+        .and_then(|p| p.topics.get(name))
+        .and_then(|t| t.ends.iter().enumerate().find(|(_, &end)| end > 0));
+    Ok(flushed.map(|(i, end)| {
+        format!(
+            "{} records offsets 0..{end} of partition {i} as flushed",
+            recovery_points::FILE
+        )
+    }))
+}
+
+/// Why the directory entry `entry` may be data: a file that is not empty, or
+/// anything but a file (a directory below a partition's, a symbolic link).
+///
+/// # Errors
+/// An entry that cannot be looked up, naming it.
+fn non_empty(entry: &std::fs::DirEntry) -> Result<Option<String>> {
+    let path = entry.path();
+    let meta = entry.metadata().map_err(|e| Error::io("stat", &path, e))?;
+    Ok(if !meta.file_type().is_file() {
+        Some(format!("{} is not a file", path.display()))
+    } else if meta.len() > 0 {
+        Some(format!("{} holds {} bytes", path.display(), meta.len()))
+    } else {
+        None
+    })
+}
+
+/// Moves the directory of topic `name` in `topics_dir` aside, to a name no
+/// topic can have (see [`STRAY_SUFFIX`]), durably; returns where it went.
+///
+/// # Errors
+/// The rename or the directory fsync, naming the path.
+fn set_aside(topics_dir: &Path, name: &str) -> Result<PathBuf> {
+    let from = topics_dir.join(name);
+    // The name cut short as in the trash: within a file name's 255 bytes.
+    let to = topics_dir.join(format!(
+        "{}~{:016x}{STRAY_SUFFIX}",
+        &name[..name.len().min(TRASH_NAME_PREFIX)],
+        random_id() as u64
+    ));
+    std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
+    sync_dir(topics_dir)?;
+    Ok(to)
+}
+
+/// What a start does with a topic directory whose `topic.json` is missing,
+/// when `why` says it may hold data: refuses (strict mode), naming the file
+/// and the ways out, or moves the directory aside (tolerant mode, see
+/// [`set_aside`]), with an error in the log.
+///
+/// # Errors
+/// In strict mode, always; in tolerant mode, a failed move.
+fn refuse_or_set_aside(topics_dir: &Path, name: &str, why: &str, mode: RecoveryMode) -> Result<()> {
+    let file = topics_dir.join(name).join("topic.json");
+    if mode == RecoveryMode::Strict {
+        return Err(Error::io(
+            "read",
+            &file,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "the file is missing, but the topic's directory is no interrupted create: \
+                     {why}; restore the file (the topic's id, partition count and wal_floor), \
+                     or start with --recovery-mode tolerate_corruption to move the directory \
+                     aside (to {name}~<16 hex digits>{STRAY_SUFFIX}, which starts then skip) \
+                     and go on without the topic"
+                ),
+            ),
+        ));
+    }
+    let to = set_aside(topics_dir, name)?;
+    tracing::error!(
+        file = %file.display(),
+        moved_to = %to.display(),
+        reason = why,
+        "topic.json is missing from a topic directory that may hold data; moved the \
+         directory aside and going on without the topic (--recovery-mode tolerate_corruption)"
+    );
+    Ok(())
+}
+
+/// Removes the topic directories `interrupted` names (without `topic.json`,
+/// holding nothing: see [`stray_data`]), which a create interrupted before it
+/// wrote `topic.json` left, each given with the number of WAL entries after
+/// the checkpoint that name it. One with such entries was no interrupted
+/// create (nothing is produced to a topic before its create ends, and an
+/// earlier topic's entries lie behind the checkpoint its delete made): a
+/// topic whose `topic.json`, and whose records in the segments, are gone. It
+/// is refused or moved aside as [`refuse_or_set_aside`] says, before the
+/// start's checkpoint moves past its entries.
+///
+/// # Errors
+/// As [`refuse_or_set_aside`]; a directory that cannot be removed, naming it.
+fn settle_interrupted_creates(
+    topics_dir: &Path,
+    interrupted: &BTreeMap<String, u64>,
+    mode: RecoveryMode,
+) -> Result<()> {
+    for (name, &entries) in interrupted {
+        if entries > 0 {
+            let why = format!("the WAL holds {entries} entries of the topic after its checkpoint");
+            refuse_or_set_aside(topics_dir, name, &why, mode)?;
+            continue;
+        }
+        let dir = topics_dir.join(name);
+        tracing::warn!(dir = %dir.display(), "removing topic directory left by an interrupted create");
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove_dir_all", &dir, e))?;
+    }
+    Ok(())
+}
+
 /// What replaying the WAL did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayStats {
@@ -638,15 +792,18 @@ fn rebuild_from_wal(
 /// `topic.json` durably (atomic replace, directory fsynced), before replay and
 /// before anything is appended.
 ///
-/// A create sets the floor one above the last acknowledged sequence. In
-/// `interval` and `os_default` modes acknowledged entries may not be synced
-/// yet: after a power loss the log ends below the floor and hands out those
-/// sequences again (so does a restart after the WAL failed with entries
-/// acknowledged but not written), and the topic's own entries would then be
-/// taken for an earlier topic's: skipped by replay and by the rebuild of a
-/// short partition, and checkpointed past. Every entry the log holds now lies
-/// below `next`, so none of them is the topic's, and each one appended from
-/// now on is.
+/// A create sets the floor one above the WAL's durable end (see
+/// [`new_wal_floor`]), so the log reaches the floor after any crash. A floor
+/// written by an older broker may be one above the last acknowledged
+/// sequence; in `interval` and `os_default` modes acknowledged entries may not
+/// have been synced: after a power loss the log ends below the floor and
+/// hands out those sequences again (so does a restart after the WAL failed
+/// with entries acknowledged but not written), and the topic's own entries
+/// would then be taken for an earlier topic's: skipped by replay and by the
+/// rebuild of a short partition, and checkpointed past. A device that loses
+/// synced entries does the same. Every entry the log holds now lies below
+/// `next`, so none of them is the topic's, and each one appended from now on
+/// is.
 ///
 /// # Errors
 /// A `topic.json` that cannot be stored, naming it: the start is refused.
@@ -684,6 +841,19 @@ fn lower_wal_floors(
         *t = Arc::new(lowered);
     }
     Ok(())
+}
+
+/// The `wal_floor` of a topic created now: one above every sequence `wal` has
+/// handed out, acknowledged or not. A sync resolves, once everything appended
+/// before it is durable, to the highest durable sequence; so the floor is
+/// also never above the log's durable end, and a power loss cannot make the
+/// WAL hand out sequences below it again.
+///
+/// # Errors
+/// The sync's: the WAL has failed (an append's bytes may be on the device,
+/// under a sequence not known here), or is closed.
+fn new_wal_floor(wal: &Wal) -> Result<u64> {
+    Ok(wal.sync().wait()? + 1)
 }
 
 /// Fails (strict mode) or warns (tolerant) for each partition still below its
@@ -727,22 +897,62 @@ fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
 /// segment already holds are skipped, the rest appended. An entry below its topic's
 /// [`Topic::wal_floor`] belongs to an earlier topic of the same name (one whose
 /// delete did not get to checkpoint past its entries) and counts as orphaned.
+///
+/// An entry at or above the floor is the topic's own; one for a partition at
+/// or above the topic's count means that `topic.json` lost partitions (a
+/// growth undone by a power loss after its directory fsync and its write-back
+/// both failed, or damage): strict mode refuses, naming the file; tolerant
+/// mode warns (once per partition, `warned`) and counts it orphaned.
 fn replay_entry(
     topics: &BTreeMap<String, Arc<Topic>>,
+    topics_dir: &Path,
     entry: &crate::wal::WalEntry,
     mode: RecoveryMode,
     stats: &mut ReplayStats,
+    warned: &mut BTreeSet<(String, i32)>,
 ) -> Result<()> {
     let (topic, partition, data) = (entry.topic.as_str(), entry.partition, &entry.data[..]);
-    let Some(p) = topics
+    let Some(t) = topics
         .get(topic)
         .filter(|t| t.wal_floor.is_none_or(|f| entry.sequence >= f))
-        .and_then(|t| {
-            usize::try_from(partition)
-                .ok()
-                .and_then(|i| t.partitions.get(i))
-        })
     else {
+        stats.orphaned += 1;
+        return Ok(());
+    };
+    let Some(p) = usize::try_from(partition)
+        .ok()
+        .and_then(|i| t.partitions.get(i))
+    else {
+        // Without a floor the entry may be an earlier topic's.
+        if partition >= 0 && t.wal_floor.is_some() {
+            let file = topics_dir.join(topic).join("topic.json");
+            let what = format!(
+                "topic.json lists {} partitions, but the WAL holds entries of the topic \
+                 (sequence {}, at or above its wal_floor) for partition {partition} after the \
+                 checkpoint; the file lost partitions of the topic",
+                t.partitions.len(),
+                entry.sequence
+            );
+            if mode == RecoveryMode::Strict {
+                return Err(Error::corrupt(
+                    file,
+                    0,
+                    format!(
+                        "{what}; set its partitions to at least {} (keeping its id and \
+                         wal_floor), or start with --recovery-mode tolerate_corruption to \
+                         drop these entries",
+                        i64::from(partition) + 1
+                    ),
+                ));
+            }
+            if warned.insert((topic.to_string(), partition)) {
+                tracing::warn!(
+                    file = %file.display(),
+                    "{what}; dropping the entries of partition {partition} \
+                     (--recovery-mode tolerate_corruption)"
+                );
+            }
+        }
         stats.orphaned += 1;
         return Ok(());
     };
@@ -820,8 +1030,15 @@ impl TopicManager {
     /// With the WAL disabled, an existing WAL directory is still replayed (and closed)
     /// so nothing acknowledged earlier is lost.
     ///
+    /// A topic directory without `topic.json` is removed when it holds only what
+    /// an interrupted create leaves; one that may hold data stops a strict start
+    /// and is moved aside by a tolerant one, to `<topic>~<16 hex digits>-stray`.
+    ///
     /// # Errors
-    /// I/O errors naming the path; [`Error::Corrupt`] from WAL recovery.
+    /// I/O errors naming the path; [`Error::Corrupt`] from WAL recovery. In
+    /// strict mode also: a topic directory without `topic.json` that may hold
+    /// data (naming the file), and WAL entries of a topic for a partition its
+    /// `topic.json` does not list (naming the file).
     pub fn new(config: Config) -> Result<TopicManager> {
         config.validate()?;
         let started = Instant::now();
@@ -848,7 +1065,20 @@ impl TopicManager {
                 .segment_open_files
                 .unwrap_or_else(segment::default_open_files),
         );
+        let mode = config.wal.engine.recovery_mode;
+        let mut points = match recovery_points::load(&data_dir) {
+            Ok(p) => p,
+            Err(e) if mode == RecoveryMode::TolerateCorruption => {
+                tracing::warn!(error = %e, "ignoring the recovery points");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let mut topics = BTreeMap::new();
+        // Directories without `topic.json` that hold nothing but what an
+        // interrupted create leaves: removed once replay has found no WAL
+        // entry after the checkpoint naming them.
+        let mut interrupted = BTreeMap::new();
         for entry in
             std::fs::read_dir(&topics_dir).map_err(|e| Error::io("read_dir", &topics_dir, e))?
         {
@@ -862,23 +1092,14 @@ impl TopicManager {
                 Some(t) => {
                     topics.insert(name, Arc::new(t));
                 }
-                None => {
-                    tracing::warn!(dir = %dir.display(), "removing topic directory left by an interrupted create");
-                    std::fs::remove_dir_all(&dir)
-                        .map_err(|e| Error::io("remove_dir_all", &dir, e))?;
-                }
+                None => match stray_data(&dir, &name, points.as_ref())? {
+                    None => {
+                        interrupted.insert(name, 0u64);
+                    }
+                    Some(why) => refuse_or_set_aside(&topics_dir, &name, &why, mode)?,
+                },
             }
         }
-
-        let mode = config.wal.engine.recovery_mode;
-        let mut points = match recovery_points::load(&data_dir) {
-            Ok(p) => p,
-            Err(e) if mode == RecoveryMode::TolerateCorruption => {
-                tracing::warn!(error = %e, "ignoring the recovery points");
-                None
-            }
-            Err(e) => return Err(e),
-        };
         let wal_dir = config.wal_dir();
         let has_wal = config.wal.enabled || wal_present(&wal_dir)?;
         if has_wal {
@@ -899,6 +1120,7 @@ impl TopicManager {
         let mut wal = None;
         if !has_wal {
             check_short(&short_partitions(&topics, points.as_ref()), mode)?;
+            settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
         }
         if has_wal {
             let (w, recovery) = Wal::open(&wal_dir, config.wal.engine.clone())?;
@@ -912,13 +1134,19 @@ impl TopicManager {
                 rebuild_from_wal(&recovery, &short, &mut stats)?;
             }
             check_short(&short, mode)?;
+            let mut warned = BTreeSet::new();
             for entry in recovery {
                 let entry = entry?;
                 stats.entries += 1;
                 if entry.entry_type == WalEntryType::Record {
-                    replay_entry(&topics, &entry, mode, &mut stats)?;
+                    if let Some(n) = interrupted.get_mut(&entry.topic) {
+                        *n += 1;
+                    }
+                    replay_entry(&topics, &topics_dir, &entry, mode, &mut stats, &mut warned)?;
                 }
             }
+            // Before the checkpoint below moves past the entries found.
+            settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
             for t in topics.values() {
                 for p in &t.partitions {
                     p.sync()?;
@@ -1197,6 +1425,7 @@ impl TopicManager {
         if let Some(other) = self.colliding_topic(name) {
             return Err(CreateError::Collides(other));
         }
+        self.refuse_if_failed()?;
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let dir = self.shared.topics_dir.join(name);
         // A whole topic out of the map: its delete failed and it could not be
@@ -1216,6 +1445,16 @@ impl TopicManager {
                 ),
             )));
         }
+        // Every entry of an earlier topic of this name was handed out before
+        // its delete ended; every entry of this one gets a later sequence.
+        let wal_floor = match &self.shared.wal {
+            Some(w) => Some(new_wal_floor(w).map_err(|e| {
+                CreateError::Storage(format!(
+                    "the WAL sync that sets the new topic's wal_floor failed: {e}"
+                ))
+            })?),
+            None => None,
+        };
         // Positions committed in an earlier topic of this name would apply to
         // this one: a delete drops them, but a commit that raced it, or a drop
         // that failed, can leave some.
@@ -1223,6 +1462,11 @@ impl TopicManager {
             .offsets
             .delete_topic_positions(|t| t == name)
             .map_err(storage)?;
+        // Its recovery points (a delete's checkpoint records the topic it
+        // deletes) would make a crash before this create writes topic.json
+        // look like damage: a directory without topic.json whose name they
+        // give flushed offsets (see `stray_data`).
+        self.forget_points_of(name).map_err(storage)?;
         if dir
             .try_exists()
             .map_err(|e| storage(Error::io("stat", &dir, e)))?
@@ -1232,16 +1476,6 @@ impl TopicManager {
         }
         std::fs::create_dir_all(&dir).map_err(|e| storage(Error::io("create_dir", &dir, e)))?;
         let id = uuid::Uuid::from_u128(random_id());
-        // Every entry of an earlier topic of this name was acknowledged before it
-        // was deleted; every entry of this one gets a later sequence. (A power
-        // loss can take acknowledged entries the WAL had not synced, and the
-        // WAL then hands out their sequences again: the next start lowers the
-        // floor before anything is appended, see `lower_wal_floors`.)
-        let wal_floor = self
-            .shared
-            .wal
-            .as_ref()
-            .map(|w| w.last_acked_sequence() + 1);
         let made = (|| {
             let partitions = self.open_partitions(name, &dir, 0..partitions, &configs)?;
             let topic = Topic {
@@ -1276,6 +1510,49 @@ impl TopicManager {
             .insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
+    }
+
+    /// Refuses a create or a growth once storage has failed (a WAL or segment
+    /// write or sync): produces are refused until a restart, which recovers
+    /// what the WAL holds. A topic created then could get a `wal_floor` at or
+    /// below the sequence of a batch whose append failed with its bytes on the
+    /// device, which the restart would replay into it.
+    fn refuse_if_failed(&self) -> std::result::Result<(), CreateError> {
+        let why = self.shared.failed.get().cloned().or_else(|| {
+            let wal = self.shared.wal.as_ref()?;
+            wal.failure().map(|e| format!("WAL failed: {e}"))
+        });
+        match why {
+            None => Ok(()),
+            Some(why) => Err(CreateError::Storage(format!(
+                "storage has failed ({why}); no topic is created or grown until a restart"
+            ))),
+        }
+    }
+
+    /// Drops the recovery points of topic `name` (none in the map) from
+    /// `recovery-points.json`, if they are there.
+    fn forget_points_of(&self, name: &str) -> Result<()> {
+        // A checkpoint in progress ends first, and the next one finds no
+        // topic of the name (it reads the topics under this lock).
+        let _checkpoint = self
+            .shared
+            .checkpointed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut stored = self
+            .shared
+            .points
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !stored.topics.contains_key(name) {
+            return Ok(());
+        }
+        let mut points = stored.clone();
+        points.topics.remove(name);
+        recovery_points::store(&self.shared.config.storage.data_dir, &points)?;
+        *stored = points;
+        Ok(())
     }
 
     /// Opens (creating) partitions `range` of topic `name` in `dir`, then fsyncs
@@ -1338,6 +1615,7 @@ impl TopicManager {
             .unwrap_or_else(PoisonError::into_inner);
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let old = self.topic(name).ok_or(CreateError::UnknownTopic)?;
+        self.refuse_if_failed()?;
         let have = old.partitions.len() as i32;
         if count <= have || count > 10_000 {
             return Err(CreateError::InvalidPartitions);
@@ -2022,6 +2300,10 @@ fn wal_present(dir: &Path) -> Result<bool> {
 /// its committed positions and skip its WAL entries as orphaned.
 fn topic_dir_entry(entry: &std::fs::DirEntry, name: &str) -> Result<bool> {
     let path = entry.path();
+    if name.ends_with(STRAY_SUFFIX) && name.contains('~') {
+        tracing::warn!(path = %path.display(), "a topic directory set aside by an earlier start (its topic.json was missing); skipped");
+        return Ok(false);
+    }
     if !valid_topic_name(name) {
         tracing::warn!(path = %path.display(), "not a topic name; skipped");
         return Ok(false);
@@ -3117,9 +3399,9 @@ mod tests {
         m.shutdown().unwrap();
     }
 
-    /// A create sets the topic's `wal_floor` one above the last acknowledged
-    /// sequence; in `interval` mode those entries may be unsynced, and after a
-    /// power loss the WAL ends below the floor and hands out the lower
+    /// An older broker set a created topic's `wal_floor` one above the last
+    /// acknowledged sequence; in `interval` mode those entries may be unsynced,
+    /// and after a power loss the WAL ends below the floor and hands out the lower
     /// sequences again (modelled by a floor set 10 above the end). The start
     /// lowers the floor before anything is appended, so the topic's new
     /// entries are its own at the next recovery: replayed after the WAL's
@@ -4174,5 +4456,362 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "failed: {failures:?}");
+    }
+
+    /// `config(dir)` with `--recovery-mode tolerate_corruption`.
+    fn tolerant(mut c: Config) -> Config {
+        c.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        c
+    }
+
+    /// The directories in `topics/` set aside by a tolerant start.
+    fn set_aside_dirs(data: &Path) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(data.join("topics"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with("t~") && name.ends_with(STRAY_SUFFIX)
+            })
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// A topic directory whose `topic.json` is missing (no crash loses it: it
+    /// is written last at create and replaced atomically) but whose segment
+    /// holds records. A strict start refuses, naming the file, and changes
+    /// nothing: restored, the topic is back whole, with its group's position.
+    /// A tolerant start moves the directory aside with its records, and later
+    /// starts skip it with a warning. Before, every start removed the
+    /// directory as left by an interrupted create, with a warning, and
+    /// dropped the positions committed in the topic.
+    #[test]
+    fn a_topic_directory_without_topic_json_that_holds_records_is_refused_or_set_aside() {
+        use crate::storage::{partition::tests::logged, producers::pipeline_tests::produce};
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        for v in [b"a", b"b", b"c"] {
+            produce(&rt, &m, &make_batch(0, &[v])).unwrap();
+        }
+        m.checkpoint().unwrap();
+        for v in [b"d", b"e"] {
+            produce(&rt, &m, &make_batch(0, &[v])).unwrap();
+        }
+        let position = Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 4,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        m.offsets().commit("g", None, vec![position]).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let dir = tmp.path().join("topics/t");
+        let file = dir.join("topic.json");
+        let log = dir.join("0").join(segment::log_name(0));
+        let records = std::fs::read(&log).unwrap();
+        assert_eq!(batch::validate_all(&records).unwrap().len(), 5);
+        let meta = std::fs::read(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains(&format!("holds {} bytes", records.len())), "{e}");
+        assert!(
+            e.contains("restore the file") && e.contains("tolerate_corruption"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            records,
+            "the records are kept"
+        );
+        std::fs::write(&file, &meta).unwrap();
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 5);
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(4));
+        m.shutdown().unwrap();
+        drop(m);
+
+        std::fs::remove_file(&file).unwrap();
+        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c.clone())).unwrap());
+        assert!(
+            log_lines.contains("ERROR")
+                && log_lines.contains("topic.json is missing from a topic directory"),
+            "{log_lines}"
+        );
+        assert!(m.topic("t").is_none());
+        assert!(!dir.exists());
+        let aside = set_aside_dirs(tmp.path());
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read(aside[0].join("0").join(segment::log_name(0))).unwrap(),
+            records,
+            "the records are kept where the directory went"
+        );
+        // The name is free: the directory set aside cannot be a topic's.
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (m, log_lines) = logged(|| TopicManager::new(c.clone()).unwrap());
+        assert!(
+            log_lines.contains("set aside by an earlier start"),
+            "{log_lines}"
+        );
+        assert_eq!(set_aside_dirs(tmp.path()), aside);
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 0);
+        m.shutdown().unwrap();
+    }
+
+    /// A topic directory without `topic.json` whose segment is empty but whose
+    /// records the WAL holds after its checkpoint (a power loss took the
+    /// segment's pages, and the file went too) is no interrupted create: a
+    /// strict start refuses, and a tolerant one moves it aside. Before, the
+    /// start removed it and checkpointed past the entries as orphans.
+    #[test]
+    fn a_topic_directory_without_topic_json_whose_records_the_wal_holds_is_kept() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b")] {
+            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+        let dir = tmp.path().join("topics/t");
+        let file = dir.join("topic.json");
+        std::fs::remove_file(&file).unwrap();
+        let checkpoint = tmp
+            .path()
+            .join("wal")
+            .join(crate::wal::checkpoint::CHECKPOINT_FILE);
+        let before = crate::wal::files::read_if_exists(&checkpoint).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains("the WAL holds 2 entries"), "{e}");
+        assert!(dir.join("0").exists());
+        assert_eq!(
+            crate::wal::files::read_if_exists(&checkpoint).unwrap(),
+            before
+        );
+
+        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c)).unwrap());
+        assert!(log_lines.contains("orphaned=2"), "{log_lines}");
+        assert!(m.topic("t").is_none());
+        assert_eq!(set_aside_dirs(tmp.path()).len(), 1);
+        m.shutdown().unwrap();
+    }
+
+    /// A create interrupted before it wrote `topic.json` leaves partition
+    /// directories of empty segments (and maybe the file's temporary): the
+    /// next start removes them, in strict mode too. So also right after a
+    /// delete of a topic of the name that held records, whose checkpoint
+    /// recorded them in the recovery points: the create drops those points
+    /// before it makes files, or the start would take the directory for a
+    /// topic that lost its `topic.json`.
+    #[test]
+    fn a_directory_left_by_an_interrupted_create_is_removed() {
+        use crate::storage::{partition::tests::logged, producers::pipeline_tests::produce};
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        for v in [b"a", b"b"] {
+            produce(&rt, &m, &make_batch(0, &[v])).unwrap();
+        }
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        let points = || recovery_points::load(tmp.path()).unwrap().unwrap();
+        assert_eq!(points().get("t", &points().topics["t"].id, 0), Some(2));
+        m.create_topic("t", 2).unwrap();
+        // What a crash before the create wrote topic.json leaves.
+        let at_crash = std::fs::read(tmp.path().join(recovery_points::FILE)).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        std::fs::write(tmp.path().join(recovery_points::FILE), at_crash).unwrap();
+        let dir = tmp.path().join("topics/t");
+        std::fs::remove_file(dir.join("topic.json")).unwrap();
+        std::fs::write(dir.join("topic.tmp"), b"{\"version\":1,").unwrap();
+
+        let (m, log_lines) = logged(|| TopicManager::new(c).unwrap());
+        assert!(
+            log_lines.contains("left by an interrupted create"),
+            "{log_lines}"
+        );
+        assert!(m.topic("t").is_none());
+        assert!(!dir.exists());
+        assert!(set_aside_dirs(tmp.path()).is_empty());
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+    }
+
+    /// A batch whose WAL append failed (its fdatasync failed, `FailingFs`)
+    /// after its bytes reached the device, answered KAFKA_STORAGE_ERROR: the
+    /// delete of its topic succeeds, but no topic is created (here under the
+    /// deleted topic's name) or grown until a restart. Before, the create
+    /// succeeded with a `wal_floor` at the failed batch's sequence, and the
+    /// restart replayed the batch into the new topic. After the restart the
+    /// batch is an orphan, and the name takes a new, empty topic.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn after_a_wal_failure_no_topic_is_created_or_grown() {
+        use crate::storage::{partition::tests::logged, producers::pipeline_tests::produce};
+        let fs = crate::file_at::FailingFs::mount();
+        let rt = two_worker_runtime();
+        let mut c = config(&fs.path().join("data"));
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        // `pwritev` and `fdatasync`, which FailingFs fails.
+        c.wal.engine.backend = crate::wal::BackendKind::Std;
+        c.wal.engine.direct_io = Some(false);
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        m.create_topic("u", 1).unwrap();
+        fs.fail_fsyncs(Some(libc::EIO));
+        let failed = produce(&rt, &m, &make_batch(0, &[b"failed"]));
+        assert!(
+            matches!(failed, Err(ProduceError::Storage(_))),
+            "{failed:?}"
+        );
+        fs.fail_fsyncs(None);
+        assert!(m.wal().unwrap().failure().is_some());
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+
+        for refused in [m.create_topic("t", 1), m.add_partitions("u", 2)] {
+            match refused {
+                Err(CreateError::Storage(e)) => {
+                    assert!(e.contains("storage has failed"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(m.topic("t").is_none());
+        assert_eq!(m.topic("u").unwrap().partitions.len(), 1);
+        assert!(m.shutdown().is_err());
+        drop(m);
+
+        let (m, log_lines) = logged(|| TopicManager::new(c).unwrap());
+        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        assert!(m.topic("t").is_none());
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"new"])), Ok(0));
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(
+            &p.read(0, 1 << 20).unwrap().unwrap().records[..],
+            &batch_at(0, &[b"new"])[..]
+        );
+        m.shutdown().unwrap();
+    }
+
+    /// A topic's `wal_floor` lies above every sequence the WAL has handed out
+    /// when it is created, acknowledged or not: here an append whose sync the
+    /// device holds. Before, it was one above the last acknowledged sequence,
+    /// at the held append's.
+    #[cfg(unix)]
+    #[test]
+    fn a_new_topics_wal_floor_is_above_every_sequence_handed_out() {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        let (wal, _) = Wal::open_sim(tmp.path(), config(tmp.path()).wal.engine, &disk).unwrap();
+        let first = wal.append("t", 0, Bytes::from_static(b"a")).wait().unwrap();
+        disk.hold_syncs();
+        let held = wal.append("t", 0, Bytes::from_static(b"b"));
+        while !disk.sync_held() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(wal.last_acked_sequence(), first);
+        let floor = {
+            let wal = wal.clone();
+            std::thread::spawn(move || new_wal_floor(&wal))
+        };
+        // Time for the floor to be read if it does not wait for the held sync.
+        std::thread::sleep(Duration::from_millis(200));
+        disk.release_syncs();
+        let seq = held.wait().unwrap();
+        assert_eq!(seq, first + 1);
+        assert_eq!(floor.join().unwrap().unwrap(), seq + 1);
+        wal.close().unwrap();
+    }
+
+    /// WAL entries of a topic (at or above its `wal_floor`) for a partition
+    /// its `topic.json` does not list (a growth the file lost: here rewritten
+    /// with 3 of its 4 partitions). A strict start refuses, naming the file,
+    /// and moves no checkpoint; a tolerant one warns and counts them
+    /// orphaned. Before, every start dropped them silently.
+    #[test]
+    fn wal_entries_for_a_partition_topic_json_does_not_list_refuse_a_strict_start() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 4).unwrap();
+        m.checkpoint().unwrap();
+        let wal_checkpoint = tmp
+            .path()
+            .join("wal")
+            .join(crate::wal::checkpoint::CHECKPOINT_FILE);
+        let kept = [
+            wal_checkpoint.clone(),
+            tmp.path().join(recovery_points::FILE),
+        ]
+        .map(|p| (crate::wal::files::read_if_exists(&p).unwrap(), p));
+        let base = rt.block_on(async {
+            m.submit("t", 3, &make_batch(0, &[b"p3"]), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        });
+        assert_eq!(base, Ok(0));
+        m.shutdown().unwrap();
+        drop(m);
+        // A crash before the checkpoint after the produce.
+        for (bytes, p) in &kept {
+            match bytes {
+                Some(b) => std::fs::write(p, b).unwrap(),
+                None => std::fs::remove_file(p).unwrap(),
+            }
+        }
+        let mut f = stored_topic(tmp.path());
+        assert!(f.wal_floor.is_some());
+        f.partitions = 3;
+        let file = tmp.path().join("topics/t/topic.json");
+        std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(
+            e.contains("lists 3 partitions") && e.contains("for partition 3"),
+            "{e}"
+        );
+        assert_eq!(
+            crate::wal::files::read_if_exists(&wal_checkpoint).unwrap(),
+            kept[0].0
+        );
+
+        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c)).unwrap());
+        assert!(
+            log_lines.contains("dropping the entries of partition 3"),
+            "{log_lines}"
+        );
+        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 3);
+        m.shutdown().unwrap();
     }
 }
