@@ -1199,7 +1199,7 @@ fn snappy<'a>(
 }
 
 /// Sets a batch's length and CRC from its bytes (after its records changed).
-fn seal(b: &mut [u8]) {
+pub(crate) fn seal(b: &mut [u8]) {
     let len = i32::try_from(b.len() - LOG_OVERHEAD).unwrap_or(i32::MAX);
     b[LENGTH_OFFSET..LENGTH_OFFSET + 4].copy_from_slice(&len.to_be_bytes());
     let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);

@@ -110,6 +110,8 @@ pub(crate) struct Source {
     pub log: LogHandle,
     /// The segment's index, shared (a closed segment's never changes).
     pub index: Arc<BatchIndex>,
+    /// Its log's last modification time, when it can be read.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 impl Source {
@@ -121,6 +123,10 @@ impl Source {
             size: s.size(),
             log: s.log_handle(),
             index: s.shared_index(),
+            modified: s.modified_ms().and_then(|ms| {
+                std::time::UNIX_EPOCH
+                    .checked_add(std::time::Duration::from_millis(u64::try_from(ms).ok()?))
+            }),
         }
     }
 
@@ -392,9 +398,7 @@ impl<'a> Judge<'a> {
             let keep = records.filter(|r| self.keep(r)).map(|r| r.bytes);
             let mut bytes = batch::retain_records(buf, payload, keep, max_timestamp);
             if recompress {
-                if let Some(c) = batch::compress_records(&bytes, batch::codec(buf))
-                    .filter(|c| c.len() < bytes.len())
-                {
+                if let Some(c) = compressed_again(&bytes, batch::codec(buf)) {
                     bytes = c;
                 }
             }
@@ -407,6 +411,100 @@ impl<'a> Judge<'a> {
                 removed,
             }
         })
+    }
+}
+
+/// The uncompressed batch `plain` compressed again with `codec`, when that is
+/// smaller and reads back as exactly its records; `None` otherwise (it is then
+/// written uncompressed). The compressed bytes replace the client's for good,
+/// so a compressor that panics (a cleaner thread that panics fails storage)
+/// or writes what does not read back never gets to put them in place.
+fn compressed_again(plain: &[u8], codec: u8) -> Option<Vec<u8>> {
+    let c = std::panic::catch_unwind(|| {
+        #[cfg(test)]
+        let broken = BROKEN_COMPRESSOR.with(std::cell::Cell::get);
+        #[cfg(test)]
+        if broken == Some(true) {
+            panic!("compressor failure injected by the test");
+        }
+        #[allow(unused_mut)]
+        let mut c = batch::compress_records(plain, codec);
+        #[cfg(test)]
+        if let (Some(false), Some(c)) = (broken, c.as_mut()) {
+            // A frame that decodes to other bytes: the last record byte.
+            let at = c.len() - 1;
+            c[at] ^= 0x55;
+            batch::seal(c);
+        }
+        c
+    })
+    .map_err(|_| {
+        tracing::warn!(
+            codec,
+            "compressing a compacted batch again panicked; it is written uncompressed"
+        );
+    })
+    .ok()??;
+    if c.len() >= plain.len() {
+        return None;
+    }
+    let records = plain.get(batch::HEADER_LEN..)?;
+    if batch::payload(&c).as_deref() != Some(records) {
+        tracing::warn!(
+            codec,
+            "a compacted batch compressed again does not read back as its records; it is written uncompressed"
+        );
+        return None;
+    }
+    Some(c)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes [`compressed_again`]'s compressor panic (`Some(true)`) or write
+    /// bytes that decode to something else (`Some(false)`), on this thread.
+    static BROKEN_COMPRESSOR: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+mod recompression_tests {
+    use super::*;
+
+    /// Compressed bytes written again replace the client's for good: a
+    /// compressor that panicked failed storage (the cleaner thread's panic),
+    /// and one whose output did not read back would have stored a batch no
+    /// consumer can read. Either now leaves the batch uncompressed.
+    #[test]
+    fn a_batch_compressed_again_is_kept_only_when_it_reads_back() {
+        let value = vec![b'x'; 4000];
+        let plain = batch::tests::make_keyed_batch(
+            0,
+            1000,
+            &[
+                (0, Some(b"a"), Some(&value[..])),
+                (1, Some(b"b"), Some(&value[..])),
+            ],
+            -1,
+            -1,
+            -1,
+        );
+        for codec in 1..=4u8 {
+            let c = compressed_again(&plain, codec).expect("smaller and reads back");
+            assert_eq!(batch::codec(&c), codec);
+            assert_eq!(
+                batch::payload(&c).as_deref(),
+                Some(&plain[batch::HEADER_LEN..])
+            );
+            for broken in [true, false] {
+                BROKEN_COMPRESSOR.with(|b| b.set(Some(broken)));
+                assert_eq!(
+                    compressed_again(&plain, codec),
+                    None,
+                    "codec {codec}, panic {broken}"
+                );
+                BROKEN_COMPRESSOR.with(|b| b.set(None));
+            }
+        }
     }
 }
 
@@ -495,6 +593,7 @@ pub(crate) fn write_group(
     let mut judge = Judge::new(map, policy, first_unsafe, true);
     let base = group[0].base;
     let mut out = CleanedWriter::create(dir, base)?;
+    out.keep_modified(group.iter().filter_map(|s| s.modified).max());
     let mut gap: Option<Gap> = None;
     let mut removed_total = 0u64;
     let mut copy = |buf: &[u8], info: &BatchInfo| -> Result<()> {

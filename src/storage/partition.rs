@@ -4568,6 +4568,57 @@ pub(crate) mod tests {
             );
         }
 
+        /// A compacted copy is a new file, so it was aged by the pass that
+        /// wrote it: a segment left with only empty batches (no timestamp)
+        /// then held back time retention of every segment after it until
+        /// `retention.ms` after the pass. The copy now keeps the last
+        /// modification time of the newest segment it replaces, as Kafka's
+        /// cleaner keeps it.
+        #[test]
+        fn a_compacted_copy_keeps_the_age_of_the_segments_it_replaces() {
+            let (_dir, pdir, p) = fresh();
+            let mut model = Model::new();
+            let dup = "d".repeat(300);
+            while p.log.lock().unwrap().len() < 4 {
+                put(&p, &mut model, &[(Some("dup"), Some(&dup))]);
+            }
+            let closed: Vec<i64> = {
+                let log = p.log.lock().unwrap();
+                log[..log.len() - 1]
+                    .iter()
+                    .map(Segment::base_offset)
+                    .collect()
+            };
+            let days_ago = |d: u64| {
+                std::time::SystemTime::now() - std::time::Duration::from_secs(d * 24 * 3600)
+            };
+            for (i, base) in closed.iter().enumerate() {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(pdir.join(segment::log_name(*base)))
+                    .unwrap();
+                f.set_modified(days_ago(10 - i as u64)).unwrap();
+            }
+            let newest_source = days_ago(10 - (closed.len() as u64 - 1));
+            assert!(compact(&p, &policy(TS + 10)).segments > 0);
+            let log = p.log.lock().unwrap();
+            for s in &log[..log.len() - 1] {
+                let ms = s.modified_ms().unwrap();
+                let want = i64::try_from(
+                    newest_source
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis(),
+                )
+                .unwrap();
+                assert!(
+                    (ms - want).abs() < 2000,
+                    "segment {} aged {ms}, its sources up to {want}",
+                    s.base_offset()
+                );
+            }
+        }
+
         /// A batch that kept some records kept its header's largest
         /// timestamp, and an emptied run the largest of the batches it
         /// replaced: ListOffsets `MAX_TIMESTAMP` then answered a removed

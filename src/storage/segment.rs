@@ -968,9 +968,21 @@ pub struct CleanedWriter {
     /// Base offset of the first batch written with `max_timestamp`; -1 when
     /// none has one.
     max_timestamp_offset: i64,
+    /// The last modification time the copy's log is given
+    /// ([`CleanedWriter::keep_modified`]).
+    modified: Option<std::time::SystemTime>,
 }
 
 impl CleanedWriter {
+    /// Gives the copy's log the last modification time `t` when it is
+    /// finished: that of the newest segment it replaces, as Kafka's cleaner
+    /// does. A segment left with only empty batches is aged by it for time
+    /// retention, and the pass's own time would hold back the retention of
+    /// every segment after it.
+    pub fn keep_modified(&mut self, t: Option<std::time::SystemTime>) {
+        self.modified = t;
+    }
+
     /// Starts the copy of the segment starting at `base` in `dir` (replacing a
     /// copy a crash left).
     ///
@@ -990,6 +1002,7 @@ impl CleanedWriter {
             next_offset: base,
             max_timestamp: -1,
             max_timestamp_offset: -1,
+            modified: None,
         })
     }
 
@@ -1057,6 +1070,10 @@ impl CleanedWriter {
                 .log
                 .into_inner()
                 .map_err(|e| Error::io("write", &log_path, e.into_error()))?;
+            if let Some(t) = self.modified {
+                log.set_modified(t)
+                    .map_err(|e| Error::io("set the modification time of", &log_path, e))?;
+            }
             sync_data(&log)
                 .and_then(|()| check_written(&log, log.metadata()?.len()))
                 .map_err(|e| Error::io("fdatasync", &log_path, e))?;
