@@ -6,14 +6,19 @@
 //! one to three rounds. In a round several producers append tagged, self-checking
 //! payloads (single entries and atomic `append_batch` groups) through a WAL opened
 //! over a [`SimDisk`], while the main thread checkpoints. The disk crashes after a
-//! random number of operations and/or injects one I/O error; afterwards the power-
-//! loss model drops, tears or reorders every unsynced sector. The next round (and a
-//! final reopen over the real std backend) recovers and checks DESIGN.md's
-//! invariants:
+//! random number of operations or at a directory fsync, and/or injects one I/O
+//! error; afterwards the power-loss model drops, tears or reorders every unsynced
+//! sector and undoes directory changes not fsynced. In a fifth of those rounds only
+//! the process dies: the next round starts another process on the same disk, with
+//! the dead one's unsynced writes and directory changes still pending, and a later
+//! power loss (at the latest before the final check) may take whatever the new
+//! process did not make durable. The next round (and a final reopen over the real
+//! std backend) recovers and checks DESIGN.md's invariants:
 //!
 //! - every entry acknowledged under `every_write`, or covered by a durable sequence
 //!   the WAL reported (`durable_sequence`, `sync()`), or recovered by an earlier
-//!   round, is recovered with its exact bytes (unless a checkpoint covers it);
+//!   round (so made durable by the open that recovered it), is recovered with its
+//!   exact bytes (unless a checkpoint covers it);
 //! - recovered entries are contiguous from the checkpoint on, each one a payload some
 //!   producer really appended, none twice, each producer's in its order, groups whole;
 //! - after an injected error every producer's pending and later appends fail (with
@@ -36,7 +41,7 @@ use std::{
 
 use bytes::Bytes;
 use streamline::wal::{
-    sim::{Fault, Rng, SimDisk, SimPlan},
+    sim::{Fault, Rng, SimDisk, SimPlan, SimStats},
     BackendKind, NewEntry, SyncMode, Wal, WalConfig, WalEntry,
 };
 
@@ -232,10 +237,22 @@ impl Model {
     }
 }
 
-fn open_collect(dir: &Path, cfg: WalConfig, disk: Option<&SimDisk>) -> (Wal, u64, Vec<WalEntry>) {
-    let (wal, rec) = match disk {
-        Some(d) => Wal::open_sim(dir, cfg, d),
-        None => Wal::open(dir, cfg),
+/// Over which disk a round opens the WAL.
+enum Over<'a> {
+    /// The real one (std backend).
+    Real,
+    /// A fresh simulated disk: what is on the real one is durable.
+    Fresh(&'a SimDisk),
+    /// The simulated disk of the process that died before, whose unsynced
+    /// writes and directory changes are still pending.
+    Restarted(&'a SimDisk),
+}
+
+fn open_collect(dir: &Path, cfg: WalConfig, over: Over<'_>) -> (Wal, u64, Vec<WalEntry>) {
+    let (wal, rec) = match over {
+        Over::Real => Wal::open(dir, cfg),
+        Over::Fresh(d) => Wal::open_sim(dir, cfg, d),
+        Over::Restarted(d) => Wal::open_sim_restarted(dir, cfg, d),
     }
     .unwrap_or_else(|e| panic!("recovery failed: {e}"));
     if rec.truncated.is_some() {
@@ -375,10 +392,19 @@ static EARLY_BATCHES: AtomicU64 = AtomicU64::new(0);
 /// durable sequence reported (so not required to survive); and acknowledged
 /// appends that the next recovery did not return.
 static CRASHED_ROUNDS: AtomicU64 = AtomicU64::new(0);
+/// Rounds that started on the disk of a process that died without a power loss.
+static RESTARTED_ROUNDS: AtomicU64 = AtomicU64::new(0);
 static BACKEND_ROLLED: AtomicU64 = AtomicU64::new(0);
 static TORN_TAILS: AtomicU64 = AtomicU64::new(0);
 static UNSYNCED_ACKS: AtomicU64 = AtomicU64::new(0);
 static DROPPED_ACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Adds what a power loss undid to the totals.
+fn count_power_loss(st: &SimStats) {
+    META_UNDONE.fetch_add(st.meta_ops_undone, Ordering::Relaxed);
+    OUTSIDE_ROLLED.fetch_add(st.outside_sectors_rolled_back, Ordering::Relaxed);
+    BACKEND_ROLLED.fetch_add(st.backend_sectors_rolled_back, Ordering::Relaxed);
+}
 
 fn run_seed(seed: u64, root: &Path) {
     let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xA5A5);
@@ -403,6 +429,7 @@ fn run_seed(seed: u64, root: &Path) {
     let _ = std::fs::remove_dir_all(&dir);
     let mut model = Model::default();
     let rounds = rng.range(1, 3) as u32;
+    let mut carried: Option<SimDisk> = None;
     for round in 1..=rounds {
         let crash = rng.pct(70).then(|| rng.range(1, 60));
         let fault = rng.pct(35).then(|| {
@@ -420,9 +447,33 @@ fn run_seed(seed: u64, root: &Path) {
             fault,
             short_write_pct: rng.below(30) as u8,
         };
-        let disk = SimDisk::new(plan);
-        let what = format!("seed {seed} round {round} ({mode}, {plan:?})");
-        let (wal, cp, entries) = open_collect(&dir, cfg.clone(), Some(&disk));
+        // Or a crash at a directory fsync (a rotation's, a checkpoint's), with the
+        // renames before it pending: the plan's crash point never falls there.
+        let dir_crash = rng.pct(30).then(|| rng.range(1, 60));
+        // After a process crash without a power loss the next process starts on
+        // the same disk: what the dead one left unsynced is still at risk.
+        let (disk, over_what) = match carried.take() {
+            Some(disk) => {
+                disk.restart();
+                disk.replan(plan);
+                RESTARTED_ROUNDS.fetch_add(1, Ordering::Relaxed);
+                (disk, ", restarted after a process crash")
+            }
+            None => (SimDisk::new(plan), ""),
+        };
+        if let Some(ops) = dir_crash {
+            disk.crash_at_dir_sync_after(ops);
+        }
+        let at_dir_sync = dir_crash
+            .map(|n| format!(", crash at the first directory fsync after {n} operations"))
+            .unwrap_or_default();
+        let what = format!("seed {seed} round {round} ({mode}, {plan:?}{at_dir_sync}{over_what})");
+        let over = if over_what.is_empty() {
+            Over::Fresh(&disk)
+        } else {
+            Over::Restarted(&disk)
+        };
+        let (wal, cp, entries) = open_collect(&dir, cfg.clone(), over);
         model.verify(&format!("{what}: open"), cp, &entries);
 
         let producers = rng.range(2, 4) as u32;
@@ -565,9 +616,12 @@ fn run_seed(seed: u64, root: &Path) {
                 rolled, 0,
                 "{what}: a power loss after a clean close changed {rolled} sectors"
             );
+        } else if rng.pct(20) {
+            // The process died, the machine did not: the next round (or the final
+            // check, after a power loss) carries on with this disk.
+            carried = Some(disk.clone());
         } else {
-            let keep = rng.pct(20);
-            disk.power_loss(keep).unwrap();
+            disk.power_loss(false).unwrap();
         }
         let st = disk.stats();
         // Round 1 starts without the directory: watch_dir creates it with its entry
@@ -577,14 +631,17 @@ fn run_seed(seed: u64, root: &Path) {
             "{what}: the WAL directory's own entry was never made durable"
         );
         META_OPS.fetch_add(st.meta_ops, Ordering::Relaxed);
-        META_UNDONE.fetch_add(st.meta_ops_undone, Ordering::Relaxed);
         OUTSIDE_WRITES.fetch_add(st.outside_writes, Ordering::Relaxed);
-        OUTSIDE_ROLLED.fetch_add(st.outside_sectors_rolled_back, Ordering::Relaxed);
-        BACKEND_ROLLED.fetch_add(
-            st.sectors_rolled_back - st.outside_sectors_rolled_back,
-            Ordering::Relaxed,
-        );
         CRASHED_ROUNDS.fetch_add(u64::from(st.crashed), Ordering::Relaxed);
+        if carried.is_none() {
+            count_power_loss(&st);
+        }
+    }
+    if let Some(disk) = carried.take() {
+        // The last process died without a power loss: the power fails now, before
+        // the final check, taking whatever no one synced.
+        disk.power_loss(false).unwrap();
+        count_power_loss(&disk.stats());
     }
     // Final: recover over the real std backend, append, and recover again.
     let what = format!("seed {seed} final");
@@ -592,7 +649,7 @@ fn run_seed(seed: u64, root: &Path) {
         sync_mode: SyncMode::EveryWrite,
         ..cfg
     };
-    let (wal, cp, entries) = open_collect(&dir, cfg.clone(), None);
+    let (wal, cp, entries) = open_collect(&dir, cfg.clone(), Over::Real);
     model.verify(&what, cp, &entries);
     let t = Tag {
         round: 99,
@@ -614,7 +671,7 @@ fn run_seed(seed: u64, root: &Path) {
     model.known.insert(seq, t);
     model.must.insert(seq, "appended after recovery");
     wal.close().unwrap();
-    let (wal, cp, entries) = open_collect(&dir, cfg, None);
+    let (wal, cp, entries) = open_collect(&dir, cfg, Over::Real);
     model.verify(&format!("{what} reopen"), cp, &entries);
     DROPPED_ACKS.fetch_add(model.dropped, Ordering::Relaxed);
     drop(wal);
@@ -732,8 +789,9 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         OUTSIDE_ROLLED.load(Ordering::Relaxed),
     );
     let early = EARLY_BATCHES.load(Ordering::Relaxed);
-    let [crashed, backend_rolled, torn, unsynced, dropped] = [
+    let [crashed, restarted, backend_rolled, torn, unsynced, dropped] = [
         &CRASHED_ROUNDS,
+        &RESTARTED_ROUNDS,
         &BACKEND_ROLLED,
         &TORN_TAILS,
         &UNSYNCED_ACKS,
@@ -741,7 +799,7 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
     ]
     .map(|c| c.load(Ordering::Relaxed));
     eprintln!(
-        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early; {crashed} rounds crashed, {backend_rolled} sectors of the backend's writes rolled back, {torn} torn tails cut; {unsynced} appends acknowledged beyond the durable sequence before a crash or fault, {dropped} acknowledged appends not recovered",
+        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early; {crashed} rounds crashed, {restarted} restarted on a dead process's disk without a power loss, {backend_rolled} sectors of the backend's writes rolled back, {torn} torn tails cut; {unsynced} appends acknowledged beyond the durable sequence before a crash or fault, {dropped} acknowledged appends not recovered",
         started.elapsed().as_secs_f64(),
         failed.len()
     );
@@ -759,6 +817,10 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
             "no batch went out beside a durable write in flight: that path was not exercised"
         );
         assert!(crashed > 0, "no round ended in the simulated crash");
+        assert!(
+            restarted > 0,
+            "no round restarted after a process crash without a power loss"
+        );
         assert!(
             backend_rolled > 0,
             "no power loss rolled back a sector the backend wrote: the WAL's own data was never dropped or torn"

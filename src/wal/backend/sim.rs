@@ -7,24 +7,31 @@
 //!
 //! - every applied write is remembered per 512-byte sector, together with the
 //!   sector's *durable* content (what it held before its first unsynced write);
-//! - a standalone `fdatasync` that completes makes every write submitted before it
-//!   durable (it waits for every earlier operation, as `IOSQE_IO_DRAIN` does), and
-//!   nothing submitted after it, even a write that completed first (the kernel
-//!   promises nothing for writes that overlap the sync); a write submitted with
+//! - a standalone `fdatasync` that completes makes durable the writes that had
+//!   completed when it was submitted, and nothing else: not a write still in
+//!   flight then (nor the pieces of it already applied), even one submitted
+//!   before it, and not a write submitted after it, even one that completed first
+//!   (the kernel promises nothing for writes that overlap the sync). The sync does
+//!   not wait for earlier writes (the uring backend submits it without
+//!   `IOSQE_IO_DRAIN`), so it may complete before them; a write submitted with
 //!   `sync` makes only its own sectors durable (the `RWF_DSYNC` contract), however
 //!   the real backend implements it;
 //! - [`SimDisk::power_loss`] picks, independently for every unsynced sector, either
 //!   its durable content or one of the versions written since: unsynced writes are
 //!   lost wholly or partly, torn at any sector boundary, or persisted out of order;
 //!   writes still in flight at the crash count as unsynced versions too;
-//! - operations complete in a random order (a standalone sync only after everything
-//!   submitted before it), and writes may complete in several short pieces;
+//! - operations complete in a random order, syncs included, and writes may
+//!   complete in several short pieces;
 //! - one injected error per run: EIO on a write (part of it may have reached the
 //!   cache), EIO on fdatasync, ENOSPC on a write, a short write that stops making
 //!   progress (`WriteZero`), or a panic in a write (the commit thread unwinds);
-//! - a simulated crash after a given number of completed operations: the in-flight
+//! - a simulated crash after a given number of completed operations (or at a
+//!   directory fsync, [`SimDisk::crash_at_dir_sync_after`]): the in-flight
 //!   writes may be partly applied, and every later operation fails without touching
-//!   the file, as if the process had died.
+//!   the file, as if the process had died. The crash is a power loss
+//!   ([`SimDisk::power_loss`]) or only the process's death: [`SimDisk::restart`]
+//!   starts another process on the same disk, whose cache still holds everything
+//!   unsynced, for a power loss later.
 //!
 //! All decisions come from one seeded generator, so a failing seed replays the same
 //! fault schedule (thread scheduling of the producers is not part of the seed).
@@ -49,10 +56,12 @@
 //! new header, the seal written at open, `checkpoint.json` and `clean-close.json`
 //! (all through `files::write_at` and `files::sync_file`). Their writes enter the
 //! same per-sector cache as the backend's and are rolled back by a power loss
-//! unless an fsync covered them; after the simulated crash they fail too.
+//! unless an fsync covered them; after the simulated crash they fail too. Every
+//! version in the cache remembers whether the backend or such a write made it, so
+//! the statistics of a power loss say whose writes it discarded.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     ffi::OsString,
     fs::{self, File, OpenOptions},
     os::unix::fs::{FileExt, MetadataExt},
@@ -129,7 +138,9 @@ pub struct Injected {
     pub fault: Fault,
     /// No append with a sequence above this may be acknowledged after the fault:
     /// for a failed write, the sequence before its batch; for a failed standalone
-    /// sync, the last sequence submitted before it.
+    /// sync, the last sequence submitted before it, or less: the sequence before
+    /// the first of those writes still in flight when the sync failed (the WAL
+    /// acknowledges in order, and nothing once it failed).
     pub ack_bound: u64,
 }
 
@@ -156,8 +167,12 @@ pub struct SimStats {
     /// Writes applied to files the engine wrote outside the backend (counted in
     /// `writes` too).
     pub outside_writes: u64,
-    /// Of `sectors_rolled_back`, those in files first written outside the backend.
+    /// Of `sectors_rolled_back`, those where the power loss discarded a version
+    /// written outside the backend.
     pub outside_sectors_rolled_back: u64,
+    /// Of `sectors_rolled_back`, those where the power loss discarded a version
+    /// the backend wrote (a sector may count in both).
+    pub backend_sectors_rolled_back: u64,
     /// Whether the watched directory's own entry was durable when the watch ended
     /// (see [`SimDisk::watch_dir`]).
     pub dir_entry_durable: bool,
@@ -198,11 +213,26 @@ impl Rng {
     }
 }
 
+/// The `done` of a version whose write has not completed.
+const NOT_DONE: u64 = u64::MAX;
+
+/// One unsynced content of a sector: the whole sector as a write left it.
+struct Version {
+    /// Submission stamp of the write that made it.
+    op: u64,
+    /// When that write completed: the disk's completion count just after it
+    /// ([`NOT_DONE`] while it has not).
+    done: u64,
+    /// Made by a write outside the backend (see the module docs).
+    outside: bool,
+    bytes: Vec<u8>,
+}
+
 /// Unsynced history of one sector.
 struct SectorHist {
     durable: Vec<u8>,
-    /// Each version with the submission stamp of the write that made it.
-    versions: Vec<(u64, Vec<u8>)>,
+    /// In the order they were applied.
+    versions: Vec<Version>,
 }
 
 struct SimFile {
@@ -210,8 +240,6 @@ struct SimFile {
     path: PathBuf,
     /// Unsynced sectors by index.
     dirty: BTreeMap<u64, SectorHist>,
-    /// First written outside the backend (see the module docs).
-    outside: bool,
 }
 
 struct DiskState {
@@ -223,15 +251,19 @@ struct DiskState {
     fault_armed: Option<Fault>,
     /// Highest sequence of any write submitted so far.
     last_submitted: u64,
-    /// Order of submission of operations (backend writes and syncs, writes made
-    /// outside the backend): a sync covers the writes stamped before it.
+    /// Order of submission of writes (the backend's, and those made outside it),
+    /// which tells a write's versions apart from another's.
     next_stamp: u64,
+    /// Writes completed so far (a version's `done`): a sync covers the versions
+    /// of writes that had completed when it was submitted.
+    completions: u64,
     /// The watched directory's entries.
     ns: Option<Namespace>,
     /// The first failure to record a directory change (reported by `power_loss`).
     ns_error: Option<String>,
-    /// The next fsync of the watched directory crashes the disk instead.
-    crash_at_dir_sync: bool,
+    /// The first fsync of the watched directory once this many operations
+    /// completed crashes the disk instead.
+    crash_at_dir_sync: Option<u64>,
     /// How long each standalone fdatasync takes ([`SimDisk::slow_syncs`]).
     sync_latency: std::time::Duration,
     /// When each standalone fdatasync was submitted.
@@ -282,9 +314,10 @@ impl SimDisk {
             fault_armed: None,
             last_submitted: 0,
             next_stamp: 0,
+            completions: 0,
             ns: None,
             ns_error: None,
-            crash_at_dir_sync: false,
+            crash_at_dir_sync: None,
             sync_latency: std::time::Duration::ZERO,
             sync_submits: Vec::new(),
         };
@@ -313,9 +346,15 @@ impl SimDisk {
         self.lock().injected
     }
 
-    /// Counters so far.
+    /// Counters so far (since [`SimDisk::replan`]). `dir_entry_durable` is
+    /// current while the directory is watched.
     pub fn stats(&self) -> SimStats {
-        self.lock().stats
+        let s = self.lock();
+        let mut stats = s.stats;
+        if let Some(ns) = &s.ns {
+            stats.dir_entry_durable = ns.entry_durable;
+        }
+        stats
     }
 
     /// Whether the simulated crash has happened.
@@ -331,7 +370,17 @@ impl SimDisk {
     /// Crashes the disk at the next fsync of the watched directory, before it:
     /// the process dies with the directory changes since the last one pending.
     pub fn crash_at_next_dir_sync(&self) {
-        self.lock().crash_at_dir_sync = true;
+        self.crash_at_dir_sync_after(0);
+    }
+
+    /// Crashes the disk at the first fsync of the watched directory once `ops`
+    /// operations have completed, before that fsync (see
+    /// [`SimDisk::crash_at_next_dir_sync`]). A crash point of its own beside
+    /// the plan's: the plan's counts only the backend's operations, and the
+    /// engine fsyncs its directory between them, so the plan alone never stops
+    /// a process between a rename and the directory fsync after it.
+    pub fn crash_at_dir_sync_after(&self, ops: u64) {
+        self.lock().crash_at_dir_sync = Some(ops);
     }
 
     /// Another process starts on the disk after the crash, without a power
@@ -339,11 +388,43 @@ impl SimDisk {
     /// process), the directory changes the dead process did not fsync stay
     /// pending for a later power loss, and operations work again (with no
     /// crash point left).
+    ///
+    /// Nothing unsynced becomes durable, but whatever the dead process's writes
+    /// put in the cache, in-flight ones included (the crash applied a random
+    /// part of each, or none), now counts as completed: its I/O ended with it,
+    /// and a sync the new process submits covers the cached pages, whoever wrote
+    /// them. Call only after the dead process's WAL is closed.
     pub fn restart(&self) {
         let mut s = self.lock();
         s.stats.crashed = false;
         s.plan.crash_after_ops = None;
-        s.crash_at_dir_sync = false;
+        s.crash_at_dir_sync = None;
+        s.last_submitted = 0;
+        s.completions += 1;
+        let now = s.completions;
+        for f in s.files.values_mut() {
+            for h in f.dirty.values_mut() {
+                for v in &mut h.versions {
+                    if v.done == NOT_DONE {
+                        v.done = now;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows `plan` from now on, as [`SimDisk::new`] would (its seed, crash
+    /// point, fault and short writes), keeping the cache, the directory watch and
+    /// everything unsynced: for the next process after [`SimDisk::restart`]. The
+    /// counters start again from zero, the injected fault is forgotten.
+    pub fn replan(&self, plan: SimPlan) {
+        let mut s = self.lock();
+        s.plan = plan;
+        s.rng = Rng(plan.seed ^ 0x005E_ED0F_D15C);
+        s.stats = SimStats::default();
+        s.injected = None;
+        s.fault_armed = None;
+        s.crash_at_dir_sync = None;
     }
 
     /// From now on an operation that syncs (a standalone fdatasync or a
@@ -441,7 +522,13 @@ impl SimDisk {
     /// the changes since. With `keep_cache`, every sector keeps its newest version
     /// and the directory stays as it is instead (a process crash without power
     /// loss). Ends the directory watch. Call only after the WAL using the disk is
-    /// closed. Returns the number of sectors rolled back.
+    /// closed. Returns the number of sectors rolled back, not counting those of
+    /// files the power loss leaves without a name in the watched directory (a
+    /// removal made durable): nothing can read those.
+    ///
+    /// `keep_cache` forgets what was unsynced: to keep it at risk of a later
+    /// power loss, let another process start on the disk with
+    /// [`SimDisk::restart`] instead.
     ///
     /// # Errors
     /// I/O errors from rewriting sectors or entries; a directory change that could
@@ -458,6 +545,8 @@ impl SimDisk {
     pub fn power_loss_keeping(&self, keep_cache: bool, meta_prefix: Option<usize>) -> Result<u64> {
         let mut s = self.lock();
         let mut vanish = None;
+        // The files that have a name in the watched directory after the power loss.
+        let mut named: Option<HashSet<(u64, u64)>> = None;
         if let Some(ns) = s.ns.take() {
             WATCHED
                 .lock()
@@ -483,6 +572,10 @@ impl SimDisk {
                 ns.restore(keep)
                     .map_err(|e| Error::io("sim power loss: restore entries", &ns.dir, e))?;
                 s.stats.meta_ops_undone = (n - keep) as u64;
+                named = Some(
+                    inodes_in(&ns.dir)
+                        .map_err(|e| Error::io("sim power loss: list entries", &ns.dir, e))?,
+                );
             }
             s.stats.dir_entry_durable = ns.entry_durable;
             if !keep_cache && !ns.entry_durable && s.rng.pct(50) {
@@ -492,9 +585,9 @@ impl SimDisk {
         let DiskState {
             rng, files, stats, ..
         } = &mut *s;
-        let mut rolled = 0;
-        let mut outside = 0;
-        for f in files.values_mut() {
+        let (mut rolled, mut outside, mut backend) = (0, 0, 0);
+        for (key, f) in files.iter_mut() {
+            let counted = named.as_ref().is_none_or(|n| n.contains(key));
             for (idx, h) in std::mem::take(&mut f.dirty) {
                 if keep_cache {
                     continue;
@@ -512,17 +605,24 @@ impl SimDisk {
                 let bytes = if pick == 0 {
                     &h.durable
                 } else {
-                    &h.versions[(pick - 1) as usize].1
+                    &h.versions[(pick - 1) as usize].bytes
                 };
                 f.file
                     .write_all_at(bytes, idx * SECTOR as u64)
                     .map_err(|e| Error::io("sim power loss", &f.path, e))?;
+                if !counted {
+                    continue;
+                }
                 rolled += 1;
-                outside += u64::from(f.outside);
+                // Whose writes it undid: those of the versions after the one kept.
+                let undone = &h.versions[pick as usize..];
+                outside += u64::from(undone.iter().any(|v| v.outside));
+                backend += u64::from(undone.iter().any(|v| !v.outside));
             }
         }
         stats.sectors_rolled_back = rolled;
         stats.outside_sectors_rolled_back = outside;
+        stats.backend_sectors_rolled_back = backend;
         // Last: the sectors above belong to files that then lose their names.
         if let Some(dir) = vanish {
             fs::remove_dir_all(&dir).map_err(|e| Error::io("sim power loss: remove", &dir, e))?;
@@ -540,11 +640,25 @@ impl DiskState {
     }
 
     /// Applies `data` at `offset` of file `key` to the cache (and the real file),
-    /// as a write submitted with `stamp`.
+    /// as part of the backend's write submitted with `stamp`, not completed yet
+    /// ([`DiskState::complete_write`]).
     fn apply(
         &mut self,
         key: (u64, u64),
         stamp: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        self.apply_version(key, stamp, false, offset, data)
+    }
+
+    /// [`DiskState::apply`], for a write of the backend (`outside` false) or one
+    /// made outside it.
+    fn apply_version(
+        &mut self,
+        key: (u64, u64),
+        stamp: u64,
+        outside: bool,
         offset: u64,
         data: &[u8],
     ) -> std::io::Result<()> {
@@ -568,13 +682,34 @@ impl DiskState {
                 );
             }
             let h = f.dirty.get_mut(&idx).expect("inserted above");
-            let mut v = h.versions.last().map_or(&h.durable, |(_, v)| v).clone();
-            v[..chunk.len()].copy_from_slice(chunk);
-            h.versions.push((stamp, v));
+            let mut bytes = h.versions.last().map_or(&h.durable, |v| &v.bytes).clone();
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            h.versions.push(Version {
+                op: stamp,
+                done: NOT_DONE,
+                outside,
+                bytes,
+            });
             f.file.write_all_at(chunk, at)?;
         }
         self.stats.writes += 1;
         Ok(())
+    }
+
+    /// The write submitted with `stamp`, over `offset..offset + len` of file
+    /// `key`, completed: a sync submitted from now on covers its versions.
+    fn complete_write(&mut self, key: (u64, u64), stamp: u64, offset: u64, len: usize) {
+        self.completions += 1;
+        let done = self.completions;
+        if let Some(f) = self.files.get_mut(&key) {
+            let first = offset / SECTOR as u64;
+            let end = (offset + len as u64).div_ceil(SECTOR as u64);
+            for (_, h) in f.dirty.range_mut(first..end) {
+                for v in h.versions.iter_mut().filter(|v| v.op == stamp) {
+                    v.done = done;
+                }
+            }
+        }
     }
 
     /// Applies a random subset of the sectors of `data` (an interrupted write).
@@ -613,15 +748,16 @@ impl DiskState {
         self.stats.syncs += 1;
     }
 
-    /// A completed fdatasync of file `key` submitted with `stamp`: what writes
-    /// stamped before it left in each sector becomes durable; versions of later
-    /// writes stay unsynced.
-    fn sync(&mut self, key: (u64, u64), stamp: u64) {
+    /// A completed fdatasync of file `key`, submitted when `covers` writes had
+    /// completed: each sector becomes durable as the last of those writes left
+    /// it (with whatever earlier versions that content holds); the versions
+    /// after it stay unsynced, those of writes that completed later or not at all.
+    fn sync(&mut self, key: (u64, u64), covers: u64) {
         if let Some(f) = self.files.get_mut(&key) {
             f.dirty.retain(|_, h| {
-                if let Some(last) = h.versions.iter().rposition(|(s, _)| *s < stamp) {
+                if let Some(last) = h.versions.iter().rposition(|v| v.done <= covers) {
                     let rest = h.versions.split_off(last + 1);
-                    h.durable = h.versions.pop().expect("rposition found it").1;
+                    h.durable = h.versions.pop().expect("rposition found it").bytes;
                     h.versions = rest;
                 }
                 !h.versions.is_empty()
@@ -709,9 +845,12 @@ pub(crate) fn meta_tracked<T>(
         MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent(),
     };
     let out = with_watcher(dir, |mut st| {
-        if let Some(st) = st.as_mut().filter(|st| st.crash_at_dir_sync) {
+        if let Some(st) = st
+            .as_mut()
+            .filter(|st| st.crash_at_dir_sync.is_some_and(|n| st.stats.ops >= n))
+        {
             if matches!(op, MetaOp::SyncDir(_)) {
-                st.crash_at_dir_sync = false;
+                st.crash_at_dir_sync = None;
                 st.stats.crashed = true;
                 return Err(io_err(libc::EIO, "killed before the directory fsync"));
             }
@@ -755,8 +894,7 @@ fn parent_synced(parent: &Path) {
     }
 }
 
-/// The model's key for `f`, registering it (as written outside the backend) on
-/// first sight.
+/// The model's key for `f`, registering it on first sight.
 fn register(st: &mut DiskState, f: &File, path: &Path) -> std::io::Result<(u64, u64)> {
     let md = f.metadata()?;
     let key = (md.dev(), md.ino());
@@ -775,7 +913,6 @@ fn register(st: &mut DiskState, f: &File, path: &Path) -> std::io::Result<(u64, 
             file,
             path: path.to_path_buf(),
             dirty: BTreeMap::new(),
-            outside: true,
         });
     }
     Ok(key)
@@ -803,7 +940,9 @@ pub(crate) fn content_write(
         }
         let key = register(st, f, path)?;
         let stamp = st.stamp();
-        st.apply(key, stamp, offset, data)?;
+        st.apply_version(key, stamp, true, offset, data)?;
+        // Synchronous: complete as it returns.
+        st.complete_write(key, stamp, offset, data.len());
         st.stats.outside_writes += 1;
         Ok(())
     })
@@ -820,8 +959,11 @@ pub(crate) fn content_sync(
         sync(f)?;
         if let Some(st) = st {
             let key = register(st, f, path)?;
-            // A synchronous fsync: every write applied so far completed before it.
-            st.sync(key, u64::MAX);
+            // A synchronous fsync: it covers every write completed so far (the
+            // writes made outside the backend all are; a write of the backend
+            // still in flight is not).
+            let covers = st.completions;
+            st.sync(key, covers);
         }
         Ok(())
     })
@@ -974,6 +1116,18 @@ impl Drop for Namespace {
     }
 }
 
+/// (device, inode) of every file in `dir`.
+fn inodes_in(dir: &Path) -> std::io::Result<HashSet<(u64, u64)>> {
+    let mut out = HashSet::new();
+    for e in fs::read_dir(dir)? {
+        let md = e?.metadata()?;
+        if md.is_file() {
+            out.insert((md.dev(), md.ino()));
+        }
+    }
+    Ok(out)
+}
+
 fn read_at_most(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -1023,7 +1177,9 @@ enum Queued {
     Sync {
         token: u64,
         key: (u64, u64),
-        stamp: u64,
+        /// Writes completed when it was submitted: what it covers.
+        covers: u64,
+        /// Highest sequence of any write submitted before it.
         last_before: u64,
     },
 }
@@ -1151,6 +1307,8 @@ impl SimBackend {
                     }
                     Some(Fault::SyncEio) => match st.apply(key, stamp, at, rest) {
                         Ok(()) => {
+                            // The write completed; its fdatasync failed.
+                            st.complete_write(key, stamp, offset, data.len());
                             st.injected = Some(Injected {
                                 fault: Fault::SyncEio,
                                 ack_bound: bound(),
@@ -1195,6 +1353,7 @@ impl SimBackend {
                         }
                         match st.apply(key, stamp, at, rest) {
                             Ok(()) => {
+                                st.complete_write(key, stamp, offset, data.len());
                                 if sync {
                                     st.sync_range(key, offset, data.len());
                                 }
@@ -1209,14 +1368,29 @@ impl SimBackend {
             Queued::Sync {
                 token,
                 key,
-                stamp,
+                covers,
                 last_before,
             } => {
                 let result = match st.take_fault(false, true) {
                     Some(f) => {
+                        // Writes submitted before the sync and still in flight are
+                        // never acknowledged: the WAL fails at this result, and it
+                        // acknowledges in sequence order.
+                        let in_flight = self
+                            .queue
+                            .iter()
+                            .filter_map(|q| match q {
+                                Queued::Write { first, .. }
+                                    if *first > 0 && *first <= last_before =>
+                                {
+                                    Some(first - 1)
+                                }
+                                _ => None,
+                            })
+                            .min();
                         st.injected = Some(Injected {
                             fault: f,
-                            ack_bound: last_before,
+                            ack_bound: in_flight.map_or(last_before, |b| b.min(last_before)),
                         });
                         Err(Error::io(
                             "fdatasync (sim)",
@@ -1228,7 +1402,7 @@ impl SimBackend {
                         if !st.sync_latency.is_zero() {
                             std::thread::sleep(st.sync_latency);
                         }
-                        st.sync(key, stamp);
+                        st.sync(key, covers);
                         Ok(())
                     }
                 };
@@ -1263,7 +1437,6 @@ impl Backend for SimBackend {
                 file: f,
                 path: path.to_path_buf(),
                 dirty: BTreeMap::new(),
-                outside: false,
             });
         self.file = Some((key, path.to_path_buf()));
         Ok(())
@@ -1297,11 +1470,11 @@ impl Backend for SimBackend {
             Op::Sync => {
                 st.sync_submits.push(std::time::Instant::now());
                 let last_before = st.last_submitted;
-                let stamp = st.stamp();
+                let covers = st.completions;
                 self.queue.push_back(Queued::Sync {
                     token,
                     key,
-                    stamp,
+                    covers,
                     last_before,
                 });
             }
@@ -1319,19 +1492,10 @@ impl Backend for SimBackend {
             disk.pass_sync_gate();
         }
         let mut st = disk.lock();
-        loop {
-            // Eligible: any write; a sync only when nothing was submitted before it.
-            let eligible: Vec<usize> = self
-                .queue
-                .iter()
-                .enumerate()
-                .filter(|(i, q)| *i == 0 || matches!(q, Queued::Write { .. }))
-                .map(|(i, _)| i)
-                .collect();
-            if eligible.is_empty() {
-                break;
-            }
-            let pick = eligible[st.rng.below(eligible.len() as u64) as usize];
+        // Any queued operation may complete next, a sync before the writes
+        // submitted ahead of it included: nothing drains the queue for it.
+        while !self.queue.is_empty() {
+            let pick = st.rng.below(self.queue.len() as u64) as usize;
             self.complete(pick, &mut st);
             // Keep going while the coin says so, or until something finished when waiting.
             let need_more = wait && self.done.is_empty();
@@ -1359,53 +1523,186 @@ mod tests {
     use super::*;
     use crate::wal::buffer::AlignedBuf;
 
-    /// A standalone sync covers the writes submitted before it, never one submitted
-    /// after it, even when that one completes first.
+    /// A standalone sync covers the writes that had completed when it was
+    /// submitted: not one still in flight then, though submitted before it, and
+    /// not one submitted after it, even when that one completes first. It does
+    /// not wait for the earlier write: it may complete before it.
     #[test]
-    fn a_sync_covers_only_writes_submitted_before_it() {
-        let mut later_completed_first = 0;
-        for seed in 0..32 {
+    fn a_sync_covers_only_writes_completed_before_it() {
+        let (mut sync_before_earlier, mut later_before_sync, mut earlier_before_sync) = (0, 0, 0);
+        for seed in 0..64 {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("f");
-            std::fs::write(&path, vec![0u8; 2 * 4096]).unwrap();
+            std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
             let disk = SimDisk::new(SimPlan::plain(seed));
             let mut b = disk.backend();
             b.open(&path).unwrap();
-            let mut before = AlignedBuf::new(4096);
-            before.as_mut_slice().fill(1);
-            let mut after = AlignedBuf::new(4096);
-            after.as_mut_slice().fill(2);
+            let buf = |byte: u8| {
+                let mut b = AlignedBuf::new(4096);
+                b.as_mut_slice().fill(byte);
+                b
+            };
+            let (done, earlier, later) = (buf(1), buf(2), buf(3));
             let write = |buf, offset| Op::Write {
                 buf,
                 len: 4096,
                 offset,
                 sync: false,
             };
-            b.submit(1, write(&before, 0)).unwrap();
-            b.submit(2, Op::Sync).unwrap();
-            b.submit(3, write(&after, 4096)).unwrap();
             let mut order = Vec::new();
-            while order.len() < 3 {
-                let mut done = Vec::new();
-                b.reap(true, &mut done, &|_| None).unwrap();
-                order.extend(done.iter().map(|d| d.token));
-                assert!(done.iter().all(|d| d.result.is_ok()));
-            }
-            if order.iter().position(|&t| t == 3) < order.iter().position(|&t| t == 2) {
-                later_completed_first += 1;
-            }
+            let reap_until = |b: &mut SimBackend, n: usize, order: &mut Vec<u64>| {
+                while order.len() < n {
+                    let mut done = Vec::new();
+                    b.reap(true, &mut done, &|_| None).unwrap();
+                    assert!(done.iter().all(|d| d.result.is_ok()));
+                    order.extend(done.iter().map(|d| d.token));
+                }
+            };
+            b.submit(1, write(&done, 0)).unwrap();
+            reap_until(&mut b, 1, &mut order);
+            b.submit(2, write(&earlier, 4096)).unwrap();
+            b.submit(3, Op::Sync).unwrap();
+            b.submit(4, write(&later, 2 * 4096)).unwrap();
+            reap_until(&mut b, 4, &mut order);
+            let at = |t: u64| order.iter().position(|&x| x == t).unwrap();
+            sync_before_earlier += u32::from(at(3) < at(2));
+            earlier_before_sync += u32::from(at(2) < at(3));
+            later_before_sync += u32::from(at(4) < at(3));
             let st = disk.lock();
             let f = st.files.values().next().unwrap();
             let dirty: Vec<u64> = f.dirty.keys().copied().collect();
             assert_eq!(
                 dirty,
-                (8..16).collect::<Vec<u64>>(),
-                "seed {seed}, completion order {order:?}: only the later write's sectors stay unsynced"
+                (8..24).collect::<Vec<u64>>(),
+                "seed {seed}, completion order {order:?}: the writes in flight when the sync was submitted stay unsynced"
             );
         }
         assert!(
-            later_completed_first > 0,
-            "no seed completed the later write first"
+            sync_before_earlier > 0,
+            "no seed completed the sync before a write submitted ahead of it"
+        );
+        assert!(
+            earlier_before_sync > 0,
+            "no seed completed the earlier write before the sync"
+        );
+        assert!(
+            later_before_sync > 0,
+            "no seed completed the later write before the sync"
+        );
+    }
+
+    /// A sync that fails while a write submitted before it is still in flight
+    /// bounds the acknowledgements by that write: the WAL fails at the sync's
+    /// result and never acknowledges the write.
+    #[test]
+    fn a_failed_sync_bounds_acknowledgements_by_the_writes_still_in_flight() {
+        use crate::wal::format::{encode_batch_header, BatchHeader, BatchKind, BLOCK_SIZE};
+        let batch = |first: u64, count: u32| {
+            let mut buf = AlignedBuf::new(BLOCK_SIZE);
+            let h = BatchHeader {
+                kind: BatchKind::Entries,
+                file_number: 1,
+                first_sequence: first,
+                entry_count: count,
+                payload_len: 0,
+                synced_through: 0,
+                entries_crc: Some(0),
+            };
+            encode_batch_header(&mut buf.as_mut_slice()[..BATCH_HEADER_LEN], &h, 0);
+            buf
+        };
+        let (mut bounded, mut unbounded) = (0, 0);
+        for seed in 0..64 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![0u8; 2 * BLOCK_SIZE]).unwrap();
+            let disk = SimDisk::new(SimPlan {
+                fault: Some((0, Fault::SyncEio)),
+                ..SimPlan::plain(seed)
+            });
+            let mut b = disk.backend();
+            b.open(&path).unwrap();
+            let (w1, w2) = (batch(1, 3), batch(4, 2));
+            let write = |buf, offset| Op::Write {
+                buf,
+                len: BLOCK_SIZE,
+                offset,
+                sync: false,
+            };
+            b.submit(1, write(&w1, 0)).unwrap();
+            b.submit(2, Op::Sync).unwrap();
+            b.submit(3, write(&w2, BLOCK_SIZE as u64)).unwrap();
+            let mut order = Vec::new();
+            while order.len() < 3 {
+                let mut done = Vec::new();
+                b.reap(true, &mut done, &|_| None).unwrap();
+                order.extend(done.iter().map(|d| d.token));
+            }
+            let inj = disk.injected().expect("the sync failed");
+            assert_eq!(inj.fault, Fault::SyncEio);
+            let w1_first = order.iter().position(|&t| t == 1) < order.iter().position(|&t| t == 2);
+            let want = if w1_first { 3 } else { 0 };
+            assert_eq!(
+                inj.ack_bound, want,
+                "seed {seed}, completion order {order:?}"
+            );
+            if w1_first {
+                unbounded += 1;
+            } else {
+                bounded += 1;
+            }
+        }
+        assert!(bounded > 0 && unbounded > 0, "{bounded} {unbounded}");
+    }
+    /// A power loss counts a rolled-back sector by whose writes it undid: the
+    /// backend's, those made outside it, or both, whichever wrote the file first.
+    #[test]
+    fn a_rollback_counts_by_the_writes_it_undid() {
+        let (mut backend_seen, mut both_seen) = (0, 0);
+        for seed in 0..32 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![0u8; 2 * 4096]).unwrap();
+            let disk = SimDisk::new(SimPlan::plain(seed));
+            disk.watch_dir(dir.path()).unwrap();
+            // Prepared outside the backend (ones), then half of it rewritten by
+            // the backend (twos): sectors 0..8 hold both, 8..16 ones only.
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            crate::wal::files::write_at(&f, &path, 0, &[1u8; 2 * 4096]).unwrap();
+            let mut b = disk.backend();
+            b.open(&path).unwrap();
+            let mut buf = AlignedBuf::new(4096);
+            buf.as_mut_slice().fill(2);
+            let op = Op::Write {
+                buf: &buf,
+                len: 4096,
+                offset: 0,
+                sync: false,
+            };
+            b.submit(1, op).unwrap();
+            let mut done = Vec::new();
+            while done.is_empty() {
+                b.reap(true, &mut done, &|_| None).unwrap();
+            }
+            drop(b);
+            disk.power_loss(false).unwrap();
+            let got = std::fs::read(&path).unwrap();
+            let sector = |i: usize| got[i * SECTOR];
+            let (mut backend, mut outside) = (0, 0);
+            for i in 0..16 {
+                let newest = if i < 8 { 2 } else { 1 };
+                backend += u64::from(i < 8 && sector(i) != newest);
+                outside += u64::from(sector(i) == 0);
+            }
+            let st = disk.stats();
+            assert_eq!(st.backend_sectors_rolled_back, backend, "seed {seed}");
+            assert_eq!(st.outside_sectors_rolled_back, outside, "seed {seed}");
+            backend_seen += backend;
+            both_seen += (0..8).filter(|&i| sector(i) == 0).count();
+        }
+        assert!(
+            backend_seen > 0 && both_seen > 0,
+            "{backend_seen} {both_seen}"
         );
     }
 }
