@@ -718,6 +718,25 @@ mod tests {
     use kafka_protocol::messages::GroupId;
 
     use super::*;
+
+    /// Holds `group`'s offsets writer lock on a thread, as a commit of another
+    /// group sharing it holds it across its fsync, until the sender is used
+    /// (or dropped); returns once the lock is held.
+    fn hold_writer(
+        ctx: &std::sync::Arc<Ctx>,
+        group: &'static str,
+    ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let storage = ctx.storage.clone();
+        let holder = std::thread::spawn(move || {
+            let _writer = storage.offsets().writer(group);
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+        (holder, release_tx)
+    }
     use crate::server::groups::JoinRequest;
 
     /// A DeleteGroups whose removal of the stored membership fails answers
@@ -791,15 +810,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
         ctx.storage.create_topic("t", 1).unwrap();
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let storage = ctx.storage.clone();
-        let holder = std::thread::spawn(move || {
-            let _writer = storage.offsets().writer("g");
-            locked_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-        });
-        locked_rx.recv().unwrap();
+        let (holder, release_tx) = hold_writer(&ctx, "g");
         let req = OffsetCommitRequest::default()
             .with_group_id(GroupId("g".into()))
             .with_generation_id_or_member_epoch(-1)
@@ -958,15 +969,7 @@ mod tests {
         };
         // The group's writer lock, held as a commit of another group sharing
         // it holds it across its fsync.
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let storage = ctx.storage.clone();
-        let holder = std::thread::spawn(move || {
-            let _writer = storage.offsets().writer("g");
-            locked_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-        });
-        locked_rx.recv().unwrap();
+        let (holder, release_tx) = hold_writer(&ctx, "g");
         // A's commit passes its first check, then waits for the lock.
         let mut a_commit = {
             let ctx = Arc::clone(&ctx);
