@@ -63,12 +63,23 @@ struct LogStartFile {
 /// segment on. (A power loss takes the snapshots written since the last
 /// checkpoint, renamed into place but not fsynced, while their segments are
 /// durable; the checkpoint fsynced the ones it kept.) Without any, those whose
-/// last batches went out just before it, in the previous segment.
-fn producers_before(dir: &Path, base: i64, older: &[Segment]) -> Result<ProducerState> {
+/// last batches went out just before it, in the previous segment. Only the
+/// older snapshots in `on_disk` (the bases the directory holds one of) are
+/// read, so a partition of many segments and no snapshot opens no file per
+/// segment.
+fn producers_before(
+    dir: &Path,
+    base: i64,
+    older: &[Segment],
+    on_disk: &BTreeSet<i64>,
+) -> Result<ProducerState> {
     if let Some(s) = load_snapshot(dir, base) {
         return Ok(ProducerState::from_snapshot(&s));
     }
     for (i, seg) in older.iter().enumerate().rev() {
+        if !on_disk.contains(&seg.base_offset()) {
+            continue;
+        }
         if let Some(s) = load_snapshot(dir, seg.base_offset()) {
             let mut producers = ProducerState::from_snapshot(&s);
             for later in &older[i..] {
@@ -464,7 +475,7 @@ impl Partition {
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
             let seg = if i + 1 == bases.len() {
-                producers = producers_before(&dir, *base, &segments)?;
+                producers = producers_before(&dir, *base, &segments, &snapshots)?;
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
                 let mut seg = Segment::open(&dir, *base, false)?;
@@ -603,7 +614,13 @@ impl Partition {
             }
             sync_dir(&self.dir)?;
             // The producers as of this segment's end, as if it were opened newest.
-            let mut producers = producers_before(&self.dir, log[i].base_offset(), &log[..i])?;
+            let on_disk = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let mut producers =
+                producers_before(&self.dir, log[i].base_offset(), &log[..i], &on_disk)?;
             log[i].record_producers_tail(usize::MAX, &mut producers)?;
             *self.producers() = producers;
             self.next_offset.store(end, Ordering::Release);
