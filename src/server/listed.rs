@@ -80,15 +80,29 @@ impl<'a> Wire<'a> {
         self.take(n).map(|_| ())
     }
 
+    /// An unsigned varint of at most 5 bytes and 32 bits, as Kafka's
+    /// `ByteUtils.readUnsignedVarint` reads it. The decoder stops after a
+    /// fifth byte whatever its continuation bit says and drops the bits past
+    /// 32, so one of those would make a count the walk cannot read (and lets
+    /// through) a count the decoder reads: such a varint is refused.
     fn varint(&mut self) -> Option<usize> {
         let mut v: u64 = 0;
         for i in 0..5 {
             let b = self.take(1)?[0];
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
-                return usize::try_from(v).ok();
+                return match u32::try_from(v) {
+                    Ok(v) => usize::try_from(v).ok(),
+                    Err(_) => self.malformed("holds a varint above 2^32 - 1"),
+                };
             }
         }
+        self.malformed("holds a varint longer than 5 bytes")
+    }
+
+    /// Refuses the request as malformed (`what` says why).
+    fn malformed(&mut self, what: &str) -> Option<usize> {
+        self.refused.get_or_insert_with(|| what.to_string());
         None
     }
 
@@ -876,6 +890,57 @@ mod tests {
     /// A string whose compact length takes two bytes.
     fn metadata() -> Option<StrBytes> {
         Some(name(&"m".repeat(200)))
+    }
+
+    /// `n` as an unsigned varint padded to 5 bytes (continuation bits on
+    /// the first four), then `fifth` ORed into the last byte: `0x80` makes
+    /// it claim a sixth byte, `0x10` sets bit 32.
+    fn padded_varint(n: u32, fifth: u8) -> [u8; 5] {
+        let b = |i: u32| u8::try_from((n >> (7 * i)) & 0x7f).unwrap();
+        [
+            b(0) | 0x80,
+            b(1) | 0x80,
+            b(2) | 0x80,
+            b(3) | 0x80,
+            b(4) | fifth,
+        ]
+    }
+
+    /// A count the decoder reads but the walk could not, a varint of more
+    /// than 5 bytes or above 32 bits, is refused, not let through to the
+    /// decoder: kafka-protocol stops after a fifth byte with its continuation
+    /// bit and drops bits past 32, so such a count of MAX_LISTED + 1 topics
+    /// (or of a gigabyte of tagged fields) reached the decoder uncounted.
+    #[test]
+    fn a_varint_the_walk_cannot_read_is_refused() {
+        let n = u32::try_from(MAX_LISTED).unwrap() + 2;
+        // Metadata v9: the topics (count n - 1), each an empty name and no
+        // tagged fields, then allow auto topic creation, include cluster and
+        // topic authorized operations, the body's tagged fields.
+        let metadata = |count: [u8; 5]| {
+            let mut b = count.to_vec();
+            for _ in 0..n - 1 {
+                b.extend([1, 0]);
+            }
+            b.extend([1, 0, 0, 0]);
+            b
+        };
+        let e = check(ApiKey::Metadata, 9, &metadata(padded_varint(n, 0x80))).unwrap_err();
+        assert!(e.contains("varint longer than 5 bytes"), "{e}");
+        let e = check(ApiKey::Metadata, 9, &metadata(padded_varint(n, 0x10))).unwrap_err();
+        assert!(e.contains("varint above 2^32 - 1"), "{e}");
+        // Padded but in bounds: the walk reads what the decoder reads.
+        let e = check(ApiKey::Metadata, 9, &metadata(padded_varint(n, 0))).unwrap_err();
+        assert!(e.contains("100001 topics"), "{e}");
+
+        // A header's tagged field count.
+        let mut frame = vec![0, 3, 0, 12, 0, 0, 0, 7, 0, 1, b'c'];
+        frame.extend(padded_varint(1001, 0x80));
+        let e = check_header(ApiKey::Metadata, 12, &frame).unwrap_err();
+        assert!(
+            e.contains("request header holds a varint longer than 5 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
