@@ -2024,7 +2024,11 @@ fn every_backend_and_write_path_writes_the_same_bytes() {
 /// after it listed for retention: the next checkpoint retires them, even at the
 /// same sequence, and the log still opens. (They used to be dropped from the list
 /// and outlive newer files that were retired, and the next open refused the log:
-/// files missing in between.)
+/// files missing in between.) A file already removed by hand counts as retired,
+/// one whose recycled name is taken is deleted instead, and a recycled entry
+/// that cannot be removed is passed over by the preparer of the next file:
+/// each used to fail every later checkpoint (retention stopped for good) or
+/// the next rotation (the WAL failed).
 #[test]
 fn files_a_failed_retirement_left_are_retired_by_the_next_checkpoint() {
     use std::time::{Duration, Instant};
@@ -2058,22 +2062,40 @@ fn files_a_failed_retirement_left_are_retired_by_the_next_checkpoint() {
                 .collect()
         };
         assert_eq!(numbers(dir.path()), [1, 2, 3, 4], "{backend}");
-        // A directory where file 1 would be renamed to for recycling: that fails.
+        // A directory where file 1 would be renamed to for recycling (it is
+        // deleted instead), file 2 removed by hand, and a directory in place of
+        // file 3, which cannot be removed: retiring file 3 fails.
         let blocker = dir.path().join("recycle-00000001.wal");
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("x"), b"x").unwrap();
+        std::fs::remove_file(dir.path().join("00000002.wal")).unwrap();
+        let third = dir.path().join("00000003.wal");
+        std::fs::remove_file(&third).unwrap();
+        std::fs::create_dir(&third).unwrap();
+        std::fs::write(third.join("x"), b"x").unwrap();
         let e = wal
             .checkpoint(last)
-            .expect_err("retiring file 1 should have failed");
-        assert!(e.to_string().contains("00000001.wal"), "{backend}: {e}");
-        assert_eq!(numbers(dir.path()), [1, 2, 3, 4], "{backend}");
-        std::fs::remove_dir_all(&blocker).unwrap();
+            .expect_err("retiring file 3 should have failed");
+        assert!(e.to_string().contains("00000003.wal"), "{backend}: {e}");
+        assert_eq!(numbers(dir.path()), [3, 4], "{backend}");
+        std::fs::remove_dir_all(&third).unwrap();
         wal.checkpoint(last).unwrap();
         assert_eq!(
             numbers(dir.path()),
             [4],
             "{backend}: retention kept one file"
         );
+        // The recycled entry that is a directory stays; the next files are
+        // made afresh.
+        let rotations = wal.stats().rotations;
+        while wal.stats().rotations < rotations + 2 {
+            last = wal
+                .append("c", 0, Bytes::from(payload(i, 8000)))
+                .wait()
+                .unwrap();
+            i += 1;
+        }
+        assert!(blocker.is_dir(), "{backend}");
         for _ in 0..40 {
             last = wal
                 .append("c", 0, Bytes::from(payload(i, 8000)))
@@ -2122,5 +2144,65 @@ fn a_closed_wal_refuses_checkpoints_and_leaves_the_next_owners_alone() {
             "{backend}"
         );
         wal.close().unwrap();
+    }
+}
+
+/// A `current.wal` that is a dangling link (moved to a volume not mounted) is
+/// refused at open, naming it: taken as absent, the open put a new file over
+/// it and went on without its entries.
+#[cfg(unix)]
+#[test]
+fn a_dangling_current_wal_link_is_refused_not_replaced() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let away = tempfile::tempdir().unwrap();
+        let cfg = config(backend, SyncMode::EveryWrite);
+        let (wal, _) = open(dir.path(), cfg.clone());
+        append_payloads(&wal, "c", 10, 100);
+        wal.close().unwrap();
+        let current = dir.path().join("current.wal");
+        let moved = away.path().join("current.wal");
+        std::fs::rename(&current, &moved).unwrap();
+        std::os::unix::fs::symlink(away.path().join("missing.wal"), &current).unwrap();
+        let e = Wal::open(dir.path(), cfg.clone())
+            .map(|_| ())
+            .expect_err("a dangling current.wal must not be replaced");
+        assert!(e.to_string().contains("current.wal"), "{backend}: {e}");
+        assert!(
+            std::fs::symlink_metadata(&current)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{backend}: the link is left alone"
+        );
+        std::fs::remove_file(&current).unwrap();
+        std::fs::rename(&moved, &current).unwrap();
+        let (wal, rec) = open(dir.path(), cfg);
+        assert_eq!(
+            rec.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>(),
+            "{backend}"
+        );
+        wal.close().unwrap();
+    }
+}
+
+/// A file whose (checksummed) header carries the largest file number is
+/// refused as corrupt: the next file's number would wrap to 0.
+#[test]
+fn a_file_number_with_no_successor_is_refused() {
+    use streamline::wal::format::{encode_file_header, new_file_key, BLOCK_SIZE};
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = vec![0u8; 4 * BLOCK_SIZE];
+        encode_file_header(&mut file, u64::MAX, 1, new_file_key());
+        std::fs::write(dir.path().join("current.wal"), &file).unwrap();
+        let e = Wal::open(dir.path(), config(backend, SyncMode::EveryWrite))
+            .map(|_| ())
+            .expect_err("file number u64::MAX must be refused");
+        assert!(
+            e.to_string().contains("leaves none for a next file"),
+            "{backend}: {e}"
+        );
     }
 }

@@ -59,15 +59,34 @@ pub fn list_recycled(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Retires an archived file the checkpoint made obsolete: kept for reuse (renamed to
 /// `recycle-<number>.wal`) while fewer than [`MAX_RECYCLED`] wait and its size is
 /// `size`, deleted otherwise. The caller fsyncs the directory.
+///
+/// A file already gone (removed by hand to free space) counts as retired, and
+/// one that cannot be kept for reuse (its recycled name taken by something
+/// that cannot be renamed over) is deleted: otherwise it would stay first in
+/// line and stop retention for good, every later checkpoint failing on it
+/// while the log's files piled up.
 pub fn retire(dir: &Path, path: &Path, number: u64, size: u64) -> Result<()> {
-    let len = fs::metadata(path)
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "WAL file covered by the checkpoint is already gone");
+            return Ok(());
+        }
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
     if len == size && list_recycled(dir)?.len() < MAX_RECYCLED {
         let dst = dir.join(format!("{RECYCLE_PREFIX}{number:08}.wal"));
-        return rename(path, &dst);
+        match rename(path, &dst) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep a WAL file for reuse; deleting it");
+            }
+        }
     }
-    remove(path).map_err(|e| Error::io("remove", path, e))
+    match remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// The file number a recycled file had (`recycle-<number>.wal`): the highest file
@@ -91,11 +110,20 @@ fn recycled_number(path: &Path) -> Option<u64> {
 fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>> {
     let tmp = dir.join(NEXT_TMP);
     for old in list_recycled(dir)? {
-        let len = fs::metadata(&old)
-            .map_err(|e| Error::io("stat", &old, e))?
-            .len();
+        // Reuse saves zero-filling a file; one that cannot be looked at or
+        // removed is passed over (a new file is made instead), never the
+        // reason a rotation fails.
+        let len = match fs::metadata(&old) {
+            Ok(m) => m.len(),
+            Err(e) => {
+                tracing::warn!(path = %old.display(), error = %e, "cannot read a recycled WAL file; not reusing it");
+                continue;
+            }
+        };
         if len != size || recycled_number(&old).is_none_or(|was| was >= number) {
-            remove(&old).map_err(|e| Error::io("remove", &old, e))?;
+            if let Err(e) = remove(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove a recycled WAL file that does not fit");
+            }
             continue;
         }
         if rename(&old, &tmp).is_err() {

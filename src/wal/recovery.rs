@@ -624,8 +624,13 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         .map(|(n, p)| (Some(n), p))
         .collect();
     let current = dir.join(CURRENT);
-    if current.exists() {
-        paths.push((None, current));
+    // Anything at the name counts, a dangling link too (reading it then fails,
+    // naming it): taken as absent, the open would put a new file over it and the
+    // log would go on without the entries it holds.
+    match std::fs::symlink_metadata(&current) {
+        Ok(_) => paths.push((None, current)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("stat", &current, e)),
     }
     let mut files: Vec<FileInfo> = Vec::with_capacity(paths.len());
     let mut expected_next: Option<u64> = None;
@@ -651,6 +656,13 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         });
         let want_next = if after_skip { None } else { expected_next };
         let info = scan_file_after_close(&path, want_number, newest, want_next, mode, clean)?;
+        if info.number == u64::MAX {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!("file number {} leaves none for a next file", info.number),
+            ));
+        }
         if let (true, Some(exp), Some(first)) = (after_skip, expected_next, info.first_sequence) {
             if first < exp {
                 return Err(Error::corrupt(
