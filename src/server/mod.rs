@@ -978,6 +978,12 @@ where
                         break 'conn Ok(());
                     }
                 };
+                // The time the reader spent on the request (a Produce waiting
+                // for pipeline capacity, a login for its derivation) is not
+                // idle time: taken for it, a Produce submitted after a long wait
+                // was dropped unanswered with its connection, and retried into
+                // a duplicate.
+                activity.touch();
                 match dispatched {
                     Ok((mut p, then_close)) => {
                         if key.is_some_and(orders_produce) {
@@ -992,6 +998,7 @@ where
                         // A full queue waits for the writer, which may wait for the
                         // client to read.
                         let sent = tokio::select! {
+                            biased;
                             r = tx.send((p, len)) => r.is_ok(),
                             () = activity.idle(idle) => {
                                 idle_closed();
@@ -1987,6 +1994,39 @@ mod tests {
         let second: ProduceResponse = response(&mut client, 8).await;
         assert_eq!(answer(&first), (codes::NONE, 0));
         assert_eq!(answer(&second), (codes::NONE, 1));
+    }
+
+    /// A Produce that waits for pipeline capacity longer than the idle limit
+    /// is answered once it is stored: the reader's wait is not idle time.
+    /// (The connection was closed as idle right after the batch was
+    /// submitted, so it was stored unanswered and a retry stored it twice.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_produce_waiting_for_capacity_past_the_idle_limit_is_answered() {
+        use kafka_protocol::messages::ProduceResponse;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = crate::config::Config::default();
+        c.server.connections_max_idle_ms = 300;
+        let ctx = ctx_with(dir.path(), c).await;
+        let storage = ctx.storage.clone();
+        tokio::task::spawn_blocking(move || storage.create_topic("t", 1).map(drop))
+            .await
+            .unwrap()
+            .unwrap();
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let held = ctx.storage.hold_capacity();
+        client
+            .write_all(&idempotent_produce(&[b"v"], 7, 0, 10_000))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        drop(held);
+        let r: ProduceResponse =
+            tokio::time::timeout(Duration::from_secs(10), response(&mut client, 8))
+                .await
+                .expect("the produce is answered");
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
+        assert_eq!(ctx.storage.partition("t", 0).unwrap().high_watermark(), 1);
     }
 
     /// A new idempotent producer's batch of two records, larger than the
