@@ -1321,6 +1321,15 @@ impl TopicManager {
         self.shared.failed.get().map(String::as_str)
     }
 
+    /// Why storage failed: [`Self::failure`], or the WAL's own failure when
+    /// no produce has met it yet.
+    pub fn failed_why(&self) -> Option<String> {
+        self.shared.failed.get().cloned().or_else(|| {
+            let wal = self.shared.wal.as_ref()?;
+            wal.failure().map(|e| format!("WAL failed: {e}"))
+        })
+    }
+
     /// A snapshot of all topics.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         self.shared.topic_list()
@@ -1518,11 +1527,7 @@ impl TopicManager {
     /// below the sequence of a batch whose append failed with its bytes on the
     /// device, which the restart would replay into it.
     fn refuse_if_failed(&self) -> std::result::Result<(), CreateError> {
-        let why = self.shared.failed.get().cloned().or_else(|| {
-            let wal = self.shared.wal.as_ref()?;
-            wal.failure().map(|e| format!("WAL failed: {e}"))
-        });
-        match why {
+        match self.failed_why() {
             None => Ok(()),
             Some(why) => Err(CreateError::Storage(format!(
                 "storage has failed ({why}); no topic is created or grown until a restart"

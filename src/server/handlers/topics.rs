@@ -670,13 +670,24 @@ fn disk_space(dir: &std::path::Path) -> (i64, i64) {
 /// DescribeLogDirs (`kafka-log-dirs --describe`, AdminClient `describeLogDirs`):
 /// the one log directory, each partition's bytes on disk (lag 0: there are no
 /// replicas), and from v4 the disk's total and usable bytes. Topics or partitions
-/// that do not exist are left out, as Kafka does.
+/// that do not exist are left out, as Kafka does. Once storage has failed (a
+/// WAL or segment write or sync; produces are refused until a restart) the
+/// directory is offline, as Kafka reports one: KAFKA_STORAGE_ERROR and no
+/// topics.
 pub(crate) async fn describe_log_dirs(
     ctx: &Ctx,
     req: DescribeLogDirsRequest,
 ) -> DescribeLogDirsResponse {
     let storage = ctx.storage.clone();
     let result = tokio::task::spawn_blocking(move || {
+        let dir = storage.config().storage.data_dir.join("topics");
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if let Some(why) = storage.failed_why() {
+            tracing::warn!(dir = %dir.display(), %why, "DescribeLogDirs: the log directory is offline");
+            return DescribeLogDirsResult::default()
+                .with_error_code(codes::KAFKA_STORAGE_ERROR)
+                .with_log_dir(StrBytes::from_string(dir.display().to_string()));
+        }
         let wanted: Vec<(Arc<Topic>, Vec<i32>)> = match req.topics {
             None => storage
                 .topics()
@@ -710,8 +721,6 @@ pub(crate) async fn describe_log_dirs(
                     .with_partitions(partitions)
             })
             .collect();
-        let dir = storage.config().storage.data_dir.join("topics");
-        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let (total, usable) = disk_space(&dir);
         DescribeLogDirsResult::default()
             .with_error_code(codes::NONE)
@@ -768,6 +777,35 @@ mod tests {
                 (name, t.topic_id, t.error_code)
             })
             .collect()
+    }
+
+    /// Once a segment append has failed (produces refused until a restart),
+    /// DescribeLogDirs reports the directory offline, as Kafka does: it
+    /// answered NONE with every partition, and tools watching for offline
+    /// directories saw nothing wrong.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_storage_reports_its_log_dir_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let r = describe_log_dirs(&ctx, DescribeLogDirsRequest::default().with_topics(None)).await;
+        assert_eq!(r.results[0].error_code, codes::NONE);
+        assert_eq!(r.results[0].topics.len(), 1);
+        let p = ctx.storage.partition("t", 0).unwrap();
+        p.fail_next_append
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let acked = ctx
+            .storage
+            .submit("t", 0, &make_batch(0, &[b"a"]), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(acked.await.unwrap().is_err());
+        let r = describe_log_dirs(&ctx, DescribeLogDirsRequest::default().with_topics(None)).await;
+        assert_eq!(r.error_code, codes::NONE);
+        assert_eq!(r.results.len(), 1);
+        assert_eq!(r.results[0].error_code, codes::KAFKA_STORAGE_ERROR);
+        assert!(r.results[0].topics.is_empty());
+        assert!(!r.results[0].log_dir.is_empty());
     }
 
     /// A DeleteTopics by ids `[A, B]` looked every id up before its first
