@@ -2136,7 +2136,9 @@ impl Partition {
 
     /// One try of [`Partition::max_timestamp_offset`].
     fn find_max_timestamp(&self) -> Result<Option<(i64, i64)>> {
-        type Best = (BatchInfo, Arc<File>, PathBuf, u64, i64);
+        // A batch, where it lies, the log start then, and its largest timestamp
+        // at or above that start.
+        type Best = (BatchInfo, Arc<File>, PathBuf, u64, i64, i64);
         let mut best: Option<Best> = None;
         // The answer is at least as new as the newest known of a readable
         // segment; a segment no newer than the best so far has no better batch.
@@ -2145,24 +2147,55 @@ impl Partition {
             true,
             |newest, known| newest < known || newest <= best_ts.get(),
             |info, file, path, position, start| {
-                if best
-                    .as_ref()
-                    .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
-                {
-                    best = Some((*info, Arc::clone(file), path.to_path_buf(), position, start));
-                    best_ts.set(info.max_timestamp);
+                let Some(ts) = Self::served_max_timestamp(info, file, path, position, start)?
+                else {
+                    return Ok(false);
+                };
+                if best.as_ref().is_none_or(|b| ts > b.5) {
+                    let at = path.to_path_buf();
+                    best = Some((*info, Arc::clone(file), at, position, start, ts));
+                    best_ts.set(ts);
                 }
                 Ok(false)
             },
         )?;
-        let Some((info, file, path, position, start)) = best else {
+        let Some((info, file, path, position, start, max)) = best else {
             return Ok(None);
         };
-        let max = info.max_timestamp;
         let exact = Self::find_record(&info, &file, &path, position, start, |ts| ts == max)?
             .ok()
             .flatten();
         Ok(Some(exact.unwrap_or((info.last_offset(), max))))
+    }
+
+    /// The largest timestamp among the records of a batch at or above the log
+    /// start `start`: its header's, unless the start lies inside it, where the
+    /// header's may be a deleted record's (the records are read then; `None`
+    /// when none is at or above the start, the header's when they cannot be
+    /// read).
+    fn served_max_timestamp(
+        info: &BatchInfo,
+        file: &File,
+        path: &Path,
+        position: u64,
+        start: i64,
+    ) -> Result<Option<i64>> {
+        if info.base_offset >= start {
+            return Ok(Some(info.max_timestamp));
+        }
+        let mut buf = vec![0u8; info.len];
+        file.read_exact_at(&mut buf, position)
+            .map_err(|e| Error::io("read", path, e))?;
+        let read = batch::payload(&buf).and_then(|payload| {
+            let records = batch::records_in(&buf, &payload)?;
+            Some(
+                records
+                    .filter(|r| r.offset >= start)
+                    .map(|r| r.timestamp)
+                    .max(),
+            )
+        });
+        Ok(read.unwrap_or(Some(info.max_timestamp)))
     }
 }
 
@@ -2861,23 +2894,24 @@ pub(crate) mod tests {
     /// `MAX_TIMESTAMP` as answered by reading every batch header of every
     /// segment: none skipped, no batch taken from what a segment knows.
     fn max_timestamp_reading_everything(p: &Partition) -> Option<(i64, i64)> {
-        let mut best: Option<(BatchInfo, Arc<File>, PathBuf, u64, i64)> = None;
+        let mut best: Option<(BatchInfo, Arc<File>, PathBuf, u64, i64, i64)> = None;
         p.visit_batches(
             false,
             |_, _| false,
             |info, file, path, position, start| {
-                if best
-                    .as_ref()
-                    .is_none_or(|b| info.max_timestamp > b.0.max_timestamp)
-                {
-                    best = Some((*info, Arc::clone(file), path.to_path_buf(), position, start));
+                let Some(ts) = Partition::served_max_timestamp(info, file, path, position, start)?
+                else {
+                    return Ok(false);
+                };
+                if best.as_ref().is_none_or(|b| ts > b.5) {
+                    let at = path.to_path_buf();
+                    best = Some((*info, Arc::clone(file), at, position, start, ts));
                 }
                 Ok(false)
             },
         )
         .unwrap();
-        let (info, file, path, position, start) = best?;
-        let max = info.max_timestamp;
+        let (info, file, path, position, start, max) = best?;
         let exact = Partition::find_record(&info, &file, &path, position, start, |ts| ts == max)
             .unwrap()
             .ok()
@@ -3151,6 +3185,31 @@ pub(crate) mod tests {
         let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
         assert_eq!(stats.records_removed, last as u64, "keyless records go");
         assert_eq!(copied_and_read().0, 0);
+    }
+
+    /// A log start inside a batch: `MAX_TIMESTAMP` is the largest among the
+    /// records still there. The batch's header named a deleted record's
+    /// timestamp, and the answer was the batch's last offset with it (a
+    /// timestamp no served record has).
+    #[test]
+    fn max_timestamp_leaves_out_records_below_a_start_inside_a_batch() {
+        use crate::storage::batch::tests::make_timed_batch;
+        const T: i64 = 1_700_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 1 << 20).unwrap();
+        let v: &[u8] = b"v";
+        let first = make_timed_batch(0, T, &[(500, v), (100, v), (100, v)], -1, -1, -1);
+        assert_eq!(store(&p, first), 0);
+        assert_eq!(
+            store(&p, make_timed_batch(0, T, &[(300, v)], -1, -1, -1)),
+            3
+        );
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((0, T + 500)));
+        assert_eq!(p.delete_records(1).unwrap(), 1);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((3, T + 300)));
+        assert_eq!(max_timestamp_reading_everything(&p), Some((3, T + 300)));
+        assert_eq!(p.delete_records(3).unwrap(), 3);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((3, T + 300)));
     }
 
     /// A segment's newest timestamp may be a batch's below the log start,
