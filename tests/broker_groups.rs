@@ -27,8 +27,8 @@ use kafka_protocol::{
         FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
         JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
         ListGroupsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-        OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-        SyncGroupResponse, TopicName,
+        OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceResponse,
+        SyncGroupRequest, SyncGroupResponse, TopicName,
     },
     protocol::{Decodable, Encodable, StrBytes},
 };
@@ -369,6 +369,20 @@ impl Conn {
             .iter()
             .map(|g| (g.group_id.0.to_string(), g.error_code))
             .collect()
+    }
+
+    /// Produces `records` records to `topic`/`partition`, so that positions up
+    /// to its end are within the log: a restart brings a committed position
+    /// beyond its partition's log end down to it.
+    fn fill(&mut self, topic: &str, partition: i32, records: usize) {
+        let values = vec!["r"; records];
+        let req =
+            broker_support::wire::produce(topic, partition, broker_support::wire::batch(&values));
+        let r: ProduceResponse = self.call(ApiKey::Produce, 9, &req);
+        assert_eq!(
+            r.responses[0].partition_responses[0].error_code, NONE,
+            "producing to {topic}/{partition}"
+        );
     }
 
     /// Creates `topic` through Metadata auto-creation; returns its partition count.
@@ -935,6 +949,7 @@ fn empty_group_id_is_refused_by_membership_apis_and_accepted_by_offset_apis() {
     let mut broker = Broker::start(&tmp.path().join("data"), &[]);
     let mut c = Conn::new(&broker.addr);
     assert_eq!(c.create_topic("anon-topic"), 1);
+    c.fill("anon-topic", 0, 5);
     for v in JOIN_GROUP.0..=JOIN_GROUP.1 {
         let r = Member::unjoined(&broker.addr, "", v, &[("range", "")]).join();
         assert_eq!(
@@ -1458,6 +1473,8 @@ fn offset_commits_follow_the_generation_and_survive_a_restart() {
     let (flo, fhi) = OFFSET_FETCH;
     let mut c = Conn::new(&broker.addr);
     assert_eq!(c.create_topic("orders"), 2);
+    c.fill("orders", 0, 13);
+    c.fill("orders", 1, 21);
 
     let nothing = c.fetch(
         flo,
@@ -2144,6 +2161,7 @@ fn deleted_groups_stay_deleted_and_offset_only_groups_are_listed_after_a_restart
     let mut broker = Broker::start(&data, &[]);
     let mut c = Conn::new(&broker.addr);
     assert_eq!(c.create_topic("orders"), 1);
+    c.fill("orders", 0, 43);
     commit_and_leave(&broker.addr, "kept", 42);
     commit_and_leave(&broker.addr, "doomed", 43);
     assert_eq!(
@@ -2289,6 +2307,8 @@ fn offset_delete_removes_positions_but_not_those_of_subscribed_topics() {
     let mut c = Conn::new(&broker.addr);
     assert_eq!(c.create_topic("orders"), 1);
     assert_eq!(c.create_topic("audit"), 1);
+    c.fill("orders", 0, 7);
+    c.fill("audit", 0, 8);
 
     // A simple group: any position may go; unknown partitions are reported.
     assert_eq!(c.simple_commit(OFFSET_COMMIT.1, "solo", "orders", 5), NONE);

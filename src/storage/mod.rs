@@ -1202,6 +1202,17 @@ impl TopicManager {
                 tracing::warn!(error = %e, "could not drop committed positions in deleted topics; the next start tries again")
             }
         }
+        // A position committed past records a crash then took (read before
+        // they were durable) comes down to where the partition now ends, as
+        // `settle_log_start` brings a stored log start down, so that a group
+        // resuming there reads the records appended from the end.
+        offsets.lower_beyond_log_ends(|topic, partition| {
+            let p = topics
+                .get(topic)?
+                .partitions
+                .get(usize::try_from(partition).ok()?)?;
+            Some(p.log_end_offset())
+        })?;
         let producer_ids = ProducerIds::open(&data_dir)?;
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
@@ -2879,14 +2890,16 @@ mod tests {
             metadata: None,
         };
         let offsets = m.offsets();
+        // "kept" is empty: a position beyond its end would come down to it at
+        // the restart below.
         offsets
-            .commit("g", None, vec![at("t", 1000), at("kept", 7)])
+            .commit("g", None, vec![at("t", 1000), at("kept", 0)])
             .unwrap();
         offsets.commit("h", None, vec![at("t", 5)]).unwrap();
         assert!(rt.block_on(m.delete_topic("t")).unwrap());
         assert_eq!(offsets.fetch("g", "t", 0), None);
         assert_eq!(offsets.fetch("h", "t", 0), None);
-        assert_eq!(offsets.fetch("g", "kept", 0).map(|c| c.offset), Some(7));
+        assert_eq!(offsets.fetch("g", "kept", 0).map(|c| c.offset), Some(0));
         m.create_topic("t", 1).unwrap();
         assert_eq!(offsets.fetch("g", "t", 0), None);
         // Positions left behind (a crash between the delete and the drop; here
@@ -2896,7 +2909,7 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.offsets().fetch("g", "gone", 0), None);
-        assert_eq!(m.offsets().fetch("g", "kept", 0).map(|c| c.offset), Some(7));
+        assert_eq!(m.offsets().fetch("g", "kept", 0).map(|c| c.offset), Some(0));
         m.shutdown().unwrap();
     }
 
@@ -3510,10 +3523,11 @@ mod tests {
         let c = config(tmp.path());
         let m = TopicManager::new(c.clone()).unwrap();
         m.create_topic("X", 1).unwrap();
+        // X is empty: a position beyond its end would come down to it.
         let at = Committed {
             topic: "X".into(),
             partition: 0,
-            offset: 42,
+            offset: 0,
             leader_epoch: -1,
             metadata: None,
         };
@@ -3529,7 +3543,7 @@ mod tests {
         let e = TopicManager::new(c.clone()).unwrap_err().to_string();
         assert!(e.contains(&topics.join("X").display().to_string()), "{e}");
         let stored = OffsetStore::open(tmp.path().join("groups")).unwrap();
-        assert_eq!(stored.fetch("g", "X", 0).map(|c| c.offset), Some(42));
+        assert_eq!(stored.fetch("g", "X", 0).map(|c| c.offset), Some(0));
 
         // The topic back in place: the file and the other name are skipped
         // with a warning each, and the position is kept.
@@ -3538,7 +3552,7 @@ mod tests {
         let (m, log) = crate::storage::partition::tests::logged(|| TopicManager::new(c).unwrap());
         assert!(log.contains("not a directory, so not a topic"), "{log}");
         assert!(log.contains("not a topic name"), "{log}");
-        assert_eq!(m.offsets().fetch("g", "X", 0).map(|c| c.offset), Some(42));
+        assert_eq!(m.offsets().fetch("g", "X", 0).map(|c| c.offset), Some(0));
         assert!(m.topic("X").is_some());
         m.shutdown().unwrap();
     }
@@ -4096,6 +4110,117 @@ mod tests {
             p.read(0, 1 << 20).unwrap().unwrap().records.len(),
             make_batch(0, &[b"new"]).len()
         );
+        m.shutdown().unwrap();
+    }
+
+    /// A power loss can take records a group had read and committed past (read
+    /// before they were durable: `interval`, `os_default` or the WAL disabled),
+    /// while the commit itself was durable. The group then resumed beyond the
+    /// recovered log end and skipped the records producers were given those
+    /// offsets for. The start brings such a position down to the end, durably,
+    /// keeping its metadata, leader epoch and commit times; a write that fails
+    /// stops the start naming the file; and a start with nothing beyond an end
+    /// rewrites no group's file.
+    #[test]
+    fn committed_positions_beyond_the_recovered_log_end_come_down_to_it() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut c = config(tmp.path());
+        c.wal.enabled = false;
+        c.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        for i in 0..3 {
+            assert_eq!(produce(&rt, &m, &make_batch(0, &[b"lost"])), Ok(i));
+        }
+        let at = |offset| Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            leader_epoch: 7,
+            metadata: Some("read".into()),
+        };
+        m.offsets()
+            .commit("g", Some("consumer"), vec![at(3)])
+            .unwrap();
+        m.offsets().commit("behind", None, vec![at(0)]).unwrap();
+        let last_commits = |m: &TopicManager| {
+            let mut l: Vec<(String, i64)> = m
+                .offsets()
+                .last_commits()
+                .into_iter()
+                .map(|(g, at)| (g, offsets::to_ms(at)))
+                .collect();
+            l.sort();
+            l
+        };
+        let committed_at = last_commits(&m);
+        m.shutdown().unwrap();
+        drop(m);
+        // The segment loses its batches, as a power loss before its fsync
+        // could; with the WAL disabled nothing brings them back.
+        let seg = tmp.path().join("topics/t/0").join(segment::log_name(0));
+        std::fs::File::options()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let groups = tmp.path().join("groups");
+        let file = |g: &str| {
+            let path = groups.join(offsets::file_name(g));
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            (std::fs::read(&path).unwrap(), modified)
+        };
+        let behind = file("behind");
+
+        // The rewrite cannot be written: the start stops, naming the file.
+        let blocked = groups.join(offsets::file_name("g")).with_extension("tmp");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"x").unwrap();
+        let err = TopicManager::new(c.clone())
+            .expect_err("a start that cannot rewrite the group's file goes on");
+        assert!(
+            err.to_string().contains(&blocked.display().to_string()),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&blocked).unwrap();
+
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 0);
+        assert_eq!(
+            m.offsets().fetch("g", "t", 0),
+            Some(at(0)),
+            "brought down to the log end, metadata and leader epoch kept"
+        );
+        assert_eq!(last_commits(&m), committed_at, "commit times kept");
+        assert_eq!(
+            file("behind"),
+            behind,
+            "a group within the end is not rewritten"
+        );
+        // What is produced next lands where the group resumes.
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"new"])), Ok(0));
+        let resumed = m
+            .partition("t", 0)
+            .unwrap()
+            .read(m.offsets().fetch("g", "t", 0).unwrap().offset, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed.records.len(), make_batch(0, &[b"new"]).len());
+        m.shutdown().unwrap();
+        drop(m);
+
+        // Durably; and a start with nothing beyond an end rewrites nothing.
+        let g = file("g");
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.offsets().fetch("g", "t", 0), Some(at(0)));
+        assert_eq!(file("g"), g);
+        assert_eq!(file("behind"), behind);
         m.shutdown().unwrap();
     }
 

@@ -394,6 +394,65 @@ impl OffsetStore {
         Ok(removed)
     }
 
+    /// At start-up, once every partition is recovered: brings each committed
+    /// position beyond its partition's log end (`end` gives it; `None` for a
+    /// partition that does not exist, whose positions stay) down to that end.
+    /// In `interval` or `os_default` mode, or with the WAL disabled, a consumer
+    /// can read records before they are durable and commit a position past
+    /// them, and the commit is durable at once: after a power loss the log ends
+    /// below the position, producers are given its offsets again, and a group
+    /// resuming there would skip their records. Each affected group's file is
+    /// rewritten once, durably, keeping each position's metadata, leader epoch
+    /// and commit time and the group's last commit time, with a warning naming
+    /// the group and each position moved. Returns how many positions moved.
+    ///
+    /// # Errors
+    /// I/O errors writing a group's file, naming it; the groups before it are
+    /// rewritten, it and those after it keep their positions.
+    pub(crate) fn lower_beyond_log_ends(
+        &self,
+        end: impl Fn(&str, i32) -> Option<i64>,
+    ) -> Result<usize> {
+        let mut groups: Vec<String> = self.lock().keys().cloned().collect();
+        groups.sort_unstable();
+        let mut lowered = 0;
+        for group in groups {
+            let _writer = self.writer(&group);
+            let Some(current) = self.lock().get(&group).cloned() else {
+                continue;
+            };
+            let beyond: Vec<((String, i32), i64)> = current
+                .offsets
+                .iter()
+                .filter_map(|(key, (c, _))| {
+                    end(&key.0, key.1)
+                        .filter(|&end| c.offset > end)
+                        .map(|end| (key.clone(), end))
+                })
+                .collect();
+            if beyond.is_empty() {
+                continue;
+            }
+            let mut next = (*current).clone();
+            let mut moved = Vec::with_capacity(beyond.len());
+            for (key, end) in beyond {
+                if let Some((c, _)) = next.offsets.get_mut(&key) {
+                    moved.push(format!("{}/{}: {} -> {end}", key.0, key.1, c.offset));
+                    c.offset = end;
+                }
+            }
+            tracing::warn!(
+                group = %group,
+                positions = %moved.join(", "),
+                "committed positions beyond their partition's log end (records a crash took, or a position committed past the end) were brought down to it"
+            );
+            self.store(&group, &next)?;
+            self.lock().insert(group, Arc::new(next));
+            lowered += moved.len();
+        }
+        Ok(lowered)
+    }
+
     /// Keeps the positions of `group` (when `applies` to it) that `keep` says
     /// to, durably: the file is rewritten, or removed with the last position.
     /// Returns how many were removed.
