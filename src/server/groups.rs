@@ -1987,12 +1987,15 @@ impl GroupCoordinator {
                 // members subscribe to; those of any other topic expire one by
                 // one, each from its own commit (Kafka's KIP-496).
                 Some(g) if g.state == State::Stable => {
-                    let Some(subscribed) = g.subscribed_topics() else {
-                        return Ok(false);
-                    };
                     drop(groups);
                     let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
-                    let n = store.expire_unsubscribed(group, &subscribed, cutoff)?;
+                    // The group's state and subscriptions are read under its
+                    // offsets writer lock, which the expiry may wait for across
+                    // other groups' fsyncs: a member that joined meanwhile
+                    // subscribing to a topic keeps its positions, and a group
+                    // rebalancing meanwhile loses none.
+                    let subscribed = || self.stable_subscriptions(group);
+                    let n = store.expire_unsubscribed(group, subscribed, cutoff)?;
                     if n > 0 {
                         tracing::info!(group = %group, positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
                     }
@@ -2107,6 +2110,17 @@ impl GroupCoordinator {
     /// Whether the coordinator holds `group` (members, or state since the start).
     pub fn holds(&self, group: &str) -> bool {
         self.lock().contains_key(group)
+    }
+
+    /// The topics the members of `group` subscribe to while it is `Stable`
+    /// (see [`OffsetStore::expire_unsubscribed`]); `None` in any other state,
+    /// for a group that is not a consumer group, or when a member's
+    /// subscription does not parse.
+    fn stable_subscriptions(&self, group: &str) -> Option<BTreeSet<String>> {
+        self.lock()
+            .get(group)
+            .filter(|g| g.state == State::Stable)?
+            .subscribed_topics()
     }
 
     /// What OffsetDelete may delete from `group` (see [`OffsetDeleteGuard`]). A
@@ -2491,6 +2505,66 @@ mod tests {
         drop(store);
         let store = OffsetStore::open(path).unwrap();
         assert_eq!(store.fetch_all("g").len(), 2, "durably");
+    }
+
+    /// The KIP-496 expiry read a stable group's subscriptions and then waited
+    /// for the group's offsets writer lock (held across the fsyncs of every
+    /// group sharing it); a member subscribing to a topic meanwhile still lost
+    /// the topic's positions, which Kafka, deciding under the group's lock,
+    /// keeps. The subscriptions are now read under the writer lock.
+    #[test]
+    fn an_expiry_held_up_while_a_member_subscribes_keeps_the_topics_positions() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let commit = |t: &str| crate::storage::Committed {
+            topic: t.into(),
+            partition: 0,
+            offset: 5,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        store
+            .commit("g", Some("consumer"), vec![commit("a"), commit("b")])
+            .unwrap();
+        let now = SystemTime::now();
+        backdate(&path, now - 8 * DAY);
+        drop(store);
+        let store = OffsetStore::open(path).unwrap();
+        let c = GroupCoordinator::default();
+        let join = |member: &str, topics: &[&str]| {
+            let r = JoinRequest {
+                member_id: member.into(),
+                protocols: vec![("range".into(), subscribing(topics))],
+                ..req("")
+            };
+            let j = c.join(r).try_recv().expect("completes at once");
+            let s = c
+                .sync("g", j.generation, &j.member_id, None, vec![])
+                .try_recv()
+                .unwrap();
+            assert_eq!(s.0, codes::NONE);
+            j
+        };
+        let j = join("", &["a"]);
+        std::thread::scope(|scope| {
+            let writer = store.writer("g");
+            let expiry = scope.spawn(|| c.expire_offsets(&store, 7 * DAY, now));
+            // The expiry has looked at the group and waits for the lock.
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                !expiry.is_finished(),
+                "the expiry waits for the writer lock"
+            );
+            // The member joins again subscribing to b as well.
+            join(&j.member_id, &["a", "b"]);
+            drop(writer);
+            assert!(expiry.join().unwrap().unwrap().is_empty());
+        });
+        let mut topics: Vec<String> = store.fetch_all("g").into_iter().map(|c| c.topic).collect();
+        topics.sort();
+        assert_eq!(topics, ["a", "b"], "b is subscribed to again");
     }
 
     #[test]

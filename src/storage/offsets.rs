@@ -5,7 +5,7 @@
 //! never come back after a restart.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::SystemTime,
@@ -178,6 +178,23 @@ pub(crate) fn file_name(group: &str) -> String {
 /// Bytes of a long group name kept in its file name (see [`file_name`]).
 const LONG_NAME_PREFIX: usize = 100;
 
+/// Counts stored positions compared with the positions an OffsetDelete names
+/// (tests check that this work does not grow with the two counts' product).
+#[cfg(test)]
+fn compared(n: usize) {
+    COMPARED.with(|c| c.set(c.get() + n));
+}
+
+#[cfg(not(test))]
+#[inline]
+fn compared(_: usize) {}
+
+#[cfg(test)]
+thread_local! {
+    /// What [`compared`] counted on this thread.
+    static COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl OffsetStore {
     /// Loads every group file in `dir` (created when missing).
     ///
@@ -336,13 +353,48 @@ impl OffsetStore {
         crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)
     }
 
-    /// Deletes the positions `which` of `group` durably (blocking: rewrites its
-    /// file, or removes it with the last position). Returns how many it had.
+    /// Deletes the positions `which` of `group` that `still` accepts, durably
+    /// (blocking: rewrites its file, or removes it with the last position).
+    /// `still` judges each of `which` under the group's writer lock, before
+    /// anything is written: a deletion checked against the group before it
+    /// waited for the lock (held across the fsyncs of every group sharing it)
+    /// is judged again there, so that the server can refuse the positions of
+    /// a topic a member subscribed to meanwhile, as OffsetDelete refuses them.
+    /// Returns how many positions it deleted and those `still` refused. Its
+    /// work is linear in `which` and the group's positions: each position is
+    /// looked up in `which`, not compared with each of its entries (the writer
+    /// lock holds up the commits of every group sharing it meanwhile).
     ///
     /// # Errors
     /// I/O errors; the positions are kept then.
-    pub fn delete_positions(&self, group: &str, which: &[(String, i32)]) -> Result<usize> {
-        self.remove_positions(group, |_| true, |key, _| !which.contains(key))
+    pub fn delete_positions_where(
+        &self,
+        group: &str,
+        which: &HashSet<(String, i32)>,
+        still: impl Fn(&(String, i32)) -> bool,
+    ) -> Result<(usize, Vec<(String, i32)>)> {
+        let _writer = self.writer(group);
+        let mut doomed: HashSet<&(String, i32)> = HashSet::with_capacity(which.len());
+        let mut refused = Vec::new();
+        for key in which {
+            if still(key) {
+                doomed.insert(key);
+            } else {
+                refused.push(key.clone());
+            }
+        }
+        if doomed.is_empty() {
+            return Ok((0, refused));
+        }
+        let removed = self.remove_positions_locked(
+            group,
+            |_| true,
+            |key, _| {
+                compared(1);
+                !doomed.contains(key)
+            },
+        )?;
+        Ok((removed, refused))
     }
 
     /// Deletes the positions of a simple group (one whose offsets were committed
@@ -357,24 +409,34 @@ impl OffsetStore {
         self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| *at >= cutoff)
     }
 
-    /// Deletes the positions of `group` in topics outside `subscribed` committed
-    /// before `cutoff`, each on its own: Kafka's expiry of the offsets a stable
-    /// consumer group no longer subscribes to (KIP-496). The group goes with its
-    /// last position. Durable before it returns (blocking). Returns how many
-    /// positions were deleted.
+    /// Deletes the positions of `group` in topics outside those `subscribed`
+    /// gives committed before `cutoff`, each on its own: Kafka's expiry of the
+    /// offsets a stable consumer group no longer subscribes to (KIP-496); none
+    /// when it gives `None`. The group goes with its last position. Durable
+    /// before it returns (blocking). Returns how many positions were deleted.
+    /// `subscribed` is asked under the group's writer lock, just before the
+    /// positions are judged (when the group has any): a member that subscribed
+    /// to a topic while the expiry waited for the lock keeps its positions.
     ///
     /// # Errors
     /// I/O errors; the positions are kept then.
     pub fn expire_unsubscribed(
         &self,
         group: &str,
-        subscribed: &BTreeSet<String>,
+        subscribed: impl FnOnce() -> Option<BTreeSet<String>>,
         cutoff: SystemTime,
     ) -> Result<usize> {
+        let topics = std::cell::OnceCell::new();
         self.remove_positions(
             group,
-            |_| true,
-            |(topic, _), at| subscribed.contains(topic) || *at >= cutoff,
+            |_| topics.get_or_init(subscribed).is_some(),
+            |(topic, _), at| {
+                topics
+                    .get()
+                    .and_then(Option::as_ref)
+                    .is_none_or(|s| s.contains(topic))
+                    || *at >= cutoff
+            },
         )
     }
 
@@ -460,9 +522,20 @@ impl OffsetStore {
         &self,
         group: &str,
         applies: impl FnOnce(&GroupOffsets) -> bool,
-        mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
+        keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
     ) -> Result<usize> {
         let _writer = self.writer(group);
+        self.remove_positions_locked(group, applies, keep)
+    }
+
+    /// [`OffsetStore::remove_positions`] for a caller holding `group`'s
+    /// writer lock.
+    fn remove_positions_locked(
+        &self,
+        group: &str,
+        applies: impl FnOnce(&GroupOffsets) -> bool,
+        mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
+    ) -> Result<usize> {
         let current = self.lock().get(group).filter(|g| applies(g)).cloned();
         let Some(mut next) = current.map(|g| (*g).clone()) else {
             return Ok(0);
@@ -694,6 +767,56 @@ mod tests {
         );
         assert_eq!(s.fetch(&other, "t", 0).unwrap().offset, 3);
         assert!(s.fetch("stuck", "t", 0).is_none());
+    }
+
+    /// An OffsetDelete names up to 100,000 partitions, any of them many times,
+    /// and a group may hold thousands of positions; the deletion runs under the
+    /// group's writer lock, which every commit of the groups sharing it waits
+    /// for. Each stored position was compared with every named one (10,000
+    /// positions and 100,000 names of long topics: some 10^9 string
+    /// comparisons). Each is now looked up once. Work counted, not timed.
+    #[test]
+    fn deleting_positions_looks_each_stored_position_up_once() {
+        const STORED: usize = 2_000;
+        const NAMED: usize = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        let topic = |i: usize| format!("{}-{}", "t".repeat(200), i % 10);
+        let key = |i: usize| (topic(i), i32::try_from(i / 10).unwrap());
+        let stored: Vec<Committed> = (0..STORED)
+            .map(|i| {
+                let (topic, partition) = key(i);
+                Committed {
+                    topic,
+                    partition,
+                    offset: 1,
+                    leader_epoch: -1,
+                    metadata: None,
+                }
+            })
+            .collect();
+        s.commit("g", None, stored).unwrap();
+        // Every other stored position, and 19,000 the group does not hold.
+        let named: HashSet<(String, i32)> = (0..STORED)
+            .step_by(2)
+            .chain(STORED..STORED + NAMED - STORED / 2)
+            .map(key)
+            .collect();
+        assert_eq!(named.len(), NAMED);
+        COMPARED.with(|c| c.set(0));
+        let (deleted, refused) = s.delete_positions_where("g", &named, |_| true).unwrap();
+        let compared = COMPARED.with(std::cell::Cell::get);
+        assert!(
+            compared <= STORED,
+            "{compared} comparisons for {STORED} stored positions"
+        );
+        assert!(refused.is_empty());
+        let kept = s.fetch_all("g");
+        assert_eq!(deleted + kept.len(), STORED);
+        assert!(kept
+            .iter()
+            .all(|c| !named.contains(&(c.topic.clone(), c.partition))));
+        assert_eq!(deleted, STORED / 2);
     }
 
     /// Group ids are not limited in length; their files' names are.

@@ -626,7 +626,8 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
 /// and of partitions that do not exist (`UNKNOWN_TOPIC_OR_PARTITION`), as Kafka
 /// does. A group with neither members nor positions gets `GROUP_ID_NOT_FOUND`; one
 /// with members that is not a consumer group `NON_EMPTY_GROUP`; a deletion that
-/// cannot be written `NOT_COORDINATOR`, which clients retry.
+/// cannot be written `NOT_COORDINATOR`, which clients retry. The group is judged
+/// again under its offsets writer lock, just before the deletion is written.
 pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = req.group_id.0.to_string();
     let known = ctx.storage.offsets().group(&group).is_some() || ctx.groups.holds(&group);
@@ -639,8 +640,10 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     if let Some(code) = denied {
         return OffsetDeleteResponse::default().with_error_code(code);
     }
-    let mut doomed: Vec<(String, i32)> = Vec::new();
-    let topics: Vec<(TopicName, Vec<(i32, i16)>)> = req
+    // A set: a partition named many times is deleted once, and the store
+    // looks each position up in it under the group's writer lock.
+    let mut doomed: HashSet<(String, i32)> = HashSet::new();
+    let mut topics: Vec<(TopicName, Vec<(i32, i16)>)> = req
         .topics
         .into_iter()
         .map(|t| {
@@ -658,7 +661,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
                     } else if subscribed {
                         codes::GROUP_SUBSCRIBED_TO_TOPIC
                     } else {
-                        doomed.push((name.clone(), p.partition_index));
+                        doomed.insert((name.clone(), p.partition_index));
                         codes::NONE
                     };
                     (p.partition_index, code)
@@ -668,15 +671,44 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
         })
         .collect();
     let storage = ctx.storage.clone();
+    let groups = std::sync::Arc::clone(&ctx.groups);
     let g = group.clone();
-    let stored =
-        tokio::task::spawn_blocking(move || storage.offsets().delete_positions(&g, &doomed))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+    let stored = tokio::task::spawn_blocking(move || {
+        // The group is judged again under its writer lock, which the deletion
+        // may have waited for across other groups' fsyncs: a member that
+        // joined meanwhile subscribing to a topic keeps its positions there
+        // (GROUP_SUBSCRIBED_TO_TOPIC), as Kafka decides under the group's lock.
+        let again = std::cell::OnceCell::new();
+        let still = |(topic, _): &(String, i32)| match again
+            .get_or_init(|| groups.offset_delete_guard(&g))
+        {
+            OffsetDeleteGuard::Subscribed(topics) => !topics.contains(topic),
+            OffsetDeleteGuard::AllSubscribed | OffsetDeleteGuard::Denied(_) => false,
+        };
+        let stored = storage.offsets().delete_positions_where(&g, &doomed, still);
+        (stored, again.into_inner())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|(r, again)| r.map(|r| (r, again)).map_err(|e| e.to_string()));
     match stored {
-        Ok(n) => {
+        Ok((_, Some(OffsetDeleteGuard::Denied(code)))) => {
+            // Nothing was deleted: the group is being deleted, or has members
+            // of another protocol, since the first check.
+            return OffsetDeleteResponse::default().with_error_code(code);
+        }
+        Ok(((n, refused), _)) => {
             tracing::info!(group = %group, positions = n, "deleted committed offsets");
+            if !refused.is_empty() {
+                let refused: HashSet<(String, i32)> = refused.into_iter().collect();
+                for (name, parts) in &mut topics {
+                    for (i, code) in parts.iter_mut() {
+                        if *code == codes::NONE && refused.contains(&(name.0.to_string(), *i)) {
+                            *code = codes::GROUP_SUBSCRIBED_TO_TOPIC;
+                        }
+                    }
+                }
+            }
         }
         Err(e) => {
             // As Kafka's coordinator answers a failed write of the deletion:
@@ -1010,5 +1042,85 @@ mod tests {
             1,
         );
         assert_eq!(fetched.topics[0].partitions[0].committed_offset, 200);
+    }
+
+    /// An OffsetDelete judged the group (empty then: any topic's positions may
+    /// go) and then waited for the group's offsets writer lock, held across
+    /// the fsyncs of every group sharing it. A consumer joining meanwhile,
+    /// subscribed to the topic, would resume from the position the deletion
+    /// then removed, though Kafka answers such a deletion
+    /// GROUP_SUBSCRIBED_TO_TOPIC. The group is now judged again under the
+    /// lock. (The member's own commit cannot be made while the lock is held:
+    /// it waits for the lock too. The position is the one committed before.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offset_delete_held_up_while_a_member_subscribes_keeps_the_position() {
+        use std::{future::Future, sync::Arc, task::Poll};
+
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 2).unwrap();
+        let r = offset_commit(&ctx, commit_request(-1, "", &[(0, 5), (1, 7)])).await;
+        assert_eq!(commit_codes(&r), [codes::NONE, codes::NONE]);
+        let (holder, release_tx) = hold_writer(&ctx, "g");
+        let req = OffsetDeleteRequest::default()
+            .with_group_id(GroupId("g".into()))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName("t".into()))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                ])]);
+        let mut delete = {
+            let ctx = Arc::clone(&ctx);
+            Box::pin(async move { offset_delete(&ctx, req).await })
+        };
+        let first = std::future::poll_fn(|cx| Poll::Ready(delete.as_mut().poll(cx).is_pending()));
+        assert!(first.await, "the deletion waits for the writer lock");
+        // A consumer subscribed to t joins and syncs: the group is stable.
+        let groups = Arc::clone(&ctx.groups);
+        tokio::task::spawn_blocking(move || {
+            let mut metadata = vec![0u8, 0, 0, 0, 0, 1, 0, 1, b't'];
+            metadata.extend_from_slice(&(-1i32).to_be_bytes());
+            let join = JoinRequest {
+                protocols: vec![("range".into(), bytes::Bytes::from(metadata))],
+                ..JoinRequest::of_consumer("")
+            };
+            let j = groups.join(join).blocking_recv().unwrap();
+            assert_eq!(j.error, codes::NONE);
+            let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
+            groups.store_group("g");
+            assert_eq!(s.try_recv().unwrap().0, codes::NONE, "stable");
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            ctx.groups.offset_delete_guard("g"),
+            OffsetDeleteGuard::Subscribed(["t".to_string()].into())
+        );
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let r = delete.await;
+        assert_eq!(r.error_code, codes::NONE);
+        let answered: Vec<i16> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(
+            answered,
+            [
+                codes::GROUP_SUBSCRIBED_TO_TOPIC,
+                codes::GROUP_SUBSCRIBED_TO_TOPIC
+            ]
+        );
+        assert_eq!(
+            ctx.storage.offsets().fetch("g", "t", 0).map(|c| c.offset),
+            Some(5),
+            "the subscribed topic's position was deleted"
+        );
+        assert_eq!(ctx.storage.offsets().fetch_all("g").len(), 2);
     }
 }
