@@ -1794,6 +1794,9 @@ impl Committer {
     /// Latches `e`: every pending and in-flight request fails, now and later.
     fn fail(&mut self, e: Error) {
         tracing::error!(error = %e, "WAL failed; every pending and later append is rejected until reopen");
+        // Batches answered with the failure below must not land: what the
+        // kernel has not taken yet never goes to it.
+        self.backend.stop_submitting();
         let cause = Arc::new(e);
         let _ = self.core.failed.set(Arc::clone(&cause));
         let cause = Arc::clone(self.core.failed.get().unwrap_or(&cause));
@@ -1801,7 +1804,8 @@ impl Committer {
             cause: Arc::clone(&cause),
         };
         // The kernel may still own buffers of other operations: wait for them.
-        // Writes not started yet (std) are not performed: their buffers are not offered.
+        // Writes not started yet (std, a uring write group, entries the ring
+        // never handed over) are not performed: their buffers are not offered.
         let mut done = Vec::new();
         let mut reap_failed = false;
         while self.backend.in_flight() > 0 {

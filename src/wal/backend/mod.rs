@@ -92,6 +92,14 @@ pub(crate) trait Backend: Send {
     /// Operations submitted but not reaped.
     fn in_flight(&self) -> usize;
 
+    /// The WAL has failed: an operation not yet handed to the kernel never
+    /// is (its batch is answered with the failure and must not land on disk),
+    /// and completes with an error at the next [`Backend::reap`]; nothing
+    /// submitted later runs. Operations the kernel already has still complete
+    /// and are reaped as before. (`std` and the simulated disk run nothing
+    /// before a reap, which a failed WAL offers no buffers to.)
+    fn stop_submitting(&mut self) {}
+
     /// Whether the active file is written with `O_DIRECT`.
     fn direct_io(&self) -> bool {
         false
