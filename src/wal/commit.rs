@@ -215,6 +215,10 @@ pub(crate) struct Core {
     /// reaped: the ring was leaked with them, and its writes may still land.
     /// The directory then stays locked until the process exits.
     pub ring_abandoned: AtomicBool,
+    /// How many more of a rotation's file opens fail with EMFILE (tests, see
+    /// [`files::injected_emfile`]).
+    #[cfg(test)]
+    pub(crate) fail_rotation_opens: std::sync::atomic::AtomicU32,
     pub counters: Counters,
     pub archived: Mutex<Vec<Archived>>,
     /// Highest acknowledged sequence.
@@ -252,6 +256,8 @@ impl Core {
             failed: OnceLock::new(),
             closed: AtomicBool::new(false),
             ring_abandoned: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_rotation_opens: std::sync::atomic::AtomicU32::new(0),
             counters: Counters::default(),
             archived: Mutex::new(archived),
             acked_through: AtomicU64::new(last_sequence),
@@ -1682,25 +1688,31 @@ impl Committer {
         let dir = self.core.dir.clone();
         // New files get the configured size (the active one may predate a change).
         let new_size = self.core.config.max_file_size;
+        // Every step below that opens a file is tried again while the process
+        // is short of file descriptors for a moment (`with_descriptors`).
         // This also stops the active file's zero-fill, if any, before it returns.
         let prepared = match self.preparer.take().and_then(Preparer::finish) {
             Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "background preparation of the next WAL file failed; retrying inline");
-                files::prepare_file(&dir, self.file.number + 1, new_size, Prealloc::ZeroFill)?
+            finished => {
+                if let Some(Err(e)) = finished {
+                    tracing::warn!(error = %e, "background preparation of the next WAL file failed; retrying inline");
+                }
+                let number = self.file.number + 1;
+                self.with_descriptors("prepare", &dir.join(files::NEXT), |_| {
+                    files::prepare_file(&dir, number, new_size, Prealloc::ZeroFill)
+                })?
             }
-            _ => files::prepare_file(&dir, self.file.number + 1, new_size, Prealloc::ZeroFill)?,
         };
         let current = dir.join(files::CURRENT);
         let archived = files::archived_path(&dir, self.file.number);
         files::rename(&current, &archived)?;
         files::rename(&prepared, &current)?;
         // Both renames become durable together with the directory.
-        files::sync_dir(&dir)?;
-        self.backend.open(&current)?;
+        self.with_descriptors("fsync dir", &dir, |_| files::sync_dir(&dir))?;
+        self.with_descriptors("open", &current, |c| c.backend.open(&current))?;
         // The new file may have lost direct I/O (see backend::open_active).
         self.mapping = if !self.backend.direct_io() && self.backend.syncs_the_real_file() {
-            Some(open_for_mapping(&dir)?)
+            Some(self.with_descriptors("open", &current, |_| open_for_mapping(&dir))?)
         } else {
             None
         };
@@ -1727,13 +1739,35 @@ impl Committer {
             syncs_now.saturating_sub(self.file_start_syncs),
         );
         self.file_start_syncs = syncs_now;
+        let (key, (size, confirmed)) = self.with_descriptors("open", &current, |_| {
+            Ok((
+                files::read_header(&current)?.key,
+                files::written_extent(&current)?,
+            ))
+        })?;
         self.file.number += 1;
-        self.file.key = files::read_header(&current)?.key;
+        self.file.key = key;
         self.file.offset = BLOCK_SIZE as u64;
-        (self.file.size, self.file.confirmed) = files::written_extent(&current)?;
+        (self.file.size, self.file.confirmed) = (size, confirmed);
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
         self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size, prealloc, None);
         Ok(())
+    }
+
+    /// Runs `op`, a step of a rotation that opens a file (`what` on `path`),
+    /// trying it again while the process is short of file descriptors for a
+    /// moment ([`files::retry_fd_shortage`]).
+    fn with_descriptors<T>(
+        &mut self,
+        what: &'static str,
+        path: &Path,
+        mut op: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        files::retry_fd_shortage(what, path, || {
+            #[cfg(test)]
+            files::injected_emfile(&self.core.fail_rotation_opens, what, path)?;
+            op(self)
+        })
     }
 
     /// Clean stop: finish everything, fdatasync whatever is not yet durable, answer `done`.

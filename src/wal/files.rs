@@ -151,6 +151,65 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
     Ok(None)
 }
 
+/// How long an operation of a rotation that is short of file descriptors
+/// waits before each try again, in milliseconds ([`retry_fd_shortage`]):
+/// under 70 ms in all, the bound a segment roll keeps too.
+pub(crate) const FD_RETRY_WAITS_MS: [u64; 4] = [0, 2, 10, 50];
+
+/// Whether `e` is a shortage of file descriptors, the process's (EMFILE) or
+/// the system's (ENFILE).
+pub(crate) fn out_of_descriptors(e: &Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Runs `op`, the step `what` of a rotation on `path`, and when it fails
+/// short of file descriptors (EMFILE, ENFILE) runs it again, waiting a little
+/// longer each time ([`FD_RETRY_WAITS_MS`]), with a warning naming the path.
+/// The shortage may pass: the broker's reads keep the segment files they
+/// opened until they end, beyond the bound of its cache of open files. `op`
+/// must be safe to run again after it failed so (each step opens its file
+/// before it changes anything, or starts over from scratch).
+///
+/// # Errors
+/// `op`'s, the shortage's after the last try.
+pub(crate) fn retry_fd_shortage<T>(
+    what: &str,
+    path: &Path,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut waits = FD_RETRY_WAITS_MS.iter();
+    loop {
+        match op() {
+            Err(e) if out_of_descriptors(&e) => {
+                let Some(&wait) = waits.next() else {
+                    return Err(e);
+                };
+                tracing::warn!(path = %path.display(), step = what, error = %e, "a WAL rotation is short of file descriptors: trying again");
+                std::thread::sleep(std::time::Duration::from_millis(wait));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Fails with EMFILE, as `op` on `path` would without a file descriptor to
+/// spare, while `count` is above zero, counting it down (tests).
+#[cfg(test)]
+pub(crate) fn injected_emfile(
+    count: &std::sync::atomic::AtomicU32,
+    op: &'static str,
+    path: &Path,
+) -> Result<()> {
+    match count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+        Ok(_) => Err(Error::io(
+            op,
+            path,
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 before it), the WAL's timestamp unit.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -1811,4 +1811,93 @@ mod tests {
         assert_eq!(ring_entries(63), 64);
         assert_eq!(ring_entries(64), 128);
     }
+
+    #[cfg(target_os = "linux")]
+    /// The rotation tests' WAL: durable page-cache writes (the rotation also
+    /// opens the new file for the mapping check), 64 KiB files of 14 entries
+    /// of [`payload`]'s size, one per batch.
+    fn rotating_config(backend: crate::wal::BackendKind) -> crate::wal::WalConfig {
+        crate::wal::WalConfig {
+            backend,
+            sync_mode: crate::wal::SyncMode::EveryWrite,
+            direct_io: Some(false),
+            max_file_size: crate::wal::WalConfig::MIN_FILE_SIZE,
+            max_batch_bytes: 4096,
+            ..crate::wal::WalConfig::default()
+        }
+    }
+
+    /// A rotation that met a passing shortage of file descriptors (EMFILE)
+    /// failed the WAL for good: every later append was refused until a
+    /// restart. Its steps that open a file are tried again now: a shortage
+    /// that passes within the last try costs nothing, and every entry is
+    /// recovered in order.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_rotation_short_of_file_descriptors_for_a_moment_goes_on() {
+        use crate::wal::{files::FD_RETRY_WAITS_MS, BackendKind, Wal};
+        use std::sync::atomic::Ordering::SeqCst;
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let dir = tempfile::tempdir().unwrap();
+            let (wal, _) = Wal::open(dir.path(), rotating_config(backend)).unwrap();
+            // Every try but the last fails.
+            let shortage = &wal.inner.core.fail_rotation_opens;
+            shortage.store(FD_RETRY_WAITS_MS.len() as u32, SeqCst);
+            for i in 0..40 {
+                let seq = wal.append("t", 0, payload(i)).wait().unwrap();
+                assert_eq!(seq, i + 1, "{backend}");
+            }
+            assert_eq!(shortage.load(SeqCst), 0, "{backend}: the shortage was met");
+            assert!(wal.stats().rotations >= 2, "{backend}");
+            assert!(wal.failure().is_none(), "{backend}");
+            wal.close().unwrap();
+            let (wal, rec) = Wal::open(dir.path(), rotating_config(backend)).unwrap();
+            assert_recovers(rec, 40, backend);
+            wal.close().unwrap();
+        }
+    }
+
+    /// A shortage of file descriptors that outlasts the last try fails the
+    /// WAL with the error of the step that met it, naming its path: every
+    /// append waiting for the rotation and every later one gets it, and every
+    /// acknowledged entry is recovered, nothing else.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_rotation_short_of_file_descriptors_for_good_fails_the_wal() {
+        use crate::error::Error;
+        use crate::wal::{files::FD_RETRY_WAITS_MS, BackendKind, Wal};
+        use std::sync::atomic::Ordering::SeqCst;
+        for backend in [BackendKind::Std, BackendKind::Uring] {
+            let dir = tempfile::tempdir().unwrap();
+            let (wal, _) = Wal::open(dir.path(), rotating_config(backend)).unwrap();
+            let shortage = &wal.inner.core.fail_rotation_opens;
+            shortage.store(FD_RETRY_WAITS_MS.len() as u32 + 1, SeqCst);
+            // Many appends outstanding when the rotation fails.
+            let pending: Vec<_> = (0..40).map(|i| wal.append("t", 0, payload(i))).collect();
+            let results: Vec<_> = pending.into_iter().map(|c| c.wait()).collect();
+            let acked = results.iter().take_while(|r| r.is_ok()).count();
+            assert!(acked > 0 && acked < 40, "{backend}: {acked} acknowledged");
+            for (i, r) in results.iter().enumerate().take(acked) {
+                assert_eq!(*r.as_ref().unwrap(), i as u64 + 1, "{backend}");
+            }
+            for r in &results[acked..] {
+                let Err(Error::Failed { cause }) = r else {
+                    panic!("{backend}: {r:?} after a failed rotation");
+                };
+                assert_eq!(cause.raw_os_error(), Some(libc::EMFILE), "{backend}");
+                let text = cause.to_string();
+                assert!(
+                    text.contains(dir.path().to_str().unwrap()) && text.contains("fsync dir"),
+                    "{backend}: {text}"
+                );
+            }
+            assert_eq!(shortage.load(SeqCst), 0, "{backend}: tries");
+            let later = wal.append("t", 0, payload(99)).wait();
+            assert!(matches!(later, Err(Error::Failed { .. })), "{backend}");
+            assert!(wal.close().is_err(), "{backend}");
+            let (wal, rec) = Wal::open(dir.path(), rotating_config(backend)).unwrap();
+            assert_recovers(rec, acked as u64, backend);
+            wal.close().unwrap();
+        }
+    }
 }
