@@ -832,6 +832,7 @@ impl Committer {
         // the channel is dropped, so nothing sees `Closed` in between.
         let _latch = PanicLatch(Arc::clone(&self.core));
         self.serve();
+        self.answer_queued();
         // No file work may outlive the thread: the directory lock is released
         // right after it is joined.
         if let Some(p) = self.preparer.take() {
@@ -1772,7 +1773,9 @@ impl Committer {
 
     /// Clean stop: finish everything, fdatasync whatever is not yet durable, answer `done`.
     fn shutdown(&mut self, done: Option<Completer>) -> Result<bool> {
-        // Requests still queued behind the close are answered with Closed.
+        // Appends sent from now on are refused with Closed; those already
+        // queued behind the close are answered when the thread stops
+        // (`answer_queued`): with the failure if this flush fails.
         self.core.closed.store(true, Ordering::Release);
         match self.flush_for_close() {
             Ok(()) => {
@@ -1893,6 +1896,31 @@ impl Committer {
             c.complete(Err(err()));
         }
         self.core.wake_waiters();
+    }
+
+    /// Answers the requests still queued when the thread stops (sent behind a
+    /// close, or while it stopped): with the latched failure when the WAL
+    /// failed, a close's final flush included, so that a caller whose
+    /// acknowledged entries that flush did not make durable is told so;
+    /// otherwise with [`Error::Closed`]. None of them was written. Their bytes
+    /// leave the pending count. The queue is then closed: a request sent
+    /// later finds no receiver and is answered `Closed`, or is refused by the
+    /// check of the latched state that comes first.
+    fn answer_queued(&mut self) {
+        let answer = || match self.core.check_usable() {
+            Err(e) => e,
+            Ok(()) => Error::Closed,
+        };
+        while let Ok(req) = self.rx.try_recv() {
+            match req {
+                Request::Append { done, bytes, .. } => {
+                    self.core.release(bytes);
+                    done.complete(Err(answer()));
+                }
+                Request::Sync(c) | Request::Close(c) => c.complete(Err(answer())),
+            }
+        }
+        drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
     }
 
     /// After a failure: answer every request with the latched error until closed.

@@ -1900,4 +1900,76 @@ mod tests {
             wal.close().unwrap();
         }
     }
+
+    /// Requests queued behind a close whose final fdatasync failed were
+    /// dropped with the channel and answered `Closed`, as after a clean
+    /// close: a sync among them read as if the close had made the entries
+    /// durable, and the appends' bytes stayed in the pending count. They get
+    /// the failure now, and after a clean close `Closed`, with their bytes
+    /// released either way.
+    #[test]
+    fn requests_queued_behind_a_close_get_its_outcome() {
+        use crate::error::Error;
+        use crate::wal::sim::{Fault, SimDisk, SimPlan};
+        use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
+        let config = WalConfig {
+            backend: BackendKind::Std,
+            sync_mode: SyncMode::Interval,
+            // No interval fsync runs during the test.
+            sync_interval_ms: 600_000,
+            max_file_size: WalConfig::MIN_FILE_SIZE,
+            max_batch_bytes: 4096,
+            ..WalConfig::default()
+        };
+        for close_fails in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            // Operations: the first entry's write, the sync held below, the
+            // second entry's write, and the close's fdatasync, which fails.
+            let disk = SimDisk::new(SimPlan {
+                fault: close_fails.then_some((2, Fault::SyncEio)),
+                ..SimPlan::plain(1)
+            });
+            let (wal, _) = Wal::open_sim(dir.path(), config.clone(), &disk).unwrap();
+            let bytes = |b: &'static [u8]| bytes::Bytes::from_static(b);
+            wal.append("t", 0, bytes(b"first")).wait().unwrap();
+            // The commit thread waits at the held sync while requests queue.
+            disk.hold_syncs();
+            let sync = wal.sync();
+            while !disk.sync_held() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let written = wal.append("t", 0, bytes(b"written before the close"));
+            let closer = {
+                let wal = wal.clone();
+                std::thread::spawn(move || wal.close())
+            };
+            while wal.inner.tx.len() < 2 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let behind = wal.append("t", 0, bytes(b"behind the close"));
+            let sync_behind = wal.sync();
+            assert_eq!(wal.inner.tx.len(), 4);
+            disk.release_syncs();
+            sync.wait().unwrap();
+            written.wait().unwrap();
+            let closed = closer.join().unwrap();
+            let behind = behind.wait();
+            let sync_behind = sync_behind.wait();
+            if close_fails {
+                let e = closed.expect_err("the close's fdatasync failed");
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                for r in [behind, sync_behind] {
+                    let Err(Error::Failed { cause }) = r else {
+                        panic!("{r:?} behind a failed close");
+                    };
+                    assert_eq!(cause.raw_os_error(), Some(libc::EIO), "{cause}");
+                }
+            } else {
+                closed.unwrap();
+                assert!(matches!(behind, Err(Error::Closed)), "{behind:?}");
+                assert!(matches!(sync_behind, Err(Error::Closed)), "{sync_behind:?}");
+            }
+            assert_eq!(wal.stats().pending_bytes, 0, "close fails: {close_fails}");
+        }
+    }
 }
