@@ -9,8 +9,11 @@
 //! The test thread installs a seccomp filter on every thread of the process
 //! (the commit thread is already running) that answers `io_uring_enter` with
 //! EIO. A filter cannot be removed, so this file holds one test and nothing else.
-//! Each WAL's failure leaves operations the ring cannot reap, so each directory
-//! stays locked after the close, and is recovered from a copy.
+//! A WAL whose failure leaves operations in the kernel that the ring cannot
+//! reap keeps its directory locked after the close; one whose refused enter
+//! was the only operation in flight leaves nothing there (the entries the
+//! kernel never took are never submitted) and is unlocked. Each log is
+//! recovered from a copy.
 #![cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -88,18 +91,19 @@ fn recover_with_std(path: &std::path::Path, acked: &[(u64, Bytes)]) -> Vec<(u64,
     got
 }
 
-/// The directory of a WAL whose ring failed with operations it could not
-/// reap stays locked: the kernel may still complete them, and a new owner's
-/// writes must not be overwritten. Its files are read from a copy.
-fn copy_of_locked(path: &std::path::Path) -> tempfile::TempDir {
-    let err = Wal::open(path, config(BackendKind::Std, SyncMode::EveryWrite))
-        .map(drop)
-        .expect_err("the directory of an abandoned ring was unlocked");
-    assert!(
-        matches!(err, streamline::Error::Locked { .. }),
-        "{}: {err}",
-        path.display()
-    );
+/// A copy of the files of `path`, the directory of a WAL whose ring failed.
+/// Where it failed with operations it could not reap the directory stays
+/// locked: the kernel may still complete them, and a new owner's writes must
+/// not be overwritten. Where nothing was left in the kernel (the refused
+/// enter carried the only operation in flight) it is not, and `locked` is
+/// false: the files are copied as the close left them.
+fn copy_of(path: &std::path::Path, locked: Option<bool>) -> tempfile::TempDir {
+    let lock = std::fs::File::open(path.join("LOCK")).unwrap();
+    let free = lock.try_lock().is_ok();
+    drop(lock);
+    if let Some(locked) = locked {
+        assert_eq!(!free, locked, "{}: locked", path.display());
+    }
     let copy = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(path).unwrap() {
         let f = f.unwrap();
@@ -176,7 +180,8 @@ fn a_failing_ring_fails_appends_and_acknowledges_nothing_it_did_not_write() {
     assert_names_the_ring(&wal3.close().unwrap_err());
     // Entries written but not acknowledged (in flight when the ring failed) may
     // be there too.
-    let got = recover_with_std(copy_of_locked(&loaded).path(), &acked3);
+    // Locked if an operation was in the kernel when the ring failed.
+    let got = recover_with_std(copy_of(&loaded, None).path(), &acked3);
     assert!(
         got.len() <= acked3.len() + 4,
         "at most one unacknowledged append per writer"
@@ -210,10 +215,12 @@ fn a_failing_ring_fails_appends_and_acknowledges_nothing_it_did_not_write() {
     assert_names_the_ring(&wal2.close().unwrap_err());
 
     let want: Vec<(u64, Bytes)> = (1..=50).map(|i| (i, payload(i))).collect();
-    let got = recover_with_std(copy_of_locked(&durable).path(), &want);
+    // Idle, then each batch refused at its submission: nothing was left in
+    // the kernel.
+    let got = recover_with_std(copy_of(&durable, Some(false)).path(), &want);
     assert_eq!(got, want, "every_write: exactly what was acknowledged");
     // interval: the synced entries and every acknowledged one; anything else was
     // written, then not acknowledged because the fdatasync before it failed.
-    let got = recover_with_std(copy_of_locked(&buffered).path(), &acked);
+    let got = recover_with_std(copy_of(&buffered, Some(false)).path(), &acked);
     assert_eq!(got[..50], want[..], "interval: the synced entries");
 }
