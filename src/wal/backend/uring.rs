@@ -355,8 +355,8 @@ impl UringBackend {
         r
     }
 
-    /// The entries queued but not handed to the kernel, from its head of the
-    /// submission ring: what it took leaves [`UringBackend::queued`].
+    /// Drops from [`UringBackend::queued`] the entries the kernel took, as
+    /// its head of the submission ring tells.
     fn note_taken(&mut self) {
         let left = self.ring.submission().len();
         let taken = self.queued.len().saturating_sub(left);
