@@ -312,6 +312,8 @@ struct Shared {
     data_version: watch::Sender<u64>,
     applied_seq: AtomicU64,
     checkpointed: Mutex<u64>,
+    /// What replaying the WAL at the start did.
+    replayed: ReplayStats,
     /// The recovery points last written (see [`recovery_points`]).
     points: Mutex<RecoveryPoints>,
     failed: OnceLock<String>,
@@ -1231,6 +1233,7 @@ impl TopicManager {
             data_version,
             applied_seq: AtomicU64::new(stats.last_sequence),
             checkpointed: Mutex::new(stats.last_sequence),
+            replayed: stats,
             points: Mutex::new(points.unwrap_or_default()),
             failed: OnceLock::new(),
             segments_failed: OnceLock::new(),
@@ -1339,6 +1342,11 @@ impl TopicManager {
             let wal = self.shared.wal.as_ref()?;
             wal.failure().map(|e| format!("WAL failed: {e}"))
         })
+    }
+
+    /// What replaying the WAL at the start did (all zero without a WAL).
+    pub fn replay_stats(&self) -> ReplayStats {
+        self.shared.replayed
     }
 
     /// A snapshot of all topics.
@@ -4737,8 +4745,8 @@ mod tests {
             before
         );
 
-        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c)).unwrap());
-        assert!(log_lines.contains("orphaned=2"), "{log_lines}");
+        let m = TopicManager::new(tolerant(c)).unwrap();
+        assert_eq!(m.replay_stats().orphaned, 2);
         assert!(m.topic("t").is_none());
         assert_eq!(set_aside_dirs(tmp.path()).len(), 1);
         m.shutdown().unwrap();
@@ -4833,8 +4841,8 @@ mod tests {
         assert!(m.shutdown().is_err());
         drop(m);
 
-        let (m, log_lines) = logged(|| TopicManager::new(c).unwrap());
-        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.replay_stats().orphaned, 1);
         assert!(m.topic("t").is_none());
         m.create_topic("t", 1).unwrap();
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"new"])), Ok(0));
