@@ -1317,6 +1317,32 @@ pub fn compress_records(b: &[u8], codec: u8) -> Option<Vec<u8>> {
 /// where every record of one or more batches was removed), with `max_timestamp` as
 /// both timestamps, no producer, and the leader epoch of every stored batch.
 pub fn empty_batch(first: i64, last: i64, max_timestamp: i64) -> Vec<u8> {
+    empty_batch_of(first, last, max_timestamp, (-1, -1, -1))
+}
+
+/// The batch `info` describes with no records (what compaction leaves of an
+/// idempotent producer's last batch once every record of it went, as Kafka's
+/// cleaner keeps it with `BatchRetention.RETAIN_EMPTY`): the same offsets
+/// (base offset, last offset delta), producer id, epoch and base sequence, so
+/// that producer state read back from the log still finds the producer's last
+/// sequence; `max_timestamp` as both timestamps, no codec, CreateTime, and the
+/// leader epoch of every stored batch.
+pub fn empty_producer_batch(info: &BatchInfo, max_timestamp: i64) -> Vec<u8> {
+    empty_batch_of(
+        info.base_offset,
+        info.last_offset(),
+        max_timestamp,
+        (info.producer_id, info.producer_epoch, info.base_sequence),
+    )
+}
+
+/// [`empty_batch`] written by `producer` (id, epoch, base sequence).
+fn empty_batch_of(
+    first: i64,
+    last: i64,
+    max_timestamp: i64,
+    (producer_id, producer_epoch, base_sequence): (i64, i16, i32),
+) -> Vec<u8> {
     let mut b = vec![0u8; HEADER_LEN];
     b[..8].copy_from_slice(&first.to_be_bytes());
     b[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]
@@ -1327,9 +1353,10 @@ pub fn empty_batch(first: i64, last: i64, max_timestamp: i64) -> Vec<u8> {
     b[BASE_TIMESTAMP_OFFSET..BASE_TIMESTAMP_OFFSET + 8]
         .copy_from_slice(&max_timestamp.to_be_bytes());
     b[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max_timestamp.to_be_bytes());
-    b[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&(-1i64).to_be_bytes());
-    b[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2].copy_from_slice(&(-1i16).to_be_bytes());
-    b[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    b[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
+    b[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    b[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&base_sequence.to_be_bytes());
     seal(&mut b);
     b
 }
@@ -1744,6 +1771,24 @@ pub(crate) mod tests {
         );
         assert_eq!(info.producer_id, -1);
         assert_eq!(all_records(&gap), Some(vec![]));
+
+        // An idempotent producer's batch left empty keeps its offsets and
+        // producer, so its last sequence reads back the same.
+        let produced = validate(&make_producer_batch(70, &[b"a", b"b", b"c"], 9, 3, 41)).unwrap();
+        let emptied = empty_producer_batch(&produced, -1);
+        let info = validate_stored(&emptied).unwrap();
+        assert_eq!(emptied.len(), HEADER_LEN);
+        assert_eq!(
+            (info.base_offset, info.last_offset(), info.max_timestamp),
+            (70, 72, -1)
+        );
+        assert_eq!(
+            (info.producer_id, info.producer_epoch, info.base_sequence),
+            (9, 3, 41)
+        );
+        assert_eq!(info.last_sequence(), produced.last_sequence());
+        assert_eq!((info.attributes, codec(&emptied)), (0, 0));
+        assert_eq!(all_records(&emptied), Some(vec![]));
 
         // Trailing bytes after the counted records, or a key longer than its
         // record: not parsed.

@@ -22,7 +22,12 @@
 //!    group, so that compacted segments do not pile up as ever smaller files.
 //! 5. Each group is copied into one segment beside the first
 //!    (`<base>.log.cleaning`, `write_group`) keeping a record only if it is
-//!    its key's newest, and dropping records without a key. A tombstone (null
+//!    its key's newest, and dropping records without a key. The plan only
+//!    estimates a batch compressed again (at its size as the client
+//!    compressed it; this compressor may do worse), so a segment whose copy
+//!    would take a copy of several past `segment.bytes` is cut out of it again
+//!    and starts the next group: a copy holds at most `segment.bytes`, or one
+//!    segment's copy. A tombstone (null
 //!    value) that is its key's newest goes once its timestamp is
 //!    `delete.retention.ms` old, unless a batch whose records cannot be read
 //!    lies before it (see below). The copy is fsynced, renamed to
@@ -41,6 +46,19 @@
 //! the gaps, and the largest timestamp of a batch, a segment or the partition
 //! (ListOffsets `MAX_TIMESTAMP`, time retention) is always that of a record
 //! still there.
+//!
+//! One batch that keeps none stays on its own: an idempotent producer's last
+//! (`Judge::holds_last_sequence`), kept empty with its offsets, producer id,
+//! epoch and base sequence ([`batch::empty_producer_batch`]; no timestamp
+//! either), as Kafka's cleaner keeps it (`BatchRetention.RETAIN_EMPTY`).
+//! Producer state read back from the log at start-up (the snapshots lost, or
+//! an older one read: see [`super::producers`]) then still finds the
+//! producer's last sequence, where it would find an older batch of it, or
+//! none, and refuse its next batch as out of order, or store a retry of its
+//! last batch twice. It goes once the partition remembers a newer batch of the
+//! producer stored (anywhere after it, the active segment included), or, for a
+//! producer the partition no longer remembers, once no older batch of the
+//! producer stays.
 //!
 //! Compressed batches are decompressed ([`batch::payload`]): one from which
 //! every record goes is dropped like any other; one from which some go is
@@ -262,6 +280,12 @@ struct Gap {
 }
 
 impl Gap {
+    /// Bytes [`Gap::flush`] writes.
+    fn bytes(self) -> u64 {
+        let batches = (self.last - self.first) / (i64::from(i32::MAX) + 1) + 1;
+        u64::try_from(batches).unwrap_or(u64::MAX) * HEADER_LEN as u64
+    }
+
     fn flush(self, out: &mut CleanedWriter) -> Result<()> {
         // An empty batch spans at most i32::MAX + 1 offsets.
         let mut first = self.first;
@@ -284,6 +308,11 @@ enum Decision {
     Whole,
     /// No record stays (or it had none): it becomes part of an empty batch.
     Drop { removed: u64 },
+    /// No record stays, but the batch holds its producer's last sequence (see
+    /// [`Judge::holds_last_sequence`]): it is written back with none
+    /// ([`batch::empty_producer_batch`]). One already without records that
+    /// still does is [`Decision::Whole`].
+    Emptied { removed: u64 },
     /// Some records go: the batch with the rest (see [`Judge::decide`]), about
     /// `bytes` long; the batch itself only when it is to be written.
     Partial {
@@ -300,9 +329,36 @@ struct Rebuilt {
     max_timestamp: i64,
 }
 
+/// What a pass knows of the partition's idempotent producers, to keep the
+/// batch that holds a producer's last sequence (see
+/// [`Judge::holds_last_sequence`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Producers {
+    /// Every producer the partition remembers when the pass starts, with the
+    /// base offset of its newest batch below the high watermark that it
+    /// remembers, if any ([`super::producers::ProducerState::newest_below`]).
+    pub newest: HashMap<i64, Option<i64>>,
+    /// The base offset of each producer's first batch that stays, over the
+    /// segments planned so far (in offset order, from the log start): filled
+    /// by [`plan_segment`], read by [`write_group`].
+    first_kept: HashMap<i64, i64>,
+}
+
+impl Producers {
+    /// What a pass knows when the partition remembers `newest` (see
+    /// [`Producers::newest`]).
+    pub fn new(newest: HashMap<i64, Option<i64>>) -> Producers {
+        Producers {
+            newest,
+            first_kept: HashMap::new(),
+        }
+    }
+}
+
 /// Which records stay.
 struct Judge<'a> {
     map: &'a KeyMap,
+    producers: &'a mut Producers,
     /// Tombstones older than this go.
     tombstone_horizon: i64,
     /// The first batch seen so far in this pass (which reads from the log start,
@@ -320,10 +376,12 @@ impl<'a> Judge<'a> {
         map: &'a KeyMap,
         policy: &CompactionPolicy,
         first_unsafe: Option<i64>,
+        producers: &'a mut Producers,
         build: bool,
     ) -> Judge<'a> {
         Judge {
             map,
+            producers,
             tombstone_horizon: policy
                 .now_ms
                 .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX)),
@@ -347,13 +405,55 @@ impl<'a> Judge<'a> {
             && self.first_unsafe.is_none_or(|o| o > r.offset))
     }
 
-    /// Decides the batch `buf` (batches must be judged in offset order). A
+    /// Whether the batch `info` of an idempotent producer, from which every
+    /// record goes, must stay (empty) because it holds the producer's last
+    /// sequence: producer state read back from the log at start-up (when the
+    /// producer snapshots are lost, see [`super::producers`]) would otherwise
+    /// find an older batch of the producer, or none, and refuse its next batch
+    /// as out of order, or store a retry of this one twice. Kafka's cleaner
+    /// keeps the last batch of each producer it remembers; here:
+    ///
+    /// * a producer the partition remembers keeps it unless it remembers a
+    ///   newer batch of the producer below the high watermark (stored and
+    ///   acknowledged: anywhere in the log after it, in this pass's segments or
+    ///   later ones, the active one included);
+    /// * a producer it does not remember (idle past the expiry, evicted, or
+    ///   not read back at start-up) keeps it while an older batch of the
+    ///   producer stays, which a restart would otherwise take for its last; a
+    ///   producer with no batch left is unknown after a restart as it is now.
+    fn holds_last_sequence(&self, info: &BatchInfo) -> bool {
+        match self.producers.newest.get(&info.producer_id) {
+            Some(newest) => newest.is_none_or(|n| n <= info.base_offset),
+            None => self
+                .producers
+                .first_kept
+                .get(&info.producer_id)
+                .is_some_and(|&o| o < info.base_offset),
+        }
+    }
+
+    /// Decides the batch `buf` (batches must be judged in offset order, and a
+    /// write judges only batches its plan judged: see [`Producers`]). A
     /// batch that keeps some of its records is written back with them alone,
     /// its largest timestamp theirs (as Kafka's cleaner rebuilds it; a batch
     /// flagged LogAppendTime keeps its own, which its records read as theirs):
     /// uncompressed if that is no larger than the batch was, and otherwise
-    /// compressed again with its own codec unless that is larger still.
+    /// compressed again with its own codec unless that is larger still. An
+    /// idempotent producer's batch from which every record goes stays empty
+    /// while it holds the producer's last sequence.
     fn decide(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
+        let d = self.decide_records(buf, info);
+        if info.producer_id >= 0 && !self.build && !matches!(d, Decision::Drop { .. }) {
+            self.producers
+                .first_kept
+                .entry(info.producer_id)
+                .or_insert(info.base_offset);
+        }
+        d
+    }
+
+    /// [`Judge::decide`], but for what the pass learns of producers.
+    fn decide_records(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
         if info.base_offset >= self.map.end {
             // Past the map: a newer record of any of its keys may follow.
             return Decision::Whole;
@@ -374,7 +474,11 @@ impl<'a> Judge<'a> {
             }
             let removed = (n - kept) as u64;
             if n == 0 || kept == 0 {
-                return Decision::Drop { removed };
+                return match (info.producer_id >= 0 && self.holds_last_sequence(info), n) {
+                    (false, _) => Decision::Drop { removed },
+                    (true, 0) => Decision::Whole,
+                    (true, _) => Decision::Emptied { removed },
+                };
             }
             if removed == 0 {
                 return Decision::Whole;
@@ -516,6 +620,9 @@ pub(crate) struct Plan {
     /// Whether two or more batches in a row would hold no record (some left by
     /// earlier passes), which a copy merges into one.
     pub merges_empty: bool,
+    /// Whether an empty batch kept for its producer's last sequence would go
+    /// (a newer batch of the producer is stored since).
+    pub releases_empty: bool,
     /// About the size of the copy.
     pub kept_bytes: u64,
     /// The first batch up to the end of the segment that may hold an older
@@ -527,20 +634,24 @@ pub(crate) struct Plan {
 impl Plan {
     /// Whether copying the segment changes anything.
     pub fn changes(&self) -> bool {
-        self.removable > 0 || self.merges_empty
+        self.removable > 0 || self.merges_empty || self.releases_empty
     }
 }
 
 /// Reads `src` once to see what compacting it would do; `first_unsafe` is the
 /// first batch that may hold an older value of some key in the segments before
-/// it (the pass reads every segment from the log start, in order).
+/// it (the pass reads every segment from the log start, in order), and
+/// `producers` what the pass knows of producers, which this plan adds to (the
+/// segments must be planned in order, from the log start, with the same
+/// `producers`).
 pub(crate) fn plan_segment(
     src: &Source,
     map: &KeyMap,
     policy: &CompactionPolicy,
     first_unsafe: Option<i64>,
+    producers: &mut Producers,
 ) -> Result<Plan> {
-    let mut judge = Judge::new(map, policy, first_unsafe, false);
+    let mut judge = Judge::new(map, policy, first_unsafe, producers, false);
     let mut plan = Plan::default();
     let mut prev_empty = false;
     src.for_each_batch(|buf, info| {
@@ -548,7 +659,14 @@ pub(crate) fn plan_segment(
             Decision::Whole => (false, info.len as u64),
             Decision::Drop { removed } => {
                 plan.removable += removed;
+                // Only an empty batch kept for its producer has a producer
+                // and no records.
+                plan.releases_empty |= removed == 0 && info.producer_id >= 0;
                 (true, HEADER_LEN as u64)
+            }
+            Decision::Emptied { removed } => {
+                plan.removable += removed;
+                (false, HEADER_LEN as u64)
             }
             Decision::Partial { bytes, removed, .. } => {
                 plan.removable += removed;
@@ -570,6 +688,9 @@ pub(crate) fn plan_segment(
 /// What [`write_group`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GroupCopy {
+    /// How many of the group's segments the copy replaces, from the first:
+    /// all, or fewer when the next would have taken it past `segment.bytes`.
+    pub segments: usize,
     /// Records removed.
     pub removed: u64,
     /// Bytes of the copy.
@@ -580,35 +701,30 @@ pub(crate) struct GroupCopy {
     pub max_timestamp: i64,
 }
 
-/// Writes the compacted copy of the consecutive segments `group` as one segment
-/// starting at the first one's base, beside it ([`CleanedWriter`] files, made
-/// durable); `first_unsafe` as for [`plan_segment`].
-pub(crate) fn write_group(
-    dir: &Path,
-    group: &[Source],
-    map: &KeyMap,
-    policy: &CompactionPolicy,
-    first_unsafe: Option<i64>,
-) -> Result<GroupCopy> {
-    let mut judge = Judge::new(map, policy, first_unsafe, true);
-    let base = group[0].base;
-    let mut out = CleanedWriter::create(dir, base)?;
-    out.keep_modified(group.iter().filter_map(|s| s.modified).max());
-    let mut gap: Option<Gap> = None;
-    let mut removed_total = 0u64;
-    let mut copy = |buf: &[u8], info: &BatchInfo| -> Result<()> {
-        let d = judge.decide(buf, info);
+/// The copy [`write_group`] is writing: the batches judged so far, and the
+/// run of emptied batches not yet written.
+struct Copier<'a> {
+    judge: Judge<'a>,
+    out: CleanedWriter,
+    gap: Option<Gap>,
+    removed: u64,
+}
+
+impl Copier<'_> {
+    /// Judges one batch and writes what stays of it.
+    fn batch(&mut self, buf: &[u8], info: &BatchInfo) -> Result<()> {
+        let d = self.judge.decide(buf, info);
         if let Decision::Drop { removed } = d {
-            removed_total += removed;
-            let g = gap.get_or_insert(Gap {
+            self.removed += removed;
+            let g = self.gap.get_or_insert(Gap {
                 first: info.base_offset,
                 last: info.last_offset(),
             });
             g.last = info.last_offset();
             return Ok(());
         }
-        if let Some(g) = gap.take() {
-            g.flush(&mut out)?;
+        if let Some(g) = self.gap.take() {
+            g.flush(&mut self.out)?;
         }
         match d {
             Decision::Partial {
@@ -616,32 +732,86 @@ pub(crate) fn write_group(
                 removed,
                 ..
             } => {
-                removed_total += removed;
-                out.push(&batch.bytes, info.base_offset, batch.max_timestamp)
+                self.removed += removed;
+                self.out
+                    .push(&batch.bytes, info.base_offset, batch.max_timestamp)
             }
-            _ => out.push(buf, info.base_offset, info.max_timestamp),
+            Decision::Emptied { removed } => {
+                self.removed += removed;
+                self.out.push(
+                    &batch::empty_producer_batch(info, NO_TIMESTAMP),
+                    info.base_offset,
+                    NO_TIMESTAMP,
+                )
+            }
+            _ => self.out.push(buf, info.base_offset, info.max_timestamp),
         }
+    }
+
+    /// The size of the copy once the run of emptied batches is written.
+    fn size(&self) -> u64 {
+        self.out.size() + self.gap.map_or(0, Gap::bytes)
+    }
+}
+
+/// Writes the compacted copy of the consecutive segments `group` as one segment
+/// starting at the first one's base, beside it ([`CleanedWriter`] files, made
+/// durable); `first_unsafe` as for [`plan_segment`], and `producers` as every
+/// segment of the pass was planned with.
+///
+/// The copy holds at most `segment.bytes`, or the first segment's copy alone:
+/// the plan only estimates what a batch compressed again takes (its
+/// compressor is not the client's and may do worse), so a segment whose copy
+/// takes the copy past the bound is taken out again (the copy cut back to
+/// where it began) and left to the next group ([`GroupCopy::segments`]).
+/// A copy never merges segments into one larger than a segment may grow,
+/// which the 32-bit file positions of its index could not address.
+pub(crate) fn write_group(
+    dir: &Path,
+    group: &[Source],
+    map: &KeyMap,
+    policy: &CompactionPolicy,
+    first_unsafe: Option<i64>,
+    producers: &mut Producers,
+) -> Result<GroupCopy> {
+    let base = group[0].base;
+    let mut c = Copier {
+        judge: Judge::new(map, policy, first_unsafe, producers, true),
+        out: CleanedWriter::create(dir, base)?,
+        gap: None,
+        removed: 0,
     };
+    let mut segments = 0;
     let mut written = Ok(());
     for src in group {
-        written = src.for_each_batch(&mut copy);
+        let (mark, gap, removed) = (c.out.mark(), c.gap, c.removed);
+        written = src.for_each_batch(|buf, info| c.batch(buf, info));
         if written.is_err() {
             break;
         }
+        if segments > 0 && c.size() > policy.segment_bytes {
+            written = c.out.rewind(mark);
+            (c.gap, c.removed) = (gap, removed);
+            break;
+        }
+        segments += 1;
     }
-    let written = written.and_then(|()| match gap.take() {
-        Some(g) => g.flush(&mut out),
+    let written = written.and_then(|()| match c.gap.take() {
+        Some(g) => g.flush(&mut c.out),
         None => Ok(()),
     });
+    let mut out = c.out;
     if let Err(e) = written {
         drop(out);
         CleanedWriter::discard(dir, base);
         return Err(e);
     }
+    out.keep_modified(group[..segments].iter().filter_map(|s| s.modified).max());
     let (size, max_timestamp) = (out.size(), out.max_timestamp());
     out.finish()?;
     Ok(GroupCopy {
-        removed: removed_total,
+        segments,
+        removed: c.removed,
         size,
         max_timestamp,
     })

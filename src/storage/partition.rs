@@ -1355,7 +1355,7 @@ impl Partition {
         if dirty == 0 || (dirty as f64) < policy.min_cleanable_dirty_ratio * total as f64 {
             return Ok(CompactionStats::default());
         }
-        match self.compact_sources(&sources, cleaned, policy, stop) {
+        match self.compact_sources(&sources, cleaned, hw, policy, stop) {
             // Retention removed a segment the pass was to read (a topic may be
             // both compacted and deleted): the next pass starts over.
             Err(e) if segment::is_gone(&e) => {
@@ -1372,6 +1372,7 @@ impl Partition {
         &self,
         sources: &[Source],
         cleaned: i64,
+        hw: i64,
         policy: &CompactionPolicy,
         stop: &AtomicBool,
     ) -> Result<CompactionStats> {
@@ -1383,25 +1384,35 @@ impl Partition {
         let first_dirty = sources.iter().position(|s| s.next > cleaned).unwrap_or(0);
         let (map, mapped) = compaction::build_map(sources, first_dirty, cleaned, policy.map_bytes)?;
         let sources = &sources[..mapped];
+        // The producers the partition remembers, as the pass starts: an
+        // idempotent producer's batch from which every record goes stays
+        // empty while it holds the producer's last sequence.
+        let mut producers = compaction::Producers::new(self.producers().newest_below(hw));
         // Each segment's plan knows the first batch before it that may hold an
         // older value of some key (no tombstone after one may go).
         let mut plans = Vec::with_capacity(sources.len());
         let mut unsafe_before = Vec::with_capacity(sources.len());
         let mut first_unsafe = None;
         for src in sources {
-            let plan = compaction::plan_segment(src, &map, policy, first_unsafe)?;
+            let plan = compaction::plan_segment(src, &map, policy, first_unsafe, &mut producers)?;
             unsafe_before.push(first_unsafe);
             first_unsafe = plan.first_unsafe;
             plans.push(plan);
         }
-        // Groups of consecutive segments whose copies fit in one segment.
-        let mut groups = Vec::new();
+        let mut stats = CompactionStats::default();
+        let mut covered = map.end;
         let mut i = 0;
         while i < sources.len() {
+            // A delete of the topic waits for the pass: it stops early.
+            if stop.load(Ordering::Acquire) || self.is_deleted() {
+                covered = sources[i].base;
+                break;
+            }
+            // A group: consecutive segments whose copies fit in one segment,
+            // as planned. Merged segments must continue each other: a segment
+            // after an offset gap starts a group of its own (a segment holds
+            // contiguous offsets, which the start-up scan checks).
             let (mut j, mut bytes) = (i + 1, plans[i].kept_bytes);
-            // Merged segments must continue each other: a segment after an
-            // offset gap starts a group of its own (a segment holds contiguous
-            // offsets, which the start-up scan checks).
             while j < sources.len()
                 && sources[j].base == sources[j - 1].next
                 && bytes + plans[j].kept_bytes <= policy.segment_bytes
@@ -1410,23 +1421,26 @@ impl Partition {
                 bytes += plans[j].kept_bytes;
                 j += 1;
             }
-            groups.push(i..j);
-            i = j;
-        }
-        let mut stats = CompactionStats::default();
-        let mut covered = map.end;
-        for g in groups {
-            // A delete of the topic waits for the pass: it stops early.
-            if stop.load(Ordering::Acquire) || self.is_deleted() {
-                covered = sources[g.start].base;
-                break;
-            }
-            let group = &sources[g.clone()];
-            if group.len() == 1 && !plans[g.start].changes() {
+            if j == i + 1 && !plans[i].changes() {
+                i = j;
                 continue;
             }
-            let copy =
-                compaction::write_group(&self.dir, group, &map, policy, unsafe_before[g.start])?;
+            let copy = compaction::write_group(
+                &self.dir,
+                &sources[i..j],
+                &map,
+                policy,
+                unsafe_before[i],
+                &mut producers,
+            )?;
+            // The copy may end before the planned group does (it would have
+            // grown past `segment.bytes`): the rest starts the next group.
+            let group = &sources[i..i + copy.segments];
+            if group.len() == 1 && !plans[i].changes() {
+                CleanedWriter::discard(&self.dir, group[0].base);
+                i += 1;
+                continue;
+            }
             #[cfg(test)]
             if let Some(between) = BETWEEN_COPY_AND_SWAP.with(|b| b.borrow_mut().take()) {
                 between();
@@ -1438,9 +1452,10 @@ impl Partition {
                 // the tombstones after it counted as covered, a later pass,
                 // which maps only what follows, would remove them once
                 // `delete.retention.ms` old while those values stayed.
-                covered = sources[g.start].base;
+                covered = sources[i].base;
                 break;
             }
+            i += group.len();
             stats.segments += group.len();
             stats.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
             stats.bytes_after += copy.size;
@@ -4092,6 +4107,7 @@ pub(crate) mod tests {
         use super::*;
         use crate::storage::batch::tests::{make_keyed_batch, KeyedRecord};
         use crate::storage::compaction::DEFAULT_MAP_BYTES;
+        use crate::storage::producers::Verdict;
         use std::collections::BTreeMap;
 
         const TS: i64 = 1_700_000_000_000;
@@ -4282,8 +4298,9 @@ pub(crate) mod tests {
         #[derive(Debug, Clone)]
         enum Step {
             /// Records (key index or keyless, value or tombstone, value size) in
-            /// one batch, compressed with a codec (0: none, 1: gzip, 4: zstd).
-            Put(Vec<(Option<u8>, bool, usize)>, u8),
+            /// one batch, compressed with a codec (0: none, 1: gzip, 4: zstd),
+            /// from one of three idempotent producers or none.
+            Put(Vec<(Option<u8>, bool, usize)>, u8, Option<u8>),
             Compact {
                 ratio: f64,
                 tombstones_go: bool,
@@ -4302,8 +4319,12 @@ pub(crate) mod tests {
                 0usize..400,
             );
             prop_oneof![
-                8 => (prop::collection::vec(record, 1..6), prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(4u8)])
-                    .prop_map(|(r, codec)| Step::Put(r, codec)),
+                8 => (
+                    prop::collection::vec(record, 1..6),
+                    prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(4u8)],
+                    prop::option::weighted(0.5, 0u8..3),
+                )
+                    .prop_map(|(r, codec, producer)| Step::Put(r, codec, producer)),
                 2 => (prop_oneof![Just(0.0), Just(0.5)], any::<bool>(), any::<bool>(), any::<bool>())
                     .prop_map(|(ratio, tombstones_go, merge, small_map)| Step::Compact {
                         ratio, tombstones_go, merge, small_map,
@@ -4319,16 +4340,20 @@ pub(crate) mod tests {
             /// Random appends, compactions (merging or not, removing tombstones or
             /// not), checkpoints and reopens: what is read is always contiguous,
             /// every record read was produced at that offset, every key's newest
-            /// value is there, and the active segment is untouched.
+            /// value is there, the active segment is untouched, and producer
+            /// state read back from the log alone knows each idempotent
+            /// producer's last batch.
             #[test]
             fn compaction_keeps_the_newest_of_every_key_and_invents_nothing(
                 steps in proptest::collection::vec(step(), 1..60)
             ) {
                 let (_dir, pdir, mut p) = fresh();
                 let mut model = Model::new();
+                // Producer id → (its next sequence, its last batch and base offset).
+                let mut producers: BTreeMap<i64, (i32, Vec<u8>, i64)> = BTreeMap::new();
                 for s in &steps {
                     match s {
-                        Step::Put(records, codec) => {
+                        Step::Put(records, codec, producer) => {
                             let vals: Vec<(Option<String>, Option<String>)> = records
                                 .iter()
                                 .map(|&(k, tomb, size)| {
@@ -4342,18 +4367,31 @@ pub(crate) mod tests {
                                 .iter()
                                 .map(|(k, v)| (k.as_deref(), v.as_deref()))
                                 .collect();
-                            if *codec == 0 {
+                            if *codec == 0 && producer.is_none() {
                                 put(&p, &mut model, &refs);
                             } else {
                                 let rs: Vec<KeyedRecord<'_>> = refs
                                     .iter()
                                     .map(|(k, v)| (0, k.map(str::as_bytes), v.map(str::as_bytes)))
                                     .collect();
-                                let b = crate::storage::batch::tests::compress_batch(
-                                    &make_keyed_batch(0, TS, &rs, -1, -1, -1),
-                                    *codec,
-                                );
-                                let base = store(&p, b);
+                                let (pid, seq) = match producer {
+                                    Some(id) => {
+                                        let pid = i64::from(*id);
+                                        (pid, producers.get(&pid).map_or(0, |e| e.0))
+                                    }
+                                    None => (-1, -1),
+                                };
+                                let mut b = make_keyed_batch(0, TS, &rs, pid, 0, seq);
+                                if *codec != 0 {
+                                    b = crate::storage::batch::tests::compress_batch(&b, *codec);
+                                }
+                                let base = store(&p, b.clone());
+                                if pid >= 0 {
+                                    let mut infos = validate_all(&b).unwrap();
+                                    infos[0].base_offset = base;
+                                    p.producers().record(&infos);
+                                    producers.insert(pid, (seq + rs.len() as i32, b, base));
+                                }
                                 for (i, (k, v)) in vals.iter().enumerate() {
                                     model.insert(
                                         base + i as i64,
@@ -4415,6 +4453,17 @@ pub(crate) mod tests {
                             last.is_none_or(|l| l == o),
                             "key {:?} reads as its record at {:?}, its newest is at {}",
                             String::from_utf8_lossy(k), last, o
+                        );
+                    }
+                    // Every producer's last batch is still in the log (empty,
+                    // maybe), as a start-up without snapshots reads it.
+                    let mut rebuilt = ProducerState::default();
+                    rebuilt.recover(&headers(&p), segment::now_ms());
+                    for (pid, (_, last, base)) in &producers {
+                        proptest::prop_assert_eq!(
+                            rebuilt.check(&validate_all(last).unwrap()),
+                            Ok(Verdict::Duplicate(*base)),
+                            "producer {}", pid
                         );
                     }
                 }
@@ -5399,6 +5448,352 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(".log.swap"), "{e}");
+        }
+
+        /// Every stored batch's header, read through `read` from the log
+        /// start (checked whole, valid and contiguous by [`read_all`]).
+        fn headers(p: &Partition) -> Vec<BatchInfo> {
+            read_all(p);
+            let mut out = Vec::new();
+            let mut next = p.log_start_offset();
+            while next < p.high_watermark() {
+                let r = p.read(next, 1 << 20).unwrap().unwrap();
+                let mut at = 0;
+                while at < r.records.len() {
+                    let info = batch::validate_stored(&r.records[at..]).unwrap();
+                    next = info.last_offset() + 1;
+                    at += info.len;
+                    out.push(info);
+                }
+            }
+            out
+        }
+
+        /// A batch of `keys` (values "v") from idempotent producer `pid` at
+        /// epoch 0 from sequence `seq`, stored, and recorded in the
+        /// partition's producer state as the broker's submit thread records
+        /// it. Returns its base offset and the batch as produced (to send
+        /// again as a retry).
+        fn produce_as(p: &Partition, pid: i64, seq: i32, keys: &[&str]) -> (i64, Vec<u8>) {
+            let rs: Vec<KeyedRecord<'_>> = keys
+                .iter()
+                .map(|k| (0, Some(k.as_bytes()), Some(&b"v"[..])))
+                .collect();
+            let b = make_keyed_batch(0, TS, &rs, pid, 0, seq);
+            let base = store(p, b.clone());
+            let mut infos = validate_all(&b).unwrap();
+            infos[0].base_offset = base;
+            p.producers().record(&infos);
+            (base, b)
+        }
+
+        /// A keyed batch of 5,000 bytes: a segment of its own.
+        fn big(p: &Partition, key: &str) -> i64 {
+            let v = vec![b'f'; 5000];
+            store(
+                p,
+                make_keyed_batch(0, TS, &[(0, Some(key.as_bytes()), Some(&v))], -1, -1, -1),
+            )
+        }
+
+        fn remove_snapshots(dir: &Path) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.extension().is_some_and(|x| x == "producers") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+        }
+
+        /// When every record of an idempotent producer's last batch went (its
+        /// keys written again by another producer), the batch went too, into
+        /// an empty batch without a producer. Producer state read back from
+        /// the log at start-up (without snapshots, or from an older one: a
+        /// power loss takes those written since the last checkpoint) then
+        /// found the producer's older batch, and refused its next batch as out
+        /// of order, or none, and stored a retry of its last batch a second
+        /// time. The batch now stays, empty, with its offsets, producer, epoch
+        /// and base sequence, as Kafka's cleaner keeps it, and passes leave it
+        /// alone while it is the producer's last.
+        #[test]
+        fn a_producers_emptied_last_batch_keeps_its_sequence_across_a_restart_without_snapshots() {
+            // (P1 wrote an older batch that stays, the restart reads an older
+            // snapshot rather than none)
+            for (older, from_snapshot) in
+                [(false, false), (true, false), (false, true), (true, true)]
+            {
+                let case = format!("older batch {older}, older snapshot {from_snapshot}");
+                let (_dir, pdir, p) = fresh();
+                if from_snapshot {
+                    // A segment before, so that P1's starts with a snapshot
+                    // (taken before P1 wrote) that the restart reads.
+                    big(&p, "before");
+                }
+                // With `older`, P1's first batch ("c", sequence 0) stays.
+                let first_seq = if older {
+                    produce_as(&p, 1, 0, &["c"]);
+                    1
+                } else {
+                    0
+                };
+                let (last, retry) = produce_as(&p, 1, first_seq, &["a", "b"]);
+                produce_as(&p, 2, 0, &["a", "b"]);
+                // The producers' segment closes: the filler starts the next.
+                let active = big(&p, "filler");
+                assert_eq!(active_base(&p), active);
+                let stats = compact(&p, &policy(TS));
+                assert_eq!(
+                    (stats.segments, stats.records_removed),
+                    (1, 2),
+                    "{case}: {stats:?}"
+                );
+                let emptied: Vec<BatchInfo> = headers(&p)
+                    .into_iter()
+                    .filter(|h| h.producer_id == 1)
+                    .collect();
+                assert_eq!(
+                    emptied.len(),
+                    if older { 2 } else { 1 },
+                    "{case}: {emptied:?}"
+                );
+                let e = emptied.last().unwrap();
+                assert_eq!(
+                    (e.base_offset, e.last_offset(), e.len),
+                    (last, last + 1, HEADER_LEN),
+                    "{case}"
+                );
+                assert_eq!(
+                    (
+                        e.producer_epoch,
+                        e.base_sequence,
+                        e.last_sequence(),
+                        e.max_timestamp
+                    ),
+                    (0, first_seq, first_seq + 1, -1)
+                );
+                // A pass over it again finds nothing to change: it stays
+                // while it holds the producer's last sequence.
+                p.cleaned_through.store(0, Ordering::Release);
+                assert_eq!(
+                    compact(&p, &policy(TS)),
+                    CompactionStats::default(),
+                    "{case}"
+                );
+
+                drop(p);
+                if from_snapshot {
+                    // The newest segment's snapshot is lost; the one of the
+                    // producers' segment, taken before they wrote, is read,
+                    // then every batch from that segment on.
+                    let newest = pdir.join(segment::producers_name(active));
+                    std::fs::remove_file(newest).unwrap();
+                    assert_eq!(files(&pdir, "producers"), 1, "{case}");
+                } else {
+                    remove_snapshots(&pdir);
+                }
+                let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+                let check = |b: &[u8]| p.producers().check(&validate_all(b).unwrap());
+                let next =
+                    make_keyed_batch(0, TS, &[(0, Some(b"d"), Some(b"v"))], 1, 0, first_seq + 2);
+                assert_eq!(check(&next), Ok(Verdict::Append), "{case}");
+                assert_eq!(check(&retry), Ok(Verdict::Duplicate(last)), "{case}");
+            }
+        }
+
+        /// The emptied batch of a producer goes once the producer has a newer
+        /// batch stored, in the pass's segments or after them, and stays for
+        /// a producer the partition no longer remembers only while an older
+        /// batch of it stays.
+        #[test]
+        fn a_producers_emptied_batch_goes_once_a_newer_one_is_stored() {
+            let producer_ids = |p: &Partition| -> Vec<(i64, i64)> {
+                headers(p)
+                    .into_iter()
+                    .filter(|h| h.producer_id >= 0)
+                    .map(|h| (h.base_offset, h.producer_id))
+                    .collect()
+            };
+            // A newer batch in the active segment, which the pass does not read.
+            let (_dir, pdir, p) = fresh();
+            produce_as(&p, 1, 0, &["a", "b"]);
+            produce_as(&p, 2, 0, &["a", "b"]);
+            big(&p, "filler");
+            let (newer, retry) = produce_as(&p, 1, 2, &["d"]);
+            assert!(newer >= active_base(&p));
+            assert_eq!(compact(&p, &policy(TS)).records_removed, 2);
+            assert_eq!(producer_ids(&p), vec![(2, 2), (newer, 1)]);
+            drop(p);
+            remove_snapshots(&pdir);
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            let check = |b: &[u8]| p.producers().check(&validate_all(b).unwrap());
+            assert_eq!(check(&retry), Ok(Verdict::Duplicate(newer)));
+            drop(p);
+
+            // Kept by one pass; the producer writes again; the next pass
+            // drops it (its segment alone changes only by that).
+            let (_dir, _, p) = fresh();
+            produce_as(&p, 1, 0, &["a", "b"]);
+            produce_as(&p, 2, 0, &["a", "b"]);
+            big(&p, "filler");
+            store(
+                &p,
+                make_keyed_batch(0, TS, &[(0, Some(b"t"), Some(b"v"))], -1, -1, -1),
+            );
+            assert_eq!(compact(&p, &policy(TS)).records_removed, 2);
+            assert_eq!(producer_ids(&p), vec![(0, 1), (2, 2)]);
+            let (newer, _) = produce_as(&p, 1, 2, &["d"]);
+            big(&p, "filler 2");
+            p.cleaned_through.store(0, Ordering::Release);
+            let stats = compact(&p, &policy(TS));
+            assert_eq!((stats.segments, stats.records_removed), (1, 0), "{stats:?}");
+            assert_eq!(producer_ids(&p), vec![(2, 2), (newer, 1)]);
+            assert_eq!(read_all(&p)[0], (0, 1, Some(vec![])));
+
+            // A producer the partition does not remember (idle past the
+            // expiry): kept while its older batch stays, dropped otherwise.
+            for older in [false, true] {
+                let (_dir, _, p) = fresh();
+                if older {
+                    produce_as(&p, 1, 0, &["c"]);
+                }
+                let (last, _) = produce_as(&p, 1, i32::from(older), &["a", "b"]);
+                produce_as(&p, 2, 0, &["a", "b"]);
+                big(&p, "filler");
+                store(
+                    &p,
+                    make_keyed_batch(0, TS, &[(0, Some(b"t"), Some(b"v"))], -1, -1, -1),
+                );
+                *p.producers() = ProducerState::default();
+                assert_eq!(compact(&p, &policy(TS)).records_removed, 2);
+                let kept = producer_ids(&p).contains(&(last, 1));
+                assert_eq!(kept, older);
+            }
+        }
+
+        /// Writes `records` as one lz4 batch the way a client with large
+        /// blocks writes it: one 4 MiB-block frame whose single block can
+        /// refer back across the whole records section, where the broker,
+        /// compressing again as the Java client does, starts a new block every
+        /// 64 KiB.
+        fn lz4_one_block(records: &[KeyedRecord<'_>]) -> Vec<u8> {
+            let plain = make_keyed_batch(0, TS, records, -1, -1, -1);
+            let section = &plain[HEADER_LEN..];
+            let (flg, bd) = (0x60u8, 0x70u8);
+            let mut out = plain[..HEADER_LEN].to_vec();
+            out.extend_from_slice(&0x184D_2204u32.to_le_bytes());
+            out.extend_from_slice(&[flg, bd]);
+            out.push((twox_hash::XxHash32::oneshot(0, &[flg, bd]) >> 8) as u8);
+            let block = lz4_flex::block::compress(section);
+            assert!(block.len() < section.len());
+            out.extend_from_slice(&u32::try_from(block.len()).unwrap().to_le_bytes());
+            out.extend_from_slice(&block);
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out[22] |= 3;
+            batch::seal(&mut out);
+            assert_eq!(batch::payload(&out).as_deref(), Some(section));
+            out
+        }
+
+        /// Groups are planned with what each batch takes now, and a batch
+        /// compressed again was counted at its size as the client compressed
+        /// it; the broker's compressor may do worse (here lz4 in 64 KiB
+        /// blocks against the client's one block), so a merged copy could
+        /// grow past `segment.bytes` (and, near the largest `segment.bytes`,
+        /// past the 4 GiB a segment index addresses). A copy now ends before
+        /// the segment that would take it past the bound, which starts the
+        /// next group (and a segment left alone by that, from which nothing
+        /// goes, is not rewritten).
+        #[test]
+        fn a_merged_copy_ends_before_batches_compressed_again_take_it_past_segment_bytes() {
+            let (_dir, _, p) = fresh();
+            // A segment from which nothing goes, planned in the same group.
+            big(&p, "unchanged");
+            // 20,000 bytes that do not compress, repeated in each record.
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let noise: Vec<u8> = (0..20_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let keys: Vec<Vec<String>> = (0..2)
+                .map(|b| (0..12).map(|k| format!("b{b}k{k}")).collect())
+                .collect();
+            let mut sizes = Vec::new();
+            for ks in &keys {
+                let rs: Vec<KeyedRecord<'_>> = ks
+                    .iter()
+                    .map(|k| (0, Some(k.as_bytes()), Some(&noise[..])))
+                    .collect();
+                let b = lz4_one_block(&rs);
+                sizes.push(b.len() as u64);
+                store(&p, b);
+            }
+            // Each batch loses its first record; a segment of 4 KiB closes
+            // the one holding the newer values.
+            let mut model = Model::new();
+            put(
+                &p,
+                &mut model,
+                &[
+                    (Some(&keys[0][0]), Some("new")),
+                    (Some(&keys[1][0]), Some("new")),
+                ],
+            );
+            big(&p, "filler");
+            store(
+                &p,
+                make_keyed_batch(0, TS, &[(0, Some(b"t"), Some(b"v"))], -1, -1, -1),
+            );
+            let before: Vec<(i64, i64)> = {
+                let log = p.log.lock().unwrap();
+                log.iter()
+                    .map(|s| (s.base_offset(), s.next_offset()))
+                    .collect()
+            };
+            assert_eq!(before.len(), 6, "{before:?}");
+            // The bound fits the three segments as the client compressed the
+            // batches, not as the broker compresses them again.
+            let mut pol = policy(TS);
+            pol.segment_bytes = sizes[0] + sizes[1] + 8192;
+            let stats = compact(&p, &pol);
+            // The two with the batches each alone, and the two after them
+            // merged; the first is left as it was.
+            assert_eq!((stats.segments, stats.records_removed), (4, 2), "{stats:?}");
+            let after: Vec<(i64, i64, u64)> = {
+                let log = p.log.lock().unwrap();
+                log.iter()
+                    .map(|s| (s.base_offset(), s.next_offset(), s.size()))
+                    .collect()
+            };
+            assert_eq!(
+                &after[..3].iter().map(|a| (a.0, a.1)).collect::<Vec<_>>(),
+                &before[..3]
+            );
+            let grew = after[1].2 + after[2].2;
+            assert!(
+                grew > pol.segment_bytes,
+                "the batches compressed again take {grew} bytes, the bound is {}",
+                pol.segment_bytes
+            );
+            for &(base, next, size) in &after {
+                assert!(
+                    size <= pol.segment_bytes || before.contains(&(base, next)),
+                    "a copy merging segments takes {size} bytes past {}: {after:?}",
+                    pol.segment_bytes
+                );
+            }
+            // Nothing lost; every key's newest record is there once.
+            for ks in &keys {
+                for k in ks {
+                    assert_eq!(records_of(&p, k.as_bytes()).len(), 1, "{k}");
+                }
+            }
+            // The next pass leaves the copies as they are.
+            p.cleaned_through.store(0, Ordering::Release);
+            assert_eq!(compact(&p, &pol), CompactionStats::default());
         }
     }
 }

@@ -449,6 +449,27 @@ impl ProducerState {
         out
     }
 
+    /// Each producer remembered (not expired), by id, with the base offset of
+    /// its newest remembered batch below `below` (the high watermark: stored
+    /// and acknowledged), if any. Compaction keeps the empty batch that holds
+    /// a producer's last sequence by it (see [`super::compaction`]).
+    pub fn newest_below(&self, below: i64) -> HashMap<i64, Option<i64>> {
+        let now_ms = super::segment::now_ms();
+        self.producers
+            .iter()
+            .filter(|(_, e)| !e.expired(now_ms))
+            .map(|(&id, e)| {
+                let newest = e
+                    .batches
+                    .iter()
+                    .map(|c| c.base_offset)
+                    .filter(|&o| o < below)
+                    .max();
+                (id, newest)
+            })
+            .collect()
+    }
+
     /// What a snapshot taken where a segment starting at `below` begins holds:
     /// every producer's cached batches below that offset (batches already given
     /// offsets at or above it are left to that segment's scan, since they may never

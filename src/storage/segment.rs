@@ -949,6 +949,16 @@ pub fn recover_swaps(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where a [`CleanedWriter`]'s copy stood ([`CleanedWriter::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CopyMark {
+    size: u64,
+    index_len: usize,
+    next_offset: i64,
+    max_timestamp: i64,
+    max_timestamp_offset: i64,
+}
+
 /// Writes the compacted copy of one segment beside it: whole batches in order,
 /// the index for them, and its time index. [`CleanedWriter::finish`] makes
 /// them durable; [`install_swap`] puts them in place of the segments they
@@ -1016,13 +1026,29 @@ impl CleanedWriter {
         use std::io::Write;
         let info = batch::parse_header(batch)
             .map_err(|e| Error::corrupt(&self.log_path, self.size, e.to_string()))?;
+        // The index holds both as 32 bits: a copy that outgrew them could not
+        // be read back (never written, rather than indexed wrongly).
+        let (Ok(rel), Ok(position)) = (u32::try_from(offset - self.base), u32::try_from(self.size))
+        else {
+            return Err(Error::io(
+                "write",
+                &self.log_path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a batch at offset {offset} would lie at byte {} of the compacted copy \
+                         starting at offset {}, past what a segment index addresses (4 GiB and \
+                         2^32 offsets)",
+                        self.size, self.base
+                    ),
+                ),
+            ));
+        };
         self.log
             .write_all(batch)
             .map_err(|e| Error::io("write", &self.log_path, e))?;
-        let rel = u32::try_from(offset - self.base).unwrap_or(u32::MAX);
         self.index.extend_from_slice(&rel.to_be_bytes());
-        self.index
-            .extend_from_slice(&u32::try_from(self.size).unwrap_or(u32::MAX).to_be_bytes());
+        self.index.extend_from_slice(&position.to_be_bytes());
         self.size += batch.len() as u64;
         self.next_offset = info.last_offset() + 1;
         if max_timestamp > self.max_timestamp {
@@ -1035,6 +1061,42 @@ impl CleanedWriter {
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Where the copy stands now, to [`CleanedWriter::rewind`] to.
+    pub fn mark(&self) -> CopyMark {
+        CopyMark {
+            size: self.size,
+            index_len: self.index.len(),
+            next_offset: self.next_offset,
+            max_timestamp: self.max_timestamp,
+            max_timestamp_offset: self.max_timestamp_offset,
+        }
+    }
+
+    /// Takes out every batch pushed since `mark`: the log is cut back to it
+    /// and the copy goes on from there.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn rewind(&mut self, mark: CopyMark) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        self.log
+            .flush()
+            .map_err(|e| Error::io("write", &self.log_path, e))?;
+        self.log
+            .get_ref()
+            .set_len(mark.size)
+            .map_err(|e| Error::io("truncate", &self.log_path, e))?;
+        self.log
+            .seek(SeekFrom::Start(mark.size))
+            .map_err(|e| Error::io("seek", &self.log_path, e))?;
+        self.size = mark.size;
+        self.index.truncate(mark.index_len);
+        self.next_offset = mark.next_offset;
+        self.max_timestamp = mark.max_timestamp;
+        self.max_timestamp_offset = mark.max_timestamp_offset;
+        Ok(())
     }
 
     /// The newest timestamp of the batches written so far (-1 when none has
@@ -2628,6 +2690,48 @@ pub(crate) mod tests {
         std::fs::write(&time_index, &good).unwrap();
         drop(Segment::create(dir.path(), 0).unwrap());
         assert!(!time_index.exists(), "kept for a new segment");
+    }
+
+    /// A compacted copy cut back to a mark holds what was pushed before it,
+    /// and goes on from there; a batch its index could not address (an
+    /// offset or a position past 32 bits) is refused, where it was indexed
+    /// at the largest value and read back as another batch.
+    #[test]
+    fn a_compacted_copy_rewinds_to_a_mark_and_refuses_what_its_index_cannot_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let at = |base: i64, ts: i64, v: &[u8]| {
+            let mut b = batch::tests::with_timestamp(make_batch(0, &[v]), ts);
+            b[..8].copy_from_slice(&base.to_be_bytes());
+            b
+        };
+        let mut w = CleanedWriter::create(d, 0).unwrap();
+        w.push(&at(0, 100, b"kept"), 0, 100).unwrap();
+        let mark = w.mark();
+        let size = w.size();
+        w.push(&at(1, 900, b"taken out"), 1, 900).unwrap();
+        w.push(&at(2, 800, b"taken out too"), 2, 800).unwrap();
+        assert_eq!(w.max_timestamp(), 900);
+        w.rewind(mark).unwrap();
+        assert_eq!((w.size(), w.max_timestamp()), (size, 100));
+        let last = at(1, 200, b"after");
+        w.push(&last, 1, 200).unwrap();
+        let e = w.push(&at(1 << 32, 300, b"far"), 1 << 32, 300).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains(".log.cleaning") && message.contains("4 GiB"),
+            "{message}"
+        );
+        w.finish().unwrap();
+        install_swap(d, 0, &[]).unwrap();
+        let seg = Segment::open(d, 0, false).unwrap();
+        assert_eq!(
+            (seg.next_offset(), seg.max_timestamp(), seg.index().len()),
+            (2, 200, 2)
+        );
+        let log = std::fs::read(d.join(log_name(0))).unwrap();
+        assert_eq!(&log[log.len() - last.len()..], &last[..]);
+        assert_eq!(log.len() as u64, size + last.len() as u64);
     }
 
     /// A compaction swap that fails after renaming its copy's time index to
