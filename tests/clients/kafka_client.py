@@ -515,15 +515,20 @@ def produce_keyed(bootstrap, topic, rounds, keys, tail, compression="none"):
     "kN-rR"), a tombstone for k0, `tail` messages with key "tail", then one message
     without a key. "ACK offset key value" per delivered message ("<null>" for the
     tombstone); "KEYLESS error-name error-text" for the last one. Batches hold at
-    most 5 messages, so that the tombstone and the tail span several segments."""
-    p = Producer({
+    most 5 messages, so that the tombstone and the tail span several segments.
+    The first round comes from an idempotent producer of its own, every record
+    of which the next round replaces: compaction keeps its last batch empty,
+    with its producer id and sequence, which consumers step over."""
+    config = {
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "linger.ms": 1,
         "batch.num.messages": 5,
         "compression.codec": compression,
         "message.timeout.ms": 30000,
-    })
+    }
+    first = Producer(dict(config, **{"enable.idempotence": True}))
+    p = Producer(config)
 
     def delivered(err, msg):
         if err is not None:
@@ -532,17 +537,19 @@ def produce_keyed(bootstrap, topic, rounds, keys, tail, compression="none"):
         value = "<null>" if msg.value() is None else msg.value().decode()
         out("ACK %d %s %s" % (msg.offset(), msg.key().decode(), value))
 
-    def send(key, value):
+    def send(key, value, producer=p):
         while True:
             try:
-                p.produce(topic, key=key, value=value, partition=0, on_delivery=delivered)
+                producer.produce(topic, key=key, value=value, partition=0, on_delivery=delivered)
                 return
             except BufferError:
-                p.poll(0.05)
+                producer.poll(0.05)
 
     for r in range(rounds):
         for k in range(keys):
-            send(b"k%d" % k, b"k%d-r%d" % (k, r))
+            send(b"k%d" % k, b"k%d-r%d" % (k, r), first if r == 0 else p)
+        if r == 0 and first.flush(60):
+            sys.exit("messages left unflushed")
     send(b"k0", None)
     for i in range(tail):
         send(b"tail", b"tail-%d" % i)
