@@ -26,6 +26,7 @@ static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_allo
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit();
     let from_env = cli.from_env.clone();
+    let ignored = cli.ignored_settings();
     let config = match cli.into_valid_config() {
         Ok(c) => c,
         Err(e) => {
@@ -49,6 +50,9 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for warning in &ignored {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("streamline-io")

@@ -378,6 +378,46 @@ fn wal_backend_flag_wins_over_the_variable() {
     }
 }
 
+/// A sync setting from the environment (a container image's, a service
+/// unit's) stopped a broker started with `--wal-enabled false`: it now starts,
+/// its log warning that the variable is ignored. Both from the environment,
+/// the start is refused, naming the sync variable.
+#[test]
+fn wal_enabled_false_on_the_command_line_starts_despite_a_sync_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start_env(
+        &data,
+        &["--wal-enabled", "false"],
+        &[("STREAMLINE_WAL_SYNC_MODE", "every_write")],
+    );
+    let log = broker.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("ignoring STREAMLINE_WAL_SYNC_MODE = \"every_write\"")),
+        "{log}"
+    );
+    assert!(!data.join("wal").exists(), "the WAL is off");
+    assert!(broker.sigterm().success());
+
+    let refused = tmp.path().join("refused");
+    broker_support::assert_refused_at_start_env(
+        &refused,
+        &[],
+        &[
+            ("STREAMLINE_WAL_ENABLED", "false"),
+            ("STREAMLINE_WAL_SYNC_MODE", "every_write"),
+        ],
+        "STREAMLINE_WAL_SYNC_MODE = \"every_write\"",
+    );
+    broker_support::assert_refused_at_start_env(
+        &refused,
+        &["--wal-sync-ms", "10"],
+        &[("STREAMLINE_WAL_ENABLED", "false")],
+        "--wal-sync-ms",
+    );
+}
+
 /// The codec of every batch of a segment log file, in order.
 fn stored_codecs(log: &std::path::Path) -> Vec<u8> {
     let bytes = std::fs::read(log).unwrap();

@@ -629,6 +629,11 @@ impl FromEnv {
         )
     }
 
+    /// The variable `flag` took its value from, if it did.
+    fn get(&self, flag: &str) -> Option<&EnvValue> {
+        self.0.iter().find(|v| v.flag == flag)
+    }
+
     /// `e`, naming the variable (and its value) instead of the flag when the
     /// flag it names took its value from its variable: a value the user never
     /// typed as a flag is found where it was set.
@@ -1087,26 +1092,88 @@ impl Cli {
                     .into(),
             }));
         }
-        if let (false, Some(&flag)) = (self.wal_enabled, self.wal_sync_given.first()) {
-            // Asked for a sync mode, and given acknowledgements from the page
-            // cache, durable only at the next checkpoint.
-            let value = if flag == "--wal-sync-mode" {
-                self.wal_sync_mode.to_string()
-            } else {
-                self.wal_sync_ms.to_string()
-            };
-            return Err(from_env.name_variable(Error::InvalidConfig {
-                field: flag,
-                value,
-                reason: "has no effect with --wal-enabled false: without the WAL a produce is \
-                         acknowledged before it is synced, and is durable only after the next \
-                         checkpoint; drop it or enable the WAL"
-                    .into(),
-            }));
-        }
+        self.wal_sync_check()
+            .map_err(|e| from_env.name_variable(e))?;
         let config = self.into_config();
         config.validate().map_err(|e| from_env.name_variable(e))?;
         Ok(config)
+    }
+
+    /// The settings this command line ignores, one warning each, for the log:
+    /// `--wal-sync-mode` or `--wal-sync-ms` from its variable while
+    /// `--wal-enabled false` is given on the command line (see
+    /// [`Cli::into_valid_config`]). Empty when there are none, or when the
+    /// configuration is refused.
+    pub fn ignored_settings(&self) -> Vec<String> {
+        self.wal_sync_check().unwrap_or_default()
+    }
+
+    /// `--wal-enabled false` with a sync setting, which has no effect without
+    /// the WAL: produces are acknowledged from the page cache and are durable
+    /// only after the next checkpoint, whatever mode was asked for.
+    ///
+    /// A flag is more particular than a variable, which a container image or a
+    /// service unit sets for every run: `--wal-enabled false` on the command
+    /// line turns the WAL off for this run whatever the environment says, and
+    /// the sync settings from variables are ignored (returned as warnings).
+    /// Every other combination is refused: a sync flag on the command line asks
+    /// for this run's durability, whatever turned the WAL off; and with both
+    /// from the environment neither is more particular than the other.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the sync flag (a sync flag given on the
+    /// command line before one from a variable).
+    fn wal_sync_check(&self) -> Result<Vec<String>> {
+        if self.wal_enabled || self.wal_sync_given.is_empty() {
+            return Ok(Vec::new());
+        }
+        let disabled_by = self.from_env.get("--wal-enabled");
+        let (from_env, on_command_line): (Vec<&'static str>, Vec<&'static str>) = self
+            .wal_sync_given
+            .iter()
+            .partition(|&&flag| self.from_env.get(flag).is_some());
+        let Some(&flag) = on_command_line
+            .first()
+            .or(disabled_by.and(from_env.first()))
+        else {
+            return Ok(from_env
+                .iter()
+                .filter_map(|flag| self.from_env.get(flag))
+                .map(|v| {
+                    format!(
+                        "ignoring {} = {:?} (the environment variable of {}): --wal-enabled \
+                         false on the command line turns the WAL off, so produces are \
+                         acknowledged from the page cache and are durable only after the next \
+                         checkpoint",
+                        v.var, v.value, v.flag
+                    )
+                })
+                .collect());
+        };
+        let value = if flag == "--wal-sync-mode" {
+            self.wal_sync_mode.to_string()
+        } else {
+            self.wal_sync_ms.to_string()
+        };
+        let disabled = disabled_by.map_or_else(
+            || "--wal-enabled false".to_string(),
+            |v| format!("{} = {:?}", v.var, v.value),
+        );
+        let mut reason = format!(
+            "has no effect with {disabled}: without the WAL a produce is acknowledged before it \
+             is synced, and is durable only after the next checkpoint; drop it or enable the WAL"
+        );
+        if on_command_line.is_empty() {
+            reason.push_str(
+                " (both come from the environment; --wal-enabled false on the command line turns \
+                 the WAL off for one run, ignoring a sync setting from the environment)",
+            );
+        }
+        Err(Error::InvalidConfig {
+            field: flag,
+            value,
+            reason,
+        })
     }
 
     /// Builds the [`Config`] this command line describes (not yet validated).
@@ -1514,6 +1581,100 @@ mod tests {
             let c = Cli::try_parse_args(v).unwrap().into_valid_config();
             assert!(c.is_ok(), "{ok:?}: {c:?}");
         }
+    }
+
+    /// `cli` as if each `(flag, variable, value)` of `vars` had come from its
+    /// variable: the flags are given on `args` with their values, and noted as
+    /// read from the variables, as [`Cli::try_parse_args`] notes them (the
+    /// process's environment is left alone, which other tests read).
+    fn parse_with_vars(args: &[&str], vars: &[(&str, &str, &str)]) -> Cli {
+        let mut v = vec!["streamline"];
+        v.extend_from_slice(args);
+        for (flag, _, value) in vars {
+            v.extend_from_slice(&[flag, value]);
+        }
+        let mut cli = Cli::try_parse_args(v).unwrap();
+        cli.from_env = FromEnv(
+            vars.iter()
+                .map(|(flag, var, value)| EnvValue {
+                    flag: (*flag).into(),
+                    var: (*var).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+        );
+        cli
+    }
+
+    /// A merely present `STREAMLINE_WAL_SYNC_MODE` or `STREAMLINE_WAL_SYNC_MS`
+    /// (set for every run by a container image or a service unit) stopped a
+    /// broker started with `--wal-enabled false` on the command line. The flag
+    /// wins, with a warning naming each variable it makes ignored. A sync flag
+    /// on the command line is still refused, whatever turned the WAL off, and
+    /// so are both settings from the environment, where neither is the more
+    /// particular.
+    #[test]
+    fn wal_enabled_false_on_the_command_line_ignores_sync_settings_from_the_environment() {
+        const MODE: (&str, &str, &str) =
+            ("--wal-sync-mode", "STREAMLINE_WAL_SYNC_MODE", "every_write");
+        const MS: (&str, &str, &str) = ("--wal-sync-ms", "STREAMLINE_WAL_SYNC_MS", "10");
+        const OFF: (&str, &str, &str) = ("--wal-enabled", "STREAMLINE_WAL_ENABLED", "no");
+        let off = ["--wal-enabled", "false"];
+
+        // The flag on the command line, the sync settings from variables.
+        for vars in [&[MODE][..], &[MS], &[MODE, MS]] {
+            let cli = parse_with_vars(&off, vars);
+            let ignored = cli.ignored_settings();
+            let c = cli.into_valid_config().expect("starts");
+            assert!(!c.wal.enabled);
+            assert_eq!(ignored.len(), vars.len(), "{ignored:?}");
+            for ((_, var, value), warning) in vars.iter().zip(&ignored) {
+                assert!(
+                    warning.contains(var)
+                        && warning.contains(value)
+                        && warning.contains("--wal-enabled false"),
+                    "{warning}"
+                );
+            }
+        }
+
+        let refused = |cli: Cli| {
+            assert!(cli.ignored_settings().is_empty());
+            cli.into_valid_config().expect_err("refused").to_string()
+        };
+        // A sync flag on the command line, the WAL off by the flag or by its
+        // variable; a sync flag beside a variable is the one named.
+        let e = refused(parse_with_vars(
+            &[&off[..], &["--wal-sync-ms", "10"]].concat(),
+            &[MODE],
+        ));
+        assert!(
+            e.contains("--wal-sync-ms") && !e.contains("STREAMLINE_WAL_SYNC"),
+            "{e}"
+        );
+        let e = refused(parse_with_vars(&["--wal-sync-mode", "every_write"], &[OFF]));
+        assert!(
+            e.contains("--wal-sync-mode")
+                && e.contains("STREAMLINE_WAL_ENABLED = \"no\"")
+                && !e.contains("STREAMLINE_WAL_SYNC"),
+            "{e}"
+        );
+        // Both from the environment: the sync variable is named, with the
+        // variable that turned the WAL off and the way to turn it off for one run.
+        let e = refused(parse_with_vars(&[], &[OFF, MS]));
+        assert!(
+            e.contains("STREAMLINE_WAL_SYNC_MS = \"10\"")
+                && e.contains("STREAMLINE_WAL_ENABLED = \"no\"")
+                && e.contains("--wal-enabled false on the command line"),
+            "{e}"
+        );
+        // The WAL on: nothing to ignore.
+        let cli = parse_with_vars(&[], &[MODE, MS]);
+        assert!(cli.ignored_settings().is_empty());
+        assert_eq!(
+            cli.into_valid_config().unwrap().wal.engine.sync_mode,
+            SyncMode::EveryWrite
+        );
     }
 
     #[test]
