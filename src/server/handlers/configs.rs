@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use kafka_protocol::{
     messages::{
-        alter_configs_response,
+        alter_configs_request, alter_configs_response,
         create_topics_response::CreatableTopicConfigs,
         describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult},
         incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
@@ -476,8 +476,60 @@ where
     .map_err(|e| alter_error(name, e))
 }
 
+/// The most names of null entries a refusal of a legacy AlterConfigs lists
+/// (see [`legacy_entries`]).
+const LISTED_NULLS: usize = 16;
+
+/// Checks the entries of one resource of a legacy AlterConfigs as Kafka's
+/// broker does before anything else of the resource (`ConfigAdminManager`'s
+/// preprocessing, which the topic's existence is checked after): a key named
+/// twice, or a null value, is refused with `INVALID_REQUEST` and Kafka's
+/// message. A null value is no "key left out": Kafka refuses it rather than
+/// returning the key to its default, and so does this broker.
+fn legacy_entries(configs: &[alter_configs_request::AlterableConfig]) -> Outcome {
+    let mut names = HashSet::new();
+    if !configs.iter().all(|c| names.insert(c.name.as_str())) {
+        return Err((
+            codes::INVALID_REQUEST,
+            "Error due to duplicate config keys".to_string(),
+        ));
+    }
+    let nulls: Vec<&str> = configs
+        .iter()
+        .filter(|c| c.value.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    if nulls.is_empty() {
+        return Ok(());
+    }
+    // As Kafka words it; a key echoed in part when long, and the list cut
+    // short, so that a request of many such entries does not make a message
+    // of its size.
+    let mut listed: Vec<String> = nulls
+        .iter()
+        .take(LISTED_NULLS)
+        .map(|n| {
+            let plain = n.chars().count() <= 64 && !n.chars().any(char::is_control);
+            if plain {
+                (*n).to_string()
+            } else {
+                topic_config::Echo(n).to_string()
+            }
+        })
+        .collect();
+    if nulls.len() > LISTED_NULLS {
+        listed.push(format!("… ({} more)", nulls.len() - LISTED_NULLS));
+    }
+    Err((
+        codes::INVALID_REQUEST,
+        format!("Null value not supported for : {}", listed.join(", ")),
+    ))
+}
+
 /// AlterConfigs: replaces a topic's overrides with exactly the pairs given (keys
-/// left out return to the broker's setting), as Kafka's legacy API does.
+/// left out return to the broker's setting), as Kafka's legacy API does; an
+/// entry without a value, or a key named twice, refuses the resource (see
+/// [`legacy_entries`]).
 pub(crate) async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let dups = duplicates(
         req.resources
@@ -488,7 +540,11 @@ pub(crate) async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterC
     for r in req.resources {
         let name = r.resource_name.to_string();
         let dup = dups.contains(&(r.resource_type, name.clone()));
-        let mut outcome = alterable(r.resource_type, &name, dup);
+        let mut outcome = if dup {
+            alterable(r.resource_type, &name, dup)
+        } else {
+            legacy_entries(&r.configs).and_then(|()| alterable(r.resource_type, &name, dup))
+        };
         if outcome.is_ok() {
             let pairs: Vec<(String, Option<String>)> = r
                 .configs
@@ -757,6 +813,145 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), entries.len(), "each name once");
+    }
+
+    /// A topic resource of a legacy AlterConfigs: its name, and its entries
+    /// `(key, value)`.
+    type Resource<'a> = (&'a str, &'a [(&'a str, Option<&'a str>)]);
+
+    /// A legacy AlterConfigs of topic resources.
+    fn legacy_request(resources: &[Resource<'_>]) -> AlterConfigsRequest {
+        use alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        AlterConfigsRequest::default().with_resources(
+            resources
+                .iter()
+                .map(|(name, entries)| {
+                    AlterConfigsResource::default()
+                        .with_resource_type(TOPIC)
+                        .with_resource_name(StrBytes::from_string((*name).to_string()))
+                        .with_configs(
+                            entries
+                                .iter()
+                                .map(|(k, v)| {
+                                    AlterableConfig::default()
+                                        .with_name(StrBytes::from_string((*k).to_string()))
+                                        .with_value(v.map(|v| StrBytes::from_string(v.to_string())))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+    }
+
+    /// A legacy AlterConfigs entry with a null value was refused with
+    /// INVALID_CONFIG ("has no value"), on which the Java AdminClient raises
+    /// InvalidConfigurationException. Kafka's broker refuses it too, before it
+    /// looks at the resource, with INVALID_REQUEST and "Null value not
+    /// supported for : <keys>"; a key named twice it refuses likewise ("Error
+    /// due to duplicate config keys"), where the last value was taken. Neither
+    /// changes the topic; the other resources of the request are altered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_legacy_alter_with_a_null_value_or_a_key_twice_is_refused_as_kafka_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        for t in ["t", "u"] {
+            ctx.storage.create_topic(t, 1).unwrap();
+        }
+        let before = TopicConfig::from_pairs([("retention.ms", Some("1000"))]).unwrap();
+        let r = alter_configs(
+            &ctx,
+            legacy_request(&[("t", &[("retention.ms", Some("1000"))])]),
+        )
+        .await;
+        assert_eq!(r.responses[0].error_code, codes::NONE);
+
+        let answers = |r: &AlterConfigsResponse| -> Vec<(i16, Option<String>)> {
+            r.responses
+                .iter()
+                .map(|a| {
+                    (
+                        a.error_code,
+                        a.error_message.as_ref().map(ToString::to_string),
+                    )
+                })
+                .collect()
+        };
+        let r = alter_configs(
+            &ctx,
+            legacy_request(&[
+                (
+                    "t",
+                    &[
+                        ("retention.ms", None),
+                        ("segment.bytes", Some("8192")),
+                        ("cleanup.policy", None),
+                    ],
+                ),
+                ("u", &[("segment.bytes", Some("8192"))]),
+                // Before the topic is looked up, as Kafka's preprocessing.
+                ("no-such-topic", &[("retention.ms", None)]),
+                (
+                    "t2",
+                    &[
+                        ("segment.bytes", Some("8192")),
+                        ("segment.bytes", Some("4096")),
+                    ],
+                ),
+            ]),
+        )
+        .await;
+        assert_eq!(
+            answers(&r),
+            [
+                (
+                    codes::INVALID_REQUEST,
+                    Some("Null value not supported for : retention.ms, cleanup.policy".into())
+                ),
+                (codes::NONE, None),
+                (
+                    codes::INVALID_REQUEST,
+                    Some("Null value not supported for : retention.ms".into())
+                ),
+                (
+                    codes::INVALID_REQUEST,
+                    Some("Error due to duplicate config keys".into())
+                ),
+            ]
+        );
+        assert_eq!(ctx.storage.topic("t").unwrap().configs, before);
+        assert_eq!(
+            ctx.storage.topic("u").unwrap().configs.get("segment.bytes"),
+            Some("8192")
+        );
+        // A duplicate key is refused on a topic that exists too, leaving it as it was.
+        let r = alter_configs(
+            &ctx,
+            legacy_request(&[(
+                "t",
+                &[("retention.ms", Some("5")), ("retention.ms", Some("6"))],
+            )]),
+        )
+        .await;
+        assert_eq!(r.responses[0].error_code, codes::INVALID_REQUEST);
+        assert_eq!(ctx.storage.topic("t").unwrap().configs, before);
+
+        // The list of keys is bounded, each key echoed in part when long.
+        let long = "k".repeat(100);
+        let mut entries: Vec<(String, Option<&str>)> =
+            (0..40).map(|i| (format!("key.{i}"), None)).collect();
+        entries.insert(0, (long.clone(), None));
+        let entries: Vec<(&str, Option<&str>)> =
+            entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let r = alter_configs(&ctx, legacy_request(&[("t", &entries)])).await;
+        let m = r.responses[0].error_message.as_ref().unwrap().to_string();
+        assert!(
+            m.starts_with("Null value not supported for : \"kkk")
+                && m.contains("(100 bytes)")
+                && m.contains(", key.14, … (25 more)")
+                && !m.contains(&long),
+            "{m}"
+        );
     }
 
     fn op(name: &str, op: i8, value: Option<&str>) -> Op {
