@@ -368,6 +368,10 @@ struct Group {
     /// replaces the file first. Until then a restarted broker would load a
     /// member id no client holds and fence the old one's holder.
     undo: Option<GroupMeta>,
+    /// Made `Dead` by [`GroupCoordinator::begin_delete`] for a deletion of a
+    /// group the coordinator did not hold (known by its committed offsets
+    /// alone): a deletion that fails lets it go rather than make it `Empty`.
+    held_for_delete_only: bool,
 }
 
 /// A static member's JoinGroup replacing itself in a `Stable` group whose
@@ -403,6 +407,7 @@ impl Group {
             storing: false,
             replacements: Vec::new(),
             undo: None,
+            held_for_delete_only: false,
         }
     }
 
@@ -1898,9 +1903,10 @@ impl GroupCoordinator {
     /// Starts deleting `group` (DeleteGroups): an `Empty` group, or one the
     /// coordinator does not hold but that `has_offsets`, becomes `Dead` until
     /// [`GroupCoordinator::finish_delete`]; its member ids handed out with
-    /// MEMBER_ID_REQUIRED lapse. NONE when the caller may remove its offsets;
-    /// NON_EMPTY_GROUP while it has members; GROUP_ID_NOT_FOUND for an unknown
-    /// group or one already being deleted (Kafka's `handleDeleteGroups`).
+    /// MEMBER_ID_REQUIRED lapse. NONE when the caller may remove its offsets
+    /// and stored membership; NON_EMPTY_GROUP while it has members;
+    /// GROUP_ID_NOT_FOUND for an unknown group or one already being deleted
+    /// (Kafka's `handleDeleteGroups`).
     pub fn begin_delete(&self, group: &str, has_offsets: bool) -> i16 {
         let mut groups = self.lock();
         match groups.get_mut(group) {
@@ -1918,6 +1924,7 @@ impl GroupCoordinator {
             None if has_offsets => {
                 let mut g = Group::new();
                 g.state = State::Dead;
+                g.held_for_delete_only = true;
                 groups.insert(group.to_string(), g);
                 codes::NONE
             }
@@ -1925,12 +1932,22 @@ impl GroupCoordinator {
         }
     }
 
-    /// Forgets `group` once its deletion (see [`GroupCoordinator::begin_delete`]) is
-    /// done; the next JoinGroup or commit starts a new group.
-    pub fn finish_delete(&self, group: &str) {
+    /// Ends the deletion of `group` (see [`GroupCoordinator::begin_delete`]).
+    /// Once its files are removed (`deleted`) the group is forgotten: the next
+    /// JoinGroup or commit starts a new group. A deletion that failed (a file
+    /// not removed, or not durably) leaves the group as it was, `Empty` (or not
+    /// held, when only its offsets made it known), as Kafka's coordinator
+    /// leaves a group whose deletion it could not write: the deletion can be
+    /// sent again, and finds the group to delete.
+    pub fn finish_delete(&self, group: &str, deleted: bool) {
         let mut groups = self.lock();
-        if groups.get(group).is_some_and(|g| g.state == State::Dead) {
+        let Some(g) = groups.get_mut(group).filter(|g| g.state == State::Dead) else {
+            return;
+        };
+        if deleted || g.held_for_delete_only {
             groups.remove(group);
+        } else {
+            g.state = State::Empty;
         }
     }
 
@@ -2023,7 +2040,7 @@ impl GroupCoordinator {
                     // An empty group the coordinator still holds goes too.
                     if self.begin_delete(group, false) == codes::NONE {
                         let removed = self.delete_stored(group);
-                        self.finish_delete(group);
+                        self.finish_delete(group, removed.is_ok());
                         removed?;
                     }
                 }
@@ -2047,7 +2064,8 @@ impl GroupCoordinator {
                 }
                 Ok(deleted)
             });
-        self.finish_delete(group);
+        // A group a commit kept, or whose files could not be removed, stays.
+        self.finish_delete(group, matches!(deleted, Ok(true)));
         if !deleted? {
             return Ok(false);
         }
@@ -3139,7 +3157,12 @@ mod tests {
             c.sync("g", 1, "m", None, vec![]).try_recv().unwrap().0,
             codes::COORDINATOR_NOT_AVAILABLE
         );
-        c.finish_delete("g");
+        // A deletion that failed leaves the group as it was, to be deleted again.
+        c.finish_delete("g", false);
+        assert_eq!(c.describe("g").unwrap().state, EMPTY);
+        assert_eq!(c.check_commit("g", -1, "", None), codes::NONE);
+        assert_eq!(c.begin_delete("g", false), codes::NONE);
+        c.finish_delete("g", true);
         assert!(c.describe("g").is_none());
         assert_eq!(c.check_commit("g", -1, "", None), codes::NONE);
         let j = c.join(req("")).try_recv().unwrap();
@@ -3155,7 +3178,13 @@ mod tests {
                 .state,
             DEAD
         );
-        c.finish_delete("offsets-only");
+        c.finish_delete("offsets-only", false);
+        assert!(
+            c.describe("offsets-only").is_none(),
+            "not held before its failed deletion"
+        );
+        assert_eq!(c.begin_delete("offsets-only", true), codes::NONE);
+        c.finish_delete("offsets-only", true);
         assert!(c.describe("offsets-only").is_none());
     }
 
@@ -4236,7 +4265,7 @@ mod tests {
         assert_eq!(c.begin_delete("deleted", true), codes::NONE);
         assert!(offsets.delete("deleted").unwrap());
         c.delete_stored("deleted").unwrap();
-        c.finish_delete("deleted");
+        c.finish_delete("deleted", true);
         assert!(!file("deleted").exists());
         // Expiry, a week and a day after the group became empty.
         let later = SystemTime::now() + 8 * DAY;

@@ -24,7 +24,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::MutexGuard,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        MutexGuard,
+    },
 };
 
 use bytes::Bytes;
@@ -135,6 +138,16 @@ pub struct GroupMetaStore {
     /// the group's name, from reading the group's state until the file is in
     /// place, so that the file written last holds the newest state.
     writers: GroupLocks,
+    /// Removals whose directory fsync failed, counted. While a directory
+    /// fsync begun after the last of them has not succeeded
+    /// ([`GroupMetaStore::synced_failures`]), a removal whose file is gone
+    /// already (the failed one's, tried again) fsyncs the directory all the
+    /// same, so that it is done only once the file's removal is durable.
+    failed_removals: AtomicU64,
+    /// The count of [`GroupMetaStore::failed_removals`] when the newest
+    /// directory fsync of a removal that succeeded began: the removals it
+    /// counted are durable.
+    synced_failures: AtomicU64,
 }
 
 impl GroupMetaStore {
@@ -155,6 +168,8 @@ impl GroupMetaStore {
         let store = GroupMetaStore {
             dir,
             writers: GroupLocks::new(),
+            failed_removals: AtomicU64::new(0),
+            synced_failures: AtomicU64::new(0),
         };
         Ok((store, loaded))
     }
@@ -189,21 +204,35 @@ impl GroupMetaStore {
     }
 
     /// Removes `group`'s membership, durably (blocking: removes its file and
-    /// fsyncs the directory, when there was a file). The caller holds
+    /// fsyncs the directory, when there was a file, or when an earlier
+    /// removal's directory fsync failed). The caller holds
     /// [`GroupMetaStore::writer`] for `group`.
     ///
     /// # Errors
     /// I/O errors, naming the file or directory. When only the directory fsync
-    /// failed the file is gone from this run but may come back after a crash.
+    /// failed the file is gone from this run but may come back after a crash;
+    /// the removal tried again fsyncs the directory again.
     pub fn remove(&self, group: &str) -> Result<()> {
         let path = self.path(group);
+        // Read before the removal: the fsync below covers the removals whose
+        // failures it counts, all made before.
+        let failed = self.failed_removals.load(Ordering::Acquire);
         match crate::wal::files::remove(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if failed <= self.synced_failures.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+            }
             Err(e) => return Err(Error::io("remove", &path, e)),
         }
         // Without this a crash could bring the group's membership back.
-        crate::wal::files::sync_dir(&self.dir)
+        if let Err(e) = crate::wal::files::sync_dir(&self.dir) {
+            self.failed_removals.fetch_add(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        self.synced_failures.fetch_max(failed, Ordering::AcqRel);
+        Ok(())
     }
 }
 

@@ -559,9 +559,10 @@ impl OffsetStore {
     /// file and fsyncs the directory). Returns whether the group had any.
     ///
     /// # Errors
-    /// I/O errors. When the file could not be removed the group keeps its offsets;
-    /// when only the directory fsync failed they are gone from this run but may
-    /// come back after a crash.
+    /// I/O errors; the group keeps its offsets then, even when its file was
+    /// removed before the directory fsync failed (a power loss could bring the
+    /// file back), so that a deletion tried again finds the group and fsyncs
+    /// the directory again.
     pub fn delete(&self, group: &str) -> Result<bool> {
         let _writer = self.writer(group);
         if !self.lock().contains_key(group) {
@@ -572,6 +573,15 @@ impl OffsetStore {
     }
 
     /// Removes `group`'s file and state, durably. The caller holds its writer lock.
+    ///
+    /// The state goes only once the removal is durable. A failed directory
+    /// fsync leaves the group as it was in memory, though its file may be gone
+    /// (it comes back after a power loss, or stays gone after a restart): the
+    /// removal was not done, and whoever removes the group again (a deletion
+    /// sent again, the next expiry) finds it and fsyncs the directory again,
+    /// the file being gone already, before the group is answered deleted. As a
+    /// commit whose file was renamed into place before its directory fsync
+    /// failed leaves the positions it replaced.
     fn delete_file(&self, group: &str) -> Result<()> {
         let path = self.dir.join(file_name(group));
         match crate::wal::files::remove(&path) {
@@ -579,10 +589,11 @@ impl OffsetStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &path, e)),
         }
-        self.lock().remove(group);
         // The removal is durable only once the directory entry is: without this a
         // crash could bring the group's offsets back.
-        crate::wal::files::sync_dir(&self.dir)
+        crate::wal::files::sync_dir(&self.dir)?;
+        self.lock().remove(group);
+        Ok(())
     }
 
     /// Like [`OffsetStore::delete`], but only when `group` has not committed since

@@ -576,6 +576,13 @@ pub(crate) fn describe_groups(
 /// committed offsets and stored membership (durably: its files are removed and
 /// the directories fsynced before the answer); a group with members gets NON_EMPTY_GROUP, an
 /// unknown one GROUP_ID_NOT_FOUND. A group named twice is answered once.
+///
+/// A deletion that cannot be written gets NOT_COORDINATOR, as Kafka's
+/// coordinator answers a failed append of the deletion: the admin client looks
+/// the coordinator up again and sends the request again, where it would report
+/// KAFKA_STORAGE_ERROR as the group's outcome for good. The group is left
+/// whole for that retry: in the coordinator as it was, and with its offsets in
+/// the store until their file's removal is durable.
 pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results: Vec<DeletableGroupResult> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
@@ -598,18 +605,24 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
                 storage.offsets().delete(&g)
             })
             .await;
-            match deleted {
-                Ok(Ok(_)) => tracing::info!(group = %group, "group deleted"),
+            let done = match deleted {
+                Ok(Ok(_)) => {
+                    tracing::info!(group = %group, "group deleted");
+                    true
+                }
                 Ok(Err(e)) => {
-                    tracing::error!(group = %group, error = %e, "deleting the group's committed offsets or membership failed");
-                    code = codes::KAFKA_STORAGE_ERROR;
+                    tracing::error!(group = %group, error = %e, "deleting the group's committed offsets or membership failed; the group is kept");
+                    false
                 }
                 Err(e) => {
-                    tracing::error!(group = %group, error = %e, "group deletion task failed");
-                    code = codes::KAFKA_STORAGE_ERROR;
+                    tracing::error!(group = %group, error = %e, "group deletion task failed; the group is kept");
+                    false
                 }
+            };
+            if !done {
+                code = codes::NOT_COORDINATOR;
             }
-            ctx.groups.finish_delete(&group);
+            ctx.groups.finish_delete(&group, done);
         }
         results.push(
             DeletableGroupResult::default()
@@ -715,11 +728,9 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             // NOT_COORDINATOR for the whole request, on which the admin client
             // looks the coordinator up again and sends the request again (an
             // error of a partition it reports as that partition's outcome).
-            // A failed rewrite of the group's file leaves the positions in
-            // the store, so the request sent again deletes them again,
-            // durably; a removal of the file whose directory fsync failed has
-            // them gone from this run (they may come back after a power
-            // loss), as DeleteGroups leaves them.
+            // A failed rewrite or removal of the group's file (its directory
+            // fsync included) leaves the positions in the store, so the
+            // request sent again deletes them again, durably.
             tracing::error!(group = %group, error = %e, "deleting committed offsets failed");
             return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
@@ -771,63 +782,149 @@ mod tests {
     }
     use crate::server::groups::JoinRequest;
 
+    /// Forms group `group` with one member, which commits a position (when
+    /// `commits`) and leaves: an `Empty` group with its membership stored (and
+    /// its offsets). Returns the paths of its offsets and membership files.
+    async fn empty_group(
+        ctx: &std::sync::Arc<Ctx>,
+        group: &'static str,
+        commits: bool,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let groups = std::sync::Arc::clone(&ctx.groups);
+        let storage = ctx.storage.clone();
+        tokio::task::spawn_blocking(move || {
+            let j = groups
+                .join(JoinRequest {
+                    group: group.into(),
+                    ..JoinRequest::of_consumer("")
+                })
+                .blocking_recv()
+                .unwrap();
+            let mut s = groups.sync(group, j.generation, &j.member_id, None, vec![]);
+            groups.store_group(group);
+            assert_eq!(s.try_recv().unwrap().0, codes::NONE);
+            if commits {
+                storage
+                    .offsets()
+                    .commit(
+                        group,
+                        Some("consumer"),
+                        vec![crate::storage::Committed {
+                            topic: "t".into(),
+                            partition: 0,
+                            offset: 1,
+                            leader_epoch: -1,
+                            metadata: None,
+                        }],
+                    )
+                    .unwrap();
+            }
+            assert_eq!(groups.leave(group, &[j.member_id]), Ok(vec![codes::NONE]));
+            groups.store_changed();
+            let dir = storage.offsets().dir();
+            let name = crate::storage::offsets::file_name(group);
+            let files = (
+                dir.join(&name),
+                dir.join(crate::storage::group_meta::MEMBERS_DIR).join(name),
+            );
+            assert_eq!(files.0.exists(), commits);
+            assert!(files.1.exists());
+            files
+        })
+        .await
+        .unwrap()
+    }
+
+    fn delete_request(group: &str) -> DeleteGroupsRequest {
+        DeleteGroupsRequest::default().with_groups_names(vec![GroupId(group.to_string().into())])
+    }
+
     /// A DeleteGroups whose removal of the stored membership fails answers
-    /// KAFKA_STORAGE_ERROR and leaves the committed offsets, so the group is
+    /// NOT_COORDINATOR and leaves the committed offsets, so the group is
     /// still there to delete again; once the removal works it is deleted whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delete_that_cannot_remove_the_membership_keeps_the_group_whole() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
-        let groups = std::sync::Arc::clone(&ctx.groups);
-        let storage = ctx.storage.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            let j = groups
-                .join(JoinRequest::of_consumer(""))
-                .blocking_recv()
-                .unwrap();
-            let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
-            groups.store_group("g");
-            assert_eq!(s.try_recv().unwrap().0, codes::NONE);
-            storage
-                .offsets()
-                .commit(
-                    "g",
-                    Some("consumer"),
-                    vec![crate::storage::Committed {
-                        topic: "t".into(),
-                        partition: 0,
-                        offset: 1,
-                        leader_epoch: -1,
-                        metadata: None,
-                    }],
-                )
-                .unwrap();
-            assert_eq!(groups.leave("g", &[j.member_id]), Ok(vec![codes::NONE]));
-            groups.store_changed();
-            storage
-                .offsets()
-                .dir()
-                .join(crate::storage::group_meta::MEMBERS_DIR)
-                .join(crate::storage::offsets::file_name("g"))
-        })
-        .await
-        .unwrap();
-        assert!(file.exists());
+        let (_, file) = empty_group(&ctx, "g", true).await;
         // The membership file cannot be removed: a directory with an entry.
         std::fs::remove_file(&file).unwrap();
         std::fs::create_dir(&file).unwrap();
         std::fs::write(file.join("x"), b"x").unwrap();
-        let req = || DeleteGroupsRequest::default().with_groups_names(vec![GroupId("g".into())]);
-        let r = delete_groups(&ctx, req()).await;
-        assert_eq!(r.results[0].error_code, codes::KAFKA_STORAGE_ERROR);
+        let r = delete_groups(&ctx, delete_request("g")).await;
+        assert_eq!(r.results[0].error_code, codes::NOT_COORDINATOR);
         assert!(
             ctx.storage.offsets().group("g").is_some(),
             "the offsets went with a failed delete"
         );
         std::fs::remove_dir_all(&file).unwrap();
-        let r = delete_groups(&ctx, req()).await;
+        let r = delete_groups(&ctx, delete_request("g")).await;
         assert_eq!(r.results[0].error_code, codes::NONE);
         assert!(ctx.storage.offsets().group("g").is_none());
+    }
+
+    /// A DeleteGroups whose removal of a file was done but whose directory
+    /// fsync failed was answered KAFKA_STORAGE_ERROR, on which the admin client
+    /// fails for good, with the group half deleted: gone from memory (the
+    /// offsets store's, the coordinator's) while a power loss could bring its
+    /// file back. Sent again, it got GROUP_ID_NOT_FOUND, or NONE without an
+    /// fsync (the file being gone already), and a power loss then brought the
+    /// group back after an answer of success. It now gets NOT_COORDINATOR,
+    /// which the admin client retries; the group stays whole meanwhile (offsets
+    /// kept, `Empty` in the coordinator), and the retry fsyncs the directory
+    /// again before it answers NONE, so a power loss leaves the group deleted.
+    /// Both of the group's files: its offsets, then its stored membership.
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_whose_directory_fsync_fails_is_answered_not_coordinator_and_retried_durably()
+    {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        let (offsets_file, _) = empty_group(&ctx, "g", true).await;
+        let (_, members_file) = empty_group(&ctx, "h", false).await;
+        let state = |group: &str| ctx.groups.describe(group).map(|d| d.state);
+
+        // The offsets' directory fsync fails after the file's removal.
+        let offsets_dir = offsets_file.parent().unwrap().to_path_buf();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&offsets_dir).unwrap();
+        disk.crash_at_next_dir_sync();
+        let r = delete_groups(&ctx, delete_request("g")).await;
+        assert_eq!(r.results[0].error_code, codes::NOT_COORDINATOR);
+        assert!(!offsets_file.exists(), "removed, not durably");
+        assert_eq!(ctx.storage.offsets().fetch("g", "t", 0).unwrap().offset, 1);
+        assert_eq!(state("g"), Some("Empty"));
+        disk.restart();
+        let r = delete_groups(&ctx, delete_request("g")).await;
+        assert_eq!(r.results[0].error_code, codes::NONE);
+        assert!(ctx.storage.offsets().group("g").is_none());
+        assert_eq!(state("g"), None);
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        assert!(
+            !offsets_file.exists(),
+            "a power loss brought the offsets back"
+        );
+
+        // The membership's directory fsync fails after the file's removal (a
+        // group with no offsets: only the coordinator knows it).
+        let members_dir = members_file.parent().unwrap().to_path_buf();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&members_dir).unwrap();
+        disk.crash_at_next_dir_sync();
+        let r = delete_groups(&ctx, delete_request("h")).await;
+        assert_eq!(r.results[0].error_code, codes::NOT_COORDINATOR);
+        assert!(!members_file.exists(), "removed, not durably");
+        assert_eq!(state("h"), Some("Empty"));
+        disk.restart();
+        let r = delete_groups(&ctx, delete_request("h")).await;
+        assert_eq!(r.results[0].error_code, codes::NONE);
+        assert_eq!(state("h"), None);
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        assert!(
+            !members_file.exists(),
+            "a power loss brought the membership back"
+        );
     }
 
     /// An OffsetCommit checked against a topic, then held up before its store
