@@ -253,6 +253,42 @@ impl From<ConfigError> for AlterError {
     }
 }
 
+/// Why a topic delete failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// The delete failed before the topic's directory moved away, and the
+    /// topic is kept (opened again as a start would open it); or its task
+    /// failed.
+    #[error(transparent)]
+    Failed(#[from] Error),
+    /// The topic's directory moved to the trash, and the topic is gone from
+    /// this run, but the directory fsync after the move failed: a power loss
+    /// may bring the topic back. A delete of the topic again fsyncs the
+    /// directory again, and succeeds once that does.
+    #[error(
+        "topic {topic} is deleted, but its deletion may not survive a power loss: {source}; \
+         delete the topic again to make its deletion durable"
+    )]
+    NotDurable {
+        /// The topic.
+        topic: String,
+        /// Its id.
+        id: uuid::Uuid,
+        /// The failed directory fsync.
+        source: Box<Error>,
+    },
+}
+
+/// A topic whose directory moved to the trash without the directory fsync
+/// after the move succeeding (see [`DeleteError::NotDurable`]).
+#[derive(Debug)]
+struct UndurableDelete {
+    name: String,
+    id: uuid::Uuid,
+    /// Where its directory went.
+    trash: PathBuf,
+}
+
 /// How long a create waits for a delete of the same name in progress to finish.
 pub const CREATE_WAITS_FOR_DELETE: Duration = Duration::from_secs(30);
 
@@ -307,6 +343,10 @@ struct Shared {
     deleting: Mutex<Vec<Arc<Topic>>>,
     /// Notified when a delete ends.
     delete_ended: Condvar,
+    /// Topics deleted from this run whose deletion a power loss may undo: the
+    /// directory fsync after their move to the trash failed, and no delete of
+    /// them again has fsynced it since.
+    undurable_deletes: Mutex<Vec<UndurableDelete>>,
     wal: Option<Wal>,
     jobs: mpsc::Sender<Job>,
     data_version: watch::Sender<u64>,
@@ -1228,6 +1268,7 @@ impl TopicManager {
             create_lock: Mutex::new(BTreeSet::new()),
             deleting: Mutex::new(Vec::new()),
             delete_ended: Condvar::new(),
+            undurable_deletes: Mutex::new(Vec::new()),
             wal,
             jobs: jobs_tx,
             data_version,
@@ -1785,9 +1826,17 @@ impl TopicManager {
     /// topic's partitions changes files under its directory once it is moved away:
     /// the directory of the name is the new topic's from then on.
     ///
+    /// Once the directory has moved away the topic is gone from this run. If
+    /// the directory fsync after the move then fails, a power loss may bring
+    /// the topic back: the delete fails with [`DeleteError::NotDurable`], and a
+    /// delete of the topic again (of its name, or of its id, although it is no
+    /// longer in the map) fsyncs the directory again, succeeding once that
+    /// does, as the retry of a config change stores its file again (see
+    /// [`TopicManager::alter_topic_configs`]).
+    ///
     /// # Errors
-    /// I/O errors naming the path.
-    pub async fn delete_topic(&self, name: &str) -> Result<bool> {
+    /// [`DeleteError`], with I/O errors naming the path.
+    pub async fn delete_topic(&self, name: &str) -> std::result::Result<bool, DeleteError> {
         Ok(self.delete_topic_of_id(name, None).await?.is_some())
     }
 
@@ -1796,14 +1845,16 @@ impl TopicManager {
     /// topic deleted. `None` when there is no such topic, or when the topic of
     /// that name has another id: a topic looked up by id earlier and since
     /// deleted and created again under its name is another topic, left alone.
+    /// A topic whose deletion is not yet durable
+    /// ([`TopicManager::undurable_delete`]) is deleted again.
     ///
     /// # Errors
-    /// I/O errors naming the path.
+    /// [`DeleteError`], with I/O errors naming the path.
     pub async fn delete_topic_of_id(
         &self,
         name: &str,
         id: Option<uuid::Uuid>,
-    ) -> Result<Option<uuid::Uuid>> {
+    ) -> std::result::Result<Option<uuid::Uuid>, DeleteError> {
         // A task of its own: once begun, a delete runs to its end even when the
         // caller stops waiting for it.
         let me = self.clone();
@@ -1833,6 +1884,81 @@ impl TopicManager {
             self.shared.topics_dir.clone(),
             std::io::Error::other(e.to_string()),
         )
+    }
+
+    /// The id of topic `name`, when it is out of the map but its deletion may
+    /// not survive a power loss (see [`DeleteError::NotDurable`]) and `id`
+    /// (when given) is its id: a delete of it again makes its deletion durable.
+    pub fn undurable_delete(&self, name: &str, id: Option<uuid::Uuid>) -> Option<uuid::Uuid> {
+        self.shared
+            .undurable_deletes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|d| d.name == name && id.is_none_or(|id| id == d.id))
+            .map(|d| d.id)
+    }
+
+    /// The name of the topic of id `id` whose deletion may not survive a power
+    /// loss, if there is one (see [`TopicManager::undurable_delete`]).
+    pub fn undurable_delete_of_id(&self, id: uuid::Uuid) -> Option<String> {
+        self.shared
+            .undurable_deletes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.name.clone())
+    }
+
+    /// Deletes again topic `name` (of id `id`, when given), out of the map but
+    /// whose deletion may not survive a power loss (blocking): fsyncs the
+    /// directory it moved out of, then finishes the delete. `None` when there
+    /// is no such deletion.
+    fn delete_again(
+        &self,
+        name: &str,
+        id: Option<uuid::Uuid>,
+    ) -> std::result::Result<Option<uuid::Uuid>, DeleteError> {
+        let Some(deleted) = self.undurable_delete(name, id) else {
+            return Ok(None);
+        };
+        if let Err(source) = sync_dir(&self.shared.topics_dir) {
+            tracing::error!(topic = %name, error = %source, "deleting the topic again failed; a power loss may still bring it back");
+            return Err(DeleteError::NotDurable {
+                topic: name.to_string(),
+                id: deleted,
+                source: Box::new(source),
+            });
+        }
+        let taken = {
+            let mut undurable = self
+                .shared
+                .undurable_deletes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            undurable
+                .iter()
+                .position(|d| d.name == name && d.id == deleted)
+                .map(|i| undurable.swap_remove(i))
+        };
+        // Finished by the delete that took it (another may have meanwhile).
+        if let Some(d) = taken {
+            remove_trash(&d.name, &d.trash);
+        }
+        Ok(Some(deleted))
+    }
+
+    /// Drops the committed positions in topic `name`, whose directory moved
+    /// away, before the name is free (blocking): consumers of a topic created
+    /// again under the name start where their reset policy says, not at
+    /// positions in data that is gone. One that fails is dropped at the next
+    /// start (or by a create of the name). Done whether or not the move is
+    /// durable: once the name is free they could be a new topic's.
+    fn drop_positions_of(&self, name: &str) {
+        if let Err(e) = self.shared.offsets.delete_topic_positions(|t| t == name) {
+            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next start drops them");
+        }
     }
 
     /// Takes topic `name` out of the map, reserves the name until the returned
@@ -1888,14 +2014,21 @@ impl TopicManager {
         Some((topic, reserved))
     }
 
-    async fn run_delete(self, name: String, id: Option<uuid::Uuid>) -> Result<Option<uuid::Uuid>> {
+    async fn run_delete(
+        self,
+        name: String,
+        id: Option<uuid::Uuid>,
+    ) -> std::result::Result<Option<uuid::Uuid>, DeleteError> {
         let me = self.clone();
         let n = name.clone();
         let taken = tokio::task::spawn_blocking(move || me.take_for_delete(&n, id))
             .await
             .map_err(|e| self.task_error(&e))?;
         let Some((topic, reserved)) = taken else {
-            return Ok(None);
+            let me = self.clone();
+            return tokio::task::spawn_blocking(move || me.delete_again(&name, id))
+                .await
+                .map_err(|e| self.task_error(&e))?;
         };
         let deleted = topic.id;
         let (tx, rx) = oneshot::channel();
@@ -1903,7 +2036,7 @@ impl TopicManager {
             let _ = rx.await;
         }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        tokio::task::spawn_blocking(move || -> std::result::Result<(), DeleteError> {
             // Released last, on every path (even when this task is dropped
             // unrun): the name is free again once nothing of the delete is left.
             let _reserved = reserved;
@@ -1926,7 +2059,7 @@ impl TopicManager {
                     // directory, and with it what a restart recovers.
                     drop(retired);
                     me.restore_topic(&name, &from);
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
             let moved = me.checkpoint().and_then(|()| {
@@ -1957,23 +2090,33 @@ impl TopicManager {
                     // open it, rather than being gone until then.
                     drop(retired);
                     me.restore_topic(&name, &from);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
-            sync_dir(&me.shared.topics_dir)?;
-            // Committed positions in the topic go with it, before the name is
-            // free: consumers of a topic created again under the name start
-            // where their reset policy says, not at positions in data that is
-            // gone. One that fails is dropped at the next start.
-            if let Err(e) = me.shared.offsets.delete_topic_positions(|t| t == name) {
-                tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next start drops them");
+            let durable = sync_dir(&me.shared.topics_dir);
+            me.drop_positions_of(&name);
+            if let Err(source) = durable {
+                // Moved: gone from this run, as a restart without a power
+                // loss finds it, and its name free. Its files stay in the
+                // trash (the next start removes them) until a delete of it
+                // again makes the move durable.
+                tracing::error!(topic = %name, error = %source, "deleted topic, but a power loss may bring it back");
+                me.shared
+                    .undurable_deletes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(UndurableDelete {
+                        name: name.clone(),
+                        id: topic.id,
+                        trash: to,
+                    });
+                return Err(DeleteError::NotDurable {
+                    topic: name,
+                    id: topic.id,
+                    source: Box::new(source),
+                });
             }
-            // Deleted for good from here on: what is left in the trash goes at
-            // the next start.
-            if let Err(e) = std::fs::remove_dir_all(&to) {
-                tracing::warn!(dir = %to.display(), error = %e, "could not remove a deleted topic's files; the next start removes them");
-            }
-            tracing::info!(topic = %name, "deleted topic");
+            remove_trash(&name, &to);
             Ok(())
         })
         .await
@@ -2257,6 +2400,16 @@ impl TopicManager {
             thread: panicked.join(", "),
         })
     }
+}
+
+/// Removes `trash`, where the directory of deleted topic `name` moved, once
+/// the move is durable (blocking): the topic is deleted for good. What is left
+/// in the trash goes at the next start.
+fn remove_trash(name: &str, trash: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(trash) {
+        tracing::warn!(dir = %trash.display(), error = %e, "could not remove a deleted topic's files; the next start removes them");
+    }
+    tracing::info!(topic = %name, "deleted topic");
 }
 
 /// A topic name being deleted, reserved in `create_lock` until dropped.

@@ -539,27 +539,37 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
             Named::Refused(name, id, message) => {
                 (codes::INVALID_REQUEST, message.to_string(), name, id)
             }
-            Named::Name(n) => match ctx.storage.topic(&n) {
-                None => (
-                    codes::UNKNOWN_TOPIC_OR_PARTITION,
-                    format!("unknown topic {n}"),
-                    Some(n),
-                    uuid::Uuid::nil(),
-                ),
-                Some(t) => match ctx.storage.delete_topic_of_id(&n, None).await {
-                    Ok(Some(id)) => (codes::NONE, String::new(), Some(n), id),
-                    Ok(None) => (
+            Named::Name(n) => {
+                // A topic deleted from this run whose deletion a power loss
+                // may undo is deleted again: the retry of a delete answered
+                // KAFKA_STORAGE_ERROR for it.
+                let known = ctx
+                    .storage
+                    .topic(&n)
+                    .map(|t| t.id)
+                    .or_else(|| ctx.storage.undurable_delete(&n, None));
+                match known {
+                    None => (
                         codes::UNKNOWN_TOPIC_OR_PARTITION,
                         format!("unknown topic {n}"),
                         Some(n),
-                        t.id,
+                        uuid::Uuid::nil(),
                     ),
-                    Err(e) => {
-                        tracing::error!(topic = %n, error = %e, "delete topic failed");
-                        (codes::KAFKA_STORAGE_ERROR, e.to_string(), Some(n), t.id)
-                    }
-                },
-            },
+                    Some(known) => match ctx.storage.delete_topic_of_id(&n, None).await {
+                        Ok(Some(id)) => (codes::NONE, String::new(), Some(n), id),
+                        Ok(None) => (
+                            codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            format!("unknown topic {n}"),
+                            Some(n),
+                            known,
+                        ),
+                        Err(e) => {
+                            tracing::error!(topic = %n, error = %e, "delete topic failed");
+                            (codes::KAFKA_STORAGE_ERROR, e.to_string(), Some(n), known)
+                        }
+                    },
+                }
+            }
             Named::Id(id) => {
                 let unknown = || {
                     (
@@ -569,7 +579,11 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
                         id,
                     )
                 };
-                match ids.get_or_insert_with(|| names_by_id(ctx)).remove(&id) {
+                let name = ids
+                    .get_or_insert_with(|| names_by_id(ctx))
+                    .remove(&id)
+                    .or_else(|| ctx.storage.undurable_delete_of_id(id));
+                match name {
                     None => unknown(),
                     Some(n) => match ctx.storage.delete_topic_of_id(&n, Some(id)).await {
                         Ok(Some(_)) => (codes::NONE, String::new(), Some(n), id),
@@ -868,6 +882,88 @@ mod tests {
                 .unwrap(),
             Some(b2.id)
         );
+    }
+
+    /// A DeleteTopics whose move of the topic's directory to the trash was
+    /// done but whose fsync of the topics directory then failed was answered
+    /// KAFKA_STORAGE_ERROR, the topic gone from the broker; sent again, it got
+    /// UNKNOWN_TOPIC_OR_PARTITION, and nothing ever fsynced the move, which a
+    /// power loss could undo, bringing the topic back. The answer now says the
+    /// topic is deleted but not durably, and a delete of it again (by name, or
+    /// by id although a topic of its name was created since) fsyncs the
+    /// directory again: KAFKA_STORAGE_ERROR while that fails, NONE once it
+    /// succeeds.
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_whose_directory_fsync_fails_is_made_durable_by_its_retry() {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let t = ctx.storage.create_topic("t", 1).unwrap();
+        let u = ctx.storage.create_topic("u", 1).unwrap();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&dir.path().join("topics")).unwrap();
+        let by_names = |names: &[&str]| {
+            DeleteTopicsRequest::default()
+                .with_topic_names(names.iter().map(|n| topic_name(n)).collect())
+        };
+        let by_ids = |ids: &[uuid::Uuid]| {
+            DeleteTopicsRequest::default().with_topics(ids.iter().map(|id| by_id(*id)).collect())
+        };
+        let trash = dir.path().join("topics-deleted");
+        let in_trash = || std::fs::read_dir(&trash).unwrap().count();
+
+        disk.crash_at_next_dir_sync();
+        let r = delete(&ctx, by_names(&["t"])).await;
+        assert_eq!(
+            deleted(&r),
+            [(Some("t".into()), t.id, codes::KAFKA_STORAGE_ERROR)]
+        );
+        let message = r.responses[0].error_message.as_ref().unwrap().to_string();
+        assert!(
+            message.contains("is deleted") && message.contains("power loss"),
+            "{message}"
+        );
+        assert!(ctx.storage.topic("t").is_none());
+        assert_eq!(in_trash(), 1, "its files wait in the trash");
+        // Sent again while the directory still cannot be fsynced.
+        let r = delete(&ctx, by_names(&["t"])).await;
+        assert_eq!(
+            deleted(&r),
+            [(Some("t".into()), t.id, codes::KAFKA_STORAGE_ERROR)]
+        );
+        // Sent again once it can: fsynced, then answered.
+        disk.restart();
+        let syncs = disk.stats().dir_syncs;
+        let r = delete(&ctx, by_names(&["t"])).await;
+        assert_eq!(deleted(&r), [(Some("t".into()), t.id, codes::NONE)]);
+        assert_eq!(disk.stats().dir_syncs, syncs + 1);
+        assert_eq!(in_trash(), 0);
+        let r = delete(&ctx, by_names(&["t"])).await;
+        assert_eq!(
+            deleted(&r),
+            [(
+                Some("t".into()),
+                uuid::Uuid::nil(),
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            )]
+        );
+
+        // By id, a topic of its name created since and left alone.
+        disk.crash_at_next_dir_sync();
+        let r = delete(&ctx, by_ids(&[u.id])).await;
+        assert_eq!(
+            deleted(&r),
+            [(Some("u".into()), u.id, codes::KAFKA_STORAGE_ERROR)]
+        );
+        disk.restart();
+        let u2 = ctx.storage.create_topic("u", 1).unwrap();
+        let r = delete(&ctx, by_ids(&[u.id])).await;
+        assert_eq!(deleted(&r), [(Some("u".into()), u.id, codes::NONE)]);
+        assert_eq!(ctx.storage.topic("u").unwrap().id, u2.id);
+        assert_eq!(in_trash(), 0);
+        let r = delete(&ctx, by_ids(&[u.id])).await;
+        assert_eq!(deleted(&r), [(None, u.id, codes::UNKNOWN_TOPIC_ID)]);
     }
 
     /// A topic named (or identified) more than once in a DeleteTopics or a
