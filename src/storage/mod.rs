@@ -935,6 +935,132 @@ fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
     Ok(())
 }
 
+/// Judges every older segment the open found damaged (see
+/// [`Partition::damaged_segments`]; its files still as found) against its
+/// partition's recovery point. Offsets it lost (from where its valid batches
+/// stop to the next segment's base) that lie below the point were flushed and
+/// acknowledged: they are rebuilt from WAL entries the log still holds
+/// (`recovery`, when the WAL is on), as [`rebuild_from_wal`] does for a
+/// partition's end; when it no longer holds them all, strict mode refuses,
+/// naming the segment file, the byte where its batches stop and the lost
+/// offsets, and tolerant mode warns. Otherwise (tolerated, or nothing flushed
+/// lost) the segment's files are made to say what the open found: the log cut
+/// after its last valid batch, its index rewritten; a gap it leaves before the
+/// next segment is served as Kafka serves one, from the next batch.
+fn check_damaged(
+    topics: &BTreeMap<String, Arc<Topic>>,
+    points: Option<&RecoveryPoints>,
+    recovery: Option<&crate::wal::Recovery>,
+    mode: RecoveryMode,
+    stats: &mut ReplayStats,
+) -> Result<()> {
+    for t in topics.values() {
+        let id = t.id.to_string();
+        for (i, p) in t.partitions.iter().enumerate() {
+            let point = points.and_then(|pts| pts.get(&t.name, &id, i));
+            for d in p.damaged_segments() {
+                let lost = point.is_some_and(|pt| d.end < pt) && d.end < d.next_base;
+                if !lost {
+                    p.settle_segment(d.base_offset)?;
+                    continue;
+                }
+                if let Some(r) = recovery {
+                    if let Some((tail, batches)) = lost_batches(r, t, p.index(), &d)? {
+                        p.repair_segment(d.base_offset, &tail)?;
+                        stats.rebuilt += batches;
+                        tracing::warn!(
+                            topic = %t.name,
+                            partition = p.index(),
+                            segment = %d.log_path.display(),
+                            from = d.end,
+                            to = d.next_base,
+                            "flushed batches were missing from an older segment; rebuilt them from the WAL"
+                        );
+                        continue;
+                    }
+                }
+                let how = match &d.cut {
+                    Some(c) => format!(
+                        "its valid batches stop at byte {} of {} ({})",
+                        c.position, c.size, c.reason
+                    ),
+                    None => format!(
+                        "its valid batches end at byte {}, before the next segment's base",
+                        d.size
+                    ),
+                };
+                let what = format!(
+                    "topic {} partition {}: offsets {}..{} were flushed to the segments ({} {} in {}) \
+                     but are gone from {}: {how}; the WAL no longer holds them",
+                    t.name,
+                    p.index(),
+                    d.end,
+                    d.next_base,
+                    "recovery point",
+                    point.unwrap_or_default(),
+                    recovery_points::FILE,
+                    d.log_path.display(),
+                );
+                if mode == RecoveryMode::Strict {
+                    return Err(Error::corrupt(
+                        &d.log_path,
+                        d.cut.as_ref().map_or(d.size, |c| c.position),
+                        format!("{what}; start with --recovery-mode tolerate_corruption to continue without them"),
+                    ));
+                }
+                tracing::warn!("{what}; continuing without them (--recovery-mode tolerate_corruption), a fetch in the gap gets the next segment's first batch");
+                p.settle_segment(d.base_offset)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The batches a [damaged](Partition::damaged_segments) older segment `d` of
+/// partition `partition` of `topic` lost, from WAL entries of the topic (at or
+/// above its [`Topic::wal_floor`]): those continuing it exactly from where its
+/// valid batches stop to the next segment's base, back to back, and how many;
+/// `None` unless the WAL holds them all.
+fn lost_batches(
+    recovery: &crate::wal::Recovery,
+    topic: &Topic,
+    partition: i32,
+    d: &partition::DamagedSegment,
+) -> Result<Option<(Vec<u8>, u64)>> {
+    let Some(floor) = topic.wal_floor else {
+        return Ok(None);
+    };
+    let mut at = d.end;
+    let mut tail = Vec::new();
+    let mut batches = 0u64;
+    for entry in recovery.entries_from(floor) {
+        let entry = entry?;
+        if entry.entry_type != WalEntryType::Record
+            || entry.topic != topic.name
+            || entry.partition != partition
+            || entry.sequence < floor
+        {
+            continue;
+        }
+        let Ok(infos) = batch::validate_all(&entry.data) else {
+            continue;
+        };
+        let mut pos = 0usize;
+        for info in &infos {
+            if info.base_offset == at && info.last_offset() < d.next_base {
+                tail.extend_from_slice(&entry.data[pos..pos + info.len]);
+                at = info.last_offset() + 1;
+                batches += 1;
+            }
+            pos += info.len;
+        }
+        if at == d.next_base {
+            return Ok(Some((tail, batches)));
+        }
+    }
+    Ok(None)
+}
+
 /// Applies one WAL record to the partitions idempotently: batches whose offsets the
 /// segment already holds are skipped, the rest appended. An entry below its topic's
 /// [`Topic::wal_floor`] belongs to an earlier topic of the same name (one whose
@@ -1161,6 +1287,7 @@ impl TopicManager {
         let mut stats = ReplayStats::default();
         let mut wal = None;
         if !has_wal {
+            check_damaged(&topics, points.as_ref(), None, mode, &mut stats)?;
             check_short(&short_partitions(&topics, points.as_ref()), mode)?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
         }
@@ -1169,6 +1296,7 @@ impl TopicManager {
             // Before anything is read or appended: every entry the WAL holds
             // lies below the sequence it hands out next.
             lower_wal_floors(&mut topics, &topics_dir, recovery.next_sequence)?;
+            check_damaged(&topics, points.as_ref(), Some(&recovery), mode, &mut stats)?;
             let short = short_partitions(&topics, points.as_ref());
             let checkpoint = recovery.checkpoint;
             stats.last_sequence = recovery.last_sequence;

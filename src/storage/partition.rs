@@ -207,6 +207,24 @@ impl std::fmt::Display for DeleteRecordsError {
     }
 }
 
+/// An older segment the start-up found damaged (see
+/// [`Partition::damaged_segments`]), its files still as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedSegment {
+    /// Its log file.
+    pub log_path: PathBuf,
+    /// Its base offset.
+    pub base_offset: i64,
+    /// The offset after its last valid batch.
+    pub end: i64,
+    /// The next segment's base offset: offsets `end..next_base` are missing.
+    pub next_base: i64,
+    /// Bytes of its log holding valid batches.
+    pub size: u64,
+    /// Where and why its batches stop, when bytes follow them.
+    pub cut: Option<super::segment::Cut>,
+}
+
 /// A partition of a topic.
 #[derive(Debug)]
 pub struct Partition {
@@ -478,15 +496,23 @@ impl Partition {
                 producers = producers_before(&dir, *base, &segments, &snapshots)?;
                 Segment::open_newest(&dir, *base, &mut producers)?
             } else {
-                let mut seg = Segment::open(&dir, *base, false)?;
-                // An index rebuilt by the open is synced now, so the segment
-                // seals with its files closed: every older segment of every
-                // partition may need its index rebuilt at one start.
-                seg.sync()?;
+                // Its files are left as found when its index does not match
+                // its log: a segment cut there, or ending before the next one
+                // begins, may have lost flushed records, which the start-up
+                // judges against the recovery point before anything is cut
+                // (see `Partition::damaged_segments`).
+                let mut seg = Segment::open_older(&dir, *base)?;
+                if seg.cut().is_none() && seg.next_offset() >= bases[i + 1] {
+                    // Only its index was out of date: rewritten, and synced
+                    // now, so the segment seals with its files closed (every
+                    // older segment of every partition may need its index
+                    // rebuilt at one start).
+                    seg.settle()?;
+                }
                 // A segment the open scanned (its index rebuilt) knows its
                 // newest timestamp: saved, for the next start. Not one the
                 // scan cut, which `verify_from` may reopen for appends.
-                if seg.cut().is_none() {
+                if seg.cut().is_none() && !seg.is_unsettled() {
                     save_time_index(topic, index, &mut seg);
                 }
                 seg.seal(&files);
@@ -585,11 +611,18 @@ impl Partition {
     ///
     /// # Errors
     /// I/O errors naming the file.
+    ///
+    /// A segment wholly below `from` that the open found damaged (its files
+    /// left as found: see [`Partition::damaged_segments`]) is not scanned
+    /// again nor made the newest, which would remove the flushed segments
+    /// after it: the start-up judges it against the recovery point.
     pub fn verify_from(&self, from: i64) -> Result<Option<i64>> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for i in 0..log.len().saturating_sub(1) {
             let next_base = log[i + 1].base_offset();
             if next_base <= from {
+                // Durable as synced, or damaged since (left unsettled for the
+                // start-up's recovery point check).
                 continue;
             }
             let mut scanned = Segment::open(&self.dir, log[i].base_offset(), true)?;
@@ -698,6 +731,74 @@ impl Partition {
         self.producers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every segment but the newest that the open left
+    /// [unsettled](Segment::is_unsettled) (damaged: its index did not match,
+    /// and it was cut, or ends before the next segment begins), oldest first.
+    pub fn damaged_segments(&self) -> Vec<DamagedSegment> {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        log.windows(2)
+            .filter(|w| w[0].is_unsettled())
+            .map(|w| DamagedSegment {
+                log_path: w[0].log_path().to_path_buf(),
+                base_offset: w[0].base_offset(),
+                end: w[0].next_offset(),
+                next_base: w[1].base_offset(),
+                size: w[0].size(),
+                cut: w[0].cut().cloned(),
+            })
+            .collect()
+    }
+
+    /// Writes what the open found into the files of the
+    /// [damaged](Partition::damaged_segments) segment at `base`: its log is
+    /// cut where its valid batches stop, its index rewritten (see
+    /// [`Segment::settle`]). Call before the partition serves anything.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn settle_segment(&self, base: i64) -> Result<()> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        match log.iter_mut().find(|s| s.base_offset() == base) {
+            Some(seg) => seg.settle(),
+            None => Ok(()),
+        }
+    }
+
+    /// Restores the [damaged](Partition::damaged_segments) segment at `base`
+    /// to whole: its valid batches followed by `tail`, the batches it lost
+    /// (continuing it exactly to the next segment's base, as the caller
+    /// checked), written as a new log synced and renamed over it (see
+    /// [`Segment::replace_tail`]); the segment is then opened again, its index
+    /// rewritten. Call before the partition serves anything.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; a segment that is not damaged, or that is
+    /// not whole after, is [`Error::Corrupt`].
+    pub fn repair_segment(&self, base: i64, tail: &[u8]) -> Result<()> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(i) = log.iter().position(|s| s.base_offset() == base) else {
+            return Ok(());
+        };
+        let next_base = log.get(i + 1).map_or(i64::MAX, Segment::base_offset);
+        log[i].replace_tail(tail)?;
+        let mut seg = Segment::open_older(&self.dir, base)?;
+        if seg.cut().is_some() || seg.next_offset() != next_base {
+            return Err(Error::corrupt(
+                seg.log_path(),
+                seg.size(),
+                format!(
+                    "the segment rebuilt from the WAL ends at {} instead of {next_base}",
+                    seg.next_offset()
+                ),
+            ));
+        }
+        seg.settle()?;
+        seg.seal(&self.open_files);
+        log[i] = seg;
+        self.segments_replaced.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The newest segment's log file and what the opening scan cut off its end.

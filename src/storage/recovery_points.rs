@@ -289,6 +289,186 @@ mod repair_tests {
         m.shutdown().unwrap();
     }
 
+    /// 4 KiB segments, WAL files of 64 KiB none of which is kept after a
+    /// checkpoint: what the WAL drops is only in the segments.
+    fn small_segments(dir: &Path) -> Config {
+        let mut c = config(dir);
+        c.storage.segment_bytes = 4096;
+        c.wal.engine.max_file_size = 64 << 10;
+        c.wal.engine.retention_files = 0;
+        c
+    }
+
+    /// The partition's segment logs, oldest first.
+    fn segment_logs(dir: &Path, topic: &str) -> Vec<PathBuf> {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(dir.join("topics").join(topic).join("0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        logs
+    }
+
+    /// Produces to "t" until it has at least 3 segments, checkpoints and shuts
+    /// down; returns what the partition held and its segment logs.
+    fn three_segments(c: &Config, rt: &tokio::runtime::Runtime) -> (Vec<u8>, Vec<PathBuf>) {
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        produce(rt, &m, "t", &values("a", 60));
+        m.checkpoint().unwrap();
+        let before = stored(&m, "t");
+        m.shutdown().unwrap();
+        drop(m);
+        let logs = segment_logs(&c.storage.data_dir, "t");
+        assert!(logs.len() >= 3, "{} segments", logs.len());
+        (before, logs)
+    }
+
+    /// The first offset of the oldest entry the WAL still holds.
+    fn oldest_wal_offset(dir: &Path) -> i64 {
+        let oldest = crate::wal::WalReader::open(dir.join("wal"))
+            .unwrap()
+            .entries_from(0)
+            .next()
+            .unwrap()
+            .unwrap();
+        batch::validate_all(&oldest.data).unwrap()[0].base_offset
+    }
+
+    /// `before` without the batches at bytes `from..to`.
+    fn without(before: &[u8], from: u64, to: u64) -> Vec<u8> {
+        let (from, to) = (from as usize, to as usize);
+        [&before[..from], &before[to..]].concat()
+    }
+
+    /// Checks a start over an older segment damaged at byte `pos`, which lost
+    /// offsets `lost..next_base` (its batches from `pos` to its end, `len`
+    /// bytes): a strict start refuses naming the segment and changes none of
+    /// its bytes; a tolerant one warns, cuts it, and serves the rest, a fetch in
+    /// the gap getting the next segment's first batch; the next strict start
+    /// accepts that.
+    fn damaged_older_segment_is_refused(
+        c: &Config,
+        before: &[u8],
+        seg: &Path,
+        pos: u64,
+        lost: i64,
+        next_base: i64,
+    ) {
+        let damaged = std::fs::read(seg).unwrap();
+        assert!(
+            oldest_wal_offset(&c.storage.data_dir) >= next_base,
+            "the WAL still holds the lost batches"
+        );
+        let e = TopicManager::new(c.clone()).unwrap_err();
+        match &e {
+            Error::Corrupt { file, offset, .. } => {
+                assert_eq!(file, seg);
+                assert_eq!(*offset, pos);
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("offsets {lost}..{next_base}"))
+                && msg.contains("--recovery-mode tolerate_corruption"),
+            "{msg}"
+        );
+        assert!(
+            std::fs::read(seg).unwrap() == damaged,
+            "the refused start changed the segment"
+        );
+
+        let mut tolerant = c.clone();
+        tolerant.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        let (m, log_lines) =
+            crate::storage::partition::tests::logged(|| TopicManager::new(tolerant).unwrap());
+        assert!(log_lines.contains("continuing without them"), "{log_lines}");
+        let p = m.partition("t", 0).unwrap();
+        assert!(
+            stored(&m, "t") == without(before, pos, damaged.len() as u64),
+            "everything but the damaged segment's tail"
+        );
+        let next = p.read(lost, 1 << 20).unwrap().unwrap();
+        let first = batch::validate_all(&next.records).unwrap()[0].base_offset;
+        assert_eq!(first, next_base, "a fetch in the gap gets the next batch");
+        let end = p.log_end_offset();
+        m.shutdown().unwrap();
+        drop(m);
+        assert_eq!(std::fs::metadata(seg).unwrap().len(), pos, "cut on disk");
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), end);
+        assert!(stored(&m, "t") == without(before, pos, damaged.len() as u64));
+        m.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_base_offset_in_an_older_segment_stops_a_strict_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let c = small_segments(tmp.path());
+        let (before, logs) = three_segments(&c, &rt);
+        let seg = &logs[0];
+        let mut raw = std::fs::read(seg).unwrap();
+        let infos = batch::validate_all(&raw).unwrap();
+        let last = infos.last().unwrap();
+        let pos: usize = raw.len() - last.len;
+        // The base offset is not covered by the CRC: only the open's check
+        // that the batch continues the segment sees it.
+        raw[pos + 7] ^= 0x01;
+        std::fs::write(seg, &raw).unwrap();
+        damaged_older_segment_is_refused(
+            &c,
+            &before,
+            seg,
+            pos as u64,
+            last.base_offset,
+            last.last_offset() + 1,
+        );
+    }
+
+    #[test]
+    fn a_lost_index_and_a_damaged_batch_in_an_older_segment_stop_a_strict_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let c = small_segments(tmp.path());
+        let (before, logs) = three_segments(&c, &rt);
+        let seg = &logs[0];
+        let infos = batch::validate_all(&std::fs::read(seg).unwrap()).unwrap();
+        let k = infos.len() / 2;
+        let pos = damage_batch(seg, k);
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+        damaged_older_segment_is_refused(
+            &c,
+            &before,
+            seg,
+            pos,
+            infos[k].base_offset,
+            infos.last().unwrap().last_offset() + 1,
+        );
+    }
+
+    #[test]
+    fn an_older_segment_damaged_below_the_recovery_point_is_rebuilt_from_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let (before, logs) = three_segments(&c, &rt);
+        let seg = &logs[1];
+        let whole = std::fs::read(seg).unwrap();
+        let infos = batch::validate_all(&whole).unwrap();
+        // A lost index: the open scans the log, and finds the damaged batch.
+        damage_batch(seg, infos.len() / 2);
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert!(stored(&m, "t") == before, "every batch back, byte for byte");
+        m.shutdown().unwrap();
+        assert!(std::fs::read(seg).unwrap() == whole);
+    }
+
     #[test]
     fn a_recreated_topic_is_never_rebuilt_from_the_deleted_ones_entries() {
         let tmp = tempfile::tempdir().unwrap();

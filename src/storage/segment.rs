@@ -6,7 +6,9 @@
 //! `<base>.timeindex` ([`super::time_index`]): the newest timestamp of its batches,
 //! which its index does not give. The index of the newest segment
 //! is rebuilt on open by scanning the log (cutting a torn tail at the last batch whose
-//! CRC checks); older segments trust their index when it is consistent with the log.
+//! CRC checks); older segments trust their index when it is consistent with the log,
+//! and are otherwise scanned at start-up without changing either file until the
+//! start-up has judged what they lost (see [`Segment::open_older`]).
 //! Nothing here syncs implicitly but the opening of the newest segment (see
 //! [`Segment::open_newest`]): [`Segment::sync`] is `fdatasync`, called by the
 //! checkpoint.
@@ -602,6 +604,11 @@ pub struct Segment {
     index_suspect: bool,
     /// What the opening scan cut off, if anything.
     cut: Option<Cut>,
+    /// Opened by [`Segment::open_older`] with an index that did not match its
+    /// log, and both files left as found: the index file not rewritten, and
+    /// the log's bytes past `size` (a cut) kept, until the start-up judges the
+    /// damage (see [`Segment::settle`]).
+    unsettled: bool,
     /// The newest record timestamp of the segment's batches; -1 when none. For
     /// an older segment opened from its index, that of its time index when it
     /// holds; without one, that of its last batch until
@@ -681,10 +688,13 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Bytes the opening scan of a segment removed from its end.
+/// Bytes the opening scan of a segment removed from its end (or, for an
+/// older segment not yet [settled](Segment::settle), left out of it while
+/// keeping them on disk).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cut {
-    /// Byte position the file was cut at (its new size).
+    /// Byte position of the first batch not accepted: the file's new size,
+    /// or, in an unsettled segment, where the bytes left out begin.
     pub position: u64,
     /// The file's size before the cut.
     pub size: u64,
@@ -1265,6 +1275,7 @@ impl Segment {
             dirty: true,
             index_suspect: false,
             cut: None,
+            unsettled: false,
             max_timestamp: -1,
             max_timestamp_exact: true,
             max_timestamp_offset: Some(-1),
@@ -1282,7 +1293,22 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn open(dir: &Path, base: i64, scan: bool) -> Result<Segment> {
-        Self::open_with(dir, base, scan, None)
+        Self::open_with(dir, base, scan, None, true)
+    }
+
+    /// Opens an older segment of a partition at start-up, changing none of its
+    /// files: a consistent index is trusted as by [`Segment::open`]; otherwise
+    /// the log is scanned and indexed up to its first invalid batch, or the first
+    /// that does not continue the segment, and what lies from there on is left
+    /// out ([`Segment::cut`]) but kept on disk, nor is the index file rewritten
+    /// ([`Segment::is_unsettled`]). Whether those bytes held flushed records is
+    /// for the caller to judge, against the recovery point and the next
+    /// segment's base, before [`Segment::settle`] writes what the scan found.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn open_older(dir: &Path, base: i64) -> Result<Segment> {
+        Self::open_with(dir, base, false, None, false)
     }
 
     /// Opens the newest segment of a partition: scans it as [`Segment::open`] with
@@ -1303,14 +1329,17 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn open_newest(dir: &Path, base: i64, producers: &mut ProducerState) -> Result<Segment> {
-        Self::open_with(dir, base, true, Some(producers))
+        Self::open_with(dir, base, true, Some(producers), true)
     }
 
+    /// Opens the segment; `settle` false leaves its files as found when its
+    /// index does not match (see [`Segment::open_older`]).
     fn open_with(
         dir: &Path,
         base: i64,
         scan: bool,
         producers: Option<&mut ProducerState>,
+        settle: bool,
     ) -> Result<Segment> {
         let log_path = dir.join(log_name(base));
         let index_path = dir.join(index_name(base));
@@ -1336,6 +1365,7 @@ impl Segment {
             dirty: false,
             index_suspect: false,
             cut: None,
+            unsettled: false,
             max_timestamp: -1,
             max_timestamp_exact: false,
             max_timestamp_offset: None,
@@ -1354,7 +1384,7 @@ impl Segment {
             seg.settle_earlier_writes()?;
         }
         if scan || !seg.load_index()? {
-            seg.scan(producers)?;
+            seg.scan(producers, settle)?;
         }
         Ok(seg)
     }
@@ -1611,8 +1641,10 @@ impl Segment {
         Ok(true)
     }
 
-    /// Reads every batch, validating each; cuts the file after the last valid one.
-    fn scan(&mut self, mut producers: Option<&mut ProducerState>) -> Result<()> {
+    /// Reads every batch, validating each; cuts the file after the last valid one
+    /// and rewrites the index, or, without `settle`, leaves both files as found
+    /// (the segment is then [unsettled](Segment::is_unsettled)).
+    fn scan(&mut self, mut producers: Option<&mut ProducerState>, settle: bool) -> Result<()> {
         let Held {
             log,
             index: index_file,
@@ -1677,6 +1709,23 @@ impl Segment {
             }
             pos += info.len as u64;
         }
+        self.next_offset = next;
+        self.max_timestamp_exact = true;
+        if !settle {
+            if let Some(reason) = cut_reason {
+                tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "an older segment is damaged; its bytes from the damage on are left out and kept until the start-up judges them");
+                self.cut = Some(Cut {
+                    position: pos,
+                    size: self.size,
+                    reason,
+                });
+                self.size = pos;
+            }
+            self.index = Arc::new(index.into_iter().collect());
+            self.index_crc = crc32c::crc32c(&self.index_bytes());
+            self.unsettled = true;
+            return Ok(());
+        }
         if let Some(reason) = cut_reason {
             tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "cut segment tail");
             if let Some(dir) = self.log_path.parent() {
@@ -1692,16 +1741,10 @@ impl Segment {
             sync_all(&log).map_err(|e| Error::io("fsync", &self.log_path, e))?;
             self.size = pos;
         }
-        self.next_offset = next;
-        self.max_timestamp_exact = true;
         // Rewrite the index from what was scanned.
-        let mut raw = Vec::with_capacity(index.len() * INDEX_ENTRY);
-        for e in &index {
-            raw.extend_from_slice(&((e.offset - self.base_offset) as u32).to_be_bytes());
-            raw.extend_from_slice(&(e.position as u32).to_be_bytes());
-        }
-        self.index_crc = crc32c::crc32c(&raw);
         self.index = Arc::new(index.into_iter().collect());
+        let raw = self.index_bytes();
+        self.index_crc = crc32c::crc32c(&raw);
         // An index file that already says so is left alone (nothing to sync),
         // unless its opening sync failed: what it reads may not be on the disk.
         let same = !self.index_suspect
@@ -1718,6 +1761,98 @@ impl Segment {
             self.dirty = true;
         }
         Ok(())
+    }
+
+    /// The index file's bytes for the index in memory.
+    fn index_bytes(&self) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(self.index.len() * INDEX_ENTRY);
+        for e in self.index.iter() {
+            raw.extend_from_slice(&((e.offset - self.base_offset) as u32).to_be_bytes());
+            raw.extend_from_slice(&(e.position as u32).to_be_bytes());
+        }
+        raw
+    }
+
+    /// Whether [`Segment::open_older`] left this segment's files as found (its
+    /// index did not match its log); [`Segment::settle`] writes them.
+    pub fn is_unsettled(&self) -> bool {
+        self.unsettled
+    }
+
+    /// Makes an [unsettled](Segment::is_unsettled) segment's files say what its
+    /// opening scan found: the log is cut at [`Segment::cut`] (logged with file
+    /// and position) and synced, its time index removed, and the index file
+    /// rewritten and synced. Works on a sealed segment (by path). Nothing to do
+    /// for any other segment.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn settle(&mut self) -> Result<()> {
+        if !self.unsettled {
+            return Ok(());
+        }
+        if let Some(cut) = &self.cut {
+            tracing::warn!(file = %self.log_path.display(), position = cut.position, size = cut.size, reason = %cut.reason, "cut segment tail");
+            if let Some(dir) = self.log_path.parent() {
+                remove_time_index(dir, self.base_offset)?;
+            }
+            let log = OpenOptions::new()
+                .write(true)
+                .open(&self.log_path)
+                .map_err(|e| Error::io("open", &self.log_path, e))?;
+            log.set_len(cut.position)
+                .map_err(|e| Error::io("truncate", &self.log_path, e))?;
+            sync_all(&log).map_err(|e| Error::io("fsync", &self.log_path, e))?;
+        }
+        write_synced(&self.index_path, &self.index_bytes())?;
+        self.unsettled = false;
+        Ok(())
+    }
+
+    /// Replaces the log of an [unsettled](Segment::is_unsettled) segment by its
+    /// valid batches followed by `tail` (whole batches continuing it): written
+    /// to `<base>.log.rebuild`, synced, renamed over the log, and the directory
+    /// synced. The segment is then stale: open it again.
+    ///
+    /// # Errors
+    /// I/O errors naming the file; a segment that is not unsettled is refused.
+    pub fn replace_tail(&self, tail: &[u8]) -> Result<()> {
+        if !self.unsettled {
+            return Err(Error::corrupt(
+                &self.log_path,
+                self.size,
+                "only a damaged older segment's tail is replaced",
+            ));
+        }
+        let dir = self
+            .log_path
+            .parent()
+            .ok_or_else(|| Error::corrupt(&self.log_path, 0, "segment path has no directory"))?;
+        let tmp = dir.join(rebuild_name(self.base_offset));
+        let log = File::open(&self.log_path).map_err(|e| Error::io("open", &self.log_path, e))?;
+        let mut kept = vec![0u8; usize::try_from(self.size).unwrap_or(usize::MAX)];
+        log.read_exact_at(&mut kept, 0)
+            .map_err(|e| Error::io("read", &self.log_path, e))?;
+        kept.extend_from_slice(tail);
+        let copy = open_rw(&tmp)?;
+        let written = copy
+            .set_len(0)
+            .map_err(|e| Error::io("truncate", &tmp, e))
+            .and_then(|()| {
+                copy.write_all_at(&kept, 0)
+                    .map_err(|e| Error::io("write", &tmp, e))
+            })
+            .and_then(|()| {
+                sync_all(&copy)
+                    .and_then(|()| check_written(&copy, kept.len() as u64))
+                    .map_err(|e| Error::io("fsync", &tmp, e))
+            });
+        if let Err(e) = written {
+            drop(remove_if_present(&tmp));
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &self.log_path).map_err(|e| Error::io("rename", &tmp, e))?;
+        super::sync_dir(dir)
     }
 
     /// Appends whole batches (already validated, offsets assigned) to the page cache.
@@ -2265,7 +2400,7 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read(&log).unwrap(), before);
         assert!(!dir.path().join(rebuild_name(0)).exists());
 
-        s.scan(None).unwrap();
+        s.scan(None, true).unwrap();
         assert_eq!(s.next_offset(), 4);
         append(&mut s, 4, &[b"e"]);
         s.sync().unwrap();
@@ -2313,7 +2448,7 @@ pub(crate) mod tests {
 
             fs.fail(Some(errno));
             let mut s = Segment::open(&dir, 0, false).unwrap();
-            s.scan(None).unwrap();
+            s.scan(None, true).unwrap();
             append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
             drop(s); // the write-back at close fails, and nobody is told
             fs.fail(None);
