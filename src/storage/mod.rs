@@ -9,6 +9,9 @@
 //! │       /members/<hex(group)>.json   group membership (see group_meta), replaced atomically
 //! ├── topics/<topic>~<hex>-stray/  a topic directory without topic.json, set aside by a
 //! │                                tolerant start (see [`TopicManager::new`])
+//! ├── topics/<topic>/<p>~<hex>-stray/  a partition directory holding data that topic.json
+//! │                                did not list, set aside by a growth (see
+//! │                                [`TopicManager::add_partitions`])
 //! └── topics/<topic>/topic.json    topic id, partition count, config overrides
 //!                   /<partition>/<base>.log, <base>.index
 //! ```
@@ -70,6 +73,13 @@ pub const MAX_TOPIC_NAME: usize = 249;
 /// Bytes a WAL entry needs besides a produce's records and its topic name.
 pub const WAL_ENTRY_OVERHEAD: u64 = 64;
 
+/// Most partitions a topic can have: what CreateTopics and CreatePartitions
+/// accept, and what a start accepts from `topic.json`.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
+/// The `version` of `topic.json` this broker writes and reads.
+const TOPIC_FILE_VERSION: u32 = 1;
+
 /// A topic and its partitions.
 #[derive(Debug)]
 pub struct Topic {
@@ -107,7 +117,7 @@ impl Topic {
     /// `topic.json` for this topic.
     fn file(&self) -> TopicFile {
         TopicFile {
-            version: 1,
+            version: TOPIC_FILE_VERSION,
             id: self.id.to_string(),
             partitions: self.partitions.len() as i32,
             wal_floor: self.wal_floor,
@@ -534,6 +544,29 @@ fn load_topic(
     };
     let f: TopicFile = serde_json::from_slice(&raw)
         .map_err(|e| Error::corrupt(&path, 0, format!("topic.json does not parse: {e}")))?;
+    // Before anything is created: each partition listed gets a directory and
+    // a segment, and a damaged count would fill the disk with them, or leave
+    // a topic of no partitions.
+    if f.version != TOPIC_FILE_VERSION {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!(
+                "unknown topic.json version {} (this broker reads version {TOPIC_FILE_VERSION})",
+                f.version
+            ),
+        ));
+    }
+    if !(1..=MAX_PARTITIONS).contains(&f.partitions) {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!(
+                "topic.json lists {} partitions; a topic has 1 to {MAX_PARTITIONS}",
+                f.partitions
+            ),
+        ));
+    }
     let id = uuid::Uuid::parse_str(&f.id)
         .map_err(|e| Error::corrupt(&path, 0, format!("bad topic id: {e}")))?;
     let configs = TopicConfig::from_pairs(f.configs.iter().map(|(k, v)| (k, Some(v))))
@@ -626,8 +659,42 @@ fn non_empty(entry: &std::fs::DirEntry) -> Result<Option<String>> {
     })
 }
 
-/// Moves the directory of topic `name` in `topics_dir` aside, to a name no
-/// topic can have (see [`STRAY_SUFFIX`]), durably; returns where it went.
+/// Moves the directory of partition `p` in the topic directory `dir` aside
+/// (see [`set_aside`]) when it holds data (see [`non_empty`]), before a growth
+/// opens the partition: a directory a growth interrupted by a crash left holds
+/// only empty files and is reused, but one holding records is a partition
+/// `topic.json` lost (see [`check_points_beyond_count`]), whose records
+/// would otherwise be served as the new partition's.
+///
+/// # Errors
+/// The directory cannot be read or moved, naming the path.
+fn set_aside_partition_data(dir: &Path, p: i32) -> Result<()> {
+    let path = dir.join(p.to_string());
+    let entries = match std::fs::read_dir(&path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read_dir", &path, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read_dir", &path, e))?;
+        if let Some(why) = non_empty(&entry)? {
+            let to = set_aside(dir, &p.to_string())?;
+            tracing::error!(
+                dir = %path.display(),
+                moved_to = %to.display(),
+                reason = why,
+                "a partition directory the topic's topic.json does not list holds data; \
+                 moved it aside before the growth opens the partition"
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Moves the directory `name` in `topics_dir` (a topic's, or a partition's in
+/// a topic directory) aside, to a name no topic or partition can have (see
+/// [`STRAY_SUFFIX`]), durably; returns where it went.
 ///
 /// # Errors
 /// The rename or the directory fsync, naming the path.
@@ -706,6 +773,152 @@ fn settle_interrupted_creates(
         let dir = topics_dir.join(name);
         tracing::warn!(dir = %dir.display(), "removing topic directory left by an interrupted create");
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove_dir_all", &dir, e))?;
+    }
+    Ok(())
+}
+
+/// Fails (strict mode) or warns (tolerant) for each topic whose recovery
+/// points (of the same id) give a partition at or above its `topic.json`'s
+/// count flushed offsets: the file lost partitions whose records were
+/// checkpointed, their WAL entries perhaps retired (a growth in force whose
+/// `topic.json` a power loss undid, see [`TopicManager::add_partitions`], or
+/// damage). Before anything is written; a tolerant start's checkpoint then
+/// rewrites the points without them, and a later growth sets the partition's
+/// directory aside.
+///
+/// # Errors
+/// In strict mode, such a topic, naming its `topic.json`.
+fn check_points_beyond_count(
+    topics: &BTreeMap<String, Arc<Topic>>,
+    topics_dir: &Path,
+    points: Option<&RecoveryPoints>,
+    mode: RecoveryMode,
+) -> Result<()> {
+    let Some(points) = points else {
+        return Ok(());
+    };
+    for t in topics.values() {
+        let Some(tp) = points
+            .topics
+            .get(&t.name)
+            .filter(|p| p.id == t.id.to_string())
+        else {
+            continue;
+        };
+        let count = t.partitions.len();
+        let Some((i, end)) = tp
+            .ends
+            .iter()
+            .enumerate()
+            .skip(count)
+            .find(|(_, &end)| end > 0)
+        else {
+            continue;
+        };
+        let file = topics_dir.join(&t.name).join("topic.json");
+        let what = format!(
+            "topic.json lists {count} partitions, but {} records offsets 0..{end} of \
+             partition {i} of the topic as flushed; the file lost partitions of the topic",
+            recovery_points::FILE
+        );
+        if mode == RecoveryMode::Strict {
+            return Err(Error::corrupt(
+                file,
+                0,
+                format!(
+                    "{what}; set its partitions to {} (keeping its id and wal_floor), or \
+                     start with --recovery-mode tolerate_corruption to go on without the \
+                     partitions it lost",
+                    tp.ends.len()
+                ),
+            ));
+        }
+        tracing::warn!(
+            file = %file.display(),
+            "{what}; going on without them (--recovery-mode tolerate_corruption); a growth \
+             of the topic sets their directories aside"
+        );
+    }
+    Ok(())
+}
+
+/// The topics whose delete a crash interrupted after it moved their directory
+/// into the trash, `trash` (`topics-deleted/<name>-<hex>`, the name cut as
+/// [`TRASH_NAME_PREFIX`] says): their names so cut.
+///
+/// # Errors
+/// A trash that cannot be read, naming it.
+fn trashed_names(trash: &Path) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    let entries = match std::fs::read_dir(trash) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(Error::io("read_dir", trash, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read_dir", trash, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((topic, _)) = name.rsplit_once('-') {
+            names.insert(topic.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// What a start does with the WAL entries after the checkpoint of topics
+/// without a directory (`missing`: each such topic with its number of
+/// entries), before anything moves the checkpoint past them or drops the
+/// committed positions in the topics.
+///
+/// A delete moves a topic's directory away only after its checkpoint has
+/// moved past the topic's entries, and none is made once storage has failed:
+/// the entries of a topic whose delete was in progress (its directory in the
+/// trash, `trashed`) are orphans. Any other topic lost its directory from
+/// outside (removed by hand, moved by a file system check, a volume not
+/// mounted), and the entries are acknowledged records of it: strict mode
+/// refuses, naming `topics/<topic>` and the ways out; tolerant mode warns
+/// once per topic and drops them.
+///
+/// # Errors
+/// In strict mode, such a topic.
+fn check_missing_topics(
+    topics_dir: &Path,
+    missing: &BTreeMap<String, u64>,
+    trashed: &BTreeSet<String>,
+    mode: RecoveryMode,
+) -> Result<()> {
+    for (name, &entries) in missing {
+        let dir = topics_dir.join(name);
+        if trashed.contains(&name[..name.len().min(TRASH_NAME_PREFIX)]) {
+            tracing::warn!(
+                topic = %name,
+                entries,
+                "dropping the WAL entries after the checkpoint of a topic whose delete was interrupted"
+            );
+            continue;
+        }
+        let what = format!(
+            "the topic's directory is missing, but the WAL holds {entries} entries of the \
+             topic after its checkpoint, and no delete of the topic was in progress"
+        );
+        if mode == RecoveryMode::Strict {
+            return Err(Error::io(
+                "open topic directory",
+                &dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "{what}; restore the directory (or mount the volume holding it), or \
+                         start with --recovery-mode tolerate_corruption to drop the entries \
+                         and the committed positions in the topic"
+                    ),
+                ),
+            ));
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            "{what}; dropping the entries (--recovery-mode tolerate_corruption)"
+        );
     }
     Ok(())
 }
@@ -1203,10 +1416,15 @@ impl TopicManager {
     /// and is moved aside by a tolerant one, to `<topic>~<16 hex digits>-stray`.
     ///
     /// # Errors
-    /// I/O errors naming the path; [`Error::Corrupt`] from WAL recovery. In
-    /// strict mode also: a topic directory without `topic.json` that may hold
-    /// data (naming the file), and WAL entries of a topic for a partition its
-    /// `topic.json` does not list (naming the file).
+    /// I/O errors naming the path; [`Error::Corrupt`] from WAL recovery, and
+    /// for a `topic.json` of an unknown version or a partition count outside
+    /// 1 to [`MAX_PARTITIONS`] (naming the file). In strict mode also: a
+    /// topic directory without `topic.json` that may hold data (naming the
+    /// file), WAL entries of a topic for a partition its `topic.json` does
+    /// not list, recovery points giving such a partition flushed offsets
+    /// (both naming the file), and WAL entries after the checkpoint of a
+    /// topic without a directory whose delete was not in progress (naming
+    /// the directory).
     pub fn new(config: Config) -> Result<TopicManager> {
         config.validate()?;
         let started = Instant::now();
@@ -1218,13 +1436,10 @@ impl TopicManager {
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
         create_dir_durable(&topics_dir)?;
+        // Removed once the WAL entries after the checkpoint have been judged:
+        // it tells which missing topics were being deleted.
         let trash = data_dir.join("topics-deleted");
-        if trash
-            .try_exists()
-            .map_err(|e| Error::io("stat", &trash, e))?
-        {
-            std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;
-        }
+        let trashed = trashed_names(&trash)?;
 
         // Every partition's sealed segments are read through one cache.
         let segment_files = segment::SegmentFiles::new(
@@ -1247,6 +1462,8 @@ impl TopicManager {
         // interrupted create leaves: removed once replay has found no WAL
         // entry after the checkpoint naming them.
         let mut interrupted = BTreeMap::new();
+        // Directories a tolerant start moved aside just now.
+        let mut set_aside_topics = BTreeSet::new();
         for entry in
             std::fs::read_dir(&topics_dir).map_err(|e| Error::io("read_dir", &topics_dir, e))?
         {
@@ -1264,10 +1481,14 @@ impl TopicManager {
                     None => {
                         interrupted.insert(name, 0u64);
                     }
-                    Some(why) => refuse_or_set_aside(&topics_dir, &name, &why, mode)?,
+                    Some(why) => {
+                        refuse_or_set_aside(&topics_dir, &name, &why, mode)?;
+                        set_aside_topics.insert(name);
+                    }
                 },
             }
         }
+        check_points_beyond_count(&topics, &topics_dir, points.as_ref(), mode)?;
         let wal_dir = config.wal_dir();
         let has_wal = config.wal.enabled || wal_present(&wal_dir)?;
         if has_wal {
@@ -1305,17 +1526,25 @@ impl TopicManager {
             }
             check_short(&short, mode)?;
             let mut warned = BTreeSet::new();
+            // Entries of topics without a directory, by topic.
+            let mut missing = BTreeMap::new();
             for entry in recovery {
                 let entry = entry?;
                 stats.entries += 1;
                 if entry.entry_type == WalEntryType::Record {
                     if let Some(n) = interrupted.get_mut(&entry.topic) {
                         *n += 1;
+                    } else if !topics.contains_key(&entry.topic)
+                        && !set_aside_topics.contains(&entry.topic)
+                    {
+                        *missing.entry(entry.topic.clone()).or_insert(0u64) += 1;
                     }
                     replay_entry(&topics, &topics_dir, &entry, mode, &mut stats, &mut warned)?;
                 }
             }
-            // Before the checkpoint below moves past the entries found.
+            // Before anything below removes a directory, moves the checkpoint
+            // past the entries found or drops committed positions.
+            check_missing_topics(&topics_dir, &missing, &trashed, mode)?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
             for t in topics.values() {
                 for p in &t.partitions {
@@ -1350,6 +1579,12 @@ impl TopicManager {
                 w.close()?;
                 tracing::info!("WAL disabled: replayed the existing WAL and closed it");
             }
+        }
+        if trash
+            .try_exists()
+            .map_err(|e| Error::io("stat", &trash, e))?
+        {
+            std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;
         }
         for t in topics.values() {
             for p in &t.partitions {
@@ -1593,7 +1828,7 @@ impl TopicManager {
         if !valid_topic_name(name) {
             return Err(CreateError::InvalidName);
         }
-        if !(1..=10_000).contains(&partitions) {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(CreateError::InvalidPartitions);
         }
         let mut deleting = self
@@ -1723,6 +1958,28 @@ impl TopicManager {
         }
     }
 
+    /// Refuses a delete of topic `name` once storage has failed, as
+    /// [`Self::refuse_if_failed`] refuses creates: a batch of the topic whose
+    /// WAL append failed may be on the device above the sequence the delete's
+    /// checkpoint would move to, and with the topic's directory gone a restart
+    /// could not tell that entry from one of a topic whose directory was lost.
+    ///
+    /// # Errors
+    /// Storage has failed, naming the topic's directory.
+    fn refuse_delete_if_failed(&self, name: &str) -> Result<()> {
+        match self.failed_why() {
+            None => Ok(()),
+            Some(why) => Err(Error::io(
+                "delete topic",
+                self.shared.topics_dir.join(name),
+                std::io::Error::other(format!(
+                    "storage has failed ({why}); no topic is deleted until a restart, \
+                     which recovers what the WAL holds"
+                )),
+            )),
+        }
+    }
+
     /// Drops the recovery points of topic `name` (none in the map) from
     /// `recovery-points.json`, if they are there.
     fn forget_points_of(&self, name: &str) -> Result<()> {
@@ -1782,6 +2039,10 @@ impl TopicManager {
     /// a crash in between leaves empty partition directories the topic does not
     /// count, which a later growth reuses.
     ///
+    /// A directory of a new partition that holds data (a partition the file
+    /// lost after its records were flushed) is moved aside first, to
+    /// `<partition>~<16 hex digits>-stray`, never served as the new partition.
+    ///
     /// A `topic.json` renamed into place whose directory cannot then be fsynced
     /// is written back as it was: in force, the new partitions would take
     /// produces that a power loss could take away with the file (their WAL
@@ -1810,10 +2071,13 @@ impl TopicManager {
         let old = self.topic(name).ok_or(CreateError::UnknownTopic)?;
         self.refuse_if_failed()?;
         let have = old.partitions.len() as i32;
-        if count <= have || count > 10_000 {
+        if count <= have || count > MAX_PARTITIONS {
             return Err(CreateError::InvalidPartitions);
         }
         let dir = self.shared.topics_dir.join(name);
+        for p in have..count {
+            set_aside_partition_data(&dir, p).map_err(storage)?;
+        }
         let mut partitions = old.partitions.clone();
         partitions.extend(self.open_partitions(name, &dir, have..count, &old.configs)?);
         let topic = Arc::new(Topic {
@@ -1963,7 +2227,9 @@ impl TopicManager {
     /// [`TopicManager::alter_topic_configs`]).
     ///
     /// # Errors
-    /// [`DeleteError`], with I/O errors naming the path.
+    /// [`DeleteError`], with I/O errors naming the path; storage has failed (a
+    /// WAL or segment write or sync), naming the topic's directory: no topic
+    /// is deleted until a restart.
     pub async fn delete_topic(&self, name: &str) -> std::result::Result<bool, DeleteError> {
         Ok(self.delete_topic_of_id(name, None).await?.is_some())
     }
@@ -2147,6 +2413,7 @@ impl TopicManager {
         name: String,
         id: Option<uuid::Uuid>,
     ) -> std::result::Result<Option<uuid::Uuid>, DeleteError> {
+        self.refuse_delete_if_failed(&name)?;
         let me = self.clone();
         let n = name.clone();
         let taken = tokio::task::spawn_blocking(move || me.take_for_delete(&n, id))
@@ -2171,6 +2438,13 @@ impl TopicManager {
             // Retention, DeleteRecords and compaction of the topic in progress
             // end first; later ones find the partitions deleted and do nothing.
             let retired: Vec<_> = topic.partitions.iter().map(|p| p.retire()).collect();
+            let from = me.shared.topics_dir.join(&name);
+            // A produce to the topic that failed before the barrier failed storage.
+            if let Err(e) = me.refuse_delete_if_failed(&name) {
+                drop(retired);
+                me.restore_topic(&name, &from);
+                return Err(e.into());
+            }
             // The checkpoint moves the WAL's checkpoint past the topic's entries
             // but syncs only the topics in the map, which this one has left. Until
             // the move of its directory below is durable a power loss brings the
@@ -2178,7 +2452,6 @@ impl TopicManager {
             // batches no sync covered, their WAL entries gone: silently short.
             #[cfg(test)]
             std::thread::sleep(*me.shared.delete_sync_pause.lock().unwrap());
-            let from = me.shared.topics_dir.join(&name);
             for p in &topic.partitions {
                 if let Err(e) = p.sync() {
                     fail_segments(&me.shared, format!("segment sync failed: {e}"));
@@ -5078,12 +5351,14 @@ mod tests {
     }
 
     /// A batch whose WAL append failed (its fdatasync failed, `FailingFs`)
-    /// after its bytes reached the device, answered KAFKA_STORAGE_ERROR: the
-    /// delete of its topic succeeds, but no topic is created (here under the
-    /// deleted topic's name) or grown until a restart. Before, the create
+    /// after its bytes reached the device, answered KAFKA_STORAGE_ERROR: no
+    /// topic is deleted, created or grown until a restart. Before, the create
     /// succeeded with a `wal_floor` at the failed batch's sequence, and the
-    /// restart replayed the batch into the new topic. After the restart the
-    /// batch is an orphan, and the name takes a new, empty topic.
+    /// restart replayed the batch into the new topic; and the delete
+    /// succeeded, leaving the batch's entry above the checkpoint for a topic
+    /// without a directory, which a start cannot tell from a topic whose
+    /// directory was lost. After the restart the topic is deleted, and the
+    /// name takes a new, empty topic.
     #[cfg(target_os = "linux")]
     #[test]
     fn after_a_wal_failure_no_topic_is_created_or_grown() {
@@ -5107,9 +5382,15 @@ mod tests {
         );
         fs.fail_fsyncs(None);
         assert!(m.wal().unwrap().failure().is_some());
-        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
+        assert!(
+            e.contains("storage has failed") && e.contains("topics/t"),
+            "{e}"
+        );
+        assert!(m.topic("t").is_some());
+        assert!(fs.path().join("data/topics/t/topic.json").exists());
 
-        for refused in [m.create_topic("t", 1), m.add_partitions("u", 2)] {
+        for refused in [m.create_topic("v", 1), m.add_partitions("u", 2)] {
             match refused {
                 Err(CreateError::Storage(e)) => {
                     assert!(e.contains("storage has failed"), "{e}");
@@ -5117,14 +5398,15 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(m.topic("t").is_none());
+        assert!(m.topic("v").is_none());
         assert_eq!(m.topic("u").unwrap().partitions.len(), 1);
         assert!(m.shutdown().is_err());
         drop(m);
 
         let m = TopicManager::new(c).unwrap();
-        assert_eq!(m.replay_stats().orphaned, 1);
-        assert!(m.topic("t").is_none());
+        assert_eq!(m.replay_stats().orphaned, 0);
+        assert!(m.partition("t", 0).unwrap().log_end_offset() >= 1);
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
         m.create_topic("t", 1).unwrap();
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"new"])), Ok(0));
         let p = m.partition("t", 0).unwrap();
@@ -5231,6 +5513,260 @@ mod tests {
         );
         assert!(log_lines.contains("orphaned=1"), "{log_lines}");
         assert_eq!(m.topic("t").unwrap().partitions.len(), 3);
+        m.shutdown().unwrap();
+    }
+
+    /// A `topic.json` whose `version` is unknown or whose partition count is
+    /// outside 1 to [`MAX_PARTITIONS`] refuses the start, naming the file,
+    /// before any partition directory is made, in tolerant mode too. Before,
+    /// each partition listed was opened, its directory and segment created:
+    /// a damaged count of 2000000000 filled the disk with them, and a count
+    /// of 0 or less loaded a topic of no partitions.
+    #[test]
+    fn a_topic_json_with_an_unknown_version_or_a_partition_count_out_of_bounds_refuses_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let dir = tmp.path().join("topics/t");
+        let file = dir.join("topic.json");
+        let good = stored_topic(tmp.path());
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        let damaged = [
+            (-1, 1, "lists -1 partitions"),
+            (0, 1, "lists 0 partitions"),
+            (2_000_000_000, 1, "lists 2000000000 partitions"),
+            (MAX_PARTITIONS + 1, 1, "lists 10001 partitions"),
+            (1, 2, "unknown topic.json version 2"),
+        ];
+        for (partitions, version, says) in damaged {
+            let f = TopicFile {
+                version,
+                partitions,
+                id: good.id.clone(),
+                wal_floor: good.wal_floor,
+                configs: good.configs.clone(),
+            };
+            std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+            for c in [c.clone(), tolerant(c.clone())] {
+                let e = TopicManager::new(c).unwrap_err().to_string();
+                assert!(e.contains(&file.display().to_string()), "{e}");
+                assert!(e.contains(says), "{e}");
+                assert_eq!(listing(), before, "{says}: nothing is created");
+            }
+        }
+        std::fs::write(&file, serde_json::to_vec(&good).unwrap()).unwrap();
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 1);
+        m.shutdown().unwrap();
+    }
+
+    /// Every file of `groups/` (committed positions), by name.
+    fn group_files_of(data: &Path) -> BTreeMap<std::ffi::OsString, Vec<u8>> {
+        std::fs::read_dir(data.join("groups"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// A topic directory gone from outside (removed by hand, moved by a file
+    /// system check, a volume not mounted) while the WAL holds acknowledged
+    /// entries of the topic after its checkpoint: a strict start refuses,
+    /// naming `topics/t`, and changes nothing (the WAL's checkpoint, the
+    /// committed positions), so that the directory restored brings the topic
+    /// back whole; a tolerant start warns and drops them. Before, every start
+    /// counted the entries as orphans, checkpointed past them and dropped the
+    /// positions in the topic, with no more than `orphaned=2` in the log.
+    /// Entries of a topic whose delete a crash interrupted after it moved the
+    /// directory to the trash are still orphans in strict mode.
+    #[test]
+    fn wal_entries_of_a_topic_whose_directory_is_missing_refuse_a_strict_start() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let position = Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        m.offsets().commit("g", None, vec![position]).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b")] {
+            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+        let dir = tmp.path().join("topics/t");
+        let kept = tmp.path().join("kept-t");
+        std::fs::rename(&dir, &kept).unwrap();
+        let checkpoint = tmp
+            .path()
+            .join("wal")
+            .join(crate::wal::checkpoint::CHECKPOINT_FILE);
+        let before = crate::wal::files::read_if_exists(&checkpoint).unwrap();
+        let groups = group_files_of(tmp.path());
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&dir.display().to_string()), "{e}");
+        assert!(
+            e.contains("the WAL holds 2 entries") && e.contains("tolerate_corruption"),
+            "{e}"
+        );
+        assert_eq!(
+            crate::wal::files::read_if_exists(&checkpoint).unwrap(),
+            before
+        );
+        assert_eq!(group_files_of(tmp.path()), groups);
+
+        // Restored, the topic is back whole, with its group's position.
+        std::fs::rename(&kept, &dir).unwrap();
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 2);
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(1));
+        m.shutdown().unwrap();
+        drop(m);
+
+        // A delete interrupted after the move: the entries are orphans.
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        wal.append("t", 0, Bytes::from(batch_at(2, &[b"c"])))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        let trash = tmp.path().join("topics-deleted");
+        std::fs::create_dir_all(&trash).unwrap();
+        std::fs::rename(&dir, trash.join("t-1a2b3c")).unwrap();
+        let (m, log_lines) = logged(|| TopicManager::new(c.clone()).unwrap());
+        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        assert!(m.topic("t").is_none());
+        assert!(!trash.exists());
+        m.create_topic("t", 1).unwrap();
+        m.offsets()
+            .commit(
+                "g",
+                None,
+                vec![Committed {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 0,
+                    leader_epoch: -1,
+                    metadata: None,
+                }],
+            )
+            .unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        wal.append("t", 0, Bytes::from(batch_at(0, &[b"d"])))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(TopicManager::new(c.clone()).is_err());
+        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c)).unwrap());
+        assert!(
+            log_lines.contains("WARN")
+                && log_lines.contains("the WAL holds 1 entries of the topic")
+                && log_lines.contains("dropping the entries"),
+            "{log_lines}"
+        );
+        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        assert!(m.topic("t").is_none());
+        assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        m.shutdown().unwrap();
+    }
+
+    /// Recovery points of the topic's id that give a partition beyond its
+    /// `topic.json`'s count flushed offsets (a growth in force whose file a
+    /// power loss undid, after the partition's records were checkpointed and
+    /// their WAL entries retired): a strict start refuses, naming the file; a
+    /// tolerant one warns, and a later growth sets the partition's old
+    /// directory aside rather than serve its records as the new partition's.
+    /// Before, every start went on silently, and the growth reopened the
+    /// directory with the old records at offsets 0 and on.
+    #[test]
+    fn recovery_points_beyond_topic_jsons_partitions_refuse_a_strict_start() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 2).unwrap();
+        let base = rt.block_on(async {
+            m.submit("t", 1, &make_batch(0, &[b"p1"]), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        });
+        assert_eq!(base, Ok(0));
+        m.checkpoint().unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let mut f = stored_topic(tmp.path());
+        f.partitions = 1;
+        let file = tmp.path().join("topics/t/topic.json");
+        std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+        let points = std::fs::read(tmp.path().join(recovery_points::FILE)).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(
+            e.contains("lists 1 partitions") && e.contains("partition 1"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join(recovery_points::FILE)).unwrap(),
+            points
+        );
+
+        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c.clone())).unwrap());
+        assert!(
+            log_lines.contains("the file lost partitions of the topic"),
+            "{log_lines}"
+        );
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 1);
+        let (grown, log_lines) = logged(|| m.add_partitions("t", 2));
+        grown.unwrap();
+        let p = m.partition("t", 1).unwrap();
+        assert_eq!(p.high_watermark(), 0);
+        assert_eq!(p.log_end_offset(), 0);
+        assert!(log_lines.contains("moved it aside"), "{log_lines}");
+        let aside: Vec<_> = std::fs::read_dir(tmp.path().join("topics/t"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("1~") && n.ends_with(STRAY_SUFFIX))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        let kept = tmp.path().join("topics/t").join(&aside[0]);
+        let records = std::fs::read(kept.join(segment::log_name(0))).unwrap();
+        assert_eq!(batch::validate_all(&records).unwrap().len(), 1);
+        m.shutdown().unwrap();
+        drop(m);
+        // The next start, strict, opens the topic's two partitions.
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 2);
+        assert_eq!(m.partition("t", 1).unwrap().log_end_offset(), 0);
         m.shutdown().unwrap();
     }
 }
