@@ -889,7 +889,12 @@ fn check_missing_topics(
 ) -> Result<()> {
     for (name, &entries) in missing {
         let dir = topics_dir.join(name);
-        if trashed.contains(&name[..name.len().min(TRASH_NAME_PREFIX)]) {
+        // Cut as the trash cuts it (a name from the WAL that is no topic
+        // name, not on a character boundary, is compared whole).
+        let cut = name
+            .get(..name.len().min(TRASH_NAME_PREFIX))
+            .unwrap_or(name);
+        if trashed.contains(cut) {
             tracing::warn!(
                 topic = %name,
                 entries,
