@@ -5272,7 +5272,6 @@ mod tests {
     /// start removed it and checkpointed past the entries as orphans.
     #[test]
     fn a_topic_directory_without_topic_json_whose_records_the_wal_holds_is_kept() {
-        use crate::storage::partition::tests::logged;
         let tmp = tempfile::tempdir().unwrap();
         let c = config(tmp.path());
         let m = TopicManager::new(c.clone()).unwrap();
@@ -5367,7 +5366,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn after_a_wal_failure_no_topic_is_created_or_grown() {
-        use crate::storage::{partition::tests::logged, producers::pipeline_tests::produce};
+        use crate::storage::producers::pipeline_tests::produce;
         let fs = crate::file_at::FailingFs::mount();
         let rt = two_worker_runtime();
         let mut c = config(&fs.path().join("data"));
