@@ -1182,7 +1182,13 @@ fn check_damaged(
                     p.settle_segment(d.base_offset)?;
                     continue;
                 }
-                if let Some(r) = recovery {
+                // Compaction rewrites segments under their original offsets,
+                // so the WAL's records line up with a compacted copy's lost
+                // range too: put back, they would bring back values and keys
+                // the cleaner removed (a deleted key among them). A compacted
+                // topic's segment is never rebuilt from the WAL.
+                let compacted = t.configs.compact();
+                if let Some(r) = recovery.filter(|_| !compacted) {
                     if let Some((tail, batches)) = lost_batches(r, t, p.index(), &d)? {
                         p.repair_segment(d.base_offset, &tail)?;
                         stats.rebuilt += batches;
@@ -1207,9 +1213,14 @@ fn check_damaged(
                         d.size
                     ),
                 };
+                let source = if compacted {
+                    "the topic is compacted, so the WAL's records are not its segments' own"
+                } else {
+                    "the WAL no longer holds them"
+                };
                 let what = format!(
                     "topic {} partition {}: offsets {}..{} were flushed to the segments ({} {} in {}) \
-                     but are gone from {}: {how}; the WAL no longer holds them",
+                     but are gone from {}: {how}; {source}",
                     t.name,
                     p.index(),
                     d.end,

@@ -469,6 +469,64 @@ mod repair_tests {
         assert!(std::fs::read(seg).unwrap() == whole);
     }
 
+    /// A compacted topic's older segment damaged below the recovery point is
+    /// not rebuilt from the WAL, which holds it all: compaction rewrites
+    /// segments under their original offsets, so the WAL's records would fit
+    /// a compacted copy's lost range and bring back what the cleaner removed
+    /// (a deleted key among them). A strict start refuses instead.
+    #[test]
+    fn a_compacted_topics_damaged_older_segment_is_never_rebuilt_from_the_wal() {
+        use crate::storage::{batch::tests::make_keyed_batch, topic_config::TopicConfig};
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let m = TopicManager::new(c.clone()).unwrap();
+        let configs = TopicConfig::from_pairs([("cleanup.policy", Some("compact"))]).unwrap();
+        m.create_topic_with("t", 1, configs).unwrap();
+        rt.block_on(async {
+            for i in 0..60 {
+                let key = format!("k{i}");
+                let value = format!("v{i}-{}", "x".repeat(200));
+                let b = make_keyed_batch(
+                    0,
+                    0,
+                    &[(0, Some(key.as_bytes()), Some(value.as_bytes()))],
+                    -1,
+                    -1,
+                    -1,
+                );
+                m.submit("t", 0, &b, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        });
+        m.checkpoint().unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let logs = segment_logs(&c.storage.data_dir, "t");
+        assert!(logs.len() >= 3, "{} segments", logs.len());
+        let seg = &logs[1];
+        let infos = batch::validate_all(&std::fs::read(seg).unwrap()).unwrap();
+        let pos = damage_batch(seg, infos.len() / 2);
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+        let damaged = std::fs::read(seg).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err();
+        match &e {
+            Error::Corrupt { file, offset, .. } => {
+                assert_eq!(file, seg);
+                assert_eq!(*offset, pos);
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        assert!(e.to_string().contains("the topic is compacted"), "{e}");
+        assert!(std::fs::read(seg).unwrap() == damaged, "left as found");
+    }
+
     #[test]
     fn a_recreated_topic_is_never_rebuilt_from_the_deleted_ones_entries() {
         let tmp = tempfile::tempdir().unwrap();
