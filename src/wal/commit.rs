@@ -229,6 +229,14 @@ pub(crate) struct Core {
     /// [`super::Wal::checkpoint`] calls, so the file never moves backwards past files
     /// already retired.
     pub checkpointed: Mutex<u64>,
+    /// Files were retired (renamed for reuse or removed) and the directory
+    /// fsync that makes that durable has not succeeded since: the next
+    /// checkpoint fsyncs the directory even when it has nothing to retire.
+    pub retired_unsynced: AtomicBool,
+    /// How many more of a checkpoint's directory fsyncs after retiring files
+    /// fail (tests).
+    #[cfg(test)]
+    pub(crate) fail_retire_syncs: std::sync::atomic::AtomicU32,
 }
 
 impl Core {
@@ -263,6 +271,9 @@ impl Core {
             acked_through: AtomicU64::new(last_sequence),
             synced_through: AtomicU64::new(last_sequence),
             checkpointed: Mutex::new(checkpoint),
+            retired_unsynced: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_retire_syncs: std::sync::atomic::AtomicU32::new(0),
         }
     }
 

@@ -901,11 +901,14 @@ impl Wal {
             }
             archived.drain(..n).collect()
         };
-        if doomed.is_empty() {
+        if doomed.is_empty() && !core.retired_unsynced.load(Ordering::Acquire) {
             return Ok(());
         }
         for i in 0..doomed.len() {
             let a = &doomed[i];
+            if i > 0 {
+                core.retired_unsynced.store(true, Ordering::Release);
+            }
             if let Err(e) = files::retire(&core.dir, &a.path, a.number, core.config.max_file_size) {
                 // This file and the ones after it stay on disk: back to the front of
                 // the list, so that a later checkpoint retires them. Dropped from
@@ -918,8 +921,27 @@ impl Wal {
             }
             tracing::info!(file = a.number, "retired WAL file covered by checkpoint");
         }
-        // The renames and deletions become durable with the directory.
-        files::sync_dir(&core.dir)
+        // The renames and deletions become durable with the directory. Until
+        // an fsync of it succeeds, every later checkpoint fsyncs it again (the
+        // files it retired are off the list, so it would have nothing to do):
+        // a power loss could otherwise bring back some of them and not others,
+        // a gap the next open refuses.
+        core.retired_unsynced.store(true, Ordering::Release);
+        #[cfg(test)]
+        if core
+            .fail_retire_syncs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::io(
+                "fsync dir",
+                &core.dir,
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        files::sync_dir(&core.dir)?;
+        core.retired_unsynced.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Stops the commit thread after everything accepted so far is written and
@@ -1825,6 +1847,44 @@ mod tests {
             max_batch_bytes: 4096,
             ..crate::wal::WalConfig::default()
         }
+    }
+
+    /// A checkpoint whose directory fsync after retiring files failed left
+    /// nothing to retire for the next one, which returned without an fsync:
+    /// the retirements stayed undurable with every later checkpoint a
+    /// success. Each later checkpoint fsyncs the directory until one does.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_fsync_after_retiring_files_is_done_again_by_the_next_checkpoint() {
+        use crate::wal::{BackendKind, Wal};
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::wal::WalConfig {
+            retention_files: 0,
+            ..rotating_config(BackendKind::Std)
+        };
+        let (wal, _) = Wal::open(dir.path(), cfg).unwrap();
+        let mut last = 0;
+        for i in 0..40 {
+            last = wal.append("t", 0, payload(i)).wait().unwrap();
+        }
+        assert!(wal.stats().rotations >= 2);
+        let failing = &wal.inner.core.fail_retire_syncs;
+        failing.store(1, SeqCst);
+        assert!(wal.checkpoint(last).is_err(), "the injected fsync failure");
+        assert!(crate::wal::files::list_archived(dir.path())
+            .unwrap()
+            .is_empty());
+        // Nothing left to retire: the next checkpoint still fsyncs (here it
+        // fails again), and the one after it succeeds.
+        failing.store(1, SeqCst);
+        assert!(wal.checkpoint(last).is_err(), "the fsync is tried again");
+        wal.checkpoint(last).unwrap();
+        // Durable now: a checkpoint with nothing to retire fsyncs nothing.
+        failing.store(1, SeqCst);
+        wal.checkpoint(last).unwrap();
+        assert_eq!(failing.load(SeqCst), 1);
+        wal.close().unwrap();
     }
 
     /// A rotation that met a passing shortage of file descriptors (EMFILE)
