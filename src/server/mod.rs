@@ -1996,6 +1996,42 @@ mod tests {
         assert_eq!(answer(&second), (codes::NONE, 1));
     }
 
+    /// A Fetch whose partition holds `min_bytes` but whose read of whole
+    /// batches within `partition_max_bytes` comes to less answers at once,
+    /// as Kafka's DelayedFetch does: it waited out `max_wait` for appends,
+    /// so a consumer with a large `fetch.min.bytes` catching up got one
+    /// answer per `max_wait`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_whose_partition_holds_min_bytes_answers_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        let storage = ctx.storage.clone();
+        tokio::task::spawn_blocking(move || storage.create_topic("t", 1).map(drop))
+            .await
+            .unwrap()
+            .unwrap();
+        let value = vec![7u8; 40 << 10];
+        let batch = crate::storage::batch::tests::make_batch(0, &[&value]);
+        for _ in 0..3 {
+            let acked = ctx
+                .storage
+                .submit("t", 0, &batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            acked.await.unwrap().unwrap();
+        }
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        // Two batches fit in 100,000 bytes, and the partition holds more.
+        client
+            .write_all(&fetch_frame_waiting(100_000, 100_000, 10_000))
+            .await
+            .unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), fetched_records(&mut client))
+            .await
+            .expect("answered before max_wait");
+        assert_eq!(read, 2 * batch.len());
+    }
+
     /// A Produce that waits for pipeline capacity longer than the idle limit
     /// is answered once it is stored: the reader's wait is not idle time.
     /// (The connection was closed as idle right after the batch was

@@ -415,10 +415,16 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         let pinned = Arc::clone(pins.get_or_insert_with(|| Arc::new(read)));
         // A pass the memory budget cut short answers now: what it left is
         // there to read, and waiting for a change would sit out `max_wait`.
+        // So does one whose partitions hold `min_bytes` (each counted within
+        // its `partition_max_bytes`) although the read, of whole batches
+        // within the limits, came to less: waiting, it would sit out
+        // `max_wait` for appends that change nothing, at every Fetch of a
+        // consumer catching up; Kafka's DelayedFetch completes at once then.
         let done = enough
             || pass.errors
             || pass.cut
             || pass.total >= min_bytes
+            || readable_bytes(&wants, &held) >= wanted
             || Instant::now() >= deadline
             || *stopping.borrow();
         if done {
