@@ -382,6 +382,10 @@ struct Shared {
     /// the first one is waiting once it reads zero).
     #[cfg(test)]
     delete_pause: Mutex<Duration>,
+    /// How long the next produce's validation takes, at least (tests: a wait
+    /// for the decompression budget).
+    #[cfg(test)]
+    validate_pause: Mutex<Duration>,
     /// How long a topic delete waits before it syncs the topic's segments.
     #[cfg(test)]
     delete_sync_pause: Mutex<Duration>,
@@ -1666,6 +1670,8 @@ impl TopicManager {
             #[cfg(test)]
             delete_pause: Mutex::new(Duration::ZERO),
             #[cfg(test)]
+            validate_pause: Mutex::new(Duration::ZERO),
+            #[cfg(test)]
             delete_sync_pause: Mutex::new(Duration::ZERO),
             #[cfg(test)]
             panic_at_next_job: Mutex::new(None),
@@ -2615,6 +2621,10 @@ impl TopicManager {
             batch::BatchError::DecompressionBusy => ProduceError::Timeout,
             e => ProduceError::InvalidBatch(e),
         })?;
+        #[cfg(test)]
+        std::thread::sleep(std::mem::take(
+            &mut *self.shared.validate_pause.lock().unwrap(),
+        ));
         // As Kafka (4.0 on) refuses by default, with `log.message.timestamp.after.max.ms`
         // at one hour: a timestamp far ahead would keep its segment, and every
         // later one, from ever expiring by time. A topic may set its own bound,
@@ -2720,7 +2730,13 @@ impl TopicManager {
                 .await
                 .map_err(|_| ProduceError::ShuttingDown)
         };
-        match tokio::time::timeout(timeout, enqueue).await {
+        // What the request has left after the wait for the decompression
+        // budget: the two waits share one deadline (each had `timeout`, so a
+        // compressed batch could wait twice as long as its client, which by
+        // then had given up and would retry it into a duplicate). Past the
+        // deadline a batch still goes in if there is room at once.
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(left, enqueue).await {
             Ok(Ok(())) => Ok(rx),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ProduceError::Timeout),
@@ -2734,6 +2750,13 @@ impl TopicManager {
         Arc::clone(&self.shared.inflight)
             .try_acquire_many_owned(u32::try_from(MAX_INFLIGHT_BYTES).unwrap_or(u32::MAX))
             .expect("nothing in flight")
+    }
+
+    /// Makes the next produce's validation take at least `pause` (tests: a
+    /// wait for the decompression budget).
+    #[cfg(test)]
+    pub(crate) fn pause_next_validation(&self, pause: Duration) {
+        *self.shared.validate_pause.lock().unwrap() = pause;
     }
 
     /// A new producer id for an idempotent producer (blocking: may write and fsync

@@ -449,6 +449,47 @@ mod tests {
         storage.shutdown().unwrap();
     }
 
+    /// A batch that waited for the decompression budget waits for pipeline
+    /// capacity only for what is left of the request's timeout: each wait
+    /// had the whole timeout, so a compressed batch could be stored after
+    /// its client (whose request timeout is the Produce's) had given up and
+    /// would retry it.
+    #[test]
+    fn the_decompression_and_capacity_waits_share_one_deadline() {
+        let (_tmp, storage, ctx, rt) = with_topic(1);
+        let held = storage.hold_capacity();
+        storage.pause_next_validation(Duration::from_millis(300));
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(400)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(make_batch(0, &[b"v"]))))])]);
+        let start = Instant::now();
+        let frame = rt.block_on(async {
+            let (pending, _) = handle(&ctx, req, 9, 7).await;
+            pending.await.frame.expect("a response")
+        });
+        let took = start.elapsed();
+        // 300 ms validating, then 100 ms for room: 700 ms with a fresh 400.
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(650),
+            "answered after {took:?}"
+        );
+        let mut b = frame.freeze();
+        b.advance(4);
+        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
+        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        assert_eq!(
+            r.responses[0].partition_responses[0].error_code,
+            codes::REQUEST_TIMED_OUT
+        );
+        drop(held);
+        storage.shutdown().unwrap();
+    }
+
     /// A CRC mismatch is retried by clients too: an idempotent producer's
     /// batch refused for one is answered, then the connection closes, so the
     /// batches pipelined behind it cannot go first; other producers' batches
