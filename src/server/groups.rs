@@ -526,11 +526,21 @@ impl Group {
         if g.protocol_type.is_none() {
             return Err("lists members without a protocol type".into());
         }
-        if g.generation < 1 {
+        // A generation or timeout no JoinGroup can give (timeouts are i32
+        // milliseconds) is damage: the next rebalance would overflow the
+        // generation, or its deadline past what an `Instant` holds.
+        if g.generation < 1 || g.generation == i32::MAX {
             return Err(format!("lists members at generation {}", g.generation));
         }
         let mut instances = HashSet::new();
         for m in meta.members {
+            let most = u64::try_from(i32::MAX).unwrap_or(u64::MAX);
+            if m.session_timeout_ms > most || m.rebalance_timeout_ms > most {
+                return Err(format!(
+                    "lists member {} with a session or rebalance timeout ({} / {} ms) above {most} ms",
+                    m.member_id, m.session_timeout_ms, m.rebalance_timeout_ms
+                ));
+            }
             if !m.protocols.iter().any(|p| p.name == protocol) {
                 return Err(format!(
                     "lists member {}, which does not support the group's protocol {protocol}",
@@ -1947,7 +1957,12 @@ impl GroupCoordinator {
         if deleted || g.held_for_delete_only {
             groups.remove(group);
         } else {
+            // Back to `Empty`, stored as such: a change made while the group
+            // was `Dead` was dropped (`take_unstored`), and the file, which the
+            // deletion failed to remove, may still list members that left.
             g.state = State::Empty;
+            g.unstored = true;
+            self.notify_unstored(g);
         }
     }
 
@@ -3158,8 +3173,13 @@ mod tests {
             codes::COORDINATOR_NOT_AVAILABLE
         );
         // A deletion that failed leaves the group as it was, to be deleted again.
+        // A store pass while the group is `Dead` drops its emptying.
+        assert!(!c.lock().get_mut("g").unwrap().take_store_due());
         c.finish_delete("g", false);
         assert_eq!(c.describe("g").unwrap().state, EMPTY);
+        // To be stored as `Empty`: the file the deletion failed to remove
+        // may still list members.
+        assert!(c.lock().get("g").unwrap().unstored);
         assert_eq!(c.check_commit("g", -1, "", None), codes::NONE);
         assert_eq!(c.begin_delete("g", false), codes::NONE);
         c.finish_delete("g", true);
@@ -4174,12 +4194,33 @@ mod tests {
             .path()
             .join(crate::storage::offsets::file_name("no-leader"));
         std::fs::write(&no_leader, serde_json::to_vec(&v).unwrap()).unwrap();
+        // Values no JoinGroup gives: a rebalance of the group would overflow
+        // its generation or its deadline (an `Instant`), a panic of the
+        // ticker that expires every group's sessions.
+        let mut huge = v.clone();
+        huge["group"] = "huge-timeout".into();
+        huge["leader"] = v["members"][0]["member_id"].clone();
+        huge["members"][0]["rebalance_timeout_ms"] = u64::MAX.into();
+        let huge_timeout = dir
+            .path()
+            .join(crate::storage::offsets::file_name("huge-timeout"));
+        std::fs::write(&huge_timeout, serde_json::to_vec(&huge).unwrap()).unwrap();
+        let mut last = v.clone();
+        last["group"] = "last-generation".into();
+        last["leader"] = v["members"][0]["member_id"].clone();
+        last["generation"] = i32::MAX.into();
+        let last_generation = dir
+            .path()
+            .join(crate::storage::offsets::file_name("last-generation"));
+        std::fs::write(&last_generation, serde_json::to_vec(&last).unwrap()).unwrap();
 
         let mut c = None;
         let log = logged(|| c = Some(opened(dir.path())));
         let c = c.unwrap();
         assert!(c.describe("bad").is_none());
         assert!(c.describe("no-leader").is_none());
+        assert!(c.describe("huge-timeout").is_none(), "{log}");
+        assert!(c.describe("last-generation").is_none(), "{log}");
         assert_eq!(c.describe("g").unwrap().state, "Stable");
         assert_eq!(
             c.describe("odd").unwrap(),
@@ -4187,7 +4228,7 @@ mod tests {
             "an empty group needs no leader"
         );
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
-        assert_eq!(warnings.len(), 2, "{log}");
+        assert_eq!(warnings.len(), 4, "{log}");
         assert!(
             warnings
                 .iter()
