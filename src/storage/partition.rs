@@ -2252,6 +2252,13 @@ impl Partition {
 
     /// One try of [`Partition::max_timestamp_offset`].
     fn find_max_timestamp(&self) -> Result<Option<(i64, i64)>> {
+        self.max_timestamp_by(true)
+    }
+
+    /// [`Partition::find_max_timestamp`], passing over segments (and taking
+    /// the batch holding a segment's newest from what it knows) only when
+    /// `skip`: tests compare the two.
+    fn max_timestamp_by(&self, skip: bool) -> Result<Option<(i64, i64)>> {
         // A batch, where it lies, the log start then, and its largest timestamp
         // at or above that start.
         type Best = (BatchInfo, Arc<File>, PathBuf, u64, i64, i64);
@@ -2260,8 +2267,8 @@ impl Partition {
         // segment; a segment no newer than the best so far has no better batch.
         let best_ts = std::cell::Cell::new(i64::MIN);
         self.visit_batches(
-            true,
-            |newest, known| newest < known || newest <= best_ts.get(),
+            skip,
+            |newest, known| skip && (newest < known || newest <= best_ts.get()),
             |info, file, path, position, start| {
                 let Some(ts) = Self::served_max_timestamp(info, file, path, position, start)?
                 else {
@@ -3010,29 +3017,7 @@ pub(crate) mod tests {
     /// `MAX_TIMESTAMP` as answered by reading every batch header of every
     /// segment: none skipped, no batch taken from what a segment knows.
     fn max_timestamp_reading_everything(p: &Partition) -> Option<(i64, i64)> {
-        let mut best: Option<(BatchInfo, Arc<File>, PathBuf, u64, i64, i64)> = None;
-        p.visit_batches(
-            false,
-            |_, _| false,
-            |info, file, path, position, start| {
-                let Some(ts) = Partition::served_max_timestamp(info, file, path, position, start)?
-                else {
-                    return Ok(false);
-                };
-                if best.as_ref().is_none_or(|b| ts > b.5) {
-                    let at = path.to_path_buf();
-                    best = Some((*info, Arc::clone(file), at, position, start, ts));
-                }
-                Ok(false)
-            },
-        )
-        .unwrap();
-        let (info, file, path, position, start, max) = best?;
-        let exact = Partition::find_record(&info, &file, &path, position, start, |ts| ts == max)
-            .unwrap()
-            .ok()
-            .flatten();
-        Some(exact.unwrap_or((info.last_offset(), max)))
+        p.max_timestamp_by(false).unwrap()
     }
 
     /// `MAX_TIMESTAMP` read every batch header of the segment holding the
