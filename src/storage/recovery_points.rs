@@ -342,6 +342,17 @@ mod repair_tests {
         [&before[..from], &before[to..]].concat()
     }
 
+    /// `e` is a corruption error naming `seg` at byte `pos`.
+    fn assert_corrupt_at(e: &Error, seg: &Path, pos: u64) {
+        match e {
+            Error::Corrupt { file, offset, .. } => {
+                assert_eq!(file, seg);
+                assert_eq!(*offset, pos);
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+    }
+
     /// Checks a start over an older segment damaged at byte `pos`, which lost
     /// offsets `lost..next_base` (its batches from `pos` to its end, `len`
     /// bytes): a strict start refuses naming the segment and changes none of
@@ -362,13 +373,7 @@ mod repair_tests {
             "the WAL still holds the lost batches"
         );
         let e = TopicManager::new(c.clone()).unwrap_err();
-        match &e {
-            Error::Corrupt { file, offset, .. } => {
-                assert_eq!(file, seg);
-                assert_eq!(*offset, pos);
-            }
-            other => panic!("expected a corruption error, got {other:?}"),
-        }
+        assert_corrupt_at(&e, seg, pos);
         let msg = e.to_string();
         assert!(
             msg.contains(&format!("offsets {lost}..{next_base}"))
@@ -516,13 +521,7 @@ mod repair_tests {
         let damaged = std::fs::read(seg).unwrap();
 
         let e = TopicManager::new(c.clone()).unwrap_err();
-        match &e {
-            Error::Corrupt { file, offset, .. } => {
-                assert_eq!(file, seg);
-                assert_eq!(*offset, pos);
-            }
-            other => panic!("expected a corruption error, got {other:?}"),
-        }
+        assert_corrupt_at(&e, seg, pos);
         assert!(e.to_string().contains("the topic is compacted"), "{e}");
         assert!(std::fs::read(seg).unwrap() == damaged, "left as found");
     }
