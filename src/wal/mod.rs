@@ -717,7 +717,10 @@ impl Wal {
             done: Completer::new(slot),
         };
         if let Err(crossbeam_channel::SendError(req)) = self.inner.tx.send(req) {
-            // The commit thread is gone: its Completer answers Closed when dropped.
+            // The commit thread is gone (a close ended after this append was
+            // found usable): its room is given back, and its Completer
+            // answers Closed when dropped.
+            self.inner.core.release(bytes);
             drop(req);
         }
         c
@@ -2031,5 +2034,36 @@ mod tests {
             }
             assert_eq!(wal.stats().pending_bytes, 0, "close fails: {close_fails}");
         }
+    }
+
+    /// An append found usable before a close, and sent once the commit
+    /// thread had gone, was answered `Closed` with its bytes left in the
+    /// pending count for good (`stats().pending_bytes` never came back to 0).
+    /// Its room is given back now.
+    #[test]
+    fn an_append_sent_after_the_commit_thread_ended_gives_its_room_back() {
+        use crate::error::Error;
+        use crate::wal::commit::Entries;
+        use crate::wal::{BackendKind, Wal, WalConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            backend: BackendKind::Std,
+            max_file_size: WalConfig::MIN_FILE_SIZE,
+            ..WalConfig::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), config).unwrap();
+        let late = wal.clone();
+        wal.close().unwrap();
+        // As an append that passed its checks and reserved its room just
+        // before the close ended.
+        let data = bytes::Bytes::from_static(b"late");
+        let bytes = late.check_record("t", &data).unwrap();
+        late.inner.core.reserve_blocking(bytes).unwrap();
+        assert_eq!(late.stats().pending_bytes, bytes as u64);
+        let r = late
+            .send_reserved(Entries::record("t", 0, data), bytes)
+            .wait();
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+        assert_eq!(late.stats().pending_bytes, 0);
     }
 }
