@@ -1080,7 +1080,7 @@ fn power_cut_during_every_write_stream_keeps_every_acknowledged_message() {
         let text = stream_then(&mut broker, &py, &format!("c{cycle}"), 300, |b| {
             report = Some(fs.cut(cut, seed.wrapping_add(cycle as u64)));
             // The broker may have stopped by itself on its failing writes.
-            b.kill9();
+            b.kill9_or_reap();
         });
         let report = report.unwrap();
         if cut == Cut::Keep {

@@ -34,7 +34,13 @@
 //! `POWER_CYCLES` (default 20) the power cuts, `CRASH_THREADS` (default 4) the
 //! child's writer threads;
 //! `CRASH_SEED` replays a kill schedule. The summary line `crash: cycles C
-//! acknowledged A lost L` is what `scripts/crash-soak.sh` reports.
+//! acknowledged A lost L checked K` is what `scripts/crash-soak.sh` reports:
+//! K counts the acknowledged entries read back and compared. The child
+//! checkpoints every 64th sequence (every 128th for large entries), and an
+//! entry a checkpoint covered and retention then removed can no longer be
+//! read; so about every other cycle of small entries (never two in a row)
+//! runs its child with no checkpoint, and every entry it acknowledged is
+//! read back.
 
 use std::{
     collections::HashMap,
@@ -64,6 +70,11 @@ fn tag(data: &[u8]) -> Option<(u64, u64, u64)> {
 struct Totals {
     cycles: u64,
     acked: u64,
+    /// Acknowledged entries read back and compared with what was acknowledged
+    /// (those above the recovered checkpoint, and those at or below it that
+    /// the log still holds; the rest were retired by a checkpoint, and are
+    /// acknowledged but not checked).
+    checked: u64,
     /// Acknowledged entries missing where none may be.
     lost: u64,
     /// Recoveries that found a checkpoint newer than the one before.
@@ -269,6 +280,9 @@ fn run_child(
 struct Known {
     /// Acknowledged appends not yet covered by a recovered checkpoint.
     acked: HashMap<u64, (u64, u64, u64)>,
+    /// The sequences the last child acknowledged: what a verification counts
+    /// as checked (earlier cycles' entries are compared again, not counted).
+    fresh: std::collections::HashSet<u64>,
     /// The highest acknowledged sequence seen so far.
     max_acked: u64,
     /// Every checkpoint a child announced.
@@ -284,6 +298,8 @@ struct Known {
 struct Verified {
     /// Acknowledged entries missing.
     lost: u64,
+    /// Entries the last child acknowledged, found and compared.
+    checked: u64,
     /// The sequence the next append gets.
     next: u64,
 }
@@ -329,6 +345,34 @@ fn verify(
         known.last_checkpoint
     );
     known.last_checkpoint = checkpoint;
+    // Acknowledged entries the checkpoint covers are still compared where the
+    // log holds them (retention keeps the newest archived file): held, they
+    // must be what was acknowledged.
+    let mut checked = 0;
+    if let Some(&from) = known.acked.keys().filter(|&&s| s <= checkpoint).min() {
+        for e in rec.entries_from(from) {
+            let e = e.unwrap_or_else(|err| panic!("{what}: reading the log from {from}: {err}"));
+            if e.sequence > checkpoint {
+                break;
+            }
+            if let Some(t) = known.acked.get(&e.sequence) {
+                let fresh = known.fresh.contains(&e.sequence);
+                assert_eq!(
+                    tag(&e.data).as_ref(),
+                    Some(t),
+                    "{what}: acknowledged seq {} (at or below the checkpoint) holds another entry",
+                    e.sequence
+                );
+                assert_eq!(
+                    &e.data[..],
+                    &payload(t.0, t.1, t.2, large)[..],
+                    "{what}: seq {}: payload garbled",
+                    e.sequence
+                );
+                checked += u64::from(fresh);
+            }
+        }
+    }
     let entries = rec
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| panic!("{what}: recovery stream failed: {e}"));
@@ -384,7 +428,10 @@ fn verify(
             continue;
         }
         match by_seq.get(&seq) {
-            Some(r) => assert_eq!(r, t, "{what}: acknowledged seq {seq} holds another entry"),
+            Some(r) => {
+                assert_eq!(r, t, "{what}: acknowledged seq {seq} holds another entry");
+                checked += u64::from(known.fresh.contains(&seq));
+            }
             None => {
                 lost += 1;
                 if !loss_allowed {
@@ -397,7 +444,11 @@ fn verify(
         .acked
         .retain(|&s, _| s > checkpoint && (!loss_allowed || s <= end));
     wal.close().unwrap_or_else(|e| panic!("{what}: close: {e}"));
-    Verified { lost, next }
+    Verified {
+        lost,
+        checked,
+        next,
+    }
 }
 
 /// `group`: the uring backend's group writes forced on or off (unset: by load).
@@ -431,7 +482,7 @@ fn crash_cycles(
         Entries::Small => path,
         Entries::Large => path + "+large-entries",
     };
-    let flags: Vec<&str> = [
+    let base_flags: Vec<&str> = [
         group.map(|g| if g { "group" } else { "ring" }),
         (entries == Entries::Large).then_some("large"),
     ]
@@ -464,7 +515,18 @@ fn crash_cycles(
     // An empty directory: the first append gets 1.
     let mut next = 1;
     let started = Instant::now();
+    // Whether the last cycle's child took checkpoints.
+    let mut checkpointed = true;
     for run in 1..=cycles {
+        // Every other cycle or so takes no checkpoint, so that all it
+        // acknowledged is read back; never two in a row, so that a
+        // checkpoint keeps the log (and a power-cut file system) small.
+        let no_checkpoint = entries == Entries::Small && checkpointed && rand(2) == 0;
+        checkpointed = !no_checkpoint;
+        let mut flags = base_flags.clone();
+        if no_checkpoint {
+            flags.push("nocheckpoint");
+        }
         let kill = if rand(2) == 0 {
             Kill::After(Duration::from_millis(rand(120)))
         } else {
@@ -515,6 +577,7 @@ fn crash_cycles(
         known.max_acked = known
             .max_acked
             .max(cycle.acked.keys().copied().max().unwrap_or(0));
+        known.fresh = cycle.acked.keys().copied().collect();
         known.acked.extend(cycle.acked);
         known.checkpoints.extend(cycle.checkpoints);
         let checkpoint_before = known.last_checkpoint;
@@ -527,6 +590,7 @@ fn crash_cycles(
             loss_allowed,
             &what,
         );
+        totals.checked += v.checked;
         if loss_allowed {
             totals.rolled_back += v.lost;
         } else {
@@ -537,10 +601,11 @@ fn crash_cycles(
         totals.cycles += 1;
     }
     eprintln!(
-        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checkpoints {} rolled-back {} sectors-cut {} unwritten-batches {} durable-grew {} ({:.1}s)",
+        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checked {} checkpoints {} rolled-back {} sectors-cut {} unwritten-batches {} durable-grew {} ({:.1}s)",
         totals.cycles,
         totals.acked,
         totals.lost,
+        totals.checked,
         totals.checkpoints,
         totals.rolled_back,
         totals.sectors_changed,
@@ -584,6 +649,11 @@ fn env_cycles(name: &str, default: u64) -> u64 {
 /// appends durable: a run whose durable sequence never grew checked nothing of it.
 fn check(t: &Totals) {
     assert_eq!(t.lost, 0, "acknowledged entries lost");
+    assert!(
+        t.checked > 0,
+        "{} entries acknowledged, none read back",
+        t.acked
+    );
     assert!(
         t.durable_grew > 0,
         "no cycle of {} reported a durable sequence beyond the log it opened (with \

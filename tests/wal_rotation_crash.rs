@@ -14,7 +14,10 @@ use streamline::wal::{
     SyncMode, WalReader,
 };
 
-/// Writes `n` entries and closes; returns the number of the active file.
+/// Writes `n` entries and closes; returns the number of the active file. The
+/// clean close's marker is removed: a crash in the middle of a rotation never
+/// leaves one (the open removes it before anything is written), so recovery
+/// scans these states as after a crash.
 fn write(dir: &Path, backend: streamline::wal::BackendKind, n: u64) -> u64 {
     let (wal, _) = open(dir, config(backend, SyncMode::EveryWrite));
     for i in 0..n {
@@ -23,6 +26,8 @@ fn write(dir: &Path, backend: streamline::wal::BackendKind, n: u64) -> u64 {
             .unwrap();
     }
     drop(wal);
+    std::fs::remove_file(dir.join(streamline::wal::clean_close::CLEAN_CLOSE_FILE))
+        .expect("a clean close leaves its marker");
     list_archived(dir).unwrap().last().map_or(1, |(n, _)| n + 1)
 }
 

@@ -269,8 +269,31 @@ impl Broker {
         })
     }
 
-    /// SIGKILLs the broker (no chance to flush anything) and reaps it.
+    /// SIGKILLs the broker (no chance to flush anything) and reaps it. The
+    /// broker must still have been running, and must have died of the signal:
+    /// one that had exited by itself (a panic mid-test) fails the test rather
+    /// than pass as killed.
     pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "broker exited by itself ({status:?}) before the kill; log:\n{}",
+                self.log_text()
+            );
+        }
+        signal(child.id(), "KILL");
+        let status = child.wait().expect("reap the broker");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "broker exited ({status:?}) before the kill took it; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// As [`Broker::kill9`], for a broker that may have stopped by itself
+    /// (its writes failing under a power cut): reaps it however it ended.
+    pub fn kill9_or_reap(&mut self) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), "KILL");
         let _ = child.wait();

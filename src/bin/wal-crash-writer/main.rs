@@ -3,7 +3,7 @@
 //! printing one line per acknowledged append (stdout flushed per line).
 //!
 //! ```text
-//! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN [ring|group] [large]
+//! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN [ring|group] [large] [nocheckpoint]
 //! stdout: "open BACKEND NEXT_SEQUENCE"
 //!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
 //!         "checkpoint SEQ" before each checkpoint (of an acknowledged SEQ)
@@ -14,7 +14,9 @@
 //!
 //! Payload of (run, thread, counter): see [`payload()`]; the crash test recomputes it.
 //! `ring` / `group` force the uring backend's durable writes through the ring or
-//! into groups; `large` writes entries of 64-224 KiB into 2 MiB files.
+//! into groups; `large` writes entries of 64-224 KiB into 2 MiB files;
+//! `nocheckpoint` takes no checkpoint, so that every acknowledged entry stays
+//! in the log for the parent to read back.
 
 use std::{
     io::Write,
@@ -37,7 +39,7 @@ const LARGE_CHECKPOINT_EVERY: u64 = 128;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN [ring|group] [large]"
+        "usage: wal-crash-writer DIR std|uring every_write|interval THREADS RUN [ring|group] [large] [nocheckpoint]"
     );
     std::process::exit(2);
 }
@@ -50,11 +52,13 @@ fn main() {
     // uring only: force each durable write through the ring, or group writes.
     let mut uring_group_writes = None;
     let mut large = false;
+    let mut checkpoints = true;
     for flag in &args[6..] {
         match flag.as_str() {
             "ring" => uring_group_writes = Some(false),
             "group" => uring_group_writes = Some(true),
             "large" => large = true,
+            "nocheckpoint" => checkpoints = false,
             _ => usage(),
         }
     }
@@ -128,7 +132,7 @@ fn main() {
                         lock.write_all(line.as_bytes()).expect("stdout");
                         lock.flush().expect("stdout");
                     }
-                    if seq % checkpoint_every == 0 {
+                    if checkpoints && seq % checkpoint_every == 0 {
                         // Checkpoint and retention also run under the kill. The
                         // checkpoint is this thread's own acknowledged sequence, whose
                         // line is out already, and is announced before it is taken:
