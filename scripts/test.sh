@@ -26,6 +26,10 @@ phase "the build"
 # The crate must build where it cannot be tested here (macOS, FreeBSD, Windows).
 scripts/check-platforms.sh
 phase "the platform check"
+# The benchmark's comparison engines (okaywal, raft-engine) are an optional
+# feature the suites do not build: type-check it so that it cannot rot.
+cargo check --features compare --lib --bins
+phase "the compare feature check"
 cargo test --all-targets --features sim
 phase "the suites"
 # `--all-targets` leaves out the doctests: the examples in the API docs (a
