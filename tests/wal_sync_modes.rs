@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{config, open, BACKENDS, WRITE_PATHS};
+use common::{config, open, payload, BACKENDS, WRITE_PATHS};
 use streamline::wal::{BackendKind, SyncMode, WalConfig};
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -441,5 +441,66 @@ fn an_acknowledged_append_is_no_longer_pending() {
             }
         });
         assert_eq!(wal.stats().pending_bytes, 0, "{backend}");
+    }
+}
+
+/// Invariant 2 of the design, observed from outside: acknowledgements arrive
+/// in sequence order. One thread makes thousands of appends without waiting
+/// (so that several batches are in flight at once, `max_in_flight` of them),
+/// and watches their completions while they resolve, scanning from the newest
+/// to the oldest: an older append still unresolved after a newer one was seen
+/// resolved is an acknowledgement out of order. In every mode and write path;
+/// each run must have caught batches in flight (some completions seen
+/// unresolved) for the check to mean anything.
+#[test]
+fn acknowledgements_arrive_in_sequence_order() {
+    use streamline::wal::Completion;
+    for (backend, group) in WRITE_PATHS {
+        for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = WalConfig {
+                uring_group_writes: group,
+                max_batch_bytes: 4096,
+                max_in_flight: 4,
+                ..config(backend, mode)
+            };
+            let (wal, _) = open(dir.path(), cfg);
+            let mut pending: Vec<Completion> = (0..4000u64)
+                .map(|i| wal.append("o", 0, Bytes::from(payload(i, 200))))
+                .collect();
+            let mut unresolved_seen = 0u64;
+            let start = Instant::now();
+            loop {
+                let mut seen_done: Option<usize> = None;
+                let mut all_done = true;
+                for i in (0..pending.len()).rev() {
+                    if pending[i].is_done() {
+                        seen_done.get_or_insert(i);
+                    } else {
+                        all_done = false;
+                        unresolved_seen += 1;
+                        if let Some(j) = seen_done {
+                            panic!(
+                                "{backend} {group:?} {mode}: append {i} unresolved after append {j} was acknowledged"
+                            );
+                        }
+                    }
+                }
+                if all_done {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{backend} {group:?} {mode}: appends unresolved after 60 s"
+                );
+            }
+            let seqs: Vec<u64> = pending.drain(..).map(|c| c.wait().unwrap()).collect();
+            assert_eq!(seqs, (1..=4000).collect::<Vec<_>>(), "{backend} {mode}");
+            assert!(
+                unresolved_seen > 0,
+                "{backend} {group:?} {mode}: every append was resolved before it was looked at"
+            );
+            wal.close().unwrap();
+        }
     }
 }
