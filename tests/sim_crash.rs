@@ -1,6 +1,15 @@
 //! Randomized power-loss and I/O-fault test of the real engine over the simulated
 //! disk (`--features sim`).
 //!
+//! The simulated disk stands behind the std backend's file operations only; it
+//! cannot drive io_uring. The io_uring backend's power losses are the real ones
+//! of `tests/wal_crash.rs` (`power_cut_*`: a device that drops, keeps or tears
+//! unflushed sectors), its short writes those of `tests/short_writes.rs`, and
+//! its write and sync errors those of `tests/full_disk.rs`,
+//! `tests/uring_ring_failure.rs` and the failing-device tests
+//! (`a_device_failing_at_random_moments_loses_no_acknowledged_entry`, run per
+//! backend; `scripts/device-failure-soak.sh`).
+//!
 //! Each seed picks a sync mode and a small configuration (64 KiB files, so batches
 //! rotate often; small batch and pending caps; checkpoints with retention), then runs
 //! one to three rounds. In a round several producers append tagged, self-checking

@@ -415,6 +415,11 @@ impl Starting {
             addr.starts_with("127.0.0.1:"),
             "unexpected start line {line:?}"
         );
+        if let Err(e) = self.check_backend() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{e}");
+        }
         Ok(Broker {
             child: Some(child),
             addr,
@@ -425,6 +430,47 @@ impl Starting {
             env: std::mem::take(&mut self.env),
             log: std::mem::take(&mut self.log),
         })
+    }
+
+    /// The WAL backend in use is the one asked for: `--wal-backend`, else
+    /// `STREAMLINE_WAL_BACKEND` (the test's, else this process's, as
+    /// `scripts/test.sh` sets it for its std pass), else io_uring (`auto`). A
+    /// broker suite whose io_uring run had quietly fallen back to std would
+    /// otherwise pass having tested std twice. (No check when the log level
+    /// leaves out the "opened WAL" line, or the WAL is disabled.)
+    fn check_backend(&self) -> Result<(), String> {
+        let log = self.log_text();
+        let Some(line) = log.lines().rfind(|l| l.contains("opened WAL")) else {
+            return Ok(());
+        };
+        let Some(used) = line.split(' ').find_map(|w| w.strip_prefix("backend=")) else {
+            return Ok(());
+        };
+        let flag = self
+            .args
+            .iter()
+            .position(|a| a == "--wal-backend")
+            .and_then(|i| self.args.get(i + 1).cloned());
+        let var = || {
+            self.env
+                .iter()
+                .find(|(k, _)| k == "STREAMLINE_WAL_BACKEND")
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var("STREAMLINE_WAL_BACKEND").ok())
+        };
+        let asked = flag.or_else(var).unwrap_or_else(|| "auto".into());
+        let wanted = if asked == "auto" {
+            "uring"
+        } else {
+            asked.as_str()
+        };
+        if used == wanted {
+            Ok(())
+        } else {
+            Err(format!(
+                "the broker opened its WAL with backend {used}, asked for {asked}; log:\n{log}"
+            ))
+        }
     }
 
     /// Waits (up to 30 s) for the process to exit; its status, and whether it
