@@ -92,6 +92,8 @@ pub(crate) struct Metrics {
     fetch_reads: AtomicU64,
     /// Read passes that left records unread for want of Fetch response memory.
     fetch_cut_by_memory: AtomicU64,
+    /// Times a waiting long poll was woken by a change to one of its partitions.
+    fetch_wakeups: AtomicU64,
     /// PLAIN passwords checked by deriving a salted credential again.
     plain_derivations: AtomicU64,
     /// Such derivations running now, and the most that ever ran at once.
@@ -133,6 +135,7 @@ impl Metrics {
             sasl_failures: AtomicU64::new(0),
             fetch_reads: AtomicU64::new(0),
             fetch_cut_by_memory: AtomicU64::new(0),
+            fetch_wakeups: AtomicU64::new(0),
             plain_derivations: AtomicU64::new(0),
             plain_derivations_running: AtomicUsize::new(0),
             plain_derivations_peak: AtomicUsize::new(0),
@@ -159,6 +162,17 @@ impl Metrics {
     #[cfg(test)]
     pub(crate) fn fetch_reads(&self) -> u64 {
         self.fetch_reads.load(Ordering::Relaxed)
+    }
+
+    /// A waiting long poll was woken to look at its partitions' positions.
+    pub(crate) fn fetch_wakeup(&self) {
+        self.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Wake-ups counted by [`Metrics::fetch_wakeup`].
+    #[cfg(test)]
+    pub(crate) fn fetch_wakeups(&self) -> u64 {
+        self.fetch_wakeups.load(Ordering::Relaxed)
     }
 
     /// A Fetch read pass left records unread because the Fetch response memory
@@ -353,6 +367,12 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         "counter",
         "Read passes of Fetch requests over their partitions (a long poll reads again only when one of its partitions moves).",
         m.fetch_reads.load(Ordering::Relaxed),
+    );
+    p.single(
+        "streamline_fetch_wakeups_total",
+        "counter",
+        "Times a waiting long poll was woken to look at its partitions: only a change to one of its own partitions (records applied, log start moved, end cut back, topic deleted) wakes it.",
+        m.fetch_wakeups.load(Ordering::Relaxed),
     );
     p.single(
         "streamline_fetch_response_memory_bytes",

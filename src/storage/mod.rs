@@ -36,6 +36,7 @@ pub mod recovery_points;
 pub mod segment;
 pub mod time_index;
 pub mod topic_config;
+pub(crate) mod watchers;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -3183,11 +3184,11 @@ fn apply_loop(shared: &Shared, applied: &crossbeam_channel::Receiver<Applied>) {
                         Some(f) => Err(ProduceError::Storage(f.clone())),
                         None => match partition.append(&data, &infos) {
                             Ok(end) => {
+                                // Wakes the Fetches waiting on this partition only.
                                 partition.set_high_watermark(end);
                                 if let Some(seq) = seq {
                                     shared.applied_seq.fetch_max(seq, Ordering::AcqRel);
                                 }
-                                shared.data_version.send_modify(|v| *v = v.wrapping_add(1));
                                 Ok(base)
                             }
                             Err(e) => Err(ProduceError::Storage(fail_segments(

@@ -27,6 +27,7 @@ use super::{
     producers::{ProducerState, Snapshot},
     segment::{self, BatchIndex, CleanedWriter, LogHandle, Segment, SegmentFiles},
     sync_dir,
+    watchers::Watchers,
 };
 
 /// Batch headers read from the end of the segment before the newest at start-up,
@@ -271,6 +272,10 @@ pub struct Partition {
     deleting: Mutex<()>,
     /// Set when the topic is deleted; the pipeline then refuses produces to it.
     deleted: AtomicBool,
+    /// The long-polling Fetches waiting on the partition, woken whenever its
+    /// high watermark or log start moves or its topic is deleted (see
+    /// [`super::watchers`]).
+    watchers: Watchers,
     /// Held shared by each change made to the partition's files by path
     /// (retention, DeleteRecords, compaction), which first checks that the
     /// topic was not deleted; a delete holds it exclusively while it moves the
@@ -575,6 +580,7 @@ impl Partition {
             deleting: Mutex::new(()),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
+            watchers: Watchers::default(),
             files: RwLock::new(()),
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
@@ -657,7 +663,7 @@ impl Partition {
             log[i].record_producers_tail(usize::MAX, &mut producers)?;
             *self.producers() = producers;
             self.next_offset.store(end, Ordering::Release);
-            self.high_watermark.store(end, Ordering::Release);
+            self.set_high_watermark(end);
             tracing::warn!(
                 topic = %self.topic,
                 partition = self.index,
@@ -691,8 +697,16 @@ impl Partition {
         self.deleted.load(Ordering::Acquire)
     }
 
+    /// Marks the topic deleted, and wakes the Fetches waiting on the
+    /// partition: they answer for a partition that left the broker.
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+        self.watchers.wake();
+    }
+
+    /// The long-polling Fetches waiting on the partition.
+    pub(crate) fn watchers(&self) -> &Watchers {
+        &self.watchers
     }
 
     /// For a change to the partition's files by path: `None` once the topic was
@@ -839,12 +853,12 @@ impl Partition {
     }
 
     /// Records where `log`, just changed at its front, now starts (the caller
-    /// holds the lock).
+    /// holds the lock), and wakes the waiting Fetches when that moved.
     fn note_first_segment(&self, log: &[Segment]) {
-        self.first_base.store(
-            log.first().map_or(0, Segment::base_offset),
-            Ordering::Release,
-        );
+        let base = log.first().map_or(0, Segment::base_offset);
+        if self.first_base.swap(base, Ordering::AcqRel) != base {
+            self.watchers.wake();
+        }
     }
 
     /// Holds the partition's `log` lock until the result is dropped, as an
@@ -867,8 +881,11 @@ impl Partition {
         self.high_watermark.load(Ordering::Acquire)
     }
 
+    /// Moves the high watermark (forward as records are applied, or back to
+    /// a cut end), and wakes the Fetches waiting on the partition.
     pub(crate) fn set_high_watermark(&self, hw: i64) {
         self.high_watermark.store(hw, Ordering::Release);
+        self.watchers.wake();
     }
 
     /// Reserves offsets for a payload of `infos` (submit thread only); returns the base.
@@ -1005,6 +1022,7 @@ impl Partition {
         tracing::warn!(topic = %self.topic, partition = self.index, log_start = floor, end, "the log start stored by DeleteRecords is beyond the log end; records appended from the end will be served");
         store_log_start(&self.dir, end)?;
         self.deleted_below.store(end, Ordering::Release);
+        self.watchers.wake();
         Ok(())
     }
 
@@ -1704,6 +1722,9 @@ impl Partition {
             let not_durable = store_log_start_renamed(&self.dir, target)
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
             self.deleted_below.store(target, Ordering::Release);
+            // A Fetch waiting at an offset below the new start answers now,
+            // OFFSET_OUT_OF_RANGE, as Kafka completes such a delayed fetch.
+            self.watchers.wake();
             tracing::info!(topic = %self.topic, partition = self.index, log_start = target, "deleted records");
             self.trim("below the log start", |s, _| s.next_offset() <= target)
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;

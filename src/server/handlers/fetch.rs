@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 use super::named_once;
 use crate::{
     server::{codes, fetch_memory::Lease, Ctx},
-    storage::{Partition, TopicManager},
+    storage::{watchers::Watch, Partition, TopicManager},
 };
 
 struct Want {
@@ -179,23 +179,24 @@ fn end_offset(records: &[u8], from: i64) -> i64 {
 /// [`fetch_memory`](crate::server::fetch_memory)), on a blocking thread: the
 /// pass, the lease holding its record bytes, which the read keeps (so an
 /// abandoned Fetch gives them back only once its read has ended), what each
-/// partition held from its fetch offset when the pass began (see [`Held`]),
-/// and the partitions it read (see [`resolve`]; `pins` as there). Every
-/// partition lock is taken there, none on the async thread: an append holds
-/// its partition's lock through a segment roll's `fdatasync`.
+/// and what each partition held from its fetch offset when the pass began
+/// (see [`Held`]). It reads the partitions `pins` holds (see [`resolve`]).
+/// Every partition lock is taken there, none on the async thread: an append
+/// holds its partition's lock through a segment roll's `fdatasync`.
 async fn read_pass(
     ctx: &Ctx,
     wants: &Arc<Vec<Want>>,
-    pins: Option<Arc<Vec<Weak<Partition>>>>,
+    pins: &Arc<Vec<Weak<Partition>>>,
     max_bytes: i64,
     version: i16,
-) -> (Pass, Lease, Vec<Held>, Vec<Weak<Partition>>) {
+) -> (Pass, Lease, Vec<Held>) {
     let storage = ctx.storage.clone();
     let memory = Arc::clone(&ctx.fetch_memory);
     let w = Arc::clone(wants);
+    let pins = Arc::clone(pins);
     ctx.metrics.fetch_read();
     let pass = tokio::task::spawn_blocking(move || {
-        let found = resolve(&storage, &w, pins.as_deref().map(Vec::as_slice));
+        let found = resolve(&storage, &w, Some(&pins));
         let held = holdings(&w, &found);
         // What the read could return, not the whole `max_bytes`: a Fetch near
         // the end of its partitions leaves the rest of the budget to others.
@@ -206,19 +207,15 @@ async fn read_pass(
         let pass = read_all(&w, &found, max_bytes, &mut lease, short, version);
         // What was read, no more: a first batch beyond the grant overdraws.
         lease.settle(u64::try_from(pass.total).unwrap_or(0));
-        let read = found
-            .iter()
-            .map(|p| p.as_ref().map_or_else(Weak::new, Arc::downgrade))
-            .collect();
-        (pass, lease, held, read)
+        (pass, lease, held)
     })
     .await;
     match pass {
-        Ok((pass, lease, held, read)) => {
+        Ok((pass, lease, held)) => {
             if pass.cut {
                 ctx.metrics.fetch_cut_by_memory();
             }
-            (pass, lease, held, read)
+            (pass, lease, held)
         }
         Err(e) => {
             tracing::error!(error = %e, "fetch task failed");
@@ -228,19 +225,14 @@ async fn read_pass(
                 errors: true,
                 cut: false,
             };
-            (
-                nothing,
-                ctx.fetch_memory.take_up_to(0),
-                Vec::new(),
-                Vec::new(),
-            )
+            (nothing, ctx.fetch_memory.take_up_to(0), Vec::new())
         }
     }
 }
 
 /// The wanted partitions, in request order, as the broker names them now
-/// (`None`: no such partition). With `pins`, the partitions a long poll's
-/// first read found, a partition that is not the one pinned is `None` too:
+/// (`None`: no such partition). With `pins`, the partitions the Fetch found
+/// when it began, a partition that is not the one pinned is `None` too:
 /// its topic was deleted while the Fetch waited, and perhaps created again
 /// under the same name. As Kafka completes a delayed fetch whose partition
 /// left the broker and answers it `UNKNOWN_TOPIC_OR_PARTITION`, such a Fetch
@@ -326,6 +318,16 @@ fn readable_now(wants: &[Want], found: &[Option<Arc<Partition>>], held: &[Held])
         .fold(0u64, u64::saturating_add)
 }
 
+/// The partitions `pins` holds that are still the broker's (`None`: not
+/// found when pinned, or its topic deleted since), as [`resolve`] finds them
+/// with `pins`, but without a lookup by name: a partition leaves the topic map
+/// only when its topic is deleted, which marks it deleted. Takes no lock.
+fn pinned(pins: &[Weak<Partition>]) -> Vec<Option<Arc<Partition>>> {
+    pins.iter()
+        .map(|p| p.upgrade().filter(|p| !p.is_deleted()))
+        .collect()
+}
+
 /// Where each of the partitions `found` (see [`resolve`]) has its readable log
 /// start and end (`None`: no such partition): what a read pass depends on. A
 /// long poll looks again only when these move, not at every append to any
@@ -382,9 +384,6 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
     let min_bytes = i64::from(req.min_bytes.max(0));
     let deadline = Instant::now()
         + Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
-    // Changes at each append, and at each topic delete: a long poll whose
-    // topic is deleted answers then, not at its deadline.
-    let mut changes = ctx.storage.subscribe();
     // Set once the server stops serving: a long poll then answers as at its
     // deadline, rather than hold the shutdown for up to `max_wait`.
     let mut stopping = ctx.stopping.subscribe();
@@ -395,24 +394,26 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         (response, lease)
     };
     let wanted = u64::try_from(min_bytes).unwrap_or(0);
-    // The partitions the first read found: every later look and read is of
+    // The partitions the Fetch names now: every later look and read is of
     // them (see `resolve`).
-    let mut pins: Option<Arc<Vec<Weak<Partition>>>> = None;
+    let pins: Arc<Vec<Weak<Partition>>> = Arc::new(
+        resolve(&ctx.storage, &wants, None)
+            .iter()
+            .map(|p| p.as_ref().map_or_else(Weak::new, Arc::downgrade))
+            .collect(),
+    );
+    // Registered with the pinned partitions once the Fetch first waits: only
+    // a change to one of them wakes it (see `storage::watchers`).
+    let mut watch: Option<Watch> = None;
     // Whether this pass was called for by the estimate of what the partitions
     // hold reaching `min_bytes`: it answers with what it read, as Kafka's
     // DelayedFetch completes once its estimate is reached.
     let mut enough = false;
     loop {
-        changes.borrow_and_update();
-        // Before the read: an append between the two then still counts as a move.
-        let mut seen = positions(&resolve(
-            &ctx.storage,
-            &wants,
-            pins.as_deref().map(Vec::as_slice),
-        ));
-        let (pass, lease, held, read) =
-            read_pass(ctx, &wants, pins.clone(), max_bytes, version).await;
-        let pinned = Arc::clone(pins.get_or_insert_with(|| Arc::new(read)));
+        // Before the read: a change between the two then still counts as a
+        // move (once registered, it also wakes the wait below).
+        let mut seen = positions(&pinned(&pins));
+        let (pass, lease, held) = read_pass(ctx, &wants, &pins, max_bytes, version).await;
         // A pass the memory budget cut short answers now: what it left is
         // there to read, and waiting for a change would sit out `max_wait`.
         // So does one whose partitions hold `min_bytes` (each counted within
@@ -435,17 +436,27 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         // adds up to `min_bytes`, not at each append to them (each read would
         // take up to all it had read before, again).
         drop((pass, lease));
+        // Registered only now, after `seen` was taken: a change in between
+        // woke nothing, so the first look is at once.
+        let mut look_now = false;
+        let watch = watch.get_or_insert_with(|| {
+            look_now = true;
+            Watch::new(pinned(&pins).iter().flatten())
+        });
         let woke = loop {
-            let changed = tokio::select! {
-                biased;
-                _ = stopping.wait_for(|stop| *stop) => false,
-                c = tokio::time::timeout_at(deadline.into(), changes.changed()) => matches!(c, Ok(Ok(()))),
-            };
-            if !changed {
-                break None;
+            if !look_now {
+                let changed = tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|stop| *stop) => false,
+                    c = tokio::time::timeout_at(deadline.into(), watch.changed()) => c.is_ok(),
+                };
+                if !changed {
+                    break None;
+                }
+                ctx.metrics.fetch_wakeup();
             }
-            changes.borrow_and_update();
-            let found = resolve(&ctx.storage, &wants, Some(pinned.as_slice()));
+            look_now = false;
+            let found = pinned(&pins);
             let now = positions(&found);
             if now == seen {
                 continue;
@@ -461,8 +472,8 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         match woke {
             Some(estimated) => enough = estimated,
             None => {
-                // Deadline, shutdown (or storage gone): one last read, then answer.
-                let (pass, lease, ..) = read_pass(ctx, &wants, pins, max_bytes, version).await;
+                // Deadline or shutdown: one last read, then answer.
+                let (pass, lease, _) = read_pass(ctx, &wants, &pins, max_bytes, version).await;
                 return answer(pass, lease);
             }
         }
@@ -822,5 +833,277 @@ mod tests {
         assert_eq!(ctx.metrics.fetch_reads(), 2);
         drop(ctx);
         storage.shutdown().unwrap();
+    }
+
+    /// Two runtimes and a broker context for long-poll tests: the polls run on
+    /// `polls`, driven only while the test thread is in its `block_on`;
+    /// produces, deletes and the like on `admin`.
+    struct Polls {
+        polls: tokio::runtime::Runtime,
+        admin: tokio::runtime::Runtime,
+        ctx: Arc<Ctx>,
+        storage: TopicManager,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Polls {
+        fn new() -> Polls {
+            let dir = tempfile::tempdir().unwrap();
+            let runtime = || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            };
+            let (polls, admin) = (runtime(), runtime());
+            let ctx = polls.block_on(crate::server::tests::ctx_with(
+                dir.path(),
+                Config::default(),
+            ));
+            let storage = ctx.storage.clone();
+            Polls {
+                polls,
+                admin,
+                ctx,
+                storage,
+                _dir: dir,
+            }
+        }
+
+        /// Starts a Fetch of `topic` (its `partitions` from `offset`) that
+        /// waits up to `max_wait_ms` for `min_bytes`.
+        fn start(
+            &self,
+            topic: &'static str,
+            partitions: &[i32],
+            offset: i64,
+            min_bytes: i32,
+            max_wait_ms: i32,
+        ) -> tokio::task::JoinHandle<FetchResponse> {
+            use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+            let req = FetchRequest::default()
+                .with_max_wait_ms(max_wait_ms)
+                .with_min_bytes(min_bytes)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str(topic)))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|&p| {
+                                FetchPartition::default()
+                                    .with_partition(p)
+                                    .with_fetch_offset(offset)
+                                    .with_partition_max_bytes(1 << 20)
+                            })
+                            .collect(),
+                    )]);
+            let ctx = Arc::clone(&self.ctx);
+            self.polls
+                .spawn(async move { fetch(&ctx, req, 12).await.0 })
+        }
+
+        /// Drives the polls for `ms`.
+        fn drive(&self, ms: u64) {
+            self.polls
+                .block_on(async { tokio::time::sleep(Duration::from_millis(ms)).await });
+        }
+
+        /// Drives the polls until `reads` read passes were made, then a
+        /// moment more: the pass ends on a blocking thread, the poll then waits.
+        fn until_read(&self, reads: u64) {
+            self.polls.block_on(async {
+                while self.ctx.metrics.fetch_reads() < reads {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+        }
+
+        /// The poll's answer, which must come within 5 s (its `max_wait` is longer).
+        fn answer(&self, poll: tokio::task::JoinHandle<FetchResponse>) -> FetchResponse {
+            self.polls
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), poll).await })
+                .expect("answered before its max_wait")
+                .unwrap()
+        }
+
+        fn produce(&self, topic: &str, partition: i32, batch: &[u8]) {
+            self.admin.block_on(async {
+                let acked = self
+                    .storage
+                    .submit(topic, partition, batch, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                acked.await.unwrap().unwrap();
+            });
+        }
+
+        fn watchers(&self, topic: &str, partition: i32) -> usize {
+            self.storage
+                .partition(topic, partition)
+                .unwrap()
+                .watchers()
+                .len()
+        }
+
+        fn close(self) {
+            drop(self.ctx);
+            self.storage.shutdown().unwrap();
+        }
+    }
+
+    /// Every append anywhere on the broker woke every waiting long poll, which
+    /// then looked each of its partitions up by name and compared its
+    /// positions: with many idle consumers over many partitions that is work
+    /// in proportion to appends × polls × partitions, on the runtime's
+    /// threads. A poll is now woken only by changes to its own partitions:
+    /// appends to another partition of its topic wake it not once.
+    #[test]
+    fn a_long_poll_is_not_woken_by_appends_to_another_partition() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 2).unwrap();
+        let poll = t.start("t", &[0], 0, 1, 30_000);
+        t.until_read(1);
+        assert!(!poll.is_finished(), "an empty partition: the poll waits");
+        let wakeups = t.ctx.metrics.fetch_wakeups();
+        let batch = make_batch(0, &[b"elsewhere"]);
+        for _ in 0..20 {
+            t.produce("t", 1, &batch);
+            // The poll runs between the appends, as it would on a busy broker.
+            t.drive(10);
+        }
+        assert_eq!(
+            t.ctx.metrics.fetch_wakeups() - wakeups,
+            0,
+            "appends to partition 1 woke a poll of partition 0"
+        );
+        assert_eq!(t.ctx.metrics.fetch_reads(), 1);
+        assert!(!poll.is_finished());
+        assert_eq!((t.watchers("t", 0), t.watchers("t", 1)), (1, 0));
+        // An append to its own partition answers it at once.
+        t.produce("t", 0, &make_batch(0, &[b"mine"]));
+        let response = t.answer(poll);
+        let p = &response.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (codes::NONE, 1), "{p:?}");
+        assert!(!p.records.as_ref().unwrap().is_empty());
+        assert_eq!(t.ctx.metrics.fetch_wakeups() - wakeups, 1);
+        assert_eq!(t.ctx.metrics.fetch_reads(), 2);
+        assert_eq!(t.watchers("t", 0), 0, "the answered poll deregistered");
+        t.close();
+    }
+
+    /// A long poll waiting for `min_bytes` wakes at each append to its
+    /// partition, reads again only once the bytes appended reach `min_bytes`,
+    /// and answers then, long before its `max_wait`.
+    #[test]
+    fn a_long_poll_answers_once_appends_to_its_partition_reach_min_bytes() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        let batch = make_batch(0, &[&[1u8; 300]]);
+        let min_bytes = i32::try_from(2 * batch.len()).unwrap();
+        let poll = t.start("t", &[0], 0, min_bytes, 30_000);
+        t.until_read(1);
+        t.produce("t", 0, &batch);
+        t.drive(50);
+        assert!(!poll.is_finished(), "half of min_bytes");
+        assert_eq!(
+            t.ctx.metrics.fetch_reads(),
+            1,
+            "no read for half of min_bytes"
+        );
+        t.produce("t", 0, &batch);
+        let response = t.answer(poll);
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.records.as_ref().map(Bytes::len)),
+            (codes::NONE, Some(2 * batch.len()))
+        );
+        assert_eq!(t.ctx.metrics.fetch_reads(), 2);
+        t.close();
+    }
+
+    /// A DeleteRecords that moved the log start past a waiting poll's offset
+    /// woke it only at the next append to some partition of the broker, or
+    /// at its `max_wait`. Its partition now wakes it at once, and it answers
+    /// `OFFSET_OUT_OF_RANGE`, as Kafka completes such a delayed fetch.
+    #[test]
+    fn a_long_poll_answers_at_once_when_delete_records_moves_the_log_start_past_its_offset() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        let batch = make_batch(0, &[b"r"]);
+        for _ in 0..3 {
+            t.produce("t", 0, &batch);
+        }
+        // From offset 1, it holds two batches, far from `min_bytes`: it waits.
+        let poll = t.start("t", &[0], 1, 1 << 20, 30_000);
+        t.until_read(1);
+        assert!(!poll.is_finished());
+        let p = t.storage.partition("t", 0).unwrap();
+        assert_eq!(p.delete_records(3).unwrap(), 3);
+        let response = t.answer(poll);
+        let r = &response.responses[0].partitions[0];
+        assert_eq!(
+            (r.error_code, r.log_start_offset, r.high_watermark),
+            (codes::OFFSET_OUT_OF_RANGE, 3, 3),
+            "{r:?}"
+        );
+        assert_eq!(p.watchers().len(), 0);
+        drop(p);
+        t.close();
+    }
+
+    /// A long poll on a topic deleted while it waits is woken by the delete
+    /// itself (no append anywhere) and answers `UNKNOWN_TOPIC_OR_PARTITION`.
+    #[test]
+    fn a_long_poll_answers_at_once_when_its_topic_is_deleted() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 2).unwrap();
+        let poll = t.start("t", &[0, 1], 0, 1, 30_000);
+        t.until_read(1);
+        assert!(!poll.is_finished());
+        let pinned = t.storage.partition("t", 1).unwrap();
+        assert_eq!(pinned.watchers().len(), 1);
+        t.admin
+            .block_on(async { assert!(t.storage.delete_topic("t").await.unwrap()) });
+        let response = t.answer(poll);
+        let codes: Vec<i16> = response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(codes, [codes::UNKNOWN_TOPIC_OR_PARTITION; 2]);
+        assert_eq!(pinned.watchers().len(), 0);
+        drop(pinned);
+        t.close();
+    }
+
+    /// A long poll whose Fetch is dropped while it waits (its connection
+    /// closed) takes its registrations off all its partitions: a partition's
+    /// list of waiters holds only the polls waiting now.
+    #[test]
+    fn a_cancelled_long_poll_leaves_no_registration_behind() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 2).unwrap();
+        let polls: Vec<_> = (0..3)
+            .map(|_| t.start("t", &[0, 1], 0, 1, 30_000))
+            .collect();
+        t.until_read(3);
+        assert_eq!((t.watchers("t", 0), t.watchers("t", 1)), (3, 3));
+        let mut polls = polls.into_iter();
+        let first = polls.next().unwrap();
+        first.abort();
+        let ended = t.polls.block_on(first);
+        assert!(ended.unwrap_err().is_cancelled());
+        assert_eq!((t.watchers("t", 0), t.watchers("t", 1)), (2, 2));
+        for poll in polls {
+            poll.abort();
+            assert!(t.polls.block_on(poll).unwrap_err().is_cancelled());
+        }
+        assert_eq!((t.watchers("t", 0), t.watchers("t", 1)), (0, 0));
+        // Appends with nobody waiting.
+        t.produce("t", 0, &make_batch(0, &[b"x"]));
+        assert_eq!(t.ctx.metrics.fetch_wakeups(), 0);
+        t.close();
     }
 }
