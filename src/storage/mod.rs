@@ -52,7 +52,7 @@ use std::{
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::wal::files::create_dir_durable;
 pub use crate::wal::files::sync_dir;
@@ -360,7 +360,6 @@ struct Shared {
     undurable_deletes: Mutex<Vec<UndurableDelete>>,
     wal: Option<Wal>,
     jobs: mpsc::Sender<Job>,
-    data_version: watch::Sender<u64>,
     applied_seq: AtomicU64,
     checkpointed: Mutex<u64>,
     /// What replaying the WAL at the start did.
@@ -1643,7 +1642,6 @@ impl TopicManager {
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
-        let (data_version, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             _lock: lock,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
@@ -1655,7 +1653,6 @@ impl TopicManager {
             undurable_deletes: Mutex::new(Vec::new()),
             wal,
             jobs: jobs_tx,
-            data_version,
             applied_seq: AtomicU64::new(stats.last_sequence),
             checkpointed: Mutex::new(stats.last_sequence),
             replayed: stats,
@@ -1814,12 +1811,6 @@ impl TopicManager {
         usize::try_from(index)
             .ok()
             .and_then(|i| t.partitions.get(i).cloned())
-    }
-
-    /// A receiver that changes whenever a high watermark moves, and when a
-    /// topic is deleted (for long-poll fetches).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.data_version.subscribe()
     }
 
     /// Creates a topic with `partitions` partitions and the broker's settings
@@ -2413,16 +2404,14 @@ impl TopicManager {
             topic
         };
         deleting.insert(name.to_string());
+        // Out of the map and marked deleted, each partition wakes the long
+        // polls waiting on it, which find it gone and answer, as Kafka
+        // completes a delayed fetch whose partition left the broker (not at
+        // its deadline, nor at the first append to a topic created again under
+        // the name).
         for p in &topic.partitions {
             p.mark_deleted();
         }
-        // Out of the map: a long poll waiting on one of its partitions wakes,
-        // finds it gone and answers, as Kafka completes a delayed fetch whose
-        // partition left the broker (not at its deadline, nor at the first
-        // append to a topic created again under the name).
-        self.shared
-            .data_version
-            .send_modify(|v| *v = v.wrapping_add(1));
         let reserved = Deleting {
             shared: Arc::clone(&self.shared),
             name: name.to_string(),
