@@ -2206,3 +2206,48 @@ fn a_file_number_with_no_successor_is_refused() {
         );
     }
 }
+
+/// A `max_file_size` past the largest accepted (1 TiB) is refused by the
+/// configuration check, naming the setting, before the directory is created: a
+/// size past i64::MAX used to fail only at `fallocate`, once the directory had
+/// been created and locked.
+#[test]
+fn a_file_size_past_the_largest_accepted_is_refused_before_the_directory_is_touched() {
+    for backend in BACKENDS {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("wal");
+        for size in [u64::MAX - 4095, (1u64 << 40) + 4096] {
+            let cfg = WalConfig {
+                max_file_size: size,
+                ..config(backend, SyncMode::EveryWrite)
+            };
+            let err = cfg
+                .validate()
+                .expect_err("an oversized file size was accepted");
+            assert!(
+                matches!(&err, Error::InvalidConfig { field: "--wal-max-file-size", value, .. } if *value == size.to_string()),
+                "{backend}: {err}"
+            );
+            assert!(err.to_string().contains("at most 1099511627776"), "{err}");
+            let err = streamline::wal::Wal::open(&dir, cfg)
+                .map(|_| ())
+                .expect_err("an oversized file size was accepted");
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidConfig {
+                        field: "--wal-max-file-size",
+                        ..
+                    }
+                ),
+                "{backend}: {err}"
+            );
+            assert!(!dir.exists(), "{backend}: the directory was created");
+        }
+        let largest = WalConfig {
+            max_file_size: 1 << 40,
+            ..config(backend, SyncMode::EveryWrite)
+        };
+        largest.validate().unwrap();
+    }
+}

@@ -348,11 +348,19 @@ impl WalConfig {
                 "must be at least 1 in interval mode",
             );
         }
-        if self.max_file_size < Self::MIN_FILE_SIZE || !self.max_file_size.is_multiple_of(4096) {
+        // Largest accepted `max_file_size`: 1 TiB. A file is preallocated to it
+        // (`fallocate` takes an `off_t`, a signed 64-bit size), so a value past
+        // i64::MAX used to fail only there, after the directory was created and
+        // locked; far below that, no disk holds one such file.
+        const MAX_FILE_SIZE: u64 = 1 << 40;
+        if self.max_file_size < Self::MIN_FILE_SIZE
+            || self.max_file_size > MAX_FILE_SIZE
+            || !self.max_file_size.is_multiple_of(4096)
+        {
             return bad(
                 "--wal-max-file-size",
                 self.max_file_size.to_string(),
-                "must be a multiple of 4096 and at least 65536",
+                "must be a multiple of 4096, at least 65536 and at most 1099511627776 (1 TiB)",
             );
         }
         if self.max_batch_bytes < 4096 || self.max_batch_bytes > 64 * 1024 * 1024 {
