@@ -765,6 +765,58 @@ mod tests {
         }
     }
 
+    /// What docs/format.md says of the fields written as 0: the file header's
+    /// `reserved` (outside its checksum) and unknown batch flag bits are checked
+    /// and refused; the file header's `flags`, a batch header's `reserved` (under
+    /// their checksums) are not checked; the file header's bytes 48..4096 are
+    /// under no checksum and never read.
+    #[test]
+    fn fields_written_as_zero_are_read_as_the_format_doc_says() {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        encode_file_header(&mut b, 42, 1234, KEY);
+        let reseal = |b: &mut [u8]| {
+            let crc = crc32c::crc32c(&b[..FILE_HEADER_CRC_OFFSET]);
+            b[FILE_HEADER_CRC_OFFSET..FILE_HEADER_CRC_OFFSET + 4]
+                .copy_from_slice(&crc.to_le_bytes());
+        };
+        for at in FILE_HEADER_CRC_OFFSET + 4..FILE_HEADER_LEN {
+            let mut c = b.clone();
+            c[at] = 0x80;
+            assert_eq!(
+                decode_file_header(&c).unwrap_err(),
+                "reserved file header bytes are not zero",
+                "byte {at}"
+            );
+        }
+        let mut c = b.clone();
+        c[FILE_HEADER_LEN..].fill(0xa5);
+        assert_eq!(decode_file_header(&c), decode_file_header(&b));
+        let mut c = b.clone();
+        c[10..12].copy_from_slice(&0xffffu16.to_le_bytes());
+        reseal(&mut c);
+        assert_eq!(decode_file_header(&c), decode_file_header(&b));
+
+        for bit in 1..8 {
+            let mut h = [0u8; BATCH_HEADER_LEN];
+            encode_batch_header(&mut h, &SAMPLE, KEY);
+            h[5] |= 1 << bit;
+            reseal_batch_header(&mut h);
+            assert_eq!(
+                decode_batch_header(&h, F7),
+                Err(BadBatch::Invalid(format!(
+                    "unknown batch flags {:#04x}",
+                    1u8 | 1 << bit
+                ))),
+                "flag bit {bit}"
+            );
+        }
+        let mut h = [0u8; BATCH_HEADER_LEN];
+        encode_batch_header(&mut h, &SAMPLE, KEY);
+        h[6..8].fill(0xff);
+        reseal_batch_header(&mut h);
+        assert_eq!(decode_batch_header(&h, F7), Ok(SAMPLE));
+    }
+
     #[test]
     fn new_file_keys_differ_and_are_never_zero() {
         let keys: std::collections::HashSet<u64> = (0..1000).map(|_| new_file_key()).collect();
