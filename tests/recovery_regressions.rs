@@ -77,8 +77,13 @@ fn seal_that_skips_unchecked_entries_is_corruption() {
 /// Writes a log that rotated `files` times, one 2,000-byte entry per batch (each
 /// batch one block: batches of file 1 start at 4096, 8192, ...), closed cleanly.
 fn rotated_log(files: u64) -> tempfile::TempDir {
+    rotated_log_with(config(), files)
+}
+
+/// [`rotated_log`] written with `cfg`.
+fn rotated_log_with(cfg: WalConfig, files: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+    let (wal, _) = Wal::open(dir.path(), cfg).unwrap();
     while wal.stats().rotations < files {
         wal.append("t", 0, Bytes::from(vec![1u8; 2000]))
             .wait()
@@ -726,6 +731,184 @@ fn an_unsealed_newest_archived_file_is_sealed_before_the_log_continues() {
             .unwrap_or_else(|e| panic!("{backend:?}: reopen: {e}"));
         let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
         assert_eq!(got, want, "{backend:?}");
+        wal.close().unwrap();
+    }
+}
+
+/// Zeroes `current.wal` from the block after its header to its end: its first
+/// batch never reached the disk (a power loss before the first sync of a file a
+/// rotation had just started, in `interval` or `os_default` mode).
+fn zero_current_after_header(dir: &std::path::Path) {
+    let path = dir.join("current.wal");
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; len as usize - 4096], 4096).unwrap();
+}
+
+/// A rotated log (file 1 holds entries 1..=N, sealed; `current.wal` is file 2)
+/// whose `current.wal` lost its only batch to a power loss, then lost
+/// `00000001.wal`: no file left holds an entry. Without a checkpoint (files are
+/// retired only once one covers them) the log must start at file 1; with a
+/// checkpoint below N, the last clean close recorded that the log goes on at
+/// N + 1, so entries after the checkpoint are gone. The open used to succeed
+/// either way, handing out sequences from 1 again (or from the checkpoint on),
+/// with entries 1..=N (or checkpoint + 1..=N) lost and nothing said.
+#[test]
+fn a_lost_oldest_file_is_reported_when_the_files_left_hold_no_entries() {
+    for backend in BACKENDS {
+        let cfg = WalConfig {
+            backend,
+            ..config()
+        };
+        // No checkpoint, no clean-close marker.
+        let dir = rotated_log_with(cfg.clone(), 1);
+        zero_current_after_header(dir.path());
+        std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+        std::fs::remove_file(dir.path().join("00000001.wal")).unwrap();
+        let err = Wal::open(dir.path(), cfg.clone())
+            .map(|_| ())
+            .expect_err("a log that lost its first file was accepted");
+        assert!(
+            matches!(&err, Error::Corrupt { file, .. } if file.ends_with("current.wal")),
+            "{backend:?}: {err}"
+        );
+        assert!(err.to_string().contains("entries are missing"), "{err}");
+        // A tolerant open cannot explain missing files either.
+        let tolerant = WalConfig {
+            recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+            ..cfg.clone()
+        };
+        assert!(
+            matches!(Wal::open(dir.path(), tolerant), Err(Error::Corrupt { .. })),
+            "{backend:?}: tolerant open accepted missing files"
+        );
+
+        // A checkpoint at 3, below the N entries of file 1; the clean close of
+        // the log with its empty `current.wal` recorded where the log goes on.
+        let dir = rotated_log_with(cfg.clone(), 1);
+        zero_current_after_header(dir.path());
+        std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+        let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+        let next = rec.next_sequence;
+        assert!(next > 4, "{backend:?}: file 1 holds {} entries", next - 1);
+        drop(rec);
+        wal.checkpoint(3).unwrap();
+        wal.close().unwrap();
+        std::fs::remove_file(dir.path().join("00000001.wal")).unwrap();
+        let err = Wal::open(dir.path(), cfg.clone())
+            .map(|_| ())
+            .expect_err("a log that lost entries after its checkpoint was accepted");
+        assert!(
+            matches!(&err, Error::Corrupt { file, .. } if file.ends_with("current.wal")),
+            "{backend:?}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "goes on at sequence {next} but the checkpoint is 3"
+            )) && msg.contains("entries are missing"),
+            "{msg}"
+        );
+    }
+}
+
+/// The legitimate state the check above must not refuse: every archived file
+/// retired by a checkpoint covering it (`retention_files` 0), `current.wal`
+/// holding no entry, with or without the clean-close marker. Appends go on
+/// after the checkpoint.
+#[test]
+fn a_log_whose_archived_files_were_all_retired_opens_with_no_entries_left() {
+    for backend in BACKENDS {
+        for keep_marker in [true, false] {
+            let case = format!("{backend:?}, marker kept {keep_marker}");
+            let cfg = WalConfig {
+                backend,
+                retention_files: 0,
+                ..config()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let (wal, _) = Wal::open(dir.path(), cfg.clone()).unwrap();
+            let mut last = 0;
+            while wal.stats().rotations < 2 {
+                last = wal
+                    .append("t", 0, Bytes::from(vec![1u8; 2000]))
+                    .wait()
+                    .unwrap();
+            }
+            wal.checkpoint(last).unwrap();
+            wal.close().unwrap();
+            let names = archived_names(dir.path());
+            assert!(names.is_empty(), "{case}: archived files kept: {names:?}");
+            // The entry `current.wal` held is covered by the checkpoint.
+            zero_current_after_header(dir.path());
+            std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+            if keep_marker {
+                // Closed cleanly with an empty `current.wal` (the open sealed the
+                // one above, the checkpoint retired it): the marker says the log
+                // goes on at the checkpoint + 1.
+                let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+                drop(rec);
+                wal.checkpoint(last).unwrap();
+                wal.close().unwrap();
+                assert!(archived_names(dir.path()).is_empty(), "{case}");
+            }
+            let (wal, rec) =
+                Wal::open(dir.path(), cfg.clone()).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(
+                (rec.checkpoint, rec.next_sequence),
+                (last, last + 1),
+                "{case}"
+            );
+            assert_eq!(rec.count(), 0, "{case}");
+            assert_eq!(
+                wal.append("t", 0, Bytes::from("next")).wait().unwrap(),
+                last + 1,
+                "{case}"
+            );
+            wal.close().unwrap();
+        }
+    }
+}
+
+/// The archived files in `dir`.
+fn archived_names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wal") && n.starts_with('0'))
+        .collect()
+}
+
+/// A checkpoint at 0 (nothing applied yet: no `checkpoint.json` is written)
+/// retires nothing, not even an archived file that holds no entries (here a
+/// version 1 file, sealed empty by the open that continued in a keyed file).
+/// Retired, it left a log whose oldest file is not the first and no checkpoint,
+/// which recovery takes as files missing.
+#[test]
+fn a_checkpoint_at_zero_retires_nothing() {
+    use streamline::wal::format::encode_file_header_v1;
+    for backend in BACKENDS {
+        let cfg = WalConfig {
+            backend,
+            retention_files: 0,
+            ..config()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = vec![0u8; WalConfig::MIN_FILE_SIZE as usize];
+        encode_file_header_v1(&mut file[..4096], 1, 0);
+        std::fs::write(dir.path().join("current.wal"), &file).unwrap();
+        let (wal, _) = Wal::open(dir.path(), cfg.clone()).unwrap();
+        wal.checkpoint(0).unwrap();
+        wal.close().unwrap();
+        assert!(
+            dir.path().join("00000001.wal").exists(),
+            "{backend:?}: the empty first file was retired without a checkpoint"
+        );
+        std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+        let (wal, rec) =
+            Wal::open(dir.path(), cfg.clone()).unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        assert_eq!(rec.next_sequence, 1, "{backend:?}");
+        assert_eq!(wal.append("t", 0, Bytes::from("one")).wait().unwrap(), 1);
         wal.close().unwrap();
     }
 }

@@ -12,11 +12,14 @@
 //! writing the output: output that stops early is an error, except when its
 //! reader went away, as with `dump DIR | head`).
 //!
-//! Nothing here writes to the directory: it scans with [`WalReader`] / `scan_dir`,
+//! Nothing here writes to the directory: it scans with [`WalReader`] / `scan_dir_uncached`,
 //! which never truncate or seal (that is `Wal::open`'s job). A directory a process
 //! has open (its `LOCK` held) is refused: rotations and retention change its files
 //! under a scan, which would report damage that is not there. While the tool runs
 //! it holds a shared lock, so a broker starting meanwhile finds the WAL in use.
+//! Like recovery, it reads what the disk holds: it drops the WAL files' cached
+//! pages first (`scan_dir_uncached`), since ext4 keeps pages whose write-back
+//! failed cached as if written; it syncs nothing.
 
 use std::{
     io::Write,
@@ -27,8 +30,8 @@ use std::{
 use clap::{Parser, Subcommand, ValueEnum};
 use streamline::{
     wal::{
-        format::BLOCK_SIZE, recovery::scan_dir, EntryIter, FileInfo, RecoveryMode, Tail, WalEntry,
-        WalReader,
+        format::BLOCK_SIZE, recovery::scan_dir_uncached, EntryIter, FileInfo, RecoveryMode, Tail,
+        WalEntry, WalReader,
     },
     Error,
 };
@@ -323,7 +326,7 @@ fn dump(dir: &Path, from: u64, format: Format) -> Result<(), Failed> {
 /// Entries recoverable before `offset` of `file`, from a tolerant scan (which
 /// continues past the damage). `None` when even that scan fails.
 fn recoverable_before(dir: &Path, file: &Path, offset: u64) -> Option<u64> {
-    let scan = scan_dir(dir, RecoveryMode::TolerateCorruption).ok()?;
+    let scan = scan_dir_uncached(dir, RecoveryMode::TolerateCorruption).ok()?;
     let mut count = 0;
     for f in &scan.files {
         if f.path == file {
@@ -346,7 +349,7 @@ fn verify(dir: &Path) -> Result<ExitCode, Failed> {
     // output that cannot be written is exit 2 (not a panic), and a reader
     // that went away leaves the verdict's own code.
     let mut text = String::new();
-    let verdict = match scan_dir(dir, RecoveryMode::Strict) {
+    let verdict = match scan_dir_uncached(dir, RecoveryMode::Strict) {
         Ok(scan) => {
             // The scan validated every batch and entry; a torn tail of the newest
             // file is an interrupted write that recovery cuts, not damage.

@@ -899,7 +899,13 @@ impl Wal {
             let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
             let keep = core.config.retention_files;
             let mut n = 0;
-            while n < archived.len().saturating_sub(keep) && archived[n].covers_through <= through {
+            // Nothing is retired before a checkpoint is stored (a file holding no
+            // entries is covered by checkpoint 0): without one, recovery takes an
+            // oldest file other than the first as files missing.
+            while through > 0
+                && n < archived.len().saturating_sub(keep)
+                && archived[n].covers_through <= through
+            {
                 n += 1;
             }
             archived.drain(..n).collect()
@@ -1506,6 +1512,51 @@ mod tests {
             assert_recovers(rec, 13, backend);
             wal.close().unwrap();
         }
+    }
+
+    /// `streamline-wal` (through `WalReader` and `scan_dir_uncached`) reads
+    /// what the disk holds, as recovery does: after the failure above, with the
+    /// five entries cached as written and absent from the disk, it reports the
+    /// ten synced entries, and the file's bytes on disk are unchanged. It used
+    /// to read the cache, reporting fifteen entries recovery does not return.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_wal_tool_reads_the_disk_not_pages_whose_write_back_failed() {
+        use crate::wal::{recovery, BackendKind, RecoveryMode, Wal, WalReader};
+        let fs = crate::file_at::FailingExt4::mount();
+        let dir = fs.path().join("wal");
+        let cfg = page_cache_config(BackendKind::Std);
+        let (wal, _) = Wal::open(&dir, cfg.clone()).unwrap();
+        for i in 0..10 {
+            wal.append("t", 0, payload(i)).wait().unwrap();
+        }
+        while !dir.join(super::files::NEXT).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        wal.close().unwrap();
+        let (wal, _) = Wal::open(&dir, cfg).unwrap();
+        fs.fail(Some(libc::EIO));
+        for i in 10..15 {
+            wal.append("t", 0, payload(i)).wait().unwrap();
+        }
+        assert!(wal.sync().wait().is_err());
+        assert!(wal.close().is_err());
+        fs.fail(None);
+        let current = dir.join(super::files::CURRENT);
+        let on_disk = crate::file_at::read_direct(&current);
+        assert_ne!(std::fs::read(&current).unwrap(), on_disk, "nothing cached");
+
+        let reader = WalReader::open(&dir).unwrap();
+        assert_eq!(reader.scan().last_sequence, 10);
+        let seqs: Vec<u64> = reader
+            .entries_from(1)
+            .map(|e| e.unwrap().sequence)
+            .collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        let scan = recovery::scan_dir_uncached(&dir, RecoveryMode::Strict).unwrap();
+        assert_eq!(scan.last_sequence, 10);
+        assert_eq!(crate::file_at::read_direct(&current), on_disk);
+        assert_eq!(std::fs::read(&current).unwrap(), on_disk);
     }
 
     /// A sync that ext4 answers from an aborted journal (`super::journal`): the

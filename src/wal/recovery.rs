@@ -484,7 +484,13 @@ pub fn scan_file_after_close(
                 // this file can exist (the next open removes the marker before it
                 // writes). What follows is never-written space: zeros, a stale
                 // batch header, or, in a recycled file, the middle of an old batch,
-                // whose bytes are no header at all.
+                // whose bytes are no header at all. A file that holds no entries,
+                // with no earlier file to say where it starts, starts where the
+                // close recorded the log going on: the entries before are in files
+                // that must still be there or that a checkpoint covers.
+                if let Some(c) = clean {
+                    info.next_sequence.get_or_insert(c.next_sequence);
+                }
                 break;
             }
             Step::Bad(reason, zero) => {
@@ -611,6 +617,56 @@ fn check_seal_skip(
     Ok(())
 }
 
+/// The start of a log whose files hold no entries, checked as [`scan_dir`] checks
+/// the first entry of one that holds some: entries are gone only once a checkpoint
+/// covers them. Where the next entry goes is known from a seal (an archived file
+/// retired only once the checkpoint covers its entries, so the file after it starts
+/// at checkpoint + 1 or below) or from the last clean close (which recorded where
+/// the log went on, the entries before it in files that are gone only if a
+/// checkpoint covers them). Without a checkpoint no file has been retired (see
+/// [`super::Wal::checkpoint`]), so the oldest file must be the first one.
+fn check_empty_log_start(
+    files: &[FileInfo],
+    oldest: &FileInfo,
+    next: Option<u64>,
+    has_checkpoint: bool,
+    cp_sequence: u64,
+    mode: RecoveryMode,
+) -> Result<()> {
+    if !has_checkpoint && oldest.number > 1 {
+        return Err(Error::corrupt(
+            &oldest.path,
+            0,
+            format!(
+                "the log holds no entries and its oldest file is number {}, but there is no checkpoint (files are retired only once one covers them): files 1 to {} and their entries are missing",
+                oldest.number,
+                oldest.number - 1
+            ),
+        ));
+    }
+    let Some(next) = next.filter(|&n| n > cp_sequence.saturating_add(1)) else {
+        return Ok(());
+    };
+    // Tolerant recovery that skipped damage lost the entries there, as many as
+    // the skipped bytes can hold (see the check of a log's first entry).
+    let skipped: u64 = files
+        .iter()
+        .flat_map(|f| &f.skipped)
+        .map(|(at, end, _)| end - at)
+        .sum();
+    let explained = mode == RecoveryMode::TolerateCorruption
+        && next - (cp_sequence + 1) <= skipped / ENTRY_HEADER_LEN as u64;
+    if explained {
+        tracing::warn!(file = %oldest.path.display(), from = cp_sequence + 1, to = next - 1, "sequences lost to corruption in a log left without entries (tolerant recovery)");
+        return Ok(());
+    }
+    Err(Error::corrupt(
+        &oldest.path,
+        BLOCK_SIZE as u64,
+        format!("the log holds no entries and goes on at sequence {next} but the checkpoint is {cp_sequence}: entries are missing"),
+    ))
+}
+
 /// Scans every file of the WAL directory in order and checks they form one log.
 ///
 /// # Errors
@@ -724,6 +780,15 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
                 format!("log starts at sequence {first} but the checkpoint is {cp_sequence}: entries are missing"),
             ));
         }
+    } else if let Some(oldest) = files.first() {
+        check_empty_log_start(
+            &files,
+            oldest,
+            expected_next,
+            checkpoint.is_some(),
+            cp_sequence,
+            mode,
+        )?;
     }
     let next_sequence = expected_next.unwrap_or(1).max(last_sequence + 1);
     Ok(DirScan {
@@ -732,6 +797,28 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
         last_sequence,
         next_sequence,
     })
+}
+
+/// [`scan_dir`] of what the disk holds: first drops the cached pages of every WAL
+/// file, as [`super::Wal::open`] does for the active file before its scan, so that
+/// a tool reads what recovery would. ext4 keeps pages whose write-back failed
+/// cached as if written (clean: the advice drops them); without the drop a tool
+/// would report entries the disk lacks and recovery does not return. Writes
+/// nothing: no sync is asked for. Dirty pages (writes not yet written back) are
+/// not dropped; the kernel only starts writing them back, as it would anyway.
+///
+/// # Errors
+/// As [`scan_dir`]; listing the directory or opening a file can fail too.
+pub fn scan_dir_uncached(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
+    let mut paths: Vec<PathBuf> = list_archived(dir)?.into_iter().map(|(_, p)| p).collect();
+    paths.push(dir.join(CURRENT));
+    for path in paths {
+        // Absent, or unreadable: the scan reports it, naming the file.
+        if let Ok(f) = File::open(&path) {
+            files::drop_cached_pages(&f);
+        }
+    }
+    scan_dir(dir, mode)
 }
 
 /// Streams the entries of scanned files, from a sequence on, one batch in memory at a time.
@@ -862,13 +949,14 @@ impl WalReader {
         Self::open_with(dir, RecoveryMode::Strict)
     }
 
-    /// Scans `dir` with the given handling of corruption.
+    /// Scans `dir` with the given handling of corruption, reading what the disk
+    /// holds (see [`scan_dir_uncached`]).
     ///
     /// # Errors
     /// As [`scan_dir`].
     pub fn open_with(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<Self> {
         Ok(WalReader {
-            scan: scan_dir(dir.as_ref(), mode)?,
+            scan: scan_dir_uncached(dir.as_ref(), mode)?,
         })
     }
 
