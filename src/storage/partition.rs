@@ -289,12 +289,17 @@ pub struct Partition {
     /// write-back failure once, so the next `fdatasync` of the file would
     /// succeed for pages it may have dropped.
     sync_failed: OnceLock<String>,
-    /// The producer snapshots written since the last [`Partition::sync`],
-    /// which makes them durable. Every one is kept: a trim's snapshot, written
-    /// outside the log lock, can finish after a later roll's.
-    unsynced_snapshots: Mutex<Vec<PathBuf>>,
+    /// The base offsets of the producer snapshots written and not fsynced
+    /// since (the next [`Partition::sync`] makes them durable, or a trim
+    /// before it deletes segments). Every one is kept: a trim's snapshot,
+    /// written outside the log lock, can finish after a later roll's. A base
+    /// is added before its snapshot is written, and again once it is renamed
+    /// into place, so a sync running meanwhile never leaves it marked durable
+    /// while its new contents are not.
+    unsynced_snapshots: Mutex<BTreeSet<i64>>,
     /// The base offsets of the producer snapshots on disk (found at open, or
-    /// written since), for [`Partition::drop_snapshots_below`].
+    /// written since), for [`Partition::drop_snapshots_below`]. Those found
+    /// at open are taken as durable: they outlived the restart.
     snapshots: Mutex<BTreeSet<i64>>,
     /// Idempotent producers' last batches (judged and updated by the submit thread).
     producers: Mutex<ProducerState>,
@@ -378,6 +383,22 @@ thread_local! {
     /// writing a group's compacted copy and putting it in place (tests).
     static BETWEEN_COPY_AND_SWAP: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::trim`] on this thread just before it
+    /// removes the files of the segments it deletes (tests).
+    static BEFORE_TRIM_REMOVES: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+    /// The producer snapshot files renamed into place on this thread and not
+    /// fsynced since: what a power loss can take from them (tests).
+    static SNAPSHOTS_NOT_FSYNCED: std::cell::RefCell<BTreeSet<PathBuf>> =
+        const { std::cell::RefCell::new(BTreeSet::new()) };
+}
+
+/// `fsync`s the producer snapshot at `path`.
+fn fsync_snapshot(path: &Path) -> std::io::Result<()> {
+    File::open(path).and_then(|f| crate::wal::journal::sync_all(&f))?;
+    #[cfg(test)]
+    SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().remove(path));
+    Ok(())
 }
 
 /// A read planned under the lock, performed outside it.
@@ -584,7 +605,7 @@ impl Partition {
             files: RwLock::new(()),
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
-            unsynced_snapshots: Mutex::new(Vec::new()),
+            unsynced_snapshots: Mutex::new(BTreeSet::new()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -898,9 +919,12 @@ impl Partition {
 
     /// Writes the producer state snapshot for a segment starting at `base`
     /// (`<base>.producers`: temporary file, then rename). Best effort, and
-    /// fsynced only by the next [`Partition::sync`] (the next checkpoint): a
-    /// start-up that finds it missing or unreadable starts from the newest
-    /// readable snapshot before it (see `producers_before`).
+    /// fsynced by the next [`Partition::sync`] (the next checkpoint), or by a
+    /// trim before it deletes segments: a start-up that finds it missing or
+    /// unreadable starts from the newest readable snapshot before it (see
+    /// `producers_before`), and no older snapshot that was fsynced is deleted
+    /// while this one is not (see [`Partition::drop_snapshots_below`] and
+    /// [`Partition::trim`]).
     ///
     /// Called after the roll, outside the partition's log lock: the snapshot
     /// keeps only batches below `base`, so batches appended to the new segment
@@ -912,16 +936,22 @@ impl Partition {
         let snapshot = self.producers().snapshot_below(base);
         let path = self.dir.join(segment::producers_name(base));
         let tmp = path.with_extension("producers-tmp");
+        let not_synced = || {
+            self.unsynced_snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(base);
+        };
+        not_synced();
         let written = serde_json::to_vec(&snapshot)
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(&tmp, json))
             .and_then(|()| std::fs::rename(&tmp, &path));
         match written {
             Ok(()) => {
-                self.unsynced_snapshots
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(path.clone());
+                #[cfg(test)]
+                SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().insert(path.clone()));
+                not_synced();
                 self.snapshots
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -950,6 +980,13 @@ impl Partition {
     /// again next time. Skipped while a change to the partition's files holds
     /// them exclusively (a delete, which runs a checkpoint itself while it
     /// holds them).
+    ///
+    /// The newest snapshot known durable is kept even below that segment:
+    /// the snapshots from it on may still wait for their fsync (a roll after
+    /// the checkpoint read the partition's end, or one whose snapshot is
+    /// still being written), and a power loss then leaves them empty, a
+    /// start reading the newest durable one before them with every batch
+    /// from its segment on. The next checkpoint, which fsyncs them, drops it.
     pub(crate) fn drop_snapshots_below(&self, recovery_point: i64) {
         let Some(_files) = self.try_files_guard() else {
             return;
@@ -971,6 +1008,18 @@ impl Partition {
                 .snapshots
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            let newest_durable = {
+                let unsynced = self
+                    .unsynced_snapshots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                snapshots
+                    .iter()
+                    .rev()
+                    .find(|b| !unsynced.contains(b))
+                    .copied()
+            };
+            let keep_from = newest_durable.map_or(keep_from, |b| b.min(keep_from));
             let kept = snapshots.split_off(&keep_from);
             std::mem::replace(&mut *snapshots, kept)
                 .into_iter()
@@ -1356,7 +1405,7 @@ impl Partition {
         mut deletable: impl FnMut(&Segment, u64) -> bool,
     ) -> Result<(usize, u64)> {
         let mut rolled = None;
-        let removed: Vec<Segment> = {
+        let (removed, kept_from): (Vec<Segment>, i64) = {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let mut total: u64 = log.iter().map(Segment::size).sum();
             let hw = self.high_watermark();
@@ -1399,13 +1448,27 @@ impl Partition {
             }
             let removed = log.drain(..n).collect();
             self.note_first_segment(&log);
-            removed
+            (removed, log.first().map_or(0, Segment::base_offset))
         };
         if let Some(end) = rolled {
             self.snapshot_producers(end);
         }
         if removed.is_empty() {
             return Ok((0, 0));
+        }
+        // The snapshots of the segments kept (a retention roll's among them)
+        // are durable before the removed segments go with theirs: those may
+        // be the only durable record of the producers, and a power loss
+        // empties a snapshot that was renamed into place but not fsynced.
+        // Without that, the removed segments' files are left for the next
+        // start (see above).
+        if let Err(e) = self.sync_snapshots_from(kept_from) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not make the producer snapshots durable; the files of the segments {why} are left until the next start");
+            return Err(e);
+        }
+        #[cfg(test)]
+        if let Some(before) = BEFORE_TRIM_REMOVES.with(|b| b.borrow_mut().take()) {
+            before();
         }
         let bytes = removed.iter().map(Segment::size).sum();
         for s in &removed {
@@ -1808,32 +1871,54 @@ impl Partition {
         // A roll's sync of the same file running meanwhile (under the lock) may
         // have been the one told of a failure that these syncs' data met.
         self.check_sync_failed_locked()?;
-        let mut snapshots = std::mem::take(
-            &mut *self
-                .unsynced_snapshots
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        snapshots.sort_unstable();
-        snapshots.dedup();
         // Best effort, as the snapshots themselves: a start-up copes without
-        // them. (Retention may have deleted one meanwhile.)
-        let mut synced_any = false;
-        for path in &snapshots {
-            match File::open(path).and_then(|f| crate::wal::journal::sync_all(&f)) {
-                Ok(()) => synced_any = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // them, and one not fsynced keeps the older durable one from being
+        // dropped (see `drop_snapshots_below`).
+        if let Err(e) = self.sync_snapshots_from(i64::MIN) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not fsync a producer snapshot; the older snapshots are kept until it is");
+        }
+        Ok(())
+    }
+
+    /// Makes the producer snapshots at or above `from` that wait for their
+    /// fsync durable: each file fsynced, then the directory (their renames).
+    /// Only those it made durable leave [`Partition::unsynced_snapshots`];
+    /// one removed meanwhile (retention) leaves it too.
+    ///
+    /// # Errors
+    /// The first failed fsync, naming the file or the directory.
+    fn sync_snapshots_from(&self, from: i64) -> Result<()> {
+        let pending: Vec<i64> = self
+            .unsynced_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .range(from..)
+            .copied()
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::with_capacity(pending.len());
+        let mut failed = None;
+        for base in pending {
+            let path = self.dir.join(segment::producers_name(base));
+            match fsync_snapshot(&path) {
+                Ok(()) => done.push(base),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => done.push(base),
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "could not fsync the producer snapshot");
+                    failed.get_or_insert(Error::io("fsync", &path, e));
                 }
             }
         }
-        if synced_any {
-            if let Err(e) = sync_dir(&self.dir) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not fsync the directory of the producer snapshots");
-            }
+        sync_dir(&self.dir)?;
+        let mut unsynced = self
+            .unsynced_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for base in done {
+            unsynced.remove(&base);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Reads whole batches starting at the batch holding `offset`, up to about
@@ -3686,6 +3771,135 @@ pub(crate) mod tests {
         assert_eq!(p.producers().len(), 2);
     }
 
+    /// Models a power loss for the producer snapshots in `lost` (those renamed
+    /// into place on this thread and not fsynced by then): with ext4's delayed
+    /// allocation their renames survive and their contents do not.
+    fn power_loss_empties(lost: &BTreeSet<PathBuf>) {
+        for path in lost {
+            if path.exists() {
+                std::fs::write(path, b"").unwrap();
+            }
+        }
+    }
+
+    /// The producer snapshot files renamed into place on this thread and not
+    /// fsynced since.
+    fn snapshots_not_fsynced() -> BTreeSet<PathBuf> {
+        SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow().clone())
+    }
+
+    /// A retention pass that deletes the active segment rolls first, writing
+    /// the new segment's producer snapshot, then removes the old segments
+    /// (their snapshots with them) and fsyncs the directory. The snapshot was
+    /// not fsynced: a power loss before the next checkpoint emptied it, and
+    /// the partition started with no producer, no older snapshot or segment
+    /// left to read them from. A retry of a batch stored before the roll was
+    /// stored again. The snapshot is now fsynced before any segment goes.
+    #[test]
+    fn a_retention_roll_makes_its_producer_snapshot_durable_before_the_old_segments_go() {
+        use crate::storage::{batch::tests, producers::Verdict};
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let first = tests::with_timestamp(
+            tests::make_producer_batch(0, &[b"once"], 7, 0, 0),
+            segment::now_ms() - 10_000,
+        );
+        let mut infos = validate_all(&first).unwrap();
+        infos[0].base_offset = store(&p, first.clone());
+        p.producers().record(&infos);
+        p.sync().unwrap();
+        p.set_high_watermark(1);
+        // What a power loss takes at the moment the old segments' files go.
+        let lost = std::rc::Rc::new(std::cell::RefCell::new(None));
+        BEFORE_TRIM_REMOVES.with(|b| {
+            let lost = std::rc::Rc::clone(&lost);
+            *b.borrow_mut() = Some(Box::new(move || {
+                *lost.borrow_mut() = Some(snapshots_not_fsynced());
+            }));
+        });
+        assert_eq!(
+            p.apply_retention(segment::now_ms(), Some(0), None)
+                .unwrap()
+                .0,
+            1
+        );
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (1, 1));
+        assert!(!pdir.join(segment::log_name(0)).exists());
+        let snapshot = pdir.join(segment::producers_name(1));
+        assert!(snapshot.exists());
+        let lost = lost.borrow_mut().take().expect("the trim removed segments");
+        drop(p);
+        power_loss_empties(&lost);
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(
+            p.producers().check(&validate_all(&first).unwrap()),
+            Ok(Verdict::Duplicate(0)),
+            "snapshots not fsynced when the old segments went: {lost:?}"
+        );
+    }
+
+    /// A checkpoint reads a partition's end, fsyncs its pending snapshots,
+    /// then drops the snapshots below the segment holding that end. A roll at
+    /// exactly the end in between made the new segment that one: the
+    /// previous snapshot, the newest durable one, was dropped while the new
+    /// one was not fsynced, and after a power loss the start knew only the
+    /// producers of the previous segment's last batches. The newest durable
+    /// snapshot is now kept until the next checkpoint fsyncs the later ones.
+    #[test]
+    fn a_checkpoint_keeps_the_newest_durable_snapshot_while_a_later_one_is_not_fsynced() {
+        use crate::storage::{batch::tests, producers::Verdict};
+        let make_producer_batch = |values: &[&[u8]], pid, seq| {
+            tests::with_timestamp(
+                tests::make_producer_batch(0, values, pid, 0, seq),
+                segment::now_ms(),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let record = |p: &Partition, b: Vec<u8>| {
+            let mut infos = validate_all(&b).unwrap();
+            infos[0].base_offset = store(p, b);
+            p.producers().record(&infos);
+            infos[0].base_offset
+        };
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let first = make_producer_batch(&[b"once"], 7, 0);
+        assert_eq!(record(&p, first.clone()), 0);
+        // [once, big 0], [big 1]: snapshot 2 knows producer 7, and is
+        // fsynced by a checkpoint.
+        for k in 0..2 {
+            record(&p, make_producer_batch(&[&[1u8; 3000]], 8, k));
+        }
+        p.sync().unwrap();
+        p.drop_snapshots_below(p.log_end_offset());
+        // The next checkpoint reads the end (3) and syncs; a roll at exactly
+        // that end follows before it drops the snapshots below it.
+        let end = p.log_end_offset();
+        assert_eq!(end, 3);
+        p.sync().unwrap();
+        assert_eq!(record(&p, make_producer_batch(&[&[1u8; 3000]], 8, 2)), 3);
+        assert_eq!(files(&pdir, "log"), 3);
+        p.drop_snapshots_below(end);
+        let lost = snapshots_not_fsynced();
+        assert!(lost.contains(&pdir.join(segment::producers_name(3))));
+        drop(p);
+        power_loss_empties(&lost);
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let retry = validate_all(&first).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
+
+        // Once the next checkpoint fsynced the new segment's snapshot, the
+        // older one goes.
+        assert_eq!(record(&p, make_producer_batch(&[&[1u8; 3000]], 8, 3)), 4);
+        p.sync().unwrap();
+        p.drop_snapshots_below(p.log_end_offset());
+        assert!(!pdir.join(segment::producers_name(2)).exists());
+        assert!(pdir.join(segment::producers_name(4)).exists());
+    }
+
     #[test]
     fn a_producer_known_when_the_newest_segment_started_is_known_after_a_reopen() {
         use crate::storage::{batch::tests, producers::Verdict};
@@ -3722,14 +3936,10 @@ pub(crate) mod tests {
         // every one of them: a trim's, written outside the log lock, may
         // finish after a later roll's.
         let pending = |p: &Partition| p.unsynced_snapshots.lock().unwrap().clone();
-        assert!(pending(&p).contains(&pdir.join(segment::producers_name(4))));
+        assert!(pending(&p).contains(&4));
         p.snapshot_producers(2);
         let waiting = pending(&p);
-        assert!(
-            waiting.contains(&pdir.join(segment::producers_name(4)))
-                && waiting.contains(&pdir.join(segment::producers_name(2))),
-            "{waiting:?}"
-        );
+        assert!(waiting.contains(&4) && waiting.contains(&2), "{waiting:?}");
         p.sync().unwrap();
         assert!(pending(&p).is_empty());
         drop(p);
