@@ -595,9 +595,16 @@ pub fn iterations_acceptable(iterations: i32) -> bool {
 /// the directory after the rename, when it fails (the file holds `users`
 /// then), and the [`file_digest`] of what was written.
 ///
+/// A `path` that is a symbolic link (configuration management often links
+/// the users file) stays one: the file it resolves to is the one replaced,
+/// by a temporary file in that file's directory, so later edits of it (and
+/// a SIGHUP) still reach the broker.
+///
 /// # Errors
 /// A failure before the rename: the file is unchanged.
 fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<(Option<Error>, Vec<u8>)> {
+    let real = std::fs::canonicalize(path).map_err(|e| Error::io("resolve SASL users", path, e))?;
+    let path = real.as_path();
     let mut out = serde_json::Map::new();
     let mut names: Vec<&String> = users.keys().collect();
     names.sort_unstable();
@@ -1494,6 +1501,82 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(altered.altered(&[upsert("erin")]).is_err());
         assert!(!path.exists());
+    }
+
+    /// A users file given as a symbolic link (configuration management links
+    /// it) was replaced by an alteration with a regular file holding a copy:
+    /// later edits of the file the link named, and a SIGHUP, were ignored (a
+    /// removed user kept logging in). The file the link resolves to is
+    /// replaced now, and the link stays.
+    #[cfg(unix)]
+    #[test]
+    fn an_alteration_through_a_symlinked_users_file_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("managed");
+        std::fs::create_dir(&real_dir).unwrap();
+        let target = real_dir.join("target.json");
+        std::fs::write(&target, r#"{"user": "pencil", "carol": "x"}"#).unwrap();
+        let link = dir.path().join("users.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let auth = Authenticator::load(&link, &Mechanism::ALL).unwrap();
+        let m = Mechanism::ScramSha256;
+        let altered = auth
+            .altered(&[ScramChange::Upsert {
+                user: "zed".into(),
+                mechanism: m,
+                iterations: 4096,
+                salt: b"salt".to_vec(),
+                salted_password: salted_password(m, 4096, b"salt", b"hunter2"),
+            }])
+            .unwrap();
+        assert!(altered.not_durable.is_none());
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the users file is still a link"
+        );
+        assert_eq!(std::fs::read_link(&link).unwrap(), target);
+        assert!(!real_dir.join(".target.json.tmp").exists());
+        assert!(!dir.path().join(".users.json.tmp").exists());
+        let on_target = Authenticator::load(&target, &Mechanism::ALL).unwrap();
+        assert_eq!(on_target.user_names(), ["carol", "user", "zed"]);
+        let next = altered.authenticator;
+        assert!(matches!(plain_auth(&next, "carol", "x"), Step::Done { .. }));
+        // The real file edited to remove carol, then a reload (SIGHUP) of the
+        // configured path: carol no longer logs in, and another alteration
+        // goes through (the broker's digest is of the file it wrote).
+        let mut users: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
+        assert!(users.remove("carol").is_some());
+        std::fs::write(&target, serde_json::to_vec(&users).unwrap()).unwrap();
+        let reloaded = Authenticator::load(&link, &Mechanism::ALL).unwrap();
+        assert_eq!(reloaded.user_names(), ["user", "zed"]);
+        assert!(matches!(
+            plain_auth(&reloaded, "carol", "x"),
+            Step::Failed(_)
+        ));
+        assert!(matches!(
+            scram(&reloaded, m, "zed", "hunter2"),
+            Step::Done { .. }
+        ));
+        assert!(reloaded
+            .altered(&[ScramChange::Delete {
+                user: "zed".into(),
+                mechanism: m,
+            }])
+            .is_ok());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            Authenticator::load(&link, &Mechanism::ALL)
+                .unwrap()
+                .user_names(),
+            ["user"]
+        );
     }
 
     /// AlterUserScramCredentials' changes: applied to a copy, written to the
