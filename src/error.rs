@@ -120,6 +120,22 @@ pub enum Error {
         acknowledged: u64,
     },
 
+    /// No producer id is left to hand out: another block of ids after the
+    /// reservation stored in `path` would pass the largest producer id.
+    #[error(
+        "no producer id is left to hand out: {} reserves every id below {reserved_below}, \
+         and another block of {block} ids would pass the largest producer id",
+        path.display()
+    )]
+    ProducerIdsExhausted {
+        /// The reservation file (`producer-ids.json`).
+        path: PathBuf,
+        /// The end of the stored reservation.
+        reserved_below: i64,
+        /// The ids a new block reserves.
+        block: i64,
+    },
+
     /// The directory (WAL or broker data) is already in use by this or another process.
     #[error("directory {} is in use (locked by another process or owner)", path.display())]
     Locked {

@@ -577,6 +577,12 @@ impl ProducerState {
 /// included.
 const ID_BLOCK: i64 = 1000;
 
+/// No producer id reservation ends past this: a stored one that does was
+/// damaged (refused at open), and no block is reserved past it (the
+/// allocator then answers [`Error::ProducerIdsExhausted`]), so what the
+/// allocator stores always opens again.
+const RESERVATION_LIMIT: i64 = i64::MAX - ID_BLOCK;
+
 /// `producer-ids.json`.
 #[derive(Debug, Serialize, Deserialize)]
 struct IdFile {
@@ -611,6 +617,17 @@ impl ProducerIds {
                 if f.reserved_below < 0 {
                     return Err(Error::corrupt(&path, 0, "negative producer id reservation"));
                 }
+                if f.reserved_below > RESERVATION_LIMIT {
+                    return Err(Error::corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "producer id reservation {} is past the last one the broker \
+                             stores ({RESERVATION_LIMIT})",
+                            f.reserved_below
+                        ),
+                    ));
+                }
                 f.reserved_below
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -625,14 +642,23 @@ impl ProducerIds {
     /// A producer id never handed out before (blocking: may write and fsync).
     ///
     /// # Errors
-    /// I/O errors from making a new block durable.
+    /// I/O errors from making a new block durable;
+    /// [`Error::ProducerIdsExhausted`] once the next block would end past
+    /// [`RESERVATION_LIMIT`] (nothing is stored then).
     pub fn allocate(&self) -> Result<i64> {
         let mut st = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if st.0 >= st.1 {
-            let end = st.1 + ID_BLOCK;
+            let end =
+                st.1.checked_add(ID_BLOCK)
+                    .filter(|&end| end <= RESERVATION_LIMIT)
+                    .ok_or_else(|| Error::ProducerIdsExhausted {
+                        path: self.path.clone(),
+                        reserved_below: st.1,
+                        block: ID_BLOCK,
+                    })?;
             let json = serde_json::to_vec(&IdFile {
                 version: 1,
                 reserved_below: end,
@@ -642,7 +668,8 @@ impl ProducerIds {
             st.1 = end;
         }
         let id = st.0;
-        st.0 += 1;
+        // Below the reservation's end, an i64: no overflow.
+        st.0 = id + 1;
         Ok(id)
     }
 }
@@ -1013,6 +1040,63 @@ mod tests {
                 got: 3
             })
         );
+    }
+
+    /// A damaged `producer-ids.json` whose reservation lay near i64::MAX
+    /// made the allocator's sums wrap (release builds): negative producer ids
+    /// were handed out, and a negative reservation stored that the next start
+    /// refused. Such a file is refused at open, naming it, and an allocation
+    /// that would pass i64::MAX is refused, storing nothing.
+    #[test]
+    fn a_producer_id_reservation_at_the_end_of_the_id_space_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(ProducerIds::FILE);
+        let store = |below: i64| {
+            std::fs::write(
+                &path,
+                format!("{{\"version\":1,\"reserved_below\":{below}}}"),
+            )
+            .unwrap();
+        };
+        for below in [i64::MAX, i64::MAX - 5, RESERVATION_LIMIT + 1] {
+            store(below);
+            let e = ProducerIds::open(tmp.path()).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(ProducerIds::FILE) && e.contains(&below.to_string()),
+                "{e}"
+            );
+        }
+        // The last whole block is handed out, then nothing more.
+        let last = RESERVATION_LIMIT - ID_BLOCK;
+        store(last);
+        let ids = ProducerIds::open(tmp.path()).unwrap();
+        let handed: Vec<i64> = (0..ID_BLOCK).map(|_| ids.allocate().unwrap()).collect();
+        assert_eq!(handed.first(), Some(&last));
+        assert_eq!(handed.last(), Some(&(RESERVATION_LIMIT - 1)));
+        let stored = std::fs::read(&path).unwrap();
+        for _ in 0..2 {
+            let e = ids.allocate().unwrap_err();
+            assert!(
+                matches!(e, Error::ProducerIdsExhausted { reserved_below, .. } if reserved_below == RESERVATION_LIMIT),
+                "{e}"
+            );
+            assert!(e.to_string().contains(ProducerIds::FILE), "{e}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), stored, "nothing stored");
+        drop(ids);
+        // What it stored opens again (and hands out nothing more); so does
+        // a reservation a block short of it, which cannot fit another whole
+        // block.
+        for below in [RESERVATION_LIMIT, RESERVATION_LIMIT - 5] {
+            store(below);
+            let ids = ProducerIds::open(tmp.path()).unwrap();
+            assert!(matches!(
+                ids.allocate(),
+                Err(Error::ProducerIdsExhausted { .. })
+            ));
+        }
     }
 
     #[test]

@@ -77,6 +77,9 @@ fn message(e: &ProduceError) -> String {
 /// producer id manager answers while it has no block of ids: clients retry it
 /// as it is. `COORDINATOR_NOT_AVAILABLE` would send the Java client looking up
 /// a transaction coordinator for a producer that has no transactional id.
+/// Once no id is left to hand out (the reservation at the end of the id
+/// space) the answer is `UNKNOWN_SERVER_ERROR`, as Kafka answers when its
+/// producer ids are exhausted: no retry would get one.
 pub(crate) async fn init_producer_id(
     ctx: &Arc<Ctx>,
     req: &InitProducerIdRequest,
@@ -100,12 +103,20 @@ pub(crate) async fn init_producer_id(
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "could not allocate a producer id");
-            r.with_error_code(codes::COORDINATOR_LOAD_IN_PROGRESS)
+            r.with_error_code(init_producer_id_error(&e))
         }
         Err(e) => {
             tracing::error!(error = %e, "producer id task failed");
             r.with_error_code(codes::COORDINATOR_LOAD_IN_PROGRESS)
         }
+    }
+}
+
+/// The InitProducerId answer to a failed allocation (see [`init_producer_id`]).
+fn init_producer_id_error(e: &crate::error::Error) -> i16 {
+    match e {
+        crate::error::Error::ProducerIdsExhausted { .. } => codes::UNKNOWN_SERVER_ERROR,
+        _ => codes::COORDINATOR_LOAD_IN_PROGRESS,
     }
 }
 
@@ -314,6 +325,30 @@ pub(crate) async fn handle(
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
+
+    /// Producer ids exhausted: no retry gets one, so the answer is not the
+    /// retriable one a failed reservation write gets.
+    #[test]
+    fn exhausted_producer_ids_are_not_answered_as_retriable() {
+        let exhausted = crate::error::Error::ProducerIdsExhausted {
+            path: "producer-ids.json".into(),
+            reserved_below: i64::MAX - 1000,
+            block: 1000,
+        };
+        assert_eq!(
+            init_producer_id_error(&exhausted),
+            codes::UNKNOWN_SERVER_ERROR
+        );
+        let unwritable = crate::error::Error::io(
+            "write",
+            "producer-ids.json",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(
+            init_producer_id_error(&unwritable),
+            codes::COORDINATOR_LOAD_IN_PROGRESS
+        );
+    }
 
     use bytes::{Buf, Bytes};
     use kafka_protocol::{
