@@ -125,7 +125,7 @@ pub struct StorageConfig {
     /// How often compacted topics (`cleanup.policy=compact`) are looked at for
     /// partitions to compact (Kafka's `log.cleaner.backoff.ms`). Default: 15000.
     pub cleaner_backoff_ms: u64,
-    /// Bound of one compaction pass's key map, keys plus 48 bytes each (Kafka's
+    /// Bound of one compaction pass's key map, keys plus 80 bytes each (Kafka's
     /// `log.cleaner.dedupe.buffer.size`); a partition with more keys is compacted
     /// a part per pass. Default: 64 MiB.
     pub cleaner_dedupe_buffer_bytes: u64,

@@ -712,7 +712,11 @@ static DECOMPRESSION: Budget = Budget::new(DECOMPRESSION_BUDGET);
 /// A budget of bytes that decompressions reserve before they allocate them.
 /// Reservations are granted in the order they are asked for, each once enough
 /// of the budget is free; nothing waits for a reservation while holding
-/// another, so every wait ends.
+/// another, so every wait ends. (A thread that did could wait for good: what
+/// it holds may keep its own reservation from fitting, and it heads the line,
+/// so every later one waits behind it too.) Debug builds count the
+/// reservations each thread holds, and a wait without a deadline asserts
+/// that its thread holds none.
 #[derive(Debug)]
 pub struct Budget {
     capacity: usize,
@@ -779,6 +783,11 @@ impl Budget {
         deadline: Option<std::time::Instant>,
     ) -> Option<Reservation<'_>> {
         let bytes = bytes.min(self.capacity);
+        #[cfg(debug_assertions)]
+        assert!(
+            bytes == 0 || deadline.is_some() || HELD.with(std::cell::Cell::get) == 0,
+            "a thread waits for a decompression reservation of {bytes} bytes while holding another: the wait may never end"
+        );
         let mut st = self.lock();
         if bytes > 0 {
             let ticket = st.next_ticket;
@@ -819,9 +828,12 @@ impl Budget {
             // The next in line may fit too.
             self.changed.notify_all();
         }
+        #[cfg(debug_assertions)]
+        HELD.with(|h| h.set(h.get() + 1));
         Some(Reservation {
             budget: self,
             bytes,
+            _one_thread: std::marker::PhantomData,
         })
     }
 
@@ -843,11 +855,21 @@ impl Budget {
     }
 }
 
-/// Bytes held of a [`Budget`], given back when dropped.
+#[cfg(debug_assertions)]
+thread_local! {
+    /// [`Reservation`]s this thread holds, of any [`Budget`] (see
+    /// [`Budget::reserve`]).
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes held of a [`Budget`], given back when dropped, by the thread that
+/// reserved them (it is not `Send`: a thread's reservations are counted in
+/// debug builds, see [`Budget`]).
 #[derive(Debug)]
 struct Reservation<'a> {
     budget: &'a Budget,
     bytes: usize,
+    _one_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Reservation<'_> {
@@ -865,6 +887,8 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.shrink(0);
+        #[cfg(debug_assertions)]
+        HELD.with(|h| h.set(h.get() - 1));
     }
 }
 
@@ -903,6 +927,11 @@ impl std::ops::Deref for Payload<'_> {
 /// before asking for a larger one.
 pub fn payload(buf: &[u8]) -> Option<Payload<'_>> {
     payload_within(buf, &DECOMPRESSION, None, &mut false)
+}
+
+/// [`payload`], reserving from `budget` (blocking while it is spent).
+pub fn payload_in<'a>(buf: &'a [u8], budget: &'a Budget) -> Option<Payload<'a>> {
+    payload_within(buf, budget, None, &mut false)
 }
 
 /// The broker's decompression budget.
@@ -1601,6 +1630,8 @@ pub(crate) mod tests {
                 .collect();
             assert_eq!(left, vec![7]);
             assert_eq!(validate(&kept).unwrap().last_offset(), 7);
+            // Given back before the next decompression (see `Budget`).
+            drop(p);
             // Damaged compressed bytes: not read, no panic.
             let mut bad = c.clone();
             let n = bad.len();

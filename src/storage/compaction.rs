@@ -6,17 +6,20 @@
 //!
 //! 1. The *cleanable* segments are the closed ones, oldest first, up to the first
 //!    that is not wholly below the high watermark, not yet synced, or (with
-//!    `min.compaction.lag.ms`) holds a record newer than the lag. The active
-//!    segment is never compacted.
+//!    `min.compaction.lag.ms`) holds a record newer than the lag (one whose
+//!    records have no timestamp: last written within it). The active segment
+//!    is never compacted.
 //! 2. The pass runs only when the bytes of cleanable segments not compacted since
 //!    the broker started (or since the last pass) are at least
 //!    `min.cleanable.dirty.ratio` of all cleanable bytes.
 //! 3. A key map (key → offset of its newest record) is built from the cleanable
-//!    records after the last pass, a batch at a time, until it holds about
-//!    [`CompactionPolicy::map_bytes`] (at least one batch, so a segment with more
-//!    keys than the map holds is mapped a part per pass); the pass compacts every
-//!    segment from the log start to the end of the map against it, keeping every
-//!    batch past the map's end as it is, and the next one goes on from there.
+//!    records after the last pass, a record at a time, until it holds
+//!    [`CompactionPolicy::map_bytes`] (at least one record, so a segment, or
+//!    a batch, with more keys than the map holds is mapped a part per pass);
+//!    the pass compacts every segment from the log start to the end of the map
+//!    against it, keeping every record past the map's end as it is (a batch
+//!    the map ends in keeps those of its records, and loses only stale ones
+//!    before), and the next one goes on from there.
 //! 4. Each mapped segment is read once to see what would stay (`plan_segment`).
 //!    Consecutive segments whose copies fit in `segment.bytes` together form a
 //!    group, so that compacted segments do not pile up as ever smaller files.
@@ -98,7 +101,7 @@ pub struct CompactionPolicy {
     /// The share of cleanable bytes that must be new since the last pass.
     pub min_cleanable_dirty_ratio: f64,
     /// Bound of the key map (keys plus per-entry overhead); at least one
-    /// batch is mapped whatever its size.
+    /// record is mapped, and the map may end inside a batch.
     pub map_bytes: usize,
     /// The topic's `segment.bytes`: consecutive segments whose copies fit in it
     /// together are merged into one.
@@ -185,10 +188,33 @@ impl Source {
     }
 }
 
+/// The decompression budget a pass reserves from: the broker's
+/// ([`batch::decompression_budget`]), or in tests the one [`TEST_BUDGET`]
+/// names on this thread.
+fn budget() -> &'static batch::Budget {
+    #[cfg(test)]
+    if let Some(b) = TEST_BUDGET.with(std::cell::Cell::get) {
+        return b;
+    }
+    batch::decompression_budget()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The decompression budget compaction reserves from on this thread,
+    /// when not the broker's.
+    pub(crate) static TEST_BUDGET: std::cell::Cell<Option<&'static batch::Budget>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// Calls `f` with the records of a batch the broker can read (uncompressed or
 /// decompressed, see [`batch::payload`]; neither transactional nor a control
 /// batch; records that parse), their records section, and whether the batch is
 /// compressed; with `None` for any other batch, which compaction keeps whole.
+///
+/// The decompressed records hold their reservation of the decompression
+/// budget while `f` runs: `f` must not decompress anything (nothing may wait
+/// for a reservation while holding another, see [`batch::Budget`]).
 fn with_records<T>(
     buf: &[u8],
     info: &BatchInfo,
@@ -197,7 +223,7 @@ fn with_records<T>(
     if info.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) != 0 {
         return f(None);
     }
-    let Some(payload) = batch::payload(buf) else {
+    let Some(payload) = batch::payload_in(buf, budget()) else {
         return f(None);
     };
     match batch::records_in(buf, &payload) {
@@ -206,27 +232,38 @@ fn with_records<T>(
     }
 }
 
-/// Key → offset of its newest record, over the mapped batches.
+/// Key → offset of its newest record, over the mapped records.
 #[derive(Debug, Default)]
 pub(crate) struct KeyMap {
     latest: HashMap<Vec<u8>, i64>,
     bytes: usize,
-    /// The offset after the last mapped batch: a pass judges no record at or
-    /// past it (the map does not know whether a newer record of its key
-    /// follows), so every batch from there on is kept as it is.
+    /// The first offset not mapped (the map may end inside a batch): a pass
+    /// judges no record at or past it (the map does not know whether a newer
+    /// record of its key follows), so every such record is kept as it is.
     pub end: i64,
+}
+
+impl KeyMap {
+    /// Bytes counted against the map's bound: its keys, and
+    /// [`ENTRY_OVERHEAD`] for each.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// Per-entry overhead counted against the map's bound: the table's slot (the
 /// key's `Vec` and the offset, at the table's load factor) and the key's own
 /// allocation's header and rounding.
-const ENTRY_OVERHEAD: usize = 80;
+pub(crate) const ENTRY_OVERHEAD: usize = 80;
 
-/// Maps the keys of `sources[first..]` from offset `from` on, in order, a batch
-/// at a time, until the map holds `limit` bytes (at least one batch). Returns
-/// the map and the index after the last segment it covers, wholly or in part
-/// (see [`KeyMap::end`]). A batch whose records cannot be read adds no key
-/// (its records all stay).
+/// Maps the keys of `sources[first..]` from offset `from` on, in order, a
+/// record at a time, until the map holds `limit` bytes (at least one record,
+/// so every pass goes on; so it holds at most `limit` and one key). The map
+/// may end inside a batch, however many records the batch holds. Returns the
+/// map and the index after the last segment it covers, wholly or in part (see
+/// [`KeyMap::end`]). A batch whose records cannot be read adds no key (its
+/// records all stay).
 pub(crate) fn build_map(
     sources: &[Source],
     first: usize,
@@ -238,17 +275,30 @@ pub(crate) fn build_map(
         ..KeyMap::default()
     };
     let mut end = first;
+    let mut full = false;
     for src in &sources[first..] {
-        if end > first && map.bytes >= limit {
+        if full || (end > first && map.bytes >= limit) {
             break;
         }
         src.batches_while(from, |buf, info| {
             if map.end > from && map.bytes >= limit {
+                full = true;
                 return Ok(false);
             }
-            map.end = info.last_offset() + 1;
             with_records(buf, info, |records| {
-                for r in records.into_iter().flat_map(|r| r.0) {
+                // Records below `from` (a batch the last pass's map ended in)
+                // were judged by that pass.
+                for r in records
+                    .into_iter()
+                    .flat_map(|r| r.0)
+                    .filter(|r| r.offset >= from)
+                {
+                    if map.end > from && map.bytes >= limit {
+                        full = true;
+                        map.end = r.offset;
+                        return;
+                    }
+                    map.end = r.offset + 1;
                     if let Some(k) = r.key {
                         match map.latest.get_mut(k) {
                             Some(o) => *o = r.offset,
@@ -260,6 +310,10 @@ pub(crate) fn build_map(
                     }
                 }
             });
+            if full {
+                return Ok(false);
+            }
+            map.end = info.last_offset() + 1;
             Ok(true)
         })?;
         end += 1;
@@ -280,10 +334,15 @@ struct Gap {
 }
 
 impl Gap {
+    /// Empty batches [`Gap::flush`] writes.
+    fn batches(self) -> u64 {
+        let batches = (self.last - self.first) / (i64::from(i32::MAX) + 1) + 1;
+        u64::try_from(batches).unwrap_or(u64::MAX)
+    }
+
     /// Bytes [`Gap::flush`] writes.
     fn bytes(self) -> u64 {
-        let batches = (self.last - self.first) / (i64::from(i32::MAX) + 1) + 1;
-        u64::try_from(batches).unwrap_or(u64::MAX) * HEADER_LEN as u64
+        self.batches().saturating_mul(HEADER_LEN as u64)
     }
 
     fn flush(self, out: &mut CleanedWriter) -> Result<()> {
@@ -394,8 +453,12 @@ impl<'a> Judge<'a> {
     /// the map does not hold (it maps only the segments after the last pass)
     /// is its key's newest as far as this pass knows. A newest record stays,
     /// unless it is a tombstone past `delete.retention.ms` with no batch before
-    /// it that may hold an older value of its key. Keyless records go.
+    /// it that may hold an older value of its key. Keyless records go. A
+    /// record at or past the map's end (in the batch the map ends in) stays.
     fn keep(&self, r: &batch::RecordView<'_>) -> bool {
+        if r.offset >= self.map.end {
+            return true;
+        }
         let Some(k) = r.key else { return false };
         if self.map.latest.get(k).is_some_and(|&o| o != r.offset) {
             return false;
@@ -458,6 +521,33 @@ impl<'a> Judge<'a> {
             // Past the map: a newer record of any of its keys may follow.
             return Decision::Whole;
         }
+        let mut recompress = false;
+        let mut d = self.decide_read(buf, info, &mut recompress);
+        // Compressed again only here, once the batch's decompressed records
+        // are given back: the copy is checked by decompressing it, which
+        // reserves from the same budget, and a wait for a reservation while
+        // holding another may never end (see [`batch::Budget`]).
+        if let (
+            true,
+            Decision::Partial {
+                batch: Some(b),
+                bytes,
+                ..
+            },
+        ) = (recompress, &mut d)
+        {
+            if let Some(c) = compressed_again(&b.bytes, batch::codec(buf)) {
+                *bytes = c.len() as u64;
+                b.bytes = c;
+            }
+        }
+        d
+    }
+
+    /// [`Judge::decide_records`] with the batch's records read (decompressed
+    /// when it is compressed); a batch rebuilt with fewer of them is built
+    /// uncompressed, `recompress` set when it is to be compressed again.
+    fn decide_read(&mut self, buf: &[u8], info: &BatchInfo, recompress: &mut bool) -> Decision {
         with_records(buf, info, |records| {
             let Some((records, payload, compressed)) = records else {
                 self.first_unsafe.get_or_insert(info.base_offset);
@@ -484,10 +574,10 @@ impl<'a> Judge<'a> {
                 return Decision::Whole;
             }
             let plain = HEADER_LEN + kept_bytes;
-            let recompress = compressed && plain > buf.len();
+            let compress_again = compressed && plain > buf.len();
             if !self.build {
                 // About what compressing the fewer records again gives.
-                let bytes = if recompress { buf.len() } else { plain };
+                let bytes = if compress_again { buf.len() } else { plain };
                 return Decision::Partial {
                     batch: None,
                     bytes: bytes as u64,
@@ -500,12 +590,8 @@ impl<'a> Judge<'a> {
                 newest
             };
             let keep = records.filter(|r| self.keep(r)).map(|r| r.bytes);
-            let mut bytes = batch::retain_records(buf, payload, keep, max_timestamp);
-            if recompress {
-                if let Some(c) = compressed_again(&bytes, batch::codec(buf)) {
-                    bytes = c;
-                }
-            }
+            let bytes = batch::retain_records(buf, payload, keep, max_timestamp);
+            *recompress = compress_again;
             Decision::Partial {
                 bytes: bytes.len() as u64,
                 batch: Some(Rebuilt {
@@ -553,7 +639,7 @@ fn compressed_again(plain: &[u8], codec: u8) -> Option<Vec<u8>> {
         return None;
     }
     let records = plain.get(batch::HEADER_LEN..)?;
-    if batch::payload(&c).as_deref() != Some(records) {
+    if batch::payload_in(&c, budget()).as_deref() != Some(records) {
         tracing::warn!(
             codec,
             "a compacted batch compressed again does not read back as its records; it is written uncompressed"
@@ -610,6 +696,150 @@ mod recompression_tests {
             }
         }
     }
+
+    /// A batch from which some records go, written back compressed again,
+    /// was checked by decompressing the copy while its own decompressed
+    /// records still held their reservation of the decompression budget. A
+    /// zstd batch of two 48 MiB values holds 128 MiB, and the check of its
+    /// copy asks for up to 257 MiB of the 272: the cleaner waited for good,
+    /// at the head of the line, and every compressed produce and the
+    /// shutdown waited behind it. Here with a 4 MiB budget, which the first
+    /// decompression fills.
+    #[test]
+    fn a_batch_compressed_again_is_checked_once_its_records_are_given_back() {
+        static BUDGET: batch::Budget = batch::Budget::new(4 << 20);
+        let value = vec![b'x'; 1_500_000];
+        let plain = batch::tests::make_keyed_batch(
+            0,
+            1000,
+            &[
+                (0, Some(b"a"), Some(&value[..])),
+                (1, Some(b"b"), Some(&value[..])),
+            ],
+            -1,
+            -1,
+            -1,
+        );
+        let zstd = batch::tests::compress_batch(&plain, 4);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            TEST_BUDGET.with(|b| b.set(Some(&BUDGET)));
+            let info = batch::validate_stored(&zstd).unwrap();
+            // "a" has a newer record, at offset 2.
+            let mut map = KeyMap {
+                end: 3,
+                ..KeyMap::default()
+            };
+            map.latest.insert(b"a".to_vec(), 2);
+            let policy = CompactionPolicy {
+                now_ms: 1000,
+                delete_retention_ms: 0,
+                min_compaction_lag_ms: 0,
+                min_cleanable_dirty_ratio: 0.0,
+                map_bytes: DEFAULT_MAP_BYTES,
+                segment_bytes: 1 << 30,
+            };
+            let mut producers = Producers::default();
+            let mut judge = Judge::new(&map, &policy, None, &mut producers, true);
+            let d = judge.decide(&zstd, &info);
+            let rebuilt = match d {
+                Decision::Partial {
+                    batch: Some(b),
+                    removed: 1,
+                    ..
+                } => Some(b.bytes),
+                _ => None,
+            };
+            tx.send(rebuilt).unwrap();
+        });
+        let rebuilt = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the batch is judged and written in time, not left waiting for the budget")
+            .expect("one record goes, the batch is rebuilt");
+        assert_eq!(BUDGET.in_use(), 0, "every reservation given back");
+        assert_eq!(batch::codec(&rebuilt), 4, "compressed again with zstd");
+        let payload = batch::payload(&rebuilt).unwrap();
+        let left: Vec<(i64, Option<Vec<u8>>)> = batch::records_in(&rebuilt, &payload)
+            .unwrap()
+            .map(|r| (r.offset, r.key.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(left, vec![(1, Some(b"b".to_vec()))]);
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    /// A segment in a new directory holding `batches`, and the directory.
+    fn segment(batches: &[Vec<u8>]) -> (tempfile::TempDir, Segment) {
+        let dir = tempfile::tempdir().unwrap();
+        let first = batch::validate_stored(&batches[0]).unwrap().base_offset;
+        let mut seg = Segment::create(dir.path(), first).unwrap();
+        for b in batches {
+            let info = batch::validate_stored(b).unwrap();
+            seg.append(b, &[info]).unwrap();
+        }
+        (dir, seg)
+    }
+
+    fn plan(seg: &Segment) -> Plan {
+        let map = KeyMap {
+            end: seg.next_offset(),
+            ..KeyMap::default()
+        };
+        let policy = CompactionPolicy {
+            now_ms: 0,
+            delete_retention_ms: 0,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: 0.0,
+            map_bytes: DEFAULT_MAP_BYTES,
+            segment_bytes: 1 << 30,
+        };
+        plan_segment(
+            &Source::of(seg),
+            &map,
+            &policy,
+            None,
+            &mut Producers::default(),
+        )
+        .unwrap()
+    }
+
+    /// A run of removed offsets longer than one empty batch spans (2^31
+    /// offsets) is written as several; a plan took any two empty batches in
+    /// a row for a run to merge, so every pass copied the segment unchanged
+    /// and put the copy in its place. Empty batches in a row that the copy
+    /// writes as fewer are still merged.
+    #[test]
+    fn empty_batches_a_copy_would_write_again_as_they_are_change_nothing() {
+        let span = i64::from(i32::MAX) + 1;
+        let (_dir, seg) = segment(&[
+            batch::empty_batch(0, span - 1, NO_TIMESTAMP),
+            batch::empty_batch(span, 2 * span - 1, NO_TIMESTAMP),
+        ]);
+        let p = plan(&seg);
+        assert!(!p.changes(), "{p:?}");
+        assert_eq!(p.kept_bytes, 2 * HEADER_LEN as u64);
+
+        let (_dir, seg) = segment(&[
+            batch::empty_batch(0, 9, NO_TIMESTAMP),
+            batch::empty_batch(10, 19, NO_TIMESTAMP),
+        ]);
+        let p = plan(&seg);
+        assert!(p.merges_empty && p.changes(), "{p:?}");
+        assert_eq!(p.kept_bytes, HEADER_LEN as u64);
+
+        // Three that fit in two.
+        let (_dir, seg) = segment(&[
+            batch::empty_batch(0, span - 1, NO_TIMESTAMP),
+            batch::empty_batch(span, span + 9, NO_TIMESTAMP),
+            batch::empty_batch(span + 10, span + 19, NO_TIMESTAMP),
+        ]);
+        let p = plan(&seg);
+        assert!(p.merges_empty, "{p:?}");
+        assert_eq!(p.kept_bytes, 2 * HEADER_LEN as u64);
+    }
 }
 
 /// What a pass would make of one segment, from a first read of it.
@@ -617,8 +847,9 @@ mod recompression_tests {
 pub(crate) struct Plan {
     /// Records that would go.
     pub removable: u64,
-    /// Whether two or more batches in a row would hold no record (some left by
-    /// earlier passes), which a copy merges into one.
+    /// Whether a run of batches in a row that would hold no record (some left
+    /// by earlier passes) takes more batches than a copy writes for it (one
+    /// per `i32::MAX + 1` offsets, see [`Gap::flush`]): the copy merges them.
     pub merges_empty: bool,
     /// Whether an empty batch kept for its producer's last sequence would go
     /// (a newer batch of the producer is stored since).
@@ -653,34 +884,47 @@ pub(crate) fn plan_segment(
 ) -> Result<Plan> {
     let mut judge = Judge::new(map, policy, first_unsafe, producers, false);
     let mut plan = Plan::default();
-    let mut prev_empty = false;
+    // The run of batches that would hold no record, and how many they are.
+    let mut run: Option<(Gap, u64)> = None;
+    let end_run = |plan: &mut Plan, run: Option<(Gap, u64)>| {
+        if let Some((gap, batches)) = run {
+            plan.kept_bytes += gap.bytes();
+            plan.merges_empty |= batches > gap.batches();
+        }
+    };
     src.for_each_batch(|buf, info| {
-        let (empty, bytes) = match judge.decide(buf, info) {
-            Decision::Whole => (false, info.len as u64),
+        let bytes = match judge.decide(buf, info) {
+            Decision::Whole => info.len as u64,
             Decision::Drop { removed } => {
                 plan.removable += removed;
                 // Only an empty batch kept for its producer has a producer
                 // and no records.
                 plan.releases_empty |= removed == 0 && info.producer_id >= 0;
-                (true, HEADER_LEN as u64)
+                let (gap, batches) = run.get_or_insert((
+                    Gap {
+                        first: info.base_offset,
+                        last: info.last_offset(),
+                    },
+                    0,
+                ));
+                gap.last = info.last_offset();
+                *batches += 1;
+                return Ok(());
             }
             Decision::Emptied { removed } => {
                 plan.removable += removed;
-                (false, HEADER_LEN as u64)
+                HEADER_LEN as u64
             }
             Decision::Partial { bytes, removed, .. } => {
                 plan.removable += removed;
-                (false, bytes)
+                bytes
             }
         };
-        if empty && prev_empty {
-            plan.merges_empty = true;
-        } else {
-            plan.kept_bytes += bytes;
-        }
-        prev_empty = empty;
+        end_run(&mut plan, run.take());
+        plan.kept_bytes += bytes;
         Ok(())
     })?;
+    end_run(&mut plan, run.take());
     plan.first_unsafe = judge.first_unsafe;
     Ok(plan)
 }

@@ -1518,10 +1518,18 @@ impl Partition {
             log[..log.len().saturating_sub(1)]
                 .iter()
                 .take_while(|s| {
+                    // A segment without timestamps (-1) by its file's last
+                    // write, as Kafka's `largestTimestamp` falls back to the
+                    // file's `lastModified`.
+                    let newest = || match s.max_timestamp() {
+                        t if t >= 0 => Some(t),
+                        _ => s.modified_ms(),
+                    };
                     s.next_offset() <= hw
                         && !s.is_dirty()
                         && (lag == 0
-                            || (s.max_timestamp_is_exact() && s.max_timestamp() <= horizon))
+                            || (s.max_timestamp_is_exact()
+                                && newest().is_some_and(|t| t <= horizon)))
                 })
                 .map(Source::of)
                 .collect()
@@ -5305,6 +5313,165 @@ pub(crate) mod tests {
                 .map(|(o, (k, v))| (*o, k.clone(), v.is_none()))
                 .collect();
             assert_eq!(read, expected);
+        }
+
+        /// The key map's bound holds inside a batch: one batch with more
+        /// keys than the map holds (a changelog's batch of a hundred thousand
+        /// tiny keys) was mapped whole, the bound checked only between
+        /// batches, so the map grew many times past it, and again at every
+        /// pass after a restart. The map now ends inside the batch; the
+        /// records of the batch past its end stay as they are, and passes go
+        /// on from there until each key keeps only its newest record.
+        #[test]
+        fn one_batch_with_more_keys_than_the_map_holds_is_mapped_a_part_per_pass() {
+            let dir = tempfile::tempdir().unwrap();
+            let p = Partition::open("t", 0, dir.path().join("0"), 64 << 20).unwrap();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("gone"), Some("old"))]);
+            // One batch: 100,000 records of 70,000 tiny keys (30,000 of them
+            // twice), and a tombstone of "gone".
+            let keys: Vec<String> = (0..100_000).map(|i| format!("k{}", i % 70_000)).collect();
+            let mut records: Vec<(Option<&str>, Option<&str>)> =
+                keys.iter().map(|k| (Some(k.as_str()), Some("v"))).collect();
+            records.push((Some("gone"), None));
+            put(&p, &mut model, &records);
+            p.set_segment_bytes(1);
+            put(&p, &mut model, &[(Some("active"), Some("v"))]);
+            let active = active_base(&p);
+            assert_eq!(active, 100_002);
+
+            let limit = 128 << 10;
+            let most = limit + "k69999".len() + compaction::ENTRY_OVERHEAD;
+            let mut pol = policy(TS + 10);
+            pol.map_bytes = limit;
+            pol.delete_retention_ms = 0;
+            let mut passes = 0;
+            loop {
+                let cleaned = p.cleaned_through.load(Ordering::Acquire);
+                if cleaned >= active {
+                    break;
+                }
+                // The map this pass builds: within its bound and one key.
+                let sources = vec![compaction::Source::of(&p.log.lock().unwrap()[0])];
+                let (map, _) = compaction::build_map(&sources, 0, cleaned, limit).unwrap();
+                drop(sources);
+                assert!(map.bytes() <= most, "{} bytes mapped", map.bytes());
+                assert!(map.end > cleaned, "the map goes on from {cleaned}");
+                if passes == 0 {
+                    assert!(
+                        map.end > 1 && map.end < 100_001,
+                        "the map ends at {}, inside the batch",
+                        map.end
+                    );
+                }
+                compact(&p, &pol);
+                passes += 1;
+                assert!(passes < 200, "no progress");
+            }
+            assert!(passes > 10, "{passes} passes");
+            // Every key once, at its newest offset; "gone" and its tombstone gone.
+            let mut newest: BTreeMap<Vec<u8>, (i64, bool)> = BTreeMap::new();
+            for (o, (k, v)) in model.range(..active) {
+                newest.insert(k.clone().unwrap(), (*o, v.is_none()));
+            }
+            let mut expected: Vec<(i64, Option<Vec<u8>>, bool)> = newest
+                .into_iter()
+                .filter(|(_, (_, tombstone))| !tombstone)
+                .map(|(k, (o, t))| (o, Some(k), t))
+                .collect();
+            expected.extend(
+                model
+                    .range(active..)
+                    .map(|(o, (k, v))| (*o, k.clone(), v.is_none())),
+            );
+            expected.sort();
+            let read: Vec<(i64, Option<Vec<u8>>, bool)> = read_all(&p)
+                .into_iter()
+                .flat_map(|b| b.2.unwrap())
+                .collect();
+            assert_eq!(read.len(), 70_001);
+            assert_eq!(read, expected);
+        }
+
+        /// Checking a batch compressed again once some of its records went
+        /// decompresses the copy: it waited for the decompression budget
+        /// while the batch's own decompressed records held it, for good when
+        /// both did not fit (a zstd batch of two 48 MiB values in the
+        /// broker's 272 MiB), and every compressed produce and the shutdown
+        /// waited behind the cleaner. Here with a 4 MiB budget.
+        #[test]
+        fn a_large_compressed_batch_is_compacted_within_a_small_decompression_budget() {
+            use crate::storage::batch::tests::compress_batch;
+            static BUDGET: batch::Budget = batch::Budget::new(4 << 20);
+            let dir = tempfile::tempdir().unwrap();
+            let p = Arc::new(Partition::open("t", 0, dir.path().join("0"), 1 << 20).unwrap());
+            let value = vec![b'x'; 1_500_000];
+            let rs: Vec<KeyedRecord<'_>> = vec![
+                (0, Some(b"a"), Some(&value[..])),
+                (0, Some(b"b"), Some(&value[..])),
+            ];
+            assert_eq!(
+                store(
+                    &p,
+                    compress_batch(&make_keyed_batch(0, TS, &rs, -1, -1, -1), 4)
+                ),
+                0
+            );
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("a"), Some("new"))]);
+            p.set_segment_bytes(1);
+            put(&p, &mut model, &[(Some("active"), Some("v"))]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let q = Arc::clone(&p);
+            std::thread::spawn(move || {
+                compaction::TEST_BUDGET.with(|b| b.set(Some(&BUDGET)));
+                tx.send(compact(&q, &policy(TS + 10))).unwrap();
+            });
+            let stats = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the pass ends, not left waiting for the decompression budget");
+            assert_eq!(stats.records_removed, 1, "{stats:?}");
+            assert_eq!(BUDGET.in_use(), 0, "every reservation given back");
+            assert!(BUDGET.peak() > 0, "the pass decompressed within the budget");
+            let read: Vec<(i64, Option<Vec<u8>>)> = read_all(&p)
+                .into_iter()
+                .flat_map(|b| b.2.unwrap())
+                .map(|r| (r.0, r.1))
+                .collect();
+            assert_eq!(
+                read,
+                vec![
+                    (1, Some(b"b".to_vec())),
+                    (2, Some(b"a".to_vec())),
+                    (3, Some(b"active".to_vec()))
+                ]
+            );
+        }
+
+        /// `min.compaction.lag.ms` held back no segment whose records have
+        /// no timestamp (-1): its newest timestamp, -1, is always past the
+        /// lag. Such a segment now goes by its log's last modification, as
+        /// Kafka's `largestTimestamp` falls back to the file's.
+        #[test]
+        fn the_compaction_lag_holds_back_a_segment_without_timestamps_by_its_last_write() {
+            let (_dir, _, p) = fresh();
+            let untimed =
+                |key: &[u8]| make_keyed_batch(0, -1, &[(0, Some(key), Some(b"v"))], -1, -1, -1);
+            assert_eq!(store(&p, untimed(b"k")), 0);
+            assert_eq!(store(&p, untimed(b"k")), 1);
+            p.set_segment_bytes(1);
+            store(&p, untimed(b"active"));
+            assert_eq!(active_base(&p), 2);
+            assert_eq!(p.log.lock().unwrap()[0].max_timestamp(), -1);
+            let now = segment::now_ms();
+            let mut pol = policy(now);
+            pol.min_compaction_lag_ms = 3_600_000;
+            assert_eq!(compact(&p, &pol), CompactionStats::default());
+            assert_eq!(records_of(&p, b"k"), vec![(0, false), (1, false)]);
+            // Once the log's last write is older than the lag.
+            pol.now_ms = now + 2 * 3_600_000;
+            assert_eq!(compact(&p, &pol).records_removed, 1);
+            assert_eq!(records_of(&p, b"k"), vec![(1, false)]);
         }
 
         /// ListOffsets by timestamp and `MAX_TIMESTAMP` read the segments
