@@ -57,6 +57,19 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
     stopped(shared)?;
     {
         let mut stored = shared.points.lock().unwrap_or_else(PoisonError::into_inner);
+        // A topic out of the map because it could not be opened again after
+        // its delete failed keeps its points (see `Shared::unopened`).
+        for name in shared
+            .unopened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            if let (false, Some(kept)) = (points.topics.contains_key(name), stored.topics.get(name))
+            {
+                points.topics.insert(name.clone(), kept.clone());
+            }
+        }
         if *stored != points {
             recovery_points::store(&shared.config.storage.data_dir, &points)?;
             *stored = points;

@@ -298,6 +298,10 @@ struct UndurableDelete {
     id: uuid::Uuid,
     /// Where its directory went.
     trash: PathBuf,
+    /// Whether the committed positions in it were dropped: until they are,
+    /// its directory stays in the trash, which tells the next start that
+    /// they are a deleted topic's.
+    positions_dropped: bool,
 }
 
 /// How long a create waits for a delete of the same name in progress to finish.
@@ -354,6 +358,12 @@ struct Shared {
     deleting: Mutex<Vec<Arc<Topic>>>,
     /// Notified when a delete ends.
     delete_ended: Condvar,
+    /// Topics whose delete failed before their directory moved and that could
+    /// not be opened again (see [`TopicManager::restore_topic`]): out of the
+    /// map until a restart, which opens them. Each checkpoint keeps their
+    /// recovery points as the last one wrote them, so that the restart still
+    /// judges their segments against them.
+    unopened: Mutex<BTreeSet<String>>,
     /// Topics deleted from this run whose deletion a power loss may undo: the
     /// directory fsync after their move to the trash failed, and no delete of
     /// them again has fsynced it since.
@@ -869,46 +879,94 @@ fn trashed_names(trash: &Path) -> Result<BTreeSet<String>> {
     Ok(names)
 }
 
-/// What a start does with the WAL entries after the checkpoint of topics
-/// without a directory (`missing`: each such topic with its number of
-/// entries), before anything moves the checkpoint past them or drops the
-/// committed positions in the topics.
+/// Whether the delete of topic `name` was in progress: its directory is in
+/// the trash (`trashed`, names cut as [`TRASH_NAME_PREFIX`] says).
+fn in_trash(trashed: &BTreeSet<String>, name: &str) -> bool {
+    // Cut as the trash cuts it (a name that is no topic name, not on a
+    // character boundary, is compared whole).
+    let cut = name
+        .get(..name.len().min(TRASH_NAME_PREFIX))
+        .unwrap_or(name);
+    trashed.contains(cut)
+}
+
+/// Whether topic `name` has a directory a start opened (`topics`) or
+/// settles otherwise (`interrupted` creates, directories `set_aside`).
+fn present<T, U>(
+    name: &str,
+    topics: &BTreeMap<String, T>,
+    interrupted: &BTreeMap<String, U>,
+    set_aside: &BTreeSet<String>,
+) -> bool {
+    topics.contains_key(name) || interrupted.contains_key(name) || set_aside.contains(name)
+}
+
+/// What a start does with topics without a directory that the WAL entries
+/// after the checkpoint (`entries`: each such topic with its number of
+/// entries) or committed positions (`positions`: each topic with its number
+/// of positions, some of them of topics that have a directory, `present`)
+/// name, before anything moves the checkpoint past the entries or drops the
+/// positions.
 ///
 /// A delete moves a topic's directory away only after its checkpoint has
-/// moved past the topic's entries, and none is made once storage has failed:
-/// the entries of a topic whose delete was in progress (its directory in the
-/// trash, `trashed`) are orphans. Any other topic lost its directory from
-/// outside (removed by hand, moved by a file system check, a volume not
-/// mounted), and the entries are acknowledged records of it: strict mode
-/// refuses, naming `topics/<topic>` and the ways out; tolerant mode warns
-/// once per topic and drops them.
+/// moved past the topic's entries, and none is made once storage has failed;
+/// it drops the positions in the topic once the directory is in the trash,
+/// and removes it from there only then (a start too); commits land only in
+/// topics that exist. So the entries and positions of a topic whose delete
+/// was in progress (its directory in the trash, `trashed`) are a deleted
+/// topic's, dropped. Any other topic lost its directory from outside
+/// (removed by hand, moved by a file system check, a volume not mounted),
+/// and they are its acknowledged records and its groups' positions: strict
+/// mode refuses, naming `topics/<topic>` and the ways out; tolerant mode
+/// warns once per topic, with the counts, and drops them.
 ///
 /// # Errors
 /// In strict mode, such a topic.
 fn check_missing_topics(
     topics_dir: &Path,
-    missing: &BTreeMap<String, u64>,
+    entries: &BTreeMap<String, u64>,
+    positions: &BTreeMap<String, usize>,
+    present: impl Fn(&str) -> bool,
     trashed: &BTreeSet<String>,
     mode: RecoveryMode,
 ) -> Result<()> {
-    for (name, &entries) in missing {
+    let positions = positions.iter().filter(|(name, _)| !present(name));
+    let mut missing: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    for (name, &n) in entries {
+        missing.entry(name).or_default().0 = n;
+    }
+    for (name, &n) in positions {
+        missing.entry(name).or_default().1 = n;
+    }
+    for (name, (entries, positions)) in missing {
         let dir = topics_dir.join(name);
-        // Cut as the trash cuts it (a name from the WAL that is no topic
-        // name, not on a character boundary, is compared whole).
-        let cut = name
-            .get(..name.len().min(TRASH_NAME_PREFIX))
-            .unwrap_or(name);
-        if trashed.contains(cut) {
-            tracing::warn!(
-                topic = %name,
-                entries,
-                "dropping the WAL entries after the checkpoint of a topic whose delete was interrupted"
-            );
+        if in_trash(trashed, name) {
+            if entries > 0 {
+                tracing::warn!(
+                    topic = %name,
+                    entries,
+                    "dropping the WAL entries after the checkpoint of a topic whose delete was interrupted"
+                );
+            }
             continue;
         }
+        let mut held = Vec::new();
+        let mut dropped = Vec::new();
+        if entries > 0 {
+            held.push(format!(
+                "the WAL holds {entries} entries of the topic after its checkpoint"
+            ));
+            dropped.push("the entries");
+        }
+        if positions > 0 {
+            held.push(format!(
+                "consumer groups hold {positions} committed positions in the topic"
+            ));
+            dropped.push("the positions");
+        }
         let what = format!(
-            "the topic's directory is missing, but the WAL holds {entries} entries of the \
-             topic after its checkpoint, and no delete of the topic was in progress"
+            "the topic's directory is missing, but {}, and no delete of the topic was in progress",
+            held.join(" and ")
         );
         if mode == RecoveryMode::Strict {
             return Err(Error::io(
@@ -925,8 +983,12 @@ fn check_missing_topics(
             ));
         }
         tracing::warn!(
+            topic = %name,
+            entries,
+            positions,
             dir = %dir.display(),
-            "{what}; dropping the entries (--recovery-mode tolerate_corruption)"
+            "{what}; dropping {} (--recovery-mode tolerate_corruption)",
+            dropped.join(" and ")
         );
     }
     Ok(())
@@ -1189,10 +1251,11 @@ fn check_damaged(
                 // Compaction rewrites segments under their original offsets,
                 // so the WAL's records line up with a compacted copy's lost
                 // range too: put back, they would bring back values and keys
-                // the cleaner removed (a deleted key among them). A compacted
-                // topic's segment is never rebuilt from the WAL.
-                let compacted = t.configs.compact();
-                if let Some(r) = recovery.filter(|_| !compacted) {
+                // the cleaner removed (a deleted key among them). A segment
+                // that may be a compacted copy (its topic compacted now, or
+                // when the copy was made) is never rebuilt from the WAL.
+                let compacted = compacted_copy(t, &d);
+                if let Some(r) = recovery.filter(|_| compacted.is_none()) {
                     if let Some((tail, batches)) = lost_batches(r, t, p.index(), &d)? {
                         p.repair_segment(d.base_offset, &tail)?;
                         stats.rebuilt += batches;
@@ -1207,21 +1270,8 @@ fn check_damaged(
                         continue;
                     }
                 }
-                let how = match &d.cut {
-                    Some(c) => format!(
-                        "its valid batches stop at byte {} of {} ({})",
-                        c.position, c.size, c.reason
-                    ),
-                    None => format!(
-                        "its valid batches end at byte {}, before the next segment's base",
-                        d.size
-                    ),
-                };
-                let source = if compacted {
-                    "the topic is compacted, so the WAL's records are not its segments' own"
-                } else {
-                    "the WAL no longer holds them"
-                };
+                let how = damage(&d);
+                let source = compacted.unwrap_or_else(|| "the WAL no longer holds them".into());
                 let what = format!(
                     "topic {} partition {}: offsets {}..{} were flushed to the segments ({} {} in {}) \
                      but are gone from {}: {how}; {source}",
@@ -1244,6 +1294,98 @@ fn check_damaged(
                 tracing::warn!("{what}; continuing without them (--recovery-mode tolerate_corruption), a fetch in the gap gets the next segment's first batch");
                 p.settle_segment(d.base_offset)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Where and why the valid batches of the damaged segment `d` stop.
+fn damage(d: &partition::DamagedSegment) -> String {
+    match &d.cut {
+        Some(c) => format!(
+            "its valid batches stop at byte {} of {} ({})",
+            c.position, c.size, c.reason
+        ),
+        None => format!(
+            "its valid batches end at byte {}, before the next segment's base",
+            d.size
+        ),
+    }
+}
+
+/// Why the damaged segment `d` of topic `t` may be a compacted copy, whose
+/// lost batches the WAL's records do not match: the topic is compacted, or
+/// its partition's [`segment::COMPACTED_FILE`] says that compaction put a
+/// copy in place at or above the segment's base (the topic's policy has
+/// changed since). `None` when it is not. A file that cannot be read counts
+/// as saying it is, with a warning.
+fn compacted_copy(t: &Topic, d: &partition::DamagedSegment) -> Option<String> {
+    if t.configs.compact() {
+        return Some(
+            "the topic is compacted, so the WAL's records are not its segments' own".into(),
+        );
+    }
+    let dir = d.log_path.parent()?;
+    let file = dir.join(segment::COMPACTED_FILE);
+    match segment::compacted_through(dir) {
+        Ok(Some(newest)) if d.base_offset <= newest => Some(format!(
+            "the segment may be a compacted copy ({} says the topic, compacted then, had \
+             copies put in place up to base offset {newest}), so the WAL's records are not \
+             its own",
+            file.display()
+        )),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot tell which segments are compacted copies; taking them all for ones");
+            Some(format!(
+                "{} cannot be read ({e}), so the segment may be a compacted copy, whose \
+                 records the WAL's are not",
+                file.display()
+            ))
+        }
+    }
+}
+
+/// Judges the damaged older segments found by the open of topic `t` again
+/// after its delete failed (see [`TopicManager::restore_topic`]). No WAL
+/// replay follows to restore what they lost, so any offsets missing before
+/// the next segment are lost to the topic from now on: strict mode refuses,
+/// naming the segment (the topic then stays out of service until a restart,
+/// which rebuilds them from the WAL when it still holds them), tolerant mode
+/// warns and cuts the segment as a tolerant start does. A segment whose only
+/// damage is bytes after its last batch is cut.
+///
+/// # Errors
+/// In strict mode, a segment that lost offsets; I/O errors cutting one.
+fn check_reopened(t: &Topic, mode: RecoveryMode) -> Result<()> {
+    for p in &t.partitions {
+        for d in p.damaged_segments() {
+            if d.end >= d.next_base {
+                p.settle_segment(d.base_offset)?;
+                continue;
+            }
+            let what = format!(
+                "topic {} partition {}: offsets {}..{} are gone from {}: {}; the topic was \
+                 opened again after its delete failed, where nothing rebuilds them",
+                t.name,
+                p.index(),
+                d.end,
+                d.next_base,
+                d.log_path.display(),
+                damage(&d),
+            );
+            if mode == RecoveryMode::Strict {
+                return Err(Error::corrupt(
+                    &d.log_path,
+                    d.cut.as_ref().map_or(d.size, |c| c.position),
+                    format!(
+                        "{what}; the topic stays out of service until the broker restarts, \
+                         which rebuilds them from the WAL if it still holds them"
+                    ),
+                ));
+            }
+            tracing::warn!("{what}; continuing without them (--recovery-mode tolerate_corruption), a fetch in the gap gets the next segment's first batch");
+            p.settle_segment(d.base_offset)?;
         }
     }
     Ok(())
@@ -1442,9 +1584,9 @@ impl TopicManager {
     /// topic directory without `topic.json` that may hold data (naming the
     /// file), WAL entries of a topic for a partition its `topic.json` does
     /// not list, recovery points giving such a partition flushed offsets
-    /// (both naming the file), and WAL entries after the checkpoint of a
-    /// topic without a directory whose delete was not in progress (naming
-    /// the directory).
+    /// (both naming the file), and WAL entries after the checkpoint or
+    /// committed positions naming a topic without a directory whose delete
+    /// was not in progress (naming the directory).
     pub fn new(config: Config) -> Result<TopicManager> {
         config.validate()?;
         let started = Instant::now();
@@ -1456,8 +1598,9 @@ impl TopicManager {
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
         create_dir_durable(&topics_dir)?;
-        // Removed once the WAL entries after the checkpoint have been judged:
-        // it tells which missing topics were being deleted.
+        // Removed once the WAL entries after the checkpoint have been judged
+        // and the committed positions in its topics dropped: it tells which
+        // missing topics were being deleted.
         let trash = data_dir.join("topics-deleted");
         let trashed = trashed_names(&trash)?;
 
@@ -1509,6 +1652,8 @@ impl TopicManager {
             }
         }
         check_points_beyond_count(&topics, &topics_dir, points.as_ref(), mode)?;
+        let offsets = OffsetStore::open(data_dir.join("groups"))?;
+        let positions = offsets.positions_by_topic();
         let wal_dir = config.wal_dir();
         let has_wal = config.wal.enabled || wal_present(&wal_dir)?;
         if has_wal {
@@ -1530,6 +1675,14 @@ impl TopicManager {
         if !has_wal {
             check_damaged(&topics, points.as_ref(), None, mode, &mut stats)?;
             check_short(&short_partitions(&topics, points.as_ref()), mode)?;
+            check_missing_topics(
+                &topics_dir,
+                &BTreeMap::new(),
+                &positions,
+                |t| present(t, &topics, &interrupted, &set_aside_topics),
+                &trashed,
+                mode,
+            )?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
         }
         if has_wal {
@@ -1564,7 +1717,14 @@ impl TopicManager {
             }
             // Before anything below removes a directory, moves the checkpoint
             // past the entries found or drops committed positions.
-            check_missing_topics(&topics_dir, &missing, &trashed, mode)?;
+            check_missing_topics(
+                &topics_dir,
+                &missing,
+                &positions,
+                |t| present(t, &topics, &interrupted, &set_aside_topics),
+                &trashed,
+                mode,
+            )?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
             for t in topics.values() {
                 for p in &t.partitions {
@@ -1600,12 +1760,6 @@ impl TopicManager {
                 tracing::info!("WAL disabled: replayed the existing WAL and closed it");
             }
         }
-        if trash
-            .try_exists()
-            .map_err(|e| Error::io("stat", &trash, e))?
-        {
-            std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove_dir_all", &trash, e))?;
-        }
         for t in topics.values() {
             for p in &t.partitions {
                 p.reset_next_offset();
@@ -1613,18 +1767,30 @@ impl TopicManager {
             }
         }
         warn_of_colliding_names(topics.keys());
-        let offsets = OffsetStore::open(data_dir.join("groups"))?;
         // A delete drops the topic's committed positions once its directory has
-        // moved; a crash in between leaves them, dropped here (a commit names a
-        // partition that exists, so no other position names a missing topic).
+        // moved to the trash, and removes it from there only then; a crash in
+        // between leaves them, dropped here (a commit names a partition that
+        // exists, and `check_lost_positions` judged the others). The trash
+        // goes only once they are: it is what tells the next start that they
+        // are a deleted topic's.
         match offsets.delete_topic_positions(|t| !topics.contains_key(t)) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                positions = n,
-                "dropped committed positions in deleted topics"
-            ),
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        positions = n,
+                        "dropped committed positions in deleted topics"
+                    );
+                }
+                if trash
+                    .try_exists()
+                    .map_err(|e| Error::io("stat", &trash, e))?
+                {
+                    std::fs::remove_dir_all(&trash)
+                        .map_err(|e| Error::io("remove_dir_all", &trash, e))?;
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "could not drop committed positions in deleted topics; the next start tries again")
+                tracing::warn!(error = %e, trash = %trash.display(), "could not drop committed positions in deleted topics; the next start tries again, and the deleted topics' files stay in the trash until then")
             }
         }
         // A position committed past records a crash then took (read before
@@ -1650,6 +1816,7 @@ impl TopicManager {
             create_lock: Mutex::new(BTreeSet::new()),
             deleting: Mutex::new(Vec::new()),
             delete_ended: Condvar::new(),
+            unopened: Mutex::new(BTreeSet::new()),
             undurable_deletes: Mutex::new(Vec::new()),
             wal,
             jobs: jobs_tx,
@@ -2331,7 +2498,8 @@ impl TopicManager {
         let Some(deleted) = self.undurable_delete(name, id) else {
             return Ok(None);
         };
-        if let Err(source) = sync_dir(&self.shared.topics_dir) {
+        let durable = sync_dir(&self.shared.topics_dir).and_then(|()| sync_dir(&self.trash_dir()));
+        if let Err(source) = durable {
             tracing::error!(topic = %name, error = %source, "deleting the topic again failed; a power loss may still bring it back");
             return Err(DeleteError::NotDurable {
                 topic: name.to_string(),
@@ -2351,21 +2519,33 @@ impl TopicManager {
                 .map(|i| undurable.swap_remove(i))
         };
         // Finished by the delete that took it (another may have meanwhile).
-        if let Some(d) = taken {
+        if let Some(d) = taken.filter(|d| d.positions_dropped) {
             remove_trash(&d.name, &d.trash);
         }
         Ok(Some(deleted))
+    }
+
+    /// Where deletes move topic directories: `topics-deleted/` in the data
+    /// directory, emptied by the next start.
+    fn trash_dir(&self) -> PathBuf {
+        self.shared.config.storage.data_dir.join("topics-deleted")
     }
 
     /// Drops the committed positions in topic `name`, whose directory moved
     /// away, before the name is free (blocking): consumers of a topic created
     /// again under the name start where their reset policy says, not at
     /// positions in data that is gone. One that fails is dropped at the next
-    /// start (or by a create of the name). Done whether or not the move is
-    /// durable: once the name is free they could be a new topic's.
-    fn drop_positions_of(&self, name: &str) {
-        if let Err(e) = self.shared.offsets.delete_topic_positions(|t| t == name) {
-            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next start drops them");
+    /// start (or by a create of the name), for which the topic's directory
+    /// stays in the trash. Done whether or not the move is durable: once the
+    /// name is free they could be a new topic's. Returns whether they were
+    /// dropped.
+    fn drop_positions_of(&self, name: &str) -> bool {
+        match self.shared.offsets.delete_topic_positions(|t| t == name) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next start drops them (the topic's files stay in the trash until then)");
+                false
+            }
         }
     }
 
@@ -2481,9 +2661,11 @@ impl TopicManager {
                     let pause = std::mem::take(&mut *me.shared.delete_pause.lock().unwrap());
                     std::thread::sleep(pause);
                 }
-                let trash = me.shared.config.storage.data_dir.join("topics-deleted");
-                std::fs::create_dir_all(&trash)
-                    .map_err(|e| Error::io("create_dir_all", &trash, e))?;
+                // Durably: once the move is, the trash is what tells a start
+                // that the topic's committed positions, dropped next, are a
+                // deleted topic's (see `check_lost_positions`).
+                let trash = me.trash_dir();
+                create_dir_durable(&trash)?;
                 // The name cut short: with the suffix a 249-byte name would pass
                 // the file system's 255 (names are ASCII, so any cut is whole
                 // characters).
@@ -2506,8 +2688,10 @@ impl TopicManager {
                     return Err(e.into());
                 }
             };
-            let durable = sync_dir(&me.shared.topics_dir);
-            me.drop_positions_of(&name);
+            // Both ends of the move.
+            let durable =
+                sync_dir(&me.shared.topics_dir).and_then(|()| sync_dir(&me.trash_dir()));
+            let positions_dropped = me.drop_positions_of(&name);
             if let Err(source) = durable {
                 // Moved: gone from this run, as a restart without a power
                 // loss finds it, and its name free. Its files stay in the
@@ -2522,6 +2706,7 @@ impl TopicManager {
                         name: name.clone(),
                         id: topic.id,
                         trash: to,
+                        positions_dropped,
                     });
                 return Err(DeleteError::NotDurable {
                     topic: name,
@@ -2529,7 +2714,9 @@ impl TopicManager {
                     source: Box::new(source),
                 });
             }
-            remove_trash(&name, &to);
+            if positions_dropped {
+                remove_trash(&name, &to);
+            }
             Ok(())
         })
         .await
@@ -2539,15 +2726,33 @@ impl TopicManager {
 
     /// Puts topic `name` back in the map, opened from `dir` as a start would
     /// open it, after its delete failed before its directory moved (blocking).
-    /// The delete still holds the name, so nothing else can have taken it. If
-    /// the topic cannot be opened it stays out of the map until a restart.
+    /// The delete still holds the name, so nothing else can have taken it.
+    /// Damaged older segments the open finds are judged as a start judges
+    /// them, without the WAL (see [`check_reopened`]). If the topic cannot be
+    /// opened, or strict mode refuses such a segment, it stays out of the map
+    /// until a restart, its files left as found and its recovery points kept.
     fn restore_topic(&self, name: &str, dir: &Path) {
-        match load_topic(
+        let loaded = load_topic(
             dir,
             name,
             &self.shared.config.storage,
             &self.shared.segment_files,
-        ) {
+        )
+        .and_then(|t| {
+            if let Some(t) = &t {
+                check_reopened(t, self.shared.config.wal.engine.recovery_mode)?;
+            }
+            Ok(t)
+        });
+        if !matches!(loaded, Ok(Some(_))) {
+            // Still the delete's (on its list): no checkpoint has missed it.
+            self.shared
+                .unopened
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_string());
+        }
+        match loaded {
             Ok(Some(t)) => {
                 self.shared
                     .topics
@@ -3493,12 +3698,17 @@ mod tests {
         assert_eq!(offsets.fetch("g", "kept", 0).map(|c| c.offset), Some(0));
         m.create_topic("t", 1).unwrap();
         assert_eq!(offsets.fetch("g", "t", 0), None);
-        // Positions left behind (a crash between the delete and the drop; here
-        // committed to a topic that never existed) are dropped at the next start.
+        // Positions left behind by a crash between the delete's move of the
+        // directory to the trash and its drop of them (here committed to a
+        // topic of no directory, with one in the trash) are dropped at the
+        // next start.
         offsets.commit("g", None, vec![at("gone", 3)]).unwrap();
         m.shutdown().unwrap();
         drop(m);
+        let trash = tmp.path().join("topics-deleted");
+        std::fs::create_dir_all(trash.join("gone-1a2b3c")).unwrap();
         let m = TopicManager::new(c).unwrap();
+        assert!(!trash.exists());
         assert_eq!(m.offsets().fetch("g", "gone", 0), None);
         assert_eq!(m.offsets().fetch("g", "kept", 0).map(|c| c.offset), Some(0));
         m.shutdown().unwrap();
@@ -3750,6 +3960,83 @@ mod tests {
         let m = TopicManager::new(c).unwrap();
         assert!(m.topic("t").is_none());
         m.shutdown().unwrap();
+    }
+
+    /// A topic reopened after its delete failed, one of its older segments
+    /// damaged meanwhile (a batch's bytes and the index): the reopen judges
+    /// it as a start does, without the WAL. Strict, the topic stays out of
+    /// service (a create of its name refused), its files as found and its
+    /// recovery points kept by later checkpoints, and the restart rebuilds the
+    /// lost batches from the WAL; tolerant, the segment is cut where its valid
+    /// batches stop. Before, the topic served the segment cut in memory, a
+    /// fetch in the lost range getting the next segment's first batch.
+    #[test]
+    fn a_topic_reopened_after_a_failed_delete_judges_its_damaged_segments() {
+        use crate::storage::producers::pipeline_tests::produce;
+        for mode in [RecoveryMode::Strict, RecoveryMode::TolerateCorruption] {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = two_worker_runtime();
+            let mut c = config(tmp.path());
+            c.storage.segment_bytes = 4096;
+            c.wal.engine.recovery_mode = mode;
+            let m = TopicManager::new(c.clone()).unwrap();
+            m.create_topic("t", 1).unwrap();
+            for i in 0..40 {
+                let v = format!("v{i}-{}", "x".repeat(200));
+                assert_eq!(produce(&rt, &m, &make_batch(0, &[v.as_bytes()])), Ok(i));
+            }
+            let p = m.partition("t", 0).unwrap();
+            let before = p.read(0, 1 << 30).unwrap().unwrap().records.to_vec();
+            drop(p);
+            let pdir = tmp.path().join("topics/t/0");
+            let seg = pdir.join(segment::log_name(0));
+            let mut raw = std::fs::read(&seg).unwrap();
+            let infos = batch::validate_all(&raw).unwrap();
+            let k = infos.len() / 2;
+            let pos: usize = infos[..k].iter().map(|i| i.len).sum();
+            raw[pos + infos[k].len - 1] ^= 0x40;
+            std::fs::write(&seg, &raw).unwrap();
+            std::fs::remove_file(pdir.join(segment::index_name(0))).unwrap();
+            let (lost, next_base) = (
+                infos[k].base_offset,
+                infos.last().unwrap().last_offset() + 1,
+            );
+            let blocker = tmp.path().join("topics-deleted");
+            std::fs::write(&blocker, b"not a directory").unwrap();
+
+            assert!(rt.block_on(m.delete_topic("t")).is_err(), "{mode:?}");
+            if mode == RecoveryMode::Strict {
+                assert!(
+                    m.topic("t").is_none(),
+                    "served with offsets {lost}..{next_base} cut"
+                );
+                assert!(matches!(
+                    m.create_topic("t", 1),
+                    Err(CreateError::Storage(e)) if e.contains("kept after its delete failed")
+                ));
+                assert!(std::fs::read(&seg).unwrap() == raw, "left as found");
+                m.checkpoint().unwrap();
+                let points = recovery_points::load(tmp.path()).unwrap().unwrap();
+                assert!(points.topics.contains_key("t"), "{points:?}");
+                m.shutdown().unwrap();
+                drop(m);
+                std::fs::remove_file(&blocker).unwrap();
+                let m = TopicManager::new(c).unwrap();
+                let p = m.partition("t", 0).unwrap();
+                assert!(
+                    p.read(0, 1 << 30).unwrap().unwrap().records[..] == before[..],
+                    "rebuilt from the WAL"
+                );
+                m.shutdown().unwrap();
+            } else {
+                let p = m.partition("t", 0).expect("kept");
+                assert_eq!(std::fs::metadata(&seg).unwrap().len(), pos as u64, "cut");
+                let next = p.read(lost, 1 << 20).unwrap().unwrap();
+                let first = batch::validate_all(&next.records).unwrap()[0].base_offset;
+                assert_eq!(first, next_base, "a fetch in the gap gets the next batch");
+                m.shutdown().unwrap();
+            }
+        }
     }
 
     /// A delete's checkpoint moves the WAL's checkpoint past the topic's
@@ -5721,6 +6008,171 @@ mod tests {
         assert!(log_lines.contains("orphaned=1"), "{log_lines}");
         assert!(m.topic("t").is_none());
         assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        m.shutdown().unwrap();
+    }
+
+    /// A position of group `g` at `offset` in partition 0 of `topic`.
+    fn position(topic: &str, offset: i64) -> Committed {
+        Committed {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
+    /// A topic directory gone from outside while the WAL holds nothing of the
+    /// topic after its checkpoint (everything checkpointed), its groups'
+    /// positions being all that names it: a strict start refuses, naming
+    /// `topics/t`, before it drops them or moves the WAL's checkpoint, so
+    /// that the directory restored brings the topic back with them; a
+    /// tolerant start drops them with a warning naming the topic and the
+    /// count. Before, every start dropped them, with an info line.
+    #[test]
+    fn committed_positions_of_a_topic_whose_directory_is_missing_refuse_a_strict_start() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("u", 1).unwrap();
+        m.offsets()
+            .commit("g", None, vec![position("t", 0), position("u", 0)])
+            .unwrap();
+        m.offsets()
+            .commit("h", None, vec![position("t", 0)])
+            .unwrap();
+        m.checkpoint().unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let dir = tmp.path().join("topics/t");
+        let kept = tmp.path().join("kept-t");
+        std::fs::rename(&dir, &kept).unwrap();
+        let groups = group_files_of(tmp.path());
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(e.contains(&dir.display().to_string()), "{e}");
+        assert!(
+            e.contains("consumer groups hold 2 committed positions in the topic")
+                && e.contains("tolerate_corruption"),
+            "{e}"
+        );
+        assert_eq!(group_files_of(tmp.path()), groups);
+
+        // Restored, the topic is back with its groups' positions.
+        std::fs::rename(&kept, &dir).unwrap();
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+        m.shutdown().unwrap();
+        drop(m);
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(TopicManager::new(c.clone()).is_err());
+        let (m, log_lines) = logged(|| TopicManager::new(tolerant(c.clone())).unwrap());
+        assert!(
+            log_lines.contains("WARN")
+                && log_lines.contains("topic=t")
+                && log_lines.contains("positions=2")
+                && log_lines.contains("dropping the positions"),
+            "{log_lines}"
+        );
+        assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        assert_eq!(m.offsets().fetch("h", "t", 0), None);
+        assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        m.shutdown().unwrap();
+    }
+
+    /// A delete a crash interrupted after each of its steps on disk (the move
+    /// of the directory to the trash, the drop of the positions in the topic,
+    /// the removal of the trash) leaves nothing a strict start refuses, and
+    /// the positions are gone after it.
+    #[test]
+    fn a_delete_interrupted_after_each_step_starts_strict_without_its_positions() {
+        for step in ["moved", "positions dropped", "trash removed"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let c = config(tmp.path());
+            let m = TopicManager::new(c.clone()).unwrap();
+            m.create_topic("t", 1).unwrap();
+            m.create_topic("u", 1).unwrap();
+            m.offsets()
+                .commit("g", None, vec![position("t", 0), position("u", 0)])
+                .unwrap();
+            m.checkpoint().unwrap();
+            let trash = tmp.path().join("topics-deleted");
+            // As the delete moves it.
+            std::fs::create_dir_all(&trash).unwrap();
+            std::fs::rename(tmp.path().join("topics/t"), trash.join("t-1a2b3c")).unwrap();
+            if step != "moved" {
+                m.offsets().delete_topic_positions(|t| t == "t").unwrap();
+            }
+            if step == "trash removed" {
+                std::fs::remove_dir_all(&trash).unwrap();
+            }
+            m.shutdown().unwrap();
+            drop(m);
+
+            let m = TopicManager::new(c.clone()).unwrap_or_else(|e| panic!("{step}: {e}"));
+            assert!(m.topic("t").is_none(), "{step}");
+            assert_eq!(m.offsets().fetch("g", "t", 0), None, "{step}");
+            assert_eq!(
+                m.offsets().fetch("g", "u", 0).map(|c| c.offset),
+                Some(0),
+                "{step}"
+            );
+            assert!(!trash.exists(), "{step}");
+            m.shutdown().unwrap();
+        }
+    }
+
+    /// The trash is what tells a start that positions naming a topic without
+    /// a directory are a deleted topic's, so it stays until they are
+    /// dropped: at a delete whose drop of them failed, and at a start whose
+    /// drop failed. Before, both removed it anyway, and the next start found
+    /// positions of a topic with no directory and nothing showing its delete.
+    #[test]
+    fn a_deleted_topics_files_stay_in_the_trash_until_its_positions_are_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("u", 1).unwrap();
+        m.offsets()
+            .commit("g", None, vec![position("t", 0), position("u", 0)])
+            .unwrap();
+        // The group's file cannot be rewritten: its temporary file's name is
+        // taken by a directory.
+        let blocker = tmp
+            .path()
+            .join("groups")
+            .join(offsets::file_name("g"))
+            .with_extension("tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let trash = tmp.path().join("topics-deleted");
+        let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        assert!(m.topic("t").is_none());
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+        assert_eq!(in_trash(), 1, "kept while the positions are");
+        m.shutdown().unwrap();
+        drop(m);
+
+        // A start whose drop fails keeps the trash too.
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+        assert_eq!(in_trash(), 1);
+        m.shutdown().unwrap();
+        drop(m);
+
+        std::fs::remove_dir(&blocker).unwrap();
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
+        assert!(!trash.exists());
         m.shutdown().unwrap();
     }
 

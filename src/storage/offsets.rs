@@ -440,6 +440,17 @@ impl OffsetStore {
         )
     }
 
+    /// How many positions the groups hold in each topic, by topic name.
+    pub fn positions_by_topic(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for g in self.lock().values() {
+            for (topic, _) in g.offsets.keys() {
+                *counts.entry(topic.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Deletes, durably (blocking), every group's positions in the topics `gone`
     /// says are gone: a deleted topic's, as Kafka drops a deleted partition's
     /// offsets. Returns how many positions were deleted.

@@ -185,11 +185,23 @@ mod repair_tests {
             .join(crate::storage::segment::log_name(0))
     }
 
+    /// The batches of a segment's log, empty ones (a compacted copy's) too.
+    fn stored_batches(raw: &[u8]) -> Vec<batch::BatchInfo> {
+        let mut infos = Vec::new();
+        let mut at = 0;
+        while at < raw.len() {
+            let info = batch::validate_stored(&raw[at..]).unwrap();
+            at += info.len;
+            infos.push(info);
+        }
+        infos
+    }
+
     /// Flips the last byte of the `k`-th batch of a segment (its CRC then fails);
     /// returns the batch's byte position.
     fn damage_batch(path: &Path, k: usize) -> u64 {
         let mut raw = std::fs::read(path).unwrap();
-        let infos = batch::validate_all(&raw).unwrap();
+        let infos = stored_batches(&raw);
         let pos: usize = infos[..k].iter().map(|i| i.len).sum();
         raw[pos + infos[k].len - 1] ^= 0x40;
         std::fs::write(path, &raw).unwrap();
@@ -524,6 +536,124 @@ mod repair_tests {
         assert_corrupt_at(&e, seg, pos);
         assert!(e.to_string().contains("the topic is compacted"), "{e}");
         assert!(std::fs::read(seg).unwrap() == damaged, "left as found");
+    }
+
+    /// Produces to partition 0 of `topic` one keyed batch per `(key, value)`,
+    /// each acknowledged before the next.
+    fn produce_keyed(
+        rt: &tokio::runtime::Runtime,
+        m: &TopicManager,
+        topic: &str,
+        records: &[(String, String)],
+    ) {
+        use crate::storage::batch::tests::make_keyed_batch;
+        rt.block_on(async {
+            for (k, v) in records {
+                let b = make_keyed_batch(
+                    0,
+                    0,
+                    &[(0, Some(k.as_bytes()), Some(v.as_bytes()))],
+                    -1,
+                    -1,
+                    -1,
+                );
+                m.submit(topic, 0, &b, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        });
+    }
+
+    /// Half the records under one key, written again and again, and half
+    /// under keys of their own: compaction keeps about half of each segment.
+    fn half_repeated(prefix: &str, n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| {
+                let key = if i % 2 == 0 {
+                    format!("{prefix}-again")
+                } else {
+                    format!("{prefix}-{i}")
+                };
+                (key, format!("{prefix}-v{i}-{}", "x".repeat(200)))
+            })
+            .collect()
+    }
+
+    /// A segment compacted while its topic was compacted keeps the cleaner's
+    /// work once the topic's `cleanup.policy` is `delete`: damaged below the
+    /// recovery point, it is still not rebuilt from the WAL, whose records
+    /// would bring back what the cleaner removed (a strict start refuses, a
+    /// tolerant one cuts it), while a segment written after the change is.
+    /// Before, the start judged by the policy in force and rebuilt it.
+    #[test]
+    fn a_segment_compacted_before_its_topics_policy_changed_is_never_rebuilt_from_the_wal() {
+        use crate::storage::topic_config::TopicConfig;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let m = TopicManager::new(c.clone()).unwrap();
+        let policy = |p: &str| TopicConfig::from_pairs([("cleanup.policy", Some(p))]).unwrap();
+        m.create_topic_with("t", 1, policy("compact")).unwrap();
+        produce_keyed(&rt, &m, "t", &half_repeated("a", 60));
+        // Synced, so the pass takes every closed segment.
+        m.checkpoint().unwrap();
+        let stats = m.compact();
+        assert!(stats.segments > 0 && stats.records_removed > 0, "{stats:?}");
+        m.alter_topic_configs("t", false, |_| Ok(policy("delete")))
+            .unwrap();
+        m.checkpoint().unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let logs = segment_logs(&c.storage.data_dir, "t");
+        let seg = &logs[0];
+        let infos = stored_batches(&std::fs::read(seg).unwrap());
+        assert!(infos.len() >= 2, "{} batches", infos.len());
+        let pos = damage_batch(seg, infos.len() / 2);
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+        let damaged = std::fs::read(seg).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err();
+        assert_corrupt_at(&e, seg, pos);
+        assert!(
+            e.to_string().contains("may be a compacted copy")
+                && e.to_string()
+                    .contains(crate::storage::segment::COMPACTED_FILE),
+            "{e}"
+        );
+        assert!(std::fs::read(seg).unwrap() == damaged, "left as found");
+
+        let mut tolerant = c.clone();
+        tolerant.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        let (m, log_lines) =
+            crate::storage::partition::tests::logged(|| TopicManager::new(tolerant).unwrap());
+        assert!(log_lines.contains("continuing without them"), "{log_lines}");
+        assert_eq!(
+            std::fs::metadata(seg).unwrap().len(),
+            pos,
+            "cut, not rebuilt"
+        );
+
+        // Segments written after the change are the WAL's records: one of
+        // them damaged is rebuilt.
+        produce(&rt, &m, "t", &values("b", 60));
+        m.checkpoint().unwrap();
+        let before = stored(&m, "t");
+        m.shutdown().unwrap();
+        drop(m);
+        let logs = segment_logs(&c.storage.data_dir, "t");
+        let seg = &logs[logs.len() - 2];
+        let whole = std::fs::read(seg).unwrap();
+        let infos = batch::validate_all(&whole).unwrap();
+        damage_batch(seg, infos.len() / 2);
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+        let m = TopicManager::new(c).unwrap();
+        assert!(stored(&m, "t") == before, "every batch back, byte for byte");
+        m.shutdown().unwrap();
+        assert!(std::fs::read(seg).unwrap() == whole);
     }
 
     #[test]

@@ -787,9 +787,74 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Name of the file in a partition's directory recording that compaction put
+/// copies in place there, whatever the topic's `cleanup.policy` is now (see
+/// [`compacted_through`]).
+pub const COMPACTED_FILE: &str = "compacted.json";
+
+/// [`COMPACTED_FILE`]'s contents.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CompactedFile {
+    /// Format version (1).
+    version: u32,
+    /// The largest base offset of a compacted copy ever put in place.
+    newest_copy_base: i64,
+}
+
+/// The largest base offset of a compacted copy ever put in place in the
+/// partition directory `dir` (`None`: never): a segment based at or below it
+/// may be a compacted copy, whose records the WAL's no longer match (the
+/// copy keeps its original offsets, without the records the cleaner
+/// removed). Kept when the topic's policy changes to `delete`, and never
+/// lowered.
+///
+/// # Errors
+/// I/O errors naming the file; [`Error::Corrupt`] when it does not parse.
+pub fn compacted_through(dir: &Path) -> Result<Option<i64>> {
+    let path = dir.join(COMPACTED_FILE);
+    let Some(raw) = crate::wal::files::read_if_exists(&path)? else {
+        return Ok(None);
+    };
+    let f: CompactedFile = serde_json::from_slice(&raw)
+        .map_err(|e| Error::corrupt(&path, 0, format!("{COMPACTED_FILE} does not parse: {e}")))?;
+    if f.version != 1 {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!("unknown {COMPACTED_FILE} version {}", f.version),
+        ));
+    }
+    Ok(Some(f.newest_copy_base))
+}
+
+/// Records durably in `dir` (atomic replace, directory fsync) that a
+/// compacted copy based at `base` is about to be put in place, unless
+/// [`COMPACTED_FILE`] already covers it.
+///
+/// # Errors
+/// I/O errors naming the file; a file that does not parse (never replaced
+/// by a lower offset than it may hold).
+fn note_compacted(dir: &Path, base: i64) -> Result<()> {
+    if compacted_through(dir)?.is_some_and(|b| b >= base) {
+        return Ok(());
+    }
+    let path = dir.join(COMPACTED_FILE);
+    let f = CompactedFile {
+        version: 1,
+        newest_copy_base: base,
+    };
+    let json = serde_json::to_vec(&f).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
+    crate::wal::files::write_atomic(&path, &json)
+}
+
 /// Puts the finished compacted copy of the segments starting at `base` and at
 /// each of `merged` (the later segments of its group, if any) in their place.
 ///
+/// 0. [`COMPACTED_FILE`] is made to cover `base`, durably, so that a start
+///    never rebuilds the copy's lost batches from the WAL (see
+///    [`compacted_through`]); if that fails nothing else changes (the
+///    `.cleaning` copy stays, for the next pass or start to replace or
+///    remove).
 /// 1. The copy is renamed from `.cleaning` to `.swap` and the directory fsynced:
 ///    from then on the copy is the segment, and an open that finds it finishes
 ///    the swap ([`recover_swaps`]).
@@ -803,6 +868,7 @@ fn remove_if_present(path: &Path) -> Result<()> {
 /// # Errors
 /// I/O errors naming the file.
 pub fn install_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
+    note_compacted(dir, base)?;
     let (cleaning_log, cleaning_index) = cleaning_names(base);
     let (swap_log, swap_index) = swap_names(base);
     let cleaning_time_index = dir.join(cleaning_time_index_name(base));
