@@ -123,6 +123,14 @@ impl GroupLocks {
         GroupLocks((0..64).map(|_| Mutex::new(())).collect())
     }
 
+    /// Every group's lock, taken in order (nothing else holds two).
+    pub(crate) fn lock_all(&self) -> Vec<MutexGuard<'_, ()>> {
+        self.0
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+
     /// The lock of `group`.
     pub(crate) fn lock(&self, group: &str) -> MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
@@ -458,11 +466,18 @@ impl OffsetStore {
     /// # Errors
     /// I/O errors; the positions of the group being rewritten, and of the groups
     /// after it, are kept then.
+    ///
+    /// Every group's writer lock is held throughout: a commit judged against
+    /// the topic before it left the broker (see [`OffsetStore::commit_where`])
+    /// is either stored already, its group listed here, or not judged yet, and
+    /// then refused. A group's first commit used to be stored after this had
+    /// listed the groups, leaving a position in a deleted topic behind.
     pub fn delete_topic_positions(&self, gone: impl Fn(&str) -> bool) -> Result<usize> {
+        let _writers = self.writers.lock_all();
         let groups: Vec<String> = self.lock().keys().cloned().collect();
         let mut removed = 0;
         for g in groups {
-            removed += self.remove_positions(&g, |_| true, |(topic, _), _| !gone(topic))?;
+            removed += self.remove_positions_locked(&g, |_| true, |(topic, _), _| !gone(topic))?;
         }
         Ok(removed)
     }
@@ -999,5 +1014,46 @@ mod tests {
             vec!["kept".to_string()]
         );
         assert!(s.fetch("gone", "t", 0).is_none());
+    }
+
+    /// A group's first commit, judged against its topic before the topic left
+    /// the broker and stored after the delete had listed the groups, stayed
+    /// behind: the drop passed over a group it did not know yet, and the
+    /// position named a deleted topic (which a strict start then refuses as a
+    /// lost topic directory). The drop now holds every group's writer lock, so
+    /// it waits for the commit and drops its position.
+    #[test]
+    fn a_first_commit_judged_before_a_topic_delete_is_dropped_with_the_topic() {
+        use std::sync::{mpsc, Arc};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(OffsetStore::open(dir.path().join("groups")).unwrap());
+        let (judged_tx, judged_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let committer = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                s.commit_where("new", None, vec![committed(0, 5)], |_| {
+                    // Judged: the topic is still there.
+                    judged_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    true
+                })
+                .unwrap()
+            })
+        };
+        judged_rx.recv().unwrap();
+        let deleter = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.delete_topic_positions(|t| t == "t").unwrap())
+        };
+        // Long enough for a drop that does not wait to have listed the groups.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        go_tx.send(()).unwrap();
+        assert!(committer.join().unwrap().is_empty());
+        assert_eq!(deleter.join().unwrap(), 1, "the drop saw the commit");
+        assert!(s.fetch("new", "t", 0).is_none());
+        drop(s);
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        assert!(s.positions_by_topic().is_empty());
     }
 }
