@@ -1686,7 +1686,14 @@ impl TopicManager {
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
         }
         if has_wal {
-            let (w, recovery) = Wal::open(&wal_dir, config.wal.engine.clone())?;
+            // A rotation short of file descriptors closes the cached read
+            // handles before it tries again, as a segment roll does.
+            let mut engine = config.wal.engine.clone();
+            let files = Arc::clone(&segment_files);
+            engine.on_descriptor_shortage = Some(crate::wal::ShortageHook::new(move || {
+                files.release();
+            }));
+            let (w, recovery) = Wal::open(&wal_dir, engine)?;
             // Before anything is read or appended: every entry the WAL holds
             // lies below the sequence it hands out next.
             lower_wal_floors(&mut topics, &topics_dir, recovery.next_sequence)?;

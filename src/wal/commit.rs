@@ -218,7 +218,14 @@ pub(crate) struct Core {
     /// How many more of a rotation's file opens fail with EMFILE (tests, see
     /// [`files::injected_emfile`]).
     #[cfg(test)]
-    pub(crate) fail_rotation_opens: std::sync::atomic::AtomicU32,
+    pub(crate) fail_rotation_opens: Arc<std::sync::atomic::AtomicU32>,
+    /// How many tries of a rotation's file opens succeed before
+    /// `fail_rotation_opens` counts (tests).
+    #[cfg(test)]
+    pub(crate) skip_rotation_opens: std::sync::atomic::AtomicU32,
+    /// Tries of a rotation's file opens so far (tests).
+    #[cfg(test)]
+    pub(crate) rotation_open_tries: std::sync::atomic::AtomicU32,
     pub counters: Counters,
     pub archived: Mutex<Vec<Archived>>,
     /// Highest acknowledged sequence.
@@ -265,7 +272,11 @@ impl Core {
             closed: AtomicBool::new(false),
             ring_abandoned: AtomicBool::new(false),
             #[cfg(test)]
-            fail_rotation_opens: std::sync::atomic::AtomicU32::new(0),
+            fail_rotation_opens: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            #[cfg(test)]
+            skip_rotation_opens: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            rotation_open_tries: std::sync::atomic::AtomicU32::new(0),
             counters: Counters::default(),
             archived: Mutex::new(archived),
             acked_through: AtomicU64::new(last_sequence),
@@ -617,6 +628,9 @@ pub(crate) struct Committer {
     every_write: bool,
     /// Present where a sync's success must be checked against an aborted journal.
     journal: Option<JournalCheck>,
+    /// The WAL directory, open for the rotations' directory fsyncs: a
+    /// rotation needs no file descriptor once it has renamed files.
+    dir: files::DirHandle,
     /// Highest sequence written beyond `file.confirmed`: a sync covering it needs
     /// the journal check.
     unconfirmed_through: u64,
@@ -663,6 +677,16 @@ pub(crate) fn next_file_prealloc(direct_io: bool, bytes: u64, syncs: u64) -> Pre
 fn open_for_mapping(dir: &Path) -> Result<File> {
     let path = dir.join(files::CURRENT);
     File::open(&path).map_err(|e| Error::io("open", &path, e))
+}
+
+/// The next active file, opened by a rotation before its renames
+/// ([`Committer::open_next`]).
+struct NextFile {
+    key: u64,
+    size: u64,
+    confirmed: u64,
+    /// The file opened for the mapping check ([`Committer::mapping`]).
+    mapping: Option<File>,
 }
 
 /// The background preparation of the next file, after the zero-fill of the active
@@ -792,6 +816,7 @@ impl Committer {
         }
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
         let journal = JournalCheck::for_dir(&core.dir);
+        let dir = files::DirHandle::open(&core.dir)?;
         let mapping = if backend.direct_io() || !backend.syncs_the_real_file() {
             None
         } else {
@@ -829,6 +854,7 @@ impl Committer {
             batch_capacity: cap,
             every_write,
             journal,
+            dir,
             unconfirmed_through: 0,
             mapping,
             unmapped: VecDeque::new(),
@@ -1694,6 +1720,12 @@ impl Committer {
     }
 
     /// Seals the active file, archives it and switches to the prepared next file.
+    ///
+    /// Every file descriptor the switch needs is taken before the renames that
+    /// archive the active file and make the prepared one active, and none after:
+    /// a rotation short of descriptors fails, if the shortage outlasts its tries,
+    /// with the files as they were (the active file sealed, the next one
+    /// prepared), which the next open takes as they are.
     fn rotate(&mut self) -> Result<()> {
         self.drain()?;
         self.seal(self.next_seq)?;
@@ -1715,19 +1747,18 @@ impl Committer {
                 })?
             }
         };
+        // An open file stays the same file when its name changes: the backend
+        // writes the prepared file under its name as the active one.
+        let next = self.with_descriptors("open", &prepared, |c| c.open_next(&prepared))?;
         let current = dir.join(files::CURRENT);
         let archived = files::archived_path(&dir, self.file.number);
         files::rename(&current, &archived)?;
         files::rename(&prepared, &current)?;
-        // Both renames become durable together with the directory.
-        self.with_descriptors("fsync dir", &dir, |_| files::sync_dir(&dir))?;
-        self.with_descriptors("open", &current, |c| c.backend.open(&current))?;
-        // The new file may have lost direct I/O (see backend::open_active).
-        self.mapping = if !self.backend.direct_io() && self.backend.syncs_the_real_file() {
-            Some(self.with_descriptors("open", &current, |_| open_for_mapping(&dir))?)
-        } else {
-            None
-        };
+        self.backend.renamed(&current);
+        // Both renames become durable together with the directory, fsynced
+        // through the descriptor the commit thread keeps open for it.
+        self.dir.sync()?;
+        self.mapping = next.mapping;
         // The seal's sync covered every write to the file before.
         self.unmapped.clear();
         self.core
@@ -1751,33 +1782,58 @@ impl Committer {
             syncs_now.saturating_sub(self.file_start_syncs),
         );
         self.file_start_syncs = syncs_now;
-        let (key, (size, confirmed)) = self.with_descriptors("open", &current, |_| {
-            Ok((
-                files::read_header(&current)?.key,
-                files::written_extent(&current)?,
-            ))
-        })?;
         self.file.number += 1;
-        self.file.key = key;
+        self.file.key = next.key;
         self.file.offset = BLOCK_SIZE as u64;
-        (self.file.size, self.file.confirmed) = (size, confirmed);
+        (self.file.size, self.file.confirmed) = (next.size, next.confirmed);
         self.core.counters.rotations.fetch_add(1, Ordering::Relaxed);
         self.preparer = spawn_preparer(&dir, self.file.number + 1, new_size, prealloc, None);
         Ok(())
     }
 
+    /// Opens the prepared file at `path` to become the active one, before it is
+    /// renamed: reads its key and written extent, and makes it the backend's
+    /// file (nothing is in flight after the seal). The backend's open comes
+    /// last, so that a failure leaves it on the active file.
+    fn open_next(&mut self, path: &Path) -> Result<NextFile> {
+        let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let key = files::read_header_of(&f, path)?.key;
+        let (size, confirmed) = files::written_extent_of(&f, path)?;
+        self.backend.open(path)?;
+        // The new file may have lost direct I/O (see backend::open_active).
+        let mapping =
+            (!self.backend.direct_io() && self.backend.syncs_the_real_file()).then_some(f);
+        Ok(NextFile {
+            key,
+            size,
+            confirmed,
+            mapping,
+        })
+    }
+
     /// Runs `op`, a step of a rotation that opens a file (`what` on `path`),
     /// trying it again while the process is short of file descriptors for a
-    /// moment ([`files::retry_fd_shortage`]).
+    /// moment ([`files::retry_fd_shortage`]), after calling the configured
+    /// [`WalConfig::on_descriptor_shortage`].
     fn with_descriptors<T>(
         &mut self,
         what: &'static str,
         path: &Path,
         mut op: impl FnMut(&mut Self) -> Result<T>,
     ) -> Result<T> {
-        files::retry_fd_shortage(what, path, || {
+        let release = self.core.config.on_descriptor_shortage.clone();
+        files::retry_fd_shortage(what, path, release.as_ref(), || {
             #[cfg(test)]
-            files::injected_emfile(&self.core.fail_rotation_opens, what, path)?;
+            {
+                self.core.rotation_open_tries.fetch_add(1, Ordering::SeqCst);
+                let skip = &self.core.skip_rotation_opens;
+                if skip
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    files::injected_emfile(&self.core.fail_rotation_opens, what, path)?;
+                }
+            }
             op(self)
         })
     }

@@ -262,7 +262,48 @@ pub struct WalConfig {
     /// alone (32 writes in a row of one append each, nothing beside them), the
     /// ring otherwise (see `docs/engine.md`). Other backends and configurations ignore it. Default: unset.
     pub uring_group_writes: Option<bool>,
+    /// Called when a rotation is short of file descriptors (EMFILE, ENFILE),
+    /// before each try again: the application closes what it can do without
+    /// (the broker its cache of segment read handles), so that the shortage
+    /// passes before the tries run out and the WAL fails. A rotation opens
+    /// everything it needs before it changes anything on disk, so a shortage
+    /// that outlasts the tries fails the WAL with the files as they were. Not
+    /// serialized. Default: none.
+    #[serde(skip)]
+    pub on_descriptor_shortage: Option<ShortageHook>,
 }
+
+/// A function the WAL calls when short of file descriptors
+/// ([`WalConfig::on_descriptor_shortage`]), on its commit thread: it must not
+/// wait for the WAL. Equal to another only when it is the same function.
+#[derive(Clone)]
+pub struct ShortageHook(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl ShortageHook {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        ShortageHook(std::sync::Arc::new(f))
+    }
+
+    /// Calls the function.
+    pub fn call(&self) {
+        (self.0)();
+    }
+}
+
+impl fmt::Debug for ShortageHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ShortageHook(..)")
+    }
+}
+
+impl PartialEq for ShortageHook {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ShortageHook {}
 
 impl Default for WalConfig {
     fn default() -> Self {
@@ -281,6 +322,7 @@ impl Default for WalConfig {
             ack_spin_us: 500,
             direct_io: None,
             uring_group_writes: None,
+            on_descriptor_shortage: None,
         }
     }
 }

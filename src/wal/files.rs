@@ -23,6 +23,7 @@ use std::{
     },
 };
 
+use super::config::ShortageHook;
 use super::format::{
     decode_file_header, encode_file_header, new_file_key, FileHeader, FormatVersion, BLOCK_SIZE,
 };
@@ -172,9 +173,14 @@ pub(crate) fn out_of_descriptors(e: &Error) -> bool {
 ///
 /// # Errors
 /// `op`'s, the shortage's after the last try.
+///
+/// Before each try again it calls `release` when given (the WAL's
+/// [`super::config::WalConfig::on_descriptor_shortage`]), which lets the
+/// application close descriptors it can do without, such as cached read handles.
 pub(crate) fn retry_fd_shortage<T>(
     what: &str,
     path: &Path,
+    release: Option<&ShortageHook>,
     mut op: impl FnMut() -> Result<T>,
 ) -> Result<T> {
     let mut waits = FD_RETRY_WAITS_MS.iter();
@@ -185,6 +191,9 @@ pub(crate) fn retry_fd_shortage<T>(
                     return Err(e);
                 };
                 tracing::warn!(path = %path.display(), step = what, error = %e, "a WAL rotation is short of file descriptors: trying again");
+                if let Some(release) = release {
+                    release.call();
+                }
                 std::thread::sleep(std::time::Duration::from_millis(wait));
             }
             done => return done,
@@ -242,6 +251,46 @@ pub fn list_archived(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     out.sort_unstable_by_key(|(n, _)| *n);
     Ok(out)
+}
+
+/// A directory kept open for its fsyncs ([`DirHandle::sync`]), which then need
+/// no file descriptor: the commit thread's, so that a rotation short of
+/// descriptors can still make its renames durable.
+#[derive(Debug)]
+pub(crate) struct DirHandle {
+    path: PathBuf,
+    #[cfg(unix)]
+    file: File,
+}
+
+impl DirHandle {
+    /// Opens `dir`.
+    ///
+    /// # Errors
+    /// The open's, naming `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<DirHandle> {
+        Ok(DirHandle {
+            path: dir.to_path_buf(),
+            #[cfg(unix)]
+            file: File::open(dir).map_err(|e| Error::io("open", dir, e))?,
+        })
+    }
+
+    /// [`sync_dir`] through the open directory.
+    ///
+    /// # Errors
+    /// The fsync's (or the journal check's), naming the directory.
+    pub(crate) fn sync(&self) -> Result<()> {
+        tracked(MetaOp::SyncDir(&self.path), || {
+            #[cfg(unix)]
+            {
+                self.file.sync_all()?;
+                super::journal::check_after_sync(&self.file)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| Error::io("fsync dir", &self.path, e))
+    }
 }
 
 /// fsyncs a directory so that creations, renames and deletions in it are durable
@@ -612,6 +661,11 @@ pub fn first_unwritten(_f: &File) -> Option<u64> {
 /// The header of the WAL file at `path`, which a scan or its preparation checked.
 pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    read_header_of(&f, path)
+}
+
+/// [`read_header`] of the open file `f` (the file at `path`).
+pub(crate) fn read_header_of(f: &File, path: &Path) -> Result<FileHeader> {
     let mut block = vec![0u8; BLOCK_SIZE];
     f.read_exact_at(&mut block, 0)
         .map_err(|e| Error::io("read header", path, e))?;
@@ -624,9 +678,14 @@ pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
 /// block with a cached page as data.
 pub(crate) fn written_extent(path: &Path) -> Result<(u64, u64)> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    written_extent_of(&f, path)
+}
+
+/// [`written_extent`] of the open file `f` (the file at `path`).
+pub(crate) fn written_extent_of(f: &File, path: &Path) -> Result<(u64, u64)> {
     let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-    drop_cached_pages(&f);
-    Ok((size, first_unwritten(&f).unwrap_or(0).min(size)))
+    drop_cached_pages(f);
+    Ok((size, first_unwritten(f).unwrap_or(0).min(size)))
 }
 
 /// Drops the (clean, just synced) cached pages of a prepared file. The zero-fill

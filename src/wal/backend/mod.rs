@@ -53,6 +53,10 @@ pub(crate) trait Backend: Send {
     /// Makes `path` the active file for later operations. Only called with nothing in flight.
     fn open(&mut self, path: &Path) -> Result<()>;
 
+    /// The active file was renamed to `path` (it stays open, the same file):
+    /// errors name it so from now on. Needs no file descriptor.
+    fn renamed(&mut self, path: &Path);
+
     /// Submits an operation identified by `token`.
     ///
     /// The caller keeps the buffer of a `Write` alive and unmodified until the

@@ -1442,6 +1442,12 @@ impl Backend for SimBackend {
         Ok(())
     }
 
+    fn renamed(&mut self, path: &Path) {
+        if let Some((_, p)) = &mut self.file {
+            *p = path.to_path_buf();
+        }
+    }
+
     fn submit(&mut self, token: u64, op: Op<'_>) -> Result<()> {
         let (key, _) = self.file.clone().ok_or(Error::Closed)?;
         let mut st = self.disk.lock();

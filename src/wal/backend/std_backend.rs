@@ -256,6 +256,12 @@ impl Backend for StdBackend {
         self.open_via(path, open_rw)
     }
 
+    fn renamed(&mut self, path: &Path) {
+        if let Some((_, p)) = &mut self.file {
+            *p = path.to_path_buf();
+        }
+    }
+
     fn submit(&mut self, token: u64, op: Op<'_>) -> Result<()> {
         if self.file.is_none() {
             return Err(Error::Closed);

@@ -585,6 +585,12 @@ impl Backend for UringBackend {
         Ok(())
     }
 
+    fn renamed(&mut self, path: &Path) {
+        if let Some((_, p)) = &mut self.file {
+            *p = path.to_path_buf();
+        }
+    }
+
     /// The ring holds the lock file in its file table: when the process dies
     /// with writes in flight, the kernel completes them in the ring's teardown,
     /// after the process's own files are closed, and drops the table (and with
