@@ -797,53 +797,105 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
     assert!(held <= 2 + 32 + 2, "{held} descriptors after the restart");
 }
 
-/// Reads hold the sealed logs they open beyond what the read-handle cache
-/// keeps, so the descriptors storage holds can reach the open-file limit;
-/// here a `--segment-open-files` above the limit lets one Fetch across 130
-/// one-batch segments take every descriptor left. The next segment roll then
-/// failed with EMFILE ("segment append failed: open ...: Too many open
-/// files"), which failed storage: every produce was refused until a restart.
-/// The roll now closes the cache's handles and tries again: the produce is
-/// acknowledged, and so are the ones after it.
+/// A `--segment-open-files` above what the open-file limit can hold (storage's
+/// half of what the files open at start leave of it) is refused at start,
+/// naming the flag, the limit and the largest value that fits, and nothing is
+/// created on disk. Before, any value was taken: under a 128-file limit a
+/// cache of 1000 could hold every descriptor, and with idle connections
+/// holding theirs, a WAL rotation found none and failed storage for good.
 #[test]
-fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
-    use kafka_protocol::records::RecordBatchDecoder;
-    const OPEN_FILES: u64 = 128;
-    const RECORDS: i64 = 130;
+fn a_segment_cache_beyond_the_open_file_limit_is_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start_limited(
-        &tmp.path().join("data"),
-        &["--segment-open-files", "1000", "--checkpoint-ms", "600000"],
-        Some(OPEN_FILES),
-    );
+    let data = tmp.path().join("data");
+    let (broker, fits) = start_with_the_largest_cache(&data, &[]);
+    assert!((1..=CACHE_OPEN_FILES / 2).contains(&fits), "{fits}");
     let mut c = connect_served(&broker.addr);
-    create_small_segment_topic(&mut c, "rolls");
+    assert!(served(&mut c));
+    // From its variable, the variable is named.
+    drop(c);
+    drop(broker);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = segment_cache_refused(
+        &tmp.path().join("data"),
+        &[("STREAMLINE_SEGMENT_OPEN_FILES", "100000")],
+        &[],
+    );
+    assert!(err.contains("STREAMLINE_SEGMENT_OPEN_FILES"), "{err}");
+}
 
+/// The open-file limit of the tests below that fill the descriptors.
+const CACHE_OPEN_FILES: u64 = 128;
+
+/// Starts the broker with `args` and the environment `env` under
+/// [`CACHE_OPEN_FILES`] and returns its error: it must be refused (exit 2)
+/// before creating anything.
+fn segment_cache_refused(data: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    use std::process::Command;
+    let mut cmd = Command::new(broker_support::broker_bin());
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied());
+    broker_support::limit_open_files(&mut cmd, CACHE_OPEN_FILES);
+    let out = broker_support::run(&mut cmd, b"", Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!data.exists(), "nothing may be created on disk: {err}");
+    err
+}
+
+/// Checks that `--segment-open-files 1000` is refused under
+/// [`CACHE_OPEN_FILES`], then starts the broker (with `extra` flags) with the
+/// largest value the refusal names, and returns it with that value.
+fn start_with_the_largest_cache(data: &std::path::Path, extra: &[&str]) -> (Broker, u64) {
+    let err = segment_cache_refused(data, &[], &["--segment-open-files", "1000"]);
+    assert!(
+        err.contains("--segment-open-files = \"1000\"")
+            && err.contains(&format!("the limit is {CACHE_OPEN_FILES} open files")),
+        "{err}"
+    );
+    let fits = largest_accepted(&err);
+    let fits_arg = fits.to_string();
+    let mut args = vec!["--segment-open-files", fits_arg.as_str()];
+    args.extend_from_slice(extra);
+    let broker = Broker::start_limited(data, &args, Some(CACHE_OPEN_FILES));
+    (broker, fits)
+}
+
+/// Writes 130 one-batch segments to the new topic `topic` through `c`, opens
+/// more idle connections than the broker serves (it keeps as many as it
+/// serves), and fetches from offset 0 in one Fetch: the read caches log
+/// after log until the process has no descriptor left, and answers with the
+/// batches read until then. Returns the connections kept open and the value
+/// of record `i`.
+fn fill_every_descriptor(
+    broker: &Broker,
+    c: &mut TcpStream,
+    topic: &'static str,
+) -> (Vec<TcpStream>, impl Fn(i64) -> String) {
+    use kafka_protocol::records::RecordBatchDecoder;
+    const RECORDS: i64 = 130;
+    create_small_segment_topic(c, topic);
     let pad = "p".repeat(5 * 1024);
-    let value = |i: i64| format!("{i:05}-{pad}");
-    let produce_at = |c: &mut TcpStream, i: i64| {
-        let req = produce("rolls", 0, batch(&[value(i).as_str()]));
-        let r = send_produce(c, 9, 100 + i as i32, &req);
-        let msg = r.responses[0].partition_responses[0]
-            .error_message
-            .as_ref()
-            .map(|m| m.to_string());
-        assert_eq!(partition_result(&r), (0, i), "produce {i}: {msg:?}");
-    };
+    let value = move |i: i64| format!("{i:05}-{pad}");
     for i in 0..RECORDS {
-        produce_at(&mut c, i);
+        produce_at(c, topic, i, &value(i));
     }
-    // One Fetch from offset 0 opens segment after segment into the cache
-    // until the process has no descriptor left, and answers with the
-    // batches read until then.
+    let sock: std::net::SocketAddr = broker.addr.parse().unwrap();
+    let flood: Vec<TcpStream> = (0..2 * CACHE_OPEN_FILES)
+        .filter_map(|_| TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok())
+        .collect();
+    // Let the broker accept (and refuse) them.
+    std::thread::sleep(Duration::from_millis(300));
     c.write_all(&request_frame(
         ApiKey::Fetch,
         12,
         7,
-        &fetch_request("rolls", 0, 0),
+        &fetch_request(topic, 0, 0),
     ))
     .unwrap();
-    let (_, f): (i32, FetchResponse) = response(&mut c, ApiKey::Fetch, 12);
+    let (_, f): (i32, FetchResponse) = response(c, ApiKey::Fetch, 12);
     let p = &f.responses[0].partitions[0];
     assert_eq!(p.error_code, 0);
     let mut records = p.records.clone().unwrap_or_default();
@@ -863,13 +915,51 @@ fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
         "{}",
         broker.log_text()
     );
+    (flood, value)
+}
+
+/// Produces `value` to partition 0 of `topic` through `c` and checks that it
+/// is acknowledged at offset `i`.
+fn produce_at(c: &mut TcpStream, topic: &str, i: i64, value: &str) {
+    let req = produce(topic, 0, batch(&[value]));
+    let r = send_produce(c, 9, 100 + i as i32, &req);
+    let msg = r.responses[0].partition_responses[0]
+        .error_message
+        .as_ref()
+        .map(|m| m.to_string());
+    assert_eq!(
+        partition_result(&r),
+        (0, i),
+        "produce {i} to {topic}: {msg:?}"
+    );
+}
+
+/// Reads keep the sealed logs they open beyond what the read-handle cache
+/// keeps, and idle connections hold their descriptors: with as many
+/// connections as the broker serves and the largest cache the limit accepts,
+/// one Fetch across 130 one-batch segments takes every descriptor left. The
+/// next segment roll then failed with EMFILE ("segment append failed: open
+/// ...: Too many open files"), which failed storage: every produce was
+/// refused until a restart. The roll now closes the cache's handles and tries
+/// again: the produce is acknowledged, and so are the ones after it.
+#[test]
+fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
+    use kafka_protocol::records::RecordBatchDecoder;
+    const RECORDS: i64 = 130;
+    let tmp = tempfile::tempdir().unwrap();
+    let (broker, _) =
+        start_with_the_largest_cache(&tmp.path().join("data"), &["--checkpoint-ms", "600000"]);
+    let mut c = connect_served(&broker.addr);
+    let (_flood, value) = fill_every_descriptor(&broker, &mut c, "rolls");
 
     // The next produces roll segments.
     for i in RECORDS..RECORDS + 3 {
-        produce_at(&mut c, i);
+        produce_at(&mut c, "rolls", i, &value(i));
     }
     assert!(
-        broker.log_text().contains("short of file descriptors"),
+        broker
+            .log_text()
+            .contains("a segment roll is short of file descriptors"),
         "the roll met no shortage"
     );
     c.write_all(&request_frame(
@@ -896,6 +986,67 @@ fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
         .collect();
     let want: Vec<(i64, String)> = (RECORDS..RECORDS + 3).map(|i| (i, value(i))).collect();
     assert_records(&got, &want, "after the rolls");
+}
+
+/// Archived WAL files (`00000001.wal`, ...) in `wal`.
+fn archived_wal_files(wal: &std::path::Path) -> usize {
+    std::fs::read_dir(wal)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.len() == 12
+                && name.ends_with(".wal")
+                && name[..8].bytes().all(|b| b.is_ascii_digit())
+        })
+        .count()
+}
+
+/// A WAL rotation renamed the active file and the prepared one, then opened
+/// the directory to fsync it and the new file to write it: with every
+/// descriptor taken (as many idle connections as the broker serves, the
+/// largest cache the limit accepts, full after one Fetch across 130
+/// segments), it failed with EMFILE ("fsync dir ...: Too many open files")
+/// after its tries, which nothing helped, and the WAL failed: every produce
+/// was answered `KAFKA_STORAGE_ERROR` until a restart. A rotation now opens
+/// everything before its renames, closes the cache's handles when short, and
+/// tries again: produces to a topic that rolls no segment (so no roll frees
+/// the cache first) go on through the rotation, acknowledged in order.
+#[test]
+fn a_wal_rotation_short_of_file_descriptors_does_not_fail_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (broker, _) = start_with_the_largest_cache(&data, &["--checkpoint-ms", "600000"]);
+    let mut c = connect_served(&broker.addr);
+    // Created, its files open, before the descriptors run out.
+    assert_eq!(topic_metadata(&mut c, "big", true), 0);
+    let (_flood, _) = fill_every_descriptor(&broker, &mut c, "rolls");
+
+    // 100 KiB records into 1 MiB WAL files: a rotation within a dozen.
+    let wal = data.join("wal");
+    let before = archived_wal_files(&wal);
+    let value = |i: i64| format!("{i:05}-{}", "b".repeat(100 * 1024));
+    let mut i = 0;
+    while archived_wal_files(&wal) == before {
+        assert!(i < 30, "no WAL rotation after {i} produces");
+        produce_at(&mut c, "big", i, &value(i));
+        i += 1;
+    }
+    // Two more into the new file.
+    for i in i..i + 2 {
+        produce_at(&mut c, "big", i, &value(i));
+    }
+    assert!(
+        broker
+            .log_text()
+            .contains("a WAL rotation is short of file descriptors"),
+        "the rotation met no shortage"
+    );
+    assert!(
+        !broker.log_text().contains("WAL failed"),
+        "{}",
+        broker.log_text()
+    );
 }
 
 /// Creates topic `name` of one partition whose segments roll at 4096 bytes.

@@ -1132,6 +1132,42 @@ pub fn check_max_connections(cfg: &crate::config::ServerConfig, limit: Option<u6
     })
 }
 
+/// Refuses an explicit `--segment-open-files` (in `storage`) above what the
+/// open-file limit `limit` in force can hold beside the files open now: the
+/// half of the rest that storage keeps, connections taking the other half
+/// ([`check_max_connections`]). A cache that large could hold every
+/// descriptor storage has, with connections holding theirs. Called once the
+/// limit is raised, before storage opens (nothing is touched on disk then).
+/// The default (a quarter of the limit, at most 256) is not judged.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `--segment-open-files`, the limit and the
+/// largest value that fits.
+pub fn check_segment_open_files(
+    storage: &crate::config::StorageConfig,
+    limit: Option<u64>,
+) -> Result<()> {
+    let (Some(files), Some(limit)) = (storage.segment_open_files, limit) else {
+        return Ok(());
+    };
+    let open = open_file_count().unwrap_or(0);
+    let fits = connection_budget(limit, open);
+    if files <= fits {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        field: "--segment-open-files",
+        value: files.to_string(),
+        reason: format!(
+            "more cached segment read handles than the open-file limit can hold: the limit \
+             is {limit} open files (RLIMIT_NOFILE, raised at start to its hard limit where \
+             allowed), {open} are open, and storage's files, the cache among them, may take \
+             half of the rest, connections needing the other half; accepted values: 1 to \
+             {fits} (or raise the hard limit, e.g. ulimit -n)"
+        ),
+    })
+}
+
 /// Half of what `used` leaves of `limit` open files, at least 1.
 fn connection_budget(limit: u64, used: u64) -> usize {
     usize::try_from(limit.saturating_sub(used) / 2)
