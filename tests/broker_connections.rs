@@ -195,15 +195,17 @@ fn max_connections_are_judged_again_with_the_partitions_open() {
 fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
     const OPEN_FILES: u64 = 128;
     let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    pre_create(&data, |c| assert_eq!(topic_metadata(c, "flood", true), 0));
     // Small WAL files (1 MiB, from Broker::start) and segments: the produces below
     // rotate the WAL and roll segments several times, each needing new files.
     let broker = Broker::start_limited(
-        &tmp.path().join("data"),
+        &data,
         &["--segment-bytes", "1m", "--wal-sync-mode", "every_write"],
         Some(OPEN_FILES),
     );
     let mut p = connect_served(&broker.addr);
-    assert_eq!(topic_metadata(&mut p, "flood", true), 0);
+    assert_eq!(topic_metadata(&mut p, "flood", false), 0);
 
     // More idle connections than the process has file descriptors. (A broker that
     // stops accepting leaves them in the listen queue, where connecting can time out.)
@@ -353,18 +355,26 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
     });
 }
 
-/// A topic with more partitions than the open-file limit allows (two files each)
-/// fails with a storage error that says why, leaves nothing behind, and the broker
-/// goes on creating and serving smaller topics.
+/// A topic with more partitions than the open-file limit leaves storage (two
+/// files each, beside what connections, the read-handle cache and the WAL may
+/// take) is refused before anything is created, POLICY_VIOLATION naming the
+/// limit, and so is a growth past it; the broker goes on creating and serving
+/// smaller topics. Before, such a topic was created until a file failed to
+/// open (EMFILE), leaving storage short of the descriptors its next WAL
+/// rotation needed.
 #[test]
-fn a_topic_too_large_for_the_open_file_limit_fails_cleanly() {
+fn a_topic_too_large_for_the_open_file_limit_is_refused_cleanly() {
     use kafka_protocol::messages::{
-        create_topics_request::CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, TopicName,
+        create_partitions_request::CreatePartitionsTopic, create_topics_request::CreatableTopic,
+        CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+        CreateTopicsResponse, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let broker = Broker::start_limited(&data, &[], Some(256));
+    // 256 - 8 connections - 64 cached read handles - 64 kept = 120 files: 60
+    // partitions.
+    let broker = Broker::start_limited(&data, &["--max-connections", "8"], Some(256));
     let mut c = connect_served(&broker.addr);
     let create = |c: &mut TcpStream, name: &'static str, partitions: i32| {
         let req = CreateTopicsRequest::default()
@@ -383,22 +393,23 @@ fn a_topic_too_large_for_the_open_file_limit_fails_cleanly() {
         )
     };
     let (code, msg) = create(&mut c, "wide", 200);
-    assert_eq!(code, 56, "{msg:?}");
+    assert_eq!(code, 44, "{msg:?}");
     assert!(
         msg.as_deref()
-            .is_some_and(|m| m.contains("Too many open files")),
+            .is_some_and(|m| m.contains("RLIMIT_NOFILE 256")
+                && m.contains("60 partitions the open-file limit leaves room for")),
         "the error does not say why: {msg:?}"
     );
     assert!(
         !data.join("topics").join("wide").exists(),
-        "the failed topic's files were left behind"
+        "the refused topic's files were made"
     );
     assert_eq!(
         topic_metadata(&mut c, "wide", false),
         3,
-        "the failed topic is listed"
+        "the refused topic is listed"
     );
-    // Its partitions' files were closed: a smaller topic is created and served.
+    // A smaller topic is created and served.
     assert_eq!(create(&mut c, "narrow", 20), (0, None));
     let value = "v".repeat(100);
     for i in 0..20 {
@@ -406,6 +417,107 @@ fn a_topic_too_large_for_the_open_file_limit_fails_cleanly() {
         let r = send_produce(&mut c, 9, 10 + i, &req);
         assert_eq!(partition_result(&r), (0, 0), "partition {i}");
     }
+    // A growth past the limit is refused too.
+    let req = CreatePartitionsRequest::default()
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("narrow")))
+            .with_count(100)
+            .with_assignments(None)])
+        .with_timeout_ms(10_000);
+    c.write_all(&request_frame(ApiKey::CreatePartitions, 1, 40, &req))
+        .unwrap();
+    let (_, r): (i32, CreatePartitionsResponse) = response(&mut c, ApiKey::CreatePartitions, 1);
+    assert_eq!(
+        r.results[0].error_code, 44,
+        "{:?}",
+        r.results[0].error_message
+    );
+    assert!(!data.join("topics").join("narrow").join("20").exists());
+}
+
+/// A Metadata request allowed to auto-create 200 new names created topics
+/// until one failed to open its files (EMFILE), leaving storage a descriptor
+/// or two: a few idle connections, far within the connection cap, then took
+/// those, the next WAL rotation failed ("fsync dir .../wal: Too many open
+/// files"), and every produce was refused (KAFKA_STORAGE_ERROR) until a
+/// restart, which reopened every partition. Now the names the open-file limit
+/// has no room for are answered UNKNOWN_TOPIC_OR_PARTITION and not created,
+/// and produces that rotate the WAL and roll segments many times over are all
+/// acknowledged.
+#[test]
+fn auto_creates_past_the_open_file_limit_leave_storage_room_to_rotate_the_wal() {
+    use kafka_protocol::messages::{
+        metadata_request::MetadataRequestTopic, MetadataRequest, MetadataResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let broker = Broker::start_limited(
+        &data,
+        &["--wal-max-file-size", "64k", "--segment-bytes", "64k"],
+        Some(320),
+    );
+    let mut c = connect_served(&broker.addr);
+    let req = MetadataRequest::default()
+        .with_topics(Some(
+            (0..200)
+                .map(|i| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(format!("auto{i}")))))
+                })
+                .collect(),
+        ))
+        .with_allow_auto_topic_creation(true);
+    c.write_all(&request_frame(ApiKey::Metadata, 9, 2, &req))
+        .unwrap();
+    let (_, m): (i32, MetadataResponse) = response(&mut c, ApiKey::Metadata, 9);
+    let created: Vec<String> = m
+        .topics
+        .iter()
+        .filter(|t| t.error_code == 0)
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect();
+    let refused = m.topics.iter().filter(|t| t.error_code == 3).count();
+    assert!(
+        !created.is_empty() && refused > 0 && created.len() + refused == 200,
+        "{} created, {refused} refused",
+        created.len()
+    );
+    // Produces of 16 KB to one topic: the 64 KiB WAL rotates and the
+    // partition rolls its 64 KiB segments, once every four produces.
+    let topic = created[0].clone();
+    let value = "v".repeat(4_000);
+    let values = [value.as_str(); 4];
+    let mut sent = 0;
+    let mut produce_some = |c: &mut TcpStream, n: i32| {
+        for _ in 0..n {
+            let r = send_produce(c, 9, 10 + sent, &produce(&topic, 0, batch(&values)));
+            let message = r.responses[0].partition_responses[0].error_message.clone();
+            assert_eq!(
+                partition_result(&r),
+                (0, i64::from(sent) * 4),
+                "produce {sent} to {topic}: {message:?}"
+            );
+            sent += 1;
+        }
+    };
+    // Idle connections, far fewer than the connection cap, take what
+    // descriptors they find (each is served once accepted).
+    let idle: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut i = connect(&broker.addr);
+            i.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            served(&mut i);
+            i
+        })
+        .collect();
+    produce_some(&mut c, 80);
+    drop(idle);
+    assert!(
+        broker.log_text().contains("open-file limit leaves no room"),
+        "the refusal is not logged"
+    );
 }
 
 /// Connections that each send the first byte of a request and nothing more once
@@ -730,9 +842,9 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
     let data = tmp.path().join("data");
     // Checkpoints far apart: at the restart after the kill, every segment is
     // above the recovery point.
+    pre_create(&data, |c| create_small_segment_topic(c, "many"));
     let mut broker = Broker::start_limited(&data, &["--checkpoint-ms", "600000"], Some(OPEN_FILES));
     let mut c = connect_served(&broker.addr);
-    create_small_segment_topic(&mut c, "many");
 
     let pad = "p".repeat(5 * 1024);
     let value = |i: i64| format!("{i:05}-{pad}");
@@ -846,10 +958,15 @@ fn segment_cache_refused(data: &std::path::Path, env: &[(&str, &str)], args: &[&
 }
 
 /// Checks that `--segment-open-files 1000` is refused under
-/// [`CACHE_OPEN_FILES`], then starts the broker (with `extra` flags) with the
-/// largest value the refusal names, and returns it with that value.
+/// [`CACHE_OPEN_FILES`] (on a directory of its own), then starts the broker on
+/// `data` (with `extra` flags) with the largest value the refusal names, and
+/// returns it with that value.
 fn start_with_the_largest_cache(data: &std::path::Path, extra: &[&str]) -> (Broker, u64) {
-    let err = segment_cache_refused(data, &[], &["--segment-open-files", "1000"]);
+    let err = segment_cache_refused(
+        &data.with_extension("refused"),
+        &[],
+        &["--segment-open-files", "1000"],
+    );
     assert!(
         err.contains("--segment-open-files = \"1000\"")
             && err.contains(&format!("the limit is {CACHE_OPEN_FILES} open files")),
@@ -863,7 +980,10 @@ fn start_with_the_largest_cache(data: &std::path::Path, extra: &[&str]) -> (Brok
     (broker, fits)
 }
 
-/// Writes 130 one-batch segments to the new topic `topic` through `c`, opens
+/// Writes 130 one-batch segments to topic `topic` (made beforehand by
+/// [`create_small_segment_topic`], in a [`pre_create`] run: under
+/// [`CACHE_OPEN_FILES`] the open-file budget leaves no room for a new
+/// partition) through `c`, opens
 /// more idle connections than the broker serves (it keeps as many as it
 /// serves), and fetches from offset 0 in one Fetch: the read caches log
 /// after log until the process has no descriptor left, and answers with the
@@ -876,7 +996,6 @@ fn fill_every_descriptor(
 ) -> (Vec<TcpStream>, impl Fn(i64) -> String) {
     use kafka_protocol::records::RecordBatchDecoder;
     const RECORDS: i64 = 130;
-    create_small_segment_topic(c, topic);
     let pad = "p".repeat(5 * 1024);
     let value = move |i: i64| format!("{i:05}-{pad}");
     for i in 0..RECORDS {
@@ -947,8 +1066,9 @@ fn a_segment_roll_short_of_file_descriptors_does_not_fail_storage() {
     use kafka_protocol::records::RecordBatchDecoder;
     const RECORDS: i64 = 130;
     let tmp = tempfile::tempdir().unwrap();
-    let (broker, _) =
-        start_with_the_largest_cache(&tmp.path().join("data"), &["--checkpoint-ms", "600000"]);
+    let data = tmp.path().join("data");
+    pre_create(&data, |c| create_small_segment_topic(c, "rolls"));
+    let (broker, _) = start_with_the_largest_cache(&data, &["--checkpoint-ms", "600000"]);
     let mut c = connect_served(&broker.addr);
     let (_flood, value) = fill_every_descriptor(&broker, &mut c, "rolls");
 
@@ -1016,10 +1136,14 @@ fn archived_wal_files(wal: &std::path::Path) -> usize {
 fn a_wal_rotation_short_of_file_descriptors_does_not_fail_storage() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
+    pre_create(&data, |c| {
+        assert_eq!(topic_metadata(c, "big", true), 0);
+        create_small_segment_topic(c, "rolls");
+    });
     let (broker, _) = start_with_the_largest_cache(&data, &["--checkpoint-ms", "600000"]);
     let mut c = connect_served(&broker.addr);
-    // Created, its files open, before the descriptors run out.
-    assert_eq!(topic_metadata(&mut c, "big", true), 0);
+    // Its files open before the descriptors run out.
+    assert_eq!(topic_metadata(&mut c, "big", false), 0);
     let (_flood, _) = fill_every_descriptor(&broker, &mut c, "rolls");
 
     // 100 KiB records into 1 MiB WAL files: a rotation within a dozen.
@@ -1047,6 +1171,18 @@ fn a_wal_rotation_short_of_file_descriptors_does_not_fail_storage() {
         "{}",
         broker.log_text()
     );
+}
+
+/// Runs `create` against a broker on `data` without an open-file limit of
+/// its own, then stops it. Under a limit of 128 the default connection cap
+/// (half of what is left once storage is open), the read-handle cache (a
+/// quarter) and the 64 descriptors kept for the WAL, checkpoints and rolls
+/// leave no room for a new partition, so a test that runs there makes its
+/// topics first; a start opens every partition there is.
+fn pre_create(data: &std::path::Path, create: impl FnOnce(&mut TcpStream)) {
+    let broker = Broker::start(data, &[]);
+    let mut c = connect_served(&broker.addr);
+    create(&mut c);
 }
 
 /// Creates topic `name` of one partition whose segments roll at 4096 bytes.

@@ -439,6 +439,8 @@ impl Server {
             None => None,
         };
         let max_connections = cfg.max_connections.unwrap_or_else(default_max_connections);
+        // What connections may take is not the partitions' to take.
+        storage.reserve_files_for_connections(max_connections);
         // Membership lives beside the committed offsets (read off the runtime's
         // threads: one file per group).
         let groups = {

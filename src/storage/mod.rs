@@ -36,6 +36,7 @@ pub mod recovery_points;
 pub mod segment;
 pub mod time_index;
 pub mod topic_config;
+pub mod topic_map;
 pub(crate) mod watchers;
 
 use std::{
@@ -67,6 +68,8 @@ pub use partition::{DeleteRecordsError, Partition, ReadResult};
 use producers::{ProducerIds, SequenceError, Verdict};
 use recovery_points::RecoveryPoints;
 pub use topic_config::{ConfigError, TopicConfig};
+pub use topic_map::OverBudget;
+use topic_map::{FileBudget, TopicMap};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;
@@ -241,6 +244,10 @@ pub enum CreateError {
     Collides(String),
     /// The topic to grow does not exist (or was deleted meanwhile).
     UnknownTopic,
+    /// The new partitions' files would take descriptors the open-file limit
+    /// leaves to storage for its WAL, checkpoints and segment rolls (see
+    /// [`TopicManager::check_files`]); nothing was created.
+    TooManyFiles(OverBudget),
     /// Creating files failed.
     Storage(String),
 }
@@ -348,7 +355,9 @@ struct Shared {
     inflight: Arc<Semaphore>,
     config: Config,
     topics_dir: PathBuf,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    topics: RwLock<TopicMap>,
+    /// The partitions the open-file limit leaves room for.
+    file_budget: FileBudget,
     /// Serialises creates, growths, config changes and the start and end of
     /// deletes; holds the names of the topics being deleted, which a create of
     /// the same name waits for (a delete moves the directory of the name away).
@@ -489,13 +498,6 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
-
-/// Whether topic names `a` and `b` are the same once every `.` is made `_`,
-/// as Kafka makes them in metric names.
-fn names_collide(a: &str, b: &str) -> bool {
-    let unified = |c: u8| if c == b'.' { b'_' } else { c };
-    a.len() == b.len() && a.bytes().map(unified).eq(b.bytes().map(unified))
 }
 
 /// Warns of topics whose names collide (see [`TopicManager::colliding_topic`]):
@@ -1819,7 +1821,8 @@ impl TopicManager {
             _lock: lock,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
             topics_dir,
-            topics: RwLock::new(topics),
+            topics: RwLock::new(TopicMap::from(topics)),
+            file_budget: FileBudget::new(config.server.max_connections.unwrap_or(0)),
             create_lock: Mutex::new(BTreeSet::new()),
             deleting: Mutex::new(Vec::new()),
             delete_ended: Condvar::new(),
@@ -1966,17 +1969,63 @@ impl TopicManager {
     /// the reverse (`a.b` and `a_b`). Kafka names a topic's metrics with its
     /// `.` made `_`, so such names collide there, and it refuses to create the
     /// second ("collides with existing topic"); so does this broker.
+    ///
+    /// One look-up in an index kept beside the topics, by name with `.` made
+    /// `_`, however many topics there are.
     pub fn colliding_topic(&self, name: &str) -> Option<String> {
-        if !name.contains(['.', '_']) {
-            return None;
-        }
         self.shared
             .topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .find(|t| *t != name && names_collide(t, name))
-            .cloned()
+            .colliding(name)
+            .map(str::to_string)
+    }
+
+    /// Keeps `n` descriptors of the open-file limit for connections (the
+    /// server's connection cap, set when it binds) out of what partitions may
+    /// take (see [`Self::check_files`]).
+    pub fn reserve_files_for_connections(&self, n: usize) {
+        self.shared.file_budget.set_connections(n);
+    }
+
+    /// Refuses `new` more partitions when their files (two each: the active
+    /// segment's log and index) would take descriptors that the soft
+    /// `RLIMIT_NOFILE` leaves to storage: the limit less the connections the
+    /// server may hold, the sealed segments' read-handle cache
+    /// (`--segment-open-files`) and [`topic_map::RESERVED_FILES`] for the WAL,
+    /// checkpoints and segment rolls, counting every partition open (topics
+    /// being deleted too). Without the bound a create could take every
+    /// descriptor, and the next WAL rotation or segment roll failed storage
+    /// until a restart, which reopens every partition. No limit, no bound.
+    ///
+    /// # Errors
+    /// [`CreateError::TooManyFiles`] naming the figures.
+    pub fn check_files(&self, new: usize) -> std::result::Result<(), CreateError> {
+        let open = self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .partitions()
+            + self
+                .shared
+                .deleting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|t| t.partitions.len())
+                .sum::<usize>();
+        self.shared
+            .file_budget
+            .check(self.shared.segment_files.capacity(), open, new)
+            .map_err(CreateError::TooManyFiles)
+    }
+
+    /// Judges [`Self::check_files`] against `limit` in place of
+    /// `RLIMIT_NOFILE` (`None`: no limit).
+    #[cfg(test)]
+    pub(crate) fn set_open_file_limit(&self, limit: Option<u64>) {
+        self.shared.file_budget.set_limit(limit);
     }
 
     /// The partition `index` of `topic`.
@@ -2046,6 +2095,9 @@ impl TopicManager {
             return Err(CreateError::Collides(other));
         }
         self.refuse_if_failed()?;
+        // Under `create_lock`: no other create or growth adds partitions
+        // between the check and this one's.
+        self.check_files(usize::try_from(partitions).unwrap_or(usize::MAX))?;
         let storage = |e: Error| CreateError::Storage(e.to_string());
         let dir = self.shared.topics_dir.join(name);
         // A whole topic out of the map: its delete failed and it could not be
@@ -2262,6 +2314,7 @@ impl TopicManager {
         if count <= have || count > MAX_PARTITIONS {
             return Err(CreateError::InvalidPartitions);
         }
+        self.check_files(usize::try_from(count - have).unwrap_or(usize::MAX))?;
         let dir = self.shared.topics_dir.join(name);
         for p in have..count {
             set_aside_partition_data(&dir, p).map_err(storage)?;
@@ -6254,6 +6307,82 @@ mod tests {
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.topic("t").unwrap().partitions.len(), 2);
         assert_eq!(m.partition("t", 1).unwrap().log_end_offset(), 0);
+        m.shutdown().unwrap();
+    }
+
+    /// Topics could be created until one failed with EMFILE, leaving storage
+    /// a descriptor or none: the next WAL rotation, checkpoint or segment roll
+    /// then failed storage until a restart. A create or growth whose
+    /// partitions' files would pass what the open-file limit leaves them is
+    /// now refused before anything is created, exactly past the bound.
+    #[test]
+    fn a_create_or_growth_past_the_open_file_budget_is_refused_at_the_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.server.max_connections = Some(100);
+        c.storage.segment_open_files = Some(16);
+        let m = TopicManager::new(c).unwrap();
+        // 200 - 100 connections - 16 cached - 64 kept = 20 files: 10 partitions.
+        m.set_open_file_limit(Some(200));
+        m.create_topic("a", 4).unwrap();
+        m.create_topic("b", 6).unwrap();
+        let refused = |r: std::result::Result<Arc<Topic>, CreateError>| match r {
+            Err(CreateError::TooManyFiles(e)) => e,
+            other => panic!("not refused for its files: {other:?}"),
+        };
+        let e = refused(m.create_topic("c", 1));
+        assert_eq!(
+            (e.limit, e.connections, e.cache, e.open, e.new, e.most()),
+            (200, 100, 16, 10, 1, 10)
+        );
+        assert!(m.topic("c").is_none());
+        assert!(!tmp.path().join("topics/c").exists(), "nothing is created");
+        let e = refused(m.add_partitions("b", 7));
+        assert_eq!((e.open, e.new), (10, 1));
+        assert_eq!(m.topic("b").unwrap().partitions.len(), 6);
+        assert!(!tmp.path().join("topics/b/6").exists());
+        // A deleted topic's partitions are given back.
+        assert!(rt.block_on(m.delete_topic("a")).unwrap());
+        assert_eq!(m.add_partitions("b", 10).unwrap().partitions.len(), 10);
+        refused(m.create_topic("c", 1));
+        // The server's connection cap, set when it binds, replaces the
+        // configured one.
+        m.reserve_files_for_connections(98);
+        m.create_topic("c", 1).unwrap();
+        refused(m.create_topic("d", 1));
+        refused(m.add_partitions("c", 2));
+        // No limit, no bound.
+        m.set_open_file_limit(None);
+        m.create_topic("d", 1000).unwrap();
+        m.shutdown().unwrap();
+    }
+
+    /// A name colliding with a topic's (`.` for `_` or the reverse) is
+    /// refused whichever came first, and free again once that topic is
+    /// deleted: the index of names by metric name follows creates and
+    /// deletes.
+    #[test]
+    fn colliding_names_are_refused_both_ways_and_freed_by_a_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        for (first, second) in [("a.b", "a_b"), ("a_b", "a.b")] {
+            m.create_topic(first, 1).unwrap();
+            assert_eq!(m.colliding_topic(second).as_deref(), Some(first));
+            assert_eq!(m.colliding_topic(first), None, "not with itself");
+            assert_eq!(
+                m.create_topic(second, 1).unwrap_err(),
+                CreateError::Collides(first.to_string())
+            );
+            assert!(m.topic(second).is_none());
+            assert!(rt.block_on(m.delete_topic(first)).unwrap());
+            assert_eq!(m.colliding_topic(second), None);
+            m.create_topic(second, 1).unwrap();
+            assert_eq!(m.colliding_topic(first).as_deref(), Some(second));
+            assert!(rt.block_on(m.delete_topic(second)).unwrap());
+        }
+        assert_eq!(m.colliding_topic("ab"), None);
         m.shutdown().unwrap();
     }
 }

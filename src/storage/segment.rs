@@ -294,7 +294,7 @@ pub fn default_open_files() -> usize {
     clippy::useless_conversion,
     reason = "the conversion is the identity only where rlim_t is u64"
 )]
-fn open_file_limit() -> Option<u64> {
+pub(crate) fn open_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
     let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
     if soft == RLIM_INFINITY {
@@ -304,7 +304,7 @@ fn open_file_limit() -> Option<u64> {
 }
 
 #[cfg(not(unix))]
-fn open_file_limit() -> Option<u64> {
+pub(crate) fn open_file_limit() -> Option<u64> {
     None
 }
 

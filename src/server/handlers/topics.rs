@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kafka_protocol::{
     messages::{
         create_partitions_response::CreatePartitionsTopicResult,
+        create_topics_request::CreatableReplicaAssignment,
         create_topics_response::CreatableTopicResult,
         delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult},
         delete_topics_response::DeletableTopicResult,
@@ -131,6 +132,13 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
             let mut names = std::collections::HashSet::new();
             let mut ids = std::collections::HashSet::new();
             let mut by_id = None;
+            // Auto-creates tried, at most MAX_CREATED_TOPICS; then the names
+            // left uncreated past that bound, and those left uncreated once
+            // the open-file limit refused one (with its reason): each is
+            // answered UNKNOWN_TOPIC_OR_PARTITION, with one warning per request.
+            let mut tried = 0usize;
+            let mut past_cap = 0usize;
+            let mut no_files: Option<(usize, String)> = None;
             for rt in list {
                 let first = match &rt.name {
                     Some(n) => names.insert(n.0.clone()),
@@ -158,7 +166,18 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                         uuid::Uuid::nil(),
                         codes::INVALID_TOPIC_EXCEPTION,
                     ));
+                } else if allow_create && (tried >= MAX_CREATED_TOPICS || no_files.is_some()) {
+                    match &mut no_files {
+                        Some((left, _)) => *left += 1,
+                        None => past_cap += 1,
+                    }
+                    topics.push(error_topic(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
                 } else if allow_create {
+                    tried += 1;
                     let parts = ctx.storage.config().storage.default_partitions;
                     match create_blocking(ctx, n.clone(), parts, TopicConfig::default()).await {
                         Ok(t) => topics.push(topic_entry(ctx, &t, version)),
@@ -180,6 +199,16 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                                 codes::INVALID_TOPIC_EXCEPTION,
                             ));
                         }
+                        // As a create past what the open-file limit leaves to
+                        // storage is refused; so are the request's later names.
+                        Err(CreateError::TooManyFiles(e)) => {
+                            no_files = Some((1, e.to_string()));
+                            topics.push(error_topic(
+                                Some(name),
+                                uuid::Uuid::nil(),
+                                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            ));
+                        }
                         Err(e) => {
                             tracing::warn!(topic = %n, error = ?e, "auto-create failed");
                             topics.push(error_topic(
@@ -196,6 +225,15 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                         codes::UNKNOWN_TOPIC_OR_PARTITION,
                     ));
                 }
+            }
+            if let Some((left, why)) = no_files {
+                tracing::warn!(topics = left, reason = %why, "Metadata auto-create refused: the open-file limit leaves no room for the new partitions; those topics are answered UNKNOWN_TOPIC_OR_PARTITION");
+            }
+            if past_cap > 0 {
+                tracing::warn!(
+                    topics = past_cap,
+                    "Metadata auto-create: more than {MAX_CREATED_TOPICS} new topics in one request; the rest are not created and are answered UNKNOWN_TOPIC_OR_PARTITION"
+                );
             }
         }
     }
@@ -279,7 +317,10 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             );
             continue;
         }
-        let parts = if t.num_partitions == -1 {
+        // With a manual assignment the partitions are those it lists.
+        let parts = if !t.assignments.is_empty() {
+            i32::try_from(t.assignments.len()).unwrap_or(i32::MAX)
+        } else if t.num_partitions == -1 {
             ctx.storage.config().storage.default_partitions
         } else {
             t.num_partitions
@@ -294,16 +335,22 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                 codes::INVALID_TOPIC_EXCEPTION,
                 "topic names are 1-249 characters of [A-Za-z0-9._-]".to_string(),
             ))
+        } else if !t.assignments.is_empty()
+            && (t.num_partitions != -1 || t.replication_factor != -1)
+        {
+            Err((
+                codes::INVALID_REQUEST,
+                "Both numPartitions or replicationFactor and replicasAssignments were set. \
+                 Both cannot be used at the same time."
+                    .to_string(),
+            ))
         } else if t.replication_factor != -1 && t.replication_factor != 1 {
             Err((
                 codes::INVALID_REPLICATION_FACTOR,
                 "this single-node broker supports replication factor 1".to_string(),
             ))
-        } else if !t.assignments.is_empty() {
-            Err((
-                codes::INVALID_REPLICA_ASSIGNMENT,
-                "manual replica assignment is not supported".to_string(),
-            ))
+        } else if let Err(why) = check_assignments(&t.assignments, ctx.storage.meta().node_id) {
+            Err((codes::INVALID_REPLICA_ASSIGNMENT, why))
         } else if !(1..=10_000).contains(&parts) {
             Err((
                 codes::INVALID_PARTITIONS,
@@ -320,7 +367,15 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             Err((codes::INVALID_CONFIG, e.to_string()))
         } else if req.validate_only {
             // A dry run creates nothing, so there is no topic id to report.
-            Ok(uuid::Uuid::nil())
+            // Each topic is judged alone against the partitions open.
+            match ctx
+                .storage
+                .check_files(usize::try_from(parts).unwrap_or(usize::MAX))
+            {
+                Ok(()) => Ok(uuid::Uuid::nil()),
+                Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
+                Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
+            }
         } else {
             let configs = configs.clone().unwrap_or_default();
             match create_blocking(ctx, name.clone(), parts, configs).await {
@@ -336,6 +391,7 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                     Err((codes::INVALID_PARTITIONS, "invalid partition count".into()))
                 }
                 Err(CreateError::Collides(other)) => Err(collides(&name, &other)),
+                Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
                 Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
                 Err(CreateError::BeingDeleted) => Err((
                     codes::REQUEST_TIMED_OUT,
@@ -368,6 +424,59 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
         });
     }
     CreateTopicsResponse::default().with_topics(results)
+}
+
+/// Checks a CreateTopics' manual replica assignment (none: nothing to check):
+/// as Kafka, one entry per partition, numbered 0 to n-1 in any order; each
+/// partition's replicas are this broker, once (`node`, its id).
+///
+/// # Errors
+/// Kafka's reason, for INVALID_REPLICA_ASSIGNMENT.
+fn check_assignments(assignments: &[CreatableReplicaAssignment], node: i32) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for a in assignments {
+        let p = a.partition_index;
+        if !seen.insert(p) {
+            return Err(format!(
+                "Found multiple manual partition assignments for partition {p}"
+            ));
+        }
+        if a.broker_ids.is_empty() {
+            return Err(format!(
+                "The manual partition assignment of partition {p} includes an empty \
+                 replica list."
+            ));
+        }
+        if let Some(other) = a.broker_ids.iter().find(|b| b.0 != node) {
+            return Err(format!(
+                "The manual partition assignment of partition {p} includes broker {}, \
+                 but no such broker is registered: this single-node broker is node {node}.",
+                other.0
+            ));
+        }
+        if a.broker_ids.len() > 1 {
+            return Err(format!(
+                "The manual partition assignment of partition {p} includes the broker \
+                 {node} more than once."
+            ));
+        }
+    }
+    // n distinct indexes are 0..n-1 exactly when every one is within it.
+    let n = seen.len();
+    if seen
+        .iter()
+        .any(|p| usize::try_from(*p).map_or(true, |p| p >= n))
+    {
+        return Err("partitions should be a consecutive 0-based integer sequence".to_string());
+    }
+    Ok(())
+}
+
+/// The answer to a create or growth whose partitions' files the open-file
+/// limit has no room for: a limit of the broker's, refused as Kafka refuses
+/// what its policies do not allow.
+fn too_many_files(e: &crate::storage::OverBudget) -> (i16, String) {
+    (codes::POLICY_VIOLATION, e.to_string())
 }
 
 /// Kafka's answer to a create of `name`, which collides with topic `other`
@@ -432,7 +541,14 @@ pub(crate) async fn create_partitions(
                     format!("new partitions can only be assigned to broker {node}, one each"),
                 ))
             }
-            Some(_) if req.validate_only => Ok(()),
+            Some(topic) if req.validate_only => {
+                let new = usize::try_from(t.count).unwrap_or(0) - topic.partitions.len();
+                match ctx.storage.check_files(new) {
+                    Ok(()) => Ok(()),
+                    Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
+                    Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
+                }
+            }
             Some(_) => {
                 let storage = ctx.storage.clone();
                 let (n, count) = (name.clone(), t.count);
@@ -448,6 +564,7 @@ pub(crate) async fn create_partitions(
                         codes::UNKNOWN_TOPIC_OR_PARTITION,
                         format!("unknown topic {name}"),
                     )),
+                    Ok(Err(CreateError::TooManyFiles(e))) => Err(too_many_files(&e)),
                     Ok(Err(CreateError::Storage(s))) => Err((codes::KAFKA_STORAGE_ERROR, s)),
                     Ok(Err(e)) => Err((codes::KAFKA_STORAGE_ERROR, format!("{e:?}"))),
                     Err(e) => Err((codes::KAFKA_STORAGE_ERROR, e.to_string())),
@@ -475,6 +592,10 @@ enum Named {
     /// a repeat of another entry.
     Refused(Option<String>, uuid::Uuid, &'static str),
 }
+
+/// Kafka's answer to a DeleteTopics entry naming a topic that another entry
+/// identifies by id.
+const NAME_MAPS_TO_ID: &str = "The provided topic name maps to an ID that was already supplied.";
 
 pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
     // Up to v5 topics come by name; from v6 by name or by id (the name null).
@@ -509,6 +630,37 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
             .filter(|n| !matches!(n, Named::Refused(..)))
             .cloned(),
     );
+    // A topic named by an entry and identified by another is deleted by
+    // neither: both are answered INVALID_REQUEST, as Kafka refuses a name
+    // that maps to an id already supplied. (A name given more than once is
+    // refused as a repeat and looked up no further, as in Kafka.)
+    let asked_ids: std::collections::HashSet<uuid::Uuid> = asked
+        .iter()
+        .filter_map(|n| match n {
+            Named::Id(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    // Those names, with the id each maps to (looked up before any delete).
+    let crossed: std::collections::HashMap<String, uuid::Uuid> = if asked_ids.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        asked
+            .iter()
+            .filter(|n| !repeated.contains(*n))
+            .filter_map(|n| match n {
+                Named::Name(n) => ctx
+                    .storage
+                    .topic(n)
+                    .map(|t| t.id)
+                    .or_else(|| ctx.storage.undurable_delete(n, None))
+                    .filter(|id| asked_ids.contains(id))
+                    .map(|id| (n.clone(), id)),
+                _ => None,
+            })
+            .collect()
+    };
+    let crossed_ids: std::collections::HashSet<uuid::Uuid> = crossed.values().copied().collect();
     let mut answered = std::collections::HashSet::new();
     let mut results = Vec::new();
     // Each topic's name by its id, looked up once. A topic deleted and created
@@ -538,6 +690,21 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
         let (code, message, name, id) = match named {
             Named::Refused(name, id, message) => {
                 (codes::INVALID_REQUEST, message.to_string(), name, id)
+            }
+            Named::Id(id) if crossed_ids.contains(&id) => (
+                codes::INVALID_REQUEST,
+                NAME_MAPS_TO_ID.to_string(),
+                None,
+                id,
+            ),
+            Named::Name(n) if crossed.contains_key(&n) => {
+                let id = crossed[&n];
+                (
+                    codes::INVALID_REQUEST,
+                    NAME_MAPS_TO_ID.to_string(),
+                    Some(n),
+                    id,
+                )
             }
             Named::Name(n) => {
                 // A topic deleted from this run whose deletion a power loss
@@ -1047,6 +1214,43 @@ mod tests {
         assert_eq!(ctx.storage.topic("t").map(|x| x.id), Some(t.id));
         assert_eq!(ctx.storage.topic("u").map(|x| x.id), Some(u.id));
         assert!(ctx.storage.topic("v").is_none());
+
+        // A topic named by one entry and identified by another, in either
+        // order, was deleted (the second entry then answered unknown); Kafka
+        // refuses both entries and deletes nothing. The rest is done.
+        let w = ctx.storage.create_topic("w", 1).unwrap();
+        let x = ctx.storage.create_topic("x", 1).unwrap();
+        let orders = [
+            (
+                vec![by_name("t"), by_id(t.id), by_name("w")],
+                vec![
+                    (Some("t".into()), t.id, codes::INVALID_REQUEST),
+                    (None, t.id, codes::INVALID_REQUEST),
+                    (Some("w".into()), w.id, codes::NONE),
+                ],
+            ),
+            (
+                vec![by_id(u.id), by_name("u"), by_id(x.id)],
+                vec![
+                    (None, u.id, codes::INVALID_REQUEST),
+                    (Some("u".into()), u.id, codes::INVALID_REQUEST),
+                    (Some("x".into()), x.id, codes::NONE),
+                ],
+            ),
+        ];
+        for (entries, answers) in orders {
+            let r = delete(&ctx, DeleteTopicsRequest::default().with_topics(entries)).await;
+            assert_eq!(deleted(&r), answers);
+            for refused in &r.responses[..2] {
+                assert_eq!(
+                    refused.error_message.as_deref(),
+                    Some("The provided topic name maps to an ID that was already supplied.")
+                );
+            }
+        }
+        assert_eq!(ctx.storage.topic("t").map(|x| x.id), Some(t.id));
+        assert_eq!(ctx.storage.topic("u").map(|x| x.id), Some(u.id));
+        assert!(ctx.storage.topic("w").is_none() && ctx.storage.topic("x").is_none());
     }
 
     /// A v6 DeleteTopics entry carrying both a name and an id deleted the
@@ -1276,5 +1480,209 @@ mod tests {
             );
         }
         assert!(ctx.storage.topics().is_empty(), "a dry run creates nothing");
+    }
+
+    fn assigned(name: &str, assignments: &[(i32, &[i32])]) -> CreatableTopic {
+        CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(
+                assignments
+                    .iter()
+                    .map(|(p, ids)| {
+                        CreatableReplicaAssignment::default()
+                            .with_partition_index(*p)
+                            .with_broker_ids(ids.iter().map(|b| BrokerId(*b)).collect())
+                    })
+                    .collect(),
+            )
+    }
+
+    /// Every manual replica assignment was refused ("not supported"), though
+    /// Kafka accepts one with -1 partitions and replication factor, and
+    /// CreatePartitions here takes assignments naming this broker. One that
+    /// gives partitions 0 to n-1 each to this broker alone creates n
+    /// partitions; anything else is refused, as Kafka refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manual_assignment_to_this_broker_creates_its_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let node = ctx.storage.meta().node_id;
+        for validate_only in [true, false] {
+            let req = CreateTopicsRequest::default()
+                .with_topics(vec![assigned(
+                    "m",
+                    &[(2, &[node]), (0, &[node]), (1, &[node])],
+                )])
+                .with_validate_only(validate_only);
+            let r = create(&ctx, req).await;
+            let t = &r.topics[0];
+            assert_eq!(
+                (t.error_code, t.num_partitions, t.replication_factor),
+                (codes::NONE, 3, 1),
+                "validate only: {validate_only}: {:?}",
+                t.error_message
+            );
+            assert_eq!(ctx.storage.topic("m").is_some(), !validate_only);
+        }
+        assert_eq!(ctx.storage.topic("m").unwrap().partitions.len(), 3);
+
+        let other = node + 1;
+        let cases: Vec<(CreatableTopic, i16, String)> = vec![
+            (
+                assigned("r1", &[(0, &[node])]).with_num_partitions(1),
+                codes::INVALID_REQUEST,
+                "Both numPartitions or replicationFactor and replicasAssignments were set".into(),
+            ),
+            (
+                assigned("r2", &[(0, &[node])]).with_replication_factor(1),
+                codes::INVALID_REQUEST,
+                "Both cannot be used at the same time".into(),
+            ),
+            (
+                assigned("r3", &[(0, &[node]), (2, &[node])]),
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "consecutive 0-based".into(),
+            ),
+            (
+                assigned("r4", &[(-1, &[node])]),
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "consecutive 0-based".into(),
+            ),
+            (
+                assigned("r5", &[(0, &[node]), (0, &[node])]),
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "multiple manual partition assignments for partition 0".into(),
+            ),
+            (
+                assigned("r6", &[(0, &[node]), (1, &[])]),
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "partition 1 includes an empty replica list".into(),
+            ),
+            (
+                assigned("r7", &[(0, &[node, other])]),
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!("includes broker {other}, but no such broker is registered"),
+            ),
+            (
+                assigned("r8", &[(0, &[node, node])]),
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "more than once".into(),
+            ),
+        ];
+        for validate_only in [true, false] {
+            for (topic, code, message) in &cases {
+                let req = CreateTopicsRequest::default()
+                    .with_topics(vec![topic.clone()])
+                    .with_validate_only(validate_only);
+                let r = create(&ctx, req).await;
+                let t = &r.topics[0];
+                let m = t.error_message.as_deref().unwrap_or_default();
+                assert_eq!(t.error_code, *code, "{}: {m}", t.name.0);
+                assert!(m.contains(message.as_str()), "{}: {m}", t.name.0);
+            }
+        }
+        let names: Vec<String> = ctx
+            .storage
+            .topics()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(names, ["m"]);
+    }
+
+    /// CreateTopics, CreatePartitions and a Metadata auto-create whose
+    /// partitions' files the open-file limit leaves no room for are refused
+    /// before anything is created (the first two POLICY_VIOLATION, naming the
+    /// limit; the auto-create UNKNOWN_TOPIC_OR_PARTITION, for that name and
+    /// every later one of the request). Before, they were created until one
+    /// failed with EMFILE, and storage was then left without the descriptors
+    /// its next WAL rotation needed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creates_past_the_open_file_budget_are_refused_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.max_connections = Some(100);
+        config.storage.segment_open_files = Some(16);
+        let ctx = crate::server::tests::ctx_with(dir.path(), config).await;
+        // 200 - 100 - 16 - 64 = 20 files: 10 partitions.
+        ctx.storage.set_open_file_limit(Some(200));
+        ctx.storage.create_topic("t", 8).unwrap();
+        let make = |name: &str, partitions: i32| {
+            CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)
+        };
+        for validate_only in [true, false] {
+            let req = CreateTopicsRequest::default()
+                .with_topics(vec![make("wide", 3), make("narrow", 2)])
+                .with_validate_only(validate_only);
+            let r = create(&ctx, req).await;
+            let answers: Vec<(String, i16)> = r
+                .topics
+                .iter()
+                .map(|t| (t.name.0.to_string(), t.error_code))
+                .collect();
+            assert_eq!(
+                answers,
+                [
+                    ("wide".to_string(), codes::POLICY_VIOLATION),
+                    ("narrow".to_string(), codes::NONE)
+                ],
+                "validate only: {validate_only}"
+            );
+            let m = r.topics[0].error_message.as_deref().unwrap_or_default();
+            assert!(m.contains("RLIMIT_NOFILE 200"), "{m}");
+        }
+        assert!(ctx.storage.topic("wide").is_none());
+        assert!(!dir.path().join("topics/wide").exists());
+        // The budget is full: no growth, no auto-create.
+        for validate_only in [true, false] {
+            let req = CreatePartitionsRequest::default()
+                .with_topics(vec![CreatePartitionsTopic::default()
+                    .with_name(topic_name("narrow"))
+                    .with_count(3)
+                    .with_assignments(None)])
+                .with_validate_only(validate_only);
+            let r = create_partitions(&ctx, req).await;
+            assert_eq!(r.results[0].error_code, codes::POLICY_VIOLATION);
+            let m = r.results[0].error_message.as_deref().unwrap_or_default();
+            assert!(m.contains("RLIMIT_NOFILE 200"), "{m}");
+        }
+        assert_eq!(ctx.storage.topic("narrow").unwrap().partitions.len(), 2);
+        let req = MetadataRequest::default()
+            .with_topics(Some(
+                ["t", "auto1", "auto2"]
+                    .iter()
+                    .map(|n| MetadataRequestTopic::default().with_name(Some(topic_name(n))))
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(true);
+        let r = metadata(&ctx, req, 9).await;
+        let answers: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+        assert_eq!(
+            answers,
+            [
+                codes::NONE,
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            ]
+        );
+        assert!(ctx.storage.topic("auto1").is_none() && ctx.storage.topic("auto2").is_none());
+        // Without a limit there is no bound.
+        ctx.storage.set_open_file_limit(None);
+        let r = metadata(
+            &ctx,
+            MetadataRequest::default()
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default().with_name(Some(topic_name("auto1")))
+                ]))
+                .with_allow_auto_topic_creation(true),
+            9,
+        )
+        .await;
+        assert_eq!(r.topics[0].error_code, codes::NONE);
     }
 }
