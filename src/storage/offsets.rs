@@ -111,6 +111,41 @@ pub struct OffsetStore {
     /// read-modify-write, so two writers of one group never lose each other's
     /// change.
     writers: GroupLocks,
+    /// Groups whose first commit is being judged and stored (under their
+    /// writer lock), not yet in `groups`: a deleted topic's positions are
+    /// dropped from these too (see [`OffsetStore::delete_topic_positions`]).
+    first_commits: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A group listed in [`OffsetStore::first_commits`] while its first commit is
+/// judged and stored; unlisted when dropped (after the group is in the map).
+struct FirstCommit<'a> {
+    store: &'a OffsetStore,
+    group: String,
+}
+
+impl<'a> FirstCommit<'a> {
+    fn new(store: &'a OffsetStore, group: &str) -> FirstCommit<'a> {
+        store
+            .first_commits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(group.to_string());
+        FirstCommit {
+            store,
+            group: group.to_string(),
+        }
+    }
+}
+
+impl Drop for FirstCommit<'_> {
+    fn drop(&mut self) {
+        self.store
+            .first_commits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.group);
+    }
 }
 
 /// Locks serialising the writers of each group's file: one of 64, chosen by
@@ -121,14 +156,6 @@ pub(crate) struct GroupLocks(Box<[Mutex<()>]>);
 impl GroupLocks {
     pub(crate) fn new() -> GroupLocks {
         GroupLocks((0..64).map(|_| Mutex::new(())).collect())
-    }
-
-    /// Every group's lock, taken in order (nothing else holds two).
-    pub(crate) fn lock_all(&self) -> Vec<MutexGuard<'_, ()>> {
-        self.0
-            .iter()
-            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
-            .collect()
     }
 
     /// The lock of `group`.
@@ -260,6 +287,7 @@ impl OffsetStore {
             dir,
             groups: Mutex::new(groups),
             writers: GroupLocks::new(),
+            first_commits: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -313,6 +341,10 @@ impl OffsetStore {
         still: impl Fn(&Committed) -> bool,
     ) -> Result<Vec<(String, i32)>> {
         let _writer = self.writer(group);
+        // Listed before the commits are judged, until the group is in the map
+        // (or the commit failed): a delete that drops positions from the groups
+        // it lists after its topic left the broker finds this one.
+        let _first = (!self.lock().contains_key(group)).then(|| FirstCommit::new(self, group));
         let (commits, refused): (Vec<Committed>, Vec<Committed>) =
             commits.into_iter().partition(|c| still(c));
         let refused: Vec<(String, i32)> = refused
@@ -467,17 +499,28 @@ impl OffsetStore {
     /// I/O errors; the positions of the group being rewritten, and of the groups
     /// after it, are kept then.
     ///
-    /// Every group's writer lock is held throughout: a commit judged against
-    /// the topic before it left the broker (see [`OffsetStore::commit_where`])
-    /// is either stored already, its group listed here, or not judged yet, and
-    /// then refused. A group's first commit used to be stored after this had
-    /// listed the groups, leaving a position in a deleted topic behind.
+    /// Called once the topic has left the broker, it lists the groups whose
+    /// first commit is under way as well as those with positions (in that
+    /// order: a group leaves the first list only once it is in the map), and
+    /// waits for each one's writer lock: a commit judged against the topic
+    /// before it left (see [`OffsetStore::commit_where`]) is then stored, and
+    /// its position dropped here; one judged after is refused. A group's
+    /// first commit used to be stored after this had listed the groups,
+    /// leaving a position in a deleted topic behind.
     pub fn delete_topic_positions(&self, gone: impl Fn(&str) -> bool) -> Result<usize> {
-        let _writers = self.writers.lock_all();
-        let groups: Vec<String> = self.lock().keys().cloned().collect();
+        let mut groups: Vec<String> = self
+            .first_commits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        groups.extend(self.lock().keys().cloned());
+        groups.sort_unstable();
+        groups.dedup();
         let mut removed = 0;
         for g in groups {
-            removed += self.remove_positions_locked(&g, |_| true, |(topic, _), _| !gone(topic))?;
+            removed += self.remove_positions(&g, |_| true, |(topic, _), _| !gone(topic))?;
         }
         Ok(removed)
     }
