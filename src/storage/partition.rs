@@ -6,7 +6,7 @@
 //! configured sync mode could still lose.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     path::{Path, PathBuf},
     sync::{
@@ -289,14 +289,10 @@ pub struct Partition {
     /// write-back failure once, so the next `fdatasync` of the file would
     /// succeed for pages it may have dropped.
     sync_failed: OnceLock<String>,
-    /// The base offsets of the producer snapshots written and not fsynced
-    /// since (the next [`Partition::sync`] makes them durable, or a trim
-    /// before it deletes segments). Every one is kept: a trim's snapshot,
-    /// written outside the log lock, can finish after a later roll's. A base
-    /// is added before its snapshot is written, and again once it is renamed
-    /// into place, so a sync running meanwhile never leaves it marked durable
-    /// while its new contents are not.
-    unsynced_snapshots: Mutex<BTreeSet<i64>>,
+    /// The producer snapshots written and not fsynced since (the next
+    /// [`Partition::sync`] makes them durable, or a trim before it deletes
+    /// segments); see [`UnsyncedSnapshots`].
+    unsynced_snapshots: Mutex<UnsyncedSnapshots>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`]. Those found
     /// at open are taken as durable: they outlived the restart.
@@ -387,10 +383,53 @@ thread_local! {
     /// removes the files of the segments it deletes (tests).
     static BEFORE_TRIM_REMOVES: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`Partition::sync_snapshots_from`] on this thread
+    /// between its fsyncs and taking the bases it synced off the pending set
+    /// (tests).
+    static BEFORE_SNAPSHOTS_SYNCED: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
     /// The producer snapshot files renamed into place on this thread and not
     /// fsynced since: what a power loss can take from them (tests).
     static SNAPSHOTS_NOT_FSYNCED: std::cell::RefCell<BTreeSet<PathBuf>> =
         const { std::cell::RefCell::new(BTreeSet::new()) };
+}
+
+/// The producer snapshots that wait for their fsync, by base offset. Every
+/// one is kept: a trim's snapshot, written outside the log lock, can finish
+/// after a later roll's. A base is added before its snapshot is written, and
+/// again once it is renamed into place, each time with a new write
+/// generation: a sync takes a base off only if its generation is the one it
+/// saw before its fsync, so a snapshot renamed into place after that fsync
+/// (one the fsync found missing, or whose old contents it fsynced) stays
+/// pending.
+#[derive(Debug, Default)]
+struct UnsyncedSnapshots {
+    /// Base offset to the generation of its latest write.
+    pending: BTreeMap<i64, u64>,
+    /// The last generation handed out.
+    generation: u64,
+}
+
+impl UnsyncedSnapshots {
+    /// Marks the snapshot at `base` as waiting for its fsync, with a new
+    /// write generation.
+    fn add(&mut self, base: i64) {
+        self.generation += 1;
+        self.pending.insert(base, self.generation);
+    }
+
+    /// Whether the snapshot at `base` is not known durable.
+    fn contains(&self, base: i64) -> bool {
+        self.pending.contains_key(&base)
+    }
+
+    /// Takes `base` off once a sync made durable the write it saw at
+    /// `generation`; a later write keeps it pending.
+    fn synced(&mut self, base: i64, generation: u64) {
+        if self.pending.get(&base) == Some(&generation) {
+            self.pending.remove(&base);
+        }
+    }
 }
 
 /// `fsync`s the producer snapshot at `path`.
@@ -605,7 +644,7 @@ impl Partition {
             files: RwLock::new(()),
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
-            unsynced_snapshots: Mutex::new(BTreeSet::new()),
+            unsynced_snapshots: Mutex::new(UnsyncedSnapshots::default()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -940,7 +979,7 @@ impl Partition {
             self.unsynced_snapshots
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(base);
+                .add(base);
         };
         not_synced();
         let written = serde_json::to_vec(&snapshot)
@@ -1016,7 +1055,7 @@ impl Partition {
                 snapshots
                     .iter()
                     .rev()
-                    .find(|b| !unsynced.contains(b))
+                    .find(|&&b| !unsynced.contains(b))
                     .copied()
             };
             let keep_from = newest_durable.map_or(keep_from, |b| b.min(keep_from));
@@ -1890,41 +1929,52 @@ impl Partition {
 
     /// Makes the producer snapshots at or above `from` that wait for their
     /// fsync durable: each file fsynced, then the directory (their renames).
-    /// Only those it made durable leave [`Partition::unsynced_snapshots`];
-    /// one removed meanwhile (retention) leaves it too.
+    /// Only the writes it made durable leave
+    /// [`Partition::unsynced_snapshots`]: a snapshot written again since it
+    /// looked (see [`UnsyncedSnapshots`]) stays. One it finds missing leaves
+    /// too, when not written since: removed meanwhile (retention), or its
+    /// write failed before the rename; one still being written is renamed
+    /// into place and added again after this looked.
     ///
     /// # Errors
     /// The first failed fsync, naming the file or the directory.
     fn sync_snapshots_from(&self, from: i64) -> Result<()> {
-        let pending: Vec<i64> = self
+        let pending: Vec<(i64, u64)> = self
             .unsynced_snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .pending
             .range(from..)
-            .copied()
+            .map(|(&b, &g)| (b, g))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
         let mut done = Vec::with_capacity(pending.len());
         let mut failed = None;
-        for base in pending {
+        for (base, generation) in pending {
             let path = self.dir.join(segment::producers_name(base));
             match fsync_snapshot(&path) {
-                Ok(()) => done.push(base),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => done.push(base),
+                Ok(()) => done.push((base, generation)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    done.push((base, generation));
+                }
                 Err(e) => {
                     failed.get_or_insert(Error::io("fsync", &path, e));
                 }
             }
         }
         sync_dir(&self.dir)?;
+        #[cfg(test)]
+        if let Some(before) = BEFORE_SNAPSHOTS_SYNCED.with(|b| b.borrow_mut().take()) {
+            before();
+        }
         let mut unsynced = self
             .unsynced_snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for base in done {
-            unsynced.remove(&base);
+        for (base, generation) in done {
+            unsynced.synced(base, generation);
         }
         failed.map_or(Ok(()), Err)
     }
@@ -3908,6 +3958,94 @@ pub(crate) mod tests {
         assert!(pdir.join(segment::producers_name(4)).exists());
     }
 
+    /// A partition with producer 7's batch at 0 and two batches of producer
+    /// 8 after it, in segments [0, 2) and [2, 3); snapshot 2 (knowing
+    /// producer 7) fsynced and the older ones dropped. Returns it with the
+    /// first batch and a closure storing and recording a batch.
+    fn snapshot_fixture(
+        pdir: &Path,
+    ) -> (
+        Partition,
+        Vec<u8>,
+        impl Fn(&Partition, Vec<u8>) -> i64,
+        impl Fn(&[&[u8]], i64, i32) -> Vec<u8>,
+    ) {
+        use crate::storage::batch::tests;
+        let make_producer_batch = |values: &[&[u8]], pid, seq| {
+            tests::with_timestamp(
+                tests::make_producer_batch(0, values, pid, 0, seq),
+                segment::now_ms(),
+            )
+        };
+        let record = |p: &Partition, b: Vec<u8>| {
+            let mut infos = validate_all(&b).unwrap();
+            infos[0].base_offset = store(p, b);
+            p.producers().record(&infos);
+            infos[0].base_offset
+        };
+        let p = Partition::open("t", 0, pdir.to_path_buf(), 4096).unwrap();
+        let first = make_producer_batch(&[b"once"], 7, 0);
+        assert_eq!(record(&p, first.clone()), 0);
+        for k in 0..2 {
+            record(&p, make_producer_batch(&[&[1u8; 3000]], 8, k));
+        }
+        p.sync().unwrap();
+        p.drop_snapshots_below(p.log_end_offset());
+        assert!(pdir.join(segment::producers_name(2)).exists());
+        assert!(!pdir.join(segment::producers_name(0)).exists());
+        (p, first, record, make_producer_batch)
+    }
+
+    /// A roll adds its new segment's base to the pending snapshots before it
+    /// writes the snapshot, and again once it is renamed into place. A
+    /// checkpoint that looked between the two found no file (taken as done),
+    /// and the second add, to a set already holding the base, changed
+    /// nothing: the checkpoint then took the base off, its contents never
+    /// fsynced, and the next `drop_snapshots_below` took it as the newest
+    /// durable snapshot and deleted the older one that was. A power loss left
+    /// no snapshot knowing producer 7. A base now leaves the pending set only
+    /// if it was not written again since the sync looked.
+    #[test]
+    fn a_snapshot_renamed_into_place_during_a_checkpoint_stays_pending() {
+        use crate::storage::producers::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let (p, first, record, make_producer_batch) = snapshot_fixture(&pdir);
+        // A roll to 3 whose snapshot is not written yet: only its first add.
+        assert_eq!(record(&p, make_producer_batch(&[&[1u8; 3000]], 8, 2)), 3);
+        let b3 = pdir.join(segment::producers_name(3));
+        p.sync().unwrap();
+        std::fs::remove_file(&b3).unwrap();
+        p.snapshots.lock().unwrap().remove(&3);
+        p.unsynced_snapshots.lock().unwrap().add(3);
+        let end = p.log_end_offset();
+        // The roll's write and rename land between the checkpoint's fsyncs
+        // (which found no file) and its taking the bases off.
+        let p = Arc::new(p);
+        BEFORE_SNAPSHOTS_SYNCED.with(|b| {
+            let p = Arc::clone(&p);
+            *b.borrow_mut() = Some(Box::new(move || p.snapshot_producers(3)));
+        });
+        p.sync().unwrap();
+        assert!(b3.exists());
+        assert!(
+            p.unsynced_snapshots.lock().unwrap().contains(3),
+            "a snapshot renamed into place after the fsync is not durable"
+        );
+        p.drop_snapshots_below(end);
+        assert!(pdir.join(segment::producers_name(2)).exists());
+        let lost = snapshots_not_fsynced();
+        assert!(lost.contains(&b3));
+        drop(p);
+        power_loss_empties(&lost);
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(
+            p.producers().check(&validate_all(&first).unwrap()),
+            Ok(Verdict::Duplicate(0))
+        );
+    }
+
     #[test]
     fn a_producer_known_when_the_newest_segment_started_is_known_after_a_reopen() {
         use crate::storage::{batch::tests, producers::Verdict};
@@ -3943,11 +4081,14 @@ pub(crate) mod tests {
         // The snapshots wait for the next sync (a checkpoint) to be fsynced,
         // every one of them: a trim's, written outside the log lock, may
         // finish after a later roll's.
-        let pending = |p: &Partition| p.unsynced_snapshots.lock().unwrap().clone();
-        assert!(pending(&p).contains(&4));
+        let pending = |p: &Partition| p.unsynced_snapshots.lock().unwrap().pending.clone();
+        assert!(pending(&p).contains_key(&4));
         p.snapshot_producers(2);
         let waiting = pending(&p);
-        assert!(waiting.contains(&4) && waiting.contains(&2), "{waiting:?}");
+        assert!(
+            waiting.contains_key(&4) && waiting.contains_key(&2),
+            "{waiting:?}"
+        );
         p.sync().unwrap();
         assert!(pending(&p).is_empty());
         drop(p);
