@@ -295,7 +295,8 @@ pub struct Partition {
     unsynced_snapshots: Mutex<UnsyncedSnapshots>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`]. Those found
-    /// at open are taken as durable: they outlived the restart.
+    /// at open that load wait for the first checkpoint's fsync (a crash may
+    /// have left them as dirty pages); those that do not are removed.
     snapshots: Mutex<BTreeSet<i64>>,
     /// Idempotent producers' last batches (judged and updated by the submit thread).
     producers: Mutex<ProducerState>,
@@ -554,6 +555,33 @@ impl Partition {
                 }
             }
         }
+        // A snapshot that does not load (a power loss emptied it) is never
+        // read: removed, so no checkpoint counts it as the newest durable
+        // one and deletes an older one that loads. (Not made durable: one a
+        // crash brings back is removed again.)
+        let unreadable: Vec<i64> = snapshots
+            .iter()
+            .copied()
+            .filter(|&b| load_snapshot(&dir, b).is_none())
+            .collect();
+        for base in unreadable {
+            snapshots.remove(&base);
+            let path = dir.join(segment::producers_name(base));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not remove an unreadable producer snapshot");
+                }
+            }
+        }
+        // Those that load may be dirty pages of a crash shortly after their
+        // write: each waits for the first checkpoint's fsync before it counts
+        // as durable.
+        let mut unsynced = UnsyncedSnapshots::default();
+        for &base in &snapshots {
+            unsynced.add(base);
+        }
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerState::default();
         for (i, base) in bases.iter().enumerate() {
@@ -644,7 +672,7 @@ impl Partition {
             files: RwLock::new(()),
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
-            unsynced_snapshots: Mutex::new(UnsyncedSnapshots::default()),
+            unsynced_snapshots: Mutex::new(unsynced),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -4044,6 +4072,38 @@ pub(crate) mod tests {
             p.producers().check(&validate_all(&first).unwrap()),
             Ok(Verdict::Duplicate(0))
         );
+    }
+
+    /// A power loss emptied the newest snapshot; the start read the older
+    /// one. The empty snapshot was taken as durable, having been found at
+    /// open, so the first checkpoint deleted the older one as below it, and
+    /// the next start (a crash) found no snapshot knowing producer 7. A
+    /// snapshot that does not load is now removed at open, and those that
+    /// load wait for the first checkpoint's fsync before they count as
+    /// durable.
+    #[test]
+    fn a_snapshot_found_empty_at_open_does_not_replace_the_older_one() {
+        use crate::storage::producers::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let (p, first, record, make_producer_batch) = snapshot_fixture(&pdir);
+        assert_eq!(record(&p, make_producer_batch(&[&[1u8; 3000]], 8, 2)), 3);
+        drop(p);
+        let b3 = pdir.join(segment::producers_name(3));
+        std::fs::write(&b3, b"").unwrap();
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let retry = validate_all(&first).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
+        assert!(!b3.exists(), "an unreadable snapshot is removed at open");
+        let end = p.log_end_offset();
+        p.sync().unwrap();
+        p.drop_snapshots_below(end);
+        assert!(pdir.join(segment::producers_name(2)).exists());
+        drop(p);
+
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
     }
 
     #[test]
