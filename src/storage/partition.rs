@@ -4173,9 +4173,10 @@ pub(crate) mod tests {
         assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
         assert_eq!(p.producers().len(), 2);
         drop(p);
-        // Without any: the previous segment's last batches only, so producer
-        // 7 is unknown (and may start anywhere).
-        std::fs::remove_file(&snapshot).unwrap();
+        // The open removed the unreadable snapshot. Without any: the
+        // previous segment's last batches only, so producer 7 is unknown
+        // (and may start anywhere).
+        assert!(!snapshot.exists(), "an unreadable snapshot is removed at open");
         let older = [2, 3].map(|b| pdir.join(segment::producers_name(b)));
         for s in &older {
             std::fs::rename(s, s.with_extension("hidden")).unwrap();
