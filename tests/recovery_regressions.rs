@@ -812,6 +812,53 @@ fn a_lost_oldest_file_is_reported_when_the_files_left_hold_no_entries() {
     }
 }
 
+/// As above, with `current.wal` cut to exactly its header and the clean-close
+/// marker kept, recording the log's end at that offset (4096): the file ends
+/// where the marker's end is, so where the log goes on is the marker's next
+/// sequence, and the lost oldest file is missing entries. The scan used to
+/// stop at the file's end without taking it, so the loss passed.
+#[test]
+fn a_lost_oldest_file_is_reported_when_current_ends_at_the_clean_close_end() {
+    for backend in BACKENDS {
+        let cfg = WalConfig {
+            backend,
+            ..config()
+        };
+        let dir = rotated_log_with(cfg.clone(), 1);
+        zero_current_after_header(dir.path());
+        std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+        let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+        let next = rec.next_sequence;
+        assert!(next > 4, "{backend:?}: file 1 holds {} entries", next - 1);
+        drop(rec);
+        wal.checkpoint(3).unwrap();
+        wal.close().unwrap();
+        let marker = std::fs::read_to_string(dir.path().join("clean-close.json")).unwrap();
+        let current = dir.path().join("current.wal");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&current)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        std::fs::remove_file(dir.path().join("00000001.wal")).unwrap();
+        let err = Wal::open(dir.path(), cfg.clone())
+            .map(|_| ())
+            .expect_err("a log that lost entries after its checkpoint was accepted");
+        assert!(
+            matches!(&err, Error::Corrupt { file, .. } if file.ends_with("current.wal")),
+            "{backend:?}: {err} (marker {marker})"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "goes on at sequence {next} but the checkpoint is 3"
+            )) && msg.contains("entries are missing"),
+            "{backend:?}: {msg} (marker {marker})"
+        );
+    }
+}
+
 /// The legitimate state the check above must not refuse: every archived file
 /// retired by a checkpoint covering it (`retention_files` 0), `current.wal`
 /// holding no entry, with or without the clean-close marker. Appends go on

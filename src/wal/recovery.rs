@@ -455,6 +455,11 @@ pub fn scan_file_after_close(
                 // that ends a file.
                 tracing::warn!(file = %path.display(), offset = pos, reason = %reason, "WAL file cut short (tolerant recovery)");
                 info.skipped.push((pos, c.end, reason));
+            } else if let Some(c) = clean.filter(|c| pos == c.end) {
+                // The file ends exactly where the last clean close left the log
+                // (a file holding no entries cut to its header): as at the
+                // marker's end below, where the log goes on is the close's.
+                info.next_sequence.get_or_insert(c.next_sequence);
             }
             break;
         }
