@@ -3990,6 +3990,7 @@ pub(crate) mod tests {
     /// 8 after it, in segments [0, 2) and [2, 3); snapshot 2 (knowing
     /// producer 7) fsynced and the older ones dropped. Returns it with the
     /// first batch and a closure storing and recording a batch.
+    #[allow(clippy::type_complexity)]
     fn snapshot_fixture(
         pdir: &Path,
     ) -> (
@@ -4176,7 +4177,10 @@ pub(crate) mod tests {
         // The open removed the unreadable snapshot. Without any: the
         // previous segment's last batches only, so producer 7 is unknown
         // (and may start anywhere).
-        assert!(!snapshot.exists(), "an unreadable snapshot is removed at open");
+        assert!(
+            !snapshot.exists(),
+            "an unreadable snapshot is removed at open"
+        );
         let older = [2, 3].map(|b| pdir.join(segment::producers_name(b)));
         for s in &older {
             std::fs::rename(s, s.with_extension("hidden")).unwrap();
