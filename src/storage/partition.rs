@@ -424,6 +424,11 @@ impl UnsyncedSnapshots {
         self.pending.contains_key(&base)
     }
 
+    /// Takes `base` off for good: its snapshot is gone.
+    fn forget(&mut self, base: i64) {
+        self.pending.remove(&base);
+    }
+
     /// Takes `base` off once a sync made durable the write it saw at
     /// `generation`; a later write keeps it pending.
     fn synced(&mut self, base: i64, generation: u64) {
@@ -1744,6 +1749,19 @@ impl Partition {
     /// it was installed.
     fn install_group(&self, group: &[Source], max_timestamp: i64) -> Result<bool> {
         let base = group[0].base;
+        // The swap removes the merged segments' producer snapshots, the
+        // newest durable one among them maybe: the later snapshots (of the
+        // segments after the group, which start at or after the group's end)
+        // are durable first, or a power loss leaves no snapshot knowing the
+        // producers. Without that the group stays as it is.
+        if group.len() > 1 {
+            let after = group[group.len() - 1].next;
+            if let Err(e) = self.sync_snapshots_from(after) {
+                tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, "could not make the producer snapshots after a compacted group durable; the group is left as it is");
+                CleanedWriter::discard(&self.dir, base);
+                return Ok(false);
+            }
+        }
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let at = log
             .iter()
@@ -1818,6 +1836,23 @@ impl Partition {
         seg.seal(&self.open_files);
         log.splice(i..i + group.len(), [seg]);
         self.note_first_segment(&log);
+        drop(log);
+        // The merged segments' snapshots went with them (the copy keeps the
+        // first segment's): none may count as the newest durable one.
+        {
+            let mut snapshots = self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut unsynced = self
+                .unsynced_snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for b in &merged {
+                snapshots.remove(b);
+                unsynced.forget(*b);
+            }
+        }
         Ok(true)
     }
 
@@ -3984,6 +4019,81 @@ pub(crate) mod tests {
         p.drop_snapshots_below(p.log_end_offset());
         assert!(!pdir.join(segment::producers_name(2)).exists());
         assert!(pdir.join(segment::producers_name(4)).exists());
+    }
+
+    /// A compaction pass merging segments removes the merged ones' producer
+    /// snapshots. With the first segment's snapshot dropped by a checkpoint,
+    /// the second's was the newest durable one; a roll after that checkpoint
+    /// left the third's not fsynced, and a merge of the first two deleted the
+    /// second's. A power loss then left no snapshot knowing producer 7, whose
+    /// batch was too far back in the merged segment for the start's scan of
+    /// its last batches: a retry of it was stored again. The snapshots after
+    /// a group are now fsynced before the group is swapped.
+    #[test]
+    fn a_compaction_merge_makes_the_later_snapshots_durable_before_it_removes_the_merged_ones() {
+        use crate::storage::{batch::tests, producers::Verdict};
+        let keyed = |key: &[u8], pid, seq| {
+            tests::make_keyed_batch(
+                0,
+                segment::now_ms(),
+                &[(0, Some(key), Some(b"v"))],
+                pid,
+                0,
+                seq,
+            )
+        };
+        let record = |p: &Partition, b: Vec<u8>| {
+            let mut infos = validate_all(&b).unwrap();
+            infos[0].base_offset = store(p, b);
+            p.producers().record(&infos);
+            infos[0].base_offset
+        };
+        let roll_with = |p: &Partition, b: Vec<u8>| {
+            p.set_segment_bytes(1);
+            let base = record(p, b);
+            p.set_segment_bytes(1 << 30);
+            base
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+        let first = keyed(b"once", 7, 0);
+        assert_eq!(record(&p, first.clone()), 0);
+        let n = PREVIOUS_SEGMENT_BATCHES as i64 + 100;
+        for k in 1..=n {
+            record(&p, keyed(format!("k{k}").as_bytes(), -1, -1));
+        }
+        // [once, k1..], [kn+1]: snapshot n+1 knows producer 7 and is
+        // fsynced by a checkpoint, which drops the older ones.
+        assert_eq!(roll_with(&p, keyed(b"s2", -1, -1)), n + 1);
+        p.sync().unwrap();
+        p.drop_snapshots_below(p.log_end_offset());
+        assert!(pdir.join(segment::producers_name(n + 1)).exists());
+        // A roll to n+2: its snapshot is not fsynced.
+        assert_eq!(roll_with(&p, keyed(b"s3", -1, -1)), n + 2);
+        assert!(snapshots_not_fsynced().contains(&pdir.join(segment::producers_name(n + 2))));
+        let policy = CompactionPolicy {
+            now_ms: segment::now_ms(),
+            delete_retention_ms: 0,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: 0.0,
+            map_bytes: compaction::DEFAULT_MAP_BYTES,
+            segment_bytes: 1 << 30,
+        };
+        let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
+        assert_eq!(stats.segments, 2, "the first two segments merged");
+        assert_eq!(files(&pdir, "log"), 2);
+        assert!(!p.snapshots.lock().unwrap().contains(&(n + 1)));
+        let lost = snapshots_not_fsynced();
+        drop(p);
+        power_loss_empties(&lost);
+
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+        assert_eq!(
+            p.producers().check(&validate_all(&first).unwrap()),
+            Ok(Verdict::Duplicate(0)),
+            "snapshots not fsynced when the merge removed the older ones: {lost:?}"
+        );
     }
 
     /// A partition with producer 7's batch at 0 and two batches of producer
