@@ -429,18 +429,29 @@ impl Authenticator {
     /// mechanism, iterations out of range, a deletion of nothing), or the file
     /// cannot be written; the file is then unchanged.
     pub fn altered(&self, changes: &[ScramChange]) -> Result<Altered> {
-        let on_disk =
-            std::fs::read(&self.path).map_err(|e| Error::io("read SASL users", &self.path, e))?;
+        // The path is resolved once: the file read and checked is the one
+        // written. Resolved again for the write, a link retargeted meanwhile
+        // (an atomic swap of the configuration) would have the new target
+        // overwritten with the old file's contents plus this change. The
+        // change lands in the file that was read; the swapped-in file is
+        // left as it is, for a SIGHUP to load.
+        let real = std::fs::canonicalize(&self.path)
+            .map_err(|e| Error::io("resolve SASL users", &self.path, e))?;
+        let on_disk = std::fs::read(&real).map_err(|e| Error::io("read SASL users", &real, e))?;
         if file_digest(&on_disk) != self.file_digest {
             return Err(Error::io(
                 "alter SCRAM credentials in",
-                &self.path,
+                &real,
                 std::io::Error::other(
                     "the users file changed since the broker last read it, and rewriting it \
                      would undo that change; send the broker SIGHUP to load it, then alter \
                      the credentials again",
                 ),
             ));
+        }
+        #[cfg(test)]
+        if let Some(between) = BETWEEN_USERS_READ_AND_WRITE.with(|b| b.borrow_mut().take()) {
+            between();
         }
         let mut users = self.users.clone();
         for c in changes {
@@ -517,7 +528,7 @@ impl Authenticator {
             let e = std::io::Error::other("no random numbers for a key");
             Error::io("write SASL users", &self.path, e)
         })?;
-        let (not_durable, file_digest) = write_users(&self.path, &users)?;
+        let (not_durable, file_digest) = write_users(&real, &users)?;
         Ok(Altered {
             authenticator: Authenticator {
                 path: self.path.clone(),
@@ -595,16 +606,16 @@ pub fn iterations_acceptable(iterations: i32) -> bool {
 /// the directory after the rename, when it fails (the file holds `users`
 /// then), and the [`file_digest`] of what was written.
 ///
-/// A `path` that is a symbolic link (configuration management often links
-/// the users file) stays one: the file it resolves to is the one replaced,
-/// by a temporary file in that file's directory, so later edits of it (and
-/// a SIGHUP) still reach the broker.
+/// `path` is the users file resolved (`canonicalize`d) by the caller, once,
+/// before it read it: a configured path that is a symbolic link
+/// (configuration management often links the users file) stays one, the
+/// file it resolves to being the one replaced, by a temporary file in that
+/// file's directory, so later edits of it (and a SIGHUP) still reach the
+/// broker.
 ///
 /// # Errors
 /// A failure before the rename: the file is unchanged.
 fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<(Option<Error>, Vec<u8>)> {
-    let real = std::fs::canonicalize(path).map_err(|e| Error::io("resolve SASL users", path, e))?;
-    let path = real.as_path();
     let mut out = serde_json::Map::new();
     let mut names: Vec<&String> = users.keys().collect();
     names.sort_unstable();
@@ -677,6 +688,10 @@ thread_local! {
     /// Makes the next [`write_users`] on this thread fail its directory fsync,
     /// after the rename.
     pub(crate) static FAIL_USERS_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Run once by the next [`Authenticator::altered`] on this thread between
+    /// its read of the users file and its write.
+    pub(crate) static BETWEEN_USERS_READ_AND_WRITE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A PLAIN login of a user known by salted credentials only, whose password
@@ -1501,6 +1516,56 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(altered.altered(&[upsert("erin")]).is_err());
         assert!(!path.exists());
+    }
+
+    /// An alteration resolved the users file's link for its read and digest
+    /// check, and again for its write: a link retargeted in between (an
+    /// atomic swap of the configuration) had the new target overwritten with
+    /// the old file's users plus the change, silently undoing the swap. The
+    /// path is resolved once now: the change lands in the file that was
+    /// read, and the swapped-in file is left as it is.
+    #[cfg(unix)]
+    #[test]
+    fn an_alteration_writes_the_users_file_it_read_when_the_link_is_swapped_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.json");
+        let new = dir.path().join("new.json");
+        std::fs::write(&old, r#"{"user": "pencil", "carol": "x"}"#).unwrap();
+        let swapped_in = br#"{"user": "pencil", "dave": "y"}"#;
+        std::fs::write(&new, swapped_in).unwrap();
+        let link = dir.path().join("users.json");
+        std::os::unix::fs::symlink(&old, &link).unwrap();
+        let auth = Authenticator::load(&link, &Mechanism::ALL).unwrap();
+        let (link2, new2) = (link.clone(), new.clone());
+        BETWEEN_USERS_READ_AND_WRITE.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                let tmp = link2.with_extension("swap");
+                std::os::unix::fs::symlink(&new2, &tmp).unwrap();
+                std::fs::rename(&tmp, &link2).unwrap();
+            }));
+        });
+        let m = Mechanism::ScramSha256;
+        auth.altered(&[ScramChange::Upsert {
+            user: "zed".into(),
+            mechanism: m,
+            iterations: 4096,
+            salt: b"salt".to_vec(),
+            salted_password: salted_password(m, 4096, b"salt", b"hunter2"),
+        }])
+        .unwrap();
+        assert!(BETWEEN_USERS_READ_AND_WRITE.with(|b| b.borrow().is_none()));
+        assert_eq!(std::fs::read_link(&link).unwrap(), new);
+        assert_eq!(
+            std::fs::read(&new).unwrap(),
+            swapped_in,
+            "the swapped-in file is unchanged"
+        );
+        assert_eq!(
+            Authenticator::load(&old, &Mechanism::ALL)
+                .unwrap()
+                .user_names(),
+            ["carol", "user", "zed"]
+        );
     }
 
     /// A users file given as a symbolic link (configuration management links
