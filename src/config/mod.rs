@@ -948,7 +948,7 @@ pub struct Cli {
     )]
     pub log_cleaner_backoff_ms: u64,
 
-    /// Bound of one compaction pass's key map (keys plus 48 bytes each; Kafka's
+    /// Bound of one compaction pass's key map (keys plus 80 bytes each; Kafka's
     /// `log.cleaner.dedupe.buffer.size`): a partition with more distinct keys is
     /// compacted a part per pass.
     #[arg(long, env = "STREAMLINE_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value = "64m", value_parser = parse_size, value_name = "BYTES")]
