@@ -185,7 +185,10 @@ fn max_connections_are_judged_again_with_the_partitions_open() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     let fits = largest_accepted(&err);
     assert!(fits < 45, "{err}");
-    let fits = fits.to_string();
+    // The files open when the check runs vary by a descriptor or two from
+    // one start to the next (the WAL prepares its next file in the
+    // background), so the value named is taken with that margin.
+    let fits = (fits - 2).to_string();
     let broker = Broker::start_limited(&data, &["--max-connections", &fits], Some(OPEN_FILES));
     let mut c = connect_served(&broker.addr);
     assert!(served(&mut c));
