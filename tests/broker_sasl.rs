@@ -398,7 +398,9 @@ fn bad_sasl_settings_stop_the_start_before_anything_is_created() {
 /// The wire protocol itself: an unknown mechanism lists the enabled ones; a
 /// SaslHandshake v0 is followed by raw tokens (PLAIN here), after which the
 /// connection is served; a wrong raw token closes it unanswered; a second
-/// handshake on an authenticated connection is an illegal state.
+/// handshake on an authenticated connection is an illegal state; a refused
+/// mechanism and a second handshake before authentication close the
+/// connection after their answer.
 #[test]
 fn handshake_v0_raw_tokens_and_handshake_errors() {
     use kafka_protocol::{
@@ -436,6 +438,19 @@ fn handshake_v0_raw_tokens_and_handshake_errors() {
         ),
         "UNSUPPORTED_SASL_MECHANISM with the enabled list"
     );
+    // As Kafka's authenticator, a failed handshake closes the connection: a
+    // client does not get to try mechanisms one after another.
+    assert!(closed(&mut s), "a refused mechanism closes the connection");
+    let mut s = connect(&broker.addr);
+    assert_eq!(handshake(&mut s, 1, "PLAIN").0, 0);
+    assert_eq!(
+        handshake(&mut s, 1, "SCRAM-SHA-256").0,
+        34,
+        "a second handshake before authentication: ILLEGAL_SASL_STATE"
+    );
+    assert!(closed(&mut s), "a second handshake closes the connection");
+
+    let mut s = connect(&broker.addr);
     assert_eq!(handshake(&mut s, 0, "PLAIN").0, 0);
     raw(&mut s, b"\0alice\0alice-secret");
     assert_eq!(

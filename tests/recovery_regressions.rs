@@ -812,6 +812,77 @@ fn a_lost_oldest_file_is_reported_when_the_files_left_hold_no_entries() {
     }
 }
 
+/// A WAL directory that lost every log file (`current.wal` and the archived
+/// ones) while `checkpoint.json` or the clean-close marker stayed opened as a
+/// new log, handing out sequences from after the checkpoint: the entries
+/// acknowledged after it were gone and nothing said so. An open makes
+/// `current.wal` durable before anything else, and nothing removes it, so
+/// either file with no log file left is refused, strict or tolerant. With
+/// neither, the directory is a new WAL's.
+#[test]
+fn a_directory_that_lost_every_log_file_is_refused() {
+    for backend in BACKENDS {
+        let cfg = WalConfig {
+            backend,
+            ..config()
+        };
+        for (keep_checkpoint, keep_marker) in [(true, true), (true, false), (false, true)] {
+            let dir = rotated_log_with(cfg.clone(), 2);
+            let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+            drop(rec);
+            wal.checkpoint(3).unwrap();
+            wal.close().unwrap();
+            for e in std::fs::read_dir(dir.path()).unwrap() {
+                let path = e.unwrap().path();
+                if path.extension().is_some_and(|x| x == "wal") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            if !keep_checkpoint {
+                std::fs::remove_file(dir.path().join("checkpoint.json")).unwrap();
+            }
+            if !keep_marker {
+                std::fs::remove_file(dir.path().join("clean-close.json")).unwrap();
+            }
+            let tolerant = WalConfig {
+                recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+                ..cfg.clone()
+            };
+            for c in [cfg.clone(), tolerant] {
+                let err = Wal::open(dir.path(), c.clone())
+                    .map(|_| ())
+                    .expect_err("a WAL with no log file left was opened as a new one");
+                let case = format!(
+                    "{backend:?} {:?} checkpoint {keep_checkpoint} marker {keep_marker}",
+                    c.recovery_mode
+                );
+                assert!(
+                    matches!(&err, Error::Corrupt { file, .. } if file.ends_with("current.wal")),
+                    "{case}: {err}"
+                );
+                assert!(
+                    err.to_string().contains("no WAL file is left"),
+                    "{case}: {err}"
+                );
+            }
+            // Nothing was made: the refusal changed nothing.
+            assert!(!dir.path().join("current.wal").exists());
+        }
+        // Without either file the directory is a new log's.
+        let dir = rotated_log_with(cfg.clone(), 1);
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "wal" || x == "json") {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let (wal, rec) = Wal::open(dir.path(), cfg.clone()).unwrap();
+        assert_eq!(rec.next_sequence, 1, "{backend:?}");
+        drop(rec);
+        wal.close().unwrap();
+    }
+}
+
 /// As above, with `current.wal` cut to exactly its header and the clean-close
 /// marker kept, recording the log's end at that offset (4096): the file ends
 /// where the marker's end is, so where the log goes on is the marker's next

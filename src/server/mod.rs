@@ -1401,14 +1401,14 @@ async fn dispatch(
             let (version, cid) = (header.request_api_version, header.correlation_id);
             let (pending, then_close): (Pending, bool) = match request {
                 RequestKind::SaslHandshake(req) => {
-                    let r = handlers::sasl::handshake(ctx, &req, unauthenticated);
+                    let (r, close) = handlers::sasl::handshake(ctx, &req, unauthenticated);
                     if version == 0 && r.error_code == codes::NONE {
                         if let Some(s) = unauthenticated.as_mut() {
                             s.raw_tokens = true;
                         }
                     }
                     let resp = encode_response(ApiKey::SaslHandshake, version, cid, &r);
-                    (Box::pin(async move { resp }), false)
+                    (Box::pin(async move { resp }), close)
                 }
                 RequestKind::SaslAuthenticate(req) => {
                     let (r, close) =

@@ -293,6 +293,10 @@ pub struct Partition {
     /// [`Partition::sync`] makes them durable, or a trim before it deletes
     /// segments); see [`UnsyncedSnapshots`].
     unsynced_snapshots: Mutex<UnsyncedSnapshots>,
+    /// Held while a snapshot whose fsync failed is written again (see
+    /// [`Partition::rewrite_failed_snapshots`]), so that two syncs do not
+    /// write the same temporary file at once.
+    rewriting_snapshots: Mutex<()>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`]. Those found
     /// at open that load wait for the first checkpoint's fsync (a crash may
@@ -393,6 +397,22 @@ thread_local! {
     /// fsynced since: what a power loss can take from them (tests).
     static SNAPSHOTS_NOT_FSYNCED: std::cell::RefCell<BTreeSet<PathBuf>> =
         const { std::cell::RefCell::new(BTreeSet::new()) };
+    /// The next fsync of each producer snapshot file here fails, once, as a
+    /// failed write-back does (tests).
+    static FAIL_SNAPSHOT_FSYNC: std::cell::RefCell<BTreeSet<PathBuf>> =
+        const { std::cell::RefCell::new(BTreeSet::new()) };
+    /// The producer snapshot files whose write-back failed: no later fsync
+    /// makes them durable, until a new file is renamed into place (tests).
+    static SNAPSHOTS_WRITE_BACK_FAILED: std::cell::RefCell<BTreeSet<PathBuf>> =
+        const { std::cell::RefCell::new(BTreeSet::new()) };
+}
+
+/// Notes (tests) that `path` was replaced by a new file, renamed into place
+/// and not fsynced.
+#[cfg(test)]
+fn snapshot_renamed_into_place(path: &Path) {
+    SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().insert(path.to_path_buf()));
+    SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow_mut().remove(path));
 }
 
 /// The producer snapshots that wait for their fsync, by base offset. Every
@@ -402,7 +422,10 @@ thread_local! {
 /// generation: a sync takes a base off only if its generation is the one it
 /// saw before its fsync, so a snapshot renamed into place after that fsync
 /// (one the fsync found missing, or whose old contents it fsynced) stays
-/// pending.
+/// pending. A base whose fsync failed is never taken off by a sync: Linux
+/// reports a failed write-back to one fsync only, so the next one of the same
+/// file succeeds with the data maybe lost. Only a new write of it (a new
+/// file renamed into place) can become durable.
 #[derive(Debug, Default)]
 struct UnsyncedSnapshots {
     /// Base offset to the generation of its latest write.
@@ -436,13 +459,61 @@ impl UnsyncedSnapshots {
             self.pending.remove(&base);
         }
     }
+
+    /// Marks the write of `base` a sync saw at `generation` as failed: no
+    /// later fsync of that file counts. A later write keeps its own
+    /// generation.
+    fn failed(&mut self, base: i64, generation: u64) {
+        if let Some(g) = self.pending.get_mut(&base) {
+            if *g == generation {
+                *g = FAILED_SNAPSHOT;
+            }
+        }
+    }
+
+    /// Whether the fsync of the write of `base` pending now failed.
+    fn is_failed(&self, base: i64) -> bool {
+        self.pending.get(&base) == Some(&FAILED_SNAPSHOT)
+    }
+
+    /// The bases at or above `from` whose fsync failed.
+    fn failed_from(&self, from: i64) -> Vec<i64> {
+        self.pending
+            .range(from..)
+            .filter(|&(_, &g)| g == FAILED_SNAPSHOT)
+            .map(|(&b, _)| b)
+            .collect()
+    }
+}
+
+/// The generation of a snapshot whose fsync failed (never handed out:
+/// generations count up from 1).
+const FAILED_SNAPSHOT: u64 = u64::MAX;
+
+/// Writes `snapshot` to `path` as a new file: a temporary one (removed at
+/// the next open if this fails), renamed into place. Not fsynced.
+fn write_snapshot(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
+    let tmp = path.with_extension("producers-tmp");
+    serde_json::to_vec(snapshot)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(&tmp, json))
+        .and_then(|()| std::fs::rename(&tmp, path))
 }
 
 /// `fsync`s the producer snapshot at `path`.
 fn fsync_snapshot(path: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow_mut().remove(path)) {
+        // As the kernel does: the data is lost to this file for good, and
+        // only this fsync says so.
+        SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow_mut().insert(path.to_path_buf()));
+        return Err(std::io::Error::other("injected write-back failure"));
+    }
     File::open(path).and_then(|f| crate::wal::journal::sync_all(&f))?;
     #[cfg(test)]
-    SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().remove(path));
+    if !SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow().contains(path)) {
+        SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().remove(path));
+    }
     Ok(())
 }
 
@@ -678,6 +749,7 @@ impl Partition {
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
             unsynced_snapshots: Mutex::new(unsynced),
+            rewriting_snapshots: Mutex::new(()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -744,6 +816,7 @@ impl Partition {
             for s in &removed {
                 s.remove_files()?;
             }
+            self.forget_snapshots_of(&removed);
             sync_dir(&self.dir)?;
             // The producers as of this segment's end, as if it were opened newest.
             let on_disk = self
@@ -768,6 +841,26 @@ impl Partition {
             return Ok(Some(end));
         }
         Ok(None)
+    }
+
+    /// Takes the producer snapshots of `removed` (whose files are gone) out
+    /// of the partition's lists: left there, a base with no file counted as a
+    /// durable snapshot once a sync found it missing, and
+    /// [`Partition::drop_snapshots_below`] then kept it as the newest durable
+    /// one in place of a real one, which it deleted.
+    fn forget_snapshots_of(&self, removed: &[Segment]) {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut unsynced = self
+            .unsynced_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for s in removed {
+            snapshots.remove(&s.base_offset());
+            unsynced.forget(s.base_offset());
+        }
     }
 
     /// The topic name.
@@ -1007,7 +1100,6 @@ impl Partition {
     fn snapshot_producers(&self, base: i64) {
         let snapshot = self.producers().snapshot_below(base);
         let path = self.dir.join(segment::producers_name(base));
-        let tmp = path.with_extension("producers-tmp");
         let not_synced = || {
             self.unsynced_snapshots
                 .lock()
@@ -1015,14 +1107,10 @@ impl Partition {
                 .add(base);
         };
         not_synced();
-        let written = serde_json::to_vec(&snapshot)
-            .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(&tmp, json))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        match written {
+        match write_snapshot(&path, &snapshot) {
             Ok(()) => {
                 #[cfg(test)]
-                SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().insert(path.clone()));
+                snapshot_renamed_into_place(&path);
                 not_synced();
                 self.snapshots
                     .lock()
@@ -1546,6 +1634,7 @@ impl Partition {
         for s in &removed {
             s.remove_files()?;
         }
+        self.forget_snapshots_of(&removed);
         sync_dir(&self.dir)?;
         tracing::info!(
             topic = %self.topic,
@@ -2002,6 +2091,7 @@ impl Partition {
     /// # Errors
     /// The first failed fsync, naming the file or the directory.
     fn sync_snapshots_from(&self, from: i64) -> Result<()> {
+        self.rewrite_failed_snapshots(from);
         let pending: Vec<(i64, u64)> = self
             .unsynced_snapshots
             .lock()
@@ -2015,7 +2105,23 @@ impl Partition {
         }
         let mut done = Vec::with_capacity(pending.len());
         let mut failed = None;
+        let mut failed_writes = Vec::new();
         for (base, generation) in pending {
+            if generation == FAILED_SNAPSHOT {
+                // Not written again (see `rewrite_failed_snapshots`): no fsync
+                // of this file makes it durable.
+                let path = self.dir.join(segment::producers_name(base));
+                failed.get_or_insert_with(|| {
+                    Error::io(
+                        "fsync",
+                        &path,
+                        std::io::Error::other(
+                            "an earlier fsync of this producer snapshot failed and it could not be written again",
+                        ),
+                    )
+                });
+                continue;
+            }
             let path = self.dir.join(segment::producers_name(base));
             match fsync_snapshot(&path) {
                 Ok(()) => done.push((base, generation)),
@@ -2023,8 +2129,18 @@ impl Partition {
                     done.push((base, generation));
                 }
                 Err(e) => {
+                    failed_writes.push((base, generation));
                     failed.get_or_insert(Error::io("fsync", &path, e));
                 }
+            }
+        }
+        if !failed_writes.is_empty() {
+            let mut unsynced = self
+                .unsynced_snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (base, generation) in failed_writes {
+                unsynced.failed(base, generation);
             }
         }
         sync_dir(&self.dir)?;
@@ -2040,6 +2156,77 @@ impl Partition {
             unsynced.synced(base, generation);
         }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Writes again, as a new file renamed into place, each producer snapshot
+    /// at or above `from` whose fsync failed, from what reading it gives (the
+    /// kernel keeps the pages of a failed write-back cached as written): the
+    /// new file's fsync is then one that counts. One that does not read back
+    /// whole (its pages were dropped) is taken again from the producers known
+    /// now. One that cannot be written again stays
+    /// failed, which keeps the syncs from counting it (and a trim from
+    /// deleting segments) until a later try succeeds.
+    fn rewrite_failed_snapshots(&self, from: i64) {
+        let failed = self
+            .unsynced_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failed_from(from);
+        if failed.is_empty() {
+            return;
+        }
+        let _one_at_a_time = self
+            .rewriting_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for base in failed {
+            // Written again (by another sync) since this looked.
+            if !self
+                .unsynced_snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_failed(base)
+            {
+                continue;
+            }
+            // Gone with its segment, or dropped below the recovery point.
+            if !self
+                .snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&base)
+            {
+                self.unsynced_snapshots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(base);
+                continue;
+            }
+            let path = self.dir.join(segment::producers_name(base));
+            // Read back whole, it is what was written; otherwise the pages
+            // were dropped, and it is taken again from the producers known
+            // now: their batches below `base` still cached (a producer whose
+            // cached batches are all past it is read from the segments from
+            // `base` on, as a start after this snapshot does).
+            let snapshot = load_snapshot(&self.dir, base).unwrap_or_else(|| {
+                tracing::warn!(file = %path.display(), "a producer snapshot whose fsync failed does not read back; taking it again from the producers known now");
+                self.producers().snapshot_below(base)
+            });
+            match write_snapshot(&path, &snapshot) {
+                Ok(()) => {
+                    #[cfg(test)]
+                    snapshot_renamed_into_place(&path);
+                    self.unsynced_snapshots
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .add(base);
+                    tracing::info!(file = %path.display(), "wrote again a producer snapshot whose fsync failed");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not write again a producer snapshot whose fsync failed");
+                }
+            }
+        }
     }
 
     /// Reads whole batches starting at the batch holding `offset`, up to about
@@ -3959,6 +4146,126 @@ pub(crate) mod tests {
             Ok(Verdict::Duplicate(0)),
             "snapshots not fsynced when the old segments went: {lost:?}"
         );
+    }
+
+    /// Linux reports a failed write-back to one fsync only: the next fsync of
+    /// the same file succeeds with the data maybe gone. A producer snapshot
+    /// whose fsync failed at one checkpoint was counted durable at the next,
+    /// and retention then deleted the older segments, the only other record
+    /// of its producers: after a power loss a retried batch was stored again.
+    /// Such a snapshot is now written again as a new file, whose fsync counts
+    /// (from what reads back, or, with `pages_dropped`, from the producers
+    /// known now).
+    #[test]
+    fn a_producer_snapshot_whose_fsync_failed_is_written_again_before_it_counts() {
+        use crate::storage::{batch::tests, producers::Verdict};
+        for pages_dropped in [false, true] {
+            let make_producer_batch = |values: &[&[u8]], pid, seq| {
+                tests::with_timestamp(
+                    tests::make_producer_batch(0, values, pid, 0, seq),
+                    segment::now_ms(),
+                )
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let pdir = dir.path().join("0");
+            let record = |p: &Partition, b: Vec<u8>| {
+                let mut infos = validate_all(&b).unwrap();
+                infos[0].base_offset = store(p, b);
+                p.producers().record(&infos);
+                infos[0].base_offset
+            };
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            let first = make_producer_batch(&[b"once"], 7, 0);
+            assert_eq!(record(&p, first.clone()), 0);
+            // [once, big 0], [big 1]: snapshot 2 knows producer 7.
+            for k in 0..2 {
+                record(&p, make_producer_batch(&[&[1u8; 3000]], 8, k));
+            }
+            let snapshot = pdir.join(segment::producers_name(2));
+            assert!(snapshot.exists());
+            FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow_mut().insert(snapshot.clone()));
+            p.sync().unwrap();
+            assert!(
+                FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow().is_empty()),
+                "the checkpoint's sync met the failure"
+            );
+            if pages_dropped {
+                std::fs::write(&snapshot, b"").unwrap();
+            }
+            // The next checkpoint's fsync succeeds; then retention deletes
+            // the first segment.
+            p.sync().unwrap();
+            p.drop_snapshots_below(p.log_end_offset());
+            p.set_high_watermark(p.log_end_offset());
+            assert_eq!(
+                p.apply_retention(segment::now_ms(), None, Some(3000))
+                    .unwrap()
+                    .0,
+                1
+            );
+            assert_eq!(p.log_start_offset(), 2);
+            let lost = snapshots_not_fsynced();
+            drop(p);
+            power_loss_empties(&lost);
+
+            let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+            assert_eq!(
+                p.producers().check(&validate_all(&first).unwrap()),
+                Ok(Verdict::Duplicate(0)),
+                "pages dropped: {pages_dropped}; not durable at the power loss: {lost:?}"
+            );
+            SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().clear());
+            SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow_mut().clear());
+        }
+    }
+
+    /// A start-up that finds a segment above the recovery point short cuts
+    /// there and removes the later segments, their producer snapshots with
+    /// them. Their bases stayed in the partition's list of snapshots: the
+    /// first checkpoint's sync found them missing and counted them durable,
+    /// and `drop_snapshots_below` could then keep such a base as the newest
+    /// durable snapshot and delete a real one in its place.
+    #[test]
+    fn a_start_up_cut_forgets_the_snapshots_of_the_segments_it_removes() {
+        use crate::storage::batch::tests;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let batch = |values: &[&[u8]], seq| {
+            tests::with_timestamp(
+                tests::make_producer_batch(0, values, 8, 0, seq),
+                segment::now_ms(),
+            )
+        };
+        let record = |p: &Partition, b: Vec<u8>| {
+            let mut infos = validate_all(&b).unwrap();
+            infos[0].base_offset = store(p, b);
+            p.producers().record(&infos);
+        };
+        record(&p, batch(&[b"small"], 0));
+        for k in 1..4 {
+            record(&p, batch(&[&[1u8; 3000]], k));
+        }
+        // Segments 0 [0, 1], 2 and 3, with snapshots 2 and 3.
+        assert_eq!(files(&pdir, "log"), 3);
+        p.sync().unwrap();
+        drop(p);
+        // Segment 2 loses its batch: it ends short of segment 3.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(pdir.join(segment::log_name(2)))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert!(p.snapshots.lock().unwrap().contains(&3));
+        assert_eq!(p.verify_from(0).unwrap(), Some(2));
+        assert!(!pdir.join(segment::producers_name(3)).exists());
+        assert!(
+            !p.snapshots.lock().unwrap().contains(&3),
+            "the removed segment's snapshot is still listed"
+        );
+        assert!(!p.unsynced_snapshots.lock().unwrap().contains(3));
     }
 
     /// A checkpoint reads a partition's end, fsyncs its pending snapshots,

@@ -794,6 +794,26 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
             cp_sequence,
             mode,
         )?;
+    } else if checkpoint.is_some() || clean.is_some() {
+        // An open makes `current.wal` durable before anything else, and
+        // neither a checkpoint nor retention removes it: with no file left, a
+        // checkpoint or a clean close says the log's files are gone. Tolerant
+        // recovery refuses it too: there is nothing it skipped to explain it.
+        let left = match (checkpoint.is_some(), clean.is_some()) {
+            (true, true) => "checkpoint.json and clean-close.json are",
+            (true, false) => "checkpoint.json is",
+            _ => "clean-close.json is",
+        };
+        return Err(Error::corrupt(
+            dir.join(CURRENT),
+            0,
+            format!(
+                "no WAL file is left, but {left}: the log's files are missing, with every \
+                 entry after the checkpoint ({cp_sequence}); to start a new log anyway, \
+                 accepting that loss, remove {left_files}",
+                left_files = left.trim_end_matches(" is").trim_end_matches(" are")
+            ),
+        ));
     }
     let next_sequence = expected_next.unwrap_or(1).max(last_sequence + 1);
     Ok(DirScan {

@@ -40,15 +40,21 @@ pub(crate) async fn raw_token(
     (Box::pin(async move { Reply::frame(out) }), false)
 }
 
-/// SaslHandshake: chooses the mechanism, lists the enabled ones.
+/// SaslHandshake: chooses the mechanism, lists the enabled ones. Returns
+/// whether the connection closes after the answer: as Kafka's authenticator
+/// does when a handshake before authentication fails (a mechanism not
+/// enabled, or a second handshake), so that a client cannot try mechanisms one
+/// after another. Without SASL, and once authenticated, the handshake is
+/// answered ILLEGAL_SASL_STATE and the connection goes on, as Kafka answers
+/// it outside its authenticator.
 pub(crate) fn handshake(
     ctx: &Ctx,
     req: &SaslHandshakeRequest,
     unauthenticated: &mut Option<sasl::Session>,
-) -> SaslHandshakeResponse {
+) -> (SaslHandshakeResponse, bool) {
     let r = SaslHandshakeResponse::default();
     let Some(auth) = ctx.security.sasl() else {
-        return r.with_error_code(codes::UNSUPPORTED_SASL_MECHANISM);
+        return (r.with_error_code(codes::ILLEGAL_SASL_STATE), false);
     };
     let listed = auth
         .mechanism_names()
@@ -69,7 +75,8 @@ pub(crate) fn handshake(
             }
         }
     };
-    r.with_error_code(code)
+    let close = code != codes::NONE && unauthenticated.is_some();
+    (r.with_error_code(code), close)
 }
 
 /// PLAIN password derivations ([`sasl::Derivation`]) run at once, over every
@@ -166,5 +173,26 @@ pub(crate) async fn authenticate(
             (r, true)
         }
         sasl::Step::Derive(_) => unreachable!("a derivation gives a final step"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A broker without SASL answers a SaslHandshake ILLEGAL_SASL_STATE, as
+    /// Kafka answers one outside its authenticator, and keeps the connection:
+    /// UNSUPPORTED_SASL_MECHANISM with an empty list sent the client looking
+    /// for a mechanism to enable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handshake_without_sasl_is_an_illegal_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let req =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let (r, close) = handshake(&ctx, &req, &mut None);
+        assert_eq!((r.error_code, close), (codes::ILLEGAL_SASL_STATE, false));
+        assert!(r.mechanisms.is_empty());
     }
 }

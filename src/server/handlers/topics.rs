@@ -100,6 +100,17 @@ fn topics_by_id(ctx: &Ctx) -> std::collections::HashMap<uuid::Uuid, Arc<Topic>> 
 }
 
 pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> MetadataResponse {
+    metadata_creating_at_most(ctx, req, version, MAX_CREATED_TOPICS).await
+}
+
+/// Metadata, auto-creating at most `cap` topics (`MAX_CREATED_TOPICS`; a
+/// test's smaller bound).
+async fn metadata_creating_at_most(
+    ctx: &Ctx,
+    req: MetadataRequest,
+    version: i16,
+    cap: usize,
+) -> MetadataResponse {
     let node = ctx.storage.meta().node_id;
     let broker = MetadataResponseBroker::default()
         .with_node_id(BrokerId(node))
@@ -132,7 +143,7 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
             let mut names = std::collections::HashSet::new();
             let mut ids = std::collections::HashSet::new();
             let mut by_id = None;
-            // Auto-creates tried, at most MAX_CREATED_TOPICS; then the names
+            // Auto-creates tried, at most `cap`; then the names
             // left uncreated past that bound, and those left uncreated once
             // the open-file limit refused one (with its reason): each is
             // answered UNKNOWN_TOPIC_OR_PARTITION, with one warning per request.
@@ -166,7 +177,7 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
                         uuid::Uuid::nil(),
                         codes::INVALID_TOPIC_EXCEPTION,
                     ));
-                } else if allow_create && (tried >= MAX_CREATED_TOPICS || no_files.is_some()) {
+                } else if allow_create && (tried >= cap || no_files.is_some()) {
                     match &mut no_files {
                         Some((left, _)) => *left += 1,
                         None => past_cap += 1,
@@ -232,7 +243,7 @@ pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> M
             if past_cap > 0 {
                 tracing::warn!(
                     topics = past_cap,
-                    "Metadata auto-create: more than {MAX_CREATED_TOPICS} new topics in one request; the rest are not created and are answered UNKNOWN_TOPIC_OR_PARTITION"
+                    "Metadata auto-create: more than {cap} new topics in one request; the rest are not created and are answered UNKNOWN_TOPIC_OR_PARTITION"
                 );
             }
         }
@@ -284,6 +295,10 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
     let mut answered = std::collections::HashSet::new();
     let mut results = Vec::new();
     let mut considered = 0usize;
+    // The partitions a dry run's earlier topics would have made: each topic is
+    // judged against the budget with them, as a real create of the same
+    // request would be.
+    let mut dry_run_partitions = 0usize;
     // One message, shared by every topic past the bound.
     let mut past_cap = None;
     for t in req.topics {
@@ -367,12 +382,15 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             Err((codes::INVALID_CONFIG, e.to_string()))
         } else if req.validate_only {
             // A dry run creates nothing, so there is no topic id to report.
-            // Each topic is judged alone against the partitions open.
+            let new = usize::try_from(parts).unwrap_or(usize::MAX);
             match ctx
                 .storage
-                .check_files(usize::try_from(parts).unwrap_or(usize::MAX))
+                .check_files(dry_run_partitions.saturating_add(new))
             {
-                Ok(()) => Ok(uuid::Uuid::nil()),
+                Ok(()) => {
+                    dry_run_partitions += new;
+                    Ok(uuid::Uuid::nil())
+                }
                 Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
                 Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
             }
@@ -498,6 +516,9 @@ pub(crate) async fn create_partitions(
     let repeated = repeated(req.topics.iter().map(|t| t.name.0.clone()));
     let mut answered = std::collections::HashSet::new();
     let mut results = Vec::new();
+    // The partitions a dry run's earlier topics would have added (see
+    // `create_topics`).
+    let mut dry_run_partitions = 0usize;
     for t in req.topics {
         if repeated.contains(&t.name.0) {
             if answered.insert(t.name.0.clone()) {
@@ -543,8 +564,11 @@ pub(crate) async fn create_partitions(
             }
             Some(topic) if req.validate_only => {
                 let new = usize::try_from(t.count).unwrap_or(0) - topic.partitions.len();
-                match ctx.storage.check_files(new) {
-                    Ok(()) => Ok(()),
+                match ctx.storage.check_files(dry_run_partitions + new) {
+                    Ok(()) => {
+                        dry_run_partitions += new;
+                        Ok(())
+                    }
                     Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
                     Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
                 }
@@ -1441,6 +1465,9 @@ mod tests {
     async fn a_create_topics_answers_at_most_the_bound_with_configs() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        // A dry run counts its topics' partitions against the open-file
+        // limit, as a create does; this one is about the bound alone.
+        ctx.storage.set_open_file_limit(None);
         let mut topics: Vec<CreatableTopic> = (0..MAX_CREATED_TOPICS + 3)
             .map(|i| creatable(&format!("t{i}")))
             .collect();
@@ -1590,6 +1617,108 @@ mod tests {
             .map(|t| t.name.clone())
             .collect();
         assert_eq!(names, ["m"]);
+    }
+
+    /// A Metadata request auto-creates at most its bound of topics: the names
+    /// past it (new names only; existing topics, repeats and invalid names do
+    /// not count) are answered UNKNOWN_TOPIC_OR_PARTITION and not created. The
+    /// bound is 3 here, `MAX_CREATED_TOPICS` in the broker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metadata_request_auto_creates_at_most_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("old", 1).unwrap();
+        let names = ["n1", "old", "n1", "bad name", "n2", "n3", "n4", "old", "n5"];
+        let req = MetadataRequest::default()
+            .with_topics(Some(
+                names
+                    .iter()
+                    .map(|n| MetadataRequestTopic::default().with_name(Some(topic_name(n))))
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(true);
+        let r = metadata_creating_at_most(&ctx, req, 9, 3).await;
+        let answers: Vec<(String, i16)> = r
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code))
+            .collect();
+        let expect: Vec<(String, i16)> = [
+            ("n1", codes::NONE),
+            ("old", codes::NONE),
+            ("bad name", codes::INVALID_TOPIC_EXCEPTION),
+            ("n2", codes::NONE),
+            ("n3", codes::NONE),
+            ("n4", codes::UNKNOWN_TOPIC_OR_PARTITION),
+            ("n5", codes::UNKNOWN_TOPIC_OR_PARTITION),
+        ]
+        .iter()
+        .map(|(n, c)| ((*n).to_string(), *c))
+        .collect();
+        assert_eq!(answers, expect);
+        let mut made: Vec<String> = ctx
+            .storage
+            .topics()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        made.sort();
+        assert_eq!(made, ["n1", "n2", "n3", "old"]);
+    }
+
+    /// A dry run judges each topic with the partitions its request's earlier
+    /// topics would have made, so that it answers what the same request would
+    /// get for real. Before, each was judged alone and a dry run passed topics
+    /// the real request refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dry_run_counts_its_earlier_topics_against_the_file_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.max_connections = Some(100);
+        config.storage.segment_open_files = Some(16);
+        let ctx = crate::server::tests::ctx_with(dir.path(), config).await;
+        // 200 - 100 - 16 - 64 = 20 files: 10 partitions, 2 of them left.
+        ctx.storage.set_open_file_limit(Some(200));
+        ctx.storage.create_topic("t", 7).unwrap();
+        ctx.storage.create_topic("u", 1).unwrap();
+        let grow = |name: &str, count: i32| {
+            CreatePartitionsTopic::default()
+                .with_name(topic_name(name))
+                .with_count(count)
+                .with_assignments(None)
+        };
+        for validate_only in [true, false] {
+            let req = CreatePartitionsRequest::default()
+                .with_topics(vec![grow("t", 8), grow("u", 3)])
+                .with_validate_only(validate_only);
+            let r = create_partitions(&ctx, req).await;
+            let answers: Vec<i16> = r.results.iter().map(|t| t.error_code).collect();
+            assert_eq!(
+                answers,
+                [codes::NONE, codes::POLICY_VIOLATION],
+                "validate only: {validate_only}"
+            );
+        }
+        // One partition left.
+        let make = |name: &str| {
+            CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+        };
+        for validate_only in [true, false] {
+            let req = CreateTopicsRequest::default()
+                .with_topics(vec![make("a"), make("b")])
+                .with_validate_only(validate_only);
+            let r = create(&ctx, req).await;
+            let answers: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+            assert_eq!(
+                answers,
+                [codes::NONE, codes::POLICY_VIOLATION],
+                "validate only: {validate_only}"
+            );
+        }
+        assert!(ctx.storage.topic("a").is_some() && ctx.storage.topic("b").is_none());
     }
 
     /// CreateTopics, CreatePartitions and a Metadata auto-create whose
