@@ -12,8 +12,11 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 # The build and the tests' data directories need a few GB; say how much there is,
 # so a run that fails on a full disk says why.
 df -h . | sed 's/^/disk: /'
-if ! command -v mkfs.ext4 >/dev/null; then
-    apt-get update -qq </dev/null && apt-get install -y -qq e2fsprogs mount </dev/null
+# /sbin is not on an ordinary user's PATH on Debian: look there too.
+if ! PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null; then
+    SUDO=
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+    $SUDO apt-get update -qq </dev/null && $SUDO apt-get install -y -qq e2fsprogs mount </dev/null
 fi
 # How long each phase took, so a slow CI run says where the time went.
 phase() { echo "test.sh: $1 done at ${SECONDS}s" >&2; }

@@ -162,6 +162,12 @@ fn tiny_run_reports_consistent_json() {
             text.contains(&format!("Total count    = {count:>12}")),
             "hgrm {i} total:\n{text}"
         );
+        // HdrHistogram's footer: sub-buckets per bucket at 3 significant
+        // digits, not the number of distinct values.
+        assert!(
+            text.contains(&format!("SubBuckets     = {:>12}", 2048)),
+            "hgrm {i} footer:\n{text}"
+        );
     }
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 4);
@@ -172,6 +178,31 @@ fn tiny_run_reports_consistent_json() {
         .join("current.wal")
         .exists());
     assert!(dir.path().join("job3-naive").join("naive.log").exists());
+}
+
+/// An output file in a directory that does not exist is refused before any
+/// job runs (it stopped the run after the first job, the others not run).
+#[test]
+fn an_output_file_in_a_missing_directory_is_refused_before_any_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for flag in ["--hist-file", "--plot"] {
+        let missing = dir.path().join("missing").join("out");
+        let c = Cli::try_parse_from([
+            "streamline-bench",
+            "--dir",
+            data.to_str().unwrap(),
+            "--records",
+            "10",
+            "--quiet",
+            flag,
+            missing.to_str().unwrap(),
+        ])
+        .expect("parses");
+        let e = run_cli(&c, &mut Vec::new(), &mut Vec::new()).expect_err("refused");
+        assert!(e.contains(flag) && e.contains("does not exist"), "{e}");
+        assert!(!data.exists(), "{flag}: a job ran");
+    }
 }
 
 #[test]

@@ -291,6 +291,8 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
         ("STREAMLINE_DEFAULT_PARTITIONS", "0", "1 to 10000"),
         ("STREAMLINE_WAL_MAX_FILE_SIZE", "1000", "4096"),
         ("STREAMLINE_GROUP_MAX_SESSION_TIMEOUT_MS", "5000", "6000"),
+        // An empty path: clap names no accepted values.
+        ("STREAMLINE_SASL_USERS", "", "the value is empty"),
     ] {
         let out = run(
             Command::new(broker_support::broker_bin())
@@ -328,6 +330,29 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
         "{err}"
     );
     assert!(!data.exists());
+    // A negative number is the flag's value, refused by its range and named,
+    // not an unknown option "-1".
+    for (flag, accepted) in [
+        ("--max-connections", "invalid value '-1'"),
+        ("--default-partitions", "1 to 10000"),
+        ("--checkpoint-ms", "invalid value '-1'"),
+    ] {
+        let out = run(
+            Command::new(broker_support::broker_bin())
+                .arg("--data-dir")
+                .arg(&data)
+                .args([flag, "-1"]),
+            b"",
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} -1: {err}");
+        assert!(
+            err.contains(flag) && err.contains(accepted) && !err.contains("unexpected argument"),
+            "{flag} -1: {err}"
+        );
+        assert!(!data.exists());
+    }
 }
 
 /// The backend named by the broker's "opened WAL" log line.

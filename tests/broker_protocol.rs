@@ -189,6 +189,10 @@ fn pipelined_produces_are_answered_in_order_and_share_group_commits() {
     config.storage.data_dir = tmp.path().join("data");
     config.wal.engine.sync_mode = streamline::wal::SyncMode::EveryWrite;
     config.wal.engine.max_file_size = 1 << 20;
+    // As the broker binary does: `STREAMLINE_WAL_BACKEND=std` (test.sh's
+    // second pass of the broker suites) picks the backend of this in-process
+    // broker too.
+    config.wal.engine.backend_from_env = true;
     let storage = streamline::storage::TopicManager::new(config).unwrap();
     storage.create_topic("pipe", 1).unwrap();
     let server = rt

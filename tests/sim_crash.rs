@@ -2,7 +2,10 @@
 //! disk (`--features sim`).
 //!
 //! The simulated disk stands behind the std backend's file operations only; it
-//! cannot drive io_uring. The io_uring backend's power losses are the real ones
+//! cannot drive io_uring. The commit thread drives it with durable writes one
+//! at a time and overlapping syncs (the O_DIRECT contract; see the sim's module
+//! docs): the std backend's grouped writes meet their faults on the real
+//! device tests below. The io_uring backend's power losses are the real ones
 //! of `tests/wal_crash.rs` (`power_cut_*`: a device that drops, keeps or tears
 //! unflushed sectors), its short writes those of `tests/short_writes.rs`, and
 //! its write and sync errors those of `tests/full_disk.rs`,

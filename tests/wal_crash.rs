@@ -228,6 +228,13 @@ fn run_child(
         }
     }
     let power_cut = cut.is_some();
+    // The writer aborts on any error (a panic on any thread): one that ended
+    // before the kill or the cut failed, whatever the parent reads after.
+    if let Ok(Some(status)) = child.try_wait() {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("writer exited by itself ({status:?}) before the kill or the cut: {err}");
+    }
     if let Some(cut) = cut {
         cut();
     }

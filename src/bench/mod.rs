@@ -67,6 +67,23 @@ pub fn run_cli(
     err: &mut dyn Write,
 ) -> Result<Vec<JobReport>, String> {
     let jobs = cli.resolve_jobs()?;
+    // The output files' directories, before any job runs: a missing one found
+    // after the first job stopped the run there, the later jobs not run.
+    for (flag, path) in [("--hist-file", &cli.hist_file), ("--plot", &cli.plot)] {
+        if let Some(path) = path {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() {
+                return Err(format!(
+                    "{flag} {}: the directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                ));
+            }
+        }
+    }
     let mut reports = Vec::with_capacity(jobs.len());
     let mut hists = Vec::with_capacity(jobs.len());
     for (i, spec) in jobs.iter().enumerate() {

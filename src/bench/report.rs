@@ -443,7 +443,10 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         h.buckets(),
-        h.distinct_values()
+        // As HdrHistogram's own footer: the sub-buckets per bucket that the
+        // precision asks for (2048 at 3 significant digits), not the count
+        // of distinct values.
+        (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two()
     );
     out
 }

@@ -42,9 +42,9 @@ pub struct ServerConfig {
     /// connections can never take the file descriptors storage needs (WAL files,
     /// two per active segment, the sealed segments' read handles). Default: `None`.
     pub max_connections: Option<usize>,
-    /// A connection with no request for this long, and no response pending, is
-    /// closed (Kafka's `connections.max.idle.ms`); clients reconnect when they need
-    /// to. 0: never. Default: 600000 (10 minutes).
+    /// A connection with no byte read or written for this long, and no response
+    /// being computed, is closed (Kafka's `connections.max.idle.ms`); clients
+    /// reconnect when they need to. 0: never. Default: 600000 (10 minutes).
     pub connections_max_idle_ms: u64,
     /// How long after a failed SASL authentication arrived it is answered and
     /// the connection closed (Kafka's `connection.failed.authentication.delay.ms`,
@@ -697,9 +697,11 @@ fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Strin
         .into_owned();
     let value = std::env::var_os(&var)?.to_string_lossy().into_owned();
     let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
-        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) if !valid.is_empty() => {
             format!("accepted values: {}", valid.join(", "))
         }
+        // A path (or any other value) left empty: clap names no values.
+        (ErrorKind::InvalidValue, _) if value.is_empty() => "the value is empty".to_string(),
         _ => std::error::Error::source(e).map_or_else(|| "invalid value".into(), |s| s.to_string()),
     };
     Some(format!(
@@ -745,12 +747,13 @@ pub struct Cli {
     pub max_request_bytes: u64,
 
     /// Client connections served at once; more are closed when accepted (default:
-    /// half the open-file limit, which the broker raises to its hard limit).
+    /// half of the open-file limit less the files storage has open once it has
+    /// recovered; the broker raises its soft limit to the hard limit).
     #[arg(long, env = "STREAMLINE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Close a connection after this long without a request (and with no response
-    /// pending), in milliseconds; 0 never does.
+    /// Close a connection after this long without a byte read or written (and
+    /// with no response being computed), in milliseconds; 0 never does.
     #[arg(
         long,
         env = "STREAMLINE_CONNECTIONS_MAX_IDLE_MS",
@@ -1051,7 +1054,10 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         use clap::{CommandFactory, FromArgMatches};
-        let cmd = Cli::command();
+        // A negative number is a value (refused by the flag's own range, naming
+        // it), not an unknown short option: `--max-connections -1` said only
+        // "unexpected argument '-1'".
+        let cmd = Cli::command().mut_args(|a| a.allow_negative_numbers(true));
         let matches = cmd.clone().try_get_matches_from(args)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.from_env = FromEnv::of(&cmd, &matches);

@@ -517,7 +517,22 @@ impl Group {
         g.generation = meta.generation;
         g.protocol_type = meta.protocol_type;
         if meta.members.is_empty() {
-            g.empty_since = meta.empty_since_ms.map_or_else(SystemTime::now, from_ms);
+            // As below: the next rebalance would overflow a generation of
+            // i32::MAX, and hand out negative ones from one below 0. (0 is a
+            // group emptied before its first generation.)
+            if g.generation < 0 || g.generation == i32::MAX {
+                return Err(format!(
+                    "is empty at generation {}, which no JoinGroup gives",
+                    g.generation
+                ));
+            }
+            // A time before 1970 would make the group expire at the next pass;
+            // one ahead of the clock (a clock set back) counts as now.
+            if let Some(ms) = meta.empty_since_ms.filter(|&ms| ms < 0) {
+                return Err(format!("has been empty since {ms} ms, before 1970"));
+            }
+            let now = SystemTime::now();
+            g.empty_since = meta.empty_since_ms.map_or(now, |ms| from_ms(ms).min(now));
             return Ok(g);
         }
         let (Some(protocol), Some(leader)) = (meta.protocol, meta.leader) else {
@@ -4213,6 +4228,25 @@ mod tests {
             .path()
             .join(crate::storage::offsets::file_name("last-generation"));
         std::fs::write(&last_generation, serde_json::to_vec(&last).unwrap()).unwrap();
+        // The same for a group with no members: its next rebalance overflowed
+        // the generation (or handed out a negative one), and an empty-since
+        // time before 1970 expired it at the next pass.
+        let mut empty_damage = Vec::new();
+        for (name, generation, since) in [
+            ("empty-last", i64::from(i32::MAX), 1_000_i64),
+            ("empty-negative", -5, 1_000),
+            ("empty-before-1970", 2, -1),
+        ] {
+            let path = dir.path().join(crate::storage::offsets::file_name(name));
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"version":1,"group":"{name}","generation":{generation},"protocol_type":"consumer","empty_since_ms":{since},"members":[]}}"#
+                ),
+            )
+            .unwrap();
+            empty_damage.push((name, path));
+        }
 
         let mut c = None;
         let log = logged(|| c = Some(opened(dir.path())));
@@ -4227,8 +4261,16 @@ mod tests {
             GroupSummary::empty(Some("consumer".into())),
             "an empty group needs no leader"
         );
+        for (name, path) in &empty_damage {
+            assert!(c.describe(name).is_none(), "{name}: {log}");
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("WARN") && l.contains(&path.display().to_string())),
+                "{name}: {log}"
+            );
+        }
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
-        assert_eq!(warnings.len(), 4, "{log}");
+        assert_eq!(warnings.len(), 4 + empty_damage.len(), "{log}");
         assert!(
             warnings
                 .iter()

@@ -2068,26 +2068,15 @@ impl TopicManager {
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(CreateError::InvalidPartitions);
         }
-        let mut deleting = self
+        let deleting = self
             .shared
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // The directory of the name is the deleted topic's until its delete ends.
-        let deadline = Instant::now() + CREATE_WAITS_FOR_DELETE;
-        while deleting.contains(name) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(CreateError::BeingDeleted);
-            }
-            deleting = self
-                .shared
-                .delete_ended
-                .wait_timeout(deleting, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        let _guard = deleting;
+        let Some(_guard) = self.wait_for_deletes(deleting, |d| d.contains(name)) else {
+            return Err(CreateError::BeingDeleted);
+        };
         if self.topic(name).is_some() {
             return Err(CreateError::Exists);
         }
@@ -2613,16 +2602,48 @@ impl TopicManager {
     /// [`Deleting`] is dropped, and marks the partitions deleted (blocking: waits
     /// for `create_lock`, which a create holds while it writes files). `None`
     /// when there is no such topic, or its id is not `id` (when given).
+    /// Waits, holding `deleting` (the names reserved by deletes) between
+    /// looks, until `busy` is false or [`CREATE_WAITS_FOR_DELETE`] has
+    /// passed (`None`).
+    fn wait_for_deletes<'a>(
+        &self,
+        mut deleting: std::sync::MutexGuard<'a, BTreeSet<String>>,
+        busy: impl Fn(&BTreeSet<String>) -> bool,
+    ) -> Option<std::sync::MutexGuard<'a, BTreeSet<String>>> {
+        let deadline = Instant::now() + CREATE_WAITS_FOR_DELETE;
+        while busy(&deleting) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            deleting = self
+                .shared
+                .delete_ended
+                .wait_timeout(deleting, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Some(deleting)
+    }
+
     fn take_for_delete(
         &self,
         name: &str,
         id: Option<uuid::Uuid>,
     ) -> Option<(Arc<Topic>, Deleting)> {
-        let mut deleting = self
+        let deleting = self
             .shared
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // A delete that failed puts the topic back in the map before its
+        // reservation of the name ends: another delete taking it meanwhile
+        // would share that reservation, and the first one's end would free
+        // the name while the second still runs (a create could then make a
+        // topic whose positions the second delete drops). It waits for the
+        // first to end.
+        let mut deleting =
+            self.wait_for_deletes(deleting, |d| d.contains(name) && self.topic(name).is_some())?;
         let topic = {
             let mut topics = self
                 .shared

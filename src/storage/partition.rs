@@ -401,6 +401,10 @@ thread_local! {
     /// failed write-back does (tests).
     static FAIL_SNAPSHOT_FSYNC: std::cell::RefCell<BTreeSet<PathBuf>> =
         const { std::cell::RefCell::new(BTreeSet::new()) };
+    /// The next write of each producer snapshot file here fails, once
+    /// (tests).
+    static FAIL_SNAPSHOT_WRITE: std::cell::RefCell<BTreeSet<PathBuf>> =
+        const { std::cell::RefCell::new(BTreeSet::new()) };
     /// The producer snapshot files whose write-back failed: no later fsync
     /// makes them durable, until a new file is renamed into place (tests).
     static SNAPSHOTS_WRITE_BACK_FAILED: std::cell::RefCell<BTreeSet<PathBuf>> =
@@ -471,6 +475,11 @@ impl UnsyncedSnapshots {
         }
     }
 
+    /// Marks the write of `base` as failed: it never reached its file.
+    fn write_failed(&mut self, base: i64) {
+        self.pending.insert(base, FAILED_SNAPSHOT);
+    }
+
     /// Whether the fsync of the write of `base` pending now failed.
     fn is_failed(&self, base: i64) -> bool {
         self.pending.get(&base) == Some(&FAILED_SNAPSHOT)
@@ -493,6 +502,10 @@ const FAILED_SNAPSHOT: u64 = u64::MAX;
 /// Writes `snapshot` to `path` as a new file: a temporary one (removed at
 /// the next open if this fails), renamed into place. Not fsynced.
 fn write_snapshot(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
+    #[cfg(test)]
+    if FAIL_SNAPSHOT_WRITE.with(|f| f.borrow_mut().remove(path)) {
+        return Err(std::io::Error::other("injected write failure"));
+    }
     let tmp = path.with_extension("producers-tmp");
     serde_json::to_vec(snapshot)
         .map_err(std::io::Error::other)
@@ -1089,7 +1102,9 @@ impl Partition {
     /// unreadable starts from the newest readable snapshot before it (see
     /// `producers_before`), and no older snapshot that was fsynced is deleted
     /// while this one is not (see [`Partition::drop_snapshots_below`] and
-    /// [`Partition::trim`]).
+    /// [`Partition::trim`]). One whose write fails is written again by the
+    /// next sync, before that sync counts it (see
+    /// [`Partition::rewrite_failed_snapshots`]).
     ///
     /// Called after the roll, outside the partition's log lock: the snapshot
     /// keeps only batches below `base`, so batches appended to the new segment
@@ -1118,7 +1133,19 @@ impl Partition {
                     .insert(base);
             }
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "could not write the producer snapshot");
+                // As one whose fsync failed: written again, from the producers
+                // known then, before any sync counts it (a sync that found no
+                // file took it for one removed meanwhile, and a trim then
+                // deleted the only snapshots that knew the producers).
+                tracing::warn!(file = %path.display(), error = %e, "could not write the producer snapshot; it is written again at the next sync");
+                self.snapshots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(base);
+                self.unsynced_snapshots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .write_failed(base);
             }
         }
     }
@@ -4155,11 +4182,14 @@ pub(crate) mod tests {
     /// of its producers: after a power loss a retried batch was stored again.
     /// Such a snapshot is now written again as a new file, whose fsync counts
     /// (from what reads back, or, with `pages_dropped`, from the producers
-    /// known now).
+    /// known now). A snapshot whose write failed (no file at all) counted
+    /// as durable at the next checkpoint, which found it missing: it is now
+    /// marked failed as well, and written from the producers known now
+    /// (`write_failed`; that case loses the producer at a plain restart).
     #[test]
     fn a_producer_snapshot_whose_fsync_failed_is_written_again_before_it_counts() {
         use crate::storage::{batch::tests, producers::Verdict};
-        for pages_dropped in [false, true] {
+        for (pages_dropped, write_failed) in [(false, false), (true, false), (false, true)] {
             let make_producer_batch = |values: &[&[u8]], pid, seq| {
                 tests::with_timestamp(
                     tests::make_producer_batch(0, values, pid, 0, seq),
@@ -4178,16 +4208,22 @@ pub(crate) mod tests {
             let first = make_producer_batch(&[b"once"], 7, 0);
             assert_eq!(record(&p, first.clone()), 0);
             // [once, big 0], [big 1]: snapshot 2 knows producer 7.
+            let snapshot = pdir.join(segment::producers_name(2));
+            if write_failed {
+                FAIL_SNAPSHOT_WRITE.with(|f| f.borrow_mut().insert(snapshot.clone()));
+            }
             for k in 0..2 {
                 record(&p, make_producer_batch(&[&[1u8; 3000]], 8, k));
             }
-            let snapshot = pdir.join(segment::producers_name(2));
-            assert!(snapshot.exists());
-            FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow_mut().insert(snapshot.clone()));
+            assert_eq!(snapshot.exists(), !write_failed);
+            if !write_failed {
+                FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow_mut().insert(snapshot.clone()));
+            }
             p.sync().unwrap();
             assert!(
-                FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow().is_empty()),
-                "the checkpoint's sync met the failure"
+                FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow().is_empty())
+                    && FAIL_SNAPSHOT_WRITE.with(|f| f.borrow().is_empty()),
+                "the failure was met"
             );
             if pages_dropped {
                 std::fs::write(&snapshot, b"").unwrap();
@@ -4212,7 +4248,7 @@ pub(crate) mod tests {
             assert_eq!(
                 p.producers().check(&validate_all(&first).unwrap()),
                 Ok(Verdict::Duplicate(0)),
-                "pages dropped: {pages_dropped}; not durable at the power loss: {lost:?}"
+                "pages dropped: {pages_dropped}, write failed: {write_failed}; not durable at the power loss: {lost:?}"
             );
             SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().clear());
             SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow_mut().clear());

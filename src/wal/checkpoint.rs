@@ -68,8 +68,11 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
             ));
         }
     }
-    if cp.sequence == u64::MAX {
-        // The log continues at `sequence + 1`, which must exist.
+    if cp.sequence > MAX_SEQUENCE {
+        // The log continues at `sequence + 1`, which must exist, with room
+        // for the appends after it: a log takes centuries to pass this bound,
+        // and one beyond it (a hand edit, or an old checkpoint without a
+        // checksum damaged) would wrap the sequences to 0.
         return Err(Error::corrupt(
             &path,
             0,
@@ -78,6 +81,9 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>> {
     }
     Ok(Some(cp))
 }
+
+/// The highest checkpoint sequence loaded: 2^32 below `u64::MAX`.
+pub const MAX_SEQUENCE: u64 = u64::MAX - (1 << 32);
 
 /// Atomically replaces the checkpoint with `sequence`.
 ///
@@ -124,6 +130,11 @@ mod tests {
             (
                 br#"{"version":1,"sequence":18446744073709551615,"timestamp_ms":0}"#.as_slice(),
                 "checkpoint sequence 18446744073709551615 is out of range",
+            ),
+            // Two below the largest: the next appends would wrap to 0.
+            (
+                br#"{"version":1,"sequence":18446744073709551613,"timestamp_ms":0}"#.as_slice(),
+                "checkpoint sequence 18446744073709551613 is out of range",
             ),
         ] {
             std::fs::write(&path, contents).unwrap();

@@ -804,7 +804,12 @@ impl Committer {
         next_seq: u64,
         preparer: Option<Preparer>,
     ) -> Result<Self> {
-        let cap = align_up(core.config.max_batch_bytes);
+        // No batch is larger than a file holds between its header and its
+        // seal: a larger `max_batch_bytes` would only pin memory (the whole
+        // pool is registered with io_uring).
+        let file_room = usize::try_from(core.config.max_file_size - 2 * BLOCK_SIZE as u64)
+            .unwrap_or(usize::MAX);
+        let cap = align_up(core.config.max_batch_bytes.min(file_room));
         let mut pool: Vec<AlignedBuf> = (0..core.config.max_in_flight + 1)
             .map(|_| AlignedBuf::new(cap))
             .collect();

@@ -440,7 +440,17 @@ impl WalConfig {
                 "must be between 1 and 64",
             );
         }
-        self.resolve_backend(env).map(|_| ())
+        let backend = self.resolve_backend(env)?;
+        // io_uring is Linux's: refused here, before the open touches the
+        // directory, not by the backend once the files are settled.
+        if backend == BackendKind::Uring && !cfg!(target_os = "linux") {
+            return bad(
+                "--wal-backend",
+                "uring".into(),
+                "io_uring is available on Linux only (auto or std here)",
+            );
+        }
+        Ok(())
     }
 }
 

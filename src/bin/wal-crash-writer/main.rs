@@ -45,6 +45,15 @@ fn usage() -> ! {
 }
 
 fn main() {
+    // Any error (an append, a checkpoint, stdout) panics its thread; the others
+    // would go on acknowledging, and the parent, which kills the process on its
+    // own schedule, would not see it. The process ends at once instead, by
+    // SIGABRT, which the parent reports with this stderr.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 6 {
         usage();

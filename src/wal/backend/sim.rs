@@ -36,8 +36,14 @@
 //! All decisions come from one seeded generator, so a failing seed replays the same
 //! fault schedule (thread scheduling of the producers is not part of the seed).
 //!
-//! The sim reports itself as [`BackendKind::Std`]: it stands in for a backend with
-//! the std backend's contract.
+//! The sim reports itself as [`BackendKind::Std`], but the commit thread drives it
+//! as it drives the O_DIRECT io_uring backend: each durable write submitted on its
+//! own (`writes_at_reap` false, so no group written at the reap with one shared
+//! fdatasync) and syncs that may overlap, each reporting its own error. The std
+//! backend's grouped path and the rule that page-cache syncs never overlap (a
+//! write-back error reported to one fsync only) meet the real device's faults
+//! instead: the power-cut, full-disk and failing-device tests, which run per
+//! backend.
 //!
 //! Directory entries are modelled too. [`crate::wal::Wal::open_sim`] watches the WAL
 //! directory: every create, rename and remove the engine makes there (all of them
