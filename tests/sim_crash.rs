@@ -261,12 +261,21 @@ enum Over<'a> {
 }
 
 fn open_collect(dir: &Path, cfg: WalConfig, over: Over<'_>) -> (Wal, u64, Vec<WalEntry>) {
+    try_open_collect(dir, cfg, over).unwrap_or_else(|e| panic!("recovery failed: {e}"))
+}
+
+/// [`open_collect`], with the open's error returned: the process may be killed
+/// inside the open (a crash at its directory fsync).
+fn try_open_collect(
+    dir: &Path,
+    cfg: WalConfig,
+    over: Over<'_>,
+) -> streamline::Result<(Wal, u64, Vec<WalEntry>)> {
     let (wal, rec) = match over {
         Over::Real => Wal::open(dir, cfg),
         Over::Fresh(d) => Wal::open_sim(dir, cfg, d),
         Over::Restarted(d) => Wal::open_sim_restarted(dir, cfg, d),
-    }
-    .unwrap_or_else(|e| panic!("recovery failed: {e}"));
+    }?;
     if rec.truncated.is_some() {
         TORN_TAILS.fetch_add(1, Ordering::Relaxed);
     }
@@ -274,7 +283,7 @@ fn open_collect(dir: &Path, cfg: WalConfig, over: Over<'_>) -> (Wal, u64, Vec<Wa
     let entries = rec
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| panic!("recovery stream failed: {e}"));
-    (wal, cp, entries)
+    Ok((wal, cp, entries))
 }
 
 struct Outcome {
@@ -410,6 +419,8 @@ static BACKEND_ROLLED: AtomicU64 = AtomicU64::new(0);
 static TORN_TAILS: AtomicU64 = AtomicU64::new(0);
 static UNSYNCED_ACKS: AtomicU64 = AtomicU64::new(0);
 static DROPPED_ACKS: AtomicU64 = AtomicU64::new(0);
+/// Rounds whose process was killed inside the WAL's open.
+static OPEN_CRASHES: AtomicU64 = AtomicU64::new(0);
 
 /// Adds what a power loss undid to the totals.
 fn count_power_loss(st: &SimStats) {
@@ -461,7 +472,12 @@ fn run_seed(seed: u64, root: &Path) {
         };
         // Or a crash at a directory fsync (a rotation's, a checkpoint's), with the
         // renames before it pending: the plan's crash point never falls there.
-        let dir_crash = rng.pct(30).then(|| rng.range(1, 60));
+        // At 0 operations it is the open's own (after its repairs: a seal in
+        // place, a rotation finished, a new head file), which the backend's
+        // operations never reach.
+        let dir_crash = rng
+            .pct(30)
+            .then(|| if rng.pct(25) { 0 } else { rng.range(1, 60) });
         // After a process crash without a power loss the next process starts on
         // the same disk: what the dead one left unsynced is still at risk.
         let (disk, over_what) = match carried.take() {
@@ -485,7 +501,26 @@ fn run_seed(seed: u64, root: &Path) {
         } else {
             Over::Restarted(&disk)
         };
-        let (wal, cp, entries) = open_collect(&dir, cfg.clone(), over);
+        let (wal, cp, entries) = match try_open_collect(&dir, cfg.clone(), over) {
+            Ok(opened) => opened,
+            Err(e) if disk.crashed() => {
+                // Killed inside the open: nothing appended this round. The next
+                // open (or the final one) recovers from what it left.
+                assert!(
+                    dir_crash == Some(0),
+                    "{what}: the open crashed without a crash point in it: {e}"
+                );
+                OPEN_CRASHES.fetch_add(1, Ordering::Relaxed);
+                if rng.pct(20) {
+                    carried = Some(disk.clone());
+                } else {
+                    disk.power_loss(false).unwrap();
+                    count_power_loss(&disk.stats());
+                }
+                continue;
+            }
+            Err(e) => panic!("{what}: recovery failed: {e}"),
+        };
         model.verify(&format!("{what}: open"), cp, &entries);
 
         let producers = rng.range(2, 4) as u32;
@@ -801,17 +836,18 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         OUTSIDE_ROLLED.load(Ordering::Relaxed),
     );
     let early = EARLY_BATCHES.load(Ordering::Relaxed);
-    let [crashed, restarted, backend_rolled, torn, unsynced, dropped] = [
+    let [crashed, restarted, backend_rolled, torn, unsynced, dropped, open_crashes] = [
         &CRASHED_ROUNDS,
         &RESTARTED_ROUNDS,
         &BACKEND_ROLLED,
         &TORN_TAILS,
         &UNSYNCED_ACKS,
         &DROPPED_ACKS,
+        &OPEN_CRASHES,
     ]
     .map(|c| c.load(Ordering::Relaxed));
     eprintln!(
-        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early; {crashed} rounds crashed, {restarted} restarted on a dead process's disk without a power loss, {backend_rolled} sectors of the backend's writes rolled back, {torn} torn tails cut; {unsynced} appends acknowledged beyond the durable sequence before a crash or fault, {dropped} acknowledged appends not recovered",
+        "sim: {total} seeds in {:.1}s, {} failed; {meta_ops} directory changes recorded, {undone} undone by power losses; {outside} writes outside the backend, {rolled} of their sectors rolled back; {early} batches submitted early; {crashed} rounds crashed, {restarted} restarted on a dead process's disk without a power loss, {backend_rolled} sectors of the backend's writes rolled back, {torn} torn tails cut; {unsynced} appends acknowledged beyond the durable sequence before a crash or fault, {dropped} acknowledged appends not recovered; {open_crashes} opens killed at their directory fsync",
         started.elapsed().as_secs_f64(),
         failed.len()
     );
@@ -829,6 +865,10 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
             "no batch went out beside a durable write in flight: that path was not exercised"
         );
         assert!(crashed > 0, "no round ended in the simulated crash");
+        assert!(
+            open_crashes > 0,
+            "no open was killed at its directory fsync: the open's repairs were never interrupted"
+        );
         assert!(
             restarted > 0,
             "no round restarted after a process crash without a power loss"

@@ -2598,10 +2598,6 @@ impl TopicManager {
         }
     }
 
-    /// Takes topic `name` out of the map, reserves the name until the returned
-    /// [`Deleting`] is dropped, and marks the partitions deleted (blocking: waits
-    /// for `create_lock`, which a create holds while it writes files). `None`
-    /// when there is no such topic, or its id is not `id` (when given).
     /// Waits, holding `deleting` (the names reserved by deletes) between
     /// looks, until `busy` is false or [`CREATE_WAITS_FOR_DELETE`] has
     /// passed (`None`).
@@ -2626,6 +2622,11 @@ impl TopicManager {
         Some(deleting)
     }
 
+    /// Takes topic `name` out of the map, reserves the name until the returned
+    /// [`Deleting`] is dropped, and marks the partitions deleted (blocking: waits
+    /// for `create_lock`, which a create holds while it writes files). `None`
+    /// when there is no such topic, or its id is not `id` (when given), or a
+    /// failed delete of the name has not ended within [`CREATE_WAITS_FOR_DELETE`].
     fn take_for_delete(
         &self,
         name: &str,

@@ -293,10 +293,13 @@ pub struct Partition {
     /// [`Partition::sync`] makes them durable, or a trim before it deletes
     /// segments); see [`UnsyncedSnapshots`].
     unsynced_snapshots: Mutex<UnsyncedSnapshots>,
-    /// Held while a snapshot whose fsync failed is written again (see
-    /// [`Partition::rewrite_failed_snapshots`]), so that two syncs do not
-    /// write the same temporary file at once.
-    rewriting_snapshots: Mutex<()>,
+    /// Held through each [`Partition::sync_snapshots_from`] (the checkpoint's,
+    /// a trim's, a compaction merge's): a failed fsync is reported to one
+    /// descriptor only, and a second sync's fsync of the same file meanwhile
+    /// succeeded and counted the snapshot durable before the first marked it
+    /// failed. One at a time, the failure is marked before any other sync
+    /// looks, and no two write again the same temporary file.
+    syncing_snapshots: Mutex<()>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`]. Those found
     /// at open that load wait for the first checkpoint's fsync (a crash may
@@ -762,7 +765,7 @@ impl Partition {
             sync_failed: OnceLock::new(),
             producers: Mutex::new(producers),
             unsynced_snapshots: Mutex::new(unsynced),
-            rewriting_snapshots: Mutex::new(()),
+            syncing_snapshots: Mutex::new(()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -2118,6 +2121,10 @@ impl Partition {
     /// # Errors
     /// The first failed fsync, naming the file or the directory.
     fn sync_snapshots_from(&self, from: i64) -> Result<()> {
+        let _one_at_a_time = self
+            .syncing_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.rewrite_failed_snapshots(from);
         let pending: Vec<(i64, u64)> = self
             .unsynced_snapshots
@@ -2199,13 +2206,6 @@ impl Partition {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .failed_from(from);
-        if failed.is_empty() {
-            return;
-        }
-        let _one_at_a_time = self
-            .rewriting_snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         for base in failed {
             // Written again (by another sync) since this looked.
             if !self
