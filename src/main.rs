@@ -272,12 +272,17 @@ fn spawn_reloader(
 /// number (130 for SIGINT, 143 for SIGTERM), without waiting for the rest of
 /// the shutdown (a recovery or a final sync that takes long). Crash-safe: what
 /// was acknowledged is in the WAL, which the next start replays.
-fn exit_at_second_signal(name: &str, code: i32) -> ! {
-    tracing::warn!(
-        signal = name,
-        exit_code = code,
-        "second stop signal: exiting without finishing the shutdown; the next start recovers from the WAL"
-    );
+fn exit_at_second_signal(name: &'static str, code: i32) -> ! {
+    // Logged from another thread, given 50 ms: a stderr nobody reads (what may
+    // have stalled the shutdown) blocks a log line, and must not block the exit.
+    std::thread::spawn(move || {
+        tracing::warn!(
+            signal = name,
+            exit_code = code,
+            "second stop signal: exiting without finishing the shutdown; the next start recovers from the WAL"
+        );
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
     std::process::exit(code)
 }
 
@@ -324,15 +329,18 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
     }
     async move {
-        tokio::select! {
-            _ = recv(&mut int) => tracing::info!("SIGINT received; shutting down"),
-            _ = recv(&mut term) => tracing::info!("SIGTERM received; shutting down"),
-        }
+        let first = tokio::select! {
+            _ = recv(&mut int) => "SIGINT",
+            _ = recv(&mut term) => "SIGTERM",
+        };
+        // Armed before anything is logged: a log line blocks while stderr is
+        // a pipe nobody reads, and the second signal is the way out of that.
         tokio::spawn(async move {
             tokio::select! {
                 _ = recv(&mut int) => exit_at_second_signal("SIGINT", 130),
                 _ = recv(&mut term) => exit_at_second_signal("SIGTERM", 143),
             }
         });
+        tracing::info!("{first} received; shutting down");
     }
 }

@@ -49,6 +49,7 @@ const UNKNOWN_MEMBER_ID: i16 = 25;
 const FENCED_INSTANCE_ID: i16 = 82;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
+const NOT_COORDINATOR: i16 = 16;
 const INVALID_REQUEST: i16 = 42;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -757,6 +758,45 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
 /// the next generation keeps the leader, picks the only protocol both support and
 /// delivers the leader's assignments to each member; stale generations and unknown
 /// members are refused.
+/// A JoinGroup waiting for the rest of its group when the broker is told to
+/// stop is answered NOT_COORDINATOR at once, as Kafka answers the joins of a
+/// group its coordinator unloads: the server reads no more requests, so no
+/// other member could complete the rebalance, and the shutdown waited its full
+/// 10 s for the connection, then closed it unanswered. The stable group's
+/// membership, stored before the stop, outlives it: the drain no longer
+/// expires sessions it stopped reading heartbeats for.
+#[test]
+fn a_shutdown_answers_a_waiting_join_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &[]);
+    let mut a = Member::new(&broker.addr, "quit", 5, &[("range", "a")]);
+    assert_eq!(a.join().error_code, NONE);
+    assert_eq!(a.sync(&[(&a.id.clone(), "A1")]), (NONE, "A1".to_string()));
+    // B's join waits for A to rejoin (rebalance timeout 10 s).
+    let mut b = Member::new(&broker.addr, "quit", 5, &[("range", "b")]);
+    b.rebalance_ms = 60_000;
+    let b_join = b.send_join();
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    let stopping = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let r = b.recv_join(b_join);
+        (r.error_code, stopping.elapsed())
+    });
+    assert!(broker.sigterm().success());
+    let exited = stopping.elapsed();
+    let (code, answered) = reader.join().unwrap();
+    assert_eq!(code, NOT_COORDINATOR);
+    assert!(
+        answered < Duration::from_secs(3) && exited < Duration::from_secs(3),
+        "a waiting JoinGroup answered {answered:?} and the broker exited {exited:?} after SIGTERM"
+    );
+    assert!(
+        !broker.log_text().contains("still busy"),
+        "{}",
+        broker.log_text()
+    );
+}
+
 #[test]
 fn join_sync_heartbeat_and_rebalance_at_every_join_version() {
     let tmp = tempfile::tempdir().unwrap();

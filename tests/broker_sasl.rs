@@ -555,7 +555,7 @@ fn admin_client_manages_scram_users_in_the_users_file() {
         assert_authenticated(expected, &[("kafkajs", &js, &["scram-sha-256", "plain"])]);
     };
     authenticated(&broker.addr, &mut expected);
-    broker.sigterm();
+    assert!(broker.sigterm().success(), "{}", broker.log_text());
     let broker = broker.restart();
     authenticated(&broker.addr, &mut expected);
     assert_stored(

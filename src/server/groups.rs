@@ -78,7 +78,7 @@ pub struct JoinResult {
 }
 
 impl JoinResult {
-    fn error(error: i16, member_id: &str) -> JoinResult {
+    pub(crate) fn error(error: i16, member_id: &str) -> JoinResult {
         JoinResult {
             error,
             generation: -1,

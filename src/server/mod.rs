@@ -620,6 +620,10 @@ impl Server {
             }
         }
         drop(self.listener);
+        // No session expires while the server reads no heartbeat: ticking
+        // on through the drain (up to 15 s) emptied groups whose members
+        // were alive, and stored them so, where a kill -9 kept them.
+        ticker.abort();
         self.ctx.stopping.send_replace(true);
         let live = &self.ctx.metrics.open_connections;
         let ended = || async {
@@ -653,7 +657,6 @@ impl Server {
                 "connection writers still running 5 s after they were aborted"
             );
         }
-        ticker.abort();
         membership.abort();
         expiry.abort();
         // What changed since the last pass (a group emptied by the last LeaveGroup).

@@ -308,20 +308,49 @@ impl Broker {
 impl Drop for Broker {
     /// Stops the broker as an operator would (SIGTERM), so that every test also
     /// ends with a graceful shutdown (and an instrumented build writes its
-    /// coverage profile); SIGKILL if it has not exited within 10 s.
+    /// coverage profile); SIGKILL if it has not exited within 10 s. A broker
+    /// that exited by itself before, or whose shutdown fails or takes longer,
+    /// fails the test (one stopped or killed by the test is not looked at).
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = Command::new("kill")
-                    .args(["-s", "TERM", &c.id().to_string()])
-                    .status();
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+            let mut exited_by_itself = None;
+            match c.try_wait() {
+                Ok(None) => {
+                    let _ = Command::new("kill")
+                        .args(["-s", "TERM", &c.id().to_string()])
+                        .status();
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
                 }
+                Ok(Some(status)) => exited_by_itself = Some(status),
+                Err(_) => {}
             }
+            let stopped = c.try_wait().ok().flatten();
             let _ = c.kill();
             let _ = c.wait();
+            // A shutdown that fails, panics or hangs fails the test that
+            // ended with it (unless the test is failing already).
+            if !std::thread::panicking() {
+                if let Some(status) = exited_by_itself {
+                    panic!(
+                        "the broker exited by itself ({status:?}) before the test ended; log:\n{}",
+                        self.log_text()
+                    );
+                }
+                match stopped {
+                    Some(status) if status.success() => {}
+                    Some(status) => panic!(
+                        "the broker's shutdown at the end of the test exited {status:?}; log:\n{}",
+                        self.log_text()
+                    ),
+                    None => panic!(
+                        "the broker did not exit within 10 s of SIGTERM at the end of the test; log:\n{}",
+                        self.log_text()
+                    ),
+                }
+            }
         }
     }
 }

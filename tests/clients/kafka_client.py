@@ -59,10 +59,15 @@ def producer(bootstrap):
     })
 
 
+# Delivery errors seen by on_delivery: `produce` exits 1 when there were any.
+DELIVERY_ERRORS = [0]
+
+
 def on_delivery(err, msg):
     if err is None:
         out("ACK %d %d %s" % (msg.partition(), msg.offset(), msg.value().decode()))
     else:
+        DELIVERY_ERRORS[0] += 1
         out("ERR %s" % err)
 
 
@@ -80,6 +85,8 @@ def produce(bootstrap, topic, count, partitions, prefix):
     if left:
         out("UNFLUSHED %d" % left)
         sys.exit(1)
+    if DELIVERY_ERRORS[0]:
+        sys.exit("%d deliveries failed" % DELIVERY_ERRORS[0])
 
 
 def stream(bootstrap, topic, partitions, prefix, keys=None):
@@ -529,9 +536,13 @@ def produce_keyed(bootstrap, topic, rounds, keys, tail, compression="none"):
     }
     first = Producer(dict(config, **{"enable.idempotence": True}))
     p = Producer(config)
+    # Failed deliveries of keyed messages (the keyless one is expected to fail).
+    failed = [0]
 
     def delivered(err, msg):
         if err is not None:
+            if msg.key() is not None:
+                failed[0] += 1
             out("%s %s %s" % ("KEYLESS" if msg.key() is None else "ERR", err.name(), err.str()))
             return
         value = "<null>" if msg.value() is None else msg.value().decode()
@@ -558,6 +569,8 @@ def produce_keyed(bootstrap, topic, rounds, keys, tail, compression="none"):
     send(None, b"no key")
     if p.flush(60):
         sys.exit("messages left unflushed")
+    if failed[0]:
+        sys.exit("%d keyed deliveries failed" % failed[0])
 
 
 def grow(bootstrap, topic, count):

@@ -121,15 +121,11 @@ pub(crate) async fn join(
             tracing::error!(group = %group, error = %e, "storing the group's membership failed");
         }
     }
-    let j = rx.await.unwrap_or_else(|_| JoinResult {
-        error: codes::REBALANCE_IN_PROGRESS,
-        generation: -1,
-        protocol: None,
-        protocol_type: None,
-        leader: String::new(),
-        member_id: req.member_id.to_string(),
-        members: Vec::new(),
-    });
+    let j = match until_stopping(ctx, rx).await {
+        Some(Ok(j)) => j,
+        None => JoinResult::error(codes::NOT_COORDINATOR, &req.member_id),
+        Some(Err(_)) => JoinResult::error(codes::REBALANCE_IN_PROGRESS, &req.member_id),
+    };
     let members = j
         .members
         .into_iter()
@@ -152,6 +148,21 @@ pub(crate) async fn join(
         .with_leader(StrBytes::from_string(j.leader))
         .with_member_id(StrBytes::from_string(j.member_id))
         .with_members(members)
+}
+
+/// `wait`'s outcome, or `None` once the server stops serving: a JoinGroup or
+/// SyncGroup waiting for the rest of its group is answered NOT_COORDINATOR
+/// then, as Kafka answers those of a group its coordinator unloads, so that
+/// a shutdown does not wait for a rebalance no other member can now join
+/// (the server reads no more requests), and the client looks for the
+/// coordinator again.
+async fn until_stopping<T>(ctx: &Ctx, wait: impl std::future::Future<Output = T>) -> Option<T> {
+    let mut stopping = ctx.stopping.subscribe();
+    tokio::select! {
+        biased;
+        r = wait => Some(r),
+        _ = stopping.wait_for(|stop| *stop) => None,
+    }
 }
 
 pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse {
@@ -177,8 +188,9 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
             tracing::error!(group = %req.group_id.0.as_str(), error = %e, "storing the group's membership failed");
         }
     }
-    let (error, assignment) = rx
+    let (error, assignment) = until_stopping(ctx, rx)
         .await
+        .unwrap_or(Ok((codes::NOT_COORDINATOR, bytes::Bytes::new())))
         .unwrap_or((codes::REBALANCE_IN_PROGRESS, bytes::Bytes::new()));
     SyncGroupResponse::default()
         .with_error_code(error)
