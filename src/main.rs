@@ -273,16 +273,19 @@ fn spawn_reloader(
 /// the shutdown (a recovery or a final sync that takes long). Crash-safe: what
 /// was acknowledged is in the WAL, which the next start replays.
 fn exit_at_second_signal(name: &'static str, code: i32) -> ! {
-    // Logged from another thread, given 50 ms: a stderr nobody reads (what may
-    // have stalled the shutdown) blocks a log line, and must not block the exit.
-    std::thread::spawn(move || {
+    // Logged from another thread, given up to 500 ms: a stderr nobody reads
+    // (what may have stalled the shutdown) blocks a log line, and must not
+    // block the exit; nor may a thread that cannot be made.
+    let (done, logged) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new().spawn(move || {
         tracing::warn!(
             signal = name,
             exit_code = code,
             "second stop signal: exiting without finishing the shutdown; the next start recovers from the WAL"
         );
+        let _ = done.send(());
     });
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let _ = logged.recv_timeout(std::time::Duration::from_millis(500));
     std::process::exit(code)
 }
 
@@ -290,12 +293,13 @@ fn exit_at_second_signal(name: &'static str, code: i32) -> ! {
 async fn shutdown_signal() {
     match tokio::signal::ctrl_c().await {
         Ok(()) => {
-            tracing::info!("Ctrl-C received; shutting down");
+            // Armed before anything is logged (see the Unix variant).
             tokio::spawn(async {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     exit_at_second_signal("Ctrl-C", 130);
                 }
             });
+            tracing::info!("Ctrl-C received; shutting down");
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");

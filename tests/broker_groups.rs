@@ -752,19 +752,11 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
     assert_eq!((r.error_code, r.port), (NONE, port));
 }
 
-/// At every advertised JoinGroup version: a new member gets its id (at v4+ through
-/// MEMBER_ID_REQUIRED), becomes leader of generation 1 with the group's first
-/// protocol; a second member starts a rebalance the first sees on its heartbeat;
-/// the next generation keeps the leader, picks the only protocol both support and
-/// delivers the leader's assignments to each member; stale generations and unknown
-/// members are refused.
 /// A JoinGroup waiting for the rest of its group when the broker is told to
 /// stop is answered NOT_COORDINATOR at once, as Kafka answers the joins of a
 /// group its coordinator unloads: the server reads no more requests, so no
 /// other member could complete the rebalance, and the shutdown waited its full
-/// 10 s for the connection, then closed it unanswered. The stable group's
-/// membership, stored before the stop, outlives it: the drain no longer
-/// expires sessions it stopped reading heartbeats for.
+/// 10 s for the connection, then closed it unanswered.
 #[test]
 fn a_shutdown_answers_a_waiting_join_at_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -772,7 +764,7 @@ fn a_shutdown_answers_a_waiting_join_at_once() {
     let mut a = Member::new(&broker.addr, "quit", 5, &[("range", "a")]);
     assert_eq!(a.join().error_code, NONE);
     assert_eq!(a.sync(&[(&a.id.clone(), "A1")]), (NONE, "A1".to_string()));
-    // B's join waits for A to rejoin (rebalance timeout 10 s).
+    // B's join waits for A to rejoin (up to B's rebalance timeout, 60 s).
     let mut b = Member::new(&broker.addr, "quit", 5, &[("range", "b")]);
     b.rebalance_ms = 60_000;
     let b_join = b.send_join();
@@ -797,6 +789,12 @@ fn a_shutdown_answers_a_waiting_join_at_once() {
     );
 }
 
+/// At every advertised JoinGroup version: a new member gets its id (at v4+ through
+/// MEMBER_ID_REQUIRED), becomes leader of generation 1 with the group's first
+/// protocol; a second member starts a rebalance the first sees on its heartbeat;
+/// the next generation keeps the leader, picks the only protocol both support and
+/// delivers the leader's assignments to each member; stale generations and unknown
+/// members are refused.
 #[test]
 fn join_sync_heartbeat_and_rebalance_at_every_join_version() {
     let tmp = tempfile::tempdir().unwrap();
