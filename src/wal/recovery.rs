@@ -794,24 +794,24 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
             cp_sequence,
             mode,
         )?;
-    } else if checkpoint.is_some() || clean.is_some() {
+    } else if let Some(c) = clean.filter(|c| c.next_sequence > cp_sequence.saturating_add(1)) {
         // An open makes `current.wal` durable before anything else, and
-        // neither a checkpoint nor retention removes it: with no file left, a
-        // checkpoint or a clean close says the log's files are gone. Tolerant
-        // recovery refuses it too: there is nothing it skipped to explain it.
-        let left = match (checkpoint.is_some(), clean.is_some()) {
-            (true, true) => "checkpoint.json and clean-close.json are",
-            (true, false) => "checkpoint.json is",
-            _ => "clean-close.json is",
-        };
+        // neither a checkpoint nor retention removes it: with no file left,
+        // the last clean close saying the log went on past the checkpoint
+        // means the entries in between are gone with the files. (A log whose
+        // every entry the checkpoint covers may lose its files, by hand too:
+        // it goes on after the checkpoint. Without a marker, where the log
+        // ended is recorded nowhere; see Known limits.) Tolerant recovery
+        // refuses it too: nothing it skipped explains it.
         return Err(Error::corrupt(
             dir.join(CURRENT),
             0,
             format!(
-                "no WAL file is left, but {left}: the log's files are missing, with every \
-                 entry after the checkpoint ({cp_sequence}); to start a new log anyway, \
-                 accepting that loss, remove {left_files}",
-                left_files = left.trim_end_matches(" is").trim_end_matches(" are")
+                "no WAL file is left, but the last clean close recorded the log going on at \
+                 sequence {} and the checkpoint is {cp_sequence}: the entries after the \
+                 checkpoint are missing with the files; to start a new log anyway, accepting \
+                 that loss, remove clean-close.json",
+                c.next_sequence
             ),
         ));
     }
