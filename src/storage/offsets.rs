@@ -605,8 +605,13 @@ impl OffsetStore {
         applies: impl FnOnce(&GroupOffsets) -> bool,
         mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
     ) -> Result<usize> {
-        let current = self.lock().get(group).filter(|g| applies(g)).cloned();
-        let Some(mut next) = current.map(|g| (*g).clone()) else {
+        // `applies` runs with the map unlocked: it may take the group
+        // coordinator's lock (expiry reads the members' subscriptions), and
+        // the map's lock is held only to read or swap a group's state, by
+        // OffsetFetch on the runtime's threads among others. The writer lock
+        // keeps the group as read.
+        let current = self.lock().get(group).cloned();
+        let Some(mut next) = current.filter(|g| applies(g)).map(|g| (*g).clone()) else {
             return Ok(0);
         };
         let had = next.offsets.len();

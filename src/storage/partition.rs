@@ -483,11 +483,6 @@ impl UnsyncedSnapshots {
         self.pending.insert(base, FAILED_SNAPSHOT);
     }
 
-    /// Whether the fsync of the write of `base` pending now failed.
-    fn is_failed(&self, base: i64) -> bool {
-        self.pending.get(&base) == Some(&FAILED_SNAPSHOT)
-    }
-
     /// The bases at or above `from` whose fsync failed.
     fn failed_from(&self, from: i64) -> Vec<i64> {
         self.pending
@@ -2200,22 +2195,16 @@ impl Partition {
     /// now. One that cannot be written again stays
     /// failed, which keeps the syncs from counting it (and a trim from
     /// deleting segments) until a later try succeeds.
+    /// Called by [`Partition::sync_snapshots_from`], under `syncing_snapshots`.
     fn rewrite_failed_snapshots(&self, from: i64) {
         let failed = self
             .unsynced_snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .failed_from(from);
+        // No other sync runs meanwhile (`syncing_snapshots`), and a roll writes
+        // only a new base: each of these is still failed.
         for base in failed {
-            // Written again (by another sync) since this looked.
-            if !self
-                .unsynced_snapshots
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_failed(base)
-            {
-                continue;
-            }
             // Gone with its segment, or dropped below the recovery point.
             if !self
                 .snapshots
