@@ -409,6 +409,121 @@ fn sigterm_mid_stream_answers_in_flight_produces_and_keeps_them() {
     );
 }
 
+/// A SIGTERM mid-stream answers every Produce the broker read: connections
+/// pipelining single-record produces (none waiting for its answer) see their
+/// answers in order, each without error, up to the close; after a restart
+/// exactly the records of the answered requests are stored, each at its
+/// answered offset. A record stored without its answer is a Produce read and
+/// written but dropped unanswered (a client retries it into a duplicate).
+#[test]
+fn sigterm_answers_every_pipelined_produce_it_stored() {
+    use broker_support::wire;
+    use kafka_protocol::{
+        messages::{ApiKey, ProduceResponse, ResponseHeader},
+        protocol::Decodable,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CONNECTIONS: usize = 4;
+    const REQUESTS: i32 = 50_000;
+    const VERSION: i16 = 8;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&tmp.path().join("data"), &["--default-partitions", "1"]);
+    let mut c = wire::connect(&broker.addr);
+    assert_eq!(
+        wire::topic_metadata(&mut c, "drain", true),
+        0,
+        "topic created"
+    );
+    drop(c);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let streams: Vec<_> = (0..CONNECTIONS)
+        .map(|conn| {
+            let mut reader = wire::connect(&broker.addr);
+            let mut writer = reader.try_clone().unwrap();
+            let sender = std::thread::spawn(move || {
+                for cid in 0..REQUESTS {
+                    let value = format!("s{conn}-{cid}");
+                    let req = wire::produce("drain", 0, wire::batch(&[value.as_str()]));
+                    let frame = wire::request_frame(ApiKey::Produce, VERSION, cid, &req);
+                    // The broker closes the connection at its stop.
+                    if writer.write_all(&frame).is_err() {
+                        return cid;
+                    }
+                }
+                REQUESTS
+            });
+            let answered = Arc::clone(&answered);
+            let receiver = std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while let Some(mut frame) = wire::read_frame(&mut reader) {
+                    let h = ResponseHeader::decode(
+                        &mut frame,
+                        ApiKey::Produce.response_header_version(VERSION),
+                    )
+                    .unwrap();
+                    let r = ProduceResponse::decode(&mut frame, VERSION).unwrap();
+                    let (error, offset) = wire::partition_result(&r);
+                    answers.push((h.correlation_id, error, offset));
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                answers
+            });
+            (conn, sender, receiver)
+        })
+        .collect();
+    let start = Instant::now();
+    while answered.load(Ordering::Relaxed) < 2_000 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = broker.sigterm();
+    assert!(
+        status.success(),
+        "SIGTERM under load exits 0, got {status:?}"
+    );
+    let mut expected = BTreeMap::new();
+    for (conn, sender, receiver) in streams {
+        let sent = sender.join().unwrap();
+        let answers = receiver.join().unwrap();
+        assert!(
+            sent < REQUESTS,
+            "connection {conn}: the stop came before the last of its {REQUESTS} requests"
+        );
+        for (i, &(cid, error, offset)) in answers.iter().enumerate() {
+            assert_eq!(
+                (cid, error),
+                (i as i32, 0),
+                "connection {conn}: answers in order and without error"
+            );
+            expected.insert(offset, format!("s{conn}-{cid}"));
+        }
+    }
+    assert!(
+        expected.len() >= 2_000,
+        "the stream made progress ({} answers)",
+        expected.len()
+    );
+    let broker = broker.restart();
+    let stored: BTreeMap<i64, String> = kcat_from_start(&broker.addr, "drain", Some(0))
+        .into_iter()
+        .collect();
+    let unanswered: Vec<_> = stored
+        .iter()
+        .filter(|(o, v)| expected.get(o) != Some(v))
+        .take(5)
+        .collect();
+    let lost: Vec<_> = expected
+        .iter()
+        .filter(|(o, v)| stored.get(o) != Some(v))
+        .take(5)
+        .collect();
+    assert!(
+        unanswered.is_empty() && lost.is_empty() && stored.len() == expected.len(),
+        "{} stored, {} answered; stored but not answered (first 5): {unanswered:?}; answered but not stored: {lost:?}",
+        stored.len(),
+        expected.len()
+    );
+}
+
 /// Holds the next start of the broker on `data` inside recovery: its first
 /// read there, of `meta.json`, is made of a named pipe that the test feeds.
 /// Returns the file's bytes, to feed or put back.
