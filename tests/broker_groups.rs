@@ -789,6 +789,52 @@ fn a_shutdown_answers_a_waiting_join_at_once() {
     );
 }
 
+/// A client that closes its connection while its JoinGroup waits for the
+/// rest of the group frees the connection at once, as Kafka closes it: the
+/// rebalance waits up to the longest rebalance timeout (up to i32::MAX ms),
+/// and each such connection kept its slot under `--max-connections` until
+/// then, so that a few of them made the broker refuse every new client.
+#[test]
+fn a_connection_closed_while_its_join_waits_is_freed_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&tmp.path().join("data"), &["--max-connections", "4"]);
+    let mut a = Member::new(&broker.addr, "gone", 5, &[("range", "a")]);
+    assert_eq!(a.join().error_code, NONE);
+    assert_eq!(a.sync(&[(&a.id.clone(), "A1")]), (NONE, "A1".to_string()));
+    // Three joins, one after the other, each on a connection closed while
+    // the join waits for A to rejoin (up to its 600 s rebalance timeout).
+    // Held, they and A's take all four slots.
+    for _ in 0..3 {
+        let mut b = Member::new(&broker.addr, "gone", 5, &[("range", "b")]);
+        b.rebalance_ms = 600_000;
+        b.send_join();
+        a.heartbeat_until(REBALANCE_IN_PROGRESS);
+        drop(b);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Conn::new(&broker.addr);
+        let cid = c.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        if let Some(mut frame) = broker_support::wire::read_frame(&mut c.stream) {
+            let h = kafka_protocol::messages::ResponseHeader::decode(
+                &mut frame,
+                ApiKey::ApiVersions.response_header_version(3),
+            )
+            .unwrap();
+            assert_eq!(h.correlation_id, cid);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after the clients closed their waiting joins' connections, a new connection is still refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A rejoins: every member has joined (the three that left too, until
+    // their sessions end), and the rebalance completes.
+    assert_eq!(a.join().error_code, NONE);
+}
+
 /// At every advertised JoinGroup version: a new member gets its id (at v4+ through
 /// MEMBER_ID_REQUIRED), becomes leader of generation 1 with the group's first
 /// protocol; a second member starts a rebalance the first sees on its heartbeat;

@@ -1650,10 +1650,12 @@ impl GroupCoordinator {
                 let _ = tx.send((codes::NONE, a));
             }
             State::CompletingRebalance => {
-                g.pending_syncs
-                    .entry(member_id.to_string())
-                    .or_default()
-                    .push(tx);
+                let waiting = g.pending_syncs.entry(member_id.to_string()).or_default();
+                // Those whose connections closed wait for nothing: a member
+                // sending SyncGroup again on new connections does not pile
+                // them up.
+                waiting.retain(|t| !t.is_closed());
+                waiting.push(tx);
                 // A leader's SyncGroup sent again while its assignment is being
                 // stored waits with the others.
                 if g.leader.as_deref() == Some(member_id) && !g.storing {

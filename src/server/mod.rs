@@ -854,20 +854,43 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     // Each response with the size of its request's frame, released from
-    // `in_flight` once the response is written.
-    let (tx, mut rx) = mpsc::channel::<(Pending, usize)>(64);
+    // `in_flight` once the response is written, and whether it waits for the
+    // rest of a consumer group (a JoinGroup or SyncGroup).
+    let (tx, mut rx) = mpsc::channel::<(Pending, usize, bool)>(64);
+    // Set once the client has closed its end (end of stream, or the
+    // connection reset): a response that waits for a group is then dropped,
+    // for no one waits for it and a rebalance can take up to its timeout
+    // (i32::MAX ms), holding the connection's slot.
+    let (gone_tx, gone) = watch::channel(false);
     let in_flight = Arc::new(conn::InFlight::default());
     let released = Arc::clone(&in_flight);
     let progress = Arc::clone(&activity);
     let writer_slot = Arc::clone(&slot);
     let mut writer = Aborting(tokio::spawn(async move {
         let _slot = writer_slot;
+        let mut gone = gone;
         let written = async {
-            while let Some((p, len)) = rx.recv().await {
+            while let Some((p, len, waits_for_group)) = rx.recv().await {
                 progress.computing();
                 // Holds its Fetch response memory until dropped, after the
                 // write, or when the task ends or is aborted.
-                let reply = p.await;
+                let reply = if waits_for_group {
+                    // Polled first, once at least: the request takes effect
+                    // in the group (a member joins, a leader's assignment is
+                    // stored) whether or not its answer is still wanted, as
+                    // in Kafka, which closes the connection at once.
+                    tokio::select! {
+                        biased;
+                        reply = p => reply,
+                        Ok(_) = gone.wait_for(|g| *g) => {
+                            progress.waiting();
+                            released.release(len);
+                            continue;
+                        }
+                    }
+                } else {
+                    p.await
+                };
                 progress.writing();
                 let close = reply.closes();
                 if let Some(frame) = reply.frame.as_ref().filter(|f| !f.is_empty()) {
@@ -941,11 +964,16 @@ where
             }
         };
         match frame {
-            Ok(Frame::Eof) => break Ok(()),
+            Ok(Frame::Eof) => {
+                gone_tx.send_replace(true);
+                break Ok(());
+            }
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection");
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     ctx.metrics.bad_request();
+                } else {
+                    gone_tx.send_replace(true);
                 }
                 break Err(e);
             }
@@ -1004,7 +1032,7 @@ where
                         // client to read.
                         let sent = tokio::select! {
                             biased;
-                            r = tx.send((p, len)) => r.is_ok(),
+                            r = tx.send((p, len, key.is_some_and(waits_for_group))) => r.is_ok(),
                             () = activity.idle(idle) => {
                                 idle_closed();
                                 writer.0.abort();
@@ -1042,6 +1070,12 @@ where
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// Whether a request with API key `key` may wait for other members of its
+/// consumer group, up to their rebalance timeout.
+fn waits_for_group(key: i16) -> bool {
+    key == ApiKey::JoinGroup as i16 || key == ApiKey::SyncGroup as i16
 }
 
 /// Whether a request with API key `key` changes what a later Produce on the same
