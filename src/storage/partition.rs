@@ -268,8 +268,10 @@ pub struct Partition {
     high_watermark: AtomicI64,
     /// Records below this offset were deleted (DeleteRecords); 0 when none were.
     deleted_below: AtomicI64,
-    /// One DeleteRecords at a time, so that the stored start never goes back.
-    deleting: Mutex<()>,
+    /// One DeleteRecords at a time, so that the stored start never goes back;
+    /// holds whether the last one renamed its file into place but could not
+    /// make the rename durable (its directory fsync failed).
+    deleting: Mutex<bool>,
     /// Set when the topic is deleted; the pipeline then refuses produces to it.
     deleted: AtomicBool,
     /// The long-polling Fetches waiting on the partition, woken whenever its
@@ -752,7 +754,7 @@ impl Partition {
             open_files: files,
             next_offset: AtomicI64::new(end),
             deleted_below: AtomicI64::new(deleted_below),
-            deleting: Mutex::new(()),
+            deleting: Mutex::new(false),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
             watchers: Watchers::default(),
@@ -1989,7 +1991,7 @@ impl Partition {
     /// be made durable (the log start is then unchanged) or segments could not be
     /// deleted (the next retention pass deletes them).
     pub fn delete_records(&self, before: i64) -> std::result::Result<i64, DeleteRecordsError> {
-        let _one_at_a_time = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut undurable = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = self.swap_unloaded.get() {
             return Err(DeleteRecordsError::Storage(why.clone()));
         }
@@ -2008,6 +2010,7 @@ impl Partition {
             // the directory fsync after the rename failed.
             let not_durable = store_log_start_renamed(&self.dir, target)
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+            *undurable = not_durable.is_some();
             self.deleted_below.store(target, Ordering::Release);
             // A Fetch waiting at an offset below the new start answers now,
             // OFFSET_OUT_OF_RANGE, as Kafka completes such a delayed fetch.
@@ -2021,6 +2024,20 @@ impl Partition {
                     "the deletion is in force but may not survive a power loss: {e}"
                 )));
             }
+        } else if *undurable {
+            // A retry of a deletion answered as not durable: the start is in
+            // force, and nothing changes in memory, but the answer must hold
+            // after a power loss too. The file is stored again (its rename
+            // and directory fsync make it durable).
+            let start = self.deleted_below.load(Ordering::Acquire);
+            let not_durable = store_log_start_renamed(&self.dir, start)
+                .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+            if let Some(e) = not_durable {
+                return Err(DeleteRecordsError::Storage(format!(
+                    "the deletion is in force but may not survive a power loss: {e}"
+                )));
+            }
+            *undurable = false;
         }
         Ok(self.log_start_offset())
     }
@@ -3575,6 +3592,20 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(p.log_start_offset(), 2);
+        // Its retry changes nothing in memory, but is answered only once the
+        // file is durable: it was answered NONE at once, and a power loss
+        // could bring the old start back, and the deleted records with it.
+        fail(Fail::DirSync);
+        match p.delete_records(2) {
+            Err(DeleteRecordsError::Storage(why)) => assert!(why.contains("power loss"), "{why}"),
+            other => panic!("the retry: {other:?}"),
+        }
+        assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
+        assert_eq!(p.delete_records(1), Ok(2), "stored durably");
+        assert_eq!(p.delete_records(1), Ok(2));
+        fail(Fail::BeforeRename);
+        assert_eq!(p.delete_records(2), Ok(2), "nothing left to store");
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().clear());
         drop(p);
         let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
         assert_eq!(p.log_start_offset(), 2, "the file and the broker agree");
