@@ -514,6 +514,20 @@ fn create_topics_checks_each_topic_and_delete_reports_unknown_ones() {
             Some("topic orders already exists".into())
         )]
     );
+    // Whatever else the request asks for, as Kafka judges it: applications
+    // that create their topics at start take TOPIC_ALREADY_EXISTS as success.
+    for (partitions, replication) in [(0, 1), (1, 3)] {
+        assert_eq!(
+            create(
+                &broker.addr,
+                vec![topic("orders", partitions, replication)],
+                false
+            )[0]
+            .1,
+            36,
+            "{partitions} partitions, replication factor {replication}"
+        );
+    }
     assert_eq!(names(&broker.addr), vec![("orders".into(), 3)]);
     // The default partition count: -1 asks for the broker's.
     assert_eq!(
@@ -1434,7 +1448,7 @@ fn topic_configs_are_created_altered_described_and_kept() {
 fn create_partitions(
     s: &mut TcpStream,
     version: i16,
-    topics: &[(&str, i32, Option<Vec<i32>>)],
+    topics: &[(&str, i32, Option<Vec<Vec<i32>>>)],
     validate_only: bool,
 ) -> Vec<i16> {
     let req = CreatePartitionsRequest::default()
@@ -1449,10 +1463,12 @@ fn create_partitions(
                         .with_count(*count)
                         .with_assignments(brokers.as_ref().map(|b| {
                             b.iter()
-                                .map(|id| {
-                                    CreatePartitionsAssignment::default().with_broker_ids(vec![
-                                        kafka_protocol::messages::BrokerId(*id),
-                                    ])
+                                .map(|ids| {
+                                    CreatePartitionsAssignment::default().with_broker_ids(
+                                        ids.iter()
+                                            .map(|id| kafka_protocol::messages::BrokerId(*id))
+                                            .collect(),
+                                    )
                                 })
                                 .collect()
                         }))
@@ -1494,8 +1510,11 @@ fn create_partitions_grows_a_topic_durably() {
         vec![37, 3]
     );
     for (count, brokers, code) in [
-        (3, Some(vec![0, 5]), 39),
-        (3, Some(vec![0]), 39),
+        (3, Some(vec![vec![0], vec![5]]), 39),
+        (3, Some(vec![vec![0]]), 39),
+        // An empty replica list, this broker twice: refused as in Kafka.
+        (3, Some(vec![vec![0], vec![]]), 39),
+        (3, Some(vec![vec![0, 0], vec![0]]), 39),
         (20_000, None, 37),
     ] {
         assert_eq!(
@@ -1511,7 +1530,12 @@ fn create_partitions_grows_a_topic_durably() {
     );
     assert_eq!(partition_count(&mut s, "grow"), 1);
     assert_eq!(
-        create_partitions(&mut s, 0, &[("grow", 3, Some(vec![0, 0]))], false),
+        create_partitions(
+            &mut s,
+            0,
+            &[("grow", 3, Some(vec![vec![0], vec![0]]))],
+            false
+        ),
         vec![0]
     );
     assert_eq!(partition_count(&mut s, "grow"), 3);

@@ -350,6 +350,14 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
                 codes::INVALID_TOPIC_EXCEPTION,
                 "topic names are 1-249 characters of [A-Za-z0-9._-]".to_string(),
             ))
+        } else if ctx.storage.topic(&name).is_some() {
+            // Before the rest of the request is judged, as Kafka does: an
+            // application that creates its topics at start takes
+            // TOPIC_ALREADY_EXISTS as success, whatever it asked for.
+            Err((
+                codes::TOPIC_ALREADY_EXISTS,
+                format!("topic {name} already exists"),
+            ))
         } else if !t.assignments.is_empty()
             && (t.num_partitions != -1 || t.replication_factor != -1)
         {
@@ -370,11 +378,6 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             Err((
                 codes::INVALID_PARTITIONS,
                 format!("partition count {parts} is outside 1-10000"),
-            ))
-        } else if ctx.storage.topic(&name).is_some() {
-            Err((
-                codes::TOPIC_ALREADY_EXISTS,
-                format!("topic {name} already exists"),
             ))
         } else if let Some(other) = ctx.storage.colliding_topic(&name) {
             Err(collides(&name, &other))
@@ -560,6 +563,30 @@ pub(crate) async fn create_partitions(
                 Err((
                     codes::INVALID_REPLICA_ASSIGNMENT,
                     format!("new partitions can only be assigned to broker {node}, one each"),
+                ))
+            }
+            // As Kafka refuses them: an empty replica list, or a broker
+            // listed twice.
+            Some(_)
+                if t.assignments
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|x| x.broker_ids.is_empty())) =>
+            {
+                Err((
+                    codes::INVALID_REPLICA_ASSIGNMENT,
+                    "The manual partition assignment includes an empty replica list.".into(),
+                ))
+            }
+            Some(_)
+                if t.assignments
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|x| x.broker_ids.len() > 1)) =>
+            {
+                Err((
+                    codes::INVALID_REPLICA_ASSIGNMENT,
+                    format!(
+                        "The manual partition assignment includes the broker {node} more than once."
+                    ),
                 ))
             }
             Some(topic) if req.validate_only => {
