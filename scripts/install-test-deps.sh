@@ -11,6 +11,8 @@
 # stdin). Needs root (or sudo) for apt-get.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+# ldconfig lives in /sbin, which is not on every PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
@@ -55,7 +57,10 @@ if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafk
 fi
 # The write-back failure and power-cut tests mount tests/failfs/: libfuse3 (Debian's
 # fuse3 package pulls the right one), mfusepy (pinned) and /dev/fuse.
-if ! ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so'; then
+# The list is read whole first: `grep -q` stops at the first match, and the
+# writer's SIGPIPE would fail the pipeline under pipefail.
+LIBS=$(ldconfig -p 2>/dev/null || true)
+if ! grep 'libfuse3\.so' >/dev/null <<<"$LIBS"; then
     echo "install-test-deps: installing libfuse3 (apt)" >&2
     $SUDO apt-get update -qq </dev/null
     $SUDO apt-get install -y -qq fuse3 </dev/null >/dev/null

@@ -12,11 +12,17 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 # The build and the tests' data directories need a few GB; say how much there is,
 # so a run that fails on a full disk says why.
 df -h . | sed 's/^/disk: /'
-# /sbin is not on an ordinary user's PATH on Debian: look there too.
-if ! PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null; then
-    SUDO=
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
-    $SUDO apt-get update -qq </dev/null && $SUDO apt-get install -y -qq e2fsprogs mount </dev/null
+# The crash and full-disk tests mount loop devices and FUSE file systems:
+# without root they fail, after the build. Say so at once instead.
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: the tests need root (they mount loop devices and FUSE file systems); run it as root, e.g. sudo -E env PATH=\"\$PATH\" scripts/test.sh" >&2
+    exit 1
+fi
+# /sbin is not on every PATH on Debian: the tests run mkfs.ext4 and ldconfig.
+export PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v mkfs.ext4 >/dev/null; then
+    apt-get update -qq </dev/null
+    apt-get install -y -qq e2fsprogs mount </dev/null
 fi
 # How long each phase took, so a slow CI run says where the time went.
 phase() { echo "test.sh: $1 done at ${SECONDS}s" >&2; }
@@ -33,6 +39,15 @@ phase "the platform check"
 # feature the suites do not build: type-check it so that it cannot rot.
 cargo check --features compare --lib --bins
 phase "the compare feature check"
+# The fuzz targets (fuzz/, a workspace of its own, run with cargo-fuzz on
+# nightly) are type-checked too, for the same reason; libfuzzer-sys's build
+# compiles C++.
+if ! command -v c++ >/dev/null; then
+    apt-get update -qq </dev/null
+    apt-get install -y -qq g++ </dev/null >/dev/null
+fi
+cargo check --manifest-path fuzz/Cargo.toml --bins
+phase "the fuzz targets check"
 cargo test --all-targets --features sim
 phase "the suites"
 # `--all-targets` leaves out the doctests: the examples in the API docs (a

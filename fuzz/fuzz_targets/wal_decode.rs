@@ -21,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
             entry_count: u32::from(*n),
             payload_len: rest.len() as u32,
             synced_through: 0,
+            // Both layouts: batches from before the field, and with it.
+            entries_crc: (*n % 2 == 1).then(|| u32::from(*n) * 0x9e37_79b9),
         };
         let _ = for_each_entry(&h, rest, |_| {});
     }

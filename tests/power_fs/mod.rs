@@ -56,8 +56,27 @@ pub struct CutReport {
 pub struct PowerFs {
     /// `None` only while dropping.
     ext4: Option<LoopFs>,
+    /// Dropped before `tmp`, which holds its mount point.
+    daemon: Daemon,
     tmp: tempfile::TempDir,
-    daemon: Child,
+}
+
+/// The FUSE daemon and its mount point: unmounted (lazily) and stopped on
+/// drop, also when the set-up fails after its start, so that no daemon or
+/// mount outlives the test.
+struct Daemon {
+    child: Child,
+    fuse: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if mounted(&self.fuse) {
+            let _ = Command::new("umount").arg("-l").arg(&self.fuse).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn mounted(path: &Path) -> bool {
@@ -76,18 +95,23 @@ impl PowerFs {
             std::fs::create_dir(tmp.path().join(sub)).unwrap();
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/failfs/cachefs.py");
-        let mut daemon = Command::new("python3")
+        let fuse = tmp.path().join("fuse");
+        let child = Command::new("python3")
             .arg(script)
             .arg(tmp.path().join("back"))
-            .arg(tmp.path().join("fuse"))
+            .arg(&fuse)
             .arg(tmp.path().join("control"))
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .expect("python3 tests/failfs/cachefs.py");
-        let fuse = tmp.path().join("fuse");
+        let mut daemon = Daemon {
+            child,
+            fuse: fuse.clone(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !mounted(&fuse) {
-            if let Some(status) = daemon.try_wait().unwrap() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
                 panic!("cachefs exited before mounting ({status}); scripts/install-test-deps.sh installs libfuse3 and mfusepy");
             }
             assert!(Instant::now() < deadline, "cachefs did not mount in 30 s");
@@ -179,13 +203,8 @@ impl PowerFs {
 impl Drop for PowerFs {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.control("cut"));
-        // ext4 first (LoopFs unmounts on drop), then the file system under it.
+        // ext4 first (LoopFs unmounts on drop), then the file system under
+        // it (`daemon`, dropped next).
         drop(self.ext4.take());
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.tmp.path().join("fuse"))
-            .status();
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
     }
 }
