@@ -1658,20 +1658,6 @@ impl TopicManager {
         let positions = offsets.positions_by_topic();
         let wal_dir = config.wal_dir();
         let has_wal = config.wal.enabled || wal_present(&wal_dir)?;
-        if has_wal {
-            // Above its recovery point (all of it without one) a partition's
-            // segments are not known durable, and the WAL holds their batches.
-            for t in topics.values() {
-                let id = t.id.to_string();
-                for (i, p) in t.partitions.iter().enumerate() {
-                    let from = points
-                        .as_ref()
-                        .and_then(|pts| pts.get(&t.name, &id, i))
-                        .unwrap_or(0);
-                    p.verify_from(from)?;
-                }
-            }
-        }
         let mut stats = ReplayStats::default();
         let mut wal = None;
         if !has_wal {
@@ -1696,6 +1682,21 @@ impl TopicManager {
                 files.release();
             }));
             let (w, recovery) = Wal::open(&wal_dir, engine)?;
+            // Above its recovery point (all of it without one) a partition's
+            // segments are not known durable, and the WAL holds their batches.
+            // Checked once the WAL has opened (its scan validated every
+            // entry): the check may durably remove segments that the WAL is to
+            // restore, which a start refused for a corrupt WAL must not do.
+            for t in topics.values() {
+                let id = t.id.to_string();
+                for (i, p) in t.partitions.iter().enumerate() {
+                    let from = points
+                        .as_ref()
+                        .and_then(|pts| pts.get(&t.name, &id, i))
+                        .unwrap_or(0);
+                    p.verify_from(from)?;
+                }
+            }
             // Before anything is read or appended: every entry the WAL holds
             // lies below the sequence it hands out next.
             lower_wal_floors(&mut topics, &topics_dir, recovery.next_sequence)?;
@@ -4754,6 +4755,64 @@ mod tests {
         }
     }
 
+    /// A segment above its recovery point that lost its batches, beside a WAL
+    /// with a corrupt entry followed by valid ones: the strict start refuses,
+    /// and changes nothing. Before, the segment check ran before the WAL's
+    /// open and removed every later segment, intact ones too, durably, before
+    /// the WAL refused: the tolerant start the refusal points to then skipped
+    /// the corrupt entry, and its batches, held by the removed segments, were
+    /// lost.
+    #[test]
+    fn a_start_refused_for_a_corrupt_wal_removes_no_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let batches: Vec<Vec<u8>> = (0..12u8)
+            .map(|i| batch_at(i64::from(i), &[&[i + 1; 300]]))
+            .collect();
+        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        for b in &batches {
+            wal.append("t", 0, Bytes::from(b.clone())).wait().unwrap();
+        }
+        wal.close().unwrap();
+        let dir = tmp.path().join("topics/t/0");
+        let p = Partition::open("t", 0, dir.clone(), 1000).unwrap();
+        for b in &batches {
+            p.append(b, &batch::validate_all(b).unwrap()).unwrap();
+        }
+        drop(p);
+        let files = || {
+            let mut v: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .map(|p| {
+                    let bytes = std::fs::read(&p).unwrap();
+                    (p, bytes)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let logs = files();
+        assert!(logs.len() >= 4, "{logs:?}");
+        std::fs::write(&logs[1].0, vec![0u8; logs[1].1.len()]).unwrap();
+        // One bit of the fourth batch's record flipped in the WAL.
+        let current = tmp.path().join("wal/current.wal");
+        let mut w = std::fs::read(&current).unwrap();
+        let at = w.windows(300).position(|x| x == [4u8; 300]).unwrap();
+        w[at + 150] ^= 1;
+        std::fs::write(&current, &w).unwrap();
+        let before = files();
+        let err = TopicManager::new(config(tmp.path()))
+            .err()
+            .expect("a strict start refuses");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert!(files() == before, "the refused start changed the segments");
+    }
+
     /// A partition short of its recovery point whose missing batches the WAL
     /// holds after its checkpoint (a checkpoint reads the applied sequence
     /// before the partitions' ends, so batches applied in between lie below the
@@ -4965,11 +5024,12 @@ mod tests {
         );
     }
 
-    /// A start that replays the WAL and then fails (here: a group file that does
-    /// not parse) leaves recovery points that cover what the WAL's checkpoint
-    /// let it drop. Before, the start moved the WAL's checkpoint right after the
-    /// replay and wrote the points only at its end: a failed start left the old
-    /// points, and damage between them and the true ends went unseen.
+    /// A start that replays the WAL and then fails (here: a `producer-ids.json`
+    /// that does not parse, read once the WAL is checkpointed) leaves recovery
+    /// points that cover what the WAL's checkpoint let it drop. Before, the
+    /// start moved the WAL's checkpoint right after the replay and wrote the
+    /// points only at its end: a failed start left the old points, and damage
+    /// between them and the true ends went unseen.
     #[test]
     fn a_start_that_fails_after_replay_leaves_points_covering_the_wal_checkpoint() {
         let tmp = tempfile::tempdir().unwrap();
@@ -4983,16 +5043,20 @@ mod tests {
             wal.append("t", 0, Bytes::from(b)).wait().unwrap();
         }
         wal.close().unwrap();
-        let bad = tmp.path().join("groups/g.json");
+        let bad = tmp.path().join(ProducerIds::FILE);
         std::fs::write(&bad, b"{ not json").unwrap();
-        let err =
-            TopicManager::new(config(tmp.path())).expect_err("the group file stops the start");
-        assert!(err.to_string().contains("g.json"), "{err}");
+        let err = TopicManager::new(config(tmp.path()))
+            .expect_err("the producer id file stops the start");
+        assert!(err.to_string().contains(ProducerIds::FILE), "{err}");
 
         let (wal, recovery) =
             Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
         let still_in_wal = recovery.count() as i64;
         wal.close().unwrap();
+        assert!(
+            still_in_wal < 12,
+            "the start failed after the WAL's checkpoint moved ({still_in_wal} entries left)"
+        );
         let point = recovery_points::load(tmp.path())
             .unwrap()
             .and_then(|p| p.topics.get("t").map(|t| t.ends[0]))
