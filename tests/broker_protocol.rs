@@ -1445,10 +1445,14 @@ fn topic_configs_are_created_altered_described_and_kept() {
     assert_eq!(earliest_latest(&mut s, "short"), (6, 6));
 }
 
+/// A topic's new partition count and, optionally, each new partition's
+/// replica list.
+type Growth<'a> = (&'a str, i32, Option<Vec<Vec<i32>>>);
+
 fn create_partitions(
     s: &mut TcpStream,
     version: i16,
-    topics: &[(&str, i32, Option<Vec<Vec<i32>>>)],
+    topics: &[Growth],
     validate_only: bool,
 ) -> Vec<i16> {
     let req = CreatePartitionsRequest::default()

@@ -190,7 +190,10 @@ impl GroupMetaStore {
     /// caller holds [`GroupMetaStore::writer`] for `group`.
     ///
     /// # Errors
-    /// I/O errors, naming the file; the previous file is in place then.
+    /// I/O errors, naming the file; the previous file is in place then, except
+    /// when the directory fsync after the rename failed: the new file is in
+    /// place but may not survive a power loss (see `write_atomic_renamed`;
+    /// `GroupCoordinator::stored` handles that case).
     pub fn write(&self, group: &str, meta: &GroupMeta) -> Result<()> {
         let path = self.path(group);
         let file = MetaFile {

@@ -4806,9 +4806,9 @@ mod tests {
         w[at + 150] ^= 1;
         std::fs::write(&current, &w).unwrap();
         let before = files();
-        let err = TopicManager::new(config(tmp.path()))
-            .err()
-            .expect("a strict start refuses");
+        let Err(err) = TopicManager::new(config(tmp.path())) else {
+            panic!("a strict start refuses");
+        };
         assert!(err.to_string().contains("corrupt"), "{err}");
         assert!(files() == before, "the refused start changed the segments");
     }

@@ -1934,16 +1934,26 @@ impl Segment {
             .map_err(|e| Error::io("write", &self.log_path, e))?;
         let mut raw = Vec::with_capacity(infos.len() * INDEX_ENTRY);
         let mut pos = self.size;
+        for info in infos {
+            raw.extend_from_slice(&((info.base_offset - self.base_offset) as u32).to_be_bytes());
+            raw.extend_from_slice(&(pos as u32).to_be_bytes());
+            pos += info.len as u64;
+        }
         let first_entry = self.index.len();
+        index_file
+            .write_all_at(&raw, (first_entry * INDEX_ENTRY) as u64)
+            .map_err(|e| Error::io("write", &self.index_path, e))?;
+        // Both written: only now does the segment take the batches (a failed
+        // write leaves it as it was; the bytes past `size` are overwritten by
+        // the next append).
         if first_entry == 0 {
             self.first_timestamp = infos.first().map_or(-1, |i| i.max_timestamp);
         }
         // Copies the tail and the chunk pointers only while a reader holds the
         // index (see `shared_index`).
         let index = Arc::make_mut(&mut self.index);
+        let mut pos = self.size;
         for info in infos {
-            raw.extend_from_slice(&((info.base_offset - self.base_offset) as u32).to_be_bytes());
-            raw.extend_from_slice(&(pos as u32).to_be_bytes());
             index.push(IndexEntry {
                 offset: info.base_offset,
                 position: pos,
@@ -1955,9 +1965,6 @@ impl Segment {
                 self.max_timestamp_offset = Some(info.base_offset);
             }
         }
-        index_file
-            .write_all_at(&raw, (first_entry * INDEX_ENTRY) as u64)
-            .map_err(|e| Error::io("write", &self.index_path, e))?;
         self.index_crc = crc32c::crc32c_append(self.index_crc, &raw);
         self.size = pos;
         self.dirty = true;

@@ -813,12 +813,6 @@ impl Committer {
         let mut pool: Vec<AlignedBuf> = (0..core.config.max_in_flight + 1)
             .map(|_| AlignedBuf::new(cap))
             .collect();
-        // Registered buffers are charged to the user's RLIMIT_MEMLOCK, which a
-        // few WALs (or a large pool) exceed without CAP_IPC_LOCK: the writes then
-        // go from unregistered buffers, a little slower, rather than not at all.
-        if let Err(e) = backend.register_buffers(&mut pool) {
-            tracing::warn!(error = %e, "registering the WAL's buffers with io_uring failed (see RLIMIT_MEMLOCK, `ulimit -l`); writing from unregistered buffers");
-        }
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
         let journal = JournalCheck::for_dir(&core.dir);
         let dir = files::DirHandle::open(&core.dir)?;
@@ -827,6 +821,15 @@ impl Committer {
         } else {
             Some(open_for_mapping(&core.dir)?)
         };
+        // Registered buffers are charged to the user's RLIMIT_MEMLOCK, which a
+        // few WALs (or a large pool) exceed without CAP_IPC_LOCK: the writes then
+        // go from unregistered buffers, a little slower, rather than not at all.
+        // Last, after every step that can fail: from here on the backend is
+        // dropped before the pool (the `Committer`'s field order), as
+        // `register_buffers` requires.
+        if let Err(e) = backend.register_buffers(&mut pool) {
+            tracing::warn!(error = %e, "registering the WAL's buffers with io_uring failed (see RLIMIT_MEMLOCK, `ulimit -l`); writing from unregistered buffers");
+        }
         let file_start_syncs = core.counters.fsyncs.load(Ordering::Relaxed);
         Ok(Committer {
             backend,
