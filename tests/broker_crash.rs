@@ -440,8 +440,14 @@ fn sigterm_answers_every_pipelined_produce_it_stored() {
         .map(|conn| {
             let mut reader = wire::connect(&broker.addr);
             let mut writer = reader.try_clone().unwrap();
+            // As a client does, the sender stops once the answers end.
+            let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop_sending = Arc::clone(&ended);
             let sender = std::thread::spawn(move || {
                 for cid in 0..REQUESTS {
+                    if stop_sending.load(Ordering::Relaxed) {
+                        return cid;
+                    }
                     let value = format!("s{conn}-{cid}");
                     let req = wire::produce("drain", 0, wire::batch(&[value.as_str()]));
                     let frame = wire::request_frame(ApiKey::Produce, VERSION, cid, &req);
@@ -466,6 +472,7 @@ fn sigterm_answers_every_pipelined_produce_it_stored() {
                     answers.push((h.correlation_id, error, offset));
                     answered.fetch_add(1, Ordering::Relaxed);
                 }
+                ended.store(true, Ordering::Relaxed);
                 answers
             });
             (conn, sender, receiver)

@@ -793,7 +793,8 @@ fn a_shutdown_answers_a_waiting_join_at_once() {
 /// rest of the group frees the connection at once, as Kafka closes it: the
 /// rebalance waits up to the longest rebalance timeout (up to i32::MAX ms),
 /// and each such connection kept its slot under `--max-connections` until
-/// then, so that a few of them made the broker refuse every new client.
+/// then, so that a few of them made the broker refuse every new client. So
+/// does a connection the broker ends for a bad frame.
 #[test]
 fn a_connection_closed_while_its_join_waits_is_freed_at_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -830,8 +831,23 @@ fn a_connection_closed_while_its_join_waits_is_freed_at_once() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A rejoins: every member has joined (the three that left too, until
-    // their sessions end), and the rebalance completes.
+    // A connection the broker ends, for a bad frame behind a waiting join,
+    // is not held for the join either.
+    let mut b = Member::new(&broker.addr, "gone", 5, &[("range", "b")]);
+    b.rebalance_ms = 600_000;
+    b.send_join();
+    a.heartbeat_until(REBALANCE_IN_PROGRESS);
+    b.conn.stream.write_all(&(-1i32).to_be_bytes()).unwrap();
+    b.conn
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        broker_support::wire::closed(&mut b.conn.stream),
+        "a connection whose bad frame followed a waiting join stays open"
+    );
+    // A rejoins: every member has joined (those that left too, until their
+    // sessions end), and the rebalance completes.
     assert_eq!(a.join().error_code, NONE);
 }
 

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             payload_len: rest.len() as u32,
             synced_through: 0,
             // Both layouts: batches from before the field, and with it.
-            entries_crc: (*n % 2 == 1).then(|| u32::from(*n) * 0x9e37_79b9),
+            entries_crc: (*n % 2 == 1).then(|| u32::from(*n).wrapping_mul(0x9e37_79b9)),
         };
         let _ = for_each_entry(&h, rest, |_| {});
     }

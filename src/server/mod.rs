@@ -857,11 +857,17 @@ where
     // `in_flight` once the response is written, and whether it waits for the
     // rest of a consumer group (a JoinGroup or SyncGroup).
     let (tx, mut rx) = mpsc::channel::<(Pending, usize, bool)>(64);
-    // Set once the client has closed its end (end of stream, or the
-    // connection reset): a response that waits for a group is then dropped,
-    // for no one waits for it and a rebalance can take up to its timeout
-    // (i32::MAX ms), holding the connection's slot.
+    // Set once the reader has stopped for any reason but the server's stop
+    // (the client closed its end or the connection failed; a bad frame or
+    // request, or a response that closes the connection, ends it): a
+    // response that waits for a group is then dropped, for no one can wait
+    // for it, and a rebalance can take up to its timeout (i32::MAX ms),
+    // holding the connection's slot. At the stop such a response is
+    // answered NOT_COORDINATOR instead.
     let (gone_tx, gone) = watch::channel(false);
+    // Whether the client closed its end, or the connection failed.
+    let mut peer_closed = false;
+    let mut stopped = false;
     let in_flight = Arc::new(conn::InFlight::default());
     let released = Arc::clone(&in_flight);
     let progress = Arc::clone(&activity);
@@ -945,7 +951,10 @@ where
         };
         let frame = tokio::select! {
             biased;
-            _ = stop.changed() => break 'conn Ok(()),
+            _ = stop.changed() => {
+                stopped = true;
+                break 'conn Ok(());
+            }
             // The writer ended early (a write failed, or a response closes the
             // connection): read no more.
             () = tx.closed() => break 'conn Ok(()),
@@ -965,7 +974,7 @@ where
         };
         match frame {
             Ok(Frame::Eof) => {
-                gone_tx.send_replace(true);
+                peer_closed = true;
                 break Ok(());
             }
             Err(e) => {
@@ -973,7 +982,7 @@ where
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     ctx.metrics.bad_request();
                 } else {
-                    gone_tx.send_replace(true);
+                    peer_closed = true;
                 }
                 break Err(e);
             }
@@ -988,7 +997,10 @@ where
                     if let Some(done) = barrier.take() {
                         tokio::select! {
                             biased;
-                            _ = stop.changed() => break 'conn Ok(()),
+                            _ = stop.changed() => {
+                                stopped = true;
+                                break 'conn Ok(());
+                            }
                             () = tx.closed() => break 'conn Ok(()),
                             _ = done => {}
                             () = activity.idle(idle) => {
@@ -1053,6 +1065,9 @@ where
         }
     };
     drop(tx);
+    if !stopped {
+        gone_tx.send_replace(true);
+    }
     // The responses already asked for are written, unless the client stops
     // reading them.
     let written = tokio::select! {
@@ -1067,9 +1082,36 @@ where
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "write failed"),
         Err(e) if e.is_cancelled() => {}
         Err(e) => tracing::error!(%peer, error = %e, "writer task failed"),
+        // Every response written and the connection's end sent: when the
+        // broker ended it (a stop, a refused request) while the client may
+        // still be sending, the socket is closed only once the client has
+        // closed its end too. Closed with bytes unread, it would be reset,
+        // and a reset discards the responses not yet delivered: a Produce
+        // written to storage would look unanswered, and be sent again.
+        Ok(Ok(())) if !peer_closed => linger(&mut rd).await,
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// How long a connection the broker ends waits for its client to close its
+/// end, after its last response ([`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and drops what the client still sends until it closes its end (or
+/// the connection fails), for at most [`LINGER`], as web servers close a
+/// connection they end ("lingering close"): a client sees the end of stream
+/// after its last response, and closes.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether a request with API key `key` may wait for other members of its

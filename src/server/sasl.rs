@@ -1141,22 +1141,49 @@ mod tests {
         }
     }
 
+    /// The final message authenticates its own exchange only: the right
+    /// one does (the control), the same proof with a nonce that only ends
+    /// with the server's (which the broker accepts for librdkafka) fails at
+    /// the proof, and a recorded final message replayed in a new exchange
+    /// fails.
     #[test]
     fn scram_refuses_a_replayed_or_altered_final_message() {
         let (_d, auth) = authenticator(&[Mechanism::ScramSha256]);
         let m = Mechanism::ScramSha256;
-        let mut s = Session::default();
-        assert!(s.handshake(&auth, m.name()));
         let bare = "n=user,r=abc";
-        let Step::Continue(first) = s.authenticate(&auth, format!("n,,{bare}").as_bytes()) else {
-            panic!()
+        let start = || {
+            let mut s = Session::default();
+            assert!(s.handshake(&auth, m.name()));
+            let Step::Continue(first) = s.authenticate(&auth, format!("n,,{bare}").as_bytes())
+            else {
+                panic!("client-first refused")
+            };
+            (s, String::from_utf8(first).unwrap())
         };
-        let first = String::from_utf8(first).unwrap();
+        let (mut s, first) = start();
         let (last, _) = client_final(m, "pencil", bare, &first);
-        // The same proof with another nonce fails.
-        let altered = last.replacen("r=abc", "r=abd", 1);
+        assert!(
+            matches!(s.authenticate(&auth, last.as_bytes()), Step::Done { ref user, .. } if user == "user"),
+            "the unaltered final message authenticates"
+        );
+        // A prefix before the server's whole nonce passes the nonce check;
+        // the proof, computed over the other nonce, does not.
+        let (mut s, first) = start();
+        let (last, _) = client_final(m, "pencil", bare, &first);
+        let nonce = last
+            .split(',')
+            .find_map(|f| f.strip_prefix("r="))
+            .unwrap()
+            .to_string();
+        let altered = last.replacen(&format!("r={nonce}"), &format!("r=x{nonce}"), 1);
         assert!(matches!(
             s.authenticate(&auth, altered.as_bytes()),
+            Step::Failed(_)
+        ));
+        // Replayed in a new exchange (the server's nonce is new).
+        let (mut s, _) = start();
+        assert!(matches!(
+            s.authenticate(&auth, last.as_bytes()),
             Step::Failed(_)
         ));
     }

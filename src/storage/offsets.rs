@@ -243,6 +243,13 @@ impl OffsetStore {
             let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
                 Error::corrupt(&path, 0, format!("group offsets do not parse: {e}"))
             })?;
+            if f.version != 1 {
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!("unknown version {} (this build reads version 1)", f.version),
+                ));
+            }
             // Files older than the field and its positions' times: the file's
             // modification time, which was the last commit's then.
             let last_commit = f
@@ -1003,9 +1010,23 @@ mod tests {
             br#"{"version":1,"group":"old","offsets":[{"topic":"t","partition":0,"offset":4,"leader_epoch":-1,"metadata":null}]}"#,
         )
         .unwrap();
-        let s = OffsetStore::open(groups).unwrap();
+        let s = OffsetStore::open(groups.clone()).unwrap();
         assert_eq!(s.group("old").unwrap().protocol_type, None);
         assert_eq!(s.fetch("old", "t", 0).unwrap().offset, 4);
+        drop(s);
+        // A version this build does not write is refused, not read as its own
+        // (the file was read as version 1, whatever its fields meant).
+        std::fs::write(
+            groups.join(file_name("old")),
+            br#"{"version":2,"group":"old","offsets":[{"topic":"t","partition":0,"offset":4,"leader_epoch":-1,"metadata":null}]}"#,
+        )
+        .unwrap();
+        let e = OffsetStore::open(groups).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("unknown version 2")),
+            "{e:?}"
+        );
     }
 
     #[test]

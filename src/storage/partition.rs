@@ -112,6 +112,10 @@ fn load_snapshot(dir: &Path, base: i64) -> Option<Snapshot> {
     let path = dir.join(segment::producers_name(base));
     let raw = std::fs::read(&path).ok()?;
     match serde_json::from_slice::<Snapshot>(&raw) {
+        Ok(s) if s.version() != 1 => {
+            tracing::warn!(file = %path.display(), version = s.version(), "ignoring a producer snapshot of an unknown version");
+            None
+        }
         Ok(s) if s.below() == base => Some(s),
         Ok(_) => {
             tracing::warn!(file = %path.display(), "ignoring a producer snapshot taken at another offset");
@@ -132,6 +136,13 @@ fn load_log_start(dir: &Path) -> Result<i64> {
     };
     let f: LogStartFile = serde_json::from_slice(&raw)
         .map_err(|e| Error::corrupt(&path, 0, format!("does not parse: {e}")))?;
+    if f.version != 1 {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            format!("unknown version {} (this build reads version 1)", f.version),
+        ));
+    }
     if f.log_start_offset < 0 {
         return Err(Error::corrupt(
             &path,
@@ -754,7 +765,10 @@ impl Partition {
             open_files: files,
             next_offset: AtomicI64::new(end),
             deleted_below: AtomicI64::new(deleted_below),
-            deleting: Mutex::new(false),
+            // A stored start may be one whose directory fsync failed before a
+            // restart: the first DeleteRecords stores it again before it
+            // answers NONE.
+            deleting: Mutex::new(deleted_below > 0),
             high_watermark: AtomicI64::new(end),
             deleted: AtomicBool::new(false),
             watchers: Watchers::default(),
@@ -3565,6 +3579,40 @@ pub(crate) mod tests {
         assert_eq!(answered(&p), (Some((12, T + 70)), 3));
     }
 
+    /// Files of a version this build does not write are not read as its own:
+    /// a log start file is refused at open (it was read as version 1, a wrong
+    /// log start), a producer snapshot ignored as any unreadable one.
+    #[test]
+    fn log_start_and_snapshot_files_of_an_unknown_version_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        drop(p);
+        std::fs::write(
+            pdir.join(LOG_START_FILE),
+            r#"{"version":2,"log_start_offset":0}"#,
+        )
+        .unwrap();
+        let e = Partition::open("t", 0, pdir.clone(), 1 << 20)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("unknown version 2")),
+            "{e:?}"
+        );
+        let snapshot = |version: u32| {
+            std::fs::write(
+                pdir.join(segment::producers_name(5)),
+                format!(r#"{{"version":{version},"below":5,"producers":[]}}"#),
+            )
+            .unwrap();
+            load_snapshot(&pdir, 5)
+        };
+        assert!(snapshot(1).is_some(), "version 1 is read");
+        assert!(snapshot(2).is_none(), "version 2 is not");
+    }
+
     /// DeleteRecords whose log start file was renamed into place but whose
     /// directory fsync then failed answered an error and kept serving the
     /// records, while the file held the new start: the next open deleted them.
@@ -3607,8 +3655,24 @@ pub(crate) mod tests {
         assert_eq!(p.delete_records(2), Ok(2), "nothing left to store");
         INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().clear());
         drop(p);
-        let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
         assert_eq!(p.log_start_offset(), 2, "the file and the broker agree");
+        // Failed again, then retried after a restart: the restart does not
+        // make the rename durable, so the retry stores the file again too.
+        fail(Fail::DirSync);
+        assert!(matches!(
+            p.delete_records(3),
+            Err(DeleteRecordsError::Storage(_))
+        ));
+        drop(p);
+        let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
+        assert_eq!(p.log_start_offset(), 3);
+        fail(Fail::DirSync);
+        match p.delete_records(3) {
+            Err(DeleteRecordsError::Storage(why)) => assert!(why.contains("power loss"), "{why}"),
+            other => panic!("the retry after a restart: {other:?}"),
+        }
+        assert_eq!(p.delete_records(3), Ok(3));
     }
 
     /// Each segment's base, whether its newest timestamp is known exactly, that

@@ -1547,6 +1547,11 @@ impl Segment {
         let Some(last) = index.last().copied() else {
             return Ok(false);
         };
+        // The first batch starts the log: an index saying otherwise is
+        // damaged (only its last entry is checked against a header below).
+        if index[0].position != 0 {
+            return Ok(false);
+        }
         let mut head = [0u8; HEADER_LEN];
         let log = &self.held("read")?.log;
         if log.read_exact_at(&mut head, last.position).is_err() {
@@ -3061,6 +3066,29 @@ pub(crate) mod tests {
             ),
             (true, 5 * DAY, Some(1))
         );
+    }
+
+    /// An index whose first entry does not point at the log's start is
+    /// damaged: the log is scanned and the index rebuilt. Before, only its
+    /// last entry was checked, and reads of the first batch went to the
+    /// damaged position.
+    #[test]
+    fn an_index_whose_first_entry_is_damaged_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        append(&mut s, 0, &[b"a"]);
+        append(&mut s, 1, &[b"b"]);
+        append(&mut s, 2, &[b"c"]);
+        s.sync().unwrap();
+        let index_path = s.index_path.clone();
+        drop(s);
+        let f = OpenOptions::new().write(true).open(&index_path).unwrap();
+        f.write_all_at(&3u32.to_be_bytes(), 4).unwrap();
+        drop(f);
+        let s = Segment::open(dir.path(), 0, false).unwrap();
+        let positions: Vec<u64> = s.index().iter().map(|e| e.position).collect();
+        assert_eq!(positions[0], 0, "{positions:?}");
+        assert_eq!(s.next_offset(), 3);
     }
 
     #[test]

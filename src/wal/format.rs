@@ -262,7 +262,10 @@ pub fn entries_crc(running: u32, entry_crc: u32) -> u32 {
 impl BatchHeader {
     /// Bytes the batch occupies on disk: header, payload and padding.
     pub fn disk_len(&self) -> u64 {
-        align_up(BATCH_HEADER_LEN + self.payload_len as usize) as u64
+        // In u64: on a 32-bit target a payload length near u32::MAX would
+        // wrap a usize sum to a small length that passes every bound.
+        let block = BLOCK_SIZE as u64;
+        (BATCH_HEADER_LEN as u64 + u64::from(self.payload_len) + block - 1) & !(block - 1)
     }
 
     /// Sequence of the last entry, or `first_sequence - 1` for an empty batch.
@@ -491,7 +494,7 @@ pub fn decode_batch_header(b: &[u8], file: FileId) -> Result<BatchHeader, BadBat
     if kind == BatchKind::Seal && (hdr.entry_count != 0 || hdr.payload_len != 0) {
         return Err(BadBatch::Invalid("seal batch with a payload".into()));
     }
-    if (hdr.payload_len as usize) < hdr.entry_count as usize * ENTRY_HEADER_LEN {
+    if u64::from(hdr.payload_len) < u64::from(hdr.entry_count) * ENTRY_HEADER_LEN as u64 {
         return Err(BadBatch::Invalid(
             "payload too short for its entry count".into(),
         ));
@@ -640,7 +643,13 @@ pub fn parse_entry(b: &[u8]) -> Result<EntryRef<'_>, String> {
     }
     let topic_len = le_u16(b, 26) as usize;
     let data_len = le_u32(b, 32) as usize;
-    if ENTRY_HEADER_LEN + topic_len + data_len != total {
+    // Checked: on a 32-bit target the sum of a header and data lengths could
+    // wrap to `total`.
+    if ENTRY_HEADER_LEN
+        .checked_add(topic_len)
+        .and_then(|n| n.checked_add(data_len))
+        != Some(total)
+    {
         return Err("entry field lengths disagree with its length".into());
     }
     let entry_type =
