@@ -1168,14 +1168,15 @@ fn a_prepared_file_is_written_through_to_its_end() {
         files::{first_unwritten, prepare_file, Prealloc},
         format::{decode_file_header, BLOCK_SIZE},
     };
-    let dir = tempfile::tempdir().unwrap();
+    // On the checkout's file system (ext4 here), which reports reserved but
+    // unwritten extents, unlike a possibly tmpfs-backed /tmp.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // Several 1 MiB chunks and a partial one.
     let size = (5 << 20) + 3 * BLOCK_SIZE as u64;
     let next = prepare_file(dir.path(), 4, size, Prealloc::ZeroFill).unwrap();
     let f = std::fs::File::open(&next).unwrap();
-    if let Some(hole) = first_unwritten(&f) {
-        assert_eq!(hole, size, "reserved but unwritten from byte {hole}");
-    }
+    let hole = first_unwritten(&f).expect("the file system reports unwritten extents");
+    assert_eq!(hole, size, "reserved but unwritten from byte {hole}");
     let bytes = std::fs::read(&next).unwrap();
     assert_eq!(bytes.len() as u64, size);
     assert_eq!(decode_file_header(&bytes).unwrap().file_number, 4);
@@ -1309,6 +1310,32 @@ fn a_zero_fill_cut_short_leaves_a_usable_file() {
     }
 }
 
+/// Whether this process holds a descriptor of `path` opened with O_DIRECT
+/// (read from `/proc/self/fdinfo`; panics when it holds none at all).
+fn opened_direct(path: &std::path::Path) -> bool {
+    let path = path.canonicalize().unwrap();
+    let mut flags = Vec::new();
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        // Descriptors may close meanwhile (other tests' threads).
+        if std::fs::read_link(fd.path()).ok().as_deref() != Some(path.as_path()) {
+            continue;
+        }
+        let Ok(info) =
+            std::fs::read_to_string(std::path::Path::new("/proc/self/fdinfo").join(fd.file_name()))
+        else {
+            continue;
+        };
+        let octal = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .expect("a flags line")
+            .trim();
+        flags.push(i32::from_str_radix(octal, 8).unwrap());
+    }
+    assert!(!flags.is_empty(), "no descriptor of {}", path.display());
+    flags.iter().any(|f| f & libc::O_DIRECT != 0)
+}
+
 #[test]
 fn both_backends_write_with_o_direct_in_every_write_unless_configured_otherwise() {
     // The target directory is on the checkout's filesystem (ext4 here), unlike a
@@ -1334,16 +1361,30 @@ fn both_backends_write_with_o_direct_in_every_write_unless_configured_otherwise(
                 want,
                 "{backend} {mode} direct_io={direct_io:?}"
             );
-            for i in 0..50u64 {
+            // What the engine says, and what the kernel holds: a descriptor of
+            // `current.wal` opened O_DIRECT (its writes), or none.
+            assert_eq!(
+                opened_direct(&dir.join("current.wal")),
+                want,
+                "{backend} {mode} direct_io={direct_io:?}: the file's descriptors"
+            );
+            for i in 0..120u64 {
                 wal.append("d", 0, Bytes::from(payload(i, 5000)))
                     .wait()
                     .unwrap();
             }
+            // Rotated (256 KiB files): the next file is opened the same way.
+            assert!(dir.join("00000001.wal").exists(), "{backend} {mode}");
+            assert_eq!(
+                opened_direct(&dir.join("current.wal")),
+                want,
+                "{backend} {mode} direct_io={direct_io:?}: after a rotation"
+            );
             wal.close().unwrap();
             let (_, entries) = open(&dir, cfg);
             assert_eq!(
                 entries.len(),
-                50,
+                120,
                 "{backend} {mode} direct_io={direct_io:?}"
             );
             for (i, e) in entries.iter().enumerate() {

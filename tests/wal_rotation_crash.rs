@@ -112,6 +112,40 @@ fn crash_between_the_two_renames() {
     }
 }
 
+/// As a rotation leaves it: the next file prepared whole (the preparer
+/// renames only complete files into `next.wal`). The open takes that very
+/// file as `current.wal`, and appends go on in it.
+#[test]
+fn crash_between_the_two_renames_with_the_next_file_prepared() {
+    use streamline::wal::{
+        files::{prepare_file, Prealloc},
+        format::decode_file_header,
+    };
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let number = write(dir.path(), backend, 40);
+        seal_current(dir.path(), number, 41);
+        let size = config(backend, SyncMode::EveryWrite).max_file_size;
+        let next = prepare_file(dir.path(), number + 1, size, Prealloc::ZeroFill).unwrap();
+        assert_eq!(next, dir.path().join("next.wal"));
+        // Its key, drawn at random when it was made, tells it from any other.
+        let prepared = decode_file_header(&std::fs::read(&next).unwrap()).unwrap();
+        std::fs::rename(
+            dir.path().join("current.wal"),
+            archived_path(dir.path(), number),
+        )
+        .unwrap();
+        check_full_log_then_append(dir.path(), backend, 40);
+        let current = dir.path().join("current.wal");
+        let header = decode_file_header(&std::fs::read(&current).unwrap()).unwrap();
+        assert_eq!(
+            (header.file_number, header.key),
+            (number + 1, prepared.key),
+            "{backend}: the prepared file became current.wal"
+        );
+    }
+}
+
 #[test]
 fn crash_while_preparing_the_next_file() {
     for backend in BACKENDS {
