@@ -45,13 +45,15 @@ if ! command -v fincore >/dev/null 2>&1; then
 fi
 command -v fincore >/dev/null 2>&1 || { echo "install-test-deps: fincore still missing" >&2; exit 1; }
 
-if ! "$PYTHON" -c 'import confluent_kafka, prometheus_client, kafka; assert kafka.__version__ == "3.0.12"' >/dev/null 2>&1; then
+# Pinned, and checked when present: the tests compare exact transcripts of
+# the clients' admin results, which change shape between releases.
+if ! "$PYTHON" -c 'import importlib.metadata as m, confluent_kafka, prometheus_client, kafka; assert (m.version("confluent-kafka"), m.version("kafka-python"), m.version("prometheus-client")) == ("2.16.1", "3.0.12", "0.26.0")' >/dev/null 2>&1; then
     echo "install-test-deps: installing confluent-kafka, kafka-python and prometheus-client (pip)" >&2
     if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
         $SUDO apt-get update -qq </dev/null
         $SUDO apt-get install -y -qq python3-pip </dev/null >/dev/null
     fi
-    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka kafka-python==3.0.12 prometheus-client)
+    PIP=("$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore confluent-kafka==2.16.1 kafka-python==3.0.12 prometheus-client==0.26.0)
     # A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
     "${PIP[@]}" </dev/null || "${PIP[@]}" --break-system-packages </dev/null
 fi
@@ -82,7 +84,9 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     $SUDO apt-get update -qq </dev/null
     $SUDO apt-get install -y -qq nodejs npm </dev/null >/dev/null
 fi
-if [ ! -f "$NODE_DIR/node_modules/kafkajs/package.json" ]; then
+# The version package-lock.json pins; another one left in node_modules is replaced.
+if [ ! -f "$NODE_DIR/node_modules/kafkajs/package.json" ] \
+    || [ "$(node -p "require('$NODE_DIR/node_modules/kafkajs/package.json').version")" != 2.2.4 ]; then
     echo "install-test-deps: installing KafkaJS (npm ci)" >&2
     npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error </dev/null >/dev/null
 fi

@@ -1315,11 +1315,15 @@ impl Partition {
         // A batch that does not continue the active segment (after a tolerated
         // offset gap) starts a new one: each segment holds contiguous offsets,
         // which is how the scan at start-up tells a damaged base offset.
+        // Nor may a segment hold a batch whose offset its index cannot
+        // address relative to its base (4 bytes), as Kafka rolls then.
+        let last_base = infos.last().map_or(base, |i| i.base_offset);
         let needs_roll = log.last().is_none_or(|s| {
             s.next_offset() != base
                 || (s.size() > 0
                     && (s.size() + data.len() as u64 > limit
-                        || s.age_for_roll(appending, segment::now_ms) > max_age))
+                        || s.age_for_roll(appending, segment::now_ms) > max_age
+                        || last_base - s.base_offset() > i64::from(u32::MAX)))
         });
         if needs_roll {
             // The finished segment becomes durable before its successor exists

@@ -1054,11 +1054,6 @@ mod tests {
         );
     }
 
-    /// A damaged `producer-ids.json` whose reservation lay near i64::MAX
-    /// made the allocator's sums wrap (release builds): negative producer ids
-    /// were handed out, and a negative reservation stored that the next start
-    /// refused. Such a file is refused at open, naming it, and an allocation
-    /// that would pass i64::MAX is refused, storing nothing.
     /// A reservation file of a version this build does not write is refused
     /// at open, not read as version 1 (a reservation read wrongly hands out
     /// producer ids twice).
@@ -1077,6 +1072,11 @@ mod tests {
         assert!(ProducerIds::open(tmp.path()).is_ok());
     }
 
+    /// A damaged `producer-ids.json` whose reservation lay near i64::MAX
+    /// made the allocator's sums wrap (release builds): negative producer ids
+    /// were handed out, and a negative reservation stored that the next start
+    /// refused. Such a file is refused at open, naming it, and an allocation
+    /// that would pass i64::MAX is refused, storing nothing.
     #[test]
     fn a_producer_id_reservation_at_the_end_of_the_id_space_is_refused() {
         let tmp = tempfile::tempdir().unwrap();

@@ -47,13 +47,31 @@ pub fn request_frame<R: Encodable>(
     buf.to_vec()
 }
 
-/// Reads one response frame; `None` when the server closed the connection.
+/// Reads one response frame; `None` when the server closed the connection
+/// (end of stream or a reset). Panics when the read timeout runs out first:
+/// a connection that neither answers nor closes is neither.
 pub fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
     let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
+    read_or_closed(s, &mut len)?;
     let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).ok()?;
+    read_or_closed(s, &mut buf)?;
     Some(Bytes::from(buf))
+}
+
+/// Fills `buf`; `None` when the connection ends first.
+fn read_or_closed(s: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
+    match s.read_exact(buf) {
+        Ok(()) => Some(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("no answer within the read timeout, and the connection is still open")
+        }
+        Err(_) => None,
+    }
 }
 
 /// Reads and decodes one response: its correlation id and body.
