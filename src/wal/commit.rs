@@ -397,11 +397,27 @@ impl Core {
 
     /// Registers a waker to be woken when capacity is released.
     pub(crate) fn register_waker(&self, w: &Waker) {
+        let mut wakers = self
+            .async_wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A task polled again before it was woken (beside a timer in a
+        // `select!`, say) is registered once: the list grew by one waker per
+        // poll while the device stalled.
+        if wakers.iter().any(|x| x.will_wake(w)) {
+            return;
+        }
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        wakers.push(w.clone());
+    }
+
+    /// Wakers registered by async appends waiting for room.
+    #[cfg(test)]
+    pub(crate) fn registered_wakers(&self) -> usize {
         self.async_wakers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(w.clone());
+            .len()
     }
 
     pub(crate) fn release(&self, bytes: usize) {

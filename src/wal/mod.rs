@@ -1112,6 +1112,12 @@ mod tests {
             bytes: 768 * K,
         });
         assert!(wait.as_mut().poll(&mut cx).is_pending());
+        // Polled again before any wake-up (a `select!` beside a timer): its
+        // task is registered once, not once per poll.
+        for _ in 0..100 {
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(core.registered_wakers(), 1);
         // Unpolled from here on: a blocking append that fits passes.
         assert!(core.try_reserve(256 * K), "the async wait claimed room");
         core.release(256 * K);

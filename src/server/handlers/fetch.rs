@@ -134,6 +134,17 @@ fn read_all(
                                 .with_log_start_offset(start(p.log_start_offset()))
                                 .with_records(Some(Bytes::new()))
                         }
+                        // Deleted since it was looked up (its files moved
+                        // away under the read): answered as Kafka answers a
+                        // partition that left the broker.
+                        Err(_) if p.is_deleted() => {
+                            errors = true;
+                            base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                                .with_high_watermark(-1)
+                                .with_last_stable_offset(-1)
+                                .with_log_start_offset(-1)
+                                .with_records(Some(Bytes::new()))
+                        }
                         Err(e) => {
                             errors = true;
                             tracing::error!(topic = %w.topic.0, partition = index, error = %e, "fetch read failed");
@@ -219,13 +230,39 @@ async fn read_pass(
         }
         Err(e) => {
             tracing::error!(error = %e, "fetch task failed");
-            let nothing = Pass {
-                topics: Vec::new(),
+            // Every partition asked for is answered, as Kafka answers a read
+            // that failed: a response without them is one the Java client
+            // refuses as invalid.
+            let topics = wants
+                .iter()
+                .map(|w| {
+                    FetchableTopicResponse::default()
+                        .with_topic(w.topic.clone())
+                        .with_partitions(
+                            w.partitions
+                                .iter()
+                                .map(|&(index, _, _)| {
+                                    PartitionData::default()
+                                        .with_partition_index(index)
+                                        .with_error_code(codes::UNKNOWN_SERVER_ERROR)
+                                        .with_high_watermark(-1)
+                                        .with_last_stable_offset(-1)
+                                        .with_log_start_offset(-1)
+                                        .with_aborted_transactions(Some(vec![]))
+                                        .with_preferred_read_replica(BrokerId(-1))
+                                        .with_records(Some(Bytes::new()))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            let failed = Pass {
+                topics,
                 total: 0,
                 errors: true,
                 cut: false,
             };
-            (nothing, ctx.fetch_memory.take_up_to(0), Vec::new())
+            (failed, ctx.fetch_memory.take_up_to(0), Vec::new())
         }
     }
 }
