@@ -69,10 +69,7 @@ fn read_all(
     for w in wants {
         let mut parts = Vec::with_capacity(w.partitions.len());
         for &(index, offset, pmax) in &w.partitions {
-            let base = PartitionData::default()
-                .with_partition_index(index)
-                .with_aborted_transactions(Some(vec![]))
-                .with_preferred_read_replica(BrokerId(-1));
+            let base = partition_base(index);
             // log_start_offset exists from v5 on.
             let start = |o: i64| if version >= 5 { o } else { -1 };
             let room = |limit: i64| {
@@ -89,11 +86,7 @@ fn read_all(
             let entry = match found.next().and_then(Option::as_ref) {
                 None => {
                     errors = true;
-                    base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
-                        .with_high_watermark(-1)
-                        .with_last_stable_offset(-1)
-                        .with_log_start_offset(-1)
-                        .with_records(Some(Bytes::new()))
+                    failed(base, codes::UNKNOWN_TOPIC_OR_PARTITION)
                 }
                 Some(p) => {
                     // Kafka's minOneMessage: no records in the response yet.
@@ -139,20 +132,12 @@ fn read_all(
                         // partition that left the broker.
                         Err(_) if p.is_deleted() => {
                             errors = true;
-                            base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
-                                .with_high_watermark(-1)
-                                .with_last_stable_offset(-1)
-                                .with_log_start_offset(-1)
-                                .with_records(Some(Bytes::new()))
+                            failed(base, codes::UNKNOWN_TOPIC_OR_PARTITION)
                         }
                         Err(e) => {
                             errors = true;
                             tracing::error!(topic = %w.topic.0, partition = index, error = %e, "fetch read failed");
-                            base.with_error_code(codes::KAFKA_STORAGE_ERROR)
-                                .with_high_watermark(-1)
-                                .with_last_stable_offset(-1)
-                                .with_log_start_offset(-1)
-                                .with_records(Some(Bytes::new()))
+                            failed(base, codes::KAFKA_STORAGE_ERROR)
                         }
                     }
                 }
@@ -171,6 +156,24 @@ fn read_all(
         errors,
         cut,
     }
+}
+
+/// A partition's answer before its outcome: no aborted transactions, no
+/// preferred read replica.
+fn partition_base(index: i32) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_aborted_transactions(Some(vec![]))
+        .with_preferred_read_replica(BrokerId(-1))
+}
+
+/// `base` answered with `error`: no records, and no offsets to report.
+fn failed(base: PartitionData, error: i16) -> PartitionData {
+    base.with_error_code(error)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_records(Some(Bytes::new()))
 }
 
 /// The offset after the last batch of `records` (whole batches), or `from`
@@ -242,15 +245,7 @@ async fn read_pass(
                             w.partitions
                                 .iter()
                                 .map(|&(index, _, _)| {
-                                    PartitionData::default()
-                                        .with_partition_index(index)
-                                        .with_error_code(codes::UNKNOWN_SERVER_ERROR)
-                                        .with_high_watermark(-1)
-                                        .with_last_stable_offset(-1)
-                                        .with_log_start_offset(-1)
-                                        .with_aborted_transactions(Some(vec![]))
-                                        .with_preferred_read_replica(BrokerId(-1))
-                                        .with_records(Some(Bytes::new()))
+                                    failed(partition_base(index), codes::UNKNOWN_SERVER_ERROR)
                                 })
                                 .collect(),
                         )
