@@ -789,6 +789,54 @@ fn a_shutdown_answers_a_waiting_join_at_once() {
     );
 }
 
+/// No session expires while the server drains: a member whose session is
+/// shorter than the drain (held open here by a client that does not read its
+/// Fetch answers, for the full 10 s) keeps its membership, stored as it was.
+/// The session ticker went on through the drain, while the server read no
+/// more heartbeats: it expired live members and stored their group empty,
+/// which a restart then served.
+#[test]
+fn a_drain_longer_than_a_session_expires_no_member() {
+    use broker_support::wire;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &["--group-min-session-timeout-ms", "500"]);
+    // Some 7 MiB to read, and a client asking for it 30 times without reading
+    // an answer: its connection stays busy through the drain.
+    let mut c = connect(&broker.addr);
+    assert_eq!(wire::topic_metadata(&mut c, "big", true), NONE);
+    let value = "v".repeat(900 << 10);
+    for i in 0..8 {
+        let req = wire::produce("big", 0, wire::batch(&[&value]));
+        let r = wire::send_produce(&mut c, 9, i, &req);
+        assert_eq!(wire::partition_result(&r).0, NONE);
+    }
+    let mut fetch = wire::fetch_request("big", 0, 0);
+    fetch.max_bytes = 64 << 20;
+    fetch.topics[0].partitions[0].partition_max_bytes = 64 << 20;
+    for cid in 0..30 {
+        c.write_all(&request_frame(ApiKey::Fetch, 12, 100 + cid, &fetch))
+            .unwrap();
+    }
+    let mut a = Member::new(&broker.addr, "drained", 5, &[("range", "a")]);
+    a.session_ms = 1000;
+    assert_eq!(a.join().error_code, NONE);
+    assert_eq!(a.sync(&[(&a.id.clone(), "A1")]), (NONE, "A1".to_string()));
+    let stopping = Instant::now();
+    assert!(broker.sigterm().success());
+    assert!(
+        stopping.elapsed() > Duration::from_secs(3),
+        "the drain was held open past the member's 1 s session ({:?})",
+        stopping.elapsed()
+    );
+    let stored = std::fs::read_to_string(membership_file(&data, "drained")).unwrap();
+    assert!(
+        stored.contains(&a.id),
+        "the member's membership was stored as expired during the drain: {stored}"
+    );
+    drop(c);
+}
+
 /// A client that closes its connection while its JoinGroup waits for the
 /// rest of the group frees the connection at once, as Kafka closes it: the
 /// rebalance waits up to the longest rebalance timeout (up to i32::MAX ms),
