@@ -4689,30 +4689,40 @@ mod tests {
         lost_segment_is_restored(compact(), |log| std::fs::remove_file(log).unwrap());
     }
 
+    /// A topic `t` of one partition, with `configs`, whose 12 batches (of
+    /// one record: 300 bytes of `i + 1`) are both in the WAL after its
+    /// checkpoint and in segments of 1000 bytes (several), as a crash before
+    /// a checkpoint leaves them: the batches and the partition's directory.
+    fn in_wal_and_segments(
+        root: &std::path::Path,
+        configs: TopicConfig,
+    ) -> (Vec<Vec<u8>>, std::path::PathBuf) {
+        let m = TopicManager::new(config(root)).unwrap();
+        m.create_topic_with("t", 1, configs).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let batches: Vec<Vec<u8>> = (0..12u8)
+            .map(|i| batch_at(i64::from(i), &[&[i + 1; 300]]))
+            .collect();
+        let (wal, _) = Wal::open(root.join("wal"), config(root).wal.engine).unwrap();
+        for b in &batches {
+            wal.append("t", 0, Bytes::from(b.clone())).wait().unwrap();
+        }
+        wal.close().unwrap();
+        let dir = root.join("topics/t/0");
+        let p = Partition::open("t", 0, dir.clone(), 1000).unwrap();
+        for b in &batches {
+            p.append(b, &batch::validate_all(b).unwrap()).unwrap();
+        }
+        (batches, dir)
+    }
+
     /// Writes 12 batches to the WAL and to topic "t" (with `configs`), in
     /// segments of about three, `damage`s the second segment's log, and checks
     /// that two starts in a row restore every batch once, in order.
     fn lost_segment_is_restored(configs: TopicConfig, damage: impl FnOnce(&std::path::Path)) {
         let tmp = tempfile::tempdir().unwrap();
-        let m = TopicManager::new(config(tmp.path())).unwrap();
-        m.create_topic_with("t", 1, configs).unwrap();
-        m.shutdown().unwrap();
-        drop(m);
-
-        let batches: Vec<Vec<u8>> = (0..12u8)
-            .map(|i| batch_at(i64::from(i), &[&[i; 300]]))
-            .collect();
-        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
-        for b in &batches {
-            wal.append("t", 0, Bytes::from(b.clone())).wait().unwrap();
-        }
-        wal.close().unwrap();
-        let dir = tmp.path().join("topics/t/0");
-        let p = Partition::open("t", 0, dir.clone(), 1000).unwrap();
-        for b in &batches {
-            p.append(b, &batch::validate_all(b).unwrap()).unwrap();
-        }
-        drop(p);
+        let (batches, dir) = in_wal_and_segments(tmp.path(), configs);
         let mut logs: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -4765,24 +4775,7 @@ mod tests {
     #[test]
     fn a_start_refused_for_a_corrupt_wal_removes_no_segment() {
         let tmp = tempfile::tempdir().unwrap();
-        let m = TopicManager::new(config(tmp.path())).unwrap();
-        m.create_topic("t", 1).unwrap();
-        m.shutdown().unwrap();
-        drop(m);
-        let batches: Vec<Vec<u8>> = (0..12u8)
-            .map(|i| batch_at(i64::from(i), &[&[i + 1; 300]]))
-            .collect();
-        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
-        for b in &batches {
-            wal.append("t", 0, Bytes::from(b.clone())).wait().unwrap();
-        }
-        wal.close().unwrap();
-        let dir = tmp.path().join("topics/t/0");
-        let p = Partition::open("t", 0, dir.clone(), 1000).unwrap();
-        for b in &batches {
-            p.append(b, &batch::validate_all(b).unwrap()).unwrap();
-        }
-        drop(p);
+        let (_, dir) = in_wal_and_segments(tmp.path(), TopicConfig::default());
         let files = || {
             let mut v: Vec<_> = std::fs::read_dir(&dir)
                 .unwrap()
