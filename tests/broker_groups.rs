@@ -778,8 +778,10 @@ fn a_shutdown_answers_a_waiting_join_at_once() {
     let exited = stopping.elapsed();
     let (code, answered) = reader.join().unwrap();
     assert_eq!(code, NOT_COORDINATOR);
+    // The bug this guards against took the shutdown's full 10 s wait for the
+    // connection; a loaded machine's fsyncs may take a few of the 8 s allowed.
     assert!(
-        answered < Duration::from_secs(3) && exited < Duration::from_secs(3),
+        answered < Duration::from_secs(8) && exited < Duration::from_secs(8),
         "a waiting JoinGroup answered {answered:?} and the broker exited {exited:?} after SIGTERM"
     );
     assert!(
@@ -819,14 +821,16 @@ fn a_drain_longer_than_a_session_expires_no_member() {
             .unwrap();
     }
     let mut a = Member::new(&broker.addr, "drained", 5, &[("range", "a")]);
-    a.session_ms = 1000;
+    // Short against the 10 s drain, long enough that a loaded machine's
+    // stall between the sync and the SIGTERM does not expire it first.
+    a.session_ms = 2500;
     assert_eq!(a.join().error_code, NONE);
     assert_eq!(a.sync(&[(&a.id.clone(), "A1")]), (NONE, "A1".to_string()));
     let stopping = Instant::now();
     assert!(broker.sigterm().success());
     assert!(
-        stopping.elapsed() > Duration::from_secs(3),
-        "the drain was held open past the member's 1 s session ({:?})",
+        stopping.elapsed() > Duration::from_secs(5),
+        "the drain was held open past the member's 2.5 s session ({:?})",
         stopping.elapsed()
     );
     let stored = std::fs::read_to_string(membership_file(&data, "drained")).unwrap();
@@ -1505,8 +1509,10 @@ fn silent_members_are_removed_after_their_session_timeout() {
     let mut lapsing = Member::unjoined(&broker.addr, "lonely", v, &[("range", "p")]);
     lapsing.session_ms = SESSION_MS;
     lapsing.ask_member_id();
+    // solo's sync and the check that it is a member must each come within its
+    // session: the longer one, as b's.
     let mut solo = Member::new(&broker.addr, "solo", v, &[("range", "s")]);
-    solo.session_ms = SESSION_MS;
+    solo.session_ms = B_SESSION_MS;
     assert_eq!(solo.join().error_code, NONE);
     let solo_since = Instant::now();
     let solo_id = solo.id.clone();
@@ -1567,7 +1573,7 @@ fn silent_members_are_removed_after_their_session_timeout() {
         assert!(Instant::now() < deadline, "solo never expired");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(solo_since.elapsed() >= Duration::from_millis(SESSION_MS as u64));
+    assert!(solo_since.elapsed() >= Duration::from_millis(B_SESSION_MS as u64));
     assert_eq!(solo.heartbeat(), UNKNOWN_MEMBER_ID);
 
     // More than a session timeout (and a coordinator tick) after it was handed

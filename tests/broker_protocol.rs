@@ -971,9 +971,10 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
     }
     // ~2 batches per 4 KiB segment; at least 8 KiB of the newest are kept. A
     // segment becomes deletable once a checkpoint covers it, so one pass may
-    // delete some and a later one the rest: wait until the log start has held
-    // for 5 retention intervals.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // delete some and a later one the rest (after a stalled checkpoint, maybe
+    // much later): wait until the log start has reached the lowest expected
+    // value and held for 5 retention intervals, or the deadline passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = (0, 0);
     let mut since = std::time::Instant::now();
     let (start, end) = loop {
@@ -981,7 +982,7 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
         if now != last {
             (last, since) = (now, std::time::Instant::now());
         }
-        let settled = now.0 > 0 && since.elapsed() >= Duration::from_millis(500);
+        let settled = now.0 >= 10 && since.elapsed() >= Duration::from_millis(500);
         if settled || std::time::Instant::now() > deadline {
             break now;
         }

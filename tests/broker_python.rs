@@ -8,7 +8,7 @@ mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use broker_support::{kcat_from_start, python_client, records, Broker};
+use broker_support::{kcat_from_start, python_client, python_client_env, records, Broker};
 
 #[test]
 fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
@@ -218,10 +218,15 @@ fn a_restarted_static_consumer_gets_its_partitions_back_without_a_rebalance() {
     );
     assert_eq!(acks.len(), 8);
     let addr = broker.addr.clone();
+    // The dynamic member stays until both static runs are over, however long
+    // their client start-ups take: its leaving must not fall within them.
+    let stop = tmp.path().join("dynamic-stop");
+    let stop_env = stop.to_str().unwrap().to_string();
     let dynamic = std::thread::spawn(move || {
-        python_client(
+        python_client_env(
             "kafka_client.py",
-            &["group-watch", &addr, "statics", "watch", "16"],
+            &["group-watch", &addr, "statics", "watch", "90"],
+            &[("WATCH_STOP_FILE", &stop_env)],
         )
     });
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -240,6 +245,7 @@ fn a_restarted_static_consumer_gets_its_partitions_back_without_a_rebalance() {
     };
     let first = watch("5");
     let second = watch("4");
+    std::fs::write(&stop, b"").unwrap();
     let dynamic = dynamic.join().unwrap();
     // (Unix time, kind, partitions) of each line of `text`.
     let events = |text: &str| -> Vec<(f64, String, BTreeSet<i32>)> {

@@ -116,6 +116,10 @@ pub enum RecordFault {
     OffsetDelta(i32),
     /// Bytes follow the last record the batch counts.
     BeyondCount,
+    /// Its timestamp delta added to the batch's first timestamp overflows a
+    /// 64-bit timestamp: every reader here refuses such a record, and Kafka
+    /// refuses the batch with INVALID_TIMESTAMP.
+    Timestamp,
 }
 
 impl std::fmt::Display for BatchError {
@@ -168,6 +172,9 @@ impl std::fmt::Display for BatchError {
                         write!(f, "offset delta {d}, expected {index}")
                     }
                     RecordFault::BeyondCount => write!(f, "bytes after the last counted record"),
+                    RecordFault::Timestamp => {
+                        write!(f, "its timestamp delta overflows the batch's first timestamp")
+                    }
                 }
             }
         }
@@ -403,6 +410,7 @@ pub fn validate_produce_by(
         info,
         first_keyless,
         min_timestamp,
+        // Every record's sum was checked in `walk_records`.
         max_timestamp: first.saturating_add(max_delta),
     })
 }
@@ -465,11 +473,17 @@ fn walk_records(
             .ok_or(bad(RecordFault::Length))?;
         let record = &payload[at..end];
         let mut r = 1; // attributes
+        let mut overflow = false;
         let fields = (|| {
             (r <= record.len()).then_some(())?;
             let ts_delta = varlong(record, &mut r)?;
             max_delta = max_delta.max(ts_delta);
-            let ts = first.saturating_add(ts_delta);
+            // As `Records::read_one` reads it: a sum that overflows is no
+            // timestamp, and every later reader would skip the whole batch.
+            let Some(ts) = first.checked_add(ts_delta) else {
+                overflow = true;
+                return None;
+            };
             if ts != -1 {
                 min_timestamp = Some(min_timestamp.map_or(ts, |m| m.min(ts)));
             }
@@ -484,7 +498,11 @@ fn walk_records(
             }
             Some((delta, keyless))
         })();
-        let (delta, keyless) = fields.ok_or(bad(RecordFault::Field))?;
+        let (delta, keyless) = fields.ok_or(bad(if overflow {
+            RecordFault::Timestamp
+        } else {
+            RecordFault::Field
+        }))?;
         if delta != index {
             return Err(bad(RecordFault::OffsetDelta(delta)));
         }
@@ -1524,7 +1542,7 @@ pub(crate) mod tests {
         b.extend_from_slice(&(values.len() as i32 - 1).to_be_bytes());
         let max_delta = values.iter().map(|r| r.0).max().unwrap_or(0);
         b.extend_from_slice(&first_ts.to_be_bytes());
-        b.extend_from_slice(&(first_ts + max_delta).to_be_bytes());
+        b.extend_from_slice(&first_ts.wrapping_add(max_delta).to_be_bytes());
         b.extend_from_slice(&pid.to_be_bytes());
         b.extend_from_slice(&epoch.to_be_bytes());
         b.extend_from_slice(&seq.to_be_bytes());
@@ -2155,6 +2173,31 @@ pub(crate) mod tests {
                 what: RecordFault::TrailingBytes
             })
         );
+        // A timestamp delta whose sum with the first timestamp overflows: no
+        // reader here could read the record back (`read_one` checks the sum).
+        let wraps = make_timed_batch(0, -2, &[(0, b"a"), (i64::MIN, b"b")], -1, -1, -1);
+        assert_eq!(
+            validate_produce(&wraps),
+            Err(BatchError::BadRecord {
+                index: 1,
+                what: RecordFault::Timestamp
+            })
+        );
+        let high = make_timed_batch(0, 2, &[(i64::MAX, b"a")], -1, -1, -1);
+        assert!(matches!(
+            validate_produce(&high),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Timestamp
+            })
+        ));
+        // At the edge it is a timestamp, and it reads back.
+        let edge = make_timed_batch(0, -1, &[(i64::MIN + 1, b"a")], -1, -1, -1);
+        assert_eq!(
+            validate_produce(&edge).unwrap().min_timestamp,
+            Some(i64::MIN)
+        );
+        assert_eq!(all_records(&edge).unwrap()[0].timestamp, i64::MIN);
         // A CRC mismatch and another magic, as before.
         let mut crc = b.clone();
         let n = crc.len();

@@ -2916,6 +2916,17 @@ impl TopicManager {
                 produced.max_timestamp
             )));
         }
+        // Kafka judges `now - timestamp` in 64 bits: a timestamp so far behind
+        // that the difference overflows reads to it as far ahead, refused.
+        if let Some(oldest) = produced
+            .min_timestamp
+            .filter(|&oldest| now.checked_sub(oldest).is_none())
+        {
+            return Err(ProduceError::InvalidTimestamp(format!(
+                "record timestamp {oldest} is more than {} ms behind the broker's clock",
+                i64::MAX
+            )));
+        }
         if let (Some(behind), Some(oldest)) =
             (t.configs.timestamp_before_max_ms(), produced.min_timestamp)
         {
@@ -3662,6 +3673,26 @@ mod tests {
             Ok(0)
         );
         assert_eq!(produce(&rt, &m, "bounded", &records(-1, &[0])), Ok(2));
+        // With no bound behind, a timestamp so far behind that `now - it`
+        // overflows is refused all the same, as Kafka's check reads it as far
+        // ahead; one that does not overflow passes.
+        let overflowing = |r: Result<i64, ProduceError>| matches!(&r, Err(ProduceError::InvalidTimestamp(m)) if m.contains(&i64::MAX.to_string()));
+        assert!(overflowing(produce(
+            &rt,
+            &m,
+            "free",
+            &records(i64::MIN, &[0])
+        )));
+        assert!(overflowing(produce(
+            &rt,
+            &m,
+            "free",
+            &records(0, &[0, i64::MIN])
+        )));
+        assert_eq!(
+            produce(&rt, &m, "free", &records(now - i64::MAX + 600_000, &[0])),
+            Ok(4)
+        );
         m.shutdown().unwrap();
     }
 

@@ -327,7 +327,13 @@ fn seal_in_place(
     // own fdatasync.
     files::sync_file(&f, path, true).map_err(|e| Error::io("fdatasync", path, e))?;
     files::write_at(&f, path, offset, &block).map_err(|e| Error::io("pwrite seal", path, e))?;
-    files::sync_file(&f, path, true).map_err(|e| Error::io("fdatasync", path, e))
+    files::sync_file(&f, path, true).map_err(|e| Error::io("fdatasync", path, e))?;
+    // Written through the page cache, perhaps into a reserved block: ext4 can
+    // fail the unwritten extent's conversion unseen by the sync (see
+    // `journal::check_written_range`), and an archived file whose seal reads
+    // as zeros is damaged to every later open. Refuse this one instead.
+    journal::check_written_range(&f, offset, offset + BLOCK_SIZE as u64)
+        .map_err(|e| Error::io("mapping check after fdatasync", path, e))
 }
 
 /// Adds the archived file after `prev` (the newest file, archived and sealed),

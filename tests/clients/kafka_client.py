@@ -23,7 +23,9 @@ environment the producers are idempotent, with COMPRESSION=codec they compress):
   group-watch BOOTSTRAP TOPIC GROUP SECONDS [INSTANCE]  stay in the group for SECONDS (a static member
                                                     with INSTANCE as group.instance.id); "STARTED t",
                                                     then "ASSIGNED t p ..." / "REVOKED t p ..." as the
-                                                    rebalances come (t: Unix time), "CLOSED t"
+                                                    rebalances come (t: Unix time), "CLOSED t";
+                                                    with WATCH_STOP_FILE set, leaves as soon as
+                                                    that file exists (SECONDS is then a bound)
   group-admin BOOTSTRAP GROUP SECONDS               AdminClient while a member holds GROUP, then after it
                                                     left (waiting up to SECONDS for each): describe, list,
                                                     delete; one line per fact (see group_admin)
@@ -150,12 +152,18 @@ def group(bootstrap, topic, group_id, maximum):
     positions = {}
     read = 0
     idle_since = time.time()
+    assigned = False
     deadline = time.time() + 60
     while read < maximum and time.time() < deadline:
         m = c.poll(0.2)
+        if not assigned and c.assignment():
+            # The idle time counts from the assignment, not from the start:
+            # a slow join must not end the read before the first fetch.
+            assigned = True
+            idle_since = time.time()
         if m is None:
             # Stop after 3 s without messages once something was assigned.
-            if c.assignment() and time.time() - idle_since > 3:
+            if assigned and time.time() - idle_since > 3:
                 break
             continue
         if m.error():
@@ -272,7 +280,10 @@ def group_watch(bootstrap, topic, group_id, seconds, instance=None):
     c.subscribe([topic], on_assign=lambda _, ps: event("ASSIGNED", ps),
                 on_revoke=lambda _, ps: event("REVOKED", ps))
     start = time.time()
+    stop_file = os.environ.get("WATCH_STOP_FILE")
     while time.time() - start < seconds:
+        if stop_file and os.path.exists(stop_file):
+            break
         m = c.poll(0.1)
         if m is not None and m.error():
             raise KafkaException(m.error())

@@ -1118,7 +1118,11 @@ mod tests {
             Box::pin(async move { offset_commit(&ctx, req).await })
         };
         let first = std::future::poll_fn(|cx| Poll::Ready(a_commit.as_mut().poll(cx).is_pending()));
-        assert!(first.await, "the commit waits for the writer lock");
+        assert!(first.await);
+        // Its blocking part has had time to finish, were the lock free.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let still = std::future::poll_fn(|cx| Poll::Ready(a_commit.as_mut().poll(cx).is_pending()));
+        assert!(still.await, "the commit waits for the writer lock");
         // A leaves (or its session expires) and B takes the group over.
         let b = tokio::task::spawn_blocking(move || {
             assert_eq!(
@@ -1187,7 +1191,10 @@ mod tests {
             Box::pin(async move { offset_delete(&ctx, req).await })
         };
         let first = std::future::poll_fn(|cx| Poll::Ready(delete.as_mut().poll(cx).is_pending()));
-        assert!(first.await, "the deletion waits for the writer lock");
+        assert!(first.await);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let still = std::future::poll_fn(|cx| Poll::Ready(delete.as_mut().poll(cx).is_pending()));
+        assert!(still.await, "the deletion waits for the writer lock");
         // A consumer subscribed to t joins and syncs: the group is stable.
         let groups = Arc::clone(&ctx.groups);
         tokio::task::spawn_blocking(move || {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::{
     server::{close_connection, codes, encode_response, Ctx, Pending, Reply},
     storage::{
-        batch::{BatchError, RecordFault},
+        batch::{self, BatchError, RecordFault},
         ProduceError,
     },
 };
@@ -35,6 +35,10 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         // may have been damaged on the way); a batch that is wrong as sent gets
         // INVALID_RECORD, which they do not, as from Kafka's LogValidator.
         ProduceError::InvalidBatch(BatchError::Crc { .. }) => codes::CORRUPT_MESSAGE,
+        ProduceError::InvalidBatch(BatchError::BadRecord {
+            what: RecordFault::Timestamp,
+            ..
+        }) => codes::INVALID_TIMESTAMP,
         ProduceError::InvalidBatch(_) => codes::INVALID_RECORD,
         ProduceError::TooLarge(_) => codes::MESSAGE_TOO_LARGE,
         ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
@@ -200,6 +204,12 @@ pub(crate) async fn handle(
         for p in topic.partition_data {
             let outcome = match &p.records {
                 _ if !matches!(acks, -1..=1) => Err(ProduceError::InvalidAcks),
+                // As Kafka's `ProduceRequest.validateRecords`: zstd came with
+                // Produce v7 (KIP-110); a client speaking an older version
+                // cannot have meant it, and its consumers may not read it.
+                Some(records) if version < 7 && batch::codec(records) == 4 => Err(
+                    ProduceError::InvalidBatch(BatchError::UnsupportedCompression(4)),
+                ),
                 Some(records) if !records.is_empty() => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     ctx.storage.submit(&name, p.index, records, left).await
@@ -350,6 +360,19 @@ mod tests {
         );
     }
 
+    /// A record whose timestamp delta overflows is INVALID_TIMESTAMP, as from
+    /// Kafka; another bad record stays INVALID_RECORD, with its index.
+    #[test]
+    fn an_overflowing_record_timestamp_is_answered_invalid_timestamp() {
+        let bad = |what| ProduceError::InvalidBatch(BatchError::BadRecord { index: 1, what });
+        assert_eq!(
+            error_code(&bad(RecordFault::Timestamp)),
+            codes::INVALID_TIMESTAMP
+        );
+        assert_eq!(error_code(&bad(RecordFault::Field)), codes::INVALID_RECORD);
+        assert!(message(&bad(RecordFault::Timestamp)).contains("record 1: its timestamp delta"));
+    }
+
     use bytes::{Buf, Bytes};
     use kafka_protocol::{
         messages::{
@@ -405,6 +428,42 @@ mod tests {
         (tmp, storage, ctx, rt)
     }
 
+    /// A Produce to topic `t` of `partitions`, with `acks` and a timeout.
+    fn produce_to_t(
+        acks: i16,
+        timeout_ms: i32,
+        partitions: Vec<PartitionProduceData>,
+    ) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(timeout_ms)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(partitions)])
+    }
+
+    /// Partition 0's data: `records`.
+    fn partition_0(records: Vec<u8>) -> Vec<PartitionProduceData> {
+        vec![PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(Bytes::from(records)))]
+    }
+
+    /// The response in `frame` as a client at `version` reads it: its
+    /// correlation id and body.
+    fn answer(frame: bytes::BytesMut, version: i16) -> (i32, ProduceResponse) {
+        let mut b = frame.freeze();
+        assert!(b.len() > 4, "answered, not closed unanswered");
+        b.advance(4);
+        let header =
+            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(version))
+                .unwrap();
+        (
+            header.correlation_id,
+            ProduceResponse::decode(&mut b, version).unwrap(),
+        )
+    }
+
     #[test]
     fn a_producer_id_that_cannot_be_allocated_is_answered_with_a_code_clients_retry() {
         let tmp = tempfile::tempdir().unwrap();
@@ -451,12 +510,7 @@ mod tests {
                     .with_records(Some(Bytes::from(make_batch(0, &[b"v"]))))
             })
             .collect();
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(200)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_data(partitions)]);
+        let req = produce_to_t(-1, 1000, partitions);
         let start = Instant::now();
         let frame = rt.block_on(async {
             let (pending, close) = handle(&ctx, req, 9, 7).await;
@@ -464,16 +518,14 @@ mod tests {
             pending.await.frame.expect("a response")
         });
         let took = start.elapsed();
-        // Each partition waited its own 200 ms: 1 s for five.
+        // Each partition waited its own 1 s: 5 s for five. (Wide margins:
+        // the machine running the suite may stall for a second.)
         assert!(
-            took >= Duration::from_millis(200) && took < Duration::from_millis(600),
+            took >= Duration::from_millis(1000) && took < Duration::from_millis(2500),
             "answered after {took:?}"
         );
-        let mut b = frame.freeze();
-        b.advance(4);
-        let header = ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9));
-        assert_eq!(header.unwrap().correlation_id, 7);
-        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        let (correlation_id, r) = answer(frame, 9);
+        assert_eq!(correlation_id, 7);
         let codes: Vec<i16> = r.responses[0]
             .partition_responses
             .iter()
@@ -493,30 +545,21 @@ mod tests {
     fn the_decompression_and_capacity_waits_share_one_deadline() {
         let (_tmp, storage, ctx, rt) = with_topic(1);
         let held = storage.hold_capacity();
-        storage.pause_next_validation(Duration::from_millis(300));
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(400)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(Bytes::from(make_batch(0, &[b"v"]))))])]);
+        storage.pause_next_validation(Duration::from_millis(2000));
+        let req = produce_to_t(-1, 2500, partition_0(make_batch(0, &[b"v"])));
         let start = Instant::now();
         let frame = rt.block_on(async {
             let (pending, _) = handle(&ctx, req, 9, 7).await;
             pending.await.frame.expect("a response")
         });
         let took = start.elapsed();
-        // 300 ms validating, then 100 ms for room: 700 ms with a fresh 400.
+        // 2 s validating, then 0.5 s for room: 4.5 s with a fresh 2.5 s.
+        // (Wide margins: the machine running the suite may stall for a second.)
         assert!(
-            took >= Duration::from_millis(400) && took < Duration::from_millis(650),
+            took >= Duration::from_millis(2500) && took < Duration::from_millis(3750),
             "answered after {took:?}"
         );
-        let mut b = frame.freeze();
-        b.advance(4);
-        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        let (_, r) = answer(frame, 9);
         assert_eq!(
             r.responses[0].partition_responses[0].error_code,
             codes::REQUEST_TIMED_OUT
@@ -538,24 +581,13 @@ mod tests {
             let mut b = make_producer_batch(0, &[b"v"], pid, epoch, seq);
             let n = b.len();
             b[n - 1] ^= 1;
-            let req = ProduceRequest::default()
-                .with_acks(1)
-                .with_timeout_ms(5000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("t")))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(Bytes::from(b)))])]);
+            let req = produce_to_t(1, 5000, partition_0(b));
             let (frame, close) = rt.block_on(async {
                 let (pending, close) = handle(&ctx, req, 9, 7).await;
                 (pending.await.frame.expect("a response"), close)
             });
             assert_eq!(close, closes, "producer id {pid}");
-            let mut b = frame.freeze();
-            assert!(b.len() > 4, "answered, not closed unanswered");
-            b.advance(4);
-            ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-            let r = ProduceResponse::decode(&mut b, 9).unwrap();
+            let (_, r) = answer(frame, 9);
             assert_eq!(
                 r.responses[0].partition_responses[0].error_code,
                 codes::CORRUPT_MESSAGE
@@ -578,23 +610,13 @@ mod tests {
         let crc = crc32c::crc32c(&sent[21..]);
         sent[17..21].copy_from_slice(&crc.to_be_bytes());
         assert!(batch::validate(&sent).is_ok());
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(Bytes::from(sent.clone())))])]);
+        let req = produce_to_t(-1, 5000, partition_0(sent.clone()));
         let frame = rt.block_on(async {
             let (pending, close) = handle(&ctx, req, 9, 7).await;
             assert!(!close);
             pending.await.frame.expect("a response")
         });
-        let mut b = frame.freeze();
-        b.advance(4);
-        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).unwrap();
-        let r = ProduceResponse::decode(&mut b, 9).unwrap();
+        let (_, r) = answer(frame, 9);
         let p = &r.responses[0].partition_responses[0];
         assert_eq!((p.error_code, p.base_offset), (codes::NONE, 0));
 
@@ -620,6 +642,30 @@ mod tests {
             .map(|r| r.timestamp)
             .collect();
         assert_eq!(times, vec![now, now + 30], "the records' own timestamps");
+        storage.shutdown().unwrap();
+    }
+
+    /// zstd came with Produce v7: below it, Kafka answers
+    /// UNSUPPORTED_COMPRESSION_TYPE and stores nothing.
+    #[test]
+    fn a_zstd_batch_below_produce_v7_is_refused() {
+        use crate::storage::batch::tests::{compress_batch, make_batch};
+        let (_tmp, storage, ctx, rt) = with_topic(1);
+        let produce = |version: i16, codec: u8| {
+            let sent = compress_batch(&make_batch(0, &[b"a", b"b"]), codec);
+            let req = produce_to_t(-1, 5000, partition_0(sent));
+            let frame = rt.block_on(async {
+                let (pending, _) = handle(&ctx, req, version, 7).await;
+                pending.await.frame.expect("a response")
+            });
+            let (_, r) = answer(frame, version);
+            let p = &r.responses[0].partition_responses[0];
+            (p.error_code, p.base_offset)
+        };
+        assert_eq!(produce(6, 4), (codes::UNSUPPORTED_COMPRESSION_TYPE, -1));
+        assert_eq!(produce(6, 1), (codes::NONE, 0), "gzip is older");
+        assert_eq!(produce(7, 4), (codes::NONE, 2));
+        assert_eq!(storage.partition("t", 0).unwrap().high_watermark(), 4);
         storage.shutdown().unwrap();
     }
 }

@@ -100,6 +100,29 @@ fn topics_by_id(ctx: &Ctx) -> std::collections::HashMap<uuid::Uuid, Arc<Topic>> 
 }
 
 pub(crate) async fn metadata(ctx: &Ctx, req: MetadataRequest, version: i16) -> MetadataResponse {
+    // Before v12 a topic is asked for by name alone (the id field exists from
+    // v10, unused): Kafka refuses a null name or an id with INVALID_REQUEST for
+    // every topic asked for, a null name answered as "" (the response's name is
+    // not nullable before v12), and no brokers.
+    if version < 12 {
+        if let Some(list) = req
+            .topics
+            .as_ref()
+            .filter(|l| l.iter().any(|t| t.name.is_none() || !t.topic_id.is_nil()))
+        {
+            return MetadataResponse::default().with_topics(
+                list.iter()
+                    .map(|t| {
+                        let name = t
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| TopicName(StrBytes::default()));
+                        error_topic(Some(name), t.topic_id, codes::INVALID_REQUEST)
+                    })
+                    .collect(),
+            );
+        }
+    }
     metadata_creating_at_most(ctx, req, version, MAX_CREATED_TOPICS).await
 }
 
@@ -1456,6 +1479,66 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a-b_c", "a.b_c"]);
+    }
+
+    /// Before Metadata v12 a topic is asked for by name: a null name or a
+    /// topic id gets INVALID_REQUEST for every topic asked for, as from Kafka,
+    /// and the answer encodes at the request's version (a null name there
+    /// would not). From v12 an id is looked up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metadata_before_v12_refuses_a_topic_by_id_or_without_a_name() {
+        use kafka_protocol::protocol::Encodable;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let id = ctx.storage.topic("t").unwrap().id;
+        let ask = |topics: Vec<MetadataRequestTopic>| {
+            MetadataRequest::default()
+                .with_topics(Some(topics))
+                .with_allow_auto_topic_creation(false)
+        };
+        let named = MetadataRequestTopic::default().with_name(Some(topic_name("t")));
+        let nameless = MetadataRequestTopic::default().with_name(None);
+        let with_id = MetadataRequestTopic::default()
+            .with_name(Some(topic_name("t")))
+            .with_topic_id(id);
+        for (version, topics) in [
+            (1, vec![named.clone(), nameless.clone()]),
+            (9, vec![nameless.clone()]),
+            (11, vec![named.clone(), with_id.clone()]),
+        ] {
+            let r = metadata(&ctx, ask(topics.clone()), version).await;
+            let answers: Vec<(String, i16)> = r
+                .topics
+                .iter()
+                .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.error_code))
+                .collect();
+            let expected: Vec<(String, i16)> = topics
+                .iter()
+                .map(|t| {
+                    let name = t.name.as_ref().map_or("", |n| n.0.as_str());
+                    (name.to_string(), codes::INVALID_REQUEST)
+                })
+                .collect();
+            assert_eq!(answers, expected, "v{version}");
+            assert!(r.brokers.is_empty());
+            let mut buf = bytes::BytesMut::new();
+            r.encode(&mut buf, version).expect("encodes at its version");
+        }
+        // Names alone before v12, and an id from v12, are answered.
+        let r = metadata(&ctx, ask(vec![named]), 11).await;
+        assert_eq!(r.topics[0].error_code, codes::NONE);
+        let by_id = MetadataRequestTopic::default()
+            .with_name(None)
+            .with_topic_id(id);
+        let r = metadata(&ctx, ask(vec![by_id]), 12).await;
+        assert_eq!(
+            (
+                r.topics[0].error_code,
+                r.topics[0].name.as_ref().map(|n| n.0.as_str())
+            ),
+            (codes::NONE, Some("t"))
+        );
     }
 
     /// A data directory holding two topics whose names collide (made before
