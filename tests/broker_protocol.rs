@@ -969,11 +969,12 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
             (0, i64::from(i))
         );
     }
-    // ~2 batches per 4 KiB segment; at least 8 KiB of the newest are kept. A
-    // segment becomes deletable once a checkpoint covers it, so one pass may
-    // delete some and a later one the rest (after a stalled checkpoint, maybe
-    // much later): wait until the log start has reached the lowest expected
-    // value and held for 5 retention intervals, or the deadline passed.
+    // 2 batches (~1.6 KiB each) per 4 KiB segment, 10 segments; retention
+    // deletes the oldest while at least 8 KiB stay: 7 go, the log starts at
+    // 14. A segment becomes deletable once a checkpoint covers it, so one pass
+    // may delete some and a later one the rest (after a stalled checkpoint,
+    // maybe much later): wait until the log start has reached 14 and held for
+    // 5 retention intervals (a start beyond it would show), or the deadline.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = (0, 0);
     let mut since = std::time::Instant::now();
@@ -982,16 +983,16 @@ fn retention_deletes_old_segments_and_consumers_start_after_them() {
         if now != last {
             (last, since) = (now, std::time::Instant::now());
         }
-        let settled = now.0 >= 10 && since.elapsed() >= Duration::from_millis(500);
+        let settled = now.0 >= 14 && since.elapsed() >= Duration::from_millis(500);
         if settled || std::time::Instant::now() > deadline {
             break now;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(end, 20);
-    assert!(
-        (10..=16).contains(&start),
-        "the oldest segments were deleted, about 8 KiB kept: start {start}"
+    assert_eq!(
+        start, 14,
+        "the oldest segments were deleted, at least 8 KiB kept"
     );
     // Below the log start: OFFSET_OUT_OF_RANGE with the new start.
     s.write_all(&request_frame(

@@ -426,6 +426,10 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         (response, lease)
     };
     let wanted = u64::try_from(min_bytes).unwrap_or(0);
+    // No partition to wait for (no topics, or topics listing none): nothing
+    // could wake the wait, which would sit out `max_wait` and hold the
+    // connection's later answers; Kafka answers such a Fetch at once.
+    let nothing_asked = wants.iter().all(|w| w.partitions.is_empty());
     // The partitions the Fetch names now: every later look and read is of
     // them (see `resolve`).
     let pins: Arc<Vec<Weak<Partition>>> = Arc::new(
@@ -454,6 +458,7 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         // `max_wait` for appends that change nothing, at every Fetch of a
         // consumer catching up; Kafka's DelayedFetch completes at once then.
         let done = enough
+            || nothing_asked
             || pass.errors
             || pass.cut
             || pass.total >= min_bytes
@@ -1082,6 +1087,20 @@ mod tests {
         );
         assert_eq!(p.watchers().len(), 0);
         drop(p);
+        t.close();
+    }
+
+    /// A Fetch that names no partition answers at once: nothing could wake
+    /// its wait, which sat out its whole `max_wait` (up to 60 s), and every
+    /// request behind it on the connection with it.
+    #[test]
+    fn a_fetch_naming_no_partition_answers_at_once() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        let poll = t.start("t", &[], 0, 1, 30_000);
+        let response = t.answer(poll);
+        assert_eq!(response.responses.len(), 1);
+        assert!(response.responses[0].partitions.is_empty());
         t.close();
     }
 

@@ -25,6 +25,9 @@ use crate::{
 };
 
 /// The Kafka error code for a produce failure.
+/// Where a record batch holds its magic byte.
+const MAGIC_OFFSET: usize = 16;
+
 pub(crate) fn error_code(e: &ProduceError) -> i16 {
     match e {
         ProduceError::UnknownTopicOrPartition => codes::UNKNOWN_TOPIC_OR_PARTITION,
@@ -207,9 +210,19 @@ pub(crate) async fn handle(
                 // As Kafka's `ProduceRequest.validateRecords`: zstd came with
                 // Produce v7 (KIP-110); a client speaking an older version
                 // cannot have meant it, and its consumers may not read it.
-                Some(records) if version < 7 && batch::codec(records) == 4 => Err(
-                    ProduceError::InvalidBatch(BatchError::UnsupportedCompression(4)),
-                ),
+                // Judged, as there, after the partition is known (an unknown
+                // one is answered as such, which clients retry) and for a v2
+                // batch only (another magic is refused as Kafka refuses it).
+                Some(records)
+                    if version < 7
+                        && records.get(MAGIC_OFFSET) == Some(&2)
+                        && batch::codec(records) == 4
+                        && ctx.storage.partition(&name, p.index).is_some() =>
+                {
+                    Err(ProduceError::InvalidBatch(
+                        BatchError::UnsupportedCompression(4),
+                    ))
+                }
                 Some(records) if !records.is_empty() => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     ctx.storage.submit(&name, p.index, records, left).await
@@ -651,9 +664,14 @@ mod tests {
     fn a_zstd_batch_below_produce_v7_is_refused() {
         use crate::storage::batch::tests::{compress_batch, make_batch};
         let (_tmp, storage, ctx, rt) = with_topic(1);
-        let produce = |version: i16, codec: u8| {
-            let sent = compress_batch(&make_batch(0, &[b"a", b"b"]), codec);
-            let req = produce_to_t(-1, 5000, partition_0(sent));
+        let send = |version: i16, partition: i32, records: Vec<u8>| {
+            let req = produce_to_t(
+                -1,
+                5000,
+                vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(Bytes::from(records)))],
+            );
             let frame = rt.block_on(async {
                 let (pending, _) = handle(&ctx, req, version, 7).await;
                 pending.await.frame.expect("a response")
@@ -662,7 +680,27 @@ mod tests {
             let p = &r.responses[0].partition_responses[0];
             (p.error_code, p.base_offset)
         };
+        let produce = |version: i16, codec: u8| {
+            send(
+                version,
+                0,
+                compress_batch(&make_batch(0, &[b"a", b"b"]), codec),
+            )
+        };
         assert_eq!(produce(6, 4), (codes::UNSUPPORTED_COMPRESSION_TYPE, -1));
+        let zstd = compress_batch(&make_batch(0, &[b"a"]), 4);
+        assert_eq!(
+            send(6, 1, zstd.clone()),
+            (codes::UNKNOWN_TOPIC_OR_PARTITION, -1),
+            "an unknown partition is answered as such first"
+        );
+        let mut magic1 = zstd;
+        magic1[16] = 1;
+        assert_eq!(
+            send(6, 0, magic1).0,
+            codes::INVALID_RECORD,
+            "another magic is refused as such"
+        );
         assert_eq!(produce(6, 1), (codes::NONE, 0), "gzip is older");
         assert_eq!(produce(7, 4), (codes::NONE, 2));
         assert_eq!(storage.partition("t", 0).unwrap().high_watermark(), 4);
