@@ -595,6 +595,16 @@ impl Group {
         Ok(g)
     }
 
+    /// How long a rebalance may wait for its members: the longest of their
+    /// rebalance timeouts, as Kafka's group rebalance timeout.
+    fn longest_rebalance_timeout(&self) -> Duration {
+        self.members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(5))
+    }
+
     fn start_rebalance(&mut self, now: Instant) {
         if self.state != State::PreparingRebalance {
             self.abandon_replacements();
@@ -603,38 +613,64 @@ impl Group {
             for m in self.members.values_mut() {
                 m.joined = false;
             }
-            let longest = self
-                .members
-                .values()
-                .map(|m| m.rebalance_timeout)
-                .max()
-                .unwrap_or(Duration::from_secs(5));
-            self.rebalance_deadline = Some(now + longest);
+            self.rebalance_deadline = Some(now + self.longest_rebalance_timeout());
             for tx in self.pending_syncs.drain().flat_map(|(_, txs)| txs) {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
             }
         }
     }
 
-    /// Completes the rebalance when every member rejoined (or `force`, dropping the rest).
+    /// Completes the rebalance when every member rejoined (or `force`, at the
+    /// rebalance deadline: dropping the dynamic members that did not).
     fn try_complete(&mut self, force: bool) {
         if self.state != State::PreparingRebalance {
             return;
         }
-        if !force && self.members.values().any(|m| !m.joined) {
-            return;
+        // As Kafka's `hasAllMembersJoined`, a member id just handed out with
+        // MEMBER_ID_REQUIRED is waited for too (until it lapses, or the
+        // deadline): its client is joining, and a generation without it would
+        // be followed at once by another, every member revoking twice.
+        if !force {
+            let now = Instant::now();
+            if self.members.values().any(|m| !m.joined)
+                || self.pending_members.values().any(|&lapses| lapses > now)
+            {
+                return;
+            }
         }
+        // As Kafka's `onCompleteJoin`: a static member (KIP-345) that did not
+        // rejoin stays, with its last join's protocols, in the leader's list,
+        // until its session runs out; back within it, it gets its partitions
+        // again without another rebalance. Dynamic ones are dropped.
         self.members.retain(|id, m| {
-            if !m.joined {
+            let keep = m.joined || m.instance_id.is_some();
+            if !keep {
                 tracing::info!(member = %id, "dropping member that did not rejoin in time");
             }
-            m.joined
+            keep
         });
-        self.rebalance_deadline = None;
         if self.members.is_empty() {
+            self.rebalance_deadline = None;
             self.become_empty();
             return;
         }
+        // The leader is one that rejoined. With none (only absent static
+        // members left), no generation can start: the rebalance waits
+        // another rebalance timeout while their sessions run out, as
+        // Kafka's `maybeElectNewJoinedLeader` has it.
+        let leader = match &self.leader {
+            Some(l) if self.members.get(l).is_some_and(|m| m.joined) => l.clone(),
+            _ => match self.members.iter().find(|(_, m)| m.joined) {
+                Some((id, _)) => id.clone(),
+                None => {
+                    let longest = self.longest_rebalance_timeout();
+                    tracing::info!(members = self.members.len(), "no member rejoined in time; the rebalance waits for the absent static members' sessions");
+                    self.rebalance_deadline = Some(Instant::now() + longest);
+                    return;
+                }
+            },
+        };
+        self.rebalance_deadline = None;
         let Some(protocol) = self.select_protocol() else {
             for (id, tx) in self.pending_joins.drain() {
                 let _ = tx.send(JoinResult::error(codes::INCONSISTENT_GROUP_PROTOCOL, &id));
@@ -645,14 +681,11 @@ impl Group {
         self.protocol = Some(protocol.clone());
         // A member's session restarts when its join completes: one that waited
         // longer than its session timeout for the others is not expired for it.
+        // (An absent static member's runs on from its last heartbeat.)
         let now = Instant::now();
-        for m in self.members.values_mut() {
+        for m in self.members.values_mut().filter(|m| m.joined) {
             m.last_seen = now;
         }
-        let leader = match &self.leader {
-            Some(l) if self.members.contains_key(l) => l.clone(),
-            _ => self.members.keys().next().cloned().unwrap_or_default(),
-        };
         self.leader = Some(leader.clone());
         self.state = State::CompletingRebalance;
         let all: Vec<(String, Option<String>, Bytes)> = self
@@ -686,10 +719,12 @@ impl Group {
         tracing::info!(generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
     }
 
-    /// The protocol a rebalance would choose now: the first protocol of the
-    /// first member that every member supports.
+    /// The protocol a rebalance would choose now (see [`choose_protocol`]).
     fn select_protocol(&self) -> Option<String> {
-        choose_protocol(self.members.values().map(|m| m.protocols.as_slice()))
+        choose_protocol(
+            self.members.values().map(|m| m.protocols.as_slice()),
+            self.protocol.as_deref(),
+        )
     }
 
     /// The protocol a rebalance would choose once the replacements waiting to
@@ -721,7 +756,10 @@ impl Group {
             })
             .collect();
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        choose_protocol(members.into_iter().map(|(_, p)| p))
+        choose_protocol(
+            members.into_iter().map(|(_, p)| p),
+            self.protocol.as_deref(),
+        )
     }
 
     /// The member id that static member `instance` (its group instance id)
@@ -1005,20 +1043,39 @@ fn protocol_names(protocols: &[(String, Bytes)]) -> HashSet<&str> {
 }
 
 /// The protocol a rebalance of members supporting `members` (each member's
-/// protocols, the members in the order of their ids) chooses: the first
-/// protocol of the first member that every member supports.
-fn choose_protocol<'a>(mut members: impl Iterator<Item = &'a [(String, Bytes)]>) -> Option<String> {
-    let first = members.next()?;
+/// protocols, the members in the order of their ids) chooses, as Kafka's
+/// `selectProtocol`: each member votes for its first protocol that every
+/// member supports, and the most votes win. A tie (which Kafka breaks by
+/// hash order) goes to `current`, the group's protocol, when it is among
+/// the tied, so that a member's new id (a static member's restart) does
+/// not change it; else to the tied protocol voted first in member order.
+fn choose_protocol<'a>(
+    members: impl Iterator<Item = &'a [(String, Bytes)]>,
+    current: Option<&str>,
+) -> Option<String> {
+    let members: Vec<&[(String, Bytes)]> = members.collect();
+    let (first, rest) = members.split_first()?;
     let mut common = protocol_names(first);
-    for m in members {
+    for m in rest {
         let theirs = protocol_names(m);
         common.retain(|n| theirs.contains(n));
     }
-    first
-        .iter()
-        .map(|(n, _)| n)
-        .find(|n| common.contains(n.as_str()))
-        .cloned()
+    // Protocol → (votes, the first voter's position).
+    let mut votes: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (at, m) in members.iter().enumerate() {
+        if let Some((n, _)) = m.iter().find(|(n, _)| common.contains(n.as_str())) {
+            votes.entry(n.as_str()).or_insert((0, at)).0 += 1;
+        }
+    }
+    let most = votes.values().map(|&(v, _)| v).max()?;
+    if let Some(c) = current.filter(|c| votes.get(c).is_some_and(|&(v, _)| v == most)) {
+        return Some(c.to_string());
+    }
+    votes
+        .into_iter()
+        .filter(|&(_, (v, _))| v == most)
+        .min_by_key(|&(_, (_, at))| at)
+        .map(|(n, _)| n.to_string())
 }
 
 /// The most bytes of a client id a member id begins with (see
@@ -1747,7 +1804,7 @@ impl GroupCoordinator {
         }
         let now = Instant::now();
         let mut out = Vec::with_capacity(members.len());
-        let mut removed = false;
+        let (mut removed, mut pending_left) = (false, false);
         for (given, instance) in members {
             let id = match instance.as_deref() {
                 None => given,
@@ -1769,6 +1826,7 @@ impl GroupCoordinator {
                 removed = true;
                 out.push(codes::NONE);
             } else if g.pending_members.remove(id).is_some() {
+                pending_left = true;
                 out.push(codes::NONE);
             } else {
                 out.push(codes::UNKNOWN_MEMBER_ID);
@@ -1782,6 +1840,9 @@ impl GroupCoordinator {
                 g.start_rebalance(now);
                 g.try_complete(false);
             }
+        } else if pending_left {
+            // A rebalance may have waited for it alone.
+            g.try_complete(false);
         }
         Ok(out)
     }
@@ -2202,7 +2263,10 @@ impl GroupCoordinator {
         let now = Instant::now();
         let mut groups = self.lock();
         for (name, g) in groups.iter_mut() {
+            let pending = g.pending_members.len();
             g.pending_members.retain(|_, lapses| *lapses > now);
+            // A rebalance may have waited for a lapsed one alone.
+            let lapsed = g.pending_members.len() < pending && g.state == State::PreparingRebalance;
             examined(g.replacements.len());
             let replacing: HashSet<&str> = g.replacements.iter().map(|r| r.old.as_str()).collect();
             let expired: Vec<String> = g
@@ -2241,6 +2305,9 @@ impl GroupCoordinator {
                     g.start_rebalance(now);
                     g.try_complete(false);
                 }
+            } else if lapsed {
+                g.try_complete(false);
+                changed = g.state != State::PreparingRebalance;
             }
             if g.state == State::PreparingRebalance
                 && g.rebalance_deadline.is_some_and(|d| now >= d)
@@ -3333,6 +3400,227 @@ mod tests {
         );
     }
 
+    /// A rebalance waits for a member id handed out with MEMBER_ID_REQUIRED
+    /// (its client is on its way back), as Kafka's `hasAllMembersJoined`:
+    /// it completed without it, and the new member's join started another
+    /// generation at once. One that lapses, or leaves, is waited for no more.
+    #[test]
+    fn a_rebalance_waits_for_a_member_id_just_handed_out() {
+        let c = GroupCoordinator::default();
+        let a = c.join(req("")).try_recv().unwrap();
+        assert_eq!((a.error, a.generation), (codes::NONE, 1));
+        let synced = c.sync("g", 1, &a.member_id, None, vec![]);
+        assert_eq!(synced.blocking_recv().unwrap().0, codes::NONE);
+        // C joins (a rebalance starts) and B asks for a member id.
+        let mut rc = c.join(req(""));
+        let asking = || {
+            let mut r = req("");
+            r.require_known_member_id = true;
+            let b = c.join(r).try_recv().unwrap();
+            assert_eq!(b.error, codes::MEMBER_ID_REQUIRED);
+            b.member_id
+        };
+        let b = asking();
+        let mut ra = c.join(req(&a.member_id));
+        assert!(ra.try_recv().is_err(), "waits for B");
+        let mut rb = c.join(req(&b));
+        let (a2, b2, c2) = (
+            ra.try_recv().unwrap(),
+            rb.try_recv().unwrap(),
+            rc.try_recv().unwrap(),
+        );
+        assert_eq!((a2.generation, b2.generation, c2.generation), (2, 2, 2));
+        let leader = [&a2, &b2, &c2]
+            .into_iter()
+            .find(|j| !j.members.is_empty())
+            .unwrap();
+        assert_eq!(leader.members.len(), 3, "one generation with all three");
+
+        // A new member id that lapses: the rebalance completes without it.
+        let mut rd = c.join(req(""));
+        let lapsing = asking();
+        let rejoin = |j: &JoinResult| c.join(req(&j.member_id));
+        let mut waiting = vec![rejoin(&a2), rejoin(&b2), rejoin(&c2)];
+        assert!(rd.try_recv().is_err() && waiting.iter_mut().all(|r| r.try_recv().is_err()));
+        c.tick();
+        assert!(rd.try_recv().is_err(), "not lapsed yet");
+        {
+            let mut groups = c.lock();
+            let g = groups.get_mut("g").unwrap();
+            *g.pending_members.get_mut(&lapsing).unwrap() = Instant::now();
+        }
+        c.tick();
+        let d = rd.try_recv().expect("completed once the id lapsed");
+        assert_eq!((d.error, d.generation), (codes::NONE, 3));
+        for r in &mut waiting {
+            assert_eq!(r.try_recv().unwrap().generation, 3);
+        }
+
+        // One that leaves: the same.
+        let mut re = c.join(req(""));
+        let leaving = asking();
+        assert!(re.try_recv().is_err());
+        let mut waiting = vec![rejoin(&a2), rejoin(&b2), rejoin(&c2), rejoin(&d)];
+        assert!(re.try_recv().is_err(), "waits for the id handed out");
+        assert_eq!(
+            c.leave_identities("g", &[(leaving, None)]),
+            Ok(vec![codes::NONE])
+        );
+        assert_eq!(re.try_recv().expect("completed once it left").generation, 4);
+        for r in &mut waiting {
+            assert_eq!(r.try_recv().unwrap().generation, 4);
+        }
+    }
+
+    /// The group's protocol is the most voted, each member voting for its
+    /// first protocol all support, as Kafka's `selectProtocol`; it was the
+    /// first member's (by id) first choice, so which member's id sorted
+    /// first (a restart gives a new one) decided the group's assignor.
+    #[test]
+    fn the_protocol_most_members_prefer_is_chosen() {
+        let list = |names: &[&str]| -> Vec<(String, Bytes)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), Bytes::new()))
+                .collect()
+        };
+        let (rr, range, sticky) = (
+            list(&["roundrobin", "range"]),
+            list(&["range", "roundrobin"]),
+            list(&["sticky", "range"]),
+        );
+        // (members' lists, the group's protocol, the choice, why)
+        type Lists<'a> = Vec<&'a [(String, Bytes)]>;
+        let cases: [(Lists, Option<&str>, &str, &str); 6] = [
+            (vec![&rr, &range, &range], None, "range", "most votes"),
+            (
+                vec![&rr, &range, &range],
+                Some("roundrobin"),
+                "range",
+                "the group's protocol does not outvote",
+            ),
+            (
+                vec![&rr, &range],
+                None,
+                "roundrobin",
+                "a tie: the first voted",
+            ),
+            (
+                vec![&rr, &range],
+                Some("range"),
+                "range",
+                "a tie: the group's protocol",
+            ),
+            (
+                vec![&rr, &range],
+                Some("sticky"),
+                "roundrobin",
+                "a tie without the group's protocol",
+            ),
+            (
+                vec![&sticky, &sticky, &range],
+                None,
+                "range",
+                "votes only for protocols all support",
+            ),
+        ];
+        for (members, current, chosen, why) in cases {
+            assert_eq!(
+                choose_protocol(members.into_iter(), current).as_deref(),
+                Some(chosen),
+                "{why}"
+            );
+        }
+        assert_eq!(choose_protocol(std::iter::empty(), None), None);
+    }
+
+    /// KIP-345, as Kafka's `onCompleteJoin`: a static member that does not
+    /// rejoin before the rebalance deadline stays a member (in the leader's
+    /// list, with its last metadata) until its session runs out, and back
+    /// within it takes its partitions again without another rebalance; it
+    /// was dropped at the deadline, and came back as a new member, forcing a
+    /// second rebalance. With only such members left, no generation starts.
+    #[test]
+    fn a_static_member_absent_past_the_rebalance_deadline_stays_until_its_session_ends() {
+        let c = GroupCoordinator::default();
+        let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
+        let pass_deadline = || {
+            let mut groups = c.lock();
+            let g = groups.get_mut("g").unwrap();
+            assert_eq!(g.state, State::PreparingRebalance);
+            g.rebalance_deadline = Some(
+                Instant::now()
+                    .checked_sub(Duration::from_millis(1))
+                    .unwrap(),
+            );
+        };
+        let s = join("", Some("s")).try_recv().unwrap();
+        assert_eq!((s.error, s.generation), (codes::NONE, 1));
+        let assigned = vec![(s.member_id.clone(), Bytes::from_static(b"for-s"))];
+        let synced = c.sync("g", 1, &s.member_id, Some("s"), assigned);
+        assert_eq!(synced.blocking_recv().unwrap().0, codes::NONE);
+        // s is away (a long deploy); a dynamic member joins, and the
+        // rebalance deadline passes without s.
+        let mut rd = join("", None);
+        pass_deadline();
+        c.tick();
+        let d = rd
+            .try_recv()
+            .expect("the rebalance completed at its deadline");
+        assert_eq!((d.error, d.generation), (codes::NONE, 2));
+        assert_eq!(d.leader, d.member_id, "the member that rejoined leads");
+        assert_eq!(
+            listed_members(&d),
+            sorted(vec![
+                (s.member_id.clone(), Some("s".to_string())),
+                (d.member_id.clone(), None),
+            ]),
+            "s stays in the leader's list"
+        );
+        let assignments = vec![
+            (d.member_id.clone(), Bytes::from_static(b"for-d")),
+            (s.member_id.clone(), Bytes::from_static(b"for-s2")),
+        ];
+        let synced = c.sync("g", 2, &d.member_id, None, assignments);
+        assert_eq!(synced.blocking_recv().unwrap().0, codes::NONE);
+        // s restarts within its session: answered at once, at generation 2,
+        // with the partitions the leader gave it.
+        let s2 = join("", Some("s")).try_recv().expect("no rebalance");
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 2));
+        assert_eq!(
+            c.sync("g", 2, &s2.member_id, Some("s"), vec![])
+                .try_recv()
+                .unwrap(),
+            (codes::NONE, Bytes::from_static(b"for-s2"))
+        );
+        assert_eq!(c.heartbeat("g", 2, &d.member_id, None), codes::NONE);
+
+        // d leaves and s is away again: at the deadline no member rejoined,
+        // so no generation starts (none could lead); s's session then ends
+        // and the group is empty.
+        assert_eq!(
+            c.leave_identities("g", &[(d.member_id.clone(), None)]),
+            Ok(vec![codes::NONE])
+        );
+        pass_deadline();
+        c.tick();
+        {
+            let groups = c.lock();
+            let g = groups.get("g").unwrap();
+            assert_eq!(g.state, State::PreparingRebalance);
+            assert_eq!(g.generation, 2);
+            assert!(g.rebalance_deadline.is_some_and(|t| t > Instant::now()));
+            assert!(g.members.contains_key(&s2.member_id));
+        }
+        {
+            let mut groups = c.lock();
+            let m = groups.get_mut("g").unwrap().members.get_mut(&s2.member_id);
+            m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(11)).unwrap();
+        }
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().state, EMPTY);
+    }
+
     /// A static member replacing itself while the group rebalances: its old
     /// id's pending join is answered FENCED_INSTANCE_ID, and the new id takes
     /// its place in the rebalance (and as leader).
@@ -3368,19 +3656,31 @@ mod tests {
         );
         assert_ne!(a2.member_id, a.member_id);
         assert_eq!(a2.leader, a2.member_id, "the new id leads");
-        let mut ids: Vec<(String, Option<String>)> = a2
-            .members
-            .iter()
-            .map(|(id, inst, _)| (id.clone(), inst.clone()))
-            .collect();
-        ids.sort();
-        let mut want = vec![
-            (a2.member_id.clone(), Some("a".to_string())),
-            (d.member_id.clone(), None),
-            (m.member_id.clone(), None),
-        ];
-        want.sort();
-        assert_eq!(ids, want);
+        assert_eq!(
+            listed_members(&a2),
+            sorted(vec![
+                (a2.member_id.clone(), Some("a".to_string())),
+                (d.member_id.clone(), None),
+                (m.member_id.clone(), None),
+            ])
+        );
+    }
+
+    /// `v`, sorted.
+    fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+        v.sort();
+        v
+    }
+
+    /// The members a leader's JoinGroup answer lists (member id, instance
+    /// id), sorted.
+    fn listed_members(j: &JoinResult) -> Vec<(String, Option<String>)> {
+        sorted(
+            j.members
+                .iter()
+                .map(|(id, inst, _)| (id.clone(), inst.clone()))
+                .collect(),
+        )
     }
 
     /// A coordinator storing membership in `dir`.

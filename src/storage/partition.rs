@@ -1895,6 +1895,15 @@ impl Partition {
                 CleanedWriter::discard(&self.dir, base);
                 return Ok(false);
             }
+            // And one of them must exist: the segment after the group may have
+            // none (a power loss took it and the open removed it, or its
+            // write is still on its way into place, which the sync took for
+            // a removal). The next roll writes one.
+            if !self.durable_snapshot_from(after) {
+                tracing::info!(topic = %self.topic, partition = self.index, base, "no durable producer snapshot after a compacted group yet; the group is merged once there is one");
+                CleanedWriter::discard(&self.dir, base);
+                return Ok(false);
+            }
         }
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let at = log
@@ -2137,6 +2146,22 @@ impl Partition {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not fsync a producer snapshot; the older snapshots are kept until it is");
         }
         Ok(())
+    }
+
+    /// Whether a producer snapshot at or above `from` is on disk and known
+    /// durable. (A snapshot enters `snapshots` after its write's last mark
+    /// as waiting for an fsync: one found there and not waiting was fsynced
+    /// after it was in place.)
+    fn durable_snapshot_from(&self, from: i64) -> bool {
+        let snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let unsynced = self
+            .unsynced_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        snapshots.range(from..).any(|&b| !unsynced.contains(b))
     }
 
     /// Makes the producer snapshots at or above `from` that wait for their
@@ -4462,56 +4487,14 @@ pub(crate) mod tests {
     /// a group are now fsynced before the group is swapped.
     #[test]
     fn a_compaction_merge_makes_the_later_snapshots_durable_before_it_removes_the_merged_ones() {
-        use crate::storage::{batch::tests, producers::Verdict};
-        let keyed = |key: &[u8], pid, seq| {
-            tests::make_keyed_batch(
-                0,
-                segment::now_ms(),
-                &[(0, Some(key), Some(b"v"))],
-                pid,
-                0,
-                seq,
-            )
-        };
-        let record = |p: &Partition, b: Vec<u8>| {
-            let mut infos = validate_all(&b).unwrap();
-            infos[0].base_offset = store(p, b);
-            p.producers().record(&infos);
-            infos[0].base_offset
-        };
-        let roll_with = |p: &Partition, b: Vec<u8>| {
-            p.set_segment_bytes(1);
-            let base = record(p, b);
-            p.set_segment_bytes(1 << 30);
-            base
-        };
+        use crate::storage::producers::Verdict;
         let dir = tempfile::tempdir().unwrap();
         let pdir = dir.path().join("0");
-        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
-        let first = keyed(b"once", 7, 0);
-        assert_eq!(record(&p, first.clone()), 0);
-        let n = PREVIOUS_SEGMENT_BATCHES as i64 + 100;
-        for k in 1..=n {
-            record(&p, keyed(format!("k{k}").as_bytes(), -1, -1));
-        }
-        // [once, k1..], [kn+1]: snapshot n+1 knows producer 7 and is
-        // fsynced by a checkpoint, which drops the older ones.
-        assert_eq!(roll_with(&p, keyed(b"s2", -1, -1)), n + 1);
-        p.sync().unwrap();
-        p.drop_snapshots_below(p.log_end_offset());
-        assert!(pdir.join(segment::producers_name(n + 1)).exists());
+        let (p, first, n) = producer_seven_far_back(&pdir);
         // A roll to n+2: its snapshot is not fsynced.
         assert_eq!(roll_with(&p, keyed(b"s3", -1, -1)), n + 2);
         assert!(snapshots_not_fsynced().contains(&pdir.join(segment::producers_name(n + 2))));
-        let policy = CompactionPolicy {
-            now_ms: segment::now_ms(),
-            delete_retention_ms: 0,
-            min_compaction_lag_ms: 0,
-            min_cleanable_dirty_ratio: 0.0,
-            map_bytes: compaction::DEFAULT_MAP_BYTES,
-            segment_bytes: 1 << 30,
-        };
-        let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
+        let stats = p.compact(&merge_policy(), &AtomicBool::new(false)).unwrap();
         assert_eq!(stats.segments, 2, "the first two segments merged");
         assert_eq!(files(&pdir, "log"), 2);
         assert!(!p.snapshots.lock().unwrap().contains(&(n + 1)));
@@ -4524,6 +4507,99 @@ pub(crate) mod tests {
             p.producers().check(&validate_all(&first).unwrap()),
             Ok(Verdict::Duplicate(0)),
             "snapshots not fsynced when the merge removed the older ones: {lost:?}"
+        );
+    }
+
+    /// A batch of one keyed record at the clock's time, by producer `pid`.
+    fn keyed(key: &[u8], pid: i64, seq: i32) -> Vec<u8> {
+        crate::storage::batch::tests::make_keyed_batch(
+            0,
+            segment::now_ms(),
+            &[(0, Some(key), Some(b"v"))],
+            pid,
+            0,
+            seq,
+        )
+    }
+
+    /// Stores `b` in `p` and records its producer; its base offset.
+    fn record_keyed(p: &Partition, b: Vec<u8>) -> i64 {
+        let mut infos = validate_all(&b).unwrap();
+        infos[0].base_offset = store(p, b);
+        p.producers().record(&infos);
+        infos[0].base_offset
+    }
+
+    /// Stores `b` in `p` in a new segment; its base offset.
+    fn roll_with(p: &Partition, b: Vec<u8>) -> i64 {
+        p.set_segment_bytes(1);
+        let base = record_keyed(p, b);
+        p.set_segment_bytes(1 << 30);
+        base
+    }
+
+    /// A compaction that merges whatever it may.
+    fn merge_policy() -> CompactionPolicy {
+        CompactionPolicy {
+            now_ms: segment::now_ms(),
+            delete_retention_ms: 0,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: 0.0,
+            map_bytes: compaction::DEFAULT_MAP_BYTES,
+            segment_bytes: 1 << 30,
+        }
+    }
+
+    /// A partition in `pdir` holding producer 7's batch (returned) at 0 and
+    /// `n` (returned) keyed batches after it, more than a start's scan of
+    /// the last batches reads, in segment [0, n+1), then [n+1, n+2) and the
+    /// active one: snapshot n+1 knows producer 7 and was fsynced by a
+    /// checkpoint, which dropped the older ones.
+    fn producer_seven_far_back(pdir: &Path) -> (Partition, Vec<u8>, i64) {
+        let p = Partition::open("t", 0, pdir.to_path_buf(), 1 << 30).unwrap();
+        let first = keyed(b"once", 7, 0);
+        assert_eq!(record_keyed(&p, first.clone()), 0);
+        let n = PREVIOUS_SEGMENT_BATCHES as i64 + 100;
+        for k in 1..=n {
+            record_keyed(&p, keyed(format!("k{k}").as_bytes(), -1, -1));
+        }
+        assert_eq!(roll_with(&p, keyed(b"s2", -1, -1)), n + 1);
+        p.sync().unwrap();
+        p.drop_snapshots_below(p.log_end_offset());
+        assert!(pdir.join(segment::producers_name(n + 1)).exists());
+        (p, first, n)
+    }
+
+    /// The same merge with no snapshot after the group at all: the one of
+    /// the segment after it was lost to a power loss (removed at the open,
+    /// unreadable), so the merged second segment's was the newest durable
+    /// one, and nothing was waiting for an fsync. The merge removed it, and a
+    /// restart (a kill -9 will do) found no snapshot knowing producer 7. A
+    /// group is now merged only with a durable snapshot after it.
+    #[test]
+    fn a_compaction_merge_waits_for_a_durable_snapshot_after_its_group() {
+        use crate::storage::producers::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let (p, first, n) = producer_seven_far_back(&pdir);
+        // A roll to n+2 whose snapshot a power loss takes.
+        assert_eq!(roll_with(&p, keyed(b"s3", -1, -1)), n + 2);
+        let lost = snapshots_not_fsynced();
+        assert!(lost.contains(&pdir.join(segment::producers_name(n + 2))));
+        drop(p);
+        power_loss_empties(&lost);
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+        assert!(!pdir.join(segment::producers_name(n + 2)).exists());
+        p.sync().unwrap();
+        p.drop_snapshots_below(p.log_end_offset());
+        assert!(pdir.join(segment::producers_name(n + 1)).exists());
+        p.compact(&merge_policy(), &AtomicBool::new(false)).unwrap();
+        drop(p);
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+        assert_eq!(
+            p.producers().check(&validate_all(&first).unwrap()),
+            Ok(Verdict::Duplicate(0)),
+            "the merge removed the only snapshot knowing producer 7"
         );
     }
 
