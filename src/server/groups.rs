@@ -212,6 +212,17 @@ struct Member {
     joined: bool,
 }
 
+impl Member {
+    /// Its metadata for `protocol` (empty when it does not list it).
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// A group's members by member id, with the indexes that keep each request's
 /// checks from taking time in the group's size: how many members list each
 /// protocol name, and the member id of each static member's instance. (A
@@ -681,26 +692,15 @@ impl Group {
         self.protocol = Some(protocol.clone());
         // A member's session restarts when its join completes: one that waited
         // longer than its session timeout for the others is not expired for it.
-        // (An absent static member's runs on from its last heartbeat.)
+        // So does an absent static member's, as Kafka restarts every member's
+        // heartbeat timer at the completion.
         let now = Instant::now();
-        for m in self.members.values_mut().filter(|m| m.joined) {
+        for m in self.members.values_mut() {
             m.last_seen = now;
         }
         self.leader = Some(leader.clone());
         self.state = State::CompletingRebalance;
-        let all: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == protocol)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
-                (id.clone(), m.instance_id.clone(), meta)
-            })
-            .collect();
+        let all = self.member_list(&protocol);
         for (id, tx) in self.pending_joins.drain() {
             let _ = tx.send(JoinResult {
                 error: codes::NONE,
@@ -717,6 +717,15 @@ impl Group {
             });
         }
         tracing::info!(generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
+    }
+
+    /// Every member (id, instance id) with its metadata for `protocol`: what
+    /// the leader's JoinGroup answer lists.
+    fn member_list(&self, protocol: &str) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.instance_id.clone(), m.metadata_for(protocol)))
+            .collect()
     }
 
     /// The protocol a rebalance would choose now (see [`choose_protocol`]).
@@ -1616,15 +1625,29 @@ impl GroupCoordinator {
             return rx;
         };
         g.protocol_type = Some(req.protocol_type.clone());
-        let unchanged = g.state == State::Stable
-            && g.members
-                .get(&member_id)
-                .is_some_and(|m| m.protocols == req.protocols)
-            && g.leader.as_deref() != Some(member_id.as_str());
+        let same = g
+            .members
+            .get(&member_id)
+            .is_some_and(|m| m.protocols == req.protocols);
+        let leads = g.leader.as_deref() == Some(member_id.as_str());
+        // As Kafka: a member rejoining with the same metadata gets the
+        // current generation, in a stable group unless it leads (a leader's
+        // join asks for a new assignment), and while the group waits for
+        // the leader's assignment (its join's answer may have been lost, or
+        // it was absent when the rebalance completed: entry 192).
+        let unchanged = same
+            && match g.state {
+                State::Stable => !leads,
+                State::CompletingRebalance => true,
+                _ => false,
+            };
         if unchanged {
-            // A follower rejoining with the same metadata gets the current generation.
             let m = g.members.get_mut(&member_id).expect("checked above");
             m.last_seen = now;
+            let members = match (&g.protocol, g.state) {
+                (Some(protocol), State::CompletingRebalance) if leads => g.member_list(protocol),
+                _ => Vec::new(),
+            };
             let _ = tx.send(JoinResult {
                 error: codes::NONE,
                 generation: g.generation,
@@ -1632,7 +1655,7 @@ impl GroupCoordinator {
                 protocol_type: g.protocol_type.clone(),
                 leader: g.leader.clone().unwrap_or_default(),
                 member_id,
-                members: Vec::new(),
+                members,
             });
             return rx;
         }
@@ -1960,13 +1983,7 @@ impl GroupCoordinator {
             .iter()
             .map(|(id, m)| {
                 let (metadata, assignment) = if stable {
-                    let meta = m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default();
-                    (meta, m.assignment.clone())
+                    (m.metadata_for(&protocol), m.assignment.clone())
                 } else {
                     (Bytes::new(), Bytes::new())
                 };
@@ -3562,8 +3579,14 @@ mod tests {
         // s is away (a long deploy); a dynamic member joins, and the
         // rebalance deadline passes without s.
         let mut rd = join("", None);
+        let before = Instant::now();
         pass_deadline();
         c.tick();
+        let restarted = c.lock()["g"].members[&s.member_id].last_seen;
+        assert!(
+            restarted >= before,
+            "s's session restarts at the completion, as Kafka's"
+        );
         let d = rd
             .try_recv()
             .expect("the rebalance completed at its deadline");
@@ -3577,6 +3600,23 @@ mod tests {
             ]),
             "s stays in the leader's list"
         );
+        // While the leader computes the assignment, a member rejoining with
+        // its id and the same metadata (s was only slow; or a lost answer)
+        // gets the current generation, as from Kafka, and starts no
+        // rebalance; the leader gets the member list again.
+        let back = join(&s.member_id, Some("s"))
+            .try_recv()
+            .expect("answered at once");
+        assert_eq!(
+            (back.error, back.generation, back.leader.as_str()),
+            (codes::NONE, 2, d.member_id.as_str())
+        );
+        assert!(back.members.is_empty());
+        let again = join(&d.member_id, None)
+            .try_recv()
+            .expect("answered at once");
+        assert_eq!((again.error, again.generation), (codes::NONE, 2));
+        assert_eq!(listed_members(&again), listed_members(&d));
         let assignments = vec![
             (d.member_id.clone(), Bytes::from_static(b"for-d")),
             (s.member_id.clone(), Bytes::from_static(b"for-s2")),
