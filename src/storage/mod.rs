@@ -2917,7 +2917,7 @@ impl TopicManager {
             )));
         }
         // Kafka judges `now - timestamp` in 64 bits: a timestamp so far behind
-        // that the difference overflows reads to it as far ahead, refused.
+        // that the difference overflows reads to Kafka as far ahead: refused.
         if let Some(oldest) = produced
             .min_timestamp
             .filter(|&oldest| now.checked_sub(oldest).is_none())
