@@ -1584,6 +1584,12 @@ impl GroupCoordinator {
                 let _ = tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, &req.member_id));
                 return rx;
             }
+        } else if req.instance_id.is_some() && !req.member_id.is_empty() {
+            // As Kafka's `validateCurrentMember`: a member id joining with an
+            // instance id no member has is unknown (a dynamic member's id
+            // would otherwise be answered as if it were that static member).
+            let _ = tx.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, &req.member_id));
+            return rx;
         }
         // Checked against the other members: a static member replacing itself
         // is not one of them.
@@ -3615,6 +3621,11 @@ mod tests {
         let again = join(&d.member_id, None)
             .try_recv()
             .expect("answered at once");
+        // d's id with an instance id no member has: unknown, as from Kafka.
+        assert_eq!(
+            join(&d.member_id, Some("x")).try_recv().unwrap().error,
+            codes::UNKNOWN_MEMBER_ID
+        );
         assert_eq!((again.error, again.generation), (codes::NONE, 2));
         assert_eq!(listed_members(&again), listed_members(&d));
         let assignments = vec![
