@@ -786,6 +786,19 @@ impl Group {
             .is_some_and(|id| id != member_id)
     }
 
+    /// As Kafka's `validateCurrentMember` for JoinGroup, SyncGroup and
+    /// Heartbeat: FENCED_INSTANCE_ID when `instance` has another member id
+    /// now, UNKNOWN_MEMBER_ID when no member has it (a member id that is
+    /// known would otherwise be served as a static member it is not).
+    fn instance_error(&self, instance: Option<&str>, member_id: &str) -> Option<i16> {
+        let instance = instance?;
+        match self.static_member(instance) {
+            Some(id) if id != member_id => Some(codes::FENCED_INSTANCE_ID),
+            Some(_) => None,
+            None => Some(codes::UNKNOWN_MEMBER_ID),
+        }
+    }
+
     /// A static member rejoining without its member id (a restarted consumer
     /// with the same `group.instance.id`) takes over its old membership under
     /// a new id, as in Kafka: the old id is fenced, its pending join or sync
@@ -1711,11 +1724,9 @@ impl GroupCoordinator {
             let _ = tx.send((codes::COORDINATOR_NOT_AVAILABLE, Bytes::new()));
             return rx;
         }
-        let err = if g.fenced(instance, member_id) {
-            codes::FENCED_INSTANCE_ID
-        } else {
-            g.check_member(member_id, generation)
-        };
+        let err = g
+            .instance_error(instance, member_id)
+            .unwrap_or_else(|| g.check_member(member_id, generation));
         if err != codes::NONE {
             let _ = tx.send((err, Bytes::new()));
             return rx;
@@ -1787,8 +1798,8 @@ impl GroupCoordinator {
         if g.state == State::Dead {
             return codes::COORDINATOR_NOT_AVAILABLE;
         }
-        if g.fenced(instance, member_id) {
-            return codes::FENCED_INSTANCE_ID;
+        if let Some(err) = g.instance_error(instance, member_id) {
+            return err;
         }
         if let Some(m) = g.members.get_mut(member_id) {
             m.last_seen = Instant::now();
@@ -3621,9 +3632,21 @@ mod tests {
         let again = join(&d.member_id, None)
             .try_recv()
             .expect("answered at once");
-        // d's id with an instance id no member has: unknown, as from Kafka.
+        // d's id with an instance id no member has: unknown, as from Kafka,
+        // to JoinGroup, SyncGroup and Heartbeat alike.
         assert_eq!(
             join(&d.member_id, Some("x")).try_recv().unwrap().error,
+            codes::UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            c.sync("g", 2, &d.member_id, Some("x"), vec![])
+                .try_recv()
+                .unwrap()
+                .0,
+            codes::UNKNOWN_MEMBER_ID
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &d.member_id, Some("x")),
             codes::UNKNOWN_MEMBER_ID
         );
         assert_eq!((again.error, again.generation), (codes::NONE, 2));
