@@ -1592,17 +1592,13 @@ impl GroupCoordinator {
             .as_deref()
             .and_then(|i| g.static_member(i))
             .cloned();
-        if let Some(cur) = &current {
-            if !req.member_id.is_empty() && *cur != req.member_id {
-                let _ = tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, &req.member_id));
+        // A join with a member id is checked as SyncGroup and Heartbeat are;
+        // one without is a new member or a static member's replacement.
+        if !req.member_id.is_empty() {
+            if let Some(err) = g.instance_error(req.instance_id.as_deref(), &req.member_id) {
+                let _ = tx.send(JoinResult::error(err, &req.member_id));
                 return rx;
             }
-        } else if req.instance_id.is_some() && !req.member_id.is_empty() {
-            // As Kafka's `validateCurrentMember`: a member id joining with an
-            // instance id no member has is unknown (a dynamic member's id
-            // would otherwise be answered as if it were that static member).
-            let _ = tx.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, &req.member_id));
-            return rx;
         }
         // Checked against the other members: a static member replacing itself
         // is not one of them.
