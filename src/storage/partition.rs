@@ -313,6 +313,13 @@ pub struct Partition {
     /// failed. One at a time, the failure is marked before any other sync
     /// looks, and no two write again the same temporary file.
     syncing_snapshots: Mutex<()>,
+    /// Held through each write of a segment's producer snapshot by
+    /// [`Partition::snapshot_producers`]: a roll's, and a compaction merge's
+    /// of the newest segment when no snapshot after its group exists (see
+    /// [`Partition::ensure_snapshot_from`]), which may be for the same base;
+    /// one at a time, neither renames the other's half-written temporary
+    /// file into place.
+    writing_snapshots: Mutex<()>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`]. Those found
     /// at open that load wait for the first checkpoint's fsync (a crash may
@@ -777,6 +784,7 @@ impl Partition {
             producers: Mutex::new(producers),
             unsynced_snapshots: Mutex::new(unsynced),
             syncing_snapshots: Mutex::new(()),
+            writing_snapshots: Mutex::new(()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -1127,6 +1135,15 @@ impl Partition {
     /// batches under the producers' lock, which the submit thread holds to
     /// judge each payload: that copy is the one part that cannot move.)
     fn snapshot_producers(&self, base: i64) {
+        let _one_at_a_time = self
+            .writing_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.snapshot_producers_locked(base);
+    }
+
+    /// [`Partition::snapshot_producers`] under `writing_snapshots`.
+    fn snapshot_producers_locked(&self, base: i64) {
         let snapshot = self.producers().snapshot_below(base);
         let path = self.dir.join(segment::producers_name(base));
         let not_synced = || {
@@ -1890,15 +1907,14 @@ impl Partition {
         // producers. Without that the group stays as it is.
         if group.len() > 1 {
             let after = group[group.len() - 1].next;
+            self.ensure_snapshot_from(after);
             if let Err(e) = self.sync_snapshots_from(after) {
                 tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, "could not make the producer snapshots after a compacted group durable; the group is left as it is");
                 CleanedWriter::discard(&self.dir, base);
                 return Ok(false);
             }
-            // And one of them must exist: the segment after the group may have
-            // none (a power loss took it and the open removed it, or its
-            // write is still on its way into place, which the sync took for
-            // a removal). The next roll writes one.
+            // And one of them must exist: the one written above may have
+            // failed, or its fsync (both are tried again by the next pass).
             if !self.durable_snapshot_from(after) {
                 tracing::info!(topic = %self.topic, partition = self.index, base, "no durable producer snapshot after a compacted group yet; the group is merged once there is one");
                 CleanedWriter::discard(&self.dir, base);
@@ -2146,6 +2162,43 @@ impl Partition {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not fsync a producer snapshot; the older snapshots are kept until it is");
         }
         Ok(())
+    }
+
+    /// Writes the newest segment's producer snapshot when no snapshot at or
+    /// above `from` is on disk or being written, and the newest segment
+    /// starts at or above `from`. A compaction merge needs one after its
+    /// group (see [`Partition::install_group`]), and none may come by itself:
+    /// a power loss took the newest segment's, or a kill -9 came between its
+    /// roll and its snapshot's rename, and no roll follows while producers
+    /// are idle. Best effort, as a roll's; the sync that follows counts it.
+    fn ensure_snapshot_from(&self, from: i64) {
+        // A roll's write of the same base finishes first (its segment was
+        // in the log before its write began, so one seen missing here is
+        // written below and by that roll again: the same snapshot).
+        let _one_at_a_time = self
+            .writing_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .range(from..)
+            .next()
+            .is_some()
+        {
+            return;
+        }
+        let newest = self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .map(Segment::base_offset);
+        if let Some(base) = newest.filter(|&b| b >= from) {
+            tracing::info!(topic = %self.topic, partition = self.index, base, "writing the newest segment's missing producer snapshot for a compaction merge");
+            self.snapshot_producers_locked(base);
+        }
     }
 
     /// Whether a producer snapshot at or above `from` is on disk and known
@@ -3548,13 +3601,7 @@ pub(crate) mod tests {
             assert_eq!(base, 2 * i as i64);
             records.extend([(base, T + ts[0]), (base + 1, T + ts[1])]);
         }
-        let bases: Vec<i64> = p
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Segment::base_offset)
-            .collect();
+        let bases = segment_bases(&p);
         assert_eq!(bases, [0, 4, 8, 12]);
         // The first record with the largest timestamp at or above the log
         // start.
@@ -3752,13 +3799,7 @@ pub(crate) mod tests {
         for k in 0..N {
             assert_eq!(store(&p, with_timestamp(make_batch(0, &[b"v"]), T + k)), k);
         }
-        let bases: Vec<i64> = p
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Segment::base_offset)
-            .collect();
+        let bases = segment_bases(&p);
         assert!(bases.len() >= 4, "{bases:?}");
         let target = N - 10;
         let holding = *bases.iter().rev().find(|&&b| b <= target).unwrap();
@@ -4510,6 +4551,16 @@ pub(crate) mod tests {
         );
     }
 
+    /// The base offsets of `p`'s segments, oldest first.
+    fn segment_bases(p: &Partition) -> Vec<i64> {
+        p.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Segment::base_offset)
+            .collect()
+    }
+
     /// A batch of one keyed record at the clock's time, by producer `pid`.
     fn keyed(key: &[u8], pid: i64, seq: i32) -> Vec<u8> {
         crate::storage::batch::tests::make_keyed_batch(
@@ -4575,32 +4626,66 @@ pub(crate) mod tests {
     /// unreadable), so the merged second segment's was the newest durable
     /// one, and nothing was waiting for an fsync. The merge removed it, and a
     /// restart (a kill -9 will do) found no snapshot knowing producer 7. A
-    /// group is now merged only with a durable snapshot after it.
+    /// group was then merged only with a durable snapshot after it, which
+    /// left an idle partition (no roll to write one) uncompacted for good;
+    /// the merge now writes the newest segment's snapshot itself (a failed
+    /// write is tried again by the sync that follows), and holds the group
+    /// back only when the snapshot cannot be made durable.
     #[test]
-    fn a_compaction_merge_waits_for_a_durable_snapshot_after_its_group() {
+    fn a_compaction_merge_writes_the_missing_snapshot_after_its_group() {
         use crate::storage::producers::Verdict;
-        let dir = tempfile::tempdir().unwrap();
-        let pdir = dir.path().join("0");
-        let (p, first, n) = producer_seven_far_back(&pdir);
-        // A roll to n+2 whose snapshot a power loss takes.
-        assert_eq!(roll_with(&p, keyed(b"s3", -1, -1)), n + 2);
-        let lost = snapshots_not_fsynced();
-        assert!(lost.contains(&pdir.join(segment::producers_name(n + 2))));
-        drop(p);
-        power_loss_empties(&lost);
-        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
-        assert!(!pdir.join(segment::producers_name(n + 2)).exists());
-        p.sync().unwrap();
-        p.drop_snapshots_below(p.log_end_offset());
-        assert!(pdir.join(segment::producers_name(n + 1)).exists());
-        p.compact(&merge_policy(), &AtomicBool::new(false)).unwrap();
-        drop(p);
-        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
-        assert_eq!(
-            p.producers().check(&validate_all(&first).unwrap()),
-            Ok(Verdict::Duplicate(0)),
-            "the merge removed the only snapshot knowing producer 7"
-        );
+        // No failure, the write failing once, the fsync failing.
+        for (write_fails, fsync_fails) in [(false, false), (true, false), (false, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let pdir = dir.path().join("0");
+            let (p, first, n) = producer_seven_far_back(&pdir);
+            // A roll to n+2 whose snapshot a power loss takes.
+            assert_eq!(roll_with(&p, keyed(b"s3", -1, -1)), n + 2);
+            let lost = snapshots_not_fsynced();
+            let newest = pdir.join(segment::producers_name(n + 2));
+            assert!(lost.contains(&newest));
+            drop(p);
+            power_loss_empties(&lost);
+            let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+            assert!(!newest.exists());
+            p.sync().unwrap();
+            p.drop_snapshots_below(p.log_end_offset());
+            assert!(pdir.join(segment::producers_name(n + 1)).exists());
+            if write_fails {
+                FAIL_SNAPSHOT_WRITE.with(|f| f.borrow_mut().insert(newest.clone()));
+            }
+            if fsync_fails {
+                FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow_mut().insert(newest.clone()));
+            }
+            p.compact(&merge_policy(), &AtomicBool::new(false)).unwrap();
+            let bases = segment_bases(&p);
+            assert!(
+                FAIL_SNAPSHOT_WRITE.with(|f| f.borrow().is_empty())
+                    && FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow().is_empty()),
+                "the failure was met"
+            );
+            if fsync_fails {
+                assert_eq!(
+                    bases,
+                    [0, n + 1, n + 2],
+                    "merged with no durable snapshot after the group"
+                );
+            } else {
+                assert_eq!(bases, [0, n + 2], "the group was not merged");
+                assert!(load_snapshot(&pdir, n + 2).is_some());
+                assert!(
+                    !snapshots_not_fsynced().contains(&newest),
+                    "merged before the snapshot was fsynced"
+                );
+            }
+            drop(p);
+            let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+            assert_eq!(
+                p.producers().check(&validate_all(&first).unwrap()),
+                Ok(Verdict::Duplicate(0)),
+                "the merge removed the only snapshot knowing producer 7 (write fails: {write_fails}, fsync fails: {fsync_fails})"
+            );
+        }
     }
 
     /// A partition with producer 7's batch at 0 and two batches of producer
@@ -6659,13 +6744,7 @@ pub(crate) mod tests {
             let original = read_all(&p);
             let before = dir.path().join("before");
             copy_dir(&pdir, &before);
-            let old_bases: Vec<i64> = p
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .map(Segment::base_offset)
-                .collect();
+            let old_bases = segment_bases(&p);
             assert!(old_bases.len() >= 4, "{old_bases:?}");
 
             // A segment whose index the open rebuilds is synced by the open
@@ -6686,13 +6765,7 @@ pub(crate) mod tests {
             );
             let compacted = read_all(&p);
             assert_ne!(compacted, original);
-            let bases: Vec<i64> = p
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .map(Segment::base_offset)
-                .collect();
+            let bases = segment_bases(&p);
             assert_eq!(bases, vec![0, *old_bases.last().unwrap()]);
             assert_eq!(files(&pdir, "timeindex"), 1, "the merged segments' went");
             let copy_log = pdir.join(segment::log_name(0));
