@@ -358,6 +358,16 @@ struct Group {
     /// unless the member rejoins with them.
     pending_members: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
+    /// The members of the current generation that have not sent SyncGroup
+    /// since it started, as Kafka's `pendingSyncMembers`: at `sync_deadline`
+    /// (the group's rebalance timeout after the generation started) those
+    /// still members are removed and the group rebalances. A leader that
+    /// never sends its assignment, or an absent static member kept in the
+    /// generation, holds the group's partitions no longer than that.
+    pending_sync: HashSet<String>,
+    /// When the members in `pending_sync` are removed; set while the group
+    /// is `CompletingRebalance` or `Stable` with some of them not synced.
+    sync_deadline: Option<Instant>,
     /// When the group last became `Empty` (or was created).
     empty_since: SystemTime,
     /// Its membership changed since it was last stored: it became `Empty`, the
@@ -413,6 +423,8 @@ impl Group {
             pending_syncs: HashMap::new(),
             pending_members: HashMap::new(),
             rebalance_deadline: None,
+            pending_sync: HashSet::new(),
+            sync_deadline: None,
             empty_since: SystemTime::now(),
             unstored: false,
             storing: false,
@@ -470,8 +482,44 @@ impl Group {
         self.leader = None;
         self.protocol = None;
         self.rebalance_deadline = None;
+        self.clear_pending_sync();
         self.storing = false;
         self.unstored = true;
+    }
+
+    /// No member is waited for in SyncGroup any more (a rebalance starts, or
+    /// the group is empty).
+    fn clear_pending_sync(&mut self) {
+        self.pending_sync.clear();
+        self.sync_deadline = None;
+    }
+
+    /// `member_id` sent a valid SyncGroup for the current generation.
+    fn synced(&mut self, member_id: &str) {
+        self.pending_sync.remove(member_id);
+        if self.pending_sync.is_empty() {
+            self.sync_deadline = None;
+        }
+    }
+
+    /// The members that had to send SyncGroup by `sync_deadline` and did not,
+    /// when it has passed (skipping old ids of static members whose rejoin
+    /// waits to be stored: their instance is alive, and its new id syncs).
+    /// Clears the deadline once passed.
+    fn take_unsynced(&mut self, now: Instant) -> Vec<String> {
+        if !matches!(self.state, State::CompletingRebalance | State::Stable)
+            || self.sync_deadline.is_none_or(|d| now < d)
+        {
+            return Vec::new();
+        }
+        let (members, replacements) = (&self.members, &self.replacements);
+        let unsynced = self
+            .pending_sync
+            .drain()
+            .filter(|id| members.contains_key(id) && !replacements.iter().any(|r| &r.old == id))
+            .collect();
+        self.sync_deadline = None;
+        unsynced
     }
 
     /// The leader's assignment is in force: the group is `Stable` and every
@@ -625,6 +673,7 @@ impl Group {
                 m.joined = false;
             }
             self.rebalance_deadline = Some(now + self.longest_rebalance_timeout());
+            self.clear_pending_sync();
             for tx in self.pending_syncs.drain().flat_map(|(_, txs)| txs) {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
             }
@@ -700,6 +749,10 @@ impl Group {
         }
         self.leader = Some(leader.clone());
         self.state = State::CompletingRebalance;
+        // As Kafka's `schedulePendingSync`: every member sends SyncGroup
+        // within the rebalance timeout, or is removed.
+        self.pending_sync = self.members.keys().cloned().collect();
+        self.sync_deadline = Some(now + self.longest_rebalance_timeout());
         let all = self.member_list(&protocol);
         for (id, tx) in self.pending_joins.drain() {
             let _ = tx.send(JoinResult {
@@ -777,17 +830,8 @@ impl Group {
         self.members.of_instance(instance)
     }
 
-    /// KIP-345: a request naming group instance `instance` with a member id
-    /// other than the one that instance has now comes from a member another
-    /// one replaced (FENCED_INSTANCE_ID).
-    fn fenced(&self, instance: Option<&str>, member_id: &str) -> bool {
-        instance
-            .and_then(|i| self.static_member(i))
-            .is_some_and(|id| id != member_id)
-    }
-
-    /// As Kafka's `validateCurrentMember` for JoinGroup, SyncGroup and
-    /// Heartbeat: FENCED_INSTANCE_ID when `instance` has another member id
+    /// As Kafka's `validateCurrentMember` for JoinGroup, SyncGroup,
+    /// Heartbeat and OffsetCommit: FENCED_INSTANCE_ID when `instance` has another member id
     /// now, UNKNOWN_MEMBER_ID when no member has it (a member id that is
     /// known would otherwise be served as a static member it is not).
     fn instance_error(&self, instance: Option<&str>, member_id: &str) -> Option<i16> {
@@ -883,6 +927,11 @@ impl Group {
         }
         if self.leader.as_deref() == Some(old) {
             self.leader = Some(new.clone());
+        }
+        // As Kafka's `replaceStaticMember`: the new id has to sync if the old
+        // one had.
+        if self.pending_sync.remove(old) {
+            self.pending_sync.insert(new.clone());
         }
         m.client_id = req.client_id;
         m.client_host = req.client_host;
@@ -1730,6 +1779,9 @@ impl GroupCoordinator {
         if let Some(m) = g.members.get_mut(member_id) {
             m.last_seen = Instant::now();
         }
+        if matches!(g.state, State::CompletingRebalance | State::Stable) {
+            g.synced(member_id);
+        }
         match g.state {
             State::PreparingRebalance | State::Empty | State::Dead => {
                 let _ = tx.send((codes::REBALANCE_IN_PROGRESS, Bytes::new()));
@@ -1930,17 +1982,21 @@ impl GroupCoordinator {
             None if generation < 0 => codes::NONE,
             None => codes::ILLEGAL_GENERATION,
             Some(g) if g.state == State::Dead => codes::COORDINATOR_NOT_AVAILABLE,
+            // As Kafka's `validateOffsetCommit`: a commit without a generation
+            // (an admin client, a consumer without group management) is
+            // taken by an empty group whatever member it names.
+            Some(g) if generation < 0 && g.state == State::Empty => codes::NONE,
             // Only members commit to a group that has some: Kafka answers
             // UNKNOWN_MEMBER_ID, on which clients rejoin.
-            Some(g) if generation < 0 && member_id.is_empty() => {
-                if g.members.is_empty() {
-                    codes::NONE
-                } else {
-                    codes::UNKNOWN_MEMBER_ID
-                }
+            Some(_) if generation < 0 && member_id.is_empty() && instance.is_none() => {
+                codes::UNKNOWN_MEMBER_ID
             }
-            Some(g) if g.fenced(instance, member_id) => codes::FENCED_INSTANCE_ID,
             Some(g) => {
+                // An instance id another member holds is fenced; one no
+                // member holds is unknown (Kafka's `validateCurrentMember`).
+                if let Some(err) = g.instance_error(instance, member_id) {
+                    return err;
+                }
                 let err = g.check_member(member_id, generation);
                 if err == codes::NONE && g.state == State::CompletingRebalance {
                     return codes::REBALANCE_IN_PROGRESS;
@@ -2327,7 +2383,13 @@ impl GroupCoordinator {
                 g.members.remove(id);
                 g.pending_syncs.remove(id);
             }
-            let mut changed = !expired.is_empty();
+            // As Kafka's `onExpirePendingSync`.
+            let unsynced = g.take_unsynced(now);
+            for id in &unsynced {
+                tracing::info!(group = %name, member = %id, generation = g.generation, "member did not send SyncGroup within the rebalance timeout; removed");
+                g.members.remove(id);
+            }
+            let mut changed = !expired.is_empty() || !unsynced.is_empty();
             if changed {
                 if g.members.is_empty() {
                     g.become_empty();
@@ -3295,6 +3357,9 @@ mod tests {
         // may still list members.
         assert!(c.lock().get("g").unwrap().unstored);
         assert_eq!(c.check_commit("g", -1, "", None), codes::NONE);
+        // As Kafka's: an empty group takes a commit without a generation
+        // whatever member it names (an admin client's).
+        assert_eq!(c.check_commit("g", -1, "m", Some("i")), codes::NONE);
         assert_eq!(c.begin_delete("g", false), codes::NONE);
         c.finish_delete("g", true);
         assert!(c.describe("g").is_none());
@@ -3645,6 +3710,11 @@ mod tests {
             c.heartbeat("g", 2, &d.member_id, Some("x")),
             codes::UNKNOWN_MEMBER_ID
         );
+        assert_eq!(
+            c.check_commit("g", 2, &d.member_id, Some("x")),
+            codes::UNKNOWN_MEMBER_ID,
+            "a commit as an instance no member has"
+        );
         assert_eq!((again.error, again.generation), (codes::NONE, 2));
         assert_eq!(listed_members(&again), listed_members(&d));
         let assignments = vec![
@@ -3689,6 +3759,120 @@ mod tests {
         }
         c.tick();
         assert_eq!(c.describe("g").unwrap().state, EMPTY);
+    }
+
+    /// Makes group "g"'s SyncGroup deadline (its rebalance timeout after its
+    /// generation started) pass, if it waits for one, and ticks.
+    fn pass_sync_deadline(c: &GroupCoordinator) {
+        {
+            let mut groups = c.lock();
+            let g = groups.get_mut("g").unwrap();
+            if g.sync_deadline.is_some() {
+                g.sync_deadline = Some(
+                    Instant::now()
+                        .checked_sub(Duration::from_millis(1))
+                        .unwrap(),
+                );
+            }
+        }
+        c.tick();
+    }
+
+    /// A leader that heartbeats but never sends its assignment held the
+    /// group in CompletingRebalance for good: its session never ran out, and
+    /// the followers waiting in SyncGroup expired one by one. As Kafka's
+    /// pending-sync expiry, a member that has not sent SyncGroup within the
+    /// rebalance timeout after its generation started is removed, and the
+    /// others rebalance without it.
+    #[test]
+    fn a_leader_not_sending_syncgroup_within_the_rebalance_timeout_is_removed() {
+        let c = GroupCoordinator::default();
+        let (a, b) = two_joined(&c);
+        let mut b_sync = c.sync("g", 2, &b.member_id, None, vec![]);
+        assert!(b_sync.try_recv().is_err(), "b waits for the leader");
+        assert_eq!(c.heartbeat("g", 2, &a.member_id, None), codes::NONE);
+        pass_sync_deadline(&c);
+        assert_eq!(
+            b_sync.try_recv().unwrap().0,
+            codes::REBALANCE_IN_PROGRESS,
+            "b rejoins"
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, &a.member_id, None),
+            codes::UNKNOWN_MEMBER_ID,
+            "a was removed"
+        );
+        let b3 = c
+            .join(req(&b.member_id))
+            .try_recv()
+            .expect("b alone is the group");
+        assert_eq!((b3.error, b3.generation), (codes::NONE, 3));
+        assert_eq!(b3.leader, b.member_id);
+        assert_eq!(listed_members(&b3), [(b.member_id.clone(), None)]);
+    }
+
+    /// A static member kept in a generation while it was away (see above)
+    /// held its partitions until its session ran out; as Kafka's, it now has
+    /// the rebalance timeout after the generation started to come back and
+    /// send SyncGroup (under its new member id, which has to sync as the old
+    /// one had), or is removed. Members that synced in time are not touched.
+    #[test]
+    fn an_absent_static_member_not_syncing_within_the_rebalance_timeout_is_removed() {
+        // Away; back and synced; back (rejoined) but not synced.
+        for (comes_back, syncs) in [(false, false), (true, true), (true, false)] {
+            let c = GroupCoordinator::default();
+            let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
+            let s = join("", Some("s")).try_recv().unwrap();
+            let synced = c.sync("g", 1, &s.member_id, Some("s"), vec![]);
+            assert_eq!(synced.blocking_recv().unwrap().0, codes::NONE);
+            // s is away; a dynamic member joins, and the rebalance completes
+            // at its deadline with s kept.
+            let mut rd = join("", None);
+            {
+                let mut groups = c.lock();
+                let g = groups.get_mut("g").unwrap();
+                g.rebalance_deadline = Some(
+                    Instant::now()
+                        .checked_sub(Duration::from_millis(1))
+                        .unwrap(),
+                );
+            }
+            c.tick();
+            let d = rd.try_recv().unwrap();
+            assert_eq!((d.error, d.generation), (codes::NONE, 2));
+            assert_eq!(listed_members(&d).len(), 2, "s kept in generation 2");
+            let assignments = vec![
+                (d.member_id.clone(), Bytes::from_static(b"for-d")),
+                (s.member_id.clone(), Bytes::from_static(b"for-s")),
+            ];
+            let synced = c.sync("g", 2, &d.member_id, None, assignments);
+            assert_eq!(synced.blocking_recv().unwrap().0, codes::NONE);
+            let mut s_now = s.member_id.clone();
+            if comes_back {
+                let s2 = join("", Some("s")).try_recv().expect("no rebalance");
+                assert_eq!((s2.error, s2.generation), (codes::NONE, 2));
+                if syncs {
+                    let mut synced = c.sync("g", 2, &s2.member_id, Some("s"), vec![]);
+                    assert_eq!(
+                        synced.try_recv().unwrap(),
+                        (codes::NONE, Bytes::from_static(b"for-s"))
+                    );
+                }
+                s_now = s2.member_id;
+            }
+            assert_eq!(c.heartbeat("g", 2, &s_now, Some("s")), codes::NONE);
+            pass_sync_deadline(&c);
+            let heartbeat = c.heartbeat("g", 2, &d.member_id, None);
+            if syncs {
+                assert_eq!(heartbeat, codes::NONE, "every member synced in time");
+                assert_eq!(c.heartbeat("g", 2, &s_now, Some("s")), codes::NONE);
+            } else {
+                assert_eq!(heartbeat, codes::REBALANCE_IN_PROGRESS);
+                let d3 = join(&d.member_id, None).try_recv().expect("d alone");
+                assert_eq!((d3.error, d3.generation), (codes::NONE, 3));
+                assert_eq!(listed_members(&d3), [(d.member_id.clone(), None)]);
+            }
+        }
     }
 
     /// A static member replacing itself while the group rebalances: its old

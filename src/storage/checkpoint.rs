@@ -216,9 +216,11 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
 /// topic whose `cleanup.policy` lacks `delete` (compact only) loses only what lies
 /// below its log start.
 /// A partition that fails is logged and the others still get theirs: one failing
-/// directory does not keep the rest from freeing space.
+/// directory does not keep the rest from freeing space. Deletes of this run
+/// whose files are still in the trash are tried again first.
 /// Returns the segments and bytes deleted, or the first partition's error.
 pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
+    super::finish_deletes(shared);
     let storage = &shared.config.storage;
     let now_ms = super::segment::now_ms();
     let topics = shared.topic_list();

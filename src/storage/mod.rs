@@ -311,6 +311,18 @@ struct UndurableDelete {
     positions_dropped: bool,
 }
 
+/// A topic deleted from this run whose files are still in the trash because
+/// the drop of its committed positions, or the removal of the files, failed:
+/// both are tried again by each retention pass (see [`finish_deletes`]).
+struct UnfinishedDelete {
+    name: String,
+    /// Where its directory went.
+    trash: PathBuf,
+    /// Whether its committed positions were dropped (its files stay until
+    /// they are: see [`UndurableDelete::positions_dropped`]).
+    positions_dropped: bool,
+}
+
 /// How long a create waits for a delete of the same name in progress to finish.
 pub const CREATE_WAITS_FOR_DELETE: Duration = Duration::from_secs(30);
 
@@ -377,6 +389,9 @@ struct Shared {
     /// directory fsync after their move to the trash failed, and no delete of
     /// them again has fsynced it since.
     undurable_deletes: Mutex<Vec<UndurableDelete>>,
+    /// Topics deleted from this run (durably) whose files are still in the
+    /// trash; see [`UnfinishedDelete`].
+    unfinished_deletes: Mutex<Vec<UnfinishedDelete>>,
     wal: Option<Wal>,
     jobs: mpsc::Sender<Job>,
     applied_seq: AtomicU64,
@@ -1829,6 +1844,7 @@ impl TopicManager {
             delete_ended: Condvar::new(),
             unopened: Mutex::new(BTreeSet::new()),
             undurable_deletes: Mutex::new(Vec::new()),
+            unfinished_deletes: Mutex::new(Vec::new()),
             wal,
             jobs: jobs_tx,
             applied_seq: AtomicU64::new(stats.last_sequence),
@@ -2569,8 +2585,8 @@ impl TopicManager {
                 .map(|i| undurable.swap_remove(i))
         };
         // Finished by the delete that took it (another may have meanwhile).
-        if let Some(d) = taken.filter(|d| d.positions_dropped) {
-            remove_trash(&d.name, &d.trash);
+        if let Some(d) = taken {
+            finish_delete(&self.shared, d.name, d.trash, d.positions_dropped);
         }
         Ok(Some(deleted))
     }
@@ -2590,13 +2606,7 @@ impl TopicManager {
     /// name is free they could be a new topic's. Returns whether they were
     /// dropped.
     fn drop_positions_of(&self, name: &str) -> bool {
-        match self.shared.offsets.delete_topic_positions(|t| t == name) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next start drops them (the topic's files stay in the trash until then)");
-                false
-            }
-        }
+        drop_positions(&self.shared, name)
     }
 
     /// Waits, holding `deleting` (the names reserved by deletes) between
@@ -2797,9 +2807,7 @@ impl TopicManager {
                     source: Box::new(source),
                 });
             }
-            if positions_dropped {
-                remove_trash(&name, &to);
-            }
+            finish_delete(&me.shared, name, to, positions_dropped);
             Ok(())
         })
         .await
@@ -3131,14 +3139,94 @@ impl TopicManager {
     }
 }
 
+/// Drops the committed positions in deleted topic `name` (blocking); whether
+/// they were dropped.
+fn drop_positions(shared: &Shared, name: &str) -> bool {
+    match shared.offsets.delete_topic_positions(|t| t == name) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next retention pass tries again (the topic's files stay in the trash until then)");
+            false
+        }
+    }
+}
+
 /// Removes `trash`, where the directory of deleted topic `name` moved, once
-/// the move is durable (blocking): the topic is deleted for good. What is left
-/// in the trash goes at the next start.
-fn remove_trash(name: &str, trash: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(trash) {
-        tracing::warn!(dir = %trash.display(), error = %e, "could not remove a deleted topic's files; the next start removes them");
+/// the move is durable and the topic's positions are dropped (blocking): the
+/// topic is deleted for good. Whether it is gone.
+fn remove_trash(name: &str, trash: &Path) -> bool {
+    match std::fs::remove_dir_all(trash) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %trash.display(), error = %e, "could not remove a deleted topic's files; the next retention pass tries again");
+            return false;
+        }
     }
     tracing::info!(topic = %name, "deleted topic");
+    true
+}
+
+/// Ends the delete of topic `name`, whose directory moved to `trash` durably:
+/// removes the trash once the positions are dropped, or keeps the delete for
+/// [`finish_deletes`] to try again.
+fn finish_delete(shared: &Shared, name: String, trash: PathBuf, positions_dropped: bool) {
+    if positions_dropped && remove_trash(&name, &trash) {
+        return;
+    }
+    shared
+        .unfinished_deletes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(UnfinishedDelete {
+            name,
+            trash,
+            positions_dropped,
+        });
+}
+
+/// Tries again the deletes of this run whose positions could not be dropped
+/// or whose files could not be removed (a full disk, a passing I/O error), so
+/// that their space comes back without a restart (run by each retention
+/// pass). A position drop runs under `create_lock`, and not while a delete
+/// of the name is in progress: no create of the name runs meanwhile, so
+/// only the deleted topic's positions go. A topic of the name created since
+/// had them dropped by its create.
+fn finish_deletes(shared: &Shared) {
+    let pending = std::mem::take(
+        &mut *shared
+            .unfinished_deletes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    if pending.is_empty() {
+        return;
+    }
+    let reserved = shared
+        .create_lock
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut kept = Vec::new();
+    for mut d in pending {
+        if !d.positions_dropped && !reserved.contains(&d.name) {
+            let created = shared
+                .topics
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&d.name)
+                .is_some();
+            d.positions_dropped = created || drop_positions(shared, &d.name);
+        }
+        if !(d.positions_dropped && remove_trash(&d.name, &d.trash)) {
+            kept.push(d);
+        }
+    }
+    drop(reserved);
+    shared
+        .unfinished_deletes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(kept);
 }
 
 /// A topic name being deleted, reserved in `create_lock` until dropped.
@@ -6298,6 +6386,24 @@ mod tests {
         }
     }
 
+    /// Creates topics "t" and "u" in `m` (data directory `dir`), with group
+    /// "g"'s positions at 0 in both, then makes the group's file impossible
+    /// to rewrite: its temporary file's name is taken by a directory, which
+    /// is returned (remove it to let writes through again).
+    fn positions_in_t_and_u_unwritable(m: &TopicManager, dir: &Path) -> PathBuf {
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("u", 1).unwrap();
+        m.offsets()
+            .commit("g", None, vec![position("t", 0), position("u", 0)])
+            .unwrap();
+        let blocker = dir
+            .join("groups")
+            .join(offsets::file_name("g"))
+            .with_extension("tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        blocker
+    }
+
     /// The trash is what tells a start that positions naming a topic without
     /// a directory are a deleted topic's, so it stays until they are
     /// dropped: at a delete whose drop of them failed, and at a start whose
@@ -6309,19 +6415,7 @@ mod tests {
         let rt = two_worker_runtime();
         let c = config(tmp.path());
         let m = TopicManager::new(c.clone()).unwrap();
-        m.create_topic("t", 1).unwrap();
-        m.create_topic("u", 1).unwrap();
-        m.offsets()
-            .commit("g", None, vec![position("t", 0), position("u", 0)])
-            .unwrap();
-        // The group's file cannot be rewritten: its temporary file's name is
-        // taken by a directory.
-        let blocker = tmp
-            .path()
-            .join("groups")
-            .join(offsets::file_name("g"))
-            .with_extension("tmp");
-        std::fs::create_dir(&blocker).unwrap();
+        let blocker = positions_in_t_and_u_unwritable(&m, tmp.path());
         let trash = tmp.path().join("topics-deleted");
         let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
         assert!(rt.block_on(m.delete_topic("t")).unwrap());
@@ -6344,6 +6438,48 @@ mod tests {
         assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
         assert!(!trash.exists());
         m.shutdown().unwrap();
+    }
+
+    /// A delete whose drop of the topic's positions failed (a full disk, a
+    /// passing error) kept the topic's files in the trash until the next
+    /// start: a broker that went on running never got their space back. The
+    /// next retention pass now drops them and removes the files; one that
+    /// finds a topic of the name created since (whose create dropped them)
+    /// only removes the files, the new topic's positions untouched.
+    #[test]
+    fn a_deletes_failed_position_drop_is_finished_by_the_next_retention_pass() {
+        for created_again in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = two_worker_runtime();
+            let m = TopicManager::new(config(tmp.path())).unwrap();
+            let blocker = positions_in_t_and_u_unwritable(&m, tmp.path());
+            let trash = tmp.path().join("topics-deleted");
+            let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
+            assert!(rt.block_on(m.delete_topic("t")).unwrap());
+            assert_eq!(in_trash(), 1, "kept while the positions are");
+            // Still failing: nothing changes.
+            m.apply_retention().unwrap();
+            assert_eq!(in_trash(), 1);
+            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+            std::fs::remove_dir(&blocker).unwrap();
+            if created_again {
+                m.create_topic("t", 1).unwrap();
+                assert_eq!(
+                    m.offsets().fetch("g", "t", 0),
+                    None,
+                    "dropped by the create"
+                );
+                m.offsets()
+                    .commit("g", None, vec![position("t", 5)])
+                    .unwrap();
+            }
+            m.apply_retention().unwrap();
+            assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
+            let expected = created_again.then_some(5);
+            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), expected);
+            assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
+            m.shutdown().unwrap();
+        }
     }
 
     /// Recovery points of the topic's id that give a partition beyond its

@@ -313,12 +313,19 @@ pub struct Partition {
     /// failed. One at a time, the failure is marked before any other sync
     /// looks, and no two write again the same temporary file.
     syncing_snapshots: Mutex<()>,
-    /// Held through each write of a segment's producer snapshot by
-    /// [`Partition::snapshot_producers`]: a roll's, and a compaction merge's
-    /// of the newest segment when no snapshot after its group exists (see
-    /// [`Partition::ensure_snapshot_from`]), which may be for the same base;
-    /// one at a time, neither renames the other's half-written temporary
-    /// file into place.
+    /// Segments a trim took out of the log whose files it could not remove
+    /// (a producer snapshot that could not be made durable first, a failed
+    /// unlink): the next trim (the next retention pass at the latest)
+    /// removes them, before the segments it judges itself.
+    unremoved: Mutex<Vec<Segment>>,
+    /// Held through each write of a segment's producer snapshot: a roll's
+    /// ([`Partition::snapshot_producers`]), a compaction merge's of the
+    /// newest segment when no snapshot after its group exists (see
+    /// [`Partition::ensure_snapshot_from`]), which may be for the same base,
+    /// and a sync's of one whose write or fsync failed
+    /// ([`Partition::rewrite_failed_snapshots`], taken after
+    /// `syncing_snapshots`); one at a time, none renames another's
+    /// half-written temporary file into place.
     writing_snapshots: Mutex<()>,
     /// The base offsets of the producer snapshots on disk (found at open, or
     /// written since), for [`Partition::drop_snapshots_below`]. Those found
@@ -785,6 +792,7 @@ impl Partition {
             unsynced_snapshots: Mutex::new(unsynced),
             syncing_snapshots: Mutex::new(()),
             writing_snapshots: Mutex::new(()),
+            unremoved: Mutex::new(Vec::new()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
             compacting: Mutex::new(()),
@@ -1435,7 +1443,8 @@ impl Partition {
     ///
     /// # Errors
     /// I/O errors naming the file; the segments are gone from the partition by then,
-    /// and a file left behind is deleted again at the next start's retention pass.
+    /// and a file left behind is deleted again by the next pass (or the next
+    /// start's, after a restart).
     pub fn apply_retention(
         &self,
         now_ms: i64,
@@ -1619,8 +1628,13 @@ impl Partition {
     /// goes too once it qualifies and every batch in it is below the high
     /// watermark (readable, so durable): a new empty segment at the log end takes
     /// its place first, as Kafka rolls before it deletes every segment, so an idle
-    /// partition does not keep expired records forever. Returns the segments and
-    /// bytes deleted.
+    /// partition does not keep expired records forever. Segments an earlier
+    /// trim took out of the log but could not remove go first. Returns the
+    /// segments and bytes deleted.
+    ///
+    /// # Errors
+    /// I/O errors naming the path. Segments already out of the log whose
+    /// files could not be removed are kept for the next trim.
     fn trim(
         &self,
         why: &str,
@@ -1675,17 +1689,36 @@ impl Partition {
         if let Some(end) = rolled {
             self.snapshot_producers(end);
         }
+        let mut removed = {
+            let mut unremoved = self
+                .unremoved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !unremoved.is_empty() {
+                tracing::info!(topic = %self.topic, partition = self.index, segments = unremoved.len(), "removing again the files of segments an earlier pass could not remove");
+            }
+            let mut all = std::mem::take(&mut *unremoved);
+            all.extend(removed);
+            all
+        };
         if removed.is_empty() {
             return Ok((0, 0));
         }
+        let keep_for_next = |rest: Vec<Segment>| {
+            self.unremoved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(rest);
+        };
         // The snapshots of the segments kept (a retention roll's among them)
         // are durable before the removed segments go with theirs: those may
         // be the only durable record of the producers, and a power loss
         // empties a snapshot that was renamed into place but not fsynced.
         // Without that, the removed segments' files are left for the next
-        // start (see above).
+        // pass.
         if let Err(e) = self.sync_snapshots_from(kept_from) {
-            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not make the producer snapshots durable; the files of the segments {why} are left until the next start");
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not make the producer snapshots durable; the files of the segments {why} are left for the next pass");
+            keep_for_next(removed);
             return Err(e);
         }
         #[cfg(test)]
@@ -1693,8 +1726,14 @@ impl Partition {
             before();
         }
         let bytes = removed.iter().map(Segment::size).sum();
-        for s in &removed {
-            s.remove_files()?;
+        for i in 0..removed.len() {
+            if let Err(e) = removed[i].remove_files() {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not remove the files of a segment {why}; they are removed by the next pass");
+                let rest = removed.split_off(i);
+                self.forget_snapshots_of(&removed);
+                keep_for_next(rest);
+                return Err(e);
+            }
         }
         self.forget_snapshots_of(&removed);
         sync_dir(&self.dir)?;
@@ -2031,8 +2070,10 @@ impl Partition {
     /// # Errors
     /// [`DeleteRecordsError::OutOfRange`] for an offset above the high watermark
     /// (or below -1); [`DeleteRecordsError::Storage`] when the new start could not
-    /// be made durable (the log start is then unchanged) or segments could not be
-    /// deleted (the next retention pass deletes them).
+    /// be made durable (the log start is then unchanged, or in force but not
+    /// known to survive a power loss). Segments below the new start that
+    /// cannot be deleted at once are no error: the next retention pass deletes
+    /// them.
     pub fn delete_records(&self, before: i64) -> std::result::Result<i64, DeleteRecordsError> {
         let mut undurable = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = self.swap_unloaded.get() {
@@ -2059,8 +2100,13 @@ impl Partition {
             // OFFSET_OUT_OF_RANGE, as Kafka completes such a delayed fetch.
             self.watchers.wake();
             tracing::info!(topic = %self.topic, partition = self.index, log_start = target, "deleted records");
-            self.trim("below the log start", |s, _| s.next_offset() <= target)
-                .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
+            // The deletion is in force whatever becomes of the files below
+            // it, as Kafka deletes them apart from the request: those a
+            // failure leaves are deleted by the next retention pass (see
+            // `trim` and `apply_retention`'s floor).
+            if let Err(e) = self.trim("below the log start", |s, _| s.next_offset() <= target) {
+                tracing::warn!(topic = %self.topic, partition = self.index, log_start = target, error = %e, "records deleted, but segments below the new log start could not be deleted yet; the next retention pass deletes them");
+            }
             if let Some(e) = not_durable {
                 tracing::error!(topic = %self.topic, partition = self.index, log_start = target, error = %e, "records deleted, but the new log start may not survive a power loss");
                 return Err(DeleteRecordsError::Storage(format!(
@@ -2310,13 +2356,21 @@ impl Partition {
     /// deleting segments) until a later try succeeds.
     /// Called by [`Partition::sync_snapshots_from`], under `syncing_snapshots`.
     fn rewrite_failed_snapshots(&self, from: i64) {
+        // No other write of a snapshot runs meanwhile: a roll's of the newest
+        // base may follow a compaction merge's failed one of the same base
+        // (see `ensure_snapshot_from`), and the two would share a temporary
+        // file.
+        let _one_at_a_time = self
+            .writing_snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let failed = self
             .unsynced_snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .failed_from(from);
-        // No other sync runs meanwhile (`syncing_snapshots`), and a roll writes
-        // only a new base: each of these is still failed.
+        // No other sync runs meanwhile (`syncing_snapshots`), nor any other
+        // write: each of these is still failed.
         for base in failed {
             // Gone with its segment, or dropped below the recovery point.
             if !self
@@ -4601,6 +4655,42 @@ pub(crate) mod tests {
         }
     }
 
+    /// A trim whose removal of a segment's files failed (here the producer
+    /// snapshot of the first segment kept could not be fsynced, which must
+    /// come first) had already taken the segment out of the log: its files
+    /// stayed on disk until the next start, no retention pass seeing them,
+    /// and DeleteRecords answered a storage error for a deletion in force.
+    /// They now go at the next pass, and DeleteRecords answers its new start.
+    #[test]
+    fn segments_a_trim_could_not_remove_go_at_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+        record_keyed(&p, keyed(b"a", -1, -1));
+        assert_eq!(roll_with(&p, keyed(b"b", -1, -1)), 1);
+        assert_eq!(roll_with(&p, keyed(b"c", -1, -1)), 2);
+        let first_kept = pdir.join(segment::producers_name(1));
+        FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow_mut().insert(first_kept));
+        assert_eq!(p.delete_records(1), Ok(1), "the deletion is in force");
+        assert!(FAIL_SNAPSHOT_FSYNC.with(|f| f.borrow().is_empty()));
+        assert_eq!(segment_bases(&p), [1, 2]);
+        let files = [segment::log_name(0), segment::index_name(0)];
+        assert!(files.iter().all(|f| pdir.join(f).exists()));
+        // The next retention pass (none configured: only the log start's
+        // floor) removes them, the snapshot fsynced first.
+        assert_eq!(
+            p.apply_retention(segment::now_ms(), None, None).unwrap().0,
+            1
+        );
+        assert!(files.iter().all(|f| !pdir.join(f).exists()));
+        assert!(!snapshots_not_fsynced().contains(&pdir.join(segment::producers_name(1))));
+        assert_eq!(
+            p.apply_retention(segment::now_ms(), None, None).unwrap().0,
+            0
+        );
+        assert_eq!(p.log_start_offset(), 1);
+    }
+
     /// A partition in `pdir` holding producer 7's batch (returned) at 0 and
     /// `n` (returned) keyed batches after it, more than a start's scan of
     /// the last batches reads, in segment [0, n+1), then [n+1, n+2) and the
@@ -4675,10 +4765,12 @@ pub(crate) mod tests {
                 assert!(load_snapshot(&pdir, n + 2).is_some());
                 assert!(
                     !snapshots_not_fsynced().contains(&newest),
-                    "merged before the snapshot was fsynced"
+                    "merged with the snapshot not fsynced"
                 );
             }
+            // A power loss now (the snapshot whose fsync failed is lost).
             drop(p);
+            power_loss_empties(&snapshots_not_fsynced());
             let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
             assert_eq!(
                 p.producers().check(&validate_all(&first).unwrap()),
