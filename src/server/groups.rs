@@ -503,9 +503,12 @@ impl Group {
     }
 
     /// The members that had to send SyncGroup by `sync_deadline` and did not,
-    /// when it has passed (skipping old ids of static members whose rejoin
-    /// waits to be stored: their instance is alive, and its new id syncs).
-    /// Clears the deadline once passed.
+    /// when it has passed, taken out of `pending_sync`. The old id of a
+    /// static member whose rejoin waits to be stored stays there, judged
+    /// once the store decides: stored, its new id inherits the due sync (see
+    /// [`Group::take_over`]) and is removed at the next tick unless it has
+    /// synced, as Kafka moves the due sync to the new id at once; not
+    /// stored, the old id is removed.
     fn take_unsynced(&mut self, now: Instant) -> Vec<String> {
         if !matches!(self.state, State::CompletingRebalance | State::Stable)
             || self.sync_deadline.is_none_or(|d| now < d)
@@ -513,12 +516,20 @@ impl Group {
             return Vec::new();
         }
         let (members, replacements) = (&self.members, &self.replacements);
-        let unsynced = self
-            .pending_sync
-            .drain()
-            .filter(|id| members.contains_key(id) && !replacements.iter().any(|r| &r.old == id))
-            .collect();
-        self.sync_deadline = None;
+        let mut unsynced = Vec::new();
+        self.pending_sync.retain(|id| {
+            if !members.contains_key(id) {
+                return false;
+            }
+            if replacements.iter().any(|r| &r.old == id) {
+                return true;
+            }
+            unsynced.push(id.clone());
+            false
+        });
+        if self.pending_sync.is_empty() {
+            self.sync_deadline = None;
+        }
         unsynced
     }
 
@@ -3873,6 +3884,49 @@ mod tests {
                 assert_eq!(listed_members(&d3), [(d.member_id.clone(), None)]);
             }
         }
+    }
+
+    /// With a membership store, a static member that had not synced rejoined
+    /// (restarted) and its replacement waited to be stored when the SyncGroup
+    /// deadline passed: the old id was spared (its instance is alive) but
+    /// dropped from the due syncs, so the new id never had to sync, and a
+    /// client hung after its JoinGroup held the partitions for good. The old
+    /// id now stays due until the store decides, and the new id inherits it.
+    #[test]
+    fn a_static_member_replaced_across_the_sync_deadline_still_has_to_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let d = c.join(req("")).try_recv().unwrap();
+        let mut rs = join_as(&c, "", Some("s"));
+        let d = c.join(req(&d.member_id)).try_recv().unwrap();
+        let s = rs.try_recv().unwrap();
+        assert_eq!(
+            (d.generation, s.generation, d.leader.as_str()),
+            (2, 2, d.member_id.as_str())
+        );
+        let assignments = vec![
+            (d.member_id.clone(), Bytes::from_static(b"for-d")),
+            (s.member_id.clone(), Bytes::from_static(b"for-s")),
+        ];
+        let mut synced = c.sync("g", 2, &d.member_id, None, assignments);
+        c.store_group("g");
+        assert_eq!(synced.try_recv().unwrap().0, codes::NONE);
+        // s never synced; it restarts, and its replacement waits to be
+        // stored while the deadline passes.
+        let mut rs2 = join_as(&c, "", Some("s"));
+        assert!(rs2.try_recv().is_err(), "answered once stored");
+        pass_sync_deadline(&c);
+        assert_eq!(c.heartbeat("g", 2, &d.member_id, None), codes::NONE);
+        c.store_group("g");
+        let s2 = rs2.try_recv().unwrap();
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 2));
+        // The new id has not synced either.
+        pass_sync_deadline(&c);
+        assert_eq!(
+            c.heartbeat("g", 2, &d.member_id, None),
+            codes::REBALANCE_IN_PROGRESS,
+            "s's new id was not removed"
+        );
     }
 
     /// A static member replacing itself while the group rebalances: its old

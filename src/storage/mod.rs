@@ -3209,12 +3209,20 @@ fn finish_deletes(shared: &Shared) {
     let mut kept = Vec::new();
     for mut d in pending {
         if !d.positions_dropped && !reserved.contains(&d.name) {
+            // Created again since: in the map, or out of it until a restart
+            // after a failed delete of its own (`unopened`, its positions
+            // kept for it).
             let created = shared
                 .topics
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(&d.name)
-                .is_some();
+                .is_some()
+                || shared
+                    .unopened
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&d.name);
             d.positions_dropped = created || drop_positions(shared, &d.name);
         }
         if !(d.positions_dropped && remove_trash(&d.name, &d.trash)) {
@@ -6445,10 +6453,13 @@ mod tests {
     /// start: a broker that went on running never got their space back. The
     /// next retention pass now drops them and removes the files; one that
     /// finds a topic of the name created since (whose create dropped them)
-    /// only removes the files, the new topic's positions untouched.
+    /// only removes the files, the new topic's positions untouched, also
+    /// when that topic is out of the map after a failed delete of its own.
     #[test]
     fn a_deletes_failed_position_drop_is_finished_by_the_next_retention_pass() {
-        for created_again in [false, true] {
+        // Not created again; created again; created again, then out of the
+        // map until a restart.
+        for (created_again, unopened) in [(false, false), (true, false), (true, true)] {
             let tmp = tempfile::tempdir().unwrap();
             let rt = two_worker_runtime();
             let m = TopicManager::new(config(tmp.path())).unwrap();
@@ -6472,6 +6483,11 @@ mod tests {
                 m.offsets()
                     .commit("g", None, vec![position("t", 5)])
                     .unwrap();
+            }
+            if unopened {
+                // As `restore_topic` leaves it when it cannot open it again.
+                m.shared.topics.write().unwrap().remove("t");
+                m.shared.unopened.lock().unwrap().insert("t".to_string());
             }
             m.apply_retention().unwrap();
             assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
