@@ -368,9 +368,8 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
 #[test]
 fn a_topic_too_large_for_the_open_file_limit_is_refused_cleanly() {
     use kafka_protocol::messages::{
-        create_partitions_request::CreatePartitionsTopic, create_topics_request::CreatableTopic,
-        CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-        CreateTopicsResponse, TopicName,
+        create_partitions_request::CreatePartitionsTopic, CreatePartitionsRequest,
+        CreatePartitionsResponse, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     let tmp = tempfile::tempdir().unwrap();
@@ -379,22 +378,7 @@ fn a_topic_too_large_for_the_open_file_limit_is_refused_cleanly() {
     // partitions.
     let broker = Broker::start_limited(&data, &["--max-connections", "8"], Some(256));
     let mut c = connect_served(&broker.addr);
-    let create = |c: &mut TcpStream, name: &'static str, partitions: i32| {
-        let req = CreateTopicsRequest::default()
-            .with_topics(vec![CreatableTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str(name)))
-                .with_num_partitions(partitions)
-                .with_replication_factor(1)])
-            .with_timeout_ms(10_000);
-        c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
-            .unwrap();
-        let (_, r): (i32, CreateTopicsResponse) = response(c, ApiKey::CreateTopics, 4);
-        let t = &r.topics[0];
-        (
-            t.error_code,
-            t.error_message.as_ref().map(|m| m.to_string()),
-        )
-    };
+    let create = create_topic_answer;
     let (code, msg) = create(&mut c, "wide", 200);
     assert_eq!(code, 44, "{msg:?}");
     assert!(
@@ -436,6 +420,60 @@ fn a_topic_too_large_for_the_open_file_limit_is_refused_cleanly() {
         r.results[0].error_message
     );
     assert!(!data.join("topics").join("narrow").join("20").exists());
+}
+
+/// CreateTopics v4 of `name` with `partitions`: its error code and message.
+fn create_topic_answer(
+    c: &mut TcpStream,
+    name: &'static str,
+    partitions: i32,
+) -> (i16, Option<String>) {
+    use kafka_protocol::messages::{
+        create_topics_request::CreatableTopic, CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)])
+        .with_timeout_ms(10_000);
+    c.write_all(&request_frame(ApiKey::CreateTopics, 4, 3, &req))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(c, ApiKey::CreateTopics, 4);
+    let t = &r.topics[0];
+    (
+        t.error_code,
+        t.error_message.as_ref().map(|m| m.to_string()),
+    )
+}
+
+/// The metrics endpoint's descriptors (its listener, the 64 connections it
+/// holds, a file read by each of the 16 pages it renders at once) count
+/// against the open-file limit beside the Kafka connections. Before, they
+/// were left out of the partitions' budget, and a peer holding metrics
+/// connections could take the descriptors the next WAL rotation or segment
+/// roll needed, failing storage.
+#[test]
+fn the_metrics_endpoints_files_are_kept_out_of_the_partitions_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // 256 - (8 connections + 81 for metrics) - 64 cached read handles - 64
+    // kept = 39 files: 19 partitions.
+    let broker = Broker::start_limited(
+        &data,
+        &["--max-connections", "8", "--metrics-listen", "127.0.0.1:0"],
+        Some(256),
+    );
+    let mut c = connect_served(&broker.addr);
+    let (code, msg) = create_topic_answer(&mut c, "wide", 20);
+    assert_eq!(code, 44, "{msg:?}");
+    assert!(
+        msg.as_deref()
+            .is_some_and(|m| m.contains("19 partitions the open-file limit leaves room for")),
+        "{msg:?}"
+    );
+    assert_eq!(create_topic_answer(&mut c, "narrow", 19), (0, None));
 }
 
 /// A Metadata request allowed to auto-create 200 new names created topics

@@ -44,6 +44,11 @@ const MAX_METRICS_CONNECTIONS: usize = 64;
 /// wait for their turn, up to [`ANSWER_WAIT`].
 const MAX_METRICS_ANSWERS: usize = 16;
 
+/// The file descriptors the endpoint may hold at once: its listener, the
+/// connections it holds and one file read by each page being rendered (see
+/// `render`); storage keeps them out of the partitions' budget.
+pub(crate) const FILES: usize = 1 + MAX_METRICS_CONNECTIONS + MAX_METRICS_ANSWERS;
+
 /// How long a request waits for one of the [`MAX_METRICS_ANSWERS`] before it is
 /// answered 503.
 const ANSWER_WAIT: Duration = Duration::from_secs(5);

@@ -439,8 +439,11 @@ impl Server {
             None => None,
         };
         let max_connections = cfg.max_connections.unwrap_or_else(default_max_connections);
-        // What connections may take is not the partitions' to take.
-        storage.reserve_files_for_connections(max_connections);
+        // What connections may take is not the partitions' to take: the Kafka
+        // ones, and the metrics endpoint's (its listener, the connections it
+        // holds, the files each page it renders reads).
+        let metrics_files = if metrics.is_some() { metrics::FILES } else { 0 };
+        storage.reserve_files_for_connections(max_connections + metrics_files);
         // Membership lives beside the committed offsets (read off the runtime's
         // threads: one file per group).
         let groups = {

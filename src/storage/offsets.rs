@@ -228,6 +228,10 @@ fn compared(_: usize) {}
 thread_local! {
     /// What [`compared`] counted on this thread.
     static COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Run once by the next [`OffsetStore::delete_topic_positions`] on this
+    /// thread, once it has listed the groups it goes through.
+    static AFTER_GROUPS_LISTED: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl OffsetStore {
@@ -525,6 +529,10 @@ impl OffsetStore {
         groups.extend(self.lock().keys().cloned());
         groups.sort_unstable();
         groups.dedup();
+        #[cfg(test)]
+        if let Some(listed) = AFTER_GROUPS_LISTED.with(|h| h.borrow_mut().take()) {
+            listed();
+        }
         let mut removed = 0;
         for g in groups {
             removed += self.remove_positions(&g, |_| true, |(topic, _), _| !gone(topic))?;
@@ -1089,8 +1097,8 @@ mod tests {
     /// the broker and stored after the delete had listed the groups, stayed
     /// behind: the drop passed over a group it did not know yet, and the
     /// position named a deleted topic (which a strict start then refuses as a
-    /// lost topic directory). The drop now holds every group's writer lock, so
-    /// it waits for the commit and drops its position.
+    /// lost topic directory). A group's first commit is now listed while it
+    /// is judged, and the drop waits for it and drops its position.
     #[test]
     fn a_first_commit_judged_before_a_topic_delete_is_dropped_with_the_topic() {
         use std::sync::{mpsc, Arc};
@@ -1111,12 +1119,18 @@ mod tests {
             })
         };
         judged_rx.recv().unwrap();
+        let (listed_tx, listed_rx) = mpsc::channel();
         let deleter = {
             let s = Arc::clone(&s);
-            std::thread::spawn(move || s.delete_topic_positions(|t| t == "t").unwrap())
+            std::thread::spawn(move || {
+                AFTER_GROUPS_LISTED.with(|h| {
+                    *h.borrow_mut() = Some(Box::new(move || listed_tx.send(()).unwrap()));
+                });
+                s.delete_topic_positions(|t| t == "t").unwrap()
+            })
         };
-        // Long enough for a drop that does not wait to have listed the groups.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The commit is stored only once the drop has listed the groups.
+        listed_rx.recv().unwrap();
         go_tx.send(()).unwrap();
         assert!(committer.join().unwrap().is_empty());
         assert_eq!(deleter.join().unwrap(), 1, "the drop saw the commit");
