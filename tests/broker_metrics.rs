@@ -179,22 +179,24 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     // at once; the Kafka side keeps its file descriptors, and once they are
     // gone the endpoint answers again.
     // Held connections are closed only after the 2 s head timeout, counted
-    // from their accept, which follows the first connect: within 1.5 s of it
-    // exactly the 16 beyond the limit may have been.
-    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    // from their accept, which follows the first connect: until 1.9 s after
+    // it exactly the 16 beyond the limit may have been. The sweep goes on
+    // until 16 are seen (up to 20 s, however loaded the machine); when a
+    // stall made it end 1.9 s or more after the first connect, the held ones
+    // may have timed out too, and only the 16 are required.
+    let first_connect = std::time::Instant::now();
     let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for c in &idle {
         c.set_nonblocking(true).unwrap();
     }
     let mut closed = vec![false; idle.len()];
-    // Swept until the deadline (no look after it, however late a stall made
-    // a sweep): a broker that also closed held connections early would show
-    // more than 16.
-    while std::time::Instant::now() < deadline {
+    let count = |closed: &[bool]| closed.iter().filter(|c| **c).count();
+    // Swept for 1.5 s at least: a broker that also closed held connections
+    // early would show more than 16.
+    while (count(&closed) < 16 || first_connect.elapsed() < Duration::from_millis(1500))
+        && first_connect.elapsed() < Duration::from_secs(20)
+    {
         for (i, mut c) in idle.iter().enumerate() {
-            if std::time::Instant::now() >= deadline {
-                break;
-            }
             let mut b = [0u8; 1];
             if !closed[i]
                 && match c.read(&mut b) {
@@ -207,12 +209,20 @@ fn metrics_follow_produces_groups_and_bad_frames() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let closed_at_once = closed.iter().filter(|c| **c).count();
+    let swept_in = first_connect.elapsed();
+    let closed_at_once = count(&closed);
     drop(idle);
-    assert_eq!(
-        closed_at_once, 16,
-        "connections beyond 64 are closed at once"
-    );
+    if swept_in < Duration::from_millis(1900) {
+        assert_eq!(
+            closed_at_once, 16,
+            "connections beyond 64 are closed at once, and only those"
+        );
+    } else {
+        assert!(
+            closed_at_once >= 16,
+            "{closed_at_once} connections closed in {swept_in:?}"
+        );
+    }
     // The held ones see their clients go and free their slots.
     scrape(&broker);
     // The Kafka side is unaffected.
