@@ -84,8 +84,14 @@ fn main() -> ExitCode {
     };
     let open_files = streamline::server::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");
-    if let Err(e) = streamline::server::check_max_connections(&config.server, open_files)
-        .and_then(|()| streamline::server::check_segment_open_files(&config.storage, open_files))
+    if let Err(e) =
+        streamline::server::check_max_connections(&config.server, open_files).and_then(|()| {
+            streamline::server::check_segment_open_files(
+                &config.storage,
+                &config.server,
+                open_files,
+            )
+        })
     {
         report(format_args!("error: {}", from_env.name_variable(e)));
         return ExitCode::from(2);

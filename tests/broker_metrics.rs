@@ -178,50 +178,53 @@ fn metrics_follow_produces_groups_and_bad_frames() {
     // 80 connections that send nothing: at most 64 are held, the rest closed
     // at once; the Kafka side keeps its file descriptors, and once they are
     // gone the endpoint answers again.
-    // Held connections are closed only after the 2 s head timeout, counted
-    // from their accept, which follows the first connect: until 1.9 s after
-    // it exactly the 16 beyond the limit may have been. The sweep goes on
-    // until 16 are seen (up to 20 s, however loaded the machine); when a
-    // stall made it end 1.9 s or more after the first connect, the held ones
-    // may have timed out too, and only the 16 are required.
-    let first_connect = std::time::Instant::now();
-    let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    for c in &idle {
-        c.set_nonblocking(true).unwrap();
-    }
-    let mut closed = vec![false; idle.len()];
-    let count = |closed: &[bool]| closed.iter().filter(|c| **c).count();
-    // Swept for 1.5 s at least: a broker that also closed held connections
-    // early would show more than 16.
-    while (count(&closed) < 16 || first_connect.elapsed() < Duration::from_millis(1500))
-        && first_connect.elapsed() < Duration::from_secs(20)
-    {
-        for (i, mut c) in idle.iter().enumerate() {
-            let mut b = [0u8; 1];
-            if !closed[i]
-                && match c.read(&mut b) {
-                    Ok(n) => n == 0,
-                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-                }
-            {
-                closed[i] = true;
-            }
+    // The 16 beyond the limit are closed at their accept, the held ones only
+    // 2 s after theirs, which follows the first connect: a close seen within
+    // 1.9 s of the first connect is one of the 16, so more than 16 there is
+    // a broker closing held connections early, and exactly 16 are seen
+    // unless a stall kept the sweep from seeing them in time. Then the
+    // experiment runs again, up to three times: a broker that does not close
+    // the surplus at once fails all three.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first_connect = std::time::Instant::now();
+        let within = || first_connect.elapsed() < Duration::from_millis(1900);
+        let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        for c in &idle {
+            c.set_nonblocking(true).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let swept_in = first_connect.elapsed();
-    let closed_at_once = count(&closed);
-    drop(idle);
-    if swept_in < Duration::from_millis(1900) {
-        assert_eq!(
-            closed_at_once, 16,
-            "connections beyond 64 are closed at once, and only those"
-        );
-    } else {
+        let mut seen = vec![false; idle.len()];
+        while within() {
+            for (i, mut c) in idle.iter().enumerate() {
+                let mut b = [0u8; 1];
+                if !seen[i]
+                    && match c.read(&mut b) {
+                        Ok(n) => n == 0,
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    }
+                    && within()
+                {
+                    seen[i] = true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let closed_at_once = seen.iter().filter(|c| **c).count();
+        drop(idle);
         assert!(
-            closed_at_once >= 16,
-            "{closed_at_once} connections closed in {swept_in:?}"
+            closed_at_once <= 16,
+            "{closed_at_once} connections closed within 1.9 s: held ones closed early"
         );
+        if closed_at_once == 16 {
+            break;
+        }
+        assert!(
+            attempt < 3,
+            "{closed_at_once} of the 16 connections beyond 64 closed within 1.9 s, three times"
+        );
+        // The held ones see their clients go and free their slots.
+        scrape(&broker);
     }
     // The held ones see their clients go and free their slots.
     scrape(&broker);

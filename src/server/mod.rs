@@ -438,12 +438,13 @@ impl Server {
             })?),
             None => None,
         };
-        let max_connections = cfg.max_connections.unwrap_or_else(default_max_connections);
+        let max_connections = cfg
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(&cfg));
         // What connections may take is not the partitions' to take: the Kafka
         // ones, and the metrics endpoint's (its listener, the connections it
         // holds, the files each page it renders reads).
-        let metrics_files = if metrics.is_some() { metrics::FILES } else { 0 };
-        storage.reserve_files_for_connections(max_connections + metrics_files);
+        storage.reserve_files_for_connections(max_connections + metrics_files(&cfg) as usize);
         // Membership lives beside the committed offsets (read off the runtime's
         // threads: one file per group).
         let groups = {
@@ -1176,10 +1177,21 @@ impl Drop for ConnectionSlot {
 /// the server starts (storage has recovered by then, its segments open), leaving
 /// the other half for storage to grow into. Without a limit to ask for
 /// (non-Unix), 1,024.
-fn default_max_connections() -> usize {
+fn default_max_connections(cfg: &crate::config::ServerConfig) -> usize {
     open_file_limit().map_or(1024, |limit| {
-        connection_budget(limit, open_file_count().unwrap_or(0))
+        connection_budget(limit, open_file_count().unwrap_or(0) + metrics_files(cfg))
     })
+}
+
+/// The descriptors the metrics endpoint may hold ([`metrics::FILES`]) when
+/// `--metrics-listen` is set: counted as open by every judgement of the
+/// open-file limit, so that neither connections nor storage count on them.
+fn metrics_files(cfg: &crate::config::ServerConfig) -> u64 {
+    if cfg.metrics_listen.is_some() {
+        metrics::FILES as u64
+    } else {
+        0
+    }
 }
 
 /// Refuses an explicit `--max-connections` (in `cfg`) above what the open-file
@@ -1198,7 +1210,7 @@ pub fn check_max_connections(cfg: &crate::config::ServerConfig, limit: Option<u6
     let (Some(max), Some(limit)) = (cfg.max_connections, limit) else {
         return Ok(());
     };
-    let open = open_file_count().unwrap_or(0);
+    let open = open_file_count().unwrap_or(0) + metrics_files(cfg);
     let fits = connection_budget(limit, open);
     if max <= fits {
         return Ok(());
@@ -1209,9 +1221,9 @@ pub fn check_max_connections(cfg: &crate::config::ServerConfig, limit: Option<u6
         reason: format!(
             "more connections than the open-file limit can hold: the limit is {limit} \
              open files (RLIMIT_NOFILE, raised at start to its hard limit where allowed), \
-             {open} are open, and connections may take half of the rest, storage needing \
-             the other half; accepted values: 1 to {fits} (or raise the hard limit, e.g. \
-             ulimit -n)"
+             {open} are open (or kept for the metrics endpoint, with --metrics-listen), and \
+             connections may take half of the rest, storage needing the other half; \
+             accepted values: 1 to {fits} (or raise the hard limit, e.g. ulimit -n)"
         ),
     })
 }
@@ -1229,12 +1241,13 @@ pub fn check_max_connections(cfg: &crate::config::ServerConfig, limit: Option<u6
 /// largest value that fits.
 pub fn check_segment_open_files(
     storage: &crate::config::StorageConfig,
+    server: &crate::config::ServerConfig,
     limit: Option<u64>,
 ) -> Result<()> {
     let (Some(files), Some(limit)) = (storage.segment_open_files, limit) else {
         return Ok(());
     };
-    let open = open_file_count().unwrap_or(0);
+    let open = open_file_count().unwrap_or(0) + metrics_files(server);
     let fits = connection_budget(limit, open);
     if files <= fits {
         return Ok(());
@@ -1245,7 +1258,8 @@ pub fn check_segment_open_files(
         reason: format!(
             "more cached segment read handles than the open-file limit can hold: the limit \
              is {limit} open files (RLIMIT_NOFILE, raised at start to its hard limit where \
-             allowed), {open} are open, and storage's files, the cache among them, may take \
+             allowed), {open} are open (or kept for the metrics endpoint, with \
+             --metrics-listen), and storage's files, the cache among them, may take \
              half of the rest, connections needing the other half; accepted values: 1 to \
              {fits} (or raise the hard limit, e.g. ulimit -n)"
         ),

@@ -2186,6 +2186,13 @@ impl TopicManager {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), Arc::clone(&topic));
+        // A topic of the name kept out of the map (its directory held no
+        // `topic.json`, so this create replaced it) is gone.
+        self.shared
+            .unopened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
@@ -4407,6 +4414,7 @@ mod tests {
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
         // As `restore_topic` leaves it when the topic cannot be opened again.
         m.shared.topics.write().unwrap().remove("t");
+        m.shared.unopened.lock().unwrap().insert("t".to_string());
         let e = m.create_topic("t", 1).unwrap_err();
         assert!(
             matches!(&e, CreateError::Storage(m) if m.contains("restart")),
@@ -4417,6 +4425,14 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 1);
+        // Kept out of the map with no `topic.json` left (the restore found
+        // none): a create replaces it, and it is no longer kept (a later
+        // delete's retried position drop would take the new topic for it).
+        m.shared.topics.write().unwrap().remove("t");
+        m.shared.unopened.lock().unwrap().insert("t".to_string());
+        std::fs::remove_file(tmp.path().join("topics/t/topic.json")).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert!(!m.shared.unopened.lock().unwrap().contains("t"));
         m.shutdown().unwrap();
     }
 

@@ -181,7 +181,8 @@ impl std::fmt::Display for OverBudget {
             f,
             "{} new partitions would make {} open, each holding {FILES_PER_PARTITION} files, \
              past the {} partitions the open-file limit leaves room for: RLIMIT_NOFILE {} \
-             less {} for connections (--max-connections), {} for sealed segments' read \
+             less {} for connections (--max-connections, and the metrics endpoint's with \
+             --metrics-listen), {} for sealed segments' read \
              handles (--segment-open-files) and {RESERVED_FILES} for the WAL, checkpoints \
              and segment rolls; raise the limit (ulimit -n) or lower --max-connections",
             self.new,

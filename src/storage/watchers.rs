@@ -280,9 +280,13 @@ mod tests {
         let probes = p.watchers().probes.load(Ordering::Relaxed);
         assert_eq!(probes, K, "comparisons to remove {K} watches");
 
-        // The slots are reused: a second round registers and leaves as cheaply.
+        // The slots are reused: a second round registers and leaves as
+        // cheaply, the newest first (a search from the back, or one shifting
+        // the list at each removal, would show here or above).
         let watches: Vec<Watch> = (0..K).map(|_| Watch::new([&p])).collect();
-        drop(watches);
+        for w in watches.into_iter().rev() {
+            drop(w);
+        }
         assert_eq!(p.watchers().len(), 0);
         let probes = p.watchers().probes.load(Ordering::Relaxed);
         assert_eq!(probes, 2 * K, "comparisons to remove {} watches", 2 * K);
