@@ -842,9 +842,10 @@ impl Group {
     }
 
     /// As Kafka's `validateCurrentMember` for JoinGroup, SyncGroup,
-    /// Heartbeat and OffsetCommit: FENCED_INSTANCE_ID when `instance` has another member id
-    /// now, UNKNOWN_MEMBER_ID when no member has it (a member id that is
-    /// known would otherwise be served as a static member it is not).
+    /// Heartbeat and OffsetCommit: FENCED_INSTANCE_ID when `instance` has
+    /// another member id now, UNKNOWN_MEMBER_ID when no member has it (a
+    /// member id that is known would otherwise be served as a static member
+    /// it is not).
     fn instance_error(&self, instance: Option<&str>, member_id: &str) -> Option<i16> {
         let instance = instance?;
         match self.static_member(instance) {
@@ -1947,11 +1948,12 @@ impl GroupCoordinator {
     }
 
     /// Whether an OffsetCommit from `member_id` at `generation` is allowed: simple
-    /// commits (generation -1) only while the group has no members; a member's
+    /// commits (generation -1) only while the group is `Empty`; a member's
     /// commit at the current generation except between its JoinGroup and SyncGroup
     /// (while the group prepares a rebalance it may still commit what it consumed),
-    /// and never from a static member's replaced id (FENCED_INSTANCE_ID). A
-    /// member's allowed commit counts as a heartbeat, as in Kafka.
+    /// never from a static member's replaced id (FENCED_INSTANCE_ID) nor naming
+    /// an instance id no member has (UNKNOWN_MEMBER_ID). A member's allowed
+    /// commit counts as a heartbeat, as in Kafka.
     pub fn check_commit(
         &self,
         group: &str,

@@ -2604,18 +2604,6 @@ impl TopicManager {
         self.shared.config.storage.data_dir.join("topics-deleted")
     }
 
-    /// Drops the committed positions in topic `name`, whose directory moved
-    /// away, before the name is free (blocking): consumers of a topic created
-    /// again under the name start where their reset policy says, not at
-    /// positions in data that is gone. One that fails is dropped at the next
-    /// start (or by a create of the name), for which the topic's directory
-    /// stays in the trash. Done whether or not the move is durable: once the
-    /// name is free they could be a new topic's. Returns whether they were
-    /// dropped.
-    fn drop_positions_of(&self, name: &str) -> bool {
-        drop_positions(&self.shared, name)
-    }
-
     /// Waits, holding `deleting` (the names reserved by deletes) between
     /// looks, until `busy` is false or [`CREATE_WAITS_FOR_DELETE`] has
     /// passed (`None`).
@@ -2791,7 +2779,7 @@ impl TopicManager {
             // Both ends of the move.
             let durable =
                 sync_dir(&me.shared.topics_dir).and_then(|()| sync_dir(&me.trash_dir()));
-            let positions_dropped = me.drop_positions_of(&name);
+            let positions_dropped = drop_positions(&me.shared, &name);
             if let Err(source) = durable {
                 // Moved: gone from this run, as a restart without a power
                 // loss finds it, and its name free. Its files stay in the
@@ -3146,8 +3134,14 @@ impl TopicManager {
     }
 }
 
-/// Drops the committed positions in deleted topic `name` (blocking); whether
-/// they were dropped.
+/// Drops the committed positions in topic `name`, whose directory moved away,
+/// before the name is free (blocking): consumers of a topic created again
+/// under the name start where their reset policy says, not at positions in
+/// data that is gone. One that fails is dropped by the next retention pass
+/// ([`finish_deletes`]), the next start or a create of the name, for which
+/// the topic's directory stays in the trash. Done whether or not the move is
+/// durable: once the name is free they could be a new topic's. Returns
+/// whether they were dropped.
 fn drop_positions(shared: &Shared, name: &str) -> bool {
     match shared.offsets.delete_topic_positions(|t| t == name) {
         Ok(_) => true,
