@@ -392,6 +392,11 @@ struct Shared {
     /// Topics deleted from this run (durably) whose files are still in the
     /// trash; see [`UnfinishedDelete`].
     unfinished_deletes: Mutex<Vec<UnfinishedDelete>>,
+    /// What the start found in the trash, kept because its drop of the
+    /// committed positions in topics without a directory failed (or the
+    /// removal of the files did): tried again by each retention pass (see
+    /// [`finish_deletes`]).
+    start_trash: Mutex<Vec<PathBuf>>,
     wal: Option<Wal>,
     jobs: mpsc::Sender<Job>,
     applied_seq: AtomicU64,
@@ -894,6 +899,25 @@ fn trashed_names(trash: &Path) -> Result<BTreeSet<String>> {
         }
     }
     Ok(names)
+}
+
+/// What is in the trash, `trash` (none when it does not exist).
+///
+/// # Errors
+/// A trash that cannot be read, naming it.
+fn trash_entries(trash: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(trash) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read_dir", trash, e)),
+    };
+    entries
+        .map(|entry| {
+            entry
+                .map(|entry| entry.path())
+                .map_err(|e| Error::io("read_dir", trash, e))
+        })
+        .collect()
 }
 
 /// Whether the delete of topic `name` was in progress: its directory is in
@@ -1798,6 +1822,7 @@ impl TopicManager {
         // exists, and `check_lost_positions` judged the others). The trash
         // goes only once they are: it is what tells the next start that they
         // are a deleted topic's.
+        let mut start_trash = Vec::new();
         match offsets.delete_topic_positions(|t| !topics.contains_key(t)) {
             Ok(n) => {
                 if n > 0 {
@@ -1815,7 +1840,10 @@ impl TopicManager {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, trash = %trash.display(), "could not drop committed positions in deleted topics; the next start tries again, and the deleted topics' files stay in the trash until then")
+                // Kept for the retention passes to finish; no delete of this
+                // run has put anything there yet.
+                start_trash = trash_entries(&trash)?;
+                tracing::warn!(error = %e, trash = %trash.display(), "could not drop committed positions in deleted topics; each retention pass tries again, and the deleted topics' files stay in the trash until then")
             }
         }
         // A position committed past records a crash then took (read before
@@ -1845,6 +1873,7 @@ impl TopicManager {
             unopened: Mutex::new(BTreeSet::new()),
             undurable_deletes: Mutex::new(Vec::new()),
             unfinished_deletes: Mutex::new(Vec::new()),
+            start_trash: Mutex::new(start_trash),
             wal,
             jobs: jobs_tx,
             applied_seq: AtomicU64::new(stats.last_sequence),
@@ -3193,6 +3222,11 @@ fn finish_delete(shared: &Shared, name: String, trash: PathBuf, positions_droppe
 /// of the name is in progress: no create of the name runs meanwhile, so
 /// only the deleted topic's positions go. A topic of the name created since
 /// had them dropped by its create.
+///
+/// Likewise the start's drop of the positions in every topic without a
+/// directory, when it failed: what the start found in the trash goes once
+/// it succeeds. A name reserved (being created or deleted), in the map or
+/// in `unopened` keeps its positions.
 fn finish_deletes(shared: &Shared) {
     let pending = std::mem::take(
         &mut *shared
@@ -3200,13 +3234,27 @@ fn finish_deletes(shared: &Shared) {
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     );
-    if pending.is_empty() {
+    let start_trash = std::mem::take(
+        &mut *shared
+            .start_trash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    if pending.is_empty() && start_trash.is_empty() {
         return;
     }
     let reserved = shared
         .create_lock
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    if !start_trash.is_empty() {
+        let start_trash = finish_start_trash(shared, &reserved, start_trash);
+        shared
+            .start_trash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(start_trash);
+    }
     let mut kept = Vec::new();
     for mut d in pending {
         if !d.positions_dropped && !reserved.contains(&d.name) {
@@ -3236,6 +3284,61 @@ fn finish_deletes(shared: &Shared) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .extend(kept);
+}
+
+/// The part of [`finish_deletes`] for what the start left in the trash,
+/// `start_trash`, with `create_lock` held (`reserved`): what is still there.
+fn finish_start_trash(
+    shared: &Shared,
+    reserved: &BTreeSet<String>,
+    start_trash: Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    // Stable while `create_lock` is held: a create holds it throughout, and
+    // a failed delete puts its topic back (in the map or `unopened`) while
+    // the name is reserved.
+    let mut kept_names: BTreeSet<String> = shared
+        .topics
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    kept_names.extend(
+        shared
+            .unopened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned(),
+    );
+    match shared
+        .offsets
+        .delete_topic_positions(|t| !kept_names.contains(t) && !reserved.contains(t))
+    {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(
+                    positions = n,
+                    "dropped committed positions in deleted topics"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not drop committed positions in deleted topics; the next retention pass tries again, and the deleted topics' files stay in the trash until then");
+            return start_trash;
+        }
+    }
+    start_trash
+        .into_iter()
+        .filter(|dir| match std::fs::remove_dir_all(dir) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files; the next retention pass tries again");
+                true
+            }
+        })
+        .collect()
 }
 
 /// A topic name being deleted, reserved in `create_lock` until dropped.
@@ -6422,6 +6525,24 @@ mod tests {
         blocker
     }
 
+    /// A data directory in `dir` where topic `t` was deleted while the
+    /// positions group `g` committed in `t` and `u` could not be dropped
+    /// (its files in the trash): its config and what keeps the positions
+    /// unwritable.
+    fn t_deleted_with_positions_unwritable(dir: &Path) -> (Config, PathBuf) {
+        let rt = two_worker_runtime();
+        let c = config(dir);
+        let m = TopicManager::new(c.clone()).unwrap();
+        let blocker = positions_in_t_and_u_unwritable(&m, dir);
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        assert!(m.topic("t").is_none());
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+        let in_trash = std::fs::read_dir(dir.join("topics-deleted")).map_or(0, Iterator::count);
+        assert_eq!(in_trash, 1, "kept while the positions are");
+        m.shutdown().unwrap();
+        (c, blocker)
+    }
+
     /// The trash is what tells a start that positions naming a topic without
     /// a directory are a deleted topic's, so it stays until they are
     /// dropped: at a delete whose drop of them failed, and at a start whose
@@ -6430,18 +6551,9 @@ mod tests {
     #[test]
     fn a_deleted_topics_files_stay_in_the_trash_until_its_positions_are_dropped() {
         let tmp = tempfile::tempdir().unwrap();
-        let rt = two_worker_runtime();
-        let c = config(tmp.path());
-        let m = TopicManager::new(c.clone()).unwrap();
-        let blocker = positions_in_t_and_u_unwritable(&m, tmp.path());
+        let (c, blocker) = t_deleted_with_positions_unwritable(tmp.path());
         let trash = tmp.path().join("topics-deleted");
         let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
-        assert!(rt.block_on(m.delete_topic("t")).unwrap());
-        assert!(m.topic("t").is_none());
-        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
-        assert_eq!(in_trash(), 1, "kept while the positions are");
-        m.shutdown().unwrap();
-        drop(m);
 
         // A start whose drop fails keeps the trash too.
         let m = TopicManager::new(c.clone()).unwrap();
@@ -6498,6 +6610,39 @@ mod tests {
                 // As `restore_topic` leaves it when it cannot open it again.
                 m.shared.topics.write().unwrap().remove("t");
                 m.shared.unopened.lock().unwrap().insert("t".to_string());
+            }
+            m.apply_retention().unwrap();
+            assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
+            let expected = created_again.then_some(5);
+            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), expected);
+            assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
+            m.shutdown().unwrap();
+        }
+    }
+
+    /// A start whose drop of the positions in topics without a directory
+    /// failed kept the deleted topics' files in the trash until the next
+    /// start. Each retention pass now tries again: once the drop succeeds the
+    /// files go, the positions of a topic created since the start (here one
+    /// of the deleted name) untouched.
+    #[test]
+    fn a_starts_failed_position_drop_is_finished_by_a_retention_pass() {
+        for created_again in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (c, blocker) = t_deleted_with_positions_unwritable(tmp.path());
+            let trash = tmp.path().join("topics-deleted");
+            let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
+            let m = TopicManager::new(c).unwrap();
+            assert_eq!(in_trash(), 1, "kept while the positions are");
+            m.apply_retention().unwrap();
+            assert_eq!(in_trash(), 1, "still failing");
+            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+            std::fs::remove_dir(&blocker).unwrap();
+            if created_again {
+                m.create_topic("t", 1).unwrap();
+                m.offsets()
+                    .commit("g", None, vec![position("t", 5)])
+                    .unwrap();
             }
             m.apply_retention().unwrap();
             assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
