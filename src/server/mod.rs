@@ -1953,12 +1953,12 @@ mod tests {
     async fn a_response_that_cannot_be_encoded_closes_the_connection() {
         let dir = tempfile::tempdir().unwrap();
         let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
-        // The error message naming this unknown topic does not fit
+        // The error message naming this other broker does not fit
         // DescribeConfigs v1's 16-bit string: the answer cannot be encoded.
-        let long = "t".repeat(32_760);
+        let long = "7".repeat(32_760);
         let describe = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
-                .with_resource_type(2)
+                .with_resource_type(4)
                 .with_resource_name(StrBytes::from_string(long)),
         ]);
         client

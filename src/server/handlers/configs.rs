@@ -22,7 +22,7 @@ use kafka_protocol::{
 use crate::{
     config::Config,
     server::{codes, Ctx},
-    storage::{topic_config, AlterError, ConfigError, TopicConfig},
+    storage::{topic_config, valid_topic_name, AlterError, ConfigError, TopicConfig},
 };
 
 /// Resource types (Kafka's `ConfigResource.Type`).
@@ -348,6 +348,13 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
             let (entries, read_only) = match resource_type {
                 TOPIC => match ctx.storage.topic(name) {
                     Some(t) => (topic_entries(ctx, &t.configs), false),
+                    // Judged before the look-up, as Kafka's ConfigHelper does.
+                    None if !valid_topic_name(name) => {
+                        let (code, message) = invalid_topic_name();
+                        return out
+                            .with_error_code(code)
+                            .with_error_message(Some(StrBytes::from_string(message)));
+                    }
                     None => {
                         return out
                             .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
@@ -397,6 +404,15 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
 
 /// What an alter of one resource came to: `NONE`, or an error code and message.
 type Outcome = Result<(), (i16, String)>;
+
+/// The answer to a topic resource whose name no topic can have (Kafka:
+/// `InvalidTopicException` from `Topic.validate`).
+fn invalid_topic_name() -> (i16, String) {
+    (
+        codes::INVALID_TOPIC_EXCEPTION,
+        "topic names are 1-249 characters of [A-Za-z0-9._-]".to_string(),
+    )
+}
 
 fn alter_error(name: &str, e: AlterError) -> (i16, String) {
     match e {
@@ -458,6 +474,19 @@ async fn alter_topic<C>(
 where
     C: FnOnce(&TopicConfig) -> Result<TopicConfig, AlterError>,
 {
+    // As Kafka's controller judges the name (before the topic's existence):
+    // the empty name is the default topic resource, which cannot be altered.
+    if ctx.storage.topic(name).is_none() {
+        if name.is_empty() {
+            return Err((
+                codes::INVALID_REQUEST,
+                "Default topic resources are not allowed.".to_string(),
+            ));
+        }
+        if !valid_topic_name(name) {
+            return Err(invalid_topic_name());
+        }
+    }
     let storage = ctx.storage.clone();
     let topic = name.to_string();
     tokio::task::spawn_blocking(move || {
@@ -813,6 +842,58 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), entries.len(), "each name once");
+    }
+
+    /// A topic resource named as no topic can be was answered
+    /// UNKNOWN_TOPIC_OR_PARTITION by DescribeConfigs and AlterConfigs (the
+    /// Java client: "This server does not host this topic-partition"). Kafka
+    /// judges the name first: INVALID_TOPIC_EXCEPTION, and INVALID_REQUEST
+    /// for an alter of the empty name (the default topic resource). A
+    /// missing topic of a valid name is still unknown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_resource_of_an_invalid_name_is_an_invalid_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let long = "t".repeat(250);
+        let names = ["a/b", "", long.as_str(), "missing"];
+        let describe = DescribeConfigsRequest::default().with_resources(
+            names
+                .iter()
+                .map(|n| {
+                    kafka_protocol::messages::describe_configs_request::DescribeConfigsResource::default()
+                        .with_resource_type(TOPIC)
+                        .with_resource_name(StrBytes::from_string((*n).to_string()))
+                })
+                .collect(),
+        );
+        let codes_of = |r: &DescribeConfigsResponse| -> Vec<i16> {
+            r.results.iter().map(|r| r.error_code).collect()
+        };
+        let invalid = codes::INVALID_TOPIC_EXCEPTION;
+        assert_eq!(
+            codes_of(&describe_configs(&ctx, &describe)),
+            [invalid, invalid, invalid, codes::UNKNOWN_TOPIC_OR_PARTITION]
+        );
+        let r = alter_configs(
+            &ctx,
+            legacy_request(
+                &names
+                    .iter()
+                    .map(|n| (*n, &[("retention.ms", Some("1000"))][..]))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .await;
+        let got: Vec<i16> = r.responses.iter().map(|r| r.error_code).collect();
+        assert_eq!(
+            got,
+            [
+                invalid,
+                codes::INVALID_REQUEST,
+                invalid,
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            ]
+        );
     }
 
     /// A topic resource of a legacy AlterConfigs: its name, and its entries
