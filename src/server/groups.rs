@@ -1736,10 +1736,18 @@ impl GroupCoordinator {
             return rx;
         }
         g.start_rebalance(now);
+        // A static member rejoining by its member id alone stays static, as
+        // Kafka's `updateMember` keeps its instance id (one it names is its
+        // own: checked above).
+        let instance_id = req.instance_id.or_else(|| {
+            g.members
+                .get(&member_id)
+                .and_then(|m| m.instance_id.clone())
+        });
         g.members.insert(
             member_id.clone(),
             Member {
-                instance_id: req.instance_id,
+                instance_id,
                 client_id: req.client_id,
                 client_host: req.client_host,
                 protocols: req.protocols,
@@ -1861,12 +1869,14 @@ impl GroupCoordinator {
         if let Some(err) = g.instance_error(instance, member_id) {
             return err;
         }
-        if let Some(m) = g.members.get_mut(member_id) {
-            m.last_seen = Instant::now();
-        }
+        // A refused heartbeat (another generation) keeps no session alive,
+        // as in Kafka.
         let err = g.check_member(member_id, generation);
         if err != codes::NONE {
             return err;
+        }
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.last_seen = Instant::now();
         }
         if g.state == State::PreparingRebalance {
             codes::REBALANCE_IN_PROGRESS
@@ -1921,7 +1931,12 @@ impl GroupCoordinator {
                 },
             };
             if g.members.remove(id).is_some() {
-                g.pending_joins.remove(id);
+                // Its JoinGroup waiting is answered as Kafka's
+                // `removeMemberAndUpdateGroup` answers it: the client rejoins
+                // as a new member, not with the id it no longer has.
+                if let Some(tx) = g.pending_joins.remove(id) {
+                    let _ = tx.send(JoinResult::error(codes::UNKNOWN_MEMBER_ID, ""));
+                }
                 g.pending_syncs.remove(id);
                 removed = true;
                 out.push(codes::NONE);
@@ -3204,6 +3219,19 @@ mod tests {
         assert_eq!(a.len(), MEMBER_ID_CLIENT_BYTES + 1 + 36);
     }
 
+    /// Member `id` of group "g" idle for 9 s of its 10 s session, then
+    /// `request`: its answer, and whether the member is still as idle.
+    fn after_idle(c: &GroupCoordinator, id: &str, request: impl FnOnce() -> i16) -> (i16, bool) {
+        {
+            let mut groups = c.lock();
+            let m = groups.get_mut("g").unwrap().members.get_mut(id);
+            m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(9)).unwrap();
+        }
+        let code = request();
+        let idle = c.lock()["g"].members[id].last_seen.elapsed();
+        (code, idle >= Duration::from_secs(9))
+    }
+
     /// A member's commit counts as a heartbeat, as in Kafka: a consumer that
     /// commits keeps its session even when its heartbeats are late.
     #[test]
@@ -3212,22 +3240,73 @@ mod tests {
         let j = c.join(req("")).try_recv().unwrap();
         let s = c.sync("g", j.generation, &j.member_id, None, vec![]);
         assert!(s.blocking_recv().is_ok());
-        // Idle for 9 s of its 10 s session, then a commit (allowed, or refused).
         let commit_after_idle = |generation| {
-            {
-                let mut groups = c.lock();
-                let m = groups.get_mut("g").unwrap().members.get_mut(&j.member_id);
-                m.unwrap().last_seen = Instant::now().checked_sub(Duration::from_secs(9)).unwrap();
-            }
-            let code = c.check_commit("g", generation, &j.member_id, None);
-            let idle = c.lock()["g"].members[&j.member_id].last_seen.elapsed();
-            (code, idle >= Duration::from_secs(9))
+            after_idle(&c, &j.member_id, || {
+                c.check_commit("g", generation, &j.member_id, None)
+            })
         };
         assert_eq!(commit_after_idle(j.generation), (codes::NONE, false));
         // A refused commit is no heartbeat.
         assert_eq!(
             commit_after_idle(j.generation + 1),
             (codes::ILLEGAL_GENERATION, true)
+        );
+    }
+
+    /// As Kafka's coordinator: a heartbeat refused for another generation
+    /// does not keep the member's session (it did, so a client heartbeating
+    /// at a stale generation was never expired); a member removed by a
+    /// LeaveGroup while its JoinGroup waits gets UNKNOWN_MEMBER_ID with no
+    /// member id on it (it got REBALANCE_IN_PROGRESS, and retried with the id
+    /// it no longer had); a static member rejoining by its member id alone
+    /// keeps its instance id (it became dynamic, so its restart joined as a
+    /// second member instead of taking over).
+    #[test]
+    fn heartbeats_leaves_and_rejoins_treat_members_as_kafkas_coordinator_does() {
+        let c = GroupCoordinator::default();
+        let a = join_as(&c, "", Some("a")).try_recv().unwrap();
+        assert_eq!((a.error, a.generation), (codes::NONE, 1));
+        let s = c.sync("g", a.generation, &a.member_id, None, vec![]);
+        assert!(s.blocking_recv().is_ok());
+        let idle_after_heartbeat = |generation| {
+            after_idle(&c, &a.member_id, || {
+                c.heartbeat("g", generation, &a.member_id, None)
+            })
+        };
+        assert_eq!(idle_after_heartbeat(a.generation), (codes::NONE, false));
+        assert_eq!(
+            idle_after_heartbeat(a.generation + 1),
+            (codes::ILLEGAL_GENERATION, true),
+            "a refused heartbeat keeps no session"
+        );
+
+        // Rejoining by its member id alone (the leader of a stable group: a
+        // rebalance), it stays static.
+        let a = join_as(&c, &a.member_id, None).try_recv().unwrap();
+        assert_eq!((a.error, a.generation), (codes::NONE, 2));
+        assert_eq!(
+            c.lock()["g"].members[&a.member_id].instance_id.as_deref(),
+            Some("a")
+        );
+        let restarted = join_as(&c, "", Some("a")).try_recv().unwrap();
+        assert_eq!(restarted.error, codes::NONE);
+        assert_eq!(
+            c.lock()["g"].members.len(),
+            1,
+            "took over, not a second member"
+        );
+
+        // A static member removed by its instance id while its join waits.
+        let mut b = join_as(&c, "", Some("b"));
+        assert!(b.try_recv().is_err(), "waits for a to rejoin");
+        assert_eq!(
+            c.leave_identities("g", &[(String::new(), Some("b".to_string()))]),
+            Ok(vec![codes::NONE])
+        );
+        let b = b.try_recv().expect("answered");
+        assert_eq!(
+            (b.error, b.member_id.as_str()),
+            (codes::UNKNOWN_MEMBER_ID, "")
         );
     }
 
