@@ -1251,6 +1251,17 @@ fn topic_configs_are_created_altered_described_and_kept() {
     );
     assert_eq!(p.record_errors.len(), 1);
     assert_eq!(p.record_errors[0].batch_index, 0);
+    // Every record without a key is named (each with no message of its own:
+    // the client takes the partition's).
+    let r = send_produce(&mut s, 8, 2, &produce("keyed", 0, batch(&["a", "b"])));
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 87, "INVALID_RECORD");
+    let named: Vec<(i32, bool)> = p
+        .record_errors
+        .iter()
+        .map(|e| (e.batch_index, e.batch_index_error_message.is_none()))
+        .collect();
+    assert_eq!(named, [(0, true), (1, true)]);
     assert_eq!(
         produce_to(&mut s, "keyed", 0, keyed_batch(&[("k", "v")])),
         (0, 0)

@@ -325,8 +325,51 @@ pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
     Ok(out)
 }
 
-/// What [`validate_produce`] found in a valid produced batch.
+/// The most records a refusal lists (see [`Produced::faults`]): a batch of
+/// many small records could otherwise make a list, and an answer, of a
+/// size out of proportion to the request.
+pub const MAX_LISTED_FAULTS: usize = 1000;
+
+/// What a topic asks of each produced record, judged record by record as
+/// Kafka's `LogValidator` judges them (`validateKey`, `validateTimestamp`),
+/// so that a refusal names every record at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRules {
+    /// Every record needs a key (a compacted topic).
+    pub keyed: bool,
+    /// The broker's clock, in ms since the epoch.
+    pub now: i64,
+    /// How far ahead of `now` a timestamp may be.
+    pub ahead_ms: i64,
+    /// How far behind `now` a timestamp may be, when bounded.
+    pub behind_ms: Option<i64>,
+}
+
+impl RecordRules {
+    /// Whether record timestamp `ts` (not -1) breaks the rules: more than
+    /// `ahead_ms` ahead, more than `behind_ms` behind, or so far behind that
+    /// `now - ts` overflows (Kafka's 64-bit difference then reads as far
+    /// ahead).
+    pub fn timestamp_refused(&self, ts: i64) -> bool {
+        ts > self.now.saturating_add(self.ahead_ms)
+            || self.now.checked_sub(ts).is_none()
+            || self
+                .behind_ms
+                .is_some_and(|b| ts < self.now.saturating_sub(b))
+    }
+}
+
+/// Why a record breaks its topic's [`RecordRules`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordRefusal {
+    /// No key, for a compacted topic.
+    NoKey,
+    /// This timestamp is out of range.
+    Timestamp(i64),
+}
+
+/// What [`validate_produce`] found in a valid produced batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Produced {
     /// The batch's header.
     pub info: BatchInfo,
@@ -340,6 +383,11 @@ pub struct Produced {
     /// The smallest timestamp of its records that have one (a record's
     /// timestamp of -1 says it has none); `None` when none has.
     pub min_timestamp: Option<i64>,
+    /// The records that break the rules [`validate_produce_by`] was given, by
+    /// index in the batch, the first [`MAX_LISTED_FAULTS`] of them (a record
+    /// without a key for a compacted topic is judged by its key alone, as
+    /// Kafka judges it).
+    pub faults: Vec<(i32, RecordRefusal)>,
 }
 
 /// Whether [`validate_produce`] of `buf` may take long enough that an async
@@ -366,17 +414,19 @@ pub fn validation_may_block(buf: &[u8]) -> bool {
 /// # Errors
 /// The first check that fails.
 pub fn validate_produce(buf: &[u8]) -> Result<Produced, BatchError> {
-    validate_produce_by(buf, None)
+    validate_produce_by(buf, None, None)
 }
 
 /// [`validate_produce`], waiting for the decompression budget until `deadline`
-/// at most ([`BatchError::DecompressionBusy`] then).
+/// at most ([`BatchError::DecompressionBusy`] then), and listing the records
+/// that break `rules` (see [`Produced::faults`]).
 ///
 /// # Errors
 /// The first check that fails.
 pub fn validate_produce_by(
     buf: &[u8],
     deadline: Option<std::time::Instant>,
+    rules: Option<&RecordRules>,
 ) -> Result<Produced, BatchError> {
     let info = parse_header(buf)?;
     if buf.len() > info.len {
@@ -405,11 +455,14 @@ pub fn validate_produce_by(
         BatchError::BadPayload { codec }
     })?;
     let first = be_i64(buf, BASE_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?;
-    let (first_keyless, min_timestamp, max_delta) = walk_records(&payload, count, first)?;
+    let mut faults = Vec::new();
+    let (first_keyless, min_timestamp, max_delta) =
+        walk_records(&payload, count, first, rules, &mut faults)?;
     Ok(Produced {
         info,
         first_keyless,
         min_timestamp,
+        faults,
         // Every record's sum was checked in `walk_records`.
         max_timestamp: first.saturating_add(max_delta),
     })
@@ -452,11 +505,14 @@ fn skip_bytes(b: &[u8], at: &mut usize, nullable: bool) -> Option<bool> {
 /// timestamp delta.
 /// Walks the records of a batch whose first timestamp is `first`: the index of
 /// its first record without a key, the smallest record timestamp other than -1
-/// (records without timestamps), and the largest timestamp delta.
+/// (records without timestamps), and the largest timestamp delta; the records
+/// that break `rules` go to `faults` (see [`Produced::faults`]).
 fn walk_records(
     payload: &[u8],
     count: i32,
     first: i64,
+    rules: Option<&RecordRules>,
+    faults: &mut Vec<(i32, RecordRefusal)>,
 ) -> Result<(Option<i32>, Option<i64>, i64), BatchError> {
     let mut first_keyless = None;
     let mut max_delta = i64::MIN;
@@ -489,6 +545,17 @@ fn walk_records(
             }
             let delta = varint(record, &mut r)?;
             let keyless = skip_bytes(record, &mut r, true)?;
+            let refusal = rules.and_then(|rules| {
+                if keyless && rules.keyed {
+                    Some(RecordRefusal::NoKey)
+                } else {
+                    (ts != -1 && rules.timestamp_refused(ts))
+                        .then_some(RecordRefusal::Timestamp(ts))
+                }
+            });
+            if let Some(refusal) = refusal.filter(|_| faults.len() < MAX_LISTED_FAULTS) {
+                faults.push((index, refusal));
+            }
             skip_bytes(record, &mut r, true)?; // value
             let headers = varint(record, &mut r)?;
             (headers >= 0).then_some(())?;

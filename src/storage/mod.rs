@@ -190,13 +190,14 @@ pub enum ProduceError {
     ShuttingDown,
     /// The request's `acks` is not -1, 0 or 1.
     InvalidAcks,
-    /// A record the topic cannot take: one without a key, produced to a compacted
-    /// topic (`record` is its index in the batch).
+    /// Records the topic cannot take: ones without a key, produced to a
+    /// compacted topic.
     InvalidRecord {
         /// What is wrong.
         message: String,
-        /// The record's index within its batch.
-        record: i32,
+        /// Each such record's index within its batch, with what is wrong with
+        /// it when `message` does not say (see [`batch::MAX_LISTED_FAULTS`]).
+        records: Vec<(i32, Option<String>)>,
     },
     /// An idempotent producer's batch does not continue its sequence.
     OutOfOrderSequence(String),
@@ -208,8 +209,16 @@ pub enum ProduceError {
     ControlBatch,
     /// A record timestamp too far ahead of the broker's clock, or too far
     /// behind it (the topic's `message.timestamp.after.max.ms` and
-    /// `message.timestamp.before.max.ms`).
-    InvalidTimestamp(String),
+    /// `message.timestamp.before.max.ms`), or a batch a producer flagged
+    /// LogAppendTime.
+    InvalidTimestamp {
+        /// What is wrong.
+        message: String,
+        /// The records refused, as [`ProduceError::InvalidRecord`] lists them
+        /// (records without a key for a compacted topic too, as Kafka lists
+        /// every record it refuses).
+        records: Vec<(i32, Option<String>)>,
+    },
 }
 
 /// How far ahead of the broker's clock a produced record's timestamp may be
@@ -2922,10 +2931,20 @@ impl TopicManager {
         // A compressed batch waits for room in the decompression budget no
         // longer than the request may take.
         let deadline = Instant::now().checked_add(timeout);
+        // Each record is judged as validation walks it, so that a refusal
+        // names every record at fault, as Kafka's does.
+        let rules = batch::RecordRules {
+            keyed: t.configs.compact(),
+            now: segment::now_ms(),
+            ahead_ms: t.configs.timestamp_after_max_ms(),
+            behind_ms: t.configs.timestamp_before_max_ms(),
+        };
         let produced = if may_block {
-            tokio::task::block_in_place(|| batch::validate_produce_by(records, deadline))
+            tokio::task::block_in_place(|| {
+                batch::validate_produce_by(records, deadline, Some(&rules))
+            })
         } else {
-            batch::validate_produce_by(records, deadline)
+            batch::validate_produce_by(records, deadline, Some(&rules))
         }
         .map_err(|e| match e {
             batch::BatchError::DecompressionBusy => ProduceError::Timeout,
@@ -2940,10 +2959,13 @@ impl TopicManager {
         // later one, from ever expiring by time. A topic may set its own bound,
         // and one for timestamps behind the clock (none by default). Records
         // without timestamps (-1) are not judged, as in Kafka.
-        let now = segment::now_ms();
-        let ahead = t.configs.timestamp_after_max_ms();
+        let (now, ahead) = (rules.now, rules.ahead_ms);
+        let invalid_timestamp = |message: String| ProduceError::InvalidTimestamp {
+            message,
+            records: refused_records(&produced.faults),
+        };
         if produced.max_timestamp > now.saturating_add(ahead) {
-            return Err(ProduceError::InvalidTimestamp(format!(
+            return Err(invalid_timestamp(format!(
                 "record timestamp {} is more than {ahead} ms ahead of the broker's clock (topic {topic}'s message.timestamp.after.max.ms)",
                 produced.max_timestamp
             )));
@@ -2954,16 +2976,14 @@ impl TopicManager {
             .min_timestamp
             .filter(|&oldest| now.checked_sub(oldest).is_none())
         {
-            return Err(ProduceError::InvalidTimestamp(format!(
+            return Err(invalid_timestamp(format!(
                 "record timestamp {oldest} is more than {} ms behind the broker's clock",
                 i64::MAX
             )));
         }
-        if let (Some(behind), Some(oldest)) =
-            (t.configs.timestamp_before_max_ms(), produced.min_timestamp)
-        {
+        if let (Some(behind), Some(oldest)) = (rules.behind_ms, produced.min_timestamp) {
             if oldest < now.saturating_sub(behind) {
-                return Err(ProduceError::InvalidTimestamp(format!(
+                return Err(invalid_timestamp(format!(
                     "record timestamp {oldest} is more than {behind} ms behind the broker's clock (topic {topic}'s message.timestamp.before.max.ms)"
                 )));
             }
@@ -2975,9 +2995,16 @@ impl TopicManager {
         if produced.info.attributes & batch::ATTR_LOG_APPEND_TIME != 0
             && produced.info.max_timestamp == -1
         {
-            return Err(ProduceError::InvalidTimestamp(format!(
-                "a batch for topic {topic} is flagged LogAppendTime without a timestamp; a producer should not set the timestamp type to LogAppendTime"
-            )));
+            // Every record is refused (Kafka reads each one's timestamp as
+            // the batch's: none).
+            let count = usize::try_from(produced.info.last_offset_delta)
+                .map_or(0, |d| d.saturating_add(1).min(batch::MAX_LISTED_FAULTS));
+            return Err(ProduceError::InvalidTimestamp {
+                message: format!(
+                    "a batch for topic {topic} is flagged LogAppendTime without a timestamp; a producer should not set the timestamp type to LogAppendTime"
+                ),
+                records: (0..count as i32).map(|i| (i, None)).collect(),
+            });
         }
         let mut info = produced.info;
         info.max_timestamp = produced.max_timestamp;
@@ -3008,10 +3035,10 @@ impl TopicManager {
         // a key has no place in it: Kafka refuses it with INVALID_RECORD, and so
         // does this broker, compressed batches included. Validation walked every
         // record (offsets counted from 0, never from the client's base offset).
-        if let Some(record) = produced.first_keyless.filter(|_| t.configs.compact()) {
+        if !produced.faults.is_empty() {
             return Err(ProduceError::InvalidRecord {
                 message: format!("compacted topic {topic} cannot accept a record without a key"),
-                record,
+                records: refused_records(&produced.faults),
             });
         }
         if let Some(w) = &self.shared.wal {
@@ -3337,6 +3364,25 @@ fn finish_start_trash(
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files; the next retention pass tries again");
                 true
             }
+        })
+        .collect()
+}
+
+/// The records of a produced batch that broke their topic's rules
+/// (`faults`, see [`batch::Produced::faults`]), as a refusal lists them: a
+/// timestamp out of range with its own message, a record without a key with
+/// none (the refusal's message says it).
+fn refused_records(faults: &[(i32, batch::RecordRefusal)]) -> Vec<(i32, Option<String>)> {
+    faults
+        .iter()
+        .map(|&(index, refusal)| {
+            let message = match refusal {
+                batch::RecordRefusal::NoKey => None,
+                batch::RecordRefusal::Timestamp(ts) => {
+                    Some(format!("timestamp {ts} of record {index} is out of range"))
+                }
+            };
+            (index, message)
         })
         .collect()
 }
@@ -3811,6 +3857,104 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// Produces batch `b` to partition 0 of `topic`: its base offset, or why
+    /// it was refused.
+    fn produce_to(
+        rt: &tokio::runtime::Runtime,
+        m: &TopicManager,
+        topic: &str,
+        b: &[u8],
+    ) -> std::result::Result<i64, ProduceError> {
+        rt.block_on(async {
+            m.submit(topic, 0, b, Duration::from_secs(5))
+                .await?
+                .await
+                .unwrap()
+        })
+    }
+
+    /// A refused batch named only its first record without a key, and no
+    /// record at all for timestamps out of range, so that the Java producer
+    /// failed every record of the batch as if each were at fault (its
+    /// innocent records get the generic "part of a batch with invalid
+    /// records" only when the refusal names the guilty ones). Every record at
+    /// fault is now listed, as Kafka's LogValidator lists them: a timestamp
+    /// with its own message, a missing key with none; at most
+    /// [`batch::MAX_LISTED_FAULTS`] of them.
+    #[test]
+    fn a_refusal_lists_every_record_at_fault() {
+        use crate::storage::batch::tests::make_keyed_batch;
+        let produce = produce_to;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let bounded =
+            TopicConfig::from_pairs([("message.timestamp.before.max.ms", Some("600000"))]);
+        m.create_topic_with("t", 1, bounded.unwrap()).unwrap();
+        let compacted = TopicConfig::from_pairs([("cleanup.policy", Some("compact"))]);
+        m.create_topic_with("c", 1, compacted.unwrap()).unwrap();
+        let now = segment::now_ms();
+        let (k, v): (Option<&[u8]>, Option<&[u8]>) = (Some(b"k"), Some(b"v"));
+        let day = 86_400_000;
+        let indexes = |r: &[(i32, Option<String>)]| r.iter().map(|(i, _)| *i).collect::<Vec<_>>();
+
+        // Records 1 (two hours ahead) and 3 (a day behind).
+        let b = make_keyed_batch(
+            0,
+            now,
+            &[(0, k, v), (2 * 3_600_000, k, v), (0, k, v), (-day, k, v)],
+            -1,
+            -1,
+            -1,
+        );
+        match produce(&rt, &m, "t", &b) {
+            Err(ProduceError::InvalidTimestamp { records, .. }) => {
+                assert_eq!(indexes(&records), [1, 3]);
+                let ahead = records[0].1.as_deref().unwrap();
+                assert!(
+                    ahead.contains(&(now + 2 * 3_600_000).to_string())
+                        && ahead.contains("record 1"),
+                    "{ahead}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Records 1 and 3 without keys, to a compacted topic.
+        let b = make_keyed_batch(
+            0,
+            now,
+            &[(0, k, v), (0, None, v), (0, k, v), (0, None, v)],
+            -1,
+            -1,
+            -1,
+        );
+        match produce(&rt, &m, "c", &b) {
+            Err(ProduceError::InvalidRecord { records, .. }) => {
+                assert_eq!(records, [(1, None), (3, None)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // More than the cap: the first ones.
+        let many: Vec<_> = (0..1500).map(|_| (0, None, v)).collect();
+        match produce(&rt, &m, "c", &make_keyed_batch(0, now, &many, -1, -1, -1)) {
+            Err(ProduceError::InvalidRecord { records, .. }) => {
+                let expected: Vec<i32> = (0..batch::MAX_LISTED_FAULTS as i32).collect();
+                assert_eq!(indexes(&records), expected);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            produce(
+                &rt,
+                &m,
+                "c",
+                &make_keyed_batch(0, now, &[(0, k, v)], -1, -1, -1)
+            ),
+            Ok(0)
+        );
+        m.shutdown().unwrap();
+    }
+
     /// A topic sets how far ahead of the broker's clock (and behind it) a
     /// record's timestamp may be: `message.timestamp.after.max.ms` (an hour by
     /// default) and `message.timestamp.before.max.ms` (no bound by default).
@@ -3819,14 +3963,7 @@ mod tests {
     #[test]
     fn a_topic_bounds_record_timestamps_ahead_of_and_behind_the_clock() {
         use crate::storage::batch::tests::make_timed_batch;
-        let produce = |rt: &tokio::runtime::Runtime, m: &TopicManager, topic: &str, b: &[u8]| {
-            rt.block_on(async {
-                m.submit(topic, 0, b, Duration::from_secs(5))
-                    .await?
-                    .await
-                    .unwrap()
-            })
-        };
+        let produce = produce_to;
         let tmp = tempfile::tempdir().unwrap();
         let rt = two_worker_runtime();
         let m = TopicManager::new(config(tmp.path())).unwrap();
@@ -3842,7 +3979,7 @@ mod tests {
             let r: Vec<(i64, &[u8])> = deltas.iter().map(|&d| (d, &b"v"[..])).collect();
             make_timed_batch(0, first, &r, -1, -1, -1)
         };
-        let invalid = |r: Result<i64, ProduceError>| matches!(&r, Err(ProduceError::InvalidTimestamp(m)) if m.contains("message.timestamp"));
+        let invalid = |r: Result<i64, ProduceError>| matches!(&r, Err(ProduceError::InvalidTimestamp { message: m, .. }) if m.contains("message.timestamp"));
         // Ahead: 10 minutes passes the default hour, not the topic's minute.
         let ahead = records(now, &[0, 600_000]);
         assert_eq!(produce(&rt, &m, "free", &ahead), Ok(0));
@@ -3876,7 +4013,7 @@ mod tests {
         // With no bound behind, a timestamp so far behind that `now - it`
         // overflows is refused all the same, as Kafka's check reads it as far
         // ahead; one that does not overflow passes.
-        let overflowing = |r: Result<i64, ProduceError>| matches!(&r, Err(ProduceError::InvalidTimestamp(m)) if m.contains(&i64::MAX.to_string()));
+        let overflowing = |r: Result<i64, ProduceError>| matches!(&r, Err(ProduceError::InvalidTimestamp { message: m, .. }) if m.contains(&i64::MAX.to_string()));
         assert!(overflowing(produce(
             &rt,
             &m,
@@ -3920,7 +4057,7 @@ mod tests {
         for first in [-1, now] {
             let refused = produce(&rt, &m, &flagged(first, -1));
             assert!(
-                matches!(&refused, Err(ProduceError::InvalidTimestamp(msg)) if msg.contains("LogAppendTime")),
+                matches!(&refused, Err(ProduceError::InvalidTimestamp { message: msg, records }) if msg.contains("LogAppendTime") && records == &[(0, None)]),
                 "{refused:?}"
             );
         }
@@ -3959,7 +4096,7 @@ mod tests {
         assert_eq!(produce(&rt, &m, &at(now + 600_000, None)), Ok(2));
         let refused = produce(&rt, &m, &at(now + 2 * MAX_TIMESTAMP_AHEAD_MS, None));
         assert!(
-            matches!(refused, Err(ProduceError::InvalidTimestamp(_))),
+            matches!(refused, Err(ProduceError::InvalidTimestamp { .. })),
             "{refused:?}"
         );
         let p = m.partition("t", 0).unwrap();

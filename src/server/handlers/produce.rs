@@ -54,7 +54,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         // As Kafka's LogValidator refuses it.
         ProduceError::ControlBatch => codes::INVALID_RECORD,
         ProduceError::InvalidRecord { .. } => codes::INVALID_RECORD,
-        ProduceError::InvalidTimestamp(_) => codes::INVALID_TIMESTAMP,
+        ProduceError::InvalidTimestamp { .. } => codes::INVALID_TIMESTAMP,
     }
 }
 
@@ -66,12 +66,11 @@ fn message(e: &ProduceError) -> String {
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
-        ProduceError::OutOfOrderSequence(m)
-        | ProduceError::InvalidProducerEpoch(m)
-        | ProduceError::InvalidTimestamp(m) => m.clone(),
+        ProduceError::OutOfOrderSequence(m) | ProduceError::InvalidProducerEpoch(m) => m.clone(),
         ProduceError::Transactional => "transactions are not supported".into(),
         ProduceError::ControlBatch => "Clients are not allowed to write control records".into(),
-        ProduceError::InvalidRecord { message, .. } => message.clone(),
+        ProduceError::InvalidRecord { message, .. }
+        | ProduceError::InvalidTimestamp { message, .. } => message.clone(),
     }
 }
 
@@ -289,24 +288,33 @@ pub(crate) async fn handle(
                 out.push(match result {
                     Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
                     Err(e) => {
-                        let record = match &e {
-                            ProduceError::InvalidRecord { record, .. } => Some(*record),
+                        // The records at fault, each with its own message or
+                        // none (the client then takes the partition's).
+                        let records: Vec<(i32, Option<String>)> = match &e {
+                            ProduceError::InvalidRecord { records, .. }
+                            | ProduceError::InvalidTimestamp { records, .. } => records.clone(),
                             ProduceError::InvalidBatch(BatchError::BadRecord { index, what })
                                 if *what != RecordFault::BeyondCount =>
                             {
-                                Some(*index)
+                                vec![(*index, Some(message(&e)))]
                             }
-                            _ => None,
+                            _ => Vec::new(),
                         };
-                        let r = match record {
-                            Some(record) if version >= 8 => {
-                                r.with_record_errors(vec![BatchIndexAndErrorMessage::default()
-                                    .with_batch_index(record)
-                                    .with_batch_index_error_message(Some(StrBytes::from_string(
-                                        message(&e),
-                                    )))])
-                            }
-                            _ => r,
+                        let r = if version >= 8 && !records.is_empty() {
+                            r.with_record_errors(
+                                records
+                                    .into_iter()
+                                    .map(|(index, message)| {
+                                        BatchIndexAndErrorMessage::default()
+                                            .with_batch_index(index)
+                                            .with_batch_index_error_message(
+                                                message.map(StrBytes::from_string),
+                                            )
+                                    })
+                                    .collect(),
+                            )
+                        } else {
+                            r
                         };
                         r.with_error_code(error_code(&e))
                             .with_base_offset(-1)
