@@ -1051,7 +1051,7 @@ impl Group {
                 .find(|(name, _)| Some(name) == self.protocol.as_ref())
                 .or_else(|| m.protocols.first())
                 .map(|(_, b)| b.clone());
-            topics.extend(metadata.as_ref().and_then(subscription)?);
+            topics.extend(metadata.as_deref().and_then(subscription)?);
         }
         Some(topics)
     }
@@ -2458,18 +2458,36 @@ pub enum OffsetDeleteGuard {
 }
 
 /// The topics a consumer-protocol member metadata subscribes to; `None` when it
-/// does not parse.
-fn subscription(metadata: &Bytes) -> Option<Vec<String>> {
-    use kafka_protocol::{messages::ConsumerProtocolSubscription, protocol::Decodable};
-    let mut buf = metadata.clone();
-    if buf.len() < 2 {
+/// does not parse. Only the prefix every version shares is read (its version,
+/// 0 or more, and its topics), as Kafka's coordinator reads it: kafkajs sends
+/// version 1 without the owned partitions version 1 adds, which a decode at
+/// the stated version refused, so its groups counted as subscribed to every
+/// topic. A topic count is judged against the bytes left before anything is
+/// reserved for it.
+fn subscription(metadata: &[u8]) -> Option<Vec<String>> {
+    let version = i16::from_be_bytes(metadata.get(..2)?.try_into().ok()?);
+    if version < 0 {
         return None;
     }
-    let version = i16::from_be_bytes([buf[0], buf[1]]);
-    bytes::Buf::advance(&mut buf, 2);
-    // Versions above those known keep the known fields first (forward compatible).
-    let s = ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3)).ok()?;
-    Some(s.topics.iter().map(ToString::to_string).collect())
+    let mut at: usize = 2;
+    let mut take = |n: usize| {
+        let field = metadata.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(field)
+    };
+    let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
+    let count = usize::try_from(count).ok()?;
+    // Each topic takes its 2-byte length at least.
+    if count > metadata.len().saturating_sub(6) / 2 {
+        return None;
+    }
+    let mut topics = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i16::from_be_bytes(take(2)?.try_into().ok()?);
+        let name = std::str::from_utf8(take(usize::try_from(len).ok()?)?).ok()?;
+        topics.push(name.to_string());
+    }
+    Some(topics)
 }
 
 #[cfg(test)]
@@ -2668,6 +2686,47 @@ mod tests {
         let mut left: Vec<String> = store.groups().into_iter().map(|g| g.group).collect();
         left.sort();
         assert_eq!(left, vec!["active"], "expired groups stay deleted");
+    }
+
+    /// Member metadata of kafkajs (its assigners' version 1: topics and user
+    /// data, without the owned partitions of the consumer protocol's
+    /// version 1) and of the Java client (version 1 whole) subscribe to their topics;
+    /// a negative version, a null topic, or a topic count beyond what the
+    /// bytes hold do not parse (the count refused before anything is
+    /// reserved: 2^31 - 1 asked for 64 GiB). Before, kafkajs's did not parse,
+    /// so OffsetDelete refused every topic of a stable kafkajs group
+    /// (GROUP_SUBSCRIBED_TO_TOPIC), and its positions in topics it no longer
+    /// consumed never expired.
+    #[test]
+    fn subscriptions_parse_from_the_prefix_every_version_shares() {
+        let topics = |version: i16, names: &[&str], rest: &[u8]| {
+            let mut b = subscribing(names).to_vec();
+            b[..2].copy_from_slice(&version.to_be_bytes());
+            b.truncate(b.len() - 4); // the user data
+            b.extend_from_slice(rest);
+            b
+        };
+        let ab = Some(vec!["a".to_string(), "b".to_string()]);
+        // kafkajs: user data of 0 bytes, nothing after.
+        assert_eq!(subscription(&topics(1, &["a", "b"], &[0, 0, 0, 0])), ab);
+        // Java, version 1: null user data, then one owned partition.
+        let owned = [
+            0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0, 1, b'a', 0, 0, 0, 1, 0, 0, 0, 0,
+        ];
+        assert_eq!(subscription(&topics(1, &["a", "b"], &owned)), ab);
+        assert_eq!(subscription(&subscribing(&["a", "b"])), ab);
+        assert_eq!(subscription(&topics(-1, &["a"], &[])), None);
+        let mut null_topic = topics(0, &["a"], &[]);
+        null_topic[6..8].copy_from_slice(&(-1i16).to_be_bytes());
+        assert_eq!(subscription(&null_topic), None);
+        let mut huge = vec![0, 0];
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(subscription(&huge), None);
+        assert_eq!(
+            subscription(&topics(0, &["a", "b"], &[])[..10]),
+            None,
+            "cut short"
+        );
     }
 
     /// Consumer-protocol subscription metadata (version 0) for `topics`.

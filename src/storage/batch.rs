@@ -325,10 +325,15 @@ pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
     Ok(out)
 }
 
-/// The most records a refusal lists (see [`Produced::faults`]): a batch of
-/// many small records could otherwise make a list, and an answer, of a
-/// size out of proportion to the request.
+/// The most records a refusal lists (see [`Produced::faults`]), and no more
+/// than one per [`BYTES_PER_LISTED_FAULT`] bytes of the batch as sent: a
+/// compressed batch of many small records would otherwise make a list, and
+/// an answer, out of proportion to the request.
 pub const MAX_LISTED_FAULTS: usize = 1000;
+
+/// See [`MAX_LISTED_FAULTS`]: about the size of the smallest record, so that
+/// an uncompressed batch has every record listed (up to the cap).
+pub const BYTES_PER_LISTED_FAULT: usize = 8;
 
 /// What a topic asks of each produced record, judged record by record as
 /// Kafka's `LogValidator` judges them (`validateKey`, `validateTimestamp`),
@@ -364,8 +369,8 @@ impl RecordRules {
 pub enum RecordRefusal {
     /// No key, for a compacted topic.
     NoKey,
-    /// This timestamp is out of range.
-    Timestamp(i64),
+    /// Its timestamp is out of range.
+    Timestamp,
 }
 
 /// What [`validate_produce`] found in a valid produced batch.
@@ -384,10 +389,12 @@ pub struct Produced {
     /// timestamp of -1 says it has none); `None` when none has.
     pub min_timestamp: Option<i64>,
     /// The records that break the rules [`validate_produce_by`] was given, by
-    /// index in the batch, the first [`MAX_LISTED_FAULTS`] of them (a record
-    /// without a key for a compacted topic is judged by its key alone, as
-    /// Kafka judges it).
+    /// index in the batch, the first [`MAX_LISTED_FAULTS`] of them (fewer for
+    /// a small batch: see there; a record without a key for a compacted topic
+    /// is judged by its key alone, as Kafka judges it).
     pub faults: Vec<(i32, RecordRefusal)>,
+    /// Whether any record, listed or not, was refused for its timestamp.
+    pub timestamp_refused: bool,
 }
 
 /// Whether [`validate_produce`] of `buf` may take long enough that an async
@@ -455,14 +462,19 @@ pub fn validate_produce_by(
         BatchError::BadPayload { codec }
     })?;
     let first = be_i64(buf, BASE_TIMESTAMP_OFFSET).ok_or(BatchError::Truncated)?;
-    let mut faults = Vec::new();
+    let mut faults = Faults {
+        listed: Vec::new(),
+        room: MAX_LISTED_FAULTS.min(buf.len() / BYTES_PER_LISTED_FAULT),
+        timestamp_refused: false,
+    };
     let (first_keyless, min_timestamp, max_delta) =
         walk_records(&payload, count, first, rules, &mut faults)?;
     Ok(Produced {
         info,
         first_keyless,
         min_timestamp,
-        faults,
+        faults: faults.listed,
+        timestamp_refused: faults.timestamp_refused,
         // Every record's sum was checked in `walk_records`.
         max_timestamp: first.saturating_add(max_delta),
     })
@@ -503,16 +515,25 @@ fn skip_bytes(b: &[u8], at: &mut usize, nullable: bool) -> Option<bool> {
 /// length, attributes, timestamp delta, offset delta (its index), key, value and
 /// headers. Returns the index of the first record without a key and the largest
 /// timestamp delta.
+/// The records of a batch that break their topic's rules, as a walk finds
+/// them (see [`Produced::faults`]).
+struct Faults {
+    listed: Vec<(i32, RecordRefusal)>,
+    /// How many more may be listed.
+    room: usize,
+    timestamp_refused: bool,
+}
+
 /// Walks the records of a batch whose first timestamp is `first`: the index of
 /// its first record without a key, the smallest record timestamp other than -1
 /// (records without timestamps), and the largest timestamp delta; the records
-/// that break `rules` go to `faults` (see [`Produced::faults`]).
+/// that break `rules` go to `faults`.
 fn walk_records(
     payload: &[u8],
     count: i32,
     first: i64,
     rules: Option<&RecordRules>,
-    faults: &mut Vec<(i32, RecordRefusal)>,
+    faults: &mut Faults,
 ) -> Result<(Option<i32>, Option<i64>, i64), BatchError> {
     let mut first_keyless = None;
     let mut max_delta = i64::MIN;
@@ -549,12 +570,15 @@ fn walk_records(
                 if keyless && rules.keyed {
                     Some(RecordRefusal::NoKey)
                 } else {
-                    (ts != -1 && rules.timestamp_refused(ts))
-                        .then_some(RecordRefusal::Timestamp(ts))
+                    (ts != -1 && rules.timestamp_refused(ts)).then_some(RecordRefusal::Timestamp)
                 }
             });
-            if let Some(refusal) = refusal.filter(|_| faults.len() < MAX_LISTED_FAULTS) {
-                faults.push((index, refusal));
+            if let Some(refusal) = refusal {
+                faults.timestamp_refused |= refusal == RecordRefusal::Timestamp;
+                if faults.room > 0 {
+                    faults.room -= 1;
+                    faults.listed.push((index, refusal));
+                }
             }
             skip_bytes(record, &mut r, true)?; // value
             let headers = varint(record, &mut r)?;

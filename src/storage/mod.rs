@@ -195,9 +195,9 @@ pub enum ProduceError {
     InvalidRecord {
         /// What is wrong.
         message: String,
-        /// Each such record's index within its batch, with what is wrong with
-        /// it when `message` does not say (see [`batch::MAX_LISTED_FAULTS`]).
-        records: Vec<(i32, Option<String>)>,
+        /// Each such record's index within its batch (see
+        /// [`batch::MAX_LISTED_FAULTS`]).
+        records: Vec<i32>,
     },
     /// An idempotent producer's batch does not continue its sequence.
     OutOfOrderSequence(String),
@@ -217,7 +217,7 @@ pub enum ProduceError {
         /// The records refused, as [`ProduceError::InvalidRecord`] lists them
         /// (records without a key for a compacted topic too, as Kafka lists
         /// every record it refuses).
-        records: Vec<(i32, Option<String>)>,
+        records: Vec<i32>,
     },
 }
 
@@ -2959,34 +2959,36 @@ impl TopicManager {
         // later one, from ever expiring by time. A topic may set its own bound,
         // and one for timestamps behind the clock (none by default). Records
         // without timestamps (-1) are not judged, as in Kafka.
-        let (now, ahead) = (rules.now, rules.ahead_ms);
-        let invalid_timestamp = |message: String| ProduceError::InvalidTimestamp {
-            message,
-            records: refused_records(&produced.faults),
-        };
-        if produced.max_timestamp > now.saturating_add(ahead) {
-            return Err(invalid_timestamp(format!(
-                "record timestamp {} is more than {ahead} ms ahead of the broker's clock (topic {topic}'s message.timestamp.after.max.ms)",
-                produced.max_timestamp
-            )));
-        }
-        // Kafka judges `now - timestamp` in 64 bits: a timestamp so far behind
-        // that the difference overflows reads to Kafka as far ahead: refused.
-        if let Some(oldest) = produced
-            .min_timestamp
-            .filter(|&oldest| now.checked_sub(oldest).is_none())
-        {
-            return Err(invalid_timestamp(format!(
-                "record timestamp {oldest} is more than {} ms behind the broker's clock",
-                i64::MAX
-            )));
-        }
-        if let (Some(behind), Some(oldest)) = (rules.behind_ms, produced.min_timestamp) {
-            if oldest < now.saturating_sub(behind) {
-                return Err(invalid_timestamp(format!(
+        // Each record was judged as validation walked it (see
+        // [`batch::RecordRules::timestamp_refused`]), a record without a key
+        // for a compacted topic by its key alone: as Kafka, INVALID_TIMESTAMP
+        // only when some record was refused for its timestamp.
+        if produced.timestamp_refused {
+            let (now, ahead) = (rules.now, rules.ahead_ms);
+            let oldest = produced.min_timestamp.unwrap_or(now);
+            let message = if produced.max_timestamp > now.saturating_add(ahead) {
+                format!(
+                    "record timestamp {} is more than {ahead} ms ahead of the broker's clock (topic {topic}'s message.timestamp.after.max.ms)",
+                    produced.max_timestamp
+                )
+            } else if now.checked_sub(oldest).is_none() {
+                // Kafka judges `now - timestamp` in 64 bits: a timestamp so far
+                // behind that the difference overflows reads to Kafka as far
+                // ahead: refused.
+                format!(
+                    "record timestamp {oldest} is more than {} ms behind the broker's clock",
+                    i64::MAX
+                )
+            } else {
+                let behind = rules.behind_ms.unwrap_or(i64::MAX);
+                format!(
                     "record timestamp {oldest} is more than {behind} ms behind the broker's clock (topic {topic}'s message.timestamp.before.max.ms)"
-                )));
-            }
+                )
+            };
+            return Err(ProduceError::InvalidTimestamp {
+                message,
+                records: produced.faults.iter().map(|&(i, _)| i).collect(),
+            });
         }
         // A batch flagged LogAppendTime: Kafka reads each of its records'
         // timestamps as the batch's stated largest, and with none stated (-1)
@@ -2997,13 +2999,16 @@ impl TopicManager {
         {
             // Every record is refused (Kafka reads each one's timestamp as
             // the batch's: none).
-            let count = usize::try_from(produced.info.last_offset_delta)
-                .map_or(0, |d| d.saturating_add(1).min(batch::MAX_LISTED_FAULTS));
+            let count = usize::try_from(produced.info.last_offset_delta).map_or(0, |d| {
+                d.saturating_add(1)
+                    .min(batch::MAX_LISTED_FAULTS)
+                    .min(records.len() / batch::BYTES_PER_LISTED_FAULT)
+            });
             return Err(ProduceError::InvalidTimestamp {
                 message: format!(
                     "a batch for topic {topic} is flagged LogAppendTime without a timestamp; a producer should not set the timestamp type to LogAppendTime"
                 ),
-                records: (0..count as i32).map(|i| (i, None)).collect(),
+                records: (0..count as i32).collect(),
             });
         }
         let mut info = produced.info;
@@ -3038,7 +3043,7 @@ impl TopicManager {
         if !produced.faults.is_empty() {
             return Err(ProduceError::InvalidRecord {
                 message: format!("compacted topic {topic} cannot accept a record without a key"),
-                records: refused_records(&produced.faults),
+                records: produced.faults.iter().map(|&(i, _)| i).collect(),
             });
         }
         if let Some(w) = &self.shared.wal {
@@ -3364,25 +3369,6 @@ fn finish_start_trash(
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's files; the next retention pass tries again");
                 true
             }
-        })
-        .collect()
-}
-
-/// The records of a produced batch that broke their topic's rules
-/// (`faults`, see [`batch::Produced::faults`]), as a refusal lists them: a
-/// timestamp out of range with its own message, a record without a key with
-/// none (the refusal's message says it).
-fn refused_records(faults: &[(i32, batch::RecordRefusal)]) -> Vec<(i32, Option<String>)> {
-    faults
-        .iter()
-        .map(|&(index, refusal)| {
-            let message = match refusal {
-                batch::RecordRefusal::NoKey => None,
-                batch::RecordRefusal::Timestamp(ts) => {
-                    Some(format!("timestamp {ts} of record {index} is out of range"))
-                }
-            };
-            (index, message)
         })
         .collect()
 }
@@ -3878,12 +3864,15 @@ mod tests {
     /// failed every record of the batch as if each were at fault (its
     /// innocent records get the generic "part of a batch with invalid
     /// records" only when the refusal names the guilty ones). Every record at
-    /// fault is now listed, as Kafka's LogValidator lists them: a timestamp
-    /// with its own message, a missing key with none; at most
-    /// [`batch::MAX_LISTED_FAULTS`] of them.
+    /// fault is now listed, as Kafka's LogValidator lists them, each judged
+    /// by its key first on a compacted topic (INVALID_TIMESTAMP only when
+    /// some record is refused for its timestamp); at most
+    /// [`batch::MAX_LISTED_FAULTS`] of them, and fewer for a small
+    /// (compressed) batch, so that a refusal stays in proportion to the
+    /// request.
     #[test]
     fn a_refusal_lists_every_record_at_fault() {
-        use crate::storage::batch::tests::make_keyed_batch;
+        use crate::storage::batch::tests::{compress_batch, make_keyed_batch};
         let produce = produce_to;
         let tmp = tempfile::tempdir().unwrap();
         let rt = two_worker_runtime();
@@ -3895,63 +3884,49 @@ mod tests {
         m.create_topic_with("c", 1, compacted.unwrap()).unwrap();
         let now = segment::now_ms();
         let (k, v): (Option<&[u8]>, Option<&[u8]>) = (Some(b"k"), Some(b"v"));
-        let day = 86_400_000;
-        let indexes = |r: &[(i32, Option<String>)]| r.iter().map(|(i, _)| *i).collect::<Vec<_>>();
-
+        let (day, two_hours) = (86_400_000, 2 * 3_600_000);
+        let refusal = |topic: &str, records: &[batch::tests::KeyedRecord<'_>]| match produce(
+            &rt,
+            &m,
+            topic,
+            &make_keyed_batch(0, now, records, -1, -1, -1),
+        ) {
+            Err(ProduceError::InvalidTimestamp { records, .. }) => ("timestamp", records),
+            Err(ProduceError::InvalidRecord { records, .. }) => ("record", records),
+            other => panic!("{other:?}"),
+        };
         // Records 1 (two hours ahead) and 3 (a day behind).
-        let b = make_keyed_batch(
-            0,
-            now,
-            &[(0, k, v), (2 * 3_600_000, k, v), (0, k, v), (-day, k, v)],
-            -1,
-            -1,
-            -1,
-        );
-        match produce(&rt, &m, "t", &b) {
-            Err(ProduceError::InvalidTimestamp { records, .. }) => {
-                assert_eq!(indexes(&records), [1, 3]);
-                let ahead = records[0].1.as_deref().unwrap();
-                assert!(
-                    ahead.contains(&(now + 2 * 3_600_000).to_string())
-                        && ahead.contains("record 1"),
-                    "{ahead}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let late_and_early = [(0, k, v), (two_hours, k, v), (0, k, v), (-day, k, v)];
+        assert_eq!(refusal("t", &late_and_early), ("timestamp", vec![1, 3]));
         // Records 1 and 3 without keys, to a compacted topic.
-        let b = make_keyed_batch(
-            0,
-            now,
-            &[(0, k, v), (0, None, v), (0, k, v), (0, None, v)],
-            -1,
-            -1,
-            -1,
+        let keyless = [(0, k, v), (0, None, v), (0, k, v), (0, None, v)];
+        assert_eq!(refusal("c", &keyless), ("record", vec![1, 3]));
+        // Judged by its key: a record without a key two hours ahead is an
+        // invalid record, not an invalid timestamp, as Kafka judges it; with
+        // another record ahead, both are listed and the timestamp decides.
+        assert_eq!(
+            refusal("c", &[(0, k, v), (two_hours, None, v)]),
+            ("record", vec![1])
         );
-        match produce(&rt, &m, "c", &b) {
-            Err(ProduceError::InvalidRecord { records, .. }) => {
-                assert_eq!(records, [(1, None), (3, None)]);
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            refusal("c", &[(two_hours, k, v), (two_hours, None, v)]),
+            ("timestamp", vec![0, 1])
+        );
         // More than the cap: the first ones.
         let many: Vec<_> = (0..1500).map(|_| (0, None, v)).collect();
-        match produce(&rt, &m, "c", &make_keyed_batch(0, now, &many, -1, -1, -1)) {
+        let expected: Vec<i32> = (0..batch::MAX_LISTED_FAULTS as i32).collect();
+        assert_eq!(refusal("c", &many), ("record", expected));
+        // A compressed batch of many: no more than one per 8 bytes sent.
+        let small = compress_batch(&make_keyed_batch(0, now, &many[..1000], -1, -1, -1), 1);
+        match produce(&rt, &m, "c", &small) {
             Err(ProduceError::InvalidRecord { records, .. }) => {
-                let expected: Vec<i32> = (0..batch::MAX_LISTED_FAULTS as i32).collect();
-                assert_eq!(indexes(&records), expected);
+                assert_eq!(records.len(), small.len() / batch::BYTES_PER_LISTED_FAULT);
+                assert!(records.len() < 1000, "{} bytes", small.len());
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            produce(
-                &rt,
-                &m,
-                "c",
-                &make_keyed_batch(0, now, &[(0, k, v)], -1, -1, -1)
-            ),
-            Ok(0)
-        );
+        let fine = make_keyed_batch(0, now, &[(0, k, v)], -1, -1, -1);
+        assert_eq!(produce(&rt, &m, "c", &fine), Ok(0));
         m.shutdown().unwrap();
     }
 
@@ -4057,7 +4032,7 @@ mod tests {
         for first in [-1, now] {
             let refused = produce(&rt, &m, &flagged(first, -1));
             assert!(
-                matches!(&refused, Err(ProduceError::InvalidTimestamp { message: msg, records }) if msg.contains("LogAppendTime") && records == &[(0, None)]),
+                matches!(&refused, Err(ProduceError::InvalidTimestamp { message: msg, records }) if msg.contains("LogAppendTime") && records == &[0]),
                 "{refused:?}"
             );
         }

@@ -11,7 +11,9 @@ use kafka_protocol::{
     messages::{
         alter_configs_request, alter_configs_response,
         create_topics_response::CreatableTopicConfigs,
-        describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult},
+        describe_configs_response::{
+            DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+        },
         incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
         DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
         IncrementalAlterConfigsResponse,
@@ -54,6 +56,9 @@ struct Entry {
     value: String,
     kind: i8,
     source: i8,
+    /// For a topic's entry, the broker's setting it falls back to: its
+    /// broker-level name, value and source (DescribeConfigs synonyms).
+    broker: Option<(&'static str, String, i8)>,
 }
 
 /// An entry whose value is the built-in default (`default`), or else was set on
@@ -68,6 +73,27 @@ fn entry(name: &'static str, value: impl ToString, kind: i8, default: bool) -> E
         } else {
             STATIC_BROKER_CONFIG
         },
+        broker: None,
+    }
+}
+
+/// The broker-level name of topic config `name` (Kafka's
+/// `ServerTopicConfigSynonyms`; the same name where Kafka's is).
+fn broker_synonym(name: &'static str) -> &'static str {
+    match name {
+        "cleanup.policy" => "log.cleanup.policy",
+        "delete.retention.ms" => "log.cleaner.delete.retention.ms",
+        "max.message.bytes" => "message.max.bytes",
+        "message.timestamp.after.max.ms" => "log.message.timestamp.after.max.ms",
+        "message.timestamp.before.max.ms" => "log.message.timestamp.before.max.ms",
+        "message.timestamp.type" => "log.message.timestamp.type",
+        "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
+        "min.compaction.lag.ms" => "log.cleaner.min.compaction.lag.ms",
+        "retention.bytes" => "log.retention.bytes",
+        "retention.ms" => "log.retention.ms",
+        "segment.bytes" => "log.segment.bytes",
+        "segment.ms" => "log.roll.ms",
+        same => same,
     }
 }
 
@@ -169,12 +195,33 @@ fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
         setting("segment.ms", s.roll_ms, d.storage.roll_ms, LONG),
     ];
     for e in &mut entries {
+        e.broker = Some((broker_synonym(e.name), e.value.clone(), e.source));
         if let Some(v) = overrides.get(e.name) {
             e.value = v.to_string();
             e.source = DYNAMIC_TOPIC_CONFIG;
         }
     }
     entries
+}
+
+/// The synonyms of entry `e`, as Kafka lists them (highest precedence
+/// first): a topic's own value, then the broker's setting it falls back to;
+/// for a broker's entry, itself.
+fn synonyms(e: &Entry) -> Vec<DescribeConfigsSynonym> {
+    let synonym = |name: &'static str, value: &str, source: i8| {
+        DescribeConfigsSynonym::default()
+            .with_name(StrBytes::from_static_str(name))
+            .with_value(Some(StrBytes::from_string(value.to_string())))
+            .with_source(source)
+    };
+    match &e.broker {
+        Some((name, value, source)) => (e.source == DYNAMIC_TOPIC_CONFIG)
+            .then(|| synonym(e.name, &e.value, e.source))
+            .into_iter()
+            .chain(std::iter::once(synonym(name, value, *source)))
+            .collect(),
+        None => vec![synonym(e.name, &e.value, e.source)],
+    }
 }
 
 /// A topic's configuration as CreateTopics v5+ describes the created topic.
@@ -385,7 +432,13 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
                 .into_iter()
                 .filter(|e| keys.as_ref().is_none_or(|k| k.contains(e.name)))
                 .map(|e| {
+                    let synonyms = if req.include_synonyms {
+                        synonyms(&e)
+                    } else {
+                        Vec::new()
+                    };
                     DescribeConfigsResourceResult::default()
+                        .with_synonyms(synonyms)
                         .with_name(StrBytes::from_static_str(e.name))
                         .with_value(Some(StrBytes::from_string(e.value)))
                         // A topic's every key can be overridden; the broker's are
@@ -842,6 +895,83 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), entries.len(), "each name once");
+    }
+
+    /// A synonym as the test below reads it: name, value, source.
+    type Synonym = (String, String, i8);
+
+    /// DescribeConfigs listed no synonyms, even when asked
+    /// (`kafka-configs.sh --describe` asks): tools that show where a topic's
+    /// value comes from, or what the broker's would be, saw nothing. Each
+    /// entry now lists them as Kafka does, highest precedence first: the
+    /// topic's own value, then the broker's setting under its broker-level
+    /// name; a broker's entry lists itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_configs_lists_synonyms_when_asked() {
+        use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.storage.retention_ms = Some(7_200_000);
+        let ctx = crate::server::tests::ctx_with(dir.path(), config).await;
+        let overrides = TopicConfig::from_pairs([("retention.ms", Some("1000"))]).unwrap();
+        ctx.storage.create_topic_with("t", 1, overrides).unwrap();
+        let describe = |kind: i8, name: &str, include_synonyms: bool| {
+            let req = DescribeConfigsRequest::default()
+                .with_include_synonyms(include_synonyms)
+                .with_resources(vec![DescribeConfigsResource::default()
+                    .with_resource_type(kind)
+                    .with_resource_name(StrBytes::from_string(name.to_string()))]);
+            let r = describe_configs(&ctx, &req);
+            assert_eq!(r.results[0].error_code, codes::NONE);
+            r.results[0]
+                .configs
+                .iter()
+                .map(|c| {
+                    let synonyms: Vec<Synonym> = c
+                        .synonyms
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.name.to_string(),
+                                s.value.as_ref().unwrap().to_string(),
+                                s.source,
+                            )
+                        })
+                        .collect();
+                    (c.name.to_string(), synonyms)
+                })
+                .collect::<Vec<_>>()
+        };
+        let of = |entries: &[(String, Vec<Synonym>)], name: &str| {
+            entries.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        };
+        let s = |n: &str, v: &str, source: i8| (n.to_string(), v.to_string(), source);
+        let topic = describe(TOPIC, "t", true);
+        assert_eq!(
+            of(&topic, "retention.ms"),
+            [
+                s("retention.ms", "1000", DYNAMIC_TOPIC_CONFIG),
+                s("log.retention.ms", "7200000", STATIC_BROKER_CONFIG)
+            ]
+        );
+        let segment_bytes = Config::default().storage.segment_bytes.to_string();
+        assert_eq!(
+            of(&topic, "segment.bytes"),
+            [s("log.segment.bytes", &segment_bytes, DEFAULT_CONFIG)]
+        );
+        assert!(topic.iter().all(|(_, synonyms)| !synonyms.is_empty()));
+        assert!(describe(TOPIC, "t", false)
+            .iter()
+            .all(|(_, synonyms)| synonyms.is_empty()));
+        let node = ctx.storage.meta().node_id.to_string();
+        let broker = describe(BROKER, &node, true);
+        assert_eq!(
+            of(&broker, "log.retention.ms"),
+            [s("log.retention.ms", "7200000", STATIC_BROKER_CONFIG)]
+        );
+        assert!(broker
+            .iter()
+            .all(|(name, synonyms)| synonyms.len() == 1 && &synonyms[0].0 == name));
     }
 
     /// A topic resource named as no topic can be was answered

@@ -289,10 +289,15 @@ pub(crate) async fn handle(
                     Ok(base) => r.with_error_code(codes::NONE).with_base_offset(base),
                     Err(e) => {
                         // The records at fault, each with its own message or
-                        // none (the client then takes the partition's).
+                        // none (the client then takes the partition's); sent
+                        // from v8 only.
                         let records: Vec<(i32, Option<String>)> = match &e {
                             ProduceError::InvalidRecord { records, .. }
-                            | ProduceError::InvalidTimestamp { records, .. } => records.clone(),
+                            | ProduceError::InvalidTimestamp { records, .. }
+                                if version >= 8 =>
+                            {
+                                records.iter().map(|&i| (i, None)).collect()
+                            }
                             ProduceError::InvalidBatch(BatchError::BadRecord { index, what })
                                 if *what != RecordFault::BeyondCount =>
                             {
