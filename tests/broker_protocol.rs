@@ -1077,6 +1077,7 @@ fn describe_configs_answers_for_topics_and_this_broker() {
         resource(4, "0", None),
         resource(4, "7", None),
         resource(8, "0", None),
+        resource(4, "", None),
     ]);
     for version in [1, 4] {
         s.write_all(&request_frame(ApiKey::DescribeConfigs, version, 3, &req))
@@ -1084,7 +1085,11 @@ fn describe_configs_answers_for_topics_and_this_broker() {
         let (_, r): (i32, DescribeConfigsResponse) =
             response(&mut s, ApiKey::DescribeConfigs, version);
         let codes: Vec<i16> = r.results.iter().map(|x| x.error_code).collect();
-        assert_eq!(codes, vec![0, 0, 3, 0, 42, 42], "v{version}");
+        assert_eq!(codes, vec![0, 0, 3, 0, 42, 42, 0], "v{version}");
+        // The cluster-wide dynamic defaults (`--entity-default`): none, as
+        // Kafka answers without dynamic configs (it listed this broker's
+        // static settings as such).
+        assert!(r.results[6].configs.is_empty());
         let value = |i: usize, name: &str| {
             r.results[i]
                 .configs

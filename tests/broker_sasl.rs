@@ -426,6 +426,7 @@ fn handshake_v0_raw_tokens_and_handshake_errors() {
     };
 
     let mut s = connect(&broker.addr);
+    let sent = std::time::Instant::now();
     assert_eq!(
         handshake(&mut s, 1, "GSSAPI"),
         (
@@ -437,6 +438,14 @@ fn handshake_v0_raw_tokens_and_handshake_errors() {
             ]
         ),
         "UNSUPPORTED_SASL_MECHANISM with the enabled list"
+    );
+    // A failed authentication: answered no sooner than the failed
+    // authentication delay (100 ms by default) after it arrived, as Kafka
+    // answers it (it was answered at once).
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(100),
+        "answered after {took:?}"
     );
     // As Kafka's authenticator, a failed handshake closes the connection: a
     // client does not get to try mechanisms one after another.
@@ -464,6 +473,10 @@ fn handshake_v0_raw_tokens_and_handshake_errors() {
         "served once authenticated"
     );
     assert_eq!(handshake(&mut s, 1, "PLAIN").0, 34, "ILLEGAL_SASL_STATE");
+    assert_eq!(topic_metadata(&mut s, "after-v0", false), 0, "still served");
+    // So is a SaslAuthenticate once authenticated, as Kafka answers it
+    // outside its authenticator (it closed the connection).
+    assert_eq!(sasl_authenticate(&mut s, b"\0alice\0alice-secret"), 34);
     assert_eq!(topic_metadata(&mut s, "after-v0", false), 0, "still served");
 
     let mut s = connect(&broker.addr);

@@ -1504,7 +1504,9 @@ async fn dispatch(
                         }
                     }
                     let resp = encode_response(ApiKey::SaslHandshake, version, cid, &r);
-                    (Box::pin(async move { resp }), close)
+                    // A refusal that closes is a failed authentication:
+                    // answered late, as Kafka answers it.
+                    (handlers::sasl::answer(ctx, resp, close, started), close)
                 }
                 RequestKind::SaslAuthenticate(req) => {
                     let (r, close) =

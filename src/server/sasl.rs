@@ -1004,9 +1004,11 @@ fn scram_final(m: Mechanism, state: &ScramState, bytes: &[u8]) -> Step {
         return Step::Failed("SCRAM channel binding does not match".into());
     }
     // RFC 5802 wants the server's nonce echoed exactly. librdkafka (2.0 at least)
-    // sends its own nonce in front of it once more; Kafka accepts a nonce that
-    // ends with the server's, and so does this broker. The server's part, fresh
-    // for this exchange, is what prevents replays.
+    // sends its own nonce in front of it once more; Kafka accepted a nonce that
+    // ends with the server's until CVE-2024-56128's fix made it require the
+    // whole, and this broker still accepts it. The server's part, fresh for
+    // this exchange, is what prevents replays, and the proof covers the nonce
+    // the client sent.
     if !attribute(&fields, 'r').is_some_and(|r| r.ends_with(&state.nonce)) {
         return Step::Failed("SCRAM nonce does not match".into());
     }

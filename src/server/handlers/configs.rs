@@ -410,9 +410,10 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
                             ))))
                     }
                 },
-                // The empty name asks for the cluster-wide defaults, which are
-                // this broker's.
-                BROKER if name.is_empty() || name == node => (broker_entries(ctx), true),
+                // The empty name asks for the cluster-wide dynamic defaults,
+                // of which this broker has none (Kafka: only those set).
+                BROKER if name.is_empty() => (Vec::new(), true),
+                BROKER if name == node => (broker_entries(ctx), true),
                 BROKER => {
                     return out
                         .with_error_code(codes::INVALID_REQUEST)

@@ -44,7 +44,8 @@ pub(crate) async fn raw_token(
 /// whether the connection closes after the answer: as Kafka's authenticator
 /// does when a handshake before authentication fails (a mechanism not
 /// enabled, or a second handshake), so that a client cannot try mechanisms one
-/// after another. Without SASL, and once authenticated, the handshake is
+/// after another; that answer comes as a failed authentication's does (see
+/// [`answer`]). Without SASL, and once authenticated, the handshake is
 /// answered ILLEGAL_SASL_STATE and the connection goes on, as Kafka answers
 /// it outside its authenticator.
 pub(crate) fn handshake(
@@ -131,7 +132,9 @@ async fn derive(ctx: &Arc<Ctx>, auth: Arc<sasl::Authenticator>, d: sasl::Derivat
 /// SaslAuthenticate: one round of the chosen mechanism. A failure is answered
 /// and then closes the connection (the `bool`), as Kafka does; see [`answer`]
 /// for when. Every round is cheap but a PLAIN login that needs a derivation
-/// ([`derive`]).
+/// ([`derive`]). Without SASL, or once authenticated, it is answered
+/// ILLEGAL_SASL_STATE and the connection goes on, as Kafka answers it outside
+/// its authenticator (as [`handshake`] answers a handshake then).
 pub(crate) async fn authenticate(
     ctx: &Arc<Ctx>,
     req: &SaslAuthenticateRequest,
@@ -145,7 +148,7 @@ pub(crate) async fn authenticate(
             .with_error_message(Some(StrBytes::from_static_str(
                 "no SASL authentication in progress on this connection",
             )));
-        return (r, true);
+        return (r, false);
     };
     let step = match session.authenticate(&auth, &req.auth_bytes) {
         sasl::Step::Derive(d) => derive(ctx, Arc::clone(&auth), d).await,
