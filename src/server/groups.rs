@@ -1051,7 +1051,7 @@ impl Group {
                 .find(|(name, _)| Some(name) == self.protocol.as_ref())
                 .or_else(|| m.protocols.first())
                 .map(|(_, b)| b.clone());
-            topics.extend(metadata.as_deref().and_then(subscription)?);
+            subscription(metadata.as_deref()?, &mut topics)?;
         }
         Some(topics)
     }
@@ -2462,9 +2462,9 @@ pub enum OffsetDeleteGuard {
 /// 0 or more, and its topics), as Kafka's coordinator reads it: kafkajs sends
 /// version 1 without the owned partitions version 1 adds, which a decode at
 /// the stated version refused, so its groups counted as subscribed to every
-/// topic. A topic count is judged against the bytes left before anything is
-/// reserved for it.
-fn subscription(metadata: &[u8]) -> Option<Vec<String>> {
+/// topic. Each topic goes into `topics` as it is read, nothing reserved for
+/// the count a client states (a topic named again takes no more room).
+fn subscription(metadata: &[u8], topics: &mut BTreeSet<String>) -> Option<()> {
     let version = i16::from_be_bytes(metadata.get(..2)?.try_into().ok()?);
     if version < 0 {
         return None;
@@ -2476,18 +2476,17 @@ fn subscription(metadata: &[u8]) -> Option<Vec<String>> {
         Some(field)
     };
     let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
-    let count = usize::try_from(count).ok()?;
-    // Each topic takes its 2-byte length at least.
-    if count > metadata.len().saturating_sub(6) / 2 {
+    if count < 0 {
         return None;
     }
-    let mut topics = Vec::with_capacity(count);
     for _ in 0..count {
         let len = i16::from_be_bytes(take(2)?.try_into().ok()?);
         let name = std::str::from_utf8(take(usize::try_from(len).ok()?)?).ok()?;
-        topics.push(name.to_string());
+        if !topics.contains(name) {
+            topics.insert(name.to_string());
+        }
     }
-    Some(topics)
+    Some(())
 }
 
 #[cfg(test)]
@@ -2692,13 +2691,18 @@ mod tests {
     /// data, without the owned partitions of the consumer protocol's
     /// version 1) and of the Java client (version 1 whole) subscribe to their topics;
     /// a negative version, a null topic, or a topic count beyond what the
-    /// bytes hold do not parse (the count refused before anything is
-    /// reserved: 2^31 - 1 asked for 64 GiB). Before, kafkajs's did not parse,
+    /// bytes hold do not parse (nothing reserved for the count: 2^31 - 1
+    /// asked for 64 GiB). Before, kafkajs's did not parse,
     /// so OffsetDelete refused every topic of a stable kafkajs group
     /// (GROUP_SUBSCRIBED_TO_TOPIC), and its positions in topics it no longer
     /// consumed never expired.
     #[test]
     fn subscriptions_parse_from_the_prefix_every_version_shares() {
+        let subscription = |metadata: &[u8]| {
+            let mut topics = BTreeSet::new();
+            super::subscription(metadata, &mut topics)?;
+            Some(topics.into_iter().collect::<Vec<_>>())
+        };
         let topics = |version: i16, names: &[&str], rest: &[u8]| {
             let mut b = subscribing(names).to_vec();
             b[..2].copy_from_slice(&version.to_be_bytes());
@@ -2722,6 +2726,11 @@ mod tests {
         let mut huge = vec![0, 0];
         huge.extend_from_slice(&i32::MAX.to_be_bytes());
         assert_eq!(subscription(&huge), None);
+        let mut negative = vec![0, 0];
+        negative.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(subscription(&negative), None);
+        // A topic named again is one topic.
+        assert_eq!(subscription(&subscribing(&["b", "a", "b"])), ab);
         assert_eq!(
             subscription(&topics(0, &["a", "b"], &[])[..10]),
             None,

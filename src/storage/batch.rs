@@ -331,9 +331,11 @@ pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
 /// an answer, out of proportion to the request.
 pub const MAX_LISTED_FAULTS: usize = 1000;
 
-/// See [`MAX_LISTED_FAULTS`]: about the size of the smallest record, so that
-/// an uncompressed batch has every record listed (up to the cap).
-pub const BYTES_PER_LISTED_FAULT: usize = 8;
+/// See [`MAX_LISTED_FAULTS`]: the size of the smallest record (a length,
+/// attributes, timestamp delta, offset delta, null key, null value and header
+/// count of one byte each), so that an uncompressed batch has every record
+/// listed (up to the cap).
+pub const BYTES_PER_LISTED_FAULT: usize = 7;
 
 /// What a topic asks of each produced record, judged record by record as
 /// Kafka's `LogValidator` judges them (`validateKey`, `validateTimestamp`),
@@ -393,8 +395,9 @@ pub struct Produced {
     /// a small batch: see there; a record without a key for a compacted topic
     /// is judged by its key alone, as Kafka judges it).
     pub faults: Vec<(i32, RecordRefusal)>,
-    /// Whether any record, listed or not, was refused for its timestamp.
-    pub timestamp_refused: bool,
+    /// The oldest and the newest timestamp of the records, listed or not,
+    /// refused for their timestamp, if any.
+    pub timestamp_refused: Option<(i64, i64)>,
 }
 
 /// Whether [`validate_produce`] of `buf` may take long enough that an async
@@ -465,7 +468,7 @@ pub fn validate_produce_by(
     let mut faults = Faults {
         listed: Vec::new(),
         room: MAX_LISTED_FAULTS.min(buf.len() / BYTES_PER_LISTED_FAULT),
-        timestamp_refused: false,
+        timestamp_refused: None,
     };
     let (first_keyless, min_timestamp, max_delta) =
         walk_records(&payload, count, first, rules, &mut faults)?;
@@ -521,7 +524,7 @@ struct Faults {
     listed: Vec<(i32, RecordRefusal)>,
     /// How many more may be listed.
     room: usize,
-    timestamp_refused: bool,
+    timestamp_refused: Option<(i64, i64)>,
 }
 
 /// Walks the records of a batch whose first timestamp is `first`: the index of
@@ -574,7 +577,13 @@ fn walk_records(
                 }
             });
             if let Some(refusal) = refusal {
-                faults.timestamp_refused |= refusal == RecordRefusal::Timestamp;
+                if refusal == RecordRefusal::Timestamp {
+                    faults.timestamp_refused = Some(
+                        faults
+                            .timestamp_refused
+                            .map_or((ts, ts), |(lo, hi)| (lo.min(ts), hi.max(ts))),
+                    );
+                }
                 if faults.room > 0 {
                     faults.room -= 1;
                     faults.listed.push((index, refusal));

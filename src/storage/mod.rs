@@ -2963,13 +2963,13 @@ impl TopicManager {
         // [`batch::RecordRules::timestamp_refused`]), a record without a key
         // for a compacted topic by its key alone: as Kafka, INVALID_TIMESTAMP
         // only when some record was refused for its timestamp.
-        if produced.timestamp_refused {
+        // The message names a timestamp refused, not one of a record
+        // refused for its key.
+        if let Some((oldest, newest)) = produced.timestamp_refused {
             let (now, ahead) = (rules.now, rules.ahead_ms);
-            let oldest = produced.min_timestamp.unwrap_or(now);
-            let message = if produced.max_timestamp > now.saturating_add(ahead) {
+            let message = if newest > now.saturating_add(ahead) {
                 format!(
-                    "record timestamp {} is more than {ahead} ms ahead of the broker's clock (topic {topic}'s message.timestamp.after.max.ms)",
-                    produced.max_timestamp
+                    "record timestamp {newest} is more than {ahead} ms ahead of the broker's clock (topic {topic}'s message.timestamp.after.max.ms)"
                 )
             } else if now.checked_sub(oldest).is_none() {
                 // Kafka judges `now - timestamp` in 64 bits: a timestamp so far
@@ -3912,6 +3912,30 @@ mod tests {
             refusal("c", &[(two_hours, k, v), (two_hours, None, v)]),
             ("timestamp", vec![0, 1])
         );
+        // The message names a timestamp refused, not that of a record
+        // refused for its key.
+        let b = make_keyed_batch(
+            0,
+            now,
+            &[(two_hours + 5, None, v), (two_hours, k, v)],
+            -1,
+            -1,
+            -1,
+        );
+        match produce(&rt, &m, "c", &b) {
+            Err(ProduceError::InvalidTimestamp { message, records }) => {
+                assert_eq!(records, [0, 1]);
+                assert!(
+                    message.contains(&(now + two_hours).to_string()),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The smallest records (7 bytes: no key, no value): every one named.
+        let smallest: Vec<_> = (0..100).map(|_| (0, None, None)).collect();
+        let expected: Vec<i32> = (0..100).collect();
+        assert_eq!(refusal("c", &smallest), ("record", expected));
         // More than the cap: the first ones.
         let many: Vec<_> = (0..1500).map(|_| (0, None, v)).collect();
         let expected: Vec<i32> = (0..batch::MAX_LISTED_FAULTS as i32).collect();

@@ -434,10 +434,11 @@ impl ProducerState {
     /// sequence of its newest batch (-1 if none is cached) and that batch's
     /// largest record timestamp (when restored from a snapshot, which does not
     /// keep it, the wall-clock milliseconds when the producer was last seen).
-    pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
+    /// In no order: a caller sorts after letting the state go (the submit
+    /// thread takes it for every produce, and there may be 100,000).
+    pub fn describe_unsorted(&self) -> Vec<(i64, i16, i32, i64)> {
         let now_ms = super::segment::now_ms();
-        let mut out: Vec<_> = self
-            .producers
+        self.producers
             .iter()
             .filter(|(_, e)| !e.expired(now_ms))
             .map(|(&id, e)| {
@@ -449,7 +450,13 @@ impl ProducerState {
                 };
                 (id, e.epoch, last_seq, last_ms)
             })
-            .collect();
+            .collect()
+    }
+
+    /// [`ProducerState::describe_unsorted`], by id.
+    #[cfg(test)]
+    pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
+        let mut out = self.describe_unsorted();
         out.sort_unstable();
         out
     }

@@ -66,17 +66,18 @@ pub(crate) fn delete_acls(req: &DeleteAclsRequest) -> DeleteAclsResponse {
     DeleteAclsResponse::default().with_filter_results(results)
 }
 
-/// DescribeProducers (`kafka-transactions --describe-producers`): the idempotent
-/// producers each partition named remembers (those seen within a day), with the
-/// epoch and the last sequence and largest timestamp of the newest batch (see
-/// `ProducerState::describe`). Nothing is transactional: coordinator epoch and
 /// The message of a partition this broker does not hold, Kafka's own. It does
 /// not repeat the topic's name: a request naming thousands of partitions of a
 /// long, unknown name would otherwise be answered with that name thousands of
 /// times.
 const NOT_HOSTED: &str = "This server does not host this topic-partition.";
 
-/// transaction start are -1. Each partition is answered once.
+/// DescribeProducers (`kafka-transactions --describe-producers`): the idempotent
+/// producers each partition named remembers (those seen within a day), by id,
+/// with the epoch and the last sequence and largest timestamp of the newest
+/// batch (see `ProducerState::describe_unsorted`). Nothing is transactional:
+/// coordinator epoch and transaction start are -1. Each partition is answered
+/// once.
 pub(crate) fn describe_producers(
     ctx: &Ctx,
     req: &DescribeProducersRequest,
@@ -105,9 +106,11 @@ pub(crate) fn describe_producers(
                             .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
                             .with_error_message(message(NOT_HOSTED.to_string()));
                     };
-                    let producers = partition
-                        .producers()
-                        .describe()
+                    // Sorted once the state is let go (the guard is a
+                    // temporary of this statement).
+                    let mut described = partition.producers().describe_unsorted();
+                    described.sort_unstable();
+                    let producers = described
                         .into_iter()
                         .map(|(id, epoch, last_sequence, last_ms)| {
                             ProducerState::default()
@@ -231,6 +234,39 @@ mod tests {
     };
 
     use super::*;
+
+    /// DescribeProducers lists each idempotent producer of the partition
+    /// once, by id, with its epoch and last sequence (sorted after the
+    /// producer state is let go).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_producers_lists_each_producer_by_id() {
+        use crate::storage::batch::tests::make_timed_batch;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let now = crate::storage::segment::now_ms();
+        for (pid, seq) in [(9, 0), (3, 0), (7, 0), (3, 1)] {
+            let b = make_timed_batch(0, now, &[(0, b"v")], pid, 2, seq);
+            let acked = ctx
+                .storage
+                .submit("t", 0, &b, std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(acked.await.unwrap().is_ok());
+        }
+        let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_indexes(vec![0])]);
+        let answer = describe_producers(&ctx, &req);
+        let p = &answer.topics[0].partitions[0];
+        assert_eq!(p.error_code, codes::NONE);
+        let listed: Vec<(i64, i32, i32)> = p
+            .active_producers
+            .iter()
+            .map(|a| (a.producer_id.0, a.producer_epoch, a.last_sequence))
+            .collect();
+        assert_eq!(listed, [(3, 2, 1), (7, 2, 0), (9, 2, 0)]);
+    }
 
     /// A request naming many partitions of a long, unknown topic name is
     /// answered in about its own size: the name is not repeated per partition.

@@ -77,6 +77,9 @@ pub(crate) fn handshake(
         }
     };
     let close = code != codes::NONE && unauthenticated.is_some();
+    if close {
+        ctx.metrics.sasl(false);
+    }
     (r.with_error_code(code), close)
 }
 
