@@ -1036,25 +1036,36 @@ impl Group {
 }
 
 impl Group {
-    /// The topics a consumer group's members subscribe to, as their metadata for
-    /// the group's protocol says; `None` for a group of another protocol type or
-    /// when a member's subscription does not parse (every topic counts then).
-    fn subscribed_topics(&self) -> Option<BTreeSet<String>> {
+    /// The metadata a consumer group's members sent for the group's protocol,
+    /// to be read by [`subscribed_topics`] once the coordinator's lock is let
+    /// go (a member's metadata may be as large as a request); `None` for a
+    /// group of another protocol type or a member without metadata.
+    fn subscription_metadata(&self) -> Option<Vec<Bytes>> {
         if self.protocol_type.as_deref() != Some("consumer") {
             return None;
         }
-        let mut topics = BTreeSet::new();
-        for m in self.members.values() {
-            let metadata = m
-                .protocols
-                .iter()
-                .find(|(name, _)| Some(name) == self.protocol.as_ref())
-                .or_else(|| m.protocols.first())
-                .map(|(_, b)| b.clone());
-            subscription(metadata.as_deref()?, &mut topics)?;
-        }
-        Some(topics)
+        self.members
+            .values()
+            .map(|m| {
+                m.protocols
+                    .iter()
+                    .find(|(name, _)| Some(name) == self.protocol.as_ref())
+                    .or_else(|| m.protocols.first())
+                    .map(|(_, b)| b.clone())
+            })
+            .collect()
     }
+}
+
+/// The topics the members' subscription `metadata` (see
+/// [`Group::subscription_metadata`]) subscribe to; `None` when one does not
+/// parse (every topic counts then).
+fn subscribed_topics(metadata: Option<Vec<Bytes>>) -> Option<BTreeSet<String>> {
+    let mut topics = BTreeSet::new();
+    for m in metadata? {
+        subscription(&m, &mut topics)?;
+    }
+    Some(topics)
 }
 
 /// Member `id` as stored: with replacement `r` in force, under its new id with
@@ -2342,10 +2353,12 @@ impl GroupCoordinator {
     /// for a group that is not a consumer group, or when a member's
     /// subscription does not parse.
     fn stable_subscriptions(&self, group: &str) -> Option<BTreeSet<String>> {
-        self.lock()
+        let metadata = self
+            .lock()
             .get(group)
             .filter(|g| g.state == State::Stable)?
-            .subscribed_topics()
+            .subscription_metadata();
+        subscribed_topics(metadata)
     }
 
     /// What OffsetDelete may delete from `group` (see [`OffsetDeleteGuard`]). A
@@ -2361,10 +2374,14 @@ impl GroupCoordinator {
             _ if g.protocol_type.as_deref() != Some("consumer") => {
                 OffsetDeleteGuard::Denied(codes::NON_EMPTY_GROUP)
             }
-            _ => g.subscribed_topics().map_or(
-                OffsetDeleteGuard::AllSubscribed,
-                OffsetDeleteGuard::Subscribed,
-            ),
+            _ => {
+                let metadata = g.subscription_metadata();
+                drop(groups);
+                subscribed_topics(metadata).map_or(
+                    OffsetDeleteGuard::AllSubscribed,
+                    OffsetDeleteGuard::Subscribed,
+                )
+            }
         }
     }
 

@@ -3940,7 +3940,7 @@ mod tests {
         let many: Vec<_> = (0..1500).map(|_| (0, None, v)).collect();
         let expected: Vec<i32> = (0..batch::MAX_LISTED_FAULTS as i32).collect();
         assert_eq!(refusal("c", &many), ("record", expected));
-        // A compressed batch of many: no more than one per 8 bytes sent.
+        // A compressed batch of many: no more than one per 7 bytes sent.
         let small = compress_batch(&make_keyed_batch(0, now, &many[..1000], -1, -1, -1), 1);
         match produce(&rt, &m, "c", &small) {
             Err(ProduceError::InvalidRecord { records, .. }) => {

@@ -245,7 +245,12 @@ mod tests {
         let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
         ctx.storage.create_topic("t", 1).unwrap();
         let now = crate::storage::segment::now_ms();
-        for (pid, seq) in [(9, 0), (3, 0), (7, 0), (3, 1)] {
+        // Ids in an order a hash map would not sort by chance.
+        let ids = [
+            9, 3, 7, 21, 14, 2, 30, 11, 25, 5, 18, 27, 1, 16, 8, 23, 12, 29, 4, 19,
+        ];
+        let batches = ids.iter().map(|&pid| (pid, 0)).chain([(3, 1)]);
+        for (pid, seq) in batches {
             let b = make_timed_batch(0, now, &[(0, b"v")], pid, 2, seq);
             let acked = ctx
                 .storage
@@ -265,7 +270,12 @@ mod tests {
             .iter()
             .map(|a| (a.producer_id.0, a.producer_epoch, a.last_sequence))
             .collect();
-        assert_eq!(listed, [(3, 2, 1), (7, 2, 0), (9, 2, 0)]);
+        let mut expected: Vec<(i64, i32, i32)> = ids
+            .iter()
+            .map(|&pid| (pid, 2, i32::from(pid == 3)))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(listed, expected);
     }
 
     /// A request naming many partitions of a long, unknown topic name is
