@@ -6726,34 +6726,52 @@ mod tests {
             let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
             assert!(rt.block_on(m.delete_topic("t")).unwrap());
             assert_eq!(in_trash(), 1, "kept while the positions are");
-            // Still failing: nothing changes.
-            m.apply_retention().unwrap();
-            assert_eq!(in_trash(), 1);
-            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
-            std::fs::remove_dir(&blocker).unwrap();
-            if created_again {
-                m.create_topic("t", 1).unwrap();
-                assert_eq!(
-                    m.offsets().fetch("g", "t", 0),
-                    None,
-                    "dropped by the create"
-                );
-                m.offsets()
-                    .commit("g", None, vec![position("t", 5)])
-                    .unwrap();
-            }
-            if unopened {
-                // As `restore_topic` leaves it when it cannot open it again.
-                m.shared.topics.write().unwrap().remove("t");
-                m.shared.unopened.lock().unwrap().insert("t".to_string());
-            }
-            m.apply_retention().unwrap();
-            assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
-            let expected = created_again.then_some(5);
-            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), expected);
-            assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
-            m.shutdown().unwrap();
+            still_failing_then_finished(&m, &trash, &blocker, created_again, || {
+                if unopened {
+                    // As `restore_topic` leaves it when it cannot open it again.
+                    m.shared.topics.write().unwrap().remove("t");
+                    m.shared.unopened.lock().unwrap().insert("t".to_string());
+                }
+            });
         }
+    }
+
+    /// For the tests of a delete of topic `t` whose drop of group `g`'s
+    /// positions failed (`blocker` keeping them unwritable) and whose files
+    /// are in `trash`: a retention pass changes nothing while the drop still
+    /// fails; once it can succeed, with `t` created again with a position of
+    /// 5 (`created_again`) and then `meanwhile` run, the next pass removes the
+    /// files, leaving the new topic's position and `u`'s.
+    fn still_failing_then_finished(
+        m: &TopicManager,
+        trash: &Path,
+        blocker: &Path,
+        created_again: bool,
+        meanwhile: impl FnOnce(),
+    ) {
+        let in_trash = || std::fs::read_dir(trash).map_or(0, Iterator::count);
+        m.apply_retention().unwrap();
+        assert_eq!(in_trash(), 1, "still failing");
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
+        std::fs::remove_dir(blocker).unwrap();
+        if created_again {
+            m.create_topic("t", 1).unwrap();
+            assert_eq!(
+                m.offsets().fetch("g", "t", 0),
+                None,
+                "dropped by the create"
+            );
+            m.offsets()
+                .commit("g", None, vec![position("t", 5)])
+                .unwrap();
+        }
+        meanwhile();
+        m.apply_retention().unwrap();
+        assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
+        let expected = created_again.then_some(5);
+        assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), expected);
+        assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
+        m.shutdown().unwrap();
     }
 
     /// A start whose drop of the positions in topics without a directory
@@ -6770,22 +6788,7 @@ mod tests {
             let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
             let m = TopicManager::new(c).unwrap();
             assert_eq!(in_trash(), 1, "kept while the positions are");
-            m.apply_retention().unwrap();
-            assert_eq!(in_trash(), 1, "still failing");
-            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
-            std::fs::remove_dir(&blocker).unwrap();
-            if created_again {
-                m.create_topic("t", 1).unwrap();
-                m.offsets()
-                    .commit("g", None, vec![position("t", 5)])
-                    .unwrap();
-            }
-            m.apply_retention().unwrap();
-            assert_eq!(in_trash(), 0, "the deleted topic's files are gone");
-            let expected = created_again.then_some(5);
-            assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), expected);
-            assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
-            m.shutdown().unwrap();
+            still_failing_then_finished(&m, &trash, &blocker, created_again, || {});
         }
     }
 
