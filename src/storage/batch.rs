@@ -387,9 +387,6 @@ pub struct Produced {
     /// delta), which the header's `max_timestamp` should be but the client sets
     /// and only the CRC, which the client computes too, covers.
     pub max_timestamp: i64,
-    /// The smallest timestamp of its records that have one (a record's
-    /// timestamp of -1 says it has none); `None` when none has.
-    pub min_timestamp: Option<i64>,
     /// The records that break the rules [`validate_produce_by`] was given, by
     /// index in the batch, the first [`MAX_LISTED_FAULTS`] of them (fewer for
     /// a small batch: see there; a record without a key for a compacted topic
@@ -470,12 +467,10 @@ pub fn validate_produce_by(
         room: MAX_LISTED_FAULTS.min(buf.len() / BYTES_PER_LISTED_FAULT),
         timestamp_refused: None,
     };
-    let (first_keyless, min_timestamp, max_delta) =
-        walk_records(&payload, count, first, rules, &mut faults)?;
+    let (first_keyless, max_delta) = walk_records(&payload, count, first, rules, &mut faults)?;
     Ok(Produced {
         info,
         first_keyless,
-        min_timestamp,
         faults: faults.listed,
         timestamp_refused: faults.timestamp_refused,
         // Every record's sum was checked in `walk_records`.
@@ -528,19 +523,18 @@ struct Faults {
 }
 
 /// Walks the records of a batch whose first timestamp is `first`: the index of
-/// its first record without a key, the smallest record timestamp other than -1
-/// (records without timestamps), and the largest timestamp delta; the records
-/// that break `rules` go to `faults`.
+/// its first record without a key and the largest timestamp delta; the
+/// records that break `rules` go to `faults` (records without timestamps, -1,
+/// are not judged by theirs).
 fn walk_records(
     payload: &[u8],
     count: i32,
     first: i64,
     rules: Option<&RecordRules>,
     faults: &mut Faults,
-) -> Result<(Option<i32>, Option<i64>, i64), BatchError> {
+) -> Result<(Option<i32>, i64), BatchError> {
     let mut first_keyless = None;
     let mut max_delta = i64::MIN;
-    let mut min_timestamp: Option<i64> = None;
     let mut at = 0usize;
     for index in 0..count {
         let bad = |what| BatchError::BadRecord { index, what };
@@ -564,9 +558,6 @@ fn walk_records(
                 overflow = true;
                 return None;
             };
-            if ts != -1 {
-                min_timestamp = Some(min_timestamp.map_or(ts, |m| m.min(ts)));
-            }
             let delta = varint(record, &mut r)?;
             let keyless = skip_bytes(record, &mut r, true)?;
             let refusal = rules.and_then(|rules| {
@@ -621,7 +612,7 @@ fn walk_records(
         });
     }
     // At least one record (the count was checked): `max_delta` is one of theirs.
-    Ok((first_keyless, min_timestamp, max_delta))
+    Ok((first_keyless, max_delta))
 }
 
 /// Sets the `max_timestamp` of the batch `b` (one whole batch) and its CRC.
@@ -2293,10 +2284,7 @@ pub(crate) mod tests {
         ));
         // At the edge it is a timestamp, and it reads back.
         let edge = make_timed_batch(0, -1, &[(i64::MIN + 1, b"a")], -1, -1, -1);
-        assert_eq!(
-            validate_produce(&edge).unwrap().min_timestamp,
-            Some(i64::MIN)
-        );
+        assert_eq!(validate_produce(&edge).unwrap().max_timestamp, i64::MIN);
         assert_eq!(all_records(&edge).unwrap()[0].timestamp, i64::MIN);
         // A CRC mismatch and another magic, as before.
         let mut crc = b.clone();
