@@ -380,9 +380,6 @@ pub enum RecordRefusal {
 pub struct Produced {
     /// The batch's header.
     pub info: BatchInfo,
-    /// Index of its first record without a key, if any (compacted topics refuse
-    /// such records).
-    pub first_keyless: Option<i32>,
     /// The largest timestamp of its records (first timestamp plus the largest
     /// delta), which the header's `max_timestamp` should be but the client sets
     /// and only the CRC, which the client computes too, covers.
@@ -467,10 +464,9 @@ pub fn validate_produce_by(
         room: MAX_LISTED_FAULTS.min(buf.len() / BYTES_PER_LISTED_FAULT),
         timestamp_refused: None,
     };
-    let (first_keyless, max_delta) = walk_records(&payload, count, first, rules, &mut faults)?;
+    let max_delta = walk_records(&payload, count, first, rules, &mut faults)?;
     Ok(Produced {
         info,
-        first_keyless,
         faults: faults.listed,
         timestamp_refused: faults.timestamp_refused,
         // Every record's sum was checked in `walk_records`.
@@ -522,18 +518,16 @@ struct Faults {
     timestamp_refused: Option<(i64, i64)>,
 }
 
-/// Walks the records of a batch whose first timestamp is `first`: the index of
-/// its first record without a key and the largest timestamp delta; the
-/// records that break `rules` go to `faults` (records without timestamps, -1,
-/// are not judged by theirs).
+/// Walks the records of a batch whose first timestamp is `first`: the largest
+/// timestamp delta; the records that break `rules` go to `faults` (records
+/// without timestamps, -1, are not judged by theirs).
 fn walk_records(
     payload: &[u8],
     count: i32,
     first: i64,
     rules: Option<&RecordRules>,
     faults: &mut Faults,
-) -> Result<(Option<i32>, i64), BatchError> {
-    let mut first_keyless = None;
+) -> Result<i64, BatchError> {
     let mut max_delta = i64::MIN;
     let mut at = 0usize;
     for index in 0..count {
@@ -587,9 +581,9 @@ fn walk_records(
                 skip_bytes(record, &mut r, false)?; // header key
                 skip_bytes(record, &mut r, true)?; // header value
             }
-            Some((delta, keyless))
+            Some(delta)
         })();
-        let (delta, keyless) = fields.ok_or(bad(if overflow {
+        let delta = fields.ok_or(bad(if overflow {
             RecordFault::Timestamp
         } else {
             RecordFault::Field
@@ -600,9 +594,6 @@ fn walk_records(
         if r != record.len() {
             return Err(bad(RecordFault::TrailingBytes));
         }
-        if keyless && first_keyless.is_none() {
-            first_keyless = Some(index);
-        }
         at = end;
     }
     if at != payload.len() {
@@ -612,7 +603,7 @@ fn walk_records(
         });
     }
     // At least one record (the count was checked): `max_delta` is one of theirs.
-    Ok((first_keyless, max_delta))
+    Ok(max_delta)
 }
 
 /// Sets the `max_timestamp` of the batch `b` (one whole batch) and its CRC.
@@ -2125,6 +2116,22 @@ pub(crate) mod tests {
         b
     }
 
+    /// The index of the first record of batch `b` without a key, as
+    /// validation for a compacted topic finds it.
+    fn first_keyless(b: &[u8]) -> Option<i32> {
+        let rules = RecordRules {
+            keyed: true,
+            now: 0,
+            ahead_ms: i64::MAX,
+            behind_ms: None,
+        };
+        let p = validate_produce_by(b, None, Some(&rules)).unwrap();
+        p.faults.first().map(|&(index, refusal)| {
+            assert_eq!(refusal, RecordRefusal::NoKey);
+            index
+        })
+    }
+
     #[test]
     fn produced_batches_are_walked_record_by_record() {
         let recs: &[KeyedRecord<'_>] = &[
@@ -2134,13 +2141,13 @@ pub(crate) mod tests {
         ];
         let b = make_keyed_batch(7, 500, recs, -1, -1, -1);
         let p = validate_produce(&b).unwrap();
-        assert_eq!((p.info.base_offset, p.first_keyless), (7, Some(1)));
+        assert_eq!((p.info.base_offset, first_keyless(&b)), (7, Some(1)));
         let keyed = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);
-        assert_eq!(validate_produce(&keyed).unwrap().first_keyless, None);
+        assert_eq!(first_keyless(&keyed), None);
         // Every codec: decompressed and walked the same way.
         for codec in [1, 2, 5, 3, 4] {
             let c = compress_batch(&b, codec);
-            assert_eq!(validate_produce(&c).unwrap().first_keyless, Some(1));
+            assert_eq!(first_keyless(&c), Some(1));
             let mut bad = c.clone();
             let n = bad.len();
             bad[HEADER_LEN..n].fill(0x55);
@@ -2156,7 +2163,7 @@ pub(crate) mod tests {
         // The client's base offset plays no part, even at the end of the range.
         let mut max = b.clone();
         max[..8].copy_from_slice(&i64::MAX.to_be_bytes());
-        assert_eq!(validate_produce(&max).unwrap().first_keyless, Some(1));
+        assert_eq!(first_keyless(&max), Some(1));
 
         // Headers are walked too.
         let mut h = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);
@@ -2165,7 +2172,7 @@ pub(crate) mod tests {
         h.extend_from_slice(&[2, 2, b'h', 2, b'x']); // one header "h" = "x"
         h[HEADER_LEN] += 2 * 4; // the record is 4 bytes longer (zigzag length)
         seal(&mut h);
-        assert_eq!(validate_produce(&h).unwrap().first_keyless, None);
+        assert_eq!(first_keyless(&h), None);
         let mut null_header_key = h.clone();
         let n = null_header_key.len();
         null_header_key[n - 4] = 1; // header key length -1

@@ -894,20 +894,14 @@ fn check_points_beyond_count(
 /// # Errors
 /// A trash that cannot be read, naming it.
 fn trashed_names(trash: &Path) -> Result<BTreeSet<String>> {
-    let mut names = BTreeSet::new();
-    let entries = match std::fs::read_dir(trash) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-        Err(e) => return Err(Error::io("read_dir", trash, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("read_dir", trash, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((topic, _)) = name.rsplit_once('-') {
-            names.insert(topic.to_string());
-        }
-    }
-    Ok(names)
+    Ok(trash_entries(trash)?
+        .iter()
+        .filter_map(|entry| {
+            let name = entry.file_name()?.to_string_lossy();
+            let (topic, _) = name.rsplit_once('-')?;
+            Some(topic.to_string())
+        })
+        .collect())
 }
 
 /// What is in the trash, `trash` (none when it does not exist).
