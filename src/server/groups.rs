@@ -1057,6 +1057,18 @@ impl Group {
     }
 }
 
+/// Whether the coordinator may forget `group` (see
+/// [`GroupCoordinator::forget_empty_groups`]): `Empty`, with no member ids handed
+/// out, no joins or syncs waiting, and no committed offsets in `store`.
+fn forgettable(store: &OffsetStore, name: &str, g: &Group) -> bool {
+    g.state == State::Empty
+        && g.members.is_empty()
+        && g.pending_members.is_empty()
+        && g.pending_joins.is_empty()
+        && g.pending_syncs.is_empty()
+        && store.group(name).is_none()
+}
+
 /// The topics the members' subscription `metadata` (see
 /// [`Group::subscription_metadata`]) subscribe to; `None` when one does not
 /// parse (every topic counts then).
@@ -2303,44 +2315,42 @@ impl GroupCoordinator {
     /// file; a failure is logged, and the group comes back `Empty` at the next
     /// start, to be forgotten again). Returns how many were forgotten.
     pub fn forget_empty_groups(&self, store: &OffsetStore) -> usize {
-        let forgettable = |name: &str, g: &Group| {
-            g.state == State::Empty
-                && g.members.is_empty()
-                && g.pending_members.is_empty()
-                && g.pending_joins.is_empty()
-                && g.pending_syncs.is_empty()
-                && store.group(name).is_none()
-        };
-        let Some(meta) = &self.meta else {
-            let mut groups = self.lock();
-            let before = groups.len();
-            groups.retain(|name, g| !forgettable(name, g));
-            return before - groups.len();
-        };
         let candidates: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(name, g)| forgettable(name, g))
+            .filter(|(name, g)| forgettable(store, name, g))
             .map(|(name, _)| name.clone())
             .collect();
-        let mut forgotten = 0;
-        for name in candidates {
-            // Held across the check and the removal: a group formed again under
-            // this name meanwhile is stored after the removal, not before it.
-            let _writer = meta.writer(&name);
+        candidates
+            .iter()
+            .filter(|name| self.forget_if_empty(name, store))
+            .count()
+    }
+
+    /// Forgets `group` as [`GroupCoordinator::forget_empty_groups`] does, when it
+    /// is `Empty` with nothing pending and no committed offsets in `store`:
+    /// OffsetDelete calls it after deleting positions, as Kafka's coordinator
+    /// makes an `Empty` group whose last position goes `Dead` at once (it is
+    /// listed no more, DeleteGroups answers `GROUP_ID_NOT_FOUND`). Blocking when
+    /// the membership is stored. Returns whether it was forgotten.
+    pub fn forget_if_empty(&self, group: &str, store: &OffsetStore) -> bool {
+        // Held across the check and the removal: a group formed again under
+        // this name meanwhile is stored after the removal, not before it.
+        let _writer = self.meta.as_ref().map(|meta| meta.writer(group));
+        {
+            let mut groups = self.lock();
+            if !groups
+                .get(group)
+                .is_some_and(|g| forgettable(store, group, g))
             {
-                let mut groups = self.lock();
-                if !groups.get(&name).is_some_and(|g| forgettable(&name, g)) {
-                    continue;
-                }
-                groups.remove(&name);
+                return false;
             }
-            forgotten += 1;
-            if let Err(e) = meta.remove(&name) {
-                tracing::warn!(group = %name, error = %e, "removing a forgotten group's stored membership failed");
-            }
+            groups.remove(group);
         }
-        forgotten
+        if let Some(Err(e)) = self.meta.as_ref().map(|meta| meta.remove(group)) {
+            tracing::warn!(group = %group, error = %e, "removing a forgotten group's stored membership failed");
+        }
+        true
     }
 
     /// Whether the coordinator holds `group` (members, or state since the start).

@@ -656,7 +656,17 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
 pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = req.group_id.0.to_string();
     let known = ctx.storage.offsets().group(&group).is_some() || ctx.groups.holds(&group);
-    let guard = ctx.groups.offset_delete_guard(&group);
+    // Off the runtime's workers: judging a consumer group parses every member's
+    // subscription, which may be as large as a JoinGroup request.
+    let groups = std::sync::Arc::clone(&ctx.groups);
+    let g = group.clone();
+    let guard = match tokio::task::spawn_blocking(move || groups.offset_delete_guard(&g)).await {
+        Ok(guard) => guard,
+        Err(e) => {
+            tracing::error!(group = %group, error = %e, "judging an offset deletion failed");
+            return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
+        }
+    };
     let denied = match &guard {
         OffsetDeleteGuard::Denied(code) => Some(*code),
         _ if !known => Some(codes::GROUP_ID_NOT_FOUND),
@@ -711,6 +721,10 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             OffsetDeleteGuard::AllSubscribed | OffsetDeleteGuard::Denied(_) => false,
         };
         let stored = storage.offsets().delete_positions_where(&g, &doomed, still);
+        if matches!(stored, Ok((n, _)) if n > 0) {
+            // An `Empty` group whose last position went is `Dead`, as in Kafka.
+            groups.forget_if_empty(&g, storage.offsets());
+        }
         (stored, again.into_inner())
     })
     .await
@@ -845,6 +859,63 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// An OffsetDelete of group `g`'s positions in `partitions` of topic `t`.
+    fn offset_delete_request(partitions: &[i32]) -> OffsetDeleteRequest {
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        OffsetDeleteRequest::default()
+            .with_group_id(GroupId("g".into()))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName("t".into()))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| OffsetDeleteRequestPartition::default().with_partition_index(p))
+                        .collect(),
+                )])
+    }
+
+    /// An OffsetDelete that removed an `Empty` group's last position left the
+    /// group listed (`Empty` in ListGroups and DescribeGroups) and deletable
+    /// (DeleteGroups answered NONE) until the next forget pass, where Kafka's
+    /// coordinator makes it `Dead` at once. It is now forgotten, its stored
+    /// membership with it; while it keeps a position it stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offset_delete_of_an_empty_groups_last_position_forgets_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 2).unwrap();
+        let (_, members) = empty_group(&ctx, "g", true).await;
+        let r = offset_commit(&ctx, commit_request(-1, "", &[(1, 3)])).await;
+        assert_eq!(commit_codes(&r), [codes::NONE]);
+        let listed = |ctx: &Ctx| {
+            list_groups(ctx, &ListGroupsRequest::default())
+                .groups
+                .iter()
+                .map(|g| (g.group_id.0.to_string(), g.group_state.to_string()))
+                .collect::<Vec<_>>()
+        };
+
+        let r = offset_delete(&ctx, offset_delete_request(&[1])).await;
+        assert_eq!(r.error_code, codes::NONE);
+        assert_eq!(r.topics[0].partitions[0].error_code, codes::NONE);
+        assert_eq!(listed(&ctx), [("g".to_string(), EMPTY.to_string())]);
+        assert!(members.exists(), "a group keeping a position stays");
+
+        let r = offset_delete(&ctx, offset_delete_request(&[0])).await;
+        assert_eq!(r.error_code, codes::NONE);
+        assert_eq!(r.topics[0].partitions[0].error_code, codes::NONE);
+        assert!(ctx.storage.offsets().group("g").is_none());
+        assert!(listed(&ctx).is_empty(), "the group is still listed");
+        assert!(!ctx.groups.holds("g"));
+        assert!(!members.exists(), "its stored membership is kept");
+        let r = delete_groups(&ctx, delete_request("g")).await;
+        assert_eq!(r.results[0].error_code, codes::GROUP_ID_NOT_FOUND);
+        let r = offset_delete(&ctx, offset_delete_request(&[0])).await;
+        assert_eq!(r.error_code, codes::GROUP_ID_NOT_FOUND);
     }
 
     fn delete_request(group: &str) -> DeleteGroupsRequest {
@@ -1029,9 +1100,6 @@ mod tests {
     /// written, each takes effect.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_or_an_offset_delete_that_cannot_be_written_is_answered_not_coordinator() {
-        use kafka_protocol::messages::offset_delete_request::{
-            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
-        };
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
         ctx.storage.create_topic("t", 2).unwrap();
@@ -1052,13 +1120,7 @@ mod tests {
         assert_eq!(commit_codes(&r), [codes::NOT_COORDINATOR]);
         assert_eq!(ctx.storage.offsets().fetch("g", "t", 0).unwrap().offset, 5);
         // Deleting one of the two positions rewrites the file.
-        let delete = OffsetDeleteRequest::default()
-            .with_group_id(GroupId("g".into()))
-            .with_topics(vec![OffsetDeleteRequestTopic::default()
-                .with_name(TopicName("t".into()))
-                .with_partitions(vec![
-                    OffsetDeleteRequestPartition::default().with_partition_index(1)
-                ])]);
+        let delete = offset_delete_request(&[1]);
         let r = offset_delete(&ctx, delete.clone()).await;
         assert_eq!(r.error_code, codes::NOT_COORDINATOR);
         assert!(r.topics.is_empty(), "no partition is answered for");
@@ -1168,24 +1230,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_offset_delete_held_up_while_a_member_subscribes_keeps_the_position() {
         use std::{future::Future, sync::Arc, task::Poll};
-
-        use kafka_protocol::messages::offset_delete_request::{
-            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
-        };
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
         ctx.storage.create_topic("t", 2).unwrap();
         let r = offset_commit(&ctx, commit_request(-1, "", &[(0, 5), (1, 7)])).await;
         assert_eq!(commit_codes(&r), [codes::NONE, codes::NONE]);
         let (holder, release_tx) = hold_writer(&ctx, "g");
-        let req = OffsetDeleteRequest::default()
-            .with_group_id(GroupId("g".into()))
-            .with_topics(vec![OffsetDeleteRequestTopic::default()
-                .with_name(TopicName("t".into()))
-                .with_partitions(vec![
-                    OffsetDeleteRequestPartition::default().with_partition_index(0),
-                    OffsetDeleteRequestPartition::default().with_partition_index(0),
-                ])]);
+        let req = offset_delete_request(&[0, 0]);
         let mut delete = {
             let ctx = Arc::clone(&ctx);
             Box::pin(async move { offset_delete(&ctx, req).await })
