@@ -2333,8 +2333,12 @@ impl TopicManager {
     /// produces that a power loss could take away with the file (their WAL
     /// entries then name partitions the topic does not have), while answered as
     /// refused and left in the file, they would appear at the next start. If the
-    /// file cannot be written back (it still holds the growth), the growth is
-    /// put in force, as the file says, and the error says so.
+    /// file cannot be written back (it still holds the growth), the topic keeps
+    /// its partitions all the same, and the error says that the next start may
+    /// find the new ones, empty: in force, they would take produces that
+    /// nothing would ever make durable, since a growth sent again to the same
+    /// count would be refused as not growing the topic; kept out, the growth
+    /// sent again is made anew and stored durably.
     ///
     /// # Errors
     /// [`CreateError::InvalidPartitions`] unless `count` is above the current count
@@ -2392,14 +2396,14 @@ impl TopicManager {
                     )
                 }
                 Err(back) => {
-                    // The file holds the growth: the broker follows it.
-                    if !self.replace_topic(&old, &topic) {
-                        return Err(CreateError::UnknownTopic);
-                    }
-                    tracing::error!(topic = name, from = have, to = count, error = %e, write_back = %back, "added partitions, but topic.json may not survive a power loss");
+                    // The file holds the growth, which may or may not survive
+                    // a power loss: the new partitions take no produce until
+                    // a growth stores it durably.
+                    tracing::error!(topic = name, error = %e, write_back = %back, "growing the topic failed after topic.json was replaced, and it could not be written back");
                     format!(
-                        "{e}; and {} could not be written back ({back}): the topic has {count} \
-                         partitions, in force, but they may not survive a power loss",
+                        "{e}; and {} could not be written back ({back}): the topic keeps its \
+                         {have} partitions, but the next start may find the {count} partitions \
+                         (empty) the file holds",
                         file.display()
                     )
                 }
@@ -4913,8 +4917,11 @@ mod tests {
     /// A CreatePartitions whose `topic.json` was renamed into place but whose
     /// directory fsync failed was answered with an error and left the topic
     /// as it was, while the file held the growth, in force after a restart.
-    /// The file is now written back. When that fails too, the broker follows
-    /// what the file holds, and the answer says which it is.
+    /// The file is now written back. When that fails too, the topic keeps its
+    /// partitions and the answer says the next start may find the growth: the
+    /// growth was put in force, where it took produces nothing made durable (a
+    /// growth sent again to the same count was refused as not growing the
+    /// topic); sent again now, it is made anew and stored durably.
     #[test]
     fn a_growth_whose_directory_fsync_fails_is_written_back() {
         use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
@@ -4953,14 +4960,25 @@ mod tests {
         let m = TopicManager::new(c.clone()).unwrap();
         assert_eq!(m.topic("t").unwrap().partitions.len(), 1, "after a restart");
 
-        // Not written back: the file holds the growth, which is in force.
+        // Not written back: the file holds the growth, kept out of force
+        // until a growth sent again stores it durably.
         inject(&[Fail::DirSync, Fail::BeforeRename]);
         let Err(CreateError::Storage(e)) = m.add_partitions("t", 3) else {
             panic!("the growth is answered with an error");
         };
-        assert!(e.contains("in force") && e.contains("power loss"), "{e}");
-        assert_eq!(m.topic("t").unwrap().partitions.len(), 3);
+        assert!(
+            e.contains("keeps its 1 partitions") && e.contains("next start may find the 3"),
+            "{e}"
+        );
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 1);
         assert_eq!(stored_topic(tmp.path()).partitions, 3);
+        assert!(
+            m.partition("t", 2).is_none(),
+            "a new partition takes produces"
+        );
+        // Sent again, it is made and stored durably.
+        m.add_partitions("t", 3).unwrap();
+        assert_eq!(m.topic("t").unwrap().partitions.len(), 3);
         m.shutdown().unwrap();
         drop(m);
         let m = TopicManager::new(c).unwrap();
