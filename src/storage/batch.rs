@@ -43,7 +43,10 @@ const BASE_SEQUENCE_OFFSET: usize = 53;
 pub const ATTR_TRANSACTIONAL: u16 = 0x10;
 /// Attribute bit of a control batch (transaction markers).
 pub const ATTR_CONTROL: u16 = 0x20;
-const COUNT_OFFSET: usize = 57;
+/// Where a batch states how many records it holds.
+pub(crate) const COUNT_OFFSET: usize = 57;
+/// The timestamp of a batch without one (an empty batch compaction leaves).
+pub const NO_TIMESTAMP: i64 = -1;
 /// Bytes of `baseOffset` + `batchLength`, which `batchLength` does not count.
 pub const LOG_OVERHEAD: usize = 12;
 

@@ -2882,17 +2882,23 @@ impl Partition {
         let Some((info, file, path, position, start, max)) = best else {
             return Ok(None);
         };
-        let exact = Self::find_record(&info, &file, &path, position, start, |ts| ts == max)?
-            .ok()
-            .flatten();
-        Ok(Some(exact.unwrap_or((info.last_offset(), max))))
+        // A batch whose records cannot be read answers its last offset; one
+        // without the record (none is kept from it) no offset at all, as Kafka
+        // answers when the batch holding the newest has none.
+        Ok(
+            match Self::find_record(&info, &file, &path, position, start, |ts| ts == max)? {
+                Ok(found) => found,
+                Err(()) => Some((info.last_offset(), max)),
+            },
+        )
     }
 
     /// The largest timestamp among the records of a batch at or above the log
     /// start `start`: its header's, unless the start lies inside it, where the
     /// header's may be a deleted record's (the records are read then; `None`
     /// when none is at or above the start, the header's when they cannot be
-    /// read).
+    /// read). `None` for a batch with no records (what compaction leaves, with
+    /// no timestamp): it holds no record to answer with.
     fn served_max_timestamp(
         info: &BatchInfo,
         file: &File,
@@ -2901,6 +2907,14 @@ impl Partition {
         start: i64,
     ) -> Result<Option<i64>> {
         if info.base_offset >= start {
+            if info.max_timestamp == batch::NO_TIMESTAMP {
+                let mut count = [0u8; 4];
+                file.read_exact_at(&mut count, position + batch::COUNT_OFFSET as u64)
+                    .map_err(|e| Error::io("read", path, e))?;
+                if i32::from_be_bytes(count) == 0 {
+                    return Ok(None);
+                }
+            }
             return Ok(Some(info.max_timestamp));
         }
         let mut buf = vec![0u8; info.len];
@@ -3935,6 +3949,47 @@ pub(crate) mod tests {
         let stats = p.compact(&policy, &AtomicBool::new(false)).unwrap();
         assert_eq!(stats.records_removed, last as u64, "keyless records go");
         assert_eq!(copied_and_read().0, 0);
+    }
+
+    /// A batch with no records (what compaction leaves, without a timestamp)
+    /// counted as holding the partition's largest timestamp when no record
+    /// had a newer one than -1, and `MAX_TIMESTAMP` answered its last offset,
+    /// where no record is, instead of the first record without a timestamp
+    /// after it, or of no offset at all (as Kafka answers) when none follows.
+    #[test]
+    fn max_timestamp_passes_over_batches_without_records() {
+        use crate::storage::batch::{empty_batch, tests::make_timed_batch, NO_TIMESTAMP};
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        // As compaction writes it: validation refuses a produced batch without
+        // records.
+        let mut empty = empty_batch(0, 1, NO_TIMESTAMP);
+        let info = [batch::parse_header(&empty).unwrap()];
+        assert_eq!(p.assign(&mut empty, &info), 0);
+        let end = p.append(&empty, &info).unwrap();
+        p.set_high_watermark(end);
+        assert_eq!(end, 2);
+        assert_eq!(p.max_timestamp_offset().unwrap(), None);
+        assert_eq!(max_timestamp_reading_everything(&p), None);
+        let untimed = make_timed_batch(0, NO_TIMESTAMP, &[(0, b"a"), (0, b"b")], -1, -1, -1);
+        assert_eq!(store(&p, untimed), 2);
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((2, NO_TIMESTAMP)));
+        assert_eq!(
+            max_timestamp_reading_everything(&p),
+            Some((2, NO_TIMESTAMP))
+        );
+        // From what a start reads.
+        p.sync().unwrap();
+        drop(p);
+        let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
+        p.set_high_watermark(p.log_end_offset());
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((2, NO_TIMESTAMP)));
+        let timed = make_timed_batch(0, 1_700_000_000_000, &[(0, b"c")], -1, -1, -1);
+        assert_eq!(store(&p, timed), 4);
+        assert_eq!(
+            p.max_timestamp_offset().unwrap(),
+            Some((4, 1_700_000_000_000))
+        );
     }
 
     /// A log start inside a batch: `MAX_TIMESTAMP` is the largest among the
