@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use kafka_protocol::{
     messages::{
-        alter_configs_request, alter_configs_response,
+        alter_configs_response,
         create_topics_response::CreatableTopicConfigs,
         describe_configs_response::{
             DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -559,28 +559,29 @@ where
     .map_err(|e| alter_error(name, e))
 }
 
-/// The most names of null entries a refusal of a legacy AlterConfigs lists
-/// (see [`legacy_entries`]).
+/// The most names of null entries a refusal of an alter lists (see
+/// [`preprocess`]).
 const LISTED_NULLS: usize = 16;
 
-/// Checks the entries of one resource of a legacy AlterConfigs as Kafka's
-/// broker does before anything else of the resource (`ConfigAdminManager`'s
-/// preprocessing, which the topic's existence is checked after): a key named
-/// twice, or a null value, is refused with `INVALID_REQUEST` and Kafka's
-/// message. A null value is no "key left out": Kafka refuses it rather than
+/// Checks the entries of one resource of an AlterConfigs or an
+/// IncrementalAlterConfigs as Kafka's broker does before anything else of the
+/// resource (`ConfigAdminManager`'s preprocessing, which the topic's existence
+/// is checked after): a key named twice, or a null value (of an operation
+/// other than DELETE), is refused with `INVALID_REQUEST` and Kafka's message.
+/// `entries` gives each key and whether its value is such a null. A null value
+/// is no "key left out" of a legacy AlterConfigs: Kafka refuses it rather than
 /// returning the key to its default, and so does this broker.
-fn legacy_entries(configs: &[alter_configs_request::AlterableConfig]) -> Outcome {
+fn preprocess<'a>(entries: impl Iterator<Item = (&'a str, bool)> + Clone) -> Outcome {
     let mut names = HashSet::new();
-    if !configs.iter().all(|c| names.insert(c.name.as_str())) {
+    if !entries.clone().all(|(name, _)| names.insert(name)) {
         return Err((
             codes::INVALID_REQUEST,
             "Error due to duplicate config keys".to_string(),
         ));
     }
-    let nulls: Vec<&str> = configs
-        .iter()
-        .filter(|c| c.value.is_none())
-        .map(|c| c.name.as_str())
+    let nulls: Vec<&str> = entries
+        .filter(|&(_, null)| null)
+        .map(|(name, _)| name)
         .collect();
     if nulls.is_empty() {
         return Ok(());
@@ -612,7 +613,7 @@ fn legacy_entries(configs: &[alter_configs_request::AlterableConfig]) -> Outcome
 /// AlterConfigs: replaces a topic's overrides with exactly the pairs given (keys
 /// left out return to the broker's setting), as Kafka's legacy API does; an
 /// entry without a value, or a key named twice, refuses the resource (see
-/// [`legacy_entries`]).
+/// [`preprocess`]).
 pub(crate) async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let dups = duplicates(
         req.resources
@@ -626,7 +627,12 @@ pub(crate) async fn alter_configs(ctx: &Ctx, req: AlterConfigsRequest) -> AlterC
         let mut outcome = if dup {
             alterable(r.resource_type, &name, dup)
         } else {
-            legacy_entries(&r.configs).and_then(|()| alterable(r.resource_type, &name, dup))
+            preprocess(
+                r.configs
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.value.is_none())),
+            )
+            .and_then(|()| alterable(r.resource_type, &name, dup))
         };
         if outcome.is_ok() {
             let pairs: Vec<(String, Option<String>)> = r
@@ -687,7 +693,8 @@ enum Change {
 /// The policies `cleanup.policy` may list, in the order it is stored.
 const POLICIES: [&str; 2] = ["compact", "delete"];
 
-/// Checks `ops` (all of them, on their own): what they ask is refused here or
+/// Checks `ops` (all of them, on their own; [`preprocess`] has refused a key
+/// named twice): what they ask is refused here or
 /// becomes [`Change`]s that [`apply_changes`] cannot refuse but for what the
 /// current configuration makes of them (a `cleanup.policy` left empty).
 ///
@@ -696,13 +703,6 @@ const POLICIES: [&str; 2] = ["compact", "delete"];
 /// however long it is, and a list is never built of it. A SUBTRACT of a value
 /// the list does not hold removes nothing, as in Kafka.
 fn parse_ops(ops: &[Op]) -> Result<Vec<Change>, AlterError> {
-    let mut names = BTreeSet::new();
-    if let Some(o) = ops.iter().find(|o| !names.insert(o.name.as_str())) {
-        return Err(AlterError::InvalidRequest(format!(
-            "config {} appears more than once for one resource",
-            topic_config::Echo(&o.name)
-        )));
-    }
     ops.iter()
         .map(|o| {
             let value = || {
@@ -811,7 +811,15 @@ pub(crate) async fn incremental_alter_configs(
     for r in req.resources {
         let name = r.resource_name.to_string();
         let dup = dups.contains(&(r.resource_type, name.clone()));
-        let mut outcome = alterable(r.resource_type, &name, dup);
+        let mut outcome = if dup {
+            alterable(r.resource_type, &name, dup)
+        } else {
+            let entries = r.configs.iter().map(|c| {
+                let null = c.value.is_none() && c.config_operation != DELETE;
+                (c.name.as_str(), null)
+            });
+            preprocess(entries).and_then(|()| alterable(r.resource_type, &name, dup))
+        };
         if outcome.is_ok() {
             let ops: Vec<Op> = r
                 .configs
@@ -1033,7 +1041,9 @@ mod tests {
 
     /// A legacy AlterConfigs of topic resources.
     fn legacy_request(resources: &[Resource<'_>]) -> AlterConfigsRequest {
-        use alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        use kafka_protocol::messages::alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
         AlterConfigsRequest::default().with_resources(
             resources
                 .iter()
@@ -1054,6 +1064,95 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// An IncrementalAlterConfigs resource with a key named twice, or a null
+    /// value for an operation other than DELETE, was judged after its topic
+    /// was looked up (an unknown one answered UNKNOWN_TOPIC_OR_PARTITION) and
+    /// with messages of this broker's naming one key. Kafka's preprocessing
+    /// refuses both first, with INVALID_REQUEST and the messages a legacy
+    /// AlterConfigs gets, listing every null key; a DELETE without a value is
+    /// no null.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_incremental_alter_with_a_null_value_or_a_key_twice_is_refused_before_the_topic_is_looked_up(
+    ) {
+        use kafka_protocol::messages::incremental_alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        type Entry<'a> = (&'a str, i8, Option<&'a str>);
+        let resource = |name: &str, entries: &[Entry<'_>]| {
+            AlterConfigsResource::default()
+                .with_resource_type(TOPIC)
+                .with_resource_name(StrBytes::from_string(name.to_string()))
+                .with_configs(
+                    entries
+                        .iter()
+                        .map(|(k, op, v)| {
+                            AlterableConfig::default()
+                                .with_name(StrBytes::from_string((*k).to_string()))
+                                .with_config_operation(*op)
+                                .with_value(v.map(|v| StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                )
+        };
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            resource(
+                "no-such-topic",
+                &[
+                    ("retention.ms", SET, None),
+                    ("cleanup.policy", APPEND, None),
+                ],
+            ),
+            resource(
+                "no-such-topic2",
+                &[
+                    ("retention.ms", SET, Some("1")),
+                    ("retention.ms", DELETE, None),
+                ],
+            ),
+            resource(
+                "t",
+                &[
+                    ("retention.ms", SET, Some("1000")),
+                    ("segment.ms", DELETE, None),
+                ],
+            ),
+            resource("no-such-topic3", &[("segment.ms", DELETE, None)]),
+        ]);
+        let r = incremental_alter_configs(&ctx, req).await;
+        let answers: Vec<(i16, Option<String>)> = r
+            .responses
+            .iter()
+            .map(|a| {
+                (
+                    a.error_code,
+                    a.error_message.as_ref().map(ToString::to_string),
+                )
+            })
+            .collect();
+        assert_eq!(
+            answers[..3],
+            [
+                (
+                    codes::INVALID_REQUEST,
+                    Some("Null value not supported for : retention.ms, cleanup.policy".into())
+                ),
+                (
+                    codes::INVALID_REQUEST,
+                    Some("Error due to duplicate config keys".into())
+                ),
+                (codes::NONE, None),
+            ]
+        );
+        assert_eq!(answers[3].0, codes::UNKNOWN_TOPIC_OR_PARTITION);
+        assert_eq!(
+            ctx.storage.topic("t").unwrap().configs.get("retention.ms"),
+            Some("1000")
+        );
     }
 
     /// A legacy AlterConfigs entry with a null value was refused with
@@ -1239,10 +1338,7 @@ mod tests {
             refused(&[op("retention.ms", SET, None)]),
             AlterError::InvalidRequest(m) if m.contains("without a value")
         ));
-        assert!(matches!(
-            refused(&[op("retention.ms", SET, Some("5")), op("retention.ms", DELETE, None)]),
-            AlterError::InvalidRequest(m) if m.contains("more than once")
-        ));
+        // A key named twice is refused before (see `preprocess`).
     }
 
     /// An APPEND to cleanup.policy is refused at its first value that is not a
