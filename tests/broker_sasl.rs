@@ -21,17 +21,18 @@ use broker_support::{
 const USERS: &str = r#"{"alice": "alice-secret", "bob": "b=b,0"}"#;
 
 fn sasl_broker(dir: &std::path::Path) -> Broker {
+    sasl_broker_with(dir, &["--metrics-listen", "127.0.0.1:0"])
+}
+
+/// A broker with `USERS` as its users file (in `dir`, its data in
+/// `dir/data`) and `args`.
+fn sasl_broker_with(dir: &std::path::Path, args: &[&str]) -> Broker {
+    std::fs::create_dir_all(dir).unwrap();
     let users = dir.join("users.json");
     std::fs::write(&users, USERS).unwrap();
-    Broker::start(
-        &dir.join("data"),
-        &[
-            "--sasl-users",
-            users.to_str().unwrap(),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    )
+    let mut all = vec!["--sasl-users", users.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Broker::start(&dir.join("data"), &all)
 }
 
 /// kcat's arguments for SASL_PLAINTEXT as `user` with `mechanism`, then `rest`.
@@ -644,14 +645,13 @@ fn scram_admin_requests_on_the_wire() {
     let req = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert("u", 1)]);
     assert_eq!(alter(&mut s, &req), [("u".to_string(), 54)]);
 
-    // With SASL, on an authenticated connection (PLAIN through the v1 handshake).
-    let broker = sasl_broker(tmp.path());
-    let mut s = {
+    // On an authenticated connection (PLAIN through the v1 handshake).
+    let login = |addr: &str| {
         use kafka_protocol::messages::{
             SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
             SaslHandshakeResponse,
         };
-        let mut s = connect(&broker.addr);
+        let mut s = connect(addr);
         let hs = SaslHandshakeRequest::default().with_mechanism(name("PLAIN"));
         s.write_all(&request_frame(ApiKey::SaslHandshake, 1, 1, &hs))
             .unwrap();
@@ -664,6 +664,22 @@ fn scram_admin_requests_on_the_wire() {
         assert_eq!(r.error_code, 0);
         s
     };
+    // With PLAIN alone no user has a SCRAM credential: describing every
+    // user lists none, as Kafka lists only users with one (each was answered
+    // RESOURCE_NOT_FOUND).
+    let plain_only = sasl_broker_with(
+        &tmp.path().join("plain-only"),
+        &["--sasl-mechanisms", "PLAIN"],
+    );
+    let mut s = login(&plain_only.addr);
+    let r = describe(&mut s, None);
+    assert_eq!(r.error_code, 0);
+    assert!(r.results.is_empty(), "{:?}", r.results);
+    drop(plain_only);
+
+    // With SASL's default mechanisms.
+    let broker = sasl_broker(tmp.path());
+    let mut s = login(&broker.addr);
     let req = AlterUserScramCredentialsRequest::default()
         .with_upsertions(vec![
             upsert("dup", 1),
@@ -911,17 +927,7 @@ fn api_versions_is_answered_once_and_only_before_the_handshake() {
 #[test]
 fn a_connection_that_does_not_authenticate_in_time_is_closed() {
     let tmp = tempfile::tempdir().unwrap();
-    let users = tmp.path().join("users.json");
-    std::fs::write(&users, USERS).unwrap();
-    let broker = Broker::start(
-        &tmp.path().join("data"),
-        &[
-            "--sasl-users",
-            users.to_str().unwrap(),
-            "--sasl-authentication-timeout-ms",
-            "1500",
-        ],
-    );
+    let broker = sasl_broker_with(tmp.path(), &["--sasl-authentication-timeout-ms", "1500"]);
     let start = std::time::Instant::now();
     let mut authenticated = wire::connect(&broker.addr);
     assert_eq!(sasl_handshake(&mut authenticated, "PLAIN"), 0);

@@ -62,7 +62,13 @@ pub(super) fn describe(
     };
     let asked: Vec<String> = match &req.users {
         Some(users) if !users.is_empty() => users.iter().map(|u| u.name.to_string()).collect(),
-        _ => auth.user_names(),
+        // Every user with a SCRAM credential, as Kafka lists them: a user of
+        // PLAIN alone has none.
+        _ => auth
+            .user_names()
+            .into_iter()
+            .filter(|u| auth.scram_credentials(u).is_some_and(|c| !c.is_empty()))
+            .collect(),
     };
     let mut seen = HashSet::new();
     let duplicates: HashSet<&String> = asked.iter().filter(|u| !seen.insert(*u)).collect();
