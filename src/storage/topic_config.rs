@@ -199,22 +199,20 @@ pub fn normalise(key: &str, value: &str) -> Result<String, ConfigError> {
             _ => Err(invalid(accepted)),
         },
         Check::Policy(accepted) => {
-            let (mut compact, mut delete) = (false, false);
+            // Each policy once, in the order given: Kafka describes the list
+            // as it was set, and a tool comparing what it set with what is
+            // described sees no difference.
+            let mut listed: Vec<&str> = Vec::with_capacity(2);
             for p in v.split(',').map(str::trim) {
-                if p.eq_ignore_ascii_case("compact") {
-                    compact = true;
-                } else if p.eq_ignore_ascii_case("delete") {
-                    delete = true;
-                } else {
-                    return Err(invalid(accepted));
+                let p = ["compact", "delete"]
+                    .into_iter()
+                    .find(|x| p.eq_ignore_ascii_case(x))
+                    .ok_or_else(|| invalid(accepted))?;
+                if !listed.contains(&p) {
+                    listed.push(p);
                 }
             }
-            Ok(match (compact, delete) {
-                (true, true) => "compact,delete",
-                (true, false) => "compact",
-                _ => "delete",
-            }
-            .to_string())
+            Ok(listed.join(","))
         }
     }
 }
@@ -400,8 +398,11 @@ mod tests {
             ("delete.retention.ms", Some("0")),
         ])
         .unwrap();
-        assert_eq!(both.get("cleanup.policy"), Some("compact,delete"));
+        // In the order given, as Kafka describes it (it was stored sorted).
+        assert_eq!(both.get("cleanup.policy"), Some("delete,compact"));
         assert!(both.compact() && both.delete());
+        let twice = TopicConfig::from_pairs([("cleanup.policy", Some("compact,delete,compact"))]);
+        assert_eq!(twice.unwrap().get("cleanup.policy"), Some("compact,delete"));
         assert_eq!(both.min_cleanable_dirty_ratio(), 0.25);
         assert_eq!(both.delete_retention_ms(), 0);
         let compact = TopicConfig::from_pairs([("cleanup.policy", Some("compact"))]).unwrap();

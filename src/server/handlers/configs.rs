@@ -684,13 +684,14 @@ enum Change {
     Set(String, String),
     /// Remove the key's override.
     Delete(String),
-    /// Add the policies marked (`[compact, delete]`) to `cleanup.policy`.
-    Append([bool; 2]),
-    /// Remove the policies marked from `cleanup.policy`.
-    Subtract([bool; 2]),
+    /// Add the policies named (each once, in the order given) to the end of
+    /// `cleanup.policy`, those it does not list already, as Kafka appends.
+    Append(Vec<&'static str>),
+    /// Remove the policies named from `cleanup.policy`.
+    Subtract(Vec<&'static str>),
 }
 
-/// The policies `cleanup.policy` may list, in the order it is stored.
+/// The policies `cleanup.policy` may list.
 const POLICIES: [&str; 2] = ["compact", "delete"];
 
 /// Checks `ops` (all of them, on their own; [`preprocess`] has refused a key
@@ -736,12 +737,14 @@ fn parse_ops(ops: &[Op]) -> Result<Vec<Change>, AlterError> {
                         }
                         .into());
                     }
-                    let mut named = [false; 2];
+                    let mut named = Vec::with_capacity(POLICIES.len());
                     for v in value()?.split(',').map(str::trim).filter(|v| !v.is_empty()) {
                         match topic_config::normalise(&o.name, v) {
                             Ok(p) => {
-                                if let Some(i) = POLICIES.iter().position(|x| *x == p) {
-                                    named[i] = true;
+                                if let Some(p) = POLICIES.into_iter().find(|x| *x == p) {
+                                    if !named.contains(&p) {
+                                        named.push(p);
+                                    }
                                 }
                             }
                             Err(e) if o.op == APPEND => return Err(e.into()),
@@ -772,17 +775,17 @@ fn apply_changes(current: &TopicConfig, changes: &[Change]) -> Result<TopicConfi
             Change::Delete(_) => {}
             Change::Append(named) | Change::Subtract(named) => {
                 // The broker's cleanup.policy is always delete.
-                let mut now = [c.compact(), c.delete()];
-                for (has, &n) in now.iter_mut().zip(named) {
-                    if n {
-                        *has = matches!(change, Change::Append(_));
+                let now = c.get("cleanup.policy").unwrap_or("delete").to_string();
+                let mut list: Vec<&str> = now.split(',').collect();
+                if let Change::Append(_) = change {
+                    for p in named {
+                        if !list.contains(p) {
+                            list.push(p);
+                        }
                     }
+                } else {
+                    list.retain(|p| !named.contains(p));
                 }
-                let list: Vec<&str> = POLICIES
-                    .iter()
-                    .zip(now)
-                    .filter_map(|(p, has)| has.then_some(*p))
-                    .collect();
                 c.set("cleanup.policy", &list.join(","))?;
             }
         }
@@ -1293,8 +1296,9 @@ mod tests {
             "already in the list"
         );
 
+        // Appended at the end, as Kafka appends (the list was stored sorted).
         let both = apply_ops(&base, &[op("cleanup.policy", APPEND, Some("compact"))]).unwrap();
-        assert_eq!(both.get("cleanup.policy"), Some("compact,delete"));
+        assert_eq!(both.get("cleanup.policy"), Some("delete,compact"));
         let compact = apply_ops(&both, &[op("cleanup.policy", SUBTRACT, Some("delete"))]).unwrap();
         assert_eq!(compact.get("cleanup.policy"), Some("compact"));
 
