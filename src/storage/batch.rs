@@ -43,9 +43,8 @@ const BASE_SEQUENCE_OFFSET: usize = 53;
 pub const ATTR_TRANSACTIONAL: u16 = 0x10;
 /// Attribute bit of a control batch (transaction markers).
 pub const ATTR_CONTROL: u16 = 0x20;
-/// Where a batch states how many records it holds.
-pub(crate) const COUNT_OFFSET: usize = 57;
-/// The timestamp of a batch without one (an empty batch compaction leaves).
+const COUNT_OFFSET: usize = 57;
+/// The timestamp of a batch without records: none (Kafka's `NO_TIMESTAMP`).
 pub const NO_TIMESTAMP: i64 = -1;
 /// Bytes of `baseOffset` + `batchLength`, which `batchLength` does not count.
 pub const LOG_OVERHEAD: usize = 12;
@@ -203,6 +202,9 @@ pub struct BatchInfo {
     pub base_sequence: i32,
     /// The attributes field (codec, timestamp type, transactional, control).
     pub attributes: u16,
+    /// How many records the header states it holds (0: a batch compaction
+    /// emptied).
+    pub records: i32,
 }
 
 impl BatchInfo {
@@ -261,6 +263,7 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchInfo, BatchError> {
         ]),
         base_sequence: be_i32(buf, BASE_SEQUENCE_OFFSET).ok_or(BatchError::Truncated)?,
         attributes: u16::from_be_bytes([buf[ATTRIBUTES_OFFSET], buf[ATTRIBUTES_OFFSET + 1]]),
+        records: be_i32(buf, COUNT_OFFSET).ok_or(BatchError::Truncated)?,
     })
 }
 

@@ -81,7 +81,10 @@ use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
 use super::{
-    batch::{self, BatchInfo, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, HEADER_LEN},
+    batch::{
+        self, BatchInfo, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, HEADER_LEN,
+        NO_TIMESTAMP,
+    },
     segment::{read_batch_header, BatchIndex, CleanedWriter, LogHandle, Segment},
 };
 
@@ -320,9 +323,6 @@ pub(crate) fn build_map(
     }
     Ok((map, end))
 }
-
-/// The timestamp of a batch without records: none (Kafka's `NO_TIMESTAMP`).
-const NO_TIMESTAMP: i64 = -1;
 
 /// A run of batches from which every record went, written as one empty batch
 /// without a timestamp: it holds no record for ListOffsets `MAX_TIMESTAMP` or

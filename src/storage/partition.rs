@@ -2880,14 +2880,29 @@ impl Partition {
             },
         )?;
         let Some((info, file, path, position, start, max)) = best else {
-            return Ok(None);
+            // A segment's known newest may be an emptied batch's, as a build
+            // before entry 136's fix compacted: every batch is read then.
+            return if skip {
+                self.max_timestamp_by(false)
+            } else {
+                Ok(None)
+            };
         };
-        // A batch whose records cannot be read answers its last offset; one
-        // without the record (none is kept from it) no offset at all, as Kafka
-        // answers when the batch holding the newest has none.
+        // A batch whose records cannot be read answers its last offset. One
+        // whose header states a newer timestamp than any of its records has
+        // (compacted by a build before entry 136's fix) answers its newest
+        // record.
         Ok(
             match Self::find_record(&info, &file, &path, position, start, |ts| ts == max)? {
-                Ok(found) => found,
+                Ok(Some(found)) => Some(found),
+                Ok(None) => match Self::newest_record(&info, &file, &path, position, start)? {
+                    Some(Some(newest)) => {
+                        Self::find_record(&info, &file, &path, position, start, |ts| ts == newest)?
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
+                },
                 Err(()) => Some((info.last_offset(), max)),
             },
         )
@@ -2897,8 +2912,8 @@ impl Partition {
     /// start `start`: its header's, unless the start lies inside it, where the
     /// header's may be a deleted record's (the records are read then; `None`
     /// when none is at or above the start, the header's when they cannot be
-    /// read). `None` for a batch with no records (what compaction leaves, with
-    /// no timestamp): it holds no record to answer with.
+    /// read). `None` for a batch with no records (what compaction leaves):
+    /// it holds no record to answer with.
     fn served_max_timestamp(
         info: &BatchInfo,
         file: &File,
@@ -2906,21 +2921,30 @@ impl Partition {
         position: u64,
         start: i64,
     ) -> Result<Option<i64>> {
+        if info.records == 0 {
+            return Ok(None);
+        }
         if info.base_offset >= start {
-            if info.max_timestamp == batch::NO_TIMESTAMP {
-                let mut count = [0u8; 4];
-                file.read_exact_at(&mut count, position + batch::COUNT_OFFSET as u64)
-                    .map_err(|e| Error::io("read", path, e))?;
-                if i32::from_be_bytes(count) == 0 {
-                    return Ok(None);
-                }
-            }
             return Ok(Some(info.max_timestamp));
         }
+        let newest = Self::newest_record(info, file, path, position, start)?;
+        Ok(newest.unwrap_or(Some(info.max_timestamp)))
+    }
+
+    /// The largest timestamp among the records of a batch at or above the log
+    /// start `start`, read from them (`Some(None)` when none is that new);
+    /// `None` when they cannot be read.
+    fn newest_record(
+        info: &BatchInfo,
+        file: &File,
+        path: &Path,
+        position: u64,
+        start: i64,
+    ) -> Result<Option<Option<i64>>> {
         let mut buf = vec![0u8; info.len];
         file.read_exact_at(&mut buf, position)
             .map_err(|e| Error::io("read", path, e))?;
-        let read = batch::payload(&buf).and_then(|payload| {
+        Ok(batch::payload(&buf).and_then(|payload| {
             let records = batch::records_in(&buf, &payload)?;
             Some(
                 records
@@ -2928,8 +2952,7 @@ impl Partition {
                     .map(|r| r.timestamp)
                     .max(),
             )
-        });
-        Ok(read.unwrap_or(Some(info.max_timestamp)))
+        }))
     }
 }
 
@@ -3961,14 +3984,17 @@ pub(crate) mod tests {
         use crate::storage::batch::{empty_batch, tests::make_timed_batch, NO_TIMESTAMP};
         let dir = tempfile::tempdir().unwrap();
         let p = Partition::open("t", 0, dir.path().join("0"), 4096).unwrap();
-        // As compaction writes it: validation refuses a produced batch without
-        // records.
-        let mut empty = empty_batch(0, 1, NO_TIMESTAMP);
-        let info = [batch::parse_header(&empty).unwrap()];
-        assert_eq!(p.assign(&mut empty, &info), 0);
-        let end = p.append(&empty, &info).unwrap();
-        p.set_high_watermark(end);
-        assert_eq!(end, 2);
+        // As compaction writes them: validation refuses a produced batch
+        // without records (or whose header states another timestamp).
+        let written = |p: &Partition, mut b: Vec<u8>| {
+            let info = [batch::parse_header(&b).unwrap()];
+            let base = p.assign(&mut b, &info);
+            // As stored: the base offset assigned.
+            let info = [batch::parse_header(&b).unwrap()];
+            p.set_high_watermark(p.append(&b, &info).unwrap());
+            base
+        };
+        assert_eq!(written(&p, empty_batch(0, 1, NO_TIMESTAMP)), 0);
         assert_eq!(p.max_timestamp_offset().unwrap(), None);
         assert_eq!(max_timestamp_reading_everything(&p), None);
         let untimed = make_timed_batch(0, NO_TIMESTAMP, &[(0, b"a"), (0, b"b")], -1, -1, -1);
@@ -3990,6 +4016,24 @@ pub(crate) mod tests {
             p.max_timestamp_offset().unwrap(),
             Some((4, 1_700_000_000_000))
         );
+
+        // As a build before entry 136's fix compacted: an emptied run with
+        // the timestamp of the batches it replaced, and a batch keeping a
+        // record older than its header says. Their records are answered.
+        let p = Partition::open("t", 1, dir.path().join("1"), 4096).unwrap();
+        const T: i64 = 1_700_000_000_000;
+        assert_eq!(written(&p, empty_batch(0, 1, T + 900)), 0);
+        let mut stale = make_timed_batch(0, T, &[(100, b"a"), (200, b"b")], -1, -1, -1);
+        // The header's largest timestamp (Kafka's v2 layout: bytes 35-42).
+        stale[35..43].copy_from_slice(&(T + 500).to_be_bytes());
+        assert_eq!(written(&p, stale), 2);
+        assert_eq!(max_timestamp_reading_everything(&p), Some((3, T + 200)));
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((3, T + 200)));
+        assert_eq!(
+            store(&p, make_timed_batch(0, T, &[(50, b"c")], -1, -1, -1)),
+            4
+        );
+        assert_eq!(p.max_timestamp_offset().unwrap(), Some((3, T + 200)));
     }
 
     /// A log start inside a batch: `MAX_TIMESTAMP` is the largest among the
