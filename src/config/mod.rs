@@ -157,6 +157,10 @@ pub struct GroupConfig {
     /// OFFSET_METADATA_TOO_LARGE (Kafka's `offset.metadata.max.bytes`).
     /// Default: 4096.
     pub offset_metadata_max_bytes: usize,
+    /// How long the first rebalance of an empty group waits for more members
+    /// to join, extended by as much (up to the rebalance timeout) while new
+    /// ones do (Kafka's `group.initial.rebalance.delay.ms`). Default: 3000.
+    pub initial_rebalance_delay_ms: u32,
 }
 
 /// The WAL switch plus the engine's configuration.
@@ -222,6 +226,7 @@ impl Default for GroupConfig {
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
+            initial_rebalance_delay_ms: 3000,
         }
     }
 }
@@ -411,6 +416,13 @@ impl Config {
                 1,
                 LONG,
                 "accepted values: 1 to 9223372036854775807",
+            ),
+            (
+                "--group-initial-rebalance-delay-ms",
+                Some(u64::from(self.groups.initial_rebalance_delay_ms)),
+                0,
+                INT,
+                "accepted values: 0 to 2147483647",
             ),
             (
                 "--offset-metadata-max-bytes",
@@ -982,6 +994,18 @@ pub struct Cli {
     )]
     pub group_max_session_timeout_ms: i32,
 
+    /// How long the first rebalance of an empty group waits for more members,
+    /// in milliseconds, extended by as much (up to the rebalance timeout)
+    /// while new ones join; 0 does not wait.
+    #[arg(
+        long,
+        env = "STREAMLINE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 3000,
+        value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64),
+        value_name = "MS"
+    )]
+    pub group_initial_rebalance_delay_ms: u32,
+
     /// Committed offsets of a group are deleted once it has had no members and no
     /// commit for this many minutes.
     #[arg(
@@ -1251,6 +1275,7 @@ impl Cli {
                 offsets_retention_check_interval_ms: self.offsets_retention_check_interval_ms,
                 offset_metadata_max_bytes: usize::try_from(self.offset_metadata_max_bytes)
                     .unwrap_or(usize::MAX),
+                initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms,
             },
         }
     }
@@ -1391,6 +1416,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--offset-metadata-max-bytes"), "{e}");
+        // Kafka's group.initial.rebalance.delay.ms: 3000, an INT.
+        assert_eq!(c.groups.initial_rebalance_delay_ms, 3000);
+        let delay = |v: &str| {
+            parse(&["--group-initial-rebalance-delay-ms", v])
+                .map(|c| c.groups.initial_rebalance_delay_ms)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(delay("0"), Ok(0));
+        assert!(delay("2147483648")
+            .unwrap_err()
+            .contains("--group-initial-rebalance-delay-ms"));
+        assert!(delay("-1").is_err());
         assert_eq!(
             parse(&["--log-roll-ms", "60000"]).unwrap().storage.roll_ms,
             60_000

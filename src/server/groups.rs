@@ -358,6 +358,10 @@ struct Group {
     /// unless the member rejoins with them.
     pending_members: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
+    /// The rebalance of a group that was `Empty` waiting for more members to
+    /// join before it may complete (Kafka's `InitialDelayedJoin`); ended by
+    /// [`GroupCoordinator::tick`].
+    initial_join: Option<InitialJoin>,
     /// The members of the current generation that have not sent SyncGroup
     /// since it started, as Kafka's `pendingSyncMembers`: at `sync_deadline`
     /// (the group's rebalance timeout after the generation started) those
@@ -423,6 +427,7 @@ impl Group {
             pending_syncs: HashMap::new(),
             pending_members: HashMap::new(),
             rebalance_deadline: None,
+            initial_join: None,
             pending_sync: HashSet::new(),
             sync_deadline: None,
             empty_since: SystemTime::now(),
@@ -482,6 +487,7 @@ impl Group {
         self.leader = None;
         self.protocol = None;
         self.rebalance_deadline = None;
+        self.initial_join = None;
         self.clear_pending_sync();
         self.storing = false;
         self.unstored = true;
@@ -694,9 +700,10 @@ impl Group {
     /// Completes the rebalance when every member rejoined (or `force`, at the
     /// rebalance deadline: dropping the dynamic members that did not).
     fn try_complete(&mut self, force: bool) {
-        if self.state != State::PreparingRebalance {
+        if self.state != State::PreparingRebalance || (!force && self.initial_join.is_some()) {
             return;
         }
+        self.initial_join = None;
         // As Kafka's `hasAllMembersJoined`, a member id just handed out with
         // MEMBER_ID_REQUIRED is waited for too (until it lapses, or the
         // deadline): its client is joining, and a generation without it would
@@ -1249,6 +1256,21 @@ pub struct GroupCoordinator {
     /// Woken when a group's membership changed and is to be stored
     /// ([`GroupCoordinator::membership_changed`]).
     unstored: Notify,
+    /// How long the rebalance of an empty group waits for more members
+    /// (`--group-initial-rebalance-delay-ms`).
+    initial_delay: Duration,
+}
+
+/// The first rebalance of an empty group waiting for more members, as
+/// Kafka's `InitialDelayedJoin`: it may not complete before `until`; a member
+/// new to the group joining meanwhile (`new_member`, in generation 0, as Kafka
+/// counts it) extends the wait by the delay again, out of the `remaining` part
+/// of the group's rebalance timeout.
+#[derive(Debug, Clone, Copy)]
+struct InitialJoin {
+    until: Instant,
+    remaining: Duration,
+    new_member: bool,
 }
 
 impl Default for GroupCoordinator {
@@ -1322,6 +1344,7 @@ impl GroupCoordinator {
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
             meta: None,
             unstored: Notify::new(),
+            initial_delay: Duration::from_millis(config.initial_rebalance_delay_ms.into()),
         }
     }
 
@@ -1758,6 +1781,8 @@ impl GroupCoordinator {
             });
             return rx;
         }
+        let from_empty = g.state == State::Empty;
+        let new_member = !g.members.contains_key(&member_id);
         g.start_rebalance(now);
         // A static member rejoining by its member id alone stays static, as
         // Kafka's `updateMember` keeps its instance id (one it names is its
@@ -1785,6 +1810,22 @@ impl GroupCoordinator {
         // answered REBALANCE_IN_PROGRESS.
         examined(1);
         g.pending_joins.insert(member_id, tx);
+        if from_empty && !self.initial_delay.is_zero() {
+            // As Kafka's `InitialDelayedJoin`, out of the group's rebalance
+            // timeout (its members' longest, this one's included).
+            let timeout = g.longest_rebalance_timeout();
+            let delay = self.initial_delay.min(timeout);
+            g.rebalance_deadline = Some(now + timeout);
+            g.initial_join = Some(InitialJoin {
+                until: now + delay,
+                remaining: timeout.saturating_sub(delay),
+                new_member: false,
+            });
+        } else if g.generation == 0 {
+            if let Some(j) = g.initial_join.as_mut() {
+                j.new_member |= new_member;
+            }
+        }
         g.try_complete(false);
         rx
     }
@@ -2456,6 +2497,22 @@ impl GroupCoordinator {
                 g.try_complete(false);
                 changed = g.state != State::PreparingRebalance;
             }
+            // The first rebalance of a group that was empty, once it waited
+            // long enough for more members.
+            if let Some(j) = g.initial_join.filter(|j| now >= j.until) {
+                if j.new_member && !j.remaining.is_zero() {
+                    let delay = self.initial_delay.min(j.remaining);
+                    g.initial_join = Some(InitialJoin {
+                        until: now + delay,
+                        remaining: j.remaining - delay,
+                        new_member: false,
+                    });
+                } else {
+                    g.initial_join = None;
+                    g.try_complete(false);
+                    changed |= g.state != State::PreparingRebalance;
+                }
+            }
             if g.state == State::PreparingRebalance
                 && g.rebalance_deadline.is_some_and(|d| now >= d)
             {
@@ -2577,7 +2634,7 @@ mod tests {
         std::fs::create_dir_all(a.join("in-the-way")).unwrap();
         let c = GroupCoordinator {
             started: now - 9 * DAY,
-            ..GroupCoordinator::default()
+            ..coordinator()
         };
         let e = c.expire_offsets(&store, 7 * DAY, now).unwrap_err();
         assert!(e.to_string().contains("61.json"), "{e}");
@@ -2615,7 +2672,7 @@ mod tests {
         store.commit("simple", None, vec![commit(1)]).unwrap();
         let c = GroupCoordinator {
             started: now - 9 * DAY,
-            ..GroupCoordinator::default()
+            ..coordinator()
         };
         let week = 7 * DAY;
         assert_eq!(
@@ -2667,7 +2724,7 @@ mod tests {
         // A broker up for 8 days; "active" has a member, "recent"'s just left.
         let c = GroupCoordinator {
             started: now - 8 * DAY,
-            ..GroupCoordinator::default()
+            ..coordinator()
         };
         let join = |g: &str| {
             let r = JoinRequest {
@@ -2803,7 +2860,7 @@ mod tests {
         store
             .commit("g", Some("consumer"), vec![commit("c")])
             .unwrap();
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         // "g" subscribes to "a" only; "opaque"'s member sends metadata that does
         // not parse, so every topic counts as subscribed.
         for (group, meta) in [
@@ -2864,7 +2921,7 @@ mod tests {
         backdate(&path, now - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path).unwrap();
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let join = |member: &str, topics: &[&str]| {
             let r = JoinRequest {
                 member_id: member.into(),
@@ -2903,7 +2960,7 @@ mod tests {
     fn refused_joins_leave_no_group_and_empty_groups_without_offsets_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let store = OffsetStore::open(dir.path().join("groups")).unwrap();
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let refused = [
             JoinRequest {
                 protocols: Vec::new(),
@@ -3011,7 +3068,7 @@ mod tests {
 
     #[test]
     fn a_join_listing_more_than_max_protocols_is_refused() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let protocols = |n: usize| -> Vec<(String, Bytes)> {
             (0..n)
                 .map(|i| (format!("p{i}"), Bytes::from_static(b"meta")))
@@ -3058,7 +3115,7 @@ mod tests {
     #[test]
     fn members_keep_copies_of_their_metadata_and_assignment_not_the_frame() {
         let frame = Bytes::from(vec![7u8; 1 << 20]);
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let j = c
             .join(JoinRequest {
                 protocols: vec![
@@ -3086,7 +3143,7 @@ mod tests {
 
     #[test]
     fn single_member_joins_syncs_and_heartbeats() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let j = c.join(req("")).try_recv().expect("completes at once");
         assert_eq!(j.error, codes::NONE);
         assert_eq!(j.leader, j.member_id);
@@ -3126,7 +3183,7 @@ mod tests {
 
     #[test]
     fn second_member_triggers_rebalance_of_the_first() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let a = c.join(req("")).try_recv().unwrap();
         let _ = c
             .sync("g", a.generation, &a.member_id, None, vec![])
@@ -3161,7 +3218,7 @@ mod tests {
         // Two members in CompletingRebalance; the follower (rebalance timeout 60 s,
         // session timeout 10 s) waits in SyncGroup, idle for `idle` seconds.
         let waiting = |idle: u64| {
-            let c = GroupCoordinator::default();
+            let c = coordinator();
             let a = c.join(req("")).try_recv().unwrap();
             let mut b_rx = c.join(JoinRequest {
                 rebalance_timeout: Duration::from_secs(60),
@@ -3220,7 +3277,7 @@ mod tests {
     fn a_tick_and_each_request_look_at_a_large_group_in_linear_time() {
         const N: usize = 2_000;
         let client_id = "c".repeat(8 * 1024);
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let examined = || EXAMINED.with(|e| e.replace(0));
         // Every other member is static.
         let instance = |n: usize| (n % 2 == 1).then(|| format!("instance-{n}"));
@@ -3331,7 +3388,7 @@ mod tests {
     /// commits keeps its session even when its heartbeats are late.
     #[test]
     fn a_members_commit_keeps_its_session() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let j = c.join(req("")).try_recv().unwrap();
         let s = c.sync("g", j.generation, &j.member_id, None, vec![]);
         assert!(s.blocking_recv().is_ok());
@@ -3358,7 +3415,7 @@ mod tests {
     /// second member instead of taking over).
     #[test]
     fn heartbeats_leaves_and_rejoins_treat_members_as_kafkas_coordinator_does() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let a = join_as(&c, "", Some("a")).try_recv().unwrap();
         assert_eq!((a.error, a.generation), (codes::NONE, 1));
         let s = c.sync("g", a.generation, &a.member_id, None, vec![]);
@@ -3429,7 +3486,7 @@ mod tests {
 
     #[test]
     fn describe_and_overview_follow_the_group_through_its_states() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         assert!(c.describe("g").is_none());
         assert!(c.overview().is_empty());
         let a = c.join(req("")).try_recv().unwrap();
@@ -3502,7 +3559,7 @@ mod tests {
 
     #[test]
     fn deletion_refuses_members_and_makes_the_group_dead_until_finished() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         assert_eq!(c.begin_delete("g", false), codes::GROUP_ID_NOT_FOUND);
         let a = c.join(req("")).try_recv().unwrap();
         assert_eq!(c.begin_delete("g", true), codes::NON_EMPTY_GROUP);
@@ -3592,7 +3649,7 @@ mod tests {
     /// fenced wherever it names its instance (unknown where it does not).
     #[test]
     fn a_static_member_rejoining_replaces_itself_without_a_rebalance() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
         let mut sa = join("", Some("a"));
         let a = sa.try_recv().unwrap();
@@ -3688,7 +3745,7 @@ mod tests {
     /// generation at once. One that lapses, or leaves, is waited for no more.
     #[test]
     fn a_rebalance_waits_for_a_member_id_just_handed_out() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let a = c.join(req("")).try_recv().unwrap();
         assert_eq!((a.error, a.generation), (codes::NONE, 1));
         let synced = c.sync("g", 1, &a.member_id, None, vec![]);
@@ -3824,7 +3881,7 @@ mod tests {
     /// second rebalance. With only such members left, no generation starts.
     #[test]
     fn a_static_member_absent_past_the_rebalance_deadline_stays_until_its_session_ends() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
         let pass_deadline = || {
             let mut groups = c.lock();
@@ -3973,7 +4030,7 @@ mod tests {
     /// others rebalance without it.
     #[test]
     fn a_leader_not_sending_syncgroup_within_the_rebalance_timeout_is_removed() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let (a, b) = two_joined(&c);
         let mut b_sync = c.sync("g", 2, &b.member_id, None, vec![]);
         assert!(b_sync.try_recv().is_err(), "b waits for the leader");
@@ -4007,7 +4064,7 @@ mod tests {
     fn an_absent_static_member_not_syncing_within_the_rebalance_timeout_is_removed() {
         // Away; back and synced; back (rejoined) but not synced.
         for (comes_back, syncs) in [(false, false), (true, true), (true, false)] {
-            let c = GroupCoordinator::default();
+            let c = coordinator();
             let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
             let s = join("", Some("s")).try_recv().unwrap();
             let synced = c.sync("g", 1, &s.member_id, Some("s"), vec![]);
@@ -4110,7 +4167,7 @@ mod tests {
     /// its place in the rebalance (and as leader).
     #[test]
     fn a_static_member_replaced_during_a_rebalance_fences_the_old_join() {
-        let c = GroupCoordinator::default();
+        let c = coordinator();
         let join = |member: &str, instance: Option<&str>| join_as(&c, member, instance);
         let a = join("", Some("a")).try_recv().unwrap();
         assert_eq!((a.error, a.generation), (codes::NONE, 1));
@@ -4169,7 +4226,80 @@ mod tests {
 
     /// A coordinator storing membership in `dir`.
     fn opened(dir: &std::path::Path) -> GroupCoordinator {
-        GroupCoordinator::open(&GroupConfig::default(), dir.to_path_buf()).unwrap()
+        GroupCoordinator::open(&no_initial_delay(), dir.to_path_buf()).unwrap()
+    }
+
+    /// Kafka's settings, but the first rebalance of an empty group does not
+    /// wait for more members (as most tests join one member at a time).
+    fn no_initial_delay() -> GroupConfig {
+        GroupConfig {
+            initial_rebalance_delay_ms: 0,
+            ..GroupConfig::default()
+        }
+    }
+
+    /// An in-memory coordinator with [`no_initial_delay`].
+    fn coordinator() -> GroupCoordinator {
+        GroupCoordinator::new(&no_initial_delay())
+    }
+
+    /// The first rebalance of an empty group completed at its first member's
+    /// JoinGroup: consumers started together formed a generation of one and
+    /// rebalanced again as each of the others joined. As with Kafka's
+    /// `group.initial.rebalance.delay.ms`, it now waits the delay, and again
+    /// while new members join (out of the rebalance timeout); the members
+    /// joined by then form the first generation together. A group empty again
+    /// waits again.
+    #[test]
+    fn the_first_rebalance_of_an_empty_group_waits_for_more_members() {
+        let delay = Duration::from_millis(1000);
+        let c = GroupCoordinator::new(&GroupConfig {
+            initial_rebalance_delay_ms: 1000,
+            ..GroupConfig::default()
+        });
+        let mut a = c.join(JoinRequest::of_consumer(""));
+        c.tick();
+        assert!(a.try_recv().is_err(), "answered before the delay");
+        std::thread::sleep(delay / 2);
+        let mut b = c.join(JoinRequest::of_consumer(""));
+        std::thread::sleep(delay / 2 + Duration::from_millis(100));
+        // The first wait is over, but a member joined during it.
+        c.tick();
+        assert!(
+            a.try_recv().is_err(),
+            "a member joining during the wait did not extend it"
+        );
+        assert!(b.try_recv().is_err());
+        std::thread::sleep(delay + Duration::from_millis(100));
+        c.tick();
+        let (a, b) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        assert_eq!((a.error, b.error), (codes::NONE, codes::NONE));
+        assert_eq!(
+            (a.generation, b.generation),
+            (1, 1),
+            "one generation of both"
+        );
+        assert_eq!(
+            a.members.len() + b.members.len(),
+            2,
+            "the leader lists both"
+        );
+
+        assert_eq!(
+            c.leave("g", &[a.member_id, b.member_id]),
+            Ok(vec![codes::NONE; 2])
+        );
+        assert_eq!(c.describe("g").unwrap().state, EMPTY);
+        let mut again = c.join(JoinRequest::of_consumer(""));
+        c.tick();
+        assert!(
+            again.try_recv().is_err(),
+            "an empty group's rebalance waits again"
+        );
+        std::thread::sleep(delay + Duration::from_millis(100));
+        c.tick();
+        let again = again.try_recv().unwrap();
+        assert_eq!((again.error, again.generation), (codes::NONE, 2));
     }
 
     /// Two members `a` (the leader) and `b` at generation 2, neither synced yet.

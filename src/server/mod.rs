@@ -1599,6 +1599,8 @@ mod tests {
     ) -> Arc<Ctx> {
         config.storage.data_dir = dir.to_path_buf();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        // Groups form at once: no ticker runs to end the first rebalance's wait.
+        config.groups.initial_rebalance_delay_ms = 0;
         let storage = tokio::task::spawn_blocking(move || TopicManager::new(config))
             .await
             .unwrap()

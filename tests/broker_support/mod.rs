@@ -77,6 +77,11 @@ impl Broker {
         if !extra.contains(&"--wal-max-file-size") {
             args.extend(["--wal-max-file-size".into(), "1m".into()]);
         }
+        // Groups form at once, as the tests' consumers join one at a time;
+        // a test of the delay sets it.
+        if !extra.contains(&"--group-initial-rebalance-delay-ms") {
+            args.extend(["--group-initial-rebalance-delay-ms".into(), "0".into()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_string()));
         args
     }

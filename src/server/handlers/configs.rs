@@ -276,6 +276,12 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             INT,
         ),
         setting(
+            "group.initial.rebalance.delay.ms",
+            g.initial_rebalance_delay_ms,
+            dg.initial_rebalance_delay_ms,
+            INT,
+        ),
+        setting(
             "group.max.session.timeout.ms",
             g.max_session_timeout_ms,
             dg.max_session_timeout_ms,
