@@ -1450,6 +1450,15 @@ fn topic_configs_are_created_altered_described_and_kept() {
         ("1000".into(), 1)
     );
     assert_eq!(earliest_latest(&mut s, "short"), (6, 6));
+    // A batch larger than the topic's segment.bytes: RECORD_BATCH_TOO_LARGE,
+    // as Kafka's append refuses it (it was stored, in a segment of its own).
+    let big = "x".repeat(9000);
+    let r = send_produce(&mut s, 9, 6, &produce("short", 0, batch(&[&big])));
+    let p = &r.responses[0].partition_responses[0];
+    let m = p.error_message.as_ref().unwrap().to_string();
+    assert_eq!(p.error_code, 18, "{m}");
+    assert!(m.contains("maximum configured segment size of 8192"), "{m}");
+    assert_eq!(earliest_latest(&mut s, "short"), (6, 6));
 }
 
 /// A topic's new partition count and, optionally, each new partition's

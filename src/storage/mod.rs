@@ -181,6 +181,9 @@ pub enum ProduceError {
     /// The payload is larger than one WAL entry can hold, or a batch is larger
     /// than the topic's `max.message.bytes`; the message says which.
     TooLarge(String),
+    /// A batch is larger than the topic's `segment.bytes` (Kafka's
+    /// `RecordBatchTooLargeException`); the message says by how much.
+    BatchTooLarge(String),
     /// The WAL or a segment failed; the message says how.
     Storage(String),
     /// Waiting for pipeline capacity, or for room to decompress the batch,
@@ -825,9 +828,9 @@ fn settle_interrupted_creates(
 /// Fails (strict mode) or warns (tolerant) for each topic whose recovery
 /// points (of the same id) give a partition at or above its `topic.json`'s
 /// count flushed offsets: the file lost partitions whose records were
-/// checkpointed, their WAL entries perhaps retired (a growth in force whose
-/// `topic.json` a power loss undid, see [`TopicManager::add_partitions`], or
-/// damage). Before anything is written; a tolerant start's checkpoint then
+/// checkpointed, their WAL entries perhaps retired (damage, or a growth
+/// whose `topic.json` a power loss undid under a build that put such a growth
+/// in force: see [`TopicManager::add_partitions`]). Before anything is written; a tolerant start's checkpoint then
 /// rewrites the points without them, and a later growth sets the partition's
 /// directory aside.
 ///
@@ -2344,8 +2347,7 @@ impl TopicManager {
     /// [`CreateError::InvalidPartitions`] unless `count` is above the current count
     /// and at most 10000; [`CreateError::UnknownTopic`] when there is no such
     /// topic (it was deleted meanwhile); [`CreateError::Storage`] for I/O errors
-    /// (the topic keeps its partitions, unless the message says that the growth
-    /// is in force).
+    /// (the topic keeps its partitions).
     pub fn add_partitions(
         &self,
         name: &str,
@@ -3043,6 +3045,16 @@ impl TopicManager {
                 message: format!("compacted topic {topic} cannot accept a record without a key"),
                 records: produced.faults.iter().map(|&(i, _)| i).collect(),
             });
+        }
+        // As Kafka's append refuses it, after validation: a segment holds a
+        // batch whole.
+        let segment_bytes = t.configs.segment_bytes(&self.shared.config.storage);
+        if let Some(b) = infos.iter().find(|i| i.len as u64 > segment_bytes) {
+            return Err(ProduceError::BatchTooLarge(format!(
+                "Message batch size is {} bytes in append to partition {topic}-{partition} which \
+                 exceeds the maximum configured segment size of {segment_bytes}.",
+                b.len
+            )));
         }
         if let Some(w) = &self.shared.wal {
             let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;

@@ -44,6 +44,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         }) => codes::INVALID_TIMESTAMP,
         ProduceError::InvalidBatch(_) => codes::INVALID_RECORD,
         ProduceError::TooLarge(_) => codes::MESSAGE_TOO_LARGE,
+        ProduceError::BatchTooLarge(_) => codes::RECORD_BATCH_TOO_LARGE,
         ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
@@ -62,7 +63,9 @@ fn message(e: &ProduceError) -> String {
     match e {
         ProduceError::UnknownTopicOrPartition => "unknown topic or partition".into(),
         ProduceError::InvalidBatch(b) => b.to_string(),
-        ProduceError::TooLarge(s) | ProduceError::Storage(s) => s.clone(),
+        ProduceError::TooLarge(s) | ProduceError::BatchTooLarge(s) | ProduceError::Storage(s) => {
+            s.clone()
+        }
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
