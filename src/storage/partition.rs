@@ -302,6 +302,11 @@ pub struct Partition {
     /// write-back failure once, so the next `fdatasync` of the file would
     /// succeed for pages it may have dropped.
     sync_failed: OnceLock<String>,
+    /// Why compaction stopped for this partition until a restart: a pass met
+    /// a segment that does not validate, which every later pass would read
+    /// again, up to the damage, and fail on (Kafka marks such a partition
+    /// uncleanable).
+    uncleanable: OnceLock<String>,
     /// The producer snapshots written and not fsynced since (the next
     /// [`Partition::sync`] makes them durable, or a trim before it deletes
     /// segments); see [`UnsyncedSnapshots`].
@@ -788,6 +793,7 @@ impl Partition {
             watchers: Watchers::default(),
             files: RwLock::new(()),
             sync_failed: OnceLock::new(),
+            uncleanable: OnceLock::new(),
             producers: Mutex::new(producers),
             unsynced_snapshots: Mutex::new(unsynced),
             syncing_snapshots: Mutex::new(()),
@@ -1760,6 +1766,9 @@ impl Partition {
             .compacting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.uncleanable.get().is_some() {
+            return Ok(CompactionStats::default());
+        }
         // A deleted topic's directory may be renamed away, and its name taken by
         // a new topic, whose files must never be touched.
         let Some(files) = self.files_guard() else {
@@ -1814,8 +1823,19 @@ impl Partition {
                 tracing::info!(topic = %self.topic, partition = self.index, error = %e, "a segment went while the compaction pass read it; the next pass starts over");
                 Ok(CompactionStats::default())
             }
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "compaction met a damaged segment: the partition is not compacted again until a restart");
+                let _ = self.uncleanable.set(e.to_string());
+                Err(e)
+            }
             done => done,
         }
+    }
+
+    /// Why compaction stopped for this partition until a restart (a damaged
+    /// segment), if it did.
+    pub fn uncleanable(&self) -> Option<&str> {
+        self.uncleanable.get().map(String::as_str)
     }
 
     /// The rest of [`Partition::compact`] once it has its `sources` and knows
@@ -6220,6 +6240,35 @@ pub(crate) mod tests {
             let p = Partition::open("t", 0, pdir, 4096).unwrap();
             p.set_high_watermark(p.log_end_offset());
             check(&p);
+        }
+
+        /// A damaged batch in a cleanable segment failed every pass, each of
+        /// which built the key map again and read the partition up to the
+        /// damage: the cleaner thread spent its passes on it for as long as
+        /// the broker ran. As Kafka marks such a partition uncleanable, the
+        /// first failure stops its compaction until a restart (the other
+        /// partitions go on).
+        #[test]
+        fn a_damaged_segment_stops_compaction_of_its_partition_until_a_restart() {
+            let (_dir, pdir, p) = fresh();
+            let mut model = Model::new();
+            fill(&p, &mut model, 0);
+            fill(&p, &mut model, 0);
+            assert!(segment_bases(&p).len() > 2);
+            // A byte of the first batch's records, on the disk.
+            let log = pdir.join(format!("{:020}.log", 0));
+            let mut bytes = std::fs::read(&log).unwrap();
+            bytes[100] ^= 0x40;
+            std::fs::write(&log, bytes).unwrap();
+            let stop = AtomicBool::new(false);
+            let e = p.compact(&policy(TS + 10_000), &stop).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            assert!(p.uncleanable().is_some_and(|why| why == e.to_string()));
+            let again = p.compact(&policy(TS + 10_000), &stop);
+            assert!(
+                matches!(again, Ok(CompactionStats { segments: 0, .. })),
+                "compacted again: {again:?}"
+            );
         }
 
         #[test]
