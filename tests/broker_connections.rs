@@ -873,7 +873,7 @@ fn fetch_all(c: &mut TcpStream, topic: &str, end: i64) -> Vec<(i64, String)> {
 }
 
 /// Asserts that `got` holds exactly the records `want`, naming the first that
-/// differs rather than printing every 5 KiB value.
+/// differs rather than printing every 3 KiB value.
 fn assert_records(got: &[(i64, String)], want: &[(i64, String)], when: &str) {
     let first_wrong = got.iter().zip(want).position(|(g, w)| g != w);
     assert!(
@@ -895,7 +895,7 @@ fn fds_of_under(pid: u32, dir: &std::path::Path) -> usize {
 }
 
 /// A topic whose `segment.bytes` a client set to 4096 (CreateTopics), so that
-/// every 5 KiB produce rolls a segment: 300 segments under a 128-file limit.
+/// every 3 KiB produce rolls a segment: 300 segments under a 128-file limit.
 /// Every segment held its log and index open for good, so the broker ran out of
 /// descriptors after a few dozen produces (storage failed, every produce was
 /// refused from then on), and a start over such a directory failed. Now only
@@ -917,7 +917,7 @@ fn segments_beyond_the_open_file_limit_are_written_read_and_reopened() {
     let mut broker = Broker::start_limited(&data, &["--checkpoint-ms", "600000"], Some(OPEN_FILES));
     let mut c = connect_served(&broker.addr);
 
-    let pad = "p".repeat(5 * 1024);
+    let pad = "p".repeat(3 * 1024);
     let value = |i: i64| format!("{i:05}-{pad}");
     for i in 0..RECORDS {
         let req = produce("many", 0, batch(&[value(i).as_str()]));
@@ -1067,7 +1067,7 @@ fn fill_every_descriptor(
 ) -> (Vec<TcpStream>, impl Fn(i64) -> String) {
     use kafka_protocol::records::RecordBatchDecoder;
     const RECORDS: i64 = 130;
-    let pad = "p".repeat(5 * 1024);
+    let pad = "p".repeat(3 * 1024);
     let value = move |i: i64| format!("{i:05}-{pad}");
     for i in 0..RECORDS {
         produce_at(c, topic, i, &value(i));

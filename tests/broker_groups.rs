@@ -757,6 +757,42 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
 /// group its coordinator unloads: the server reads no more requests, so no
 /// other member could complete the rebalance, and the shutdown waited its full
 /// 10 s for the connection, then closed it unanswered.
+/// With `--group-initial-rebalance-delay-ms`, members of an empty group that
+/// join together form one first generation, as with Kafka's
+/// `group.initial.rebalance.delay.ms`: the first JoinGroup is answered only
+/// once the delay is over (the session ticker ends it), with the member that
+/// joined meanwhile in the same generation. The first member used to get a
+/// generation of its own at once, and the group rebalanced as the second
+/// joined.
+#[test]
+fn members_joining_an_empty_group_together_form_one_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--group-initial-rebalance-delay-ms", "1000"],
+    );
+    let mut a = Member::new(&broker.addr, "together", 5, &[("range", "a")]);
+    let mut b = Member::new(&broker.addr, "together", 5, &[("range", "b")]);
+    let started = Instant::now();
+    let a_join = a.send_join();
+    std::thread::sleep(Duration::from_millis(300));
+    let b_join = b.send_join();
+    let (ra, rb) = (a.recv_join(a_join), b.recv_join(b_join));
+    let waited = started.elapsed();
+    assert_eq!((ra.error_code, rb.error_code), (NONE, NONE));
+    assert_eq!(
+        (ra.generation_id, rb.generation_id),
+        (1, 1),
+        "one generation of both"
+    );
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "answered after {waited:?}"
+    );
+    let leader = if ra.leader == ra.member_id { &ra } else { &rb };
+    assert_eq!(listed(leader).len(), 2, "the leader lists both");
+}
+
 #[test]
 fn a_shutdown_answers_a_waiting_join_at_once() {
     let tmp = tempfile::tempdir().unwrap();
