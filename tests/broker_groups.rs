@@ -752,11 +752,6 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
     assert_eq!((r.error_code, r.port), (NONE, port));
 }
 
-/// A JoinGroup waiting for the rest of its group when the broker is told to
-/// stop is answered NOT_COORDINATOR at once, as Kafka answers the joins of a
-/// group its coordinator unloads: the server reads no more requests, so no
-/// other member could complete the rebalance, and the shutdown waited its full
-/// 10 s for the connection, then closed it unanswered.
 /// With `--group-initial-rebalance-delay-ms`, members of an empty group that
 /// join together form one first generation, as with Kafka's
 /// `group.initial.rebalance.delay.ms`: the first JoinGroup is answered only
@@ -793,6 +788,11 @@ fn members_joining_an_empty_group_together_form_one_generation() {
     assert_eq!(listed(leader).len(), 2, "the leader lists both");
 }
 
+/// A JoinGroup waiting for the rest of its group when the broker is told to
+/// stop is answered NOT_COORDINATOR at once, as Kafka answers the joins of a
+/// group its coordinator unloads: the server reads no more requests, so no
+/// other member could complete the rebalance, and the shutdown waited its full
+/// 10 s for the connection, then closed it unanswered.
 #[test]
 fn a_shutdown_answers_a_waiting_join_at_once() {
     let tmp = tempfile::tempdir().unwrap();

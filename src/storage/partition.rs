@@ -1824,7 +1824,7 @@ impl Partition {
                 Ok(CompactionStats::default())
             }
             Err(e @ Error::Corrupt { .. }) => {
-                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "compaction met a damaged segment: the partition is not compacted again until a restart");
+                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "compaction met damaged data (a segment or compacted.json): the partition is not compacted again until a restart");
                 let _ = self.uncleanable.set(e.to_string());
                 Err(e)
             }
