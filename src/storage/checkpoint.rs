@@ -173,13 +173,14 @@ pub(super) fn run_cleaner(shared: &Shared, stop: &crossbeam_channel::Receiver<()
 /// down. A partition that fails is logged and left for the next pass; the others
 /// go on. Returns the sum of what was done.
 pub(super) fn compact(shared: &Shared) -> CompactionStats {
-    let now_ms = super::segment::now_ms();
     let mut total = CompactionStats::default();
     for t in shared.topic_list() {
         if !t.configs.compact() {
             continue;
         }
-        let policy = CompactionPolicy {
+        // Each partition's pass by its own start, which its tombstones' delete
+        // horizon counts from (a round over many partitions may take long).
+        let policy = |now_ms| CompactionPolicy {
             now_ms,
             delete_retention_ms: t.configs.delete_retention_ms(),
             min_compaction_lag_ms: t.configs.min_compaction_lag_ms(),
@@ -195,7 +196,7 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
             if shared.closing.load(Ordering::Acquire) {
                 return total;
             }
-            match p.compact(&policy, &shared.closing) {
+            match p.compact(&policy(super::segment::now_ms()), &shared.closing) {
                 Ok(s) => {
                     total.segments += s.segments;
                     total.bytes_before += s.bytes_before;

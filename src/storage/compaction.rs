@@ -30,10 +30,11 @@
 //!    compressed it; this compressor may do worse), so a segment whose copy
 //!    would take a copy of several past `segment.bytes` is cut out of it again
 //!    and starts the next group: a copy holds at most `segment.bytes`, or one
-//!    segment's copy. A tombstone (null
-//!    value) that is its key's newest goes once its timestamp is
-//!    `delete.retention.ms` old, unless a batch whose records cannot be read
-//!    lies before it (see below). The copy is fsynced, renamed to
+//!    segment's copy. A tombstone (null value) that is its key's newest goes
+//!    once a pass covered it `delete.retention.ms` ago
+//!    ([`super::delete_horizon`]; a pass is due then, however few bytes are
+//!    new), unless a batch whose records cannot be read lies before it (see
+//!    below). The copy is fsynced, renamed to
 //!    `<base>.log.swap`, and then put in place of the group
 //!    ([`super::segment::install_swap`]). A lone segment from which nothing
 //!    would go is left alone. A group whose copy cannot be put in place (a
@@ -85,6 +86,7 @@ use super::{
         self, BatchInfo, ATTR_CONTROL, ATTR_LOG_APPEND_TIME, ATTR_TRANSACTIONAL, HEADER_LEN,
         NO_TIMESTAMP,
     },
+    delete_horizon::Removable,
     segment::{read_batch_header, BatchIndex, CleanedWriter, LogHandle, Segment},
 };
 
@@ -97,7 +99,7 @@ pub const DEFAULT_MAP_BYTES: usize = 64 << 20;
 pub struct CompactionPolicy {
     /// Wall-clock milliseconds now.
     pub now_ms: i64,
-    /// A tombstone whose timestamp is this much older than `now_ms` may go.
+    /// A tombstone that a pass covered this long before `now_ms` may go.
     pub delete_retention_ms: u64,
     /// A segment holding a record newer than this is not compacted yet.
     pub min_compaction_lag_ms: u64,
@@ -418,8 +420,12 @@ impl Producers {
 struct Judge<'a> {
     map: &'a KeyMap,
     producers: &'a mut Producers,
-    /// Tombstones older than this go.
-    tombstone_horizon: i64,
+    /// Where tombstones go: a pass covered them at least
+    /// `delete.retention.ms` ago (see [`super::delete_horizon`]).
+    removable: &'a Removable,
+    /// The first tombstone kept only because no pass covered it
+    /// `delete.retention.ms` ago yet.
+    first_waiting: std::cell::Cell<Option<i64>>,
     /// The first batch seen so far in this pass (which reads from the log start,
     /// in offset order) that may hold an older value of some key: one whose
     /// records cannot be read (every other batch keeps no record the pass
@@ -433,18 +439,16 @@ struct Judge<'a> {
 impl<'a> Judge<'a> {
     fn new(
         map: &'a KeyMap,
-        policy: &CompactionPolicy,
-        first_unsafe: Option<i64>,
+        tombstones: Tombstones<'a>,
         producers: &'a mut Producers,
         build: bool,
     ) -> Judge<'a> {
         Judge {
             map,
             producers,
-            tombstone_horizon: policy
-                .now_ms
-                .saturating_sub(i64::try_from(policy.delete_retention_ms).unwrap_or(i64::MAX)),
-            first_unsafe,
+            removable: tombstones.removable,
+            first_waiting: std::cell::Cell::new(None),
+            first_unsafe: tombstones.first_unsafe,
             build,
         }
     }
@@ -452,9 +456,10 @@ impl<'a> Judge<'a> {
     /// A record goes if the map holds a newer record of its key; one whose key
     /// the map does not hold (it maps only the segments after the last pass)
     /// is its key's newest as far as this pass knows. A newest record stays,
-    /// unless it is a tombstone past `delete.retention.ms` with no batch before
-    /// it that may hold an older value of its key. Keyless records go. A
-    /// record at or past the map's end (in the batch the map ends in) stays.
+    /// unless it is a tombstone that a pass covered `delete.retention.ms` ago
+    /// with no batch before it that may hold an older value of its key.
+    /// Keyless records go. A record at or past the map's end (in the batch
+    /// the map ends in) stays.
     fn keep(&self, r: &batch::RecordView<'_>) -> bool {
         if r.offset >= self.map.end {
             return true;
@@ -463,9 +468,16 @@ impl<'a> Judge<'a> {
         if self.map.latest.get(k).is_some_and(|&o| o != r.offset) {
             return false;
         }
-        !(r.tombstone
-            && r.timestamp < self.tombstone_horizon
-            && self.first_unsafe.is_none_or(|o| o > r.offset))
+        if !r.tombstone || self.first_unsafe.is_some_and(|o| o < r.offset) {
+            return true;
+        }
+        if self.removable.contains(r.offset) {
+            return false;
+        }
+        if self.first_waiting.get().is_none_or(|o| o > r.offset) {
+            self.first_waiting.set(Some(r.offset));
+        }
+        true
     }
 
     /// Whether the batch `info` of an idempotent producer, from which every
@@ -731,16 +743,13 @@ mod recompression_tests {
                 ..KeyMap::default()
             };
             map.latest.insert(b"a".to_vec(), 2);
-            let policy = CompactionPolicy {
-                now_ms: 1000,
-                delete_retention_ms: 0,
-                min_compaction_lag_ms: 0,
-                min_cleanable_dirty_ratio: 0.0,
-                map_bytes: DEFAULT_MAP_BYTES,
-                segment_bytes: 1 << 30,
-            };
             let mut producers = Producers::default();
-            let mut judge = Judge::new(&map, &policy, None, &mut producers, true);
+            let none = Removable::default();
+            let tombstones = Tombstones {
+                removable: &none,
+                first_unsafe: None,
+            };
+            let mut judge = Judge::new(&map, tombstones, &mut producers, true);
             let d = judge.decide(&zstd, &info);
             let rebuilt = match d {
                 Decision::Partial {
@@ -788,19 +797,15 @@ mod plan_tests {
             end: seg.next_offset(),
             ..KeyMap::default()
         };
-        let policy = CompactionPolicy {
-            now_ms: 0,
-            delete_retention_ms: 0,
-            min_compaction_lag_ms: 0,
-            min_cleanable_dirty_ratio: 0.0,
-            map_bytes: DEFAULT_MAP_BYTES,
-            segment_bytes: 1 << 30,
+        let none = Removable::default();
+        let tombstones = Tombstones {
+            removable: &none,
+            first_unsafe: None,
         };
         plan_segment(
             &Source::of(seg),
             &map,
-            &policy,
-            None,
+            tombstones,
             &mut Producers::default(),
         )
         .unwrap()
@@ -860,6 +865,19 @@ pub(crate) struct Plan {
     /// value of some key (see `Judge::first_unsafe`), if any: what the next
     /// segment's plan starts from.
     pub first_unsafe: Option<i64>,
+    /// The segment's first tombstone kept only until a pass covered it
+    /// `delete.retention.ms` ago, if any.
+    pub first_waiting_tombstone: Option<i64>,
+}
+
+/// Which tombstones that are their key's newest record a pass removes: those
+/// in `removable` (see [`super::delete_horizon`]) and before `first_unsafe`,
+/// the first batch that may hold an older value of some key, if any (from
+/// the log start up to the segment judged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tombstones<'a> {
+    pub removable: &'a Removable,
+    pub first_unsafe: Option<i64>,
 }
 
 impl Plan {
@@ -869,20 +887,18 @@ impl Plan {
     }
 }
 
-/// Reads `src` once to see what compacting it would do; `first_unsafe` is the
-/// first batch that may hold an older value of some key in the segments before
-/// it (the pass reads every segment from the log start, in order), and
-/// `producers` what the pass knows of producers, which this plan adds to (the
-/// segments must be planned in order, from the log start, with the same
-/// `producers`).
+/// Reads `src` once to see what compacting it would do; `tombstones` tells
+/// which may go, from the segments before it (the pass reads every segment
+/// from the log start, in order), and `producers` what the pass knows of
+/// producers, which this plan adds to (the segments must be planned in
+/// order, from the log start, with the same `producers`).
 pub(crate) fn plan_segment(
     src: &Source,
     map: &KeyMap,
-    policy: &CompactionPolicy,
-    first_unsafe: Option<i64>,
+    tombstones: Tombstones<'_>,
     producers: &mut Producers,
 ) -> Result<Plan> {
-    let mut judge = Judge::new(map, policy, first_unsafe, producers, false);
+    let mut judge = Judge::new(map, tombstones, producers, false);
     let mut plan = Plan::default();
     // The run of batches that would hold no record, and how many they are.
     let mut run: Option<(Gap, u64)> = None;
@@ -926,6 +942,7 @@ pub(crate) fn plan_segment(
     })?;
     end_run(&mut plan, run.take());
     plan.first_unsafe = judge.first_unsafe;
+    plan.first_waiting_tombstone = judge.first_waiting.get();
     Ok(plan)
 }
 
@@ -1000,7 +1017,7 @@ impl Copier<'_> {
 
 /// Writes the compacted copy of the consecutive segments `group` as one segment
 /// starting at the first one's base, beside it ([`CleanedWriter`] files, made
-/// durable); `first_unsafe` as for [`plan_segment`], and `producers` as every
+/// durable); `tombstones` as for [`plan_segment`], and `producers` as every
 /// segment of the pass was planned with.
 ///
 /// The copy holds at most `segment.bytes`, or the first segment's copy alone:
@@ -1015,12 +1032,12 @@ pub(crate) fn write_group(
     group: &[Source],
     map: &KeyMap,
     policy: &CompactionPolicy,
-    first_unsafe: Option<i64>,
+    tombstones: Tombstones<'_>,
     producers: &mut Producers,
 ) -> Result<GroupCopy> {
     let base = group[0].base;
     let mut c = Copier {
-        judge: Judge::new(map, policy, first_unsafe, producers, true),
+        judge: Judge::new(map, tombstones, producers, true),
         out: CleanedWriter::create(dir, base)?,
         gap: None,
         removed: 0,

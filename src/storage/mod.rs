@@ -28,6 +28,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod compaction;
+pub mod delete_horizon;
 pub mod group_meta;
 pub mod offsets;
 pub mod partition;

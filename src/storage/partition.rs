@@ -24,6 +24,7 @@ use crate::file_at::FileAt;
 use super::{
     batch::{self, BatchInfo, HEADER_LEN},
     compaction::{self, CompactionPolicy, CompactionStats, Source},
+    delete_horizon,
     producers::{ProducerState, Snapshot},
     segment::{self, BatchIndex, CleanedWriter, LogHandle, Segment, SegmentFiles},
     sync_dir,
@@ -341,8 +342,13 @@ pub struct Partition {
     producers: Mutex<ProducerState>,
     /// Offsets below this were in segments the last compaction pass covered.
     cleaned_through: AtomicI64,
-    /// One compaction pass at a time.
-    compacting: Mutex<()>,
+    /// One compaction pass at a time, and when passes covered which offsets
+    /// (when a tombstone may go).
+    compacting: Mutex<delete_horizon::History>,
+    /// When a tombstone the last pass kept, waiting for its delete horizon,
+    /// may go (`i64::MAX`: none waits): a pass is then due however few
+    /// bytes are new.
+    tombstones_due_ms: AtomicI64,
     /// Set when a compaction's copy was put in place on disk but could not be
     /// loaded, or its swap failed part way: the segments in memory no longer match the files (the old ones
     /// were removed or renamed over), so no retention, DeleteRecords or
@@ -770,6 +776,7 @@ impl Partition {
         let end = segments.last().map_or(0, Segment::next_offset);
         let first_base = segments.first().map_or(0, Segment::base_offset);
         let deleted_below = load_log_start(&dir)?;
+        let history = delete_horizon::History::load(&dir, end);
         Ok(Partition {
             topic: topic.to_string(),
             index,
@@ -801,7 +808,8 @@ impl Partition {
             unremoved: Mutex::new(Vec::new()),
             snapshots: Mutex::new(snapshots),
             cleaned_through: AtomicI64::new(0),
-            compacting: Mutex::new(()),
+            compacting: Mutex::new(history),
+            tombstones_due_ms: AtomicI64::new(i64::MAX),
             swap_unloaded: OnceLock::new(),
             #[cfg(test)]
             fail_next_append: AtomicBool::new(false),
@@ -1762,7 +1770,7 @@ impl Partition {
     /// I/O errors naming the file, or a segment that no longer validates; segments
     /// already replaced stay replaced, the rest are left as they were.
     pub fn compact(&self, policy: &CompactionPolicy, stop: &AtomicBool) -> Result<CompactionStats> {
-        let _one_at_a_time = self
+        let mut history = self
             .compacting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -1812,11 +1820,17 @@ impl Partition {
             .filter(|s| s.next > cleaned)
             .map(|s| s.size)
             .sum();
+        // A tombstone kept until its delete horizon is removed by a pass once
+        // that has passed, however few bytes are new (Kafka's cleaner waits
+        // for enough new bytes, so a quiet topic could keep it for ever).
+        let tombstones_due = self.tombstones_due_ms.load(Ordering::Acquire) <= policy.now_ms;
         #[allow(clippy::cast_precision_loss)] // a ratio of byte counts
-        if dirty == 0 || (dirty as f64) < policy.min_cleanable_dirty_ratio * total as f64 {
+        if !tombstones_due
+            && (dirty == 0 || (dirty as f64) < policy.min_cleanable_dirty_ratio * total as f64)
+        {
             return Ok(CompactionStats::default());
         }
-        match self.compact_sources(&sources, cleaned, hw, policy, stop) {
+        match self.compact_sources(&sources, cleaned, hw, policy, stop, &mut history) {
             // Retention removed a segment the pass was to read (a topic may be
             // both compacted and deleted): the next pass starts over.
             Err(e) if segment::is_gone(&e) => {
@@ -1847,6 +1861,7 @@ impl Partition {
         hw: i64,
         policy: &CompactionPolicy,
         stop: &AtomicBool,
+        history: &mut delete_horizon::History,
     ) -> Result<CompactionStats> {
         let started = std::time::Instant::now();
         // As Kafka's cleaner: the map covers the segments from the first not
@@ -1860,14 +1875,22 @@ impl Partition {
         // idempotent producer's batch from which every record goes stays
         // empty while it holds the producer's last sequence.
         let mut producers = compaction::Producers::new(self.producers().newest_below(hw));
-        // Each segment's plan knows the first batch before it that may hold an
-        // older value of some key (no tombstone after one may go).
+        // A tombstone goes once a pass covered it `delete.retention.ms` ago
+        // (its delete horizon), and each segment's plan knows the first batch
+        // before it that may hold an older value of some key (no tombstone
+        // after one may go).
+        let changed = history.mature(policy.now_ms, policy.delete_retention_ms);
+        let removable = history.removable(policy.now_ms, policy.delete_retention_ms);
         let mut plans = Vec::with_capacity(sources.len());
-        let mut unsafe_before = Vec::with_capacity(sources.len());
+        let mut tombstones_for = Vec::with_capacity(sources.len());
         let mut first_unsafe = None;
         for src in sources {
-            let plan = compaction::plan_segment(src, &map, policy, first_unsafe, &mut producers)?;
-            unsafe_before.push(first_unsafe);
+            let tombstones = compaction::Tombstones {
+                removable: &removable,
+                first_unsafe,
+            };
+            let plan = compaction::plan_segment(src, &map, tombstones, &mut producers)?;
+            tombstones_for.push(tombstones);
             first_unsafe = plan.first_unsafe;
             plans.push(plan);
         }
@@ -1902,7 +1925,7 @@ impl Partition {
                 &sources[i..j],
                 &map,
                 policy,
-                unsafe_before[i],
+                tombstones_for[i],
                 &mut producers,
             )?;
             // The copy may end before the planned group does (it would have
@@ -1934,6 +1957,18 @@ impl Partition {
             stats.records_removed += copy.removed;
         }
         self.cleaned_through.store(covered, Ordering::Release);
+        let recorded = history.record(policy.now_ms, covered, policy.delete_retention_ms);
+        if changed || recorded {
+            // Not stored: the file may say less than memory, which only keeps
+            // tombstones longer after a restart.
+            if let Err(e) = history.store(&self.dir) {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not store the compaction pass history; after a restart tombstones may stay longer");
+            }
+        }
+        let waiting = plans.iter().find_map(|p| p.first_waiting_tombstone);
+        let due = waiting.and_then(|o| history.due_ms(o, policy.delete_retention_ms));
+        self.tombstones_due_ms
+            .store(due.unwrap_or(i64::MAX), Ordering::Release);
         if stats.segments > 0 {
             tracing::info!(
                 topic = %self.topic,
@@ -5989,7 +6024,10 @@ pub(crate) mod tests {
             let mut pol = policy(TS + 10);
             pol.delete_retention_ms = 0;
             let stats = compact(&p, &pol);
-            assert!(stats.records_removed >= 10, "{stats:?}");
+            assert!(stats.records_removed >= 9, "{stats:?}");
+            // k1's tombstone stays until the next pass (its delete horizon).
+            assert_eq!(records_of(&p, b"k1"), vec![(63, true)]);
+            assert_eq!(compact(&p, &pol).records_removed, 1);
             let batches = read_all(&p);
             // The gzip batch: 48 records left would take ~50 KB uncompressed
             // against its ~1 KB, so they are compressed again with gzip, k0's
@@ -6450,6 +6488,9 @@ pub(crate) mod tests {
                 assert!(passes < 200, "no progress");
             }
             assert!(passes > 10, "{passes} passes");
+            // The tombstone stays until the pass after the one that covered it.
+            assert_eq!(records_of(&p, b"gone"), vec![(1001, true)]);
+            compact(&p, &pol);
             // Every key once, at its only offset; "gone" and its tombstone gone.
             let read: Vec<(i64, Option<Vec<u8>>, bool)> = read_all(&p)
                 .into_iter()
@@ -6517,6 +6558,9 @@ pub(crate) mod tests {
                 assert!(passes < 200, "no progress");
             }
             assert!(passes > 10, "{passes} passes");
+            // The tombstone stays until the pass after the one that covered it.
+            assert_eq!(records_of(&p, b"gone"), vec![(100_001, true)]);
+            compact(&p, &pol);
             // Every key once, at its newest offset; "gone" and its tombstone gone.
             let mut newest: BTreeMap<Vec<u8>, (i64, bool)> = BTreeMap::new();
             for (o, (k, v)) in model.range(..active) {
@@ -6730,9 +6774,16 @@ pub(crate) mod tests {
             assert!(p.log.lock().unwrap().iter().all(|s| s.cut().is_none()));
         }
 
+        /// A tombstone went in the pass that removed its key's older values
+        /// when its own timestamp was `delete.retention.ms` old, so a
+        /// consumer that had read an older value before that pass could
+        /// never see the delete. It now stays `delete.retention.ms` after
+        /// the first pass that covered it (Kafka's delete horizon), across a
+        /// restart too; a pass then removes it however few bytes are new.
         #[test]
-        fn tombstones_go_after_delete_retention_unless_an_unreadable_batch_lies_before() {
-            let (_dir, _, p) = fresh();
+        fn tombstones_go_delete_retention_after_the_pass_that_covers_them_unless_an_unreadable_batch_lies_before(
+        ) {
+            let (dir, pdir, p) = fresh();
             let mut model = Model::new();
             let filler = "f".repeat(200);
             put(
@@ -6751,20 +6802,43 @@ pub(crate) mod tests {
                     .flat_map(|(_, _, r)| r.unwrap().into_iter().map(|r| r.0))
                     .collect()
             };
-            // Within delete.retention.ms: the tombstone stays, the value it
-            // deletes goes.
-            compact(&p, &policy(TS + 1000));
+            // The tombstone's timestamp is 10 s old, delete.retention.ms 1 s:
+            // the pass that removes the value it deletes keeps it.
+            let first = TS + 10_000;
+            compact(&p, &policy(first));
             let left = records(&p);
             assert!(
                 !left.contains(&0) && left.contains(&1) && left.contains(&2),
                 "{left:?}"
             );
-            // Past it: the tombstone goes too.
+            // Not yet 1 s after that pass: it stays, even in a full pass.
             p.cleaned_through.store(0, Ordering::Release);
-            let stats = compact(&p, &policy(TS + 1001));
+            compact(&p, &policy(first + 999));
+            assert!(records(&p).contains(&2));
+            // A restart keeps the history; without it the tombstone stays
+            // 1 s after the first pass after the restart.
+            let forgetful = dir.path().join("forgetful");
+            copy_dir(&pdir, &forgetful);
+            std::fs::remove_file(forgetful.join(delete_horizon::FILE)).unwrap();
+            drop(p);
+            let p = Partition::open("t", 0, pdir, 4096).unwrap();
+            p.set_high_watermark(p.log_end_offset());
+            compact(&p, &policy(first + 999));
+            assert!(records(&p).contains(&2));
+            // 1 s after the first pass: nothing new, but a pass is due.
+            let stats = compact(&p, &policy(first + 1000));
             assert_eq!(stats.records_removed, 1);
             let left = records(&p);
             assert!(left.contains(&1) && !left.contains(&2), "{left:?}");
+            let p = Partition::open("t", 0, forgetful, 4096).unwrap();
+            p.set_high_watermark(p.log_end_offset());
+            let restarted = first + 5000;
+            compact(&p, &policy(restarted));
+            assert!(records(&p).contains(&2));
+            assert_eq!(compact(&p, &policy(restarted + 999)).records_removed, 0);
+            assert!(records(&p).contains(&2));
+            assert_eq!(compact(&p, &policy(restarted + 1000)).records_removed, 1);
+            assert!(!records(&p).contains(&2));
 
             // A batch whose records cannot be read (flagged gzip, they are not)
             // before a tombstone: the tombstone stays (the batch may hold an
@@ -6785,6 +6859,8 @@ pub(crate) mod tests {
                 );
             }
             compact(&p, &policy(TS + 10_000));
+            p.cleaned_through.store(0, Ordering::Release);
+            compact(&p, &policy(TS + 20_000));
             let first = read_all(&p);
             assert_eq!(
                 (first[0].0, &first[0].2),
