@@ -878,6 +878,11 @@ fn list_offsets_finds_records_by_timestamp_and_the_newest_one() {
     assert_eq!(topic_metadata(&mut s, "ts", true), 0);
     let empty = list_offsets_with_timestamps(&mut s, "ts", &[-3, 0]);
     assert_eq!(empty, vec![(-1, -1), (-1, -1)], "nothing to find");
+    // Found nothing: no leader epoch either (-1), as Kafka answers; Java's
+    // Admin.listOffsets gives it to the application.
+    for t in [-3, 0] {
+        assert_eq!(list_offsets_response(&mut s, "ts", t).leader_epoch, -1);
+    }
     let t = 1_750_000_000_000;
     // Offsets 0-2 in one batch (timestamps out of order), 3-4 in the next.
     for (records, base) in [
@@ -918,6 +923,11 @@ fn list_offsets_finds_records_by_timestamp_and_the_newest_one() {
             (-1, -1),
         ]
     );
+    let epochs: Vec<i32> = [-2, -1, -3, t, t + 5001]
+        .into_iter()
+        .map(|ts| list_offsets_response(&mut s, "ts", ts).leader_epoch)
+        .collect();
+    assert_eq!(epochs, vec![0, 0, 0, 0, -1]);
 }
 
 /// ListOffsets of partition 0 of `topic`: (offset, timestamp) per timestamp asked.

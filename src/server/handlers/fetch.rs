@@ -568,21 +568,26 @@ pub(crate) async fn list_offsets(
                                 .with_offset(-1)
                                 .with_leader_epoch(-1);
                         };
-                        // (offset, timestamp): -1/-1 when no record qualifies; the
-                        // timestamp is -1 for latest and earliest, as in Kafka.
-                        let none = (-1, -1);
+                        // (offset, timestamp), the timestamp -1 for latest and
+                        // earliest, as in Kafka.
                         let found = match p.timestamp {
-                            LATEST => Ok((part.high_watermark(), -1)),
-                            EARLIEST => Ok((part.log_start_offset(), -1)),
-                            MAX_TIMESTAMP => part.max_timestamp_offset().map(|o| o.unwrap_or(none)),
-                            ts => part.offset_for_timestamp(ts).map(|o| o.unwrap_or(none)),
+                            LATEST => Ok(Some((part.high_watermark(), -1))),
+                            EARLIEST => Ok(Some((part.log_start_offset(), -1))),
+                            MAX_TIMESTAMP => part.max_timestamp_offset(),
+                            ts => part.offset_for_timestamp(ts),
                         };
                         match found {
-                            Ok((o, ts)) => r
+                            Ok(Some((o, ts))) => r
                                 .with_error_code(codes::NONE)
                                 .with_offset(o)
                                 .with_timestamp(ts)
                                 .with_leader_epoch(epoch(0)),
+                            // No record qualifies: offset, timestamp and leader
+                            // epoch all -1, as Kafka answers.
+                            Ok(None) => r
+                                .with_error_code(codes::NONE)
+                                .with_offset(-1)
+                                .with_leader_epoch(-1),
                             Err(e) => {
                                 tracing::error!(error = %e, "list offsets read failed");
                                 r.with_error_code(codes::KAFKA_STORAGE_ERROR)
