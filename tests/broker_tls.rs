@@ -225,6 +225,85 @@ fn tls_listener_serves_librdkafka_and_refuses_plaintext() {
     );
 }
 
+/// A TLS connection to `addr` trusting the test CA, its handshake done.
+fn tls_client(
+    addr: &str,
+    certs: &Certs,
+) -> tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, TcpStream> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&certs.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    tls
+}
+
+/// A TLS client that closed without close_notify (kafka-python's close
+/// never sends it; nor does a client that crashes) was logged as a failed
+/// connection at WARN, each time; one whose record did not decrypt after the
+/// handshake was counted as a bad Kafka request. The first is now a close
+/// like any other; the second is closed and logged, but not counted.
+#[test]
+fn a_tls_close_without_close_notify_is_a_plain_close_and_a_bad_record_no_bad_request() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = make_certs(tmp.path());
+    let broker = tls_broker(tmp.path(), &certs, &["--metrics-listen", "127.0.0.1:0"]);
+    let all_closed = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(&scrape(&broker), "streamline_connections_open{}") != 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connections still open"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // An ApiVersions v0 answered, then the socket closed without close_notify.
+    let mut c = tls_client(&broker.addr, &certs);
+    c.write_all(&[0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0])
+        .unwrap();
+    let mut len = [0u8; 4];
+    c.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    c.read_exact(&mut body).unwrap();
+    assert_eq!(&body[..6], &[0, 0, 0, 1, 0, 0], "correlation id 1, NONE");
+    drop(c);
+    all_closed();
+    let log = broker.log_text();
+    assert!(!log.contains("close_notify"), "{log}");
+    assert!(!log.contains("closing connection"), "{log}");
+
+    // A record that does not decrypt, after the handshake.
+    let mut c = tls_client(&broker.addr, &certs);
+    let mut record = vec![0x17, 3, 3, 0, 48];
+    record.extend((0..48u8).map(|i| i.wrapping_mul(37)));
+    c.sock.write_all(&record).unwrap();
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    broker_support::wire::sent_before_close(&mut c.sock)
+        .expect("the connection was still open 5 s after its bad record");
+    all_closed();
+    assert!(broker.log_text().contains("closing connection"));
+    let m = scrape(&broker);
+    assert_eq!(
+        metric(&m, "streamline_connections_closed_bad_request_total{}"),
+        0.0
+    );
+    assert_eq!(metric(&m, "streamline_connections_accepted_total{}"), 2.0);
+}
+
 #[test]
 fn client_certificates_are_required_with_a_client_ca() {
     let tmp = tempfile::tempdir().unwrap();

@@ -741,6 +741,8 @@ pub(crate) fn encode_response<R: Encodable>(
 enum Frame {
     Data(Bytes),
     Eof,
+    /// A length prefix past the limit (the message says which).
+    Oversized(String),
 }
 
 /// Reads one length-prefixed frame of at most `max` bytes, once `in_flight` has
@@ -751,9 +753,14 @@ async fn read_frame<R: AsyncRead + Unpin>(
     in_flight: &conn::InFlight,
 ) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
-    match stream.read(&mut len).await? {
-        0 => return Ok(Frame::Eof),
-        n => match stream.read_exact(&mut len[n..]).await {
+    // A close between frames is the end of the connection, a TLS one without
+    // close_notify too (rustls reports it as UnexpectedEof; kafka-python's
+    // close never sends close_notify).
+    match stream.read(&mut len).await {
+        Ok(0) => return Ok(Frame::Eof),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
+        Err(e) => return Err(e),
+        Ok(n) => match stream.read_exact(&mut len[n..]).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Frame::Eof),
             Err(e) => return Err(e),
@@ -761,10 +768,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
     let len = i32::from_be_bytes(len);
     if len < 0 || len as usize > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max} (--max-request-bytes; 512 KiB before SASL authentication)"),
-        ));
+        return Ok(Frame::Oversized(format!("frame of {len} bytes exceeds the limit of {max} (--max-request-bytes; 512 KiB before SASL authentication)")));
     }
     let len = len as usize;
     in_flight.room_for(len).await;
@@ -982,11 +986,17 @@ where
                 peer_closed = true;
                 break Ok(());
             }
+            Ok(Frame::Oversized(why)) => {
+                tracing::warn!(%peer, error = %why, "closing connection");
+                ctx.metrics.bad_request();
+                break Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+            }
             Err(e) => {
+                // A read error, or a TLS record that does not decrypt or an
+                // alert after the handshake (tokio-rustls reports those as
+                // InvalidData): not a bad Kafka request.
                 tracing::warn!(%peer, error = %e, "closing connection");
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    ctx.metrics.bad_request();
-                } else {
+                if e.kind() != std::io::ErrorKind::InvalidData {
                     peer_closed = true;
                 }
                 break Err(e);
