@@ -70,6 +70,14 @@ ANCHORS=""
   echo "fio=$(fio --version 2>/dev/null || echo missing)"
 } > "$RAW/machine.txt"
 
+rotated() { # rotated K ITEMS... : the ITEMS, one per line, rotated left by K
+  local k=$1 i; shift
+  local items=("$@")
+  for ((i = 0; i < ${#items[@]}; i++)); do
+    printf '%s\n' "${items[$(((i + k) % ${#items[@]}))]}"
+  done
+}
+
 run() { # run NAME ARGS... : one harness invocation, JSON lines appended to raw/NAME.jsonl
   local name=$1; shift
   "$BIN" --dir "$BENCH_DIR" --quiet --cleanup --output-format json "$@" >> "$RAW/$name.jsonl"
@@ -122,16 +130,32 @@ for rep in $(seq "$REPS"); do
   done
 
   # --- scaling: writers x record size, every_write, closed loop ----------------
+  # The engines' order rotates with the rep, so that what a job leaves behind
+  # (freed memory, files the next job's --cleanup removes) does not always
+  # fall on the same engine.
+  engines=(backend=uring backend=std engine=naive)
+  for a in $ANCHORS; do engines+=("engine=$a"); done
   for size in 128 1024; do
     for w in 1 4 16 64 256; do
       log "scaling size=$size writers=$w rep $rep"
-      jobs=(--job backend=uring --job backend=std --job engine=naive)
-      for a in $ANCHORS; do jobs+=(--job "engine=$a"); done
+      jobs=()
+      for e in $(rotated "$rep" "${engines[@]}"); do jobs+=(--job "$e"); done
       plot=()
       if [ "$rep" = 1 ] && [ "$size" = 1024 ] && { [ "$w" = 1 ] || [ "$w" = 64 ]; }; then
         plot=(--plot "$OUT/latency-w$w-1KiB.svg" --hist-file "$RAW/hist-w$w-1KiB.hgrm")
       fi
       run scaling "${COMMON[@]}" --writers "$w" --record-size "$size" "${jobs[@]}" "${plot[@]}"
+    done
+  done
+
+  # --- peak memory at 256 writers: each engine alone in its own process ---------
+  # A process that ran other jobs first keeps what they left (the allocator's
+  # free pools, their threads' cached stacks, their histograms), and a job's
+  # peak would be the larger of its own and that.
+  for size in 128 1024; do
+    log "memory at 256 writers size=$size rep $rep"
+    for e in $(rotated "$rep" "${engines[@]}"); do
+      run rss "${COMMON[@]}" --writers 256 --record-size "$size" --job "$e"
     done
   done
 

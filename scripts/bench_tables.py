@@ -322,11 +322,14 @@ def main():
     blocks["retire64"] = table(["64 writer threads × 1 KiB, every_write, data retired as it goes", "rec/s",
                                 "vs best anchor", "p50 µs", "p99 µs", "CPU µs/rec", "rec/batch", "runs"], rows)
 
-    # peak RSS at 256 writers
+    # peak RSS at 256 writers: each engine's job alone in its own process
+    # (raw/rss.jsonl); a process that ran other jobs first keeps what they
+    # left, so the scaling runs' own peaks grow with a job's place in them
+    rs = group(load_jsonl(f"{raw}/rss.jsonl"))
     rows = []
     for e in present:
         for size in ["128", "1024"]:
-            v = med(sc, (e[0], e[1], "every_write", 256, 1, size), "peak_rss_bytes")
+            v = med(rs, (e[0], e[1], "every_write", 256, 1, size), "peak_rss_bytes")
             rows.append([names.get(e, e[0]), size, fmt(v / 2**20 if v else None, 1)])
     blocks["rss"] = table(["engine", "record size", "peak RSS MiB (VmHWM, whole process)"], rows)
 
