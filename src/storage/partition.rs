@@ -2048,8 +2048,13 @@ impl Partition {
         if let Err(e) = swapped {
             // Once the copy's log has left its `.cleaning` name the swap is
             // under way on disk (a restart finishes it): the group's segments
-            // in memory may name files that are gone or replaced.
-            if !self.dir.join(segment::cleaning_names(base).0).exists() {
+            // in memory may name files that are gone or replaced. Before, the
+            // group is as it was and the copy goes at once (a failure here is
+            // often a full disk, and retention may remove the group before a
+            // pass writes the copy again, leaving it until a restart).
+            if self.dir.join(segment::cleaning_names(base).0).exists() {
+                CleanedWriter::discard(&self.dir, base);
+            } else {
                 let why = format!(
                     "the compacted copy of segments from offset {base} is being put in place but the swap failed ({e}); restart the broker to finish it"
                 );
@@ -6286,6 +6291,32 @@ pub(crate) mod tests {
         /// the broker ran. As Kafka marks such a partition uncleanable, the
         /// first failure stops its compaction until a restart (the other
         /// partitions go on).
+        /// A compacted copy whose swap failed before it began (its
+        /// `compacted.json` could not be written: a full disk) stayed on disk
+        /// until a pass wrote it again, or, if retention removed its group
+        /// first, until a restart. It is removed at once now; the next pass
+        /// compacts the group.
+        #[test]
+        fn a_copy_whose_swap_fails_before_it_begins_is_removed_at_once() {
+            use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+            let (_dir, pdir, p) = fresh();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("gone"), Some("old"))]);
+            fill(&p, &mut model, 0);
+            put(&p, &mut model, &[(Some("gone"), Some("new"))]);
+            fill(&p, &mut model, 40);
+            INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::BeforeRename));
+            let e = p
+                .compact(&policy(TS + 10), &AtomicBool::new(false))
+                .unwrap_err();
+            assert!(e.to_string().contains("compacted.tmp"), "{e}");
+            assert_eq!(files(&pdir, "cleaning"), 0, "the copy is gone");
+            assert_eq!(records_of(&p, b"gone").len(), 2, "nothing changed");
+            p.cleaned_through.store(0, Ordering::Release);
+            assert!(compact(&p, &policy(TS + 10)).records_removed > 0);
+            assert_eq!(records_of(&p, b"gone"), vec![(41, false)]);
+        }
+
         #[test]
         fn a_damaged_segment_stops_compaction_of_its_partition_until_a_restart() {
             let (_dir, pdir, p) = fresh();

@@ -853,8 +853,7 @@ fn note_compacted(dir: &Path, base: i64) -> Result<()> {
 /// 0. [`COMPACTED_FILE`] is made to cover `base`, durably, so that a start
 ///    never rebuilds the copy's lost batches from the WAL (see
 ///    [`compacted_through`]); if that fails nothing else changes (the
-///    `.cleaning` copy stays, for the next pass or start to replace or
-///    remove).
+///    caller removes the `.cleaning` copy; a start would).
 /// 1. The copy is renamed from `.cleaning` to `.swap` and the directory fsynced:
 ///    from then on the copy is the segment, and an open that finds it finishes
 ///    the swap ([`recover_swaps`]).
