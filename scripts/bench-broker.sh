@@ -11,7 +11,7 @@
 # client that fails, makes the script exit 1 (after the line for that mode).
 # The rates are over the producers' own window, from the first one's first
 # produce to the last one's flush (`produce=`); `wall=` also counts starting
-# the clients (the Python interpreter, imports, connecting: ~0.2 s), which would
+# the clients (the Python interpreter, imports, connecting: 0.2-0.4 s), which would
 # add the same time to every mode and shrink the differences between them.
 #
 # STREAMLINE_BIN overrides the binary (default: the release build in CARGO_TARGET_DIR

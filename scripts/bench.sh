@@ -132,14 +132,15 @@ for rep in $(seq "$REPS"); do
   # --- scaling: writers x record size, every_write, closed loop ----------------
   # The engines' order rotates with the rep, so that what a job leaves behind
   # (freed memory, files the next job's --cleanup removes) does not always
-  # fall on the same engine.
+  # fall on the same engine; the first rep, which writes the latency plots and
+  # their hist-*-N.hgrm files (N: the job's place), keeps the order above.
   engines=(backend=uring backend=std engine=naive)
   for a in $ANCHORS; do engines+=("engine=$a"); done
   for size in 128 1024; do
     for w in 1 4 16 64 256; do
       log "scaling size=$size writers=$w rep $rep"
       jobs=()
-      for e in $(rotated "$rep" "${engines[@]}"); do jobs+=(--job "$e"); done
+      for e in $(rotated "$((rep - 1))" "${engines[@]}"); do jobs+=(--job "$e"); done
       plot=()
       if [ "$rep" = 1 ] && [ "$size" = 1024 ] && { [ "$w" = 1 ] || [ "$w" = 64 ]; }; then
         plot=(--plot "$OUT/latency-w$w-1KiB.svg" --hist-file "$RAW/hist-w$w-1KiB.hgrm")
@@ -154,7 +155,7 @@ for rep in $(seq "$REPS"); do
   # peak would be the larger of its own and that.
   for size in 128 1024; do
     log "memory at 256 writers size=$size rep $rep"
-    for e in $(rotated "$rep" "${engines[@]}"); do
+    for e in $(rotated "$((rep - 1))" "${engines[@]}"); do
       run rss "${COMMON[@]}" --writers 256 --record-size "$size" --job "$e"
     done
   done

@@ -2491,6 +2491,11 @@ impl TopicManager {
                 return Err(AlterError::UnknownTopic);
             }
             Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
+            if configs.delete_retention_ms() != old.configs.delete_retention_ms() {
+                for p in &topic.partitions {
+                    p.recheck_waiting_tombstones();
+                }
+            }
         }
         if let Some(e) = not_durable {
             tracing::error!(topic = name, configs = ?configs.overrides(), error = %e, "changed topic configs, but topic.json may not survive a power loss");
@@ -4996,6 +5001,35 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.topic("t").unwrap().partitions.len(), 3, "after a restart");
+        m.shutdown().unwrap();
+    }
+
+    /// A change of a topic's `delete.retention.ms` makes the next compaction
+    /// pass of each of its partitions judge the tombstones waiting for their
+    /// delete horizon; a change of another setting does not.
+    #[test]
+    fn a_delete_retention_change_rechecks_waiting_tombstones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let due = || {
+            m.topic("t").unwrap().partitions[0]
+                .tombstones_due_ms()
+                .load(Ordering::Acquire)
+        };
+        let partition = m.topic("t").unwrap().partitions[0].clone();
+        partition
+            .tombstones_due_ms()
+            .store(5_000, Ordering::Release);
+        let set = |k: &str, v: &str| {
+            TopicConfig::from_pairs([("cleanup.policy", Some("compact")), (k, Some(v))]).unwrap()
+        };
+        m.alter_topic_configs("t", false, |_| Ok(set("retention.ms", "1000")))
+            .unwrap();
+        assert_eq!(due(), 5_000);
+        m.alter_topic_configs("t", false, |_| Ok(set("delete.retention.ms", "1000")))
+            .unwrap();
+        assert_eq!(due(), i64::MIN);
         m.shutdown().unwrap();
     }
 

@@ -1846,6 +1846,25 @@ impl Partition {
         }
     }
 
+    /// Makes the next compaction pass judge the tombstones the last one kept
+    /// for their delete horizon, however few bytes are new: the topic's
+    /// `delete.retention.ms` changed, and a lowered one may let them go
+    /// before the time the last pass found.
+    pub fn recheck_waiting_tombstones(&self) {
+        let _ = self
+            .tombstones_due_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |due| {
+                (due != i64::MAX).then_some(i64::MIN)
+            });
+    }
+
+    /// When a tombstone the last pass kept may go (see
+    /// [`Partition::recheck_waiting_tombstones`]).
+    #[cfg(test)]
+    pub(crate) fn tombstones_due_ms(&self) -> &AtomicI64 {
+        &self.tombstones_due_ms
+    }
+
     /// Why compaction stopped for this partition until a restart (a damaged
     /// segment), if it did.
     pub fn uncleanable(&self) -> Option<&str> {
@@ -6291,6 +6310,35 @@ pub(crate) mod tests {
         /// the broker ran. As Kafka marks such a partition uncleanable, the
         /// first failure stops its compaction until a restart (the other
         /// partitions go on).
+        /// A lowered `delete.retention.ms` let a waiting tombstone go only at
+        /// the time the last pass found with the old one (a day by default)
+        /// unless new bytes came: a change now makes the next pass judge it.
+        #[test]
+        fn a_lowered_delete_retention_is_judged_by_the_next_pass() {
+            let (_dir, _, p) = fresh();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("gone"), Some("old"))]);
+            put(&p, &mut model, &[(Some("gone"), None)]); // tombstone at 1
+            fill(&p, &mut model, 0);
+            let day = |now_ms: i64| CompactionPolicy {
+                delete_retention_ms: 86_400_000,
+                ..policy(now_ms)
+            };
+            compact(&p, &day(TS));
+            assert_eq!(records_of(&p, b"gone"), vec![(1, true)]);
+            // An hour on, delete.retention.ms is lowered to 1 s: no pass is
+            // due until the change says so.
+            let hour = TS + 3_600_000;
+            assert_eq!(compact(&p, &policy(hour)), CompactionStats::default());
+            assert_eq!(records_of(&p, b"gone"), vec![(1, true)]);
+            p.recheck_waiting_tombstones();
+            assert_eq!(compact(&p, &policy(hour)).records_removed, 1);
+            assert!(records_of(&p, b"gone").is_empty());
+            // Nothing waits now: a change forces no pass.
+            p.recheck_waiting_tombstones();
+            assert_eq!(compact(&p, &policy(hour)), CompactionStats::default());
+        }
+
         /// A compacted copy whose swap failed before it began (its
         /// `compacted.json` could not be written: a full disk) stayed on disk
         /// until a pass wrote it again, or, if retention removed its group
