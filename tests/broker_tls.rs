@@ -301,6 +301,7 @@ fn a_tls_close_without_close_notify_is_a_plain_close_and_a_bad_record_no_bad_req
         metric(&m, "streamline_connections_closed_bad_request_total{}"),
         0.0
     );
+    assert_eq!(metric(&m, "streamline_tls_errors_total{}"), 1.0);
     assert_eq!(metric(&m, "streamline_connections_accepted_total{}"), 2.0);
 }
 

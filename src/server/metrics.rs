@@ -91,6 +91,8 @@ pub(crate) struct Metrics {
     bad_requests: AtomicU64,
     /// TLS handshakes that failed or timed out.
     tls_failures: AtomicU64,
+    /// Connections closed for a TLS error after their handshake.
+    tls_errors: AtomicU64,
     sasl_successes: AtomicU64,
     sasl_failures: AtomicU64,
     /// Read passes of Fetch requests over their partitions.
@@ -136,6 +138,7 @@ impl Metrics {
             refused: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            tls_errors: AtomicU64::new(0),
             sasl_successes: AtomicU64::new(0),
             sasl_failures: AtomicU64::new(0),
             fetch_reads: AtomicU64::new(0),
@@ -211,6 +214,10 @@ impl Metrics {
 
     pub(crate) fn tls_failure(&self) {
         self.tls_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tls_error(&self) {
+        self.tls_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn bad_request(&self) {
@@ -342,6 +349,11 @@ pub(crate) fn render(ctx: &Ctx) -> String {
             "streamline_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out (--tls-cert).",
             &m.tls_failures,
+        ),
+        (
+            "streamline_tls_errors_total",
+            "Connections closed for a TLS error after their handshake: a record that did not decrypt, or a fatal alert.",
+            &m.tls_errors,
         ),
     ];
     for (name, help, v) in connection_counters {

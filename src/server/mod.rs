@@ -994,9 +994,12 @@ where
             Err(e) => {
                 // A read error, or a TLS record that does not decrypt or an
                 // alert after the handshake (tokio-rustls reports those as
-                // InvalidData): not a bad Kafka request.
+                // InvalidData; a plain socket never does): not a bad Kafka
+                // request.
                 tracing::warn!(%peer, error = %e, "closing connection");
-                if e.kind() != std::io::ErrorKind::InvalidData {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    ctx.metrics.tls_error();
+                } else {
                     peer_closed = true;
                 }
                 break Err(e);
