@@ -221,6 +221,41 @@ fn scram_and_plain_authenticate_three_client_implementations() {
     );
 }
 
+/// `streamline-scram` with iterations outside Kafka's 4096-16384 or a
+/// mechanism that is not SCRAM waited for the password first, then refused
+/// it without naming the flag. It is refused at once now, by the flag's name,
+/// while standard input is still open.
+#[test]
+fn streamline_scram_refuses_bad_flags_before_reading_the_password() {
+    for (args, flag) in [
+        (["erin", "--iterations", "100"], "--iterations"),
+        (["erin", "--mechanism", "PLAIN"], "--mechanism"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streamline-scram"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?}: still waiting for the password after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
 /// A users file without the password: `streamline-scram` salts the credentials,
 /// and three client implementations authenticate against them with SCRAM and
 /// PLAIN.

@@ -12,7 +12,7 @@
 use std::{collections::BTreeMap, io::Read, process::ExitCode};
 
 use clap::Parser;
-use streamline::server::sasl::{salted_credential, Mechanism, ITERATIONS};
+use streamline::server::sasl::{salted_credential, Mechanism, ITERATIONS, ITERATIONS_RANGE};
 
 #[derive(Parser)]
 #[command(
@@ -27,11 +27,12 @@ struct Cli {
     #[arg(
         long = "mechanism",
         value_delimiter = ',',
-        default_value = "SCRAM-SHA-256,SCRAM-SHA-512"
+        default_value = "SCRAM-SHA-256,SCRAM-SHA-512",
+        value_parser = clap::builder::PossibleValuesParser::new(["SCRAM-SHA-256", "SCRAM-SHA-512"])
     )]
     mechanisms: Vec<String>,
-    /// PBKDF2 iterations (4096-16384).
-    #[arg(long, default_value_t = ITERATIONS)]
+    /// PBKDF2 iterations (4096-16384, as Kafka accepts).
+    #[arg(long, default_value_t = ITERATIONS, value_parser = clap::value_parser!(u32).range(i64::from(*ITERATIONS_RANGE.start())..=i64::from(*ITERATIONS_RANGE.end())))]
     iterations: u32,
 }
 

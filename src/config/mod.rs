@@ -744,7 +744,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_LISTEN",
         default_value = "127.0.0.1:9092",
-        value_name = "HOST:PORT"
+        value_name = "IP:PORT"
     )]
     pub listen: SocketAddr,
 
@@ -805,9 +805,9 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_FETCH_RESPONSE_MEMORY_BYTES", default_value = "256m", value_parser = parse_size, value_name = "BYTES")]
     pub fetch_response_memory_bytes: u64,
 
-    /// Serve metrics in the Prometheus text format at http://HOST:PORT/metrics
+    /// Serve metrics in the Prometheus text format at http://IP:PORT/metrics
     /// (port 0 picks a free port; default: no metrics endpoint).
-    #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_name = "HOST:PORT")]
+    #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_name = "IP:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Serve Kafka clients over TLS with this certificate chain (PEM, leaf first);

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 pub const ITERATIONS: u32 = 4096;
 
 /// The iterations Kafka accepts in a SCRAM credential.
-const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 4096..=16384;
+pub const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 4096..=16384;
 
 /// A SASL mechanism the broker can offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
