@@ -262,6 +262,32 @@ fn usage_and_read_errors_exit_2() {
     }
 }
 
+/// `verify data`, the broker's data directory instead of its `data/wal`, said
+/// `ok: 0 files, 0 entries` and exited 0, as for an empty WAL. A directory
+/// holding no WAL file, checkpoint or clean-close record is refused now by
+/// every command (exit 2), with a hint when it has a `wal` directory.
+#[test]
+fn a_directory_that_holds_no_wal_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    make_wal(&data.path().join("wal"));
+    let d = data.path().to_str().unwrap();
+    for cmd in ["verify", "inspect", "dump"] {
+        let (code, out, err) = tool(&[cmd, d]);
+        assert_eq!(code, 2, "{cmd}: {out}{err}");
+        assert!(err.contains("not a WAL directory"), "{cmd}: {err}");
+        assert!(err.contains(&format!("{d}/wal")), "{cmd}: {err}");
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = tool(&["verify", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not a WAL directory") && !err.contains("keeps its WAL"),
+        "{err}"
+    );
+    let (code, out, err) = tool(&["verify", &format!("{d}/wal")]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 /// Output cut short is an error (exit 2, naming what failed), so `dump DIR >
 /// file` on a full disk does not pass for a complete dump; a reader that goes
 /// away (`dump DIR | head -1`) ends the dump quietly.

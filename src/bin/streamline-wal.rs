@@ -103,6 +103,37 @@ fn lock_shared(dir: &Path) -> Result<Option<std::fs::File>, String> {
     }
 }
 
+/// Why `dir`, a directory that can be read, is not a WAL directory: it holds
+/// no WAL file (`*.wal`), no `checkpoint.json` and no `clean-close.json`
+/// (every WAL opened once has its `current.wal`; one whose files were all
+/// removed keeps its checkpoint). So `verify data` (the broker's data
+/// directory, not its `data/wal`) is refused rather than reported consistent.
+fn not_a_wal(dir: &Path) -> Option<String> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut names = entries.filter_map(|e| e.ok().map(|e| e.file_name()));
+    let is_wal = names.any(|n| {
+        let n = n.to_string_lossy();
+        n.ends_with(".wal")
+            || n == streamline::wal::checkpoint::CHECKPOINT_FILE
+            || n == streamline::wal::clean_close::CLEAN_CLOSE_FILE
+    });
+    if is_wal {
+        return None;
+    }
+    let hint = if dir.join("wal").is_dir() {
+        format!(
+            " (the broker keeps its WAL in {})",
+            dir.join("wal").display()
+        )
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} holds no WAL file, checkpoint.json or clean-close.json: not a WAL directory{hint}",
+        dir.display()
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let dir = match &cli.command {
@@ -115,6 +146,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(why) = not_a_wal(&dir) {
+        eprintln!("streamline-wal: {why}");
+        return ExitCode::from(2);
+    }
     let r = match cli.command {
         Cmd::Inspect { dir } => inspect(&dir).map(|()| ExitCode::SUCCESS),
         Cmd::Dump { dir, from, format } => dump(&dir, from, format).map(|()| ExitCode::SUCCESS),
