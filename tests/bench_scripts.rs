@@ -431,6 +431,26 @@ fn kafka_client_bench_counts_only_delivered_messages() {
     }
 }
 
+/// `scripts/bench-broker.sh COUNT 10 2 2` (10-byte messages, 2 partitions, 2
+/// producers) with `bin` as the broker, `python` for the clients, running
+/// `mode`, with its data under `tmp`.
+fn bench_broker(
+    count: &str,
+    bin: impl AsRef<std::ffi::OsStr>,
+    python: impl AsRef<std::ffi::OsStr>,
+    mode: &str,
+    tmp: &Path,
+) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(script("bench-broker.sh"))
+        .args([count, "10", "2", "2"]) // COUNT SIZE PARTITIONS PRODUCERS
+        .env("STREAMLINE_BIN", bin)
+        .env("PYTHON", python)
+        .env("MODES", mode)
+        .env("TMPDIR", tmp);
+    c
+}
+
 /// `scripts/bench-broker.sh` against a stand-in broker that answers nothing:
 /// the line for the mode counts no message as delivered, and the script fails.
 #[test]
@@ -447,14 +467,8 @@ fn bench_broker_fails_when_messages_are_not_delivered() {
             "#!/bin/sh\necho \"streamline listening on {addr}\"\ntrap 'exit 0' TERM\nsleep 60 &\nwait\n"
         ),
     );
-    let out = Command::new("bash")
-        .arg(script("bench-broker.sh"))
-        .args(["30", "10", "2", "2"]) // COUNT SIZE PARTITIONS PRODUCERS
-        .env("STREAMLINE_BIN", &fake)
-        .env("PYTHON", &py)
-        .env("MODES", "wal_disabled")
+    let out = bench_broker("30", &fake, &py, "wal_disabled", tmp.path())
         .env("BENCH_CLIENT_CONFIG", r#"{"message.timeout.ms": 1000}"#)
-        .env("TMPDIR", tmp.path())
         .output()
         .expect("run scripts/bench-broker.sh");
     let (stdout, stderr) = (
@@ -490,13 +504,7 @@ fn bench_broker_fails_when_the_broker_exits_with_an_error() {
         ),
     );
     let run = |bin: &std::path::Path| {
-        let out = Command::new("bash")
-            .arg(script("bench-broker.sh"))
-            .args(["30", "10", "2", "2"]) // COUNT SIZE PARTITIONS PRODUCERS
-            .env("STREAMLINE_BIN", bin)
-            .env("PYTHON", &py)
-            .env("MODES", "every_write")
-            .env("TMPDIR", tmp.path())
+        let out = bench_broker("30", bin, &py, "every_write", tmp.path())
             .output()
             .expect("run scripts/bench-broker.sh");
         let text = format!(
@@ -531,15 +539,15 @@ fn bench_broker_rates_are_over_the_producers_own_window() {
         &slow,
         format!("#!/bin/bash\nif [ \"$1\" != - ]; then sleep 1.5; fi\nexec \"{py}\" \"$@\"\n"),
     );
-    let out = Command::new("bash")
-        .arg(script("bench-broker.sh"))
-        .args(["300", "10", "2", "2"]) // COUNT SIZE PARTITIONS PRODUCERS
-        .env("STREAMLINE_BIN", env!("CARGO_BIN_EXE_streamline"))
-        .env("PYTHON", &slow)
-        .env("MODES", "interval")
-        .env("TMPDIR", tmp.path())
-        .output()
-        .expect("run scripts/bench-broker.sh");
+    let out = bench_broker(
+        "300",
+        env!("CARGO_BIN_EXE_streamline"),
+        &slow,
+        "interval",
+        tmp.path(),
+    )
+    .output()
+    .expect("run scripts/bench-broker.sh");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(
         out.status.code(),

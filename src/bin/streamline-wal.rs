@@ -104,7 +104,7 @@ fn lock_shared(dir: &Path) -> Result<Option<std::fs::File>, String> {
 }
 
 /// Why `dir`, a directory that can be read, is not a WAL directory: it holds
-/// no WAL file (`*.wal`), no `checkpoint.json` and no `clean-close.json`
+/// no WAL file (current, next or archived), no `checkpoint.json` and no `clean-close.json`
 /// (every WAL opened once has its `current.wal`; one whose files were all
 /// removed keeps its checkpoint). So `verify data` (the broker's data
 /// directory, not its `data/wal`) is refused rather than reported consistent.
@@ -112,10 +112,16 @@ fn not_a_wal(dir: &Path) -> Option<String> {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut names = entries.filter_map(|e| e.ok().map(|e| e.file_name()));
     let is_wal = names.any(|n| {
+        use streamline::wal::{checkpoint, clean_close, files};
         let n = n.to_string_lossy();
-        n.ends_with(".wal")
-            || n == streamline::wal::checkpoint::CHECKPOINT_FILE
-            || n == streamline::wal::clean_close::CLEAN_CLOSE_FILE
+        [
+            files::CURRENT,
+            files::NEXT,
+            checkpoint::CHECKPOINT_FILE,
+            clean_close::CLEAN_CLOSE_FILE,
+        ]
+        .contains(&n.as_ref())
+            || files::parse_archived_name(&n).is_some()
     });
     if is_wal {
         return None;
