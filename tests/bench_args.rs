@@ -224,7 +224,38 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
     );
     rejected(&["--sync-mode", "interval", "--sync-ms", "0"], "--sync-ms");
     rejected(&["--max-file-size", "1000"], "--max-file-size");
-    rejected(&["--max-batch-bytes", "10"], "max_batch_bytes");
+    rejected(&["--max-file-size", "1025g"], "at most 1 TiB");
+    // The WAL's own limits, named by this harness's options and with their
+    // bounds.
+    let wal_limits: [(&[&str], &str); 6] = [
+        (
+            &["--max-batch-bytes", "10"],
+            "--max-batch-bytes 10: must be between 4096 and 64 MiB",
+        ),
+        (
+            &["--max-batch-bytes", "1M", "--max-pending-bytes", "64k"],
+            "--max-pending-bytes 65536: must be at least --max-batch-bytes",
+        ),
+        (
+            &["--max-in-flight", "0"],
+            "--max-in-flight 0: must be between 1 and 64",
+        ),
+        (
+            &["--max-in-flight", "65"],
+            "--max-in-flight 65: must be between 1 and 64",
+        ),
+        (
+            &["--idle-spin-us", "10001"],
+            "--idle-spin-us 10001: must be at most 10000",
+        ),
+        (
+            &["--ack-spin-us", "100001"],
+            "--ack-spin-us 100001: must be at most 100000",
+        ),
+    ];
+    for (args, needle) in wal_limits {
+        rejected(args, needle);
+    }
     rejected(&["--job", "writers=2", "--job", "writers=0"], "job 2");
     rejected(&["--drop-caches"], "--reopen");
     rejected(

@@ -549,9 +549,11 @@ impl JobArgs {
             return Err("--sync-ms must be at least 1 with --sync-mode interval".into());
         }
         let max_file_size = self.max_file_size.unwrap_or(defaults.max_file_size);
-        if max_file_size < WalConfig::MIN_FILE_SIZE || !max_file_size.is_multiple_of(4096) {
+        if !(WalConfig::MIN_FILE_SIZE..=WalConfig::MAX_FILE_SIZE).contains(&max_file_size)
+            || !max_file_size.is_multiple_of(4096)
+        {
             return Err(format!(
-                "--max-file-size {max_file_size} must be a multiple of 4096 and at least 64 KiB"
+                "--max-file-size {max_file_size} must be a multiple of 4096, at least 64 KiB and at most 1 TiB"
             ));
         }
         // The WAL's own bound: a file less its header, seal and batch header,
@@ -587,8 +589,18 @@ impl JobArgs {
             ..defaults
         };
         if engine == EngineKind::Streamline {
-            wal.validate()
-                .map_err(|e| format!("invalid WAL settings: {e}"))?;
+            wal.validate().map_err(|e| match e {
+                crate::Error::InvalidConfig {
+                    field,
+                    value,
+                    reason,
+                } => format!(
+                    "{} {value}: {}",
+                    bench_flag(field),
+                    reason.replace("max_batch_bytes", "--max-batch-bytes")
+                ),
+                e => format!("invalid WAL settings: {e}"),
+            })?;
         }
         let warmup = duration_of("--warmup", self.warmup.unwrap_or(0.0))?;
         Ok(JobSpec {
@@ -626,6 +638,23 @@ pub enum Stop {
     Duration(Duration),
     /// After this many records were issued (and then acknowledged).
     Records(u64),
+}
+
+/// The option of this harness that sets the WAL setting `field`, as
+/// [`WalConfig::validate`] names it (after the broker's flags where the broker
+/// has one, after the config's fields otherwise).
+fn bench_flag(field: &str) -> &str {
+    match field {
+        "--wal-sync-ms" => "--sync-ms",
+        "--wal-max-file-size" => "--max-file-size",
+        "--wal-backend" => "--backend",
+        "max_batch_bytes" => "--max-batch-bytes",
+        "max_pending_bytes" => "--max-pending-bytes",
+        "max_in_flight" => "--max-in-flight",
+        "idle_spin_us" => "--idle-spin-us",
+        "ack_spin_us" => "--ack-spin-us",
+        other => other,
+    }
 }
 
 /// A validated job, ready to run.

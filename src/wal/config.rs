@@ -88,11 +88,12 @@ impl BackendKind {
     /// with `auto` (see [`WalConfig::backend_from_env`]).
     pub const ENV: &'static str = "STREAMLINE_WAL_BACKEND";
 
-    /// Reads [`BackendKind::ENV`]; `None` when unset or empty.
+    /// Reads [`BackendKind::ENV`]; `None` when unset.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the variable and the accepted values when
-    /// it holds anything else.
+    /// it holds anything else, an empty value included (as the broker's
+    /// `--wal-backend` refuses the variable set empty).
     pub fn from_env() -> Result<Option<Self>> {
         Self::from_env_value(std::env::var_os(Self::ENV).as_deref())
     }
@@ -102,7 +103,7 @@ impl BackendKind {
     /// # Errors
     /// As [`BackendKind::from_env`].
     pub fn from_env_value(value: Option<&std::ffi::OsStr>) -> Result<Option<Self>> {
-        let Some(value) = value.filter(|v| !v.is_empty()) else {
+        let Some(value) = value else {
             return Ok(None);
         };
         value
@@ -331,6 +332,12 @@ impl WalConfig {
     /// Smallest accepted `max_file_size`.
     pub const MIN_FILE_SIZE: u64 = 64 * 1024;
 
+    /// Largest accepted `max_file_size`: 1 TiB. A file is preallocated to it
+    /// (`fallocate` takes an `off_t`, a signed 64-bit size), so a value past
+    /// i64::MAX used to fail only there, after the directory was created and
+    /// locked; far below that, no disk holds one such file.
+    pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
     /// Whether the backend is asked to open files with `O_DIRECT` (see [`WalConfig::direct_io`]).
     pub fn uses_direct_io(&self) -> bool {
         self.direct_io
@@ -390,13 +397,8 @@ impl WalConfig {
                 "must be at least 1 in interval mode",
             );
         }
-        // Largest accepted `max_file_size`: 1 TiB. A file is preallocated to it
-        // (`fallocate` takes an `off_t`, a signed 64-bit size), so a value past
-        // i64::MAX used to fail only there, after the directory was created and
-        // locked; far below that, no disk holds one such file.
-        const MAX_FILE_SIZE: u64 = 1 << 40;
         if self.max_file_size < Self::MIN_FILE_SIZE
-            || self.max_file_size > MAX_FILE_SIZE
+            || self.max_file_size > Self::MAX_FILE_SIZE
             || !self.max_file_size.is_multiple_of(4096)
         {
             return bad(
@@ -472,7 +474,15 @@ mod tests {
     fn the_variable_chooses_only_for_auto_and_only_when_consulted() {
         use BackendKind::{Auto, Std, Uring};
         assert_eq!(resolve(Auto, true, None).unwrap(), Auto);
-        assert_eq!(resolve(Auto, true, Some("")).unwrap(), Auto);
+        // Set but empty is a value, and not an accepted one.
+        for backend in [Auto, Std, Uring] {
+            let e = resolve(backend, true, Some("")).unwrap_err().to_string();
+            assert!(
+                e.contains(BackendKind::ENV) && e.contains("auto, uring, std"),
+                "{e}"
+            );
+        }
+        assert_eq!(resolve(Auto, false, Some("")).unwrap(), Auto);
         assert_eq!(resolve(Auto, true, Some("std")).unwrap(), Std);
         assert_eq!(resolve(Auto, true, Some("uring")).unwrap(), Uring);
         assert_eq!(resolve(Uring, true, Some("std")).unwrap(), Uring);
