@@ -464,7 +464,7 @@ fn bench_broker_fails_when_messages_are_not_delivered() {
         // Exits 0 at the script's SIGTERM, as a broker that stopped cleanly:
         // the run fails for the undelivered messages alone.
         format!(
-            "#!/bin/sh\necho \"streamline listening on {addr}\"\ntrap 'exit 0' TERM\nsleep 60 &\nwait\n"
+            "#!/bin/sh\necho \"streamline listening on {addr}\"\nsleep 60 &\ns=$!\ntrap 'kill $s; exit 0' TERM\nwait\n"
         ),
     );
     let out = bench_broker("30", &fake, &py, "wal_disabled", tmp.path())

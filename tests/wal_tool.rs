@@ -286,6 +286,25 @@ fn a_directory_that_holds_no_wal_is_refused() {
     );
     let (code, out, err) = tool(&["verify", &format!("{d}/wal")]);
     assert_eq!(code, 0, "{out}{err}");
+    // A file that only ends in `.wal` makes no WAL directory; an archived
+    // file alone does (the tool then judges it).
+    let stray = tempfile::tempdir().unwrap();
+    std::fs::write(stray.path().join("notes.wal"), b"not a WAL").unwrap();
+    let (code, _, err) = tool(&["verify", stray.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a WAL directory"), "{err}");
+    let archived = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        data.path().join("wal").join("current.wal"),
+        archived.path().join("00000001.wal"),
+    )
+    .unwrap();
+    let (_, out, err) = tool(&["verify", archived.path().to_str().unwrap()]);
+    assert!(!err.contains("not a WAL directory"), "{out}{err}");
+    assert!(
+        out.contains("00000001.wal") || err.contains("00000001.wal"),
+        "{out}{err}"
+    );
 }
 
 /// Output cut short is an error (exit 2, naming what failed), so `dump DIR >

@@ -593,10 +593,10 @@ impl Group {
         g.generation = meta.generation;
         g.protocol_type = meta.protocol_type;
         if meta.members.is_empty() {
-            // As below: the next rebalance would overflow a generation of
-            // i32::MAX, and hand out negative ones from one below 0. (0 is a
-            // group emptied before its first generation.)
-            if g.generation < 0 || g.generation == i32::MAX {
+            // As below: the next rebalance would hand out negative
+            // generations from one below 0. (0 is a group emptied before its
+            // first generation; the one after i32::MAX is 1.)
+            if g.generation < 0 {
                 return Err(format!(
                     "is empty at generation {}, which no JoinGroup gives",
                     g.generation
@@ -618,9 +618,9 @@ impl Group {
             return Err("lists members without a protocol type".into());
         }
         // A generation or timeout no JoinGroup can give (timeouts are i32
-        // milliseconds) is damage: the next rebalance would overflow the
-        // generation, or its deadline past what an `Instant` holds.
-        if g.generation < 1 || g.generation == i32::MAX {
+        // milliseconds) is damage: the next rebalance would hand out a
+        // negative generation, or its deadline past what an `Instant` holds.
+        if g.generation < 1 {
             return Err(format!("lists members at generation {}", g.generation));
         }
         let mut instances = HashSet::new();
@@ -755,7 +755,9 @@ impl Group {
             }
             return;
         };
-        self.generation += 1;
+        // After i32::MAX comes 1, not a negative generation (Kafka's wraps),
+        // which a restart would read back as damage and drop the membership.
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
         self.protocol = Some(protocol.clone());
         // A member's session restarts when its join completes: one that waited
         // longer than its session timeout for the others is not expired for it.
@@ -5098,17 +5100,74 @@ mod tests {
         crate::storage::partition::tests::logged(f).1
     }
 
+    /// Group "g" of [`two_joined`] members, synced and stored in `dir` by a
+    /// coordinator since dropped: its members.
+    fn stored_stable_group(dir: &std::path::Path) -> (JoinResult, JoinResult) {
+        let c = opened(dir);
+        let (a, b) = two_joined(&c);
+        let _ = sync_both(&c, &a, &b);
+        c.store_group("g");
+        (a, b)
+    }
+
+    /// The generation after i32::MAX is 1: it was `+= 1`, a panic of the
+    /// coordinator in a debug build and a negative generation in a release
+    /// build, which the next start read back as damage and so dropped the
+    /// group's membership. A group stored at i32::MAX, with members or
+    /// without, loads and goes on.
+    #[test]
+    fn the_generation_after_the_last_is_one_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = stored_stable_group(dir.path());
+        let path = dir.path().join(crate::storage::offsets::file_name("g"));
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["generation"] = i32::MAX.into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let empty = dir.path().join(crate::storage::offsets::file_name("e"));
+        std::fs::write(
+            &empty,
+            format!(
+                r#"{{"version":1,"group":"e","generation":{},"protocol_type":"consumer","empty_since_ms":1000,"members":[]}}"#,
+                i32::MAX
+            ),
+        )
+        .unwrap();
+
+        let mut c = None;
+        let log = logged(|| c = Some(opened(dir.path())));
+        let c = c.unwrap();
+        assert!(!log.contains("WARN"), "{log}");
+        assert_eq!(c.describe("g").unwrap().state, "Stable");
+        assert_eq!(c.describe("e").unwrap().state, EMPTY);
+        // The stored members go on at i32::MAX...
+        assert_eq!(c.heartbeat("g", i32::MAX, &a.member_id, None), codes::NONE);
+        // ...and both groups' next generation is 1.
+        let mut joined = c.join(JoinRequest {
+            group: "e".into(),
+            ..req("")
+        });
+        let e = joined.try_recv().unwrap();
+        assert_eq!((e.error, e.generation), (codes::NONE, 1));
+        let (mut a2, mut b2) = (c.join(req(&a.member_id)), c.join(req(&b.member_id)));
+        let (a2, b2) = (a2.try_recv().unwrap(), b2.try_recv().unwrap());
+        assert_eq!((a2.error, b2.error), (codes::NONE, codes::NONE));
+        assert_eq!((a2.generation, b2.generation), (1, 1));
+        let _ = sync_both(&c, &a2, &b2);
+        c.store_group("g");
+        drop(c);
+        let c = opened(dir.path());
+        assert_eq!(c.describe("g").unwrap().state, "Stable");
+        assert_eq!(c.heartbeat("g", 1, &a.member_id, None), codes::NONE);
+    }
+
     /// A stored membership that does not parse is a warning naming its file:
     /// the coordinator opens, the group starts without members, and the other
     /// groups load.
     #[test]
     fn a_membership_file_that_does_not_parse_starts_its_group_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let c = opened(dir.path());
-        let (a, b) = two_joined(&c);
-        let _ = sync_both(&c, &a, &b);
-        c.store_group("g");
-        drop(c);
+        stored_stable_group(dir.path());
         let bad = dir.path().join(crate::storage::offsets::file_name("bad"));
         std::fs::write(&bad, b"{\"version\":1,\"group\":\"bad\",\"generation\":").unwrap();
         let inconsistent = dir.path().join(crate::storage::offsets::file_name("odd"));
@@ -5126,8 +5185,8 @@ mod tests {
             .join(crate::storage::offsets::file_name("no-leader"));
         std::fs::write(&no_leader, serde_json::to_vec(&v).unwrap()).unwrap();
         // Values no JoinGroup gives: a rebalance of the group would overflow
-        // its generation or its deadline (an `Instant`), a panic of the
-        // ticker that expires every group's sessions.
+        // its deadline (an `Instant`), a panic of the ticker that expires
+        // every group's sessions.
         let mut huge = v.clone();
         huge["group"] = "huge-timeout".into();
         huge["leader"] = v["members"][0]["member_id"].clone();
@@ -5136,23 +5195,13 @@ mod tests {
             .path()
             .join(crate::storage::offsets::file_name("huge-timeout"));
         std::fs::write(&huge_timeout, serde_json::to_vec(&huge).unwrap()).unwrap();
-        let mut last = v.clone();
-        last["group"] = "last-generation".into();
-        last["leader"] = v["members"][0]["member_id"].clone();
-        last["generation"] = i32::MAX.into();
-        let last_generation = dir
-            .path()
-            .join(crate::storage::offsets::file_name("last-generation"));
-        std::fs::write(&last_generation, serde_json::to_vec(&last).unwrap()).unwrap();
-        // The same for a group with no members: its next rebalance overflowed
-        // the generation (or handed out a negative one), and an empty-since
-        // time before 1970 expired it at the next pass.
+        // The same for a group with no members: its next rebalance handed out
+        // a negative generation, and an empty-since time before 1970 expired
+        // it at the next pass.
         let mut empty_damage = Vec::new();
-        for (name, generation, since) in [
-            ("empty-last", i64::from(i32::MAX), 1_000_i64),
-            ("empty-negative", -5, 1_000),
-            ("empty-before-1970", 2, -1),
-        ] {
+        for (name, generation, since) in
+            [("empty-negative", -5, 1_000), ("empty-before-1970", 2, -1)]
+        {
             let path = dir.path().join(crate::storage::offsets::file_name(name));
             std::fs::write(
                 &path,
@@ -5170,7 +5219,6 @@ mod tests {
         assert!(c.describe("bad").is_none());
         assert!(c.describe("no-leader").is_none());
         assert!(c.describe("huge-timeout").is_none(), "{log}");
-        assert!(c.describe("last-generation").is_none(), "{log}");
         assert_eq!(c.describe("g").unwrap().state, "Stable");
         assert_eq!(
             c.describe("odd").unwrap(),
@@ -5186,7 +5234,7 @@ mod tests {
             );
         }
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
-        assert_eq!(warnings.len(), 4 + empty_damage.len(), "{log}");
+        assert_eq!(warnings.len(), 3 + empty_damage.len(), "{log}");
         assert!(
             warnings
                 .iter()

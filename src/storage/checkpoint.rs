@@ -174,6 +174,13 @@ pub(super) fn run_cleaner(shared: &Shared, stop: &crossbeam_channel::Receiver<()
 /// go on. Returns the sum of what was done.
 pub(super) fn compact(shared: &Shared) -> CompactionStats {
     let mut total = CompactionStats::default();
+    // Read before the topics' configs: a pass that used a `delete.retention.ms`
+    // changed meanwhile sees the count move once it has stored when its
+    // waiting tombstones come due, and makes them judged again (the change's
+    // own recheck may have come before that store, and been overwritten).
+    let retention_changes = shared.delete_retention_changes.load(Ordering::SeqCst);
+    #[cfg(test)]
+    let mut pause = shared.compaction_pause.lock().unwrap().take();
     for t in shared.topic_list() {
         if !t.configs.compact() {
             continue;
@@ -196,7 +203,16 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
             if shared.closing.load(Ordering::Acquire) {
                 return total;
             }
-            match p.compact(&policy(super::segment::now_ms()), &shared.closing) {
+            #[cfg(test)]
+            if let Some((reached, go)) = pause.take() {
+                let _ = reached.send(());
+                let _ = go.recv();
+            }
+            let done = p.compact(&policy(super::segment::now_ms()), &shared.closing);
+            if shared.delete_retention_changes.load(Ordering::SeqCst) != retention_changes {
+                p.recheck_waiting_tombstones();
+            }
+            match done {
                 Ok(s) => {
                     total.segments += s.segments;
                     total.bytes_before += s.bytes_before;

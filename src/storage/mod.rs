@@ -423,6 +423,11 @@ struct Shared {
     /// checkpoint is made (see [`fail_segments`]).
     segments_failed: OnceLock<String>,
     closing: AtomicBool,
+    /// Counts the `delete.retention.ms` changes: a compaction round that saw
+    /// one during a pass makes the partition's next pass judge its waiting
+    /// tombstones again, as the change itself does (see
+    /// [`checkpoint::compact`]).
+    delete_retention_changes: AtomicU64,
     /// The read handles on every partition's sealed segments.
     segment_files: Arc<segment::SegmentFiles>,
     meta: BrokerMeta,
@@ -445,6 +450,11 @@ struct Shared {
     /// thread's panic; see [`Shared::panic_if_asked`]).
     #[cfg(test)]
     panic_at_next_job: Mutex<Option<&'static str>>,
+    /// Taken by the next compaction round before its first partition's pass:
+    /// it signals the first and waits for the second (tests of a change
+    /// made during a round).
+    #[cfg(test)]
+    compaction_pause: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 impl Shared {
@@ -1890,6 +1900,7 @@ impl TopicManager {
             failed: OnceLock::new(),
             segments_failed: OnceLock::new(),
             closing: AtomicBool::new(false),
+            delete_retention_changes: AtomicU64::new(0),
             segment_files,
             meta,
             offsets,
@@ -1903,6 +1914,8 @@ impl TopicManager {
             delete_sync_pause: Mutex::new(Duration::ZERO),
             #[cfg(test)]
             panic_at_next_job: Mutex::new(None),
+            #[cfg(test)]
+            compaction_pause: Mutex::new(None),
         });
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
@@ -2492,6 +2505,11 @@ impl TopicManager {
             }
             Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
             if configs.delete_retention_ms() != old.configs.delete_retention_ms() {
+                // After the new configs are in the map: a round that read the
+                // old ones read the count before this (see checkpoint::compact).
+                self.shared
+                    .delete_retention_changes
+                    .fetch_add(1, Ordering::SeqCst);
                 for p in &topic.partitions {
                     p.recheck_waiting_tombstones();
                 }
@@ -5030,6 +5048,92 @@ mod tests {
         m.alter_topic_configs("t", false, |_| Ok(set("delete.retention.ms", "1000")))
             .unwrap();
         assert_eq!(due(), i64::MIN);
+        m.shutdown().unwrap();
+    }
+
+    /// Produces one keyed record (`None`: a tombstone) to partition 0 of
+    /// `topic` and waits for its acknowledgement.
+    pub(super) async fn produce_keyed_record(
+        m: &TopicManager,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) {
+        let b = batch::tests::make_keyed_batch(0, 0, &[(0, Some(key), value)], -1, -1, -1);
+        produce_acked(m, topic, &b).await;
+    }
+
+    /// Produces `batch` to partition 0 of `topic` and waits for its
+    /// acknowledgement.
+    pub(super) async fn produce_acked(m: &TopicManager, topic: &str, batch: &[u8]) {
+        m.submit(topic, 0, batch, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A `delete.retention.ms` lowered while a compaction round was under way:
+    /// a pass of that round ran with the value the round had read at its
+    /// start and then stored when its waiting tombstones came due by that
+    /// value, over the change's own recheck. On a quiet partition they then
+    /// stayed until that time (a day by default). The round now sees the
+    /// change and leaves the next pass to judge them.
+    #[test]
+    fn a_delete_retention_lowered_during_a_compaction_round_is_judged_by_the_next_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        // Only this test's rounds.
+        c.storage.cleaner_backoff_ms = 3_600_000;
+        let m = TopicManager::new(c).unwrap();
+        let retention = |ms: &str| {
+            TopicConfig::from_pairs([
+                ("cleanup.policy", Some("compact")),
+                ("delete.retention.ms", Some(ms)),
+            ])
+            .unwrap()
+        };
+        m.create_topic_with("t", 1, retention("86400000")).unwrap();
+        let filler = vec![b'f'; 300];
+        let names: Vec<String> = (0..40).map(|i| format!("other{i}")).collect();
+        let mut records: Vec<(&[u8], Option<&[u8]>)> =
+            vec![(b"gone", Some(b"old")), (b"gone", None)];
+        records.extend(names.iter().map(|k| (k.as_bytes(), Some(&filler[..]))));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for (k, v) in records {
+                produce_keyed_record(&m, "t", k, v).await;
+            }
+        });
+        m.checkpoint().unwrap();
+        let p = m.topic("t").unwrap().partitions[0].clone();
+        let due = || p.tombstones_due_ms().load(Ordering::SeqCst);
+        // The first round removes the old value and keeps the tombstone a day.
+        assert_eq!(m.compact().records_removed, 1);
+        assert!(due() > segment::now_ms() + 80_000_000, "{}", due());
+
+        // The next round stops before its pass; the value is lowered to 0
+        // meanwhile, and the pass runs with the day the round read.
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *m.shared.compaction_pause.lock().unwrap() = Some((reached_tx, go_rx));
+        std::thread::scope(|s| {
+            let round = s.spawn(|| m.compact());
+            reached.recv().unwrap();
+            m.alter_topic_configs("t", false, |_| Ok(retention("0")))
+                .unwrap();
+            assert_eq!(due(), i64::MIN, "the change's own recheck");
+            go.send(()).unwrap();
+            assert_eq!(round.join().unwrap().records_removed, 0, "a day");
+        });
+        assert_eq!(due(), i64::MIN, "judged again by the next pass");
+        assert_eq!(m.compact().records_removed, 1, "the tombstone goes");
+        assert_eq!(due(), i64::MAX, "nothing waits");
         m.shutdown().unwrap();
     }
 

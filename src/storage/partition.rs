@@ -1851,9 +1851,11 @@ impl Partition {
     /// `delete.retention.ms` changed, and a lowered one may let them go
     /// before the time the last pass found.
     pub fn recheck_waiting_tombstones(&self) {
+        // SeqCst, as the pass's store of the due time and the count of
+        // changes each side reads after its own write (see checkpoint::compact).
         let _ = self
             .tombstones_due_ms
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |due| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |due| {
                 (due != i64::MAX).then_some(i64::MIN)
             });
     }
@@ -1987,7 +1989,7 @@ impl Partition {
         let waiting = plans.iter().find_map(|p| p.first_waiting_tombstone);
         let due = waiting.and_then(|o| history.due_ms(o, policy.delete_retention_ms));
         self.tombstones_due_ms
-            .store(due.unwrap_or(i64::MAX), Ordering::Release);
+            .store(due.unwrap_or(i64::MAX), Ordering::SeqCst);
         if stats.segments > 0 {
             tracing::info!(
                 topic = %self.topic,
@@ -6304,12 +6306,6 @@ pub(crate) mod tests {
             check(&p);
         }
 
-        /// A damaged batch in a cleanable segment failed every pass, each of
-        /// which built the key map again and read the partition up to the
-        /// damage: the cleaner thread spent its passes on it for as long as
-        /// the broker ran. As Kafka marks such a partition uncleanable, the
-        /// first failure stops its compaction until a restart (the other
-        /// partitions go on).
         /// A lowered `delete.retention.ms` let a waiting tombstone go only at
         /// the time the last pass found with the old one (a day by default)
         /// unless new bytes came: a change now makes the next pass judge it.
@@ -6365,6 +6361,11 @@ pub(crate) mod tests {
             assert_eq!(records_of(&p, b"gone"), vec![(41, false)]);
         }
 
+        /// A damaged batch in a cleanable segment failed every pass, each of
+        /// which built the key map again and read the partition up to the
+        /// damage: the cleaner thread spent its passes on it for as long as
+        /// the broker ran. As Kafka marks such a partition uncleanable, the
+        /// first failure stops its compaction until a restart.
         #[test]
         fn a_damaged_segment_stops_compaction_of_its_partition_until_a_restart() {
             let (_dir, pdir, p) = fresh();

@@ -127,10 +127,7 @@ mod tests {
 /// Start-up against recovery points, through [`super::TopicManager`].
 #[cfg(test)]
 mod repair_tests {
-    use std::{
-        path::{Path, PathBuf},
-        time::Duration,
-    };
+    use std::path::{Path, PathBuf};
 
     use crate::{
         config::Config,
@@ -159,13 +156,7 @@ mod repair_tests {
     fn produce(rt: &tokio::runtime::Runtime, m: &TopicManager, topic: &str, values: &[Vec<u8>]) {
         rt.block_on(async {
             for v in values {
-                let b = make_batch(0, &[v]);
-                m.submit(topic, 0, &b, Duration::from_secs(5))
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-                    .unwrap();
+                crate::storage::tests::produce_acked(m, topic, &make_batch(0, &[v])).await;
             }
         });
     }
@@ -493,7 +484,7 @@ mod repair_tests {
     /// (a deleted key among them). A strict start refuses instead.
     #[test]
     fn a_compacted_topics_damaged_older_segment_is_never_rebuilt_from_the_wal() {
-        use crate::storage::{batch::tests::make_keyed_batch, topic_config::TopicConfig};
+        use crate::storage::{tests::produce_keyed_record, topic_config::TopicConfig};
         let tmp = tempfile::tempdir().unwrap();
         let rt = runtime();
         let mut c = config(tmp.path());
@@ -505,20 +496,7 @@ mod repair_tests {
             for i in 0..60 {
                 let key = format!("k{i}");
                 let value = format!("v{i}-{}", "x".repeat(200));
-                let b = make_keyed_batch(
-                    0,
-                    0,
-                    &[(0, Some(key.as_bytes()), Some(value.as_bytes()))],
-                    -1,
-                    -1,
-                    -1,
-                );
-                m.submit("t", 0, &b, Duration::from_secs(5))
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-                    .unwrap();
+                produce_keyed_record(&m, "t", key.as_bytes(), Some(value.as_bytes())).await;
             }
         });
         m.checkpoint().unwrap();
@@ -546,23 +524,15 @@ mod repair_tests {
         topic: &str,
         records: &[(String, String)],
     ) {
-        use crate::storage::batch::tests::make_keyed_batch;
         rt.block_on(async {
             for (k, v) in records {
-                let b = make_keyed_batch(
-                    0,
-                    0,
-                    &[(0, Some(k.as_bytes()), Some(v.as_bytes()))],
-                    -1,
-                    -1,
-                    -1,
-                );
-                m.submit(topic, 0, &b, Duration::from_secs(5))
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-                    .unwrap();
+                crate::storage::tests::produce_keyed_record(
+                    m,
+                    topic,
+                    k.as_bytes(),
+                    Some(v.as_bytes()),
+                )
+                .await;
             }
         });
     }
