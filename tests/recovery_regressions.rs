@@ -455,6 +455,78 @@ fn appends_after_a_tolerant_skip_survive_the_next_open() {
     }
 }
 
+/// After a tolerant open skipped damage with valid batches after it, every
+/// strict open refused the same damage again, until retention removed the file
+/// (with the default two files kept, after about 300 MiB more): a file in which
+/// damage was skipped was neither sealed nor retired early, so an operator who
+/// started once tolerantly, as the error advises, had to stay tolerant and
+/// accept any new damage too. The file is now sealed at that open and retired
+/// by the first checkpoint that covers it, whatever `retention_files` keeps;
+/// a strict open then finds a clean log. Damage in the active file and in an
+/// archived one (with an older archived file, retired with it).
+#[test]
+fn a_strict_open_after_a_tolerant_skip_and_a_checkpoint_finds_a_clean_log() {
+    let tolerant = WalConfig {
+        recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+        retention_files: 100,
+        ..config()
+    };
+    for archived in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = Vec::new();
+        {
+            let (wal, _) = Wal::open(dir.path(), config()).unwrap();
+            while wal.stats().rotations < if archived { 2 } else { 0 } || written.len() < 6 {
+                let data = Bytes::from(payload(written.len() as u64, 2000));
+                wal.append("t", 0, data.clone()).wait().unwrap();
+                written.push(data);
+            }
+            wal.close().unwrap();
+        }
+        let damaged = dir.path().join(if archived {
+            "00000002.wal"
+        } else {
+            "current.wal"
+        });
+        let mut bytes = std::fs::read(&damaged).unwrap();
+        // The payload of the file's second batch: valid batches follow.
+        bytes[2 * 4096 + 200] ^= 1;
+        std::fs::write(&damaged, &bytes).unwrap();
+        let err = Wal::open(dir.path(), config())
+            .map(|_| ())
+            .expect_err("damage followed by valid batches was accepted");
+        assert!(err.to_string().contains("a valid batch"), "{err}");
+
+        let (wal, rec) = Wal::open(dir.path(), tolerant.clone()).unwrap();
+        let got: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
+        assert_eq!(got.len(), written.len() - 1, "one entry skipped: {got:?}");
+        let last = wal
+            .append("t", 0, Bytes::from_static(b"after"))
+            .wait()
+            .unwrap();
+        assert_eq!(last, written.len() as u64 + 1);
+        // No checkpoint yet: the damage is still there for a strict open.
+        wal.close().unwrap();
+        Wal::open(dir.path(), config())
+            .map(|_| ())
+            .expect_err("damage not covered by a checkpoint is still refused");
+
+        let (wal, _) = Wal::open(dir.path(), tolerant.clone()).unwrap();
+        wal.checkpoint(last).unwrap();
+        wal.close().unwrap();
+        assert!(!damaged.exists() || !archived, "{} kept", damaged.display());
+        let (wal, rec) = Wal::open(dir.path(), config()).expect("a clean log");
+        assert_eq!(rec.count(), 0, "archived: {archived}");
+        assert_eq!(
+            wal.append("t", 0, Bytes::from_static(b"next"))
+                .wait()
+                .unwrap(),
+            last + 1
+        );
+        wal.close().unwrap();
+    }
+}
+
 /// An archived file cut at a batch boundary (here where its seal starts)
 /// was refused in tolerant mode too, though the same cut inside a batch is
 /// skipped as damage. It is skipped now; strict recovery still refuses it.

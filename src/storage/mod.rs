@@ -1807,6 +1807,15 @@ impl TopicManager {
                 }
                 points = Some(now);
                 w.checkpoint(stats.last_sequence)?;
+            } else if checkpoint > 0 {
+                // Nothing new to checkpoint, but its retention runs now: a WAL
+                // file in which a tolerant open skipped damage goes, so that
+                // the next strict start does not meet the damage again (see
+                // `Wal::checkpoint`). Only what the checkpoint covers goes,
+                // after the replay and repairs above have read what they need.
+                if let Err(e) = w.checkpoint(checkpoint) {
+                    tracing::warn!(error = %e, "could not retire WAL files the checkpoint covers; the next checkpoint tries again");
+                }
             }
             tracing::info!(
                 checkpoint,
@@ -5101,10 +5110,7 @@ mod tests {
         let mut records: Vec<(&[u8], Option<&[u8]>)> =
             vec![(b"gone", Some(b"old")), (b"gone", None)];
         records.extend(names.iter().map(|k| (k.as_bytes(), Some(&filler[..]))));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             for (k, v) in records {
                 produce_keyed_record(&m, "t", k, v).await;
@@ -5610,16 +5616,9 @@ mod tests {
     fn deleted_records_stay_deleted_when_recovery_brings_them_back() {
         use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let c = config(tmp.path());
-        let m = TopicManager::new(c.clone()).unwrap();
-        m.create_topic("t", 1).unwrap();
-        for i in 0..3 {
-            assert_eq!(produce(&rt, &m, &make_batch(0, &[b"gone"])), Ok(i));
-        }
+        let m = one_partition_with(&c, &rt, 3, b"gone");
         // Into the active segment: it stays, holding the deleted batches too.
         assert_eq!(m.partition("t", 0).unwrap().delete_records(2), Ok(2));
         m.shutdown().unwrap();
@@ -5677,14 +5676,69 @@ mod tests {
     /// keeping its metadata, leader epoch and commit times; a write that fails
     /// stops the start naming the file; and a start with nothing beyond an end
     /// rewrites no group's file.
+    /// A current-thread runtime for the tests' produces.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A manager on `c` with topic "t" of one partition holding `n` batches
+    /// of one record `value`, each acknowledged before the next.
+    fn one_partition_with(
+        c: &Config,
+        rt: &tokio::runtime::Runtime,
+        n: i64,
+        value: &[u8],
+    ) -> TopicManager {
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        for i in 0..n {
+            assert_eq!(
+                producers::pipeline_tests::produce(rt, &m, &make_batch(0, &[value])),
+                Ok(i)
+            );
+        }
+        m
+    }
+
+    /// A tolerant start that skipped damage in a WAL file whose entries the
+    /// checkpoint already covered left the file in place (nothing was replayed,
+    /// so no checkpoint ran its retention): every strict start refused the same
+    /// damage again. The start now retires it; the next strict start is clean
+    /// and the records, in the segments, are all there.
+    #[test]
+    fn a_strict_start_after_a_tolerant_one_does_not_meet_skipped_wal_damage_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = one_partition_with(&c, &runtime(), 5, b"kept");
+        m.shutdown().unwrap();
+        drop(m);
+        // The payload of the WAL's second batch; valid ones follow.
+        let current = tmp.path().join("wal/current.wal");
+        let mut bytes = std::fs::read(&current).unwrap();
+        bytes[2 * 4096 + 100] ^= 1;
+        std::fs::write(&current, &bytes).unwrap();
+        let e = TopicManager::new(c.clone()).unwrap_err();
+        assert!(e.to_string().contains("current.wal"), "{e}");
+
+        let mut tolerant = c.clone();
+        tolerant.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+        let m = TopicManager::new(tolerant).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).expect("a strict start");
+        let p = &m.topic("t").unwrap().partitions[0];
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 5));
+        m.shutdown().unwrap();
+    }
+
     #[test]
     fn committed_positions_beyond_the_recovered_log_end_come_down_to_it() {
         use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let mut c = config(tmp.path());
         c.wal.enabled = false;
         c.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;

@@ -193,6 +193,10 @@ pub(crate) struct Archived {
     pub path: PathBuf,
     /// Every entry in the file has a sequence at or below this.
     pub covers_through: u64,
+    /// Tolerant recovery skipped damage in it: retired as soon as a checkpoint
+    /// covers it, whatever `retention_files` keeps, so that a strict open does
+    /// not meet the same damage again.
+    pub damaged: bool,
 }
 
 /// State shared by the handles and the commit thread.
@@ -1793,6 +1797,7 @@ impl Committer {
                 number: self.file.number,
                 path: archived,
                 covers_through: self.next_seq - 1,
+                damaged: false,
             });
         tracing::info!(
             file = self.file.number,

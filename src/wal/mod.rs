@@ -480,9 +480,16 @@ impl Wal {
             // where that one starts (the next scan checks it). `current.wal` is
             // sealed when bytes beyond the cut could decode later, and when it
             // is a version 1 file (no key, format.md "Why the key"): what is
-            // appended from now on goes to a keyed file.
-            let seal =
-                !was_sealed && (!in_current || last.stale_after_end || jump || last.key == 0);
+            // appended from now on goes to a keyed file. So is one in which
+            // tolerant recovery skipped damage: archived, it is retired once a
+            // checkpoint covers it, and a strict open does not meet the damage
+            // again.
+            let seal = !was_sealed
+                && (!in_current
+                    || last.stale_after_end
+                    || jump
+                    || last.key == 0
+                    || !last.skipped.is_empty());
             if seal {
                 seal_in_place(
                     &last.path,
@@ -554,6 +561,7 @@ impl Wal {
                 number: f.number,
                 path: f.path.clone(),
                 covers_through: f.next_sequence.unwrap_or(1).saturating_sub(1),
+                damaged: !f.skipped.is_empty(),
             })
             .collect();
         let last_sequence = next_seq - 1;
@@ -904,14 +912,18 @@ impl Wal {
         let mut doomed: Vec<Archived> = {
             let mut archived = core.archived.lock().unwrap_or_else(PoisonError::into_inner);
             let keep = core.config.retention_files;
+            // Files are retired oldest first (a gap is refused by the next
+            // open), so those before a damaged one go with it.
+            let until = archived
+                .iter()
+                .rposition(|a| a.damaged)
+                .map_or(0, |i| i + 1)
+                .max(archived.len().saturating_sub(keep));
             let mut n = 0;
             // Nothing is retired before a checkpoint is stored (a file holding no
             // entries is covered by checkpoint 0): without one, recovery takes an
             // oldest file other than the first as files missing.
-            while through > 0
-                && n < archived.len().saturating_sub(keep)
-                && archived[n].covers_through <= through
-            {
+            while through > 0 && n < until && archived[n].covers_through <= through {
                 n += 1;
             }
             archived.drain(..n).collect()
