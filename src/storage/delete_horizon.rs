@@ -15,8 +15,10 @@
 //! passes since, the time of each and the offset it covered up to. Passes
 //! less than `delete.retention.ms / 32` apart share one entry, timed by the
 //! later one (a tombstone may stay that much longer), so the history holds
-//! about 33 entries at most. Each entry comes of age on its own, so a clock
-//! that once ran ahead holds back only the offsets covered while it did.
+//! about 33 entries at most. Each entry comes of age on its own, and one
+//! stamped after the time of a later pass counts as covered then: a clock that
+//! once ran ahead holds back only the offsets covered while it did, and those
+//! no more than `delete.retention.ms` after it is right again.
 //! Losing the file, or an older copy of it coming back after a power loss,
 //! only makes tombstones stay longer: the next pass counts as the first for
 //! every offset the file lacks.
@@ -138,7 +140,19 @@ impl History {
     /// Folds the oldest entries that have come of age at `now_ms` (covered at
     /// least `delete_retention_ms` before it) into `matured_below`; returns
     /// whether the history changed.
+    /// An entry stamped after `now_ms` (the clock ran ahead then, or was set
+    /// back since) counts as covered at `now_ms` from then on: its passes ran
+    /// no later than now, so it still keeps tombstones at least
+    /// `delete_retention_ms`, and it comes of age once that has passed,
+    /// without holding back the entries after it for as long as the clock
+    /// had been off.
     pub fn mature(&mut self, now_ms: i64, delete_retention_ms: u64) -> bool {
+        let mut changed = false;
+        for e in self.recent.iter_mut().filter(|e| e.last_ms > now_ms) {
+            e.first_ms = e.first_ms.min(now_ms);
+            e.last_ms = now_ms;
+            changed = true;
+        }
         let cutoff = cutoff(now_ms, delete_retention_ms);
         let ripe = self
             .recent
@@ -146,7 +160,7 @@ impl History {
             .take_while(|e| e.last_ms <= cutoff)
             .count();
         if ripe == 0 {
-            return false;
+            return changed;
         }
         self.matured_below = self.recent[ripe - 1].end;
         self.recent.drain(..ripe);
@@ -348,6 +362,56 @@ mod tests {
         );
     }
 
+    /// An entry stamped in the future (the clock ran ahead, or was set back
+    /// since) came of age only once the clock caught up with it, and held
+    /// back every entry after it from maturing: the history filled (64
+    /// entries), and from then on each pass joined its newest entry, so
+    /// tombstones covered days after the clock was right again stayed for as
+    /// long as it had run ahead. Such an entry now counts as covered at the
+    /// first pass that finds it ahead.
+    #[test]
+    fn an_entry_stamped_in_the_future_comes_of_age_once_the_clock_is_back() {
+        const HOUR: i64 = D / 24;
+        let decade = 3650 * D;
+        let mut h = History::new();
+        // As a pass does: mature at its start, record at its end.
+        let pass = |h: &mut History, now: i64, covered: i64| {
+            h.mature(now, DAY);
+            h.record(now, covered, DAY);
+        };
+        pass(&mut h, D, 100);
+        pass(&mut h, D + decade, 200); // ten years ahead
+                                       // Back, then a pass every hour (more than DAY / 32 apart: an entry
+                                       // each) for ten days, covering 10 offsets each.
+        for i in 1..=240 {
+            pass(&mut h, D + i * HOUR, 200 + 10 * i);
+        }
+        let now = D + 240 * HOUR;
+        assert!(h.recent.len() <= 25, "{} entries", h.recent.len());
+        // What a pass covered three days after the step back went a day
+        // later; so did the offsets covered while the clock was ahead (found
+        // ahead by the first pass after the step back).
+        assert!(h.matured_below >= 200 + 10 * 216, "{}", h.matured_below);
+        assert_eq!(
+            goes(&h, now, DAY, 2_600),
+            (0..200 + 10 * 216).collect::<Vec<_>>()
+        );
+        // Not before: a day after the step back, nothing covered ahead had
+        // gone yet.
+        let mut early = History::new();
+        pass(&mut early, D, 100);
+        pass(&mut early, D + decade, 200);
+        pass(&mut early, D + HOUR, 210);
+        assert_eq!(
+            goes(&early, D + HOUR + D - 1, DAY, 300),
+            (0..100).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            goes(&early, D + HOUR + D, DAY, 300),
+            (0..210).collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn the_stored_history_loads_cut_to_the_log_and_a_damaged_one_counts_as_none() {
         let dir = tempfile::tempdir().unwrap();
@@ -355,8 +419,8 @@ mod tests {
         let mut h = History::new();
         h.record(10, 100, DAY);
         h.record(10 + D, 200, DAY);
-        h.record(10 + 2 * D, 300, DAY);
         h.mature(10 + D, DAY);
+        h.record(10 + 2 * D, 300, DAY);
         h.store(dir.path()).unwrap();
         assert_eq!(History::load(dir.path(), 1_000), h);
         // A log that ends earlier than the history says (never, unless the

@@ -1227,6 +1227,31 @@ fn lower_wal_floors(
     Ok(())
 }
 
+/// Gives each topic without a `wal_floor` (created while the WAL was
+/// disabled) the floor `next`, the sequence the WAL hands out next, once the
+/// replay has put every entry it holds in the segments. Without one, a segment
+/// of the topic damaged below its recovery point was never rebuilt from the
+/// WAL, even after weeks of running with it; from now on its entries are
+/// known as its own. A floor that cannot be stored is a warning (the topic
+/// stays without one, as before, and the next start tries again).
+fn set_missing_wal_floors(topics: &mut BTreeMap<String, Arc<Topic>>, topics_dir: &Path, next: u64) {
+    for t in topics.values_mut().filter(|t| t.wal_floor.is_none()) {
+        let floored = Topic {
+            name: t.name.clone(),
+            id: t.id,
+            partitions: t.partitions.clone(),
+            wal_floor: Some(next),
+            configs: t.configs.clone(),
+        };
+        match floored.store(&topics_dir.join(&t.name)) {
+            Ok(()) => *t = Arc::new(floored),
+            Err(e) => {
+                tracing::warn!(topic = %t.name, error = %e, "could not store the topic's WAL floor; its segments are not rebuilt from the WAL until a start stores one")
+            }
+        }
+    }
+}
+
 /// The `wal_floor` of a topic created now: one above every sequence `wal` has
 /// handed out, acknowledged or not. A sync resolves, once everything appended
 /// before it is durable, to the highest durable sequence; so the floor is
@@ -1759,6 +1784,7 @@ impl TopicManager {
             check_damaged(&topics, points.as_ref(), Some(&recovery), mode, &mut stats)?;
             let short = short_partitions(&topics, points.as_ref());
             let checkpoint = recovery.checkpoint;
+            let next_sequence = recovery.next_sequence;
             stats.last_sequence = recovery.last_sequence;
             if !short.is_empty() {
                 rebuild_from_wal(&recovery, &short, &mut stats)?;
@@ -1792,6 +1818,10 @@ impl TopicManager {
                 mode,
             )?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
+            // Replayed: the WAL's entries are in the segments, and those of a
+            // topic without a floor (created with the WAL disabled) are the
+            // last it has below `next_sequence`.
+            set_missing_wal_floors(&mut topics, &topics_dir, next_sequence);
             for t in topics.values() {
                 for p in &t.partitions {
                     p.sync()?;

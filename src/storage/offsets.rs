@@ -687,7 +687,9 @@ impl OffsetStore {
 
     /// Like [`OffsetStore::delete`], but only when `group` has not committed since
     /// `last_commit` (a commit racing an expiry keeps the group). Returns whether
-    /// the group was deleted.
+    /// the group was deleted. Any other last commit time counts as a commit
+    /// since, an earlier one too: a clock set back between the listing and a
+    /// commit stamps the commit earlier.
     ///
     /// # Errors
     /// As [`OffsetStore::delete`].
@@ -700,7 +702,7 @@ impl OffsetStore {
         if self
             .lock()
             .get(group)
-            .is_none_or(|g| g.last_commit > last_commit)
+            .is_none_or(|g| g.last_commit != last_commit)
         {
             return Ok(false);
         }
@@ -808,6 +810,26 @@ mod tests {
             (before..=after).contains(&at),
             "last commit {at}, committed within {before}..={after}"
         );
+    }
+
+    /// An expiry that listed a group's last commit, and a commit after it
+    /// stamped earlier (the clock set back meanwhile): the group was deleted
+    /// with the commit just acknowledged, as the check was "a later commit".
+    /// Any other time now keeps it; the listed time still lets it go.
+    #[test]
+    fn a_commit_stamped_before_the_listed_one_still_keeps_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path().join("groups")).unwrap();
+        s.commit("g", Some("consumer"), vec![committed(0, 5)])
+            .unwrap();
+        let listed = s.last_commits()[0].1;
+        // The listing as a clock an hour ahead made it: the commit's own time
+        // is earlier.
+        let ahead = listed + std::time::Duration::from_secs(3600);
+        assert!(!s.delete_unless_committed_since("g", ahead).unwrap());
+        assert_eq!(s.fetch("g", "t", 0).map(|c| c.offset), Some(5));
+        assert!(s.delete_unless_committed_since("g", listed).unwrap());
+        assert!(s.fetch("g", "t", 0).is_none());
     }
 
     fn committed(p: i32, o: i64) -> Committed {

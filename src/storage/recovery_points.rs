@@ -205,27 +205,60 @@ mod repair_tests {
             .collect()
     }
 
+    /// Produces 8 batches to topic "t" of `m` (on `dir`, holding the topic),
+    /// stops it, damages the fourth batch, and starts again: every batch is
+    /// back, rebuilt from the WAL. Returns the new manager.
+    fn damaged_batch_rebuilt(
+        dir: &Path,
+        rt: &tokio::runtime::Runtime,
+        m: TopicManager,
+    ) -> TopicManager {
+        produce(rt, &m, "t", &values("a", 8));
+        let before = stored(&m, "t");
+        m.shutdown().unwrap();
+        drop(m);
+        // Flushed and checkpointed: the replay after the checkpoint has nothing
+        // for this partition, so only the recovery point shows the loss.
+        damage_batch(&segment(dir, "t"), 3);
+
+        let m = TopicManager::new(config(dir)).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 8);
+        assert!(stored(&m, "t") == before, "every batch back, byte for byte");
+        m
+    }
+
     #[test]
     fn flushed_batches_a_segment_lost_are_rebuilt_from_the_wal() {
         let tmp = tempfile::tempdir().unwrap();
         let rt = runtime();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         m.create_topic("t", 1).unwrap();
-        produce(&rt, &m, "t", &values("a", 8));
-        let before = stored(&m, "t");
-        m.shutdown().unwrap();
-        drop(m);
-        // Flushed and checkpointed: the replay after the checkpoint has nothing
-        // for this partition, so only the recovery point shows the loss.
-        damage_batch(&segment(tmp.path(), "t"), 3);
-
-        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let m = damaged_batch_rebuilt(tmp.path(), &rt, m);
         let p = m.partition("t", 0).unwrap();
-        assert_eq!(p.log_end_offset(), 8);
-        assert!(stored(&m, "t") == before, "every batch back, byte for byte");
         produce(&rt, &m, "t", &values("b", 1));
         assert_eq!(p.log_end_offset(), 9);
         m.shutdown().unwrap();
+    }
+
+    /// A topic created while the WAL was disabled had no `wal_floor`, so its
+    /// segments were never rebuilt from the WAL however long it then ran with
+    /// it: a batch damaged below the recovery point stopped a strict start
+    /// though the WAL held it. A start gives such a topic a floor after its
+    /// replay.
+    #[test]
+    fn a_topic_created_with_the_wal_disabled_is_rebuilt_once_the_wal_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut off = config(tmp.path());
+        off.wal.enabled = false;
+        let m = TopicManager::new(off).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        damaged_batch_rebuilt(tmp.path(), &rt, m)
+            .shutdown()
+            .unwrap();
     }
 
     #[test]
