@@ -527,6 +527,58 @@ fn a_strict_open_after_a_tolerant_skip_and_a_checkpoint_finds_a_clean_log() {
     }
 }
 
+/// A file whose damage a tolerant open skipped to its end lost its last
+/// entries: they run up to where the next file's go on. Retired once a
+/// checkpoint covered its own valid entries (it is retired early, being
+/// damaged), it left a log that started past the checkpoint, which every
+/// later open refused ("entries are missing"). It now counts as covering the
+/// entries up to the next file's first.
+#[test]
+fn a_file_whose_end_was_skipped_is_retired_only_with_the_entries_it_lost() {
+    let tolerant = WalConfig {
+        recovery_mode: streamline::wal::RecoveryMode::TolerateCorruption,
+        ..config()
+    };
+    let dir = rotated_log(3);
+    let second = dir.path().join("00000002.wal");
+    let size = std::fs::metadata(&second).unwrap().len();
+    let mut bytes = std::fs::read(&second).unwrap();
+    let valid_end = (0..size as usize / 4096)
+        .rev()
+        .find(|&b| bytes[b * 4096..(b + 1) * 4096].iter().any(|&x| x != 0))
+        .map(|b| (b + 1) * 4096)
+        .unwrap();
+    // The file's last batch and its seal (the seal's header).
+    bytes[valid_end - 2 * 4096 + 100] ^= 1;
+    bytes[valid_end - 4096 + 8] ^= 1;
+    std::fs::write(&second, &bytes).unwrap();
+
+    let (wal, rec) = Wal::open(dir.path(), tolerant.clone()).unwrap();
+    let seqs: Vec<u64> = rec.map(|e| e.unwrap().sequence).collect();
+    let gap = seqs
+        .windows(2)
+        .position(|w| w[1] != w[0] + 1)
+        .expect("a gap");
+    let (lost_from, goes_on) = (seqs[gap] + 1, seqs[gap + 1]);
+    // The entries before the damage are applied and checkpointed.
+    wal.checkpoint(lost_from - 1).unwrap();
+    wal.close().unwrap();
+    assert!(
+        second.exists(),
+        "retired before the checkpoint covered its lost entries"
+    );
+    let (wal, _) = Wal::open(dir.path(), tolerant).expect("the log opens again");
+    wal.checkpoint(goes_on - 1).unwrap();
+    wal.close().unwrap();
+    assert!(!second.exists());
+    let (_, rec) = Wal::open(dir.path(), config()).expect("a clean log");
+    assert_eq!(
+        rec.map(|e| e.unwrap().sequence).next(),
+        Some(goes_on),
+        "the log goes on where the next file starts"
+    );
+}
+
 /// An archived file cut at a batch boundary (here where its seal starts)
 /// was refused in tolerant mode too, though the same cut inside a batch is
 /// skipped as damage. It is skipped now; strict recovery still refuses it.

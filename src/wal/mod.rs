@@ -178,6 +178,25 @@ pub struct Wal {
     inner: Arc<Handle>,
 }
 
+#[cfg(test)]
+impl Wal {
+    /// Makes the next `n` directory fsyncs after retiring files fail (tests).
+    pub(crate) fn fail_next_retire_syncs(&self, n: u32) {
+        self.inner
+            .core
+            .fail_retire_syncs
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many of those are still to fail.
+    pub(crate) fn retire_syncs_to_fail(&self) -> u32 {
+        self.inner
+            .core
+            .fail_retire_syncs
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
@@ -556,12 +575,26 @@ impl Wal {
 
         let archived: Vec<Archived> = files
             .iter()
-            .filter(|f| f.path != current)
-            .map(|f| Archived {
-                number: f.number,
-                path: f.path.clone(),
-                covers_through: f.next_sequence.unwrap_or(1).saturating_sub(1),
-                damaged: !f.skipped.is_empty(),
+            .zip(files.iter().skip(1).map(Some).chain([None]))
+            .filter(|(f, _)| f.path != current)
+            .map(|(f, after)| {
+                let mut covers_through = f.next_sequence.unwrap_or(1).saturating_sub(1);
+                // Damage skipped to its end took the file's last entries with
+                // it: they run up to where the next file's go on, and retired
+                // before a checkpoint covers them, the file would leave the
+                // next open a log starting past its checkpoint.
+                if f.skipped.last().is_some_and(|(_, end, _)| *end == f.size) {
+                    if let Some(goes_on) = after.and_then(|a| a.first_sequence.or(a.next_sequence))
+                    {
+                        covers_through = covers_through.max(goes_on.saturating_sub(1));
+                    }
+                }
+                Archived {
+                    number: f.number,
+                    path: f.path.clone(),
+                    covers_through,
+                    damaged: !f.skipped.is_empty(),
+                }
             })
             .collect();
         let last_sequence = next_seq - 1;
