@@ -1840,6 +1840,38 @@ fn delete_records_answers_each_partition() {
         "above the high watermark"
     );
     assert_eq!(earliest_latest(&mut s, "dr"), (2, 3));
+    // A partition named again, in a topic named again: one answer, in the
+    // place of its first mention, with the last offset named (as Kafka).
+    let req = DeleteRecordsRequest::default().with_topics(vec![
+        topic("dr", &[(0, 3), (1, 0)]),
+        topic("missing", &[(0, 0)]),
+        topic("dr", &[(0, 3), (0, 2)]),
+    ]);
+    s.write_all(&request_frame(ApiKey::DeleteRecords, 2, 8, &req))
+        .unwrap();
+    let (_, r): (i32, DeleteRecordsResponse) = response(&mut s, ApiKey::DeleteRecords, 2);
+    type Answers = Vec<(i32, i16, i64)>;
+    let got: Vec<(String, Answers)> = r
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code, p.low_watermark))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dr".into(), vec![(0, 0, 2), (1, 3, -1)]),
+            ("missing".into(), vec![(0, 3, -1)]),
+        ]
+    );
+    assert_eq!(earliest_latest(&mut s, "dr"), (2, 3));
 
     // A topic that only compacts refuses it, as Kafka does (POLICY_VIOLATION);
     // one that compacts and deletes takes it.

@@ -174,6 +174,17 @@ fn store_log_start_renamed(dir: &Path, start: i64) -> Result<Option<Error>> {
     crate::wal::files::write_atomic_renamed(&path, &json)
 }
 
+/// The segments of `log` (in base-offset order) that start at `base`: found
+/// by a binary search, as a partition may hold many (a linear search per
+/// segment made matching a pass's findings back to them quadratic, under the
+/// partition's lock).
+fn segments_at(log: &mut [Segment], base: i64) -> impl Iterator<Item = &mut Segment> {
+    let from = log.partition_point(|s| s.base_offset() < base);
+    log[from..]
+        .iter_mut()
+        .take_while(move |s| s.base_offset() == base)
+}
+
 /// An `open` of `path` failing with EMFILE while `count` (a test hook) is
 /// above zero, counting it down.
 #[cfg(test)]
@@ -1542,9 +1553,9 @@ impl Partition {
             // Gone or replaced meanwhile (retention, compaction: a copy put
             // in place knows its newest timestamp): nothing to do, and a
             // failed read of it failed because its file went.
-            let Some(s) = log.iter_mut().find(|s| {
-                s.base_offset() == base && s.size() == size && !s.max_timestamp_is_exact()
-            }) else {
+            let Some(s) = segments_at(&mut log, base)
+                .find(|s| s.size() == size && !s.max_timestamp_is_exact())
+            else {
                 if let Err(e) = ts {
                     tracing::debug!(topic = %self.topic, partition = self.index, base, error = %e, "a segment went while its batch headers were read");
                 }
@@ -1608,7 +1619,7 @@ impl Partition {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             let files_match = !self.is_deleted() && self.swap_unloaded.get().is_none();
             for job in written {
-                let done = match log.iter_mut().find(|s| s.base_offset() == job.base_offset) {
+                let done = match segments_at(&mut log, job.base_offset).next() {
                     Some(s) if files_match => s.install_time_index(&job),
                     _ => Ok(false),
                 };
@@ -2837,9 +2848,9 @@ impl Partition {
             let mut saves = Vec::new();
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             for (base, size, newest, at) in learned {
-                if let Some(s) = log.iter_mut().find(|s| {
-                    s.base_offset() == base && s.size() == size && !s.max_timestamp_is_exact()
-                }) {
+                if let Some(s) = segments_at(&mut log, base)
+                    .find(|s| s.size() == size && !s.max_timestamp_is_exact())
+                {
                     s.set_max_timestamp(newest, Some(at));
                     saves.extend(s.time_index_job());
                 }

@@ -852,33 +852,54 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
 /// partition's log start offset up to the offset given (-1: the high watermark),
 /// durably, and answers the new start as the low watermark.
 pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    // As Kafka: each partition once, with the last offset the request names
+    // for it, a topic named again merged into its first entry. Before, every
+    // mention was a durable move of the log start and an answer of its own.
+    let mut named: Vec<(TopicName, Vec<(i32, i64)>)> = Vec::new();
+    let mut at: std::collections::HashMap<String, (usize, std::collections::HashMap<i32, usize>)> =
+        std::collections::HashMap::new();
+    for t in req.topics {
+        let (i, seen) = at.entry(t.name.0.to_string()).or_insert_with(|| {
+            named.push((t.name.clone(), Vec::new()));
+            (named.len() - 1, std::collections::HashMap::new())
+        });
+        let parts = &mut named[*i].1;
+        for p in t.partitions {
+            match seen.get(&p.partition_index) {
+                Some(&j) => parts[j].1 = p.offset,
+                None => {
+                    seen.insert(p.partition_index, parts.len());
+                    parts.push((p.partition_index, p.offset));
+                }
+            }
+        }
+    }
     let storage = ctx.storage.clone();
     let topics = tokio::task::spawn_blocking(move || {
-        req.topics
+        named
             .into_iter()
-            .map(|t| {
+            .map(|(name, parts)| {
                 // As Kafka: records of a topic whose policy does not delete
                 // (compact only) are not deleted on request either.
                 let deletes = storage
-                    .topic(&t.name.0)
+                    .topic(&name.0)
                     .is_none_or(|topic| topic.configs.delete());
-                let partitions = t
-                    .partitions
+                let partitions = parts
                     .iter()
-                    .map(|p| {
+                    .map(|&(index, offset)| {
                         let r = DeleteRecordsPartitionResult::default()
-                            .with_partition_index(p.partition_index)
+                            .with_partition_index(index)
                             .with_low_watermark(-1);
-                        let Some(part) = storage.partition(&t.name.0, p.partition_index) else {
+                        let Some(part) = storage.partition(&name.0, index) else {
                             return r.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                         };
                         if !deletes {
                             return r.with_error_code(codes::POLICY_VIOLATION);
                         }
-                        match part.delete_records(p.offset) {
+                        match part.delete_records(offset) {
                             Ok(start) => r.with_error_code(codes::NONE).with_low_watermark(start),
                             Err(e) => {
-                                tracing::warn!(topic = %t.name.0, partition = p.partition_index, error = %e, "DeleteRecords refused");
+                                tracing::warn!(topic = %name.0, partition = index, error = %e, "DeleteRecords refused");
                                 r.with_error_code(match e {
                                     DeleteRecordsError::OutOfRange { .. } => {
                                         codes::OFFSET_OUT_OF_RANGE
@@ -893,7 +914,7 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
                     })
                     .collect();
                 DeleteRecordsTopicResult::default()
-                    .with_name(t.name)
+                    .with_name(name)
                     .with_partitions(partitions)
             })
             .collect()
