@@ -85,8 +85,8 @@ pub const MAX_PARTITIONS: i32 = 10_000;
 /// The `version` of `topic.json` this broker writes and reads.
 const TOPIC_FILE_VERSION: u32 = 1;
 
-/// A topic and its partitions.
-#[derive(Debug)]
+/// A topic and its partitions. A clone shares the partitions.
+#[derive(Debug, Clone)]
 pub struct Topic {
     /// Name.
     pub name: String,
@@ -1201,11 +1201,8 @@ fn lower_wal_floors(
             continue;
         };
         let lowered = Topic {
-            name: t.name.clone(),
-            id: t.id,
-            partitions: t.partitions.clone(),
             wal_floor: Some(next),
-            configs: t.configs.clone(),
+            ..Topic::clone(t)
         };
         let dir = topics_dir.join(&t.name);
         lowered.store(&dir).map_err(|e| {
@@ -1237,11 +1234,8 @@ fn lower_wal_floors(
 fn set_missing_wal_floors(topics: &mut BTreeMap<String, Arc<Topic>>, topics_dir: &Path, next: u64) {
     for t in topics.values_mut().filter(|t| t.wal_floor.is_none()) {
         let floored = Topic {
-            name: t.name.clone(),
-            id: t.id,
-            partitions: t.partitions.clone(),
             wal_floor: Some(next),
-            configs: t.configs.clone(),
+            ..Topic::clone(t)
         };
         match floored.store(&topics_dir.join(&t.name)) {
             Ok(()) => *t = Arc::new(floored),
@@ -2429,11 +2423,8 @@ impl TopicManager {
         let mut partitions = old.partitions.clone();
         partitions.extend(self.open_partitions(name, &dir, have..count, &old.configs)?);
         let topic = Arc::new(Topic {
-            name: name.to_string(),
-            id: old.id,
             partitions,
-            wal_floor: old.wal_floor,
-            configs: old.configs.clone(),
+            ..Topic::clone(&old)
         });
         if let Some(e) = topic.store_renamed(&dir).map_err(storage)? {
             let file = dir.join("topic.json");
@@ -2530,11 +2521,8 @@ impl TopicManager {
         // (answered as in force but not durable), and the answer to its retry
         // must hold after a power loss too.
         let topic = Arc::new(Topic {
-            name: old.name.clone(),
-            id: old.id,
-            partitions: old.partitions.clone(),
-            wal_floor: old.wal_floor,
             configs: configs.clone(),
+            ..Topic::clone(&old)
         });
         let dir = self.shared.topics_dir.join(name);
         let not_durable = topic
