@@ -2,14 +2,15 @@
 //! written in JavaScript that shares no code with librdkafka: its admin client
 //! (topics, configs, partitions, records, offsets by time), an idempotent gzip
 //! producer, a consumer group that splits partitions, rebalances when a member
-//! leaves and resumes from its committed offsets after a broker restart, and a
-//! transactional producer, which must fail at once and say why.
+//! leaves and resumes from its committed offsets after a broker restart, a
+//! consumer reading past what compaction emptied to a batch larger than its
+//! limit, and a transactional producer, which must fail at once and say why.
 
 mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use broker_support::{kafkajs_client, records, tagged, Broker};
+use broker_support::{kafkajs_client, kcat_from_start, records, tagged, Broker};
 
 #[test]
 fn kafkajs_admin_manages_topics_configs_partitions_and_records() {
@@ -208,4 +209,46 @@ fn kafkajs_transactional_producer_fails_at_once() {
     assert_eq!(err[0][1], "KafkaJSGroupCoordinatorNotFound", "{out}");
     let log = broker.log_text();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Compaction leaves a batch without records where `a=old` was, before a
+/// batch larger than the consumer's `maxBytesPerPartition`. A response of the
+/// empty batch alone gave KafkaJS nothing to step past: it asked for offset 0
+/// again, at once, for as long as the large batch stayed (tens of thousands
+/// of Fetches, no message). The read goes on to the large batch.
+#[test]
+fn kafkajs_reads_past_an_emptied_batch_to_a_batch_larger_than_its_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &["--log-cleaner-backoff-ms", "100"],
+    );
+    let out = kafkajs_client(&["compacted-large", &broker.addr, "c"]);
+    let acks: Vec<(String, String)> = tagged(&out, "ACK")
+        .into_iter()
+        .map(|f| (f[0].to_string(), f[1].to_string()))
+        .collect();
+    assert_eq!(acks.len(), 16, "{out}");
+    assert_eq!(acks[0], ("0".to_string(), "a".to_string()), "{out}");
+    // Compacted once kcat, from the start, finds offset 0 gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while kcat_from_start(&broker.addr, "c", Some(0))
+        .first()
+        .map(|r| r.0)
+        != Some(1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not compacted after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = kafkajs_client(&["consume", &broker.addr, "c", "15", "65536"]);
+    let read: Vec<(String, String)> = tagged(&out, "MSG")
+        .into_iter()
+        .map(|f| (f[0].to_string(), f[1].to_string()))
+        .collect();
+    assert_eq!(read, acks[1..], "{out}");
+    let fetches: u64 = tagged(&out, "FETCHES")[0][0].parse().unwrap();
+    assert!(fetches < 1000, "{fetches} fetches:\n{out}");
 }

@@ -45,7 +45,7 @@
 //! (base offset, last offset delta, first timestamp, producer) with fewer
 //! records and their largest timestamp, and a run of batches that keep none
 //! becomes one batch with no records and no timestamp (-1) spanning their
-//! offsets, as Kafka's cleaner leaves empty batches. So a segment still holds
+//! offsets (Kafka's cleaner drops such a run). So a segment still holds
 //! contiguous offsets, fetches still return whole batches, consumers step over
 //! the gaps, and the largest timestamp of a batch, a segment or the partition
 //! (ListOffsets `MAX_TIMESTAMP`, time retention) is always that of a record

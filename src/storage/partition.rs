@@ -387,6 +387,9 @@ pub struct Partition {
 pub struct ReadResult {
     /// Whole batches, possibly empty.
     pub records: Bytes,
+    /// Whether a batch of `records` holds records (compaction leaves batches
+    /// without any).
+    pub holds_records: bool,
     /// The high watermark when the read was planned.
     pub high_watermark: i64,
     /// First offset still stored.
@@ -582,6 +585,8 @@ struct ReadPlan {
     log: LogHandle,
     position: u64,
     len: u64,
+    /// Whether a batch of the range holds records.
+    records: bool,
 }
 
 impl Partition {
@@ -2563,7 +2568,7 @@ impl Partition {
                 continue;
             }
             let from = offset.max(seg.base_offset());
-            let at = seg.read_range(from, i64::MAX, 0).map_or(0, |(at, _)| at);
+            let at = seg.read_range(from, i64::MAX, 0).map_or(0, |r| r.position);
             bytes += seg.size() - at;
         }
         bytes
@@ -2572,6 +2577,9 @@ impl Partition {
     /// [`Partition::read`], returning a first batch larger than `max_bytes` only
     /// when `min_one_batch` (Kafka's KIP-74: only the first partition with data
     /// in a Fetch response may exceed the limits); otherwise no records at all.
+    /// Batches without records (what compaction leaves) do not count as that
+    /// first batch: the read goes on to the first batch that holds records,
+    /// and [`ReadResult::holds_records`] says whether it reached one.
     ///
     /// # Errors
     /// As [`Partition::read`].
@@ -2590,6 +2598,7 @@ impl Partition {
             }
             let mut plans: Vec<ReadPlan> = Vec::new();
             let mut left = max_bytes;
+            let mut records = false;
             if offset < hw {
                 let i = log
                     .partition_point(|s| s.base_offset() <= offset)
@@ -2599,21 +2608,34 @@ impl Partition {
                         continue;
                     }
                     let from = offset.max(seg.base_offset());
-                    let Some((position, len)) = seg.read_range(from, hw, left.max(1)) else {
+                    let Some(range) = seg.read_range(from, hw, left.max(1)) else {
                         break;
                     };
-                    if len > left && (!plans.is_empty() || !min_one_batch) {
+                    let segment::ReadRange { position, len, .. } = range;
+                    if len > left && (records || !min_one_batch) {
+                        // Batches without records alone, before one that does
+                        // not fit: nothing, so that the partition is read
+                        // again when it may exceed the limit.
+                        if !records {
+                            plans.clear();
+                        }
                         break;
                     }
                     plans.push(ReadPlan {
                         log: seg.log_handle(),
                         position,
                         len,
+                        records: range.records,
                     });
+                    records |= range.records;
                     left = left.saturating_sub(len);
                     // The next segment only once this one is read to its end: a
                     // batch that did not fit ends the read, it is not skipped.
-                    if left == 0 || seg.next_offset() >= hw || position + len < seg.size() {
+                    // No room left ends it too, once a batch holds records.
+                    if (left == 0 && (records || !min_one_batch))
+                        || seg.next_offset() >= hw
+                        || position + len < seg.size()
+                    {
                         break;
                     }
                 }
@@ -2629,6 +2651,7 @@ impl Partition {
         let total: u64 = plans.iter().map(|p| p.len).sum();
         let mut buf = vec![0u8; usize::try_from(total).unwrap_or(usize::MAX)];
         let mut at = 0usize;
+        let mut records = false;
         let mut first = first;
         for p in plans {
             let file = match first.take() {
@@ -2651,9 +2674,11 @@ impl Partition {
             file.read_exact_at(&mut buf[at..at + len], p.position)
                 .map_err(|e| Error::io("read", p.log.path(), e))?;
             at += len;
+            records |= p.records;
         }
         Ok(Some(ReadResult {
             records: Bytes::from(buf),
+            holds_records: records,
             high_watermark: hw,
             log_start_offset: start,
         }))
@@ -2671,6 +2696,7 @@ impl Partition {
         }
         Ok(Some(ReadResult {
             records: Bytes::new(),
+            holds_records: false,
             high_watermark: hw,
             log_start_offset: start,
         }))
@@ -5707,6 +5733,43 @@ pub(crate) mod tests {
 
         fn active_base(p: &Partition) -> i64 {
             p.log.lock().unwrap().last().unwrap().base_offset()
+        }
+
+        /// A batch larger than a fetch's limit after a batch compaction
+        /// emptied: the read the first batch of a response may exceed the
+        /// limit for goes on to it. Before, the answer was the empty batch
+        /// alone, on which KafkaJS asks for the same offset again, at once,
+        /// for as long as the large batch stays.
+        #[test]
+        fn a_read_goes_past_a_batch_without_records_to_the_first_batch_with_some() {
+            let (_dir, _pdir, p) = fresh();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("k"), Some("old"))]);
+            let big = "v".repeat(6000);
+            put(
+                &p,
+                &mut model,
+                &[(Some("k"), Some(&big)), (Some("j"), Some(&big))],
+            );
+            put(&p, &mut model, &[(Some("x"), Some("rolls"))]);
+            let stats = compact(&p, &policy(TS));
+            assert_eq!(stats.records_removed, 1, "{stats:?}");
+            let batches = read_all(&p);
+            assert_eq!(batches[0].2.as_deref(), Some(&[][..]), "{batches:?}");
+            for limit in [0, 1, 100, 4096] {
+                let r = p.read_within(0, limit, true).unwrap().unwrap();
+                assert!(r.holds_records, "limit {limit}");
+                let (mut end, mut rest) = (0, &r.records[..]);
+                while let Ok(b) = batch::parse_header(rest) {
+                    end = b.last_offset() + 1;
+                    rest = &rest[b.len..];
+                }
+                assert!(end >= 3, "limit {limit}: {} bytes", r.records.len());
+                // Not the first partition of a response: no records, nor the
+                // empty batch alone (100: it fits, the next does not).
+                let r = p.read_within(0, limit, false).unwrap().unwrap();
+                assert!(!r.holds_records && r.records.is_empty(), "limit {limit}");
+            }
         }
 
         #[test]

@@ -2260,9 +2260,15 @@ impl Segment {
         &self.log_path
     }
 
-    /// The byte range to read for offsets starting at `from` (from the batch holding it),
-    /// stopping before `limit` and after about `max_bytes` (at least one batch).
-    pub fn read_range(&self, from: i64, limit: i64, max_bytes: u64) -> Option<(u64, u64)> {
+    /// The byte range to read for offsets starting at `from` (from the batch
+    /// holding it), stopping before `limit` and after about `max_bytes`: at
+    /// least one batch, and while the first ones hold no records (what
+    /// compaction leaves of batches whose records all went), up to the first
+    /// that holds some, whatever `max_bytes`. A consumer given only batches
+    /// without records has nothing to step past: KafkaJS asks for the same
+    /// offset again, at once, for as long as the batch after them is larger
+    /// than its limit.
+    pub fn read_range(&self, from: i64, limit: i64, max_bytes: u64) -> Option<ReadRange> {
         let i = self.index.partition_point(|e| e.offset <= from);
         let start = i.saturating_sub(1);
         let first = self.index.get(start)?;
@@ -2270,15 +2276,35 @@ impl Segment {
             return None;
         }
         let end_of = |j: usize| self.index.get(j + 1).map_or(self.size, |e| e.position);
+        // A stored batch of no more than a header holds no records (a batch
+        // with records has their bytes after it).
+        let holds_records = |j: usize, at: u64| end_of(j) - at > HEADER_LEN as u64;
+        let mut records = holds_records(start, first.position);
         let mut last = start;
         while let Some(e) = self.index.get(last + 1) {
-            if e.offset >= limit || end_of(last + 1) - first.position > max_bytes {
+            if e.offset >= limit || (records && end_of(last + 1) - first.position > max_bytes) {
                 break;
             }
             last += 1;
+            records |= holds_records(last, e.position);
         }
-        Some((first.position, end_of(last) - first.position))
+        Some(ReadRange {
+            position: first.position,
+            len: end_of(last) - first.position,
+            records,
+        })
     }
+}
+
+/// Whole batches of a segment's log to read: see [`Segment::read_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRange {
+    /// Where the first batch starts in the log.
+    pub position: u64,
+    /// Bytes of the batches.
+    pub len: u64,
+    /// Whether a batch of them holds records.
+    pub records: bool,
 }
 
 #[cfg(test)]
@@ -3179,13 +3205,63 @@ pub(crate) mod tests {
         let mut s = Segment::create(dir.path(), 0).unwrap();
         let a = append(&mut s, 0, &[b"a", b"b"]);
         let b = append(&mut s, 2, &[b"c"]);
-        let (pos, len) = s.read_range(1, 100, 1 << 20).unwrap();
-        assert_eq!((pos, len), (0, (a.len() + b.len()) as u64));
-        let (pos, len) = s.read_range(2, 100, 1 << 20).unwrap();
-        assert_eq!((pos, len), (a.len() as u64, b.len() as u64));
+        let range = |position: usize, len: usize| ReadRange {
+            position: position as u64,
+            len: len as u64,
+            records: true,
+        };
+        assert_eq!(
+            s.read_range(1, 100, 1 << 20),
+            Some(range(0, a.len() + b.len()))
+        );
+        assert_eq!(s.read_range(2, 100, 1 << 20), Some(range(a.len(), b.len())));
         // The limit hides the second batch; a tiny max_bytes still returns one batch.
-        assert_eq!(s.read_range(0, 2, 1 << 20), Some((0, a.len() as u64)));
-        assert_eq!(s.read_range(0, 100, 1), Some((0, a.len() as u64)));
+        assert_eq!(s.read_range(0, 2, 1 << 20), Some(range(0, a.len())));
+        assert_eq!(s.read_range(0, 100, 1), Some(range(0, a.len())));
         assert_eq!(s.read_range(2, 2, 1 << 20), None);
+    }
+
+    /// Batches without records at the start of a range (compaction's) do not
+    /// count as the one batch a read always returns: the range goes on to the
+    /// first batch that holds records, however small `max_bytes` is.
+    #[test]
+    fn read_range_goes_past_batches_without_records_to_one_with_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        let mut stored = |b: Vec<u8>| {
+            let infos = vec![batch::validate_stored(&b).unwrap()];
+            s.append(&b, &infos).unwrap();
+            b.len()
+        };
+        let e1 = stored(batch::empty_batch(0, 1, -1));
+        let e2 = stored(batch::empty_batch(2, 2, -1));
+        let mut b = make_batch(0, &[b"c", b"d", b"e"]);
+        let infos = validate_all(&b).unwrap();
+        assign_offsets(&mut b, &infos, 3);
+        let full = b.len();
+        let infos = validate_all(&b).unwrap();
+        s.append(&b, &infos).unwrap();
+        assert_eq!((e1, e2), (HEADER_LEN, HEADER_LEN));
+        let range = |position: usize, len: usize, records: bool| {
+            Some(ReadRange {
+                position: position as u64,
+                len: len as u64,
+                records,
+            })
+        };
+        for max in [0, 1, HEADER_LEN as u64, 2 * HEADER_LEN as u64] {
+            assert_eq!(
+                s.read_range(0, 100, max),
+                range(0, e1 + e2 + full, true),
+                "{max}"
+            );
+            assert_eq!(
+                s.read_range(2, 100, max),
+                range(e1, e2 + full, true),
+                "{max}"
+            );
+        }
+        // Up to the limit only: no batch with records below it.
+        assert_eq!(s.read_range(0, 3, 0), range(0, e1 + e2, false));
     }
 }

@@ -13,6 +13,8 @@
 //   group BROKER TOPIC GROUP MEMBERS PRODUCE EXPECT MORE PREFIX
 //   txn BROKER TOPIC
 //   sasl BROKER TOPIC USER PASSWORD MECHANISM...
+//   compacted-large BROKER TOPIC
+//   consume BROKER TOPIC COUNT MAX_BYTES_PER_PARTITION
 'use strict';
 
 const path = require('path');
@@ -260,9 +262,80 @@ async function cmdSasl([topic, username, password, ...mechanisms]) {
   }
 }
 
-const commands = { admin: cmdAdmin, produce: cmdProduce, group: cmdGroup, txn: cmdTxn, sasl: cmdSasl };
+// Creates compacted TOPIC (256 KiB segments) and produces, without
+// compression: a=old (offset 0); one batch of a=new and b0..b9 of 20,000 bytes
+// each (offsets 1..11); c0..c3 of 20,000 bytes, one batch each (12..15), the
+// third of which starts a new segment. Compaction of the first then leaves a
+// batch without records at offset 0, before the large batch.
+// Prints "ACK offset key" for each message.
+async function cmdCompactedLarge([topic]) {
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({
+    waitForLeaders: true,
+    topics: [{
+      topic,
+      numPartitions: 1,
+      configEntries: [
+        { name: 'cleanup.policy', value: 'compact' },
+        { name: 'segment.bytes', value: '262144' },
+        { name: 'min.cleanable.dirty.ratio', value: '0.01' },
+      ],
+    }],
+  });
+  await admin.disconnect();
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  const big = 'x'.repeat(20000);
+  const sends = [
+    [{ key: 'a', value: 'old' }],
+    [{ key: 'a', value: 'new' }, ...Array.from({ length: 10 }, (_, i) => ({ key: `b${i}`, value: big }))],
+    ...Array.from({ length: 4 }, (_, i) => [{ key: `c${i}`, value: big }]),
+  ];
+  for (const messages of sends) {
+    const [res] = await producer.send({ topic, acks: -1, messages: messages.map((m) => ({ ...m, partition: 0 })) });
+    if (res.errorCode !== 0) throw new Error(`unexpected produce result ${JSON.stringify(res)}`);
+    messages.forEach((m, j) => out('ACK', BigInt(res.baseOffset) + BigInt(j), m.key));
+  }
+  await producer.disconnect();
+}
+
+// A consumer group of one reading TOPIC from the start with
+// maxBytesPerPartition MAX_BYTES_PER_PARTITION until COUNT messages came or 30
+// s passed: "MSG offset key" for each, then "FETCHES n" (fetch requests sent).
+async function cmdConsume([topic, count, maxBytesPerPartition]) {
+  const c = kafka.consumer({
+    groupId: `consume-${process.pid}`,
+    maxBytesPerPartition: Number(maxBytesPerPartition),
+    maxWaitTimeInMs: 200,
+  });
+  let seen = 0;
+  let fetches = 0;
+  c.on(c.events.FETCH, () => { fetches += 1; });
+  await c.connect();
+  await c.subscribe({ topic, fromBeginning: true });
+  await c.run({
+    eachMessage: async ({ message }) => {
+      seen += 1;
+      out('MSG', message.offset, message.key);
+    },
+  });
+  await until(`${count} messages`, () => seen >= Number(count), 30000).catch(() => {});
+  await c.disconnect();
+  out('FETCHES', fetches);
+}
+
+const commands = {
+  admin: cmdAdmin,
+  produce: cmdProduce,
+  group: cmdGroup,
+  txn: cmdTxn,
+  sasl: cmdSasl,
+  'compacted-large': cmdCompactedLarge,
+  consume: cmdConsume,
+};
 if (!commands[cmd] || !broker) {
-  process.stderr.write('usage: kafkajs_client.js admin|produce|group|txn|sasl BROKER ARGS...\n');
+  process.stderr.write('usage: kafkajs_client.js admin|produce|group|txn|sasl|compacted-large|consume BROKER ARGS...\n');
   process.exit(2);
 }
 commands[cmd](args).then(

@@ -62,6 +62,9 @@ fn read_all(
     let mut granted = i64::try_from(lease.bytes()).unwrap_or(i64::MAX);
     let mut short = short;
     let mut total = 0i64;
+    // Whether a partition's answer holds records: the first that does may
+    // exceed its limits (batches without records before it do not count).
+    let mut records = false;
     let mut errors = false;
     let mut cut = false;
     let mut topics = Vec::with_capacity(wants.len());
@@ -90,7 +93,7 @@ fn read_all(
                 }
                 Some(p) => {
                     // Kafka's minOneMessage: no records in the response yet.
-                    let first = total == 0;
+                    let first = !records;
                     // Budget spent on earlier partitions: report positions only.
                     let read = if budget == 0 && !first {
                         p.positions(offset)
@@ -101,6 +104,7 @@ fn read_all(
                         Ok(Some(r)) => {
                             let len = r.records.len() as i64;
                             total += len;
+                            records |= r.holds_records;
                             cut |= squeezed && end_offset(&r.records, offset) < r.high_watermark;
                             if len > budget && total < max_bytes {
                                 // A first batch beyond this partition's share:
