@@ -57,6 +57,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An argument of a call was rejected (an empty batch, a topic name longer
+    /// than the WAL's format holds); nothing was done.
+    #[error("invalid argument {name}: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+
     /// A configuration value read from its `STREAMLINE_*` environment variable
     /// (its flag being absent) was rejected.
     #[error(
@@ -102,11 +112,15 @@ pub enum Error {
     },
 
     /// A non-blocking append ([`crate::wal::Wal::try_append`]) found the pending-bytes
-    /// cap reached; nothing was appended.
-    #[error("WAL is full: {pending} bytes pending, the cap (max_pending_bytes) is {cap}; the append was not accepted")]
+    /// cap reached; nothing was appended. Room a blocked append waits for
+    /// (`claimed`) counts as taken: a non-blocking append does not pass it.
+    #[error("WAL is full: {pending} bytes pending and {claimed} claimed by a blocked append, the cap (max_pending_bytes) is {cap}; the append was not accepted")]
     Full {
         /// Bytes accepted but not yet acknowledged when the append was refused.
         pending: u64,
+        /// Bytes an append blocked at the cap waits for (0: none), kept free
+        /// for it.
+        claimed: u64,
         /// The configured cap.
         cap: u64,
     },

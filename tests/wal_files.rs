@@ -7,7 +7,10 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::Bytes;
 use common::{append_payloads, config, open, payload, BACKENDS, WRITE_PATHS};
 use streamline::{
-    wal::{checkpoint, files::list_archived, BackendKind, SyncMode, Wal, WalConfig, WalReader},
+    wal::{
+        checkpoint, files::list_archived, recovery::scan_dir, BackendKind, RecoveryMode, SyncMode,
+        Wal, WalConfig, WalReader,
+    },
     Error,
 };
 
@@ -49,9 +52,9 @@ fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
         assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
         // Each archived file was filled before it rotated: what it holds (its
         // seal included) ends less than a batch and two blocks (the seal's and
-        // the one rotation keeps free) before max_file_size.
-        let reader = WalReader::open(dir.path()).unwrap();
-        let scan = reader.scan();
+        // the one rotation keeps free) before max_file_size. (A scan of the
+        // open WAL, which writes nothing meanwhile: a reader would be refused.)
+        let scan = scan_dir(dir.path(), RecoveryMode::Strict).unwrap();
         assert_eq!(scan.files.len(), archived.len() + 1, "{backend}");
         for f in &scan.files[..archived.len()] {
             assert!(
@@ -69,8 +72,8 @@ fn rotates_at_the_configured_size_and_retention_deletes_after_checkpoint() {
         wal.checkpoint(mid).unwrap();
         let after = list_archived(dir.path()).unwrap();
         assert!(after.len() < archived.len(), "{backend}: nothing deleted");
-        let reader = WalReader::open(dir.path()).unwrap();
-        let first = reader.scan().files[0].first_sequence.unwrap();
+        let scan = scan_dir(dir.path(), RecoveryMode::Strict).unwrap();
+        let first = scan.files[0].first_sequence.unwrap();
         assert!(first <= mid + 1, "{backend}: a file above the checkpoint was deleted (log starts at {first}, checkpoint {mid})");
 
         // Checkpointing everything keeps exactly retention_files archived files.
@@ -447,7 +450,7 @@ fn invalid_appends_are_rejected_and_take_no_sequence() {
         let (wal, _) = open(dir.path(), cfg.clone());
         let long = "t".repeat(MAX_TOPIC_LEN + 1);
         match wal.append(&long, 0, Bytes::from_static(b"x")).wait() {
-            Err(e @ Error::InvalidConfig { field: "topic", .. }) => {
+            Err(e @ Error::InvalidArgument { name: "topic", .. }) => {
                 assert!(e.to_string().contains("limited to 65535 bytes"), "{e}");
             }
             other => panic!("{backend}: topic of {} bytes: {other:?}", long.len()),
@@ -466,8 +469,8 @@ fn invalid_appends_are_rejected_and_take_no_sequence() {
             assert!(
                 matches!(
                     r,
-                    Err(Error::InvalidConfig {
-                        field: "entries",
+                    Err(Error::InvalidArgument {
+                        name: "entries",
                         ..
                     })
                 ),
@@ -870,6 +873,36 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
     ));
     drop(wal);
     let (_wal, _) = open(dir.path(), cfg);
+}
+
+/// A reader of a directory a WAL has open would read files that rotation and
+/// retention change under it (a healthy log read as damaged): it is refused.
+/// Its lock lasts while it or an iterator of it reads, and keeps a WAL from
+/// opening the directory meanwhile.
+#[test]
+fn a_reader_is_refused_while_a_wal_has_the_directory_open_and_holds_it_while_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(streamline::wal::BackendKind::Std, SyncMode::EveryWrite);
+    let (wal, _) = open(dir.path(), cfg.clone());
+    assert_eq!(append_payloads(&wal, "t", 5, 100), 5);
+    assert!(matches!(
+        WalReader::open(dir.path()),
+        Err(Error::Locked { .. })
+    ));
+    wal.close().unwrap();
+    let reader = WalReader::open(dir.path()).unwrap();
+    let entries = reader.entries_from(1);
+    drop(reader);
+    assert!(matches!(
+        Wal::open(dir.path(), cfg.clone()),
+        Err(Error::Locked { .. })
+    ));
+    assert_eq!(
+        entries.map(|e| e.unwrap().sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let (_wal, replayed) = open(dir.path(), cfg);
+    assert_eq!(replayed.len(), 5);
 }
 
 /// A process forked while the WAL was open (any thread running a command) holds a

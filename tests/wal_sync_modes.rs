@@ -306,7 +306,7 @@ fn try_append_refuses_at_the_cap_instead_of_blocking_and_appends_nothing() {
                 let resolved = c.is_done();
                 match c.wait() {
                     Ok(seq) => accepted.push((seq, i)),
-                    Err(Error::Full { pending, cap }) => {
+                    Err(Error::Full { pending, cap, .. }) => {
                         assert_eq!(cap, CAP as u64, "{backend:?}");
                         assert!(pending > 0, "{backend:?}: refused with nothing pending");
                         // Refused at once: resolved when the call returned, not later

@@ -348,7 +348,6 @@ impl Core {
     }
 
     /// The bytes a waiter claims at the cap now (0: none).
-    #[cfg(test)]
     pub(crate) fn claimed_bytes(&self) -> usize {
         self.claim.load(Ordering::SeqCst)
     }

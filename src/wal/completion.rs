@@ -63,6 +63,13 @@ impl Slot {
 ///
 /// Wait with [`Completion::wait`] from a thread, or `.await` it from async code. If the
 /// WAL fails or closes first, it resolves to the error.
+///
+/// Dropping it does not withdraw the append: the entry was handed to the commit
+/// thread when the completion was made, and is written (and replayed by the next
+/// open) whether anyone waits or not. A timeout ([`Completion::wait_timeout`]
+/// returning `None`, or a timer around the `.await`) means the outcome is
+/// unknown, not that nothing was appended: an append tried again after one may
+/// be stored twice.
 #[must_use = "an append is acknowledged only when its completion resolves"]
 pub struct Completion {
     slot: Arc<Slot>,
@@ -143,7 +150,8 @@ impl Completion {
         }
     }
 
-    /// Blocks for at most `timeout`; `None` when it has not resolved yet.
+    /// Blocks for at most `timeout`; `None` when it has not resolved yet (the
+    /// append goes on: see [`Completion`]).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<u64>> {
         let deadline = std::time::Instant::now() + timeout;
         if self.taken {

@@ -936,10 +936,24 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
+    lock_within_grace(dir, &path, || f.try_lock())?;
+    Ok(DirLock(f))
+}
+
+/// Runs `try_lock` on `path`, the lock file of `dir`, until it succeeds or
+/// [`LOCK_GRACE`] has passed.
+///
+/// # Errors
+/// [`Error::Locked`] when the lock stayed held; an I/O error naming `path`.
+fn lock_within_grace(
+    dir: &Path,
+    path: &Path,
+    try_lock: impl Fn() -> std::result::Result<(), fs::TryLockError>,
+) -> Result<()> {
     let until = std::time::Instant::now() + LOCK_GRACE;
     loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(DirLock(f)),
+        match try_lock() {
+            Ok(()) => return Ok(()),
             Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -948,13 +962,35 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
                     path: dir.to_path_buf(),
                 })
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
         }
     }
 }
 
 /// How long [`lock_dir`] waits for a lock found held before it gives up.
 pub const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes a shared lock on `<dir>/LOCK` for a reader of the directory, held
+/// while the returned file is open: refused while an owner ([`lock_dir`]) has
+/// the WAL open, whose rotations, recycling and retention would change the
+/// files under the reader (a healthy log then reads as damaged), and keeping
+/// an owner from opening it meanwhile. `None` when there is no `LOCK` (no WAL
+/// ever opened the directory, so none has it open). Opens the file read-only,
+/// so a read-only directory can be read. A lock found held is tried again for
+/// [`LOCK_GRACE`], as [`lock_dir`] does.
+///
+/// # Errors
+/// [`Error::Locked`] when an owner holds it; I/O errors naming the path.
+pub fn lock_dir_shared(dir: &Path) -> Result<Option<File>> {
+    let path = dir.join("LOCK");
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", &path, e)),
+    };
+    lock_within_grace(dir, &path, || f.try_lock_shared())?;
+    Ok(Some(f))
+}
 
 /// The lock [`lock_dir`] took, released when dropped. Closing the file alone is
 /// not enough: a child process forked by any thread of this process (to run a

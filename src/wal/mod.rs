@@ -720,6 +720,7 @@ impl Wal {
         if !core.try_reserve(bytes) {
             return Completion::ready(Err(Error::Full {
                 pending: core.pending_bytes() as u64,
+                claimed: core.claimed_bytes() as u64,
                 cap: core.config.max_pending_bytes as u64,
             }));
         }
@@ -827,10 +828,9 @@ impl Wal {
     /// batch, and recovery returns all of them or none. Resolves to the first sequence.
     pub fn append_batch(&self, entries: Vec<NewEntry>) -> Completion {
         if entries.is_empty() {
-            return Completion::ready(Err(Error::InvalidConfig {
-                field: "entries",
-                value: "[]".into(),
-                reason: "append_batch needs at least one entry".into(),
+            return Completion::ready(Err(Error::InvalidArgument {
+                name: "entries",
+                reason: "a batch needs at least one entry".into(),
             }));
         }
         match self.check_size(&entries) {
@@ -865,6 +865,12 @@ impl Wal {
     /// Like [`Wal::append`], but waits for pending capacity without blocking the
     /// thread (for async callers), then for durability.
     ///
+    /// A future dropped while it waits for capacity appends nothing; once it
+    /// has capacity, the entry is handed to the commit thread in the same poll,
+    /// and a drop after that (a timeout, a `select!` taking another branch)
+    /// does not withdraw it: the outcome is then unknown, as for a dropped
+    /// [`Completion`].
+    ///
     /// # Errors
     /// As the completion of [`Wal::append`].
     pub async fn append_async(&self, topic: &str, partition: i32, data: Bytes) -> Result<u64> {
@@ -879,6 +885,8 @@ impl Wal {
     }
 
     /// Like [`Wal::append_batch`], waiting for capacity without blocking the thread.
+    /// A drop of the future withdraws the batch only while it waits for capacity
+    /// (see [`Wal::append_async`]).
     ///
     /// # Errors
     /// As the completion of [`Wal::append_batch`].
@@ -1084,10 +1092,13 @@ impl Wal {
 /// Refuses a topic name longer than the format can hold.
 fn check_topic(topic: &str) -> Result<()> {
     if topic.len() > format::MAX_TOPIC_LEN {
-        return Err(Error::InvalidConfig {
-            field: "topic",
-            value: format!("{} bytes", topic.len()),
-            reason: format!("topic names are limited to {} bytes", format::MAX_TOPIC_LEN),
+        return Err(Error::InvalidArgument {
+            name: "topic",
+            reason: format!(
+                "{} bytes; topic names are limited to {} bytes",
+                topic.len(),
+                format::MAX_TOPIC_LEN
+            ),
         });
     }
     Ok(())

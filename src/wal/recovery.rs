@@ -856,6 +856,9 @@ pub struct EntryIter {
     reader: Option<(ChunkReader, FileInfo, u64)>,
     ready: VecDeque<WalEntry>,
     failed: bool,
+    /// A [`WalReader`]'s shared lock on the directory, kept while the
+    /// iterator reads.
+    lock: Option<Arc<File>>,
 }
 
 impl EntryIter {
@@ -872,6 +875,7 @@ impl EntryIter {
             reader: None,
             ready: VecDeque::new(),
             failed: false,
+            lock: None,
         }
     }
 
@@ -961,15 +965,25 @@ impl Iterator for EntryIter {
 }
 
 /// Read-only access to a WAL directory for tools: file summaries and entries.
+///
+/// A WAL that is open (by this process or another) changes its files under a
+/// reader: rotation renames `current.wal` and puts a new file at its path,
+/// retention removes or recycles archived files. So a reader takes a shared
+/// lock on the directory's `LOCK` ([`super::files::lock_dir_shared`]), held
+/// by the reader and by every iterator it returns: opening one while a WAL
+/// has the directory open fails with [`Error::Locked`](crate::error::Error),
+/// and opening a WAL while one is held does too.
 pub struct WalReader {
     scan: DirScan,
+    lock: Option<Arc<File>>,
 }
 
 impl WalReader {
     /// Scans `dir` strictly.
     ///
     /// # Errors
-    /// As [`scan_dir`].
+    /// As [`scan_dir`]; [`Error::Locked`](crate::error::Error) while a WAL
+    /// has `dir` open.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(dir, RecoveryMode::Strict)
     }
@@ -978,10 +992,13 @@ impl WalReader {
     /// holds (see [`scan_dir_uncached`]).
     ///
     /// # Errors
-    /// As [`scan_dir`].
+    /// As [`scan_dir`]; [`Error::Locked`](crate::error::Error) while a WAL
+    /// has `dir` open.
     pub fn open_with(dir: impl AsRef<Path>, mode: RecoveryMode) -> Result<Self> {
+        let lock = super::files::lock_dir_shared(dir.as_ref())?.map(Arc::new);
         Ok(WalReader {
             scan: scan_dir_uncached(dir.as_ref(), mode)?,
+            lock,
         })
     }
 
@@ -990,9 +1007,12 @@ impl WalReader {
         &self.scan
     }
 
-    /// Entries with sequence ≥ `from`, in order.
+    /// Entries with sequence ≥ `from`, in order. The iterator holds the
+    /// reader's lock on the directory until it is dropped.
     pub fn entries_from(&self, from: u64) -> EntryIter {
-        EntryIter::new(self.scan.files.clone(), from)
+        let mut entries = EntryIter::new(self.scan.files.clone(), from);
+        entries.lock = self.lock.clone();
+        entries
     }
 }
 
