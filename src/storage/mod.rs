@@ -2683,7 +2683,8 @@ impl TopicManager {
                 .position(|d| d.name == name && d.id == deleted)
                 .map(|i| undurable.swap_remove(i))
         };
-        // Finished by the delete that took it (another may have meanwhile).
+        // Finished by the delete that took it (another may have meanwhile, or
+        // a retention pass).
         if let Some(d) = taken {
             finish_delete(&self.shared, d.name, d.trash, d.positions_dropped);
         }
@@ -2693,7 +2694,7 @@ impl TopicManager {
     /// Where deletes move topic directories: `topics-deleted/` in the data
     /// directory, emptied by the next start.
     fn trash_dir(&self) -> PathBuf {
-        self.shared.config.storage.data_dir.join("topics-deleted")
+        trash_dir(&self.shared)
     }
 
     /// Waits, holding `deleting` (the names reserved by deletes) between
@@ -3324,6 +3325,7 @@ fn finish_delete(shared: &Shared, name: String, trash: PathBuf, positions_droppe
 /// it succeeds. A name reserved (being created or deleted), in the map or
 /// in `unopened` keeps its positions.
 fn finish_deletes(shared: &Shared) {
+    finish_undurable_deletes(shared);
     let pending = std::mem::take(
         &mut *shared
             .unfinished_deletes
@@ -3380,6 +3382,38 @@ fn finish_deletes(shared: &Shared) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .extend(kept);
+}
+
+/// Where deletes move topic directories: `topics-deleted/` in the data
+/// directory, emptied by the next start.
+fn trash_dir(shared: &Shared) -> PathBuf {
+    shared.config.storage.data_dir.join("topics-deleted")
+}
+
+/// Makes the deletes whose directory fsync failed durable (run by each
+/// retention pass, from [`finish_deletes`]): fsyncs both ends of their moves
+/// again, and once that succeeds finishes each as any delete (its files go
+/// from the trash). Before, they waited for a delete of the same topic again,
+/// or a restart, however many fsyncs succeeded since. A delete of one again
+/// after that finds no such topic, as for any topic deleted.
+fn finish_undurable_deletes(shared: &Shared) {
+    let mut undurable = shared
+        .undurable_deletes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if undurable.is_empty() {
+        return;
+    }
+    if let Err(e) = sync_dir(&shared.topics_dir).and_then(|()| sync_dir(&trash_dir(shared))) {
+        tracing::warn!(error = %e, "the deleted topics' directory moves are still not durable");
+        return;
+    }
+    let done = std::mem::take(&mut *undurable);
+    drop(undurable);
+    for d in done {
+        tracing::info!(topic = %d.name, "the topic's delete is durable now");
+        finish_delete(shared, d.name, d.trash, d.positions_dropped);
+    }
 }
 
 /// The part of [`finish_deletes`] for what the start left in the trash,

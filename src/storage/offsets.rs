@@ -170,7 +170,7 @@ impl GroupLocks {
 
 /// The group files in `dir` (created, durably, when missing): every file named
 /// `*.json`. By name, not `extension()`: the empty group's file is `.json`,
-/// which has no extension.
+/// which has no extension. Removes every `*.tmp`, a write left unfinished.
 ///
 /// # Errors
 /// I/O errors creating or listing `dir`.
@@ -179,12 +179,16 @@ pub(crate) fn group_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io("read_dir", dir, e))? {
         let path = entry.map_err(|e| Error::io("read_dir", dir, e))?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".json"))
-        {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".json") {
             files.push(path);
+        } else if name.ends_with(".tmp") {
+            // A write of a group's file that a crash or an error stopped
+            // before its rename (see `write_atomic`): nothing reads it, and
+            // a group that is never written again would keep it for good.
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove an unfinished group file");
+            }
         }
     }
     Ok(files)
@@ -830,6 +834,42 @@ mod tests {
         assert_eq!(s.fetch("g", "t", 0).map(|c| c.offset), Some(5));
         assert!(s.delete_unless_committed_since("g", listed).unwrap());
         assert!(s.fetch("g", "t", 0).is_none());
+    }
+
+    /// A group file's write that fails before its rename leaves no temporary
+    /// file behind, and one a crash left is removed when the store opens.
+    /// Before, each lay in `groups/` for good once its group was never
+    /// written again (expired, deleted): on a full disk, every committing
+    /// group left one.
+    #[test]
+    fn unfinished_group_files_are_not_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups");
+        let tmps = || {
+            std::fs::read_dir(&groups)
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().ends_with(".tmp")
+                })
+                .count()
+        };
+        let s = OffsetStore::open(groups.clone()).unwrap();
+        // The rename fails: a directory that is not empty stands where the
+        // file goes.
+        let target = groups.join(file_name("g"));
+        std::fs::create_dir_all(target.join("x")).unwrap();
+        assert!(s.commit("g", None, vec![committed(0, 1)]).is_err());
+        assert_eq!(tmps(), 0);
+        std::fs::remove_dir_all(&target).unwrap();
+        drop(s);
+        for name in ["6868.tmp", ".json.tmp"] {
+            std::fs::write(groups.join(name), b"{\"gr").unwrap();
+        }
+        let s = OffsetStore::open(groups.clone()).unwrap();
+        assert_eq!(tmps(), 0);
+        s.commit("g", None, vec![committed(0, 2)]).unwrap();
+        assert_eq!(s.fetch("g", "t", 0).unwrap().offset, 2);
     }
 
     fn committed(p: i32, o: i64) -> Committed {

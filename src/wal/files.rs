@@ -880,14 +880,22 @@ pub fn write_atomic_renamed(path: &Path, bytes: &[u8]) -> Result<Option<Error>> 
         let e = std::io::Error::other("injected failure before the rename");
         return Err(Error::io("create", &tmp, e));
     }
-    let f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    write_at(&f, &tmp, 0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    sync_file(&f, &tmp, false)
-        .and_then(|()| super::journal::check_written(&f, bytes.len() as u64))
-        .map_err(|e| Error::io("fsync", &tmp, e))?;
-    drop(f);
-    rename(&tmp, path)?;
+    let renamed = (|| {
+        let f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        write_at(&f, &tmp, 0, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        sync_file(&f, &tmp, false)
+            .and_then(|()| super::journal::check_written(&f, bytes.len() as u64))
+            .map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        rename(&tmp, path)
+    })();
+    if let Err(e) = renamed {
+        // Not left behind (a file of a name never written again would stay
+        // for good); a removal a power loss undoes leaves a file nothing reads.
+        let _ = tracked(MetaOp::Remove(&tmp), || fs::remove_file(&tmp));
+        return Err(e);
+    }
     #[cfg(test)]
     if injected == Some(AtomicWriteFailure::DirSync) {
         let e = std::io::Error::other("injected directory fsync failure");

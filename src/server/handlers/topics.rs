@@ -1228,6 +1228,52 @@ mod tests {
         assert_eq!(deleted(&r), [(None, u.id, codes::UNKNOWN_TOPIC_ID)]);
     }
 
+    /// A delete whose directory fsync failed is finished by the first
+    /// retention pass whose fsyncs succeed, without a delete of it again: its
+    /// files leave the trash. Before, they stayed until a restart unless the
+    /// client sent the delete again.
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_whose_directory_fsync_failed_is_finished_by_a_retention_pass() {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let t = ctx.storage.create_topic("t", 1).unwrap();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&dir.path().join("topics")).unwrap();
+        let trash = dir.path().join("topics-deleted");
+        let in_trash = || std::fs::read_dir(&trash).unwrap().count();
+        let by_name = || DeleteTopicsRequest::default().with_topic_names(vec![topic_name("t")]);
+
+        disk.crash_at_next_dir_sync();
+        let r = delete(&ctx, by_name()).await;
+        assert_eq!(
+            deleted(&r),
+            [(Some("t".into()), t.id, codes::KAFKA_STORAGE_ERROR)]
+        );
+        let retention = || {
+            let storage = ctx.storage.clone();
+            tokio::task::spawn_blocking(move || storage.apply_retention())
+        };
+        // Fsyncs still fail: the files stay.
+        let _ = retention().await.unwrap();
+        assert_eq!(in_trash(), 1);
+        disk.restart();
+        let syncs = disk.stats().dir_syncs;
+        retention().await.unwrap().unwrap();
+        assert!(disk.stats().dir_syncs > syncs);
+        assert_eq!(in_trash(), 0);
+        let r = delete(&ctx, by_name()).await;
+        assert_eq!(
+            deleted(&r),
+            [(
+                Some("t".into()),
+                uuid::Uuid::nil(),
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            )]
+        );
+    }
+
     /// A topic named (or identified) more than once in a DeleteTopics or a
     /// CreatePartitions is answered once with INVALID_REQUEST and left alone,
     /// as Kafka does: a CreatePartitions `[t→4, t→8]` grew t twice, and a
