@@ -257,6 +257,28 @@ impl KeyMap {
     }
 }
 
+/// Why a pass stopped part way: a shutdown, or a delete of the topic, which
+/// both wait for it (see [`stopped`]).
+const STOPPED: &str = "the compaction pass stopped (shutdown or topic delete)";
+
+/// The error a pass's step returns when `halt` says to stop, between two
+/// batches of `src`: a pass reads a partition's whole cleanable log, up to
+/// three times (map, plan, copy), and a shutdown or a delete of the topic
+/// waited for all of it.
+fn stopped(src: &Source) -> Error {
+    Error::io(
+        "compact",
+        src.log.path(),
+        std::io::Error::new(std::io::ErrorKind::Interrupted, STOPPED),
+    )
+}
+
+/// Whether `e` is [`stopped`]'s.
+pub(crate) fn is_stopped(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::Interrupted && source.to_string() == STOPPED)
+}
+
 /// Per-entry overhead counted against the map's bound: the table's slot (the
 /// key's `Vec` and the offset, at the table's load factor) and the key's own
 /// allocation's header and rounding.
@@ -269,11 +291,16 @@ pub(crate) const ENTRY_OVERHEAD: usize = 80;
 /// map and the index after the last segment it covers, wholly or in part (see
 /// [`KeyMap::end`]). A batch whose records cannot be read adds no key (its
 /// records all stay).
+///
+/// # Errors
+/// A segment's read; [`is_stopped`] once `halt` says to stop (asked before
+/// each batch).
 pub(crate) fn build_map(
     sources: &[Source],
     first: usize,
     from: i64,
     limit: usize,
+    halt: &dyn Fn() -> bool,
 ) -> Result<(KeyMap, usize)> {
     let mut map = KeyMap {
         end: from,
@@ -286,6 +313,9 @@ pub(crate) fn build_map(
             break;
         }
         src.batches_while(from, |buf, info| {
+            if halt() {
+                return Err(stopped(src));
+            }
             if map.end > from && map.bytes >= limit {
                 full = true;
                 return Ok(false);
@@ -807,6 +837,7 @@ mod plan_tests {
             &map,
             tombstones,
             &mut Producers::default(),
+            &|| false,
         )
         .unwrap()
     }
@@ -897,6 +928,7 @@ pub(crate) fn plan_segment(
     map: &KeyMap,
     tombstones: Tombstones<'_>,
     producers: &mut Producers,
+    halt: &dyn Fn() -> bool,
 ) -> Result<Plan> {
     let mut judge = Judge::new(map, tombstones, producers, false);
     let mut plan = Plan::default();
@@ -909,6 +941,9 @@ pub(crate) fn plan_segment(
         }
     };
     src.for_each_batch(|buf, info| {
+        if halt() {
+            return Err(stopped(src));
+        }
         let bytes = match judge.decide(buf, info) {
             Decision::Whole => info.len as u64,
             Decision::Drop { removed } => {
@@ -1034,6 +1069,7 @@ pub(crate) fn write_group(
     policy: &CompactionPolicy,
     tombstones: Tombstones<'_>,
     producers: &mut Producers,
+    halt: &dyn Fn() -> bool,
 ) -> Result<GroupCopy> {
     let base = group[0].base;
     let mut c = Copier {
@@ -1046,7 +1082,12 @@ pub(crate) fn write_group(
     let mut written = Ok(());
     for src in group {
         let (mark, gap, removed) = (c.out.mark(), c.gap, c.removed);
-        written = src.for_each_batch(|buf, info| c.batch(buf, info));
+        written = src.for_each_batch(|buf, info| {
+            if halt() {
+                return Err(stopped(src));
+            }
+            c.batch(buf, info)
+        });
         if written.is_err() {
             break;
         }

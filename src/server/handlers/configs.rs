@@ -454,9 +454,15 @@ pub(crate) fn describe_configs(ctx: &Ctx, req: &DescribeConfigsRequest) -> Descr
                         .with_config_source(e.source)
                         .with_is_sensitive(false)
                         .with_config_type(e.kind)
+                        // Null, as Kafka's when not asked for; when asked
+                        // (`include_documentation`), too: the broker holds no
+                        // text for its keys (docs/broker.md has it).
+                        .with_documentation(None)
                 })
                 .collect();
-            out.with_error_code(codes::NONE).with_configs(configs)
+            out.with_error_code(codes::NONE)
+                .with_error_message(None)
+                .with_configs(configs)
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
@@ -965,6 +971,22 @@ mod tests {
         };
         let s = |n: &str, v: &str, source: i8| (n.to_string(), v.to_string(), source);
         let topic = describe(TOPIC, "t", true);
+        // No documentation, and no error message, is null (an empty string
+        // before, which Java's AdminClient showed as empty text).
+        for include_documentation in [false, true] {
+            let req = DescribeConfigsRequest::default()
+                .with_include_documentation(include_documentation)
+                .with_resources(vec![DescribeConfigsResource::default()
+                    .with_resource_type(TOPIC)
+                    .with_resource_name(StrBytes::from_static_str("t"))]);
+            let r = describe_configs(&ctx, &req);
+            assert_eq!(r.results[0].error_message, None);
+            assert!(!r.results[0].configs.is_empty());
+            assert!(r.results[0]
+                .configs
+                .iter()
+                .all(|c| c.documentation.is_none()));
+        }
         assert_eq!(
             of(&topic, "retention.ms"),
             [

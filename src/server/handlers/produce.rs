@@ -131,20 +131,22 @@ fn init_producer_id_error(e: &crate::error::Error) -> i16 {
 
 type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
 
-/// Partitions of one Produce refused before the write: the first (topic,
-/// partition, reason) and how many. Logged once per request, as a request may
-/// list up to [`crate::server::listed::MAX_LISTED`] partitions refused alike.
+/// Partitions of one request refused: the first (topic, partition, reason)
+/// and how many. Logged once per request, as a request may list up to
+/// [`crate::server::listed::MAX_LISTED`] partitions refused alike.
 #[derive(Default)]
-struct Refused {
-    first: Option<(String, i32, String)>,
-    count: usize,
+pub(super) struct Refused {
+    pub(super) first: Option<(String, i32, String)>,
+    pub(super) count: usize,
 }
 
 impl Refused {
-    fn add(&mut self, topic: &str, partition: i32, e: &ProduceError) {
+    /// Counts a refusal of `partition` of `topic`, for `why` (called only for
+    /// the first).
+    pub(super) fn add(&mut self, topic: &str, partition: i32, why: impl FnOnce() -> String) {
         self.count += 1;
         if self.first.is_none() {
-            self.first = Some((topic.to_string(), partition, message(e)));
+            self.first = Some((topic.to_string(), partition, why()));
         }
     }
 }
@@ -232,9 +234,11 @@ pub(crate) async fn handle(
                 _ => Err(ProduceError::InvalidBatch(BatchError::Truncated)),
             };
             match &outcome {
-                Err(e @ ProduceError::UnknownTopicOrPartition) => unknown.add(&name, p.index, e),
+                Err(e @ ProduceError::UnknownTopicOrPartition) => {
+                    unknown.add(&name, p.index, || message(e));
+                }
                 Err(e) => {
-                    refused.add(&name, p.index, e);
+                    refused.add(&name, p.index, || message(e));
                     out_of_line |= p
                         .records
                         .as_deref()
