@@ -86,25 +86,61 @@ fn inspect_dump_and_verify_a_healthy_wal() {
     );
 }
 
-#[test]
-fn verify_names_file_offset_and_recoverable_count_of_corruption() {
+/// [`make_wal`] with a byte flipped inside the third batch (block 3) of
+/// archived file `name`.
+fn damaged_in_third_batch_of(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     make_wal(dir.path());
-    let d = dir.path().to_str().unwrap();
-    // Flip a byte inside the third batch (block 3) of the first archived file.
-    let victim = dir.path().join("00000001.wal");
+    let victim = dir.path().join(name);
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[3 * 4096 + 100] ^= 0x40;
     std::fs::write(&victim, &bytes).unwrap();
+    dir
+}
 
+/// Damage past the checkpoint: the count of entries before it that a
+/// tolerant open would replay leaves out the ones the checkpoint covers
+/// (before, only the count of all of them was given, so an operator could
+/// not tell how many unapplied entries were at stake).
+#[test]
+fn verify_counts_the_entries_before_damage_after_the_checkpoint() {
+    let dir = damaged_in_third_batch_of("00000002.wal");
+    let (code, out, err) = tool(&["verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("recoverable before it: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    // All of file 1's entries and two of file 2's, of which all but the 10
+    // the checkpoint covers.
+    assert_eq!(numbers.len(), 3, "{line}");
+    assert!(numbers[0] > 12, "{line}");
+    assert_eq!(numbers[1], numbers[0] - 10, "{line}");
+    assert_eq!(numbers[2], 10, "{line}");
+}
+
+#[test]
+fn verify_names_file_offset_and_recoverable_count_of_corruption() {
+    let dir = damaged_in_third_batch_of("00000001.wal");
+    let d = dir.path().to_str().unwrap();
     let (code, out, err) = tool(&["verify", d]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("CORRUPT: ") && out.contains("00000001.wal at byte offset 12288"),
         "{out}"
     );
-    // One closed-loop producer: one entry per batch; blocks 1 and 2 are intact.
-    assert!(out.contains("recoverable before it: 2 entries"), "{out}");
+    // One closed-loop producer: one entry per batch; blocks 1 and 2 are
+    // intact, and the checkpoint (10) covers both: a tolerant open would
+    // replay none of them.
+    assert!(
+        out.contains("recoverable before it: 2 entries, 0 of them after the checkpoint (10)"),
+        "{out}"
+    );
     let (code, _, err) = tool(&["inspect", d]);
     assert_eq!(code, 1);
     assert!(

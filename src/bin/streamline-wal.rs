@@ -365,21 +365,30 @@ fn dump(dir: &Path, from: u64, format: Format) -> Result<(), Failed> {
 }
 
 /// Entries recoverable before `offset` of `file`, from a tolerant scan (which
-/// continues past the damage). `None` when even that scan fails.
-fn recoverable_before(dir: &Path, file: &Path, offset: u64) -> Option<u64> {
+/// continues past the damage): all of them, those after the checkpoint (what
+/// a tolerant open would replay of them: the rest were applied), and the
+/// checkpoint's sequence. `None` when even that scan fails.
+fn recoverable_before(dir: &Path, file: &Path, offset: u64) -> Option<(u64, u64, u64)> {
     let scan = scan_dir_uncached(dir, RecoveryMode::TolerateCorruption).ok()?;
+    let checkpoint = scan.checkpoint.as_ref().map_or(0, |c| c.sequence);
     let mut count = 0;
+    let mut before = Vec::new();
     for f in &scan.files {
         if f.path == file {
             let mut cut = f.clone();
             cut.valid_end = cut.valid_end.min(offset);
             cut.skipped.clear();
-            let n = EntryIter::new(vec![cut], 0)
+            let n = EntryIter::new(vec![cut.clone()], 0)
                 .take_while(Result::is_ok)
                 .count() as u64;
-            return Some(count + n);
+            before.push(cut);
+            let after = EntryIter::new(before, checkpoint + 1)
+                .take_while(Result::is_ok)
+                .count() as u64;
+            return Some((count + n, after, checkpoint));
         }
         count += f.entries;
+        before.push(f.clone());
     }
     None
 }
@@ -420,7 +429,10 @@ fn verify(dir: &Path) -> Result<ExitCode, Failed> {
                 file.display()
             );
             let _ = match recoverable_before(dir, &file, offset) {
-                Some(n) => writeln!(text, "recoverable before it: {n} entries"),
+                Some((n, after, checkpoint)) => writeln!(
+                    text,
+                    "recoverable before it: {n} entries, {after} of them after the checkpoint ({checkpoint})"
+                ),
                 None => writeln!(text, "recoverable before it: unknown (the directory cannot be scanned past the problem)"),
             };
             ExitCode::from(1)

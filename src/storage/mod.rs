@@ -342,6 +342,15 @@ pub const CREATE_WAITS_FOR_DELETE: Duration = Duration::from_secs(30);
 /// Bytes of produce payloads accepted but not yet applied, across all connections.
 const MAX_INFLIGHT_BYTES: usize = 256 * 1024 * 1024;
 
+/// Produce validations that may hold a thread at once (a compressed batch,
+/// or one over 64 KiB: see [`batch::validation_may_block`]). Each runs in
+/// `block_in_place`, which holds its thread, and a wait for the decompression
+/// budget may last the request's whole timeout (up to 300 s); the others wait
+/// for a place without one, in arrival order. Without the bound some 500
+/// waiting took every thread tokio's blocking pool has, and the broker
+/// answered no one (a Metadata took 50 s).
+pub const BLOCKING_VALIDATIONS: usize = 16;
+
 enum Job {
     Produce {
         partition: Arc<Partition>,
@@ -446,6 +455,17 @@ struct Shared {
     /// How long a topic delete waits before it syncs the topic's segments.
     #[cfg(test)]
     delete_sync_pause: Mutex<Duration>,
+    /// Places for produce validations that hold a thread
+    /// ([`BLOCKING_VALIDATIONS`]).
+    blocking_validations: tokio::sync::Semaphore,
+    /// How long each validation in a place takes at least, and how many are
+    /// in one now and at most (tests).
+    #[cfg(test)]
+    blocking_validation: (
+        Mutex<Duration>,
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    ),
     /// The storage thread that panics at its next job (tests of a storage
     /// thread's panic; see [`Shared::panic_if_asked`]).
     #[cfg(test)]
@@ -458,6 +478,23 @@ struct Shared {
 }
 
 impl Shared {
+    /// Counts a produce validation in a place that holds a thread, until the
+    /// returned guard drops, after the pause tests set (tests).
+    #[cfg(test)]
+    fn in_blocking_validation(&self) -> impl Drop + '_ {
+        struct Inside<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Inside<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let (pause, now, most) = &self.blocking_validation;
+        let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(inside, Ordering::SeqCst);
+        std::thread::sleep(*pause.lock().unwrap());
+        Inside(now)
+    }
+
     /// A snapshot of every topic.
     fn topic_list(&self) -> Vec<Arc<Topic>> {
         self.topics
@@ -1948,6 +1985,13 @@ impl TopicManager {
             validate_pause: Mutex::new(Duration::ZERO),
             #[cfg(test)]
             delete_sync_pause: Mutex::new(Duration::ZERO),
+            blocking_validations: tokio::sync::Semaphore::new(BLOCKING_VALIDATIONS),
+            #[cfg(test)]
+            blocking_validation: (
+                Mutex::new(Duration::ZERO),
+                std::sync::atomic::AtomicUsize::new(0),
+                std::sync::atomic::AtomicUsize::new(0),
+            ),
             #[cfg(test)]
             panic_at_next_job: Mutex::new(None),
             #[cfg(test)]
@@ -2995,9 +3039,21 @@ impl TopicManager {
             behind_ms: t.configs.timestamp_before_max_ms(),
         };
         let produced = if may_block {
-            tokio::task::block_in_place(|| {
+            let place = self.shared.blocking_validations.acquire();
+            let place = match deadline {
+                Some(d) => tokio::time::timeout_at(tokio::time::Instant::from_std(d), place)
+                    .await
+                    .map_err(|_| ProduceError::Timeout)?,
+                None => place.await,
+            }
+            .map_err(|_| ProduceError::ShuttingDown)?;
+            let produced = tokio::task::block_in_place(|| {
+                #[cfg(test)]
+                let _inside = self.shared.in_blocking_validation();
                 batch::validate_produce_by(records, deadline, Some(&rules))
-            })
+            });
+            drop(place);
+            produced
         } else {
             batch::validate_produce_by(records, deadline, Some(&rules))
         }
@@ -3175,6 +3231,19 @@ impl TopicManager {
     #[cfg(test)]
     pub(crate) fn pause_next_validation(&self, pause: Duration) {
         *self.shared.validate_pause.lock().unwrap() = pause;
+    }
+
+    /// Makes every produce validation that holds a thread take `pause` at
+    /// least (tests).
+    #[cfg(test)]
+    pub(crate) fn pause_blocking_validations(&self, pause: Duration) {
+        *self.shared.blocking_validation.0.lock().unwrap() = pause;
+    }
+
+    /// The most produce validations that held a thread at once (tests).
+    #[cfg(test)]
+    pub(crate) fn most_blocking_validations(&self) -> usize {
+        self.shared.blocking_validation.2.load(Ordering::SeqCst)
     }
 
     /// A new producer id for an idempotent producer (blocking: may write and fsync

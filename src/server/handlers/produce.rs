@@ -569,6 +569,42 @@ mod tests {
         storage.shutdown().unwrap();
     }
 
+    /// Produces whose validation holds a thread (a compressed batch, or one
+    /// over 64 KiB) take one of a few places first, waiting for one without
+    /// a thread: each held a thread of tokio's blocking pool while it waited
+    /// for the decompression budget (up to the request's timeout), and some
+    /// 500 waiting left the broker answering no one (a Metadata took 50 s).
+    #[test]
+    fn at_most_a_few_produce_validations_hold_a_thread_at_once() {
+        use crate::storage::BLOCKING_VALIDATIONS;
+        let (_tmp, storage, ctx, rt) = with_topic(1);
+        storage.pause_blocking_validations(Duration::from_millis(100));
+        let value = vec![b'x'; 70 * 1024];
+        let n = 3 * BLOCKING_VALIDATIONS;
+        let answered: Vec<i16> = rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let ctx = Arc::clone(&ctx);
+                    let req = produce_to_t(1, 30_000, partition_0(make_batch(0, &[&value])));
+                    tokio::spawn(async move {
+                        let (pending, _) = handle(&ctx, req, 9, i as i32).await;
+                        pending.await.frame.expect("a response")
+                    })
+                })
+                .collect();
+            let mut answered = Vec::new();
+            for t in tasks {
+                let (_, r) = answer(t.await.unwrap(), 9);
+                answered.push(r.responses[0].partition_responses[0].error_code);
+            }
+            answered
+        });
+        assert!(answered.iter().all(|&c| c == codes::NONE), "{answered:?}");
+        let most = storage.most_blocking_validations();
+        assert!((2..=BLOCKING_VALIDATIONS).contains(&most), "{most} at once");
+        storage.shutdown().unwrap();
+    }
+
     /// A batch that waited for the decompression budget waits for pipeline
     /// capacity only for what is left of the request's timeout: each wait
     /// had the whole timeout, so a compressed batch could be stored after
