@@ -223,20 +223,6 @@ fn impossible_combinations_are_rejected_before_any_file_exists() {
         "needs --engine streamline",
     );
     rejected(&["--sync-mode", "interval", "--sync-ms", "0"], "--sync-ms");
-    // Settings no engine or mode of the job takes: ignored before, and not
-    // shown in the report.
-    rejected(
-        &["--engine", "naive", "--sync-ms", "5"],
-        "--sync-ms needs --engine streamline --sync-mode interval",
-    );
-    rejected(
-        &["--sync-mode", "every_write", "--sync-ms", "5"],
-        "--sync-ms needs --engine streamline --sync-mode interval",
-    );
-    rejected(
-        &["--engine", "nowal", "--max-file-size", "1g"],
-        "--max-file-size needs --engine streamline or raft-engine",
-    );
     rejected(&["--max-file-size", "1000"], "--max-file-size");
     rejected(&["--max-file-size", "1025g"], "at most 1 TiB");
     // The WAL's own limits, named by this harness's options and with their

@@ -125,6 +125,12 @@ fn tiny_run_reports_consistent_json() {
         "interval writes through the page cache"
     );
     assert_eq!(jobs[2]["direct_io"], Value::Null);
+    // The interval job's period, and the WAL file size of the WAL engines
+    // only: the others take neither.
+    assert_eq!(jobs[1]["sync_ms"], 5);
+    assert_eq!(jobs[0]["sync_ms"], Value::Null);
+    assert_eq!(jobs[0]["max_file_size"], 1 << 20);
+    assert_eq!(jobs[2]["max_file_size"], Value::Null);
     assert_eq!(jobs[0]["sync_mode"], "every_write");
     // every_write: each acknowledged record was covered by an fdatasync.
     assert!(jobs[0]["fsyncs"].as_u64().unwrap() > 0);
@@ -272,6 +278,8 @@ fn table_columns_line_up() {
         backend: "pwrite+fdatasync".into(),
         sync_mode: "every_write".into(),
         direct_io: None,
+        sync_ms: None,
+        max_file_size: None,
         writers: 64,
         queue_depth: 1,
         checkpoint_ms: None,
@@ -348,6 +356,8 @@ fn a_dropped_cache_that_did_not_make_the_scan_read_the_device_is_reported_warm()
         backend: "uring".into(),
         sync_mode: "os_default".into(),
         direct_io: Some(true),
+        sync_ms: None,
+        max_file_size: Some(100 << 20),
         writers: 4,
         queue_depth: 16,
         checkpoint_ms: None,

@@ -544,20 +544,6 @@ impl JobArgs {
         if self.checkpoint_ms == Some(0) {
             return Err("--checkpoint-ms must be at least 1".into());
         }
-        // Taken by no other engine, nor mode: a value would be ignored, and
-        // the report does not show it.
-        if self.sync_ms.is_some()
-            && (engine != EngineKind::Streamline || sync_mode != SyncMode::Interval)
-        {
-            return Err("--sync-ms needs --engine streamline --sync-mode interval".into());
-        }
-        if self.max_file_size.is_some()
-            && !matches!(engine, EngineKind::Streamline | EngineKind::RaftEngine)
-        {
-            return Err(format!(
-                "--max-file-size needs --engine streamline or raft-engine: {engine} has no such files"
-            ));
-        }
         let sync_ms = self.sync_ms.unwrap_or(defaults.sync_interval_ms);
         if sync_ms == 0 && sync_mode == SyncMode::Interval {
             return Err("--sync-ms must be at least 1 with --sync-mode interval".into());

@@ -113,6 +113,12 @@ pub struct JobReport {
     pub sync_mode: String,
     /// Whether the WAL wrote with O_DIRECT (`null` for other engines).
     pub direct_io: Option<bool>,
+    /// The fdatasync period in ms of an `interval` job (`null` for other
+    /// modes and engines, which take none).
+    pub sync_ms: Option<u64>,
+    /// Bytes of each WAL file (streamline, raft-engine; `null` for engines
+    /// without such files).
+    pub max_file_size: Option<u64>,
     /// Writer threads.
     pub writers: usize,
     /// Outstanding appends per writer.
@@ -200,6 +206,13 @@ impl JobReport {
             backend: r.backend.clone(),
             sync_mode,
             direct_io: r.direct_io,
+            sync_ms: (is_streamline && r.spec.wal.sync_mode == SyncMode::Interval)
+                .then_some(r.spec.wal.sync_interval_ms),
+            max_file_size: matches!(
+                r.spec.engine,
+                super::job::EngineKind::Streamline | super::job::EngineKind::RaftEngine
+            )
+            .then_some(r.spec.wal.max_file_size),
             writers: r.spec.writers,
             queue_depth: r.spec.queue_depth,
             async_workers: r.spec.async_workers,
