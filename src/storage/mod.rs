@@ -827,7 +827,7 @@ fn refuse_or_set_aside(topics_dir: &Path, name: &str, why: &str, mode: RecoveryM
                      {why}; restore the file (the topic's id, partition count and wal_floor), \
                      or start with --recovery-mode tolerate_corruption to move the directory \
                      aside (to {name}~<16 hex digits>{STRAY_SUFFIX}, which starts then skip) \
-                     and go on without the topic"
+                     and go on without the topic and its groups' committed positions"
                 ),
             ),
         ));
@@ -1768,6 +1768,19 @@ impl TopicManager {
         check_points_beyond_count(&topics, &topics_dir, points.as_ref(), mode)?;
         let offsets = OffsetStore::open(data_dir.join("groups"))?;
         let positions = offsets.positions_by_topic();
+        // Dropped below with every topic's that has no directory: said here,
+        // as a directory moved back later brings its records, not these.
+        for name in &set_aside_topics {
+            if let Some(&n) = positions.get(name).filter(|&&n| n > 0) {
+                tracing::warn!(
+                    topic = %name,
+                    positions = n,
+                    "dropping the consumer groups' committed positions in the topic whose \
+                     directory was set aside; moving the directory back later restores its \
+                     records, not these positions"
+                );
+            }
+        }
         let wal_dir = config.wal_dir();
         let has_wal = config.wal.enabled || wal_present(&wal_dir)?;
         let mut stats = ReplayStats::default();
@@ -1918,7 +1931,7 @@ impl TopicManager {
                 if n > 0 {
                     tracing::info!(
                         positions = n,
-                        "dropped committed positions in deleted topics"
+                        "dropped committed positions in topics without a directory (deleted, or set aside)"
                     );
                 }
                 if trash
@@ -6448,6 +6461,14 @@ mod tests {
                 && log_lines.contains("topic.json is missing from a topic directory"),
             "{log_lines}"
         );
+        // Its groups' positions go (the name is free), and the log says so.
+        assert!(
+            log_lines.contains("WARN")
+                && log_lines.contains("dropping the consumer groups' committed positions")
+                && log_lines.contains("positions=1"),
+            "{log_lines}"
+        );
+        assert_eq!(m.offsets().fetch("g", "t", 0), None);
         assert!(m.topic("t").is_none());
         assert!(!dir.exists());
         let aside = set_aside_dirs(tmp.path());
