@@ -13,6 +13,7 @@ pub mod error;
 pub mod file_at;
 #[cfg(unix)]
 pub mod huge_alloc;
+pub(crate) mod log_limit;
 pub mod server;
 pub mod storage;
 pub mod wal;

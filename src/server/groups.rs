@@ -45,6 +45,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::log_limit::Shown;
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
@@ -472,7 +473,7 @@ impl Group {
     /// joins again as it would have had the group been rebalancing already.
     fn abandon_replacements(&mut self) {
         for r in self.replacements.drain(..) {
-            tracing::info!(old_member = %r.old, instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is abandoned: the group left Stable");
+            tracing::info!(old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is abandoned: the group left Stable");
             let _ =
                 r.tx.send(JoinResult::error(codes::REBALANCE_IN_PROGRESS, ""));
         }
@@ -723,7 +724,7 @@ impl Group {
         self.members.retain(|id, m| {
             let keep = m.joined || m.instance_id.is_some();
             if !keep {
-                tracing::info!(member = %id, "dropping member that did not rejoin in time");
+                tracing::info!(member = %Shown(id), "dropping member that did not rejoin in time");
             }
             keep
         });
@@ -893,7 +894,7 @@ impl Group {
         // as a pending join of a replaced id is.
         for r in std::mem::take(&mut self.replacements) {
             if r.old == old {
-                tracing::info!(old_member = %old, instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is superseded by another");
+                tracing::info!(old_member = %Shown(old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is superseded by another");
                 let _ = r.tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, ""));
             } else {
                 self.replacements.push(r);
@@ -960,7 +961,7 @@ impl Group {
         m.session_timeout = req.session_timeout;
         m.rebalance_timeout = req.rebalance_timeout;
         m.last_seen = now;
-        tracing::info!(old_member = %old, member = %new, instance = ?m.instance_id, "static member replaced");
+        tracing::info!(old_member = %Shown(old), member = %Shown(&new), instance = ?m.instance_id, "static member replaced");
         self.members.insert(new, m);
         leader_before
     }
@@ -997,7 +998,7 @@ impl Group {
                 continue;
             }
             if !ok {
-                tracing::warn!(old_member = %r.old, instance = ?r.req.instance_id, "a static member's replacement could not be stored: the old member id stays");
+                tracing::warn!(old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement could not be stored: the old member id stays");
                 let _ =
                     r.tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
                 continue;
@@ -1485,7 +1486,7 @@ impl GroupCoordinator {
         };
         let stored = store.write(group, &snapshot.meta);
         if let Err(e) = &stored {
-            tracing::error!(group = %group, generation = snapshot.meta.generation, error = %e, "storing the group's membership failed");
+            tracing::error!(group = %Shown(group), generation = snapshot.meta.generation, error = %e, "storing the group's membership failed");
         }
         self.stored(group, &snapshot, stored.is_ok())
     }
@@ -1553,7 +1554,7 @@ impl GroupCoordinator {
         }
         if snapshot.undo {
             if ok {
-                tracing::info!(group = %group, "the group's file names again the old member ids of static members' replacements that did not take effect");
+                tracing::info!(group = %Shown(group), "the group's file names again the old member ids of static members' replacements that did not take effect");
             }
             return false;
         }
@@ -1585,7 +1586,7 @@ impl GroupCoordinator {
                     // being written: the file names a member id that the
                     // group does not hold, and a restarted broker would fence
                     // the old id, still the member, with it.
-                    tracing::warn!(group = %group, "a static member's replacement was stored but did not take effect: the group's file is written again with the old member id");
+                    tracing::warn!(group = %Shown(group), "a static member's replacement was stored but did not take effect: the group's file is written again with the old member id");
                     g.undo = Some(undo_replacements(
                         &snapshot.meta,
                         snapshot
@@ -1649,11 +1650,15 @@ impl GroupCoordinator {
             return rx;
         }
         if req.protocols.len() > MAX_PROTOCOLS {
-            tracing::warn!(
-                group = %req.group,
-                protocols = req.protocols.len(),
-                "JoinGroup refused: it lists more than {MAX_PROTOCOLS} protocols"
-            );
+            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+            if let Some(suppressed) = LIMIT.allow() {
+                tracing::warn!(
+                    group = %Shown(&req.group),
+                    protocols = req.protocols.len(),
+                    suppressed,
+                    "JoinGroup refused: it lists more than {MAX_PROTOCOLS} protocols"
+                );
+            }
             let _ = tx.send(JoinResult::error(codes::INVALID_REQUEST, &req.member_id));
             return rx;
         }
@@ -2251,7 +2256,7 @@ impl GroupCoordinator {
                 Ok(true) => expired.push(group),
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::error!(group = %group, error = %e, "expiring the group's committed offsets failed");
+                    tracing::error!(group = %Shown(&group), error = %e, "expiring the group's committed offsets failed");
                     failed.get_or_insert(e);
                 }
             }
@@ -2287,7 +2292,7 @@ impl GroupCoordinator {
                     let subscribed = || self.stable_subscriptions(group);
                     let n = store.expire_unsubscribed(group, subscribed, cutoff)?;
                     if n > 0 {
-                        tracing::info!(group = %group, positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
+                        tracing::info!(group = %Shown(group), positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
                     }
                     return Ok(false);
                 }
@@ -2308,7 +2313,7 @@ impl GroupCoordinator {
             let n = store.expire_simple(group, cutoff)?;
             if n > 0 {
                 let gone = store.group(group).is_none();
-                tracing::info!(group = %group, positions = n, group_deleted = gone, "expired committed offsets of a simple group");
+                tracing::info!(group = %Shown(group), positions = n, group_deleted = gone, "expired committed offsets of a simple group");
                 if gone {
                     // An empty group the coordinator still holds goes too.
                     if self.begin_delete(group, false) == codes::NONE {
@@ -2343,7 +2348,7 @@ impl GroupCoordinator {
             return Ok(false);
         }
         tracing::info!(
-            group = %group,
+            group = %Shown(group),
             idle_minutes = now.duration_since(since).unwrap_or_default().as_secs() / 60,
             "expired the committed offsets of an idle group"
         );
@@ -2391,7 +2396,7 @@ impl GroupCoordinator {
             groups.remove(group);
         }
         if let Some(Err(e)) = self.meta.as_ref().map(|meta| meta.remove(group)) {
-            tracing::warn!(group = %group, error = %e, "removing a forgotten group's stored membership failed");
+            tracing::warn!(group = %Shown(group), error = %e, "removing a forgotten group's stored membership failed");
         }
         true
     }
@@ -2477,14 +2482,14 @@ impl GroupCoordinator {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &expired {
-                tracing::info!(group = %name, member = %id, "member session expired");
+                tracing::info!(group = %Shown(name), member = %Shown(id), "member session expired");
                 g.members.remove(id);
                 g.pending_syncs.remove(id);
             }
             // As Kafka's `onExpirePendingSync`.
             let unsynced = g.take_unsynced(now);
             for id in &unsynced {
-                tracing::info!(group = %name, member = %id, generation = g.generation, "member did not send SyncGroup within the rebalance timeout; removed");
+                tracing::info!(group = %Shown(name), member = %Shown(id), generation = g.generation, "member did not send SyncGroup within the rebalance timeout; removed");
                 g.members.remove(id);
             }
             let mut changed = !expired.is_empty() || !unsynced.is_empty();

@@ -829,12 +829,18 @@ async fn accept_connection(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             ctx.metrics.tls_failure();
-            tracing::info!(%peer, error = %e, "TLS handshake failed; closing connection");
+            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+            if let Some(suppressed) = LIMIT.allow() {
+                tracing::info!(%peer, error = %e, suppressed, "TLS handshake failed; closing connection");
+            }
             return Ok(());
         }
         Err(_) => {
             ctx.metrics.tls_failure();
-            tracing::info!(%peer, timeout_s = TLS_HANDSHAKE_TIMEOUT.as_secs(), "TLS handshake timed out; closing connection");
+            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+            if let Some(suppressed) = LIMIT.allow() {
+                tracing::info!(%peer, timeout_s = TLS_HANDSHAKE_TIMEOUT.as_secs(), suppressed, "TLS handshake timed out; closing connection");
+            }
             return Ok(());
         }
     };
@@ -987,7 +993,10 @@ where
                 break Ok(());
             }
             Ok(Frame::Oversized(why)) => {
-                tracing::warn!(%peer, error = %why, "closing connection");
+                static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+                if let Some(suppressed) = LIMIT.allow() {
+                    tracing::warn!(%peer, error = %why, suppressed, "closing connection");
+                }
                 ctx.metrics.bad_request();
                 break Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
             }
@@ -995,8 +1004,17 @@ where
                 // A read error, or a TLS record that does not decrypt or an
                 // alert after the handshake (tokio-rustls reports those as
                 // InvalidData; a plain socket never does): not a bad Kafka
-                // request.
-                tracing::warn!(%peer, error = %e, "closing connection");
+                // request. A reset or a broken pipe is a client gone (a
+                // health check closing with RST, say): debug.
+                static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) {
+                    tracing::debug!(%peer, error = %e, "closing connection");
+                } else if let Some(suppressed) = LIMIT.allow() {
+                    tracing::warn!(%peer, error = %e, suppressed, "closing connection");
+                }
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     ctx.metrics.tls_error();
                 } else {
@@ -1074,7 +1092,11 @@ where
                         }
                     }
                     Err(msg) => {
-                        tracing::warn!(%peer, reason = %msg, "bad request; closing connection");
+                        static LIMIT: crate::log_limit::LogLimit =
+                            crate::log_limit::LogLimit::new();
+                        if let Some(suppressed) = LIMIT.allow() {
+                            tracing::warn!(%peer, reason = %msg, suppressed, "bad request; closing connection");
+                        }
                         ctx.metrics.bad_request();
                         break Ok(());
                     }

@@ -238,6 +238,23 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// serde's message for `e` without the value it quotes: for a file of the
+/// wrong form, that value is a password or a credential ("invalid type:
+/// string \"<password>\", expected struct SaltedCredential"), and the message
+/// goes to the log (a SIGHUP's reload) or the terminal.
+fn without_values(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    for kind in ["invalid type", "invalid value", "invalid length"] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            return match rest.find(", expected") {
+                Some(i) => format!("{kind}{}", &rest[i..]),
+                None => format!("{kind} (line {}, column {})", e.line(), e.column()),
+            };
+        }
+    }
+    message
+}
+
 fn users_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::io(
         "read SASL users",
@@ -289,7 +306,10 @@ impl Authenticator {
         let parsed: HashMap<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
             users_error(
                 path,
-                format!("expected a JSON object of user name to password or salted SCRAM credentials: {e}"),
+                format!(
+                    "expected a JSON object of user name to password or salted SCRAM credentials: {}",
+                    without_values(&e)
+                ),
             )
         })?;
         if parsed.is_empty() {
@@ -312,7 +332,10 @@ impl Authenticator {
                         serde_json::from_value(serde_json::Value::Object(creds)).map_err(|e| {
                             users_error(
                                 path,
-                                format!("user {name:?}: salted SCRAM credentials: {e}"),
+                                format!(
+                                    "user {name:?}: salted SCRAM credentials: {}",
+                                    without_values(&e)
+                                ),
                             )
                         })?;
                     if name.is_empty() || creds.is_empty() {
@@ -1276,6 +1299,13 @@ mod tests {
             ("{}", "no users"),
             (r#"{"": "x"}"#, "must not be empty"),
             (r#"{"a": ""}"#, "must not be empty"),
+            // A password where salted credentials go, or as the whole file,
+            // is not quoted back: the message reaches the log.
+            (
+                r#"{"alice": {"SCRAM-SHA-256": "Tr0ub4dor&3"}}"#,
+                "invalid type, expected struct SaltedCredential",
+            ),
+            (r#""Tr0ub4dor&3""#, "invalid type, expected a map"),
         ] {
             let path = dir.path().join("users.json");
             std::fs::write(&path, text).unwrap();
@@ -1283,6 +1313,7 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("users.json") && e.contains(says), "{text}: {e}");
+            assert!(!e.contains("Tr0ub4dor"), "{e}");
         }
         let e = Authenticator::load(&dir.path().join("missing.json"), &Mechanism::ALL)
             .unwrap_err()

@@ -11,6 +11,7 @@ use std::{
     time::SystemTime,
 };
 
+use crate::log_limit::Shown;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -592,7 +593,7 @@ impl OffsetStore {
                 }
             }
             tracing::warn!(
-                group = %group,
+                group = %Shown(&group),
                 positions = %moved.join(", "),
                 "committed positions beyond their partition's log end (records a crash took, or a position committed past the end) were brought down to it"
             );

@@ -35,6 +35,7 @@ use kafka_protocol::{
 };
 
 use super::named_once;
+use crate::log_limit::Shown;
 use crate::{
     server::{
         codes,
@@ -118,7 +119,7 @@ pub(crate) async fn join(
         let groups = std::sync::Arc::clone(&ctx.groups);
         let g = group.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&g)).await {
-            tracing::error!(group = %group, error = %e, "storing the group's membership failed");
+            tracing::error!(group = %Shown(&group), error = %e, "storing the group's membership failed");
         }
     }
     let j = match until_stopping(ctx, rx).await {
@@ -185,7 +186,7 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
         let groups = std::sync::Arc::clone(&ctx.groups);
         let group = req.group_id.0.to_string();
         if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&group)).await {
-            tracing::error!(group = %req.group_id.0.as_str(), error = %e, "storing the group's membership failed");
+            tracing::error!(group = %Shown(req.group_id.0.as_str()), error = %e, "storing the group's membership failed");
         }
     }
     let (error, assignment) = until_stopping(ctx, rx)
@@ -358,11 +359,11 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
                 false
             }
             Ok((Err(e), _)) => {
-                tracing::error!(group = %group, error = %e, "storing committed offsets failed");
+                tracing::error!(group = %Shown(&group), error = %e, "storing committed offsets failed");
                 true
             }
             Err(e) => {
-                tracing::error!(group = %group, error = %e, "offset commit task failed");
+                tracing::error!(group = %Shown(&group), error = %e, "offset commit task failed");
                 true
             }
         };
@@ -619,15 +620,15 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
             .await;
             let done = match deleted {
                 Ok(Ok(_)) => {
-                    tracing::info!(group = %group, "group deleted");
+                    tracing::info!(group = %Shown(&group), "group deleted");
                     true
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(group = %group, error = %e, "deleting the group's committed offsets or membership failed; the group is kept");
+                    tracing::error!(group = %Shown(&group), error = %e, "deleting the group's committed offsets or membership failed; the group is kept");
                     false
                 }
                 Err(e) => {
-                    tracing::error!(group = %group, error = %e, "group deletion task failed; the group is kept");
+                    tracing::error!(group = %Shown(&group), error = %e, "group deletion task failed; the group is kept");
                     false
                 }
             };
@@ -663,7 +664,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     let guard = match tokio::task::spawn_blocking(move || groups.offset_delete_guard(&g)).await {
         Ok(guard) => guard,
         Err(e) => {
-            tracing::error!(group = %group, error = %e, "judging an offset deletion failed");
+            tracing::error!(group = %Shown(&group), error = %e, "judging an offset deletion failed");
             return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
     };
@@ -737,7 +738,9 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             return OffsetDeleteResponse::default().with_error_code(code);
         }
         Ok(((n, refused), _)) => {
-            tracing::info!(group = %group, positions = n, "deleted committed offsets");
+            if n > 0 {
+                tracing::info!(group = %Shown(&group), positions = n, "deleted committed offsets");
+            }
             if !refused.is_empty() {
                 let refused: HashSet<(String, i32)> = refused.into_iter().collect();
                 for (name, parts) in &mut topics {
@@ -757,7 +760,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             // A failed rewrite or removal of the group's file (its directory
             // fsync included) leaves the positions in the store, so the
             // request sent again deletes them again, durably.
-            tracing::error!(group = %group, error = %e, "deleting committed offsets failed");
+            tracing::error!(group = %Shown(&group), error = %e, "deleting committed offsets failed");
             return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
     }

@@ -2,6 +2,7 @@
 //! every partition is durable per the sync mode (nothing at all for acks=0, unless
 //! a partition failed: then the connection closes).
 
+use crate::log_limit::{LogLimit, Shown};
 use std::{sync::Arc, time::Duration};
 
 use kafka_protocol::{
@@ -97,15 +98,22 @@ pub(crate) async fn init_producer_id(
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
     if req.transactional_id.is_some() {
-        tracing::warn!(
-            "InitProducerId with a transactional id refused: transactions are not supported"
-        );
+        static LIMIT: LogLimit = LogLimit::new();
+        if let Some(suppressed) = LIMIT.allow() {
+            tracing::warn!(
+                suppressed,
+                "InitProducerId with a transactional id refused: transactions are not supported"
+            );
+        }
         return r.with_error_code(codes::INVALID_REQUEST);
     }
     let storage = ctx.storage.clone();
     match tokio::task::spawn_blocking(move || storage.allocate_producer_id()).await {
         Ok(Ok(id)) => {
-            tracing::info!(producer_id = id, "new idempotent producer");
+            static LIMIT: LogLimit = LogLimit::new();
+            if let Some(suppressed) = LIMIT.allow() {
+                tracing::info!(producer_id = id, suppressed, "new idempotent producer");
+            }
             r.with_error_code(codes::NONE)
                 .with_producer_id(ProducerId(id))
                 .with_producer_epoch(0)
@@ -253,10 +261,13 @@ pub(crate) async fn handle(
     // Unknown partitions are routine while a client's metadata catches up with a
     // new topic.
     if let Some((topic, partition, error)) = &unknown.first {
-        tracing::debug!(%topic, partition, %error, rejected = unknown.count, "produce rejected");
+        tracing::debug!(topic = %Shown(topic), partition, %error, rejected = unknown.count, "produce rejected");
     }
     if let Some((topic, partition, error)) = &refused.first {
-        tracing::warn!(%topic, partition, %error, rejected = refused.count, "produce rejected");
+        static LIMIT: LogLimit = LogLimit::new();
+        if let Some(suppressed) = LIMIT.allow() {
+            tracing::warn!(topic = %Shown(topic), partition, %error, rejected = refused.count, suppressed, "produce rejected");
+        }
     }
     let failed_now = submitted
         .iter()
@@ -566,6 +577,47 @@ mod tests {
             .collect();
         assert_eq!(codes, vec![codes::REQUEST_TIMED_OUT; 5]);
         drop(held);
+        storage.shutdown().unwrap();
+    }
+
+    /// A refused produce's log line goes through a limit, and its topic is
+    /// escaped: a connection pipelining refused produces (null records) wrote
+    /// some 20 MB of log a second, and a topic holding a newline wrote a
+    /// line of the client's choosing.
+    #[test]
+    fn refused_produces_are_logged_within_a_limit_and_their_topic_escaped() {
+        use crate::log_limit::PER_WINDOW;
+        let (_tmp, storage, ctx, _rt) = with_topic(1);
+        let forged = "t\n2026-12-06T10:00:00Z ERROR streamline::wal: forged";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ((), log) = crate::storage::partition::tests::logged(|| {
+            rt.block_on(async {
+                for i in 0..100 {
+                    let req = ProduceRequest::default()
+                        .with_acks(1)
+                        .with_timeout_ms(1000)
+                        .with_topic_data(vec![TopicProduceData::default()
+                            .with_name(TopicName(StrBytes::from_static_str(forged)))
+                            .with_partition_data(vec![
+                                PartitionProduceData::default().with_index(0)
+                            ])]);
+                    let (pending, _) = handle(&ctx, req, 9, i).await;
+                    pending.await.frame.expect("a response");
+                }
+            })
+        });
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("produce rejected"))
+            .count();
+        assert!(lines <= PER_WINDOW as usize, "{lines} lines:\n{log}");
+        assert!(
+            !log.lines().any(|l| l.starts_with("2026-12-06T10:00:00Z")),
+            "{log}"
+        );
         storage.shutdown().unwrap();
     }
 

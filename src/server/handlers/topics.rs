@@ -932,7 +932,10 @@ fn delete_named_records(
         })
         .collect();
     if let Some((topic, partition, error)) = &refused.first {
-        tracing::warn!(%topic, partition, %error, refused = refused.count, "DeleteRecords refused");
+        static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+        if let Some(suppressed) = LIMIT.allow() {
+            tracing::warn!(%topic, partition, %error, refused = refused.count, suppressed, "DeleteRecords refused");
+        }
     }
     topics
 }
