@@ -187,13 +187,13 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
     let retention_changes = shared.delete_retention_changes.load(Ordering::SeqCst);
     #[cfg(test)]
     let mut pause = shared.compaction_pause.lock().unwrap().take();
-    for t in shared.topic_list() {
-        if !t.configs.compact() {
+    for listed in shared.topic_list() {
+        if !listed.configs.compact() {
             continue;
         }
         // Each partition's pass by its own start, which its tombstones' delete
         // horizon counts from (a round over many partitions may take long).
-        let policy = |now_ms| CompactionPolicy {
+        let policy = |t: &Topic, now_ms| CompactionPolicy {
             now_ms,
             delete_retention_ms: t.configs.delete_retention_ms(),
             min_compaction_lag_ms: t.configs.min_compaction_lag_ms(),
@@ -202,7 +202,7 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
                 .unwrap_or(usize::MAX),
             segment_bytes: t.configs.segment_bytes(&shared.config.storage),
         };
-        for p in &t.partitions {
+        for p in &listed.partitions {
             if p.is_deleted() {
                 continue;
             }
@@ -214,7 +214,20 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
                 let _ = reached.send(());
                 let _ = go.recv();
             }
-            let done = p.compact(&policy(super::segment::now_ms()), &shared.closing);
+            // The topic's configs as they are now, not as the round found
+            // them: a change answered since (`cleanup.policy=delete`, after
+            // which keyless records are taken) is in force for this pass.
+            // Read after the count of changes, so that a change after the
+            // read moves it, and the pass stops at its next batch.
+            let changes = shared.config_changes.load(Ordering::SeqCst);
+            let Some(t) = shared.current(&listed).filter(|t| t.configs.compact()) else {
+                break;
+            };
+            let halt = || {
+                shared.closing.load(Ordering::Acquire)
+                    || shared.config_changes.load(Ordering::SeqCst) != changes
+            };
+            let done = p.compact_while(&policy(&t, super::segment::now_ms()), &halt);
             if shared.delete_retention_changes.load(Ordering::SeqCst) != retention_changes {
                 p.recheck_waiting_tombstones();
             }
@@ -249,19 +262,26 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
     let mut failed = None;
-    for t in topics {
-        let (by_age, by_size) = if t.configs.delete() {
-            (
-                t.configs.retention_ms(storage),
-                t.configs.retention_bytes(storage),
-            )
-        } else {
-            (None, None)
-        };
-        for p in &t.partitions {
+    for listed in topics {
+        for p in &listed.partitions {
             if p.is_deleted() {
                 continue;
             }
+            // The topic's configs as they are now: a pass over many
+            // partitions may take long, and a change answered meanwhile (a
+            // longer retention.ms, `delete` taken out of cleanup.policy) is in
+            // force for the partitions after it.
+            let Some(t) = shared.current(&listed) else {
+                break;
+            };
+            let (by_age, by_size) = if t.configs.delete() {
+                (
+                    t.configs.retention_ms(storage),
+                    t.configs.retention_bytes(storage),
+                )
+            } else {
+                (None, None)
+            };
             match p.apply_retention(now_ms, by_age, by_size) {
                 Ok((n, b)) => {
                     segments += n;

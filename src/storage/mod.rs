@@ -437,6 +437,11 @@ struct Shared {
     /// tombstones again, as the change itself does (see
     /// [`checkpoint::compact`]).
     delete_retention_changes: AtomicU64,
+    /// Counts the changes of any topic's configs, each once the new configs
+    /// are in the map: a compaction pass stops when it moves, and each pass
+    /// and each partition's retention read their topic's configs afresh (see
+    /// [`checkpoint::compact`], [`checkpoint::retention`]).
+    config_changes: AtomicU64,
     /// The read handles on every partition's sealed segments.
     segment_files: Arc<segment::SegmentFiles>,
     meta: BrokerMeta,
@@ -493,6 +498,17 @@ impl Shared {
         most.fetch_max(inside, Ordering::SeqCst);
         std::thread::sleep(*pause.lock().unwrap());
         Inside(now)
+    }
+
+    /// Topic `t` as the map holds it now (its configs as last changed), if
+    /// it is still there, with the same id.
+    fn current(&self, t: &Topic) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&t.name)
+            .filter(|now| now.id == t.id)
+            .cloned()
     }
 
     /// A snapshot of every topic.
@@ -1987,6 +2003,7 @@ impl TopicManager {
             segments_failed: OnceLock::new(),
             closing: AtomicBool::new(false),
             delete_retention_changes: AtomicU64::new(0),
+            config_changes: AtomicU64::new(0),
             segment_files,
             meta,
             offsets,
@@ -2591,6 +2608,7 @@ impl TopicManager {
                 return Err(AlterError::UnknownTopic);
             }
             Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
+            self.shared.config_changes.fetch_add(1, Ordering::SeqCst);
             if configs.delete_retention_ms() != old.configs.delete_retention_ms() {
                 // After the new configs are in the map: a round that read the
                 // old ones read the count before this (see checkpoint::compact).
@@ -5224,8 +5242,9 @@ mod tests {
     /// a pass of that round ran with the value the round had read at its
     /// start and then stored when its waiting tombstones came due by that
     /// value, over the change's own recheck. On a quiet partition they then
-    /// stayed until that time (a day by default). The round now sees the
-    /// change and leaves the next pass to judge them.
+    /// stayed until that time (a day by default). A pass now reads its
+    /// topic's configs when it starts; one under way at the change stops, and
+    /// leaves the next pass to judge them.
     #[test]
     fn a_delete_retention_lowered_during_a_compaction_round_is_judged_by_the_next_pass() {
         let tmp = tempfile::tempdir().unwrap();
@@ -5261,7 +5280,8 @@ mod tests {
         assert!(due() > segment::now_ms() + 80_000_000, "{}", due());
 
         // The next round stops before its pass; the value is lowered to 0
-        // meanwhile, and the pass runs with the day the round read.
+        // meanwhile. The pass ran with the day the round read; it now reads
+        // the topic's configs as they are when it starts (entry 255).
         let (reached_tx, reached) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel();
         *m.shared.compaction_pause.lock().unwrap() = Some((reached_tx, go_rx));
@@ -5272,11 +5292,75 @@ mod tests {
                 .unwrap();
             assert_eq!(due(), i64::MIN, "the change's own recheck");
             go.send(()).unwrap();
-            assert_eq!(round.join().unwrap().records_removed, 0, "a day");
+            assert_eq!(
+                round.join().unwrap().records_removed,
+                1,
+                "the tombstone goes"
+            );
         });
-        assert_eq!(due(), i64::MIN, "judged again by the next pass");
-        assert_eq!(m.compact().records_removed, 1, "the tombstone goes");
         assert_eq!(due(), i64::MAX, "nothing waits");
+        m.shutdown().unwrap();
+    }
+
+    /// A compaction round that read a topic as compacted went on with it
+    /// after a change to `cleanup.policy=delete` was answered: the keyless
+    /// records produced after the change (accepted then) were removed by the
+    /// round's pass, acknowledged records lost. Each pass now reads its
+    /// topic's configs afresh, and one under way stops at a change.
+    #[test]
+    fn a_compaction_round_keeps_records_produced_after_its_topic_stopped_being_compacted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        // Only this test's rounds.
+        c.storage.cleaner_backoff_ms = 3_600_000;
+        let m = TopicManager::new(c).unwrap();
+        let compacted = TopicConfig::from_pairs([("cleanup.policy", Some("compact"))]).unwrap();
+        m.create_topic_with("t", 1, compacted).unwrap();
+        let filler = vec![b'f'; 300];
+        let rt = runtime();
+        rt.block_on(async {
+            for i in 0..20 {
+                produce_keyed_record(&m, "t", format!("k{}", i % 2).as_bytes(), Some(&filler))
+                    .await;
+            }
+        });
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *m.shared.compaction_pause.lock().unwrap() = Some((reached_tx, go_rx));
+        let p = m.topic("t").unwrap().partitions[0].clone();
+        std::thread::scope(|s| {
+            let round = s.spawn(|| m.compact());
+            reached.recv().unwrap();
+            m.alter_topic_configs("t", false, |_| {
+                Ok(TopicConfig::from_pairs([("cleanup.policy", Some("delete"))]).unwrap())
+            })
+            .unwrap();
+            rt.block_on(async {
+                for _ in 0..40 {
+                    produce_acked(&m, "t", &make_batch(0, &[&filler])).await;
+                }
+            });
+            m.checkpoint().unwrap();
+            let end = p.log_end_offset();
+            go.send(()).unwrap();
+            assert_eq!(
+                round.join().unwrap(),
+                compaction::CompactionStats::default()
+            );
+            assert_eq!(p.log_end_offset(), end);
+        });
+        // Every record is still there: 20 keyed, 40 keyless.
+        let mut at = 0;
+        let mut records = 0;
+        while at < p.high_watermark() {
+            let r = p.read(at, 1 << 20).unwrap().unwrap();
+            for info in batch::validate_all(&r.records).unwrap() {
+                records += info.records;
+                at = info.last_offset() + 1;
+            }
+        }
+        assert_eq!(records, 60);
         m.shutdown().unwrap();
     }
 

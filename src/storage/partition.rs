@@ -1787,6 +1787,20 @@ impl Partition {
     /// I/O errors naming the file, or a segment that no longer validates; segments
     /// already replaced stay replaced, the rest are left as they were.
     pub fn compact(&self, policy: &CompactionPolicy, stop: &AtomicBool) -> Result<CompactionStats> {
+        self.compact_while(policy, &|| stop.load(Ordering::Acquire))
+    }
+
+    /// [`Partition::compact`], stopping once `halt` says so (asked before each
+    /// batch): the broker shuts down, or the topic's configs changed since
+    /// `policy` was read from them.
+    ///
+    /// # Errors
+    /// As [`Partition::compact`].
+    pub fn compact_while(
+        &self,
+        policy: &CompactionPolicy,
+        halt: &dyn Fn() -> bool,
+    ) -> Result<CompactionStats> {
         let mut history = self
             .compacting
             .lock()
@@ -1847,7 +1861,7 @@ impl Partition {
         {
             return Ok(CompactionStats::default());
         }
-        match self.compact_sources(&sources, cleaned, hw, policy, stop, &mut history) {
+        match self.compact_sources(&sources, cleaned, hw, policy, halt, &mut history) {
             // Retention removed a segment the pass was to read (a topic may be
             // both compacted and deleted): the next pass starts over.
             Err(e) if segment::is_gone(&e) => {
@@ -1898,7 +1912,7 @@ impl Partition {
         cleaned: i64,
         hw: i64,
         policy: &CompactionPolicy,
-        stop: &AtomicBool,
+        stop: &dyn Fn() -> bool,
         history: &mut delete_horizon::History,
     ) -> Result<CompactionStats> {
         let started = std::time::Instant::now();
@@ -1910,7 +1924,7 @@ impl Partition {
         // A shutdown or a delete of the topic waits for the pass: it stops
         // between two batches of any step. Stopped before it copies, it
         // covers nothing, as a pass that did not run.
-        let halt = || stop.load(Ordering::Acquire) || self.is_deleted();
+        let halt = || stop() || self.is_deleted();
         let (map, mapped) =
             match compaction::build_map(sources, first_dirty, cleaned, policy.map_bytes, &halt) {
                 Err(e) if compaction::is_stopped(&e) => return Ok(CompactionStats::default()),
