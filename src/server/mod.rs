@@ -593,15 +593,23 @@ impl Server {
                         // descriptor that storage may need for its next file.
                         drop(stream);
                         self.ctx.metrics.refused();
+                        // A client at the limit can flip it at will (close one,
+                        // open two).
+                        static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
                         if !refusing {
                             refusing = true;
-                            tracing::warn!(%peer, max_connections = self.max_connections, "connection limit reached; closing new connections until one ends");
+                            if let Some(suppressed) = LIMIT.allow() {
+                                tracing::warn!(%peer, max_connections = self.max_connections, suppressed, "connection limit reached; closing new connections until one ends");
+                            }
                         }
                     }
                     Ok((stream, peer)) => {
                         if refusing {
                             refusing = false;
-                            tracing::info!("below the connection limit again");
+                            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+                            if let Some(suppressed) = LIMIT.allow() {
+                                tracing::info!(suppressed, "below the connection limit again");
+                            }
                         }
                         let ctx = Arc::clone(&self.ctx);
                         let stop = stop_rx.clone();

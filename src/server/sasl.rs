@@ -246,7 +246,8 @@ fn without_values(e: &serde_json::Error) -> String {
     let message = e.to_string();
     for kind in ["invalid type", "invalid value", "invalid length"] {
         if let Some(rest) = message.strip_prefix(kind) {
-            return match rest.find(", expected") {
+            // The last: a quoted value may hold the words too.
+            return match rest.rfind(", expected") {
                 Some(i) => format!("{kind}{}", &rest[i..]),
                 None => format!("{kind} (line {}, column {})", e.line(), e.column()),
             };

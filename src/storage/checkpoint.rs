@@ -218,14 +218,24 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
             // them: a change answered since (`cleanup.policy=delete`, after
             // which keyless records are taken) is in force for this pass.
             // Read after the count of changes, so that a change after the
-            // read moves it, and the pass stops at its next batch.
-            let changes = shared.config_changes.load(Ordering::SeqCst);
+            // read moves it, and the pass stops at its next batch if it
+            // changed this topic's configs (another topic's goes on).
+            let changes = std::cell::Cell::new(shared.config_changes.load(Ordering::SeqCst));
             let Some(t) = shared.current(&listed).filter(|t| t.configs.compact()) else {
                 break;
             };
             let halt = || {
-                shared.closing.load(Ordering::Acquire)
-                    || shared.config_changes.load(Ordering::SeqCst) != changes
+                if shared.closing.load(Ordering::Acquire) {
+                    return true;
+                }
+                let now = shared.config_changes.load(Ordering::SeqCst);
+                if now == changes.get() {
+                    return false;
+                }
+                changes.set(now);
+                shared
+                    .current(&listed)
+                    .is_none_or(|c| c.configs != t.configs)
             };
             let done = p.compact_while(&policy(&t, super::segment::now_ms()), &halt);
             if shared.delete_retention_changes.load(Ordering::SeqCst) != retention_changes {

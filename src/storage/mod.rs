@@ -342,11 +342,12 @@ pub const CREATE_WAITS_FOR_DELETE: Duration = Duration::from_secs(30);
 /// Bytes of produce payloads accepted but not yet applied, across all connections.
 const MAX_INFLIGHT_BYTES: usize = 256 * 1024 * 1024;
 
-/// Produce validations that may hold a thread at once (a compressed batch,
-/// or one over 64 KiB: see [`batch::validation_may_block`]). Each runs in
-/// `block_in_place`, which holds its thread, and a wait for the decompression
-/// budget may last the request's whole timeout (up to 300 s); the others wait
-/// for a place without one, in arrival order. Without the bound some 500
+/// Checks of compressed produced batches that may hold a thread at once.
+/// Each runs in `block_in_place`, which holds its thread, and its wait for
+/// the decompression budget may last the request's whole timeout (up to 300
+/// s); the others wait for a place without one, in arrival order. (A large
+/// uncompressed batch, also checked in `block_in_place`, waits for nothing
+/// and takes no place.) Without the bound some 500
 /// waiting took every thread tokio's blocking pool has, and the broker
 /// answered no one (a Metadata took 50 s).
 pub const BLOCKING_VALIDATIONS: usize = 16;
@@ -3069,7 +3070,14 @@ impl TopicManager {
             ahead_ms: t.configs.timestamp_after_max_ms(),
             behind_ms: t.configs.timestamp_before_max_ms(),
         };
-        let produced = if may_block {
+        // Only a compressed batch may wait (for the decompression budget):
+        // a large uncompressed one takes no place, so that it never waits
+        // behind those.
+        let produced = if may_block && !batch::is_compressed(records) {
+            tokio::task::block_in_place(|| {
+                batch::validate_produce_by(records, deadline, Some(&rules))
+            })
+        } else if may_block {
             let place = self.shared.blocking_validations.acquire();
             let place = match deadline {
                 Some(d) => tokio::time::timeout_at(tokio::time::Instant::from_std(d), place)
@@ -3497,19 +3505,31 @@ fn trash_dir(shared: &Shared) -> PathBuf {
 /// or a restart, however many fsyncs succeeded since. A delete of one again
 /// after that finds no such topic, as for any topic deleted.
 fn finish_undurable_deletes(shared: &Shared) {
-    let mut undurable = shared
-        .undurable_deletes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if undurable.is_empty() {
+    let list = || {
+        shared
+            .undurable_deletes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    };
+    // Those listed before the fsyncs, whose moves they make durable; taken
+    // after them (a delete of one again may take it meanwhile). The list's
+    // lock is not held across the fsyncs: DeleteTopics looks at it.
+    let before: Vec<(String, uuid::Uuid)> = list().iter().map(|d| (d.name.clone(), d.id)).collect();
+    if before.is_empty() {
         return;
     }
     if let Err(e) = sync_dir(&shared.topics_dir).and_then(|()| sync_dir(&trash_dir(shared))) {
         tracing::warn!(error = %e, "the deleted topics' directory moves are still not durable");
         return;
     }
-    let done = std::mem::take(&mut *undurable);
-    drop(undurable);
+    let done: Vec<UndurableDelete> = {
+        let mut undurable = list();
+        let (done, kept) = std::mem::take(&mut *undurable)
+            .into_iter()
+            .partition(|d| before.iter().any(|(n, id)| *n == d.name && *id == d.id));
+        *undurable = kept;
+        done
+    };
     for d in done {
         tracing::info!(topic = %d.name, "the topic's delete is durable now");
         finish_delete(shared, d.name, d.trash, d.positions_dropped);
@@ -5242,9 +5262,9 @@ mod tests {
     /// a pass of that round ran with the value the round had read at its
     /// start and then stored when its waiting tombstones came due by that
     /// value, over the change's own recheck. On a quiet partition they then
-    /// stayed until that time (a day by default). A pass now reads its
-    /// topic's configs when it starts; one under way at the change stops, and
-    /// leaves the next pass to judge them.
+    /// stayed until that time (a day by default). The round now sees the
+    /// change and leaves the next pass to judge them. (A change before a pass
+    /// starts is read by the pass itself: entry 255.)
     #[test]
     fn a_delete_retention_lowered_during_a_compaction_round_is_judged_by_the_next_pass() {
         let tmp = tempfile::tempdir().unwrap();
@@ -5275,30 +5295,111 @@ mod tests {
         m.checkpoint().unwrap();
         let p = m.topic("t").unwrap().partitions[0].clone();
         let due = || p.tombstones_due_ms().load(Ordering::SeqCst);
-        // The first round removes the old value and keeps the tombstone a day.
-        assert_eq!(m.compact().records_removed, 1);
-        assert!(due() > segment::now_ms() + 80_000_000, "{}", due());
-
-        // The next round stops before its pass; the value is lowered to 0
-        // meanwhile. The pass ran with the day the round read; it now reads
-        // the topic's configs as they are when it starts (entry 255).
-        let (reached_tx, reached) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel();
-        *m.shared.compaction_pause.lock().unwrap() = Some((reached_tx, go_rx));
-        std::thread::scope(|s| {
-            let round = s.spawn(|| m.compact());
-            reached.recv().unwrap();
+        // The value is lowered to 0 while the round's pass copies its first
+        // group, by a day: the pass removes the old value, keeps the
+        // tombstone, and stores when it comes due by the day, after the
+        // change's own recheck.
+        let round = compact_changing_mid_copy(&m, move |m| {
             m.alter_topic_configs("t", false, |_| Ok(retention("0")))
                 .unwrap();
-            assert_eq!(due(), i64::MIN, "the change's own recheck");
-            go.send(()).unwrap();
-            assert_eq!(
-                round.join().unwrap().records_removed,
-                1,
-                "the tombstone goes"
-            );
         });
+        assert_eq!(round.records_removed, 1, "the old value");
+        assert_eq!(m.topic("t").unwrap().configs, retention("0"));
+        assert_eq!(due(), i64::MIN, "judged again by the next pass");
+        assert_eq!(m.compact().records_removed, 1, "the tombstone goes");
         assert_eq!(due(), i64::MAX, "nothing waits");
+        m.shutdown().unwrap();
+    }
+
+    /// A compaction round of `m` on a thread of its own, whose pass runs
+    /// `change` once it has written its first group's copy.
+    fn compact_changing_mid_copy(
+        m: &TopicManager,
+        change: impl FnOnce(&TopicManager) + Send + 'static,
+    ) -> compaction::CompactionStats {
+        let (changer, runner) = (m.clone(), m.clone());
+        std::thread::spawn(move || {
+            crate::storage::partition::BETWEEN_COPY_AND_SWAP.with(|b| {
+                *b.borrow_mut() = Some(Box::new(move || change(&changer)));
+            });
+            runner.compact()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A pass under way stops at its next batch when its own topic's configs
+    /// change (what it removes is judged by them), and goes on when another
+    /// topic's do: any change stopped every pass, so a tool changing some
+    /// topic's configs more often than a pass takes would keep every
+    /// compacted topic from being compacted.
+    #[test]
+    fn a_pass_stops_at_a_change_of_its_own_topic_s_configs_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        c.storage.cleaner_backoff_ms = 3_600_000;
+        let m = TopicManager::new(c).unwrap();
+        let compacted = |retention: &str| {
+            TopicConfig::from_pairs([
+                ("cleanup.policy", Some("compact")),
+                ("delete.retention.ms", Some(retention)),
+            ])
+            .unwrap()
+        };
+        m.create_topic("u", 1).unwrap();
+        let filler = vec![b'f'; 300];
+        let rt = runtime();
+        // (topic changed mid-pass, records the round removes)
+        let mut removed = Vec::new();
+        for (topic, changed) in [("z", ""), ("a", "u"), ("b", "b")] {
+            m.create_topic_with(topic, 1, compacted("1000")).unwrap();
+            rt.block_on(async {
+                for i in 0..80 {
+                    // Each key twice in a row: every segment holds records
+                    // that go, so every group of the pass removes some.
+                    produce_keyed_record(
+                        &m,
+                        topic,
+                        format!("k{}", i / 2).as_bytes(),
+                        Some(&filler),
+                    )
+                    .await;
+                }
+            });
+            m.checkpoint().unwrap();
+            // No change: what a whole pass removes.
+            let round = if changed.is_empty() {
+                m.compact()
+            } else {
+                compact_changing_mid_copy(&m, move |m| {
+                    m.alter_topic_configs(changed, false, |old| {
+                        let mut pairs: Vec<(String, Option<String>)> = old
+                            .overrides()
+                            .iter()
+                            .map(|(k, v)| (k.clone(), Some(v.clone())))
+                            .collect();
+                        pairs.push(("retention.ms".into(), Some("7200000".into())));
+                        Ok(TopicConfig::from_pairs(pairs).unwrap())
+                    })
+                    .unwrap();
+                })
+            };
+            removed.push(round.records_removed);
+        }
+        let whole = removed[0];
+        assert!(whole > 20, "{removed:?}");
+        assert_eq!(
+            removed[1], whole,
+            "another topic's change: the pass goes on"
+        );
+        assert!(
+            removed[2] < whole,
+            "its own topic's change: the pass stops ({removed:?})"
+        );
+        // The next pass does the rest.
+        let rest = m.compact().records_removed;
+        assert_eq!(removed[2] + rest, whole, "{removed:?} then {rest}");
         m.shutdown().unwrap();
     }
 

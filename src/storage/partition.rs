@@ -437,7 +437,7 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     /// Run once by the next [`Partition::compact`] on this thread between
     /// writing a group's compacted copy and putting it in place (tests).
-    static BETWEEN_COPY_AND_SWAP: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+    pub(crate) static BETWEEN_COPY_AND_SWAP: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
     /// Run once by the next [`Partition::trim`] on this thread just before it
     /// removes the files of the segments it deletes (tests).

@@ -529,6 +529,59 @@ const EARLIEST: i64 = -2;
 /// KIP-734, from v7.
 const MAX_TIMESTAMP: i64 = -3;
 
+/// The answer `r` of ListOffsets for `part` at `timestamp` (`LATEST`,
+/// `EARLIEST`, `MAX_TIMESTAMP` or a time), with leader epoch `epoch` when an
+/// offset is found. A partition whose topic is deleted, before or during the
+/// lookup (its files moved away under the read), is answered as Kafka answers
+/// a partition that left the broker, as a Fetch is: `KAFKA_STORAGE_ERROR` and
+/// an error in the log said the disk had failed.
+fn offsets_of(
+    part: &Partition,
+    timestamp: i64,
+    r: ListOffsetsPartitionResponse,
+    epoch: i32,
+) -> ListOffsetsPartitionResponse {
+    let unknown = |r: ListOffsetsPartitionResponse| {
+        r.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+            .with_offset(-1)
+            .with_leader_epoch(-1)
+    };
+    if part.is_deleted() {
+        return unknown(r);
+    }
+    // (offset, timestamp), the timestamp -1 for latest and earliest, as in
+    // Kafka.
+    let found = match timestamp {
+        LATEST => Ok(Some((part.high_watermark(), -1))),
+        EARLIEST => Ok(Some((part.log_start_offset(), -1))),
+        MAX_TIMESTAMP => part.max_timestamp_offset(),
+        ts => part.offset_for_timestamp(ts),
+    };
+    match found {
+        Ok(Some((o, ts))) => r
+            .with_error_code(codes::NONE)
+            .with_offset(o)
+            .with_timestamp(ts)
+            .with_leader_epoch(epoch),
+        // No record qualifies: offset, timestamp and leader epoch all -1, as
+        // Kafka answers.
+        Ok(None) => r
+            .with_error_code(codes::NONE)
+            .with_offset(-1)
+            .with_leader_epoch(-1),
+        Err(_) if part.is_deleted() => unknown(r),
+        Err(e) => {
+            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+            if let Some(suppressed) = LIMIT.allow() {
+                tracing::error!(error = %e, suppressed, "list offsets read failed");
+            }
+            r.with_error_code(codes::KAFKA_STORAGE_ERROR)
+                .with_offset(-1)
+                .with_leader_epoch(-1)
+        }
+    }
+}
+
 pub(crate) async fn list_offsets(
     ctx: &Ctx,
     req: ListOffsetsRequest,
@@ -572,33 +625,7 @@ pub(crate) async fn list_offsets(
                                 .with_offset(-1)
                                 .with_leader_epoch(-1);
                         };
-                        // (offset, timestamp), the timestamp -1 for latest and
-                        // earliest, as in Kafka.
-                        let found = match p.timestamp {
-                            LATEST => Ok(Some((part.high_watermark(), -1))),
-                            EARLIEST => Ok(Some((part.log_start_offset(), -1))),
-                            MAX_TIMESTAMP => part.max_timestamp_offset(),
-                            ts => part.offset_for_timestamp(ts),
-                        };
-                        match found {
-                            Ok(Some((o, ts))) => r
-                                .with_error_code(codes::NONE)
-                                .with_offset(o)
-                                .with_timestamp(ts)
-                                .with_leader_epoch(epoch(0)),
-                            // No record qualifies: offset, timestamp and leader
-                            // epoch all -1, as Kafka answers.
-                            Ok(None) => r
-                                .with_error_code(codes::NONE)
-                                .with_offset(-1)
-                                .with_leader_epoch(-1),
-                            Err(e) => {
-                                tracing::error!(error = %e, "list offsets read failed");
-                                r.with_error_code(codes::KAFKA_STORAGE_ERROR)
-                                    .with_offset(-1)
-                                    .with_leader_epoch(-1)
-                            }
-                        }
+                        offsets_of(&part, p.timestamp, r, epoch(0))
                     })
                     .collect();
                 ListOffsetsTopicResponse::default()
@@ -626,6 +653,45 @@ mod tests {
             topic: TopicName(StrBytes::from_static_str(topic)),
             partitions: partitions.to_vec(),
         }
+    }
+
+    /// ListOffsets for a partition whose topic was deleted after it was looked
+    /// up answers it as one that left the broker, as a Fetch does: a lookup
+    /// by time met the files moved away and answered `KAFKA_STORAGE_ERROR`
+    /// (and logged an error, as for a failed disk), and the latest and
+    /// earliest offsets were answered as if the topic were there.
+    #[test]
+    fn list_offsets_answers_a_partition_deleted_meanwhile_as_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.data_dir = tmp.path().to_path_buf();
+        let storage = TopicManager::new(c).unwrap();
+        storage.create_topic("t", 1).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let batch = make_batch(0, &[b"v"]);
+        let part = rt.block_on(async {
+            let acked = storage
+                .submit("t", 0, &batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            acked.await.unwrap().unwrap();
+            let part = storage.partition("t", 0).unwrap();
+            assert!(storage.delete_topic("t").await.unwrap());
+            part
+        });
+        for timestamp in [LATEST, EARLIEST, MAX_TIMESTAMP, 0] {
+            let r = offsets_of(&part, timestamp, ListOffsetsPartitionResponse::default(), 0);
+            assert_eq!(
+                (r.error_code, r.offset),
+                (codes::UNKNOWN_TOPIC_OR_PARTITION, -1),
+                "{timestamp}"
+            );
+        }
+        storage.shutdown().unwrap();
     }
 
     /// The Fetch memory budget is asked for what the partitions hold from the

@@ -273,16 +273,25 @@ pub(crate) async fn handle(
         .iter()
         .any(|(_, parts)| parts.iter().any(|(_, o)| o.is_err()));
     let close_now = acks == 0 && failed_now;
+    // A client that connects again after each can cause these at will.
+    static CLOSES: LogLimit = LogLimit::new();
     if close_now {
-        tracing::info!(
-            correlation_id = cid,
-            "closing the connection: a produce with acks=0 failed"
-        );
+        if let Some(suppressed) = CLOSES.allow() {
+            tracing::info!(
+                correlation_id = cid,
+                suppressed,
+                "closing the connection: a produce with acks=0 failed"
+            );
+        }
     } else if out_of_line {
-        tracing::info!(
-            correlation_id = cid,
-            "closing the connection after the answer: an idempotent producer's batch was refused before the write, and the requests behind it must not go first"
-        );
+        static OUT_OF_LINE: LogLimit = LogLimit::new();
+        if let Some(suppressed) = OUT_OF_LINE.allow() {
+            tracing::info!(
+                correlation_id = cid,
+                suppressed,
+                "closing the connection after the answer: an idempotent producer's batch was refused before the write, and the requests behind it must not go first"
+            );
+        }
     }
     let storage = ctx.storage.clone();
     let pending: Pending = Box::pin(async move {
@@ -355,10 +364,13 @@ pub(crate) async fn handle(
         }
         if acks == 0 {
             if failed && !close_now {
-                tracing::info!(
-                    correlation_id = cid,
-                    "closing the connection: a produce with acks=0 failed"
-                );
+                if let Some(suppressed) = CLOSES.allow() {
+                    tracing::info!(
+                        correlation_id = cid,
+                        suppressed,
+                        "closing the connection: a produce with acks=0 failed"
+                    );
+                }
             }
             return if failed {
                 close_connection()
@@ -621,8 +633,8 @@ mod tests {
         storage.shutdown().unwrap();
     }
 
-    /// Produces whose validation holds a thread (a compressed batch, or one
-    /// over 64 KiB) take one of a few places first, waiting for one without
+    /// Produces whose validation may wait holding a thread (a compressed
+    /// batch) take one of a few places first, waiting for one without
     /// a thread: each held a thread of tokio's blocking pool while it waited
     /// for the decompression budget (up to the request's timeout), and some
     /// 500 waiting left the broker answering no one (a Metadata took 50 s).
@@ -632,12 +644,15 @@ mod tests {
         let (_tmp, storage, ctx, rt) = with_topic(1);
         storage.pause_blocking_validations(Duration::from_millis(100));
         let value = vec![b'x'; 70 * 1024];
+        // Compressed: only those may wait for the decompression budget, and
+        // take a place (a large uncompressed batch is checked without one).
+        let gzipped = crate::storage::batch::tests::compress_batch(&make_batch(0, &[&value]), 1);
         let n = 3 * BLOCKING_VALIDATIONS;
         let answered: Vec<i16> = rt.block_on(async {
             let tasks: Vec<_> = (0..n)
                 .map(|i| {
                     let ctx = Arc::clone(&ctx);
-                    let req = produce_to_t(1, 30_000, partition_0(make_batch(0, &[&value])));
+                    let req = produce_to_t(1, 30_000, partition_0(gzipped.clone()));
                     tokio::spawn(async move {
                         let (pending, _) = handle(&ctx, req, 9, i as i32).await;
                         pending.await.frame.expect("a response")
