@@ -144,6 +144,8 @@ pub struct GroupOverview {
     /// The members' protocol type since the first member joined; `None` for a group
     /// that never had a member.
     pub protocol_type: Option<String>,
+    /// Members the coordinator holds now.
+    pub members: usize,
 }
 
 /// A group as DescribeGroups reports it (Kafka's `GroupMetadata.summary`).
@@ -2128,6 +2130,7 @@ impl GroupCoordinator {
                 group: id.clone(),
                 state: g.state.name(),
                 protocol_type: g.protocol_type.clone(),
+                members: g.members.len(),
             })
             .collect();
         all.sort_by(|a, b| a.group.cmp(&b.group));
@@ -3544,6 +3547,7 @@ mod tests {
                 group: "g".into(),
                 state: "PreparingRebalance",
                 protocol_type: Some("consumer".into()),
+                members: 2,
             }]
         );
         let ids: Vec<String> = members.into_iter().map(|(id, _, _)| id).collect();
@@ -4400,6 +4404,7 @@ mod tests {
                 group: "g".into(),
                 state: "Stable",
                 protocol_type: Some("consumer".into()),
+                members: 2,
             }]
         );
         // The followers' SyncGroup, sent again, gets its assignment; the leader

@@ -250,8 +250,33 @@ impl Metrics {
     }
 }
 
-/// A label value with `\`, `"` and newlines escaped, as the text format wants.
+/// The longest label value a page carries. Group ids come from clients and have
+/// no length limit of their own: a longer value is cut to its first bytes and
+/// a `~` and the CRC32C of the whole value, in hex, so that two long ids that
+/// share their start stay two series.
+const MAX_LABEL_BYTES: usize = 256;
+
+/// The most series of each per-group family (`streamline_group_members`,
+/// `_committed_offset`, `_lag`) on one page, in order of group, topic and
+/// partition; `streamline_metrics_series_omitted` counts the rest. Groups and
+/// committed positions are made by clients: without a cap, one OffsetCommit of
+/// 60 KB (a 32,000-byte group id, 2,000 partitions) added 128 MB to every page.
+const MAX_GROUP_SERIES: usize = 10_000;
+
+/// A label value with `\`, `"` and newlines escaped, as the text format wants,
+/// and cut to [`MAX_LABEL_BYTES`].
 fn escape(v: &str) -> String {
+    let cut;
+    let v = if v.len() > MAX_LABEL_BYTES {
+        let mut end = MAX_LABEL_BYTES - 9;
+        while !v.is_char_boundary(end) {
+            end -= 1;
+        }
+        cut = format!("{}~{:08x}", &v[..end], crc32c::crc32c(v.as_bytes()));
+        cut.as_str()
+    } else {
+        v
+    };
     let mut s = String::with_capacity(v.len());
     for c in v.chars() {
         match c {
@@ -658,14 +683,15 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
         "gauge",
         "Members of each consumer group the coordinator holds, with the group's state.",
     );
-    for g in &groups {
-        let members = ctx.groups.describe(&g.group).map_or(0, |s| s.members.len());
+    for g in groups.iter().take(MAX_GROUP_SERIES) {
         p.sample(
             "streamline_group_members",
             &[("group", &g.group), ("state", g.state)],
-            members,
+            g.members,
         );
     }
+    let omitted_members = groups.len().saturating_sub(MAX_GROUP_SERIES);
+    drop(groups);
     let offsets = ctx.storage.offsets();
     let stored = offsets.groups();
     p.family(
@@ -674,10 +700,18 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
         "The next offset each group will consume, as last committed.",
     );
     let mut lags = Vec::new();
+    let (mut positions, mut omitted_positions, mut omitted_lags) = (0usize, 0usize, 0usize);
     for g in &stored {
         let mut committed = offsets.fetch_all(&g.group);
         committed.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         for c in committed {
+            let part = ctx.storage.partition(&c.topic, c.partition);
+            if positions == MAX_GROUP_SERIES {
+                omitted_positions += 1;
+                omitted_lags += usize::from(part.is_some());
+                continue;
+            }
+            positions += 1;
             let partition = c.partition.to_string();
             let labels = [
                 ("group", g.group.as_str()),
@@ -685,7 +719,7 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
                 ("partition", partition.as_str()),
             ];
             p.sample("streamline_group_committed_offset", &labels, c.offset);
-            if let Some(part) = ctx.storage.partition(&c.topic, c.partition) {
+            if let Some(part) = part {
                 let lag = (part.high_watermark() - c.offset.max(part.log_start_offset())).max(0);
                 lags.push((g.group.clone(), c.topic.clone(), partition, lag));
             }
@@ -701,6 +735,22 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
             "streamline_group_lag",
             &[("group", group), ("topic", topic), ("partition", partition)],
             lag,
+        );
+    }
+    p.family(
+        "streamline_metrics_series_omitted",
+        "gauge",
+        "Series of a per-group family left off this page: each shows at most 10000, in order of group, topic and partition.",
+    );
+    for (family, omitted) in [
+        ("streamline_group_members", omitted_members),
+        ("streamline_group_committed_offset", omitted_positions),
+        ("streamline_group_lag", omitted_lags),
+    ] {
+        p.sample(
+            "streamline_metrics_series_omitted",
+            &[("family", family)],
+            omitted,
         );
     }
 }
@@ -823,4 +873,105 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, Sock
     let l = TcpListener::bind(addr).await?;
     let local = l.local_addr()?;
     Ok((l, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Committed;
+
+    fn position(topic: &str, partition: i32, offset: i64) -> Committed {
+        Committed {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
+    async fn page(ctx: &Arc<Ctx>) -> String {
+        let ctx = Arc::clone(ctx);
+        tokio::task::spawn_blocking(move || render(&ctx))
+            .await
+            .unwrap()
+    }
+
+    /// A group id as long as a client likes made each of its series as long:
+    /// one OffsetCommit of 60 KB added 128 MB to every page. Label values are
+    /// cut, and two long ids that share their start stay two series.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_group_ids_are_cut_in_labels_and_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let long = "g".repeat(32_000);
+        for (group, offset) in [(format!("{long}1"), 1), (format!("{long}2"), 2)] {
+            ctx.storage
+                .offsets()
+                .commit(&group, None, vec![position("t", 0, offset)])
+                .unwrap();
+        }
+        let page = page(&ctx).await;
+        let committed: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("streamline_group_committed_offset{"))
+            .collect();
+        assert_eq!(committed.len(), 2, "{committed:?}");
+        let longest = page.lines().map(str::len).max().unwrap();
+        assert!(longest < 600, "a line of {longest} bytes");
+        for (offset, line) in [1, 2].into_iter().zip(&committed) {
+            let group = format!("{long}{offset}");
+            let cut = format!(
+                "{}~{:08x}",
+                &group[..MAX_LABEL_BYTES - 9],
+                crc32c::crc32c(group.as_bytes())
+            );
+            assert_eq!(
+                **line,
+                format!(
+                    "streamline_group_committed_offset{{group=\"{cut}\",topic=\"t\",partition=\"0\"}} {offset}"
+                )
+            );
+        }
+        // A multi-byte character at the cut is not split.
+        let wide = "é".repeat(400);
+        let label = escape(&wide);
+        assert!(label.len() <= MAX_LABEL_BYTES, "{}", label.len());
+        assert!(label.starts_with(&"é".repeat(123)), "{label}");
+    }
+
+    /// Committed positions for partitions by the thousand made the page grow
+    /// without bound; each per-group family now shows at most
+    /// `MAX_GROUP_SERIES` and counts the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn per_group_series_are_capped_and_the_rest_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let many = i32::try_from(MAX_GROUP_SERIES).unwrap();
+        // Group "a": the cap's worth and one more, only partition 0 exists.
+        let positions = (0..=many).map(|p| position("t", p, 0)).collect();
+        ctx.storage.offsets().commit("a", None, positions).unwrap();
+        // Group "b", after "a": past the cap, its partition exists.
+        ctx.storage
+            .offsets()
+            .commit("b", None, vec![position("t", 0, 0)])
+            .unwrap();
+        let page = page(&ctx).await;
+        let count = |prefix: &str| page.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(
+            count("streamline_group_committed_offset{"),
+            MAX_GROUP_SERIES
+        );
+        assert_eq!(count("streamline_group_committed_offset{group=\"b\""), 0);
+        assert_eq!(count("streamline_group_lag{"), 1, "a's partition 0 only");
+        for line in [
+            "streamline_metrics_series_omitted{family=\"streamline_group_members\"} 0",
+            "streamline_metrics_series_omitted{family=\"streamline_group_committed_offset\"} 2",
+            "streamline_metrics_series_omitted{family=\"streamline_group_lag\"} 1",
+        ] {
+            assert!(page.lines().any(|l| l == line), "no {line:?}");
+        }
+    }
 }
