@@ -1692,6 +1692,17 @@ impl Partition {
                 }
             }
             if n > 0 && n == log.len() {
+                // The active segment leaves the log before its files go, and a
+                // checkpoint meanwhile counts its records as durable (they are
+                // below the new segment): its data is made durable first, as at
+                // a roll. Otherwise a power loss before the unlink is durable
+                // brings it back torn below the recovery point, which a strict
+                // start refuses.
+                self.check_sync_failed()?;
+                if let Err(e) = log[n - 1].sync_now() {
+                    self.sync_failed.get_or_init(|| e.to_string());
+                    return Err(e);
+                }
                 // Appends continue in the new segment; it is durable (its
                 // directory entry too) before the old ones are removed, so a crash
                 // in between leaves the old files for the next pass.
@@ -4323,6 +4334,38 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(p.offset_for_timestamp(T + 2).unwrap(), Some((2, T + 2)));
+    }
+
+    /// Retention that took the active segment out of the log did not fsync
+    /// it: a checkpoint between its leaving the log and its unlink counted its
+    /// records as durable, and a power loss before the unlink was durable
+    /// brought it back torn below the recovery point.
+    #[test]
+    fn retention_syncs_the_active_segment_before_it_leaves_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        produce_at(&p, 1, 100);
+        produce_at(&p, 2, 100);
+        p.set_high_watermark(2);
+        let active = pdir.join(format!("{:020}.log", 0));
+        assert!(active.exists());
+        crate::storage::segment::SYNCED_LOGS.with(|s| s.borrow_mut().clear());
+        let synced_before_removes = std::rc::Rc::new(std::cell::Cell::new(false));
+        let seen = std::rc::Rc::clone(&synced_before_removes);
+        let path = active.clone();
+        BEFORE_TRIM_REMOVES.with(|b| {
+            *b.borrow_mut() = Some(Box::new(move || {
+                seen.set(crate::storage::segment::SYNCED_LOGS.with(|s| s.borrow().contains(&path)));
+            }));
+        });
+        assert_eq!(p.apply_retention(0, None, Some(0)).unwrap().0, 1);
+        assert!(!active.exists());
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (2, 2));
+        assert!(
+            synced_before_removes.get(),
+            "the active segment was fsynced before its files were removed"
+        );
     }
 
     #[test]

@@ -78,6 +78,13 @@ thread_local! {
 
 #[cfg(test)]
 thread_local! {
+    /// The log files [`SyncJob::run`] synced on this thread (tests).
+    pub(crate) static SYNCED_LOGS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+thread_local! {
     /// Batch headers [`MaxTimestampJob::run`] read on this thread (tests).
     pub(crate) static MAX_TIMESTAMP_HEADERS_READ: std::cell::Cell<u64> =
         const { std::cell::Cell::new(0) };
@@ -198,7 +205,10 @@ impl SyncJob {
         let log_file = synced(log)?;
         synced(index)?;
         // The index is rebuilt from the log when it is short; the log must be whole.
-        check_written(&log_file, self.log_len).map_err(|e| Error::io("fdatasync", &log.1, e))
+        check_written(&log_file, self.log_len).map_err(|e| Error::io("fdatasync", &log.1, e))?;
+        #[cfg(test)]
+        SYNCED_LOGS.with(|s| s.borrow_mut().push(log.1.clone()));
+        Ok(())
     }
 }
 
