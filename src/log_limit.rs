@@ -75,6 +75,24 @@ impl Default for LogLimit {
     }
 }
 
+/// Logs a line through a [`LogLimit`] with the count of lines it held back
+/// as the field `suppressed`: `limited!(warn, %peer, "closing connection")`
+/// declares a limit of its own for the line; `limited!(CLOSES => info, ...)`
+/// uses one declared elsewhere, for one kind of line logged at more than one
+/// place.
+macro_rules! limited {
+    ($level:ident, $($arg:tt)+) => {{
+        static LIMIT: $crate::log_limit::LogLimit = $crate::log_limit::LogLimit::new();
+        $crate::log_limit::limited!(LIMIT => $level, $($arg)+)
+    }};
+    ($limit:ident => $level:ident, $($arg:tt)+) => {
+        if let Some(suppressed) = $limit.allow() {
+            tracing::$level!(suppressed, $($arg)+);
+        }
+    };
+}
+pub(crate) use limited;
+
 /// A client's string in a log line (see the module).
 pub struct Shown<'a>(pub &'a str);
 

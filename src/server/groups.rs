@@ -1654,15 +1654,7 @@ impl GroupCoordinator {
             return rx;
         }
         if req.protocols.len() > MAX_PROTOCOLS {
-            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
-            if let Some(suppressed) = LIMIT.allow() {
-                tracing::warn!(
-                    group = %Shown(&req.group),
-                    protocols = req.protocols.len(),
-                    suppressed,
-                    "JoinGroup refused: it lists more than {MAX_PROTOCOLS} protocols"
-                );
-            }
+            crate::log_limit::limited!(warn, group = %Shown(&req.group), protocols = req.protocols.len(), "JoinGroup refused: it lists more than {MAX_PROTOCOLS} protocols");
             let _ = tx.send(JoinResult::error(codes::INVALID_REQUEST, &req.member_id));
             return rx;
         }

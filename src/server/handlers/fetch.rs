@@ -571,10 +571,7 @@ fn offsets_of(
             .with_leader_epoch(-1),
         Err(_) if part.is_deleted() => unknown(r),
         Err(e) => {
-            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
-            if let Some(suppressed) = LIMIT.allow() {
-                tracing::error!(error = %e, suppressed, "list offsets read failed");
-            }
+            crate::log_limit::limited!(error, error = %e, "list offsets read failed");
             r.with_error_code(codes::KAFKA_STORAGE_ERROR)
                 .with_offset(-1)
                 .with_leader_epoch(-1)

@@ -98,22 +98,16 @@ pub(crate) async fn init_producer_id(
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
     if req.transactional_id.is_some() {
-        static LIMIT: LogLimit = LogLimit::new();
-        if let Some(suppressed) = LIMIT.allow() {
-            tracing::warn!(
-                suppressed,
-                "InitProducerId with a transactional id refused: transactions are not supported"
-            );
-        }
+        crate::log_limit::limited!(
+            warn,
+            "InitProducerId with a transactional id refused: transactions are not supported"
+        );
         return r.with_error_code(codes::INVALID_REQUEST);
     }
     let storage = ctx.storage.clone();
     match tokio::task::spawn_blocking(move || storage.allocate_producer_id()).await {
         Ok(Ok(id)) => {
-            static LIMIT: LogLimit = LogLimit::new();
-            if let Some(suppressed) = LIMIT.allow() {
-                tracing::info!(producer_id = id, suppressed, "new idempotent producer");
-            }
+            crate::log_limit::limited!(info, producer_id = id, "new idempotent producer");
             r.with_error_code(codes::NONE)
                 .with_producer_id(ProducerId(id))
                 .with_producer_epoch(0)
@@ -264,10 +258,7 @@ pub(crate) async fn handle(
         tracing::debug!(topic = %Shown(topic), partition, %error, rejected = unknown.count, "produce rejected");
     }
     if let Some((topic, partition, error)) = &refused.first {
-        static LIMIT: LogLimit = LogLimit::new();
-        if let Some(suppressed) = LIMIT.allow() {
-            tracing::warn!(topic = %Shown(topic), partition, %error, rejected = refused.count, suppressed, "produce rejected");
-        }
+        crate::log_limit::limited!(warn, topic = %Shown(topic), partition, %error, rejected = refused.count, "produce rejected");
     }
     let failed_now = submitted
         .iter()
@@ -276,22 +267,9 @@ pub(crate) async fn handle(
     // A client that connects again after each can cause these at will.
     static CLOSES: LogLimit = LogLimit::new();
     if close_now {
-        if let Some(suppressed) = CLOSES.allow() {
-            tracing::info!(
-                correlation_id = cid,
-                suppressed,
-                "closing the connection: a produce with acks=0 failed"
-            );
-        }
+        crate::log_limit::limited!(CLOSES => info, correlation_id = cid, "closing the connection: a produce with acks=0 failed");
     } else if out_of_line {
-        static OUT_OF_LINE: LogLimit = LogLimit::new();
-        if let Some(suppressed) = OUT_OF_LINE.allow() {
-            tracing::info!(
-                correlation_id = cid,
-                suppressed,
-                "closing the connection after the answer: an idempotent producer's batch was refused before the write, and the requests behind it must not go first"
-            );
-        }
+        crate::log_limit::limited!(info, correlation_id = cid, "closing the connection after the answer: an idempotent producer's batch was refused before the write, and the requests behind it must not go first");
     }
     let storage = ctx.storage.clone();
     let pending: Pending = Box::pin(async move {
@@ -364,13 +342,7 @@ pub(crate) async fn handle(
         }
         if acks == 0 {
             if failed && !close_now {
-                if let Some(suppressed) = CLOSES.allow() {
-                    tracing::info!(
-                        correlation_id = cid,
-                        suppressed,
-                        "closing the connection: a produce with acks=0 failed"
-                    );
-                }
+                crate::log_limit::limited!(CLOSES => info, correlation_id = cid, "closing the connection: a produce with acks=0 failed");
             }
             return if failed {
                 close_connection()

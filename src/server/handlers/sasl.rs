@@ -166,10 +166,7 @@ pub(crate) async fn authenticate(
             (r.with_auth_bytes(Bytes::from(reply)), false)
         }
         sasl::Step::Failed(why) => {
-            static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
-            if let Some(suppressed) = LIMIT.allow() {
-                tracing::info!(%peer, reason = %why, suppressed, "SASL authentication failed; closing connection");
-            }
+            crate::log_limit::limited!(info, %peer, reason = %why, "SASL authentication failed; closing connection");
             ctx.metrics.sasl(false);
             let code = if session.has_mechanism() {
                 codes::SASL_AUTHENTICATION_FAILED

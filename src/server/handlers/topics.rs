@@ -932,10 +932,7 @@ fn delete_named_records(
         })
         .collect();
     if let Some((topic, partition, error)) = &refused.first {
-        static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
-        if let Some(suppressed) = LIMIT.allow() {
-            tracing::warn!(%topic, partition, %error, refused = refused.count, suppressed, "DeleteRecords refused");
-        }
+        crate::log_limit::limited!(warn, %topic, partition, %error, refused = refused.count, "DeleteRecords refused");
     }
     topics
 }
