@@ -976,6 +976,23 @@ fn trashed_names(trash: &Path) -> Result<BTreeSet<String>> {
 ///
 /// # Errors
 /// A trash that cannot be read, naming it.
+/// Fsyncs each partition's directory, each topic's and `topics_dir`. A process
+/// killed between a change to one of them (a topic created or grown, a
+/// segment rolled, a topic moved to the trash) and its fsync left the change
+/// for this one to serve and checkpoint the WAL over: a power loss then took
+/// it (a topic's directory and every record in it, with a strict start
+/// finding nothing amiss). As `Wal::open` does for the WAL's directory; cheap
+/// where nothing changed.
+fn sync_topic_dirs(topics_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+    for (name, t) in topics {
+        for p in &t.partitions {
+            sync_dir(p.dir())?;
+        }
+        sync_dir(&topics_dir.join(name))?;
+    }
+    sync_dir(topics_dir)
+}
+
 fn trash_entries(trash: &Path) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(trash) {
         Ok(entries) => entries,
@@ -1783,6 +1800,7 @@ impl TopicManager {
             }
         }
         check_points_beyond_count(&topics, &topics_dir, points.as_ref(), mode)?;
+        sync_topic_dirs(&topics_dir, &topics)?;
         let offsets = OffsetStore::open(data_dir.join("groups"))?;
         let positions = offsets.positions_by_topic();
         // Dropped below with every topic's that has no directory: said here,
@@ -3980,6 +3998,38 @@ mod tests {
         let infos = batch::validate_all(&b).unwrap();
         batch::assign_offsets(&mut b, &infos, base);
         b
+    }
+
+    /// A start fsyncs the topics' directories before it serves: a process
+    /// killed between a create (or a roll, a growth) and its directory fsync
+    /// left the change for the next one to serve, and nothing fsynced it
+    /// again, so a power loss later took a topic and all its records with a
+    /// strict start finding nothing amiss.
+    #[test]
+    fn a_start_makes_the_topic_directories_durable() {
+        use crate::wal::files::SYNCED_DIRS;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 2).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        SYNCED_DIRS.with(|s| s.borrow_mut().clear());
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let synced = SYNCED_DIRS.with(|s| s.borrow().clone());
+        let topics = tmp.path().join("topics");
+        for dir in [
+            topics.join("t").join("0"),
+            topics.join("t").join("1"),
+            topics.join("t"),
+            topics,
+        ] {
+            assert!(
+                synced.contains(&dir),
+                "{} not fsynced: {synced:?}",
+                dir.display()
+            );
+        }
+        m.shutdown().unwrap();
     }
 
     /// Invariant 7: replaying WAL entries into segments that already hold some of them

@@ -293,6 +293,13 @@ impl DirHandle {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The directories [`sync_dir`] fsynced on this thread (tests).
+    pub(crate) static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// fsyncs a directory so that creations, renames and deletions in it are durable
 /// (and checks that the file system's journal had not aborted, [`super::journal`]).
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -305,6 +312,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         }
         #[cfg(not(unix))]
         let _ = dir;
+        #[cfg(test)]
+        SYNCED_DIRS.with(|s| s.borrow_mut().push(dir.to_path_buf()));
         Ok(())
     })
     .map_err(|e| Error::io("fsync dir", dir, e))
