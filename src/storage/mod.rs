@@ -102,6 +102,13 @@ pub struct Topic {
     pub wal_floor: Option<u64>,
     /// The topic's configuration overrides.
     pub configs: TopicConfig,
+    /// Why `configs` may not survive a power loss: a change to them was
+    /// renamed into place but its directory could not be fsynced. Produces
+    /// to the topic are refused meanwhile (a record accepted under the new
+    /// configs may break the old ones: a keyless record in a topic that was
+    /// compacted), until a retry of the change or a growth stores the file
+    /// durably, or a restart reads it as it is.
+    pub configs_not_durable: Option<String>,
 }
 
 impl Topic {
@@ -701,6 +708,7 @@ fn load_topic(
         partitions,
         wal_floor: f.wal_floor,
         configs,
+        configs_not_durable: None,
     }))
 }
 
@@ -2340,6 +2348,7 @@ impl TopicManager {
                 partitions,
                 wal_floor,
                 configs,
+                configs_not_durable: None,
             };
             // topic.json last: a topic directory without it is an interrupted create.
             topic.store(&dir).map_err(storage)?;
@@ -2515,8 +2524,10 @@ impl TopicManager {
         }
         let mut partitions = old.partitions.clone();
         partitions.extend(self.open_partitions(name, &dir, have..count, &old.configs)?);
+        // Stored durably below (or the growth is refused), configs and all.
         let topic = Arc::new(Topic {
             partitions,
+            configs_not_durable: None,
             ..Topic::clone(&old)
         });
         if let Some(e) = topic.store_renamed(&dir).map_err(storage)? {
@@ -2585,10 +2596,13 @@ impl TopicManager {
     ///
     /// A `topic.json` renamed into place whose directory cannot then be fsynced
     /// holds the change: it is put in force, as the file says, and the error
-    /// says that it is in force but may not survive a power loss. Whichever
-    /// configuration a power loss leaves, no acknowledged record depends on it,
-    /// and writing the old file back would need the directory fsync that just
-    /// failed, so that the broker and its file could disagree again.
+    /// says that it is in force but may not survive a power loss. Writing the
+    /// old file back would need the directory fsync that just failed, so that
+    /// the broker and its file could disagree again. Until a retry (or a
+    /// growth) stores the file durably the topic refuses produces
+    /// ([`Topic::configs_not_durable`]): a record accepted under the new
+    /// configs could be lost under the old ones a power loss brings back (a
+    /// keyless record, once compaction is back).
     ///
     /// # Errors
     /// [`AlterError`]; the topic keeps its configuration, except for an
@@ -2613,19 +2627,24 @@ impl TopicManager {
         // may have been renamed into place without its directory fsync
         // (answered as in force but not durable), and the answer to its retry
         // must hold after a power loss too.
-        let topic = Arc::new(Topic {
+        let mut topic = Topic {
             configs: configs.clone(),
             ..Topic::clone(&old)
-        });
+        };
         let dir = self.shared.topics_dir.join(name);
         let not_durable = topic
             .store_renamed(&dir)
             .map_err(|e| AlterError::Storage(e.to_string()))?;
-        // Renamed into place: the file holds the change, and the broker follows it.
+        topic.configs_not_durable = not_durable.as_ref().map(ToString::to_string);
+        let topic = Arc::new(topic);
+        // Renamed into place: the file holds the change, and the broker
+        // follows it; until the file is durable the topic takes no produce.
+        if (configs != old.configs || topic.configs_not_durable != old.configs_not_durable)
+            && !self.replace_topic(&old, &topic)
+        {
+            return Err(AlterError::UnknownTopic);
+        }
         if configs != old.configs {
-            if !self.replace_topic(&old, &topic) {
-                return Err(AlterError::UnknownTopic);
-            }
             Topic::limit_segments(&configs, &self.shared.config.storage, &topic.partitions);
             self.shared.config_changes.fetch_add(1, Ordering::SeqCst);
             if configs.delete_retention_ms() != old.configs.delete_retention_ms() {
@@ -2640,9 +2659,10 @@ impl TopicManager {
             }
         }
         if let Some(e) = not_durable {
-            tracing::error!(topic = name, configs = ?configs.overrides(), error = %e, "changed topic configs, but topic.json may not survive a power loss");
+            tracing::error!(topic = name, configs = ?configs.overrides(), error = %e, "changed topic configs, but topic.json may not survive a power loss; produces to the topic are refused until a retry of the change stores it durably");
             return Err(AlterError::Storage(format!(
-                "the change is in force but may not survive a power loss: {e}"
+                "the change is in force but may not survive a power loss, and the topic \
+                 takes no produce until a retry of the change stores it durably: {e}"
             )));
         }
         tracing::info!(topic = name, configs = ?configs.overrides(), "changed topic configs");
@@ -3067,6 +3087,12 @@ impl TopicManager {
         let t = self
             .topic(topic)
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
+        if let Some(why) = &t.configs_not_durable {
+            return Err(ProduceError::Storage(format!(
+                "a change to the topic's configs may not survive a power loss ({why}); \
+                 produces are refused until a retry of the change stores it durably"
+            )));
+        }
         let p = usize::try_from(partition)
             .ok()
             .and_then(|i| t.partitions.get(i).cloned())
@@ -5519,7 +5545,10 @@ mod tests {
     /// directory fsync failed was answered with an error and left the old
     /// configuration in force, while the file held the change, in force after
     /// a restart. The change is now in force at once, and the answer says
-    /// that it may not survive a power loss.
+    /// that it may not survive a power loss. Until a retry stores the file
+    /// durably the topic takes no produce: a record accepted under the new
+    /// configs could be lost under the old ones a power loss brings back (a
+    /// keyless record in a topic changed from compact to delete).
     #[test]
     fn a_config_change_whose_directory_fsync_fails_is_in_force() {
         use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
@@ -5537,6 +5566,12 @@ mod tests {
         };
         assert!(e.contains("in force") && e.contains("power loss"), "{e}");
         assert_eq!(m.topic("t").unwrap().configs, retention("1000"));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let refused = produce_to(&rt, &m, "t", &batch_at(0, &[b"a"]));
+        assert!(
+            matches!(&refused, Err(ProduceError::Storage(e)) if e.contains("power loss")),
+            "{refused:?}"
+        );
         assert_eq!(
             stored_topic(tmp.path()).configs,
             *retention("1000").overrides()
@@ -5551,9 +5586,15 @@ mod tests {
             "{retried:?}"
         );
         assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
+        assert!(produce_to(&rt, &m, "t", &batch_at(0, &[b"a"])).is_err());
         assert_eq!(
             m.alter_topic_configs("t", false, |_| Ok(retention("1000"))),
             Ok(retention("1000"))
+        );
+        assert_eq!(
+            produce_to(&rt, &m, "t", &batch_at(0, &[b"a"])),
+            Ok(0),
+            "durable: produces are taken again"
         );
         // A failure before the rename changes nothing.
         INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::BeforeRename));

@@ -291,6 +291,7 @@ mod tests {
             partitions: Vec::new(),
             wal_floor: None,
             configs: crate::storage::TopicConfig::default(),
+            configs_not_durable: None,
         })
     }
 
