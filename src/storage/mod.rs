@@ -468,6 +468,10 @@ struct Shared {
     /// How long a topic delete waits before it syncs the topic's segments.
     #[cfg(test)]
     delete_sync_pause: Mutex<Duration>,
+    /// Storage fails once the next delete has taken its topic out of the map
+    /// (before its barrier): a WAL append failing then (tests).
+    #[cfg(test)]
+    fail_after_take_for_delete: AtomicBool,
     /// Places for produce validations that hold a thread
     /// ([`BLOCKING_VALIDATIONS`]).
     blocking_validations: tokio::sync::Semaphore,
@@ -2042,6 +2046,8 @@ impl TopicManager {
             validate_pause: Mutex::new(Duration::ZERO),
             #[cfg(test)]
             delete_sync_pause: Mutex::new(Duration::ZERO),
+            #[cfg(test)]
+            fail_after_take_for_delete: AtomicBool::new(false),
             blocking_validations: tokio::sync::Semaphore::new(BLOCKING_VALIDATIONS),
             #[cfg(test)]
             blocking_validation: (
@@ -2913,6 +2919,14 @@ impl TopicManager {
                 .map_err(|e| self.task_error(&e))?;
         };
         let deleted = topic.id;
+        #[cfg(test)]
+        if self
+            .shared
+            .fail_after_take_for_delete
+            .swap(false, Ordering::SeqCst)
+        {
+            fail(&self.shared, "a WAL append failed (injected)".into());
+        }
         let (tx, rx) = oneshot::channel();
         if self.shared.jobs.send(Job::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
@@ -2928,6 +2942,16 @@ impl TopicManager {
             let from = me.shared.topics_dir.join(&name);
             // A produce to the topic that failed before the barrier failed storage.
             if let Err(e) = me.refuse_delete_if_failed(&name) {
+                // Synced first, as on the paths below: the topic may not come
+                // back into the map (its reopen can fail), and the checkpoints,
+                // which go on after a WAL failure, sync only the topics there
+                // while they move the WAL past the entries it applied.
+                for p in &topic.partitions {
+                    if let Err(e) = p.sync() {
+                        fail_segments(&me.shared, format!("segment sync failed: {e}"));
+                        break;
+                    }
+                }
                 drop(retired);
                 me.restore_topic(&name, &from);
                 return Err(e.into());
@@ -4831,6 +4855,29 @@ mod tests {
             "the recovery points left out a topic being deleted"
         );
         m.shutdown().unwrap();
+    }
+
+    /// A delete refused after its barrier because storage failed meanwhile
+    /// (a WAL append) gave the topic back without syncing it: when the
+    /// reopen then failed, the topic left the checkpoints' list while they
+    /// went on moving the WAL past its applied entries, whose segment bytes a
+    /// power loss could take. It syncs the partitions first, as the other
+    /// paths that give a topic back do.
+    #[test]
+    fn a_delete_refused_after_its_barrier_syncs_the_topic_it_gives_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, _c, m) = with_batch_a(tmp.path());
+        let p = m.partition("t", 0).unwrap();
+        assert!(p.unsynced(), "the produce is in the page cache only");
+        m.shared
+            .fail_after_take_for_delete
+            .store(true, Ordering::SeqCst);
+        let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
+        assert!(e.contains("injected"), "{e}");
+        assert!(!p.unsynced(), "given back unsynced");
+        // The injected failure fails no file: the shutdown's own result is
+        // not what this test is about.
+        let _ = m.shutdown();
     }
 
     /// A delete whose sync of the topic's segments fails keeps the topic (as
