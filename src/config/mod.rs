@@ -38,9 +38,11 @@ pub struct ServerConfig {
     /// Largest request frame accepted; larger frames close that connection. Default: 100 MiB.
     pub max_request_bytes: usize,
     /// Client connections served at once; a connection beyond is closed as soon as
-    /// it is accepted. `None`: half the process's open-file limit, so that
-    /// connections can never take the file descriptors storage needs (WAL files,
-    /// two per active segment, the sealed segments' read handles). Default: `None`.
+    /// it is accepted. `None`: half of what the files open once storage has
+    /// recovered (and the metrics endpoint's, with one) leave of the process's
+    /// open-file limit, so that connections can never take the file
+    /// descriptors storage needs (WAL files, two per active segment, the sealed
+    /// segments' read handles). Default: `None`.
     pub max_connections: Option<usize>,
     /// A connection with no byte read or written for this long, and no response
     /// being computed, is closed (Kafka's `connections.max.idle.ms`); clients
@@ -873,7 +875,7 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_WAL_SYNC_MODE", default_value = "interval", value_parser = parse_sync_mode, value_name = "MODE")]
     pub wal_sync_mode: SyncMode,
 
-    /// Size each WAL file is preallocated to (multiple of 4096, at least 64k).
+    /// Size each WAL file is preallocated to (multiple of 4096, at least 64k, at most 1024g).
     #[arg(long, env = "STREAMLINE_WAL_MAX_FILE_SIZE", default_value = "100m", value_parser = parse_size, value_name = "BYTES")]
     pub wal_max_file_size: u64,
 

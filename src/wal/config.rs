@@ -64,7 +64,10 @@ pub enum BackendKind {
     /// `uring` where io_uring and `O_DIRECT` work, otherwise `std` (logged once).
     #[default]
     Auto,
-    /// io_uring with `O_DIRECT`, registered buffers and a linked `fdatasync` (Linux only).
+    /// io_uring (Linux only): `every_write` writes each batch with `O_DIRECT`
+    /// from registered buffers as one `RWF_DSYNC` write; `interval` and
+    /// `os_default` write through the page cache and fsync through the ring
+    /// (see `docs/engine.md`, "Backends").
     Uring,
     /// `pwritev` + `fdatasync` (`F_FULLFSYNC` on macOS), on every platform: the
     /// batches submitted since the commit thread last waited go out together.
