@@ -6568,14 +6568,28 @@ mod tests {
                             })
                         })
                         .collect();
-                    while acked.load(Relaxed) < fail_after {
+                    // Producers stop at their first error: one before the
+                    // injected failure is a defect, not a wait without end.
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while acked.load(Relaxed) < fail_after
+                        && !producers.iter().all(tokio::task::JoinHandle::is_finished)
+                        && Instant::now() < deadline
+                    {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
+                    let reached = acked.load(Relaxed) >= fail_after;
                     fs.fail(Some(errno));
-                    let mut out = Vec::new();
+                    let mut out: Vec<Outcome> = Vec::new();
                     for p in producers {
                         out.push(p.await.unwrap());
                     }
+                    assert!(
+                        reached,
+                        "{what}: {} of {fail_after} produces acknowledged before the producers \
+                         stopped or 120 s passed: {:?}",
+                        acked.load(Relaxed),
+                        out.iter().map(|o| &o.2).collect::<Vec<_>>()
+                    );
                     out
                 });
                 let _ = m.shutdown(); // fails, unless the failure met nothing unsynced

@@ -1824,7 +1824,13 @@ mod tests {
                             })
                         })
                         .collect();
-                    while acked.load(Relaxed) < fail_after {
+                    // Writers stop at their first error: one before the
+                    // injected failure is a defect, not a wait without end.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                    while acked.load(Relaxed) < fail_after
+                        && !writers.iter().all(|w| w.is_finished())
+                        && std::time::Instant::now() < deadline
+                    {
                         match mode {
                             SyncMode::Interval => {
                                 synced = synced.max(wal.sync().wait().unwrap());
@@ -1832,8 +1838,17 @@ mod tests {
                             _ => std::thread::sleep(std::time::Duration::from_micros(200)),
                         }
                     }
+                    let reached = acked.load(Relaxed) >= fail_after;
                     fs.fail(Some(errno));
-                    writers.into_iter().map(|w| w.join().unwrap()).collect()
+                    let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+                    assert!(
+                        reached,
+                        "{what}: {} of {fail_after} appends acknowledged before the writers \
+                         stopped or 120 s passed: {:?}",
+                        acked.load(Relaxed),
+                        results.iter().map(|r| &r.2).collect::<Vec<_>>()
+                    );
+                    results
                 });
                 for (_, _, e) in &results {
                     assert!(e.contains(dir.to_str().unwrap()), "{what}: {e}");
