@@ -74,8 +74,14 @@ fn a_close_during_another_close_reports_its_failed_final_sync() {
     while !disk.sync_held() {
         std::thread::sleep(Duration::from_millis(1));
     }
+    let begun = wal.clone();
     let second = std::thread::spawn(move || tx.send(("second", wal.close())).unwrap());
-    // Time for the second close to answer if it does not wait for the first.
+    // Once the second close has begun, time for it to answer if it does not
+    // wait for the first (a sleep alone let a late second close find the
+    // failure latched, and pass with the bug back).
+    while begun.closes_begun() < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     std::thread::sleep(Duration::from_millis(200));
     disk.release_syncs();
     for _ in 0..2 {

@@ -3020,9 +3020,15 @@ mod tests {
         let j = join("", &["a"]);
         std::thread::scope(|scope| {
             let writer = store.writer("g");
+            let asked = store.writers_asked();
             let expiry = scope.spawn(|| c.expire_offsets(&store, 7 * DAY, now));
-            // The expiry has looked at the group and waits for the lock.
-            std::thread::sleep(Duration::from_millis(300));
+            // The expiry has looked at the group and waits for the lock (a
+            // sleep alone let a late expiry read the subscriptions after the
+            // join below, and pass with the bug back).
+            while store.writers_asked() == asked {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
             assert!(
                 !expiry.is_finished(),
                 "the expiry waits for the writer lock"

@@ -7003,11 +7003,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(wal.last_acked_sequence(), first);
+        let (started, starting) = std::sync::mpsc::channel();
         let floor = {
             let wal = wal.clone();
-            std::thread::spawn(move || new_wal_floor(&wal))
+            std::thread::spawn(move || {
+                started.send(()).unwrap();
+                new_wal_floor(&wal)
+            })
         };
-        // Time for the floor to be read if it does not wait for the held sync.
+        // Once the thread is about to read it, time for the floor to be read
+        // if it does not wait for the held sync (a sleep alone let a late
+        // thread read it after the release, and pass with the bug back).
+        starting.recv().unwrap();
         std::thread::sleep(Duration::from_millis(200));
         disk.release_syncs();
         let seq = held.wait().unwrap();

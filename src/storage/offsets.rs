@@ -152,20 +152,37 @@ impl Drop for FirstCommit<'_> {
 /// Locks serialising the writers of each group's file: one of 64, chosen by
 /// the group's name.
 #[derive(Debug)]
-pub(crate) struct GroupLocks(Box<[Mutex<()>]>);
+pub(crate) struct GroupLocks {
+    locks: Box<[Mutex<()>]>,
+    /// Calls of [`GroupLocks::lock`] so far (tests: a thread about to wait).
+    #[cfg(test)]
+    asked: std::sync::atomic::AtomicUsize,
+}
 
 impl GroupLocks {
     pub(crate) fn new() -> GroupLocks {
-        GroupLocks((0..64).map(|_| Mutex::new(())).collect())
+        GroupLocks {
+            locks: (0..64).map(|_| Mutex::new(())).collect(),
+            #[cfg(test)]
+            asked: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// The lock of `group`.
     pub(crate) fn lock(&self, group: &str) -> MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
+        #[cfg(test)]
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         group.hash(&mut h);
-        let i = (h.finish() % self.0.len() as u64) as usize;
-        self.0[i].lock().unwrap_or_else(PoisonError::into_inner)
+        let i = (h.finish() % self.locks.len() as u64) as usize;
+        self.locks[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls of [`GroupLocks::lock`] so far (tests).
+    #[cfg(test)]
+    pub(crate) fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -323,6 +340,13 @@ impl OffsetStore {
     /// The lock every writer of `group` holds (see [`OffsetStore::writers`]).
     pub(crate) fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
         self.writers.lock(group)
+    }
+
+    /// Writer locks asked for so far, held or waited for (tests: a thread
+    /// about to wait for one).
+    #[cfg(test)]
+    pub(crate) fn writers_asked(&self) -> usize {
+        self.writers.asked()
     }
 
     /// Stores `commits` for `group` durably (blocking: fsyncs). `protocol_type`,
@@ -924,10 +948,17 @@ mod tests {
         s.commit(&other, None, vec![committed(0, 1)]).unwrap();
         let fifo = path.join(file_name("stuck")).with_extension("tmp");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let asked = s.writers_asked();
         let stuck = {
             let s = Arc::clone(&s);
             std::thread::spawn(move || s.commit("stuck", None, vec![committed(0, 2)]))
         };
+        // Once the commit holds its writer lock, time to reach the FIFO (a
+        // sleep alone let a late commit start after the readers, and pass
+        // whatever the locking does).
+        while s.writers_asked() == asked {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(200));
         let (tx, rx) = std::sync::mpsc::channel();
         {

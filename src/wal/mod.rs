@@ -107,10 +107,15 @@ struct Handle {
     /// The directory lock; released as soon as the WAL is closed, even while other
     /// handles still exist, so the directory can be reopened.
     lock: Mutex<Option<files::DirLock>>,
+    /// Closes begun through any handle (tests: a close waiting for another).
+    #[cfg(any(test, feature = "sim"))]
+    closes_begun: std::sync::atomic::AtomicUsize,
 }
 
 impl Handle {
     fn shutdown(&self) -> Result<u64> {
+        #[cfg(any(test, feature = "sim"))]
+        self.closes_begun.fetch_add(1, Ordering::SeqCst);
         // Held to the end: a close from another clone meanwhile waits, and then
         // sees this one's outcome (a failed final sync is latched) rather than
         // reporting success before the sync has run.
@@ -686,6 +691,8 @@ impl Wal {
                 backend: kind,
                 direct_io,
                 lock: Mutex::new(Some(lock)),
+                #[cfg(any(test, feature = "sim"))]
+                closes_begun: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         let rec = Recovery {
@@ -1053,6 +1060,13 @@ impl Wal {
     /// The configuration the WAL was opened with.
     pub fn config(&self) -> &WalConfig {
         &self.inner.core.config
+    }
+
+    /// How many closes (or drops of the last handle) have begun (tests).
+    #[cfg(any(test, feature = "sim"))]
+    #[doc(hidden)]
+    pub fn closes_begun(&self) -> usize {
+        self.inner.closes_begun.load(Ordering::SeqCst)
     }
 
     /// The highest acknowledged sequence.
