@@ -462,7 +462,7 @@ fn a_long_poll_reads_again_only_when_its_partitions_move() {
         &fetch_request("quiet", 0, 3000),
     ))
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    broker_support::await_long_poll(&broker, before as u64);
     for i in 0..30 {
         let req = produce("busy", 0, batch(&["x"]));
         let r = send_produce(&mut c, 7, 10 + i, &req);
@@ -483,6 +483,7 @@ fn a_long_poll_reads_again_only_when_its_partitions_move() {
     );
 
     // An append to its own partition ends it at once, with the record.
+    let before = broker_support::fetch_reads(&broker);
     poll.write_all(&request_frame(
         ApiKey::Fetch,
         12,
@@ -490,7 +491,7 @@ fn a_long_poll_reads_again_only_when_its_partitions_move() {
         &fetch_request("quiet", 0, 10_000),
     ))
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    broker_support::await_long_poll(&broker, before);
     let started = std::time::Instant::now();
     let _r = send_produce(&mut c, 7, 50, &produce("quiet", 0, batch(&["y"])));
     let (_, f): (i32, FetchResponse) = response(&mut poll, ApiKey::Fetch, 12);
@@ -538,7 +539,7 @@ fn a_long_poll_reads_once_its_partitions_hold_min_bytes_not_at_each_append() {
         &fetch_request("t", 0, 3000).with_min_bytes(1 << 20),
     ))
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    broker_support::await_long_poll(&broker, before as u64);
     for i in 0..APPENDS {
         let r = send_produce(&mut c, 7, 10 + i, &produce("t", 0, batch(&["x"])));
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);

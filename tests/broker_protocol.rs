@@ -242,7 +242,12 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(
         &tmp.path().join("data"),
-        &["--wal-sync-mode", "every_write"],
+        &[
+            "--wal-sync-mode",
+            "every_write",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
     );
     let mut c = connect(&broker.addr);
     let r = send_produce(&mut c, 7, 1, &produce("poll", 0, batch(&["first"])));
@@ -291,6 +296,7 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
 
     // A long poll is answered as soon as another client produces.
     let mut waiter = connect(&broker.addr);
+    let before = broker_support::fetch_reads(&broker);
     waiter
         .write_all(&request_frame(
             ApiKey::Fetch,
@@ -299,7 +305,7 @@ fn fetch_long_polls_returns_empty_not_null_and_list_offsets_answers() {
             &fetch_request("poll", 1, 10_000),
         ))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    broker_support::await_long_poll(&broker, before);
     let start = std::time::Instant::now();
     let r = send_produce(&mut c, 7, 6, &produce("poll", 0, batch(&["second"])));
     assert_eq!(partition_result(&r), (0, 1));
@@ -1610,7 +1616,15 @@ fn create_partitions_grows_a_topic_durably() {
 fn a_long_poll_on_a_deleted_topic_is_answered_at_the_delete() {
     use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&tmp.path().join("data"), &["--auto-create-topics", "false"]);
+    let broker = Broker::start(
+        &tmp.path().join("data"),
+        &[
+            "--auto-create-topics",
+            "false",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let mut s = connect(&broker.addr);
     let delete = |s: &mut TcpStream, name: &str| {
         let req = DeleteTopicsRequest::default()
@@ -1627,6 +1641,7 @@ fn a_long_poll_on_a_deleted_topic_is_answered_at_the_delete() {
         waiter
             .set_read_timeout(Some(Duration::from_secs(40)))
             .unwrap();
+        let before = broker_support::fetch_reads(&broker);
         waiter
             .write_all(&request_frame(
                 ApiKey::Fetch,
@@ -1635,9 +1650,9 @@ fn a_long_poll_on_a_deleted_topic_is_answered_at_the_delete() {
                 &fetch_request(topic, offset, 20_000),
             ))
             .unwrap();
-        // Time for its first read to find nothing and the wait to begin (a
-        // delete before that is answered at once, with or without a wait).
-        std::thread::sleep(Duration::from_millis(500));
+        // Its first read found nothing and the wait began (a delete before
+        // that is answered at once, with or without a wait).
+        broker_support::await_long_poll(&broker, before);
         waiter
     };
     // The partition's answer, and how long it took from `since`.

@@ -813,6 +813,35 @@ pub fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {key} in {m:#?}"))
 }
 
+/// `streamline_fetch_reads_total` now, read from the page as it is (no parse:
+/// cheap enough to poll). The broker must run with `--metrics-listen`.
+pub fn fetch_reads(broker: &Broker) -> u64 {
+    let addr = broker
+        .metrics
+        .as_deref()
+        .expect("started with --metrics-listen");
+    let (status, page) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{page}");
+    page.lines()
+        .find_map(|l| l.strip_prefix("streamline_fetch_reads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no streamline_fetch_reads_total in {page}"))
+}
+
+/// Waits until a Fetch sent after [`fetch_reads`] gave `before` has had its
+/// first read pass counted, then 200 ms for that pass (of partitions holding
+/// nothing from its offsets) to end and the long poll to wait: an event made
+/// then meets a waiting long poll. A sleep alone let a Fetch read late meet the
+/// event's result at its first read, and pass with long polls broken.
+pub fn await_long_poll(broker: &Broker, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fetch_reads(broker) <= before {
+        assert!(Instant::now() < deadline, "the Fetch was never read");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// Starts the broker with `args` on `data` and asserts it refuses to start:
 /// exit code 2, a message naming `names`, and nothing created on disk.
 pub fn assert_refused_at_start(data: &Path, args: &[&str], names: &str) {
