@@ -11,45 +11,16 @@
 //! warning naming the file. On the same image mounted without `data=journal` the
 //! files are written `O_DIRECT`. Both backends, and `auto` (which then picks std).
 
+mod common;
 mod loop_fs;
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::Path,
-    sync::{Arc, Mutex, OnceLock},
-};
+use std::{collections::BTreeMap, path::Path, sync::Mutex};
+
+use common::logs::logs;
 
 use bytes::Bytes;
 use loop_fs::LoopFs;
 use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
-
-/// Everything the library logs, from every thread of this test binary.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(move || Sink(Arc::clone(&sink)))
-            .init();
-        logs
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The warnings that a WAL file under `dir` is written through the page cache.
 fn page_cache_warnings(dir: &Path) -> Vec<String> {

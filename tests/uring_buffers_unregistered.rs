@@ -29,6 +29,7 @@ fn without_registered_buffers_the_uring_backend_still_writes_and_recovers() {
         libc::ENOMEM,
         false,
     );
+    common::logs::logs();
     let dir = tempfile::tempdir().unwrap();
     for (name, backend) in [("uring", BackendKind::Uring), ("auto", BackendKind::Auto)] {
         let path = dir.path().join(name);
@@ -41,6 +42,11 @@ fn without_registered_buffers_the_uring_backend_still_writes_and_recovers() {
         let (wal, _) = Wal::open(&path, config.clone())
             .unwrap_or_else(|e| panic!("{name}: open without registered buffers: {e}"));
         assert_eq!(wal.backend(), BackendKind::Uring, "{name}");
+        // The filter took: registration failed, and the WAL said so.
+        let warned = common::logs::text()
+            .matches("registering the WAL's buffers with io_uring failed")
+            .count();
+        assert!(warned >= 1, "{name}: no warning that registration failed");
         // Entries of one block and of several (the batch buffers are 256 KiB).
         let size = |i: u64| if i.is_multiple_of(10) { 300_000 } else { 3000 };
         let seqs: Vec<u64> = (0..100u64)

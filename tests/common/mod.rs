@@ -9,6 +9,8 @@ use std::path::Path;
 ))]
 pub mod seccomp;
 
+pub mod logs;
+
 use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig, WalEntry};
 
 /// Both backends; every parametrised test runs once per entry.
