@@ -2,8 +2,9 @@
 //! in [`crate::server::sasl`].
 
 use std::{
-    net::SocketAddr,
-    sync::Arc,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, LazyLock, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -15,7 +16,7 @@ use kafka_protocol::{
     },
     protocol::StrBytes,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::server::{codes, sasl, Ctx, Pending, Reply};
 
@@ -90,7 +91,70 @@ pub(crate) fn handshake(
 /// cores and none of the blocking threads that Fetch reads use.
 const PLAIN_DERIVATIONS: usize = 1;
 
-static DERIVATIONS: Semaphore = Semaphore::const_new(PLAIN_DERIVATIONS);
+/// The derivations of every connection, taking turns by client address.
+static DERIVATIONS: LazyLock<Turns> = LazyLock::new(|| Turns::new(PLAIN_DERIVATIONS));
+
+/// Places for PLAIN derivations, given in turn by client address: at most one
+/// login per address waits for a place, the others from that address waiting
+/// behind it. A client that floods logins (closing each at once, so holding
+/// nothing) took every turn before: a correct login from elsewhere waited for
+/// the whole queue, until its authentication deadline (30 s). Now it waits for
+/// at most one derivation per address with logins queued. An IPv6 address
+/// counts by its /64, which one host often holds whole.
+struct Turns {
+    places: Semaphore,
+    by_address: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// A place for one derivation; its address's turn passes on when it drops.
+struct Turn<'a> {
+    _place: SemaphorePermit<'a>,
+    _address: OwnedSemaphorePermit,
+}
+
+impl Turns {
+    fn new(places: usize) -> Turns {
+        Turns {
+            places: Semaphore::new(places),
+            by_address: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for `ip`'s turn, then for a place.
+    async fn turn(&self, ip: IpAddr) -> Turn<'_> {
+        let key = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let mut o = v6.octets();
+                    o[8..].fill(0);
+                    IpAddr::V6(o.into())
+                }
+            },
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        let address = {
+            let mut map = self
+                .by_address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Addresses no login holds or waits for any more.
+            if map.len() >= 1024 {
+                map.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            Arc::clone(
+                map.entry(key)
+                    .or_insert_with(|| Arc::new(Semaphore::new(1))),
+            )
+        };
+        let address = address.acquire_owned().await.expect("never closed");
+        let place = self.places.acquire().await.expect("never closed");
+        Turn {
+            _place: place,
+            _address: address,
+        }
+    }
+}
 
 /// The answer `frame` to a SaslAuthenticate (or raw token) that arrived at
 /// `arrived`: at once, or, for a failure (`failed`), which then closes the
@@ -114,8 +178,13 @@ pub(crate) fn answer(ctx: &Ctx, frame: Reply, failed: bool, arrived: Instant) ->
 /// Runs `d` on a blocking thread once one of the [`PLAIN_DERIVATIONS`] permits
 /// is free; the permit goes with the thread's work, so a connection that goes
 /// away meanwhile does not free it early.
-async fn derive(ctx: &Arc<Ctx>, auth: Arc<sasl::Authenticator>, d: sasl::Derivation) -> sasl::Step {
-    let permit = DERIVATIONS.acquire().await.expect("never closed");
+async fn derive(
+    ctx: &Arc<Ctx>,
+    auth: Arc<sasl::Authenticator>,
+    d: sasl::Derivation,
+    peer: SocketAddr,
+) -> sasl::Step {
+    let permit = DERIVATIONS.turn(peer.ip()).await;
     // The users as they are now: a password deleted or changed (an
     // AlterUserScramCredentials, a SIGHUP reload) while this login waited
     // for a permit no longer logs in.
@@ -154,7 +223,7 @@ pub(crate) async fn authenticate(
         return (r, false);
     };
     let step = match session.authenticate(&auth, &req.auth_bytes) {
-        sasl::Step::Derive(d) => derive(ctx, Arc::clone(&auth), d).await,
+        sasl::Step::Derive(d) => derive(ctx, Arc::clone(&auth), d, peer).await,
         step => step,
     };
     match step {
@@ -200,5 +269,62 @@ mod tests {
         let (r, close) = handshake(&ctx, &req, &mut None);
         assert_eq!((r.error_code, close), (codes::ILLEGAL_SASL_STATE, false));
         assert!(r.mechanisms.is_empty());
+    }
+
+    /// Logins flooded from one address took every turn for a derivation: a
+    /// correct login from another waited behind the whole queue, until its
+    /// authentication deadline. Turns now go by address: the other's login is
+    /// next once the running derivation ends, and the flood's others wait
+    /// behind it. An IPv6 /64 is one address.
+    #[tokio::test(flavor = "current_thread")]
+    async fn derivations_take_turns_by_client_address() {
+        let turns: &'static Turns = Box::leak(Box::new(Turns::new(1)));
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let login = |who: &'static str, ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let turn = turns.turn(ip).await;
+                done.send(who).unwrap();
+                tokio::task::yield_now().await;
+                drop(turn);
+            })
+        };
+        let running = turns.turn("10.0.0.1".parse().unwrap()).await;
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            tasks.push(login("flood", "10.0.0.1"));
+        }
+        tasks.push(login("same /64", "2001:db8::1"));
+        tasks.push(login("same /64", "2001:db8::2"));
+        // Every login has queued (a current-thread runtime runs them here).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tasks.push(login("other", "10.0.0.2"));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drop(running);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done_tx.send("end").unwrap();
+        let mut order = Vec::new();
+        while let Some(who) = done.recv().await {
+            if who == "end" {
+                break;
+            }
+            order.push(who);
+        }
+        let other = order.iter().position(|&w| w == "other").unwrap();
+        assert!(other <= 2, "the other address came {other}th: {order:?}");
+        assert_eq!(order.len(), 8);
+        // The second login of the /64 waited for the first's turn to end,
+        // as the flood's did: another took a place between them.
+        let v6: Vec<usize> = (0..order.len())
+            .filter(|&i| order[i] == "same /64")
+            .collect();
+        assert!(v6[1] - v6[0] > 1, "{order:?}");
     }
 }
