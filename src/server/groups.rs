@@ -346,6 +346,8 @@ thread_local! {
 
 #[derive(Debug)]
 struct Group {
+    /// The group id, for the log lines about its members.
+    name: String,
     state: State,
     generation: i32,
     protocol_type: Option<String>,
@@ -418,8 +420,9 @@ struct Replacement {
 }
 
 impl Group {
-    fn new() -> Group {
+    fn new(name: &str) -> Group {
         Group {
+            name: name.to_string(),
             state: State::Empty,
             generation: 0,
             protocol_type: None,
@@ -475,7 +478,7 @@ impl Group {
     /// joins again as it would have had the group been rebalancing already.
     fn abandon_replacements(&mut self) {
         for r in self.replacements.drain(..) {
-            tracing::info!(old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is abandoned: the group left Stable");
+            tracing::info!(group = %Shown(&self.name), old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is abandoned: the group left Stable");
             let _ =
                 r.tx.send(JoinResult::error(codes::REBALANCE_IN_PROGRESS, ""));
         }
@@ -591,8 +594,8 @@ impl Group {
     /// generation with its members, each member's session starting `now`, or
     /// `Empty` with the stored generation and protocol type. Why not, when the
     /// membership is inconsistent.
-    fn from_meta(meta: GroupMeta, now: Instant) -> Result<Group, String> {
-        let mut g = Group::new();
+    fn from_meta(name: &str, meta: GroupMeta, now: Instant) -> Result<Group, String> {
+        let mut g = Group::new(name);
         g.generation = meta.generation;
         g.protocol_type = meta.protocol_type;
         if meta.members.is_empty() {
@@ -726,7 +729,7 @@ impl Group {
         self.members.retain(|id, m| {
             let keep = m.joined || m.instance_id.is_some();
             if !keep {
-                tracing::info!(member = %Shown(id), "dropping member that did not rejoin in time");
+                tracing::info!(group = %Shown(&self.name), member = %Shown(id), "dropping member that did not rejoin in time");
             }
             keep
         });
@@ -745,7 +748,7 @@ impl Group {
                 Some((id, _)) => id.clone(),
                 None => {
                     let longest = self.longest_rebalance_timeout();
-                    tracing::info!(members = self.members.len(), "no member rejoined in time; the rebalance waits for the absent static members' sessions");
+                    tracing::info!(group = %Shown(&self.name), members = self.members.len(), "no member rejoined in time; the rebalance waits for the absent static members' sessions");
                     self.rebalance_deadline = Some(Instant::now() + longest);
                     return;
                 }
@@ -792,7 +795,7 @@ impl Group {
                 member_id: id,
             });
         }
-        tracing::info!(generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
+        tracing::info!(group = %Shown(&self.name), generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
     }
 
     /// Every member (id, instance id) with its metadata for `protocol`: what
@@ -896,7 +899,7 @@ impl Group {
         // as a pending join of a replaced id is.
         for r in std::mem::take(&mut self.replacements) {
             if r.old == old {
-                tracing::info!(old_member = %Shown(old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is superseded by another");
+                tracing::info!(group = %Shown(&self.name), old_member = %Shown(old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is superseded by another");
                 let _ = r.tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, ""));
             } else {
                 self.replacements.push(r);
@@ -963,7 +966,7 @@ impl Group {
         m.session_timeout = req.session_timeout;
         m.rebalance_timeout = req.rebalance_timeout;
         m.last_seen = now;
-        tracing::info!(old_member = %Shown(old), member = %Shown(&new), instance = ?m.instance_id, "static member replaced");
+        tracing::info!(group = %Shown(&self.name), old_member = %Shown(old), member = %Shown(&new), instance = ?m.instance_id, "static member replaced");
         self.members.insert(new, m);
         leader_before
     }
@@ -1000,7 +1003,7 @@ impl Group {
                 continue;
             }
             if !ok {
-                tracing::warn!(old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement could not be stored: the old member id stays");
+                tracing::warn!(group = %Shown(&self.name), old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement could not be stored: the old member id stays");
                 let _ =
                     r.tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
                 continue;
@@ -1371,9 +1374,10 @@ impl GroupCoordinator {
         let now = Instant::now();
         let mut groups = HashMap::new();
         for l in loaded {
-            let group = l
-                .group
-                .and_then(|(name, meta)| Ok((name, Group::from_meta(meta, now)?)));
+            let group = l.group.and_then(|(name, meta)| {
+                let g = Group::from_meta(&name, meta, now)?;
+                Ok((name, g))
+            });
             match group {
                 Ok((name, g)) => {
                     groups.insert(name, g);
@@ -1681,7 +1685,9 @@ impl GroupCoordinator {
                 return rx;
             }
         }
-        let g = groups.entry(req.group.clone()).or_insert_with(Group::new);
+        let g = groups
+            .entry(req.group.clone())
+            .or_insert_with(|| Group::new(&req.group));
         if g.state == State::Dead {
             let _ = tx.send(JoinResult::error(
                 codes::COORDINATOR_NOT_AVAILABLE,
@@ -2192,7 +2198,7 @@ impl GroupCoordinator {
                 }
             },
             None if has_offsets => {
-                let mut g = Group::new();
+                let mut g = Group::new(group);
                 g.state = State::Dead;
                 g.held_for_delete_only = true;
                 groups.insert(group.to_string(), g);
@@ -3043,6 +3049,29 @@ mod tests {
         assert_eq!(topics, ["a", "b"], "b is subscribed to again");
     }
 
+    /// The log lines about a group's members (rebalanced, dropped, static
+    /// replacements) did not say which group: with many groups they could
+    /// not be told apart.
+    #[test]
+    fn log_lines_about_members_name_their_group() {
+        use crate::storage::partition::tests::logged;
+        let c = coordinator();
+        let (joined, log) = logged(|| {
+            c.join(JoinRequest {
+                group: "billing".into(),
+                ..req("")
+            })
+            .try_recv()
+            .expect("completes at once")
+        });
+        assert_eq!(joined.error, codes::NONE);
+        let line = log
+            .lines()
+            .find(|l| l.contains("group rebalanced"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains("group=\"billing\""), "{line}");
+    }
+
     #[test]
     fn refused_joins_leave_no_group_and_empty_groups_without_offsets_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
@@ -3138,7 +3167,7 @@ mod tests {
         let (a, b, c) = (list("a"), list("b"), list("c"));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut g = Group::new();
+            let mut g = Group::new("g");
             g.members.insert("a".into(), member(a));
             let supported = g.supports_protocols("b", &b);
             let unsupported = g.supports_protocols("c", &c[..N - 1]);

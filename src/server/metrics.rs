@@ -367,7 +367,7 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         ),
         (
             "streamline_connections_closed_bad_request_total",
-            "Connections closed because of a malformed or oversized frame or an unsupported API or version.",
+            "Connections closed because of a malformed or oversized frame, an unsupported API or version, or (with SASL) a request not served before authentication.",
             &m.bad_requests,
         ),
         (
