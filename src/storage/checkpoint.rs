@@ -16,6 +16,13 @@ use super::{
     Shared, Topic,
 };
 
+#[cfg(test)]
+thread_local! {
+    /// Called after each partition of a retention pass on this thread (tests).
+    pub(crate) static AFTER_PARTITION_RETENTION: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Runs one checkpoint.
 ///
 /// The applied sequence is read *before* the segments are synced: every entry at or
@@ -302,6 +309,12 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
                     failed.get_or_insert(e);
                 }
             }
+            #[cfg(test)]
+            AFTER_PARTITION_RETENTION.with(|h| {
+                if let Some(f) = h.borrow_mut().as_mut() {
+                    f();
+                }
+            });
         }
     }
     failed.map_or(Ok((segments, bytes)), Err)

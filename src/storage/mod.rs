@@ -5899,6 +5899,52 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// A retention pass reads each partition's topic configs afresh: a change
+    /// answered during the pass (here a retention.ms of -1, keep forever,
+    /// after partition 0) is in force for the partitions after it. Before, the
+    /// pass deleted them by the configs it had read at its start.
+    #[test]
+    fn a_retention_pass_follows_a_config_change_made_during_it() {
+        use crate::storage::{
+            batch::tests::with_timestamp, checkpoint::AFTER_PARTITION_RETENTION,
+            partition::tests::store,
+        };
+        const DAY: i64 = 24 * 3600 * 1000;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let short = TopicConfig::from_pairs([("retention.ms", Some("86400000"))]).unwrap();
+        m.create_topic_with("t", 2, short).unwrap();
+        let now = segment::now_ms();
+        for i in 0..2 {
+            let p = m.partition("t", i).unwrap();
+            store(&p, with_timestamp(make_batch(0, &[b"old"]), now - 2 * DAY));
+        }
+        let changer = m.clone();
+        let mut changed = false;
+        AFTER_PARTITION_RETENTION.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                if !std::mem::replace(&mut changed, true) {
+                    changer
+                        .alter_topic_configs("t", false, |_| {
+                            TopicConfig::from_pairs([("retention.ms", Some("-1"))])
+                                .map_err(AlterError::Invalid)
+                        })
+                        .unwrap();
+                }
+            }));
+        });
+        let deleted = m.apply_retention();
+        AFTER_PARTITION_RETENTION.with(|h| h.borrow_mut().take());
+        assert_eq!(deleted.unwrap().0, 1, "partition 0's segment only");
+        assert_eq!(m.partition("t", 0).unwrap().log_start_offset(), 1);
+        assert_eq!(
+            m.partition("t", 1).unwrap().log_start_offset(),
+            0,
+            "kept, as the change answered before its turn says"
+        );
+        m.shutdown().unwrap();
+    }
+
     #[test]
     fn topic_configs_are_durable_and_govern_rolls_and_retention() {
         use crate::storage::{
