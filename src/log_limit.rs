@@ -93,6 +93,26 @@ macro_rules! limited {
 }
 pub(crate) use limited;
 
+/// Partitions of one request refused: the first (topic, partition, reason)
+/// and how many. Logged once per request, as a request may list up to
+/// [`crate::server::listed::MAX_LISTED`] partitions refused alike.
+#[derive(Default)]
+pub(crate) struct Refused {
+    pub(crate) first: Option<(String, i32, String)>,
+    pub(crate) count: usize,
+}
+
+impl Refused {
+    /// Counts a refusal of `partition` of `topic`, for `why` (called only for
+    /// the first).
+    pub(crate) fn add(&mut self, topic: &str, partition: i32, why: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((topic.to_string(), partition, why()));
+        }
+    }
+}
+
 /// A client's string in a log line (see the module).
 pub struct Shown<'a>(pub &'a str);
 

@@ -2,7 +2,7 @@
 //! every partition is durable per the sync mode (nothing at all for acks=0, unless
 //! a partition failed: then the connection closes).
 
-use crate::log_limit::{LogLimit, Shown};
+use crate::log_limit::{LogLimit, Refused, Shown};
 use std::{sync::Arc, time::Duration};
 
 use kafka_protocol::{
@@ -132,26 +132,6 @@ fn init_producer_id_error(e: &crate::error::Error) -> i16 {
 }
 
 type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
-
-/// Partitions of one request refused: the first (topic, partition, reason)
-/// and how many. Logged once per request, as a request may list up to
-/// [`crate::server::listed::MAX_LISTED`] partitions refused alike.
-#[derive(Default)]
-pub(super) struct Refused {
-    pub(super) first: Option<(String, i32, String)>,
-    pub(super) count: usize,
-}
-
-impl Refused {
-    /// Counts a refusal of `partition` of `topic`, for `why` (called only for
-    /// the first).
-    pub(super) fn add(&mut self, topic: &str, partition: i32, why: impl FnOnce() -> String) {
-        self.count += 1;
-        if self.first.is_none() {
-            self.first = Some((topic.to_string(), partition, why()));
-        }
-    }
-}
 
 /// Whether `e`, refusing `records` before they were submitted, is one clients
 /// retry (the capacity or decompression wait timed out; the CRC did not

@@ -892,7 +892,7 @@ fn delete_named_records(
 ) -> Vec<DeleteRecordsTopicResult> {
     // Logged once for the request: one line per partition refused made a
     // request of 26 KB write 359 KB of log.
-    let mut refused = super::produce::Refused::default();
+    let mut refused = crate::log_limit::Refused::default();
     let topics = named
         .into_iter()
         .map(|(name, parts)| {
