@@ -320,8 +320,10 @@ fn clients_that_never_read_the_page_do_not_keep_their_slots() {
     use broker_support::wire::{connect, request_frame, response};
     use kafka_protocol::{
         messages::{
-            join_group_request::JoinGroupRequestProtocol, ApiKey, GroupId, JoinGroupRequest,
-            JoinGroupResponse,
+            create_topics_request::CreatableTopic,
+            offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
+            ApiKey, CreateTopicsRequest, CreateTopicsResponse, GroupId, OffsetCommitRequest,
+            OffsetCommitResponse, TopicName,
         },
         protocol::StrBytes,
     };
@@ -331,24 +333,49 @@ fn clients_that_never_read_the_page_do_not_keep_their_slots() {
         &tmp.path().join("data"),
         &["--metrics-listen", "127.0.0.1:0"],
     );
-    // 320 groups with 32,000-byte ids, one member each: a page of 10 MB, more
-    // than a connection's socket buffers hold.
+    // A topic of the longest name with 100 partitions, and 100 groups of long
+    // ids (cut to 256 bytes on the page) each committing a position in every
+    // one: a committed-offset and a lag series each, 10,000 of each family
+    // (their cap), a page of some 11 MB, more than a connection's socket
+    // buffers hold.
+    let topic = "t".repeat(249);
     let mut kafka = connect(&broker.addr);
-    for i in 0..320 {
-        let group = format!("{i}-{}", "g".repeat(32_000));
-        let req = JoinGroupRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(group)))
-            .with_session_timeout_ms(600_000)
-            .with_rebalance_timeout_ms(600_000)
-            .with_protocol_type(StrBytes::from_static_str("consumer"))
-            .with_protocols(vec![
-                JoinGroupRequestProtocol::default().with_name(StrBytes::from_static_str("range"))
-            ]);
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.clone())))
+            .with_num_partitions(100)
+            .with_replication_factor(1)]);
+    kafka
+        .write_all(&request_frame(ApiKey::CreateTopics, 4, 1, &create))
+        .unwrap();
+    let (_, r): (i32, CreateTopicsResponse) = response(&mut kafka, ApiKey::CreateTopics, 4);
+    assert_eq!(r.topics[0].error_code, 0, "{r:?}");
+    for g in 0..100 {
+        let partitions = (0..100)
+            .map(|p| {
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(p)
+                    .with_committed_offset(0)
+            })
+            .collect();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(format!(
+                "{g}-{}",
+                "g".repeat(300)
+            ))))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                .with_partitions(partitions)]);
         kafka
-            .write_all(&request_frame(ApiKey::JoinGroup, 2, i, &req))
+            .write_all(&request_frame(ApiKey::OffsetCommit, 2, 2 + g, &req))
             .unwrap();
-        let (_, r): (i32, JoinGroupResponse) = response(&mut kafka, ApiKey::JoinGroup, 2);
-        assert_eq!(r.error_code, 0);
+        let (_, r): (i32, OffsetCommitResponse) = response(&mut kafka, ApiKey::OffsetCommit, 2);
+        assert!(
+            r.topics[0].partitions.iter().all(|p| p.error_code == 0),
+            "{r:?}"
+        );
     }
     let addr = broker.metrics.as_deref().unwrap();
     let (status, page) = http(addr, GET);

@@ -2143,6 +2143,90 @@ mod tests {
         );
     }
 
+    /// ApiVersions lists Produce from v0, as Kafka 4.0 does (librdkafka up to
+    /// 2.11 turns gzip, snappy and lz4 off against a broker whose lowest
+    /// listed Produce version is above 0), but v0-v2 are refused when sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn produce_is_listed_from_v0_and_v0_to_v2_are_refused() {
+        let listed = handlers::api_versions_body(codes::NONE);
+        let produce = listed
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == ApiKey::Produce as i16)
+            .unwrap();
+        assert_eq!(produce.min_version, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for version in 0..3u8 {
+            // Key 0, the version, correlation id 7, client id "c", a body.
+            let mut f = vec![0, 0, 0, version, 0, 0, 0, 7, 0, 1, b'c'];
+            f.extend([0u8; 32]);
+            let e = dispatch(&ctx, Bytes::from(f), peer, &mut None)
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(e, format!("Produce v{version} is not supported"));
+        }
+    }
+
+    /// KAFKA_STORAGE_ERROR went to Produce v3 clients, whose version predates
+    /// it (KIP-112): they take it for an unknown error and fail the records
+    /// at once. They get NOT_LEADER_OR_FOLLOWER, which they retry, as from
+    /// Kafka; v4 and later keep KAFKA_STORAGE_ERROR.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_storage_error_reaches_produce_versions_before_it_as_not_leader() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        use kafka_protocol::messages::{
+            produce_request::{PartitionProduceData, TopicProduceData},
+            ProduceRequest, ProduceResponse, TopicName,
+        };
+        assert_eq!(
+            handlers::storage_error_as_known(codes::KAFKA_STORAGE_ERROR, false),
+            codes::NOT_LEADER_OR_FOLLOWER
+        );
+        assert_eq!(
+            handlers::storage_error_as_known(codes::INVALID_RECORD, false),
+            codes::INVALID_RECORD
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        // A config change that may not survive a power loss: the topic
+        // refuses produces with a storage error until it is stored again.
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        assert!(ctx
+            .storage
+            .alter_topic_configs("t", false, |c| Ok(c.clone()))
+            .is_err());
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let produce = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(
+                        crate::storage::batch::tests::make_batch(0, &[b"v"]),
+                    )))])]);
+        for (version, code) in [
+            (3, codes::NOT_LEADER_OR_FOLLOWER),
+            (4, codes::KAFKA_STORAGE_ERROR),
+            (8, codes::KAFKA_STORAGE_ERROR),
+        ] {
+            client
+                .write_all(&frame(ApiKey::Produce, version, "c", &produce))
+                .await
+                .unwrap();
+            let r: ProduceResponse = response(&mut client, version).await;
+            assert_eq!(
+                r.responses[0].partition_responses[0].error_code, code,
+                "v{version}"
+            );
+        }
+    }
+
     /// A Produce v8 frame (acks -1) of one batch of `values` to partition 0 of
     /// topic "t", from idempotent `producer` (epoch 0) at sequence `seq`.
     fn idempotent_produce(values: &[&[u8]], producer: i64, seq: i32, timeout_ms: i32) -> Vec<u8> {

@@ -141,7 +141,13 @@ fn read_all(
                         Err(e) => {
                             errors = true;
                             tracing::error!(topic = %w.topic.0, partition = index, error = %e, "fetch read failed");
-                            failed(base, codes::KAFKA_STORAGE_ERROR)
+                            failed(
+                                base,
+                                super::storage_error_as_known(
+                                    codes::KAFKA_STORAGE_ERROR,
+                                    version >= 6,
+                                ),
+                            )
                         }
                     }
                 }

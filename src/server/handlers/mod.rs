@@ -55,11 +55,28 @@ pub(crate) fn named_once<'a, T>(
     order
 }
 
+/// `code` as a client that knows `KAFKA_STORAGE_ERROR` (`known`) or not takes
+/// it: Produce before v4 and Fetch before v6 predate it (KIP-112), and their
+/// clients take it for an unknown error they do not retry; Kafka answers them
+/// `NOT_LEADER_OR_FOLLOWER`, which they retry after refreshing metadata.
+pub(crate) fn storage_error_as_known(code: i16, known: bool) -> i16 {
+    if code == crate::server::codes::KAFKA_STORAGE_ERROR && !known {
+        crate::server::codes::NOT_LEADER_OR_FOLLOWER
+    } else {
+        code
+    }
+}
+
 /// The ApiVersions body listing every supported API.
 pub(crate) fn api_versions_body(error: i16) -> ApiVersionsResponse {
     let keys = supported_apis()
         .into_iter()
         .map(|(k, lo, hi)| {
+            // Produce v0-v2 are listed, and refused when sent, as Kafka 4.0
+            // lists them (KAFKA-18659): librdkafka up to 2.11 turns gzip,
+            // snappy and lz4 off against a broker whose lowest Produce
+            // version is above 0, and sends those batches uncompressed.
+            let lo = if k == ApiKey::Produce { 0 } else { lo };
             ApiVersion::default()
                 .with_api_key(k as i16)
                 .with_min_version(lo)

@@ -306,11 +306,14 @@ pub(crate) async fn handle(
                         } else {
                             r
                         };
-                        r.with_error_code(error_code(&e))
-                            .with_base_offset(-1)
-                            .with_error_message(
-                                (version >= 8).then(|| StrBytes::from_string(message(&e))),
-                            )
+                        r.with_error_code(super::storage_error_as_known(
+                            error_code(&e),
+                            version >= 4,
+                        ))
+                        .with_base_offset(-1)
+                        .with_error_message(
+                            (version >= 8).then(|| StrBytes::from_string(message(&e))),
+                        )
                     }
                 });
             }
