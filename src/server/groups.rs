@@ -1255,10 +1255,8 @@ struct StoreSnapshot {
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     /// When this coordinator started: groups it does not hold count as empty since
-    /// then at the latest (their membership before a restart is unknown). Set
-    /// back to an expiry pass's `now` when that is earlier (a clock that was
-    /// ahead at the start), so that groups age from the corrected clock.
-    started: Mutex<SystemTime>,
+    /// then at the latest (their membership before a restart is unknown).
+    started: SystemTime,
     /// The session timeouts a JoinGroup may ask for.
     session_timeouts: RangeInclusive<Duration>,
     /// Where membership is stored; `None`: in memory only.
@@ -1350,7 +1348,7 @@ impl GroupCoordinator {
         let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
         GroupCoordinator {
             groups: Mutex::default(),
-            started: Mutex::new(SystemTime::now()),
+            started: SystemTime::now(),
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
             meta: None,
             unstored: Notify::new(),
@@ -2252,18 +2250,6 @@ impl GroupCoordinator {
     ) -> crate::error::Result<Vec<String>> {
         let mut expired = Vec::new();
         let mut failed = None;
-        // Times ahead of `now` were taken while the clock was ahead (it was
-        // set back since): they count as `now`, and the groups age from
-        // there, rather than be kept until the clock catches up with them
-        // (up to as far as it was ahead, a year for a VM booted a year ahead).
-        {
-            let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
-            *started = (*started).min(now);
-        }
-        for g in self.lock().values_mut() {
-            g.empty_since = g.empty_since.min(now);
-        }
-        store.clamp_times(now);
         let mut groups = store.last_commits();
         groups.sort_unstable();
         for (group, last_commit) in groups {
@@ -2312,10 +2298,7 @@ impl GroupCoordinator {
                     return Ok(false);
                 }
                 Some(_) => return Ok(false),
-                None => (
-                    *self.started.lock().unwrap_or_else(PoisonError::into_inner),
-                    false,
-                ),
+                None => (self.started, false),
             }
         };
         // Simple: offsets committed without membership, and no members since
@@ -2658,7 +2641,7 @@ mod tests {
         std::fs::remove_file(&a).unwrap();
         std::fs::create_dir_all(a.join("in-the-way")).unwrap();
         let c = GroupCoordinator {
-            started: Mutex::new(now - 9 * DAY),
+            started: now - 9 * DAY,
             ..coordinator()
         };
         let e = c.expire_offsets(&store, 7 * DAY, now).unwrap_err();
@@ -2670,68 +2653,6 @@ mod tests {
         );
         std::fs::remove_dir_all(&a).unwrap();
         assert_eq!(c.expire_offsets(&store, 7 * DAY, now).unwrap(), vec!["a"]);
-    }
-
-    /// Times taken while the clock was ahead (a VM booted a year ahead, then
-    /// set right) kept groups and positions until the clock caught up with
-    /// them: a year, not the retention. They now age from the first pass
-    /// after the clock went back, and a start reads them back capped at now.
-    #[test]
-    fn times_taken_while_the_clock_was_ahead_age_from_when_it_went_back() {
-        const DAY: Duration = Duration::from_secs(24 * 3600);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("groups");
-        let store = OffsetStore::open(path.clone()).unwrap();
-        let commit = || crate::storage::Committed {
-            topic: "t".into(),
-            partition: 0,
-            offset: 1,
-            leader_epoch: -1,
-            metadata: None,
-        };
-        // Stamped by the clock a year ahead ("now" here), then set back a year.
-        let ahead = SystemTime::now();
-        let back = ahead - 365 * DAY;
-        store
-            .commit("consumer", Some("consumer"), vec![commit()])
-            .unwrap();
-        store.commit("simple", None, vec![commit()]).unwrap();
-        store
-            .commit("emptied", Some("consumer"), vec![commit()])
-            .unwrap();
-        let c = coordinator();
-        let joined = c
-            .join(JoinRequest {
-                group: "emptied".into(),
-                ..req("")
-            })
-            .try_recv()
-            .expect("completes at once");
-        assert_eq!(
-            c.leave("emptied", std::slice::from_ref(&joined.member_id)),
-            Ok(vec![codes::NONE])
-        );
-        let week = 7 * DAY;
-        assert!(c.expire_offsets(&store, week, back).unwrap().is_empty());
-        assert!(c
-            .expire_offsets(&store, week, back + 6 * DAY)
-            .unwrap()
-            .is_empty());
-        let mut expired = c.expire_offsets(&store, week, back + 8 * DAY).unwrap();
-        expired.sort();
-        assert_eq!(expired, vec!["consumer", "emptied", "simple"]);
-
-        // Read back from files stamped a year ahead: capped at now.
-        store.commit("later", None, vec![commit()]).unwrap();
-        backdate(&path, ahead + 365 * DAY);
-        drop(store);
-        let store = OffsetStore::open(path).unwrap();
-        let after = SystemTime::now();
-        assert!(store.last_commits().iter().all(|(_, at)| *at <= after));
-        assert_eq!(
-            c.expire_offsets(&store, week, after + 8 * DAY).unwrap(),
-            vec!["later"]
-        );
     }
 
     #[test]
@@ -2758,7 +2679,7 @@ mod tests {
         // Partition 1 committed now; partition 0 eight days ago.
         store.commit("simple", None, vec![commit(1)]).unwrap();
         let c = GroupCoordinator {
-            started: Mutex::new(now - 9 * DAY),
+            started: now - 9 * DAY,
             ..coordinator()
         };
         let week = 7 * DAY;
@@ -2810,7 +2731,7 @@ mod tests {
         let store = OffsetStore::open(path.clone()).unwrap();
         // A broker up for 8 days; "active" has a member, "recent"'s just left.
         let c = GroupCoordinator {
-            started: Mutex::new(now - 8 * DAY),
+            started: now - 8 * DAY,
             ..coordinator()
         };
         let join = |g: &str| {

@@ -277,10 +277,7 @@ impl OffsetStore {
                 ));
             }
             // Files older than the field and its positions' times: the file's
-            // modification time, which was the last commit's then. Times
-            // ahead of the clock (taken while it was ahead) count as now, as
-            // [`OffsetStore::clamp_times`] makes them.
-            let now = SystemTime::now();
+            // modification time, which was the last commit's then.
             let last_commit = f
                 .last_commit_ms
                 .or_else(|| f.offsets.iter().filter_map(|o| o.commit_timestamp_ms).max())
@@ -288,14 +285,13 @@ impl OffsetStore {
                 .unwrap_or_else(|| {
                     std::fs::metadata(&path)
                         .and_then(|m| m.modified())
-                        .unwrap_or(now)
-                })
-                .min(now);
+                        .unwrap_or_else(|_| SystemTime::now())
+                });
             let offsets = f
                 .offsets
                 .into_iter()
                 .map(|o| {
-                    let at = o.commit_timestamp_ms.map_or(last_commit, from_ms).min(now);
+                    let at = o.commit_timestamp_ms.map_or(last_commit, from_ms);
                     let c = o.committed;
                     ((c.topic.clone(), c.partition), (c, at))
                 })
@@ -522,24 +518,6 @@ impl OffsetStore {
                     || *at >= cutoff
             },
         )
-    }
-
-    /// Sets every commit time after `now` (taken while the clock was ahead;
-    /// it was set back since) to `now`, in memory: expiry then ages those
-    /// positions and groups from the corrected clock instead of keeping them
-    /// until it catches up. The files keep their times; a start caps them
-    /// the same way.
-    pub fn clamp_times(&self, now: SystemTime) {
-        let mut groups = self.lock();
-        for g in groups.values_mut() {
-            if g.last_commit > now || g.offsets.values().any(|(_, at)| *at > now) {
-                let g = Arc::make_mut(g);
-                g.last_commit = g.last_commit.min(now);
-                for (_, at) in g.offsets.values_mut() {
-                    *at = (*at).min(now);
-                }
-            }
-        }
     }
 
     /// How many positions the groups hold in each topic, by topic name.
