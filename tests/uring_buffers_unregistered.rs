@@ -39,14 +39,17 @@ fn without_registered_buffers_the_uring_backend_still_writes_and_recovers() {
             max_file_size: 1 << 20,
             ..WalConfig::default()
         };
+        // The filter takes: each open's registration fails, and says so.
+        let warnings = || {
+            common::logs::text()
+                .matches("registering the WAL's buffers with io_uring failed")
+                .count()
+        };
+        let before = warnings();
         let (wal, _) = Wal::open(&path, config.clone())
             .unwrap_or_else(|e| panic!("{name}: open without registered buffers: {e}"));
         assert_eq!(wal.backend(), BackendKind::Uring, "{name}");
-        // The filter took: registration failed, and the WAL said so.
-        let warned = common::logs::text()
-            .matches("registering the WAL's buffers with io_uring failed")
-            .count();
-        assert!(warned >= 1, "{name}: no warning that registration failed");
+        assert_eq!(warnings(), before + 1, "{name}: registration did not fail");
         // Entries of one block and of several (the batch buffers are 256 KiB).
         let size = |i: u64| if i.is_multiple_of(10) { 300_000 } else { 3000 };
         let seqs: Vec<u64> = (0..100u64)
@@ -61,6 +64,7 @@ fn without_registered_buffers_the_uring_backend_still_writes_and_recovers() {
         wal.close().unwrap();
 
         let (wal, rec) = Wal::open(&path, config).unwrap();
+        assert_eq!(warnings(), before + 2, "{name}: the reopen's registration");
         let entries = rec.collect::<Result<Vec<_>, _>>().unwrap();
         assert_eq!(entries.len(), 100, "{name}");
         for (i, e) in entries.iter().enumerate() {

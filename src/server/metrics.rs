@@ -251,10 +251,16 @@ impl Metrics {
 }
 
 /// The longest label value a page carries. Group ids come from clients and have
-/// no length limit of their own: a longer value is cut to its first bytes and
-/// a `~` and the CRC32C of the whole value, in hex, so that two long ids that
-/// share their start stay two series.
+/// no length limit of their own: a value longer than [`KEPT_LABEL_BYTES`] is
+/// cut to those first bytes, a `~` and the first 8 bytes of the SHA-256 of the
+/// whole value, in hex, so that two long ids that share their start stay two
+/// series (a value shaped like a cut one is cut too, so none can pose as
+/// another's).
 const MAX_LABEL_BYTES: usize = 256;
+
+/// The bytes of a label value kept as they are: [`MAX_LABEL_BYTES`] less the
+/// `~` and 16 hex digits of a cut value.
+const KEPT_LABEL_BYTES: usize = MAX_LABEL_BYTES - 17;
 
 /// The most series of each per-group family (`streamline_group_members`,
 /// `_committed_offset`, `_lag`) on one page, in order of group, topic and
@@ -267,12 +273,12 @@ const MAX_GROUP_SERIES: usize = 10_000;
 /// and cut to [`MAX_LABEL_BYTES`].
 fn escape(v: &str) -> String {
     let cut;
-    let v = if v.len() > MAX_LABEL_BYTES {
-        let mut end = MAX_LABEL_BYTES - 9;
+    let v = if v.len() > KEPT_LABEL_BYTES {
+        let mut end = KEPT_LABEL_BYTES;
         while !v.is_char_boundary(end) {
             end -= 1;
         }
-        cut = format!("{}~{:08x}", &v[..end], crc32c::crc32c(v.as_bytes()));
+        cut = format!("{}~{}", &v[..end], label_hash(v));
         cut.as_str()
     } else {
         v
@@ -287,6 +293,12 @@ fn escape(v: &str) -> String {
         }
     }
     s
+}
+
+/// The first 8 bytes of the SHA-256 of `v`, in hex: a cut label's suffix.
+fn label_hash(v: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, v.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes the text format, one family at a time.
@@ -922,11 +934,8 @@ mod tests {
         assert!(longest < 600, "a line of {longest} bytes");
         for (offset, line) in [1, 2].into_iter().zip(&committed) {
             let group = format!("{long}{offset}");
-            let cut = format!(
-                "{}~{:08x}",
-                &group[..MAX_LABEL_BYTES - 9],
-                crc32c::crc32c(group.as_bytes())
-            );
+            let cut = format!("{}~{}", &group[..KEPT_LABEL_BYTES], label_hash(&group));
+            assert_eq!(cut.len(), MAX_LABEL_BYTES);
             assert_eq!(
                 **line,
                 format!(
@@ -938,7 +947,16 @@ mod tests {
         let wide = "é".repeat(400);
         let label = escape(&wide);
         assert!(label.len() <= MAX_LABEL_BYTES, "{}", label.len());
-        assert!(label.starts_with(&"é".repeat(123)), "{label}");
+        assert!(label.starts_with(&"é".repeat(119)), "{label}");
+        // A value shaped like another's cut form is cut too: it cannot pose
+        // as that other value's series.
+        let posing = escape(&format!("{long}1"));
+        assert_eq!(posing.len(), MAX_LABEL_BYTES);
+        assert_ne!(escape(&posing), posing);
+        assert_eq!(
+            escape(&"g".repeat(KEPT_LABEL_BYTES)),
+            "g".repeat(KEPT_LABEL_BYTES)
+        );
     }
 
     /// Committed positions for partitions by the thousand made the page grow

@@ -194,6 +194,11 @@ pub enum ProduceError {
     BatchTooLarge(String),
     /// The WAL or a segment failed; the message says how.
     Storage(String),
+    /// The topic's configs were changed in a file that may not survive a
+    /// power loss ([`Topic::configs_not_durable`]): refused before the write
+    /// until a retry of the change stores it, which may come at any moment
+    /// (answered as a storage error, which clients retry).
+    ConfigsNotDurable(String),
     /// Waiting for pipeline capacity, or for room to decompress the batch,
     /// took longer than the request timeout.
     Timeout,
@@ -2953,7 +2958,7 @@ impl TopicManager {
                     }
                 }
                 drop(retired);
-                me.restore_topic(&name, &from);
+                me.restore_topic(&name, &from, topic.configs_not_durable.clone());
                 return Err(e.into());
             }
             // The checkpoint moves the WAL's checkpoint past the topic's entries
@@ -2970,7 +2975,7 @@ impl TopicManager {
                     // out of the map, its name free, a create would take its
                     // directory, and with it what a restart recovers.
                     drop(retired);
-                    me.restore_topic(&name, &from);
+                    me.restore_topic(&name, &from, topic.configs_not_durable.clone());
                     return Err(e.into());
                 }
             }
@@ -3003,7 +3008,7 @@ impl TopicManager {
                     // the topic back: it comes back now, as a restart would
                     // open it, rather than being gone until then.
                     drop(retired);
-                    me.restore_topic(&name, &from);
+                    me.restore_topic(&name, &from, topic.configs_not_durable.clone());
                     return Err(e.into());
                 }
             };
@@ -3048,7 +3053,7 @@ impl TopicManager {
     /// them, without the WAL (see [`check_reopened`]). If the topic cannot be
     /// opened, or strict mode refuses such a segment, it stays out of the map
     /// until a restart, its files left as found and its recovery points kept.
-    fn restore_topic(&self, name: &str, dir: &Path) {
+    fn restore_topic(&self, name: &str, dir: &Path, configs_not_durable: Option<String>) {
         let loaded = load_topic(
             dir,
             name,
@@ -3070,7 +3075,10 @@ impl TopicManager {
                 .insert(name.to_string());
         }
         match loaded {
-            Ok(Some(t)) => {
+            Ok(Some(mut t)) => {
+                // Read back as it is, a config change whose file may not
+                // survive a power loss still takes no produce.
+                t.configs_not_durable = configs_not_durable;
                 self.shared
                     .topics
                     .write()
@@ -3112,7 +3120,7 @@ impl TopicManager {
             .topic(topic)
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
         if let Some(why) = &t.configs_not_durable {
-            return Err(ProduceError::Storage(format!(
+            return Err(ProduceError::ConfigsNotDurable(format!(
                 "a change to the topic's configs may not survive a power loss ({why}); \
                  produces are refused until a retry of the change stores it durably"
             )));
@@ -4869,12 +4877,26 @@ mod tests {
         let (rt, _c, m) = with_batch_a(tmp.path());
         let p = m.partition("t", 0).unwrap();
         assert!(p.unsynced(), "the produce is in the page cache only");
+        // A config change whose file may not survive a power loss: the topic
+        // given back still refuses produces (its reopen read the file as it
+        // is, and knew nothing of it).
+        {
+            use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+            INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        }
+        assert!(m
+            .alter_topic_configs("t", false, |c| Ok(c.clone()))
+            .is_err());
         m.shared
             .fail_after_take_for_delete
             .store(true, Ordering::SeqCst);
         let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
         assert!(e.contains("injected"), "{e}");
         assert!(!p.unsynced(), "given back unsynced");
+        assert!(
+            m.topic("t").unwrap().configs_not_durable.is_some(),
+            "given back taking produces"
+        );
         // The injected failure fails no file: the shutdown's own result is
         // not what this test is about.
         let _ = m.shutdown();
@@ -5616,7 +5638,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let refused = produce_to(&rt, &m, "t", &batch_at(0, &[b"a"]));
         assert!(
-            matches!(&refused, Err(ProduceError::Storage(e)) if e.contains("power loss")),
+            matches!(&refused, Err(ProduceError::ConfigsNotDurable(e)) if e.contains("power loss")),
             "{refused:?}"
         );
         assert_eq!(

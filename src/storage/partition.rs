@@ -1697,12 +1697,19 @@ impl Partition {
                 // below the new segment): its data is made durable first, as at
                 // a roll. Otherwise a power loss before the unlink is durable
                 // brings it back torn below the recovery point, which a strict
-                // start refuses.
-                self.check_sync_failed()?;
-                if let Err(e) = log[n - 1].sync_now() {
-                    self.sync_failed.get_or_init(|| e.to_string());
-                    return Err(e);
+                // start refuses. After a failed sync no later one proves it
+                // durable: it stays, and the closed segments before it go.
+                let synced = self.check_sync_failed().and_then(|()| {
+                    log[n - 1].sync_now().inspect_err(|e| {
+                        self.sync_failed.get_or_init(|| e.to_string());
+                    })
+                });
+                if let Err(e) = synced {
+                    tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "keeping the active segment {why}: a sync of the partition failed");
+                    n -= 1;
                 }
+            }
+            if n > 0 && n == log.len() {
                 // Appends continue in the new segment; it is durable (its
                 // directory entry too) before the old ones are removed, so a crash
                 // in between leaves the old files for the next pass.
@@ -4334,6 +4341,28 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(p.offset_for_timestamp(T + 2).unwrap(), Some((2, T + 2)));
+    }
+
+    /// After a failed sync of the partition, retention that would take the
+    /// active segment too keeps it (no sync proves it durable any more) and
+    /// still deletes the closed segments before it. Before, the pass freed
+    /// nothing until a restart.
+    #[test]
+    fn after_a_failed_sync_retention_keeps_the_active_segment_and_deletes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        // 3000-byte batches in 4 KiB segments: one batch per segment.
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for k in 1..=3 {
+            produce_at(&p, k, 3000);
+        }
+        p.set_high_watermark(3);
+        assert_eq!(files(&pdir, "log"), 3);
+        p.sync_failed.get_or_init(|| "injected".into());
+        let (n, _) = p.apply_retention(0, None, Some(0)).unwrap();
+        assert_eq!(n, 2, "the closed segments");
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (2, 3));
+        assert_eq!(files(&pdir, "log"), 1);
     }
 
     /// Retention that took the active segment out of the log did not fsync

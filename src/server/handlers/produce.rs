@@ -46,7 +46,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::InvalidBatch(_) => codes::INVALID_RECORD,
         ProduceError::TooLarge(_) => codes::MESSAGE_TOO_LARGE,
         ProduceError::BatchTooLarge(_) => codes::RECORD_BATCH_TOO_LARGE,
-        ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+        ProduceError::Storage(_) | ProduceError::ConfigsNotDurable(_) => codes::KAFKA_STORAGE_ERROR,
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
         ProduceError::InvalidAcks => codes::INVALID_REQUIRED_ACKS,
@@ -64,9 +64,10 @@ fn message(e: &ProduceError) -> String {
     match e {
         ProduceError::UnknownTopicOrPartition => "unknown topic or partition".into(),
         ProduceError::InvalidBatch(b) => b.to_string(),
-        ProduceError::TooLarge(s) | ProduceError::BatchTooLarge(s) | ProduceError::Storage(s) => {
-            s.clone()
-        }
+        ProduceError::TooLarge(s)
+        | ProduceError::BatchTooLarge(s)
+        | ProduceError::Storage(s)
+        | ProduceError::ConfigsNotDurable(s) => s.clone(),
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
@@ -135,12 +136,16 @@ type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError
 
 /// Whether `e`, refusing `records` before they were submitted, is one clients
 /// retry (the capacity or decompression wait timed out; the CRC did not
-/// match; a batch of more than one record too large, which the Java producer
+/// match; the topic's configs are not yet durable; a batch of more than one record too large, which the Java producer
 /// splits and sends again from its first sequence): the batch will come
 /// again, after any the client pipelined behind it.
 fn retried_before_the_write(e: &ProduceError, records: &[u8]) -> bool {
     match e {
-        ProduceError::Timeout | ProduceError::InvalidBatch(BatchError::Crc { .. }) => true,
+        // A refusal for configs not yet durable ends when a retry of their
+        // change stores them, which may come between two pipelined batches.
+        ProduceError::Timeout
+        | ProduceError::InvalidBatch(BatchError::Crc { .. })
+        | ProduceError::ConfigsNotDurable(_) => true,
         ProduceError::TooLarge(_) => {
             crate::storage::batch::parse_header(records).is_ok_and(|i| i.last_offset_delta > 0)
         }
@@ -369,6 +374,23 @@ mod tests {
             init_producer_id_error(&unwritable),
             codes::COORDINATOR_LOAD_IN_PROGRESS
         );
+    }
+
+    /// A produce refused because the topic's configs are not yet durable is
+    /// retried by its client, and the refusal may end between two pipelined
+    /// batches (a retry of the config change stores the file): like a
+    /// timed-out one, it closes an idempotent producer's connection after
+    /// its answer, so that a later batch cannot be stored before it.
+    #[test]
+    fn a_refusal_for_configs_not_durable_is_retried_before_the_write() {
+        let records = crate::storage::batch::tests::make_batch(0, &[b"v"]);
+        let e = ProduceError::ConfigsNotDurable("not durable".into());
+        assert!(retried_before_the_write(&e, &records));
+        assert_eq!(error_code(&e), codes::KAFKA_STORAGE_ERROR);
+        assert!(!retried_before_the_write(
+            &ProduceError::Storage("failed".into()),
+            &records
+        ));
     }
 
     /// A record whose timestamp delta overflows is INVALID_TIMESTAMP, as from
