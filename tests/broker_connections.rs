@@ -797,16 +797,7 @@ fn a_shutdown_answers_long_polls_at_once() {
     ))
     .unwrap();
     // The long poll has begun once its first read pass is counted.
-    let metrics = broker.metrics.clone().expect("a metrics endpoint");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !broker_support::http(&metrics, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .1
-        .lines()
-        .any(|l| l.starts_with("streamline_fetch_reads_total ") && !l.ends_with(" 0"))
-    {
-        assert!(Instant::now() < deadline, "the Fetch was never read");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    broker_support::await_long_poll(&broker, 0);
     let stopping = Instant::now();
     let reader = std::thread::spawn(move || {
         let answer = broker_support::wire::read_frame(&mut c);

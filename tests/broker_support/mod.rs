@@ -779,15 +779,21 @@ pub fn http(addr: &str, request: &str) -> (u16, String) {
     }
 }
 
-/// Scrapes the broker, parses the page with `prometheus_client`, and returns
-/// every sample as `name{labels}` (labels sorted) → value.
-pub fn scrape(broker: &Broker) -> BTreeMap<String, f64> {
+/// The broker's metrics page as served (it must run with `--metrics-listen`).
+pub fn metrics_page(broker: &Broker) -> String {
     let addr = broker
         .metrics
         .as_deref()
         .expect("started with --metrics-listen");
     let (status, page) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200, "{page}");
+    page
+}
+
+/// Scrapes the broker, parses the page with `prometheus_client`, and returns
+/// every sample as `name{labels}` (labels sorted) → value.
+pub fn scrape(broker: &Broker) -> BTreeMap<String, f64> {
+    let page = metrics_page(broker);
     let out = run(
         Command::new(python()).arg(client_script("parse_metrics.py")),
         page.as_bytes(),
@@ -816,12 +822,7 @@ pub fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
 /// `streamline_fetch_reads_total` now, read from the page as it is (no parse:
 /// cheap enough to poll). The broker must run with `--metrics-listen`.
 pub fn fetch_reads(broker: &Broker) -> u64 {
-    let addr = broker
-        .metrics
-        .as_deref()
-        .expect("started with --metrics-listen");
-    let (status, page) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(status, 200, "{page}");
+    let page = metrics_page(broker);
     page.lines()
         .find_map(|l| l.strip_prefix("streamline_fetch_reads_total "))
         .and_then(|v| v.trim().parse().ok())
