@@ -1762,12 +1762,21 @@ impl Partition {
         // are durable before the removed segments go with theirs: those may
         // be the only durable record of the producers, and a power loss
         // empties a snapshot that was renamed into place but not fsynced.
+        // And one must exist: a power loss took the newest segment's, or a
+        // kill -9 came between its roll and its snapshot's rename, and no
+        // roll may follow (as for a compaction merge, `install_group`).
         // Without that, the removed segments' files are left for the next
         // pass.
+        self.ensure_snapshot_from(kept_from);
         if let Err(e) = self.sync_snapshots_from(kept_from) {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not make the producer snapshots durable; the files of the segments {why} are left for the next pass");
             keep_for_next(removed);
             return Err(e);
+        }
+        if !self.durable_snapshot_from(kept_from) {
+            tracing::warn!(topic = %self.topic, partition = self.index, "no durable producer snapshot of the segments kept yet; the files of the segments {why} are left for the next pass");
+            keep_for_next(removed);
+            return Ok((0, 0));
         }
         #[cfg(test)]
         if let Some(before) = BEFORE_TRIM_REMOVES.with(|b| b.borrow_mut().take()) {
@@ -2363,7 +2372,8 @@ impl Partition {
     /// Writes the newest segment's producer snapshot when no snapshot at or
     /// above `from` is on disk or being written, and the newest segment
     /// starts at or above `from`. A compaction merge needs one after its
-    /// group (see [`Partition::install_group`]), and none may come by itself:
+    /// group (see [`Partition::install_group`]), a trim one of the segments
+    /// it keeps, and none may come by itself:
     /// a power loss took the newest segment's, or a kill -9 came between its
     /// roll and its snapshot's rename, and no roll follows while producers
     /// are idle. Best effort, as a roll's; the sync that follows counts it.
@@ -2392,7 +2402,7 @@ impl Partition {
             .last()
             .map(Segment::base_offset);
         if let Some(base) = newest.filter(|&b| b >= from) {
-            tracing::info!(topic = %self.topic, partition = self.index, base, "writing the newest segment's missing producer snapshot for a compaction merge");
+            tracing::info!(topic = %self.topic, partition = self.index, base, "writing the newest segment's missing producer snapshot");
             self.snapshot_producers_locked(base);
         }
     }
@@ -4341,6 +4351,54 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(p.offset_for_timestamp(T + 2).unwrap(), Some((2, T + 2)));
+    }
+
+    /// Retention and DeleteRecords removed the only snapshot that knew a
+    /// producer: the newest segment's had been emptied by a power loss (and
+    /// removed at the open), and the trim synced the snapshots of the
+    /// segments it kept without checking that one existed. A restart then
+    /// took a retry of the producer's batch for a new one (stored twice).
+    /// As a compaction merge does, the trim now writes the missing snapshot
+    /// and removes nothing until one is durable.
+    #[test]
+    fn a_trim_writes_a_missing_snapshot_before_removing_the_only_one_knowing_a_producer() {
+        use crate::storage::producers::Verdict;
+        for by_retention in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let pdir = dir.path().join("0");
+            let (p, first, n) = producer_seven_far_back(&pdir);
+            assert_eq!(roll_with(&p, keyed(b"s3", -1, -1)), n + 2);
+            let lost = snapshots_not_fsynced();
+            let newest = pdir.join(segment::producers_name(n + 2));
+            assert!(lost.contains(&newest));
+            drop(p);
+            power_loss_empties(&lost);
+            let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+            p.set_high_watermark(p.log_end_offset());
+            assert!(!newest.exists());
+            p.sync().unwrap();
+            p.drop_snapshots_below(p.log_end_offset());
+            assert_eq!(
+                p.producers().check(&validate_all(&first).unwrap()),
+                Ok(Verdict::Duplicate(0)),
+                "known after the first restart"
+            );
+            if by_retention {
+                // retention.bytes keeping only the active segment
+                let (segs, _) = p.apply_retention(segment::now_ms(), None, Some(1)).unwrap();
+                assert_eq!(segs, 2);
+            } else {
+                assert_eq!(p.delete_records(n + 2), Ok(n + 2));
+            }
+            assert_eq!(segment_bases(&p), [n + 2]);
+            drop(p);
+            let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+            assert_eq!(
+                p.producers().check(&validate_all(&first).unwrap()),
+                Ok(Verdict::Duplicate(0)),
+                "by retention: {by_retention}: the trim removed the only snapshot knowing producer 7"
+            );
+        }
     }
 
     /// After a failed sync of the partition, retention that would take the
