@@ -42,7 +42,7 @@ use std::{
     ops::RangeInclusive,
     path::PathBuf,
     sync::{Mutex, PoisonError},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use crate::log_limit::Shown;
@@ -54,6 +54,7 @@ use crate::{
     config::GroupConfig,
     storage::{
         group_meta::{GroupMeta, GroupMetaStore, MemberMeta, ProtocolMeta},
+        moment::{Ages, Moment, Pass, PassTime},
         offsets::{from_ms, to_ms},
         OffsetStore,
     },
@@ -377,8 +378,9 @@ struct Group {
     /// When the members in `pending_sync` are removed; set while the group
     /// is `CompletingRebalance` or `Stable` with some of them not synced.
     sync_deadline: Option<Instant>,
-    /// When the group last became `Empty` (or was created).
-    empty_since: SystemTime,
+    /// When the group last became `Empty` (or was created); as stored, for a
+    /// group loaded `Empty` (see [`crate::storage::moment`]).
+    empty_since: Moment,
     /// Its membership changed since it was last stored: it became `Empty`, the
     /// leader's assignment waits to be stored (`storing`), or a static member
     /// replacing itself in a `Stable` group waits to be stored (`replacements`).
@@ -436,7 +438,7 @@ impl Group {
             initial_join: None,
             pending_sync: HashSet::new(),
             sync_deadline: None,
-            empty_since: SystemTime::now(),
+            empty_since: Moment::now(),
             unstored: false,
             storing: false,
             replacements: Vec::new(),
@@ -489,7 +491,7 @@ impl Group {
     fn become_empty(&mut self) {
         self.abandon_replacements();
         self.state = State::Empty;
-        self.empty_since = SystemTime::now();
+        self.empty_since = Moment::now();
         self.leader = None;
         self.protocol = None;
         self.rebalance_deadline = None;
@@ -581,7 +583,7 @@ impl Group {
                 .as_ref()
                 .filter(|_| has_members)
                 .map(|id| replacement(id).map_or(id, |r| &r.new).clone()),
-            empty_since_ms: (self.state == State::Empty).then(|| to_ms(self.empty_since)),
+            empty_since_ms: (self.state == State::Empty).then(|| to_ms(self.empty_since.wall())),
             members: self
                 .members
                 .iter()
@@ -608,13 +610,18 @@ impl Group {
                     g.generation
                 ));
             }
-            // A time before 1970 would make the group expire at the next pass;
-            // one ahead of the clock (a clock set back) counts as now.
+            // A time before 1970 would make the group expire at the next pass.
+            // One ahead of the clock (a clock set back) is kept as it is: it
+            // ages from the expiry pass that first finds it ahead (see
+            // `crate::storage::moment`). Capped at the start's clock, it made
+            // a group look as old as the clock's error once a clock behind at
+            // the start was set right.
             if let Some(ms) = meta.empty_since_ms.filter(|&ms| ms < 0) {
                 return Err(format!("has been empty since {ms} ms, before 1970"));
             }
-            let now = SystemTime::now();
-            g.empty_since = meta.empty_since_ms.map_or(now, |ms| from_ms(ms).min(now));
+            g.empty_since = meta
+                .empty_since_ms
+                .map_or_else(Moment::now, |ms| Moment::stored(from_ms(ms)));
             return Ok(g);
         }
         let (Some(protocol), Some(leader)) = (meta.protocol, meta.leader) else {
@@ -1256,7 +1263,9 @@ pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     /// When this coordinator started: groups it does not hold count as empty since
     /// then at the latest (their membership before a restart is unknown).
-    started: SystemTime,
+    started: Moment,
+    /// The stored times expiry passes found ahead of the clock.
+    ages: Ages,
     /// The session timeouts a JoinGroup may ask for.
     session_timeouts: RangeInclusive<Duration>,
     /// Where membership is stored; `None`: in memory only.
@@ -1348,7 +1357,8 @@ impl GroupCoordinator {
         let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
         GroupCoordinator {
             groups: Mutex::default(),
-            started: SystemTime::now(),
+            started: Moment::now(),
+            ages: Ages::default(),
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
             meta: None,
             unstored: Notify::new(),
@@ -2234,7 +2244,9 @@ impl GroupCoordinator {
     /// commit for `retention` at `now` (Kafka's `offsets.retention.minutes`, as
     /// KIP-211 counts it: from when the group became empty, or from its last
     /// commit if later; a group this coordinator does not hold counts as empty
-    /// since it started). Each deletion goes through
+    /// since it started). Ages are taken as [`crate::storage::moment`] says: a
+    /// clock stepped either way neither keeps a group for the step nor expires
+    /// one early, save for stored times taken while the clock was behind. Each deletion goes through
     /// [`GroupCoordinator::begin_delete`], so a member joining meanwhile keeps the
     /// group. Blocking (removes files). Returns the groups deleted.
     ///
@@ -2246,14 +2258,15 @@ impl GroupCoordinator {
         &self,
         store: &OffsetStore,
         retention: Duration,
-        now: SystemTime,
+        now: PassTime,
     ) -> crate::error::Result<Vec<String>> {
         let mut expired = Vec::new();
         let mut failed = None;
         let mut groups = store.last_commits();
-        groups.sort_unstable();
+        groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let pass = self.ages.pass(now);
         for (group, last_commit) in groups {
-            match self.expire_group(store, &group, last_commit, retention, now) {
+            match self.expire_group(store, &group, last_commit, retention, &pass) {
                 Ok(true) => expired.push(group),
                 Ok(false) => {}
                 Err(e) => {
@@ -2271,10 +2284,11 @@ impl GroupCoordinator {
         &self,
         store: &OffsetStore,
         group: &str,
-        last_commit: SystemTime,
+        last_commit: Moment,
         retention: Duration,
-        now: SystemTime,
+        pass: &Pass<'_>,
     ) -> crate::error::Result<bool> {
+        let stale = |at: Moment| pass.age(at) > retention;
         let (empty_since, had_members) = {
             let groups = self.lock();
             match groups.get(group) {
@@ -2284,14 +2298,13 @@ impl GroupCoordinator {
                 // one, each from its own commit (Kafka's KIP-496).
                 Some(g) if g.state == State::Stable => {
                     drop(groups);
-                    let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
                     // The group's state and subscriptions are read under its
                     // offsets writer lock, which the expiry may wait for across
                     // other groups' fsyncs: a member that joined meanwhile
                     // subscribing to a topic keeps its positions, and a group
                     // rebalancing meanwhile loses none.
                     let subscribed = || self.stable_subscriptions(group);
-                    let n = store.expire_unsubscribed(group, subscribed, cutoff)?;
+                    let n = store.expire_unsubscribed(group, subscribed, stale)?;
                     if n > 0 {
                         tracing::info!(group = %Shown(group), positions = n, "expired committed offsets of topics a stable group no longer subscribes to");
                     }
@@ -2310,8 +2323,7 @@ impl GroupCoordinator {
         if simple {
             // A simple group's positions expire one by one, each from its own
             // commit, as Kafka expires a standalone group's offsets.
-            let cutoff = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
-            let n = store.expire_simple(group, cutoff)?;
+            let n = store.expire_simple(group, stale)?;
             if n > 0 {
                 let gone = store.group(group).is_none();
                 tracing::info!(group = %Shown(group), positions = n, group_deleted = gone, "expired committed offsets of a simple group");
@@ -2327,8 +2339,9 @@ impl GroupCoordinator {
             }
             return Ok(false);
         }
-        let since = empty_since.max(last_commit);
-        if now.duration_since(since).unwrap_or_default() <= retention {
+        // Idle since the later of the two: the younger.
+        let idle = pass.age(empty_since).min(pass.age(last_commit));
+        if idle <= retention {
             return Ok(false);
         }
         if self.begin_delete(group, true) != codes::NONE {
@@ -2350,7 +2363,7 @@ impl GroupCoordinator {
         }
         tracing::info!(
             group = %Shown(group),
-            idle_minutes = now.duration_since(since).unwrap_or_default().as_secs() / 60,
+            idle_minutes = idle.as_secs() / 60,
             "expired the committed offsets of an idle group"
         );
         Ok(true)
@@ -2592,7 +2605,7 @@ mod tests {
     /// Makes every commit in the group files of `dir` look made at `at`: the
     /// last commit each file records, each position's commit time, and the
     /// files' modification times.
-    fn backdate(dir: &std::path::Path, at: SystemTime) {
+    fn backdate(dir: &std::path::Path, at: std::time::SystemTime) {
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -2627,13 +2640,13 @@ mod tests {
             leader_epoch: -1,
             metadata: None,
         };
-        let now = SystemTime::now();
+        let now = PassTime::now();
         for g in ["a", "b"] {
             store
                 .commit(g, Some("consumer"), vec![commit.clone()])
                 .unwrap();
         }
-        backdate(&path, now - 8 * DAY);
+        backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
         // "a" (hex 61) comes first; its file cannot be removed.
@@ -2641,7 +2654,7 @@ mod tests {
         std::fs::remove_file(&a).unwrap();
         std::fs::create_dir_all(a.join("in-the-way")).unwrap();
         let c = GroupCoordinator {
-            started: now - 9 * DAY,
+            started: Moment::stored(now.wall - 9 * DAY),
             ..coordinator()
         };
         let e = c.expire_offsets(&store, 7 * DAY, now).unwrap_err();
@@ -2668,18 +2681,18 @@ mod tests {
             leader_epoch: -1,
             metadata: None,
         };
-        let now = SystemTime::now();
+        let now = PassTime::now();
         store.commit("simple", None, vec![commit(0)]).unwrap();
         store
             .commit("members", Some("consumer"), vec![commit(0)])
             .unwrap();
-        backdate(&path, now - 8 * DAY);
+        backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
         // Partition 1 committed now; partition 0 eight days ago.
         store.commit("simple", None, vec![commit(1)]).unwrap();
         let c = GroupCoordinator {
-            started: now - 9 * DAY,
+            started: Moment::stored(now.wall - 9 * DAY),
             ..coordinator()
         };
         let week = 7 * DAY;
@@ -2725,13 +2738,13 @@ mod tests {
             store.commit(g, None, vec![commit(g)]).unwrap();
         }
         // Committed 8 days ago, as a restart reads it back from the files.
-        let now = SystemTime::now();
-        backdate(&path, now - 8 * DAY);
+        let now = PassTime::now();
+        backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
         // A broker up for 8 days; "active" has a member, "recent"'s just left.
         let c = GroupCoordinator {
-            started: now - 8 * DAY,
+            started: Moment::stored(now.wall - 8 * DAY),
             ..coordinator()
         };
         let join = |g: &str| {
@@ -2777,6 +2790,116 @@ mod tests {
         let mut left: Vec<String> = store.groups().into_iter().map(|g| g.group).collect();
         left.sort();
         assert_eq!(left, vec!["active"], "expired groups stay deleted");
+    }
+
+    /// Partition 0 of `topic` at offset 1.
+    fn position(topic: &str) -> crate::storage::Committed {
+        crate::storage::Committed {
+            topic: topic.into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
+    /// Times taken while the wall clock was a year ahead (a VM booted so,
+    /// then set right): an idle group's last commit and a simple group's
+    /// position, read back after a restart. They kept their groups until
+    /// the clock caught up with them, a year; they now age from the pass
+    /// that first found them ahead, and are kept as stored.
+    #[test]
+    fn commit_times_stored_while_the_clock_was_ahead_expire_after_the_retention() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let commit = position("t");
+        store
+            .commit("idle", Some("consumer"), vec![commit.clone()])
+            .unwrap();
+        store.commit("simple", None, vec![commit]).unwrap();
+        let now = PassTime::now();
+        backdate(&path, now.wall + YEAR);
+        drop(store);
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let c = GroupCoordinator {
+            started: Moment::stored(now.wall - 9 * DAY),
+            ..coordinator()
+        };
+        let week = 7 * DAY;
+        assert!(c.expire_offsets(&store, week, now).unwrap().is_empty());
+        assert!(c
+            .expire_offsets(&store, week, now + 6 * DAY)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            c.expire_offsets(&store, week, now + 8 * DAY).unwrap(),
+            vec!["idle", "simple"],
+            "a week after the first pass found them ahead"
+        );
+    }
+
+    /// A group that became empty and a position committed in this process,
+    /// the wall clock then set forward a month (a clock behind at the boot,
+    /// set right) or back a year: its age was the clock's, so the first
+    /// expired a day later and the second was kept a year. They now age by
+    /// the monotonic clock.
+    #[test]
+    fn times_taken_in_this_process_age_by_the_monotonic_clock_when_the_wall_clock_is_stepped() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(dir.path().join("groups")).unwrap();
+        let commit = position("t");
+        let c = coordinator();
+        let j = c.join(req("")).try_recv().expect("completes at once");
+        store
+            .commit("g", Some("consumer"), vec![commit.clone()])
+            .unwrap();
+        store.commit("simple", None, vec![commit]).unwrap();
+        assert_eq!(
+            c.leave("g", std::slice::from_ref(&j.member_id)),
+            Ok(vec![codes::NONE])
+        );
+        let week = 7 * DAY;
+        let now = PassTime::now();
+        let forward = PassTime {
+            wall: now.wall + 30 * DAY,
+            mono: now.mono + DAY,
+        };
+        assert!(
+            c.expire_offsets(&store, week, forward).unwrap().is_empty(),
+            "a day old, whatever the wall clock says"
+        );
+        let back = PassTime {
+            wall: now.wall - YEAR,
+            mono: now.mono + 8 * DAY,
+        };
+        assert_eq!(
+            c.expire_offsets(&store, week, back).unwrap(),
+            vec!["g", "simple"]
+        );
+    }
+
+    /// A group loaded `Empty` keeps the time it became empty as stored, ahead
+    /// of the clock too: it was capped at the start's clock, and a clock
+    /// behind at the start and set right later made the group look as old as
+    /// the clock's error (its offsets expired early).
+    #[test]
+    fn a_loaded_groups_empty_time_is_kept_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = to_ms(std::time::SystemTime::now()) + 365 * 24 * 3600 * 1000;
+        std::fs::write(
+            dir.path().join(crate::storage::offsets::file_name("e")),
+            format!(
+                r#"{{"version":1,"group":"e","generation":3,"protocol_type":"consumer","empty_since_ms":{ahead},"members":[]}}"#
+            ),
+        )
+        .unwrap();
+        let c = opened(dir.path());
+        assert_eq!(to_ms(c.lock()["e"].empty_since.wall()), ahead);
     }
 
     /// Member metadata of kafkajs (its assigners' version 1: topics and user
@@ -2860,8 +2983,8 @@ mod tests {
                 .commit(g, Some("consumer"), vec![commit("a"), commit("b")])
                 .unwrap();
         }
-        let now = SystemTime::now();
-        backdate(&path, now - 8 * DAY);
+        let now = PassTime::now();
+        backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
         // Committed now: kept although no longer subscribed.
@@ -2925,8 +3048,8 @@ mod tests {
         store
             .commit("g", Some("consumer"), vec![commit("a"), commit("b")])
             .unwrap();
-        let now = SystemTime::now();
-        backdate(&path, now - 8 * DAY);
+        let now = PassTime::now();
+        backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path).unwrap();
         let c = coordinator();
@@ -5352,7 +5475,7 @@ mod tests {
         c.finish_delete("deleted", true);
         assert!(!file("deleted").exists());
         // Expiry, a week and a day after the group became empty.
-        let later = SystemTime::now() + 8 * DAY;
+        let later = PassTime::now() + 8 * DAY;
         assert_eq!(
             c.expire_offsets(&offsets, 7 * DAY, later).unwrap(),
             vec!["expired"]

@@ -549,8 +549,11 @@ impl Server {
                     every.tick().await;
                     let (g, s) = (Arc::clone(&groups), storage.clone());
                     let run = tokio::task::spawn_blocking(move || {
-                        let expired =
-                            g.expire_offsets(s.offsets(), retention, std::time::SystemTime::now());
+                        let expired = g.expire_offsets(
+                            s.offsets(),
+                            retention,
+                            crate::storage::moment::PassTime::now(),
+                        );
                         let forgotten = g.forget_empty_groups(s.offsets());
                         if forgotten > 0 {
                             tracing::debug!(

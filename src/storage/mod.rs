@@ -30,6 +30,7 @@ pub mod checkpoint;
 pub mod compaction;
 pub mod delete_horizon;
 pub mod group_meta;
+pub mod moment;
 pub mod offsets;
 pub mod partition;
 pub mod producers;
@@ -6330,7 +6331,7 @@ mod tests {
                 .offsets()
                 .last_commits()
                 .into_iter()
-                .map(|(g, at)| (g, offsets::to_ms(at)))
+                .map(|(g, at)| (g, offsets::to_ms(at.wall())))
                 .collect();
             l.sort();
             l

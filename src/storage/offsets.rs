@@ -14,6 +14,7 @@ use std::{
 use crate::log_limit::Shown;
 use serde::{Deserialize, Serialize};
 
+use super::moment::Moment;
 use crate::error::{Error, Result};
 
 /// One committed position.
@@ -65,9 +66,10 @@ struct StoredOffset {
 struct GroupOffsets {
     protocol_type: Option<String>,
     /// Each position with when it was committed.
-    offsets: BTreeMap<(String, i32), (Committed, SystemTime)>,
-    /// When the group last committed: the file's modification time after a restart.
-    last_commit: SystemTime,
+    offsets: BTreeMap<(String, i32), (Committed, Moment)>,
+    /// When the group last committed: the file's modification time after a
+    /// restart, for a file older than its field.
+    last_commit: Moment,
 }
 
 /// `t` in milliseconds since the Unix epoch (0 before it).
@@ -86,7 +88,7 @@ impl Default for GroupOffsets {
         GroupOffsets {
             protocol_type: None,
             offsets: BTreeMap::new(),
-            last_commit: SystemTime::now(),
+            last_commit: Moment::now(),
         }
     }
 }
@@ -282,16 +284,21 @@ impl OffsetStore {
                 .last_commit_ms
                 .or_else(|| f.offsets.iter().filter_map(|o| o.commit_timestamp_ms).max())
                 .map(from_ms)
-                .unwrap_or_else(|| {
-                    std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .unwrap_or_else(|_| SystemTime::now())
-                });
+                .map_or_else(
+                    || {
+                        std::fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .map_or_else(|_| Moment::now(), Moment::stored)
+                    },
+                    Moment::stored,
+                );
             let offsets = f
                 .offsets
                 .into_iter()
                 .map(|o| {
-                    let at = o.commit_timestamp_ms.map_or(last_commit, from_ms);
+                    let at = o
+                        .commit_timestamp_ms
+                        .map_or(last_commit, |ms| Moment::stored(from_ms(ms)));
                     let c = o.committed;
                     ((c.topic.clone(), c.partition), (c, at))
                 })
@@ -401,7 +408,7 @@ impl OffsetStore {
         if let Some(t) = protocol_type {
             next.protocol_type = Some(t.to_string());
         }
-        let now = SystemTime::now();
+        let now = Moment::now();
         for c in commits {
             next.offsets
                 .insert((c.topic.clone(), c.partition), (c, now));
@@ -418,13 +425,13 @@ impl OffsetStore {
             version: 1,
             group: group.to_string(),
             protocol_type: offsets.protocol_type.clone(),
-            last_commit_ms: Some(to_ms(offsets.last_commit)),
+            last_commit_ms: Some(to_ms(offsets.last_commit.wall())),
             offsets: offsets
                 .offsets
                 .values()
                 .map(|(c, at)| StoredOffset {
                     committed: c.clone(),
-                    commit_timestamp_ms: Some(to_ms(*at)),
+                    commit_timestamp_ms: Some(to_ms(at.wall())),
                 })
                 .collect(),
         };
@@ -478,19 +485,19 @@ impl OffsetStore {
     }
 
     /// Deletes the positions of a simple group (one whose offsets were committed
-    /// without membership: no protocol type recorded) committed before `cutoff`,
-    /// each on its own, as Kafka expires a standalone group's offsets; the group
+    /// without membership: no protocol type recorded) whose commit time `stale`
+    /// accepts, each on its own, as Kafka expires a standalone group's offsets; the group
     /// goes with its last position. Durable before it returns (blocking). Returns
     /// how many positions were deleted; 0 for a group with a protocol type.
     ///
     /// # Errors
     /// I/O errors; the positions are kept then.
-    pub fn expire_simple(&self, group: &str, cutoff: SystemTime) -> Result<usize> {
-        self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| *at >= cutoff)
+    pub fn expire_simple(&self, group: &str, stale: impl Fn(Moment) -> bool) -> Result<usize> {
+        self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| !stale(*at))
     }
 
     /// Deletes the positions of `group` in topics outside those `subscribed`
-    /// gives committed before `cutoff`, each on its own: Kafka's expiry of the
+    /// gives whose commit time `stale` accepts, each on its own: Kafka's expiry of the
     /// offsets a stable consumer group no longer subscribes to (KIP-496); none
     /// when it gives `None`. The group goes with its last position. Durable
     /// before it returns (blocking). Returns how many positions were deleted.
@@ -504,7 +511,7 @@ impl OffsetStore {
         &self,
         group: &str,
         subscribed: impl FnOnce() -> Option<BTreeSet<String>>,
-        cutoff: SystemTime,
+        stale: impl Fn(Moment) -> bool,
     ) -> Result<usize> {
         let topics = std::cell::OnceCell::new();
         self.remove_positions(
@@ -515,7 +522,7 @@ impl OffsetStore {
                     .get()
                     .and_then(Option::as_ref)
                     .is_none_or(|s| s.contains(topic))
-                    || *at >= cutoff
+                    || !stale(*at)
             },
         )
     }
@@ -635,7 +642,7 @@ impl OffsetStore {
         &self,
         group: &str,
         applies: impl FnOnce(&GroupOffsets) -> bool,
-        keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
+        keep: impl FnMut(&(String, i32), &Moment) -> bool,
     ) -> Result<usize> {
         let _writer = self.writer(group);
         self.remove_positions_locked(group, applies, keep)
@@ -647,7 +654,7 @@ impl OffsetStore {
         &self,
         group: &str,
         applies: impl FnOnce(&GroupOffsets) -> bool,
-        mut keep: impl FnMut(&(String, i32), &SystemTime) -> bool,
+        mut keep: impl FnMut(&(String, i32), &Moment) -> bool,
     ) -> Result<usize> {
         // `applies` runs with the map unlocked: it may take the group
         // coordinator's lock (expiry reads the members' subscriptions), and
@@ -722,11 +729,7 @@ impl OffsetStore {
     ///
     /// # Errors
     /// As [`OffsetStore::delete`].
-    pub fn delete_unless_committed_since(
-        &self,
-        group: &str,
-        last_commit: SystemTime,
-    ) -> Result<bool> {
+    pub fn delete_unless_committed_since(&self, group: &str, last_commit: Moment) -> Result<bool> {
         let _writer = self.writer(group);
         if self
             .lock()
@@ -765,7 +768,7 @@ impl OffsetStore {
     }
 
     /// Every group with committed offsets and when it last committed.
-    pub fn last_commits(&self) -> Vec<(String, SystemTime)> {
+    pub fn last_commits(&self) -> Vec<(String, Moment)> {
         self.lock()
             .iter()
             .map(|(g, o)| (g.clone(), o.last_commit))
@@ -834,7 +837,7 @@ mod tests {
         let s = OffsetStore::open(dir.path().join("groups")).unwrap();
         let last = s.last_commits();
         assert_eq!(last.len(), 1);
-        let at = to_ms(last[0].1);
+        let at = to_ms(last[0].1.wall());
         assert!(
             (before..=after).contains(&at),
             "last commit {at}, committed within {before}..={after}"
@@ -854,7 +857,7 @@ mod tests {
         let listed = s.last_commits()[0].1;
         // The listing as a clock an hour ahead made it: the commit's own time
         // is earlier.
-        let ahead = listed + std::time::Duration::from_secs(3600);
+        let ahead = Moment::stored(listed.wall() + std::time::Duration::from_secs(3600));
         assert!(!s.delete_unless_committed_since("g", ahead).unwrap());
         assert_eq!(s.fetch("g", "t", 0).map(|c| c.offset), Some(5));
         assert!(s.delete_unless_committed_since("g", listed).unwrap());
