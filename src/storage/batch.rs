@@ -1107,16 +1107,30 @@ fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
             // One or more frames back to back.
             let mut rest = data;
             while !rest.is_empty() && out.len() <= limit {
+                // The frame header descriptor (after the magic number, which
+                // the decoder checks): libzstd, which zstd-jni (Kafka's) and
+                // librdkafka use, refuses a frame with its reserved bit set,
+                // and one whose stated content size (present with a size flag
+                // or single segment) is not what it decompresses to.
+                let descriptor = *rest.get(4)?;
+                if descriptor & 0x08 != 0 {
+                    return None;
+                }
+                let size_stated = descriptor >> 6 != 0 || descriptor & 0x20 != 0;
+                let before = out.len();
                 let mut d = ruzstd::decoding::StreamingDecoder::new(&mut rest).ok()?;
                 let left = room - out.len() as u64;
                 (&mut d).take(left).read_to_end(&mut out).ok()?;
                 // The frame was read to its end unless it is larger than the
                 // limit: its content checksum, when it has one, must match
-                // what it decompressed to, as zstd-jni (Kafka's) checks it.
+                // what it decompressed to, as zstd-jni checks it.
                 if out.len() <= limit {
                     let frame = d.into_frame_decoder();
                     if let Some(stored) = frame.get_checksum_from_data() {
                         (frame.get_calculated_checksum() == Some(stored)).then_some(())?;
+                    }
+                    if size_stated && frame.content_size() != (out.len() - before) as u64 {
+                        return None;
                     }
                 }
             }
@@ -1180,16 +1194,21 @@ fn lz4_frame(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Option<()> {
     }
     at += 1;
     let start = out.len();
-    loop {
+    // The bytes decoded: `out` is extended with zeros only past what an
+    // earlier block zeroed, and cut to `end` when done. (Zeroing the room of
+    // each block anew, up to 4 MiB, made a frame of many blocks of a byte or
+    // two cost minutes of CPU per MB.)
+    let mut end = out.len();
+    let decoded = loop {
         let word = le_u32(data, at)?;
         at += 4;
         let stored = word & 0x8000_0000 != 0;
         let len = (word & 0x7fff_ffff) as usize;
         if len == 0 {
-            break;
+            break Some(());
         }
         if len > max_block {
-            return None;
+            break None;
         }
         let block = data.get(at..at + len)?;
         at += len;
@@ -1199,30 +1218,64 @@ fn lz4_frame(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Option<()> {
         }
         // Decoded in place: `out` has room for `limit + 1` bytes, one more
         // than a section may hold.
-        let room = (limit + 1).saturating_sub(out.len());
-        if stored {
-            out.extend_from_slice(&block[..len.min(room)]);
+        let room = (limit + 1).saturating_sub(end);
+        let fits = if stored {
+            len.min(room)
         } else {
-            let from = out.len();
-            let fits = room.min(max_block);
-            out.resize(from + fits, 0);
-            match lz4_flex::block::decompress_into(block, &mut out[from..]) {
-                Ok(n) => out.truncate(from + n),
-                // More than the limit (the block itself may hold up to
-                // `max_block`): `out` is left full, so larger.
-                Err(lz4_flex::block::DecompressError::OutputTooSmall { .. })
-                    if fits < max_block => {}
-                Err(_) => return None,
+            room.min(max_block)
+        };
+        if out.len() < end + fits {
+            zeroed(end + fits - out.len());
+            out.resize(end + fits, 0);
+        }
+        let into = &mut out[end..end + fits];
+        if stored {
+            into.copy_from_slice(&block[..fits]);
+            end += fits;
+        } else {
+            // By liblz4, which Kafka's Java client (lz4-java) and librdkafka
+            // decode with, into as much room as the Java client gives a
+            // block: it refuses blocks that break the format's end-of-block
+            // rules (the last sequence literals only, its last bytes too),
+            // which a lenient decoder reads, and which would stop every such
+            // consumer at the batch.
+            let capacity = i32::try_from(fits).ok()?;
+            match lz4::block::decompress_to_buffer(block, Some(capacity), into) {
+                Ok(n) => end += n,
+                // With less room than a block may take, a failure may be the
+                // room's: taken as more than the limit (`out` full), which
+                // the caller tries again with more room, up to its cap.
+                Err(_) if fits < max_block => end += fits,
+                Err(_) => break None,
             }
         }
-        if out.len() > limit {
-            return Some(());
+        if end > limit {
+            break Some(());
         }
-    }
-    if content_checksum {
+    };
+    out.truncate(end);
+    decoded?;
+    if end <= limit && content_checksum {
         (le_u32(data, at)? == XxHash32::oneshot(0, &out[start..])).then_some(())?;
     }
     Some(())
+}
+
+/// Counts the bytes [`lz4_frame`] zeroes (tests check that it zeroes each
+/// byte of its output once).
+#[cfg(test)]
+fn zeroed(n: usize) {
+    ZEROED.with(|z| z.set(z.get() + n));
+}
+
+#[cfg(not(test))]
+#[inline]
+fn zeroed(_: usize) {}
+
+#[cfg(test)]
+thread_local! {
+    /// What [`zeroed`] counted on this thread.
+    static ZEROED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A gzip, lz4 or zstd records section (codec 1, 3, 4), decompressed within
@@ -2417,6 +2470,138 @@ pub(crate) mod tests {
                 );
             }
             assert!(matches!(inflate(3, &frame, n), Some(Inflated::Done(o)) if o.len() == n));
+        }
+    }
+
+    /// An lz4 frame with one block, then the end mark.
+    fn lz4_one_block(bd: u8, block: &[u8]) -> Vec<u8> {
+        let flg = 0x60u8;
+        let mut frame = LZ4_MAGIC.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[
+            flg,
+            bd,
+            (twox_hash::XxHash32::oneshot(0, &[flg, bd]) >> 8) as u8,
+        ]);
+        frame.extend_from_slice(&u32::try_from(block.len()).unwrap().to_le_bytes());
+        frame.extend_from_slice(block);
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame
+    }
+
+    /// A block that lz4_flex decodes to the records, but that breaks the
+    /// format's end-of-block rules (a match ends it, then a token of no
+    /// literals), which liblz4 refuses: it was stored, and every consumer
+    /// decoding with liblz4 (the Java client through lz4-java, librdkafka)
+    /// stopped at the batch for good, as Kafka refuses it at produce.
+    #[test]
+    fn lz4_blocks_liblz4_refuses_are_refused() {
+        // Two records alike but for their offset delta: the second's tail
+        // copied from the first's.
+        let b = make_batch(0, &[b"valuevaluevalue", b"valuevaluevalue"]);
+        let r = &b[HEADER_LEN..];
+        let half = r.len() / 2;
+        let m = half - 4;
+        assert_eq!(&r[half + 4..], &r[4..half]);
+        let lit = r.len() - m;
+        let varint = |block: &mut Vec<u8>, mut n: usize| {
+            while n >= 255 {
+                block.push(255);
+                n -= 255;
+            }
+            block.push(n as u8);
+        };
+        let mut block = vec![0xF0 | u8::try_from((m - 4).min(15)).unwrap()];
+        varint(&mut block, lit - 15);
+        block.extend_from_slice(&r[..lit]);
+        block.extend_from_slice(&u16::try_from(half).unwrap().to_le_bytes());
+        if m - 4 >= 15 {
+            varint(&mut block, m - 4 - 15);
+        }
+        block.push(0x00);
+        let mut out = vec![0u8; 64 << 10];
+        let n = lz4_flex::block::decompress_into(&block, &mut out).unwrap();
+        assert_eq!(&out[..n], r, "a lenient decoder reads the records");
+        let c = with_section(&b, 3, &lz4_one_block(0x40, &block));
+        assert_eq!(
+            validate_produce(&c),
+            Err(BatchError::BadPayload { codec: 3 })
+        );
+        // The same records as liblz4 itself writes them are read.
+        let good = lz4::block::compress(r, None, false).unwrap();
+        let c = with_section(&b, 3, &lz4_one_block(0x40, &good));
+        assert!(validate_produce(&c).is_ok());
+        assert_eq!(payload(&c).unwrap().bytes.as_ref(), r);
+    }
+
+    /// A frame of 50,000 blocks of one byte each, which decode to nothing:
+    /// each zeroed the room a block may take (up to 4 MiB) anew, a minute of
+    /// CPU per MB of such a frame. Each byte of the output is now zeroed
+    /// once.
+    #[test]
+    fn an_lz4_frame_of_many_empty_blocks_zeroes_its_output_once() {
+        let b = make_batch(0, &[b"value"]);
+        let (flg, bd) = (0x60u8, 0x70u8);
+        let mut frame = LZ4_MAGIC.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[
+            flg,
+            bd,
+            (twox_hash::XxHash32::oneshot(0, &[flg, bd]) >> 8) as u8,
+        ]);
+        for _ in 0..50_000 {
+            frame.extend_from_slice(&1u32.to_le_bytes());
+            frame.push(0x00);
+        }
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        let c = with_section(&b, 3, &frame);
+        ZEROED.with(|z| z.set(0));
+        // It decodes to no records.
+        assert_eq!(
+            validate_produce(&c),
+            Err(BatchError::BadRecord {
+                index: 0,
+                what: RecordFault::Length
+            })
+        );
+        let zeroed = ZEROED.with(std::cell::Cell::get);
+        assert!(zeroed < 4 << 20, "{zeroed} bytes zeroed");
+    }
+
+    /// zstd frames libzstd (zstd-jni, Kafka's; librdkafka) refuses: one whose
+    /// stated content size is not what it holds ("Data corruption
+    /// detected"), one with the descriptor's reserved bit set ("Unsupported
+    /// frame parameter"). Both were stored, and stopped every such consumer
+    /// at the batch.
+    #[test]
+    fn zstd_frames_libzstd_refuses_are_refused() {
+        // One frame, single segment (one byte of content size), holding the
+        // records in a raw block.
+        let frame = |descriptor: u8, size: u8, records: &[u8]| {
+            let mut f = 0xFD2F_B528u32.to_le_bytes().to_vec();
+            f.push(descriptor);
+            f.push(size);
+            let header = (u32::try_from(records.len()).unwrap() << 3) | 1;
+            f.extend_from_slice(&header.to_le_bytes()[..3]);
+            f.extend_from_slice(records);
+            f
+        };
+        let b = make_batch(0, &[b"value", b"value"]);
+        let r = &b[HEADER_LEN..];
+        let n = u8::try_from(r.len()).unwrap();
+        let ok = with_section(&b, 4, &frame(0x20, n, r));
+        assert!(validate_produce(&ok).is_ok());
+        assert_eq!(payload(&ok).unwrap().bytes.as_ref(), r);
+        for (what, section) in [
+            ("content size stated 7 bytes more", frame(0x20, n + 7, r)),
+            ("content size stated 1 byte less", frame(0x20, n - 1, r)),
+            ("reserved bit", frame(0x28, n, r)),
+        ] {
+            let c = with_section(&b, 4, &section);
+            assert_eq!(
+                validate_produce(&c),
+                Err(BatchError::BadPayload { codec: 4 }),
+                "{what}"
+            );
+            assert!(payload(&c).is_none(), "{what}");
         }
     }
 

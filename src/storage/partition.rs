@@ -632,18 +632,15 @@ impl Partition {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if let Some(stem) = name.strip_suffix(".log") {
-                if let Ok(base) = stem.parse::<i64>() {
-                    bases.push(base);
+                match segment::base_of(stem) {
+                    Some(base) => bases.push(base),
+                    None => {
+                        tracing::warn!(file = %entry.path().display(), "ignoring a file named like a segment but not as segments are named (20 digits)");
+                    }
                 }
-            } else if let Some(base) = name
-                .strip_suffix(".producers")
-                .and_then(|stem| stem.parse::<i64>().ok())
-            {
+            } else if let Some(base) = name.strip_suffix(".producers").and_then(segment::base_of) {
                 snapshots.insert(base);
-            } else if let Some(base) = name
-                .strip_suffix(".timeindex")
-                .and_then(|stem| stem.parse::<i64>().ok())
-            {
+            } else if let Some(base) = name.strip_suffix(".timeindex").and_then(segment::base_of) {
                 time_indexes.push(base);
             } else if name.ends_with(".producers-tmp")
                 || name.ends_with(segment::CLEANING_SUFFIX)
@@ -4421,6 +4418,45 @@ pub(crate) mod tests {
         assert_eq!(n, 2, "the closed segments");
         assert_eq!((p.log_start_offset(), p.log_end_offset()), (2, 3));
         assert_eq!(files(&pdir, "log"), 1);
+    }
+
+    /// Files named like segments but not as segments are named (`7.log`,
+    /// `+7.log`, `-1.log`, `0.log`, `50.log`: a copy, a hand edit) were read
+    /// as segments at the base their number gave: one inside the log sent
+    /// the start round the empty-segment cleanup forever (a stack overflow),
+    /// `0.log` refused the start naming the real segment, `50.log` made the
+    /// log end jump to 50. They are ignored, and left where they are.
+    #[test]
+    fn stray_files_named_like_segments_are_not_read_as_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        for k in 0..10 {
+            assert_eq!(produce_at(&p, k + 1, 100), k);
+        }
+        p.sync().unwrap();
+        drop(p);
+        let strays = [
+            "7.log",
+            "+7.log",
+            "-1.log",
+            "0.log",
+            "50.log",
+            "7.producers",
+            "7.timeindex",
+        ];
+        for name in strays {
+            std::fs::write(pdir.join(name), b"").unwrap();
+        }
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        assert_eq!((p.log_start_offset(), p.log_end_offset()), (0, 10));
+        assert_eq!(p.log.lock().unwrap().len(), 1);
+        for name in strays {
+            assert!(pdir.join(name).exists(), "{name} left where it is");
+        }
+        for base in [7, 50] {
+            assert!(!pdir.join(format!("{base:020}.log")).exists());
+        }
     }
 
     /// Retention that took the active segment out of the log did not fsync

@@ -971,6 +971,18 @@ fn end_of(path: &Path, base: i64) -> Result<i64> {
     Ok(next)
 }
 
+/// The base offset a segment file's name stem gives: exactly the 20 digits its
+/// files are named with (`{base:020}`), nothing else. A stray file named
+/// otherwise (`7.log`, `+7.log`, `-1.log`) is not a segment: read as one, its
+/// base made the start open and create files at the canonical name, and one
+/// inside the log sent the empty-segment cleanup round forever (a stack
+/// overflow at every start).
+pub(crate) fn base_of(stem: &str) -> Option<i64> {
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse::<i64>().ok())
+        .flatten()
+}
+
 /// Finishes every swap a crash interrupted in `dir` (see [`install_swap`]): a
 /// `<base>.log.swap` replaces `<base>.log` and every segment whose base lies
 /// after `base` and before the copy's end. Leftover `.index.swap` and
@@ -988,10 +1000,7 @@ pub fn recover_swaps(dir: &Path) -> Result<()> {
         let entry = entry.map_err(|e| Error::io("read_dir", dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let base = |suffix: &str| {
-            name.strip_suffix(suffix)
-                .and_then(|b| b.parse::<i64>().ok())
-        };
+        let base = |suffix: &str| name.strip_suffix(suffix).and_then(base_of);
         if let Some(b) = base(".log.swap") {
             swaps.push(b);
         } else if let Some(b) = base(".log") {
