@@ -1399,7 +1399,7 @@ fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
 /// next segment is served as Kafka serves one, from the next batch.
 fn check_damaged(
     topics: &BTreeMap<String, Arc<Topic>>,
-    points: Option<&RecoveryPoints>,
+    points: PointsAt<'_>,
     recovery: Option<&crate::wal::Recovery>,
     mode: RecoveryMode,
     stats: &mut ReplayStats,
@@ -1407,9 +1407,13 @@ fn check_damaged(
     for t in topics.values() {
         let id = t.id.to_string();
         for (i, p) in t.partitions.iter().enumerate() {
-            let point = points.and_then(|pts| pts.get(&t.name, &id, i));
+            let point = match points {
+                PointsAt::Known(pts) => pts.and_then(|pts| pts.get(&t.name, &id, i)),
+                PointsAt::Unknown => None,
+            };
+            let unknown = matches!(points, PointsAt::Unknown);
             for d in p.damaged_segments() {
-                let lost = point.is_some_and(|pt| d.end < pt) && d.end < d.next_base;
+                let lost = (unknown || point.is_some_and(|pt| d.end < pt)) && d.end < d.next_base;
                 if !lost {
                     p.settle_segment(d.base_offset)?;
                     continue;
@@ -1438,16 +1442,25 @@ fn check_damaged(
                 }
                 let how = damage(&d);
                 let source = compacted.unwrap_or_else(|| "the WAL no longer holds them".into());
+                let flushed = if unknown {
+                    format!(
+                        "may have been flushed to the segments ({} is missing or was ignored, \
+                         and the WAL has checkpointed entries it may no longer hold)",
+                        recovery_points::FILE
+                    )
+                } else {
+                    format!(
+                        "were flushed to the segments (recovery point {} in {})",
+                        point.unwrap_or_default(),
+                        recovery_points::FILE
+                    )
+                };
                 let what = format!(
-                    "topic {} partition {}: offsets {}..{} were flushed to the segments ({} {} in {}) \
-                     but are gone from {}: {how}; {source}",
+                    "topic {} partition {}: offsets {}..{} {flushed} but are gone from {}: {how}; {source}",
                     t.name,
                     p.index(),
                     d.end,
                     d.next_base,
-                    "recovery point",
-                    point.unwrap_or_default(),
-                    recovery_points::FILE,
                     d.log_path.display(),
                 );
                 if mode == RecoveryMode::Strict {
@@ -1463,6 +1476,16 @@ fn check_damaged(
         }
     }
     Ok(())
+}
+
+/// The recovery points damaged segments are judged against.
+#[derive(Clone, Copy)]
+enum PointsAt<'a> {
+    /// As loaded (`None`: no file, on a data directory the WAL holds whole).
+    Known(Option<&'a RecoveryPoints>),
+    /// Missing or ignored while the WAL has checkpointed entries: every gap a
+    /// damaged segment leaves may hold flushed records.
+    Unknown,
 }
 
 /// Where and why the valid batches of the damaged segment `d` stop.
@@ -1839,7 +1862,13 @@ impl TopicManager {
         let mut stats = ReplayStats::default();
         let mut wal = None;
         if !has_wal {
-            check_damaged(&topics, points.as_ref(), None, mode, &mut stats)?;
+            check_damaged(
+                &topics,
+                PointsAt::Known(points.as_ref()),
+                None,
+                mode,
+                &mut stats,
+            )?;
             check_short(&short_partitions(&topics, points.as_ref()), mode)?;
             check_missing_topics(
                 &topics_dir,
@@ -1860,6 +1889,13 @@ impl TopicManager {
                 files.release();
             }));
             let (w, recovery) = Wal::open(&wal_dir, engine)?;
+            // Without recovery points (the file missing, or ignored by a
+            // tolerant start) while the WAL has checkpointed entries, which
+            // it may no longer hold, no partition's durable segments are
+            // known: a short one is judged as damaged below a recovery point
+            // (rebuilt from the WAL, or refused), not made the newest, which
+            // removed every segment after it.
+            let points_unknown = points.is_none() && recovery.checkpoint > 0;
             // Above its recovery point (all of it without one) a partition's
             // segments are not known durable, and the WAL holds their batches.
             // Checked once the WAL has opened (its scan validated every
@@ -1872,13 +1908,18 @@ impl TopicManager {
                         .as_ref()
                         .and_then(|pts| pts.get(&t.name, &id, i))
                         .unwrap_or(0);
-                    p.verify_from(from)?;
+                    p.verify_from(from, points_unknown)?;
                 }
             }
             // Before anything is read or appended: every entry the WAL holds
             // lies below the sequence it hands out next.
             lower_wal_floors(&mut topics, &topics_dir, recovery.next_sequence)?;
-            check_damaged(&topics, points.as_ref(), Some(&recovery), mode, &mut stats)?;
+            let judged = if points_unknown {
+                PointsAt::Unknown
+            } else {
+                PointsAt::Known(points.as_ref())
+            };
+            check_damaged(&topics, judged, Some(&recovery), mode, &mut stats)?;
             let short = short_partitions(&topics, points.as_ref());
             let checkpoint = recovery.checkpoint;
             let next_sequence = recovery.next_sequence;
@@ -5391,6 +5432,73 @@ mod tests {
     ) {
         let b = batch::tests::make_keyed_batch(0, 0, &[(0, Some(key), value)], -1, -1, -1);
         produce_acked(m, topic, &b).await;
+    }
+
+    /// A damaged batch in an older segment, started without recovery points
+    /// (the file lost, or ignored by a tolerant start as damaged) while the
+    /// WAL had checkpointed past the segments: the start scanned every
+    /// segment from offset 0 and made the damaged one the newest, removing
+    /// every intact segment after it, a strict start included (60 records
+    /// down to 7), though the WAL no longer held them. A strict start now
+    /// refuses, naming the segment; a tolerant one keeps the later segments
+    /// and loses only the damaged segment's tail.
+    #[test]
+    fn a_damaged_segment_without_recovery_points_does_not_take_the_later_segments() {
+        let logs = |dir: &Path| recovery_points::repair_tests::segment_logs(dir, "t");
+        for points_damaged in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut c = config(tmp.path());
+            c.wal.engine.max_file_size = 64 << 10;
+            c.storage.segment_bytes = 4096;
+            let m = TopicManager::new(c.clone()).unwrap();
+            m.create_topic("t", 1).unwrap();
+            two_worker_runtime().block_on(async {
+                for i in 0..60 {
+                    let v = format!("a-{i}-{}", "x".repeat(200)).into_bytes();
+                    produce_acked(&m, "t", &make_batch(0, &[&v])).await;
+                }
+            });
+            m.checkpoint().unwrap();
+            m.shutdown().unwrap();
+            drop(m);
+            let segments = logs(tmp.path());
+            assert!(segments.len() >= 4, "{} segments", segments.len());
+            // A bit flipped in the middle batch of the first segment, its
+            // index gone.
+            let first = &segments[0];
+            let mut raw = std::fs::read(first).unwrap();
+            let infos = batch::validate_all(&raw).unwrap();
+            let k = infos.len() / 2;
+            let pos: usize = infos[..k].iter().map(|i| i.len).sum();
+            raw[pos + infos[k].len - 1] ^= 0x40;
+            std::fs::write(first, &raw).unwrap();
+            std::fs::remove_file(first.with_extension("index")).unwrap();
+            let points = tmp.path().join(recovery_points::FILE);
+            if points_damaged {
+                std::fs::write(&points, b"{\"version\":1,\"top").unwrap();
+            } else {
+                std::fs::remove_file(&points).unwrap();
+            }
+            if !points_damaged {
+                let Err(e) = TopicManager::new(c.clone()) else {
+                    panic!("a strict start refuses");
+                };
+                let msg = e.to_string();
+                assert!(msg.contains(&first.display().to_string()), "{msg}");
+                assert!(msg.contains("missing or was ignored"), "{msg}");
+                assert_eq!(logs(tmp.path()), segments, "nothing removed");
+            }
+            c.wal.engine.recovery_mode = RecoveryMode::TolerateCorruption;
+            let m = TopicManager::new(c).unwrap();
+            let p = m.partition("t", 0).unwrap();
+            assert_eq!(p.log_end_offset(), 60, "points damaged: {points_damaged}");
+            assert_eq!(logs(tmp.path()), segments, "the later segments kept");
+            let second = infos.len() as i64;
+            let read = p.read(second, 1 << 20).unwrap().unwrap();
+            let got = batch::validate_all(&read.records).unwrap();
+            assert_eq!(got[0].base_offset, second, "the second segment reads");
+            m.shutdown().unwrap();
+        }
     }
 
     /// Produces `batch` to partition 0 of `topic` and waits for its

@@ -857,7 +857,13 @@ impl Partition {
     /// left as found: see [`Partition::damaged_segments`]) is not scanned
     /// again nor made the newest, which would remove the flushed segments
     /// after it: the start-up judges it against the recovery point.
-    pub fn verify_from(&self, from: i64) -> Result<Option<i64>> {
+    ///
+    /// With `keep_later` (the recovery point is unknown: its file is missing
+    /// or was ignored, while the WAL has checkpointed entries it no longer
+    /// holds), a short segment is not made the newest either: it is left as
+    /// found, [damaged](Partition::damaged_segments), for the start-up to
+    /// rebuild from the WAL or refuse, and the segments after it stay.
+    pub fn verify_from(&self, from: i64, keep_later: bool) -> Result<Option<i64>> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for i in 0..log.len().saturating_sub(1) {
             let next_base = log[i + 1].base_offset();
@@ -866,9 +872,24 @@ impl Partition {
                 // start-up's recovery point check).
                 continue;
             }
-            let mut scanned = Segment::open(&self.dir, log[i].base_offset(), true)?;
+            let base = log[i].base_offset();
+            let mut scanned = if keep_later {
+                Segment::scan_older(&self.dir, base)?
+            } else {
+                Segment::open(&self.dir, base, true)?
+            };
             let end = scanned.next_offset();
             let short = log[i].cut().is_some() || scanned.cut().is_some() || end < next_base;
+            if keep_later {
+                if short {
+                    // Left unsettled, its files as found.
+                    if log[i].cut().is_none() {
+                        log[i] = scanned;
+                    }
+                    continue;
+                }
+                scanned.settle()?;
+            }
             if !short {
                 scanned.sync()?;
                 save_time_index(&self.topic, self.index, &mut scanned);
@@ -4921,7 +4942,7 @@ pub(crate) mod tests {
             .unwrap();
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert!(p.snapshots.lock().unwrap().contains(&3));
-        assert_eq!(p.verify_from(0).unwrap(), Some(2));
+        assert_eq!(p.verify_from(0, false).unwrap(), Some(2));
         assert!(!pdir.join(segment::producers_name(3)).exists());
         assert!(
             !p.snapshots.lock().unwrap().contains(&3),

@@ -126,7 +126,7 @@ mod tests {
 
 /// Start-up against recovery points, through [`super::TopicManager`].
 #[cfg(test)]
-mod repair_tests {
+pub(crate) mod repair_tests {
     use std::path::{Path, PathBuf};
 
     use crate::{
@@ -336,7 +336,7 @@ mod repair_tests {
     }
 
     /// The partition's segment logs, oldest first.
-    fn segment_logs(dir: &Path, topic: &str) -> Vec<PathBuf> {
+    pub(crate) fn segment_logs(dir: &Path, topic: &str) -> Vec<PathBuf> {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(dir.join("topics").join(topic).join("0"))
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -1395,6 +1395,14 @@ impl Segment {
         Self::open_with(dir, base, false, None, false)
     }
 
+    /// [`Segment::open_older`], scanning every batch whatever its index says.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn scan_older(dir: &Path, base: i64) -> Result<Segment> {
+        Self::open_with(dir, base, true, None, false)
+    }
+
     /// Opens the newest segment of a partition: scans it as [`Segment::open`] with
     /// `scan`, recording every idempotent producer's batches in `producers`.
     ///
