@@ -234,6 +234,28 @@ pub(crate) fn file_name(group: &str) -> String {
     )
 }
 
+/// Whether `path` is named as the file of the long group name `group` was
+/// before its hash changed (see [`file_name`]): `h`, the hex of the name's first
+/// [`LONG_NAME_PREFIX`] bytes, `-`, 16 hex digits (a 64-bit FNV-1a hash).
+fn old_long_name(path: &Path, group: &str) -> bool {
+    let bytes = group.as_bytes();
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if bytes.len() <= LONG_NAME_PREFIX || !file_name(group).starts_with('h') {
+        return false;
+    }
+    let prefix: String = bytes[..LONG_NAME_PREFIX]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    name.strip_prefix('h')
+        .and_then(|n| n.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.strip_prefix('-'))
+        .and_then(|n| n.strip_suffix(".json"))
+        .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Bytes of a long group name kept in its file name (see [`file_name`]).
 const LONG_NAME_PREFIX: usize = 100;
 
@@ -303,11 +325,26 @@ impl OffsetStore {
                     ((c.topic.clone(), c.partition), (c, at))
                 })
                 .collect();
-            // A file named otherwise than its group's name gives (a long name's
-            // file from before its hash changed) is renamed, so that commits
-            // replace it rather than leave it beside a new one.
+            // A long name's file from before its hash changed is renamed, so
+            // that commits replace it rather than leave it beside a new one.
+            // Any other file named otherwise than its group's name gives (a
+            // copy left in the directory, a name damaged in the file) is
+            // refused: renamed, it replaced the group's own file, or moved its
+            // positions to another group.
             let want = dir.join(file_name(&f.group));
             if path != want {
+                if !old_long_name(&path, &f.group) || want.exists() {
+                    return Err(Error::corrupt(
+                        &path,
+                        0,
+                        format!(
+                            "holds the offsets of group {:?}, whose file is {}: a copy, or a \
+                             damaged file? Move it out of the directory",
+                            f.group,
+                            want.display()
+                        ),
+                    ));
+                }
                 std::fs::rename(&path, &want).map_err(|e| Error::io("rename", &path, e))?;
                 renamed = true;
             }
@@ -1077,6 +1114,69 @@ mod tests {
         drop(s);
         let s = OffsetStore::open(path).unwrap();
         assert_eq!(s.fetch(&long, "t", 0).unwrap().offset, 6);
+    }
+
+    /// A group file named otherwise than its group's name gives was renamed to
+    /// that name, over whatever was there: a copy left in the directory
+    /// (`backup.json`) replaced the group's newer positions with its own, and
+    /// a bit flipped in the name inside a file moved the group's positions to
+    /// another group (the group itself reset to `auto.offset.reset`). Only a
+    /// long name's file from before its hash changed is renamed now, never
+    /// over another; any other mismatch refuses the open, naming the file,
+    /// and changes nothing.
+    #[test]
+    fn a_group_file_named_otherwise_than_its_group_is_refused_not_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit("orders", None, vec![committed(0, 5)]).unwrap();
+        let real = path.join(file_name("orders"));
+        let copy = path.join("backup.json");
+        std::fs::copy(&real, &copy).unwrap();
+        s.commit("orders", None, vec![committed(0, 100)]).unwrap();
+        drop(s);
+        let newest = std::fs::read(&real).unwrap();
+        let e = OffsetStore::open(path.clone()).unwrap_err().to_string();
+        assert!(e.contains("backup.json") && e.contains("orders"), "{e}");
+        assert_eq!(
+            std::fs::read(&real).unwrap(),
+            newest,
+            "the group's file is as it was"
+        );
+        assert!(copy.exists());
+        std::fs::remove_file(&copy).unwrap();
+        assert_eq!(
+            OffsetStore::open(path.clone())
+                .unwrap()
+                .fetch("orders", "t", 0)
+                .unwrap()
+                .offset,
+            100
+        );
+
+        // One bit flipped in the name inside the file ('r' to 's').
+        let text = std::fs::read_to_string(&real).unwrap();
+        let damaged = text.replacen("\"orders\"", "\"osders\"", 1);
+        assert_ne!(text, damaged);
+        std::fs::write(&real, &damaged).unwrap();
+        let e = OffsetStore::open(path.clone()).unwrap_err().to_string();
+        assert!(e.contains("osders"), "{e}");
+        assert!(real.exists() && !path.join(file_name("osders")).exists());
+
+        // An older long name's file is not renamed over the group's own.
+        let long = format!("{}x", "g".repeat(299));
+        std::fs::write(&real, &text).unwrap();
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit(&long, None, vec![committed(0, 7)]).unwrap();
+        drop(s);
+        let fnv = long.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let prefix = "67".repeat(LONG_NAME_PREFIX);
+        let old = path.join(format!("h{prefix}-{fnv:016x}.json"));
+        std::fs::copy(path.join(file_name(&long)), &old).unwrap();
+        assert!(OffsetStore::open(path.clone()).is_err());
+        assert!(old.exists());
     }
 
     #[test]
