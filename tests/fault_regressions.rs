@@ -352,12 +352,7 @@ fn a_recycled_file_is_rewritten_only_after_its_retirement_is_durable() {
     let size = WalConfig::MIN_FILE_SIZE;
     for keep in [0, 1, 2, 3] {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("wal");
-        std::fs::create_dir(&dir).unwrap();
-        let p = files::prepare_file(&dir, 3, size, Prealloc::ZeroFill).unwrap();
-        let archived = files::archived_path(&dir, 3);
-        files::rename(&p, &archived).unwrap();
-        files::sync_dir(&dir).unwrap();
+        let (dir, archived) = archived_file_three(root.path());
 
         let disk = plain_disk();
         disk.watch_dir(&dir).unwrap();
@@ -373,18 +368,73 @@ fn a_recycled_file_is_rewritten_only_after_its_retirement_is_durable() {
             "the recycled file was reused"
         );
         disk.power_loss_keeping(false, Some(keep)).unwrap();
-        if archived.exists() {
-            let h = decode_file_header(&std::fs::read(&archived).unwrap()[..BLOCK_SIZE]).unwrap();
-            assert_eq!(
-                h.file_number, 3,
-                "keeping {keep} changes: 00000003.wal came back with the header of file {}",
-                h.file_number
-            );
-        }
-        // Whatever survived, the directory opens.
-        let (wal, _) =
-            Wal::open(&dir, interval_config()).unwrap_or_else(|e| panic!("keeping {keep}: {e}"));
-        wal.close().unwrap();
+        archived_file_three_survives(&dir, &archived, keep);
+    }
+}
+
+/// A WAL directory in `root` holding file 3 under its archived name, durably:
+/// the directory and the archived file's path.
+fn archived_file_three(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use streamline::wal::files::{self, Prealloc};
+    let dir = root.join("wal");
+    std::fs::create_dir(&dir).unwrap();
+    let p = files::prepare_file(&dir, 3, WalConfig::MIN_FILE_SIZE, Prealloc::ZeroFill).unwrap();
+    let archived = files::archived_path(&dir, 3);
+    files::rename(&p, &archived).unwrap();
+    files::sync_dir(&dir).unwrap();
+    (dir, archived)
+}
+
+/// After a power loss that kept `keep` directory changes: file 3, if back under
+/// its archived name, still has its own header, and the directory opens.
+fn archived_file_three_survives(dir: &std::path::Path, archived: &std::path::Path, keep: usize) {
+    use streamline::wal::format::decode_file_header;
+    if archived.exists() {
+        let h = decode_file_header(&std::fs::read(archived).unwrap()[..BLOCK_SIZE]).unwrap();
+        assert_eq!(
+            h.file_number, 3,
+            "keeping {keep} changes: 00000003.wal came back with the header of file {}",
+            h.file_number
+        );
+    }
+    // Whatever survived, the directory opens.
+    let (wal, _) =
+        Wal::open(dir, interval_config()).unwrap_or_else(|e| panic!("keeping {keep}: {e}"));
+    wal.close().unwrap();
+}
+
+/// The directory fsync after a recycled file was renamed to `next.wal.tmp` failed
+/// (a process short of file descriptors): the file stayed under that name, and the
+/// next preparation opened it again (the same inode), truncated it and wrote the
+/// next file's header, its retirement still not durable; a power loss could then
+/// bring `00000003.wal` back holding file 7's header, which refuses every start.
+/// The file now goes back under its recycled name, and a preparation never
+/// writes into a file it finds left under the temporary name.
+#[test]
+fn a_recycled_file_whose_retirement_fsync_failed_is_not_rewritten_by_the_next_try() {
+    use streamline::wal::{
+        files::{self, Prealloc},
+        format::decode_file_header,
+    };
+    let size = WalConfig::MIN_FILE_SIZE;
+    for keep in [0, 1, 2, 3, 4, 5] {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, archived) = archived_file_three(root.path());
+
+        let disk = plain_disk();
+        disk.watch_dir(&dir).unwrap();
+        files::retire(&dir, &archived, 3, size).unwrap();
+        disk.fail_next_dir_sync();
+        assert!(files::prepare_file(&dir, 7, size, Prealloc::ZeroFill).is_err());
+        let next = files::prepare_file(&dir, 7, size, Prealloc::ZeroFill).unwrap();
+        assert_eq!(
+            decode_file_header(&std::fs::read(&next).unwrap()[..BLOCK_SIZE])
+                .unwrap()
+                .file_number,
+            7
+        );
+        disk.power_loss_keeping(false, Some(keep)).unwrap();
+        archived_file_three_survives(&dir, &archived, keep);
     }
 }
 

@@ -75,14 +75,14 @@ fn producers_before(
     older: &[Segment],
     on_disk: &BTreeSet<i64>,
 ) -> Result<ProducerState> {
-    if let Some(s) = load_snapshot(dir, base) {
+    if let Some(s) = load_snapshot(dir, base)? {
         return Ok(ProducerState::from_snapshot(&s));
     }
     for (i, seg) in older.iter().enumerate().rev() {
         if !on_disk.contains(&seg.base_offset()) {
             continue;
         }
-        if let Some(s) = load_snapshot(dir, seg.base_offset()) {
+        if let Some(s) = load_snapshot(dir, seg.base_offset())? {
             let mut producers = ProducerState::from_snapshot(&s);
             for later in &older[i..] {
                 later.record_producers_tail(usize::MAX, &mut producers)?;
@@ -108,11 +108,30 @@ fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
 }
 
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
-/// is a readable one for it.
-fn load_snapshot(dir: &Path, base: i64) -> Option<Snapshot> {
+/// is one that parses for it (`None` for none, or for one a power loss emptied
+/// or cut, of another version, or taken at another offset).
+///
+/// # Errors
+/// An error reading the file (but its absence), naming it: the file may be
+/// whole, and is neither taken for one a power loss emptied nor removed
+/// (a start short of file descriptors, or reading from a failing device,
+/// removed every snapshot it read, and producers older than the previous
+/// segment's last batches were forgotten: a retry of their last batch was
+/// stored twice).
+fn load_snapshot(dir: &Path, base: i64) -> Result<Option<Snapshot>> {
     let path = dir.join(segment::producers_name(base));
-    let raw = std::fs::read(&path).ok()?;
-    match serde_json::from_slice::<Snapshot>(&raw) {
+    #[cfg(test)]
+    if FAIL_SNAPSHOT_READ.with(|f| f.borrow_mut().remove(&path)) {
+        return Err(Error::io(
+            "read",
+            &path,
+            std::io::Error::other("injected read failure"),
+        ));
+    }
+    let Some(raw) = crate::wal::files::read_if_exists(&path)? else {
+        return Ok(None);
+    };
+    Ok(match serde_json::from_slice::<Snapshot>(&raw) {
         Ok(s) if s.version() != 1 => {
             tracing::warn!(file = %path.display(), version = s.version(), "ignoring a producer snapshot of an unknown version");
             None
@@ -126,7 +145,7 @@ fn load_snapshot(dir: &Path, base: i64) -> Option<Snapshot> {
             tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable producer snapshot");
             None
         }
-    }
+    })
 }
 
 /// The log start offset stored in `dir` (0 when none is).
@@ -456,6 +475,10 @@ thread_local! {
     /// failed write-back does (tests).
     static FAIL_SNAPSHOT_FSYNC: std::cell::RefCell<BTreeSet<PathBuf>> =
         const { std::cell::RefCell::new(BTreeSet::new()) };
+    /// The next read of each producer snapshot file here fails,
+    /// once (tests).
+    static FAIL_SNAPSHOT_READ: std::cell::RefCell<BTreeSet<PathBuf>> =
+        const { std::cell::RefCell::new(BTreeSet::new()) };
     /// The next write of each producer snapshot file here fails, once
     /// (tests).
     static FAIL_SNAPSHOT_WRITE: std::cell::RefCell<BTreeSet<PathBuf>> =
@@ -697,11 +720,12 @@ impl Partition {
         // read: removed, so no checkpoint counts it as the newest durable
         // one and deletes an older one that loads. (Not made durable: one a
         // crash brings back is removed again.)
-        let unreadable: Vec<i64> = snapshots
-            .iter()
-            .copied()
-            .filter(|&b| load_snapshot(&dir, b).is_none())
-            .collect();
+        let mut unreadable = Vec::new();
+        for &b in &snapshots {
+            if load_snapshot(&dir, b)?.is_none() {
+                unreadable.push(b);
+            }
+        }
         for base in unreadable {
             snapshots.remove(&base);
             let path = dir.join(segment::producers_name(base));
@@ -2569,7 +2593,7 @@ impl Partition {
             // now: their batches below `base` still cached (a producer whose
             // cached batches are all past it is read from the segments from
             // `base` on, as a start after this snapshot does).
-            let snapshot = load_snapshot(&self.dir, base).unwrap_or_else(|| {
+            let snapshot = load_snapshot(&self.dir, base).ok().flatten().unwrap_or_else(|| {
                 tracing::warn!(file = %path.display(), "a producer snapshot whose fsync failed does not read back; taking it again from the producers known now");
                 self.producers().snapshot_below(base)
             });
@@ -3973,7 +3997,7 @@ pub(crate) mod tests {
                 format!(r#"{{"version":{version},"below":5,"producers":[]}}"#),
             )
             .unwrap();
-            load_snapshot(&pdir, 5)
+            load_snapshot(&pdir, 5).unwrap()
         };
         assert!(snapshot(1).is_some(), "version 1 is read");
         assert!(snapshot(2).is_none(), "version 2 is not");
@@ -5150,6 +5174,34 @@ pub(crate) mod tests {
         (p, first, n)
     }
 
+    /// A producer snapshot whose read failed at the open (a start short of
+    /// file descriptors, a failing device) was taken for one a power loss
+    /// emptied, and removed: producer 7, whose only batch is further back
+    /// than the previous segment's last batches, was forgotten, and the
+    /// retry of its batch would have been stored twice. The open now fails,
+    /// naming the file, and removes nothing; the next open reads it.
+    #[test]
+    fn a_producer_snapshot_that_fails_to_read_is_not_removed() {
+        use crate::storage::producers::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let (p, first, n) = producer_seven_far_back(&pdir);
+        drop(p);
+        let snapshot = pdir.join(segment::producers_name(n + 1));
+        FAIL_SNAPSHOT_READ.with(|f| f.borrow_mut().insert(snapshot.clone()));
+        let e = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap_err();
+        assert!(
+            e.to_string().contains(&snapshot.display().to_string()),
+            "{e}"
+        );
+        assert!(snapshot.exists(), "the snapshot was removed");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
+        assert_eq!(
+            p.producers().check(&validate_all(&first).unwrap()),
+            Ok(Verdict::Duplicate(0))
+        );
+    }
+
     /// The same merge with no snapshot after the group at all: the one of
     /// the segment after it was lost to a power loss (removed at the open,
     /// unreadable), so the merged second segment's was the newest durable
@@ -5201,7 +5253,7 @@ pub(crate) mod tests {
                 );
             } else {
                 assert_eq!(bases, [0, n + 2], "the group was not merged");
-                assert!(load_snapshot(&pdir, n + 2).is_some());
+                assert!(load_snapshot(&pdir, n + 2).unwrap().is_some());
                 assert!(
                     !snapshots_not_fsynced().contains(&newest),
                     "merged with the snapshot not fsynced"

@@ -133,8 +133,16 @@ fn reuse_recycled(dir: &Path, number: u64, size: u64) -> Result<Option<PathBuf>>
         // The header is about to change: the rename that retired this file (from
         // its archived name) must be durable first, or a power loss could bring the
         // archived name back over a header naming another file, which recovery
-        // rightly calls corrupt.
-        sync_dir(dir)?;
+        // rightly calls corrupt. When that fsync fails the file goes back under
+        // its recycled name, unchanged: left as `next.wal.tmp`, the next try
+        // wrote a header into it (the same inode) with the retirement still
+        // not durable.
+        if let Err(e) = sync_dir(dir) {
+            if let Err(back) = rename(&tmp, &old) {
+                tracing::warn!(path = %tmp.display(), error = %back, "cannot give a recycled WAL file back its name after a failed directory fsync; the next preparation makes a new file");
+            }
+            return Err(e);
+        }
         let f = OpenOptions::new()
             .write(true)
             .open(&tmp)
@@ -543,6 +551,10 @@ fn prepare(
             .open(&tmp)
             .map_err(|e| Error::io("open", &tmp, e))?
     } else {
+        // A new file, never one left under this name: that may be a recycled
+        // file whose retirement is not yet durable (see `reuse_recycled`),
+        // which a power loss could bring back under its archived name.
+        remove_prepared(dir)?;
         tracked(MetaOp::Create(&tmp), || {
             OpenOptions::new()
                 .read(true)

@@ -270,6 +270,9 @@ struct DiskState {
     /// The first fsync of the watched directory once this many operations
     /// completed crashes the disk instead.
     crash_at_dir_sync: Option<u64>,
+    /// The next fsync of the watched directory fails, the disk going on
+    /// ([`SimDisk::fail_next_dir_sync`]).
+    fail_dir_sync: bool,
     /// How long each standalone fdatasync takes ([`SimDisk::slow_syncs`]).
     sync_latency: std::time::Duration,
     /// When each standalone fdatasync was submitted.
@@ -324,6 +327,7 @@ impl SimDisk {
             ns: None,
             ns_error: None,
             crash_at_dir_sync: None,
+            fail_dir_sync: false,
             sync_latency: std::time::Duration::ZERO,
             sync_submits: Vec::new(),
         };
@@ -387,6 +391,13 @@ impl SimDisk {
     /// a process between a rename and the directory fsync after it.
     pub fn crash_at_dir_sync_after(&self, ops: u64) {
         self.lock().crash_at_dir_sync = Some(ops);
+    }
+
+    /// The next fsync of the watched directory fails with EIO, changing
+    /// nothing, and the disk goes on (a process short of file descriptors
+    /// cannot open the directory to fsync it).
+    pub fn fail_next_dir_sync(&self) {
+        self.lock().fail_dir_sync = true;
     }
 
     /// Another process starts on the disk after the crash, without a power
@@ -851,6 +862,13 @@ pub(crate) fn meta_tracked<T>(
         MetaOp::Create(p) | MetaOp::Rename(p, _) | MetaOp::Remove(p) => p.parent(),
     };
     let out = with_watcher(dir, |mut st| {
+        if let Some(st) = st
+            .as_mut()
+            .filter(|st| st.fail_dir_sync && matches!(op, MetaOp::SyncDir(_)))
+        {
+            st.fail_dir_sync = false;
+            return Err(io_err(libc::EIO, "injected directory fsync failure"));
+        }
         if let Some(st) = st
             .as_mut()
             .filter(|st| st.crash_at_dir_sync.is_some_and(|n| st.stats.ops >= n))
