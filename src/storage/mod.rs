@@ -135,7 +135,9 @@ impl Topic {
             partitions: self.partitions.len() as i32,
             wal_floor: self.wal_floor,
             configs: self.configs.overrides().clone(),
+            crc32c: None,
         }
+        .sealed()
     }
 
     /// Writes `topic.json` in `dir` (atomic replace).
@@ -160,7 +162,7 @@ impl Topic {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct TopicFile {
     version: u32,
     id: String,
@@ -169,6 +171,32 @@ struct TopicFile {
     wal_floor: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     configs: BTreeMap<String, String>,
+    /// CRC32C of the file's other fields ([`TopicFile::checksum`]): a flipped
+    /// digit in `wal_floor` dropped the topic's WAL entries after the
+    /// checkpoint as an earlier topic's, one in `retention.ms` deleted
+    /// records, with nothing to tell. Absent in files written before it
+    /// existed (loaded unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
+}
+
+impl TopicFile {
+    /// CRC32C of the compact JSON of the file without its `crc32c` field (the
+    /// same bytes whatever the file's layout: fields in their order, configs
+    /// by name).
+    fn checksum(&self) -> u32 {
+        let bare = TopicFile {
+            crc32c: None,
+            ..self.clone()
+        };
+        crc32c::crc32c(&serde_json::to_vec(&bare).expect("topic.json serialises"))
+    }
+
+    /// The file with its checksum.
+    fn sealed(mut self) -> TopicFile {
+        self.crc32c = Some(self.checksum());
+        self
+    }
 }
 
 /// Identity of this broker, created once.
@@ -686,6 +714,20 @@ fn load_topic(
                 f.version
             ),
         ));
+    }
+    if let Some(stored) = f.crc32c {
+        let computed = f.checksum();
+        if stored != computed {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!(
+                    "topic.json checksum mismatch (stored {stored:#010x}, computed \
+                     {computed:#010x}): the file is damaged (after an edit by hand, remove \
+                     its crc32c field to load it unchecked)"
+                ),
+            ));
+        }
     }
     if !(1..=MAX_PARTITIONS).contains(&f.partitions) {
         return Err(Error::corrupt(
@@ -5146,7 +5188,7 @@ mod tests {
         let mut f: TopicFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         f.id = uuid::Uuid::from_u128(random_id()).to_string();
         f.wal_floor = Some(last + 1);
-        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_vec(&f.clone().sealed()).unwrap()).unwrap();
         std::fs::File::options()
             .write(true)
             .open(tmp.path().join("topics/t/0").join(segment::log_name(0)))
@@ -5194,7 +5236,7 @@ mod tests {
         };
         let mut f: TopicFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         f.wal_floor = Some(last + 10);
-        std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_vec(&f.clone().sealed()).unwrap()).unwrap();
         let kept = [
             tmp.path()
                 .join("wal")
@@ -5317,6 +5359,50 @@ mod tests {
     }
 
     /// `topic.json` after a change, as a restart would read it.
+    /// A digit of `topic.json` changed by damage: with `wal_floor` raised, the
+    /// topic's WAL entries after the checkpoint were taken for an earlier
+    /// topic's and dropped, a strict start included (4 acknowledged records
+    /// gone); with `retention.ms` lowered, records would be deleted. The file
+    /// carries a checksum now, and a start refuses a file it does not match,
+    /// naming it; a file without one (an older build's, or one edited by
+    /// hand with the field removed) loads unchecked.
+    #[test]
+    fn a_damaged_topic_file_is_refused_by_its_checksum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        two_worker_runtime().block_on(async {
+            for v in [b"a", b"b", b"c", b"d"] {
+                produce_acked(&m, "t", &make_batch(0, &[v])).await;
+            }
+        });
+        m.shutdown().unwrap();
+        drop(m);
+        let path = tmp.path().join("topics/t/topic.json");
+        let good = std::fs::read(&path).unwrap();
+        let f = stored_topic(tmp.path());
+        assert_eq!(f.crc32c, Some(f.checksum()));
+        let floor = f.wal_floor.unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        v["wal_floor"] = (floor + 4).into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        for c in [c.clone(), tolerant(c.clone())] {
+            let e = TopicManager::new(c).unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains("checksum mismatch"),
+                "{e}"
+            );
+        }
+        // The same file without its checksum loads unchecked.
+        v.as_object_mut().unwrap().remove("crc32c");
+        v["wal_floor"] = floor.into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 4);
+        m.shutdown().unwrap();
+    }
+
     fn stored_topic(dir: &Path) -> TopicFile {
         serde_json::from_slice(&std::fs::read(dir.join("topics/t/topic.json")).unwrap()).unwrap()
     }
@@ -6188,8 +6274,12 @@ mod tests {
         // A value this broker cannot honour in topic.json stops the start with
         // the file named, rather than being ignored.
         let path = tmp.path().join("topics/small/topic.json");
+        // (Edited by hand, its checksum removed, as the mismatch error says.)
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("1048576", "12")).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text.replace("1048576", "12")).unwrap();
+        v.as_object_mut().unwrap().remove("crc32c").unwrap();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
         let e = TopicManager::new(config(tmp.path()))
             .unwrap_err()
             .to_string();
@@ -7245,7 +7335,7 @@ mod tests {
         assert!(f.wal_floor.is_some());
         f.partitions = 3;
         let file = tmp.path().join("topics/t/topic.json");
-        std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+        std::fs::write(&file, serde_json::to_vec(&f.clone().sealed()).unwrap()).unwrap();
 
         let e = TopicManager::new(c.clone()).unwrap_err().to_string();
         assert!(e.contains(&file.display().to_string()), "{e}");
@@ -7308,6 +7398,7 @@ mod tests {
                 id: good.id.clone(),
                 wal_floor: good.wal_floor,
                 configs: good.configs.clone(),
+                crc32c: None,
             };
             std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
             for c in [c.clone(), tolerant(c.clone())] {
@@ -7744,7 +7835,7 @@ mod tests {
         let mut f = stored_topic(tmp.path());
         f.partitions = 1;
         let file = tmp.path().join("topics/t/topic.json");
-        std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+        std::fs::write(&file, serde_json::to_vec(&f.clone().sealed()).unwrap()).unwrap();
         let points = std::fs::read(tmp.path().join(recovery_points::FILE)).unwrap();
 
         let e = TopicManager::new(c.clone()).unwrap_err().to_string();

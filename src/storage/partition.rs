@@ -721,7 +721,8 @@ impl Partition {
         // one and deletes an older one that loads. (Not made durable: one a
         // crash brings back is removed again.)
         let mut unreadable = Vec::new();
-        for &b in &snapshots {
+        // (Not the orphans kept above, which nothing reads.)
+        for &b in snapshots.iter().filter(|b| bases.binary_search(b).is_ok()) {
             if load_snapshot(&dir, b)?.is_none() {
                 unreadable.push(b);
             }
