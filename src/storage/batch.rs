@@ -1243,9 +1243,15 @@ fn lz4_frame(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Option<()> {
             match lz4::block::decompress_to_buffer(block, Some(capacity), into) {
                 Ok(n) => end += n,
                 // With less room than a block may take, a failure may be the
-                // room's: taken as more than the limit (`out` full), which
-                // the caller tries again with more room, up to its cap.
-                Err(_) if fits < max_block => end += fits,
+                // room's (liblz4 says no more): when the block's sequences
+                // add up to more than that, taken as more than the limit
+                // (`out` full), which the caller tries again with more room,
+                // up to its cap. Otherwise the block is damaged: retried with
+                // ever more room, a corrupt block of 4 bytes made each batch
+                // zero and reserve 5 MiB.
+                Err(_) if fits < max_block && lz4_block_output(block).is_some_and(|n| n > fits) => {
+                    end += fits;
+                }
                 Err(_) => break None,
             }
         }
@@ -1259,6 +1265,44 @@ fn lz4_frame(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Option<()> {
         (le_u32(data, at)? == XxHash32::oneshot(0, &out[start..])).then_some(())?;
     }
     Some(())
+}
+
+/// The bytes an lz4 block's sequences decode to (literal runs and match
+/// lengths added up, nothing checked but that the lengths fit the block);
+/// `None` when they do not.
+fn lz4_block_output(block: &[u8]) -> Option<usize> {
+    // A length: its 4 bits, then bytes added while they are 255.
+    let length = |at: &mut usize, first: u8| -> Option<usize> {
+        let mut n = usize::from(first);
+        if first == 15 {
+            loop {
+                let b = *block.get(*at)?;
+                *at += 1;
+                n = n.checked_add(usize::from(b))?;
+                if b != 255 {
+                    break;
+                }
+            }
+        }
+        Some(n)
+    };
+    let (mut at, mut out) = (0usize, 0usize);
+    loop {
+        let token = *block.get(at)?;
+        at += 1;
+        let literals = length(&mut at, token >> 4)?;
+        at = at.checked_add(literals).filter(|&a| a <= block.len())?;
+        out = out.checked_add(literals)?;
+        // The last sequence is literals only.
+        if at == block.len() {
+            return Some(out);
+        }
+        // The match's offset, then its length (at least 4).
+        at = at.checked_add(2).filter(|&a| a <= block.len())?;
+        out = out
+            .checked_add(length(&mut at, token & 0x0f)?)?
+            .checked_add(4)?;
+    }
 }
 
 /// Counts the bytes [`lz4_frame`] zeroes (tests check that it zeroes each
@@ -2564,6 +2608,41 @@ pub(crate) mod tests {
         );
         let zeroed = ZEROED.with(std::cell::Cell::get);
         assert!(zeroed < 4 << 20, "{zeroed} bytes zeroed");
+    }
+
+    /// A damaged block of 4 bytes in a frame of 4 MiB blocks (a match at
+    /// offset 0): liblz4 fails it as it fails a block given too little room,
+    /// and it was taken as larger than the room, retried with 256 KiB, 1 MiB,
+    /// then 4 MiB (5 MiB zeroed and four reservations per 80-byte batch).
+    /// Now refused at the first try; a block whose sequences do add up to
+    /// more than the room is still tried again with more.
+    #[test]
+    fn a_damaged_lz4_block_is_refused_at_the_first_try() {
+        let b = make_batch(0, &[b"value"]);
+        let c = with_section(&b, 3, &lz4_one_block(0x70, &[0x1f, 0x41, 0x00, 0x00]));
+        ZEROED.with(|z| z.set(0));
+        assert_eq!(
+            validate_produce(&c),
+            Err(BatchError::BadPayload { codec: 3 })
+        );
+        let zeroed = ZEROED.with(std::cell::Cell::get);
+        assert!(zeroed <= 128 << 10, "{zeroed} bytes zeroed");
+        assert_eq!(lz4_block_output(&[0x1f, 0x41, 0x00, 0x00]), None);
+        assert_eq!(
+            lz4_block_output(&[0x10, 0x41, 0x01, 0x00, 0x00]),
+            Some(1 + 4)
+        );
+        // Records larger than the first try's room are read.
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let b = make_batch(0, &[&big]);
+        let r = &b[HEADER_LEN..];
+        let block = lz4::block::compress(r, None, false).unwrap();
+        assert_eq!(lz4_block_output(&block), Some(r.len()));
+        let c = with_section(&b, 3, &lz4_one_block(0x70, &block));
+        assert!(validate_produce(&c).is_ok());
+        assert_eq!(payload(&c).unwrap().bytes.as_ref(), r);
     }
 
     /// zstd frames libzstd (zstd-jni, Kafka's; librdkafka) refuses: one whose

@@ -26,6 +26,7 @@
 //! No tokio worker ever blocks on this path.
 
 pub mod batch;
+pub(crate) mod checked;
 pub mod checkpoint;
 pub mod compaction;
 pub mod delete_horizon;
@@ -65,6 +66,7 @@ use crate::{
     wal::{Completion, RecoveryMode, Wal, WalEntryType},
 };
 use batch::{BatchError, BatchInfo};
+use checked::Checked;
 pub use offsets::{Committed, OffsetStore, StoredGroup};
 pub use partition::{DeleteRecordsError, Partition, ReadResult};
 use producers::{ProducerIds, SequenceError, Verdict};
@@ -180,22 +182,9 @@ struct TopicFile {
     crc32c: Option<u32>,
 }
 
-impl TopicFile {
-    /// CRC32C of the compact JSON of the file without its `crc32c` field (the
-    /// same bytes whatever the file's layout: fields in their order, configs
-    /// by name).
-    fn checksum(&self) -> u32 {
-        let bare = TopicFile {
-            crc32c: None,
-            ..self.clone()
-        };
-        crc32c::crc32c(&serde_json::to_vec(&bare).expect("topic.json serialises"))
-    }
-
-    /// The file with its checksum.
-    fn sealed(mut self) -> TopicFile {
-        self.crc32c = Some(self.checksum());
-        self
+impl checked::Checked for TopicFile {
+    fn crc32c(&mut self) -> &mut Option<u32> {
+        &mut self.crc32c
     }
 }
 
@@ -715,20 +704,7 @@ fn load_topic(
             ),
         ));
     }
-    if let Some(stored) = f.crc32c {
-        let computed = f.checksum();
-        if stored != computed {
-            return Err(Error::corrupt(
-                &path,
-                0,
-                format!(
-                    "topic.json checksum mismatch (stored {stored:#010x}, computed \
-                     {computed:#010x}): the file is damaged (after an edit by hand, remove \
-                     its crc32c field to load it unchecked)"
-                ),
-            ));
-        }
-    }
+    f.verify(&path)?;
     if !(1..=MAX_PARTITIONS).contains(&f.partitions) {
         return Err(Error::corrupt(
             &path,
@@ -999,7 +975,8 @@ fn check_points_beyond_count(
                 file,
                 0,
                 format!(
-                    "{what}; set its partitions to {} (keeping its id and wal_floor), or \
+                    "{what}; set its partitions to {} (keeping its id and wal_floor, and \
+                     removing its crc32c field), or \
                      start with --recovery-mode tolerate_corruption to go on without the \
                      partitions it lost",
                     tp.ends.len()
@@ -1713,7 +1690,7 @@ fn replay_entry(
                     0,
                     format!(
                         "{what}; set its partitions to at least {} (keeping its id and \
-                         wal_floor), or start with --recovery-mode tolerate_corruption to \
+                         wal_floor, and removing its crc32c field), or start with --recovery-mode tolerate_corruption to \
                          drop these entries",
                         i64::from(partition) + 1
                     ),
@@ -7340,7 +7317,9 @@ mod tests {
         let e = TopicManager::new(c.clone()).unwrap_err().to_string();
         assert!(e.contains(&file.display().to_string()), "{e}");
         assert!(
-            e.contains("lists 3 partitions") && e.contains("for partition 3"),
+            e.contains("lists 3 partitions")
+                && e.contains("for partition 3")
+                && e.contains("removing its crc32c field"),
             "{e}"
         );
         assert_eq!(
@@ -7841,7 +7820,9 @@ mod tests {
         let e = TopicManager::new(c.clone()).unwrap_err().to_string();
         assert!(e.contains(&file.display().to_string()), "{e}");
         assert!(
-            e.contains("lists 1 partitions") && e.contains("partition 1"),
+            e.contains("lists 1 partitions")
+                && e.contains("partition 1")
+                && e.contains("removing its crc32c field"),
             "{e}"
         );
         assert_eq!(

@@ -17,7 +17,10 @@
 //!   then set back) ages by monotonic time from the first expiry pass that found
 //!   it ahead, or by the clock once that gives more. Without this, such a time
 //!   kept its group until the clock caught up with it: a year, for a clock booted
-//!   a year ahead. It starts aging up to one check interval late.
+//!   a year ahead. It starts aging up to one check interval late, and again at
+//!   each start (when it was first found ahead is not stored): a broker
+//!   restarted more often than the retention keeps such a group until the
+//!   clock catches up, as before.
 //!
 //! A stored time taken while the clock was behind, read back after the clock was
 //! set forward, still looks older than it is (by the error): nothing on disk

@@ -18,6 +18,8 @@ use std::{
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::checked::Checked;
+
 use crate::error::{Error, Result};
 use crate::file_at::FileAt;
 
@@ -53,10 +55,21 @@ fn out_of_descriptors(e: &Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LogStartFile {
     version: u32,
     log_start_offset: i64,
+    /// CRC32C of the fields above (see [`super::checked`]): a log start raised
+    /// by damage hid every record below it, and the next retention pass
+    /// deleted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
+}
+
+impl super::checked::Checked for LogStartFile {
+    fn crc32c(&mut self) -> &mut Option<u32> {
+        &mut self.crc32c
+    }
 }
 
 /// The producers known when the segment starting at `base` was started, the
@@ -120,16 +133,23 @@ fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
 /// stored twice).
 fn load_snapshot(dir: &Path, base: i64) -> Result<Option<Snapshot>> {
     let path = dir.join(segment::producers_name(base));
+    // A snapshot that stays unreadable (a damaged block on a checksumming
+    // file system) may be removed by hand: the operation says so.
+    const READ: &str = "read (a producer snapshot: if it stays unreadable, removing it \
+                        is safe, only producers idle since before its segment then lose \
+                        their duplicate detection)";
     #[cfg(test)]
     if FAIL_SNAPSHOT_READ.with(|f| f.borrow_mut().remove(&path)) {
         return Err(Error::io(
-            "read",
+            READ,
             &path,
             std::io::Error::other("injected read failure"),
         ));
     }
-    let Some(raw) = crate::wal::files::read_if_exists(&path)? else {
-        return Ok(None);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(READ, &path, e)),
     };
     Ok(match serde_json::from_slice::<Snapshot>(&raw) {
         Ok(s) if s.version() != 1 => {
@@ -163,6 +183,7 @@ fn load_log_start(dir: &Path) -> Result<i64> {
             format!("unknown version {} (this build reads version 1)", f.version),
         ));
     }
+    f.verify(&path)?;
     if f.log_start_offset < 0 {
         return Err(Error::corrupt(
             &path,
@@ -185,10 +206,14 @@ fn store_log_start(dir: &Path, start: i64) -> Result<()> {
 /// place (it holds `start` then; see [`crate::wal::files::write_atomic_renamed`]).
 fn store_log_start_renamed(dir: &Path, start: i64) -> Result<Option<Error>> {
     let path = dir.join(LOG_START_FILE);
-    let json = serde_json::to_vec(&LogStartFile {
-        version: 1,
-        log_start_offset: start,
-    })
+    let json = serde_json::to_vec(
+        &LogStartFile {
+            version: 1,
+            log_start_offset: start,
+            crc32c: None,
+        }
+        .sealed(),
+    )
     .map_err(|e| Error::io("encode", &path, std::io::Error::other(e)))?;
     crate::wal::files::write_atomic_renamed(&path, &json)
 }
@@ -4466,6 +4491,29 @@ pub(crate) mod tests {
         assert_eq!(files(&pdir, "log"), 1);
     }
 
+    /// A log start offset raised by damage hid the records below it, and
+    /// retention deleted them; the file carries a checksum now, and one it
+    /// does not match is refused. A file without one loads unchecked.
+    #[test]
+    fn a_damaged_log_start_offset_is_refused_by_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        store_log_start(dir.path(), 500).unwrap();
+        let path = dir.path().join(LOG_START_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(v["crc32c"].is_u64(), "{v}");
+        v["log_start_offset"] = 900.into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = load_log_start(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains(LOG_START_FILE),
+            "{e}"
+        );
+        v.as_object_mut().unwrap().remove("crc32c");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(load_log_start(dir.path()).unwrap(), 900);
+    }
+
     /// Files named like segments but not as segments are named (`7.log`,
     /// `+7.log`, `-1.log`, `0.log`, `50.log`: a copy, a hand edit) were read
     /// as segments at the base their number gave: one inside the log sent
@@ -5195,6 +5243,7 @@ pub(crate) mod tests {
             e.to_string().contains(&snapshot.display().to_string()),
             "{e}"
         );
+        assert!(e.to_string().contains("removing it is safe"), "{e}");
         assert!(snapshot.exists(), "the snapshot was removed");
         let p = Partition::open("t", 0, pdir.clone(), 1 << 30).unwrap();
         assert_eq!(

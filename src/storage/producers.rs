@@ -53,6 +53,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::checked::Checked;
+
 use super::batch::BatchInfo;
 use crate::error::{Error, Result};
 
@@ -596,11 +598,23 @@ const ID_BLOCK: i64 = 1000;
 const RESERVATION_LIMIT: i64 = i64::MAX - ID_BLOCK;
 
 /// `producer-ids.json`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct IdFile {
     version: u32,
     /// Every id below this may have been handed out.
     reserved_below: i64,
+    /// CRC32C of the fields above (see [`super::checked`]): a reservation
+    /// lowered by damage handed ids out again, and a partition still knowing
+    /// the old holder of one answered the new producer's first batch as a
+    /// duplicate, acknowledged and never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
+}
+
+impl super::checked::Checked for IdFile {
+    fn crc32c(&mut self) -> &mut Option<u32> {
+        &mut self.crc32c
+    }
 }
 
 /// Hands out producer ids.
@@ -633,6 +647,7 @@ impl ProducerIds {
                         format!("unknown version {} (this build reads version 1)", f.version),
                     ));
                 }
+                f.verify(&path)?;
                 if f.reserved_below < 0 {
                     return Err(Error::corrupt(&path, 0, "negative producer id reservation"));
                 }
@@ -678,10 +693,14 @@ impl ProducerIds {
                         reserved_below: st.1,
                         block: ID_BLOCK,
                     })?;
-            let json = serde_json::to_vec(&IdFile {
-                version: 1,
-                reserved_below: end,
-            })
+            let json = serde_json::to_vec(
+                &IdFile {
+                    version: 1,
+                    reserved_below: end,
+                    crc32c: None,
+                }
+                .sealed(),
+            )
             .map_err(|e| Error::corrupt(&self.path, 0, e.to_string()))?;
             crate::wal::files::write_atomic(&self.path, &json)?;
             st.1 = end;
@@ -703,6 +722,36 @@ mod tests {
         let mut infos = validate_all(&make_producer_batch(0, &values, pid, epoch, seq)).unwrap();
         infos[0].base_offset = base;
         infos
+    }
+
+    /// A reservation lowered by damage handed ids out again; the file
+    /// carries a checksum now, and one it does not match is refused. A file
+    /// without one (an older build's) loads unchecked.
+    #[test]
+    fn a_damaged_producer_id_reservation_is_refused_by_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ProducerIds::open(dir.path()).unwrap().allocate().unwrap(),
+            0
+        );
+        let path = dir.path().join(ProducerIds::FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(v["crc32c"].is_u64(), "{v}");
+        v["reserved_below"] = 0.into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = ProducerIds::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains(ProducerIds::FILE),
+            "{e}"
+        );
+        v.as_object_mut().unwrap().remove("crc32c");
+        v["reserved_below"] = 2000.into();
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(
+            ProducerIds::open(dir.path()).unwrap().allocate().unwrap(),
+            2000
+        );
     }
 
     #[test]
