@@ -13,22 +13,31 @@ use crate::error::{Error, Result};
 
 /// A JSON file with an optional `crc32c` field over the rest of it.
 pub(crate) trait Checked: Serialize + Clone {
-    /// The stored checksum field.
-    fn crc32c(&mut self) -> &mut Option<u32>;
+    /// The stored checksum.
+    fn crc32c(&self) -> Option<u32>;
+
+    /// Sets the stored checksum.
+    fn set_crc32c(&mut self, crc: Option<u32>);
 
     /// CRC32C of the compact JSON of the file without its checksum (the same
     /// bytes whatever the file's layout: fields in their declared order, maps
     /// by key).
     fn checksum(&self) -> u32 {
-        let mut bare = self.clone();
-        *bare.crc32c() = None;
-        crc32c::crc32c(&serde_json::to_vec(&bare).expect("a state file serialises"))
+        let json = if self.crc32c().is_none() {
+            serde_json::to_vec(self)
+        } else {
+            let mut bare = self.clone();
+            bare.set_crc32c(None);
+            serde_json::to_vec(&bare)
+        };
+        crc32c::crc32c(&json.expect("a state file serialises"))
     }
 
     /// The file with its checksum set.
     fn sealed(mut self) -> Self {
+        self.set_crc32c(None);
         let crc = self.checksum();
-        *self.crc32c() = Some(crc);
+        self.set_crc32c(Some(crc));
         self
     }
 
@@ -38,7 +47,7 @@ pub(crate) trait Checked: Serialize + Clone {
     /// # Errors
     /// [`Error::Corrupt`] naming the file when the checksum does not match.
     fn verify(&self, path: &Path) -> Result<()> {
-        let Some(stored) = *self.clone().crc32c() else {
+        let Some(stored) = self.crc32c() else {
             return Ok(());
         };
         let computed = self.checksum();

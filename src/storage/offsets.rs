@@ -14,7 +14,7 @@ use std::{
 use crate::log_limit::Shown;
 use serde::{Deserialize, Serialize};
 
-use super::moment::Moment;
+use super::{checked::Checked, moment::Moment};
 use crate::error::{Error, Result};
 
 /// One committed position.
@@ -32,7 +32,7 @@ pub struct Committed {
     pub metadata: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct GroupFile {
     version: u32,
     group: String,
@@ -49,6 +49,21 @@ struct GroupFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_commit_ms: Option<i64>,
     offsets: Vec<StoredOffset>,
+    /// CRC32C of the fields above (see [`super::checked`]): a digit changed by
+    /// damage in a position made the group's consumers skip records or read
+    /// them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
+}
+
+impl Checked for GroupFile {
+    fn crc32c(&self) -> Option<u32> {
+        self.crc32c
+    }
+
+    fn set_crc32c(&mut self, crc: Option<u32>) {
+        self.crc32c = crc;
+    }
 }
 
 /// A committed position as stored, with when it was committed.
@@ -300,6 +315,7 @@ impl OffsetStore {
                     format!("unknown version {} (this build reads version 1)", f.version),
                 ));
             }
+            f.verify(&path)?;
             // Files older than the field and its positions' times: the file's
             // modification time, which was the last commit's then.
             let last_commit = f
@@ -471,7 +487,9 @@ impl OffsetStore {
                     commit_timestamp_ms: Some(to_ms(at.wall())),
                 })
                 .collect(),
-        };
+            crc32c: None,
+        }
+        .sealed();
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::corrupt(&self.dir, 0, e.to_string()))?;
         crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)
@@ -1154,11 +1172,17 @@ mod tests {
             100
         );
 
-        // One bit flipped in the name inside the file ('r' to 's').
+        // One bit flipped in the name inside the file ('r' to 's'): its
+        // checksum tells; in a file without one (an older build's), the name.
         let text = std::fs::read_to_string(&real).unwrap();
         let damaged = text.replacen("\"orders\"", "\"osders\"", 1);
         assert_ne!(text, damaged);
         std::fs::write(&real, &damaged).unwrap();
+        let e = OffsetStore::open(path.clone()).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&damaged).unwrap();
+        v.as_object_mut().unwrap().remove("crc32c").unwrap();
+        std::fs::write(&real, serde_json::to_vec(&v).unwrap()).unwrap();
         let e = OffsetStore::open(path.clone()).unwrap_err().to_string();
         assert!(e.contains("osders"), "{e}");
         assert!(real.exists() && !path.join(file_name("osders")).exists());
@@ -1177,6 +1201,29 @@ mod tests {
         std::fs::copy(path.join(file_name(&long)), &old).unwrap();
         assert!(OffsetStore::open(path.clone()).is_err());
         assert!(old.exists());
+    }
+
+    /// A digit of a committed position changed by damage made the group's
+    /// consumers skip records (or read them again); the file carries a
+    /// checksum now, and one it does not match refuses the open.
+    #[test]
+    fn a_damaged_position_is_refused_by_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit("g", None, vec![committed(0, 5)]).unwrap();
+        drop(s);
+        let file = path.join(file_name("g"));
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(v["crc32c"].is_u64(), "{v}");
+        v["offsets"][0]["offset"] = 9.into();
+        std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = OffsetStore::open(path.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains(&file.display().to_string()),
+            "{e}"
+        );
     }
 
     #[test]

@@ -67,8 +67,12 @@ struct LogStartFile {
 }
 
 impl super::checked::Checked for LogStartFile {
-    fn crc32c(&mut self) -> &mut Option<u32> {
-        &mut self.crc32c
+    fn crc32c(&self) -> Option<u32> {
+        self.crc32c
+    }
+
+    fn set_crc32c(&mut self, crc: Option<u32>) {
+        self.crc32c = crc;
     }
 }
 
