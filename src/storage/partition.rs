@@ -4518,6 +4518,37 @@ pub(crate) mod tests {
         assert_eq!(load_log_start(dir.path()).unwrap(), 900);
     }
 
+    /// An older segment's index is trusted at open on its first and last
+    /// entries: a position damaged in between made a fetch from that offset
+    /// start inside a batch (a corrupt batch for the client). The time index
+    /// records the index's checksum for the same log: an index that differs
+    /// is now rebuilt from the log.
+    #[test]
+    fn a_damaged_index_entry_is_rebuilt_when_the_time_index_tells() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for k in 0..40 {
+            assert_eq!(produce_at(&p, k + 1, 200), k);
+        }
+        p.sync().unwrap();
+        drop(p);
+        let index = pdir.join(segment::index_name(0));
+        assert!(pdir.join(segment::time_index_name(0)).exists());
+        let good = std::fs::read(&index).unwrap();
+        assert!(good.len() >= 3 * 8, "{} entries", good.len() / 8);
+        // The second entry's position 8 bytes on: still in order.
+        let mut bad = good.clone();
+        let pos = u32::from_be_bytes(bad[12..16].try_into().unwrap()) + 8;
+        bad[12..16].copy_from_slice(&pos.to_be_bytes());
+        std::fs::write(&index, &bad).unwrap();
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        let read = p.read(1, 1 << 20).unwrap().unwrap();
+        let got = validate_all(&read.records).unwrap();
+        assert_eq!(got[0].base_offset, 1, "the fetch starts at the batch");
+        assert_eq!(std::fs::read(&index).unwrap(), good, "the index rebuilt");
+    }
+
     /// Files named like segments but not as segments are named (`7.log`,
     /// `+7.log`, `-1.log`, `0.log`, `50.log`: a copy, a hand edit) were read
     /// as segments at the base their number gave: one inside the log sent

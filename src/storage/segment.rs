@@ -1604,7 +1604,9 @@ impl Segment {
             });
         }
         self.index = Arc::new(index.into_iter().collect());
-        self.load_time_index(info.max_timestamp);
+        if self.load_time_index(info.max_timestamp) {
+            return Ok(false);
+        }
         Ok(true)
     }
 
@@ -1630,19 +1632,33 @@ impl Segment {
     /// when it validates and describes the segment as loaded from its index
     /// (whose last batch's timestamp is `last_batch_timestamp`); otherwise
     /// (missing, damaged, stale) leaves it unknown, to be read when needed.
-    fn load_time_index(&mut self, last_batch_timestamp: i64) {
+    /// Returns whether the index is suspect: the time index validates and
+    /// describes the segment's base, end and log size, but recorded another
+    /// index checksum (the log is as it was when the index was last written
+    /// whole, so the index changed since: damage in an entry the open does
+    /// not check, which made a fetch from that offset start inside a batch).
+    fn load_time_index(&mut self, last_batch_timestamp: i64) -> bool {
         let path = self.time_index_path();
         let raw = match read_small(&path) {
             Ok(raw) => raw,
             // A segment closed before time indexes were kept, or whose time
             // index could not be written.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "could not read the segment's time index; its batch headers are read when its newest timestamp is needed");
-                return;
+                return false;
             }
         };
         let now = self.time_index_now();
+        if let Ok(t) = TimeIndex::decode(&raw) {
+            if (t.base_offset, t.next_offset, t.log_size)
+                == (now.base_offset, now.next_offset, now.log_size)
+                && t.index_crc != now.index_crc
+            {
+                tracing::warn!(file = %self.index_path.display(), "the segment's index differs from what its time index recorded for the same log; rebuilding it from the log");
+                return true;
+            }
+        }
         match TimeIndex::decode(&raw).and_then(|t| t.check(&now, last_batch_timestamp).map(|()| t))
         {
             Ok(t) => {
@@ -1655,6 +1671,7 @@ impl Segment {
                 tracing::warn!(file = %path.display(), reason = %why, "ignoring the segment's time index; its batch headers are read when its newest timestamp is needed");
             }
         }
+        false
     }
 
     /// Saves the newest timestamp of all the segment's batches in its time
