@@ -1,8 +1,8 @@
 //! Small JSON state files that carry a CRC32C of their other fields, as
 //! `checkpoint.json` does: a digit changed by damage in one of them (a topic's
 //! `wal_floor` or `retention.ms`, a partition's log start offset, the producer id
-//! reservation) would otherwise be obeyed, losing records or handing out ids
-//! again, with nothing to tell. A file without the field (written before it
+//! reservation, a group's committed position) would otherwise be obeyed, losing
+//! records, handing out ids again or skipping records, with nothing to tell. A file without the field (written before it
 //! existed, or edited by hand with it removed) loads unchecked.
 
 use std::path::Path;
