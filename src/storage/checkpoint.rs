@@ -118,6 +118,7 @@ pub(super) fn points_of<'a>(topics: impl Iterator<Item = &'a Arc<Topic>>) -> Rec
     RecoveryPoints {
         version: 1,
         topics: topics.map(|t| (t.name.clone(), topic_points(t))).collect(),
+        crc32c: None,
     }
 }
 

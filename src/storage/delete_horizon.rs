@@ -27,6 +27,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::checked::Checked;
 use crate::error::{Error, Result};
 
 /// The history's file in a partition's directory.
@@ -65,7 +66,15 @@ pub struct History {
     /// The passes since, oldest first, their ends increasing and above
     /// `matured_below` (their times increase unless the clock was set back).
     recent: Vec<Entry>,
+    /// CRC32C of the file's other fields (see [`super::checked`]): a digit
+    /// raised by damage in `matured_below` would remove tombstones before
+    /// `delete.retention.ms`. Absent in files written before it existed
+    /// (loaded unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
 }
+
+super::checked::checked_by_field!(History);
 
 impl History {
     /// The history stored in `dir`, its offsets cut to `log_end` (the
@@ -104,7 +113,7 @@ impl History {
         let Some(raw) = crate::wal::files::read_if_exists(path)? else {
             return Ok(None);
         };
-        let h: History = serde_json::from_slice(&raw)
+        let mut h: History = serde_json::from_slice(&raw)
             .map_err(|e| Error::corrupt(path, 0, format!("does not parse: {e}")))?;
         let bad = |why: String| Err(Error::corrupt(path, 0, why));
         if h.version != 1 {
@@ -113,6 +122,8 @@ impl History {
                 h.version
             ));
         }
+        h.verify(path, &raw)?;
+        h.crc32c = None;
         let mut below = h.matured_below;
         if below < 0 {
             return bad(format!("negative offset {below}"));
@@ -132,7 +143,7 @@ impl History {
     /// I/O errors naming the file.
     pub fn store(&self, dir: &Path) -> Result<()> {
         let path = dir.join(FILE);
-        let json = serde_json::to_vec(self)
+        let json = serde_json::to_vec(&self.clone().sealed())
             .map_err(|e| Error::io("encode", &path, std::io::Error::other(e)))?;
         crate::wal::files::write_atomic(&path, &json)
     }
@@ -432,6 +443,22 @@ mod tests {
         let cut = History::load(dir.path(), 50);
         assert_eq!(cut.matured_below, 50);
         assert!(cut.recent.is_empty());
+        // A digit raised in `matured_below` (valid JSON still) fails the
+        // checksum; the file without one (an older build's) loads unchecked.
+        let raw = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(
+            raw.contains("\"matured_below\":100,") && raw.contains("\"crc32c\":"),
+            "{raw}"
+        );
+        let raised = raw.replace("\"matured_below\":100,", "\"matured_below\":190,");
+        std::fs::write(dir.path().join(FILE), raised).unwrap();
+        let e = History::read(&dir.path().join(FILE))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+        assert_eq!(History::load(dir.path(), 1_000), History::new());
+        std::fs::write(dir.path().join(FILE), serde_json::to_vec(&h).unwrap()).unwrap();
+        assert_eq!(History::load(dir.path(), 1_000), h);
         for bad in [
             &b"{"[..],
             br#"{"version":2,"matured_below":0,"recent":[]}"#,

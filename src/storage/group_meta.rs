@@ -33,7 +33,10 @@ use std::{
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::offsets::{file_name, group_files, GroupLocks};
+use super::{
+    checked::Checked,
+    offsets::{file_name, group_files, GroupLocks},
+};
 use crate::error::{Error, Result};
 
 /// The directory, inside the offsets store's, that holds the membership files.
@@ -93,13 +96,20 @@ pub struct ProtocolMeta {
     pub metadata: Bytes,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MetaFile {
     version: u32,
     group: String,
     #[serde(flatten)]
     meta: GroupMeta,
+    /// CRC32C of the file's other fields (see [`super::checked`]): a flipped
+    /// digit in the generation or a timeout would otherwise be obeyed. Absent
+    /// in files written before it existed (loaded unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
 }
+
+super::checked::checked_by_field!(MetaFile);
 
 /// Client bytes in a JSON file: standard base64 with padding.
 mod base64_bytes {
@@ -200,7 +210,9 @@ impl GroupMetaStore {
             version: VERSION,
             group: group.to_string(),
             meta: meta.clone(),
-        };
+            crc32c: None,
+        }
+        .sealed();
         let json =
             serde_json::to_vec(&file).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
         crate::wal::files::write_atomic(&path, &json)
@@ -255,6 +267,8 @@ fn read(path: &Path) -> std::result::Result<(String, GroupMeta), String> {
     if path.file_name().and_then(|n| n.to_str()) != Some(want.as_str()) {
         return Err(format!("holds group {:?}, whose file is {want}", f.group));
     }
+    f.verify(path, &raw)
+        .map_err(|e| format!("is damaged: {e}"))?;
     Ok((f.group, f.meta))
 }
 
@@ -374,6 +388,48 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["good"]
         );
+    }
+
+    /// A digit changed in a stored generation (valid JSON still) is found by
+    /// the checksum, and the group starts without membership as for a file
+    /// that does not parse; a file without a checksum (an older build's)
+    /// loads unchecked.
+    #[test]
+    fn a_changed_generation_fails_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MEMBERS_DIR);
+        let (s, _) = GroupMetaStore::open(path.clone()).unwrap();
+        s.write("g", &meta(2)).unwrap();
+        let raw = std::fs::read_to_string(s.path("g")).unwrap();
+        assert!(raw.contains("\"generation\":7,"), "{raw}");
+        assert!(raw.contains("\"crc32c\":"), "{raw}");
+        std::fs::write(
+            s.path("g"),
+            raw.replace("\"generation\":7,", "\"generation\":9,"),
+        )
+        .unwrap();
+        let unchecked = MetaFile {
+            version: VERSION,
+            group: "old".into(),
+            meta: meta(1),
+            crc32c: None,
+        };
+        std::fs::write(s.path("old"), serde_json::to_vec(&unchecked).unwrap()).unwrap();
+        drop(s);
+        let (_, loaded) = GroupMetaStore::open(path).unwrap();
+        let got: Vec<_> = loaded.iter().map(|l| l.group.clone()).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        let bad = loaded
+            .iter()
+            .find(|l| l.path.ends_with(file_name("g")))
+            .unwrap();
+        let e = bad.group.as_ref().unwrap_err();
+        assert!(e.contains("checksum mismatch"), "{e}");
+        let old = loaded
+            .iter()
+            .find(|l| l.path.ends_with(file_name("old")))
+            .unwrap();
+        assert_eq!(old.group.as_ref().unwrap(), &("old".to_string(), meta(1)));
     }
 
     /// A power loss right after a group's membership was stored or removed

@@ -182,15 +182,7 @@ struct TopicFile {
     crc32c: Option<u32>,
 }
 
-impl checked::Checked for TopicFile {
-    fn crc32c(&self) -> Option<u32> {
-        self.crc32c
-    }
-
-    fn set_crc32c(&mut self, crc: Option<u32>) {
-        self.crc32c = crc;
-    }
-}
+checked::checked_by_field!(TopicFile);
 
 /// Identity of this broker, created once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -708,7 +700,7 @@ fn load_topic(
             ),
         ));
     }
-    f.verify(&path)?;
+    f.verify(&path, &raw)?;
     if !(1..=MAX_PARTITIONS).contains(&f.partitions) {
         return Err(Error::corrupt(
             &path,

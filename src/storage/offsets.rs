@@ -56,15 +56,7 @@ struct GroupFile {
     crc32c: Option<u32>,
 }
 
-impl Checked for GroupFile {
-    fn crc32c(&self) -> Option<u32> {
-        self.crc32c
-    }
-
-    fn set_crc32c(&mut self, crc: Option<u32>) {
-        self.crc32c = crc;
-    }
-}
+super::checked::checked_by_field!(GroupFile);
 
 /// A committed position as stored, with when it was committed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,7 +307,7 @@ impl OffsetStore {
                     format!("unknown version {} (this build reads version 1)", f.version),
                 ));
             }
-            f.verify(&path)?;
+            f.verify(&path, &raw)?;
             // Files older than the field and its positions' times: the file's
             // modification time, which was the last commit's then.
             let last_commit = f

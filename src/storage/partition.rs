@@ -66,15 +66,7 @@ struct LogStartFile {
     crc32c: Option<u32>,
 }
 
-impl super::checked::Checked for LogStartFile {
-    fn crc32c(&self) -> Option<u32> {
-        self.crc32c
-    }
-
-    fn set_crc32c(&mut self, crc: Option<u32>) {
-        self.crc32c = crc;
-    }
-}
+super::checked::checked_by_field!(LogStartFile);
 
 /// The producers known when the segment starting at `base` was started, the
 /// segments before it being `older`: its snapshot; without a readable one, the
@@ -187,7 +179,7 @@ fn load_log_start(dir: &Path) -> Result<i64> {
             format!("unknown version {} (this build reads version 1)", f.version),
         ));
     }
-    f.verify(&path)?;
+    f.verify(&path, &raw)?;
     if f.log_start_offset < 0 {
         return Err(Error::corrupt(
             &path,

@@ -611,15 +611,7 @@ struct IdFile {
     crc32c: Option<u32>,
 }
 
-impl super::checked::Checked for IdFile {
-    fn crc32c(&self) -> Option<u32> {
-        self.crc32c
-    }
-
-    fn set_crc32c(&mut self, crc: Option<u32>) {
-        self.crc32c = crc;
-    }
-}
+super::checked::checked_by_field!(IdFile);
 
 /// Hands out producer ids.
 #[derive(Debug)]
@@ -651,7 +643,7 @@ impl ProducerIds {
                         format!("unknown version {} (this build reads version 1)", f.version),
                     ));
                 }
-                f.verify(&path)?;
+                f.verify(&path, &raw)?;
                 if f.reserved_below < 0 {
                     return Err(Error::corrupt(&path, 0, "negative producer id reservation"));
                 }

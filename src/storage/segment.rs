@@ -803,13 +803,21 @@ fn remove_if_present(path: &Path) -> Result<()> {
 pub const COMPACTED_FILE: &str = "compacted.json";
 
 /// [`COMPACTED_FILE`]'s contents.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct CompactedFile {
     /// Format version (1).
     version: u32,
     /// The largest base offset of a compacted copy ever put in place.
     newest_copy_base: i64,
+    /// CRC32C of the file's other fields (see [`super::checked`]): a digit
+    /// lowered by damage would let a damaged compacted copy be rebuilt from
+    /// the WAL, bringing back records the cleaner removed. Absent in files
+    /// written before it existed (loaded unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
 }
+
+super::checked::checked_by_field!(CompactedFile);
 
 /// The largest base offset of a compacted copy ever put in place in the
 /// partition directory `dir` (`None`: never): a segment based at or below it
@@ -819,7 +827,8 @@ struct CompactedFile {
 /// lowered.
 ///
 /// # Errors
-/// I/O errors naming the file; [`Error::Corrupt`] when it does not parse.
+/// I/O errors naming the file; [`Error::Corrupt`] when it does not parse,
+/// has another version or its checksum does not match.
 pub fn compacted_through(dir: &Path) -> Result<Option<i64>> {
     let path = dir.join(COMPACTED_FILE);
     let Some(raw) = crate::wal::files::read_if_exists(&path)? else {
@@ -834,6 +843,7 @@ pub fn compacted_through(dir: &Path) -> Result<Option<i64>> {
             format!("unknown {COMPACTED_FILE} version {}", f.version),
         ));
     }
+    super::checked::Checked::verify(&f, &path, &raw)?;
     Ok(Some(f.newest_copy_base))
 }
 
@@ -849,10 +859,11 @@ fn note_compacted(dir: &Path, base: i64) -> Result<()> {
         return Ok(());
     }
     let path = dir.join(COMPACTED_FILE);
-    let f = CompactedFile {
+    let f = super::checked::Checked::sealed(CompactedFile {
         version: 1,
         newest_copy_base: base,
-    };
+        crc32c: None,
+    });
     let json = serde_json::to_vec(&f).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
     crate::wal::files::write_atomic(&path, &json)
 }
@@ -2399,6 +2410,29 @@ pub(crate) mod tests {
     /// a dropped segment's handle leaves the cache at once. Before, every
     /// segment held both files for as long as it existed.
     #[cfg(target_os = "linux")]
+    /// A base offset lowered by damage in `compacted.json` (valid JSON still)
+    /// fails the checksum, which the start takes as "every segment may be a
+    /// compacted copy"; a file without one (an older build's) loads
+    /// unchecked.
+    #[test]
+    fn a_lowered_compacted_base_fails_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        note_compacted(dir.path(), 5000).unwrap();
+        note_compacted(dir.path(), 4000).unwrap();
+        assert_eq!(compacted_through(dir.path()).unwrap(), Some(5000));
+        let path = dir.path().join(COMPACTED_FILE);
+        let raw = std::fs::read_to_string(&path).unwrap();
+        assert!(raw.contains("\"crc32c\":"), "{raw}");
+        std::fs::write(&path, raw.replace("5000", "50")).unwrap();
+        let e = compacted_through(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains(COMPACTED_FILE),
+            "{e}"
+        );
+        std::fs::write(&path, br#"{"version":1,"newest_copy_base":50}"#).unwrap();
+        assert_eq!(compacted_through(dir.path()).unwrap(), Some(50));
+    }
+
     #[test]
     fn a_sealed_segment_closes_its_files_and_reads_through_a_bounded_cache() {
         let dir = tempfile::tempdir().unwrap();
