@@ -249,6 +249,15 @@ pub(crate) struct KeyMap {
 }
 
 impl KeyMap {
+    /// A map of no key ending at `end`: a pass with it judges no record at or
+    /// past `end`, and keeps every other record but for due tombstones.
+    pub(crate) fn ending_at(end: i64) -> KeyMap {
+        KeyMap {
+            end,
+            ..KeyMap::default()
+        }
+    }
+
     /// Bytes counted against the map's bound: its keys, and
     /// [`ENTRY_OVERHEAD`] for each.
     #[cfg(test)]

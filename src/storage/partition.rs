@@ -624,6 +624,16 @@ fn fsync_snapshot(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where a compaction pass starts.
+#[derive(Debug, Clone, Copy)]
+struct PassFrom {
+    /// The first offset the passes since the start did not cover.
+    cleaned: i64,
+    /// Whether the pass maps keys from `cleaned` on; otherwise it runs only
+    /// for tombstones come due, over the segments earlier passes covered.
+    map_new: bool,
+}
+
 /// A read planned under the lock, performed outside it.
 struct ReadPlan {
     log: LogHandle,
@@ -1947,12 +1957,20 @@ impl Partition {
         // for enough new bytes, so a quiet topic could keep it for ever).
         let tombstones_due = self.tombstones_due_ms.load(Ordering::Acquire) <= policy.now_ms;
         #[allow(clippy::cast_precision_loss)] // a ratio of byte counts
-        if !tombstones_due
-            && (dirty == 0 || (dirty as f64) < policy.min_cleanable_dirty_ratio * total as f64)
-        {
+        let dirty_enough =
+            dirty > 0 && (dirty as f64) >= policy.min_cleanable_dirty_ratio * total as f64;
+        if !tombstones_due && !dirty_enough {
             return Ok(CompactionStats::default());
         }
-        match self.compact_sources(&sources, cleaned, hw, policy, halt, &mut history) {
+        // A pass run only for a tombstone come due maps no new key: mapping
+        // would cover new tombstones, each due `delete.retention.ms` after
+        // this pass, so that such passes, each reading every cleanable
+        // segment, would follow one another whatever the dirty ratio.
+        let from = PassFrom {
+            cleaned,
+            map_new: dirty_enough,
+        };
+        match self.compact_sources(&sources, from, hw, policy, halt, &mut history) {
             // Retention removed a segment the pass was to read (a topic may be
             // both compacted and deleted): the next pass starts over.
             Err(e) if segment::is_gone(&e) => {
@@ -2000,13 +2018,14 @@ impl Partition {
     fn compact_sources(
         &self,
         sources: &[Source],
-        cleaned: i64,
+        from: PassFrom,
         hw: i64,
         policy: &CompactionPolicy,
         stop: &dyn Fn() -> bool,
         history: &mut delete_horizon::History,
     ) -> Result<CompactionStats> {
         let started = std::time::Instant::now();
+        let PassFrom { cleaned, map_new } = from;
         // As Kafka's cleaner: the map covers the segments from the first not
         // covered by the last pass on, as far as it holds; the pass then
         // compacts every segment from the log start to the end of the map
@@ -2016,11 +2035,17 @@ impl Partition {
         // between two batches of any step. Stopped before it copies, it
         // covers nothing, as a pass that did not run.
         let halt = || stop() || self.is_deleted();
-        let (map, mapped) =
+        let (map, mapped) = if map_new {
             match compaction::build_map(sources, first_dirty, cleaned, policy.map_bytes, &halt) {
                 Err(e) if compaction::is_stopped(&e) => return Ok(CompactionStats::default()),
                 built => built?,
-            };
+            }
+        } else {
+            // No key is mapped: the pass compacts the segments the last ones
+            // covered (any part of) again, for their due tombstones alone.
+            let covered = sources.iter().take_while(|s| s.base < cleaned).count();
+            (compaction::KeyMap::ending_at(cleaned), covered)
+        };
         let sources = &sources[..mapped];
         // The producers the partition remembers, as the pass starts: an
         // idempotent producer's batch from which every record goes stays
@@ -2177,6 +2202,15 @@ impl Partition {
                 CleanedWriter::discard(&self.dir, base);
                 return Ok(false);
             }
+        }
+        // Before the partition's lock, which the apply thread waits for (and
+        // every produce after this partition's with it): the file's write
+        // and fsyncs. Should the group then be gone, the file says more than
+        // was done, which only keeps a start from rebuilding segments from
+        // the WAL that were not compacted.
+        if let Err(e) = segment::note_compacted(&self.dir, base) {
+            CleanedWriter::discard(&self.dir, base);
+            return Err(e);
         }
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         let at = log
@@ -7017,6 +7051,48 @@ pub(crate) mod tests {
             let p = Partition::open("t", 0, pdir, 4096).unwrap();
             p.set_high_watermark(p.log_end_offset());
             check(&p);
+        }
+
+        /// A pass run only because a tombstone came due mapped the new
+        /// records too, so each new tombstone it covered came due
+        /// `delete.retention.ms` after it and forced the next pass, each
+        /// reading every cleanable segment whatever the dirty ratio (with 0
+        /// and a tombstone per cleaner round, the cleaner never rested). Such
+        /// a pass now maps nothing: it removes the due tombstone alone.
+        #[test]
+        fn a_pass_for_a_due_tombstone_maps_no_new_key() {
+            let (_dir, _, p) = fresh();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("a"), Some("old"))]);
+            put(&p, &mut model, &[(Some("a"), None)]);
+            fill(&p, &mut model, 0);
+            let pol = |now_ms: i64, ratio: f64| CompactionPolicy {
+                delete_retention_ms: 0,
+                min_cleanable_dirty_ratio: ratio,
+                ..policy(now_ms)
+            };
+            assert!(compact(&p, &pol(TS, 0.9)).records_removed > 0);
+            assert_eq!(
+                records_of(&p, b"a"),
+                vec![(1, true)],
+                "due at the next pass"
+            );
+            let covered = p.cleaned_through.load(Ordering::Acquire);
+            put(&p, &mut model, &[(Some("b"), Some("old"))]);
+            put(&p, &mut model, &[(Some("b"), None)]);
+            fill(&p, &mut model, 40);
+
+            // Too few new bytes for the ratio: the pass runs for a's tombstone.
+            let due = compact(&p, &pol(TS + 1, 0.9));
+            assert_eq!(due.records_removed, 1, "{due:?}");
+            assert!(records_of(&p, b"a").is_empty());
+            assert_eq!(records_of(&p, b"b").len(), 2, "b was not mapped");
+            assert_eq!(p.cleaned_through.load(Ordering::Acquire), covered);
+            // Nothing is due now, and still too few new bytes: no pass.
+            assert_eq!(compact(&p, &pol(TS + 1, 0.9)), CompactionStats::default());
+            // A pass for the new bytes maps b.
+            assert!(compact(&p, &pol(TS + 2, 0.0)).records_removed > 0);
+            assert_eq!(records_of(&p, b"b").len(), 1);
         }
 
         /// A lowered `delete.retention.ms` let a waiting tombstone go only at

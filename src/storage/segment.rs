@@ -854,7 +854,7 @@ pub fn compacted_through(dir: &Path) -> Result<Option<i64>> {
 /// # Errors
 /// I/O errors naming the file; a file that does not parse (never replaced
 /// by a lower offset than it may hold).
-fn note_compacted(dir: &Path, base: i64) -> Result<()> {
+pub(crate) fn note_compacted(dir: &Path, base: i64) -> Result<()> {
     if compacted_through(dir)?.is_some_and(|b| b >= base) {
         return Ok(());
     }
@@ -874,7 +874,9 @@ fn note_compacted(dir: &Path, base: i64) -> Result<()> {
 /// 0. [`COMPACTED_FILE`] is made to cover `base`, durably, so that a start
 ///    never rebuilds the copy's lost batches from the WAL (see
 ///    [`compacted_through`]); if that fails nothing else changes (the
-///    caller removes the `.cleaning` copy; a start would).
+///    caller removes the `.cleaning` copy; a start would). A caller that did
+///    this itself ([`note_compacted`], outside its partition's lock) does
+///    it again at the cost of a read.
 /// 1. The copy is renamed from `.cleaning` to `.swap` and the directory fsynced:
 ///    from then on the copy is the segment, and an open that finds it finishes
 ///    the swap ([`recover_swaps`]).
