@@ -96,6 +96,13 @@ fn main() -> ExitCode {
         report(format_args!("error: {}", from_env.name_variable(e)));
         return ExitCode::from(2);
     }
+    // An address in use stops the start before storage opens (recovery can
+    // take minutes, and creates a new data directory's WAL).
+    if let Err(e) = streamline::server::probe_listen(&config.server) {
+        tracing::error!(error = %e, "broker failed");
+        report(format_args!("error: {e}"));
+        return ExitCode::from(1);
+    }
     match runtime.block_on(run(config, security, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         // `--max-connections` judged again once storage is open.

@@ -163,12 +163,71 @@ fn max_connections_beyond_the_open_file_limit_are_refused_at_start() {
     // From its variable, the variable is named.
     let err = refused(&[("STREAMLINE_MAX_CONNECTIONS", "100000")], &[]);
     assert!(err.contains("STREAMLINE_MAX_CONNECTIONS"), "{err}");
+    // Each within its half, the two together left no descriptor for one
+    // partition: the broker served, and refused every topic.
+    let err = refused(
+        &[],
+        &["--max-connections", "40", "--segment-open-files", "40"],
+    );
+    assert!(
+        err.contains("--segment-open-files = \"40\"")
+            && err.contains("with --max-connections 40 it leaves no open file for a partition"),
+        "{err}"
+    );
 
     // Storage's files, open once it has recovered, lower what fits a little.
     let fits = (fits / 2).to_string();
     let broker = Broker::start_limited(&data, &["--max-connections", &fits], Some(OPEN_FILES));
     let mut c = connect_served(&broker.addr);
     assert!(served(&mut c));
+}
+
+/// A Kafka address in use (another broker on the port) stopped the start
+/// only after recovery, which for a new data directory had created it and
+/// preallocated its WAL; and the metrics endpoint on the Kafka listener's
+/// port was refused by its bind, after recovery too. Both stop the start
+/// before anything is created on disk now.
+#[test]
+fn a_listen_address_in_use_stops_the_start_before_storage_opens() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let start = |data: &std::path::Path, args: &[&str]| {
+        let out = broker_support::run(
+            Command::new(broker_support::broker_bin())
+                .arg("--data-dir")
+                .arg(data)
+                .args(args),
+            b"",
+            Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!data.exists(), "nothing may be created on disk: {err}");
+        (out.status.code(), err)
+    };
+    for args in [
+        vec!["--listen", addr.as_str()],
+        vec!["--listen", "127.0.0.1:0", "--metrics-listen", addr.as_str()],
+    ] {
+        let (code, err) = start(&tmp.path().join("busy"), &args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&addr) && err.contains("Address already in use"),
+            "{args:?}: {err}"
+        );
+    }
+    drop(held);
+    let (code, err) = start(
+        &tmp.path().join("same"),
+        &["--listen", &addr, "--metrics-listen", &addr],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("--metrics-listen = \"{addr}\""))
+            && err.contains("the port of --listen"),
+        "{err}"
+    );
 }
 
 /// The check before recovery counts no storage file; a data directory of many

@@ -274,7 +274,7 @@ impl Config {
             return bad(
                 "--log-retention-ms",
                 "0".into(),
-                "accepted values: -1 (forever) or 1 or more",
+                "accepted values: -1 (forever) or 1 to 9223372036854775807",
             );
         }
         for (flag, v) in [
@@ -341,6 +341,26 @@ impl Config {
                 self.server.fetch_response_memory_bytes.to_string(),
                 "accepted values: 1024 or more",
             );
+        }
+        // Two listeners on one port: the second bind would fail, after
+        // recovery.
+        if let Some(metrics) = self.server.metrics_listen {
+            let listen = self.server.listen;
+            if metrics.port() != 0
+                && metrics.port() == listen.port()
+                && (metrics.ip() == listen.ip()
+                    || metrics.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+            {
+                return bad(
+                    "--metrics-listen",
+                    metrics.to_string(),
+                    &format!(
+                        "the port of --listen {listen}: accepted values: another port (or 0 \
+                         for any free one)"
+                    ),
+                );
+            }
         }
         if self.server.sasl_authentication_timeout_ms == 0 {
             return bad(
@@ -566,7 +586,7 @@ fn parse_recovery_mode(s: &str) -> std::result::Result<RecoveryMode, String> {
 fn parse_limit_ms(s: &str) -> std::result::Result<i64, String> {
     match s.trim().parse::<i64>() {
         Ok(v) if v >= -1 => Ok(v),
-        _ => Err("accepted values: -1 (forever) or 1 or more".into()),
+        _ => Err("accepted values: -1 (forever) or 1 to 9223372036854775807".into()),
     }
 }
 
@@ -575,7 +595,12 @@ fn parse_limit_size(s: &str) -> std::result::Result<i64, String> {
     if s.trim() == "-1" {
         return Ok(-1);
     }
-    parse_size(s).and_then(|v| i64::try_from(v).map_err(|_| "too large".to_string()))
+    const ACCEPTED: &str = "accepted values: -1 (no limit), or a byte count from 0 to \
+                            9223372036854775807 such as 104857600, 64k, 100m or 1g";
+    parse_size(s)
+        .ok()
+        .and_then(|v| i64::try_from(v).ok())
+        .ok_or_else(|| ACCEPTED.to_string())
 }
 
 fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
@@ -1309,6 +1334,33 @@ mod tests {
         c.validate().expect("defaults are valid");
     }
 
+    /// The metrics endpoint on the port of the Kafka listener is refused by
+    /// the configuration's check (before, by the second bind, after
+    /// recovery); other addresses on the port, or port 0, are not.
+    #[test]
+    fn metrics_on_the_listen_port_are_refused() {
+        for (listen, metrics) in [
+            ("127.0.0.1:9092", "127.0.0.1:9092"),
+            ("0.0.0.0:9092", "127.0.0.1:9092"),
+            ("127.0.0.1:9092", "0.0.0.0:9092"),
+        ] {
+            let c = parse(&["--listen", listen, "--metrics-listen", metrics]).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("--metrics-listen") && e.contains("the port of --listen"),
+                "{e}"
+            );
+        }
+        for (listen, metrics) in [
+            ("127.0.0.1:9092", "127.0.0.2:9092"),
+            ("127.0.0.1:9092", "127.0.0.1:9093"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            let c = parse(&["--listen", listen, "--metrics-listen", metrics]).unwrap();
+            c.validate().unwrap();
+        }
+    }
+
     #[test]
     fn bad_sync_mode_names_flag_and_accepted_values() {
         let e = parse(&["--wal-sync-mode", "sometimes"]).expect_err("rejected");
@@ -1361,6 +1413,17 @@ mod tests {
         ] {
             let e = parse(&bad).expect_err("rejected");
             assert!(e.contains(bad[0]), "{e}");
+        }
+        // The accepted values stated are those the value is refused for
+        // missing: past i64, and -1 offered for a size.
+        let e = parse(&["--log-retention-ms", "9223372036854775808"]).unwrap_err();
+        assert!(e.contains("1 to 9223372036854775807"), "{e}");
+        for v in ["-5", "9223372036854775808", "9000000000g"] {
+            let e = parse(&["--log-retention-bytes", v]).unwrap_err();
+            assert!(
+                e.contains("-1 (no limit), or a byte count from 0 to 9223372036854775807"),
+                "{v}: {e}"
+            );
         }
         let e = parse(&["--log-retention-check-interval-ms", "0"])
             .unwrap()

@@ -1259,17 +1259,42 @@ pub fn check_max_connections(cfg: &crate::config::ServerConfig, limit: Option<u6
     })
 }
 
+/// Binds the Kafka listener's address and the metrics endpoint's (when set)
+/// and lets them go, so that an address in use (another broker on the port)
+/// stops the start before storage opens: recovery may take minutes, and a
+/// new data directory gets a preallocated WAL file. The binds once storage is
+/// open ([`Server::bind_with`]) may still fail, should another process take
+/// the port meanwhile.
+///
+/// # Errors
+/// The bind's error, naming the address.
+pub fn probe_listen(cfg: &crate::config::ServerConfig) -> Result<()> {
+    let bind = |what: &'static str, addr: std::net::SocketAddr| {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| Error::io(what, std::path::PathBuf::from(addr.to_string()), e))
+    };
+    let listener = bind("bind", cfg.listen)?;
+    let metrics = cfg
+        .metrics_listen
+        .map(|addr| bind("bind metrics", addr))
+        .transpose()?;
+    drop((listener, metrics));
+    Ok(())
+}
+
 /// Refuses an explicit `--segment-open-files` (in `storage`) above what the
 /// open-file limit `limit` in force can hold beside the files open now: the
 /// half of the rest that storage keeps, connections taking the other half
 /// ([`check_max_connections`]). A cache that large could hold every
 /// descriptor storage has, with connections holding theirs. Called once the
 /// limit is raised, before storage opens (nothing is touched on disk then).
-/// The default (a quarter of the limit, at most 256) is not judged.
+/// The default (a quarter of the limit, at most 256) is not judged. With an
+/// explicit `--max-connections` too, the two together must leave room for
+/// one partition's files beside storage's own.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] naming `--segment-open-files`, the limit and the
-/// largest value that fits.
+/// largest value that fits (or what the two may take together).
 pub fn check_segment_open_files(
     storage: &crate::config::StorageConfig,
     server: &crate::config::ServerConfig,
@@ -1281,7 +1306,33 @@ pub fn check_segment_open_files(
     let open = open_file_count().unwrap_or(0) + metrics_files(server);
     let fits = connection_budget(limit, open);
     if files <= fits {
-        return Ok(());
+        // Each within its half, both given may still leave no descriptor
+        // for a single partition (every create and auto-create refused).
+        let Some(connections) = server.max_connections else {
+            return Ok(());
+        };
+        let room = limit
+            .saturating_sub(open)
+            .saturating_sub(crate::storage::topic_map::RESERVED_FILES)
+            .saturating_sub(crate::storage::topic_map::FILES_PER_PARTITION);
+        let wanted = (files as u64).saturating_add(connections as u64);
+        if wanted <= room {
+            return Ok(());
+        }
+        return Err(Error::InvalidConfig {
+            field: "--segment-open-files",
+            value: files.to_string(),
+            reason: format!(
+                "with --max-connections {connections} it leaves no open file for a \
+                 partition: the limit is {limit} open files (RLIMIT_NOFILE, raised at start \
+                 to its hard limit where allowed), {open} are open (or kept for the \
+                 metrics endpoint, with --metrics-listen), {} are kept for storage's own \
+                 files and a partition takes {}; the two may take {room} together (lower \
+                 either, or raise the hard limit, e.g. ulimit -n)",
+                crate::storage::topic_map::RESERVED_FILES,
+                crate::storage::topic_map::FILES_PER_PARTITION
+            ),
+        });
     }
     Err(Error::InvalidConfig {
         field: "--segment-open-files",
