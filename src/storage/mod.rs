@@ -1080,7 +1080,10 @@ fn present<T, U>(
 /// (removed by hand, moved by a file system check, a volume not mounted),
 /// and they are its acknowledged records and its groups' positions: strict
 /// mode refuses, naming `topics/<topic>` and the ways out; tolerant mode
-/// warns once per topic, with the counts, and drops them.
+/// warns once per topic, with the counts, and drops them. Except for
+/// positions alone in a topic the recovery points (`points`, when read) do
+/// not list: builds before deletes dropped positions left them, and they are
+/// dropped with a warning.
 ///
 /// # Errors
 /// In strict mode, such a topic.
@@ -1090,6 +1093,7 @@ fn check_missing_topics(
     positions: &BTreeMap<String, usize>,
     present: impl Fn(&str) -> bool,
     trashed: &BTreeSet<String>,
+    points: Option<&RecoveryPoints>,
     mode: RecoveryMode,
 ) -> Result<()> {
     let positions = positions.iter().filter(|(name, _)| !present(name));
@@ -1110,6 +1114,20 @@ fn check_missing_topics(
                     "dropping the WAL entries after the checkpoint of a topic whose delete was interrupted"
                 );
             }
+            continue;
+        }
+        // Positions alone, in a topic the last checkpoint's recovery points
+        // do not list: it was gone by then (each checkpoint lists every
+        // topic, and commits land only in topics that exist), deleted by an
+        // older build, which left its groups' positions behind.
+        if entries == 0 && points.is_some_and(|p| !p.topics.contains_key(name)) {
+            tracing::warn!(
+                topic = %name,
+                positions,
+                "dropping the committed positions in a topic that was gone at the last checkpoint \
+                 ({} does not list it): a delete by an older build left them",
+                recovery_points::FILE
+            );
             continue;
         }
         let mut held = Vec::new();
@@ -1891,6 +1909,7 @@ impl TopicManager {
                 &positions,
                 |t| present(t, &topics, &interrupted, &set_aside_topics),
                 &trashed,
+                points.as_ref(),
                 mode,
             )?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
@@ -1968,6 +1987,7 @@ impl TopicManager {
                 &positions,
                 |t| present(t, &topics, &interrupted, &set_aside_topics),
                 &trashed,
+                points.as_ref(),
                 mode,
             )?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
@@ -7400,6 +7420,24 @@ mod tests {
             .collect()
     }
 
+    /// Creates topics `t` and `u` of one partition, commits offset 0 in `t`
+    /// for each of `groups` (and in `u` for the first), checkpoints and
+    /// stops.
+    fn stopped_with_positions_in_t_and_u(c: &Config, groups: &[&str]) {
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("u", 1).unwrap();
+        for (i, g) in groups.iter().enumerate() {
+            let mut positions = vec![position("t", 0)];
+            if i == 0 {
+                positions.push(position("u", 0));
+            }
+            m.offsets().commit(g, None, positions).unwrap();
+        }
+        m.checkpoint().unwrap();
+        m.shutdown().unwrap();
+    }
+
     /// A topic directory gone from outside (removed by hand, moved by a file
     /// system check, a volume not mounted) while the WAL holds acknowledged
     /// entries of the topic after its checkpoint: a strict start refuses,
@@ -7537,18 +7575,7 @@ mod tests {
         use crate::storage::partition::tests::logged;
         let tmp = tempfile::tempdir().unwrap();
         let c = config(tmp.path());
-        let m = TopicManager::new(c.clone()).unwrap();
-        m.create_topic("t", 1).unwrap();
-        m.create_topic("u", 1).unwrap();
-        m.offsets()
-            .commit("g", None, vec![position("t", 0), position("u", 0)])
-            .unwrap();
-        m.offsets()
-            .commit("h", None, vec![position("t", 0)])
-            .unwrap();
-        m.checkpoint().unwrap();
-        m.shutdown().unwrap();
-        drop(m);
+        stopped_with_positions_in_t_and_u(&c, &["g", "h"]);
         let dir = tmp.path().join("topics/t");
         let kept = tmp.path().join("kept-t");
         std::fs::rename(&dir, &kept).unwrap();
@@ -7586,6 +7613,46 @@ mod tests {
         m.shutdown().unwrap();
         drop(m);
         let m = TopicManager::new(c).unwrap();
+        m.shutdown().unwrap();
+    }
+
+    /// Builds before deletes dropped a topic's committed positions left them
+    /// in the groups' files; the first start of a later build refused
+    /// strictly, as for a directory lost from outside, though there was
+    /// nothing to restore. Positions alone in a topic the last checkpoint's
+    /// recovery points do not list are dropped with a warning; a topic they
+    /// list still refuses (the test above).
+    #[test]
+    fn positions_an_older_builds_delete_left_are_dropped() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        stopped_with_positions_in_t_and_u(&c, &["g"]);
+        let groups = group_files_of(tmp.path());
+        // As the older build's delete left it: the directory gone, and a
+        // checkpoint after it, whose recovery points no longer list `t`.
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert!(runtime().block_on(m.delete_topic("t")).unwrap());
+        m.shutdown().unwrap();
+        drop(m);
+        for (name, raw) in &groups {
+            std::fs::write(tmp.path().join("groups").join(name), raw).unwrap();
+        }
+        assert!(!recovery_points::load(tmp.path())
+            .unwrap()
+            .unwrap()
+            .topics
+            .contains_key("t"));
+
+        let (m, log_lines) = logged(|| TopicManager::new(c.clone()).unwrap());
+        assert!(
+            log_lines.contains("WARN")
+                && log_lines.contains("topic=t")
+                && log_lines.contains("a delete by an older build left them"),
+            "{log_lines}"
+        );
+        assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
         m.shutdown().unwrap();
     }
 
