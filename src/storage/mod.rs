@@ -1615,7 +1615,7 @@ fn check_reopened(t: &Topic, mode: RecoveryMode) -> Result<()> {
 
 /// The batches a [damaged](Partition::damaged_segments) older segment `d` of
 /// partition `partition` of `topic` lost, from WAL entries of the topic (at or
-/// above its [`Topic::wal_floor`]): those continuing it exactly from where its
+/// above its [`Topic::wal_floor`]; without one, after the checkpoint): those continuing it exactly from where its
 /// valid batches stop to the next segment's base, back to back, and how many;
 /// `None` unless the WAL holds them all.
 fn lost_batches(
@@ -1624,9 +1624,12 @@ fn lost_batches(
     partition: i32,
     d: &partition::DamagedSegment,
 ) -> Result<Option<(Vec<u8>, u64)>> {
-    let Some(floor) = topic.wal_floor else {
-        return Ok(None);
-    };
+    // A topic without a floor (created by a build before floors existed, or
+    // while the WAL was disabled) owns the entries after the checkpoint, as
+    // the replay takes them; those before may be an earlier topic's.
+    let floor = topic
+        .wal_floor
+        .unwrap_or_else(|| recovery.checkpoint.saturating_add(1));
     let mut at = d.end;
     let mut tail = Vec::new();
     let mut batches = 0u64;
@@ -5578,6 +5581,80 @@ mod tests {
             assert_eq!(got[0].base_offset, second, "the second segment reads");
             m.shutdown().unwrap();
         }
+    }
+
+    /// A topic without a `wal_floor` (an older build's, from before floors)
+    /// whose older segment lost batches the WAL holds after its checkpoint,
+    /// without recovery points (that build wrote none): every start judged
+    /// the segment lost (the search for its batches needed a floor), a strict
+    /// one refusing over batches the WAL held, a tolerant one cutting them
+    /// though the replay takes those entries as the topic's own. The batches
+    /// are rebuilt from the entries after the checkpoint now.
+    #[test]
+    fn a_topic_without_a_floor_rebuilds_an_older_segment_from_entries_after_the_checkpoint() {
+        let logs = |dir: &Path| recovery_points::repair_tests::segment_logs(dir, "t");
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let value = |i: usize| format!("a-{i}-{}", "x".repeat(200)).into_bytes();
+        let rt = two_worker_runtime();
+        rt.block_on(async {
+            for i in 0..3 {
+                produce_acked(&m, "t", &make_batch(0, &[&value(i)])).await;
+            }
+        });
+        m.checkpoint().unwrap();
+        // Restored below: the WAL's checkpoint as a crash before the next one
+        // leaves it.
+        let wal_checkpoint = tmp.path().join("wal/checkpoint.json");
+        let kept = std::fs::read(&wal_checkpoint).unwrap();
+        rt.block_on(async {
+            for i in 3..60 {
+                produce_acked(&m, "t", &make_batch(0, &[&value(i)])).await;
+            }
+        });
+        m.shutdown().unwrap();
+        drop(m);
+        std::fs::write(&wal_checkpoint, &kept).unwrap();
+        let segments = logs(tmp.path());
+        assert!(segments.len() >= 3, "{} segments", segments.len());
+        // The first segment's second-to-last batch damaged, its index gone.
+        let first = &segments[0];
+        let mut raw = std::fs::read(first).unwrap();
+        let infos = batch::validate_all(&raw).unwrap();
+        assert!(infos.len() > 5, "{} batches", infos.len());
+        let k = infos.len() - 2;
+        let pos: usize = infos[..k].iter().map(|i| i.len).sum();
+        raw[pos + infos[k].len - 1] ^= 0x40;
+        std::fs::write(first, &raw).unwrap();
+        std::fs::remove_file(first.with_extension("index")).unwrap();
+        std::fs::remove_file(tmp.path().join(recovery_points::FILE)).unwrap();
+        let path = tmp.path().join("topics/t/topic.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("crc32c");
+        assert!(o.remove("wal_floor").is_some());
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let checkpoint: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        assert!(checkpoint["sequence"].as_u64().unwrap() > 0, "{checkpoint}");
+
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 60);
+        for i in 0..60 {
+            let read = p.read(i, 1).unwrap().unwrap();
+            let got = batch::validate_all(&read.records).unwrap();
+            assert_eq!(got[0].base_offset, i);
+        }
+        assert_eq!(
+            std::fs::read(first).unwrap().len(),
+            raw.len(),
+            "rebuilt whole"
+        );
+        m.shutdown().unwrap();
     }
 
     /// Produces `batch` to partition 0 of `topic` and waits for its
