@@ -384,6 +384,24 @@ fn bad_tls_material_stops_the_start_before_anything_is_created() {
     for (args, names) in cases {
         assert_refused_at_start(&data, &args, &names);
     }
+    // A TLS setting given by its variable alone: clap's message named the
+    // missing flags as if it had been typed, never the variable.
+    broker_support::assert_refused_at_start_env(
+        &data,
+        &[],
+        &[("STREAMLINE_TLS_CLIENT_CA", s(&certs.server_cert))],
+        &format!(
+            "STREAMLINE_TLS_CLIENT_CA = {:?} (the environment variable of --tls-client-ca) \
+             needs --tls-key and --tls-cert: set them, or unset the variable",
+            s(&certs.server_cert)
+        ),
+    );
+    broker_support::assert_refused_at_start_env(
+        &data,
+        &["--tls-client-ca", s(&certs.server_cert)],
+        &[("STREAMLINE_TLS_KEY", s(&certs.server_key))],
+        "STREAMLINE_TLS_KEY",
+    );
 }
 
 /// kcat's SASL_SSL settings as alice with `password` (SCRAM-SHA-256), then `rest`.

@@ -702,12 +702,61 @@ impl FromEnv {
 
 /// For clap's error about an invalid value of a flag that was not on the command
 /// line `args`, so was read from its environment variable: a message naming the
-/// variable, the flag, the value and the accepted values.
+/// variable, the flag, the value and the accepted values. For its error about
+/// flags a TLS flag set by its variable needs: a message naming the variable.
+/// (Clap names neither.)
 fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
     use clap::{
         error::{ContextKind, ContextValue, ErrorKind},
         CommandFactory,
     };
+    let given = |flag: &str| {
+        args.iter().skip(1).any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        })
+    };
+    let cmd = Cli::command();
+    // The variable of `--<long>` and what it holds, when it is set.
+    let env_of = |long: &str| {
+        let var = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))?
+            .get_env()?
+            .to_string_lossy()
+            .into_owned();
+        let value = std::env::var_os(&var)?.to_string_lossy().into_owned();
+        Some((var, value))
+    };
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        // Flags that need others (`requires`), set by their variables only:
+        // clap names the missing flags as if they had been typed.
+        let missing: Vec<&str> = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::Strings(m)) => {
+                m.iter().filter_map(|m| m.split(' ').next()).collect()
+            }
+            _ => return None,
+        };
+        let requirers: Vec<String> = ["--tls-cert", "--tls-key", "--tls-client-ca"]
+            .into_iter()
+            .filter(|flag| !given(flag) && !missing.contains(flag))
+            .filter_map(|flag| {
+                let (var, value) = env_of(flag.strip_prefix("--")?)?;
+                Some(format!(
+                    "{var} = {value:?} (the environment variable of {flag})"
+                ))
+            })
+            .collect();
+        if requirers.is_empty() {
+            return None;
+        }
+        return Some(format!(
+            "invalid configuration: {} needs {}: set {}, or unset the variable",
+            requirers.join(" and "),
+            missing.join(" and "),
+            if missing.len() == 1 { "it" } else { "them" }
+        ));
+    }
     if !matches!(
         e.kind(),
         ErrorKind::ValueValidation | ErrorKind::InvalidValue
@@ -720,21 +769,10 @@ fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Strin
     // "--wal-backend <BACKEND>"
     let flag = arg.split(' ').next()?;
     let long = flag.strip_prefix("--")?;
-    let given = args.iter().skip(1).any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    });
-    if given {
+    if given(flag) {
         return None;
     }
-    let cmd = Cli::command();
-    let var = cmd
-        .get_arguments()
-        .find(|a| a.get_long() == Some(long))?
-        .get_env()?
-        .to_string_lossy()
-        .into_owned();
-    let value = std::env::var_os(&var)?.to_string_lossy().into_owned();
+    let (var, value) = env_of(long)?;
     let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
         (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) if !valid.is_empty() => {
             format!("accepted values: {}", valid.join(", "))
