@@ -1042,6 +1042,16 @@ fn a_segment_cache_beyond_the_open_file_limit_is_refused_at_start() {
     let data = tmp.path().join("data");
     let (broker, fits) = start_with_the_largest_cache(&data, &[]);
     assert!((1..=CACHE_OPEN_FILES / 2).contains(&fits), "{fits}");
+    // Accepted, it leaves (with the default --max-connections) no room for
+    // a partition: the start says so, naming both flags, rather than the
+    // first create.
+    let log = broker.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("leaves no room for another partition")
+            && l.contains("lower --max-connections or --segment-open-files")),
+        "{log}"
+    );
     let mut c = connect_served(&broker.addr);
     assert!(served(&mut c));
     // From its variable, the variable is named.

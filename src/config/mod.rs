@@ -346,8 +346,11 @@ impl Config {
         // recovery.
         if let Some(metrics) = self.server.metrics_listen {
             let listen = self.server.listen;
+            // Across address families only the kernel can tell (a v6
+            // wildcard may take v4 too): the bind before storage opens does.
             if metrics.port() != 0
                 && metrics.port() == listen.port()
+                && metrics.is_ipv4() == listen.is_ipv4()
                 && (metrics.ip() == listen.ip()
                     || metrics.ip().is_unspecified()
                     || listen.ip().is_unspecified())
@@ -1393,6 +1396,8 @@ mod tests {
             ("127.0.0.1:9092", "127.0.0.2:9092"),
             ("127.0.0.1:9092", "127.0.0.1:9093"),
             ("127.0.0.1:0", "127.0.0.1:0"),
+            // Both bind on Linux.
+            ("0.0.0.0:9092", "[::1]:9092"),
         ] {
             let c = parse(&["--listen", listen, "--metrics-listen", metrics]).unwrap();
             c.validate().unwrap();

@@ -446,6 +446,11 @@ impl Server {
         // ones, and the metrics endpoint's (its listener, the connections it
         // holds, the files each page it renders reads).
         storage.reserve_files_for_connections(max_connections + metrics_files(&cfg) as usize);
+        // Settings the checks before recovery accepted (a cache and
+        // connections each within its half) may still leave no room.
+        if let Err(crate::storage::CreateError::TooManyFiles(e)) = storage.check_files(1) {
+            tracing::warn!(error = %e, "the open-file limit leaves no room for another partition: every topic create and growth will be refused");
+        }
         // Membership lives beside the committed offsets (read off the runtime's
         // threads: one file per group).
         let groups = {

@@ -1125,7 +1125,8 @@ fn check_missing_topics(
                 topic = %name,
                 positions,
                 "dropping the committed positions in a topic that was gone at the last checkpoint \
-                 ({} does not list it): a delete by an older build left them",
+                 ({} does not list it): a delete by an older build left them (or the directory \
+                 of a topic created since was lost)",
                 recovery_points::FILE
             );
             continue;
@@ -1238,7 +1239,7 @@ fn rebuild_from_wal(
     short: &[Short],
     stats: &mut ReplayStats,
 ) -> Result<()> {
-    let Some(from) = short.iter().filter_map(|s| s.topic.wal_floor).min() else {
+    let Some(from) = short.iter().map(|s| floor_of(&s.topic, recovery)).min() else {
         return Ok(());
     };
     for entry in recovery.entries_from(from) {
@@ -1249,7 +1250,7 @@ fn rebuild_from_wal(
         let Some(s) = short.iter().find(|s| {
             s.topic.name == entry.topic
                 && s.partition.index() == entry.partition
-                && s.topic.wal_floor.is_some_and(|f| entry.sequence >= f)
+                && entry.sequence >= floor_of(&s.topic, recovery)
         }) else {
             continue;
         };
@@ -1613,6 +1614,16 @@ fn check_reopened(t: &Topic, mode: RecoveryMode) -> Result<()> {
     Ok(())
 }
 
+/// The first WAL sequence of `topic`'s own entries: its [`Topic::wal_floor`],
+/// or for a topic without one (created by a build before floors existed, or
+/// while the WAL was disabled) the first after the checkpoint, as the replay
+/// takes them; those before may be an earlier topic's of the same name.
+fn floor_of(topic: &Topic, recovery: &crate::wal::Recovery) -> u64 {
+    topic
+        .wal_floor
+        .unwrap_or_else(|| recovery.checkpoint.saturating_add(1))
+}
+
 /// The batches a [damaged](Partition::damaged_segments) older segment `d` of
 /// partition `partition` of `topic` lost, from WAL entries of the topic (at or
 /// above its [`Topic::wal_floor`]; without one, after the checkpoint): those continuing it exactly from where its
@@ -1624,12 +1635,7 @@ fn lost_batches(
     partition: i32,
     d: &partition::DamagedSegment,
 ) -> Result<Option<(Vec<u8>, u64)>> {
-    // A topic without a floor (created by a build before floors existed, or
-    // while the WAL was disabled) owns the entries after the checkpoint, as
-    // the replay takes them; those before may be an earlier topic's.
-    let floor = topic
-        .wal_floor
-        .unwrap_or_else(|| recovery.checkpoint.saturating_add(1));
+    let floor = floor_of(topic, recovery);
     let mut at = d.end;
     let mut tail = Vec::new();
     let mut batches = 0u64;
@@ -5596,28 +5602,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = config(tmp.path());
         c.storage.segment_bytes = 4096;
-        let m = TopicManager::new(c.clone()).unwrap();
-        m.create_topic("t", 1).unwrap();
         let value = |i: usize| format!("a-{i}-{}", "x".repeat(200)).into_bytes();
-        let rt = two_worker_runtime();
-        rt.block_on(async {
-            for i in 0..3 {
-                produce_acked(&m, "t", &make_batch(0, &[&value(i)])).await;
-            }
-        });
-        m.checkpoint().unwrap();
-        // Restored below: the WAL's checkpoint as a crash before the next one
-        // leaves it.
-        let wal_checkpoint = tmp.path().join("wal/checkpoint.json");
-        let kept = std::fs::read(&wal_checkpoint).unwrap();
-        rt.block_on(async {
-            for i in 3..60 {
-                produce_acked(&m, "t", &make_batch(0, &[&value(i)])).await;
-            }
-        });
-        m.shutdown().unwrap();
-        drop(m);
-        std::fs::write(&wal_checkpoint, &kept).unwrap();
+        stopped_as_after_a_crash_past_a_checkpoint(&c, 60, value, false);
         let segments = logs(tmp.path());
         assert!(segments.len() >= 3, "{} segments", segments.len());
         // The first segment's second-to-last batch damaged, its index gone.
@@ -5631,15 +5617,7 @@ mod tests {
         std::fs::write(first, &raw).unwrap();
         std::fs::remove_file(first.with_extension("index")).unwrap();
         std::fs::remove_file(tmp.path().join(recovery_points::FILE)).unwrap();
-        let path = tmp.path().join("topics/t/topic.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let o = v.as_object_mut().unwrap();
-        o.remove("crc32c");
-        assert!(o.remove("wal_floor").is_some());
-        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-        let checkpoint: serde_json::Value = serde_json::from_slice(&kept).unwrap();
-        assert!(checkpoint["sequence"].as_u64().unwrap() > 0, "{checkpoint}");
+        without_wal_floor(tmp.path());
 
         let m = TopicManager::new(c).unwrap();
         let p = m.partition("t", 0).unwrap();
@@ -5655,6 +5633,85 @@ mod tests {
             "rebuilt whole"
         );
         m.shutdown().unwrap();
+    }
+
+    /// The same for a partition short of its recovery point (its newest
+    /// segment cut), the WAL's checkpoint behind the points (a crash between
+    /// the two writes): the rebuild from the WAL needed a floor too, and a
+    /// strict start refused over batches the replay then restores.
+    #[test]
+    fn a_topic_without_a_floor_rebuilds_a_short_partition_from_entries_after_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        stopped_as_after_a_crash_past_a_checkpoint(&c, 10, |i| format!("v-{i}").into_bytes(), true);
+        let point = recovery_points::load(tmp.path()).unwrap().unwrap().get(
+            "t",
+            &stored_topic(tmp.path()).id,
+            0,
+        );
+        assert_eq!(point, Some(10));
+        // The segment cut after its fifth batch, its index gone.
+        let log = recovery_points::repair_tests::segment_logs(tmp.path(), "t")[0].clone();
+        let raw = std::fs::read(&log).unwrap();
+        let infos = batch::validate_all(&raw).unwrap();
+        let keep: usize = infos[..5].iter().map(|i| i.len).sum();
+        std::fs::write(&log, &raw[..keep]).unwrap();
+        std::fs::remove_file(log.with_extension("index")).unwrap();
+        without_wal_floor(tmp.path());
+
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 10);
+        assert!(p.read(0, 1 << 20).unwrap().unwrap().records[..] == raw[..]);
+        m.shutdown().unwrap();
+    }
+
+    /// Creates topic `t` of one partition, produces `n` one-record batches
+    /// (of `value(i)`) with a checkpoint after the third, checkpoints again
+    /// at the end when `points_at_end` (the recovery points then cover every
+    /// batch), stops, and puts the WAL's checkpoint back as the first left
+    /// it: as a crash before the WAL's next checkpoint leaves the directory.
+    fn stopped_as_after_a_crash_past_a_checkpoint(
+        c: &Config,
+        n: usize,
+        value: impl Fn(usize) -> Vec<u8>,
+        points_at_end: bool,
+    ) {
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let rt = two_worker_runtime();
+        let produce_values = |range: std::ops::Range<usize>| {
+            rt.block_on(async {
+                for i in range {
+                    produce_acked(&m, "t", &make_batch(0, &[&value(i)])).await;
+                }
+            });
+        };
+        produce_values(0..3);
+        m.checkpoint().unwrap();
+        let wal_checkpoint = c.storage.data_dir.join("wal/checkpoint.json");
+        let kept = std::fs::read(&wal_checkpoint).unwrap();
+        let sequence: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        assert!(sequence["sequence"].as_u64().unwrap() > 0, "{sequence}");
+        produce_values(3..n);
+        if points_at_end {
+            m.checkpoint().unwrap();
+        }
+        m.shutdown().unwrap();
+        drop(m);
+        std::fs::write(&wal_checkpoint, &kept).unwrap();
+    }
+
+    /// Removes `wal_floor` (and the checksum) from topic `t`'s `topic.json`
+    /// in `data`, as a build before floors wrote it.
+    fn without_wal_floor(data: &Path) {
+        let path = data.join("topics/t/topic.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("crc32c");
+        assert!(o.remove("wal_floor").is_some());
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
     }
 
     /// Produces `batch` to partition 0 of `topic` and waits for its

@@ -2208,7 +2208,13 @@ impl Partition {
         // and fsyncs. Should the group then be gone, the file says more than
         // was done, which only keeps a start from rebuilding segments from
         // the WAL that were not compacted.
-        if let Err(e) = segment::note_compacted(&self.dir, base) {
+        let newest = self
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .map_or(base, Segment::base_offset);
+        if let Err(e) = segment::note_compacted(&self.dir, base, newest) {
             CleanedWriter::discard(&self.dir, base);
             return Err(e);
         }
@@ -7093,6 +7099,40 @@ pub(crate) mod tests {
             // A pass for the new bytes maps b.
             assert!(compact(&p, &pol(TS + 2, 0.0)).records_removed > 0);
             assert_eq!(records_of(&p, b"b").len(), 1);
+        }
+
+        /// A damaged `compacted.json` (now mostly found by its checksum)
+        /// failed every pass at the swap, which marked the partition
+        /// uncleanable; nothing mended the file, so after every restart the
+        /// first pass wrote a copy and failed again, and the topic grew for
+        /// good. The swap now replaces it with one covering every segment,
+        /// the cautious reading a start makes of the damaged one.
+        #[test]
+        fn a_damaged_compacted_file_is_replaced_by_one_covering_every_segment() {
+            let (_dir, pdir, p) = fresh();
+            let mut model = Model::new();
+            put(&p, &mut model, &[(Some("a"), Some("old"))]);
+            fill(&p, &mut model, 0);
+            put(&p, &mut model, &[(Some("a"), Some("new"))]);
+            fill(&p, &mut model, 40);
+            assert!(compact(&p, &policy(TS)).records_removed > 0);
+            let file = pdir.join(segment::COMPACTED_FILE);
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            v["crc32c"] = (v["crc32c"].as_u64().unwrap() ^ 1).into();
+            std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+            assert!(segment::compacted_through(&pdir).is_err());
+
+            put(&p, &mut model, &[(Some("a"), Some("newer"))]);
+            fill(&p, &mut model, 80);
+            let stats = p.compact(&policy(TS + 1), &AtomicBool::new(false));
+            assert!(
+                stats.as_ref().is_ok_and(|s| s.records_removed > 0),
+                "{stats:?}"
+            );
+            assert!(p.uncleanable().is_none());
+            let newest = *segment_bases(&p).last().unwrap();
+            assert_eq!(segment::compacted_through(&pdir).unwrap(), Some(newest));
         }
 
         /// A lowered `delete.retention.ms` let a waiting tombstone go only at

@@ -849,19 +849,30 @@ pub fn compacted_through(dir: &Path) -> Result<Option<i64>> {
 
 /// Records durably in `dir` (atomic replace, directory fsync) that a
 /// compacted copy based at `base` is about to be put in place, unless
-/// [`COMPACTED_FILE`] already covers it.
+/// [`COMPACTED_FILE`] already covers it. A damaged file (one that does not
+/// parse or check) is replaced by one covering `ceiling` too, the base of
+/// the partition's newest segment: no copy was ever put in place above it.
 ///
 /// # Errors
-/// I/O errors naming the file; a file that does not parse (never replaced
-/// by a lower offset than it may hold).
-pub(crate) fn note_compacted(dir: &Path, base: i64) -> Result<()> {
-    if compacted_through(dir)?.is_some_and(|b| b >= base) {
-        return Ok(());
-    }
+/// I/O errors naming the file.
+pub(crate) fn note_compacted(dir: &Path, base: i64, ceiling: i64) -> Result<()> {
     let path = dir.join(COMPACTED_FILE);
+    let newest_copy_base = match compacted_through(dir) {
+        Ok(Some(b)) if b >= base => return Ok(()),
+        Ok(_) => base,
+        // Damaged (or a later build's): what it held is unknown, so the new
+        // file covers every segment there is, which a start takes as it
+        // takes the damaged file. Left as it was, every pass would fail here
+        // for as long as the broker ran, and after every restart.
+        Err(e @ Error::Corrupt { .. }) => {
+            tracing::warn!(file = %path.display(), error = %e, "replacing a damaged compacted.json with one covering every segment of the partition");
+            base.max(ceiling)
+        }
+        Err(e) => return Err(e),
+    };
     let f = super::checked::Checked::sealed(CompactedFile {
         version: 1,
-        newest_copy_base: base,
+        newest_copy_base,
         crc32c: None,
     });
     let json = serde_json::to_vec(&f).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
@@ -890,7 +901,7 @@ pub(crate) fn note_compacted(dir: &Path, base: i64) -> Result<()> {
 /// # Errors
 /// I/O errors naming the file.
 pub fn install_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
-    note_compacted(dir, base)?;
+    note_compacted(dir, base, base)?;
     let (cleaning_log, cleaning_index) = cleaning_names(base);
     let (swap_log, swap_index) = swap_names(base);
     let cleaning_time_index = dir.join(cleaning_time_index_name(base));
@@ -2403,15 +2414,6 @@ pub(crate) mod tests {
             .count()
     }
 
-    /// A sealed segment holds no file once synced: one sealed with changes not
-    /// yet synced keeps both until its sync job, which takes them over and
-    /// closes them when done (so the fsync of a sealed segment is never
-    /// skipped). Reads open a sealed log through the cache, which keeps at
-    /// most its capacity open and closes the least recently used first; a
-    /// handle taken before its eviction still reads, and closes when dropped;
-    /// a dropped segment's handle leaves the cache at once. Before, every
-    /// segment held both files for as long as it existed.
-    #[cfg(target_os = "linux")]
     /// A base offset lowered by damage in `compacted.json` (valid JSON still)
     /// fails the checksum, which the start takes as "every segment may be a
     /// compacted copy"; a file without one (an older build's) loads
@@ -2419,8 +2421,8 @@ pub(crate) mod tests {
     #[test]
     fn a_lowered_compacted_base_fails_its_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        note_compacted(dir.path(), 5000).unwrap();
-        note_compacted(dir.path(), 4000).unwrap();
+        note_compacted(dir.path(), 5000, 5000).unwrap();
+        note_compacted(dir.path(), 4000, 9000).unwrap();
         assert_eq!(compacted_through(dir.path()).unwrap(), Some(5000));
         let path = dir.path().join(COMPACTED_FILE);
         let raw = std::fs::read_to_string(&path).unwrap();
@@ -2435,6 +2437,15 @@ pub(crate) mod tests {
         assert_eq!(compacted_through(dir.path()).unwrap(), Some(50));
     }
 
+    /// A sealed segment holds no file once synced: one sealed with changes not
+    /// yet synced keeps both until its sync job, which takes them over and
+    /// closes them when done (so the fsync of a sealed segment is never
+    /// skipped). Reads open a sealed log through the cache, which keeps at
+    /// most its capacity open and closes the least recently used first; a
+    /// handle taken before its eviction still reads, and closes when dropped;
+    /// a dropped segment's handle leaves the cache at once. Before, every
+    /// segment held both files for as long as it existed.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_sealed_segment_closes_its_files_and_reads_through_a_bounded_cache() {
         let dir = tempfile::tempdir().unwrap();

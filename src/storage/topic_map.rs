@@ -184,7 +184,8 @@ impl std::fmt::Display for OverBudget {
              less {} for connections (--max-connections, and the metrics endpoint's with \
              --metrics-listen), {} for sealed segments' read \
              handles (--segment-open-files) and {RESERVED_FILES} for the WAL, checkpoints \
-             and segment rolls; raise the limit (ulimit -n) or lower --max-connections",
+             and segment rolls; raise the limit (ulimit -n) or lower --max-connections or \
+             --segment-open-files",
             self.new,
             self.open + self.new,
             self.most(),
