@@ -268,7 +268,7 @@ fn read(path: &Path) -> std::result::Result<(String, GroupMeta), String> {
         return Err(format!("holds group {:?}, whose file is {want}", f.group));
     }
     f.verify(path, &raw)
-        .map_err(|e| format!("is damaged: {e}"))?;
+        .map_err(|e| format!("does not check: {e}"))?;
     Ok((f.group, f.meta))
 }
 
