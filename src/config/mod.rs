@@ -24,6 +24,12 @@ pub struct Config {
     pub wal: WalSettings,
     /// Consumer-group coordinator settings.
     pub groups: GroupConfig,
+    /// The flags (`--segment-bytes`, ...) given on the command line or by
+    /// their variables: DescribeConfigs reports their settings as set
+    /// (`STATIC_BROKER_CONFIG`) even when the value is the default's, as
+    /// Kafka reports what `server.properties` sets. Empty for a
+    /// configuration built in code.
+    pub given: std::collections::BTreeSet<String>,
 }
 
 /// Network settings.
@@ -216,6 +222,7 @@ impl Default for Config {
                 },
             },
             groups: GroupConfig::default(),
+            given: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -1113,6 +1120,11 @@ pub struct Cli {
     /// or by their variables (filled by [`Cli::try_parse_args`]).
     #[arg(skip)]
     pub wal_sync_given: Vec<&'static str>,
+
+    /// Every flag given on the command line or by its variable (filled by
+    /// [`Cli::try_parse_args`]; empty otherwise), for [`Config::given`].
+    #[arg(skip)]
+    pub given: std::collections::BTreeSet<String>,
 }
 
 impl Cli {
@@ -1153,6 +1165,19 @@ impl Cli {
         let matches = cmd.clone().try_get_matches_from(args)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
         cli.from_env = FromEnv::of(&cmd, &matches);
+        cli.given = cmd
+            .get_arguments()
+            .filter(|a| {
+                matches!(
+                    matches.value_source(a.get_id().as_str()),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                )
+            })
+            .filter_map(|a| Some(format!("--{}", a.get_long()?)))
+            .collect();
         cli.wal_sync_given = [
             ("wal_sync_mode", "--wal-sync-mode"),
             ("wal_sync_ms", "--wal-sync-ms"),
@@ -1345,6 +1370,7 @@ impl Cli {
                     .unwrap_or(usize::MAX),
                 initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms,
             },
+            given: self.given,
         }
     }
 }
@@ -1825,6 +1851,28 @@ mod tests {
         assert_eq!(
             cli.into_valid_config().unwrap().wal.engine.sync_mode,
             SyncMode::EveryWrite
+        );
+    }
+
+    /// The flags given on the command line reach the configuration (for
+    /// DescribeConfigs' sources), whatever their values.
+    #[test]
+    fn given_flags_are_noted() {
+        let cli = Cli::try_parse_args([
+            "streamline",
+            "--segment-bytes",
+            "256m",
+            "--listen=127.0.0.1:0",
+        ])
+        .unwrap();
+        let c = cli.into_valid_config().unwrap();
+        assert_eq!(
+            c.given.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["--listen", "--segment-bytes"]
+        );
+        assert_eq!(
+            c.storage.segment_bytes,
+            Config::default().storage.segment_bytes
         );
     }
 

@@ -97,6 +97,54 @@ fn broker_synonym(name: &'static str) -> &'static str {
     }
 }
 
+/// The flags that set the broker-level setting `name` (the `setting`s
+/// below).
+fn flags_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "auto.create.topics.enable" => &["--auto-create-topics"],
+        "connection.failed.authentication.delay.ms" => {
+            &["--connection-failed-authentication-delay-ms"]
+        }
+        "connections.max.idle.ms" => &["--connections-max-idle-ms"],
+        "fetch.max.bytes" => &["--fetch-max-bytes"],
+        "group.initial.rebalance.delay.ms" => &["--group-initial-rebalance-delay-ms"],
+        "group.max.session.timeout.ms" => &["--group-max-session-timeout-ms"],
+        "group.min.session.timeout.ms" => &["--group-min-session-timeout-ms"],
+        "log.dirs" => &["--data-dir"],
+        "log.cleaner.backoff.ms" => &["--log-cleaner-backoff-ms"],
+        "log.cleaner.dedupe.buffer.size" => &["--log-cleaner-dedupe-buffer-size"],
+        "log.retention.bytes" => &["--log-retention-bytes"],
+        "log.retention.check.interval.ms" => &["--log-retention-check-interval-ms"],
+        "log.retention.ms" => &["--log-retention-ms"],
+        "log.roll.ms" => &["--log-roll-ms"],
+        "log.segment.bytes" => &["--segment-bytes"],
+        "message.max.bytes" => &[
+            "--max-request-bytes",
+            "--wal-max-file-size",
+            "--wal-enabled",
+        ],
+        "num.partitions" => &["--default-partitions"],
+        "offset.metadata.max.bytes" => &["--offset-metadata-max-bytes"],
+        "socket.request.max.bytes" => &["--max-request-bytes"],
+        "streamline.fetch.response.memory.bytes" => &["--fetch-response-memory-bytes"],
+        _ => &[],
+    }
+}
+
+/// Marks as set (`STATIC_BROKER_CONFIG`) the entries whose flags were given
+/// (`Config::given`), whatever their value: as Kafka reports a setting in
+/// `server.properties` equal to its default.
+fn mark_given(entries: &mut [Entry], given: &std::collections::BTreeSet<String>) {
+    for e in entries {
+        if flags_of(broker_synonym(e.name))
+            .iter()
+            .any(|f| given.contains(*f))
+        {
+            e.source = STATIC_BROKER_CONFIG;
+        }
+    }
+}
+
 /// A setting whose default is `default`: `DEFAULT_CONFIG` unless it differs.
 fn setting<T: PartialEq + ToString>(name: &'static str, value: T, default: T, kind: i8) -> Entry {
     let is_default = value == default;
@@ -194,6 +242,7 @@ fn topic_entries(ctx: &Ctx, overrides: &TopicConfig) -> Vec<Entry> {
         ),
         setting("segment.ms", s.roll_ms, d.storage.roll_ms, LONG),
     ];
+    mark_given(&mut entries, &c.given);
     for e in &mut entries {
         e.broker = Some((broker_synonym(e.name), e.value.clone(), e.source));
         if let Some(v) = overrides.get(e.name) {
@@ -249,7 +298,7 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
     let (s, ds) = (&c.storage, &d.storage);
     let (g, dg) = (&c.groups, &d.groups);
     let (v, dv) = (&c.server, &d.server);
-    vec![
+    let mut entries = vec![
         setting(
             "auto.create.topics.enable",
             s.auto_create_topics,
@@ -362,7 +411,9 @@ fn broker_entries(ctx: &Ctx) -> Vec<Entry> {
             dv.fetch_response_memory_bytes,
             LONG,
         ),
-    ]
+    ];
+    mark_given(&mut entries, &c.given);
+    entries
 }
 
 fn result(resource_type: i8, name: StrBytes) -> DescribeConfigsResult {
@@ -919,6 +970,42 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), entries.len(), "each name once");
+
+        // A flag given with the default's value is set all the same, as
+        // Kafka reports a `server.properties` line equal to the default;
+        // before, the value alone decided.
+        let given = Config {
+            given: ["--segment-bytes", "--max-request-bytes"]
+                .map(String::from)
+                .into(),
+            ..Config::default()
+        };
+        let dir3 = tempfile::tempdir().unwrap();
+        let ctx3 = crate::server::tests::ctx_with(dir3.path(), given).await;
+        let broker = broker_entries(&ctx3);
+        for name in [
+            "log.segment.bytes",
+            "socket.request.max.bytes",
+            "message.max.bytes",
+        ] {
+            let e = broker.iter().find(|e| e.name == name).unwrap();
+            assert_eq!(e.source, STATIC_BROKER_CONFIG, "{name}");
+        }
+        assert_eq!(
+            broker
+                .iter()
+                .find(|e| e.name == "log.roll.ms")
+                .unwrap()
+                .source,
+            DEFAULT_CONFIG
+        );
+        let topic = topic_entries(&ctx3, &TopicConfig::default());
+        let segment = topic.iter().find(|e| e.name == "segment.bytes").unwrap();
+        assert_eq!(segment.source, STATIC_BROKER_CONFIG);
+        assert_eq!(
+            segment.broker.as_ref().map(|b| b.2),
+            Some(STATIC_BROKER_CONFIG)
+        );
     }
 
     /// A synonym as the test below reads it: name, value, source.
