@@ -747,24 +747,50 @@ fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Strin
             }
             _ => return None,
         };
-        let requirers: Vec<String> = ["--tls-cert", "--tls-key", "--tls-client-ca"]
-            .into_iter()
-            .filter(|flag| !given(flag) && !missing.contains(flag))
-            .filter_map(|flag| {
+        // What each needs, directly or through the flag it needs.
+        const NEEDS: [(&str, &[&str]); 3] = [
+            ("--tls-cert", &["--tls-key"]),
+            ("--tls-key", &["--tls-cert"]),
+            ("--tls-client-ca", &["--tls-cert", "--tls-key"]),
+        ];
+        let wants = |needs: &[&str]| missing.iter().any(|m| needs.contains(m));
+        // A typed flag that needs a missing one: clap's message is right.
+        if NEEDS
+            .iter()
+            .any(|(flag, needs)| given(flag) && wants(needs))
+        {
+            return None;
+        }
+        let mut explained = Vec::new();
+        let requirers: Vec<String> = NEEDS
+            .iter()
+            .filter(|(flag, needs)| !given(flag) && !missing.contains(flag) && wants(needs))
+            .filter_map(|(flag, needs)| {
                 let (var, value) = env_of(flag.strip_prefix("--")?)?;
+                let wanted: Vec<&str> = missing
+                    .iter()
+                    .copied()
+                    .filter(|m| needs.contains(m))
+                    .collect();
+                explained.extend_from_slice(&wanted);
                 Some(format!(
-                    "{var} = {value:?} (the environment variable of {flag})"
+                    "{var} = {value:?} (the environment variable of {flag}) needs {}",
+                    wanted.join(" and ")
                 ))
             })
             .collect();
-        if requirers.is_empty() {
+        if requirers.is_empty() || missing.iter().any(|m| !explained.contains(m)) {
             return None;
         }
         return Some(format!(
-            "invalid configuration: {} needs {}: set {}, or unset the variable",
-            requirers.join(" and "),
-            missing.join(" and "),
-            if missing.len() == 1 { "it" } else { "them" }
+            "invalid configuration: {}: set {}, or unset {}",
+            requirers.join("; "),
+            if missing.len() == 1 { "it" } else { "them" },
+            if requirers.len() == 1 {
+                "the variable"
+            } else {
+                "the variables"
+            }
         ));
     }
     if !matches!(

@@ -1281,7 +1281,17 @@ pub fn probe_listen(cfg: &crate::config::ServerConfig) -> Result<()> {
     let listener = bind("bind", cfg.listen)?;
     let metrics = cfg
         .metrics_listen
-        .map(|addr| bind("bind metrics", addr))
+        .map(|addr| {
+            // The configuration's check leaves pairs of different families
+            // to the kernel: a v6 wildcard may hold the v4 port too.
+            let what = if addr.port() == cfg.listen.port() {
+                "bind metrics (on the port of --listen, whose address may hold it for both \
+                 IPv4 and IPv6)"
+            } else {
+                "bind metrics"
+            };
+            bind(what, addr)
+        })
         .transpose()?;
     drop((listener, metrics));
     Ok(())
