@@ -24,6 +24,7 @@ use streamline::{
 static ALLOCATOR: streamline::huge_alloc::HugeAllocGuard = streamline::huge_alloc::HugeAllocGuard;
 
 fn main() -> ExitCode {
+    streamline::server::note_process_start();
     let cli = Cli::parse_or_exit();
     let from_env = cli.from_env.clone();
     let ignored = cli.ignored_settings();

@@ -11,6 +11,7 @@
 //! requests waiting up to 5 s for their turn (then 503).
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     net::SocketAddr,
     sync::{
@@ -78,6 +79,16 @@ struct ApiCounters {
     duration_us: AtomicU64,
 }
 
+/// When the process started, as noted by [`note_process_start`] (or when the
+/// first [`Metrics`] was made, in a program that never noted it).
+static PROCESS_START: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+
+/// Notes now as the process's start, for `process_start_time_seconds`: call it
+/// first in `main`, before recovery, which can take minutes.
+pub fn note_process_start() {
+    PROCESS_START.get_or_init(SystemTime::now);
+}
+
 /// The broker's counters, shared by every connection.
 pub(crate) struct Metrics {
     started: SystemTime,
@@ -121,7 +132,7 @@ impl Drop for Running<'_> {
 impl Metrics {
     pub(crate) fn new() -> Metrics {
         Metrics {
-            started: SystemTime::now(),
+            started: *PROCESS_START.get_or_init(SystemTime::now),
             apis: supported_apis()
                 .into_iter()
                 .map(|(key, _, _)| ApiCounters {
@@ -297,6 +308,8 @@ fn escape(v: &str) -> String {
 
 /// The first 8 bytes of the SHA-256 of `v`, in hex: a cut label's suffix.
 fn label_hash(v: &str) -> String {
+    #[cfg(test)]
+    tests::HASHED.with(|h| h.set(h.get() + v.len()));
     let d = ring::digest::digest(&ring::digest::SHA256, v.as_bytes());
     d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -310,6 +323,19 @@ impl Page {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let escaped: Vec<(&str, String)> = labels.iter().map(|&(k, v)| (k, escape(v))).collect();
+        let escaped: Vec<(&str, &str)> = escaped.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.sample_escaped(name, &escaped, value);
+    }
+
+    /// [`Self::sample`] with label values already passed through [`escape`]
+    /// (a value used by many series is escaped, and hashed when cut, once).
+    fn sample_escaped(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -317,7 +343,7 @@ impl Page {
                 if i > 0 {
                     self.0.push(',');
                 }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+                let _ = write!(self.0, "{k}=\"{v}\"");
             }
             self.0.push('}');
         }
@@ -354,7 +380,7 @@ pub(crate) fn render(ctx: &Ctx) -> String {
     p.single(
         "process_start_time_seconds",
         "gauge",
-        "When the broker started, in seconds since the Unix epoch.",
+        "When the broker process started (before recovery), in seconds since the Unix epoch.",
         started,
     );
     process_metrics(&mut p);
@@ -600,7 +626,7 @@ fn storage_metrics(ctx: &Ctx, p: &mut Page) {
         "streamline_storage_failed",
         "gauge",
         "1 once a WAL or segment write failed: produces are refused until a restart.",
-        u8::from(storage.failure().is_some()),
+        u8::from(storage.failed_why().is_some()),
     );
     let topics = storage.topics();
     p.single("streamline_topics", "gauge", "Topics.", topics.len());
@@ -711,11 +737,17 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
         "gauge",
         "The next offset each group will consume, as last committed.",
     );
-    let mut lags = Vec::new();
+    // Each group's and topic's label is escaped (and, when cut, hashed) once;
+    // a lag row names them by index, so a long id is held once however many
+    // series it labels.
+    let mut labels: Vec<String> = Vec::new();
+    let mut topic_labels: HashMap<String, usize> = HashMap::new();
+    let mut lags: Vec<(usize, usize, i32, i64)> = Vec::new();
     let (mut positions, mut omitted_positions, mut omitted_lags) = (0usize, 0usize, 0usize);
     for g in &stored {
         let mut committed = offsets.fetch_all(&g.group);
         committed.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let mut group_label = None;
         for c in committed {
             let part = ctx.storage.partition(&c.topic, c.partition);
             if positions == MAX_GROUP_SERIES {
@@ -724,28 +756,48 @@ fn group_metrics(ctx: &Ctx, p: &mut Page) {
                 continue;
             }
             positions += 1;
+            let group = *group_label.get_or_insert_with(|| {
+                labels.push(escape(&g.group));
+                labels.len() - 1
+            });
+            let topic = match topic_labels.get(&c.topic) {
+                Some(&i) => i,
+                None => {
+                    labels.push(escape(&c.topic));
+                    topic_labels.insert(c.topic.clone(), labels.len() - 1);
+                    labels.len() - 1
+                }
+            };
             let partition = c.partition.to_string();
-            let labels = [
-                ("group", g.group.as_str()),
-                ("topic", c.topic.as_str()),
-                ("partition", partition.as_str()),
-            ];
-            p.sample("streamline_group_committed_offset", &labels, c.offset);
+            p.sample_escaped(
+                "streamline_group_committed_offset",
+                &[
+                    ("group", &labels[group]),
+                    ("topic", &labels[topic]),
+                    ("partition", &partition),
+                ],
+                c.offset,
+            );
             if let Some(part) = part {
                 let lag = (part.high_watermark() - c.offset.max(part.log_start_offset())).max(0);
-                lags.push((g.group.clone(), c.topic.clone(), partition, lag));
+                lags.push((group, topic, c.partition, lag));
             }
         }
     }
+    drop(topic_labels);
     p.family(
         "streamline_group_lag",
         "gauge",
         "Records between each group's committed offset (or the log start, if later) and the high watermark.",
     );
-    for (group, topic, partition, lag) in &lags {
-        p.sample(
+    for &(group, topic, partition, lag) in &lags {
+        p.sample_escaped(
             "streamline_group_lag",
-            &[("group", group), ("topic", topic), ("partition", partition)],
+            &[
+                ("group", &labels[group]),
+                ("topic", &labels[topic]),
+                ("partition", &partition.to_string()),
+            ],
             lag,
         );
     }
@@ -862,12 +914,17 @@ async fn answer(
     } else {
         ""
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
+    // Header and body are written apart, so the page is not copied again;
+    // without Nagle's wait the body's last segment does not wait for the
+    // header's acknowledgement.
+    let _ = stream.set_nodelay(true);
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     );
     let write = async {
-        stream.write_all(response.as_bytes()).await?;
+        stream.write_all(header.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
         stream.shutdown().await
     };
     let written = tokio::time::timeout(WRITE_TIMEOUT, write)
@@ -957,6 +1014,92 @@ mod tests {
             escape(&"g".repeat(KEPT_LABEL_BYTES)),
             "g".repeat(KEPT_LABEL_BYTES)
         );
+    }
+
+    /// A timed `interval` fdatasync that fails on a quiet broker fails the
+    /// WAL before any produce meets it: the gauge read only the failure a
+    /// produce or segment write records, and stayed 0 while DescribeLogDirs
+    /// already answered KAFKA_STORAGE_ERROR.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn storage_failed_counts_a_wal_failure_no_produce_met() {
+        let fs = crate::file_at::FailingFs::mount();
+        let mut c = crate::config::Config::default();
+        // `pwrite` and `fdatasync`, which FailingFs fails.
+        c.wal.engine.backend = crate::wal::BackendKind::Std;
+        c.wal.engine.direct_io = Some(false);
+        let ctx = crate::server::tests::ctx_with(&fs.path().join("data"), c).await;
+        let failed = "streamline_storage_failed 0";
+        assert!(page(&ctx).await.lines().any(|l| l == failed), "{failed}");
+        fs.fail_fsyncs(Some(libc::EIO));
+        let wal = ctx.storage.wal().unwrap().clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            wal.append("elsewhere", 0, bytes::Bytes::from_static(b"x"))
+                .wait()?;
+            wal.sync().wait()
+        })
+        .await
+        .unwrap();
+        fs.fail_fsyncs(None);
+        assert!(synced.is_err(), "{synced:?}");
+        assert!(ctx.storage.failure().is_none(), "no produce met it");
+        let page = page(&ctx).await;
+        assert!(
+            page.lines().any(|l| l == "streamline_storage_failed 1"),
+            "{}",
+            page.lines()
+                .find(|l| l.starts_with("streamline_storage_failed"))
+                .unwrap_or("no line")
+        );
+    }
+
+    /// `process_start_time_seconds` was when serving began, after recovery:
+    /// after a 5-minute replay the uptime read 5 minutes short. It is the
+    /// moment `main` noted.
+    #[test]
+    fn the_start_time_is_the_moment_noted_before_recovery() {
+        note_process_start();
+        let noted = *PROCESS_START.get().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let m = Metrics::new();
+        assert_eq!(m.started, noted);
+        assert!(noted < SystemTime::now() - Duration::from_millis(15));
+    }
+
+    thread_local! {
+        /// Bytes [`label_hash`] hashed on this thread.
+        pub(super) static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Each long group id was copied into every lag row and escaped (hashed)
+    /// once per series: 100 groups of 32 KB ids over 100 partitions made a
+    /// render hold ~312 MiB and take ~0.6 s. Each id is hashed once a page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_group_id_is_hashed_once_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 20).unwrap();
+        let groups: Vec<String> = (0..3)
+            .map(|g| format!("{}{g}", "g".repeat(32_000)))
+            .collect();
+        for group in &groups {
+            let positions = (0..20).map(|p| position("t", p, 0)).collect();
+            ctx.storage
+                .offsets()
+                .commit(group, None, positions)
+                .unwrap();
+        }
+        HASHED.with(|h| h.set(0));
+        let page = render(&ctx);
+        let hashed = HASHED.with(std::cell::Cell::get);
+        assert_eq!(
+            page.lines()
+                .filter(|l| l.starts_with("streamline_group_lag{"))
+                .count(),
+            60
+        );
+        let ids: usize = groups.iter().map(String::len).sum();
+        assert_eq!(hashed, ids, "hashed {hashed} bytes for {ids} bytes of ids");
     }
 
     /// Committed positions for partitions by the thousand made the page grow

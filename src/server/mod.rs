@@ -21,6 +21,7 @@ pub mod groups;
 mod handlers;
 pub mod listed;
 mod metrics;
+pub use metrics::note_process_start;
 pub mod sasl;
 pub mod tls;
 

@@ -888,6 +888,18 @@ impl Budget {
         bytes: usize,
         deadline: Option<std::time::Instant>,
     ) -> Option<Reservation<'_>> {
+        self.reserve_counting(bytes, deadline, &mut false)
+    }
+
+    /// [`Self::reserve`] for one of a decompression's asks: a wait is counted
+    /// only while `waited` is false, and sets it, so a decompression that asks
+    /// again with more room counts as one wait.
+    fn reserve_counting(
+        &self,
+        bytes: usize,
+        deadline: Option<std::time::Instant>,
+        counted: &mut bool,
+    ) -> Option<Reservation<'_>> {
         let bytes = bytes.min(self.capacity);
         #[cfg(debug_assertions)]
         assert!(
@@ -902,7 +914,10 @@ impl Budget {
             while st.serving != ticket || st.in_use + bytes > self.capacity {
                 if !waited {
                     waited = true;
-                    st.waits += 1;
+                    if !*counted {
+                        *counted = true;
+                        st.waits += 1;
+                    }
                 }
                 let Some(deadline) = deadline else {
                     st = self
@@ -1343,8 +1358,10 @@ fn streamed<'a>(
     let mut want = stated
         .max(data.len().saturating_mul(4))
         .clamp(64 << 10, MAX_DECOMPRESSED);
+    let mut counted = false;
     loop {
-        let Some(mut reserved) = budget.reserve(streamed_charge(codec, want), deadline) else {
+        let charge = streamed_charge(codec, want);
+        let Some(mut reserved) = budget.reserve_counting(charge, deadline, &mut counted) else {
             *busy = true;
             return None;
         };
@@ -2102,6 +2119,52 @@ pub(crate) mod tests {
         let before = budget.peak();
         assert!(payload_within(&over, &budget, None, &mut false).is_none());
         assert_eq!(budget.peak(), before);
+    }
+
+    /// A decompression that asks again with more room (its first guess was
+    /// small) and waits each time is one wait, not one per ask: the counter
+    /// said up to 5 for one batch.
+    #[test]
+    fn a_decompression_that_waits_at_each_ask_counts_one_wait() {
+        let plain = make_batch(0, &[&vec![0u8; 1 << 20]]);
+        let lz4 = compress_batch(&plain, 3);
+        let cap = 8 << 20;
+        let budget = Budget::new(cap);
+        let first = budget.reserve(cap - (100 << 10), None).expect("room");
+        let in_line = |b: &Budget| {
+            let st = b.lock();
+            st.next_ticket > st.serving
+        };
+        std::thread::scope(|s| {
+            // Its 64 KiB ask fits; its 256 KiB ask waits behind `first`.
+            let decompressed =
+                s.spawn(|| payload_within(&lz4, &budget, None, &mut false).map(|p| p.len()));
+            while budget.waits().0 < 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // `second` queues behind it, and is granted beside its 256 KiB;
+            // its 1 MiB ask then waits behind `second`.
+            let (granted, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+            let budget = &budget;
+            s.spawn(move || {
+                let second = budget.reserve(cap - (300 << 10), None).expect("room");
+                granted.0.send(()).unwrap();
+                release.1.recv().unwrap();
+                drop(second);
+            });
+            while budget.waits().0 < 2 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(first);
+            granted.1.recv().unwrap();
+            while !in_line(budget) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            release.0.send(()).unwrap();
+            assert_eq!(decompressed.join().unwrap(), Some(plain.len() - HEADER_LEN));
+        });
+        // One wait for the decompression, one for `second`.
+        assert_eq!(budget.waits(), (2, 0));
     }
 
     #[test]
