@@ -79,6 +79,32 @@ fn absurd_array_lengths_fail_the_request_not_the_process() {
     }
 }
 
+/// A Fetch's forgotten partitions were skipped by the walk without being
+/// counted: the decoder reserved room for a stated length of 2^32 - 2 before
+/// reading an entry (16 GiB), which aborts a broker where the allocator cannot
+/// reserve that much address space (Windows, or a memory limit). They are
+/// counted over all forgotten topics now, and refused before decoding.
+#[test]
+fn absurd_lengths_of_forgotten_partitions_are_refused_before_decoding() {
+    // A compact array's length, plus one, as an unsigned varint.
+    let huge = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    // Fetch v12: replica id, max wait, min bytes, max bytes, isolation level,
+    // session id and epoch, no topics; one forgotten topic "t" with the huge
+    // list of partitions.
+    let mut fetch = vec![0xff, 0xff, 0xff, 0xff, 0, 0, 1, 0xf4, 0, 0, 0, 1];
+    fetch.extend_from_slice(&[0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    fetch.push(0x01); // no topics
+    fetch.extend_from_slice(&[0x02, 0x02, b't']); // one forgotten topic, "t"
+    fetch.extend_from_slice(&huge);
+    match decode_request(frame(1, 12, &fetch, true)) {
+        Err(msg) => assert!(
+            msg.contains("lists 4294967294 forgotten partitions; at most 100000 are accepted"),
+            "{msg}"
+        ),
+        Ok(d) => panic!("decoded a frame that claims 2^32 - 2 forgotten partitions: {d:?}"),
+    }
+}
+
 #[test]
 fn unsupported_api_versions_gets_the_v0_fallback() {
     match decode_request(frame(18, 99, &[], true)) {

@@ -347,12 +347,6 @@ fn fields(
         skip_entries(w, n, entry)?;
         Some(None)
     };
-    // A list that is not counted (its entries decode into no more than they
-    // take on the wire, or the version is not served).
-    let skip_list = |w: &mut Wire<'_>, entry: &Entry<'_>| {
-        let n = w.array_len()?;
-        skip_entries(w, n, entry)
-    };
     // A request's topics, each named, with its partitions' `fields`.
     let topics = |w: &mut Wire<'_>, fields: &dyn Fn(&mut Wire<'_>) -> Option<()>| {
         let partition = Entry::Fields(fields);
@@ -430,7 +424,7 @@ fn fields(
             }
             w.skip(since(1, 1))?; // key type
             if version >= 4 {
-                skip_list(w, &Entry::Name)?; // coordinator keys
+                counted!(list(w, "coordinator keys", &Entry::Name));
             }
         }
         ApiKey::Heartbeat => {
@@ -652,12 +646,15 @@ fn fields(
                 &partition
             ));
             if version >= 7 {
-                // Each a topic and its partition indexes.
-                let forgotten = |w: &mut Wire<'_>| {
-                    name(w)?;
-                    skip_list(w, &Entry::Fixed(4))
-                };
-                counted!(list(w, "forgotten topics", &Entry::Fields(&forgotten)));
+                // Each a topic and its partition indexes, counted over all
+                // of them: a list's stated length is what the decoder
+                // reserves room for before it reads an entry.
+                let (mut topics, mut partitions) = (0, 0);
+                let counts = [
+                    (&mut topics, "forgotten topics"),
+                    (&mut partitions, "forgotten partitions"),
+                ];
+                counted!(nested(w, counts, over, &name, &Entry::Fixed(4)));
             }
             string_since(w, 11)?; // rack id
         }
