@@ -14,6 +14,7 @@ pub mod file_at;
 #[cfg(unix)]
 pub mod huge_alloc;
 pub(crate) mod log_limit;
+pub(crate) mod progress;
 pub mod server;
 pub mod storage;
 pub mod wal;

@@ -280,6 +280,8 @@ pub enum CreateError {
     /// The name differs from that of the topic given only by `.` in place of
     /// `_` or the reverse: as Kafka, which names metrics after topics with
     /// `.` made `_`, the broker refuses it (see [`TopicManager::colliding_topic`]).
+    /// On a data directory whose file system does not tell names apart by
+    /// case, a name that differs only by case collides too.
     Collides(String),
     /// The topic to grow does not exist (or was deleted meanwhile).
     UnknownTopic,
@@ -625,6 +627,43 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && !(cfg!(windows) && windows_cannot_name(name))
+}
+
+/// Whether Windows cannot give a directory this (otherwise legal) name as it
+/// is: a trailing `.` is dropped from a path (`orders.` would be stored as
+/// `orders`, and come back under that name at the next start), and `CON`,
+/// `NUL`, `COM1` and the other device names (in any case, with any extension)
+/// name devices, not files. Such topics are refused there.
+fn windows_cannot_name(name: &str) -> bool {
+    const DEVICES: [&str; 4] = ["con", "prn", "aux", "nul"];
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
+    let numbered = |prefix: &str| {
+        stem.strip_prefix(prefix)
+            .is_some_and(|n| n.len() == 1 && n.as_bytes()[0].is_ascii_digit())
+    };
+    name.ends_with('.') || DEVICES.contains(&stem.as_str()) || numbered("com") || numbered("lpt")
+}
+
+/// Whether the file system of `data_dir` does not tell names apart by case
+/// (macOS's and Windows' defaults): its `topics` directory, `topics_dir`, is
+/// found again as `TOPICS`. Topic names that differ only by case are one
+/// directory there, and collide (see [`TopicManager::colliding_topic`]).
+fn folds_case(data_dir: &Path, topics_dir: &Path) -> bool {
+    let Ok(upper) = std::fs::metadata(data_dir.join("TOPICS")) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(topics_dir)
+            .is_ok_and(|m| (m.dev(), m.ino()) == (upper.dev(), upper.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = topics_dir;
+        upper.is_dir()
+    }
 }
 
 /// Warns of topics whose names collide (see [`TopicManager::colliding_topic`]):
@@ -673,11 +712,14 @@ fn load_meta(data_dir: &Path) -> Result<BrokerMeta> {
     }
 }
 
+/// Opens the topic in `dir`; with `defer_cut`, a newest segment to be cut is
+/// left as found until [`settle_newest`] (see [`Partition::open_judged`]).
 fn load_topic(
     dir: &Path,
     name: &str,
     broker: &crate::config::StorageConfig,
     files: &Arc<segment::SegmentFiles>,
+    defer_cut: bool,
 ) -> Result<Option<Topic>> {
     let path = dir.join("topic.json");
     let raw = match std::fs::read(&path) {
@@ -717,12 +759,13 @@ fn load_topic(
         .map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
     let mut partitions = Vec::new();
     for p in 0..f.partitions {
-        partitions.push(Arc::new(Partition::open_in(
+        partitions.push(Arc::new(Partition::open_judged(
             name,
             p,
             dir.join(p.to_string()),
             configs.segment_bytes(broker),
             Arc::clone(files),
+            defer_cut,
         )?));
     }
     Topic::limit_segments(&configs, broker, &partitions);
@@ -1267,6 +1310,9 @@ fn rebuild_from_wal(
             continue;
         }
         let at: usize = infos[..first].iter().map(|i| i.len).sum();
+        // The WAL continues the partition where its batches stop: its
+        // newest segment is cut there first.
+        s.partition.settle_newest()?;
         s.partition.append(&entry.data[at..], &infos[first..])?;
         // Stored when the WAL took the entry.
         s.partition
@@ -1384,6 +1430,18 @@ fn new_wal_floor(wal: &Wal) -> Result<u64> {
 
 /// Fails (strict mode) or warns (tolerant) for each partition still below its
 /// recovery point.
+/// Cuts every partition's newest segment that the open left as found (see
+/// [`Partition::open_judged`]), once the start has judged the cuts
+/// ([`check_short`]) and before anything is appended.
+fn settle_newest(topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
+    for t in topics.values() {
+        for p in &t.partitions {
+            p.settle_newest()?;
+        }
+    }
+    Ok(())
+}
+
 fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
     for s in short {
         let end = s.partition.log_end_offset();
@@ -1829,6 +1887,10 @@ impl TopicManager {
         let meta = load_meta(&data_dir)?;
         let topics_dir = data_dir.join("topics");
         create_dir_durable(&topics_dir)?;
+        let fold_case = folds_case(&data_dir, &topics_dir);
+        if fold_case {
+            tracing::info!(dir = %data_dir.display(), "the data directory's file system does not tell names apart by case: a topic whose name differs from another's only by case is refused");
+        }
         // Removed once the WAL entries after the checkpoint have been judged
         // and the committed positions in its topics dropped: it tells which
         // missing topics were being deleted.
@@ -1858,16 +1920,19 @@ impl TopicManager {
         let mut interrupted = BTreeMap::new();
         // Directories a tolerant start moved aside just now.
         let mut set_aside_topics = BTreeSet::new();
-        for entry in
-            std::fs::read_dir(&topics_dir).map_err(|e| Error::io("read_dir", &topics_dir, e))?
-        {
-            let entry = entry.map_err(|e| Error::io("read_dir", &topics_dir, e))?;
+        let entries = std::fs::read_dir(&topics_dir)
+            .and_then(Iterator::collect::<std::io::Result<Vec<_>>>)
+            .map_err(|e| Error::io("read_dir", &topics_dir, e))?;
+        let mut progress = crate::progress::Progress::new("loading topics");
+        let total = entries.len() as u64;
+        for (done, entry) in entries.into_iter().enumerate() {
+            progress.tick(done as u64, Some(total), "topic directories");
             let name = entry.file_name().to_string_lossy().into_owned();
             let dir = entry.path();
             if !topic_dir_entry(&entry, &name)? {
                 continue;
             }
-            match load_topic(&dir, &name, &config.storage, &segment_files)? {
+            match load_topic(&dir, &name, &config.storage, &segment_files, true)? {
                 Some(t) => {
                     topics.insert(name, Arc::new(t));
                 }
@@ -1912,6 +1977,7 @@ impl TopicManager {
                 &mut stats,
             )?;
             check_short(&short_partitions(&topics, points.as_ref()), mode)?;
+            settle_newest(&topics)?;
             check_missing_topics(
                 &topics_dir,
                 &BTreeMap::new(),
@@ -1971,12 +2037,17 @@ impl TopicManager {
                 rebuild_from_wal(&recovery, &short, &mut stats)?;
             }
             check_short(&short, mode)?;
+            settle_newest(&topics)?;
             let mut warned = BTreeSet::new();
             // Entries of topics without a directory, by topic.
             let mut missing = BTreeMap::new();
+            let mut progress = crate::progress::Progress::new("replaying the WAL");
+            let after = stats.last_sequence.saturating_sub(checkpoint);
             for entry in recovery {
                 let entry = entry?;
                 stats.entries += 1;
+                let done = entry.sequence.saturating_sub(checkpoint);
+                progress.tick(done, Some(after), "entries after the checkpoint");
                 if entry.entry_type == WalEntryType::Record {
                     if let Some(n) = interrupted.get_mut(&entry.topic) {
                         *n += 1;
@@ -2106,7 +2177,7 @@ impl TopicManager {
             _lock: lock,
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES)),
             topics_dir,
-            topics: RwLock::new(TopicMap::from(topics)),
+            topics: RwLock::new(TopicMap::new(topics, fold_case)),
             file_budget: FileBudget::new(config.server.max_connections.unwrap_or(0)),
             create_lock: Mutex::new(BTreeSet::new()),
             deleting: Mutex::new(Vec::new()),
@@ -2268,7 +2339,10 @@ impl TopicManager {
     /// A topic whose name differs from `name` only by `.` in place of `_` or
     /// the reverse (`a.b` and `a_b`). Kafka names a topic's metrics with its
     /// `.` made `_`, so such names collide there, and it refuses to create the
-    /// second ("collides with existing topic"); so does this broker.
+    /// second ("collides with existing topic"); so does this broker. On a data
+    /// directory whose file system does not tell names apart by case (macOS's
+    /// and Windows' defaults), where `Orders` and `orders` are one directory,
+    /// names that differ by case (and those characters) collide too.
     ///
     /// One look-up in an index kept beside the topics, by name with `.` made
     /// `_`, however many topics there are.
@@ -3145,6 +3219,7 @@ impl TopicManager {
             name,
             &self.shared.config.storage,
             &self.shared.segment_files,
+            false,
         )
         .and_then(|t| {
             if let Some(t) = &t {
@@ -7220,6 +7295,78 @@ mod tests {
         );
         assert_eq!(set_aside_dirs(tmp.path()), aside);
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 0);
+        m.shutdown().unwrap();
+    }
+
+    /// Names Windows stores under another name or takes for a device.
+    #[test]
+    fn names_windows_cannot_give_a_directory_are_known() {
+        for name in ["orders.", "CON", "nul", "Aux.logs", "com1", "LPT9.x", "a.."] {
+            assert!(windows_cannot_name(name), "{name}");
+        }
+        for name in ["orders", "console", "com", "com10", "nulls", "a.b", "lpt-1"] {
+            assert!(!windows_cannot_name(name), "{name}");
+        }
+        assert_eq!(valid_topic_name("orders."), !cfg!(windows));
+    }
+
+    /// The case probe: the `topics` directory found again as `TOPICS` (here
+    /// through a symbolic link, as a case-folding file system would find it)
+    /// makes names that differ only by case collide; a separate `TOPICS`
+    /// directory, or none, does not.
+    #[cfg(unix)]
+    #[test]
+    fn a_data_directory_that_folds_case_makes_names_differing_by_case_collide() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topics = tmp.path().join("topics");
+        std::fs::create_dir(&topics).unwrap();
+        assert!(!folds_case(tmp.path(), &topics));
+        std::fs::create_dir(tmp.path().join("TOPICS")).unwrap();
+        assert!(!folds_case(tmp.path(), &topics), "another directory");
+        std::fs::remove_dir(tmp.path().join("TOPICS")).unwrap();
+        std::os::unix::fs::symlink(&topics, tmp.path().join("TOPICS")).unwrap();
+        assert!(folds_case(tmp.path(), &topics));
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("Orders", 1).unwrap();
+        assert!(
+            matches!(m.create_topic("orders", 1), Err(CreateError::Collides(ref o)) if o == "Orders")
+        );
+        m.shutdown().unwrap();
+    }
+
+    /// A start over many partitions or a large WAL said nothing until it was
+    /// done (minutes, before the broker listened): it says how far it got,
+    /// every 10 s while topics load and the WAL is scanned and replayed (here
+    /// at every step, the interval set to zero).
+    #[test]
+    fn a_long_start_says_how_far_it_got() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("u", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b")] {
+            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+        crate::progress::TEST_EVERY.with(|e| e.set(Some(Duration::ZERO)));
+        let (m, lines) = partition::tests::logged(|| TopicManager::new(c).unwrap());
+        crate::progress::TEST_EVERY.with(|e| e.set(None));
+        for want in [
+            "loading topics: 0 of 2 topic directories",
+            "loading topics: 1 of 2 topic directories",
+            "scanning the WAL: 0 of 1 files",
+            "replaying the WAL: 1 of 2 entries after the checkpoint",
+            "replaying the WAL: 2 of 2 entries after the checkpoint",
+        ] {
+            assert!(lines.contains(want), "no {want:?} in {lines}");
+        }
+        assert_eq!(m.replay_stats().appended, 2);
         m.shutdown().unwrap();
     }
 

@@ -616,7 +616,11 @@ fn fsync_snapshot(path: &Path) -> std::io::Result<()> {
         SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow_mut().insert(path.to_path_buf()));
         return Err(std::io::Error::other("injected write-back failure"));
     }
-    File::open(path).and_then(|f| crate::wal::journal::sync_all(&f))?;
+    // Opened for writing: Windows refuses to sync a read-only handle.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| crate::wal::journal::sync_all(&f))?;
     #[cfg(test)]
     if !SNAPSHOTS_WRITE_BACK_FAILED.with(|s| s.borrow().contains(path)) {
         SNAPSHOTS_NOT_FSYNCED.with(|s| s.borrow_mut().remove(path));
@@ -674,6 +678,26 @@ impl Partition {
         dir: PathBuf,
         segment_bytes: u64,
         files: Arc<SegmentFiles>,
+    ) -> Result<Partition> {
+        Self::open_judged(topic, index, dir, segment_bytes, files, false)
+    }
+
+    /// [`Partition::open_in`]; with `defer_cut`, a newest segment whose
+    /// batches stop before its end keeps its files as found until
+    /// [`Partition::settle_newest`]: a start judges the cut against the
+    /// recovery point (a cut below it lost flushed records), and a start
+    /// refused changes nothing (the bytes past the damage may be the only
+    /// copy of acknowledged records).
+    ///
+    /// # Errors
+    /// I/O errors naming the path.
+    pub fn open_judged(
+        topic: &str,
+        index: i32,
+        dir: PathBuf,
+        segment_bytes: u64,
+        files: Arc<SegmentFiles>,
+        defer_cut: bool,
     ) -> Result<Partition> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
         // A compaction a crash interrupted after its copy was complete.
@@ -781,7 +805,7 @@ impl Partition {
         for (i, base) in bases.iter().enumerate() {
             let seg = if i + 1 == bases.len() {
                 producers = producers_before(&dir, *base, &segments, &snapshots)?;
-                Segment::open_newest(&dir, *base, &mut producers)?
+                Segment::open_newest(&dir, *base, &mut producers, defer_cut)?
             } else {
                 // Its files are left as found when its index does not match
                 // its log: a segment cut there, or ending before the next one
@@ -821,7 +845,7 @@ impl Partition {
             w[1].remove_files()?;
             sync_dir(&dir)?;
             drop(segments);
-            return Self::open_in(topic, index, dir, segment_bytes, files);
+            return Self::open_judged(topic, index, dir, segment_bytes, files, defer_cut);
         }
         // An empty newest segment behind a full one is fine; any other segment
         // that starts before the previous one ended means a damaged directory.
@@ -1146,6 +1170,20 @@ impl Partition {
         log[i] = seg;
         self.segments_replaced.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Cuts the newest segment where its opening scan found its batches stop,
+    /// when [`Partition::open_judged`] left it as found (logged with file and
+    /// position; the log and index synced). Nothing to do otherwise.
+    ///
+    /// # Errors
+    /// I/O errors naming the file.
+    pub fn settle_newest(&self) -> Result<()> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        match log.last_mut() {
+            Some(seg) => seg.settle(),
+            None => Ok(()),
+        }
     }
 
     /// The newest segment's log file and what the opening scan cut off its end.

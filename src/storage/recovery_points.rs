@@ -319,6 +319,7 @@ pub(crate) mod repair_tests {
         drop(m);
         let seg = segment(tmp.path(), "t");
         let pos = damage_batch(&seg, 1);
+        let damaged = std::fs::read(&seg).unwrap();
         // The log no longer reaches back to the damaged batch's entry (the topic's
         // first entries have the first sequences).
         let oldest = crate::wal::WalReader::open(tmp.path().join("wal"))
@@ -342,11 +343,15 @@ pub(crate) mod repair_tests {
             msg.contains("offsets 1..60") && msg.contains("--recovery-mode tolerate_corruption"),
             "{msg}"
         );
-        assert_eq!(
-            std::fs::metadata(&seg).unwrap().len(),
-            pos,
-            "the scan cut the damaged tail"
+        // The refusal changed nothing: the batches after the damaged one may
+        // be the only copy of acknowledged records (the scan cut them here
+        // before the start judged the cut).
+        assert!(
+            std::fs::read(&seg).unwrap() == damaged,
+            "the refused start changed the segment"
         );
+        assert_eq!(TopicManager::new(c.clone()).unwrap_err().to_string(), msg);
+        assert!(std::fs::read(&seg).unwrap() == damaged);
 
         // Tolerated: the start goes on with what is left, and the next start
         // judges against the new end.

@@ -1259,7 +1259,10 @@ impl CleanedWriter {
                 .map_err(|e| Error::io("fdatasync", &log_path, e))?;
             std::fs::write(&index_path, &self.index)
                 .map_err(|e| Error::io("write", &index_path, e))?;
-            File::open(&index_path)
+            // Opened for writing: Windows refuses to sync a read-only handle.
+            OpenOptions::new()
+                .write(true)
+                .open(&index_path)
                 .and_then(|f| sync_data(&f))
                 .map_err(|e| Error::io("fdatasync", &index_path, e))
         })();
@@ -1333,6 +1336,19 @@ fn open_rw(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("open", path, e))
 }
 
+/// When an opening scan makes a segment's files say what it found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// At once: the log cut after its last valid batch, the index rewritten.
+    Yes,
+    /// Never: the files are left as found when the index does not match (an
+    /// older segment, judged by the start-up).
+    No,
+    /// At once, unless the log is to be cut: then left as found (a newest
+    /// segment the start-up judges before anything is cut).
+    UnlessCut,
+}
+
 impl Segment {
     /// Creates an empty segment starting at `base` in `dir` (the caller syncs `dir`).
     ///
@@ -1401,7 +1417,7 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn open(dir: &Path, base: i64, scan: bool) -> Result<Segment> {
-        Self::open_with(dir, base, scan, None, true)
+        Self::open_with(dir, base, scan, None, Settle::Yes)
     }
 
     /// Opens an older segment of a partition at start-up, changing none of its
@@ -1416,7 +1432,7 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn open_older(dir: &Path, base: i64) -> Result<Segment> {
-        Self::open_with(dir, base, false, None, false)
+        Self::open_with(dir, base, false, None, Settle::No)
     }
 
     /// [`Segment::open_older`], scanning every batch whatever its index says.
@@ -1424,7 +1440,7 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn scan_older(dir: &Path, base: i64) -> Result<Segment> {
-        Self::open_with(dir, base, true, None, false)
+        Self::open_with(dir, base, true, None, Settle::No)
     }
 
     /// Opens the newest segment of a partition: scans it as [`Segment::open`] with
@@ -1442,20 +1458,35 @@ impl Segment {
     /// that the scan reads the disk, not pages whose write-back failed in a way the
     /// process before was told of and this one is not.
     ///
+    /// With `defer_cut`, a log whose batches stop before its end is not cut:
+    /// the segment is left [unsettled](Segment::is_unsettled), its files as
+    /// found, until [`Segment::settle`] (a start judges the cut against the
+    /// partition's recovery point first, and a refused start changes nothing).
+    ///
     /// # Errors
     /// I/O errors naming the file.
-    pub fn open_newest(dir: &Path, base: i64, producers: &mut ProducerState) -> Result<Segment> {
-        Self::open_with(dir, base, true, Some(producers), true)
+    pub fn open_newest(
+        dir: &Path,
+        base: i64,
+        producers: &mut ProducerState,
+        defer_cut: bool,
+    ) -> Result<Segment> {
+        let settle = if defer_cut {
+            Settle::UnlessCut
+        } else {
+            Settle::Yes
+        };
+        Self::open_with(dir, base, true, Some(producers), settle)
     }
 
-    /// Opens the segment; `settle` false leaves its files as found when its
-    /// index does not match (see [`Segment::open_older`]).
+    /// Opens the segment; `settle` says when its files are made to say what
+    /// the scan found (see [`Settle`]).
     fn open_with(
         dir: &Path,
         base: i64,
         scan: bool,
         producers: Option<&mut ProducerState>,
-        settle: bool,
+        settle: Settle,
     ) -> Result<Segment> {
         let log_path = dir.join(log_name(base));
         let index_path = dir.join(index_name(base));
@@ -1780,9 +1811,9 @@ impl Segment {
     }
 
     /// Reads every batch, validating each; cuts the file after the last valid one
-    /// and rewrites the index, or, without `settle`, leaves both files as found
+    /// and rewrites the index, or, as `settle` says, leaves both files as found
     /// (the segment is then [unsettled](Segment::is_unsettled)).
-    fn scan(&mut self, mut producers: Option<&mut ProducerState>, settle: bool) -> Result<()> {
+    fn scan(&mut self, mut producers: Option<&mut ProducerState>, settle: Settle) -> Result<()> {
         let Held {
             log,
             index: index_file,
@@ -1849,9 +1880,20 @@ impl Segment {
         }
         self.next_offset = next;
         self.max_timestamp_exact = true;
-        if !settle {
+        let leave = match settle {
+            Settle::Yes => false,
+            Settle::No => true,
+            Settle::UnlessCut => cut_reason.is_some(),
+        };
+        if leave {
             if let Some(reason) = cut_reason {
-                tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "an older segment is damaged; its bytes from the damage on are left out and kept until the start-up judges them");
+                if settle == Settle::No {
+                    tracing::warn!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "an older segment is damaged; its bytes from the damage on are left out and kept until the start-up judges them");
+                } else {
+                    // Logged when settled ("cut segment tail"), which a
+                    // torn tail of a crash always is.
+                    tracing::debug!(file = %self.log_path.display(), position = pos, size = self.size, %reason, "the newest segment's batches stop before its end; its files are left as found until the start-up judges the cut");
+                }
                 self.cut = Some(Cut {
                     position: pos,
                     size: self.size,
@@ -1912,7 +1954,8 @@ impl Segment {
     }
 
     /// Whether [`Segment::open_older`] left this segment's files as found (its
-    /// index did not match its log); [`Segment::settle`] writes them.
+    /// index did not match its log), or [`Segment::open_newest`] with
+    /// `defer_cut` did (its log is to be cut); [`Segment::settle`] writes them.
     pub fn is_unsettled(&self) -> bool {
         self.unsettled
     }
@@ -1998,6 +2041,15 @@ impl Segment {
     /// # Errors
     /// I/O errors naming the file.
     pub fn append(&mut self, data: &[u8], infos: &[BatchInfo]) -> Result<()> {
+        if self.unsettled {
+            // Its file may hold bytes past `size` that a later scan would
+            // read after the appended batches.
+            return Err(Error::corrupt(
+                &self.log_path,
+                self.size,
+                "an append to a segment whose files were left as found (not yet settled)",
+            ));
+        }
         let Held {
             log,
             index: index_file,
@@ -2594,7 +2646,7 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read(&log).unwrap(), before);
         assert!(!dir.path().join(rebuild_name(0)).exists());
 
-        s.scan(None, true).unwrap();
+        s.scan(None, Settle::Yes).unwrap();
         assert_eq!(s.next_offset(), 4);
         append(&mut s, 4, &[b"e"]);
         s.sync().unwrap();
@@ -2642,7 +2694,7 @@ pub(crate) mod tests {
 
             fs.fail(Some(errno));
             let mut s = Segment::open(&dir, 0, false).unwrap();
-            s.scan(None, true).unwrap();
+            s.scan(None, Settle::Yes).unwrap();
             append(&mut s, 3, &[b"d"]); // into the page cache: succeeds
             drop(s); // the write-back at close fails, and nobody is told
             fs.fail(None);
@@ -2652,7 +2704,7 @@ pub(crate) mod tests {
                 "errno {errno}: the store took the unsynced append after all"
             );
 
-            let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default())
+            let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default(), false)
                 .unwrap_or_else(|e| panic!("errno {errno}: {e}"));
             assert_ne!(
                 std::fs::metadata(&log).unwrap().ino(),
@@ -2664,7 +2716,7 @@ pub(crate) mod tests {
             append(&mut s, 3, &[b"e"]);
             s.sync().unwrap();
             drop(s);
-            let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+            let s = Segment::open_newest(&dir, 0, &mut ProducerState::default(), false).unwrap();
             assert_eq!(s.next_offset(), 4, "errno {errno}");
             assert!(s.cut().is_none(), "errno {errno}");
         }
@@ -2696,7 +2748,7 @@ pub(crate) mod tests {
             "the kernel kept no page as written that the disk lacks"
         );
 
-        let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        let mut s = Segment::open_newest(&dir, 0, &mut ProducerState::default(), false).unwrap();
         assert_eq!(s.next_offset(), 3);
         assert!(s.cut().is_some(), "the failed append left no torn tail");
         append(&mut s, 3, &[b"e"]);
@@ -2706,7 +2758,7 @@ pub(crate) mod tests {
             std::fs::read(&log).unwrap(),
             crate::file_at::read_direct(&log)
         );
-        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default(), false).unwrap();
         assert_eq!(s.next_offset(), 4);
         assert!(s.cut().is_none());
     }
@@ -2725,7 +2777,7 @@ pub(crate) mod tests {
         let before = std::fs::read(&log).unwrap();
 
         fs.fail_reads(Some(libc::EIO));
-        let e = Segment::open_newest(&dir, 0, &mut ProducerState::default())
+        let e = Segment::open_newest(&dir, 0, &mut ProducerState::default(), false)
             .map(|_| ())
             .unwrap_err()
             .to_string();
@@ -2737,7 +2789,7 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(std::fs::read(&log).unwrap(), before);
-        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default()).unwrap();
+        let s = Segment::open_newest(&dir, 0, &mut ProducerState::default(), false).unwrap();
         assert_eq!(s.next_offset(), 3);
         assert!(s.cut().is_none());
     }
@@ -2759,7 +2811,7 @@ pub(crate) mod tests {
         assert_eq!(cached_bytes(&log), 0);
         // And the full open reads it back from the disk, whole.
         drop(s);
-        let s = Segment::open_newest(dir.path(), 0, &mut ProducerState::default()).unwrap();
+        let s = Segment::open_newest(dir.path(), 0, &mut ProducerState::default(), false).unwrap();
         assert_eq!(s.next_offset(), 2);
         assert!(s.cut().is_none());
     }
@@ -2978,7 +3030,7 @@ pub(crate) mod tests {
         // batches of day 3, it is stale as a crash may leave it.
         std::fs::write(&time_index, &saved).unwrap();
         let mut producers = ProducerState::default();
-        let mut seg = Segment::open_newest(dir.path(), 0, &mut producers).unwrap();
+        let mut seg = Segment::open_newest(dir.path(), 0, &mut producers, false).unwrap();
         assert!(!time_index.exists(), "kept for a segment written again");
         append_at(&mut seg, 3, 3 * DAY);
         append_at(&mut seg, 4, 3 * DAY);

@@ -62,6 +62,11 @@ pub(crate) struct TopicMap {
     by_metric_name: HashMap<String, Vec<String>>,
     /// The partitions of every topic in the map.
     partitions: usize,
+    /// The data directory's file system does not tell names apart by case
+    /// (macOS and Windows by default): every name is indexed, by its metric
+    /// name in lower case, so that `Orders` and `orders`, one directory
+    /// there, collide too.
+    fold_case: bool,
 }
 
 impl Deref for TopicMap {
@@ -74,20 +79,45 @@ impl Deref for TopicMap {
 
 impl From<BTreeMap<String, Arc<Topic>>> for TopicMap {
     fn from(by_name: BTreeMap<String, Arc<Topic>>) -> Self {
-        let mut map = TopicMap::default();
+        TopicMap::new(by_name, false)
+    }
+}
+
+impl TopicMap {
+    /// The map of `by_name`, on a file system that does (`fold_case` false) or
+    /// does not tell names apart by case.
+    pub(crate) fn new(by_name: BTreeMap<String, Arc<Topic>>, fold_case: bool) -> TopicMap {
+        let mut map = TopicMap {
+            fold_case,
+            ..TopicMap::default()
+        };
         for (name, topic) in by_name {
             map.insert(name, topic);
         }
         map
     }
-}
 
-impl TopicMap {
+    /// Whether `name` can collide with another.
+    fn can_collide(&self, name: &str) -> bool {
+        self.fold_case || can_collide(name)
+    }
+
+    /// The key under which `name` and the names it collides with are indexed.
+    fn collision_key(&self, name: &str) -> String {
+        let key = metric_name(name);
+        if self.fold_case {
+            key.to_ascii_lowercase()
+        } else {
+            key
+        }
+    }
+
     /// Puts `topic` under `name`, returning the topic it replaces.
     pub(crate) fn insert(&mut self, name: String, topic: Arc<Topic>) -> Option<Arc<Topic>> {
         self.partitions += topic.partitions.len();
-        if can_collide(&name) {
-            let names = self.by_metric_name.entry(metric_name(&name)).or_default();
+        if self.can_collide(&name) {
+            let key = self.collision_key(&name);
+            let names = self.by_metric_name.entry(key).or_default();
             if !names.contains(&name) {
                 names.push(name.clone());
             }
@@ -103,8 +133,8 @@ impl TopicMap {
     pub(crate) fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
         let old = self.by_name.remove(name)?;
         self.partitions -= old.partitions.len();
-        if can_collide(name) {
-            let key = metric_name(name);
+        if self.can_collide(name) {
+            let key = self.collision_key(name);
             if let Some(names) = self.by_metric_name.get_mut(&key) {
                 names.retain(|n| n != name);
                 if names.is_empty() {
@@ -116,13 +146,14 @@ impl TopicMap {
     }
 
     /// A topic other than `name` whose name differs from it only by `.` in
-    /// place of `_` or the reverse: one hash look-up.
+    /// place of `_` or the reverse (or, on a file system that does not tell
+    /// names apart by case, by the case of letters too): one hash look-up.
     pub(crate) fn colliding(&self, name: &str) -> Option<&str> {
-        if !can_collide(name) {
+        if !self.can_collide(name) {
             return None;
         }
         self.by_metric_name
-            .get(&metric_name(name))?
+            .get(&self.collision_key(name))?
             .iter()
             .inspect(|_| compared())
             .find(|n| *n != name)
@@ -294,6 +325,30 @@ mod tests {
             configs: crate::storage::TopicConfig::default(),
             configs_not_durable: None,
         })
+    }
+
+    /// On a file system that does not tell names apart by case (macOS's and
+    /// Windows' defaults), `orders` after `Orders` is the same directory: the
+    /// create was told the directory held a topic kept after a failed delete,
+    /// and to restart, which changed nothing. Such names collide there.
+    #[test]
+    fn names_that_differ_by_case_collide_where_the_file_system_folds_case() {
+        let names = ["Orders", "a.B"];
+        let by_name = names.iter().map(|n| (n.to_string(), topic(n))).collect();
+        let folded = TopicMap::new(by_name, true);
+        assert_eq!(folded.colliding("orders"), Some("Orders"));
+        assert_eq!(folded.colliding("ORDERS"), Some("Orders"));
+        assert_eq!(folded.colliding("Orders"), None, "not itself");
+        assert_eq!(folded.colliding("a_b"), Some("a.B"));
+        assert_eq!(folded.colliding("other"), None);
+        let mut folded = folded;
+        folded.remove("Orders");
+        assert_eq!(folded.colliding("orders"), None);
+        let by_name = names.iter().map(|n| (n.to_string(), topic(n))).collect();
+        let kept_apart = TopicMap::new(by_name, false);
+        assert_eq!(kept_apart.colliding("orders"), None);
+        assert_eq!(kept_apart.colliding("a_B"), Some("a.B"));
+        assert_eq!(kept_apart.colliding("a_b"), None);
     }
 
     /// A create's collision check compared its name with every topic's under

@@ -433,6 +433,7 @@ pub fn write_at(f: &File, path: &Path, offset: u64, data: &[u8]) -> std::io::Res
 /// strongest equivalent on the platform, when `data_only`, otherwise `fsync`; then
 /// checks that the file system's journal had not aborted ([`super::journal`]).
 pub fn sync_file(f: &File, path: &Path, data_only: bool) -> std::io::Result<()> {
+    super::journal::assert_writable(f);
     let sync = |f: &File| {
         if data_only {
             super::backend::std_backend::data_sync(f)

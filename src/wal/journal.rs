@@ -258,14 +258,39 @@ fn warn_unchecked(e: &io::Error) {
 
 /// `fdatasync` of `f`, then [`check_after_sync`].
 pub(crate) fn sync_data(f: &File) -> io::Result<()> {
+    assert_writable(f);
     f.sync_data()?;
     check_after_sync(f)
 }
 
 /// `fsync` of `f`, then [`check_after_sync`].
 pub(crate) fn sync_all(f: &File) -> io::Result<()> {
+    assert_writable(f);
     f.sync_all()?;
     check_after_sync(f)
+}
+
+/// Debug builds (the tests) check that a regular file is synced through a
+/// handle opened for writing: Windows' `FlushFileBuffers`, which std's syncs
+/// call there, refuses a read-only handle (`ERROR_ACCESS_DENIED`), so a sync
+/// through `File::open` works on Unix and fails every time on Windows.
+/// Directories are opened read-only to be synced (Unix only).
+pub(crate) fn assert_writable(f: &File) {
+    #[cfg(all(unix, debug_assertions))]
+    {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            if let Ok(flags) = fcntl(f, FcntlArg::F_GETFL) {
+                let mode = OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE;
+                assert!(
+                    mode != OFlag::O_RDONLY,
+                    "a file synced through a read-only handle (Windows refuses the sync)"
+                );
+            }
+        }
+    }
+    #[cfg(not(all(unix, debug_assertions)))]
+    let _ = f;
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -305,7 +305,8 @@ fn resumed_fill(current: &Path, offset: u64, size: u64) -> Result<Option<u64>> {
 /// what the disk lacks as a torn tail. Files written with `O_DIRECT` have no
 /// cached pages; for them this is one `fdatasync` of a clean file.
 fn settle_active(current: &Path) -> Result<()> {
-    let f = match std::fs::File::open(current) {
+    // Opened for writing: Windows refuses to sync a read-only handle.
+    let f = match std::fs::OpenOptions::new().write(true).open(current) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("open", current, e)),

@@ -696,7 +696,9 @@ pub fn scan_dir(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
     let mut files: Vec<FileInfo> = Vec::with_capacity(paths.len());
     let mut expected_next: Option<u64> = None;
     let count = paths.len();
+    let mut progress = crate::progress::Progress::new("scanning the WAL");
     for (i, (number, path)) in paths.into_iter().enumerate() {
+        progress.tick(i as u64, Some(count as u64), "files");
         let newest = i + 1 == count;
         if let (Some(n), Some(prev)) = (number, files.last()) {
             if n != prev.number + 1 {
