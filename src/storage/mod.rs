@@ -7334,6 +7334,18 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// Appends two entries for partition 0 of `t` (offsets 0 and 1) straight
+    /// to the WAL of the stopped broker in `dir`: after its checkpoint.
+    fn append_two_to_t(dir: &Path, c: &Config) {
+        let (wal, _) = Wal::open(dir.join("wal"), c.wal.engine.clone()).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b")] {
+            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+    }
+
     /// A start over many partitions or a large WAL said nothing until it was
     /// done (minutes, before the broker listened): it says how far it got,
     /// every 10 s while topics load and the WAL is scanned and replayed (here
@@ -7347,13 +7359,7 @@ mod tests {
         m.create_topic("u", 1).unwrap();
         m.shutdown().unwrap();
         drop(m);
-        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
-        for (base, v) in [(0, b"a"), (1, b"b")] {
-            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
-                .wait()
-                .unwrap();
-        }
-        wal.close().unwrap();
+        append_two_to_t(tmp.path(), &c);
         crate::progress::TEST_EVERY.with(|e| e.set(Some(Duration::ZERO)));
         let (m, lines) = partition::tests::logged(|| TopicManager::new(c).unwrap());
         crate::progress::TEST_EVERY.with(|e| e.set(None));
@@ -7383,13 +7389,7 @@ mod tests {
         m.create_topic("t", 1).unwrap();
         m.shutdown().unwrap();
         drop(m);
-        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
-        for (base, v) in [(0, b"a"), (1, b"b")] {
-            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
-                .wait()
-                .unwrap();
-        }
-        wal.close().unwrap();
+        append_two_to_t(tmp.path(), &c);
         let dir = tmp.path().join("topics/t");
         let file = dir.join("topic.json");
         std::fs::remove_file(&file).unwrap();
@@ -7746,13 +7746,7 @@ mod tests {
         m.offsets().commit("g", None, vec![position]).unwrap();
         m.shutdown().unwrap();
         drop(m);
-        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
-        for (base, v) in [(0, b"a"), (1, b"b")] {
-            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
-                .wait()
-                .unwrap();
-        }
-        wal.close().unwrap();
+        append_two_to_t(tmp.path(), &c);
         let dir = tmp.path().join("topics/t");
         let kept = tmp.path().join("kept-t");
         std::fs::rename(&dir, &kept).unwrap();
