@@ -1285,16 +1285,32 @@ fn rebuild_from_wal(
     let Some(from) = short.iter().map(|s| floor_of(&s.topic, recovery)).min() else {
         return Ok(());
     };
+    // By topic and partition, each with its floor: one look-up an entry, not
+    // a search of every short partition.
+    let by_partition: std::collections::HashMap<(&str, i32), (&Short, u64)> = short
+        .iter()
+        .map(|s| {
+            let key = (s.topic.name.as_str(), s.partition.index());
+            (key, (s, floor_of(&s.topic, recovery)))
+        })
+        .collect();
+    // Those still short of their point: the pass ends when none is.
+    let mut unfinished = short
+        .iter()
+        .filter(|s| s.partition.log_end_offset() < s.point)
+        .count();
     for entry in recovery.entries_from(from) {
+        if unfinished == 0 {
+            break;
+        }
         let entry = entry?;
         if entry.entry_type != WalEntryType::Record {
             continue;
         }
-        let Some(s) = short.iter().find(|s| {
-            s.topic.name == entry.topic
-                && s.partition.index() == entry.partition
-                && entry.sequence >= floor_of(&s.topic, recovery)
-        }) else {
+        let Some(&(s, _)) = by_partition
+            .get(&(entry.topic.as_str(), entry.partition))
+            .filter(|(_, floor)| entry.sequence >= *floor)
+        else {
             continue;
         };
         let Ok(infos) = batch::validate_all(&entry.data) else {
@@ -1318,12 +1334,10 @@ fn rebuild_from_wal(
         s.partition
             .producers()
             .recover(&infos[first..], entry.timestamp);
+        let was_short = end < s.point;
         stats.rebuilt += (infos.len() - first) as u64;
-        if short
-            .iter()
-            .all(|s| s.partition.log_end_offset() >= s.point)
-        {
-            break;
+        if was_short && s.partition.log_end_offset() >= s.point {
+            unfinished -= 1;
         }
     }
     for s in short {

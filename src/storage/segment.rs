@@ -1326,6 +1326,24 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_data(&file).map_err(|e| Error::io("fdatasync", path, e))
 }
 
+/// Copies the first `len` bytes of `from` to the same positions of `to`, 1
+/// MiB at a time. Read and write, never `copy_file_range`: a filesystem may
+/// share the disk's blocks for that, and the disk's blocks are what is in
+/// doubt.
+fn copy_prefix(from: &File, from_path: &Path, to: &File, to_path: &Path, len: u64) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        from.read_exact_at(&mut buf[..n], pos)
+            .map_err(|e| Error::io("read", from_path, e))?;
+        to.write_all_at(&buf[..n], pos)
+            .map_err(|e| Error::io("write", to_path, e))?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
 fn open_rw(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -1577,18 +1595,8 @@ impl Segment {
         let copy = open_rw(&tmp)?;
         copy.set_len(0)
             .map_err(|e| Error::io("truncate", &tmp, e))?;
-        // Read and write, never `copy_file_range`: a filesystem may share the disk's
-        // blocks for that, and the disk's blocks are what is in doubt.
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        while pos < self.size {
-            let n = (self.size - pos).min(buf.len() as u64) as usize;
-            log.read_exact_at(&mut buf[..n], pos)
-                .map_err(|e| Error::io("read", &self.log_path, e))?;
-            copy.write_all_at(&buf[..n], pos)
-                .map_err(|e| Error::io("write", &tmp, e))?;
-            pos += n as u64;
-        }
+        copy_prefix(&log, &self.log_path, &copy, &tmp, self.size)?;
+        let pos = self.size;
         sync_all(&copy)
             .and_then(|()| check_written(&copy, pos))
             .map_err(|e| Error::io("fsync", &tmp, e))?;
@@ -2011,23 +2019,22 @@ impl Segment {
             .ok_or_else(|| Error::corrupt(&self.log_path, 0, "segment path has no directory"))?;
         let tmp = dir.join(rebuild_name(self.base_offset));
         let log = File::open(&self.log_path).map_err(|e| Error::io("open", &self.log_path, e))?;
-        let mut kept = vec![0u8; usize::try_from(self.size).unwrap_or(usize::MAX)];
-        log.read_exact_at(&mut kept, 0)
-            .map_err(|e| Error::io("read", &self.log_path, e))?;
-        kept.extend_from_slice(tail);
         let copy = open_rw(&tmp)?;
-        let written = copy
-            .set_len(0)
-            .map_err(|e| Error::io("truncate", &tmp, e))
-            .and_then(|()| {
-                copy.write_all_at(&kept, 0)
-                    .map_err(|e| Error::io("write", &tmp, e))
-            })
-            .and_then(|()| {
-                sync_all(&copy)
-                    .and_then(|()| check_written(&copy, kept.len() as u64))
-                    .map_err(|e| Error::io("fsync", &tmp, e))
-            });
+        // The valid batches are copied 1 MiB at a time: a segment may be
+        // 2 GiB, and a start that repairs one must not need that much memory.
+        let copy_kept = || -> Result<()> {
+            copy.set_len(0)
+                .map_err(|e| Error::io("truncate", &tmp, e))?;
+            copy_prefix(&log, &self.log_path, &copy, &tmp, self.size)?;
+            copy.write_all_at(tail, self.size)
+                .map_err(|e| Error::io("write", &tmp, e))
+        };
+        let whole = self.size + tail.len() as u64;
+        let written = copy_kept().and_then(|()| {
+            sync_all(&copy)
+                .and_then(|()| check_written(&copy, whole))
+                .map_err(|e| Error::io("fsync", &tmp, e))
+        });
         if let Err(e) = written {
             drop(remove_if_present(&tmp));
             return Err(e);
