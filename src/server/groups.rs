@@ -41,7 +41,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ops::RangeInclusive,
     path::PathBuf,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -360,6 +360,9 @@ struct Group {
     pending_joins: HashMap<String, oneshot::Sender<JoinResult>>,
     /// The SyncGroups waiting for the leader's assignment, by member.
     pending_syncs: HashMap<String, Vec<oneshot::Sender<SyncResult>>>,
+    /// Members with an OffsetCommit being stored, and how many each (see
+    /// [`GroupCoordinator::commit_in_flight`]).
+    committing: HashMap<String, usize>,
     /// Member ids handed out with MEMBER_ID_REQUIRED, with the instant they lapse
     /// unless the member rejoins with them.
     pending_members: HashMap<String, Instant>,
@@ -433,6 +436,7 @@ impl Group {
             members: Members::default(),
             pending_joins: HashMap::new(),
             pending_syncs: HashMap::new(),
+            committing: HashMap::new(),
             pending_members: HashMap::new(),
             rebalance_deadline: None,
             initial_join: None,
@@ -1257,6 +1261,31 @@ struct StoreSnapshot {
     replaces_undo: Option<GroupMeta>,
 }
 
+/// An OffsetCommit being stored (see [`GroupCoordinator::commit_in_flight`]).
+pub struct CommitInFlight {
+    coordinator: Arc<GroupCoordinator>,
+    group: String,
+    member: String,
+}
+
+impl Drop for CommitInFlight {
+    fn drop(&mut self) {
+        let mut groups = self.coordinator.lock();
+        let Some(g) = groups.get_mut(&self.group) else {
+            return;
+        };
+        if let Some(n) = g.committing.get_mut(&self.member) {
+            *n -= 1;
+            if *n == 0 {
+                g.committing.remove(&self.member);
+            }
+        }
+        if let Some(m) = g.members.get_mut(&self.member) {
+            m.last_seen = Instant::now();
+        }
+    }
+}
+
 /// All groups of this broker.
 #[derive(Debug)]
 pub struct GroupCoordinator {
@@ -2078,6 +2107,24 @@ impl GroupCoordinator {
         self.commit_gate(group, generation, member_id, instance, false)
     }
 
+    /// Keeps `member` of `group` from expiring while its OffsetCommit is
+    /// stored, until the result is dropped (up to its rebalance timeout, as a
+    /// member parked in SyncGroup): the commit waits for the group's writer
+    /// lock and two fsyncs, seconds on a slow disk, and the member's
+    /// heartbeats are answered only after it, in order. Dropped, the commit
+    /// counts as a heartbeat, at its end.
+    pub fn commit_in_flight(self: &Arc<Self>, group: &str, member: &str) -> CommitInFlight {
+        let mut groups = self.lock();
+        if let Some(g) = groups.get_mut(group) {
+            *g.committing.entry(member.to_string()).or_default() += 1;
+        }
+        CommitInFlight {
+            coordinator: Arc::clone(self),
+            group: group.to_string(),
+            member: member.to_string(),
+        }
+    }
+
     fn commit_gate(
         &self,
         group: &str,
@@ -2480,12 +2527,15 @@ impl GroupCoordinator {
                     // requests are answered in order) while the leader computes
                     // the assignment: like Kafka, it is kept alive, here up to its
                     // rebalance timeout.
+                    // So is one whose OffsetCommit waits for the disk: its
+                    // heartbeats queue behind the commit on its connection.
                     examined(1);
-                    let allowed = if g.pending_syncs.contains_key(*id) {
-                        m.session_timeout.max(m.rebalance_timeout)
-                    } else {
-                        m.session_timeout
-                    };
+                    let allowed =
+                        if g.pending_syncs.contains_key(*id) || g.committing.contains_key(*id) {
+                            m.session_timeout.max(m.rebalance_timeout)
+                        } else {
+                            m.session_timeout
+                        };
                     // Nor is one whose instance's replacement waits to be
                     // stored: its instance has just joined.
                     now.duration_since(m.last_seen) > allowed && {
@@ -3565,6 +3615,54 @@ mod tests {
             commit_after_idle(j.generation + 1),
             (codes::ILLEGAL_GENERATION, true)
         );
+    }
+
+    /// An OffsetCommit that waits for the disk (the group's writer lock, two
+    /// fsyncs) holds back the heartbeats its member sent after it on the same
+    /// connection: the member was expired by its session timeout while its
+    /// heartbeats waited, and the group rebalanced. While the commit is
+    /// stored the member is kept up to its rebalance timeout, and the commit's
+    /// end counts as a heartbeat.
+    #[test]
+    fn a_member_whose_commit_waits_for_the_disk_outlives_its_session_timeout() {
+        let c = Arc::new(coordinator());
+        let j = c
+            .join(JoinRequest {
+                rebalance_timeout: Duration::from_secs(60),
+                ..req("")
+            })
+            .try_recv()
+            .unwrap();
+        let s = c.sync("g", j.generation, &j.member_id, None, vec![]);
+        assert!(s.blocking_recv().is_ok());
+        let idle_for = |secs: u64| {
+            let mut groups = c.lock();
+            let m = groups.get_mut("g").unwrap().members.get_mut(&j.member_id);
+            m.unwrap().last_seen = Instant::now()
+                .checked_sub(Duration::from_secs(secs))
+                .unwrap();
+        };
+        let present = || c.lock()["g"].members.contains_key(&j.member_id);
+        let in_flight = c.commit_in_flight("g", &j.member_id);
+        let second = c.commit_in_flight("g", &j.member_id);
+        idle_for(11);
+        c.tick();
+        assert!(present(), "expired while its commit was stored");
+        drop(second);
+        c.tick();
+        assert!(present(), "one commit still stored");
+        drop(in_flight);
+        // The commit's end was a heartbeat.
+        c.tick();
+        assert!(present());
+        assert!(c.lock()["g"].members[&j.member_id].last_seen.elapsed() < Duration::from_secs(5));
+        // Past its rebalance timeout, a stored commit keeps it no longer.
+        let in_flight = c.commit_in_flight("g", &j.member_id);
+        idle_for(61);
+        c.tick();
+        assert!(!present(), "kept past its rebalance timeout");
+        drop(in_flight);
+        assert!(c.lock()["g"].committing.is_empty());
     }
 
     /// As Kafka's coordinator: a heartbeat refused for another generation

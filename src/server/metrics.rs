@@ -358,7 +358,8 @@ impl Page {
 }
 
 /// The metrics page for the broker behind `ctx`. Reads storage and the group
-/// coordinator (locks each partition briefly): run it on a blocking thread.
+/// coordinator (locks each partition briefly, when its lock is free): run it
+/// on a blocking thread.
 pub(crate) fn render(ctx: &Ctx) -> String {
     let m = &ctx.metrics;
     let mut p = Page(String::with_capacity(16 * 1024));
@@ -642,15 +643,17 @@ fn storage_metrics(ctx: &Ctx, p: &mut Page) {
             "Offset after the last record consumers can read (durable per the sync mode).",
             |p| u64::try_from(p.high_watermark()).unwrap_or(0),
         ),
+        // Read without waiting for a partition's log lock (a roll holds it
+        // through its syncs): as last read while it is held.
         (
             "streamline_partition_log_end_offset",
             "Offset after the last record stored.",
-            |p| u64::try_from(p.log_end_offset()).unwrap_or(0),
+            |p| u64::try_from(p.log_end_and_size_now().0 .0).unwrap_or(0),
         ),
         (
             "streamline_partition_size_bytes",
             "Bytes of the partition's segments.",
-            crate::storage::Partition::size_bytes,
+            |p| p.log_end_and_size_now().0 .1,
         ),
     ];
     for (name, help, read) in families {
@@ -1100,6 +1103,43 @@ mod tests {
         );
         let ids: usize = groups.iter().map(String::len).sum();
         assert_eq!(hashed, ids, "hashed {hashed} bytes for {ids} bytes of ids");
+    }
+
+    /// A roll holds its partition's log lock through four syncs, a compaction
+    /// swap through two directory fsyncs: seconds each on a stalled disk. The
+    /// page waited for the lock (past a scraper's timeout, holding one of the
+    /// 16 answer turns); it shows the values last read instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_partition_lock_does_not_hold_up_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let part = ctx.storage.partition("t", 0).unwrap();
+        let batch = crate::storage::batch::tests::make_batch(0, &[b"a", b"b"]);
+        let infos = crate::storage::batch::validate_all(&batch).unwrap();
+        part.append(&batch, &infos).unwrap();
+        let first = page(&ctx).await;
+        let held = part.hold_log();
+        let ctx2 = Arc::clone(&ctx);
+        let rendered = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || render(&ctx2)),
+        )
+        .await;
+        drop(held);
+        let page = rendered
+            .expect("the page waited for the partition's lock")
+            .unwrap();
+        for line in [
+            "streamline_partition_log_end_offset{topic=\"t\",partition=\"0\"} 2".to_string(),
+            format!(
+                "streamline_partition_size_bytes{{topic=\"t\",partition=\"0\"}} {}",
+                batch.len()
+            ),
+        ] {
+            assert!(first.lines().any(|l| l == line), "no {line:?}");
+            assert!(page.lines().any(|l| l == line), "no {line:?}");
+        }
     }
 
     /// Committed positions for partitions by the thousand made the page grow

@@ -327,6 +327,9 @@ pub struct Partition {
     open_files: Arc<SegmentFiles>,
     /// Next offset to assign (submit thread only, after recovery).
     next_offset: AtomicI64,
+    /// The log end and the bytes of all segments as last read under `log`
+    /// (see [`Partition::log_end_and_size_now`]).
+    last_seen: (AtomicI64, AtomicU64),
     /// Offset after the last batch a consumer may read.
     high_watermark: AtomicI64,
     /// Records below this offset were deleted (DeleteRecords); 0 when none were.
@@ -868,6 +871,7 @@ impl Partition {
         }
         let end = segments.last().map_or(0, Segment::next_offset);
         let first_base = segments.first().map_or(0, Segment::base_offset);
+        let size = segments.iter().map(Segment::size).sum();
         let deleted_below = load_log_start(&dir)?;
         let history = delete_horizon::History::load(&dir, end);
         Ok(Partition {
@@ -883,6 +887,7 @@ impl Partition {
             appended: AtomicU64::new(0),
             open_files: files,
             next_offset: AtomicI64::new(end),
+            last_seen: (AtomicI64::new(end), AtomicU64::new(size)),
             deleted_below: AtomicI64::new(deleted_below),
             // A stored start may be one whose directory fsync failed before a
             // restart: the first DeleteRecords stores it again before it
@@ -1202,6 +1207,37 @@ impl Partition {
             .unwrap_or_else(PoisonError::into_inner)
             .last()
             .map_or(0, Segment::next_offset)
+    }
+
+    /// [`Partition::log_end_offset`] and [`Partition::size_bytes`] without
+    /// waiting for the `log` lock: read under it when it is free, else as
+    /// last read so (a roll holds it through four syncs, a compaction swap
+    /// through two directory fsyncs: seconds on a stalled disk, and a metrics
+    /// scrape must not wait for them). The second value is false when they
+    /// are the last read's.
+    pub fn log_end_and_size_now(&self) -> ((i64, u64), bool) {
+        let (end, size) = &self.last_seen;
+        let log = match self.log.try_lock() {
+            Ok(log) => Some(log),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        match log {
+            Some(log) => {
+                let now = (
+                    log.last().map_or(0, Segment::next_offset),
+                    log.iter().map(Segment::size).sum(),
+                );
+                drop(log);
+                end.store(now.0, Ordering::Relaxed);
+                size.store(now.1, Ordering::Relaxed);
+                (now, true)
+            }
+            None => (
+                (end.load(Ordering::Relaxed), size.load(Ordering::Relaxed)),
+                false,
+            ),
+        }
     }
 
     /// Bytes of all its segments.

@@ -310,6 +310,9 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         // Recorded with the offsets, so that the group is listed with it after a
         // restart (simple commits to a group that never had members record none).
         let protocol_type = ctx.groups.protocol_type(&group);
+        // The member does not expire while the commit waits for the disk.
+        let in_flight = (generation >= 0 && !member.is_empty())
+            .then(|| ctx.groups.commit_in_flight(&group, &member));
         let stored = tokio::task::spawn_blocking(move || {
             // The member is checked again under the group's writer lock, which
             // the commit may have waited for across other groups' fsyncs: if
@@ -331,6 +334,7 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
             (stored, gate.get().copied().unwrap_or(codes::NONE))
         })
         .await;
+        drop(in_flight);
         let failed = match stored {
             Ok((Ok(_), gate)) if gate != codes::NONE => {
                 // Nothing was written: every position is refused as the first
