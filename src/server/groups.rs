@@ -2107,6 +2107,21 @@ impl GroupCoordinator {
         self.commit_gate(group, generation, member_id, instance, false)
     }
 
+    /// Makes `member` of `group` look silent for `idle` (tests); false when
+    /// it is no member.
+    #[cfg(test)]
+    pub(crate) fn idle_member_for(&self, group: &str, member: &str, idle: Duration) -> bool {
+        let mut groups = self.lock();
+        let Some(m) = groups
+            .get_mut(group)
+            .and_then(|g| g.members.get_mut(member))
+        else {
+            return false;
+        };
+        m.last_seen = Instant::now().checked_sub(idle).unwrap();
+        true
+    }
+
     /// Keeps `member` of `group` from expiring while its OffsetCommit is
     /// stored, until the result is dropped (up to its rebalance timeout, as a
     /// member parked in SyncGroup): the commit waits for the group's writer
@@ -3649,6 +3664,8 @@ mod tests {
         c.tick();
         assert!(present(), "expired while its commit was stored");
         drop(second);
+        // The drop was a heartbeat: idle again, kept by the other commit.
+        idle_for(11);
         c.tick();
         assert!(present(), "one commit still stored");
         drop(in_flight);

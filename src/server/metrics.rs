@@ -1119,6 +1119,12 @@ mod tests {
         let infos = crate::storage::batch::validate_all(&batch).unwrap();
         part.append(&batch, &infos).unwrap();
         let first = page(&ctx).await;
+        // Appended after that page, and readable: the page shows the log end
+        // no lower than the high watermark, which it reads afresh.
+        let more = crate::storage::batch::tests::make_batch(2, &[b"c", b"d", b"e"]);
+        let infos = crate::storage::batch::validate_all(&more).unwrap();
+        part.append(&more, &infos).unwrap();
+        part.set_high_watermark(5);
         let held = part.hold_log();
         let ctx2 = Arc::clone(&ctx);
         let rendered = tokio::time::timeout(
@@ -1127,18 +1133,35 @@ mod tests {
         )
         .await;
         drop(held);
-        let page = rendered
+        let held_page = rendered
             .expect("the page waited for the partition's lock")
             .unwrap();
-        for line in [
-            "streamline_partition_log_end_offset{topic=\"t\",partition=\"0\"} 2".to_string(),
-            format!(
-                "streamline_partition_size_bytes{{topic=\"t\",partition=\"0\"}} {}",
-                batch.len()
-            ),
-        ] {
-            assert!(first.lines().any(|l| l == line), "no {line:?}");
-            assert!(page.lines().any(|l| l == line), "no {line:?}");
+        let size = |n: usize| {
+            format!("streamline_partition_size_bytes{{topic=\"t\",partition=\"0\"}} {n}")
+        };
+        let end = |n: i64| {
+            format!("streamline_partition_log_end_offset{{topic=\"t\",partition=\"0\"}} {n}")
+        };
+        for line in [end(2), size(batch.len())] {
+            assert!(
+                first.lines().any(|l| l == line),
+                "no {line:?} in the first page"
+            );
+        }
+        // As last read, but never below the high watermark.
+        for line in [end(5), size(batch.len())] {
+            assert!(
+                held_page.lines().any(|l| l == line),
+                "no {line:?} while the lock was held"
+            );
+        }
+        // With the lock free, as it is.
+        let free = page(&ctx).await;
+        for line in [end(5), size(batch.len() + more.len())] {
+            assert!(
+                free.lines().any(|l| l == line),
+                "no {line:?} once the lock was free"
+            );
         }
     }
 

@@ -13,6 +13,7 @@ use std::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -51,9 +52,11 @@ const ROLL_RETRY_WAITS_MS: [u64; 4] = [0, 2, 10, 50];
 
 /// Whether `e` is a shortage of file descriptors, the process's (EMFILE) or
 /// the system's (ENFILE).
-fn out_of_descriptors(e: &Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
+use crate::wal::files::out_of_descriptors;
+
+/// How long [`Partition::log_end_and_size_now`] waits for a `log` lock held by
+/// another (an append's write) before it gives the values last read.
+const LOCK_PATIENCE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LogStartFile {
@@ -1210,33 +1213,38 @@ impl Partition {
     }
 
     /// [`Partition::log_end_offset`] and [`Partition::size_bytes`] without
-    /// waiting for the `log` lock: read under it when it is free, else as
-    /// last read so (a roll holds it through four syncs, a compaction swap
-    /// through two directory fsyncs: seconds on a stalled disk, and a metrics
-    /// scrape must not wait for them). The second value is false when they
-    /// are the last read's.
+    /// waiting long for the `log` lock: an append holds it for its write, and
+    /// is waited for (up to [`LOCK_PATIENCE`]); a roll holds it through four
+    /// syncs and a compaction swap through two directory fsyncs, seconds on a
+    /// stalled disk, which a metrics scrape must not wait for. Then the values
+    /// last read under the lock are given, the log end no lower than the high
+    /// watermark (the log holds at least that much). The second value is
+    /// false when they are the last read's.
     pub fn log_end_and_size_now(&self) -> ((i64, u64), bool) {
         let (end, size) = &self.last_seen;
-        let log = match self.log.try_lock() {
-            Ok(log) => Some(log),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
-        match log {
-            Some(log) => {
+        let deadline = Instant::now() + LOCK_PATIENCE;
+        loop {
+            let log = match self.log.try_lock() {
+                Ok(log) => Some(log),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(log) = log {
                 let now = (
                     log.last().map_or(0, Segment::next_offset),
                     log.iter().map(Segment::size).sum(),
                 );
-                drop(log);
+                // Stored under the lock: a scrape that overlaps this one
+                // cannot store an older reading after it.
                 end.store(now.0, Ordering::Relaxed);
                 size.store(now.1, Ordering::Relaxed);
-                (now, true)
+                return (now, true);
             }
-            None => (
-                (end.load(Ordering::Relaxed), size.load(Ordering::Relaxed)),
-                false,
-            ),
+            if Instant::now() >= deadline {
+                let last = end.load(Ordering::Relaxed).max(self.high_watermark());
+                return ((last, size.load(Ordering::Relaxed)), false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

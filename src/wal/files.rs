@@ -168,7 +168,13 @@ pub(crate) const FD_RETRY_WAITS_MS: [u64; 4] = [0, 2, 10, 50];
 /// Whether `e` is a shortage of file descriptors, the process's (EMFILE) or
 /// the system's (ENFILE).
 pub(crate) fn out_of_descriptors(e: &Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    if cfg!(windows) {
+        // A Win32 code there, not an errno: ERROR_TOO_MANY_OPEN_FILES. (23,
+        // ENFILE's errno, is ERROR_CRC, a failing device, on Windows.)
+        e.raw_os_error() == Some(4)
+    } else {
+        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
 }
 
 /// Runs `op`, the step `what` of a rotation on `path`, and when it fails

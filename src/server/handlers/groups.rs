@@ -1226,6 +1226,60 @@ mod tests {
         assert_eq!(fetched.topics[0].partitions[0].committed_offset, 200);
     }
 
+    /// The handler keeps the committing member alive while its commit waits
+    /// (here for the group's writer lock, as behind a slow fsync): a tick past
+    /// the member's session timeout leaves it in the group, the commit is
+    /// stored, and its end counts as a heartbeat.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_whose_commit_waits_is_not_expired_by_its_session() {
+        use std::{future::Future, sync::Arc, task::Poll, time::Duration};
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let groups = Arc::clone(&ctx.groups);
+        let j = tokio::task::spawn_blocking(move || {
+            let j = groups
+                .join(JoinRequest {
+                    rebalance_timeout: Duration::from_secs(60),
+                    ..JoinRequest::of_consumer("")
+                })
+                .blocking_recv()
+                .unwrap();
+            let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
+            groups.store_group("g");
+            assert_eq!(s.try_recv().unwrap().0, codes::NONE, "stable");
+            j
+        })
+        .await
+        .unwrap();
+        let (holder, release_tx) = hold_writer(&ctx, "g");
+        let mut commit = {
+            let ctx = Arc::clone(&ctx);
+            let req = commit_request(j.generation, &j.member_id, &[(0, 7)]);
+            Box::pin(async move { offset_commit(&ctx, req).await })
+        };
+        let pending = std::future::poll_fn(|cx| Poll::Ready(commit.as_mut().poll(cx).is_pending()));
+        assert!(pending.await, "the commit waits for the writer lock");
+        // Silent past its session timeout (10 s) while the commit waits.
+        assert!(ctx
+            .groups
+            .idle_member_for("g", &j.member_id, Duration::from_secs(11)));
+        ctx.groups.tick();
+        assert!(
+            ctx.groups
+                .idle_member_for("g", &j.member_id, Duration::from_secs(11)),
+            "expired while its commit waited"
+        );
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(commit_codes(&commit.await), [codes::NONE]);
+        // The commit's end was a heartbeat: the next tick keeps the member.
+        ctx.groups.tick();
+        assert!(ctx
+            .groups
+            .idle_member_for("g", &j.member_id, Duration::ZERO));
+    }
+
     /// An OffsetDelete judged the group (empty then: any topic's positions may
     /// go) and then waited for the group's offsets writer lock, held across
     /// the fsyncs of every group sharing it. A consumer joining meanwhile,
