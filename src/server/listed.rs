@@ -13,7 +13,8 @@
 //! ListOffsets, a DeleteRecords, an OffsetDelete, a DescribeLogDirs, an
 //! ElectLeaders, a DescribeProducers or a ListPartitionReassignments (counted
 //! over all the request's topics, an OffsetFetch's over all its groups too),
-//! and the replica assignments, broker ids and configs of a CreateTopics or a
+//! a Fetch's forgotten topics and their partitions (over all of them), and
+//! the replica assignments, broker ids and configs of a CreateTopics or a
 //! CreatePartitions (counted over all its topics) are counted first, and a request
 //! with more than [`MAX_LISTED`] in one of them is refused undecoded: its
 //! connection is closed with a log line, as for a malformed frame.

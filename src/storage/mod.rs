@@ -758,7 +758,15 @@ fn load_topic(
     let configs = TopicConfig::from_pairs(f.configs.iter().map(|(k, v)| (k, Some(v))))
         .map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
     let mut partitions = Vec::new();
+    // A topic of thousands of partitions, each newest segment read in full,
+    // takes long on its own.
+    let mut progress = crate::progress::Progress::new("loading a topic's partitions");
     for p in 0..f.partitions {
+        progress.tick(
+            p as u64,
+            Some(u64::from(f.partitions.unsigned_abs())),
+            "partitions",
+        );
         partitions.push(Arc::new(Partition::open_judged(
             name,
             p,
@@ -1442,8 +1450,6 @@ fn new_wal_floor(wal: &Wal) -> Result<u64> {
     Ok(wal.sync().wait()? + 1)
 }
 
-/// Fails (strict mode) or warns (tolerant) for each partition still below its
-/// recovery point.
 /// Cuts every partition's newest segment that the open left as found (see
 /// [`Partition::open_judged`]), once the start has judged the cuts
 /// ([`check_short`]) and before anything is appended.
@@ -1456,6 +1462,8 @@ fn settle_newest(topics: &BTreeMap<String, Arc<Topic>>) -> Result<()> {
     Ok(())
 }
 
+/// Fails (strict mode) or warns (tolerant) for each partition still below its
+/// recovery point.
 fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
     for s in short {
         let end = s.partition.log_end_offset();
@@ -1463,9 +1471,14 @@ fn check_short(short: &[Short], mode: RecoveryMode) -> Result<()> {
             continue;
         }
         let (segment, cut) = s.partition.newest_segment().unwrap_or_default();
+        // Cut only once judged (see `settle_newest`): a refusal leaves it.
         let how = match &cut {
+            Some(c) if mode == RecoveryMode::Strict => format!(
+                "its newest segment's valid batches stop at byte {} of {} ({}); the file is left as found",
+                c.position, c.size, c.reason
+            ),
             Some(c) => format!(
-                "its newest segment was cut at byte {} of {} ({})",
+                "its newest segment is cut at byte {} of {} ({})",
                 c.position, c.size, c.reason
             ),
             None => "its segments end there".to_string(),
@@ -2031,7 +2044,7 @@ impl TopicManager {
                         .as_ref()
                         .and_then(|pts| pts.get(&t.name, &id, i))
                         .unwrap_or(0);
-                    p.verify_from(from, points_unknown)?;
+                    p.verify_from(from, points_unknown, mode == RecoveryMode::Strict)?;
                 }
             }
             // Before anything is read or appended: every entry the WAL holds
@@ -2085,9 +2098,14 @@ impl TopicManager {
                 mode,
             )?;
             settle_interrupted_creates(&topics_dir, &interrupted, mode)?;
+            let mut progress = crate::progress::Progress::new("syncing the replayed partitions");
+            let total = topics.values().map(|t| t.partitions.len() as u64).sum();
+            let mut done = 0;
             for t in topics.values() {
                 for p in &t.partitions {
+                    progress.tick(done, Some(total), "partitions");
                     p.sync()?;
+                    done += 1;
                 }
             }
             if stats.last_sequence > checkpoint {
@@ -2462,7 +2480,19 @@ impl TopicManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // The directory of the name is the deleted topic's until its delete ends.
-        let Some(_guard) = self.wait_for_deletes(deleting, |d| d.contains(name)) else {
+        // On a file system that does not tell names apart by case, a topic
+        // being deleted under another case holds this name's directory too.
+        // (Fixed for the map's life: read once, not held while waiting.)
+        let fold_case = self
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .folds_case();
+        let busy = |d: &BTreeSet<String>| {
+            d.contains(name) || (fold_case && d.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        };
+        let Some(_guard) = self.wait_for_deletes(deleting, busy) else {
             return Err(CreateError::BeingDeleted);
         };
         if self.topic(name).is_some() {
@@ -7312,6 +7342,39 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// Where the file system does not tell names apart by case, a create of
+    /// `orders` while `Orders` is being deleted would take the directory the
+    /// delete has yet to move (it was told the directory held a topic kept
+    /// after a failed delete): it waits for the delete, as for its own name.
+    #[cfg(unix)]
+    #[test]
+    fn where_case_folds_a_create_waits_for_the_delete_of_its_other_case() {
+        let tmp = tempfile::tempdir().unwrap();
+        let topics = tmp.path().join("topics");
+        std::fs::create_dir(&topics).unwrap();
+        std::os::unix::fs::symlink(&topics, tmp.path().join("TOPICS")).unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("Orders", 1).unwrap();
+        m.pause_next_delete(Duration::from_secs(2));
+        let delete = {
+            let m = m.clone();
+            rt.spawn(async move { m.delete_topic("Orders").await })
+        };
+        while !m.delete_pause_taken() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        m.create_topic("orders", 1).unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "the create did not wait for the delete ({:?})",
+            started.elapsed()
+        );
+        assert!(rt.block_on(delete).unwrap().unwrap());
+        m.shutdown().unwrap();
+    }
+
     /// Names Windows stores under another name or takes for a device.
     #[test]
     fn names_windows_cannot_give_a_directory_are_known() {
@@ -7383,6 +7446,8 @@ mod tests {
             "scanning the WAL: 0 of 1 files",
             "replaying the WAL: 1 of 2 entries after the checkpoint",
             "replaying the WAL: 2 of 2 entries after the checkpoint",
+            "loading a topic's partitions: 0 of 1 partitions",
+            "syncing the replayed partitions: 1 of 2 partitions",
         ] {
             assert!(lines.contains(want), "no {want:?} in {lines}");
         }

@@ -951,7 +951,12 @@ impl Partition {
     /// holds), a short segment is not made the newest either: it is left as
     /// found, [damaged](Partition::damaged_segments), for the start-up to
     /// rebuild from the WAL or refuse, and the segments after it stay.
-    pub fn verify_from(&self, from: i64, keep_later: bool) -> Result<Option<i64>> {
+    ///
+    /// With `strict`, a segment that holds the recovery point and whose valid
+    /// batches stop below it (flushed batches damaged) is left as found too,
+    /// and the segments after it stay, for the start-up to judge the same way:
+    /// a strict start that refuses changes nothing.
+    pub fn verify_from(&self, from: i64, keep_later: bool, strict: bool) -> Result<Option<i64>> {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         for i in 0..log.len().saturating_sub(1) {
             let next_base = log[i + 1].base_offset();
@@ -961,13 +966,24 @@ impl Partition {
                 continue;
             }
             let base = log[i].base_offset();
-            let mut scanned = if keep_later {
+            let straddles = strict && base < from;
+            let mut scanned = if keep_later || straddles {
                 Segment::scan_older(&self.dir, base)?
             } else {
                 Segment::open(&self.dir, base, true)?
             };
             let end = scanned.next_offset();
             let short = log[i].cut().is_some() || scanned.cut().is_some() || end < next_base;
+            if straddles && !keep_later {
+                if short && end.min(log[i].next_offset()) < from {
+                    // Left as found, judged with the damaged segments.
+                    if log[i].cut().is_none() {
+                        log[i] = scanned;
+                    }
+                    continue;
+                }
+                scanned.settle()?;
+            }
             if keep_later {
                 if short {
                     // Left unsettled, its files as found.
@@ -5164,7 +5180,7 @@ pub(crate) mod tests {
             .unwrap();
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert!(p.snapshots.lock().unwrap().contains(&3));
-        assert_eq!(p.verify_from(0, false).unwrap(), Some(2));
+        assert_eq!(p.verify_from(0, false, false).unwrap(), Some(2));
         assert!(!pdir.join(segment::producers_name(3)).exists());
         assert!(
             !p.snapshots.lock().unwrap().contains(&3),

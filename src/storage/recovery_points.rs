@@ -340,7 +340,9 @@ pub(crate) mod repair_tests {
         }
         let msg = e.to_string();
         assert!(
-            msg.contains("offsets 1..60") && msg.contains("--recovery-mode tolerate_corruption"),
+            msg.contains("offsets 1..60")
+                && msg.contains("the file is left as found")
+                && msg.contains("--recovery-mode tolerate_corruption"),
             "{msg}"
         );
         // The refusal changed nothing: the batches after the damaged one may
@@ -486,6 +488,106 @@ pub(crate) mod repair_tests {
         let m = TopicManager::new(c.clone()).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), end);
         assert!(stored(&m, "t") == without(before, pos, damaged.len() as u64));
+        m.shutdown().unwrap();
+    }
+
+    /// A data directory as a kill -9 leaves it after 60 records, a
+    /// checkpoint (the recovery point 60) and 80 more records that rolled the
+    /// first segment (32 KiB): its config, what the partition held, and its
+    /// segment logs, the first of which holds the recovery point.
+    fn crashed_past_the_point(tmp: &Path) -> (Config, Vec<u8>, Vec<PathBuf>) {
+        fn copy_dir(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                let target = to.join(e.file_name());
+                if e.file_type().unwrap().is_dir() {
+                    copy_dir(&e.path(), &target);
+                } else {
+                    std::fs::copy(e.path(), &target).unwrap();
+                }
+            }
+        }
+        let rt = runtime();
+        let mut c = small_segments(&tmp.join("live"));
+        c.storage.segment_bytes = 32 << 10;
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        produce(&rt, &m, "t", &values("a", 60));
+        m.checkpoint().unwrap();
+        produce(&rt, &m, "t", &values("b", 80));
+        let before = stored(&m, "t");
+        // What was written, no checkpoint since.
+        let dir = tmp.join("crashed");
+        copy_dir(&c.storage.data_dir, &dir);
+        m.shutdown().unwrap();
+        drop(m);
+        c.storage.data_dir = dir.clone();
+        let logs = segment_logs(&dir, "t");
+        assert!(logs.len() >= 2, "{} segments", logs.len());
+        let infos = batch::validate_all(&std::fs::read(&logs[0]).unwrap()).unwrap();
+        assert!(
+            infos[0].base_offset < 60 && infos.last().unwrap().last_offset() >= 60,
+            "the first segment holds the recovery point"
+        );
+        (c, before, logs)
+    }
+
+    /// A segment that holds the recovery point (older since a roll after the
+    /// last checkpoint, a crash then) with a batch damaged below the point:
+    /// the start's scan of the segments above the point cut it at the damage,
+    /// synced, made it the newest and removed the segments after it, before
+    /// the strict start refused; acknowledged, flushed batches the WAL no
+    /// longer held were gone. It is now left as found and judged as a damaged
+    /// older segment: the refusal changes no byte.
+    #[test]
+    fn a_segment_holding_the_recovery_point_damaged_below_it_is_refused_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, _, logs) = crashed_past_the_point(tmp.path());
+        let seg = &logs[0];
+        assert!(
+            oldest_wal_offset(&c.storage.data_dir) > 5,
+            "the WAL holds the damaged batch"
+        );
+        let pos = damage_batch(seg, 5);
+        let files: Vec<(PathBuf, Vec<u8>)> = logs
+            .iter()
+            .map(|l| (l.clone(), std::fs::read(l).unwrap()))
+            .collect();
+
+        let e = TopicManager::new(c.clone()).unwrap_err();
+        assert_corrupt_at(&e, seg, pos);
+        assert!(e.to_string().contains("offsets 5.."), "{e}");
+        for (path, bytes) in &files {
+            assert!(
+                std::fs::read(path).is_ok_and(|now| now == *bytes),
+                "the refused start changed or removed {}",
+                path.display()
+            );
+        }
+    }
+
+    /// The same segment damaged below the point at a batch the WAL still
+    /// holds: the strict start rebuilds it from the WAL and keeps the
+    /// segments after it; every record is served.
+    #[test]
+    fn a_segment_holding_the_recovery_point_damaged_where_the_wal_reaches_is_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, before, logs) = crashed_past_the_point(tmp.path());
+        let oldest = oldest_wal_offset(&c.storage.data_dir);
+        assert!(
+            oldest < 59,
+            "the WAL holds offsets below the point from {oldest}"
+        );
+        let pos = damage_batch(&logs[0], usize::try_from(oldest).unwrap() + 1);
+        assert!(pos > 0);
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert!(stored(&m, "t") == before, "every record, as produced");
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert!(stored(&m, "t") == before);
         m.shutdown().unwrap();
     }
 

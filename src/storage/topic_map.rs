@@ -160,6 +160,12 @@ impl TopicMap {
             .map(String::as_str)
     }
 
+    /// Whether names that differ only by case collide (see
+    /// [`TopicMap::new`]).
+    pub(crate) fn folds_case(&self) -> bool {
+        self.fold_case
+    }
+
     /// The partitions of every topic in the map.
     pub(crate) fn partitions(&self) -> usize {
         self.partitions
