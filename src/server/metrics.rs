@@ -631,40 +631,49 @@ fn storage_metrics(ctx: &Ctx, p: &mut Page) {
     );
     let topics = storage.topics();
     p.single("streamline_topics", "gauge", "Topics.", topics.len());
-    type Read = fn(&crate::storage::Partition) -> u64;
+    // The log end and size of each partition, read once a page without
+    // waiting long for its log lock (a roll holds it through its syncs).
+    let now: Vec<Vec<(i64, u64)>> = topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| p.log_end_and_size_now())
+                .collect()
+        })
+        .collect();
+    type Read = fn(&crate::storage::Partition, (i64, u64)) -> u64;
     let families: [(&str, &str, Read); 4] = [
         (
             "streamline_partition_log_start_offset",
             "First offset a consumer can read.",
-            |p| u64::try_from(p.log_start_offset()).unwrap_or(0),
+            |p, _| u64::try_from(p.log_start_offset()).unwrap_or(0),
         ),
         (
             "streamline_partition_high_watermark",
             "Offset after the last record consumers can read (durable per the sync mode).",
-            |p| u64::try_from(p.high_watermark()).unwrap_or(0),
+            |p, _| u64::try_from(p.high_watermark()).unwrap_or(0),
         ),
-        // Read without waiting for a partition's log lock (a roll holds it
-        // through its syncs): as last read while it is held.
         (
             "streamline_partition_log_end_offset",
             "Offset after the last record stored.",
-            |p| u64::try_from(p.log_end_and_size_now().0 .0).unwrap_or(0),
+            |_, (end, _)| u64::try_from(end).unwrap_or(0),
         ),
         (
             "streamline_partition_size_bytes",
             "Bytes of the partition's segments.",
-            |p| p.log_end_and_size_now().0 .1,
+            |_, (_, size)| size,
         ),
     ];
     for (name, help, read) in families {
         p.family(name, "gauge", help);
-        for t in &topics {
-            for (i, part) in t.partitions.iter().enumerate() {
+        for (t, now) in topics.iter().zip(&now) {
+            for (i, (part, &now)) in t.partitions.iter().zip(now).enumerate() {
                 let index = i.to_string();
                 p.sample(
                     name,
                     &[("topic", &t.name), ("partition", &index)],
-                    read(part),
+                    read(part, now),
                 );
             }
         }

@@ -1234,9 +1234,8 @@ impl Partition {
     /// syncs and a compaction swap through two directory fsyncs, seconds on a
     /// stalled disk, which a metrics scrape must not wait for. Then the values
     /// last read under the lock are given, the log end no lower than the high
-    /// watermark (the log holds at least that much). The second value is
-    /// false when they are the last read's.
-    pub fn log_end_and_size_now(&self) -> ((i64, u64), bool) {
+    /// watermark (the log holds at least that much).
+    pub fn log_end_and_size_now(&self) -> (i64, u64) {
         let (end, size) = &self.last_seen;
         let deadline = Instant::now() + LOCK_PATIENCE;
         loop {
@@ -1254,11 +1253,11 @@ impl Partition {
                 // cannot store an older reading after it.
                 end.store(now.0, Ordering::Relaxed);
                 size.store(now.1, Ordering::Relaxed);
-                return (now, true);
+                return now;
             }
             if Instant::now() >= deadline {
                 let last = end.load(Ordering::Relaxed).max(self.high_watermark());
-                return ((last, size.load(Ordering::Relaxed)), false);
+                return (last, size.load(Ordering::Relaxed));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
