@@ -3,10 +3,15 @@
 
     scripts/ab.py ROUNDS 'LABEL [VAR=VALUE ...] BINARY [ARGS ...]' ... -- COMMON ARGS
 
-Each round runs every variant once, in the order given, so that a slow minute of a
-shared machine hits all of them alike. Every run gets a new directory under
-AB_DIR (`--dir`, removed after the run) and `--output-format json --quiet
---cleanup`; COMMON ARGS follow each variant's own. One line per run, then per variant the medians, and for
+Each round runs every variant once, so that a slow minute of a shared machine
+hits all of them alike, in an order rotated by one each round: round 1 in the
+order given, round 2 from the second variant on (the first last), and so on,
+so that what a run leaves behind (page cache, freed memory, the device's
+write-back) does not always fall on the same variant. The first variant given
+stays the base of every comparison whatever its place in a round. Every run
+gets a new directory under AB_DIR (`--dir`, removed after the run) and
+`--output-format json --quiet --cleanup`; COMMON ARGS follow each variant's
+own. One line per run, in the order run, then per variant the medians, and for
 every variant after the first: in how many rounds it made more records/s than the
 first, and the median of its round-by-round ratio to the first.
 
@@ -80,7 +85,9 @@ def main():
     parent = os.environ.get("AB_DIR", ".")
     results = {label: [] for label, _, _ in variants}
     for rnd in range(rounds):
-        for label, env, cmd in variants:
+        # Rotated per round; results stay keyed by label, one entry per round.
+        shift = rnd % len(variants)
+        for label, env, cmd in variants[shift:] + variants[:shift]:
             scratch = tempfile.mkdtemp(prefix="ab-", dir=parent)
             try:
                 run = subprocess.run(

@@ -119,21 +119,25 @@ COMMON=(--duration "$DURATION" --warmup "$WARMUP")
 
 for rep in $(seq "$REPS"); do
   # --- with and without the WAL, per sync mode ---------------------------------
+  # Every invocation of several jobs runs them in an order rotated with the rep
+  # (`rotated`), so that what a job leaves behind (freed memory, page cache,
+  # files the next job's --cleanup removes) does not always fall on the same
+  # job; the first rep keeps the order written here.
   log "sync modes rep $rep"
   for qd in 1 64; do
-    run syncmodes "${COMMON[@]}" --writers 4 --record-size 1024 \
-      --job engine=nowal,queue-depth=1 \
-      --job "sync-mode=interval,queue-depth=$qd,backend=uring" \
-      --job "sync-mode=interval,queue-depth=$qd,backend=std" \
-      --job "sync-mode=os_default,queue-depth=$qd,backend=uring" \
-      --job "sync-mode=every_write,queue-depth=$qd,backend=uring"
+    jobs=()
+    for e in $(rotated "$((rep - 1))" engine=nowal,queue-depth=1 \
+      "sync-mode=interval,queue-depth=$qd,backend=uring" \
+      "sync-mode=interval,queue-depth=$qd,backend=std" \
+      "sync-mode=os_default,queue-depth=$qd,backend=uring" \
+      "sync-mode=every_write,queue-depth=$qd,backend=uring"); do jobs+=(--job "$e"); done
+    run syncmodes "${COMMON[@]}" --writers 4 --record-size 1024 "${jobs[@]}"
   done
 
   # --- scaling: writers x record size, every_write, closed loop ----------------
-  # The engines' order rotates with the rep, so that what a job leaves behind
-  # (freed memory, files the next job's --cleanup removes) does not always
-  # fall on the same engine; the first rep, which writes the latency plots and
-  # their hist-*-N.hgrm files (N: the job's place), keeps the order above.
+  # The engines' order rotates with the rep, as above; the first rep, which
+  # writes the latency plots and their hist-*-N.hgrm files (N: the job's
+  # place), keeps the order below.
   engines=(backend=uring backend=std engine=naive)
   for a in $ANCHORS; do engines+=("engine=$a"); done
   for size in 128 1024; do
@@ -162,18 +166,21 @@ for rep in $(seq "$REPS"); do
 
   # --- 64 closed-loop writers as tasks awaiting their acknowledgements ----------
   log "64 writers as async tasks rep $rep"
-  run async64 "${COMMON[@]}" --writers 64 --record-size 1024 --backend uring \
-    --job async-workers=1 --job async-workers=2
+  jobs=()
+  for e in $(rotated "$((rep - 1))" async-workers=1 async-workers=2); do jobs+=(--job "$e"); done
+  run async64 "${COMMON[@]}" --writers 64 --record-size 1024 --backend uring "${jobs[@]}"
 
   # --- 64 writers with data retired as it goes -----------------------------------
   # Every 50 ms streamline checkpoints what is acknowledged and raft-engine purges
   # expired files, so both recycle retired files (okaywal always does); the long
   # warm-up gets every engine past its first rotations and into recycled files.
   log "64 writers, files retired and recycled, rep $rep"
-  jobs=(--job backend=uring,checkpoint-ms=50 --job backend=std,checkpoint-ms=50)
+  retire=(backend=uring,checkpoint-ms=50 backend=std,checkpoint-ms=50)
   for a in $ANCHORS; do
-    if [ "$a" = okaywal ]; then jobs+=(--job engine=okaywal); else jobs+=(--job "engine=$a,checkpoint-ms=50"); fi
+    if [ "$a" = okaywal ]; then retire+=(engine=okaywal); else retire+=("engine=$a,checkpoint-ms=50"); fi
   done
+  jobs=()
+  for e in $(rotated "$((rep - 1))" "${retire[@]}"); do jobs+=(--job "$e"); done
   run retire64 --duration "$DURATION" --warmup "$RETIRE_WARMUP" --writers 64 --record-size 1024 "${jobs[@]}"
 
   # --- many outstanding appends --------------------------------------------------
@@ -181,9 +188,10 @@ for rep in $(seq "$REPS"); do
   # Without checkpoints every file is new, prepared while the WAL writes into the
   # current one (after writes this large only reserved, not zero-filled); with
   # them (as in the broker), retired files are recycled.
-  run qd64 "${COMMON[@]}" --writers 4 --queue-depth 64 --record-size 4096 \
-    --job backend=uring --job backend=std \
-    --job backend=uring,checkpoint-ms=50 --job backend=std,checkpoint-ms=50
+  jobs=()
+  for e in $(rotated "$((rep - 1))" backend=uring backend=std \
+    backend=uring,checkpoint-ms=50 backend=std,checkpoint-ms=50); do jobs+=(--job "$e"); done
+  run qd64 "${COMMON[@]}" --writers 4 --queue-depth 64 --record-size 4096 "${jobs[@]}"
 done
 
 # --- recovery of a 1 GiB WAL ------------------------------------------------------

@@ -1,9 +1,14 @@
 //! The benchmark helper scripts (`scripts/ab.py`, `scripts/bench_tables.py`,
-//! `scripts/bench-broker.sh` and its client, `kafka_client.py bench`), driven
-//! with stand-ins for `streamline-bench`, its results and the broker: no
-//! benchmark runs here.
+//! `scripts/bench-broker.sh` and its client, `kafka_client.py bench`,
+//! `scripts/bench.sh`), driven with stand-ins for `streamline-bench`, its
+//! results and the broker, and the prose of `docs/benchmarks.md` checked
+//! against its tables: no benchmark runs here.
 
-use std::{path::Path, process::Command};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    process::Command,
+};
 
 fn script(name: &str) -> String {
     format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -21,12 +26,14 @@ fn executable_script(path: &Path, text: impl AsRef<[u8]>) {
 
 /// A stand-in for `streamline-bench`: prints `FAKE_JOBS` (default 1) reports of
 /// `FAKE_RATE` records/s, or fails in the rounds listed in `FAKE_FAIL` (counted
-/// in `FAKE_COUNTER`).
+/// in `FAKE_COUNTER`); with `FAKE_ORDER` set, appends `FAKE_LABEL` to that file
+/// first.
 fn fake_bench(dir: &Path) -> String {
     let path = dir.join("fake-bench.sh");
     executable_script(
         &path,
         r#"#!/bin/sh
+if [ -n "$FAKE_ORDER" ]; then echo "$FAKE_LABEL" >> "$FAKE_ORDER"; fi
 n=$(cat "$FAKE_COUNTER" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$FAKE_COUNTER"
 for r in $FAKE_FAIL; do [ "$r" = "$n" ] && { echo "failed in round $n" >&2; exit 3; }; done
 for _ in $(seq "${FAKE_JOBS:-1}"); do
@@ -49,13 +56,22 @@ fn ab(rounds: u32, a_fails: &str, b_fails: &str) -> (Option<i32>, String, String
             counter.display()
         )
     };
+    run_ab(
+        tmp.path(),
+        rounds,
+        &[variant("a", 1000, a_fails), variant("b", 1100, b_fails)],
+    )
+}
+
+/// Runs `ab.py ROUNDS VARIANTS... --` with its results in `dir`; returns
+/// (exit code, stdout, stderr).
+fn run_ab(dir: &Path, rounds: u32, variants: &[String]) -> (Option<i32>, String, String) {
     let out = Command::new("python3")
         .arg(script("ab.py"))
         .arg(rounds.to_string())
-        .arg(variant("a", 1000, a_fails))
-        .arg(variant("b", 1100, b_fails))
+        .args(variants)
         .arg("--")
-        .env("AB_DIR", tmp.path())
+        .env("AB_DIR", dir)
         .output()
         .expect("run python3 scripts/ab.py");
     (
@@ -102,6 +118,46 @@ fn ab_counts_failed_rounds_as_lost_and_exits_non_zero() {
     assert!(out.contains("more records/s in 2 of 2 rounds"), "{out}");
 }
 
+/// Each round runs the variants in an order rotated by one from the round
+/// before, so that what a run leaves behind does not always fall on the same
+/// variant; the first variant given stays the base of every ratio.
+#[test]
+fn ab_rotates_the_variants_order_each_round_and_keeps_the_first_as_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = fake_bench(tmp.path());
+    let order = tmp.path().join("order");
+    let variant = |label: &str, rate: u32| {
+        let counter = tmp.path().join(format!("{label}.count"));
+        format!(
+            "{label} FAKE_LABEL={label} FAKE_ORDER={} FAKE_COUNTER={} FAKE_RATE={rate} {bin}",
+            order.display(),
+            counter.display()
+        )
+    };
+    let (code, stdout, stderr) = run_ab(
+        tmp.path(),
+        4,
+        &[variant("a", 1000), variant("b", 1100), variant("c", 900)],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let runs: Vec<String> = std::fs::read_to_string(&order)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let rounds: Vec<String> = runs.chunks(3).map(|r| r.concat()).collect();
+    assert_eq!(rounds, ["abc", "bca", "cab", "abc"], "{stdout}");
+    // The ratios are still to `a`, whatever its place in the round.
+    assert!(
+        stdout.contains("b against a: more records/s in 4 of 4 rounds, median round ratio 1.100"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("c against a: more records/s in 0 of 4 rounds, median round ratio 0.900"),
+        "{stdout}"
+    );
+}
+
 /// A run of several jobs prints one report line per job; `ab.py` compares one
 /// job per run, so it refuses such a run rather than compare only its last job.
 #[test]
@@ -115,20 +171,8 @@ fn ab_refuses_runs_of_several_jobs() {
             counter.display()
         )
     };
-    let out = Command::new("python3")
-        .arg(script("ab.py"))
-        .arg("2")
-        .arg(variant("a", 1))
-        .arg(variant("b", 2))
-        .arg("--")
-        .env("AB_DIR", tmp.path())
-        .output()
-        .expect("run python3 scripts/ab.py");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let (code, stdout, stderr) = run_ab(tmp.path(), 2, &[variant("a", 1), variant("b", 2)]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
     assert!(
         stderr.contains("b: the run printed 2 report lines"),
         "{stderr}"
@@ -567,4 +611,211 @@ fn bench_broker_rates_are_over_the_producers_own_window() {
     assert!(produce + 1.4 <= wall, "{text}");
     // The rate is of the window, not of the wall time.
     assert!(rate >= 600.0 / (wall - 1.4), "{text}");
+}
+
+/// `scripts/bench.sh` runs several jobs in one `streamline-bench` invocation
+/// and repeats it `REPS` times; the jobs' order rotates with the repetition
+/// (the first keeps the order written in the script), so that what a job
+/// leaves behind does not always fall on the same job. Run here in a copy of
+/// the scripts with stand-ins for cargo, `streamline-bench` (which records its
+/// arguments and reports nothing) and the tools the machine table calls: every
+/// invocation of several jobs must come back `REPS` times, each rotated by one
+/// more than the one before.
+#[test]
+fn bench_sh_rotates_the_jobs_of_every_invocation_with_the_repetition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("scripts")).unwrap();
+    std::fs::create_dir_all(tree.join("docs")).unwrap();
+    for name in ["bench.sh", "bench_tables.py"] {
+        std::fs::copy(script(name), tree.join("scripts").join(name)).unwrap();
+    }
+    std::fs::write(tree.join("docs/benchmarks.md"), "").unwrap();
+    let tools = tmp.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    for (name, text) in [
+        ("cargo", "#!/bin/sh\nexit 0\n"),
+        ("lscpu", "#!/bin/sh\necho 'Model name: stand-in'\n"),
+        ("findmnt", "#!/bin/sh\necho 'ext4 /dev/stand-in'\n"),
+        ("free", "#!/bin/sh\necho 'Mem: 1 0 1'\n"),
+    ] {
+        executable_script(&tools.join(name), text);
+    }
+    let target = tmp.path().join("target");
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    let calls = tmp.path().join("calls");
+    executable_script(
+        &target.join("release/streamline-bench"),
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", calls.display()),
+    );
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(tree.join("scripts/bench.sh"))
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("BENCH_DIR", tmp.path().join("scratch"))
+        .env("REPS", "3")
+        .env("SKIP_FIO", "1")
+        .env("SKIP_CRITERION", "1")
+        .output()
+        .expect("run scripts/bench.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Invocations grouped by everything but the jobs' order (and the plot
+    // files only the first repetition writes), in the order first seen.
+    let mut groups: Vec<(String, Vec<Vec<String>>)> = Vec::new();
+    for call in std::fs::read_to_string(&calls).unwrap().lines() {
+        let mut words = call.split_whitespace();
+        let (mut jobs, mut rest) = (Vec::new(), Vec::new());
+        while let Some(w) = words.next() {
+            match w {
+                "--job" => jobs.push(words.next().unwrap().to_string()),
+                "--plot" | "--hist-file" => {
+                    words.next();
+                }
+                _ => rest.push(w),
+            }
+        }
+        if jobs.len() < 2 {
+            continue;
+        }
+        let mut sorted = jobs.clone();
+        sorted.sort();
+        let key = format!("{} {}", rest.join(" "), sorted.join(" "));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, runs)) => runs.push(jobs),
+            None => groups.push((key, vec![jobs])),
+        }
+    }
+    for needle in [
+        "engine=nowal",
+        "engine=raft-engine",
+        "async-workers=1",
+        "--warmup 4",
+        "--queue-depth 64",
+    ] {
+        assert!(
+            groups.iter().any(|(k, _)| k.contains(needle)),
+            "no invocation of several jobs with {needle}: {groups:?}"
+        );
+    }
+    for (key, runs) in &groups {
+        assert_eq!(runs.len(), 3, "{key}: {runs:?}");
+        for (rep, jobs) in runs.iter().enumerate() {
+            let mut want = runs[0].clone();
+            let n = want.len();
+            want.rotate_left(rep % n);
+            assert_eq!(*jobs, want, "{key}: repetition {}: {runs:?}", rep + 1);
+        }
+    }
+}
+
+/// Numbers of `text` written with a decimal point or grouped thousands
+/// (`1.27`, `1,658`, `1,304.7`), as they stand.
+fn figures(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let starts = b[i].is_ascii_digit()
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || matches!(b[i - 1], b'.' | b',')));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        while j + 3 < b.len()
+            && b[j] == b','
+            && b[j + 1..j + 4].iter().all(u8::is_ascii_digit)
+            && !b.get(j + 4).is_some_and(u8::is_ascii_digit)
+        {
+            j += 4;
+        }
+        if j + 1 < b.len() && b[j] == b'.' && b[j + 1].is_ascii_digit() {
+            j += 1;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+        }
+        let figure = &text[i..j];
+        if figure.contains(['.', ',']) {
+            out.push(figure.to_string());
+        }
+        i = j;
+    }
+    out
+}
+
+/// The prose under "What the numbers say" describes the run whose tables
+/// `scripts/bench.sh` wrote into docs/benchmarks.md, and quotes earlier runs
+/// dated with their run. It once kept quoting older runs as "this run" after
+/// the tables had moved on, so: a sentence there that says "this run" (or
+/// "the same run") may quote a figure with a decimal point or grouped
+/// thousands only if that figure stands in those tables (between
+/// `<!-- BEGIN … -->` and `<!-- END … -->`). Figures of other runs go in
+/// sentences that name their run.
+#[test]
+fn benchmarks_prose_quotes_this_runs_figures_from_its_tables() {
+    let doc = std::fs::read_to_string(format!("{}/docs/benchmarks.md", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let mut in_tables = HashSet::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        if line.starts_with("<!-- BEGIN ") {
+            inside = true;
+        } else if line.starts_with("<!-- END ") {
+            inside = false;
+        } else if inside {
+            in_tables.extend(figures(line));
+        }
+    }
+    assert!(in_tables.contains("1,658"), "no tables found");
+    let section = doc
+        .split("\n## What the numbers say\n")
+        .nth(1)
+        .expect("docs/benchmarks.md has no \"What the numbers say\"");
+    let section = section.split("\n## ").next().unwrap();
+    // The prose alone: no table rows, no code blocks, no inline code.
+    let mut prose = String::new();
+    let mut fenced = false;
+    for line in section.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && !line.starts_with('|') {
+            prose.push_str(line);
+            prose.push(' ');
+            continue;
+        }
+        prose.push_str("\n\n");
+    }
+    let prose: String = prose.split('`').step_by(2).collect();
+    let mut stale: HashMap<String, Vec<String>> = HashMap::new();
+    for sentence in prose.split(". ").flat_map(|s| s.split("\n\n")) {
+        let lower = sentence.to_lowercase();
+        if !(lower.contains("this run") || lower.contains("the same run")) {
+            continue;
+        }
+        let missing: Vec<String> = figures(sentence)
+            .into_iter()
+            .filter(|f| !in_tables.contains(f))
+            .collect();
+        if !missing.is_empty() {
+            stale.insert(sentence.trim().to_string(), missing);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "sentences quoting as this run's figures that its tables do not hold: {stale:#?}"
+    );
 }

@@ -152,6 +152,34 @@ fn full_ext4_fails_appends_with_enospc_and_recovers_after_space_is_freed() {
     }
 }
 
+/// A next file whose preparation fails for want of space is removed, not
+/// left holding the blocks its reservation got: ext4 keeps what a failed
+/// `fallocate` allocated, all the free space there was, and the file stayed
+/// until the WAL's next open, failing writes elsewhere on the disk (a topic's
+/// directory, the recovery points) meanwhile.
+#[test]
+fn a_next_file_that_does_not_fit_is_removed_with_its_reservation() {
+    let fs = LoopFs::new(8);
+    let dir = fs.mount.join("wal");
+    std::fs::create_dir(&dir).unwrap();
+    for prealloc in [files::Prealloc::ZeroFill, files::Prealloc::Reserve] {
+        let r = files::prepare_file(&dir, 2, 64 << 20, prealloc);
+        assert!(
+            matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)),
+            "{prealloc:?}: {r:?}"
+        );
+        assert!(
+            !dir.join(files::NEXT_TMP).exists() && !dir.join(files::NEXT).exists(),
+            "{prealloc:?}: the file was left"
+        );
+        // The space its reservation got is free again.
+        let ballast = fs.mount.join("ballast");
+        std::fs::write(&ballast, vec![0xAA; 4 << 20])
+            .unwrap_or_else(|e| panic!("{prealloc:?}: {e}"));
+        std::fs::remove_file(&ballast).unwrap();
+    }
+}
+
 /// Where the first hole at or after 0 is: the first block that is reserved but
 /// was never written, or the file's size.
 fn first_hole(path: &Path) -> u64 {

@@ -162,6 +162,16 @@ pub(crate) fn close_connection() -> Reply {
     Reply::frame(BytesMut::new())
 }
 
+/// How many segment reads (a Fetch's read pass, a ListOffsets lookup) run on
+/// tokio's blocking threads at once; more wait, without a thread, for one to
+/// end. A read blocked on a stalled device holds its thread until the device
+/// answers, and nothing cancels it when its client gives up: unbounded,
+/// reconnecting consumers could hold all of the runtime's blocking threads
+/// (512), and every other request that needs one (a JoinGroup's or commit's
+/// store, a create, a login's derivation) and the shutdown would queue behind
+/// them.
+pub(crate) const READS_AT_ONCE: usize = 64;
+
 /// What every handler can reach.
 pub(crate) struct Ctx {
     pub(crate) storage: TopicManager,
@@ -171,6 +181,9 @@ pub(crate) struct Ctx {
     pub(crate) metrics: metrics::Metrics,
     /// What Fetch responses may hold in memory (`--fetch-response-memory-bytes`).
     pub(crate) fetch_memory: Arc<fetch_memory::FetchMemory>,
+    /// Segment reads (Fetch read passes, ListOffsets lookups) running on
+    /// blocking threads at once: at most [`READS_AT_ONCE`].
+    pub(crate) reads: Arc<tokio::sync::Semaphore>,
     /// TLS and SASL, reloaded on SIGHUP (by the broker binary, which holds the
     /// other reference).
     pub(crate) security: Arc<Security>,
@@ -473,6 +486,7 @@ impl Server {
             port,
             metrics: metrics::Metrics::new(),
             fetch_memory: fetch_memory::FetchMemory::new(cfg.fetch_response_memory_bytes),
+            reads: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
             security,
             stopping: watch::Sender::new(false),
         });

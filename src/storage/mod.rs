@@ -645,24 +645,50 @@ fn windows_cannot_name(name: &str) -> bool {
     name.ends_with('.') || DEVICES.contains(&stem.as_str()) || numbered("com") || numbered("lpt")
 }
 
-/// Whether the file system of `data_dir` does not tell names apart by case
-/// (macOS's and Windows' defaults): its `topics` directory, `topics_dir`, is
-/// found again as `TOPICS`. Topic names that differ only by case are one
-/// directory there, and collide (see [`TopicManager::colliding_topic`]).
+/// The name of the file [`folds_case`] creates in the `topics` directory: no
+/// topic can have it (`~` is not allowed in topic names).
+const CASE_PROBE: &str = ".case~probe";
+
+/// Whether the `topics` directory, `topics_dir`, does not tell names apart by
+/// case (macOS's and Windows' defaults, an ext4 or tmpfs directory with the
+/// casefold attribute): a file created there as [`CASE_PROBE`] is found
+/// again by its name in upper case. Topic names that differ only by case are
+/// one directory there, and collide (see [`TopicManager::colliding_topic`]).
+/// The probe is made in the directory itself, whose file system and
+/// attribute may differ from the data directory's. When the probe cannot be
+/// made, the data directory's `topics` found again as `TOPICS` decides.
 fn folds_case(data_dir: &Path, topics_dir: &Path) -> bool {
-    let Ok(upper) = std::fs::metadata(data_dir.join("TOPICS")) else {
+    let probe = topics_dir.join(CASE_PROBE);
+    let upper = topics_dir.join(CASE_PROBE.to_ascii_uppercase());
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let folds = same_file(&probe, &upper);
+            if let Err(e) = std::fs::remove_file(&probe) {
+                tracing::warn!(path = %probe.display(), error = %e, "could not remove the case probe; it is skipped as not a topic");
+            }
+            folds
+        }
+        Err(e) => {
+            tracing::warn!(path = %probe.display(), error = %e, "could not create the case probe; judging by the data directory");
+            same_file(topics_dir, &data_dir.join("TOPICS"))
+        }
+    }
+}
+
+/// Whether `b` names the file `a` names (on platforms without inode numbers:
+/// whether `b` exists, as the same kind of file).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
         return false;
     };
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(topics_dir)
-            .is_ok_and(|m| (m.dev(), m.ino()) == (upper.dev(), upper.ino()))
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
     }
     #[cfg(not(unix))]
     {
-        let _ = topics_dir;
-        upper.is_dir()
+        a.is_dir() == b.is_dir()
     }
 }
 
@@ -1654,22 +1680,58 @@ fn compacted_copy(t: &Topic, d: &partition::DamagedSegment) -> Option<String> {
     }
 }
 
-/// Judges the damaged older segments found by the open of topic `t` again
-/// after its delete failed (see [`TopicManager::restore_topic`]). No WAL
-/// replay follows to restore what they lost, so any offsets missing before
-/// the next segment are lost to the topic from now on: strict mode refuses,
-/// naming the segment (the topic then stays out of service until a restart,
-/// which rebuilds them from the WAL when it still holds them), tolerant mode
-/// warns and cuts the segment as a tolerant start does. A segment whose only
-/// damage is bytes after its last batch is cut.
+/// Judges the damaged segments found by the open of topic `t` again after its
+/// delete failed (see [`TopicManager::restore_topic`]); `old` is the topic as
+/// the delete took it. No WAL replay follows to restore what they lost, so
+/// any offsets missing before the next segment, or below the log end `old`
+/// had, are lost to the topic from now on: strict mode refuses, naming the
+/// segment (the topic then stays out of service until a restart, which
+/// rebuilds them from the WAL when it still holds them), tolerant mode warns
+/// and cuts the segment as a tolerant start does. A segment whose only damage
+/// is bytes after its last batch (the newest: after the old log end) is cut.
+/// Nothing is cut before it is judged: the open left the newest segment as
+/// found ([`load_topic`] with `defer_cut`).
 ///
 /// # Errors
 /// In strict mode, a segment that lost offsets; I/O errors cutting one.
-fn check_reopened(t: &Topic, mode: RecoveryMode) -> Result<()> {
+fn check_reopened(t: &Topic, old: &Topic, mode: RecoveryMode) -> Result<()> {
+    for (p, was) in t.partitions.iter().zip(&old.partitions) {
+        let end = p.log_end_offset();
+        let old_end = was.log_end_offset();
+        if end < old_end {
+            let (segment, cut) = p.newest_segment().unwrap_or_default();
+            let how = cut.as_ref().map_or_else(
+                || "its segments end there".to_string(),
+                |c| {
+                    format!(
+                        "its newest segment's valid batches stop at byte {} of {} ({})",
+                        c.position, c.size, c.reason
+                    )
+                },
+            );
+            let what = format!(
+                "topic {} partition {}: offsets {end}..{old_end} are gone: {how}; the topic was \
+                 opened again after its delete failed, where nothing rebuilds them",
+                t.name,
+                p.index(),
+            );
+            if mode == RecoveryMode::Strict {
+                return Err(Error::corrupt(
+                    segment,
+                    cut.map_or(0, |c| c.position),
+                    format!(
+                        "{what}; the file is left as found and the topic stays out of service \
+                         until the broker restarts, which rebuilds them from the WAL if it \
+                         still holds them"
+                    ),
+                ));
+            }
+            tracing::warn!("{what}; continuing without them (--recovery-mode tolerate_corruption)");
+        }
+    }
     for p in &t.partitions {
         for d in p.damaged_segments() {
             if d.end >= d.next_base {
-                p.settle_segment(d.base_offset)?;
                 continue;
             }
             let what = format!(
@@ -1693,8 +1755,15 @@ fn check_reopened(t: &Topic, mode: RecoveryMode) -> Result<()> {
                 ));
             }
             tracing::warn!("{what}; continuing without them (--recovery-mode tolerate_corruption), a fetch in the gap gets the next segment's first batch");
+        }
+    }
+    // All judged: the cuts are made only now, a refusal above leaving every
+    // file as found.
+    for p in &t.partitions {
+        for d in p.damaged_segments() {
             p.settle_segment(d.base_offset)?;
         }
+        p.settle_newest()?;
     }
     Ok(())
 }
@@ -2175,18 +2244,39 @@ impl TopicManager {
                         "dropped committed positions in topics without a directory (deleted, or set aside)"
                     );
                 }
+                // Emptied, not removed: a delete moves a topic's directory
+                // into it, and one that had to make it first would fail on a
+                // full disk, when an operator deletes a topic to free space.
                 if trash
                     .try_exists()
                     .map_err(|e| Error::io("stat", &trash, e))?
                 {
-                    std::fs::remove_dir_all(&trash)
-                        .map_err(|e| Error::io("remove_dir_all", &trash, e))?;
+                    for entry in trash_entries(&trash)? {
+                        let removed = if entry.is_dir() {
+                            std::fs::remove_dir_all(&entry)
+                        } else {
+                            std::fs::remove_file(&entry)
+                        };
+                        removed.map_err(|e| Error::io("remove", &entry, e))?;
+                    }
+                } else if let Err(e) = create_dir_durable(&trash) {
+                    tracing::warn!(dir = %trash.display(), error = %e, "could not make the directory deleted topics move to; the first delete makes it");
                 }
             }
             Err(e) => {
                 // Kept for the retention passes to finish; no delete of this
-                // run has put anything there yet.
+                // run has put anything there yet. Their files go now (the
+                // moves are durable once the trash is synced), their names
+                // stay: the drop may have failed for want of the space they
+                // held.
                 start_trash = trash_entries(&trash)?;
+                if !start_trash.is_empty() {
+                    sync_dir(&trash)?;
+                    for entry in &start_trash {
+                        let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
+                        free_trash_entry(name.as_deref().unwrap_or_default(), entry);
+                    }
+                }
                 tracing::warn!(error = %e, trash = %trash.display(), "could not drop committed positions in deleted topics; each retention pass tries again, and the deleted topics' files stay in the trash until then")
             }
         }
@@ -3162,7 +3252,7 @@ impl TopicManager {
                     }
                 }
                 drop(retired);
-                me.restore_topic(&name, &from, topic.configs_not_durable.clone());
+                me.restore_topic(&name, &from, &topic);
                 return Err(e.into());
             }
             // The checkpoint moves the WAL's checkpoint past the topic's entries
@@ -3179,7 +3269,7 @@ impl TopicManager {
                     // out of the map, its name free, a create would take its
                     // directory, and with it what a restart recovers.
                     drop(retired);
-                    me.restore_topic(&name, &from, topic.configs_not_durable.clone());
+                    me.restore_topic(&name, &from, &topic);
                     return Err(e.into());
                 }
             }
@@ -3212,7 +3302,7 @@ impl TopicManager {
                     // the topic back: it comes back now, as a restart would
                     // open it, rather than being gone until then.
                     drop(retired);
-                    me.restore_topic(&name, &from, topic.configs_not_durable.clone());
+                    me.restore_topic(&name, &from, &topic);
                     return Err(e.into());
                 }
             };
@@ -3251,23 +3341,25 @@ impl TopicManager {
     }
 
     /// Puts topic `name` back in the map, opened from `dir` as a start would
-    /// open it, after its delete failed before its directory moved (blocking).
-    /// The delete still holds the name, so nothing else can have taken it.
-    /// Damaged older segments the open finds are judged as a start judges
-    /// them, without the WAL (see [`check_reopened`]). If the topic cannot be
+    /// open it, after its delete failed before its directory moved (blocking);
+    /// `old` is the topic as the delete took it. The delete still holds the
+    /// name, so nothing else can have taken it. Damaged segments the open
+    /// finds, the newest included, are judged as a start judges them, without
+    /// the WAL (see [`check_reopened`]). If the topic cannot be
     /// opened, or strict mode refuses such a segment, it stays out of the map
     /// until a restart, its files left as found and its recovery points kept.
-    fn restore_topic(&self, name: &str, dir: &Path, configs_not_durable: Option<String>) {
+    fn restore_topic(&self, name: &str, dir: &Path, old: &Topic) {
+        let configs_not_durable = old.configs_not_durable.clone();
         let loaded = load_topic(
             dir,
             name,
             &self.shared.config.storage,
             &self.shared.segment_files,
-            false,
+            true,
         )
         .and_then(|t| {
             if let Some(t) = &t {
-                check_reopened(t, self.shared.config.wal.engine.recovery_mode)?;
+                check_reopened(t, old, self.shared.config.wal.engine.recovery_mode)?;
             }
             Ok(t)
         });
@@ -3683,12 +3775,44 @@ fn remove_trash(name: &str, trash: &Path) -> bool {
     true
 }
 
+/// Removes what the trash entry `trash` of deleted topic `name` holds (its
+/// partitions' files), keeping the entry itself (blocking): its name is what
+/// tells a start that committed positions in the topic are a deleted one's,
+/// and it must stay while they do, but the files need not. The positions are
+/// dropped by rewriting their group's file, which needs free space: on a full
+/// disk the files were kept for the drop, and the drop failed for want of the
+/// very space they held. Call only once the move into the trash is durable.
+fn free_trash_entry(name: &str, trash: &Path) {
+    let emptied = std::fs::read_dir(trash).and_then(|entries| {
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    });
+    match emptied {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(topic = %name, dir = %trash.display(), error = %e, "could not remove a deleted topic's files; the next retention pass tries again");
+        }
+    }
+}
+
 /// Ends the delete of topic `name`, whose directory moved to `trash` durably:
 /// removes the trash once the positions are dropped, or keeps the delete for
-/// [`finish_deletes`] to try again.
+/// [`finish_deletes`] to try again, its files removed (see
+/// [`free_trash_entry`]).
 fn finish_delete(shared: &Shared, name: String, trash: PathBuf, positions_dropped: bool) {
     if positions_dropped && remove_trash(&name, &trash) {
         return;
+    }
+    if !positions_dropped {
+        free_trash_entry(&name, &trash);
     }
     shared
         .unfinished_deletes
@@ -3762,6 +3886,9 @@ fn finish_deletes(shared: &Shared) {
             d.positions_dropped = created || drop_positions(shared, &d.name);
         }
         if !(d.positions_dropped && remove_trash(&d.name, &d.trash)) {
+            if !d.positions_dropped {
+                free_trash_entry(&d.name, &d.trash);
+            }
             kept.push(d);
         }
     }
@@ -4689,7 +4816,7 @@ mod tests {
         let trash = tmp.path().join("topics-deleted");
         std::fs::create_dir_all(trash.join("gone-1a2b3c")).unwrap();
         let m = TopicManager::new(c).unwrap();
-        assert!(!trash.exists());
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "emptied");
         assert_eq!(m.offsets().fetch("g", "gone", 0), None);
         assert_eq!(m.offsets().fetch("g", "kept", 0).map(|c| c.offset), Some(0));
         m.shutdown().unwrap();
@@ -4910,6 +5037,7 @@ mod tests {
         assert_eq!(produce(&rt, &m, &first), Ok(0));
         let id = m.topic("t").unwrap().id;
         let blocker = tmp.path().join("topics-deleted");
+        std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
         std::fs::write(&blocker, b"not a directory").unwrap();
 
         let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
@@ -4983,6 +5111,7 @@ mod tests {
                 infos.last().unwrap().last_offset() + 1,
             );
             let blocker = tmp.path().join("topics-deleted");
+            std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
             std::fs::write(&blocker, b"not a directory").unwrap();
 
             assert!(rt.block_on(m.delete_topic("t")).is_err(), "{mode:?}");
@@ -5015,6 +5144,64 @@ mod tests {
                 let next = p.read(lost, 1 << 20).unwrap().unwrap();
                 let first = batch::validate_all(&next.records).unwrap()[0].base_offset;
                 assert_eq!(first, next_base, "a fetch in the gap gets the next batch");
+                m.shutdown().unwrap();
+            }
+        }
+    }
+
+    /// The newest segment of a topic opened again after a failed delete is
+    /// judged before it is cut: damage in its middle (bit rot in flushed
+    /// bytes) made the open cut it at once, on disk and synced, so a strict
+    /// broker that then kept the topic out of service had already destroyed
+    /// every valid batch after the damage, which the restart it asks for
+    /// would have rebuilt from the WAL. Strict mode now leaves the file as
+    /// found; tolerant mode cuts it and warns.
+    #[test]
+    fn a_topic_reopened_after_a_failed_delete_judges_its_newest_segment() {
+        use crate::storage::producers::pipeline_tests::produce;
+        for mode in [RecoveryMode::Strict, RecoveryMode::TolerateCorruption] {
+            let tmp = tempfile::tempdir().unwrap();
+            let rt = two_worker_runtime();
+            let mut c = config(tmp.path());
+            c.wal.engine.recovery_mode = mode;
+            let m = TopicManager::new(c.clone()).unwrap();
+            m.create_topic("t", 1).unwrap();
+            for i in 0..20 {
+                let v = format!("v{i}-{}", "x".repeat(200));
+                assert_eq!(produce(&rt, &m, &make_batch(0, &[v.as_bytes()])), Ok(i));
+            }
+            let p = m.partition("t", 0).unwrap();
+            let before = p.read(0, 1 << 30).unwrap().unwrap().records.to_vec();
+            drop(p);
+            let seg = tmp.path().join("topics/t/0").join(segment::log_name(0));
+            let mut raw = std::fs::read(&seg).unwrap();
+            let infos = batch::validate_all(&raw).unwrap();
+            assert_eq!(infos.len(), 20, "one segment");
+            let pos: usize = infos[..10].iter().map(|i| i.len).sum();
+            raw[pos + infos[10].len - 1] ^= 0x40;
+            std::fs::write(&seg, &raw).unwrap();
+            let blocker = tmp.path().join("topics-deleted");
+            std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
+            std::fs::write(&blocker, b"not a directory").unwrap();
+
+            assert!(rt.block_on(m.delete_topic("t")).is_err(), "{mode:?}");
+            if mode == RecoveryMode::Strict {
+                assert!(m.topic("t").is_none(), "served with offsets 10..20 cut");
+                assert!(std::fs::read(&seg).unwrap() == raw, "left as found");
+                m.shutdown().unwrap();
+                drop(m);
+                std::fs::remove_file(&blocker).unwrap();
+                let m = TopicManager::new(c).unwrap();
+                let p = m.partition("t", 0).unwrap();
+                assert!(
+                    p.read(0, 1 << 30).unwrap().unwrap().records[..] == before[..],
+                    "rebuilt from the WAL"
+                );
+                m.shutdown().unwrap();
+            } else {
+                let p = m.partition("t", 0).expect("kept");
+                assert_eq!(std::fs::metadata(&seg).unwrap().len(), pos as u64, "cut");
+                assert_eq!(p.log_end_offset(), 10);
                 m.shutdown().unwrap();
             }
         }
@@ -5112,6 +5299,8 @@ mod tests {
     /// and a create of the same name is refused instead of taking the
     /// directory. Before, the topic was left out of the map with its name free,
     /// and a create removed the directory with what a restart would recover.
+    /// Its files, opened again, lack the batch whose write-back failed, so it
+    /// stays out of service until the restart, which recovers the batch.
     #[cfg(target_os = "linux")]
     #[test]
     fn a_delete_whose_sync_fails_keeps_the_topic() {
@@ -5122,8 +5311,14 @@ mod tests {
         fs.fail(None);
         assert!(e.contains("Input/output error"), "{e}");
         assert!(m.failure().is_some(), "storage did not fail");
-        assert!(m.partition("t", 0).is_some(), "the topic is gone");
-        assert!(matches!(m.create_topic("t", 1), Err(CreateError::Exists)));
+        // The batch whose write-back failed is not in the file opened again:
+        // the topic is out of service until the restart, not served short.
+        assert!(m.partition("t", 0).is_none(), "served without offset 0");
+        let created = m.create_topic("t", 1);
+        assert!(
+            matches!(&created, Err(CreateError::Storage(e)) if e.contains("no topic is created")),
+            "{created:?}"
+        );
         assert!(fs.path().join("data/topics/t/topic.json").exists());
         assert!(m.shutdown().is_err());
         drop(m);
@@ -7352,7 +7547,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let topics = tmp.path().join("topics");
         std::fs::create_dir(&topics).unwrap();
-        std::os::unix::fs::symlink(&topics, tmp.path().join("TOPICS")).unwrap();
+        std::os::unix::fs::symlink(CASE_PROBE, topics.join(CASE_PROBE.to_ascii_uppercase()))
+            .unwrap();
         let rt = two_worker_runtime();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         m.create_topic("Orders", 1).unwrap();
@@ -7387,22 +7583,35 @@ mod tests {
         assert_eq!(valid_topic_name("orders."), !cfg!(windows));
     }
 
-    /// The case probe: the `topics` directory found again as `TOPICS` (here
-    /// through a symbolic link, as a case-folding file system would find it)
-    /// makes names that differ only by case collide; a separate `TOPICS`
-    /// directory, or none, does not.
+    /// The case probe: a file created in the `topics` directory found again
+    /// by its name in upper case (here through a symbolic link, as a
+    /// case-folding directory would find it) makes names that differ only by
+    /// case collide; another file of that name, or none, does not. The probe
+    /// is removed. It is made in `topics` itself: before, `TOPICS` was looked
+    /// up beside it, which a `topics` directory that folds case under a data
+    /// directory that does not (ext4's casefold attribute) never showed.
     #[cfg(unix)]
     #[test]
     fn a_data_directory_that_folds_case_makes_names_differing_by_case_collide() {
         let tmp = tempfile::tempdir().unwrap();
         let topics = tmp.path().join("topics");
         std::fs::create_dir(&topics).unwrap();
+        let upper = topics.join(CASE_PROBE.to_ascii_uppercase());
         assert!(!folds_case(tmp.path(), &topics));
-        std::fs::create_dir(tmp.path().join("TOPICS")).unwrap();
-        assert!(!folds_case(tmp.path(), &topics), "another directory");
-        std::fs::remove_dir(tmp.path().join("TOPICS")).unwrap();
-        std::os::unix::fs::symlink(&topics, tmp.path().join("TOPICS")).unwrap();
+        std::fs::write(&upper, b"").unwrap();
+        assert!(!folds_case(tmp.path(), &topics), "another file");
+        std::fs::remove_file(&upper).unwrap();
+        std::os::unix::fs::symlink(CASE_PROBE, &upper).unwrap();
         assert!(folds_case(tmp.path(), &topics));
+        assert!(!topics.join(CASE_PROBE).exists(), "the probe is removed");
+        // Beside `topics`, as before: it does not decide.
+        std::os::unix::fs::symlink(&topics, tmp.path().join("TOPICS")).unwrap();
+        std::fs::remove_file(&upper).unwrap();
+        assert!(
+            !folds_case(tmp.path(), &topics),
+            "judged beside the directory"
+        );
+        std::os::unix::fs::symlink(CASE_PROBE, &upper).unwrap();
         let m = TopicManager::new(config(tmp.path())).unwrap();
         m.create_topic("Orders", 1).unwrap();
         assert!(
@@ -7868,7 +8077,7 @@ mod tests {
         let (m, log_lines) = logged(|| TopicManager::new(c.clone()).unwrap());
         assert!(log_lines.contains("orphaned=1"), "{log_lines}");
         assert!(m.topic("t").is_none());
-        assert!(!trash.exists());
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "emptied");
         m.create_topic("t", 1).unwrap();
         m.offsets()
             .commit(
@@ -8047,7 +8256,7 @@ mod tests {
                 Some(0),
                 "{step}"
             );
-            assert!(!trash.exists(), "{step}");
+            assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "{step}");
             m.shutdown().unwrap();
         }
     }
@@ -8100,10 +8309,22 @@ mod tests {
         let trash = tmp.path().join("topics-deleted");
         let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
 
-        // A start whose drop fails keeps the trash too.
+        // A start whose drop fails keeps the trash too, not the files (here
+        // as a crash between the move and the drop leaves them).
+        assert_eq!(files_in_trash(&trash), 0, "the delete removed them");
+        let entry = std::fs::read_dir(&trash)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::create_dir(entry.join("0")).unwrap();
+        std::fs::write(entry.join("0").join(segment::log_name(0)), b"x").unwrap();
+        std::fs::write(entry.join("topic.json"), b"{}").unwrap();
         let m = TopicManager::new(c.clone()).unwrap();
         assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(0));
         assert_eq!(in_trash(), 1);
+        assert_eq!(files_in_trash(&trash), 0);
         m.shutdown().unwrap();
         drop(m);
 
@@ -8111,7 +8332,7 @@ mod tests {
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.offsets().fetch("g", "t", 0), None);
         assert_eq!(m.offsets().fetch("g", "u", 0).map(|c| c.offset), Some(0));
-        assert!(!trash.exists());
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "emptied");
         m.shutdown().unwrap();
     }
 
@@ -8135,6 +8356,7 @@ mod tests {
             let in_trash = || std::fs::read_dir(&trash).map_or(0, Iterator::count);
             assert!(rt.block_on(m.delete_topic("t")).unwrap());
             assert_eq!(in_trash(), 1, "kept while the positions are");
+            assert_eq!(files_in_trash(&trash), 0, "the files are not kept");
             still_failing_then_finished(&m, &trash, &blocker, created_again, || {
                 if unopened {
                     // As `restore_topic` leaves it when it cannot open it again.
@@ -8143,6 +8365,14 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// What the entries of the trash `trash` hold.
+    fn files_in_trash(trash: &Path) -> usize {
+        std::fs::read_dir(trash)
+            .unwrap()
+            .map(|e| std::fs::read_dir(e.unwrap().path()).unwrap().count())
+            .sum()
     }
 
     /// For the tests of a delete of topic `t` whose drop of group `g`'s

@@ -800,6 +800,11 @@ pub(crate) fn spawn_preparer(
                 }
             }
             let prepared = files::prepare_file_until(&dir, number, size, prealloc, &flag);
+            if let Err(e) = &prepared {
+                // Said now: the rotation that needs the file tries again, and
+                // fails the WAL only if that fails too, perhaps much later.
+                tracing::warn!(file = number, error = %e, "preparing the next WAL file failed; the rotation will try again");
+            }
             // Its CPU time stays counted once it is gone (see `thread_cpu`).
             super::thread_cpu::report_this_thread();
             prepared
@@ -812,6 +817,36 @@ pub(crate) fn spawn_preparer(
             zero_fill: prealloc == Prealloc::ZeroFill,
             size,
         })
+}
+
+impl Drop for Committer {
+    /// Every path but a panic reaps each operation before the committer goes
+    /// ([`Committer::run`] ends with nothing in flight; a failure waits or
+    /// leaks). Unwinding from a panic drops it with writes the kernel may still
+    /// be reading from their buffers: wait for them here, and when the wait
+    /// fails leak those buffers and the backend (ring) as a failure does, so no
+    /// buffer is freed, and no ring closed, under an operation in the kernel.
+    /// The backend's own drop would only close the ring, and the buffers would
+    /// then be freed after it.
+    fn drop(&mut self) {
+        let mut done = Vec::new();
+        while self.backend.in_flight() > 0 {
+            if self.backend.reap(true, &mut done, &|_| None).is_ok() {
+                continue;
+            }
+            self.core.ring_abandoned.store(true, Ordering::Release);
+            for w in self.writes.drain(..) {
+                // The kernel might still write from it; never free it.
+                std::mem::forget(w.buf);
+            }
+            let backend = std::mem::replace(
+                &mut self.backend,
+                Box::new(super::backend::std_backend::StdBackend::new(false)),
+            );
+            std::mem::forget(backend);
+            return;
+        }
+    }
 }
 
 impl Committer {

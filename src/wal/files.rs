@@ -34,7 +34,8 @@ use crate::file_at::FileAt;
 pub const CURRENT: &str = "current.wal";
 /// Name of the prepared next file.
 pub const NEXT: &str = "next.wal";
-const NEXT_TMP: &str = "next.wal.tmp";
+/// What a next file is called while it is prepared.
+pub const NEXT_TMP: &str = "next.wal.tmp";
 /// Prefix of obsolete files kept for reuse as future WAL files.
 pub const RECYCLE_PREFIX: &str = "recycle-";
 /// How many obsolete files are kept for reuse.
@@ -572,14 +573,43 @@ fn prepare(
         })
         .map_err(|e| Error::io("create", &tmp, e))?
     };
+    let filled = fill_prepared(&f, &tmp, number, size, zero_to, resume, stop);
+    drop(f);
+    let at = match filled {
+        Ok(at) => at,
+        Err(e) => {
+            // Not left holding what it got: a reservation that failed for
+            // want of space (ENOSPC) keeps the blocks it had allocated, on
+            // ext4 all the space there was, until the next open removes it.
+            if let Err(r) = remove(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %r, "could not remove the WAL file whose preparation failed");
+            }
+            return Err(e);
+        }
+    };
+    rename(&tmp, &dst)?;
+    Ok((dst, at))
+}
+
+/// Reserves (unless `resume`d) and zero-fills the file `f` being prepared at
+/// `tmp` up to `zero_to`, and syncs it; returns how far it is zero-filled.
+fn fill_prepared(
+    f: &File,
+    tmp: &Path,
+    number: u64,
+    size: u64,
+    zero_to: u64,
+    resume: Option<u64>,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let mut at = BLOCK_SIZE as u64;
     if let Some(zeroed) = resume {
         at = zeroed.max(at);
     } else {
-        reserve(&f, size).map_err(|e| Error::io("fallocate", &tmp, e))?;
+        reserve(f, size).map_err(|e| Error::io("fallocate", tmp, e))?;
         let mut block = vec![0u8; BLOCK_SIZE];
         encode_file_header(&mut block, number, now_ms(), new_file_key());
-        write_at(&f, &tmp, 0, &block).map_err(|e| Error::io("write header", &tmp, e))?;
+        write_at(f, tmp, 0, &block).map_err(|e| Error::io("write header", tmp, e))?;
     }
     if at < zero_to {
         let zeros = vec![0u8; ZERO_CHUNK];
@@ -594,16 +624,14 @@ fn prepare(
                 break;
             }
             let n = (zero_to - at).min(ZERO_CHUNK as u64) as usize;
-            write_at(&f, &tmp, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", &tmp, e))?;
-            write_back(&f, at, n).map_err(|e| Error::io("zero-fill writeback", &tmp, e))?;
+            write_at(f, tmp, at, &zeros[..n]).map_err(|e| Error::io("zero-fill", tmp, e))?;
+            write_back(f, at, n).map_err(|e| Error::io("zero-fill writeback", tmp, e))?;
             at += n as u64;
         }
     }
-    sync_file(&f, &tmp, false).map_err(|e| Error::io("fsync", &tmp, e))?;
-    drop_cached_pages(&f);
-    drop(f);
-    rename(&tmp, &dst)?;
-    Ok((dst, at))
+    sync_file(f, tmp, false).map_err(|e| Error::io("fsync", tmp, e))?;
+    drop_cached_pages(f);
+    Ok(at)
 }
 
 /// The background zero-fill of the active file's tail ([`fill_tail`]) and the

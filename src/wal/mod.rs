@@ -2333,4 +2333,114 @@ mod tests {
         assert!(matches!(r, Err(Error::Closed)), "{r:?}");
         assert_eq!(late.stats().pending_bytes, 0);
     }
+
+    /// A backend that panics in `reap` once armed, with the write it was given
+    /// still in flight (a bug in the commit thread, unwinding), and whose
+    /// waits fail afterwards (as an `io_uring_enter` refused at that point).
+    struct PanicsInReap {
+        inner: crate::wal::backend::std_backend::StdBackend,
+        armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        panicked: bool,
+    }
+
+    impl Drop for PanicsInReap {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl crate::wal::backend::Backend for PanicsInReap {
+        fn kind(&self) -> crate::wal::BackendKind {
+            self.inner.kind()
+        }
+        fn open(&mut self, path: &std::path::Path) -> crate::wal::Result<()> {
+            self.inner.open(path)
+        }
+        fn renamed(&mut self, path: &std::path::Path) {
+            self.inner.renamed(path);
+        }
+        fn submit(
+            &mut self,
+            token: u64,
+            op: crate::wal::backend::Op<'_>,
+        ) -> crate::wal::Result<()> {
+            self.inner.submit(token, op)
+        }
+        fn reap(
+            &mut self,
+            wait: bool,
+            out: &mut Vec<crate::wal::backend::Done>,
+            bufs: crate::wal::backend::BufLookup<'_>,
+        ) -> crate::wal::Result<()> {
+            if self.panicked {
+                return Err(crate::wal::Error::io(
+                    "io_uring_enter (wait)",
+                    "test",
+                    std::io::Error::from_raw_os_error(libc::EBADR),
+                ));
+            }
+            if self.armed.load(std::sync::atomic::Ordering::SeqCst) && self.inner.in_flight() > 0 {
+                self.panicked = true;
+                panic!("injected: a bug in the commit thread with a write in flight");
+            }
+            self.inner.reap(wait, out, bufs)
+        }
+        fn writes_at_reap(&self) -> bool {
+            self.inner.writes_at_reap()
+        }
+        fn in_flight(&self) -> usize {
+            self.inner.in_flight()
+        }
+    }
+
+    /// A commit thread that panics with a write in flight and cannot wait for
+    /// it leaks the backend and the write's buffer, as a failure whose reap
+    /// fails does: freeing them could close a ring, or free a buffer, the
+    /// kernel is still using. Before, the committer's fields were dropped in
+    /// order, the backend (closing the ring) and then the buffers.
+    #[cfg(unix)]
+    #[test]
+    fn a_commit_thread_panic_that_cannot_wait_for_its_writes_leaks_them() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let (armed, dropped) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let config = super::WalConfig {
+            sync_mode: super::SyncMode::EveryWrite,
+            ..super::WalConfig::default()
+        };
+        let (a, d) = (Arc::clone(&armed), Arc::clone(&dropped));
+        let (wal, _) = super::Wal::open_with(dir.path(), config, move |_, _, path| {
+            let mut inner = crate::wal::backend::std_backend::StdBackend::new(false);
+            crate::wal::backend::Backend::open(&mut inner, path)?;
+            Ok(Box::new(PanicsInReap {
+                inner,
+                armed: a,
+                dropped: d,
+                panicked: false,
+            }))
+        })
+        .unwrap();
+        assert_eq!(
+            wal.append("t", 0, bytes::Bytes::from_static(b"a"))
+                .wait()
+                .unwrap(),
+            1
+        );
+        armed.store(true, SeqCst);
+        let r = wal.append("t", 0, bytes::Bytes::from_static(b"b")).wait();
+        assert!(r.is_err(), "{r:?}");
+        let core = Arc::clone(&wal.inner.core);
+        assert!(wal.close().is_err());
+        assert!(core.ring_abandoned.load(SeqCst));
+        assert!(
+            !dropped.load(SeqCst),
+            "the backend was dropped with a write in flight"
+        );
+    }
 }

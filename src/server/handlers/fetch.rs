@@ -218,8 +218,12 @@ async fn read_pass(
     let memory = Arc::clone(&ctx.fetch_memory);
     let w = Arc::clone(wants);
     let pins = Arc::clone(pins);
+    // Held by the read until it ends (see `READS_AT_ONCE`); the semaphore is
+    // never closed.
+    let permit = Arc::clone(&ctx.reads).acquire_owned().await.ok();
     ctx.metrics.fetch_read();
     let pass = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let found = resolve(&storage, &w, Some(&pins));
         let held = holdings(&w, &found);
         // What the read could return, not the whole `max_bytes`: a Fetch near
@@ -593,7 +597,10 @@ pub(crate) async fn list_offsets(
     // leader_epoch exists from v4 on.
     let epoch = move |e: i32| if version >= 4 { e } else { -1 };
     let storage = ctx.storage.clone();
+    // Held by the lookups until they end (see `READS_AT_ONCE`).
+    let permit = Arc::clone(&ctx.reads).acquire_owned().await.ok();
     let topics = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         // As Kafka does, every mention of a partition named more than once is
         // answered INVALID_REQUEST, without a lookup.
         let mut seen = HashSet::new();
@@ -950,6 +957,55 @@ mod tests {
         assert_eq!(ctx.metrics.fetch_reads(), 2);
         drop(ctx);
         storage.shutdown().unwrap();
+    }
+
+    /// Read passes beyond `READS_AT_ONCE` wait, without a blocking thread,
+    /// for one to end: with every permit held (reads blocked on a stalled
+    /// device), a Fetch and a ListOffsets start no read until one is given
+    /// back. Before, each took a blocking thread at once, and enough stalled
+    /// consumers held every one the runtime has.
+    #[test]
+    fn reads_beyond_the_limit_wait_for_one_to_end() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        t.produce("t", 0, &make_batch(0, &[b"v"]));
+        let all = u32::try_from(crate::server::READS_AT_ONCE).unwrap();
+        let held = t
+            .polls
+            .block_on(Arc::clone(&t.ctx.reads).acquire_many_owned(all))
+            .unwrap();
+        let poll = t.start("t", &[0], 0, 0, 0);
+        let ctx = Arc::clone(&t.ctx);
+        let offsets = t.polls.spawn(async move {
+            use kafka_protocol::messages::list_offsets_request::{
+                ListOffsetsPartition, ListOffsetsTopic,
+            };
+            let req = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(LATEST)])]);
+            list_offsets(&ctx, req, 1).await
+        });
+        t.drive(300);
+        assert!(
+            !poll.is_finished() && !offsets.is_finished(),
+            "read past the limit"
+        );
+        assert_eq!(t.ctx.metrics.fetch_reads(), 0);
+        drop(held);
+        let r = t.answer(poll);
+        assert_eq!(r.responses[0].partitions[0].high_watermark, 1);
+        let o = t
+            .polls
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), offsets).await })
+            .expect("answered once a read ended")
+            .unwrap();
+        assert_eq!(o.topics[0].partitions[0].offset, 1);
+        assert_eq!(
+            t.ctx.reads.available_permits(),
+            crate::server::READS_AT_ONCE
+        );
     }
 
     /// Two runtimes and a broker context for long-poll tests: the polls run on

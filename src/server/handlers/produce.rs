@@ -432,6 +432,7 @@ mod tests {
             fetch_memory: crate::server::fetch_memory::FetchMemory::new(
                 c.server.fetch_response_memory_bytes,
             ),
+            reads: Arc::new(tokio::sync::Semaphore::new(crate::server::READS_AT_ONCE)),
             security: Arc::new(Security::load(&c.server).unwrap()),
             stopping: tokio::sync::watch::Sender::new(false),
         })

@@ -632,6 +632,24 @@ impl Backend for UringBackend {
         if self.stopped {
             return Err(self.not_submitted());
         }
+        if let Op::Write { buf, len, .. } = &op {
+            // The kernel is handed the buffer's address and `len`: a longer
+            // length would have it read past the allocation (an unregistered
+            // buffer is not range-checked by the kernel).
+            if *len > buf.capacity() {
+                return Err(Error::io(
+                    "io_uring submit",
+                    "io_uring",
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "a write of {len} bytes from a {}-byte buffer",
+                            buf.capacity()
+                        ),
+                    ),
+                ));
+            }
+        }
         match op {
             Op::Write {
                 buf,
@@ -899,6 +917,35 @@ mod tests {
         );
         b.register_buffers(bufs).unwrap();
         b
+    }
+
+    /// A write longer than its buffer is refused before it reaches the ring:
+    /// the kernel would read past the allocation (an unregistered buffer's
+    /// range is not checked), and nothing is left in flight.
+    #[test]
+    fn a_write_longer_than_its_buffer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+        for direct in [false, true] {
+            let mut b = UringBackend::new(4, direct).unwrap();
+            b.open(&path).unwrap();
+            let buf = AlignedBuf::new(4096);
+            for sync in [false, true] {
+                let op = Op::Write {
+                    buf: &buf,
+                    len: 8192,
+                    offset: 0,
+                    sync,
+                };
+                let r = b.submit(1, op);
+                assert!(
+                    matches!(&r, Err(e) if e.to_string().contains("8192 bytes from a 4096-byte buffer")),
+                    "direct {direct}, sync {sync}: {r:?}"
+                );
+                assert_eq!(b.in_flight(), 0);
+            }
+        }
     }
 
     /// The ring holds the directory's lock file: with the process's own copy
