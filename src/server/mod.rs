@@ -459,7 +459,9 @@ impl Server {
         // What connections may take is not the partitions' to take: the Kafka
         // ones, and the metrics endpoint's (its listener, the connections it
         // holds, the files each page it renders reads).
-        storage.reserve_files_for_connections(max_connections + metrics_files(&cfg) as usize);
+        storage.reserve_files_for_connections(
+            max_connections.saturating_add(metrics_files(&cfg) as usize),
+        );
         // Settings the checks before recovery accepted (a cache and
         // connections each within its half) may still leave no room.
         if let Err(crate::storage::CreateError::TooManyFiles(e)) = storage.check_files(1) {

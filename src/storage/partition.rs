@@ -717,6 +717,17 @@ impl Partition {
             let name = name.to_string_lossy();
             if let Some(stem) = name.strip_suffix(".log") {
                 match segment::base_of(stem) {
+                    Some(base) if base > segment::MAX_BASE => {
+                        return Err(Error::corrupt(
+                            entry.path(),
+                            0,
+                            format!(
+                                "a segment's base offset {base} is beyond the largest a \
+                                 partition holds ({})",
+                                segment::MAX_BASE
+                            ),
+                        ));
+                    }
                     Some(base) => bases.push(base),
                     None => {
                         tracing::warn!(file = %entry.path().display(), "ignoring a file named like a segment but not as segments are named (20 digits)");
@@ -843,12 +854,23 @@ impl Partition {
         // appends went on in the previous segment past its base. It goes, and
         // the partition opens again without it (the previous segment may be
         // the newest then).
-        if let Some(w) = segments
-            .windows(2)
-            .find(|w| w[1].size() == 0 && w[1].base_offset() < w[0].next_offset())
-        {
-            tracing::warn!(file = %w[1].log_path().display(), previous_end = w[0].next_offset(), "removing an empty segment that starts inside the previous one");
-            w[1].remove_files()?;
+        // All such segments go at once, with one directory fsync, and the
+        // partition opens once more: one open (and one recursion) per
+        // segment made a directory holding many of them slow, and enough of
+        // them overflowed the stack at every start.
+        let mut end = None;
+        let mut removed = false;
+        for seg in &segments {
+            match end {
+                Some(end) if seg.size() == 0 && seg.base_offset() < end => {
+                    tracing::warn!(file = %seg.log_path().display(), previous_end = end, "removing an empty segment that starts inside the previous one");
+                    seg.remove_files()?;
+                    removed = true;
+                }
+                _ => end = Some(seg.next_offset()),
+            }
+        }
+        if removed {
             sync_dir(&dir)?;
             drop(segments);
             return Self::open_judged(topic, index, dir, segment_bytes, files, defer_cut);
@@ -3538,6 +3560,69 @@ pub(crate) mod tests {
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert!(!stray.exists());
         assert_eq!(p.log_end_offset(), end);
+    }
+
+    /// Many empty segments inside the previous one (a copied or damaged
+    /// directory) go in one pass: the open removed one, then opened the
+    /// partition again from the start by calling itself, one stack frame
+    /// (and one full open) per segment, and enough of them overflowed the
+    /// stack of the thread opening it, aborting every start. Opened here on a
+    /// thread with a small stack.
+    #[test]
+    fn many_empty_segments_inside_the_previous_one_go_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        for _ in 0..300 {
+            produce(&p, &[&[7u8; 10]]);
+        }
+        drop(p);
+        for base in 1..300 {
+            std::fs::File::create(pdir.join(segment::log_name(base))).unwrap();
+        }
+        let opened = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn({
+                let pdir = pdir.clone();
+                move || {
+                    Partition::open("t", 0, pdir, 1 << 20)
+                        .unwrap()
+                        .log_end_offset()
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(opened, 300);
+        assert_eq!(files(&pdir, "log"), 1);
+    }
+
+    /// A segment named with a base offset near `i64::MAX` is refused as
+    /// damage, naming it: the open adds to its offsets, which overflowed (a
+    /// panic in debug builds, a log end wrapped to `i64::MIN` in release).
+    #[test]
+    fn a_segment_base_beyond_what_offsets_can_reach_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap();
+        produce(&p, &[b"v"]);
+        drop(p);
+        let stray = pdir.join(segment::log_name(i64::MAX - 24));
+        std::fs::File::create(&stray).unwrap();
+        let e = Partition::open("t", 0, pdir.clone(), 1 << 20).unwrap_err();
+        assert!(
+            matches!(&e, Error::Corrupt { file, .. } if *file == stray),
+            "{e}"
+        );
+        std::fs::remove_file(&stray).unwrap();
+        let at_most = pdir.join(segment::log_name(segment::MAX_BASE));
+        std::fs::File::create(&at_most).unwrap();
+        let p = Partition::open("t", 0, pdir, 1 << 20).unwrap();
+        assert_eq!(
+            p.log_end_offset(),
+            segment::MAX_BASE,
+            "an empty newest segment"
+        );
     }
 
     /// Reopens the partition in `pdir` as a crash leaves it that lost the first

@@ -1007,6 +1007,14 @@ pub(crate) fn base_of(stem: &str) -> Option<i64> {
         .flatten()
 }
 
+/// The largest base offset a segment may have: room above it for any batch's
+/// offsets (a 32-bit delta) and for the offset after its last, twice over.
+/// The open adds to a segment's offsets, so a larger base (and a batch
+/// rewritten to match it, which its CRC does not cover) near `i64::MAX`
+/// overflowed: a panic in debug builds, and in release a log end wrapped to
+/// `i64::MIN`.
+pub(crate) const MAX_BASE: i64 = i64::MAX - 2 * (u32::MAX as i64) - 2;
+
 /// Finishes every swap a crash interrupted in `dir` (see [`install_swap`]): a
 /// `<base>.log.swap` replaces `<base>.log` and every segment whose base lies
 /// after `base` and before the copy's end. Leftover `.index.swap` and
