@@ -17,8 +17,8 @@
 # the broker has no switch to hold it off: its first pass may cover only the
 # segments closed so far, while kcat still produces, or compact them all before
 # `cat` is timed. Either way the pass and `cat` read different files, so a
-# repetition fails unless the pass's bytes_read is within 3% of the bytes `cat`
-# read.
+# repetition fails unless the pass's bytes_read equals the bytes `cat` read
+# (the sizes of the same files, when the pass read them).
 #
 # STREAMLINE_BIN overrides the binary (default: the release build in
 # CARGO_TARGET_DIR or target/). Needs kcat and confluent-kafka
@@ -90,7 +90,7 @@ read, ms = field("bytes_read"), field("elapsed_ms")
 # The pass must have read the files `cat` read: a pass that ran while kcat
 # produced covered only the segments closed then, and one that ran before the
 # timing left `cat` reading its compacted copy.
-if not cat_bytes or abs(read - cat_bytes) > 0.03 * cat_bytes:
+if not cat_bytes or read != cat_bytes:
     sys.exit("rep %s: the first compaction pass read %d bytes, `cat` read %d bytes of the %d closed "
              "segments: they did not read the same files (the cleaner runs every %s ms from the "
              "broker's start, so its first pass may have come while kcat was producing, or before "

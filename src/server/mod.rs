@@ -891,9 +891,9 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     // Each response with the size of its request's frame, released from
-    // `in_flight` once the response is written, and whether it waits for the
-    // rest of a consumer group (a JoinGroup or SyncGroup).
-    let (tx, mut rx) = mpsc::channel::<(Pending, usize, bool)>(64);
+    // `in_flight` once the response is written, and whether it is dropped
+    // unanswered when the client goes (see `Abandoned`).
+    let (tx, mut rx) = mpsc::channel::<(Pending, usize, Abandoned)>(64);
     // Set once the reader has stopped for any reason but the server's stop
     // (the client closed its end or the connection failed; a bad frame or
     // request, or a response that closes the connection, ends it): a
@@ -902,6 +902,9 @@ where
     // holding the connection's slot. At the stop such a response is
     // answered NOT_COORDINATOR instead.
     let (gone_tx, gone) = watch::channel(false);
+    // Set once the client closed its end or the connection failed: a read
+    // (`Abandoned::WhenPeerGone`) is then dropped.
+    let (peer_gone_tx, peer_gone) = watch::channel(false);
     // Whether the client closed its end, or the connection failed.
     let mut peer_closed = false;
     let mut stopped = false;
@@ -912,27 +915,35 @@ where
     let mut writer = Aborting(tokio::spawn(async move {
         let _slot = writer_slot;
         let mut gone = gone;
+        let mut peer_gone = peer_gone;
         let written = async {
-            while let Some((p, len, waits_for_group)) = rx.recv().await {
+            while let Some((p, len, abandoned)) = rx.recv().await {
                 progress.computing();
                 // Holds its Fetch response memory until dropped, after the
                 // write, or when the task ends or is aborted.
-                let reply = if waits_for_group {
+                let reply = match abandoned {
+                    Abandoned::Never => p.await,
                     // Polled first, once at least: the request takes effect
                     // in the group (a member joins, a leader's assignment is
                     // stored) whether or not its answer is still wanted, as
-                    // in Kafka, which closes the connection at once.
-                    tokio::select! {
-                        biased;
-                        reply = p => reply,
-                        Ok(_) = gone.wait_for(|g| *g) => {
-                            progress.waiting();
-                            released.release(len);
-                            continue;
+                    // in Kafka, which closes the connection at once. A read
+                    // changes nothing.
+                    Abandoned::WhenGone | Abandoned::WhenPeerGone => {
+                        let signal = if abandoned == Abandoned::WhenGone {
+                            &mut gone
+                        } else {
+                            &mut peer_gone
+                        };
+                        tokio::select! {
+                            biased;
+                            reply = p => reply,
+                            Ok(_) = signal.wait_for(|g| *g) => {
+                                progress.waiting();
+                                released.release(len);
+                                continue;
+                            }
                         }
                     }
-                } else {
-                    p.await
                 };
                 progress.writing();
                 let close = reply.closes();
@@ -1101,7 +1112,7 @@ where
                         // client to read.
                         let sent = tokio::select! {
                             biased;
-                            r = tx.send((p, len, key.is_some_and(waits_for_group))) => r.is_ok(),
+                            r = tx.send((p, len, Abandoned::of(key))) => r.is_ok(),
                             () = activity.idle(idle) => {
                                 idle_closed();
                                 writer.0.abort();
@@ -1124,6 +1135,9 @@ where
     drop(tx);
     if !stopped {
         gone_tx.send_replace(true);
+    }
+    if peer_closed {
+        peer_gone_tx.send_replace(true);
     }
     // The responses already asked for are written, unless the client stops
     // reading them.
@@ -1175,6 +1189,35 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
 /// consumer group, up to their rebalance timeout.
 fn waits_for_group(key: i16) -> bool {
     key == ApiKey::JoinGroup as i16 || key == ApiKey::SyncGroup as i16
+}
+
+/// When a response is dropped unanswered, its client gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abandoned {
+    /// Never: it is written, or the connection's end waits for it.
+    Never,
+    /// Once the reader has stopped for any reason but the server's stop: a
+    /// response that waits for a group ([`waits_for_group`]).
+    WhenGone,
+    /// Once the client has closed its end or the connection failed: a read
+    /// of the segments (Fetch, ListOffsets), which changes nothing and may
+    /// wait long, for one of the [`READS_AT_ONCE`] reads to end (a stalled
+    /// device) or for its long poll. Dropped, it gives up its place in that
+    /// queue and its connection's slot; a read already running ends on its
+    /// own. A connection the broker ends still answers it.
+    WhenPeerGone,
+}
+
+impl Abandoned {
+    fn of(key: Option<i16>) -> Abandoned {
+        match key {
+            Some(k) if waits_for_group(k) => Abandoned::WhenGone,
+            Some(k) if k == ApiKey::Fetch as i16 || k == ApiKey::ListOffsets as i16 => {
+                Abandoned::WhenPeerGone
+            }
+            _ => Abandoned::Never,
+        }
+    }
 }
 
 /// Whether a request with API key `key` changes what a later Produce on the same
@@ -2626,6 +2669,63 @@ mod tests {
         .await
         .expect("the client sees its connection end");
         assert!(stopped.elapsed() < Duration::from_secs(5));
+        drop(ctx);
+        tokio::task::spawn_blocking(move || storage.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A Fetch waiting for one of the `READS_AT_ONCE` reads to end (here all
+    /// held, as by reads blocked on a stalled device) is dropped when its
+    /// client closes the connection: the connection's slot is given back at
+    /// once, and the Fetch never reads. Before, the writer waited for it,
+    /// so reconnecting consumers left a queue of dead Fetches ahead of the
+    /// live ones, each holding a connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_waiting_for_a_read_is_dropped_when_its_client_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.data_dir = dir.path().to_path_buf();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        let storage = tokio::task::spawn_blocking(move || {
+            let storage = TopicManager::new(config).unwrap();
+            storage.create_topic("t", 1).unwrap();
+            storage
+        })
+        .await
+        .unwrap();
+        let server = Server::bind(storage.clone()).await.unwrap();
+        let ctx = Arc::clone(&server.ctx);
+        let addr = server.local_addr();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        let all = u32::try_from(READS_AT_ONCE).unwrap();
+        let held = Arc::clone(&ctx.reads)
+            .acquire_many_owned(all)
+            .await
+            .unwrap();
+
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(&fetch_frame(1 << 20)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ctx.metrics.open_connections.load(Ordering::Acquire), 1);
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while ctx.metrics.open_connections.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the connection's slot is given back while the Fetch waits");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ctx.metrics.fetch_reads(), 0, "the dropped Fetch read");
+
+        let _ = stop_tx.send(());
+        serving.await.unwrap();
         drop(ctx);
         tokio::task::spawn_blocking(move || storage.shutdown())
             .await

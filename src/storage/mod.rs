@@ -1987,9 +1987,9 @@ impl TopicManager {
         if fold_case {
             tracing::info!(dir = %data_dir.display(), "the data directory's file system does not tell names apart by case: a topic whose name differs from another's only by case is refused");
         }
-        // Removed once the WAL entries after the checkpoint have been judged
-        // and the committed positions in its topics dropped: it tells which
-        // missing topics were being deleted.
+        // Emptied once the WAL entries after the checkpoint have been judged
+        // and the committed positions in its topics dropped: the names of its
+        // entries tell which missing topics were being deleted.
         let trash = data_dir.join("topics-deleted");
         let trashed = trashed_names(&trash)?;
 
@@ -2277,7 +2277,7 @@ impl TopicManager {
                         free_trash_entry(name.as_deref().unwrap_or_default(), entry);
                     }
                 }
-                tracing::warn!(error = %e, trash = %trash.display(), "could not drop committed positions in deleted topics; each retention pass tries again, and the deleted topics' files stay in the trash until then")
+                tracing::warn!(error = %e, trash = %trash.display(), "could not drop committed positions in deleted topics; each retention pass tries again; their files are removed, and only their (empty) directories stay in the trash until then")
             }
         }
         // A position committed past records a crash then took (read before
@@ -3371,6 +3371,31 @@ impl TopicManager {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(name.to_string());
         }
+        // A tolerant judgement may have cut the log: as a start does, a log
+        // start and committed positions beyond the new end come down to it,
+        // so that the offsets appended next are served and read.
+        let loaded = loaded.and_then(|t| {
+            let cut = t.as_ref().is_some_and(|t| {
+                t.partitions
+                    .iter()
+                    .zip(&old.partitions)
+                    .any(|(p, was)| p.log_end_offset() < was.log_end_offset())
+            });
+            if let Some(t) = t.as_ref().filter(|_| cut) {
+                for p in &t.partitions {
+                    p.settle_log_start()?;
+                }
+                let ends: Vec<i64> = t.partitions.iter().map(|p| p.log_end_offset()).collect();
+                self.shared
+                    .offsets
+                    .lower_beyond_log_ends(|topic, partition| {
+                        (topic == name)
+                            .then(|| ends.get(usize::try_from(partition).ok()?).copied())
+                            .flatten()
+                    })?;
+            }
+            Ok(t)
+        });
         match loaded {
             Ok(Some(mut t)) => {
                 // Read back as it is, a config change whose file may not
@@ -3753,7 +3778,7 @@ fn drop_positions(shared: &Shared, name: &str) -> bool {
     match shared.offsets.delete_topic_positions(|t| t == name) {
         Ok(_) => true,
         Err(e) => {
-            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next retention pass tries again (the topic's files stay in the trash until then)");
+            tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next retention pass tries again (its files are removed; only its empty directory stays in the trash until then)");
             false
         }
     }
@@ -3982,7 +4007,7 @@ fn finish_start_trash(
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not drop committed positions in deleted topics; the next retention pass tries again, and the deleted topics' files stay in the trash until then");
+            tracing::warn!(error = %e, "could not drop committed positions in deleted topics; the next retention pass tries again; only the deleted topics' (empty) directories stay in the trash until then");
             return start_trash;
         }
     }
@@ -5173,6 +5198,9 @@ mod tests {
             let p = m.partition("t", 0).unwrap();
             let before = p.read(0, 1 << 30).unwrap().unwrap().records.to_vec();
             drop(p);
+            m.offsets()
+                .commit("g", None, vec![position("t", 20)])
+                .unwrap();
             let seg = tmp.path().join("topics/t/0").join(segment::log_name(0));
             let mut raw = std::fs::read(&seg).unwrap();
             let infos = batch::validate_all(&raw).unwrap();
@@ -5202,6 +5230,8 @@ mod tests {
                 let p = m.partition("t", 0).expect("kept");
                 assert_eq!(std::fs::metadata(&seg).unwrap().len(), pos as u64, "cut");
                 assert_eq!(p.log_end_offset(), 10);
+                // As a tolerant start brings them down.
+                assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(10));
                 m.shutdown().unwrap();
             }
         }

@@ -829,6 +829,13 @@ impl Drop for Committer {
     /// The backend's own drop would only close the ring, and the buffers would
     /// then be freed after it.
     fn drop(&mut self) {
+        if self.backend.in_flight() == 0 {
+            return;
+        }
+        // As a failure: what was not yet handed to the kernel never is (a
+        // reap would submit it, and resubmit the rest of a short write), for
+        // the appends are answered with the panic's error.
+        self.backend.stop_submitting();
         let mut done = Vec::new();
         while self.backend.in_flight() > 0 {
             if self.backend.reap(true, &mut done, &|_| None).is_ok() {

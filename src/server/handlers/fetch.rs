@@ -597,8 +597,19 @@ pub(crate) async fn list_offsets(
     // leader_epoch exists from v4 on.
     let epoch = move |e: i32| if version >= 4 { e } else { -1 };
     let storage = ctx.storage.clone();
-    // Held by the lookups until they end (see `READS_AT_ONCE`).
-    let permit = Arc::clone(&ctx.reads).acquire_owned().await.ok();
+    // Held by the lookups until they end (see `READS_AT_ONCE`), when one reads
+    // the segments: the latest and earliest offsets are read without a lock,
+    // and a consumer's offset reset or a lag monitor does not wait for reads.
+    let reads = req
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .any(|p| !matches!(p.timestamp, LATEST | EARLIEST));
+    let permit = if reads {
+        Arc::clone(&ctx.reads).acquire_owned().await.ok()
+    } else {
+        None
+    };
     let topics = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         // As Kafka does, every mention of a partition named more than once is
@@ -975,18 +986,31 @@ mod tests {
             .block_on(Arc::clone(&t.ctx.reads).acquire_many_owned(all))
             .unwrap();
         let poll = t.start("t", &[0], 0, 0, 0);
-        let ctx = Arc::clone(&t.ctx);
-        let offsets = t.polls.spawn(async move {
-            use kafka_protocol::messages::list_offsets_request::{
-                ListOffsetsPartition, ListOffsetsTopic,
-            };
-            let req = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partitions(vec![ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(LATEST)])]);
-            list_offsets(&ctx, req, 1).await
-        });
+        let offsets_at = |timestamp: i64| {
+            let ctx = Arc::clone(&t.ctx);
+            t.polls.spawn(async move {
+                use kafka_protocol::messages::list_offsets_request::{
+                    ListOffsetsPartition, ListOffsetsTopic,
+                };
+                let req =
+                    ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("t")))
+                        .with_partitions(vec![ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(timestamp)])]);
+                list_offsets(&ctx, req, 1).await
+            })
+        };
+        // A look-up by time reads the segments; the latest offset does not,
+        // and is answered at once.
+        let offsets = offsets_at(0);
+        let latest = offsets_at(LATEST);
+        let latest = t
+            .polls
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), latest).await })
+            .expect("the latest offset waits for no read")
+            .unwrap();
+        assert_eq!(latest.topics[0].partitions[0].offset, 1);
         t.drive(300);
         assert!(
             !poll.is_finished() && !offsets.is_finished(),
@@ -1001,11 +1025,12 @@ mod tests {
             .block_on(async { tokio::time::timeout(Duration::from_secs(5), offsets).await })
             .expect("answered once a read ended")
             .unwrap();
-        assert_eq!(o.topics[0].partitions[0].offset, 1);
+        assert_eq!(o.topics[0].partitions[0].offset, 0);
         assert_eq!(
             t.ctx.reads.available_permits(),
             crate::server::READS_AT_ONCE
         );
+        t.close();
     }
 
     /// Two runtimes and a broker context for long-poll tests: the polls run on
