@@ -30,6 +30,10 @@ pub struct LatencyUs {
     pub p9999: f64,
     /// Largest.
     pub max: f64,
+    /// Acknowledgements at the histogram's ceiling (100 s) or above: a slower
+    /// one is counted at the ceiling, so when this is not 0, `max` and the
+    /// percentiles that reach it are lower bounds.
+    pub at_ceiling: u64,
 }
 
 impl LatencyUs {
@@ -46,6 +50,7 @@ impl LatencyUs {
                 p999: 0.0,
                 p9999: 0.0,
                 max: 0.0,
+                at_ceiling: 0,
             };
         }
         let us = |ns: u64| round2(ns as f64 / 1000.0);
@@ -59,6 +64,7 @@ impl LatencyUs {
             p999: us(h.value_at_quantile(0.999)),
             p9999: us(h.value_at_quantile(0.9999)),
             max: us(h.max()),
+            at_ceiling: h.count_at(h.high()),
         }
     }
 }
@@ -474,6 +480,21 @@ mod tests {
         let l = LatencyUs::from_hist(&h);
         assert_eq!(l.count, 0);
         assert_eq!(l.max, 0.0);
+    }
+
+    /// An acknowledgement slower than the histogram holds (100 s) is
+    /// recorded at its ceiling, and counted as such: before, `max` and the
+    /// percentiles showed 100 s with nothing saying it was a bound.
+    #[test]
+    fn latencies_beyond_the_ceiling_are_counted() {
+        let mut h = super::super::run::new_histogram();
+        h.saturating_record(1_000);
+        let l = LatencyUs::from_hist(&h);
+        assert_eq!(l.at_ceiling, 0);
+        h.saturating_record(200_000_000_000);
+        let l = LatencyUs::from_hist(&h);
+        assert_eq!(l.at_ceiling, 1);
+        assert!((99_000_000.0..=101_000_000.0).contains(&l.max), "{}", l.max);
     }
 
     #[test]

@@ -916,6 +916,12 @@ where
         let _slot = writer_slot;
         let mut gone = gone;
         let mut peer_gone = peer_gone;
+        // Set once a response was dropped unanswered: the later ones are
+        // computed (a Produce is stored, a commit made) but not written, so
+        // that what the client reads stays a prefix of its answers, as when
+        // Kafka closes a connection, never one with a hole (a client that
+        // only half-closed its end reads on, matching answers in order).
+        let mut muted = false;
         let written = async {
             while let Some((p, len, abandoned)) = rx.recv().await {
                 progress.computing();
@@ -940,6 +946,7 @@ where
                             Ok(_) = signal.wait_for(|g| *g) => {
                                 progress.waiting();
                                 released.release(len);
+                                muted = true;
                                 continue;
                             }
                         }
@@ -947,7 +954,7 @@ where
                 };
                 progress.writing();
                 let close = reply.closes();
-                if let Some(frame) = reply.frame.as_ref().filter(|f| !f.is_empty()) {
+                if let Some(frame) = reply.frame.as_ref().filter(|f| !f.is_empty() && !muted) {
                     wr.write_all(frame).await?;
                     // TLS takes the bytes before they are all on the socket: the
                     // rest would wait for the next response, which a client
@@ -2708,10 +2715,22 @@ mod tests {
             .await
             .unwrap();
 
+        let connections = |n: usize| {
+            let ctx = Arc::clone(&ctx);
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while ctx.metrics.open_connections.load(Ordering::Acquire) != n {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{n} connections"));
+            }
+        };
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         client.write_all(&fetch_frame(1 << 20)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(ctx.metrics.open_connections.load(Ordering::Acquire), 1);
+        connections(1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         drop(client);
         tokio::time::timeout(Duration::from_secs(5), async {
             while ctx.metrics.open_connections.load(Ordering::Acquire) > 0 {
@@ -2720,9 +2739,40 @@ mod tests {
         })
         .await
         .expect("the connection's slot is given back while the Fetch waits");
+
+        // A client that only half-closes reads on: the answers it gets stay
+        // a prefix of its requests' (here the first ApiVersions), never the
+        // answers after the dropped Fetch without it.
+        let versions = frame(
+            ApiKey::ApiVersions,
+            0,
+            "c",
+            &kafka_protocol::messages::ApiVersionsRequest::default(),
+        );
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for f in [&versions, &fetch_frame(1 << 20), &versions] {
+            client.write_all(f).await.unwrap();
+        }
+        connections(1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.shutdown().await.unwrap();
+        let mut answers = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answers))
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let mut frames = 0;
+        let mut rest = &answers[..];
+        while rest.len() >= 4 {
+            let len = usize::try_from(i32::from_be_bytes(rest[..4].try_into().unwrap())).unwrap();
+            rest = &rest[4 + len..];
+            frames += 1;
+        }
+        assert_eq!(frames, 1, "answers after the dropped Fetch were written");
+
         drop(held);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(ctx.metrics.fetch_reads(), 0, "the dropped Fetch read");
+        assert_eq!(ctx.metrics.fetch_reads(), 0, "a dropped Fetch read");
 
         let _ = stop_tx.send(());
         serving.await.unwrap();

@@ -3363,14 +3363,6 @@ impl TopicManager {
             }
             Ok(t)
         });
-        if !matches!(loaded, Ok(Some(_))) {
-            // Still the delete's (on its list): no checkpoint has missed it.
-            self.shared
-                .unopened
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(name.to_string());
-        }
         // A tolerant judgement may have cut the log: as a start does, a log
         // start and committed positions beyond the new end come down to it,
         // so that the offsets appended next are served and read.
@@ -3396,6 +3388,14 @@ impl TopicManager {
             }
             Ok(t)
         });
+        if !matches!(loaded, Ok(Some(_))) {
+            // Still the delete's (on its list): no checkpoint has missed it.
+            self.shared
+                .unopened
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_string());
+        }
         match loaded {
             Ok(Some(mut t)) => {
                 // Read back as it is, a config change whose file may not
@@ -5197,6 +5197,9 @@ mod tests {
             }
             let p = m.partition("t", 0).unwrap();
             let before = p.read(0, 1 << 30).unwrap().unwrap().records.to_vec();
+            if mode == RecoveryMode::TolerateCorruption {
+                assert_eq!(p.delete_records(15), Ok(15));
+            }
             drop(p);
             m.offsets()
                 .commit("g", None, vec![position("t", 20)])
@@ -5230,8 +5233,9 @@ mod tests {
                 let p = m.partition("t", 0).expect("kept");
                 assert_eq!(std::fs::metadata(&seg).unwrap().len(), pos as u64, "cut");
                 assert_eq!(p.log_end_offset(), 10);
-                // As a tolerant start brings them down.
+                // As a tolerant start brings them down, and the log start.
                 assert_eq!(m.offsets().fetch("g", "t", 0).map(|c| c.offset), Some(10));
+                assert_eq!(p.log_start_offset(), 10);
                 m.shutdown().unwrap();
             }
         }
