@@ -2378,7 +2378,7 @@ mod tests {
                 return Err(crate::wal::Error::io(
                     "io_uring_enter (wait)",
                     "test",
-                    std::io::Error::from_raw_os_error(libc::EBADR),
+                    std::io::Error::from_raw_os_error(libc::EIO),
                 ));
             }
             if self.armed.load(std::sync::atomic::Ordering::SeqCst) && self.inner.in_flight() > 0 {
