@@ -5061,9 +5061,7 @@ mod tests {
         let first = make_batch(0, &[b"a"]);
         assert_eq!(produce(&rt, &m, &first), Ok(0));
         let id = m.topic("t").unwrap().id;
-        let blocker = tmp.path().join("topics-deleted");
-        std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
-        std::fs::write(&blocker, b"not a directory").unwrap();
+        let blocker = block_trash(tmp.path());
 
         let e = rt.block_on(m.delete_topic("t")).unwrap_err().to_string();
         assert!(e.contains("topics-deleted"), "{e}");
@@ -5093,6 +5091,31 @@ mod tests {
         drop(m);
         let m = TopicManager::new(c).unwrap();
         assert!(m.topic("t").is_none());
+        m.shutdown().unwrap();
+    }
+
+    /// Makes every delete in the data directory `dir` fail before its move:
+    /// a file takes the trash directory's name. Returns the file.
+    fn block_trash(dir: &Path) -> PathBuf {
+        let blocker = dir.join("topics-deleted");
+        std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        blocker
+    }
+
+    /// Stops `m`, lets deletes through again (`blocker`, see [`block_trash`])
+    /// and starts storage with `c`: partition 0 of `t` holds `before` again,
+    /// rebuilt from the WAL.
+    fn restart_holds(m: TopicManager, c: Config, blocker: &Path, before: &[u8]) {
+        m.shutdown().unwrap();
+        drop(m);
+        std::fs::remove_file(blocker).unwrap();
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert!(
+            p.read(0, 1 << 30).unwrap().unwrap().records[..] == before[..],
+            "rebuilt from the WAL"
+        );
         m.shutdown().unwrap();
     }
 
@@ -5135,9 +5158,7 @@ mod tests {
                 infos[k].base_offset,
                 infos.last().unwrap().last_offset() + 1,
             );
-            let blocker = tmp.path().join("topics-deleted");
-            std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
-            std::fs::write(&blocker, b"not a directory").unwrap();
+            let blocker = block_trash(tmp.path());
 
             assert!(rt.block_on(m.delete_topic("t")).is_err(), "{mode:?}");
             if mode == RecoveryMode::Strict {
@@ -5153,16 +5174,7 @@ mod tests {
                 m.checkpoint().unwrap();
                 let points = recovery_points::load(tmp.path()).unwrap().unwrap();
                 assert!(points.topics.contains_key("t"), "{points:?}");
-                m.shutdown().unwrap();
-                drop(m);
-                std::fs::remove_file(&blocker).unwrap();
-                let m = TopicManager::new(c).unwrap();
-                let p = m.partition("t", 0).unwrap();
-                assert!(
-                    p.read(0, 1 << 30).unwrap().unwrap().records[..] == before[..],
-                    "rebuilt from the WAL"
-                );
-                m.shutdown().unwrap();
+                restart_holds(m, c, &blocker, &before);
             } else {
                 let p = m.partition("t", 0).expect("kept");
                 assert_eq!(std::fs::metadata(&seg).unwrap().len(), pos as u64, "cut");
@@ -5211,24 +5223,13 @@ mod tests {
             let pos: usize = infos[..10].iter().map(|i| i.len).sum();
             raw[pos + infos[10].len - 1] ^= 0x40;
             std::fs::write(&seg, &raw).unwrap();
-            let blocker = tmp.path().join("topics-deleted");
-            std::fs::remove_dir(&blocker).unwrap(); // made empty by the start
-            std::fs::write(&blocker, b"not a directory").unwrap();
+            let blocker = block_trash(tmp.path());
 
             assert!(rt.block_on(m.delete_topic("t")).is_err(), "{mode:?}");
             if mode == RecoveryMode::Strict {
                 assert!(m.topic("t").is_none(), "served with offsets 10..20 cut");
                 assert!(std::fs::read(&seg).unwrap() == raw, "left as found");
-                m.shutdown().unwrap();
-                drop(m);
-                std::fs::remove_file(&blocker).unwrap();
-                let m = TopicManager::new(c).unwrap();
-                let p = m.partition("t", 0).unwrap();
-                assert!(
-                    p.read(0, 1 << 30).unwrap().unwrap().records[..] == before[..],
-                    "rebuilt from the WAL"
-                );
-                m.shutdown().unwrap();
+                restart_holds(m, c, &blocker, &before);
             } else {
                 let p = m.partition("t", 0).expect("kept");
                 assert_eq!(std::fs::metadata(&seg).unwrap().len(), pos as u64, "cut");
