@@ -2594,6 +2594,45 @@ mod tests {
         assert_eq!(p.error_code, 84, "{:?}", p.error_message);
     }
 
+    /// Storage over `dir` (its config changed by `tweak`, listening on any
+    /// port) holding topic `t` of one partition.
+    async fn storage_with_t(
+        dir: &std::path::Path,
+        tweak: impl FnOnce(&mut crate::config::Config),
+    ) -> TopicManager {
+        let mut config = crate::config::Config::default();
+        config.storage.data_dir = dir.to_path_buf();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut config);
+        tokio::task::spawn_blocking(move || {
+            let storage = TopicManager::new(config).unwrap();
+            storage.create_topic("t", 1).unwrap();
+            storage
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A server over `storage`, running: its context, its address, what stops
+    /// it, and its task.
+    async fn serve(
+        storage: &TopicManager,
+    ) -> (
+        Arc<Ctx>,
+        SocketAddr,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let server = Server::bind(storage.clone()).await.unwrap();
+        let ctx = Arc::clone(&server.ctx);
+        let addr = server.local_addr();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        (ctx, addr, stop_tx, serving)
+    }
+
     /// A connection still busy when the shutdown has waited its 10 s (its
     /// client asked for Fetch answers and reads none) is closed: `run` returns
     /// with the connection's tasks ended, its slot and the Fetch response
@@ -2603,18 +2642,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_still_busy_after_the_shutdown_wait_are_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::default();
-        config.storage.data_dir = dir.path().to_path_buf();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
         // Never idle: only the shutdown closes the connection.
-        config.server.connections_max_idle_ms = 0;
-        let storage = tokio::task::spawn_blocking(move || {
-            let storage = TopicManager::new(config).unwrap();
-            storage.create_topic("t", 1).unwrap();
-            storage
-        })
-        .await
-        .unwrap();
+        let storage = storage_with_t(dir.path(), |c| c.server.connections_max_idle_ms = 0).await;
         // 256 KiB of records in 16 batches: each Fetch answer holds them all.
         let batch = crate::storage::batch::tests::make_batch(0, &[&vec![7u8; 16 << 10]]);
         for _ in 0..16 {
@@ -2624,13 +2653,7 @@ mod tests {
                 .unwrap();
             acked.await.unwrap().unwrap();
         }
-        let server = Server::bind(storage.clone()).await.unwrap();
-        let ctx = Arc::clone(&server.ctx);
-        let addr = server.local_addr();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(async {
-            let _ = stop_rx.await;
-        }));
+        let (ctx, addr, stop_tx, serving) = serve(&storage).await;
 
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
@@ -2692,23 +2715,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fetch_waiting_for_a_read_is_dropped_when_its_client_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::default();
-        config.storage.data_dir = dir.path().to_path_buf();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        let storage = tokio::task::spawn_blocking(move || {
-            let storage = TopicManager::new(config).unwrap();
-            storage.create_topic("t", 1).unwrap();
-            storage
-        })
-        .await
-        .unwrap();
-        let server = Server::bind(storage.clone()).await.unwrap();
-        let ctx = Arc::clone(&server.ctx);
-        let addr = server.local_addr();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(async {
-            let _ = stop_rx.await;
-        }));
+        let storage = storage_with_t(dir.path(), |_| {}).await;
+        let (ctx, addr, stop_tx, serving) = serve(&storage).await;
         let all = u32::try_from(READS_AT_ONCE).unwrap();
         let held = Arc::clone(&ctx.reads)
             .acquire_many_owned(all)
