@@ -172,6 +172,33 @@ pub(crate) fn close_connection() -> Reply {
 /// them.
 pub(crate) const READS_AT_ONCE: usize = 64;
 
+/// How many other pieces of blocking work that requests start (a group's or
+/// a commit's store, an offset deletion, a topic create or partition add, a
+/// config change, DeleteRecords, DescribeLogDirs, a producer id, a SCRAM
+/// change) run on tokio's blocking threads at once; more wait, without a
+/// thread, for one to end (see [`blocking`]). Each may wait on the device
+/// through fsyncs: unbounded, clients repeating such requests against a
+/// stalled device could hold every blocking thread, as reads could (see
+/// [`READS_AT_ONCE`]), and Fetch reads of what the page cache holds would
+/// queue behind them.
+pub(crate) const WORK_AT_ONCE: usize = 64;
+
+/// Runs `f`, blocking work a request started, on one of tokio's blocking
+/// threads once one of the [`WORK_AT_ONCE`] places is free.
+pub(crate) async fn blocking<R, F>(ctx: &Ctx, f: F) -> Result<R, tokio::task::JoinError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    // The semaphore is never closed.
+    let permit = Arc::clone(&ctx.work).acquire_owned().await.ok();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+}
+
 /// What every handler can reach.
 pub(crate) struct Ctx {
     pub(crate) storage: TopicManager,
@@ -184,6 +211,9 @@ pub(crate) struct Ctx {
     /// Segment reads (Fetch read passes, ListOffsets lookups) running on
     /// blocking threads at once: at most [`READS_AT_ONCE`].
     pub(crate) reads: Arc<tokio::sync::Semaphore>,
+    /// Other blocking work requests start, running at once: at most
+    /// [`WORK_AT_ONCE`] (see [`blocking`]).
+    pub(crate) work: Arc<tokio::sync::Semaphore>,
     /// TLS and SASL, reloaded on SIGHUP (by the broker binary, which holds the
     /// other reference).
     pub(crate) security: Arc<Security>,
@@ -489,6 +519,7 @@ impl Server {
             metrics: metrics::Metrics::new(),
             fetch_memory: fetch_memory::FetchMemory::new(cfg.fetch_response_memory_bytes),
             reads: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
+            work: Arc::new(tokio::sync::Semaphore::new(WORK_AT_ONCE)),
             security,
             stopping: watch::Sender::new(false),
         });

@@ -3,9 +3,12 @@
 //! otherwise be obeyed with nothing to tell. Those are a topic's `topic.json`
 //! (its `wal_floor`, `retention.ms`), a partition's `log-start-offset.json`,
 //! `compacted.json` and `delete-horizon.json`, `producer-ids.json`,
-//! `recovery-points.json`, and each group's offsets and membership files:
-//! records lost, ids handed out again, records skipped or brought back,
-//! tombstones removed early. A file without the field (written before it
+//! `recovery-points.json`, each group's offsets and membership files, and
+//! each segment's producer snapshot: records lost, ids handed out again,
+//! records skipped or brought back, tombstones removed early, a producer's
+//! retry stored twice or refused. (A snapshot that fails its checksum is
+//! ignored, as one a power loss emptied: the state comes from an older one
+//! and the segments after it.) A file without the field (written before it
 //! existed, or edited by hand with it removed) loads unchecked.
 
 use std::path::Path;

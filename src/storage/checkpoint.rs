@@ -300,7 +300,18 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
             } else {
                 (None, None)
             };
-            match p.apply_retention(now_ms, by_age, by_size) {
+            let mut applied = p.apply_retention(now_ms, by_age, by_size);
+            if applied
+                .as_ref()
+                .is_err_and(super::space_reserve::out_of_space)
+                && shared.reserve.release()
+            {
+                // Its snapshot, which must be durable before the expired
+                // segments go, could not be written for want of space: tried
+                // again with the reserve's.
+                applied = p.apply_retention(now_ms, by_age, by_size);
+            }
+            match applied {
                 Ok((n, b)) => {
                     segments += n;
                     bytes += b;
@@ -318,5 +329,8 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
             });
         }
     }
+    // Taken again once there is room for it (at once, when it was not
+    // needed).
+    shared.reserve.refill();
     failed.map_or(Ok((segments, bytes)), Err)
 }

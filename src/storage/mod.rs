@@ -37,6 +37,7 @@ pub mod partition;
 pub mod producers;
 pub mod recovery_points;
 pub mod segment;
+pub(crate) mod space_reserve;
 pub mod time_index;
 pub mod topic_config;
 pub mod topic_map;
@@ -476,6 +477,8 @@ struct Shared {
     meta: BrokerMeta,
     offsets: OffsetStore,
     producer_ids: ProducerIds,
+    /// Space kept back for the writes that free space (see [`space_reserve`]).
+    reserve: space_reserve::SpaceReserve,
     /// How long the next topic delete waits before it moves the topic's
     /// directory away (tests: to let other work meet a delete in progress);
     /// that delete takes it, so that later ones do not wait (and a test sees
@@ -2292,6 +2295,7 @@ impl TopicManager {
             Some(p.log_end_offset())
         })?;
         let producer_ids = ProducerIds::open(&data_dir)?;
+        let reserve = space_reserve::SpaceReserve::open(&data_dir, space_reserve::RESERVE_BYTES);
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
@@ -2323,6 +2327,7 @@ impl TopicManager {
             meta,
             offsets,
             producer_ids,
+            reserve,
             config,
             #[cfg(test)]
             delete_pause: Mutex::new(Duration::ZERO),
@@ -3775,7 +3780,12 @@ impl TopicManager {
 /// durable: once the name is free they could be a new topic's. Returns
 /// whether they were dropped.
 fn drop_positions(shared: &Shared, name: &str) -> bool {
-    match shared.offsets.delete_topic_positions(|t| t == name) {
+    let drop = || shared.offsets.delete_topic_positions(|t| t == name);
+    let mut dropped = drop();
+    if dropped.as_ref().is_err_and(space_reserve::out_of_space) && shared.reserve.release() {
+        dropped = drop();
+    }
+    match dropped {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next retention pass tries again (its files are removed; only its empty directory stays in the trash until then)");

@@ -121,7 +121,8 @@ fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
 
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
 /// is one that parses for it (`None` for none, or for one a power loss emptied
-/// or cut, of another version, or taken at another offset).
+/// or cut, of another version, taken at another offset, or failing its
+/// checksum).
 ///
 /// # Errors
 /// An error reading the file (but its absence), naming it: the file may be
@@ -155,7 +156,13 @@ fn load_snapshot(dir: &Path, base: i64) -> Result<Option<Snapshot>> {
             tracing::warn!(file = %path.display(), version = s.version(), "ignoring a producer snapshot of an unknown version");
             None
         }
-        Ok(s) if s.below() == base => Some(s),
+        Ok(s) if s.below() == base => match s.verify(&path, &raw) {
+            Ok(()) => Some(s),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring a producer snapshot that fails its checksum");
+                None
+            }
+        },
         Ok(_) => {
             tracing::warn!(file = %path.display(), "ignoring a producer snapshot taken at another offset");
             None
@@ -599,8 +606,9 @@ impl UnsyncedSnapshots {
 /// generations count up from 1).
 const FAILED_SNAPSHOT: u64 = u64::MAX;
 
-/// Writes `snapshot` to `path` as a new file: a temporary one (removed at
-/// the next open if this fails), renamed into place. Not fsynced.
+/// Writes `snapshot` to `path` as a new file: a temporary one (removed when
+/// this fails, or at the next open after a crash), renamed into place. Not
+/// fsynced.
 fn write_snapshot(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     #[cfg(test)]
     if FAIL_SNAPSHOT_WRITE.with(|f| f.borrow_mut().remove(path)) {
@@ -611,6 +619,11 @@ fn write_snapshot(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
         .map_err(std::io::Error::other)
         .and_then(|json| std::fs::write(&tmp, json))
         .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            // What a failed write got (on a full disk, part of the file) is
+            // given back.
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 /// `fsync`s the producer snapshot at `path`.
@@ -2662,7 +2675,7 @@ impl Partition {
             .syncing_snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.rewrite_failed_snapshots(from);
+        let mut failed = self.rewrite_failed_snapshots(from);
         let pending: Vec<(i64, u64)> = self
             .unsynced_snapshots
             .lock()
@@ -2675,19 +2688,19 @@ impl Partition {
             return Ok(());
         }
         let mut done = Vec::with_capacity(pending.len());
-        let mut failed = None;
         let mut failed_writes = Vec::new();
         for (base, generation) in pending {
             if generation == FAILED_SNAPSHOT {
-                // Not written again (see `rewrite_failed_snapshots`): no fsync
-                // of this file makes it durable.
+                // Not written again (see `rewrite_failed_snapshots`, whose
+                // failure, when it tried, is the error): no fsync of this
+                // file makes it durable.
                 let path = self.dir.join(segment::producers_name(base));
                 failed.get_or_insert_with(|| {
                     Error::io(
                         "fsync",
                         &path,
                         std::io::Error::other(
-                            "an earlier fsync of this producer snapshot failed and it could not be written again",
+                            "an earlier write or fsync of this producer snapshot failed, and it was not written again",
                         ),
                     )
                 });
@@ -2730,15 +2743,17 @@ impl Partition {
     }
 
     /// Writes again, as a new file renamed into place, each producer snapshot
-    /// at or above `from` whose fsync failed, from what reading it gives (the
+    /// at or above `from` whose write or fsync failed, from what reading it gives (the
     /// kernel keeps the pages of a failed write-back cached as written): the
     /// new file's fsync is then one that counts. One that does not read back
     /// whole (its pages were dropped) is taken again from the producers known
     /// now. One that cannot be written again stays
     /// failed, which keeps the syncs from counting it (and a trim from
-    /// deleting segments) until a later try succeeds.
+    /// deleting segments) until a later try succeeds; the first such failure
+    /// is returned (a write that failed for want of space tells retention to
+    /// use the space reserve, see [`super::space_reserve`]).
     /// Called by [`Partition::sync_snapshots_from`], under `syncing_snapshots`.
-    fn rewrite_failed_snapshots(&self, from: i64) {
+    fn rewrite_failed_snapshots(&self, from: i64) -> Option<Error> {
         // No other write of a snapshot runs meanwhile: a roll's of the newest
         // base may follow a compaction merge's failed one of the same base
         // (see `ensure_snapshot_from`), and the two would share a temporary
@@ -2754,6 +2769,7 @@ impl Partition {
             .failed_from(from);
         // No other sync runs meanwhile (`syncing_snapshots`), nor any other
         // write: each of these is still failed.
+        let mut first_failure = None;
         for base in failed {
             // Gone with its segment, or dropped below the recovery point.
             if !self
@@ -2775,7 +2791,7 @@ impl Partition {
             // cached batches are all past it is read from the segments from
             // `base` on, as a start after this snapshot does).
             let snapshot = load_snapshot(&self.dir, base).ok().flatten().unwrap_or_else(|| {
-                tracing::warn!(file = %path.display(), "a producer snapshot whose fsync failed does not read back; taking it again from the producers known now");
+                tracing::warn!(file = %path.display(), "a producer snapshot whose write or fsync failed does not read back; taking it again from the producers known now");
                 self.producers().snapshot_below(base)
             });
             match write_snapshot(&path, &snapshot) {
@@ -2786,13 +2802,15 @@ impl Partition {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .add(base);
-                    tracing::info!(file = %path.display(), "wrote again a producer snapshot whose fsync failed");
+                    tracing::info!(file = %path.display(), "wrote again a producer snapshot whose write or fsync failed");
                 }
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "could not write again a producer snapshot whose fsync failed");
+                    tracing::warn!(file = %path.display(), error = %e, "could not write again a producer snapshot whose write or fsync failed");
+                    first_failure.get_or_insert(Error::io("write", &path, e));
                 }
             }
         }
+        first_failure
     }
 
     /// Reads whole batches starting at the batch holding `offset`, up to about
@@ -5689,6 +5707,60 @@ pub(crate) mod tests {
 
         let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
         assert_eq!(p.producers().check(&retry), Ok(Verdict::Duplicate(0)));
+    }
+
+    /// The snapshot fixture with a third segment rolled (snapshot 3), its
+    /// files changed by `edit` (given the partition's directory) once
+    /// closed: what opening it again logs, after checking that the retry of
+    /// the first batch is known as a duplicate.
+    fn reopened_after(edit: impl FnOnce(&Path)) -> String {
+        use crate::storage::producers::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let (p, first, record, make_producer_batch) = snapshot_fixture(&pdir);
+        assert_eq!(record(&p, make_producer_batch(&[&[1u8; 3000]], 8, 2)), 3);
+        drop(p);
+        edit(&pdir);
+        let (p, log) = logged(|| Partition::open("t", 0, pdir.clone(), 4096).unwrap());
+        let retry = validate_all(&first).unwrap();
+        assert_eq!(
+            p.producers().check(&retry),
+            Ok(Verdict::Duplicate(0)),
+            "{log}"
+        );
+        log
+    }
+
+    /// A producer snapshot carries a CRC32C: one whose digits damage changed
+    /// is ignored, as one a power loss emptied, and the older snapshot and
+    /// the segments after it give the state. Before, a changed epoch was
+    /// obeyed: the retry of a stored batch was refused as fenced.
+    #[test]
+    fn a_snapshot_that_fails_its_checksum_is_ignored() {
+        let log = reopened_after(|pdir| {
+            let b3 = pdir.join(segment::producers_name(3));
+            let json = std::fs::read_to_string(&b3).unwrap();
+            assert!(json.contains("\"crc32c\":"), "{json}");
+            let damaged = json.replace("\"id\":7,\"epoch\":0", "\"id\":7,\"epoch\":1");
+            assert_ne!(damaged, json, "{json}");
+            std::fs::write(&b3, damaged).unwrap();
+        });
+        assert!(log.contains("fails its checksum"), "{log}");
+    }
+
+    /// A snapshot written before snapshots carried a checksum loads unchecked.
+    #[test]
+    fn a_snapshot_without_a_checksum_loads() {
+        let log = reopened_after(|pdir| {
+            // Producer 7 is then known from snapshot 3 alone.
+            std::fs::remove_file(pdir.join(segment::producers_name(2))).unwrap();
+            let b3 = pdir.join(segment::producers_name(3));
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&b3).unwrap()).unwrap();
+            assert!(json.as_object_mut().unwrap().remove("crc32c").is_some());
+            std::fs::write(&b3, serde_json::to_vec(&json).unwrap()).unwrap();
+        });
+        assert!(!log.contains("ignoring"), "{log}");
     }
 
     #[test]

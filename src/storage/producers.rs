@@ -183,15 +183,21 @@ impl Default for ProducerState {
 }
 
 /// A producer state snapshot as stored (`<base offset>.producers`).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {
     version: u32,
     /// Every batch recorded lies below this offset.
     below: i64,
     producers: Vec<SnapshotProducer>,
+    /// CRC32C of the rest (see [`super::checked`]); absent in the snapshots
+    /// of builds before it, which load unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+super::checked::checked_by_field!(Snapshot);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct SnapshotProducer {
     id: i64,
     epoch: i16,
@@ -512,7 +518,9 @@ impl ProducerState {
             version: 1,
             below,
             producers,
+            crc32c: None,
         }
+        .sealed()
     }
 
     /// The state a snapshot holds, less producers idle longer than the expiry.

@@ -824,7 +824,7 @@ pub(crate) fn write_back(_f: &File, _offset: u64, _len: usize) -> std::io::Resul
 }
 
 #[cfg(target_os = "linux")]
-fn reserve(f: &File, size: u64) -> std::io::Result<()> {
+pub(crate) fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(size)
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -842,7 +842,7 @@ fn reserve(f: &File, size: u64) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn reserve(f: &File, size: u64) -> std::io::Result<()> {
+pub(crate) fn reserve(f: &File, size: u64) -> std::io::Result<()> {
     f.set_len(size)
 }
 

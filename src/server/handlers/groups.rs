@@ -118,7 +118,7 @@ pub(crate) async fn join(
         // its new member id is stored: written here, off the runtime's threads.
         let groups = std::sync::Arc::clone(&ctx.groups);
         let g = group.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&g)).await {
+        if let Err(e) = crate::server::blocking(ctx, move || groups.store_group(&g)).await {
             tracing::error!(group = %Shown(&group), error = %e, "storing the group's membership failed");
         }
     }
@@ -185,7 +185,7 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
         // follower's SyncGroup, which the leader's completes).
         let groups = std::sync::Arc::clone(&ctx.groups);
         let group = req.group_id.0.to_string();
-        if let Err(e) = tokio::task::spawn_blocking(move || groups.store_group(&group)).await {
+        if let Err(e) = crate::server::blocking(ctx, move || groups.store_group(&group)).await {
             tracing::error!(group = %Shown(req.group_id.0.as_str()), error = %e, "storing the group's membership failed");
         }
     }
@@ -313,7 +313,7 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         // The member does not expire while the commit waits for the disk.
         let in_flight = (generation >= 0 && !member.is_empty())
             .then(|| ctx.groups.commit_in_flight(&group, &member));
-        let stored = tokio::task::spawn_blocking(move || {
+        let stored = crate::server::blocking(ctx, move || {
             // The member is checked again under the group's writer lock, which
             // the commit may have waited for across other groups' fsyncs: if
             // it was fenced meanwhile (its session expired, the group
@@ -614,7 +614,7 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
             let storage = ctx.storage.clone();
             let groups = std::sync::Arc::clone(&ctx.groups);
             let g = group.clone();
-            let deleted = tokio::task::spawn_blocking(move || {
+            let deleted = crate::server::blocking(ctx, move || {
                 // Membership first: without its file a group only counts as
                 // empty since the start, and a removal that fails leaves
                 // the offsets, so the group is still there to delete again.
@@ -665,7 +665,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     // subscription, which may be as large as a JoinGroup request.
     let groups = std::sync::Arc::clone(&ctx.groups);
     let g = group.clone();
-    let guard = match tokio::task::spawn_blocking(move || groups.offset_delete_guard(&g)).await {
+    let guard = match crate::server::blocking(ctx, move || groups.offset_delete_guard(&g)).await {
         Ok(guard) => guard,
         Err(e) => {
             tracing::error!(group = %Shown(&group), error = %e, "judging an offset deletion failed");
@@ -713,7 +713,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     let storage = ctx.storage.clone();
     let groups = std::sync::Arc::clone(&ctx.groups);
     let g = group.clone();
-    let stored = tokio::task::spawn_blocking(move || {
+    let stored = crate::server::blocking(ctx, move || {
         // The group is judged again under its writer lock, which the deletion
         // may have waited for across other groups' fsyncs: a member that
         // joined meanwhile subscribing to a topic keeps its positions there
@@ -1065,6 +1065,50 @@ mod tests {
 
     /// An OffsetCommit to group `g` of `offsets` (partition, offset) of topic
     /// `t`, from `member` at `generation`.
+    /// Blocking work that requests start waits, holding no thread, while
+    /// `WORK_AT_ONCE` pieces run (here, while the test holds every place):
+    /// a commit's store and a DescribeLogDirs took a blocking thread each,
+    /// unbounded, and on a stalled device clients repeating them could hold
+    /// all of the runtime's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_work_waits_for_a_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 2).unwrap();
+        let places = std::sync::Arc::clone(&ctx.work)
+            .acquire_many_owned(u32::try_from(crate::server::WORK_AT_ONCE).unwrap())
+            .await
+            .unwrap();
+        let commit = {
+            let ctx = std::sync::Arc::clone(&ctx);
+            tokio::spawn(
+                async move { offset_commit(&ctx, commit_request(-1, "", &[(1, 3)])).await },
+            )
+        };
+        let described = {
+            let ctx = std::sync::Arc::clone(&ctx);
+            tokio::spawn(async move {
+                let req = kafka_protocol::messages::DescribeLogDirsRequest::default();
+                crate::server::handlers::topics::describe_log_dirs(&ctx, req.with_topics(None))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!commit.is_finished(), "the commit waits for a place");
+        assert!(
+            !described.is_finished(),
+            "DescribeLogDirs waits for a place"
+        );
+        assert!(ctx.storage.offsets().fetch("g", "t", 1).is_none());
+        drop(places);
+        let r = commit.await.unwrap();
+        assert_eq!(r.topics[0].partitions[0].error_code, codes::NONE);
+        assert_eq!(ctx.storage.offsets().fetch("g", "t", 1).unwrap().offset, 3);
+        let r = described.await.unwrap();
+        assert_eq!(r.results[0].error_code, codes::NONE);
+        assert_eq!(r.results[0].topics.len(), 1);
+    }
+
     fn commit_request(
         generation: i32,
         member: &str,

@@ -106,7 +106,7 @@ pub(crate) async fn init_producer_id(
         return r.with_error_code(codes::INVALID_REQUEST);
     }
     let storage = ctx.storage.clone();
-    match tokio::task::spawn_blocking(move || storage.allocate_producer_id()).await {
+    match crate::server::blocking(ctx, move || storage.allocate_producer_id()).await {
         Ok(Ok(id)) => {
             crate::log_limit::limited!(info, producer_id = id, "new idempotent producer");
             r.with_error_code(codes::NONE)
@@ -433,6 +433,7 @@ mod tests {
                 c.server.fetch_response_memory_bytes,
             ),
             reads: Arc::new(tokio::sync::Semaphore::new(crate::server::READS_AT_ONCE)),
+            work: Arc::new(tokio::sync::Semaphore::new(crate::server::WORK_AT_ONCE)),
             security: Arc::new(Security::load(&c.server).unwrap()),
             stopping: tokio::sync::watch::Sender::new(false),
         })

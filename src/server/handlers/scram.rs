@@ -202,8 +202,8 @@ pub(super) async fn alter(
         !errors.contains_key(user)
     });
     if !changes.is_empty() {
-        let ctx = std::sync::Arc::clone(ctx);
-        let refused = tokio::task::spawn_blocking(move || ctx.security.alter_scram(changes))
+        let security = std::sync::Arc::clone(&ctx.security);
+        let refused = crate::server::blocking(ctx, move || security.alter_scram(changes))
             .await
             .unwrap_or_else(|e| {
                 let msg = format!("the alteration failed: {e}");

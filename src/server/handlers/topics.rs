@@ -76,9 +76,11 @@ async fn create_blocking(
     configs: TopicConfig,
 ) -> Result<Arc<Topic>, CreateError> {
     let storage = ctx.storage.clone();
-    tokio::task::spawn_blocking(move || storage.create_topic_with(&name, partitions, configs))
-        .await
-        .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())))
+    crate::server::blocking(ctx, move || {
+        storage.create_topic_with(&name, partitions, configs)
+    })
+    .await
+    .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())))
 }
 
 /// Every topic's name, by id.
@@ -626,7 +628,8 @@ pub(crate) async fn create_partitions(
             Some(_) => {
                 let storage = ctx.storage.clone();
                 let (n, count) = (name.clone(), t.count);
-                match tokio::task::spawn_blocking(move || storage.add_partitions(&n, count)).await {
+                match crate::server::blocking(ctx, move || storage.add_partitions(&n, count)).await
+                {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(CreateError::InvalidPartitions)) => Err((
                         codes::INVALID_PARTITIONS,
@@ -875,7 +878,7 @@ pub(crate) async fn delete_records(ctx: &Ctx, req: DeleteRecordsRequest) -> Dele
         }
     }
     let storage = ctx.storage.clone();
-    let topics = tokio::task::spawn_blocking(move || delete_named_records(&storage, named))
+    let topics = crate::server::blocking(ctx, move || delete_named_records(&storage, named))
         .await
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "DeleteRecords task failed");
@@ -965,7 +968,7 @@ pub(crate) async fn describe_log_dirs(
     req: DescribeLogDirsRequest,
 ) -> DescribeLogDirsResponse {
     let storage = ctx.storage.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = crate::server::blocking(ctx, move || {
         let dir = storage.config().storage.data_dir.join("topics");
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         if let Some(why) = storage.failed_why() {

@@ -1,0 +1,226 @@
+//! Disk space kept back for the writes that free space.
+//!
+//! Retention deletes a partition's expired segments only once a producer
+//! snapshot of the segments it keeps is durable (the removed ones may hold
+//! the only record of their producers), and a deleted topic's committed
+//! positions are dropped by rewriting its groups' files. Both write before
+//! they free anything: on a disk that something else filled, every pass
+//! failed for want of the few blocks those writes need, and the space that
+//! retention was there to give back stayed taken as long as the disk stayed
+//! full.
+//!
+//! So the broker holds [`RESERVE_BYTES`] in a file of its own,
+//! `space.reserve` in the data directory, allocated at the start (the blocks
+//! are taken: `fallocate` on Linux, zeros written elsewhere). A write that
+//! frees space and fails for want of it gives the reserve back
+//! ([`SpaceReserve::release`]) and is tried again; the reserve is taken
+//! again ([`SpaceReserve::refill`]) once the file system has room for it
+//! twice over, so that taking it never leaves a produce without the blocks
+//! it needs. Nothing else reads the file: a crash leaves it as it was, and
+//! the next start allocates it again.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
+
+/// The reserve's size: room for the producer snapshots and group files that
+/// the first passes on a full disk write before their removals free more.
+pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
+
+/// The reserve's file in the data directory.
+pub(crate) const RESERVE_NAME: &str = "space.reserve";
+
+/// The reserve: its file, and whether the file holds its blocks now.
+#[derive(Debug)]
+pub(crate) struct SpaceReserve {
+    path: PathBuf,
+    bytes: u64,
+    held: Mutex<bool>,
+}
+
+impl SpaceReserve {
+    /// The reserve of `bytes` at `space.reserve` in `data_dir`, taken when the
+    /// file system has room for it (see [`SpaceReserve::refill`]).
+    pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
+        let reserve = SpaceReserve {
+            path: data_dir.join(RESERVE_NAME),
+            bytes,
+            held: Mutex::new(false),
+        };
+        reserve.refill();
+        reserve
+    }
+
+    /// Whether the reserve holds its blocks.
+    #[cfg(test)]
+    pub(crate) fn is_held(&self) -> bool {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives the reserve's blocks back to the file system, so that a write
+    /// that failed for want of space can be tried again: whether there was
+    /// anything to give.
+    pub(crate) fn release(&self) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*held {
+            return false;
+        }
+        *held = false;
+        drop(held);
+        tracing::warn!(file = %self.path.display(), bytes = self.bytes, "the disk is full: giving back the space kept for the writes that free space");
+        self.remove();
+        true
+    }
+
+    /// Takes the reserve's blocks when it does not hold them and the file
+    /// system has room for the reserve twice over (taking it leaves as much
+    /// for the writes it does not cover); a failed allocation removes the
+    /// file, which would otherwise keep whatever part it got.
+    pub(crate) fn refill(&self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if *held {
+            return;
+        }
+        match free_bytes(self.path.parent().unwrap_or(Path::new("."))) {
+            Some(free) if free < self.bytes.saturating_mul(2) => {
+                tracing::debug!(
+                    free,
+                    bytes = self.bytes,
+                    "no room to keep the space reserve yet"
+                );
+                return;
+            }
+            _ => {}
+        }
+        match take(&self.path, self.bytes) {
+            Ok(()) => {
+                *held = true;
+                tracing::debug!(file = %self.path.display(), bytes = self.bytes, "space reserve taken");
+            }
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), bytes = self.bytes, error = %e, "could not take the space kept for the writes that free space; tried again after each retention pass");
+                self.remove();
+            }
+        }
+    }
+
+    fn remove(&self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "could not remove the space reserve");
+            }
+        }
+    }
+}
+
+/// Allocates `bytes` for the file at `path`, made anew.
+fn take(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let f = File::create(path)?;
+    allocate(&f, bytes)
+}
+
+#[cfg(target_os = "linux")]
+fn allocate(f: &File, bytes: u64) -> std::io::Result<()> {
+    match crate::wal::files::reserve(f, bytes) {
+        // A file system without `fallocate` (the fallback made the file
+        // sparse): its blocks are written.
+        Ok(()) if !holds_blocks(f, bytes) => write_zeros(f, bytes),
+        r => r,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn holds_blocks(f: &File, bytes: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().is_ok_and(|m| m.blocks() * 512 >= bytes)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allocate(f: &File, bytes: u64) -> std::io::Result<()> {
+    write_zeros(f, bytes)
+}
+
+fn write_zeros(f: &File, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let zeros = vec![0u8; 1 << 20];
+    let mut w = f;
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        w.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_data()
+}
+
+/// The bytes an unprivileged process may still allocate on the file system
+/// holding `dir`, when it can be asked.
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the field types vary by platform"
+    )]
+    let (blocks, size) = (
+        u64::from(s.blocks_available()),
+        u64::from(s.fragment_size()),
+    );
+    Some(blocks.saturating_mul(size))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
+/// Whether `e` failed for want of space (`ENOSPC`, or a quota's `EDQUOT`).
+pub(crate) fn out_of_space(e: &crate::Error) -> bool {
+    let Some(code) = e.raw_os_error() else {
+        return false;
+    };
+    #[cfg(unix)]
+    if code == libc::EDQUOT {
+        return true;
+    }
+    code == libc::ENOSPC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_holds_its_blocks_until_released_and_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        assert!(r.is_held());
+        let path = dir.path().join(RESERVE_NAME);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= 1 << 20);
+        }
+        assert!(r.release());
+        assert!(!path.exists());
+        assert!(!r.release(), "nothing left to give");
+        r.refill();
+        assert!(r.is_held());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn out_of_space_knows_enospc_from_other_failures() {
+        let io = |code| crate::Error::io("write", "/x", std::io::Error::from_raw_os_error(code));
+        assert!(out_of_space(&io(libc::ENOSPC)));
+        #[cfg(unix)]
+        assert!(out_of_space(&io(libc::EDQUOT)));
+        assert!(!out_of_space(&io(libc::EIO)));
+        assert!(!out_of_space(&crate::Error::corrupt("/x", 0, "bad")));
+    }
+}
