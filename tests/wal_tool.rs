@@ -277,6 +277,12 @@ fn a_wal_in_use_is_refused_and_checked_once_closed() {
         let (code, out, err) = tool(&[cmd, d]);
         assert_eq!(code, 2, "{cmd}: {out}{err}");
         assert!(err.contains("in use by a running process"), "{cmd}: {err}");
+        // A copy made file by file while it runs is no better than the
+        // directory itself: the message sends no one to make one.
+        assert!(
+            err.contains("stop it first") && !err.contains("copy the directory"),
+            "{cmd}: {err}"
+        );
     }
     wal.close().unwrap();
     let (code, out, err) = tool(&["verify", d]);
@@ -463,4 +469,153 @@ fn hex_decode(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
+}
+
+/// [`tool`] with a time limit: `None` when it had to be killed.
+fn tool_within(args: &[&str], limit: std::time::Duration) -> Option<(i32, String)> {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamline-wal"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run streamline-wal");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A FIFO at a WAL name (the lock, the checkpoint, the clean-close record, a
+/// WAL file) made every command wait forever for a writer, and a link to
+/// `/dev/zero` read until memory ran out: each is an error naming the file
+/// now (exit 2).
+#[cfg(unix)]
+#[test]
+fn a_special_file_at_a_wal_name_is_an_error_not_a_wait() {
+    let names = [
+        "LOCK",
+        "checkpoint.json",
+        CLEAN_CLOSE_FILE,
+        "current.wal",
+        "00000001.wal",
+    ];
+    for name in names {
+        for special in ["fifo", "/dev/zero"] {
+            let dir = tempfile::tempdir().unwrap();
+            make_wal(dir.path());
+            let path = dir.path().join(name);
+            assert!(path.exists(), "{name}: the WAL has no such file");
+            std::fs::remove_file(&path).unwrap();
+            if special == "fifo" {
+                let made = Command::new("mkfifo").arg(&path).status().unwrap();
+                assert!(made.success(), "mkfifo {}", path.display());
+            } else {
+                std::os::unix::fs::symlink(special, &path).unwrap();
+            }
+            let d = dir.path().to_str().unwrap();
+            for cmd in ["verify", "inspect"] {
+                let (code, err) = tool_within(&[cmd, d], std::time::Duration::from_secs(20))
+                    .unwrap_or_else(|| {
+                        panic!("{cmd} with a {special} at {name}: still waiting after 20 s")
+                    });
+                assert_eq!(code, 2, "{cmd} with a {special} at {name}: {err}");
+                assert!(
+                    err.contains(name) && err.contains("not a regular file"),
+                    "{cmd} with a {special} at {name}: {err}"
+                );
+            }
+        }
+    }
+}
+
+/// `inspect` printed whatever `clean-close.json` held as the log's close,
+/// though the scan believes only a record naming the newest file (one copied
+/// from another WAL names another), and printed an unreadable one as "not
+/// recorded".
+#[test]
+fn inspect_shows_a_clean_close_record_only_as_the_open_takes_it() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    make_wal(a.path());
+    make_wal(b.path());
+    let (code, out, err) = tool(&["inspect", a.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("last close  clean: file"), "{out}");
+
+    std::fs::copy(
+        b.path().join(CLEAN_CLOSE_FILE),
+        a.path().join(CLEAN_CLOSE_FILE),
+    )
+    .unwrap();
+    let (code, out, err) = tool(&["inspect", a.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("clean: file"), "{out}");
+    assert!(out.contains("not the newest file: ignored"), "{out}");
+
+    std::fs::write(a.path().join(CLEAN_CLOSE_FILE), b"{").unwrap();
+    let (code, out, err) = tool(&["inspect", a.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("unreadable, damaged or of another version: ignored"),
+        "{out}"
+    );
+}
+
+/// A checkpoint past the end of the log (its files retired, or lost): the
+/// open goes on after the checkpoint, and `inspect` said the next sequence
+/// was the log's, `verify` nothing.
+#[test]
+fn a_checkpoint_past_the_log_gives_the_next_sequence_the_open_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    make_wal(dir.path());
+    streamline::wal::checkpoint::store(dir.path(), 1000).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = tool(&["inspect", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sequences   last 120 next 1001"), "{out}");
+    let (code, out, err) = tool(&["verify", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("goes on at sequence 1001, not 121"), "{out}");
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
+    let seq = wal.append("t", 0, Bytes::from_static(b"x")).wait().unwrap();
+    assert_eq!(seq, 1001);
+    wal.close().unwrap();
+}
+
+/// A topic is printed escaped, as the data is: the WAL takes any name, and
+/// one holding a line break forged a line of `dump`'s text, which promises
+/// one entry per line.
+#[test]
+fn dump_text_escapes_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
+    for _ in 0..3 {
+        wal.append(
+            "a\nseq=99 ts=0 type=record topic=evil",
+            0,
+            Bytes::from_static(b"x"),
+        )
+        .wait()
+        .unwrap();
+    }
+    wal.close().unwrap();
+    let (code, out, err) = tool(&["dump", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(!out.contains("\nseq=99"), "{out}");
 }

@@ -16,7 +16,10 @@
 //! which never truncate or seal (that is `Wal::open`'s job). A directory a process
 //! has open (its `LOCK` held) is refused: rotations and retention change its files
 //! under a scan, which would report damage that is not there. While the tool runs
-//! it holds a shared lock, so a broker starting meanwhile finds the WAL in use.
+//! it holds a shared lock on `LOCK`, so a broker starting meanwhile finds the WAL
+//! in use (a directory without a `LOCK` file, a copy made without it, has
+//! nothing to lock). A file at a WAL name that is not a regular file is an
+//! error naming it, never a wait for a FIFO's writer.
 //! Like recovery, it reads what the disk holds: it drops the WAL files' cached
 //! pages first (`scan_dir_uncached`), since ext4 keeps pages whose write-back
 //! failed cached as if written; it syncs nothing.
@@ -88,7 +91,7 @@ enum Format {
 /// where the directory is read-only.
 fn lock_shared(dir: &Path) -> Result<Option<std::fs::File>, String> {
     let path = dir.join("LOCK");
-    let f = match std::fs::File::open(&path) {
+    let f = match streamline::wal::files::open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("open {}: {e}", path.display())),
@@ -96,7 +99,7 @@ fn lock_shared(dir: &Path) -> Result<Option<std::fs::File>, String> {
     match f.try_lock_shared() {
         Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "{} is in use by a running process (its LOCK is held): stop it, or copy the directory, first",
+            "{} is in use by a running process (its LOCK is held): stop it first, or check a copy taken from a file system snapshot (a copy made file by file while it runs is not one moment of the log, and reads as damaged)",
             dir.display()
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(format!("lock {}: {e}", path.display())),
@@ -242,20 +245,10 @@ fn inspect(dir: &Path) -> Result<(), Failed> {
     let _ = writeln!(
         out,
         "sequences   last {} next {}",
-        scan.last_sequence, scan.next_sequence
+        scan.last_sequence,
+        next_after_open(scan)
     );
-    match streamline::wal::clean_close::load(dir)? {
-        Some(m) => {
-            let _ = writeln!(
-                out,
-                "last close  clean: file {} ended at byte {}, next sequence {}",
-                m.file_number, m.end, m.next_sequence
-            );
-        }
-        None => {
-            let _ = writeln!(out, "last close  not recorded (open now, or it crashed)");
-        }
-    }
+    let _ = writeln!(out, "last close  {}", last_close(dir, scan)?);
     let _ = writeln!(
         out,
         "{:<14} {:>6} {:>11} {:>21} {:>8} {:>8} {:>11}  tail",
@@ -281,16 +274,25 @@ fn inspect(dir: &Path) -> Result<(), Failed> {
         );
     }
     if let Some(cur) = scan.files.last().filter(|f| f.tail != Tail::Sealed) {
-        // The last block stays reserved for the seal that ends the file.
-        let free = cur
-            .size
-            .saturating_sub(cur.valid_end)
-            .saturating_sub(BLOCK_SIZE as u64);
-        let _ = writeln!(
-            out,
-            "current file: {} of {} bytes free ({} used)",
-            free, cur.size, cur.valid_end
-        );
+        if is_current(cur) {
+            // The last block stays reserved for the seal that ends the file.
+            let free = cur
+                .size
+                .saturating_sub(cur.valid_end)
+                .saturating_sub(BLOCK_SIZE as u64);
+            let _ = writeln!(
+                out,
+                "current file: {} of {} bytes free ({} used)",
+                free, cur.size, cur.valid_end
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "newest file: {} is archived and not sealed (no {}): the next open seals it and starts a new file",
+                cur.path.display(),
+                streamline::wal::files::CURRENT
+            );
+        }
     }
     let mut stdout = std::io::stdout().lock();
     written(
@@ -299,6 +301,46 @@ fn inspect(dir: &Path) -> Result<(), Failed> {
             .and_then(|()| stdout.flush()),
     )?;
     Ok(())
+}
+
+/// The sequence `Wal::open` gives the next entry: past the checkpoint when
+/// the checkpoint is past the end of the log (its entries were applied and
+/// their files retired, or the files were lost).
+fn next_after_open(scan: &streamline::wal::recovery::DirScan) -> u64 {
+    scan.checkpoint
+        .map_or(0, |c| c.sequence.saturating_add(1))
+        .max(scan.next_sequence)
+}
+
+/// Whether `f` is the active file, `current.wal`.
+fn is_current(f: &FileInfo) -> bool {
+    f.path.file_name() == Some(std::ffi::OsStr::new(streamline::wal::files::CURRENT))
+}
+
+/// What the clean-close record of `dir` says, as the scan takes it: it is
+/// believed only when it names the newest file, by number and key (see
+/// `clean_close`); one that names another file, or that cannot be read, is
+/// shown as ignored, not as the log's close.
+fn last_close(dir: &Path, scan: &streamline::wal::recovery::DirScan) -> Result<String, Failed> {
+    use streamline::wal::clean_close;
+    let newest = scan.files.last();
+    Ok(match clean_close::load(dir)? {
+        Some(m) if newest.is_some_and(|f| f.number == m.file_number && f.key == m.file_key) => {
+            format!(
+                "clean: file {} ended at byte {}, next sequence {}",
+                m.file_number, m.end, m.next_sequence
+            )
+        }
+        Some(m) => format!(
+            "a record names file {} (key {:#018x}), not the newest file: ignored (the next open looks past the end of the log as after a crash)",
+            m.file_number, m.file_key
+        ),
+        None if dir.join(clean_close::CLEAN_CLOSE_FILE).exists() => format!(
+            "{} is there but unreadable, damaged or of another version: ignored (the next open looks past the end of the log as after a crash)",
+            clean_close::CLEAN_CLOSE_FILE
+        ),
+        None => "not recorded (open now, or it crashed)".to_string(),
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -344,12 +386,14 @@ fn dump(dir: &Path, from: u64, format: Format) -> Result<(), Failed> {
                     .map(char::from)
                     .collect();
                 let more = if e.data.len() > 32 { "..." } else { "" };
+                // The topic escaped as the data is: the WAL takes any name,
+                // and one holding a line break would forge a line.
                 format!(
                     "seq={} ts={} type={} topic={} partition={} len={} crc32={:#010x} data=\"{preview}{more}\"",
                     e.sequence,
                     e.timestamp,
                     entry_type(&e),
-                    e.topic,
+                    e.topic.escape_debug(),
                     e.partition,
                     e.data.len(),
                     e.crc32
@@ -413,8 +457,12 @@ fn verify(dir: &Path) -> Result<ExitCode, Failed> {
             );
             if let Some(f) = scan.files.last() {
                 if let Tail::Torn { offset, reason } = &f.tail {
-                    let _ = writeln!(text, "note: {} ends in a torn write at byte {offset} ({reason}); opening the WAL cuts it", f.path.display());
+                    let _ = writeln!(text, "note: {} ends in a torn write at byte {offset} ({reason}); opening the WAL ends the log there (the tear is cut, or the file sealed)", f.path.display());
                 }
+            }
+            let next = next_after_open(&scan);
+            if next != scan.next_sequence {
+                let _ = writeln!(text, "note: the checkpoint ({}) is past the end of the log: opening the WAL goes on at sequence {next}, not {}", next - 1, scan.next_sequence);
             }
             ExitCode::SUCCESS
         }

@@ -716,7 +716,7 @@ pub fn first_unwritten(_f: &File) -> Option<u64> {
 
 /// The header of the WAL file at `path`, which a scan or its preparation checked.
 pub(crate) fn read_header(path: &Path) -> Result<FileHeader> {
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let f = open_regular(path).map_err(|e| Error::io("open", path, e))?;
     read_header_of(&f, path)
 }
 
@@ -733,7 +733,7 @@ pub(crate) fn read_header_of(f: &File, path: &Path) -> Result<FileHeader> {
 /// asked). Its cached pages are dropped first: a filesystem reports an unwritten
 /// block with a cached page as data.
 pub(crate) fn written_extent(path: &Path) -> Result<(u64, u64)> {
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let f = open_regular(path).map_err(|e| Error::io("open", path, e))?;
     written_extent_of(&f, path)
 }
 
@@ -856,7 +856,7 @@ pub(crate) fn reserve(f: &File, size: u64) -> std::io::Result<()> {
 /// or `None` (one that does not fit is removed).
 fn already_prepared(dir: &Path, number: u64, size: u64) -> Result<Option<(PathBuf, u64)>> {
     let path = dir.join(NEXT);
-    let f = match File::open(&path) {
+    let f = match open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", &path, e)),
@@ -892,16 +892,48 @@ pub fn remove_prepared(dir: &Path) -> Result<()> {
     }
 }
 
+/// Opens the file at `path` for reading, refusing anything but a regular
+/// file (following symbolic links): a FIFO put at a WAL or state file's name
+/// made the open wait for a writer forever, and `/dev/zero` behind a link
+/// read until memory ran out. On Unix the open does not wait (`O_NONBLOCK`,
+/// which means nothing for a regular file's reads).
+///
+/// # Errors
+/// The open's; `InvalidInput` for a file that is not a regular file.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = options.open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
 /// The contents of `path`, or `None` when there is no such file.
 ///
 /// # Errors
-/// Other I/O errors, naming the path.
+/// Other I/O errors, naming the path; a file that is not a regular file
+/// (see [`open_regular`]).
 pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", path, e)),
-    }
+    use std::io::Read;
+    let mut f = match open_regular(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let mut b = Vec::new();
+    f.read_to_end(&mut b)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(Some(b))
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync (and a check that its
@@ -1047,7 +1079,7 @@ pub const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// [`Error::Locked`] when an owner holds it; I/O errors naming the path.
 pub fn lock_dir_shared(dir: &Path) -> Result<Option<File>> {
     let path = dir.join("LOCK");
-    let f = match File::open(&path) {
+    let f = match open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", &path, e)),

@@ -283,7 +283,7 @@ impl std::fmt::Debug for Recovery {
 /// ever writes from there on, and the commit thread stops it before writing
 /// beyond what it has done, as for a new file.
 fn resumed_fill(current: &Path, offset: u64, size: u64) -> Result<Option<u64>> {
-    let f = std::fs::File::open(current).map_err(|e| Error::io("open", current, e))?;
+    let f = files::open_regular(current).map_err(|e| Error::io("open", current, e))?;
     // Recovery's reads left pages cached, and a filesystem reports an unwritten
     // block with a cached page as data: drop them (all clean) to see the holes.
     files::drop_cached_pages(&f);
@@ -635,7 +635,7 @@ impl Wal {
             None
         } else {
             Some(Arc::new(
-                std::fs::File::open(&current).map_err(|e| Error::io("open", &current, e))?,
+                files::open_regular(&current).map_err(|e| Error::io("open", &current, e))?,
             ))
         };
         let preparer = commit::spawn_preparer(

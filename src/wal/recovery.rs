@@ -130,7 +130,7 @@ thread_local! {
 
 impl ChunkReader {
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let file = files::open_regular(path).map_err(|e| Error::io("open", path, e))?;
         Self::with_file(Arc::new(file), path)
     }
 
@@ -841,7 +841,7 @@ pub fn scan_dir_uncached(dir: &Path, mode: RecoveryMode) -> Result<DirScan> {
     paths.push(dir.join(CURRENT));
     for path in paths {
         // Absent, or unreadable: the scan reports it, naming the file.
-        if let Ok(f) = File::open(&path) {
+        if let Ok(f) = files::open_regular(&path) {
             files::drop_cached_pages(&f);
         }
     }
