@@ -1332,6 +1332,32 @@ impl Default for GroupCoordinator {
 /// checked against the group's members under the coordinator's lock.
 pub const MAX_PROTOCOLS: usize = 256;
 
+/// The most groups the coordinator holds; a JoinGroup that would start
+/// another gets COORDINATOR_NOT_AVAILABLE (which clients retry) until some
+/// are forgotten. Each group takes about 2 KB and a look at each session
+/// tick, under the lock every group request takes: a client sending
+/// JoinGroups to new group ids, each answered MEMBER_ID_REQUIRED (or each a
+/// member that never heartbeats) at once, left a group per request for up
+/// to its session timeout (30 minutes at most) and 10 minutes more, without
+/// bound (300,000 in two seconds: 580 MB, and ticks of 100 ms). Kafka sets no
+/// limit.
+pub const MAX_GROUPS: usize = 100_000;
+
+#[cfg(test)]
+thread_local! {
+    /// [`MAX_GROUPS`] for the joins of this thread (tests).
+    static TEST_MAX_GROUPS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`MAX_GROUPS`], or a test's own limit.
+fn max_groups() -> usize {
+    #[cfg(test)]
+    if let Some(n) = TEST_MAX_GROUPS.with(std::cell::Cell::get) {
+        return n;
+    }
+    MAX_GROUPS
+}
+
 /// A JoinGroup request's parameters.
 #[derive(Debug)]
 pub struct JoinRequest {
@@ -1719,6 +1745,14 @@ impl GroupCoordinator {
             };
             if let Some(code) = refused {
                 let _ = tx.send(JoinResult::error(code, &req.member_id));
+                return rx;
+            }
+            if groups.len() >= max_groups() {
+                crate::log_limit::limited!(warn, group = %Shown(&req.group), groups = groups.len(), "JoinGroup refused: the coordinator holds {} groups, its most; empty groups are forgotten once their members' sessions end", max_groups());
+                let _ = tx.send(JoinResult::error(
+                    codes::COORDINATOR_NOT_AVAILABLE,
+                    &req.member_id,
+                ));
                 return rx;
             }
         }
@@ -4519,6 +4553,49 @@ mod tests {
     /// An in-memory coordinator with [`no_initial_delay`].
     fn coordinator() -> GroupCoordinator {
         GroupCoordinator::new(&no_initial_delay())
+    }
+
+    /// A JoinGroup that would start a group past `MAX_GROUPS` (here 3) is
+    /// answered COORDINATOR_NOT_AVAILABLE and leaves nothing behind; joins
+    /// to the groups held go on, and a group forgotten makes room again.
+    /// Before, each JoinGroup to a new group id answered MEMBER_ID_REQUIRED
+    /// left a group behind, without bound.
+    #[test]
+    fn joins_past_the_most_groups_are_refused_until_one_is_forgotten() {
+        TEST_MAX_GROUPS.with(|m| m.set(Some(3)));
+        let c = coordinator();
+        let ask = |group: &str| {
+            c.join(JoinRequest {
+                group: group.into(),
+                require_known_member_id: true,
+                ..req("")
+            })
+            .try_recv()
+            .unwrap()
+        };
+        let mut ids = Vec::new();
+        for g in ["a", "b", "c"] {
+            let j = ask(g);
+            assert_eq!(j.error, codes::MEMBER_ID_REQUIRED, "{g}");
+            ids.push(j.member_id);
+        }
+        let j = ask("d");
+        assert_eq!(j.error, codes::COORDINATOR_NOT_AVAILABLE);
+        assert!(!c.holds("d"));
+        // A group held takes its member.
+        let j = join_in(&c, "a", &ids[0], None).try_recv().unwrap();
+        assert_eq!(j.error, codes::NONE);
+        // One forgotten (no member, its handed-out id lapsed) makes room.
+        {
+            let mut groups = c.lock();
+            let b = groups.get_mut("b").unwrap();
+            b.pending_members.clear();
+        }
+        let offsets = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(offsets.path().to_path_buf()).unwrap();
+        assert!(c.forget_if_empty("b", &store));
+        assert_eq!(ask("d").error, codes::MEMBER_ID_REQUIRED);
+        TEST_MAX_GROUPS.with(|m| m.set(None));
     }
 
     /// The first rebalance of an empty group completed at its first member's
