@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::named_once;
 use crate::{
@@ -206,21 +207,20 @@ fn end_offset(records: &[u8], from: i64) -> i64 {
 /// and what each partition held from its fetch offset when the pass began
 /// (see [`Held`]). It reads the partitions `pins` holds (see [`resolve`]).
 /// Every partition lock is taken there, none on the async thread: an append
-/// holds its partition's lock through a segment roll's `fdatasync`.
+/// holds its partition's lock through a segment roll's `fdatasync`. The read
+/// holds `permit`, its read slot (see [`read_slot`]), until it ends.
 async fn read_pass(
     ctx: &Ctx,
     wants: &Arc<Vec<Want>>,
     pins: &Arc<Vec<Weak<Partition>>>,
     max_bytes: i64,
     version: i16,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> (Pass, Lease, Vec<Held>) {
     let storage = ctx.storage.clone();
     let memory = Arc::clone(&ctx.fetch_memory);
     let w = Arc::clone(wants);
     let pins = Arc::clone(pins);
-    // Held by the read until it ends (see `READS_AT_ONCE`); the semaphore is
-    // never closed.
-    let permit = Arc::clone(&ctx.reads).acquire_owned().await.ok();
     ctx.metrics.fetch_read();
     let pass = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -274,6 +274,41 @@ async fn read_pass(
             (failed, ctx.fetch_memory.take_up_to(0), Vec::new())
         }
     }
+}
+
+/// One of the [`READS_AT_ONCE`](crate::server::READS_AT_ONCE) read slots,
+/// held by a read pass until it ends: waited for without end (a Fetch's
+/// first pass, as Kafka's request threads wait for a stalled disk), or, with
+/// `until`, only until the deadline or the shutdown (`None` then).
+async fn read_slot(
+    ctx: &Ctx,
+    until: Option<(Instant, &mut watch::Receiver<bool>)>,
+) -> Option<OwnedSemaphorePermit> {
+    // The semaphore is never closed.
+    let slot = Arc::clone(&ctx.reads).acquire_owned();
+    match until {
+        None => slot.await.ok(),
+        Some((deadline, stopping)) => tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => None,
+            s = tokio::time::timeout_at(deadline.into(), slot) => s.ok().and_then(Result::ok),
+        },
+    }
+}
+
+/// `topics` as a pass answered them, without their records: what a long
+/// poll that cannot read again answers (see [`fetch`]).
+fn without_records(topics: &[FetchableTopicResponse]) -> Vec<FetchableTopicResponse> {
+    topics
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            for p in &mut t.partitions {
+                p.records = Some(Bytes::new());
+            }
+            t
+        })
+        .collect()
 }
 
 /// The wanted partitions, in request order, as the broker names them now
@@ -461,11 +496,35 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
     // hold reaching `min_bytes`: it answers with what it read, as Kafka's
     // DelayedFetch completes once its estimate is reached.
     let mut enough = false;
+    // What the last pass answered, without its records (see
+    // `without_records`): `None` before the first.
+    let mut last: Option<Vec<FetchableTopicResponse>> = None;
+    // The answer of a long poll that cannot read again: every read slot is
+    // held (reads stalled on the device) at its deadline or the shutdown.
+    let unread = |last: Vec<FetchableTopicResponse>| {
+        let pass = Pass {
+            topics: last,
+            total: 0,
+            errors: false,
+            cut: false,
+        };
+        answer(pass, ctx.fetch_memory.take_up_to(0))
+    };
     loop {
         // Before the read: a change between the two then still counts as a
         // move (once registered, it also wakes the wait below).
         let mut seen = positions(&pinned(&pins));
-        let (pass, lease, held) = read_pass(ctx, &wants, &pins, max_bytes, version).await;
+        // The first pass waits for a slot as long as it takes; a later one
+        // only until the deadline or the shutdown, which then answer what
+        // the last pass found.
+        let slot = match last.take() {
+            None => read_slot(ctx, None).await,
+            Some(topics) => match read_slot(ctx, Some((deadline, &mut stopping))).await {
+                Some(slot) => Some(slot),
+                None => return unread(topics),
+            },
+        };
+        let (pass, lease, held) = read_pass(ctx, &wants, &pins, max_bytes, version, slot).await;
         // A pass the memory budget cut short answers now: what it left is
         // there to read, and waiting for a change would sit out `max_wait`.
         // So does one whose partitions hold `min_bytes` (each counted within
@@ -488,6 +547,7 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
         // Kafka's DelayedFetch, it reads again once what its partitions hold
         // adds up to `min_bytes`, not at each append to them (each read would
         // take up to all it had read before, again).
+        let found = without_records(&pass.topics);
         drop((pass, lease));
         // Registered only now, after `seen` was taken: a change in between
         // woke nothing, so the first look is at once.
@@ -523,10 +583,18 @@ pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchR
             seen = now;
         };
         match woke {
-            Some(estimated) => enough = estimated,
+            Some(estimated) => {
+                enough = estimated;
+                last = Some(found);
+            }
             None => {
-                // Deadline or shutdown: one last read, then answer.
-                let (pass, lease, _) = read_pass(ctx, &wants, &pins, max_bytes, version).await;
+                // Deadline or shutdown: one last read, then answer; when no
+                // read can start at once, what the last pass found.
+                let Ok(slot) = Arc::clone(&ctx.reads).try_acquire_owned() else {
+                    return unread(found);
+                };
+                let (pass, lease, _) =
+                    read_pass(ctx, &wants, &pins, max_bytes, version, Some(slot)).await;
                 return answer(pass, lease);
             }
         }
@@ -1030,6 +1098,43 @@ mod tests {
             t.ctx.reads.available_permits(),
             crate::server::READS_AT_ONCE
         );
+        t.close();
+    }
+
+    /// A long poll whose deadline comes while every read slot is held (reads
+    /// stalled on the device) answers at its deadline with what its last
+    /// pass found, without records; so does one woken by an append then.
+    /// Before, its last read waited for a slot past `max_wait_ms`, holding
+    /// the answers after it on its connection.
+    #[test]
+    fn a_long_poll_does_not_wait_past_its_deadline_for_a_read_slot() {
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        t.produce("t", 0, &make_batch(0, &[b"v"]));
+        let all = u32::try_from(crate::server::READS_AT_ONCE).unwrap();
+        for wake in [false, true] {
+            let reads = t.ctx.metrics.fetch_reads();
+            let poll = t.start("t", &[0], 1, 1 << 20, 700);
+            t.until_read(reads + 1);
+            let held = t
+                .polls
+                .block_on(Arc::clone(&t.ctx.reads).acquire_many_owned(all))
+                .unwrap();
+            if wake {
+                // Enough to read: the poll wants a slot before its deadline.
+                t.produce("t", 0, &make_batch(0, &[&[7u8; 2 << 20]]));
+            }
+            let r = t.answer(poll);
+            let p = &r.responses[0].partitions[0];
+            assert_eq!(p.error_code, codes::NONE, "wake {wake}");
+            assert_eq!(p.high_watermark, 1, "wake {wake}: the last pass's");
+            assert!(
+                p.records.as_ref().is_none_or(Bytes::is_empty),
+                "wake {wake}"
+            );
+            assert_eq!(t.ctx.metrics.fetch_reads(), reads + 1, "wake {wake}");
+            drop(held);
+        }
         t.close();
     }
 
