@@ -508,14 +508,17 @@ impl Config {
                     return bad(
                         "--advertised-addr",
                         a.clone(),
-                        "accepted values: HOST:PORT with a port from 1 to 65535",
+                        "accepted values: HOST:PORT, HOST an IPv4 address (four decimal \
+                         numbers), an IPv6 address in brackets ([::1]) or a host name (letters, \
+                         digits, '-' and '_' in labels separated by '.'), PORT 1 to 65535",
                     )
                 }
-                // Clients connect where Metadata sends them: to themselves.
+                // Clients connect where Metadata sends them: to themselves
+                // (`::ffff:0.0.0.0` too, IPv4's unspecified address mapped).
                 Some((host, _))
                     if host
                         .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_unspecified()) =>
+                        .is_ok_and(|ip| ip.to_canonical().is_unspecified()) =>
                 {
                     return bad(
                         "--advertised-addr",
@@ -562,15 +565,52 @@ const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 /// Those offered when `--sasl-users` is given without `--sasl-mechanisms`.
 const DEFAULT_SASL_MECHANISMS: [&str; 3] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
 
-/// Splits `host:port` (the host may be a bracketed IPv6 address).
+/// Splits `host:port` as `--advertised-addr` accepts it, the host without
+/// brackets: the host an IPv4 address, an IPv6 address in brackets, or a host
+/// name (see [`is_host_name`]); the port ASCII digits, 1 to 65535. `None` for
+/// anything else: clients would be sent to a host they cannot resolve or
+/// connect to (`u16`'s parser alone took `+9092`).
 pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let v6 = v6.strip_suffix(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            v6
+        }
+        None if host.parse::<std::net::Ipv4Addr>().is_ok() || is_host_name(host) => host,
+        None => return None,
+    };
     Some((host.to_string(), port))
+}
+
+/// A host name clients can resolve: dot-separated labels of ASCII letters,
+/// digits, `-` and `_`, none empty, longer than 63 characters or starting or
+/// ending with `-`, 253 characters at most. A name whose last label is a
+/// number (digits, or `0x` and hex digits) is not one: resolvers read it as
+/// an IPv4 address in a short form (`0` is 0.0.0.0, `127.1` is 127.0.0.1), so
+/// an address must be written as four decimal numbers.
+fn is_host_name(host: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let numeric = |l: &str| {
+        l.bytes().all(|b| b.is_ascii_digit())
+            || l.strip_prefix("0x")
+                .or_else(|| l.strip_prefix("0X"))
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    host.len() <= 253
+        && host.split('.').all(label_ok)
+        && !host.rsplit('.').next().is_some_and(numeric)
 }
 
 fn parse_bool(s: &str) -> std::result::Result<bool, String> {
@@ -611,6 +651,18 @@ fn parse_limit_size(s: &str) -> std::result::Result<i64, String> {
         .ok()
         .and_then(|v| i64::try_from(v).ok())
         .ok_or_else(|| ACCEPTED.to_string())
+}
+
+/// A size as `parse_size` reads it, within Kafka's INT (0 to 2147483647), for
+/// a setting DescribeConfigs reports as one.
+fn parse_int_size(s: &str) -> std::result::Result<u32, String> {
+    parse_size(s)
+        .ok()
+        .filter(|&v| v <= i32::MAX as u64)
+        .map(|v| v as u32)
+        .ok_or_else(|| {
+            "accepted values: a byte count from 0 to 2147483647 such as 4096, 4k or 1m".to_string()
+        })
 }
 
 fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
@@ -713,8 +765,8 @@ impl FromEnv {
 /// For clap's error about an invalid value of a flag that was not on the command
 /// line `args`, so was read from its environment variable: a message naming the
 /// variable, the flag, the value and the accepted values. For its error about
-/// flags a TLS flag set by its variable needs: a message naming the variable.
-/// (Clap names neither.)
+/// flags a TLS flag set by its variable needs, or about a variable's value that
+/// is not UTF-8: a message naming the variable. (Clap names neither.)
 fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
     use clap::{
         error::{ContextKind, ContextValue, ErrorKind},
@@ -791,6 +843,31 @@ fn env_value_error(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<Strin
             } else {
                 "the variables"
             }
+        ));
+    }
+    if e.kind() == ErrorKind::InvalidUtf8 {
+        // Clap names no argument. Typed on the command line, the user knows
+        // which; the same line parsed without the variables tells.
+        let without_env = Cli::command().mut_args(|a| a.env(None).allow_negative_numbers(true));
+        if without_env
+            .try_get_matches_from(args)
+            .is_err_and(|e| e.kind() == ErrorKind::InvalidUtf8)
+        {
+            return None;
+        }
+        // A variable of a flag not typed, holding bytes that are not UTF-8, for
+        // a flag whose value must be text (a path need not be).
+        let (var, flag, value) = cmd.get_arguments().find_map(|a| {
+            let flag = format!("--{}", a.get_long()?);
+            let var = a.get_env()?;
+            let value = std::env::var_os(var)?;
+            let path = a.get_value_parser().type_id() == std::any::TypeId::of::<PathBuf>();
+            (value.to_str().is_none() && !path && !given(&flag))
+                .then(|| (var.to_string_lossy().into_owned(), flag, value))
+        })?;
+        return Some(format!(
+            "invalid configuration: {var} = {value:?} (the environment variable of {flag}): not \
+             valid UTF-8"
         ));
     }
     if !matches!(
@@ -1131,8 +1208,8 @@ pub struct Cli {
     #[arg(
         long,
         env = "STREAMLINE_OFFSET_METADATA_MAX_BYTES",
-        default_value_t = 4096,
-        value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64),
+        default_value = "4096",
+        value_parser = parse_int_size,
         value_name = "BYTES"
     )]
     pub offset_metadata_max_bytes: u32,
@@ -1223,7 +1300,9 @@ impl Cli {
     }
 
     /// The [`Config`] this command line describes, validated ([`Config::validate`]);
-    /// `--sasl-mechanisms` without `--sasl-users` is refused too.
+    /// `--sasl-mechanisms` without `--sasl-users` is refused too. The settings
+    /// [`Cli::ignored_settings`] warns of take their defaults, whatever their
+    /// variables hold.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the flag, or [`Error::InvalidEnv`]
@@ -1241,9 +1320,27 @@ impl Cli {
                     .into(),
             }));
         }
-        self.wal_sync_check()
-            .map_err(|e| from_env.name_variable(e))?;
-        let config = self.into_config();
+        let ignored: Vec<String> = self
+            .wal_sync_check()
+            .map_err(|e| from_env.name_variable(e))?
+            .into_iter()
+            .map(|v| v.flag.clone())
+            .collect();
+        // Settings reported as ignored are not used at all: a value the broker
+        // would refuse (`STREAMLINE_WAL_SYNC_MS=0`) must not stop the start
+        // the warning announces, nor set how an existing WAL is opened to be
+        // replayed. They take their defaults, and are no longer given.
+        let mut cli = self;
+        let d = Config::default().wal.engine;
+        for flag in &ignored {
+            match flag.as_str() {
+                "--wal-sync-mode" => cli.wal_sync_mode = d.sync_mode,
+                "--wal-sync-ms" => cli.wal_sync_ms = d.sync_interval_ms,
+                _ => {}
+            }
+            cli.given.remove(flag);
+        }
+        let config = cli.into_config();
         config.validate().map_err(|e| from_env.name_variable(e))?;
         Ok(config)
     }
@@ -1254,7 +1351,18 @@ impl Cli {
     /// [`Cli::into_valid_config`]). Empty when there are none, or when the
     /// configuration is refused.
     pub fn ignored_settings(&self) -> Vec<String> {
-        self.wal_sync_check().unwrap_or_default()
+        self.wal_sync_check()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| {
+                format!(
+                    "ignoring {} = {:?} (the environment variable of {}): --wal-enabled false \
+                     on the command line turns the WAL off, so produces are acknowledged from \
+                     the page cache and are durable only after the next checkpoint",
+                    v.var, v.value, v.flag
+                )
+            })
+            .collect()
     }
 
     /// `--wal-enabled false` with a sync setting, which has no effect without
@@ -1264,7 +1372,7 @@ impl Cli {
     /// A flag is more particular than a variable, which a container image or a
     /// service unit sets for every run: `--wal-enabled false` on the command
     /// line turns the WAL off for this run whatever the environment says, and
-    /// the sync settings from variables are ignored (returned as warnings).
+    /// the sync settings from variables are ignored (their values returned).
     /// Every other combination is refused: a sync flag on the command line asks
     /// for this run's durability, whatever turned the WAL off; and with both
     /// from the environment neither is more particular than the other.
@@ -1272,7 +1380,7 @@ impl Cli {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the sync flag (a sync flag given on the
     /// command line before one from a variable).
-    fn wal_sync_check(&self) -> Result<Vec<String>> {
+    fn wal_sync_check(&self) -> Result<Vec<&EnvValue>> {
         if self.wal_enabled || self.wal_sync_given.is_empty() {
             return Ok(Vec::new());
         }
@@ -1288,15 +1396,6 @@ impl Cli {
             return Ok(from_env
                 .iter()
                 .filter_map(|flag| self.from_env.get(flag))
-                .map(|v| {
-                    format!(
-                        "ignoring {} = {:?} (the environment variable of {}): --wal-enabled \
-                         false on the command line turns the WAL off, so produces are \
-                         acknowledged from the page cache and are durable only after the next \
-                         checkpoint",
-                        v.var, v.value, v.flag
-                    )
-                })
                 .collect());
         };
         let value = if flag == "--wal-sync-mode" {
@@ -1786,6 +1885,85 @@ mod tests {
         }
     }
 
+    /// `--advertised-addr` checked no characters: hosts no client can resolve
+    /// (a space, a non-ASCII letter, doubled brackets) and a signed port were
+    /// advertised, and `0` (which resolvers read as 0.0.0.0) and IPv4's
+    /// unspecified address mapped into IPv6 passed the refusal of the
+    /// unspecified address. Each is refused, naming the flag and what is
+    /// accepted.
+    #[test]
+    fn advertised_addresses_clients_cannot_reach_are_refused() {
+        let refusal = |addr: &str| {
+            parse(&[&format!("--advertised-addr={addr}")])
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+        };
+        for addr in [
+            " broker1:9092",
+            "broker1 :9092",
+            "broker 1:9092",
+            "\u{e9}:9092",
+            "[[::1]]:9092",
+            "[::1:9092",
+            "::1:9092",
+            "h:+9092",
+            "h: 9092",
+            "h:9092 ",
+            "h:0",
+            "h:65536",
+            "h:",
+            ":9092",
+            "-broker:9092",
+            "broker-:9092",
+            ".broker:9092",
+            "broker.:9092",
+            "a..b:9092",
+            "127.1:9092",
+            "0x0:9092",
+            "0:9092",
+            "00.0.0.0:9092",
+            "[fe80::1%eth0]:9092",
+            "[127.0.0.1]:9092",
+        ] {
+            let e = refusal(addr).unwrap_or_else(|| panic!("{addr:?} accepted"));
+            assert!(
+                e.contains("--advertised-addr")
+                    && e.contains("a host name")
+                    && e.contains("1 to 65535"),
+                "{addr:?}: {e}"
+            );
+        }
+        for addr in ["[::ffff:0.0.0.0]:9092", "0.0.0.0:9092", "[::]:9092"] {
+            let e = refusal(addr).unwrap_or_else(|| panic!("{addr:?} accepted"));
+            assert!(
+                e.contains("--advertised-addr") && e.contains("unspecified address"),
+                "{addr:?}: {e}"
+            );
+        }
+        for (addr, host, port) in [
+            ("broker1:9092", "broker1", 9092),
+            (
+                "kafka-0.kafka_headless.svc:1",
+                "kafka-0.kafka_headless.svc",
+                1,
+            ),
+            ("localhost:65535", "localhost", 65535),
+            ("10.0.0.1:9092", "10.0.0.1", 9092),
+            ("[::1]:9092", "::1", 9092),
+            ("[::ffff:10.0.0.1]:9092", "::ffff:10.0.0.1", 9092),
+            ("broker.example:09092", "broker.example", 9092),
+        ] {
+            assert_eq!(refusal(addr), None, "{addr:?}");
+            assert_eq!(
+                parse_host_port(addr),
+                Some((host.to_string(), port)),
+                "{addr:?}"
+            );
+        }
+    }
+
     /// `cli` as if each `(flag, variable, value)` of `vars` had come from its
     /// variable: the flags are given on `args` with their values, and noted as
     /// read from the variables, as [`Cli::try_parse_args`] notes them (the
@@ -1878,6 +2056,43 @@ mod tests {
             cli.into_valid_config().unwrap().wal.engine.sync_mode,
             SyncMode::EveryWrite
         );
+    }
+
+    /// `STREAMLINE_WAL_SYNC_MS=0` with `--wal-enabled false` on the command
+    /// line was announced as ignored, then stopped the start all the same
+    /// ("must be at least 1 in interval mode"). Ignored settings now take
+    /// their defaults, which is also what an existing WAL is opened with to be
+    /// replayed; and they are no longer reported as given.
+    #[test]
+    fn ignored_sync_settings_are_neither_checked_nor_used() {
+        for vars in [
+            &[("--wal-sync-ms", "STREAMLINE_WAL_SYNC_MS", "0")][..],
+            &[
+                ("--wal-sync-mode", "STREAMLINE_WAL_SYNC_MODE", "every_write"),
+                ("--wal-sync-ms", "STREAMLINE_WAL_SYNC_MS", "0"),
+            ],
+        ] {
+            let cli = parse_with_vars(&["--wal-enabled", "false"], vars);
+            let ignored = cli.ignored_settings();
+            assert_eq!(ignored.len(), vars.len(), "{ignored:?}");
+            assert!(
+                ignored[0].contains("STREAMLINE_WAL_SYNC") && ignored[0].contains("ignoring"),
+                "{ignored:?}"
+            );
+            let c = cli
+                .into_valid_config()
+                .unwrap_or_else(|e| panic!("{vars:?} refused: {e}"));
+            let d = Config::default().wal.engine;
+            assert!(!c.wal.enabled);
+            assert_eq!(
+                (c.wal.engine.sync_mode, c.wal.engine.sync_interval_ms),
+                (d.sync_mode, d.sync_interval_ms)
+            );
+            assert_eq!(
+                c.given.iter().map(String::as_str).collect::<Vec<_>>(),
+                ["--wal-enabled"]
+            );
+        }
     }
 
     /// The flags given on the command line reach the configuration (for
@@ -1982,6 +2197,29 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("k").is_err());
+    }
+
+    /// broker.md says sizes take `k`, `m` and `g` suffixes, but
+    /// `--offset-metadata-max-bytes 4k` was refused. It takes them, within
+    /// the same range (Kafka's INT).
+    #[test]
+    fn offset_metadata_max_bytes_accepts_sizes_within_an_int() {
+        let bytes = |v: &str| {
+            Cli::try_parse_args(["streamline", "--offset-metadata-max-bytes", v])
+                .map(|cli| cli.into_config().groups.offset_metadata_max_bytes)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(bytes("4k"), Ok(4096));
+        assert_eq!(bytes("1m"), Ok(1 << 20));
+        assert_eq!(bytes("0"), Ok(0));
+        assert_eq!(bytes("2147483647"), Ok(i32::MAX as usize));
+        for v in ["2g", "2147483648", "-1", "lots"] {
+            let e = bytes(v).expect_err(v);
+            assert!(
+                e.contains("--offset-metadata-max-bytes") && e.contains("0 to 2147483647"),
+                "{v}: {e}"
+            );
+        }
     }
 
     /// Every setting DescribeConfigs reports as an INT or a LONG is held to

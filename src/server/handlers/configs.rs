@@ -155,9 +155,30 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("-1".to_string(), |v| v.to_string())
 }
 
-/// The largest record batch a produce may carry: one WAL entry less its framing
-/// (with the WAL enabled; the framing counted for the longest topic name), within
-/// one request frame.
+/// Bytes of a Produce request frame besides its record batch, at most, for a
+/// request carrying one batch in any version the broker serves (v3 to v9):
+/// the request header with a client id of up to 32767 bytes (its length is an
+/// INT16) and v9's tagged fields; the transactional id, null (the broker
+/// refuses transactional batches, so a producer it serves sends none); acks
+/// and the timeout; the topic array's length, a topic name of
+/// [`crate::storage::MAX_TOPIC_NAME`] bytes with its length; the partition
+/// array's length, the partition index and the batch's length (INT32s, or
+/// varints of up to 5 bytes in v9); and v9's empty tagged fields of the
+/// request, the topic and the partition. A frame's own 4-byte length is not
+/// counted by `--max-request-bytes`, so not here either.
+const PRODUCE_FRAMING: u64 = {
+    let header = 2 + 2 + 4 + (2 + 32767) + 1;
+    let body = 2 + 2 + 4 + 4 + (2 + crate::storage::MAX_TOPIC_NAME as u64) + 4 + 4 + 5 + 3;
+    header + body
+};
+
+/// The largest record batch a produce may carry whatever its client id and
+/// topic name: one request frame less a Produce's framing, and with the WAL
+/// enabled one WAL entry less its framing (counted for the longest topic name).
+/// Advertised as Kafka's `message.max.bytes`, it must be reachable: a larger
+/// frame closes the connection (clients resend it, forever), and the WAL's
+/// check answers MESSAGE_TOO_LARGE. A larger batch may still be accepted, as
+/// a shorter client id or topic name leaves it more room.
 fn max_message_bytes(ctx: &Ctx) -> u64 {
     let frame = ctx.storage.config().server.max_request_bytes as u64;
     largest_batch(frame, ctx.storage.wal().map(|w| w.max_entry_bytes()))
@@ -166,9 +187,10 @@ fn max_message_bytes(ctx: &Ctx) -> u64 {
 /// [`max_message_bytes`] for request frames of `frame` bytes and WAL entries
 /// of `entry` bytes at most (`None`: no WAL).
 fn largest_batch(frame: u64, entry: Option<u64>) -> u64 {
-    entry.map_or(frame, |e| {
+    let framed = frame.saturating_sub(PRODUCE_FRAMING);
+    entry.map_or(framed, |e| {
         e.saturating_sub(crate::storage::WAL_ENTRY_OVERHEAD + crate::storage::MAX_TOPIC_NAME as u64)
-            .min(frame)
+            .min(framed)
     })
 }
 
@@ -963,8 +985,11 @@ mod tests {
             .find(|e| e.name == "message.max.bytes")
             .unwrap();
         assert_eq!(
-            (set.value.as_str(), set.source),
-            ("1048576", STATIC_BROKER_CONFIG)
+            (set.value.clone(), set.source),
+            (
+                ((1 << 20) - PRODUCE_FRAMING).to_string(),
+                STATIC_BROKER_CONFIG
+            )
         );
         let mut names: Vec<&str> = entries.iter().map(|e| e.name).collect();
         names.sort_unstable();
@@ -1006,6 +1031,70 @@ mod tests {
             segment.broker.as_ref().map(|b| b.2),
             Some(STATIC_BROKER_CONFIG)
         );
+    }
+
+    /// `message.max.bytes` was `--max-request-bytes` itself without the WAL
+    /// (or with WAL entries larger than a frame), but a Produce carrying a
+    /// batch of that size is a larger frame: its connection was closed, and
+    /// librdkafka resent it forever. Encoded as clients encode it, in every
+    /// version the broker serves, with the longest client id and topic name,
+    /// a batch of the advertised size now fits in the frame, with only a few
+    /// bytes to spare.
+    #[test]
+    fn a_produce_of_a_batch_of_message_max_bytes_fits_in_a_request_frame() {
+        use kafka_protocol::{
+            messages::{
+                produce_request::{PartitionProduceData, TopicProduceData},
+                ApiKey, ProduceRequest, RequestHeader, TopicName,
+            },
+            protocol::Encodable,
+        };
+        let (_, low, high) = crate::server::supported_apis()
+            .into_iter()
+            .find(|(key, ..)| *key == ApiKey::Produce)
+            .unwrap();
+        let client_id = StrBytes::from_string("c".repeat(i16::MAX as usize));
+        let topic = TopicName(StrBytes::from_string(
+            "t".repeat(crate::storage::MAX_TOPIC_NAME),
+        ));
+        // The number docs/broker.md gives (`--max-request-bytes`).
+        assert_eq!(PRODUCE_FRAMING, 33057);
+        for frame in [1 << 20, Config::default().server.max_request_bytes as u64] {
+            let largest = largest_batch(frame, None);
+            assert_eq!(largest_batch(frame, Some(1 << 30)), largest);
+            let batch = bytes::Bytes::from(vec![0u8; largest as usize]);
+            for version in low..=high {
+                let request = ProduceRequest::default()
+                    .with_acks(-1)
+                    .with_timeout_ms(30_000)
+                    .with_topic_data(vec![TopicProduceData::default()
+                        .with_name(topic.clone())
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch.clone()))])]);
+                let mut buf = bytes::BytesMut::new();
+                RequestHeader::default()
+                    .with_request_api_key(ApiKey::Produce as i16)
+                    .with_request_api_version(version)
+                    .with_correlation_id(i32::MAX)
+                    .with_client_id(Some(client_id.clone()))
+                    .encode(&mut buf, ApiKey::Produce.request_header_version(version))
+                    .unwrap();
+                request.encode(&mut buf, version).unwrap();
+                // The length `--max-request-bytes` limits: after the frame's
+                // own 4-byte length, which is not encoded here.
+                let len = buf.len() as u64;
+                assert!(
+                    len <= frame,
+                    "Produce v{version}: a frame of {len} bytes past the limit of {frame}"
+                );
+                assert!(
+                    frame - len <= 16,
+                    "Produce v{version}: {} bytes to spare in a frame of {frame}",
+                    frame - len
+                );
+            }
+        }
     }
 
     /// A synonym as the test below reads it: name, value, source.
