@@ -544,6 +544,35 @@ fn a_special_file_at_a_wal_name_is_an_error_not_a_wait() {
     }
 }
 
+/// The WAL's own open takes its lock and syncs its active file with write
+/// opens, which wait for a FIFO's reader: a FIFO at `LOCK` or `current.wal`
+/// hung the broker's start. Both are errors naming the file now.
+#[cfg(unix)]
+#[test]
+fn the_wal_open_refuses_a_fifo_at_its_lock_or_active_file() {
+    for name in ["LOCK", "current.wal"] {
+        let dir = tempfile::tempdir().unwrap();
+        make_wal(dir.path());
+        let path = dir.path().join(name);
+        std::fs::remove_file(&path).unwrap();
+        let made = Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success(), "mkfifo {}", path.display());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(Wal::open(&d, WalConfig::default()).map(drop));
+        });
+        let opened = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("a FIFO at {name}: the open still waits after 20 s"));
+        let err = opened.expect_err(name).to_string();
+        assert!(
+            err.contains(name) && err.contains("not a regular file"),
+            "{name}: {err}"
+        );
+    }
+}
+
 /// `inspect` printed whatever `clean-close.json` held as the log's close,
 /// though the scan believes only a record naming the newest file (one copied
 /// from another WAL names another), and printed an unreadable one as "not

@@ -15,9 +15,9 @@
 //! frees space and fails for want of it gives the reserve back
 //! ([`SpaceReserve::release`]) and is tried again; the reserve is taken
 //! again ([`SpaceReserve::refill`]) once the file system has room for it
-//! twice over, so that taking it never leaves a produce without the blocks
-//! it needs. Nothing else reads the file: a crash leaves it as it was, and
-//! the next start allocates it again.
+//! twice over, so that taking it leaves at least as much free. Nothing else
+//! reads the file: a crash leaves it as it was, and the next start holds it
+//! as it finds it (or allocates it again).
 
 use std::{
     fs::File,
@@ -25,8 +25,10 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-/// The reserve's size: room for the producer snapshots and group files that
-/// the first passes on a full disk write before their removals free more.
+/// The reserve's size: room for the producer snapshot or group files that
+/// the first pass on a full disk writes before its removals free more (a
+/// partition's snapshot larger than this, some 25,000 live idempotent
+/// producers, is not covered).
 pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 
 /// The reserve's file in the data directory.
@@ -43,14 +45,31 @@ pub(crate) struct SpaceReserve {
 impl SpaceReserve {
     /// The reserve of `bytes` at `space.reserve` in `data_dir`, taken when the
     /// file system has room for it (see [`SpaceReserve::refill`]).
+    /// A reserve an earlier run left whole is held as it is, without a new
+    /// allocation: a start on a nearly full disk (after produces failed for
+    /// want of space) could not take it again, and would hold its blocks
+    /// without knowing it, never giving them back. One left in part is
+    /// removed first.
     pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
         let reserve = SpaceReserve {
             path: data_dir.join(RESERVE_NAME),
             bytes,
             held: Mutex::new(false),
         };
-        reserve.refill();
+        if reserve.in_place() {
+            *reserve.held.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        } else {
+            reserve.remove();
+            reserve.refill();
+        }
         reserve
+    }
+
+    /// Whether the reserve's file is there, a regular file holding its
+    /// blocks.
+    fn in_place(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.is_file() && m.len() >= self.bytes && holds_blocks(&m, self.bytes))
     }
 
     /// Whether the reserve holds its blocks.
@@ -68,8 +87,9 @@ impl SpaceReserve {
             return false;
         }
         *held = false;
-        drop(held);
         tracing::warn!(file = %self.path.display(), bytes = self.bytes, "the disk is full: giving back the space kept for the writes that free space");
+        // Under the lock: a refill meanwhile would make the file anew, and
+        // this removal would then take it away from a reserve marked held.
         self.remove();
         true
     }
@@ -81,7 +101,12 @@ impl SpaceReserve {
     pub(crate) fn refill(&self) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if *held {
-            return;
+            if self.in_place() {
+                return;
+            }
+            // Removed from outside (by hand, on a full disk): taken again.
+            tracing::warn!(file = %self.path.display(), "the space reserve's file went; taking it again");
+            *held = false;
         }
         match free_bytes(self.path.parent().unwrap_or(Path::new("."))) {
             Some(free) if free < self.bytes.saturating_mul(2) => {
@@ -128,15 +153,23 @@ fn allocate(f: &File, bytes: u64) -> std::io::Result<()> {
     match crate::wal::files::reserve(f, bytes) {
         // A file system without `fallocate` (the fallback made the file
         // sparse): its blocks are written.
-        Ok(()) if !holds_blocks(f, bytes) => write_zeros(f, bytes),
+        Ok(()) if !f.metadata().is_ok_and(|m| holds_blocks(&m, bytes)) => write_zeros(f, bytes),
         r => r,
     }
 }
 
-#[cfg(target_os = "linux")]
-fn holds_blocks(f: &File, bytes: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    f.metadata().is_ok_and(|m| m.blocks() * 512 >= bytes)
+/// Whether a file of metadata `m` has `bytes` allocated (where that cannot be
+/// asked, its length is taken for it: the reserve is written there).
+fn holds_blocks(m: &std::fs::Metadata, bytes: u64) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks().saturating_mul(512) >= bytes
+    }
+    #[cfg(not(unix))]
+    {
+        m.len() >= bytes
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -159,8 +192,18 @@ fn write_zeros(f: &File, bytes: u64) -> std::io::Result<()> {
 
 /// The bytes an unprivileged process may still allocate on the file system
 /// holding `dir`, when it can be asked.
+#[cfg(test)]
+thread_local! {
+    /// What [`free_bytes`] answers on this thread (tests).
+    static TEST_FREE_BYTES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 #[cfg(unix)]
 fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(test)]
+    if let Some(free) = TEST_FREE_BYTES.with(std::cell::Cell::get) {
+        return Some(free);
+    }
     let s = nix::sys::statvfs::statvfs(dir).ok()?;
     #[allow(
         clippy::useless_conversion,
@@ -178,16 +221,14 @@ fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
 
-/// Whether `e` failed for want of space (`ENOSPC`, or a quota's `EDQUOT`).
+/// Whether `e` failed for want of space (`ENOSPC`, or a quota's `EDQUOT`, and
+/// their equivalents elsewhere).
 pub(crate) fn out_of_space(e: &crate::Error) -> bool {
-    let Some(code) = e.raw_os_error() else {
-        return false;
-    };
-    #[cfg(unix)]
-    if code == libc::EDQUOT {
-        return true;
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    match e {
+        crate::Error::Io { source, .. } => matches!(source.kind(), StorageFull | QuotaExceeded),
+        _ => false,
     }
-    code == libc::ENOSPC
 }
 
 #[cfg(test)]
@@ -212,6 +253,45 @@ mod tests {
         r.refill();
         assert!(r.is_held());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+    }
+
+    /// A reserve an earlier run left is held as it is: a start on a nearly
+    /// full disk could not allocate it again, and held its blocks without
+    /// knowing it, so it never gave them back. One left in part is removed.
+    #[test]
+    fn a_reserve_left_by_an_earlier_run_is_held_and_a_partial_one_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SpaceReserve::open(dir.path(), 1 << 20));
+        // The file system has no room left for another reserve.
+        TEST_FREE_BYTES.with(|f| f.set(Some(0)));
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        TEST_FREE_BYTES.with(|f| f.set(None));
+        assert!(r.is_held());
+        assert!(r.release());
+        assert!(!dir.path().join(RESERVE_NAME).exists());
+
+        std::fs::write(dir.path().join(RESERVE_NAME), b"part").unwrap();
+        let r = SpaceReserve {
+            path: dir.path().join(RESERVE_NAME),
+            bytes: 1 << 20,
+            held: Mutex::new(false),
+        };
+        assert!(!r.in_place());
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        assert!(r.is_held());
+        assert!(r.in_place());
+    }
+
+    /// A held reserve whose file went (removed by hand) is taken again by the
+    /// next refill; before, it stayed marked held with nothing to give.
+    #[test]
+    fn a_held_reserve_whose_file_went_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        std::fs::remove_file(dir.path().join(RESERVE_NAME)).unwrap();
+        r.refill();
+        assert!(r.is_held());
+        assert!(r.in_place());
     }
 
     #[test]

@@ -901,8 +901,22 @@ pub fn remove_prepared(dir: &Path) -> Result<()> {
 /// # Errors
 /// The open's; `InvalidInput` for a file that is not a regular file.
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true);
+    open_regular_with(path, OpenOptions::new().read(true))
+}
+
+/// [`open_regular`] with `options` (a write open of a FIFO waits for a
+/// reader as a read open waits for a writer).
+///
+/// # Errors
+/// As [`open_regular`].
+pub fn open_regular_with(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+    let not_regular =
+        || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+    // Looked at first as well: a write open of a FIFO without a reader fails
+    // (ENXIO) rather than say what the file is.
+    if fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_regular());
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -910,10 +924,7 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     }
     let f = options.open(path)?;
     if !f.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+        return Err(not_regular());
     }
     Ok(f)
 }
@@ -1026,12 +1037,11 @@ thread_local! {
 /// filesystem without locks among them).
 pub fn lock_dir(dir: &Path) -> Result<DirLock> {
     let path = dir.join("LOCK");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
+    let f = open_regular_with(
+        &path,
+        OpenOptions::new().create(true).truncate(false).write(true),
+    )
+    .map_err(|e| Error::io("open", &path, e))?;
     lock_within_grace(dir, &path, || f.try_lock())?;
     Ok(DirLock(f))
 }

@@ -306,7 +306,7 @@ fn resumed_fill(current: &Path, offset: u64, size: u64) -> Result<Option<u64>> {
 /// cached pages; for them this is one `fdatasync` of a clean file.
 fn settle_active(current: &Path) -> Result<()> {
     // Opened for writing: Windows refuses to sync a read-only handle.
-    let f = match std::fs::OpenOptions::new().write(true).open(current) {
+    let f = match files::open_regular_with(current, std::fs::OpenOptions::new().write(true)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("open", current, e)),
