@@ -190,14 +190,14 @@ fn write_zeros(f: &File, bytes: u64) -> std::io::Result<()> {
     f.sync_data()
 }
 
-/// The bytes an unprivileged process may still allocate on the file system
-/// holding `dir`, when it can be asked.
 #[cfg(test)]
 thread_local! {
     /// What [`free_bytes`] answers on this thread (tests).
     static TEST_FREE_BYTES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
+/// The bytes an unprivileged process may still allocate on the file system
+/// holding `dir`, when it can be asked.
 #[cfg(unix)]
 fn free_bytes(dir: &Path) -> Option<u64> {
     #[cfg(test)]
