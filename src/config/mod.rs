@@ -593,7 +593,8 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
 /// ending with `-`, 253 characters at most. A name whose last label is a
 /// number (digits, or `0x` and hex digits) is not one: resolvers read it as
 /// an IPv4 address in a short form (`0` is 0.0.0.0, `127.1` is 127.0.0.1), so
-/// an address must be written as four decimal numbers.
+/// an address must be written as four decimal numbers. One final dot, as in a
+/// fully qualified name, is allowed.
 fn is_host_name(host: &str) -> bool {
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
@@ -608,6 +609,8 @@ fn is_host_name(host: &str) -> bool {
                 .or_else(|| l.strip_prefix("0X"))
                 .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
     };
+    // A fully qualified name may end in a dot (no search domain is tried).
+    let host = host.strip_suffix('.').unwrap_or(host);
     host.len() <= 253
         && host.split('.').all(label_ok)
         && !host.rsplit('.').next().is_some_and(numeric)
@@ -1918,7 +1921,6 @@ mod tests {
             "-broker:9092",
             "broker-:9092",
             ".broker:9092",
-            "broker.:9092",
             "a..b:9092",
             "127.1:9092",
             "0x0:9092",
@@ -1954,6 +1956,8 @@ mod tests {
             ("[::1]:9092", "::1", 9092),
             ("[::ffff:10.0.0.1]:9092", "::ffff:10.0.0.1", 9092),
             ("broker.example:09092", "broker.example", 9092),
+            // A fully qualified name's final dot.
+            ("kafka.example.com.:9092", "kafka.example.com.", 9092),
         ] {
             assert_eq!(refusal(addr), None, "{addr:?}");
             assert_eq!(

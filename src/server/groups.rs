@@ -1062,6 +1062,14 @@ impl Group {
 }
 
 impl Group {
+    /// Whether the group is in use: members, joins waiting, or handed-out
+    /// member ids (see [`MAX_GROUPS`]).
+    fn in_use(&self) -> bool {
+        !self.members.is_empty()
+            || !self.pending_joins.is_empty()
+            || !self.pending_members.is_empty()
+    }
+
     /// The metadata a consumer group's members sent for the group's protocol,
     /// to be read by [`subscribed_topics`] once the coordinator's lock is let
     /// go (a member's metadata may be as large as a request); `None` for a
@@ -1332,9 +1340,10 @@ impl Default for GroupCoordinator {
 /// checked against the group's members under the coordinator's lock.
 pub const MAX_PROTOCOLS: usize = 256;
 
-/// The most groups the coordinator holds; a JoinGroup that would start
-/// another gets COORDINATOR_NOT_AVAILABLE (which clients retry) until some
-/// are forgotten. Each group takes about 2 KB and a look at each session
+/// The most groups in use (with members, joins waiting or handed-out member
+/// ids) the coordinator holds; a JoinGroup that would start another gets
+/// COORDINATOR_NOT_AVAILABLE (which clients retry) until some are no longer
+/// in use. Empty groups kept for their committed positions do not count. Each group takes about 2 KB and a look at each session
 /// tick, under the lock every group request takes: a client sending
 /// JoinGroups to new group ids, each answered MEMBER_ID_REQUIRED (or each a
 /// member that never heartbeats) at once, left a group per request for up
@@ -1747,8 +1756,13 @@ impl GroupCoordinator {
                 let _ = tx.send(JoinResult::error(code, &req.member_id));
                 return rx;
             }
-            if groups.len() >= max_groups() {
-                crate::log_limit::limited!(warn, group = %Shown(&req.group), groups = groups.len(), "JoinGroup refused: the coordinator holds {} groups, its most; empty groups are forgotten once their members' sessions end", max_groups());
+            // Counted only at the limit: the groups in use (members, joins
+            // waiting, handed-out ids). An empty group kept for its
+            // committed positions, for days, takes no place.
+            if groups.len() >= max_groups()
+                && groups.values().filter(|g| g.in_use()).count() >= max_groups()
+            {
+                crate::log_limit::limited!(warn, group = %Shown(&req.group), groups = groups.len(), "JoinGroup refused: the coordinator holds {} groups in use (with members, joins or handed-out member ids), its most; each leaves that count once its members' sessions and handed-out ids lapse", max_groups());
                 let _ = tx.send(JoinResult::error(
                     codes::COORDINATOR_NOT_AVAILABLE,
                     &req.member_id,
@@ -2728,19 +2742,24 @@ mod tests {
     /// A group whose offsets cannot be removed (an I/O error) is logged and
     /// kept, and the groups after it still expire. Before, the error ended the
     /// pass, so on every pass the same groups after it never expired.
+    /// Offset 1 of partition 0 of topic `t`, as a commit stores it.
+    fn position_one() -> crate::storage::Committed {
+        crate::storage::Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+        }
+    }
+
     #[test]
     fn a_group_that_cannot_be_expired_does_not_stop_the_others() {
         const DAY: Duration = Duration::from_secs(24 * 3600);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("groups");
         let store = OffsetStore::open(path.clone()).unwrap();
-        let commit = crate::storage::Committed {
-            topic: "t".into(),
-            partition: 0,
-            offset: 1,
-            leader_epoch: -1,
-            metadata: None,
-        };
+        let commit = position_one();
         let now = PassTime::now();
         for g in ["a", "b"] {
             store
@@ -3254,13 +3273,7 @@ mod tests {
                 assert_eq!(c.leave(g, &[j.member_id]), Ok(vec![codes::NONE]));
             }
         }
-        let commit = crate::storage::Committed {
-            topic: "t".into(),
-            partition: 0,
-            offset: 1,
-            leader_epoch: -1,
-            metadata: None,
-        };
+        let commit = position_one();
         store
             .commit("committed", Some("consumer"), vec![commit])
             .unwrap();
@@ -4555,6 +4568,28 @@ mod tests {
         GroupCoordinator::new(&no_initial_delay())
     }
 
+    /// An empty group kept for its committed positions (for days, until
+    /// they expire) takes no place among the `MAX_GROUPS` groups in use:
+    /// counted, such groups would have refused every new group once enough
+    /// consumers had come and gone.
+    #[test]
+    fn idle_groups_kept_for_their_positions_do_not_fill_the_most_groups() {
+        TEST_MAX_GROUPS.with(|m| m.set(Some(1)));
+        let c = coordinator();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(dir.path().to_path_buf()).unwrap();
+        let j = join_in(&c, "old", "", None).try_recv().unwrap();
+        assert_eq!(j.error, codes::NONE);
+        let commit = position_one();
+        store.commit("old", Some("consumer"), vec![commit]).unwrap();
+        assert_eq!(c.leave("old", &[j.member_id]), Ok(vec![codes::NONE]));
+        assert_eq!(c.forget_empty_groups(&store), 0);
+        assert!(c.holds("old"));
+        let j = join_in(&c, "new", "", None).try_recv().unwrap();
+        TEST_MAX_GROUPS.with(|m| m.set(None));
+        assert_eq!(j.error, codes::NONE, "a new group refused for an idle one");
+    }
+
     /// A JoinGroup that would start a group past `MAX_GROUPS` (here 3) is
     /// answered COORDINATOR_NOT_AVAILABLE and leaves nothing behind; joins
     /// to the groups held go on, and a group forgotten makes room again.
@@ -5651,13 +5686,7 @@ mod tests {
         for g in ["deleted", "expired", "forgotten"] {
             assert!(file(g).exists(), "{g}");
         }
-        let commit = crate::storage::Committed {
-            topic: "t".into(),
-            partition: 0,
-            offset: 1,
-            leader_epoch: -1,
-            metadata: None,
-        };
+        let commit = position_one();
         for g in ["deleted", "expired"] {
             offsets
                 .commit(g, Some("consumer"), vec![commit.clone()])

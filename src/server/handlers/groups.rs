@@ -1063,8 +1063,6 @@ mod tests {
         );
     }
 
-    /// An OffsetCommit to group `g` of `offsets` (partition, offset) of topic
-    /// `t`, from `member` at `generation`.
     /// Blocking work that requests start waits, holding no thread, while
     /// `WORK_AT_ONCE` pieces run (here, while the test holds every place):
     /// a commit's store and a DescribeLogDirs took a blocking thread each,
@@ -1109,6 +1107,8 @@ mod tests {
         assert_eq!(r.results[0].topics.len(), 1);
     }
 
+    /// An OffsetCommit to group `g` of `offsets` (partition, offset) of topic
+    /// `t`, from `member` at `generation`.
     fn commit_request(
         generation: i32,
         member: &str,
