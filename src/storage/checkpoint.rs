@@ -300,18 +300,13 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
             } else {
                 (None, None)
             };
-            let mut applied = p.apply_retention(now_ms, by_age, by_size);
-            if applied
-                .as_ref()
-                .is_err_and(super::space_reserve::out_of_space)
-                && shared.reserve.release()
+            // A snapshot, which must be durable before the expired segments
+            // go, that could not be written for want of space is tried again
+            // with the reserve's.
+            match shared
+                .reserve
+                .retry(|| p.apply_retention(now_ms, by_age, by_size))
             {
-                // Its snapshot, which must be durable before the expired
-                // segments go, could not be written for want of space: tried
-                // again with the reserve's.
-                applied = p.apply_retention(now_ms, by_age, by_size);
-            }
-            match applied {
                 Ok((n, b)) => {
                     segments += n;
                     bytes += b;

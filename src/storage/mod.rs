@@ -3780,12 +3780,10 @@ impl TopicManager {
 /// durable: once the name is free they could be a new topic's. Returns
 /// whether they were dropped.
 fn drop_positions(shared: &Shared, name: &str) -> bool {
-    let drop = || shared.offsets.delete_topic_positions(|t| t == name);
-    let mut dropped = drop();
-    if dropped.as_ref().is_err_and(space_reserve::out_of_space) && shared.reserve.release() {
-        dropped = drop();
-    }
-    match dropped {
+    match shared
+        .reserve
+        .retry(|| shared.offsets.delete_topic_positions(|t| t == name))
+    {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!(topic = %name, error = %e, "could not drop the deleted topic's committed positions; the next retention pass tries again (its files are removed; only its empty directory stays in the trash until then)");

@@ -94,6 +94,19 @@ impl SpaceReserve {
         true
     }
 
+    /// Runs `write`, a write that frees space; when it fails for want of
+    /// space and the reserve has blocks to give, gives them back and runs it
+    /// again.
+    ///
+    /// # Errors
+    /// The last run's.
+    pub(crate) fn retry<T>(&self, mut write: impl FnMut() -> crate::Result<T>) -> crate::Result<T> {
+        match write() {
+            Err(e) if out_of_space(&e) && self.release() => write(),
+            done => done,
+        }
+    }
+
     /// Takes the reserve's blocks when it does not hold them and the file
     /// system has room for the reserve twice over (taking it leaves as much
     /// for the writes it does not cover); a failed allocation removes the
@@ -223,7 +236,7 @@ fn free_bytes(_dir: &Path) -> Option<u64> {
 
 /// Whether `e` failed for want of space (`ENOSPC`, or a quota's `EDQUOT`, and
 /// their equivalents elsewhere).
-pub(crate) fn out_of_space(e: &crate::Error) -> bool {
+fn out_of_space(e: &crate::Error) -> bool {
     use std::io::ErrorKind::{QuotaExceeded, StorageFull};
     match e {
         crate::Error::Io { source, .. } => matches!(source.kind(), StorageFull | QuotaExceeded),
@@ -292,6 +305,35 @@ mod tests {
         r.refill();
         assert!(r.is_held());
         assert!(r.in_place());
+    }
+
+    /// A write that failed for want of space runs again once the reserve is
+    /// given back, and only then: not after another failure, nor when the
+    /// reserve has nothing to give.
+    #[test]
+    fn retry_runs_a_write_again_only_after_giving_back_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        let failing = |code| {
+            let mut runs = 0;
+            let result = r.retry(|| {
+                runs += 1;
+                if runs == 1 {
+                    Err(crate::Error::io(
+                        "write",
+                        "/x",
+                        std::io::Error::from_raw_os_error(code),
+                    ))
+                } else {
+                    Ok(runs)
+                }
+            });
+            (result.ok(), runs)
+        };
+        assert_eq!(failing(libc::EIO), (None, 1));
+        assert_eq!(failing(libc::ENOSPC), (Some(2), 2));
+        assert!(!dir.path().join(RESERVE_NAME).exists());
+        assert_eq!(failing(libc::ENOSPC), (None, 1), "nothing left to give");
     }
 
     #[test]
