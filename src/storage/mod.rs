@@ -664,7 +664,11 @@ fn folds_case(data_dir: &Path, topics_dir: &Path) -> bool {
     let probe = topics_dir.join(CASE_PROBE);
     let upper = topics_dir.join(CASE_PROBE.to_ascii_uppercase());
     match std::fs::File::create(&probe) {
-        Ok(_) => {
+        Ok(file) => {
+            // Closed before the removal: a file removed while open stays as
+            // a hidden name on some file systems (`.nfs*` on NFS,
+            // `.fuse_hidden*` on FUSE) until it is closed.
+            drop(file);
             let folds = same_file(&probe, &upper);
             if let Err(e) = std::fs::remove_file(&probe) {
                 tracing::warn!(path = %probe.display(), error = %e, "could not remove the case probe; it is skipped as not a topic");
@@ -4105,7 +4109,16 @@ fn topic_dir_entry(entry: &std::fs::DirEntry, name: &str) -> Result<bool> {
         tracing::warn!(path = %path.display(), "not a topic name; skipped");
         return Ok(false);
     }
-    let kind = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+    let kind = match entry.file_type() {
+        Ok(kind) => kind,
+        // Gone since the listing (a file system that gives no type with the
+        // listing looks it up): there is nothing there to recover.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "gone since the directory was listed; skipped");
+            return Ok(false);
+        }
+        Err(e) => return Err(Error::io("stat", &path, e)),
+    };
     let is_dir = if kind.is_symlink() {
         // What the link leads to; nowhere is an error.
         std::fs::metadata(&path)
@@ -7788,6 +7801,29 @@ mod tests {
         assert!(set_aside_dirs(tmp.path()).is_empty());
         m.create_topic("t", 1).unwrap();
         m.shutdown().unwrap();
+    }
+
+    /// An entry of the topics directory gone between the listing and the look
+    /// up of its type is skipped: FUSE gives no type with the listing, and a
+    /// file removed while open there stays as `.fuse_hidden*` until it is
+    /// closed (the case probe was, once). Before, the start failed on the
+    /// look up, naming the vanished file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_topics_entry_gone_since_the_listing_is_skipped() {
+        use crate::storage::partition::tests::logged;
+        let fs = crate::file_at::FailingFs::mount();
+        let dir = fs.path().join("topics");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("gone"), b"").unwrap();
+        let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+        std::fs::remove_file(dir.join("gone")).unwrap();
+        let (kept, log_lines) = logged(|| topic_dir_entry(&entry, "gone"));
+        assert!(!kept.unwrap());
+        assert!(
+            log_lines.contains("gone since the directory was listed"),
+            "{log_lines}"
+        );
     }
 
     /// A batch whose WAL append failed (its fdatasync failed, `FailingFs`)
