@@ -21,7 +21,10 @@
 //! restarted broker would know it); one written but not in force (the group
 //! rebalanced or the instance joined again meanwhile) is taken back from the
 //! file at once, so that a restarted broker does not fence the old member id,
-//! which the group still holds. Writes and removals are blocking; the server
+//! which the group still holds. A static member replacing itself while the
+//! group rebalances takes part under its new id at once, and its JoinGroup
+//! answer waits until the file names that id (renamed in the file as it is,
+//! see [`Group::renames`]). Writes and removals are blocking; the server
 //! runs them on its blocking threads ([`GroupCoordinator::store_group`],
 //! [`GroupCoordinator::store_changed`]).
 //!
@@ -403,6 +406,20 @@ struct Group {
     /// replaces the file first. Until then a restarted broker would load a
     /// member id no client holds and fence the old one's holder.
     undo: Option<GroupMeta>,
+    /// Static members replaced while the group was not `Stable`, with a
+    /// membership store, as (old id, new id) in the order made: in force
+    /// here at once (the rebalance goes on with the new id), while the
+    /// group's file names the old id until a write covers them (a write of
+    /// the group's membership, or of the file as it is with the ids renamed,
+    /// see [`GroupCoordinator::store_group`]). A restarted broker loading
+    /// the old id would fence the new one's holder (FENCED_INSTANCE_ID,
+    /// fatal to clients), so the JoinGroup answers naming a new id wait in
+    /// `held_joins` until then.
+    renames: Vec<(String, String)>,
+    /// Successful JoinGroup answers to new ids of `renames`, sent once a
+    /// write covers their rename, or answered COORDINATOR_NOT_AVAILABLE when
+    /// it fails (the client joins again without a member id).
+    held_joins: Vec<(oneshot::Sender<JoinResult>, JoinResult)>,
     /// Made `Dead` by [`GroupCoordinator::begin_delete`] for a deletion of a
     /// group the coordinator did not hold (known by its committed offsets
     /// alone): a deletion that fails lets it go rather than make it `Empty`.
@@ -447,6 +464,8 @@ impl Group {
             storing: false,
             replacements: Vec::new(),
             undo: None,
+            renames: Vec::new(),
+            held_joins: Vec::new(),
             held_for_delete_only: false,
         }
     }
@@ -475,7 +494,38 @@ impl Group {
     /// ([`Group::take_unstored`]), or its file is to be undone (not while the
     /// group is `Dead`: its file is being removed).
     fn take_store_due(&mut self) -> bool {
-        self.take_unstored() || self.undo.is_some() && self.state != State::Dead
+        self.take_unstored() || self.file_due() && self.state != State::Dead
+    }
+
+    /// Whether the group's file is to be written whatever the group's state:
+    /// to undo replacements that did not take effect ([`Group::undo`]), or to
+    /// name the new ids of members replaced while not `Stable`
+    /// ([`Group::renames`]).
+    fn file_due(&self) -> bool {
+        self.undo.is_some() || !self.renames.is_empty()
+    }
+
+    /// A write of the group's file that covers the renames `covered` (a
+    /// prefix of [`Group::renames`]) completed, successfully when `ok`:
+    /// those renames are done, and the JoinGroup answers held for their new
+    /// ids are sent; when it failed, those answers are
+    /// COORDINATOR_NOT_AVAILABLE (a member id is never handed out unless a
+    /// restarted broker would know it) and the renames stay due.
+    fn finish_renames(&mut self, covered: &[(String, String)], ok: bool) {
+        if ok {
+            let n = covered.len().min(self.renames.len());
+            self.renames.drain(..n);
+        }
+        for (tx, j) in std::mem::take(&mut self.held_joins) {
+            if !self.renames.iter().any(|(_, new)| *new == j.member_id) {
+                let _ = tx.send(j);
+            } else if !ok && covered.iter().any(|(_, new)| *new == j.member_id) {
+                tracing::warn!(group = %Shown(&self.name), member = %Shown(&j.member_id), "a static member replaced during a rebalance could not be stored under its new id: its JoinGroup is refused");
+                let _ = tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
+            } else {
+                self.held_joins.push((tx, j));
+            }
+        }
     }
 
     /// Answers the JoinGroups of the replacements waiting to be stored with
@@ -792,7 +842,8 @@ impl Group {
         self.sync_deadline = Some(now + self.longest_rebalance_timeout());
         let all = self.member_list(&protocol);
         for (id, tx) in self.pending_joins.drain() {
-            let _ = tx.send(JoinResult {
+            let held = self.renames.iter().any(|(_, new)| *new == id);
+            let j = JoinResult {
                 error: codes::NONE,
                 generation: self.generation,
                 protocol: Some(protocol.clone()),
@@ -804,7 +855,12 @@ impl Group {
                     Vec::new()
                 },
                 member_id: id,
-            });
+            };
+            if held {
+                self.held_joins.push((tx, j));
+            } else {
+                let _ = tx.send(j);
+            }
         }
         tracing::info!(group = %Shown(&self.name), generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
     }
@@ -940,6 +996,9 @@ impl Group {
             return;
         }
         self.take_over(old, new.clone(), req, now);
+        if stores {
+            self.renames.push((old.to_string(), new.clone()));
+        }
         self.start_rebalance(now);
         if let Some(m) = self.members.get_mut(&new) {
             m.joined = true;
@@ -959,6 +1018,13 @@ impl Group {
         };
         if let Some(t) = self.pending_joins.remove(old) {
             let _ = t.send(JoinResult::error(codes::FENCED_INSTANCE_ID, old));
+        }
+        for (t, j) in std::mem::take(&mut self.held_joins) {
+            if j.member_id == old {
+                let _ = t.send(JoinResult::error(codes::FENCED_INSTANCE_ID, old));
+            } else {
+                self.held_joins.push((t, j));
+            }
         }
         for t in self.pending_syncs.remove(old).into_iter().flatten() {
             let _ = t.send((codes::FENCED_INSTANCE_ID, Bytes::new()));
@@ -1253,8 +1319,9 @@ fn duration_ms(d: Duration) -> u64 {
 /// lock.
 #[derive(Debug)]
 struct StoreSnapshot {
-    /// What the file is to hold.
-    meta: GroupMeta,
+    /// What the file is to hold; `None` for the file as it is, with the
+    /// member ids of `renamed` renamed.
+    meta: Option<GroupMeta>,
     /// The generation whose leader's assignment is being stored, when the group
     /// is completing a rebalance.
     completing: Option<i32>,
@@ -1267,6 +1334,36 @@ struct StoreSnapshot {
     /// The group's undo it makes unnecessary (it names no id memory does not
     /// hold), due again if it fails.
     replaces_undo: Option<GroupMeta>,
+    /// The group's [`Group::renames`] it covers.
+    renamed: Vec<(String, String)>,
+}
+
+impl StoreSnapshot {
+    /// Writes it as `group`'s file. The caller holds the group's writer lock.
+    fn write(&self, store: &GroupMetaStore, group: &str) -> crate::error::Result<()> {
+        match &self.meta {
+            Some(meta) => store.write(group, meta),
+            None => store.update(group, |meta| rename_members(meta, &self.renamed)),
+        }
+    }
+}
+
+/// Renames the members of `meta` (and its leader) by `renames`, (old id, new
+/// id) in order; whether any was found.
+fn rename_members(meta: &mut GroupMeta, renames: &[(String, String)]) -> bool {
+    let mut found = false;
+    for (old, new) in renames {
+        if meta.leader.as_ref() == Some(old) {
+            meta.leader = Some(new.clone());
+        }
+        for m in &mut meta.members {
+            if m.member_id == *old {
+                m.member_id.clone_from(new);
+                found = true;
+            }
+        }
+    }
+    found
 }
 
 /// An OffsetCommit being stored (see [`GroupCoordinator::commit_in_flight`]).
@@ -1485,7 +1582,7 @@ impl GroupCoordinator {
     /// Wakes [`GroupCoordinator::membership_changed`] when `g` has membership to
     /// store.
     fn notify_unstored(&self, g: &Group) {
-        if (g.unstored || g.undo.is_some()) && self.meta.is_some() {
+        if (g.unstored || g.file_due()) && self.meta.is_some() {
             self.unstored.notify_one();
         }
     }
@@ -1496,7 +1593,7 @@ impl GroupCoordinator {
         let changed: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(_, g)| g.unstored || g.undo.is_some())
+            .filter(|(_, g)| g.unstored || g.file_due())
             .map(|(name, _)| name.clone())
             .collect();
         for group in changed {
@@ -1509,7 +1606,7 @@ impl GroupCoordinator {
     pub fn needs_store(&self, group: &str) -> bool {
         self.meta.is_some()
             && self.lock().get(group).is_some_and(|g| {
-                g.unstored && g.storable() || g.undo.is_some() && g.state != State::Dead
+                g.unstored && g.storable() || g.file_due() && g.state != State::Dead
             })
     }
 
@@ -1564,9 +1661,10 @@ impl GroupCoordinator {
         let Some(snapshot) = self.read_for_store(group) else {
             return false;
         };
-        let stored = store.write(group, &snapshot.meta);
+        let stored = snapshot.write(store, group);
         if let Err(e) = &stored {
-            tracing::error!(group = %Shown(group), generation = snapshot.meta.generation, error = %e, "storing the group's membership failed");
+            let generation = snapshot.meta.as_ref().map(|m| m.generation);
+            tracing::error!(group = %Shown(group), ?generation, error = %e, "storing the group's membership failed");
         }
         self.stored(group, &snapshot, stored.is_ok())
     }
@@ -1582,20 +1680,31 @@ impl GroupCoordinator {
             return None;
         }
         if !g.take_unstored() {
-            let meta = g.undo.take()?;
+            // The renames due are written with the undo, or into the file
+            // as it is.
+            let undo = g.undo.take().map(|mut meta| {
+                rename_members(&mut meta, &g.renames);
+                meta
+            });
+            if undo.is_none() && g.renames.is_empty() {
+                return None;
+            }
             return Some(StoreSnapshot {
-                meta,
+                undo: undo.is_some(),
+                meta: undo,
                 completing: None,
                 replacing: Vec::new(),
                 replaced: Vec::new(),
-                undo: true,
                 replaces_undo: None,
+                renamed: g.renames.clone(),
             });
         }
         g.unstored = false;
         let completing = (g.state == State::CompletingRebalance).then_some(g.generation);
         Some(StoreSnapshot {
-            meta: g.to_meta(),
+            // Names the new ids of the renames due: they are members.
+            renamed: g.renames.clone(),
+            meta: Some(g.to_meta()),
             completing,
             replacing: g.replacements.iter().map(|r| r.new.clone()).collect(),
             replaced: g
@@ -1620,11 +1729,16 @@ impl GroupCoordinator {
         let Some(g) = groups.get_mut(group) else {
             return false;
         };
+        g.finish_renames(&snapshot.renamed, ok);
+        let Some(meta) = &snapshot.meta else {
+            // Only the renames.
+            return false;
+        };
         if !ok {
             // The file is as before this write: an undo it was to write, or
             // to make unnecessary, is due still.
             let due = if snapshot.undo {
-                Some(&snapshot.meta)
+                Some(meta)
             } else {
                 snapshot.replaces_undo.as_ref()
             };
@@ -1668,7 +1782,7 @@ impl GroupCoordinator {
                     // the old id, still the member, with it.
                     tracing::warn!(group = %Shown(group), "a static member's replacement was stored but did not take effect: the group's file is written again with the old member id");
                     g.undo = Some(undo_replacements(
-                        &snapshot.meta,
+                        meta,
                         snapshot
                             .replaced
                             .iter()
@@ -1684,7 +1798,7 @@ impl GroupCoordinator {
                         // sync, the check after it) left the new ids in the
                         // file: the old ones are written back whatever the
                         // group's state, as after an abandoned replacement.
-                        g.undo = Some(undo_replacements(&snapshot.meta, snapshot.replaced.iter()));
+                        g.undo = Some(undo_replacements(meta, snapshot.replaced.iter()));
                     }
                 }
             }
@@ -4991,7 +5105,7 @@ mod tests {
         let _writer = store.writer(group);
         let snapshot = c.read_for_store(group).expect("something to store");
         before();
-        let ok = store.write(group, &snapshot.meta).is_ok();
+        let ok = snapshot.write(store, group).is_ok();
         after();
         if c.stored(group, &snapshot, ok) {
             while c.store_once(store, group) {}
@@ -5070,6 +5184,128 @@ mod tests {
             );
             assert_eq!(c.heartbeat("g", 2, &d.member_id, None), codes::NONE);
         });
+    }
+
+    /// A static member replacing itself while its group rebalances gets its
+    /// JoinGroup answer, which names its new member id, only once the
+    /// group's file names that id (the file as it was, the old id renamed: it
+    /// still holds the last stable generation). A broker restarted after the
+    /// answer then fences the old id, not the new one, whose requests for the
+    /// unfinished generation get ILLEGAL_GENERATION, and the member joins
+    /// again. Before, the file kept the old id until the leader's SyncGroup
+    /// was stored, and the restarted broker answered the new id
+    /// FENCED_INSTANCE_ID, fatal to clients.
+    #[test]
+    fn a_static_member_replaced_during_a_rebalance_is_answered_once_its_new_id_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (s, d) = static_group(&c, "g");
+        // A third member starts a rebalance; the static member's consumer
+        // restarts and joins without its member id; `d` rejoins last.
+        let mut re = join_in(&c, "g", "", None);
+        let mut rs2 = join_in(&c, "g", "", Some("s"));
+        let mut rd = join_in(&c, "g", &d.member_id, None);
+        let (e, d) = (re.try_recv().unwrap(), rd.try_recv().unwrap());
+        assert_eq!((e.generation, d.generation), (3, 3));
+        let early = rs2.try_recv();
+        assert!(
+            early.is_err(),
+            "answered before its new member id was stored: {early:?}"
+        );
+        assert_eq!(stored_static(dir.path(), "g", "s").0, s.member_id);
+        c.store_group("g");
+        let s2 = rs2.try_recv().unwrap();
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 3));
+        assert_ne!(s2.member_id, s.member_id);
+        let (member, leader) = stored_static(dir.path(), "g", "s");
+        assert_eq!(
+            (member.as_str(), leader.as_str()),
+            (s2.member_id.as_str(), s2.member_id.as_str()),
+            "the file renames the member and its leadership, at the stored generation"
+        );
+        // The broker is killed before the leader's SyncGroup.
+        let restarted = opened(dir.path());
+        assert_eq!(
+            restarted.heartbeat("g", 3, &s2.member_id, Some("s")),
+            codes::ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            restarted.heartbeat("g", 2, &s.member_id, Some("s")),
+            codes::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            restarted
+                .sync("g", 2, &s2.member_id, Some("s"), vec![])
+                .try_recv()
+                .unwrap(),
+            (codes::NONE, Bytes::from_static(b"for s")),
+            "the stored generation, under the new id"
+        );
+        drop(restarted);
+        // The generation completes and is stored as before.
+        let assignments = vec![
+            (s2.member_id.clone(), Bytes::from_static(b"s")),
+            (d.member_id.clone(), Bytes::from_static(b"d")),
+            (e.member_id.clone(), Bytes::from_static(b"e")),
+        ];
+        let mut synced = c.sync("g", 3, &s2.member_id, Some("s"), assignments);
+        c.store_group("g");
+        assert_eq!(
+            synced.try_recv().unwrap(),
+            (codes::NONE, Bytes::from_static(b"s"))
+        );
+        let restarted = opened(dir.path());
+        assert_eq!(
+            restarted.heartbeat("g", 3, &s2.member_id, Some("s")),
+            codes::NONE
+        );
+    }
+
+    /// A rename during a rebalance that cannot be stored refuses the held
+    /// JoinGroup with COORDINATOR_NOT_AVAILABLE and stays due: the member
+    /// joins again without a member id, replacing the id it never learnt,
+    /// and the file, once writable, goes from the stored id to the newest
+    /// through both renames.
+    #[test]
+    fn a_rename_during_a_rebalance_that_cannot_be_stored_refuses_the_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (s, d) = static_group(&c, "g");
+        // The atomic replace cannot create its temporary file.
+        let tmp = dir
+            .path()
+            .join(crate::storage::offsets::file_name("g"))
+            .with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let mut re = join_in(&c, "g", "", None);
+        let mut rs2 = join_in(&c, "g", "", Some("s"));
+        let mut rd = join_in(&c, "g", &d.member_id, None);
+        let (e, d) = (re.try_recv().unwrap(), rd.try_recv().unwrap());
+        assert!(rs2.try_recv().is_err(), "held");
+        c.store_group("g");
+        let refused = rs2.try_recv().unwrap();
+        assert_eq!(
+            (refused.error, refused.member_id.as_str()),
+            (codes::COORDINATOR_NOT_AVAILABLE, "")
+        );
+        assert_eq!(stored_static(dir.path(), "g", "s").0, s.member_id);
+
+        std::fs::remove_dir(&tmp).unwrap();
+        let mut rs3 = join_in(&c, "g", "", Some("s"));
+        c.store_group("g");
+        assert!(rs3.try_recv().is_err(), "waits for the others");
+        let mut re = join_in(&c, "g", &e.member_id, None);
+        let mut rd = join_in(&c, "g", &d.member_id, None);
+        let s3 = rs3.try_recv().unwrap();
+        assert_eq!((s3.error, s3.generation), (codes::NONE, 4));
+        assert_eq!(re.try_recv().unwrap().generation, 4);
+        assert_eq!(rd.try_recv().unwrap().generation, 4);
+        assert_eq!(stored_static(dir.path(), "g", "s").0, s3.member_id);
+        let restarted = opened(dir.path());
+        assert_eq!(
+            restarted.heartbeat("g", 2, &s3.member_id, Some("s")),
+            codes::NONE
+        );
     }
 
     /// A replacement whose store fails is undone, as Kafka reverts it: its

@@ -218,6 +218,34 @@ impl GroupMetaStore {
         crate::wal::files::write_atomic(&path, &json)
     }
 
+    /// Changes `group`'s file as it is by `change`, which returns whether it
+    /// changed anything, and stores the result as [`GroupMetaStore::write`]
+    /// does. Nothing is written when there is no file, or one that does not
+    /// load (a start would not load it either; the group's next store
+    /// replaces it). The caller holds [`GroupMetaStore::writer`] for `group`.
+    ///
+    /// # Errors
+    /// I/O errors, naming the file, as [`GroupMetaStore::write`].
+    pub fn update(&self, group: &str, change: impl FnOnce(&mut GroupMeta) -> bool) -> Result<()> {
+        let path = self.path(group);
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let mut meta = match parse(&path, &raw) {
+            Ok((_, meta)) => meta,
+            Err(why) => {
+                tracing::warn!(file = %path.display(), "a group's membership file {why}; not updated");
+                return Ok(());
+            }
+        };
+        if change(&mut meta) {
+            self.write(group, &meta)?;
+        }
+        Ok(())
+    }
+
     /// Removes `group`'s membership, durably (blocking: removes its file and
     /// fsyncs the directory, when there was a file, or when an earlier
     /// removal's directory fsync failed). The caller holds
@@ -254,7 +282,13 @@ impl GroupMetaStore {
 /// Reads the membership file `path`: the group and its membership, or why not.
 fn read(path: &Path) -> std::result::Result<(String, GroupMeta), String> {
     let raw = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
-    let f: MetaFile = serde_json::from_slice(&raw).map_err(|e| format!("does not parse: {e}"))?;
+    parse(path, &raw)
+}
+
+/// The group and membership that `raw`, the bytes of the membership file
+/// `path`, holds, or why not.
+fn parse(path: &Path, raw: &[u8]) -> std::result::Result<(String, GroupMeta), String> {
+    let f: MetaFile = serde_json::from_slice(raw).map_err(|e| format!("does not parse: {e}"))?;
     if f.version != VERSION {
         return Err(format!(
             "has version {}, and this broker reads version {VERSION}",
@@ -267,7 +301,7 @@ fn read(path: &Path) -> std::result::Result<(String, GroupMeta), String> {
     if path.file_name().and_then(|n| n.to_str()) != Some(want.as_str()) {
         return Err(format!("holds group {:?}, whose file is {want}", f.group));
     }
-    f.verify(path, &raw)
+    f.verify(path, raw)
         .map_err(|e| format!("does not check: {e}"))?;
     Ok((f.group, f.meta))
 }
