@@ -5186,6 +5186,16 @@ mod tests {
         });
     }
 
+    /// Makes the stores of `group` in `dir` fail: the atomic replace cannot
+    /// create its temporary file, a directory in its place (returned).
+    fn block_stores(dir: &std::path::Path, group: &str) -> std::path::PathBuf {
+        let tmp = dir
+            .join(crate::storage::offsets::file_name(group))
+            .with_extension("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        tmp
+    }
+
     /// A static member replacing itself while its group rebalances gets its
     /// JoinGroup answer, which names its new member id, only once the
     /// group's file names that id (the file as it was, the old id renamed: it
@@ -5271,12 +5281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = opened(dir.path());
         let (s, d) = static_group(&c, "g");
-        // The atomic replace cannot create its temporary file.
-        let tmp = dir
-            .path()
-            .join(crate::storage::offsets::file_name("g"))
-            .with_extension("tmp");
-        std::fs::create_dir(&tmp).unwrap();
+        let tmp = block_stores(dir.path(), "g");
         let mut re = join_in(&c, "g", "", None);
         let mut rs2 = join_in(&c, "g", "", Some("s"));
         let mut rd = join_in(&c, "g", &d.member_id, None);
@@ -5318,12 +5323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = opened(dir.path());
         let (s, d) = static_group(&c, "g");
-        // The atomic replace cannot create its temporary file.
-        let tmp = dir
-            .path()
-            .join(crate::storage::offsets::file_name("g"))
-            .with_extension("tmp");
-        std::fs::create_dir(&tmp).unwrap();
+        let tmp = block_stores(dir.path(), "g");
         let mut r = req("");
         r.instance_id = Some("s".into());
         r.client_id = "restarted".into();
@@ -5685,12 +5685,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = opened(dir.path());
         let (a, b) = two_joined(&c);
-        // The atomic replace cannot create its temporary file.
-        let tmp = dir
-            .path()
-            .join(crate::storage::offsets::file_name("g"))
-            .with_extension("tmp");
-        std::fs::create_dir(&tmp).unwrap();
+        let tmp = block_stores(dir.path(), "g");
         let (mut a_sync, mut b_sync) = sync_both(&c, &a, &b);
         c.store_group("g");
         let refused = (codes::COORDINATOR_NOT_AVAILABLE, Bytes::new());
