@@ -394,6 +394,15 @@ fn bad_sasl_settings_stop_the_start_before_anything_is_created() {
     for (args, names) in cases {
         assert_refused_at_start(&data, args, names);
     }
+    // A FIFO at the users file's path made the start wait forever, deaf to
+    // SIGINT and SIGTERM, and a link to /dev/zero read until memory ran out.
+    #[cfg(unix)]
+    {
+        for special in &broker_support::special_files(tmp.path(), "users") {
+            let path = special.to_str().unwrap();
+            assert_refused_at_start(&data, &["--sasl-users", path], path);
+        }
+    }
     // Without --sasl-users: an unknown mechanism is refused all the same, and
     // known ones, which would leave SASL off and every client served
     // unauthenticated, need the users; from the variable too, named.
@@ -1026,6 +1035,62 @@ fn a_connection_that_does_not_authenticate_in_time_is_closed() {
         (1..=20).contains(&lines),
         "{lines} lines for 33 connections closed within 10 s"
     );
+}
+
+/// A client that never authenticates and never reads, sending requests the
+/// broker answers before authentication (ApiVersions of a version it does
+/// not serve) as fast as it can, is closed at the deadline too. Before, once
+/// its unread answers filled the socket and the connection's answer queue,
+/// the reader waited for room without watching the deadline, and the
+/// connection stayed for `--connections-max-idle-ms` (forever with 0).
+#[test]
+fn a_client_that_does_not_read_is_closed_at_the_authentication_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = sasl_broker_with(
+        tmp.path(),
+        &[
+            "--sasl-authentication-timeout-ms",
+            "1500",
+            "--connections-max-idle-ms",
+            "0",
+        ],
+    );
+    let start = std::time::Instant::now();
+    let mut c = wire::connect(&broker.addr);
+    c.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // ApiVersions v99, no client id: answered UNSUPPORTED_VERSION every time.
+    let frames: Vec<u8> = (0..1000u32)
+        .flat_map(|i| {
+            let mut f = vec![0, 0, 0, 10, 0, 18, 0, 99];
+            f.extend_from_slice(&i.to_be_bytes());
+            f.extend_from_slice(&[0xff, 0xff]);
+            f
+        })
+        .collect();
+    let closed = loop {
+        match c.write(&frames) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still open after {:?}",
+            start.elapsed()
+        );
+    };
+    assert!(
+        closed >= Duration::from_millis(1400),
+        "closed after {closed:?}"
+    );
+    assert!(broker
+        .log_text()
+        .contains("closing a connection that did not authenticate in time"));
 }
 
 /// PLAIN logins queued for their password derivation are bound by

@@ -384,6 +384,29 @@ fn bad_tls_material_stops_the_start_before_anything_is_created() {
     for (args, names) in cases {
         assert_refused_at_start(&data, &args, &names);
     }
+    // A FIFO at a material's path made the start wait forever, deaf to
+    // SIGINT and SIGTERM, and a link to /dev/zero read until memory ran out.
+    #[cfg(unix)]
+    {
+        let [fifo, zero] = broker_support::special_files(tmp.path(), "material");
+        for special in [s(&fifo), s(&zero)] {
+            for args in [
+                ["--tls-cert", special, "--tls-key", s(&certs.server_key)],
+                ["--tls-cert", s(&certs.server_cert), "--tls-key", special],
+            ] {
+                assert_refused_at_start(&data, &args, special);
+            }
+            let args = [
+                "--tls-cert",
+                s(&certs.server_cert),
+                "--tls-key",
+                s(&certs.server_key),
+                "--tls-client-ca",
+                special,
+            ];
+            assert_refused_at_start(&data, &args, special);
+        }
+    }
     // A TLS setting given by its variable alone: clap's message named the
     // missing flags as if it had been typed, never the variable.
     broker_support::assert_refused_at_start_env(

@@ -142,6 +142,11 @@ pub struct StorageConfig {
     /// its files open for good. `None`: a quarter of the open-file limit in
     /// force at start, at most 256. Default: `None`.
     pub segment_open_files: Option<usize>,
+    /// Disk space kept back in `space.reserve` in the data directory for the
+    /// writes that free space (retention's producer snapshots, a deleted
+    /// topic's position drop), given back when they fail for want of space;
+    /// 0 keeps none. Default: 4 MiB.
+    pub space_reserve_bytes: u64,
 }
 
 /// Consumer-group coordinator settings (Kafka's `group.*` broker settings).
@@ -212,6 +217,7 @@ impl Default for Config {
                 cleaner_backoff_ms: 15_000,
                 cleaner_dedupe_buffer_bytes: crate::storage::compaction::DEFAULT_MAP_BYTES as u64,
                 segment_open_files: None,
+                space_reserve_bytes: crate::storage::DEFAULT_SPACE_RESERVE_BYTES,
             },
             wal: WalSettings {
                 enabled: true,
@@ -1157,6 +1163,15 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_SEGMENT_OPEN_FILES", value_name = "N")]
     pub segment_open_files: Option<usize>,
 
+    /// Disk space kept back, in space.reserve in the data directory, for the
+    /// writes that free space (retention's producer snapshots, a deleted
+    /// topic's position drop) on a disk something else filled: given back
+    /// when they fail for want of space, taken again once twice as much is
+    /// free (0: none). 4m covers a snapshot of some 25,000 live idempotent
+    /// producers in one partition.
+    #[arg(long, env = "STREAMLINE_SPACE_RESERVE_BYTES", default_value = "4m", value_parser = parse_size, value_name = "BYTES")]
+    pub space_reserve_bytes: u64,
+
     /// Shortest session timeout a consumer may ask for in JoinGroup, in milliseconds.
     #[arg(
         long,
@@ -1473,6 +1488,7 @@ impl Cli {
                 cleaner_backoff_ms: self.log_cleaner_backoff_ms,
                 cleaner_dedupe_buffer_bytes: self.log_cleaner_dedupe_buffer_size,
                 segment_open_files: self.segment_open_files,
+                space_reserve_bytes: self.space_reserve_bytes,
             },
             wal: WalSettings {
                 enabled: self.wal_enabled,
@@ -2204,6 +2220,17 @@ mod tests {
     }
 
     /// broker.md says sizes take `k`, `m` and `g` suffixes, but
+    /// `--space-reserve-bytes` sizes the space kept back for the writes that
+    /// free space (4 MiB before it existed, and by default); 0 keeps none.
+    #[test]
+    fn the_space_reserve_takes_a_size() {
+        let size = |args: &[&str]| parse(args).unwrap().storage.space_reserve_bytes;
+        assert_eq!(size(&[]), 4 << 20);
+        assert_eq!(size(&["--space-reserve-bytes", "0"]), 0);
+        assert_eq!(size(&["--space-reserve-bytes", "64m"]), 64 << 20);
+        assert!(parse(&["--space-reserve-bytes", "-1"]).is_err());
+    }
+
     /// `--offset-metadata-max-bytes 4k` was refused. It takes them, within
     /// the same range (Kafka's INT).
     #[test]

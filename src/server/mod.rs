@@ -1147,12 +1147,20 @@ where
                             });
                         }
                         // A full queue waits for the writer, which may wait for the
-                        // client to read.
+                        // client to read: an unauthenticated client that does
+                        // not read is bound by the deadline here too (its
+                        // ApiVersions answers queue without end).
+                        let auth_limit = unauthenticated.is_some().then_some(authenticate_within);
                         let sent = tokio::select! {
                             biased;
                             r = tx.send((p, len, Abandoned::of(key))) => r.is_ok(),
                             () = activity.idle(idle) => {
                                 idle_closed();
+                                writer.0.abort();
+                                break 'conn Ok(());
+                            }
+                            () = activity.older_than(auth_limit) => {
+                                auth_closed();
                                 writer.0.abort();
                                 break 'conn Ok(());
                             }
@@ -1178,11 +1186,17 @@ where
         peer_gone_tx.send_replace(true);
     }
     // The responses already asked for are written, unless the client stops
-    // reading them.
+    // reading them (or, not authenticated, reaches its deadline).
+    let auth_limit = unauthenticated.is_some().then_some(authenticate_within);
     let written = tokio::select! {
         w = &mut writer.0 => w,
         () = activity.idle(idle) => {
             idle_closed();
+            writer.0.abort();
+            return result;
+        }
+        () = activity.older_than(auth_limit) => {
+            auth_closed();
             writer.0.abort();
             return result;
         }

@@ -31,6 +31,10 @@ pub const ITERATIONS: u32 = 4096;
 /// The iterations Kafka accepts in a SCRAM credential.
 pub const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 4096..=16384;
 
+/// The most the users file may hold (a FIFO or a device at its path is
+/// refused too: its read would wait, or never end).
+const MAX_USERS_BYTES: u64 = 64 << 20;
+
 /// A SASL mechanism the broker can offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mechanism {
@@ -302,8 +306,12 @@ impl Authenticator {
     /// An unreadable file, JSON that is not such an object, an empty name or
     /// password, a malformed credential, no user at all.
     pub fn load(path: &Path, mechanisms: &[Mechanism]) -> Result<Authenticator> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io("read SASL users", path, e))?;
+        let text = crate::wal::files::read_regular(path, MAX_USERS_BYTES)
+            .and_then(|b| {
+                String::from_utf8(b)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })
+            .map_err(|e| Error::io("read SASL users", path, e))?;
         let parsed: HashMap<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
             users_error(
                 path,
@@ -461,7 +469,8 @@ impl Authenticator {
         // left as it is, for a SIGHUP to load.
         let real = std::fs::canonicalize(&self.path)
             .map_err(|e| Error::io("resolve SASL users", &self.path, e))?;
-        let on_disk = std::fs::read(&real).map_err(|e| Error::io("read SASL users", &real, e))?;
+        let on_disk = crate::wal::files::read_regular(&real, MAX_USERS_BYTES)
+            .map_err(|e| Error::io("read SASL users", &real, e))?;
         if file_digest(&on_disk) != self.file_digest {
             return Err(Error::io(
                 "alter SCRAM credentials in",
@@ -685,7 +694,8 @@ fn write_users(path: &Path, users: &HashMap<String, User>) -> Result<(Option<Err
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
+        // Not a FIFO left at the temporary name: its open would wait.
+        let mut f = crate::wal::files::open_regular_with(&tmp, &mut opts)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
         crate::wal::journal::sync_all(&f)?;
         std::fs::rename(&tmp, path)
@@ -1322,6 +1332,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.json"), "{e}");
+    }
+
+    /// A FIFO at the users file's path (swapped in while the broker runs,
+    /// before a SIGHUP or an alteration) is refused, naming it: its read
+    /// waited forever, holding the users file's lock, so every later
+    /// alteration and reload waited too, and so did the shutdown. A temporary
+    /// file's name taken by a FIFO fails the write instead of waiting.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_at_the_users_files_path_is_refused_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        std::fs::write(&path, r#"{"user": "pencil"}"#).unwrap();
+        let auth = Authenticator::load(&path, &Mechanism::ALL).unwrap();
+        let fifo = |at: &Path| nix::unistd::mkfifo(at, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let within_10_s = |f: Box<dyn FnOnce() -> Result<()> + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(f());
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("waited on a FIFO")
+                .unwrap_err()
+                .to_string()
+        };
+        let change = || {
+            vec![ScramChange::Delete {
+                user: "user".into(),
+                mechanism: Mechanism::ScramSha256,
+            }]
+        };
+        // The temporary file's name taken.
+        let tmp = dir.path().join(".users.json.tmp");
+        fifo(&tmp);
+        let auth = std::sync::Arc::new(auth);
+        let e = {
+            let auth = std::sync::Arc::clone(&auth);
+            within_10_s(Box::new(move || auth.altered(&change()).map(drop)))
+        };
+        assert!(
+            e.contains("users.json") && e.contains("not a regular file"),
+            "{e}"
+        );
+        assert!(!tmp.exists(), "the failed write removes its temporary name");
+        // The file itself.
+        std::fs::remove_file(&path).unwrap();
+        fifo(&path);
+        let at = path.clone();
+        let e = within_10_s(Box::new(move || {
+            Authenticator::load(&at, &Mechanism::ALL).map(drop)
+        }));
+        assert!(
+            e.contains("users.json") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = within_10_s(Box::new(move || auth.altered(&change()).map(drop)));
+        assert!(
+            e.contains("users.json") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     fn plain_auth(auth: &Authenticator, user: &str, password: &str) -> Step {

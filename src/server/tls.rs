@@ -20,10 +20,21 @@ fn pem_error(op: &'static str, path: &Path, reason: impl std::fmt::Display) -> E
     Error::io(op, path, std::io::Error::other(reason.to_string()))
 }
 
+/// The most a PEM file given as TLS material may hold.
+const MAX_PEM_BYTES: u64 = 16 << 20;
+
+/// The bytes of the PEM file `path`, for `op`: a regular file of at most
+/// [`MAX_PEM_BYTES`] (a FIFO there made the start wait forever, and
+/// `/dev/zero` read until memory ran out).
+fn pem_bytes(op: &'static str, path: &Path) -> Result<Vec<u8>> {
+    crate::wal::files::read_regular(path, MAX_PEM_BYTES).map_err(|e| Error::io(op, path, e))
+}
+
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-        .map_err(|e| pem_error("read PEM certificates", path, e))?;
+    let op = "read PEM certificates";
+    let certs = CertificateDer::pem_slice_iter(&pem_bytes(op, path)?)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(op, path, e))?;
     if certs.is_empty() {
         return Err(pem_error(
             "read PEM certificates",
@@ -44,8 +55,9 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&cfg.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key)
-        .map_err(|e| pem_error("read PEM private key", &cfg.key, e))?;
+    let op = "read PEM private key";
+    let key = PrivateKeyDer::from_pem_slice(&pem_bytes(op, &cfg.key)?)
+        .map_err(|e| pem_error(op, &cfg.key, e))?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| pem_error("configure TLS", &cfg.cert, e))?;

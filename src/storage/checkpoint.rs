@@ -21,6 +21,10 @@ thread_local! {
     /// Called after each partition of a retention pass on this thread (tests).
     pub(crate) static AFTER_PARTITION_RETENTION: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Called by a checkpoint on this thread once its segments are synced,
+    /// before it stores the recovery points (tests).
+    pub(crate) static BEFORE_POINTS_STORED: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Runs one checkpoint.
@@ -59,11 +63,27 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         synced.push((Arc::clone(&t), ends.ends.clone()));
         points.topics.insert(t.name.clone(), ends);
     }
+    #[cfg(test)]
+    BEFORE_POINTS_STORED.with(|h| {
+        if let Some(h) = h.borrow_mut().as_mut() {
+            h();
+        }
+    });
     // A segment that failed meanwhile (an append's roll) may hold less than the
     // ends read above.
     stopped(shared)?;
     {
         let mut stored = shared.points.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only topics still in the map or being deleted, as they are now: a
+        // topic that left since the syncs above (its delete ended, or its name
+        // was created anew, with another id) is recorded by no checkpoint
+        // from here on, and a create drops its name's points without waiting
+        // for this checkpoint to end (`TopicManager::forget_points_of`).
+        let live = shared.checkpoint_topics();
+        points.topics.retain(|name, tp| {
+            live.iter()
+                .any(|t| t.name == *name && t.id.to_string() == tp.id)
+        });
         // A topic out of the map because it could not be opened again after
         // its delete failed keeps its points (see `Shared::unopened`).
         for name in shared

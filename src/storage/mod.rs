@@ -38,6 +38,8 @@ pub mod producers;
 pub mod recovery_points;
 pub mod segment;
 pub(crate) mod space_reserve;
+/// The default of `--space-reserve-bytes` (see [`space_reserve`]).
+pub const DEFAULT_SPACE_RESERVE_BYTES: u64 = space_reserve::RESERVE_BYTES;
 pub mod time_index;
 pub mod topic_config;
 pub mod topic_map;
@@ -1565,7 +1567,12 @@ fn check_damaged(
             };
             let unknown = matches!(points, PointsAt::Unknown);
             for d in p.damaged_segments() {
-                let lost = (unknown || point.is_some_and(|pt| d.end < pt)) && d.end < d.next_base;
+                // Offsets wholly below the log start were deleted on request
+                // (a DeleteRecords whose removal of the segment a crash cut
+                // short): nothing lost could be served.
+                let lost = (unknown || point.is_some_and(|pt| d.end < pt))
+                    && d.end < d.next_base
+                    && d.next_base > p.log_start_offset();
                 if !lost {
                     p.settle_segment(d.base_offset)?;
                     continue;
@@ -2299,7 +2306,8 @@ impl TopicManager {
             Some(p.log_end_offset())
         })?;
         let producer_ids = ProducerIds::open(&data_dir)?;
-        let reserve = space_reserve::SpaceReserve::open(&data_dir, space_reserve::RESERVE_BYTES);
+        let reserve =
+            space_reserve::SpaceReserve::open(&data_dir, config.storage.space_reserve_bytes);
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
@@ -2736,14 +2744,14 @@ impl TopicManager {
 
     /// Drops the recovery points of topic `name` (none in the map) from
     /// `recovery-points.json`, if they are there.
+    ///
+    /// It does not wait for a checkpoint in progress (which holds its lock
+    /// across every partition's sync): one that read a topic of the name
+    /// before it left stores no points for it, as it keeps only the topics
+    /// in the map or being deleted when it stores (see
+    /// [`checkpoint::checkpoint`]), and this create's topic enters the map
+    /// with a new id.
     fn forget_points_of(&self, name: &str) -> Result<()> {
-        // A checkpoint in progress ends first, and the next one finds no
-        // topic of the name (it reads the topics under this lock).
-        let _checkpoint = self
-            .shared
-            .checkpointed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         let mut stored = self
             .shared
             .points
@@ -7801,6 +7809,64 @@ mod tests {
         assert!(set_aside_dirs(tmp.path()).is_empty());
         m.create_topic("t", 1).unwrap();
         m.shutdown().unwrap();
+    }
+
+    /// A create does not wait for a checkpoint in progress, which holds its
+    /// lock across every partition's sync (seconds with thousands of
+    /// partitions written since the last one): it dropped its name's recovery
+    /// points under that lock, and every create and growth queued behind it.
+    /// The checkpoint stores points only for topics still in the map.
+    #[test]
+    fn a_create_does_not_wait_for_a_checkpoint_in_progress() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let (inside_tx, inside) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(AtomicBool::new(false));
+        let checkpointing = {
+            let (m, released) = (m.clone(), Arc::clone(&released));
+            std::thread::spawn(move || {
+                checkpoint::BEFORE_POINTS_STORED.with(|h| {
+                    *h.borrow_mut() = Some(Box::new(move || {
+                        inside_tx.send(()).unwrap();
+                        let _ = release_rx.recv_timeout(Duration::from_secs(10));
+                        released.store(true, Ordering::SeqCst);
+                    }));
+                });
+                m.checkpoint().unwrap();
+            })
+        };
+        inside.recv().unwrap();
+        m.create_topic("u", 1).unwrap();
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "the create waited for the checkpoint"
+        );
+        release.send(()).unwrap();
+        checkpointing.join().unwrap();
+        m.checkpoint().unwrap();
+        let points = recovery_points::load(tmp.path()).unwrap().unwrap();
+        assert!(points.topics.contains_key("t") && points.topics.contains_key("u"));
+        m.shutdown().unwrap();
+    }
+
+    /// The broker keeps `--space-reserve-bytes` in `space.reserve` in its data
+    /// directory, and none with 0 (a file an earlier run left is removed).
+    #[test]
+    fn the_space_reserve_is_as_large_as_configured() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(space_reserve::RESERVE_NAME);
+        let mut c = config(tmp.path());
+        c.storage.space_reserve_bytes = 1 << 20;
+        TopicManager::new(c.clone()).unwrap().shutdown().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        c.storage.space_reserve_bytes = 0;
+        TopicManager::new(c).unwrap().shutdown().unwrap();
+        assert!(!path.exists());
     }
 
     /// An entry of the topics directory gone between the listing and the look

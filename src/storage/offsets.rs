@@ -708,15 +708,24 @@ impl OffsetStore {
         // the map's lock is held only to read or swap a group's state, by
         // OffsetFetch on the runtime's threads among others. The writer lock
         // keeps the group as read.
-        let current = self.lock().get(group).cloned();
-        let Some(mut next) = current.filter(|g| applies(g)).map(|g| (*g).clone()) else {
+        let Some(current) = self.lock().get(group).cloned().filter(|g| applies(g)) else {
             return Ok(0);
         };
-        let had = next.offsets.len();
-        next.offsets.retain(|key, (_, at)| keep(key, at));
-        let removed = had - next.offsets.len();
-        if removed == 0 {
+        // Looked for before the group is copied: a topic's create or delete
+        // asks every group, and most hold none of its positions.
+        let gone: Vec<&(String, i32)> = current
+            .offsets
+            .iter()
+            .filter(|(key, (_, at))| !keep(key, at))
+            .map(|(key, _)| key)
+            .collect();
+        if gone.is_empty() {
             return Ok(0);
+        }
+        let removed = gone.len();
+        let mut next = (*current).clone();
+        for key in gone {
+            next.offsets.remove(key);
         }
         if next.offsets.is_empty() {
             self.delete_file(group)?;

@@ -301,6 +301,52 @@ pub(crate) mod repair_tests {
             .unwrap();
     }
 
+    /// A damaged segment wholly below the stored log start (left by a
+    /// DeleteRecords that a crash stopped between storing the start and
+    /// removing the files) does not stop a strict start: its offsets were
+    /// deleted on request. Before, the start was refused, pointing the
+    /// operator at the tolerant mode.
+    #[test]
+    fn damage_below_the_log_start_does_not_stop_a_strict_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut c = config(tmp.path());
+        c.wal.engine.max_file_size = 64 << 10;
+        c.wal.engine.retention_files = 0;
+        c.storage.segment_bytes = 4096;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        produce(&rt, &m, "t", &values("a", 60));
+        m.checkpoint().unwrap();
+        let seg = segment(tmp.path(), "t");
+        let idx = seg.with_extension("index");
+        let (log0, idx0) = (std::fs::read(&seg).unwrap(), std::fs::read(&idx).unwrap());
+        let p = m.partition("t", 0).unwrap();
+        let second = stored_batches(&log0)
+            .last()
+            .map(|i| i.last_offset() + 1)
+            .unwrap();
+        assert_eq!(p.delete_records(second), Ok(second));
+        assert!(!seg.exists());
+        drop(p);
+        m.shutdown().unwrap();
+        drop(m);
+        // As a crash between the log start's rename and the removals leaves
+        // it, its tail then torn.
+        std::fs::write(&seg, &log0[..log0.len() / 2]).unwrap();
+        std::fs::write(&idx, &idx0).unwrap();
+        let m = TopicManager::new(c).unwrap_or_else(|e| panic!("start refused: {e}"));
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_start_offset(), second);
+        assert!(
+            p.read(second - 1, 1 << 20).unwrap().is_none(),
+            "below the start"
+        );
+        assert!(p.read(second, 1 << 20).unwrap().is_some());
+        drop(p);
+        m.shutdown().unwrap();
+    }
+
     #[test]
     fn flushed_batches_the_wal_no_longer_holds_stop_a_strict_start() {
         let tmp = tempfile::tempdir().unwrap();

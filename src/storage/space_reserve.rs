@@ -9,7 +9,7 @@
 //! retention was there to give back stayed taken as long as the disk stayed
 //! full.
 //!
-//! So the broker holds [`RESERVE_BYTES`] in a file of its own,
+//! So the broker holds [`RESERVE_BYTES`] (`--space-reserve-bytes`) in a file of its own,
 //! `space.reserve` in the data directory, allocated at the start (the blocks
 //! are taken: `fallocate` on Linux, zeros written elsewhere). A write that
 //! frees space and fails for want of it gives the reserve back
@@ -25,9 +25,9 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-/// The reserve's size: room for the producer snapshot or group files that
-/// the first pass on a full disk writes before its removals free more (a
-/// partition's snapshot larger than this, some 25,000 live idempotent
+/// The reserve's default size: room for the producer snapshot or group files
+/// that the first pass on a full disk writes before its removals free more
+/// (a partition's snapshot larger than this, some 25,000 live idempotent
 /// producers, is not covered).
 pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 
@@ -49,14 +49,17 @@ impl SpaceReserve {
     /// allocation: a start on a nearly full disk (after produces failed for
     /// want of space) could not take it again, and would hold its blocks
     /// without knowing it, never giving them back. One left in part is
-    /// removed first.
+    /// removed first. With `bytes` 0 nothing is kept, and a file an earlier
+    /// run left is removed.
     pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
         let reserve = SpaceReserve {
             path: data_dir.join(RESERVE_NAME),
             bytes,
             held: Mutex::new(false),
         };
-        if reserve.in_place() {
+        if bytes == 0 {
+            reserve.remove();
+        } else if reserve.in_place() {
             *reserve.held.lock().unwrap_or_else(PoisonError::into_inner) = true;
         } else {
             reserve.remove();
@@ -112,6 +115,9 @@ impl SpaceReserve {
     /// for the writes it does not cover); a failed allocation removes the
     /// file, which would otherwise keep whatever part it got.
     pub(crate) fn refill(&self) {
+        if self.bytes == 0 {
+            return;
+        }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if *held {
             if self.in_place() {
@@ -293,6 +299,33 @@ mod tests {
         let r = SpaceReserve::open(dir.path(), 1 << 20);
         assert!(r.is_held());
         assert!(r.in_place());
+    }
+
+    /// A reserve of 0 bytes keeps nothing: the file an earlier run left is
+    /// removed, no refill takes one, and a write failing for want of space
+    /// runs once.
+    #[test]
+    fn a_reserve_of_no_bytes_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SpaceReserve::open(dir.path(), 1 << 20));
+        let path = dir.path().join(RESERVE_NAME);
+        assert!(path.exists());
+        let r = SpaceReserve::open(dir.path(), 0);
+        assert!(!path.exists());
+        r.refill();
+        assert!(!path.exists());
+        assert!(!r.is_held());
+        let mut runs = 0;
+        let e = r.retry(|| -> crate::Result<()> {
+            runs += 1;
+            Err(crate::Error::io(
+                "write",
+                "/x",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ))
+        });
+        assert!(e.is_err());
+        assert_eq!(runs, 1);
     }
 
     /// A held reserve whose file went (removed by hand) is taken again by the

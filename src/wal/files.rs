@@ -929,6 +929,28 @@ pub fn open_regular_with(path: &Path, options: &mut OpenOptions) -> std::io::Res
     Ok(f)
 }
 
+/// The contents of the regular file `path` (see [`open_regular`]), of at
+/// most `limit` bytes: a configuration file given by path (TLS material, the
+/// SASL users) that turned out to be a FIFO, a device or a huge file is
+/// refused rather than waited for or read until memory runs out.
+///
+/// # Errors
+/// I/O errors; a file that is not a regular file; one larger than `limit`
+/// (`InvalidData`, saying so).
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_regular(path)?;
+    let mut bytes = Vec::new();
+    f.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The contents of `path`, or `None` when there is no such file.
 ///
 /// # Errors

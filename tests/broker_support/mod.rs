@@ -849,6 +849,19 @@ pub fn assert_refused_at_start(data: &Path, args: &[&str], names: &str) {
     assert_refused_at_start_env(data, args, &[], names);
 }
 
+/// A FIFO and a link to `/dev/zero` in `dir` (`stem.fifo`, `stem.zero`):
+/// files given by path as configuration must be refused, not waited for or
+/// read without end.
+#[cfg(unix)]
+pub fn special_files(dir: &Path, stem: &str) -> [std::path::PathBuf; 2] {
+    let fifo = dir.join(format!("{stem}.fifo"));
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let zero = dir.join(format!("{stem}.zero"));
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    [fifo, zero]
+}
+
 /// [`assert_refused_at_start`] with the environment variables `env` set.
 pub fn assert_refused_at_start_env(data: &Path, args: &[&str], env: &[(&str, &str)], names: &str) {
     let out = run(
