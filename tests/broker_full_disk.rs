@@ -442,3 +442,64 @@ fn retention_frees_space_on_a_full_disk() {
     let (code, offset, msg) = produce(&broker.addr, 96);
     assert_eq!((code, offset), (0, 96), "produce after retention: {msg}");
 }
+
+/// DeleteRecords run to free space on a disk something else filled frees it:
+/// its writes (the new log start's file, the producer snapshot of the
+/// segments kept) get the broker's space reserve as retention's do. Before,
+/// the start's file could not be written and the request was answered
+/// KAFKA_STORAGE_ERROR with every segment kept.
+#[test]
+fn delete_records_frees_space_on_a_full_disk() {
+    use kafka_protocol::{
+        messages::{
+            delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic},
+            ApiKey, DeleteRecordsRequest, DeleteRecordsResponse, TopicName,
+        },
+        protocol::StrBytes,
+    };
+    let fs = LoopFs::new(48);
+    let data = fs.mount.join("data");
+    let broker = Broker::start(&data, &["--segment-bytes", "1m"]);
+    assert_eq!(metadata(&broker.addr, true), 0, "topic not created");
+    for i in 0..96 {
+        let (code, offset, msg) = produce(&broker.addr, i);
+        assert_eq!((code, offset), (0, i as i64), "produce {i}: {msg}");
+    }
+    let held = segment_bytes(&data);
+    assert!(held >= 6 << 20, "{held} bytes in segments");
+    fill_to_the_last_block(&fs.mount.join("ballast"));
+    let full = free_bytes_for_root(&fs.mount);
+
+    let req = DeleteRecordsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![DeleteRecordsPartition::default()
+                .with_partition_index(0)
+                .with_offset(-1)])]);
+    let mut c = connect(&broker.addr);
+    use std::io::Write;
+    c.write_all(&wire::request_frame(ApiKey::DeleteRecords, 2, 7, &req))
+        .unwrap();
+    let (_, r): (i32, DeleteRecordsResponse) = wire::response(&mut c, ApiKey::DeleteRecords, 2);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(
+        (p.error_code, p.low_watermark),
+        (0, 96),
+        "log:\n{}",
+        broker.log_text()
+    );
+    assert!(
+        segment_bytes(&data) < 1 << 20,
+        "{} bytes in segments after the deletion",
+        segment_bytes(&data)
+    );
+    assert!(
+        free_bytes_for_root(&fs.mount) >= full + (4 << 20),
+        "{} bytes free, {full} when full",
+        free_bytes_for_root(&fs.mount)
+    );
+    // Still serving: a new record takes the next offset.
+    let (code, offset, msg) = produce(&broker.addr, 96);
+    assert_eq!((code, offset), (0, 96), "produce after the deletion: {msg}");
+}

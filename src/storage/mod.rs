@@ -2541,6 +2541,20 @@ impl TopicManager {
         self.shared.file_budget.set_limit(limit);
     }
 
+    /// DeleteRecords on `partition` (see [`Partition::delete_records`]), its
+    /// writes given the space reserve when they fail for want of space, as
+    /// retention's are: run to free space on a full disk, it was refused.
+    ///
+    /// # Errors
+    /// As [`Partition::delete_records`].
+    pub fn delete_records(
+        &self,
+        partition: &Partition,
+        before: i64,
+    ) -> std::result::Result<i64, partition::DeleteRecordsError> {
+        partition.delete_records_with(before, Some(&self.shared.reserve))
+    }
+
     /// The partition `index` of `topic`.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let t = self.topic(topic)?;

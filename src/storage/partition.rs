@@ -2470,6 +2470,24 @@ impl Partition {
     /// cannot be deleted at once are no error: the next retention pass deletes
     /// them.
     pub fn delete_records(&self, before: i64) -> std::result::Result<i64, DeleteRecordsError> {
+        self.delete_records_with(before, None)
+    }
+
+    /// [`Partition::delete_records`], giving back `reserve` (the broker's space
+    /// reserve) when its writes fail for want of space, and running them
+    /// again: the new start's file, and the producer snapshot the removal of
+    /// the segments below it writes first (see
+    /// [`super::space_reserve::SpaceReserve::retry`]). On a disk something
+    /// else filled, a DeleteRecords run to free space was otherwise refused.
+    pub(crate) fn delete_records_with(
+        &self,
+        before: i64,
+        reserve: Option<&super::space_reserve::SpaceReserve>,
+    ) -> std::result::Result<i64, DeleteRecordsError> {
+        let with_reserve = |write: &mut dyn FnMut() -> Result<Option<Error>>| match reserve {
+            Some(r) => r.retry(write),
+            None => write(),
+        };
         let mut undurable = self.deleting.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = self.swap_unloaded.get() {
             return Err(DeleteRecordsError::Storage(why.clone()));
@@ -2487,7 +2505,7 @@ impl Partition {
             // Once the file is renamed into place it holds the new start, which
             // the next open serves: so does the broker from now on, also when
             // the directory fsync after the rename failed.
-            let not_durable = store_log_start_renamed(&self.dir, target)
+            let not_durable = with_reserve(&mut || store_log_start_renamed(&self.dir, target))
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
             *undurable = not_durable.is_some();
             self.deleted_below.store(target, Ordering::Release);
@@ -2499,7 +2517,11 @@ impl Partition {
             // it, as Kafka deletes them apart from the request: those a
             // failure leaves are deleted by the next retention pass (see
             // `trim` and `apply_retention`'s floor).
-            if let Err(e) = self.trim("below the log start", |s, _| s.next_offset() <= target) {
+            let trimmed = with_reserve(&mut || {
+                self.trim("below the log start", |s, _| s.next_offset() <= target)
+                    .map(|_| None)
+            });
+            if let Err(e) = trimmed {
                 tracing::warn!(topic = %self.topic, partition = self.index, log_start = target, error = %e, "records deleted, but segments below the new log start could not be deleted yet; the next retention pass deletes them");
             }
             if let Some(e) = not_durable {
@@ -2514,7 +2536,7 @@ impl Partition {
             // after a power loss too. The file is stored again (its rename
             // and directory fsync make it durable).
             let start = self.deleted_below.load(Ordering::Acquire);
-            let not_durable = store_log_start_renamed(&self.dir, start)
+            let not_durable = with_reserve(&mut || store_log_start_renamed(&self.dir, start))
                 .map_err(|e| DeleteRecordsError::Storage(e.to_string()))?;
             if let Some(e) = not_durable {
                 return Err(DeleteRecordsError::Storage(format!(

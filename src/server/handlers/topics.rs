@@ -916,7 +916,7 @@ fn delete_named_records(
                     if !deletes {
                         return r.with_error_code(codes::POLICY_VIOLATION);
                     }
-                    match part.delete_records(offset) {
+                    match storage.delete_records(&part, offset) {
                         Ok(start) => r.with_error_code(codes::NONE).with_low_watermark(start),
                         Err(e) => {
                             refused.add(&name.0, index, || e.to_string());
