@@ -856,7 +856,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
+                crate::log_limit::limited!(warn, error = %e, "metrics accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -677,7 +677,7 @@ impl Server {
                         });
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        crate::log_limit::limited!(warn, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
