@@ -2219,7 +2219,6 @@ mod tests {
         assert!(parse_size("k").is_err());
     }
 
-    /// broker.md says sizes take `k`, `m` and `g` suffixes, but
     /// `--space-reserve-bytes` sizes the space kept back for the writes that
     /// free space (4 MiB before it existed, and by default); 0 keeps none.
     #[test]
@@ -2231,6 +2230,7 @@ mod tests {
         assert!(parse(&["--space-reserve-bytes", "-1"]).is_err());
     }
 
+    /// broker.md says sizes take `k`, `m` and `g` suffixes, but
     /// `--offset-metadata-max-bytes 4k` was refused. It takes them, within
     /// the same range (Kafka's INT).
     #[test]

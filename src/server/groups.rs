@@ -406,20 +406,28 @@ struct Group {
     /// replaces the file first. Until then a restarted broker would load a
     /// member id no client holds and fence the old one's holder.
     undo: Option<GroupMeta>,
-    /// Static members replaced while the group was not `Stable`, with a
-    /// membership store, as (old id, new id) in the order made: in force
-    /// here at once (the rebalance goes on with the new id), while the
-    /// group's file names the old id until a write covers them (a write of
-    /// the group's membership, or of the file as it is with the ids renamed,
-    /// see [`GroupCoordinator::store_group`]). A restarted broker loading
-    /// the old id would fence the new one's holder (FENCED_INSTANCE_ID,
-    /// fatal to clients), so the JoinGroup answers naming a new id wait in
-    /// `held_joins` until then.
+    /// Static members that took a new member id otherwise than by a
+    /// replacement in a `Stable` group (replaced while the group rebalances,
+    /// or joining without a member id while the instance is no member, its
+    /// old id expired or removed), with a membership store, as (group
+    /// instance id, new member id), one per instance: in force here at once
+    /// (the rebalance goes on with the new id), while the group's file may
+    /// name the instance under an older id until a write covers them (a
+    /// write of the group's membership, or of the file as it is with the
+    /// instance's member id renamed, see [`GroupCoordinator::store_group`]).
+    /// A restarted broker loading the older id would fence the new one's
+    /// holder (FENCED_INSTANCE_ID, fatal to clients), so the JoinGroup
+    /// answers naming a new id wait in `held_joins` until then.
     renames: Vec<(String, String)>,
     /// Successful JoinGroup answers to new ids of `renames`, sent once a
     /// write covers their rename, or answered COORDINATOR_NOT_AVAILABLE when
     /// it fails (the client joins again without a member id).
     held_joins: Vec<(oneshot::Sender<JoinResult>, JoinResult)>,
+    /// The group instance ids the group's file may name: those of the file
+    /// loaded or last written, and of any write that failed since (it may
+    /// have reached the disk). A static member's new id needs a rename only
+    /// when the file may name its instance.
+    file_instances: HashSet<String>,
     /// Made `Dead` by [`GroupCoordinator::begin_delete`] for a deletion of a
     /// group the coordinator did not hold (known by its committed offsets
     /// alone): a deletion that fails lets it go rather than make it `Empty`.
@@ -466,6 +474,7 @@ impl Group {
             undo: None,
             renames: Vec::new(),
             held_joins: Vec::new(),
+            file_instances: HashSet::new(),
             held_for_delete_only: false,
         }
     }
@@ -505,20 +514,36 @@ impl Group {
         self.undo.is_some() || !self.renames.is_empty()
     }
 
-    /// A write of the group's file that covers the renames `covered` (a
-    /// prefix of [`Group::renames`]) completed, successfully when `ok`:
-    /// those renames are done, and the JoinGroup answers held for their new
-    /// ids are sent; when it failed, those answers are
+    /// Records that group instance `instance` took member id `new` (see
+    /// [`Group::renames`]), superseding a rename of the instance still due
+    /// (a write under way that covers the older one leaves this one due).
+    fn rename(&mut self, instance: &str, new: &str) {
+        if !self.file_instances.contains(instance) {
+            return;
+        }
+        self.renames.retain(|(i, _)| i != instance);
+        self.renames.push((instance.to_string(), new.to_string()));
+    }
+
+    /// A write of the group's file that covers the renames `covered` (those
+    /// of [`Group::renames`] when it read the group) completed, successfully
+    /// when `ok`: those renames are done, and the JoinGroup answers held for
+    /// their new ids are sent (UNKNOWN_MEMBER_ID to an id no longer a
+    /// member, removed meanwhile); when it failed, those answers are
     /// COORDINATOR_NOT_AVAILABLE (a member id is never handed out unless a
     /// restarted broker would know it) and the renames stay due.
     fn finish_renames(&mut self, covered: &[(String, String)], ok: bool) {
         if ok {
-            let n = covered.len().min(self.renames.len());
-            self.renames.drain(..n);
+            self.renames.retain(|r| !covered.contains(r));
         }
         for (tx, j) in std::mem::take(&mut self.held_joins) {
             if !self.renames.iter().any(|(_, new)| *new == j.member_id) {
-                let _ = tx.send(j);
+                let answer = if self.members.contains_key(&j.member_id) {
+                    j
+                } else {
+                    JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")
+                };
+                let _ = tx.send(answer);
             } else if !ok && covered.iter().any(|(_, new)| *new == j.member_id) {
                 tracing::warn!(group = %Shown(&self.name), member = %Shown(&j.member_id), "a static member replaced during a rebalance could not be stored under its new id: its JoinGroup is refused");
                 let _ = tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
@@ -735,6 +760,7 @@ impl Group {
         g.state = State::Stable;
         g.protocol = Some(protocol);
         g.leader = Some(leader);
+        g.file_instances = instances;
         Ok(g)
     }
 
@@ -995,9 +1021,10 @@ impl Group {
             let _ = tx.send(self.stable_join(new, leader_before));
             return;
         }
+        let instance = req.instance_id.clone();
         self.take_over(old, new.clone(), req, now);
-        if stores {
-            self.renames.push((old.to_string(), new.clone()));
+        if let Some(instance) = instance.filter(|_| stores) {
+            self.rename(&instance, &new);
         }
         self.start_rebalance(now);
         if let Some(m) = self.members.get_mut(&new) {
@@ -1348,22 +1375,24 @@ impl StoreSnapshot {
     }
 }
 
-/// Renames the members of `meta` (and its leader) by `renames`, (old id, new
-/// id) in order; whether any was found.
+/// Gives the members of `meta` that `renames` names by group instance id
+/// their new member ids (and the leader's, when it is one of them); whether
+/// any changed.
 fn rename_members(meta: &mut GroupMeta, renames: &[(String, String)]) -> bool {
-    let mut found = false;
-    for (old, new) in renames {
-        if meta.leader.as_ref() == Some(old) {
-            meta.leader = Some(new.clone());
-        }
+    let mut changed = false;
+    for (instance, new) in renames {
         for m in &mut meta.members {
-            if m.member_id == *old {
-                m.member_id.clone_from(new);
-                found = true;
+            if m.instance_id.as_ref() != Some(instance) || m.member_id == *new {
+                continue;
             }
+            if meta.leader.as_ref() == Some(&m.member_id) {
+                meta.leader = Some(new.clone());
+            }
+            m.member_id.clone_from(new);
+            changed = true;
         }
     }
-    found
+    changed
 }
 
 /// An OffsetCommit being stored (see [`GroupCoordinator::commit_in_flight`]).
@@ -1729,6 +1758,14 @@ impl GroupCoordinator {
         let Some(g) = groups.get_mut(group) else {
             return false;
         };
+        if let Some(meta) = &snapshot.meta {
+            let written = meta.members.iter().filter_map(|m| m.instance_id.clone());
+            if ok {
+                g.file_instances = written.collect();
+            } else {
+                g.file_instances.extend(written);
+            }
+        }
         g.finish_renames(&snapshot.renamed, ok);
         let Some(meta) = &snapshot.meta else {
             // Only the renames.
@@ -1944,6 +1981,12 @@ impl GroupCoordinator {
                     .insert(id.clone(), now + req.session_timeout);
                 let _ = tx.send(JoinResult::error(codes::MEMBER_ID_REQUIRED, &id));
                 return rx;
+            }
+            // A static member that is no member now (its old id expired or
+            // was removed): the group's file may still name its instance
+            // under that id.
+            if let Some(instance) = req.instance_id.as_deref().filter(|_| self.meta.is_some()) {
+                g.rename(instance, &id);
             }
             id
         } else if g.members.contains_key(&req.member_id)
@@ -5269,6 +5312,57 @@ mod tests {
             restarted.heartbeat("g", 3, &s2.member_id, Some("s")),
             codes::NONE
         );
+    }
+
+    /// A static member whose old id expired (or was removed) joins again
+    /// without a member id as a new member: its answer, too, waits until the
+    /// file names its instance under the new id. Before, only a replacement
+    /// of a member id still in the group was recorded, and a restart before
+    /// the leader's SyncGroup was stored fenced the new id with the expired
+    /// one the file named.
+    #[test]
+    fn a_static_member_back_after_its_expiry_is_answered_once_its_new_id_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (s, d) = static_group(&c, "g");
+        assert!(c.idle_member_for("g", &s.member_id, Duration::from_secs(3600)));
+        c.tick();
+        assert!(!c.lock()["g"].members.contains_key(&s.member_id), "expired");
+        let mut rs2 = join_in(&c, "g", "", Some("s"));
+        let mut rd = join_in(&c, "g", &d.member_id, None);
+        assert_eq!(rd.try_recv().unwrap().generation, 3);
+        assert!(rs2.try_recv().is_err(), "held");
+        assert_eq!(stored_static(dir.path(), "g", "s").0, s.member_id);
+        c.store_group("g");
+        let s2 = rs2.try_recv().unwrap();
+        assert_eq!((s2.error, s2.generation), (codes::NONE, 3));
+        assert_eq!(stored_static(dir.path(), "g", "s").0, s2.member_id);
+        let restarted = opened(dir.path());
+        assert_eq!(
+            restarted.heartbeat("g", 3, &s2.member_id, Some("s")),
+            codes::ILLEGAL_GENERATION
+        );
+    }
+
+    /// A held JoinGroup whose member was removed meanwhile (a LeaveGroup by
+    /// instance id) is answered UNKNOWN_MEMBER_ID once released, not with
+    /// the generation it would have joined.
+    #[test]
+    fn a_held_join_of_a_member_removed_meanwhile_is_answered_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (_s, d) = static_group(&c, "g");
+        let mut re = join_in(&c, "g", "", None);
+        let mut rs2 = join_in(&c, "g", "", Some("s"));
+        let mut rd = join_in(&c, "g", &d.member_id, None);
+        let _ = (re.try_recv().unwrap(), rd.try_recv().unwrap());
+        assert!(rs2.try_recv().is_err(), "held");
+        assert_eq!(
+            c.leave_identities("g", &[(String::new(), Some("s".into()))]),
+            Ok(vec![codes::NONE])
+        );
+        c.store_group("g");
+        assert_eq!(rs2.try_recv().unwrap().error, codes::UNKNOWN_MEMBER_ID);
     }
 
     /// A rename during a rebalance that cannot be stored refuses the held

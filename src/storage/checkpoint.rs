@@ -4,6 +4,7 @@
 //! that makes produced data durable.
 
 use std::{
+    collections::HashMap,
     sync::{atomic::Ordering, Arc, PoisonError},
     time::{Duration, Instant},
 };
@@ -79,11 +80,23 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         // was created anew, with another id) is recorded by no checkpoint
         // from here on, and a create drops its name's points without waiting
         // for this checkpoint to end (`TopicManager::forget_points_of`).
-        let live = shared.checkpoint_topics();
-        points.topics.retain(|name, tp| {
-            live.iter()
-                .any(|t| t.name == *name && t.id.to_string() == tp.id)
-        });
+        // (A topic that went to `unopened` meanwhile, its delete failed and
+        // its reopening too, keeps the ends synced above: the loop below
+        // takes the stored ones only for a topic this checkpoint did not
+        // read.)
+        let live: HashMap<String, String> = shared
+            .checkpoint_topics()
+            .iter()
+            .map(|t| (t.name.clone(), t.id.to_string()))
+            .collect();
+        let unopened = shared
+            .unopened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        points
+            .topics
+            .retain(|name, tp| live.get(name) == Some(&tp.id) || unopened.contains(name));
         // A topic out of the map because it could not be opened again after
         // its delete failed keeps its points (see `Shared::unopened`).
         for name in shared

@@ -7868,6 +7868,55 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// A topic whose delete fails, and whose reopening fails too, while a
+    /// checkpoint syncs it (it goes from the delete list to `unopened`) keeps
+    /// the ends that checkpoint synced: the first version of 325's filter
+    /// dropped them, and the loop for `unopened` topics put back the older
+    /// stored ones while the WAL checkpoint moved past the topic's entries.
+    #[test]
+    fn a_topic_gone_unopened_during_a_checkpoint_keeps_the_ends_it_synced() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"a"])), Ok(0));
+        m.checkpoint().unwrap();
+        let ends = || {
+            recovery_points::load(tmp.path()).unwrap().unwrap().topics["t"]
+                .ends
+                .clone()
+        };
+        assert_eq!(ends(), vec![1]);
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"b"])), Ok(1));
+        // As `take_for_delete` leaves it.
+        let t = m.topic("t").unwrap();
+        {
+            let mut topics = m.shared.topics.write().unwrap();
+            m.shared.deleting.lock().unwrap().push(Arc::clone(&t));
+            topics.remove("t");
+        }
+        // Its delete fails and `restore_topic` cannot open it while the
+        // checkpoint syncs.
+        let shared = Arc::clone(&m.shared);
+        checkpoint::BEFORE_POINTS_STORED.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                shared.unopened.lock().unwrap().insert("t".to_string());
+                shared.deleting.lock().unwrap().clear();
+            }));
+        });
+        m.checkpoint().unwrap();
+        checkpoint::BEFORE_POINTS_STORED.with(|h| *h.borrow_mut() = None);
+        assert_eq!(
+            ends(),
+            vec![2],
+            "the ends this checkpoint synced (as before 325)"
+        );
+        m.shutdown().unwrap();
+    }
+
     /// The broker keeps `--space-reserve-bytes` in `space.reserve` in its data
     /// directory, and none with 0 (a file an earlier run left is removed).
     #[test]

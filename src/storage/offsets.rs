@@ -708,7 +708,9 @@ impl OffsetStore {
         // the map's lock is held only to read or swap a group's state, by
         // OffsetFetch on the runtime's threads among others. The writer lock
         // keeps the group as read.
-        let Some(current) = self.lock().get(group).cloned().filter(|g| applies(g)) else {
+        // Two statements: the map's guard ends with the first.
+        let current = self.lock().get(group).cloned();
+        let Some(current) = current.filter(|g| applies(g)) else {
             return Ok(0);
         };
         // Looked for before the group is copied: a topic's create or delete
@@ -849,6 +851,62 @@ impl OffsetStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The expiry asks a group's members' subscriptions (the coordinator's
+    /// lock) with the offsets map unlocked: a change that left the map's guard
+    /// alive through the question made it wait for the coordinator while
+    /// OffsetDelete's `forget_if_empty`, holding the coordinator's lock, waited
+    /// for the map, and the two threads, then every group and offset request,
+    /// hung.
+    #[test]
+    fn the_expiry_asks_the_subscriptions_with_the_map_unlocked() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(OffsetStore::open(dir.path().join("groups")).unwrap());
+        let c = Committed {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        s.commit("g", Some("consumer"), vec![c]).unwrap();
+        // Stands for the group coordinator's lock.
+        let coordinator = Arc::new(std::sync::Mutex::new(()));
+        let held = coordinator.lock().unwrap();
+        let (inside_tx, inside) = mpsc::channel();
+        let expiry = {
+            let (s, coordinator) = (Arc::clone(&s), Arc::clone(&coordinator));
+            std::thread::spawn(move || {
+                s.expire_unsubscribed(
+                    "g",
+                    || {
+                        inside_tx.send(()).unwrap();
+                        let _c = coordinator.lock().unwrap();
+                        None
+                    },
+                    |_| true,
+                )
+                .unwrap()
+            })
+        };
+        inside.recv().unwrap();
+        let (done_tx, done) = mpsc::channel();
+        {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let _ = s.group("other");
+                done_tx.send(()).unwrap();
+            });
+        }
+        let r = done.recv_timeout(std::time::Duration::from_secs(2));
+        drop(held);
+        expiry.join().unwrap();
+        assert!(
+            r.is_ok(),
+            "a look-up of the map waited for the coordinator's lock: forget_if_empty, holding it, deadlocks"
+        );
+    }
 
     #[test]
     fn commits_survive_reopen() {

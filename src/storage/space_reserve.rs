@@ -50,13 +50,34 @@ impl SpaceReserve {
     /// want of space) could not take it again, and would hold its blocks
     /// without knowing it, never giving them back. One left in part is
     /// removed first. With `bytes` 0 nothing is kept, and a file an earlier
-    /// run left is removed.
+    /// run left is removed. One left whole at another size (the setting
+    /// changed) is cut to `bytes` when larger; when smaller, it is kept at
+    /// its size for this run, with a warning, unless the file system has
+    /// room to take `bytes` (twice over): removing it first would leave a
+    /// nearly full disk without any reserve.
     pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
-        let reserve = SpaceReserve {
+        let mut reserve = SpaceReserve {
             path: data_dir.join(RESERVE_NAME),
             bytes,
             held: Mutex::new(false),
         };
+        let whole = std::fs::symlink_metadata(&reserve.path)
+            .ok()
+            .filter(|m| m.is_file() && m.len() > 0 && holds_blocks(m, m.len()))
+            .map(|m| m.len());
+        let roomy = || free_bytes(data_dir).is_none_or(|free| free >= bytes.saturating_mul(2));
+        if bytes > 0 && whole.is_some_and(|len| len > bytes) {
+            let cut = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&reserve.path)
+                .and_then(|f| f.set_len(bytes));
+            if let Err(e) = cut {
+                tracing::warn!(file = %reserve.path.display(), error = %e, "could not cut the space reserve to its new size; taken again");
+            }
+        } else if let Some(len) = whole.filter(|&len| bytes > 0 && len < bytes && !roomy()) {
+            tracing::warn!(file = %reserve.path.display(), bytes = len, wanted = bytes, "the space reserve stays at its earlier size for this run: the file system has less than twice the new size free");
+            reserve.bytes = len;
+        }
         if bytes == 0 {
             reserve.remove();
         } else if reserve.in_place() {
@@ -64,20 +85,28 @@ impl SpaceReserve {
         } else {
             reserve.remove();
             reserve.refill();
+            if !reserve.is_held_now() {
+                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has less than twice its size free; it is taken once it has");
+            }
         }
         reserve
     }
 
-    /// Whether the reserve's file is there, a regular file holding its
-    /// blocks.
+    /// Whether the reserve's file is there, a regular file of the reserve's
+    /// size holding its blocks (one left by a run with another size is not:
+    /// it is taken again at this size).
     fn in_place(&self) -> bool {
         std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.is_file() && m.len() >= self.bytes && holds_blocks(&m, self.bytes))
+            .is_ok_and(|m| m.is_file() && m.len() == self.bytes && holds_blocks(&m, self.bytes))
     }
 
     /// Whether the reserve holds its blocks.
     #[cfg(test)]
     pub(crate) fn is_held(&self) -> bool {
+        self.is_held_now()
+    }
+
+    fn is_held_now(&self) -> bool {
         *self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -299,6 +328,34 @@ mod tests {
         let r = SpaceReserve::open(dir.path(), 1 << 20);
         assert!(r.is_held());
         assert!(r.in_place());
+    }
+
+    /// A reserve left by a run with another size is cut to this one, or taken
+    /// again at it, or (larger, on a disk without room for it) kept at its
+    /// own: before, a larger one passed as in place, and a restart with a
+    /// smaller `--space-reserve-bytes` kept the larger file.
+    #[test]
+    fn a_reserve_left_at_another_size_takes_this_one_where_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESERVE_NAME);
+        drop(SpaceReserve::open(dir.path(), 1 << 20));
+        let r = SpaceReserve::open(dir.path(), 64 << 10);
+        assert!(r.is_held());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 10);
+        drop(r);
+        let r = SpaceReserve::open(dir.path(), 2 << 20);
+        assert!(r.is_held());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
+        drop(r);
+        // Larger again, on a disk without room for it: the reserve found is
+        // kept, at its size, rather than removed for one that cannot be taken.
+        TEST_FREE_BYTES.with(|f| f.set(Some(5 << 20)));
+        let r = SpaceReserve::open(dir.path(), 8 << 20);
+        TEST_FREE_BYTES.with(|f| f.set(None));
+        assert!(r.is_held());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
+        assert!(r.release());
+        assert!(!path.exists());
     }
 
     /// A reserve of 0 bytes keeps nothing: the file an earlier run left is
