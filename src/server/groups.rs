@@ -5239,6 +5239,22 @@ mod tests {
         tmp
     }
 
+    /// In group "g" of [`static_group`] (`d` its dynamic member): a new
+    /// member starts a rebalance, the static member's consumer restarts and
+    /// joins without its member id, and `d` rejoins, completing generation
+    /// 3. The new member's and `d`'s answers, and the static member's join.
+    fn rejoined_with_a_restarted_static_member(
+        c: &GroupCoordinator,
+        d: &JoinResult,
+    ) -> (JoinResult, JoinResult, oneshot::Receiver<JoinResult>) {
+        let mut re = join_in(c, "g", "", None);
+        let rs2 = join_in(c, "g", "", Some("s"));
+        let mut rd = join_in(c, "g", &d.member_id, None);
+        let (e, d) = (re.try_recv().unwrap(), rd.try_recv().unwrap());
+        assert_eq!((e.generation, d.generation), (3, 3));
+        (e, d, rs2)
+    }
+
     /// A static member replacing itself while its group rebalances gets its
     /// JoinGroup answer, which names its new member id, only once the
     /// group's file names that id (the file as it was, the old id renamed: it
@@ -5255,11 +5271,7 @@ mod tests {
         let (s, d) = static_group(&c, "g");
         // A third member starts a rebalance; the static member's consumer
         // restarts and joins without its member id; `d` rejoins last.
-        let mut re = join_in(&c, "g", "", None);
-        let mut rs2 = join_in(&c, "g", "", Some("s"));
-        let mut rd = join_in(&c, "g", &d.member_id, None);
-        let (e, d) = (re.try_recv().unwrap(), rd.try_recv().unwrap());
-        assert_eq!((e.generation, d.generation), (3, 3));
+        let (e, d, mut rs2) = rejoined_with_a_restarted_static_member(&c, &d);
         let early = rs2.try_recv();
         assert!(
             early.is_err(),
@@ -5352,10 +5364,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = opened(dir.path());
         let (_s, d) = static_group(&c, "g");
-        let mut re = join_in(&c, "g", "", None);
-        let mut rs2 = join_in(&c, "g", "", Some("s"));
-        let mut rd = join_in(&c, "g", &d.member_id, None);
-        let _ = (re.try_recv().unwrap(), rd.try_recv().unwrap());
+        let (_, _, mut rs2) = rejoined_with_a_restarted_static_member(&c, &d);
         assert!(rs2.try_recv().is_err(), "held");
         assert_eq!(
             c.leave_identities("g", &[(String::new(), Some("s".into()))]),
@@ -5376,10 +5385,7 @@ mod tests {
         let c = opened(dir.path());
         let (s, d) = static_group(&c, "g");
         let tmp = block_stores(dir.path(), "g");
-        let mut re = join_in(&c, "g", "", None);
-        let mut rs2 = join_in(&c, "g", "", Some("s"));
-        let mut rd = join_in(&c, "g", &d.member_id, None);
-        let (e, d) = (re.try_recv().unwrap(), rd.try_recv().unwrap());
+        let (e, d, mut rs2) = rejoined_with_a_restarted_static_member(&c, &d);
         assert!(rs2.try_recv().is_err(), "held");
         c.store_group("g");
         let refused = rs2.try_recv().unwrap();
