@@ -1745,7 +1745,9 @@ fn check_reopened(t: &Topic, old: &Topic, mode: RecoveryMode) -> Result<()> {
     }
     for p in &t.partitions {
         for d in p.damaged_segments() {
-            if d.end >= d.next_base {
+            // As at a start (see [`check_damaged`]): offsets wholly below the
+            // log start were deleted on request and cannot be served.
+            if d.end >= d.next_base || d.next_base <= p.log_start_offset() {
                 continue;
             }
             let what = format!(
@@ -5227,6 +5229,57 @@ mod tests {
                 m.shutdown().unwrap();
             }
         }
+    }
+
+    /// A segment wholly below the log start that a DeleteRecords left behind
+    /// (its removal failed, or a crash cut it short) is settled, not refused,
+    /// when the topic is opened again after a failed delete, as at a start:
+    /// its offsets were deleted on request and can never be served.
+    #[test]
+    fn a_topic_reopened_after_a_failed_delete_settles_damage_below_its_log_start() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.storage.segment_bytes = 4096;
+        let m = TopicManager::new(c).unwrap();
+        m.create_topic("t", 1).unwrap();
+        for i in 0..40 {
+            let v = format!("v{i}-{}", "x".repeat(200));
+            assert_eq!(produce(&rt, &m, &make_batch(0, &[v.as_bytes()])), Ok(i));
+        }
+        let pdir = tmp.path().join("topics/t/0");
+        let (seg, idx) = (
+            pdir.join(segment::log_name(0)),
+            pdir.join(segment::index_name(0)),
+        );
+        let (log0, idx0) = (std::fs::read(&seg).unwrap(), std::fs::read(&idx).unwrap());
+        let second = batch::validate_all(&log0)
+            .unwrap()
+            .last()
+            .unwrap()
+            .last_offset()
+            + 1;
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.delete_records(second), Ok(second));
+        assert!(!seg.exists());
+        let after = p.read(second, 1 << 30).unwrap().unwrap().records.to_vec();
+        drop(p);
+        // The first segment back, as a removal that failed leaves it, its
+        // tail torn since.
+        std::fs::write(&seg, &log0[..log0.len() / 2]).unwrap();
+        std::fs::write(&idx, &idx0).unwrap();
+        let _blocker = block_trash(tmp.path());
+
+        assert!(rt.block_on(m.delete_topic("t")).is_err());
+        let p = m.partition("t", 0).expect("back in service");
+        assert_eq!(p.log_start_offset(), second);
+        assert_eq!(
+            p.read(second, 1 << 30).unwrap().unwrap().records.to_vec(),
+            after
+        );
+        drop(p);
+        m.shutdown().unwrap();
     }
 
     /// The newest segment of a topic opened again after a failed delete is
