@@ -433,6 +433,9 @@ pub struct Partition {
     /// as a failed last directory sync does (tests).
     #[cfg(test)]
     fail_swap_finish: AtomicBool,
+    /// Swaps to fail with EMFILE once done (tests).
+    #[cfg(test)]
+    fail_swap_syncs: std::sync::atomic::AtomicU32,
 }
 
 /// What a fetch read returns.
@@ -955,6 +958,8 @@ impl Partition {
             fail_roll_creates: std::sync::atomic::AtomicU32::new(0),
             #[cfg(test)]
             fail_swap_finish: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_swap_syncs: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -1642,20 +1647,7 @@ impl Partition {
     /// I/O errors naming the file or directory, the shortage's after the
     /// last try.
     fn create_rolled(&self, base: i64) -> Result<Segment> {
-        let mut waits = ROLL_RETRY_WAITS_MS.iter();
-        loop {
-            match self.create_segment(base) {
-                Err(e) if out_of_descriptors(&e) => {
-                    let Some(&wait) = waits.next() else {
-                        return Err(e);
-                    };
-                    let closed = self.open_files.release();
-                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "a segment roll is short of file descriptors: closing the cached read handles and trying again");
-                    std::thread::sleep(std::time::Duration::from_millis(wait));
-                }
-                done => return done,
-            }
-        }
+        self.short_of_fds_retry(base, "a segment roll", || self.create_segment(base))
     }
 
     /// One try of [`Partition::create_rolled`].
@@ -2367,19 +2359,7 @@ impl Partition {
         let merged: Vec<i64> = group[1..].iter().map(|g| g.base).collect();
         // Counted before any file changes (a failed swap counts too).
         self.segments_replaced.fetch_add(1, Ordering::SeqCst);
-        let swapped = segment::install_swap(&self.dir, base, &merged);
-        #[cfg(test)]
-        let swapped = swapped.and_then(|()| {
-            if self.fail_swap_finish.swap(false, Ordering::Relaxed) {
-                Err(Error::io(
-                    "fsync",
-                    &self.dir,
-                    std::io::Error::from_raw_os_error(libc::EIO),
-                ))
-            } else {
-                Ok(())
-            }
-        });
+        let swapped = self.install_swap(base, &merged);
         if let Err(e) = swapped {
             // Once the copy's log has left its `.cleaning` name the swap is
             // under way on disk (a restart finishes it): the group's segments
@@ -2400,15 +2380,9 @@ impl Partition {
         }
         // The copy is in place of the group on disk from here on: the group's
         // segments in memory name files that are gone or replaced.
-        let mut loaded = self.load_installed(base);
-        for _ in 0..2 {
-            if loaded.is_ok() {
-                break;
-            }
-            // Another try for a passing shortage (EMFILE).
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            loaded = self.load_installed(base);
-        }
+        let loaded = self.short_of_fds_retry(base, "loading a compacted copy", || {
+            self.load_installed(base)
+        });
         let mut seg = match loaded {
             Ok(seg) => seg,
             Err(e) => {
@@ -2450,6 +2424,66 @@ impl Partition {
     }
 
     /// Opens the compacted copy [`segment::install_swap`] put in place at `base`.
+    /// Puts the compacted copy at `base` in place of its group's segments
+    /// (see [`segment::install_swap`]); when that fails short of file
+    /// descriptors, it tries again as [`Partition::create_rolled`] does, from
+    /// where the swap stopped ([`segment::resume_swap`] once the copy's log
+    /// has left its `.cleaning` name).
+    fn install_swap(&self, base: i64, merged: &[i64]) -> Result<()> {
+        let mut first = true;
+        self.short_of_fds_retry(base, "putting a compacted copy in place", || {
+            let cleaning = self.dir.join(segment::cleaning_names(base).0);
+            let done = if std::mem::take(&mut first) || cleaning.exists() {
+                segment::install_swap(&self.dir, base, merged)
+            } else {
+                segment::resume_swap(&self.dir, base, merged)
+            };
+            #[cfg(test)]
+            let done = done.and_then(|()| {
+                injected_emfile(&self.fail_swap_syncs, &self.dir)?;
+                if self.fail_swap_finish.swap(false, Ordering::Relaxed) {
+                    return Err(Error::io(
+                        "fsync",
+                        &self.dir,
+                        std::io::Error::from_raw_os_error(libc::EIO),
+                    ));
+                }
+                Ok(())
+            });
+            done
+        })
+    }
+
+    /// Runs `op` (`what`, for the segment at `base`), and again while it
+    /// fails short of file descriptors, a passing shortage (see
+    /// [`Partition::create_rolled`]): each time after closing the cache's
+    /// read handles and waiting a little longer ([`ROLL_RETRY_WAITS_MS`]).
+    ///
+    /// # Errors
+    /// `op`'s error: another than the shortage, or the shortage's after the
+    /// last try.
+    fn short_of_fds_retry<T>(
+        &self,
+        base: i64,
+        what: &str,
+        mut op: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let mut waits = ROLL_RETRY_WAITS_MS.iter();
+        loop {
+            match op() {
+                Err(e) if out_of_descriptors(&e) => {
+                    let Some(&wait) = waits.next() else {
+                        return Err(e);
+                    };
+                    let closed = self.open_files.release();
+                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "{what}: short of file descriptors; closing the cached read handles and trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(wait));
+                }
+                done => return done,
+            }
+        }
+    }
+
     fn load_installed(&self, base: i64) -> Result<Segment> {
         #[cfg(test)]
         injected_emfile(&self.fail_swap_loads, &self.dir)?;
@@ -7547,7 +7581,7 @@ pub(crate) mod tests {
         #[test]
         fn a_compacted_copy_that_cannot_be_loaded_stops_changes_until_a_restart() {
             copy_in_place_not_in_memory(
-                |p| p.fail_swap_loads.store(3, Ordering::Relaxed),
+                |p| p.fail_swap_loads.store(u32::MAX, Ordering::Relaxed),
                 "Too many open files",
             );
         }
@@ -7562,6 +7596,10 @@ pub(crate) mod tests {
                 |p| p.fail_swap_finish.store(true, Ordering::Relaxed),
                 "Input/output error",
             );
+            copy_in_place_not_in_memory(
+                |p| p.fail_swap_syncs.store(u32::MAX, Ordering::Relaxed),
+                "Too many open files",
+            );
         }
 
         /// Compacts every closed segment in one group with `fail` set up to
@@ -7569,15 +7607,7 @@ pub(crate) mod tests {
         /// change follows and that a restart reads what compaction kept.
         fn copy_in_place_not_in_memory(fail: impl FnOnce(&Partition), message: &str) {
             let (_dir, pdir, p) = fresh();
-            let mut model = Model::new();
-            let v = "v".repeat(300);
-            for i in 0..40 {
-                put(&p, &mut model, &[(Some(&format!("k{}", i % 4)), Some(&v))]);
-            }
-            let active = active_base(&p);
-            assert!(p.log.lock().unwrap().len() > 3, "several segments");
-            let mut pol = policy(TS);
-            pol.segment_bytes = 1 << 20; // every closed segment in one group
+            let (model, active, pol) = four_keys_in_segments(&p);
             fail(&p);
             let err = p
                 .compact(&pol, &AtomicBool::new(false))
@@ -7604,6 +7634,32 @@ pub(crate) mod tests {
                 .into_iter()
                 .flat_map(|b| b.2.unwrap())
                 .collect();
+            assert_eq!(
+                read.iter().map(|r| r.0).collect::<Vec<_>>(),
+                compacted_offsets(&model, active)
+            );
+        }
+
+        /// Puts 40 records of four keys into `p` (several segments); the
+        /// model, the active segment's base, and a policy compacting every
+        /// closed segment in one group.
+        fn four_keys_in_segments(p: &Partition) -> (Model, i64, CompactionPolicy) {
+            let mut model = Model::new();
+            let v = "v".repeat(300);
+            for i in 0..40 {
+                put(p, &mut model, &[(Some(&format!("k{}", i % 4)), Some(&v))]);
+            }
+            let active = active_base(p);
+            assert!(p.log.lock().unwrap().len() > 3, "several segments");
+            let mut pol = policy(TS);
+            pol.segment_bytes = 1 << 20; // every closed segment in one group
+            (model, active, pol)
+        }
+
+        /// The offsets a compaction of every segment below `active` keeps of
+        /// `model` (each key's newest record below it, and every record from
+        /// it on).
+        fn compacted_offsets(model: &Model, active: i64) -> Vec<i64> {
             let mut newest: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
             for (o, (k, _)) in model.range(..active) {
                 newest.insert(k.clone().unwrap(), *o);
@@ -7611,7 +7667,35 @@ pub(crate) mod tests {
             let mut expected: Vec<i64> = newest.into_values().collect();
             expected.extend(model.range(active..).map(|(o, _)| *o));
             expected.sort_unstable();
-            assert_eq!(read.iter().map(|r| r.0).collect::<Vec<_>>(), expected);
+            expected
+        }
+
+        /// A compaction's swap, or the load of its copy, short of file
+        /// descriptors for a moment (reads in flight hold sealed logs beyond
+        /// the cache's bound) closes the cache's read handles and tries
+        /// again, as a segment roll does, from where the swap stopped: it
+        /// used to leave the partition refusing every change by path, its
+        /// retention among them, until a restart.
+        #[test]
+        fn a_compaction_swap_short_of_fds_for_a_moment_tries_again() {
+            let setups: [fn(&Partition) -> &std::sync::atomic::AtomicU32; 2] =
+                [|p| &p.fail_swap_syncs, |p| &p.fail_swap_loads];
+            for fail in setups {
+                let (_dir, _pdir, p) = fresh();
+                let (model, active, pol) = four_keys_in_segments(&p);
+                fail(&p).store(4, Ordering::Relaxed);
+                p.compact(&pol, &AtomicBool::new(false)).unwrap();
+                assert_eq!(fail(&p).load(Ordering::Relaxed), 0, "tried again");
+                assert!(p.swap_unloaded.get().is_none());
+                let read: Vec<i64> = read_all(&p)
+                    .into_iter()
+                    .flat_map(|b| b.2.unwrap())
+                    .map(|r| r.0)
+                    .collect();
+                assert_eq!(read, compacted_offsets(&model, active));
+                let second = p.log.lock().unwrap()[1].base_offset();
+                assert_eq!(p.delete_records(second), Ok(second));
+            }
         }
 
         /// The key map's bound holds inside a segment: a segment with more keys

@@ -946,6 +946,13 @@ fn finish_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
     let swap_log = dir.join(swap_log);
     let log = dir.join(log_name(base));
     std::fs::rename(&swap_log, &log).map_err(|e| Error::io("rename", &swap_log, e))?;
+    finish_swap_indexes(dir, base, &swap_index)
+}
+
+/// The end of [`finish_swap`], once the copy's log has its name: its index
+/// and time index are renamed into place (either may be missing) and the
+/// directory is fsynced.
+fn finish_swap_indexes(dir: &Path, base: i64, swap_index: &str) -> Result<()> {
     let swap_index = dir.join(swap_index);
     match std::fs::rename(&swap_index, dir.join(index_name(base))) {
         Ok(()) => {}
@@ -961,6 +968,30 @@ fn finish_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
         Err(e) => return Err(Error::io("rename", &swap_time_index, e)),
     }
     super::sync_dir(dir)
+}
+
+/// Finishes the swap of the copy of the segments starting at `base` and at
+/// each of `merged` after [`install_swap`] failed once the copy's log had
+/// left its `.cleaning` name (a passing shortage of file descriptors for a
+/// directory fsync, say), as a start would ([`recover_swaps`]): from the
+/// directory fsync of step 1 while the copy's log is still named `.swap`,
+/// and otherwise from the renames of its indexes after it.
+///
+/// # Errors
+/// I/O errors naming the file or directory.
+pub fn resume_swap(dir: &Path, base: i64, merged: &[i64]) -> Result<()> {
+    let (swap_log, swap_index) = swap_names(base);
+    let swap_log = dir.join(swap_log);
+    match std::fs::symlink_metadata(&swap_log) {
+        Ok(_) => {
+            super::sync_dir(dir)?;
+            finish_swap(dir, base, merged)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            finish_swap_indexes(dir, base, &swap_index)
+        }
+        Err(e) => Err(Error::io("stat", &swap_log, e)),
+    }
 }
 
 /// The offset after the last batch of a segment log file, reading every batch.
@@ -3128,6 +3159,65 @@ pub(crate) mod tests {
         let log = std::fs::read(d.join(log_name(0))).unwrap();
         assert_eq!(&log[log.len() - last.len()..], &last[..]);
         assert_eq!(log.len() as u64, size + last.len() as u64);
+    }
+
+    /// A swap that failed after its copy's log left the `.cleaning` name is
+    /// finished by [`resume_swap`] from either point: before the copy's log
+    /// took its final name (step 1's directory fsync failed), and after it
+    /// (step 2's renames of the indexes or its fsync failed).
+    #[test]
+    fn a_swap_stopped_part_way_is_resumed_from_where_it_stopped() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        for stopped_after_the_log in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let seg = closed_at(d, &[DAY, 3 * DAY, 2 * DAY]);
+            let log = std::fs::read(d.join(log_name(0))).unwrap();
+            let at: Vec<usize> = seg.index().iter().map(|e| e.position as usize).collect();
+            drop(seg);
+            let mut w = CleanedWriter::create(d, 0).unwrap();
+            let two = &log[..at[2]];
+            for b in [&two[..at[1]], &two[at[1]..]] {
+                let info = batch::parse_header(b).unwrap();
+                w.push(b, info.base_offset, info.max_timestamp).unwrap();
+            }
+            w.finish().unwrap();
+            // Step 1, by hand.
+            let (cleaning_log, cleaning_index) = cleaning_names(0);
+            let (swap_log, swap_index) = swap_names(0);
+            for (from, to) in [
+                (cleaning_time_index_name(0), swap_time_index_name(0)),
+                (cleaning_index, swap_index),
+                (cleaning_log, swap_log.clone()),
+            ] {
+                std::fs::rename(d.join(from), d.join(to)).unwrap();
+            }
+            if stopped_after_the_log {
+                std::fs::remove_file(d.join(index_name(0))).unwrap();
+                std::fs::remove_file(d.join(time_index_name(0))).unwrap();
+                std::fs::rename(d.join(&swap_log), d.join(log_name(0))).unwrap();
+            }
+            resume_swap(d, 0, &[]).unwrap();
+            let names: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| !n.ends_with(".swap")),
+                "{stopped_after_the_log}: {names:?}"
+            );
+            assert_eq!(std::fs::read(d.join(log_name(0))).unwrap(), two);
+            assert!(d.join(index_name(0)).exists() && d.join(time_index_name(0)).exists());
+            let seg = Segment::open(d, 0, false).unwrap();
+            assert_eq!(
+                (
+                    seg.next_offset(),
+                    seg.max_timestamp(),
+                    seg.max_timestamp_is_exact()
+                ),
+                (2, 3 * DAY, true)
+            );
+        }
     }
 
     /// A compaction swap that fails after renaming its copy's time index to
