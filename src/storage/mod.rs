@@ -4892,6 +4892,33 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// A commit that failed once its group's file was renamed into place (its
+    /// directory fsync failed) left the position in the file but not in
+    /// memory: the topic's delete found nothing to drop, and after a restart
+    /// the group resumed a topic created again under the name at the old
+    /// topic's position.
+    #[test]
+    fn a_failed_commit_in_its_file_goes_with_its_deleted_topic() {
+        use crate::wal::files::{AtomicWriteFailure, INJECTED_ATOMIC_FAILURES};
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(AtomicWriteFailure::DirSync));
+        assert!(m
+            .offsets()
+            .commit("g", None, vec![position("t", 0)])
+            .is_err());
+        assert!(rt.block_on(m.delete_topic("t")).unwrap());
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        m.shutdown().unwrap();
+    }
+
     /// A partition of a deleted topic, still held by work that began before the
     /// delete (retention, DeleteRecords), changes nothing in the directory of a
     /// topic created later under the name. Before, retention of the old

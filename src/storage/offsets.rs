@@ -125,6 +125,11 @@ pub struct OffsetStore {
     /// writer lock), not yet in `groups`: a deleted topic's positions are
     /// dropped from these too (see [`OffsetStore::delete_topic_positions`]).
     first_commits: Mutex<std::collections::HashSet<String>>,
+    /// Files renamed into place whose directory fsync then failed, counted
+    /// (see [`OffsetStore::store_as`]): until a directory fsync succeeds
+    /// after them, a power loss may bring back what they replaced, so every
+    /// removal of positions makes one first.
+    unsynced_renames: std::sync::atomic::AtomicU64,
 }
 
 /// A group listed in [`OffsetStore::first_commits`] while its first commit is
@@ -373,6 +378,7 @@ impl OffsetStore {
             groups: Mutex::new(groups),
             writers: GroupLocks::new(),
             first_commits: Mutex::new(std::collections::HashSet::new()),
+            unsynced_renames: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -422,9 +428,11 @@ impl OffsetStore {
     /// too). Returns the positions refused.
     ///
     /// # Errors
-    /// I/O errors; the in-memory state is unchanged then, even when the file
-    /// was renamed into place before its directory fsync failed (a commit
-    /// sent again is then written again, directory fsync included).
+    /// I/O errors. The in-memory state is unchanged when the file was not
+    /// replaced; once it was renamed into place, a failure of the directory
+    /// fsync after it leaves the commit in force, as the file holds it (see
+    /// [`OffsetStore::store_as`]), and a commit sent again writes it again,
+    /// directory fsync included.
     pub fn commit_where(
         &self,
         group: &str,
@@ -459,13 +467,70 @@ impl OffsetStore {
                 .insert((c.topic.clone(), c.partition), (c, now));
         }
         next.last_commit = now;
-        self.store(group, &next)?;
-        self.lock().insert(group.to_string(), Arc::new(next));
+        self.store_as(group, next)?;
         Ok(refused)
     }
 
-    /// Writes `group`'s file (atomic replace).
-    fn store(&self, group: &str, offsets: &GroupOffsets) -> Result<()> {
+    /// Makes `next` the state of `group`, its file first (atomic replace).
+    /// The caller holds the group's writer lock. A failure before the rename
+    /// leaves both as they were. Once the file is renamed into place, `next`
+    /// is put in force whatever follows, as the file holds it: a state kept
+    /// behind its file let a later removal of positions the file held find
+    /// nothing to remove in memory and write nothing, and a start brought
+    /// them back (an OffsetDelete answered NONE, or a deleted topic's
+    /// positions applied to a new topic of its name). A failed directory fsync
+    /// is then still the error, and is counted in `unsynced_renames`.
+    ///
+    /// # Errors
+    /// I/O errors, naming the file or directory.
+    fn store_as(&self, group: &str, next: GroupOffsets) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let unsynced = self.unsynced_renames.load(Ordering::Acquire);
+        let failed = self.store(group, &next)?;
+        self.lock().insert(group.to_string(), Arc::new(next));
+        match failed {
+            None => {
+                // Its directory fsync came after every rename counted then.
+                if unsynced > 0 {
+                    let _ = self.unsynced_renames.compare_exchange(
+                        unsynced,
+                        0,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                }
+                Ok(())
+            }
+            Some(e) => {
+                self.unsynced_renames.fetch_add(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the renames counted in `unsynced_renames` durable, with a
+    /// directory fsync, when there are any.
+    ///
+    /// # Errors
+    /// The fsync's.
+    fn sync_renames(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let unsynced = self.unsynced_renames.load(Ordering::Acquire);
+        if unsynced > 0 {
+            crate::wal::files::sync_dir(&self.dir)?;
+            let _ = self.unsynced_renames.compare_exchange(
+                unsynced,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `group`'s file (atomic replace); `Some` for a failure after the
+    /// rename (see [`crate::wal::files::write_atomic_renamed`]).
+    fn store(&self, group: &str, offsets: &GroupOffsets) -> Result<Option<Error>> {
         let file = GroupFile {
             version: 1,
             group: group.to_string(),
@@ -484,7 +549,7 @@ impl OffsetStore {
         .sealed();
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::corrupt(&self.dir, 0, e.to_string()))?;
-        crate::wal::files::write_atomic(&self.dir.join(file_name(group)), &json)
+        crate::wal::files::write_atomic_renamed(&self.dir.join(file_name(group)), &json)
     }
 
     /// Deletes the positions `which` of `group` that `still` accepts, durably
@@ -675,8 +740,7 @@ impl OffsetStore {
                 positions = %moved.join(", "),
                 "committed positions beyond their partition's log end (records a crash took, or a position committed past the end) were brought down to it"
             );
-            self.store(&group, &next)?;
-            self.lock().insert(group, Arc::new(next));
+            self.store_as(&group, next)?;
             lowered += moved.len();
         }
         Ok(lowered)
@@ -708,6 +772,9 @@ impl OffsetStore {
         // the map's lock is held only to read or swap a group's state, by
         // OffsetFetch on the runtime's threads among others. The writer lock
         // keeps the group as read.
+        // A removal that finds nothing to remove is durable only once the
+        // files renamed before are.
+        self.sync_renames()?;
         // Two statements: the map's guard ends with the first.
         let current = self.lock().get(group).cloned();
         let Some(current) = current.filter(|g| applies(g)) else {
@@ -732,8 +799,7 @@ impl OffsetStore {
         if next.offsets.is_empty() {
             self.delete_file(group)?;
         } else {
-            self.store(group, &next)?;
-            self.lock().insert(group.to_string(), Arc::new(next));
+            self.store_as(group, next)?;
         }
         Ok(removed)
     }
@@ -1012,6 +1078,53 @@ mod tests {
         assert_eq!(tmps(), 0);
         s.commit("g", None, vec![committed(0, 2)]).unwrap();
         assert_eq!(s.fetch("g", "t", 0).unwrap().offset, 2);
+    }
+
+    /// A commit whose file was renamed into place before its directory fsync
+    /// failed is in force, as the file holds it: memory left behind its file
+    /// let an OffsetDelete of the position find nothing, write nothing and
+    /// answer NONE, and the restart brought the position back. A removal
+    /// that finds nothing to remove makes the rename durable first.
+    #[test]
+    fn a_commit_renamed_before_its_directory_fsync_failed_is_in_force() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path().to_path_buf()).unwrap();
+        s.commit("g", Some("consumer"), vec![committed(0, 1)])
+            .unwrap();
+        let fail_next =
+            || INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        fail_next();
+        assert!(s
+            .commit("g", Some("consumer"), vec![committed(1, 5)])
+            .is_err());
+        assert_eq!(s.fetch("g", "t", 1).map(|c| c.offset), Some(5), "in force");
+        assert_eq!(s.unsynced_renames.load(Ordering::Relaxed), 1);
+        let which: HashSet<(String, i32)> = [("t".to_string(), 1)].into_iter().collect();
+        assert_eq!(
+            s.delete_positions_where("g", &which, |_| true).unwrap().0,
+            1
+        );
+        assert_eq!(
+            s.unsynced_renames.load(Ordering::Relaxed),
+            0,
+            "synced since"
+        );
+
+        // A first commit so: the group is known, to a delete of it too.
+        fail_next();
+        assert!(s.commit("h", None, vec![committed(0, 7)]).is_err());
+        assert_eq!(s.fetch("h", "t", 0).map(|c| c.offset), Some(7));
+        // A removal with nothing to remove syncs the rename.
+        assert_eq!(s.delete_topic_positions(|t| t == "other").unwrap(), 0);
+        assert_eq!(s.unsynced_renames.load(Ordering::Relaxed), 0);
+        assert!(s.delete("h").unwrap());
+        drop(s);
+        let s = OffsetStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(s.fetch("g", "t", 1).map(|c| c.offset), None, "deleted");
+        assert_eq!(s.fetch("g", "t", 0).map(|c| c.offset), Some(1));
+        assert!(s.group("h").is_none(), "deleted");
     }
 
     fn committed(p: i32, o: i64) -> Committed {
