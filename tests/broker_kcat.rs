@@ -288,6 +288,9 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
         ("STREAMLINE_LOG", "streamline=loud", "expected one of"),
         ("STREAMLINE_LOG", "info,[", "invalid filter directive"),
         ("STREAMLINE_MAX_CONNECTIONS", "0", "1 or more"),
+        ("STREAMLINE_MAX_CONNECTIONS", "-1", "1 or more"),
+        ("STREAMLINE_CHECKPOINT_MS", "soon", "1 or more"),
+        ("STREAMLINE_LISTEN", "localhost:9092", "IP:PORT"),
         ("STREAMLINE_FETCH_MAX_BYTES", "512", "1024 to"),
         ("STREAMLINE_FETCH_MAX_BYTES", "0k", "1024 to"),
         (

@@ -649,6 +649,31 @@ fn parse_limit_ms(s: &str) -> std::result::Result<i64, String> {
     }
 }
 
+/// A parser of a whole number of type `T` for a flag that accepts
+/// `accepted` (its range is checked by [`Config::validate`]): a value that
+/// does not parse is refused naming what the flag accepts, not the parse
+/// error alone ("invalid digit found in string" for `-1`).
+fn number<T>(
+    accepted: &'static str,
+) -> impl Fn(&str) -> std::result::Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+{
+    move |s: &str| {
+        s.parse::<T>()
+            .map_err(|_| format!("accepted values: {accepted}"))
+    }
+}
+
+/// An address to listen on, `IP:PORT`.
+fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        "accepted values: IP:PORT, such as 127.0.0.1:9092, 0.0.0.0:9092 or [::1]:9092 \
+         (an IP address, not a host name)"
+            .to_string()
+    })
+}
+
 /// A size limit: -1 for none, or a size as `parse_size` reads it.
 fn parse_limit_size(s: &str) -> std::result::Result<i64, String> {
     if s.trim() == "-1" {
@@ -931,6 +956,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_LISTEN",
         default_value = "127.0.0.1:9092",
+        value_parser = parse_listen,
         value_name = "IP:PORT"
     )]
     pub listen: SocketAddr,
@@ -948,7 +974,7 @@ pub struct Cli {
     /// Client connections served at once; more are closed when accepted (default:
     /// half of the open-file limit less the files storage has open once it has
     /// recovered; the broker raises its soft limit to the hard limit).
-    #[arg(long, env = "STREAMLINE_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(long, env = "STREAMLINE_MAX_CONNECTIONS", value_parser = number::<usize>("1 or more"), value_name = "N")]
     pub max_connections: Option<usize>,
 
     /// Close a connection after this long without a byte read or written (and
@@ -957,6 +983,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_CONNECTIONS_MAX_IDLE_MS",
         default_value_t = 600_000,
+        value_parser = number::<u64>("0 (never) to 9223372036854775807"),
         value_name = "MS"
     )]
     pub connections_max_idle_ms: u64,
@@ -967,6 +994,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_CONNECTION_FAILED_AUTHENTICATION_DELAY_MS",
         default_value_t = 100,
+        value_parser = number::<u64>("0 to 2147483647, less than --connections-max-idle-ms unless that is 0"),
         value_name = "MS"
     )]
     pub connection_failed_authentication_delay_ms: u64,
@@ -977,6 +1005,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_SASL_AUTHENTICATION_TIMEOUT_MS",
         default_value_t = 30_000,
+        value_parser = number::<u64>("1 or more"),
         value_name = "MS"
     )]
     pub sasl_authentication_timeout_ms: u64,
@@ -994,7 +1023,7 @@ pub struct Cli {
 
     /// Serve metrics in the Prometheus text format at http://IP:PORT/metrics
     /// (port 0 picks a free port; default: no metrics endpoint).
-    #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_name = "IP:PORT")]
+    #[arg(long, env = "STREAMLINE_METRICS_LISTEN", value_parser = parse_listen, value_name = "IP:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Serve Kafka clients over TLS with this certificate chain (PEM, leaf first);
@@ -1047,11 +1076,13 @@ pub struct Cli {
     #[arg(long, env = "STREAMLINE_WAL_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub wal_enabled: bool,
 
-    /// Longest time between two fdatasyncs of the WAL in interval mode, in milliseconds.
+    /// Longest time between two fdatasyncs of the WAL in interval mode, in milliseconds
+    /// (1 or more in interval mode).
     #[arg(
         long,
         env = "STREAMLINE_WAL_SYNC_MS",
         default_value_t = 100,
+        value_parser = number::<u64>("1 or more (0 too with --wal-sync-mode every_write or os_default)"),
         value_name = "MS"
     )]
     pub wal_sync_ms: u64,
@@ -1069,6 +1100,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_WAL_RETENTION_FILES",
         default_value_t = 2,
+        value_parser = number::<usize>("0 or more"),
         value_name = "N"
     )]
     pub wal_retention_files: usize,
@@ -1089,6 +1121,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_DEFAULT_PARTITIONS",
         default_value_t = 1,
+        value_parser = number::<i32>("1 to 10000"),
         value_name = "N"
     )]
     pub default_partitions: i32,
@@ -1107,6 +1140,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_CHECKPOINT_MS",
         default_value_t = 5000,
+        value_parser = number::<u64>("1 or more"),
         value_name = "MS"
     )]
     pub checkpoint_ms: u64,
@@ -1126,6 +1160,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_LOG_RETENTION_CHECK_INTERVAL_MS",
         default_value_t = 300_000,
+        value_parser = number::<u64>("1 to 9223372036854775807"),
         value_name = "MS"
     )]
     pub log_retention_check_interval_ms: u64,
@@ -1136,6 +1171,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_LOG_ROLL_MS",
         default_value_t = 604_800_000,
+        value_parser = number::<u64>("1 to 9223372036854775807"),
         value_name = "MS"
     )]
     pub log_roll_ms: u64,
@@ -1146,6 +1182,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_LOG_CLEANER_BACKOFF_MS",
         default_value_t = 15_000,
+        value_parser = number::<u64>("1 to 9223372036854775807"),
         value_name = "MS"
     )]
     pub log_cleaner_backoff_ms: u64,
@@ -1160,7 +1197,7 @@ pub struct Cli {
     /// together (least recently used closed first); only each partition's
     /// active segment keeps its files open for good (default: a quarter of the
     /// open-file limit, at most 256).
-    #[arg(long, env = "STREAMLINE_SEGMENT_OPEN_FILES", value_name = "N")]
+    #[arg(long, env = "STREAMLINE_SEGMENT_OPEN_FILES", value_parser = number::<usize>("1 or more"), value_name = "N")]
     pub segment_open_files: Option<usize>,
 
     /// Disk space kept back, in space.reserve in the data directory, for the
@@ -1177,6 +1214,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_GROUP_MIN_SESSION_TIMEOUT_MS",
         default_value_t = 6000,
+        value_parser = number::<i32>("1 to 2147483647"),
         value_name = "MS"
     )]
     pub group_min_session_timeout_ms: i32,
@@ -1186,6 +1224,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_GROUP_MAX_SESSION_TIMEOUT_MS",
         default_value_t = 1_800_000,
+        value_parser = number::<i32>("--group-min-session-timeout-ms to 2147483647"),
         value_name = "MS"
     )]
     pub group_max_session_timeout_ms: i32,
@@ -1197,7 +1236,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_GROUP_INITIAL_REBALANCE_DELAY_MS",
         default_value_t = 3000,
-        value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64),
+        value_parser = number::<u32>("0 to 2147483647"),
         value_name = "MS"
     )]
     pub group_initial_rebalance_delay_ms: u32,
@@ -1208,6 +1247,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_OFFSETS_RETENTION_MINUTES",
         default_value_t = 10_080,
+        value_parser = number::<u64>("1 or more"),
         value_name = "MINUTES"
     )]
     pub offsets_retention_minutes: u64,
@@ -1217,6 +1257,7 @@ pub struct Cli {
         long,
         env = "STREAMLINE_OFFSETS_RETENTION_CHECK_INTERVAL_MS",
         default_value_t = 600_000,
+        value_parser = number::<u64>("1 or more"),
         value_name = "MS"
     )]
     pub offsets_retention_check_interval_ms: u64,
@@ -1574,6 +1615,41 @@ mod tests {
         }
     }
 
+    /// Every flag taking a value names what it accepts when the value does
+    /// not parse: the numbers' default parsers said only "invalid digit
+    /// found in string" (for `--max-connections -1`, say), and an address
+    /// "invalid socket address syntax".
+    #[test]
+    fn a_value_that_does_not_parse_is_refused_naming_the_accepted_values() {
+        use clap::CommandFactory;
+        let mut checked = 0;
+        for a in Cli::command().get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            if !a.get_action().takes_values() {
+                continue;
+            }
+            let flag = format!("--{long}");
+            for bad in ["-1", "x", "1.5", ""] {
+                let Err(e) = Cli::try_parse_args(["streamline", &flag, bad]) else {
+                    continue; // text, a path, or a valid number
+                };
+                let e = e.to_string();
+                if e.contains("invalid value") {
+                    assert!(
+                        e.contains("accepted values") || e.contains("possible values"),
+                        "{flag} {bad:?}: {e}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 60, "{checked} refusals checked");
+        let e = Cli::try_parse_args(["streamline", "--listen", "localhost:9092"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accepted values: IP:PORT"), "{e}");
+    }
+
     #[test]
     fn bad_sync_mode_names_flag_and_accepted_values() {
         let e = parse(&["--wal-sync-mode", "sometimes"]).expect_err("rejected");
@@ -1697,9 +1773,11 @@ mod tests {
         // Kafka's group.initial.rebalance.delay.ms: 3000, an INT.
         assert_eq!(c.groups.initial_rebalance_delay_ms, 3000);
         let delay = |v: &str| {
-            parse(&["--group-initial-rebalance-delay-ms", v])
-                .map(|c| c.groups.initial_rebalance_delay_ms)
-                .map_err(|e| e.to_string())
+            parse(&["--group-initial-rebalance-delay-ms", v]).and_then(|c| {
+                c.validate()
+                    .map(|()| c.groups.initial_rebalance_delay_ms)
+                    .map_err(|e| e.to_string())
+            })
         };
         assert_eq!(delay("0"), Ok(0));
         assert!(delay("2147483648")

@@ -397,7 +397,7 @@ impl WalConfig {
             return bad(
                 "--wal-sync-ms",
                 "0".into(),
-                "must be at least 1 in interval mode",
+                "accepted values: 1 or more in interval mode (0 with every_write or os_default)",
             );
         }
         if self.max_file_size < Self::MIN_FILE_SIZE
