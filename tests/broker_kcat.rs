@@ -225,7 +225,7 @@ fn invalid_flags_exit_2_naming_flag_and_values_touching_nothing() {
         (
             &["--max-connections", "many"],
             "--max-connections",
-            "invalid digit",
+            "accepted values: 1 or more",
         ),
         (&["--fetch-max-bytes", "10"], "--fetch-max-bytes", "1024 to"),
         (
