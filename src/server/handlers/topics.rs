@@ -2,6 +2,7 @@
 //! DescribeLogDirs.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::{
     messages::{
@@ -326,6 +327,16 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
     let mut dry_run_partitions = 0usize;
     // One message, shared by every topic past the bound.
     let mut past_cap = None;
+    // The request's `timeout_ms`: a topic whose turn comes after it is not
+    // created and is answered REQUEST_TIMED_OUT, as Kafka answers one not
+    // created in time, so that the client learns of the rest before its own
+    // request timeout (thousands of topics of many partitions take minutes
+    // to create, the files of each synced). 0 or less sets none.
+    let deadline = u64::try_from(req.timeout_ms)
+        .ok()
+        .filter(|&ms| ms > 0)
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut timed_out = None;
     for t in req.topics {
         let name = t.name.0.to_string();
         if repeated.contains(&name) {
@@ -408,6 +419,15 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             Err(collides(&name, &other))
         } else if let Err(e) = &configs {
             Err((codes::INVALID_CONFIG, e.to_string()))
+        } else if !req.validate_only && deadline.is_some_and(|d| Instant::now() >= d) {
+            let message = timed_out.get_or_insert_with(|| {
+                format!(
+                    "not created: the request's timeout ({} ms) passed before its turn; \
+                     send it again",
+                    req.timeout_ms
+                )
+            });
+            Err((codes::REQUEST_TIMED_OUT, message.clone()))
         } else if req.validate_only {
             // A dry run creates nothing, so there is no topic id to report.
             let new = usize::try_from(parts).unwrap_or(usize::MAX);
@@ -1537,6 +1557,57 @@ mod tests {
             .with_name(topic_name(name))
             .with_num_partitions(1)
             .with_replication_factor(1)
+    }
+
+    /// A topic whose turn comes after the request's `timeout_ms` is not
+    /// created and is answered REQUEST_TIMED_OUT: thousands of topics in one
+    /// request took minutes to answer, past the client's own timeout, which
+    /// then learnt nothing of what was created. `timeout_ms` 0 sets none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topics_whose_turn_comes_after_the_timeout_are_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let topics = |prefix: &str, partitions: i32| -> Vec<CreatableTopic> {
+            (0..8)
+                .map(|i| creatable(&format!("{prefix}{i}")).with_num_partitions(partitions))
+                .collect()
+        };
+        let r = create(
+            &ctx,
+            CreateTopicsRequest::default()
+                .with_topics(topics("late", 200))
+                .with_timeout_ms(1),
+        )
+        .await;
+        let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+        let created = codes.iter().take_while(|&&c| c == codes::NONE).count();
+        assert!(created < codes.len(), "{codes:?}");
+        assert!(
+            codes[created..]
+                .iter()
+                .all(|&c| c == codes::REQUEST_TIMED_OUT),
+            "{codes:?}"
+        );
+        for (i, t) in r.topics.iter().enumerate() {
+            assert_eq!(
+                ctx.storage.topic(&t.name).is_some(),
+                i < created,
+                "{codes:?}"
+            );
+        }
+        let message = r.topics[created].error_message.as_deref().unwrap();
+        assert!(message.contains("timeout (1 ms)"), "{message}");
+        for timeout_ms in [0, 600_000] {
+            let prefix = format!("t{timeout_ms}-");
+            let r = create(
+                &ctx,
+                CreateTopicsRequest::default()
+                    .with_topics(topics(&prefix, 2))
+                    .with_timeout_ms(timeout_ms),
+            )
+            .await;
+            assert!(r.topics.iter().all(|t| t.error_code == codes::NONE));
+        }
     }
 
     /// Kafka names a topic's metrics with its `.` made `_`, and refuses a
