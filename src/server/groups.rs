@@ -1163,6 +1163,20 @@ impl Group {
             || !self.pending_members.is_empty()
     }
 
+    /// Whether the group holds nothing but member ids handed out with
+    /// MEMBER_ID_REQUIRED: started by such a join, it never had a member, a
+    /// protocol or a generation (see [`make_room`]).
+    fn only_handed_out_ids(&self) -> bool {
+        self.state == State::Empty
+            && self.generation == 0
+            && self.protocol_type.is_none()
+            && self.members.is_empty()
+            && self.pending_joins.is_empty()
+            && self.pending_syncs.is_empty()
+            && self.committing.is_empty()
+            && !self.pending_members.is_empty()
+    }
+
     /// The metadata a consumer group's members sent for the group's protocol,
     /// to be read by [`subscribed_topics`] once the coordinator's lock is let
     /// go (a member's metadata may be as large as a request); `None` for a
@@ -1491,6 +1505,33 @@ fn max_groups() -> usize {
         return n;
     }
     MAX_GROUPS
+}
+
+/// Makes room for a new group among the [`MAX_GROUPS`] in use by forgetting
+/// the group holding nothing but member ids handed out with
+/// MEMBER_ID_REQUIRED ([`Group::only_handed_out_ids`]) whose ids lapse
+/// first. Returns whether it forgot one.
+///
+/// A client sending JoinGroups to new group ids, each answered
+/// MEMBER_ID_REQUIRED, filled the groups in use with such groups in
+/// seconds, and every new group was then refused for as long as their ids
+/// took to lapse (up to 30 minutes). A client given one of the forgotten
+/// ids joins with it, is answered UNKNOWN_MEMBER_ID, and starts again
+/// without one, as clients do; its id was minted a moment before, so only
+/// a flood of new ids can take its place first.
+fn make_room(groups: &mut HashMap<String, Group>) -> bool {
+    let oldest = groups
+        .iter()
+        .filter(|(_, g)| g.only_handed_out_ids())
+        .filter_map(|(name, g)| Some((g.pending_members.values().min()?, name)))
+        .min()
+        .map(|(_, name)| name.clone());
+    let Some(name) = oldest else {
+        return false;
+    };
+    groups.remove(&name);
+    crate::log_limit::limited!(warn, group = %Shown(&name), "forgot a group holding only member ids handed out with MEMBER_ID_REQUIRED, to make room for a new group: the coordinator holds {} groups in use, its most", max_groups());
+    true
 }
 
 /// A JoinGroup request's parameters.
@@ -1912,6 +1953,7 @@ impl GroupCoordinator {
             // committed positions, for days, takes no place.
             if groups.len() >= max_groups()
                 && groups.values().filter(|g| g.in_use()).count() >= max_groups()
+                && !make_room(&mut groups)
             {
                 crate::log_limit::limited!(warn, group = %Shown(&req.group), groups = groups.len(), "JoinGroup refused: the coordinator holds {} groups in use (with members, joins or handed-out member ids), its most; each leaves that count once its members' sessions and handed-out ids lapse", max_groups());
                 let _ = tx.send(JoinResult::error(
@@ -4747,11 +4789,11 @@ mod tests {
         assert_eq!(j.error, codes::NONE, "a new group refused for an idle one");
     }
 
-    /// A JoinGroup that would start a group past `MAX_GROUPS` (here 3) is
-    /// answered COORDINATOR_NOT_AVAILABLE and leaves nothing behind; joins
-    /// to the groups held go on, and a group forgotten makes room again.
-    /// Before, each JoinGroup to a new group id answered MEMBER_ID_REQUIRED
-    /// left a group behind, without bound.
+    /// A JoinGroup that would start a group past `MAX_GROUPS` (here 3) in
+    /// use by members is answered COORDINATOR_NOT_AVAILABLE and leaves
+    /// nothing behind; joins to the groups held go on, and a group forgotten
+    /// makes room again. Before, each JoinGroup to a new group id answered
+    /// MEMBER_ID_REQUIRED left a group behind, without bound.
     #[test]
     fn joins_past_the_most_groups_are_refused_until_one_is_forgotten() {
         TEST_MAX_GROUPS.with(|m| m.set(Some(3)));
@@ -4767,26 +4809,84 @@ mod tests {
         };
         let mut ids = Vec::new();
         for g in ["a", "b", "c"] {
-            let j = ask(g);
-            assert_eq!(j.error, codes::MEMBER_ID_REQUIRED, "{g}");
+            let j = join_in(&c, g, "", None).try_recv().unwrap();
+            assert_eq!(j.error, codes::NONE, "{g}");
             ids.push(j.member_id);
         }
         let j = ask("d");
         assert_eq!(j.error, codes::COORDINATOR_NOT_AVAILABLE);
         assert!(!c.holds("d"));
-        // A group held takes its member.
-        let j = join_in(&c, "a", &ids[0], None).try_recv().unwrap();
-        assert_eq!(j.error, codes::NONE);
-        // One forgotten (no member, its handed-out id lapsed) makes room.
-        {
-            let mut groups = c.lock();
-            let b = groups.get_mut("b").unwrap();
-            b.pending_members.clear();
-        }
+        // A group held takes another member.
+        let j = join_in(&c, "a", "", None).try_recv();
+        assert!(j.is_err() || j.unwrap().error == codes::NONE);
+        // One forgotten (its member gone) makes room.
+        assert_eq!(c.leave("b", &[ids[1].clone()]), Ok(vec![codes::NONE]));
         let offsets = tempfile::tempdir().unwrap();
         let store = OffsetStore::open(offsets.path().to_path_buf()).unwrap();
         assert!(c.forget_if_empty("b", &store));
         assert_eq!(ask("d").error, codes::MEMBER_ID_REQUIRED);
+        TEST_MAX_GROUPS.with(|m| m.set(None));
+    }
+
+    /// Groups holding nothing but member ids handed out with
+    /// MEMBER_ID_REQUIRED do not keep a new group out: at the most groups,
+    /// the one whose ids lapse first is forgotten to make room. A client
+    /// sending JoinGroups to new group ids filled the groups in use in
+    /// seconds, and every new group was refused for as long as their ids
+    /// took to lapse (up to 30 minutes).
+    #[test]
+    fn groups_of_handed_out_ids_alone_make_room_for_a_new_group() {
+        TEST_MAX_GROUPS.with(|m| m.set(Some(3)));
+        let c = coordinator();
+        let ask = |group: &str, member: &str| {
+            c.join(JoinRequest {
+                group: group.into(),
+                require_known_member_id: true,
+                ..req(member)
+            })
+            .try_recv()
+            .unwrap()
+        };
+        let member = join_in(&c, "real", "", None).try_recv().unwrap();
+        assert_eq!(member.error, codes::NONE);
+        let first = ask("flood-1", "");
+        std::thread::sleep(Duration::from_millis(2));
+        let second = ask("flood-2", "");
+        assert_eq!(
+            (first.error, second.error),
+            (codes::MEMBER_ID_REQUIRED, codes::MEMBER_ID_REQUIRED)
+        );
+        let mine = ask("mine", "");
+        assert_eq!(mine.error, codes::MEMBER_ID_REQUIRED, "room made");
+        assert!(!c.holds("flood-1"), "the oldest ids' group forgotten");
+        assert!(c.holds("flood-2") && c.holds("real"));
+        assert_eq!(
+            ask("flood-1", &first.member_id).error,
+            codes::UNKNOWN_MEMBER_ID
+        );
+        // The member given an id joins with it.
+        let j = c
+            .join(JoinRequest {
+                group: "mine".into(),
+                ..req(&mine.member_id)
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(j.error, codes::NONE);
+        let j = ask("another", "");
+        assert_eq!(j.error, codes::MEMBER_ID_REQUIRED, "flood-2 forgotten");
+        assert!(!c.holds("flood-2"));
+        // Groups in use by members are never forgotten so.
+        let joined = c
+            .join(JoinRequest {
+                group: "another".into(),
+                ..req(&j.member_id)
+            })
+            .try_recv()
+            .unwrap();
+        assert_eq!(joined.error, codes::NONE);
+        assert_eq!(ask("more", "").error, codes::COORDINATOR_NOT_AVAILABLE);
+        assert!(c.holds("real") && c.holds("mine") && c.holds("another"));
         TEST_MAX_GROUPS.with(|m| m.set(None));
     }
 
