@@ -660,8 +660,15 @@ where
     T: std::str::FromStr + Clone + Send + Sync + 'static,
 {
     move |s: &str| {
-        s.parse::<T>()
-            .map_err(|_| format!("accepted values: {accepted}"))
+        s.parse::<T>().map_err(|_| {
+            // Digits alone that do not parse: more than the type holds.
+            let digits = s.strip_prefix('+').unwrap_or(s);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                format!("too large a number; accepted values: {accepted}")
+            } else {
+                format!("accepted values: {accepted}")
+            }
+        })
     }
 }
 
@@ -1629,7 +1636,7 @@ mod tests {
                 continue;
             }
             let flag = format!("--{long}");
-            for bad in ["-1", "x", "1.5", ""] {
+            for bad in ["-1", "x", "1.5", "", "99999999999999999999"] {
                 let Err(e) = Cli::try_parse_args(["streamline", &flag, bad]) else {
                     continue; // text, a path, or a valid number
                 };
@@ -1648,6 +1655,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("accepted values: IP:PORT"), "{e}");
+        let e = Cli::try_parse_args(["streamline", "--checkpoint-ms", "18446744073709551616"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large a number; accepted values"), "{e}");
     }
 
     #[test]

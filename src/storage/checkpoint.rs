@@ -313,8 +313,15 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
     let topics = shared.topic_list();
     let (mut segments, mut bytes) = (0, 0);
     let mut failed = None;
-    for listed in topics {
+    'topics: for listed in topics {
         for p in &listed.partitions {
+            // A shutdown waits for the pass (it joins this thread), which
+            // over many partitions, each with its fsyncs, may take long: a
+            // supervisor's grace period could end in a SIGKILL. The rest is
+            // left for the next start's pass.
+            if shared.closing.load(Ordering::Acquire) {
+                break 'topics;
+            }
             if p.is_deleted() {
                 continue;
             }

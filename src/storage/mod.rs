@@ -6715,6 +6715,32 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// A retention pass stops once the broker is closing: a shutdown joins
+    /// the thread running it, and waited for the whole pass, each partition
+    /// with expired segments costing its fsyncs.
+    #[test]
+    fn a_retention_pass_stops_once_the_broker_is_closing() {
+        use crate::storage::checkpoint::AFTER_PARTITION_RETENTION;
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 20).unwrap();
+        let shared = Arc::clone(&m.shared);
+        let visited = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&visited);
+        AFTER_PARTITION_RETENTION.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                shared.closing.store(true, Ordering::Release);
+            }));
+        });
+        let passed = checkpoint::retention(&m.shared);
+        AFTER_PARTITION_RETENTION.with(|h| h.borrow_mut().take());
+        passed.unwrap();
+        assert_eq!(visited.load(Ordering::SeqCst), 1);
+        m.shared.closing.store(false, Ordering::Release);
+        m.shutdown().unwrap();
+    }
+
     /// A retention pass reads each partition's topic configs afresh: a change
     /// answered during the pass (here a retention.ms of -1, keep forever,
     /// after partition 0) is in force for the partitions after it. Before, the

@@ -129,7 +129,12 @@ pub struct OffsetStore {
     /// (see [`OffsetStore::store_as`]): until a directory fsync succeeds
     /// after them, a power loss may bring back what they replaced, so every
     /// removal of positions makes one first.
-    unsynced_renames: std::sync::atomic::AtomicU64,
+    renames_unsynced: std::sync::atomic::AtomicU64,
+    /// The most of `renames_unsynced` a directory fsync that succeeded is
+    /// known to cover: one that began after the count was read covers every
+    /// rename counted by then. Both only grow, so a failure counted while a
+    /// fsync ran is never taken for covered.
+    renames_synced: std::sync::atomic::AtomicU64,
 }
 
 /// A group listed in [`OffsetStore::first_commits`] while its first commit is
@@ -184,13 +189,19 @@ impl GroupLocks {
 
     /// The lock of `group`.
     pub(crate) fn lock(&self, group: &str) -> MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
         #[cfg(test)]
         self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.locks[self.index(group)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Which of the locks is `group`'s.
+    fn index(&self, group: &str) -> usize {
+        use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         group.hash(&mut h);
-        let i = (h.finish() % self.locks.len() as u64) as usize;
-        self.locks[i].lock().unwrap_or_else(PoisonError::into_inner)
+        (h.finish() % self.locks.len() as u64) as usize
     }
 
     /// Calls of [`GroupLocks::lock`] so far (tests).
@@ -290,6 +301,10 @@ thread_local! {
     /// thread, once it has listed the groups it goes through.
     static AFTER_GROUPS_LISTED: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
         const { std::cell::RefCell::new(None) };
+    /// Run once by the next [`OffsetStore::store_as`] on this thread, once
+    /// its file is written.
+    static AFTER_STORE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl OffsetStore {
@@ -378,7 +393,8 @@ impl OffsetStore {
             groups: Mutex::new(groups),
             writers: GroupLocks::new(),
             first_commits: Mutex::new(std::collections::HashSet::new()),
-            unsynced_renames: std::sync::atomic::AtomicU64::new(0),
+            renames_unsynced: std::sync::atomic::AtomicU64::new(0),
+            renames_synced: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -408,7 +424,7 @@ impl OffsetStore {
     /// the members whose group this is); `None` keeps what was recorded before.
     ///
     /// # Errors
-    /// I/O errors; the in-memory state is unchanged then.
+    /// I/O errors; as [`OffsetStore::commit_where`].
     pub fn commit(
         &self,
         group: &str,
@@ -479,53 +495,53 @@ impl OffsetStore {
     /// nothing to remove in memory and write nothing, and a start brought
     /// them back (an OffsetDelete answered NONE, or a deleted topic's
     /// positions applied to a new topic of its name). A failed directory fsync
-    /// is then still the error, and is counted in `unsynced_renames`.
+    /// is then still the error, and is counted in `renames_unsynced`.
     ///
     /// # Errors
     /// I/O errors, naming the file or directory.
     fn store_as(&self, group: &str, next: GroupOffsets) -> Result<()> {
         use std::sync::atomic::Ordering;
-        let unsynced = self.unsynced_renames.load(Ordering::Acquire);
+        let counted = self.renames_unsynced.load(Ordering::Acquire);
         let failed = self.store(group, &next)?;
+        #[cfg(test)]
+        if let Some(hook) = AFTER_STORE.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
         self.lock().insert(group.to_string(), Arc::new(next));
         match failed {
             None => {
                 // Its directory fsync came after every rename counted then.
-                if unsynced > 0 {
-                    let _ = self.unsynced_renames.compare_exchange(
-                        unsynced,
-                        0,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    );
-                }
+                self.renames_synced.fetch_max(counted, Ordering::AcqRel);
                 Ok(())
             }
             Some(e) => {
-                self.unsynced_renames.fetch_add(1, Ordering::AcqRel);
+                self.renames_unsynced.fetch_add(1, Ordering::AcqRel);
                 Err(e)
             }
         }
     }
 
-    /// Makes the renames counted in `unsynced_renames` durable, with a
-    /// directory fsync, when there are any.
+    /// Makes the renames counted in `renames_unsynced` durable, with a
+    /// directory fsync, when any is not known to be.
     ///
     /// # Errors
     /// The fsync's.
     fn sync_renames(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
-        let unsynced = self.unsynced_renames.load(Ordering::Acquire);
-        if unsynced > 0 {
+        let counted = self.renames_unsynced.load(Ordering::Acquire);
+        if counted > self.renames_synced.load(Ordering::Acquire) {
             crate::wal::files::sync_dir(&self.dir)?;
-            let _ = self.unsynced_renames.compare_exchange(
-                unsynced,
-                0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            self.renames_synced.fetch_max(counted, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Whether a rename counted in `renames_unsynced` is not known to be
+    /// durable (tests).
+    #[cfg(test)]
+    fn renames_pending(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.renames_unsynced.load(Ordering::Acquire) > self.renames_synced.load(Ordering::Acquire)
     }
 
     /// Writes `group`'s file (atomic replace); `Some` for a failure after the
@@ -565,7 +581,9 @@ impl OffsetStore {
     /// lock holds up the commits of every group sharing it meanwhile).
     ///
     /// # Errors
-    /// I/O errors; the positions are kept then.
+    /// I/O errors. The positions are kept when the file was not replaced;
+    /// once it was, they are gone, as from the file (see
+    /// [`OffsetStore::store_as`]).
     pub fn delete_positions_where(
         &self,
         group: &str,
@@ -603,7 +621,9 @@ impl OffsetStore {
     /// how many positions were deleted; 0 for a group with a protocol type.
     ///
     /// # Errors
-    /// I/O errors; the positions are kept then.
+    /// I/O errors. The positions are kept when the file was not replaced;
+    /// once it was, they are gone, as from the file (see
+    /// [`OffsetStore::store_as`]).
     pub fn expire_simple(&self, group: &str, stale: impl Fn(Moment) -> bool) -> Result<usize> {
         self.remove_positions(group, |g| g.protocol_type.is_none(), |_, at| !stale(*at))
     }
@@ -618,7 +638,9 @@ impl OffsetStore {
     /// to a topic while the expiry waited for the lock keeps its positions.
     ///
     /// # Errors
-    /// I/O errors; the positions are kept then.
+    /// I/O errors. The positions are kept when the file was not replaced;
+    /// once it was, they are gone, as from the file (see
+    /// [`OffsetStore::store_as`]).
     pub fn expire_unsubscribed(
         &self,
         group: &str,
@@ -828,9 +850,10 @@ impl OffsetStore {
     /// (it comes back after a power loss, or stays gone after a restart): the
     /// removal was not done, and whoever removes the group again (a deletion
     /// sent again, the next expiry) finds it and fsyncs the directory again,
-    /// the file being gone already, before the group is answered deleted. As a
-    /// commit whose file was renamed into place before its directory fsync
-    /// failed leaves the positions it replaced.
+    /// the file being gone already, before the group is answered deleted.
+    /// (The reverse of a rewrite renamed into place, which is in force at
+    /// once, see [`OffsetStore::store_as`]: here the state in memory is the
+    /// larger, so that the removal is tried again.)
     fn delete_file(&self, group: &str) -> Result<()> {
         let path = self.dir.join(file_name(group));
         match crate::wal::files::remove(&path) {
@@ -1088,7 +1111,6 @@ mod tests {
     #[test]
     fn a_commit_renamed_before_its_directory_fsync_failed_is_in_force() {
         use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
-        use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
         let s = OffsetStore::open(dir.path().to_path_buf()).unwrap();
         s.commit("g", Some("consumer"), vec![committed(0, 1)])
@@ -1100,17 +1122,13 @@ mod tests {
             .commit("g", Some("consumer"), vec![committed(1, 5)])
             .is_err());
         assert_eq!(s.fetch("g", "t", 1).map(|c| c.offset), Some(5), "in force");
-        assert_eq!(s.unsynced_renames.load(Ordering::Relaxed), 1);
+        assert!(s.renames_pending());
         let which: HashSet<(String, i32)> = [("t".to_string(), 1)].into_iter().collect();
         assert_eq!(
             s.delete_positions_where("g", &which, |_| true).unwrap().0,
             1
         );
-        assert_eq!(
-            s.unsynced_renames.load(Ordering::Relaxed),
-            0,
-            "synced since"
-        );
+        assert!(!s.renames_pending(), "synced since");
 
         // A first commit so: the group is known, to a delete of it too.
         fail_next();
@@ -1118,13 +1136,51 @@ mod tests {
         assert_eq!(s.fetch("h", "t", 0).map(|c| c.offset), Some(7));
         // A removal with nothing to remove syncs the rename.
         assert_eq!(s.delete_topic_positions(|t| t == "other").unwrap(), 0);
-        assert_eq!(s.unsynced_renames.load(Ordering::Relaxed), 0);
+        assert!(!s.renames_pending());
         assert!(s.delete("h").unwrap());
         drop(s);
         let s = OffsetStore::open(dir.path().to_path_buf()).unwrap();
         assert_eq!(s.fetch("g", "t", 1).map(|c| c.offset), None, "deleted");
         assert_eq!(s.fetch("g", "t", 0).map(|c| c.offset), Some(1));
         assert!(s.group("h").is_none(), "deleted");
+    }
+
+    /// A rename whose directory fsync failed while another group's write was
+    /// under way stays counted as not durable when that write's own fsync
+    /// succeeds: that fsync came before the rename. One count reset by
+    /// compare-and-swap took it for covered when a sync in between had
+    /// brought the count back to the value the write read.
+    #[test]
+    fn a_rename_counted_during_another_groups_write_stays_pending() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(OffsetStore::open(dir.path().to_path_buf()).unwrap());
+        let fail_next =
+            || INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        fail_next();
+        assert!(s.commit("x", None, vec![committed(0, 1)]).is_err());
+        assert!(s.renames_pending());
+        // A group under another writer lock than "a".
+        let other = (0..)
+            .map(|i| format!("b{i}"))
+            .find(|b| s.writers.index(b) != s.writers.index("a"))
+            .unwrap();
+        let during = Arc::clone(&s);
+        AFTER_STORE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                // Once "a"'s write (and its directory fsync) is done: a sync,
+                // then a rename of another group that is not synced.
+                during.sync_renames().unwrap();
+                assert!(!during.renames_pending());
+                fail_next();
+                assert!(during.commit(&other, None, vec![committed(0, 2)]).is_err());
+            }));
+        });
+        s.commit("a", None, vec![committed(0, 3)]).unwrap();
+        assert!(
+            s.renames_pending(),
+            "the other group's rename taken for synced"
+        );
     }
 
     fn committed(p: i32, o: i64) -> Committed {

@@ -2423,7 +2423,6 @@ impl Partition {
         Ok(true)
     }
 
-    /// Opens the compacted copy [`segment::install_swap`] put in place at `base`.
     /// Puts the compacted copy at `base` in place of its group's segments
     /// (see [`segment::install_swap`]); when that fails short of file
     /// descriptors, it tries again as [`Partition::create_rolled`] does, from
@@ -2432,8 +2431,18 @@ impl Partition {
     fn install_swap(&self, base: i64, merged: &[i64]) -> Result<()> {
         let mut first = true;
         self.short_of_fds_retry(base, "putting a compacted copy in place", || {
-            let cleaning = self.dir.join(segment::cleaning_names(base).0);
-            let done = if std::mem::take(&mut first) || cleaning.exists() {
+            // Again from the start while the copy has its `.cleaning` name. A
+            // stat that fails otherwise than NotFound is the error (taken for
+            // absence, the resume would load the old segment as the copy).
+            let from_start = std::mem::take(&mut first) || {
+                let cleaning = self.dir.join(segment::cleaning_names(base).0);
+                match std::fs::symlink_metadata(&cleaning) {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(Error::io("stat", &cleaning, e)),
+                }
+            };
+            let done = if from_start {
                 segment::install_swap(&self.dir, base, merged)
             } else {
                 segment::resume_swap(&self.dir, base, merged)
@@ -2484,6 +2493,7 @@ impl Partition {
         }
     }
 
+    /// Opens the compacted copy [`segment::install_swap`] put in place at `base`.
     fn load_installed(&self, base: i64) -> Result<Segment> {
         #[cfg(test)]
         injected_emfile(&self.fail_swap_loads, &self.dir)?;

@@ -377,9 +377,10 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
             // (they look the coordinator up again and send the commit again),
             // while the Java consumer's `commitSync` fails for good on
             // KAFKA_STORAGE_ERROR. The store keeps the positions it held
-            // before a failed write, even one whose file was renamed into
-            // place before its directory fsync failed, so the commit sent
-            // again is written again, directory fsync included.
+            // before a write that failed before its rename; one whose file
+            // was renamed into place before its directory fsync failed is in
+            // force, as the file holds it. Either way the commit sent again
+            // is written again, directory fsync included.
             for (_, parts) in &mut results {
                 for (_, code) in parts.iter_mut() {
                     if *code == codes::NONE {
@@ -761,9 +762,12 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             // NOT_COORDINATOR for the whole request, on which the admin client
             // looks the coordinator up again and sends the request again (an
             // error of a partition it reports as that partition's outcome).
-            // A failed rewrite or removal of the group's file (its directory
-            // fsync included) leaves the positions in the store, so the
-            // request sent again deletes them again, durably.
+            // A failed removal of the group's file, or a rewrite that failed
+            // before its rename, leaves the positions in the store, so the
+            // request sent again deletes them again, durably; a rewrite
+            // renamed into place before its directory fsync failed is in
+            // force, and the request sent again finds nothing to delete but
+            // fsyncs the directory first.
             tracing::error!(group = %Shown(&group), error = %e, "deleting committed offsets failed");
             return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
