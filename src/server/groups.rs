@@ -2440,8 +2440,10 @@ impl GroupCoordinator {
     /// Every group the coordinator holds, by group id (groups known only by their
     /// committed offsets are the caller's to add).
     pub fn overview(&self) -> Vec<GroupOverview> {
-        let groups = self.lock();
-        let mut all: Vec<GroupOverview> = groups
+        // Sorted once the lock is let go: every group request waits for it,
+        // on the runtime's threads, and 100,000 groups took 65 ms to sort.
+        let mut all: Vec<GroupOverview> = self
+            .lock()
             .iter()
             .map(|(id, g)| GroupOverview {
                 group: id.clone(),
@@ -2450,7 +2452,7 @@ impl GroupCoordinator {
                 members: g.members.len(),
             })
             .collect();
-        all.sort_by(|a, b| a.group.cmp(&b.group));
+        all.sort_unstable_by(|a, b| a.group.cmp(&b.group));
         all
     }
 

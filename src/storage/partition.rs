@@ -2380,7 +2380,7 @@ impl Partition {
         }
         // The copy is in place of the group on disk from here on: the group's
         // segments in memory name files that are gone or replaced.
-        let loaded = self.short_of_fds_retry(base, "loading a compacted copy", || {
+        let loaded = self.short_of_fds_retry(base, "the load of a compacted copy", || {
             self.load_installed(base)
         });
         let mut seg = match loaded {
@@ -2430,7 +2430,7 @@ impl Partition {
     /// has left its `.cleaning` name).
     fn install_swap(&self, base: i64, merged: &[i64]) -> Result<()> {
         let mut first = true;
-        self.short_of_fds_retry(base, "putting a compacted copy in place", || {
+        self.short_of_fds_retry(base, "a compaction's swap", || {
             // Again from the start while the copy has its `.cleaning` name. A
             // stat that fails otherwise than NotFound is the error (taken for
             // absence, the resume would load the old segment as the copy).
@@ -2485,7 +2485,7 @@ impl Partition {
                         return Err(e);
                     };
                     let closed = self.open_files.release();
-                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "{what}: short of file descriptors; closing the cached read handles and trying again");
+                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "{what} is short of file descriptors: closing the cached read handles and trying again");
                     std::thread::sleep(std::time::Duration::from_millis(wait));
                 }
                 done => return done,
