@@ -2441,7 +2441,8 @@ impl GroupCoordinator {
     /// committed offsets are the caller's to add).
     pub fn overview(&self) -> Vec<GroupOverview> {
         // Sorted once the lock is let go: every group request waits for it,
-        // on the runtime's threads, and 100,000 groups took 65 ms to sort.
+        // on the runtime's threads (the whole call took 64-68 ms with
+        // 100,000 groups when it sorted under the lock).
         let mut all: Vec<GroupOverview> = self
             .lock()
             .iter()
