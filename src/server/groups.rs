@@ -369,6 +369,8 @@ struct Group {
     /// Member ids handed out with MEMBER_ID_REQUIRED, with the instant they lapse
     /// unless the member rejoins with them.
     pending_members: HashMap<String, Instant>,
+    /// When the last of `pending_members` was handed out (see [`make_room`]).
+    last_handed_out: Option<Instant>,
     rebalance_deadline: Option<Instant>,
     /// The rebalance of a group that was `Empty` waiting for more members to
     /// join before it may complete (Kafka's `InitialDelayedJoin`); ended by
@@ -463,6 +465,7 @@ impl Group {
             pending_syncs: HashMap::new(),
             committing: HashMap::new(),
             pending_members: HashMap::new(),
+            last_handed_out: None,
             rebalance_deadline: None,
             initial_join: None,
             pending_sync: HashSet::new(),
@@ -1509,8 +1512,11 @@ fn max_groups() -> usize {
 
 /// Makes room for a new group among the [`MAX_GROUPS`] in use by forgetting
 /// the group holding nothing but member ids handed out with
-/// MEMBER_ID_REQUIRED ([`Group::only_handed_out_ids`]) whose ids lapse
-/// first. Returns whether it forgot one.
+/// MEMBER_ID_REQUIRED ([`Group::only_handed_out_ids`]) whose last id was
+/// handed out first. Returns whether it forgot one. By when they were
+/// handed out, not when they lapse: the joining client sets the lapse (its
+/// session timeout, up to 30 minutes), and a flood asking long sessions made
+/// a real consumer's group, asking 10 s, the first to go every time.
 ///
 /// A client sending JoinGroups to new group ids, each answered
 /// MEMBER_ID_REQUIRED, filled the groups in use with such groups in
@@ -1523,7 +1529,7 @@ fn make_room(groups: &mut HashMap<String, Group>) -> bool {
     let oldest = groups
         .iter()
         .filter(|(_, g)| g.only_handed_out_ids())
-        .filter_map(|(name, g)| Some((g.pending_members.values().min()?, name)))
+        .filter_map(|(name, g)| Some((g.last_handed_out?, name)))
         .min()
         .map(|(_, name)| name.clone());
     let Some(name) = oldest else {
@@ -2021,6 +2027,7 @@ impl GroupCoordinator {
             if req.require_known_member_id && req.instance_id.is_none() {
                 g.pending_members
                     .insert(id.clone(), now + req.session_timeout);
+                g.last_handed_out = Some(now);
                 let _ = tx.send(JoinResult::error(codes::MEMBER_ID_REQUIRED, &id));
                 return rx;
             }
@@ -4841,15 +4848,18 @@ mod tests {
     fn groups_of_handed_out_ids_alone_make_room_for_a_new_group() {
         TEST_MAX_GROUPS.with(|m| m.set(Some(3)));
         let c = coordinator();
-        let ask = |group: &str, member: &str| {
+        // The flood asks the longest sessions; a real consumer 10 s.
+        let ask_for = |group: &str, member: &str, session_ms: u64| {
             c.join(JoinRequest {
                 group: group.into(),
                 require_known_member_id: true,
+                session_timeout: Duration::from_millis(session_ms),
                 ..req(member)
             })
             .try_recv()
             .unwrap()
         };
+        let ask = |group: &str, member: &str| ask_for(group, member, 1_800_000);
         let member = join_in(&c, "real", "", None).try_recv().unwrap();
         assert_eq!(member.error, codes::NONE);
         let first = ask("flood-1", "");
@@ -4859,30 +4869,37 @@ mod tests {
             (first.error, second.error),
             (codes::MEMBER_ID_REQUIRED, codes::MEMBER_ID_REQUIRED)
         );
-        let mine = ask("mine", "");
+        std::thread::sleep(Duration::from_millis(2));
+        let mine = ask_for("mine", "", 10_000);
         assert_eq!(mine.error, codes::MEMBER_ID_REQUIRED, "room made");
-        assert!(!c.holds("flood-1"), "the oldest ids' group forgotten");
+        assert!(!c.holds("flood-1"), "the group of the oldest ids forgotten");
         assert!(c.holds("flood-2") && c.holds("real"));
         assert_eq!(
             ask("flood-1", &first.member_id).error,
             codes::UNKNOWN_MEMBER_ID
         );
+        // The flood goes on: its own older group goes, not the one whose id
+        // lapses first.
+        assert_eq!(ask("flood-3", "").error, codes::MEMBER_ID_REQUIRED);
+        assert!(!c.holds("flood-2"));
         // The member given an id joins with it.
         let j = c
             .join(JoinRequest {
                 group: "mine".into(),
+                session_timeout: Duration::from_millis(10_000),
                 ..req(&mine.member_id)
             })
             .try_recv()
             .unwrap();
         assert_eq!(j.error, codes::NONE);
         let j = ask("another", "");
-        assert_eq!(j.error, codes::MEMBER_ID_REQUIRED, "flood-2 forgotten");
-        assert!(!c.holds("flood-2"));
+        assert_eq!(j.error, codes::MEMBER_ID_REQUIRED, "flood-3 forgotten");
+        assert!(!c.holds("flood-3"));
         // Groups in use by members are never forgotten so.
         let joined = c
             .join(JoinRequest {
                 group: "another".into(),
+                session_timeout: Duration::from_millis(1_800_000),
                 ..req(&j.member_id)
             })
             .try_recv()

@@ -314,7 +314,6 @@ impl OffsetStore {
     /// I/O errors, or [`Error::Corrupt`] for a file that does not parse.
     pub fn open(dir: PathBuf) -> Result<OffsetStore> {
         let mut groups = HashMap::new();
-        let mut renamed = false;
         for path in group_files(&dir)? {
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
@@ -374,7 +373,6 @@ impl OffsetStore {
                     ));
                 }
                 std::fs::rename(&path, &want).map_err(|e| Error::io("rename", &path, e))?;
-                renamed = true;
             }
             groups.insert(
                 f.group,
@@ -385,9 +383,12 @@ impl OffsetStore {
                 }),
             );
         }
-        if renamed {
-            crate::wal::files::sync_dir(&dir)?;
-        }
+        // Always, not only after an older build's long name was renamed: a
+        // file renamed into place (or removed) before a crash, its directory
+        // fsync not done, is loaded as the state, and a removal
+        // sent again finds nothing to remove and answers done; this makes
+        // what was loaded durable (see [`OffsetStore::store_as`]).
+        crate::wal::files::sync_dir(&dir)?;
         Ok(OffsetStore {
             dir,
             groups: Mutex::new(groups),
@@ -1181,6 +1182,46 @@ mod tests {
             s.renames_pending(),
             "the other group's rename taken for synced"
         );
+    }
+
+    /// A removal renamed into place before a crash (its directory fsync not
+    /// done) is loaded by the restart; the removal sent again finds nothing
+    /// to remove and answers done. The open now fsyncs the directory, so a
+    /// power loss after that cannot bring the positions back.
+    #[test]
+    fn a_removal_renamed_before_a_crash_is_made_durable_by_the_restart() {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups");
+        let s = OffsetStore::open(groups.clone()).unwrap();
+        s.commit(
+            "g",
+            Some("consumer"),
+            vec![committed(0, 5), committed(1, 7)],
+        )
+        .unwrap();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&groups).unwrap();
+        disk.crash_at_next_dir_sync();
+        let which: HashSet<(String, i32)> = [("t".to_string(), 0)].into_iter().collect();
+        assert!(s.delete_positions_where("g", &which, |_| true).is_err());
+        drop(s);
+        disk.restart();
+        let s = OffsetStore::open(groups.clone()).unwrap();
+        assert_eq!(s.fetch("g", "t", 0), None, "the file renamed into place");
+        assert_eq!(
+            s.delete_positions_where("g", &which, |_| true).unwrap().0,
+            0
+        );
+        drop(s);
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        let s = OffsetStore::open(groups).unwrap();
+        assert_eq!(
+            s.fetch("g", "t", 0).map(|c| c.offset),
+            None,
+            "a deletion answered done came back after a power loss"
+        );
+        assert_eq!(s.fetch("g", "t", 1).map(|c| c.offset), Some(7));
     }
 
     fn committed(p: i32, o: i64) -> Committed {
