@@ -45,15 +45,6 @@ const LOG_START_FILE: &str = "log-start-offset.json";
 /// change under it (see [`Partition::lookup`]).
 const LOOKUP_TRIES: u32 = 4;
 
-/// How long a segment roll short of file descriptors waits before each try
-/// again, in milliseconds: under 70 ms in all, in which reads in flight end
-/// and close the logs they hold.
-const ROLL_RETRY_WAITS_MS: [u64; 4] = [0, 2, 10, 50];
-
-/// Whether `e` is a shortage of file descriptors, the process's (EMFILE) or
-/// the system's (ENFILE).
-use crate::wal::files::out_of_descriptors;
-
 /// How long [`Partition::log_end_and_size_now`] waits for a `log` lock held by
 /// another (an append's write) before it gives the values last read.
 const LOCK_PATIENCE: Duration = Duration::from_millis(20);
@@ -1640,7 +1631,7 @@ impl Partition {
     /// synced. Short of file descriptors (EMFILE, ENFILE), a passing shortage
     /// (reads in flight keep the sealed logs they opened, beyond the cache's
     /// bound, until they end), it closes the cache's handles and tries again,
-    /// waiting a little longer each time ([`ROLL_RETRY_WAITS_MS`]), before it
+    /// waiting a little longer each time ([`crate::wal::files::FD_RETRY_WAITS_MS`]), before it
     /// fails, and storage with it.
     ///
     /// # Errors
@@ -2466,7 +2457,7 @@ impl Partition {
     /// Runs `op` (`what`, for the segment at `base`), and again while it
     /// fails short of file descriptors, a passing shortage (see
     /// [`Partition::create_rolled`]): each time after closing the cache's
-    /// read handles and waiting a little longer ([`ROLL_RETRY_WAITS_MS`]).
+    /// read handles and waiting a little longer ([`crate::wal::files::FD_RETRY_WAITS_MS`]).
     ///
     /// # Errors
     /// `op`'s error: another than the shortage, or the shortage's after the
@@ -2475,22 +2466,12 @@ impl Partition {
         &self,
         base: i64,
         what: &str,
-        mut op: impl FnMut() -> Result<T>,
+        op: impl FnMut() -> Result<T>,
     ) -> Result<T> {
-        let mut waits = ROLL_RETRY_WAITS_MS.iter();
-        loop {
-            match op() {
-                Err(e) if out_of_descriptors(&e) => {
-                    let Some(&wait) = waits.next() else {
-                        return Err(e);
-                    };
-                    let closed = self.open_files.release();
-                    tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "{what} is short of file descriptors: closing the cached read handles and trying again");
-                    std::thread::sleep(std::time::Duration::from_millis(wait));
-                }
-                done => return done,
-            }
-        }
+        crate::wal::files::retry_while_short_of_fds(op, |e| {
+            let closed = self.open_files.release();
+            tracing::warn!(topic = %self.topic, partition = self.index, base, error = %e, closed, "{what} is short of file descriptors: closing the cached read handles and trying again");
+        })
     }
 
     /// Opens the compacted copy [`segment::install_swap`] put in place at `base`.
@@ -6156,7 +6137,7 @@ pub(crate) mod tests {
         }
         assert_eq!(cache.len(), 3);
         // Every try but the last fails.
-        let tries = u32::try_from(ROLL_RETRY_WAITS_MS.len()).unwrap();
+        let tries = u32::try_from(crate::wal::files::FD_RETRY_WAITS_MS.len()).unwrap();
         p.fail_roll_creates.store(tries, Ordering::Relaxed);
         assert_eq!(store(&p, marked(4)), 4);
         assert_eq!(p.fail_roll_creates.load(Ordering::Relaxed), 0);

@@ -196,7 +196,26 @@ pub(crate) fn retry_fd_shortage<T>(
     what: &str,
     path: &Path,
     release: Option<&ShortageHook>,
+    op: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    retry_while_short_of_fds(op, |e| {
+        tracing::warn!(path = %path.display(), step = what, error = %e, "a WAL rotation is short of file descriptors: trying again");
+        if let Some(release) = release {
+            release.call();
+        }
+    })
+}
+
+/// Runs `op`, and again while it fails short of file descriptors (EMFILE,
+/// ENFILE), calling `before_retry` with the error and then waiting a little
+/// longer each time ([`FD_RETRY_WAITS_MS`]): the loop of
+/// [`retry_fd_shortage`] and of storage's segment rolls and compaction swaps.
+///
+/// # Errors
+/// `op`'s, the shortage's after the last try.
+pub(crate) fn retry_while_short_of_fds<T>(
     mut op: impl FnMut() -> Result<T>,
+    mut before_retry: impl FnMut(&Error),
 ) -> Result<T> {
     let mut waits = FD_RETRY_WAITS_MS.iter();
     loop {
@@ -205,10 +224,7 @@ pub(crate) fn retry_fd_shortage<T>(
                 let Some(&wait) = waits.next() else {
                     return Err(e);
                 };
-                tracing::warn!(path = %path.display(), step = what, error = %e, "a WAL rotation is short of file descriptors: trying again");
-                if let Some(release) = release {
-                    release.call();
-                }
+                before_retry(&e);
                 std::thread::sleep(std::time::Duration::from_millis(wait));
             }
             done => return done,
