@@ -97,6 +97,8 @@ pub mod codes {
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    /// An incremental Fetch named a fetch session the broker does not hold.
+    pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
     pub const SECURITY_DISABLED: i16 = 54;
     pub const RESOURCE_NOT_FOUND: i16 = 91;
     pub const DUPLICATE_RESOURCE: i16 = 92;

@@ -440,6 +440,17 @@ fn must_read(seen: &[Option<(i64, i64)>], now: &[Option<(i64, i64)>]) -> bool {
 /// A Fetch: the response, and the lease on the Fetch memory budget that its
 /// records hold until it is written.
 pub(crate) async fn fetch(ctx: &Ctx, req: FetchRequest, version: i16) -> (FetchResponse, Lease) {
+    // An incremental fetch (session epoch above 0, or below -1) names a
+    // session, and this broker opens none (every answer has session id 0):
+    // as Kafka answers one it does not hold, FETCH_SESSION_ID_NOT_FOUND, and
+    // the client starts again with a full fetch. Answered as a full fetch,
+    // the partitions it left out as unchanged would have gone unanswered.
+    if version >= 7 && !matches!(req.session_epoch, 0 | -1) {
+        let response = FetchResponse::default()
+            .with_error_code(codes::FETCH_SESSION_ID_NOT_FOUND)
+            .with_session_id(0);
+        return (response, ctx.fetch_memory.take_up_to(0));
+    }
     // Each partition is read and answered once, the first time the request
     // names it: a long poll reads every partition again at each change, so
     // repeats would multiply that work.
@@ -678,8 +689,25 @@ pub(crate) async fn list_offsets(
     } else {
         None
     };
+    // Kept to answer every partition asked for should the lookups' task fail.
+    let asked: Vec<(TopicName, Vec<i32>)> = req
+        .topics
+        .iter()
+        .map(|t| {
+            let parts = t.partitions.iter().map(|p| p.partition_index).collect();
+            (t.name.clone(), parts)
+        })
+        .collect();
     let topics = tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        #[cfg(test)]
+        if req
+            .topics
+            .iter()
+            .any(|t| t.name.0.as_str() == PANICKING_TOPIC)
+        {
+            panic!("list offsets task panicked (test)");
+        }
         // As Kafka does, every mention of a partition named more than once is
         // answered INVALID_REQUEST, without a lookup.
         let mut seen = HashSet::new();
@@ -724,9 +752,38 @@ pub(crate) async fn list_offsets(
             .collect::<Vec<_>>()
     })
     .await
-    .unwrap_or_default();
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "list offsets task failed");
+        // Every partition asked for is answered, as a Fetch whose read failed
+        // is: a response without them left the Java consumer's partitions
+        // waiting for a reset until it asked again, and the admin client
+        // saw partitions missing.
+        asked
+            .into_iter()
+            .map(|(name, parts)| {
+                let parts = parts
+                    .into_iter()
+                    .map(|index| {
+                        ListOffsetsPartitionResponse::default()
+                            .with_partition_index(index)
+                            .with_error_code(codes::UNKNOWN_SERVER_ERROR)
+                            .with_timestamp(-1)
+                            .with_offset(-1)
+                            .with_leader_epoch(-1)
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(name)
+                    .with_partitions(parts)
+            })
+            .collect()
+    });
     ListOffsetsResponse::default().with_topics(topics)
 }
+
+/// A topic whose ListOffsets lookups panic (tests of a failed task).
+#[cfg(test)]
+const PANICKING_TOPIC: &str = "list-offsets-panics";
 
 #[cfg(test)]
 mod tests {
@@ -1036,6 +1093,99 @@ mod tests {
         assert_eq!(ctx.metrics.fetch_reads(), 2);
         drop(ctx);
         storage.shutdown().unwrap();
+    }
+
+    /// A Fetch naming a session with an incremental epoch is answered
+    /// FETCH_SESSION_ID_NOT_FOUND, as Kafka answers a session it does not
+    /// hold, and the client starts again with a full fetch. Before, it was
+    /// answered as a full fetch of the partitions it listed, leaving out
+    /// those it had not sent as unchanged. A full fetch (epoch 0 or -1)
+    /// naming a session is served, as Kafka closes that session and serves it.
+    #[test]
+    fn an_incremental_fetch_names_a_session_the_broker_does_not_hold() {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        t.produce("t", 0, &make_batch(0, &[b"v"]));
+        let fetch_at = |session_id: i32, session_epoch: i32, version: i16| {
+            let req = FetchRequest::default()
+                .with_max_bytes(1 << 20)
+                .with_session_id(session_id)
+                .with_session_epoch(session_epoch)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(0)
+                        .with_partition_max_bytes(1 << 20)])]);
+            t.polls.block_on(fetch(&t.ctx, req, version)).0
+        };
+        for epoch in [1, 7, -2] {
+            let r = fetch_at(5, epoch, 12);
+            assert_eq!(
+                r.error_code,
+                codes::FETCH_SESSION_ID_NOT_FOUND,
+                "epoch {epoch}"
+            );
+            assert!(r.responses.is_empty());
+        }
+        for (session, epoch, version) in [(5, 0, 12), (5, -1, 12), (0, 0, 12), (5, 3, 6)] {
+            let r = fetch_at(session, epoch, version);
+            assert_eq!(r.error_code, codes::NONE, "{session} {epoch} v{version}");
+            assert_eq!(r.responses[0].partitions[0].high_watermark, 1);
+        }
+    }
+
+    /// A ListOffsets whose lookups' task failed answers every partition it
+    /// named UNKNOWN_SERVER_ERROR, as a Fetch whose read failed does.
+    /// Before, it answered no topic at all.
+    #[test]
+    fn a_failed_list_offsets_task_answers_every_partition() {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        let t = Polls::new();
+        let topic = |name: &'static str, parts: &[i32]| {
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(name)))
+                .with_partitions(
+                    parts
+                        .iter()
+                        .map(|&p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(0)
+                        })
+                        .collect(),
+                )
+        };
+        let req = ListOffsetsRequest::default()
+            .with_topics(vec![topic("other", &[0]), topic(PANICKING_TOPIC, &[0, 2])]);
+        let r = t.polls.block_on(list_offsets(&t.ctx, req, 4));
+        let answered: Vec<(&str, i32, i16, i64, i32)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    let name = t.name.0.as_str();
+                    (
+                        name,
+                        p.partition_index,
+                        p.error_code,
+                        p.offset,
+                        p.leader_epoch,
+                    )
+                })
+            })
+            .collect();
+        let failed = codes::UNKNOWN_SERVER_ERROR;
+        assert_eq!(
+            answered,
+            [
+                ("other", 0, failed, -1, -1),
+                (PANICKING_TOPIC, 0, failed, -1, -1),
+                (PANICKING_TOPIC, 2, failed, -1, -1)
+            ]
+        );
     }
 
     /// Read passes beyond `READS_AT_ONCE` wait, without a blocking thread,
