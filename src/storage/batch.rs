@@ -77,6 +77,9 @@ pub enum BatchError {
     /// A produced partition holds more than one batch, or bytes after its
     /// batch (Produce v3 and later carry exactly one batch per partition).
     MultipleBatches,
+    /// A produced batch whose base offset is not 0: clients send 0, and
+    /// Kafka refuses any other (`UnifiedLog.analyzeAndValidateRecords`).
+    BaseOffset(i64),
     /// A batch from an idempotent producer (producer id 0 or more) without a
     /// sequence number.
     NoSequence {
@@ -147,6 +150,10 @@ impl std::fmt::Display for BatchError {
             BatchError::MultipleBatches => write!(
                 f,
                 "a produce request holds exactly one record batch per partition, and nothing after it"
+            ),
+            BatchError::BaseOffset(o) => write!(
+                f,
+                "the base offset of a produced record batch should be 0, but it is {o}"
             ),
             BatchError::NoSequence {
                 producer_id,
@@ -412,12 +419,12 @@ pub fn validation_may_block(buf: &[u8]) -> bool {
 
 /// Validates the records produced to one partition, as Kafka's `LogValidator`
 /// does: exactly one whole batch (RecordBatch v2) and nothing after it; its CRC
-/// and codec; a record count of at least one equal to `lastOffsetDelta + 1`; a
-/// base sequence for a producer id of 0 or more; and every record, walked once
-/// (decompressed first for a compressed batch): length prefixes and fields in
-/// bounds, offset deltas `0..count` in order, exactly `count` records filling
-/// the batch. Record offsets are never computed from the batch's base offset,
-/// which the client sets and the CRC does not cover. Nothing is allocated per
+/// and codec; a base offset of 0; a record count of at least one equal to
+/// `lastOffsetDelta + 1`; a base sequence for a producer id of 0 or more; and
+/// every record, walked once (decompressed first for a compressed batch):
+/// length prefixes and fields in bounds, offset deltas `0..count` in order,
+/// exactly `count` records filling the batch. The broker assigns the batch's
+/// offsets. Nothing is allocated per
 /// record; a compressed batch is decompressed within the broker's budget (see
 /// [`payload`]), so it may block while other decompressions hold it.
 ///
@@ -443,6 +450,11 @@ pub fn validate_produce_by(
         return Err(BatchError::MultipleBatches);
     }
     let info = validate(buf)?;
+    // The CRC does not cover it; a batch failing both is answered
+    // CORRUPT_MESSAGE, which clients retry.
+    if info.base_offset != 0 {
+        return Err(BatchError::BaseOffset(info.base_offset));
+    }
     let count = be_i32(buf, COUNT_OFFSET).ok_or(BatchError::Truncated)?;
     if i64::from(info.last_offset_delta) != i64::from(count) - 1 {
         return Err(BatchError::BadCount {

@@ -223,6 +223,8 @@ pub enum ProduceError {
     ShuttingDown,
     /// The request's `acks` is not -1, 0 or 1.
     InvalidAcks,
+    /// The request names the partition more than once.
+    NamedTwice,
     /// Records the topic cannot take: ones without a key, produced to a
     /// compacted topic.
     InvalidRecord {

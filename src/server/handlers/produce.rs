@@ -3,7 +3,7 @@
 //! a partition failed: then the connection closes).
 
 use crate::log_limit::{LogLimit, Refused, Shown};
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use kafka_protocol::{
     messages::{
@@ -50,6 +50,7 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
         ProduceError::InvalidAcks => codes::INVALID_REQUIRED_ACKS,
+        ProduceError::NamedTwice => codes::INVALID_REQUEST,
         ProduceError::OutOfOrderSequence(_) => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ProduceError::InvalidProducerEpoch(_) => codes::INVALID_PRODUCER_EPOCH,
         ProduceError::Transactional => codes::INVALID_TXN_STATE,
@@ -71,6 +72,10 @@ fn message(e: &ProduceError) -> String {
         ProduceError::Timeout => "timed out waiting for write capacity".into(),
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
+        ProduceError::NamedTwice => {
+            "the partition is named more than once in the request: none of its batches is stored"
+                .into()
+        }
         ProduceError::OutOfOrderSequence(m) | ProduceError::InvalidProducerEpoch(m) => m.clone(),
         ProduceError::Transactional => "transactions are not supported".into(),
         ProduceError::ControlBatch => "Clients are not allowed to write control records".into(),
@@ -192,12 +197,32 @@ pub(crate) async fn handle(
     let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
     let (mut unknown, mut refused) = (Refused::default(), Refused::default());
     let mut out_of_line = false;
+    // A partition named more than once gets INVALID_REQUEST at every mention
+    // and none of its batches is stored, as ListOffsets answers a repeat.
+    // Before, each mention's batch was stored and answered in turn. Kafka
+    // keeps the last mention alone, answered once: the batches before it
+    // dropped though the client sent them.
+    let repeated = {
+        let mut seen = HashSet::new();
+        let mut repeated = HashSet::new();
+        for t in &req.topic_data {
+            for p in &t.partition_data {
+                if !seen.insert((&t.name, p.index)) {
+                    repeated.insert((t.name.clone(), p.index));
+                }
+            }
+        }
+        repeated
+    };
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut parts = Vec::new();
         for p in topic.partition_data {
             let outcome = match &p.records {
                 _ if !matches!(acks, -1..=1) => Err(ProduceError::InvalidAcks),
+                _ if !repeated.is_empty() && repeated.contains(&(topic.name.clone(), p.index)) => {
+                    Err(ProduceError::NamedTwice)
+                }
                 // As Kafka's `ProduceRequest.validateRecords`: zstd came with
                 // Produce v7 (KIP-110); a client speaking an older version
                 // cannot have meant it, and its consumers may not read it.
@@ -497,6 +522,64 @@ mod tests {
             header.correlation_id,
             ProduceResponse::decode(&mut b, version).unwrap(),
         )
+    }
+
+    /// A partition named twice in one Produce gets INVALID_REQUEST at each
+    /// mention and none of its batches is stored; the other partitions go
+    /// on. Before, both batches were stored and answered in turn (Kafka
+    /// keeps the last alone, dropping the others unanswered).
+    #[test]
+    fn a_partition_named_twice_in_a_produce_is_refused_at_each_mention() {
+        let (_tmp, storage, ctx, rt) = with_topic(2);
+        let part = |index: i32, value: &[u8]| {
+            PartitionProduceData::default()
+                .with_index(index)
+                .with_records(Some(Bytes::from(make_batch(0, &[value]))))
+        };
+        let parts = vec![part(0, b"a"), part(1, b"x"), part(0, b"b")];
+        let frame = rt.block_on(async {
+            let (pending, _) = handle(&ctx, produce_to_t(-1, 5000, parts), 9, 7).await;
+            pending.await.frame.expect("a response")
+        });
+        let (_, r) = answer(frame, 9);
+        let answered: Vec<(i32, i16)> = r.responses[0]
+            .partition_responses
+            .iter()
+            .map(|p| (p.index, p.error_code))
+            .collect();
+        assert_eq!(
+            answered,
+            [
+                (0, codes::INVALID_REQUEST),
+                (1, codes::NONE),
+                (0, codes::INVALID_REQUEST)
+            ]
+        );
+        assert_eq!(storage.partition("t", 0).unwrap().high_watermark(), 0);
+        assert_eq!(storage.partition("t", 1).unwrap().high_watermark(), 1);
+        storage.shutdown().unwrap();
+    }
+
+    /// A batch whose base offset is not 0 is refused INVALID_RECORD, as
+    /// Kafka refuses it; before, it was stored (at the offset the broker
+    /// assigns).
+    #[test]
+    fn a_batch_with_a_base_offset_other_than_zero_is_refused() {
+        let (_tmp, storage, ctx, rt) = with_topic(1);
+        let req = produce_to_t(-1, 5000, partition_0(make_batch(1234, &[b"a"])));
+        let frame = rt.block_on(async {
+            let (pending, _) = handle(&ctx, req, 9, 7).await;
+            pending.await.frame.expect("a response")
+        });
+        let (_, r) = answer(frame, 9);
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, codes::INVALID_RECORD);
+        assert_eq!(
+            p.error_message.as_deref(),
+            Some("the base offset of a produced record batch should be 0, but it is 1234")
+        );
+        assert_eq!(storage.partition("t", 0).unwrap().high_watermark(), 0);
+        storage.shutdown().unwrap();
     }
 
     #[test]
