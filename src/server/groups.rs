@@ -539,9 +539,19 @@ impl Group {
         if ok {
             self.renames.retain(|r| !covered.contains(r));
         }
+        let longest = self.longest_rebalance_timeout();
         for (tx, j) in std::mem::take(&mut self.held_joins) {
             if !self.renames.iter().any(|(_, new)| *new == j.member_id) {
-                let answer = if self.members.contains_key(&j.member_id) {
+                let answer = if let Some(m) = self.members.get_mut(&j.member_id) {
+                    // Its session and its due SyncGroup run from its answer,
+                    // as Kafka's run from the completion it answers at once:
+                    // a member cannot heartbeat or sync before it knows its id.
+                    let now = Instant::now();
+                    m.last_seen = now;
+                    if self.pending_sync.contains(&j.member_id) {
+                        let due = now + longest;
+                        self.sync_deadline = Some(self.sync_deadline.map_or(due, |d| d.max(due)));
+                    }
                     j
                 } else {
                     JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")
@@ -612,12 +622,19 @@ impl Group {
             return Vec::new();
         }
         let (members, replacements) = (&self.members, &self.replacements);
+        // Nor is a member whose JoinGroup answer is held (see `held_joins`):
+        // it cannot sync before it knows its id.
+        let held: HashSet<&str> = self
+            .held_joins
+            .iter()
+            .map(|(_, j)| j.member_id.as_str())
+            .collect();
         let mut unsynced = Vec::new();
         self.pending_sync.retain(|id| {
             if !members.contains_key(id) {
                 return false;
             }
-            if replacements.iter().any(|r| &r.old == id) {
+            if held.contains(id.as_str()) || replacements.iter().any(|r| &r.old == id) {
                 return true;
             }
             unsynced.push(id.clone());
@@ -2900,8 +2917,16 @@ impl GroupCoordinator {
             g.pending_members.retain(|_, lapses| *lapses > now);
             // A rebalance may have waited for a lapsed one alone.
             let lapsed = g.pending_members.len() < pending && g.state == State::PreparingRebalance;
-            examined(g.replacements.len());
-            let replacing: HashSet<&str> = g.replacements.iter().map(|r| r.old.as_str()).collect();
+            examined(g.replacements.len() + g.held_joins.len());
+            // Spared too: the members whose JoinGroup answer is held until a
+            // write covers their new id's rename, who cannot heartbeat before
+            // they know it (their session restarts at the answer).
+            let spared: HashSet<&str> = g
+                .replacements
+                .iter()
+                .map(|r| r.old.as_str())
+                .chain(g.held_joins.iter().map(|(_, j)| j.member_id.as_str()))
+                .collect();
             let expired: Vec<String> = g
                 .members
                 .iter()
@@ -2923,7 +2948,7 @@ impl GroupCoordinator {
                     // stored: its instance has just joined.
                     now.duration_since(m.last_seen) > allowed && {
                         examined(2);
-                        !g.pending_joins.contains_key(*id) && !replacing.contains(id.as_str())
+                        !g.pending_joins.contains_key(*id) && !spared.contains(id.as_str())
                     }
                 })
                 .map(|(id, _)| id.clone())
@@ -5574,6 +5599,51 @@ mod tests {
         let (e, d) = (re.try_recv().unwrap(), rd.try_recv().unwrap());
         assert_eq!((e.generation, d.generation), (3, 3));
         (e, d, rs2)
+    }
+
+    /// A static member whose JoinGroup answer is held until its new id's
+    /// rename is stored is neither expired by its session nor removed for
+    /// not syncing while it waits: it cannot heartbeat or sync before it
+    /// knows its id. Its session and due SyncGroup run from the answer.
+    /// Before, a store slower than its session (a stalled disk) had the next
+    /// tick remove it, the group rebalance again, and the held answer turn
+    /// into UNKNOWN_MEMBER_ID.
+    #[test]
+    fn a_held_join_is_not_expired_while_its_answer_waits_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (_s, d) = static_group(&c, "g");
+        let (e, d, mut rs2) = rejoined_with_a_restarted_static_member(&c, &d);
+        assert!(rs2.try_recv().is_err(), "held until the rename is stored");
+        let new = c.lock()["g"]
+            .members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some("s"))
+            .map(|(id, _)| id.clone())
+            .unwrap();
+        // The followers sync; the rename's store outlasts the member's 10 s
+        // session and the group's sync deadline.
+        let _syncs = [&e, &d].map(|j| c.sync("g", 3, &j.member_id, None, vec![]));
+        assert!(c.idle_member_for("g", &new, Duration::from_secs(11)));
+        c.lock().get_mut("g").unwrap().sync_deadline =
+            Some(Instant::now().checked_sub(Duration::from_secs(1)).unwrap());
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().state, "CompletingRebalance");
+        c.store_group("g");
+        let s2 = rs2.try_recv().unwrap();
+        assert_eq!(
+            (s2.error, s2.member_id.as_str()),
+            (codes::NONE, new.as_str())
+        );
+        // Answered now, it has its whole session and rebalance timeout.
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().state, "CompletingRebalance");
+        // The leader's SyncGroup is answered once the generation is stored.
+        let mut sync = c.sync("g", 3, &new, Some("s"), vec![]);
+        c.store_group("g");
+        let sync = sync.try_recv();
+        assert!(matches!(sync, Ok((codes::NONE, _))), "{sync:?}");
+        assert_eq!(c.describe("g").unwrap().state, "Stable");
     }
 
     /// A static member replacing itself while its group rebalances gets its
