@@ -2244,14 +2244,15 @@ fn produce_and_fetch_listing_more_partitions_than_the_bound_are_refused() {
         assert!(closed(&mut c), "Fetch v{version}");
     }
 
-    // Up to the bound: every entry answered INVALID_RECORD, logged once.
+    // Up to the bound: every entry answered INVALID_REQUEST (each names
+    // partition 1 again), logged once.
     let r = send_produce(&mut ok, 9, 2, &produce_of(HALF));
     let codes: Vec<(usize, bool)> = r
         .responses
         .iter()
         .map(|t| {
             let p = &t.partition_responses;
-            (p.len(), p.iter().all(|p| p.error_code == 87))
+            (p.len(), p.iter().all(|p| p.error_code == 42))
         })
         .collect();
     assert_eq!(codes, vec![(HALF, true), (HALF, true)]);
@@ -2804,8 +2805,9 @@ fn snappy_batches_stating_more_than_they_can_hold_are_refused_without_the_memory
 /// The keyless check of a compacted topic reads every record whatever base
 /// offset the client put in the batch (the CRC does not cover it): one near
 /// `i64::MAX` used to make the record offsets overflow and the batch go in
-/// unchecked. Every record without a key is named in `record_errors`, as
-/// Kafka names them (it named only the first).
+/// unchecked (such a batch is now refused for its base offset, as Kafka
+/// refuses any but 0). Every record without a key is named in
+/// `record_errors`, as Kafka names them (it named only the first).
 #[test]
 fn compacted_topics_refuse_keyless_records_whatever_the_base_offset() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2817,20 +2819,24 @@ fn compacted_topics_refuse_keyless_records_whatever_the_base_offset() {
     );
     let at_max = |b: Bytes| patched(&b, 0, &i64::MAX.to_be_bytes());
     for (what, records, indexes) in [
-        ("keyless", at_max(batch(&["a", "b"])), vec![0, 1]),
+        ("keyless", batch(&["a", "b"]), vec![0, 1]),
         (
             "second record keyless",
-            at_max(maybe_keyed_batch(&[(Some("k"), "a"), (None, "b")])),
+            maybe_keyed_batch(&[(Some("k"), "a"), (None, "b")]),
             vec![1],
         ),
     ] {
-        let (code, base, message, errors) = produce_at(&mut s, 9, "keyed", records);
+        let (code, base, message, _) = produce_at(&mut s, 9, "keyed", at_max(records.clone()));
+        assert_eq!((code, base), (87, -1), "{what}");
+        assert!(message.contains("base offset"), "{what}: {message}");
+        let (code, base, message, errors) = produce_at(&mut s, 9, "keyed", records.to_vec());
         assert_eq!((code, base), (87, -1), "{what}");
         assert!(message.contains("without a key"), "{what}: {message}");
         assert_eq!(errors, indexes, "{what}");
     }
-    let keyed = at_max(keyed_batch(&[("k1", "a"), ("k2", "b")]));
-    assert_eq!(produce_at(&mut s, 9, "keyed", keyed).0, 0);
+    let keyed = keyed_batch(&[("k1", "a"), ("k2", "b")]);
+    assert_eq!(produce_at(&mut s, 9, "keyed", at_max(keyed.clone())).0, 87);
+    assert_eq!(produce_at(&mut s, 9, "keyed", keyed.to_vec()).0, 0);
 }
 
 /// KIP-74: only the first partition with records in a Fetch response may have

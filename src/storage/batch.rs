@@ -2317,9 +2317,9 @@ pub(crate) mod tests {
             (1, None, Some(b"no key")),
             (2, Some(b"k2"), None),
         ];
-        let b = make_keyed_batch(7, 500, recs, -1, -1, -1);
+        let b = make_keyed_batch(0, 500, recs, -1, -1, -1);
         let p = validate_produce(&b).unwrap();
-        assert_eq!((p.info.base_offset, first_keyless(&b)), (7, Some(1)));
+        assert_eq!((p.info.base_offset, first_keyless(&b)), (0, Some(1)));
         let keyed = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);
         assert_eq!(first_keyless(&keyed), None);
         // Every codec: decompressed and walked the same way.
@@ -2338,10 +2338,11 @@ pub(crate) mod tests {
                 "codec {codec}"
             );
         }
-        // The client's base offset plays no part, even at the end of the range.
+        // A base offset other than 0 is refused before any record is read
+        // (the record offsets never come from it).
         let mut max = b.clone();
         max[..8].copy_from_slice(&i64::MAX.to_be_bytes());
-        assert_eq!(first_keyless(&max), Some(1));
+        assert_eq!(validate_produce(&max).err(), Some(BatchError::BaseOffset(i64::MAX)));
 
         // Headers are walked too.
         let mut h = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);
