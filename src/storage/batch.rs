@@ -2342,7 +2342,10 @@ pub(crate) mod tests {
         // (the record offsets never come from it).
         let mut max = b.clone();
         max[..8].copy_from_slice(&i64::MAX.to_be_bytes());
-        assert_eq!(validate_produce(&max).err(), Some(BatchError::BaseOffset(i64::MAX)));
+        assert_eq!(
+            validate_produce(&max).err(),
+            Some(BatchError::BaseOffset(i64::MAX))
+        );
 
         // Headers are walked too.
         let mut h = make_keyed_batch(0, 500, &[(0, Some(b"k"), Some(b"v"))], -1, -1, -1);

@@ -2498,6 +2498,30 @@ impl TopicManager {
             .map(str::to_string)
     }
 
+    /// The key under which `name` collides with other names (see
+    /// [`Self::colliding_topic`]), when it can collide with any: two names
+    /// of one key cannot both be topics. A dry run's checks keep the keys
+    /// of the names it passed, as a real create's map holds them.
+    pub fn collision_key(&self, name: &str) -> Option<String> {
+        self.shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .collision_key_of(name)
+    }
+
+    /// What a dry run of a create or growth of `new` partitions checks of
+    /// storage, as the real one would find it: storage not failed
+    /// ([`Self::refuse_if_failed`]), and room in the open-file budget
+    /// ([`Self::check_files`]).
+    ///
+    /// # Errors
+    /// [`CreateError::Storage`] or [`CreateError::TooManyFiles`].
+    pub fn check_dry_run(&self, new: usize) -> std::result::Result<(), CreateError> {
+        self.refuse_if_failed()?;
+        self.check_files(new)
+    }
+
     /// Keeps `n` descriptors of the open-file limit for connections (the
     /// server's connection cap, set when it binds) out of what partitions may
     /// take (see [`Self::check_files`]).

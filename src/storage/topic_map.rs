@@ -160,6 +160,12 @@ impl TopicMap {
             .map(String::as_str)
     }
 
+    /// The key `name` collides under, when it can collide with another name
+    /// (see [`TopicMap::colliding`]).
+    pub(crate) fn collision_key_of(&self, name: &str) -> Option<String> {
+        self.can_collide(name).then(|| self.collision_key(name))
+    }
+
     /// Whether names that differ only by case collide (see
     /// [`TopicMap::new`]).
     pub(crate) fn folds_case(&self) -> bool {

@@ -247,7 +247,7 @@ async fn metadata_creating_at_most(
                             ));
                         }
                         Err(e) => {
-                            tracing::warn!(topic = %n, error = ?e, "auto-create failed");
+                            crate::log_limit::limited!(warn, topic = %n, error = ?e, "auto-create failed");
                             topics.push(error_topic(
                                 Some(name),
                                 uuid::Uuid::nil(),
@@ -264,10 +264,11 @@ async fn metadata_creating_at_most(
                 }
             }
             if let Some((left, why)) = no_files {
-                tracing::warn!(topics = left, reason = %why, "Metadata auto-create refused: the open-file limit leaves no room for the new partitions; those topics are answered UNKNOWN_TOPIC_OR_PARTITION");
+                crate::log_limit::limited!(warn, topics = left, reason = %why, "Metadata auto-create refused: the open-file limit leaves no room for the new partitions; those topics are answered UNKNOWN_TOPIC_OR_PARTITION");
             }
             if past_cap > 0 {
-                tracing::warn!(
+                crate::log_limit::limited!(
+                    warn,
                     topics = past_cap,
                     "Metadata auto-create: more than {cap} new topics in one request; the rest are not created and are answered UNKNOWN_TOPIC_OR_PARTITION"
                 );
@@ -325,6 +326,10 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
     // judged against the budget with them, as a real create of the same
     // request would be.
     let mut dry_run_partitions = 0usize;
+    // The collision keys of the names a dry run passed (see
+    // `TopicManager::collision_key`), with the name.
+    let mut dry_run_names: std::collections::HashMap<String, String> =
+        std::collections::HashMap::new();
     // One message, shared by every topic past the bound.
     let mut past_cap = None;
     // The request's `timeout_ms`: a topic whose create could not end before
@@ -442,17 +447,28 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
             Err((codes::REQUEST_TIMED_OUT, message.clone()))
         } else if req.validate_only {
             // A dry run creates nothing, so there is no topic id to report.
+            // Its earlier topics are judged as made, as a real create of the
+            // same request makes them: their partitions count in the budget,
+            // and a later name colliding with one is refused.
             let new = usize::try_from(parts).unwrap_or(usize::MAX);
-            match ctx
-                .storage
-                .check_files(dry_run_partitions.saturating_add(new))
-            {
-                Ok(()) => {
-                    dry_run_partitions += new;
-                    Ok(uuid::Uuid::nil())
-                }
-                Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
-                Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
+            let key = ctx.storage.collision_key(&name);
+            match key.as_ref().and_then(|k| dry_run_names.get(k)) {
+                Some(other) => Err(collides(&name, other)),
+                None => match ctx
+                    .storage
+                    .check_dry_run(dry_run_partitions.saturating_add(new))
+                {
+                    Ok(()) => {
+                        dry_run_partitions += new;
+                        if let Some(k) = key {
+                            dry_run_names.insert(k, name.clone());
+                        }
+                        Ok(uuid::Uuid::nil())
+                    }
+                    Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
+                    Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
+                    Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
+                },
             }
         } else {
             let configs = configs.clone().unwrap_or_default();
@@ -651,12 +667,13 @@ pub(crate) async fn create_partitions(
             }
             Some(topic) if req.validate_only => {
                 let new = usize::try_from(t.count).unwrap_or(0) - topic.partitions.len();
-                match ctx.storage.check_files(dry_run_partitions + new) {
+                match ctx.storage.check_dry_run(dry_run_partitions + new) {
                     Ok(()) => {
                         dry_run_partitions += new;
                         Ok(())
                     }
                     Err(CreateError::TooManyFiles(e)) => Err(too_many_files(&e)),
+                    Err(CreateError::Storage(s)) => Err((codes::KAFKA_STORAGE_ERROR, s)),
                     Err(e) => Err((codes::UNKNOWN_SERVER_ERROR, format!("{e:?}"))),
                 }
             }
@@ -843,7 +860,7 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
                             known,
                         ),
                         Err(e) => {
-                            tracing::error!(topic = %n, error = %e, "delete topic failed");
+                            crate::log_limit::limited!(error, topic = %n, error = %e, "delete topic failed");
                             (codes::KAFKA_STORAGE_ERROR, e.to_string(), Some(n), known)
                         }
                     },
@@ -868,7 +885,7 @@ pub(crate) async fn delete(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsR
                         Ok(Some(_)) => (codes::NONE, String::new(), Some(n), id),
                         Ok(None) => unknown(),
                         Err(e) => {
-                            tracing::error!(topic = %n, error = %e, "delete topic failed");
+                            crate::log_limit::limited!(error, topic = %n, error = %e, "delete topic failed");
                             (codes::KAFKA_STORAGE_ERROR, e.to_string(), Some(n), id)
                         }
                     },
@@ -994,7 +1011,7 @@ fn disk_space(dir: &std::path::Path) -> (i64, i64) {
 /// DescribeLogDirs (`kafka-log-dirs --describe`, AdminClient `describeLogDirs`):
 /// the one log directory, each partition's bytes on disk (lag 0: there are no
 /// replicas), and from v4 the disk's total and usable bytes. Topics or partitions
-/// that do not exist are left out, as Kafka does. Once storage has failed (a
+/// that do not exist are left out, and each is answered once, as Kafka does. Once storage has failed (a
 /// WAL or segment write or sync; produces are refused until a restart) the
 /// directory is offline, as Kafka reports one: KAFKA_STORAGE_ERROR and no
 /// topics.
@@ -1007,7 +1024,7 @@ pub(crate) async fn describe_log_dirs(
         let dir = storage.config().storage.data_dir.join("topics");
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         if let Some(why) = storage.failed_why() {
-            tracing::warn!(dir = %dir.display(), %why, "DescribeLogDirs: the log directory is offline");
+            crate::log_limit::limited!(warn, dir = %dir.display(), %why, "DescribeLogDirs: the log directory is offline");
             return DescribeLogDirsResult::default()
                 .with_error_code(codes::KAFKA_STORAGE_ERROR)
                 .with_log_dir(StrBytes::from_string(dir.display().to_string()));
@@ -1021,10 +1038,19 @@ pub(crate) async fn describe_log_dirs(
                     (t, all)
                 })
                 .collect(),
-            Some(asked) => asked
-                .into_iter()
-                .filter_map(|a| storage.topic(&a.topic.0).map(|t| (t, a.partitions)))
-                .collect(),
+            // Each topic and partition once, as Kafka answers its set of
+            // partitions: a repeat is no answer of its own.
+            Some(asked) => super::named_once(
+                asked.iter().map(|a| (&a.topic, &a.partitions[..])),
+                |&i| i,
+            )
+            .into_iter()
+            .filter_map(|(name, parts)| {
+                storage
+                    .topic(&name.0)
+                    .map(|t| (t, parts.into_iter().copied().collect()))
+            })
+            .collect(),
         };
         let topics = wanted
             .into_iter()
@@ -1130,6 +1156,146 @@ mod tests {
         assert_eq!(r.results[0].error_code, codes::KAFKA_STORAGE_ERROR);
         assert!(r.results[0].topics.is_empty());
         assert!(!r.results[0].log_dir.is_empty());
+    }
+
+    /// Fails storage as a segment append that failed does (produces refused
+    /// until a restart): `t` is a topic of one partition in `ctx`.
+    async fn fail_storage_through(ctx: &Ctx, t: &str) {
+        let p = ctx.storage.partition(t, 0).unwrap();
+        p.fail_next_append
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let acked = ctx
+            .storage
+            .submit(t, 0, &make_batch(0, &[b"a"]), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(acked.await.unwrap().is_err());
+        assert!(ctx.storage.failed_why().is_some());
+    }
+
+    /// A dry run answers as the real create of the same request would: a
+    /// name colliding with an earlier name of the request (`.` for `_`) is
+    /// refused, and once storage has failed every topic and growth gets
+    /// KAFKA_STORAGE_ERROR. Before, the dry run passed both names (its
+    /// earlier topics made nothing to collide with) and passed anything on a
+    /// failed storage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dry_run_answers_as_the_real_create_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let codes_of = |r: &CreateTopicsResponse| -> Vec<i16> {
+            r.topics.iter().map(|t| t.error_code).collect()
+        };
+        for validate_only in [true, false] {
+            let req = CreateTopicsRequest::default()
+                .with_topics(vec![creatable("x.y"), creatable("x_y"), creatable("x-y")])
+                .with_validate_only(validate_only);
+            let r = create(&ctx, req).await;
+            assert_eq!(
+                codes_of(&r),
+                [codes::NONE, codes::INVALID_TOPIC_EXCEPTION, codes::NONE],
+                "validate only: {validate_only}"
+            );
+            assert_eq!(
+                r.topics[1].error_message.as_deref(),
+                Some("Topic 'x_y' collides with existing topic: x.y")
+            );
+        }
+        fail_storage_through(&ctx, "t").await;
+        for validate_only in [true, false] {
+            let req = CreateTopicsRequest::default()
+                .with_topics(vec![creatable("z")])
+                .with_validate_only(validate_only);
+            let r = create(&ctx, req).await;
+            assert_eq!(
+                codes_of(&r),
+                [codes::KAFKA_STORAGE_ERROR],
+                "{validate_only}"
+            );
+            let req = CreatePartitionsRequest::default()
+                .with_topics(vec![CreatePartitionsTopic::default()
+                    .with_name(topic_name("t"))
+                    .with_count(2)
+                    .with_assignments(None)])
+                .with_validate_only(validate_only);
+            let r = create_partitions(&ctx, req).await;
+            assert_eq!(
+                r.results[0].error_code,
+                codes::KAFKA_STORAGE_ERROR,
+                "{validate_only}"
+            );
+        }
+    }
+
+    /// DescribeLogDirs answers each topic and partition once, as Kafka
+    /// answers its set of partitions; before, every repeat was an answer of
+    /// its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_log_dirs_answers_each_partition_once() {
+        use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("t", 2).unwrap();
+        let asked = |parts: Vec<i32>| {
+            DescribableLogDirTopic::default()
+                .with_topic(topic_name("t"))
+                .with_partitions(parts)
+        };
+        let req = DescribeLogDirsRequest::default()
+            .with_topics(Some(vec![asked(vec![0, 0]), asked(vec![1, 0, 1])]));
+        let r = describe_log_dirs(&ctx, req).await;
+        let answered: Vec<(String, Vec<i32>)> = r.results[0]
+            .topics
+            .iter()
+            .map(|t| {
+                let parts = t.partitions.iter().map(|p| p.partition_index).collect();
+                (t.name.0.to_string(), parts)
+            })
+            .collect();
+        assert_eq!(answered, [("t".to_string(), vec![0, 1])]);
+    }
+
+    /// The admin lines a client can cause once per request or per topic
+    /// while storage has failed (each Metadata auto-create, each topic of a
+    /// DeleteTopics) go through the log limit: 100 requests log at most its
+    /// 20 lines a site. Before, each logged, and a pipelined flood of
+    /// Metadata requests wrote some 20 times the bytes it sent.
+    #[test]
+    fn admin_refusals_after_a_storage_failure_are_logged_within_the_limit() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = rt.block_on(crate::server::tests::ctx_with(
+            dir.path(),
+            Config::default(),
+        ));
+        for i in 0..100 {
+            ctx.storage.create_topic(&format!("d{i}"), 1).unwrap();
+        }
+        rt.block_on(fail_storage_through(&ctx, "d0"));
+        let ((), log) = crate::storage::partition::tests::logged(|| {
+            rt.block_on(async {
+                for i in 0..100 {
+                    let req = MetadataRequest::default()
+                        .with_topics(Some(vec![MetadataRequestTopic::default()
+                            .with_name(Some(topic_name(&format!("new{i}"))))]))
+                        .with_allow_auto_topic_creation(true);
+                    let r = metadata(&ctx, req, 12).await;
+                    assert_eq!(r.topics[0].error_code, codes::UNKNOWN_TOPIC_OR_PARTITION);
+                    let req = DeleteTopicsRequest::default()
+                        .with_topic_names(vec![topic_name(&format!("d{i}"))]);
+                    let r = delete(&ctx, req).await;
+                    assert_eq!(r.responses[0].error_code, codes::KAFKA_STORAGE_ERROR);
+                }
+            });
+        });
+        let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+        let (creates, deletes) = (count("auto-create failed"), count("delete topic failed"));
+        assert!((1..=20).contains(&creates), "{creates} auto-create lines");
+        assert!((1..=20).contains(&deletes), "{deletes} delete lines");
     }
 
     /// A DeleteTopics by ids `[A, B]` looked every id up before its first
