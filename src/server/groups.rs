@@ -552,6 +552,16 @@ impl Group {
                         let due = now + longest;
                         self.sync_deadline = Some(self.sync_deadline.map_or(due, |d| d.max(due)));
                     }
+                    // The followers waiting in SyncGroup for this leader's
+                    // assignment waited for its answer too.
+                    if self.leader.as_deref() == Some(j.member_id.as_str()) {
+                        let waiting: Vec<String> = self.pending_syncs.keys().cloned().collect();
+                        for id in waiting {
+                            if let Some(m) = self.members.get_mut(&id) {
+                                m.last_seen = now;
+                            }
+                        }
+                    }
                     j
                 } else {
                     JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")
@@ -1187,6 +1197,13 @@ impl Group {
     /// MEMBER_ID_REQUIRED: started by such a join, it never had a member, a
     /// protocol or a generation (see [`make_room`]).
     fn only_handed_out_ids(&self) -> bool {
+        self.never_joined() && !self.pending_members.is_empty()
+    }
+
+    /// Whether the group never had a member, a protocol or a generation,
+    /// and has no join, sync or commit under way: what a new group holds,
+    /// but for member ids handed out with MEMBER_ID_REQUIRED.
+    fn never_joined(&self) -> bool {
         self.state == State::Empty
             && self.generation == 0
             && self.protocol_type.is_none()
@@ -1194,7 +1211,6 @@ impl Group {
             && self.pending_joins.is_empty()
             && self.pending_syncs.is_empty()
             && self.committing.is_empty()
-            && !self.pending_members.is_empty()
     }
 
     /// The metadata a consumer group's members sent for the group's protocol,
@@ -2064,11 +2080,10 @@ impl GroupCoordinator {
         let no_protocols = req.protocols.is_empty() || req.protocol_type.is_empty();
         let mut guard = self.lock();
         let Groups { map: groups, cap } = &mut *guard;
-        if let Some(g) = groups.get(&req.group) {
-            if !g.in_use() {
-                cap.rejoined();
-            }
-        } else {
+        // A group held but not in use that this join puts in use counts
+        // toward the groups in use (see `Cap`); a refused join does not.
+        let idle = groups.get(&req.group).is_some_and(|g| !g.in_use());
+        if !groups.contains_key(&req.group) {
             // A refused join leaves no group behind: only a new member (no member
             // id, as Kafka's `getOrMaybeCreateGroup`) with protocols starts one.
             let refused = if no_protocols {
@@ -2154,6 +2169,9 @@ impl GroupCoordinator {
                     .insert(id.clone(), now + req.session_timeout);
                 g.last_handed_out = Some(now);
                 cap.handed_out(now, &req.group);
+                if idle {
+                    cap.rejoined();
+                }
                 let _ = tx.send(JoinResult::error(codes::MEMBER_ID_REQUIRED, &id));
                 return rx;
             }
@@ -2209,6 +2227,9 @@ impl GroupCoordinator {
         }
         let from_empty = g.state == State::Empty;
         let new_member = !g.members.contains_key(&member_id);
+        if idle {
+            cap.rejoined();
+        }
         g.start_rebalance(now);
         // A static member rejoining by its member id alone stays static, as
         // Kafka's `updateMember` keeps its instance id (one it names is its
@@ -2912,9 +2933,15 @@ impl GroupCoordinator {
         let mut guard = self.lock();
         let Groups { map: groups, cap } = &mut *guard;
         let mut in_use = 0;
+        // Groups whose last handed-out ids lapsed and that never had more.
+        let mut lapsed_groups = Vec::new();
         for (name, g) in groups.iter_mut() {
             let pending = g.pending_members.len();
             g.pending_members.retain(|_, lapses| *lapses > now);
+            if pending > 0 && g.pending_members.is_empty() && g.never_joined() {
+                lapsed_groups.push(name.clone());
+                continue;
+            }
             // A rebalance may have waited for a lapsed one alone.
             let lapsed = g.pending_members.len() < pending && g.state == State::PreparingRebalance;
             examined(g.replacements.len() + g.held_joins.len());
@@ -2927,6 +2954,12 @@ impl GroupCoordinator {
                 .map(|r| r.old.as_str())
                 .chain(g.held_joins.iter().map(|(_, j)| j.member_id.as_str()))
                 .collect();
+            // And the members waiting in SyncGroup for a leader whose answer
+            // is held: they wait for it (their session restarts at it).
+            let leader_held = g
+                .leader
+                .as_deref()
+                .is_some_and(|l| g.held_joins.iter().any(|(_, j)| j.member_id == l));
             let expired: Vec<String> = g
                 .members
                 .iter()
@@ -2948,7 +2981,10 @@ impl GroupCoordinator {
                     // stored: its instance has just joined.
                     now.duration_since(m.last_seen) > allowed && {
                         examined(2);
-                        !g.pending_joins.contains_key(*id) && !spared.contains(id.as_str())
+                        let waits = g.pending_joins.contains_key(*id)
+                            || spared.contains(id.as_str())
+                            || (leader_held && g.pending_syncs.contains_key(*id));
+                        !waits
                     }
                 })
                 .map(|(id, _)| id.clone())
@@ -3002,6 +3038,14 @@ impl GroupCoordinator {
                 self.notify_unstored(g);
             }
             in_use += usize::from(g.in_use());
+        }
+        // Forgotten, as a new group holds as much: kept, a client handing
+        // itself ids for new group ids (each lapsing after the 6 s session
+        // it asks) piled up groups out of use without bound until the
+        // forgetting of empty groups every 10 minutes, each then a look at
+        // every tick, and a join to each put it in use past the limit.
+        for name in &lapsed_groups {
+            groups.remove(name);
         }
         cap.ticked(in_use, groups);
     }
@@ -5097,6 +5141,64 @@ mod tests {
         assert!(c.lock().cap.handed_out.is_empty());
     }
 
+    /// A join to a group not in use that is refused (a stale member id)
+    /// does not count toward the groups in use. Before, each counted until
+    /// the next tick, and joins to new groups were refused, or forgot
+    /// another client's group, with fewer than the most groups in use.
+    #[test]
+    fn refused_joins_to_idle_groups_do_not_count_as_groups_in_use() {
+        TEST_MAX_GROUPS.with(|m| m.set(Some(3)));
+        let c = coordinator();
+        for g in ["x", "y"] {
+            let j = join_in(&c, g, "", None).try_recv().unwrap();
+            assert_eq!(c.leave(g, &[j.member_id]), Ok(vec![codes::NONE]));
+        }
+        let a = join_in(&c, "a", "", None).try_recv().unwrap();
+        assert_eq!(a.error, codes::NONE);
+        c.tick();
+        for _ in 0..2 {
+            let j = join_in(&c, "x", "stale", None).try_recv().unwrap();
+            assert_eq!(j.error, codes::UNKNOWN_MEMBER_ID);
+        }
+        assert_eq!(
+            join_in(&c, "z", "", None).try_recv().unwrap().error,
+            codes::NONE
+        );
+        let j = join_in(&c, "x", "stale", None).try_recv().unwrap();
+        assert_eq!(j.error, codes::UNKNOWN_MEMBER_ID);
+        let w = join_in(&c, "w", "", None).try_recv().unwrap();
+        TEST_MAX_GROUPS.with(|m| m.set(None));
+        assert_eq!(w.error, codes::NONE, "refused with 2 of 3 groups in use");
+    }
+
+    /// A group whose handed-out member ids all lapsed, and that never had
+    /// more, is forgotten at the tick. Before, such groups stayed (out of
+    /// use, so not counted) until the forgetting of empty groups every 10
+    /// minutes: a client handing itself ids for new group ids every 6 s
+    /// piled them up without bound, and a join to each put it in use past
+    /// the limit.
+    #[test]
+    fn groups_whose_handed_out_ids_lapsed_do_not_pile_up() {
+        TEST_MAX_GROUPS.with(|m| m.set(Some(3)));
+        let c = coordinator();
+        for round in 0..5 {
+            for i in 0..3 {
+                let j = ask_member_id(&c, &format!("flood-{round}-{i}"));
+                assert_eq!(j.error, codes::MEMBER_ID_REQUIRED);
+            }
+            for g in c.lock().values_mut() {
+                for lapses in g.pending_members.values_mut() {
+                    *lapses = Instant::now();
+                }
+            }
+            c.tick();
+        }
+        let held = c.lock().len();
+        TEST_MAX_GROUPS.with(|m| m.set(None));
+        assert_eq!(held, 0, "{held} groups held");
+        assert!(c.lock().cap.handed_out.is_empty());
+    }
+
     /// Groups not in use, kept for their positions, that members join again
     /// count toward the most groups in use before the next count: a join to
     /// a new group id past them is refused. Without it, the groups in use
@@ -5644,6 +5746,33 @@ mod tests {
         let sync = sync.try_recv();
         assert!(matches!(sync, Ok((codes::NONE, _))), "{sync:?}");
         assert_eq!(c.describe("g").unwrap().state, "Stable");
+    }
+
+    /// The followers waiting in SyncGroup for a leader whose JoinGroup
+    /// answer is held (its rename being stored) are not expired meanwhile:
+    /// they wait for it, and their sessions restart at its answer. Before,
+    /// a store slower than their sessions removed them, and the group
+    /// rebalanced again with new member ids.
+    #[test]
+    fn followers_waiting_for_a_held_leader_are_not_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (_s, d) = static_group(&c, "g");
+        let (e, d, mut rs2) = rejoined_with_a_restarted_static_member(&c, &d);
+        assert!(rs2.try_recv().is_err());
+        assert_ne!(e.leader, e.member_id);
+        assert_ne!(e.leader, d.member_id);
+        let _syncs = [&e, &d].map(|j| c.sync("g", 3, &j.member_id, None, vec![]));
+        for j in [&e, &d] {
+            assert!(c.idle_member_for("g", &j.member_id, Duration::from_secs(11)));
+        }
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().members.len(), 3);
+        c.store_group("g");
+        assert_eq!(rs2.try_recv().unwrap().error, codes::NONE);
+        // Their sessions run from the leader's answer.
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().members.len(), 3);
     }
 
     /// A static member replacing itself while its group rebalances gets its

@@ -449,12 +449,11 @@ pub fn validate_produce_by(
     if buf.len() > info.len {
         return Err(BatchError::MultipleBatches);
     }
-    let info = validate(buf)?;
-    // The CRC does not cover it; a batch failing both is answered
-    // CORRUPT_MESSAGE, which clients retry.
+    // Before the CRC, which does not cover it, as Kafka checks it.
     if info.base_offset != 0 {
         return Err(BatchError::BaseOffset(info.base_offset));
     }
+    let info = validate(buf)?;
     let count = be_i32(buf, COUNT_OFFSET).ok_or(BatchError::Truncated)?;
     if i64::from(info.last_offset_delta) != i64::from(count) - 1 {
         return Err(BatchError::BadCount {
@@ -2345,6 +2344,15 @@ pub(crate) mod tests {
         assert_eq!(
             validate_produce(&max).err(),
             Some(BatchError::BaseOffset(i64::MAX))
+        );
+        // Judged before the CRC, as Kafka judges it.
+        let mut both = make_batch(0, &[b"a"]);
+        both[..8].copy_from_slice(&1i64.to_be_bytes());
+        let n = both.len();
+        both[n - 1] ^= 1;
+        assert_eq!(
+            validate_produce(&both).err(),
+            Some(BatchError::BaseOffset(1))
         );
 
         // Headers are walked too.
