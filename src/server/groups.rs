@@ -552,16 +552,7 @@ impl Group {
                         let due = now + longest;
                         self.sync_deadline = Some(self.sync_deadline.map_or(due, |d| d.max(due)));
                     }
-                    // The followers waiting in SyncGroup for this leader's
-                    // assignment waited for its answer too.
-                    if self.leader.as_deref() == Some(j.member_id.as_str()) {
-                        let waiting: Vec<String> = self.pending_syncs.keys().cloned().collect();
-                        for id in waiting {
-                            if let Some(m) = self.members.get_mut(&id) {
-                                m.last_seen = now;
-                            }
-                        }
-                    }
+                    self.followers_waited(&j.member_id, now);
                     j
                 } else {
                     JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")
@@ -569,9 +560,27 @@ impl Group {
                 let _ = tx.send(answer);
             } else if !ok && covered.iter().any(|(_, new)| *new == j.member_id) {
                 tracing::warn!(group = %Shown(&self.name), member = %Shown(&j.member_id), "a static member replaced during a rebalance could not be stored under its new id: its JoinGroup is refused");
+                self.followers_waited(&j.member_id, Instant::now());
                 let _ = tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
             } else {
                 self.held_joins.push((tx, j));
+            }
+        }
+    }
+
+    /// The held JoinGroup of `member` was answered at `now`, successfully or
+    /// not: when it leads, the followers waiting in SyncGroup for its
+    /// assignment, spared by the tick while it was held, waited for that
+    /// answer too, and their sessions restart at it (else the next tick
+    /// expired them on the time they spent waiting).
+    fn followers_waited(&mut self, member: &str, now: Instant) {
+        if self.leader.as_deref() != Some(member) {
+            return;
+        }
+        let waiting: Vec<String> = self.pending_syncs.keys().cloned().collect();
+        for id in waiting {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.last_seen = now;
             }
         }
     }
@@ -5746,6 +5755,42 @@ mod tests {
         let sync = sync.try_recv();
         assert!(matches!(sync, Ok((codes::NONE, _))), "{sync:?}");
         assert_eq!(c.describe("g").unwrap().state, "Stable");
+    }
+
+    /// The followers spared while their leader's answer was held are not
+    /// expired at the next tick when that answer is a refusal (the store
+    /// failed): their sessions restart at it, and they stay members.
+    #[test]
+    fn followers_of_a_held_leader_whose_store_fails_are_not_expired_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = opened(dir.path());
+        let (_s, d) = static_group(&c, "g");
+        let tmp = block_stores(dir.path(), "g");
+        let (e, d, mut rs2) = rejoined_with_a_restarted_static_member(&c, &d);
+        let _syncs = [&e, &d].map(|j| c.sync("g", 3, &j.member_id, None, vec![]));
+        for j in [&e, &d] {
+            assert!(c.idle_member_for("g", &j.member_id, Duration::from_secs(11)));
+        }
+        c.tick();
+        assert_eq!(c.describe("g").unwrap().members.len(), 3);
+        c.store_group("g");
+        assert_eq!(
+            rs2.try_recv().unwrap().error,
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
+        std::fs::remove_dir(&tmp).unwrap();
+        c.tick();
+        let left: Vec<String> = c
+            .describe("g")
+            .unwrap()
+            .members
+            .into_iter()
+            .map(|m| m.member_id)
+            .collect();
+        assert!(
+            left.contains(&e.member_id) && left.contains(&d.member_id),
+            "{left:?}"
+        );
     }
 
     /// The followers waiting in SyncGroup for a leader whose JoinGroup
