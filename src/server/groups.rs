@@ -1582,8 +1582,8 @@ impl DerefMut for Groups {
 /// the lock most of the time.
 ///
 /// `counted + started` is never below the groups in use: only a JoinGroup
-/// puts a group in use, and each join to a group not in use adds one to
-/// `started`. Groups leaving use (members leaving, sessions and handed-out
+/// puts a group in use, and each join that puts one in use adds one to
+/// `started` (a refused join adds none). Groups leaving use (members leaving, sessions and handed-out
 /// ids lapsing) are seen at the next count: a group that left use makes
 /// room at the next session tick (200 ms) at the latest.
 #[derive(Debug, Default)]
@@ -1591,7 +1591,7 @@ struct Cap {
     /// The groups in use at the last count: a session tick's, or a join's
     /// at the limit since.
     counted: usize,
-    /// Joins since that count to groups not in use, less the groups
+    /// Joins since that count that put a group in use, less the groups
     /// forgotten to make room.
     started: usize,
     /// Whether a join counted since the last tick: at most one walk a tick.
@@ -1627,7 +1627,7 @@ impl Cap {
         self.make_room(groups)
     }
 
-    /// A group not in use joined: it may be in use from now on.
+    /// A join put a group that was not in use in use.
     fn rejoined(&mut self) {
         self.started += 1;
     }
