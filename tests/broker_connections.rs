@@ -18,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse};
+use kafka_protocol::{
+    messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse},
+    protocol::StrBytes,
+};
 
 use broker_support::{
     wire::{
@@ -34,7 +37,9 @@ fn served(c: &mut TcpStream) -> bool {
         ApiKey::ApiVersions,
         0,
         7,
-        &ApiVersionsRequest::default(),
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
     ))
     .is_err()
     {
@@ -329,7 +334,9 @@ fn a_connection_flood_cannot_starve_storage_of_file_descriptors() {
         ApiKey::ApiVersions,
         3,
         2,
-        &ApiVersionsRequest::default(),
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
     ))
     .unwrap();
     let (cid, v): (i32, ApiVersionsResponse) = response(&mut c, ApiKey::ApiVersions, 3);
@@ -406,8 +413,14 @@ fn idle_connections_are_closed_and_busy_ones_are_not() {
             // time, is read to the end and answered.
             s.spawn(|| {
                 let mut slow = connect_served(addr);
-                let frame =
-                    request_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsRequest::default());
+                let frame = request_frame(
+                    ApiKey::ApiVersions,
+                    3,
+                    9,
+                    &ApiVersionsRequest::default()
+                        .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+                        .with_client_software_version(StrBytes::from_static_str("1.0")),
+                );
                 assert!(
                     CADENCE * (frame.len() as u32 - 1) > IDLE,
                     "a frame of {} bytes is sent in less than the idle time",
@@ -647,7 +660,14 @@ fn connections_stalled_mid_request_are_closed_when_idle() {
     );
     // One byte of a length; a length and half a header; a length and a body
     // that stops short. Together they take every slot.
-    let frame = request_frame(ApiKey::ApiVersions, 3, 1, &ApiVersionsRequest::default());
+    let frame = request_frame(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
+    );
     let mut stalled: Vec<TcpStream> = [&frame[..1], &frame[..8], &frame[..frame.len() - 1]]
         .into_iter()
         .map(|part| {

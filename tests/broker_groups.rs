@@ -684,7 +684,13 @@ fn find_coordinator_returns_this_broker_and_group_apis_are_advertised() {
     let broker = Broker::start(&tmp.path().join("data"), &[]);
     let mut c = Conn::new(&broker.addr);
 
-    let v: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let v: ApiVersionsResponse = c.call(
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
+    );
     assert_eq!(v.error_code, NONE);
     let range = |key: ApiKey| {
         v.api_keys
@@ -903,7 +909,13 @@ fn a_connection_closed_while_its_join_waits_is_freed_at_once() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut c = Conn::new(&broker.addr);
-        let cid = c.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        let cid = c.send(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+                .with_client_software_version(StrBytes::from_static_str("1.0")),
+        );
         if let Some(mut frame) = broker_support::wire::read_frame(&mut c.stream) {
             let h = kafka_protocol::messages::ResponseHeader::decode(
                 &mut frame,
@@ -2645,8 +2657,13 @@ fn group_lists_too_long_to_answer_are_refused_and_repeats_answered_once() {
         // Meanwhile another client is served at once.
         let mut other = Conn::new(&broker.addr);
         let asked = Instant::now();
-        let v: ApiVersionsResponse =
-            other.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        let v: ApiVersionsResponse = other.call(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+                .with_client_software_version(StrBytes::from_static_str("1.0")),
+        );
         assert_eq!(v.error_code, NONE);
         assert!(
             asked.elapsed() < Duration::from_secs(2),

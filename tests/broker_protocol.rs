@@ -83,11 +83,18 @@ fn bad_input_gets_an_error_for_that_client_only() {
     // ApiVersions at an unsupported version: error 35 with a v0 body listing versions.
     let mut c = connect(&broker.addr);
     c.write_all(
-        &request_frame(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default())
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| if i == 7 { 99 } else { b })
-            .collect::<Vec<u8>>(),
+        &request_frame(
+            ApiKey::ApiVersions,
+            3,
+            5,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+                .with_client_software_version(StrBytes::from_static_str("1.0")),
+        )
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| if i == 7 { 99 } else { b })
+        .collect::<Vec<u8>>(),
     )
     .unwrap();
     let mut f = read_frame(&mut c).expect("error answer, not a closed connection");
@@ -619,7 +626,9 @@ fn create_topics_v5_and_later_describe_the_created_topic() {
         ApiKey::ApiVersions,
         3,
         1,
-        &ApiVersionsRequest::default(),
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
     ))
     .unwrap();
     let (_, v) = response::<ApiVersionsResponse>(&mut c, ApiKey::ApiVersions, 3);
@@ -777,7 +786,9 @@ fn idempotent_produces_are_deduplicated_and_kept_in_sequence() {
         ApiKey::ApiVersions,
         3,
         1,
-        &ApiVersionsRequest::default(),
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
     ))
     .unwrap();
     let (_, v): (i32, ApiVersionsResponse) = response(&mut s, ApiKey::ApiVersions, 3);

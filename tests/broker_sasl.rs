@@ -902,6 +902,29 @@ fn api_versions(s: &mut TcpStream, version: u8) -> Option<i16> {
     Some(i16::from_be_bytes([body[4], body[5]]))
 }
 
+/// Sends ApiVersions v3 naming its client software `name` and `version`
+/// (raw, short names only) and returns its error code and how many APIs it
+/// lists, or `None` when the connection closed instead.
+fn api_versions_v3(s: &mut TcpStream, name: &str, version: &str) -> Option<(i16, usize)> {
+    let mut f = vec![0, 0, 0, 0, 0, 18, 0, 3, 0, 0, 0, 7, 0, 0, 0];
+    for field in [name, version] {
+        f.push(u8::try_from(field.len() + 1).unwrap());
+        f.extend(field.as_bytes());
+    }
+    f.push(0);
+    let len = u32::try_from(f.len() - 4).unwrap().to_be_bytes();
+    f[..4].copy_from_slice(&len);
+    s.write_all(&f).ok()?;
+    let body = wire::read_frame(s)?;
+    assert_eq!(&body[..4], &[0, 0, 0, 7], "correlation id");
+    // The error code, then the compact array of APIs (its length plus one,
+    // one byte while under 127).
+    Some((
+        i16::from_be_bytes([body[4], body[5]]),
+        usize::from(body[6]) - 1,
+    ))
+}
+
 /// SaslHandshake v1 for `mechanism`: its error code.
 fn sasl_handshake(s: &mut TcpStream, mechanism: &'static str) -> i16 {
     use kafka_protocol::{
@@ -949,6 +972,27 @@ fn api_versions_is_answered_once_and_only_before_the_handshake() {
         None,
         "not served, after the handshake"
     );
+
+    // Client software named as Kafka refuses (v3): INVALID_REQUEST, listing
+    // no API, and the client may ask again, as Kafka's authenticator allows.
+    let mut s = wire::connect(&broker.addr);
+    for (name, version) in [
+        ("", "1.0"),
+        ("client", ""),
+        ("-client", "1.0"),
+        ("client", "1.0 beta"),
+    ] {
+        assert_eq!(
+            api_versions_v3(&mut s, name, version),
+            Some((42, 0)),
+            "{name:?} {version:?}"
+        );
+    }
+    let (code, listed) = api_versions_v3(&mut s, "librdkafka", "2.3.0").unwrap();
+    assert_eq!(code, 0);
+    assert!(listed > 20, "{listed} APIs listed");
+    assert_eq!(sasl_handshake(&mut s, "PLAIN"), 0);
+    assert_eq!(sasl_authenticate(&mut s, b"\0alice\0alice-secret"), 0);
 
     let mut s = wire::connect(&broker.addr);
     assert_eq!(api_versions(&mut s, 99), Some(35), "UNSUPPORTED_VERSION");

@@ -2937,7 +2937,16 @@ impl GroupCoordinator {
     /// member's waiting join or sync is looked up, not searched for (it runs
     /// under the lock every group request takes, and a group of thousands of
     /// members waiting in SyncGroup made a search cost seconds).
-    pub fn tick(&self) {
+    ///
+    /// Returns whether the coordinator holds more groups than may be in use
+    /// ([`MAX_GROUPS`]): groups emptied as their members' sessions lapsed or
+    /// their members left are out of use, outside that limit, and kept until
+    /// the forgetting of empty groups every
+    /// `--offsets-retention-check-interval-ms` (10 minutes, as Kafka keeps
+    /// them): a client joining new group ids and going silent piled them up
+    /// without bound meanwhile. The server then forgets those without
+    /// committed positions at once ([`GroupCoordinator::forget_empty_groups`]).
+    pub fn tick(&self) -> bool {
         let now = Instant::now();
         let mut guard = self.lock();
         let Groups { map: groups, cap } = &mut *guard;
@@ -3057,6 +3066,7 @@ impl GroupCoordinator {
             groups.remove(name);
         }
         cap.ticked(in_use, groups);
+        groups.len() > max_groups()
     }
 }
 
@@ -5009,9 +5019,21 @@ mod tests {
         let j = ask("d");
         assert_eq!(j.error, codes::COORDINATOR_NOT_AVAILABLE);
         assert!(!c.holds("d"));
-        // A group held takes another member.
-        let j = join_in(&c, "a", "", None).try_recv();
-        assert!(j.is_err() || j.unwrap().error == codes::NONE);
+        // A group held takes another member: its join waits for the
+        // rebalance, which ends once the member before it joins again.
+        let mut newcomer = join_in(&c, "a", "", None);
+        assert!(matches!(
+            newcomer.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        let rejoined = join_in(&c, "a", &ids[0], None).try_recv().unwrap();
+        let newcomer = newcomer.try_recv().unwrap();
+        assert_eq!((rejoined.error, newcomer.error), (codes::NONE, codes::NONE));
+        assert_eq!(
+            rejoined.members.len(),
+            2,
+            "the leader is given both members"
+        );
         // One forgotten (its member gone) makes room.
         assert_eq!(c.leave("b", &[ids[1].clone()]), Ok(vec![codes::NONE]));
         let offsets = tempfile::tempdir().unwrap();
@@ -5206,6 +5228,58 @@ mod tests {
         TEST_MAX_GROUPS.with(|m| m.set(None));
         assert_eq!(held, 0, "{held} groups held");
         assert!(c.lock().cap.handed_out.is_empty());
+    }
+
+    /// Groups emptied as their members' sessions lapse are kept (as Kafka
+    /// keeps them until its next cleanup), out of use and so outside the
+    /// limit of groups in use: the tick tells once they outnumber that
+    /// limit, and those without positions are then forgotten. Before, a
+    /// client joining new group ids and going silent piled them up for 10
+    /// minutes, each a look at every tick.
+    #[test]
+    fn groups_emptied_by_lapsed_sessions_are_told_once_they_crowd() {
+        TEST_MAX_GROUPS.with(|m| m.set(Some(2)));
+        let c = coordinator();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(dir.path().to_path_buf()).unwrap();
+        store
+            .commit("g0", Some("consumer"), vec![position_one()])
+            .unwrap();
+        let lapse = |c: &GroupCoordinator| {
+            for g in c.lock().values_mut() {
+                for m in g.members.values_mut() {
+                    m.last_seen = Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
+                }
+            }
+        };
+        let mut crowded = Vec::new();
+        for round in 0..3 {
+            for i in 0..2 {
+                let g = format!("g{}", round * 2 + i);
+                assert_eq!(
+                    join_in(&c, &g, "", None).try_recv().unwrap().error,
+                    codes::NONE
+                );
+            }
+            lapse(&c);
+            crowded.push(c.tick());
+        }
+        let held = c.lock().len();
+        assert!(
+            c.lock()
+                .values()
+                .all(|g| g.state == State::Empty && g.members.is_empty()),
+            "every session lapsed"
+        );
+        assert_eq!(
+            (crowded.as_slice(), held),
+            ([false, true, true].as_slice(), 6)
+        );
+        assert_eq!(c.forget_empty_groups(&store), 5);
+        assert!(c.holds("g0"), "kept for its positions");
+        let crowded = c.tick();
+        TEST_MAX_GROUPS.with(|m| m.set(None));
+        assert!(!crowded);
     }
 
     /// Groups not in use, kept for their positions, that members join again

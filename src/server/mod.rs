@@ -560,15 +560,37 @@ impl Server {
             tokio::spawn(metrics::serve(listener, Arc::clone(&self.ctx)))
         });
         let groups = Arc::clone(&self.ctx.groups);
+        let storage = self.ctx.storage.clone();
         let ticker = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
             // A tick that overran (the coordinator's lock held long) is not
             // followed by a burst of ticks to catch up, each taking the lock
             // every group request waits for.
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // The forgetting of empty groups without positions, when they
+            // crowd (see `GroupCoordinator::tick`): one at a time, at most
+            // one every `CROWDED_SWEEP_EVERY`.
+            let mut sweep: Option<(tokio::task::JoinHandle<()>, tokio::time::Instant)> = None;
             loop {
                 every.tick().await;
-                groups.tick();
+                let crowded = groups.tick();
+                if crowded
+                    && sweep.as_ref().is_none_or(|(task, started)| {
+                        task.is_finished() && started.elapsed() >= CROWDED_SWEEP_EVERY
+                    })
+                {
+                    let (g, s) = (Arc::clone(&groups), storage.clone());
+                    let task = tokio::task::spawn_blocking(move || {
+                        let forgotten = g.forget_empty_groups(s.offsets());
+                        if forgotten > 0 {
+                            tracing::info!(
+                                groups = forgotten,
+                                "forgot empty groups without committed offsets early: more groups held than may be in use"
+                            );
+                        }
+                    });
+                    sweep = Some((task, tokio::time::Instant::now()));
+                }
             }
         });
         // Stores the membership of groups that changed (emptied, a static member
@@ -838,6 +860,11 @@ async fn read_frame<R: AsyncRead + Unpin>(
     in_flight.add(len);
     Ok(Frame::Data(Bytes::from(buf)))
 }
+
+/// How often, at most, [`Server::run`] forgets the empty groups without
+/// positions while the coordinator holds more groups than may be in use
+/// (see [`groups::GroupCoordinator::tick`]).
+const CROWDED_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How long [`Server::run`] lets connections finish the requests they read
 /// once it stops serving, before it closes them.
@@ -1138,7 +1165,15 @@ where
                 // a duplicate.
                 activity.touch();
                 match dispatched {
-                    Ok((mut p, then_close)) => {
+                    Ok((mut p, then_close, kept)) => {
+                        // Counted with the frame until the answer is written:
+                        // a Produce's state per partition is many times its
+                        // bytes on the wire, and the Produces pipelined
+                        // behind an answer the client does not read (or a
+                        // long poll) would otherwise hold it beyond the
+                        // connection's bound.
+                        in_flight.add(kept);
+                        let len = len + kept;
                         if key.is_some_and(orders_produce) {
                             let (done_tx, done) = oneshot::channel();
                             barrier = Some(done);
@@ -1682,10 +1717,11 @@ async fn dispatch(
     frame: Bytes,
     peer: SocketAddr,
     unauthenticated: &mut Option<sasl::Session>,
-) -> std::result::Result<(Pending, bool), String> {
+) -> std::result::Result<(Pending, bool, usize), String> {
     let len = frame.len() + 4;
     if unauthenticated.as_ref().is_some_and(|s| s.raw_tokens) {
-        return Ok(handlers::sasl::raw_token(ctx, &frame, unauthenticated, peer).await);
+        let (pending, close) = handlers::sasl::raw_token(ctx, &frame, unauthenticated, peer).await;
+        return Ok((pending, close, 0));
     }
     // Before authentication only three APIs are served: any other is refused
     // by its key, before its body is decoded (a Metadata of 100,000 topic
@@ -1719,12 +1755,15 @@ async fn dispatch(
             }
             let body = handlers::api_versions_body(codes::UNSUPPORTED_VERSION);
             let resp = encode_response(ApiKey::ApiVersions, 0, correlation_id, &body);
-            Ok((Box::pin(async move { resp }), false))
+            Ok((Box::pin(async move { resp }), false, 0))
         }
         Decoded::Request(header, request) => {
             let started = std::time::Instant::now();
             let api = ApiKey::try_from(header.request_api_key).ok();
             let (version, cid) = (header.request_api_version, header.correlation_id);
+            // The bytes the answer to come keeps beyond the frame: a Produce's
+            // state per partition (the others are decoded in turn).
+            let mut kept = 0;
             let (pending, then_close): (Pending, bool) = match request {
                 RequestKind::SaslHandshake(req) => {
                     let (r, close) = handlers::sasl::handshake(ctx, &req, unauthenticated);
@@ -1744,10 +1783,14 @@ async fn dispatch(
                     let resp = encode_response(ApiKey::SaslAuthenticate, version, cid, &r);
                     (handlers::sasl::answer(ctx, resp, close, started), close)
                 }
-                RequestKind::ApiVersions(_) => {
+                RequestKind::ApiVersions(req) => {
+                    // One that names its client software wrongly is answered
+                    // INVALID_REQUEST, and may be sent again, as Kafka's
+                    // authenticator allows.
+                    let valid = handlers::names_valid(&req, version);
                     if unauthenticated
                         .as_mut()
-                        .is_some_and(|s| !s.api_versions(true))
+                        .is_some_and(|s| !s.api_versions(valid))
                     {
                         return Err(API_VERSIONS_AGAIN.into());
                     }
@@ -1760,8 +1803,10 @@ async fn dispatch(
                     ));
                 }
                 // Submitted to storage here, in the order read.
-                request @ RequestKind::Produce(_) => {
-                    handlers::handle(ctx, header, request, peer).await
+                RequestKind::Produce(req) => {
+                    let (pending, close, state) = handlers::produce(ctx, &header, req).await;
+                    kept = state;
+                    (pending, close)
                 }
                 _ => (in_turn(ctx, frame, peer), false),
             };
@@ -1776,6 +1821,7 @@ async fn dispatch(
                     response
                 }),
                 then_close,
+                kept,
             ))
         }
     }
@@ -2184,7 +2230,9 @@ mod tests {
             let (mut other, _stop_other) = serve_in_memory(Arc::clone(&ctx));
             let asked = std::time::Instant::now();
             other
-                .write_all(&frame(ApiKey::ApiVersions, 3, "c", &ApiVersionsRequest::default()))
+                .write_all(&frame(ApiKey::ApiVersions, 3, "c", &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0"))))
                 .await
                 .unwrap();
             let mut len = [0u8; 4];
@@ -2206,11 +2254,66 @@ mod tests {
         });
     }
 
+    /// ApiVersions v3 names its client software; Kafka answers a name or
+    /// version outside `[a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?`
+    /// INVALID_REQUEST, listing no API. Every one was answered as valid.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn api_versions_v3_with_invalid_client_software_names_is_refused() {
+        use kafka_protocol::messages::ApiVersionsResponse;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
+        let ask = |name: &'static str, version: &'static str, v: i16| {
+            frame(
+                ApiKey::ApiVersions,
+                v,
+                "c",
+                &ApiVersionsRequest::default()
+                    .with_client_software_name(StrBytes::from_static_str(name))
+                    .with_client_software_version(StrBytes::from_static_str(version)),
+            )
+        };
+        let cases = [
+            ("", "1.0", false),
+            ("client", "", false),
+            ("-client", "1.0", false),
+            ("client.", "1.0", false),
+            ("cli ent", "1.0", false),
+            ("cliént", "1.0", false),
+            ("client", "1.0_1", false),
+            ("a", "1", true),
+            ("apache-kafka-java", "3.7.0-SNAPSHOT", true),
+            ("librdkafka", "2.3.0", true),
+        ];
+        for (name, version, valid) in cases {
+            client.write_all(&ask(name, version, 3)).await.unwrap();
+            let r: ApiVersionsResponse = response(&mut client, 3).await;
+            if valid {
+                assert_eq!(r.error_code, codes::NONE, "{name:?} {version:?}");
+                assert!(r.api_keys.len() > 20, "{name:?} {version:?}");
+            } else {
+                assert_eq!(r.error_code, codes::INVALID_REQUEST, "{name:?} {version:?}");
+                assert!(r.api_keys.is_empty(), "{name:?} {version:?}");
+            }
+        }
+        // Before v3 the request names nothing: never refused.
+        client.write_all(&ask("", "", 2)).await.unwrap();
+        let r: ApiVersionsResponse = response(&mut client, 2).await;
+        assert_eq!(r.error_code, codes::NONE);
+        assert!(r.api_keys.len() > 20);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_response_is_flushed_not_left_for_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let (mut client, _stop) = serve_in_memory(ctx(dir.path()).await);
-        let request = frame(ApiKey::ApiVersions, 3, "c", &ApiVersionsRequest::default());
+        let request = frame(
+            ApiKey::ApiVersions,
+            3,
+            "c",
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+                .with_client_software_version(StrBytes::from_static_str("1.0")),
+        );
         client.write_all(&request).await.unwrap();
         let mut len = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut len))
@@ -2427,6 +2530,90 @@ mod tests {
                     .with_index(0)
                     .with_records(Some(Bytes::from(batch)))])]);
         frame(ApiKey::Produce, 8, "c", &req)
+    }
+
+    /// A client that does not read its answers pipelines Produces of 10,000
+    /// partitions of unknown topics each, some 200 KB on the wire: each keeps
+    /// about 1.4 MB of state until its answer is written. The connection
+    /// counted only the frames in flight, so it read all 60 (12 MB, under its
+    /// 32 MiB), holding some 80 MB (200 MB before each topic's list of
+    /// partitions was sized to it); it now counts the state too, and stops
+    /// reading once that reaches its bound (about 22 read). Every request read
+    /// is still answered once the client reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_produces_state_counts_in_flight_with_its_frame() {
+        use kafka_protocol::messages::{
+            produce_request::{PartitionProduceData, TopicProduceData},
+            ProduceRequest, ProduceResponse, TopicName,
+        };
+        const FRAMES: usize = 60;
+        const TOPICS: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        let req = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(5000)
+            .with_topic_data(
+                (0..TOPICS)
+                    .map(|i| {
+                        TopicProduceData::default()
+                            .with_name(TopicName(StrBytes::from_string(format!("u{i}"))))
+                            .with_partition_data(vec![PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(Bytes::from_static(&[0])))])
+                    })
+                    .collect(),
+            );
+        let produce = frame(ApiKey::Produce, 8, "c", &req);
+        // Less than one answer fits: the connection's writer stops at once.
+        let client = serve_pipe(Arc::clone(&ctx), 64 << 10);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sender = {
+            let written = Arc::clone(&written);
+            tokio::spawn(async move {
+                for _ in 0..FRAMES {
+                    wr.write_all(&produce).await.unwrap();
+                    written.fetch_add(1, Ordering::AcqRel);
+                }
+                wr
+            })
+        };
+        // Until the reader stops (or has read every frame).
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = written.load(Ordering::Acquire);
+            if now == last || now == FRAMES {
+                break;
+            }
+            last = now;
+        }
+        let read = written.load(Ordering::Acquire);
+        // A frame is written to the pipe whole only once the reader has taken
+        // all but 64 KiB of it: at most one is written but not read.
+        assert!(
+            (2..FRAMES / 2).contains(&read),
+            "{read} of {FRAMES} Produces read while their answers were not"
+        );
+        for _ in 0..FRAMES {
+            let mut len = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut len))
+                .await
+                .expect("an answer")
+                .unwrap();
+            let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).unwrap()];
+            rd.read_exact(&mut body).await.unwrap();
+            let mut b = Bytes::from(body);
+            b.advance(4); // correlation id
+            let r = ProduceResponse::decode(&mut b, 8).unwrap();
+            assert_eq!(r.responses.len(), TOPICS);
+            assert!(r
+                .responses
+                .iter()
+                .all(|t| t.partition_responses[0].error_code == codes::UNKNOWN_TOPIC_OR_PARTITION));
+        }
+        sender.await.unwrap();
     }
 
     /// A new idempotent producer pipelines sequences 0 and 1; the first times
@@ -2802,7 +2989,9 @@ mod tests {
             ApiKey::ApiVersions,
             0,
             "c",
-            &kafka_protocol::messages::ApiVersionsRequest::default(),
+            &kafka_protocol::messages::ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("streamline-tests"))
+                .with_client_software_version(StrBytes::from_static_str("1.0")),
         );
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         for f in [&versions, &fetch_frame(1 << 20), &versions] {

@@ -7545,6 +7545,8 @@ mod tests {
                 let mut problems = Vec::new();
                 let mut next = [0i64; 2];
                 let mut got: [HashMap<i64, Vec<u8>>; 2] = Default::default();
+                // Each producer's last batch read back.
+                let mut last_of: HashMap<usize, usize> = HashMap::new();
                 for part in 0..2 {
                     let p = m.partition("t", part as i32).unwrap();
                     while let Some(r) = p.read(next[part], 1 << 20).unwrap() {
@@ -7561,11 +7563,26 @@ mod tests {
                             }
                             let mut raw = r.records[at..at + info.len].to_vec();
                             batch::assign_offsets(&mut raw, &[info], 0);
-                            if !produced.contains_key(&raw) {
-                                problems.push(format!(
+                            match produced.get(&raw) {
+                                None => problems.push(format!(
                                     "partition {part}: offset {} holds a batch never produced",
                                     info.base_offset
-                                ));
+                                )),
+                                // Each producer's batches once each, in the
+                                // order sent (its next only after its last
+                                // was answered): a batch replayed twice, or
+                                // one reordered, is data invented.
+                                Some(&(t, i)) => {
+                                    if let Some(before) = last_of.insert(t, i) {
+                                        if before >= i {
+                                            problems.push(format!(
+                                                "partition {part}: offset {} holds producer {t}'s \
+                                                 batch {i} after its batch {before}",
+                                                info.base_offset
+                                            ));
+                                        }
+                                    }
+                                }
                             }
                             got[part].insert(info.base_offset, raw);
                             next[part] = info.last_offset() + 1;

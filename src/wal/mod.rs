@@ -1787,7 +1787,7 @@ mod tests {
     fn a_device_failing_at_random_moments_loses_no_acknowledged_entry() {
         use crate::file_at::device_failure::{env, mix, payload};
         use crate::wal::{BackendKind, SyncMode, Wal, WalConfig};
-        use std::collections::{HashMap, HashSet};
+        use std::collections::HashMap;
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
         let data = |t: u64, i: u64| bytes::Bytes::from(payload(t, i, 100, 6000));
         // scripts/device-failure-soak.sh runs more seeds.
@@ -1896,19 +1896,31 @@ mod tests {
                 let acked = results.iter().map(|r| r.0.len()).sum::<usize>();
                 eprintln!("device-failure: {what}: acknowledged {acked} synced {synced} recovered {n}; first error: {}; reopen while failing {early}", results[0].2);
                 let durable = |seq: u64| mode == SyncMode::EveryWrite || seq <= synced;
-                let mut appended = HashSet::new();
+                // Every entry appended: which writer's which append it was.
+                let mut appended = HashMap::new();
                 for (t, (ok, tried, _)) in results.iter().enumerate() {
                     for (seq, i) in ok.iter().filter(|(seq, _)| durable(*seq)) {
                         let d = data(t as u64, *i);
                         assert_eq!(got.get(seq), Some(&d), "{what}: acknowledged {seq} lost");
                     }
-                    appended.extend((0..=*tried).map(|i| data(t as u64, i)));
+                    appended.extend((0..=*tried).map(|i| (data(t as u64, i), (t as u64, i))));
                 }
-                appended.insert(data(8, 0)); // by the reopen while failing
-                assert!(
-                    got.values().all(|d| appended.contains(d)),
-                    "{what}: recovery returned an entry never appended"
-                );
+                appended.insert(data(8, 0), (8, 0)); // by the reopen while failing
+                                                     // Each writer's entries once each, in the order appended (its
+                                                     // next only after its last was answered): an entry recovered
+                                                     // twice, or reordered, is data invented.
+                let mut last_of: HashMap<u64, u64> = HashMap::new();
+                for seq in 1..=n {
+                    let Some(&(t, i)) = appended.get(&got[&seq]) else {
+                        panic!("{what}: recovery returned at {seq} an entry never appended");
+                    };
+                    if let Some(before) = last_of.insert(t, i) {
+                        assert!(
+                            before < i,
+                            "{what}: at {seq} writer {t}'s append {i} after its append {before}"
+                        );
+                    }
+                }
                 for i in 0..10 {
                     let seq = wal.append("t", 0, data(9, i)).wait().unwrap();
                     assert_eq!(seq, n + 1 + i, "{what}");

@@ -296,12 +296,35 @@ impl Broker {
         );
     }
 
+    /// Panics unless the broker is still running: one that exited by itself
+    /// (a panic mid-test) fails the test rather than pass as cut or killed.
+    pub fn assert_running(&mut self) {
+        let status = self.child.as_mut().expect("running").try_wait();
+        if let Ok(Some(status)) = status {
+            panic!(
+                "broker exited by itself ({status:?}); log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+
     /// As [`Broker::kill9`], for a broker that may have stopped by itself
-    /// (its writes failing under a power cut): reaps it however it ended.
+    /// once its writes failed under a power cut: reaps it however it ended.
+    /// An end by itself passes only when the log shows a failing write (an
+    /// I/O error, or a file system gone read-only).
     pub fn kill9_or_reap(&mut self) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), "KILL");
-        let _ = child.wait();
+        let status = child.wait().expect("reap the broker");
+        if std::os::unix::process::ExitStatusExt::signal(&status) != Some(libc::SIGKILL) {
+            let log = self.log_text();
+            assert!(
+                ["os error 5)", "os error 30)", "Input/output error"]
+                    .iter()
+                    .any(|e| log.contains(e)),
+                "broker exited ({status:?}) before the kill, not of a failing write; log:\n{log}"
+            );
+        }
     }
 
     /// The broker's log so far.

@@ -18,6 +18,7 @@ mod topics;
 
 pub(crate) use scram::NO_SASL;
 
+use crate::log_limit::Shown;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -25,8 +26,8 @@ use std::{
 };
 
 use kafka_protocol::messages::{
-    api_versions_response::ApiVersion, ApiKey, ApiVersionsResponse, RequestHeader, RequestKind,
-    TopicName,
+    api_versions_response::ApiVersion, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
+    ProduceRequest, RequestHeader, RequestKind, TopicName,
 };
 
 use super::{encode_response, supported_apis, Ctx, Pending};
@@ -88,6 +89,33 @@ pub(crate) fn api_versions_body(error: i16) -> ApiVersionsResponse {
         .with_api_keys(keys)
 }
 
+/// Whether an ApiVersions request of `version` names its client software as
+/// Kafka requires from v3 on (`ApiVersionsRequest.isValid`): a name and a
+/// version each matching `[a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?`.
+/// Kafka answers any other `INVALID_REQUEST`, listing no API; before
+/// authentication the client may then ask again.
+pub(crate) fn names_valid(req: &ApiVersionsRequest, version: i16) -> bool {
+    fn valid(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+    }
+    version < 3 || (valid(&req.client_software_name) && valid(&req.client_software_version))
+}
+
+/// A Produce, submitted to storage now: its answer to come, whether the
+/// connection closes after it, and the bytes that answer keeps until it is
+/// written, beyond the request's frame.
+pub(crate) async fn produce(
+    ctx: &Arc<Ctx>,
+    header: &RequestHeader,
+    req: ProduceRequest,
+) -> (Pending, bool, usize) {
+    produce::handle(ctx, req, header.request_api_version, header.correlation_id).await
+}
+
 /// Starts handling one decoded request from the client at `peer`: the response,
 /// and whether the connection closes after it (a Produce with acks=0 that
 /// failed).
@@ -106,14 +134,19 @@ pub(crate) async fn handle(
         .unwrap_or_default();
     let ctx = Arc::clone(ctx);
     let pending: Pending = match request {
-        RequestKind::Produce(req) => return produce::handle(&ctx, req, version, cid).await,
-        RequestKind::ApiVersions(_) => Box::pin(async move {
-            encode_response(
-                ApiKey::ApiVersions,
-                version,
-                cid,
-                &api_versions_body(super::codes::NONE),
-            )
+        RequestKind::Produce(req) => {
+            let (pending, close, _) = produce::handle(&ctx, req, version, cid).await;
+            return (pending, close);
+        }
+        RequestKind::ApiVersions(req) => Box::pin(async move {
+            let body = if names_valid(&req, version) {
+                api_versions_body(super::codes::NONE)
+            } else {
+                tracing::debug!(%peer, client_id = %Shown(&client_id), "ApiVersions names an invalid client software name or version");
+                // As Kafka's `ApiVersionsRequest.getErrorResponse`: no API listed.
+                ApiVersionsResponse::default().with_error_code(super::codes::INVALID_REQUEST)
+            };
+            encode_response(ApiKey::ApiVersions, version, cid, &body)
         }),
         RequestKind::Metadata(req) => Box::pin(async move {
             encode_response(

@@ -139,6 +139,58 @@ fn init_producer_id_error(e: &crate::error::Error) -> i16 {
 
 type Outcome = Result<oneshot::Receiver<Result<i64, ProduceError>>, ProduceError>;
 
+/// What the allocator spends on an allocation beyond the bytes asked for
+/// (glibc's malloc: a 16-byte header and rounding to 16).
+const ALLOCATION_OVERHEAD: usize = 16;
+
+/// The heap bytes `e` holds beyond its own size.
+fn heap_bytes(e: &ProduceError) -> usize {
+    let owned = match e {
+        ProduceError::TooLarge(m)
+        | ProduceError::BatchTooLarge(m)
+        | ProduceError::Storage(m)
+        | ProduceError::ConfigsNotDurable(m)
+        | ProduceError::OutOfOrderSequence(m)
+        | ProduceError::InvalidProducerEpoch(m) => m.capacity(),
+        ProduceError::InvalidRecord { message, records }
+        | ProduceError::InvalidTimestamp { message, records } => {
+            message.capacity() + records.capacity() * std::mem::size_of::<i32>()
+        }
+        ProduceError::UnknownTopicOrPartition
+        | ProduceError::InvalidBatch(_)
+        | ProduceError::Timeout
+        | ProduceError::ShuttingDown
+        | ProduceError::InvalidAcks
+        | ProduceError::NamedTwice
+        | ProduceError::Transactional
+        | ProduceError::ControlBatch => return 0,
+    };
+    owned + ALLOCATION_OVERHEAD
+}
+
+/// The bytes a Produce's answer to come keeps, beyond its frame, from its
+/// submission until it is written: each topic's entry and list of partitions,
+/// each partition's outcome, and the shared state of each acknowledgement
+/// awaited (whose sender the pipeline holds). A partition costs 64 bytes here
+/// (136 alone in its topic) for as few as 6 on the wire, so the connection
+/// counts these bytes in flight with the frame's (see `conn::InFlight`).
+fn kept_bytes(submitted: &[(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)]) -> usize {
+    let acknowledgement =
+        std::mem::size_of::<Result<i64, ProduceError>>() + 64 + ALLOCATION_OVERHEAD;
+    // The list of topics is sized to the request.
+    let mut kept = std::mem::size_of_val(submitted) + ALLOCATION_OVERHEAD;
+    for (_, parts) in submitted {
+        kept += parts.capacity() * std::mem::size_of::<(i32, Outcome)>() + ALLOCATION_OVERHEAD;
+        for (_, outcome) in parts {
+            kept += match outcome {
+                Ok(_) => acknowledgement,
+                Err(e) => heap_bytes(e),
+            };
+        }
+    }
+    kept
+}
+
 /// Whether `e`, refusing `records` before they were submitted, is one clients
 /// retry (the capacity or decompression wait timed out; the CRC did not
 /// match; the topic's configs are not yet durable; a batch of more than one record too large, which the Java producer
@@ -165,7 +217,8 @@ fn idempotent(records: &[u8]) -> bool {
 }
 
 /// Submits every partition's records in request order and returns the response
-/// to come, and whether the connection closes after it. With acks=0 there is no
+/// to come, whether the connection closes after it, and the bytes that
+/// response keeps until it is written ([`kept_bytes`]). With acks=0 there is no
 /// response; as in Kafka, a partition that fails closes the connection instead,
 /// so that the client notices, reconnects and refreshes its metadata: at once
 /// when the failure is known before the write (no further request is read),
@@ -183,7 +236,7 @@ pub(crate) async fn handle(
     req: ProduceRequest,
     version: i16,
     cid: i32,
-) -> (Pending, bool) {
+) -> (Pending, bool, usize) {
     let timeout = Duration::from_millis(
         u64::try_from(req.timeout_ms)
             .unwrap_or(0)
@@ -194,7 +247,8 @@ pub(crate) async fn handle(
     // still goes in if there is room at once).
     let deadline = tokio::time::Instant::now() + timeout;
     let acks = req.acks;
-    let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> = Vec::new();
+    let mut submitted: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)> =
+        Vec::with_capacity(req.topic_data.len());
     let (mut unknown, mut refused) = (Refused::default(), Refused::default());
     let mut out_of_line = false;
     // A partition named more than once gets INVALID_REQUEST at every mention
@@ -216,7 +270,9 @@ pub(crate) async fn handle(
     };
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
-        let mut parts = Vec::new();
+        // Sized to the partitions: grown from empty, a list of one held
+        // room for four.
+        let mut parts = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
             let outcome = match &p.records {
                 _ if !matches!(acks, -1..=1) => Err(ProduceError::InvalidAcks),
@@ -281,6 +337,7 @@ pub(crate) async fn handle(
     } else if out_of_line {
         crate::log_limit::limited!(info, correlation_id = cid, "closing the connection after the answer: an idempotent producer's batch was refused before the write, and the requests behind it must not go first");
     }
+    let kept = kept_bytes(&submitted);
     let storage = ctx.storage.clone();
     let pending: Pending = Box::pin(async move {
         let mut failed = false;
@@ -370,7 +427,7 @@ pub(crate) async fn handle(
             &ProduceResponse::default().with_responses(responses),
         )
     });
-    (pending, close_now || out_of_line)
+    (pending, close_now || out_of_line, kept)
 }
 
 #[cfg(test)]
@@ -538,7 +595,7 @@ mod tests {
         };
         let parts = vec![part(0, b"a"), part(1, b"x"), part(0, b"b")];
         let frame = rt.block_on(async {
-            let (pending, _) = handle(&ctx, produce_to_t(-1, 5000, parts), 9, 7).await;
+            let (pending, _, _) = handle(&ctx, produce_to_t(-1, 5000, parts), 9, 7).await;
             pending.await.frame.expect("a response")
         });
         let (_, r) = answer(frame, 9);
@@ -568,7 +625,7 @@ mod tests {
         let (_tmp, storage, ctx, rt) = with_topic(1);
         let req = produce_to_t(-1, 5000, partition_0(make_batch(1234, &[b"a"])));
         let frame = rt.block_on(async {
-            let (pending, _) = handle(&ctx, req, 9, 7).await;
+            let (pending, _, _) = handle(&ctx, req, 9, 7).await;
             pending.await.frame.expect("a response")
         });
         let (_, r) = answer(frame, 9);
@@ -631,7 +688,7 @@ mod tests {
         let req = produce_to_t(-1, 1000, partitions);
         let start = Instant::now();
         let frame = rt.block_on(async {
-            let (pending, close) = handle(&ctx, req, 9, 7).await;
+            let (pending, close, _) = handle(&ctx, req, 9, 7).await;
             assert!(!close);
             pending.await.frame.expect("a response")
         });
@@ -678,7 +735,7 @@ mod tests {
                             .with_partition_data(vec![
                                 PartitionProduceData::default().with_index(0)
                             ])]);
-                    let (pending, _) = handle(&ctx, req, 9, i).await;
+                    let (pending, _, _) = handle(&ctx, req, 9, i).await;
                     pending.await.frame.expect("a response");
                 }
             })
@@ -716,7 +773,7 @@ mod tests {
                     let ctx = Arc::clone(&ctx);
                     let req = produce_to_t(1, 30_000, partition_0(gzipped.clone()));
                     tokio::spawn(async move {
-                        let (pending, _) = handle(&ctx, req, 9, i as i32).await;
+                        let (pending, _, _) = handle(&ctx, req, 9, i as i32).await;
                         pending.await.frame.expect("a response")
                     })
                 })
@@ -747,7 +804,7 @@ mod tests {
         let req = produce_to_t(-1, 2500, partition_0(make_batch(0, &[b"v"])));
         let start = Instant::now();
         let frame = rt.block_on(async {
-            let (pending, _) = handle(&ctx, req, 9, 7).await;
+            let (pending, _, _) = handle(&ctx, req, 9, 7).await;
             pending.await.frame.expect("a response")
         });
         let took = start.elapsed();
@@ -781,7 +838,7 @@ mod tests {
             b[n - 1] ^= 1;
             let req = produce_to_t(1, 5000, partition_0(b));
             let (frame, close) = rt.block_on(async {
-                let (pending, close) = handle(&ctx, req, 9, 7).await;
+                let (pending, close, _) = handle(&ctx, req, 9, 7).await;
                 (pending.await.frame.expect("a response"), close)
             });
             assert_eq!(close, closes, "producer id {pid}");
@@ -810,7 +867,7 @@ mod tests {
         assert!(batch::validate(&sent).is_ok());
         let req = produce_to_t(-1, 5000, partition_0(sent.clone()));
         let frame = rt.block_on(async {
-            let (pending, close) = handle(&ctx, req, 9, 7).await;
+            let (pending, close, _) = handle(&ctx, req, 9, 7).await;
             assert!(!close);
             pending.await.frame.expect("a response")
         });
@@ -858,7 +915,7 @@ mod tests {
                     .with_records(Some(Bytes::from(records)))],
             );
             let frame = rt.block_on(async {
-                let (pending, _) = handle(&ctx, req, version, 7).await;
+                let (pending, _, _) = handle(&ctx, req, version, 7).await;
                 pending.await.frame.expect("a response")
             });
             let (_, r) = answer(frame, version);
