@@ -2852,6 +2852,14 @@ impl GroupCoordinator {
     /// file; a failure is logged, and the group comes back `Empty` at the next
     /// start, to be forgotten again). Returns how many were forgotten.
     pub fn forget_empty_groups(&self, store: &OffsetStore) -> usize {
+        self.forget_empty_groups_until(store, || false)
+    }
+
+    /// [`GroupCoordinator::forget_empty_groups`], stopping before the next
+    /// group once `stop` says so (the server is shutting down: each group
+    /// forgotten costs a directory fsync, and the process waits for this
+    /// blocking pass before it exits).
+    pub fn forget_empty_groups_until(&self, store: &OffsetStore, stop: impl Fn() -> bool) -> usize {
         let candidates: Vec<String> = self
             .lock()
             .iter()
@@ -2860,6 +2868,7 @@ impl GroupCoordinator {
             .collect();
         candidates
             .iter()
+            .take_while(|_| !stop())
             .filter(|name| self.forget_if_empty(name, store))
             .count()
     }
@@ -5275,7 +5284,14 @@ mod tests {
             (crowded.as_slice(), held),
             ([false, true, true].as_slice(), 6)
         );
-        assert_eq!(c.forget_empty_groups(&store), 5);
+        // A shutdown stops a pass before the next group.
+        let asked = std::cell::Cell::new(0);
+        let stop_after_two = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        assert_eq!(c.forget_empty_groups_until(&store, stop_after_two), 2);
+        assert_eq!(c.forget_empty_groups(&store), 3);
         assert!(c.holds("g0"), "kept for its positions");
         let crowded = c.tick();
         TEST_MAX_GROUPS.with(|m| m.set(None));

@@ -561,6 +561,7 @@ impl Server {
         });
         let groups = Arc::clone(&self.ctx.groups);
         let storage = self.ctx.storage.clone();
+        let stopping = self.ctx.stopping.subscribe();
         let ticker = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
             // A tick that overran (the coordinator's lock held long) is not
@@ -580,8 +581,10 @@ impl Server {
                     })
                 {
                     let (g, s) = (Arc::clone(&groups), storage.clone());
+                    let stopping = stopping.clone();
                     let task = tokio::task::spawn_blocking(move || {
-                        let forgotten = g.forget_empty_groups(s.offsets());
+                        let forgotten =
+                            g.forget_empty_groups_until(s.offsets(), || *stopping.borrow());
                         if forgotten > 0 {
                             tracing::info!(
                                 groups = forgotten,
@@ -617,6 +620,7 @@ impl Server {
             let storage = self.ctx.storage.clone();
             let cfg = storage.config().groups.clone();
             let retention = Duration::from_secs(cfg.offsets_retention_minutes.saturating_mul(60));
+            let stopping = self.ctx.stopping.subscribe();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_millis(
                     cfg.offsets_retention_check_interval_ms,
@@ -625,13 +629,15 @@ impl Server {
                 loop {
                     every.tick().await;
                     let (g, s) = (Arc::clone(&groups), storage.clone());
+                    let stopping = stopping.clone();
                     let run = tokio::task::spawn_blocking(move || {
                         let expired = g.expire_offsets(
                             s.offsets(),
                             retention,
                             crate::storage::moment::PassTime::now(),
                         );
-                        let forgotten = g.forget_empty_groups(s.offsets());
+                        let forgotten =
+                            g.forget_empty_groups_until(s.offsets(), || *stopping.borrow());
                         if forgotten > 0 {
                             tracing::debug!(
                                 groups = forgotten,
@@ -2579,15 +2585,22 @@ mod tests {
                 wr
             })
         };
-        // Until the reader stops (or has read every frame).
-        let mut last = usize::MAX;
+        // Until the reader stops: the count unchanged over three looks 300 ms
+        // apart, after two frames at least (a slow machine may take a while
+        // to read the first), or every frame read, or 30 s.
+        let started = std::time::Instant::now();
+        let (mut last, mut same) = (usize::MAX, 0);
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let now = written.load(Ordering::Acquire);
-            if now == last || now == FRAMES {
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+            if (same >= 3 && now >= 2)
+                || now == FRAMES
+                || started.elapsed() > Duration::from_secs(30)
+            {
                 break;
             }
-            last = now;
         }
         let read = written.load(Ordering::Acquire);
         // A frame is written to the pipe whole only once the reader has taken

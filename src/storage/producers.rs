@@ -461,6 +461,11 @@ impl ProducerState {
             .collect()
     }
 
+    /// The largest producer id remembered, expired or not.
+    pub fn largest_id(&self) -> Option<i64> {
+        self.producers.keys().max().copied()
+    }
+
     /// [`ProducerState::describe_unsorted`], by id.
     #[cfg(test)]
     pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
@@ -675,6 +680,30 @@ impl ProducerIds {
             path,
             state: Mutex::new((below, below)),
         })
+    }
+
+    /// Continues past `known`, the largest producer id a partition remembers,
+    /// when the reservation read does not cover it: the file was removed, or
+    /// the data directory restored without it (a missing file reads as no id
+    /// handed out yet). Handed out again, an id whose old holder a partition
+    /// still knows had the new producer's first batch answered as the old
+    /// one's retry, acknowledged and never stored, or refused out of order.
+    pub fn continue_past(&self, known: i64) {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known < st.1 {
+            return;
+        }
+        tracing::warn!(
+            path = %self.path.display(),
+            reserved_below = st.1,
+            known_producer = known,
+            "the producer id reservation does not cover a producer the partitions know (its file lost or restored from elsewhere); ids continue past it"
+        );
+        let next = known.saturating_add(1);
+        *st = (next, next);
     }
 
     /// A producer id never handed out before (blocking: may write and fsync).
@@ -1465,6 +1494,45 @@ pub(crate) mod pipeline_tests {
         m.checkpoint().unwrap();
         assert!(!older.exists());
         assert_eq!(snapshots().0, 1);
+        m.shutdown().unwrap();
+    }
+
+    /// `producer-ids.json` gone (removed by hand, a data directory restored
+    /// without it) read as no id handed out: ids started again at 0, and a
+    /// new client handed producer 0 had its first batch answered as the old
+    /// producer 0's retry, acknowledged and never stored. A start now
+    /// continues past every producer a partition remembers.
+    #[test]
+    fn a_lost_producer_id_reservation_continues_past_the_producers_partitions_know() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        let old = m.allocate_producer_id().unwrap();
+        assert_eq!(old, 0);
+        assert_eq!(
+            produce(&rt, &m, &make_producer_batch(0, &[b"old"], old, 0, 0)),
+            Ok(0)
+        );
+        // One from past the first block the reservation covered.
+        let high = make_producer_batch(0, &[b"high"], 1500, 0, 0);
+        assert_eq!(produce(&rt, &m, &high), Ok(1));
+        m.shutdown().unwrap();
+        drop(m);
+        std::fs::remove_file(tmp.path().join(super::ProducerIds::FILE)).unwrap();
+        let m = TopicManager::new(c.clone()).unwrap();
+        let new = m.allocate_producer_id().unwrap();
+        assert!(new > 1500, "producer {new} handed out again");
+        assert_eq!(
+            produce(&rt, &m, &make_producer_batch(0, &[b"new"], new, 0, 0)),
+            Ok(2)
+        );
+        // And the reservation is stored from there.
+        m.shutdown().unwrap();
+        drop(m);
+        let m = TopicManager::new(c).unwrap();
+        assert!(m.allocate_producer_id().unwrap() > new);
         m.shutdown().unwrap();
     }
 

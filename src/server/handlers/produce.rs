@@ -171,9 +171,10 @@ fn heap_bytes(e: &ProduceError) -> usize {
 /// The bytes a Produce's answer to come keeps, beyond its frame, from its
 /// submission until it is written: each topic's entry and list of partitions,
 /// each partition's outcome, and the shared state of each acknowledgement
-/// awaited (whose sender the pipeline holds). A partition costs 64 bytes here
-/// (136 alone in its topic) for as few as 6 on the wire, so the connection
-/// counts these bytes in flight with the frame's (see `conn::InFlight`).
+/// awaited (whose sender the pipeline holds). A partition refused before the
+/// write costs 64 bytes here, one submitted about 200 (72 more when alone in
+/// its topic), for as few as 6 on the wire, so the connection counts these
+/// bytes in flight with the frame's (see `conn::InFlight`).
 fn kept_bytes(submitted: &[(kafka_protocol::messages::TopicName, Vec<(i32, Outcome)>)]) -> usize {
     let acknowledgement =
         std::mem::size_of::<Result<i64, ProduceError>>() + 64 + ALLOCATION_OVERHEAD;
