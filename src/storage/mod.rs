@@ -2310,14 +2310,12 @@ impl TopicManager {
             Some(p.log_end_offset())
         })?;
         let producer_ids = ProducerIds::open(&data_dir)?;
-        if let Some(known) = topics
-            .values()
-            .flat_map(|t| t.partitions.iter())
-            .filter_map(|p| p.producers().largest_id())
-            .max()
-        {
-            producer_ids.continue_past(known);
-        }
+        producer_ids.continue_past(
+            topics
+                .values()
+                .flat_map(|t| t.partitions.iter())
+                .filter_map(|p| p.producers().largest_id_below(producers::RESERVATION_LIMIT)),
+        );
         let reserve =
             space_reserve::SpaceReserve::open(&data_dir, config.storage.space_reserve_bytes);
 

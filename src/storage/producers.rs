@@ -461,9 +461,13 @@ impl ProducerState {
             .collect()
     }
 
-    /// The largest producer id remembered, expired or not.
-    pub fn largest_id(&self) -> Option<i64> {
-        self.producers.keys().max().copied()
+    /// The largest producer id remembered below `limit`, expired or not.
+    pub fn largest_id_below(&self, limit: i64) -> Option<i64> {
+        self.producers
+            .keys()
+            .filter(|&&id| id < limit)
+            .max()
+            .copied()
     }
 
     /// [`ProducerState::describe_unsorted`], by id.
@@ -608,7 +612,7 @@ const ID_BLOCK: i64 = 1000;
 /// damaged (refused at open), and no block is reserved past it (the
 /// allocator then answers [`Error::ProducerIdsExhausted`]), so what the
 /// allocator stores always opens again.
-const RESERVATION_LIMIT: i64 = i64::MAX - ID_BLOCK;
+pub(crate) const RESERVATION_LIMIT: i64 = i64::MAX - ID_BLOCK;
 
 /// `producer-ids.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -632,6 +636,9 @@ pub struct ProducerIds {
     path: PathBuf,
     /// (next id, end of the durable reservation)
     state: Mutex<(i64, i64)>,
+    /// Whether the file was missing at open (see
+    /// [`ProducerIds::continue_past`]).
+    missing: bool,
 }
 
 impl ProducerIds {
@@ -644,6 +651,7 @@ impl ProducerIds {
     /// I/O errors; [`Error::Corrupt`] when the file does not parse.
     pub fn open(data_dir: &Path) -> Result<ProducerIds> {
         let path = data_dir.join(Self::FILE);
+        let mut missing = false;
         let below = match std::fs::read(&path) {
             Ok(raw) => {
                 let f: IdFile = serde_json::from_slice(&raw).map_err(|e| {
@@ -673,22 +681,37 @@ impl ProducerIds {
                 }
                 f.reserved_below
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing = true;
+                0
+            }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
         Ok(ProducerIds {
             path,
             state: Mutex::new((below, below)),
+            missing,
         })
     }
 
-    /// Continues past `known`, the largest producer id a partition remembers,
-    /// when the reservation read does not cover it: the file was removed, or
-    /// the data directory restored without it (a missing file reads as no id
-    /// handed out yet). Handed out again, an id whose old holder a partition
-    /// still knows had the new producer's first batch answered as the old
-    /// one's retry, acknowledged and never stored, or refused out of order.
-    pub fn continue_past(&self, known: i64) {
+    /// When the file was missing at open (removed, or the data directory
+    /// restored without it: read as no id handed out yet), continues past
+    /// the largest of `known`, the producer ids the partitions remember, that
+    /// this allocator could have handed out (below [`RESERVATION_LIMIT`]).
+    /// Handed out again, an id whose old holder a partition still knows had
+    /// the new producer's first batch answered as the old one's retry,
+    /// acknowledged and never stored, or refused out of order.
+    ///
+    /// A file read is trusted as it is: clients may put any producer id in
+    /// their batches, and one near `i64::MAX` taken for a reservation would
+    /// leave no id to hand out.
+    pub fn continue_past(&self, known: impl Iterator<Item = i64>) {
+        if !self.missing {
+            return;
+        }
+        let Some(known) = known.filter(|&id| id < RESERVATION_LIMIT).max() else {
+            return;
+        };
         let mut st = self
             .state
             .lock()
@@ -700,7 +723,7 @@ impl ProducerIds {
             path = %self.path.display(),
             reserved_below = st.1,
             known_producer = known,
-            "the producer id reservation does not cover a producer the partitions know (its file lost or restored from elsewhere); ids continue past it"
+            "the producer id reservation is missing (its file removed, or the data directory restored without it) and partitions know producers: ids continue past them"
         );
         let next = known.saturating_add(1);
         *st = (next, next);
@@ -1518,15 +1541,25 @@ pub(crate) mod pipeline_tests {
         // One from past the first block the reservation covered.
         let high = make_producer_batch(0, &[b"high"], 1500, 0, 0);
         assert_eq!(produce(&rt, &m, &high), Ok(1));
+        // And one no allocator hands out: a client may put any id in its
+        // batch. Continued past, it would leave no id to hand out.
+        let forged = make_producer_batch(0, &[b"forged"], i64::MAX - 10, 0, 0);
+        assert_eq!(produce(&rt, &m, &forged), Ok(2));
+        m.shutdown().unwrap();
+        drop(m);
+        // A file read is trusted as it is: ids go on from its reservation
+        // (the first block, 0 to 999, may have been handed out).
+        let m = TopicManager::new(c.clone()).unwrap();
+        assert_eq!(m.allocate_producer_id().unwrap(), 1000);
         m.shutdown().unwrap();
         drop(m);
         std::fs::remove_file(tmp.path().join(super::ProducerIds::FILE)).unwrap();
         let m = TopicManager::new(c.clone()).unwrap();
         let new = m.allocate_producer_id().unwrap();
-        assert!(new > 1500, "producer {new} handed out again");
+        assert!(new > 1500 && new < 3000, "producer {new}");
         assert_eq!(
             produce(&rt, &m, &make_producer_batch(0, &[b"new"], new, 0, 0)),
-            Ok(2)
+            Ok(3)
         );
         // And the reservation is stored from there.
         m.shutdown().unwrap();
