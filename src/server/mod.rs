@@ -631,10 +631,11 @@ impl Server {
                     let (g, s) = (Arc::clone(&groups), storage.clone());
                     let stopping = stopping.clone();
                     let run = tokio::task::spawn_blocking(move || {
-                        let expired = g.expire_offsets(
+                        let expired = g.expire_offsets_until(
                             s.offsets(),
                             retention,
                             crate::storage::moment::PassTime::now(),
+                            || *stopping.borrow(),
                         );
                         let forgotten =
                             g.forget_empty_groups_until(s.offsets(), || *stopping.borrow());
