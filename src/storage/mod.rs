@@ -621,9 +621,36 @@ pub fn random_id() -> u128 {
     out
 }
 
-/// The bytes of a deleted topic's name kept in its directory's name in the
-/// trash, followed by `-` and 16 hex digits: within a file name's 255 bytes.
+/// The longest topic name kept whole in its directory's name in the trash
+/// (followed by `-` and up to 16 hex digits, within a file name's 255
+/// bytes), and in a directory set aside; see [`trash_key`] for longer ones.
 const TRASH_NAME_PREFIX: usize = 200;
+
+/// The bytes of a longer name that [`trash_key`] keeps before its digest.
+const TRASH_KEY_PREFIX: usize = 180;
+
+/// What a delete's directory in the trash is named by (before `-` and its
+/// random hex): the topic's name when it has at most [`TRASH_NAME_PREFIX`]
+/// bytes, else its first [`TRASH_KEY_PREFIX`] bytes, `=` (no topic name
+/// holds one) and a 64-bit digest of the whole name, so that two topics
+/// sharing a long prefix are told apart (a start takes the entries and
+/// positions of a topic in the trash for a deleted topic's).
+fn trash_key(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= TRASH_NAME_PREFIX {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    // FNV-1a: fixed across builds and platforms, as a name on disk must be.
+    let digest = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    // Topic names are ASCII (any cut is whole characters); one that is not,
+    // never a topic's, is cut at a boundary.
+    let mut cut = TRASH_KEY_PREFIX;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}={digest:016x}", &name[..cut]))
+}
 
 /// Whether `name` is a legal Kafka topic name.
 pub fn valid_topic_name(name: &str) -> bool {
@@ -933,7 +960,7 @@ fn set_aside_partition_data(dir: &Path, p: i32) -> Result<()> {
 /// The rename or the directory fsync, naming the path.
 fn set_aside(topics_dir: &Path, name: &str) -> Result<PathBuf> {
     let from = topics_dir.join(name);
-    // The name cut short as in the trash: within a file name's 255 bytes.
+    // The name cut short: within a file name's 255 bytes.
     let to = topics_dir.join(format!(
         "{}~{:016x}{STRAY_SUFFIX}",
         &name[..name.len().min(TRASH_NAME_PREFIX)],
@@ -1076,9 +1103,17 @@ fn check_points_beyond_count(
     Ok(())
 }
 
+/// The name of a directory the delete of topic `name` moves into the trash:
+/// its [`trash_key`], `-` and random hex digits (a name deleted again before
+/// the first is removed gets another).
+fn trash_entry_name(name: &str) -> String {
+    format!("{}-{:x}", trash_key(name), random_id() as u64)
+}
+
 /// The topics whose delete a crash interrupted after it moved their directory
-/// into the trash, `trash` (`topics-deleted/<name>-<hex>`, the name cut as
-/// [`TRASH_NAME_PREFIX`] says): their names so cut.
+/// into the trash, `trash` (`topics-deleted/<key>-<hex>`): their
+/// [`trash_key`]s, or a long name's first [`TRASH_NAME_PREFIX`] bytes where
+/// a build before keys cut it so.
 ///
 /// # Errors
 /// A trash that cannot be read, naming it.
@@ -1130,14 +1165,18 @@ fn trash_entries(trash: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Whether the delete of topic `name` was in progress: its directory is in
-/// the trash (`trashed`, names cut as [`TRASH_NAME_PREFIX`] says).
+/// the trash (`trashed`, as [`trashed_names`] reads them).
 fn in_trash(trashed: &BTreeSet<String>, name: &str) -> bool {
-    // Cut as the trash cuts it (a name that is no topic name, not on a
-    // character boundary, is compared whole).
-    let cut = name
-        .get(..name.len().min(TRASH_NAME_PREFIX))
-        .unwrap_or(name);
-    trashed.contains(cut)
+    if trashed.contains(trash_key(name).as_ref()) {
+        return true;
+    }
+    // A long name's entry from a build before keys: its first 200 bytes (a
+    // name that is no topic name, not cut on a character boundary, is
+    // compared whole).
+    name.len() > TRASH_NAME_PREFIX
+        && name
+            .get(..TRASH_NAME_PREFIX)
+            .is_some_and(|cut| trashed.contains(cut))
 }
 
 /// Whether topic `name` has a directory a start opened (`topics`) or
@@ -3349,14 +3388,9 @@ impl TopicManager {
                 // deleted topic's (see `check_lost_positions`).
                 let trash = me.trash_dir();
                 create_dir_durable(&trash)?;
-                // The name cut short: with the suffix a 249-byte name would pass
-                // the file system's 255 (names are ASCII, so any cut is whole
-                // characters).
-                let to = trash.join(format!(
-                    "{}-{:x}",
-                    &name[..name.len().min(TRASH_NAME_PREFIX)],
-                    random_id() as u64
-                ));
+                // A long name by its key: with the suffix a 249-byte name
+                // would pass the file system's 255.
+                let to = trash.join(trash_entry_name(&name));
                 std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
                 Ok(to)
             });
@@ -8475,6 +8509,75 @@ mod tests {
         assert!(log_lines.contains("orphaned=1"), "{log_lines}");
         assert!(m.topic("t").is_none());
         assert_eq!(m.offsets().fetch("g", "t", 0), None);
+        m.shutdown().unwrap();
+    }
+
+    /// Two topics whose names share their first 200 bytes: the delete of one
+    /// interrupted after its directory moved to the trash, the other's
+    /// directory gone from outside (a volume not mounted), the WAL holding
+    /// entries of both. A strict start refuses, naming the second, and
+    /// leaves its entries; the first's are a deleted topic's, dropped.
+    /// Before, the trash kept only a name's first 200 bytes and a start
+    /// matched by them: it took the second for a deleted topic too and
+    /// dropped its acknowledged entries with a warning. A trash entry a
+    /// build before keys left (the first 200 bytes) still counts.
+    #[test]
+    fn a_long_named_topic_in_the_trash_is_told_from_another_of_its_prefix() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let prefix = "x".repeat(TRASH_NAME_PREFIX);
+        let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic(&a, 1).unwrap();
+        m.create_topic(&b, 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        for t in [&a, &b] {
+            wal.append(t, 0, Bytes::from(batch_at(0, &[b"v"])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+        let entry = trash_entry_name(&a);
+        assert!(entry.len() <= 255 && !entry.starts_with(&prefix), "{entry}");
+        assert_ne!(trash_key(&a), trash_key(&b));
+        assert_eq!(trash_key("t"), "t");
+        let trash = tmp.path().join("topics-deleted");
+        std::fs::create_dir_all(&trash).unwrap();
+        std::fs::rename(tmp.path().join("topics").join(&a), trash.join(&entry)).unwrap();
+        let gone = tmp.path().join("topics").join(&b);
+        let kept = tmp.path().join("kept-b");
+        std::fs::rename(&gone, &kept).unwrap();
+
+        let e = TopicManager::new(c.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains(&gone.display().to_string()) && e.contains("the WAL holds 1 entries"),
+            "{e}"
+        );
+        assert!(!e.contains(&format!("{prefix}a")), "{e}");
+
+        // The volume back, the start drops only the deleted topic's entry.
+        std::fs::rename(&kept, &gone).unwrap();
+        let (m, log_lines) = logged(|| TopicManager::new(c.clone()).unwrap());
+        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        assert!(m.topic(&a).is_none());
+        assert_eq!(m.partition(&b, 0).unwrap().log_end_offset(), 1);
+        m.shutdown().unwrap();
+        drop(m);
+
+        // An entry named by the first 200 bytes, as builds before keys left
+        // it, is still the delete of a topic of that prefix.
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        wal.append(&b, 0, Bytes::from(batch_at(1, &[b"w"])))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        std::fs::rename(&gone, trash.join(format!("{prefix}-1a2b3c"))).unwrap();
+        let (m, log_lines) = logged(|| TopicManager::new(c).unwrap());
+        assert!(log_lines.contains("orphaned=1"), "{log_lines}");
+        assert!(m.topic(&b).is_none());
         m.shutdown().unwrap();
     }
 

@@ -3194,7 +3194,13 @@ impl Partition {
                         .map_err(|e| Error::io("read", path, e))?;
                     #[cfg(test)]
                     HEADERS_READ.with(|c| c.set(c.get() + 1));
-                    let Ok(info) = batch::parse_header(&head) else {
+                    // Read without their checksums: one the segment could
+                    // not hold (damaged), below its base or ending before it
+                    // starts, is passed over as one that does not parse.
+                    let Some(info) = batch::parse_header(&head)
+                        .ok()
+                        .filter(|i| i.base_offset >= v.base && i.last_offset_delta >= 0)
+                    else {
                         newest = None;
                         continue;
                     };
@@ -3942,6 +3948,26 @@ pub(crate) mod tests {
             .iter()
             .all(|s| !s.max_timestamp_is_exact()));
         (dir, pdir, p)
+    }
+
+    /// A lookup by time reads the batch headers of a segment opened from its
+    /// index without their checksums. One damaged in its base offset (to
+    /// `i64::MIN`) and its last offset delta (negative) made the batch's last
+    /// offset overflow: a panic in a debug build, answered
+    /// UNKNOWN_SERVER_ERROR, and in release an offset wrapped to the top,
+    /// so the batch counted as above the log start. It is passed over now,
+    /// as a header that does not parse.
+    #[test]
+    fn a_lookup_passes_over_a_header_the_segment_could_not_hold() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let (_dir, pdir, p) = opened_without_time_indexes();
+        let log = pdir.join(format!("{:020}.log", 0));
+        let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        file.write_all_at(&i64::MIN.to_be_bytes(), 0).unwrap();
+        file.write_all_at(&(-1i32).to_be_bytes(), 23).unwrap();
+        drop(file);
+        assert_eq!(p.offset_for_timestamp(0).unwrap(), Some((1, DAY)));
+        assert_eq!(p.offset_for_timestamp(4 * DAY).unwrap(), Some((2, 5 * DAY)));
     }
 
     /// Retention reads the batch headers of the segments opened from their

@@ -1688,7 +1688,11 @@ impl Segment {
         let Ok(info) = batch::parse_header(&head) else {
             return Ok(false);
         };
-        if info.base_offset != last.offset || last.position + info.len as u64 != self.size {
+        // Read without its checksum: a negative delta is damage too.
+        if info.base_offset != last.offset
+            || info.last_offset_delta < 0
+            || last.position + info.len as u64 != self.size
+        {
             return Ok(false);
         }
         self.next_offset = info.last_offset() + 1;
@@ -3362,6 +3366,29 @@ pub(crate) mod tests {
         let positions: Vec<u64> = s.index().iter().map(|e| e.position).collect();
         assert_eq!(positions[0], 0, "{positions:?}");
         assert_eq!(s.next_offset(), 3);
+    }
+
+    /// A segment opened from its index reads its last batch's header
+    /// without the checksum. One whose last offset delta was damaged to a
+    /// negative count was taken as read: the segment ended at that batch's
+    /// base, the batch still in its log and index. The log is scanned now,
+    /// and the damaged batch cut there.
+    #[test]
+    fn a_last_header_with_a_negative_delta_makes_the_open_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segment::create(dir.path(), 0).unwrap();
+        append(&mut s, 0, &[b"a"]);
+        append(&mut s, 1, &[b"b"]);
+        let last = s.size();
+        append(&mut s, 2, &[b"c"]);
+        s.sync().unwrap();
+        let path = s.log_path().to_path_buf();
+        drop(s);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&(-1i32).to_be_bytes(), last + 23).unwrap();
+        drop(f);
+        let s = Segment::open(dir.path(), 0, false).unwrap();
+        assert_eq!((s.next_offset(), s.index().len(), s.size()), (2, 2, last));
     }
 
     #[test]
