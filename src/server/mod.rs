@@ -1801,7 +1801,7 @@ async fn dispatch(
                     {
                         return Err(API_VERSIONS_AGAIN.into());
                     }
-                    (in_turn(ctx, frame, peer), false)
+                    (in_turn(ctx, frame, peer, started), false)
                 }
                 _ if unauthenticated.is_some() => {
                     return Err(format!(
@@ -1815,7 +1815,7 @@ async fn dispatch(
                     kept = state;
                     (pending, close)
                 }
-                _ => (in_turn(ctx, frame, peer), false),
+                _ => (in_turn(ctx, frame, peer, started), false),
             };
             let ctx = Arc::clone(ctx);
             Ok((
@@ -1839,13 +1839,14 @@ async fn dispatch(
 /// requests queued behind a slow one (a long poll, an answer the client does
 /// not read) then hold their frames, which count in flight, and not what the
 /// frames decode into: a Metadata v9 topic of 4 bytes (an empty name, one
-/// unknown tagged field) decodes into some 470.
-fn in_turn(ctx: &Arc<Ctx>, frame: Bytes, peer: SocketAddr) -> Pending {
+/// unknown tagged field) decodes into some 470. `arrived` is when the reader
+/// read it.
+fn in_turn(ctx: &Arc<Ctx>, frame: Bytes, peer: SocketAddr, arrived: std::time::Instant) -> Pending {
     let ctx = Arc::clone(ctx);
     Box::pin(async move {
         match decode_request(frame) {
             Ok(Decoded::Request(header, request)) => {
-                let (pending, _) = handlers::handle(&ctx, header, request, peer).await;
+                let (pending, _) = handlers::handle(&ctx, header, request, peer, arrived).await;
                 pending.await
             }
             // Not reached: the reader decoded the same bytes.
@@ -2434,6 +2435,39 @@ mod tests {
             codes::UNKNOWN_TOPIC_OR_PARTITION,
             "the topic was deleted first"
         );
+    }
+
+    /// A CreateTopics read behind a Fetch's long poll on its connection
+    /// starts once the Fetch is answered. Its `timeout_ms` counted from then,
+    /// so it created topics after its client's own timeout (set to the same)
+    /// had given up on the answer; it counts from its arrival now.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_waiting_behind_a_long_poll_counts_its_timeout_from_its_arrival() {
+        use kafka_protocol::messages::{
+            create_topics_request::CreatableTopic, CreateTopicsRequest, CreateTopicsResponse,
+            TopicName,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let (mut client, _stop) = serve_in_memory(Arc::clone(&ctx));
+        let create = CreateTopicsRequest::default()
+            .with_timeout_ms(500)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("late")))
+                .with_num_partitions(1)
+                .with_replication_factor(1)]);
+        let mut both = fetch_frame_waiting(1 << 20, 1, 1_000);
+        both.extend(frame(ApiKey::CreateTopics, 4, "c", &create));
+        client.write_all(&both).await.unwrap();
+        assert_eq!(fetched_records(&mut client).await, 0, "the long poll ended");
+        let created: CreateTopicsResponse = response(&mut client, 4).await;
+        assert_eq!(
+            created.topics[0].error_code,
+            codes::REQUEST_TIMED_OUT,
+            "{created:?}"
+        );
+        assert!(ctx.storage.topic("late").is_none());
     }
 
     /// ApiVersions lists Produce from v0, as Kafka 4.0 does (librdkafka up to

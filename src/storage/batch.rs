@@ -1104,8 +1104,9 @@ enum Inflated {
 /// at most holds: its output (one byte more, which tells a larger one), and
 /// the decoder's own buffers. lz4 decodes each block straight into the output
 /// and reads the compressed bytes where they are ([`lz4_frame`]): nothing
-/// more; zstd keeps up to its window of history, no more than its output so
-/// far, plus block buffers of 128 KiB; gzip a window of 32 KiB.
+/// more; zstd decodes a frame whole into its own buffer (no further than the
+/// room asked for and one block of 128 KiB) before it is copied out, plus
+/// block buffers; gzip a window of 32 KiB.
 fn streamed_charge(codec: u8, want: usize) -> usize {
     match codec {
         3 => want + 1,
@@ -1143,21 +1144,27 @@ fn inflate(codec: u8, data: &[u8], limit: usize) -> Option<Inflated> {
                     return None;
                 }
                 let size_stated = descriptor >> 6 != 0 || descriptor & 0x20 != 0;
-                let before = out.len();
-                let mut d = ruzstd::decoding::StreamingDecoder::new(&mut rest).ok()?;
-                let left = room - out.len() as u64;
-                (&mut d).take(left).read_to_end(&mut out).ok()?;
-                // The frame was read to its end unless it is larger than the
-                // limit: its content checksum, when it has one, must match
-                // what it decompressed to, as zstd-jni checks it.
-                if out.len() <= limit {
-                    let frame = d.into_frame_decoder();
-                    if let Some(stored) = frame.get_checksum_from_data() {
-                        (frame.get_calculated_checksum() == Some(stored)).then_some(())?;
-                    }
-                    if size_stated && frame.content_size() != (out.len() - before) as u64 {
-                        return None;
-                    }
+                let mut frame = ruzstd::decoding::FrameDecoder::new();
+                frame.init(&mut rest).ok()?;
+                // Decoded no further than the room left, and the block that
+                // passes it (128 KiB at most), before anything is collected:
+                // a streaming read hands nothing out until the decoder holds
+                // more than the frame's window, which a frame declares in one
+                // byte (up to 128 MiB, all decoded outside the budget's
+                // charge for a 4 KB batch).
+                let left = limit + 1 - out.len();
+                let strategy = ruzstd::decoding::BlockDecodingStrategy::UptoBytes(left);
+                if !frame.decode_blocks(&mut rest, strategy).ok()? || frame.can_collect() >= left {
+                    return Some(Inflated::Larger);
+                }
+                let decoded = frame.collect_to_writer(&mut out).ok()?;
+                // Read to its end: its content checksum, when it has one,
+                // must match what it decompressed to, as zstd-jni checks it.
+                if let Some(stored) = frame.get_checksum_from_data() {
+                    (frame.get_calculated_checksum() == Some(stored)).then_some(())?;
+                }
+                if size_stated && frame.content_size() != decoded as u64 {
+                    return None;
                 }
             }
         }
@@ -2768,6 +2775,56 @@ pub(crate) mod tests {
                 "{what}"
             );
             assert!(payload(&c).is_none(), "{what}");
+        }
+    }
+
+    /// A zstd frame declaring a window of 128 MiB, then 1,024 RLE blocks of
+    /// 128 KiB of `x`, then a block of the reserved type: 4 KB on the wire.
+    fn zstd_window_bomb() -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x88];
+        for _ in 0..1024 {
+            f.extend_from_slice(&[0x02, 0x00, 0x10, b'x']);
+        }
+        f.extend_from_slice(&[0x06, 0x00, 0x00]);
+        f
+    }
+
+    /// A zstd frame is decoded no further than the room asked for (and one
+    /// block). Before, the decoder's reading handed nothing out until it held
+    /// more than the window the frame declares: a 4 KB batch declaring 128
+    /// MiB had all of it decoded (128-192 MiB resident) on the first ask of
+    /// 64 KiB, charged 1.1 MiB to the decompression budget, before its
+    /// reserved block refused it.
+    #[test]
+    fn a_zstd_frame_is_decoded_no_further_than_the_room_asked_for() {
+        let bomb = zstd_window_bomb();
+        assert!(matches!(
+            inflate(4, &bomb, 64 << 10),
+            Some(Inflated::Larger)
+        ));
+        let b = with_section(&make_batch(0, &[b"v"]), 4, &bomb);
+        assert_eq!(
+            validate_produce(&b),
+            Err(BatchError::BadPayload { codec: 4 })
+        );
+        // Whole frames, back to back, still decode at any room they fit.
+        let r = make_batch(0, &[b"value", b"value"]);
+        let records = &r[HEADER_LEN..];
+        let frame =
+            ruzstd::encoding::compress_to_vec(records, ruzstd::encoding::CompressionLevel::Fastest);
+        let two = [frame.clone(), frame].concat();
+        let both = [records, records].concat();
+        for limit in [both.len(), both.len() + 1, 1 << 20] {
+            assert!(
+                matches!(inflate(4, &two, limit), Some(Inflated::Done(d)) if d == both),
+                "{limit}"
+            );
+        }
+        for limit in [0, records.len(), both.len() - 1] {
+            assert!(
+                matches!(inflate(4, &two, limit), Some(Inflated::Larger)),
+                "{limit}"
+            );
         }
     }
 

@@ -116,14 +116,16 @@ pub(crate) async fn produce(
     produce::handle(ctx, req, header.request_api_version, header.correlation_id).await
 }
 
-/// Starts handling one decoded request from the client at `peer`: the response,
-/// and whether the connection closes after it (a Produce with acks=0 that
-/// failed).
+/// Starts handling one decoded request from the client at `peer`, read off
+/// its connection at `arrived` (it starts once those before it are answered):
+/// the response, and whether the connection closes after it (a Produce with
+/// acks=0 that failed).
 pub(crate) async fn handle(
     ctx: &Arc<Ctx>,
     header: RequestHeader,
     request: RequestKind,
     peer: SocketAddr,
+    arrived: std::time::Instant,
 ) -> (Pending, bool) {
     let version = header.request_api_version;
     let cid = header.correlation_id;
@@ -161,7 +163,7 @@ pub(crate) async fn handle(
                 ApiKey::CreateTopics,
                 version,
                 cid,
-                &topics::create(&ctx, req).await,
+                &topics::create(&ctx, req, arrived).await,
             )
         }),
         RequestKind::DeleteTopics(req) => Box::pin(async move {

@@ -312,7 +312,13 @@ fn repeated<T: std::hash::Hash + Eq + Clone>(
 /// touched no storage; now with 11 MB.
 pub(crate) const MAX_CREATED_TOPICS: usize = 5_000;
 
-pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
+/// CreateTopics `req`, read off its connection at `arrived` (its
+/// `timeout_ms` counts from then).
+pub(crate) async fn create(
+    ctx: &Ctx,
+    req: CreateTopicsRequest,
+    arrived: Instant,
+) -> CreateTopicsResponse {
     // A topic named more than once is not created, and answered once with
     // INVALID_REQUEST, as Kafka does.
     let repeated = repeated(req.topics.iter().map(|t| t.name.0.as_str()))
@@ -337,16 +343,18 @@ pub(crate) async fn create(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsR
     // one not created in time, so that the client learns of the rest before
     // its own request timeout, which clients set to the same value
     // (thousands of topics of many partitions take minutes to create, the
-    // files of each synced). A topic is not started with less left than the
-    // longest create of the request so far, or a fifth of the timeout (the
-    // answer's own way, and the time the request waited before it was
-    // read). 0 or less sets none.
+    // files of each synced). It counts from the request's arrival: a request
+    // read behind others on its connection waits for their answers (a Fetch's
+    // long poll, a JoinGroup's rebalance) before it starts. A topic is not
+    // started with less left than the longest create of the request so far,
+    // or a fifth of the timeout (the answer's own way, and the time the
+    // request waited before it was read). 0 or less sets none.
     let deadline = u64::try_from(req.timeout_ms)
         .ok()
         .filter(|&ms| ms > 0)
         .map(|ms| {
             (
-                Instant::now() + Duration::from_millis(ms),
+                arrived + Duration::from_millis(ms),
                 Duration::from_millis(ms) / 5,
             )
         });
@@ -1191,7 +1199,7 @@ mod tests {
             let req = CreateTopicsRequest::default()
                 .with_topics(vec![creatable("x.y"), creatable("x_y"), creatable("x-y")])
                 .with_validate_only(validate_only);
-            let r = create(&ctx, req).await;
+            let r = create(&ctx, req, Instant::now()).await;
             assert_eq!(
                 codes_of(&r),
                 [codes::NONE, codes::INVALID_TOPIC_EXCEPTION, codes::NONE],
@@ -1207,7 +1215,7 @@ mod tests {
             let req = CreateTopicsRequest::default()
                 .with_topics(vec![creatable("z")])
                 .with_validate_only(validate_only);
-            let r = create(&ctx, req).await;
+            let r = create(&ctx, req, Instant::now()).await;
             assert_eq!(
                 codes_of(&r),
                 [codes::KAFKA_STORAGE_ERROR],
@@ -1758,6 +1766,7 @@ mod tests {
             CreateTopicsRequest::default()
                 .with_topics(topics("late", 200))
                 .with_timeout_ms(1),
+            Instant::now(),
         )
         .await;
         let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
@@ -1785,10 +1794,28 @@ mod tests {
                 CreateTopicsRequest::default()
                     .with_topics(topics(&prefix, 2))
                     .with_timeout_ms(timeout_ms),
+                Instant::now(),
             )
             .await;
             assert!(r.topics.iter().all(|t| t.error_code == codes::NONE));
         }
+        // The timeout counts from the request's arrival: one that waited out
+        // its timeout behind others on its connection creates nothing.
+        let r = create(
+            &ctx,
+            CreateTopicsRequest::default()
+                .with_topics(topics("waited", 1))
+                .with_timeout_ms(1_000),
+            Instant::now() - Duration::from_millis(1_500),
+        )
+        .await;
+        assert!(
+            r.topics
+                .iter()
+                .all(|t| t.error_code == codes::REQUEST_TIMED_OUT
+                    && ctx.storage.topic(&t.name).is_none()),
+            "{r:?}"
+        );
     }
 
     /// Kafka names a topic's metrics with its `.` made `_`, and refuses a
@@ -1808,7 +1835,7 @@ mod tests {
                     creatable("a-b_c"),
                 ])
                 .with_validate_only(validate_only);
-            let r = create(&ctx, req).await;
+            let r = create(&ctx, req, Instant::now()).await;
             let answers: Vec<(String, i16)> = r
                 .topics
                 .iter()
@@ -1955,7 +1982,7 @@ mod tests {
         let req = CreateTopicsRequest::default()
             .with_topics(topics)
             .with_validate_only(true);
-        let r = create(&ctx, req).await;
+        let r = create(&ctx, req, Instant::now()).await;
         assert_eq!(r.topics.len(), MAX_CREATED_TOPICS + 4);
         assert_eq!(
             (r.topics[1].name.0.as_str(), r.topics[1].error_code),
@@ -2021,7 +2048,7 @@ mod tests {
                     &[(2, &[node]), (0, &[node]), (1, &[node])],
                 )])
                 .with_validate_only(validate_only);
-            let r = create(&ctx, req).await;
+            let r = create(&ctx, req, Instant::now()).await;
             let t = &r.topics[0];
             assert_eq!(
                 (t.error_code, t.num_partitions, t.replication_factor),
@@ -2081,7 +2108,7 @@ mod tests {
                 let req = CreateTopicsRequest::default()
                     .with_topics(vec![topic.clone()])
                     .with_validate_only(validate_only);
-                let r = create(&ctx, req).await;
+                let r = create(&ctx, req, Instant::now()).await;
                 let t = &r.topics[0];
                 let m = t.error_message.as_deref().unwrap_or_default();
                 assert_eq!(t.error_code, *code, "{}: {m}", t.name.0);
@@ -2188,7 +2215,7 @@ mod tests {
             let req = CreateTopicsRequest::default()
                 .with_topics(vec![make("a"), make("b")])
                 .with_validate_only(validate_only);
-            let r = create(&ctx, req).await;
+            let r = create(&ctx, req, Instant::now()).await;
             let answers: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
             assert_eq!(
                 answers,
@@ -2226,7 +2253,7 @@ mod tests {
             let req = CreateTopicsRequest::default()
                 .with_topics(vec![make("wide", 3), make("narrow", 2)])
                 .with_validate_only(validate_only);
-            let r = create(&ctx, req).await;
+            let r = create(&ctx, req, Instant::now()).await;
             let answers: Vec<(String, i16)> = r
                 .topics
                 .iter()
