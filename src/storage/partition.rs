@@ -3782,6 +3782,34 @@ pub(crate) mod tests {
         assert_eq!(p.read(4, 1).unwrap().unwrap().log_start_offset, 4);
     }
 
+    /// An empty closed segment that a tolerated WAL gap sealed opens as
+    /// itself, not as damage: before, its empty index read as one that does
+    /// not match its log, and every start judged it again as offsets lost
+    /// (a strict start refused while the recovery point was above them).
+    #[test]
+    fn an_empty_closed_segment_opens_undamaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        assert_eq!(produce_at(&p, 1, 3000), 0);
+        p.sync().unwrap();
+        drop(p);
+        let p = with_empty_newest_segment(&pdir, 1, 4);
+        assert_eq!(produce_at(&p, 1, 3000), 4);
+        p.sync().unwrap();
+        drop(p);
+        assert_eq!(
+            std::fs::metadata(pdir.join(segment::log_name(1)))
+                .unwrap()
+                .len(),
+            0
+        );
+        let p = Partition::open("t", 0, pdir, 4096).unwrap();
+        assert!(p.damaged_segments().is_empty());
+        assert_eq!(p.log_end_offset(), 5);
+        assert!(!p.read(1, 1 << 20).unwrap().unwrap().records.is_empty());
+    }
+
     /// Produces one batch of a record with `key` and a `size`-byte value at
     /// timestamp `ts`.
     fn produce_keyed_at(p: &Partition, key: &str, ts: i64, size: usize) -> i64 {

@@ -1653,6 +1653,19 @@ impl Segment {
     fn load_index(&mut self) -> Result<bool> {
         let raw =
             std::fs::read(&self.index_path).map_err(|e| Error::io("read", &self.index_path, e))?;
+        if raw.is_empty() && self.size == 0 {
+            // An empty log with its empty index matches: a tolerant start
+            // cut the segment to nothing (damage in its first batch), or a
+            // tolerated WAL gap sealed an empty newest segment. Its fields
+            // are a created segment's, as a scan would leave them.
+            self.next_offset = self.base_offset;
+            self.index = Arc::default();
+            self.index_crc = crc32c::crc32c(&[]);
+            self.max_timestamp = -1;
+            self.max_timestamp_exact = true;
+            self.max_timestamp_offset = Some(-1);
+            return Ok(true);
+        }
         if raw.is_empty() || raw.len() % INDEX_ENTRY != 0 {
             return Ok(false);
         }
