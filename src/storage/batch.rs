@@ -2505,7 +2505,7 @@ pub(crate) mod tests {
 
     /// `b` (uncompressed) with its records section replaced by `section`, the
     /// codec bits set to `codec` and the CRC updated.
-    fn with_section(b: &[u8], codec: u8, section: &[u8]) -> Vec<u8> {
+    pub(crate) fn with_section(b: &[u8], codec: u8, section: &[u8]) -> Vec<u8> {
         let mut out = b[..HEADER_LEN].to_vec();
         out[ATTRIBUTES_OFFSET + 1] |= codec;
         out.extend_from_slice(section);

@@ -3550,6 +3550,31 @@ impl TopicManager {
             .ok()
             .and_then(|i| t.partitions.get(i).cloned())
             .ok_or(ProduceError::UnknownTopicOrPartition)?;
+        // Refused for its size before anything is decompressed or walked, as
+        // Kafka refuses a batch over `max.message.bytes` before its CRC: its
+        // header is enough. A batch answered MESSAGE_TOO_LARGE is split by
+        // the client (the Java producer does); one answered REQUEST_TIMED_OUT
+        // while the decompression budget was busy, or CORRUPT_MESSAGE, was
+        // sent again whole.
+        if let (Some(max), Ok(head)) = (t.configs.max_message_bytes(), batch::parse_header(records))
+        {
+            if head.len as u64 > max {
+                return Err(ProduceError::TooLarge(format!(
+                    "a batch of {} bytes is larger than topic {topic}'s max.message.bytes ({max})",
+                    head.len
+                )));
+            }
+        }
+        if let Some(w) = &self.shared.wal {
+            let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;
+            if records.len() as u64 + overhead > w.max_entry_bytes() {
+                return Err(ProduceError::TooLarge(format!(
+                    "{} bytes of batches for one partition exceed the WAL entry limit ({} bytes)",
+                    records.len(),
+                    w.max_entry_bytes().saturating_sub(overhead)
+                )));
+            }
+        }
         // Decompressing or walking a large batch on a runtime worker would stall
         // every connection that worker serves: the multi-threaded runtime (the
         // server's) hands the worker's other tasks to another thread meanwhile.
@@ -3661,14 +3686,6 @@ impl TopicManager {
         let mut info = produced.info;
         info.max_timestamp = produced.max_timestamp;
         let infos = vec![info];
-        if let Some(max) = t.configs.max_message_bytes() {
-            if let Some(b) = infos.iter().find(|i| i.len as u64 > max) {
-                return Err(ProduceError::TooLarge(format!(
-                    "a batch of {} bytes is larger than topic {topic}'s max.message.bytes ({max})",
-                    b.len
-                )));
-            }
-        }
         // Control batches first: a transaction marker is transactional too, and
         // Kafka refuses it as a record no client may write.
         if infos
@@ -3702,16 +3719,6 @@ impl TopicManager {
                  exceeds the maximum configured segment size of {segment_bytes}.",
                 b.len
             )));
-        }
-        if let Some(w) = &self.shared.wal {
-            let overhead = WAL_ENTRY_OVERHEAD + topic.len() as u64;
-            if records.len() as u64 + overhead > w.max_entry_bytes() {
-                return Err(ProduceError::TooLarge(format!(
-                    "{} bytes of batches for one partition exceed the WAL entry limit ({} bytes)",
-                    records.len(),
-                    w.max_entry_bytes().saturating_sub(overhead)
-                )));
-            }
         }
         let (tx, rx) = oneshot::channel();
         let want = u32::try_from(records.len().min(MAX_INFLIGHT_BYTES)).unwrap_or(u32::MAX);
@@ -4664,6 +4671,40 @@ mod tests {
     /// [`batch::MAX_LISTED_FAULTS`] of them, and fewer for a small
     /// (compressed) batch, so that a refusal stays in proportion to the
     /// request.
+    /// A batch over the topic's `max.message.bytes` is refused for its size by
+    /// its header, before its CRC or records are looked at, as Kafka refuses
+    /// it: MESSAGE_TOO_LARGE, which a client answers by splitting the batch.
+    /// Before, it was decompressed and walked first (a place among the
+    /// blocking checks, the decompression budget), and one that was also
+    /// damaged got CORRUPT_MESSAGE or INVALID_RECORD, so the client sent it
+    /// again whole.
+    #[test]
+    fn a_batch_over_max_message_bytes_is_refused_for_its_size_first() {
+        use crate::storage::batch::tests::with_section;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        let limited = TopicConfig::from_pairs([("max.message.bytes", Some("1000"))]);
+        m.create_topic_with("t", 1, limited.unwrap()).unwrap();
+        // A zstd section that does not decode, 2,000 bytes long.
+        let mut section = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x58];
+        section.resize(2_000, 0xff);
+        let undecodable = with_section(&make_batch(0, &[b"v"]), 4, &section);
+        let mut bad_crc = make_batch(0, &[&[7u8; 1_500]]);
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        for b in [&undecodable, &bad_crc] {
+            match produce_to(&rt, &m, "t", b) {
+                Err(ProduceError::TooLarge(message)) => {
+                    assert!(message.contains("max.message.bytes (1000)"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 0);
+        m.shutdown().unwrap();
+    }
+
     #[test]
     fn a_refusal_lists_every_record_at_fault() {
         use crate::storage::batch::tests::{compress_batch, make_keyed_batch};
