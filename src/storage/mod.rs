@@ -621,22 +621,26 @@ pub fn random_id() -> u128 {
     out
 }
 
-/// The longest topic name kept whole in its directory's name in the trash
-/// (followed by `-` and up to 16 hex digits, within a file name's 255
-/// bytes), and in a directory set aside; see [`trash_key`] for longer ones.
+/// The length from which a topic's name is not kept whole in its directory's
+/// name in the trash (followed by `-` and up to 16 hex digits, within a file
+/// name's 255 bytes; see [`trash_key`]), and the most of it a directory set
+/// aside keeps.
 const TRASH_NAME_PREFIX: usize = 200;
 
 /// The bytes of a longer name that [`trash_key`] keeps before its digest.
 const TRASH_KEY_PREFIX: usize = 180;
 
 /// What a delete's directory in the trash is named by (before `-` and its
-/// random hex): the topic's name when it has at most [`TRASH_NAME_PREFIX`]
+/// random hex): the topic's name when it has fewer than [`TRASH_NAME_PREFIX`]
 /// bytes, else its first [`TRASH_KEY_PREFIX`] bytes, `=` (no topic name
 /// holds one) and a 64-bit digest of the whole name, so that two topics
 /// sharing a long prefix are told apart (a start takes the entries and
 /// positions of a topic in the trash for a deleted topic's).
 fn trash_key(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.len() <= TRASH_NAME_PREFIX {
+    // A name of exactly 200 bytes is keyed too: whole, it is what a build
+    // before keys left for every longer name sharing it, which `in_trash`
+    // still matches.
+    if name.len() < TRASH_NAME_PREFIX {
         return std::borrow::Cow::Borrowed(name);
     }
     // FNV-1a: fixed across builds and platforms, as a name on disk must be.
@@ -1173,7 +1177,7 @@ fn in_trash(trashed: &BTreeSet<String>, name: &str) -> bool {
     // A long name's entry from a build before keys: its first 200 bytes (a
     // name that is no topic name, not cut on a character boundary, is
     // compared whole).
-    name.len() > TRASH_NAME_PREFIX
+    name.len() >= TRASH_NAME_PREFIX
         && name
             .get(..TRASH_NAME_PREFIX)
             .is_some_and(|cut| trashed.contains(cut))
@@ -8569,6 +8573,16 @@ mod tests {
         let c = config(tmp.path());
         let prefix = "x".repeat(TRASH_NAME_PREFIX);
         let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+        // A name of exactly 200 bytes is keyed too: whole, it would match
+        // every longer name sharing it, as entries of builds before keys do.
+        assert_ne!(trash_key(&prefix), prefix.as_str());
+        let trashed = BTreeSet::from([trash_key(&prefix).into_owned()]);
+        assert!(in_trash(&trashed, &prefix) && !in_trash(&trashed, &a));
+        let trashed = BTreeSet::from([prefix.clone()]);
+        assert!(
+            in_trash(&trashed, &prefix) && in_trash(&trashed, &a),
+            "a build before keys"
+        );
         let m = TopicManager::new(c.clone()).unwrap();
         m.create_topic(&a, 1).unwrap();
         m.create_topic(&b, 1).unwrap();

@@ -837,6 +837,15 @@ impl Partition {
                 // judges against the recovery point before anything is cut
                 // (see `Partition::damaged_segments`).
                 let mut seg = Segment::open_older(&dir, *base)?;
+                // Opened from its index, ending past the next segment's base:
+                // its last batch's header, read there without its checksum,
+                // may be damaged (a larger offset delta), which a scan finds.
+                // Before, every start refused the partition in every mode
+                // ("segment starts at ... but the previous one ends at ...").
+                if !seg.is_unsettled() && seg.next_offset() > bases[i + 1] {
+                    drop(seg);
+                    seg = Segment::scan_older(&dir, *base)?;
+                }
                 if seg.cut().is_none() && seg.next_offset() >= bases[i + 1] {
                     // Only its index was out of date: rewritten, and synced
                     // now, so the segment seals with its files closed (every
@@ -3808,6 +3817,68 @@ pub(crate) mod tests {
         assert!(p.damaged_segments().is_empty());
         assert_eq!(p.log_end_offset(), 5);
         assert!(!p.read(1, 1 << 20).unwrap().unwrap().records.is_empty());
+    }
+
+    /// An older segment opened from its index whose last batch's header has
+    /// its offset delta damaged upwards (read there without its checksum)
+    /// ended past the next segment's base, and every open refused the
+    /// partition, in every recovery mode. Such a segment is scanned now: the
+    /// damaged batch is found by its checksum and left for the start to
+    /// judge, as any damaged older segment is.
+    #[test]
+    fn an_older_segment_ending_past_the_next_one_is_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for i in 0..4 {
+            assert_eq!(produce_at(&p, 1, 1500), i);
+        }
+        p.sync().unwrap();
+        let (first, second) = {
+            let log = p.log.lock().unwrap();
+            assert!(log.len() >= 2);
+            (
+                log[0].index().last().unwrap(),
+                log[1].base_offset(),
+            )
+        };
+        drop(p);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(pdir.join(segment::log_name(0)))
+            .unwrap();
+        f.write_all_at(&100i32.to_be_bytes(), first.position + 23)
+            .unwrap();
+        drop(f);
+        let p = Partition::open("t", 0, pdir, 4096).unwrap();
+        let damaged = p.damaged_segments();
+        assert_eq!(damaged.len(), 1, "{damaged:?}");
+        assert_eq!((damaged[0].base_offset, damaged[0].end), (0, first.offset));
+        assert!(damaged[0].cut.is_some());
+        assert!(first.offset < second);
+    }
+
+    /// An older segment whose log and index were both emptied from outside,
+    /// its time index recording batches, is damage for the start to judge
+    /// (rebuilt from the WAL, or refused), not an empty segment.
+    #[test]
+    fn an_older_segment_emptied_from_outside_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for i in 0..4 {
+            assert_eq!(produce_at(&p, 1, 1500), i);
+        }
+        p.sync().unwrap();
+        drop(p);
+        assert!(pdir.join(segment::time_index_name(0)).exists());
+        for name in [segment::log_name(0), segment::index_name(0)] {
+            std::fs::write(pdir.join(name), b"").unwrap();
+        }
+        let p = Partition::open("t", 0, pdir, 4096).unwrap();
+        let damaged = p.damaged_segments();
+        assert_eq!(damaged.len(), 1, "{damaged:?}");
+        assert_eq!((damaged[0].base_offset, damaged[0].end), (0, 0));
     }
 
     /// Produces one batch of a record with `key` and a `size`-byte value at

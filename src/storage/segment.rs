@@ -1653,11 +1653,13 @@ impl Segment {
     fn load_index(&mut self) -> Result<bool> {
         let raw =
             std::fs::read(&self.index_path).map_err(|e| Error::io("read", &self.index_path, e))?;
-        if raw.is_empty() && self.size == 0 {
+        if raw.is_empty() && self.size == 0 && !self.time_index_says_held() {
             // An empty log with its empty index matches: a tolerant start
             // cut the segment to nothing (damage in its first batch), or a
             // tolerated WAL gap sealed an empty newest segment. Its fields
-            // are a created segment's, as a scan would leave them.
+            // are a created segment's, as a scan would leave them. Not when
+            // its time index recorded batches: both files emptied from
+            // outside, judged as damage (repaired from the WAL, or refused).
             self.next_offset = self.base_offset;
             self.index = Arc::default();
             self.index_crc = crc32c::crc32c(&[]);
@@ -1727,6 +1729,16 @@ impl Segment {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Whether the segment's time index file is there and records anything
+    /// but an empty log (one that cannot be read or decoded counts: it is
+    /// never written for an empty segment, nor for one of a single batch).
+    fn time_index_says_held(&self) -> bool {
+        match read_small(&self.time_index_path()) {
+            Ok(raw) => TimeIndex::decode(&raw).map_or(true, |t| t.log_size != 0),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
     }
 
     /// Path of the time index file.

@@ -875,7 +875,8 @@ impl Committer {
             .map(|_| AlignedBuf::new(cap))
             .collect();
         let every_write = core.config.sync_mode == SyncMode::EveryWrite;
-        let journal = JournalCheck::for_dir(&core.dir);
+        let journal =
+            JournalCheck::for_dir(&core.dir).map_err(|e| Error::io("open", &core.dir, e))?;
         let dir = files::DirHandle::open(&core.dir)?;
         let mapping = if backend.direct_io() || !backend.syncs_the_real_file() {
             None

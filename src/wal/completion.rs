@@ -153,7 +153,8 @@ impl Completion {
     /// Blocks for at most `timeout`; `None` when it has not resolved yet (the
     /// append goes on: see [`Completion`]).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<u64>> {
-        let deadline = std::time::Instant::now() + timeout;
+        // A timeout past what an `Instant` holds waits as long as `wait`.
+        let deadline = std::time::Instant::now().checked_add(timeout);
         if self.taken {
             return Some(Err(Error::Closed));
         }
@@ -166,15 +167,20 @@ impl Completion {
                     return Some(r);
                 }
                 let now = std::time::Instant::now();
-                if now >= deadline {
+                if deadline.is_some_and(|d| now >= d) {
                     st.thread = None;
                     return None;
                 }
                 st.thread = Some(std::thread::current());
             }
-            std::thread::park_timeout(
-                deadline.saturating_duration_since(std::time::Instant::now()),
-            );
+            match deadline {
+                Some(d) => {
+                    std::thread::park_timeout(
+                        d.saturating_duration_since(std::time::Instant::now()),
+                    );
+                }
+                None => std::thread::park(),
+            }
         }
     }
 
@@ -285,6 +291,20 @@ mod tests {
         let (c, slot) = Completion::spinning(Duration::from_micros(1));
         let t = complete_after(slot, Duration::from_millis(30), 9);
         assert_eq!(c.wait().unwrap(), 9);
+        t.join().unwrap();
+    }
+
+    /// A timeout past what an `Instant` holds (`Duration::MAX`, "practically
+    /// forever") waits as `wait` does. Before, the deadline's sum panicked,
+    /// even with the result already there.
+    #[test]
+    fn a_timeout_past_any_instant_waits_without_panicking() {
+        let (mut c, slot) = Completion::spinning(Duration::ZERO);
+        slot.complete(Ok(3));
+        assert!(matches!(c.wait_timeout(Duration::MAX), Some(Ok(3))));
+        let (mut c, slot) = Completion::spinning(Duration::ZERO);
+        let t = complete_after(slot, Duration::from_millis(20), 4);
+        assert!(matches!(c.wait_timeout(Duration::MAX), Some(Ok(4))));
         t.join().unwrap();
     }
 

@@ -37,10 +37,19 @@ pub(crate) struct JournalCheck {
 }
 
 impl JournalCheck {
-    /// The check for the file system holding `dir`, or `None` when it needs none.
-    pub(crate) fn for_dir(dir: &Path) -> Option<JournalCheck> {
-        let dir = File::open(dir).ok()?;
-        needs_check(&dir).then_some(JournalCheck { dir })
+    /// The check for the file system holding `dir`, or `None` when it needs
+    /// none (off Linux, where no directory is opened).
+    ///
+    /// # Errors
+    /// The directory's open. Before, a failed open (a descriptor shortage at
+    /// a WAL's open) read as "no check needed", for the WAL's whole life and
+    /// without a word, while the next open of the directory succeeded.
+    pub(crate) fn for_dir(dir: &Path) -> io::Result<Option<JournalCheck>> {
+        if !cfg!(target_os = "linux") {
+            return Ok(None);
+        }
+        let dir = File::open(dir)?;
+        Ok(needs_check(&dir).then_some(JournalCheck { dir }))
     }
 
     /// [`check`] on the directory.
@@ -302,6 +311,15 @@ mod tests {
         let mut b = crate::wal::buffer::AlignedBuf::new(4096);
         b.as_mut_slice().fill(byte);
         b
+    }
+
+    /// A directory that cannot be opened is an error, not "no check needed".
+    #[test]
+    fn a_directory_that_does_not_open_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gone = tmp.path().join("gone");
+        assert!(super::JournalCheck::for_dir(&gone).is_err());
+        assert!(super::JournalCheck::for_dir(tmp.path()).is_ok());
     }
 
     /// ext4 with a journal needs the check; file systems without a journal do not.
