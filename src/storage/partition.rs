@@ -3819,6 +3819,19 @@ pub(crate) mod tests {
         assert!(!p.read(1, 1 << 20).unwrap().unwrap().records.is_empty());
     }
 
+    /// A partition of four batches of 1,500 bytes in segments of 4 KiB (two
+    /// to a segment), synced.
+    fn four_batches_in_two_segments() -> (tempfile::TempDir, PathBuf, Partition) {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("0");
+        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
+        for i in 0..4 {
+            assert_eq!(produce_at(&p, 1, 1500), i);
+        }
+        p.sync().unwrap();
+        (dir, pdir, p)
+    }
+
     /// An older segment opened from its index whose last batch's header has
     /// its offset delta damaged upwards (read there without its checksum)
     /// ended past the next segment's base, and every open refused the
@@ -3827,20 +3840,11 @@ pub(crate) mod tests {
     /// judge, as any damaged older segment is.
     #[test]
     fn an_older_segment_ending_past_the_next_one_is_scanned() {
-        let dir = tempfile::tempdir().unwrap();
-        let pdir = dir.path().join("0");
-        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
-        for i in 0..4 {
-            assert_eq!(produce_at(&p, 1, 1500), i);
-        }
-        p.sync().unwrap();
+        let (_dir, pdir, p) = four_batches_in_two_segments();
         let (first, second) = {
             let log = p.log.lock().unwrap();
             assert!(log.len() >= 2);
-            (
-                log[0].index().last().unwrap(),
-                log[1].base_offset(),
-            )
+            (log[0].index().last().unwrap(), log[1].base_offset())
         };
         drop(p);
         let f = std::fs::OpenOptions::new()
@@ -3863,13 +3867,7 @@ pub(crate) mod tests {
     /// (rebuilt from the WAL, or refused), not an empty segment.
     #[test]
     fn an_older_segment_emptied_from_outside_is_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let pdir = dir.path().join("0");
-        let p = Partition::open("t", 0, pdir.clone(), 4096).unwrap();
-        for i in 0..4 {
-            assert_eq!(produce_at(&p, 1, 1500), i);
-        }
-        p.sync().unwrap();
+        let (_dir, pdir, p) = four_batches_in_two_segments();
         drop(p);
         assert!(pdir.join(segment::time_index_name(0)).exists());
         for name in [segment::log_name(0), segment::index_name(0)] {
