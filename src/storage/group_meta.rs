@@ -148,11 +148,13 @@ pub struct GroupMetaStore {
     /// the group's name, from reading the group's state until the file is in
     /// place, so that the file written last holds the newest state.
     writers: GroupLocks,
-    /// Removals whose directory fsync failed, counted. While a directory
-    /// fsync begun after the last of them has not succeeded
-    /// ([`GroupMetaStore::synced_failures`]), a removal whose file is gone
-    /// already (the failed one's, tried again) fsyncs the directory all the
-    /// same, so that it is done only once the file's removal is durable.
+    /// Removals whose directory fsync failed, or was left for
+    /// [`GroupMetaStore::sync_removals`] ([`GroupMetaStore::remove_unsynced`]),
+    /// counted. While a directory fsync begun after the last of them has not
+    /// succeeded ([`GroupMetaStore::synced_failures`]), a removal whose file
+    /// is gone already (the failed one's, tried again) fsyncs the directory
+    /// all the same, so that it is done only once the file's removal is
+    /// durable.
     failed_removals: AtomicU64,
     /// The count of [`GroupMetaStore::failed_removals`] when the newest
     /// directory fsync of a removal that succeeded began: the removals it
@@ -274,6 +276,44 @@ impl GroupMetaStore {
             self.failed_removals.fetch_add(1, Ordering::AcqRel);
             return Err(e);
         }
+        self.synced_failures.fetch_max(failed, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+impl GroupMetaStore {
+    /// Removes `group`'s membership file, leaving the directory fsync that
+    /// makes the removal durable to [`GroupMetaStore::sync_removals`] (or to
+    /// the next removal's): a pass that removes many files syncs the
+    /// directory once. The caller holds [`GroupMetaStore::writer`] for
+    /// `group`.
+    ///
+    /// # Errors
+    /// The removal's, naming the file.
+    pub fn remove_unsynced(&self, group: &str) -> Result<()> {
+        let path = self.path(group);
+        match crate::wal::files::remove(&path) {
+            Ok(()) => {
+                self.failed_removals.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        }
+    }
+
+    /// Makes the removals before it durable (one directory fsync), when any
+    /// is not yet.
+    ///
+    /// # Errors
+    /// The fsync's, naming the directory; the removals stay counted as not
+    /// durable, and the next removal fsyncs the directory.
+    pub fn sync_removals(&self) -> Result<()> {
+        let failed = self.failed_removals.load(Ordering::Acquire);
+        if failed <= self.synced_failures.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        crate::wal::files::sync_dir(&self.dir)?;
         self.synced_failures.fetch_max(failed, Ordering::AcqRel);
         Ok(())
     }

@@ -110,6 +110,11 @@ fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
     }
 }
 
+/// The free space a compaction copy leaves on its file system at least (or a
+/// quarter of the copy's size, when larger, for a recompression that does
+/// worse than the client's): room for produces while the copy is written.
+const COMPACTION_SPARE_BYTES: u64 = 64 << 20;
+
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
 /// is one that parses for it (`None` for none, or for one a power loss emptied
 /// or cut, of another version, taken at another offset, or failing its
@@ -2222,6 +2227,18 @@ impl Partition {
             if j == i + 1 && !plans[i].changes() {
                 i = j;
                 continue;
+            }
+            // The copy is written beside the segments it replaces: without
+            // room for it and some to spare, the pass stops here, as between
+            // groups, rather than fill the disk produces write to (a produce
+            // that meets a full disk fails storage for every partition until
+            // a restart). Tried again at the next pass.
+            let needed = bytes.saturating_add((bytes / 4).max(COMPACTION_SPARE_BYTES));
+            if let Some(free) = super::space_reserve::free_bytes(&self.dir).filter(|&f| f < needed)
+            {
+                crate::log_limit::limited!(warn, topic = %self.topic, partition = self.index, free, needed, "compaction waits for free disk space: its copy and the room kept beside it do not fit");
+                covered = sources[i].base;
+                break;
             }
             let copy = match compaction::write_group(
                 &self.dir,
@@ -6591,6 +6608,29 @@ pub(crate) mod tests {
                 let r = p.read_within(0, limit, false).unwrap().unwrap();
                 assert!(!r.holds_records && r.records.is_empty(), "limit {limit}");
             }
+        }
+
+        /// A compaction writes its copy beside the segments it replaces, and
+        /// on a file system without room for it the copy filled the disk that
+        /// produces write to (one that meets it fails storage for every
+        /// partition until a restart), and failed again at every pass. The
+        /// pass now waits for the room, changing nothing meanwhile.
+        #[test]
+        fn a_compaction_without_room_for_its_copy_waits() {
+            let (_dir, pdir, p) = fresh();
+            let mut model = BTreeMap::new();
+            for i in 0..200 {
+                let (k, v) = (format!("k{}", i % 7), format!("value {i}"));
+                put(&p, &mut model, &[(Some(&k), Some(&v))]);
+            }
+            let size = p.size_bytes();
+            crate::storage::space_reserve::set_test_free_bytes(Some(COMPACTION_SPARE_BYTES));
+            let stats = compact(&p, &policy(TS));
+            crate::storage::space_reserve::set_test_free_bytes(None);
+            assert_eq!((stats.segments, p.size_bytes()), (0, size), "{stats:?}");
+            assert_eq!(files(&pdir, "cleaning"), 0);
+            let stats = compact(&p, &policy(TS));
+            assert!(stats.segments > 0 && p.size_bytes() < size, "{stats:?}");
         }
 
         #[test]

@@ -244,10 +244,17 @@ thread_local! {
     static TEST_FREE_BYTES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
+/// Makes [`free_bytes`] answer `free` on this thread (`None`: asks the file
+/// system again) (tests).
+#[cfg(test)]
+pub(crate) fn set_test_free_bytes(free: Option<u64>) {
+    TEST_FREE_BYTES.with(|f| f.set(free));
+}
+
 /// The bytes an unprivileged process may still allocate on the file system
 /// holding `dir`, when it can be asked.
 #[cfg(unix)]
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     #[cfg(test)]
     if let Some(free) = TEST_FREE_BYTES.with(std::cell::Cell::get) {
         return Some(free);
@@ -265,7 +272,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 #[cfg(not(unix))]
-fn free_bytes(_dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
 
