@@ -546,6 +546,17 @@ impl LogHandle {
             LogHandle::Sealed(log) => &log.path,
         }
     }
+
+    /// The log's last modification, when it can be read (`None` for one
+    /// removed or replaced since the handle was taken).
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        match self {
+            LogHandle::Held { file, .. } => file.metadata(),
+            LogHandle::Sealed(log) => std::fs::metadata(&log.path),
+        }
+        .and_then(|m| m.modified())
+        .ok()
+    }
 }
 
 /// Whether `e` says a segment's file is gone: removed by retention or
@@ -683,7 +694,12 @@ impl Drop for Segment {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
+#[cfg(test)]
+thread_local! {
+    /// The calls of [`Segment::modified_ms`] on this thread (tests).
+    pub(crate) static MODIFIED_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A file's modification time in milliseconds since the Unix epoch, if the
 /// filesystem says.
 fn modified_ms(meta: &std::fs::Metadata) -> Option<i64> {
@@ -692,6 +708,7 @@ fn modified_ms(meta: &std::fs::Metadata) -> Option<i64> {
     i64::try_from(d.as_millis()).ok()
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -2407,6 +2424,8 @@ impl Segment {
     /// When the log file was last written (ms since the Unix epoch), if the
     /// filesystem says (by path for a sealed segment: no file is opened).
     pub fn modified_ms(&self) -> Option<i64> {
+        #[cfg(test)]
+        MODIFIED_READS.with(|n| n.set(n.get() + 1));
         let meta = match &self.files {
             LogFiles::Open(held) | LogFiles::SealedOpen(held, _) => held.log.metadata(),
             LogFiles::Sealed(_) => std::fs::metadata(&self.log_path),
