@@ -434,8 +434,34 @@ pub(crate) struct Producers {
     pub newest: HashMap<i64, Option<i64>>,
     /// The base offset of each producer's first batch that stays, over the
     /// segments planned so far (in offset order, from the log start): filled
-    /// by [`plan_segment`], read by [`write_group`].
+    /// by [`plan_segment`], read by [`write_group`]; at most
+    /// [`first_kept_cap`] producers.
     first_kept: HashMap<i64, i64>,
+    /// Whether a producer with a batch that stays was left out of
+    /// `first_kept` for its bound: from then on an emptied batch of a
+    /// producer it does not hold is kept (empty), as one whose earlier batch
+    /// stays would be.
+    overflowed: bool,
+}
+
+/// The most producers [`Producers::first_kept`] holds in one pass: a client
+/// may put any producer id on its batches, and 10 million one-record batches
+/// of distinct ids made each pass hold some 285 MB. As many as a partition
+/// remembers ([`super::producers`]).
+const FIRST_KEPT_CAP: usize = super::producers::MAX_PRODUCERS;
+
+#[cfg(test)]
+thread_local! {
+    /// [`FIRST_KEPT_CAP`] on this thread (tests).
+    static TEST_FIRST_KEPT_CAP: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+fn first_kept_cap() -> usize {
+    #[cfg(test)]
+    if let Some(cap) = TEST_FIRST_KEPT_CAP.with(std::cell::Cell::get) {
+        return cap;
+    }
+    FIRST_KEPT_CAP
 }
 
 impl Producers {
@@ -445,6 +471,7 @@ impl Producers {
         Producers {
             newest,
             first_kept: HashMap::new(),
+            overflowed: false,
         }
     }
 }
@@ -532,11 +559,12 @@ impl<'a> Judge<'a> {
     fn holds_last_sequence(&self, info: &BatchInfo) -> bool {
         match self.producers.newest.get(&info.producer_id) {
             Some(newest) => newest.is_none_or(|n| n <= info.base_offset),
-            None => self
-                .producers
-                .first_kept
-                .get(&info.producer_id)
-                .is_some_and(|&o| o < info.base_offset),
+            None => match self.producers.first_kept.get(&info.producer_id) {
+                Some(&o) => o < info.base_offset,
+                // Past the bound a producer's earlier batch that stays may
+                // not be held: kept, the safe way.
+                None => self.producers.overflowed,
+            },
         }
     }
 
@@ -552,10 +580,15 @@ impl<'a> Judge<'a> {
     fn decide(&mut self, buf: &[u8], info: &BatchInfo) -> Decision {
         let d = self.decide_records(buf, info);
         if info.producer_id >= 0 && !self.build && !matches!(d, Decision::Drop { .. }) {
-            self.producers
-                .first_kept
-                .entry(info.producer_id)
-                .or_insert(info.base_offset);
+            let p = &mut *self.producers;
+            if p.first_kept.len() < first_kept_cap() || p.first_kept.contains_key(&info.producer_id)
+            {
+                p.first_kept
+                    .entry(info.producer_id)
+                    .or_insert(info.base_offset);
+            } else {
+                p.overflowed = true;
+            }
         }
         d
     }
@@ -843,6 +876,52 @@ mod plan_tests {
             &|| false,
         )
         .unwrap()
+    }
+
+    /// A pass holds the first batch that stays of at most so many producers
+    /// (a client may put any producer id on its batches: 10 million
+    /// one-record batches of distinct ids made each pass hold some 285 MB).
+    /// Past the bound, an emptied batch of a producer it does not hold is
+    /// kept, empty, as one whose earlier batch stays must be.
+    #[test]
+    fn the_producers_a_pass_holds_are_bounded_and_past_the_bound_batches_stay() {
+        TEST_FIRST_KEPT_CAP.with(|c| c.set(Some(2)));
+        let map = KeyMap {
+            latest: HashMap::from([(b"k".to_vec(), 10)]),
+            end: 100,
+            ..KeyMap::default()
+        };
+        let none = Removable::default();
+        let tombstones = Tombstones {
+            removable: &none,
+            first_unsafe: None,
+        };
+        let mut producers = Producers::default();
+        let mut judge = Judge::new(&map, tombstones, &mut producers, false);
+        let mut decide = |base: i64, key: &[u8], pid: i64| {
+            let b = batch::tests::make_keyed_batch(
+                base,
+                1_700_000_000_000,
+                &[(0, Some(key), Some(b"v".as_slice()))],
+                pid,
+                0,
+                0,
+            );
+            let info = batch::validate_stored(&b).unwrap();
+            judge.decide(&b, &info)
+        };
+        // Producers 0, 1 and 2 each keep a batch: 2 is past the bound.
+        for (base, key, pid) in [(0, b"a", 0), (1, b"b", 1), (2, b"c", 2)] {
+            assert!(matches!(decide(base, key, pid), Decision::Whole));
+        }
+        // Producer 2's next batch, all of whose records go, holds its last
+        // sequence after its earlier batch that stays: kept, empty. So is
+        // producer 3's, the safe way, though it has no batch before it.
+        assert!(matches!(decide(3, b"k", 2), Decision::Emptied { .. }));
+        assert!(matches!(decide(4, b"k", 3), Decision::Emptied { .. }));
+        TEST_FIRST_KEPT_CAP.with(|c| c.set(None));
+        assert_eq!(producers.first_kept.len(), 2);
+        assert!(producers.overflowed);
     }
 
     /// A run of removed offsets longer than one empty batch spans (2^31
