@@ -469,7 +469,9 @@ impl Server {
             .and_then(crate::config::parse_host_port)
         {
             Some((h, p)) => (h, i32::from(p)),
-            None if local.ip().is_unspecified() => (wildcard_host(local), i32::from(local.port())),
+            None if listens_everywhere(local.ip()) => {
+                (wildcard_host(local), i32::from(local.port()))
+            }
             None => (local.ip().to_string(), i32::from(local.port())),
         };
         if security.sasl.is_some() && security.tls.is_none() {
@@ -765,8 +767,16 @@ impl Server {
     }
 }
 
+/// Whether a listener bound to `ip` takes connections on every interface:
+/// `0.0.0.0`, `[::]`, and `[::ffff:0.0.0.0]` (every IPv4 interface, on a v6
+/// socket), which was advertised as such, so that remote clients were told
+/// to connect to themselves.
+fn listens_everywhere(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_unspecified()
+}
+
 /// The host advertised for a listener bound to every interface (`0.0.0.0`,
-/// `[::]`) without `--advertised-addr`: this machine's host name, as Kafka
+/// `[::]`, `[::ffff:0.0.0.0]`) without `--advertised-addr`: this machine's host name, as Kafka
 /// advertises for a listener without a host, since the loopback address would
 /// send every client elsewhere to itself. Logged as a warning, for clients must
 /// resolve the name to an address of this machine; when the name cannot be read,
@@ -776,7 +786,11 @@ fn wildcard_host(local: SocketAddr) -> String {
         tracing::warn!(%local, advertised = %name, "listening on every interface without --advertised-addr: advertising this machine's host name, which clients must resolve to one of its addresses (set --advertised-addr otherwise)");
         return name;
     }
-    let loopback = if local.is_ipv4() { "127.0.0.1" } else { "::1" };
+    let loopback = if local.ip().to_canonical().is_ipv4() {
+        "127.0.0.1"
+    } else {
+        "::1"
+    };
     tracing::warn!(%local, advertised = loopback, "listening on every interface without --advertised-addr, and this machine's host name cannot be read: advertising the loopback address, which only local clients can reach (set --advertised-addr)");
     loopback.to_string()
 }
@@ -2147,6 +2161,22 @@ mod tests {
         let fit = usize::try_from(BUDGET).unwrap() / batch.len();
         assert_eq!(records, fit * batch.len());
         drop(slow);
+    }
+
+    /// A v4-mapped wildcard listens on every IPv4 interface, and is advertised
+    /// as a wildcard is (this machine's host name), not as itself.
+    #[test]
+    fn every_spelling_of_the_wildcard_listens_everywhere() {
+        for (ip, everywhere) in [
+            ("0.0.0.0", true),
+            ("::", true),
+            ("::ffff:0.0.0.0", true),
+            ("127.0.0.1", false),
+            ("::ffff:127.0.0.1", false),
+            ("::1", false),
+        ] {
+            assert_eq!(listens_everywhere(ip.parse().unwrap()), everywhere, "{ip}");
+        }
     }
 
     /// A users file renamed into place whose directory fsync then fails holds

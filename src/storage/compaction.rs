@@ -437,11 +437,12 @@ pub(crate) struct Producers {
     /// by [`plan_segment`], read by [`write_group`]; at most
     /// [`first_kept_cap`] producers.
     first_kept: HashMap<i64, i64>,
-    /// Whether a producer with a batch that stays was left out of
-    /// `first_kept` for its bound: from then on an emptied batch of a
-    /// producer it does not hold is kept (empty), as one whose earlier batch
-    /// stays would be.
-    overflowed: bool,
+    /// The base offset of the first batch that stays whose producer was left
+    /// out of `first_kept` for its bound, if any: after it, an emptied batch
+    /// of a producer it does not hold is kept (empty), as one whose earlier
+    /// batch stays would be. An offset, not a flag: a write, which runs once
+    /// every segment is planned, judges each batch as its plan did.
+    overflowed_at: Option<i64>,
 }
 
 /// The most producers [`Producers::first_kept`] holds in one pass: a client
@@ -471,7 +472,7 @@ impl Producers {
         Producers {
             newest,
             first_kept: HashMap::new(),
-            overflowed: false,
+            overflowed_at: None,
         }
     }
 }
@@ -563,7 +564,10 @@ impl<'a> Judge<'a> {
                 Some(&o) => o < info.base_offset,
                 // Past the bound a producer's earlier batch that stays may
                 // not be held: kept, the safe way.
-                None => self.producers.overflowed,
+                None => self
+                    .producers
+                    .overflowed_at
+                    .is_some_and(|o| o < info.base_offset),
             },
         }
     }
@@ -587,7 +591,7 @@ impl<'a> Judge<'a> {
                     .entry(info.producer_id)
                     .or_insert(info.base_offset);
             } else {
-                p.overflowed = true;
+                p.overflowed_at.get_or_insert(info.base_offset);
             }
         }
         d
@@ -897,8 +901,7 @@ mod plan_tests {
             first_unsafe: None,
         };
         let mut producers = Producers::default();
-        let mut judge = Judge::new(&map, tombstones, &mut producers, false);
-        let mut decide = |base: i64, key: &[u8], pid: i64| {
+        let decide = |judge: &mut Judge<'_>, base: i64, key: &[u8], pid: i64| {
             let b = batch::tests::make_keyed_batch(
                 base,
                 1_700_000_000_000,
@@ -908,20 +911,40 @@ mod plan_tests {
                 0,
             );
             let info = batch::validate_stored(&b).unwrap();
-            judge.decide(&b, &info)
+            match judge.decide(&b, &info) {
+                Decision::Whole => "whole",
+                Decision::Drop { .. } => "drop",
+                Decision::Emptied { .. } => "emptied",
+                Decision::Partial { .. } => "partial",
+            }
         };
-        // Producers 0, 1 and 2 each keep a batch: 2 is past the bound.
-        for (base, key, pid) in [(0, b"a", 0), (1, b"b", 1), (2, b"c", 2)] {
-            assert!(matches!(decide(base, key, pid), Decision::Whole));
+        // Producer 9's only batch goes; producers 0, 1 and 2 each keep one,
+        // 2 past the bound; producer 2's next batch, all of whose records go,
+        // holds its last sequence after its earlier batch that stays: kept,
+        // empty. So is producer 3's, the safe way, though it has no batch
+        // before it.
+        let batches: [(i64, &[u8], i64, &str); 6] = [
+            (0, b"k", 9, "drop"),
+            (1, b"a", 0, "whole"),
+            (2, b"b", 1, "whole"),
+            (3, b"c", 2, "whole"),
+            (4, b"k", 2, "emptied"),
+            (5, b"k", 3, "emptied"),
+        ];
+        let mut plan = Judge::new(&map, tombstones, &mut producers, false);
+        for (base, key, pid, decided) in batches {
+            assert_eq!(decide(&mut plan, base, key, pid), decided, "plan, {base}");
         }
-        // Producer 2's next batch, all of whose records go, holds its last
-        // sequence after its earlier batch that stays: kept, empty. So is
-        // producer 3's, the safe way, though it has no batch before it.
-        assert!(matches!(decide(3, b"k", 2), Decision::Emptied { .. }));
-        assert!(matches!(decide(4, b"k", 3), Decision::Emptied { .. }));
+        // The write, once everything is planned, judges each batch alike:
+        // before, producer 9's batch, before the bound was passed, was kept
+        // empty by the write, and every pass copied it again.
+        let mut write = Judge::new(&map, tombstones, &mut producers, true);
+        for (base, key, pid, decided) in batches {
+            assert_eq!(decide(&mut write, base, key, pid), decided, "write, {base}");
+        }
         TEST_FIRST_KEPT_CAP.with(|c| c.set(None));
         assert_eq!(producers.first_kept.len(), 2);
-        assert!(producers.overflowed);
+        assert_eq!(producers.overflowed_at, Some(3));
     }
 
     /// A run of removed offsets longer than one empty batch spans (2^31

@@ -2666,6 +2666,34 @@ impl TopicManager {
         partitions: i32,
         configs: TopicConfig,
     ) -> std::result::Result<Arc<Topic>, CreateError> {
+        self.create_topic_waiting(name, partitions, configs, CREATE_WAITS_FOR_DELETE)
+    }
+
+    /// [`TopicManager::create_topic_with`] with the defaults, refused at once
+    /// with [`CreateError::BeingDeleted`] while a topic of the name is being
+    /// deleted: a Metadata's auto-create, which clients send again and again
+    /// for a topic they use (each wait held one of the broker's places for
+    /// blocking work, and the Metadata answer, up to 30 s).
+    ///
+    /// # Errors
+    /// See [`CreateError`].
+    pub fn auto_create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> std::result::Result<Arc<Topic>, CreateError> {
+        self.create_topic_waiting(name, partitions, TopicConfig::default(), Duration::ZERO)
+    }
+
+    /// [`TopicManager::create_topic_with`], waiting at most `wait` for a
+    /// delete of the name to end.
+    fn create_topic_waiting(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: TopicConfig,
+        wait: Duration,
+    ) -> std::result::Result<Arc<Topic>, CreateError> {
         if !valid_topic_name(name) {
             return Err(CreateError::InvalidName);
         }
@@ -2690,7 +2718,7 @@ impl TopicManager {
         let busy = |d: &BTreeSet<String>| {
             d.contains(name) || (fold_case && d.iter().any(|n| n.eq_ignore_ascii_case(name)))
         };
-        let Some(_guard) = self.wait_for_deletes(deleting, busy) else {
+        let Some(_guard) = self.wait_for_deletes(deleting, busy, wait) else {
             return Err(CreateError::BeingDeleted);
         };
         if self.topic(name).is_some() {
@@ -3225,14 +3253,15 @@ impl TopicManager {
     }
 
     /// Waits, holding `deleting` (the names reserved by deletes) between
-    /// looks, until `busy` is false or [`CREATE_WAITS_FOR_DELETE`] has
-    /// passed (`None`).
+    /// looks, until `busy` is false or `wait` (at most
+    /// [`CREATE_WAITS_FOR_DELETE`]) has passed (`None`).
     fn wait_for_deletes<'a>(
         &self,
         mut deleting: std::sync::MutexGuard<'a, BTreeSet<String>>,
         busy: impl Fn(&BTreeSet<String>) -> bool,
+        wait: Duration,
     ) -> Option<std::sync::MutexGuard<'a, BTreeSet<String>>> {
-        let deadline = Instant::now() + CREATE_WAITS_FOR_DELETE;
+        let deadline = Instant::now() + wait;
         while busy(&deleting) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -3269,8 +3298,11 @@ impl TopicManager {
         // the name while the second still runs (a create could then make a
         // topic whose positions the second delete drops). It waits for the
         // first to end.
-        let mut deleting =
-            self.wait_for_deletes(deleting, |d| d.contains(name) && self.topic(name).is_some())?;
+        let mut deleting = self.wait_for_deletes(
+            deleting,
+            |d| d.contains(name) && self.topic(name).is_some(),
+            CREATE_WAITS_FOR_DELETE,
+        )?;
         let topic = {
             let mut topics = self
                 .shared
@@ -3560,9 +3592,11 @@ impl TopicManager {
         // the client (the Java producer does); one answered REQUEST_TIMED_OUT
         // while the decompression budget was busy, or CORRUPT_MESSAGE, was
         // sent again whole.
+        // As Kafka, only for one batch alone with a base offset of 0 (a
+        // malformed request gets validation's answer, INVALID_RECORD).
         if let (Some(max), Ok(head)) = (t.configs.max_message_bytes(), batch::parse_header(records))
         {
-            if head.len as u64 > max {
+            if head.len as u64 > max && head.base_offset == 0 && head.len == records.len() {
                 return Err(ProduceError::TooLarge(format!(
                     "a batch of {} bytes is larger than topic {topic}'s max.message.bytes ({max})",
                     head.len
@@ -4664,17 +4698,6 @@ mod tests {
         })
     }
 
-    /// A refused batch named only its first record without a key, and no
-    /// record at all for timestamps out of range, so that the Java producer
-    /// failed every record of the batch as if each were at fault (its
-    /// innocent records get the generic "part of a batch with invalid
-    /// records" only when the refusal names the guilty ones). Every record at
-    /// fault is now listed, as Kafka's LogValidator lists them, each judged
-    /// by its key first on a compacted topic (INVALID_TIMESTAMP only when
-    /// some record is refused for its timestamp); at most
-    /// [`batch::MAX_LISTED_FAULTS`] of them, and fewer for a small
-    /// (compressed) batch, so that a refusal stays in proportion to the
-    /// request.
     /// A batch over the topic's `max.message.bytes` is refused for its size by
     /// its header, before its CRC or records are looked at, as Kafka refuses
     /// it: MESSAGE_TOO_LARGE, which a client answers by splitting the batch.
@@ -4705,10 +4728,30 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // A malformed one gets validation's answer, as from Kafka.
+        let at_five = make_batch(5, &[&[7u8; 1_500]]);
+        assert!(
+            matches!(
+                produce_to(&rt, &m, "t", &at_five),
+                Err(ProduceError::InvalidBatch(batch::BatchError::BaseOffset(5)))
+            ),
+            "a base offset that is not 0"
+        );
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 0);
         m.shutdown().unwrap();
     }
 
+    /// A refused batch named only its first record without a key, and no
+    /// record at all for timestamps out of range, so that the Java producer
+    /// failed every record of the batch as if each were at fault (its
+    /// innocent records get the generic "part of a batch with invalid
+    /// records" only when the refusal names the guilty ones). Every record at
+    /// fault is now listed, as Kafka's LogValidator lists them, each judged
+    /// by its key first on a compacted topic (INVALID_TIMESTAMP only when
+    /// some record is refused for its timestamp); at most
+    /// [`batch::MAX_LISTED_FAULTS`] of them, and fewer for a small
+    /// (compressed) batch, so that a refusal stays in proportion to the
+    /// request.
     #[test]
     fn a_refusal_lists_every_record_at_fault() {
         use crate::storage::batch::tests::{compress_batch, make_keyed_batch};

@@ -110,10 +110,19 @@ fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
     }
 }
 
-/// The free space a compaction copy leaves on its file system at least (or a
-/// quarter of the copy's size, when larger, for a recompression that does
-/// worse than the client's): room for produces while the copy is written.
-const COMPACTION_SPARE_BYTES: u64 = 64 << 20;
+/// The free space a compaction copy leaves on its file system at least,
+/// beyond a quarter of the copy's size (for a recompression that does worse
+/// than the client's): room for produces while the copy is written.
+const COMPACTION_SPARE_BYTES: u64 = 8 << 20;
+
+/// Whether a compaction copy of about `bytes` fits in `free` bytes (unknown:
+/// it fits) with [`COMPACTION_SPARE_BYTES`] to spare.
+fn copy_fits(bytes: u64, free: Option<u64>) -> bool {
+    let needed = bytes
+        .saturating_add(bytes / 4)
+        .saturating_add(COMPACTION_SPARE_BYTES);
+    free.is_none_or(|f| f >= needed)
+}
 
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
 /// is one that parses for it (`None` for none, or for one a power loss emptied
@@ -2215,11 +2224,18 @@ impl Partition {
             // as planned. Merged segments must continue each other: a segment
             // after an offset gap starts a group of its own (a segment holds
             // contiguous offsets, which the start-up scan checks).
+            // The copy is written beside the segments it replaces: a group
+            // takes no more segments than the file system has room for (with
+            // some to spare, see `copy_fits`), so that a copy never fills the
+            // disk produces write to (a produce that meets a full disk fails
+            // storage for every partition until a restart).
+            let free = super::space_reserve::free_bytes(&self.dir);
             let (mut j, mut bytes) = (i + 1, plans[i].kept_bytes);
             while j < sources.len()
                 && sources[j].base == sources[j - 1].next
                 && bytes + plans[j].kept_bytes <= policy.segment_bytes
                 && sources[j].next - sources[i].base <= i64::from(u32::MAX)
+                && copy_fits(bytes + plans[j].kept_bytes, free)
             {
                 bytes += plans[j].kept_bytes;
                 j += 1;
@@ -2228,15 +2244,10 @@ impl Partition {
                 i = j;
                 continue;
             }
-            // The copy is written beside the segments it replaces: without
-            // room for it and some to spare, the pass stops here, as between
-            // groups, rather than fill the disk produces write to (a produce
-            // that meets a full disk fails storage for every partition until
-            // a restart). Tried again at the next pass.
-            let needed = bytes.saturating_add((bytes / 4).max(COMPACTION_SPARE_BYTES));
-            if let Some(free) = super::space_reserve::free_bytes(&self.dir).filter(|&f| f < needed)
-            {
-                crate::log_limit::limited!(warn, topic = %self.topic, partition = self.index, free, needed, "compaction waits for free disk space: its copy and the room kept beside it do not fit");
+            // Without room for even one segment's copy the pass stops here,
+            // as between groups, and the next pass tries again.
+            if let Some(free) = free.filter(|&f| !copy_fits(bytes, Some(f))) {
+                crate::log_limit::limited!(warn, topic = %self.topic, partition = self.index, free, copy = bytes, "compaction waits for free disk space: the copy of its next segment, and the room kept beside it, do not fit");
                 covered = sources[i].base;
                 break;
             }
@@ -6632,11 +6643,18 @@ pub(crate) mod tests {
             let size = p.size_bytes();
             crate::storage::space_reserve::set_test_free_bytes(Some(COMPACTION_SPARE_BYTES));
             let stats = compact(&p, &policy(TS));
-            crate::storage::space_reserve::set_test_free_bytes(None);
             assert_eq!((stats.segments, p.size_bytes()), (0, size), "{stats:?}");
             assert_eq!(files(&pdir, "cleaning"), 0);
+            // With room for a smaller group than the copy of all three (about
+            // 600 bytes), a smaller group: what the disk has room for is
+            // compacted now, the rest at a later pass.
+            crate::storage::space_reserve::set_test_free_bytes(Some(COMPACTION_SPARE_BYTES + 300));
             let stats = compact(&p, &policy(TS));
-            assert!(stats.segments > 0 && p.size_bytes() < size, "{stats:?}");
+            crate::storage::space_reserve::set_test_free_bytes(None);
+            assert!((1..3).contains(&stats.segments), "{stats:?}");
+            assert!(p.size_bytes() < size);
+            let stats = compact(&p, &policy(TS));
+            assert!(stats.segments > 0, "{stats:?}");
         }
 
         /// A pass reads the modification time of the segments it copies only,

@@ -216,7 +216,16 @@ async fn metadata_creating_at_most(
                 } else if allow_create {
                     tried += 1;
                     let parts = ctx.storage.config().storage.default_partitions;
-                    match create_blocking(ctx, n.clone(), parts, TopicConfig::default()).await {
+                    let storage = ctx.storage.clone();
+                    let name_ = n.clone();
+                    // Not waiting for a delete of the name: answered at once,
+                    // as Kafka answers, and asked again by the client.
+                    let created = crate::server::blocking(ctx, move || {
+                        storage.auto_create_topic(&name_, parts)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())));
+                    match created {
                         Ok(t) => topics.push(topic_entry(ctx, &t, version)),
                         Err(CreateError::Exists) => match ctx.storage.topic(&n) {
                             Some(t) => topics.push(topic_entry(ctx, &t, version)),
@@ -226,6 +235,14 @@ async fn metadata_creating_at_most(
                                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                             )),
                         },
+                        Err(CreateError::BeingDeleted) => {
+                            tracing::debug!(topic = %n, "auto-create refused: a topic of the name is being deleted");
+                            topics.push(error_topic(
+                                Some(name),
+                                uuid::Uuid::nil(),
+                                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                            ));
+                        }
                         // Not retriable: the name stays refused while the other
                         // topic exists.
                         Err(CreateError::Collides(other)) => {
@@ -1304,6 +1321,38 @@ mod tests {
         let (creates, deletes) = (count("auto-create failed"), count("delete topic failed"));
         assert!((1..=20).contains(&creates), "{creates} auto-create lines");
         assert!((1..=20).contains(&deletes), "{deletes} delete lines");
+    }
+
+    /// A Metadata that may auto-create a topic being deleted is answered at
+    /// once, UNKNOWN_TOPIC_OR_PARTITION, which clients ask again on. Before,
+    /// its create waited up to 30 s for the delete, holding one of the
+    /// broker's 64 places for blocking work (64 clients asking for the topic
+    /// held every one, and commits, stores and admin requests for every other
+    /// topic waited), and the Metadata answer with every one behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_auto_create_does_not_wait_for_a_delete_of_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        ctx.storage.pause_next_delete(Duration::from_secs(5));
+        let deleting = {
+            let storage = ctx.storage.clone();
+            tokio::spawn(async move { storage.delete_topic("t").await })
+        };
+        while !ctx.storage.delete_pause_taken() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name("t")))
+            ]))
+            .with_allow_auto_topic_creation(true);
+        let r = tokio::time::timeout(Duration::from_secs(2), metadata(&ctx, req, 12))
+            .await
+            .expect("answered without waiting for the delete");
+        assert_eq!(r.topics[0].error_code, codes::UNKNOWN_TOPIC_OR_PARTITION);
+        assert!(!deleting.is_finished());
+        assert!(deleting.await.unwrap().unwrap());
     }
 
     /// A DeleteTopics by ids `[A, B]` looked every id up before its first
