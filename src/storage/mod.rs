@@ -2318,7 +2318,18 @@ impl TopicManager {
                         } else {
                             std::fs::remove_file(&entry)
                         };
-                        removed.map_err(|e| Error::io("remove", &entry, e))?;
+                        #[cfg(test)]
+                        let removed = removed.and_then(|()| injected_trash_failure(&entry));
+                        // As at run time: a warning, and each retention pass
+                        // tries again (the positions are dropped; the entry
+                        // has nothing more to tell a start). Before, every
+                        // start failed, in both recovery modes, over the files
+                        // of a topic no one needs (a directory the broker's
+                        // user cannot write, a damaged one).
+                        if let Err(e) = removed {
+                            tracing::warn!(dir = %entry.display(), error = %e, "could not remove a deleted topic's files; each retention pass tries again");
+                            start_trash.push(entry);
+                        }
                     }
                 } else if let Err(e) = create_dir_durable(&trash) {
                     tracing::warn!(dir = %trash.display(), error = %e, "could not make the directory deleted topics move to; the first delete makes it");
@@ -4169,6 +4180,23 @@ fn finish_start_trash(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Whether a start's removal of the trash's entries fails on this thread
+    /// (tests: as for a directory the broker's user cannot write).
+    static FAIL_TRASH_REMOVAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The failure [`FAIL_TRASH_REMOVAL`] injects into the removal of `entry`.
+#[cfg(test)]
+fn injected_trash_failure(entry: &Path) -> std::io::Result<()> {
+    if FAIL_TRASH_REMOVAL.with(std::cell::Cell::get) {
+        std::fs::create_dir_all(entry)?;
+        return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+    }
+    Ok(())
 }
 
 /// A topic name being deleted, reserved in `create_lock` until dropped.
@@ -8993,6 +9021,33 @@ mod tests {
             assert_eq!(in_trash(), 1, "kept while the positions are");
             still_failing_then_finished(&m, &trash, &blocker, created_again, || {});
         }
+    }
+
+    /// A trash entry a start cannot remove is kept, with a warning, for the
+    /// retention passes to remove, as at run time. Before, every start
+    /// failed over it, in both recovery modes.
+    #[test]
+    fn a_trash_entry_a_start_cannot_remove_is_left_to_the_retention_passes() {
+        use crate::storage::partition::tests::logged;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let entry = tmp.path().join("topics-deleted").join("t-1a2b");
+        std::fs::create_dir_all(entry.join("0")).unwrap();
+        FAIL_TRASH_REMOVAL.with(|f| f.set(true));
+        let started = logged(|| TopicManager::new(c.clone()));
+        FAIL_TRASH_REMOVAL.with(|f| f.set(false));
+        let (m, log_lines) = (started.0.unwrap(), started.1);
+        assert!(
+            log_lines.contains("could not remove a deleted topic's files"),
+            "{log_lines}"
+        );
+        assert!(entry.exists());
+        m.apply_retention().unwrap();
+        assert!(!entry.exists(), "removed by a retention pass");
+        m.shutdown().unwrap();
     }
 
     /// Recovery points of the topic's id that give a partition beyond its
