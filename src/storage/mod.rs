@@ -2313,13 +2313,11 @@ impl TopicManager {
                     .map_err(|e| Error::io("stat", &trash, e))?
                 {
                     for entry in trash_entries(&trash)? {
-                        let removed = if entry.is_dir() {
-                            std::fs::remove_dir_all(&entry)
-                        } else {
-                            std::fs::remove_file(&entry)
-                        };
                         #[cfg(test)]
-                        let removed = removed.and_then(|()| injected_trash_failure(&entry));
+                        let removed =
+                            injected_trash_failure().map_or_else(|| remove_entry(&entry), Err);
+                        #[cfg(not(test))]
+                        let removed = remove_entry(&entry);
                         // As at run time: a warning, and each retention pass
                         // tries again (the positions are dropped; the entry
                         // has nothing more to tell a start). Before, every
@@ -4171,7 +4169,7 @@ fn finish_start_trash(
     }
     start_trash
         .into_iter()
-        .filter(|dir| match std::fs::remove_dir_all(dir) {
+        .filter(|dir| match remove_entry(dir) {
             Ok(()) => false,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
@@ -4189,14 +4187,24 @@ thread_local! {
     static FAIL_TRASH_REMOVAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The failure [`FAIL_TRASH_REMOVAL`] injects into the removal of `entry`.
+/// The failure [`FAIL_TRASH_REMOVAL`] makes a start's removal of a trash
+/// entry meet, the entry left as it is.
 #[cfg(test)]
-fn injected_trash_failure(entry: &Path) -> std::io::Result<()> {
-    if FAIL_TRASH_REMOVAL.with(std::cell::Cell::get) {
-        std::fs::create_dir_all(entry)?;
-        return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+fn injected_trash_failure() -> Option<std::io::Error> {
+    FAIL_TRASH_REMOVAL
+        .with(std::cell::Cell::get)
+        .then(|| std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+}
+
+/// Removes the trash entry `entry`: a directory with all it holds, or a
+/// file (the trash holds directories, but a file found there is removed
+/// too).
+fn remove_entry(entry: &Path) -> std::io::Result<()> {
+    if entry.is_dir() {
+        std::fs::remove_dir_all(entry)
+    } else {
+        std::fs::remove_file(entry)
     }
-    Ok(())
 }
 
 /// A topic name being deleted, reserved in `create_lock` until dropped.
@@ -9036,6 +9044,10 @@ mod tests {
         drop(m);
         let entry = tmp.path().join("topics-deleted").join("t-1a2b");
         std::fs::create_dir_all(entry.join("0")).unwrap();
+        // A file in the trash too, which a retention pass removed as a
+        // directory (and failed, at every pass).
+        let file = tmp.path().join("topics-deleted").join("u-3c4d");
+        std::fs::write(&file, b"x").unwrap();
         FAIL_TRASH_REMOVAL.with(|f| f.set(true));
         let started = logged(|| TopicManager::new(c.clone()));
         FAIL_TRASH_REMOVAL.with(|f| f.set(false));
@@ -9044,9 +9056,10 @@ mod tests {
             log_lines.contains("could not remove a deleted topic's files"),
             "{log_lines}"
         );
-        assert!(entry.exists());
+        assert!(entry.exists() && file.exists());
         m.apply_retention().unwrap();
         assert!(!entry.exists(), "removed by a retention pass");
+        assert!(!file.exists(), "removed by a retention pass");
         m.shutdown().unwrap();
     }
 

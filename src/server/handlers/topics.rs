@@ -235,14 +235,18 @@ async fn metadata_creating_at_most(
                                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                             )),
                         },
-                        Err(CreateError::BeingDeleted) => {
-                            tracing::debug!(topic = %n, "auto-create refused: a topic of the name is being deleted");
-                            topics.push(error_topic(
-                                Some(name),
-                                uuid::Uuid::nil(),
-                                codes::UNKNOWN_TOPIC_OR_PARTITION,
-                            ));
-                        }
+                        // Listed when a failed delete put it back meanwhile.
+                        Err(CreateError::BeingDeleted) => match ctx.storage.topic(&n) {
+                            Some(t) => topics.push(topic_entry(ctx, &t, version)),
+                            None => {
+                                tracing::debug!(topic = %n, "auto-create refused: a topic of the name is being deleted");
+                                topics.push(error_topic(
+                                    Some(name),
+                                    uuid::Uuid::nil(),
+                                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                                ));
+                            }
+                        },
                         // Not retriable: the name stays refused while the other
                         // topic exists.
                         Err(CreateError::Collides(other)) => {
