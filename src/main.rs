@@ -2,7 +2,8 @@
 //! 127.0.0.1:9092 with data in ./data (WAL in ./data/wal).
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM; during recovery,
-//! recovery runs to its end and the broker stops without serving), 1 when
+//! recovery runs to its end and the broker stops without serving, as during
+//! the load of the groups' membership after it), 1 when
 //! start-up or shutdown fails, 2 for an invalid command line or `STREAMLINE_*` variable
 //! (`STREAMLINE_LOG` included; nothing is touched on disk then) or a
 //! `--max-connections` the open-file limit cannot hold (judged before recovery,
@@ -104,7 +105,19 @@ fn main() -> ExitCode {
         report(format_args!("error: {e}"));
         return ExitCode::from(1);
     }
-    match runtime.block_on(run(config, security, signals)) {
+    let ran = runtime.block_on(run(config, security, signals));
+    // Blocking work still running here (a group's membership store or an
+    // offset expiry a shutdown stopped before its next group) is waited for
+    // a while, not for ever: the runtime's drop would wait with the
+    // second-signal listener gone. Storage is shut down already, so what is
+    // left behind is as safe as a crash.
+    const LEFT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let waited = std::time::Instant::now();
+    runtime.shutdown_timeout(LEFT_WAIT);
+    if waited.elapsed() >= LEFT_WAIT {
+        tracing::warn!("blocking work still running 10 s after the shutdown; exiting without it");
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         // `--max-connections` judged again once storage is open.
         Err(e @ streamline::Error::InvalidConfig { .. }) => {
@@ -186,7 +199,24 @@ async fn run(
             return Ok(());
         }
     };
-    let server = match Server::bind_with(storage.clone(), security).await {
+    // Binding loads every group's membership file, which can take a while:
+    // a stop signal meanwhile is acted on once it is over, without serving.
+    let bind = Server::bind_with(storage.clone(), security);
+    tokio::pin!(bind);
+    let bound = tokio::select! {
+        r = &mut bind => r,
+        () = &mut stop => {
+            tracing::info!("stopping once the server is set up, without serving");
+            let bound = bind.await;
+            // Its listeners closed before storage shuts down.
+            let bound = bound.map(drop);
+            shut_down(storage).await?;
+            bound?;
+            tracing::info!("shut down cleanly before serving");
+            return Ok(());
+        }
+    };
+    let server = match bound {
         Ok(s) => s,
         Err(e) => {
             // A storage fault is the one to report (exit 1), not the

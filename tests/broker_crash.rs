@@ -548,6 +548,12 @@ fn hold_recovery(data: &std::path::Path) -> Vec<u8> {
 /// opened it to read: from then on until the pipe is fed and closed, it is in
 /// recovery.
 fn in_recovery(data: &std::path::Path, starting: &Starting) -> std::fs::File {
+    read_by(&data.join("meta.json"), starting)
+}
+
+/// The write end of the named pipe `fifo`, once the broker `starting` opened
+/// it to read (it waits on it until the pipe is fed and closed).
+fn read_by(fifo: &std::path::Path, starting: &Starting) -> std::fs::File {
     use std::os::unix::fs::OpenOptionsExt;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -555,14 +561,15 @@ fn in_recovery(data: &std::path::Path, starting: &Starting) -> std::fs::File {
         match std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open(data.join("meta.json"))
+            .open(fifo)
         {
             Ok(f) => return f,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!(
-                "the broker never read meta.json ({e}); log:\n{}",
+                "the broker never read {} ({e}); log:\n{}",
+                fifo.display(),
                 starting.log_text()
             ),
         }
@@ -681,6 +688,41 @@ fn sigterm_or_sigint_during_recovery_stops_cleanly_without_serving() {
             "SIG{sig}: what recovery replayed was flushed before the exit: {replay}"
         );
     }
+}
+
+/// SIGTERM while the groups' membership loads, after recovery (held here on a
+/// named pipe in place of a group's membership file): the broker stops once
+/// the load is over, without serving, and exits 0. Before, the signal was
+/// neither logged nor acted on until the broker served.
+#[test]
+fn sigterm_during_the_group_load_stops_cleanly_without_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let sent = produce(&broker.addr, "held", "load", 20);
+    assert!(broker.sigterm().success());
+    // "gh", as the store names a group's file.
+    let fifo = data.join("groups").join("members").join("6768.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let mut starting = broker.relaunch();
+    let mut pipe = read_by(&fifo, &starting);
+    signal_and_see(
+        &mut starting,
+        "TERM",
+        "stopping once the server is set up, without serving",
+    );
+    pipe.write_all(b"not a membership file").unwrap();
+    drop(pipe);
+    let (status, listened) = starting.exit();
+    let log = broker.log_text();
+    assert!(status.success(), "exit 0, got {status:?}; log:\n{log}");
+    assert!(!listened, "nothing served; log:\n{log}");
+    assert!(log.contains("shut down cleanly before serving"), "{log}");
+    std::fs::remove_file(&fifo).unwrap();
+    let broker = broker.restart();
+    assert_eq!(values(&broker.addr, "held"), sent);
 }
 
 /// A second SIGTERM or SIGINT ends the broker at once, with 143 or 130, where

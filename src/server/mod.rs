@@ -604,6 +604,7 @@ impl Server {
         // own group before it answers.
         let membership = {
             let groups = Arc::clone(&self.ctx.groups);
+            let stopping = self.ctx.stopping.subscribe();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -611,7 +612,11 @@ impl Server {
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
                     }
                     let g = Arc::clone(&groups);
-                    if let Err(e) = tokio::task::spawn_blocking(move || g.store_changed()).await {
+                    // A shutdown stops the pass before its next group: the
+                    // shutdown's own pass stores the rest.
+                    let stopping = stopping.clone();
+                    let pass = move || g.store_changed_until(|| *stopping.borrow());
+                    if let Err(e) = tokio::task::spawn_blocking(pass).await {
                         tracing::error!(error = %e, "storing group membership failed");
                     }
                 }
@@ -756,9 +761,21 @@ impl Server {
         }
         membership.abort();
         expiry.abort();
-        // What changed since the last pass (a group emptied by the last LeaveGroup).
+        // What changed since the last pass (a group emptied by the last
+        // LeaveGroup, those a pass stopped by the shutdown left), logged: each
+        // group is two fsyncs, and thousands take a while.
         let groups = Arc::clone(&self.ctx.groups);
-        if let Err(e) = tokio::task::spawn_blocking(move || groups.store_changed()).await {
+        let last = tokio::task::spawn_blocking(move || {
+            let changed = groups.changed_count();
+            if changed > 0 {
+                tracing::info!(
+                    groups = changed,
+                    "storing the membership of groups that changed"
+                );
+            }
+            groups.store_changed();
+        });
+        if let Err(e) = last.await {
             tracing::error!(error = %e, "storing group membership failed");
         }
         if let Some(t) = metrics_task {

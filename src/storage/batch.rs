@@ -445,6 +445,12 @@ pub fn validate_produce_by(
     deadline: Option<std::time::Instant>,
     rules: Option<&RecordRules>,
 ) -> Result<Produced, BatchError> {
+    // The magic sits at the same place in a v0/v1 message set, whose one
+    // message may be shorter than a v2 header (26 bytes at least): refused
+    // by its magic, not as a truncated batch.
+    if let Some(&magic) = buf.get(MAGIC_OFFSET).filter(|&&m| m != 2) {
+        return Err(BatchError::BadMagic(magic as i8));
+    }
     let info = parse_header(buf)?;
     if buf.len() > info.len {
         return Err(BatchError::MultipleBatches);
@@ -3110,5 +3116,23 @@ pub(crate) mod tests {
         let mut b = make_batch(0, &[b"x"]);
         b[16] = 1;
         assert_eq!(validate(&b), Err(BatchError::BadMagic(1)));
+    }
+
+    /// A produced v0/v1 message set of one message shorter than a v2 batch
+    /// header (61 bytes) is refused by its magic, as a longer one is; it was
+    /// refused as a truncated record batch.
+    #[test]
+    fn a_short_old_message_set_is_refused_by_its_magic() {
+        for (magic, len) in [(0u8, 26usize), (1, 34), (1, 60)] {
+            // Offset 0, size, CRC, then the magic; key and value of -1.
+            let mut m = vec![0u8; len];
+            m[8..12].copy_from_slice(&(len as i32 - 12).to_be_bytes());
+            m[16] = magic;
+            assert_eq!(
+                validate_produce(&m).map(|_| ()),
+                Err(BatchError::BadMagic(magic as i8)),
+                "magic {magic}, {len} bytes"
+            );
+        }
     }
 }

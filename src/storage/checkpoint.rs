@@ -156,18 +156,51 @@ pub(super) fn points_of<'a>(topics: impl Iterator<Item = &'a Arc<Topic>>) -> Rec
 }
 
 /// Fails once a segment write or sync has failed.
+///
+/// Without a WAL the segments are the only copy of what was acknowledged:
+/// every partition's segments are still synced (a partition whose own sync
+/// failed refuses, see `Partition::sync`), each checkpoint and the
+/// shutdown's, though none is recorded. Before, one partition's failure
+/// stopped the syncs of all of them, the shutdown's too, and the exit
+/// message spoke of a WAL to recover from.
 fn stopped(shared: &Shared) -> Result<()> {
-    match shared.segments_failed.get() {
-        None => Ok(()),
-        Some(why) => Err(Error::io(
-            "checkpoint",
-            &shared.config.storage.data_dir,
-            std::io::Error::other(format!(
-                "no checkpoint after a failed segment write or sync ({why}); a restart \
-                 recovers from the WAL"
-            )),
+    let Some(why) = shared.segments_failed.get() else {
+        return Ok(());
+    };
+    let then = if shared.wal.is_some() {
+        "a restart recovers from the WAL".to_string()
+    } else {
+        let unsynced = sync_without_wal(shared);
+        let synced = if unsynced == 0 {
+            "every partition's segments were synced".to_string()
+        } else {
+            format!("the segments of {unsynced} partition(s) could not be synced (logged), the others' were")
+        };
+        format!("without a WAL nothing recovers what the failed segment lost; {synced}")
+    };
+    Err(Error::io(
+        "checkpoint",
+        &shared.config.storage.data_dir,
+        std::io::Error::other(format!(
+            "no checkpoint after a failed segment write or sync ({why}); {then}"
         )),
+    ))
+}
+
+/// Syncs every partition's segments, after a segment write or sync failed
+/// with no WAL to recover from; returns how many partitions could not be
+/// synced (each logged: the one that failed, and any other).
+fn sync_without_wal(shared: &Shared) -> usize {
+    let mut unsynced = 0;
+    for t in shared.checkpoint_topics() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if let Err(e) = p.sync() {
+                unsynced += 1;
+                crate::log_limit::limited!(warn, topic = %t.name, partition = i, error = %e, "could not sync the partition's segments");
+            }
+        }
     }
+    unsynced
 }
 
 /// The periodic checkpoint thread: one checkpoint every `checkpoint_interval_ms` until

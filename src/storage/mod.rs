@@ -5780,6 +5780,64 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// Without a WAL, one partition's failed segment append stopped the syncs
+    /// of every partition, the shutdown's included: what the others had
+    /// acknowledged was left in the page cache at a "clean" exit, and the
+    /// error spoke of a WAL to recover from. They are synced now, by every
+    /// checkpoint and the shutdown, which still fails (nothing recovers what
+    /// the failed one lost).
+    #[test]
+    fn without_a_wal_a_failed_segment_leaves_the_others_synced() {
+        use crate::storage::producers::pipeline_tests::produce;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let mut c = config(tmp.path());
+        c.wal.enabled = false;
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.create_topic("b", 1).unwrap();
+        assert_eq!(produce(&rt, &m, &make_batch(0, &[b"kept"])).unwrap(), 0);
+        let to_b = |v: &[u8]| {
+            rt.block_on(async {
+                match m
+                    .submit("b", 0, &make_batch(0, &[v]), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(rx) => rx.await.unwrap(),
+                    Err(e) => Err(e),
+                }
+            })
+        };
+        assert_eq!(to_b(b"acknowledged"), Ok(0));
+        let b = m.partition("b", 0).unwrap();
+        assert!(b.unsynced());
+        let a = m.partition("t", 0).unwrap();
+        a.fail_next_append.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            produce(&rt, &m, &make_batch(0, &[b"lost"])),
+            Err(ProduceError::Storage(_))
+        ));
+        let e = m.checkpoint().unwrap_err().to_string();
+        assert!(!b.unsynced(), "a checkpoint synced b: {e}");
+        assert!(
+            !e.contains("WAL") || e.contains("without a WAL"),
+            "no WAL to recover from: {e}"
+        );
+        assert!(e.contains("every partition's segments were synced"), "{e}");
+        assert_eq!(to_b(b"refused").map_err(|_| ()), Err(()));
+        let e = m.shutdown().unwrap_err().to_string();
+        assert!(e.contains("without a WAL nothing recovers"), "{e}");
+        drop((m, a, b));
+        let m = TopicManager::new(c).unwrap();
+        let b = m.partition("b", 0).unwrap();
+        assert_eq!(
+            &b.read(0, 1 << 20).unwrap().unwrap().records[..],
+            &batch_at(0, &[b"acknowledged"])[..]
+        );
+        m.shutdown().unwrap();
+    }
+
     /// A produce already in the pipeline when an earlier one's segment append
     /// fails is refused too: appended, it would start a segment past the
     /// offsets the failed batch left empty and move the high watermark over

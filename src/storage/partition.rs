@@ -4977,6 +4977,22 @@ pub(crate) mod tests {
         let got = validate_all(&read.records).unwrap();
         assert_eq!(got[0].base_offset, 1, "the fetch starts at the batch");
         assert_eq!(std::fs::read(&index).unwrap(), good, "the index rebuilt");
+        // The rebuild reads every batch from nothing: the batch holding the
+        // newest timestamp is known again. The open from the index had set
+        // the newest already, from the last batch, so the scan never found
+        // a newer one and the holder stayed unknown (-1): the time index
+        // saved from that was stale at every later start.
+        let (newest, holder) = {
+            let log = p.log.lock().unwrap();
+            let first = &log[0];
+            (first.max_timestamp(), first.max_timestamp_offset())
+        };
+        let last_of_first = p.log.lock().unwrap()[1].base_offset() - 1;
+        assert_eq!(
+            (newest, holder),
+            (last_of_first + 1, Some(last_of_first)),
+            "timestamps k + 1, ascending"
+        );
     }
 
     /// Files named like segments but not as segments are named (`7.log`,

@@ -1917,6 +1917,12 @@ impl Segment {
         let mut head = [0u8; HEADER_LEN];
         let mut buf = Vec::new();
         let mut cut_reason = None;
+        // From nothing: an open from the index may have set them already
+        // (the last batch's, which a scan after a damaged index or a cut
+        // must not keep: the holder of the newest stayed unknown, or the
+        // newest was a batch cut away).
+        self.max_timestamp = -1;
+        self.first_timestamp = -1;
         self.max_timestamp_offset = Some(-1);
         while pos < self.size {
             if self.size - pos < HEADER_LEN as u64 {

@@ -414,6 +414,26 @@ impl Core {
         wakers.push(w.clone());
     }
 
+    /// Takes back `w`, registered by an async append whose wait was dropped
+    /// (see `CapacityWait`), when it is still listed, and wakes it: another
+    /// wait of the same task may share the registration (one per task).
+    pub(crate) fn unregister_waker(&self, w: &Waker) {
+        let taken = {
+            let mut wakers = self
+                .async_wakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let at = wakers.iter().position(|x| x.will_wake(w));
+            at.map(|i| {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                wakers.swap_remove(i)
+            })
+        };
+        if let Some(w) = taken {
+            w.wake();
+        }
+    }
+
     /// Wakers registered by async appends waiting for room.
     #[cfg(test)]
     pub(crate) fn registered_wakers(&self) -> usize {

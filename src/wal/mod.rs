@@ -886,6 +886,7 @@ impl Wal {
         CapacityWait {
             core: &self.inner.core,
             bytes,
+            registered: None,
         }
         .await?;
         self.send_reserved(Entries::record(topic, partition, data), bytes)
@@ -906,6 +907,7 @@ impl Wal {
         CapacityWait {
             core: &self.inner.core,
             bytes,
+            registered: None,
         }
         .await?;
         self.send_reserved(Entries::Many(entries), bytes).await
@@ -1132,9 +1134,23 @@ pub(crate) fn max_entry_bytes_for(max_file_size: u64) -> u64 {
 /// It takes no claim itself: a claim holds every other append back until its
 /// holder passes, and a future may not be polled again for as long as the
 /// threads that would poll it are blocked appending.
+///
+/// A wait dropped before it is woken (a timeout, a `select!` taking another
+/// branch) takes its waker back: left registered until the next release, it
+/// held its task's memory, and a stalled device kept every timed-out one's.
 struct CapacityWait<'a> {
     core: &'a Core,
     bytes: usize,
+    /// The waker this wait registered last, while it may still be listed.
+    registered: Option<std::task::Waker>,
+}
+
+impl Drop for CapacityWait<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.registered.take() {
+            self.core.unregister_waker(&w);
+        }
+    }
 }
 
 impl CapacityWait<'_> {
@@ -1149,7 +1165,7 @@ impl CapacityWait<'_> {
 impl std::future::Future for CapacityWait<'_> {
     type Output = Result<()>;
     fn poll(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<()>> {
         use std::task::Poll;
@@ -1157,6 +1173,14 @@ impl std::future::Future for CapacityWait<'_> {
             return Poll::Ready(r);
         }
         self.core.register_waker(cx.waker());
+        let me = self.as_mut().get_mut();
+        if !me
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            me.registered = Some(cx.waker().clone());
+        }
         // Again after registering so that a release, a failure or a close in
         // between (whose wake-up found no waker yet) is not missed.
         match self.attempt() {
@@ -1187,6 +1211,7 @@ mod tests {
         let mut wait = Box::pin(CapacityWait {
             core: &core,
             bytes: 768 * K,
+            registered: None,
         });
         assert!(wait.as_mut().poll(&mut cx).is_pending());
         // Polled again before any wake-up (a `select!` beside a timer): its
@@ -1203,6 +1228,7 @@ mod tests {
         let mut small = Box::pin(CapacityWait {
             core: &core,
             bytes: 256 * K,
+            registered: None,
         });
         assert!(
             small.as_mut().poll(&mut cx).is_pending(),
@@ -1213,6 +1239,53 @@ mod tests {
         assert_eq!(core.claimed_bytes(), 0);
         assert!(matches!(small.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
         drop(wait);
+    }
+
+    /// An async wait dropped before it is woken takes its waker back (a
+    /// stall held every timed-out task's waker, and its memory, until the
+    /// next release), and wakes it: another wait of the same task, which
+    /// shares the registration, registers again when polled.
+    #[test]
+    fn a_dropped_async_wait_takes_its_waker_back() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::task::{Context, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        const K: usize = 1024;
+        let core = Arc::new(core_with_cap(1024 * K));
+        assert!(core.try_reserve(1024 * K));
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        let wait = |bytes| {
+            Box::pin(CapacityWait {
+                core: &core,
+                bytes,
+                registered: None,
+            })
+        };
+        let (mut first, mut second) = (wait(K), wait(2 * K));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(core.registered_wakers(), 1, "one per task");
+        drop(first);
+        assert_eq!(core.registered_wakers(), 0, "taken back");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the task woken");
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(core.registered_wakers(), 1, "registered again");
+        core.release(1024 * K);
+        assert_eq!(core.registered_wakers(), 0);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        assert!(second.as_mut().poll(&mut cx).is_ready());
+        // Woken and done: nothing left to take back.
+        drop(second);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
     }
 
     /// The largest append fills a file but for its header and seal blocks, and with
