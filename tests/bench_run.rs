@@ -214,6 +214,40 @@ fn an_output_file_in_a_missing_directory_is_refused_before_any_job() {
     }
 }
 
+/// An output file naming an existing directory is refused before any job
+/// runs, and the files the check tried are not left behind: it was found
+/// when the first job's histogram was written, the later jobs not run.
+#[test]
+fn an_output_file_that_cannot_be_written_is_refused_before_any_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = dir.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    let fine = dir.path().join("lat.hgrm");
+    for (flag, other) in [("--hist-file", "--plot"), ("--plot", "--hist-file")] {
+        let c = Cli::try_parse_from([
+            "streamline-bench",
+            "--dir",
+            data.to_str().unwrap(),
+            "--records",
+            "10",
+            "--quiet",
+            flag,
+            taken.to_str().unwrap(),
+            other,
+            fine.to_str().unwrap(),
+        ])
+        .expect("parses");
+        let e = run_cli(&c, &mut Vec::new(), &mut Vec::new()).expect_err("refused");
+        assert!(
+            e.contains(flag) && e.contains(taken.to_str().unwrap()),
+            "{e}"
+        );
+        assert!(!data.exists(), "{flag}: a job ran");
+        assert!(!fine.exists(), "{other}: the check left its file");
+    }
+}
+
 #[test]
 fn table_output_and_cleanup() {
     let dir = tempfile::tempdir().unwrap();

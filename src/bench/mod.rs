@@ -40,6 +40,20 @@ pub fn hist_path(path: &Path, index: usize, jobs: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Whether `path` can be written, tried without changing it: opened to
+/// append (created when missing, then removed again).
+fn writable(path: &Path) -> std::io::Result<()> {
+    let existed = path.symlink_metadata().is_ok();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if !existed {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
 /// A short label for a job in charts and progress lines.
 pub fn job_label(r: &JobReport) -> String {
     let mut l = format!("{} {}", r.job, r.engine);
@@ -83,6 +97,18 @@ pub fn run_cli(
                 ));
             }
         }
+    }
+    // Each output file can be written (not a directory, nor in one the user
+    // cannot write): found after the first job, it stopped the run there.
+    let mut outputs = Vec::new();
+    if let Some(path) = &cli.hist_file {
+        outputs.extend((1..=jobs.len()).map(|i| ("--hist-file", hist_path(path, i, jobs.len()))));
+    }
+    if let Some(path) = &cli.plot {
+        outputs.push(("--plot", path.clone()));
+    }
+    for (flag, path) in outputs {
+        writable(&path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
     }
     let mut reports = Vec::with_capacity(jobs.len());
     let mut hists = Vec::with_capacity(jobs.len());

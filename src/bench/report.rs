@@ -497,6 +497,22 @@ mod tests {
         assert!((99_000_000.0..=101_000_000.0).contains(&l.max), "{}", l.max);
     }
 
+    /// Acknowledgements between the ceiling and the end of the histogram's
+    /// last bucket (100-137 s) are counted at the ceiling too: one of 120 s
+    /// was recorded as such, not counted, and ranked above one of 150 s.
+    #[test]
+    fn latencies_just_past_the_ceiling_are_counted_at_it() {
+        use super::super::run::record_latency;
+        let mut h = super::super::run::new_histogram();
+        record_latency(&mut h, 50_000_000_000);
+        assert_eq!(LatencyUs::from_hist(&h).at_ceiling, 0);
+        record_latency(&mut h, 120_000_000_000);
+        record_latency(&mut h, 150_000_000_000);
+        let l = LatencyUs::from_hist(&h);
+        assert_eq!(l.at_ceiling, 2);
+        assert!((99_000_000.0..=101_000_000.0).contains(&l.max), "{}", l.max);
+    }
+
     #[test]
     fn hgrm_ends_with_the_totals() {
         let mut h = super::super::run::new_histogram();

@@ -35,6 +35,14 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("static histogram bounds are valid")
 }
 
+/// Records a latency of `ns` in `h`, at the ceiling (100 s) when longer. The
+/// histogram's slots reach past its ceiling (its last bucket ends at 137 s), so
+/// without the clamp an ack of 120 s was recorded as such, not counted as at
+/// the ceiling, and ranked above one of 150 s, clamped to 100 s.
+pub(crate) fn record_latency(h: &mut Histogram<u64>, ns: u64) {
+    h.saturating_record(ns.min(HIST_MAX_NS));
+}
+
 /// Time to reopen a WAL and read back everything in it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RecoveryResult {
@@ -165,10 +173,16 @@ impl XorShift {
     }
 }
 
-/// Pseudo-random payload bytes (so nothing below can compress them) that records
-/// are sliced out of without copying.
+/// Pseudo-random payload bytes that records are sliced out of without copying,
+/// at random offsets: wide enough (4 MiB, or four of the largest records)
+/// that the records of one WAL batch seldom share bytes, so that nothing
+/// below (a compressing file system: ZFS with lz4, btrfs) can compress them
+/// much (zlib: 1-2% on a 256 KiB batch of 4 KiB records). It was the largest
+/// record and 64 KiB: such a batch held each byte about four times and
+/// compressed 1.4-1.7 times.
 fn payload_pool(max_record: usize) -> Bytes {
-    let len = max_record + 64 * 1024;
+    const SPREAD: usize = 4 << 20;
+    let len = max_record + SPREAD.max(max_record.saturating_mul(4));
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
@@ -249,10 +263,10 @@ impl<'a> Writer<'a> {
         let ns = u64::try_from(now.duration_since(started).as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.hist
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .saturating_record(ns);
+        record_latency(
+            &mut self.hist.lock().unwrap_or_else(PoisonError::into_inner),
+            ns,
+        );
         self.out.records += 1;
         self.out.bytes += len as u64;
         self.out.last_ack = Some(now);
@@ -523,7 +537,18 @@ fn run_engine(
             }
         }
         if !spec.warmup.is_zero() && shared.phase.load(Ordering::Acquire) == WARMUP {
-            std::thread::sleep(spec.warmup);
+            // In steps: a writer failing (a full disk, a panic) stops the job
+            // at once, not after the rest of the warm-up.
+            let until = Instant::now().checked_add(spec.warmup);
+            while shared.phase.load(Ordering::Acquire) == WARMUP {
+                let left = until.map_or(Duration::MAX, |u| {
+                    u.saturating_duration_since(Instant::now())
+                });
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
             before_counters = engine_ref.counters();
             before_cpu = sys::cpu_sample();
             start = Instant::now();
@@ -757,6 +782,17 @@ mod tests {
         records: u64,
         panics: Vec<usize>,
     ) -> Option<Result<JobResult, String>> {
+        run_panicking_after(writers, async_workers, records, panics, Duration::ZERO)
+    }
+
+    /// [`run_panicking`] with a warm-up of `warmup`.
+    fn run_panicking_after(
+        writers: usize,
+        async_workers: Option<usize>,
+        records: u64,
+        panics: Vec<usize>,
+        warmup: Duration,
+    ) -> Option<Result<JobResult, String>> {
         let dir = tempfile::tempdir().unwrap();
         let spec = JobSpec {
             dir: dir.path().to_path_buf(),
@@ -764,7 +800,7 @@ mod tests {
             writers,
             record_size: RecordSize::Fixed(64),
             stop: Stop::Records(records),
-            warmup: Duration::ZERO,
+            warmup,
             queue_depth: 4,
             wal: crate::wal::WalConfig::default(),
             checkpoint_every: None,
@@ -784,6 +820,23 @@ mod tests {
             let _ = tx.send(r);
         });
         rx.recv_timeout(Duration::from_secs(30)).ok()
+    }
+
+    /// A writer failing during the warm-up ends the job at once: the harness
+    /// slept the whole warm-up first (`--warmup 600` on a full disk reported
+    /// its error ten minutes later).
+    #[test]
+    fn a_writer_failing_during_the_warm_up_ends_the_job_at_once() {
+        let started = Instant::now();
+        let r = run_panicking_after(2, None, 10_000, vec![1], Duration::from_secs(25))
+            .expect("the job ends");
+        let e = r.map(|r| r.writer_records).expect_err("the job fails");
+        assert!(e.contains("writer 1 panicked"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "ended {:?} after the start, in a warm-up of 25 s",
+            started.elapsed()
+        );
     }
 
     /// A writer thread (or, with `tasks`, a writer task) that panics fails
@@ -867,6 +920,30 @@ mod tests {
     /// At queue depth 8, every append the engine completed during one append
     /// call is recorded before the writer issues the next: an acknowledgement is
     /// not timestamped after the writer has refilled its queue.
+    /// A WAL batch of records drawn as a writer draws them (4 KiB records at
+    /// random offsets of the pool, 256 KiB in all) does not compress: the
+    /// pool was so narrow that a batch held each byte about four times.
+    #[test]
+    fn a_batch_of_drawn_records_does_not_compress() {
+        use std::io::Write;
+        const RECORD: usize = 4096;
+        let pool = payload_pool(RECORD);
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut batch = Vec::new();
+        while batch.len() < 256 << 10 {
+            let off = rng.below(pool.len() - RECORD) & !7;
+            batch.extend_from_slice(&pool[off..off + RECORD]);
+        }
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&batch).unwrap();
+        let packed = z.finish().unwrap().len();
+        assert!(
+            packed as f64 >= 0.97 * batch.len() as f64,
+            "{} bytes of records compressed to {packed}",
+            batch.len()
+        );
+    }
+
     fn acknowledgements_are_recorded_before_the_next_append(how: Wait) {
         const APPENDS: u64 = 40;
         let shared = Shared {

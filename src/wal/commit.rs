@@ -1170,7 +1170,11 @@ impl Committer {
                     return Err(e);
                 }
             }
-            let room = (self.file.size - self.file.offset - BLOCK_SIZE as u64) as usize;
+            // Not cut to 32 bits: on a 32-bit target a file over 4 GiB had
+            // room read as nothing at every 4 GiB, and the batch went out
+            // with no entries, which recovery reads as damage.
+            let room = usize::try_from(self.file.size - self.file.offset - BLOCK_SIZE as u64)
+                .unwrap_or(usize::MAX);
             let buf = if oversized {
                 AlignedBuf::new(BATCH_HEADER_LEN + bytes)
             } else {
@@ -1188,6 +1192,9 @@ impl Committer {
             });
         }
         let st = self.staged.as_mut().expect("staged above");
+        // The first append of a batch always fits (checked above): a batch
+        // is never submitted empty.
+        debug_assert!(st.pos > BATCH_HEADER_LEN || st.pos + bytes <= st.limit);
         if st.pos + bytes > st.limit {
             self.carry = Some(Request::Append {
                 entries,

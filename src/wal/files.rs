@@ -1009,14 +1009,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// I/O errors before the rename, naming the path; `path` is unchanged.
 pub fn write_atomic_renamed(path: &Path, bytes: &[u8]) -> Result<Option<Error>> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
     #[cfg(test)]
     let injected = INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().pop_front());
     #[cfg(test)]
     if injected == Some(AtomicWriteFailure::BeforeRename) {
         let e = std::io::Error::other("injected failure before the rename");
-        return Err(Error::io("create", &tmp, e));
+        return Err(Error::io("create", path.with_extension("tmp"), e));
     }
+    write_renamed(path, bytes)?;
+    #[cfg(test)]
+    if injected == Some(AtomicWriteFailure::DirSync) {
+        let e = std::io::Error::other("injected directory fsync failure");
+        return Ok(Some(Error::io("fsync dir", dir, e)));
+    }
+    // The rename is durable only once the directory entry is.
+    Ok(sync_dir(dir).err())
+}
+
+/// [`write_atomic`] without the directory fsync: `path` holds `bytes` (written
+/// to a temporary file, fsynced, renamed over it), but the rename is durable
+/// only once the caller fsyncs the directory, once for many files.
+///
+/// # Errors
+/// I/O errors naming the path; `path` is unchanged.
+pub fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
     let renamed = (|| {
         let f = tracked(MetaOp::Create(&tmp), || File::create(&tmp))
             .map_err(|e| Error::io("create", &tmp, e))?;
@@ -1033,13 +1050,7 @@ pub fn write_atomic_renamed(path: &Path, bytes: &[u8]) -> Result<Option<Error>> 
         let _ = tracked(MetaOp::Remove(&tmp), || fs::remove_file(&tmp));
         return Err(e);
     }
-    #[cfg(test)]
-    if injected == Some(AtomicWriteFailure::DirSync) {
-        let e = std::io::Error::other("injected directory fsync failure");
-        return Ok(Some(Error::io("fsync dir", dir, e)));
-    }
-    // The rename is durable only once the directory entry is.
-    Ok(sync_dir(dir).err())
+    Ok(())
 }
 
 /// A failure [`write_atomic_renamed`] is made to have (tests of what callers

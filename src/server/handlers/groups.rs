@@ -253,12 +253,18 @@ pub(crate) fn leave(ctx: &Ctx, req: LeaveGroupRequest, version: i16) -> LeaveGro
 
 pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let gate = ctx.groups.check_commit(
+    let mut gate = ctx.groups.check_commit(
         &group,
         req.generation_id_or_member_epoch,
         &req.member_id,
         req.group_instance_id.as_deref(),
     );
+    // A group the store does not hold yet, past its limits: refused as a
+    // JoinGroup past the coordinator's is, which clients retry.
+    if gate == codes::NONE && !ctx.storage.offsets().has_room_for(&group) {
+        crate::log_limit::limited!(warn, group = %Shown(&group), max_groups = crate::storage::offsets::MAX_STORED_GROUPS, "the committed positions of more groups than the broker holds: a first commit refused (COORDINATOR_NOT_AVAILABLE) until groups expire or are deleted");
+        gate = codes::COORDINATOR_NOT_AVAILABLE;
+    }
     let metadata_max = ctx.storage.config().groups.offset_metadata_max_bytes;
     let mut commits = Vec::new();
     let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
@@ -1137,6 +1143,32 @@ mod tests {
                         })
                         .collect(),
                 )])
+    }
+
+    /// A first commit to a group past the store's limits is answered
+    /// COORDINATOR_NOT_AVAILABLE, which clients retry, and nothing is
+    /// stored; commits to groups held go on. Simple commits to new group ids
+    /// (generation -1) were each stored as a group, without bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_commit_past_the_stored_groups_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        ctx.storage.offsets().set_limits(3, usize::MAX);
+        let to = |g: &str, o| {
+            commit_request(-1, "", &[(0, o)]).with_group_id(GroupId(g.to_string().into()))
+        };
+        for g in ["g0", "g1", "g2"] {
+            let r = offset_commit(&ctx, to(g, 1)).await;
+            assert_eq!(commit_codes(&r), [codes::NONE], "{g}");
+        }
+        let r = offset_commit(&ctx, to("g3", 1)).await;
+        assert_eq!(commit_codes(&r), [codes::COORDINATOR_NOT_AVAILABLE]);
+        assert!(ctx.storage.offsets().fetch("g3", "t", 0).is_none());
+        assert_eq!(ctx.storage.offsets().groups().len(), 3);
+        let r = offset_commit(&ctx, to("g0", 2)).await;
+        assert_eq!(commit_codes(&r), [codes::NONE], "a group held");
+        assert_eq!(ctx.storage.offsets().fetch("g0", "t", 0).unwrap().offset, 2);
     }
 
     /// Each partition's error code in an OffsetCommit answer.
