@@ -452,7 +452,7 @@ mod tests {
         any(target_arch = "x86_64", target_arch = "aarch64")
     ))]
     fn the_fiemap_request_is_the_kernels() {
-        assert_eq!(super::fiemap_request() as u64, 0xC020_660B);
+        assert_eq!(super::FS_IOC_FIEMAP as u64, 0xC020_660B);
     }
 
     /// `check_written` passes for a file written and synced, and fails where
@@ -504,23 +504,38 @@ pub(crate) fn check_written(f: &File, len: u64) -> io::Result<()> {
     check_written_range(f, 0, len)
 }
 
+/// `struct fiemap_extent`.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Extent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+/// `struct fiemap` with room for `N` extents.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+struct Map<const N: usize> {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped: u32,
+    count: u32,
+    reserved: u32,
+    extents: [Extent; N],
+}
+
 /// `FS_IOC_FIEMAP`: `_IOWR('f', 11, struct fiemap)`, `struct fiemap` without
 /// its extents (32 bytes), built as each architecture's `ioctl.h` builds it
 /// (the check was compiled out on Linux other than x86_64 and aarch64, for a
 /// number written out by hand).
 #[cfg(target_os = "linux")]
-const fn fiemap_request() -> libc::Ioctl {
-    #[repr(C)]
-    struct Head {
-        start: u64,
-        length: u64,
-        flags: u32,
-        mapped: u32,
-        count: u32,
-        reserved: u32,
-    }
-    libc::_IOWR::<Head>(b'f' as u32, 11)
-}
+const FS_IOC_FIEMAP: libc::Ioctl = libc::_IOWR::<Map<0>>(b'f' as u32, 11);
 
 /// [`check_written`] for bytes `from..to` of `f` only: after a sync that covered
 /// page-cache writes there (the WAL's writes into space never written before).
@@ -528,30 +543,7 @@ const fn fiemap_request() -> libc::Ioctl {
 pub(crate) fn check_written_range(f: &File, from: u64, to: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = to;
-    /// `struct fiemap_extent`.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Extent {
-        logical: u64,
-        physical: u64,
-        length: u64,
-        reserved64: [u64; 2],
-        flags: u32,
-        reserved: [u32; 3],
-    }
-    /// `struct fiemap` with room for `EXTENTS` extents.
-    #[repr(C)]
-    struct Map {
-        start: u64,
-        length: u64,
-        flags: u32,
-        mapped: u32,
-        count: u32,
-        reserved: u32,
-        extents: [Extent; EXTENTS],
-    }
     const EXTENTS: usize = 32;
-    const FS_IOC_FIEMAP: libc::Ioctl = fiemap_request();
     const LAST: u32 = 0x1;
     const NOT_ON_DISK: u32 = 0x2 | 0x4 | 0x800; // UNKNOWN, DELALLOC, UNWRITTEN
     let none = Extent {
@@ -570,7 +562,7 @@ pub(crate) fn check_written_range(f: &File, from: u64, to: u64) -> io::Result<()
     };
     let mut at = from;
     while at < len {
-        let mut m = Map {
+        let mut m = Map::<EXTENTS> {
             start: at,
             length: len - at,
             flags: 0,
