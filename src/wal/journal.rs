@@ -452,7 +452,7 @@ mod tests {
         any(target_arch = "x86_64", target_arch = "aarch64")
     ))]
     fn the_fiemap_request_is_the_kernels() {
-        assert_eq!(super::FS_IOC_FIEMAP as u64, 0xC020_660B);
+        assert_eq!(super::FS_IOC_FIEMAP, 0xC020_660B_u32 as libc::Ioctl);
     }
 
     /// `check_written` passes for a file written and synced, and fails where
