@@ -106,18 +106,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let ran = runtime.block_on(run(config, security, signals));
-    // Blocking work still running here (a group's membership store or an
-    // offset expiry a shutdown stopped before its next group) is waited for
-    // a while, not for ever: the runtime's drop would wait with the
-    // second-signal listener gone. Storage is shut down already, so what is
-    // left behind is as safe as a crash.
-    const LEFT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-    let waited = std::time::Instant::now();
-    runtime.shutdown_timeout(LEFT_WAIT);
-    if waited.elapsed() >= LEFT_WAIT {
-        tracing::warn!("blocking work still running 10 s after the shutdown; exiting without it");
-    }
-    match ran {
+    let code = match ran {
         Ok(()) => ExitCode::SUCCESS,
         // `--max-connections` judged again once storage is open.
         Err(e @ streamline::Error::InvalidConfig { .. }) => {
@@ -131,7 +120,14 @@ fn main() -> ExitCode {
             report(format_args!("error: {e}"));
             ExitCode::from(1)
         }
-    }
+    };
+    // Blocking work still running here (a group's membership store or an
+    // offset expiry a shutdown stopped before its next group) is not waited
+    // for: the runtime's drop waited for it with the second-signal listener
+    // gone. Storage is shut down already, so what is left behind ends with
+    // the process, as safe as a crash.
+    runtime.shutdown_background();
+    code
 }
 
 /// The log filter: `STREAMLINE_LOG` (a `tracing` filter such as `info`, `warn`

@@ -174,15 +174,17 @@ impl XorShift {
 }
 
 /// Pseudo-random payload bytes that records are sliced out of without copying,
-/// at random offsets: wide enough (4 MiB, or four of the largest records)
-/// that the records of one WAL batch seldom share bytes, so that nothing
+/// at random offsets: 4 MiB beside the largest record, wide enough that the
+/// records of one WAL batch seldom share bytes, so that nothing
 /// below (a compressing file system: ZFS with lz4, btrfs) can compress them
 /// much (zlib: 1-2% on a 256 KiB batch of 4 KiB records). It was the largest
 /// record and 64 KiB: such a batch held each byte about four times and
 /// compressed 1.4-1.7 times.
 fn payload_pool(max_record: usize) -> Bytes {
     const SPREAD: usize = 4 << 20;
-    let len = max_record + SPREAD.max(max_record.saturating_mul(4));
+    // A record larger than a batch is written alone, its bytes contiguous
+    // random ones: no wider pool for it (five times a 1 GiB record was 5 GiB).
+    let len = max_record.saturating_add(SPREAD);
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
@@ -917,9 +919,6 @@ mod tests {
         }
     }
 
-    /// At queue depth 8, every append the engine completed during one append
-    /// call is recorded before the writer issues the next: an acknowledgement is
-    /// not timestamped after the writer has refilled its queue.
     /// A WAL batch of records drawn as a writer draws them (4 KiB records at
     /// random offsets of the pool, 256 KiB in all) does not compress: the
     /// pool was so narrow that a batch held each byte about four times.
@@ -944,6 +943,9 @@ mod tests {
         );
     }
 
+    /// At queue depth 8, every append the engine completed during one append
+    /// call is recorded before the writer issues the next: an acknowledgement is
+    /// not timestamped after the writer has refilled its queue.
     fn acknowledgements_are_recorded_before_the_next_append(how: Wait) {
         const APPENDS: u64 = 40;
         let shared = Shared {

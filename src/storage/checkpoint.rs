@@ -58,6 +58,11 @@ pub(super) fn checkpoint(shared: &Shared) -> Result<()> {
         for p in &t.partitions {
             if let Err(e) = p.sync() {
                 super::fail_segments(shared, format!("segment sync failed: {e}"));
+                if shared.wal.is_none() {
+                    // The others synced all the same, the shutdown's last
+                    // checkpoint too (see `stopped`).
+                    return stopped(shared);
+                }
                 return Err(e);
             }
         }
@@ -211,6 +216,8 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
     let retention_every = Duration::from_millis(storage.retention_check_interval_ms);
     // Every pass, even with no limit set for the broker: a topic may have its own.
     let mut next_retention = Instant::now() + retention_every;
+    // Without a WAL, the segments were synced once after a segment failed.
+    let mut synced_after_failure = false;
     loop {
         let wait = every.min(next_retention.saturating_duration_since(Instant::now()));
         match stop.recv_timeout(wait) {
@@ -219,11 +226,21 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
         }
         #[cfg(test)]
         shared.panic_if_asked(super::CHECKPOINT_THREAD);
-        // Once a segment failed, none is made (and that was logged then).
+        // Once a segment failed, none is made (and that was logged then);
+        // without a WAL every partition's segments are synced once more, the
+        // batches acknowledged before the failure (produces are refused from
+        // then on) made durable without waiting for the shutdown.
         if shared.segments_failed.get().is_none() {
             if let Err(e) = checkpoint(shared) {
                 tracing::error!(error = %e, "periodic checkpoint failed");
             }
+        } else if shared.wal.is_none() && !synced_after_failure {
+            synced_after_failure = true;
+            let unsynced = sync_without_wal(shared);
+            tracing::info!(
+                partitions_not_synced = unsynced,
+                "synced every partition's segments after a failed segment write or sync (no WAL)"
+            );
         }
         if Instant::now() >= next_retention {
             // Each failing partition was logged.

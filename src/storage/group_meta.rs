@@ -151,15 +151,15 @@ pub struct GroupMetaStore {
     /// Removals whose directory fsync failed, or was left for
     /// [`GroupMetaStore::sync_removals`] ([`GroupMetaStore::remove_unsynced`]),
     /// counted. While a directory fsync begun after the last of them has not
-    /// succeeded ([`GroupMetaStore::synced_failures`]), a removal whose file
+    /// succeeded ([`GroupMetaStore::synced_removals`]), a removal whose file
     /// is gone already (the failed one's, tried again) fsyncs the directory
     /// all the same, so that it is done only once the file's removal is
     /// durable.
-    failed_removals: AtomicU64,
-    /// The count of [`GroupMetaStore::failed_removals`] when the newest
+    unsynced_removals: AtomicU64,
+    /// The count of [`GroupMetaStore::unsynced_removals`] when the newest
     /// directory fsync of a removal that succeeded began: the removals it
     /// counted are durable.
-    synced_failures: AtomicU64,
+    synced_removals: AtomicU64,
 }
 
 impl GroupMetaStore {
@@ -180,8 +180,8 @@ impl GroupMetaStore {
         let store = GroupMetaStore {
             dir,
             writers: GroupLocks::new(),
-            failed_removals: AtomicU64::new(0),
-            synced_failures: AtomicU64::new(0),
+            unsynced_removals: AtomicU64::new(0),
+            synced_removals: AtomicU64::new(0),
         };
         Ok((store, loaded))
     }
@@ -261,11 +261,11 @@ impl GroupMetaStore {
         let path = self.path(group);
         // Read before the removal: the fsync below covers the removals whose
         // failures it counts, all made before.
-        let failed = self.failed_removals.load(Ordering::Acquire);
+        let failed = self.unsynced_removals.load(Ordering::Acquire);
         match crate::wal::files::remove(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if failed <= self.synced_failures.load(Ordering::Acquire) {
+                if failed <= self.synced_removals.load(Ordering::Acquire) {
                     return Ok(());
                 }
             }
@@ -273,10 +273,10 @@ impl GroupMetaStore {
         }
         // Without this a crash could bring the group's membership back.
         if let Err(e) = crate::wal::files::sync_dir(&self.dir) {
-            self.failed_removals.fetch_add(1, Ordering::AcqRel);
+            self.unsynced_removals.fetch_add(1, Ordering::AcqRel);
             return Err(e);
         }
-        self.synced_failures.fetch_max(failed, Ordering::AcqRel);
+        self.synced_removals.fetch_max(failed, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -294,7 +294,7 @@ impl GroupMetaStore {
         let path = self.path(group);
         match crate::wal::files::remove(&path) {
             Ok(()) => {
-                self.failed_removals.fetch_add(1, Ordering::AcqRel);
+                self.unsynced_removals.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -309,12 +309,12 @@ impl GroupMetaStore {
     /// The fsync's, naming the directory; the removals stay counted as not
     /// durable, and the next removal fsyncs the directory.
     pub fn sync_removals(&self) -> Result<()> {
-        let failed = self.failed_removals.load(Ordering::Acquire);
-        if failed <= self.synced_failures.load(Ordering::Acquire) {
+        let failed = self.unsynced_removals.load(Ordering::Acquire);
+        if failed <= self.synced_removals.load(Ordering::Acquire) {
             return Ok(());
         }
         crate::wal::files::sync_dir(&self.dir)?;
-        self.synced_failures.fetch_max(failed, Ordering::AcqRel);
+        self.synced_removals.fetch_max(failed, Ordering::AcqRel);
         Ok(())
     }
 }

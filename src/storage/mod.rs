@@ -5791,24 +5791,12 @@ mod tests {
         use crate::storage::producers::pipeline_tests::produce;
         let tmp = tempfile::tempdir().unwrap();
         let rt = two_worker_runtime();
-        let mut c = config(tmp.path());
-        c.wal.enabled = false;
-        c.storage.checkpoint_interval_ms = 3_600_000;
+        let c = without_wal(tmp.path());
         let m = TopicManager::new(c.clone()).unwrap();
         m.create_topic("t", 1).unwrap();
         m.create_topic("b", 1).unwrap();
         assert_eq!(produce(&rt, &m, &make_batch(0, &[b"kept"])).unwrap(), 0);
-        let to_b = |v: &[u8]| {
-            rt.block_on(async {
-                match m
-                    .submit("b", 0, &make_batch(0, &[v]), Duration::from_secs(5))
-                    .await
-                {
-                    Ok(rx) => rx.await.unwrap(),
-                    Err(e) => Err(e),
-                }
-            })
-        };
+        let to_b = |v: &[u8]| produce_to(&rt, &m, "b", &make_batch(0, &[v]));
         assert_eq!(to_b(b"acknowledged"), Ok(0));
         let b = m.partition("b", 0).unwrap();
         assert!(b.unsynced());
@@ -5836,6 +5824,41 @@ mod tests {
             &batch_at(0, &[b"acknowledged"])[..]
         );
         m.shutdown().unwrap();
+    }
+
+    /// `config` with the WAL disabled and only the test's own checkpoints.
+    fn without_wal(dir: &Path) -> Config {
+        let mut c = config(dir);
+        c.wal.enabled = false;
+        c.storage.checkpoint_interval_ms = 3_600_000;
+        c
+    }
+
+    /// Without a WAL, a partition's sync failing inside a checkpoint (the
+    /// shutdown's last one too) returned at once: the partitions after it
+    /// were never synced, and the error spoke of a WAL. They are synced now.
+    #[test]
+    fn without_a_wal_a_sync_failing_in_a_checkpoint_leaves_the_others_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(without_wal(tmp.path())).unwrap();
+        let names = ["a", "b", "c", "d"];
+        for t in names {
+            m.create_topic(t, 1).unwrap();
+            let b = make_batch(0, &[t.as_bytes()]);
+            assert_eq!(produce_to(&rt, &m, t, &b), Ok(0), "{t}");
+        }
+        // The sync of one in the middle fails, whichever order the
+        // checkpoint takes them in.
+        let failing = m.partition("b", 0).unwrap();
+        let log = failing.dir().join(segment::log_name(0));
+        segment::FAIL_LOG_SYNCS.with(|f| f.borrow_mut().push(log));
+        let e = m.shutdown().unwrap_err().to_string();
+        assert!(e.contains("without a WAL nothing recovers"), "{e}");
+        assert!(e.contains("injected fdatasync failure"), "{e}");
+        for t in names.iter().filter(|t| **t != "b") {
+            assert!(!m.partition(t, 0).unwrap().unsynced(), "{t} synced: {e}");
+        }
     }
 
     /// A produce already in the pipeline when an earlier one's segment append

@@ -81,6 +81,10 @@ thread_local! {
     /// The log files [`SyncJob::run`] synced on this thread (tests).
     pub(crate) static SYNCED_LOGS: std::cell::RefCell<Vec<PathBuf>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Log files whose next sync by [`SyncJob::run`] on this thread fails
+    /// (tests).
+    pub(crate) static FAIL_LOG_SYNCS: std::cell::RefCell<Vec<PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -202,6 +206,15 @@ impl SyncJob {
             Ok(f)
         };
         let [log, index] = &self.files;
+        #[cfg(test)]
+        if FAIL_LOG_SYNCS.with(|f| {
+            let mut f = f.borrow_mut();
+            let at = f.iter().position(|p| *p == log.1);
+            at.map(|i| f.swap_remove(i)).is_some()
+        }) {
+            let e = std::io::Error::other("injected fdatasync failure");
+            return Err(Error::io("fdatasync", &log.1, e));
+        }
         let log_file = synced(log)?;
         synced(index)?;
         // The index is rebuilt from the log when it is short; the log must be whole.

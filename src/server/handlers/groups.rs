@@ -260,8 +260,14 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         req.group_instance_id.as_deref(),
     );
     // A group the store does not hold yet, past its limits: refused as a
-    // JoinGroup past the coordinator's is, which clients retry.
-    if gate == codes::NONE && !ctx.storage.offsets().has_room_for(&group) {
+    // JoinGroup past the coordinator's is, which clients retry. Only a
+    // simple commit (no generation), which needs no membership: a member of
+    // a group joined through the coordinator, which bounds those, is never
+    // refused by what simple commits filled.
+    if gate == codes::NONE
+        && req.generation_id_or_member_epoch < 0
+        && !ctx.storage.offsets().has_room_for(&group)
+    {
         crate::log_limit::limited!(warn, group = %Shown(&group), max_groups = crate::storage::offsets::MAX_STORED_GROUPS, "the committed positions of more groups than the broker holds: a first commit refused (COORDINATOR_NOT_AVAILABLE) until groups expire or are deleted");
         gate = codes::COORDINATOR_NOT_AVAILABLE;
     }
@@ -1169,6 +1175,32 @@ mod tests {
         let r = offset_commit(&ctx, to("g0", 2)).await;
         assert_eq!(commit_codes(&r), [codes::NONE], "a group held");
         assert_eq!(ctx.storage.offsets().fetch("g0", "t", 0).unwrap().offset, 2);
+        // A member of a group joined through the coordinator (which bounds
+        // those) commits all the same: what simple commits filled does not
+        // hold it back.
+        let groups = std::sync::Arc::clone(&ctx.groups);
+        let j = tokio::task::spawn_blocking(move || {
+            joined_stable(&groups, JoinRequest::of_consumer(""))
+        })
+        .await
+        .unwrap();
+        let r = offset_commit(&ctx, commit_request(j.generation, &j.member_id, &[(0, 4)])).await;
+        assert_eq!(commit_codes(&r), [codes::NONE], "a joined group's commit");
+        assert_eq!(ctx.storage.offsets().groups().len(), 4);
+    }
+
+    /// The member of group "g" that `req` joins, synced: the group is stable
+    /// and stored (blocking).
+    fn joined_stable(
+        groups: &crate::server::groups::GroupCoordinator,
+        req: JoinRequest,
+    ) -> crate::server::groups::JoinResult {
+        let j = groups.join(req).blocking_recv().unwrap();
+        assert_eq!(j.error, codes::NONE);
+        let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
+        groups.store_group("g");
+        assert_eq!(s.try_recv().unwrap().0, codes::NONE, "stable");
+        j
     }
 
     /// Each partition's error code in an OffsetCommit answer.
@@ -1241,15 +1273,7 @@ mod tests {
         ctx.storage.create_topic("t", 1).unwrap();
         let groups = Arc::clone(&ctx.groups);
         let join_and_sync = move |groups: &Arc<crate::server::groups::GroupCoordinator>| {
-            let j = groups
-                .join(JoinRequest::of_consumer(""))
-                .blocking_recv()
-                .unwrap();
-            assert_eq!(j.error, codes::NONE);
-            let mut s = groups.sync("g", j.generation, &j.member_id, None, vec![]);
-            groups.store_group("g");
-            assert_eq!(s.try_recv().unwrap().0, codes::NONE, "stable");
-            j
+            joined_stable(groups, JoinRequest::of_consumer(""))
         };
         let a = {
             let groups = Arc::clone(&groups);
