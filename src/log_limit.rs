@@ -116,6 +116,18 @@ impl Refused {
 /// A client's string in a log line (see the module).
 pub struct Shown<'a>(pub &'a str);
 
+/// A client's optional string in a log line, as [`Shown`] shows it, or `none`.
+pub struct ShownOpt<'a>(pub Option<&'a str>);
+
+impl fmt::Display for ShownOpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(s) => Shown(s).fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;

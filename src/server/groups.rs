@@ -48,7 +48,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::log_limit::Shown;
+use crate::log_limit::{Shown, ShownOpt};
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
@@ -591,7 +591,7 @@ impl Group {
     /// joins again as it would have had the group been rebalancing already.
     fn abandon_replacements(&mut self) {
         for r in self.replacements.drain(..) {
-            tracing::info!(group = %Shown(&self.name), old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is abandoned: the group left Stable");
+            tracing::info!(group = %Shown(&self.name), old_member = %Shown(&r.old), instance = %ShownOpt(r.req.instance_id.as_deref()), "a static member's replacement waiting to be stored is abandoned: the group left Stable");
             let _ =
                 r.tx.send(JoinResult::error(codes::REBALANCE_IN_PROGRESS, ""));
         }
@@ -927,7 +927,7 @@ impl Group {
                 let _ = tx.send(j);
             }
         }
-        tracing::info!(group = %Shown(&self.name), generation = self.generation, members = self.members.len(), %protocol, "group rebalanced");
+        tracing::info!(group = %Shown(&self.name), generation = self.generation, members = self.members.len(), protocol = %Shown(&protocol), "group rebalanced");
     }
 
     /// Every member (id, instance id) with its metadata for `protocol`: what
@@ -1031,7 +1031,7 @@ impl Group {
         // as a pending join of a replaced id is.
         for r in std::mem::take(&mut self.replacements) {
             if r.old == old {
-                tracing::info!(group = %Shown(&self.name), old_member = %Shown(old), instance = ?r.req.instance_id, "a static member's replacement waiting to be stored is superseded by another");
+                tracing::info!(group = %Shown(&self.name), old_member = %Shown(old), instance = %ShownOpt(r.req.instance_id.as_deref()), "a static member's replacement waiting to be stored is superseded by another");
                 let _ = r.tx.send(JoinResult::error(codes::FENCED_INSTANCE_ID, ""));
             } else {
                 self.replacements.push(r);
@@ -1109,7 +1109,7 @@ impl Group {
         m.session_timeout = req.session_timeout;
         m.rebalance_timeout = req.rebalance_timeout;
         m.last_seen = now;
-        tracing::info!(group = %Shown(&self.name), old_member = %Shown(old), member = %Shown(&new), instance = ?m.instance_id, "static member replaced");
+        tracing::info!(group = %Shown(&self.name), old_member = %Shown(old), member = %Shown(&new), instance = %ShownOpt(m.instance_id.as_deref()), "static member replaced");
         self.members.insert(new, m);
         leader_before
     }
@@ -1146,7 +1146,7 @@ impl Group {
                 continue;
             }
             if !ok {
-                tracing::warn!(group = %Shown(&self.name), old_member = %Shown(&r.old), instance = ?r.req.instance_id, "a static member's replacement could not be stored: the old member id stays");
+                tracing::warn!(group = %Shown(&self.name), old_member = %Shown(&r.old), instance = %ShownOpt(r.req.instance_id.as_deref()), "a static member's replacement could not be stored: the old member id stays");
                 let _ =
                     r.tx.send(JoinResult::error(codes::COORDINATOR_NOT_AVAILABLE, ""));
                 continue;
@@ -1915,7 +1915,7 @@ impl GroupCoordinator {
         let stored = snapshot.write(store, group);
         if let Err(e) = &stored {
             let generation = snapshot.meta.as_ref().map(|m| m.generation);
-            tracing::error!(group = %Shown(group), ?generation, error = %e, "storing the group's membership failed");
+            crate::log_limit::limited!(error, group = %Shown(group), ?generation, error = %e, "storing the group's membership failed");
         }
         self.stored(group, &snapshot, stored.is_ok())
     }
@@ -2789,7 +2789,7 @@ impl GroupCoordinator {
                 Ok(true) => expired.push(group),
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::error!(group = %Shown(&group), error = %e, "expiring the group's committed offsets failed");
+                    crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "expiring the group's committed offsets failed");
                     failed.get_or_insert(e);
                 }
             }
@@ -3724,6 +3724,32 @@ mod tests {
             .find(|l| l.contains("group rebalanced"))
             .unwrap_or_else(|| panic!("{log}"));
         assert!(line.contains("group=\"billing\""), "{line}");
+    }
+
+    /// The protocol a group rebalanced to is a client's string: logged
+    /// escaped and cut, as group names are. A newline in it wrote a line of
+    /// the client's choosing into the broker's log.
+    #[test]
+    fn the_protocol_a_group_rebalanced_to_is_logged_escaped() {
+        use crate::storage::partition::tests::logged;
+        let c = coordinator();
+        let forged = format!("range\nERROR forged line{}", "x".repeat(1000));
+        let (joined, log) = logged(|| {
+            c.join(JoinRequest {
+                protocols: vec![(forged.clone(), Bytes::from_static(b"meta"))],
+                ..req("")
+            })
+            .try_recv()
+            .expect("completes at once")
+        });
+        assert_eq!(joined.error, codes::NONE);
+        assert!(!log.lines().any(|l| l.starts_with("ERROR forged")), "{log}");
+        let line = log
+            .lines()
+            .find(|l| l.contains("group rebalanced"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains(r#"protocol="range\nERROR forged"#), "{line}");
+        assert!(line.len() < 600, "cut: {} bytes", line.len());
     }
 
     #[test]

@@ -3050,7 +3050,7 @@ impl Partition {
                     // (EMFILE): the whole batches read so far are the answer.
                     Err(e) if at > 0 || segment::is_gone(&e) => {
                         if !segment::is_gone(&e) {
-                            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "a fetch read stops at a segment it cannot open");
+                            crate::log_limit::limited!(warn, topic = %self.topic, partition = self.index, error = %e, "a fetch read stops at a segment it cannot open");
                         }
                         buf.truncate(at);
                         break;

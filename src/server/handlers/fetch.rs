@@ -141,7 +141,7 @@ fn read_all(
                         }
                         Err(e) => {
                             errors = true;
-                            tracing::error!(topic = %w.topic.0, partition = index, error = %e, "fetch read failed");
+                            crate::log_limit::limited!(error, topic = %w.topic.0, partition = index, error = %e, "fetch read failed");
                             failed(
                                 base,
                                 super::storage_error_as_known(

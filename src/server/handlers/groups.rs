@@ -119,7 +119,7 @@ pub(crate) async fn join(
         let groups = std::sync::Arc::clone(&ctx.groups);
         let g = group.clone();
         if let Err(e) = crate::server::blocking(ctx, move || groups.store_group(&g)).await {
-            tracing::error!(group = %Shown(&group), error = %e, "storing the group's membership failed");
+            crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "storing the group's membership failed");
         }
     }
     let j = match until_stopping(ctx, rx).await {
@@ -186,7 +186,7 @@ pub(crate) async fn sync(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse 
         let groups = std::sync::Arc::clone(&ctx.groups);
         let group = req.group_id.0.to_string();
         if let Err(e) = crate::server::blocking(ctx, move || groups.store_group(&group)).await {
-            tracing::error!(group = %Shown(req.group_id.0.as_str()), error = %e, "storing the group's membership failed");
+            crate::log_limit::limited!(error, group = %Shown(req.group_id.0.as_str()), error = %e, "storing the group's membership failed");
         }
     }
     let (error, assignment) = until_stopping(ctx, rx)
@@ -375,11 +375,11 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
                 false
             }
             Ok((Err(e), _)) => {
-                tracing::error!(group = %Shown(&group), error = %e, "storing committed offsets failed");
+                crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "storing committed offsets failed");
                 true
             }
             Err(e) => {
-                tracing::error!(group = %Shown(&group), error = %e, "offset commit task failed");
+                crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "offset commit task failed");
                 true
             }
         };
@@ -641,11 +641,11 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
                     true
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(group = %Shown(&group), error = %e, "deleting the group's committed offsets or membership failed; the group is kept");
+                    crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "deleting the group's committed offsets or membership failed; the group is kept");
                     false
                 }
                 Err(e) => {
-                    tracing::error!(group = %Shown(&group), error = %e, "group deletion task failed; the group is kept");
+                    crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "group deletion task failed; the group is kept");
                     false
                 }
             };
@@ -681,7 +681,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     let guard = match crate::server::blocking(ctx, move || groups.offset_delete_guard(&g)).await {
         Ok(guard) => guard,
         Err(e) => {
-            tracing::error!(group = %Shown(&group), error = %e, "judging an offset deletion failed");
+            crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "judging an offset deletion failed");
             return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
     };
@@ -780,7 +780,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
             // renamed into place before its directory fsync failed is in
             // force, and the request sent again finds nothing to delete but
             // fsyncs the directory first.
-            tracing::error!(group = %Shown(&group), error = %e, "deleting committed offsets failed");
+            crate::log_limit::limited!(error, group = %Shown(&group), error = %e, "deleting committed offsets failed");
             return OffsetDeleteResponse::default().with_error_code(codes::NOT_COORDINATOR);
         }
     }

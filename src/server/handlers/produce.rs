@@ -119,11 +119,11 @@ pub(crate) async fn init_producer_id(
                 .with_producer_epoch(0)
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "could not allocate a producer id");
+            crate::log_limit::limited!(error, error = %e, "could not allocate a producer id");
             r.with_error_code(init_producer_id_error(&e))
         }
         Err(e) => {
-            tracing::error!(error = %e, "producer id task failed");
+            crate::log_limit::limited!(error, error = %e, "producer id task failed");
             r.with_error_code(codes::COORDINATOR_LOAD_IN_PROGRESS)
         }
     }
