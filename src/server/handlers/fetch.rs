@@ -618,6 +618,20 @@ const EARLIEST: i64 = -2;
 /// KIP-734, from v7.
 const MAX_TIMESTAMP: i64 = -3;
 
+/// The version from which ListOffsets defines special timestamp `timestamp`
+/// (-3 from v7; -4, the earliest local offset, from v8; -5, the latest
+/// tiered offset, from v9), when it is one of those: below it Kafka answers
+/// the partition `UNSUPPORTED_VERSION`, where it was looked up as a time (or,
+/// -3 below v7, as the newest timestamp's offset).
+fn defined_from(timestamp: i64) -> Option<i16> {
+    match timestamp {
+        MAX_TIMESTAMP => Some(7),
+        -4 => Some(8),
+        -5 => Some(9),
+        _ => None,
+    }
+}
+
 /// The answer `r` of ListOffsets for `part` at `timestamp` (`LATEST`,
 /// `EARLIEST`, `MAX_TIMESTAMP` or a time), with leader epoch `epoch` when an
 /// offset is found. A partition whose topic is deleted, before or during the
@@ -742,6 +756,12 @@ pub(crate) async fn list_offsets(
                                 .with_offset(-1)
                                 .with_leader_epoch(-1);
                         };
+                        if defined_from(p.timestamp).is_some_and(|v| version < v) {
+                            return r
+                                .with_error_code(codes::UNSUPPORTED_VERSION)
+                                .with_offset(-1)
+                                .with_leader_epoch(-1);
+                        }
                         offsets_of(&part, p.timestamp, r, epoch(0))
                     })
                     .collect();
@@ -1132,6 +1152,43 @@ mod tests {
             let r = fetch_at(session, epoch, version);
             assert_eq!(r.error_code, codes::NONE, "{session} {epoch} v{version}");
             assert_eq!(r.responses[0].partitions[0].high_watermark, 1);
+        }
+    }
+
+    /// A special timestamp a version does not define (-3 below v7, -4 and -5
+    /// at v7, the highest served) is answered UNSUPPORTED_VERSION, as Kafka
+    /// answers it; it was looked up as a time (-4 and -5: the log start
+    /// offset, answered NONE) or, -3 below v7, as the newest timestamp.
+    #[test]
+    fn special_timestamps_a_version_does_not_define_are_unsupported() {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        let t = Polls::new();
+        t.storage.create_topic("t", 1).unwrap();
+        let ask = |timestamp: i64| {
+            ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(timestamp)])])
+        };
+        for (version, timestamp, code) in [
+            (6, MAX_TIMESTAMP, codes::UNSUPPORTED_VERSION),
+            (7, -4, codes::UNSUPPORTED_VERSION),
+            (7, -5, codes::UNSUPPORTED_VERSION),
+            (7, MAX_TIMESTAMP, codes::NONE),
+            (6, EARLIEST, codes::NONE),
+            (6, -6, codes::NONE),
+        ] {
+            let r = t
+                .polls
+                .block_on(list_offsets(&t.ctx, ask(timestamp), version));
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, code, "v{version}, {timestamp}");
+            if code != codes::NONE {
+                assert_eq!(p.offset, -1, "v{version}, {timestamp}");
+            }
         }
     }
 

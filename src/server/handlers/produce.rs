@@ -69,7 +69,14 @@ fn message(e: &ProduceError) -> String {
         | ProduceError::BatchTooLarge(s)
         | ProduceError::Storage(s)
         | ProduceError::ConfigsNotDurable(s) => s.clone(),
-        ProduceError::Timeout => "timed out waiting for write capacity".into(),
+        // Any of the waits a produce may time out in: for the decompression
+        // budget or a validation slot (CPU load, not the disk), or for write
+        // capacity.
+        ProduceError::Timeout => {
+            "timed out waiting for room to validate or write the batch (the decompression \
+             budget, a validation slot, or write capacity)"
+                .into()
+        }
         ProduceError::ShuttingDown => "broker is shutting down".into(),
         ProduceError::InvalidAcks => "acks must be -1, 0 or 1".into(),
         ProduceError::NamedTwice => {
