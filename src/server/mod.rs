@@ -604,12 +604,18 @@ impl Server {
         // own group before it answers.
         let membership = {
             let groups = Arc::clone(&self.ctx.groups);
-            let stopping = self.ctx.stopping.subscribe();
+            let mut stopping = self.ctx.stopping.subscribe();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         () = groups.membership_changed() => {}
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        changed = stopping.changed() => if changed.is_err() { return },
+                    }
+                    // Ended at a shutdown, which waits for the pass under way
+                    // and stores the rest itself.
+                    if *stopping.borrow() {
+                        return;
                     }
                     let g = Arc::clone(&groups);
                     // A shutdown stops the pass before its next group: the
@@ -759,7 +765,12 @@ impl Server {
                 "connection writers still running 5 s after they were aborted"
             );
         }
-        membership.abort();
+        // The pass under way ends before its next group: a group it is
+        // storing is not due for the last pass below, which a process ended
+        // right after would otherwise cut off mid-store.
+        if let Err(e) = membership.await {
+            tracing::error!(error = %e, "the group membership store task failed");
+        }
         expiry.abort();
         // What changed since the last pass (a group emptied by the last
         // LeaveGroup, those a pass stopped by the shutdown left), logged: each

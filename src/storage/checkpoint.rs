@@ -179,7 +179,7 @@ fn stopped(shared: &Shared) -> Result<()> {
         let synced = if unsynced == 0 {
             "every partition's segments were synced".to_string()
         } else {
-            format!("the segments of {unsynced} partition(s) could not be synced (logged), the others' were")
+            format!("the segments of {unsynced} partition(s) could not be synced (the first of them logged), the others' were")
         };
         format!("without a WAL nothing recovers what the failed segment lost; {synced}")
     };
@@ -236,11 +236,15 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             }
         } else if shared.wal.is_none() && !synced_after_failure {
             synced_after_failure = true;
-            let unsynced = sync_without_wal(shared);
-            tracing::info!(
-                partitions_not_synced = unsynced,
-                "synced every partition's segments after a failed segment write or sync (no WAL)"
-            );
+            match sync_without_wal(shared) {
+                0 => tracing::info!(
+                    "synced every partition's segments after a failed segment write or sync (no WAL)"
+                ),
+                unsynced => tracing::warn!(
+                    partitions_not_synced = unsynced,
+                    "synced the partitions' segments after a failed segment write or sync (no WAL); some could not be (the first of them logged)"
+                ),
+            }
         }
         if Instant::now() >= next_retention {
             // Each failing partition was logged.

@@ -154,6 +154,10 @@ pub struct OffsetStore {
 /// and a file, without bound.
 pub const MAX_STORED_GROUPS: usize = 250_000;
 
+/// How many times [`MAX_STORED_GROUPS`] and [`MAX_STORED_GROUP_ID_BYTES`] a
+/// member's first commit may find held (see [`OffsetStore::has_room_for`]).
+pub const MEMBER_COMMIT_ROOM: usize = 4;
+
 /// The most bytes of group ids the store holds (ids may be 32 KiB long: 2,000
 /// groups of 30,000-byte ids took 66 MB of memory and 83 MB of files).
 pub const MAX_STORED_GROUP_ID_BYTES: usize = 64 << 20;
@@ -441,10 +445,15 @@ impl OffsetStore {
     /// Whether a commit to `group` may be stored: it holds positions, or its
     /// first commit is under way, or there is room for one more group (fewer
     /// than [`MAX_STORED_GROUPS`], and its id within
-    /// [`MAX_STORED_GROUP_ID_BYTES`] with the others'). Judged before the
-    /// commit waits for its group's writer lock: first commits under way at
-    /// once may pass it together (one per place for blocking work at most).
-    pub fn has_room_for(&self, group: &str) -> bool {
+    /// [`MAX_STORED_GROUP_ID_BYTES`] with the others', for a `simple` commit,
+    /// one with no membership; [`MEMBER_COMMIT_ROOM`] times those for a
+    /// member's commit, which takes a join and a sync first, so that what
+    /// simple commits filled does not hold joined groups back, and joining,
+    /// committing and leaving does not fill the store without bound either).
+    /// Judged before the commit waits for its group's writer lock: first
+    /// commits under way at once may pass it together (one per place for
+    /// blocking work at most).
+    pub fn has_room_for(&self, group: &str, simple: bool) -> bool {
         use std::sync::atomic::Ordering;
         let held = {
             let groups = self.lock();
@@ -460,12 +469,21 @@ impl OffsetStore {
         if firsts.contains(group) {
             return true;
         }
-        held + firsts.len() < self.max_groups.load(Ordering::Acquire)
+        let times = if simple { 1 } else { MEMBER_COMMIT_ROOM };
+        let max_groups = self
+            .max_groups
+            .load(Ordering::Acquire)
+            .saturating_mul(times);
+        let max_bytes = self
+            .max_group_id_bytes
+            .load(Ordering::Acquire)
+            .saturating_mul(times);
+        held + firsts.len() < max_groups
             && self
                 .id_bytes
                 .load(Ordering::Acquire)
                 .saturating_add(group.len())
-                <= self.max_group_id_bytes.load(Ordering::Acquire)
+                <= max_bytes
     }
 
     /// Puts `next` in force as `group`'s state, counting its id when it is new.
@@ -1176,21 +1194,30 @@ mod tests {
         let s = OffsetStore::open(path.clone()).unwrap();
         s.set_limits(3, 10);
         for g in ["a", "bb", "ccc"] {
-            assert!(s.has_room_for(g), "{g}");
+            assert!(s.has_room_for(g, true), "{g}");
             s.commit(g, None, vec![committed(0, 1)]).unwrap();
         }
-        assert!(!s.has_room_for("d"), "three groups held");
-        assert!(s.has_room_for("a"), "a group held commits on");
+        assert!(!s.has_room_for("d", true), "three groups held");
+        assert!(s.has_room_for("d", false), "a member's commit: four times");
+        assert!(s.has_room_for("a", true), "a group held commits on");
         s.delete("a").unwrap();
-        assert!(s.has_room_for("d"));
-        assert!(s.has_room_for("ddddd"), "10 bytes of ids");
-        assert!(!s.has_room_for("dddddd"), "11 bytes of ids");
+        assert!(s.has_room_for("d", true));
+        assert!(s.has_room_for("ddddd", true), "10 bytes of ids");
+        assert!(!s.has_room_for("dddddd", true), "11 bytes of ids");
         drop(s);
         // Counted again at a start.
         let s = OffsetStore::open(path).unwrap();
         s.set_limits(3, 10);
-        assert!(s.has_room_for("ddddd"));
-        assert!(!s.has_room_for("dddddd"));
+        assert!(s.has_room_for("ddddd", true));
+        assert!(!s.has_room_for("dddddd", true));
+        // A member's first commit has four times the room, and no more.
+        s.set_limits(1, usize::MAX / 8);
+        assert!(!s.has_room_for("e", true));
+        for g in ["e", "f"] {
+            assert!(s.has_room_for(g, false), "{g}");
+            s.commit(g, None, vec![committed(0, 1)]).unwrap();
+        }
+        assert!(!s.has_room_for("g", false), "four groups held");
     }
 
     #[test]

@@ -618,17 +618,17 @@ const EARLIEST: i64 = -2;
 /// KIP-734, from v7.
 const MAX_TIMESTAMP: i64 = -3;
 
-/// The version from which ListOffsets defines special timestamp `timestamp`
-/// (-3 from v7; -4, the earliest local offset, from v8; -5, the latest
-/// tiered offset, from v9), when it is one of those: below it Kafka answers
-/// the partition `UNSUPPORTED_VERSION`, where it was looked up as a time (or,
-/// -3 below v7, as the newest timestamp's offset).
-fn defined_from(timestamp: i64) -> Option<i16> {
+/// Whether ListOffsets at `version` (1 to 7 served) looks `timestamp` up: a
+/// time (0 or more), `LATEST` and `EARLIEST`, and `MAX_TIMESTAMP` from v7.
+/// Kafka answers any other negative timestamp `UNSUPPORTED_VERSION` (-4,
+/// the earliest local offset, is defined from v8, -5, the latest tiered
+/// offset, from v9, the rest never); they were looked up as times (the log
+/// start offset, answered NONE) and -3 below v7 as the newest timestamp.
+fn timestamp_supported(timestamp: i64, version: i16) -> bool {
     match timestamp {
-        MAX_TIMESTAMP => Some(7),
-        -4 => Some(8),
-        -5 => Some(9),
-        _ => None,
+        LATEST | EARLIEST => true,
+        MAX_TIMESTAMP => version >= 7,
+        t => t >= 0,
     }
 }
 
@@ -756,7 +756,7 @@ pub(crate) async fn list_offsets(
                                 .with_offset(-1)
                                 .with_leader_epoch(-1);
                         };
-                        if defined_from(p.timestamp).is_some_and(|v| version < v) {
+                        if !timestamp_supported(p.timestamp, version) {
                             return r
                                 .with_error_code(codes::UNSUPPORTED_VERSION)
                                 .with_offset(-1)
@@ -1155,10 +1155,11 @@ mod tests {
         }
     }
 
-    /// A special timestamp a version does not define (-3 below v7, -4 and -5
-    /// at v7, the highest served) is answered UNSUPPORTED_VERSION, as Kafka
-    /// answers it; it was looked up as a time (-4 and -5: the log start
-    /// offset, answered NONE) or, -3 below v7, as the newest timestamp.
+    /// A negative timestamp a version does not define (-3 below v7, -4 and -5
+    /// at v7, the highest served, and any other below -2) is answered
+    /// UNSUPPORTED_VERSION, as Kafka answers it; it was looked up as a time
+    /// (the log start offset, answered NONE) or, -3 below v7, as the newest
+    /// timestamp.
     #[test]
     fn special_timestamps_a_version_does_not_define_are_unsupported() {
         use kafka_protocol::messages::list_offsets_request::{
@@ -1179,7 +1180,10 @@ mod tests {
             (7, -5, codes::UNSUPPORTED_VERSION),
             (7, MAX_TIMESTAMP, codes::NONE),
             (6, EARLIEST, codes::NONE),
-            (6, -6, codes::NONE),
+            (1, LATEST, codes::NONE),
+            (6, 0, codes::NONE),
+            (6, -6, codes::UNSUPPORTED_VERSION),
+            (7, i64::MIN, codes::UNSUPPORTED_VERSION),
         ] {
             let r = t
                 .polls

@@ -260,13 +260,14 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         req.group_instance_id.as_deref(),
     );
     // A group the store does not hold yet, past its limits: refused as a
-    // JoinGroup past the coordinator's is, which clients retry. Only a
-    // simple commit (no generation), which needs no membership: a member of
-    // a group joined through the coordinator, which bounds those, is never
-    // refused by what simple commits filled.
+    // JoinGroup past the coordinator's is, which clients retry. A member's
+    // commit (a generation) has more room than a simple one, so that what
+    // simple commits filled does not hold joined groups back.
     if gate == codes::NONE
-        && req.generation_id_or_member_epoch < 0
-        && !ctx.storage.offsets().has_room_for(&group)
+        && !ctx
+            .storage
+            .offsets()
+            .has_room_for(&group, req.generation_id_or_member_epoch < 0)
     {
         crate::log_limit::limited!(warn, group = %Shown(&group), max_groups = crate::storage::offsets::MAX_STORED_GROUPS, "the committed positions of more groups than the broker holds: a first commit refused (COORDINATOR_NOT_AVAILABLE) until groups expire or are deleted");
         gate = codes::COORDINATOR_NOT_AVAILABLE;
