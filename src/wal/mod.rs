@@ -774,10 +774,17 @@ impl Wal {
         };
         if let Err(crossbeam_channel::SendError(req)) = self.inner.tx.send(req) {
             // The commit thread is gone (a close ended after this append was
-            // found usable): its room is given back, and its Completer
-            // answers Closed when dropped.
+            // found usable, or the thread panicked): its room is given back.
+            // A thread that panicked latched its failure before its channel
+            // went, and the append gets that failure; otherwise its Completer
+            // answers Closed when dropped (it answered Closed after a panic
+            // too, when the append was sent between the two).
             self.inner.core.release(bytes);
-            drop(req);
+            if let (Request::Append { done, .. }, Some(e)) = (req, self.inner.core.failed.get()) {
+                done.complete(Err(Error::Failed {
+                    cause: Arc::clone(e),
+                }));
+            }
         }
         c
     }
