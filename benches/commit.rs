@@ -8,9 +8,18 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
 
+/// Each WAL file's size.
+const FILE_SIZE: u64 = 64 << 20;
+
+/// Room the WAL takes at most: the active file, the next one prepared, the one
+/// retention keeps and one more while a rotation's checkpoint is under way.
+const ROOM: u64 = 4 * FILE_SIZE;
+
+/// A directory on /dev/shm when it has [`ROOM`] free (Docker's default is 64
+/// MiB), the system's temporary directory otherwise.
 fn scratch() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
+    if shm.is_dir() && streamline::storage::free_bytes(shm).is_some_and(|free| free >= ROOM) {
         if let Ok(d) = tempfile::tempdir_in(shm) {
             return d;
         }
@@ -22,7 +31,7 @@ fn open(dir: &std::path::Path) -> Wal {
     let cfg = WalConfig {
         sync_mode: SyncMode::OsDefault,
         backend: BackendKind::Std,
-        max_file_size: 64 << 20,
+        max_file_size: FILE_SIZE,
         retention_files: 1,
         ..WalConfig::default()
     };

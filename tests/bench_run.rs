@@ -288,7 +288,7 @@ fn table_output_and_cleanup() {
         "p99.99us",
         "maxus",
         "cpu-us/rec",
-        "rss-MB"
+        "rss-MiB"
     ]));
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(row[1], "streamline");

@@ -405,6 +405,11 @@ mod compare {
             };
             if purge_every.is_some() {
                 cfg.purge_threshold = raft_engine::ReadableSize(file_size.saturating_mul(2));
+            } else {
+                // It refuses a threshold below the file size (10 GiB by
+                // default, below `--max-file-size`'s 1 TiB); nothing purges.
+                cfg.purge_threshold =
+                    raft_engine::ReadableSize(cfg.purge_threshold.0.max(file_size));
             }
             let engine = Arc::new(
                 raft_engine::Engine::open(cfg).map_err(|e| format!("raft-engine open: {e}"))?,

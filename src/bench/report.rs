@@ -310,7 +310,7 @@ pub fn table(reports: &[JobReport]) -> String {
         "p99.99us",
         "maxus",
         "cpu-us/rec",
-        "rss-MB",
+        "rss-MiB",
     ];
     let rows: Vec<Vec<String>> = reports
         .iter()
@@ -381,12 +381,12 @@ pub fn table(reports: &[JobReport]) -> String {
         .collect();
     if !recs.is_empty() {
         out.push_str(
-            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache  device-read-MB  rss-MB  peak-rss-MB\n",
+            "\nreopen: job  wal-MB  entries  open-ms  replay-ms  scan-MB/s  recovery-MB/s  cache  device-read-MB  rss-MiB  peak-rss-MiB\n",
         );
         for &(job, x) in &recs {
             let _ = writeln!(
                 out,
-                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {:<5}  {:>14}  {:>6}  {:>11}",
+                "        {job:>3}  {:>6.0}  {:>7}  {:>7.1}  {:>9.1}  {:>9.0}  {:>13.0}  {:<5}  {:>14}  {:>7}  {:>12}",
                 x.wal_bytes as f64 / 1e6,
                 x.entries,
                 x.open_ms,

@@ -517,6 +517,12 @@ impl Group {
         self.undo.is_some() || !self.renames.is_empty()
     }
 
+    /// Whether the group has membership to store: it changed since it was
+    /// last stored, or its file is due ([`Group::file_due`]).
+    fn membership_unstored(&self) -> bool {
+        self.unstored || self.file_due()
+    }
+
     /// Records that group instance `instance` took member id `new` (see
     /// [`Group::renames`]), superseding a rename of the instance still due
     /// (a write under way that covers the older one leaves this one due).
@@ -1806,7 +1812,7 @@ impl GroupCoordinator {
     /// Wakes [`GroupCoordinator::membership_changed`] when `g` has membership to
     /// store.
     fn notify_unstored(&self, g: &Group) {
-        if (g.unstored || g.file_due()) && self.meta.is_some() {
+        if g.membership_unstored() && self.meta.is_some() {
             self.unstored.notify_one();
         }
     }
@@ -1839,7 +1845,7 @@ impl GroupCoordinator {
     fn changed_groups(&self) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, g)| g.unstored || g.file_due())
+            .filter(|(_, g)| g.membership_unstored())
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -1848,7 +1854,7 @@ impl GroupCoordinator {
     pub fn changed_count(&self) -> usize {
         self.lock()
             .values()
-            .filter(|g| g.unstored || g.file_due())
+            .filter(|g| g.membership_unstored())
             .count()
     }
 

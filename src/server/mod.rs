@@ -27,6 +27,7 @@ pub mod tls;
 
 use std::{
     net::SocketAddr,
+    path::Path,
     pin::Pin,
     sync::{atomic::Ordering, Arc},
     time::Duration,
@@ -1570,11 +1571,36 @@ fn connection_budget(limit: u64, used: u64) -> usize {
 
 /// How many files the process has open, where the system lists them.
 fn open_file_count() -> Option<u64> {
-    ["/proc/self/fd", "/dev/fd"].iter().find_map(|dir| {
-        let entries = std::fs::read_dir(dir).ok()?;
-        // The listing's own descriptor is among those listed.
-        Some(u64::try_from(entries.count()).ok()?.saturating_sub(1))
-    })
+    ["/proc/self/fd", "/dev/fd"]
+        .iter()
+        .find_map(|dir| listed_open_files(Path::new(dir)))
+}
+
+/// How many files `dir` lists as open, when it can be trusted to list them
+/// all: it must list a probe descriptor numbered 3 or more, held open while it
+/// is read (FreeBSD's `/dev/fd` without fdescfs mounted lists 0 to 2 whatever
+/// is open, and counting those made the open-file budget ignore every open
+/// file).
+#[cfg(unix)]
+fn listed_open_files(dir: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // `try_clone` duplicates to the lowest free descriptor at or above 3.
+    let probe = std::fs::File::open("/dev/null").ok()?.try_clone().ok()?;
+    let probe_name = probe.as_raw_fd().to_string();
+    let mut listed = 0u64;
+    let mut probe_seen = false;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        probe_seen |= entry.file_name() == probe_name.as_str();
+        listed += 1;
+    }
+    // The listing's own descriptor and the probe are among those listed.
+    probe_seen.then(|| listed.saturating_sub(2))
+}
+
+#[cfg(not(unix))]
+fn listed_open_files(_dir: &Path) -> Option<u64> {
+    None
 }
 
 /// The soft limit on open files (`RLIMIT_NOFILE`), when there is one.
@@ -3222,6 +3248,24 @@ mod tests {
             let n = open_file_count().expect("the system lists open files");
             assert!(n >= 200, "{n} open files counted with 200 held");
             drop(files);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_listing_that_misses_open_descriptors_is_not_counted() {
+        // As FreeBSD's /dev/fd without fdescfs: 0 to 2 whatever is open.
+        let dir = tempfile::tempdir().unwrap();
+        for fd in ["0", "1", "2"] {
+            std::fs::File::create(dir.path().join(fd)).unwrap();
+        }
+        assert_eq!(listed_open_files(dir.path()), None);
+        #[cfg(target_os = "linux")]
+        {
+            let held = std::fs::File::open("/dev/null").unwrap();
+            let n = listed_open_files(Path::new("/proc/self/fd")).expect("a full listing");
+            assert!(n >= 1, "{n} open files counted with one held");
+            drop(held);
         }
     }
 }

@@ -177,6 +177,12 @@ impl GroupMetaStore {
             loaded.push(LoadedMeta { path, group });
         }
         loaded.sort_by(|a, b| a.path.cmp(&b.path));
+        // As the offsets store's open: a removal (or a rename into place)
+        // before a crash, its directory fsync not done, is loaded as the
+        // state, and a removal sent again finds nothing to remove and answers
+        // done; a power loss then brought the membership of a group answered
+        // deleted back. This makes what was loaded durable.
+        crate::wal::files::sync_dir(&dir)?;
         let store = GroupMetaStore {
             dir,
             writers: GroupLocks::new(),
@@ -527,5 +533,38 @@ mod tests {
         let groups: Vec<(String, GroupMeta)> =
             loaded.into_iter().map(|l| l.group.unwrap()).collect();
         assert_eq!(groups, vec![("new".to_string(), meta(2))]);
+    }
+
+    /// A removal whose directory fsync failed, then a restart: the removal
+    /// sent again finds no file and answers done, and a power loss must not
+    /// bring the file back (the open makes what it loaded durable).
+    #[cfg(unix)]
+    #[test]
+    fn a_removal_cut_before_its_directory_fsync_is_made_durable_by_the_restart() {
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MEMBERS_DIR);
+        let (s, _) = GroupMetaStore::open(path.clone()).unwrap();
+        s.write("g", &meta(1)).unwrap();
+        s.write("kept", &meta(2)).unwrap();
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&path).unwrap();
+        disk.crash_at_next_dir_sync();
+        assert!(s.remove("g").is_err());
+        drop(s);
+        disk.restart();
+        let (s, loaded) = GroupMetaStore::open(path.clone()).unwrap();
+        assert_eq!(loaded.len(), 1, "the file removed before the crash");
+        s.remove("g").unwrap();
+        drop(s);
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        let (_, loaded) = GroupMetaStore::open(path).unwrap();
+        let groups: Vec<(String, GroupMeta)> =
+            loaded.into_iter().map(|l| l.group.unwrap()).collect();
+        assert_eq!(
+            groups,
+            vec![("kept".to_string(), meta(2))],
+            "a removal answered done came back after a power loss"
+        );
     }
 }

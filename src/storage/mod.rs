@@ -78,6 +78,12 @@ pub use topic_config::{ConfigError, TopicConfig};
 pub use topic_map::OverBudget;
 use topic_map::{FileBudget, TopicMap};
 
+/// The bytes an unprivileged process may still allocate on the file system
+/// holding `dir`, when it can be asked (`statvfs`; `None` off Unix).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    space_reserve::free_bytes(dir)
+}
+
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME: usize = 249;
 
@@ -2010,6 +2016,18 @@ fn replay_entry(
     Ok(())
 }
 
+/// Removes the `topic.json` of the topic directory `dir`, durably (the
+/// directory fsynced): a topic directory without it is an interrupted create,
+/// removed at the next start. Nothing to remove is done.
+fn remove_topic_file(dir: &Path) -> Result<()> {
+    let meta = dir.join("topic.json");
+    match crate::wal::files::remove(&meta) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &meta, e)),
+    }
+}
+
 impl TopicManager {
     /// Opens the data directory: loads topics (cutting torn segment tails), loads the
     /// WAL checkpoint, replays WAL entries after it into the segments idempotently
@@ -2033,7 +2051,28 @@ impl TopicManager {
     /// (both naming the file), and WAL entries after the checkpoint or
     /// committed positions naming a topic without a directory whose delete
     /// was not in progress (naming the directory).
+    ///
+    /// A start that fails for want of space (on a disk the last run filled,
+    /// the replay appends again what the WAL holds past its checkpoint, and
+    /// the start writes its checkpoint) gives back the space reserve an
+    /// earlier run left and starts again once: a start that failed is as one
+    /// cut by a crash there, which the next start completes. Without this
+    /// the reserve, kept for the writes that free space, was held by every
+    /// start it made fail, and the broker could not come up to free any.
     pub fn new(config: Config) -> Result<TopicManager> {
+        match Self::start(config.clone()) {
+            Err(e)
+                if space_reserve::out_of_space(&e)
+                    && space_reserve::give_back_at_start(&config.storage.data_dir, &e) =>
+            {
+                Self::start(config)
+            }
+            started => started,
+        }
+    }
+
+    /// [`TopicManager::new`], once.
+    fn start(config: Config) -> Result<TopicManager> {
         config.validate()?;
         let started = Instant::now();
         let data_dir = config.storage.data_dir.clone();
@@ -2755,7 +2794,7 @@ impl TopicManager {
                 "create topic",
                 &dir,
                 std::io::Error::other(
-                    "the directory holds the topic, kept after its delete failed; restart the broker to open it again",
+                    "the directory holds a topic not opened (kept after its delete failed, or left by a create that failed); restart the broker to open it again",
                 ),
             )));
         }
@@ -2811,7 +2850,14 @@ impl TopicManager {
                 // The partitions opened so far are closed by now (dropped with the
                 // closure's state); leave no half-made topic behind. A restart would
                 // remove it too (no topic.json), but its files would hold disk space
-                // and the name until then.
+                // and the name until then. `topic.json` goes first, durably: a
+                // failure after its rename (the fsync of its directory, or of the
+                // topics directory) left it in place, and a power loss after the
+                // removal below, or a removal that failed, brought back at the
+                // next start a topic whose create was answered failed.
+                if let Err(rm) = remove_topic_file(&dir) {
+                    tracing::error!(dir = %dir.display(), error = %rm, "could not durably remove the topic.json of a topic whose creation failed: the next start may open the topic");
+                }
                 if let Err(rm) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), error = %rm, "could not remove a topic whose creation failed");
                 }
@@ -4636,6 +4682,89 @@ mod tests {
                 dir.display()
             );
         }
+        m.shutdown().unwrap();
+    }
+
+    /// A create that failed after its `topic.json` was renamed into place
+    /// (the fsync of a directory) removes the file durably before the
+    /// directory: the removal of the directory alone is not durable, and a
+    /// power loss brought the topic back at the next start.
+    #[cfg(unix)]
+    #[test]
+    fn a_failed_creates_topic_file_is_removed_durably() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        use crate::wal::sim::{SimDisk, SimPlan};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t");
+        let disk = SimDisk::new(SimPlan::plain(1));
+        disk.watch_dir(&dir).unwrap();
+        crate::wal::files::write_atomic(&dir.join("topic.json"), b"{}").unwrap();
+        remove_topic_file(&dir).unwrap();
+        remove_topic_file(&dir).unwrap();
+        disk.power_loss_keeping(false, Some(0)).unwrap();
+        assert!(!dir.join("topic.json").exists(), "brought back");
+
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::DirSync));
+        assert!(m.create_topic("u", 1).is_err());
+        assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
+        assert!(!tmp.path().join("topics/u").exists());
+        assert!(m.topic("u").is_none());
+        m.create_topic("u", 1).unwrap();
+        m.shutdown().unwrap();
+    }
+
+    /// A start on a disk the last run filled failed for want of space at its
+    /// first write (the replay, its checkpoint) while the space reserve, kept
+    /// for the writes that free space, stayed held: the broker never came up
+    /// to free any. It gives the reserve back and starts again.
+    #[test]
+    fn a_start_out_of_space_gives_back_the_reserve_and_starts_again() {
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        let tmp = tempfile::tempdir().unwrap();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let reserve = tmp.path().join(space_reserve::RESERVE_NAME);
+        assert!(reserve.exists());
+        // Entries past the checkpoint, as a run latched by a full disk
+        // leaves them: the start replays and checkpoints them.
+        let (wal, _) = Wal::open(tmp.path().join("wal"), config(tmp.path()).wal.engine).unwrap();
+        for (base, v) in [(0, b"a"), (1, b"b")] {
+            wal.append("t", 0, Bytes::from(batch_at(base, &[v])))
+                .wait()
+                .unwrap();
+        }
+        wal.close().unwrap();
+
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 2, "both entries replayed");
+        m.shutdown().unwrap();
+        drop(m);
+
+        // Without a reserve to give back, the failure is the start's.
+        let mut c = config(tmp.path());
+        c.storage.space_reserve_bytes = 0;
+        let m = TopicManager::new(c.clone()).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        assert!(!reserve.exists());
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        wal.append("t", 0, Bytes::from(batch_at(2, &[b"c"])))
+            .wait()
+            .unwrap();
+        wal.close().unwrap();
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
+        let Err(e) = TopicManager::new(c.clone()) else {
+            panic!("the start fails");
+        };
+        assert!(space_reserve::out_of_space(&e), "{e}");
+        let m = TopicManager::new(c).unwrap();
+        assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 3);
         m.shutdown().unwrap();
     }
 

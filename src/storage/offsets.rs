@@ -198,6 +198,9 @@ impl Drop for FirstCommit<'_> {
 #[derive(Debug)]
 pub(crate) struct GroupLocks {
     locks: Box<[Mutex<()>]>,
+    /// One turn per lock, awaited by requests before they take a place for
+    /// blocking work that will wait for the lock (see [`GroupLocks::turn`]).
+    turns: Box<[tokio::sync::Mutex<()>]>,
     /// Calls of [`GroupLocks::lock`] so far (tests: a thread about to wait).
     #[cfg(test)]
     asked: std::sync::atomic::AtomicUsize,
@@ -207,6 +210,7 @@ impl GroupLocks {
     pub(crate) fn new() -> GroupLocks {
         GroupLocks {
             locks: (0..64).map(|_| Mutex::new(())).collect(),
+            turns: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             #[cfg(test)]
             asked: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -219,6 +223,12 @@ impl GroupLocks {
         self.locks[self.index(group)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The turn of `group`'s lock: one holder at a time, awaited without
+    /// blocking a thread.
+    pub(crate) async fn turn(&self, group: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turns[self.index(group)].lock().await
     }
 
     /// Which of the locks is `group`'s.
@@ -347,7 +357,16 @@ impl OffsetStore {
         for path in group_files(&dir)? {
             let raw = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             let f: GroupFile = serde_json::from_slice(&raw).map_err(|e| {
-                Error::corrupt(&path, 0, format!("group offsets do not parse: {e}"))
+                Error::corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "group offsets do not parse: {e} (the file is damaged; to start \
+                         without this group's committed positions, move the file out of \
+                         the directory: its consumers then start where their reset \
+                         policy says)"
+                    ),
+                )
             })?;
             if f.version != 1 {
                 return Err(Error::corrupt(
@@ -510,6 +529,16 @@ impl OffsetStore {
     /// The lock every writer of `group` holds (see [`OffsetStore::writers`]).
     pub(crate) fn writer(&self, group: &str) -> MutexGuard<'_, ()> {
         self.writers.lock(group)
+    }
+
+    /// The turn of `group`'s writer lock, for a request to hold while its
+    /// blocking work waits for the lock: such requests wait for it here,
+    /// asynchronously, rather than each in a place for blocking work
+    /// ([`crate::server::blocking`]). Commits queued on one group's lock held
+    /// every place, and every other client's blocking work (group stores,
+    /// InitProducerId, CreateTopics) waited behind all of them.
+    pub(crate) async fn writer_turn(&self, group: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writers.turn(group).await
     }
 
     /// Writer locks asked for so far, held or waited for (tests: a thread
@@ -1715,6 +1744,32 @@ mod tests {
             e.contains("checksum mismatch") && e.contains(&file.display().to_string()),
             "{e}"
         );
+    }
+
+    /// A file that does not parse names its way out, as a checksum mismatch
+    /// does: moved out of the directory, the others load.
+    #[test]
+    fn a_file_that_does_not_parse_says_how_to_start_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let s = OffsetStore::open(path.clone()).unwrap();
+        s.commit("g", None, vec![committed(0, 5)]).unwrap();
+        s.commit("kept", None, vec![committed(0, 7)]).unwrap();
+        drop(s);
+        let file = path.join(file_name("g"));
+        let raw = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &raw[..raw.len() / 2]).unwrap();
+        let e = OffsetStore::open(path.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("do not parse")
+                && e.contains("move the file out of the directory")
+                && e.contains(&file.display().to_string()),
+            "{e}"
+        );
+        std::fs::rename(&file, dir.path().join("g.json.damaged")).unwrap();
+        let s = OffsetStore::open(path).unwrap();
+        assert_eq!(s.fetch("kept", "t", 0).unwrap().offset, 7);
+        assert!(s.fetch("g", "t", 0).is_none());
     }
 
     #[test]

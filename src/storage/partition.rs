@@ -115,13 +115,20 @@ fn save_time_index(topic: &str, partition: i32, seg: &mut Segment) {
 /// than the client's): room for produces while the copy is written.
 const COMPACTION_SPARE_BYTES: u64 = 8 << 20;
 
-/// Whether a compaction copy of about `bytes` fits in `free` bytes (unknown:
-/// it fits) with [`COMPACTION_SPARE_BYTES`] to spare.
-fn copy_fits(bytes: u64, free: Option<u64>) -> bool {
-    let needed = bytes
-        .saturating_add(bytes / 4)
-        .saturating_add(COMPACTION_SPARE_BYTES);
-    free.is_none_or(|f| f >= needed)
+/// Whether a compaction copy of about `bytes`, replacing segments of `frees`
+/// bytes, fits in `free` bytes (unknown: it fits): with
+/// [`COMPACTION_SPARE_BYTES`] to spare, unless installing it frees more than
+/// it takes. Such a copy is what gives room back on a disk with less than
+/// the spare free (at a full disk, none): held to the spare, a compact-only
+/// topic, which retention does not shrink, never shrank there again.
+fn copy_fits(bytes: u64, frees: u64, free: Option<u64>) -> bool {
+    let copy = bytes.saturating_add(bytes / 4);
+    let spare = if frees > copy {
+        0
+    } else {
+        COMPACTION_SPARE_BYTES
+    };
+    free.is_none_or(|f| f >= copy.saturating_add(spare))
 }
 
 /// The producer snapshot of the segment starting at `base` in `dir`, when there
@@ -2230,14 +2237,19 @@ impl Partition {
             // disk produces write to (a produce that meets a full disk fails
             // storage for every partition until a restart).
             let free = super::space_reserve::free_bytes(&self.dir);
-            let (mut j, mut bytes) = (i + 1, plans[i].kept_bytes);
+            let (mut j, mut bytes, mut frees) = (i + 1, plans[i].kept_bytes, sources[i].size);
             while j < sources.len()
                 && sources[j].base == sources[j - 1].next
                 && bytes + plans[j].kept_bytes <= policy.segment_bytes
                 && sources[j].next - sources[i].base <= i64::from(u32::MAX)
-                && copy_fits(bytes + plans[j].kept_bytes, free)
+                && copy_fits(
+                    bytes + plans[j].kept_bytes,
+                    frees.saturating_add(sources[j].size),
+                    free,
+                )
             {
                 bytes += plans[j].kept_bytes;
+                frees = frees.saturating_add(sources[j].size);
                 j += 1;
             }
             if j == i + 1 && !plans[i].changes() {
@@ -2246,7 +2258,7 @@ impl Partition {
             }
             // Without room for even one segment's copy the pass stops here,
             // as between groups, and the next pass tries again.
-            if let Some(free) = free.filter(|&f| !copy_fits(bytes, Some(f))) {
+            if let Some(free) = free.filter(|&f| !copy_fits(bytes, frees, Some(f))) {
                 crate::log_limit::limited!(warn, topic = %self.topic, partition = self.index, free, copy = bytes, "compaction waits for free disk space: the copy of its next segment, and the room kept beside it, do not fit");
                 covered = sources[i].base;
                 break;
@@ -6657,20 +6669,44 @@ pub(crate) mod tests {
         fn a_compaction_without_room_for_its_copy_waits() {
             let (_dir, pdir, p) = seven_keys_over_segments();
             let size = p.size_bytes();
-            crate::storage::space_reserve::set_test_free_bytes(Some(COMPACTION_SPARE_BYTES));
+            crate::storage::space_reserve::set_test_free_bytes(Some(0));
             let stats = compact(&p, &policy(TS));
             assert_eq!((stats.segments, p.size_bytes()), (0, size), "{stats:?}");
             assert_eq!(files(&pdir, "cleaning"), 0);
             // With room for a smaller group than the copy of all three (about
             // 600 bytes), a smaller group: what the disk has room for is
             // compacted now, the rest at a later pass.
-            crate::storage::space_reserve::set_test_free_bytes(Some(COMPACTION_SPARE_BYTES + 300));
+            crate::storage::space_reserve::set_test_free_bytes(Some(300));
             let stats = compact(&p, &policy(TS));
             crate::storage::space_reserve::set_test_free_bytes(None);
             assert!((1..3).contains(&stats.segments), "{stats:?}");
             assert!(p.size_bytes() < size);
             let stats = compact(&p, &policy(TS));
             assert!(stats.segments > 0, "{stats:?}");
+        }
+
+        /// A copy that frees more than it takes needs no room to spare beside
+        /// it: held to the 8 MiB spare, a compact-only topic on a disk with
+        /// less free (at a full disk, none) never shrank again. One that
+        /// frees no more than it takes is still held to it.
+        #[test]
+        fn a_compaction_that_frees_space_runs_on_a_nearly_full_disk() {
+            assert!(!copy_fits(1000, 1000, Some(COMPACTION_SPARE_BYTES)));
+            assert!(copy_fits(1000, 1000, Some(1250 + COMPACTION_SPARE_BYTES)));
+            assert!(copy_fits(1000, 1251, Some(1250)));
+            assert!(!copy_fits(1000, 1251, Some(1249)));
+            assert!(!copy_fits(1000, 1250, Some(1250)));
+            assert!(
+                copy_fits(0, 4096, Some(0)),
+                "an emptied group needs no room"
+            );
+            let (_dir, _pdir, p) = seven_keys_over_segments();
+            let size = p.size_bytes();
+            crate::storage::space_reserve::set_test_free_bytes(Some(1 << 20));
+            let stats = compact(&p, &policy(TS));
+            crate::storage::space_reserve::set_test_free_bytes(None);
+            assert!(stats.segments > 0, "{stats:?}");
+            assert!(p.size_bytes() < size);
         }
 
         /// A pass reads the modification time of the segments it copies only,

@@ -190,6 +190,26 @@ impl SpaceReserve {
     }
 }
 
+/// Removes the reserve an earlier run left in `data_dir` after a start failed
+/// with `error` for want of space, so that the start can be made again:
+/// whether there was a reserve to give back.
+pub(crate) fn give_back_at_start(data_dir: &Path, error: &crate::Error) -> bool {
+    let path = data_dir.join(RESERVE_NAME);
+    let Some(len) = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(|m| m.is_file() && m.len() > 0)
+        .map(|m| m.len())
+    else {
+        return false;
+    };
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(file = %path.display(), error = %e, "the start failed for want of space, and the space reserve could not be given back");
+        return false;
+    }
+    tracing::warn!(file = %path.display(), bytes = len, %error, "the start failed for want of space: giving back the space kept for the writes that free space, and starting again");
+    true
+}
+
 /// Allocates `bytes` for the file at `path`, made anew.
 fn take(path: &Path, bytes: u64) -> std::io::Result<()> {
     let f = File::create(path)?;
@@ -235,7 +255,7 @@ fn write_zeros(f: &File, bytes: u64) -> std::io::Result<()> {
         w.write_all(&zeros[..n])?;
         left -= n as u64;
     }
-    f.sync_data()
+    crate::wal::journal::sync_data(f)
 }
 
 #[cfg(test)]
@@ -278,7 +298,7 @@ pub(crate) fn free_bytes(_dir: &Path) -> Option<u64> {
 
 /// Whether `e` failed for want of space (`ENOSPC`, or a quota's `EDQUOT`, and
 /// their equivalents elsewhere).
-fn out_of_space(e: &crate::Error) -> bool {
+pub(crate) fn out_of_space(e: &crate::Error) -> bool {
     use std::io::ErrorKind::{QuotaExceeded, StorageFull};
     match e {
         crate::Error::Io { source, .. } => matches!(source.kind(), StorageFull | QuotaExceeded),

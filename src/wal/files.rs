@@ -315,7 +315,7 @@ impl DirHandle {
         tracked(MetaOp::SyncDir(&self.path), || {
             #[cfg(unix)]
             {
-                self.file.sync_all()?;
+                super::backend::std_backend::file_sync(&self.file)?;
                 super::journal::check_after_sync(&self.file)?;
             }
             Ok(())
@@ -338,7 +338,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         #[cfg(unix)]
         {
             let d = File::open(dir)?;
-            d.sync_all()?;
+            super::backend::std_backend::file_sync(&d)?;
             super::journal::check_after_sync(&d)?;
         }
         #[cfg(not(unix))]
@@ -461,7 +461,7 @@ pub fn sync_file(f: &File, path: &Path, data_only: bool) -> std::io::Result<()> 
         if data_only {
             super::backend::std_backend::data_sync(f)
         } else {
-            f.sync_all()
+            super::backend::std_backend::file_sync(f)
         }
     };
     #[cfg(all(unix, any(test, feature = "sim")))]
@@ -1016,6 +1016,11 @@ pub fn write_atomic_renamed(path: &Path, bytes: &[u8]) -> Result<Option<Error>> 
         let e = std::io::Error::other("injected failure before the rename");
         return Err(Error::io("create", path.with_extension("tmp"), e));
     }
+    #[cfg(test)]
+    if injected == Some(AtomicWriteFailure::Full) {
+        let e = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        return Err(Error::io("write", path.with_extension("tmp"), e));
+    }
     write_renamed(path, bytes)?;
     #[cfg(test)]
     if injected == Some(AtomicWriteFailure::DirSync) {
@@ -1060,6 +1065,8 @@ pub fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) enum AtomicWriteFailure {
     /// Before the rename: the file is unchanged.
     BeforeRename,
+    /// Before the rename, for want of space: the file is unchanged.
+    Full,
     /// The directory fsync after the rename: the file is replaced.
     DirSync,
 }

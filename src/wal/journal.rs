@@ -268,14 +268,14 @@ fn warn_unchecked(e: &io::Error) {
 /// `fdatasync` of `f`, then [`check_after_sync`].
 pub(crate) fn sync_data(f: &File) -> io::Result<()> {
     assert_writable(f);
-    f.sync_data()?;
+    super::backend::std_backend::data_sync(f)?;
     check_after_sync(f)
 }
 
 /// `fsync` of `f`, then [`check_after_sync`].
 pub(crate) fn sync_all(f: &File) -> io::Result<()> {
     assert_writable(f);
-    f.sync_all()?;
+    super::backend::std_backend::file_sync(f)?;
     check_after_sync(f)
 }
 

@@ -106,6 +106,18 @@ pub(crate) fn describe_producers(
                             .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
                             .with_error_message(message(NOT_HOSTED.to_string()));
                     };
+                    // As Kafka answers for a partition on a failed disk: an
+                    // idempotent batch is recorded before its write, and one
+                    // whose write failed stayed listed as the producer's last
+                    // until a restart rebuilt the state from the log.
+                    if let Some(why) = ctx.storage.failed_why() {
+                        return response
+                            .with_error_code(codes::KAFKA_STORAGE_ERROR)
+                            .with_error_message(message(format!(
+                                "storage failed ({why}): producer state is known again after \
+                                 a restart"
+                            )));
+                    }
                     // Sorted once the state is let go (the guard is a
                     // temporary of this statement).
                     let mut described = partition.producers().describe_unsorted();
@@ -276,6 +288,47 @@ mod tests {
             .collect();
         expected.sort_unstable();
         assert_eq!(listed, expected);
+    }
+
+    /// After a failed write the producer state may record a batch that was
+    /// refused (it is recorded before its write): answered
+    /// KAFKA_STORAGE_ERROR, not listed as the producer's last.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_producers_after_a_failed_write_is_a_storage_error() {
+        use crate::storage::batch::tests::make_timed_batch;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 1).unwrap();
+        let now = crate::storage::segment::now_ms();
+        let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_indexes(vec![0])]);
+        let produce = |seq| {
+            let b = make_timed_batch(0, now, &[(0, b"v")], 7, 0, seq);
+            let ctx = std::sync::Arc::clone(&ctx);
+            async move {
+                let acked = ctx
+                    .storage
+                    .submit("t", 0, &b, std::time::Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                acked.await.unwrap()
+            }
+        };
+        assert!(produce(0).await.is_ok());
+        let p = &describe_producers(&ctx, &req).topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.active_producers[0].last_sequence),
+            (codes::NONE, 0)
+        );
+        let partition = ctx.storage.partition("t", 0).unwrap();
+        partition
+            .fail_next_append
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(produce(1).await.is_err());
+        let p = &describe_producers(&ctx, &req).topics[0].partitions[0];
+        assert_eq!(p.error_code, codes::KAFKA_STORAGE_ERROR, "{p:?}");
+        assert!(p.active_producers.is_empty());
     }
 
     /// A request naming many partitions of a long, unknown topic name is

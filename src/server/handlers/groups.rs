@@ -326,6 +326,7 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
         // The member does not expire while the commit waits for the disk.
         let in_flight = (generation >= 0 && !member.is_empty())
             .then(|| ctx.groups.commit_in_flight(&group, &member));
+        let turn = ctx.storage.offsets().writer_turn(&group).await;
         let stored = crate::server::blocking(ctx, move || {
             // The member is checked again under the group's writer lock, which
             // the commit may have waited for across other groups' fsyncs: if
@@ -347,6 +348,7 @@ pub(crate) async fn offset_commit(ctx: &Ctx, req: OffsetCommitRequest) -> Offset
             (stored, gate.get().copied().unwrap_or(codes::NONE))
         })
         .await;
+        drop(turn);
         drop(in_flight);
         let failed = match stored {
             Ok((Ok(_), gate)) if gate != codes::NONE => {
@@ -628,6 +630,7 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
             let storage = ctx.storage.clone();
             let groups = std::sync::Arc::clone(&ctx.groups);
             let g = group.clone();
+            let turn = ctx.storage.offsets().writer_turn(&group).await;
             let deleted = crate::server::blocking(ctx, move || {
                 // Membership first: without its file a group only counts as
                 // empty since the start, and a removal that fails leaves
@@ -636,6 +639,7 @@ pub(crate) async fn delete_groups(ctx: &Ctx, req: DeleteGroupsRequest) -> Delete
                 storage.offsets().delete(&g)
             })
             .await;
+            drop(turn);
             let done = match deleted {
                 Ok(Ok(_)) => {
                     tracing::info!(group = %Shown(&group), "group deleted");
@@ -727,6 +731,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     let storage = ctx.storage.clone();
     let groups = std::sync::Arc::clone(&ctx.groups);
     let g = group.clone();
+    let turn = ctx.storage.offsets().writer_turn(&group).await;
     let stored = crate::server::blocking(ctx, move || {
         // The group is judged again under its writer lock, which the deletion
         // may have waited for across other groups' fsyncs: a member that
@@ -749,6 +754,7 @@ pub(crate) async fn offset_delete(ctx: &Ctx, req: OffsetDeleteRequest) -> Offset
     .await
     .map_err(|e| e.to_string())
     .and_then(|(r, again)| r.map(|r| (r, again)).map_err(|e| e.to_string()));
+    drop(turn);
     match stored {
         Ok((_, Some(OffsetDeleteGuard::Denied(code)))) => {
             // Nothing was deleted: the group is being deleted, or has members
@@ -1124,6 +1130,43 @@ mod tests {
         assert_eq!(r.results[0].topics.len(), 1);
     }
 
+    /// Commits waiting for one group's writer lock wait for its turn, not
+    /// each in a place for blocking work: 64 of them held every place, and
+    /// every other client's blocking work waited behind the whole queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_queued_on_one_group_leave_places_for_other_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Default::default()).await;
+        ctx.storage.create_topic("t", 2).unwrap();
+        let (holder, release) = hold_writer(&ctx, "g");
+        let commits: Vec<_> = (0..crate::server::WORK_AT_ONCE + 1)
+            .map(|i| {
+                let ctx = std::sync::Arc::clone(&ctx);
+                let offset = i64::try_from(i).unwrap();
+                tokio::spawn(async move {
+                    offset_commit(&ctx, commit_request(-1, "", &[(1, offset)])).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let req = kafka_protocol::messages::DescribeLogDirsRequest::default();
+        let described = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::server::handlers::topics::describe_log_dirs(&ctx, req.with_topics(None)),
+        )
+        .await
+        .expect("DescribeLogDirs finds a place while the commits wait");
+        assert_eq!(described.results[0].error_code, codes::NONE);
+        assert!(commits.iter().all(|c| !c.is_finished()), "the lock is held");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        for c in commits {
+            let r = c.await.unwrap();
+            assert_eq!(r.topics[0].partitions[0].error_code, codes::NONE);
+        }
+        assert!(ctx.storage.offsets().fetch("g", "t", 1).is_some());
+    }
+
     /// An OffsetCommit to group `g` of `offsets` (partition, offset) of topic
     /// `t`, from `member` at `generation`.
     fn commit_request(
@@ -1315,8 +1358,9 @@ mod tests {
         };
         release_tx.send(()).unwrap();
         holder.join().unwrap();
-        assert_eq!(commit_codes(&b_commit.await.unwrap()), [codes::NONE]);
+        // A's commit holds the group's turn (B's waits for it) until it ends.
         assert_eq!(commit_codes(&a_commit.await), [codes::UNKNOWN_MEMBER_ID]);
+        assert_eq!(commit_codes(&b_commit.await.unwrap()), [codes::NONE]);
         let fetched = offset_fetch(
             &ctx,
             OffsetFetchRequest::default()

@@ -134,22 +134,67 @@ impl StdBackend {
 }
 
 /// fdatasync, or its strongest equivalent on the platform.
-pub(crate) fn data_sync(file: &File) -> std::io::Result<()> {
+pub(crate) fn data_sync(file: &File) -> io::Result<()> {
     #[cfg(target_os = "macos")]
-    {
-        use std::os::fd::AsRawFd;
-        #[expect(unsafe_code, reason = "F_FULLFSYNC has no std wrapper")]
-        // SAFETY: fcntl(F_FULLFSYNC) takes no pointer argument; the fd is owned by `file`.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_FULLFSYNC) };
-        if r == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
+    return full_fsync(file);
     #[cfg(not(target_os = "macos"))]
-    {
-        file.sync_data()
+    file.sync_data()
+}
+
+/// fsync, or its strongest equivalent on the platform.
+pub(crate) fn file_sync(file: &File) -> io::Result<()> {
+    #[cfg(target_os = "macos")]
+    return full_fsync(file);
+    #[cfg(not(target_os = "macos"))]
+    file.sync_all()
+}
+
+/// `F_FULLFSYNC` (macOS's `fsync` does not flush the drive's cache), or `fsync`
+/// where the volume does not support it (SMB, macFUSE, some external drives:
+/// std's syncs, which take `F_FULLFSYNC` alone, fail on them every time), with
+/// one warning.
+#[cfg(target_os = "macos")]
+fn full_fsync(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let fd = file.as_raw_fd();
+    let retry = |call: &dyn Fn() -> libc::c_int| loop {
+        if call() != -1 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    #[expect(unsafe_code, reason = "F_FULLFSYNC has no std wrapper")]
+    // SAFETY: fcntl(F_FULLFSYNC) takes no pointer argument; `fd` is owned by
+    // `file`, borrowed for the call.
+    let full = retry(&|| unsafe { libc::fcntl(fd, libc::F_FULLFSYNC) });
+    let Err(e) = full else {
+        return Ok(());
+    };
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTSUP | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY)
+    ) {
+        return Err(e);
     }
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            error = %e,
+            "the file system does not support F_FULLFSYNC: syncing with fsync, \
+             which may leave writes in the drive's cache"
+        );
+    }
+    #[expect(
+        unsafe_code,
+        reason = "the fallback of F_FULLFSYNC, which std cannot call"
+    )]
+    // SAFETY: fsync takes no pointer argument; `fd` is owned by `file`,
+    // borrowed for the call.
+    retry(&|| unsafe { libc::fsync(fd) })
 }
 
 impl WriteGroup {
