@@ -11,9 +11,10 @@ use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
 /// Each WAL file's size.
 const FILE_SIZE: u64 = 64 << 20;
 
-/// Room the WAL takes at most: the active file, the next one prepared, the one
-/// retention keeps and one more while a rotation's checkpoint is under way.
-const ROOM: u64 = 4 * FILE_SIZE;
+/// Room the WAL takes at most: alone, each append is a batch of its own, one
+/// 4 KiB block, and [`trim`] checkpoints every 2^18 appends (1 GiB, 16 files);
+/// with the active file, the next one prepared and the one retention keeps.
+const ROOM: u64 = 20 * FILE_SIZE;
 
 /// A directory on /dev/shm when it has [`ROOM`] free (Docker's default is 64
 /// MiB), the system's temporary directory otherwise.

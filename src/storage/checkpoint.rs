@@ -214,18 +214,59 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
     let storage = &shared.config.storage;
     let every = Duration::from_millis(storage.checkpoint_interval_ms);
     let retention_every = Duration::from_millis(storage.retention_check_interval_ms);
-    // Every pass, even with no limit set for the broker: a topic may have its own.
-    let mut next_retention = Instant::now() + retention_every;
-    // Without a WAL, the segments were synced once after a segment failed.
-    let mut synced_after_failure = false;
+    // Every pass, even with no limit set for the broker: a topic may have its
+    // own. At once after a start out of space (see `TopicManager::new`).
+    let mut next_retention = Instant::now()
+        + if shared.started_out_of_space {
+            Duration::ZERO
+        } else {
+            retention_every
+        };
+    let mut periodic = Periodic {
+        synced_after_failure: false,
+        last: Instant::now(),
+    };
     loop {
-        let wait = every.min(next_retention.saturating_duration_since(Instant::now()));
+        let wait = every
+            .saturating_sub(periodic.last.elapsed())
+            .min(next_retention.saturating_duration_since(Instant::now()));
         match stop.recv_timeout(wait) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         #[cfg(test)]
         shared.panic_if_asked(super::CHECKPOINT_THREAD);
+        if periodic.last.elapsed() >= every {
+            periodic.run(shared);
+        }
+        if Instant::now() >= next_retention {
+            // Checkpoints go on between its partitions: a pass over many
+            // partitions, each with its fsyncs, held them back (without a
+            // WAL, acknowledged records stayed in the page cache alone for
+            // as long as the pass took).
+            let mut between = || {
+                if periodic.last.elapsed() >= every {
+                    periodic.run(shared);
+                }
+            };
+            // Each failing partition was logged.
+            let _ = retention_between(shared, &mut between);
+            next_retention = Instant::now() + retention_every;
+        }
+    }
+}
+
+/// What the checkpoint thread does every `checkpoint_interval_ms`.
+struct Periodic {
+    /// Without a WAL, the segments were synced once after a segment failed.
+    synced_after_failure: bool,
+    /// When it last ran.
+    last: Instant,
+}
+
+impl Periodic {
+    fn run(&mut self, shared: &Shared) {
+        self.last = Instant::now();
         // Once a segment failed, none is made (and that was logged then);
         // without a WAL every partition's segments are synced once more, the
         // batches acknowledged before the failure (produces are refused from
@@ -234,8 +275,8 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
             if let Err(e) = checkpoint(shared) {
                 tracing::error!(error = %e, "periodic checkpoint failed");
             }
-        } else if shared.wal.is_none() && !synced_after_failure {
-            synced_after_failure = true;
+        } else if shared.wal.is_none() && !self.synced_after_failure {
+            self.synced_after_failure = true;
             match sync_without_wal(shared) {
                 0 => tracing::info!(
                     "synced every partition's segments after a failed segment write or sync (no WAL)"
@@ -245,11 +286,6 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
                     "synced the partitions' segments after a failed segment write or sync (no WAL); some could not be (the first of them logged)"
                 ),
             }
-        }
-        if Instant::now() >= next_retention {
-            // Each failing partition was logged.
-            let _ = retention(shared);
-            next_retention = Instant::now() + retention_every;
         }
     }
 }
@@ -361,6 +397,11 @@ pub(super) fn compact(shared: &Shared) -> CompactionStats {
 /// whose files are still in the trash are tried again first.
 /// Returns the segments and bytes deleted, or the first partition's error.
 pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
+    retention_between(shared, &mut || {})
+}
+
+/// [`retention`], calling `between` after each partition.
+fn retention_between(shared: &Shared, between: &mut dyn FnMut()) -> Result<(usize, u64)> {
     super::finish_deletes(shared);
     let storage = &shared.config.storage;
     let now_ms = super::segment::now_ms();
@@ -416,6 +457,9 @@ pub(super) fn retention(shared: &Shared) -> Result<(usize, u64)> {
                     f();
                 }
             });
+            #[cfg(test)]
+            std::thread::sleep(*shared.retention_partition_pause.lock().unwrap());
+            between();
         }
     }
     // Taken again once there is room for it (at once, when it was not

@@ -526,6 +526,13 @@ struct Shared {
     /// made during a round).
     #[cfg(test)]
     compaction_pause: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// How long a retention pass sleeps after each partition (tests of a
+    /// long pass).
+    #[cfg(test)]
+    retention_partition_pause: Mutex<Duration>,
+    /// Whether the start was made again after one failed for want of space
+    /// ([`TopicManager::new`]): the first retention pass runs at once.
+    started_out_of_space: bool,
 }
 
 impl Shared {
@@ -2060,19 +2067,23 @@ impl TopicManager {
     /// the reserve, kept for the writes that free space, was held by every
     /// start it made fail, and the broker could not come up to free any.
     pub fn new(config: Config) -> Result<TopicManager> {
-        match Self::start(config.clone()) {
+        match Self::start(config.clone(), false) {
             Err(e)
                 if space_reserve::out_of_space(&e)
                     && space_reserve::give_back_at_start(&config.storage.data_dir, &e) =>
             {
-                Self::start(config)
+                Self::start(config, true)
             }
             started => started,
         }
     }
 
-    /// [`TopicManager::new`], once.
-    fn start(config: Config) -> Result<TopicManager> {
+    /// [`TopicManager::new`], once; `out_of_space` after a start that failed
+    /// for want of space gave back the reserve: it is taken again at once
+    /// where the file system has room for it (not twice over: producers
+    /// would soon take that room, and the next start fail with no reserve to
+    /// give back), and the first retention pass runs at the first checkpoint.
+    fn start(config: Config, out_of_space: bool) -> Result<TopicManager> {
         config.validate()?;
         let started = Instant::now();
         let data_dir = config.storage.data_dir.clone();
@@ -2407,8 +2418,12 @@ impl TopicManager {
                 .flat_map(|t| t.partitions.iter())
                 .filter_map(|p| p.producers().largest_id_below(producers::RESERVATION_LIMIT)),
         );
-        let reserve =
-            space_reserve::SpaceReserve::open(&data_dir, config.storage.space_reserve_bytes);
+        let reserve_bytes = config.storage.space_reserve_bytes;
+        let reserve = space_reserve::SpaceReserve::open_leaving(
+            &data_dir,
+            reserve_bytes,
+            if out_of_space { 0 } else { reserve_bytes },
+        );
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (applied_tx, applied_rx) = crossbeam_channel::bounded(4096);
@@ -2433,6 +2448,7 @@ impl TopicManager {
             points: Mutex::new(points.unwrap_or_default()),
             failed: OnceLock::new(),
             segments_failed: OnceLock::new(),
+            started_out_of_space: out_of_space,
             closing: AtomicBool::new(false),
             delete_retention_changes: AtomicU64::new(0),
             config_changes: AtomicU64::new(0),
@@ -2461,6 +2477,8 @@ impl TopicManager {
             panic_at_next_job: Mutex::new(None),
             #[cfg(test)]
             compaction_pause: Mutex::new(None),
+            #[cfg(test)]
+            retention_partition_pause: Mutex::new(Duration::ZERO),
         });
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
@@ -4739,8 +4757,15 @@ mod tests {
         wal.close().unwrap();
 
         INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
-        let m = TopicManager::new(config(tmp.path())).unwrap();
+        // Room for the reserve, not twice over: it is taken again at once
+        // (producers would take the room otherwise, and the next start fail
+        // with no reserve to give back).
+        space_reserve::set_test_free_bytes(Some(DEFAULT_SPACE_RESERVE_BYTES + (1 << 20)));
+        let m = TopicManager::new(config(tmp.path()));
+        space_reserve::set_test_free_bytes(None);
+        let m = m.unwrap();
         assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
+        assert!(m.shared.reserve.is_held(), "the reserve taken again");
         let p = m.partition("t", 0).unwrap();
         assert_eq!(p.log_end_offset(), 2, "both entries replayed");
         m.shutdown().unwrap();
@@ -4765,6 +4790,69 @@ mod tests {
         assert!(space_reserve::out_of_space(&e), "{e}");
         let m = TopicManager::new(c).unwrap();
         assert_eq!(m.partition("t", 0).unwrap().log_end_offset(), 3);
+        m.shutdown().unwrap();
+    }
+
+    /// Checkpoints go on during a long retention pass: it ran on the
+    /// checkpoint thread, and without a WAL acknowledged records stayed in
+    /// the page cache alone (`--checkpoint-ms` promises them durable within
+    /// it) for as long as the pass took.
+    #[test]
+    fn checkpoints_go_on_during_a_long_retention_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.wal.enabled = false;
+        c.storage.checkpoint_interval_ms = 20;
+        c.storage.retention_check_interval_ms = 20;
+        let m = TopicManager::new(c).unwrap();
+        m.create_topic("t", 100).unwrap();
+        // A pass of 100 partitions takes 10 s.
+        *m.shared.retention_partition_pause.lock().unwrap() = Duration::from_millis(100);
+        std::thread::sleep(Duration::from_millis(300));
+        let rt = two_worker_runtime();
+        assert_eq!(produce_to(&rt, &m, "t", &batch_at(0, &[b"a"])), Ok(0));
+        let p = m.partition("t", 0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while p.unsynced() {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint synced the record during the pass"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m.shutdown().unwrap();
+    }
+
+    /// After a start out of space the first retention pass runs at the first
+    /// checkpoint, not a retention interval (5 minutes) later: until it
+    /// frees space, producers fill what the reserve gave back.
+    #[test]
+    fn a_start_out_of_space_runs_retention_at_once() {
+        use crate::storage::batch::tests::make_timed_batch;
+        use crate::wal::files::{AtomicWriteFailure as Fail, INJECTED_ATOMIC_FAILURES};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config(tmp.path());
+        c.storage.checkpoint_interval_ms = 20;
+        c.storage.retention_check_interval_ms = 3_600_000;
+        let m = TopicManager::new(c.clone()).unwrap();
+        let configs = TopicConfig::from_pairs([("retention.ms", Some("60000"))]).unwrap();
+        m.create_topic_with("t", 1, configs).unwrap();
+        m.shutdown().unwrap();
+        drop(m);
+        let (wal, _) = Wal::open(tmp.path().join("wal"), c.wal.engine.clone()).unwrap();
+        let old = segment::now_ms() - 3_600_000;
+        let b = make_timed_batch(0, old, &[(0, b"old")], -1, -1, -1);
+        wal.append("t", 0, Bytes::from(b)).wait().unwrap();
+        wal.close().unwrap();
+        INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
+        let m = TopicManager::new(c).unwrap();
+        let p = m.partition("t", 0).unwrap();
+        assert_eq!(p.log_end_offset(), 1, "replayed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.log_start_offset() < 1 {
+            assert!(Instant::now() < deadline, "no retention pass ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         m.shutdown().unwrap();
     }
 

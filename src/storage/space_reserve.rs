@@ -43,6 +43,12 @@ pub(crate) struct SpaceReserve {
 }
 
 impl SpaceReserve {
+    /// [`SpaceReserve::open_leaving`], as a refill takes it (tests).
+    #[cfg(test)]
+    pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
+        Self::open_leaving(data_dir, bytes, bytes)
+    }
+
     /// The reserve of `bytes` at `space.reserve` in `data_dir`, taken when the
     /// file system has room for it (see [`SpaceReserve::refill`]).
     /// A reserve an earlier run left whole is held as it is, without a new
@@ -54,8 +60,11 @@ impl SpaceReserve {
     /// changed) is cut to `bytes` when larger; when smaller, it is kept at
     /// its size for this run, with a warning, unless the file system has
     /// room to take `bytes` (twice over): removing it first would leave a
-    /// nearly full disk without any reserve.
-    pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
+    /// nearly full disk without any reserve. A reserve it finds missing is
+    /// taken when the file system has room for it and `leaving` more (as a
+    /// refill, its size more; after a start that failed for want of space
+    /// gave the reserve back, none: see `TopicManager::new`).
+    pub(crate) fn open_leaving(data_dir: &Path, bytes: u64, leaving: u64) -> SpaceReserve {
         let mut reserve = SpaceReserve {
             path: data_dir.join(RESERVE_NAME),
             bytes,
@@ -84,9 +93,9 @@ impl SpaceReserve {
             *reserve.held.lock().unwrap_or_else(PoisonError::into_inner) = true;
         } else {
             reserve.remove();
-            reserve.refill();
+            reserve.refill_leaving(leaving);
             if !reserve.is_held_now() {
-                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has less than twice its size free; it is taken once it has");
+                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has not room for it; it is taken once it has twice its size free");
             }
         }
         reserve
@@ -144,6 +153,12 @@ impl SpaceReserve {
     /// for the writes it does not cover); a failed allocation removes the
     /// file, which would otherwise keep whatever part it got.
     pub(crate) fn refill(&self) {
+        self.refill_leaving(self.bytes);
+    }
+
+    /// [`SpaceReserve::refill`], taking the reserve when the file system has
+    /// room for it and `leaving` more.
+    pub(crate) fn refill_leaving(&self, leaving: u64) {
         if self.bytes == 0 {
             return;
         }
@@ -157,7 +172,7 @@ impl SpaceReserve {
             *held = false;
         }
         match free_bytes(self.path.parent().unwrap_or(Path::new("."))) {
-            Some(free) if free < self.bytes.saturating_mul(2) => {
+            Some(free) if free < self.bytes.saturating_add(leaving) => {
                 tracing::debug!(
                     free,
                     bytes = self.bytes,

@@ -1148,7 +1148,8 @@ mod tests {
                 })
             })
             .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Time for the commits to queue (without their turn, in the places).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let req = kafka_protocol::messages::DescribeLogDirsRequest::default();
         let described = tokio::time::timeout(
             std::time::Duration::from_secs(5),
