@@ -260,13 +260,14 @@ pub(super) fn run(shared: &Shared, stop: &crossbeam_channel::Receiver<()>) {
 struct Periodic {
     /// Without a WAL, the segments were synced once after a segment failed.
     synced_after_failure: bool,
-    /// When it last ran.
+    /// When it last ended: the interval runs from there (a checkpoint as
+    /// long as the interval would otherwise run again at once, after each of
+    /// a retention pass's partitions).
     last: Instant,
 }
 
 impl Periodic {
     fn run(&mut self, shared: &Shared) {
-        self.last = Instant::now();
         // Once a segment failed, none is made (and that was logged then);
         // without a WAL every partition's segments are synced once more, the
         // batches acknowledged before the failure (produces are refused from
@@ -287,6 +288,7 @@ impl Periodic {
                 ),
             }
         }
+        self.last = Instant::now();
     }
 }
 

@@ -2079,10 +2079,11 @@ impl TopicManager {
     }
 
     /// [`TopicManager::new`], once; `out_of_space` after a start that failed
-    /// for want of space gave back the reserve: it is taken again at once
-    /// where the file system has room for it (not twice over: producers
-    /// would soon take that room, and the next start fail with no reserve to
-    /// give back), and the first retention pass runs at the first checkpoint.
+    /// for want of space gave back the reserve: once the start's writes are
+    /// done it is taken again at once where the file system has room for it
+    /// (not only twice over: producers would soon take that room, and the
+    /// next start fail with no reserve to give back), and the first retention
+    /// pass runs at the first checkpoint.
     fn start(config: Config, out_of_space: bool) -> Result<TopicManager> {
         config.validate()?;
         let started = Instant::now();
@@ -2418,11 +2419,10 @@ impl TopicManager {
                 .flat_map(|t| t.partitions.iter())
                 .filter_map(|p| p.producers().largest_id_below(producers::RESERVATION_LIMIT)),
         );
-        let reserve_bytes = config.storage.space_reserve_bytes;
-        let reserve = space_reserve::SpaceReserve::open_leaving(
+        let reserve = space_reserve::SpaceReserve::open_taking(
             &data_dir,
-            reserve_bytes,
-            if out_of_space { 0 } else { reserve_bytes },
+            config.storage.space_reserve_bytes,
+            !out_of_space,
         );
 
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
@@ -2483,6 +2483,10 @@ impl TopicManager {
         // Record where the partitions now end (after a repair, or with damage
         // tolerated, lower than before), so that the next start judges against that.
         checkpoint::checkpoint(&shared)?;
+        if out_of_space {
+            // After the start's last write, which the room it gave back is for.
+            shared.reserve.refill_leaving(0);
+        }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(2);
         // Each thread's panic (a bug) fails storage (see [`guarded`]); what the
         // pipeline threads still hold is then answered with that failure.
@@ -4757,15 +4761,29 @@ mod tests {
         wal.close().unwrap();
 
         INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
+        // The start's own checkpoint needs the room the reserve holds: taken
+        // before it, the reserve made that start fail too, and every later one.
+        let reserve_ = reserve.clone();
+        checkpoint::BEFORE_POINTS_STORED.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                if reserve_.exists() {
+                    INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
+                }
+            }));
+        });
         // Room for the reserve, not twice over: it is taken again at once
         // (producers would take the room otherwise, and the next start fail
         // with no reserve to give back).
         space_reserve::set_test_free_bytes(Some(DEFAULT_SPACE_RESERVE_BYTES + (1 << 20)));
         let m = TopicManager::new(config(tmp.path()));
         space_reserve::set_test_free_bytes(None);
+        checkpoint::BEFORE_POINTS_STORED.with(|h| h.borrow_mut().take());
         let m = m.unwrap();
         assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
-        assert!(m.shared.reserve.is_held(), "the reserve taken again");
+        assert!(
+            m.shared.reserve.is_held(),
+            "the reserve taken again after the start's writes"
+        );
         let p = m.partition("t", 0).unwrap();
         assert_eq!(p.log_end_offset(), 2, "both entries replayed");
         m.shutdown().unwrap();
@@ -4806,13 +4824,14 @@ mod tests {
         c.storage.retention_check_interval_ms = 20;
         let m = TopicManager::new(c).unwrap();
         m.create_topic("t", 100).unwrap();
-        // A pass of 100 partitions takes 10 s.
-        *m.shared.retention_partition_pause.lock().unwrap() = Duration::from_millis(100);
+        // A pass of 100 partitions takes 100 s (a shutdown stops it at the
+        // next partition).
+        *m.shared.retention_partition_pause.lock().unwrap() = Duration::from_secs(1);
         std::thread::sleep(Duration::from_millis(300));
         let rt = two_worker_runtime();
         assert_eq!(produce_to(&rt, &m, "t", &batch_at(0, &[b"a"])), Ok(0));
         let p = m.partition("t", 0).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while p.unsynced() {
             assert!(
                 Instant::now() < deadline,

@@ -43,10 +43,10 @@ pub(crate) struct SpaceReserve {
 }
 
 impl SpaceReserve {
-    /// [`SpaceReserve::open_leaving`], as a refill takes it (tests).
+    /// [`SpaceReserve::open_taking`], taking it (tests).
     #[cfg(test)]
     pub(crate) fn open(data_dir: &Path, bytes: u64) -> SpaceReserve {
-        Self::open_leaving(data_dir, bytes, bytes)
+        Self::open_taking(data_dir, bytes, true)
     }
 
     /// The reserve of `bytes` at `space.reserve` in `data_dir`, taken when the
@@ -60,11 +60,11 @@ impl SpaceReserve {
     /// changed) is cut to `bytes` when larger; when smaller, it is kept at
     /// its size for this run, with a warning, unless the file system has
     /// room to take `bytes` (twice over): removing it first would leave a
-    /// nearly full disk without any reserve. A reserve it finds missing is
-    /// taken when the file system has room for it and `leaving` more (as a
-    /// refill, its size more; after a start that failed for want of space
-    /// gave the reserve back, none: see `TopicManager::new`).
-    pub(crate) fn open_leaving(data_dir: &Path, bytes: u64, leaving: u64) -> SpaceReserve {
+    /// nearly full disk without any reserve.
+    /// A reserve it does not find whole is left untaken unless `take` (a
+    /// start made again for want of space takes it after its own writes, see
+    /// `TopicManager::new`).
+    pub(crate) fn open_taking(data_dir: &Path, bytes: u64, take: bool) -> SpaceReserve {
         let mut reserve = SpaceReserve {
             path: data_dir.join(RESERVE_NAME),
             bytes,
@@ -93,9 +93,12 @@ impl SpaceReserve {
             *reserve.held.lock().unwrap_or_else(PoisonError::into_inner) = true;
         } else {
             reserve.remove();
-            reserve.refill_leaving(leaving);
+            if !take {
+                return reserve;
+            }
+            reserve.refill();
             if !reserve.is_held_now() {
-                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has not room for it; it is taken once it has twice its size free");
+                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has less than twice its size free; it is taken once it has");
             }
         }
         reserve
