@@ -2486,6 +2486,14 @@ impl TopicManager {
         if out_of_space {
             // After the start's last write, which the room it gave back is for.
             shared.reserve.refill_leaving(0);
+            if shared.config.storage.space_reserve_bytes > 0 && !shared.reserve.is_held_now() {
+                tracing::warn!(
+                    bytes = shared.config.storage.space_reserve_bytes,
+                    "serving without the space reserve: the start's writes took the room it gave \
+                     back; it is taken once the file system has twice its size free, and until \
+                     then a full disk stops starts again (free space on the data disk)"
+                );
+            }
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(2);
         // Each thread's panic (a bug) fails storage (see [`guarded`]); what the
@@ -4761,16 +4769,20 @@ mod tests {
         wal.close().unwrap();
 
         INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
-        // The start's own checkpoint needs the room the reserve holds: taken
-        // before it, the reserve made that start fail too, and every later one.
-        let reserve_ = reserve.clone();
-        checkpoint::BEFORE_POINTS_STORED.with(|h| {
-            *h.borrow_mut() = Some(Box::new(move || {
-                if reserve_.exists() {
-                    INJECTED_ATOMIC_FAILURES.with(|q| q.borrow_mut().push_back(Fail::Full));
-                }
-            }));
-        });
+        // The start's own checkpoint may need the room the reserve holds:
+        // taken before it (its recovery points to store, without a WAL), the
+        // reserve made that start fail too, and every later one.
+        let (reserve_, checkpoints) = (reserve.clone(), Arc::new(AtomicU64::new(0)));
+        let reserve_seen = Arc::new(AtomicBool::new(false));
+        {
+            let (checkpoints, reserve_seen) = (Arc::clone(&checkpoints), Arc::clone(&reserve_seen));
+            checkpoint::BEFORE_POINTS_STORED.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move || {
+                    checkpoints.fetch_add(1, Ordering::SeqCst);
+                    reserve_seen.fetch_or(reserve_.exists(), Ordering::SeqCst);
+                }));
+            });
+        }
         // Room for the reserve, not twice over: it is taken again at once
         // (producers would take the room otherwise, and the next start fail
         // with no reserve to give back).
@@ -4779,6 +4791,14 @@ mod tests {
         space_reserve::set_test_free_bytes(None);
         checkpoint::BEFORE_POINTS_STORED.with(|h| h.borrow_mut().take());
         let m = m.unwrap();
+        assert!(
+            checkpoints.load(Ordering::SeqCst) > 0,
+            "the start's checkpoint ran"
+        );
+        assert!(
+            !reserve_seen.load(Ordering::SeqCst),
+            "the reserve taken before the start's checkpoint"
+        );
         assert!(INJECTED_ATOMIC_FAILURES.with(|q| q.borrow().is_empty()));
         assert!(
             m.shared.reserve.is_held(),

@@ -15,7 +15,9 @@
 //! frees space and fails for want of it gives the reserve back
 //! ([`SpaceReserve::release`]) and is tried again; the reserve is taken
 //! again ([`SpaceReserve::refill`]) once the file system has room for it
-//! twice over, so that taking it leaves at least as much free. Nothing else
+//! twice over, so that taking it leaves at least as much free (after a start
+//! that failed for want of space and was made again, once it has room for
+//! it: see `TopicManager::new`). Nothing else
 //! reads the file: a crash leaves it as it was, and the next start holds it
 //! as it finds it (or allocates it again).
 
@@ -118,7 +120,7 @@ impl SpaceReserve {
         self.is_held_now()
     }
 
-    fn is_held_now(&self) -> bool {
+    pub(crate) fn is_held_now(&self) -> bool {
         *self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
