@@ -2,7 +2,8 @@
 //! `scripts/bench-broker.sh` and its client, `kafka_client.py bench`,
 //! `scripts/bench.sh`), driven with stand-ins for `streamline-bench`, its
 //! results and the broker, and the prose of `docs/benchmarks.md` checked
-//! against its tables: no benchmark runs here.
+//! against its tables: no benchmark runs here. Also what `scripts/sim-soak.sh`
+//! reports of a failed run, with a stand-in for `cargo`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -817,5 +818,66 @@ fn benchmarks_prose_quotes_this_runs_figures_from_its_tables() {
     assert!(
         stale.is_empty(),
         "sentences quoting as this run's figures that its tables do not hold: {stale:#?}"
+    );
+}
+
+/// Runs `scripts/sim-soak.sh 1 1` with a stand-in `cargo` first on `PATH`
+/// that prints `output` and exits with `code`; returns (exit code, stdout).
+fn sim_soak_with_cargo(output: &str, code: i32) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("output"), output).unwrap();
+    executable_script(
+        &tmp.path().join("cargo"),
+        format!(
+            "#!/bin/sh\ncat '{}'\nexit {code}\n",
+            tmp.path().join("output").display()
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        tmp.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(script("sim-soak.sh"))
+        .args(["1", "1"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A failed soak says why: a panic's message (on the line after "panicked
+/// at") and, when nothing panicked (a build error), the end of the output;
+/// the exit code is cargo's.
+#[test]
+fn sim_soak_prints_why_a_run_failed() {
+    let (code, out) = sim_soak_with_cargo(
+        "running 1 test\nsim: 1 seeds in 0.1s, 0 failed\n\
+         thread 'sim_crash' panicked at tests/sim_crash.rs:10:5:\n\
+         no recovery cut a torn tail\ntest sim_crash ... FAILED\n\
+         test result: FAILED. 0 passed; 1 failed\n",
+        101,
+    );
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("no recovery cut a torn tail"), "{out}");
+    assert!(out.contains("sim: 1 seeds"), "{out}");
+    let (code, out) = sim_soak_with_cargo(
+        "   Compiling streamline\nerror[E0425]: cannot find value `x` in this scope\n",
+        101,
+    );
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains("error[E0425]: cannot find value"), "{out}");
+    let (code, out) = sim_soak_with_cargo(
+        "sim: 1 seeds in 0.1s, 0 failed\ntest result: ok. 1 passed; 0 failed\n",
+        0,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out,
+        "sim: 1 seeds in 0.1s, 0 failed\ntest result: ok. 1 passed; 0 failed\n"
     );
 }

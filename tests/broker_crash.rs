@@ -986,12 +986,109 @@ fn idempotent_producer_continues_its_sequences_across_kill9_and_stores_every_mes
     assert_eq!(inits, 1, "{}", broker.log_text());
 }
 
+/// Partition `p` of `topic`'s log start: what ListOffsets answers for the
+/// earliest offset.
+fn earliest(addr: &str, topic: &str, p: i32) -> i64 {
+    use broker_support::wire;
+    use kafka_protocol::{
+        messages::{
+            list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
+            ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+        },
+        protocol::StrBytes,
+    };
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(p)
+                .with_timestamp(-2)])]);
+    let mut s = wire::connect(addr);
+    s.write_all(&wire::request_frame(ApiKey::ListOffsets, 7, 1, &req))
+        .unwrap();
+    let (_, r): (i32, ListOffsetsResponse) = wire::response(&mut s, ApiKey::ListOffsets, 7);
+    let part = &r.topics[0].partitions[0];
+    assert_eq!(part.error_code, 0, "ListOffsets of {topic}/{p}");
+    part.offset
+}
+
+/// Partition `p` of `topic`'s log start ([`earliest`]) and the bytes of the
+/// record batches it serves from there to its end, fetched raw. Segments hold
+/// the batches as they are served, so this is the size of the segments the
+/// partition keeps, less the batches below a log start that DeleteRecords
+/// moved into a segment. A log start that retention moves between the two
+/// requests is asked for again.
+fn served_bytes(addr: &str, topic: &str, p: i32) -> (i64, u64) {
+    use broker_support::wire;
+    use kafka_protocol::messages::{ApiKey, FetchResponse};
+    const OFFSET_OUT_OF_RANGE: i16 = 1;
+    let mut cid = 0;
+    'again: for _ in 0..20 {
+        let start = earliest(addr, topic, p);
+        let mut s = wire::connect(addr);
+        let (mut offset, mut bytes) = (start, 0u64);
+        loop {
+            let mut req = wire::fetch_request(topic, offset, 0);
+            req.topics[0].partitions[0].partition = p;
+            cid += 1;
+            s.write_all(&wire::request_frame(ApiKey::Fetch, 12, cid, &req))
+                .unwrap();
+            let (_, r): (i32, FetchResponse) = wire::response(&mut s, ApiKey::Fetch, 12);
+            let part = &r.responses[0].partitions[0];
+            if part.error_code == OFFSET_OUT_OF_RANGE {
+                std::thread::sleep(Duration::from_millis(100));
+                continue 'again;
+            }
+            assert_eq!(part.error_code, 0, "Fetch of {topic}/{p} at {offset}");
+            let records = part.records.clone().unwrap_or_default();
+            // Whole batches only: base offset (8 bytes), length (4), and the
+            // last offset delta at byte 23; a batch cut short by the size
+            // limit is fetched again whole by the next request.
+            let mut at = 0;
+            while at + 27 <= records.len() {
+                let word = |i: usize| <[u8; 4]>::try_from(&records[at + i..at + i + 4]).unwrap();
+                let len = 12 + i32::from_be_bytes(word(8)) as usize;
+                if at + len > records.len() {
+                    break;
+                }
+                let base = i64::from_be_bytes(records[at..at + 8].try_into().unwrap());
+                offset = base + i64::from(i32::from_be_bytes(word(23))) + 1;
+                bytes += len as u64;
+                at += len;
+            }
+            if offset >= part.high_watermark {
+                return (start, bytes);
+            }
+            assert!(
+                at > 0,
+                "Fetch of {topic}/{p} at {offset} below the high watermark {} returned no whole batch",
+                part.high_watermark
+            );
+        }
+    }
+    panic!("the log start of {topic}/{p} kept moving away from Fetch");
+}
+
+/// The fewest bytes a record holding `value` (no key, no headers) takes in a
+/// batch: its length, attributes, timestamp delta, offset delta, key length,
+/// value length and header count take at least a byte each.
+fn least_record_bytes(value: &str) -> u64 {
+    7 + value.len() as u64
+}
+
 /// Retention trims (the active segment too) and DeleteRecords move the log start
 /// while a producer streams and the broker is killed: what remains is contiguous
 /// from the log start, every acknowledged message at or above it is at its offset,
-/// and nothing appears that was not produced.
+/// and nothing appears that was not produced. The log start is itself checked:
+/// retention deletes a segment only when the segments left hold at least
+/// `retention.bytes`, so each partition serves at least that much from its log
+/// start after every restart (or all it held above its DeleteRecords floor, when
+/// that was less). A restart that drops older segments, or loads a log start too
+/// high, serves less.
 #[test]
 fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
+    const RETENTION_BYTES: u64 = 4096;
     let tmp = tempfile::tempdir().unwrap();
     let py = python();
     let mut broker = Broker::start(
@@ -1004,7 +1101,7 @@ fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
             "--segment-bytes",
             "4096",
             "--log-retention-bytes",
-            "4096",
+            &RETENTION_BYTES.to_string(),
             "--log-retention-check-interval-ms",
             "50",
             "--checkpoint-ms",
@@ -1074,6 +1171,24 @@ fn kill9_while_retention_and_delete_records_trim_keeps_the_tail_exact() {
             if p == 0 {
                 assert!(start >= deleted_below, "the log start never goes back");
             }
+            // Every message acknowledged at or above the DeleteRecords floor
+            // was written there, so the partition held at least these bytes
+            // above it; retention may take them down to `retention.bytes`,
+            // and no further.
+            let floor = if p == 0 { deleted_below } else { 0 };
+            let held: u64 = mine
+                .iter()
+                .filter(|a| a.1 >= floor)
+                .map(|a| least_record_bytes(&a.2))
+                .sum();
+            let (log_start, served) = served_bytes(&broker.addr, "crash", p);
+            assert!(
+                served >= held.min(RETENTION_BYTES),
+                "cycle {cycle} partition {p}: {served} bytes served from the log start {log_start} \
+                 (read from {start}), below retention.bytes {RETENTION_BYTES} and the {held} \
+                 bytes acknowledged from offset {floor} on; the broker's log ends:\n{}",
+                log_tail(&broker.log_text(), 20)
+            );
             let stored: BTreeMap<i64, &String> = read.iter().map(|(o, v)| (*o, v)).collect();
             for (_, o, v) in mine.iter().filter(|a| a.1 >= start) {
                 assert_eq!(

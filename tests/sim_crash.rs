@@ -142,10 +142,18 @@ struct Model {
     /// Known sequences (acknowledged, none of them required) that recoveries
     /// did not return: what power losses took.
     dropped: u64,
+    /// The end of the log the last recovery returned, and the round that
+    /// appended after it: every entry a later recovery returns beyond that
+    /// end is that round's or a later one's. An older round's entry there is
+    /// stale (left on the disk past where a recovery cut the log), though its
+    /// tag checks out and its sequences may have been forgotten as lost.
+    floor: (u64, u32),
 }
 
 impl Model {
-    fn verify(&mut self, what: &str, checkpoint: u64, entries: &[WalEntry]) {
+    /// Checks a recovery's checkpoint and entries; `round` is the round that
+    /// appends after it.
+    fn verify(&mut self, what: &str, checkpoint: u64, entries: &[WalEntry], round: u32) {
         assert!(
             checkpoint == 0 || self.checkpoints.contains(&checkpoint),
             "{what}: recovered checkpoint {checkpoint} was never taken"
@@ -188,6 +196,14 @@ impl Model {
                 seen.insert(t),
                 "{what}: seq {}: entry {t:?} appears twice",
                 e.sequence
+            );
+            assert!(
+                e.sequence <= self.floor.0 || t.round >= self.floor.1,
+                "{what}: seq {}: entry {t:?} of an older round, beyond the end {} of the \
+                 log round {} appended after",
+                e.sequence,
+                self.floor.0,
+                self.floor.1
             );
             let issued = self
                 .issued
@@ -241,6 +257,10 @@ impl Model {
         self.dropped += self.known.range(end + 1..).count() as u64;
         self.known.retain(|&s, _| s <= end);
         self.must.retain(|&s, _| s <= end);
+        // A checkpoint in the lost range is gone with it (the sequences are
+        // reused), and none taken there may be recovered later.
+        self.checkpoints.retain(|&c| c <= end);
+        self.floor = (end, round);
         for e in entries {
             let t = decode(&e.data).expect("checked");
             self.known.insert(e.sequence, t);
@@ -248,6 +268,9 @@ impl Model {
         }
     }
 }
+
+/// The round of the final append, over the real disk.
+const FINAL_ROUND: u32 = 99;
 
 /// Over which disk a round opens the WAL.
 enum Over<'a> {
@@ -521,7 +544,7 @@ fn run_seed(seed: u64, root: &Path) {
             }
             Err(e) => panic!("{what}: recovery failed: {e}"),
         };
-        model.verify(&format!("{what}: open"), cp, &entries);
+        model.verify(&format!("{what}: open"), cp, &entries, round);
 
         let producers = rng.range(2, 4) as u32;
         let stop = AtomicBool::new(false);
@@ -697,17 +720,17 @@ fn run_seed(seed: u64, root: &Path) {
         ..cfg
     };
     let (wal, cp, entries) = open_collect(&dir, cfg.clone(), Over::Real);
-    model.verify(&what, cp, &entries);
+    model.verify(&what, cp, &entries, FINAL_ROUND);
     let t = Tag {
-        round: 99,
+        round: FINAL_ROUND,
         producer: 0,
         counter: 0,
         group_len: 1,
         group_idx: 0,
     };
-    model.issued.insert((99, 0), 1);
+    model.issued.insert((FINAL_ROUND, 0), 1);
     let seq = wal
-        .append("t0", 99, Bytes::from(encode(&t, 100)))
+        .append("t0", FINAL_ROUND as i32, Bytes::from(encode(&t, 100)))
         .wait()
         .unwrap_or_else(|e| panic!("{what}: append after recovery: {e}"));
     assert_eq!(
@@ -719,7 +742,7 @@ fn run_seed(seed: u64, root: &Path) {
     model.must.insert(seq, "appended after recovery");
     wal.close().unwrap();
     let (wal, cp, entries) = open_collect(&dir, cfg, Over::Real);
-    model.verify(&format!("{what} reopen"), cp, &entries);
+    model.verify(&format!("{what} reopen"), cp, &entries, FINAL_ROUND);
     DROPPED_ACKS.fetch_add(model.dropped, Ordering::Relaxed);
     drop(wal);
     let _ = std::fs::remove_dir_all(&dir);
@@ -895,4 +918,60 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
         "failing seeds: {:?}",
         failed.iter().map(|f| f.0).collect::<Vec<_>>()
     );
+}
+
+/// Entries of producer 0 with the given (round, counter) tags, sequences from 1.
+fn entries_of(tags: &[(u32, u64)]) -> Vec<WalEntry> {
+    tags.iter()
+        .enumerate()
+        .map(|(i, &(round, counter))| {
+            let t = Tag {
+                round,
+                producer: 0,
+                counter,
+                group_len: 1,
+                group_idx: 0,
+            };
+            WalEntry {
+                sequence: i as u64 + 1,
+                timestamp: 0,
+                entry_type: streamline::wal::WalEntryType::Record,
+                topic: "t0".into(),
+                partition: round as i32,
+                data: Bytes::from(encode(&t, 10)),
+                crc32: 0,
+            }
+        })
+        .collect()
+}
+
+/// Round 2 opened on round 1's three entries, appended one and was cut;
+/// `second` is what the next recovery returns.
+fn verify_after_round_2(second: &[(u32, u64)]) {
+    let mut model = Model::default();
+    model.issued.insert((1, 0), 4);
+    model.issued.insert((2, 0), 1);
+    model.verify(
+        "open of round 2",
+        0,
+        &entries_of(&[(1, 0), (1, 1), (1, 2)]),
+        2,
+    );
+    model.verify("final", 0, &entries_of(second), FINAL_ROUND);
+}
+
+/// The model passes a log that continues with the round that opened it (the
+/// control for the test after it).
+#[test]
+fn model_accepts_the_round_after_the_open() {
+    verify_after_round_2(&[(1, 0), (1, 1), (1, 2), (2, 0)]);
+}
+
+/// A stale entry fails the model: beyond the log round 2 opened on, an entry
+/// of round 1 (left on the disk past where that open cut the log), though its
+/// tag checks out and round 1's producer counts on without a gap.
+#[test]
+#[should_panic(expected = "of an older round")]
+fn model_rejects_an_older_rounds_entry_beyond_the_open() {
+    verify_after_round_2(&[(1, 0), (1, 1), (1, 2), (2, 0), (1, 3)]);
 }

@@ -6,7 +6,13 @@
 //! and that each writer thread's entries are in order with no gap. The recovered
 //! checkpoint must be one the child announced, no higher than the highest
 //! acknowledged sequence, and never go back; the next sequence the child's open
-//! reports must follow what the previous recovery found. Runs on both backends, in `every_write`
+//! reports must follow what the previous recovery found. Every entry at or
+//! above the sequence the child's open reported must be the child's own (an
+//! earlier run's entry there is stale), and every entry the previous recovery
+//! returned must come back unchanged unless a checkpoint covers it. About half
+//! the verifications read the log with `WalReader`, writing nothing, so that the
+//! next child opens the log as the crash left it (and cuts its torn tail); the
+//! others open it, which repairs it and closes it cleanly. Runs on both backends, in `every_write`
 //! and `interval` mode (a process crash loses nothing the kernel accepted, so
 //! `interval` acknowledgements must survive too), and in `every_write` with the
 //! uring backend's group writes forced on.
@@ -22,6 +28,9 @@
 //! acknowledged entries may be lost, but only from the end, never at or below a
 //! durable sequence the WAL reported (`Wal::durable_sequence`, which the child
 //! prints as it grows), and nothing recovered may be invented or garbled.
+//! About one power-cut cycle in four ends with SIGKILL alone (no cut, and the
+//! file system not mounted again): the next child must make durable at its open
+//! what the killed one left in the page cache, and its cut checks that it did.
 //!
 //! The `*_large_entries_*` runs write entries of 64-224 KiB into 2 MiB files:
 //! after such large durable writes the next files are only reserved, not
@@ -50,7 +59,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use streamline::wal::{BackendKind, SyncMode, Wal, WalConfig};
+use streamline::wal::{BackendKind, EntryIter, Recovery, SyncMode, Wal, WalConfig, WalReader};
 
 mod power_fs;
 use power_fs::{Cut, PowerFs};
@@ -83,12 +92,25 @@ struct Totals {
     /// the unflushed sectors the cuts rolled back or tore.
     rolled_back: u64,
     sectors_changed: u64,
+    /// Drop and torn cuts that came while more than one device write was held
+    /// unflushed (`CutReport::writes_held`).
+    multi_write_cuts: u64,
     /// Batches the children wrote into never-written (reserved) file space.
     unwritten_batches: u64,
     /// Cycles whose child reported a durable sequence beyond the log it
     /// opened: cycles in which the durable-sequence check had new entries to
     /// hold to it.
     durable_grew: u64,
+    /// Cycles whose child opened a WAL no one had closed since the crash (the
+    /// verification before it read the log without opening it), and of them
+    /// those whose open cut a torn tail.
+    crash_opens: u64,
+    child_torn: u64,
+    /// Power-cut runs: cycles ended by SIGKILL alone (no cut, and the file
+    /// system not mounted again), so that the next child's open must make
+    /// durable what the killed one left in the page cache before a cut
+    /// follows.
+    kills_only: u64,
 }
 
 /// How a cycle ends.
@@ -148,6 +170,8 @@ struct Cycle {
     unwritten_batches: u64,
     /// The highest durable sequence it reported (`Wal::durable_sequence`).
     durable: u64,
+    /// Its open cut a torn tail (`torn OFFSET`).
+    torn: bool,
 }
 
 /// One kill cycle. `flags`: the child's optional arguments (`ring`, `group`,
@@ -275,6 +299,7 @@ fn run_child(
         checkpoints: Vec::new(),
         unwritten_batches: 0,
         durable: 0,
+        torn: false,
     };
     for line in &lines[1..] {
         let f: Vec<&str> = line.split(' ').collect();
@@ -289,6 +314,10 @@ fn run_child(
             ("checkpoint", 2) => cycle.checkpoints.push(p(1)),
             ("unwritten", 2) => cycle.unwritten_batches = cycle.unwritten_batches.max(p(1)),
             ("durable", 2) => cycle.durable = cycle.durable.max(p(1)),
+            ("torn", 2) => {
+                p(1);
+                cycle.torn = true;
+            }
             _ => panic!("malformed line {line:?}"),
         }
     }
@@ -312,6 +341,11 @@ struct Known {
     /// The highest durable sequence any child reported: every recovery must
     /// reach it, whatever the mode and however the cycle ended.
     durable: u64,
+    /// What the last verification recovered above its checkpoint. The next
+    /// child's open makes all of it durable (the commit thread counts every
+    /// recovered entry as such), so every later recovery must return it again,
+    /// unchanged, unless a checkpoint covers it: after a power cut too.
+    recovered: HashMap<u64, (u64, u64, u64)>,
 }
 
 /// What one verification found.
@@ -324,10 +358,41 @@ struct Verified {
     next: u64,
 }
 
-/// Reopens in-process and checks the invariants. Where `loss_allowed` (an
+/// How a verification reads the log.
+enum Opened {
+    /// `Wal::open`: recovery repairs the log (cuts a torn tail, seals), and the
+    /// verification closes it cleanly after.
+    Wal(Wal, Box<Recovery>),
+    /// `WalReader`: reads what the disk holds and writes nothing, so that the
+    /// next child opens the log as the crash left it.
+    Reader(WalReader),
+}
+
+impl Opened {
+    fn entries_from(&self, from: u64) -> EntryIter {
+        match self {
+            Opened::Wal(_, rec) => rec.entries_from(from),
+            Opened::Reader(r) => r.entries_from(from),
+        }
+    }
+}
+
+/// What a cycle's child was: the sequence its open reported (its first
+/// append's) and its run, the first field of every payload it wrote.
+#[derive(Clone, Copy)]
+struct Child {
+    opened: u64,
+    run: u64,
+}
+
+/// Reads the log back and checks the invariants. Where `loss_allowed` (an
 /// `interval` log after a power cut), acknowledged entries may be missing from
 /// the end of the log only, above every durable sequence a child reported, and
-/// are forgotten once counted (later cycles reuse their sequences).
+/// are forgotten once counted (later cycles reuse their sequences). Every
+/// entry at or above `child.opened` must be the child's own: anything else
+/// there is stale (an earlier run's, left past where a recovery cut the log)
+/// or invented. `read_only` reads with [`WalReader`] instead of opening.
+#[allow(clippy::too_many_arguments)]
 fn verify(
     dir: &Path,
     backend: BackendKind,
@@ -335,18 +400,32 @@ fn verify(
     entries: Entries,
     known: &mut Known,
     loss_allowed: bool,
+    child: Child,
+    read_only: bool,
     what: &str,
 ) -> Verified {
     let large = entries == Entries::Large;
-    let (wal, rec) = Wal::open(dir, config(backend, mode, entries))
-        .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
-    assert_eq!(
-        wal.backend(),
-        backend,
-        "{what}: requested backend not in use"
-    );
-    let checkpoint = rec.checkpoint;
-    let next = rec.next_sequence;
+    let (checkpoint, next, opened) = if read_only {
+        let r = WalReader::open(dir).unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
+        let checkpoint = r.scan().checkpoint.map_or(0, |c| c.sequence);
+        // As `Wal::open`: a checkpoint ahead of the log moves the next
+        // sequence past it.
+        let next = r.scan().next_sequence.max(checkpoint + 1);
+        (checkpoint, next, Opened::Reader(r))
+    } else {
+        let (wal, rec) = Wal::open(dir, config(backend, mode, entries))
+            .unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
+        assert_eq!(
+            wal.backend(),
+            backend,
+            "{what}: requested backend not in use"
+        );
+        (
+            rec.checkpoint,
+            rec.next_sequence,
+            Opened::Wal(wal, Box::new(rec)),
+        )
+    };
     // Acknowledged entries at or below the checkpoint are not checked: a
     // checkpoint that was never taken, or one beyond what was acknowledged,
     // would hide losses.
@@ -370,7 +449,7 @@ fn verify(
     // must be what was acknowledged.
     let mut checked = 0;
     if let Some(&from) = known.acked.keys().filter(|&&s| s <= checkpoint).min() {
-        for e in rec.entries_from(from) {
+        for e in opened.entries_from(from) {
             let e = e.unwrap_or_else(|err| panic!("{what}: reading the log from {from}: {err}"));
             if e.sequence > checkpoint {
                 break;
@@ -393,9 +472,11 @@ fn verify(
             }
         }
     }
-    let entries = rec
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_else(|e| panic!("{what}: recovery stream failed: {e}"));
+    let (wal, entries) = match opened {
+        Opened::Wal(wal, rec) => (Some(wal), (*rec).collect::<Result<Vec<_>, _>>()),
+        Opened::Reader(r) => (None, r.entries_from(checkpoint + 1).collect()),
+    };
+    let entries = entries.unwrap_or_else(|e| panic!("{what}: recovery stream failed: {e}"));
     let mut by_seq = HashMap::new();
     let mut last_counter: HashMap<(u64, u64), u64> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
@@ -411,6 +492,15 @@ fn verify(
             &payload(t.0, t.1, t.2, large)[..],
             "{what}: seq {}: payload garbled",
             e.sequence
+        );
+        assert!(
+            e.sequence < child.opened || t.0 == child.run,
+            "{what}: seq {} holds an entry of an older run {:?}, at or above {} where the \
+             writer of run {} opened",
+            e.sequence,
+            t,
+            child.opened,
+            child.run
         );
         assert_eq!(
             e.partition as u64, t.1,
@@ -442,6 +532,16 @@ fn verify(
         "{what}: recovery's next sequence is not right after the log's end (checkpoint {checkpoint}, {} entries)",
         entries.len()
     );
+    for (&seq, t) in known.recovered.iter() {
+        if seq > checkpoint {
+            assert_eq!(
+                by_seq.get(&seq),
+                Some(t),
+                "{what}: seq {seq}, recovered before and durable since the open after it, \
+                 is gone or changed (the log ends at {end})"
+            );
+        }
+    }
     let mut lost = 0;
     for (&seq, t) in known.acked.iter() {
         if seq <= checkpoint {
@@ -463,7 +563,16 @@ fn verify(
     known
         .acked
         .retain(|&s, _| s > checkpoint && (!loss_allowed || s <= end));
-    wal.close().unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    if loss_allowed {
+        // What was announced or acknowledged in the lost range is gone with
+        // it; the next child reuses those sequences.
+        known.checkpoints.retain(|&c| c <= end);
+        known.max_acked = known.max_acked.min(end);
+    }
+    known.recovered = by_seq;
+    if let Some(wal) = wal {
+        wal.close().unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    }
     Verified {
         lost,
         checked,
@@ -528,8 +637,6 @@ fn crash_cycles(
         Some(fs) => fs.path().join("wal"),
         None => tmp.path().to_path_buf(),
     };
-    // An `interval` acknowledgement promises nothing across a power cut.
-    let loss_allowed = crash == Crash::Power && mode != SyncMode::EveryWrite;
     let mut known = Known::default();
     let mut totals = Totals::default();
     // An empty directory: the first append gets 1.
@@ -537,6 +644,8 @@ fn crash_cycles(
     let started = Instant::now();
     // Whether the last cycle's child took checkpoints.
     let mut checkpointed = true;
+    // Whether the last verification read the log without opening it.
+    let mut left_crashed = false;
     for run in 1..=cycles {
         // Every other cycle or so takes no checkpoint, so that all it
         // acknowledged is read back; never two in a row, so that a
@@ -554,21 +663,49 @@ fn crash_cycles(
         };
         let cut = [Cut::Keep, Cut::Drop, Cut::Torn][rand(3) as usize];
         let cut_seed = rand(u64::MAX);
+        // A power-cut run ends about one cycle in four with SIGKILL alone, and
+        // at least one cycle before its last: the next child opens a log whose
+        // newest writes are in the page cache only, and its cut then tests
+        // that the open made them durable.
+        let kill_only = crash == Crash::Power
+            && run < cycles
+            && (rand(4) == 0 || (run + 1 == cycles && totals.kills_only == 0));
+        // About half the verifications (and one before the last cycle at
+        // least) read the log without opening it, so that the next child
+        // recovers the crash itself: cuts a torn tail, seals, settles the
+        // page cache. The others open and close it cleanly.
+        let read_only = kill_only
+            || rand(2) == 0
+            || (run + 1 == cycles && totals.crash_opens == 0 && !left_crashed);
+        // An `interval` acknowledgement promises nothing across a power cut.
+        let loss_allowed = crash == Crash::Power && !kill_only && mode != SyncMode::EveryWrite;
         let what = match crash {
             Crash::Kill => {
                 format!("{backend}{path} {mode} cycle {run} (seed {seed}, kill {kill:?})")
             }
+            Crash::Power if kill_only => format!(
+                "{backend}{path} {mode} cycle {run} (seed {seed}, kill {kill:?}, no power cut)"
+            ),
             Crash::Power => format!(
                 "{backend}{path} {mode} cycle {run} (seed {seed}, power cut {cut:?} after {kill:?})"
             ),
         };
         let mut report = None;
         let mut do_cut = || report = power.as_ref().map(|fs| fs.cut(cut, cut_seed));
-        let hook: Option<&mut dyn FnMut()> = power.is_some().then_some(&mut do_cut as _);
+        let hook: Option<&mut dyn FnMut()> =
+            (power.is_some() && !kill_only).then_some(&mut do_cut as _);
         let cycle = run_child(&dir, backend, mode, &flags, run, kill, hook);
-        if let Some(fs) = &power {
+        totals.crash_opens += u64::from(left_crashed);
+        totals.child_torn += u64::from(cycle.torn);
+        totals.kills_only += u64::from(kill_only);
+        assert!(
+            left_crashed || !cycle.torn,
+            "{what}: the writer cut a torn tail of a log closed cleanly"
+        );
+        if let (Some(fs), false) = (&power, kill_only) {
             let report = report.expect("the cut ran");
             totals.sectors_changed += report.changed;
+            totals.multi_write_cuts += u64::from(cut != Cut::Keep && report.writes_held > 1);
             if cut == Cut::Keep {
                 assert_eq!(
                     report.changed, 0,
@@ -601,6 +738,10 @@ fn crash_cycles(
         known.acked.extend(cycle.acked);
         known.checkpoints.extend(cycle.checkpoints);
         let checkpoint_before = known.last_checkpoint;
+        let child = Child {
+            opened: cycle.next,
+            run,
+        };
         let v = verify(
             &dir,
             backend,
@@ -608,8 +749,11 @@ fn crash_cycles(
             entries,
             &mut known,
             loss_allowed,
+            child,
+            read_only,
             &what,
         );
+        left_crashed = read_only;
         totals.checked += v.checked;
         if loss_allowed {
             totals.rolled_back += v.lost;
@@ -621,7 +765,7 @@ fn crash_cycles(
         totals.cycles += 1;
     }
     eprintln!(
-        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checked {} checkpoints {} rolled-back {} sectors-cut {} unwritten-batches {} durable-grew {} ({:.1}s)",
+        "crash: {backend}{path} {mode}{how} cycles {} acknowledged {} lost {} checked {} checkpoints {} rolled-back {} sectors-cut {} multi-write-cuts {} unwritten-batches {} durable-grew {} crash-opens {} torn-at-open {} kills-only {} ({:.1}s)",
         totals.cycles,
         totals.acked,
         totals.lost,
@@ -629,8 +773,12 @@ fn crash_cycles(
         totals.checkpoints,
         totals.rolled_back,
         totals.sectors_changed,
+        totals.multi_write_cuts,
         totals.unwritten_batches,
         totals.durable_grew,
+        totals.crash_opens,
+        totals.child_torn,
+        totals.kills_only,
         started.elapsed().as_secs_f64()
     );
     totals
@@ -680,6 +828,13 @@ fn check(t: &Totals) {
          fewer than 20 cycles all may end before a sync)",
         t.cycles
     );
+    if t.cycles >= 2 {
+        assert!(
+            t.crash_opens > 0,
+            "no child of {} cycles opened a log left as its crash left it",
+            t.cycles
+        );
+    }
     if t.acked >= 20 * 64 {
         assert!(
             t.checkpoints > 0,
@@ -754,6 +909,13 @@ fn kill9_every_write_uring_group_writes() {
 /// nothing unflushed each time would prove nothing).
 fn check_power(t: &Totals) {
     check(t);
+    if t.cycles >= 2 {
+        assert!(
+            t.kills_only > 0,
+            "no cycle of {} ended by SIGKILL alone before a cut",
+            t.cycles
+        );
+    }
     assert!(
         t.sectors_changed > 0,
         "no power cut of {} cycles rolled back or tore an unflushed sector (a cut finds \
@@ -774,9 +936,26 @@ fn power_cut_every_write_std() {
     ));
 }
 
+/// The uring backend keeps several durable writes in flight: some of the cuts
+/// must have come while more than one was held unflushed, so that a torn cut
+/// could keep a later write and lose an earlier one (`tests/power_fs`, "When a
+/// drop or torn cut comes"). About half the cycles end in such a cut; with
+/// fewer than 20 cycles there may be none.
+fn check_power_in_flight(t: &Totals) {
+    check_power(t);
+    if t.cycles >= 20 {
+        assert!(
+            t.multi_write_cuts >= 2,
+            "{} of {} cycles ended in a drop or torn cut holding more than one write",
+            t.multi_write_cuts,
+            t.cycles
+        );
+    }
+}
+
 #[test]
 fn power_cut_every_write_uring_ring_writes() {
-    check_power(&crash_cycles(
+    check_power_in_flight(&crash_cycles(
         BackendKind::Uring,
         SyncMode::EveryWrite,
         Some(false),
@@ -788,7 +967,7 @@ fn power_cut_every_write_uring_ring_writes() {
 
 #[test]
 fn power_cut_every_write_uring_group_writes() {
-    check_power(&crash_cycles(
+    check_power_in_flight(&crash_cycles(
         BackendKind::Uring,
         SyncMode::EveryWrite,
         Some(true),
@@ -873,4 +1052,110 @@ fn power_cut_large_entries_every_write_std() {
 #[test]
 fn power_cut_large_entries_every_write_uring() {
     large_entries(BackendKind::Uring, Crash::Power);
+}
+
+/// Writes, with the writer's payloads of thread 0, the given (run, counter)
+/// entries in order (sequences from 1), and closes the log.
+fn write_log(dir: &Path, entries: &[(u64, u64)]) {
+    let (wal, _) = Wal::open(
+        dir,
+        config(BackendKind::Std, SyncMode::EveryWrite, Entries::Small),
+    )
+    .unwrap();
+    for &(run, counter) in entries {
+        wal.append(
+            "crash",
+            0,
+            bytes::Bytes::from(payload(run, 0, counter, false)),
+        )
+        .wait()
+        .unwrap();
+    }
+    wal.close().unwrap();
+}
+
+/// What the checker knows after a child of run 2 that opened at 5 and had 5
+/// acknowledged.
+fn known_after_run_2() -> Known {
+    Known {
+        acked: [(5, (2, 0, 0))].into(),
+        fresh: [5].into(),
+        max_acked: 5,
+        ..Known::default()
+    }
+}
+
+const RUN_2: Child = Child { opened: 5, run: 2 };
+
+/// The verification passes a log that is what the writers wrote, opened or
+/// read (the control for the two tests after it).
+#[test]
+fn verify_accepts_the_runs_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), &[(1, 0), (1, 1), (1, 2), (1, 3), (2, 0)]);
+    for read_only in [true, false] {
+        let mut known = known_after_run_2();
+        let v = verify(
+            tmp.path(),
+            BackendKind::Std,
+            SyncMode::EveryWrite,
+            Entries::Small,
+            &mut known,
+            false,
+            RUN_2,
+            read_only,
+            "as written",
+        );
+        assert_eq!((v.lost, v.checked, v.next), (0, 1, 6));
+        assert_eq!(known.recovered.len(), 5);
+    }
+}
+
+/// A stale entry fails the verification: above where run 2's writer opened,
+/// an entry of run 1 (what a recovery that chained from the new appends into
+/// bytes an earlier run left past its cut would return), though sequences are
+/// contiguous and run 1's thread counts on without a gap.
+#[test]
+#[should_panic(expected = "holds an entry of an older run")]
+fn verify_rejects_an_older_runs_entry_above_the_childs_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(
+        tmp.path(),
+        &[(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (1, 4)],
+    );
+    verify(
+        tmp.path(),
+        BackendKind::Std,
+        SyncMode::EveryWrite,
+        Entries::Small,
+        &mut known_after_run_2(),
+        false,
+        RUN_2,
+        false,
+        "stale",
+    );
+}
+
+/// An entry an earlier recovery returned (durable since the open after it)
+/// must come back, even where acknowledged entries may be lost.
+#[test]
+#[should_panic(expected = "recovered before and durable since")]
+fn verify_rejects_losing_what_was_recovered_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(tmp.path(), &[(1, 0), (1, 1), (1, 2)]);
+    let mut known = Known {
+        recovered: [(4, (1, 0, 3))].into(),
+        ..Known::default()
+    };
+    verify(
+        tmp.path(),
+        BackendKind::Std,
+        SyncMode::Interval,
+        Entries::Small,
+        &mut known,
+        true,
+        Child { opened: 5, run: 2 },
+        true,
+        "lost recovered",
+    );
 }

@@ -8,11 +8,19 @@ held in memory, sector by sector (512 bytes), until an fsync of any file makes
 every held write durable (as a device's cache flush does) by writing it to
 BACKING. Reads see the newest data. What BACKING holds is what the "disk" holds.
 
-The power cut: once the file CONTROL/cut exists (it holds `MODE SEED`), the next
-operation that looks for it (every write, fsync, read and statfs; `os.statvfs`
-of the mount pokes it) decides the fate of every held sector and writes the
-survivors to BACKING. A `drop` or `torn` cut waits until something is held (a
-cut then always has something to destroy), unless it says `MODE SEED force`:
+The power cut: once the file CONTROL/cut exists (it holds `MODE SEED [after=N]
+[writes=W]` or `MODE SEED force`), the next operation that looks for it (every
+write, fsync, read and statfs; `os.statvfs` of the mount pokes it) takes the
+order. A `keep` cut, or a forced one, comes at once. A `drop` or `torn` cut
+comes at a write the daemon receives after the order, once that write's data is
+held (so that the cut always has something to destroy): the first that is at
+least the Nth and leaves at least W writes held since the last flush, itself
+included, or else the (N+64)th (N and W are 1 unless given); the flushes in
+between go through. A writer that flushes after nearly every write has several
+writes held together only now and then, while it keeps more than one in flight:
+a cut that waits for such a moment finds what a device's cache holds then, and
+may keep a later write and lose an earlier one. The cut decides the fate of
+every held sector and writes the survivors to BACKING:
 
     keep  every held sector survives, in its newest version (a process crash);
     drop  none survives;
@@ -21,12 +29,15 @@ cut then always has something to destroy), unless it says `MODE SEED force`:
           device that wrote some of its cache, in any order, and tore writes at
           sector boundaries.
 
-From then on the device is off: every write, fsync and read fails with EIO,
-until CONTROL/cut is removed. The cut writes CONTROL/cut-done, one line of
-`held H changed C` (sectors held, and how many of those now hold something else
-than their newest version: what the cut destroyed). The mount uses FUSE's
-`direct_io`, so the kernel caches none of the files' pages: after the cut, reads
-come from what survived.
+From then on the device is off: every write, fsync and read fails with EIO
+(the write that cut too), until CONTROL/cut is removed. The cut writes
+CONTROL/cut-done, one line of `held H changed C writes W`: the sectors held, how
+many of those now hold something else than their newest version (what the cut
+destroyed), and the writes held, that is the write requests received since the
+last flush, whose data the cut decided (FUSE splits a write larger than its
+maximum write size into several requests). The mount uses FUSE's `direct_io`,
+so the kernel caches none of the files' pages: after the cut, reads come from
+what survived.
 
 A loop device over an image file on the mount is then a block device with a
 volatile write cache, and a file system on it can be power-cut
@@ -44,6 +55,10 @@ import mfusepy as fuse
 from passthrough import Passthrough
 
 SECTOR = 512
+# How many writes past its Nth a cut waits for one that leaves W writes held,
+# before it comes anyway: a writer that never has two writes in flight must
+# still be cut, soon.
+PATIENCE = 64
 
 
 def die(msg):
@@ -62,32 +77,81 @@ class CacheFS(Passthrough):
         # of the same file to write survivors with.
         self.held = {}
         self.fds = {}
+        # Write requests received since the last flush: every one of them has
+        # data held (a truncate of held sectors aside, which the image never
+        # sees).
+        self.writes = 0
+        # The drop or torn cut ordered and waiting for its write: [mode, seed,
+        # after, writes, writes received since the order].
+        self.order = None
         self.dead = False
 
     # ---- the power cut -------------------------------------------------------
 
     def _check_cut(self):
-        """Called with the lock held. Raises EIO while the device is off."""
+        """Called with the lock held, by every operation before it acts. Takes a
+        cut order, and raises EIO while the device is off."""
         cut = os.path.join(self.control, "cut")
         try:
             with open(cut) as f:
                 spec = f.read().split()
         except FileNotFoundError:
             self.dead = False
+            self.order = None
             return
         if not self.dead:
-            if len(spec) not in (2, 3) or spec[2:] not in ([], ["force"]):
-                die(f"{cut} holds {spec!r}, not `MODE SEED [force]`")
-            if spec[0] != "keep" and not spec[2:] and not any(self.held.values()):
-                # Nothing unflushed to lose yet: the cut waits for a write.
+            order = self._parse(cut, spec)
+            if order is None:
+                self._cut(spec[0], int(spec[1]))
+            else:
+                if self.order is None or self.order[:4] != order:
+                    self.order = order + [0]
                 return
-            self._cut(spec[0], int(spec[1]))
-            self.dead = True
         raise fuse.FuseOSError(errno.EIO)
 
-    def _cut(self, mode, seed):
+    def _wrote(self):
+        """Called with the lock held, by a write once its data is held. A
+        waiting cut comes at its write, which then fails with EIO: the device
+        lost power before it acknowledged the write."""
+        self.writes += 1
+        if self.order is None:
+            return
+        self.order[4] += 1
+        mode, seed, after, writes, seen = self.order
+        if seen >= after and (self.writes >= writes or seen >= after + PATIENCE):
+            self._cut(mode, seed)
+            raise fuse.FuseOSError(errno.EIO)
+
+    @staticmethod
+    def _parse(cut, spec):
+        """A cut order as [mode, seed, after, writes] for a cut that waits for
+        its write, or None for one that comes at once (a keep or a forced one)."""
+        usage = (
+            f"{cut} holds {spec!r}, not `MODE SEED [after=N] [writes=W]` or "
+            "`MODE SEED force`"
+        )
+        if len(spec) < 2:
+            die(usage)
+        mode, opts = spec[0], spec[2:]
         if mode not in ("keep", "drop", "torn"):
             die(f"unknown cut mode {mode!r}")
+        try:
+            seed = int(spec[1])
+            if opts == ["force"]:
+                return None
+            given = dict(opt.split("=", 1) for opt in opts)
+            if len(given) != len(opts) or not set(given) <= {"after", "writes"}:
+                die(usage)
+            after = int(given.get("after", 1))
+            writes = int(given.get("writes", 1))
+        except ValueError:
+            die(usage)
+        if after < 1 or writes < 1:
+            die(usage)
+        return None if mode == "keep" else [mode, seed, after, writes]
+
+    def _cut(self, mode, seed):
+        """The power cut itself: from here on the device is off."""
         rng = random.Random(seed)
         held = changed = 0
         for key, sectors in self.held.items():
@@ -105,10 +169,14 @@ class CacheFS(Passthrough):
                     os.pwrite(fd, versions[pick - 1], sector * SECTOR)
                 if pick < len(versions):
                     changed += 1
+        writes = self.writes
         self.held.clear()
+        self.writes = 0
+        self.order = None
+        self.dead = True
         tmp = os.path.join(self.control, "cut-done.tmp")
         with open(tmp, "w") as f:
-            f.write(f"held {held} changed {changed}\n")
+            f.write(f"held {held} changed {changed} writes {writes}\n")
         os.rename(tmp, os.path.join(self.control, "cut-done"))
 
     # ---- data ------------------------------------------------------------------
@@ -142,6 +210,7 @@ class CacheFS(Passthrough):
                     base[a - lo : b - lo] = data[a - offset : b - offset]
                     content = bytes(base)
                 sectors.setdefault(s, []).append(content)
+            self._wrote()
             return len(data)
 
     def _read_locked(self, key, fh, size, offset):
@@ -177,6 +246,7 @@ class CacheFS(Passthrough):
                 for sector, versions in sectors.items():
                     os.pwrite(fd, versions[-1], sector * SECTOR)
             self.held.clear()
+            self.writes = 0
             return 0
 
     def truncate(self, path, length, fh=None):

@@ -49,6 +49,34 @@ impl Cut {
 pub struct CutReport {
     pub held: u64,
     pub changed: u64,
+    /// Device writes held unflushed at the moment of the cut: the write
+    /// requests the device received since its last flush (the loop device's
+    /// writes, split at FUSE's maximum write size), every one of which the cut
+    /// kept, dropped or tore with its sectors. More than one means the cut
+    /// caught several writes in flight together, and a torn cut may have kept a
+    /// later one and lost an earlier one.
+    pub writes_held: u64,
+    /// A drop or torn cut whose write did not come within 2 s (the writer had
+    /// stopped), made at once instead.
+    pub forced: bool,
+}
+
+/// When a drop or torn cut comes, drawn from `seed`: at the first write,
+/// counted from the order, that is at least the `after`th (1 to 8) and leaves
+/// at least `writes` writes held since the last flush, or else at the
+/// (`after` + 64)th (`cachefs.py`). `writes` is 2 seven times in eight: a
+/// writer with several writes in flight has them held together only now and
+/// then, between flushes, and a cut at any write would mostly find one. It is 1
+/// otherwise, so that cuts also come where one write alone is held. The seed is
+/// mixed first: callers count it up from cycle to cycle.
+fn cut_when(seed: u64) -> (u64, u64) {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let after = 1 + z % 8;
+    let writes = if (z >> 3).is_multiple_of(8) { 1 } else { 2 };
+    (after, writes)
 }
 
 /// The mounted ext4 file system and the FUSE daemon under it. Unmounted and
@@ -142,8 +170,15 @@ impl PowerFs {
     /// Cuts the power: every write not yet flushed is kept, dropped or torn
     /// (`seed` picks which sectors), and from then on every write, flush and
     /// read fails with EIO until [`PowerFs::power_on`]. A keep cut comes at
-    /// once; a drop or torn one at the first moment something is unflushed
-    /// (within 2 s, or at once after them).
+    /// once. A drop or torn one comes at a write the device receives after
+    /// the order (or at once, forced, if it has not come within 2 s), letting
+    /// the flushes in between through: one to eight writes on, and mostly at
+    /// one that leaves another held with it ([`cut_when`]). A cut at the first
+    /// write after the order would nearly always find that one write alone
+    /// since the last flush; this one lands anywhere in the device's stream of
+    /// writes and flushes, and mostly where the writer had more than one write
+    /// in flight, which a torn cut can then split (a later write kept, an
+    /// earlier one lost).
     pub fn cut(&self, how: Cut, seed: u64) -> CutReport {
         let order = |spec: String| {
             // Written whole, then renamed into place: the daemon must never read
@@ -151,8 +186,8 @@ impl PowerFs {
             let tmp = self.control("cut.tmp");
             std::fs::write(&tmp, spec).unwrap();
             std::fs::rename(&tmp, self.control("cut")).unwrap();
-            // Any operation that looks for the cut applies it; statfs is one that
-            // touches no file.
+            // Any operation that looks for the cut takes the order (and applies
+            // a keep or forced one); statfs is one that touches no file.
             Command::new("stat")
                 .arg("-f")
                 .arg(self.tmp.path().join("fuse"))
@@ -161,14 +196,21 @@ impl PowerFs {
                 .expect("stat -f");
         };
         let done = self.control("cut-done");
-        // A drop or torn cut waits for something unflushed (the writer's next
-        // write); one that still finds nothing after 2 s is forced.
-        order(format!("{} {seed}\n", how.as_str()));
+        // A drop or torn cut waits for its write; one that has not come after
+        // 2 s (the writer stopped) is forced.
+        order(match how {
+            Cut::Keep => format!("keep {seed}\n"),
+            Cut::Drop | Cut::Torn => {
+                let (after, writes) = cut_when(seed);
+                format!("{} {seed} after={after} writes={writes}\n", how.as_str())
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(2);
         while !done.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if !done.exists() {
+        let forced = !done.exists();
+        if forced {
             order(format!("{} {seed} force\n", how.as_str()));
         }
         let text = std::fs::read_to_string(&done)
@@ -176,12 +218,14 @@ impl PowerFs {
         std::fs::remove_file(&done).unwrap();
         let f: Vec<&str> = text.split_whitespace().collect();
         assert!(
-            f.len() == 4 && f[0] == "held" && f[2] == "changed",
+            f.len() == 6 && f[0] == "held" && f[2] == "changed" && f[4] == "writes",
             "cut-done: {text:?}"
         );
         CutReport {
             held: f[1].parse().unwrap(),
             changed: f[3].parse().unwrap(),
+            writes_held: f[5].parse().unwrap(),
+            forced,
         }
     }
 

@@ -5,6 +5,8 @@
 //! ```text
 //! wal-crash-writer DIR BACKEND(std|uring) MODE(every_write|interval) THREADS RUN [ring|group] [large] [nocheckpoint]
 //! stdout: "open BACKEND NEXT_SEQUENCE"
+//!         "torn OFFSET" after it when the open cut a torn tail at OFFSET of
+//!                     the newest file
 //!         "ack SEQ RUN THREAD COUNTER LEN" per acknowledged append
 //!         "checkpoint SEQ" before each checkpoint (of an acknowledged SEQ)
 //!         "unwritten N" when `WalStats::unwritten_batches` grew to N
@@ -94,8 +96,12 @@ fn main() {
     let (wal, rec) = Wal::open(&args[1], cfg).unwrap_or_else(|e| panic!("open: {e}"));
     assert_eq!(wal.backend(), backend, "requested backend not in use");
     let next = rec.next_sequence;
+    let torn = rec.truncated.as_ref().map(|(_, offset)| *offset);
     drop(rec);
     println!("open {} {next}", wal.backend());
+    if let Some(offset) = torn {
+        println!("torn {offset}");
+    }
     std::io::stdout().flush().expect("stdout");
     // The highest `unwritten_batches` printed: how many batches went where the
     // file had never been written (reserved space), which the test requires of
