@@ -14,8 +14,10 @@ status=0
 SIM_SEEDS=${1:-100000} SIM_SEED_START=${2:-1} \
     cargo test --release --features sim --test sim_crash -- --nocapture \
     sim_power_loss_and_faults_keep_every_invariant > "$log" 2>&1 || status=$?
-# A panic's message is on the line after "panicked at".
-grep -E -A1 '^(sim:|FAILED|test result)|panicked at' "$log" | grep -v '^--$' || true
+# A panic's message follows "panicked at" (an assertion's on three lines).
+awk '/^(sim:|FAILED|test result)/ { print; next }
+     /panicked at/ { print; n = 3; next }
+     n > 0 { print; n-- }' "$log"
 if [ "$status" -ne 0 ] && ! grep -q 'panicked at' "$log"; then
     echo "sim-soak: cargo test exited with $status; the end of its output:"
     tail -n 40 "$log"

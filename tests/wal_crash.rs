@@ -828,13 +828,6 @@ fn check(t: &Totals) {
          fewer than 20 cycles all may end before a sync)",
         t.cycles
     );
-    if t.cycles >= 2 {
-        assert!(
-            t.crash_opens > 0,
-            "no child of {} cycles opened a log left as its crash left it",
-            t.cycles
-        );
-    }
     if t.acked >= 20 * 64 {
         assert!(
             t.checkpoints > 0,
@@ -909,13 +902,6 @@ fn kill9_every_write_uring_group_writes() {
 /// nothing unflushed each time would prove nothing).
 fn check_power(t: &Totals) {
     check(t);
-    if t.cycles >= 2 {
-        assert!(
-            t.kills_only > 0,
-            "no cycle of {} ended by SIGKILL alone before a cut",
-            t.cycles
-        );
-    }
     assert!(
         t.sectors_changed > 0,
         "no power cut of {} cycles rolled back or tore an unflushed sector (a cut finds \
@@ -937,10 +923,12 @@ fn power_cut_every_write_std() {
 }
 
 /// The uring backend keeps several durable writes in flight: some of the cuts
-/// must have come while more than one was held unflushed, so that a torn cut
-/// could keep a later write and lose an earlier one (`tests/power_fs`, "When a
-/// drop or torn cut comes"). About half the cycles end in such a cut; with
-/// fewer than 20 cycles there may be none.
+/// must have come while more than one device write was held unflushed
+/// (`tests/power_fs`, "When a drop or torn cut comes"), which a cut at the
+/// first write after its order nearly never did. The count is of the device's
+/// writes, ext4's journal and the next file's preparation included, not of the
+/// WAL's alone. About half the cycles end in such a cut; with fewer than 20
+/// cycles there may be none.
 fn check_power_in_flight(t: &Totals) {
     check_power(t);
     if t.cycles >= 20 {

@@ -202,6 +202,19 @@ where
     .await
 }
 
+/// [`blocking`] work that takes the topic-admin lock (a create, a partition
+/// growth, a topic config change): runs once the request has the lock's turn
+/// ([`crate::storage::TopicManager::admin_turn`]), so that requests queued on
+/// the lock wait without a place.
+pub(crate) async fn admin_blocking<R, F>(ctx: &Ctx, f: F) -> Result<R, tokio::task::JoinError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let _turn = ctx.storage.admin_turn().await;
+    blocking(ctx, f).await
+}
+
 /// What every handler can reach.
 pub(crate) struct Ctx {
     pub(crate) storage: TopicManager,

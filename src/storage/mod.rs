@@ -436,6 +436,9 @@ struct Shared {
     /// deletes; holds the names of the topics being deleted, which a create of
     /// the same name waits for (a delete moves the directory of the name away).
     create_lock: Mutex<BTreeSet<String>>,
+    /// The turn of requests whose blocking work takes `create_lock` (see
+    /// [`TopicManager::admin_turn`]).
+    admin_turn: tokio::sync::Mutex<()>,
     /// Topics out of the map whose delete has not ended: a checkpoint syncs
     /// them too (see [`Shared::checkpoint_topics`]).
     deleting: Mutex<Vec<Arc<Topic>>>,
@@ -2434,6 +2437,7 @@ impl TopicManager {
             topics: RwLock::new(TopicMap::new(topics, fold_case)),
             file_budget: FileBudget::new(config.server.max_connections.unwrap_or(0)),
             create_lock: Mutex::new(BTreeSet::new()),
+            admin_turn: tokio::sync::Mutex::new(()),
             deleting: Mutex::new(Vec::new()),
             delete_ended: Condvar::new(),
             unopened: Mutex::new(BTreeSet::new()),
@@ -2559,6 +2563,42 @@ impl TopicManager {
     /// Cluster id and node id.
     pub fn meta(&self) -> &BrokerMeta {
         &self.shared.meta
+    }
+
+    /// The turn of the topic-admin lock (`create_lock`, which a create,
+    /// partition growth or topic config change holds while it writes and
+    /// fsyncs its files), for a request to hold while its blocking work waits
+    /// for the lock: such requests wait for it here, asynchronously, rather
+    /// than each in a place for blocking work ([`crate::server::blocking`]).
+    /// Auto-creates and CreateTopics queued on the lock held every place, and
+    /// every other client's blocking work (commits, group stores,
+    /// InitProducerId, DescribeLogDirs) waited behind all of them. Deletes and
+    /// the storage threads take the lock without the turn, briefly.
+    pub(crate) async fn admin_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared.admin_turn.lock().await
+    }
+
+    /// Holds the topic-admin lock until `release` is sent or dropped, on a
+    /// thread of its own; returns once it holds it (tests of work queued on
+    /// the lock).
+    #[cfg(test)]
+    pub(crate) fn hold_admin_lock(
+        &self,
+        release: std::sync::mpsc::Receiver<()>,
+    ) -> std::thread::JoinHandle<()> {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let me = self.clone();
+        let holder = std::thread::spawn(move || {
+            let _held = me
+                .shared
+                .create_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            locked_tx.send(()).unwrap();
+            let _ = release.recv();
+        });
+        locked_rx.recv().unwrap();
+        holder
     }
 
     /// Committed group offsets.

@@ -56,9 +56,6 @@ pub struct CutReport {
     /// caught several writes in flight together, and a torn cut may have kept a
     /// later one and lost an earlier one.
     pub writes_held: u64,
-    /// A drop or torn cut whose write did not come within 2 s (the writer had
-    /// stopped), made at once instead.
-    pub forced: bool,
 }
 
 /// When a drop or torn cut comes, drawn from `seed`: at the first write,
@@ -209,8 +206,7 @@ impl PowerFs {
         while !done.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let forced = !done.exists();
-        if forced {
+        if !done.exists() {
             order(format!("{} {seed} force\n", how.as_str()));
         }
         let text = std::fs::read_to_string(&done)
@@ -225,7 +221,6 @@ impl PowerFs {
             held: f[1].parse().unwrap(),
             changed: f[3].parse().unwrap(),
             writes_held: f[5].parse().unwrap(),
-            forced,
         }
     }
 

@@ -628,7 +628,7 @@ where
     }
     let storage = ctx.storage.clone();
     let topic = name.to_string();
-    crate::server::blocking(ctx, move || {
+    crate::server::admin_blocking(ctx, move || {
         // An unknown topic is answered as such whatever the request asks of it.
         if storage.topic(&topic).is_none() {
             return Err(AlterError::UnknownTopic);

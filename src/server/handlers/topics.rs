@@ -77,7 +77,7 @@ async fn create_blocking(
     configs: TopicConfig,
 ) -> Result<Arc<Topic>, CreateError> {
     let storage = ctx.storage.clone();
-    crate::server::blocking(ctx, move || {
+    crate::server::admin_blocking(ctx, move || {
         storage.create_topic_with(&name, partitions, configs)
     })
     .await
@@ -234,7 +234,7 @@ async fn metadata_creating_at_most(
                     let name_ = n.clone();
                     // Not waiting for a delete of the name: answered at once,
                     // as Kafka answers, and asked again by the client.
-                    let created = crate::server::blocking(ctx, move || {
+                    let created = crate::server::admin_blocking(ctx, move || {
                         storage.auto_create_topic(&name_, parts)
                     })
                     .await
@@ -730,7 +730,8 @@ pub(crate) async fn create_partitions(
             Some(_) => {
                 let storage = ctx.storage.clone();
                 let (n, count) = (name.clone(), t.count);
-                match crate::server::blocking(ctx, move || storage.add_partitions(&n, count)).await
+                match crate::server::admin_blocking(ctx, move || storage.add_partitions(&n, count))
+                    .await
                 {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(CreateError::InvalidPartitions)) => Err((
@@ -2196,6 +2197,48 @@ mod tests {
             .map(|t| t.name.clone())
             .collect();
         assert_eq!(names, ["m"]);
+    }
+
+    /// Auto-creates queued on the topic-admin lock wait for its turn, not
+    /// each in a place for blocking work: more than `WORK_AT_ONCE` of them
+    /// held every place, and every other client's blocking work waited behind
+    /// all of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creates_queued_on_the_admin_lock_leave_places_for_other_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        let (release, released) = std::sync::mpsc::channel();
+        let holder = ctx.storage.hold_admin_lock(released);
+        let creates: Vec<_> = (0..crate::server::WORK_AT_ONCE + 1)
+            .map(|i| {
+                let ctx = std::sync::Arc::clone(&ctx);
+                tokio::spawn(async move {
+                    let req = MetadataRequest::default()
+                        .with_topics(Some(vec![MetadataRequestTopic::default()
+                            .with_name(Some(topic_name(&format!("a{i}"))))]))
+                        .with_allow_auto_topic_creation(true);
+                    metadata_creating_at_most(&ctx, req, 9, 1, Duration::from_secs(600)).await
+                })
+            })
+            .collect();
+        // Time for the creates to queue (without their turn, in the places).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let req = kafka_protocol::messages::DescribeLogDirsRequest::default();
+        let described = tokio::time::timeout(
+            Duration::from_secs(5),
+            describe_log_dirs(&ctx, req.with_topics(None)),
+        )
+        .await
+        .expect("DescribeLogDirs finds a place while the creates wait");
+        assert_eq!(described.results[0].error_code, codes::NONE);
+        assert!(creates.iter().all(|c| !c.is_finished()), "the lock is held");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        for c in creates {
+            let r = c.await.unwrap();
+            assert_eq!(r.topics[0].error_code, codes::NONE);
+        }
+        assert_eq!(ctx.storage.topics().len(), crate::server::WORK_AT_ONCE + 1);
     }
 
     /// A Metadata request auto-creates at most its bound of topics: the names
