@@ -1489,9 +1489,6 @@ impl Drop for CommitInFlight {
 #[derive(Debug)]
 pub struct GroupCoordinator {
     groups: Mutex<Groups>,
-    /// When this coordinator started: groups it does not hold count as empty since
-    /// then at the latest (their membership before a restart is unknown).
-    started: Moment,
     /// The stored times expiry passes found ahead of the clock.
     ages: Ages,
     /// The session timeouts a JoinGroup may ask for.
@@ -1744,7 +1741,6 @@ impl GroupCoordinator {
         let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
         GroupCoordinator {
             groups: Mutex::default(),
-            started: Moment::now(),
             ages: Ages::default(),
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
             meta: None,
@@ -2751,8 +2747,8 @@ impl GroupCoordinator {
     /// Deletes the committed offsets of every group that has had no members and no
     /// commit for `retention` at `now` (Kafka's `offsets.retention.minutes`, as
     /// KIP-211 counts it: from when the group became empty, or from its last
-    /// commit if later; a group this coordinator does not hold counts as empty
-    /// since it started). Ages are taken as [`crate::storage::moment`] says: a
+    /// commit if later; a group this coordinator does not hold ages from its
+    /// last commit alone). Ages are taken as [`crate::storage::moment`] says: a
     /// clock stepped either way neither keeps a group for the step nor expires
     /// one early, save for stored times taken while the clock was behind. Each deletion goes through
     /// [`GroupCoordinator::begin_delete`], so a member joining meanwhile keeps the
@@ -2836,7 +2832,18 @@ impl GroupCoordinator {
                     return Ok(false);
                 }
                 Some(_) => return Ok(false),
-                None => (self.started, false),
+                // Not held: no member joined since the start, and its
+                // membership was never stored or could not be loaded (a
+                // damaged file, a lost directory). Its last commit is the
+                // newest time stored for it, as Kafka ages a group without a
+                // state time from its commits: counted from the start instead,
+                // a broker restarted more often than the retention kept the
+                // group forever. A member of it still running has its next
+                // heartbeat refused (UNKNOWN_MEMBER_ID) and joins again
+                // seconds after the start (the server's first pass comes an
+                // `--offsets-retention-check-interval-ms` after it), and the
+                // coordinator then holds the group.
+                None => (last_commit, false),
             }
         };
         // Simple: offsets committed without membership, and no members since
@@ -3262,10 +3269,7 @@ mod tests {
         let a = path.join("61.json");
         std::fs::remove_file(&a).unwrap();
         std::fs::create_dir_all(a.join("in-the-way")).unwrap();
-        let c = GroupCoordinator {
-            started: Moment::stored(now.wall - 9 * DAY),
-            ..coordinator()
-        };
+        let c = coordinator();
         let e = c.expire_offsets(&store, 7 * DAY, now).unwrap_err();
         assert!(e.to_string().contains("61.json"), "{e}");
         assert!(store.group("a").is_some(), "kept");
@@ -3275,6 +3279,70 @@ mod tests {
         );
         std::fs::remove_dir_all(&a).unwrap();
         assert_eq!(c.expire_offsets(&store, 7 * DAY, now).unwrap(), vec!["a"]);
+    }
+
+    /// A consumer group the coordinator does not hold at its start (its
+    /// membership never stored, or stored in a file that does not parse) ages
+    /// from its last commit as stored, as Kafka ages a group without a state
+    /// time. It counted as empty since the start, so a broker restarted more
+    /// often than the retention never expired it: a coordinator opened now
+    /// kept groups last committed to 8 days ago. One whose member joins again
+    /// after the start is held, and kept.
+    #[test]
+    fn a_group_not_held_at_the_start_expires_from_its_last_commit() {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups");
+        let store = OffsetStore::open(path.clone()).unwrap();
+        let now = PassTime::now();
+        for g in ["lost", "refused", "rejoined"] {
+            store
+                .commit(g, Some("consumer"), vec![position_one()])
+                .unwrap();
+        }
+        backdate(&path, now.wall - 8 * DAY);
+        drop(store);
+        // Membership where the server keeps it: none stored for "lost" and
+        // "rejoined", a file that does not parse for "refused".
+        let members = path.join(crate::storage::group_meta::MEMBERS_DIR);
+        std::fs::create_dir_all(&members).unwrap();
+        let refused = members.join(crate::storage::offsets::file_name("refused"));
+        std::fs::write(
+            &refused,
+            b"{\"version\":1,\"group\":\"refused\",\"generation\":",
+        )
+        .unwrap();
+        let store = OffsetStore::open(path.clone()).unwrap();
+        store
+            .commit("recent", Some("consumer"), vec![position_one()])
+            .unwrap();
+        let mut c = None;
+        let log = logged(|| c = Some(opened(&members)));
+        let c = c.unwrap();
+        assert!(log.contains("starts without members"), "{log}");
+        assert!(c.describe("lost").is_none() && c.describe("refused").is_none());
+        let mut joined = c.join(JoinRequest {
+            group: "rejoined".into(),
+            ..req("")
+        });
+        assert_eq!(joined.try_recv().unwrap().error, codes::NONE);
+
+        assert_eq!(
+            c.expire_offsets(&store, 7 * DAY, now).unwrap(),
+            vec!["lost", "refused"]
+        );
+        assert!(store.group("lost").is_none() && store.group("refused").is_none());
+        assert!(!refused.exists(), "its membership file goes with it");
+        assert!(store.group("rejoined").is_some(), "held, with a member");
+        assert!(
+            store.group("recent").is_some(),
+            "committed within the retention"
+        );
+        drop(store);
+        let store = OffsetStore::open(path).unwrap();
+        let mut left: Vec<String> = store.groups().into_iter().map(|g| g.group).collect();
+        left.sort();
+        assert_eq!(left, vec!["recent", "rejoined"], "durably");
     }
 
     #[test]
@@ -3300,10 +3368,7 @@ mod tests {
         let store = OffsetStore::open(path.clone()).unwrap();
         // Partition 1 committed now; partition 0 eight days ago.
         store.commit("simple", None, vec![commit(1)]).unwrap();
-        let c = GroupCoordinator {
-            started: Moment::stored(now.wall - 9 * DAY),
-            ..coordinator()
-        };
+        let c = coordinator();
         let week = 7 * DAY;
         assert_eq!(
             c.expire_offsets(&store, week, now).unwrap(),
@@ -3351,11 +3416,8 @@ mod tests {
         backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
-        // A broker up for 8 days; "active" has a member, "recent"'s just left.
-        let c = GroupCoordinator {
-            started: Moment::stored(now.wall - 8 * DAY),
-            ..coordinator()
-        };
+        // "active" has a member, "recent"'s just left.
+        let c = coordinator();
         let join = |g: &str| {
             let r = JoinRequest {
                 group: g.into(),
@@ -3440,10 +3502,7 @@ mod tests {
         backdate(&path, now.wall + YEAR);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
-        let c = GroupCoordinator {
-            started: Moment::stored(now.wall - 9 * DAY),
-            ..coordinator()
-        };
+        let c = coordinator();
         let week = 7 * DAY;
         assert!(c.expire_offsets(&store, week, now).unwrap().is_empty());
         assert!(c

@@ -222,6 +222,11 @@ pub enum ProduceError {
     /// until a retry of the change stores it, which may come at any moment
     /// (answered as a storage error, which clients retry).
     ConfigsNotDurable(String),
+    /// The disk is nearly full: the space reserve is not held for want of
+    /// room, and produces are refused until it is taken again
+    /// ([`space_reserve::SpaceReserve::short`]; answered as a storage error,
+    /// which clients retry).
+    SpaceShort(String),
     /// Waiting for pipeline capacity, or for room to decompress the batch,
     /// took longer than the request timeout.
     Timeout,
@@ -2747,7 +2752,15 @@ impl TopicManager {
         partition: &Partition,
         before: i64,
     ) -> std::result::Result<i64, partition::DeleteRecordsError> {
-        partition.delete_records_with(before, Some(&self.shared.reserve))
+        let deleted = partition.delete_records_with(before, Some(&self.shared.reserve));
+        // Given back to it, the reserve is taken again once the deletion
+        // freed room for it, so that produces are taken again at once (see
+        // `SpaceReserve::short`), not at the next retention pass or a
+        // refused produce's look.
+        if self.shared.reserve.is_short() {
+            self.shared.reserve.refill();
+        }
+        deleted
     }
 
     /// The partition `index` of `topic`.
@@ -3706,6 +3719,16 @@ impl TopicManager {
                 "a change to the topic's configs may not survive a power loss ({why}); \
                  produces are refused until a retry of the change stores it durably"
             )));
+        }
+        if let Some(why) = self.shared.reserve.short() {
+            if self.shared.reserve.retake_due() {
+                // Looked for on a blocking thread (statvfs, fallocate); this
+                // produce is refused all the same, and its retry finds the
+                // answer.
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.shared.reserve.refill());
+            }
+            return Err(ProduceError::SpaceShort(why));
         }
         let p = usize::try_from(partition)
             .ok()
@@ -4871,6 +4894,44 @@ mod tests {
         m.shutdown().unwrap();
     }
 
+    /// While the space reserve is given back (or found no room), produces
+    /// are refused, so that the room it would take is not filled: the writes
+    /// that free space had none left, and a start after them (one made again
+    /// for want of space finds no room to take the reserve) nothing to give
+    /// back. A refused produce has the reserve look for room again (once a
+    /// second), and produces are taken again once it holds it.
+    #[test]
+    fn produces_are_refused_while_the_reserve_is_short() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = two_worker_runtime();
+        let m = TopicManager::new(config(tmp.path())).unwrap();
+        m.create_topic("t", 1).unwrap();
+        assert_eq!(produce_to(&rt, &m, "t", &batch_at(0, &[b"a"])), Ok(0));
+        assert!(m.shared.reserve.release());
+        match produce_to(&rt, &m, "t", &batch_at(0, &[b"b"])) {
+            Err(ProduceError::SpaceShort(why)) => {
+                assert!(why.contains("produces are refused"), "{why}");
+            }
+            other => panic!("a produce while the reserve is short: {other:?}"),
+        }
+        // The disk has room: a later produce finds the reserve taken again
+        // (by a refused one's look) and is stored.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let offset = loop {
+            match produce_to(&rt, &m, "t", &batch_at(0, &[b"c"])) {
+                Ok(offset) => break offset,
+                Err(ProduceError::SpaceShort(_)) => {
+                    assert!(Instant::now() < deadline, "the reserve never taken again");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(offset, 1, "the refused produces stored nothing");
+        assert!(m.shared.reserve.is_held());
+        m.shutdown().unwrap();
+    }
+
     /// Checkpoints go on during a long retention pass: it ran on the
     /// checkpoint thread, and without a WAL acknowledged records stayed in
     /// the page cache alone (`--checkpoint-ms` promises them durable within
@@ -4902,9 +4963,9 @@ mod tests {
         m.shutdown().unwrap();
     }
 
-    /// After a start out of space the first retention pass runs at the first
-    /// checkpoint, not a retention interval (5 minutes) later: until it
-    /// frees space, producers fill what the reserve gave back.
+    /// After a start out of space the first retention pass runs at once,
+    /// not a retention interval (5 minutes) later: until it frees space,
+    /// producers fill what the reserve gave back.
     #[test]
     fn a_start_out_of_space_runs_retention_at_once() {
         use crate::storage::batch::tests::make_timed_batch;

@@ -17,14 +17,19 @@
 //! again ([`SpaceReserve::refill`]) once the file system has room for it
 //! twice over, so that taking it leaves at least as much free (after a start
 //! that failed for want of space and was made again, once it has room for
-//! it: see `TopicManager::new`). Nothing else
+//! it: see `TopicManager::new`). Produces are refused while it is not held
+//! for want of room ([`SpaceReserve::short`]). Nothing else
 //! reads the file: a crash leaves it as it was, and the next start holds it
 //! as it finds it (or allocates it again).
 
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
 };
 
 /// The reserve's default size: room for the producer snapshot or group files
@@ -36,12 +41,22 @@ pub(crate) const RESERVE_BYTES: u64 = 4 << 20;
 /// The reserve's file in the data directory.
 pub(crate) const RESERVE_NAME: &str = "space.reserve";
 
+/// How often a produce refused for want of the reserve
+/// ([`SpaceReserve::short`]) has it looked for room again, at most.
+const RETAKE_EVERY: Duration = Duration::from_secs(1);
+
 /// The reserve: its file, and whether the file holds its blocks now.
 #[derive(Debug)]
 pub(crate) struct SpaceReserve {
     path: PathBuf,
     bytes: u64,
     held: Mutex<bool>,
+    /// Not held for want of room: given back to a write that failed for want
+    /// of space, or not taken because the file system had too little free.
+    /// Produces are refused meanwhile (see [`SpaceReserve::short`]).
+    short: AtomicBool,
+    /// When a produce last had the reserve look for room.
+    last_retake: Mutex<Option<Instant>>,
 }
 
 impl SpaceReserve {
@@ -71,6 +86,8 @@ impl SpaceReserve {
             path: data_dir.join(RESERVE_NAME),
             bytes,
             held: Mutex::new(false),
+            short: AtomicBool::new(false),
+            last_retake: Mutex::new(None),
         };
         let whole = std::fs::symlink_metadata(&reserve.path)
             .ok()
@@ -133,7 +150,8 @@ impl SpaceReserve {
             return false;
         }
         *held = false;
-        tracing::warn!(file = %self.path.display(), bytes = self.bytes, "the disk is full: giving back the space kept for the writes that free space");
+        self.short.store(true, Ordering::Release);
+        tracing::warn!(file = %self.path.display(), bytes = self.bytes, "the disk is full: giving back the space kept for the writes that free space; produces are refused until it is taken again");
         // Under the lock: a refill meanwhile would make the file anew, and
         // this removal would then take it away from a reserve marked held.
         self.remove();
@@ -183,6 +201,7 @@ impl SpaceReserve {
                     bytes = self.bytes,
                     "no room to keep the space reserve yet"
                 );
+                self.short.store(true, Ordering::Release);
                 return;
             }
             _ => {}
@@ -190,13 +209,65 @@ impl SpaceReserve {
         match take(&self.path, self.bytes) {
             Ok(()) => {
                 *held = true;
-                tracing::debug!(file = %self.path.display(), bytes = self.bytes, "space reserve taken");
+                if self.short.swap(false, Ordering::AcqRel) {
+                    tracing::info!(file = %self.path.display(), bytes = self.bytes, "space reserve taken again: produces are taken again");
+                } else {
+                    tracing::debug!(file = %self.path.display(), bytes = self.bytes, "space reserve taken");
+                }
             }
             Err(e) => {
+                // For want of room, produces wait for it; otherwise (a file
+                // system that cannot allocate it) they do not: nothing would
+                // ever give it.
+                let for_room = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                );
+                self.short.store(for_room, Ordering::Release);
                 tracing::warn!(file = %self.path.display(), bytes = self.bytes, error = %e, "could not take the space kept for the writes that free space; tried again after each retention pass");
                 self.remove();
             }
         }
+    }
+
+    /// Why produces are refused, while the reserve is not held for want of
+    /// room: producers filling the space it would take left the writes that
+    /// free space nothing to write with, and a start after them nothing to
+    /// give back (a start that failed for want of space and was made again
+    /// often finds no room to take the reserve). `None` once it is held again,
+    /// or when it is not kept (`bytes` 0), or could not be taken for another
+    /// reason.
+    pub(crate) fn short(&self) -> Option<String> {
+        if !self.is_short() {
+            return None;
+        }
+        Some(format!(
+            "the disk is nearly full: produces are refused until the {} bytes kept for \
+             the writes that free space ({}) can be taken again, with as much again free \
+             (retention frees space, or free some by hand)",
+            self.bytes,
+            self.path.display()
+        ))
+    }
+
+    /// Whether the reserve is not held for want of room ([`SpaceReserve::short`]).
+    pub(crate) fn is_short(&self) -> bool {
+        self.short.load(Ordering::Acquire)
+    }
+
+    /// Whether a produce refused for want of the reserve should have it look
+    /// for room again now (at most every [`RETAKE_EVERY`]); the look is the
+    /// caller's ([`SpaceReserve::refill`], blocking).
+    pub(crate) fn retake_due(&self) -> bool {
+        let mut last = self
+            .last_retake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < RETAKE_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     fn remove(&self) {
@@ -350,6 +421,40 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
     }
 
+    /// The reserve is short (produces are refused) from when it is given
+    /// back, or finds no room, until it is taken again; a reserve not kept
+    /// is never short.
+    #[test]
+    fn the_reserve_is_short_while_not_held_for_want_of_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        assert!(r.short().is_none());
+        assert!(r.release());
+        let why = r.short().expect("short once given back");
+        assert!(why.contains("produces are refused"), "{why}");
+        assert!(why.contains(RESERVE_NAME), "{why}");
+        set_test_free_bytes(Some(3 << 19));
+        r.refill();
+        assert!(!r.is_held());
+        assert!(r.short().is_some(), "still short without room twice over");
+        set_test_free_bytes(None);
+        r.refill();
+        assert!(r.is_held());
+        assert!(r.short().is_none());
+        // Found without room at the start: short until taken.
+        let other = tempfile::tempdir().unwrap();
+        set_test_free_bytes(Some(1 << 20));
+        let r = SpaceReserve::open(other.path(), 1 << 20);
+        set_test_free_bytes(None);
+        assert!(!r.is_held());
+        assert!(r.short().is_some());
+        let none = tempfile::tempdir().unwrap();
+        let r = SpaceReserve::open(none.path(), 0);
+        assert!(!r.release());
+        r.refill();
+        assert!(r.short().is_none(), "no reserve kept, none wanted");
+    }
+
     /// A reserve an earlier run left is held as it is: a start on a nearly
     /// full disk could not allocate it again, and held its blocks without
     /// knowing it, so it never gave them back. One left in part is removed.
@@ -370,6 +475,8 @@ mod tests {
             path: dir.path().join(RESERVE_NAME),
             bytes: 1 << 20,
             held: Mutex::new(false),
+            short: AtomicBool::new(false),
+            last_retake: Mutex::new(None),
         };
         assert!(!r.in_place());
         let r = SpaceReserve::open(dir.path(), 1 << 20);

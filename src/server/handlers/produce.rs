@@ -46,7 +46,9 @@ pub(crate) fn error_code(e: &ProduceError) -> i16 {
         ProduceError::InvalidBatch(_) => codes::INVALID_RECORD,
         ProduceError::TooLarge(_) => codes::MESSAGE_TOO_LARGE,
         ProduceError::BatchTooLarge(_) => codes::RECORD_BATCH_TOO_LARGE,
-        ProduceError::Storage(_) | ProduceError::ConfigsNotDurable(_) => codes::KAFKA_STORAGE_ERROR,
+        ProduceError::Storage(_)
+        | ProduceError::ConfigsNotDurable(_)
+        | ProduceError::SpaceShort(_) => codes::KAFKA_STORAGE_ERROR,
         ProduceError::Timeout => codes::REQUEST_TIMED_OUT,
         ProduceError::ShuttingDown => codes::NOT_LEADER_OR_FOLLOWER,
         ProduceError::InvalidAcks => codes::INVALID_REQUIRED_ACKS,
@@ -68,7 +70,8 @@ fn message(e: &ProduceError) -> String {
         ProduceError::TooLarge(s)
         | ProduceError::BatchTooLarge(s)
         | ProduceError::Storage(s)
-        | ProduceError::ConfigsNotDurable(s) => s.clone(),
+        | ProduceError::ConfigsNotDurable(s)
+        | ProduceError::SpaceShort(s) => s.clone(),
         // Any of the waits a produce may time out in: for the decompression
         // budget or a validation slot (CPU load, not the disk), or for write
         // capacity.
@@ -157,6 +160,7 @@ fn heap_bytes(e: &ProduceError) -> usize {
         | ProduceError::BatchTooLarge(m)
         | ProduceError::Storage(m)
         | ProduceError::ConfigsNotDurable(m)
+        | ProduceError::SpaceShort(m)
         | ProduceError::OutOfOrderSequence(m)
         | ProduceError::InvalidProducerEpoch(m) => m.capacity(),
         ProduceError::InvalidRecord { message, records }
