@@ -38,8 +38,11 @@
 //!   the WAL reports the failure;
 //! - a clean close leaves nothing for a power loss to take.
 //!
-//! `SIM_SEEDS` (default 2000) seeds run from `SIM_SEED_START` (default 1);
-//! `SIM_SEED=N` replays one seed. A failure prints its seed.
+//! `SIM_SEEDS` seeds run from `SIM_SEED_START`; `SIM_SEED=N` replays one seed.
+//! A failure prints its seed. Without them the test runs seeds 1-1000, the same
+//! at every run, and 1,000 more that change every day (from 1,000,001 + 1,000 ×
+//! the days since the Unix epoch, printed), so that CI runs meet fault
+//! schedules no run met before.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -771,10 +774,20 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
     let root = scratch_root();
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
         Some(s) => vec![s],
-        None => {
-            let start = env_u64("SIM_SEED_START").unwrap_or(1);
-            (start..start + env_u64("SIM_SEEDS").unwrap_or(2000)).collect()
-        }
+        None => match env_u64("SIM_SEED_START") {
+            Some(start) => (start..start + env_u64("SIM_SEEDS").unwrap_or(2000)).collect(),
+            None => {
+                let days = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() / 86_400);
+                let today = 1_000_001 + 1_000 * days;
+                eprintln!(
+                    "sim: seeds 1-1000 and {today}-{} (today's; replay one with SIM_SEED=N)",
+                    today + 999
+                );
+                (1..=1000).chain(today..today + 1000).collect()
+            }
+        },
     };
     let total = seeds.len();
     let next = AtomicU64::new(0);
