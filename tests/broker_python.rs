@@ -7,8 +7,115 @@
 mod broker_support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use broker_support::{kcat_from_start, python_client, python_client_env, records, Broker};
+use broker_support::{
+    client_script, kcat_from_start, python, python_client, python_client_env, records,
+    wait_timeout, Broker,
+};
+
+/// A `kafka_client.py` run in the background. Each line it prints goes to the
+/// channel it was started with as soon as it is printed, so that a test can act
+/// on what the client has seen (an assignment, a state) rather than on how long
+/// it has run: two clients started together can be ready seconds apart.
+struct Background {
+    what: String,
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Background {
+    /// Starts the client with `args` and `env`; its lines go to `lines`, tagged `id`.
+    fn start(
+        id: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+        lines: &mpsc::Sender<(usize, String)>,
+    ) -> Background {
+        let mut child = Command::new(python())
+            .arg(client_script("kafka_client.py"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let out = child.stdout.take().expect("stdout");
+        let tx = lines.clone();
+        let stdout = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                // The test may have stopped listening; the line is kept all the same.
+                let _ = tx.send((id, line));
+            }
+            all
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            let _ = err.read_to_string(&mut all);
+            all
+        });
+        Background {
+            what: format!("kafka_client.py {args:?}"),
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits up to 2 minutes for the client to exit; asserts it succeeded and
+    /// returns everything it printed.
+    fn finish(&mut self) -> String {
+        let status = wait_timeout(&mut self.child, Duration::from_secs(120));
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let stdout = self
+            .stdout
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} failed ({status:?}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            self.what
+        );
+        stdout
+    }
+}
+
+impl Drop for Background {
+    /// A test that fails before its clients end does not leave them running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The partitions after the time stamp of a `group-watch` line
+/// (`"ASSIGNED t p ..."` or `"REVOKED t p ..."`).
+fn watched_partitions(rest: &str) -> BTreeSet<i32> {
+    rest.split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
 
 #[test]
 fn confluent_kafka_acks_all_assign_and_group_commits_survive_restart() {
@@ -147,6 +254,11 @@ fn deleted_topic_stays_deleted_after_recreate_and_kill9() {
     }
 }
 
+/// Two members of one group split its four partitions between them. Each
+/// member's assignment is followed as the rebalances come, and both stay in the
+/// group until they hold a split or a minute has passed: however far apart the
+/// two clients start, neither leaves (and so rebalances the other) before the
+/// split is seen.
 #[test]
 fn two_group_members_split_the_partitions() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,46 +271,56 @@ fn two_group_members_split_the_partitions() {
         "ACK",
     );
     assert_eq!(acks.len(), 40);
-    let addr = broker.addr.clone();
-    let members: Vec<_> = (0..2)
-        .map(|_| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                python_client(
-                    "kafka_client.py",
-                    &["group-hold", &addr, "shared", "pair", "8"],
-                )
-            })
+    let stop = tmp.path().join("pair-stop");
+    let stop_env = stop.to_str().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    let mut members: Vec<Background> = (0..2)
+        .map(|i| {
+            Background::start(
+                i,
+                &["group-watch", &broker.addr, "shared", "pair", "90"],
+                &[("WATCH_STOP_FILE", &stop_env)],
+                &tx,
+            )
         })
         .collect();
-    let outputs: Vec<String> = members.into_iter().map(|m| m.join().unwrap()).collect();
-    let assignments: Vec<BTreeSet<i32>> = outputs
-        .iter()
-        .map(|o| {
-            let line = o
-                .lines()
-                .find(|l| l.starts_with("ASSIGNMENT"))
-                .unwrap_or_else(|| panic!("no assignment printed:\n{o}"));
-            line.split_whitespace()
-                .skip(1)
-                .map(|p| p.parse().unwrap())
-                .collect()
-        })
-        .collect();
+    drop(tx);
+    let every: BTreeSet<i32> = (0..4).collect();
+    let split = |held: &[BTreeSet<i32>; 2]| {
+        !held[0].is_empty()
+            && !held[1].is_empty()
+            && held[0].is_disjoint(&held[1])
+            && held[0].union(&held[1]).copied().collect::<BTreeSet<i32>>() == every
+    };
+    // What each member holds: what it was assigned, less what was revoked since.
+    let mut held = [BTreeSet::new(), BTreeSet::new()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !split(&held) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((i, line)) => {
+                if let Some(rest) = line.strip_prefix("ASSIGNED ") {
+                    held[i].extend(watched_partitions(rest));
+                } else if let Some(rest) = line.strip_prefix("REVOKED ") {
+                    held[i].retain(|p| !watched_partitions(rest).contains(p));
+                }
+            }
+            // The minute is over, or both members exited.
+            Err(_) => break,
+        }
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let outputs: Vec<String> = members.iter_mut().map(|m| m.finish()).collect();
+    let transcripts = format!("{}\n{}", outputs[0], outputs[1]);
     assert!(
-        !assignments[0].is_empty() && !assignments[1].is_empty(),
-        "both members got partitions: {assignments:?}"
+        !held[0].is_empty() && !held[1].is_empty(),
+        "both members got partitions: {held:?}\n{transcripts}"
     );
     assert!(
-        assignments[0].is_disjoint(&assignments[1]),
-        "no partition assigned twice: {assignments:?}"
+        held[0].is_disjoint(&held[1]),
+        "no partition assigned twice: {held:?}\n{transcripts}"
     );
-    let all: BTreeSet<i32> = assignments[0].union(&assignments[1]).copied().collect();
-    assert_eq!(
-        all,
-        (0..4).collect::<BTreeSet<i32>>(),
-        "every partition assigned"
-    );
+    let all: BTreeSet<i32> = held[0].union(&held[1]).copied().collect();
+    assert_eq!(all, every, "every partition assigned\n{transcripts}");
 }
 
 /// Static membership with librdkafka (`group.instance.id`, KIP-345): a static
@@ -308,23 +430,58 @@ fn admin_client_lists_describes_and_deletes_a_consumer_group() {
         "ACK",
     );
     assert_eq!(acks.len(), 4);
-    let addr = broker.addr.clone();
-    let holder = std::thread::spawn(move || {
-        python_client(
-            "kafka_client.py",
-            &["group-hold", &addr, "watched-topic", "watched", "6"],
-        )
-    });
-    let admin = python_client(
-        "kafka_client.py",
-        &["group-admin", &broker.addr, "watched", "15"],
+    // The member stays until the AdminClient has tried to delete the group it
+    // holds, however long either client takes to start, and then leaves, which
+    // the AdminClient waits for next.
+    let stop = tmp.path().join("holder-stop");
+    let stop_env = stop.to_str().unwrap().to_string();
+    let (holder_tx, _holder_rx) = mpsc::channel();
+    let mut holder = Background::start(
+        0,
+        &[
+            "group-watch",
+            &broker.addr,
+            "watched-topic",
+            "watched",
+            "90",
+        ],
+        &[("WATCH_STOP_FILE", &stop_env)],
+        &holder_tx,
     );
-    let held = holder.join().unwrap();
-    let assignment = held
+    let (admin_tx, admin_rx) = mpsc::channel();
+    let mut admin = Background::start(
+        1,
+        &["group-admin", &broker.addr, "watched", "60"],
+        &[],
+        &admin_tx,
+    );
+    drop(admin_tx);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match admin_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((_, line)) if line.starts_with("DELETE") => break,
+            Ok(_) => {}
+            // The AdminClient exited early, or it is stuck: its transcript says which.
+            Err(_) => break,
+        }
+    }
+    std::fs::write(&stop, b"").unwrap();
+    let admin = admin.finish();
+    let held = holder.finish();
+    let assigned = held
         .lines()
-        .find_map(|l| l.strip_prefix("ASSIGNMENT "))
+        .rev()
+        .find_map(|l| l.strip_prefix("ASSIGNED "))
         .unwrap_or_else(|| panic!("no assignment printed:\n{held}"));
-    assert_eq!(assignment, "0 1", "the only member holds both partitions");
+    let assignment = watched_partitions(assigned)
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        assignment, "0 1",
+        "the only member holds both partitions:\n{held}"
+    );
 
     let lines: Vec<&str> = admin.lines().collect();
     let member = lines

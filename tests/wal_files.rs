@@ -988,19 +988,24 @@ fn closed_wal_rejects_appends_and_async_appends_work() {
 /// Producers appending while another handle closes the WAL: each append resolves,
 /// either acknowledged (and then recovered, since closing syncs everything in any
 /// mode) or `Closed`, and nothing is acknowledged to a producer after it saw
-/// `Closed`.
+/// `Closed`. The close comes a moment after the first acknowledgement, not a
+/// fixed time after the producers were started, so that a producer thread that
+/// the scheduler runs late cannot leave nothing acknowledged.
 #[test]
 fn appends_racing_a_close_are_acknowledged_or_closed_never_lost_or_stuck() {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::mpsc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
     for backend in BACKENDS {
         for mode in [SyncMode::EveryWrite, SyncMode::Interval] {
             let dir = tempfile::tempdir().unwrap();
             let cfg = config(backend, mode);
             let (wal, _) = open(dir.path(), cfg.clone());
             let (tx, rx) = mpsc::channel();
+            // Acknowledgements the producers have seen so far.
+            let acks = Arc::new(AtomicU64::new(0));
             for p in 0..4u64 {
-                let (wal, tx) = (wal.clone(), tx.clone());
+                let (wal, tx, acks) = (wal.clone(), tx.clone(), acks.clone());
                 std::thread::spawn(move || {
                     let mut acked = Vec::new();
                     for i in 0.. {
@@ -1008,7 +1013,10 @@ fn appends_racing_a_close_are_acknowledged_or_closed_never_lost_or_stuck() {
                             .append("r", p as i32, Bytes::from(payload(p * 1_000_000 + i, 300)))
                             .wait()
                         {
-                            Ok(seq) => acked.push((seq, p * 1_000_000 + i)),
+                            Ok(seq) => {
+                                acked.push((seq, p * 1_000_000 + i));
+                                acks.fetch_add(1, Ordering::SeqCst);
+                            }
                             Err(Error::Closed) => break,
                             Err(e) => panic!("{backend} {mode}: producer {p}: {e}"),
                         }
@@ -1022,6 +1030,15 @@ fn appends_racing_a_close_are_acknowledged_or_closed_never_lost_or_stuck() {
                 });
             }
             drop(tx);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while acks.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{backend} {mode}: nothing acknowledged in 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // The producers are appending when the close comes.
             std::thread::sleep(Duration::from_millis(30));
             wal.close().unwrap();
             let mut acked = Vec::new();

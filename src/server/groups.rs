@@ -1489,6 +1489,10 @@ impl Drop for CommitInFlight {
 #[derive(Debug)]
 pub struct GroupCoordinator {
     groups: Mutex<Groups>,
+    /// When this coordinator started: a consumer group it does not hold is not
+    /// expired until the longest session timeout has passed since (its members
+    /// rejoin within it, see [`GroupCoordinator::expire_group`]).
+    started: Moment,
     /// The stored times expiry passes found ahead of the clock.
     ages: Ages,
     /// The session timeouts a JoinGroup may ask for.
@@ -1741,6 +1745,7 @@ impl GroupCoordinator {
         let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
         GroupCoordinator {
             groups: Mutex::default(),
+            started: Moment::now(),
             ages: Ages::default(),
             session_timeouts: ms(config.min_session_timeout_ms)..=ms(config.max_session_timeout_ms),
             meta: None,
@@ -2748,7 +2753,8 @@ impl GroupCoordinator {
     /// commit for `retention` at `now` (Kafka's `offsets.retention.minutes`, as
     /// KIP-211 counts it: from when the group became empty, or from its last
     /// commit if later; a group this coordinator does not hold ages from its
-    /// last commit alone). Ages are taken as [`crate::storage::moment`] says: a
+    /// last commit alone, once its members have had a session timeout to
+    /// join again). Ages are taken as [`crate::storage::moment`] says: a
     /// clock stepped either way neither keeps a group for the step nor expires
     /// one early, save for stored times taken while the clock was behind. Each deletion goes through
     /// [`GroupCoordinator::begin_delete`], so a member joining meanwhile keeps the
@@ -2810,10 +2816,12 @@ impl GroupCoordinator {
         pass: &Pass<'_>,
     ) -> crate::error::Result<bool> {
         let stale = |at: Moment| pass.age(at) > retention;
-        let (empty_since, had_members) = {
+        let (empty_since, had_members, held) = {
             let groups = self.lock();
             match groups.get(group) {
-                Some(g) if g.state == State::Empty => (g.empty_since, g.protocol_type.is_some()),
+                Some(g) if g.state == State::Empty => {
+                    (g.empty_since, g.protocol_type.is_some(), true)
+                }
                 // A stable consumer group keeps the positions of the topics its
                 // members subscribe to; those of any other topic expire one by
                 // one, each from its own commit (Kafka's KIP-496).
@@ -2834,16 +2842,16 @@ impl GroupCoordinator {
                 Some(_) => return Ok(false),
                 // Not held: no member joined since the start, and its
                 // membership was never stored or could not be loaded (a
-                // damaged file, a lost directory). Its last commit is the
-                // newest time stored for it, as Kafka ages a group without a
-                // state time from its commits: counted from the start instead,
-                // a broker restarted more often than the retention kept the
+                // damaged file, a lost directory). It ages from its last
+                // commit, the newest time stored for it, as Kafka ages a group
+                // without a state time: counted from the start instead, a
+                // broker restarted more often than the retention kept the
                 // group forever. A member of it still running has its next
-                // heartbeat refused (UNKNOWN_MEMBER_ID) and joins again
-                // seconds after the start (the server's first pass comes an
-                // `--offsets-retention-check-interval-ms` after it), and the
-                // coordinator then holds the group.
-                None => (last_commit, false),
+                // heartbeat refused (UNKNOWN_MEMBER_ID) and joins again, which
+                // the coordinator then holds: a heartbeat comes within the
+                // member's session timeout, so a consumer group is not judged
+                // before the longest one has passed since the start (below).
+                None => (last_commit, false, false),
             }
         };
         // Simple: offsets committed without membership, and no members since
@@ -2852,6 +2860,9 @@ impl GroupCoordinator {
             && store
                 .group(group)
                 .is_some_and(|g| g.protocol_type.is_none());
+        if !simple && !held && pass.age(self.started) <= *self.session_timeouts.end() {
+            return Ok(false);
+        }
         if simple {
             // A simple group's positions expire one by one, each from its own
             // commit, as Kafka expires a standalone group's offsets.
@@ -3269,7 +3280,10 @@ mod tests {
         let a = path.join("61.json");
         std::fs::remove_file(&a).unwrap();
         std::fs::create_dir_all(a.join("in-the-way")).unwrap();
-        let c = coordinator();
+        let c = GroupCoordinator {
+            started: Moment::stored(now.wall - 9 * DAY),
+            ..coordinator()
+        };
         let e = c.expire_offsets(&store, 7 * DAY, now).unwrap_err();
         assert!(e.to_string().contains("61.json"), "{e}");
         assert!(store.group("a").is_some(), "kept");
@@ -3285,9 +3299,11 @@ mod tests {
     /// membership never stored, or stored in a file that does not parse) ages
     /// from its last commit as stored, as Kafka ages a group without a state
     /// time. It counted as empty since the start, so a broker restarted more
-    /// often than the retention never expired it: a coordinator opened now
-    /// kept groups last committed to 8 days ago. One whose member joins again
-    /// after the start is held, and kept.
+    /// often than the retention never expired it: a coordinator opened an hour
+    /// ago kept groups last committed to 8 days ago. None is judged before the
+    /// longest session timeout (30 minutes) has passed since the start, within
+    /// which a live member's heartbeat comes and has it join again; one whose
+    /// member joined again is held, and kept.
     #[test]
     fn a_group_not_held_at_the_start_expires_from_its_last_commit() {
         const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -3326,7 +3342,14 @@ mod tests {
             ..req("")
         });
         assert_eq!(joined.try_recv().unwrap().error, codes::NONE);
-
+        assert!(
+            c.expire_offsets(&store, 7 * DAY, now).unwrap().is_empty(),
+            "judged before a member could join again"
+        );
+        let c = GroupCoordinator {
+            started: Moment::stored(now.wall - Duration::from_secs(3600)),
+            ..c
+        };
         assert_eq!(
             c.expire_offsets(&store, 7 * DAY, now).unwrap(),
             vec!["lost", "refused"]
@@ -3368,7 +3391,10 @@ mod tests {
         let store = OffsetStore::open(path.clone()).unwrap();
         // Partition 1 committed now; partition 0 eight days ago.
         store.commit("simple", None, vec![commit(1)]).unwrap();
-        let c = coordinator();
+        let c = GroupCoordinator {
+            started: Moment::stored(now.wall - 9 * DAY),
+            ..coordinator()
+        };
         let week = 7 * DAY;
         assert_eq!(
             c.expire_offsets(&store, week, now).unwrap(),
@@ -3416,8 +3442,11 @@ mod tests {
         backdate(&path, now.wall - 8 * DAY);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
-        // "active" has a member, "recent"'s just left.
-        let c = coordinator();
+        // A broker up for 8 days; "active" has a member, "recent"'s just left.
+        let c = GroupCoordinator {
+            started: Moment::stored(now.wall - 8 * DAY),
+            ..coordinator()
+        };
         let join = |g: &str| {
             let r = JoinRequest {
                 group: g.into(),
@@ -3502,7 +3531,10 @@ mod tests {
         backdate(&path, now.wall + YEAR);
         drop(store);
         let store = OffsetStore::open(path.clone()).unwrap();
-        let c = coordinator();
+        let c = GroupCoordinator {
+            started: Moment::stored(now.wall - 9 * DAY),
+            ..coordinator()
+        };
         let week = 7 * DAY;
         assert!(c.expire_offsets(&store, week, now).unwrap().is_empty());
         assert!(c

@@ -2500,7 +2500,14 @@ impl TopicManager {
                     bytes = shared.config.storage.space_reserve_bytes,
                     "serving without the space reserve: the start's writes took the room it gave \
                      back; it is taken once the file system has twice its size free, and until \
-                     then a full disk stops starts again (free space on the data disk)"
+                     then produces are refused (free space on the data disk)"
+                );
+            } else if shared.reserve.is_short() {
+                tracing::warn!(
+                    bytes = shared.config.storage.space_reserve_bytes,
+                    "the space reserve is taken again, with less than its size free besides: \
+                     produces are refused until that much is free (retention runs at once; \
+                     free space on the data disk)"
                 );
             }
         }
@@ -2581,6 +2588,13 @@ impl TopicManager {
     /// the storage threads take the lock without the turn, briefly.
     pub(crate) async fn admin_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.shared.admin_turn.lock().await
+    }
+
+    /// Makes each topic delete wait `pause` before it syncs the topic's
+    /// segments, with the topic out of the map and its name reserved (tests).
+    #[cfg(test)]
+    pub(crate) fn set_delete_sync_pause(&self, pause: Duration) {
+        *self.shared.delete_sync_pause.lock().unwrap() = pause;
     }
 
     /// Holds the topic-admin lock until `release` is sent or dropped, on a
@@ -2814,6 +2828,23 @@ impl TopicManager {
         partitions: i32,
     ) -> std::result::Result<Arc<Topic>, CreateError> {
         self.create_topic_waiting(name, partitions, TopicConfig::default(), Duration::ZERO)
+    }
+
+    /// [`TopicManager::create_topic_with`], refused at once with
+    /// [`CreateError::BeingDeleted`] while a topic of the name is being
+    /// deleted: for a caller that waits for the delete itself, without
+    /// holding what a create holds (the topic-admin turn, see
+    /// `server::handlers::topics::create_blocking`).
+    ///
+    /// # Errors
+    /// See [`CreateError`].
+    pub fn create_topic_now(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: TopicConfig,
+    ) -> std::result::Result<Arc<Topic>, CreateError> {
+        self.create_topic_waiting(name, partitions, configs, Duration::ZERO)
     }
 
     /// [`TopicManager::create_topic_with`], waiting at most `wait` for a
@@ -4866,6 +4897,10 @@ mod tests {
         assert!(
             m.shared.reserve.is_held(),
             "the reserve taken again after the start's writes"
+        );
+        assert!(
+            m.shared.reserve.is_short(),
+            "1 MiB free besides the reserve: produces are refused until its size is"
         );
         let p = m.partition("t", 0).unwrap();
         assert_eq!(p.log_end_offset(), 2, "both entries replayed");

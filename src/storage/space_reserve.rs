@@ -110,6 +110,7 @@ impl SpaceReserve {
             reserve.remove();
         } else if reserve.in_place() {
             *reserve.held.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            reserve.settle_short();
         } else {
             reserve.remove();
             if !take {
@@ -117,7 +118,7 @@ impl SpaceReserve {
             }
             reserve.refill();
             if !reserve.is_held_now() {
-                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has less than twice its size free; it is taken once it has");
+                tracing::warn!(file = %reserve.path.display(), bytes, "the space reserve is not taken: the file system has less than twice its size free; it is taken once it has, and produces are refused until then (free space on the data disk, or lower --space-reserve-bytes)");
             }
         }
         reserve
@@ -188,6 +189,11 @@ impl SpaceReserve {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if *held {
             if self.in_place() {
+                // Taken with less than its size free besides (a start made
+                // again for want of space): short until that much is free.
+                if self.is_short() {
+                    self.settle_short();
+                }
                 return;
             }
             // Removed from outside (by hand, on a full disk): taken again.
@@ -209,11 +215,12 @@ impl SpaceReserve {
         match take(&self.path, self.bytes) {
             Ok(()) => {
                 *held = true;
-                if self.short.swap(false, Ordering::AcqRel) {
-                    tracing::info!(file = %self.path.display(), bytes = self.bytes, "space reserve taken again: produces are taken again");
-                } else {
-                    tracing::debug!(file = %self.path.display(), bytes = self.bytes, "space reserve taken");
-                }
+                tracing::debug!(file = %self.path.display(), bytes = self.bytes, "space reserve taken");
+                // The free space tests set is taken from as the file system's is.
+                #[cfg(test)]
+                TEST_FREE_BYTES
+                    .with(|f| f.set(f.get().map(|free| free.saturating_sub(self.bytes))));
+                self.settle_short();
             }
             Err(e) => {
                 // For want of room, produces wait for it; otherwise (a file
@@ -230,8 +237,22 @@ impl SpaceReserve {
         }
     }
 
+    /// With the reserve held: short (produces refused) unless the file system
+    /// has as much again free, so that producers cannot fill the room the
+    /// writes it does not cover need (a start made again for want of space
+    /// takes it with less).
+    fn settle_short(&self) {
+        let roomy = free_bytes(self.path.parent().unwrap_or(Path::new(".")))
+            .is_none_or(|free| free >= self.bytes);
+        let was = self.short.swap(!roomy, Ordering::AcqRel);
+        if was && roomy {
+            tracing::info!(file = %self.path.display(), bytes = self.bytes, "space reserve taken again, with as much again free: produces are taken again");
+        }
+    }
+
     /// Why produces are refused, while the reserve is not held for want of
-    /// room: producers filling the space it would take left the writes that
+    /// room, or held with less than as much again free: producers filling the
+    /// space it would take left the writes that
     /// free space nothing to write with, and a start after them nothing to
     /// give back (a start that failed for want of space and was made again
     /// often finds no room to take the reserve). `None` once it is held again,
@@ -440,6 +461,29 @@ mod tests {
         set_test_free_bytes(None);
         r.refill();
         assert!(r.is_held());
+        assert!(r.short().is_none());
+        // Taken with less than its size free besides (a start made again for
+        // want of space takes it with room for it alone): short until that
+        // much is free, and then no longer.
+        assert!(r.release());
+        set_test_free_bytes(Some(3 << 19));
+        r.refill_leaving(0);
+        assert!(r.is_held());
+        assert!(
+            r.short().is_some(),
+            "taken, with half its size free besides"
+        );
+        set_test_free_bytes(Some(1 << 20));
+        r.refill();
+        assert!(r.short().is_none(), "its size free besides");
+        // Found in place on a disk without its size free besides: short.
+        drop(r);
+        set_test_free_bytes(Some(0));
+        let r = SpaceReserve::open(dir.path(), 1 << 20);
+        assert!(r.is_held());
+        assert!(r.short().is_some(), "held, with nothing free besides");
+        set_test_free_bytes(None);
+        r.refill();
         assert!(r.short().is_none());
         // Found without room at the start: short until taken.
         let other = tempfile::tempdir().unwrap();

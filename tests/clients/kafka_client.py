@@ -9,7 +9,6 @@ environment the producers are idempotent, with COMPRESSION=codec they compress):
   assign  BOOTSTRAP TOPIC PARTITIONS                assign() from the beginning to the end; "MSG p offset value"
   bench   BOOTSTRAP TOPIC COUNT SIZE PARTITIONS      acks=all throughput of the delivered messages, one JSON
                                                     line; exit 1 unless all delivered (see bench)
-  group-hold BOOTSTRAP TOPIC GROUP SECONDS          stay in the group; "ASSIGNMENT p ..." 2 s before leaving
   produce-keyed BOOTSTRAP TOPIC ROUNDS KEYS TAIL [CODEC]  keyed messages, a tombstone, one keyless message
                                                     (see produce_keyed)
   recreate BOOTSTRAP TOPIC PARTITIONS              AdminClient: delete TOPIC, create it again
@@ -256,22 +255,6 @@ def member(bootstrap, group_id, instance=None):
     if instance:
         conf["group.instance.id"] = instance
     return Consumer(conf)
-
-
-def group_hold(bootstrap, topic, group_id, seconds):
-    """Stays in the group for SECONDS; two seconds before leaving prints its assignment."""
-    c = member(bootstrap, group_id)
-    c.subscribe([topic])
-    start = time.time()
-    printed = False
-    while time.time() - start < seconds:
-        m = c.poll(0.1)
-        if m is not None and not m.error():
-            out("MSG %d %d %s" % (m.partition(), m.offset(), m.value().decode()))
-        if not printed and time.time() - start >= seconds - 2:
-            out("ASSIGNMENT " + " ".join(str(tp.partition) for tp in c.assignment()))
-            printed = True
-    c.close()
 
 
 def group_watch(bootstrap, topic, group_id, seconds, instance=None):
@@ -662,8 +645,6 @@ def main(argv):
         group(argv[2], argv[3], argv[4], int(argv[5]))
     elif cmd == "bench":
         bench(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
-    elif cmd == "group-hold":
-        group_hold(argv[2], argv[3], argv[4], float(argv[5]))
     elif cmd == "group-watch":
         group_watch(argv[2], argv[3], argv[4], float(argv[5]), argv[6] if len(argv) > 6 else None)
     elif cmd == "group-admin":

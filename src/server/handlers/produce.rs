@@ -205,16 +205,20 @@ fn kept_bytes(submitted: &[(kafka_protocol::messages::TopicName, Vec<(i32, Outco
 
 /// Whether `e`, refusing `records` before they were submitted, is one clients
 /// retry (the capacity or decompression wait timed out; the CRC did not
-/// match; the topic's configs are not yet durable; a batch of more than one record too large, which the Java producer
+/// match; the topic's configs are not yet durable; the space reserve is short;
+/// a batch of more than one record too large, which the Java producer
 /// splits and sends again from its first sequence): the batch will come
 /// again, after any the client pipelined behind it.
 fn retried_before_the_write(e: &ProduceError, records: &[u8]) -> bool {
     match e {
         // A refusal for configs not yet durable ends when a retry of their
-        // change stores them, which may come between two pipelined batches.
+        // change stores them, and one for a short reserve when it is taken
+        // again (a refused produce has it look for room): either may come
+        // between two pipelined batches.
         ProduceError::Timeout
         | ProduceError::InvalidBatch(BatchError::Crc { .. })
-        | ProduceError::ConfigsNotDurable(_) => true,
+        | ProduceError::ConfigsNotDurable(_)
+        | ProduceError::SpaceShort(_) => true,
         ProduceError::TooLarge(_) => {
             crate::storage::batch::parse_header(records).is_ok_and(|i| i.last_offset_delta > 0)
         }
@@ -475,12 +479,18 @@ mod tests {
     /// batches (a retry of the config change stores the file): like a
     /// timed-out one, it closes an idempotent producer's connection after
     /// its answer, so that a later batch cannot be stored before it.
+    /// So is one refused while the space reserve is short: the refusal ends
+    /// once it is taken again, which the refused produce itself starts.
     #[test]
     fn a_refusal_for_configs_not_durable_is_retried_before_the_write() {
         let records = crate::storage::batch::tests::make_batch(0, &[b"v"]);
-        let e = ProduceError::ConfigsNotDurable("not durable".into());
-        assert!(retried_before_the_write(&e, &records));
-        assert_eq!(error_code(&e), codes::KAFKA_STORAGE_ERROR);
+        for e in [
+            ProduceError::ConfigsNotDurable("not durable".into()),
+            ProduceError::SpaceShort("short".into()),
+        ] {
+            assert!(retried_before_the_write(&e, &records), "{e:?}");
+            assert_eq!(error_code(&e), codes::KAFKA_STORAGE_ERROR);
+        }
         assert!(!retried_before_the_write(
             &ProduceError::Storage("failed".into()),
             &records

@@ -27,7 +27,10 @@ use kafka_protocol::{
 
 use crate::{
     server::{codes, Ctx},
-    storage::{valid_topic_name, CreateError, DeleteRecordsError, Topic, TopicConfig},
+    storage::{
+        valid_topic_name, CreateError, DeleteRecordsError, Topic, TopicConfig,
+        CREATE_WAITS_FOR_DELETE,
+    },
 };
 
 use super::configs::created_topic_configs;
@@ -69,20 +72,38 @@ fn error_topic(name: Option<TopicName>, id: uuid::Uuid, error: i16) -> MetadataR
         .with_topic_authorized_operations(i32::MIN)
 }
 
-/// Creates `name` on a blocking thread (it creates and fsyncs files).
+/// Creates `name` on a blocking thread (it creates and fsyncs files), in the
+/// topic-admin turn ([`crate::server::admin_blocking`]). A delete of the name
+/// still running is waited for here, up to [`CREATE_WAITS_FOR_DELETE`], out
+/// of the turn: each try is refused at once while the delete runs, and the
+/// next comes [`DELETE_RETRY`] later. Waited for inside the turn, one create
+/// behind a delete held every other create, partition add and config change
+/// for as long.
 async fn create_blocking(
     ctx: &Ctx,
     name: String,
     partitions: i32,
     configs: TopicConfig,
 ) -> Result<Arc<Topic>, CreateError> {
-    let storage = ctx.storage.clone();
-    crate::server::admin_blocking(ctx, move || {
-        storage.create_topic_with(&name, partitions, configs)
-    })
-    .await
-    .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())))
+    let deadline = tokio::time::Instant::now() + CREATE_WAITS_FOR_DELETE;
+    loop {
+        let storage = ctx.storage.clone();
+        let (n, c) = (name.clone(), configs.clone());
+        let created =
+            crate::server::admin_blocking(ctx, move || storage.create_topic_now(&n, partitions, c))
+                .await
+                .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())));
+        match created {
+            Err(CreateError::BeingDeleted) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(DELETE_RETRY).await;
+            }
+            done => return done,
+        }
+    }
 }
+
+/// How often a create waiting for a delete of its name tries again.
+const DELETE_RETRY: Duration = Duration::from_millis(20);
 
 /// Every topic's name, by id.
 fn names_by_id(ctx: &Ctx) -> std::collections::HashMap<uuid::Uuid, String> {
@@ -2239,6 +2260,44 @@ mod tests {
             assert_eq!(r.topics[0].error_code, codes::NONE);
         }
         assert_eq!(ctx.storage.topics().len(), crate::server::WORK_AT_ONCE + 1);
+    }
+
+    /// A create of a name still being deleted waits for the delete out of
+    /// the topic-admin turn: other creates go on meanwhile. Inside the turn,
+    /// one such create held every create, partition add and config change
+    /// for as long as the delete ran (up to 30 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_waiting_for_a_delete_leaves_the_admin_turn_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::server::tests::ctx_with(dir.path(), Config::default()).await;
+        ctx.storage.create_topic("d", 1).unwrap();
+        ctx.storage.set_delete_sync_pause(Duration::from_secs(6));
+        let delete = {
+            let ctx = std::sync::Arc::clone(&ctx);
+            tokio::spawn(async move { ctx.storage.delete_topic("d").await })
+        };
+        // Out of the map, its name reserved until the delete ends.
+        while ctx.storage.topic("d").is_some() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let again = {
+            let ctx = std::sync::Arc::clone(&ctx);
+            tokio::spawn(async move {
+                create_blocking(&ctx, "d".into(), 1, TopicConfig::default()).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other = tokio::time::timeout(
+            Duration::from_secs(4),
+            create_blocking(&ctx, "x".into(), 1, TopicConfig::default()),
+        )
+        .await
+        .expect("another create goes on while one waits for a delete");
+        assert!(other.is_ok(), "{other:?}");
+        assert!(!again.is_finished(), "the create of d waits for its delete");
+        assert!(delete.await.unwrap().unwrap());
+        again.await.unwrap().unwrap();
+        assert!(ctx.storage.topic("d").is_some());
     }
 
     /// A Metadata request auto-creates at most its bound of topics: the names
