@@ -38,8 +38,9 @@
 //!   the WAL reports the failure;
 //! - a clean close leaves nothing for a power loss to take.
 //!
-//! `SIM_SEEDS` seeds run from `SIM_SEED_START`; `SIM_SEED=N` replays one seed.
-//! A failure prints its seed. Without them the test runs seeds 1-1000, the same
+//! `SIM_SEEDS` (default 2000) seeds run from `SIM_SEED_START` (default 1);
+//! `SIM_SEED=N` replays one seed. A failure prints its seed (a hang too, past
+//! the test harness's capture). Without any of them the test runs seeds 1-1000, the same
 //! at every run, and 1,000 more that change every day (from 1,000,001 + 1,000 ×
 //! the days since the Unix epoch, printed), so that CI runs meet fault
 //! schedules no run met before.
@@ -774,18 +775,25 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
     let root = scratch_root();
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
         Some(s) => vec![s],
-        None => match env_u64("SIM_SEED_START") {
-            Some(start) => (start..start + env_u64("SIM_SEEDS").unwrap_or(2000)).collect(),
-            None => {
+        None => match (env_u64("SIM_SEED_START"), env_u64("SIM_SEEDS")) {
+            (None, None) => {
                 let days = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() / 86_400);
                 let today = 1_000_001 + 1_000 * days;
-                eprintln!(
+                // Past the test harness's capture: a hang aborts the process,
+                // and its output would go with it.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "sim: seeds 1-1000 and {today}-{} (today's; replay one with SIM_SEED=N)",
                     today + 999
                 );
                 (1..=1000).chain(today..today + 1000).collect()
+            }
+            (start, seeds) => {
+                let start = start.unwrap_or(1);
+                (start..start + seeds.unwrap_or(2000)).collect()
             }
         },
     };
@@ -818,7 +826,9 @@ fn sim_power_loss_and_faults_keep_every_invariant() {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let hung: Vec<u64> = running.lock().unwrap().iter().filter(|(_, t)| t.elapsed().as_secs() >= 30).map(|(s, _)| *s).collect();
                 if !hung.is_empty() {
-                    eprintln!("FAILED seeds {hung:?}: still running after 30 s (hang)\n  replay: SIM_SEED={} cargo test --features sim --test sim_crash", hung[0]);
+                    // Past the capture: the abort ends the process with it.
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stderr(), "FAILED seeds {hung:?}: still running after 30 s (hang)\n  replay: SIM_SEED={} cargo test --features sim --test sim_crash", hung[0]);
                     std::process::abort();
                 }
             }

@@ -111,6 +111,9 @@ impl SpaceReserve {
         } else if reserve.in_place() {
             *reserve.held.lock().unwrap_or_else(PoisonError::into_inner) = true;
             reserve.settle_short();
+            if reserve.is_short() {
+                tracing::warn!(file = %reserve.path.display(), bytes = reserve.bytes, "the space reserve is held, but the file system has less than its size free besides: produces are refused until it has (free space on the data disk, or lower --space-reserve-bytes)");
+            }
         } else {
             reserve.remove();
             if !take {

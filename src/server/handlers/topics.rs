@@ -74,18 +74,21 @@ fn error_topic(name: Option<TopicName>, id: uuid::Uuid, error: i16) -> MetadataR
 
 /// Creates `name` on a blocking thread (it creates and fsyncs files), in the
 /// topic-admin turn ([`crate::server::admin_blocking`]). A delete of the name
-/// still running is waited for here, up to [`CREATE_WAITS_FOR_DELETE`], out
-/// of the turn: each try is refused at once while the delete runs, and the
-/// next comes [`DELETE_RETRY`] later. Waited for inside the turn, one create
-/// behind a delete held every other create, partition add and config change
-/// for as long.
+/// still running is waited for here, up to [`CREATE_WAITS_FOR_DELETE`] (and
+/// not past `until`, the request's own deadline), out of the turn: each try
+/// is refused at once while the delete runs, and the next comes
+/// [`DELETE_RETRY`] later. Waited for inside the turn, one create behind a
+/// delete held every other create, partition add and config change for as
+/// long.
 async fn create_blocking(
     ctx: &Ctx,
     name: String,
     partitions: i32,
     configs: TopicConfig,
+    until: Option<Instant>,
 ) -> Result<Arc<Topic>, CreateError> {
-    let deadline = tokio::time::Instant::now() + CREATE_WAITS_FOR_DELETE;
+    let waited = Instant::now() + CREATE_WAITS_FOR_DELETE;
+    let deadline = until.map_or(waited, |u| u.min(waited));
     loop {
         let storage = ctx.storage.clone();
         let (n, c) = (name.clone(), configs.clone());
@@ -94,7 +97,7 @@ async fn create_blocking(
                 .await
                 .unwrap_or_else(|e| Err(CreateError::Storage(e.to_string())));
         match created {
-            Err(CreateError::BeingDeleted) if tokio::time::Instant::now() < deadline => {
+            Err(CreateError::BeingDeleted) if Instant::now() + DELETE_RETRY < deadline => {
                 tokio::time::sleep(DELETE_RETRY).await;
             }
             done => return done,
@@ -544,7 +547,10 @@ pub(crate) async fn create(
         } else {
             let configs = configs.clone().unwrap_or_default();
             let started = Instant::now();
-            let created = create_blocking(ctx, name.clone(), parts, configs).await;
+            // A delete of the name is waited for until the request's deadline
+            // less the answer's way at most.
+            let until = deadline.map(|(d, fifth)| d.checked_sub(fifth).unwrap_or(d));
+            let created = create_blocking(ctx, name.clone(), parts, configs, until).await;
             longest = longest.max(started.elapsed());
             match created {
                 Ok(topic) => Ok(topic.id),
@@ -2265,7 +2271,8 @@ mod tests {
     /// A create of a name still being deleted waits for the delete out of
     /// the topic-admin turn: other creates go on meanwhile. Inside the turn,
     /// one such create held every create, partition add and config change
-    /// for as long as the delete ran (up to 30 s).
+    /// for as long as the delete ran (up to 30 s). A create whose request's
+    /// deadline comes first is answered then.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_create_waiting_for_a_delete_leaves_the_admin_turn_to_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -2280,16 +2287,28 @@ mod tests {
         while ctx.storage.topic("d").is_some() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // A create whose request has less time left than the delete takes
+        // is answered when its time is up, the delete still running.
+        let early = create_blocking(
+            &ctx,
+            "d".into(),
+            1,
+            TopicConfig::default(),
+            Some(Instant::now() + Duration::from_millis(300)),
+        )
+        .await;
+        assert!(matches!(early, Err(CreateError::BeingDeleted)), "{early:?}");
+        assert!(!delete.is_finished(), "answered before the delete ended");
         let again = {
             let ctx = std::sync::Arc::clone(&ctx);
             tokio::spawn(async move {
-                create_blocking(&ctx, "d".into(), 1, TopicConfig::default()).await
+                create_blocking(&ctx, "d".into(), 1, TopicConfig::default(), None).await
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         let other = tokio::time::timeout(
             Duration::from_secs(4),
-            create_blocking(&ctx, "x".into(), 1, TopicConfig::default()),
+            create_blocking(&ctx, "x".into(), 1, TopicConfig::default(), None),
         )
         .await
         .expect("another create goes on while one waits for a delete");
