@@ -223,7 +223,8 @@ pub enum ProduceError {
     /// (answered as a storage error, which clients retry).
     ConfigsNotDurable(String),
     /// The disk is nearly full: the space reserve is not held for want of
-    /// room, and produces are refused until it is taken again
+    /// room, or held with less than its size free besides, and produces are
+    /// refused until it is held with that much free
     /// ([`space_reserve::SpaceReserve::short`]; answered as a storage error,
     /// which clients retry).
     SpaceShort(String),
@@ -4934,7 +4935,8 @@ mod tests {
     /// that free space had none left, and a start after them (one made again
     /// for want of space finds no room to take the reserve) nothing to give
     /// back. A refused produce has the reserve look for room again (once a
-    /// second), and produces are taken again once it holds it.
+    /// second), and produces are taken again once it holds it with its size
+    /// free besides.
     #[test]
     fn produces_are_refused_while_the_reserve_is_short() {
         let tmp = tempfile::tempdir().unwrap();

@@ -18,7 +18,8 @@
 //! twice over, so that taking it leaves at least as much free (after a start
 //! that failed for want of space and was made again, once it has room for
 //! it: see `TopicManager::new`). Produces are refused while it is not held
-//! for want of room ([`SpaceReserve::short`]). Nothing else
+//! for want of room, or held with less than its size free besides
+//! ([`SpaceReserve::short`]). Nothing else
 //! reads the file: a crash leaves it as it was, and the next start holds it
 //! as it finds it (or allocates it again).
 
@@ -51,9 +52,10 @@ pub(crate) struct SpaceReserve {
     path: PathBuf,
     bytes: u64,
     held: Mutex<bool>,
-    /// Not held for want of room: given back to a write that failed for want
-    /// of space, or not taken because the file system had too little free.
-    /// Produces are refused meanwhile (see [`SpaceReserve::short`]).
+    /// Short of room: not held (given back to a write that failed for want of
+    /// space, or not taken because the file system had too little free), or
+    /// held with less than its size free besides. Produces are refused
+    /// meanwhile (see [`SpaceReserve::short`]).
     short: AtomicBool,
     /// When a produce last had the reserve look for room.
     last_retake: Mutex<Option<Instant>>,
@@ -254,13 +256,13 @@ impl SpaceReserve {
     }
 
     /// Why produces are refused, while the reserve is not held for want of
-    /// room, or held with less than as much again free: producers filling the
-    /// space it would take left the writes that
-    /// free space nothing to write with, and a start after them nothing to
-    /// give back (a start that failed for want of space and was made again
-    /// often finds no room to take the reserve). `None` once it is held again,
+    /// room, or held with less than its size free besides: producers filling
+    /// the space it would take left the writes that free space nothing to
+    /// write with, and a start after them nothing to give back (a start that
+    /// failed for want of space and was made again often finds no room to
+    /// take the reserve). `None` once it is held with its size free besides,
     /// or when it is not kept (`bytes` 0), or could not be taken for another
-    /// reason.
+    /// reason than room.
     pub(crate) fn short(&self) -> Option<String> {
         if !self.is_short() {
             return None;
@@ -274,7 +276,7 @@ impl SpaceReserve {
         ))
     }
 
-    /// Whether the reserve is not held for want of room ([`SpaceReserve::short`]).
+    /// Whether the reserve is short of room ([`SpaceReserve::short`]).
     pub(crate) fn is_short(&self) -> bool {
         self.short.load(Ordering::Acquire)
     }
